@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install what the local stack and the tests need, from scratch or on top of an earlier install:
+# Debian packages only if missing, a Python virtual environment from the pinned requirements, Azurite from npm.
+# Each step is skipped when what it installs is already there and its inputs did not change.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v python3 >/dev/null || missing+=(python3)
+python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3-venv)
+command -v npm >/dev/null || missing+=(nodejs npm)
+command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
+command -v redis-server >/dev/null || missing+=(redis-server)
+if ((${#missing[@]})); then
+  echo "install: Debian packages ${missing[*]}"
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+
+want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-16)
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.sluice-requirements 2>/dev/null)" != "$want" ]; then
+  echo "install: Python packages into .venv"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+  echo "$want" > .venv/.sluice-requirements
+fi
+
+want=$(sha256sum package-lock.json | cut -c1-16)
+if [ ! -x node_modules/.bin/azurite-blob ] || [ "$(cat node_modules/.sluice-lock 2>/dev/null)" != "$want" ]; then
+  echo "install: npm packages (Azurite)"
+  npm ci --no-audit --no-fund --loglevel=error
+  echo "$want" > node_modules/.sluice-lock
+fi
