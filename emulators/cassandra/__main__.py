@@ -1,0 +1,80 @@
+"""``python -m emulators.cassandra``: run the Cosmos DB for Apache Cassandra emulator in the foreground.
+
+Prints ``listening on HOST:PORT`` once it accepts connections; SIGINT/SIGTERM
+stop it cleanly (with ``--data-dir``, after writing a snapshot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+
+from .engine import Engine
+from .server import Credentials, serve
+
+logger = logging.getLogger("emulators.cassandra")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m emulators.cassandra", description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9042, help="0 picks a free port (printed)")
+    p.add_argument("--username", help="require PasswordAuthenticator login (with --password)")
+    p.add_argument("--password")
+    p.add_argument("--data-dir", help="persist data and the change feed here (default: in memory)")
+    p.add_argument("--tls-cert", help="serve TLS with this PEM certificate chain (with --tls-key)")
+    p.add_argument("--tls-key")
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    if (args.username is None) != (args.password is None):
+        p.error("--username and --password go together")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        p.error("--tls-cert and --tls-key go together")
+    return args
+
+
+async def run(args: argparse.Namespace) -> int:
+    engine = Engine(address=args.host)
+    journal = None
+    if args.data_dir:
+        from .persistence import Journal
+        journal = Journal(args.data_dir)
+        journal.load(engine)
+        engine.journal = journal
+    ssl_context = None
+    if args.tls_cert:
+        ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
+    credentials = Credentials(args.username, args.password) if args.username else None
+    server = await serve(engine, args.host, args.port, credentials=credentials, ssl_context=ssl_context)
+    sock = server.sockets[0].getsockname()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    flusher = asyncio.create_task(journal.flush_periodically()) if journal else None
+    print(f"Cosmos DB Cassandra emulator listening on {sock[0]}:{sock[1]}"
+          f"{' (TLS)' if ssl_context else ''}{' (auth)' if credentials else ''}", flush=True)
+    await stop.wait()
+    logger.info("stopping")
+    server.close()
+    if flusher:
+        flusher.cancel()
+    if journal:
+        journal.snapshot(engine)
+        journal.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""BATCH execution (logged and unlogged, plain and prepared children, conditional).
+
+Children run in order with the batch's timestamp unless they carry their own
+``USING TIMESTAMP``. A conditional batch checks every condition first and
+applies nothing unless all hold; as in Cassandra its children must all target
+one partition of one table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from . import results
+from . import statements as st
+from .errors import Invalid
+from .planner import resolve_int
+from .select import resolve_restrictions
+from .store import now_seconds
+from .write import WriteContext, _check_conditions, execute_delete, execute_insert, execute_update, primary_keys
+
+if TYPE_CHECKING:
+    from .engine import Engine, Options, Session
+
+
+def execute_batch(engine: Engine, batch: st.Batch, children: list[tuple[st.Statement, list[object]]],
+                  opts: Options, session: Session) -> bytes:
+    now = now_seconds()
+    ts = resolve_int(batch.using.timestamp, opts.values, "timestamp")
+    if ts is None:
+        ts = opts.timestamp
+    tables = []
+    for stmt, _ in children:
+        if not isinstance(stmt, st.Insert | st.Update | st.Delete):
+            raise Invalid("Only INSERT, UPDATE and DELETE statements are allowed in a BATCH")
+        table = engine.resolve_table(stmt.table, session)
+        if table.virtual:
+            raise Invalid(f"{table.keyspace}.{table.name} is a system table and cannot be modified")
+        tables.append(table)
+    engine.faults.check("writes", batch=True)
+    conditional = [i for i, (s, _) in enumerate(children)
+                   if getattr(s, "if_exists", False) or getattr(s, "conditions", None) or getattr(s, "if_not_exists", False)]
+    if conditional:
+        keys = set()
+        for i, (stmt, values) in enumerate(children):
+            r = resolve_restrictions(tables[i], getattr(stmt, "where", []), values) if not isinstance(stmt, st.Insert) \
+                else None
+            if r is not None:
+                keys.add((tables[i].id, primary_keys(tables[i], r, need_clustering=False)[0][0]))
+        if len({t.id for t in tables}) > 1 or len(keys) > 1:
+            raise Invalid("Batch with conditions cannot span multiple tables or partitions")
+        for i in conditional:
+            stmt, values = children[i]
+            ctx = WriteContext(values, ts, now)
+            table = tables[i]
+            if isinstance(stmt, st.Insert):
+                probe = dataclasses.replace(stmt, using=st.Using())
+                failed = _probe_insert(engine, table, probe, ctx)
+            else:
+                r = resolve_restrictions(table, stmt.where, values)
+                pk, ck = primary_keys(table, r)[0]
+                failed = _check_conditions(table, engine.table_data(table), pk, ck, stmt.if_exists, stmt.conditions, ctx)
+            if failed is not None:
+                return failed.encode()
+    for i, (stmt, values) in enumerate(children):
+        ctx = WriteContext(values, ts, now)
+        table = tables[i]
+        if isinstance(stmt, st.Insert):
+            execute_insert(engine, table, dataclasses.replace(stmt, if_not_exists=False), ctx)
+        elif isinstance(stmt, st.Update):
+            execute_update(engine, table, dataclasses.replace(stmt, if_exists=False, conditions=[]), ctx)
+        else:
+            execute_delete(engine, table, dataclasses.replace(stmt, if_exists=False, conditions=[]), ctx)
+    if conditional:
+        spec = results.ColumnSpec(tables[0].keyspace, tables[0].name, "[applied]", _boolean())
+        return results.Rows([spec], [[b"\x01"]]).encode()
+    return results.VOID
+
+
+def _boolean():  # noqa: ANN202 - CqlType, imported lazily to keep the import graph simple
+    from .planner import BOOLEAN
+    return BOOLEAN
+
+
+def _probe_insert(engine: Engine, table, stmt: st.Insert, ctx: WriteContext):  # noqa: ANN001, ANN202
+    """The not-applied result if the row of a conditional INSERT exists, else None (nothing is written)."""
+    from .keys import join_key
+    from .planner import resolve
+    from .write import _current_values
+    keys = {}
+    for name, term in zip(stmt.columns, stmt.values, strict=True):
+        col = table.columns.get(name)
+        if col is not None and col.kind != "regular":
+            keys[name] = resolve(term, col.type, ctx.values)
+    pk = join_key([keys[c.name] for c in table.partition_key])
+    ck = join_key([keys[c.name] for c in table.clustering]) if table.clustering else b""
+    row, current = _current_values(table, engine.table_data(table), pk, ck, table.all_columns(), ctx.now)
+    if row is None:
+        return None
+    from .write import _lwt_result
+    return _lwt_result(table, False, current)

@@ -1,0 +1,107 @@
+"""Partition and clustering keys: composite encoding, splitting and sort keys.
+
+A partition key is stored as the bytes the driver hashes for routing
+(``murmur3.routing_key``): the value itself for one column, CompositeType
+(``[2-byte length][bytes][0x00]`` per component) for several. Clustering keys
+use the same encoding. Sort keys are tuples of ``CqlType.compare_key`` results,
+with descending columns wrapped in :class:`Desc`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from .murmur3 import routing_key
+from .schema import Column
+
+_H = struct.Struct(">H")
+
+
+def join_key(components: list[bytes]) -> bytes:
+    return routing_key(components)
+
+
+def split_key(data: bytes, n: int) -> list[bytes]:
+    if n == 1:
+        return [data]
+    out: list[bytes] = []
+    pos = 0
+    for _ in range(n):
+        (length,) = _H.unpack_from(data, pos)
+        out.append(data[pos + 2:pos + 2 + length])
+        pos += 3 + length
+    return out
+
+
+class Desc:
+    """Inverts the order of a compare key (for WITH CLUSTERING ORDER BY (c DESC))."""
+
+    __slots__ = ("k",)
+
+    def __init__(self, k: Any) -> None:
+        self.k = k
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Desc) and self.k == other.k
+
+    def __lt__(self, other: Any) -> bool:
+        if isinstance(other, Desc):
+            return other.k < self.k
+        return NotImplemented
+
+    def __gt__(self, other: Any) -> bool:
+        if isinstance(other, Desc):
+            return self.k < other.k
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.k)
+
+
+class _Top:
+    """Greater than every compare key: closes a prefix range."""
+
+    def __lt__(self, other: Any) -> bool:
+        return False
+
+    def __gt__(self, other: Any) -> bool:
+        return other is not self
+
+    def __le__(self, other: Any) -> bool:
+        return other is self
+
+    def __ge__(self, other: Any) -> bool:
+        return True
+
+    def __eq__(self, other: object) -> bool:
+        return other is self
+
+    __hash__ = object.__hash__
+
+
+TOP = _Top()
+
+
+def component_key(col: Column, value: bytes) -> Any:
+    k = col.type.compare_key(value)
+    return Desc(k) if col.reversed else k
+
+
+def make_sort_key(clustering: list[Column]) -> Callable[[bytes], tuple[Any, ...]] | None:
+    """The sort key function of a table's clustering keys (None without clustering columns)."""
+    if not clustering:
+        return None
+    n = len(clustering)
+    if n == 1:
+        col = clustering[0]
+        compare = col.type.compare_key
+        if col.reversed:
+            return lambda ck: (Desc(compare(ck)),)
+        return lambda ck: (compare(ck),)
+
+    def sort_key(ck: bytes) -> tuple[Any, ...]:
+        return tuple(component_key(c, v) for c, v in zip(clustering, split_key(ck, n), strict=True))
+
+    return sort_key

@@ -1,0 +1,227 @@
+"""Typing of bind markers and resolution of terms into wire bytes.
+
+:func:`bind_specs` gives each bind marker of a statement its name and type,
+as PREPARED metadata must state them (the driver encodes bound values with
+these types and routes with the partition key indexes). :func:`resolve` turns
+a term (literal, bound value or function call) into the bytes of a type.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+import struct
+import time
+import uuid
+from dataclasses import dataclass
+
+from . import statements as st
+from .errors import Invalid
+from .schema import Column, Table
+from .types import CqlType, InvalidValue, UnsupportedType, parse_type
+from .wire import UNSET
+
+INT = parse_type("int")
+BIGINT = parse_type("bigint")
+TEXT = parse_type("text")
+BOOLEAN = parse_type("boolean")
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    type: CqlType
+
+
+def collection_element_types(col: Column, column_name: str) -> tuple[CqlType, CqlType]:
+    """(key type, value type) of an element access ``c[k]``."""
+    t = col.type
+    if t.kind == "map" and not t.frozen:
+        return t.params[0], t.params[1]
+    if t.kind == "list" and not t.frozen:
+        return INT, t.params[0]
+    raise Invalid(f"Invalid operation ({column_name}[...]) for non-map/list column {column_name} of type {t.cql()}")
+
+
+def table_column(table: Table, name: str) -> Column:
+    col = table.columns.get(name)
+    if col is None:
+        raise Invalid(f"Undefined column name {name} in table {table.keyspace}.{table.name}")
+    return col
+
+
+def _term_specs(term: st.Term | tuple[st.Term, ...] | None, spec: Spec, out: dict[int, Spec]) -> None:
+    if term is None:
+        return
+    if isinstance(term, tuple):
+        for t in term:
+            _term_specs(t, spec, out)
+    elif isinstance(term, st.BindMarker):
+        out[term.index] = Spec(term.name or spec.name, spec.type)
+    elif isinstance(term, st.FunctionCall):
+        for a in term.args:
+            _term_specs(a, spec, out)
+
+
+def _relation_specs(table: Table, relations: list[st.Relation], out: dict[int, Spec]) -> None:
+    for rel in relations:
+        if rel.kind == "token":
+            _term_specs(rel.value, Spec("partition key token", BIGINT), out)
+        elif rel.kind == "changefeed":
+            _term_specs(rel.value, Spec("cosmos_changefeed_start_time", TEXT), out)
+        else:
+            col = table_column(table, rel.columns[0])
+            if rel.op == "IN" and not isinstance(rel.value, tuple):
+                _term_specs(rel.value, Spec(f"in({col.name})", CqlType("list", (col.type,))), out)
+            elif rel.op == "CONTAINS":
+                _term_specs(rel.value, Spec(col.name, col.type.params[-1] if col.type.params else col.type), out)
+            elif rel.op == "CONTAINS_KEY":
+                _term_specs(rel.value, Spec(col.name, col.type.params[0] if col.type.params else col.type), out)
+            else:
+                _term_specs(rel.value, Spec(col.name, col.type), out)
+
+
+def _using_specs(using: st.Using, out: dict[int, Spec]) -> None:
+    _term_specs(using.ttl, Spec("[ttl]", INT), out)
+    _term_specs(using.timestamp, Spec("[timestamp]", BIGINT), out)
+
+
+def _condition_specs(table: Table, conditions: list[st.Condition], out: dict[int, Spec]) -> None:
+    for cond in conditions:
+        col = table_column(table, cond.column)
+        if cond.element is not None:
+            ktype, vtype = collection_element_types(col, col.name)
+            _term_specs(cond.element, Spec(f"key({col.name})", ktype), out)
+            _term_specs(cond.value, Spec(f"value({col.name})", vtype), out)
+        else:
+            _term_specs(cond.value, Spec(col.name, col.type), out)
+
+
+def assignment_value_type(col: Column, kind: str) -> CqlType:
+    t = col.type
+    if kind == "remove" and t.kind == "map":
+        return CqlType("set", (t.params[0],))
+    return t
+
+
+def bind_specs(stmt: st.Statement, table: Table | None, count: int) -> list[Spec]:
+    """Name and type of every bind marker, by position."""
+    out: dict[int, Spec] = {}
+    if isinstance(stmt, st.Select) and table is not None:
+        _relation_specs(table, stmt.where, out)
+        _term_specs(stmt.limit, Spec("[limit]", INT), out)
+        _term_specs(stmt.per_partition_limit, Spec("[per_partition_limit]", INT), out)
+    elif isinstance(stmt, st.Insert) and table is not None:
+        for name, term in zip(stmt.columns, stmt.values, strict=True):
+            col = table_column(table, name)
+            _term_specs(term, Spec(col.name, col.type), out)
+        _using_specs(stmt.using, out)
+    elif isinstance(stmt, st.Update) and table is not None:
+        _using_specs(stmt.using, out)
+        for a in stmt.assignments:
+            col = table_column(table, a.column)
+            if a.kind == "set_element":
+                ktype, vtype = collection_element_types(col, col.name)
+                _term_specs(a.element, Spec(f"idx({col.name})" if col.type.kind == "list" else f"key({col.name})",
+                                            ktype), out)
+                _term_specs(a.value, Spec(f"value({col.name})", vtype), out)
+            else:
+                _term_specs(a.value, Spec(col.name, assignment_value_type(col, a.kind)), out)
+        _relation_specs(table, stmt.where, out)
+        _condition_specs(table, stmt.conditions, out)
+    elif isinstance(stmt, st.Delete) and table is not None:
+        for name, element in stmt.columns:
+            col = table_column(table, name)
+            if element is not None:
+                _term_specs(element, Spec(f"key({col.name})", collection_element_types(col, col.name)[0]), out)
+        _using_specs(stmt.using, out)
+        _relation_specs(table, stmt.where, out)
+        _condition_specs(table, stmt.conditions, out)
+    missing = [i for i in range(count) if i not in out]
+    if missing:
+        raise Invalid("bind markers are not supported in this position of the statement")
+    return [out[i] for i in range(count)]
+
+
+def pk_indexes(stmt: st.Statement, table: Table | None) -> list[int]:
+    """Bind marker positions of the partition key columns, when each is bound by ``pk = ?``."""
+    if table is None or not isinstance(stmt, st.Select | st.Update | st.Delete | st.Insert):
+        return []
+    found: dict[str, int] = {}
+    if isinstance(stmt, st.Insert):
+        for name, term in zip(stmt.columns, stmt.values, strict=True):
+            if isinstance(term, st.BindMarker):
+                found[name] = term.index
+    else:
+        for rel in stmt.where:
+            if rel.kind == "column" and rel.op == "=" and isinstance(rel.value, st.BindMarker):
+                found[rel.columns[0]] = rel.value.index
+    indexes = [found.get(c.name) for c in table.partition_key]
+    return [] if any(i is None for i in indexes) else [i for i in indexes if i is not None]
+
+
+# -- term resolution -------------------------------------------------------------
+
+_clock_seq = random.getrandbits(14)
+_node = int.from_bytes(os.urandom(6), "big") | 0x010000000000
+_last_ts = 0
+
+
+def new_timeuuid() -> uuid.UUID:
+    """A version 1 UUID, strictly increasing within this process."""
+    global _last_ts
+    ts = int(time.time() * 1e7) + 0x01B21DD213814000
+    if ts <= _last_ts:
+        ts = _last_ts + 1
+    _last_ts = ts
+    return uuid.UUID(fields=(ts & 0xFFFFFFFF, (ts >> 32) & 0xFFFF, ((ts >> 48) & 0x0FFF) | 0x1000,
+                             0x80 | (_clock_seq >> 8), _clock_seq & 0xFF, _node))
+
+
+def _call(fn: st.FunctionCall, ctype: CqlType) -> bytes:
+    name = fn.name
+    if name in ("now", "currenttimeuuid") and not fn.args:
+        return new_timeuuid().bytes
+    if name == "uuid" and not fn.args:
+        return uuid.uuid4().bytes
+    if name == "currenttimestamp" and not fn.args:
+        return struct.pack(">q", int(time.time() * 1000))
+    if name in ("currentdate",) and not fn.args:
+        return ctype.serialize(datetime.datetime.now(datetime.UTC).date())
+    if name == "totimestamp" and len(fn.args) == 1 and isinstance(fn.args[0], st.FunctionCall) \
+            and fn.args[0].name == "now":
+        return struct.pack(">q", int(time.time() * 1000))
+    raise Invalid(f"function {name}() is not supported by this emulator in this position")
+
+
+def resolve(term: st.Term, ctype: CqlType, values: list[object]) -> object:
+    """The wire bytes of ``term`` as ``ctype``; None for null, :data:`UNSET` for an unset bound value."""
+    if isinstance(term, st.BindMarker):
+        if term.index >= len(values):
+            raise Invalid(f"There were {term.index} markers(?) in CQL but {len(values)} bound variables")
+        value = values[term.index]
+        if isinstance(value, bytes):
+            try:
+                ctype.validate(value)
+            except (InvalidValue, UnsupportedType) as exc:
+                raise Invalid(f"Invalid value for {term.name or 'bind marker ' + str(term.index)}: {exc}") from None
+        return value
+    if isinstance(term, st.FunctionCall):
+        return _call(term, ctype)
+    if term.value is None:
+        return None
+    try:
+        return ctype.from_literal(term.value)
+    except (InvalidValue, UnsupportedType) as exc:
+        raise Invalid(str(exc)) from None
+
+
+def resolve_int(term: st.Term | None, values: list[object], what: str) -> int | None:
+    if term is None:
+        return None
+    raw = resolve(term, BIGINT if what == "timestamp" else INT, values)
+    if raw is None or raw is UNSET:
+        return None
+    assert isinstance(raw, bytes)
+    return int.from_bytes(raw, "big", signed=True)

@@ -1,0 +1,484 @@
+"""SELECT execution: restrictions, row iteration in token/clustering order, projection, paging.
+
+Paging state (opaque to clients, resumable on any connection and after a
+restart): ``b"P1"`` + table id + last partition key + last clustering key +
+rows emitted so far (for LIMIT) + rows emitted in the last partition (for
+PER PARTITION LIMIT). A state minted for another table is refused (Invalid).
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import statements as st
+from .errors import Invalid
+from .keys import TOP, component_key, join_key, split_key
+from .murmur3 import murmur3_token
+from .planner import BIGINT, INT, TEXT, resolve, resolve_int, table_column
+from .results import ColumnSpec, Rows
+from .schema import Column, Table
+from .store import Partition, Row, TableData
+from .wire import UNSET
+
+Extractor = Callable[[Partition, Row, int], bytes | None]
+_I = struct.Struct(">i")
+_q = struct.Struct(">q")
+FILTERING_MESSAGE = ("Cannot execute this query as it might involve data filtering and thus may have unpredictable "
+                     "performance. If you want to execute this query despite the performance unpredictability, "
+                     "use ALLOW FILTERING")
+
+
+def split_list(data: bytes) -> list[bytes]:
+    """Elements of a serialized list/set (``[int n]`` then n ``[bytes]``)."""
+    (n,) = _I.unpack_from(data, 0)
+    pos, out = 4, []
+    for _ in range(n):
+        (length,) = _I.unpack_from(data, pos)
+        out.append(data[pos + 4:pos + 4 + length])
+        pos += 4 + length
+    return out
+
+
+# -- projection -----------------------------------------------------------------
+
+def _column_extractor(table: Table, col: Column) -> Extractor:
+    if col.kind == "partition_key":
+        n, i = len(table.partition_key), col.position
+        if n == 1:
+            return lambda part, row, now: part.key
+        return lambda part, row, now: split_key(part.key, n)[i]
+    if col.kind == "clustering":
+        n, i = len(table.clustering), col.position
+        if n == 1:
+            return lambda part, row, now: row.ck
+        return lambda part, row, now: split_key(row.ck, n)[i]
+    slot = col.slot
+
+    def regular(part: Partition, row: Row, now: int) -> bytes | None:
+        c = row.cell(slot, now)
+        return None if c is None else c[0]
+
+    return regular
+
+
+def projection(table: Table, selectors: list[st.Selector]) -> tuple[list[ColumnSpec], list[Extractor], bool]:
+    """Result columns, one extractor per column, and whether this is COUNT(*)."""
+    ks, tb = table.keyspace, table.name
+    specs: list[ColumnSpec] = []
+    extractors: list[Extractor] = []
+    counting = False
+    for sel in selectors:
+        if sel.kind == "star":
+            for col in table.all_columns():
+                specs.append(ColumnSpec(ks, tb, col.name, col.type))
+                extractors.append(_column_extractor(table, col))
+        elif sel.kind == "column":
+            col = table_column(table, sel.args[0])
+            specs.append(ColumnSpec(ks, tb, sel.alias or col.name, col.type))
+            extractors.append(_column_extractor(table, col))
+        elif sel.kind in ("writetime", "ttl"):
+            col = table_column(table, sel.args[0])
+            if col.kind != "regular":
+                raise Invalid(f"Cannot use selection function {'writeTime' if sel.kind == 'writetime' else 'ttl'} "
+                              f"on PRIMARY KEY part {col.name}")
+            if col.type.is_collection and not col.type.frozen:
+                raise Invalid(f"Cannot use selection function {sel.kind} on non-frozen collection {col.name}")
+            slot = col.slot
+            if sel.kind == "writetime":
+                specs.append(ColumnSpec(ks, tb, sel.alias or f"writetime({col.name})", BIGINT))
+
+                def wt(part: Partition, row: Row, now: int, slot: int = slot) -> bytes | None:
+                    c = row.cell(slot, now)
+                    return None if c is None else _q.pack(c[1])
+
+                extractors.append(wt)
+            else:
+                specs.append(ColumnSpec(ks, tb, sel.alias or f"ttl({col.name})", INT))
+
+                def ttl(part: Partition, row: Row, now: int, slot: int = slot) -> bytes | None:
+                    c = row.cell(slot, now)
+                    return None if c is None or c[2] is None else _I.pack(c[2] - now)
+
+                extractors.append(ttl)
+        elif sel.kind == "token":
+            if list(sel.args) != table.key_names:
+                raise Invalid(f"Invalid token() arguments: expected the partition key ({', '.join(table.key_names)})")
+            specs.append(ColumnSpec(ks, tb, sel.alias or f"system.token({', '.join(sel.args)})", BIGINT))
+            extractors.append(lambda part, row, now: _q.pack(part.token))
+        elif sel.kind == "count":
+            counting = True
+            specs.append(ColumnSpec(ks, tb, sel.alias or "count", BIGINT))
+    if counting and len(selectors) > 1:
+        raise Invalid("COUNT(*) cannot be combined with other selectors in this emulator")
+    return specs, extractors, counting
+
+
+# -- restrictions ---------------------------------------------------------------
+
+@dataclass
+class Restrictions:
+    pk: dict[str, list[bytes]] = field(default_factory=dict)
+    token_lo: tuple[int, bool] | None = None
+    token_hi: tuple[int, bool] | None = None
+    ck_eq: dict[str, list[bytes]] = field(default_factory=dict)
+    ck_slice: dict[str, list[tuple[bytes, bool] | None]] = field(default_factory=dict)
+    filters: list[tuple[Column, str, list[bytes]]] = field(default_factory=list)
+    changefeed: str | None = None
+
+
+def _value(term: st.Term, col_type: Any, values: list[object], name: str) -> bytes:
+    v = resolve(term, col_type, values)
+    if v is None:
+        raise Invalid(f"Invalid null value in condition for column {name}")
+    if v is UNSET:
+        raise Invalid(f"Invalid unset value for column {name}")
+    assert isinstance(v, bytes)
+    return v
+
+
+def resolve_restrictions(table: Table, where: list[st.Relation], values: list[object]) -> Restrictions:
+    r = Restrictions()
+    for rel in where:
+        if rel.kind == "changefeed":
+            v = resolve(rel.value, TEXT, values) if not isinstance(rel.value, tuple) else None
+            if not isinstance(v, bytes):
+                raise Invalid("COSMOS_CHANGEFEED_START_TIME() needs a time string such as '2024-01-02T03:04:05Z'")
+            r.changefeed = v.decode("utf-8")
+            continue
+        if rel.kind == "token":
+            if list(rel.columns) != table.key_names:
+                raise Invalid("The token function arguments must be in the partition key order: "
+                              + ", ".join(table.key_names))
+            assert not isinstance(rel.value, tuple)
+            tok = int.from_bytes(_value(rel.value, BIGINT, values, "token"), "big", signed=True)
+            if rel.op in (">", ">="):
+                r.token_lo = (tok, rel.op == ">=")
+            elif rel.op in ("<", "<="):
+                r.token_hi = (tok, rel.op == "<=")
+            else:
+                r.token_lo = r.token_hi = (tok, True)
+            continue
+        col = table_column(table, rel.columns[0])
+        if rel.op == "IN":
+            if isinstance(rel.value, tuple):
+                vals = [_value(t, col.type, values, col.name) for t in rel.value]
+            else:
+                from .types import CqlType
+                vals = split_list(_value(rel.value, CqlType("list", (col.type,)), values, col.name))
+        elif rel.op in ("CONTAINS", "CONTAINS_KEY"):
+            if not col.type.is_collection:
+                raise Invalid(f"Cannot use CONTAINS on non-collection column {col.name}")
+            elem = col.type.params[0] if rel.op == "CONTAINS_KEY" or col.type.kind != "map" else col.type.params[1]
+            assert not isinstance(rel.value, tuple)
+            r.filters.append((col, rel.op, [_value(rel.value, elem, values, col.name)]))
+            continue
+        else:
+            assert not isinstance(rel.value, tuple)
+            vals = [_value(rel.value, col.type, values, col.name)]
+        if col.kind == "partition_key":
+            if rel.op not in ("=", "IN"):
+                raise Invalid("Only EQ and IN relation are supported on the partition key (unless you use the "
+                              "token() function)")
+            if col.name in r.pk:
+                raise Invalid(f"{col.name} cannot be restricted by more than one relation if it includes an Equal")
+            r.pk[col.name] = vals
+        elif col.kind == "clustering" and rel.op in ("=", "IN"):
+            if col.name in r.ck_eq or col.name in r.ck_slice:
+                raise Invalid(f"{col.name} cannot be restricted by more than one relation if it includes an Equal")
+            r.ck_eq[col.name] = vals
+        elif col.kind == "clustering":
+            if col.name in r.ck_eq:
+                raise Invalid(f"{col.name} cannot be restricted by more than one relation if it includes an Equal")
+            bounds = r.ck_slice.setdefault(col.name, [None, None])
+            if rel.op in (">", ">="):
+                bounds[0] = (vals[0], rel.op == ">=")
+            else:
+                bounds[1] = (vals[0], rel.op == "<=")
+        else:
+            r.filters.append((col, rel.op, vals))
+    return r
+
+
+def _matches(cmp: Any, op: str, values: list[Any]) -> bool:
+    if op in ("=", "IN"):
+        return cmp in values
+    v = values[0]
+    if op == "<":
+        return cmp < v
+    if op == "<=":
+        return cmp <= v
+    if op == ">":
+        return cmp > v
+    return cmp >= v
+
+
+@dataclass
+class Scan:
+    """Everything needed to iterate the rows a SELECT (or DELETE/UPDATE range) addresses."""
+
+    table: Table
+    partition_keys: list[bytes] | None  # None: all partitions (optionally a token range)
+    token_lo: tuple[int, bool] | None
+    token_hi: tuple[int, bool] | None
+    lo: tuple[tuple[Any, ...], bool] | None  # clustering sort-key bounds
+    hi: tuple[tuple[Any, ...], bool] | None
+    predicates: list[Callable[[Partition, Row, int], bool]]
+    needs_filtering: bool
+
+
+def plan_scan(table: Table, r: Restrictions) -> Scan:
+    needs_filtering = False
+    keys: list[bytes] | None = None
+    if r.pk:
+        if len(r.pk) == len(table.partition_key):
+            combos = itertools.product(*(r.pk[c.name] for c in table.partition_key))
+            keys = sorted({join_key(list(c)) for c in combos}, key=lambda k: (murmur3_token(k), k))
+            if r.token_lo or r.token_hi:
+                raise Invalid("token() restrictions cannot be combined with partition key equality in this emulator")
+        else:
+            needs_filtering = True
+    predicates: list[Callable[[Partition, Row, int], bool]] = []
+    if keys is None and r.pk:
+        for col in table.partition_key:
+            if col.name in r.pk:
+                predicates.append(_key_predicate(table, col, "IN", r.pk[col.name]))
+    # clustering: an equality prefix, then at most one slice
+    prefix: list[Any] = []
+    lo: tuple[tuple[Any, ...], bool] | None = None
+    hi: tuple[tuple[Any, ...], bool] | None = None
+    open_prefix = True
+    for col in table.clustering:
+        if open_prefix and col.name in r.ck_eq and len(r.ck_eq[col.name]) == 1:
+            prefix.append(component_key(col, r.ck_eq[col.name][0]))
+            continue
+        if open_prefix and col.name in r.ck_slice:
+            lo_b, hi_b = r.ck_slice[col.name]
+            if col.reversed:
+                lo_b, hi_b = hi_b, lo_b
+            p = tuple(prefix)
+            if lo_b is not None:
+                k = component_key(col, lo_b[0])
+                lo = (p + (k,), True) if lo_b[1] else (p + (k, TOP), True)
+            if hi_b is not None:
+                k = component_key(col, hi_b[0])
+                hi = (p + (k, TOP), True) if hi_b[1] else (p + (k,), False)
+            open_prefix = False
+            continue
+        if open_prefix and col.name in r.ck_eq:  # IN: the prefix stops, the IN filters
+            predicates.append(_key_predicate(table, col, "IN", r.ck_eq[col.name]))
+            open_prefix = False
+            continue
+        open_prefix = False
+        if col.name in r.ck_eq:
+            predicates.append(_key_predicate(table, col, "IN", r.ck_eq[col.name]))
+            needs_filtering = True
+        elif col.name in r.ck_slice:
+            needs_filtering = True
+            lo_b, hi_b = r.ck_slice[col.name]
+            if lo_b is not None:
+                predicates.append(_key_predicate(table, col, ">=" if lo_b[1] else ">", [lo_b[0]]))
+            if hi_b is not None:
+                predicates.append(_key_predicate(table, col, "<=" if hi_b[1] else "<", [hi_b[0]]))
+    if prefix:
+        p = tuple(prefix)
+        if lo is None:
+            lo = (p, True)
+        if hi is None:
+            hi = (p + (TOP,), True)
+    if (r.ck_eq or r.ck_slice) and keys is None:
+        needs_filtering = True
+    for col, op, vals in r.filters:
+        needs_filtering = True
+        predicates.append(_cell_predicate(table, col, op, vals))
+    return Scan(table, keys, r.token_lo, r.token_hi, lo, hi, predicates, needs_filtering)
+
+
+def _key_predicate(table: Table, col: Column, op: str, vals: list[bytes]) -> Callable[[Partition, Row, int], bool]:
+    ctype = col.type
+    wanted = [ctype.compare_key(v) for v in vals]
+    if col.kind == "partition_key":
+        n = len(table.partition_key)
+
+        def get(part: Partition, row: Row) -> bytes:
+            return split_key(part.key, n)[col.position]
+    else:
+        n = len(table.clustering)
+
+        def get(part: Partition, row: Row) -> bytes:
+            return split_key(row.ck, n)[col.position]
+
+    return lambda part, row, now: _matches(ctype.compare_key(get(part, row)), op, wanted)
+
+
+def _cell_predicate(table: Table, col: Column, op: str, vals: list[bytes]) -> Callable[[Partition, Row, int], bool]:
+    slot = col.slot
+    ctype = col.type
+    if op in ("CONTAINS", "CONTAINS_KEY"):
+        elem_type = ctype.params[0] if op == "CONTAINS_KEY" or ctype.kind != "map" else ctype.params[1]
+        wanted = elem_type.deserialize(vals[0])
+
+        def contains(part: Partition, row: Row, now: int) -> bool:
+            c = row.cell(slot, now)
+            if c is None:
+                return False
+            value = ctype.deserialize(c[0])  # type: ignore[arg-type]
+            if ctype.kind == "map":
+                return wanted in (value.keys() if op == "CONTAINS_KEY" else list(value.values()))  # type: ignore[union-attr]
+            return wanted in value  # type: ignore[operator]
+
+        return contains
+    wanted = [ctype.compare_key(v) for v in vals]
+
+    def pred(part: Partition, row: Row, now: int) -> bool:
+        c = row.cell(slot, now)
+        return c is not None and _matches(ctype.compare_key(c[0]), op, wanted)  # type: ignore[arg-type]
+
+    return pred
+
+
+# -- iteration ------------------------------------------------------------------
+
+def iter_scan(scan: Scan, data: TableData, now: int, reverse: bool = False,
+              resume: tuple[bytes, bytes] | None = None) -> Iterator[tuple[Partition, Row]]:
+    """Live rows the scan addresses, in token then clustering order, strictly after ``resume``."""
+    table = scan.table
+    sort_key = data.sort_key
+    if scan.partition_keys is not None:
+        parts: Iterator[Partition] = (p for p in (data.partition(k) for k in scan.partition_keys) if p is not None)
+        if resume is not None:
+            rtok = (murmur3_token(resume[0]), resume[0])
+            parts = (p for p in parts if (p.token, p.key) >= rtok)
+    else:
+        start: tuple[int, bytes] | None = None
+        if scan.token_lo is not None:
+            tok, incl = scan.token_lo
+            start = (tok if incl else tok + 1, b"")
+        if resume is not None:
+            rstart = (murmur3_token(resume[0]), resume[0])
+            if start is None or rstart > start:
+                start = rstart
+        end_tok, end_incl = scan.token_hi if scan.token_hi is not None else (None, True)
+        parts = data.iter_partitions(start, True, end_tok, end_incl)
+    predicates = scan.predicates
+    for part in parts:
+        lo, hi = scan.lo, scan.hi
+        if resume is not None and part.key == resume[0] and sort_key is not None:
+            rk = sort_key(resume[1])
+            if reverse:
+                if hi is None or rk <= hi[0]:
+                    hi = (rk, False)
+            elif lo is None or rk >= lo[0]:
+                lo = (rk, False)
+        elif resume is not None and part.key == resume[0]:
+            continue  # the single row of this partition was already returned
+        if lo is None and hi is None:
+            rows = part.iter_rows(reverse)
+        else:
+            rows = part.iter_range(lo[0] if lo else None, lo[1] if lo else True,
+                                   hi[0] if hi else None, hi[1] if hi else True, reverse)
+        for row in rows:
+            if not row.live(now):
+                continue
+            if predicates and not all(p(part, row, now) for p in predicates):
+                continue
+            yield part, row
+    del table
+
+
+def check_order(table: Table, order_by: list[tuple[str, str]], scan: Scan) -> bool:
+    """Whether ORDER BY asks for the reverse of the table's clustering order (Invalid if it is neither)."""
+    if not order_by:
+        return False
+    if scan.partition_keys is None:
+        raise Invalid("ORDER BY is only supported when the partition key is restricted by an EQ or an IN.")
+    names = [c for c, _ in order_by]
+    if names != table.clustering_names[:len(names)]:
+        raise Invalid("Order by currently only supports the ordering of columns following their declared order "
+                      "in the PRIMARY KEY")
+    flips = {(d == "DESC") != table.column(c).reversed for c, d in order_by}
+    if len(flips) > 1:
+        raise Invalid("Unsupported order by relation")
+    return flips.pop()
+
+
+# -- paging state ---------------------------------------------------------------
+
+def encode_paging(table_id: uuid.UUID, pk: bytes, ck: bytes, emitted: int, in_partition: int) -> bytes:
+    return b"P1" + table_id.bytes + struct.pack(">I", len(pk)) + pk + struct.pack(">I", len(ck)) + ck + \
+        struct.pack(">qq", emitted, in_partition)
+
+
+def decode_paging(state: bytes, table_id: uuid.UUID) -> tuple[bytes, bytes, int, int]:
+    try:
+        if state[:2] != b"P1":
+            raise ValueError("not a SELECT paging state")
+        if state[2:18] != table_id.bytes:
+            raise Invalid("The paging state does not belong to this table (was it dropped and recreated?)")
+        pos = 18
+        (n,) = struct.unpack_from(">I", state, pos)
+        pk = state[pos + 4:pos + 4 + n]
+        pos += 4 + n
+        (n,) = struct.unpack_from(">I", state, pos)
+        ck = state[pos + 4:pos + 4 + n]
+        pos += 4 + n
+        emitted, in_part = struct.unpack_from(">qq", state, pos)
+        return pk, ck, emitted, in_part
+    except (struct.error, ValueError) as exc:
+        raise Invalid(f"Invalid paging state: {exc}") from None
+
+
+def execute_select(table: Table, data: TableData, stmt: st.Select, values: list[object], page_size: int,
+                   paging_state: bytes | None, now: int) -> Rows:
+    specs, extractors, counting = projection(table, stmt.selectors)
+    r = resolve_restrictions(table, stmt.where, values)
+    if r.changefeed is not None:
+        raise Invalid("COSMOS_CHANGEFEED_START_TIME() is handled by the change feed")  # dispatched earlier
+    scan = plan_scan(table, r)
+    if scan.needs_filtering and not stmt.allow_filtering and not table.virtual:
+        raise Invalid(FILTERING_MESSAGE)
+    reverse = check_order(table, stmt.order_by, scan)
+    limit = resolve_int(stmt.limit, values, "limit")
+    if limit is not None and limit <= 0:
+        raise Invalid(f"LIMIT must be strictly positive, got {limit}")
+    ppl = resolve_int(stmt.per_partition_limit, values, "limit")
+    if ppl is not None and ppl <= 0:
+        raise Invalid(f"PER PARTITION LIMIT must be strictly positive, got {ppl}")
+    if counting:
+        n = sum(1 for _ in iter_scan(scan, data, now))
+        if limit is not None:
+            n = min(n, limit)
+        return Rows(specs, [[_q.pack(n)]])
+    resume = None
+    emitted = in_part = 0
+    if paging_state:
+        pk, ck, emitted, in_part = decode_paging(paging_state, table.id)
+        resume = (pk, ck)
+    remaining = None if limit is None else limit - emitted
+    out: list[list[bytes | None]] = []
+    last: tuple[bytes, bytes] | None = None
+    page = page_size if page_size and page_size > 0 else None
+    more = False
+    last_key = resume[0] if resume else None
+    for part, row in iter_scan(scan, data, now, reverse, resume):
+        new_part = part.key != last_key
+        if stmt.distinct and not new_part:
+            continue
+        current = 0 if new_part else in_part
+        if ppl is not None and current >= ppl:
+            continue
+        if (remaining is not None and len(out) >= remaining) or (page is not None and len(out) >= page):
+            more = remaining is None or len(out) < remaining
+            break
+        out.append([f(part, row, now) for f in extractors])
+        last_key = part.key
+        in_part = current + 1
+        last = (part.key, row.ck)
+    state = None
+    if more and last is not None:
+        state = encode_paging(table.id, last[0], last[1], emitted + len(out), in_part)
+    return Rows(specs, out, state)

@@ -1,0 +1,239 @@
+"""The native protocol v4 server: framing, handshake, authentication and dispatch.
+
+One :class:`CqlConnection` per client connection (an asyncio Protocol). Frames
+are parsed as they arrive and each request runs to completion synchronously on
+the event loop (the engine never blocks), so many stream ids can be in flight
+per connection and their responses are written as soon as each is ready; the
+responses of one read burst leave in one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import struct
+from dataclasses import dataclass
+
+from . import results, wire
+from . import statements as st
+from .engine import Engine, Options, Session
+from .errors import BadCredentials, CqlError, Invalid, ProtocolError, ServerError
+from .system_tables import CQL_VERSION
+
+logger = logging.getLogger(__name__)
+
+OP_ERROR, OP_STARTUP, OP_READY, OP_AUTHENTICATE, OP_OPTIONS, OP_SUPPORTED = 0x00, 0x01, 0x02, 0x03, 0x05, 0x06
+OP_QUERY, OP_RESULT, OP_PREPARE, OP_EXECUTE, OP_REGISTER, OP_EVENT = 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C
+OP_BATCH, OP_AUTH_CHALLENGE, OP_AUTH_RESPONSE, OP_AUTH_SUCCESS = 0x0D, 0x0E, 0x0F, 0x10
+AUTHENTICATOR = "org.apache.cassandra.auth.PasswordAuthenticator"
+MAX_FRAME = 256 * 1024 * 1024
+_HEADER = struct.Struct(">BBhBi")
+_OPNAMES = {OP_STARTUP: "STARTUP", OP_OPTIONS: "OPTIONS", OP_QUERY: "QUERY", OP_PREPARE: "PREPARE",
+            OP_EXECUTE: "EXECUTE", OP_REGISTER: "REGISTER", OP_BATCH: "BATCH", OP_AUTH_RESPONSE: "AUTH_RESPONSE"}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+
+def read_options(r: wire.Reader) -> tuple[int, Options]:
+    """[consistency][flags] and the optional parts of QUERY/EXECUTE parameters (spec 4.1.4)."""
+    consistency = r.short()
+    flags = r.byte()
+    opts = Options()
+    if flags & 0x01:
+        n = r.short()
+        if flags & 0x40:
+            names: list[str] = []
+            values: list[object] = []
+            for _ in range(n):
+                names.append(r.string())
+                values.append(r.value())
+            opts.names, opts.values = names, values
+        else:
+            opts.values = [r.value() for _ in range(n)]
+    opts.skip_metadata = bool(flags & 0x02)
+    if flags & 0x04:
+        opts.page_size = r.int()
+    if flags & 0x08:
+        opts.paging_state = r.bytes()
+    if flags & 0x10:
+        r.short()
+    if flags & 0x20:
+        opts.timestamp = r.long()
+    return consistency, opts
+
+
+class CqlConnection(asyncio.Protocol):
+    def __init__(self, engine: Engine, credentials: Credentials | None) -> None:
+        self.engine = engine
+        self.credentials = credentials
+        self.session = Session()
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.started = False
+        self.authenticated = credentials is None
+        self.peer = "?"
+
+    # -- asyncio ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        logger.debug("connection from %s", self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._on_schema_change in self.engine.schema_listeners:
+            self.engine.schema_listeners.remove(self._on_schema_change)
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer
+        buf += data
+        out: list[bytes] = []
+        pos = 0
+        n = len(buf)
+        while n - pos >= 9:
+            version, flags, stream, opcode, length = _HEADER.unpack_from(buf, pos)
+            if length < 0 or length > MAX_FRAME:
+                out.append(self._error(stream, ProtocolError(f"invalid frame body length {length}")))
+                self._flush(out)
+                if self.transport:
+                    self.transport.close()
+                return
+            if n - pos - 9 < length:
+                break
+            body = bytes(buf[pos + 9:pos + 9 + length])
+            pos += 9 + length
+            out.append(self._handle(version, flags, stream, opcode, body))
+        if pos:
+            del buf[:pos]
+        self._flush(out)
+
+    def _flush(self, out: list[bytes]) -> None:
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
+
+    def _on_schema_change(self, body: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(wire.frame(-1, OP_EVENT, wire.string("SCHEMA_CHANGE") + body))
+
+    # -- dispatch ---------------------------------------------------------------------
+    def _error(self, stream: int, err: CqlError, version: int = 0x84) -> bytes:
+        body = wire.int_(err.code) + wire.string(err.message) + err.extra()
+        return wire.frame(stream, OP_ERROR, body, version)
+
+    def _handle(self, version: int, flags: int, stream: int, opcode: int, body: bytes) -> bytes:
+        if version & 0x7F != 4:
+            return self._error(stream, ProtocolError(
+                f"Invalid or unsupported protocol version ({version & 0x7F}); supported versions are (4/v4)"))
+        try:
+            if flags & 0x01:
+                raise ProtocolError("compressed frames are not supported by this emulator (no compression was "
+                                    "negotiated)")
+            r = wire.Reader(body)
+            if flags & 0x04:  # custom payload: read and ignore
+                for _ in range(r.short()):
+                    r.string()
+                    r.bytes()
+            return self._dispatch(stream, opcode, r)
+        except CqlError as err:
+            if not isinstance(err, Invalid | BadCredentials) or logger.isEnabledFor(logging.DEBUG):
+                logger.debug("stream %s opcode %s failed: %s", stream, opcode, err.message)
+            return self._error(stream, err)
+        except Exception as exc:
+            logger.exception("internal error on %s (opcode 0x%02x)", self.peer, opcode)
+            return self._error(stream, ServerError(f"internal emulator error: {type(exc).__name__}: {exc}"))
+
+    def _dispatch(self, stream: int, opcode: int, r: wire.Reader) -> bytes:
+        if opcode == OP_OPTIONS:
+            supported = {"CQL_VERSION": [CQL_VERSION], "COMPRESSION": [], "PROTOCOL_VERSIONS": ["4/v4"]}
+            return wire.frame(stream, OP_SUPPORTED, wire.string_multimap(supported))
+        if opcode == OP_STARTUP:
+            options = r.string_map()
+            if options.get("COMPRESSION"):
+                raise ProtocolError(f"Unknown compression algorithm: {options['COMPRESSION']} (this emulator supports "
+                                    "no compression)")
+            self.started = True
+            if self.credentials is not None:
+                return wire.frame(stream, OP_AUTHENTICATE, wire.string(AUTHENTICATOR))
+            return wire.frame(stream, OP_READY, b"")
+        if opcode == OP_AUTH_RESPONSE:
+            return self._auth(stream, r.bytes() or b"")
+        if not self.started:
+            raise ProtocolError(f"Unexpected message {_OPNAMES.get(opcode, hex(opcode))}, expecting STARTUP or OPTIONS")
+        if not self.authenticated:
+            raise ProtocolError(f"Unexpected message {_OPNAMES.get(opcode, hex(opcode))}, expecting AUTH_RESPONSE")
+        if opcode == OP_QUERY:
+            query = r.long_string()
+            _, opts = read_options(r)
+            stmt, markers = self.engine.parse(query)
+            return wire.frame(stream, OP_RESULT, self.engine.execute(stmt, markers, opts, self.session))
+        if opcode == OP_EXECUTE:
+            pid = r.short_bytes()
+            _, opts = read_options(r)
+            prepared = self.engine.lookup_prepared(pid)
+            body = self.engine.execute(prepared.statement, prepared.markers, opts, self.session, prepared)
+            return wire.frame(stream, OP_RESULT, body)
+        if opcode == OP_PREPARE:
+            query = r.long_string()
+            p = self.engine.prepare(query, self.session)
+            return wire.frame(stream, OP_RESULT, results.prepared(p.id, p.bind, p.pk_indexes, p.result))
+        if opcode == OP_BATCH:
+            return wire.frame(stream, OP_RESULT, self._batch(r))
+        if opcode == OP_REGISTER:
+            events = r.string_list()
+            if "SCHEMA_CHANGE" in events and self._on_schema_change not in self.engine.schema_listeners:
+                self.engine.schema_listeners.append(self._on_schema_change)
+            return wire.frame(stream, OP_READY, b"")
+        raise ProtocolError(f"unknown or unsupported request opcode 0x{opcode:02x}")
+
+    def _auth(self, stream: int, token: bytes) -> bytes:
+        if self.credentials is None:
+            raise ProtocolError("Unexpected AUTH_RESPONSE: this emulator runs without authentication")
+        parts = token.split(b"\x00")
+        user = parts[1].decode(errors="replace") if len(parts) == 3 else ""
+        if len(parts) == 3 and parts[1] == self.credentials.username.encode() \
+                and parts[2] == self.credentials.password.encode():
+            self.authenticated = True
+            return wire.frame(stream, OP_AUTH_SUCCESS, wire.bytes_(None))
+        raise BadCredentials(f"Provided username {user} and/or password are incorrect")
+
+    def _batch(self, r: wire.Reader) -> bytes:
+        from .batch import execute_batch
+        kind = {0: "logged", 1: "unlogged", 2: "counter"}.get(r.byte())
+        if kind is None or kind == "counter":
+            raise Invalid("counter batches are not supported by this emulator" if kind else "unknown batch type")
+        children: list[tuple[st.Statement, list[object]]] = []
+        for _ in range(r.short()):
+            child_kind = r.byte()
+            if child_kind == 0:
+                stmt, _markers = self.engine.parse(r.long_string())
+            elif child_kind == 1:
+                stmt = self.engine.lookup_prepared(r.short_bytes()).statement
+            else:
+                raise ProtocolError(f"invalid BATCH child kind {child_kind}")
+            values = [r.value() for _ in range(r.short())]
+            children.append((stmt, values))
+        r.short()  # consistency
+        flags = r.byte()
+        opts = Options()
+        if flags & 0x10:
+            r.short()
+        if flags & 0x20:
+            opts.timestamp = r.long()
+        if flags & 0x40:
+            raise Invalid("named values in BATCH are not supported by this emulator")
+        batch = st.Batch(kind, [s for s, _ in children])  # type: ignore[misc]
+        return execute_batch(self.engine, batch, children, opts, self.session)
+
+
+async def serve(engine: Engine, host: str, port: int, *, credentials: Credentials | None = None,
+                ssl_context: ssl.SSLContext | None = None) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: CqlConnection(engine, credentials), host, port, ssl=ssl_context,
+                                      reuse_address=True, backlog=512)

@@ -1,0 +1,200 @@
+"""In-memory table data: partitions in Murmur3 token order, rows in clustering order.
+
+Cells are kept as the serialized bytes a client binds and a result sends, with
+their write timestamp (microseconds) and expiry (seconds since the epoch, or
+None). Conflicts are resolved as Cassandra does: the higher timestamp wins; on
+equal timestamps a deletion wins, then the greater value. Deletions leave
+tombstones (row, partition and clustering-range) so that a later write with an
+older ``USING TIMESTAMP`` stays shadowed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from sortedcontainers import SortedKeyList, SortedList
+
+Cell = tuple[bytes | None, int, int | None]  # value (None = tombstone), timestamp, expiry
+
+
+def now_seconds() -> int:
+    return int(time.time())
+
+
+class Row:
+    __slots__ = ("ck", "marker", "deleted", "cells")
+
+    def __init__(self, ck: bytes) -> None:
+        self.ck = ck
+        self.marker: tuple[int, int | None] | None = None  # row liveness from INSERT: (timestamp, expiry)
+        self.deleted: int | None = None  # row tombstone timestamp
+        self.cells: list[Cell | None] = []
+
+    def live(self, now: int) -> bool:
+        m = self.marker
+        if m is not None and (m[1] is None or m[1] > now):
+            return True
+        return any(c is not None and c[0] is not None and (c[2] is None or c[2] > now) for c in self.cells)
+
+    def cell(self, slot: int, now: int) -> Cell | None:
+        """The live cell of a regular column, or None."""
+        if slot >= len(self.cells):
+            return None
+        c = self.cells[slot]
+        if c is None or c[0] is None or (c[2] is not None and c[2] <= now):
+            return None
+        return c
+
+    def raw_cell(self, slot: int) -> Cell | None:
+        return self.cells[slot] if slot < len(self.cells) else None
+
+    def write(self, slot: int, value: bytes | None, ts: int, expiry: int | None) -> bool:
+        if self.deleted is not None and ts <= self.deleted:
+            return False
+        cells = self.cells
+        if slot >= len(cells):
+            cells.extend([None] * (slot + 1 - len(cells)))
+        old = cells[slot]
+        if old is not None:
+            ots = old[1]
+            if ts < ots:
+                return False
+            if ts == ots:
+                if old[0] is None:
+                    return False
+                if value is not None and value <= old[0]:
+                    return False
+        cells[slot] = (value, ts, expiry)
+        return True
+
+    def touch(self, ts: int, expiry: int | None) -> bool:
+        if self.deleted is not None and ts <= self.deleted:
+            return False
+        if self.marker is None or ts >= self.marker[0]:
+            self.marker = (ts, expiry)
+        return True
+
+    def delete(self, ts: int) -> None:
+        if self.deleted is None or ts > self.deleted:
+            self.deleted = ts
+        if self.marker is not None and self.marker[0] <= ts:
+            self.marker = None
+        cells = self.cells
+        for i, c in enumerate(cells):
+            if c is not None and c[1] <= ts:
+                cells[i] = None
+
+
+class Partition:
+    """One partition. Tables without clustering columns keep their single row in :attr:`single`."""
+
+    __slots__ = ("key", "token", "rows", "order", "single", "deleted", "ranges")
+
+    def __init__(self, key: bytes, token: int, sort_key: Callable[[bytes], Any] | None) -> None:
+        self.key = key
+        self.token = token
+        self.deleted: int | None = None
+        self.ranges: list[tuple[Callable[[Any], bool], int, Any]] | None = None  # range tombstones: covers, ts, spec
+        self.single: Row | None = None
+        if sort_key is None:
+            self.rows: dict[bytes, Row] | None = None
+            self.order: SortedKeyList | None = None
+        else:
+            self.rows = {}
+            self.order = SortedKeyList(key=sort_key)
+
+    def get(self, ck: bytes) -> Row | None:
+        if self.rows is None:
+            return self.single
+        return self.rows.get(ck)
+
+    def get_or_create(self, ck: bytes) -> Row:
+        if self.rows is None:
+            if self.single is None:
+                self.single = self._new_row(ck)
+            return self.single
+        row = self.rows.get(ck)
+        if row is None:
+            row = self._new_row(ck)
+            self.rows[ck] = row
+            assert self.order is not None
+            self.order.add(ck)
+            if self.ranges:
+                sort_key = self.order.key(ck)
+                for covers, ts, _spec in self.ranges:
+                    if covers(sort_key):
+                        row.delete(ts)
+        return row
+
+    def _new_row(self, ck: bytes) -> Row:
+        row = Row(ck)
+        if self.deleted is not None:
+            row.deleted = self.deleted
+        return row
+
+    def iter_rows(self, reverse: bool = False) -> Iterator[Row]:
+        if self.rows is None:
+            if self.single is not None:
+                yield self.single
+            return
+        assert self.order is not None
+        rows = self.rows
+        for ck in (reversed(self.order) if reverse else self.order):
+            yield rows[ck]
+
+    def iter_range(self, lo: Any, lo_incl: bool, hi: Any, hi_incl: bool, reverse: bool = False) -> Iterator[Row]:
+        """Rows whose sort key lies between ``lo`` and ``hi`` (None = unbounded)."""
+        if self.rows is None:
+            yield from self.iter_rows()
+            return
+        assert self.order is not None
+        rows = self.rows
+        for ck in self.order.irange_key(lo, hi, (lo_incl, hi_incl), reverse=reverse):
+            yield rows[ck]
+
+    def delete(self, ts: int) -> None:
+        if self.deleted is None or ts > self.deleted:
+            self.deleted = ts
+        for row in self.iter_rows():
+            row.delete(ts)
+
+
+class TableData:
+    """The rows of one table."""
+
+    def __init__(self, sort_key: Callable[[bytes], Any] | None) -> None:
+        self.sort_key = sort_key
+        self.partitions: dict[bytes, Partition] = {}
+        self.tokens: SortedList = SortedList()  # (token, partition key)
+
+    def partition(self, key: bytes) -> Partition | None:
+        return self.partitions.get(key)
+
+    def partition_for_write(self, key: bytes, token: int) -> Partition:
+        part = self.partitions.get(key)
+        if part is None:
+            part = Partition(key, token, self.sort_key)
+            self.partitions[key] = part
+            self.tokens.add((token, key))
+        return part
+
+    def iter_partitions(self, start: tuple[int, bytes] | None = None, inclusive: bool = True,
+                        end_token: int | None = None, end_inclusive: bool = True) -> Iterator[Partition]:
+        """Partitions in (token, key) order from ``start``; stops after ``end_token``."""
+        tokens = self.tokens
+        idx = 0 if start is None else (tokens.bisect_left(start) if inclusive else tokens.bisect_right(start))
+        parts = self.partitions
+        while idx < len(tokens):
+            token, key = tokens[idx]
+            if end_token is not None and (token > end_token or (token == end_token and not end_inclusive)):
+                return
+            part = parts.get(key)
+            if part is not None:
+                yield part
+            idx += 1
+
+    def clear(self) -> None:
+        self.partitions.clear()
+        self.tokens.clear()

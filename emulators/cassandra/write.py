@@ -1,0 +1,325 @@
+"""INSERT, UPDATE, DELETE and BATCH: from statements to mutations.
+
+A mutation is a plain tuple (it is also the record of the persistence journal):
+
+- ``("U", table_id, pk, ck, marker, cells, ts, expiry, at)``: upsert; ``marker``
+  is True for INSERT (the row exists even with all columns null); ``cells`` is a
+  tuple of ``(slot, bytes | None)``; ``at`` is the wall-clock time, for the change feed.
+- ``("DR", table_id, pk, ck, ts)`` row, ``("DP", table_id, pk, ts)`` partition,
+  ``("DS", table_id, pk, ck_eq, ck_slice, ts)`` clustering-range deletion.
+- ``("T", table_id)`` truncate.
+
+Lightweight transactions are linearizable here for free: the server runs one
+statement at a time, so read-check-write cannot interleave.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from . import collections_ops as colls
+from . import statements as st
+from .errors import Invalid
+from .keys import join_key
+from .planner import BOOLEAN, assignment_value_type, collection_element_types, resolve, resolve_int, table_column
+from .results import ColumnSpec, Rows
+from .schema import Column, Table
+from .select import Restrictions, _column_extractor, iter_scan, plan_scan, resolve_restrictions
+from .store import Row, TableData
+from .wire import UNSET
+
+MAX_TTL = 630720000
+APPLIED_TRUE = b"\x01"
+APPLIED_FALSE = b"\x00"
+
+
+class Engine(Protocol):
+    def table_data(self, table: Table) -> TableData: ...
+    def apply(self, mutation: tuple[Any, ...]) -> None: ...
+
+
+class WriteContext:
+    """What a write needs besides the statement: bound values, default timestamp, clock."""
+
+    __slots__ = ("values", "default_ts", "now")
+
+    def __init__(self, values: list[object], default_ts: int | None, now: int) -> None:
+        self.values = values
+        self.default_ts = default_ts
+        self.now = now
+
+
+def write_timestamp(using: st.Using, ctx: WriteContext) -> int:
+    ts = resolve_int(using.timestamp, ctx.values, "timestamp")
+    if ts is not None:
+        return ts
+    if ctx.default_ts is not None:
+        return ctx.default_ts
+    return time.time_ns() // 1000
+
+
+def write_expiry(using: st.Using, table: Table, ctx: WriteContext) -> int | None:
+    ttl = resolve_int(using.ttl, ctx.values, "ttl")
+    if ttl is None:
+        ttl = table.default_ttl
+    if ttl < 0:
+        raise Invalid(f"A TTL must be greater or equal to 0, but was {ttl}")
+    if ttl > MAX_TTL:
+        raise Invalid(f"ttl is too large. requested ({ttl}) maximum ({MAX_TTL})")
+    return ctx.now + ttl if ttl else None
+
+
+def _key_value(col: Column, value: object) -> bytes:
+    if value is None:
+        part = "partition key" if col.kind == "partition_key" else "clustering key"
+        raise Invalid(f"Invalid null value in condition for {part} part {col.name}")
+    if value is UNSET:
+        raise Invalid(f"Invalid unset value for column {col.name}")
+    assert isinstance(value, bytes)
+    return value
+
+
+def primary_keys(table: Table, r: Restrictions, need_clustering: bool = True) -> list[tuple[bytes, bytes]]:
+    """Every (partition key, clustering key) a WHERE on the full primary key names (= or IN)."""
+    missing = [c.name for c in table.partition_key if c.name not in r.pk]
+    if missing:
+        raise Invalid(f"Some partition key parts are missing: {', '.join(missing)}")
+    if r.token_lo or r.token_hi or r.filters:
+        raise Invalid("Non PRIMARY KEY columns found in where clause or token() used: only the primary key can be "
+                      "restricted in a modification statement")
+    if need_clustering:
+        missing = [c.name for c in table.clustering if c.name not in r.ck_eq]
+        if missing or r.ck_slice:
+            raise Invalid(f"Some clustering keys are missing: {', '.join(missing or list(r.ck_slice))}")
+    pks = [join_key(list(c)) for c in itertools.product(*(r.pk[c.name] for c in table.partition_key))]
+    if not table.clustering:
+        return [(pk, b"") for pk in pks]
+    cks = [join_key(list(c)) for c in itertools.product(*(r.ck_eq[c.name] for c in table.clustering))]
+    return [(pk, ck) for pk in pks for ck in cks]
+
+
+def _lwt_result(table: Table, applied: bool, row_values: list[tuple[Column, bytes | None]] | None = None) -> Rows:
+    specs = [ColumnSpec(table.keyspace, table.name, "[applied]", BOOLEAN)]
+    values: list[bytes | None] = [APPLIED_TRUE if applied else APPLIED_FALSE]
+    for col, v in row_values or []:
+        specs.append(ColumnSpec(table.keyspace, table.name, col.name, col.type))
+        values.append(v)
+    return Rows(specs, [values])
+
+
+def _current_values(table: Table, data: TableData, pk: bytes, ck: bytes, columns: list[Column],
+                    now: int) -> tuple[Row | None, list[tuple[Column, bytes | None]]]:
+    part = data.partition(pk)
+    row = part.get(ck) if part is not None else None
+    if row is None or not row.live(now):
+        return None, []
+    assert part is not None
+    return row, [(c, _column_extractor(table, c)(part, row, now)) for c in columns]
+
+
+def execute_insert(engine: Engine, table: Table, stmt: st.Insert, ctx: WriteContext) -> Rows | None:
+    values = ctx.values
+    keys: dict[str, bytes] = {}
+    cells: list[tuple[int, bytes | None]] = []
+    for name, term in zip(stmt.columns, stmt.values, strict=True):
+        col = table.columns.get(name)
+        if col is None:
+            raise Invalid(f"Undefined column name {name} in table {table.keyspace}.{table.name}")
+        v = resolve(term, col.type, values)
+        if col.kind != "regular":
+            keys[name] = _key_value(col, v)
+        elif v is not UNSET:
+            cells.append((col.slot, colls.normalize(col.type, v) if col.type.is_collection else v))  # type: ignore[arg-type]
+    for group, what in ((table.partition_key, "partition key"), (table.clustering, "clustering key")):
+        missing = [c.name for c in group if c.name not in keys]
+        if missing:
+            raise Invalid(f"Some {what} parts are missing: {', '.join(missing)}")
+    pk = join_key([keys[c.name] for c in table.partition_key])
+    ck = join_key([keys[c.name] for c in table.clustering]) if table.clustering else b""
+    ts = write_timestamp(stmt.using, ctx)
+    expiry = write_expiry(stmt.using, table, ctx)
+    data = engine.table_data(table)
+    if stmt.if_not_exists:
+        row, current = _current_values(table, data, pk, ck, table.all_columns(), ctx.now)
+        if row is not None:
+            return _lwt_result(table, False, current)
+    engine.apply(("U", table.id, pk, ck, True, tuple(cells), ts, expiry, time.time()))
+    return _lwt_result(table, True) if stmt.if_not_exists else None
+
+
+def _check_conditions(table: Table, data: TableData, pk: bytes, ck: bytes, if_exists: bool,
+                      conditions: list[st.Condition], ctx: WriteContext) -> Rows | None:
+    """None when the conditions hold, else the not-applied result."""
+    cols = [table_column(table, c.column) for c in conditions]
+    row, current = _current_values(table, data, pk, ck, cols, ctx.now)
+    if if_exists:
+        return None if row is not None else _lwt_result(table, False)
+    holds = True
+    for cond, col in zip(conditions, cols, strict=True):
+        cur = dict(current).get(col) if row is not None else None
+        if cond.element is not None:
+            ktype, vtype = collection_element_types(col, col.name)
+            key = resolve(cond.element, ktype, ctx.values)
+            if col.type.kind == "map":
+                cur = dict(colls.split_map(cur)).get(key) if cur is not None else None  # type: ignore[arg-type]
+            else:
+                items = colls.split_elements(cur)
+                idx = int.from_bytes(key, "big", signed=True)  # type: ignore[arg-type]
+                cur = items[idx] if 0 <= idx < len(items) else None
+            ctype = vtype
+        else:
+            ctype = col.type
+        want = resolve(cond.value, ctype, ctx.values)
+        if want is UNSET:
+            raise Invalid(f"Invalid unset value for column {col.name}")
+        if cond.op in ("=", "!="):
+            equal = (cur is None and want is None) or (cur is not None and want is not None
+                                                       and ctype.compare_key(cur) == ctype.compare_key(want))
+            ok = equal if cond.op == "=" else not equal
+        else:
+            if want is None:
+                raise Invalid(f"Invalid comparison with null for operator \"{cond.op}\"")
+            if cur is None:
+                ok = False
+            else:
+                a, b = ctype.compare_key(cur), ctype.compare_key(want)  # type: ignore[arg-type]
+                ok = {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[cond.op]
+        holds = holds and ok
+    if holds:
+        return None
+    shown = [(c, v) for c, v in current] if row is not None else [(c, None) for c in cols]
+    return _lwt_result(table, False, shown)
+
+
+def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assignments: list[st.Assignment],
+                      ctx: WriteContext) -> list[tuple[int, bytes | None]]:
+    cells: list[tuple[int, bytes | None]] = []
+    row: Row | None = None
+    part = data.partition(pk)
+    if part is not None:
+        row = part.get(ck)
+    for a in assignments:
+        col = table_column(table, a.column)
+        if col.kind != "regular":
+            raise Invalid(f"PRIMARY KEY part {col.name} found in SET part")
+        if a.kind == "set":
+            v = resolve(a.value, col.type, ctx.values)
+            if v is UNSET:
+                continue
+            cells.append((col.slot, colls.normalize(col.type, v) if col.type.is_collection else v))  # type: ignore[arg-type]
+            continue
+        current_cell = row.cell(col.slot, ctx.now) if row is not None else None
+        current = current_cell[0] if current_cell else None
+        if a.kind == "set_element":
+            assert a.element is not None
+            ktype, vtype = collection_element_types(col, col.name)
+            key = resolve(a.element, ktype, ctx.values)
+            value = resolve(a.value, vtype, ctx.values)
+            if key is None or key is UNSET:
+                raise Invalid(f"Invalid null or unset key for {col.name}")
+            if value is UNSET:
+                continue
+            new = colls.set_element(col.type, current, key, value)  # type: ignore[arg-type]
+        else:
+            operand = resolve(a.value, assignment_value_type(col, a.kind), ctx.values)
+            if operand is UNSET:
+                continue
+            if a.kind == "remove":
+                new = colls.remove(col.type, current, operand)  # type: ignore[arg-type]
+            else:
+                new = colls.add(col.type, current, operand, prepend=a.kind == "prepend")  # type: ignore[arg-type]
+        cells.append((col.slot, new))
+    return cells
+
+
+def execute_update(engine: Engine, table: Table, stmt: st.Update, ctx: WriteContext) -> Rows | None:
+    r = resolve_restrictions(table, stmt.where, ctx.values)
+    keys = primary_keys(table, r)
+    ts = write_timestamp(stmt.using, ctx)
+    expiry = write_expiry(stmt.using, table, ctx)
+    data = engine.table_data(table)
+    conditional = stmt.if_exists or bool(stmt.conditions)
+    if conditional:
+        if len(keys) != 1:
+            raise Invalid("IN on the primary key is not supported with conditional updates")
+        failed = _check_conditions(table, data, keys[0][0], keys[0][1], stmt.if_exists, stmt.conditions, ctx)
+        if failed is not None:
+            return failed
+    for pk, ck in keys:
+        cells = _assignment_cells(table, data, pk, ck, stmt.assignments, ctx)
+        engine.apply(("U", table.id, pk, ck, False, tuple(cells), ts, expiry, time.time()))
+    return _lwt_result(table, True) if conditional else None
+
+
+def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteContext) -> Rows | None:
+    r = resolve_restrictions(table, stmt.where, ctx.values)
+    ts = write_timestamp(stmt.using, ctx)
+    data = engine.table_data(table)
+    conditional = stmt.if_exists or bool(stmt.conditions)
+    full_row = all(c.name in r.ck_eq for c in table.clustering) and not r.ck_slice
+    keys = primary_keys(table, r) if stmt.columns or conditional else primary_keys(table, r, need_clustering=False)
+    if conditional:
+        if len(keys) != 1:
+            raise Invalid("IN on the primary key is not supported with conditional deletions")
+        failed = _check_conditions(table, data, keys[0][0], keys[0][1], stmt.if_exists, stmt.conditions, ctx)
+        if failed is not None:
+            return failed
+    if stmt.columns:
+        for pk, ck in keys:
+            cells: list[tuple[int, bytes | None]] = []
+            part = data.partition(pk)
+            row = part.get(ck) if part is not None else None
+            for name, element in stmt.columns:
+                col = table_column(table, name)
+                if col.kind != "regular":
+                    raise Invalid(f"Invalid identifier {name} for deletion (should not be a PRIMARY KEY part)")
+                if element is None:
+                    cells.append((col.slot, None))
+                    continue
+                ktype, _ = collection_element_types(col, col.name) if col.type.kind != "set" else (col.type.params[0], None)
+                key = resolve(element, ktype, ctx.values)
+                cur_cell = row.cell(col.slot, ctx.now) if row is not None else None
+                cur = cur_cell[0] if cur_cell else None
+                if cur is None:
+                    continue
+                cells.append((col.slot, colls.set_element(col.type, cur, key, None)))  # type: ignore[arg-type]
+            if cells:
+                engine.apply(("U", table.id, pk, ck, False, tuple(cells), ts, None, time.time()))
+    else:
+        pks = sorted({pk for pk, _ in keys})
+        for pk in pks:
+            if not table.clustering:
+                engine.apply(("DP", table.id, pk, ts))
+            elif full_row:
+                for kpk, ck in keys:
+                    if kpk == pk:
+                        engine.apply(("DR", table.id, pk, ck, ts))
+            elif not r.ck_eq and not r.ck_slice:
+                engine.apply(("DP", table.id, pk, ts))
+            else:
+                engine.apply(("DS", table.id, pk, dict(r.ck_eq), {k: list(v) for k, v in r.ck_slice.items()}, ts))
+    return _lwt_result(table, True) if conditional else None
+
+
+def range_predicate(table: Table, ck_eq: dict[str, list[bytes]],
+                    ck_slice: dict[str, list[tuple[bytes, bool] | None]]) -> Callable[[Any], bool]:
+    """The clustering sort keys a range deletion covers (used for its tombstone)."""
+    r = Restrictions(ck_eq=ck_eq, ck_slice=ck_slice)
+    r.pk = {c.name: [b""] for c in table.partition_key}
+    scan = plan_scan(table, r)
+    lo, hi = scan.lo, scan.hi
+    preds = scan.predicates
+
+    def covers(sort_key: Any) -> bool:
+        if lo is not None and (sort_key < lo[0] or (sort_key == lo[0] and not lo[1])):
+            return False
+        if hi is not None and (sort_key > hi[0] or (sort_key == hi[0] and not hi[1])):
+            return False
+        return not preds
+    return covers
+
+
+__all__ = ["execute_insert", "execute_update", "execute_delete", "WriteContext", "range_predicate", "iter_scan"]
