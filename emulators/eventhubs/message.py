@@ -1,0 +1,224 @@
+"""AMQP messages as Event Hubs stores them: split, annotate, re-assemble without decoding bodies.
+
+An incoming message is split into its sections (part 3, section 3.2) with
+:func:`codec.skip`. What is stored, and later delivered unchanged, is::
+
+    [header] message-annotations* [properties] [application-properties] body... [footer]
+
+where ``message-annotations*`` is the client's map minus any service-owned keys,
+plus ``x-opt-sequence-number`` (long), ``x-opt-offset`` (string) and
+``x-opt-enqueued-time`` (timestamp). Delivery annotations from the client are
+dropped (they belong to one hop). Every other section keeps its original bytes,
+so properties and application properties reach consumers byte for byte, and a
+delivery costs no encoding at all.
+
+A batch (message-format 0x80013700) is an envelope whose body is a series of
+data sections, each holding one complete encoded message: :func:`unpack_batch`
+returns those inner messages.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from emulators.eventhubs import codec
+from emulators.eventhubs.codec import Symbol, Timestamp
+from emulators.eventhubs.errors import DecodeError
+
+BATCH_FORMAT = 0x80013700
+
+HEADER, DELIVERY_ANNOTATIONS, MESSAGE_ANNOTATIONS, PROPERTIES, APPLICATION_PROPERTIES = 0x70, 0x71, 0x72, 0x73, 0x74
+DATA, AMQP_SEQUENCE, AMQP_VALUE, FOOTER = 0x75, 0x76, 0x77, 0x78
+_SECTION_NAMES = {
+    "amqp:header:list": HEADER, "amqp:delivery-annotations:map": DELIVERY_ANNOTATIONS,
+    "amqp:message-annotations:map": MESSAGE_ANNOTATIONS, "amqp:properties:list": PROPERTIES,
+    "amqp:application-properties:map": APPLICATION_PROPERTIES, "amqp:data:binary": DATA,
+    "amqp:amqp-sequence:list": AMQP_SEQUENCE, "amqp:amqp-value:*": AMQP_VALUE, "amqp:footer:map": FOOTER,
+}
+
+SEQUENCE_NUMBER = "x-opt-sequence-number"
+OFFSET = "x-opt-offset"
+ENQUEUED_TIME = "x-opt-enqueued-time"
+PARTITION_KEY = "x-opt-partition-key"
+SERVICE_KEYS = frozenset({SEQUENCE_NUMBER, OFFSET, ENQUEUED_TIME, "x-opt-publisher"})
+
+_KEY_SEQ = codec.encode(Symbol(SEQUENCE_NUMBER))
+_KEY_OFFSET = codec.encode(Symbol(OFFSET))
+_KEY_TIME = codec.encode(Symbol(ENQUEUED_TIME))
+_q = struct.Struct(">q")
+
+
+@dataclass(slots=True)
+class Section:
+    """One message section: its code and the byte range of the whole section (descriptor included)."""
+
+    code: int
+    start: int
+    end: int
+    value_start: int
+
+
+def sections(payload: bytes) -> list[Section]:
+    """Split an encoded message into its sections; raises DecodeError on anything that is not a message."""
+    result: list[Section] = []
+    pos = 0
+    end = len(payload)
+    while pos < end:
+        if payload[pos] != 0x00:
+            raise DecodeError(f"message section at {pos} is not a described type")
+        descriptor, value_start = codec.decode(payload, pos + 1)
+        code = _SECTION_NAMES.get(descriptor) if isinstance(descriptor, str) else int(descriptor)
+        if code is None or not HEADER <= code <= FOOTER:
+            raise DecodeError(f"unknown message section descriptor {descriptor!r}")
+        section_end = codec.skip(payload, value_start)
+        result.append(Section(code, pos, section_end, value_start))
+        pos = section_end
+    if not result:
+        raise DecodeError("empty message")
+    return result
+
+
+def section_value(payload: bytes, section: Section) -> Any:
+    value, _ = codec.decode(payload, section.value_start)
+    return value
+
+
+@dataclass(slots=True)
+class Incoming:
+    """A message from a producer, split and ready to be stamped by :meth:`stamp`."""
+
+    header: bytes
+    annotation_entries: bytes
+    annotation_count: int
+    rest: bytes
+    partition_key: str | None
+
+    @property
+    def size(self) -> int:
+        return len(self.header) + len(self.annotation_entries) + len(self.rest)
+
+    def stamp(self, sequence: int, offset: int, enqueued_ms: int) -> tuple[bytes, int]:
+        """The stored (and delivered) encoding with the service annotations; also the header length."""
+        entries = bytearray(self.annotation_entries)
+        entries += _KEY_SEQ
+        entries.append(0x81)
+        entries += _q.pack(sequence)
+        entries += _KEY_OFFSET
+        codec.encode_into(entries, str(offset))
+        entries += _KEY_TIME
+        entries.append(0x83)
+        entries += _q.pack(enqueued_ms)
+        out = bytearray(self.header)
+        out += b"\x00\x53\x72"
+        codec.encode_map_raw(out, entries, self.annotation_count + 6)
+        out += self.rest
+        return bytes(out), len(self.header)
+
+
+def parse_incoming(payload: bytes) -> Incoming:
+    """Split a single (non-batch) message as sent by a producer."""
+    parts = sections(payload)
+    header = b""
+    entries = bytearray()
+    count = 0
+    partition_key: str | None = None
+    rest = bytearray()
+    for section in parts:
+        if section.code == HEADER:
+            header = payload[section.start : section.end]
+        elif section.code == DELIVERY_ANNOTATIONS:
+            continue
+        elif section.code == MESSAGE_ANNOTATIONS:
+            count, partition_key = _filter_annotations(payload, section.value_start, entries)
+        else:
+            rest += payload[section.start : section.end]
+    return Incoming(bytes(header), bytes(entries), count, bytes(rest), partition_key)
+
+
+def _filter_annotations(payload: bytes, pos: int, out: bytearray) -> tuple[int, str | None]:
+    """Copy the map entries at ``pos`` except service-owned keys; returns (elements copied, partition key)."""
+    code = payload[pos]
+    if code in (0xC1, 0xD1):
+        wide = code == 0xD1
+        count = struct.unpack_from(">I", payload, pos + 5)[0] if wide else payload[pos + 2]
+        pos += 9 if wide else 3
+    elif code == 0x40:
+        return 0, None
+    else:
+        raise DecodeError("message-annotations is not a map")
+    copied = 0
+    partition_key: str | None = None
+    for _ in range(count // 2):
+        key, key_end = codec.decode(payload, pos)
+        value_end = codec.skip(payload, key_end)
+        if key == PARTITION_KEY:
+            value, _ = codec.decode(payload, key_end)
+            if isinstance(value, bytes):
+                value = value.decode("utf-8", "replace")
+            partition_key = None if value is None else str(value)
+        if key not in SERVICE_KEYS:
+            out += payload[pos:value_end]
+            copied += 2
+        pos = value_end
+    return copied, partition_key
+
+
+def unpack_batch(payload: bytes) -> tuple[list[bytes], str | None]:
+    """The inner messages of a batch envelope, and the envelope's partition key."""
+    outer = parse_incoming(payload)
+    inner: list[bytes] = []
+    for section in sections(outer.rest):
+        if section.code == DATA:
+            value = section_value(outer.rest, section)
+            if not isinstance(value, bytes):
+                raise DecodeError("batch data section does not hold binary")
+            inner.append(value)
+        elif section.code in (AMQP_SEQUENCE, AMQP_VALUE):
+            raise DecodeError("a batch body must be data sections, each one encoded message")
+    if not inner:
+        raise DecodeError("empty batch")
+    return inner, outer.partition_key
+
+
+def delivery_annotations(values: dict[str, Any]) -> bytes:
+    """An encoded delivery-annotations section (used for the last-enqueued runtime metrics)."""
+    out = bytearray(b"\x00\x53\x71")
+    codec.encode_into(out, {Symbol(k): v for k, v in values.items()})
+    return bytes(out)
+
+
+def build(*, properties: list[Any] | None = None, application_properties: dict[str, Any] | None = None,
+          value: Any = None) -> bytes:
+    """Encode a small message (management and CBS replies): properties, application properties, amqp-value."""
+    out = bytearray()
+    if properties is not None:
+        out += b"\x00\x53\x73"
+        codec.encode_list_into(out, properties)
+    if application_properties is not None:
+        out += b"\x00\x53\x74"
+        codec.encode_into(out, application_properties)
+    out += b"\x00\x53\x77"
+    codec.encode_into(out, value)
+    return bytes(out)
+
+
+def read_request(payload: bytes) -> tuple[list[Any], dict[Any, Any], Any]:
+    """Decode a management or CBS request: (properties fields, application properties, amqp-value body)."""
+    properties: list[Any] = []
+    application: dict[Any, Any] = {}
+    body: Any = None
+    for section in sections(payload):
+        if section.code == PROPERTIES:
+            properties = list(section_value(payload, section) or [])
+        elif section.code == APPLICATION_PROPERTIES:
+            application = dict(section_value(payload, section) or {})
+        elif section.code == AMQP_VALUE:
+            body = section_value(payload, section)
+    properties.extend([None] * (13 - len(properties)))
+    return properties, application, body
+
+
+def now_timestamp(ms: int) -> Timestamp:
+    return Timestamp(ms)

@@ -1,0 +1,259 @@
+"""An AMQP session: its windows, its links, and the attach/detach rules (AMQP 1.0 part 2, 2.5 to 2.7).
+
+Transfer ids count frames and delivery ids count messages, each from 0. The
+emulator's incoming window is large and re-advertised with every flow it sends,
+so publishers are paced by link credit only. Outgoing deliveries respect the
+client's incoming window (the SDK re-opens it with a session flow) and the
+connection's write backpressure.
+
+A link the emulator refuses (unknown entity, no token, owner level too low...)
+is answered the AMQP way: an attach with a null terminus on the emulator's side
+immediately followed by a closing detach carrying the error; the SDK raises
+that error to the application.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from emulators.eventhubs import errors, frames
+from emulators.eventhubs.codec import Described
+from emulators.eventhubs.errors import AmqpError
+from emulators.eventhubs.frames import ROLE_RECEIVER, ROLE_SENDER
+from emulators.eventhubs.links import (
+    MAX_MESSAGE_SIZE,
+    ConsumeLink,
+    Link,
+    PublishLink,
+    ReplyLink,
+    RequestLink,
+    entity_path,
+    terminus_address,
+)
+
+if TYPE_CHECKING:
+    from emulators.eventhubs.connection import Connection
+
+logger = logging.getLogger(__name__)
+
+WINDOW = 2**31 - 1
+HANDLE_MAX = 4095
+_NODES = {"$cbs": "$cbs", "$management": "$management"}
+
+
+class Session:
+    """One session of a connection; ``channel`` is ours, ``remote_channel`` the client's."""
+
+    def __init__(self, connection: Connection, channel: int, remote_channel: int, begin: list[Any]) -> None:
+        self.connection = connection
+        self.channel = channel
+        self.remote_channel = remote_channel
+        self.next_incoming_id = int(begin[1] or 0)
+        self.remote_incoming_window = int(begin[2] or 0)
+        self.next_outgoing_id = 0
+        self.next_delivery_id = 0
+        self.links: dict[int, Link] = {}  # by the client's handle
+        self.ended = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def begin_reply(self) -> None:
+        self.connection.send(frames.begin_frame(self.channel, self.remote_channel, self.next_outgoing_id,
+                                                WINDOW, WINDOW, HANDLE_MAX))
+
+    def close_links(self) -> None:
+        for link in list(self.links.values()):
+            link.close()
+        self.links.clear()
+
+    def end(self, error: AmqpError | None = None) -> None:
+        """End the session from our side (on a session error or when the client ended it)."""
+        if self.ended:
+            return
+        self.ended = True
+        self.close_links()
+        err = frames.error_value(error.condition, error.description) if error else None
+        self.connection.send(frames.end_frame(self.channel, err))
+
+    # ------------------------------------------------------------ incoming frames
+
+    def on_frame(self, code: int, fields: list[Any], payload: bytes) -> None:
+        if code == frames.TRANSFER:
+            self.next_incoming_id += 1
+            link = self.links.get(int(fields[0]))
+            if link is None:
+                raise AmqpError(errors.UNATTACHED_HANDLE, f"transfer on handle {fields[0]}, which is not attached")
+            try:
+                link.on_transfer(fields, payload)
+            except AmqpError as exc:
+                self.detach(link, exc.condition, exc.description)
+        elif code == frames.FLOW:
+            self.on_flow(fields)
+        elif code == frames.ATTACH:
+            self.on_attach(fields)
+        elif code == frames.DISPOSITION:
+            pass  # the emulator's own deliveries are sent settled
+        elif code == frames.DETACH:
+            self.on_detach(fields)
+        elif code == frames.END:
+            self.end()
+            self.connection.forget_session(self)
+        else:
+            raise AmqpError(errors.NOT_ALLOWED, f"{frames.NAMES.get(code, code)} is not allowed on a session")
+
+    def on_flow(self, fields: list[Any]) -> None:
+        next_incoming_id = int(fields[0]) if fields[0] is not None else 0
+        self.remote_incoming_window = next_incoming_id + int(fields[1] or 0) - self.next_outgoing_id
+        if fields[4] is not None:
+            link = self.links.get(int(fields[4]))
+            if link is None:
+                raise AmqpError(errors.UNATTACHED_HANDLE, f"flow on handle {fields[4]}, which is not attached")
+            link.on_flow(fields)
+        else:
+            self.resume()
+
+    def resume(self) -> None:
+        """The window opened again (or the transport drained): let consumers send."""
+        for link in list(self.links.values()):
+            if isinstance(link, ConsumeLink):
+                link.pump()
+
+    def on_attach(self, fields: list[Any]) -> None:
+        name, remote_handle, role = fields[0], int(fields[1]), fields[2]
+        if remote_handle in self.links:
+            raise AmqpError(errors.HANDLE_IN_USE, f"handle {remote_handle} is already attached")
+        source, target = fields[5], fields[6]
+        client_receives = role == ROLE_RECEIVER
+        common = (self, name, remote_handle, remote_handle, source, target)
+        try:
+            path = entity_path(terminus_address(source if client_receives else target))
+            node = _NODES.get(path[0].lower()) if len(path) == 1 else None
+            if node is not None:
+                link: Link = (ReplyLink(*common, node=node) if client_receives
+                              else RequestLink(*common, node=node, settled_by_client=fields[3] == 1))
+            else:
+                if not self.connection.authorized:
+                    raise AmqpError(errors.UNAUTHORIZED, "no valid token: put a SAS token on $cbs first, "
+                                    "or authenticate with SASL PLAIN")
+                link = self._entity_link(common, path, client_receives, fields)
+        except AmqpError as exc:
+            logger.info("refusing link %r: %s", name, exc)
+            self._refuse(fields, exc)
+            return
+        self.links[remote_handle] = link
+        if isinstance(link, ConsumeLink):
+            try:
+                link.start()
+            except AmqpError as exc:
+                del self.links[remote_handle]
+                link.close()
+                logger.info("refusing consumer %r: %s", name, exc)
+                self._refuse(fields, exc)
+            return
+        self.send_attach(link, snd_settle_mode=int(fields[3]) if fields[3] is not None else 2)
+        if isinstance(link, (PublishLink, RequestLink)):
+            link.grant()
+
+    def _entity_link(self, common: tuple[Any, ...], path: list[str], client_receives: bool,
+                     fields: list[Any]) -> Link:
+        if not path:
+            raise AmqpError(errors.INVALID_FIELD, "the link address names no event hub")
+        hub = self.connection.broker.hub(path[0])
+        if client_receives:
+            if len(path) != 5 or path[1].lower() != "consumergroups" or path[3].lower() != "partitions":
+                raise AmqpError(errors.NOT_FOUND, f"cannot receive from {'/'.join(path)!r}: use "
+                                "<hub>/ConsumerGroups/<group>/Partitions/<id>")
+            group = hub.consumer_group(path[2])
+            return ConsumeLink(*common, hub=hub, group=group, partition=hub.partition(path[4]),
+                               properties=fields[13], desired=fields[12])
+        if len(path) == 1:
+            return PublishLink(*common, hub=hub, partition=None, settled_by_client=fields[3] == 1)
+        if len(path) == 3 and path[1].lower() == "partitions":
+            return PublishLink(*common, hub=hub, partition=hub.partition(path[2]), settled_by_client=fields[3] == 1)
+        raise AmqpError(errors.NOT_FOUND, f"cannot send to {'/'.join(path)!r}: use <hub> or <hub>/Partitions/<id>")
+
+    def _refuse(self, fields: list[Any], error: AmqpError) -> None:
+        client_receives = fields[2] == ROLE_RECEIVER
+        handle = int(fields[1])
+        self.connection.send(frames.attach_frame(
+            self.channel, name=fields[0], handle=handle,
+            role=ROLE_SENDER if client_receives else ROLE_RECEIVER,
+            snd_settle_mode=int(fields[3]) if fields[3] is not None else 2, rcv_settle_mode=0,
+            source=None if client_receives else fields[5], target=fields[6] if client_receives else None,
+            initial_delivery_count=0 if client_receives else None, max_message_size=MAX_MESSAGE_SIZE,
+        ))
+        self.connection.send(frames.detach_frame(self.channel, handle, True,
+                                                 frames.error_value(error.condition, error.description)))
+
+    def on_detach(self, fields: list[Any]) -> None:
+        link = self.links.pop(int(fields[0]), None)
+        if link is None:
+            return  # a link we refused or already detached: nothing left to release
+        link.close()
+        self.connection.send(frames.detach_frame(self.channel, link.handle, bool(fields[1])))
+
+    # ------------------------------------------------------------ outgoing
+
+    def detach(self, link: Link, condition: str, description: str, *, unregister: bool = True) -> None:
+        """Close ``link`` from our side with an error."""
+        if self.links.get(link.remote_handle) is link:
+            del self.links[link.remote_handle]
+        if not link.detached:
+            link.close()
+        self.connection.send(frames.detach_frame(self.channel, link.handle, True,
+                                                 frames.error_value(condition, description)))
+        self.connection.flush_soon()
+
+    def send_attach(self, link: Link, *, snd_settle_mode: int, offered: list[str] | None = None) -> None:
+        sending = link.role == ROLE_SENDER
+        self.connection.send(frames.attach_frame(
+            self.channel, name=link.name, handle=link.handle, role=link.role,
+            snd_settle_mode=snd_settle_mode, rcv_settle_mode=0, source=link.source, target=link.target,
+            initial_delivery_count=0 if sending else None, max_message_size=MAX_MESSAGE_SIZE,
+            offered_capabilities=offered,
+        ))
+
+    def send_link_flow(self, link: Link, *, delivery_count: int, link_credit: int, available: int | None = None,
+                       drain: bool = False) -> None:
+        self.connection.send(frames.flow_frame(
+            self.channel, next_incoming_id=self.next_incoming_id, incoming_window=WINDOW,
+            next_outgoing_id=self.next_outgoing_id, outgoing_window=WINDOW, handle=link.handle,
+            delivery_count=delivery_count & 0xFFFFFFFF, link_credit=max(link_credit, 0), available=available,
+            drain=drain,
+        ))
+
+    def send_disposition(self, delivery_id: int, state: Described) -> None:
+        self.connection.send(frames.disposition_frame(self.channel, role=ROLE_RECEIVER, first=delivery_id,
+                                                      last=delivery_id, settled=True, state=state))
+
+    def can_send(self) -> bool:
+        return self.remote_incoming_window > 0 and self.connection.writable and not self.ended
+
+    def send_delivery(self, link: Link, payload: bytes) -> None:
+        """Send one settled delivery, split into frames no larger than the client's max frame size."""
+        delivery_id = self.next_delivery_id & 0xFFFFFFFF
+        self.next_delivery_id += 1
+        chunk = self.connection.peer_max_frame_size - frames.transfer_overhead()
+        if len(payload) <= chunk:
+            self.connection.send(frames.transfer_frame(self.channel, link.handle, delivery_id, delivery_id, False,
+                                                       payload))
+            self.next_outgoing_id += 1
+            self.remote_incoming_window -= 1
+            return
+        view = memoryview(payload)
+        for start in range(0, len(payload), chunk):
+            more = start + chunk < len(payload)
+            self.connection.send(frames.transfer_frame(self.channel, link.handle, delivery_id, delivery_id, more,
+                                                       view[start : start + chunk]))
+            self.next_outgoing_id += 1
+            self.remote_incoming_window -= 1
+
+    def reply(self, node: str, payload: bytes) -> None:
+        """Queue a $cbs/$management reply on the client's receiving link for ``node``."""
+        for link in self.links.values():
+            if isinstance(link, ReplyLink) and link.node == node:
+                link.pending.append(payload)
+                link.send_pending()
+                return
+        logger.warning("a %s request arrived without a reply link attached; the reply is dropped", node)
