@@ -1,0 +1,14 @@
+"""The Sluice function app (Python v2 programming model): one blueprint per trigger family.
+
+The Functions host (or ``python -m devhost`` locally) indexes ``app``; each
+blueprint lives in ``functions/`` and only decodes its binding, calls one service
+and maps the outcome. Nothing here connects to anything: clients are built on
+first use by ``shared.bootstrap``.
+"""
+
+import azure.functions as func
+
+from functions.ingest import bp as ingest
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(ingest)

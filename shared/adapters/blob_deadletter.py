@@ -1,0 +1,132 @@
+"""``BlobDeadLetterSink``: dead letters as JSON blobs in Azure Blob storage (Azurite locally).
+
+Dead letters live in the Functions host's storage account, not in Cassandra, so
+they do not share the event store's fate. One blob per rejected item, named
+from where it came from, so writing the same item twice is one dead letter:
+
+    rejected/<yyyy>/<mm>/<dd>/p<partition>/<sequence>-<index>.json
+    batches/<yyyy>/<mm>/<dd>/p<partition>/<first sequence>-<last sequence>.json
+
+The date is the Event Hubs enqueued time (the time of writing if unknown). Each
+blob holds the reason, the original bytes (base64, and as text when it is UTF-8),
+the element index inside an array body, and the Event Hubs metadata.
+Writes are retried (tenacity, bounded); what still fails raises ``TransientError``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.storage.blob import BlobServiceClient, ContentSettings
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from shared.domain.events import EventMetadata, Rejected
+from shared.exceptions import TransientError
+
+logger = logging.getLogger(__name__)
+
+_JSON = ContentSettings(content_type="application/json")
+
+
+def _original(data: bytes) -> dict[str, Any]:
+    out: dict[str, Any] = {"original_base64": base64.b64encode(data).decode("ascii"), "original_bytes": len(data)}
+    with contextlib.suppress(UnicodeDecodeError):
+        out["original_text"] = data.decode("utf-8")
+    return out
+
+
+def _day(metadata: EventMetadata, now: datetime) -> str:
+    return (metadata.enqueued_time or now).astimezone(UTC).strftime("%Y/%m/%d")
+
+
+def _position(metadata: EventMetadata, data: bytes) -> str:
+    if metadata.sequence_number is not None:
+        return str(metadata.sequence_number)
+    return "sha256-" + hashlib.sha256(data).hexdigest()[:32]
+
+
+class BlobDeadLetterSink:
+    """Implements ``shared.ports.ingest.DeadLetterSink`` on Blob storage."""
+
+    def __init__(self, service: BlobServiceClient, container: str, *, attempts: int = 5, max_wait: float = 10.0) -> None:
+        self._container = service.get_container_client(container)
+        self._ready = False
+        self._lock = threading.Lock()
+        self._upload = retry(
+            retry=retry_if_exception_type(AzureError),
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential(multiplier=0.2, max=max_wait),
+            reraise=True,
+        )(self._upload_once)
+
+    def _setup(self) -> None:
+        if self._ready:
+            return
+        with self._lock:
+            if not self._ready:
+                with contextlib.suppress(ResourceExistsError):
+                    self._container.create_container()
+                self._ready = True
+
+    def _upload_once(self, name: str, document: dict[str, Any]) -> None:
+        self._setup()
+        self._container.upload_blob(
+            name, json.dumps(document, ensure_ascii=False).encode(), overwrite=True, content_settings=_JSON
+        )
+
+    def _put(self, name: str, document: dict[str, Any]) -> None:
+        try:
+            self._upload(name, document)
+        except AzureError as exc:
+            raise TransientError(f"could not write dead letter {name}: {exc}") from exc
+
+    def put_rejected(self, rejected: Sequence[Rejected]) -> None:
+        now = datetime.now(UTC)
+        for item in rejected:
+            meta = item.metadata
+            index = "body" if item.index is None else str(item.index)
+            name = f"rejected/{_day(meta, now)}/p{meta.partition_id or 'unknown'}/{_position(meta, item.original)}-{index}.json"
+            self._put(
+                name,
+                {
+                    "kind": "rejected",
+                    "reason": item.reason,
+                    "event_id": item.event_id,
+                    "index": item.index,
+                    "eventhub": meta.as_dict(),
+                    "dead_lettered_at": now.isoformat(),
+                    **_original(item.original),
+                },
+            )
+        if rejected:
+            logger.warning("dead-lettered %d rejected items: %s", len(rejected), rejected[0].reason)
+
+    def put_batch(self, bodies: Sequence[tuple[bytes, EventMetadata]], reason: str) -> None:
+        if not bodies:
+            return
+        now = datetime.now(UTC)
+        first, last = bodies[0][1], bodies[-1][1]
+        name = (
+            f"batches/{_day(first, now)}/p{first.partition_id or 'unknown'}/"
+            f"{_position(first, bodies[0][0])}-{_position(last, bodies[-1][0])}.json"
+        )
+        self._put(
+            name,
+            {
+                "kind": "batch",
+                "reason": reason,
+                "count": len(bodies),
+                "dead_lettered_at": now.isoformat(),
+                "events": [{"eventhub": meta.as_dict(), **_original(body)} for body, meta in bodies],
+            },
+        )
+        logger.error("dead-lettered a whole batch of %d events as %s: %s", len(bodies), name, reason)

@@ -1,0 +1,116 @@
+"""Versioned, idempotent Cassandra schema migrations (``python -m sluice migrate cassandra``).
+
+Each migration is a list of CQL statements that are safe to run again
+(``IF NOT EXISTS``); applied versions are recorded in ``schema_migrations``, so a
+second run does nothing. The keyspace and the time-bucket layout come from
+settings; the layout is recorded in ``sluice_meta`` at the first migration and a
+later run with a different layout is refused, because readers would miss rows.
+Nothing here runs at import time. The tables are explained in docs/data-model.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from cassandra.cluster import Session
+
+from shared.exceptions import ConfigurationError
+from shared.settings import CassandraSettings
+
+logger = logging.getLogger(__name__)
+
+# Columns every event table carries, so any of them can answer for an event.
+EVENT_COLUMNS = """
+    event_type text,
+    severity text,
+    critical boolean,
+    measurements map<text, double>,
+    attributes map<text, text>,
+    schema_version int,
+    eh_partition text,
+    eh_offset text,
+    eh_sequence_number bigint,
+    enqueued_time timestamp"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "event tables, latest state, critical events, feed state",
+        (
+            f"""CREATE TABLE IF NOT EXISTS {{ks}}.events_by_device (
+    device_id text, day date, event_time timestamp, event_id uuid,{EVENT_COLUMNS},
+    PRIMARY KEY ((device_id, day), event_time, event_id)
+) WITH CLUSTERING ORDER BY (event_time DESC, event_id ASC)""",
+            f"""CREATE TABLE IF NOT EXISTS {{ks}}.events_by_id (
+    event_id uuid PRIMARY KEY, device_id text, event_time timestamp,{EVENT_COLUMNS}
+)""",
+            f"""CREATE TABLE IF NOT EXISTS {{ks}}.device_latest (
+    device_id text PRIMARY KEY, event_id uuid, event_time timestamp,{EVENT_COLUMNS}
+)""",
+            f"""CREATE TABLE IF NOT EXISTS {{ks}}.events_by_time_bucket (
+    bucket timestamp, shard int, event_time timestamp, event_id uuid, device_id text,{EVENT_COLUMNS},
+    PRIMARY KEY ((bucket, shard), event_time, event_id)
+)""",
+            f"""CREATE TABLE IF NOT EXISTS {{ks}}.events_by_arrival_bucket (
+    bucket timestamp, shard int, enqueued_at timestamp, event_id uuid, device_id text, event_time timestamp,{EVENT_COLUMNS},
+    PRIMARY KEY ((bucket, shard), enqueued_at, event_id)
+)""",
+            f"""CREATE TABLE IF NOT EXISTS {{ks}}.critical_events_by_device (
+    device_id text, event_time timestamp, event_id uuid,{EVENT_COLUMNS},
+    PRIMARY KEY ((device_id), event_time, event_id)
+) WITH CLUSTERING ORDER BY (event_time DESC, event_id ASC)""",
+            """CREATE TABLE IF NOT EXISTS {ks}.feed_state (
+    name text PRIMARY KEY, start_time timestamp, paging_state blob, watermark timestamp,
+    version bigint, updated_at timestamp
+)""",
+        ),
+    ),
+)
+
+
+def apply_migrations(session: Session, settings: CassandraSettings) -> list[int]:
+    """Create the keyspace and apply every migration not yet applied; returns the versions applied now."""
+    ks = settings.keyspace
+    replication = json.dumps(settings.replication).replace('"', "'")
+    session.execute(f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}")
+    session.execute(f"CREATE TABLE IF NOT EXISTS {ks}.schema_migrations (version int PRIMARY KEY, description text, applied_at timestamp)")
+    session.execute(f"CREATE TABLE IF NOT EXISTS {ks}.sluice_meta (key text PRIMARY KEY, value text)")
+    _check_layout(session, settings)
+    done = {row.version for row in session.execute(f"SELECT version FROM {ks}.schema_migrations")}
+    applied = []
+    for migration in MIGRATIONS:
+        if migration.version in done:
+            continue
+        for statement in migration.statements:
+            session.execute(statement.format(ks=ks))
+        session.execute(
+            f"INSERT INTO {ks}.schema_migrations (version, description, applied_at) VALUES (%s, %s, %s)",
+            (migration.version, migration.description, datetime.now(UTC)),
+        )
+        logger.info("applied Cassandra migration %d: %s", migration.version, migration.description)
+        applied.append(migration.version)
+    return applied
+
+
+def _check_layout(session: Session, settings: CassandraSettings) -> None:
+    ks = settings.keyspace
+    wanted = json.dumps({"bucket_seconds": settings.bucket_seconds, "shards": settings.shards}, sort_keys=True)
+    row = session.execute(f"SELECT value FROM {ks}.sluice_meta WHERE key = 'bucket_layout'").one()
+    if row is None:
+        session.execute(f"INSERT INTO {ks}.sluice_meta (key, value) VALUES ('bucket_layout', %s)", (wanted,))
+    elif row.value != wanted:
+        raise ConfigurationError(
+            f"keyspace {ks} was created with bucket layout {row.value}; settings ask for {wanted}. "
+            "Changing SLUICE_CASSANDRA_BUCKET_SECONDS or SLUICE_CASSANDRA_SHARDS would hide existing rows."
+        )

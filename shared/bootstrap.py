@@ -1,0 +1,129 @@
+"""The one place that wires concrete adapters to services.
+
+Clients are built lazily, once per worker process, and reused across
+invocations; nothing connects at import time. Tests build services directly from
+adapters (or with :func:`reset` after changing the environment).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from functools import cache
+
+from pydantic import SecretStr
+
+from shared.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+_lock = threading.RLock()
+
+
+@cache
+def settings() -> Settings:
+    loaded = load_settings()
+    logger.info("settings loaded: %s", loaded.as_dict())
+    return loaded
+
+
+def secret(value: SecretStr | None, secret_name: str | None) -> str | None:
+    """A password from its setting, or from Key Vault when the setting names a secret."""
+    if value is not None:
+        return value.get_secret_value()
+    if secret_name:
+        return keyvault().get(secret_name)
+    return None
+
+
+@cache
+def keyvault():
+    from shared.adapters.keyvault import KeyVaultSecrets
+
+    kv = settings().keyvault
+    assert kv.url is not None  # Settings refuse *_SECRET names without a vault URL
+    return KeyVaultSecrets(kv.url, ca_file=str(kv.ca_file) if kv.ca_file else None)
+
+
+@cache
+def cassandra_session():
+    from shared.adapters.cassandra.session import connect
+
+    with _lock:
+        cfg = settings().cassandra
+        return connect(cfg, secret(cfg.password, cfg.password_secret))
+
+
+@cache
+def blob_service():
+    from azure.storage.blob import BlobServiceClient
+
+    return BlobServiceClient.from_connection_string(settings().storage.connection.get_secret_value())
+
+
+@cache
+def redis_client():
+    import redis
+
+    cfg = settings().redis
+    return redis.Redis.from_url(
+        cfg.url,
+        password=secret(cfg.password, cfg.password_secret),
+        socket_timeout=cfg.socket_timeout_seconds,
+        socket_connect_timeout=cfg.socket_timeout_seconds,
+        health_check_interval=30,
+    )
+
+
+@cache
+def postgres_pool():
+    from psycopg_pool import ConnectionPool
+
+    cfg = settings().postgres
+    return ConnectionPool(
+        cfg.conninfo(secret(cfg.password, cfg.password_secret)),
+        min_size=cfg.pool_min_size,
+        max_size=cfg.pool_max_size,
+        max_lifetime=cfg.pool_max_lifetime_seconds,
+        timeout=cfg.pool_timeout_seconds,
+        check=ConnectionPool.check_connection,
+        kwargs={"prepare_threshold": cfg.prepare_threshold},
+        open=True,
+        name="sluice",
+    )
+
+
+def reset() -> None:
+    """Close and forget every cached client, service and the settings (tests, or a changed environment)."""
+    closers = ((cassandra_session, lambda s: s.cluster.shutdown()), (postgres_pool, lambda p: p.close()),
+               (redis_client, lambda r: r.close()), (blob_service, lambda b: b.close()))
+    for cached, close in closers:
+        if cached.cache_info().currsize:
+            try:
+                close(cached())
+            except Exception:  # closing is best effort; the client is forgotten either way
+                logger.warning("closing %s failed", cached.__name__, exc_info=True)
+    for cached in (settings, keyvault, cassandra_session, blob_service, redis_client, postgres_pool, *_services):
+        cached.cache_clear()
+
+
+# --- services: one builder each, decorated with @service (cached per process, cleared by reset()) ---
+_services: list = []
+
+
+def service(builder):
+    """Register a cached service builder (so :func:`reset` clears it too)."""
+    cached = cache(builder)
+    _services.append(cached)
+    return cached
+
+
+@service
+def ingest_service():
+    from shared.adapters.blob_deadletter import BlobDeadLetterSink
+    from shared.adapters.cassandra.event_store import CassandraEventStore
+    from shared.services.ingest import IngestService
+
+    cfg = settings()
+    store = CassandraEventStore(cassandra_session(), cfg.cassandra, cfg.rules.critical_rules)
+    dead_letters = BlobDeadLetterSink(blob_service(), cfg.storage.deadletter_container)
+    return IngestService(store, dead_letters, cfg.ingest.limits())

@@ -1,0 +1,283 @@
+"""The event contract: what a device sends through Event Hubs, validated with pydantic.
+
+A body is UTF-8 JSON holding one event object or an array of them (see
+``docs/events.md`` and ``docs/event.schema.json``). Validation never raises for bad
+input: :func:`parse_records` returns the valid events and, for everything else, a
+:class:`Rejected` that keeps the reason and the original bytes, so the caller can
+dead-letter it and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import pydantic_core
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+
+DeviceId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
+MeasurementName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+AttributeName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+AttributeValue = Annotated[str, StringConstraints(max_length=1024)]
+Measurement = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Severity = Literal["info", "warning", "critical"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on one event; they come from the ingest settings."""
+
+    max_body_bytes: int = 1_048_576
+    max_future_skew: timedelta = timedelta(minutes=5)
+    max_measurements: int = 64
+    max_attributes: int = 32
+
+
+@dataclass(frozen=True, slots=True)
+class EventMetadata:
+    """Where an event came from in Event Hubs; kept with the event and with its dead letter."""
+
+    partition_id: str | None = None
+    offset: str | None = None
+    sequence_number: int | None = None
+    enqueued_time: datetime | None = None
+    partition_key: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "partition_id": self.partition_id,
+            "offset": self.offset,
+            "sequence_number": self.sequence_number,
+            "enqueued_time": self.enqueued_time.isoformat() if self.enqueued_time else None,
+            "partition_key": self.partition_key,
+        }
+
+
+class DeviceEvent(BaseModel):
+    """One validated device event (schema version 1)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+
+    event_id: uuid.UUID
+    device_id: DeviceId
+    event_type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    timestamp: AwareDatetime
+    severity: Severity = "info"
+    measurements: dict[MeasurementName, Measurement] = Field(default_factory=dict)
+    attributes: dict[AttributeName, AttributeValue] = Field(default_factory=dict)
+    schema_version: int = 1
+
+    @field_validator("event_id", mode="before")
+    @classmethod
+    def _uuid_from_text(cls, value: object) -> object:
+        if not isinstance(value, str):
+            raise ValueError("must be a UUID string")
+        return value
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _rfc3339_text(cls, value: object) -> object:
+        # pydantic also takes Unix numbers and offset-less text; the contract does not.
+        if not isinstance(value, str):
+            raise ValueError("must be an RFC 3339 string with a UTC offset")
+        return value
+
+    @field_validator("timestamp")
+    @classmethod
+    def _not_too_far_ahead(cls, value: datetime, info: ValidationInfo) -> datetime:
+        context = info.context or {}
+        now: datetime = context.get("now") or datetime.now(UTC)
+        limits: Limits = context.get("limits") or Limits()
+        if value - now > limits.max_future_skew:
+            raise ValueError(f"is more than {limits.max_future_skew} ahead of the receiver's clock ({now.isoformat()})")
+        return value.astimezone(UTC)
+
+    @field_validator("measurements")
+    @classmethod
+    def _bounded_measurements(cls, value: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        limits: Limits = (info.context or {}).get("limits") or Limits()
+        if len(value) > limits.max_measurements:
+            raise ValueError(f"has {len(value)} entries; at most {limits.max_measurements} are allowed")
+        return value
+
+    @field_validator("attributes")
+    @classmethod
+    def _bounded_attributes(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        limits: Limits = (info.context or {}).get("limits") or Limits()
+        if len(value) > limits.max_attributes:
+            raise ValueError(f"has {len(value)} entries; at most {limits.max_attributes} are allowed")
+        return value
+
+    @field_validator("schema_version", mode="before")
+    @classmethod
+    def _known_version(cls, value: object) -> object:
+        if type(value) is not int or value not in SUPPORTED_SCHEMA_VERSIONS:
+            raise ValueError(f"{value!r} is not a supported schema version {SUPPORTED_SCHEMA_VERSIONS}")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A valid event and where it came from."""
+
+    body: DeviceEvent
+    metadata: EventMetadata
+
+    @property
+    def event_id(self) -> uuid.UUID:
+        return self.body.event_id
+
+    @property
+    def device_id(self) -> str:
+        return self.body.device_id
+
+    @property
+    def timestamp(self) -> datetime:
+        return self.body.timestamp
+
+    @property
+    def arrival_time(self) -> datetime:
+        """When Event Hubs accepted the event (deterministic across replays); the event time if unknown."""
+        return self.metadata.enqueued_time or self.body.timestamp
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Input that could not become an event: the reason, the original bytes and where they came from.
+
+    ``original`` is always the whole body exactly as received; ``index`` is the
+    position of the bad element inside a JSON array body (``None`` for the whole body).
+    ``event_id`` is filled when the bad item still carried a readable id.
+    """
+
+    reason: str
+    original: bytes
+    metadata: EventMetadata
+    index: int | None = None
+    event_id: str | None = None
+
+
+@dataclass(slots=True)
+class Parsed:
+    """The outcome of parsing a batch: valid events, rejected input, exact duplicates dropped."""
+
+    oks: list[Event] = field(default_factory=list)
+    errs: list[Rejected] = field(default_factory=list)
+    duplicates: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One Event Hubs event as received: its body bytes and metadata."""
+
+    body: bytes
+    metadata: EventMetadata
+
+
+def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime | None = None) -> Parsed:
+    """Validate every record; never raises for bad input.
+
+    A record whose body is an array yields one event per valid element; each bad
+    element is rejected on its own with its index. An event id seen twice in the
+    batch with the same content is an at-least-once duplicate and is dropped
+    (``duplicates``); with different content the later one is rejected, because
+    an event id must identify one event.
+    """
+    context = {"limits": limits, "now": now or datetime.now(UTC)}
+    parsed = Parsed()
+    seen: dict[uuid.UUID, DeviceEvent] = {}
+    for record in records:
+        for item in _items(record, limits, context, parsed):
+            if isinstance(item, Rejected):
+                parsed.errs.append(item)
+                continue
+            event, index = item
+            earlier = seen.get(event.event_id)
+            if earlier is None:
+                seen[event.event_id] = event
+                parsed.oks.append(Event(event, record.metadata))
+            elif earlier == event:
+                parsed.duplicates += 1
+            else:
+                parsed.errs.append(
+                    Rejected(
+                        f"event_id {event.event_id} appears twice in the batch with different content",
+                        record.body,
+                        record.metadata,
+                        index,
+                        str(event.event_id),
+                    )
+                )
+    return parsed
+
+
+def _items(record: RawRecord, limits: Limits, context: dict[str, Any], parsed: Parsed):
+    body = record.body
+    if len(body) > limits.max_body_bytes:
+        yield Rejected(f"body is {len(body)} bytes; at most {limits.max_body_bytes} are allowed", body, record.metadata)
+        return
+    if body.startswith(b"\xef\xbb\xbf"):
+        yield Rejected("body starts with a UTF-8 byte order mark; send plain UTF-8 JSON", body, record.metadata)
+        return
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        yield Rejected(f"body is not valid UTF-8 (byte {exc.start}: {exc.reason})", body, record.metadata)
+        return
+    try:
+        document = pydantic_core.from_json(body, allow_inf_nan=False)
+    except ValueError as exc:
+        yield Rejected(f"body is not valid JSON ({exc}); NaN and Infinity are not JSON", body, record.metadata)
+        return
+    if isinstance(document, dict):
+        elements: Sequence[tuple[int | None, Any]] = [(None, document)]
+    elif isinstance(document, list) and document:
+        elements = list(enumerate(document))
+    elif isinstance(document, list):
+        yield Rejected("body is an empty JSON array", body, record.metadata)
+        return
+    else:
+        yield Rejected(f"body is a JSON {type(document).__name__}, not an event object or an array of them", body, record.metadata)
+        return
+    for index, element in elements:
+        where = "event" if index is None else f"element {index}"
+        if not isinstance(element, dict):
+            yield Rejected(f"{where} is a JSON {type(element).__name__}, not an object", body, record.metadata, index)
+            continue
+        try:
+            yield DeviceEvent.model_validate(element, context=context), index
+        except ValidationError as exc:
+            raw_id = element.get("event_id")
+            yield Rejected(
+                f"{where}{_naming(raw_id)} is invalid: {_describe(exc)}",
+                body,
+                record.metadata,
+                index,
+                raw_id if isinstance(raw_id, str) else None,
+            )
+
+
+def _naming(raw_id: object) -> str:
+    return f" (event_id {raw_id})" if isinstance(raw_id, str) and len(raw_id) <= 64 else ""
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        location = ".".join(str(part) for part in error["loc"]) or "event"
+        problems.append(f"{location}: {error['msg']}")
+    return "; ".join(problems)

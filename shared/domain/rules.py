@@ -1,0 +1,47 @@
+"""What makes an event critical.
+
+An event is critical when its ``severity`` is ``critical`` or when any configured
+rule on its measurements holds, for example ``temperature > 90``. Rules come
+from settings as JSON (``SLUICE_CRITICAL_RULES``), e.g.
+``[{"measurement": "temperature", "op": ">", "value": 90}]``; a measurement the
+event does not carry never matches.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+
+class MeasurementRule(BaseModel):
+    """``measurement op value``: one threshold on one measurement."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    measurement: str
+    op: Literal[">", ">=", "<", "<=", "==", "!="]
+    value: float
+
+    def matches(self, measurements: Mapping[str, float]) -> bool:
+        observed = measurements.get(self.measurement)
+        return observed is not None and _OPS[self.op](observed, self.value)
+
+    def __str__(self) -> str:
+        return f"{self.measurement} {self.op} {self.value:g}"
+
+
+def is_critical(severity: str, measurements: Mapping[str, float], rules: Sequence[MeasurementRule]) -> bool:
+    """True when the severity says so or any rule matches."""
+    return severity == "critical" or any(rule.matches(measurements) for rule in rules)

@@ -1,0 +1,37 @@
+"""Ports of the ingest service."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from shared.domain.events import Event, EventMetadata, Rejected
+
+
+class EventStore(Protocol):
+    """Durable storage of valid events (Cassandra)."""
+
+    def write(self, events: Sequence[Event]) -> None:
+        """Store every event in every table, or raise.
+
+        Idempotent: writing the same events again leaves the same rows (upserts
+        keyed by event id; latest state written with the event time as write
+        timestamp, so the newest event wins whatever the order). Returns only
+        when every write is acknowledged at the configured consistency. Raises
+        ``TransientError`` when the store could not take them after its own
+        bounded retries; some events may then be stored, which a replay repairs.
+        """
+
+
+class DeadLetterSink(Protocol):
+    """Where input that cannot be stored goes, with the reason and the original bytes."""
+
+    def put_rejected(self, rejected: Sequence[Rejected]) -> None:
+        """Durably record each rejected item (reason, original bytes, Event Hubs metadata), or raise.
+
+        Idempotent: the same item written twice is one dead letter (names derive
+        from partition, sequence number and index).
+        """
+
+    def put_batch(self, bodies: Sequence[tuple[bytes, EventMetadata]], reason: str) -> None:
+        """Durably record a whole batch that could not be stored (e.g. the store stayed down), or raise."""

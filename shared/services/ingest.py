@@ -1,0 +1,63 @@
+"""The ingest service: validate a batch, store the valid events, dead-letter the rest.
+
+Order, and why: the Functions host advances the Event Hubs checkpoint after every
+invocation, success or failure. So before :meth:`IngestService.handle` returns,
+every record of the batch is either stored in the event store or written to the
+dead-letter sink; nothing is left to a later retry that will never come.
+
+* invalid input (bad JSON, contract violations) is data: dead-lettered one item
+  at a time with the reason and the original bytes, while the rest is stored;
+* a transient store failure raises ``TransientError`` so the function's ``@retry``
+  runs the whole batch again (writes are idempotent upserts, so a replay is
+  harmless); on the final attempt the whole batch is dead-lettered with the
+  reason instead, and the call returns normally;
+* if even the dead-letter sink fails, the error propagates: the host logs it, and
+  this is the one case where an operator must act (see docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from shared.domain.events import Limits, RawRecord, parse_records
+from shared.exceptions import TransientError
+from shared.ports.ingest import DeadLetterSink, EventStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What one batch became."""
+
+    received: int
+    stored: int
+    rejected: int
+    duplicates: int
+    batch_dead_lettered: bool = False
+
+
+class IngestService:
+    def __init__(self, store: EventStore, dead_letters: DeadLetterSink, limits: Limits) -> None:
+        self._store = store
+        self._dead_letters = dead_letters
+        self._limits = limits
+
+    def handle(self, records: Sequence[RawRecord], *, final_attempt: bool = True, now: datetime | None = None) -> IngestResult:
+        """Store or dead-letter every record (see the module docstring for the order)."""
+        parsed = parse_records(records, limits=self._limits, now=now)
+        if parsed.errs:
+            self._dead_letters.put_rejected(parsed.errs)
+        try:
+            self._store.write(parsed.oks)
+        except TransientError as exc:
+            if not final_attempt:
+                logger.warning("storing %d events failed, the batch will be retried: %s", len(parsed.oks), exc)
+                raise
+            logger.error("storing %d events failed on the final attempt; dead-lettering the batch: %s", len(parsed.oks), exc)
+            self._dead_letters.put_batch([(r.body, r.metadata) for r in records], f"event store unavailable: {exc}")
+            return IngestResult(len(records), 0, len(parsed.errs), parsed.duplicates, batch_dead_lettered=True)
+        return IngestResult(len(records), len(parsed.oks), len(parsed.errs), parsed.duplicates)

@@ -1,0 +1,1 @@
+"""Sluice's command line: ``python -m sluice <command>`` (``--help`` lists the commands)."""

@@ -1,0 +1,1 @@
+"""One module per command; each defines ``register(subparsers)`` adding its parser with ``func=`` set."""

@@ -1,0 +1,168 @@
+"""The event contract: every kind of bad input is rejected with a reason that names it; nothing is lost."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.domain.events import EventMetadata, Limits, RawRecord, parse_records
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+META = EventMetadata(partition_id="1", offset="100", sequence_number=7, enqueued_time=NOW, partition_key="dev-1")
+
+
+def event(**overrides):
+    base = {
+        "event_id": str(uuid.uuid4()),
+        "device_id": "dev-0001",
+        "event_type": "telemetry",
+        "timestamp": "2026-11-23T11:59:00+00:00",
+        "severity": "info",
+        "measurements": {"temperature": 21.5},
+        "attributes": {"fw": "1.2.3"},
+    }
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not ...}
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def parse(*bodies: bytes, limits: Limits = DEFAULT_LIMITS):
+    return parse_records([RawRecord(b, META) for b in bodies], limits=limits, now=NOW)
+
+
+def test_a_valid_event_is_kept_with_its_metadata():
+    body = event(severity="critical")
+    parsed = parse(json.dumps(body).encode())
+    assert not parsed.errs
+    [ok] = parsed.oks
+    assert str(ok.event_id) == body["event_id"]
+    assert ok.body.severity == "critical"
+    assert ok.metadata == META
+    assert ok.timestamp == datetime(2026, 11, 23, 11, 59, tzinfo=UTC)
+
+
+def test_defaults_and_offsets_are_normalised_to_utc():
+    parsed = parse(json.dumps(event(severity=..., measurements=..., attributes=..., timestamp="2026-11-23T13:00:00+02:00")).encode())
+    [ok] = parsed.oks
+    assert ok.body.severity == "info" and ok.body.measurements == {} and ok.body.schema_version == 1
+    assert ok.timestamp == datetime(2026, 11, 23, 11, 0, tzinfo=UTC)
+
+
+BAD = [
+    (b"not json", "not valid JSON"),
+    (b"\xff\xfe{}", "not valid UTF-8 (byte 0"),
+    (b"\xef\xbb\xbf" + json.dumps(event()).encode(), "byte order mark"),
+    (b"42", "JSON int"),
+    (b"[]", "empty JSON array"),
+    (b"[1]", "element 0 is a JSON int"),
+    (json.dumps(event(event_id="not-a-uuid")).encode(), "event_id"),
+    (json.dumps(event(event_id=12345)).encode(), "event_id"),
+    (json.dumps(event(device_id="")).encode(), "device_id"),
+    (json.dumps(event(device_id="has space")).encode(), "device_id"),
+    (json.dumps(event(device_id="x" * 129)).encode(), "device_id"),
+    (json.dumps(event(event_type=...)).encode(), "event_type: Field required"),
+    (json.dumps(event(event_type="x" * 65)).encode(), "event_type"),
+    (json.dumps(event(timestamp="2026-11-23T11:59:00")).encode(), "timestamp"),
+    (json.dumps(event(timestamp=1700000000)).encode(), "timestamp"),
+    (json.dumps(event(timestamp="2026-11-23T12:30:00Z")).encode(), "ahead of the receiver's clock"),
+    (json.dumps(event(severity="fatal")).encode(), "severity"),
+    (json.dumps(event(measurements={"t": "21.5"})).encode(), "measurements.t"),
+    (json.dumps(event(measurements={"t": True})).encode(), "measurements.t"),
+    (b'{"event_id": "%s", "device_id": "d", "event_type": "t", "timestamp": "2026-11-23T11:00:00Z", "measurements": {"t": NaN}}' % str(uuid.uuid4()).encode(), "not valid JSON"),
+    (b'{"event_id": "%s", "device_id": "d", "event_type": "t", "timestamp": "2026-11-23T11:00:00Z", "measurements": {"t": Infinity}}' % str(uuid.uuid4()).encode(), "not valid JSON"),
+    (b'{"event_id": "%s", "device_id": "d", "event_type": "t", "timestamp": "2026-11-23T11:00:00Z", "measurements": {"t": 1e400}}' % str(uuid.uuid4()).encode(), "measurements.t"),
+    (json.dumps(event(measurements={"t": 10**400})).encode(), "measurements.t"),
+    (json.dumps(event(measurements={f"m{i}": 1.0 for i in range(65)})).encode(), "at most 64"),
+    (json.dumps(event(attributes={"a": 1})).encode(), "attributes.a"),
+    (json.dumps(event(attributes={f"a{i}": "v" for i in range(33)})).encode(), "at most 32"),
+    (json.dumps(event(schema_version=2)).encode(), "schema version"),
+    (json.dumps(event(unexpected="field")).encode(), "unexpected"),
+]
+
+
+@pytest.mark.parametrize(("body", "reason"), BAD, ids=[r for _, r in BAD])
+def test_bad_input_is_rejected_with_a_reason_and_the_original_bytes(body, reason):
+    parsed = parse(body)
+    assert parsed.oks == []
+    [rejected] = parsed.errs
+    assert reason in rejected.reason
+    assert rejected.original == body
+    assert rejected.metadata == META
+
+
+def test_oversize_body_is_rejected_before_parsing():
+    body = json.dumps(event(attributes={"blob": "x" * 1000})).encode()
+    parsed = parse(body, limits=Limits(max_body_bytes=512))
+    [rejected] = parsed.errs
+    assert f"body is {len(body)} bytes; at most 512" in rejected.reason
+
+
+def test_an_array_keeps_its_valid_events_and_rejects_each_bad_one_by_index():
+    good1, good2 = event(), event()
+    bad = event(severity="loud")
+    body = json.dumps([good1, bad, good2]).encode()
+    parsed = parse(body)
+    assert [str(e.event_id) for e in parsed.oks] == [good1["event_id"], good2["event_id"]]
+    [rejected] = parsed.errs
+    assert rejected.index == 1
+    assert rejected.event_id == bad["event_id"]
+    assert f"element 1 (event_id {bad['event_id']}) is invalid: severity" in rejected.reason
+    assert rejected.original == body
+
+
+def test_exact_duplicates_in_a_batch_are_dropped_and_conflicting_ones_rejected():
+    first = event()
+    same = dict(first)
+    conflicting = dict(first, severity="critical")
+    parsed = parse(json.dumps(first).encode(), json.dumps(same).encode(), json.dumps(conflicting).encode())
+    assert len(parsed.oks) == 1
+    assert parsed.duplicates == 1
+    [rejected] = parsed.errs
+    assert f"event_id {first['event_id']} appears twice in the batch with different content" in rejected.reason
+
+
+_finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    device_id=st.from_regex(r"[A-Za-z0-9._:\-]{1,128}", fullmatch=True),
+    measurements=st.dictionaries(st.text(min_size=1, max_size=64), _finite, max_size=64),
+    skew=st.integers(min_value=-10**8, max_value=299),
+)
+def test_any_event_inside_the_contract_is_accepted_unchanged(device_id, measurements, skew):
+    body = event(
+        device_id=device_id,
+        measurements=measurements,
+        timestamp=(NOW + timedelta(seconds=skew)).isoformat(),
+    )
+    parsed = parse(json.dumps(body).encode())
+    assert parsed.errs == []
+    [ok] = parsed.oks
+    assert ok.device_id == device_id
+    assert ok.body.measurements == measurements
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_raise_and_nothing_is_lost(data):
+    parsed = parse(data)
+    assert len(parsed.oks) + len(parsed.errs) + parsed.duplicates >= 1
+    for rejected in parsed.errs:
+        assert rejected.original == data and rejected.reason
+
+
+def test_the_published_json_schema_matches_the_contract():
+    from pathlib import Path
+
+    from sluice.commands.event_schema import schema
+
+    published = json.loads((Path(__file__).resolve().parents[2] / "docs" / "event.schema.json").read_text())
+    assert published == schema(), "regenerate with: python -m sluice event-schema > docs/event.schema.json"

@@ -1,0 +1,95 @@
+"""The ingest service's ordering: every record is stored or dead-lettered before handle() returns."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from shared.domain.events import EventMetadata, Limits, RawRecord
+from shared.exceptions import TransientError
+from shared.services.ingest import IngestService
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+class FakeStore:
+    def __init__(self, failures: int = 0):
+        self.failures = failures
+        self.rows: dict[uuid.UUID, object] = {}
+        self.calls = 0
+
+    def write(self, events):
+        self.calls += 1
+        if self.failures:
+            self.failures -= 1
+            raise TransientError("store down")
+        for event in events:
+            self.rows[event.event_id] = event
+
+
+class FakeDeadLetters:
+    def __init__(self, broken: bool = False):
+        self.broken = broken
+        self.rejected = []
+        self.batches = []
+
+    def put_rejected(self, rejected):
+        if self.broken:
+            raise TransientError("blob down")
+        self.rejected.extend(rejected)
+
+    def put_batch(self, bodies, reason):
+        if self.broken:
+            raise TransientError("blob down")
+        self.batches.append((list(bodies), reason))
+
+
+def record(seq: int, **fields) -> RawRecord:
+    body = {
+        "event_id": str(uuid.uuid4()),
+        "device_id": "dev-1",
+        "event_type": "telemetry",
+        "timestamp": "2026-11-23T11:00:00Z",
+        **fields,
+    }
+    return RawRecord(json.dumps(body).encode(), EventMetadata(partition_id="0", sequence_number=seq, enqueued_time=NOW))
+
+
+def test_valid_events_are_stored_and_bad_ones_dead_lettered_in_the_same_call():
+    store, dead = FakeStore(), FakeDeadLetters()
+    records = [record(1), RawRecord(b"{oops", EventMetadata(sequence_number=2)), record(3, severity="bogus")]
+    result = IngestService(store, dead, Limits()).handle(records, now=NOW)
+    assert (result.received, result.stored, result.rejected) == (3, 1, 2)
+    assert [r.original for r in dead.rejected] == [records[1].body, records[2].body]
+    assert len(store.rows) == 1
+
+
+def test_a_transient_failure_before_the_last_attempt_raises_for_the_retry():
+    store, dead = FakeStore(failures=1), FakeDeadLetters()
+    service = IngestService(store, dead, Limits())
+    records = [record(1), record(2)]
+    with pytest.raises(TransientError):
+        service.handle(records, final_attempt=False, now=NOW)
+    assert dead.batches == []
+    result = service.handle(records, final_attempt=False, now=NOW)
+    assert result.stored == 2 and len(store.rows) == 2
+
+
+def test_on_the_final_attempt_the_whole_batch_is_dead_lettered_with_the_reason():
+    store, dead = FakeStore(failures=1), FakeDeadLetters()
+    records = [record(1), record(2), RawRecord(b"bad", EventMetadata(sequence_number=3))]
+    result = IngestService(store, dead, Limits()).handle(records, final_attempt=True, now=NOW)
+    assert result.batch_dead_lettered and result.stored == 0
+    [(bodies, reason)] = dead.batches
+    assert [body for body, _ in bodies] == [r.body for r in records]
+    assert "event store unavailable: store down" in reason
+
+
+def test_when_the_dead_letter_sink_is_down_the_error_propagates():
+    with pytest.raises(TransientError, match="blob down"):
+        IngestService(FakeStore(), FakeDeadLetters(broken=True), Limits()).handle(
+            [RawRecord(b"bad", EventMetadata())], now=NOW
+        )

@@ -1,0 +1,56 @@
+"""Settings: validated at start-up, every problem named, secrets never shown, the sample kept complete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.exceptions import ConfigurationError
+from shared.settings import GROUPS, env_names, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
+HOST_ONLY = {"FUNCTIONS_WORKER_RUNTIME", "AzureWebJobsFeatureFlags", "EventHubConnection"}
+
+
+def test_the_sample_lists_exactly_the_settings_sluice_reads():
+    expected = {name for group in GROUPS.values() for name in env_names(group)}
+    listed = set(SAMPLE) - HOST_ONLY
+    assert sorted(expected - listed) == [], "settings missing from local.settings.sample.json"
+    assert sorted(listed - expected) == [], "sample lists settings that nothing reads"
+
+
+def test_the_sample_is_valid_as_it_stands():
+    settings = load_settings(SAMPLE)
+    assert settings.cassandra.hosts == ["127.0.0.1"]
+    assert settings.rules.critical_rules[0].measurement == "temperature"
+
+
+def test_every_missing_or_bad_value_is_listed_in_one_error():
+    values = dict(SAMPLE, SLUICE_CASSANDRA_PORT="ninety", SLUICE_REDIS_URL="http://cache", SLUICE_INGEST_MAX_BODY_BYTES="1")
+    del values["AzureWebJobsStorage"]
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(values)
+    message = str(caught.value)
+    for variable in ("AzureWebJobsStorage", "SLUICE_CASSANDRA_PORT", "SLUICE_REDIS_URL", "SLUICE_INGEST_MAX_BODY_BYTES"):
+        assert variable in message
+
+
+def test_a_key_vault_secret_name_needs_a_vault():
+    with pytest.raises(ConfigurationError, match="SLUICE_KEYVAULT_URL is required because SLUICE_POSTGRES_PASSWORD_SECRET"):
+        load_settings(dict(SAMPLE, SLUICE_POSTGRES_PASSWORD_SECRET="pg-password"))
+
+
+def test_secrets_are_redacted_everywhere_they_could_be_printed():
+    settings = load_settings(dict(SAMPLE, SLUICE_POSTGRES_PASSWORD="hunter2-pg", SLUICE_REDIS_PASSWORD="hunter2-redis"))
+    assert settings.postgres.password.get_secret_value() == "hunter2-pg"
+    for text in (str(settings.as_dict()), repr(settings), str(settings)):
+        assert "hunter2" not in text
+        assert "AccountKey" not in text and "UseDevelopmentStorage" not in text
+
+
+def test_critical_rules_are_parsed_and_checked():
+    with pytest.raises(ConfigurationError, match="SLUICE_CRITICAL_RULES"):
+        load_settings(dict(SAMPLE, SLUICE_CRITICAL_RULES='[{"measurement": "t", "op": "~", "value": 1}]'))
