@@ -1,0 +1,1 @@
+"""PostgreSQL adapters: versioned migrations, the enrichment sink and the reference repository (psycopg 3)."""

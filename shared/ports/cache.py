@@ -1,0 +1,76 @@
+"""Ports of the Redis cache: what the change feed writes and what the lookups read and fill.
+
+The layout behind them is in ``docs/redis-layout.md``. Every write is idempotent
+and order-independent: the latest state is replaced only by a newer event (event
+time, then event id), sets are keyed by event id, so replaying a page or two
+writers racing leave the same state as one clean pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from shared.ports.stored import StoredEvent
+
+# A since-bound meaning "from the beginning" (milliseconds since the epoch).
+SINCE_ALL = -(2**53)
+
+
+@dataclass(frozen=True, slots=True)
+class Cached:
+    """A cache entry: the JSON document, or ``None`` when the cache holds "does not exist"."""
+
+    document: str | None
+
+
+class ChangeSink(Protocol):
+    """Where the change feed puts changed events (Redis)."""
+
+    def apply(self, events: Sequence[StoredEvent]) -> None:
+        """Update each device's latest state and record the critical events, or raise.
+
+        ``critical`` is already decided on every event given. Idempotent and
+        order-independent (see the module docstring). Returns when every write is
+        acknowledged; raises ``DependencyUnavailable`` otherwise, after which
+        some writes may have landed (a replay repairs that).
+        """
+
+
+class LookupCache(Protocol):
+    """The cache-aside side of Redis. Every method raises ``DependencyUnavailable`` when Redis fails."""
+
+    def get_latest(self, device_id: str) -> Cached | None:
+        """The cached latest state of a device; ``None`` on a miss."""
+
+    def fill_latest(self, device_id: str, event: StoredEvent | None, ttl: int, negative_ttl: int) -> None:
+        """Cache the latest state read from the store, unless the cache already holds a newer one.
+
+        ``event=None`` caches "no such device" for ``negative_ttl`` seconds, only
+        where nothing is cached (a change written meanwhile is never hidden).
+        """
+
+    def get_event(self, event_id: str) -> Cached | None:
+        """The cached event; ``None`` on a miss."""
+
+    def fill_event(self, event_id: str, event: StoredEvent | None, ttl: int, negative_ttl: int) -> None:
+        """Cache an event read from the store (``None``: "no such event", only where nothing is cached)."""
+
+    def get_critical(self, device_id: str, since_ms: int, limit: int) -> list[str] | None:
+        """Up to ``limit`` critical event documents at or after ``since_ms``, newest first.
+
+        ``None`` when the cache cannot answer exactly: nothing cached, or the
+        cached set is not known to be complete over the range asked for.
+        """
+
+    def fill_critical(self, device_id: str, newest: Sequence[StoredEvent], complete: bool, ttl: int) -> None:
+        """Cache a device's newest critical events read from the store (newest first).
+
+        ``complete`` says ``newest`` holds every critical event of the device;
+        otherwise it holds the newest ones only, and the cache answers for the
+        time range it covers.
+        """
+
+    def ping(self) -> None:
+        """Return when Redis answers, raise ``DependencyUnavailable`` otherwise."""

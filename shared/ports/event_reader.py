@@ -1,0 +1,29 @@
+"""Port of the lookups' reads from the event store (Cassandra)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Protocol
+
+from shared.ports.stored import StoredEvent
+
+
+class EventReader(Protocol):
+    """Point reads, each bounded by the reader's timeout.
+
+    Every method raises ``DependencyUnavailable`` when the store cannot answer in
+    time (the HTTP layer maps that to 503); "not found" is ``None`` or an empty list.
+    """
+
+    def latest(self, device_id: str) -> StoredEvent | None:
+        """The device's newest event by event time (``device_latest``)."""
+
+    def event(self, event_id: uuid.UUID) -> StoredEvent | None:
+        """One event by id (``events_by_id``)."""
+
+    def critical(self, device_id: str, *, since: datetime | None, limit: int) -> list[StoredEvent]:
+        """The device's critical events with event time at or after ``since``, newest first, at most ``limit``."""
+
+    def ping(self) -> None:
+        """Return when the store answers a trivial query."""
