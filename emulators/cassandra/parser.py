@@ -511,9 +511,11 @@ class Parser:
         depth = 0
         while True:
             tok = self.peek()
+            if tok.kind == "eof" and depth == 0 and parts:
+                break
             if tok.kind == "eof":
                 raise self.error("a type")
-            if tok.kind == "op" and tok.value in (",", ")") and depth == 0:
+            if tok.kind == "op" and tok.value in (",", ")", ";") and depth == 0:
                 break
             if tok.kind == "ident" and depth == 0 and tok.value in ("primary", "static"):
                 break

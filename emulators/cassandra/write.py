@@ -95,8 +95,8 @@ def primary_keys(table: Table, r: Restrictions, need_clustering: bool = True) ->
         if missing or r.ck_slice:
             raise Invalid(f"Some clustering keys are missing: {', '.join(missing or list(r.ck_slice))}")
     pks = [join_key(list(c)) for c in itertools.product(*(r.pk[c.name] for c in table.partition_key))]
-    if not table.clustering:
-        return [(pk, b"") for pk in pks]
+    if not table.clustering or any(c.name not in r.ck_eq for c in table.clustering):
+        return [(pk, b"") for pk in pks]  # a whole partition, or a clustering range (need_clustering=False)
     cks = [join_key(list(c)) for c in itertools.product(*(r.ck_eq[c.name] for c in table.clustering))]
     return [(pk, ck) for pk in pks for ck in cks]
 
@@ -158,8 +158,8 @@ def _check_conditions(table: Table, data: TableData, pk: bytes, ck: bytes, if_ex
     if if_exists:
         return None if row is not None else _lwt_result(table, False)
     holds = True
-    for cond, col in zip(conditions, cols, strict=True):
-        cur = dict(current).get(col) if row is not None else None
+    for i, (cond, col) in enumerate(zip(conditions, cols, strict=True)):
+        cur = current[i][1] if row is not None else None
         if cond.element is not None:
             ktype, vtype = collection_element_types(col, col.name)
             key = resolve(cond.element, ktype, ctx.values)
@@ -300,7 +300,12 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
             elif not r.ck_eq and not r.ck_slice:
                 engine.apply(("DP", table.id, pk, ts))
             else:
-                engine.apply(("DS", table.id, pk, dict(r.ck_eq), {k: list(v) for k, v in r.ck_slice.items()}, ts))
+                slices = {k: list(v) for k, v in r.ck_slice.items()}
+                names = list(r.ck_eq)
+                for combo in itertools.product(*(r.ck_eq[n] for n in names)):  # IN: one range per value
+                    ck_eq = {n: [v] for n, v in zip(names, combo, strict=True)}
+                    range_predicate(table, ck_eq, slices)  # refuses a range that is not a clustering prefix
+                    engine.apply(("DS", table.id, pk, ck_eq, slices, ts))
     return _lwt_result(table, True) if conditional else None
 
 
@@ -311,14 +316,15 @@ def range_predicate(table: Table, ck_eq: dict[str, list[bytes]],
     r.pk = {c.name: [b""] for c in table.partition_key}
     scan = plan_scan(table, r)
     lo, hi = scan.lo, scan.hi
-    preds = scan.predicates
+    if scan.predicates:
+        restricted = ", ".join([*ck_eq, *ck_slice])
+        raise Invalid(f"A range deletion must restrict a prefix of the clustering columns "
+                      f"({', '.join(table.clustering_names)}) with = and at most one range on the last; got {restricted}")
 
     def covers(sort_key: Any) -> bool:
         if lo is not None and (sort_key < lo[0] or (sort_key == lo[0] and not lo[1])):
             return False
-        if hi is not None and (sort_key > hi[0] or (sort_key == hi[0] and not hi[1])):
-            return False
-        return not preds
+        return not (hi is not None and (sort_key > hi[0] or (sort_key == hi[0] and not hi[1])))
     return covers
 
 
