@@ -51,7 +51,7 @@ class CosmosRetryPolicy(RetryPolicy):
 
     def wait_for(self, error: object, retry_num: int) -> float:
         """Seconds to wait before retry ``retry_num`` (0-based) after ``error``."""
-        hinted = retry_after_seconds(str(getattr(error, "summary", "") or error))
+        hinted = retry_after_seconds(str(getattr(error, "message", None) or error))
         backoff = self.base_backoff * (2**retry_num) * (1 + random.random() / 2)
         return min(self.max_wait, hinted if hinted is not None else backoff)
 

@@ -1,0 +1,240 @@
+"""The ingest function as the host runs it: real ``func.EventHubEvent`` batches -> Cassandra emulator + Azurite.
+
+The function is taken from ``function_app.app`` (as the Functions host indexes it)
+and called with a host-like context, so these tests cover the binding decode,
+the service, the Cosmos-aware retry policy, the event store and the dead-letter
+sink together. Faults are injected in the emulator through its control table.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import azure.functions as func
+import pytest
+from azure.storage.blob import BlobServiceClient
+
+from emulators.cassandra.faults import clear_faults, inject_faults
+from emulators.launcher import Running
+from shared import bootstrap
+from shared.adapters.cassandra.migrations import apply_migrations
+from shared.exceptions import TransientError
+from tests.fixtures.cassandra import start_cassandra_emulator
+from tests.fixtures.functions import HostContext, user_function
+
+pytestmark = pytest.mark.timeout(120)
+
+TABLES = ("events_by_id", "events_by_device", "device_latest", "events_by_time_bucket",
+          "events_by_arrival_bucket", "critical_events_by_device")
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def event(device: str = "dev-1", *, at: datetime = NOW, severity: str = "info", **fields) -> dict:
+    return {"event_id": str(uuid.uuid4()), "device_id": device, "event_type": "reading",
+            "timestamp": at.isoformat(), "severity": severity, "measurements": {"temperature": 21.5}, **fields}
+
+
+class Hub:
+    """Numbers events as one Event Hubs partition would."""
+
+    def __init__(self, partition: str = "0") -> None:
+        self.partition = partition
+        self.sequence = 0
+
+    def batch(self, *bodies: dict | list | bytes) -> list[func.EventHubEvent]:
+        out = []
+        for body in bodies:
+            raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+            self.sequence += 1
+            out.append(func.EventHubEvent(
+                body=raw,
+                trigger_metadata={"PartitionContext": func.meta.Datum(
+                    json.dumps({"PartitionId": self.partition, "ConsumerGroup": "sluice"}), "json")},
+                enqueued_time=NOW + timedelta(milliseconds=self.sequence),
+                partition_key=body.get("device_id") if isinstance(body, dict) else None,
+                sequence_number=self.sequence,
+                offset=str(self.sequence * 1000),
+            ))
+        return out
+
+
+def _environment(cassandra: Running, keyspace: str, storage: str, container: str) -> dict[str, str]:
+    return {
+        "AzureWebJobsStorage": storage,
+        "SLUICE_STORAGE_DEADLETTER_CONTAINER": container,
+        "SLUICE_CASSANDRA_HOSTS": cassandra.host,
+        "SLUICE_CASSANDRA_PORT": str(cassandra.port),
+        "SLUICE_CASSANDRA_KEYSPACE": keyspace,
+        "SLUICE_CASSANDRA_OVERLOAD_MAX_RETRIES": "8",
+        "SLUICE_CASSANDRA_REQUEST_TIMEOUT_SECONDS": "5",
+        "SLUICE_CRITICAL_RULES": '[{"measurement": "temperature", "op": ">", "value": 90}]',
+        "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "SLUICE_POSTGRES_HOST": "127.0.0.1",
+    }
+
+
+@pytest.fixture(scope="module")
+def private_cassandra() -> Iterator[Running]:
+    """An emulator of this module's own, so armed faults never reach another test's requests."""
+    running = start_cassandra_emulator()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def ingest(private_cassandra: Running, azurite_connection_string: str, monkeypatch: pytest.MonkeyPatch
+           ) -> Iterator[Callable[..., None]]:
+    """The registered ``ingest`` function, wired to a fresh keyspace and dead-letter container."""
+    keyspace = f"ks_{uuid.uuid4().hex[:12]}"
+    container = f"dl-{uuid.uuid4().hex[:12]}"
+    for name, value in _environment(private_cassandra, keyspace, azurite_connection_string, container).items():
+        monkeypatch.setenv(name, value)
+    bootstrap.reset()
+    apply_migrations(bootstrap.cassandra_session(), bootstrap.settings().cassandra)
+    ingest_function = user_function("ingest")
+
+    def call(events: list[func.EventHubEvent], *, retry_count: int = 0, max_retry_count: int = 5) -> None:
+        ingest_function(events, HostContext("ingest", retry_count, max_retry_count))
+
+    call.keyspace = keyspace  # type: ignore[attr-defined]
+    call.container = container  # type: ignore[attr-defined]
+    yield call
+    clear_faults(private_cassandra.host, private_cassandra.port)
+    bootstrap.reset()
+
+
+def rows(keyspace: str, table: str) -> list[tuple]:
+    return sorted(tuple(r) for r in bootstrap.cassandra_session().execute(f"SELECT * FROM {keyspace}.{table}"))
+
+
+def snapshot(keyspace: str) -> dict[str, list[tuple]]:
+    return {table: rows(keyspace, table) for table in TABLES}
+
+
+def dead_letters(storage: str, container: str) -> list[dict]:
+    client = BlobServiceClient.from_connection_string(storage).get_container_client(container)
+    if not client.exists():
+        return []
+    return [json.loads(client.download_blob(b.name).readall()) for b in client.list_blobs()]
+
+
+def test_a_valid_batch_is_stored_in_every_table(ingest) -> None:
+    hub = Hub()
+    normal = [event("dev-1", at=NOW - timedelta(seconds=i)) for i in range(5)]
+    hot = event("dev-2", measurements={"temperature": 95.0})
+    flagged = event("dev-3", severity="critical")
+    ingest(hub.batch(*normal, hot, flagged))
+
+    ks = ingest.keyspace
+    by_id = {r.event_id: r for r in bootstrap.cassandra_session().execute(f"SELECT * FROM {ks}.events_by_id")}
+    assert set(map(str, by_id)) == {e["event_id"] for e in [*normal, hot, flagged]}
+    stored = by_id[uuid.UUID(hot["event_id"])]
+    assert (stored.device_id, stored.critical, stored.measurements, stored.eh_partition) == ("dev-2", True,
+                                                                                            {"temperature": 95.0}, "0")
+    assert stored.eh_sequence_number == 6 and stored.eh_offset == "6000"
+    assert len(rows(ks, "events_by_device")) == 7
+    assert len(rows(ks, "events_by_time_bucket")) == 7
+    assert len(rows(ks, "events_by_arrival_bucket")) == 7
+    critical = {str(r.event_id) for r in bootstrap.cassandra_session().execute(
+        f"SELECT * FROM {ks}.critical_events_by_device")}
+    assert critical == {hot["event_id"], flagged["event_id"]}
+    latest = {r.device_id: str(r.event_id) for r in bootstrap.cassandra_session().execute(
+        f"SELECT * FROM {ks}.device_latest")}
+    assert latest == {"dev-1": normal[0]["event_id"], "dev-2": hot["event_id"], "dev-3": flagged["event_id"]}
+    assert dead_letters(ingest_storage(ingest), ingest.container) == []
+
+
+def ingest_storage(ingest) -> str:
+    return bootstrap.settings().storage.connection.get_secret_value()
+
+
+def test_three_replays_leave_identical_rows(ingest) -> None:
+    hub = Hub()
+    batch = hub.batch(*[event(f"dev-{i % 3}", at=NOW - timedelta(seconds=i), severity="critical" if i == 4 else "info")
+                        for i in range(20)])
+    ingest(batch)
+    first = snapshot(ingest.keyspace)
+    for _ in range(3):
+        ingest(batch)
+    assert snapshot(ingest.keyspace) == first
+    assert len(first["events_by_id"]) == 20
+
+
+def test_out_of_order_arrivals_keep_the_newest_event_as_latest_state(ingest) -> None:
+    hub = Hub()
+    newest, oldest, middle = (event("dev-9", at=NOW - timedelta(minutes=m)) for m in (1, 30, 10))
+    for body in (newest, oldest, middle):  # one batch each: arrival order is not event order
+        ingest(hub.batch(body))
+    [latest] = bootstrap.cassandra_session().execute(
+        f"SELECT event_id, event_time FROM {ingest.keyspace}.device_latest WHERE device_id = 'dev-9'")
+    assert str(latest.event_id) == newest["event_id"]
+    assert len(rows(ingest.keyspace, "events_by_device")) == 3
+
+
+def test_poison_events_are_dead_lettered_with_reason_and_bytes_and_the_rest_is_stored(ingest) -> None:
+    hub = Hub("2")
+    good = event("dev-1")
+    not_json = b"{not json"
+    not_utf8 = b"\xff\xfe{}"
+    missing_device = {k: v for k, v in event().items() if k != "device_id"}
+    mixed_array = [event("dev-4"), {**event("dev-4"), "timestamp": "yesterday"}]
+    ingest(hub.batch(good, not_json, not_utf8, missing_device, mixed_array))
+
+    stored = {str(r.event_id) for r in bootstrap.cassandra_session().execute(
+        f"SELECT event_id FROM {ingest.keyspace}.events_by_id")}
+    assert stored == {good["event_id"], mixed_array[0]["event_id"]}
+    letters = dead_letters(ingest_storage(ingest), ingest.container)
+    by_sequence = {d["eventhub"]["sequence_number"]: d for d in letters}
+    assert sorted(by_sequence) == [2, 3, 4, 5]
+    assert base64.b64decode(by_sequence[2]["original_base64"]) == not_json
+    assert "JSON" in by_sequence[2]["reason"]
+    assert base64.b64decode(by_sequence[3]["original_base64"]) == not_utf8
+    assert "UTF-8" in by_sequence[3]["reason"]
+    assert "device_id" in by_sequence[4]["reason"]
+    assert by_sequence[5]["index"] == 1 and "timestamp" in by_sequence[5]["reason"]
+    assert json.loads(base64.b64decode(by_sequence[5]["original_base64"])) == mixed_array
+    assert {d["eventhub"]["partition_id"] for d in letters} == {"2"}
+
+
+def test_throttling_injected_on_writes_is_retried_and_everything_is_stored(ingest, private_cassandra) -> None:
+    hub = Hub()
+    bodies = [event(f"dev-{i % 5}", at=NOW - timedelta(seconds=i)) for i in range(40)]
+    inject_faults(private_cassandra.host, private_cassandra.port, error="overloaded", count=12,
+                  retry_after_ms=5, applies_to="writes")
+    ingest(hub.batch(*bodies))
+    stored = {str(r.event_id) for r in bootstrap.cassandra_session().execute(
+        f"SELECT event_id FROM {ingest.keyspace}.events_by_id")}
+    assert stored == {b["event_id"] for b in bodies}
+    [armed] = bootstrap.cassandra_session().execute("SELECT * FROM sluice_emulator.faults")
+    assert armed.remaining == 0, "every injected fault was consumed by a retried write"
+    assert dead_letters(ingest_storage(ingest), ingest.container) == []
+
+
+def test_a_permanent_outage_is_retried_by_the_host_then_dead_letters_the_batch_whole(ingest, private_cassandra,
+                                                                                    monkeypatch) -> None:
+    monkeypatch.setenv("SLUICE_CASSANDRA_OVERLOAD_MAX_RETRIES", "1")
+    bootstrap.reset()
+    hub = Hub("3")
+    bodies = [event("dev-1", at=NOW - timedelta(seconds=i)) for i in range(6)]
+    batch = [*hub.batch(*bodies), *hub.batch(b"garbage")]
+    inject_faults(private_cassandra.host, private_cassandra.port, error="overloaded", ratio=1.0,
+                  retry_after_ms=1, applies_to="writes")
+
+    with pytest.raises(TransientError, match="Cassandra writes failed"):
+        ingest(batch, retry_count=0, max_retry_count=5)  # not the last attempt: the host retries the batch
+    assert [d["kind"] for d in dead_letters(ingest_storage(ingest), ingest.container)] == ["rejected"]
+
+    ingest(batch, retry_count=5, max_retry_count=5)  # the last attempt returns, the batch is dead-lettered
+    letters = {d["kind"]: d for d in dead_letters(ingest_storage(ingest), ingest.container)}
+    whole = letters["batch"]
+    assert whole["count"] == 7 and "event store unavailable" in whole["reason"]
+    assert [base64.b64decode(e["original_base64"]) for e in whole["events"]] == [e.get_body() for e in batch]
+    assert [e["eventhub"]["sequence_number"] for e in whole["events"]] == list(range(1, 8))
+
+    clear_faults(private_cassandra.host, private_cassandra.port)
+    ingest(batch)  # replaying the dead-lettered batch once Cassandra is back stores it exactly once
+    assert len(rows(ingest.keyspace, "events_by_id")) == 6
