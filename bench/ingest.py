@@ -1,0 +1,175 @@
+"""Ingest throughput: the ingest service against the raw driver writing the same rows.
+
+``python -m bench ingest [--events 100000] [--batch 256] [--concurrency 64]``
+
+Starts a private Cassandra emulator, then in one run:
+
+* **baseline**: the raw driver, ``execute_concurrent`` of the same prepared
+  statements with the same parameters the event store binds (every table, same
+  unlogged batches), one batch of events at a time;
+* **sluice**: :class:`IngestService.handle` on the same bodies (decode, validate,
+  bind, write), one Event Hubs batch at a time, as the function calls it;
+* **own work**: the pipeline's CPU per event without I/O (decode, validate, bind
+  every statement), as events per CPU-second of this process.
+
+The two write paths use separate keyspaces and alternate per round so neither
+profits from a warmer emulator. Targets (issue #3): ratio >= 0.8 and own work
+>= 20,000 events/s per core. The last line ends with ``ratio <r>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from cassandra.concurrent import execute_concurrent
+
+from emulators.launcher import python_module, start
+from shared.adapters.cassandra.event_store import CassandraEventStore
+from shared.adapters.cassandra.migrations import apply_migrations
+from shared.adapters.cassandra.session import connect
+from shared.domain.events import EventMetadata, Limits, RawRecord, Rejected, parse_records
+from shared.domain.rules import MeasurementRule
+from shared.services.ingest import IngestService
+from shared.settings import CassandraSettings
+
+RULES = [MeasurementRule(measurement="temperature", op=">", value=90)]
+
+
+class _CountingDeadLetters:
+    """The benchmark's bodies are all valid: any dead letter is a bug, so it is counted and reported."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def put_rejected(self, rejected: Sequence[Rejected]) -> None:
+        self.count += len(rejected)
+
+    def put_batch(self, bodies: Sequence[tuple[bytes, EventMetadata]], reason: str) -> None:
+        self.count += len(bodies)
+
+
+def synthetic_bodies(count: int, devices: int, seed: int = 7) -> list[RawRecord]:
+    """About 500-byte events from ``devices`` devices over the last hour, numbered as one partition."""
+    rng = random.Random(seed)
+    start_at = datetime.now(UTC) - timedelta(hours=1)
+    records = []
+    for n in range(count):
+        body = {
+            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "device_id": f"device-{rng.randrange(devices):05d}",
+            "event_type": "telemetry",
+            "timestamp": (start_at + timedelta(milliseconds=n * 30)).isoformat(),
+            "severity": "critical" if rng.random() < 0.01 else "info",
+            "measurements": {f"m{i:02d}": round(rng.uniform(0, 100), 3) for i in range(16)},
+            "attributes": {"firmware": "4.2.1", "site": f"site-{rng.randrange(50)}", "fleet": "north"},
+        }
+        raw = json.dumps(body).encode()
+        meta = EventMetadata(partition_id="0", offset=str(n * 600), sequence_number=n,
+                             enqueued_time=start_at + timedelta(milliseconds=n * 30 + 5), partition_key=body["device_id"])
+        records.append(RawRecord(raw, meta))
+    return records
+
+
+def batches(records: list[RawRecord], size: int) -> list[list[RawRecord]]:
+    return [records[i:i + size] for i in range(0, len(records), size)]
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench ingest", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=256, help="events per invocation (host.json maxEventBatchSize)")
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (SLUICE_CASSANDRA_WRITE_CONCURRENCY)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of baseline and sluice")
+    args = parser.parse_args(argv)
+
+    records = synthetic_bodies(args.events, args.devices)
+    size = sum(len(r.body) for r in records) / len(records)
+    print(f"{len(records)} events, {size:.0f} bytes on average, batches of {args.batch}, concurrency {args.concurrency}")
+
+    emulator = start("cassandra-emulator", python_module("emulators.cassandra", "--host", "127.0.0.1", "--port", "0"),
+                     timeout=60)
+    try:
+        def settings(keyspace: str) -> CassandraSettings:
+            return CassandraSettings(hosts=[emulator.host], port=emulator.port, keyspace=keyspace,
+                                     write_concurrency=args.concurrency, request_timeout_seconds=60)
+
+        ours_cfg, raw_cfg = settings("bench_sluice"), settings("bench_raw")
+        session = connect(ours_cfg)
+        for cfg in (ours_cfg, raw_cfg):
+            apply_migrations(session, cfg)
+        dead_letters = _CountingDeadLetters()
+        service = IngestService(CassandraEventStore(session, ours_cfg, RULES), dead_letters, Limits())
+        raw_store = CassandraEventStore(session, raw_cfg, RULES)
+
+        # The baseline's statements are bound before the clock starts: it measures the driver and the server only.
+        chunks = batches(records, args.batch)
+        now = datetime.now(UTC)
+        planned = [raw_store.plan(parse_records(chunk, limits=Limits(), now=now).oks)[0] for chunk in chunks]
+        statements = sum(len(p) for p in planned)
+
+        def run_baseline(part: slice) -> float:
+            began = time.perf_counter()
+            for work in planned[part]:
+                for ok, result in execute_concurrent(session, work, concurrency=args.concurrency,
+                                                     raise_on_first_error=False):
+                    if not ok:
+                        raise RuntimeError(f"baseline write failed: {result}")
+            return time.perf_counter() - began
+
+        def run_sluice(part: slice) -> float:
+            began = time.perf_counter()
+            for chunk in chunks[part]:
+                service.handle(chunk, now=now)
+            return time.perf_counter() - began
+
+        service.handle(chunks[0], now=now)  # warm up: prepare statements, open connections
+        run_baseline(slice(0, 1))
+        per_round = -(-len(chunks) // args.rounds)
+        baseline_seconds = sluice_seconds = 0.0
+        for r in range(args.rounds):
+            part = slice(r * per_round, (r + 1) * per_round)
+            baseline_seconds += run_baseline(part)
+            sluice_seconds += run_sluice(part)
+
+        stored = session.execute("SELECT COUNT(*) FROM bench_sluice.events_by_id").one().count
+        if stored != len(records) or dead_letters.count:
+            print(f"FAILED: stored {stored} of {len(records)} events, {dead_letters.count} dead letters")
+            return 1
+
+        own_events = min(len(records), 20_000)
+        own_chunks = batches(records[:own_events], args.batch)
+        cpu = {"decode+validate": 0.0, "plan": 0.0, "bind": 0.0}
+        for chunk in own_chunks:
+            t0 = time.process_time()
+            oks = parse_records(chunk, limits=Limits(), now=now).oks
+            t1 = time.process_time()
+            work, _ = raw_store.plan(oks)
+            t2 = time.process_time()
+            for statement, params in work:
+                if params:  # a batch carries its children already bound
+                    statement.bind(params)
+            t3 = time.process_time()
+            cpu["decode+validate"] += t1 - t0
+            cpu["plan"] += t2 - t1
+            cpu["bind"] += t3 - t2
+        own_cpu = sum(cpu.values())
+    finally:
+        emulator.stop()
+
+    baseline_rate = len(records) / baseline_seconds
+    sluice_rate = len(records) / sluice_seconds
+    ratio = sluice_rate / baseline_rate
+    print(f"baseline (raw driver, {statements} statements): {baseline_rate:,.0f} events/s "
+          f"({statements / baseline_seconds:,.0f} statements/s)")
+    print(f"sluice   (IngestService.handle):            {sluice_rate:,.0f} events/s")
+    print(f"own work (decode, validate, bind; no I/O):  {own_events / own_cpu:,.0f} events per CPU-second "
+          f"({', '.join(f'{k} {own_events / v:,.0f}/s' for k, v in cpu.items())})")
+    print(f"ingest: baseline {baseline_rate:,.0f} events/s, sluice {sluice_rate:,.0f} events/s, ratio {ratio:.2f}")
+    return 0
