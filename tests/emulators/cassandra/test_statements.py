@@ -1,0 +1,196 @@
+"""Each statement kind through the real driver, with default Cluster() and protocol_version=4 pinned."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from cassandra import InvalidRequest
+from cassandra.cluster import Session
+from cassandra.query import UNSET_VALUE, SimpleStatement
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def rows(session: Session, query: str, params: object = None) -> list[tuple]:
+    return [tuple(r) for r in session.execute(query, params)]
+
+
+def test_keyspace_ddl_if_exists_and_use(session: Session) -> None:
+    name = f"k_{uuid.uuid4().hex[:10]}"
+    session.execute(f"CREATE KEYSPACE {name} WITH replication = {{'class': 'NetworkTopologyStrategy', 'dc1': 3}}")
+    with pytest.raises(Exception, match="already exists"):
+        session.execute(f"CREATE KEYSPACE {name} WITH replication = {{'class': 'SimpleStrategy', "
+                        "'replication_factor': 1}")
+    session.execute(f"CREATE KEYSPACE IF NOT EXISTS {name} WITH replication = {{'class': 'SimpleStrategy', "
+                    "'replication_factor': 1}")
+    row = session.execute("SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", (name,)).one()
+    assert row.replication == {"class": "org.apache.cassandra.locator.NetworkTopologyStrategy", "dc1": "3"}
+    session.execute(f"USE {name}")
+    session.execute("CREATE TABLE t (k int PRIMARY KEY)")
+    assert session.keyspace == name
+    session.execute(f"DROP KEYSPACE {name}")
+    session.execute(f"DROP KEYSPACE IF EXISTS {name}")
+    with pytest.raises(InvalidRequest, match="non existing keyspace"):
+        session.execute(f"DROP KEYSPACE {name}")
+    with pytest.raises(InvalidRequest, match=f"Keyspace '{name}' does not exist"):
+        session.execute(f"USE {name}")
+
+
+def test_table_ddl_with_cosmos_and_cassandra_options(session: Session, cassandra_keyspace: str) -> None:
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, v text) WITH cosmosdb_provisioned_throughput = 400 "
+                    "AND default_time_to_live = 0 AND comment = 'x'")
+    session.execute("CREATE TABLE IF NOT EXISTS t (k int PRIMARY KEY, other int)")
+    with pytest.raises(Exception, match="already exists"):
+        session.execute("CREATE TABLE t (k int PRIMARY KEY)")
+    with pytest.raises(Exception, match="Unknown property 'no_such_option'"):
+        session.execute("CREATE TABLE u (k int PRIMARY KEY) WITH no_such_option = 1")
+    session.execute("INSERT INTO t (k, v) VALUES (1, 'a')")
+    session.execute("TRUNCATE t")
+    assert rows(session, "SELECT * FROM t") == []
+    session.execute("ALTER TABLE t ADD extra bigint")
+    session.execute("INSERT INTO t (k, v, extra) VALUES (2, 'b', 7)")
+    assert rows(session, "SELECT k, v, extra FROM t") == [(2, "b", 7)]
+    session.execute(f"DROP TABLE {cassandra_keyspace}.t")
+    session.execute("DROP TABLE IF EXISTS t")
+    with pytest.raises(InvalidRequest, match="unconfigured table t"):
+        session.execute("SELECT * FROM t")
+
+
+def test_insert_is_an_upsert_and_update_creates_rows(session: Session) -> None:
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, a text, b int)")
+    session.execute("INSERT INTO t (k, a, b) VALUES (1, 'x', 1)")
+    session.execute("INSERT INTO t (k, a) VALUES (1, 'y')")  # b untouched
+    session.execute("UPDATE t SET b = 5 WHERE k = 2")
+    assert sorted(rows(session, "SELECT k, a, b FROM t")) == [(1, "y", 1), (2, None, 5)]
+    # an INSERT keeps the row alive with every column null; an UPDATE-only row vanishes when its cells do
+    session.execute("INSERT INTO t (k) VALUES (3)")
+    session.execute("DELETE b FROM t WHERE k = 2")
+    assert sorted(rows(session, "SELECT k FROM t")) == [(1,), (3,)]
+
+
+def test_collection_updates(session: Session) -> None:
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, m map<text, int>, s set<int>, l list<text>)")
+    session.execute("UPDATE t SET m['a'] = 1, s = s + {3, 1}, l = l + ['x'] WHERE k = 1")
+    session.execute("UPDATE t SET m = m + {'b': 2}, s = s + {2}, l = ['w'] + l WHERE k = 1")
+    session.execute("UPDATE t SET l = l + %s, m[%s] = %s WHERE k = 1", (["y"], "c", 3))
+    row = session.execute("SELECT m, s, l FROM t WHERE k = 1").one()
+    assert dict(row.m) == {"a": 1, "b": 2, "c": 3}
+    assert list(row.s) == [1, 2, 3]
+    assert row.l == ["w", "x", "y"]
+    session.execute("UPDATE t SET s = s - {2}, m = m - {'a'}, l = l - ['x'] WHERE k = 1")
+    session.execute("DELETE m['b'] FROM t WHERE k = 1")
+    row = session.execute("SELECT m, s, l FROM t WHERE k = 1").one()
+    assert dict(row.m) == {"c": 3} and list(row.s) == [1, 3] and row.l == ["w", "y"]
+    session.execute("UPDATE t SET l[0] = 'first' WHERE k = 1")
+    assert session.execute("SELECT l FROM t WHERE k = 1").one().l == ["first", "y"]
+
+
+def test_deletes_partition_row_range_and_columns(session: Session) -> None:
+    session.execute("CREATE TABLE t (p text, b int, c1 int, c2 text, v int, PRIMARY KEY ((p, b), c1, c2))")
+    for c1 in range(5):
+        for c2 in ("a", "b"):
+            session.execute("INSERT INTO t (p, b, c1, c2, v) VALUES ('x', 1, %s, %s, %s)", (c1, c2, c1))
+            session.execute("INSERT INTO t (p, b, c1, c2, v) VALUES ('y', 1, %s, %s, %s)", (c1, c2, c1))
+    session.execute("DELETE FROM t WHERE p = 'x' AND b = 1 AND c1 = 0 AND c2 = 'a'")  # one row
+    session.execute("DELETE FROM t WHERE p = 'x' AND b = 1 AND c1 = 1")  # a clustering prefix
+    session.execute("DELETE FROM t WHERE p = 'x' AND b = 1 AND c1 >= 3")  # a clustering range
+    session.execute("DELETE v FROM t WHERE p = 'x' AND b = 1 AND c1 = 2 AND c2 = 'b'")  # one cell
+    assert rows(session, "SELECT c1, c2, v FROM t WHERE p = 'x' AND b = 1") == [
+        (0, "b", 0), (2, "a", 2), (2, "b", None)]
+    session.execute("DELETE FROM t WHERE p = 'y' AND b = 1")  # the partition
+    assert rows(session, "SELECT * FROM t WHERE p = 'y' AND b = 1") == []
+    # a range tombstone also shadows a later write with an older timestamp
+    session.execute("INSERT INTO t (p, b, c1, c2, v) VALUES ('x', 1, 4, 'z', 9) USING TIMESTAMP 1")
+    assert rows(session, "SELECT c1 FROM t WHERE p = 'x' AND b = 1 AND c1 = 4") == []
+    with pytest.raises(InvalidRequest, match="prefix of the clustering columns"):
+        session.execute("DELETE FROM t WHERE p = 'x' AND b = 1 AND c2 = 'a'")
+
+
+def test_select_restrictions_order_limit(session: Session) -> None:
+    session.execute("CREATE TABLE t (p int, c int, d text, v int, PRIMARY KEY (p, c, d)) "
+                    "WITH CLUSTERING ORDER BY (c DESC, d ASC)")
+    for p in range(3):
+        for c in range(4):
+            session.execute("INSERT INTO t (p, c, d, v) VALUES (%s, %s, 'a', %s)", (p, c, p * 10 + c))
+    assert [r[0] for r in rows(session, "SELECT c FROM t WHERE p = 1")] == [3, 2, 1, 0]
+    assert [r[0] for r in rows(session, "SELECT c FROM t WHERE p = 1 ORDER BY c ASC")] == [0, 1, 2, 3]
+    assert [r[0] for r in rows(session, "SELECT c FROM t WHERE p = 1 AND c > 0 AND c <= 2")] == [2, 1]
+    assert [r[0] for r in rows(session, "SELECT c FROM t WHERE p = 1 AND c < 2")] == [1, 0]
+    assert [r[0] for r in rows(session, "SELECT c FROM t WHERE p = 1 AND c >= 2")] == [3, 2]
+    assert rows(session, "SELECT v FROM t WHERE p = 2 AND c = 1 AND d = 'a'") == [(21,)]
+    assert sorted(rows(session, "SELECT p, c FROM t WHERE p IN (0, 2) AND c = 3")) == [(0, 3), (2, 3)]
+    assert [r[0] for r in rows(session, "SELECT c FROM t WHERE p = 1 LIMIT 2")] == [3, 2]
+    assert len(rows(session, "SELECT * FROM t PER PARTITION LIMIT 1")) == 3
+    assert sorted(rows(session, "SELECT DISTINCT p FROM t")) == [(0,), (1,), (2,)]
+    assert rows(session, "SELECT COUNT(*) FROM t WHERE p = 1") == [(4,)]
+    assert session.execute("SELECT count(*) AS n FROM t").one().n == 12
+    assert session.execute("SELECT v AS value FROM t WHERE p = 0 AND c = 0").one().value == 0
+
+
+def test_filtering_needs_allow_filtering(session: Session) -> None:
+    session.execute("CREATE TABLE t (p int, c int, v int, PRIMARY KEY (p, c))")
+    for i in range(6):
+        session.execute("INSERT INTO t (p, c, v) VALUES (%s, %s, %s)", (i % 2, i, i % 3))
+    for query in ("SELECT * FROM t WHERE v = 1", "SELECT * FROM t WHERE c = 1"):
+        with pytest.raises(InvalidRequest, match="ALLOW FILTERING"):
+            session.execute(query)
+    assert sorted(rows(session, "SELECT c FROM t WHERE v = 1 ALLOW FILTERING")) == [(1,), (4,)]
+    assert sorted(rows(session, "SELECT c FROM t WHERE c > 3 ALLOW FILTERING")) == [(4,), (5,)]
+    with pytest.raises(InvalidRequest, match="Only EQ and IN relation are supported on the partition key"):
+        session.execute("SELECT * FROM t WHERE p > 0")
+
+
+def test_bind_markers_positional_named_in_and_unset(session: Session) -> None:
+    session.execute("CREATE TABLE t (p text, c int, v text, w int, PRIMARY KEY (p, c))")
+    ins = session.prepare("INSERT INTO t (p, c, v, w) VALUES (:p, :c, :v, :w)")
+    assert [c.name for c in ins.column_metadata] == ["p", "c", "v", "w"]
+    assert ins.routing_key_indexes == [0]
+    session.execute(ins, {"p": "a", "c": 1, "v": "one", "w": 10})
+    session.execute(ins, ("a", 2, "two", 20))
+    session.execute(ins, ("a", 1, UNSET_VALUE, 11))  # unset leaves v alone
+    session.execute(ins, ("a", 2, None, UNSET_VALUE))  # null deletes v
+    assert rows(session, "SELECT c, v, w FROM t WHERE p = 'a'") == [(1, "one", 11), (2, None, 20)]
+    sel = session.prepare("SELECT c FROM t WHERE p = ? AND c IN ? LIMIT ?")
+    assert [m.name for m in sel.column_metadata] == ["p", "in(c)", "[limit]"]
+    assert [r.c for r in session.execute(sel, ("a", [1, 2, 3], 1))] == [1]
+    assert session.execute("SELECT v FROM t WHERE p = %(p)s AND c = %(c)s", {"p": "a", "c": 1}).one().v == "one"
+
+
+def test_prepared_metadata_for_composite_keys(session: Session) -> None:
+    session.execute("CREATE TABLE t (a int, b text, c timestamp, v blob, PRIMARY KEY ((a, b), c))")
+    ps = session.prepare("INSERT INTO t (v, c, b, a) VALUES (?, ?, ?, ?)")
+    assert ps.routing_key_indexes == [3, 2]
+    assert [c.type.typename for c in ps.column_metadata] == ["blob", "timestamp", "varchar", "int"]
+    sel = session.prepare("SELECT v, c FROM t WHERE b = ? AND a = ?")
+    assert sel.routing_key_indexes == [1, 0]
+    assert [c[2] for c in sel.result_metadata] == ["v", "c"]  # (keyspace, table, name, type)
+
+
+@pytest.mark.parametrize(("query", "error", "named"), [
+    ("CREATE INDEX ON t (v)", InvalidRequest, "CREATE INDEX"),
+    ("CREATE MATERIALIZED VIEW mv AS SELECT * FROM t WHERE k IS NOT NULL PRIMARY KEY (k)", InvalidRequest,
+     "CREATE MATERIALIZED"),
+    ("CREATE TYPE ut (a int)", InvalidRequest, "CREATE TYPE"),
+    ("CREATE FUNCTION f (a int) RETURNS NULL ON NULL INPUT RETURNS int LANGUAGE java AS 'return a;'",
+     InvalidRequest, "CREATE FUNCTION"),
+    ("SELECT JSON * FROM t", InvalidRequest, "SELECT JSON"),
+    ("INSERT INTO t JSON '{\"k\": 1}'", InvalidRequest, "INSERT JSON"),
+    ("SELECT max(v) FROM t", InvalidRequest, "max()"),
+    ("SELECT k FROM t GROUP BY k", InvalidRequest, "GROUP BY"),
+    ("SELECT * FROM t WHERE v LIKE 'a%' ALLOW FILTERING", InvalidRequest, "LIKE"),
+    ("ALTER TABLE t DROP v", InvalidRequest, "ALTER TABLE"),
+    ("GRANT SELECT ON t TO bob", InvalidRequest, "GRANT"),
+    ("BEGIN COUNTER BATCH UPDATE t SET v = 'a' WHERE k = 1 APPLY BATCH", InvalidRequest, "counter"),
+    ("CREATE TABLE s (k int PRIMARY KEY, n counter)", InvalidRequest, "counter"),
+    ("CREATE TABLE s (k int PRIMARY KEY, v int) WITH COMPACT STORAGE", InvalidRequest, "COMPACT STORAGE"),
+    ("SELEKT * FROM t", SyntaxError, "SELEKT"),
+    ("SELECT * FROM t WHERE", SyntaxError, "end of statement"),
+])
+def test_unsupported_cql_is_refused_by_name(session: Session, query: str, error: type, named: str) -> None:
+    from cassandra.protocol import SyntaxException
+    session.execute("CREATE TABLE IF NOT EXISTS t (k int PRIMARY KEY, v text)")
+    expected = SyntaxException if error is SyntaxError else error
+    with pytest.raises(expected) as info:
+        session.execute(SimpleStatement(query))
+    assert named.lower() in str(info.value).lower()
