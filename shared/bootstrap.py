@@ -118,12 +118,63 @@ def service(builder):
 
 
 @service
-def ingest_service():
+def dead_letter_sink():
     from shared.adapters.blob_deadletter import BlobDeadLetterSink
+
+    return BlobDeadLetterSink(blob_service(), settings().storage.deadletter_container)
+
+
+@service
+def ingest_service():
     from shared.adapters.cassandra.event_store import CassandraEventStore
     from shared.services.ingest import IngestService
 
     cfg = settings()
     store = CassandraEventStore(cassandra_session(), cfg.cassandra, cfg.rules.critical_rules)
-    dead_letters = BlobDeadLetterSink(blob_service(), cfg.storage.deadletter_container)
-    return IngestService(store, dead_letters, cfg.ingest.limits())
+    return IngestService(store, dead_letter_sink(), cfg.ingest.limits())
+
+
+@service
+def redis_cache():
+    from shared.adapters.redis_cache import RedisCache
+
+    cfg = settings().redis
+    return RedisCache(redis_client(), key_prefix=cfg.key_prefix, ttl_seconds=cfg.ttl_seconds,
+                      critical_per_device_max=cfg.critical_per_device_max,
+                      critical_stream_max=cfg.critical_stream_max)
+
+
+@service
+def changefeed_service():
+    from shared.adapters.cassandra.feed import CassandraFeedStateStore, CosmosChangeFeed, PortableChangeFeed
+    from shared.services.changefeed import ChangeFeedService
+
+    cfg = settings()
+    feed_cfg, ks = cfg.changefeed, cfg.cassandra.keyspace
+    if feed_cfg.mode == "cosmos":
+        feed = CosmosChangeFeed(cassandra_session(), ks, page_size=feed_cfg.page_size,
+                                lookback_seconds=feed_cfg.lookback_seconds)
+    else:
+        feed = PortableChangeFeed(cassandra_session(), ks, bucket_seconds=cfg.cassandra.bucket_seconds,
+                                  shards=cfg.cassandra.shards, lookback_seconds=feed_cfg.lookback_seconds,
+                                  overlap_seconds=feed_cfg.overlap_seconds, max_span_seconds=feed_cfg.max_span_seconds)
+    positions = CassandraFeedStateStore(cassandra_session(), ks, timeout=feed_cfg.read_timeout_seconds)
+    return ChangeFeedService(feed, redis_cache(), positions, feed_name=feed_cfg.feed_name,
+                             rules=cfg.rules.critical_rules, time_budget=feed_cfg.time_budget_seconds,
+                             read_timeout=feed_cfg.read_timeout_seconds, apply_chunk=feed_cfg.page_size)
+
+
+@service
+def lookup_service():
+    from shared.adapters.cassandra.reader import CassandraEventReader
+    from shared.services.lookups import LookupService
+
+    cfg = settings()
+    lookup = cfg.lookup
+    reader = CassandraEventReader(cassandra_session, cfg.cassandra.keyspace, timeout=lookup.cassandra_timeout_seconds)
+    return LookupService(redis_cache(), reader, cache_ttl=lookup.cache_ttl_seconds,
+                         ttl_jitter=lookup.cache_ttl_jitter_seconds, negative_ttl=lookup.negative_ttl_seconds,
+                         critical_default_limit=lookup.critical_default_limit,
+                         critical_cap=cfg.redis.critical_per_device_max,
+                         redis_retry_after=lookup.redis_retry_after_seconds, flight_wait=lookup.flight_wait_seconds,
+                         health_timeout=lookup.health_timeout_seconds)

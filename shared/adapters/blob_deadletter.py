@@ -7,6 +7,10 @@ from where it came from, so writing the same item twice is one dead letter:
     rejected/<yyyy>/<mm>/<dd>/p<partition>/<sequence>-<index>.json
     batches/<yyyy>/<mm>/<dd>/p<partition>/<first sequence>-<last sequence>.json
 
+A dead letter that was replayed successfully (``python -m sluice deadletter
+replay``) moves under ``replayed/`` with the same name, so it is kept but not
+replayed twice.
+
 The date is the Event Hubs enqueued time (the time of writing if unknown). Each
 blob holds the reason, the original bytes (base64, and as text when it is UTF-8),
 the element index inside an array body, and the Event Hubs metadata.
@@ -21,7 +25,8 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +34,7 @@ from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.storage.blob import BlobServiceClient, ContentSettings
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from shared.domain.events import EventMetadata, Rejected
+from shared.domain.events import EventMetadata, RawRecord, Rejected
 from shared.exceptions import TransientError
 
 logger = logging.getLogger(__name__)
@@ -52,6 +57,31 @@ def _position(metadata: EventMetadata, data: bytes) -> str:
     if metadata.sequence_number is not None:
         return str(metadata.sequence_number)
     return "sha256-" + hashlib.sha256(data).hexdigest()[:32]
+
+
+KINDS = {"rejected": "rejected/", "batch": "batches/"}
+REPLAYED = "replayed/"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One stored dead letter, read back: its blob name, kind, reason and the records to replay."""
+
+    name: str
+    kind: str
+    reason: str
+    records: list[RawRecord]
+
+
+def _metadata(stored: dict[str, Any]) -> EventMetadata:
+    enqueued = stored.get("enqueued_time")
+    return EventMetadata(
+        partition_id=stored.get("partition_id"),
+        offset=stored.get("offset"),
+        sequence_number=stored.get("sequence_number"),
+        enqueued_time=datetime.fromisoformat(enqueued) if enqueued else None,
+        partition_key=stored.get("partition_key"),
+    )
 
 
 class BlobDeadLetterSink:
@@ -130,3 +160,23 @@ class BlobDeadLetterSink:
             },
         )
         logger.error("dead-lettered a whole batch of %d events as %s: %s", len(bodies), name, reason)
+
+    def read(self, kind: str = "all") -> Iterator[DeadLetter]:
+        """Every dead letter not yet replayed, oldest day first (``kind``: rejected, batch or all)."""
+        prefixes = list(KINDS.values()) if kind == "all" else [KINDS[kind]]
+        if not self._container.exists():
+            return
+        for prefix in prefixes:
+            for blob in self._container.list_blobs(name_starts_with=prefix):
+                document = json.loads(self._container.download_blob(blob.name).readall())
+                items = document["events"] if document["kind"] == "batch" else [document]
+                records = [RawRecord(base64.b64decode(item["original_base64"]), _metadata(item["eventhub"]))
+                           for item in items]
+                yield DeadLetter(blob.name, document["kind"], document["reason"], records)
+
+    def mark_replayed(self, name: str) -> None:
+        """Move a dead letter under ``replayed/`` (copy first, then delete: a crash in between leaves both)."""
+        source = self._container.get_blob_client(name)
+        self._container.upload_blob(REPLAYED + name, source.download_blob().readall(), overwrite=True,
+                                    content_settings=_JSON)
+        source.delete_blob()

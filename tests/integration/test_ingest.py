@@ -23,6 +23,7 @@ from emulators.launcher import Running
 from shared import bootstrap
 from shared.adapters.cassandra.migrations import apply_migrations
 from shared.exceptions import TransientError
+from sluice.__main__ import main as sluice_cli
 from tests.fixtures.cassandra import start_cassandra_emulator
 from tests.fixtures.functions import HostContext, user_function
 
@@ -236,5 +237,15 @@ def test_a_permanent_outage_is_retried_by_the_host_then_dead_letters_the_batch_w
     assert [e["eventhub"]["sequence_number"] for e in whole["events"]] == list(range(1, 8))
 
     clear_faults(private_cassandra.host, private_cassandra.port)
-    ingest(batch)  # replaying the dead-lettered batch once Cassandra is back stores it exactly once
+    assert sluice_cli(["deadletter", "replay"]) == 0  # the operator's replay, once Cassandra is back
     assert len(rows(ingest.keyspace, "events_by_id")) == 6
+    names = blob_names(ingest_storage(ingest), ingest.container)
+    assert [n.split("/")[0] for n in names] == ["rejected", "replayed"], "the garbage stays; the batch is archived"
+    assert names[1].startswith("replayed/batches/")
+    assert sluice_cli(["deadletter", "replay"]) == 0
+    assert len(rows(ingest.keyspace, "events_by_id")) == 6, "a second replay changes nothing"
+
+
+def blob_names(storage: str, container: str) -> list[str]:
+    client = BlobServiceClient.from_connection_string(storage).get_container_client(container)
+    return sorted(b.name for b in client.list_blobs())

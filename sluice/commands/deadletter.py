@@ -1,0 +1,60 @@
+"""``deadletter``: list dead letters, and replay them into the pipeline once the cause is fixed.
+
+A whole batch is dead-lettered when the event store stayed unavailable through
+every retry; replaying it once Cassandra is back stores it (writes are
+idempotent, so events that did get stored are not duplicated). A rejected item
+is replayed the same way after a fix (for example raised limits); if it is still
+invalid it stays where it is, with its reason. Each dead letter that replays
+cleanly moves under ``replayed/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from shared.exceptions import TransientError
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("deadletter", help="list or replay dead letters")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, helptext in (("list", "show dead letters not yet replayed"),
+                           ("replay", "run dead letters through ingest again; move the ones that succeed")):
+        action = actions.add_parser(name, help=helptext)
+        action.add_argument("--kind", choices=["batch", "rejected", "all"], default="all")
+        action.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared import bootstrap
+
+    sink = bootstrap.dead_letter_sink()
+    if args.action == "list":
+        count = 0
+        for letter in sink.read(args.kind):
+            count += 1
+            print(f"{letter.name}\t{letter.kind}\t{len(letter.records)} records\t{letter.reason}")
+        print(f"{count} dead letters")
+        return 0
+
+    service = bootstrap.ingest_service()
+    replayed = kept = failed = 0
+    for letter in sink.read(args.kind):
+        try:
+            result = service.handle(letter.records, final_attempt=False)
+        except TransientError as exc:
+            failed += 1
+            logger.warning("%s: the event store is still failing, kept: %s", letter.name, exc)
+            continue
+        if result.rejected:
+            kept += 1
+            logger.info("%s: %d items still invalid, kept", letter.name, result.rejected)
+            if letter.kind == "rejected":
+                continue
+        sink.mark_replayed(letter.name)
+        replayed += 1
+    print(f"replayed {replayed}, still invalid {kept}, store failing {failed}")
+    return 1 if failed else 0
