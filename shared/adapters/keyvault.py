@@ -1,31 +1,42 @@
 """Secrets from Azure Key Vault through azure-identity.
 
-In Azure the credential is ``DefaultAzureCredential`` (the Function App's managed
-identity). Against the local Key Vault emulator (a vault URL on 127.0.0.1 or
-localhost) a fixed development token is used instead, and the emulator's CA
-bundle (``SLUICE_KEYVAULT_CA_FILE``) verifies its HTTPS certificate.
+In Azure the credential is ``DefaultAzureCredential`` (on AKS: workload identity,
+from the ``AZURE_CLIENT_ID``/``AZURE_TENANT_ID``/``AZURE_FEDERATED_TOKEN_FILE``
+the webhook injects; on a Function App: its managed identity). Against the local
+Key Vault emulator (a vault URL on 127.0.0.1, localhost or ::1) a fixed
+development token is used instead, the challenge's resource is not checked (it
+names ``vault.azure.net``, not the local host), and the emulator's CA bundle
+(``SLUICE_KEYVAULT_CA_FILE``) verifies its HTTPS certificate.
+
+Errors: a secret that is missing, disabled, expired, not yet valid, badly named,
+or that the identity may not read is a :class:`ConfigurationError` naming the
+secret (retrying cannot help); a vault that cannot be reached is
+:class:`DependencyUnavailable`. Values are never logged.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
+from datetime import UTC, datetime
 from functools import cache
 from urllib.parse import urlparse
 
 from azure.core.credentials import AccessToken, AccessTokenInfo, TokenCredential
-from azure.core.exceptions import AzureError, ResourceNotFoundError
-from azure.keyvault.secrets import SecretClient
+from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
+from azure.keyvault.secrets import KeyVaultSecret, SecretClient
 
 from shared.exceptions import ConfigurationError, DependencyUnavailable
 
 logger = logging.getLogger(__name__)
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+SECRET_NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
 
 
 class LocalEmulatorCredential:
-    """A fixed token for the local Key Vault emulator only (it does not validate tokens)."""
+    """A fixed token for the local Key Vault emulator only (it accepts any bearer token)."""
 
     def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
         return AccessToken("local-emulator-token", int(time.time()) + 3600)
@@ -39,9 +50,17 @@ def is_local(url: str) -> bool:
 
 
 class KeyVaultSecrets:
-    """Reads secrets by name; each is fetched once per process."""
+    """Reads secrets by name; each is fetched once per process (``get`` is cached)."""
 
-    def __init__(self, url: str, *, ca_file: str | None = None, credential: TokenCredential | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        ca_file: str | None = None,
+        credential: TokenCredential | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+    ) -> None:
         if credential is None:
             if is_local(url):
                 credential = LocalEmulatorCredential()
@@ -49,21 +68,73 @@ class KeyVaultSecrets:
                 from azure.identity import DefaultAzureCredential  # noqa: PLC0415 - heavy import, Azure only
 
                 credential = DefaultAzureCredential()
-        options: dict = {"verify_challenge_resource": not is_local(url)}
+        options: dict = {
+            "verify_challenge_resource": not is_local(url),
+            "connection_timeout": timeout,
+            "read_timeout": timeout,
+            "retry_total": retries,
+        }
         if ca_file:
             options["connection_verify"] = ca_file
         self._client = SecretClient(vault_url=url, credential=credential, **options)
         self._url = url
         self.get = cache(self._get)
 
+    def close(self) -> None:
+        self._client.close()
+
     def _get(self, name: str) -> str:
+        if not SECRET_NAME.match(name):
+            raise ConfigurationError(
+                f"{name!r} is not a valid Key Vault secret name (1-127 characters of 0-9, a-z, A-Z and '-')"
+            )
         try:
-            value = self._client.get_secret(name).value
+            secret = self._client.get_secret(name)
         except ResourceNotFoundError:
             raise ConfigurationError(f"Key Vault {self._url} has no secret named {name!r}") from None
+        except ClientAuthenticationError as exc:
+            raise ConfigurationError(
+                f"cannot authenticate to Key Vault {self._url} to read secret {name!r}: {_reason(exc)}"
+            ) from None
+        except HttpResponseError as exc:
+            if exc.status_code == 403:
+                raise ConfigurationError(
+                    f"Key Vault {self._url} refused to return secret {name!r}: {_reason(exc)} (a disabled secret, "
+                    "or an identity without the 'Key Vault Secrets User' role)"
+                ) from None
+            if exc.status_code is not None and 400 <= exc.status_code < 500 and exc.status_code != 429:
+                raise ConfigurationError(
+                    f"Key Vault {self._url} rejected reading secret {name!r}: {_reason(exc)}"
+                ) from None
+            raise DependencyUnavailable("key vault", f"reading secret {name!r} from {self._url}: {_reason(exc)}") from exc
         except AzureError as exc:
             raise DependencyUnavailable("key vault", f"reading secret {name!r} from {self._url}: {exc}") from exc
-        if value is None:
-            raise ConfigurationError(f"Key Vault secret {name!r} has no value")
+        value = _valid_value(name, secret)
         logger.info("read secret %s from Key Vault", name)
         return value
+
+
+def _valid_value(name: str, secret: KeyVaultSecret) -> str:
+    """The value, unless the secret's own attributes say it must not be used now.
+
+    Key Vault returns expired and not-yet-valid secrets (``exp``/``nbf`` are
+    advisory on the service side), so the check is ours: an expired password is
+    one whose rotation was missed, and a not-yet-valid one was staged for later.
+    """
+    now = datetime.now(UTC)
+    expires, not_before = secret.properties.expires_on, secret.properties.not_before
+    if expires is not None and expires <= now:
+        raise ConfigurationError(f"Key Vault secret {name!r} expired at {expires.isoformat()}: rotate it")
+    if not_before is not None and not_before > now:
+        raise ConfigurationError(f"Key Vault secret {name!r} is not valid before {not_before.isoformat()}")
+    if secret.value is None:
+        raise ConfigurationError(f"Key Vault secret {name!r} has no value")
+    return secret.value
+
+
+def _reason(exc: AzureError) -> str:
+    """The service's error code and message, without the SDK's multi-line dump."""
+    error = getattr(exc, "error", None)
+    if error is not None and getattr(error, "code", None):
+        return f"{error.code}: {error.message}"
+    return str(exc.message if hasattr(exc, "message") else exc).splitlines()[0]

@@ -1,0 +1,158 @@
+"""shared.adapters.keyvault and shared.bootstrap.secret() against the Key Vault emulator (real SDK, HTTPS).
+
+Secret values are compared, never printed: assertion messages show names only.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from pathlib import Path
+
+import pytest
+from azure.keyvault.secrets import SecretClient
+
+from shared import bootstrap
+from shared.adapters.keyvault import KeyVaultSecrets
+from shared.exceptions import ConfigurationError, DependencyUnavailable
+from shared.settings import load_settings
+from tests.fixtures.keyvault import KeyVaultEmulator, unique_secret_name
+
+pytestmark = pytest.mark.timeout(60)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def secrets(keyvault_emulator: KeyVaultEmulator) -> Iterator[KeyVaultSecrets]:
+    adapter = KeyVaultSecrets(keyvault_emulator.url, ca_file=str(keyvault_emulator.ca_file))
+    yield adapter
+    adapter.close()
+
+
+def test_reads_a_secret_once_per_process(keyvault_emulator: KeyVaultEmulator, secrets: KeyVaultSecrets,
+                                        keyvault_client: SecretClient) -> None:
+    name = unique_secret_name("db")
+    keyvault_client.set_secret(name, "first-value")
+    assert secrets.get(name) == "first-value", f"wrong value for {name}"
+    keyvault_client.set_secret(name, "rotated-value")
+    assert secrets.get(name) == "first-value", "the value is cached for the life of the process"
+    restarted = KeyVaultSecrets(keyvault_client.vault_url, ca_file=str(keyvault_emulator.ca_file))
+    try:
+        assert restarted.get(name) == "rotated-value", "a new process reads the rotated value"
+    finally:
+        restarted.close()
+
+
+def test_a_missing_secret_is_a_configuration_error_naming_it(secrets: KeyVaultSecrets) -> None:
+    name = unique_secret_name("missing")
+    with pytest.raises(ConfigurationError, match=name):
+        secrets.get(name)
+
+
+def test_a_disabled_secret_is_a_configuration_error_naming_it(secrets: KeyVaultSecrets,
+                                                              keyvault_client: SecretClient) -> None:
+    name = unique_secret_name("off")
+    keyvault_client.set_secret(name, "value", enabled=False)
+    with pytest.raises(ConfigurationError, match=rf"{name}.*SecretDisabled|{name}.*disabled"):
+        secrets.get(name)
+
+
+def test_expired_and_not_yet_valid_secrets_are_refused(secrets: KeyVaultSecrets,
+                                                       keyvault_client: SecretClient) -> None:
+    now = datetime.now(UTC)
+    expired = unique_secret_name("expired")
+    keyvault_client.set_secret(expired, "value", expires_on=now - timedelta(hours=1))
+    with pytest.raises(ConfigurationError, match=rf"{expired}.*expired"):
+        secrets.get(expired)
+    staged = unique_secret_name("staged")
+    keyvault_client.set_secret(staged, "value", not_before=now + timedelta(days=1))
+    with pytest.raises(ConfigurationError, match=rf"{staged}.*not valid before"):
+        secrets.get(staged)
+    current = unique_secret_name("current")
+    keyvault_client.set_secret(current, "value", not_before=now - timedelta(days=1), expires_on=now + timedelta(days=1))
+    assert secrets.get(current) == "value"
+
+
+@pytest.mark.parametrize("bad", ["under_score", "", "x" * 128])
+def test_a_bad_secret_name_is_refused_before_any_request(secrets: KeyVaultSecrets, bad: str) -> None:
+    with pytest.raises(ConfigurationError, match="not a valid Key Vault secret name"):
+        secrets.get(bad)
+
+
+def test_a_wrong_ca_bundle_is_a_dependency_error(keyvault_emulator: KeyVaultEmulator, tmp_path: Path) -> None:
+    import trustme
+
+    other = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other))
+    adapter = KeyVaultSecrets(keyvault_emulator.url, ca_file=str(other), retries=0)
+    try:
+        with pytest.raises(DependencyUnavailable, match="key vault"):
+            adapter.get("anything")
+    finally:
+        adapter.close()
+
+
+def test_an_unreachable_vault_is_a_dependency_error_quickly() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    adapter = KeyVaultSecrets(f"https://127.0.0.1:{port}/", timeout=1.0, retries=0)
+    try:
+        with pytest.raises(DependencyUnavailable, match="key vault unavailable: reading secret 'pg'"):
+            adapter.get("pg")
+    finally:
+        adapter.close()
+
+
+def _sample_environ(**overrides: str) -> dict[str, str]:
+    values = json.loads((ROOT / "local.settings.sample.json").read_text(encoding="utf-8"))["Values"]
+    return {**values, **overrides}
+
+
+@pytest.fixture
+def bootstrap_settings(monkeypatch: pytest.MonkeyPatch):
+    """Point shared.bootstrap at settings built from an explicit mapping (never os.environ)."""
+
+    def use(environ: dict[str, str]):
+        loaded = load_settings(environ)
+        monkeypatch.setattr(bootstrap, "settings", cache(lambda: loaded))
+        bootstrap.reset()
+        return loaded
+
+    yield use
+    bootstrap.reset()
+
+
+def test_bootstrap_resolves_the_postgres_password_secret_through_the_vault(
+        keyvault_emulator: KeyVaultEmulator, keyvault_client: SecretClient, bootstrap_settings) -> None:
+    name = unique_secret_name("postgres-password")
+    keyvault_client.set_secret(name, "pg-from-the-vault")
+    settings = bootstrap_settings(_sample_environ(
+        SLUICE_POSTGRES_PASSWORD_SECRET=name,
+        SLUICE_KEYVAULT_URL=keyvault_emulator.url,
+        SLUICE_KEYVAULT_CA_FILE=str(keyvault_emulator.ca_file),
+    ))
+    assert settings.postgres.password is None and settings.postgres.password_secret == name
+    resolved = bootstrap.secret(settings.postgres.password, settings.postgres.password_secret)
+    assert resolved == "pg-from-the-vault", "the password secret did not resolve to the stored value"
+    assert "pg-from-the-vault" not in json.dumps(settings.as_dict())
+
+
+def test_bootstrap_names_a_missing_password_secret(keyvault_emulator: KeyVaultEmulator, bootstrap_settings) -> None:
+    name = unique_secret_name("postgres-password")
+    settings = bootstrap_settings(_sample_environ(
+        SLUICE_POSTGRES_PASSWORD_SECRET=name,
+        SLUICE_KEYVAULT_URL=keyvault_emulator.url,
+        SLUICE_KEYVAULT_CA_FILE=str(keyvault_emulator.ca_file),
+    ))
+    with pytest.raises(ConfigurationError, match=name):
+        bootstrap.secret(settings.postgres.password, settings.postgres.password_secret)
+
+
+def test_a_plain_password_wins_without_touching_the_vault(bootstrap_settings) -> None:
+    settings = bootstrap_settings(_sample_environ(SLUICE_POSTGRES_PASSWORD="plain"))
+    assert bootstrap.secret(settings.postgres.password, settings.postgres.password_secret) == "plain"
+    assert bootstrap.keyvault.cache_info().currsize == 0
