@@ -1,0 +1,166 @@
+"""``produce``: send device events to Event Hubs at a paced rate (the load generator; see sluice/loadgen.py).
+
+The connection comes from ``--connection``, else the environment variable named by
+``--connection-setting`` (``EventHubConnection``), else that key in the ``Values``
+of ``--settings`` (``local.settings.json``), so it works against the local emulator
+and a real namespace alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from shared.exceptions import ConfigurationError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "produce", help="send device events to Event Hubs at a paced rate (load generator)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--devices", type=int, default=1000, help="distinct device ids (default 1000)")
+    parser.add_argument("--rate", type=float, default=2000.0, help="events per second (default 2000)")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds to run (default 60; 0 = until Ctrl-C)")
+    parser.add_argument("--count", type=int, help="send exactly this many events (overrides --duration)")
+    parser.add_argument("--critical-ratio", type=float, default=0.01, help="share of valid events that are critical")
+    parser.add_argument("--duplicate-ratio", type=float, default=0.001, help="share of sends that repeat an earlier event")
+    parser.add_argument("--invalid-ratio", type=float, default=0.001, help="share of sends that break the contract")
+    parser.add_argument("--out-of-order-ratio", type=float, default=0.005,
+                        help="share of valid events with a timestamp older than the device's newest")
+    parser.add_argument("--seed", type=int, help="random seed (same seed, same events apart from timestamps)")
+    parser.add_argument("--device-prefix", default="dev-", help="device ids are <prefix><5 digits> (default dev-)")
+    parser.add_argument("--connection", help="Event Hubs connection string (default: from settings)")
+    parser.add_argument("--connection-setting", default="EventHubConnection",
+                        help="setting holding the connection string (default EventHubConnection)")
+    parser.add_argument("--settings", type=Path, default=Path("local.settings.json"),
+                        help="local.settings.json to read settings from when not in the environment")
+    parser.add_argument("--hub", help="event hub name (default SLUICE_INGEST_EVENTHUB_NAME, else telemetry)")
+    parser.add_argument("--manifest", type=Path, help="write one JSON line per sent event here")
+    parser.add_argument("--progress", choices=["bar", "json", "none"],
+                        help="live progress: a bar (default on a terminal), JSON lines on stdout, or nothing")
+    parser.set_defaults(func=run)
+
+
+def _settings_values(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")).get("Values") or {})
+    except (ValueError, AttributeError) as exc:
+        raise ConfigurationError(f"{path} is not a local.settings.json document: {exc}") from None
+
+
+def resolve_connection(args: argparse.Namespace) -> tuple[str, str]:
+    """The connection string and hub name, from the flags, the environment or the settings file."""
+    values = _settings_values(args.settings)
+    connection = args.connection or os.environ.get(args.connection_setting) or values.get(args.connection_setting)
+    if not connection:
+        raise ConfigurationError(
+            f"no Event Hubs connection: pass --connection, set {args.connection_setting} in the environment, "
+            f"or add it to the Values of {args.settings}"
+        )
+    hub = args.hub or os.environ.get("SLUICE_INGEST_EVENTHUB_NAME") or values.get("SLUICE_INGEST_EVENTHUB_NAME")
+    return connection, hub or "telemetry"
+
+
+def run(args: argparse.Namespace) -> int:
+    from sluice.loadgen import EventHubSender, LoadRunner, LoadSpec
+
+    try:
+        spec = LoadSpec(
+            devices=args.devices, rate=args.rate, duration=args.duration or None, count=args.count,
+            critical_ratio=args.critical_ratio, duplicate_ratio=args.duplicate_ratio,
+            invalid_ratio=args.invalid_ratio, out_of_order_ratio=args.out_of_order_ratio,
+            seed=args.seed, device_prefix=args.device_prefix,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    connection, hub = resolve_connection(args)
+    mode = args.progress or ("bar" if sys.stderr.isatty() else "none")
+    try:
+        sender = EventHubSender(connection, hub)
+    except Exception as exc:
+        raise ConfigurationError(f"cannot reach event hub {hub!r}: {exc}") from None
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    manifest = open(args.manifest, "w", encoding="utf-8") if args.manifest else None  # noqa: SIM115
+    try:
+        with _progress(mode, spec.total) as on_progress:
+            runner = LoadRunner(spec, sender, manifest=manifest, on_progress=on_progress, stop=stop)
+            try:
+                summary = runner.run()
+            except KeyboardInterrupt:
+                summary = runner.summary
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sender.close()
+        if manifest:
+            manifest.close()
+    _print_summary(summary, hub, len(sender.partition_ids), mode)
+    return 1 if summary.failed else 0
+
+
+@contextlib.contextmanager
+def _progress(mode: str, total: int | None):
+    if mode == "json":
+        last = [0.0]
+
+        def emit(summary) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 1.0:
+                last[0] = now
+                print(json.dumps({"progress": summary.as_dict()}), flush=True)
+
+        yield emit
+        return
+    if mode == "none":
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = [TextColumn("[bold]produce"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[detail]}")]
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("produce", total=total, detail="")
+
+        def update(summary) -> None:
+            kinds = summary.kinds
+            detail = (f"{summary.rate:,.0f}/s  critical {kinds['critical']}  dup {kinds['duplicate']}  "
+                      f"invalid {kinds['invalid']}  ooo {kinds['out_of_order']}"
+                      + (f"  [red]failed {summary.failed}" if summary.failed else ""))
+            progress.update(task, completed=summary.sent + summary.failed, detail=detail)
+
+        yield update
+
+
+def _print_summary(summary, hub: str, partitions: int, mode: str) -> None:
+    if mode == "json":
+        print(json.dumps({"summary": summary.as_dict()}), flush=True)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"sent to {hub} ({partitions} partitions)", show_header=True)
+    table.add_column("sent", justify="right")
+    table.add_column("rate/s", justify="right")
+    for kind in ("valid", "critical", "duplicate", "invalid", "out-of-order", "failed"):
+        table.add_column(kind, justify="right")
+    kinds = summary.kinds
+    table.add_row(
+        f"{summary.sent:,}", f"{summary.rate:,.0f}", f"{kinds['valid']:,}", f"{kinds['critical']:,}",
+        f"{kinds['duplicate']:,}", f"{kinds['invalid']:,}", f"{kinds['out_of_order']:,}", f"{summary.failed:,}",
+    )
+    console = Console()
+    console.print(table)
+    console.print(f"in {summary.elapsed:.1f}s; by partition: {dict(sorted(summary.by_partition.items()))}")
+    for error in summary.errors[:5]:
+        console.print(f"[red]error: {error}")
