@@ -54,7 +54,7 @@ class _MappingEnvSource(EnvSettingsSource):
 
 
 class _Group(BaseSettings):
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=True)
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=True, use_attribute_docstrings=True)
 
     @classmethod
     def settings_customise_sources(
@@ -80,7 +80,9 @@ class StorageSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="SLUICE_STORAGE_")
 
     connection: SecretStr = Field(validation_alias=AliasChoices("AzureWebJobsStorage", "SLUICE_STORAGE_CONNECTION"))
+    """Storage connection string of the Functions host; Sluice keeps dead letters (and Parquet reference data) there"""
     deadletter_container: Annotated[str, Field(pattern=r"^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$")] = "sluice-deadletter"
+    """Blob container for dead letters (created on first use)"""
 
 
 class CassandraSettings(_Group):
@@ -89,23 +91,41 @@ class CassandraSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="SLUICE_CASSANDRA_")
 
     hosts: Annotated[list[str], NoDecode]
+    """Contact points, comma-separated (Cosmos DB: `<account>.cassandra.cosmos.azure.com`)"""
     port: int = Field(9042, ge=1, le=65535)
+    """CQL port (Cosmos DB: 10350 with TLS)"""
     keyspace: Identifier = "sluice"
+    """Keyspace of every Sluice table"""
     username: str | None = None
+    """PasswordAuthenticator user (Cosmos DB: the account name); empty for no login"""
     password: SecretStr | None = None
+    """Password, for local use; on Azure name a Key Vault secret instead"""
     password_secret: str | None = None
+    """Name of the Key Vault secret holding the password"""
     tls: bool = False
+    """Connect with TLS (required by Cosmos DB)"""
     tls_ca_file: Path | None = None
+    """CA bundle to verify the server with (default: the system store)"""
     local_dc: str | None = None
+    """Local data center (Cosmos DB: the region, e.g. `West Europe`); empty: the driver's default"""
     consistency: Literal["ONE", "LOCAL_ONE", "QUORUM", "LOCAL_QUORUM", "EACH_QUORUM", "ALL"] = "LOCAL_QUORUM"
+    """Consistency of reads and writes"""
     connect_timeout_seconds: float = Field(5.0, gt=0)
+    """Connection timeout"""
     request_timeout_seconds: float = Field(10.0, gt=0)
+    """Client-side timeout of one request"""
     overload_max_retries: int = Field(6, ge=0, le=50)
+    """Retries of a throttled (429 / Overloaded) request, each after the server's RetryAfterMs"""
     overload_max_wait_seconds: float = Field(5.0, gt=0)
+    """Longest wait before one retry of a throttled request"""
     write_concurrency: int = Field(64, ge=1, le=1024)
+    """Writes in flight per ingest batch"""
     replication: dict[str, Any] = Field(default_factory=lambda: {"class": "SimpleStrategy", "replication_factor": 1})
+    """Replication map used when the migration creates the keyspace (ignored by Cosmos DB)"""
     bucket_seconds: int = Field(60, ge=1, le=86400)
+    """Width of the time buckets of the bucketed tables (fixed once data exists; the migration checks)"""
     shards: int = Field(8, ge=1, le=256)
+    """Shards per time bucket, spreading a bucket over partitions (fixed once data exists)"""
 
     _split_hosts = field_validator("hosts", mode="before")(_split_csv)
 
@@ -124,11 +144,17 @@ class IngestSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="SLUICE_INGEST_")
 
     eventhub_name: str = "telemetry"
+    """Event Hub the ingest function reads"""
     consumer_group: str = "$Default"
+    """Consumer group of the ingest function"""
     max_body_bytes: int = Field(1_048_576, ge=256)
+    """Largest event body accepted; larger ones are dead-lettered"""
     max_future_skew_seconds: float = Field(300.0, ge=0)
+    """How far in the future an event's timestamp may be"""
     max_measurements: int = Field(64, ge=0)
+    """Most measurements in one event"""
     max_attributes: int = Field(32, ge=0)
+    """Most attributes in one event"""
 
     def limits(self) -> Limits:
         return Limits(
@@ -145,6 +171,7 @@ class RulesSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="SLUICE_")
 
     critical_rules: list[MeasurementRule] = Field(default_factory=list)
+    """JSON list of rules that make an event critical besides `severity: critical`, e.g. `[{"measurement": "temperature", "op": ">", "value": 90}]`"""
 
 
 class RedisSettings(_Group):
@@ -153,13 +180,21 @@ class RedisSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="SLUICE_REDIS_")
 
     url: str
+    """Redis URL (Azure Cache for Redis: `rediss://<name>.redis.cache.windows.net:6380/0`)"""
     password: SecretStr | None = None
+    """Password (access key), for local use; on Azure name a Key Vault secret instead"""
     password_secret: str | None = None
+    """Name of the Key Vault secret holding the Redis access key"""
     key_prefix: str = "sluice:"
+    """Prefix of every key Sluice writes"""
     ttl_seconds: int = Field(7 * 24 * 3600, ge=1)
+    """TTL of every key the change feed writes"""
     socket_timeout_seconds: float = Field(2.0, gt=0)
+    """Socket timeout of Redis commands"""
     critical_per_device_max: int = Field(100, ge=1)
+    """Critical events kept per device"""
     critical_stream_max: int = Field(10_000, ge=1)
+    """Length of the global stream of recent critical events"""
 
     @field_validator("url")
     @classmethod
@@ -175,16 +210,27 @@ class PostgresSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="SLUICE_POSTGRES_")
 
     host: str
+    """PostgreSQL host (Azure: `<server>.postgres.database.azure.com`)"""
     port: int = Field(5432, ge=1, le=65535)
+    """PostgreSQL port (6432 for the built-in PgBouncer)"""
     dbname: str = "sluice"
+    """Database of the enrichment tables and reporting views"""
     user: str = "postgres"
+    """User"""
     password: SecretStr | None = None
+    """Password, for local use; on Azure name a Key Vault secret instead"""
     password_secret: str | None = None
+    """Name of the Key Vault secret holding the password"""
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    """libpq sslmode (Azure: `require` or `verify-full`)"""
     pool_min_size: int = Field(1, ge=0)
+    """Connections the pool keeps open"""
     pool_max_size: int = Field(4, ge=1)
+    """Most connections of the pool"""
     pool_max_lifetime_seconds: float = Field(3600.0, gt=0)
+    """A connection is replaced after this long"""
     pool_timeout_seconds: float = Field(30.0, gt=0)
+    """Longest wait for a pooled connection"""
     prepare_threshold: int | None = Field(5, description="None disables server-side prepared statements (PgBouncer transaction mode)")
 
     @field_validator("prepare_threshold", mode="before")
@@ -226,18 +272,30 @@ class EnrichmentSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="SLUICE_ENRICH_")
 
     schedule: Ncrontab = "0 */1 * * * *"
+    """NCRONTAB (six fields) of the enrichment timer"""
     window_seconds: int = Field(300, ge=1, le=86400)
+    """Window width, aligned to the epoch in UTC"""
     allowed_lateness_seconds: int = Field(120, ge=0, le=7 * 86400)
+    """A window is closed this long after its end"""
     late_horizon_seconds: int = Field(86400, ge=0, le=30 * 86400)
+    """Events arriving up to this long after their window's end make it be enriched again"""
     initial_lookback_seconds: int = Field(3600, ge=0, description="where the first run starts when no watermark exists")
     max_windows_per_run: int = Field(24, ge=1, le=10_000)
+    """Most windows one timer run enriches (the rest wait for the next run)"""
     reference_source: Literal["postgres", "parquet"] = "postgres"
+    """Where reference data comes from: PostgreSQL tables or Parquet in Blob storage"""
     reference_container: Annotated[str, Field(pattern=r"^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$")] = "sluice-reference"
+    """Blob container of the Parquet reference data"""
     reference_devices_blob: str = "devices.parquet"
+    """Parquet blob of the devices"""
     reference_sites_blob: str = "sites.parquet"
+    """Parquet blob of the sites"""
     read_page_size: int = Field(5000, ge=100, le=100_000)
+    """Rows per Cassandra page when reading a window"""
     read_concurrency: int = Field(16, ge=1, le=256)
+    """Bucket-shard partitions read at once"""
     statement_timeout_seconds: float = Field(120.0, gt=0)
+    """PostgreSQL statement_timeout of the enrichment transaction"""
 
 
 class ChangeFeedSettings(_Group):
@@ -253,14 +311,20 @@ class ChangeFeedSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="SLUICE_CHANGEFEED_")
 
     schedule: Ncrontab = "*/5 * * * * *"
+    """NCRONTAB (six fields) of the change feed timer"""
     mode: Literal["cosmos", "portable"] = "cosmos"
+    """`cosmos`: Cosmos DB's change feed; `portable`: the arrival-bucketed table (Apache Cassandra)"""
     feed_name: Identifier = "events_by_id"
+    """Name under which the continuation is saved"""
     page_size: int = Field(1000, ge=1, le=100_000)
+    """Rows per change feed page"""
     time_budget_seconds: float = Field(20.0, gt=0, le=600)
+    """A run stops reading new pages after this long"""
     lookback_seconds: int = Field(3600, ge=0, description="start of the first run, and of a run whose continuation was rejected")
     overlap_seconds: int = Field(60, ge=0, le=86400, description="portable mode: how far before the watermark each run re-reads")
     max_span_seconds: int = Field(3600, ge=1, description="portable mode: the widest enqueued-time range one run reads")
     read_timeout_seconds: float = Field(10.0, gt=0)
+    """Timeout of one change feed read"""
 
 
 class LookupSettings(_Group):
@@ -269,12 +333,17 @@ class LookupSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="SLUICE_LOOKUP_")
 
     cache_ttl_seconds: int = Field(3600, ge=1)
+    """TTL of a value the lookups put in Redis after a miss"""
     cache_ttl_jitter_seconds: int = Field(300, ge=0, description="a random 0..jitter added to each fill, so fills do not expire together")
     negative_ttl_seconds: int = Field(5, ge=1)
+    """How long "not found" is cached"""
     cassandra_timeout_seconds: float = Field(2.0, gt=0)
+    """Timeout of a lookup's Cassandra read (then 503)"""
     health_timeout_seconds: float = Field(1.0, gt=0)
+    """Timeout of each dependency check of /api/health"""
     redis_retry_after_seconds: float = Field(5.0, ge=0, description="after a Redis error, serve from Cassandra for this long before trying Redis again")
     critical_default_limit: int = Field(20, ge=1)
+    """Critical events returned when `limit` is not given"""
     flight_wait_seconds: float = Field(5.0, gt=0, description="how long a request waits for another request's Cassandra read of the same key")
 
 
@@ -284,6 +353,7 @@ class KeyVaultSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="SLUICE_KEYVAULT_")
 
     url: str | None = None
+    """Key Vault holding the secrets named by `*_SECRET` settings (https only)"""
     ca_file: Path | None = Field(None, description="CA bundle for a local emulator's HTTPS certificate")
 
     @field_validator("url")
