@@ -178,3 +178,23 @@ def lookup_service():
                          critical_cap=cfg.redis.critical_per_device_max,
                          redis_retry_after=lookup.redis_retry_after_seconds, flight_wait=lookup.flight_wait_seconds,
                          health_timeout=lookup.health_timeout_seconds)
+
+
+@service
+def enrichment_service():
+    from shared.adapters.cassandra.window_reader import CassandraWindowReader
+    from shared.adapters.postgres.enrichment_store import PostgresEnrichmentStore
+    from shared.adapters.reference import ParquetBlobReferenceSource, PostgresReferenceSource
+    from shared.services.enrichment import EnrichmentService
+
+    cfg = settings()
+    enrich = cfg.enrichment
+    reader = CassandraWindowReader(cassandra_session(), cfg.cassandra, page_size=enrich.read_page_size,
+                                   concurrency=enrich.read_concurrency)
+    if enrich.reference_source == "parquet":
+        reference = ParquetBlobReferenceSource(blob_service(), enrich.reference_container,
+                                               enrich.reference_devices_blob, enrich.reference_sites_blob)
+    else:
+        reference = PostgresReferenceSource(postgres_pool())
+    store = PostgresEnrichmentStore(postgres_pool(), statement_timeout_seconds=enrich.statement_timeout_seconds)
+    return EnrichmentService(reader, reference, store, enrich, cfg.rules.critical_rules)

@@ -1,5 +1,5 @@
 -- Reference data joined to events by enrichment: sites and the devices installed at them.
--- Loaded by `python -m sluice load-reference` (upsert by key); no foreign key from
+-- Loaded by `python -m sluice reference load` (upsert by key); no foreign key from
 -- devices to sites, so either file may be loaded first and a device may name a site
 -- that is not (yet) known: its site columns are then NULL in enriched rows.
 

@@ -4,8 +4,8 @@
 CREATE VIEW report_site_daily AS
 SELECT
     s.site_id,
-    s.site_name,
-    s.region,
+    coalesce(max(st.name), max(s.site_name)) AS site_name,
+    coalesce(max(st.region), max(s.region)) AS region,
     coalesce(st.timezone, 'UTC') AS timezone,
     (s.window_start AT TIME ZONE coalesce(st.timezone, 'UTC'))::date AS local_day,
     sum(s.event_count)::bigint AS event_count,
@@ -17,13 +17,13 @@ SELECT
     max(s.window_end) AS last_window_end
 FROM site_window_stats s
 LEFT JOIN sites st ON st.site_id = s.site_id
-GROUP BY s.site_id, s.site_name, s.region, coalesce(st.timezone, 'UTC'),
+GROUP BY s.site_id, coalesce(st.timezone, 'UTC'),
          (s.window_start AT TIME ZONE coalesce(st.timezone, 'UTC'))::date;
 
 COMMENT ON VIEW report_site_daily IS 'Daily summary per site, days in the site''s local time zone (UTC when unknown).';
 COMMENT ON COLUMN report_site_daily.site_id IS 'Site.';
-COMMENT ON COLUMN report_site_daily.site_name IS 'Site name at enrichment time.';
-COMMENT ON COLUMN report_site_daily.region IS 'Site region at enrichment time.';
+COMMENT ON COLUMN report_site_daily.site_name IS 'Site name from the current reference data (as enriched when the site is no longer listed).';
+COMMENT ON COLUMN report_site_daily.region IS 'Site region from the current reference data (as enriched when the site is no longer listed).';
 COMMENT ON COLUMN report_site_daily.timezone IS 'Time zone used to cut local days.';
 COMMENT ON COLUMN report_site_daily.local_day IS 'Local calendar day of the windows (by window start).';
 COMMENT ON COLUMN report_site_daily.event_count IS 'Events of the site on that day.';

@@ -1,0 +1,34 @@
+"""Timer trigger: enrich every closed (and every late-updated) event-time window into PostgreSQL.
+
+Runs on ``SLUICE_ENRICH_SCHEDULE`` (NCRONTAB, six fields). The service does the
+work and keeps its own position (the watermark, in PostgreSQL, moved in the same
+transaction as each window's rows), so a failed or missed run is simply resumed
+by the next one; ``use_monitor`` lets the host run a missed schedule after a
+restart. A ``TransientError`` is logged and re-raised so the host records the
+failure; nothing is lost, because the watermark did not pass the failed window.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from shared import bootstrap
+
+logger = logging.getLogger(__name__)
+
+bp = func.Blueprint()
+
+
+@bp.function_name("enrichment")
+@bp.timer_trigger(arg_name="timer", schedule="%SLUICE_ENRICH_SCHEDULE%", run_on_startup=False, use_monitor=True)
+def enrichment(timer: func.TimerRequest) -> None:
+    if timer.past_due:
+        logger.warning("enrichment timer is past due; catching up")
+    result = bootstrap.enrichment_service().run()
+    logger.info(
+        "enrichment windows=%d late_windows=%d events=%d watermark=%s more_pending=%s",
+        len(result.windows), result.late_windows, result.events,
+        result.watermark.isoformat() if result.watermark else None, result.more_pending,
+    )

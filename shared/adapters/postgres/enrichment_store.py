@@ -1,0 +1,234 @@
+"""``PostgresEnrichmentStore``: one window in one transaction, set-based (COPY to staging, then upsert).
+
+Per window, inside one transaction:
+
+1. ``SET LOCAL statement_timeout`` and a transaction-scoped advisory lock on the
+   window, so two runners (timer and a backfill) write the same window one after
+   the other, never interleaved;
+2. ``COPY ... (FORMAT BINARY)`` into ``ON COMMIT DROP`` temporary tables: the
+   window's events (narrow: no reference columns), the reference columns of each
+   device seen, and the device and site figures;
+3. ``INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE (...) IS DISTINCT FROM
+   (...)`` into ``enriched_events`` (events joined to their device's reference
+   columns in SQL), ``device_window_stats`` and ``site_window_stats``: a re-run
+   with the same input updates no row, so ``enriched_at`` keeps the time of the
+   last real change;
+4. figures of the window that the recomputation no longer produces (a device
+   moved to another site) are deleted; enriched events never are;
+5. the ledger row (``enrichment_windows``) and, for scheduled windows, the
+   watermark; then COMMIT.
+
+Nothing keeps session state between transactions (temporary tables, ``SET LOCAL``,
+transaction advisory locks), so this works through PgBouncer in transaction mode.
+A psycopg ``OperationalError`` (connection lost, server shut down, timeout)
+becomes ``TransientError`` naming the window; the transaction is then rolled back
+by the server and nothing of the window is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from shared.domain.enrichment import EnrichedWindow
+from shared.exceptions import TransientError
+from shared.ports.enrichment import EnrichmentState, Reason
+
+logger = logging.getLogger(__name__)
+
+_LOCK_NAMESPACE = 0x5E_0000_0000  # xor-ed with the window start (epoch seconds) for the advisory lock key
+
+_STAGE = """
+CREATE TEMP TABLE stage_events (
+    event_id uuid, device_id text, event_time timestamptz, enqueued_time timestamptz,
+    event_type text, severity text, critical boolean, measurements jsonb
+) ON COMMIT DROP;
+CREATE TEMP TABLE stage_devices (
+    device_id text, known_device boolean, site_id text, model text, firmware text, owner text,
+    site_name text, region text, site_timezone text
+) ON COMMIT DROP;
+CREATE TEMP TABLE stage_device_stats (
+    device_id text, known_device boolean, site_id text, event_count integer, critical_count integer,
+    first_event_time timestamptz, last_event_time timestamptz, measurements jsonb
+) ON COMMIT DROP;
+CREATE TEMP TABLE stage_site_stats (
+    site_id text, site_name text, region text, device_count integer, event_count integer,
+    critical_count integer, measurements jsonb
+) ON COMMIT DROP
+"""
+_EVENT_TYPES = ["uuid", "text", "timestamptz", "timestamptz", "text", "text", "bool", "jsonb"]
+_DEVICE_TYPES = ["text", "bool", "text", "text", "text", "text", "text", "text", "text"]
+_DEVICE_STATS_TYPES = ["text", "bool", "text", "int4", "int4", "timestamptz", "timestamptz", "jsonb"]
+_SITE_STATS_TYPES = ["text", "text", "text", "int4", "int4", "int4", "jsonb"]
+
+_EVENT_COLUMNS = ("window_start", "device_id", "event_time", "enqueued_time", "event_type", "severity", "critical",
+                  "measurements", "known_device", "site_id", "model", "firmware", "owner", "site_name", "region",
+                  "site_timezone")
+_UPSERT_EVENTS = f"""
+INSERT INTO enriched_events (event_id, {", ".join(_EVENT_COLUMNS)})
+SELECT e.event_id, %(start)s, e.device_id, e.event_time, e.enqueued_time, e.event_type, e.severity, e.critical,
+       e.measurements, d.known_device, d.site_id, d.model, d.firmware, d.owner, d.site_name, d.region, d.site_timezone
+FROM stage_events e JOIN stage_devices d USING (device_id)
+ON CONFLICT (event_id) DO UPDATE SET
+    {", ".join(f"{c} = EXCLUDED.{c}" for c in _EVENT_COLUMNS)}, enriched_at = now()
+WHERE ({", ".join(f"enriched_events.{c}" for c in _EVENT_COLUMNS)})
+      IS DISTINCT FROM ({", ".join(f"EXCLUDED.{c}" for c in _EVENT_COLUMNS)})
+"""
+
+_DEVICE_COLUMNS = ("window_end", "known_device", "site_id", "event_count", "critical_count", "first_event_time",
+                   "last_event_time", "measurements")
+_UPSERT_DEVICE_STATS = f"""
+INSERT INTO device_window_stats (window_start, device_id, {", ".join(_DEVICE_COLUMNS)})
+SELECT %(start)s, s.device_id, %(end)s, s.known_device, s.site_id, s.event_count, s.critical_count,
+       s.first_event_time, s.last_event_time, s.measurements
+FROM stage_device_stats s
+ON CONFLICT (window_start, device_id) DO UPDATE SET
+    {", ".join(f"{c} = EXCLUDED.{c}" for c in _DEVICE_COLUMNS)}, enriched_at = now()
+WHERE ({", ".join(f"device_window_stats.{c}" for c in _DEVICE_COLUMNS)})
+      IS DISTINCT FROM ({", ".join(f"EXCLUDED.{c}" for c in _DEVICE_COLUMNS)})
+"""
+
+_SITE_COLUMNS = ("window_end", "site_name", "region", "device_count", "event_count", "critical_count", "measurements")
+_UPSERT_SITE_STATS = f"""
+INSERT INTO site_window_stats (window_start, site_id, {", ".join(_SITE_COLUMNS)})
+SELECT %(start)s, s.site_id, %(end)s, s.site_name, s.region, s.device_count, s.event_count, s.critical_count,
+       s.measurements
+FROM stage_site_stats s
+ON CONFLICT (window_start, site_id) DO UPDATE SET
+    {", ".join(f"{c} = EXCLUDED.{c}" for c in _SITE_COLUMNS)}, enriched_at = now()
+WHERE ({", ".join(f"site_window_stats.{c}" for c in _SITE_COLUMNS)})
+      IS DISTINCT FROM ({", ".join(f"EXCLUDED.{c}" for c in _SITE_COLUMNS)})
+"""
+
+_DELETE_STALE = """
+DELETE FROM device_window_stats t WHERE t.window_start = %(start)s
+    AND NOT EXISTS (SELECT 1 FROM stage_device_stats s WHERE s.device_id = t.device_id);
+DELETE FROM site_window_stats t WHERE t.window_start = %(start)s
+    AND NOT EXISTS (SELECT 1 FROM stage_site_stats s WHERE s.site_id = t.site_id)
+"""
+
+_LEDGER = """
+INSERT INTO enrichment_windows AS w (window_start, window_end, event_count, device_count, unknown_device_count,
+                                     unknown_device_events, reason)
+VALUES (%(start)s, %(end)s, %(events)s, %(devices)s, %(unknown)s, %(unknown_events)s, %(reason)s)
+ON CONFLICT (window_start) DO UPDATE SET
+    window_end = EXCLUDED.window_end, event_count = EXCLUDED.event_count, device_count = EXCLUDED.device_count,
+    unknown_device_count = EXCLUDED.unknown_device_count, unknown_device_events = EXCLUDED.unknown_device_events,
+    reason = EXCLUDED.reason, runs = w.runs + 1, last_enriched_at = now()
+"""
+
+_STALE = """
+SELECT DISTINCT c.window_start
+FROM unnest(%s::uuid[], %s::timestamptz[]) AS c(event_id, window_start)
+JOIN enrichment_windows w ON w.window_start = c.window_start
+WHERE NOT EXISTS (SELECT 1 FROM enriched_events e WHERE e.event_id = c.event_id)
+"""
+
+_ADVANCE = """
+UPDATE enrichment_state SET watermark = %(end)s, updated_at = now()
+WHERE name = %(name)s AND watermark >= %(start)s AND watermark < %(end)s
+"""
+
+
+class PostgresEnrichmentStore:
+    """Implements ``shared.ports.enrichment.EnrichmentStore`` (see the module docstring)."""
+
+    def __init__(self, pool: ConnectionPool, *, statement_timeout_seconds: float = 120.0, name: str = "default") -> None:
+        self._pool = pool
+        self._timeout_ms = int(statement_timeout_seconds * 1000)
+        self._name = name
+
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[psycopg.Connection]:
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(self._timeout_ms),))
+                yield conn
+        except psycopg.OperationalError as exc:
+            raise TransientError(f"PostgreSQL failed during {what}: {type(exc).__name__}: {exc}".strip()) from exc
+        except psycopg.errors.QueryCanceled as exc:  # statement_timeout
+            raise TransientError(f"PostgreSQL timed out during {what}: {exc}".strip()) from exc
+
+    def load_state(self, initial: datetime) -> EnrichmentState:
+        with self._transaction("loading the enrichment state") as conn:
+            conn.execute(
+                "INSERT INTO enrichment_state (name, watermark, late_scan_until) VALUES (%s, %s, %s) "
+                "ON CONFLICT (name) DO NOTHING",
+                (self._name, initial, initial),
+            )
+            watermark, late = conn.execute(
+                "SELECT watermark, late_scan_until FROM enrichment_state WHERE name = %s", (self._name,)
+            ).fetchone()
+        return EnrichmentState(watermark, late or watermark)
+
+    def save_late_scan(self, until: datetime) -> None:
+        with self._transaction("saving the late-event scan position") as conn:
+            conn.execute(
+                "UPDATE enrichment_state SET late_scan_until = greatest(coalesce(late_scan_until, %s), %s), "
+                "updated_at = now() WHERE name = %s",
+                (until, until, self._name),
+            )
+
+    def stale_windows(self, candidates: Mapping[uuid.UUID, datetime]) -> set[datetime]:
+        items = list(candidates.items())
+        stale: set[datetime] = set()
+        with self._transaction("looking for late events") as conn:
+            for i in range(0, len(items), 10_000):
+                chunk = items[i:i + 10_000]
+                stale.update(row[0] for row in conn.execute(_STALE, ([k for k, _ in chunk], [v for _, v in chunk])))
+        return stale
+
+    def write_window(self, enriched: EnrichedWindow, reason: Reason, *, advance_watermark: bool) -> None:
+        window = enriched.window
+        params = {
+            "start": window.start, "end": window.end, "name": self._name, "reason": reason,
+            "events": len(enriched.events), "devices": len(enriched.devices),
+            "unknown": len(enriched.unknown_devices), "unknown_events": enriched.unknown_device_events,
+        }
+        with self._transaction(f"the enrichment of window {window}") as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_NAMESPACE ^ int(window.start.timestamp()),))
+            if enriched.events:
+                self._stage(conn, enriched)
+                conn.execute(_UPSERT_EVENTS, params)
+                conn.execute(_UPSERT_DEVICE_STATS, params)
+                conn.execute(_UPSERT_SITE_STATS, params)
+                for statement in _DELETE_STALE.split(";"):
+                    conn.execute(statement, params)
+            # A window read as empty keeps whatever PostgreSQL holds for it (e.g. events expired from Cassandra).
+            conn.execute(_LEDGER, params)
+            if advance_watermark:
+                conn.execute(_ADVANCE, params)
+        logger.debug("window %s written (%s): %d events", window, reason, len(enriched.events))
+
+    @staticmethod
+    def _stage(conn: psycopg.Connection, enriched: EnrichedWindow) -> None:
+        for statement in _STAGE.split(";"):
+            conn.execute(statement)
+        with conn.cursor() as cur:
+            with cur.copy("COPY stage_events FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(_EVENT_TYPES)
+                write = copy.write_row
+                for event, critical in zip(enriched.events, enriched.critical, strict=True):
+                    write((event.event_id, event.device_id, event.event_time, event.enqueued_time, event.event_type,
+                           event.severity, critical, event.measurements))
+            with cur.copy("COPY stage_devices FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(_DEVICE_TYPES)
+                for d in enriched.devices.values():
+                    copy.write_row((d.device_id, d.known, d.site_id, d.model, d.firmware, d.owner, d.site_name,
+                                    d.region, d.site_timezone))
+            with cur.copy("COPY stage_device_stats FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(_DEVICE_STATS_TYPES)
+                for s in enriched.device_stats:
+                    copy.write_row((s.device.device_id, s.device.known, s.device.site_id, s.event_count,
+                                    s.critical_count, s.first_event_time, s.last_event_time, s.measurements))
+            with cur.copy("COPY stage_site_stats FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(_SITE_STATS_TYPES)
+                for s in enriched.site_stats:
+                    copy.write_row((s.site_id, s.site_name, s.region, s.device_count, s.event_count, s.critical_count,
+                                    s.measurements))

@@ -1,0 +1,76 @@
+"""Ports of the enrichment service: the window reader (Cassandra), the reference source and the store (PostgreSQL).
+
+The order that keeps the effect exactly-once: a window's rows, its ledger row and
+the watermark move in ONE store transaction (:meth:`EnrichmentStore.write_window`),
+so the watermark never passes a window whose rows are not durably written, and
+rewriting a window with the same inputs changes no row.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol
+
+from shared.domain.enrichment import EnrichedWindow, ReferenceData
+from shared.ports.stored import StoredEvent
+
+Reason = Literal["scheduled", "late", "backfill"]
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One event as ``events_by_arrival_bucket`` lists it: enough to find its window and whether it is enriched."""
+
+    event_id: uuid.UUID
+    event_time: datetime
+    enqueued_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EnrichmentState:
+    """``watermark``: every window ending at or before it is enriched.
+    ``late_scan_until``: arrivals before it have been checked for late events."""
+
+    watermark: datetime
+    late_scan_until: datetime
+
+
+class WindowReader(Protocol):
+    def read(self, start: datetime, end: datetime) -> list[StoredEvent]:
+        """Every event with ``start <= event_time < end`` (all buckets, all shards), in no particular order.
+
+        Raises ``DependencyUnavailable`` when the store cannot be read completely:
+        a partial window is never returned.
+        """
+
+    def arrivals(self, start: datetime, end: datetime) -> Iterator[Arrival]:
+        """Every event Event Hubs enqueued in ``[start, end)``, paged lazily. Raises ``DependencyUnavailable``."""
+
+
+class ReferenceSource(Protocol):
+    def load(self) -> ReferenceData:
+        """The current devices and sites (called once per run). Raises ``DependencyUnavailable`` or ``PermanentError``."""
+
+
+class EnrichmentStore(Protocol):
+    def load_state(self, initial: datetime) -> EnrichmentState:
+        """The stored positions; the first call stores ``initial`` for both and returns it."""
+
+    def write_window(self, enriched: EnrichedWindow, reason: Reason, *, advance_watermark: bool) -> None:
+        """Upsert the window's enriched events and figures, its ledger row and (when asked) the watermark, atomically.
+
+        The watermark moves to the window's end only when it is within the window
+        (contiguous progress). Idempotent: the same input leaves every data row
+        unchanged. Raises ``TransientError`` when PostgreSQL fails; nothing of the
+        window is then written.
+        """
+
+    def stale_windows(self, candidates: Mapping[uuid.UUID, datetime]) -> set[datetime]:
+        """Starts of the already enriched windows (ledger rows) among ``candidates``' values for which some
+        candidate event (key: event id, value: its window start) has no enriched row."""
+
+    def save_late_scan(self, until: datetime) -> None:
+        """Record that arrivals before ``until`` were checked (never moves it backwards)."""

@@ -1,0 +1,185 @@
+"""The enrichment service: closed event-time windows from Cassandra + reference data -> PostgreSQL.
+
+One run (timer, ``python -m sluice enrich run``):
+
+1. load the reference data once (PostgreSQL tables or Parquet in Blob storage);
+2. **late events**: read ``events_by_arrival_bucket`` from the late-scan position
+   (minus the allowed lateness, to catch rows ingest wrote after an earlier scan
+   read their arrival time) up to now. An event whose window is already behind
+   the watermark, that arrived within ``late_horizon`` of its window's end and
+   has no enriched row, makes its window be recomputed (reason ``late``). The
+   check is by event id, not by comparing an enqueued time with an enriched-at
+   time: Event Hubs' and PostgreSQL's clocks differ, and an event enqueued before
+   a window was enriched may reach Cassandra after it;
+3. **scheduled**: every closed window from the watermark on, oldest first, at
+   most ``max_windows_per_run``; each moves the watermark in its own transaction;
+4. only after every late window is written, the late-scan position moves to the
+   time the scan stopped (position after write: a failure rescans, idempotently).
+
+Only windows with a ledger row count as enriched: windows before the first
+watermark (``initial_lookback``) were never enriched, so they are not "late";
+``backfill`` covers them.
+
+A window is always recomputed from *all* its events, so each write replaces the
+window's figures with the same or more complete ones; re-running one changes no
+row. A failure stops the run with ``TransientError``: windows already committed
+stay, the watermark stays at the last of them, and the next run resumes there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from shared.domain.enrichment import EnrichedWindow, ReferenceData, Window, compute_window, window_of, windows_between
+from shared.domain.rules import MeasurementRule
+from shared.ports.enrichment import EnrichmentState, EnrichmentStore, Reason, ReferenceSource, WindowReader
+from shared.settings import EnrichmentSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowOutcome:
+    window: Window
+    reason: Reason
+    events: int
+    devices: int
+    unknown_devices: int
+    unknown_device_events: int
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What one run did."""
+
+    windows: list[WindowOutcome] = field(default_factory=list)
+    late_windows: int = 0
+    too_late_events: int = 0
+    watermark: datetime | None = None
+    late_scan_until: datetime | None = None
+    more_pending: bool = False
+
+    @property
+    def events(self) -> int:
+        return sum(w.events for w in self.windows)
+
+
+class EnrichmentService:
+    def __init__(
+        self,
+        reader: WindowReader,
+        reference: ReferenceSource,
+        store: EnrichmentStore,
+        settings: EnrichmentSettings,
+        rules: Sequence[MeasurementRule] = (),
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._reader = reader
+        self._reference = reference
+        self._store = store
+        self._settings = settings
+        self._rules = tuple(rules)
+        self._clock = clock
+
+    @property
+    def window_seconds(self) -> int:
+        return self._settings.window_seconds
+
+    def run(self, now: datetime | None = None) -> RunResult:
+        """Enrich late and closed windows (see the module docstring); raises ``TransientError`` on failure."""
+        cfg = self._settings
+        now = now or self._clock()
+        lateness = timedelta(seconds=cfg.allowed_lateness_seconds)
+        initial = window_of(now - timedelta(seconds=cfg.initial_lookback_seconds), cfg.window_seconds).start
+        state = self._store.load_state(initial)
+        reference = self._reference.load()
+        result = RunResult(watermark=state.watermark, late_scan_until=state.late_scan_until)
+
+        late, complete = self._late_windows(state, now, result)
+        for window in late:
+            result.windows.append(self.enrich(window, reference, "late", advance_watermark=False))
+        result.late_windows = len(late)
+
+        budget = cfg.max_windows_per_run
+        window = window_of(state.watermark, cfg.window_seconds)
+        while window.closed(now, lateness) and budget > 0:
+            result.windows.append(self.enrich(window, reference, "scheduled", advance_watermark=True))
+            result.watermark = window.end
+            window = Window(window.end, window.end + (window.end - window.start))
+            budget -= 1
+        result.more_pending = window.closed(now, lateness) or not complete
+
+        if complete and now > state.late_scan_until:
+            self._store.save_late_scan(now)
+            result.late_scan_until = now
+        logger.info(
+            "enrichment run: %d windows (%d late), %d events, watermark %s, late scan until %s%s",
+            len(result.windows), result.late_windows, result.events, result.watermark, result.late_scan_until,
+            ", more pending" if result.more_pending else "",
+        )
+        return result
+
+    def _late_windows(self, state: EnrichmentState, now: datetime, result: RunResult) -> tuple[list[Window], bool]:
+        """Enriched windows some of whose events have no enriched row yet; and whether the list is complete."""
+        cfg = self._settings
+        horizon = timedelta(seconds=cfg.late_horizon_seconds)
+        scan_from = state.late_scan_until - timedelta(seconds=cfg.allowed_lateness_seconds)
+        candidates: dict = {}
+        for arrival in self._reader.arrivals(scan_from, now):
+            window = window_of(arrival.event_time, cfg.window_seconds)
+            if window.end > state.watermark:
+                continue  # not enriched yet: the scheduled pass will read it
+            if arrival.enqueued_at - window.end > horizon:
+                result.too_late_events += 1
+                continue
+            candidates[arrival.event_id] = window
+        if result.too_late_events:
+            logger.warning("%d events arrived more than %s after their window; backfill their range to include them",
+                           result.too_late_events, horizon)
+        if not candidates:
+            return [], True
+        stale = self._store.stale_windows({event_id: w.start for event_id, w in candidates.items()})
+        windows = sorted(w for w in set(candidates.values()) if w.start in stale)
+        if windows:
+            logger.info("late events: %d enriched windows miss events that arrived since", len(windows))
+        limit = cfg.max_windows_per_run
+        return windows[:limit], len(windows) <= limit
+
+    def enrich(self, window: Window, reference: ReferenceData, reason: Reason, *, advance_watermark: bool
+               ) -> WindowOutcome:
+        """Read, compute and write one window (one store transaction)."""
+        events = self._reader.read(window.start, window.end)
+        enriched = compute_window(window, events, reference, self._rules)
+        self._store.write_window(enriched, reason, advance_watermark=advance_watermark)
+        return _outcome(enriched, reason)
+
+    def backfill(self, start: datetime, end: datetime, *, on_window: Callable[[WindowOutcome], None] | None = None
+                 ) -> list[WindowOutcome]:
+        """Re-enrich every window overlapping ``[start, end)`` from the Cassandra event log.
+
+        The watermark is not moved (windows past it are enriched again, harmlessly,
+        when they close); reference data is loaded once, now.
+        """
+        if end <= start:
+            raise ValueError(f"backfill end {end.isoformat()} is not after start {start.isoformat()}")
+        reference = self._reference.load()
+        outcomes = []
+        for window in windows_between(start, end, self._settings.window_seconds):
+            outcome = self.enrich(window, reference, "backfill", advance_watermark=False)
+            outcomes.append(outcome)
+            if on_window is not None:
+                on_window(outcome)
+        return outcomes
+
+
+def _outcome(enriched: EnrichedWindow, reason: Reason) -> WindowOutcome:
+    unknown = enriched.unknown_devices
+    if unknown:
+        logger.warning("window %s: %d events of %d devices without reference data (e.g. %s)",
+                       enriched.window, enriched.unknown_device_events, len(unknown), ", ".join(unknown[:5]))
+    return WindowOutcome(enriched.window, reason, len(enriched.events), len(enriched.devices), len(unknown),
+                         enriched.unknown_device_events)

@@ -1,0 +1,345 @@
+"""Enrichment against real PostgreSQL and the Cassandra emulator (events written by the real event store).
+
+Every figure is checked against an independent computation from the raw events
+the test sent (:func:`expected_device_stats`), not against the service's own code.
+Time is passed to the service explicitly, so windows close when the test says.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from emulators.launcher import Running
+from shared.adapters.cassandra.event_store import CassandraEventStore
+from shared.adapters.cassandra.migrations import apply_migrations as apply_cassandra
+from shared.adapters.cassandra.session import connect
+from shared.adapters.cassandra.window_reader import CassandraWindowReader
+from shared.adapters.postgres.enrichment_store import PostgresEnrichmentStore
+from shared.adapters.postgres.migrations import apply_migrations as apply_postgres
+from shared.adapters.postgres.pool import make_pool
+from shared.adapters.reference import PostgresReferenceSource, upsert_reference
+from shared.domain.enrichment import DeviceRef, SiteRef
+from shared.domain.events import DeviceEvent, Event, EventMetadata
+from shared.domain.rules import MeasurementRule
+from shared.exceptions import TransientError
+from shared.services.enrichment import EnrichmentService
+from shared.settings import CassandraSettings, EnrichmentSettings, PostgresSettings
+
+pytestmark = pytest.mark.timeout(120)
+
+T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)  # a window start (5-minute windows)
+W = timedelta(minutes=5)
+RULES = [MeasurementRule(measurement="temperature", op=">", value=90)]
+SITES = [SiteRef("site-a", "Alpha plant", "eu-west", "Europe/Paris", 48.85, 2.35),
+         SiteRef("site-b", "Beta yard", "us-east", "America/New_York", 40.7, -74.0)]
+DEVICES = [DeviceRef("dev-1", "site-a", "TX-1", "1.0.0", "ops"), DeviceRef("dev-2", "site-a", "TX-1", "1.0.0", "ops"),
+           DeviceRef("dev-3", "site-b", "TX-2", "2.1.0", "lab"), DeviceRef("dev-4", "site-zz", "TX-2", "2.1.0", "lab")]
+
+
+@dataclass
+class Stack:
+    """The enrichment wired to one keyspace and one database, plus what the test sent."""
+
+    keyspace: str
+    dsn: str
+    session: object
+    store: CassandraEventStore
+    pool: object
+    service: EnrichmentService
+    sent: list[Event]
+
+    def send(self, events: list[Event]) -> None:
+        self.store.write(events)
+        self.sent.extend(events)
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with psycopg.connect(self.dsn) as conn:
+            return conn.execute(sql, params).fetchall()
+
+
+def make_event(device: str, at: datetime, *, enqueued: datetime | None = None, severity: str = "info",
+               measurements: dict | None = None) -> Event:
+    body = DeviceEvent.model_validate({
+        "event_id": str(uuid.uuid4()), "device_id": device, "event_type": "reading",
+        "timestamp": at.isoformat(), "severity": severity,
+        "measurements": measurements if measurements is not None else {"temperature": 20.0},
+    }, context={"now": at})
+    return Event(body, EventMetadata(partition_id="0", offset="1", sequence_number=1,
+                                     enqueued_time=enqueued or at + timedelta(seconds=1)))
+
+
+def random_events(rng: random.Random, start: datetime, span: timedelta, n: int,
+                  devices: tuple[str, ...] = ("dev-1", "dev-2", "dev-3", "dev-4", "dev-x")) -> list[Event]:
+    out = []
+    for _ in range(n):
+        at = start + timedelta(milliseconds=rng.randrange(int(span.total_seconds() * 1000)))
+        measurements = {"temperature": round(rng.uniform(0, 100), 3)}
+        if rng.random() < 0.5:
+            measurements["humidity"] = round(rng.uniform(10, 90), 3)
+        out.append(make_event(rng.choice(devices), at, severity=rng.choice(["info", "info", "warning", "critical"]),
+                              measurements=measurements))
+    return out
+
+
+def enrich_settings(**overrides) -> EnrichmentSettings:
+    values = {"window_seconds": 300, "allowed_lateness_seconds": 120, "late_horizon_seconds": 3600,
+              "initial_lookback_seconds": 0, "max_windows_per_run": 24, "read_page_size": 100,
+              "read_concurrency": 8, **overrides}
+    return EnrichmentSettings(**values)
+
+
+def build_service(stack_session, keyspace: str, cassandra: CassandraSettings, pool, reference=None,
+                  **overrides) -> EnrichmentService:
+    reader = CassandraWindowReader(stack_session, cassandra, page_size=100, concurrency=8)
+    return EnrichmentService(reader, reference or PostgresReferenceSource(pool), PostgresEnrichmentStore(pool),
+                             enrich_settings(**overrides), RULES)
+
+
+@pytest.fixture
+def stack(cassandra_emulator: Running, cassandra_keyspace: str, pg_dsn: str) -> Iterator[Stack]:
+    cassandra = CassandraSettings(hosts=[cassandra_emulator.host], port=cassandra_emulator.port,
+                                  keyspace=cassandra_keyspace, shards=4, bucket_seconds=60, consistency="ONE")
+    session = connect(cassandra)
+    apply_cassandra(session, cassandra)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_postgres(conn)
+        upsert_reference(conn, DEVICES, SITES)
+    pool = make_pool(pg_dsn, PostgresSettings(host="unused", pool_min_size=1, pool_max_size=2))
+    service = build_service(session, cassandra_keyspace, cassandra, pool)
+    PostgresEnrichmentStore(pool).load_state(T0)  # the first watermark: T0
+    yield Stack(cassandra_keyspace, pg_dsn, session, CassandraEventStore(session, cassandra, RULES), pool, service, [])
+    pool.close()
+    session.cluster.shutdown()
+
+
+# --- the independent computation ---
+
+
+def expected_device_stats(events: list[Event], window_start: datetime) -> dict[str, dict]:
+    """Per device figures of one window, computed directly from what was sent."""
+    by_device: dict[str, list[Event]] = defaultdict(list)
+    for e in events:
+        ts = e.body.timestamp.replace(microsecond=e.body.timestamp.microsecond // 1000 * 1000)
+        if window_start <= ts < window_start + W:
+            by_device[e.device_id].append(e)
+    out = {}
+    for device, evs in by_device.items():
+        evs.sort(key=lambda e: (e.body.timestamp, e.event_id))
+        measurements = {}
+        for name in sorted({m for e in evs for m in e.body.measurements}):
+            values = [e.body.measurements[name] for e in evs if name in e.body.measurements]
+            measurements[name] = {"count": len(values), "min": min(values), "max": max(values),
+                                  "avg": sum(values) / len(values), "last": values[-1]}
+        out[device] = {
+            "event_count": len(evs),
+            "critical_count": sum(e.body.severity == "critical" or e.body.measurements.get("temperature", 0) > 90
+                                  for e in evs),
+            "measurements": measurements,
+        }
+    return out
+
+
+def stored_device_stats(stack: Stack, window_start: datetime) -> dict[str, dict]:
+    rows = stack.query("SELECT device_id, event_count, critical_count, measurements FROM device_window_stats "
+                       "WHERE window_start = %s", (window_start,))
+    return {d: {"event_count": n, "critical_count": c, "measurements": m} for d, n, c, m in rows}
+
+
+def assert_stats_match(stored: dict, expected: dict) -> None:
+    assert set(stored) == set(expected)
+    for device, exp in expected.items():
+        got = stored[device]
+        assert (got["event_count"], got["critical_count"]) == (exp["event_count"], exp["critical_count"]), device
+        assert set(got["measurements"]) == set(exp["measurements"]), device
+        for name, figures in exp["measurements"].items():
+            for key, value in figures.items():
+                assert got["measurements"][name][key] == pytest.approx(value, rel=1e-12), (device, name, key)
+
+
+def snapshot(stack: Stack) -> dict[str, list[tuple]]:
+    return {table: stack.query(f"SELECT * FROM {table} ORDER BY 1, 2")
+            for table in ("enriched_events", "device_window_stats", "site_window_stats")}
+
+
+# --- tests ---
+
+
+def test_window_figures_match_an_independent_computation(stack: Stack) -> None:
+    rng = random.Random(7)
+    stack.send(random_events(rng, T0, 3 * W, 300))
+    now = T0 + 3 * W + timedelta(minutes=2)  # the third window just closed
+    result = stack.service.run(now=now)
+
+    assert [w.window.start for w in result.windows] == [T0, T0 + W, T0 + 2 * W]
+    assert stack.query("SELECT watermark FROM enrichment_state") == [(T0 + 3 * W,)]
+    for k in range(3):
+        start = T0 + k * W
+        assert_stats_match(stored_device_stats(stack, start), expected_device_stats(stack.sent, start))
+    assert stack.query("SELECT count(*) FROM enriched_events") == [(300,)]
+
+    # reference columns: known devices carry their site; dev-4's site is unknown; dev-x is unknown
+    columns = dict((d, (k, s, m, n)) for d, k, s, m, n in stack.query(
+        "SELECT DISTINCT device_id, known_device, site_id, model, site_name FROM enriched_events"))
+    assert columns["dev-1"] == (True, "site-a", "TX-1", "Alpha plant")
+    assert columns["dev-3"] == (True, "site-b", "TX-2", "Beta yard")
+    assert columns["dev-4"] == (True, "site-zz", "TX-2", None)
+    assert columns["dev-x"] == (False, None, None, None)
+
+    # site figures are the sums of their devices' events
+    for k in range(3):
+        start = T0 + k * W
+        expected = expected_device_stats(stack.sent, start)
+        sites = {s: (dc, n, c) for s, dc, n, c in stack.query(
+            "SELECT site_id, device_count, event_count, critical_count FROM site_window_stats WHERE window_start = %s",
+            (start,))}
+        a = [expected[d] for d in ("dev-1", "dev-2") if d in expected]
+        assert sites["site-a"] == (len(a), sum(x["event_count"] for x in a), sum(x["critical_count"] for x in a))
+        assert sites["site-b"][1] == expected["dev-3"]["event_count"]
+        assert "site-zz" in sites and None not in sites
+
+    # unknown devices are counted in the ledger and listed by the report view
+    unknown_events = sum(1 for e in stack.sent if e.device_id == "dev-x")
+    assert stack.query("SELECT sum(unknown_device_events) FROM enrichment_windows") == [(unknown_events,)]
+    assert stack.query("SELECT device_id, event_count FROM report_unknown_devices") == [("dev-x", unknown_events)]
+
+
+def test_open_windows_wait_and_the_watermark_only_moves_over_closed_ones(stack: Stack) -> None:
+    stack.send([make_event("dev-1", T0 + timedelta(seconds=10)), make_event("dev-1", T0 + W + timedelta(seconds=10))])
+    result = stack.service.run(now=T0 + W + timedelta(minutes=1))  # window 1 ended, but is within its lateness
+    assert result.windows == [] and stack.query("SELECT watermark FROM enrichment_state") == [(T0,)]
+    result = stack.service.run(now=T0 + W + timedelta(minutes=2))
+    assert [w.window.start for w in result.windows] == [T0]
+    assert stack.query("SELECT watermark FROM enrichment_state") == [(T0 + W,)]
+
+
+def test_rerunning_changes_nothing(stack: Stack) -> None:
+    stack.send(random_events(random.Random(3), T0, 2 * W, 120))
+    now = T0 + 2 * W + timedelta(minutes=2)
+    stack.service.run(now=now)
+    before = snapshot(stack)
+    time.sleep(0.01)
+    stack.service.run(now=now + timedelta(seconds=30))  # nothing new closed: no window written
+    stack.service.backfill(T0, T0 + 2 * W)  # every window recomputed from the same events
+    assert snapshot(stack) == before  # including enriched_at: no row was rewritten
+    assert stack.query("SELECT window_start, runs, reason FROM enrichment_windows ORDER BY 1") == [
+        (T0, 2, "backfill"), (T0 + W, 2, "backfill")]
+
+
+def test_late_events_recompute_their_window(stack: Stack) -> None:
+    stack.send(random_events(random.Random(5), T0, 2 * W, 60))
+    now = T0 + 2 * W + timedelta(minutes=2)
+    stack.service.run(now=now)
+    untouched = stack.query("SELECT * FROM device_window_stats WHERE window_start = %s ORDER BY 2", (T0 + W,))
+
+    late_at = now + timedelta(minutes=3)
+    late = [make_event("dev-1", T0 + timedelta(seconds=30), enqueued=late_at, severity="critical",
+                       measurements={"temperature": 99.5}),
+            make_event("dev-x", T0 + timedelta(seconds=31), enqueued=late_at)]
+    stack.send(late)
+    result = stack.service.run(now=late_at + timedelta(seconds=5))
+
+    assert result.late_windows == 1 and [(w.window.start, w.reason) for w in result.windows] == [(T0, "late")]
+    assert_stats_match(stored_device_stats(stack, T0), expected_device_stats(stack.sent, T0))
+    assert stack.query("SELECT runs, reason FROM enrichment_windows WHERE window_start = %s", (T0,)) == [(2, "late")]
+    assert stack.query("SELECT * FROM device_window_stats WHERE window_start = %s ORDER BY 2", (T0 + W,)) == untouched
+    # the next run finds nothing more to do
+    again = stack.service.run(now=late_at + timedelta(seconds=40))
+    assert again.late_windows == 0
+
+
+def test_events_later_than_the_horizon_are_counted_not_recomputed(stack: Stack) -> None:
+    stack.send([make_event("dev-1", T0 + timedelta(seconds=5))])
+    stack.service.run(now=T0 + W + timedelta(minutes=2))
+    too_late = T0 + W + timedelta(hours=2)  # horizon is 1 hour
+    stack.send([make_event("dev-1", T0 + timedelta(seconds=6), enqueued=too_late)])
+    result = stack.service.run(now=too_late + timedelta(seconds=1))
+    assert result.too_late_events == 1 and result.late_windows == 0
+    assert stack.query("SELECT event_count FROM device_window_stats WHERE window_start = %s", (T0,)) == [(1,)]
+    stack.service.backfill(T0, T0 + W)  # the documented way to include them
+    assert stack.query("SELECT event_count FROM device_window_stats WHERE window_start = %s", (T0,)) == [(2,)]
+
+
+def test_a_killed_postgres_connection_mid_window_leaves_the_watermark_and_the_next_run_completes(stack: Stack) -> None:
+    stack.send(random_events(random.Random(11), T0, W, 40))
+    now = T0 + W + timedelta(minutes=2)
+
+    # Another session locks the watermark row: the window's transaction writes its rows, then waits on the
+    # watermark update; the test kills that backend from outside, as a failover or an admin would.
+    blocker = psycopg.connect(stack.dsn)
+    blocker.execute("SELECT * FROM enrichment_state FOR UPDATE")
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            stack.service.run(now=now)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    killed = False
+    deadline = time.monotonic() + 30
+    with psycopg.connect(stack.dsn, autocommit=True) as admin:
+        while time.monotonic() < deadline and not killed:
+            rows = admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
+                "AND query LIKE '%%UPDATE enrichment_state SET watermark%%'").fetchall()
+            for (pid,) in rows:
+                killed = admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+            time.sleep(0.05)
+    worker.join(30)
+    blocker.rollback()
+    blocker.close()
+
+    assert killed
+    assert isinstance(outcome.get("error"), TransientError)
+    assert stack.query("SELECT watermark FROM enrichment_state") == [(T0,)]
+    assert stack.query("SELECT count(*) FROM enriched_events") == [(0,)]  # the window's rows were rolled back
+    assert stack.query("SELECT count(*) FROM enrichment_windows") == [(0,)]
+
+    result = stack.service.run(now=now)  # the pool replaces the dead connection on borrow
+    assert [w.window.start for w in result.windows] == [T0]
+    assert stack.query("SELECT watermark FROM enrichment_state") == [(T0 + W,)]
+    assert_stats_match(stored_device_stats(stack, T0), expected_device_stats(stack.sent, T0))
+
+
+def test_a_reference_change_shows_in_the_next_windows(stack: Stack) -> None:
+    stack.send([make_event("dev-1", T0 + timedelta(seconds=5)), make_event("dev-9", T0 + timedelta(seconds=6))])
+    stack.service.run(now=T0 + W + timedelta(minutes=2))
+    with psycopg.connect(stack.dsn) as conn:  # dev-1 moves to site-b with new firmware; dev-9 gets registered
+        upsert_reference(conn, [DeviceRef("dev-1", "site-b", "TX-1", "1.1.0", "ops"),
+                                DeviceRef("dev-9", "site-a", "TX-3", "3.0.0", "ops")], None)
+    stack.send([make_event("dev-1", T0 + W + timedelta(seconds=5)), make_event("dev-9", T0 + W + timedelta(seconds=6))])
+    stack.service.run(now=T0 + 2 * W + timedelta(minutes=2))
+
+    rows = stack.query("SELECT window_start, device_id, known_device, site_id, firmware FROM enriched_events ORDER BY 1, 2")
+    assert rows == [(T0, "dev-1", True, "site-a", "1.0.0"), (T0, "dev-9", False, None, None),
+                    (T0 + W, "dev-1", True, "site-b", "1.1.0"), (T0 + W, "dev-9", True, "site-a", "3.0.0")]
+    assert stack.query("SELECT device_id, now_known FROM report_unknown_devices") == [("dev-9", True)]
+
+    # a backfill applies today's reference data to the old window, and its old site figures go away
+    stack.service.backfill(T0, T0 + W)
+    assert stack.query("SELECT site_id, event_count FROM site_window_stats WHERE window_start = %s ORDER BY 1",
+                       (T0,)) == [("site-a", 1), ("site-b", 1)]
+    assert stack.query("SELECT count(*) FROM report_unknown_devices") == [(0,)]
+
+
+def test_max_windows_per_run_resumes_where_it_stopped(stack: Stack) -> None:
+    stack.send(random_events(random.Random(1), T0, 4 * W, 40))
+    service = build_service(stack.session, stack.keyspace, stack.store._settings, stack.pool, max_windows_per_run=3)
+    now = T0 + 4 * W + timedelta(minutes=2)
+    first = service.run(now=now)
+    assert len(first.windows) == 3 and first.more_pending
+    second = service.run(now=now)
+    assert [w.window.start for w in second.windows] == [T0 + 3 * W] and not second.more_pending
+    assert stack.query("SELECT count(*) FROM enriched_events") == [(40,)]
