@@ -8,7 +8,9 @@ first use by ``shared.bootstrap``.
 
 import azure.functions as func
 
+from functions.enrichment import bp as enrichment
 from functions.ingest import bp as ingest
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(ingest)
+app.register_functions(enrichment)
