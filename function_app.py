@@ -8,9 +8,13 @@ first use by ``shared.bootstrap``.
 
 import azure.functions as func
 
+from functions.changefeed import bp as changefeed
 from functions.enrichment import bp as enrichment
 from functions.ingest import bp as ingest
+from functions.lookups import bp as lookups
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(ingest)
+app.register_functions(changefeed)
+app.register_functions(lookups)
 app.register_functions(enrichment)

@@ -64,12 +64,13 @@ class LookupCache(Protocol):
         cached set is not known to be complete over the range asked for.
         """
 
-    def fill_critical(self, device_id: str, newest: Sequence[StoredEvent], complete: bool, ttl: int) -> None:
-        """Cache a device's newest critical events read from the store (newest first).
+    def fill_critical(self, device_id: str, events: Sequence[StoredEvent], covers_since_ms: int, ttl: int) -> None:
+        """Cache critical events of a device read from the store.
 
-        ``complete`` says ``newest`` holds every critical event of the device;
-        otherwise it holds the newest ones only, and the cache answers for the
-        time range it covers.
+        ``events`` holds *every* critical event of the device with event time at
+        or after ``covers_since_ms`` (``SINCE_ALL``: all of them). The cache merges
+        them with what it holds and from then on answers exactly for ranges it
+        knows to be complete, however the per-device cap trims the set.
         """
 
     def ping(self) -> None:

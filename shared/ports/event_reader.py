@@ -25,5 +25,5 @@ class EventReader(Protocol):
     def critical(self, device_id: str, *, since: datetime | None, limit: int) -> list[StoredEvent]:
         """The device's critical events with event time at or after ``since``, newest first, at most ``limit``."""
 
-    def ping(self) -> None:
-        """Return when the store answers a trivial query."""
+    def ping(self, timeout: float | None = None) -> None:
+        """Return when the store answers a trivial query within ``timeout`` (the reader's own by default)."""

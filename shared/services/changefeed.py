@@ -1,0 +1,127 @@
+"""The change feed service: changed events -> Redis, then the position, page by page.
+
+One run (one timer invocation)::
+
+    load the saved position (or start at now - lookback)
+    until the time budget is spent or the feed is caught up:
+        read one page after the position
+        write its events to the sink (Redis), pipelined       <- raises: nothing saved, the next run replays
+        save the position the page returned, compare-and-set  <- only after the sink acknowledged
+
+Saving after the write means a crash replays at most the last page, which the
+sink's idempotent, order-independent writes absorb; the position is never ahead
+of the data. The save is compare-and-set on the version loaded: when a second
+instance runs at the same time (the timer singleton can lapse), the one that
+loses a save stops at once; its writes were the same idempotent writes, so the
+cache is correct whoever wins, and the position never moves backwards.
+
+A continuation the feed rejects (the table was dropped and recreated) restarts
+from ``now - lookback`` with a warning: events older than that are not replayed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from shared.domain.rules import MeasurementRule, is_critical
+from shared.ports.cache import ChangeSink
+from shared.ports.feed import ChangeFeed, ContinuationRejected, FeedStateStore
+from shared.ports.stored import StoredEvent
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What one run did; ``stopped`` says why it ended."""
+
+    pages: int = 0
+    events: int = 0
+    critical: int = 0
+    saves: int = 0
+    stopped: str = "caught_up"  # caught_up | budget | lost_race | restarted
+    restarted: bool = False
+
+
+class ChangeFeedService:
+    """Copies the event store's changes into the cache (see the module docstring for the order)."""
+
+    def __init__(self, feed: ChangeFeed, sink: ChangeSink, positions: FeedStateStore, *, feed_name: str,
+                 rules: Sequence[MeasurementRule] = (), time_budget: float = 20.0, read_timeout: float = 10.0,
+                 apply_chunk: int = 1000, clock: Callable[[], datetime] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._feed = feed
+        self._sink = sink
+        self._positions = positions
+        self._name = feed_name
+        self._rules = tuple(rules)
+        self._budget = time_budget
+        self._read_timeout = read_timeout
+        self._chunk = max(1, apply_chunk)
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._monotonic = monotonic
+
+    def _decided(self, events: Sequence[StoredEvent]) -> list[StoredEvent]:
+        """Each event with ``critical`` decided (rows without the flag get the configured rules)."""
+        return [
+            event if event.critical is not None
+            else dataclasses.replace(event, critical=is_critical(event.severity, event.measurements, self._rules))
+            for event in events
+        ]
+
+    def run(self) -> RunResult:
+        """One invocation. Raises ``DependencyUnavailable`` when Cassandra or Redis fails (position kept)."""
+        deadline = self._monotonic() + self._budget
+        now = self._clock()
+        saved = self._positions.load(self._name)
+        if saved is None:
+            position, version = self._feed.initial_position(now), 0
+            logger.info("change feed %s: no saved position, starting at %s", self._name, position)
+        else:
+            position, version = self._feed.rewind(saved.position), saved.version
+        stored = saved.position if saved is not None else None
+        pages = events = critical = saves = 0
+        restarted = False
+        while True:
+            remaining = deadline - self._monotonic()
+            if remaining <= 0:
+                stopped = "budget"
+                break
+            try:
+                page = self._feed.read_page(position, now=now, timeout=min(self._read_timeout, remaining))
+            except ContinuationRejected as exc:
+                if restarted:
+                    raise
+                restarted = True
+                position = self._feed.initial_position(now)
+                logger.warning("change feed %s: %s; restarting from the lookback start %s (events changed before "
+                               "it are not replayed)", self._name, exc, position.start_time or position.watermark)
+                continue
+            pages += 1
+            if page.events:
+                decided = self._decided(page.events)
+                for start in range(0, len(decided), self._chunk):
+                    self._sink.apply(decided[start:start + self._chunk])
+                events += len(decided)
+                critical += sum(1 for event in decided if event.critical)
+            if stored is None or not stored.same_stored_state(page.position):
+                new_version = self._positions.save(self._name, page.position, version)
+                if new_version is None:
+                    logger.warning("change feed %s: another instance saved the position first (version %d); "
+                                   "stopping this run", self._name, version)
+                    stopped = "lost_race"
+                    break
+                version, stored, saves = new_version, page.position, saves + 1
+            position = page.position
+            if page.caught_up:
+                stopped = "caught_up"
+                break
+        result = RunResult(pages, events, critical, saves, stopped, restarted)
+        logger.info("change feed %s: pages=%d events=%d critical=%d saves=%d stopped=%s restarted=%s",
+                    self._name, pages, events, critical, saves, stopped, restarted)
+        return result

@@ -1,0 +1,414 @@
+"""Change feed -> Redis against the Cassandra emulator and real Redis, in both feed modes.
+
+Events are stored by the real ingest adapter (``CassandraEventStore``); runs go
+through the timer function the app registers or through ``ChangeFeedService``
+built from the real adapters. Helpers here are reused by the lookup tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+from azure.functions.timer import TimerRequest
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from emulators.launcher import Running, start
+from shared import bootstrap
+from shared.adapters.cassandra.event_store import CassandraEventStore
+from shared.adapters.cassandra.feed import CassandraFeedStateStore, CosmosChangeFeed, PortableChangeFeed
+from shared.adapters.cassandra.migrations import MIGRATIONS, apply_migrations
+from shared.adapters.cassandra.session import connect
+from shared.adapters.redis_cache import RedisCache
+from shared.domain.events import DeviceEvent, Event, EventMetadata
+from shared.domain.rules import MeasurementRule
+from shared.exceptions import DependencyUnavailable
+from shared.ports.feed import SavedPosition
+from shared.services.changefeed import ChangeFeedService
+from shared.settings import CassandraSettings
+from tests.fixtures.functions import user_function
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = [MeasurementRule(measurement="temperature", op=">", value=90)]
+BUCKET_SECONDS = 60
+SHARDS = 2
+MODES = ["cosmos", "portable"]
+
+
+# -- helpers shared with the lookup tests ---------------------------------------------------
+
+def cassandra_settings(emulator: Running, keyspace: str) -> CassandraSettings:
+    return CassandraSettings(hosts=[emulator.host], port=emulator.port, keyspace=keyspace, consistency="ONE",
+                             bucket_seconds=BUCKET_SECONDS, shards=SHARDS, request_timeout_seconds=5,
+                             overload_max_retries=1)
+
+
+def make_event(device: str, at: datetime, *, severity: str = "info", measurements: dict | None = None,
+               enqueued: datetime | None = None, event_id: uuid.UUID | None = None) -> Event:
+    body = DeviceEvent.model_validate(
+        {"event_id": str(event_id or uuid.uuid4()), "device_id": device, "event_type": "telemetry",
+         "timestamp": at.isoformat(), "severity": severity, "measurements": measurements or {}},
+        context={"now": datetime.now(UTC) + timedelta(days=1)},
+    )
+    return Event(body, EventMetadata(partition_id="0", offset="1", sequence_number=1,
+                                     enqueued_time=enqueued or datetime.now(UTC)))
+
+
+def sample_env(**overrides: str) -> dict[str, str]:
+    values = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
+    env = {k: v for k, v in values.items() if v != ""}
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="module")
+def session(cassandra_emulator: Running):
+    s = connect(cassandra_settings(cassandra_emulator, "system"))
+    yield s
+    s.cluster.shutdown()
+
+
+@pytest.fixture
+def keyspace(session, cassandra_emulator: Running, cassandra_keyspace: str) -> str:
+    apply_migrations(session, cassandra_settings(cassandra_emulator, cassandra_keyspace))
+    return cassandra_keyspace
+
+
+@pytest.fixture
+def store(session, cassandra_emulator: Running, keyspace: str) -> CassandraEventStore:
+    return CassandraEventStore(session, cassandra_settings(cassandra_emulator, keyspace), RULES)
+
+
+@pytest.fixture
+def rclient(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def make_cache(client: redis.Redis, prefix: str, **kw) -> RedisCache:
+    return RedisCache(client, key_prefix=prefix, ttl_seconds=kw.pop("ttl_seconds", 3600), **kw)
+
+
+def make_feed(mode: str, session, keyspace: str, *, page_size: int = 1000, lookback: int = 900,
+              overlap: int = BUCKET_SECONDS):
+    if mode == "cosmos":
+        return CosmosChangeFeed(session, keyspace, page_size=page_size, lookback_seconds=lookback)
+    return PortableChangeFeed(session, keyspace, bucket_seconds=BUCKET_SECONDS, shards=SHARDS,
+                              lookback_seconds=lookback, overlap_seconds=overlap, max_span_seconds=3600)
+
+
+def make_service(mode: str, session, keyspace: str, sink, *, page_size: int = 1000, **kw) -> ChangeFeedService:
+    feed = make_feed(mode, session, keyspace, page_size=page_size)
+    return ChangeFeedService(feed, sink, CassandraFeedStateStore(session, keyspace), feed_name="events",
+                             rules=RULES, time_budget=kw.pop("time_budget", 60), apply_chunk=page_size, **kw)
+
+
+def spread(count: int, *, devices: int = 3, start: datetime | None = None, critical_every: int = 4) -> list[Event]:
+    """``count`` events over ``devices`` devices, enqueued one per 7 s over the last minutes (several buckets)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    start = start or now - timedelta(minutes=10)
+    return [
+        make_event(f"dev-{i % devices}", start + timedelta(seconds=7 * i),
+                   severity="critical" if i % critical_every == 0 else "info",
+                   enqueued=min(now - timedelta(seconds=1), start + timedelta(seconds=7 * i)))
+        for i in range(count)
+    ]
+
+
+def latest_doc(client: redis.Redis, cache: RedisCache, device: str) -> dict | None:
+    raw = client.hget(cache.keys.latest(device), "d")
+    return json.loads(raw) if raw else None
+
+
+def critical_ids(client: redis.Redis, cache: RedisCache, device: str) -> list[str]:
+    return [json.loads(doc)["event_id"] for doc in client.zrevrange(cache.keys.critical(device), 0, -1)]
+
+
+def expected_state(events: list[Event]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Newest event id per device, and each device's critical event ids newest first."""
+    latest: dict[str, Event] = {}
+    critical: dict[str, list[Event]] = {}
+    for e in events:
+        current = latest.get(e.device_id)
+        if current is None or (e.timestamp, str(e.event_id)) > (current.timestamp, str(current.event_id)):
+            latest[e.device_id] = e
+        if e.body.severity == "critical" or e.body.measurements.get("temperature", 0) > 90:
+            critical.setdefault(e.device_id, []).append(e)
+    return ({d: str(e.event_id) for d, e in latest.items()},
+            {d: [str(e.event_id) for e in sorted(es, key=lambda e: e.timestamp, reverse=True)]
+             for d, es in critical.items()})
+
+
+def assert_redis_matches(client: redis.Redis, cache: RedisCache, events: list[Event]) -> None:
+    latest, critical = expected_state(events)
+    for device, event_id in latest.items():
+        assert latest_doc(client, cache, device)["event_id"] == event_id, device
+        assert critical_ids(client, cache, device) == critical.get(device, []), device
+    stream_ids = [fields[b"event_id"].decode() for _, fields in client.xrange(cache.keys.stream)]
+    assert sorted(stream_ids) == sorted(i for ids in critical.values() for i in ids)  # each critical event once
+
+
+class CountingSink:
+    """Wraps the real sink, records what it applied, and can fail on demand before a given call."""
+
+    def __init__(self, inner: RedisCache, before_call=None) -> None:
+        self.inner = inner
+        self.applied: list[str] = []
+        self.calls = 0
+        self.before_call = before_call
+
+    def apply(self, events) -> None:
+        self.calls += 1
+        if self.before_call:
+            self.before_call(self.calls)
+        self.inner.apply(events)
+        self.applied += [str(e.event_id) for e in events]
+
+
+# -- the registered timer function -----------------------------------------------------------
+
+@pytest.fixture
+def app_env(monkeypatch, cassandra_emulator: Running, keyspace: str, redis_url: str, redis_prefix: str):
+    """Point the app's settings at the emulator keyspace and this test's Redis prefix (bootstrap reset around)."""
+    def configure(**overrides: str) -> None:
+        env = sample_env(
+            SLUICE_CASSANDRA_HOSTS=cassandra_emulator.host, SLUICE_CASSANDRA_PORT=str(cassandra_emulator.port),
+            SLUICE_CASSANDRA_KEYSPACE=keyspace, SLUICE_CASSANDRA_CONSISTENCY="ONE",
+            SLUICE_CASSANDRA_BUCKET_SECONDS=str(BUCKET_SECONDS), SLUICE_CASSANDRA_SHARDS=str(SHARDS),
+            SLUICE_REDIS_URL=redis_url, SLUICE_REDIS_KEY_PREFIX=redis_prefix,
+            SLUICE_CRITICAL_RULES=json.dumps([r.model_dump() for r in RULES]),
+            SLUICE_CHANGEFEED_LOOKBACK_SECONDS="900", **overrides)
+        for name in [n for n in os.environ if n.startswith("SLUICE_")]:
+            monkeypatch.delenv(name)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        bootstrap.reset()
+
+    yield configure
+    bootstrap.reset()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", MODES)
+def test_timer_run_puts_critical_events_and_latest_state_in_redis(mode, app_env, store, rclient, redis_prefix):
+    app_env(SLUICE_CHANGEFEED_MODE=mode)
+    now = datetime.now(UTC).replace(microsecond=0)
+    events = [
+        make_event("pump-1", now - timedelta(minutes=5), severity="info", measurements={"temperature": 20.5}),
+        make_event("pump-1", now - timedelta(minutes=4), severity="critical"),
+        make_event("pump-1", now - timedelta(minutes=3), severity="warning", measurements={"temperature": 95.0}),
+        make_event("pump-1", now - timedelta(minutes=2), severity="info", measurements={"temperature": 30.0}),
+        make_event("fan-7", now - timedelta(minutes=1), severity="warning", measurements={"rpm": 1200.0}),
+    ]
+    store.write(events)
+
+    user_function("changefeed")(TimerRequest(past_due=False))
+
+    cache = make_cache(rclient, redis_prefix)
+    pump_latest = latest_doc(rclient, cache, "pump-1")
+    assert pump_latest["event_id"] == str(events[3].event_id)
+    assert pump_latest["measurements"] == {"temperature": 30.0} and pump_latest["critical"] is False
+    # critical by severity and by the temperature rule, newest first; the info/warning ones are absent
+    assert critical_ids(rclient, cache, "pump-1") == [str(events[2].event_id), str(events[1].event_id)]
+    assert json.loads(rclient.hget(cache.keys.event(events[1].event_id), "d"))["severity"] == "critical"
+    assert rclient.exists(cache.keys.event(events[0].event_id), cache.keys.event(events[3].event_id)) == 0
+    # non-critical device: latest state only
+    assert latest_doc(rclient, cache, "fan-7")["event_id"] == str(events[4].event_id)
+    assert rclient.exists(cache.keys.critical("fan-7")) == 0
+    stream = [fields[b"event_id"].decode() for _, fields in rclient.xrange(cache.keys.stream)]
+    assert sorted(stream) == sorted([str(events[1].event_id), str(events[2].event_id)])
+    # every key has a TTL
+    keys = list(rclient.scan_iter(match=redis_prefix + "*"))
+    assert keys and all(0 < rclient.ttl(k) <= 7 * 24 * 3600 for k in keys)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", MODES)
+def test_out_of_order_arrivals_keep_the_newest_as_latest(mode, session, keyspace, store, rclient, redis_prefix):
+    cache = make_cache(rclient, redis_prefix)
+    now = datetime.now(UTC).replace(microsecond=0)
+    newest = make_event("d1", now - timedelta(minutes=1), enqueued=now - timedelta(minutes=3))
+    older = make_event("d1", now - timedelta(minutes=9), enqueued=now - timedelta(minutes=2))
+    oldest = make_event("d1", now - timedelta(minutes=10), enqueued=now - timedelta(seconds=30))
+    store.write([newest, older])  # one page: the older arrives after the newer
+    make_service(mode, session, keyspace, cache).run()
+    assert latest_doc(rclient, cache, "d1")["event_id"] == str(newest.event_id)
+    store.write([oldest])  # a later run with an even older event
+    make_service(mode, session, keyspace, cache).run()
+    assert latest_doc(rclient, cache, "d1")["event_id"] == str(newest.event_id)
+
+
+class Crash(Exception):
+    """Stands for the process dying between the Redis write and the position save."""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", MODES)
+def test_continuation_survives_a_restart_without_gap_or_more_than_one_page_again(
+        mode, session, keyspace, store, rclient, redis_prefix):
+    cache = make_cache(rclient, redis_prefix)
+    events = spread(40)
+    store.write(events)
+    page_size = 6
+
+    crashed = CountingSink(cache)
+    service = make_service(mode, session, keyspace, crashed, page_size=page_size)
+    real_save = service._positions.save
+    saved: list[tuple[int, object]] = []  # (events applied when saved, position)
+
+    def save_or_crash(name, position, version):  # after 13+ events, the process "dies" before the save
+        if len(crashed.applied) >= 13:
+            raise Crash
+        saved.append((len(crashed.applied), position))
+        return real_save(name, position, version)
+
+    service._positions.save = save_or_crash
+    with pytest.raises(Crash):
+        service.run()
+    first = list(crashed.applied)
+    covered, last_position = saved[-1]
+    unsaved = set(first[covered:])  # written to Redis, but the position covering them was never saved
+    assert covered > 0 and unsaved
+
+    resumed = CountingSink(cache)  # a new process: new feed, new position store, same Cassandra and Redis
+    make_service(mode, session, keyspace, resumed, page_size=page_size).run()
+
+    assert set(first) | set(resumed.applied) == {str(e.event_id) for e in events}  # no gap
+    again = {i for i in resumed.applied if i in set(first)}
+    if mode == "cosmos":
+        assert again == unsaved  # exactly the page whose save was lost
+    else:  # plus, by design, the overlap window before the saved watermark
+        overlap_start = last_position.watermark - timedelta(seconds=BUCKET_SECONDS)
+        in_overlap = {str(e.event_id) for e in events if e.metadata.enqueued_time >= overlap_start}
+        assert unsaved <= again <= unsaved | in_overlap
+    assert_redis_matches(rclient, cache, events)
+
+
+def _bucket(event: Event) -> int:
+    return int(event.metadata.enqueued_time.timestamp()) // BUCKET_SECONDS
+
+
+# -- Redis failing mid-run --------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def private_redis() -> Iterator[tuple[Running, int]]:
+    """A throw-away redis-server (never the shared one on 6379), in memory only."""
+    import re
+
+    port = _free_port()
+    running = start("private-redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no"], timeout=20, ready=re.compile(r"(?P<ready>Ready to accept)"))
+    yield running, port
+    if running.alive():
+        os.kill(running.process.pid, signal.SIGCONT)
+    running.stop()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", MODES)
+def test_redis_failure_mid_run_keeps_the_continuation_and_the_next_run_writes_everything(
+        mode, session, keyspace, store, private_redis):
+    server, port = private_redis
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5, socket_connect_timeout=0.5,
+                         retry=Retry(NoBackoff(), 0))
+    cache = make_cache(client, "t:")
+    events = spread(40)
+    store.write(events)
+    positions = CassandraFeedStateStore(session, keyspace)
+
+    at_freeze: list[SavedPosition | None] = []
+
+    def freeze_redis_on_third_write(call: int) -> None:
+        if call == 3:
+            at_freeze.append(positions.load("events"))
+            os.kill(server.process.pid, signal.SIGSTOP)  # Redis stops answering mid-run
+
+    failing = CountingSink(cache, before_call=freeze_redis_on_third_write)
+    service = make_service(mode, session, keyspace, failing, page_size=6)
+    with pytest.raises(DependencyUnavailable) as raised:
+        service.run()
+    assert raised.value.dependency == "redis"
+    assert at_freeze[0] is not None and at_freeze[0].version >= 1
+    assert positions.load("events") == at_freeze[0]  # not moved past the page Redis did not take
+
+    os.kill(server.process.pid, signal.SIGCONT)
+    done = CountingSink(cache)
+    make_service(mode, session, keyspace, done, page_size=6).run()
+    assert set(failing.applied) | set(done.applied) == {str(e.event_id) for e in events}
+    assert set(failing.applied).isdisjoint(done.applied) or mode == "portable"  # portable re-reads its overlap
+    assert_redis_matches(client, cache, events)
+    client.close()
+
+
+# -- two instances at once ----------------------------------------------------------------------
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", MODES)
+def test_two_runs_at_once_leave_a_correct_state(mode, session, keyspace, store, rclient, redis_prefix):
+    cache = make_cache(rclient, redis_prefix, critical_per_device_max=5)
+    events = spread(60, devices=4, critical_every=2)
+    store.write(events)
+    outcomes: list[object] = []
+    barrier = threading.Barrier(2)
+
+    def run() -> None:
+        service = make_service(mode, session, keyspace, cache, page_size=5)
+        barrier.wait()
+        try:
+            outcomes.append(service.run())
+        except Exception as exc:  # collected and asserted below
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(not isinstance(o, Exception) for o in outcomes), outcomes
+    # a third run brings everything up to date whoever won; then the state is exactly one clean pass
+    make_service(mode, session, keyspace, cache, page_size=5).run()
+    latest, critical = expected_state(events)
+    for device, event_id in latest.items():
+        assert latest_doc(rclient, cache, device)["event_id"] == event_id
+        assert critical_ids(rclient, cache, device) == critical.get(device, [])[:5]  # capped per device
+    stream = [f[b"event_id"].decode() for _, f in rclient.xrange(cache.keys.stream)]
+    assert sorted(stream) == sorted(i for ids in critical.values() for i in ids)  # no duplicates from the race
+
+
+# -- a rejected continuation (Cosmos mode only: the portable feed has none) ---------------------
+
+@pytest.mark.timeout(60)
+def test_rejected_continuation_restarts_from_the_lookback_with_a_warning(
+        session, keyspace, store, rclient, redis_prefix, caplog):
+    cache = make_cache(rclient, redis_prefix)
+    store.write(spread(5))
+    make_service("cosmos", session, keyspace, cache).run()
+    # the table is dropped and recreated: the saved paging state belongs to a table that no longer exists
+    session.execute(f"DROP TABLE {keyspace}.events_by_id")
+    by_id = next(s for s in MIGRATIONS[0].statements if ".events_by_id (" in s)
+    session.execute(by_id.format(ks=keyspace))
+    after = make_event("reborn", datetime.now(UTC) - timedelta(seconds=5), severity="critical")
+    store.write([after])
+
+    result = make_service("cosmos", session, keyspace, cache).run()
+    assert result.restarted
+    assert "restarting from the lookback" in caplog.text
+    assert latest_doc(rclient, cache, "reborn")["event_id"] == str(after.event_id)
+    assert critical_ids(rclient, cache, "reborn") == [str(after.event_id)]
