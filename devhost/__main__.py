@@ -1,0 +1,65 @@
+"""``python -m devhost [--settings local.settings.json] [--port 7071] [--host 127.0.0.1] [--script-root .]``.
+
+Prints ``listening on HOST:PORT`` once HTTP is served and every listener started
+(``--port 0`` picks a free port). Exit status: 0 after a clean shutdown, 2 for a
+configuration the dev host refuses (the message names the function and binding or
+setting), 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from devhost.errors import DevHostError
+from devhost.host import HostConfig, run
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m devhost", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--script-root", type=Path, default=Path("."),
+                        help="the function app's directory (function_app.py, host.json); default: .")
+    parser.add_argument("--settings", type=Path, default=None,
+                        help="local.settings.json to apply; default: <script root>/local.settings.json if it exists")
+    parser.add_argument("--host", default="127.0.0.1", help="HTTP address to bind; default 127.0.0.1")
+    parser.add_argument("--port", type=int, default=None,
+                        help="HTTP port; default Host.LocalHttpPort of the settings, else 7071; 0 picks a free one")
+    parser.add_argument("--shutdown-timeout", type=float, default=60.0,
+                        help="seconds to let invocations in progress finish on SIGINT/SIGTERM; default 60")
+    parser.add_argument("--log-level", default=os.environ.get("DEVHOST_LOG_LEVEL", "INFO"),
+                        help="log level of the dev host and the functions; default INFO")
+    return parser.parse_args(argv)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The SDKs log every request and AMQP frame at INFO; the Functions host filters them too.
+    for noisy in ("azure", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    config = HostConfig(script_root=args.script_root, settings=args.settings, host=args.host, port=args.port,
+                        shutdown_timeout=args.shutdown_timeout)
+    try:
+        status = asyncio.run(run(config))
+    except DevHostError as exc:
+        print(f"devhost: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    if status != 0:
+        sys.stdout.flush()
+        os._exit(status)  # threads of functions still running must not keep the process alive
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

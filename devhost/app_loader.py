@@ -1,0 +1,182 @@
+"""Index a Python v2 function app the way the Python worker does, and refuse what the dev host cannot run.
+
+The worker imports the script file (``function_app.py``, or ``PYTHON_SCRIPT_FILE_NAME``)
+from the script root, finds the ``FunctionApp`` it defines and asks it for its
+functions (``app.get_functions()``). Each function's ``get_function_json()`` is
+the JSON the host would see; the dev host reads its triggers and bindings from
+there, its ``@retry`` policy from ``get_settings_dict("retry_policy")``, and checks
+that every Python parameter is a binding or ``context``, as the worker does.
+
+Every unsupported trigger or binding of every function is collected and reported
+in one :class:`UnsupportedBindingError`, before anything starts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+
+from devhost.errors import DevHostError, UnsupportedBindingError
+from devhost.settings import parse_timespan
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_TRIGGERS = ("eventHubTrigger", "timerTrigger", "httpTrigger")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """An ``@app.retry`` policy: ``max_retry_count`` of -1 retries forever."""
+
+    strategy: str
+    max_retry_count: int
+    delay: timedelta = timedelta(0)
+    minimum_interval: timedelta = timedelta(0)
+    maximum_interval: timedelta = timedelta(0)
+
+    def delay_before(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based)."""
+        if self.strategy == "fixed_delay":
+            return self.delay.total_seconds()
+        backoff = self.minimum_interval.total_seconds() * (2 ** (retry - 1))
+        return min(backoff, self.maximum_interval.total_seconds())
+
+    def allows(self, retry: int) -> bool:
+        return self.max_retry_count < 0 or retry <= self.max_retry_count
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """One indexed function: its trigger binding (host JSON) and how to call it."""
+
+    name: str
+    trigger_type: str
+    trigger: dict[str, Any]
+    user_function: Callable[..., Any]
+    is_async: bool
+    accepts_context: bool
+    retry: RetryPolicy | None
+
+    @property
+    def trigger_param(self) -> str:
+        return str(self.trigger["name"])
+
+
+def _retry_policy(function: func.Function) -> RetryPolicy | None:
+    settings = function.get_settings_dict("retry_policy")
+    if not settings:
+        return None
+    strategy = str(settings.get("strategy", "")).lower()
+    try:
+        count = int(settings.get("max_retry_count", 0))
+        if strategy == "fixed_delay":
+            return RetryPolicy(strategy, count, delay=parse_timespan(str(settings.get("delay_interval", "00:00:00"))))
+        if strategy == "exponential_backoff":
+            return RetryPolicy(
+                strategy, count,
+                minimum_interval=parse_timespan(str(settings["minimum_interval"])),
+                maximum_interval=parse_timespan(str(settings["maximum_interval"])),
+            )
+    except (KeyError, ValueError, DevHostError) as exc:
+        raise DevHostError(f"function {function.get_function_name()!r}: bad @retry settings {settings}: {exc}") from exc
+    raise DevHostError(f"function {function.get_function_name()!r}: unknown retry strategy {strategy!r}")
+
+
+def import_script(script_root: Path, script_file: str = "function_app.py") -> Any:
+    """Import the app's script file as the worker does (script root first on ``sys.path``)."""
+    path = (script_root / script_file).resolve()
+    if not path.exists():
+        raise DevHostError(f"{path} does not exist: run the dev host from the function app's directory or pass --script-root")
+    root = str(path.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    module_name = path.stem
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise DevHostError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def find_app(module: Any) -> func.FunctionApp:
+    apps = [value for value in vars(module).values() if isinstance(value, func.FunctionApp)]
+    if len(apps) != 1:
+        raise DevHostError(f"{module.__file__} must define exactly one FunctionApp, found {len(apps)}")
+    return apps[0]
+
+
+def index(app: func.FunctionApp) -> list[FunctionSpec]:
+    """Every function of ``app`` as a :class:`FunctionSpec`; raises if any uses what the dev host cannot run."""
+    problems: list[str] = []
+    specs: list[FunctionSpec] = []
+    names: set[str] = set()
+    try:
+        functions = app.get_functions()
+    except ValueError as exc:  # azure-functions' own validation (duplicate names, bad decorators)
+        raise DevHostError(f"cannot index the app: {exc}") from exc
+    for function in functions:
+        name = function.get_function_name()
+        if name in names:
+            problems.append(f"function {name!r} is defined twice")
+        names.add(name)
+        bindings = json.loads(function.get_function_json())["bindings"]
+        trigger = next((b for b in bindings if str(b.get("type", "")).endswith("Trigger")), None)
+        if trigger is None:
+            problems.append(f"function {name!r} has no trigger")
+            continue
+        if trigger["type"] not in SUPPORTED_TRIGGERS:
+            problems.append(f"function {name!r}: trigger {trigger['type']!r} is not supported by the dev host")
+        for binding in bindings:
+            if binding is trigger:
+                continue
+            if trigger["type"] == "httpTrigger" and binding.get("type") == "http" and binding.get("direction") == "OUT":
+                continue
+            problems.append(
+                f"function {name!r}: {binding.get('direction', '?').lower()} binding {binding.get('type')!r} "
+                f"({binding.get('name')!r}) is not supported by the dev host"
+            )
+        user_function = function.get_user_function()
+        binding_names = {b["name"] for b in bindings}
+        parameters = inspect.signature(user_function).parameters
+        accepts_context = "context" in parameters and "context" not in binding_names
+        undeclared = [p for p in parameters if p not in binding_names and p != "context"]
+        if undeclared:
+            problems.append(f"function {name!r}: parameters {undeclared} are not bindings")
+        if trigger["name"] not in parameters:
+            problems.append(f"function {name!r}: the trigger parameter {trigger['name']!r} is missing")
+        try:
+            retry = _retry_policy(function)
+        except DevHostError as exc:
+            problems.append(str(exc))
+            retry = None
+        if retry and trigger["type"] == "httpTrigger":
+            problems.append(f"function {name!r}: @retry applies to timer and Event Hubs triggers only")
+        specs.append(FunctionSpec(
+            name=name,
+            trigger_type=trigger["type"],
+            trigger=trigger,
+            user_function=user_function,
+            is_async=inspect.iscoroutinefunction(user_function),
+            accepts_context=accepts_context,
+            retry=retry,
+        ))
+    if problems:
+        raise UnsupportedBindingError("cannot host this app:\n  " + "\n  ".join(problems))
+    return specs
+
+
+def load(script_root: Path, script_file: str = "function_app.py") -> list[FunctionSpec]:
+    """Import, find the app, index it."""
+    return index(find_app(import_script(script_root, script_file)))

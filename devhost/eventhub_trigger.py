@@ -1,0 +1,388 @@
+"""Event Hubs triggers: one ``EventHubConsumerClient`` per function, checkpointed like the Functions host.
+
+Positions live in ``AzureWebJobsStorage``, container ``azure-webjobs-eventhub``, written
+by the SDK's ``BlobCheckpointStore``: checkpoint blobs
+``<namespace>/<hub>/<consumer group>/checkpoint/<partition>`` (lower case) with the
+metadata ``sequencenumber`` and ``offset``, ownership blobs ``.../ownership/<partition>``
+with ``ownerid``. That is the layout of the Event Hubs extension 5.x+ (which uses the
+same processor design), and what KEDA's ``blobMetadata`` checkpoint strategy reads
+(see docs/devhost.md for the exact mapping).
+
+The async client runs each owned partition in its own task, so partitions are
+processed concurrently and the events of one partition strictly in order: the next
+batch of a partition is only handed over when the previous invocation (with its
+retries) has finished and its checkpoint is written. The async processor needs an
+async checkpoint store; :class:`ThreadedCheckpointStore` runs the sync
+``BlobCheckpointStore`` on threads, so the blob layout is the SDK's own.
+
+Order of work per batch, as the host does it: invoke (``@retry`` attempts included),
+then checkpoint the last event of the batch, whether the invocation succeeded or not
+(every ``batchCheckpointFrequency`` batches). A function must therefore dead-letter what
+it cannot process. On shutdown, no new batch starts, invocations in progress finish
+and are checkpointed, and a batch waiting for a retry is left unchecked so it is
+delivered again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import azure.functions as func
+from azure.core.exceptions import ResourceExistsError
+from azure.eventhub import EventData, LoadBalancingStrategy
+from azure.eventhub.aio import CheckpointStore, EventHubConsumerClient, PartitionContext
+from azure.eventhub.extensions.checkpointstoreblob import BlobCheckpointStore
+from azure.functions import meta
+from azure.functions.eventhub import EventHubTriggerConverter
+from azure.storage.blob import BlobServiceClient
+
+from devhost.app_loader import FunctionSpec
+from devhost.errors import DevHostError
+from devhost.invocation import Invoker, Outcome
+from devhost.settings import EventHubOptions, resolve
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_CONTAINER = "azure-webjobs-eventhub"
+# The extension's processor defaults (EventProcessorOptions); settable for tests and crash drills.
+LOAD_BALANCING_SETTING = "DEVHOST_EVENTHUBS_LOAD_BALANCING_SECONDS"
+OWNERSHIP_EXPIRATION_SETTING = "DEVHOST_EVENTHUBS_OWNERSHIP_EXPIRATION_SECONDS"
+DEFAULT_LOAD_BALANCING_SECONDS = 10.0
+DEFAULT_OWNERSHIP_EXPIRATION_SECONDS = 30.0
+
+
+class ThreadedCheckpointStore(CheckpointStore):
+    """The async processor's checkpoint store interface over the sync ``BlobCheckpointStore``."""
+
+    def __init__(self, store: BlobCheckpointStore) -> None:
+        self._store = store
+
+    async def list_ownership(self, fully_qualified_namespace: str, eventhub_name: str, consumer_group: str,
+                             **kwargs: Any) -> Iterable[dict[str, Any]]:
+        return await asyncio.to_thread(self._store.list_ownership, fully_qualified_namespace, eventhub_name,
+                                       consumer_group, **kwargs)
+
+    async def claim_ownership(self, ownership_list: Iterable[dict[str, Any]], **kwargs: Any) -> Iterable[dict[str, Any]]:
+        return await asyncio.to_thread(self._store.claim_ownership, list(ownership_list), **kwargs)
+
+    async def update_checkpoint(self, checkpoint: dict[str, Any], **kwargs: Any) -> None:
+        await asyncio.to_thread(self._store.update_checkpoint, checkpoint, **kwargs)
+
+    async def list_checkpoints(self, fully_qualified_namespace: str, eventhub_name: str, consumer_group: str,
+                               **kwargs: Any) -> Iterable[dict[str, Any]]:
+        return await asyncio.to_thread(self._store.list_checkpoints, fully_qualified_namespace, eventhub_name,
+                                       consumer_group, **kwargs)
+
+
+@dataclass(frozen=True)
+class EventHubBinding:
+    """An ``eventHubTrigger`` with its ``%Setting%`` references resolved."""
+
+    spec: FunctionSpec
+    connection_string: str
+    eventhub_name: str
+    consumer_group: str
+    many: bool
+    data_type: str  # "binary", "string" or "" (the host's default: string)
+
+    @classmethod
+    def from_spec(cls, spec: FunctionSpec, environ: Mapping[str, str] = os.environ) -> EventHubBinding:
+        trigger = spec.trigger
+        what = f"function {spec.name!r}"
+        setting = str(trigger.get("connection") or "AzureWebJobsEventHub")
+        connection = environ.get(setting, "").strip()
+        if not connection:
+            if environ.get(f"{setting}__fullyQualifiedNamespace"):
+                raise DevHostError(f"{what}: identity-based connection {setting}__fullyQualifiedNamespace is not "
+                                   "supported by the dev host; set {setting} to a connection string")
+            raise DevHostError(f"{what}: the connection setting {setting!r} is not set")
+        entity_path = next((part.split("=", 1)[1] for part in connection.split(";")
+                            if part.lower().startswith("entitypath=")), "")
+        hub = resolve(str(trigger.get("eventHubName") or ""), environ, what=f"{what} eventHubName") or entity_path
+        if not hub:
+            raise DevHostError(f"{what}: no event hub name (set eventHubName or EntityPath in {setting})")
+        group = resolve(str(trigger.get("consumerGroup") or "$Default"), environ, what=f"{what} consumerGroup")
+        cardinality = str(trigger.get("cardinality") or "one").lower()
+        if cardinality not in ("one", "many"):
+            raise DevHostError(f"{what}: cardinality {trigger.get('cardinality')!r} must be one or many")
+        data_type = str(trigger.get("dataType") or "").lower()
+        if data_type not in ("", "binary", "string"):
+            raise DevHostError(f"{what}: dataType {trigger.get('dataType')!r} must be binary or string")
+        return cls(spec, connection, hub, group, cardinality == "many", data_type)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value.hex()
+    if isinstance(value, datetime):
+        return _iso(value)
+    if isinstance(value, dict):
+        return {str(_json_value(k)): _json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _offset(event: EventData) -> int | str:
+    try:
+        return int(event.offset)
+    except (TypeError, ValueError):
+        return event.offset
+
+
+def system_properties(event: EventData) -> dict[str, Any]:
+    """The host's SystemProperties of one event: the AMQP annotations plus the friendly names."""
+    properties = {str(_json_value(k)): _json_value(v) for k, v in (event.system_properties or {}).items()}
+    properties["SequenceNumber"] = event.sequence_number
+    properties["Offset"] = _offset(event)
+    properties["PartitionKey"] = _json_value(event.partition_key)
+    properties["EnqueuedTimeUtc"] = _iso(event.enqueued_time)
+    return properties
+
+
+def _json(value: Any) -> meta.Datum:
+    return meta.Datum(json.dumps(value), "json")
+
+
+def to_function_input(
+    events: list[EventData], partition: Mapping[str, str], binding: EventHubBinding,
+) -> func.EventHubEvent | list[func.EventHubEvent]:
+    """Build what the worker would pass: the trigger data and metadata as the host sends them, decoded
+    by azure-functions' own ``EventHubTriggerConverter`` (so ``event.metadata`` is the real shape)."""
+    sys_metadata = {"MethodName": binding.spec.name, "UtcNow": _iso(datetime.now(UTC)), "RandGuid": str(uuid.uuid4())}
+    binary = binding.data_type == "binary"
+    bodies = [event.body_as_str(encoding="utf-8") if not binary else b"".join(event.body) for event in events]
+    if binding.many:
+        data = meta.Datum(SimpleNamespace(bytes=bodies) if binary else SimpleNamespace(string=bodies),
+                          "collection_bytes" if binary else "collection_string")
+        trigger_metadata = {
+            "PartitionContext": _json(dict(partition)),
+            "SystemPropertiesArray": _json([system_properties(e) for e in events]),
+            "SequenceNumberArray": _json([e.sequence_number for e in events]),
+            "OffsetArray": _json([_offset(e) for e in events]),
+            "PartitionKeyArray": _json([_json_value(e.partition_key) for e in events]),
+            "EnqueuedTimeUtcArray": _json([_iso(e.enqueued_time) for e in events]),
+            "PropertiesArray": _json([_json_value(e.properties or {}) for e in events]),
+            "sys": _json(sys_metadata),
+        }
+        return EventHubTriggerConverter.decode(data, trigger_metadata=trigger_metadata)
+    (event,) = events
+    data = meta.Datum(bodies[0], "bytes" if binary else "string")
+    trigger_metadata = {
+        "PartitionContext": _json(dict(partition)),
+        "SystemProperties": _json(system_properties(event)),
+        "SequenceNumber": meta.Datum(event.sequence_number, "int"),
+        "Offset": meta.Datum(str(event.offset), "string"),
+        "PartitionKey": meta.Datum(_json_value(event.partition_key), "string"),
+        "EnqueuedTimeUtc": meta.Datum(_iso(event.enqueued_time), "string"),
+        "Properties": _json(_json_value(event.properties or {})),
+        "sys": _json(sys_metadata),
+    }
+    return EventHubTriggerConverter.decode(data, trigger_metadata=trigger_metadata)
+
+
+@dataclass
+class _PartitionState:
+    pending: list[EventData] = field(default_factory=list)
+    pending_since: float = 0.0
+    batches: int = 0
+    uncheckpointed: EventData | None = None
+    context: PartitionContext | None = None
+
+
+def _seconds_setting(environ: Mapping[str, str], name: str, default: float) -> float:
+    value = environ.get(name)
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError as exc:
+        raise DevHostError(f"{name}={value!r} is not a number of seconds") from exc
+    if seconds <= 0:
+        raise DevHostError(f"{name} must be positive")
+    return seconds
+
+
+class EventHubListener:
+    """Receives for one function and invokes it per batch (or per event with cardinality one)."""
+
+    def __init__(self, binding: EventHubBinding, options: EventHubOptions, invoker: Invoker,
+                 storage_connection_string: str, environ: Mapping[str, str] = os.environ) -> None:
+        self.binding = binding
+        self._options = options
+        self._invoker = invoker
+        self._storage = storage_connection_string
+        self._load_balancing = _seconds_setting(environ, LOAD_BALANCING_SETTING, DEFAULT_LOAD_BALANCING_SECONDS)
+        self._expiration = _seconds_setting(environ, OWNERSHIP_EXPIRATION_SETTING, DEFAULT_OWNERSHIP_EXPIRATION_SECONDS)
+        self._client: EventHubConsumerClient | None = None
+        self._receiving: asyncio.Task[None] | None = None
+        self._partitions: dict[str, _PartitionState] = {}
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._draining = False
+        self._stopping = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        return self.binding.spec.name
+
+    def _starting_position(self) -> tuple[Any, bool]:
+        options = self._options
+        if options.initial_offset == "fromEnd":
+            return "@latest", False
+        if options.initial_offset == "fromEnqueuedTime":
+            return options.initial_enqueued_time, True
+        return "-1", False
+
+    async def start(self) -> None:
+        def ensure_container() -> None:
+            with BlobServiceClient.from_connection_string(self._storage) as service, \
+                    contextlib.suppress(ResourceExistsError):
+                service.create_container(CHECKPOINT_CONTAINER)
+
+        await asyncio.to_thread(ensure_container)
+        store = BlobCheckpointStore.from_connection_string(self._storage, CHECKPOINT_CONTAINER)
+        self._client = EventHubConsumerClient.from_connection_string(
+            self.binding.connection_string,
+            consumer_group=self.binding.consumer_group,
+            eventhub_name=self.binding.eventhub_name,
+            checkpoint_store=ThreadedCheckpointStore(store),
+            load_balancing_interval=self._load_balancing,
+            partition_ownership_expiration_interval=self._expiration,
+            load_balancing_strategy=LoadBalancingStrategy.GREEDY,
+        )
+        position, inclusive = self._starting_position()
+        waits = self._options.min_event_batch_size > 1
+        self._receiving = asyncio.create_task(self._client.receive_batch(
+            on_event_batch=self._on_event_batch,
+            max_batch_size=self._options.max_event_batch_size,
+            max_wait_time=self._options.max_wait_time.total_seconds() if waits else None,
+            prefetch=self._options.prefetch_count,
+            starting_position=position,
+            starting_position_inclusive=inclusive,
+            on_error=self._on_error,
+            on_partition_initialize=self._on_partition_initialize,
+            on_partition_close=self._on_partition_close,
+        ), name=f"eventhub-{self.name}")
+        logger.info("Functions.%s: receiving from %s (consumer group %s, cardinality %s)", self.name,
+                    self.binding.eventhub_name, self.binding.consumer_group, "many" if self.binding.many else "one")
+
+    async def _on_partition_initialize(self, context: PartitionContext) -> None:
+        # A (re)claimed partition restarts from its checkpoint: forget what an earlier claim buffered.
+        self._partitions[context.partition_id] = _PartitionState(context=context)
+        logger.info("Functions.%s: partition %s claimed", self.name, context.partition_id)
+
+    async def _on_partition_close(self, context: PartitionContext, reason: Any) -> None:
+        state = self._partitions.get(context.partition_id)
+        if state is not None and not self._draining:
+            state.pending.clear()
+        logger.info("Functions.%s: partition %s closed (%s)", self.name, context.partition_id, reason)
+
+    async def _on_error(self, context: PartitionContext | None, error: Exception) -> None:
+        partition = context.partition_id if context is not None else "-"
+        logger.warning("Functions.%s: Event Hubs error on partition %s: %r", self.name, partition, error)
+
+    async def _on_event_batch(self, context: PartitionContext, events: list[EventData]) -> None:
+        if self._draining:
+            return
+        state = self._partitions.setdefault(context.partition_id, _PartitionState())
+        state.context = context
+        if events:
+            if not state.pending:
+                state.pending_since = time.monotonic()
+            state.pending.extend(events)
+        options = self._options
+        if not state.pending:
+            return
+        waited = time.monotonic() - state.pending_since
+        if len(state.pending) < options.min_event_batch_size and waited < options.max_wait_time.total_seconds():
+            return
+        while state.pending and not self._draining:
+            batch = state.pending[:options.max_event_batch_size]
+            del state.pending[:len(batch)]
+            task = asyncio.create_task(self._process(context, state, batch))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+            # The processor may cancel this callback (ownership lost, close); the batch still finishes.
+            await asyncio.shield(task)
+
+    def _partition_metadata(self, context: PartitionContext) -> dict[str, str]:
+        return {
+            "FullyQualifiedNamespace": context.fully_qualified_namespace,
+            "EventHubName": context.eventhub_name,
+            "ConsumerGroup": context.consumer_group,
+            "PartitionId": context.partition_id,
+        }
+
+    async def _process(self, context: PartitionContext, state: _PartitionState, batch: list[EventData]) -> None:
+        spec = self.binding.spec
+        partition = self._partition_metadata(context)
+        reason = (f"EventHub triggered: {len(batch)} event(s) from partition {context.partition_id}, "
+                  f"sequence numbers {batch[0].sequence_number}-{batch[-1].sequence_number}")
+        if self.binding.many:
+            arguments = {spec.trigger_param: to_function_input(batch, partition, self.binding)}
+            outcome = await self._invoker.call_with_retry(spec, arguments, reason=reason, stopping=self._stopping)
+        else:
+            outcome = Outcome.SUCCEEDED
+            for event in batch:
+                arguments = {spec.trigger_param: to_function_input([event], partition, self.binding)}
+                outcome = await self._invoker.call_with_retry(spec, arguments, reason=reason, stopping=self._stopping)
+                if outcome is Outcome.ABANDONED:
+                    break
+        if outcome is Outcome.ABANDONED:
+            return
+        state.batches += 1
+        state.uncheckpointed = batch[-1]
+        if state.batches % self._options.batch_checkpoint_frequency == 0:
+            await self._checkpoint(context, state)
+
+    async def _checkpoint(self, context: PartitionContext, state: _PartitionState) -> None:
+        event = state.uncheckpointed
+        if event is None:
+            return
+        try:
+            await context.update_checkpoint(event)
+        except Exception as exc:  # the host logs and carries on; the next checkpoint covers this one
+            logger.warning("Functions.%s: checkpoint of partition %s at sequence number %s failed: %r",
+                           self.name, context.partition_id, event.sequence_number, exc)
+            return
+        state.uncheckpointed = None
+        logger.debug("Functions.%s: checkpointed partition %s at sequence number %s",
+                     self.name, context.partition_id, event.sequence_number)
+
+    async def stop(self) -> None:
+        """Finish and checkpoint what is in progress, then release the partitions."""
+        self._draining = True
+        self._stopping.set()
+        if self._inflight:
+            logger.info("Functions.%s: waiting for %d batch(es) in progress", self.name, len(self._inflight))
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        for state in self._partitions.values():
+            if state.context is not None and state.uncheckpointed is not None:
+                await self._checkpoint(state.context, state)
+        if self._client is not None:
+            await self._client.close()
+        if self._receiving is not None:
+            await asyncio.gather(self._receiving, return_exceptions=True)
+        logger.info("Functions.%s: stopped", self.name)

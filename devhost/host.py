@@ -1,0 +1,173 @@
+"""The dev host: settings, indexing, listeners, the HTTP server, and an orderly shutdown.
+
+Start-up order (each step fails with a :class:`DevHostError` naming what is wrong,
+before anything is started): apply ``local.settings.json``, read ``host.json``,
+import and index the app (so module-level code sees the settings), refuse unsupported
+triggers and bindings, resolve every ``%Setting%`` and schedule, then start the HTTP
+server, the Event Hubs listeners and the timers, and print ``listening on HOST:PORT``.
+
+Shutdown (SIGINT/SIGTERM): timers stop firing (a running invocation finishes, the
+lease is released), Event Hubs listeners take no new batch, finish and checkpoint the
+ones in progress and release their partitions, then the HTTP server stops after the
+requests in progress. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from azure.storage.blob.aio import BlobServiceClient
+
+from devhost import app_loader
+from devhost.errors import DevHostError
+from devhost.eventhub_trigger import EventHubBinding, EventHubListener
+from devhost.http_trigger import HttpRoute, HttpServer
+from devhost.invocation import Invoker, default_thread_count
+from devhost.schedule import time_zone
+from devhost.settings import HostOptions, host_id, load_host_json, load_local_settings, storage_connection_string
+from devhost.timer_trigger import TimerListener
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    script_root: Path
+    settings: Path | None  # None: ./local.settings.json when it exists
+    host: str = "127.0.0.1"
+    port: int | None = None  # None: Host.LocalHttpPort, else 7071
+    shutdown_timeout: float = 60.0
+
+
+class DevHost:
+    def __init__(self, config: HostConfig) -> None:
+        self.config = config
+        self.options = HostOptions()
+        self.invoker: Invoker | None = None
+        self.http: HttpServer | None = None
+        self.eventhubs: list[EventHubListener] = []
+        self.timers: list[TimerListener] = []
+        self.host_id = ""
+        self._blob_service: BlobServiceClient | None = None
+        self._port = 7071
+
+    def prepare(self) -> None:
+        """Everything that can fail on configuration, before anything connects."""
+        root = self.config.script_root.resolve()
+        settings = self.config.settings
+        if settings is None and (root / "local.settings.json").exists():
+            settings = root / "local.settings.json"
+        local_port = load_local_settings(settings)
+        self.options = load_host_json(root / "host.json")
+        for warning in self.options.warnings:
+            logger.warning("%s", warning)
+        if self.options.function_timeout is not None:
+            logger.info("host.json functionTimeout %s is not enforced by the dev host", self.options.function_timeout)
+        self._port = self.config.port if self.config.port is not None else (local_port or 7071)
+        self.host_id = host_id(root)
+        specs = app_loader.load(root, os.environ.get("PYTHON_SCRIPT_FILE_NAME") or "function_app.py")
+        self.invoker = Invoker(root, threads=default_thread_count())
+        routes: list[HttpRoute] = []
+        problems: list[str] = []
+        storage = None
+        if any(s.trigger_type in ("eventHubTrigger", "timerTrigger") for s in specs):
+            storage = storage_connection_string()
+        zone = time_zone()
+        for spec in specs:
+            try:
+                if spec.trigger_type == "httpTrigger":
+                    routes.append(HttpRoute.from_spec(spec))
+                elif spec.trigger_type == "eventHubTrigger":
+                    binding = EventHubBinding.from_spec(spec)
+                    self.eventhubs.append(EventHubListener(binding, self.options.eventhubs, self.invoker, storage or ""))
+                elif spec.trigger_type == "timerTrigger":
+                    if self._blob_service is None:
+                        self._blob_service = BlobServiceClient.from_connection_string(storage or "")
+                    self.timers.append(TimerListener.create(spec, self.invoker, self._blob_service, self.host_id,
+                                                            self.options.singleton, os.environ, zone))
+            except DevHostError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise DevHostError("cannot host this app:\n  " + "\n  ".join(problems))
+        self.http = HttpServer(routes, self.invoker, route_prefix=self.options.route_prefix, host_id=self.host_id,
+                               environ=os.environ)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then shut down in order."""
+        assert self.http is not None
+        port = await self.http.start(self.config.host, self._port)
+        try:
+            for listener in self.eventhubs:
+                await listener.start()
+            for timer in self.timers:
+                timer.start()
+            self._print_functions()
+            print(f"devhost: listening on {self.config.host}:{port}", flush=True)
+            await stop.wait()
+            logger.info("Shutting down: letting invocations in progress finish")
+        finally:
+            await self._shutdown()
+
+    def _print_functions(self) -> None:
+        assert self.http is not None
+        lines = ["Functions:"]
+        for route in self.http.routes:
+            methods = ",".join(sorted(route.methods)) if len(route.methods) < 8 else "ALL"
+            lines.append(f"  {route.spec.name}: [{methods}] {self.http.url_for(route, self.config.host)}")
+        for listener in self.eventhubs:
+            lines.append(f"  {listener.name}: eventHubTrigger ({listener.binding.eventhub_name}, "
+                         f"{listener.binding.consumer_group})")
+        for timer in self.timers:
+            lines.append(f"  {timer.name}: timerTrigger ({timer.schedule.expression})")
+        print("\n".join(lines), flush=True)
+
+    async def _shutdown(self) -> None:
+        await asyncio.gather(*(t.stop() for t in self.timers), return_exceptions=True)
+        results = await asyncio.gather(*(e.stop() for e in self.eventhubs), return_exceptions=True)
+        for listener, result in zip(self.eventhubs, results, strict=True):
+            if isinstance(result, BaseException):
+                logger.error("Functions.%s did not stop cleanly: %r", listener.name, result)
+        if self.http is not None:
+            await self.http.stop()
+        if self._blob_service is not None:
+            await self._blob_service.close()
+        if self.invoker is not None:
+            await asyncio.to_thread(self.invoker.shutdown)
+
+
+async def run(config: HostConfig) -> int:
+    """Prepare and serve until SIGINT/SIGTERM; the exit status."""
+    host = DevHost(config)
+    host.prepare()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(number: int) -> None:
+        if stop.is_set():
+            logger.error("second %s: exiting without waiting", signal.Signals(number).name)
+            sys.stdout.flush()
+            os._exit(1)
+        logger.info("received %s", signal.Signals(number).name)
+        stop.set()
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(number, on_signal, number)
+    serving = asyncio.create_task(host.serve(stop), name="devhost")
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if not stop.is_set():  # serve() ended on its own: it failed while starting
+        stopping.cancel()
+        serving.result()
+        return 1
+    try:
+        await asyncio.wait_for(serving, timeout=config.shutdown_timeout)
+    except TimeoutError:
+        logger.error("shutdown took longer than %.0fs; exiting without waiting", config.shutdown_timeout)
+        return 1
+    return 0

@@ -1,0 +1,192 @@
+"""Call a user function as the Python worker does, and run the host's ``@retry`` loop around it.
+
+Sync functions run on a thread pool (``PYTHON_THREADPOOL_THREAD_COUNT`` threads, the
+worker's default otherwise), async ones on the dev host's event loop. Every call gets
+a fresh :class:`Context` whose ``retry_context`` says which attempt this is; each call
+is logged the way the Functions host logs it ("Executing 'Functions.x' ..." /
+"Executed 'Functions.x' (Succeeded|Failed ...)").
+
+Retry semantics (timer and Event Hubs triggers): a failed attempt is retried after the
+policy's delay while ``retry_count < max_retry_count`` (``-1``: forever); when the
+attempts are spent the outcome is :attr:`Outcome.FAILED` and the caller carries on
+as the host does (the Event Hubs listener still checkpoints). A retry delay is cut
+short by shutdown: the outcome is then :attr:`Outcome.ABANDONED` and the caller must
+*not* checkpoint, so the batch is delivered again on the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+import logging
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+from azure.functions import _abc as functions_abc
+
+from devhost.app_loader import FunctionSpec
+
+logger = logging.getLogger(__name__)
+
+
+class Outcome(enum.Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # every attempt failed; the host moves on
+    ABANDONED = "abandoned"  # shutdown interrupted the retries; do not checkpoint
+
+
+class RetryContext(functions_abc.RetryContext):
+    def __init__(self, retry_count: int, max_retry_count: int, exception: Exception | None = None) -> None:
+        self._retry_count = retry_count
+        self._max_retry_count = max_retry_count
+        self._exception = exception
+
+    @property
+    def retry_count(self) -> int:
+        return self._retry_count
+
+    @property
+    def max_retry_count(self) -> int:
+        return self._max_retry_count
+
+    @property
+    def exception(self) -> Any:
+        return self._exception
+
+
+class TraceContext(functions_abc.TraceContext):
+    def __init__(self) -> None:
+        self._parent = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-00"
+
+    @property
+    def trace_state(self) -> str:
+        return ""
+
+    @property
+    def trace_parent(self) -> str:
+        return self._parent
+
+    @property
+    def attributes(self) -> dict[str, str]:
+        return {}
+
+
+class Context(func.Context):
+    """What the worker passes as ``context``."""
+
+    _thread_local = threading.local()
+
+    def __init__(self, function_name: str, function_directory: str, retry_context: RetryContext) -> None:
+        self._invocation_id = str(uuid.uuid4())
+        self._function_name = function_name
+        self._function_directory = function_directory
+        self._retry_context = retry_context
+        self._trace_context = TraceContext()
+
+    @property
+    def invocation_id(self) -> str:
+        return self._invocation_id
+
+    @property
+    def thread_local_storage(self) -> Any:
+        return self._thread_local
+
+    @property
+    def function_name(self) -> str:
+        return self._function_name
+
+    @property
+    def function_directory(self) -> str:
+        return self._function_directory
+
+    @property
+    def trace_context(self) -> TraceContext:
+        return self._trace_context
+
+    @property
+    def retry_context(self) -> RetryContext:
+        return self._retry_context
+
+
+def default_thread_count(environ: Any = os.environ) -> int:
+    """``PYTHON_THREADPOOL_THREAD_COUNT``, or the worker's default for Python 3.9+ (``min(32, cpus + 4)``)."""
+    value = environ.get("PYTHON_THREADPOOL_THREAD_COUNT")
+    if value:
+        return max(1, int(value))
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+class Invoker:
+    """Runs user functions; one per dev host."""
+
+    def __init__(self, script_root: Path, *, threads: int) -> None:
+        self._script_root = script_root
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="function")
+
+    async def call(
+        self, spec: FunctionSpec, arguments: dict[str, Any], *, reason: str,
+        retry_count: int = 0, max_retry_count: int = 0,
+    ) -> Any:
+        """One invocation; returns what the function returned, raises what it raised."""
+        context = Context(spec.name, str(self._script_root), RetryContext(retry_count, max_retry_count))
+        kwargs = dict(arguments)
+        if spec.accepts_context:
+            kwargs["context"] = context
+        logger.info("Executing 'Functions.%s' (Reason='%s', Id=%s)", spec.name, reason, context.invocation_id)
+        started = time.perf_counter()
+        try:
+            if spec.is_async:
+                result = await spec.user_function(**kwargs)
+            else:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(self._executor, functools.partial(spec.user_function, **kwargs))
+        except Exception as exc:
+            logger.error(
+                "Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms): %s: %s",
+                spec.name, context.invocation_id, (time.perf_counter() - started) * 1000, type(exc).__name__, exc,
+            )
+            raise
+        logger.info(
+            "Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)",
+            spec.name, context.invocation_id, (time.perf_counter() - started) * 1000,
+        )
+        return result
+
+    async def call_with_retry(
+        self, spec: FunctionSpec, arguments: dict[str, Any], *, reason: str, stopping: asyncio.Event,
+    ) -> Outcome:
+        """Invoke, retrying per the function's ``@retry`` policy; never raises what the function raised."""
+        policy = spec.retry
+        max_retry_count = policy.max_retry_count if policy else 0
+        attempt = 0
+        while True:
+            try:
+                await self.call(spec, arguments, reason=reason, retry_count=attempt, max_retry_count=max_retry_count)
+            except Exception:
+                logger.debug("Functions.%s attempt %d failed", spec.name, attempt, exc_info=True)
+                if policy is None or not policy.allows(attempt + 1):
+                    if policy is not None:
+                        logger.warning("Functions.%s: all %d retries failed; moving on", spec.name, attempt)
+                    return Outcome.FAILED
+                attempt += 1
+                delay = policy.delay_before(attempt)
+                logger.info("Functions.%s: retry %d of %s in %.3fs", spec.name, attempt,
+                            "unlimited" if max_retry_count < 0 else max_retry_count, delay)
+                try:
+                    await asyncio.wait_for(stopping.wait(), timeout=delay)
+                except TimeoutError:
+                    continue
+                logger.warning("Functions.%s: shutting down during a retry delay; the input is not completed", spec.name)
+                return Outcome.ABANDONED
+            else:
+                return Outcome.SUCCEEDED
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,198 @@
+"""ASP.NET route templates, as HTTP-triggered functions declare them (``route="items/{id:guid}"``).
+
+Supported: literal segments (case-insensitive), ``{name}``, optional ``{name?}``, defaults
+``{name=value}``, catch-all ``{*rest}``, several parameters and literals in one segment
+(``{name}.{ext}``), and the inline constraints ``int long bool guid alpha datetime
+decimal double float min(n) max(n) range(a,b) minlength(n) maxlength(n) length(n)
+length(a,b) regex(expr)``, chained with ``:``. A request matches a route when its path
+matches and every constraint holds; otherwise the next route is tried. Routes are tried
+most specific first (literal before constrained parameter before parameter before
+optional before catch-all), which is how ASP.NET orders them.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+
+from devhost.errors import DevHostError
+
+_PARAMETER = re.compile(r"\{([^{}]*)\}")
+_CONSTRAINT = re.compile(r"(\w+)(?:\((.*)\))?$")
+
+
+def _number(kind: Callable[[str], object]) -> Callable[[str], bool]:
+    def check(value: str) -> bool:
+        try:
+            kind(value)
+        except (ValueError, InvalidOperation):
+            return False
+        return True
+    return check
+
+
+def _parse_datetime(value: str) -> object:
+    return datetime.fromisoformat(value)
+
+
+def _constraint(text: str, where: str) -> Callable[[str], bool]:
+    match = _CONSTRAINT.match(text)
+    if not match:
+        raise DevHostError(f"route {where}: bad constraint {text!r}")
+    name, raw = match.group(1).lower(), match.group(2)
+    args = [a.strip() for a in raw.split(",")] if raw is not None and name != "regex" else []
+    simple: dict[str, Callable[[str], bool]] = {
+        "int": lambda v: re.fullmatch(r"-?\d+", v) is not None and -(2**31) <= int(v) < 2**31,
+        "long": lambda v: re.fullmatch(r"-?\d+", v) is not None and -(2**63) <= int(v) < 2**63,
+        "bool": lambda v: v.lower() in ("true", "false"),
+        "guid": _number(uuid.UUID),
+        "alpha": lambda v: re.fullmatch(r"[A-Za-z]+", v) is not None,
+        "datetime": _number(_parse_datetime),
+        "decimal": _number(Decimal),
+        "double": _number(float),
+        "float": _number(float),
+    }
+    try:
+        if name in simple:
+            return simple[name]
+        if name == "min":
+            low = int(args[0])
+            return lambda v: _number(int)(v) and int(v) >= low
+        if name == "max":
+            high = int(args[0])
+            return lambda v: _number(int)(v) and int(v) <= high
+        if name == "range":
+            low, high = int(args[0]), int(args[1])
+            return lambda v: _number(int)(v) and low <= int(v) <= high
+        if name == "minlength":
+            return lambda v, n=int(args[0]): len(v) >= n
+        if name == "maxlength":
+            return lambda v, n=int(args[0]): len(v) <= n
+        if name == "length":
+            low, high = (int(args[0]), int(args[-1]))
+            return lambda v: low <= len(v) <= high
+        if name == "regex":
+            pattern = re.compile(raw or "", re.IGNORECASE)
+            return lambda v: pattern.search(v) is not None
+    except (IndexError, ValueError, re.error) as exc:
+        raise DevHostError(f"route {where}: bad arguments in constraint {text!r}") from exc
+    raise DevHostError(f"route {where}: constraint {name!r} is not supported by the dev host")
+
+
+@dataclass
+class _Parameter:
+    name: str
+    checks: list[Callable[[str], bool]] = field(default_factory=list)
+    optional: bool = False
+    default: str | None = None
+    catch_all: bool = False
+
+
+@dataclass
+class RouteTemplate:
+    """A compiled template: :meth:`match` gives the route parameters or None."""
+
+    template: str
+    pattern: re.Pattern[str]
+    parameters: dict[str, _Parameter]
+    rank: tuple[int, ...]
+
+    @classmethod
+    def compile(cls, template: str) -> RouteTemplate:
+        text = template.strip().strip("/")
+        parameters: dict[str, _Parameter] = {}
+        regex = "^"
+        rank: list[int] = []
+        segments = text.split("/") if text else []
+        for index, segment in enumerate(segments):
+            if not segment:
+                raise DevHostError(f"route {template!r}: empty segment")
+            pieces = _PARAMETER.split(segment)  # literal, param, literal, param, ..., literal
+            segment_regex = ""
+            segment_rank = 1
+            optional_segment = False
+            for position, piece in enumerate(pieces):
+                if position % 2 == 0:
+                    if "{" in piece or "}" in piece:
+                        raise DevHostError(f"route {template!r}: unbalanced braces in {segment!r}")
+                    segment_regex += re.escape(piece)
+                    continue
+                parameter = cls._parameter(piece, template)
+                if parameter.name in parameters:
+                    raise DevHostError(f"route {template!r}: parameter {parameter.name!r} appears twice")
+                parameters[parameter.name] = parameter
+                group = f"p{len(parameters)}"
+                if parameter.catch_all:
+                    if index != len(segments) - 1:
+                        raise DevHostError(f"route {template!r}: a catch-all parameter must be the last segment")
+                    segment_regex += f"(?P<{group}>.*)"
+                    segment_rank = 5
+                    optional_segment = True
+                else:
+                    segment_regex += f"(?P<{group}>[^/]+?)"
+                    segment_rank = max(segment_rank, 4 if parameter.optional or parameter.default is not None
+                                       else 2 if parameter.checks else 3)
+                    if (parameter.optional or parameter.default is not None) and len(pieces) == 3 \
+                            and not pieces[0] and not pieces[2]:
+                        optional_segment = True
+            regex += f"(?:/{segment_regex})?" if optional_segment else f"/{segment_regex}"
+            rank.append(segment_rank)
+        regex += "/?$"
+        return cls(template, re.compile(regex, re.IGNORECASE), parameters, tuple(rank))
+
+    @staticmethod
+    def _parameter(text: str, template: str) -> _Parameter:
+        body = text
+        default = None
+        if "=" in body and not body.split("=", 1)[0].count("("):
+            body, default = body.split("=", 1)
+        catch_all = body.startswith("*")
+        body = body.lstrip("*")
+        optional = body.endswith("?")
+        body = body.rstrip("?")
+        name, *constraints = _split_constraints(body)
+        if not re.fullmatch(r"[A-Za-z_]\w*", name):
+            raise DevHostError(f"route {template!r}: bad parameter name {name!r}")
+        return _Parameter(name, [_constraint(c, repr(template)) for c in constraints], optional, default, catch_all)
+
+    def match(self, path: str) -> dict[str, str] | None:
+        """Route parameters of ``path`` (without the route prefix), or None when it does not match."""
+        found = self.pattern.match("/" + path.strip("/") if path.strip("/") else "")
+        if found is None:
+            return None
+        values: dict[str, str] = {}
+        for number, (name, parameter) in enumerate(self.parameters.items(), start=1):
+            value = found.group(f"p{number}")
+            if value is None or value == "":
+                if parameter.default is not None:
+                    values[name] = parameter.default
+                elif not (parameter.optional or parameter.catch_all):
+                    return None
+                continue
+            if not all(check(value) for check in parameter.checks):
+                return None
+            values[name] = value
+        return values
+
+
+def _split_constraints(text: str) -> list[str]:
+    """``id:int:min(1)`` -> ``["id", "int", "min(1)"]``; colons inside parentheses stay put."""
+    parts: list[str] = []
+    depth = 0
+    current = ""
+    for char in text:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        if char == ":" and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        current += char
+    parts.append(current)
+    return parts

@@ -1,0 +1,243 @@
+"""Timer triggers: NCRONTAB schedules, a singleton lease, past-due detection and run-on-startup.
+
+As in the Functions host, a timer runs only in the host that holds its listener lock: a
+blob lease on ``azure-webjobs-hosts/locks/<host id>/Host.Functions.<name>.Listener``
+(``singleton.listenerLockPeriod`` long, renewed at a third of it). Other dev hosts of the
+same app (same host id) poll for the lease every
+``singleton.listenerLockRecoveryPollingInterval`` and take over when it is released (on
+shutdown) or expires (after a crash).
+
+When the schedule monitor is on (``useMonitor``; by default for schedules of a minute or
+more) the last and next occurrences are kept in ``azure-webjobs-hosts/timers/<host
+id>/Host.Functions.<name>/status`` (``{"Last", "Next", "LastUpdated"}``). When the
+listener starts and ``Next`` is in the past, the function runs at once with
+``past_due`` true; ``run_on_startup`` runs it at once too (``past_due`` false).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.functions.timer import TimerRequest
+from azure.storage.blob.aio import BlobLeaseClient, BlobServiceClient, ContainerClient
+
+from devhost.app_loader import FunctionSpec
+from devhost.errors import DevHostError
+from devhost.invocation import Invoker, Outcome
+from devhost.schedule import Schedule
+from devhost.settings import SingletonOptions, resolve
+
+logger = logging.getLogger(__name__)
+
+HOSTS_CONTAINER = "azure-webjobs-hosts"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat()
+
+
+def _parse(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _flag(value: Any) -> bool:
+    return str(value).lower() == "true" if not isinstance(value, bool) else value
+
+
+class TimerListener:
+    """Fires one timer function while this dev host holds its lease."""
+
+    def __init__(self, spec: FunctionSpec, schedule: Schedule, invoker: Invoker, service: BlobServiceClient,
+                 host_id: str, singleton: SingletonOptions) -> None:
+        self.spec = spec
+        self.schedule = schedule
+        self._invoker = invoker
+        self._container: ContainerClient = service.get_container_client(HOSTS_CONTAINER)
+        self._lock_blob = f"locks/{host_id}/Host.Functions.{spec.name}.Listener"
+        self._status_blob = f"timers/{host_id}/Host.Functions.{spec.name}/status"
+        self._lease_seconds = int(singleton.listener_lock_period.total_seconds())
+        self._polling = singleton.listener_lock_recovery_polling_interval.total_seconds()
+        self._lease_id = str(uuid.uuid4())
+        self._lease: BlobLeaseClient | None = None
+        self._lost = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        trigger = spec.trigger
+        self.run_on_startup = _flag(trigger.get("runOnStartup", False))
+        monitor = trigger.get("useMonitor")
+        self.use_monitor = (_flag(monitor) if monitor is not None
+                            else schedule.period(datetime.now(UTC)) >= timedelta(minutes=1))
+        self._last: datetime | None = None
+
+    @classmethod
+    def create(cls, spec: FunctionSpec, invoker: Invoker, service: BlobServiceClient, host_id: str,
+               singleton: SingletonOptions, environ: Any, zone: Any) -> TimerListener:
+        expression = resolve(str(spec.trigger.get("schedule") or ""), environ, what=f"function {spec.name!r} schedule")
+        try:
+            schedule = Schedule.parse(expression, zone)
+        except DevHostError as exc:
+            raise DevHostError(f"function {spec.name!r}: {exc}") from exc
+        return cls(spec, schedule, invoker, service, host_id, singleton)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"timer-{self.name}")
+        logger.info("Functions.%s: timer %r (monitor %s, run on startup %s)", self.name, self.schedule.expression,
+                    self.use_monitor, self.run_on_startup)
+
+    async def stop(self) -> None:
+        """Let a running invocation finish, then release the lease."""
+        self._stopping.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        logger.info("Functions.%s: stopped", self.name)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, waking early on shutdown or when the lease is lost."""
+        stop = asyncio.ensure_future(self._stopping.wait())
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            await asyncio.wait([stop, lost], timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            lost.cancel()
+
+    async def _run(self) -> None:
+        waiting_logged = False
+        while not self._stopping.is_set():
+            if not await self._acquire():
+                if not waiting_logged:
+                    logger.info("Functions.%s: another host holds the timer lease; polling every %.0fs",
+                                self.name, self._polling)
+                    waiting_logged = True
+                await self._sleep(self._polling)
+                continue
+            waiting_logged = False
+            logger.info("Functions.%s: acquired the timer lease", self.name)
+            self._lost.clear()
+            renewing = asyncio.create_task(self._renew())
+            try:
+                await self._fire_while_leader()
+            except Exception:
+                logger.exception("Functions.%s: timer listener failed; restarting it", self.name)
+                await self._sleep(self._polling)
+            finally:
+                renewing.cancel()
+                await asyncio.gather(renewing, return_exceptions=True)
+                await self._release()
+
+    async def _acquire(self) -> bool:
+        blob = self._container.get_blob_client(self._lock_blob)
+        try:
+            with contextlib.suppress(ResourceExistsError):
+                await self._container.create_container()
+            # It may exist already, perhaps leased by another host.
+            with contextlib.suppress(ResourceExistsError, HttpResponseError):
+                await blob.upload_blob(b"", overwrite=False)
+            lease = BlobLeaseClient(blob, lease_id=self._lease_id)
+            await lease.acquire(lease_duration=self._lease_seconds)
+        except HttpResponseError as exc:
+            if exc.status_code not in (409, 412):
+                logger.warning("Functions.%s: cannot reach the lock blob: %s", self.name, exc)
+            return False
+        self._lease = lease
+        return True
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease_seconds / 3)
+            if self._lease is None:
+                return
+            try:
+                await self._lease.renew()
+            except HttpResponseError as exc:
+                logger.warning("Functions.%s: lost the timer lease (%s); stopping the timer here", self.name, exc)
+                self._lease = None
+                self._lost.set()
+                return
+
+    async def _release(self) -> None:
+        if self._lease is None:
+            return
+        try:
+            await self._lease.release()
+        except HttpResponseError as exc:
+            logger.warning("Functions.%s: could not release the timer lease: %s", self.name, exc)
+        self._lease = None
+
+    def _leading(self) -> bool:
+        return not self._stopping.is_set() and not self._lost.is_set()
+
+    async def _read_status(self) -> dict[str, Any] | None:
+        try:
+            downloader = await self._container.get_blob_client(self._status_blob).download_blob()
+            return json.loads(await downloader.readall())
+        except ResourceNotFoundError:
+            return None
+        except ValueError:
+            logger.warning("Functions.%s: unreadable timer status blob; ignoring it", self.name)
+            return None
+
+    async def _write_status(self, last: datetime | None, next_: datetime) -> None:
+        if not self.use_monitor:
+            return
+        status = {"Last": _iso(last) if last else None, "Next": _iso(next_), "LastUpdated": _iso(datetime.now(UTC))}
+        await self._container.get_blob_client(self._status_blob).upload_blob(json.dumps(status), overwrite=True)
+
+    async def _fire_while_leader(self) -> None:
+        now = datetime.now(UTC)
+        status = await self._read_status() if self.use_monitor else None
+        recorded_next = _parse((status or {}).get("Next"))
+        self._last = _parse((status or {}).get("Last")) or self._last
+        past_due = recorded_next is not None and recorded_next < now
+        if past_due or self.run_on_startup:
+            why = "past due" if past_due else "run on startup"
+            fired = await self._fire(now, past_due=past_due, reason=f"Timer fired at startup ({why})",
+                                     status=status or {})
+            if not fired:
+                return
+        else:
+            await self._write_status(self._last, self._next(now))
+        while self._leading():
+            occurrence = self._next(self._last or datetime.now(UTC)) if self.schedule.interval else \
+                self._next(datetime.now(UTC))
+            await self._sleep((occurrence - datetime.now(UTC)).total_seconds())
+            if not self._leading():
+                return
+            if datetime.now(UTC) < occurrence:
+                continue
+            status = {"Last": _iso(self._last) if self._last else None, "Next": _iso(occurrence),
+                      "LastUpdated": _iso(datetime.now(UTC))}
+            if not await self._fire(occurrence, past_due=False, reason=f"Timer fired at {_iso(occurrence)}",
+                                    status=status):
+                return
+
+    def _next(self, after: datetime) -> datetime:
+        return self.schedule.next_after(after)
+
+    async def _fire(self, occurrence: datetime, *, past_due: bool, reason: str, status: dict[str, Any]) -> bool:
+        """Invoke once (with retries); False when shutdown abandoned it (the status is then left as it was)."""
+        request = TimerRequest(past_due=past_due, schedule_status=status, schedule={"AdjustForDST": True})
+        outcome = await self._invoker.call_with_retry(
+            self.spec, {self.spec.trigger_param: request}, reason=reason, stopping=self._stopping)
+        if outcome is Outcome.ABANDONED:
+            return False
+        self._last = occurrence
+        try:
+            await self._write_status(occurrence, self._next(max(occurrence, datetime.now(UTC))))
+        except HttpResponseError as exc:
+            logger.warning("Functions.%s: could not save the timer status: %s", self.name, exc)
+        return True

@@ -1,0 +1,239 @@
+"""The dev host's Event Hubs trigger against the Event Hubs emulator and Azurite, through the real SDKs.
+
+A small test app (written to a temp dir, so these tests do not depend on the pipeline's
+functions) appends one JSON line per invocation to a file: what it received, which
+attempt it was, when it started and ended.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.eventhub import EventData, EventHubProducerClient
+from azure.storage.blob import ContainerClient
+
+from emulators.launcher import Running
+from tests.fixtures.devhost import write_app
+
+APP = '''
+import json, os, threading, time
+import azure.functions as func
+
+app = func.FunctionApp()
+OUT = os.environ["TEST_OUT"]
+_lock = threading.Lock()
+
+
+def write(record):
+    with _lock, open(OUT, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\\n")
+
+
+@app.function_name("batches")
+@app.event_hub_message_trigger(arg_name="events", event_hub_name="%TEST_HUB%", connection="TestEventHub",
+                               consumer_group="sluice", cardinality="many", data_type="binary")
+@app.retry(strategy="fixed_delay", max_retry_count="2", delay_interval="00:00:00.100")
+def batches(events: list[func.EventHubEvent], context: func.Context) -> None:
+    started = time.time()
+    bodies = [json.loads(e.get_body()) for e in events]
+    meta = events[0].metadata
+    retry = context.retry_context
+    record = {
+        "function": "batches", "pid": os.getpid(), "partition": meta["PartitionContext"]["PartitionId"],
+        "seqs": [e.sequence_number for e in events], "offsets": [e.offset for e in events],
+        "keys": [e.partition_key for e in events], "enqueued": [e.enqueued_time.isoformat() for e in events],
+        "bodies": bodies, "properties": meta["PropertiesArray"],
+        "retry_count": retry.retry_count, "max_retry_count": retry.max_retry_count, "started": started,
+    }
+    write({**record, "phase": "start"})
+    sleep = max((b.get("sleep", 0) for b in bodies), default=0)
+    time.sleep(sleep)
+    fail = max((b.get("fail", 0) for b in bodies), default=0)
+    if retry.retry_count < fail:
+        write({**record, "phase": "failed", "ended": time.time()})
+        raise RuntimeError(f"failing attempt {retry.retry_count} of {fail}")
+    write({**record, "phase": "done", "ended": time.time()})
+
+
+@app.function_name("single")
+@app.event_hub_message_trigger(arg_name="event", event_hub_name="%TEST_HUB%", connection="TestEventHub",
+                               consumer_group="other")
+async def single(event: func.EventHubEvent) -> None:
+    write({"function": "single", "partition": event.metadata["PartitionContext"]["PartitionId"],
+           "seq": event.sequence_number, "key": event.partition_key, "body": event.get_body().decode(),
+           "properties": event.metadata["Properties"], "phase": "done"})
+'''
+
+HOST_JSON = {
+    "version": "2.0",
+    "extensions": {"eventHubs": {"maxEventBatchSize": 4, "prefetchCount": 64,
+                                 "initialOffsetOptions": {"type": "fromStart"}}},
+}
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, host: Running | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    output = host.output() if host is not None else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{output}")
+
+
+def send(connection_string: str, hub: str, partition: str, bodies: list[dict[str, Any]], *,
+         key: str | None = None, properties: dict[str, Any] | None = None) -> None:
+    with EventHubProducerClient.from_connection_string(connection_string, eventhub_name=hub) as producer:
+        batch = producer.create_batch(partition_id=partition) if key is None else \
+            producer.create_batch(partition_key=key)
+        for body in bodies:
+            event = EventData(json.dumps(body))
+            if properties:
+                event.properties = properties
+            batch.add(event)
+        producer.send_batch(batch)
+
+
+def checkpoints(storage: str, namespace: str, hub: str, group: str) -> dict[str, dict[str, str]]:
+    """Checkpoint blobs in the Functions host layout: partition -> metadata."""
+    container = ContainerClient.from_connection_string(storage, "azure-webjobs-eventhub")
+    prefix = f"{namespace}/{hub}/{group}/checkpoint/".lower()
+    return {blob.name.rsplit("/", 1)[1]: dict(blob.metadata or {})
+            for blob in container.list_blobs(name_starts_with=prefix, include=["metadata"])}
+
+
+@pytest.fixture
+def eh_app(tmp_path: Path, isolated_eventhub: Any, azurite_connection_string: str) -> dict[str, Any]:
+    out = tmp_path / "records.jsonl"
+    settings = write_app(tmp_path / "app", APP, host_json=HOST_JSON, values={
+        "AzureWebJobsStorage": azurite_connection_string,
+        "TestEventHub": isolated_eventhub.connection_string,
+        "TEST_HUB": isolated_eventhub.name,
+        "TEST_OUT": str(out),
+        "DEVHOST_EVENTHUBS_LOAD_BALANCING_SECONDS": "1",
+        "DEVHOST_EVENTHUBS_OWNERSHIP_EXPIRATION_SECONDS": "6",
+    })
+    namespace = f"{isolated_eventhub.running.host}:{isolated_eventhub.running.port}"
+    return {"root": tmp_path / "app", "settings": settings, "out": out, "hub": isolated_eventhub.name,
+            "conn": isolated_eventhub.connection_string, "namespace": namespace,
+            "storage": azurite_connection_string}
+
+
+def done(records: list[dict[str, Any]], function: str = "batches") -> list[dict[str, Any]]:
+    return [r for r in records if r["function"] == function and r["phase"] == "done"]
+
+
+@pytest.mark.timeout(120)
+def test_batches_order_metadata_checkpoints_and_resume(eh_app: dict[str, Any], devhost_factory: Any) -> None:
+    hub, conn = eh_app["hub"], eh_app["conn"]
+    # Sent before the host starts, so batches fill up to maxEventBatchSize (4).
+    send(conn, hub, "0", [{"n": i, "sleep": 0.2} for i in range(10)], properties={"kind": "test", "n": 7})
+    send(conn, hub, "1", [{"n": 100 + i, "sleep": 0.2} for i in range(6)])
+    send(conn, hub, "2", [{"n": 200}], key="device-42")
+
+    host = devhost_factory(eh_app["root"], settings=eh_app["settings"])
+    wait_for(lambda: sum(len(r["seqs"]) for r in done(read_records(eh_app["out"]))) >= 17, 30,
+             "17 events in the batches function", host)
+    wait_for(lambda: len(done(read_records(eh_app["out"]), "single")) >= 17, 30, "17 single invocations", host)
+    records = read_records(eh_app["out"])
+    batches = done(records)
+
+    by_partition: dict[str, list[dict[str, Any]]] = {}
+    for record in batches:
+        by_partition.setdefault(record["partition"], []).append(record)
+    assert set(by_partition) == {"0", "1", "2"}
+    for partition, items in by_partition.items():
+        seqs = [s for r in items for s in r["seqs"]]
+        assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)), f"partition {partition} out of order: {seqs}"
+        assert all(1 <= len(r["seqs"]) <= 4 for r in items)
+    assert [b["n"] for r in by_partition["0"] for b in r["bodies"]] == list(range(10))
+    assert [b["n"] for r in by_partition["1"] for b in r["bodies"]] == [100 + i for i in range(6)]
+    assert max(len(r["seqs"]) for r in by_partition["0"]) == 4, "events available up front must be batched"
+    # Metadata as the binding gives it.
+    first = by_partition["0"][0]
+    assert first["properties"][0] == {"kind": "test", "n": 7}
+    assert all(isinstance(o, int) for o in first["offsets"]) and first["enqueued"][0].endswith("+00:00")
+    assert by_partition["2"][0]["keys"] == ["device-42"]
+    assert first["retry_count"] == 0 and first["max_retry_count"] == 2
+    # Partitions run concurrently: some batch of partition 0 overlaps some batch of partition 1 in time.
+    assert any(a["started"] < b["ended"] and b["started"] < a["ended"]
+               for a in by_partition["0"] for b in by_partition["1"])
+
+    # Cardinality one: each event on its own, in order per partition, with the single-event metadata.
+    singles = done(records, "single")
+    for partition in ("0", "1"):
+        seqs = [r["seq"] for r in singles if r["partition"] == partition]
+        assert seqs == sorted(seqs) and len(seqs) == (10 if partition == "0" else 6)
+    assert [r["key"] for r in singles if r["partition"] == "2"] == ["device-42"]
+    assert next(r for r in singles if r["partition"] == "0")["properties"] == {"kind": "test", "n": 7}
+
+    # Checkpoints in the host layout, with sequencenumber and offset metadata at the last event.
+    last = {p: items[-1] for p, items in by_partition.items()}
+    for group in ("sluice", "other"):
+        blobs = wait_for(lambda g=group: (c := checkpoints(eh_app["storage"], eh_app["namespace"], hub, g))
+                         and len(c) == 3 and c, 10, f"checkpoints of {group}")
+        for partition, record in last.items():
+            assert blobs[partition]["sequencenumber"] == str(record["seqs"][-1])
+            assert blobs[partition]["offset"] == str(record["offsets"][-1])
+
+    assert host.stop(stop_timeout=30) == 0
+    # Restart: only what was sent since is delivered.
+    send(conn, hub, "0", [{"n": 10 + i} for i in range(3)])
+    before = len(batches)
+    eh_app["out"].rename(eh_app["out"].with_suffix(".first"))
+    host = devhost_factory(eh_app["root"], settings=eh_app["settings"])
+    wait_for(lambda: sum(len(r["seqs"]) for r in done(read_records(eh_app["out"]))) >= 3, 30,
+             "the 3 new events", host)
+    time.sleep(1.0)  # anything redelivered would show up by now
+    again = done(read_records(eh_app["out"]))
+    assert [b["n"] for r in again for b in r["bodies"]] == [10, 11, 12], again
+    assert before > 0
+
+
+@pytest.mark.timeout(90)
+def test_retry_policy_and_checkpoint_after_retries_are_spent(eh_app: dict[str, Any], devhost_factory: Any) -> None:
+    hub, conn = eh_app["hub"], eh_app["conn"]
+    host = devhost_factory(eh_app["root"], settings=eh_app["settings"])
+    send(conn, hub, "0", [{"n": 1, "fail": 1}])
+    wait_for(lambda: done(read_records(eh_app["out"])), 30, "the first event to succeed", host)
+    send(conn, hub, "0", [{"n": 2, "fail": 99}])
+    wait_for(lambda: len([r for r in read_records(eh_app["out"])
+                          if r["function"] == "batches" and r["phase"] == "failed"]) >= 4, 30,
+             "three failed attempts of the second event", host)
+    records = [r for r in read_records(eh_app["out"]) if r["function"] == "batches" and r["phase"] != "start"]
+    first = [(r["phase"], r["retry_count"]) for r in records if r["bodies"][0]["n"] == 1]
+    assert first == [("failed", 0), ("done", 1)]
+    second = [(r["phase"], r["retry_count"], r["max_retry_count"]) for r in records if r["bodies"][0]["n"] == 2]
+    assert second == [("failed", 0, 2), ("failed", 1, 2), ("failed", 2, 2)]
+    # The host checkpoints after the last attempt even though it failed.
+    seq = records[-1]["seqs"][0]
+    wait_for(lambda: checkpoints(eh_app["storage"], eh_app["namespace"], hub, "sluice").get("0", {})
+             .get("sequencenumber") == str(seq), 10, "the checkpoint past the failed event", host)
+    assert host.stop(stop_timeout=30) == 0
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_finishes_and_checkpoints_the_batch_in_progress(eh_app: dict[str, Any], devhost_factory: Any) -> None:
+    hub, conn = eh_app["hub"], eh_app["conn"]
+    host = devhost_factory(eh_app["root"], settings=eh_app["settings"])
+    send(conn, hub, "3", [{"n": 1, "sleep": 2.0}])
+    wait_for(lambda: [r for r in read_records(eh_app["out"]) if r["function"] == "batches"], 30,
+             "the slow batch to start", host)
+    assert host.stop(stop_timeout=30) == 0
+    records = [r for r in read_records(eh_app["out"]) if r["function"] == "batches"]
+    assert [r["phase"] for r in records] == ["start", "done"]
+    blobs = checkpoints(eh_app["storage"], eh_app["namespace"], hub, "sluice")
+    assert blobs["3"]["sequencenumber"] == str(records[-1]["seqs"][0])
+    assert "Shutting down" in host.output()

@@ -1,0 +1,93 @@
+"""The dev host's timer trigger with Azurite: schedule, past due, run on startup, and one firer among hosts."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.blob import BlobServiceClient
+
+from tests.fixtures.devhost import write_app
+from tests.integration.test_devhost_eventhubs import read_records, wait_for
+
+APP = '''
+import json, os, threading, time
+import azure.functions as func
+
+app = func.FunctionApp()
+_lock = threading.Lock()
+
+
+def write(record):
+    with _lock, open(os.environ["TEST_OUT"], "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\\n")
+
+
+@app.function_name("tick")
+@app.timer_trigger(schedule="%TICK_SCHEDULE%", arg_name="timer", use_monitor=True)
+def tick(timer: func.TimerRequest) -> None:
+    write({"function": "tick", "pid": os.getpid(), "at": time.time(), "past_due": timer.past_due,
+           "status": timer.schedule_status})
+
+
+@app.function_name("startup")
+@app.timer_trigger(schedule="0 0 0 1 1 *", arg_name="timer", run_on_startup=True)
+async def startup(timer: func.TimerRequest) -> None:
+    write({"function": "startup", "pid": os.getpid(), "at": time.time(), "past_due": timer.past_due})
+'''
+
+HOST_JSON = {"version": "2.0", "singleton": {"listenerLockPeriod": "00:00:15",
+                                             "listenerLockRecoveryPollingInterval": "00:00:01"}}
+
+
+@pytest.mark.timeout(120)
+def test_timer_fires_once_per_occurrence_across_two_hosts(
+    tmp_path: Path, azurite_connection_string: str, devhost_factory: Any,
+) -> None:
+    out = tmp_path / "records.jsonl"
+    host_id = f"devhost-test-{uuid.uuid4().hex[:12]}"
+    settings = write_app(tmp_path / "app", APP, host_json=HOST_JSON, values={
+        "AzureWebJobsStorage": azurite_connection_string, "TEST_OUT": str(out),
+        "TICK_SCHEDULE": "* * * * * *", "AzureFunctionsWebHost__hostid": host_id,
+    })
+    # A status left by an earlier run whose next occurrence is long gone: the first run is past due.
+    service = BlobServiceClient.from_connection_string(azurite_connection_string)
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    status = {"Last": (hour_ago - timedelta(seconds=1)).isoformat(), "Next": hour_ago.isoformat(),
+              "LastUpdated": hour_ago.isoformat()}
+    with contextlib.suppress(ResourceExistsError):  # another test made it
+        service.create_container("azure-webjobs-hosts")
+    service.get_blob_client("azure-webjobs-hosts", f"timers/{host_id}/Host.Functions.tick/status") \
+        .upload_blob(json.dumps(status), overwrite=True)
+
+    first = devhost_factory(tmp_path / "app", settings=settings)
+    second = devhost_factory(tmp_path / "app", settings=settings)
+    ticks = wait_for(lambda: (t := [r for r in read_records(out) if r["function"] == "tick"]) and len(t) >= 4 and t,
+                     20, "four ticks", first)
+    assert ticks[0]["past_due"] is True
+    assert datetime.fromisoformat(ticks[0]["status"]["Next"]) == hour_ago
+    assert [t["past_due"] for t in ticks[1:]] == [False] * (len(ticks) - 1)
+    leader = ticks[0]["pid"]
+    assert {t["pid"] for t in ticks} == {leader}, "only the lease holder fires"
+    seconds = [round(t["at"]) for t in ticks[1:]]
+    assert len(seconds) == len(set(seconds)), f"an occurrence fired twice: {seconds}"
+    startups = [r for r in read_records(out) if r["function"] == "startup"]
+    assert len(startups) == 1 and startups[0]["past_due"] is False
+
+    # The status blob follows the runs.
+    saved = json.loads(service.get_blob_client("azure-webjobs-hosts", f"timers/{host_id}/Host.Functions.tick/status")
+                       .download_blob().readall())
+    assert datetime.fromisoformat(saved["Next"]) > hour_ago + timedelta(minutes=59)
+
+    # The leader stops (releasing the lease): the other host takes over.
+    leading, other = (first, second) if first.process.pid == leader else (second, first)
+    assert leading.stop(stop_timeout=30) == 0
+    wait_for(lambda: [r for r in read_records(out) if r["function"] == "tick" and r["pid"] == other.process.pid],
+             15, "the other host to fire", other)
+    assert other.alive()
