@@ -43,10 +43,11 @@ def execute_batch(engine: Engine, batch: st.Batch, children: list[tuple[st.State
     if conditional:
         keys = set()
         for i, (stmt, values) in enumerate(children):
-            r = resolve_restrictions(tables[i], getattr(stmt, "where", []), values) if not isinstance(stmt, st.Insert) \
-                else None
-            if r is not None:
-                keys.add((tables[i].id, primary_keys(tables[i], r, need_clustering=False)[0][0]))
+            if isinstance(stmt, st.Insert):
+                keys.add((tables[i].id, _insert_partition(tables[i], stmt, values)))
+            else:
+                r = resolve_restrictions(tables[i], stmt.where, values)
+                keys.update((tables[i].id, pk) for pk, _ in primary_keys(tables[i], r, need_clustering=False))
         if len({t.id for t in tables}) > 1 or len(keys) > 1:
             raise Invalid("Batch with conditions cannot span multiple tables or partitions")
         for i in conditional:
@@ -80,6 +81,21 @@ def execute_batch(engine: Engine, batch: st.Batch, children: list[tuple[st.State
 def _boolean():  # noqa: ANN202 - CqlType, imported lazily to keep the import graph simple
     from .planner import BOOLEAN
     return BOOLEAN
+
+
+def _insert_partition(table, stmt: st.Insert, values: list[object]) -> bytes:  # noqa: ANN001
+    from .keys import join_key
+    from .planner import resolve
+    by_name = dict(zip(stmt.columns, stmt.values, strict=True))
+    parts = []
+    for col in table.partition_key:
+        if col.name not in by_name:
+            raise Invalid(f"Some partition key parts are missing: {col.name}")
+        value = resolve(by_name[col.name], col.type, values)
+        if not isinstance(value, bytes):
+            raise Invalid(f"Invalid null or unset value for partition key part {col.name}")
+        parts.append(value)
+    return join_key(parts)
 
 
 def _probe_insert(engine: Engine, table, stmt: st.Insert, ctx: WriteContext):  # noqa: ANN001, ANN202

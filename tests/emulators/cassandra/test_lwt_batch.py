@@ -1,0 +1,95 @@
+"""Lightweight transactions ([applied] and the current row) and BATCH (logged/unlogged, prepared/plain children)."""
+
+from __future__ import annotations
+
+import pytest
+from cassandra import InvalidRequest
+from cassandra.cluster import Session
+from cassandra.protocol import SyntaxException
+from cassandra.query import BatchStatement, BatchType, SimpleStatement
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_insert_if_not_exists(session: Session) -> None:
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, v text, w int)")
+    first = session.execute("INSERT INTO t (k, v, w) VALUES (1, 'a', 1) IF NOT EXISTS")
+    assert first.was_applied and list(first.one()._fields) == ["applied"]
+    second = session.execute("INSERT INTO t (k, v, w) VALUES (1, 'b', 2) IF NOT EXISTS")
+    assert not second.was_applied
+    assert (second.one().k, second.one().v, second.one().w) == (1, "a", 1)  # the current row comes back
+    ps = session.prepare("INSERT INTO t (k, v) VALUES (?, ?) IF NOT EXISTS")
+    assert session.execute(ps, (2, "x")).was_applied
+    assert not session.execute(ps, (2, "y")).was_applied
+    assert session.execute("SELECT v FROM t WHERE k = 2").one().v == "x"
+
+
+def test_update_and_delete_conditions(session: Session) -> None:
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, v text, n int, m map<text, int>)")
+    session.execute("INSERT INTO t (k, v, n, m) VALUES (1, 'a', 5, {'x': 1})")
+    assert session.execute("UPDATE t SET v = 'b' WHERE k = 1 IF v = 'a'").was_applied
+    failed = session.execute("UPDATE t SET v = 'c' WHERE k = 1 IF v = 'a'")
+    assert not failed.was_applied and failed.one().v == "b"
+    assert session.execute("UPDATE t SET n = 6 WHERE k = 1 IF n > 4 AND v != 'z'").was_applied
+    assert not session.execute("UPDATE t SET n = 7 WHERE k = 1 IF n < 6").was_applied
+    assert session.execute("UPDATE t SET n = 8 WHERE k = 1 IF m['x'] = 1").was_applied
+    assert not session.execute("UPDATE t SET v = 'q' WHERE k = 2 IF EXISTS").was_applied
+    assert session.execute("SELECT * FROM t WHERE k = 2").one() is None
+    assert session.execute("UPDATE t SET v = 'e' WHERE k = 1 IF EXISTS").was_applied
+    assert not session.execute("DELETE FROM t WHERE k = 1 IF v = 'nope'").was_applied
+    assert session.execute("DELETE FROM t WHERE k = 1 IF EXISTS").was_applied
+    assert not session.execute("DELETE FROM t WHERE k = 1 IF EXISTS").was_applied
+    ps = session.prepare("UPDATE t SET v = ? WHERE k = ? IF v = ?")
+    assert [c.name for c in ps.column_metadata] == ["v", "k", "v"]
+    session.execute("INSERT INTO t (k, v) VALUES (3, 'old')")
+    assert session.execute(ps, ("new", 3, "old")).was_applied
+    assert not session.execute(ps, ("newer", 3, "old")).was_applied
+
+
+@pytest.mark.parametrize("kind", [BatchType.LOGGED, BatchType.UNLOGGED])
+def test_batch_with_prepared_and_plain_children(session: Session, kind: BatchType) -> None:
+    session.execute("CREATE TABLE t (p text, c int, v text, PRIMARY KEY (p, c))")
+    ps = session.prepare("INSERT INTO t (p, c, v) VALUES (?, ?, ?)")
+    batch = BatchStatement(batch_type=kind)
+    batch.add(ps, ("a", 1, "prepared"))
+    batch.add(SimpleStatement("INSERT INTO t (p, c, v) VALUES ('a', 2, 'plain')"))
+    batch.add(SimpleStatement("INSERT INTO t (p, c, v) VALUES (%s, %s, %s)"), ("b", 1, "plain with values"))
+    batch.add(SimpleStatement("UPDATE t SET v = 'updated' WHERE p = 'a' AND c = 1"))
+    batch.add("DELETE FROM t WHERE p = 'z' AND c = 0")
+    session.execute(batch)
+    got = sorted(tuple(r) for r in session.execute("SELECT p, c, v FROM t"))
+    assert got == [("a", 1, "updated"), ("a", 2, "plain"), ("b", 1, "plain with values")]
+
+
+def test_cql_batch_text_and_timestamps(session: Session) -> None:
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, v text)")
+    session.execute("BEGIN BATCH USING TIMESTAMP 500 "
+                    "INSERT INTO t (k, v) VALUES (1, 'one'); "
+                    "INSERT INTO t (k, v) VALUES (2, 'two') "
+                    "APPLY BATCH")
+    session.execute("BEGIN UNLOGGED BATCH INSERT INTO t (k, v) VALUES (1, 'older') USING TIMESTAMP 400; "
+                    "INSERT INTO t (k, v) VALUES (3, 'three'); APPLY BATCH")
+    got = {r.k: (r.v, r[2]) for r in session.execute("SELECT k, v, writetime(v) FROM t")}
+    assert got[1] == ("one", 500) and got[2] == ("two", 500) and got[3][0] == "three"
+
+
+def test_conditional_batch_applies_all_or_nothing(session: Session) -> None:
+    session.execute("CREATE TABLE t (p int, c int, v text, PRIMARY KEY (p, c))")
+    session.execute("INSERT INTO t (p, c, v) VALUES (1, 1, 'a')")
+    failed = session.execute("BEGIN BATCH UPDATE t SET v = 'b' WHERE p = 1 AND c = 1 IF v = 'zzz'; "
+                             "INSERT INTO t (p, c, v) VALUES (1, 2, 'new'); APPLY BATCH")
+    assert not failed.was_applied
+    assert [r.c for r in session.execute("SELECT c FROM t WHERE p = 1")] == [1]
+    ok = session.execute("BEGIN BATCH UPDATE t SET v = 'b' WHERE p = 1 AND c = 1 IF v = 'a'; "
+                         "INSERT INTO t (p, c, v) VALUES (1, 2, 'new'); APPLY BATCH")
+    assert ok.was_applied
+    assert [tuple(r) for r in session.execute("SELECT c, v FROM t WHERE p = 1")] == [(1, "b"), (2, "new")]
+    with pytest.raises(InvalidRequest, match="partition"):
+        session.execute("BEGIN BATCH UPDATE t SET v = 'x' WHERE p = 1 AND c = 1 IF v = 'b'; "
+                        "INSERT INTO t (p, c, v) VALUES (2, 2, 'other partition'); APPLY BATCH")
+    with pytest.raises(SyntaxException, match="'select' expecting INSERT, UPDATE, DELETE"):
+        session.execute("BEGIN BATCH SELECT * FROM t; APPLY BATCH")
+    batch = BatchStatement()
+    batch.add(session.prepare("SELECT * FROM t WHERE p = ?"), (1,))
+    with pytest.raises(InvalidRequest, match="Only INSERT, UPDATE and DELETE"):
+        session.execute(batch)
