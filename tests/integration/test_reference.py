@@ -1,0 +1,128 @@
+"""Reference data: files (CSV, Parquet) -> PostgreSQL tables and Parquet blobs on Azurite, through the CLI too."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from azure.storage.blob import BlobServiceClient
+
+from shared import bootstrap
+from shared.adapters.postgres.migrations import apply_migrations
+from shared.adapters.postgres.pool import make_pool
+from shared.adapters.reference import (
+    DEVICE_SCHEMA,
+    ParquetBlobReferenceSource,
+    PostgresReferenceSource,
+    read_devices,
+    read_sites,
+    to_parquet,
+    upsert_reference,
+)
+from shared.exceptions import PermanentError
+from shared.settings import PostgresSettings
+from sluice.__main__ import main
+from sluice.commands.reference import SAMPLE_DEVICES, SAMPLE_SITES, load_sample_reference
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def env(pg_dsn: str, azurite_connection_string: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    pg = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    values = {
+        "AzureWebJobsStorage": azurite_connection_string,
+        "SLUICE_CASSANDRA_HOSTS": "127.0.0.1",
+        "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "SLUICE_POSTGRES_HOST": str(pg["host"]),
+        "SLUICE_POSTGRES_PORT": str(pg.get("port", 5432)),
+        "SLUICE_POSTGRES_DBNAME": str(pg["dbname"]),
+        "SLUICE_ENRICH_REFERENCE_CONTAINER": f"ref-{uuid.uuid4().hex[:12]}",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    bootstrap.reset()
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn)
+    yield {**values, "dsn": pg_dsn}
+    bootstrap.reset()
+
+
+def test_the_sample_data_loads_into_both_sources_identically(env: dict[str, str]) -> None:
+    first = load_sample_reference("both")
+    assert first["devices"] == 990 and first["sites"] == 12
+    assert first["postgres"] == {"sites_changed": 12, "sites_deleted": 0, "devices_changed": 990, "devices_deleted": 0}
+    again = load_sample_reference("both")  # idempotent: nothing changes
+    assert again["postgres"] == {"sites_changed": 0, "sites_deleted": 0, "devices_changed": 0, "devices_deleted": 0}
+
+    with make_pool(env["dsn"], PostgresSettings(host="unused")) as pool:
+        from_tables = PostgresReferenceSource(pool).load()
+    blobs = BlobServiceClient.from_connection_string(env["AzureWebJobsStorage"])
+    from_blobs = ParquetBlobReferenceSource(blobs, env["SLUICE_ENRICH_REFERENCE_CONTAINER"], "devices.parquet",
+                                            "sites.parquet").load()
+    from_files = (read_devices(SAMPLE_DEVICES), read_sites(SAMPLE_SITES))
+    assert dict(from_tables.devices) == dict(from_blobs.devices) == {d.device_id: d for d in from_files[0]}
+    assert dict(from_tables.sites) == dict(from_blobs.sites) == {s.site_id: s for s in from_files[1]}
+    assert from_tables.devices["dev-00000"].installed_at.isoformat() == "2025-09-11T15:00:00+00:00"
+
+
+def test_the_cli_loads_parquet_files_and_replace_deletes_what_is_gone(env: dict[str, str], tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    devices = read_devices(SAMPLE_DEVICES)[:5]
+    parquet = tmp_path / "devices.parquet"
+    parquet.write_bytes(to_parquet(devices, DEVICE_SCHEMA))
+    assert main(["reference", "load", "--devices", str(SAMPLE_DEVICES), "--sites", str(SAMPLE_SITES)]) == 0
+    assert main(["reference", "load", "--devices", str(parquet), "--replace"]) == 0
+    assert "devices_deleted=985" in capsys.readouterr().out
+    with psycopg.connect(env["dsn"]) as conn:
+        assert conn.execute("SELECT device_id FROM devices ORDER BY 1").fetchall() == [
+            (d.device_id,) for d in devices]
+        assert conn.execute("SELECT count(*) FROM sites").fetchone() == (12,)  # no --sites: sites untouched
+
+
+def test_the_cli_uploads_parquet_blobs(env: dict[str, str]) -> None:
+    assert main(["reference", "upload", "--devices", str(SAMPLE_DEVICES), "--sites", str(SAMPLE_SITES)]) == 0
+    container = BlobServiceClient.from_connection_string(env["AzureWebJobsStorage"]).get_container_client(
+        env["SLUICE_ENRICH_REFERENCE_CONTAINER"])
+    assert sorted(b.name for b in container.list_blobs()) == ["devices.parquet", "sites.parquet"]
+    assert read_devices(container.download_blob("devices.parquet").readall()) == read_devices(SAMPLE_DEVICES)
+
+
+def test_a_missing_blob_is_a_clear_error(env: dict[str, str]) -> None:
+    blobs = BlobServiceClient.from_connection_string(env["AzureWebJobsStorage"])
+    source = ParquetBlobReferenceSource(blobs, env["SLUICE_ENRICH_REFERENCE_CONTAINER"], "nope.parquet", "x.parquet")
+    with pytest.raises(PermanentError, match="nope.parquet does not exist"):
+        source.load()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("site_id,name,timezone\ns1,One,Mars/Olympus\n", r"row 1 \(site_id 's1'\) is invalid: timezone: .*IANA"),
+    ("site_id,name,latitude\ns1,One,91\n", r"row 1 .*latitude"),
+    ("site_id,name\ns1,One\ns1,Again\n", r"site_id 's1' appears twice \(rows 1 and 2\)"),
+    ("site_id,name,colour\ns1,One,red\n", r"unknown columns \['colour'\]"),
+    ("name\nOne\n", r"required column 'site_id' is missing"),
+    ("site_id,region\ns1,eu\n", r"row 1 .*name: Field required"),
+])
+def test_bad_site_files_name_the_offending_row(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "sites.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(PermanentError, match=message):
+        read_sites(path)
+
+
+def test_bad_device_files_fail_before_anything_is_written(env: dict[str, str], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "devices.csv"
+    path.write_text("device_id,installed_at\nok-1,2024-01-01T00:00:00Z\nbad id,2024-01-01T00:00:00Z\n",
+                    encoding="utf-8")
+    assert main(["reference", "load", "--devices", str(path), "--sites", str(SAMPLE_SITES)]) == 2
+    assert "row 2 (device_id 'bad id') is invalid: device_id" in capsys.readouterr().err
+    with psycopg.connect(env["dsn"]) as conn:
+        assert conn.execute("SELECT count(*) FROM devices").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM sites").fetchone() == (0,)
+    with psycopg.connect(env["dsn"]) as conn:
+        upsert_reference(conn, read_devices(SAMPLE_DEVICES)[:1], None)
+        assert conn.execute("SELECT count(*) FROM devices").fetchone() == (1,)
