@@ -1,0 +1,76 @@
+"""--data-dir: schema, rows, tombstones and TTLs survive a clean stop and a crash; without it nothing is kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cassandra.cluster import Cluster
+
+from tests.fixtures.cassandra import start_cassandra_emulator
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _session(emulator):  # noqa: ANN001, ANN202
+    cluster = Cluster(contact_points=[emulator.host], port=emulator.port, protocol_version=4)
+    return cluster, cluster.connect()
+
+
+def test_data_survives_clean_stop_and_crash(tmp_path: Path) -> None:
+    data_dir = str(tmp_path / "data")
+    emulator = start_cassandra_emulator("--data-dir", data_dir)
+    try:
+        cluster, s = _session(emulator)
+        s.execute("CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}")
+        s.execute("CREATE TABLE ks.t (p text, c int, v text, m map<text, int>, PRIMARY KEY (p, c)) "
+                  "WITH CLUSTERING ORDER BY (c DESC)")
+        ins = s.prepare("INSERT INTO ks.t (p, c, v) VALUES (?, ?, ?)")
+        for c in range(10):
+            s.execute(ins, ("a", c, f"v{c}"))
+        s.execute("DELETE FROM ks.t WHERE p = 'a' AND c >= 8")
+        s.execute("UPDATE ks.t SET m['x'] = 1 WHERE p = 'a' AND c = 0")
+        s.execute("INSERT INTO ks.t (p, c, v) VALUES ('b', 1, 'ttl') USING TTL 1000")
+        cluster.shutdown()
+    finally:
+        assert emulator.stop() == 0
+    emulator = start_cassandra_emulator("--data-dir", data_dir)
+    try:
+        cluster, s = _session(emulator)
+        assert [r.c for r in s.execute("SELECT c FROM ks.t WHERE p = 'a'")] == list(range(7, -1, -1))
+        assert dict(s.execute("SELECT m FROM ks.t WHERE p = 'a' AND c = 0").one().m) == {"x": 1}
+        assert 990 <= s.execute("SELECT ttl(v) FROM ks.t WHERE p = 'b' AND c = 1").one()[0] <= 1000
+        s.execute("INSERT INTO ks.t (p, c, v) VALUES ('a', 9, 'old') USING TIMESTAMP 1")  # still shadowed
+        s.execute("INSERT INTO ks.t (p, c, v) VALUES ('z', 0, 'written just before the crash')")
+        table = cluster.metadata.keyspaces["ks"].tables["t"]
+        assert [c.name for c in table.clustering_key] == ["c"] and table.clustering_key[0].is_reversed
+        cluster.shutdown()
+    finally:
+        emulator.kill()
+    emulator = start_cassandra_emulator("--data-dir", data_dir)
+    try:
+        cluster, s = _session(emulator)
+        assert s.execute("SELECT v FROM ks.t WHERE p = 'z' AND c = 0").one().v == "written just before the crash"
+        assert s.execute("SELECT v FROM ks.t WHERE p = 'a' AND c = 9").one() is None
+        assert s.execute("SELECT COUNT(*) FROM ks.t").one()[0] == 10
+        cluster.shutdown()
+    finally:
+        emulator.stop()
+    assert (Path(data_dir) / "snapshot.bin").exists()
+
+
+def test_without_data_dir_nothing_is_kept() -> None:
+    emulator = start_cassandra_emulator()
+    try:
+        cluster, s = _session(emulator)
+        s.execute("CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}")
+        cluster.shutdown()
+    finally:
+        emulator.stop()
+    emulator = start_cassandra_emulator()
+    try:
+        cluster, s = _session(emulator)
+        assert "ks" not in cluster.metadata.keyspaces
+        cluster.shutdown()
+    finally:
+        emulator.stop()
