@@ -182,13 +182,13 @@ class CountingSink:
 def app_env(monkeypatch, cassandra_emulator: Running, keyspace: str, redis_url: str, redis_prefix: str):
     """Point the app's settings at the emulator keyspace and this test's Redis prefix (bootstrap reset around)."""
     def configure(**overrides: str) -> None:
-        env = sample_env(
-            SLUICE_CASSANDRA_HOSTS=cassandra_emulator.host, SLUICE_CASSANDRA_PORT=str(cassandra_emulator.port),
-            SLUICE_CASSANDRA_KEYSPACE=keyspace, SLUICE_CASSANDRA_CONSISTENCY="ONE",
-            SLUICE_CASSANDRA_BUCKET_SECONDS=str(BUCKET_SECONDS), SLUICE_CASSANDRA_SHARDS=str(SHARDS),
-            SLUICE_REDIS_URL=redis_url, SLUICE_REDIS_KEY_PREFIX=redis_prefix,
-            SLUICE_CRITICAL_RULES=json.dumps([r.model_dump() for r in RULES]),
-            SLUICE_CHANGEFEED_LOOKBACK_SECONDS="900", **overrides)
+        env = sample_env(**{
+            "SLUICE_CASSANDRA_HOSTS": cassandra_emulator.host, "SLUICE_CASSANDRA_PORT": str(cassandra_emulator.port),
+            "SLUICE_CASSANDRA_KEYSPACE": keyspace, "SLUICE_CASSANDRA_CONSISTENCY": "ONE",
+            "SLUICE_CASSANDRA_BUCKET_SECONDS": str(BUCKET_SECONDS), "SLUICE_CASSANDRA_SHARDS": str(SHARDS),
+            "SLUICE_REDIS_URL": redis_url, "SLUICE_REDIS_KEY_PREFIX": redis_prefix,
+            "SLUICE_CRITICAL_RULES": json.dumps([r.model_dump() for r in RULES]),
+            "SLUICE_CHANGEFEED_LOOKBACK_SECONDS": "900", **overrides})
         for name in [n for n in os.environ if n.startswith("SLUICE_")]:
             monkeypatch.delenv(name)
         for name, value in env.items():

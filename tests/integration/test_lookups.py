@@ -1,0 +1,283 @@
+"""The HTTP lookups through the functions the app registers, with real func.HttpRequest objects.
+
+Redis is the machine's (a per-test key prefix) or a private redis-server that a
+test kills; Cassandra is the shared emulator or a private one that a test stops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import azure.functions as func
+import pytest
+
+from emulators.launcher import Running
+from shared import bootstrap
+from shared.adapters.cassandra.event_store import CassandraEventStore
+from shared.adapters.cassandra.migrations import apply_migrations
+from shared.adapters.cassandra.session import connect
+from tests.fixtures.cassandra import start_cassandra_emulator
+from tests.fixtures.functions import registered, user_function
+from tests.integration import test_changefeed as changefeed_tests
+from tests.integration.test_changefeed import RULES, cassandra_settings, make_event
+
+# fixtures shared with the change feed tests (used by name)
+app_env, keyspace, private_redis = changefeed_tests.app_env, changefeed_tests.keyspace, changefeed_tests.private_redis
+session, store = changefeed_tests.session, changefeed_tests.store
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def get(name: str, path: str, route_params: dict[str, str] | None = None,
+        params: dict[str, str] | None = None) -> func.HttpResponse:
+    request = func.HttpRequest("GET", f"http://localhost/api/{path}", route_params=route_params or {},
+                               params=params or {}, body=b"")
+    return user_function(name)(request)
+
+
+def latest(device: str) -> func.HttpResponse:
+    return get("device_latest", f"devices/{device}/latest", {"device_id": device})
+
+
+def critical(device: str, **params: str) -> func.HttpResponse:
+    return get("device_critical", f"devices/{device}/critical", {"device_id": device}, params)
+
+
+def event(event_id: str) -> func.HttpResponse:
+    return get("event_by_id", f"events/{event_id}", {"event_id": event_id})
+
+
+def body(response: func.HttpResponse) -> dict:
+    assert response.mimetype == "application/json"
+    return json.loads(response.get_body())
+
+
+class CountingReader:
+    """Counts Cassandra reads of the real reader; ``delay`` widens the window in which requests overlap."""
+
+    def __init__(self, inner, delay: float = 0.0) -> None:
+        self.inner, self.delay, self.reads = inner, delay, 0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        method = getattr(self.inner, name)
+
+        def counted(*args, **kwargs):
+            with self._lock:
+                self.reads += 1
+            time.sleep(self.delay)
+            return method(*args, **kwargs)
+
+        return counted
+
+
+def test_data_endpoints_need_a_function_key_and_health_is_anonymous() -> None:
+    levels = {name: json.loads(registered(name).get_function_json())["bindings"][0]["authLevel"]
+              for name in ("device_latest", "device_critical", "event_by_id", "health", "openapi")}
+    assert levels == {"device_latest": "FUNCTION", "device_critical": "FUNCTION", "event_by_id": "FUNCTION",
+                      "health": "ANONYMOUS", "openapi": "ANONYMOUS"}
+
+
+@pytest.mark.timeout(60)
+def test_latest_miss_then_hit_returns_the_newest_event(app_env, store) -> None:
+    app_env()
+    older = make_event("m-1", NOW - timedelta(minutes=2), measurements={"temperature": 20.0})
+    newer = make_event("m-1", NOW - timedelta(minutes=1), measurements={"temperature": 21.5})
+    store.write([newer, older])
+
+    first = latest("m-1")
+    assert first.status_code == 200 and first.headers["X-Cache"] == "miss"
+    doc = body(first)
+    assert doc["event_id"] == str(newer.event_id) and doc["measurements"] == {"temperature": 21.5}
+    again = latest("m-1")
+    assert again.headers["X-Cache"] == "hit" and again.get_body() == first.get_body()
+
+
+@pytest.mark.timeout(60)
+def test_event_lookup_and_negative_cache(app_env, store) -> None:
+    app_env(SLUICE_LOOKUP_NEGATIVE_TTL_SECONDS="1")
+    stored = make_event("e-1", NOW - timedelta(minutes=1), severity="warning")
+    store.write([stored])
+    found = event(str(stored.event_id))
+    assert found.status_code == 200 and found.headers["X-Cache"] == "miss"
+    assert body(found)["severity"] == "warning"
+    assert event(str(stored.event_id)).headers["X-Cache"] == "hit"
+
+    late = make_event("e-1", NOW - timedelta(seconds=30))
+    missing = event(str(late.event_id))
+    assert missing.status_code == 404 and missing.headers["X-Cache"] == "miss"
+    assert body(missing)["error"] == "not_found" and str(late.event_id) in body(missing)["message"]
+    store.write([late])  # written after the miss: hidden only for the negative TTL
+    cached_missing = event(str(late.event_id))
+    assert cached_missing.status_code == 404 and cached_missing.headers["X-Cache"] == "hit"
+    time.sleep(1.2)
+    appeared = event(str(late.event_id))
+    assert appeared.status_code == 200 and appeared.headers["X-Cache"] == "miss"
+
+
+@pytest.mark.timeout(60)
+def test_unknown_device_is_404_and_cached_negatively(app_env) -> None:
+    app_env()
+    for response in (latest("nobody"), critical("nobody")):
+        assert response.status_code == 404 and body(response)["error"] == "not_found"
+    assert latest("nobody").headers["X-Cache"] == "hit"
+
+
+@pytest.mark.timeout(60)
+def test_critical_events_newest_first_with_limit_and_since(app_env, store) -> None:
+    app_env()
+    crit = [make_event("c-1", NOW - timedelta(minutes=10 - i), severity="critical") for i in range(6)]
+    rule = make_event("c-1", NOW - timedelta(minutes=3), measurements={"temperature": 99.0})
+    calm = make_event("c-1", NOW - timedelta(minutes=2))
+    store.write([*crit, rule, calm])
+    newest_first = [str(e.event_id) for e in sorted([*crit, rule], key=lambda e: e.timestamp, reverse=True)]
+
+    first = critical("c-1", limit="3")
+    assert first.status_code == 200 and first.headers["X-Cache"] == "miss"
+    assert [e["event_id"] for e in body(first)["events"]] == newest_first[:3]
+    again = critical("c-1", limit="3")
+    assert again.headers["X-Cache"] == "hit" and again.get_body() == first.get_body()
+    everything = critical("c-1")
+    assert [e["event_id"] for e in body(everything)["events"]] == newest_first
+    assert everything.headers["X-Cache"] == "hit"  # the first fill read the whole (small) set
+    since = (NOW - timedelta(minutes=7)).isoformat().replace("+00:00", "Z")
+    recent = critical("c-1", since=since, limit="50")
+    assert [e["event_id"] for e in body(recent)["events"]] == newest_first[:4]
+    assert recent.headers["X-Cache"] == "hit"
+    assert body(critical("c-1", since=(NOW + timedelta(hours=1)).isoformat()))["events"] == []
+
+
+@pytest.mark.timeout(60)
+def test_critical_cache_beyond_the_per_device_cap_answers_only_what_it_holds(app_env, store) -> None:
+    app_env(SLUICE_REDIS_CRITICAL_PER_DEVICE_MAX="4")
+    crit = [make_event("cap-1", NOW - timedelta(minutes=30 - i), severity="critical") for i in range(10)]
+    store.write(crit)
+    ids = [str(e.event_id) for e in reversed(crit)]
+    assert [e["event_id"] for e in body(critical("cap-1", limit="2"))["events"]] == ids[:2]
+    hit = critical("cap-1", limit="3")
+    assert hit.headers["X-Cache"] == "hit" and [e["event_id"] for e in body(hit)["events"]] == ids[:3]
+    deep = critical("cap-1", limit="8")  # more than the cache holds: read from Cassandra, exactly
+    assert deep.headers["X-Cache"] == "miss" and [e["event_id"] for e in body(deep)["events"]] == ids[:8]
+
+
+BAD_INPUT = [
+    (lambda: latest("bad device"), "device_id"),
+    (lambda: latest("x" * 129), "device_id"),
+    (lambda: critical("d-1", limit="0"), "limit"),
+    (lambda: critical("d-1", limit="ten"), "limit"),
+    (lambda: critical("d-1", limit="1001"), "limit"),
+    (lambda: critical("d-1", since="yesterday"), "since"),
+    (lambda: critical("d-1", since="2026-11-23T10:00:00"), "since"),
+    (lambda: critical("bad/device"), "device_id"),
+    (lambda: event("not-a-uuid"), "event_id"),
+]
+
+
+@pytest.mark.timeout(60)
+def test_bad_input_is_400_naming_the_parameter(app_env) -> None:
+    app_env()
+    for index, (call, parameter) in enumerate(BAD_INPUT):
+        response = call()
+        assert response.status_code == 400, index
+        assert body(response)["error"] == "bad_request" and body(response)["parameter"] == parameter, index
+
+
+@pytest.mark.timeout(60)
+def test_stampede_of_100_concurrent_misses_reads_cassandra_once(app_env, store) -> None:
+    app_env()
+    hot = make_event("hot-1", NOW - timedelta(minutes=1))
+    store.write([hot])
+    service = bootstrap.lookup_service()
+    counting = CountingReader(service._reader, delay=0.2)
+    service._reader = counting
+    barrier = threading.Barrier(100)
+    responses: list[func.HttpResponse] = []
+
+    def request() -> None:
+        barrier.wait()
+        responses.append(latest("hot-1"))
+
+    threads = [threading.Thread(target=request) for _ in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counting.reads == 1
+    assert len(responses) == 100 and {r.status_code for r in responses} == {200}
+    assert {body(r)["event_id"] for r in responses} == {str(hot.event_id)}
+    assert {r.headers["X-Cache"] for r in responses} <= {"hit", "miss"}
+
+
+@pytest.mark.timeout(60)
+def test_redis_down_serves_from_cassandra_as_bypass_and_health_says_so(app_env, store, private_redis, caplog) -> None:
+    server, port = private_redis
+    app_env(SLUICE_REDIS_URL=f"redis://127.0.0.1:{port}/0", SLUICE_REDIS_SOCKET_TIMEOUT_SECONDS="0.5")
+    stored = make_event("b-1", NOW - timedelta(minutes=1), severity="critical")
+    store.write([stored])
+    assert latest("b-1").headers["X-Cache"] == "miss"
+    server.kill()
+
+    with caplog.at_level(logging.WARNING):
+        down = latest("b-1")
+    assert down.status_code == 200 and down.headers["X-Cache"] == "bypass"
+    assert body(down)["event_id"] == str(stored.event_id)
+    assert "Redis failed" in caplog.text
+    crit = critical("b-1")
+    assert crit.status_code == 200 and crit.headers["X-Cache"] == "bypass"
+    assert [e["event_id"] for e in body(crit)["events"]] == [str(stored.event_id)]
+    found = event(str(stored.event_id))
+    assert found.status_code == 200 and found.headers["X-Cache"] == "bypass"
+    health = user_function("health")(func.HttpRequest("GET", "http://localhost/api/health", body=b""))
+    assert health.status_code == 503
+    status = body(health)
+    assert status["status"] == "unavailable"
+    assert status["dependencies"]["redis"]["status"] == "down" and status["dependencies"]["cassandra"]["status"] == "up"
+
+
+@pytest.mark.timeout(90)
+def test_cassandra_down_is_503_unless_cached(monkeypatch, redis_url, redis_prefix, app_env) -> None:
+    private: Running = start_cassandra_emulator()
+    try:
+        ks = f"ks_{uuid.uuid4().hex[:12]}"
+        settings = cassandra_settings(private, ks)
+        session = connect(settings)
+        apply_migrations(session, settings)
+        stored = make_event("cd-1", NOW - timedelta(minutes=1))
+        CassandraEventStore(session, settings, RULES).write([stored])
+        session.cluster.shutdown()
+        app_env()
+        monkeypatch.setenv("SLUICE_CASSANDRA_HOSTS", private.host)
+        monkeypatch.setenv("SLUICE_CASSANDRA_PORT", str(private.port))
+        monkeypatch.setenv("SLUICE_CASSANDRA_KEYSPACE", ks)
+        monkeypatch.setenv("SLUICE_LOOKUP_CASSANDRA_TIMEOUT_SECONDS", "1")
+        bootstrap.reset()
+        health = user_function("health")(func.HttpRequest("GET", "http://localhost/api/health", body=b""))
+        assert health.status_code == 200 and body(health)["status"] == "ok"
+        assert latest("cd-1").headers["X-Cache"] == "miss"
+    finally:
+        private.stop()
+
+    cached = latest("cd-1")
+    assert cached.status_code == 200 and cached.headers["X-Cache"] == "hit"
+    for response in (latest("cd-2"), event(str(uuid.uuid4())), critical("cd-1")):
+        assert response.status_code == 503, response.get_body()
+        assert body(response)["error"] == "dependency_unavailable" and body(response)["dependency"] == "cassandra"
+        assert response.headers["Retry-After"]
+    health = user_function("health")(func.HttpRequest("GET", "http://localhost/api/health", body=b""))
+    assert health.status_code == 503 and body(health)["dependencies"]["cassandra"]["status"] == "down"
+
+
+def test_openapi_document_is_served_from_docs() -> None:
+    from functions.lookups import OPENAPI_PATH
+
+    response = user_function("openapi")(func.HttpRequest("GET", "http://localhost/api/openapi.json", body=b""))
+    assert response.status_code == 200
+    document = body(response)
+    assert document == json.loads(OPENAPI_PATH.read_text())
+    assert set(document["paths"]) == {"/api/devices/{device_id}/latest", "/api/devices/{device_id}/critical",
+                                      "/api/events/{event_id}", "/api/health", "/api/openapi.json"}
