@@ -1,0 +1,149 @@
+"""``python -m devhost`` serving HTTP-triggered functions, and refusing apps it cannot run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from emulators.launcher import Running
+from tests.fixtures.devhost import ROOT, write_app
+
+APP = '''
+import json
+import azure.functions as func
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+
+@app.route(route="items/{id:guid}", methods=["GET"])
+def get_item(req: func.HttpRequest) -> func.HttpResponse:
+    body = {"id": req.route_params["id"], "query": dict(req.params), "header": req.headers.get("x-test"),
+            "method": req.method, "url": req.url}
+    return func.HttpResponse(json.dumps(body), mimetype="application/json")
+
+
+@app.route(route="items/{n:int}", methods=["GET"])
+def get_numbered(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps({"n": int(req.route_params["n"])}), mimetype="application/json")
+
+
+@app.route(route="items", methods=["POST", "PUT"])
+def create_item(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+    item = req.get_json()
+    return func.HttpResponse(json.dumps({"created": item, "function": context.function_name}), status_code=201,
+                             headers={"Location": f"/v1/items/{item['id']}"}, mimetype="application/json")
+
+
+@app.route(route="files/{*path}", methods=["GET"])
+def files(req: func.HttpRequest) -> str:
+    return req.route_params.get("path", "")
+
+
+@app.route(route="hello/{name?}", auth_level=func.AuthLevel.ANONYMOUS)
+async def hello(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(f"hello {req.route_params.get('name') or 'world'}")
+
+
+@app.route(route="boom", auth_level=func.AuthLevel.ANONYMOUS)
+def boom(req: func.HttpRequest) -> func.HttpResponse:
+    raise RuntimeError("boom")
+'''
+
+KEY = "local-test-key"
+
+
+def call(host: Running, method: str, path: str, *, body: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(f"http://{host.address}{path}", data=body, method=method,
+                                     headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+@pytest.fixture
+def http_host(tmp_path: Path, devhost_factory: Any) -> Running:
+    settings = write_app(tmp_path / "app", APP,
+                         host_json={"version": "2.0", "extensions": {"http": {"routePrefix": "v1"}}},
+                         values={"DEVHOST_FUNCTION_KEY": KEY})
+    return devhost_factory(tmp_path / "app", settings=settings)
+
+
+@pytest.mark.timeout(60)
+def test_routes_parameters_methods_and_bodies(http_host: Running) -> None:
+    key = {"x-functions-key": KEY}
+    item = str(uuid.uuid4())
+    status, headers, body = call(http_host, "GET", f"/v1/items/{item}?a=1&a=2&b=x%20y", headers={**key, "X-Test": "t"})
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    got = json.loads(body)
+    assert got["id"] == item and got["query"] == {"a": "1,2", "b": "x y"} and got["header"] == "t"
+    assert got["method"] == "GET" and got["url"].endswith(f"/v1/items/{item}?a=1&a=2&b=x%20y")
+
+    assert json.loads(call(http_host, "GET", "/v1/items/42", headers=key)[2]) == {"n": 42}
+    assert call(http_host, "GET", "/v1/items/not-a-guid", headers=key)[0] == 404
+    assert call(http_host, "DELETE", f"/v1/items/{item}", headers=key)[0] == 404
+
+    status, headers, body = call(http_host, "POST", "/v1/items", body=json.dumps({"id": "a1"}).encode(),
+                                 headers={**key, "Content-Type": "application/json"})
+    assert status == 201 and headers["Location"] == "/v1/items/a1"
+    assert json.loads(body) == {"created": {"id": "a1"}, "function": "create_item"}
+
+    status, _, body = call(http_host, "GET", "/v1/files/a/b/c.txt", headers=key)
+    assert (status, body) == (200, b"a/b/c.txt")
+    assert call(http_host, "GET", "/v1/hello")[2] == b"hello world"
+    assert call(http_host, "GET", "/v1/HELLO/bob")[2] == b"hello bob"
+    assert call(http_host, "GET", "/v1/boom")[0] == 500
+    assert call(http_host, "GET", "/api/hello")[0] == 404
+    status, _, body = call(http_host, "GET", "/admin/host/status")
+    assert status == 200 and json.loads(body)["state"] == "Running"
+    assert "Executed 'Functions.create_item' (Succeeded" in http_host.output()
+
+
+@pytest.mark.timeout(60)
+def test_function_keys_are_checked_only_when_a_key_is_set(http_host: Running) -> None:
+    assert call(http_host, "GET", "/v1/items/7")[0] == 401
+    assert call(http_host, "GET", "/v1/items/7?code=wrong")[0] == 401
+    assert call(http_host, "GET", f"/v1/items/7?code={KEY}")[0] == 200
+    assert call(http_host, "GET", "/v1/hello")[0] == 200  # anonymous
+
+
+UNSUPPORTED = '''
+import azure.functions as func
+
+app = func.FunctionApp()
+
+
+@app.queue_trigger(arg_name="msg", queue_name="work", connection="AzureWebJobsStorage")
+def from_queue(msg: func.QueueMessage) -> None:
+    pass
+
+
+@app.route(route="save")
+@app.blob_output(arg_name="out", path="things/{rand-guid}", connection="AzureWebJobsStorage")
+def save(req: func.HttpRequest, out: func.Out[str]) -> str:
+    return "ok"
+'''
+
+
+@pytest.mark.timeout(60)
+def test_unsupported_triggers_and_bindings_stop_start_up_with_their_names(tmp_path: Path) -> None:
+    settings = write_app(tmp_path / "app", UNSUPPORTED)
+    result = subprocess.run(
+        [sys.executable, "-m", "devhost", "--script-root", str(tmp_path / "app"), "--settings", str(settings),
+         "--port", "0"], capture_output=True, text=True, timeout=60, cwd=str(ROOT),
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "UnsupportedBindingError" in result.stderr
+    assert "function 'from_queue': trigger 'queueTrigger' is not supported" in result.stderr
+    assert "function 'save': out binding 'blob' ('out') is not supported" in result.stderr
+    assert "listening on" not in result.stdout

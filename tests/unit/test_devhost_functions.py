@@ -1,0 +1,201 @@
+"""Indexing an app, the binding data given to Event Hubs functions, and the @retry loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+import pytest
+from azure.eventhub import EventData
+
+from devhost.app_loader import FunctionSpec, RetryPolicy, index, load
+from devhost.errors import DevHostError, UnsupportedBindingError
+from devhost.eventhub_trigger import EventHubBinding, to_function_input
+from devhost.invocation import Invoker, Outcome
+
+
+def test_index_reads_triggers_retry_and_context() -> None:
+    app = func.FunctionApp()
+
+    @app.function_name("ingest")
+    @app.event_hub_message_trigger(arg_name="events", event_hub_name="%HUB%", connection="Conn",
+                                   cardinality="many", data_type="binary")
+    @app.retry(strategy="exponential_backoff", max_retry_count="5", minimum_interval="00:00:01",
+               maximum_interval="00:00:30")
+    def ingest(events: list[func.EventHubEvent], context: func.Context) -> None:
+        pass
+
+    @app.route(route="items/{id}")
+    async def get_item(req: func.HttpRequest) -> func.HttpResponse:
+        return func.HttpResponse("x")
+
+    specs = {s.name: s for s in index(app)}
+    assert specs["ingest"].trigger_type == "eventHubTrigger" and specs["ingest"].accepts_context
+    assert specs["ingest"].retry == RetryPolicy("exponential_backoff", 5, minimum_interval=timedelta(seconds=1),
+                                                maximum_interval=timedelta(seconds=30))
+    assert specs["get_item"].is_async and not specs["get_item"].accepts_context
+    assert specs["get_item"].trigger["route"] == "items/{id}"
+
+
+def test_every_unsupported_binding_is_named_at_once() -> None:
+    app = func.FunctionApp()
+
+    @app.queue_trigger(arg_name="msg", queue_name="q", connection="AzureWebJobsStorage")
+    def from_queue(msg: func.QueueMessage) -> None:
+        pass
+
+    @app.timer_trigger(schedule="0 * * * * *", arg_name="timer")
+    @app.event_hub_output(arg_name="out", event_hub_name="hub", connection="Conn")
+    def forward(timer: func.TimerRequest, out: func.Out[str]) -> None:
+        pass
+
+    with pytest.raises(UnsupportedBindingError) as raised:
+        index(app)
+    message = str(raised.value)
+    assert "function 'from_queue': trigger 'queueTrigger' is not supported" in message
+    assert "function 'forward': out binding 'eventHub' ('out') is not supported" in message
+
+
+def test_backoff_delays() -> None:
+    policy = RetryPolicy("exponential_backoff", 5, minimum_interval=timedelta(seconds=1),
+                         maximum_interval=timedelta(seconds=5))
+    assert [policy.delay_before(n) for n in range(1, 6)] == [1, 2, 4, 5, 5]
+    assert policy.allows(5) and not policy.allows(6)
+    assert RetryPolicy("fixed_delay", -1, delay=timedelta(seconds=2)).allows(1000)
+
+
+def test_load_names_a_missing_script(tmp_path: Path) -> None:
+    with pytest.raises(DevHostError, match="function_app.py does not exist"):
+        load(tmp_path)
+
+
+def _spec(function: Any, *, retry: RetryPolicy | None, trigger: dict[str, Any] | None = None) -> FunctionSpec:
+    return FunctionSpec(name="f", trigger_type="eventHubTrigger", trigger=trigger or {"name": "events"},
+                        user_function=function, is_async=asyncio.iscoroutinefunction(function),
+                        accepts_context=True, retry=retry)
+
+
+def test_retry_context_counts_attempts_and_gives_up(tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+
+    def always_fails(events: Any, context: func.Context) -> None:
+        seen.append((context.retry_context.retry_count, context.retry_context.max_retry_count))
+        raise RuntimeError("down")
+
+    invoker = Invoker(tmp_path, threads=2)
+    policy = RetryPolicy("fixed_delay", 2, delay=timedelta(0))
+    outcome = asyncio.run(invoker.call_with_retry(_spec(always_fails, retry=policy), {"events": []},
+                                                  reason="test", stopping=asyncio.Event()))
+    assert outcome is Outcome.FAILED
+    assert seen == [(0, 2), (1, 2), (2, 2)]
+    invoker.shutdown()
+
+
+def test_async_function_succeeds_on_a_retry(tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    async def flaky(events: Any, context: func.Context) -> None:
+        seen.append(context.retry_context.retry_count)
+        if len(seen) < 2:
+            raise RuntimeError("once")
+
+    invoker = Invoker(tmp_path, threads=1)
+    outcome = asyncio.run(invoker.call_with_retry(
+        _spec(flaky, retry=RetryPolicy("fixed_delay", 3, delay=timedelta(0))), {"events": []},
+        reason="test", stopping=asyncio.Event()))
+    assert (outcome, seen) == (Outcome.SUCCEEDED, [0, 1])
+    invoker.shutdown()
+
+
+def test_shutdown_during_a_retry_delay_abandons_the_input(tmp_path: Path) -> None:
+    def fails(events: Any, context: func.Context) -> None:
+        raise RuntimeError("down")
+
+    async def scenario() -> Outcome:
+        stopping = asyncio.Event()
+        invoker = Invoker(tmp_path, threads=1)
+        policy = RetryPolicy("fixed_delay", 5, delay=timedelta(seconds=30))
+        task = asyncio.create_task(invoker.call_with_retry(_spec(fails, retry=policy), {"events": []},
+                                                           reason="test", stopping=stopping))
+        await asyncio.sleep(0.2)
+        stopping.set()
+        outcome = await asyncio.wait_for(task, timeout=5)
+        invoker.shutdown()
+        return outcome
+
+    assert asyncio.run(scenario()) is Outcome.ABANDONED
+
+
+def _event(body: bytes, sequence_number: int, *, key: str | None = None) -> EventData:
+    # How the SDK builds a received event from its AMQP message.
+    return EventData._from_message(_received_message(body, sequence_number, key))
+
+
+def _received_message(body: bytes, sequence_number: int, key: str | None) -> Any:
+    from azure.eventhub._pyamqp.message import Message  # the SDK's own AMQP message type
+
+    annotations: dict[bytes, Any] = {
+        b"x-opt-sequence-number": sequence_number,
+        b"x-opt-offset": str(1000 + sequence_number).encode(),
+        b"x-opt-enqueued-time": int(datetime(2026, 11, 23, 10, 0, tzinfo=UTC).timestamp() * 1000),
+    }
+    if key is not None:
+        annotations[b"x-opt-partition-key"] = key.encode()
+    return Message(data=[body], message_annotations=annotations, application_properties={b"kind": b"t", b"n": 3})
+
+
+PARTITION = {"FullyQualifiedNamespace": "ns.servicebus.windows.net", "EventHubName": "hub",
+             "ConsumerGroup": "$Default", "PartitionId": "2"}
+
+
+def _binding(many: bool, data_type: str) -> EventHubBinding:
+    spec = _spec(lambda events: None, retry=None)
+    return EventHubBinding(spec, "Endpoint=sb://x/;SharedAccessKeyName=a;SharedAccessKey=b", "hub", "$Default",
+                           many, data_type)
+
+
+def test_a_batch_has_the_bindings_metadata() -> None:
+    events = [_event(b'{"n": 1}', 5, key="dev-1"), _event(b"\xff\x00", 6)]
+    batch = to_function_input(events, PARTITION, _binding(True, "binary"))
+    assert [e.get_body() for e in batch] == [b'{"n": 1}', b"\xff\x00"]
+    assert [e.sequence_number for e in batch] == [5, 6]
+    assert [e.offset for e in batch] == [1005, 1006]
+    assert [e.partition_key for e in batch] == ["dev-1", None]
+    assert batch[0].enqueued_time == datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    metadata = batch[0].metadata
+    assert metadata["PartitionContext"] == PARTITION
+    assert metadata["SequenceNumberArray"] == [5, 6]
+    assert metadata["PropertiesArray"] == [{"kind": "t", "n": 3}, {"kind": "t", "n": 3}]
+    assert metadata["SystemPropertiesArray"][0]["x-opt-sequence-number"] == 5
+    assert metadata["SystemPropertiesArray"][0]["PartitionKey"] == "dev-1"
+    assert json.loads(json.dumps(metadata))  # plain JSON values only
+
+
+def test_a_single_event_has_the_single_event_metadata() -> None:
+    event = to_function_input([_event(b"hello", 9, key="k")], PARTITION, _binding(False, ""))
+    assert isinstance(event, func.EventHubEvent)
+    assert event.get_body() == b"hello"
+    assert (event.sequence_number, event.offset, event.partition_key) == (9, "1009", "k")
+    assert event.enqueued_time == datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    assert event.metadata["Properties"] == {"kind": "t", "n": 3}
+    assert event.metadata["PartitionContext"]["PartitionId"] == "2"
+
+
+def test_event_hub_binding_resolves_settings_and_names_what_is_missing() -> None:
+    spec = _spec(lambda events: None, retry=None, trigger={
+        "name": "events", "type": "eventHubTrigger", "connection": "Conn", "eventHubName": "%HUB%",
+        "consumerGroup": "%GROUP%", "cardinality": "MANY", "dataType": "BINARY"})
+    binding = EventHubBinding.from_spec(spec, {"Conn": "Endpoint=sb://x/;EntityPath=ignored", "HUB": "telemetry",
+                                               "GROUP": "sluice"})
+    assert (binding.eventhub_name, binding.consumer_group, binding.many, binding.data_type) == \
+        ("telemetry", "sluice", True, "binary")
+    with pytest.raises(DevHostError, match="connection setting 'Conn' is not set"):
+        EventHubBinding.from_spec(spec, {"HUB": "telemetry", "GROUP": "sluice"})
+    with pytest.raises(DevHostError, match="%GROUP%"):
+        EventHubBinding.from_spec(spec, {"Conn": "Endpoint=sb://x/", "HUB": "telemetry"})
+    from_path = _spec(lambda events: None, retry=None, trigger={"name": "e", "connection": "Conn"})
+    assert EventHubBinding.from_spec(from_path, {"Conn": "Endpoint=sb://x/;EntityPath=hub2"}).eventhub_name == "hub2"

@@ -1,0 +1,147 @@
+"""What the dev host reads before it starts: local.settings.json, host.json, schedules, %Setting% references."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from devhost.errors import DevHostError
+from devhost.schedule import Schedule, time_zone
+from devhost.settings import (
+    DEVELOPMENT_STORAGE,
+    host_id,
+    load_host_json,
+    load_local_settings,
+    parse_timespan,
+    resolve,
+    storage_connection_string,
+)
+
+
+def test_local_settings_fill_the_environment_but_do_not_override_it(tmp_path: Path) -> None:
+    path = tmp_path / "local.settings.json"
+    path.write_text(json.dumps({"Values": {"A": "from-file", "B": "from-file", "C": None},
+                                "Host": {"LocalHttpPort": 7072}}))
+    environ = {"A": "from-env"}
+    assert load_local_settings(path, environ) == 7072
+    assert environ == {"A": "from-env", "B": "from-file", "C": ""}
+
+
+def test_local_settings_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(DevHostError, match="does not exist"):
+        load_local_settings(tmp_path / "missing.json", {})
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(DevHostError, match="bad.json is not valid JSON"):
+        load_local_settings(bad, {})
+    assert load_local_settings(None, {}) is None
+
+
+def test_host_json_options(tmp_path: Path) -> None:
+    path = tmp_path / "host.json"
+    path.write_text(json.dumps({
+        "functionTimeout": "00:10:00",
+        "extensions": {"eventHubs": {"maxEventBatchSize": 256, "minEventBatchSize": 8, "maxWaitTime": "00:00:01.5",
+                                     "prefetchCount": 1024, "batchCheckpointFrequency": 2, "typo": 1,
+                                     "initialOffsetOptions": {"type": "fromEnqueuedTime",
+                                                              "enqueuedTimeUtc": "2026-01-02T03:04:05Z"}},
+                       "http": {"routePrefix": "/v1/"}},
+        "singleton": {"listenerLockPeriod": "00:00:20", "listenerLockRecoveryPollingInterval": "00:00:02"},
+    }))
+    options = load_host_json(path)
+    eh = options.eventhubs
+    assert (eh.max_event_batch_size, eh.min_event_batch_size, eh.prefetch_count, eh.batch_checkpoint_frequency) \
+        == (256, 8, 1024, 2)
+    assert eh.max_wait_time == timedelta(seconds=1.5)
+    assert eh.initial_offset == "fromEnqueuedTime"
+    assert eh.initial_enqueued_time == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert options.route_prefix == "v1"
+    assert options.function_timeout == timedelta(minutes=10)
+    assert options.singleton.listener_lock_period == timedelta(seconds=20)
+    assert options.singleton.listener_lock_recovery_polling_interval == timedelta(seconds=2)
+    assert any("eventHubs.typo" in w for w in options.warnings)
+
+
+def test_missing_host_json_gives_the_host_defaults(tmp_path: Path) -> None:
+    options = load_host_json(tmp_path / "host.json")
+    assert options.route_prefix == "api"
+    assert options.eventhubs.max_event_batch_size == 100
+    assert options.singleton.listener_lock_period == timedelta(seconds=60)
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"extensions": {"eventHubs": {"maxEventBatchSize": "many"}}}, "extensions.eventHubs has a bad value"),
+    ({"extensions": {"eventHubs": {"minEventBatchSize": 10, "maxEventBatchSize": 5}}}, "minEventBatchSize"),
+    ({"extensions": {"eventHubs": {"initialOffsetOptions": {"type": "fromEnqueuedTime"}}}}, "needs enqueuedTimeUtc"),
+    ({"extensions": {"eventHubs": {"initialOffsetOptions": {"type": "fromMiddle"}}}}, "fromMiddle"),
+    ({"singleton": {"listenerLockPeriod": "00:05:00"}}, "listenerLockPeriod"),
+])
+def test_bad_host_json_values_are_refused(tmp_path: Path, section: dict[str, object], message: str) -> None:
+    path = tmp_path / "host.json"
+    path.write_text(json.dumps(section))
+    with pytest.raises(DevHostError, match=message):
+        load_host_json(path)
+
+
+def test_timespans() -> None:
+    assert parse_timespan("1.02:03:04.5") == timedelta(days=1, hours=2, minutes=3, seconds=4.5)
+    with pytest.raises(DevHostError, match="not a TimeSpan"):
+        parse_timespan("5 minutes")
+
+
+def test_setting_references_resolve_or_name_the_missing_setting() -> None:
+    environ = {"HUB": "telemetry", "EMPTY": ""}
+    assert resolve("%HUB%-x", environ) == "telemetry-x"
+    with pytest.raises(DevHostError, match="%EMPTY%"):
+        resolve("%EMPTY%", environ, what="function 'f' eventHubName")
+
+
+def test_storage_connection_string() -> None:
+    assert storage_connection_string({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}) == DEVELOPMENT_STORAGE
+    with pytest.raises(DevHostError, match="AzureWebJobsStorage is not set"):
+        storage_connection_string({})
+
+
+def test_host_id_is_stable_per_app_and_can_be_set(tmp_path: Path) -> None:
+    assert host_id(tmp_path, {}) == host_id(tmp_path, {})
+    assert host_id(tmp_path, {}) != host_id(tmp_path / "other", {})
+    assert host_id(tmp_path, {"AzureFunctionsWebHost__hostid": "My-Host"}) == "my-host"
+
+
+def test_ncrontab_six_fields_start_with_seconds() -> None:
+    moment = datetime(2026, 11, 23, 10, 0, 7, tzinfo=UTC)
+    assert Schedule.parse("*/5 * * * * *").next_after(moment) == moment.replace(second=10)
+    assert Schedule.parse("0 */1 * * * *").next_after(moment) == datetime(2026, 11, 23, 10, 1, tzinfo=UTC)
+    assert Schedule.parse("30 15 9 * * MON-FRI").next_after(moment) == datetime(2026, 11, 24, 9, 15, 30, tzinfo=UTC)
+    assert Schedule.parse("0 0 0 * * *").period(moment) == timedelta(days=1)
+
+
+def test_ncrontab_day_of_month_and_day_of_week_must_both_match() -> None:
+    # The 13th that is a Friday (NCRONTAB), not every 13th and every Friday (Vixie cron).
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    assert Schedule.parse("0 0 0 13 * FRI").next_after(moment) == datetime(2026, 2, 13, tzinfo=UTC)
+
+
+def test_timespan_schedule_and_time_zone() -> None:
+    moment = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    assert Schedule.parse("00:05:00").next_after(moment) == moment + timedelta(minutes=5)
+    berlin = Schedule.parse("0 0 9 * * *", ZoneInfo("Europe/Berlin"))
+    assert berlin.next_after(moment) == datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
+    assert time_zone({"WEBSITE_TIME_ZONE": "Europe/Berlin"}) == ZoneInfo("Europe/Berlin")
+    assert time_zone({}) is UTC
+    with pytest.raises(DevHostError, match="W. Europe Standard Time"):
+        time_zone({"WEBSITE_TIME_ZONE": "W. Europe Standard Time"})
+
+
+@pytest.mark.parametrize("expression, message", [
+    ("* * * *", "has 4 fields"),
+    ("61 * * * * *", "not a valid NCRONTAB"),
+    ("", "empty timer schedule"),
+])
+def test_bad_schedules_are_refused(expression: str, message: str) -> None:
+    with pytest.raises(DevHostError, match=message):
+        Schedule.parse(expression)
