@@ -10,9 +10,10 @@ Tokens: only ``servicebus.windows.net:sastoken`` (what connection strings
 produce) is accepted. A token is verified like Azure does: HMAC-SHA256 with
 the key of its ``skn`` rule over ``quote_plus(sr) + "\\n" + se``, not expired.
 The emulator knows one rule, ``RootManageSharedAccessKey`` with key
-``SAS_KEY_VALUE`` (as Microsoft's emulator). Statuses: 202 accepted, 400 a
-token that cannot be parsed or an unsupported token type, 401 a wrong
-signature, an unknown rule or an expired token.
+``SAS_KEY_VALUE`` (as Microsoft's emulator). Statuses, as Azure answers them:
+202 accepted; 401 a malformed token ("Malformed authorization token"), a wrong
+signature, an unknown rule or an expired token; 400 a missing or unsupported
+token ``type``.
 """
 
 from __future__ import annotations
@@ -63,13 +64,14 @@ def verify_sas_token(token: Any, *, keys: dict[str, str] | None = None, now: flo
     if isinstance(token, bytes):
         token = token.decode("utf-8", "replace")
     if not isinstance(token, str) or not token.startswith("SharedAccessSignature "):
-        raise TokenError(400, "malformed token: expected 'SharedAccessSignature sr=...&sig=...&se=...&skn=...'")
+        raise TokenError(401, "Malformed authorization token: expected "
+                              "'SharedAccessSignature sr=...&sig=...&se=...&skn=...'")
     fields = parse_qs(token[len("SharedAccessSignature "):], keep_blank_values=True)
     try:
         sr, sig, se, skn = (fields[name][0] for name in ("sr", "sig", "se", "skn"))
         expiry = int(se)
     except (KeyError, IndexError, ValueError):
-        raise TokenError(400, "malformed token: sr, sig, se (integer) and skn are all required") from None
+        raise TokenError(401, "Malformed authorization token: sr, sig, se (integer) and skn are all required") from None
     key = keys.get(skn)
     if key is None:
         raise TokenError(401, f"unknown shared access key name {skn!r}")
@@ -143,5 +145,8 @@ def encode_reply(request_properties: list[Any], reply: Reply) -> bytes:
     """The reply message for a request whose properties section is ``request_properties``."""
     message_id = request_properties[0]
     properties = [uuid.uuid4(), None, None, None, None, message_id, None, None, None, None, None, None, None]
-    application = {"status-code": Int(reply.status), "status-description": reply.description}
+    # Both spellings: the SDK's CBS link reads ``status-code``/``status-description``, its management link
+    # ``status-code`` and (whatever it is told) ``statusDescription``; sending both costs nothing.
+    application = {"status-code": Int(reply.status), "status-description": reply.description,
+                   "statusCode": Int(reply.status), "statusDescription": reply.description}
     return message.build(properties=properties, application_properties=application, value=reply.body)

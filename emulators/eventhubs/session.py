@@ -7,9 +7,10 @@ client's incoming window (the SDK re-opens it with a session flow) and the
 connection's write backpressure.
 
 A link the emulator refuses (unknown entity, no token, owner level too low...)
-is answered the AMQP way: an attach with a null terminus on the emulator's side
-immediately followed by a closing detach carrying the error; the SDK raises
-that error to the application.
+is answered as Azure does: an attach echoing both termini, immediately followed
+by a closing detach carrying the error. (AMQP also allows a null terminus in
+that attach, but azure-eventhub's aio consumer then drops the error and keeps
+re-attaching; with the termini echoed both the sync and aio clients raise it.)
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ class Session:
             self.channel, name=fields[0], handle=handle,
             role=ROLE_SENDER if client_receives else ROLE_RECEIVER,
             snd_settle_mode=int(fields[3]) if fields[3] is not None else 2, rcv_settle_mode=0,
-            source=None if client_receives else fields[5], target=fields[6] if client_receives else None,
+            source=fields[5], target=fields[6],
             initial_delivery_count=0 if client_receives else None, max_message_size=MAX_MESSAGE_SIZE,
         ))
         self.connection.send(frames.detach_frame(self.channel, handle, True,
