@@ -35,7 +35,9 @@ class RawClient:
 
     def __init__(self, host: str, port: int, *, timeout: float = 5.0) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.timeout = timeout
         self.buffer = b""
+        self.pending: list[tuple[int, int, list[Any], bytes]] = []
 
     def close(self) -> None:
         self.sock.close()
@@ -60,6 +62,8 @@ class RawClient:
 
     def read_frame(self) -> tuple[int, int, list[Any], bytes]:
         """(channel, performative, fields, payload); empty (heartbeat) frames are skipped."""
+        if self.pending:
+            return self.pending.pop(0)
         while True:
             size, doff, _type, channel = _HEADER.unpack(self.read_exact(8))
             body = self.read_exact(size - 8)[doff * 4 - 8:]
@@ -109,10 +113,18 @@ class RawClient:
         return self._attach_reply()
 
     def _attach_reply(self) -> tuple[list[Any], list[Any] | None]:
+        """The emulator refuses a link with its attach and, in the same write, a closing detach."""
         _, attach, _ = self.expect(frames.ATTACH)
-        if (attach[5] if attach[2] == frames.ROLE_SENDER else attach[6]) is None:
-            _, detach, _ = self.expect(frames.DETACH)
-            return attach, detach
+        self.sock.settimeout(0.3)
+        try:
+            frame = self.read_frame()
+        except TimeoutError:
+            return attach, None
+        finally:
+            self.sock.settimeout(self.timeout)
+        if frame[1] == frames.DETACH:
+            return attach, frame[2]
+        self.pending.append(frame)
         return attach, None
 
     def flow(self, handle: int, *, delivery_count: int, credit: int, drain: bool = False) -> None:

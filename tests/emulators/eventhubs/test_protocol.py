@@ -1,0 +1,147 @@
+"""Protocol paths the SDK never takes, driven with raw AMQP frames: credit, SASL PLAIN, refusals, bad input."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from azure.eventhub import EventData
+
+from emulators.eventhubs import frames
+from emulators.eventhubs.codec import Symbol
+from emulators.eventhubs.management import KEY_NAME, KEY_VALUE
+from tests.emulators.eventhubs.helpers import producer
+from tests.emulators.eventhubs.rawamqp import RawClient, condition
+from tests.fixtures.eventhubs import IsolatedHub
+
+pytestmark = pytest.mark.timeout(60)
+
+PLAIN = f"\0{KEY_NAME}\0{KEY_VALUE}".encode()
+
+
+def data_message(text: str) -> bytes:
+    body = text.encode()
+    return b"\x00\x53\x75\xa0" + bytes((len(body),)) + body
+
+
+def connect(hub: IsolatedHub) -> RawClient:
+    return RawClient(hub.running.host, hub.running.port)
+
+
+def test_link_credit_is_never_exceeded_and_drain_is_answered(isolated_eventhub: IsolatedHub) -> None:
+    hub = isolated_eventhub
+    with producer(hub) as client:
+        client.send_batch([EventData(f"m{i}") for i in range(10)], partition_id="0")
+    with connect(hub) as raw:
+        raw.open(mechanism="PLAIN", response=PLAIN)
+        attach, refused = raw.attach_receiver(1, f"{hub.name}/ConsumerGroups/$Default/Partitions/0")
+        assert refused is None and attach[9] == 0  # initial-delivery-count
+        raw.flow(1, delivery_count=0, credit=3)
+        got = [raw.expect(frames.TRANSFER) for _ in range(3)]
+        assert [int(fields[1]) for _, fields, _ in got] == [0, 1, 2]
+        raw.sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):  # 7 more are waiting, but no credit is left
+            raw.expect(frames.TRANSFER)
+        raw.sock.settimeout(5)
+        raw.flow(1, delivery_count=3, credit=20, drain=True)
+        more = [raw.expect(frames.TRANSFER) for _ in range(7)]
+        assert b"m9" in more[-1][2]
+        _, flow, _ = raw.expect(frames.FLOW)  # the drain answer: credit used up, delivery-count advanced
+        assert flow[8] is True and int(flow[6]) == 0 and int(flow[5]) == 23
+
+
+def test_sasl_plain_with_the_emulator_key_needs_no_token_and_a_wrong_password_is_refused(
+        isolated_eventhub: IsolatedHub) -> None:
+    with connect(isolated_eventhub) as raw:
+        raw.open(mechanism="PLAIN", response=PLAIN)
+        _attach, refused = raw.attach_sender(1, isolated_eventhub.name)
+        assert refused is None
+        _, flow, _ = raw.expect(frames.FLOW)
+        assert int(flow[6]) > 0
+        raw.transfer(1, 0, data_message("plain"))
+        _, disposition, _ = raw.expect(frames.DISPOSITION)
+        assert disposition[4].descriptor == frames.ACCEPTED
+    with connect(isolated_eventhub) as raw:
+        assert raw.sasl("PLAIN", f"\0{KEY_NAME}\0wrong".encode()) == 1
+    with connect(isolated_eventhub) as raw:
+        assert raw.sasl("EXTERNAL") == 1
+
+
+def test_anonymous_connection_without_a_token_is_unauthorized(isolated_eventhub: IsolatedHub) -> None:
+    with connect(isolated_eventhub) as raw:
+        raw.open()
+        _attach, detach = raw.attach_sender(1, isolated_eventhub.name)
+        assert condition(detach) == "amqp:unauthorized-access"
+
+
+def test_unknown_partition_and_bad_addresses_are_refused(isolated_eventhub: IsolatedHub) -> None:
+    name = isolated_eventhub.name
+    with connect(isolated_eventhub) as raw:
+        raw.open(mechanism="PLAIN", response=PLAIN)
+        cases = {
+            f"{name}/ConsumerGroups/$Default/Partitions/4": "amqp:not-found",
+            f"{name}/ConsumerGroups/nope/Partitions/0": "amqp:not-found",
+            f"{name}/Partitions/0": "amqp:not-found",
+            "other-hub/ConsumerGroups/$Default/Partitions/0": "amqp:not-found",
+        }
+        for handle, (address, expected) in enumerate(cases.items(), start=1):
+            _attach, detach = raw.attach_receiver(handle, address)
+            assert condition(detach) == expected, address
+            assert address.split("/")[-1] in str(detach[2].value[1]) or "nope" in address or "other" in address
+        _attach, detach = raw.attach_sender(20, f"amqps://host/{name}/Partitions/9")
+        assert condition(detach) == "amqp:not-found" and "partition '9'" in detach[2].value[1]
+
+
+def test_unsupported_selectors_and_positions_out_of_range_are_refused(isolated_eventhub: IsolatedHub) -> None:
+    address = f"{isolated_eventhub.name}/ConsumerGroups/$Default/Partitions/1"
+    with connect(isolated_eventhub) as raw:
+        raw.open(mechanism="PLAIN", response=PLAIN)
+        cases = {
+            "amqp.annotation.x-opt-offset < '5'": "amqp:not-implemented",
+            "amqp.annotation.x-opt-sequence-number > 'abc'": "com.microsoft:argument-error",
+            "amqp.annotation.x-opt-sequence-number > '100'": "com.microsoft:argument-out-of-range",
+            "amqp.annotation.x-opt-offset > '5000'": "com.microsoft:argument-out-of-range",
+        }
+        for handle, (selector, expected) in enumerate(cases.items(), start=1):
+            _attach, detach = raw.attach_receiver(handle, address, selector)
+            assert condition(detach) == expected, selector
+
+
+def test_unknown_message_format_is_rejected_and_the_link_stays_usable(isolated_eventhub: IsolatedHub) -> None:
+    with connect(isolated_eventhub) as raw:
+        raw.open(mechanism="PLAIN", response=PLAIN)
+        raw.attach_sender(1, isolated_eventhub.name)
+        raw.transfer(1, 0, data_message("odd"), message_format=0x12345678)
+        _, disposition, _ = raw.expect(frames.DISPOSITION)
+        assert disposition[4].descriptor == frames.REJECTED
+        assert disposition[4].value[0].value[0] == Symbol("amqp:not-implemented")
+        raw.transfer(1, 1, b"\x01\x02not a message")
+        _, disposition, _ = raw.expect(frames.DISPOSITION)
+        assert disposition[4].value[0].value[0] == Symbol("amqp:decode-error")
+        raw.transfer(1, 2, data_message("fine"))
+        _, disposition, _ = raw.expect(frames.DISPOSITION)
+        assert disposition[4].descriptor == frames.ACCEPTED
+
+
+def test_tls_and_garbage_get_an_answer_and_a_close_never_a_hang(isolated_eventhub: IsolatedHub) -> None:
+    with connect(isolated_eventhub) as raw:
+        raw.send_raw(frames.TLS_HEADER)
+        assert raw.read_exact(8) == frames.SASL_HEADER  # "I speak SASL", then the emulator hangs up
+        assert raw.sock.recv(100) == b""
+    with connect(isolated_eventhub) as raw:
+        raw.send_raw(b"GET / HTTP/1.1\r\n\r\n")
+        assert raw.read_exact(8) == frames.SASL_HEADER
+        assert raw.sock.recv(100) == b""
+    with connect(isolated_eventhub) as raw:
+        raw.open()
+        raw.send_raw(b"\x00\x00\x00\x0c\x02\x00\x00\x00\xff\xff\xff\xff")  # a frame whose body is not AMQP
+        _, close, _ = raw.expect(frames.CLOSE)
+        assert condition([close[0]]) == "amqp:decode-error"
+    with connect(isolated_eventhub) as raw:
+        raw.open()
+        raw.send_raw(b"\xff\xff\xff\xff\x02\x00\x00\x00")  # a 4 GB frame
+        _, close, _ = raw.expect(frames.CLOSE)
+        assert condition([close[0]]) == "amqp:connection:framing-error"
+        raw.sock.settimeout(2)
+        with pytest.raises((ConnectionError, socket.timeout, OSError)):
+            raw.expect(frames.OPEN)
