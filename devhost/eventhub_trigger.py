@@ -236,6 +236,10 @@ class EventHubListener:
         self._storage = storage_connection_string
         self._load_balancing = _seconds_setting(environ, LOAD_BALANCING_SETTING, DEFAULT_LOAD_BALANCING_SECONDS)
         self._expiration = _seconds_setting(environ, OWNERSHIP_EXPIRATION_SETTING, DEFAULT_OWNERSHIP_EXPIRATION_SECONDS)
+        if self._expiration <= self._load_balancing:
+            # Ownership is renewed every load-balancing cycle; expiring sooner hands partitions to two hosts.
+            raise DevHostError(f"{OWNERSHIP_EXPIRATION_SETTING} ({self._expiration:g}s) must be longer than "
+                               f"{LOAD_BALANCING_SETTING} ({self._load_balancing:g}s)")
         self._client: EventHubConsumerClient | None = None
         self._receiving: asyncio.Task[None] | None = None
         self._partitions: dict[str, _PartitionState] = {}

@@ -1,0 +1,127 @@
+"""How the Event Hubs listener turns what the SDK hands it into invocations and checkpoints.
+
+The SDK's processor is replaced by direct calls of the batch callback with a small
+in-memory partition context (our port of the SDK's); the functions and the invoker are real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.eventhub import EventData
+
+from devhost.app_loader import FunctionSpec, RetryPolicy
+from devhost.errors import DevHostError
+from devhost.eventhub_trigger import EventHubBinding, EventHubListener
+from devhost.invocation import Invoker
+from devhost.settings import EventHubOptions
+from tests.unit.test_devhost_functions import _event
+
+
+@dataclass
+class FakePartitionContext:
+    partition_id: str = "0"
+    fully_qualified_namespace: str = "ns"
+    eventhub_name: str = "hub"
+    consumer_group: str = "$Default"
+    checkpoints: list[int] = field(default_factory=list)
+
+    async def update_checkpoint(self, event: EventData) -> None:
+        self.checkpoints.append(event.sequence_number)
+
+
+def listener(tmp_path: Path, function: Any, *, many: bool = True, retry: RetryPolicy | None = None,
+             **options: Any) -> EventHubListener:
+    spec = FunctionSpec(name="f", trigger_type="eventHubTrigger", trigger={"name": "events"},
+                        user_function=function, is_async=False, accepts_context=False, retry=retry)
+    binding = EventHubBinding(spec, "Endpoint=sb://x/;SharedAccessKeyName=a;SharedAccessKey=b", "hub",
+                              "$Default", many, "binary")
+    return EventHubListener(binding, EventHubOptions(**options), Invoker(tmp_path, threads=2), "unused", environ={})
+
+
+def events(*seqs: int) -> list[EventData]:
+    return [_event(str(n).encode(), n) for n in seqs]
+
+
+def test_batches_are_split_at_max_size_and_checkpointed_after_each(tmp_path: Path) -> None:
+    seen: list[list[int]] = []
+    host = listener(tmp_path, lambda events: seen.append([e.sequence_number for e in events]),
+                    max_event_batch_size=3)
+    context = FakePartitionContext()
+    asyncio.run(host._on_event_batch(context, events(1, 2, 3, 4, 5, 6, 7)))
+    assert seen == [[1, 2, 3], [4, 5, 6], [7]]
+    assert context.checkpoints == [3, 6, 7]
+
+
+def test_min_batch_size_waits_for_more_events_or_the_wait_time(tmp_path: Path) -> None:
+    seen: list[list[int]] = []
+    host = listener(tmp_path, lambda events: seen.append([e.sequence_number for e in events]),
+                    max_event_batch_size=10, min_event_batch_size=3, max_wait_time=timedelta(seconds=0.3))
+    context = FakePartitionContext()
+
+    async def scenario() -> None:
+        await host._on_event_batch(context, events(1, 2))
+        assert seen == []
+        await host._on_event_batch(context, events(3))
+        assert seen == [[1, 2, 3]]
+        await host._on_event_batch(context, events(4))
+        await host._on_event_batch(context, [])  # the SDK's idle call, before the wait time
+        assert seen == [[1, 2, 3]]
+        await asyncio.sleep(0.35)
+        await host._on_event_batch(context, [])
+        assert seen == [[1, 2, 3], [4]]
+
+    asyncio.run(scenario())
+    assert context.checkpoints == [3, 4]
+
+
+def test_checkpoint_frequency_and_the_final_checkpoint_on_stop(tmp_path: Path) -> None:
+    host = listener(tmp_path, lambda events: None, max_event_batch_size=1, batch_checkpoint_frequency=2)
+    context = FakePartitionContext()
+
+    async def scenario() -> None:
+        await host._on_event_batch(context, events(1, 2, 3))
+        assert context.checkpoints == [2]
+        await host.stop()  # no client was started; the uncheckpointed batch is checkpointed
+        await host._on_event_batch(context, events(4))  # after stop: not invoked, not checkpointed
+
+    asyncio.run(scenario())
+    assert context.checkpoints == [2, 3]
+
+
+def test_cardinality_one_invokes_per_event_in_order(tmp_path: Path) -> None:
+    seen: list[int] = []
+    host = listener(tmp_path, lambda events: seen.append(events.sequence_number), many=False,
+                    max_event_batch_size=10)
+    context = FakePartitionContext()
+    asyncio.run(host._on_event_batch(context, events(5, 6, 7)))
+    assert seen == [5, 6, 7]
+    assert context.checkpoints == [7]
+
+
+def test_a_failing_batch_is_checkpointed_once_the_retries_are_spent(tmp_path: Path) -> None:
+    attempts: list[int] = []
+
+    def fails(events: list[Any]) -> None:
+        attempts.append(events[0].sequence_number)
+        raise RuntimeError("poison")
+
+    host = listener(tmp_path, fails, retry=RetryPolicy("fixed_delay", 1, delay=timedelta(0)))
+    context = FakePartitionContext()
+    asyncio.run(host._on_event_batch(context, events(9)))
+    assert attempts == [9, 9]
+    assert context.checkpoints == [9]
+
+
+def test_ownership_must_outlive_the_load_balancing_interval(tmp_path: Path) -> None:
+    spec = FunctionSpec(name="f", trigger_type="eventHubTrigger", trigger={"name": "events"},
+                        user_function=lambda events: None, is_async=False, accepts_context=False, retry=None)
+    binding = EventHubBinding(spec, "Endpoint=sb://x/", "hub", "$Default", True, "")
+    with pytest.raises(DevHostError, match="DEVHOST_EVENTHUBS_OWNERSHIP_EXPIRATION_SECONDS"):
+        EventHubListener(binding, EventHubOptions(), Invoker(tmp_path, threads=1), "unused", environ={
+            "DEVHOST_EVENTHUBS_LOAD_BALANCING_SECONDS": "10", "DEVHOST_EVENTHUBS_OWNERSHIP_EXPIRATION_SECONDS": "5"})
