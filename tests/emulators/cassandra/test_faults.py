@@ -1,0 +1,124 @@
+"""Fault injection through the sluice_emulator.faults control table: Cosmos 429s, timeouts, unavailability."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from cassandra import InvalidRequest, OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
+from cassandra.cluster import Cluster, NoHostAvailable, Session
+from cassandra.protocol import OverloadedErrorMessage
+
+from emulators.cassandra.faults import clear_faults, inject_faults
+from emulators.launcher import Running
+from tests.fixtures.cassandra import start_cassandra_emulator
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def own_emulator() -> Iterator[Running]:
+    """Faults are server-wide: these tests get an emulator of their own."""
+    running = start_cassandra_emulator()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def s(own_emulator: Running) -> Iterator[Session]:
+    cluster = Cluster(contact_points=[own_emulator.host], port=own_emulator.port, protocol_version=4)
+    session = cluster.connect()
+    session.execute("CREATE KEYSPACE IF NOT EXISTS f WITH replication = {'class': 'SimpleStrategy', "
+                    "'replication_factor': 1}")
+    session.execute("CREATE TABLE IF NOT EXISTS f.t (k int PRIMARY KEY, v int)")
+    session.execute("TRUNCATE sluice_emulator.faults")
+    yield session
+    session.execute("TRUNCATE sluice_emulator.faults")
+    cluster.shutdown()
+
+
+def _overloaded(info: pytest.ExceptionInfo[NoHostAvailable]) -> OverloadedErrorMessage:
+    (error,) = info.value.errors.values()
+    assert isinstance(error, OverloadedErrorMessage)
+    return error
+
+
+def test_next_n_writes_are_overloaded_with_retry_after(s: Session) -> None:
+    s.execute("INSERT INTO sluice_emulator.faults (name, error, count, retry_after_ms, applies_to) "
+              "VALUES ('current', 'overloaded', 2, 250, 'writes')")
+    for _ in range(2):
+        with pytest.raises(NoHostAvailable) as info:  # Overloaded makes the driver try the next host: none left
+            s.execute("INSERT INTO f.t (k, v) VALUES (1, 1)")
+        message = str(_overloaded(info))
+        assert "Request rate is large" in message and re.search(r"RetryAfterMs=250\b", message)
+    assert s.execute("SELECT * FROM f.t WHERE k = 1").one() is None  # a refused write changed nothing
+    s.execute("INSERT INTO f.t (k, v) VALUES (1, 1)")  # the third succeeds
+    row = s.execute("SELECT error, count, remaining, retry_after_ms FROM sluice_emulator.faults").one()
+    assert tuple(row) == ("overloaded", 2, 0, 250)
+
+
+@pytest.mark.parametrize(("error", "statement", "expected"), [
+    ("write_timeout", "INSERT INTO f.t (k, v) VALUES (2, 2)", WriteTimeout),
+    ("read_timeout", "SELECT * FROM f.t WHERE k = 2", ReadTimeout),
+    ("unavailable", "INSERT INTO f.t (k, v) VALUES (2, 2)", Unavailable),
+])
+def test_timeouts_and_unavailable(s: Session, error: str, statement: str, expected: type[Exception]) -> None:
+    """With the default RetryPolicy timeouts surface as such; Unavailable is tried on the next host (none)."""
+    s.execute("INSERT INTO sluice_emulator.faults (name, error, count) VALUES ('current', %s, 1)", (error,))
+    with pytest.raises((expected, NoHostAvailable)) as info:
+        s.execute(statement)
+    if isinstance(info.value, NoHostAvailable):
+        assert expected is Unavailable
+        assert isinstance(next(iter(info.value.errors.values())), Unavailable)
+    s.execute(statement)  # only the next one failed
+
+
+def test_batches_count_as_writes_and_system_tables_are_exempt(s: Session) -> None:
+    s.execute("INSERT INTO sluice_emulator.faults (name, error, count, applies_to) "
+              "VALUES ('current', 'write_timeout', 5, 'writes')")
+    assert s.execute("SELECT key FROM system.local").one().key == "local"
+    assert s.execute("SELECT COUNT(*) FROM f.t").one()[0] >= 0  # reads pass
+    with pytest.raises(WriteTimeout) as info:
+        s.execute("BEGIN BATCH INSERT INTO f.t (k, v) VALUES (3, 3); APPLY BATCH")
+    assert info.value.write_type == 2 or "BATCH" in str(info.value)  # WriteType.BATCH
+
+
+def test_ratio_fails_about_that_fraction(s: Session) -> None:
+    s.execute("INSERT INTO sluice_emulator.faults (name, error, ratio, applies_to) "
+              "VALUES ('current', 'overloaded', 0.5, 'all')")
+    ps = s.prepare("INSERT INTO f.t (k, v) VALUES (?, ?)")
+    failures = 0
+    for i in range(200):
+        try:
+            s.execute(ps, (i, i))
+        except NoHostAvailable as exc:
+            assert isinstance(next(iter(exc.errors.values())), OverloadedErrorMessage)
+            failures += 1
+    assert 60 <= failures <= 140
+    s.execute("DELETE FROM sluice_emulator.faults WHERE name = 'current'")
+    for i in range(20):
+        s.execute(ps, (i, i))
+
+
+def test_helpers_and_bad_settings(own_emulator: Running, s: Session) -> None:
+    inject_faults(own_emulator.host, own_emulator.port, error="read_timeout", count=1, applies_to="reads")
+    s.execute("INSERT INTO f.t (k, v) VALUES (5, 5)")
+    with pytest.raises(ReadTimeout):
+        s.execute("SELECT * FROM f.t WHERE k = 5")
+    inject_faults(own_emulator.host, own_emulator.port, error="overloaded", ratio=1.0)
+    clear_faults(own_emulator.host, own_emulator.port)
+    s.execute("SELECT * FROM f.t WHERE k = 5")
+    with pytest.raises(InvalidRequest, match="unknown fault error 'boom'"):
+        s.execute("INSERT INTO sluice_emulator.faults (name, error, count) VALUES ('current', 'boom', 1)")
+    with pytest.raises(InvalidRequest, match="exactly one of count"):
+        s.execute("INSERT INTO sluice_emulator.faults (name, error, count, ratio) VALUES ('current', 'overloaded', 1, 0.5)")
+    with pytest.raises(RuntimeError, match="ratio must be between 0 and 1"):
+        inject_faults(own_emulator.host, own_emulator.port, ratio=2.0)
+
+
+def test_prepared_control_statement(s: Session) -> None:
+    ps = s.prepare("INSERT INTO sluice_emulator.faults (name, error, count) VALUES ('current', ?, ?)")
+    s.execute(ps, ("write_timeout", 1))
+    with pytest.raises((WriteTimeout, OperationTimedOut)):
+        s.execute("INSERT INTO f.t (k, v) VALUES (6, 6)")

@@ -1,0 +1,178 @@
+"""The wire: version negotiation, compression, authentication, TLS, many streams, the CLI."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+from cassandra import AuthenticationFailed
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import Cluster, NoHostAvailable
+
+from emulators.launcher import Running
+from tests.fixtures.cassandra import start_cassandra_emulator
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _frame(version: int, stream: int, opcode: int, body: bytes, flags: int = 0) -> bytes:
+    return struct.pack(">BBhBi", version, flags, stream, opcode, len(body)) + body
+
+
+def _string(s: str) -> bytes:
+    return struct.pack(">H", len(s)) + s.encode()
+
+
+def _startup(options: dict[str, str]) -> bytes:
+    return struct.pack(">H", len(options)) + b"".join(_string(k) + _string(v) for k, v in options.items())
+
+
+def _read(sock: socket.socket) -> tuple[int, int, int, bytes]:
+    def exact(n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = sock.recv(n - len(buf))
+            assert chunk, "the emulator closed the connection"
+            buf += chunk
+        return buf
+    version, _, stream, opcode, length = struct.unpack(">BBhBi", exact(9))
+    return version, stream, opcode, exact(length)
+
+
+def _error_message(body: bytes) -> tuple[int, str]:
+    code, n = struct.unpack_from(">iH", body)
+    return code, body[6:6 + n].decode()
+
+
+@pytest.fixture
+def raw(cassandra_emulator: Running) -> Iterator[socket.socket]:
+    with socket.create_connection((cassandra_emulator.host, cassandra_emulator.port), timeout=10) as sock:
+        yield sock
+
+
+@pytest.mark.parametrize("version", [0x42, 0x41, 5, 3])
+def test_other_protocol_versions_get_the_message_the_driver_steps_down_on(raw: socket.socket, version: int) -> None:
+    raw.sendall(_frame(version, 0, 0x05, b""))
+    _, stream, opcode, body = _read(raw)
+    code, message = _error_message(body)
+    assert (opcode, code, stream) == (0x00, 0x000A, 0)
+    assert "Invalid or unsupported protocol version" in message
+
+
+def test_options_supported_and_unknown_compression_refused(raw: socket.socket) -> None:
+    raw.sendall(_frame(4, 1, 0x05, b""))
+    version, stream, opcode, body = _read(raw)
+    assert (version, stream, opcode) == (0x84, 1, 0x06)
+    assert b"CQL_VERSION" in body and b"COMPRESSION" in body
+    raw.sendall(_frame(4, 2, 0x01, _startup({"CQL_VERSION": "3.0.0", "COMPRESSION": "snappy"})))
+    _, _, opcode, body = _read(raw)
+    code, message = _error_message(body)
+    assert (opcode, code) == (0x00, 0x000A) and "snappy" in message
+    raw.sendall(_frame(4, 3, 0x01, _startup({"CQL_VERSION": "3.0.0"})))
+    assert _read(raw)[2] == 0x02  # READY
+    raw.sendall(_frame(4, 4, 0x07, b"\x00\x00\x00\x00", flags=0x01))  # a compressed frame: none was negotiated
+    _, _, opcode, body = _read(raw)
+    assert opcode == 0x00 and "compress" in _error_message(body)[1]
+
+
+def test_requests_before_startup_are_protocol_errors(raw: socket.socket) -> None:
+    query = b"SELECT * FROM system.local"
+    raw.sendall(_frame(4, 7, 0x07, struct.pack(">i", len(query)) + query + b"\x00\x01\x00"))
+    _, stream, opcode, body = _read(raw)
+    code, message = _error_message(body)
+    assert (stream, opcode, code) == (7, 0x00, 0x000A) and "STARTUP" in message
+
+
+def test_many_streams_in_flight_on_one_connection(raw: socket.socket) -> None:
+    raw.sendall(_frame(4, 0, 0x01, _startup({"CQL_VERSION": "3.0.0"})))
+    assert _read(raw)[2] == 0x02
+    query = b"SELECT key FROM system.local"
+    frames = b"".join(_frame(4, s, 0x07, struct.pack(">i", len(query)) + query + b"\x00\x01\x00")
+                      for s in range(1, 301))
+    raw.sendall(frames)  # 300 requests in one write, answered by stream id
+    streams = sorted(_read(raw)[1] for _ in range(300))
+    assert streams == list(range(1, 301))
+
+
+def test_driver_with_compression_requested_falls_back_to_none(cassandra_emulator: Running) -> None:
+    cluster = Cluster(contact_points=[cassandra_emulator.host], port=cassandra_emulator.port, compression=True)
+    try:
+        assert cluster.connect().execute("SELECT key FROM system.local").one().key == "local"
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, ssl.SSLContext]]:
+    """An emulator with --username/--password and TLS from a trustme CA, as Cosmos on port 10350."""
+    directory = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(directory / "server.pem")
+    ca.cert_pem.write_to_path(directory / "ca.pem")
+    running = start_cassandra_emulator("--username", "sluice", "--password", "s3cret",
+                                       "--tls-cert", str(directory / "server.pem"),
+                                       "--tls-key", str(directory / "server.pem"))
+    context = ssl.create_default_context(cafile=str(directory / "ca.pem"))
+    yield running, context
+    running.stop()
+
+
+def test_password_login_over_tls(secured: tuple[Running, ssl.SSLContext]) -> None:
+    running, context = secured
+    cluster = Cluster(contact_points=[running.host], port=running.port, ssl_context=context,
+                      auth_provider=PlainTextAuthProvider("sluice", "s3cret"))
+    try:
+        assert cluster.connect().execute("SELECT key FROM system.local").one().key == "local"
+    finally:
+        cluster.shutdown()
+
+
+@pytest.mark.parametrize(("user", "password"), [("sluice", "wrong"), ("nobody", "s3cret")])
+def test_wrong_credentials_fail_authentication(secured: tuple[Running, ssl.SSLContext], user: str,
+                                               password: str) -> None:
+    running, context = secured
+    cluster = Cluster(contact_points=[running.host], port=running.port, ssl_context=context,
+                      auth_provider=PlainTextAuthProvider(user, password), protocol_version=4)
+    try:
+        with pytest.raises(NoHostAvailable) as info:
+            cluster.connect()
+        errors = list(info.value.errors.values())
+        assert errors and isinstance(errors[0], AuthenticationFailed)
+        assert "Provided username" in str(errors[0]) and "incorrect" in str(errors[0])
+        assert password not in str(errors[0])
+    finally:
+        cluster.shutdown()
+
+
+def test_missing_credentials_and_plain_tcp_are_refused(secured: tuple[Running, ssl.SSLContext]) -> None:
+    running, context = secured
+    cluster = Cluster(contact_points=[running.host], port=running.port, ssl_context=context, protocol_version=4)
+    try:
+        with pytest.raises(NoHostAvailable, match="requires authentication"):
+            cluster.connect()
+    finally:
+        cluster.shutdown()
+    with socket.create_connection((running.host, running.port), timeout=5) as sock:  # no TLS handshake
+        sock.sendall(_frame(4, 0, 0x05, b""))
+        sock.settimeout(5)
+        try:
+            reply = sock.recv(100)
+        except (ConnectionResetError, TimeoutError):
+            reply = b""
+        assert not reply.startswith(b"\x84")
+
+
+def test_cli_validates_arguments_and_stops_on_sigterm(tmp_path: Path) -> None:
+    bad = subprocess.run([sys.executable, "-m", "emulators.cassandra", "--username", "u"], capture_output=True,
+                         text=True, timeout=30)
+    assert bad.returncode == 2 and "--username and --password go together" in bad.stderr
+    running = start_cassandra_emulator()
+    assert "listening on 127.0.0.1:" in running.output() and running.port > 0
+    assert running.stop() == 0
