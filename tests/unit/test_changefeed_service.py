@@ -1,0 +1,155 @@
+"""ChangeFeedService ordering with in-memory fakes of our ports: write first, then save; CAS; budget; restart."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shared.domain.rules import MeasurementRule
+from shared.exceptions import DependencyUnavailable
+from shared.ports.feed import ContinuationRejected, FeedPage, FeedPosition, SavedPosition
+from shared.ports.stored import StoredEvent
+from shared.services.changefeed import ChangeFeedService
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def stored(i: int, **kw) -> StoredEvent:
+    return StoredEvent(event_id=uuid.UUID(int=i + 1), device_id=f"d{i % 2}", event_time=NOW - timedelta(minutes=i),
+                       event_type="t", severity=kw.pop("severity", "info"), critical=kw.pop("critical", False), **kw)
+
+
+class FakeFeed:
+    """Pages of ``page_size`` over a fixed list; the position is the index reached (as a paging state)."""
+
+    def __init__(self, events, page_size=3, reject=None):
+        self.events, self.page_size, self.reject, self.reads = events, page_size, reject, []
+
+    def initial_position(self, now):
+        return FeedPosition(start_time=now - timedelta(hours=1))
+
+    def rewind(self, position):
+        return position
+
+    def read_page(self, position, *, now, timeout):
+        if self.reject is not None and position.paging_state == self.reject:
+            raise ContinuationRejected("table recreated")
+        start = int(position.paging_state or b"0")
+        self.reads.append(start)
+        page = self.events[start:start + self.page_size]
+        after = replace(position, paging_state=str(start + len(page)).encode())
+        return FeedPage(list(page), after, caught_up=not page)
+
+
+class FakeSink:
+    def __init__(self, fail_on_call=None):
+        self.applied, self.calls, self.fail_on_call = [], 0, fail_on_call
+
+    def apply(self, events):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise DependencyUnavailable("redis", "connection refused")
+        self.applied.extend(events)
+
+
+class FakePositions:
+    def __init__(self, saved=None):
+        self.saved, self.history = saved, []
+
+    def load(self, name):
+        return self.saved
+
+    def save(self, name, position, expected_version):
+        current = self.saved.version if self.saved else 0
+        if current != expected_version:
+            return None
+        self.saved = SavedPosition(position, current + 1)
+        self.history.append(position)
+        return current + 1
+
+
+def service(feed, sink, positions, **kw):
+    return ChangeFeedService(feed, sink, positions, feed_name="f", clock=lambda: NOW, **kw)
+
+
+def test_each_page_is_written_before_its_position_is_saved():
+    events = [stored(i) for i in range(7)]
+    order = []
+    sink, positions = FakeSink(), FakePositions()
+    sink_apply, positions_save = sink.apply, positions.save
+    sink.apply = lambda evs: (order.append(("write", len(evs))), sink_apply(evs))[1]
+    positions.save = lambda n, p, v: (order.append(("save", p.paging_state)), positions_save(n, p, v))[1]
+
+    result = service(FakeFeed(events), sink, positions).run()
+
+    assert order == [("write", 3), ("save", b"3"), ("write", 3), ("save", b"6"), ("write", 1), ("save", b"7")]
+    assert result.events == 7 and result.stopped == "caught_up" and positions.saved.version == 3
+
+
+def test_a_sink_failure_leaves_the_position_at_the_last_written_page():
+    sink, positions = FakeSink(fail_on_call=2), FakePositions()
+    with pytest.raises(DependencyUnavailable):
+        service(FakeFeed([stored(i) for i in range(7)]), sink, positions).run()
+    assert positions.saved.position.paging_state == b"3"  # page 2 was not acknowledged: not covered
+    resumed = FakeSink()
+    service(FakeFeed([stored(i) for i in range(7)]), resumed, positions).run()
+    assert [e.event_id for e in resumed.applied] == [stored(i).event_id for i in range(3, 7)]
+
+
+def test_losing_the_compare_and_set_stops_the_run():
+    positions = FakePositions()
+    other = SavedPosition(FeedPosition(start_time=NOW, paging_state=b"0"), 5)
+
+    def racing_save(name, position, expected_version):
+        positions.saved = other  # another instance saved meanwhile
+        return
+
+    positions.save = racing_save
+    sink = FakeSink()
+    result = service(FakeFeed([stored(i) for i in range(7)]), sink, positions).run()
+    assert result.stopped == "lost_race" and result.pages == 1 and len(sink.applied) == 3
+
+
+def test_the_time_budget_ends_a_run_between_pages():
+    ticks = iter([0.0, 0.0, 5.0, 11.0, 99.0])
+    sink, positions = FakeSink(), FakePositions()
+    result = service(FakeFeed([stored(i) for i in range(9)]), sink, positions, time_budget=10,
+                     monotonic=lambda: next(ticks)).run()
+    assert result.stopped == "budget" and result.pages == 2 and positions.saved.position.paging_state == b"6"
+
+
+def test_a_rejected_continuation_restarts_from_the_lookback_with_a_warning(caplog):
+    saved = SavedPosition(FeedPosition(start_time=NOW - timedelta(days=3), paging_state=b"stale"), 4)
+    positions, sink = FakePositions(saved), FakeSink()
+    with caplog.at_level(logging.WARNING):
+        result = service(FakeFeed([stored(i) for i in range(2)], reject=b"stale"), sink, positions).run()
+    assert result.restarted and "restarting from the lookback" in caplog.text
+    assert positions.saved.position.start_time == NOW - timedelta(hours=1)
+    assert positions.saved.version == 5 and len(sink.applied) == 2
+
+
+def test_rows_without_a_critical_flag_get_the_configured_rules():
+    rules = [MeasurementRule(measurement="temperature", op=">", value=90)]
+    events = [stored(0, critical=None, measurements={"temperature": 95.0}),
+              stored(1, critical=None, measurements={"temperature": 20.0}),
+              stored(2, critical=None, severity="critical"),
+              stored(3, critical=True)]
+    sink = FakeSink()
+    result = service(FakeFeed(events, page_size=10), sink, FakePositions(), rules=rules).run()
+    assert [e.critical for e in sink.applied] == [True, False, True, True] and result.critical == 3
+
+
+def test_an_unchanged_position_is_not_saved_again():
+    saved = SavedPosition(FeedPosition(start_time=NOW, paging_state=b"2"), 1)
+    positions = FakePositions(saved)
+
+    class Idle(FakeFeed):
+        def read_page(self, position, *, now, timeout):
+            return FeedPage([], position, caught_up=True)
+
+    result = service(Idle([]), FakeSink(), positions).run()
+    assert result.saves == 0 and positions.history == []
