@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+# Sluice function app image for AKS (KEDA) or any Kubernetes: the Functions host
+# 4.x with the Python 3.11 worker, the app under /home/site/wwwroot, runtime
+# dependencies only (requirements.txt; never requirements-dev.txt).
+#
+#   docker build -t <registry>.azurecr.io/sluice:<git-sha> .
+#
+# The same image serves every deployment in k8s-keda/: which functions a pod runs
+# is chosen at run time by AzureFunctionsJobHost__functions__<n>.
+# Pin the base by digest in your registry mirror for reproducible builds
+# (FROM mcr.microsoft.com/azure-functions/python:4-python3.11@sha256:...).
+FROM mcr.microsoft.com/azure-functions/python:4-python3.11
+
+ENV AzureWebJobsScriptRoot=/home/site/wwwroot \
+    AzureFunctionsJobHost__Logging__Console__IsEnabled=true \
+    FUNCTIONS_WORKER_RUNTIME=python \
+    ASPNETCORE_URLS=http://+:8080 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Dependencies first: this layer is reused until requirements.txt changes.
+COPY requirements.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir -r /tmp/requirements.txt && rm /tmp/requirements.txt
+
+# Only what the host and the worker load: the app, its blueprints, the pipeline
+# (with its SQL migrations), the OpenAPI document the lookups serve, and the
+# operations CLI (python -m sluice migrate, run as a Job from this image).
+# Never local.settings.json: settings come from the environment (k8s-keda/).
+COPY host.json function_app.py /home/site/wwwroot/
+COPY functions/ /home/site/wwwroot/functions/
+COPY shared/ /home/site/wwwroot/shared/
+COPY sluice/ /home/site/wwwroot/sluice/
+COPY docs/openapi.json /home/site/wwwroot/docs/openapi.json
+
+# Bytecode compiled at build time: the root filesystem is read-only at run time.
+# A fixed unprivileged user (the manifests also set runAsUser/runAsNonRoot);
+# port 8080 because a non-root process cannot bind 80.
+RUN python -m compileall -q /home/site/wwwroot \
+    && groupadd --system --gid 10001 sluice \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin sluice
+
+USER 10001:10001
+WORKDIR /home/site/wwwroot
+EXPOSE 8080

@@ -1,0 +1,149 @@
+"""The container image: the official Functions base, runtime requirements only, the app and nothing local.
+
+The build context is computed with docker-py's own .dockerignore matcher
+(``docker.utils.build.exclude_paths``) and the Dockerfile is read with
+dockerfile-parse, so these checks use Docker's rules rather than ours.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path, PurePosixPath
+
+import pytest
+import yaml
+from docker.utils.build import exclude_paths
+from dockerfile_parse import DockerfileParser
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE_IMAGE = "mcr.microsoft.com/azure-functions/python:4-python3.11"
+APP_ROOT = PurePosixPath("/home/site/wwwroot")
+
+
+@cache
+def instructions() -> list[tuple[str, str]]:
+    parser = DockerfileParser(str(ROOT / "Dockerfile"))
+    return [(i["instruction"], i["value"]) for i in parser.structure if i["instruction"] != "COMMENT"]
+
+
+@cache
+def build_context() -> frozenset[str]:
+    """The files ``docker build .`` sends, by Docker's .dockerignore rules."""
+    lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    return frozenset(exclude_paths(str(ROOT), patterns, dockerfile="Dockerfile"))
+
+
+def copies() -> list[tuple[list[str], str]]:
+    """``(sources, destination)`` of every COPY/ADD."""
+    out = []
+    for instruction, value in instructions():
+        if instruction in ("COPY", "ADD"):
+            args = [a for a in shlex.split(value) if not a.startswith("--")]
+            out.append((args[:-1], args[-1]))
+    return out
+
+
+def in_image(path: str) -> PurePosixPath | None:
+    """Where the repository file ``path`` lands in the image (None: not copied)."""
+    for sources, destination in copies():
+        for source in sources:
+            source = source.rstrip("/")
+            if path == source:
+                return PurePosixPath(destination) / PurePosixPath(path).name if destination.endswith("/") \
+                    else PurePosixPath(destination)
+            if path.startswith(source + "/"):
+                return PurePosixPath(destination) / path[len(source) + 1:]
+    return None
+
+
+def test_the_base_is_the_official_functions_python_311_image() -> None:
+    froms = [value for instruction, value in instructions() if instruction == "FROM"]
+    assert froms == [BASE_IMAGE]
+
+
+def test_only_runtime_requirements_are_installed() -> None:
+    runs = " ".join(value for instruction, value in instructions() if instruction == "RUN")
+    installs = re.findall(r"pip install [^&;]*-r\s+(\S+)", runs)
+    assert installs, "the Dockerfile must pip install -r requirements.txt"
+    for target in installs:
+        assert PurePosixPath(target).name == "requirements.txt"
+    assert any(sources == ["requirements.txt"] for sources, _ in copies())
+    assert not any("requirements-dev.txt" in sources for sources, _ in copies())
+
+
+def test_no_broad_copy_and_no_local_settings() -> None:
+    for sources, _ in copies():
+        assert "." not in sources and "./" not in sources, "COPY . would send whatever the context holds"
+        assert not any("local.settings" in s for s in sources)
+
+
+@pytest.mark.parametrize("path", [
+    "local.settings.json", "functions/local.settings.json", ".venv/bin/python", "node_modules/azurite/package.json",
+    ".local/keyvault/ca.pem", "requirements-dev.txt", "tests/conftest.py", ".git/HEAD",
+    "shared/__pycache__/settings.cpython-311.pyc",
+])
+def test_the_build_context_leaves_out_local_and_development_files(path: str) -> None:
+    assert path not in build_context()
+
+
+def test_every_copied_source_is_in_the_build_context() -> None:
+    context = build_context()
+    for sources, _ in copies():
+        for source in sources:
+            source = source.rstrip("/")
+            assert source in context or any(p.startswith(source + "/") for p in context), \
+                f"COPY {source} but .dockerignore leaves it out of the build context"
+
+
+def test_every_module_the_function_app_imports_is_copied_under_the_script_root() -> None:
+    # Import the app as the worker does, in a clean interpreter, and list the repository files it loaded.
+    code = ("import json, sys, function_app; "
+            "print(json.dumps([m.__file__ for m in list(sys.modules.values()) if getattr(m, '__file__', None)]))")
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                                       check=True, timeout=120).stdout)
+    ours = sorted({Path(f).resolve().relative_to(ROOT).as_posix() for f in loaded
+                   if Path(f).resolve().is_relative_to(ROOT) and ".venv" not in Path(f).parts})
+    assert "function_app.py" in ours and "functions/ingest.py" in ours
+    for path in ours:
+        target = in_image(path)
+        assert target is not None, f"{path} is imported by function_app.py but not copied into the image"
+        assert target == APP_ROOT / path, f"{path} lands at {target}, not under {APP_ROOT}"
+        assert path in build_context(), f"{path} is excluded by .dockerignore"
+
+
+@pytest.mark.parametrize("path", ["host.json", "docs/openapi.json", "shared/adapters/postgres/sql"])
+def test_data_files_read_at_run_time_are_copied(path: str) -> None:
+    assert (ROOT / path).exists()
+    if (ROOT / path).is_dir():
+        path = next(p.relative_to(ROOT).as_posix() for p in (ROOT / path).iterdir() if p.is_file())
+    assert in_image(path) == APP_ROOT / path
+
+
+def test_it_runs_as_a_non_root_user_on_the_port_the_manifests_use() -> None:
+    users = [value for instruction, value in instructions() if instruction == "USER"]
+    assert users, "no USER: the host would run as root"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, "use a numeric non-root uid (runAsNonRoot can only verify numbers)"
+    env = " ".join(value for instruction, value in instructions() if instruction == "ENV")
+    port = int(re.search(r"ASPNETCORE_URLS=http://\+:(\d+)", env).group(1))
+    assert port >= 1024, "a non-root process cannot bind a privileged port"
+    assert ("EXPOSE", str(port)) in instructions()
+    for path in sorted((ROOT / "k8s-keda").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if doc and doc.get("kind") == "Deployment":
+                pod = doc["spec"]["template"]["spec"]
+                assert pod["securityContext"]["runAsUser"] == int(uid), path.name
+                for container in pod["containers"]:
+                    assert [p["containerPort"] for p in container["ports"]] == [port], path.name
+
+
+def test_no_secret_is_baked_into_the_image() -> None:
+    text = " ".join(value for instruction, value in instructions() if instruction in ("ENV", "ARG", "LABEL"))
+    for marker in ("AccountKey=", "SharedAccessKey=", "PASSWORD", "AzureWebJobsStorage=", "EventHubConnection"):
+        assert marker not in text

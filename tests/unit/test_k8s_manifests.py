@@ -1,0 +1,350 @@
+"""k8s-keda/: every manifest parses, and the things a mistake would silently break are checked.
+
+Settings names against shared.settings, no secret values, the functions each
+Deployment runs against what function_app.py registers, KEDA's scaler against the
+ConfigMap (hub, consumer group, namespace, checkpoint layout, partition count),
+identity and security settings, probes, budgets and the kustomization.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shared.settings import GROUPS, env_names, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s-keda"
+NAMESPACE = "sluice"
+FUNCTIONS_SETTING = re.compile(r"^AzureFunctionsJobHost__functions__(\d+)$")
+# Functions host settings the manifests may set (exact names); anything else must be a Sluice setting.
+HOST_SETTINGS = {
+    "FUNCTIONS_WORKER_RUNTIME", "AzureWebJobsFeatureFlags", "AzureWebJobsSecretStorageType",
+    "AzureFunctionsWebHost__hostid", "AzureWebJobsStorage",
+}
+IDENTITY_CONNECTION_SUFFIXES = {"fullyQualifiedNamespace", "credential", "clientId"}
+SECRET_VALUE = re.compile(
+    r"(SharedAccessKey=|SharedAccessSignature|AccountKey=|password=|pwd=|-----BEGIN|sig=)", re.IGNORECASE)
+KEY_LIKE = re.compile(r"^[A-Za-z0-9+/]{40,}={0,2}$")
+TRIGGER_OF_DEPLOYMENT = {"sluice-ingest": "eventHubTrigger", "sluice-lookups": "httpTrigger",
+                         "sluice-timers": "timerTrigger"}
+
+
+@cache
+def documents() -> tuple[tuple[str, dict[str, Any]], ...]:
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if doc is not None:
+                docs.append((path.name, doc))
+    return tuple(docs)
+
+
+def of_kind(kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for _, doc in documents() if doc.get("kind") == kind}
+
+
+def configmap() -> dict[str, Any]:
+    return of_kind("ConfigMap")["sluice-settings"]
+
+
+def settings_data() -> dict[str, str]:
+    return configmap()["data"]
+
+
+def containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    return deployment["spec"]["template"]["spec"]["containers"]
+
+
+def environment(deployment: dict[str, Any]) -> dict[str, Any]:
+    """Every variable a Deployment's container gets: ConfigMap keys (envFrom) and env entries."""
+    (container,) = containers(deployment)
+    env: dict[str, Any] = {}
+    for source in container.get("envFrom", []):
+        env.update(of_kind("ConfigMap")[source["configMapRef"]["name"]]["data"])
+    for entry in container.get("env", []):
+        env[entry["name"]] = entry.get("value", entry.get("valueFrom"))
+    return env
+
+
+def functions_run_by(deployment: dict[str, Any]) -> list[str]:
+    env = environment(deployment)
+    indexed = sorted((int(m.group(1)), value) for name, value in env.items() if (m := FUNCTIONS_SETTING.match(name)))
+    assert [i for i, _ in indexed] == list(range(len(indexed))), \
+        f"{deployment['metadata']['name']}: AzureFunctionsJobHost__functions__N must count 0, 1, 2, ... without gaps"
+    return [value for _, value in indexed]
+
+
+@cache
+def app_functions() -> dict[str, dict[str, Any]]:
+    """Each function function_app.py registers, with its trigger binding (as the host indexes it)."""
+    from function_app import app
+
+    out = {}
+    for function in app.get_functions():
+        bindings = json.loads(function.get_function_json())["bindings"]
+        (trigger,) = [b for b in bindings if b["type"].endswith("Trigger")]
+        out[function.get_function_name()] = trigger
+    return out
+
+
+def sluice_settings() -> set[str]:
+    return {name for group in GROUPS.values() for name in env_names(group)}
+
+
+def strings(node: Any):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from strings(key)
+            yield from strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+# --- the files ---------------------------------------------------------------------------
+
+def test_every_document_is_a_named_kubernetes_object_in_the_sluice_namespace() -> None:
+    assert documents()
+    for filename, doc in documents():
+        if filename == "kustomization.yaml":
+            continue
+        assert doc.get("apiVersion") and doc.get("kind") and doc["metadata"].get("name"), filename
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == NAMESPACE, f"{filename}: {doc['kind']} outside {NAMESPACE}"
+    names = Counter((doc["kind"], doc["metadata"]["name"]) for f, doc in documents() if f != "kustomization.yaml")
+    assert not [k for k, n in names.items() if n > 1], "duplicate objects"
+
+
+def test_the_kustomization_applies_every_manifest_and_sets_the_image() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert sorted(kustomization["resources"]) == sorted(files)
+    assert kustomization["namespace"] == NAMESPACE
+    images = {image["name"] for image in kustomization["images"]}
+    for deployment in of_kind("Deployment").values():
+        for container in containers(deployment):
+            assert container["image"] in images, f"{deployment['metadata']['name']}: image not set by kustomize"
+
+
+# --- settings --------------------------------------------------------------------------
+
+def test_every_variable_is_a_sluice_setting_or_a_known_host_setting() -> None:
+    known = sluice_settings() | HOST_SETTINGS
+    connections = {t.get("connection") for t in app_functions().values() if t.get("connection")}
+    for name, deployment in of_kind("Deployment").items():
+        for variable in environment(deployment):
+            if FUNCTIONS_SETTING.match(variable) or variable in known:
+                continue
+            prefix, _, suffix = variable.partition("__")
+            assert prefix in connections and suffix in IDENTITY_CONNECTION_SUFFIXES, \
+                f"{name}: {variable} is neither a Sluice setting (shared/settings.py) nor a known host setting"
+
+
+def test_the_configmap_is_valid_azure_settings() -> None:
+    data = settings_data()
+    assert all(isinstance(v, str) for v in data.values()), "ConfigMap values must be strings (quote numbers)"
+    settings = load_settings({**data, "AzureWebJobsStorage": "supplied-by-the-secret-sluice-storage"})
+    assert settings.cassandra.port == 10350 and settings.cassandra.tls
+    assert settings.cassandra.password is None and settings.cassandra.password_secret
+    assert settings.redis.url.startswith("rediss://") and ":6380" in settings.redis.url
+    assert settings.redis.password is None and settings.redis.password_secret
+    assert settings.postgres.sslmode == "require"
+    assert settings.postgres.password is None and settings.postgres.password_secret
+    assert settings.keyvault.url.startswith("https://") and settings.keyvault.ca_file is None
+
+
+def test_every_required_setting_reaches_every_deployment() -> None:
+    required = set()
+    for group in GROUPS.values():
+        for info, variable in zip(group.model_fields.values(), env_names(group), strict=True):
+            if info.is_required():
+                required.add(variable)
+    assert "AzureWebJobsStorage" in required
+    for name, deployment in of_kind("Deployment").items():
+        missing = required - set(environment(deployment))
+        assert not missing, f"{name} lacks {sorted(missing)}"
+
+
+def test_no_value_looks_like_a_secret() -> None:
+    for filename, doc in documents():
+        assert doc.get("kind") != "Secret", f"{filename}: Secrets come from Key Vault, never from the repository"
+        for text in strings(doc):
+            assert not SECRET_VALUE.search(text), f"{filename}: {text[:40]!r}... looks like a credential"
+            assert not KEY_LIKE.match(text), f"{filename}: {text[:12]!r}... looks like a key"
+    for name, deployment in of_kind("Deployment").items():
+        for variable, value in environment(deployment).items():
+            if re.search(r"(PASSWORD|KEY|SECRET|CONNECTION)$", variable.upper()) and isinstance(value, str):
+                assert variable.endswith("_SECRET"), f"{name}: {variable} has a literal value"
+            if variable == "AzureWebJobsStorage":
+                assert set(value) == {"secretKeyRef"}, f"{name}: AzureWebJobsStorage must come from a Secret"
+
+
+def test_secret_references_come_from_key_vault_through_the_csi_driver() -> None:
+    providers = of_kind("SecretProviderClass")
+    synced = {(s["secretName"], d["key"]) for p in providers.values() for s in p["spec"].get("secretObjects", [])
+              for d in s["data"]}
+    for name, deployment in of_kind("Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        csi = {v["csi"]["volumeAttributes"]["secretProviderClass"] for v in pod["volumes"] if "csi" in v}
+        assert csi <= set(providers), f"{name} mounts an unknown SecretProviderClass"
+        for variable, value in environment(deployment).items():
+            if isinstance(value, dict) and "secretKeyRef" in value:
+                ref = value["secretKeyRef"]
+                assert (ref["name"], ref["key"]) in synced, f"{name}: {variable} refers to a Secret nothing creates"
+                provider = next(n for n, p in providers.items()
+                                if any(s["secretName"] == ref["name"] for s in p["spec"].get("secretObjects", [])))
+                assert provider in csi, f"{name} must mount {provider} for the driver to sync {ref['name']}"
+    for provider in providers.values():
+        parameters = provider["spec"]["parameters"]
+        assert provider["spec"]["provider"] == "azure" and parameters["usePodIdentity"] == "false"
+        assert parameters["clientID"] == service_account_client_id(), "the CSI driver must use the app's identity"
+
+
+# --- functions per deployment --------------------------------------------------------------
+
+def test_each_function_runs_in_exactly_one_deployment_of_its_trigger_type() -> None:
+    registered = app_functions()
+    assert set(of_kind("Deployment")) == set(TRIGGER_OF_DEPLOYMENT)
+    seen: Counter[str] = Counter()
+    for name, deployment in of_kind("Deployment").items():
+        listed = functions_run_by(deployment)
+        assert listed, f"{name} sets no AzureFunctionsJobHost__functions__0: it would run every function"
+        for function in listed:
+            assert function in registered, f"{name} runs {function!r}, which function_app.py does not register"
+            assert registered[function]["type"] == TRIGGER_OF_DEPLOYMENT[name], \
+                f"{function!r} is a {registered[function]['type']} but runs in {name}"
+        seen.update(listed)
+    unrun = sorted(set(registered) - set(seen))
+    assert not unrun, f"registered but run by no Deployment: {unrun} (add them to k8s-keda/)"
+    assert [f for f, n in seen.items() if n > 1] == []
+
+
+def test_binding_expressions_resolve_from_the_configmap() -> None:
+    data = settings_data()
+    for function, trigger in app_functions().items():
+        for value in strings(trigger):
+            for setting in re.findall(r"%([^%]+)%", value):
+                assert setting in data or setting in sluice_settings(), f"{function}: %{setting}% is never set"
+        if trigger.get("connection"):
+            assert f"{trigger['connection']}__fullyQualifiedNamespace" in data, \
+                f"{function}: its connection {trigger['connection']!r} has no identity-based namespace"
+
+
+# --- KEDA ----------------------------------------------------------------------------------
+
+def scaled_ingest() -> tuple[dict[str, Any], dict[str, str]]:
+    (scaled,) = of_kind("ScaledObject").values()
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "azure-eventhub"
+    return scaled, trigger
+
+
+def test_the_scaled_object_targets_the_ingest_deployment_which_keda_alone_sizes() -> None:
+    scaled, _ = scaled_ingest()
+    target = scaled["spec"]["scaleTargetRef"]["name"]
+    assert target in of_kind("Deployment")
+    assert [registered_trigger(f) for f in functions_run_by(of_kind("Deployment")[target])] == ["eventHubTrigger"]
+    assert "replicas" not in of_kind("Deployment")[target]["spec"], "an apply would reset KEDA's replica count"
+    assert scaled["spec"]["minReplicaCount"] == 0
+
+
+def registered_trigger(function: str) -> str:
+    return app_functions()[function]["type"]
+
+
+def test_the_scaler_reads_the_checkpoints_the_host_writes_for_our_hub_and_group() -> None:
+    _, trigger = scaled_ingest()
+    metadata, data = trigger["metadata"], settings_data()
+    assert metadata["checkpointStrategy"] == "blobMetadata"
+    assert metadata["blobContainer"] == "azure-webjobs-eventhub"
+    assert metadata["consumerGroup"] == data["SLUICE_INGEST_CONSUMER_GROUP"]
+    assert metadata["eventHubName"] == data["SLUICE_INGEST_EVENTHUB_NAME"]
+    assert f"{metadata['eventHubNamespace']}.servicebus.windows.net" == \
+        data["EventHubConnection__fullyQualifiedNamespace"]
+    assert int(metadata["unprocessedEventThreshold"]) > 0
+    assert metadata.get("storageAccountName"), "pod identity reads checkpoints by account name"
+    assert "connectionFromEnv" not in metadata and "storageConnectionFromEnv" not in metadata
+
+
+def test_max_replicas_do_not_exceed_the_partition_count() -> None:
+    scaled, _ = scaled_ingest()
+    partitions = int(configmap()["metadata"]["annotations"]["sluice.io/eventhub-partition-count"])
+    assert 1 <= scaled["spec"]["maxReplicaCount"] <= partitions
+
+
+def test_keda_authenticates_with_workload_identity() -> None:
+    _, trigger = scaled_ingest()
+    auth = of_kind("TriggerAuthentication")[trigger["authenticationRef"]["name"]]
+    assert auth["spec"]["podIdentity"]["provider"] == "azure-workload"
+    assert "secretTargetRef" not in auth["spec"]
+
+
+# --- identity, security, availability -----------------------------------------------------
+
+def service_account_client_id() -> str:
+    account = of_kind("ServiceAccount")["sluice"]
+    return account["metadata"]["annotations"]["azure.workload.identity/client-id"]
+
+
+@pytest.mark.parametrize("name", sorted(TRIGGER_OF_DEPLOYMENT))
+def test_pods_use_workload_identity_and_run_restricted(name: str) -> None:
+    assert service_account_client_id()
+    deployment = of_kind("Deployment")[name]
+    template = deployment["spec"]["template"]
+    pod = template["spec"]
+    assert pod["serviceAccountName"] in of_kind("ServiceAccount")
+    assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    (container,) = pod["containers"]
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == ["ALL"]
+    if security.get("readOnlyRootFilesystem"):
+        assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"]), "the host needs a writable /tmp"
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][kind]), f"{name}: {kind} incomplete"
+    labels = deployment["spec"]["selector"]["matchLabels"]
+    assert labels.items() <= template["metadata"]["labels"].items()
+    budgets = [b for b in of_kind("PodDisruptionBudget").values() if b["spec"]["selector"]["matchLabels"] == labels]
+    assert len(budgets) == 1, f"{name} needs one PodDisruptionBudget"
+
+
+def test_timers_run_as_one_replica_with_a_shared_host_id() -> None:
+    timers = of_kind("Deployment")["sluice-timers"]
+    assert timers["spec"]["replicas"] == 1
+    assert not [s for s in of_kind("ScaledObject").values() if s["spec"]["scaleTargetRef"]["name"] == "sluice-timers"]
+    assert not [h for h in of_kind("HorizontalPodAutoscaler").values()
+                if h["spec"]["scaleTargetRef"]["name"] == "sluice-timers"]
+    assert re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", settings_data()["AzureFunctionsWebHost__hostid"])
+
+
+def test_lookups_have_a_service_at_least_two_replicas_and_health_probes() -> None:
+    lookups = of_kind("Deployment")["sluice-lookups"]
+    (hpa,) = [h for h in of_kind("HorizontalPodAutoscaler").values()
+              if h["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                                 "name": "sluice-lookups"}]
+    assert hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["maxReplicas"] >= hpa["spec"]["minReplicas"]
+    assert "replicas" not in lookups["spec"]
+    (service,) = of_kind("Service").values()
+    labels = lookups["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    (container,) = containers(lookups)
+    ports = {p["name"] for p in container["ports"]}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
+    readiness = container["readinessProbe"]["httpGet"]
+    assert readiness["path"] == "/api/health" and readiness["port"] in ports
+    health = app_functions()["health"]
+    assert health["route"] == "health" and health["authLevel"] == "ANONYMOUS", "probes carry no function key"
+    assert "livenessProbe" in container
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/run/secrets/functions-keys" in mounts, "FUNCTION-level routes need the host's keys"
