@@ -119,51 +119,59 @@ class DeviceContext:
 
 @dataclass(slots=True)
 class MeasurementSummary:
-    """count, min, max, mean and the value of the latest event (event time, then event id)."""
+    """count, min, max, sum and the value of the latest event carrying the measurement.
 
-    count: int = 0
-    min: float = math.inf
-    max: float = -math.inf
-    total: float = 0.0
-    last: float = 0.0
+    ``last_key`` is that event's (event time, event id as an integer): events are
+    ordered by event time, ties broken by event id, so every run picks the same
+    ``last``. Summaries of one measurement merge (devices -> site).
+    """
 
-    def add(self, value: float) -> None:
-        """Values must arrive in event order (``last`` is the latest one added)."""
-        self.count += 1
-        if value < self.min:
-            self.min = value
-        if value > self.max:
-            self.max = value
-        self.total += value
-        self.last = value
+    count: int
+    min: float
+    max: float
+    total: float
+    last: float
+    last_key: tuple[datetime, int]
+
+    @classmethod
+    def of(cls, values: list[float], last_key: tuple[datetime, int]) -> MeasurementSummary:
+        """From the values in event order."""
+        return cls(len(values), min(values), max(values), math.fsum(values), values[-1], last_key)
+
+    def merge(self, other: MeasurementSummary) -> None:
+        self.count += other.count
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+        self.total += other.total
+        if other.last_key > self.last_key:
+            self.last, self.last_key = other.last, other.last_key
 
     def as_dict(self) -> dict[str, float | int]:
         return {"count": self.count, "min": self.min, "max": self.max, "avg": self.total / self.count, "last": self.last}
 
 
-@dataclass(slots=True)
-class _Figures:
-    event_count: int = 0
-    critical_count: int = 0
-    first: datetime | None = None
-    last: datetime | None = None
-    measurements: dict[str, MeasurementSummary] = field(default_factory=dict)
-    devices: set[str] = field(default_factory=set)
-
-    def add(self, event: StoredEvent, critical: bool) -> None:
-        self.event_count += 1
-        self.critical_count += critical
-        if self.first is None:
-            self.first = event.event_time
-        self.last = event.event_time
+def _summaries(events: list[StoredEvent], keys: list[tuple[datetime, int]]) -> dict[str, MeasurementSummary]:
+    """Per measurement summaries of one device's events (in event order)."""
+    values: dict[str, list[float]] = {}
+    for event in events:
         for name, value in event.measurements.items():
-            summary = self.measurements.get(name)
-            if summary is None:
-                summary = self.measurements[name] = MeasurementSummary()
-            summary.add(value)
+            bucket = values.get(name)
+            if bucket is None:
+                values[name] = [value]
+            else:
+                bucket.append(value)
+    last: dict[str, tuple[datetime, int]] = {}
+    for index in range(len(events) - 1, -1, -1):  # the latest event carrying each measurement
+        for name in events[index].measurements:
+            if name not in last:
+                last[name] = keys[index]
+        if len(last) == len(values):
+            break
+    return {name: MeasurementSummary.of(vals, last[name]) for name, vals in values.items()}
 
-    def measurements_dict(self) -> dict[str, dict[str, float | int]]:
-        return {name: summary.as_dict() for name, summary in sorted(self.measurements.items())}
+
+def _as_dicts(summaries: Mapping[str, MeasurementSummary]) -> dict[str, dict[str, float | int]]:
+    return {name: summaries[name].as_dict() for name in sorted(summaries)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +199,8 @@ class SiteWindowStats:
 class EnrichedWindow:
     """Everything the sink writes for one window.
 
-    ``events`` are in event order (event time, then event id), one per event id;
+    ``events`` are grouped by device (devices sorted), each group in event order
+    (event time, then event id), one per event id;
     ``critical`` holds the critical flag of each of them (same order);
     ``devices`` the reference columns of every device seen.
     """
@@ -213,10 +222,6 @@ class EnrichedWindow:
         return sum(s.event_count for s in self.device_stats if not s.device.known)
 
 
-def _event_key(event: StoredEvent) -> tuple[datetime, uuid.UUID]:
-    return (event.event_time, event.event_id)
-
-
 def compute_window(
     window: Window,
     events: Iterable[StoredEvent],
@@ -229,51 +234,62 @@ def compute_window(
     rows because it was sent twice with different timestamps) counts once: the row
     with the latest event time wins, so the outcome does not depend on read order.
     ``critical`` comes from the flag ingest stored, or from ``rules`` when a row
-    has none.
+    has none. Sums use ``math.fsum``, so averages do not depend on read order either.
     """
+    start, end = window.start, window.end
     by_id: dict[uuid.UUID, StoredEvent] = {}
     duplicates = 0
     for event in events:
-        if not (window.start <= event.event_time < window.end):
+        if not (start <= event.event_time < end):
             continue
-        earlier = by_id.get(event.event_id)
-        if earlier is not None:
+        earlier = by_id.setdefault(event.event_id, event)
+        if earlier is not event:
             duplicates += 1
-            if _event_key(earlier) >= _event_key(event):
-                continue
-        by_id[event.event_id] = event
-    ordered = sorted(by_id.values(), key=_event_key)
+            if (event.event_time, event.event_id.int) > (earlier.event_time, earlier.event_id.int):
+                by_id[event.event_id] = event
 
-    devices: dict[str, DeviceContext] = {}
-    per_device: dict[str, _Figures] = {}
-    per_site: dict[str, _Figures] = {}
+    per_device: dict[str, list[StoredEvent]] = {}
+    for event in by_id.values():
+        group = per_device.get(event.device_id)
+        if group is None:
+            per_device[event.device_id] = [event]
+        else:
+            group.append(event)
+
+    ordered: list[StoredEvent] = []
     flags: list[bool] = []
-    for event in ordered:
-        critical = event.critical if event.critical is not None else is_critical(
-            event.severity, event.measurements, rules)
-        flags.append(critical)
-        context = devices.get(event.device_id)
-        if context is None:
-            context = devices[event.device_id] = DeviceContext.resolve(event.device_id, reference)
-            per_device[event.device_id] = _Figures()
-        per_device[event.device_id].add(event, critical)
+    devices: dict[str, DeviceContext] = {}
+    device_stats: list[DeviceWindowStats] = []
+    per_site: dict[str, tuple[list[str], list[int], dict[str, MeasurementSummary]]] = {}
+    for device_id in sorted(per_device):
+        group = per_device[device_id]
+        group.sort(key=lambda e: (e.event_time, e.event_id.int))
+        keys = [(e.event_time, e.event_id.int) for e in group]
+        critical = [e.critical if e.critical is not None else is_critical(e.severity, e.measurements, rules)
+                    for e in group]
+        context = devices[device_id] = DeviceContext.resolve(device_id, reference)
+        summaries = _summaries(group, keys)
+        device_stats.append(DeviceWindowStats(context, len(group), sum(critical), group[0].event_time,
+                                              group[-1].event_time, _as_dicts(summaries)))
+        ordered.extend(group)
+        flags.extend(critical)
         if context.site_id is not None:
-            site = per_site.get(context.site_id)
-            if site is None:
-                site = per_site[context.site_id] = _Figures()
-            site.add(event, critical)
-            site.devices.add(event.device_id)
+            members, counts, merged = per_site.setdefault(context.site_id, ([], [0, 0], {}))
+            members.append(device_id)
+            counts[0] += len(group)
+            counts[1] += sum(critical)
+            for name, summary in summaries.items():
+                into = merged.get(name)
+                if into is None:
+                    merged[name] = MeasurementSummary(summary.count, summary.min, summary.max, summary.total,
+                                                      summary.last, summary.last_key)
+                else:
+                    into.merge(summary)
 
-    device_stats = [
-        DeviceWindowStats(devices[device_id], f.event_count, f.critical_count, f.first, f.last,  # type: ignore[arg-type]
-                          f.measurements_dict())
-        for device_id, f in sorted(per_device.items())
-    ]
     site_stats = []
-    for site_id, f in sorted(per_site.items()):
+    for site_id in sorted(per_site):
+        members, (event_count, critical_count), merged = per_site[site_id]
         site = reference.sites.get(site_id)
-        site_stats.append(SiteWindowStats(
-            site_id, site.name if site else None, site.region if site else None,
-            len(f.devices), f.event_count, f.critical_count, f.measurements_dict(),
-        ))
+        site_stats.append(SiteWindowStats(site_id, site.name if site else None, site.region if site else None,
+                                          len(members), event_count, critical_count, _as_dicts(merged)))
     return EnrichedWindow(window, ordered, flags, devices, device_stats, site_stats, duplicates)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -100,17 +101,20 @@ class EnrichmentService:
         result = RunResult(watermark=state.watermark, late_scan_until=state.late_scan_until)
 
         late, complete = self._late_windows(state, now, result)
-        for window in late:
-            result.windows.append(self.enrich(window, reference, "late", advance_watermark=False))
+        result.windows.extend(self._enrich_all(late, reference, "late", advance_watermark=False))
         result.late_windows = len(late)
 
-        budget = cfg.max_windows_per_run
+        scheduled = []
         window = window_of(state.watermark, cfg.window_seconds)
-        while window.closed(now, lateness) and budget > 0:
-            result.windows.append(self.enrich(window, reference, "scheduled", advance_watermark=True))
-            result.watermark = window.end
+        while window.closed(now, lateness) and len(scheduled) < cfg.max_windows_per_run:
+            scheduled.append(window)
             window = Window(window.end, window.end + (window.end - window.start))
-            budget -= 1
+
+        def advanced(outcome: WindowOutcome) -> None:
+            result.windows.append(outcome)
+            result.watermark = outcome.window.end
+
+        self._enrich_all(scheduled, reference, "scheduled", advance_watermark=True, on_window=advanced)
         result.more_pending = window.closed(now, lateness) or not complete
 
         if complete and now > state.late_scan_until:
@@ -152,10 +156,38 @@ class EnrichmentService:
     def enrich(self, window: Window, reference: ReferenceData, reason: Reason, *, advance_watermark: bool
                ) -> WindowOutcome:
         """Read, compute and write one window (one store transaction)."""
-        events = self._reader.read(window.start, window.end)
-        enriched = compute_window(window, events, reference, self._rules)
+        enriched = self._prepare(window, reference)
         self._store.write_window(enriched, reason, advance_watermark=advance_watermark)
         return _outcome(enriched, reason)
+
+    def _prepare(self, window: Window, reference: ReferenceData) -> EnrichedWindow:
+        return compute_window(window, self._reader.read(window.start, window.end), reference, self._rules)
+
+    def _enrich_all(self, windows: Sequence[Window], reference: ReferenceData, reason: Reason, *,
+                    advance_watermark: bool, on_window: Callable[[WindowOutcome], None] | None = None
+                    ) -> list[WindowOutcome]:
+        """Write ``windows`` in order, one transaction each, reading and computing the next one meanwhile.
+
+        The next window is prepared on a helper thread while PostgreSQL writes the
+        current one (the client mostly waits on the server then). Writes stay
+        strictly in order, so the watermark advances window by window; the first
+        failure stops the loop and propagates.
+        """
+        outcomes: list[WindowOutcome] = []
+        if not windows:
+            return outcomes
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="enrich-prepare") as helper:
+            pending = helper.submit(self._prepare, windows[0], reference)
+            for index in range(len(windows)):
+                enriched = pending.result()
+                if index + 1 < len(windows):
+                    pending = helper.submit(self._prepare, windows[index + 1], reference)
+                self._store.write_window(enriched, reason, advance_watermark=advance_watermark)
+                outcome = _outcome(enriched, reason)
+                outcomes.append(outcome)
+                if on_window is not None:
+                    on_window(outcome)
+        return outcomes
 
     def backfill(self, start: datetime, end: datetime, *, on_window: Callable[[WindowOutcome], None] | None = None
                  ) -> list[WindowOutcome]:
@@ -167,13 +199,8 @@ class EnrichmentService:
         if end <= start:
             raise ValueError(f"backfill end {end.isoformat()} is not after start {start.isoformat()}")
         reference = self._reference.load()
-        outcomes = []
-        for window in windows_between(start, end, self._settings.window_seconds):
-            outcome = self.enrich(window, reference, "backfill", advance_watermark=False)
-            outcomes.append(outcome)
-            if on_window is not None:
-                on_window(outcome)
-        return outcomes
+        windows = list(windows_between(start, end, self._settings.window_seconds))
+        return self._enrich_all(windows, reference, "backfill", advance_watermark=False, on_window=on_window)
 
 
 def _outcome(enriched: EnrichedWindow, reason: Reason) -> WindowOutcome:
