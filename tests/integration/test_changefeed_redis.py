@@ -1,0 +1,127 @@
+"""RedisCache's scripts against real Redis: order independence, idempotence, caps, completeness and TTLs."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+
+from shared.adapters.redis_cache import RedisCache
+from shared.ports.cache import SINCE_ALL
+from shared.ports.stored import StoredEvent
+from tests.integration import test_changefeed as changefeed_tests
+
+private_redis = changefeed_tests.private_redis
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def ev(device="d1", seconds=0, critical=False, event_id=None) -> StoredEvent:
+    return StoredEvent(event_id=event_id or uuid.uuid4(), device_id=device, event_time=NOW + timedelta(seconds=seconds),
+                       event_type="t", severity="critical" if critical else "info", critical=critical,
+                       measurements={"v": float(seconds)})
+
+
+@pytest.fixture
+def client(redis_url):
+    c = redis.Redis.from_url(redis_url)
+    yield c
+    c.close()
+
+
+def state(client: redis.Redis, prefix: str) -> dict:
+    """Everything under the prefix except stream entry ids (which carry the wall clock)."""
+    out = {}
+    for key in sorted(client.scan_iter(match=prefix + "*")):
+        kind = client.type(key)
+        if kind == b"hash":
+            out[key] = client.hgetall(key)
+        elif kind == b"zset":
+            out[key] = client.zrange(key, 0, -1, withscores=True)
+        elif kind == b"stream":
+            out[key] = sorted(fields[b"event_id"] for _, fields in client.xrange(key))
+        else:
+            out[key] = client.get(key)
+    return out
+
+
+def test_any_order_and_any_replay_leave_the_same_state(client, redis_prefix):
+    same_ms = [ev(seconds=5, event_id=uuid.UUID(int=i)) for i in (3, 9)]  # a tie on time: the larger id wins
+    events = [ev(seconds=s, critical=s % 2 == 0) for s in range(5)] + same_ms + [ev("d2", 1, True)]
+    states = []
+    for attempt in range(4):
+        prefix = f"{redis_prefix}{attempt}:"
+        cache = RedisCache(client, key_prefix=prefix, critical_per_device_max=3)
+        shuffled = random.Random(attempt).sample(events, len(events))
+        for start in range(0, len(shuffled), 3):
+            cache.apply(shuffled[start:start + 3])
+        cache.apply(shuffled[:5])  # a replayed page
+        states.append({k.decode().split(":", 3)[-1]: v for k, v in state(client, prefix).items()})
+        latest = json.loads(client.hget(cache.keys.latest("d1"), "d"))
+        assert latest["event_id"] == str(uuid.UUID(int=9))
+        assert len(client.zrange(cache.keys.critical("d1"), 0, -1)) == 3
+    assert all(s == states[0] for s in states[1:])
+
+
+def test_each_critical_event_enters_the_stream_once(client, redis_prefix):
+    cache = RedisCache(client, key_prefix=redis_prefix, critical_stream_max=1000)
+    crit = [ev(seconds=i, critical=True) for i in range(5)]
+    for _ in range(3):
+        cache.apply(crit)
+    ids = [fields[b"event_id"].decode() for _, fields in client.xrange(cache.keys.stream)]
+    assert sorted(ids) == sorted(str(e.event_id) for e in crit)
+
+
+def test_a_fill_never_replaces_a_newer_latest_and_a_negative_entry_never_hides_one(client, redis_prefix):
+    cache = RedisCache(client, key_prefix=redis_prefix)
+    newer, older = ev(seconds=10), ev(seconds=1)
+    cache.apply([newer])
+    cache.fill_latest("d1", older, ttl=60, negative_ttl=5)
+    cache.fill_latest("d1", None, ttl=60, negative_ttl=5)
+    assert cache.get_latest("d1").document == newer.to_json()
+    cache.fill_latest("d9", None, ttl=60, negative_ttl=5)
+    assert cache.get_latest("d9").document is None and client.ttl(cache.keys.latest("d9")) <= 5
+    cache.apply([ev("d9", 3)])  # the feed's write replaces "does not exist" at once, with the long TTL
+    assert json.loads(cache.get_latest("d9").document)["device_id"] == "d9"
+    assert client.ttl(cache.keys.latest("d9")) > 5
+
+
+def test_a_lookup_fill_never_shortens_the_feeds_ttl(client, redis_prefix):
+    cache = RedisCache(client, key_prefix=redis_prefix, ttl_seconds=10_000)
+    crit = ev(critical=True)
+    cache.apply([crit])
+    cache.fill_event(str(crit.event_id), crit, ttl=60, negative_ttl=5)
+    cache.fill_critical("d1", [crit], SINCE_ALL, ttl=60)
+    assert client.ttl(cache.keys.event(crit.event_id)) > 9000
+    assert client.ttl(cache.keys.critical("d1")) > 9000
+    assert client.ttl(cache.keys.critical_since("d1")) > 9000  # bound and set expire together
+
+
+def test_critical_answers_only_what_is_known_complete(client, redis_prefix):
+    cache = RedisCache(client, key_prefix=redis_prefix, critical_per_device_max=4)
+    crit = [ev(seconds=i, critical=True) for i in range(10)]
+    cache.apply(crit[:6])
+    assert cache.get_critical("d1", SINCE_ALL, 2) is None  # written by the feed alone: completeness unknown
+    cache.fill_critical("d1", crit[:6][::-1], SINCE_ALL, ttl=60)  # the store says: these are all of them
+    newest4 = [e.to_json() for e in crit[2:6][::-1]]
+    assert cache.get_critical("d1", SINCE_ALL, 4) == newest4  # capped at 4, and 4 asked: exact
+    assert cache.get_critical("d1", SINCE_ALL, 5) is None  # the 5th was trimmed: unknown
+    assert cache.get_critical("d1", crit[3].event_time_ms, 50) == newest4[:3]  # inside the complete range
+    cache.apply(crit[6:])  # the feed keeps adding; trimming moves the complete range up
+    assert cache.get_critical("d1", SINCE_ALL, 4) == [e.to_json() for e in crit[6:][::-1]]
+    assert cache.get_critical("d1", crit[5].event_time_ms, 50) is None
+
+
+def test_scripts_are_reloaded_after_a_script_flush(private_redis):
+    _, port = private_redis
+    client = redis.Redis(host="127.0.0.1", port=port)
+    cache = RedisCache(client, key_prefix="x:")
+    cache.apply([ev()])
+    client.script_flush()
+    cache.apply([ev(seconds=5)])
+    cache.fill_latest("d2", None, ttl=60, negative_ttl=5)
+    assert json.loads(cache.get_latest("d1").document)["measurements"] == {"v": 5.0}
+    client.close()
