@@ -237,3 +237,27 @@ def test_sigterm_finishes_and_checkpoints_the_batch_in_progress(eh_app: dict[str
     blobs = checkpoints(eh_app["storage"], eh_app["namespace"], hub, "sluice")
     assert blobs["3"]["sequencenumber"] == str(records[-1]["seqs"][0])
     assert "Shutting down" in host.output()
+
+
+@pytest.mark.timeout(90)
+def test_after_a_crash_the_restarted_host_redelivers_only_what_was_not_checkpointed(
+    eh_app: dict[str, Any], devhost_factory: Any,
+) -> None:
+    hub, conn = eh_app["hub"], eh_app["conn"]
+    host = devhost_factory(eh_app["root"], settings=eh_app["settings"])
+    send(conn, hub, "0", [{"n": i} for i in range(4)])
+    wait_for(lambda: checkpoints(eh_app["storage"], eh_app["namespace"], hub, "sluice").get("0", {})
+             .get("sequencenumber") == "3", 30, "the first events checkpointed", host)
+    send(conn, hub, "0", [{"n": 99, "sleep": 3.0}])
+    wait_for(lambda: [r for r in read_records(eh_app["out"]) if r["function"] == "batches"
+                      and r["bodies"][0]["n"] == 99], 30, "the slow event to start", host)
+    host.kill()
+    host = devhost_factory(eh_app["root"], settings=eh_app["settings"])
+    # The crashed host's ownership must expire (6 s here) before the partition is claimed again.
+    wait_for(lambda: [r for r in done(read_records(eh_app["out"])) if r["bodies"][0]["n"] == 99], 40,
+             "the slow event to be redelivered and finished", host)
+    records = [r for r in read_records(eh_app["out"]) if r["function"] == "batches"]
+    starts = [b["n"] for r in records if r["phase"] == "start" for b in r["bodies"]]
+    assert starts.count(99) == 2, "delivered again after the crash"
+    assert sorted(n for n in starts if n != 99) == [0, 1, 2, 3], "checkpointed events are not redelivered"
+    assert host.stop(stop_timeout=30) == 0
