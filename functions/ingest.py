@@ -35,7 +35,7 @@ def to_records(events: list[func.EventHubEvent]) -> list[RawRecord]:
             event.get_body(),
             EventMetadata(
                 partition_id=partition,
-                offset=event.offset,
+                offset=None if event.offset is None else str(event.offset),  # the host passes a long for "many"
                 sequence_number=event.sequence_number,
                 enqueued_time=event.enqueued_time,
                 partition_key=event.partition_key,
