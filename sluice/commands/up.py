@@ -1,0 +1,396 @@
+"""``up``: the whole pipeline on this machine, with a load, live progress and a clean stop (Ctrl-C).
+
+Starts PostgreSQL and Redis if they are not running, Azurite, the Cassandra, Event
+Hubs and Key Vault emulators, writes ``<data-dir>/local.settings.json``, creates
+the database, applies migrations, loads sample reference data, starts the dev host
+and the load generator, and shows events sent, stored, dead-lettered, critical
+events cached, windows enriched and lag. See docs/local-stack.md.
+
+With ``--duration`` the load runs that long, then ``up`` waits for the pipeline to
+drain and checks delivery exactly against what was sent (every valid event
+stored once, every invalid one dead-lettered, latest state, critical events in
+Redis, enriched windows); it exits 1 if anything is missing or wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+DEFAULT_RATE = 200.0
+DEFAULT_DEVICES = 200
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from sluice.localstack import ROOT
+
+    parser = subparsers.add_parser(
+        "up", help="run the whole pipeline locally (emulators, dev host, load); Ctrl-C stops it",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--duration", type=float, help="bounded run: send load this many seconds, drain, check, exit")
+    parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help=f"events per second (default {DEFAULT_RATE:g})")
+    parser.add_argument("--devices", type=int, default=DEFAULT_DEVICES, help=f"devices (default {DEFAULT_DEVICES})")
+    parser.add_argument("--critical-ratio", type=float, default=0.01)
+    parser.add_argument("--duplicate-ratio", type=float, default=0.001)
+    parser.add_argument("--invalid-ratio", type=float, default=0.001)
+    parser.add_argument("--out-of-order-ratio", type=float, default=0.005)
+    parser.add_argument("--no-load", action="store_true", help="start the stack but send nothing")
+    parser.add_argument("--data-dir", type=Path, default=ROOT / ".local" / "stack",
+                        help="where emulator data, logs and local.settings.json live (default .local/stack)")
+    parser.add_argument("--in-memory", action="store_true", help="keep emulator and Azurite data in memory only")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start from empty stores: wipe --data-dir, drop the database, delete the Redis keys")
+    parser.add_argument("--http-port", type=int, default=7071)
+    parser.add_argument("--eventhubs-port", type=int, default=5672)
+    parser.add_argument("--cassandra-port", type=int, default=9042)
+    parser.add_argument("--azurite-port", type=int, default=10000)
+    parser.add_argument("--keyvault-port", type=int, default=8443)
+    parser.add_argument("--strict-ports", action="store_true",
+                        help="fail when a port is taken instead of using a free one")
+    parser.add_argument("--database", default="sluice", help="PostgreSQL database (default sluice)")
+    parser.add_argument("--keyspace", default="sluice", help="Cassandra keyspace (default sluice)")
+    parser.add_argument("--redis-prefix", default="sluice:", help="Redis key prefix (default sluice:)")
+    parser.add_argument("--keep-services", action="store_true",
+                        help="leave PostgreSQL and Redis running even if this command started them")
+    parser.add_argument("--drain-timeout", type=float, default=240.0,
+                        help="bounded run: seconds to wait for the pipeline to deliver after the load (default 240)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a setting in the generated local.settings.json (repeatable)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from shared.exceptions import ConfigurationError
+    from sluice.localstack import LocalStack, StackError, StackOptions
+
+    console = Console()
+    overrides = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigurationError(f"--set {item!r}: expected NAME=VALUE")
+        overrides[name] = value
+    options = StackOptions(
+        data_dir=args.data_dir, http_port=args.http_port, eventhubs_port=args.eventhubs_port,
+        cassandra_port=args.cassandra_port, azurite_port=args.azurite_port, keyvault_port=args.keyvault_port,
+        strict_ports=args.strict_ports, persist=not args.in_memory, database=args.database,
+        keyspace=args.keyspace, redis_prefix=args.redis_prefix, stop_services=not args.keep_services,
+        overrides=overrides,
+    )
+    stack = LocalStack(options, say=console.print)
+    producer: Producer | None = None
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        _start(stack, args, console)
+        from sluice.delivery import Probe, function_names
+
+        features = function_names()
+        probe = Probe(stack.values)
+        since = datetime.now(UTC)
+        manifest = args.data_dir / "manifests" / f"{since:%Y%m%dT%H%M%S}.jsonl" if args.duration else None
+        if not args.no_load:
+            producer = Producer(stack, args, manifest)
+        monitor = Monitor(probe, since, features)
+        monitor.start()
+        _where_to_look(stack, console, probe, features)
+        if args.duration:
+            return _bounded(stack, args, console, producer, monitor, probe, features, manifest, since)
+        _watch(console, stack, producer, monitor, until=lambda: False)
+        return 0
+    except KeyboardInterrupt:
+        console.print("\n[bold]stopping[/] (Ctrl-C)")
+        return 130
+    except StackError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if producer is not None:
+            producer.stop()
+        problems = stack.stop()
+        for problem in problems:
+            console.print(f"[red]while stopping:[/] {problem}")
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _start(stack, args: argparse.Namespace, console) -> None:
+    opts = stack.options
+    if args.fresh:
+        _wipe(stack, console)
+    opts.data_dir.mkdir(parents=True, exist_ok=True)
+    with console.status("PostgreSQL and Redis"):
+        stack.ensure_postgres()
+        stack.ensure_redis()
+    if args.fresh:
+        _forget(stack, console)
+    steps = [("Azurite", stack.start_azurite), ("Cassandra emulator", stack.start_cassandra),
+             ("Event Hubs emulator", stack.start_eventhubs), ("Key Vault emulator", stack.start_keyvault)]
+    for name, step in steps:
+        with console.status(f"starting {name}"):
+            step()
+    stack.write_settings()
+    console.print(f"settings: {stack.settings_path}")
+    with console.status("database, migrations"):
+        if stack.create_database():
+            console.print(f"created PostgreSQL database {opts.database}")
+        console.print(stack.migrate().strip())
+    reference = stack.reference_command()
+    if reference:
+        with console.status("sample reference data"):
+            console.print(stack.sluice(*reference, what="loading sample reference data").strip())
+    else:
+        console.print("[yellow]no reference data loader in this checkout: enrichment runs with unknown devices")
+    with console.status("starting the dev host"):
+        stack.start_devhost()
+    ports = ", ".join(f"{name} {port}" for name, port in stack.ports.items())
+    console.print(f"[green]up:[/] {ports}")
+
+
+def _wipe(stack, console) -> None:
+    data_dir = stack.options.data_dir
+    if data_dir.exists():
+        if not (data_dir / "local.settings.json").exists() and any(data_dir.iterdir()):
+            from sluice.localstack import StackError
+
+            raise StackError(f"--fresh: {data_dir} does not look like a local stack directory; not deleting it")
+        shutil.rmtree(data_dir)
+        console.print(f"wiped {data_dir}")
+
+
+def _forget(stack, console) -> None:
+    """--fresh: drop the database and the Redis keys of the prefix (the emulators start empty anyway)."""
+    import psycopg
+    import redis
+    from psycopg import sql
+
+    opts = stack.options
+    admin = f"host={opts.postgres_host} port={opts.postgres_port} user=postgres dbname=postgres"
+    with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(opts.database)))
+    client = redis.Redis.from_url(opts.redis_url)
+    try:
+        keys = list(client.scan_iter(match=opts.redis_prefix + "*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start:start + 1000])
+    finally:
+        client.close()
+    console.print(f"dropped database {opts.database} and {len(keys)} Redis keys under {opts.redis_prefix!r}")
+
+
+class Producer:
+    """``python -m sluice produce`` as a child process; its JSON progress lines are kept as ``summary``."""
+
+    def __init__(self, stack, args: argparse.Namespace, manifest: Path | None) -> None:
+        argv = [sys.executable, "-m", "sluice", "produce", "--connection", stack.eventhub_connection,
+                "--hub", stack.values["SLUICE_INGEST_EVENTHUB_NAME"], "--rate", str(args.rate),
+                "--devices", str(args.devices), "--duration", str(args.duration or 0),
+                "--critical-ratio", str(args.critical_ratio), "--duplicate-ratio", str(args.duplicate_ratio),
+                "--invalid-ratio", str(args.invalid_ratio), "--out-of-order-ratio", str(args.out_of_order_ratio),
+                "--progress", "json"]
+        if manifest is not None:
+            manifest.parent.mkdir(parents=True, exist_ok=True)
+            argv += ["--manifest", str(manifest)]
+        from sluice.localstack import ROOT
+
+        self.log = stack.options.data_dir / "produce.log"
+        self._log = open(self.log, "a", encoding="utf-8")  # noqa: SIM115
+        self.process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        self.summary: dict[str, Any] = {}
+        self.final: dict[str, Any] | None = None
+        threading.Thread(target=self._pump, name="produce-output", daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with contextlib.suppress(ValueError):
+                doc = json.loads(line)
+                if "progress" in doc:
+                    self.summary = doc["progress"]
+                elif "summary" in doc:
+                    self.summary = self.final = doc["summary"]
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def wait(self, timeout: float | None = None) -> int:
+        code = self.process.wait(timeout)
+        deadline = time.monotonic() + 5
+        while self.final is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return code
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+class Monitor(threading.Thread):
+    """Reads the stores every ``interval`` seconds; ``figures`` is the latest snapshot."""
+
+    def __init__(self, probe, since: datetime, features: set[str], interval: float = 2.0) -> None:
+        super().__init__(name="monitor", daemon=True)
+        self.probe, self.since, self.features, self.interval = probe, since, features, interval
+        self.figures = None
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            self.figures = self.probe.figures(self.since, features=self.features)
+            self.halt.wait(self.interval)
+
+
+def _table(stack, producer: Producer | None, monitor: Monitor, note: str = ""):
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    figures = monitor.figures
+    sent = producer.summary if producer else {}
+
+    def show(value: Any) -> str:
+        return "…" if value is None else f"{value:,}"
+
+    table.add_row("events sent", f"{sent.get('sent', 0):,}" + (f"  ({sent.get('rate', 0):,.0f}/s)" if sent else ""))
+    if sent:
+        table.add_row("  of which", f"critical {sent.get('critical', 0):,}  duplicate {sent.get('duplicate', 0):,}  "
+                                    f"invalid {sent.get('invalid', 0):,}  out-of-order {sent.get('out_of_order', 0):,}")
+    if figures is not None:
+        table.add_row("stored (Cassandra)", show(figures.stored))
+        table.add_row("dead-lettered (Azurite)", show(figures.dead_lettered))
+        table.add_row("critical cached (Redis)", show(figures.critical_cached) if "changefeed" in monitor.features
+                      else "no change feed function")
+        table.add_row("windows enriched (PostgreSQL)", show(figures.windows_enriched)
+                      if "enrichment" in monitor.features else "no enrichment function")
+        table.add_row("lag (events not checkpointed)", show(figures.lag)
+                      + (f"  {figures.lag_by_partition}" if figures.lag else ""))
+        for name, error in figures.errors.items():
+            table.add_row(f"[yellow]{name}", f"[yellow]{error}")
+    dead = [r.name for r in stack.children if not r.alive()]
+    if dead:
+        table.add_row("[red]exited", "[red]" + ", ".join(dead))
+    if note:
+        table.add_row("", note)
+    return table
+
+
+def _watch(console, stack, producer: Producer | None, monitor: Monitor, *, until, note=lambda: "") -> None:
+    from rich.live import Live
+
+    with Live(_table(stack, producer, monitor), console=console, refresh_per_second=2, transient=False) as live:
+        while not until():
+            live.update(_table(stack, producer, monitor, note()))
+            if any(not r.alive() for r in stack.children):
+                from sluice.localstack import StackError
+
+                dead = next(r for r in stack.children if not r.alive())
+                live.update(_table(stack, producer, monitor, note()))
+                raise StackError(f"{dead.name} exited ({dead.process.returncode}); its last output:\n{dead.output()}")
+            time.sleep(0.5)
+        live.update(_table(stack, producer, monitor, note()))
+
+
+def _bounded(stack, args, console, producer, monitor, probe, features, manifest, since) -> int:
+    from sluice.delivery import check_delivery
+    from sluice.loadgen import read_manifest
+
+    if producer is not None:
+        _watch(console, stack, producer, monitor, until=lambda: not producer.running(), note=lambda: "sending")
+        code = producer.wait()
+        if code != 0:
+            console.print(f"[red]the load generator failed (exit {code}); see {producer.log}")
+            return 1
+    expected = read_manifest(manifest) if manifest and manifest.exists() else None
+    deadline = time.monotonic() + args.drain_timeout
+    report = None
+    last_check = [0.0]
+
+    def delivered() -> bool:
+        nonlocal report
+        if time.monotonic() > deadline:
+            return True
+        figures = monitor.figures
+        if expected is None or figures is None or figures.lag or time.monotonic() - last_check[0] < 5:
+            return False
+        last_check[0] = time.monotonic()
+        report = check_delivery(expected, probe, features=features, since=since)
+        return report.ok
+
+    _watch(console, stack, producer, monitor, until=delivered,
+           note=lambda: f"draining, checking delivery ({max(0, deadline - time.monotonic()):.0f}s left)")
+    monitor.halt.set()
+    if expected is None:
+        console.print("[red]no manifest of the load: nothing to check")
+        return 1
+    if report is None:
+        report = check_delivery(expected, probe, features=features, since=since)
+    _where_to_look(stack, console, probe, features, expected=expected)
+    console.print(f"figures: {json.dumps(report.figures)}")
+    if report.ok:
+        console.print(f"[green]delivered:[/] every sent event is where it belongs (manifest {manifest})")
+        return 0
+    console.print(f"[red]NOT delivered within {args.drain_timeout:.0f}s:[/]")
+    for problem in report.problems:
+        console.print(f"  - {problem}")
+    return 1
+
+
+def _where_to_look(stack, console, probe, features: set[str], expected=None) -> None:
+    opts = stack.options
+    http = f"http://{opts.host}:{stack.ports.get('http')}/api"
+    ids: dict[str, str] = {}
+    if expected is not None and expected.valid:
+        latest = expected.latest_by_device()
+        device, record = next(iter(latest.items()))
+        ids = {"device": device, "event": record["event_id"]}
+        critical = next(iter(expected.critical.values()), None)
+        if critical:
+            ids |= {"critical_device": critical["device_id"], "critical_event": critical["event_id"]}
+    else:
+        with contextlib.suppress(Exception):
+            ids = probe.sample_ids()
+    device = ids.get("critical_device") or ids.get("device") or "dev-00000"
+    event = ids.get("critical_event") or ids.get("event") or "<event id>"
+    lines = [
+        "[bold]where to look[/]",
+        f"  HTTP      {http}/health   {http}/openapi.json",
+        f"            {http}/devices/{device}/latest",
+        f"            {http}/devices/{device}/critical?limit=5",
+        f"            {http}/events/{event}",
+        f"  Event Hubs {stack.eventhub_connection}  hub {stack.values.get('SLUICE_INGEST_EVENTHUB_NAME')}",
+        f"  Cassandra {opts.host}:{stack.ports.get('cassandra')} keyspace {opts.keyspace} "
+        "(events_by_id, device_latest, events_by_device, ...)",
+        f"  Redis     redis-cli XREVRANGE {opts.redis_prefix}critical:stream + - COUNT 5",
+        f"  Azurite   http://{opts.host}:{stack.ports.get('azurite')}/devstoreaccount1, dead letters in "
+        f"{stack.values.get('SLUICE_STORAGE_DEADLETTER_CONTAINER')}: `python -m sluice deadletter list` "
+        f"(with the settings below in the environment)",
+        f"  PostgreSQL psql -h {opts.postgres_host} -U postgres {opts.database} -c "
+        "'SELECT * FROM report_device_health LIMIT 10'",
+        "            views: report_site_daily, report_site_measurement_daily, report_device_health, "
+        "report_unknown_devices",
+        f"  settings  {stack.settings_path}",
+    ]
+    if stack.notes:
+        lines += [f"  [yellow]note[/]      {note}" for note in stack.notes]
+    console.print("\n".join(lines))

@@ -1,0 +1,437 @@
+"""Reading the pipeline's stores: live progress figures, and an exact check of a load generator manifest.
+
+:class:`Probe` reads what the pipeline wrote, through the same clients the
+functions use: Cassandra (events, latest state), the dead-letter container in
+Blob storage, Redis (critical events), PostgreSQL (enriched windows) and the Event
+Hubs checkpoints (lag). :func:`check_delivery` compares a manifest
+(:func:`sluice.loadgen.read_manifest`) with them and lists every difference:
+
+* every valid event stored exactly once (``events_by_time_bucket``, one row per
+  event id; a duplicate send must not add one);
+* every invalid event dead-lettered, with a reason naming what is wrong;
+* each device's latest state = its newest event (out-of-order events must not win);
+* when the app has the change feed: every critical event written to Redis;
+* when the app has enrichment: every window of the run enriched, with per-device
+  counts and temperature figures equal to a computation from the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from shared.domain.timebuckets import bucket_start, buckets_between
+from shared.settings import Settings, load_settings
+from sluice.loadgen import Expected
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_CONTAINER = "azure-webjobs-eventhub"
+
+
+def function_names() -> set[str]:
+    """The functions ``function_app.py`` registers (empty when the app cannot be imported)."""
+    try:
+        import function_app
+
+        return {f.get_function_name() for f in function_app.app.get_functions()}
+    except Exception:
+        logger.warning("could not index function_app.py", exc_info=True)
+        return set()
+
+
+def _iso_to_dt(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+@dataclass
+class Figures:
+    """One progress snapshot; ``None`` where a figure is not available (yet)."""
+
+    stored: int | None = None
+    dead_lettered: int | None = None
+    critical_cached: int | None = None
+    windows_enriched: int | None = None
+    lag: int | None = None
+    lag_by_partition: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class Probe:
+    """Read-only access to the stores named by a settings ``Values`` mapping."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self.values = dict(values)
+        self.settings: Settings = load_settings({k: v for k, v in values.items() if v != ""})
+        self._session = None
+        self._blob = None
+        self._redis = None
+
+    # --- clients (lazy) ---
+
+    @property
+    def session(self):
+        if self._session is None:
+            from shared.adapters.cassandra.session import connect
+
+            self._session = connect(self.settings.cassandra, None)
+        return self._session
+
+    @property
+    def blob(self):
+        if self._blob is None:
+            from azure.storage.blob import BlobServiceClient
+
+            self._blob = BlobServiceClient.from_connection_string(self.settings.storage.connection.get_secret_value())
+        return self._blob
+
+    @property
+    def redis(self):
+        if self._redis is None:
+            import redis
+
+            self._redis = redis.Redis.from_url(self.settings.redis.url, socket_timeout=5, decode_responses=True)
+        return self._redis
+
+    def pg(self):
+        import psycopg
+
+        return psycopg.connect(self.settings.postgres.conninfo(), connect_timeout=5, autocommit=True)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.cluster.shutdown()
+        if self._blob is not None:
+            self._blob.close()
+        if self._redis is not None:
+            self._redis.close()
+
+    # --- Cassandra ---
+
+    def stored_rows(self, start: datetime, end: datetime) -> list[Any]:
+        """Every row of ``events_by_time_bucket`` with an event time in the buckets covering [start, end)."""
+        from cassandra.concurrent import execute_concurrent_with_args
+
+        cfg = self.settings.cassandra
+        statement = self.session.prepare(
+            f"SELECT event_id, device_id, event_time, critical, measurements FROM {cfg.keyspace}.events_by_time_bucket "
+            "WHERE bucket = ? AND shard = ?")
+        args = [(bucket, shard) for bucket in buckets_between(start, end, cfg.bucket_seconds) for shard in range(cfg.shards)]
+        rows: list[Any] = []
+        for ok, result in execute_concurrent_with_args(self.session, statement, args, concurrency=16,
+                                                       raise_on_first_error=True):
+            assert ok
+            rows.extend(result)  # iterating pages through every row of the partition
+        return rows
+
+    def stored_count(self, start: datetime, end: datetime) -> int:
+        from cassandra.concurrent import execute_concurrent_with_args
+
+        cfg = self.settings.cassandra
+        statement = self.session.prepare(
+            f"SELECT COUNT(*) FROM {cfg.keyspace}.events_by_time_bucket WHERE bucket = ? AND shard = ?")
+        args = [(bucket, shard) for bucket in buckets_between(start, end, cfg.bucket_seconds) for shard in range(cfg.shards)]
+        total = 0
+        for _, result in execute_concurrent_with_args(self.session, statement, args, concurrency=16,
+                                                      raise_on_first_error=True):
+            total += result.one()[0]
+        return total
+
+    def latest(self, devices: Iterable[str]) -> dict[str, str]:
+        """device id -> event id of its ``device_latest`` row."""
+        from cassandra.concurrent import execute_concurrent_with_args
+
+        statement = self.session.prepare(
+            f"SELECT device_id, event_id FROM {self.settings.cassandra.keyspace}.device_latest WHERE device_id = ?")
+        out = {}
+        for _, result in execute_concurrent_with_args(self.session, statement, [(d,) for d in devices],
+                                                      concurrency=32, raise_on_first_error=True):
+            row = result.one()
+            if row is not None:
+                out[row.device_id] = str(row.event_id)
+        return out
+
+    def sample_ids(self) -> dict[str, str]:
+        """A device and a critical event that exist, for the example lookup URLs."""
+        ks = self.settings.cassandra.keyspace
+        out: dict[str, str] = {}
+        row = self.session.execute(f"SELECT device_id, event_id FROM {ks}.critical_events_by_device LIMIT 1").one()
+        if row is not None:
+            out |= {"critical_device": row.device_id, "critical_event": str(row.event_id)}
+        row = self.session.execute(f"SELECT device_id, event_id FROM {ks}.device_latest LIMIT 1").one()
+        if row is not None:
+            out |= {"device": row.device_id, "event": str(row.event_id)}
+        return out
+
+    # --- dead letters ---
+
+    def dead_letters(self, since: datetime, *, download: bool = True) -> list[dict[str, Any]]:
+        """Dead-letter documents (``rejected/`` and ``batches/``) of the days since ``since``, created after it."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        container = self.blob.get_container_client(self.settings.storage.deadletter_container)
+        out: list[dict[str, Any]] = []
+        day = since.astimezone(UTC).date()
+        today = datetime.now(UTC).date()
+        floor = since - timedelta(seconds=5)
+        try:
+            while day <= today:
+                for kind in ("rejected", "batches"):
+                    for blob in container.list_blobs(name_starts_with=f"{kind}/{day:%Y/%m/%d}/"):
+                        if blob.creation_time and blob.creation_time < floor:
+                            continue
+                        if not download:
+                            out.append({"name": blob.name})
+                            continue
+                        document = json.loads(container.download_blob(blob.name).readall())
+                        document["blob"] = blob.name
+                        out.append(document)
+                day += timedelta(days=1)
+        except ResourceNotFoundError:  # no dead letter yet: the container is created on the first one
+            return []
+        return out
+
+    # --- Redis ---
+
+    def critical_cached(self) -> int:
+        return int(self.redis.xlen(f"{self.settings.redis.key_prefix}critical:stream"))
+
+    def critical_in_redis(self, event_ids: Iterable[str]) -> set[str]:
+        """The event ids the change feed recorded as critical (``e:<id>`` with its stream flag ``s``)."""
+        ids = list(event_ids)
+        prefix = self.settings.redis.key_prefix
+        with self.redis.pipeline(transaction=False) as pipe:
+            for event_id in ids:
+                pipe.hget(f"{prefix}e:{event_id}", "s")
+            flags = pipe.execute()
+        return {event_id for event_id, flag in zip(ids, flags, strict=True) if flag}
+
+    # --- PostgreSQL ---
+
+    def windows_enriched(self) -> int | None:
+        with self.pg() as conn:
+            if conn.execute("SELECT to_regclass('enrichment_windows')").fetchone()[0] is None:
+                return None
+            return int(conn.execute("SELECT count(*) FROM enrichment_windows WHERE event_count > 0").fetchone()[0])
+
+    def window_stats(self, windows: Iterable[datetime]) -> dict[tuple[datetime, str], dict[str, Any]]:
+        starts = sorted(set(windows))
+        with self.pg() as conn:
+            rows = conn.execute(
+                "SELECT window_start, device_id, event_count, critical_count, measurements FROM device_window_stats "
+                "WHERE window_start = ANY(%s)", (starts,)).fetchall()
+        return {(r[0].astimezone(UTC), r[1]): {"count": r[2], "critical": r[3], "measurements": r[4]} for r in rows}
+
+    def enriched_windows(self, windows: Iterable[datetime]) -> set[datetime]:
+        with self.pg() as conn:
+            rows = conn.execute("SELECT window_start FROM enrichment_windows WHERE window_start = ANY(%s)",
+                                (sorted(set(windows)),)).fetchall()
+        return {r[0].astimezone(UTC) for r in rows}
+
+    # --- Event Hubs lag ---
+
+    def lag(self) -> tuple[int, dict[str, int]]:
+        """Events enqueued but not yet checkpointed by the ingest function, per partition."""
+        from azure.eventhub import EventHubConsumerClient
+
+        ingest = self.settings.ingest
+        client = EventHubConsumerClient.from_connection_string(
+            self.values["EventHubConnection"], consumer_group=ingest.consumer_group, eventhub_name=ingest.eventhub_name)
+        try:
+            last = {}
+            for pid in client.get_partition_ids():
+                props = client.get_partition_properties(pid)
+                last[pid] = -1 if props["is_empty"] else props["last_enqueued_sequence_number"]
+        finally:
+            client.close()
+        checkpoints = self.checkpoints()
+        by_partition = {pid: max(0, seq - checkpoints.get(pid, -1)) for pid, seq in last.items()}
+        return sum(by_partition.values()), by_partition
+
+    def checkpoints(self) -> dict[str, int]:
+        """Partition -> checkpointed sequence number of the ingest consumer group (Functions blob layout)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        ingest = self.settings.ingest
+        suffix = f"/{ingest.eventhub_name}/{ingest.consumer_group}/checkpoint/".lower()
+        container = self.blob.get_container_client(CHECKPOINT_CONTAINER)
+        out: dict[str, int] = {}
+        try:
+            for blob in container.list_blobs(include=["metadata"]):
+                name = blob.name.lower()
+                if suffix in name and blob.metadata and "sequencenumber" in blob.metadata:
+                    out[name.rsplit("/", 1)[1]] = int(blob.metadata["sequencenumber"])
+        except ResourceNotFoundError:
+            return {}
+        return out
+
+    # --- everything at once ---
+
+    def figures(self, since: datetime, *, features: set[str]) -> Figures:
+        """A progress snapshot; a store that fails leaves its figure ``None`` and an error note."""
+        figures = Figures()
+        now = datetime.now(UTC)
+
+        def attempt(name: str, read) -> Any:
+            try:
+                return read()
+            except Exception as exc:
+                figures.errors[name] = f"{type(exc).__name__}: {exc}"[:200]
+                return None
+
+        figures.stored = attempt("stored", lambda: self.stored_count(since - timedelta(minutes=3), now + timedelta(minutes=6)))
+        figures.dead_lettered = attempt("dead letters", lambda: len(self.dead_letters(since, download=False)))
+        if "changefeed" in features:
+            figures.critical_cached = attempt("redis", self.critical_cached)
+        if "enrichment" in features:
+            figures.windows_enriched = attempt("postgres", self.windows_enriched)
+        lag = attempt("lag", self.lag)
+        if lag is not None:
+            figures.lag, figures.lag_by_partition = lag
+        return figures
+
+
+# --- the exact check ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeliveryReport:
+    """What a check found: figures, and one line per problem (empty = delivered)."""
+
+    problems: list[str] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def problem(self, text: str, examples: Iterable[Any] = ()) -> None:
+        shown = list(examples)[:5]
+        self.problems.append(text + (f" (e.g. {', '.join(map(str, shown))})" if shown else ""))
+
+
+def window_of(moment: datetime, window_seconds: int) -> datetime:
+    return bucket_start(moment, window_seconds)
+
+
+def expected_windows(expected: Expected, window_seconds: int) -> dict[tuple[datetime, str], dict[str, Any]]:
+    """Per (window start, device): count, critical count and temperature figures, computed from the manifest."""
+    groups: dict[tuple[datetime, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in expected.valid.values():
+        groups[(window_of(_iso_to_dt(record["timestamp"]), window_seconds), record["device_id"])].append(record)
+    out = {}
+    for key, records in groups.items():
+        temps = [r["measurements"]["temperature"] for r in records]
+        newest = max(records, key=lambda r: (r["timestamp"], r["event_id"]))
+        out[key] = {
+            "count": len(records),
+            "critical": sum(r["critical"] for r in records),
+            "temperature": {"count": len(temps), "min": min(temps), "max": max(temps),
+                            "avg": sum(temps) / len(temps), "last": newest["measurements"]["temperature"]},
+        }
+    return out
+
+
+def check_delivery(expected: Expected, probe: Probe, *, features: set[str], since: datetime) -> DeliveryReport:
+    """Compare a manifest with the stores; see the module docstring for what is checked."""
+    report = DeliveryReport()
+    valid = expected.valid
+    report.figures["valid"] = len(valid)
+    report.figures["invalid"] = len(expected.invalid)
+    report.figures["duplicates_sent"] = expected.duplicates
+
+    # 1. every valid event stored exactly once
+    if valid:
+        times = [_iso_to_dt(r["timestamp"]) for r in valid.values()]
+        rows = probe.stored_rows(min(times), max(times) + timedelta(milliseconds=1))
+        counts = Counter(str(row.event_id) for row in rows)
+        missing = [eid for eid in valid if counts[eid] == 0]
+        doubled = [eid for eid in valid if counts[eid] > 1]
+        report.figures["stored"] = sum(1 for eid in valid if counts[eid] == 1)
+        if missing:
+            report.problem(f"{len(missing)} of {len(valid)} valid events are not stored", missing)
+        if doubled:
+            report.problem(f"{len(doubled)} valid events are stored more than once", doubled)
+        by_id = {str(row.event_id): row for row in rows}
+        wrong = [eid for eid in valid if eid in by_id and by_id[eid].device_id != valid[eid]["device_id"]]
+        if wrong:
+            report.problem(f"{len(wrong)} events are stored under another device", wrong)
+
+    # 2. every invalid event dead-lettered with a reason naming the problem
+    if expected.invalid:
+        letters = probe.dead_letters(since)
+        by_text: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for letter in letters:
+            if letter.get("kind") == "rejected":
+                by_text[letter.get("original_text", "")].append(letter)
+        batches = [letter for letter in letters if letter.get("kind") == "batch"]
+        if batches:
+            report.problem(f"{len(batches)} whole batches were dead-lettered (the store was unavailable)",
+                           [b["blob"] for b in batches])
+        not_dead = [r for r in expected.invalid if not by_text.get(r["body"])]
+        bad_reason = [r for r in expected.invalid if by_text.get(r["body"])
+                      and not all(r["reason"] in letter["reason"] for letter in by_text[r["body"]])]
+        report.figures["dead_lettered"] = len(expected.invalid) - len(not_dead)
+        if not_dead:
+            report.problem(f"{len(not_dead)} of {len(expected.invalid)} invalid events are not dead-lettered",
+                           [r["body"][:60] for r in not_dead])
+        if bad_reason:
+            report.problem(f"{len(bad_reason)} dead letters do not name the problem",
+                           [f"{r['reason']!r} not in {by_text[r['body']][0]['reason']!r}" for r in bad_reason])
+
+    # 3. latest state = newest event
+    newest = expected.latest_by_device()
+    if newest:
+        stored_latest = probe.latest(newest)
+        stale = [d for d, r in newest.items() if stored_latest.get(d) != r["event_id"]]
+        report.figures["latest_ok"] = len(newest) - len(stale)
+        if stale:
+            report.problem(f"{len(stale)} of {len(newest)} devices' latest state is not their newest event",
+                           [f"{d}: {stored_latest.get(d)} != {newest[d]['event_id']}" for d in stale])
+
+    # 4. critical events in Redis (the change feed)
+    critical = expected.critical
+    if "changefeed" in features and critical:
+        present = probe.critical_in_redis(critical)
+        report.figures["critical_in_redis"] = len(present)
+        absent = [eid for eid in critical if eid not in present]
+        if absent:
+            report.problem(f"{len(absent)} of {len(critical)} critical events are not in Redis", absent)
+
+    # 5. enriched windows equal an independent computation
+    if "enrichment" in features and valid:
+        window_seconds = probe.settings.enrichment.window_seconds
+        wanted = expected_windows(expected, window_seconds)
+        windows = {w for w, _ in wanted}
+        enriched = probe.enriched_windows(windows)
+        report.figures["windows"] = len(windows)
+        report.figures["windows_enriched"] = len(enriched & windows)
+        if windows - enriched:
+            report.problem(f"{len(windows - enriched)} of {len(windows)} windows are not enriched",
+                           sorted(w.isoformat() for w in windows - enriched))
+        stats = probe.window_stats(windows & enriched)
+        differ = []
+        for key, want in wanted.items():
+            if key[0] not in enriched:
+                continue
+            got = stats.get(key)
+            if got is None or got["count"] != want["count"] or got["critical"] != want["critical"] \
+                    or not _same_figures(got["measurements"].get("temperature"), want["temperature"]):
+                differ.append(f"{key[0].isoformat()} {key[1]}: {got} != {want}")
+        if differ:
+            report.problem(f"{len(differ)} device windows differ from the computation from the manifest", differ)
+    return report
+
+
+def _same_figures(got: Mapping[str, Any] | None, want: Mapping[str, float]) -> bool:
+    if not got:
+        return False
+    return all(name in got and math.isclose(float(got[name]), float(value), rel_tol=1e-9, abs_tol=1e-9)
+               for name, value in want.items())
+

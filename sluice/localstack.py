@@ -1,0 +1,394 @@
+"""The whole pipeline on one machine: what ``python -m sluice up`` starts, in order, and how it stops it.
+
+Start order: PostgreSQL and Redis (system services, started only when not
+answering), Azurite, the Cassandra emulator, the Event Hubs emulator, the Key Vault
+emulator, then the generated ``local.settings.json``, the ``sluice`` database,
+migrations, sample reference data, and finally the dev host. Every child is
+started through :mod:`emulators.launcher` (own process group, ready line awaited)
+and stopped in reverse order on :meth:`LocalStack.stop`; system services are
+stopped only if this stack started them.
+
+Ports: each service wants its usual port (Event Hubs 5672, Cassandra 9042,
+Azurite 10000, Key Vault 8443, HTTP 7071). When one is taken by another program
+(RabbitMQ on 5672 is common), the stack says so, names the program when it can,
+and uses a free port instead, unless ``strict_ports`` is set, in which case it fails.
+The ports actually used are in the generated settings and in the summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emulators.launcher import LaunchError, Running, python_module, start
+from shared.exceptions import SluiceError
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+AZURITE = ROOT / "node_modules" / ".bin" / "azurite-blob"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+EMULATOR_KEY = "SAS_KEY_VALUE"  # the well-known public key of Microsoft's Event Hubs emulator
+HUB = "telemetry"
+CONSUMER_GROUP = "sluice"
+
+# Local values that differ from local.settings.sample.json: short enrichment windows, so a
+# few minutes of load show enriched windows (production keeps 5-minute windows).
+LOCAL_OVERRIDES = {
+    "SLUICE_ENRICH_WINDOW_SECONDS": "60",
+    "SLUICE_ENRICH_ALLOWED_LATENESS_SECONDS": "10",
+    "SLUICE_ENRICH_SCHEDULE": "*/10 * * * * *",
+    "SLUICE_CHANGEFEED_SCHEDULE": "*/2 * * * * *",
+}
+
+
+class StackError(SluiceError):
+    """A part of the local stack could not be started; the message says which and why."""
+
+
+@dataclass
+class StackOptions:
+    """Where the local stack keeps its data, and the ports it wants."""
+
+    data_dir: Path = ROOT / ".local" / "stack"
+    host: str = "127.0.0.1"
+    http_port: int = 7071
+    eventhubs_port: int = 5672
+    cassandra_port: int = 9042
+    azurite_port: int = 10000
+    keyvault_port: int = 8443
+    strict_ports: bool = False
+    persist: bool = True
+    database: str = "sluice"
+    keyspace: str = "sluice"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "sluice:"
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = 5432
+    stop_services: bool = True
+    overrides: dict[str, str] = field(default_factory=dict)
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def who_listens(port: int) -> str | None:
+    """The name of the program listening on ``port``, when the system tells us."""
+    try:
+        import psutil
+
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                return f"{psutil.Process(conn.pid).name()} (pid {conn.pid})"
+    except Exception:  # best effort: permissions or psutil missing
+        return None
+    return None
+
+
+def answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class StartedService:
+    """A system service this stack started (and so stops)."""
+
+    name: str
+    stop: Callable[[], None]
+
+
+class LocalStack:
+    """Starts the local stack piece by piece; :meth:`stop` undoes what was started, in reverse."""
+
+    def __init__(self, options: StackOptions, *, say: Callable[[str], None] = print) -> None:
+        self.options = options
+        self.say = say
+        self.children: list[Running] = []
+        self.services: list[StartedService] = []
+        self.ports: dict[str, int] = {}
+        self.values: dict[str, str] = {}
+        self.settings_path = options.data_dir / "local.settings.json"
+        self.devhost: Running | None = None
+        self.notes: list[str] = []
+
+    # --- ports ---
+
+    def _port(self, name: str, wanted: int) -> int:
+        host = self.options.host
+        if wanted == 0:
+            return free_port(host)
+        if port_free(host, wanted):
+            return wanted
+        holder = who_listens(wanted)
+        message = f"{name}: port {wanted} on {host} is in use" + (f" by {holder}" if holder else "")
+        if self.options.strict_ports:
+            raise StackError(message + "; stop it, or choose another port (see `sluice up --help`)")
+        chosen = free_port(host)
+        note = f"{message}; using port {chosen} instead (clients must use the settings printed below)"
+        self.notes.append(note)
+        self.say(f"[yellow]warning:[/] {note}")
+        return chosen
+
+    # --- system services ---
+
+    def ensure_postgres(self) -> None:
+        opts = self.options
+        if answers(opts.postgres_host, opts.postgres_port):
+            return
+        versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
+        if not versions or not shutil.which("pg_ctlcluster"):
+            raise StackError(f"PostgreSQL does not answer on {opts.postgres_host}:{opts.postgres_port} and no "
+                             "cluster was found in /etc/postgresql: run `bash scripts/install.sh`")
+        version = versions[-1]
+        self.say(f"starting PostgreSQL {version} (pg_ctlcluster)")
+        _run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], "start PostgreSQL")
+        _wait(lambda: answers(opts.postgres_host, opts.postgres_port), 30, "PostgreSQL to accept connections")
+        self.services.append(StartedService("PostgreSQL", lambda: _run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "stop"], "stop PostgreSQL")))
+
+    def ensure_redis(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(self.options.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            client.ping()
+            return
+        except redis.RedisError:
+            pass
+        host, port = client.connection_pool.connection_kwargs["host"], client.connection_pool.connection_kwargs["port"]
+        if not shutil.which("redis-server"):
+            raise StackError(f"Redis does not answer at {self.options.redis_url} and redis-server is not installed: "
+                             "run `bash scripts/install.sh`")
+        self.say(f"starting Redis on {host}:{port}")
+        _run(["redis-server", "--daemonize", "yes", "--bind", str(host), "--port", str(port), "--save", "",
+              "--appendonly", "no"], "start Redis")
+        _wait(lambda: _pings(client), 15, "Redis to answer PING")
+
+        def stop_redis() -> None:
+            with contextlib.suppress(redis.RedisError):  # shutting down drops the connection: that is success
+                client.shutdown(nosave=True)
+
+        self.services.append(StartedService("Redis", stop_redis))
+
+    # --- children ---
+
+    def _child(self, name: str, argv: list[str], *, timeout: float = 60.0, ready: re.Pattern[str] | None = None,
+               env: dict[str, str] | None = None) -> Running:
+        kwargs: dict[str, Any] = {"timeout": timeout, "cwd": str(ROOT), "env": env}
+        if ready is not None:
+            kwargs["ready"] = ready
+        try:
+            running = start(name, argv, **kwargs)
+        except LaunchError as exc:
+            raise StackError(f"{name} did not start: {exc}") from None
+        self.children.append(running)
+        return running
+
+    def _dir(self, name: str) -> Path:
+        path = self.options.data_dir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def start_azurite(self) -> None:
+        if not AZURITE.exists():
+            raise StackError(f"{AZURITE} is missing: run `bash scripts/install.sh` (npm ci)")
+        port = self._port("Azurite (blob)", self.options.azurite_port)
+        storage = ["--location", str(self._dir("azurite"))] if self.options.persist else ["--inMemoryPersistence"]
+        argv = [str(AZURITE), *storage, "--skipApiVersionCheck", "--loose", "--disableTelemetry",
+                "--blobHost", self.options.host, "--blobPort", str(port)]
+        running = self._child("azurite", argv, ready=re.compile(r"listens on http://(?P<host>[\d.]+):(?P<port>\d+)"))
+        self.ports["azurite"] = running.port
+
+    def start_cassandra(self) -> None:
+        port = self._port("Cassandra emulator", self.options.cassandra_port)
+        data = ["--data-dir", str(self._dir("cassandra"))] if self.options.persist else []
+        running = self._child("cassandra-emulator", python_module(
+            "emulators.cassandra", "--host", self.options.host, "--port", str(port), *data))
+        self.ports["cassandra"] = running.port
+
+    def start_eventhubs(self) -> None:
+        port = self._port("Event Hubs emulator", self.options.eventhubs_port)
+        data = ["--data-dir", str(self._dir("eventhubs"))] if self.options.persist else []
+        running = self._child("eventhubs-emulator", python_module(
+            "emulators.eventhubs", "--config", str(ROOT / "emulators" / "eventhubs" / "config.json"),
+            "--host", self.options.host, "--port", str(port), *data))
+        self.ports["eventhubs"] = running.port
+
+    def start_keyvault(self) -> None:
+        if not (ROOT / "emulators" / "keyvault" / "__main__.py").exists():
+            return
+        port = self._port("Key Vault emulator", self.options.keyvault_port)
+        cert_dir = self._dir("keyvault-certs")
+        data = ["--data-dir", str(self._dir("keyvault"))] if self.options.persist else []
+        running = self._child("keyvault-emulator", python_module(
+            "emulators.keyvault", "--cert-dir", str(cert_dir), "--host", self.options.host, "--port", str(port), *data))
+        self.ports["keyvault"] = running.port
+
+    # --- settings, databases, data ---
+
+    @property
+    def eventhub_connection(self) -> str:
+        return (f"Endpoint=sb://{self.options.host}:{self.ports['eventhubs']};"
+                f"SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey={EMULATOR_KEY};"
+                "UseDevelopmentEmulator=true")
+
+    @property
+    def storage_connection(self) -> str:
+        return ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+                f"AccountKey={AZURITE_KEY};BlobEndpoint=http://{self.options.host}:{self.ports['azurite']}"
+                "/devstoreaccount1;")
+
+    def write_settings(self) -> Path:
+        """``local.settings.json`` for the dev host: the sample's values with this stack's addresses."""
+        opts = self.options
+        sample = json.loads((ROOT / "local.settings.sample.json").read_text(encoding="utf-8"))
+        values: dict[str, str] = dict(sample["Values"])
+        values.update(LOCAL_OVERRIDES)
+        values.update({
+            "AzureWebJobsStorage": self.storage_connection,
+            "EventHubConnection": self.eventhub_connection,
+            "SLUICE_INGEST_EVENTHUB_NAME": HUB,
+            "SLUICE_INGEST_CONSUMER_GROUP": CONSUMER_GROUP,
+            "SLUICE_CASSANDRA_HOSTS": opts.host,
+            "SLUICE_CASSANDRA_PORT": str(self.ports["cassandra"]),
+            "SLUICE_CASSANDRA_KEYSPACE": opts.keyspace,
+            "SLUICE_REDIS_URL": opts.redis_url,
+            "SLUICE_REDIS_KEY_PREFIX": opts.redis_prefix,
+            "SLUICE_POSTGRES_HOST": opts.postgres_host,
+            "SLUICE_POSTGRES_PORT": str(opts.postgres_port),
+            "SLUICE_POSTGRES_DBNAME": opts.database,
+        })
+        if "keyvault" in self.ports:
+            values["SLUICE_KEYVAULT_URL"] = f"https://{opts.host}:{self.ports['keyvault']}"
+            values["SLUICE_KEYVAULT_CA_FILE"] = str(opts.data_dir / "keyvault-certs" / "ca.pem")
+        values.update(opts.overrides)
+        self.values = values
+        document = {"IsEncrypted": False, "Values": values, "Host": {"LocalHttpPort": self.options.http_port}}
+        self.settings_path.parent.mkdir(parents=True, exist_ok=True)
+        self.settings_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        return self.settings_path
+
+    def env(self) -> dict[str, str]:
+        """The environment a command run against this stack needs (the settings' values)."""
+        return {k: v for k, v in self.values.items() if v != ""}
+
+    def create_database(self) -> bool:
+        """Create the PostgreSQL database if it is missing; True when it was created."""
+        import psycopg
+        from psycopg import sql
+
+        admin = f"host={self.options.postgres_host} port={self.options.postgres_port} user=postgres dbname=postgres"
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.options.database,)).fetchone()
+            if exists:
+                return False
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.options.database)))
+        return True
+
+    def sluice(self, *args: str, what: str, timeout: float = 300.0) -> str:
+        """Run ``python -m sluice *args`` against this stack; its output, or a StackError with it."""
+        result = subprocess.run(
+            [sys.executable, "-m", "sluice", *args], cwd=ROOT, env={**os.environ, **self.env()},
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if result.returncode != 0:
+            raise StackError(f"{what} failed (`python -m sluice {' '.join(args)}`):\n{result.stdout}{result.stderr}")
+        return result.stdout
+
+    def migrate(self) -> str:
+        return self.sluice("migrate", "all", what="migrations")
+
+    def reference_command(self) -> list[str] | None:
+        """The sample reference data loader's arguments, if the loader exists in this checkout."""
+        if (ROOT / "sluice" / "commands" / "reference.py").exists():
+            return ["reference", "load-sample"]
+        return None
+
+    def start_devhost(self, *, env: dict[str, str] | None = None) -> Running:
+        port = self._port("dev host (HTTP)", self.options.http_port)
+        self.ports["http"] = port
+        running = self._child("devhost", python_module(
+            "devhost", "--settings", str(self.settings_path), "--host", self.options.host, "--port", str(port),
+            "--script-root", str(ROOT)), timeout=90, env=env)
+        self.devhost = running
+        return running
+
+    # --- stopping ---
+
+    def stop(self) -> list[str]:
+        """Stop every child (newest first, SIGTERM then SIGKILL) and the services this stack started.
+
+        The last lines each child printed are kept in ``<data dir>/logs/<name>.log``.
+        """
+        problems = []
+        logs = self.options.data_dir / "logs"
+        for running in reversed(self.children):
+            try:
+                code = running.stop(stop_timeout=20 if running.name == "devhost" else 10)
+                self.say(f"stopped {running.name} (exit {code})")
+            except Exception as exc:
+                problems.append(f"{running.name}: {exc!r}")
+            with contextlib.suppress(OSError):
+                logs.mkdir(parents=True, exist_ok=True)
+                (logs / f"{running.name}.log").write_text(running.output() + "\n", encoding="utf-8")
+        self.children.clear()
+        if self.options.stop_services:
+            for service in reversed(self.services):
+                try:
+                    service.stop()
+                    self.say(f"stopped {service.name} (this stack started it)")
+                except Exception as exc:
+                    problems.append(f"{service.name}: {exc!r}")
+            self.services.clear()
+        return problems
+
+
+def _pings(client) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+def _run(argv: list[str], what: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise StackError(f"could not {what} (`{' '.join(argv)}` exited {result.returncode}):\n"
+                         f"{result.stdout}{result.stderr}")
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise StackError(f"gave up waiting {timeout:.0f}s for {what}")
+        time.sleep(0.25)
