@@ -59,13 +59,25 @@ def settings_data() -> dict[str, str]:
     return configmap()["data"]
 
 
-def containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
-    return deployment["spec"]["template"]["spec"]["containers"]
+def pod_template(workload: dict[str, Any]) -> dict[str, Any]:
+    """The pod template of a Deployment or a CronJob."""
+    if workload["kind"] == "CronJob":
+        return workload["spec"]["jobTemplate"]["spec"]["template"]
+    return workload["spec"]["template"]
 
 
-def environment(deployment: dict[str, Any]) -> dict[str, Any]:
-    """Every variable a Deployment's container gets: ConfigMap keys (envFrom) and env entries."""
-    (container,) = containers(deployment)
+def workloads() -> dict[str, dict[str, Any]]:
+    """Everything that runs the image: the Deployments and the migration CronJob."""
+    return {**of_kind("Deployment"), **of_kind("CronJob")}
+
+
+def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    return pod_template(workload)["spec"]["containers"]
+
+
+def environment(workload: dict[str, Any]) -> dict[str, Any]:
+    """Every variable a workload's container gets: ConfigMap keys (envFrom) and env entries."""
+    (container,) = containers(workload)
     env: dict[str, Any] = {}
     for source in container.get("envFrom", []):
         env.update(of_kind("ConfigMap")[source["configMapRef"]["name"]]["data"])
@@ -131,9 +143,9 @@ def test_the_kustomization_applies_every_manifest_and_sets_the_image() -> None:
     assert sorted(kustomization["resources"]) == sorted(files)
     assert kustomization["namespace"] == NAMESPACE
     images = {image["name"] for image in kustomization["images"]}
-    for deployment in of_kind("Deployment").values():
-        for container in containers(deployment):
-            assert container["image"] in images, f"{deployment['metadata']['name']}: image not set by kustomize"
+    for name, workload in workloads().items():
+        for container in containers(workload):
+            assert container["image"] in images, f"{name}: image not set by kustomize"
 
 
 # --- settings --------------------------------------------------------------------------
@@ -141,8 +153,8 @@ def test_the_kustomization_applies_every_manifest_and_sets_the_image() -> None:
 def test_every_variable_is_a_sluice_setting_or_a_known_host_setting() -> None:
     known = sluice_settings() | HOST_SETTINGS
     connections = {t.get("connection") for t in app_functions().values() if t.get("connection")}
-    for name, deployment in of_kind("Deployment").items():
-        for variable in environment(deployment):
+    for name, workload in workloads().items():
+        for variable in environment(workload):
             if FUNCTIONS_SETTING.match(variable) or variable in known:
                 continue
             prefix, _, suffix = variable.partition("__")
@@ -170,8 +182,8 @@ def test_every_required_setting_reaches_every_deployment() -> None:
             if info.is_required():
                 required.add(variable)
     assert "AzureWebJobsStorage" in required
-    for name, deployment in of_kind("Deployment").items():
-        missing = required - set(environment(deployment))
+    for name, workload in workloads().items():
+        missing = required - set(environment(workload))
         assert not missing, f"{name} lacks {sorted(missing)}"
 
 
@@ -181,8 +193,8 @@ def test_no_value_looks_like_a_secret() -> None:
         for text in strings(doc):
             assert not SECRET_VALUE.search(text), f"{filename}: {text[:40]!r}... looks like a credential"
             assert not KEY_LIKE.match(text), f"{filename}: {text[:12]!r}... looks like a key"
-    for name, deployment in of_kind("Deployment").items():
-        for variable, value in environment(deployment).items():
+    for name, workload in workloads().items():
+        for variable, value in environment(workload).items():
             if re.search(r"(PASSWORD|KEY|SECRET|CONNECTION)$", variable.upper()) and isinstance(value, str):
                 assert variable.endswith("_SECRET"), f"{name}: {variable} has a literal value"
             if variable == "AzureWebJobsStorage":
@@ -193,11 +205,11 @@ def test_secret_references_come_from_key_vault_through_the_csi_driver() -> None:
     providers = of_kind("SecretProviderClass")
     synced = {(s["secretName"], d["key"]) for p in providers.values() for s in p["spec"].get("secretObjects", [])
               for d in s["data"]}
-    for name, deployment in of_kind("Deployment").items():
-        pod = deployment["spec"]["template"]["spec"]
+    for name, workload in workloads().items():
+        pod = pod_template(workload)["spec"]
         csi = {v["csi"]["volumeAttributes"]["secretProviderClass"] for v in pod["volumes"] if "csi" in v}
         assert csi <= set(providers), f"{name} mounts an unknown SecretProviderClass"
-        for variable, value in environment(deployment).items():
+        for variable, value in environment(workload).items():
             if isinstance(value, dict) and "secretKeyRef" in value:
                 ref = value["secretKeyRef"]
                 assert (ref["name"], ref["key"]) in synced, f"{name}: {variable} refers to a Secret nothing creates"
@@ -296,11 +308,11 @@ def service_account_client_id() -> str:
     return account["metadata"]["annotations"]["azure.workload.identity/client-id"]
 
 
-@pytest.mark.parametrize("name", sorted(TRIGGER_OF_DEPLOYMENT))
+@pytest.mark.parametrize("name", [*sorted(TRIGGER_OF_DEPLOYMENT), "sluice-migrate"])
 def test_pods_use_workload_identity_and_run_restricted(name: str) -> None:
     assert service_account_client_id()
-    deployment = of_kind("Deployment")[name]
-    template = deployment["spec"]["template"]
+    workload = workloads()[name]
+    template = pod_template(workload)
     pod = template["spec"]
     assert pod["serviceAccountName"] in of_kind("ServiceAccount")
     assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"
@@ -313,7 +325,10 @@ def test_pods_use_workload_identity_and_run_restricted(name: str) -> None:
         assert any(m["mountPath"] == "/tmp" for m in container["volumeMounts"]), "the host needs a writable /tmp"
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(container["resources"][kind]), f"{name}: {kind} incomplete"
-    labels = deployment["spec"]["selector"]["matchLabels"]
+    assert pod.get("automountServiceAccountToken") is False, "the pods never call the Kubernetes API"
+    if workload["kind"] == "CronJob":
+        return
+    labels = workload["spec"]["selector"]["matchLabels"]
     assert labels.items() <= template["metadata"]["labels"].items()
     budgets = [b for b in of_kind("PodDisruptionBudget").values() if b["spec"]["selector"]["matchLabels"] == labels]
     assert len(budgets) == 1, f"{name} needs one PodDisruptionBudget"
@@ -348,3 +363,12 @@ def test_lookups_have_a_service_at_least_two_replicas_and_health_probes() -> Non
     assert "livenessProbe" in container
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert "/run/secrets/functions-keys" in mounts, "FUNCTION-level routes need the host's keys"
+
+
+def test_migrations_are_a_suspended_job_template_running_the_cli() -> None:
+    migrate = of_kind("CronJob")["sluice-migrate"]
+    assert migrate["spec"]["suspend"] is True, "migrations run once per release, never on a schedule"
+    (container,) = containers(migrate)
+    assert container["command"] == ["python", "-m", "sluice", "migrate", "all"]
+    assert container["workingDir"] == "/home/site/wwwroot", "where the image puts the sluice package"
+    assert pod_template(migrate)["spec"]["restartPolicy"] == "Never"
