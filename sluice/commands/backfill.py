@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
+from shared.exceptions import PermanentError
+
 
 def parse_time(text: str) -> datetime:
     """RFC 3339 / ISO 8601 with an offset (``Z`` allowed); a bare date means midnight UTC."""
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from shared.domain.enrichment import windows_between
 
     if args.end <= args.start:
-        raise SystemExit(f"error: --end {args.end.isoformat()} must be after --start {args.start.isoformat()}")
+        raise PermanentError(f"--end {args.end.isoformat()} must be after --start {args.start.isoformat()}")
     service = bootstrap.enrichment_service()
     total = sum(1 for _ in windows_between(args.start, args.end, service.window_seconds))
     events = unknown = 0

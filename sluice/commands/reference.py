@@ -20,6 +20,8 @@ import argparse
 from pathlib import Path
 from typing import Any, Literal
 
+from shared.exceptions import PermanentError
+
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data"
 SAMPLE_DEVICES = SAMPLE_DIR / "devices.csv"
 SAMPLE_SITES = SAMPLE_DIR / "sites.csv"
@@ -78,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _files(args: argparse.Namespace, to: Literal["postgres", "blob"]) -> int:
     if args.devices is None and args.sites is None:
-        raise SystemExit("error: give --devices and/or --sites")
+        raise PermanentError("give --devices and/or --sites")
     return _print(load_reference_files(args.devices, args.sites, to=to, replace=getattr(args, "replace", False),
                                        container=getattr(args, "container", None)))
 

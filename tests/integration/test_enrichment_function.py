@@ -103,3 +103,30 @@ def test_the_timer_enriches_with_either_reference_source(environment: dict[str, 
     ]
     # every window that closed (end + 2 minutes lateness <= now) is enriched, and no further
     assert now - timedelta(minutes=7) < watermark <= now - timedelta(minutes=2)
+
+
+def test_the_cli_runs_lists_unknown_devices_and_backfills(environment: dict[str, str],
+                                                          capsys: pytest.CaptureFixture) -> None:
+    from sluice.__main__ import main
+
+    now = datetime.now(UTC)
+    sent = _send_recent(now)
+    assert main(["enrich", "run", "--until-done"]) == 0
+    assert "enriched " in capsys.readouterr().out
+    assert main(["enrich", "unknown-devices"]) == 0
+    listing = capsys.readouterr().out
+    assert "dev-q" in listing and "dev-p" in listing  # no reference data loaded: both unknown
+
+    with bootstrap.postgres_pool().connection() as conn:
+        upsert_reference(conn, [DeviceRef("dev-p", "s1"), DeviceRef("dev-q", "s1")], [SiteRef("s1", "Site 1")])
+    start = (now - timedelta(minutes=25)).isoformat()
+    assert main(["backfill", "--start", start, "--end", now.isoformat()]) == 0  # with the rich progress bar
+    out = capsys.readouterr().out
+    assert "backfilled" in out and "2 events (0 of unknown devices)" in out
+    assert main(["enrich", "unknown-devices"]) == 0
+    assert "no unknown devices" in capsys.readouterr().out
+    with bootstrap.postgres_pool().connection() as conn:
+        assert conn.execute("SELECT count(*) FROM enriched_events WHERE site_id = 's1'").fetchone() == (len(sent),)
+    assert main(["enrich", "status"]) == 0
+    assert "watermark: " in capsys.readouterr().out
+    assert main(["backfill", "--start", now.isoformat(), "--end", start]) != 0

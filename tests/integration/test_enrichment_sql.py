@@ -1,0 +1,83 @@
+"""The PostgreSQL migrations and reporting views, on a real server."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from shared.adapters.postgres.migrations import SQL_DIR, apply_migrations
+from shared.exceptions import ConfigurationError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_migrations_apply_once_and_refuse_an_edited_file(pg_dsn: str, tmp_path: Path) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert apply_migrations(conn) == [1, 2, 3]
+        assert apply_migrations(conn) == []
+        assert conn.autocommit
+        copy = tmp_path / "sql"
+        shutil.copytree(SQL_DIR, copy)
+        edited = copy / "002_enrichment.sql"
+        edited.write_text(edited.read_text() + "\n-- edited\n")
+        with pytest.raises(ConfigurationError, match="002_enrichment.sql changed after it was applied"):
+            apply_migrations(conn, copy)
+
+
+def test_every_view_and_column_is_commented(pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn)
+        missing = conn.execute("""
+            SELECT c.relname || coalesce('.' || a.attname, '')
+            FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'
+            LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+            WHERE c.relkind IN ('v', 'r') AND c.relname <> 'schema_migrations'
+              AND (col_description(c.oid, a.attnum) IS NULL OR obj_description(c.oid, 'pg_class') IS NULL)
+        """).fetchall()
+        views = [r[0] for r in conn.execute("SELECT viewname FROM pg_views WHERE schemaname = 'public' ORDER BY 1")]
+    assert missing == []
+    assert views == ["report_device_health", "report_site_daily", "report_site_measurement_daily",
+                     "report_unknown_devices"]
+
+
+def test_reporting_views_cut_days_in_the_site_time_zone_and_grade_device_health(pg_dsn: str) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    day = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)  # 22:00 the day before in New York
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn)
+        conn.execute("INSERT INTO sites (site_id, name, region, timezone) VALUES ('ny', 'New York', 'us', "
+                     "'America/New_York'), ('pa', 'Paris', 'eu', 'Europe/Paris')")
+        conn.execute("INSERT INTO devices (device_id, site_id, model, firmware) VALUES ('a', 'ny', 'M1', '1'), "
+                     "('b', 'pa', 'M2', '2')")
+        for site, start, events, critical, m in (
+                ("ny", day, 10, 1, '{"t": {"count": 10, "min": 1, "max": 9, "avg": 5, "last": 2}}'),
+                ("ny", day + timedelta(hours=6), 30, 0, '{"t": {"count": 30, "min": 0, "max": 4, "avg": 1, "last": 1}}'),
+                ("pa", day, 5, 5, '{"t": {"count": 5, "min": 2, "max": 3, "avg": 2.5, "last": 3}}')):
+            conn.execute("INSERT INTO site_window_stats (window_start, site_id, window_end, site_name, region, "
+                         "device_count, event_count, critical_count, measurements) VALUES (%s, %s, %s, 'old name', "
+                         "'r', 1, %s, %s, %s)", (start, site, start + timedelta(minutes=5), events, critical, m))
+        for device, start, events, critical, known in (("a", now - timedelta(minutes=10), 4, 0, True),
+                                                       ("b", now - timedelta(hours=3), 2, 1, True),
+                                                       ("c", now - timedelta(minutes=10), 1, 0, False)):
+            conn.execute("INSERT INTO device_window_stats (window_start, device_id, window_end, known_device, "
+                         "event_count, critical_count, first_event_time, last_event_time, measurements) VALUES "
+                         "(%s, %s, %s, %s, %s, %s, %s, %s, '{}')",
+                         (start, device, start + timedelta(minutes=5), known, events, critical, start, start))
+        daily = conn.execute("SELECT site_id, site_name, local_day::text, event_count, critical_count, critical_ratio, "
+                             "active_windows FROM report_site_daily ORDER BY 1, 3").fetchall()
+        measurement = conn.execute("SELECT site_id, local_day::text, sample_count, min_value, max_value, avg_value "
+                                   "FROM report_site_measurement_daily ORDER BY 1, 2").fetchall()
+        health = conn.execute("SELECT device_id, known_device, model, health FROM report_device_health "
+                              "ORDER BY 1").fetchall()
+    assert daily == [("ny", "New York", "2026-11-19", 10, 1, Decimal("0.1000"), 1),
+                     ("ny", "New York", "2026-11-20", 30, 0, Decimal("0.0000"), 1),
+                     ("pa", "Paris", "2026-11-20", 5, 5, Decimal("1.0000"), 1)]
+    assert measurement[0][:5] == ("ny", "2026-11-19", 10, 1, 9)
+    assert measurement[2] == ("pa", "2026-11-20", 5, 2, 3, pytest.approx(2.5))
+    assert health == [("a", True, "M1", "ok"), ("b", True, "M2", "silent"), ("c", False, None, "ok")]

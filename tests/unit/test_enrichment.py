@@ -1,0 +1,262 @@
+"""Enrichment logic without I/O: windows, the figures of a window, and the service's ordering with in-memory ports."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shared.domain.enrichment import (
+    DeviceRef,
+    EnrichedWindow,
+    ReferenceData,
+    SiteRef,
+    Window,
+    compute_window,
+    window_of,
+    windows_between,
+)
+from shared.domain.rules import MeasurementRule
+from shared.exceptions import TransientError
+from shared.ports.enrichment import Arrival, EnrichmentState
+from shared.ports.stored import StoredEvent
+from shared.services.enrichment import EnrichmentService
+from shared.settings import EnrichmentSettings
+
+T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+W = timedelta(minutes=5)
+REF = ReferenceData.of([DeviceRef("d1", "s1", "M"), DeviceRef("d2", "s1", "M"), DeviceRef("d3", "s-missing")],
+                       [SiteRef("s1", "Site one", "eu")])
+
+
+def ev(device: str, at: datetime, critical: bool | None = False, event_id: uuid.UUID | None = None,
+       enqueued: datetime | None = None, **measurements: float) -> StoredEvent:
+    return StoredEvent(event_id or uuid.uuid4(), device, at, "reading", "info", critical, measurements,
+                       enqueued_time=enqueued or at)
+
+
+# --- windows ---
+
+
+def test_windows_are_aligned_to_the_epoch_and_half_open() -> None:
+    assert window_of(T0 + timedelta(seconds=299, microseconds=999_999), 300) == Window(T0, T0 + W)
+    assert window_of(T0 + W, 300) == Window(T0 + W, T0 + 2 * W)
+    assert window_of(datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC), 300).start == datetime(1969, 12, 31, 23, 55,
+                                                                                              tzinfo=UTC)
+    assert [w.start for w in windows_between(T0 + timedelta(minutes=1), T0 + 2 * W, 300)] == [T0, T0 + W]
+    assert list(windows_between(T0, T0, 300)) == []
+    assert Window(T0, T0 + W).closed(T0 + W + timedelta(minutes=2), timedelta(minutes=2))
+    assert not Window(T0, T0 + W).closed(T0 + W + timedelta(minutes=1, seconds=59), timedelta(minutes=2))
+
+
+# --- figures ---
+
+
+def test_figures_per_device_and_site() -> None:
+    events = [ev("d1", T0 + timedelta(seconds=1), t=10.0, h=50.0), ev("d1", T0 + timedelta(seconds=3), True, t=30.0),
+              ev("d2", T0 + timedelta(seconds=2), t=20.0), ev("d3", T0 + timedelta(seconds=4), t=5.0),
+              ev("dx", T0 + timedelta(seconds=5), True, t=1.0),
+              ev("d1", T0 + W, t=999.0), ev("d1", T0 - timedelta(milliseconds=1), t=999.0)]  # outside: ignored
+    out = compute_window(Window(T0, T0 + W), events, REF)
+    stats = {s.device.device_id: s for s in out.device_stats}
+    assert stats["d1"].event_count == 2 and stats["d1"].critical_count == 1
+    assert stats["d1"].measurements == {"h": {"count": 1, "min": 50.0, "max": 50.0, "avg": 50.0, "last": 50.0},
+                                        "t": {"count": 2, "min": 10.0, "max": 30.0, "avg": 20.0, "last": 30.0}}
+    assert (stats["d1"].first_event_time, stats["d1"].last_event_time) == (T0 + timedelta(seconds=1),
+                                                                           T0 + timedelta(seconds=3))
+    assert out.unknown_devices == ["dx"] and out.unknown_device_events == 1
+    assert out.devices["d3"].known and out.devices["d3"].site_id == "s-missing" and out.devices["d3"].site_name is None
+    sites = {s.site_id: s for s in out.site_stats}
+    assert set(sites) == {"s1", "s-missing"}
+    s1 = sites["s1"]
+    assert (s1.site_name, s1.region, s1.device_count, s1.event_count, s1.critical_count) == ("Site one", "eu", 2, 3, 1)
+    assert s1.measurements["t"] == {"count": 3, "min": 10.0, "max": 30.0, "avg": 20.0, "last": 30.0}
+    assert len(out.events) == len(out.critical) == 5
+
+
+def test_last_breaks_time_ties_by_event_id_and_ignores_read_order() -> None:
+    low, high = uuid.UUID(int=1), uuid.UUID(int=2)
+    at = T0 + timedelta(seconds=10)
+    events = [ev("d1", at, event_id=high, t=2.0), ev("d1", at, event_id=low, t=1.0),
+              ev("d2", at, event_id=uuid.UUID(int=3), t=3.0)]
+    for order in (events, events[::-1]):
+        out = compute_window(Window(T0, T0 + W), order, REF)
+        assert out.device_stats[0].measurements["t"]["last"] == 2.0
+        assert {s.site_id: s.measurements["t"]["last"] for s in out.site_stats} == {"s1": 3.0}
+
+
+def test_an_event_id_read_twice_counts_once_whatever_the_order() -> None:
+    same = uuid.uuid4()
+    rows = [ev("d1", T0 + timedelta(seconds=1), event_id=same, t=1.0),
+            ev("d1", T0 + timedelta(seconds=9), event_id=same, t=9.0)]
+    for order in (rows, rows[::-1]):
+        out = compute_window(Window(T0, T0 + W), order, REF)
+        assert out.duplicate_ids == 1 and len(out.events) == 1
+        assert out.device_stats[0].measurements["t"]["last"] == 9.0
+
+
+def test_rules_decide_critical_when_the_row_has_no_flag() -> None:
+    rules = [MeasurementRule(measurement="t", op=">", value=90)]
+    out = compute_window(Window(T0, T0 + W), [ev("d1", T0, None, t=95.0), ev("d1", T0, None, t=5.0),
+                                              ev("d1", T0, True, t=1.0)], REF, rules)
+    assert out.device_stats[0].critical_count == 2
+
+
+def test_averages_do_not_depend_on_read_order() -> None:
+    rng = random.Random(4)
+    events = [ev("d1", T0 + timedelta(milliseconds=i), t=rng.uniform(-1e6, 1e6)) for i in range(500)]
+    first = compute_window(Window(T0, T0 + W), events, REF)
+    rng.shuffle(events)
+    assert compute_window(Window(T0, T0 + W), events, REF).device_stats == first.device_stats
+
+
+# --- the service, with in-memory ports ---
+
+
+class MemoryReader:
+    def __init__(self) -> None:
+        self.events: list[StoredEvent] = []
+        self.reads: list[datetime] = []
+
+    def read(self, start: datetime, end: datetime) -> list[StoredEvent]:
+        self.reads.append(start)
+        return [e for e in self.events if start <= e.event_time < end]
+
+    def arrivals(self, start: datetime, end: datetime) -> Iterator[Arrival]:
+        for e in self.events:
+            if start <= e.enqueued_time < end:
+                yield Arrival(e.event_id, e.event_time, e.enqueued_time)
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.state: EnrichmentState | None = None
+        self.rows: dict[uuid.UUID, datetime] = {}
+        self.ledger: dict[datetime, list[str]] = {}
+        self.fail_on: datetime | None = None
+
+    def load_state(self, initial: datetime) -> EnrichmentState:
+        if self.state is None:
+            self.state = EnrichmentState(initial, initial)
+        return self.state
+
+    def write_window(self, enriched: EnrichedWindow, reason, *, advance_watermark: bool) -> None:
+        window = enriched.window
+        if window.start == self.fail_on:
+            raise TransientError(f"PostgreSQL failed during window {window}")
+        for e in enriched.events:
+            self.rows[e.event_id] = window.start
+        self.ledger.setdefault(window.start, []).append(reason)
+        if advance_watermark and self.state.watermark >= window.start and self.state.watermark < window.end:
+            self.state = EnrichmentState(window.end, self.state.late_scan_until)
+
+    def stale_windows(self, candidates: Mapping[uuid.UUID, datetime]) -> set[datetime]:
+        return {w for event_id, w in candidates.items() if w in self.ledger and event_id not in self.rows}
+
+    def save_late_scan(self, until: datetime) -> None:
+        self.state = EnrichmentState(self.state.watermark, max(until, self.state.late_scan_until))
+
+
+class StaticReference:
+    def __init__(self) -> None:
+        self.loads = 0
+
+    def load(self) -> ReferenceData:
+        self.loads += 1
+        return REF
+
+
+@pytest.fixture
+def parts() -> tuple[MemoryReader, MemoryStore, StaticReference]:
+    store = MemoryStore()
+    store.load_state(T0)
+    return MemoryReader(), store, StaticReference()
+
+
+def service(parts, **overrides) -> EnrichmentService:
+    reader, store, reference = parts
+    values = {"window_seconds": 300, "allowed_lateness_seconds": 120, "late_horizon_seconds": 3600,
+              "initial_lookback_seconds": 0, "max_windows_per_run": 24, **overrides}
+    return EnrichmentService(reader, reference, store, EnrichmentSettings(**values))
+
+
+def test_closed_windows_are_enriched_in_order_and_the_watermark_follows(parts) -> None:
+    reader, store, reference = parts
+    result = service(parts).run(now=T0 + 3 * W + timedelta(minutes=1))  # the third window is not closed yet
+    assert [w.window.start for w in result.windows] == [T0, T0 + W]
+    assert store.state.watermark == T0 + 2 * W == result.watermark
+    assert reference.loads == 1  # once per run
+
+
+def test_the_window_budget_leaves_the_rest_for_the_next_run(parts) -> None:
+    reader, store, _ = parts
+    now = T0 + 5 * W + timedelta(minutes=2)
+    first = service(parts, max_windows_per_run=2).run(now=now)
+    assert len(first.windows) == 2 and first.more_pending and store.state.watermark == T0 + 2 * W
+    second = service(parts, max_windows_per_run=10).run(now=now)
+    assert [w.window.start for w in second.windows] == [T0 + 2 * W, T0 + 3 * W, T0 + 4 * W]
+    assert not second.more_pending
+
+
+def test_a_failed_window_stops_the_run_and_keeps_the_watermark_before_it(parts) -> None:
+    reader, store, _ = parts
+    store.fail_on = T0 + W
+    with pytest.raises(TransientError):
+        service(parts).run(now=T0 + 4 * W)
+    assert store.state.watermark == T0 + W and list(store.ledger) == [T0]
+    assert store.state.late_scan_until == T0  # not moved: the next run scans again
+    store.fail_on = None
+    result = service(parts).run(now=T0 + 4 * W)
+    assert [w.window.start for w in result.windows] == [T0 + W, T0 + 2 * W]
+
+
+def test_late_events_recompute_only_enriched_windows_within_the_horizon(parts) -> None:
+    reader, store, _ = parts
+    reader.events += [ev("d1", T0 + timedelta(seconds=5)), ev("d1", T0 + W + timedelta(seconds=5))]
+    now = T0 + 2 * W + timedelta(minutes=2)
+    service(parts).run(now=now)
+    assert store.state.late_scan_until == now
+
+    later = now + timedelta(minutes=1)
+    reader.events += [
+        ev("d2", T0 + timedelta(seconds=7), enqueued=later),                        # late: window 1 recomputed
+        ev("d2", T0 + 2 * W + timedelta(seconds=1), enqueued=later),                # window not enriched yet
+    ]
+    result = service(parts).run(now=later + timedelta(seconds=1))
+    assert [(w.window.start, w.reason) for w in result.windows] == [(T0, "late")]
+    assert store.ledger[T0] == ["scheduled", "late"] and T0 + 2 * W not in store.ledger
+
+    too_late = T0 + W + timedelta(hours=2)
+    reader.events.append(ev("d2", T0 + timedelta(seconds=8), enqueued=too_late))
+    result = service(parts).run(now=too_late + timedelta(seconds=1))
+    assert result.too_late_events == 1 and result.late_windows == 0
+
+
+def test_late_windows_over_the_budget_keep_the_scan_position(parts) -> None:
+    reader, store, _ = parts
+    reader.events += [ev("d1", T0 + k * W) for k in range(4)]
+    now = T0 + 4 * W + timedelta(minutes=2)
+    service(parts).run(now=now)
+    later = now + timedelta(minutes=1)
+    reader.events += [ev("d2", T0 + k * W + timedelta(seconds=1), enqueued=later) for k in range(4)]
+    result = service(parts, max_windows_per_run=3).run(now=later + timedelta(seconds=1))
+    assert result.late_windows == 3 and result.more_pending and store.state.late_scan_until == now
+    result = service(parts, max_windows_per_run=3).run(now=later + timedelta(seconds=2))
+    assert [w.window.start for w in result.windows] == [T0 + 3 * W] and not result.more_pending
+    assert store.state.late_scan_until == later + timedelta(seconds=2)
+
+
+def test_backfill_rewrites_the_range_without_moving_the_watermark(parts) -> None:
+    reader, store, _ = parts
+    reader.events += [ev("d1", T0 + timedelta(minutes=k)) for k in range(12)]
+    seen = []
+    outcomes = service(parts).backfill(T0 + timedelta(minutes=1), T0 + 2 * W + timedelta(seconds=1),
+                                       on_window=seen.append)
+    assert [o.window.start for o in outcomes] == [T0, T0 + W, T0 + 2 * W] and seen == outcomes
+    assert [o.events for o in outcomes] == [5, 5, 2]
+    assert store.state.watermark == T0
+    with pytest.raises(ValueError, match="not after start"):
+        service(parts).backfill(T0, T0)
