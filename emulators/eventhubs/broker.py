@@ -106,16 +106,19 @@ class Partition:
         self.next_sequence = 0
         self.next_offset = 0
         self.last_enqueued_ms = 0
+        self.last_offset = -1  # offset of the last event ever enqueued (kept when it expires)
         self.listeners: set[Callable[[], None]] = set()
         if log is not None:
-            for sequence, offset, enqueued_ms, header_len, payload in log.load(now_ms() - retention_ms):
-                self.events.append(Event(sequence, offset, enqueued_ms, header_len, payload))
-            if self.events:
-                last = self.events[-1]
-                self.next_sequence = last.sequence + 1
-                self.next_offset = last.offset + len(last.payload)
-                self.last_enqueued_ms = last.enqueued_ms
-            logger.info("%s/%s: loaded %s events from %s", hub, partition_id, len(self.events), log.path)
+            records, last = log.load(now_ms() - retention_ms)
+            self.events = [Event(*record) for record in records]
+            if last is not None:
+                sequence, offset, enqueued_ms, _header_len, payload = last
+                self.next_sequence = sequence + 1
+                self.next_offset = offset + len(payload)
+                self.last_offset = offset
+                self.last_enqueued_ms = enqueued_ms
+            logger.info("%s/%s: loaded %s events from %s (next sequence number %s)", hub, partition_id,
+                        len(self.events), log.path, self.next_sequence)
 
     @property
     def first_sequence(self) -> int:
@@ -132,6 +135,7 @@ class Partition:
             self.events.append(event)
             if self.log is not None:
                 self.log.append(event.sequence, event.offset, enqueued, header_len, payload)
+            self.last_offset = self.next_offset
             self.next_sequence += 1
             self.next_offset += len(payload)
         if self.log is not None:
@@ -185,14 +189,17 @@ class Partition:
         return dropped
 
     def properties(self) -> dict[str, object]:
-        """The $management partition reply fields (types applied by the management module)."""
-        last = self.events[-1] if len(self.events) > self.head else None
+        """The $management partition reply fields (types applied by the management module).
+
+        As in Azure, the last enqueued event's numbers stay after it passed retention;
+        ``is_partition_empty`` says whether any event is still retained.
+        """
         return {
             "begin_sequence_number": self.first_sequence,
-            "last_enqueued_sequence_number": last.sequence if last else -1,
-            "last_enqueued_offset": str(last.offset) if last else "-1",
-            "last_enqueued_time_utc": last.enqueued_ms if last else 0,
-            "is_partition_empty": last is None,
+            "last_enqueued_sequence_number": self.next_sequence - 1,
+            "last_enqueued_offset": str(self.last_offset),
+            "last_enqueued_time_utc": self.last_enqueued_ms,
+            "is_partition_empty": self.head >= len(self.events),
         }
 
 

@@ -18,7 +18,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from emulators.eventhubs import errors, management, message
-from emulators.eventhubs.broker import Hub, Partition, parse_selector
+from emulators.eventhubs.broker import Hub, Partition, now_ms, parse_selector
 from emulators.eventhubs.codec import Described, Long, Symbol, Timestamp
 from emulators.eventhubs.errors import AmqpError, DecodeError
 from emulators.eventhubs.frames import (
@@ -306,12 +306,11 @@ class ConsumeLink(Link):
 
     def _with_metrics(self, payload: bytes, header_len: int) -> bytes:
         p = self.partition
-        last = p.events[-1] if p.events else None
         annotations = message.delivery_annotations({
-            "last_enqueued_sequence_number": Long(last.sequence if last else -1),
-            "last_enqueued_offset": str(last.offset) if last else "-1",
-            "last_enqueued_time_utc": Timestamp(last.enqueued_ms if last else 0),
-            "runtime_info_retrieval_time_utc": Timestamp(p.last_enqueued_ms),
+            "last_enqueued_sequence_number": Long(p.next_sequence - 1),
+            "last_enqueued_offset": str(p.last_offset),
+            "last_enqueued_time_utc": Timestamp(p.last_enqueued_ms),
+            "runtime_info_retrieval_time_utc": Timestamp(now_ms()),
         })
         return payload[:header_len] + annotations + payload[header_len:]
 

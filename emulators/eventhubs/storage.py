@@ -9,7 +9,8 @@ serves the same bytes, offsets and sequence numbers. A record cut short by a
 crash is detected on load and the file is truncated back to the last whole
 record. Writes are flushed to the operating system after every publish (they
 survive the emulator being killed, not a power loss: there is no fsync).
-Expired events are dropped when the log is loaded, by rewriting the file.
+Expired events are dropped when the log is loaded, by rewriting the file; the
+last record always stays, so numbering continues after everything expired.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import BinaryIO
 logger = logging.getLogger(__name__)
 
 _RECORD = struct.Struct(">4sIqqqI")
+Record = tuple[int, int, int, int, bytes]  # sequence, offset, enqueued ms, header length, payload
 _MAGIC = b"EHR1"
 
 
@@ -35,19 +37,23 @@ class PartitionLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file: BinaryIO | None = None
 
-    def load(self, keep_after_ms: int) -> list[tuple[int, int, int, int, bytes]]:
-        """Read all whole records, ``(sequence, offset, enqueued_ms, header_len, payload)``.
+    def load(self, keep_after_ms: int) -> tuple[list[Record], Record | None]:
+        """Read all whole records: those enqueued at or after ``keep_after_ms``, and the last record.
 
-        Records enqueued before ``keep_after_ms`` are dropped, and the file is
-        rewritten without them (and without a torn tail) when anything was dropped.
+        The last record is returned (and kept in the file) even when it expired: it carries the
+        partition's numbering, so sequence numbers and offsets continue after a restart instead of
+        starting again at 0. The file is rewritten without the other expired records (and without a
+        torn tail) when there was anything to drop.
         """
-        records: list[tuple[int, int, int, int, bytes]] = []
+        records: list[Record] = []
         if not self.path.exists():
-            return records
+            return records, None
         data = self.path.read_bytes()
         good_end, dropped = 0, 0
+        last: Record | None = None
         for end, record in _records(data):
             good_end = end
+            last = record
             if record[2] < keep_after_ms:
                 dropped += 1
             else:
@@ -55,14 +61,15 @@ class PartitionLog:
         torn = len(data) - good_end
         if torn:
             logger.warning("%s: dropping %s bytes of a torn record at the end", self.path, torn)
-        if dropped or torn:
-            logger.info("%s: rewriting the log without %s expired events", self.path, dropped)
+        kept_tail = last is not None and (not records or records[-1] is not last)
+        if (dropped - int(kept_tail)) or torn:
+            logger.info("%s: rewriting the log without %s expired events", self.path, dropped - int(kept_tail))
             tmp = self.path.with_suffix(".tmp")
             with tmp.open("wb") as f:
-                for sequence, offset, enqueued_ms, header_len, payload in records:
-                    f.write(_encode(sequence, offset, enqueued_ms, header_len, payload))
+                for record in ([last] if kept_tail else []) + records:
+                    f.write(_encode(*record))
             os.replace(tmp, self.path)
-        return records
+        return records, last
 
     def append(self, sequence: int, offset: int, enqueued_ms: int, header_len: int, payload: bytes) -> None:
         if self._file is None:
@@ -83,7 +90,7 @@ def _encode(sequence: int, offset: int, enqueued_ms: int, header_len: int, paylo
     return _RECORD.pack(_MAGIC, len(payload), sequence, offset, enqueued_ms, header_len) + payload
 
 
-def _records(data: bytes) -> Iterator[tuple[int, tuple[int, int, int, int, bytes]]]:
+def _records(data: bytes) -> Iterator[tuple[int, Record]]:
     pos = 0
     while pos + _RECORD.size <= len(data):
         magic, length, sequence, offset, enqueued_ms, header_len = _RECORD.unpack_from(data, pos)

@@ -1,0 +1,152 @@
+"""The emulator as a process: command line, signals, configuration errors, --data-dir and retention."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from azure.eventhub import EventData
+
+from emulators.eventhubs import config
+from emulators.eventhubs.broker import partition_for_key
+from emulators.eventhubs.errors import ConfigError
+from tests.emulators.eventhubs.helpers import bodies, producer, receive
+from tests.fixtures.eventhubs import ROOT, IsolatedHub, start_eventhubs_emulator, write_config
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_prints_the_address_and_exits_cleanly_on_a_signal(sig: int) -> None:
+    running = start_eventhubs_emulator()
+    try:
+        assert running.host == "127.0.0.1" and running.port > 0
+        assert f"listening on 127.0.0.1:{running.port}" in running.output()
+        hub = IsolatedHub(running, "telemetry")
+        with producer(hub) as client:
+            client.send_batch([EventData("alive")], partition_id="0")
+    finally:
+        code = running.stop(sig=sig, stop_timeout=10)
+    assert code == 0, running.output()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "emulators.eventhubs", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30, check=False)
+
+
+def test_bad_configuration_exits_2_naming_the_problem(tmp_path: Path) -> None:
+    bad = write_config(tmp_path / "bad.json", ["ok-hub"], partitions=40)
+    result = run_cli("--config", str(bad), "--port", "0")
+    assert result.returncode == 2
+    assert "ok-hub" in result.stderr and "PartitionCount" in result.stderr
+    result = run_cli("--config", str(tmp_path / "missing.json"), "--port", "0")
+    assert result.returncode == 2 and "missing.json" in result.stderr
+
+
+def test_config_validation_names_the_offending_entry() -> None:
+    def doc(entities: list[dict[str, object]]) -> dict[str, object]:
+        return {"UserConfig": {"NamespaceConfig": [{"Type": "EventHub", "Name": "ns", "Entities": entities}]}}
+
+    parsed = config.parse(doc([{"Name": "eh1", "PartitionCount": "2", "ConsumerGroups": [{"Name": "cg1"}]},
+                               {"Name": "eh2", "PartitionCount": 3, "MessageRetentionInHours": 0.5}]))
+    assert parsed.hubs["eh1"].consumer_groups == ("$Default", "cg1")
+    assert parsed.hubs["eh1"].partition_ids == ["0", "1"]
+    assert parsed.hubs["eh2"].retention_hours == 0.5
+    assert config.load(ROOT / "emulators" / "eventhubs" / "config.json").hubs["telemetry"].consumer_groups == (
+        "$Default", "sluice")
+    bad = {
+        "eh1': PartitionCount must be a number, got 'many'": [{"Name": "eh1", "PartitionCount": "many"}],
+        "from 1 to 32": [{"Name": "eh1", "PartitionCount": 0}],
+        "declared twice": [{"Name": "eh1", "PartitionCount": 1}, {"Name": "EH1", "PartitionCount": 1}],
+        "consumer group 'cg' is declared twice": [
+            {"Name": "eh1", "PartitionCount": 1, "ConsumerGroups": [{"Name": "cg"}, {"Name": "cg"}]}],
+        "at most 10": [{"Name": f"eh{i}", "PartitionCount": 1} for i in range(11)],
+        "at most 20": [{"Name": "eh1", "PartitionCount": 1, "ConsumerGroups": [{"Name": f"g{i}"} for i in range(20)]}],
+        "MessageRetentionInHours must be positive": [{"Name": "eh1", "PartitionCount": 1,
+                                                      "MessageRetentionInHours": 0}],
+        "invalid name": [{"Name": "bad/name", "PartitionCount": 1}],
+    }
+    for expected, entities in bad.items():
+        with pytest.raises(ConfigError, match=expected):
+            config.parse(doc(entities))
+    with pytest.raises(ConfigError, match="exactly one namespace"):
+        config.parse({"UserConfig": {"NamespaceConfig": []}})
+
+
+def test_data_dir_keeps_events_numbers_and_offsets_across_a_restart(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "config.json", ["durable"])
+    data = tmp_path / "data"
+    running = start_eventhubs_emulator("--data-dir", str(data), config=cfg)
+    try:
+        hub = IsolatedHub(running, "durable")
+        with producer(hub) as client:
+            client.send_batch([EventData(f"a{i}") for i in range(5)], partition_id="1")
+            client.send_batch([EventData(f"k{i}") for i in range(3)], partition_key="dev-1")
+            props_before = client.get_partition_properties("1")
+        before = receive(hub, "1", count=5)
+    finally:
+        running.kill()  # no clean shutdown: what was acknowledged must already be on disk
+    running = start_eventhubs_emulator("--data-dir", str(data), config=cfg)
+    try:
+        hub = IsolatedHub(running, "durable")
+        after = receive(hub, "1", count=5)
+        assert bodies(after) == bodies(before)
+        assert [(e.sequence_number, e.offset, e.enqueued_time) for e in after] == [
+            (e.sequence_number, e.offset, e.enqueued_time) for e in before]
+        with producer(hub) as client:
+            assert client.get_partition_properties("1") == props_before
+            client.send_batch([EventData("b0")], partition_id="1")
+            client.send_batch([EventData("k3")], partition_key="dev-1")  # the key still maps to the same partition
+        more = receive(hub, "1", count=1, starting_position=before[-1].offset)
+        assert bodies(more) == ["b0"] and more[0].sequence_number == 5
+        assert int(more[0].offset) > int(before[-1].offset)
+        keyed = str(partition_for_key("dev-1", 4))
+        assert keyed != "1"
+        assert bodies(receive(hub, keyed, count=4, timeout=10)) == ["k0", "k1", "k2", "k3"]
+    finally:
+        assert running.stop() == 0
+
+
+def test_retention_from_the_config_drops_old_events_but_not_the_numbering(tmp_path: Path) -> None:
+    retention_hours = 2.0 / 3600  # two seconds
+    cfg = write_config(tmp_path / "config.json", ["short"], MessageRetentionInHours=retention_hours)
+    data = tmp_path / "data"
+    running = start_eventhubs_emulator("--data-dir", str(data), config=cfg)
+    try:
+        hub = IsolatedHub(running, "short")
+        with producer(hub) as client:
+            client.send_batch([EventData("old-0"), EventData("old-1")], partition_id="0")
+            assert client.get_partition_properties("0")["beginning_sequence_number"] == 0
+            time.sleep(3.5)  # retention (2 s) plus the once-a-second sweep
+            props = client.get_partition_properties("0")
+            assert props["is_empty"] is True
+            assert props["beginning_sequence_number"] == 2 and props["last_enqueued_sequence_number"] == 1
+            client.send_batch([EventData("new")], partition_id="0")
+        events = receive(hub, "0", count=1, settle=0.5)
+        assert bodies(events) == ["new"] and events[0].sequence_number == 2
+    finally:
+        assert running.stop() == 0
+    time.sleep(2.5)  # everything has expired now; the numbering must survive the restart anyway
+    running = start_eventhubs_emulator("--data-dir", str(data), config=cfg)
+    try:
+        hub = IsolatedHub(running, "short")
+        with producer(hub) as client:
+            props = client.get_partition_properties("0")
+            assert props["is_empty"] is True and props["last_enqueued_sequence_number"] == 2
+            client.send_batch([EventData("newer")], partition_id="0")
+        assert [e.sequence_number for e in receive(hub, "0", count=1)] == [3]
+    finally:
+        assert running.stop() == 0
+
+
+def test_repo_config_is_valid_json_with_the_sluice_consumer_group() -> None:
+    document = json.loads((ROOT / "emulators" / "eventhubs" / "config.json").read_text())
+    entity = document["UserConfig"]["NamespaceConfig"][0]["Entities"][0]
+    assert entity["Name"] == "telemetry" and entity["PartitionCount"] == "4"
+    assert {"Name": "sluice"} in entity["ConsumerGroups"]
