@@ -343,3 +343,45 @@ def test_max_windows_per_run_resumes_where_it_stopped(stack: Stack) -> None:
     second = service.run(now=now)
     assert [w.window.start for w in second.windows] == [T0 + 3 * W] and not second.more_pending
     assert stack.query("SELECT count(*) FROM enriched_events") == [(40,)]
+
+
+def test_the_window_reader_pages_every_shard_and_keeps_to_the_window(cassandra_emulator: Running,
+                                                                    cassandra_keyspace: str) -> None:
+    # buckets (10 minutes) wider than the window (5 minutes): the clustering range must cut them
+    cassandra = CassandraSettings(hosts=[cassandra_emulator.host], port=cassandra_emulator.port,
+                                  keyspace=cassandra_keyspace, shards=3, bucket_seconds=600, consistency="ONE")
+    session = connect(cassandra)
+    try:
+        apply_cassandra(session, cassandra)
+        events = random_events(random.Random(9), T0, 2 * W, 150)
+        CassandraEventStore(session, cassandra, RULES).write(events)
+        reader = CassandraWindowReader(session, cassandra, page_size=7, concurrency=2)  # many pages per partition
+        read = reader.read(T0 + W, T0 + 2 * W)
+        wanted = {e.event_id for e in events if e.body.timestamp >= T0 + W}
+        assert len(read) == len(wanted) and {e.event_id for e in read} == wanted
+        sample = next(e for e in events if e.event_id == read[0].event_id)
+        assert read[0].measurements == sample.body.measurements and read[0].event_time.tzinfo is not None
+        arrivals = list(reader.arrivals(T0, T0 + 3 * W))
+        assert sorted(a.event_id for a in arrivals) == sorted(e.event_id for e in events)
+    finally:
+        session.cluster.shutdown()
+
+
+def test_an_unreachable_cassandra_fails_the_window_instead_of_returning_part_of_it() -> None:
+    from shared.exceptions import DependencyUnavailable
+    from tests.fixtures.cassandra import start_cassandra_emulator
+
+    running = start_cassandra_emulator()
+    cassandra = CassandraSettings(hosts=[running.host], port=running.port, keyspace="ks_down", shards=2,
+                                  consistency="ONE", request_timeout_seconds=2, connect_timeout_seconds=2)
+    session = connect(cassandra)
+    try:
+        apply_cassandra(session, cassandra)
+        reader = CassandraWindowReader(session, cassandra, page_size=10, concurrency=2)
+        assert reader.read(T0, T0 + W) == []
+        running.kill()
+        with pytest.raises(DependencyUnavailable, match="Cassandra unavailable: reading the events of"):
+            reader.read(T0, T0 + W)
+    finally:
+        session.cluster.shutdown()
+        running.stop()
