@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from collections.abc import Sequence
 
 import redis
@@ -214,17 +215,20 @@ class RedisCache:
         commands: list[tuple] = []
         keys, ttl = self.keys, self._ttl
         latest_sha, critical_sha = self._sha["latest"], self._sha["critical"]
+        documents: dict[uuid.UUID, str] = {}
         for event in events:
             current = newest.get(event.device_id)
             if current is None or event.newer_than(current):
                 newest[event.device_id] = event
             if event.critical:
                 device = event.device_id
+                documents[event.event_id] = document = event.to_json()
                 commands.append((critical_sha, 4, keys.event(event.event_id), keys.critical(device),
-                                 keys.critical_since(device), keys.stream, event.to_json(), event.event_time_ms, ttl,
+                                 keys.critical_since(device), keys.stream, document, event.event_time_ms, ttl,
                                  self.critical_cap, self._stream_max, str(event.event_id), device))
         for device, event in newest.items():
-            commands.append((latest_sha, 1, keys.latest(device), sort_key(event), event.to_json(), ttl))
+            document = documents.get(event.event_id) or event.to_json()
+            commands.append((latest_sha, 1, keys.latest(device), sort_key(event), document, ttl))
         return commands
 
     def apply(self, events: Sequence[StoredEvent]) -> None:

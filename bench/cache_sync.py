@@ -1,0 +1,198 @@
+"""``python -m bench cache_sync``: changed rows through ChangeFeedService into Redis vs the raw redis-py pipeline.
+
+Both sides write the same 100,000 changed events (a share of them critical) to
+the same Redis, in pages of the same size, with the same ``EVALSHA`` commands
+(the sink's scripts), each side under a fresh key prefix:
+
+* **ours**: ``ChangeFeedService.run()`` over an in-memory feed of the rows and an
+  in-memory position store (Cassandra is not what is measured here), writing
+  through ``RedisCache``: deciding criticality, picking each device's newest
+  event, encoding documents, one pipeline per page, saving the position;
+* **raw**: a hand-written loop that builds the same commands per page (same
+  documents, same newest-per-device choice) and sends them with
+  ``redis.pipeline(transaction=False)``.
+
+Prints both rates and ``ratio <ours/raw>`` (target >= 0.8). ``--prebuilt`` also
+times the raw pipeline with every command built before the clock starts (Redis
+time alone), for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import redis
+
+from shared.adapters.redis_cache import RedisCache, sort_key
+from shared.ports.feed import FeedPage, FeedPosition, SavedPosition
+from shared.ports.stored import StoredEvent
+from shared.services.changefeed import ChangeFeedService
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+class ListFeed:
+    def __init__(self, events: list[StoredEvent], page_size: int) -> None:
+        self.events, self.page_size = events, page_size
+
+    def initial_position(self, now: datetime) -> FeedPosition:
+        return FeedPosition(start_time=now, paging_state=b"0")
+
+    def rewind(self, position: FeedPosition) -> FeedPosition:
+        return position
+
+    def read_page(self, position: FeedPosition, *, now: datetime, timeout: float) -> FeedPage:
+        start = int(position.paging_state or b"0")
+        page = self.events[start:start + self.page_size]
+        return FeedPage(page, replace(position, paging_state=str(start + len(page)).encode()), caught_up=not page)
+
+
+class MemoryPositions:
+    def __init__(self) -> None:
+        self.saved: SavedPosition | None = None
+
+    def load(self, name: str) -> SavedPosition | None:
+        return self.saved
+
+    def save(self, name: str, position: FeedPosition, expected_version: int) -> int | None:
+        self.saved = SavedPosition(position, expected_version + 1)
+        return expected_version + 1
+
+
+def make_events(count: int, devices: int, critical_share: float, seed: int = 7) -> list[StoredEvent]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        critical = rng.random() < critical_share
+        out.append(StoredEvent(
+            event_id=uuid.UUID(int=rng.getrandbits(128), version=4), device_id=f"device-{rng.randrange(devices):05d}",
+            event_time=NOW - timedelta(milliseconds=rng.randrange(3_600_000)), event_type="telemetry",
+            severity="critical" if critical else "info", critical=critical,
+            measurements={"temperature": round(rng.uniform(10, 99), 2), "pressure": round(rng.uniform(0.9, 1.1), 3)},
+            attributes={"site": f"site-{i % 17}", "firmware": "1.4.2"}, enqueued_time=NOW))
+    return out
+
+
+def run_ours(client: redis.Redis, prefix: str, events: list[StoredEvent], page_size: int, args) -> float:
+    sink = RedisCache(client, key_prefix=prefix, critical_per_device_max=args.per_device_max,
+                      critical_stream_max=args.stream_max)
+    sink.load_scripts()
+    service = ChangeFeedService(ListFeed(events, page_size), sink, MemoryPositions(), feed_name="bench",
+                                time_budget=3600, apply_chunk=page_size)
+    started = time.perf_counter()
+    result = service.run()
+    elapsed = time.perf_counter() - started
+    assert result.events == len(events), result
+    return elapsed
+
+
+def raw_commands(cache: RedisCache, page: list[StoredEvent], ttl: int, per_device: int, stream: int) -> list[tuple]:
+    """What a hand-written sync would send for a page: the same scripts, documents and newest-per-device choice."""
+    latest_sha, critical_sha = cache._sha["latest"], cache._sha["critical"]
+    prefix = cache.keys.prefix
+    stream_key = prefix + "critical:stream"
+    newest: dict[str, StoredEvent] = {}
+    commands = []
+    for e in page:
+        current = newest.get(e.device_id)
+        if current is None or e.newer_than(current):
+            newest[e.device_id] = e
+        if e.critical:
+            tag = f"{prefix}d:{{{e.device_id}}}"
+            commands.append((critical_sha, 4, f"{prefix}e:{e.event_id}", f"{tag}:crit", f"{tag}:crit:since", stream_key,
+                             e.to_json(), e.event_time_ms, ttl, per_device, stream, str(e.event_id), e.device_id))
+    for device, e in newest.items():
+        commands.append((latest_sha, 1, f"{prefix}d:{{{device}}}:latest", sort_key(e), e.to_json(), ttl))
+    return commands
+
+
+def send(client: redis.Redis, commands: list[tuple]) -> None:
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command("EVALSHA", *command)
+    pipe.execute()
+
+
+def run_raw(client: redis.Redis, prefix: str, events: list[StoredEvent], page_size: int, args,
+            prebuilt: bool = False) -> float:
+    cache = RedisCache(client, key_prefix=prefix)
+    cache.load_scripts()
+    ttl = 7 * 24 * 3600
+    pages = [events[i:i + page_size] for i in range(0, len(events), page_size)]
+    if prebuilt:
+        built = [raw_commands(cache, page, ttl, args.per_device_max, args.stream_max) for page in pages]
+        started = time.perf_counter()
+        for commands in built:
+            send(client, commands)
+        return time.perf_counter() - started
+    started = time.perf_counter()
+    for page in pages:
+        send(client, raw_commands(cache, page, ttl, args.per_device_max, args.stream_max))
+    return time.perf_counter() - started
+
+
+def cleanup(client: redis.Redis, prefix: str) -> None:
+    batch = []
+    for key in client.scan_iter(match=prefix + "*", count=5000):
+        batch.append(key)
+        if len(batch) >= 5000:
+            client.unlink(*batch)
+            batch.clear()
+    if batch:
+        client.unlink(*batch)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench cache_sync", description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--devices", type=int, default=2_000)
+    parser.add_argument("--critical-share", type=float, default=0.1)
+    parser.add_argument("--page-size", type=int, default=1000)
+    parser.add_argument("--per-device-max", type=int, default=100)
+    parser.add_argument("--stream-max", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=2, help="alternate ours/raw this many times; best of each")
+    parser.add_argument("--prebuilt", action="store_true", help="also time raw with commands built in advance")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    args = parser.parse_args(argv)
+
+    client = redis.Redis.from_url(args.redis_url)
+    client.ping()
+    events = make_events(args.events, args.devices, args.critical_share)
+    critical = sum(1 for e in events if e.critical)
+    print(f"cache_sync: {len(events):,} changed rows, {args.devices:,} devices, {critical:,} critical, "
+          f"pages of {args.page_size}, Redis {args.redis_url.rsplit('@', 1)[-1]}")
+    ours, raw, prebuilt = [], [], []
+    run = uuid.uuid4().hex[:8]
+    try:
+        for round_no in range(args.rounds):
+            for name, runner, bucket in (("ours", run_ours, ours), ("raw", run_raw, raw)):
+                prefix = f"bench-cache-sync:{run}:{name}{round_no}:"
+                try:
+                    bucket.append(runner(client, prefix, events, args.page_size, args))
+                finally:
+                    cleanup(client, prefix)
+            if args.prebuilt:
+                prefix = f"bench-cache-sync:{run}:pre{round_no}:"
+                try:
+                    prebuilt.append(run_raw(client, prefix, events, args.page_size, args, prebuilt=True))
+                finally:
+                    cleanup(client, prefix)
+    finally:
+        client.close()
+    best_ours, best_raw = min(ours), min(raw)
+    print(f"ours (ChangeFeedService -> RedisCache): {len(events) / best_ours:>10,.0f} rows/s  "
+          f"(best of {len(ours)}: {best_ours:.2f}s; all: {', '.join(f'{t:.2f}' for t in ours)})")
+    print(f"raw  (redis-py pipeline, same commands): {len(events) / best_raw:>10,.0f} rows/s  "
+          f"(best of {len(raw)}: {best_raw:.2f}s; all: {', '.join(f'{t:.2f}' for t in raw)})")
+    if prebuilt:
+        best = min(prebuilt)
+        print(f"raw, commands prebuilt (Redis alone):    {len(events) / best:>10,.0f} rows/s  "
+              f"(ours/prebuilt {best / best_ours:.2f})")
+    ratio = best_raw / best_ours
+    print(f"cache_sync ours/raw throughput ratio {ratio:.2f} (target >= 0.8): ratio {ratio:.2f}")
+    return 0
