@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["murmur3_token", "routing_key"]
+__all__ = ["murmur3_token", "murmur3_token_py", "routing_key"]
 
 _MASK = 0xFFFF_FFFF_FFFF_FFFF
 _C1 = 0x87C3_7B91_1142_53D5
@@ -49,8 +49,8 @@ def _tail_lane(tail: bytes) -> int:
     return k
 
 
-def murmur3_token(key: bytes) -> int:
-    """The Murmur3Partitioner token of a serialized partition key (see :func:`routing_key`)."""
+def murmur3_token_py(key: bytes) -> int:
+    """The Murmur3Partitioner token of a serialized partition key (see :func:`routing_key`), in pure Python."""
     length = len(key)
     h1 = h2 = 0
     nblocks = length >> 4
@@ -87,6 +87,20 @@ def murmur3_token(key: bytes) -> int:
     h2 = _fmix(h2)
     h1 = (h1 + h2) & _MASK
     token = h1 - (1 << 64) if h1 >> 63 else h1
+    return _MAX_LONG if token == _MIN_LONG else token
+
+
+try:  # the driver's C extension computes the same hash ~20x faster; the tests hold both to Cassandra's values
+    from cassandra.cmurmur3 import murmur3 as _c_murmur3
+except ImportError:  # pragma: no cover - a driver installed without its extensions
+    _c_murmur3 = None
+
+
+def murmur3_token(key: bytes) -> int:
+    """The Murmur3Partitioner token of a serialized partition key (see :func:`routing_key`)."""
+    if _c_murmur3 is None:
+        return murmur3_token_py(key)
+    token = _c_murmur3(key)
     return _MAX_LONG if token == _MIN_LONG else token
 
 

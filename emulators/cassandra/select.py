@@ -236,8 +236,11 @@ def plan_scan(table: Table, r: Restrictions) -> Scan:
     keys: list[bytes] | None = None
     if r.pk:
         if len(r.pk) == len(table.partition_key):
-            combos = itertools.product(*(r.pk[c.name] for c in table.partition_key))
-            keys = sorted({join_key(list(c)) for c in combos}, key=lambda k: (murmur3_token(k), k))
+            combos = list(itertools.product(*(r.pk[c.name] for c in table.partition_key)))
+            if len(combos) == 1:
+                keys = [join_key(list(combos[0]))]
+            else:
+                keys = sorted({join_key(list(c)) for c in combos}, key=lambda k: (murmur3_token(k), k))
             if r.token_lo or r.token_hi:
                 raise Invalid("token() restrictions cannot be combined with partition key equality in this emulator")
         else:

@@ -168,6 +168,7 @@ class TableData:
         self.sort_key = sort_key
         self.partitions: dict[bytes, Partition] = {}
         self.tokens: SortedList = SortedList()  # (token, partition key)
+        self._unindexed: list[tuple[int, bytes]] = []  # new partitions, merged into tokens when a scan needs them
 
     def partition(self, key: bytes) -> Partition | None:
         return self.partitions.get(key)
@@ -177,12 +178,15 @@ class TableData:
         if part is None:
             part = Partition(key, token, self.sort_key)
             self.partitions[key] = part
-            self.tokens.add((token, key))
+            self._unindexed.append((token, key))
         return part
 
     def iter_partitions(self, start: tuple[int, bytes] | None = None, inclusive: bool = True,
                         end_token: int | None = None, end_inclusive: bool = True) -> Iterator[Partition]:
         """Partitions in (token, key) order from ``start``; stops after ``end_token``."""
+        if self._unindexed:
+            self.tokens.update(self._unindexed)
+            self._unindexed.clear()
         tokens = self.tokens
         idx = 0 if start is None else (tokens.bisect_left(start) if inclusive else tokens.bisect_right(start))
         parts = self.partitions
@@ -198,3 +202,4 @@ class TableData:
     def clear(self) -> None:
         self.partitions.clear()
         self.tokens.clear()
+        self._unindexed.clear()

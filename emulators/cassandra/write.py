@@ -120,25 +120,51 @@ def _current_values(table: Table, data: TableData, pk: bytes, ck: bytes, columns
     return row, [(c, _column_extractor(table, c)(part, row, now)) for c in columns]
 
 
+class _InsertPlan:
+    """What an INSERT's column list means for one table, worked out once per statement and table."""
+
+    __slots__ = ("table", "width", "keys", "regular", "pk_names", "ck_names")
+
+    def __init__(self, table: Table, stmt: st.Insert) -> None:
+        self.table = table
+        self.width = len(table.regular)
+        self.keys: dict[str, tuple[Column, st.Term]] = {}
+        self.regular: list[tuple[Column, st.Term]] = []
+        for name, term in zip(stmt.columns, stmt.values, strict=True):
+            col = table.columns.get(name)
+            if col is None:
+                raise Invalid(f"Undefined column name {name} in table {table.keyspace}.{table.name}")
+            if col.kind != "regular":
+                self.keys[name] = (col, term)
+            else:
+                self.regular.append((col, term))
+        for group, what in ((table.partition_key, "partition key"), (table.clustering, "clustering key")):
+            missing = [c.name for c in group if c.name not in self.keys]
+            if missing:
+                raise Invalid(f"Some {what} parts are missing: {', '.join(missing)}")
+        self.pk_names = [c.name for c in table.partition_key]
+        self.ck_names = [c.name for c in table.clustering]
+
+
+def _insert_plan(table: Table, stmt: st.Insert) -> _InsertPlan:
+    plan: _InsertPlan | None = stmt.__dict__.get("_plan")
+    if plan is None or plan.table is not table or plan.width != len(table.regular):
+        plan = _InsertPlan(table, stmt)
+        stmt.__dict__["_plan"] = plan  # statements are cached by query text and shared by connections
+    return plan
+
+
 def execute_insert(engine: Engine, table: Table, stmt: st.Insert, ctx: WriteContext) -> Rows | None:
     values = ctx.values
-    keys: dict[str, bytes] = {}
+    plan = _insert_plan(table, stmt)
+    keys = {name: _key_value(col, resolve(term, col.type, values)) for name, (col, term) in plan.keys.items()}
     cells: list[tuple[int, bytes | None]] = []
-    for name, term in zip(stmt.columns, stmt.values, strict=True):
-        col = table.columns.get(name)
-        if col is None:
-            raise Invalid(f"Undefined column name {name} in table {table.keyspace}.{table.name}")
+    for col, term in plan.regular:
         v = resolve(term, col.type, values)
-        if col.kind != "regular":
-            keys[name] = _key_value(col, v)
-        elif v is not UNSET:
+        if v is not UNSET:
             cells.append((col.slot, colls.normalize(col.type, v) if col.type.is_collection else v))  # type: ignore[arg-type]
-    for group, what in ((table.partition_key, "partition key"), (table.clustering, "clustering key")):
-        missing = [c.name for c in group if c.name not in keys]
-        if missing:
-            raise Invalid(f"Some {what} parts are missing: {', '.join(missing)}")
-    pk = join_key([keys[c.name] for c in table.partition_key])
-    ck = join_key([keys[c.name] for c in table.clustering]) if table.clustering else b""
+    pk = join_key([keys[n] for n in plan.pk_names])
+    ck = join_key([keys[n] for n in plan.ck_names]) if plan.ck_names else b""
     ts = write_timestamp(stmt.using, ctx)
     expiry = write_expiry(stmt.using, table, ctx)
     data = engine.table_data(table)
