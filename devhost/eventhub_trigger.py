@@ -39,7 +39,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import azure.functions as func
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.eventhub import EventData, LoadBalancingStrategy
 from azure.eventhub.aio import CheckpointStore, EventHubConsumerClient, PartitionContext
 from azure.eventhub.extensions.checkpointstoreblob import BlobCheckpointStore
@@ -261,11 +261,17 @@ class EventHubListener:
 
     async def start(self) -> None:
         def ensure_container() -> None:
-            with BlobServiceClient.from_connection_string(self._storage) as service, \
+            # Few, short retries: an unreachable storage account should fail start-up in seconds, not minutes.
+            with BlobServiceClient.from_connection_string(self._storage, retry_total=2, initial_backoff=0.2,
+                                                          increment_base=1.2, random_jitter_range=0.2) as service, \
                     contextlib.suppress(ResourceExistsError):
                 service.create_container(CHECKPOINT_CONTAINER)
 
-        await asyncio.to_thread(ensure_container)
+        try:
+            await asyncio.to_thread(ensure_container)
+        except AzureError as exc:
+            raise DevHostError(f"function {self.name!r}: cannot create the checkpoint container "
+                               f"{CHECKPOINT_CONTAINER!r} in AzureWebJobsStorage: {exc}") from exc
         store = BlobCheckpointStore.from_connection_string(self._storage, CHECKPOINT_CONTAINER)
         self._client = EventHubConsumerClient.from_connection_string(
             self.binding.connection_string,

@@ -147,3 +147,33 @@ def test_unsupported_triggers_and_bindings_stop_start_up_with_their_names(tmp_pa
     assert "function 'from_queue': trigger 'queueTrigger' is not supported" in result.stderr
     assert "function 'save': out binding 'blob' ('out') is not supported" in result.stderr
     assert "listening on" not in result.stdout
+
+
+EVENTHUB_APP = '''
+import azure.functions as func
+
+app = func.FunctionApp()
+
+
+@app.event_hub_message_trigger(arg_name="events", event_hub_name="hub", connection="Conn", cardinality="many")
+def consume(events: list[func.EventHubEvent]) -> None:
+    pass
+'''
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_storage_fails_start_up_naming_the_setting(tmp_path: Path) -> None:
+    closed = "http://127.0.0.1:9/devstoreaccount1"  # discard port: nothing listens
+    settings = write_app(tmp_path / "app", EVENTHUB_APP, values={
+        "AzureWebJobsStorage": "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+                               f"AccountKey=a2V5;BlobEndpoint={closed};",
+        "Conn": "Endpoint=sb://127.0.0.1:9;SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true",
+    })
+    result = subprocess.run(
+        [sys.executable, "-m", "devhost", "--script-root", str(tmp_path / "app"), "--settings", str(settings),
+         "--port", "0"], capture_output=True, text=True, timeout=50, cwd=str(ROOT),
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "function 'consume': cannot create the checkpoint container 'azure-webjobs-eventhub' in " \
+        "AzureWebJobsStorage" in result.stderr
+    assert "listening on" not in result.stdout
