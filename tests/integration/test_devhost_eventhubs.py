@@ -188,6 +188,11 @@ def test_batches_order_metadata_checkpoints_and_resume(eh_app: dict[str, Any], d
             assert blobs[partition]["sequencenumber"] == str(record["seqs"][-1])
             assert blobs[partition]["offset"] == str(record["offsets"][-1])
 
+    # The blob KEDA's blobMetadata strategy reads: <namespace>/<hub>/<lower(consumer group)>/checkpoint/<partition>.
+    keda = ContainerClient.from_connection_string(eh_app["storage"], "azure-webjobs-eventhub").get_blob_client(
+        f"{eh_app['namespace']}/{hub}/{'SLUICE'.lower()}/checkpoint/0")
+    assert int(keda.get_blob_properties().metadata["sequencenumber"]) == last["0"]["seqs"][-1]
+
     assert host.stop(stop_timeout=30) == 0
     # Restart: only what was sent since is delivered.
     send(conn, hub, "0", [{"n": 10 + i} for i in range(3)])
