@@ -106,7 +106,7 @@ def test_every_operation_conforms_to_the_openapi_document_with_no_server_errors(
             if mode is schemathesis.GenerationMode.NEGATIVE and not list(operation.iter_parameters()):
                 continue  # nothing to break in a request without parameters
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=75, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+            @settings(max_examples=40, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
                       suppress_health_check=list(HealthCheck))
             def check(case) -> None:
                 response = case.call()

@@ -28,7 +28,7 @@ from shared import bootstrap
 from shared.adapters.cassandra.event_store import CassandraEventStore
 from shared.adapters.cassandra.feed import CassandraFeedStateStore, CosmosChangeFeed, PortableChangeFeed
 from shared.adapters.cassandra.migrations import MIGRATIONS, apply_migrations
-from shared.adapters.cassandra.session import connect
+from shared.adapters.cassandra.session import build_cluster
 from shared.adapters.redis_cache import RedisCache
 from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.domain.rules import MeasurementRule
@@ -73,9 +73,11 @@ def sample_env(**overrides: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def session(cassandra_emulator: Running):
-    s = connect(cassandra_settings(cassandra_emulator, "system"))
+    cluster = build_cluster(cassandra_settings(cassandra_emulator, "system"))
+    cluster.schema_metadata_enabled = False  # tests create many keyspaces: skip the driver's schema refreshes
+    s = cluster.connect()
     yield s
-    s.cluster.shutdown()
+    cluster.shutdown()
 
 
 @pytest.fixture
