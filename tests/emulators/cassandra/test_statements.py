@@ -184,6 +184,12 @@ def test_prepared_metadata_for_composite_keys(session: Session) -> None:
     ("BEGIN COUNTER BATCH UPDATE t SET v = 'a' WHERE k = 1 APPLY BATCH", InvalidRequest, "counter"),
     ("CREATE TABLE s (k int PRIMARY KEY, n counter)", InvalidRequest, "counter"),
     ("CREATE TABLE s (k int PRIMARY KEY, v int) WITH COMPACT STORAGE", InvalidRequest, "COMPACT STORAGE"),
+    ("SELECT CAST(k AS text) FROM t", InvalidRequest, "CAST"),
+    ("SELECT * FROM t WHERE v != 'a' ALLOW FILTERING", InvalidRequest, "!="),
+    ("SELECT * FROM t WHERE (k, v) > (1, 'a')", InvalidRequest, "multi-column"),
+    ("DESCRIBE TABLES", InvalidRequest, "DESCRIBE"),
+    ("CREATE TABLE s (k int PRIMARY KEY, s int static)", InvalidRequest, "static"),
+    ("CREATE AGGREGATE a (int) SFUNC f STYPE int", InvalidRequest, "CREATE AGGREGATE"),
     ("SELEKT * FROM t", SyntaxError, "SELEKT"),
     ("SELECT * FROM t WHERE", SyntaxError, "end of statement"),
 ])
