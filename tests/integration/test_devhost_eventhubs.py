@@ -144,9 +144,9 @@ def test_batches_order_metadata_checkpoints_and_resume(eh_app: dict[str, Any], d
     send(conn, hub, "2", [{"n": 200}], key="device-42")
 
     host = devhost_factory(eh_app["root"], settings=eh_app["settings"])
-    wait_for(lambda: sum(len(r["seqs"]) for r in done(read_records(eh_app["out"]))) >= 17, 30,
+    wait_for(lambda: sum(len(r["seqs"]) for r in done(read_records(eh_app["out"]))) >= 17, 45,
              "17 events in the batches function", host)
-    wait_for(lambda: len(done(read_records(eh_app["out"]), "single")) >= 17, 30, "17 single invocations", host)
+    wait_for(lambda: len(done(read_records(eh_app["out"]), "single")) >= 17, 45, "17 single invocations", host)
     records = read_records(eh_app["out"])
     batches = done(records)
 
@@ -199,7 +199,7 @@ def test_batches_order_metadata_checkpoints_and_resume(eh_app: dict[str, Any], d
     before = len(batches)
     eh_app["out"].rename(eh_app["out"].with_suffix(".first"))
     host = devhost_factory(eh_app["root"], settings=eh_app["settings"])
-    wait_for(lambda: sum(len(r["seqs"]) for r in done(read_records(eh_app["out"]))) >= 3, 30,
+    wait_for(lambda: sum(len(r["seqs"]) for r in done(read_records(eh_app["out"]))) >= 3, 45,
              "the 3 new events", host)
     time.sleep(1.0)  # anything redelivered would show up by now
     again = done(read_records(eh_app["out"]))
@@ -212,10 +212,10 @@ def test_retry_policy_and_checkpoint_after_retries_are_spent(eh_app: dict[str, A
     hub, conn = eh_app["hub"], eh_app["conn"]
     host = devhost_factory(eh_app["root"], settings=eh_app["settings"])
     send(conn, hub, "0", [{"n": 1, "fail": 1}])
-    wait_for(lambda: done(read_records(eh_app["out"])), 30, "the first event to succeed", host)
+    wait_for(lambda: done(read_records(eh_app["out"])), 45, "the first event to succeed", host)
     send(conn, hub, "0", [{"n": 2, "fail": 99}])
     wait_for(lambda: len([r for r in read_records(eh_app["out"])
-                          if r["function"] == "batches" and r["phase"] == "failed"]) >= 4, 30,
+                          if r["function"] == "batches" and r["phase"] == "failed"]) >= 4, 45,
              "three failed attempts of the second event", host)
     records = [r for r in read_records(eh_app["out"]) if r["function"] == "batches" and r["phase"] != "start"]
     first = [(r["phase"], r["retry_count"]) for r in records if r["bodies"][0]["n"] == 1]
@@ -234,7 +234,7 @@ def test_sigterm_finishes_and_checkpoints_the_batch_in_progress(eh_app: dict[str
     hub, conn = eh_app["hub"], eh_app["conn"]
     host = devhost_factory(eh_app["root"], settings=eh_app["settings"])
     send(conn, hub, "3", [{"n": 1, "sleep": 2.0}])
-    wait_for(lambda: [r for r in read_records(eh_app["out"]) if r["function"] == "batches"], 30,
+    wait_for(lambda: [r for r in read_records(eh_app["out"]) if r["function"] == "batches"], 45,
              "the slow batch to start", host)
     assert host.stop(stop_timeout=30) == 0
     records = [r for r in read_records(eh_app["out"]) if r["function"] == "batches"]
@@ -252,10 +252,10 @@ def test_after_a_crash_the_restarted_host_redelivers_only_what_was_not_checkpoin
     host = devhost_factory(eh_app["root"], settings=eh_app["settings"])
     send(conn, hub, "0", [{"n": i} for i in range(4)])
     wait_for(lambda: checkpoints(eh_app["storage"], eh_app["namespace"], hub, "sluice").get("0", {})
-             .get("sequencenumber") == "3", 30, "the first events checkpointed", host)
+             .get("sequencenumber") == "3", 45, "the first events checkpointed", host)
     send(conn, hub, "0", [{"n": 99, "sleep": 3.0}])
     wait_for(lambda: [r for r in read_records(eh_app["out"]) if r["function"] == "batches"
-                      and r["bodies"][0]["n"] == 99], 30, "the slow event to start", host)
+                      and r["bodies"][0]["n"] == 99], 45, "the slow event to start", host)
     host.kill()
     host = devhost_factory(eh_app["root"], settings=eh_app["settings"])
     # The crashed host's ownership must expire (6 s here) before the partition is claimed again.
