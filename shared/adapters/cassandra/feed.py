@@ -125,7 +125,8 @@ class PortableChangeFeed:
         return FeedPosition(watermark=start, cursor=start)
 
     def rewind(self, position: FeedPosition) -> FeedPosition:
-        assert position.watermark is not None
+        if position.watermark is None:  # e.g. a position saved in cosmos mode: start at the lookback
+            return FeedPosition()
         watermark = _utc(position.watermark)
         return FeedPosition(watermark=watermark, cursor=watermark - self._overlap)  # type: ignore[operator]
 
