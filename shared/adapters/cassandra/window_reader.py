@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 from cassandra import DriverException
 from cassandra.cluster import NoHostAvailable, Session
+from cassandra.connection import ConnectionException
 from cassandra.query import PreparedStatement
 
 from shared.domain.timebuckets import buckets_between
@@ -115,5 +116,5 @@ class CassandraWindowReader:
         try:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="window-reader") as pool:
                 return list(pool.map(work, partitions))
-        except (NoHostAvailable, DriverException, OSError) as exc:
+        except (NoHostAvailable, DriverException, ConnectionException, OSError) as exc:
             raise DependencyUnavailable("Cassandra", f"reading the {what} failed: {type(exc).__name__}: {exc}") from exc
