@@ -63,3 +63,34 @@ def test_many_connections_and_streams(cassandra_emulator: Running, cassandra_key
     finally:
         for c in clusters:
             c.shutdown()
+
+
+def test_system_schema_is_complete_and_empty_where_cassandra_would_be(session: Session,
+                                                                        cassandra_keyspace: str) -> None:
+    session.execute("CREATE TABLE t (a int, b text, c bigint, v map<text, frozen<list<int>>>, PRIMARY KEY ((a, b), c))")
+    for name in ("types", "functions", "aggregates", "triggers", "indexes", "views"):
+        assert list(session.execute(f"SELECT * FROM system_schema.{name} WHERE keyspace_name = %s",
+                                    (cassandra_keyspace,))) == []
+    columns = {r.column_name: (r.kind, r.position, r.type, r.clustering_order) for r in session.execute(
+        "SELECT * FROM system_schema.columns WHERE keyspace_name = %s AND table_name = 't'", (cassandra_keyspace,))}
+    assert columns == {
+        "a": ("partition_key", 0, "int", "none"), "b": ("partition_key", 1, "text", "none"),
+        "c": ("clustering", 0, "bigint", "asc"), "v": ("regular", -1, "map<text, frozen<list<int>>>", "none")}
+    tables = [r.table_name for r in session.execute(
+        "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (cassandra_keyspace,))]
+    assert tables == ["t"]
+    keyspaces = {r.keyspace_name for r in session.execute("SELECT keyspace_name FROM system_schema.keyspaces")}
+    assert {cassandra_keyspace, "system", "system_schema"} <= keyspaces
+
+
+def test_driver_metadata_follows_ddl_and_drops(session: Session, cassandra_keyspace: str) -> None:
+    session.execute("CREATE TABLE gone (k int PRIMARY KEY, v text)")
+    meta = session.cluster.metadata
+    session.cluster.refresh_schema_metadata()
+    assert "gone" in meta.keyspaces[cassandra_keyspace].tables
+    session.execute("ALTER TABLE gone ADD extra int")
+    session.cluster.refresh_table_metadata(cassandra_keyspace, "gone")
+    assert "extra" in meta.keyspaces[cassandra_keyspace].tables["gone"].columns
+    session.execute("DROP TABLE gone")
+    session.cluster.refresh_schema_metadata()
+    assert "gone" not in meta.keyspaces[cassandra_keyspace].tables
