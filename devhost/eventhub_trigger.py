@@ -323,12 +323,13 @@ class EventHubListener:
                 state.pending_since = time.monotonic()
             state.pending.extend(events)
         options = self._options
-        if not state.pending:
-            return
-        waited = time.monotonic() - state.pending_since
-        if len(state.pending) < options.min_event_batch_size and waited < options.max_wait_time.total_seconds():
-            return
-        while state.pending and not self._draining:
+
+        def ready() -> bool:
+            waited = time.monotonic() - state.pending_since
+            return bool(state.pending) and (len(state.pending) >= options.min_event_batch_size
+                                            or waited >= options.max_wait_time.total_seconds())
+
+        while ready() and not self._draining:
             batch = state.pending[:options.max_event_batch_size]
             del state.pending[:len(batch)]
             task = asyncio.create_task(self._process(context, state, batch))

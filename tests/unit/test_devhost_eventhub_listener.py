@@ -80,6 +80,16 @@ def test_min_batch_size_waits_for_more_events_or_the_wait_time(tmp_path: Path) -
     assert context.checkpoints == [3, 4]
 
 
+def test_a_remainder_below_the_min_batch_size_waits_too(tmp_path: Path) -> None:
+    seen: list[list[int]] = []
+    host = listener(tmp_path, lambda events: seen.append([e.sequence_number for e in events]),
+                    max_event_batch_size=4, min_event_batch_size=3, max_wait_time=timedelta(seconds=30))
+    context = FakePartitionContext()
+    asyncio.run(host._on_event_batch(context, events(1, 2, 3, 4, 5)))
+    assert seen == [[1, 2, 3, 4]]
+    assert context.checkpoints == [4]
+
+
 def test_checkpoint_frequency_and_the_final_checkpoint_on_stop(tmp_path: Path) -> None:
     host = listener(tmp_path, lambda events: None, max_event_batch_size=1, batch_checkpoint_frequency=2)
     context = FakePartitionContext()
