@@ -48,6 +48,7 @@ _KEY_SEQ = codec.encode(Symbol(SEQUENCE_NUMBER))
 _KEY_OFFSET = codec.encode(Symbol(OFFSET))
 _KEY_TIME = codec.encode(Symbol(ENQUEUED_TIME))
 _q = struct.Struct(">q")
+_I = struct.Struct(">I")
 
 
 @dataclass(slots=True)
@@ -68,8 +69,12 @@ def sections(payload: bytes) -> list[Section]:
     while pos < end:
         if payload[pos] != 0x00:
             raise DecodeError(f"message section at {pos} is not a described type")
-        descriptor, value_start = codec.decode(payload, pos + 1)
-        code = _SECTION_NAMES.get(descriptor) if isinstance(descriptor, str) else int(descriptor)
+        if payload[pos + 1] == 0x53 and pos + 2 < end:  # smallulong descriptor: what every client sends
+            code, value_start = payload[pos + 2], pos + 3
+            descriptor: Any = code
+        else:
+            descriptor, value_start = codec.decode(payload, pos + 1)
+            code = _SECTION_NAMES.get(descriptor) if isinstance(descriptor, str) else int(descriptor)
         if code is None or not HEADER <= code <= FOOTER:
             raise DecodeError(f"unknown message section descriptor {descriptor!r}")
         section_end = codec.skip(payload, value_start)
@@ -101,20 +106,16 @@ class Incoming:
 
     def stamp(self, sequence: int, offset: int, enqueued_ms: int) -> tuple[bytes, int]:
         """The stored (and delivered) encoding with the service annotations; also the header length."""
-        entries = bytearray(self.annotation_entries)
-        entries += _KEY_SEQ
-        entries.append(0x81)
-        entries += _q.pack(sequence)
-        entries += _KEY_OFFSET
-        codec.encode_into(entries, str(offset))
-        entries += _KEY_TIME
-        entries.append(0x83)
-        entries += _q.pack(enqueued_ms)
-        out = bytearray(self.header)
-        out += b"\x00\x53\x72"
-        codec.encode_map_raw(out, entries, self.annotation_count + 6)
-        out += self.rest
-        return bytes(out), len(self.header)
+        text = str(offset).encode()
+        entries = b"".join((self.annotation_entries, _KEY_SEQ, b"\x81", _q.pack(sequence), _KEY_OFFSET,
+                            b"\xa1", bytes((len(text),)), text, _KEY_TIME, b"\x83", _q.pack(enqueued_ms)))
+        count = self.annotation_count + 6
+        n = len(entries)
+        if n + 1 < 256:
+            annotations = b"\x00\x53\x72\xc1" + bytes((n + 1, count))
+        else:
+            annotations = b"\x00\x53\x72\xd1" + _I.pack(n + 4) + _I.pack(count)
+        return b"".join((self.header, annotations, entries, self.rest)), len(self.header)
 
 
 def parse_incoming(payload: bytes) -> Incoming:
@@ -168,15 +169,28 @@ def _filter_annotations(payload: bytes, pos: int, out: bytearray) -> tuple[int, 
 def unpack_batch(payload: bytes) -> tuple[list[bytes], str | None]:
     """The inner messages of a batch envelope, and the envelope's partition key."""
     outer = parse_incoming(payload)
+    rest = outer.rest
     inner: list[bytes] = []
-    for section in sections(outer.rest):
-        if section.code == DATA:
-            value = section_value(outer.rest, section)
-            if not isinstance(value, bytes):
+    pos, end = 0, len(rest)
+    while pos < end:
+        # the usual shape, one data section (binary) per event, is cut without decoding anything
+        if rest[pos : pos + 3] == b"\x00\x53\x75" and pos + 4 < end:
+            code = rest[pos + 3]
+            if code == 0xA0:
+                n, start = rest[pos + 4], pos + 5
+            elif code == 0xB0 and pos + 8 <= end:
+                n, start = _I.unpack_from(rest, pos + 4)[0], pos + 8
+            else:
                 raise DecodeError("batch data section does not hold binary")
-            inner.append(value)
-        elif section.code in (AMQP_SEQUENCE, AMQP_VALUE):
+            if start + n > end:
+                raise DecodeError("truncated batch data section")
+            inner.append(rest[start : start + n])
+            pos = start + n
+            continue
+        section = sections(rest[pos:])[0]
+        if section.code in (AMQP_SEQUENCE, AMQP_VALUE):
             raise DecodeError("a batch body must be data sections, each one encoded message")
+        pos += section.end
     if not inner:
         raise DecodeError("empty batch")
     return inner, outer.partition_key
