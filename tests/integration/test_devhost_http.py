@@ -8,13 +8,13 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from emulators.launcher import Running
-from tests.fixtures.devhost import ROOT, write_app
+from tests.fixtures.devhost import ROOT, start_devhost, write_app
 
 APP = '''
 import json
@@ -71,12 +71,14 @@ def call(host: Running, method: str, path: str, *, body: bytes | None = None,
         return error.code, dict(error.headers), error.read()
 
 
-@pytest.fixture
-def http_host(tmp_path: Path, devhost_factory: Any) -> Running:
-    settings = write_app(tmp_path / "app", APP,
-                         host_json={"version": "2.0", "extensions": {"http": {"routePrefix": "v1"}}},
+@pytest.fixture(scope="module")
+def http_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    root = tmp_path_factory.mktemp("http") / "app"
+    settings = write_app(root, APP, host_json={"version": "2.0", "extensions": {"http": {"routePrefix": "v1"}}},
                          values={"DEVHOST_FUNCTION_KEY": KEY})
-    return devhost_factory(tmp_path / "app", settings=settings)
+    running = start_devhost(root, settings=settings)
+    yield running
+    assert running.stop(stop_timeout=20) == 0
 
 
 @pytest.mark.timeout(60)
