@@ -8,6 +8,7 @@ attempt it was, when it started and ended.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -226,7 +227,7 @@ def test_retry_policy_and_checkpoint_after_retries_are_spent(eh_app: dict[str, A
     seq = records[-1]["seqs"][0]
     wait_for(lambda: checkpoints(eh_app["storage"], eh_app["namespace"], hub, "sluice").get("0", {})
              .get("sequencenumber") == str(seq), 10, "the checkpoint past the failed event", host)
-    assert host.stop(stop_timeout=30) == 0
+    assert host.stop(stop_timeout=30, sig=signal.SIGINT) == 0  # Ctrl-C is as graceful as SIGTERM
 
 
 @pytest.mark.timeout(90)
