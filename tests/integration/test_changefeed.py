@@ -414,3 +414,13 @@ def test_rejected_continuation_restarts_from_the_lookback_with_a_warning(
     assert "restarting from the lookback" in caplog.text
     assert latest_doc(rclient, cache, "reborn")["event_id"] == str(after.event_id)
     assert critical_ids(rclient, cache, "reborn") == [str(after.event_id)]
+
+
+@pytest.mark.timeout(60)
+def test_timer_run_with_redis_unreachable_fails_visibly_and_saves_nothing(app_env, session, keyspace, store):
+    app_env(SLUICE_REDIS_URL=f"redis://127.0.0.1:{_free_port()}/0", SLUICE_REDIS_SOCKET_TIMEOUT_SECONDS="0.5")
+    store.write(spread(3))
+    with pytest.raises(DependencyUnavailable) as raised:
+        user_function("changefeed")(TimerRequest(past_due=True))
+    assert raised.value.dependency == "redis"
+    assert CassandraFeedStateStore(session, keyspace).load("events_by_id") is None
