@@ -72,7 +72,9 @@ class CosmosChangeFeed:
     def read_page(self, position: FeedPosition, *, now: datetime, timeout: float) -> FeedPage:
         start = position.start_time or self.initial_position(now).start_time
         assert start is not None
-        statement = SimpleStatement(self._cql.format(start=_iso(start)), fetch_size=self._page_size)
+        # The format of Microsoft's samples: 'yyyy-MM-dd HH:mm:ss' in UTC (whole seconds, rounded down).
+        statement = SimpleStatement(self._cql.format(start=start.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")),
+                                    fetch_size=self._page_size)
         statement.is_idempotent = True
         try:
             result = self._session.execute(statement, paging_state=position.paging_state, timeout=timeout)
