@@ -104,7 +104,7 @@ def raw_commands(cache: RedisCache, page: list[StoredEvent], ttl: int, per_devic
             newest[e.device_id] = e
         if e.critical:
             tag = f"{prefix}d:{{{e.device_id}}}"
-            commands.append((critical_sha, 4, f"{prefix}e:{e.event_id}", f"{tag}:crit", f"{tag}:crit:since", stream_key,
+            commands.append((critical_sha, 3, f"{prefix}e:{e.event_id}", f"{tag}:crit", stream_key,
                              e.to_json(), e.event_time_ms, ttl, per_device, stream, str(e.event_id), e.device_id))
     for device, e in newest.items():
         commands.append((latest_sha, 1, f"{prefix}d:{{{device}}}:latest", sort_key(e), e.to_json(), ttl))

@@ -3,8 +3,8 @@
 The layout (``docs/redis-layout.md``), every key under ``key_prefix`` and with a TTL:
 
 * ``d:{<device>}:latest``   hash ``k`` (sort key) + ``d`` (JSON document); ``k = ""`` and no ``d`` = "no such device";
-* ``d:{<device>}:crit``     sorted set of the device's critical event documents, score = event time (ms), capped;
-* ``d:{<device>}:crit:since`` the set holds *every* critical event with event time >= this (ms); absent = unknown;
+* ``d:{<device>}:crit``     sorted set of the device's critical event documents, score = event time (ms), capped,
+  plus a sentinel ``#since:<ms>`` (score -inf): the set holds *every* critical event at or after <ms>;
 * ``e:<event_id>``          hash ``d`` (document, ``""`` = "no such event") + ``s`` (1 once on the stream);
 * ``critical:stream``       stream of recent critical events (``event_id``, ``device_id``, ``event``), capped.
 
@@ -48,24 +48,30 @@ local function extend(key, ttl)
 end
 """
 
-# The per-device critical set: cap it, raising the completeness bound past what was trimmed,
-# and never let the bound outlive the set.
-_TRIM = """
-local function trim(zkey, skey, cap)
-  local n = redis.call('ZCARD', zkey)
-  if n > cap then
-    local cut = redis.call('ZRANGE', zkey, n - cap - 1, n - cap - 1, 'WITHSCORES')
-    redis.call('ZREMRANGEBYRANK', zkey, 0, n - cap - 1)
-    local since = redis.call('GET', skey)
-    if since and tonumber(since) <= tonumber(cut[2]) then
-      redis.call('SET', skey, string.format('%.0f', tonumber(cut[2]) + 1), 'KEEPTTL')
-    end
-  end
+# The per-device critical set carries its own completeness bound as a sentinel member
+# "#since:<ms>" with score -inf: every critical event with event time >= ms is in the set.
+# Range reads (finite bounds) never return it; it expires and is evicted with the set.
+_SENTINEL = """
+local function sentinel(zkey)
+  local first = redis.call('ZRANGE', zkey, 0, 0)
+  if first[1] and string.sub(first[1], 1, 7) == '#since:' then return first[1] end
+  return nil
 end
-local function align(zkey, skey)
-  if redis.call('EXISTS', skey) == 1 then
-    local pttl = redis.call('PTTL', zkey)
-    if pttl > 0 then redis.call('PEXPIRE', skey, pttl) end
+local function set_since(zkey, old, ms)
+  if old then redis.call('ZREM', zkey, old) end
+  redis.call('ZADD', zkey, '-inf', '#since:' .. string.format('%.0f', ms))
+end
+local function trim(zkey, cap)
+  local s = sentinel(zkey)
+  local offset = s and 1 or 0
+  local n = redis.call('ZCARD', zkey) - offset
+  if n > cap then
+    local last = offset + n - cap - 1
+    local cut = redis.call('ZRANGE', zkey, last, last, 'WITHSCORES')
+    redis.call('ZREMRANGEBYRANK', zkey, offset, last)
+    if s and tonumber(string.sub(s, 8)) <= tonumber(cut[2]) then
+      set_since(zkey, s, tonumber(cut[2]) + 1)
+    end
   end
 end
 """
@@ -82,25 +88,24 @@ end
 return 1
 """
 
-# KEYS: event, device set, device since, stream.
+# KEYS: event, device set, stream.
 # ARGV: document, score (ms), ttl, per-device cap, stream cap, event id, device id.
-CRITICAL = _EXTEND + _TRIM + """
+CRITICAL = _EXTEND + _SENTINEL + """
 local ttl = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'd', ARGV[1])
 local first = redis.call('HSETNX', KEYS[1], 's', '1')
 extend(KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-trim(KEYS[2], KEYS[3], tonumber(ARGV[4]))
+trim(KEYS[2], tonumber(ARGV[4]))
 extend(KEYS[2], ttl)
-align(KEYS[2], KEYS[3])
 if first == 1 then
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'event_id', ARGV[6], 'device_id', ARGV[7], 'event', ARGV[1])
-  extend(KEYS[4], ttl)
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event_id', ARGV[6], 'device_id', ARGV[7], 'event', ARGV[1])
+  extend(KEYS[3], ttl)
 end
 return first
 """
 
-# KEYS: latest or event key. ARGV: negative ttl. Cache "does not exist" only where nothing is cached.
+# KEYS: latest or event key. ARGV: field, negative ttl. Cache "does not exist" only where nothing is cached.
 NEGATIVE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], ARGV[1], '')
@@ -117,32 +122,26 @@ extend(KEYS[1], tonumber(ARGV[2]))
 return 1
 """
 
-# KEYS: device set, device since. ARGV: since (ms), limit. Nil when the cache cannot answer exactly.
-GET_CRITICAL = """
-local since = redis.call('GET', KEYS[2])
-if not since then return false end
-local bound = math.max(tonumber(since), tonumber(ARGV[1]))
+# KEYS: device set. ARGV: since (ms), limit. Nil when the cache cannot answer exactly.
+GET_CRITICAL = _SENTINEL + """
+local s = sentinel(KEYS[1])
+if not s then return false end
+local complete = tonumber(string.sub(s, 8))
+local since = tonumber(ARGV[1])
+local bound = math.max(complete, since)
 local docs = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', string.format('%.0f', bound), 'LIMIT', 0, ARGV[2])
-if #docs >= tonumber(ARGV[2]) or tonumber(since) <= tonumber(ARGV[1]) then return docs end
+if #docs >= tonumber(ARGV[2]) or complete <= since then return docs end
 return false
 """
 
-# KEYS: device set, device since. ARGV: covers-since (ms), ttl, cap, then score/document pairs.
-FILL_CRITICAL = _EXTEND + _TRIM + """
-local ttl = tonumber(ARGV[2])
+# KEYS: device set. ARGV: covers-since (ms), ttl, cap, then score/document pairs.
+FILL_CRITICAL = _EXTEND + _SENTINEL + """
 for i = 4, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
-local since = redis.call('GET', KEYS[2])
-if (not since) or tonumber(ARGV[1]) < tonumber(since) then
-  redis.call('SET', KEYS[2], ARGV[1])
-end
-trim(KEYS[1], KEYS[2], tonumber(ARGV[3]))
-extend(KEYS[1], ttl)
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('EXPIRE', KEYS[2], ttl)
-  align(KEYS[1], KEYS[2])
-else
-  redis.call('EXPIRE', KEYS[2], ttl)
-end
+local s = sentinel(KEYS[1])
+local covers = tonumber(ARGV[1])
+if (not s) or covers < tonumber(string.sub(s, 8)) then set_since(KEYS[1], s, covers) end
+trim(KEYS[1], tonumber(ARGV[3]))
+extend(KEYS[1], tonumber(ARGV[2]))
 return 1
 """
 
@@ -167,9 +166,6 @@ class Keys:
 
     def critical(self, device_id: str) -> str:
         return f"{self.prefix}d:{{{device_id}}}:crit"
-
-    def critical_since(self, device_id: str) -> str:
-        return f"{self.prefix}d:{{{device_id}}}:crit:since"
 
     def event(self, event_id: object) -> str:
         return f"{self.prefix}e:{event_id}"
@@ -223,8 +219,8 @@ class RedisCache:
             if event.critical:
                 device = event.device_id
                 documents[event.event_id] = document = event.to_json()
-                commands.append((critical_sha, 4, keys.event(event.event_id), keys.critical(device),
-                                 keys.critical_since(device), keys.stream, document, event.event_time_ms, ttl,
+                commands.append((critical_sha, 3, keys.event(event.event_id), keys.critical(device), keys.stream,
+                                 document, event.event_time_ms, ttl,
                                  self.critical_cap, self._stream_max, str(event.event_id), device))
         for device, event in newest.items():
             document = documents.get(event.event_id) or event.to_json()
@@ -284,7 +280,7 @@ class RedisCache:
             self._eval("fill_event", [key], [event.to_json(), ttl], f"caching event {event_id}")
 
     def get_critical(self, device_id: str, since_ms: int, limit: int) -> list[str] | None:
-        docs = self._eval("get_critical", [self.keys.critical(device_id), self.keys.critical_since(device_id)],
+        docs = self._eval("get_critical", [self.keys.critical(device_id)],
                           [since_ms, limit], f"reading the critical events of device {device_id!r}")
         if docs is None:
             return None
@@ -294,7 +290,7 @@ class RedisCache:
         args: list[object] = [covers_since_ms, ttl, self.critical_cap]
         for event in events:
             args += [event.event_time_ms, event.to_json()]
-        self._eval("fill_critical", [self.keys.critical(device_id), self.keys.critical_since(device_id)], args,
+        self._eval("fill_critical", [self.keys.critical(device_id)], args,
                    f"caching the critical events of device {device_id!r}")
 
     def ping(self) -> None:

@@ -97,7 +97,15 @@ def test_a_lookup_fill_never_shortens_the_feeds_ttl(client, redis_prefix):
     cache.fill_critical("d1", [crit], SINCE_ALL, ttl=60)
     assert client.ttl(cache.keys.event(crit.event_id)) > 9000
     assert client.ttl(cache.keys.critical("d1")) > 9000
-    assert client.ttl(cache.keys.critical_since("d1")) > 9000  # bound and set expire together
+
+
+def test_the_completeness_bound_lives_and_dies_with_the_set(client, redis_prefix):
+    cache = RedisCache(client, key_prefix=redis_prefix)
+    cache.fill_critical("quiet", [], SINCE_ALL, ttl=60)  # a device without critical events: complete and empty
+    assert cache.get_critical("quiet", SINCE_ALL, 5) == []
+    client.delete(cache.keys.critical("quiet"))  # evicted or expired: the bound goes with it
+    assert cache.get_critical("quiet", SINCE_ALL, 5) is None
+    assert list(client.scan_iter(match=redis_prefix + "*")) == []
 
 
 def test_critical_answers_only_what_is_known_complete(client, redis_prefix):
