@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import threading
 import time
@@ -37,11 +38,22 @@ MILLION = 1_000_000
 
 
 @dataclass
-class Run:
-    inserts_per_s: float
-    reads_per_s: float
-    server_us_per_insert: float
-    server_us_per_read: float
+class Totals:
+    """Accumulated over the rounds of one kind of request against one server."""
+
+    ops: int = 0
+    seconds: float = 0.0
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
+
+    def rate(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+    def server_us(self) -> float:
+        return self.server_cpu / self.ops * 1e6 if self.ops else 0.0
+
+    def client_us(self) -> float:
+        return self.client_cpu / self.ops * 1e6 if self.ops else 0.0
 
 
 class RssSampler:
@@ -84,39 +96,48 @@ def _cluster(host: str, port: int):  # noqa: ANN202 - cassandra.cluster.Cluster,
                    execution_profiles={EXEC_PROFILE_DEFAULT: profile})
 
 
-def measure(host: str, port: int, pid: int, rows: int, concurrency: int, keyspace: str) -> tuple[Run, object]:
-    """Insert then read ``rows`` rows; returns the figures and the (open) session for further use."""
-    import psutil
-    from cassandra.concurrent import execute_concurrent_with_args
+class Target:
+    """One server under test: a driver session with the benchmark table and its prepared statements."""
 
-    server = psutil.Process(pid)
-    session = _cluster(host, port).connect()
-    session.execute(f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = "
-                    "{'class': 'SimpleStrategy', 'replication_factor': 1}")
-    session.execute(f"CREATE TABLE IF NOT EXISTS {keyspace}.kv (k bigint PRIMARY KEY, v blob)")
-    insert = session.prepare(f"INSERT INTO {keyspace}.kv (k, v) VALUES (?, ?)")
-    select = session.prepare(f"SELECT v FROM {keyspace}.kv WHERE k = ?")
+    def __init__(self, name: str, host: str, port: int, pid: int, keyspace: str) -> None:
+        import psutil
+        self.name = name
+        self.server = psutil.Process(pid)
+        self.session = _cluster(host, port).connect()
+        self.session.execute(f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = "
+                             "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+        self.session.execute(f"CREATE TABLE IF NOT EXISTS {keyspace}.kv (k bigint PRIMARY KEY, v blob)")
+        self.insert = self.session.prepare(f"INSERT INTO {keyspace}.kv (k, v) VALUES (?, ?)")
+        self.select = self.session.prepare(f"SELECT v FROM {keyspace}.kv WHERE k = ?")
+        self.inserts = Totals()
+        self.reads = Totals()
 
-    def timed(statement: object, args: list[tuple]) -> tuple[float, float]:
-        cpu0 = sum(server.cpu_times()[:2])
+    def run(self, statement: object, args: list[tuple], totals: Totals, concurrency: int) -> None:
+        from cassandra.concurrent import execute_concurrent_with_args
+        cpu0, client0 = sum(self.server.cpu_times()[:2]), time.process_time()
         t0 = time.perf_counter()
-        results = execute_concurrent_with_args(session, statement, args, concurrency=concurrency,
-                                               raise_on_first_error=True, results_generator=True)
         n = 0
-        for ok, result in results:
+        for ok, result in execute_concurrent_with_args(self.session, statement, args, concurrency=concurrency,
+                                                       raise_on_first_error=True, results_generator=True):
             if not ok:
-                raise RuntimeError(f"request failed: {result!r}")
+                raise RuntimeError(f"{self.name}: request failed: {result!r}")
             n += 1
-        elapsed = time.perf_counter() - t0
-        cpu = sum(server.cpu_times()[:2]) - cpu0
-        return n / elapsed, cpu / n * 1e6
+        totals.seconds += time.perf_counter() - t0
+        totals.server_cpu += sum(self.server.cpu_times()[:2]) - cpu0
+        totals.client_cpu += time.process_time() - client0
+        totals.ops += n
 
-    ins_rate, ins_cpu = timed(insert, [(i, PAYLOAD) for i in range(rows)])
-    read_rate, read_cpu = timed(select, [(i,) for i in range(rows)])
-    sample = session.execute(select, (rows // 2,)).one()
-    if sample is None or sample[0] != PAYLOAD:
-        raise RuntimeError(f"point read of key {rows // 2} returned {sample!r}, not the 500-byte payload")
-    return Run(ins_rate, read_rate, ins_cpu, read_cpu), session
+    def round(self, keys: range, concurrency: int) -> None:
+        self.run(self.insert, [(k, PAYLOAD) for k in keys], self.inserts, concurrency)
+        self.run(self.select, [(k,) for k in keys], self.reads, concurrency)
+        sample = self.session.execute(self.select, (keys[-1],)).one()
+        if sample is None or sample[0] != PAYLOAD:
+            raise RuntimeError(f"{self.name}: key {keys[-1]} read back {sample!r}, not the 500-byte payload")
+
+    def report(self) -> str:
+        return (f"{self.name:12} {self.inserts.rate():8,.0f} inserts/s, {self.reads.rate():8,.0f} point reads/s; "
+                f"CPU per request: server {self.inserts.server_us():.0f}/{self.reads.server_us():.0f} us, "
+                f"driver {self.inserts.client_us():.0f}/{self.reads.client_us():.0f} us (insert/read)")
 
 
 def fill(session, keyspace: str, start: int, total: int) -> None:  # noqa: ANN001
@@ -188,7 +209,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--memory-rows", type=int, default=MILLION,
                    help="rows of 500 bytes to hold when reading RSS (default 1000000; below that, extrapolated)")
     p.add_argument("--concurrency", type=int, default=100)
-    p.add_argument("--no-baseline", action="store_true", help="skip the null-server run")
+    p.add_argument("--rounds", type=int, default=5, help="alternate emulator and null server this many times")
+    p.add_argument("--no-baseline", action="store_true", help="skip the null-server runs")
     p.add_argument("--null-server", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.null_server:
@@ -198,24 +220,31 @@ def main(argv: list[str]) -> int:
     keyspace = f"bench_{uuid.uuid4().hex[:8]}"
     emulator = _start("cassandra-emulator", python_module("emulators.cassandra", "--host", "127.0.0.1", "--port", "0",
                                                           "--log-level", "WARNING"))
+    null = None if args.no_baseline else _start(
+        "null-cql-server", [sys.executable, "-m", "bench", "cassandra_emulator", "--null-server"])
     try:
         with RssSampler(emulator.process.pid) as rss:
             idle = rss.current()
-            ours, session = measure(emulator.host, emulator.port, emulator.process.pid, args.rows, args.concurrency,
-                                    keyspace)
-            print(f"emulator:    {ours.inserts_per_s:9,.0f} inserts/s ({ours.server_us_per_insert:.0f} us emulator CPU "
-                  f"each), {ours.reads_per_s:9,.0f} point reads/s ({ours.server_us_per_read:.0f} us each)", flush=True)
+            ours = Target("emulator", emulator.host, emulator.port, emulator.process.pid, keyspace)
+            base = None if null is None else Target("null server", null.host, null.port, null.process.pid, keyspace)
+            chunk = -(-args.rows // args.rounds)
+            for lo in range(0, args.rows, chunk):  # interleaved, so both see the same machine load
+                keys = range(lo, min(lo + chunk, args.rows))
+                ours.round(keys, args.concurrency)
+                if base is not None:
+                    base.round(keys, args.concurrency)
+            print(ours.report(), flush=True)
+            if base is not None:
+                print(base.report() + "  <- the driver's own ceiling", flush=True)
             at_rows = rss.current()
             held = max(args.rows, args.memory_rows)
             t0 = time.perf_counter()
             if held > args.rows:
-                fill(session, keyspace, args.rows, held)
+                fill(ours.session, keyspace, args.rows, held)
             filled = time.perf_counter() - t0
-            count_check = session.execute(f"SELECT v FROM {keyspace}.kv WHERE k = %s", (held - 1,)).one()
-            if count_check is None:
+            if ours.session.execute(ours.select, (held - 1,)).one() is None:
                 raise RuntimeError(f"row {held - 1} missing after the fill")
             at_held = rss.current()
-            session.cluster.shutdown()
         per_row = (at_held - idle) / held
         million = idle + per_row * MILLION
         how = "measured" if held >= MILLION else f"extrapolated linearly from {held:,} rows"
@@ -224,26 +253,23 @@ def main(argv: list[str]) -> int:
               f"peak {rss.peak / 2**20:,.0f} MB; 1M rows of 500 bytes: {million / 2**20:,.0f} MB ({how})", flush=True)
     finally:
         emulator.stop()
-
-    ratio_ins = ratio_read = None
-    if not args.no_baseline:
-        null = _start("null-cql-server", [sys.executable, "-m", "bench", "cassandra_emulator", "--null-server"])
-        try:
-            base, session = measure(null.host, null.port, null.process.pid, args.rows, args.concurrency, keyspace)
-            session.cluster.shutdown()
-        finally:
+        if null is not None:
             null.stop()
-        print(f"null server: {base.inserts_per_s:9,.0f} inserts/s ({base.server_us_per_insert:.0f} us server CPU "
-              f"each), {base.reads_per_s:9,.0f} point reads/s ({base.server_us_per_read:.0f} us each)  "
-              "<- the driver's own ceiling", flush=True)
-        ratio_ins = ours.inserts_per_s / base.inserts_per_s
-        ratio_read = ours.reads_per_s / base.reads_per_s
-    ratio = "" if ratio_ins is None else (f" baseline_inserts/s={base.inserts_per_s:.0f} "
-                                          f"baseline_reads/s={base.reads_per_s:.0f} "
-                                          f"ratio_inserts={ratio_ins:.2f} ratio_reads={ratio_read:.2f} "
-                                          f"ratio {min(ratio_ins, ratio_read):.2f}")
-    print(f"cassandra_emulator: inserts/s={ours.inserts_per_s:.0f} reads/s={ours.reads_per_s:.0f} "
-          f"peak_rss_mb={rss.peak / 2**20:.0f} rss_1m_rows_mb={million / 2**20:.0f} ({how}){ratio}")
+    load = os.getloadavg()[0]
+    line = (f"cassandra_emulator (load average {load:.1f} on {os.cpu_count()} CPUs): "
+            f"inserts/s={ours.inserts.rate():.0f} reads/s={ours.reads.rate():.0f} "
+            f"emulator_cpu_us_per_insert={ours.inserts.server_us():.0f} "
+            f"emulator_cpu_us_per_read={ours.reads.server_us():.0f} "
+            f"peak_rss_mb={rss.peak / 2**20:.0f} rss_1m_rows_mb={million / 2**20:.0f} ({how})")
+    if base is not None:
+        ratio_ins = ours.inserts.rate() / base.inserts.rate()
+        ratio_read = ours.reads.rate() / base.reads.rate()
+        line += (f" baseline_inserts/s={base.inserts.rate():.0f} baseline_reads/s={base.reads.rate():.0f} "
+                 f"ratio_inserts={ratio_ins:.2f} ratio_reads={ratio_read:.2f} ratio {min(ratio_ins, ratio_read):.2f}")
+    print(line)
+    for t in (ours, base):
+        if t is not None:
+            t.session.cluster.shutdown()
     return 0
 
 

@@ -435,9 +435,46 @@ def decode_paging(state: bytes, table_id: uuid.UUID) -> tuple[bytes, bytes, int,
         raise Invalid(f"Invalid paging state: {exc}") from None
 
 
+class _SelectPlan:
+    """A SELECT's projection for one table, and its key terms when it names one row by partition key alone."""
+
+    __slots__ = ("table", "width", "specs", "extractors", "counting", "point")
+
+    def __init__(self, table: Table, stmt: st.Select) -> None:
+        self.table = table
+        self.width = len(table.regular)
+        self.specs, self.extractors, self.counting = projection(table, stmt.selectors)
+        self.point: list[tuple[Column, st.Term]] | None = None
+        pk_names = {c.name for c in table.partition_key}
+        rels = stmt.where
+        if (not table.clustering and not stmt.order_by and stmt.limit is None and stmt.per_partition_limit is None
+                and len(rels) == len(pk_names)
+                and all(r.kind == "column" and r.op == "=" and not isinstance(r.value, tuple) for r in rels)
+                and {r.columns[0] for r in rels} == pk_names):
+            by_name = {r.columns[0]: r.value for r in rels}
+            self.point = [(c, by_name[c.name]) for c in table.partition_key]  # type: ignore[misc]
+
+
+def _select_plan(table: Table, stmt: st.Select) -> _SelectPlan:
+    plan: _SelectPlan | None = stmt.__dict__.get("_plan")
+    if plan is None or plan.table is not table or plan.width != len(table.regular):
+        plan = _SelectPlan(table, stmt)
+        stmt.__dict__["_plan"] = plan  # statements are cached by query text and shared by connections
+    return plan
+
+
 def execute_select(table: Table, data: TableData, stmt: st.Select, values: list[object], page_size: int,
                    paging_state: bytes | None, now: int) -> Rows:
-    specs, extractors, counting = projection(table, stmt.selectors)
+    plan = _select_plan(table, stmt)
+    specs, extractors, counting = plan.specs, plan.extractors, plan.counting
+    if plan.point is not None and not paging_state:  # a point read of a table without clustering columns
+        key = join_key([_value(term, col.type, values, col.name) for col, term in plan.point])
+        part = data.partition(key)
+        row = part.single if part is not None else None
+        found = row is not None and row.live(now)
+        if counting:
+            return Rows(specs, [[_q.pack(1 if found else 0)]])
+        return Rows(specs, [[f(part, row, now) for f in extractors]] if found else [])  # type: ignore[arg-type]
     r = resolve_restrictions(table, stmt.where, values)
     if r.changefeed is not None:
         raise Invalid("COSMOS_CHANGEFEED_START_TIME() is handled by the change feed")  # dispatched earlier
