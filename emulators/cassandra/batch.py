@@ -66,12 +66,15 @@ def execute_batch(engine: Engine, batch: st.Batch, children: list[tuple[st.State
     for i, (stmt, values) in enumerate(children):
         ctx = WriteContext(values, ts, now)
         table = tables[i]
-        if isinstance(stmt, st.Insert):
-            execute_insert(engine, table, dataclasses.replace(stmt, if_not_exists=False), ctx)
+        if isinstance(stmt, st.Insert):  # conditions were checked above: run the children without them
+            execute_insert(engine, table, dataclasses.replace(stmt, if_not_exists=False)
+                           if stmt.if_not_exists else stmt, ctx)
         elif isinstance(stmt, st.Update):
-            execute_update(engine, table, dataclasses.replace(stmt, if_exists=False, conditions=[]), ctx)
+            execute_update(engine, table, dataclasses.replace(stmt, if_exists=False, conditions=[])
+                           if stmt.if_exists or stmt.conditions else stmt, ctx)
         else:
-            execute_delete(engine, table, dataclasses.replace(stmt, if_exists=False, conditions=[]), ctx)
+            execute_delete(engine, table, dataclasses.replace(stmt, if_exists=False, conditions=[])
+                           if stmt.if_exists or stmt.conditions else stmt, ctx)
     if conditional:
         spec = results.ColumnSpec(tables[0].keyspace, tables[0].name, "[applied]", _boolean())
         return results.Rows([spec], [[b"\x01"]]).encode()
