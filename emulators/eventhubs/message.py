@@ -121,6 +121,8 @@ class Incoming:
 def parse_incoming(payload: bytes) -> Incoming:
     """Split a single (non-batch) message as sent by a producer."""
     parts = sections(payload)
+    if parts[0].code > MESSAGE_ANNOTATIONS:  # nothing to drop or rewrite: keep the bytes as they are
+        return Incoming(b"", b"", 0, bytes(payload), None)
     header = b""
     entries = bytearray()
     count = 0

@@ -87,15 +87,17 @@ def test_latest_and_time_after_the_last_see_only_new_events(isolated_eventhub: I
     hub = isolated_eventhub
 
     async def body() -> None:
-        await send(hub, ["old-0", "old-1"], partition_id="3")
-        after = (await receive(hub, "3", count=2))[-1].enqueued_time
-        latest = asyncio.create_task(receive(hub, "3", count=1, starting_position="@latest"))
-        later = asyncio.create_task(receive(hub, "3", count=1, starting_position=after))
-        i = 0
-        while not (latest.done() and later.done()):
-            await send(hub, [f"new-{i}"], partition_id="3")
-            i += 1
-            await asyncio.wait({latest, later}, timeout=0.5)
+        async with producer(hub) as client:
+            await client.send_batch([EventData("old-0"), EventData("old-1")], partition_id="3")
+            after = (await receive(hub, "3", count=2))[-1].enqueued_time
+            latest = asyncio.create_task(receive(hub, "3", count=1, starting_position="@latest"))
+            later = asyncio.create_task(receive(hub, "3", count=1, starting_position=after))
+            i = 0
+            # keep sending until both receivers (attached at some point) saw one: neither may get an old event
+            while not (latest.done() and later.done()):
+                await client.send_batch([EventData(f"new-{i}")], partition_id="3")
+                i += 1
+                await asyncio.wait({latest, later}, timeout=0.3)
         for task in (latest, later):
             assert bodies(task.result())[0].startswith("new-")
 

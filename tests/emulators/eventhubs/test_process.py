@@ -114,7 +114,7 @@ def test_data_dir_keeps_events_numbers_and_offsets_across_a_restart(tmp_path: Pa
 
 
 def test_retention_from_the_config_drops_old_events_but_not_the_numbering(tmp_path: Path) -> None:
-    retention_hours = 2.0 / 3600  # two seconds
+    retention_hours = 1.0 / 3600  # one second
     cfg = write_config(tmp_path / "config.json", ["short"], MessageRetentionInHours=retention_hours)
     data = tmp_path / "data"
     running = start_eventhubs_emulator("--data-dir", str(data), config=cfg)
@@ -123,7 +123,7 @@ def test_retention_from_the_config_drops_old_events_but_not_the_numbering(tmp_pa
         with producer(hub) as client:
             client.send_batch([EventData("old-0"), EventData("old-1")], partition_id="0")
             assert client.get_partition_properties("0")["beginning_sequence_number"] == 0
-            time.sleep(3.5)  # retention (2 s) plus the once-a-second sweep
+            time.sleep(2.3)  # retention (1 s) plus the once-a-second sweep
             props = client.get_partition_properties("0")
             assert props["is_empty"] is True
             assert props["beginning_sequence_number"] == 2 and props["last_enqueued_sequence_number"] == 1
@@ -132,7 +132,7 @@ def test_retention_from_the_config_drops_old_events_but_not_the_numbering(tmp_pa
         assert bodies(events) == ["new"] and events[0].sequence_number == 2
     finally:
         assert running.stop() == 0
-    time.sleep(2.5)  # everything has expired now; the numbering must survive the restart anyway
+    time.sleep(1.2)  # everything has expired now; the numbering must survive the restart anyway
     running = start_eventhubs_emulator("--data-dir", str(data), config=cfg)
     try:
         hub = IsolatedHub(running, "short")

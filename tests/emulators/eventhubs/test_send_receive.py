@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from azure.eventhub import EventData
@@ -81,36 +83,36 @@ def test_starting_positions(isolated_eventhub: IsolatedHub) -> None:
     send(isolated_eventhub, [f"e{i}" for i in range(10)], partition_id="0")
     everything = receive(isolated_eventhub, "0", count=10)
     fifth = everything[5]
-
-    assert bodies(receive(isolated_eventhub, "0", count=4, starting_position=fifth.offset)) == ["e6", "e7", "e8", "e9"]
-    assert bodies(receive(isolated_eventhub, "0", count=5, starting_position=fifth.offset,
-                          inclusive=True)) == ["e5", "e6", "e7", "e8", "e9"]
-    assert bodies(receive(isolated_eventhub, "0", count=2, starting_position=7)) == ["e8", "e9"]
-    assert bodies(receive(isolated_eventhub, "0", count=3, starting_position=7, inclusive=True)) == ["e7", "e8", "e9"]
     before = everything[0].enqueued_time - dt.timedelta(milliseconds=1)
-    assert len(receive(isolated_eventhub, "0", count=10, starting_position=before)) == 10
     after = everything[-1].enqueued_time
-    assert receive(isolated_eventhub, "0", count=1, starting_position=after, timeout=1.5) == []
-    assert len(receive(isolated_eventhub, "0", count=10, starting_position=after, inclusive=True)) == 10
+    cases = [
+        (dict(starting_position=fifth.offset), ["e6", "e7", "e8", "e9"]),
+        (dict(starting_position=fifth.offset, inclusive=True), ["e5", "e6", "e7", "e8", "e9"]),
+        (dict(starting_position=7), ["e8", "e9"]),
+        (dict(starting_position=7, inclusive=True), ["e7", "e8", "e9"]),
+        (dict(starting_position=before), [f"e{i}" for i in range(10)]),
+        (dict(starting_position=after, inclusive=True), [f"e{i}" for i in range(10)]),
+        (dict(starting_position=after, timeout=2.0), []),
+    ]
+    # each receiver is its own SDK client (about a second to connect): run them side by side
+    with ThreadPoolExecutor(len(cases)) as pool:
+        futures = [pool.submit(receive, isolated_eventhub, "0", count=max(len(want), 1), settle=0.3, **kwargs)
+                   for kwargs, want in cases]
+        for (kwargs, want), future in zip(cases, futures, strict=True):
+            assert bodies(future.result()) == want, kwargs
 
 
 def test_latest_sees_only_new_events(isolated_eventhub: IsolatedHub) -> None:
-    import threading
-    import time
-
     send(isolated_eventhub, ["old"], partition_id="3")
-    result: list = []
-    thread = threading.Thread(target=lambda: result.extend(
-        receive(isolated_eventhub, "3", count=1, starting_position="@latest", timeout=20)))
-    thread.start()
-    deadline = time.monotonic() + 20
-    # Keep sending until the receiver (attached at some point) sees one: "@latest" gives no earlier events.
-    i = 0
-    while thread.is_alive() and time.monotonic() < deadline:
-        send(isolated_eventhub, [f"new-{i}"], partition_id="3")
-        i += 1
-        thread.join(0.5)
-    thread.join(10)
+    with ThreadPoolExecutor(1) as pool, producer(isolated_eventhub) as client:
+        future = pool.submit(receive, isolated_eventhub, "3", count=1, starting_position="@latest", timeout=20)
+        # keep sending until the receiver (attached at some point) sees one: "@latest" gives no earlier events
+        i = 0
+        while not future.done():
+            client.send_batch([EventData(f"new-{i}")], partition_id="3")
+            i += 1
+            time.sleep(0.3)
+        result = future.result()
     assert result and bodies(result)[0].startswith("new-")
 
 
