@@ -108,9 +108,8 @@ def _table(source: Path | bytes, what: str, schema: pa.Schema) -> pa.Table:
             return pq.read_table(io.BytesIO(source) if isinstance(source, bytes) else source)
         if source.suffix.lower() != ".csv":
             raise PermanentError(f"{what}: {source.name} is neither .csv nor .parquet")
-        # Every column as text: pydantic converts, so "007" stays a string id and errors name the row.
-        header = source.open(encoding="utf-8").readline().strip().split(",")
-        options = pacsv.ConvertOptions(column_types={name: pa.string() for name in header},
+        # Known columns as text: pydantic converts, so "007" stays a string id and errors name the row.
+        options = pacsv.ConvertOptions(column_types={name: pa.string() for name in schema.names},
                                        strings_can_be_null=True, null_values=[""])
         return pacsv.read_csv(source, convert_options=options)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:

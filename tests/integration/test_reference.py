@@ -126,3 +126,10 @@ def test_bad_device_files_fail_before_anything_is_written(env: dict[str, str], t
     with psycopg.connect(env["dsn"]) as conn:
         upsert_reference(conn, read_devices(SAMPLE_DEVICES)[:1], None)
         assert conn.execute("SELECT count(*) FROM devices").fetchone() == (1,)
+
+
+def test_csv_ids_stay_text_and_quoting_and_a_bom_are_understood(tmp_path: Path) -> None:
+    path = tmp_path / "sites.csv"
+    path.write_bytes(b'\xef\xbb\xbfsite_id,name,latitude,timezone\n007,"Plant, north",1.5,\n')
+    (site,) = read_sites(path)
+    assert (site.site_id, site.name, site.latitude, site.timezone) == ("007", "Plant, north", 1.5, None)
