@@ -200,3 +200,14 @@ def test_unsupported_cql_is_refused_by_name(session: Session, query: str, error:
     with pytest.raises(expected) as info:
         session.execute(SimpleStatement(query))
     assert named.lower() in str(info.value).lower()
+
+
+def test_distinct_only_on_partition_key_columns(session: Session) -> None:
+    session.execute("CREATE TABLE t (a int, b int, c int, v int, PRIMARY KEY ((a, b), c))")
+    for i in range(4):
+        session.execute("INSERT INTO t (a, b, c, v) VALUES (%s, %s, %s, 0)", (i % 2, 0, i))
+    assert sorted(rows(session, "SELECT DISTINCT a, b FROM t")) == [(0, 0), (1, 0)]
+    assert sorted(rows(session, "SELECT DISTINCT token(a, b), a FROM t"))[0][1] in (0, 1)
+    for query in ("SELECT DISTINCT * FROM t", "SELECT DISTINCT a, c FROM t", "SELECT DISTINCT a, writetime(v) FROM t"):
+        with pytest.raises(InvalidRequest, match="DISTINCT queries must only request partition key columns"):
+            session.execute(query)
