@@ -97,10 +97,10 @@ def functions_run_by(deployment: dict[str, Any]) -> list[str]:
 @cache
 def app_functions() -> dict[str, dict[str, Any]]:
     """Each function function_app.py registers, with its trigger binding (as the host indexes it)."""
-    from function_app import app
+    from tests.fixtures.functions import _index  # the shared index: get_functions() may run only once per app
 
     out = {}
-    for function in app.get_functions():
+    for function in _index().values():
         bindings = json.loads(function.get_function_json())["bindings"]
         (trigger,) = [b for b in bindings if b["type"].endswith("Trigger")]
         out[function.get_function_name()] = trigger
