@@ -260,3 +260,16 @@ def test_backfill_rewrites_the_range_without_moving_the_watermark(parts) -> None
     assert store.state.watermark == T0
     with pytest.raises(ValueError, match="not after start"):
         service(parts).backfill(T0, T0)
+
+
+def test_cli_times_need_an_offset_except_bare_dates() -> None:
+    import argparse
+
+    from sluice.commands.backfill import parse_time
+
+    assert parse_time("2026-11-20T10:00:00Z") == T0
+    assert parse_time("2026-11-20T11:00:00+01:00") == T0
+    assert parse_time("2026-11-20") == datetime(2026, 11, 20, tzinfo=UTC)
+    for bad in ("2026-11-20T10:00:00", "yesterday"):
+        with pytest.raises(argparse.ArgumentTypeError, match=bad):
+            parse_time(bad)
