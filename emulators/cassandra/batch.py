@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 def execute_batch(engine: Engine, batch: st.Batch, children: list[tuple[st.Statement, list[object]]],
                   opts: Options, session: Session) -> bytes:
     now = now_seconds()
+    if batch.using.ttl is not None:
+        raise Invalid("Global TTL on the BATCH statement is not supported.")
     ts = resolve_int(batch.using.timestamp, opts.values, "timestamp")
     if ts is None:
         ts = opts.timestamp
@@ -41,6 +43,8 @@ def execute_batch(engine: Engine, batch: st.Batch, children: list[tuple[st.State
     conditional = [i for i, (s, _) in enumerate(children)
                    if getattr(s, "if_exists", False) or getattr(s, "conditions", None) or getattr(s, "if_not_exists", False)]
     if conditional:
+        if batch.using.timestamp is not None or any(s.using.timestamp is not None for s, _ in children):  # type: ignore[attr-defined]
+            raise Invalid("Cannot provide custom timestamp for conditional BATCH")
         keys = set()
         for i, (stmt, values) in enumerate(children):
             if isinstance(stmt, st.Insert):

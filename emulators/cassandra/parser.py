@@ -213,8 +213,12 @@ class Parser:
         if self.accept_kw("using"):
             while True:
                 if self.accept_kw("ttl"):
+                    if ttl is not None:
+                        raise Invalid("Multiple definitions of TTL in USING")
                     ttl = self.term()
                 elif self.accept_kw("timestamp"):
+                    if timestamp is not None:
+                        raise Invalid("Multiple definitions of TIMESTAMP in USING")
                     timestamp = self.term()
                 else:
                     raise self.error("TTL or TIMESTAMP")

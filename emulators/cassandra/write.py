@@ -165,6 +165,8 @@ def execute_insert(engine: Engine, table: Table, stmt: st.Insert, ctx: WriteCont
             cells.append((col.slot, colls.normalize(col.type, v) if col.type.is_collection else v))  # type: ignore[arg-type]
     pk = join_key([keys[n] for n in plan.pk_names])
     ck = join_key([keys[n] for n in plan.ck_names]) if plan.ck_names else b""
+    if stmt.if_not_exists and stmt.using.timestamp is not None:
+        raise Invalid("Cannot provide custom timestamp for conditional updates")
     ts = write_timestamp(stmt.using, ctx)
     expiry = write_expiry(stmt.using, table, ctx)
     data = engine.table_data(table)
@@ -269,6 +271,8 @@ def execute_update(engine: Engine, table: Table, stmt: st.Update, ctx: WriteCont
     data = engine.table_data(table)
     conditional = stmt.if_exists or bool(stmt.conditions)
     if conditional:
+        if stmt.using.timestamp is not None:
+            raise Invalid("Cannot provide custom timestamp for conditional updates")
         if len(keys) != 1:
             raise Invalid("IN on the primary key is not supported with conditional updates")
         failed = _check_conditions(table, data, keys[0][0], keys[0][1], stmt.if_exists, stmt.conditions, ctx)
@@ -288,6 +292,8 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
     full_row = all(c.name in r.ck_eq for c in table.clustering) and not r.ck_slice
     keys = primary_keys(table, r) if stmt.columns or conditional else primary_keys(table, r, need_clustering=False)
     if conditional:
+        if stmt.using.timestamp is not None:
+            raise Invalid("Cannot provide custom timestamp for conditional deletions")
         if len(keys) != 1:
             raise Invalid("IN on the primary key is not supported with conditional deletions")
         failed = _check_conditions(table, data, keys[0][0], keys[0][1], stmt.if_exists, stmt.conditions, ctx)

@@ -93,3 +93,17 @@ def test_conditional_batch_applies_all_or_nothing(session: Session) -> None:
     batch.add(session.prepare("SELECT * FROM t WHERE p = ?"), (1,))
     with pytest.raises(InvalidRequest, match="Only INSERT, UPDATE and DELETE"):
         session.execute(batch)
+
+
+def test_refused_combinations(session: Session) -> None:
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, v int)")
+    for query, message in (
+        ("INSERT INTO t (k, v) VALUES (1, 1) IF NOT EXISTS USING TIMESTAMP 5", "custom timestamp"),
+        ("UPDATE t USING TIMESTAMP 5 SET v = 2 WHERE k = 1 IF v = 1", "custom timestamp"),
+        ("BEGIN BATCH USING TIMESTAMP 5 UPDATE t SET v = 2 WHERE k = 1 IF v = 1; APPLY BATCH", "custom timestamp"),
+        ("BEGIN BATCH USING TTL 5 INSERT INTO t (k, v) VALUES (1, 1); APPLY BATCH", "Global TTL"),
+        ("INSERT INTO t (k, v) VALUES (2, 2) USING TTL 10 AND TTL 20", "Multiple definitions of TTL"),
+    ):
+        with pytest.raises(InvalidRequest, match=message):
+            session.execute(query)
+    assert list(session.execute("SELECT * FROM t")) == []
