@@ -17,7 +17,8 @@ A fresh emulator (repo config: hub ``telemetry``, 4 partitions) is started for t
 4. **raw**: the emulator's ceiling without the SDK's client-side cost: one raw
    AMQP producer per partition sends pre-encoded batches (0x80013700, B events
    of ~500 bytes, 8 in flight), then one raw consumer per partition counts the
-   deliveries from the start, granting credit 5000 at a time.
+   deliveries from the start, granting credit 5000 at a time; and the delay
+   through the emulator alone (raw producer to raw consumer, one event at a time).
 
 For each phase the emulator's own CPU time is read (psutil), giving its cost
 per event and so the rate one emulator core could sustain: on this 2-core
@@ -117,9 +118,11 @@ def _consume(port: int, partition: str, expect: int, starting_position: str, rea
             if got >= expect:
                 finished.set()
 
+        # for the delay, hand over events as soon as they are in (with max_wait_time the SDK holds a batch
+        # back until it is full or the time is up)
         task = asyncio.create_task(client.receive_batch(
             on_batch, partition_id=partition, starting_position=starting_position, max_batch_size=1000,
-            max_wait_time=0.5))
+            max_wait_time=None if starting_position == "@latest" else 0.5))
         await asyncio.sleep(1.5)  # attached (the SDK takes ~1 s to connect, authenticate and attach)
         ready.put(time.perf_counter())
         try:
@@ -337,6 +340,30 @@ def phase_raw(port: int, events: int, batch: int, cpu: CpuMeter) -> tuple[float,
     return rate_in, cpu_in / sent, rate_out, cpu_out / total
 
 
+
+def raw_delay(port: int, count: int) -> list[float]:
+    """Send-to-receive delay through the emulator alone: a raw producer sends one event at a time and a
+    raw consumer (credit granted up front) times its arrival."""
+    from emulators.eventhubs import frames
+
+    consumer = _raw_connect(port)
+    consumer.attach_receiver(1, "telemetry/ConsumerGroups/$Default/Partitions/0",
+                             "amqp.annotation.x-opt-offset > '@latest'")
+    consumer.flow(1, delivery_count=0, credit=count + 10)
+    producer = _raw_connect(port)
+    producer.attach_sender(1, "telemetry/Partitions/0")
+    producer.expect(frames.FLOW)
+    delays = []
+    for i in range(count):
+        began = time.perf_counter()
+        producer.transfer(1, i, b"\x00\x53\x75\xa0\x05hello")
+        consumer.expect(frames.TRANSFER)
+        delays.append(time.perf_counter() - began)
+        producer.expect(frames.DISPOSITION)
+    producer.close()
+    consumer.close()
+    return delays
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -370,6 +397,7 @@ def main(argv: list[str]) -> int:
         rate_out, cpu_out = phase_out(running.port, per_partition, cpu)
         delays = phase_delay(running.port, args.latency_events)
         raw_in, raw_cpu_in, raw_out, raw_cpu_out = phase_raw(running.port, args.events, args.batch, cpu)
+        raw_delays = raw_delay(running.port, 1000)
     finally:
         running.stop(sig=2)
     total = sum(per_partition.values())
@@ -385,6 +413,8 @@ def main(argv: list[str]) -> int:
     print(f"raw AMQP clients (no SDK; one producer and one consumer process per partition): "
           f"in {raw_in:,.0f} events/s ({raw_in / TARGET:.2f}x the target, emulator {raw_cpu_in * 1e6:.1f} us/event), "
           f"out {raw_out:,.0f} events/s ({raw_out / TARGET:.2f}x, emulator {raw_cpu_out * 1e6:.1f} us/event)")
+    print(f"raw send-to-receive delay (emulator only) over {len(raw_delays)} events: "
+          f"p50 {percentile(raw_delays, 0.5) * 1000:.2f} ms, p99 {percentile(raw_delays, 0.99) * 1000:.2f} ms")
     print("baseline: none on this machine (Microsoft's emulator needs Docker); ratios are against the target")
     return 0
 
