@@ -135,7 +135,7 @@ def norm(t: CqlType, value: Any) -> Any:
     return value
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(data=st.data())
 def test_round_trip_against_driver(data: st.DataObject) -> None:
     t = data.draw(TYPES)
