@@ -361,8 +361,21 @@ def test_lookups_have_a_service_at_least_two_replicas_and_health_probes() -> Non
     health = app_functions()["health"]
     assert health["route"] == "health" and health["authLevel"] == "ANONYMOUS", "probes carry no function key"
     assert "livenessProbe" in container
-    mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    assert "/run/secrets/functions-keys" in mounts, "FUNCTION-level routes need the host's keys"
+
+
+def test_every_host_finds_its_keys_where_the_secret_storage_type_says() -> None:
+    assert settings_data()["AzureWebJobsSecretStorageType"] == "kubernetes"
+    for name, deployment in of_kind("Deployment").items():
+        (container,) = containers(deployment)
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert "/run/secrets/functions-keys" in mounts, f"{name}: the host reads its keys there"
+        assert mounts["/run/secrets/functions-keys"]["readOnly"] is True
+        volume = next(v for v in pod_template(deployment)["spec"]["volumes"]
+                      if v["name"] == mounts["/run/secrets/functions-keys"]["name"])
+        provider = of_kind("SecretProviderClass")[volume["csi"]["volumeAttributes"]["secretProviderClass"]]
+        objects = yaml.safe_load(provider["spec"]["parameters"]["objects"])["array"]
+        aliases = {yaml.safe_load(o)["objectAlias"] for o in objects}
+        assert {"host.master", "host.function.default"} <= aliases, f"{name}: keys missing from {aliases}"
 
 
 def test_migrations_are_a_suspended_job_template_running_the_cli() -> None:
