@@ -176,25 +176,16 @@ def test_properties_queries(isolated_eventhub: IsolatedHub) -> None:
             assert empty["beginning_sequence_number"] == 0
             await client.send_batch([EventData("a"), EventData("bb"), EventData("ccc")], partition_id="3")
             props = await client.get_partition_properties("3")
-        events = await receive(isolated_eventhub, "3", count=3)
+        events = await receive(isolated_eventhub, "3", count=3, track_last_enqueued_event_properties=True)
         assert props["eventhub_name"] == isolated_eventhub.name and props["id"] == "3"
         assert props["is_empty"] is False
         assert props["beginning_sequence_number"] == 0
         assert props["last_enqueued_sequence_number"] == 2
         assert props["last_enqueued_offset"] == events[-1].offset
         assert props["last_enqueued_time_utc"] == events[-1].enqueued_time
-
-    asyncio.run(body())
-
-
-def test_last_enqueued_event_properties_on_receive(isolated_eventhub: IsolatedHub) -> None:
-    async def body() -> None:
-        await send(isolated_eventhub, [f"t{i}" for i in range(5)], partition_id="0")
-        events = await receive(isolated_eventhub, "0", count=5, track_last_enqueued_event_properties=True)
-        assert bodies(events) == [f"t{i}" for i in range(5)]
-        # the SDK exposes these through the partition context; the emulator sends them as delivery annotations
-        info = events[-1].raw_amqp_message.delivery_annotations
-        assert info[b"last_enqueued_sequence_number"] == 4
+        # with track_last_enqueued_event_properties every delivery carries them as delivery annotations
+        info = events[0].raw_amqp_message.delivery_annotations
+        assert info[b"last_enqueued_sequence_number"] == 2
         assert info[b"last_enqueued_offset"] == events[-1].offset.encode()
 
     asyncio.run(body())

@@ -24,15 +24,43 @@ def send(hub: IsolatedHub, texts: list[str], **batch_kwargs: object) -> None:
         client.send_batch(batch)
 
 
-def test_batch_to_partition_keeps_order_and_numbers(isolated_eventhub: IsolatedHub) -> None:
-    texts = [f"event-{i}" for i in range(50)]
-    send(isolated_eventhub, texts, partition_id="2")
-    events = receive(isolated_eventhub, "2", count=50)
+def test_batches_properties_and_large_events(isolated_eventhub: IsolatedHub) -> None:
+    texts = [f"event-{i}" for i in range(120)]
+    event = EventData(b"\x00\x01binary\xff")
+    event.properties = {"text": "héllo", "number": 7, "flag": True, "raw": b"\x01\x02", "pi": 3.5}
+    event.content_type = "application/octet-stream"
+    event.correlation_id = "corr-1"
+    event.message_id = "msg-1"
+    big = "x" * 600_000  # more than one frame
+    with producer(isolated_eventhub) as client:
+        batch = client.create_batch(partition_id="2")
+        for text in texts:
+            batch.add(EventData(text))
+        client.send_batch(batch)
+        client.send_event(event, partition_id="1")
+        client.send_event(EventData(big), partition_id="0")
+        client.send_event(EventData("small"), partition_id="0")
+    with ThreadPoolExecutor(3) as pool:
+        in_order = pool.submit(receive, isolated_eventhub, "2", count=120, prefetch=7)  # many credit top-ups
+        with_properties = pool.submit(receive, isolated_eventhub, "1", count=1)
+        large = pool.submit(receive, isolated_eventhub, "0", count=2)
+        events, [got], sizes = in_order.result(), with_properties.result(), large.result()
+
     assert bodies(events) == texts
-    assert [e.sequence_number for e in events] == list(range(50))
+    assert [e.sequence_number for e in events] == list(range(120))
     offsets = [int(e.offset) for e in events]
-    assert offsets == sorted(offsets) and len(set(offsets)) == 50 and offsets[0] == 0
+    assert offsets == sorted(offsets) and len(set(offsets)) == 120 and offsets[0] == 0
     assert all(e.enqueued_time is not None and e.enqueued_time.tzinfo is not None for e in events)
+
+    assert b"".join(got.body) == b"\x00\x01binary\xff"
+    assert got.properties == {b"text": "héllo".encode(), b"number": 7, b"flag": True,
+                              b"raw": b"\x01\x02", b"pi": 3.5}
+    assert got.content_type == "application/octet-stream"
+    assert got.correlation_id == "corr-1"
+    assert got.message_id == "msg-1"
+    assert got.raw_amqp_message.annotations[b"x-opt-sequence-number"] == 0
+
+    assert bodies(sizes) == [big, "small"]
 
 
 def test_same_partition_key_lands_on_one_partition_in_order(isolated_eventhub: IsolatedHub) -> None:
@@ -59,24 +87,6 @@ def test_without_key_partitions_take_turns(isolated_eventhub: IsolatedHub) -> No
         counts = [client.get_partition_properties(p)["last_enqueued_sequence_number"] + 1
                   for p in client.get_partition_ids()]
     assert counts == [2, 2, 2, 2]
-
-
-def test_properties_and_application_properties_round_trip(isolated_eventhub: IsolatedHub) -> None:
-    event = EventData(b"\x00\x01binary\xff")
-    event.properties = {"text": "héllo", "number": 7, "flag": True, "raw": b"\x01\x02", "pi": 3.5}
-    event.content_type = "application/octet-stream"
-    event.correlation_id = "corr-1"
-    event.message_id = "msg-1"
-    with producer(isolated_eventhub) as client:
-        client.send_event(event, partition_id="1")
-    [got] = receive(isolated_eventhub, "1", count=1)
-    assert b"".join(got.body) == b"\x00\x01binary\xff"
-    assert got.properties == {b"text": "héllo".encode(), b"number": 7, b"flag": True,
-                              b"raw": b"\x01\x02", b"pi": 3.5}
-    assert got.content_type == "application/octet-stream"
-    assert got.correlation_id == "corr-1"
-    assert got.message_id == "msg-1"
-    assert got.raw_amqp_message.annotations[b"x-opt-sequence-number"] == 0
 
 
 def test_starting_positions(isolated_eventhub: IsolatedHub) -> None:
@@ -114,19 +124,3 @@ def test_latest_sees_only_new_events(isolated_eventhub: IsolatedHub) -> None:
             time.sleep(0.3)
         result = future.result()
     assert result and bodies(result)[0].startswith("new-")
-
-
-def test_link_credit_is_honoured_with_small_prefetch(isolated_eventhub: IsolatedHub) -> None:
-    texts = [f"p{i}" for i in range(120)]
-    send(isolated_eventhub, texts, partition_id="1")
-    events = receive(isolated_eventhub, "1", count=120, prefetch=7)
-    assert bodies(events) == texts
-
-
-def test_large_events_span_frames(isolated_eventhub: IsolatedHub) -> None:
-    big = "x" * 600_000
-    with producer(isolated_eventhub) as client:
-        client.send_event(EventData(big), partition_id="0")
-        client.send_event(EventData("small"), partition_id="0")
-    events = receive(isolated_eventhub, "0", count=2)
-    assert bodies(events) == [big, "small"]
