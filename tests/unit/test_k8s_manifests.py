@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections import Counter
 from functools import cache
 from pathlib import Path
@@ -385,3 +387,33 @@ def test_migrations_are_a_suspended_job_template_running_the_cli() -> None:
     assert container["command"] == ["python", "-m", "sluice", "migrate", "all"]
     assert container["workingDir"] == "/home/site/wwwroot", "where the image puts the sluice package"
     assert pod_template(migrate)["spec"]["restartPolicy"] == "Never"
+
+
+def run_startup_probe(deployment: dict[str, Any], **overrides: str | None) -> subprocess.CompletedProcess[str]:
+    """The Deployment's startup probe command, run here with the ConfigMap as its environment."""
+    (container,) = containers(deployment)
+    command = container["startupProbe"]["exec"]["command"]
+    assert command[0] == "python"
+    env = {**settings_data(), "AzureWebJobsStorage": "from-the-secret", "PATH": "/usr/bin:/bin"}
+    for name, value in overrides.items():
+        if value is None:
+            env.pop(name)
+        else:
+            env[name] = value
+    return subprocess.run([sys.executable, *command[1:]], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+@pytest.mark.timeout(120)
+def test_the_startup_probe_refuses_bad_settings_by_name() -> None:
+    for name, deployment in of_kind("Deployment").items():
+        good = run_startup_probe(deployment)
+        assert "ConfigurationError" not in good.stderr, f"{name}: {good.stderr[-500:]}"
+        # Past the settings it checks the host's port: nothing listens on it here.
+        assert good.returncode == 0 or "ConnectionRefusedError" in good.stderr, good.stderr[-500:]
+    ingest = of_kind("Deployment")["sluice-ingest"]
+    bad = run_startup_probe(ingest, SLUICE_CASSANDRA_PORT="not-a-port")
+    assert bad.returncode != 0 and "SLUICE_CASSANDRA_PORT" in bad.stderr
+    missing = run_startup_probe(ingest, AzureWebJobsStorage=None)
+    assert missing.returncode != 0 and "AzureWebJobsStorage" in missing.stderr
+    assert "from-the-secret" not in bad.stderr + missing.stderr
