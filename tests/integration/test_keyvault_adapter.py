@@ -6,6 +6,7 @@ Secret values are compared, never printed: assertion messages show names only.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,10 +34,13 @@ def secrets(keyvault_emulator: KeyVaultEmulator) -> Iterator[KeyVaultSecrets]:
 
 
 def test_reads_a_secret_once_per_process(keyvault_emulator: KeyVaultEmulator, secrets: KeyVaultSecrets,
-                                        keyvault_client: SecretClient) -> None:
+                                        keyvault_client: SecretClient, caplog: pytest.LogCaptureFixture) -> None:
     name = unique_secret_name("db")
     keyvault_client.set_secret(name, "first-value")
-    assert secrets.get(name) == "first-value", f"wrong value for {name}"
+    with caplog.at_level(logging.DEBUG):
+        assert secrets.get(name) == "first-value", f"wrong value for {name}"
+    assert name in caplog.text, "the read is logged by name"
+    assert "first-value" not in caplog.text, "a secret value reached the logs"
     keyvault_client.set_secret(name, "rotated-value")
     assert secrets.get(name) == "first-value", "the value is cached for the life of the process"
     restarted = KeyVaultSecrets(keyvault_client.vault_url, ca_file=str(keyvault_emulator.ca_file))
