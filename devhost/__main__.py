@@ -12,7 +12,9 @@ import argparse
 import asyncio
 import logging
 import os
+import queue
 import sys
+from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 
 from devhost.errors import DevHostError
@@ -35,26 +37,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stdout,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str) -> QueueListener:
+    """Log to stdout from a background thread: a write to a slow pipe must not stall the event loop.
+
+    Returns the listener; stop it before exiting so every record is written.
+    """
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = QueueListener(records, handler)
+    root = logging.getLogger()
+    root.handlers[:] = [QueueHandler(records)]
+    root.setLevel(level.upper())
     # The SDKs log every request and AMQP frame at INFO; the Functions host filters them too.
     for noisy in ("azure", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    listener.start()
+    return listener
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_logging(args.log_level)
+    listener = configure_logging(args.log_level)
     config = HostConfig(script_root=args.script_root, settings=args.settings, host=args.host, port=args.port,
                         shutdown_timeout=args.shutdown_timeout)
     try:
         status = asyncio.run(run(config))
     except DevHostError as exc:
+        listener.stop()
         print(f"devhost: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
-        return 130
+        status = 130
+    finally:
+        if listener._thread is not None:  # noqa: SLF001 - stop() is not idempotent before 3.12
+            listener.stop()
     if status != 0:
         sys.stdout.flush()
         os._exit(status)  # threads of functions still running must not keep the process alive

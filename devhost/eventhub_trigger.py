@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
-import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from typing import Any
 
 import azure.functions as func
@@ -44,12 +41,12 @@ from azure.eventhub import EventData, LoadBalancingStrategy
 from azure.eventhub.aio import CheckpointStore, EventHubConsumerClient, PartitionContext
 from azure.eventhub.extensions.checkpointstoreblob import BlobCheckpointStore
 from azure.functions import meta
-from azure.functions.eventhub import EventHubTriggerConverter
+from azure.functions._eventhub import EventHubEvent
 from azure.storage.blob import BlobServiceClient
 
 from devhost.app_loader import FunctionSpec
 from devhost.errors import DevHostError
-from devhost.invocation import Invoker, Outcome
+from devhost.invocation import Invoker, Outcome, random_uuid
 from devhost.settings import EventHubOptions, resolve
 
 logger = logging.getLogger(__name__)
@@ -138,11 +135,12 @@ def _json_value(value: Any) -> Any:
 
 
 def _iso(moment: datetime | None) -> str | None:
+    """UTC as ``...+00:00``: the first formats azure-functions' decoder tries (``...Z`` costs it six strptimes)."""
     if moment is None:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).isoformat()
 
 
 def _offset(event: EventData) -> int | str:
@@ -162,45 +160,96 @@ def system_properties(event: EventData) -> dict[str, Any]:
     return properties
 
 
-def _json(value: Any) -> meta.Datum:
-    return meta.Datum(json.dumps(value), "json")
+class LazyJson(meta.Datum):
+    """A JSON-typed trigger metadata value, computed on first use and shared by the events of a batch.
+
+    ``python_value`` is what ``json.loads`` of the host's JSON would give (plain JSON values);
+    building it only when the function reads ``event.metadata`` keeps the per-event cost low.
+    """
+
+    def __init__(self, compute: Callable[[], Any]) -> None:
+        super().__init__(None, "json")
+        self._compute = compute
+        self._value: Any = None
+        self._done = False
+
+    @property
+    def python_value(self) -> Any:
+        if not self._done:
+            self._value = self._compute()
+            self._done = True
+        return self._value
+
+
+def _iothub(event: EventData) -> dict[str, Any]:
+    return {key.decode()[len("iothub-"):]: _json_value(value)
+            for key, value in (event.system_properties or {}).items()
+            if isinstance(key, bytes) and key.startswith(b"iothub-")}
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def trigger_metadata(events: list[EventData], partition: Mapping[str, str], binding: EventHubBinding,
+                     ) -> dict[str, meta.Datum]:
+    """The binding data the host sends with a batch (cardinality many) or one event (cardinality one)."""
+    sys_metadata = LazyJson(lambda: {"MethodName": binding.spec.name, "UtcNow": _iso(datetime.now(UTC)),
+                                     "RandGuid": str(random_uuid())})
+    context = LazyJson(lambda: dict(partition))
+    if binding.many:
+        return {
+            "PartitionContext": context,
+            "SystemPropertiesArray": LazyJson(lambda: [system_properties(e) for e in events]),
+            "SequenceNumberArray": LazyJson(lambda: [e.sequence_number for e in events]),
+            "OffsetArray": LazyJson(lambda: [_offset(e) for e in events]),
+            "PartitionKeyArray": LazyJson(lambda: [_json_value(e.partition_key) for e in events]),
+            "EnqueuedTimeUtcArray": LazyJson(lambda: [_iso(e.enqueued_time) for e in events]),
+            "PropertiesArray": LazyJson(lambda: [_json_value(e.properties or {}) for e in events]),
+            "sys": sys_metadata,
+        }
+    (event,) = events
+    return {
+        "PartitionContext": context,
+        "SystemProperties": LazyJson(lambda: system_properties(event)),
+        "SequenceNumber": meta.Datum(event.sequence_number, "int"),
+        "Offset": meta.Datum(str(event.offset), "string"),
+        "PartitionKey": meta.Datum(_json_value(event.partition_key), "string"),
+        "EnqueuedTimeUtc": meta.Datum(_iso(event.enqueued_time), "string"),
+        "Properties": LazyJson(lambda: _json_value(event.properties or {})),
+        "sys": sys_metadata,
+    }
 
 
 def to_function_input(
     events: list[EventData], partition: Mapping[str, str], binding: EventHubBinding,
 ) -> func.EventHubEvent | list[func.EventHubEvent]:
-    """Build what the worker would pass: the trigger data and metadata as the host sends them, decoded
-    by azure-functions' own ``EventHubTriggerConverter`` (so ``event.metadata`` is the real shape)."""
-    sys_metadata = {"MethodName": binding.spec.name, "UtcNow": _iso(datetime.now(UTC)), "RandGuid": str(uuid.uuid4())}
+    """What the worker passes: ``func.EventHubEvent`` objects with the values azure-functions'
+    ``EventHubTriggerConverter`` decodes from the host's binding data (``offset`` an ``int`` in a batch,
+    a ``str`` for a single event; bodies decoded as UTF-8 first unless ``dataType`` is binary), and
+    ``event.metadata`` with the host's keys. tests/unit/test_devhost_functions.py checks them against
+    the converter itself."""
+    metadata = trigger_metadata(events, partition, binding)
     binary = binding.data_type == "binary"
-    bodies = [event.body_as_str(encoding="utf-8") if not binary else b"".join(event.body) for event in events]
+
+    def convert(event: EventData) -> func.EventHubEvent:
+        key = _json_value(event.partition_key)
+        return EventHubEvent(
+            body=b"".join(event.body) if binary else event.body_as_str(encoding="utf-8").encode("utf-8"),
+            trigger_metadata=metadata,
+            enqueued_time=_utc(event.enqueued_time),
+            partition_key=None if key is None else str(key),
+            sequence_number=event.sequence_number,
+            offset=_offset(event) if binding.many else str(event.offset),
+            iothub_metadata=_iothub(event),
+        )
+
     if binding.many:
-        data = meta.Datum(SimpleNamespace(bytes=bodies) if binary else SimpleNamespace(string=bodies),
-                          "collection_bytes" if binary else "collection_string")
-        trigger_metadata = {
-            "PartitionContext": _json(dict(partition)),
-            "SystemPropertiesArray": _json([system_properties(e) for e in events]),
-            "SequenceNumberArray": _json([e.sequence_number for e in events]),
-            "OffsetArray": _json([_offset(e) for e in events]),
-            "PartitionKeyArray": _json([_json_value(e.partition_key) for e in events]),
-            "EnqueuedTimeUtcArray": _json([_iso(e.enqueued_time) for e in events]),
-            "PropertiesArray": _json([_json_value(e.properties or {}) for e in events]),
-            "sys": _json(sys_metadata),
-        }
-        return EventHubTriggerConverter.decode(data, trigger_metadata=trigger_metadata)
+        return [convert(event) for event in events]
     (event,) = events
-    data = meta.Datum(bodies[0], "bytes" if binary else "string")
-    trigger_metadata = {
-        "PartitionContext": _json(dict(partition)),
-        "SystemProperties": _json(system_properties(event)),
-        "SequenceNumber": meta.Datum(event.sequence_number, "int"),
-        "Offset": meta.Datum(str(event.offset), "string"),
-        "PartitionKey": meta.Datum(_json_value(event.partition_key), "string"),
-        "EnqueuedTimeUtc": meta.Datum(_iso(event.enqueued_time), "string"),
-        "Properties": _json(_json_value(event.properties or {})),
-        "sys": _json(sys_metadata),
-    }
-    return EventHubTriggerConverter.decode(data, trigger_metadata=trigger_metadata)
+    return convert(event)
 
 
 @dataclass

@@ -18,7 +18,6 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,8 +149,7 @@ async def run(config: HostConfig) -> int:
 
     def on_signal(number: int) -> None:
         if stop.is_set():
-            logger.error("second %s: exiting without waiting", signal.Signals(number).name)
-            sys.stdout.flush()
+            print(f"devhost: second {signal.Signals(number).name}: exiting without waiting", flush=True)
             os._exit(1)
         logger.info("received %s", signal.Signals(number).name)
         stop.set()

@@ -21,6 +21,7 @@ import enum
 import functools
 import logging
 import os
+import random
 import threading
 import time
 import uuid
@@ -61,9 +62,14 @@ class RetryContext(functions_abc.RetryContext):
         return self._exception
 
 
+def random_uuid() -> uuid.UUID:
+    """A version-4 UUID from the ``random`` module: ids, not secrets, and ``os.urandom`` is slow under load."""
+    return uuid.UUID(int=random.getrandbits(128), version=4)
+
+
 class TraceContext(functions_abc.TraceContext):
-    def __init__(self) -> None:
-        self._parent = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-00"
+    def __init__(self, trace_id: uuid.UUID) -> None:
+        self._parent = f"00-{trace_id.hex}-{random.getrandbits(64):016x}-00"
 
     @property
     def trace_state(self) -> str:
@@ -84,11 +90,12 @@ class Context(func.Context):
     _thread_local = threading.local()
 
     def __init__(self, function_name: str, function_directory: str, retry_context: RetryContext) -> None:
-        self._invocation_id = str(uuid.uuid4())
+        invocation_id = random_uuid()
+        self._invocation_id = str(invocation_id)
         self._function_name = function_name
         self._function_directory = function_directory
         self._retry_context = retry_context
-        self._trace_context = TraceContext()
+        self._trace_context = TraceContext(invocation_id)
 
     @property
     def invocation_id(self) -> str:

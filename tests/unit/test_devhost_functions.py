@@ -6,11 +6,14 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import azure.functions as func
 import pytest
 from azure.eventhub import EventData
+from azure.functions import meta
+from azure.functions.eventhub import EventHubTriggerConverter
 
 from devhost.app_loader import FunctionSpec, RetryPolicy, index, load
 from devhost.errors import DevHostError, UnsupportedBindingError
@@ -199,3 +202,36 @@ def test_event_hub_binding_resolves_settings_and_names_what_is_missing() -> None
         EventHubBinding.from_spec(spec, {"Conn": "Endpoint=sb://x/", "HUB": "telemetry"})
     from_path = _spec(lambda events: None, retry=None, trigger={"name": "e", "connection": "Conn"})
     assert EventHubBinding.from_spec(from_path, {"Conn": "Endpoint=sb://x/;EntityPath=hub2"}).eventhub_name == "hub2"
+
+
+def _as_host_sends(metadata: dict[str, Any]) -> dict[str, meta.Datum]:
+    """The metadata as typed RPC data, the form azure-functions' converter decodes."""
+    typed = {"SequenceNumber": "int", "Offset": "string", "PartitionKey": "string", "EnqueuedTimeUtc": "string"}
+    return {k: meta.Datum(v, typed[k]) if k in typed else meta.Datum(json.dumps(v), "json")
+            for k, v in metadata.items()}
+
+
+@pytest.mark.parametrize("many, data_type", [(True, "binary"), (True, ""), (False, "binary"), (False, "string")])
+def test_events_equal_what_azure_functions_converter_decodes(many: bool, data_type: str) -> None:
+    received = [_event(b'{"n": 1}', 5, key="dev-1"), _event("é".encode(), 6)]
+    batch = received if many else received[:1]
+    ours = to_function_input(batch, PARTITION, _binding(many, data_type))
+    ours_list = ours if isinstance(ours, list) else [ours]
+    metadata = _as_host_sends(ours_list[0].metadata)
+    bodies = [b"".join(e.body) if data_type == "binary" else e.body_as_str() for e in batch]
+    if many:
+        data = meta.Datum(SimpleNamespace(bytes=bodies) if data_type == "binary" else SimpleNamespace(string=bodies),
+                          "collection_bytes" if data_type == "binary" else "collection_string")
+    else:
+        data = meta.Datum(bodies[0], "bytes" if data_type == "binary" else "string")
+    theirs = EventHubTriggerConverter.decode(data, trigger_metadata=metadata)
+    theirs_list = theirs if isinstance(theirs, list) else [theirs]
+    assert len(ours_list) == len(theirs_list) == len(batch)
+    for mine, real in zip(ours_list, theirs_list, strict=True):
+        assert mine.get_body() == real.get_body()
+        assert (mine.sequence_number, mine.offset, mine.partition_key) == \
+            (real.sequence_number, real.offset, real.partition_key)
+        assert type(mine.offset) is type(real.offset)
+        assert mine.enqueued_time == real.enqueued_time and mine.enqueued_time.tzinfo is not None
+        assert mine.iothub_metadata == real.iothub_metadata
+        assert mine.metadata == real.metadata
