@@ -419,3 +419,45 @@ def test_the_startup_probe_refuses_bad_settings_by_name() -> None:
     missing = run_startup_probe(ingest, AzureWebJobsStorage=None)
     assert missing.returncode != 0 and "AzureWebJobsStorage" in missing.stderr
     assert "from-the-secret" not in bad.stderr + missing.stderr
+
+
+def documented_overlay() -> dict[str, Any]:
+    text = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    match = re.search(r"```yaml\n(# overlays/prod/kustomization\.yaml\n.*?)```", text, re.DOTALL)
+    assert match, "docs/deploy.md lost its example overlay"
+    return yaml.safe_load(match.group(1))
+
+
+def test_the_documented_overlay_replaces_every_placeholder() -> None:
+    # Apply the overlay's JSON-patch "replace" operations to the base, as kustomize would, and check that
+    # every path exists (a renamed key would make kustomize fail) and that no REPLACE_ME is left.
+    import copy
+
+    overlay = documented_overlay()
+    assert overlay["resources"] == ["../../k8s-keda"]
+    rendered = [copy.deepcopy(doc) for f, doc in documents() if f != "kustomization.yaml"]
+    for patch in overlay["patches"]:
+        target = patch["target"]
+        chosen = [d for d in rendered if d["kind"] == target["kind"]
+                  and target.get("name", d["metadata"]["name"]) == d["metadata"]["name"]]
+        assert chosen, f"the overlay patches {target}, which the base does not have"
+        for operation in yaml.safe_load(patch["patch"]):
+            assert operation["op"] == "replace"
+            *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in operation["path"].split("/")[1:]]
+            for doc in chosen:
+                node: Any = doc
+                for part in parents:
+                    node = node[int(part)] if isinstance(node, list) else node[part]
+                key = int(last) if isinstance(node, list) else last
+                assert isinstance(node, list) or key in node, f"{operation['path']} does not exist in {target}"
+                node[key] = operation["value"]
+    left = sorted({text for doc in rendered for text in strings(doc) if "REPLACE_ME" in text})
+    assert not left, f"placeholders the documented overlay does not set: {left}"
+    (image,) = overlay["images"]
+    assert image["name"] == "sluice" and image["newTag"] and "REPLACE_ME" not in image["newName"]
+    scaled, trigger = next((d, d["spec"]["triggers"][0]) for d in rendered if d["kind"] == "ScaledObject")
+    settings = next(d for d in rendered if d["kind"] == "ConfigMap")
+    assert scaled["spec"]["maxReplicaCount"] <= int(
+        settings["metadata"]["annotations"]["sluice.io/eventhub-partition-count"])
+    assert f"{trigger['metadata']['eventHubNamespace']}.servicebus.windows.net" == \
+        settings["data"]["EventHubConnection__fullyQualifiedNamespace"]
