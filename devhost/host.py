@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,13 @@ from devhost.settings import HostOptions, host_id, load_host_json, load_local_se
 from devhost.timer_trigger import TimerListener
 
 logger = logging.getLogger(__name__)
+
+
+def say(text: str) -> None:
+    """Print to stdout in one write: ``print`` writes the newline separately, and a log line written by the
+    logging thread in between would glue itself to the readiness line (and to its port number)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,7 @@ class DevHost:
             for timer in self.timers:
                 timer.start()
             self._print_functions()
-            print(f"devhost: listening on {self.config.host}:{port}", flush=True)
+            say(f"devhost: listening on {self.config.host}:{port}")
             await stop.wait()
             logger.info("Shutting down: letting invocations in progress finish")
         finally:
@@ -124,7 +132,7 @@ class DevHost:
                          f"{listener.binding.consumer_group})")
         for timer in self.timers:
             lines.append(f"  {timer.name}: timerTrigger ({timer.schedule.expression})")
-        print("\n".join(lines), flush=True)
+        say("\n".join(lines))
 
     async def _shutdown(self) -> None:
         await asyncio.gather(*(t.stop() for t in self.timers), return_exceptions=True)
@@ -149,7 +157,7 @@ async def run(config: HostConfig) -> int:
 
     def on_signal(number: int) -> None:
         if stop.is_set():
-            print(f"devhost: second {signal.Signals(number).name}: exiting without waiting", flush=True)
+            say(f"devhost: second {signal.Signals(number).name}: exiting without waiting")
             os._exit(1)
         logger.info("received %s", signal.Signals(number).name)
         stop.set()
