@@ -6,10 +6,11 @@ import and index the app (so module-level code sees the settings), refuse unsupp
 triggers and bindings, resolve every ``%Setting%`` and schedule, then start the HTTP
 server, the Event Hubs listeners and the timers, and print ``listening on HOST:PORT``.
 
-Shutdown (SIGINT/SIGTERM): timers stop firing (a running invocation finishes, the
-lease is released), Event Hubs listeners take no new batch, finish and checkpoint the
-ones in progress and release their partitions, then the HTTP server stops after the
-requests in progress. A second signal exits at once.
+Shutdown (SIGINT/SIGTERM), timers and Event Hubs listeners at the same time: timers
+stop firing (a running invocation finishes, the lease is released), Event Hubs listeners
+take no new batch, finish and checkpoint the ones in progress and release their
+partitions; then the HTTP server stops after the requests in progress. A second signal
+exits at once.
 """
 
 from __future__ import annotations
@@ -135,9 +136,10 @@ class DevHost:
         say("\n".join(lines))
 
     async def _shutdown(self) -> None:
-        await asyncio.gather(*(t.stop() for t in self.timers), return_exceptions=True)
-        results = await asyncio.gather(*(e.stop() for e in self.eventhubs), return_exceptions=True)
-        for listener, result in zip(self.eventhubs, results, strict=True):
+        # All at once: a long timer run must not keep the Event Hubs listeners taking new batches.
+        listeners: list[TimerListener | EventHubListener] = [*self.timers, *self.eventhubs]
+        results = await asyncio.gather(*(listener.stop() for listener in listeners), return_exceptions=True)
+        for listener, result in zip(listeners, results, strict=True):
             if isinstance(result, BaseException):
                 logger.error("Functions.%s did not stop cleanly: %r", listener.name, result)
         if self.http is not None:
