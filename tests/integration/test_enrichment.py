@@ -385,3 +385,17 @@ def test_an_unreachable_cassandra_fails_the_window_instead_of_returning_part_of_
     finally:
         session.cluster.shutdown()
         running.stop()
+
+
+def test_a_statement_timeout_is_a_transient_error_and_writes_nothing(stack: Stack) -> None:
+    stack.send(random_events(random.Random(2), T0, W, 20))
+    store = PostgresEnrichmentStore(stack.pool, statement_timeout_seconds=0.5)
+    service = EnrichmentService(CassandraWindowReader(stack.session, stack.store._settings, page_size=100),
+                                PostgresReferenceSource(stack.pool), store, enrich_settings(), RULES)
+    with psycopg.connect(stack.dsn) as blocker:
+        blocker.execute("SELECT * FROM enrichment_state FOR UPDATE")  # the watermark update waits past the timeout
+        with pytest.raises(TransientError, match="timed out during the enrichment of window"):
+            service.run(now=T0 + W + timedelta(minutes=2))
+    assert stack.query("SELECT watermark FROM enrichment_state") == [(T0,)]
+    assert stack.query("SELECT count(*) FROM enriched_events") == [(0,)]
+    assert len(service.run(now=T0 + W + timedelta(minutes=2)).windows) == 1

@@ -150,10 +150,10 @@ class PostgresEnrichmentStore:
             with self._pool.connection() as conn, conn.transaction():
                 conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(self._timeout_ms),))
                 yield conn
+        except psycopg.errors.QueryCanceled as exc:  # statement_timeout (an OperationalError too: test it first)
+            raise TransientError(f"PostgreSQL timed out during {what}: {exc}".strip()) from exc
         except psycopg.OperationalError as exc:
             raise TransientError(f"PostgreSQL failed during {what}: {type(exc).__name__}: {exc}".strip()) from exc
-        except psycopg.errors.QueryCanceled as exc:  # statement_timeout
-            raise TransientError(f"PostgreSQL timed out during {what}: {exc}".strip()) from exc
 
     def load_state(self, initial: datetime) -> EnrichmentState:
         with self._transaction("loading the enrichment state") as conn:
@@ -208,8 +208,7 @@ class PostgresEnrichmentStore:
 
     @staticmethod
     def _stage(conn: psycopg.Connection, enriched: EnrichedWindow) -> None:
-        for statement in _STAGE.split(";"):
-            conn.execute(statement)
+        conn.execute(_STAGE.encode())  # no parameters: one round trip (simple protocol) for the four tables
         with conn.cursor() as cur:
             with cur.copy("COPY stage_events FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_EVENT_TYPES)
