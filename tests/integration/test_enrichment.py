@@ -399,3 +399,22 @@ def test_a_statement_timeout_is_a_transient_error_and_writes_nothing(stack: Stac
     assert stack.query("SELECT watermark FROM enrichment_state") == [(T0,)]
     assert stack.query("SELECT count(*) FROM enriched_events") == [(0,)]
     assert len(service.run(now=T0 + W + timedelta(minutes=2)).windows) == 1
+
+
+def test_prepared_statements_survive_the_staging_tables_being_recreated(stack: Stack) -> None:
+    """With server-side prepared statements on (prepare_threshold=0: from the first use), every window's
+    statements name temporary tables dropped at the previous commit; PostgreSQL must re-plan, not fail."""
+    stack.send(random_events(random.Random(8), T0, 6 * W, 60))
+    with make_pool(stack.dsn, PostgresSettings(host="unused", pool_min_size=1, pool_max_size=1,
+                                               prepare_threshold=0)) as pool:
+        service = EnrichmentService(CassandraWindowReader(stack.session, stack.store._settings, page_size=100),
+                                    PostgresReferenceSource(pool), PostgresEnrichmentStore(pool), enrich_settings(),
+                                    RULES)
+        assert len(service.run(now=T0 + 6 * W + timedelta(minutes=2)).windows) == 6
+        service.backfill(T0, T0 + 6 * W)
+        with pool.connection() as conn:
+            prepared = conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0]
+    assert prepared > 0
+    assert stack.query("SELECT count(*) FROM enriched_events") == [(60,)]
+    for k in range(6):
+        assert_stats_match(stored_device_stats(stack, T0 + k * W), expected_device_stats(stack.sent, T0 + k * W))

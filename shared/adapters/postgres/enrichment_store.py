@@ -208,7 +208,7 @@ class PostgresEnrichmentStore:
 
     @staticmethod
     def _stage(conn: psycopg.Connection, enriched: EnrichedWindow) -> None:
-        conn.execute(_STAGE.encode())  # no parameters: one round trip (simple protocol) for the four tables
+        conn.execute(_STAGE.encode(), prepare=False)  # no parameters, never prepared: one round trip, four tables
         with conn.cursor() as cur:
             with cur.copy("COPY stage_events FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_EVENT_TYPES)

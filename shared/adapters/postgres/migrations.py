@@ -98,7 +98,7 @@ def _apply(conn: psycopg.Connection, migrations: list[SqlMigration]) -> list[int
                 )
             continue
         with conn.transaction():
-            conn.execute(migration.sql.encode())  # no parameters: the simple protocol runs every statement
+            conn.execute(migration.sql.encode(), prepare=False)  # no parameters, unprepared: every statement runs
             conn.execute(
                 "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                 (migration.version, migration.name, migration.checksum),
