@@ -56,6 +56,16 @@ class Desc:
             return self.k < other.k
         return NotImplemented
 
+    def __le__(self, other: Any) -> bool:
+        if isinstance(other, Desc):
+            return other.k <= self.k
+        return NotImplemented
+
+    def __ge__(self, other: Any) -> bool:
+        if isinstance(other, Desc):
+            return self.k <= other.k
+        return NotImplemented
+
     def __hash__(self) -> int:
         return hash(self.k)
 

@@ -1,0 +1,66 @@
+"""Clustering order, slices, range deletions and paging against a plain Python model of one partition."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from cassandra.cluster import Session
+from cassandra.query import SimpleStatement
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytestmark = pytest.mark.timeout(120)
+
+C1 = st.integers(-5, 5)
+C2 = st.text(alphabet="aBé\U0001f600z", max_size=3)  # mixed 1- to 4-byte UTF-8, upper and lower case
+ROWS = st.dictionaries(st.tuples(C1, C2), st.integers(0, 99), max_size=25)
+OPS = st.sampled_from(["<", "<=", ">", ">="])
+_partitions = itertools.count()
+
+
+def model_order(keys: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """The table's order: c1 DESC, then c2 ASC by UTF-8 bytes (text compares as bytes in Cassandra)."""
+    return sorted(keys, key=lambda k: (-k[0], k[1].encode()))
+
+
+def holds(value: int, op: str, bound: int) -> bool:
+    return {"<": value < bound, "<=": value <= bound, ">": value > bound, ">=": value >= bound}[op]
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=ROWS, delete_op=OPS, delete_bound=C1, prefix=C1, query_op=OPS, query_bound=C1,
+       fetch=st.integers(1, 7), reverse=st.booleans())
+def test_partition_behaves_like_the_model(session: Session, rows: dict[tuple[int, str], int], delete_op: str,
+                                          delete_bound: int, prefix: int, query_op: str, query_bound: int,
+                                          fetch: int, reverse: bool) -> None:
+    session.execute("CREATE TABLE IF NOT EXISTS t (p int, c1 int, c2 text, v int, PRIMARY KEY (p, c1, c2)) "
+                    "WITH CLUSTERING ORDER BY (c1 DESC, c2 ASC)")
+    p = next(_partitions)
+    ins = session.prepare("INSERT INTO t (p, c1, c2, v) VALUES (?, ?, ?, ?)")
+    for (c1, c2), v in rows.items():
+        session.execute(ins, (p, c1, c2, v))
+    model = dict(rows)
+    session.execute(f"DELETE FROM t WHERE p = %s AND c1 {delete_op} %s", (p, delete_bound))
+    model = {k: v for k, v in model.items() if not holds(k[0], delete_op, delete_bound)}
+    session.execute("DELETE FROM t WHERE p = %s AND c1 = %s", (p, prefix))
+    model = {k: v for k, v in model.items() if k[0] != prefix}
+
+    everything = [(r.c1, r.c2, r.v) for r in session.execute("SELECT c1, c2, v FROM t WHERE p = %s", (p,))]
+    assert everything == [(*k, model[k]) for k in model_order(list(model))]
+
+    order = " ORDER BY c1 ASC, c2 DESC" if reverse else ""
+    query = SimpleStatement(f"SELECT c1, c2 FROM t WHERE p = %s AND c1 {query_op} %s{order}", fetch_size=fetch)
+    got: list[tuple[int, str]] = []
+    state = None
+    while True:
+        result = session.execute(query, (p, query_bound), paging_state=state)
+        assert len(result.current_rows) <= fetch
+        got += [(r.c1, r.c2) for r in result.current_rows]
+        state = result.paging_state
+        if state is None:
+            break
+    expected = [k for k in model_order(list(model)) if holds(k[0], query_op, query_bound)]
+    assert got == (expected[::-1] if reverse else expected)
+    count = session.execute("SELECT COUNT(*) FROM t WHERE p = %s", (p,)).one()[0]
+    assert count == len(model)
