@@ -10,13 +10,19 @@ import time
 from pathlib import Path
 
 import pytest
-from azure.eventhub import EventData
+from azure.eventhub import EventData, EventHubProducerClient
 
 from emulators.eventhubs import config
 from emulators.eventhubs.broker import partition_for_key
 from emulators.eventhubs.errors import ConfigError
 from tests.emulators.eventhubs.helpers import bodies, producer, receive
-from tests.fixtures.eventhubs import ROOT, IsolatedHub, start_eventhubs_emulator, write_config
+from tests.fixtures.eventhubs import (
+    ROOT,
+    IsolatedHub,
+    eventhubs_connection_string,
+    start_eventhubs_emulator,
+    write_config,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,9 +33,11 @@ def test_prints_the_address_and_exits_cleanly_on_a_signal(sig: int) -> None:
     try:
         assert running.host == "127.0.0.1" and running.port > 0
         assert f"listening on 127.0.0.1:{running.port}" in running.output()
-        hub = IsolatedHub(running, "telemetry")
-        with producer(hub) as client:
+        # the connection string as users write it, with EntityPath instead of an explicit hub name
+        text = eventhubs_connection_string(running, "telemetry")
+        with EventHubProducerClient.from_connection_string(text, retry_total=0) as client:
             client.send_batch([EventData("alive")], partition_id="0")
+            assert client.get_eventhub_properties()["eventhub_name"] == "telemetry"
     finally:
         code = running.stop(sig=sig, stop_timeout=10)
     assert code == 0, running.output()
