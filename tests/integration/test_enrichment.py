@@ -105,11 +105,19 @@ def build_service(stack_session, keyspace: str, cassandra: CassandraSettings, po
                              enrich_settings(**overrides), RULES)
 
 
+@pytest.fixture(scope="module")
+def shared_session(cassandra_emulator: Running) -> Iterator[object]:
+    """One driver session for the module (connecting and shutting down cost seconds); keyspaces stay per test."""
+    session = connect(CassandraSettings(hosts=[cassandra_emulator.host], port=cassandra_emulator.port))
+    yield session
+    session.cluster.shutdown()
+
+
 @pytest.fixture
-def stack(cassandra_emulator: Running, cassandra_keyspace: str, pg_dsn: str) -> Iterator[Stack]:
+def stack(cassandra_emulator: Running, cassandra_keyspace: str, pg_dsn: str, shared_session) -> Iterator[Stack]:
     cassandra = CassandraSettings(hosts=[cassandra_emulator.host], port=cassandra_emulator.port,
                                   keyspace=cassandra_keyspace, shards=4, bucket_seconds=60, consistency="ONE")
-    session = connect(cassandra)
+    session = shared_session
     apply_cassandra(session, cassandra)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         apply_postgres(conn)
@@ -119,7 +127,6 @@ def stack(cassandra_emulator: Running, cassandra_keyspace: str, pg_dsn: str) -> 
     PostgresEnrichmentStore(pool).load_state(T0)  # the first watermark: T0
     yield Stack(cassandra_keyspace, pg_dsn, session, CassandraEventStore(session, cassandra, RULES), pool, service, [])
     pool.close()
-    session.cluster.shutdown()
 
 
 # --- the independent computation ---
@@ -346,25 +353,22 @@ def test_max_windows_per_run_resumes_where_it_stopped(stack: Stack) -> None:
 
 
 def test_the_window_reader_pages_every_shard_and_keeps_to_the_window(cassandra_emulator: Running,
-                                                                    cassandra_keyspace: str) -> None:
+                                                                    cassandra_keyspace: str, shared_session) -> None:
     # buckets (10 minutes) wider than the window (5 minutes): the clustering range must cut them
     cassandra = CassandraSettings(hosts=[cassandra_emulator.host], port=cassandra_emulator.port,
                                   keyspace=cassandra_keyspace, shards=3, bucket_seconds=600, consistency="ONE")
-    session = connect(cassandra)
-    try:
-        apply_cassandra(session, cassandra)
-        events = random_events(random.Random(9), T0, 2 * W, 150)
-        CassandraEventStore(session, cassandra, RULES).write(events)
-        reader = CassandraWindowReader(session, cassandra, page_size=7, concurrency=2)  # many pages per partition
-        read = reader.read(T0 + W, T0 + 2 * W)
-        wanted = {e.event_id for e in events if e.body.timestamp >= T0 + W}
-        assert len(read) == len(wanted) and {e.event_id for e in read} == wanted
-        sample = next(e for e in events if e.event_id == read[0].event_id)
-        assert read[0].measurements == sample.body.measurements and read[0].event_time.tzinfo is not None
-        arrivals = list(reader.arrivals(T0, T0 + 3 * W))
-        assert sorted(a.event_id for a in arrivals) == sorted(e.event_id for e in events)
-    finally:
-        session.cluster.shutdown()
+    session = shared_session
+    apply_cassandra(session, cassandra)
+    events = random_events(random.Random(9), T0, 2 * W, 150)
+    CassandraEventStore(session, cassandra, RULES).write(events)
+    reader = CassandraWindowReader(session, cassandra, page_size=7, concurrency=2)  # many pages per partition
+    read = reader.read(T0 + W, T0 + 2 * W)
+    wanted = {e.event_id for e in events if e.body.timestamp >= T0 + W}
+    assert len(read) == len(wanted) and {e.event_id for e in read} == wanted
+    sample = next(e for e in events if e.event_id == read[0].event_id)
+    assert read[0].measurements == sample.body.measurements and read[0].event_time.tzinfo is not None
+    arrivals = list(reader.arrivals(T0, T0 + 3 * W))
+    assert sorted(a.event_id for a in arrivals) == sorted(e.event_id for e in events)
 
 
 def test_an_unreachable_cassandra_fails_the_window_instead_of_returning_part_of_it() -> None:
