@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 
 import pytest
@@ -64,3 +65,51 @@ def test_partition_behaves_like_the_model(session: Session, rows: dict[tuple[int
     assert got == (expected[::-1] if reverse else expected)
     count = session.execute("SELECT COUNT(*) FROM t WHERE p = %s", (p,)).one()[0]
     assert count == len(model)
+
+
+TIMES = st.integers(0, 5).map(lambda n: 1_700_000_000_000 + n * 1000)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.sets(st.tuples(st.sampled_from(["d1", "d2", "d3", "d4"]), st.integers(0, 1), TIMES,
+                              st.integers(0, 3)), max_size=30),
+       fetch=st.integers(1, 9), limit=st.one_of(st.none(), st.integers(1, 12)),
+       per_partition=st.one_of(st.none(), st.integers(1, 3)))
+def test_table_scan_behaves_like_the_model(session: Session, rows: set[tuple[str, int, int, int]], fetch: int,
+                                           limit: int | None, per_partition: int | None) -> None:
+    """Sluice's layout: composite partition key, timestamp DESC then int ASC; full scans page across partitions."""
+    from cassandra.metadata import Murmur3Token
+    table = f"s{next(_partitions)}"
+    session.execute(f"CREATE TABLE {table} (device text, day int, at timestamp, seq int, "
+                    "PRIMARY KEY ((device, day), at, seq)) WITH CLUSTERING ORDER BY (at DESC, seq ASC)")
+    ins = session.prepare(f"INSERT INTO {table} (device, day, at, seq) VALUES (?, ?, ?, ?)")
+    routing = {}
+    for device, day, at, seq in rows:
+        bound = ins.bind((device, day, _ts(at), seq))
+        routing[(device, day)] = Murmur3Token.from_key(bound.routing_key).value
+        session.execute(bound)
+    ordered = sorted(rows, key=lambda r: (routing[(r[0], r[1])], r[0], r[1], -r[2], r[3]))
+    expected: list[tuple[str, int, int, int]] = []
+    seen: dict[tuple[str, int], int] = {}
+    for r in ordered:
+        if per_partition is not None and seen.get((r[0], r[1]), 0) >= per_partition:
+            continue
+        seen[(r[0], r[1])] = seen.get((r[0], r[1]), 0) + 1
+        expected.append(r)
+    expected = expected[:limit] if limit is not None else expected
+    clauses = (f" PER PARTITION LIMIT {per_partition}" if per_partition else "") + (f" LIMIT {limit}" if limit else "")
+    query = SimpleStatement(f"SELECT device, day, at, seq FROM {table}{clauses}", fetch_size=fetch)
+    got: list[tuple[str, int, int, int]] = []
+    state = None
+    while True:
+        result = session.execute(query, paging_state=state)
+        got += [(r.device, r.day, round(r.at.replace(tzinfo=dt.UTC).timestamp() * 1000), r.seq)  # naive UTC
+                for r in result.current_rows]
+        state = result.paging_state
+        if state is None:
+            break
+    assert got == expected
+
+
+def _ts(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
