@@ -5,8 +5,9 @@ TTL plus a random jitter (so fills made together do not expire together);
 "not found" is cached too, for a short negative TTL, and only where nothing is
 cached, so a change written meanwhile is never hidden. Misses on one key are
 single-flight within the process: the first request reads Cassandra, concurrent
-ones wait for its answer, and the reader re-checks the cache first, so a burst
-of misses causes one Cassandra read.
+ones wait for its answer (``flight_wait`` at most, then 503 rather than another
+read piled onto a slow store), and the reader re-checks the cache first, so a
+burst of misses causes one Cassandra read.
 
 Redis down: the lookup is served from Cassandra (``cache = "bypass"``) with a
 warning, and Redis is left alone for ``redis_retry_after_seconds``. Cassandra down
@@ -132,8 +133,11 @@ class SingleFlight:
             try:
                 return flight.result(timeout=self._wait)
             except FutureTimeout:
-                logger.warning("waited %.1fs for another read of %s; reading it myself", self._wait, key)
-                return call()
+                # The read in flight is stuck: piling more reads onto a slow store is what single flight is
+                # there to prevent, so this request gives up (HTTP 503) instead of reading too.
+                raise DependencyUnavailable(
+                    "cassandra", f"no answer for {key[0]} {key[1]!r} within {self._wait:g}s (read in progress)"
+                ) from None
         try:
             value = call()
         except BaseException as exc:

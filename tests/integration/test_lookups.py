@@ -192,6 +192,7 @@ def test_stampede_of_100_concurrent_misses_reads_cassandra_once(app_env, store) 
     app_env()
     hot = make_event("hot-1", NOW - timedelta(minutes=1))
     store.write([hot])
+    assert latest("warm-up").status_code == 404  # connect and prepare first: the stampede hits a warm worker
     service = bootstrap.lookup_service()
     counting = CountingReader(service._reader, delay=0.2)
     service._reader = counting

@@ -241,3 +241,22 @@ def test_good_parameters_parse():
     assert parse_limit(None, 20) == 20 and parse_limit("7", 20) == 7
     assert parse_since("2026-11-23T10:00:00.5+02:00") == datetime(2026, 11, 23, 8, 0, 0, 500000, tzinfo=UTC)
     assert parse_since(None) is None
+
+
+def test_waiters_give_up_with_503_instead_of_piling_reads_on_a_stuck_store():
+    service, _, reader, _ = make([ev()], delay=0.5, flight_wait=0.05)
+    outcomes = []
+
+    def ask():
+        try:
+            outcomes.append(service.latest("d1").cache)
+        except DependencyUnavailable as exc:
+            outcomes.append(exc.dependency)
+
+    threads = [threading.Thread(target=ask) for _ in range(5)]
+    for t in threads:
+        t.start()
+        time.sleep(0.01)
+    for t in threads:
+        t.join()
+    assert reader.reads == 1 and sorted(outcomes) == ["cassandra"] * 4 + ["miss"]
