@@ -208,8 +208,10 @@ def test_batches_order_metadata_checkpoints_and_resume(eh_app: dict[str, Any], d
     assert before > 0
 
 
-@pytest.mark.timeout(90)
-def test_retry_policy_and_checkpoint_after_retries_are_spent(eh_app: dict[str, Any], devhost_factory: Any) -> None:
+@pytest.mark.timeout(120)
+def test_retry_policy_checkpoint_after_retries_and_ctrl_c_finishing_the_batch_in_progress(
+    eh_app: dict[str, Any], devhost_factory: Any,
+) -> None:
     hub, conn = eh_app["hub"], eh_app["conn"]
     host = devhost_factory(eh_app["root"], settings=eh_app["settings"])
     send(conn, hub, "0", [{"n": 1, "fail": 1}])
@@ -227,21 +229,16 @@ def test_retry_policy_and_checkpoint_after_retries_are_spent(eh_app: dict[str, A
     seq = records[-1]["seqs"][0]
     wait_for(lambda: checkpoints(eh_app["storage"], eh_app["namespace"], hub, "sluice").get("0", {})
              .get("sequencenumber") == str(seq), 10, "the checkpoint past the failed event", host)
-    assert host.stop(stop_timeout=30, sig=signal.SIGINT) == 0  # Ctrl-C is as graceful as SIGTERM
 
-
-@pytest.mark.timeout(90)
-def test_sigterm_finishes_and_checkpoints_the_batch_in_progress(eh_app: dict[str, Any], devhost_factory: Any) -> None:
-    hub, conn = eh_app["hub"], eh_app["conn"]
-    host = devhost_factory(eh_app["root"], settings=eh_app["settings"])
-    send(conn, hub, "3", [{"n": 1, "sleep": 2.0}])
-    wait_for(lambda: [r for r in read_records(eh_app["out"]) if r["function"] == "batches"], 45,
-             "the slow batch to start", host)
-    assert host.stop(stop_timeout=30) == 0
-    records = [r for r in read_records(eh_app["out"]) if r["function"] == "batches"]
-    assert [r["phase"] for r in records] == ["start", "done"]
-    blobs = checkpoints(eh_app["storage"], eh_app["namespace"], hub, "sluice")
-    assert blobs["3"]["sequencenumber"] == str(records[-1]["seqs"][0])
+    # Ctrl-C while a slow batch runs: it finishes, is checkpointed, and the host exits 0.
+    send(conn, hub, "3", [{"n": 3, "sleep": 2.0}])
+    wait_for(lambda: [r for r in read_records(eh_app["out"]) if r["function"] == "batches"
+                      and r["partition"] == "3"], 45, "the slow batch to start", host)
+    assert host.stop(stop_timeout=30, sig=signal.SIGINT) == 0
+    slow = [r for r in read_records(eh_app["out"]) if r["function"] == "batches" and r["partition"] == "3"]
+    assert [r["phase"] for r in slow] == ["start", "done"]
+    assert checkpoints(eh_app["storage"], eh_app["namespace"], hub, "sluice")["3"]["sequencenumber"] == \
+        str(slow[-1]["seqs"][0])
     assert "Shutting down" in host.output()
 
 
