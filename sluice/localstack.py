@@ -44,11 +44,13 @@ EMULATOR_KEY = "SAS_KEY_VALUE"  # the well-known public key of Microsoft's Event
 HUB = "telemetry"
 CONSUMER_GROUP = "sluice"
 
-# Local values that differ from local.settings.sample.json: short enrichment windows, so a
-# few minutes of load show enriched windows (production keeps 5-minute windows).
+# Local values that differ from local.settings.sample.json: 1-minute enrichment windows, so a
+# few minutes of load show enriched windows (production keeps 5-minute windows). The allowed
+# lateness must exceed the worst ingest lag: enrichment finds late events by enqueued time and
+# re-reads only that far back, so an event stored later than that after it was enqueued is missed.
 LOCAL_OVERRIDES = {
     "SLUICE_ENRICH_WINDOW_SECONDS": "60",
-    "SLUICE_ENRICH_ALLOWED_LATENESS_SECONDS": "10",
+    "SLUICE_ENRICH_ALLOWED_LATENESS_SECONDS": "30",
     "SLUICE_ENRICH_SCHEDULE": "*/10 * * * * *",
     "SLUICE_CHANGEFEED_SCHEDULE": "*/2 * * * * *",
 }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import shutil
 import signal
 import subprocess
@@ -77,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     from sluice.localstack import LocalStack, StackError, StackOptions
 
     console = Console()
+    for noisy in ("cassandra", "azure", "emulators.launcher", "shared"):  # the live table says what matters
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     overrides = {}
     for item in args.set:
         name, sep, value = item.partition("=")
