@@ -27,14 +27,16 @@ class FeedPosition:
     Cosmos change feed: ``start_time`` (fixed for the life of the continuation) and
     ``paging_state`` (the continuation proper; ``None`` = from ``start_time``).
     Portable feed: ``watermark`` (every event enqueued before it has been read,
-    give or take the overlap window) and ``cursor`` (where the next page starts;
-    only meaningful within one run, never stored).
+    give or take the overlap window), ``cursor`` (where the next page starts) and
+    ``horizon`` (where this run stops); the last two only live within one run and
+    are never stored.
     """
 
     start_time: datetime | None = None
     paging_state: bytes | None = None
     watermark: datetime | None = None
     cursor: datetime | None = None
+    horizon: datetime | None = None
 
     def same_stored_state(self, other: FeedPosition) -> bool:
         """True when saving ``other`` instead of ``self`` would store nothing new."""

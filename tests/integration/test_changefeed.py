@@ -424,3 +424,27 @@ def test_timer_run_with_redis_unreachable_fails_visibly_and_saves_nothing(app_en
         user_function("changefeed")(TimerRequest(past_due=True))
     assert raised.value.dependency == "redis"
     assert CassandraFeedStateStore(session, keyspace).load("events_by_id") is None
+
+
+@pytest.mark.timeout(60)
+def test_portable_feed_advances_a_far_behind_watermark_in_bounded_steps(session, keyspace, store, rclient, redis_prefix):
+    cache = make_cache(rclient, redis_prefix)
+    events = spread(30)  # enqueued over ~3.5 minutes, starting 10 minutes ago
+    store.write(events)
+    feed = PortableChangeFeed(session, keyspace, bucket_seconds=BUCKET_SECONDS, shards=SHARDS, lookback_seconds=900,
+                              overlap_seconds=0, max_span_seconds=240)
+    positions = CassandraFeedStateStore(session, keyspace)
+    seen = CountingSink(cache)
+    first_run = ChangeFeedService(feed, seen, positions, feed_name="events", rules=RULES)
+    first_run.run()
+    first = positions.load("events").position.watermark
+    runs = 1
+    while len(set(seen.applied)) < len(events) and runs < 10:
+        before = positions.load("events").position.watermark
+        ChangeFeedService(feed, seen, positions, feed_name="events", rules=RULES).run()
+        after = positions.load("events").position.watermark
+        assert timedelta(0) < after - before <= timedelta(seconds=240)  # never more than max_span per run
+        runs += 1
+    assert first - timedelta(seconds=240) <= datetime.now(UTC) - timedelta(seconds=900) <= first
+    assert runs >= 3 and set(seen.applied) == {str(e.event_id) for e in events}
+    assert_redis_matches(rclient, cache, events)

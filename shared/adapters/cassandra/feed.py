@@ -136,16 +136,17 @@ class PortableChangeFeed:
         """Every row enqueued in ``[cursor, end)``, where ``end`` is the cursor's bucket end, capped at ``now``.
 
         The watermark after the page is ``max(watermark, end)``: re-reading the
-        overlap never moves it back. ``now`` is also capped to ``max_span`` after the
-        watermark, so one far-behind feed advances in bounded steps.
+        overlap never moves it back. A run stops at its horizon, fixed on its first
+        page: ``now``, or ``max_span`` past the watermark it started from, so a
+        far-behind feed advances in bounded steps.
         """
         now = _utc(now)  # type: ignore[assignment]
         watermark = _utc(position.watermark) or self.initial_position(now).watermark
         cursor = _utc(position.cursor) or watermark
         assert watermark is not None and cursor is not None
-        horizon = min(now, max(watermark, cursor) + self._max_span)
+        horizon = _utc(position.horizon) or min(now, max(watermark, cursor) + self._max_span)
         if cursor >= horizon:
-            return FeedPage([], FeedPosition(watermark=watermark, cursor=cursor), caught_up=True)
+            return FeedPage([], FeedPosition(watermark=watermark, cursor=cursor, horizon=horizon), caught_up=True)
         bucket = bucket_start(cursor, self._bucket_seconds)
         end = min(bucket + timedelta(seconds=self._bucket_seconds), horizon)
         statement = self._statement()
@@ -158,7 +159,7 @@ class PortableChangeFeed:
                                                      f"{describe(exc)}") from exc
         events = [stored_event(row) for _, rows in results for row in rows]
         events.sort(key=lambda e: (e.enqueued_time or e.event_time, str(e.event_id)))
-        after = FeedPosition(watermark=max(watermark, end), cursor=end)
+        after = FeedPosition(watermark=max(watermark, end), cursor=end, horizon=horizon)
         return FeedPage(events, after, caught_up=end >= horizon)
 
 
