@@ -1,0 +1,65 @@
+"""The local stack's own decisions: ports, generated settings (no services started here)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+
+import pytest
+
+from shared.settings import load_settings
+from sluice.localstack import LocalStack, StackError, StackOptions
+
+
+@pytest.fixture
+def busy_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_a_taken_port_is_replaced_by_a_free_one_and_said(tmp_path, busy_port):
+    said = []
+    stack = LocalStack(StackOptions(data_dir=tmp_path), say=said.append)
+    chosen = stack._port("Event Hubs emulator", busy_port)
+    assert chosen != busy_port
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", chosen))  # really free
+    assert f"port {busy_port}" in said[0] and f"using port {chosen}" in said[0]
+    assert stack.notes == [said[0].removeprefix("[yellow]warning:[/] ")]
+
+
+def test_strict_ports_refuse_a_taken_port_naming_it(tmp_path, busy_port):
+    stack = LocalStack(StackOptions(data_dir=tmp_path, strict_ports=True), say=lambda _: None)
+    with pytest.raises(StackError, match=rf"Event Hubs emulator: port {busy_port} on 127.0.0.1 is in use"):
+        stack._port("Event Hubs emulator", busy_port)
+
+
+def test_port_zero_means_any_free_port(tmp_path):
+    stack = LocalStack(StackOptions(data_dir=tmp_path), say=lambda _: None)
+    assert stack._port("x", 0) > 0
+    assert stack.notes == []
+
+
+def test_generated_settings_are_valid_and_name_the_ports_in_use(tmp_path):
+    stack = LocalStack(StackOptions(data_dir=tmp_path, keyspace="ks_local", overrides={"SLUICE_ENRICH_WINDOW_SECONDS": "30"}),
+                       say=lambda _: None)
+    stack.ports = {"azurite": 10123, "cassandra": 9123, "eventhubs": 5999, "keyvault": 8999}
+    path = stack.write_settings()
+    document = json.loads(path.read_text())
+    values = document["Values"]
+    assert "127.0.0.1:5999" in values["EventHubConnection"] and "UseDevelopmentEmulator=true" in values["EventHubConnection"]
+    assert "127.0.0.1:10123/devstoreaccount1" in values["AzureWebJobsStorage"]
+    assert values["SLUICE_CASSANDRA_PORT"] == "9123" and values["SLUICE_CASSANDRA_KEYSPACE"] == "ks_local"
+    assert values["SLUICE_KEYVAULT_URL"] == "https://127.0.0.1:8999"
+    assert values["SLUICE_ENRICH_WINDOW_SECONDS"] == "30"  # --set wins over the local defaults
+    settings = load_settings({k: v for k, v in values.items() if v != ""})
+    assert settings.cassandra.port == 9123 and settings.enrichment.window_seconds == 30
+    # settings.env gives a shell the same values, quoting included (schedules hold spaces and stars).
+    shell = subprocess.run(["bash", "-c", f"source {tmp_path / 'settings.env'} && env -0"],
+                           capture_output=True, text=True, check=True, env={})
+    exported = dict(item.split("=", 1) for item in shell.stdout.split("\0") if "=" in item)
+    for name in ("SLUICE_CHANGEFEED_SCHEDULE", "SLUICE_CRITICAL_RULES", "EventHubConnection", "AzureWebJobsStorage"):
+        assert exported[name] == values[name]
