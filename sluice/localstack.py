@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -297,7 +298,21 @@ class LocalStack:
         document = {"IsEncrypted": False, "Values": values, "Host": {"LocalHttpPort": self.options.http_port}}
         self.settings_path.parent.mkdir(parents=True, exist_ok=True)
         self.settings_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        # The same values for a shell: `source <data dir>/settings.env`, then any `python -m sluice ...` command.
+        exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in values.items()
+                          if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name))
+        (self.settings_path.parent / "settings.env").write_text(exports, encoding="utf-8")
         return self.settings_path
+
+    def write_root_settings(self) -> Path:
+        """Also write the settings to ``./local.settings.json`` (for ``func start``); an other one is kept as .bak."""
+        target = ROOT / "local.settings.json"
+        text = self.settings_path.read_text(encoding="utf-8")
+        if target.exists() and target.read_text(encoding="utf-8") != text:
+            shutil.copyfile(target, target.with_name("local.settings.json.bak"))
+            self.say(f"kept the previous {target.name} as {target.name}.bak")
+        target.write_text(text, encoding="utf-8")
+        return target
 
     def env(self) -> dict[str, str]:
         """The environment a command run against this stack needs (the settings' values)."""

@@ -47,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--invalid-ratio", type=float, default=0.001)
     parser.add_argument("--out-of-order-ratio", type=float, default=0.005)
     parser.add_argument("--no-load", action="store_true", help="start the stack but send nothing")
+    parser.add_argument("--no-devhost", action="store_true",
+                        help="do not start the dev host (to run `func start` instead); also writes ./local.settings.json")
     parser.add_argument("--data-dir", type=Path, default=ROOT / ".local" / "stack",
                         help="where emulator data, logs and local.settings.json live (default .local/stack)")
     parser.add_argument("--in-memory", action="store_true", help="keep emulator and Azurite data in memory only")
@@ -109,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         monitor = Monitor(probe, since, features)
         monitor.start()
         _where_to_look(stack, console, probe, features)
+        if args.duration and args.no_devhost:
+            raise ConfigurationError("--duration checks what the dev host delivered; it cannot go with --no-devhost")
         if args.duration:
             return _bounded(stack, args, console, producer, monitor, probe, features, manifest, since)
         _watch(console, stack, producer, monitor, until=lambda: False)
@@ -159,8 +163,12 @@ def _start(stack, args: argparse.Namespace, console) -> None:
             console.print(stack.sluice(*reference, what="loading sample reference data").strip())
     else:
         console.print("[yellow]no reference data loader in this checkout: enrichment runs with unknown devices")
-    with console.status("starting the dev host"):
-        stack.start_devhost()
+    if args.no_devhost:
+        target = stack.write_root_settings()
+        console.print(f"wrote {target} for `func start` (the dev host is not started)")
+    else:
+        with console.status("starting the dev host"):
+            stack.start_devhost()
     ports = ", ".join(f"{name} {port}" for name, port in stack.ports.items())
     console.print(f"[green]up:[/] {ports}")
 
@@ -257,11 +265,15 @@ class Monitor(threading.Thread):
         super().__init__(name="monitor", daemon=True)
         self.probe, self.since, self.features, self.interval = probe, since, features, interval
         self.figures = None
+        self.ids: dict[str, str] = {}
         self.halt = threading.Event()
 
     def run(self) -> None:
         while not self.halt.is_set():
             self.figures = self.probe.figures(self.since, features=self.features)
+            if "critical_event" not in self.ids:
+                with contextlib.suppress(Exception):
+                    self.ids = self.probe.sample_ids()
             self.halt.wait(self.interval)
 
 
@@ -290,6 +302,12 @@ def _table(stack, producer: Producer | None, monitor: Monitor, note: str = ""):
                       + (f"  {figures.lag_by_partition}" if figures.lag else ""))
         for name, error in figures.errors.items():
             table.add_row(f"[yellow]{name}", f"[yellow]{error}")
+    if monitor.ids:
+        http = f"http://{stack.options.host}:{stack.ports.get('http')}/api"
+        device = monitor.ids.get("critical_device") or monitor.ids.get("device")
+        table.add_row("try", f"{http}/devices/{device}/latest")
+        table.add_row("", f"{http}/devices/{device}/critical?limit=5")
+        table.add_row("", f"{http}/events/{monitor.ids.get('critical_event') or monitor.ids.get('event')}")
     dead = [r.name for r in stack.children if not r.alive()]
     if dead:
         table.add_row("[red]exited", "[red]" + ", ".join(dead))
@@ -359,6 +377,14 @@ def _bounded(stack, args, console, producer, monitor, probe, features, manifest,
     return 1
 
 
+def _views(probe) -> list[str]:
+    with contextlib.suppress(Exception), probe.pg() as conn:
+        rows = conn.execute("SELECT table_name FROM information_schema.views WHERE table_schema = 'public' "
+                            "ORDER BY table_name").fetchall()
+        return [row[0] for row in rows]
+    return []
+
+
 def _where_to_look(stack, console, probe, features: set[str], expected=None) -> None:
     opts = stack.options
     http = f"http://{opts.host}:{stack.ports.get('http')}/api"
@@ -373,25 +399,25 @@ def _where_to_look(stack, console, probe, features: set[str], expected=None) -> 
     else:
         with contextlib.suppress(Exception):
             ids = probe.sample_ids()
-    device = ids.get("critical_device") or ids.get("device") or "dev-00000"
-    event = ids.get("critical_event") or ids.get("event") or "<event id>"
-    lines = [
-        "[bold]where to look[/]",
-        f"  HTTP      {http}/health   {http}/openapi.json",
-        f"            {http}/devices/{device}/latest",
-        f"            {http}/devices/{device}/critical?limit=5",
-        f"            {http}/events/{event}",
+    device = ids.get("critical_device") or ids.get("device")
+    event = ids.get("critical_event") or ids.get("event")
+    lines = ["[bold]where to look[/]", f"  HTTP      {http}/health   {http}/openapi.json"]
+    if device and event:
+        lines += [f"            {http}/devices/{device}/latest", f"            {http}/devices/{device}/critical?limit=5",
+                  f"            {http}/events/{event}"]
+    else:
+        lines.append("            lookup URLs with real ids appear in the live table once events are stored")
+    lines += [
         f"  Event Hubs {stack.eventhub_connection}  hub {stack.values.get('SLUICE_INGEST_EVENTHUB_NAME')}",
         f"  Cassandra {opts.host}:{stack.ports.get('cassandra')} keyspace {opts.keyspace} "
         "(events_by_id, device_latest, events_by_device, ...)",
         f"  Redis     redis-cli XREVRANGE {opts.redis_prefix}critical:stream + - COUNT 5",
         f"  Azurite   http://{opts.host}:{stack.ports.get('azurite')}/devstoreaccount1, dead letters in "
-        f"{stack.values.get('SLUICE_STORAGE_DEADLETTER_CONTAINER')}: `python -m sluice deadletter list` "
-        f"(with the settings below in the environment)",
+        f"{stack.values.get('SLUICE_STORAGE_DEADLETTER_CONTAINER')}: "
+        f"`source {stack.settings_path.parent / 'settings.env'} && python -m sluice deadletter list`",
         f"  PostgreSQL psql -h {opts.postgres_host} -U postgres {opts.database} -c "
         "'SELECT * FROM report_device_health LIMIT 10'",
-        "            views: report_site_daily, report_site_measurement_daily, report_device_health, "
-        "report_unknown_devices",
+        f"            views: {', '.join(_views(probe)) or '(none yet)'}",
         f"  settings  {stack.settings_path}",
     ]
     if stack.notes:
