@@ -95,6 +95,7 @@ class Connection(asyncio.Protocol):
         self._on_close(self)
 
     def pause_writing(self) -> None:
+        logger.debug("connection %s is not reading fast enough: output paused", self.peer)
         self.writable = False
 
     def resume_writing(self) -> None:

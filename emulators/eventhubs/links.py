@@ -285,24 +285,35 @@ class ConsumeLink(Link):
         self.pump()
 
     def pump(self) -> None:
-        """Send what is available, within link credit, session window and transport backpressure."""
+        """Send what is available, within link credit, session window and transport backpressure.
+
+        Output is flushed after every chunk, so a consumer that stops reading pauses the transport
+        (``pause_writing``) after a few megabytes instead of the whole granted credit piling up here.
+        """
         session = self.session
+        connection = session.connection
         while (not self.detached and self.credit > 0 and self.cursor < self.partition.next_sequence
                and session.can_send()):
-            batch = self.partition.read(self.cursor, min(self.credit, DELIVERIES_PER_PUMP))
+            limit = min(self.credit, DELIVERIES_PER_PUMP, session.remote_incoming_window)
+            batch = self.partition.read(self.cursor, limit)
             if not batch:
                 self.cursor = self.partition.next_sequence
                 break
             if batch[0].sequence > self.cursor:  # events passed retention while we were behind
                 self.cursor = batch[0].sequence
+            sent = 0
             for event in batch:
+                if session.remote_incoming_window <= 0:  # large events take several frames
+                    break
                 payload = event.payload
                 if self.runtime_metric:
                     payload = self._with_metrics(event.payload, event.header_len)
                 session.send_delivery(self, payload)
-            self.cursor = batch[-1].sequence + 1
-            self.credit -= len(batch)
-            self.delivery_count += len(batch)
+                sent += 1
+            self.cursor = batch[sent - 1].sequence + 1 if sent else self.cursor
+            self.credit -= sent
+            self.delivery_count += sent
+            connection.flush()
 
     def _with_metrics(self, payload: bytes, header_len: int) -> bytes:
         p = self.partition

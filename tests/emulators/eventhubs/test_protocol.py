@@ -145,3 +145,31 @@ def test_tls_and_garbage_get_an_answer_and_a_close_never_a_hang(isolated_eventhu
         raw.sock.settimeout(2)
         with pytest.raises((ConnectionError, socket.timeout, OSError)):
             raw.expect(frames.OPEN)
+
+
+def test_a_consumer_that_stops_reading_holds_up_nobody(isolated_eventhub: IsolatedHub) -> None:
+    """A receiver with a huge credit that does not read: the emulator pauses writing to it, keeps serving
+    everyone else, and delivers everything in order once it reads again."""
+    from emulators.eventhubs.message import BATCH_FORMAT
+
+    hub = isolated_eventhub
+    inner = b"\x00\x53\x75\xb0" + (500).to_bytes(4, "big") + b"s" * 500
+    section = b"\x00\x53\x75\xb0" + len(inner).to_bytes(4, "big") + inner
+    batches, per_batch = 60, 400  # about 14 MB: more than the kernel and the emulator (4 MB) buffer
+    with connect(hub) as stalled, connect(hub) as publisher:
+        stalled.open(mechanism="PLAIN", response=PLAIN)
+        stalled.attach_receiver(1, f"{hub.name}/ConsumerGroups/$Default/Partitions/2")
+        stalled.flow(1, delivery_count=0, credit=1_000_000)
+        publisher.open(mechanism="PLAIN", response=PLAIN)
+        publisher.attach_sender(1, f"{hub.name}/Partitions/2")
+        for i in range(batches):
+            publisher.transfer(1, i, section * per_batch, message_format=BATCH_FORMAT)
+            _, disposition, _ = publisher.expect(frames.DISPOSITION)
+            assert disposition[4].descriptor == frames.ACCEPTED
+        with producer(hub) as client:  # the emulator still answers others at once
+            assert client.get_partition_properties("2")["last_enqueued_sequence_number"] == batches * per_batch - 1
+        ids = []
+        while len(ids) < batches * per_batch:
+            _, fields, _ = stalled.expect(frames.TRANSFER)
+            ids.append(int(fields[1]))
+        assert ids == list(range(batches * per_batch))
