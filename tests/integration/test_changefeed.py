@@ -448,3 +448,33 @@ def test_portable_feed_advances_a_far_behind_watermark_in_bounded_steps(session,
     assert first - timedelta(seconds=240) <= datetime.now(UTC) - timedelta(seconds=900) <= first
     assert runs >= 3 and set(seen.applied) == {str(e.event_id) for e in events}
     assert_redis_matches(rclient, cache, events)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", MODES)
+def test_throttled_reads_are_retried_and_a_read_outage_keeps_the_position(
+        mode, cassandra_emulator, session, keyspace, store, rclient, redis_prefix):
+    from emulators.cassandra.faults import clear_faults, inject_faults
+
+    cache = make_cache(rclient, redis_prefix)
+    events = spread(12)
+    store.write(events)
+    host, port = cassandra_emulator.host, cassandra_emulator.port
+    positions = CassandraFeedStateStore(session, keyspace)
+    try:
+        inject_faults(host, port, error="overloaded", count=1, retry_after_ms=5, applies_to="reads")
+        make_service(mode, session, keyspace, cache).run()  # Cosmos 429s: retried by the session's policy
+        assert_redis_matches(rclient, cache, events)
+        saved = positions.load("events")
+
+        later = [make_event("late-1", datetime.now(UTC) - timedelta(seconds=2), severity="critical")]
+        store.write(later)
+        inject_faults(host, port, error="read_timeout", ratio=1.0, applies_to="reads")
+        with pytest.raises(DependencyUnavailable) as raised:
+            make_service(mode, session, keyspace, cache).run()
+        assert raised.value.dependency == "cassandra"
+    finally:
+        clear_faults(host, port)
+    assert positions.load("events") == saved  # nothing read, nothing saved
+    make_service(mode, session, keyspace, cache).run()
+    assert_redis_matches(rclient, cache, events + later)

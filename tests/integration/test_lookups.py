@@ -288,3 +288,19 @@ def test_openapi_document_is_served_from_docs() -> None:
     assert document == json.loads(OPENAPI_PATH.read_text())
     assert set(document["paths"]) == {"/api/devices/{device_id}/latest", "/api/devices/{device_id}/critical",
                                       "/api/events/{event_id}", "/api/health", "/api/openapi.json"}
+
+
+@pytest.mark.timeout(60)
+def test_cassandra_throttling_beyond_the_retries_is_503_not_500(app_env, cassandra_emulator, store) -> None:
+    from emulators.cassandra.faults import clear_faults, inject_faults
+
+    app_env(SLUICE_CASSANDRA_OVERLOAD_MAX_RETRIES="1", SLUICE_CASSANDRA_OVERLOAD_MAX_WAIT_SECONDS="0.05")
+    assert latest("warm-up").status_code == 404  # connect and prepare before the faults
+    try:
+        inject_faults(cassandra_emulator.host, cassandra_emulator.port, error="overloaded", ratio=1.0,
+                      retry_after_ms=5, applies_to="reads")
+        throttled = latest("t-1")
+    finally:
+        clear_faults(cassandra_emulator.host, cassandra_emulator.port)
+    assert throttled.status_code == 503 and body(throttled)["dependency"] == "cassandra"
+    assert "Overloaded" in body(throttled)["message"]

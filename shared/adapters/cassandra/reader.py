@@ -19,6 +19,7 @@ from typing import Any
 
 from cassandra import DriverException
 from cassandra.cluster import NoHostAvailable, Session
+from cassandra.protocol import ErrorMessage
 from cassandra.query import PreparedStatement
 
 from shared.exceptions import DependencyUnavailable
@@ -41,9 +42,11 @@ _STATEMENTS = {
     ),
 }
 
-# What the driver raises when the store cannot answer: all subclasses of DriverException
-# (OperationTimedOut, ReadTimeout, Unavailable, OverloadedErrorMessage ...) plus NoHostAvailable.
-CASSANDRA_ERRORS: tuple[type[BaseException], ...] = (DriverException, NoHostAvailable, ConnectionError, OSError)
+# What the driver raises when the store cannot answer: DriverException (OperationTimedOut, ReadTimeout,
+# Unavailable ...), NoHostAvailable, and server error messages that are not DriverExceptions
+# (OverloadedErrorMessage: a Cosmos 429 left over after the session's retries; ServerError ...).
+CASSANDRA_ERRORS: tuple[type[BaseException], ...] = (DriverException, NoHostAvailable, ErrorMessage, ConnectionError,
+                                                     OSError)
 
 
 def _utc(moment: datetime | None) -> datetime | None:
