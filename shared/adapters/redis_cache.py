@@ -90,8 +90,12 @@ return 1
 
 # KEYS: event, device set, stream.
 # ARGV: document, score (ms), ttl, per-device cap, stream cap, event id, device id.
+# The previous document of the event (a re-sent event differs in its enqueued time) leaves the set first,
+# so the set holds one member per event.
 CRITICAL = _EXTEND + _SENTINEL + """
 local ttl = tonumber(ARGV[3])
+local previous = redis.call('HGET', KEYS[1], 'd')
+if previous and previous ~= '' and previous ~= ARGV[1] then redis.call('ZREM', KEYS[2], previous) end
 redis.call('HSET', KEYS[1], 'd', ARGV[1])
 local first = redis.call('HSETNX', KEYS[1], 's', '1')
 extend(KEYS[1], ttl)
@@ -134,9 +138,16 @@ if #docs >= tonumber(ARGV[2]) or complete <= since then return docs end
 return false
 """
 
-# KEYS: device set. ARGV: covers-since (ms), ttl, cap, then score/document pairs.
+# KEYS: device set, then each event's key. ARGV: covers-since (ms), ttl, cap, then score/document per event.
 FILL_CRITICAL = _EXTEND + _SENTINEL + """
-for i = 4, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 2, #KEYS do
+  local doc = ARGV[2 * i + 1]
+  local previous = redis.call('HGET', KEYS[i], 'd')
+  if previous and previous ~= '' and previous ~= doc then redis.call('ZREM', KEYS[1], previous) end
+  redis.call('HSET', KEYS[i], 'd', doc)
+  extend(KEYS[i], tonumber(ARGV[2]))
+  redis.call('ZADD', KEYS[1], ARGV[2 * i], doc)
+end
 local s = sentinel(KEYS[1])
 local covers = tonumber(ARGV[1])
 if (not s) or covers < tonumber(string.sub(s, 8)) then set_since(KEYS[1], s, covers) end
@@ -287,10 +298,12 @@ class RedisCache:
         return [doc.decode() for doc in docs]
 
     def fill_critical(self, device_id: str, events: Sequence[StoredEvent], covers_since_ms: int, ttl: int) -> None:
+        keys = [self.keys.critical(device_id)]
         args: list[object] = [covers_since_ms, ttl, self.critical_cap]
         for event in events:
+            keys.append(self.keys.event(event.event_id))
             args += [event.event_time_ms, event.to_json()]
-        self._eval("fill_critical", [self.keys.critical(device_id)], args,
+        self._eval("fill_critical", keys, args,
                    f"caching the critical events of device {device_id!r}")
 
     def ping(self) -> None:

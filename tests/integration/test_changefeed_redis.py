@@ -133,3 +133,22 @@ def test_scripts_are_reloaded_after_a_script_flush(private_redis):
     cache.fill_latest("d2", None, ttl=60, negative_ttl=5)
     assert json.loads(cache.get_latest("d1").document)["measurements"] == {"v": 5.0}
     client.close()
+
+
+def test_a_re_sent_critical_event_stays_one_member(client, redis_prefix):
+    """At-least-once delivery: the same event stored again with a new Event Hubs enqueued time."""
+    from dataclasses import replace
+
+    cache = RedisCache(client, key_prefix=redis_prefix)
+    first = ev(critical=True)
+    again = replace(first, enqueued_time=NOW + timedelta(minutes=3))
+    other = ev(seconds=-5, critical=True)
+    for order in ([first, again], [again, first]):
+        cache.apply(order[:1])
+        cache.apply([*order[1:], other])
+        cache.fill_critical("d1", [order[0], other], SINCE_ALL, ttl=60)  # a lookup fill with the other version
+        members = [m for m in client.zrangebyscore(cache.keys.critical("d1"), "(-inf", "+inf")]
+        assert sorted(json.loads(m)["event_id"] for m in members) == sorted([str(first.event_id), str(other.event_id)])
+        assert cache.get_critical("d1", SINCE_ALL, 10) == [m.decode() for m in reversed(members)]
+    stream = [f[b"event_id"].decode() for _, f in client.xrange(cache.keys.stream)]
+    assert sorted(stream) == sorted([str(first.event_id), str(other.event_id)])
