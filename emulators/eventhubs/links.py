@@ -329,7 +329,7 @@ class ConsumeLink(Link):
         """Taken over by a higher owner level: detach with the error, as Azure does."""
         logger.info("consumer %s on %s/%s/%s disconnected: %s", self.name, self.hub.name, self.group,
                     self.partition.id, description)
-        self.session.detach(self, condition, description, unregister=False)
+        self.session.detach(self, condition, description)
 
     def close(self) -> None:
         self.hub.unregister(self.group, self.partition.id, self)

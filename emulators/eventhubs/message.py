@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from emulators.eventhubs import codec
-from emulators.eventhubs.codec import Symbol, Timestamp
+from emulators.eventhubs.codec import Symbol
 from emulators.eventhubs.errors import DecodeError
 
 BATCH_FORMAT = 0x80013700
@@ -234,7 +234,3 @@ def read_request(payload: bytes) -> tuple[list[Any], dict[Any, Any], Any]:
             body = section_value(payload, section)
     properties.extend([None] * (13 - len(properties)))
     return properties, application, body
-
-
-def now_timestamp(ms: int) -> Timestamp:
-    return Timestamp(ms)

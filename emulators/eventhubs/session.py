@@ -196,7 +196,7 @@ class Session:
 
     # ------------------------------------------------------------ outgoing
 
-    def detach(self, link: Link, condition: str, description: str, *, unregister: bool = True) -> None:
+    def detach(self, link: Link, condition: str, description: str) -> None:
         """Close ``link`` from our side with an error."""
         if self.links.get(link.remote_handle) is link:
             del self.links[link.remote_handle]
