@@ -82,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     for noisy in ("cassandra", "azure", "emulators.launcher", "shared"):  # the live table says what matters
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.duration and (args.no_devhost or args.no_load):
+        raise ConfigurationError("--duration checks what the dev host made of the load; "
+                                 "it cannot go with --no-devhost or --no-load")
     overrides = {}
     for item in args.set:
         name, sep, value = item.partition("=")
@@ -111,8 +114,6 @@ def run(args: argparse.Namespace) -> int:
         monitor = Monitor(probe, since, features)
         monitor.start()
         _where_to_look(stack, console, probe, features)
-        if args.duration and args.no_devhost:
-            raise ConfigurationError("--duration checks what the dev host delivered; it cannot go with --no-devhost")
         if args.duration:
             return _bounded(stack, args, console, producer, monitor, probe, features, manifest, since)
         _watch(console, stack, producer, monitor, until=lambda: False)
@@ -281,6 +282,8 @@ def _table(stack, producer: Producer | None, monitor: Monitor, note: str = ""):
     from rich.table import Table
 
     table = Table(show_header=False, box=None, padding=(0, 2))
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
     figures = monitor.figures
     sent = producer.summary if producer else {}
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 
 import pytest
 
 from shared.settings import load_settings
-from sluice.localstack import LocalStack, StackError, StackOptions
+from sluice.localstack import ROOT, LocalStack, StackError, StackOptions
 
 
 @pytest.fixture
@@ -63,3 +64,11 @@ def test_generated_settings_are_valid_and_name_the_ports_in_use(tmp_path):
     exported = dict(item.split("=", 1) for item in shell.stdout.split("\0") if "=" in item)
     for name in ("SLUICE_CHANGEFEED_SCHEDULE", "SLUICE_CRITICAL_RULES", "EventHubConnection", "AzureWebJobsStorage"):
         assert exported[name] == values[name]
+
+
+def test_up_refuses_a_bounded_run_without_load_before_starting_anything(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sluice", "up", "--duration", "5", "--no-load", "--data-dir",
+                             str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=str(ROOT))
+    assert result.returncode == 2
+    assert "--duration" in result.stderr and "--no-load" in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing started, nothing written
