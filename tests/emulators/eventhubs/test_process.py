@@ -87,68 +87,59 @@ def test_config_validation_names_the_offending_entry() -> None:
         config.parse({"UserConfig": {"NamespaceConfig": []}})
 
 
-def test_data_dir_keeps_events_numbers_and_offsets_across_a_restart(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "config.json", ["durable"])
+def test_data_dir_and_retention_across_a_restart(tmp_path: Path) -> None:
+    """Hub ``durable`` (1 hour retention) keeps events, numbers and offsets across a kill and restart; hub
+    ``short`` (1 second, from the config) drops its events but never reuses a sequence number."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"UserConfig": {"NamespaceConfig": [{"Type": "EventHub", "Name": "ns", "Entities": [
+        {"Name": "durable", "PartitionCount": "4"},
+        {"Name": "short", "PartitionCount": "2", "MessageRetentionInHours": 1.0 / 3600}]}]}}))
     data = tmp_path / "data"
     running = start_eventhubs_emulator("--data-dir", str(data), config=cfg)
     try:
-        hub = IsolatedHub(running, "durable")
-        with producer(hub) as client:
+        durable, short = IsolatedHub(running, "durable"), IsolatedHub(running, "short")
+        with producer(short) as client:
+            client.send_batch([EventData("old-0"), EventData("old-1")], partition_id="0")
+            sent_at = time.monotonic()
+            assert client.get_partition_properties("0")["beginning_sequence_number"] == 0
+        with producer(durable) as client:
             client.send_batch([EventData(f"a{i}") for i in range(5)], partition_id="1")
             client.send_batch([EventData(f"k{i}") for i in range(3)], partition_key="dev-1")
             props_before = client.get_partition_properties("1")
-        before = receive(hub, "1", count=5)
-    finally:
-        running.kill()  # no clean shutdown: what was acknowledged must already be on disk
-    running = start_eventhubs_emulator("--data-dir", str(data), config=cfg)
-    try:
-        hub = IsolatedHub(running, "durable")
-        after = receive(hub, "1", count=5)
-        assert bodies(after) == bodies(before)
-        assert [(e.sequence_number, e.offset, e.enqueued_time) for e in after] == [
-            (e.sequence_number, e.offset, e.enqueued_time) for e in before]
-        with producer(hub) as client:
-            assert client.get_partition_properties("1") == props_before
-            client.send_batch([EventData("b0")], partition_id="1")
-            client.send_batch([EventData("k3")], partition_key="dev-1")  # the key still maps to the same partition
-        more = receive(hub, "1", count=1, starting_position=before[-1].offset)
-        assert bodies(more) == ["b0"] and more[0].sequence_number == 5
-        assert int(more[0].offset) > int(before[-1].offset)
-        keyed = str(partition_for_key("dev-1", 4))
-        assert keyed != "1"
-        assert bodies(receive(hub, keyed, count=4, timeout=10)) == ["k0", "k1", "k2", "k3"]
-    finally:
-        assert running.stop() == 0
-
-
-def test_retention_from_the_config_drops_old_events_but_not_the_numbering(tmp_path: Path) -> None:
-    retention_hours = 1.0 / 3600  # one second
-    cfg = write_config(tmp_path / "config.json", ["short"], MessageRetentionInHours=retention_hours)
-    data = tmp_path / "data"
-    running = start_eventhubs_emulator("--data-dir", str(data), config=cfg)
-    try:
-        hub = IsolatedHub(running, "short")
-        with producer(hub) as client:
-            client.send_batch([EventData("old-0"), EventData("old-1")], partition_id="0")
-            assert client.get_partition_properties("0")["beginning_sequence_number"] == 0
-            time.sleep(2.3)  # retention (1 s) plus the once-a-second sweep
+        before = receive(durable, "1", count=5)
+        time.sleep(max(0.0, sent_at + 2.3 - time.monotonic()))  # retention (1 s) plus the once-a-second sweep
+        with producer(short) as client:
             props = client.get_partition_properties("0")
             assert props["is_empty"] is True
             assert props["beginning_sequence_number"] == 2 and props["last_enqueued_sequence_number"] == 1
             client.send_batch([EventData("new")], partition_id="0")
-        events = receive(hub, "0", count=1, settle=0.5)
+        events = receive(short, "0", count=1, settle=0.3)
         assert bodies(events) == ["new"] and events[0].sequence_number == 2
     finally:
-        assert running.stop() == 0
-    time.sleep(1.2)  # everything has expired now; the numbering must survive the restart anyway
+        running.kill()  # no clean shutdown: what was acknowledged must already be on disk
+    time.sleep(1.2)  # "new" has expired too now; the numbering must survive the restart anyway
     running = start_eventhubs_emulator("--data-dir", str(data), config=cfg)
     try:
-        hub = IsolatedHub(running, "short")
-        with producer(hub) as client:
+        durable, short = IsolatedHub(running, "durable"), IsolatedHub(running, "short")
+        after = receive(durable, "1", count=5)
+        assert bodies(after) == bodies(before)
+        assert [(e.sequence_number, e.offset, e.enqueued_time) for e in after] == [
+            (e.sequence_number, e.offset, e.enqueued_time) for e in before]
+        with producer(durable) as client:
+            assert client.get_partition_properties("1") == props_before
+            client.send_batch([EventData("b0")], partition_id="1")
+            client.send_batch([EventData("k3")], partition_key="dev-1")  # the key still maps to the same partition
+        keyed = str(partition_for_key("dev-1", 4))
+        assert keyed != "1"
+        more = receive(durable, "1", count=1, starting_position=before[-1].offset)
+        assert bodies(more) == ["b0"] and more[0].sequence_number == 5
+        assert int(more[0].offset) > int(before[-1].offset)
+        assert bodies(receive(durable, keyed, count=4, timeout=10)) == ["k0", "k1", "k2", "k3"]
+        with producer(short) as client:
             props = client.get_partition_properties("0")
             assert props["is_empty"] is True and props["last_enqueued_sequence_number"] == 2
             client.send_batch([EventData("newer")], partition_id="0")
-        assert [e.sequence_number for e in receive(hub, "0", count=1)] == [3]
+        assert [e.sequence_number for e in receive(short, "0", count=1)] == [3]
     finally:
         assert running.stop() == 0
 
