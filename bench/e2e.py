@@ -40,7 +40,7 @@ CHANGEFEED_INTERVAL_SECONDS = 1.0
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench e2e", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rates", default="100,200,400,800,1600,3200", help="comma-separated events/s to try, ascending")
+    parser.add_argument("--rates", default="100,200,300,400,600,800,1200,1600,2400,3200", help="comma-separated events/s to try, ascending")
     parser.add_argument("--step-seconds", type=float, default=20.0)
     parser.add_argument("--max-lag-seconds", type=float, default=3.0,
                         help="a step is sustained if its final lag is at most this many seconds of events")
@@ -66,6 +66,7 @@ class Bench:
         )
         self.stack = LocalStack(options, say=lambda text: print(text, flush=True))
         self.sent_by_partition: dict[str, int] = {}
+        self._live = None
 
     def start(self) -> None:
         stack = self.stack
@@ -113,7 +114,11 @@ class Bench:
 
     def lag(self) -> int:
         checkpoints = self.probe.checkpoints()
-        return sum(max(0, sent - (checkpoints.get(pid, -1) + 1)) for pid, sent in self.sent_by_partition.items())
+        sent = dict(self.sent_by_partition)
+        if self._live is not None:  # the run in progress
+            for pid, n in list(self._live.by_partition.items()):
+                sent[pid] = sent.get(pid, 0) + n
+        return sum(max(0, n - (checkpoints.get(pid, -1) + 1)) for pid, n in sent.items())
 
     def _count(self, summary) -> None:
         for pid, n in summary.by_partition.items():
@@ -132,7 +137,11 @@ class Bench:
                         duplicate_ratio=0.0, invalid_ratio=0.0, out_of_order_ratio=0.0,
                         device_prefix="dev-")
         runner = LoadRunner(spec, self.sender, manifest=manifest, on_progress=on_tick)
-        summary = runner.run()
+        self._live = runner.summary
+        try:
+            summary = runner.run()
+        finally:
+            self._live = None
         self._count(summary)
         return summary
 

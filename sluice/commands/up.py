@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-DEFAULT_RATE = 200.0
+DEFAULT_RATE = 100.0
 DEFAULT_DEVICES = 200
 
 
