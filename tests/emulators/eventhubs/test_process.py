@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -55,6 +56,12 @@ def test_bad_configuration_exits_2_naming_the_problem(tmp_path: Path) -> None:
     assert "ok-hub" in result.stderr and "PartitionCount" in result.stderr
     result = run_cli("--config", str(tmp_path / "missing.json"), "--port", "0")
     assert result.returncode == 2 and "missing.json" in result.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("--host", "127.0.0.1", "--port", str(port))
+    assert result.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
 def test_config_validation_names_the_offending_entry() -> None:
