@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 from cassandra.cluster import Session
-from cassandra.query import SimpleStatement
+from cassandra.query import SimpleStatement, ValueSequence
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -113,3 +113,43 @@ def test_table_scan_behaves_like_the_model(session: Session, rows: set[tuple[str
 
 def _ts(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.sets(st.tuples(st.integers(0, 6), st.integers(0, 6)), max_size=30),
+       parts=st.sets(st.integers(0, 7), min_size=1, max_size=4), cks=st.sets(st.integers(0, 7), min_size=1, max_size=4),
+       fetch=st.integers(1, 5), reverse=st.booleans(), token_cut=st.integers(-(2**63), 2**63 - 1))
+def test_in_queries_and_token_ranges_behave_like_the_model(session: Session, rows: set[tuple[int, int]],
+                                                          parts: set[int], cks: set[int], fetch: int,
+                                                          reverse: bool, token_cut: int) -> None:
+    from cassandra.metadata import Murmur3Token
+    table = f"i{next(_partitions)}"
+    session.execute(f"CREATE TABLE {table} (p int, c int, PRIMARY KEY (p, c))")
+    ins = session.prepare(f"INSERT INTO {table} (p, c) VALUES (?, ?)")
+    tokens = {}
+    for p, c in rows:
+        bound = ins.bind((p, c))
+        tokens[p] = Murmur3Token.from_key(bound.routing_key).value
+        session.execute(bound)
+
+    def paged(query: str, params: tuple) -> list[tuple[int, int]]:
+        got: list[tuple[int, int]] = []
+        state = None
+        while True:
+            result = session.execute(SimpleStatement(query, fetch_size=fetch), params, paging_state=state)
+            got += [(r.p, r.c) for r in result.current_rows]
+            state = result.paging_state
+            if state is None:
+                return got
+
+    order = " ORDER BY c DESC" if reverse else ""
+    got = paged(f"SELECT p, c FROM {table} WHERE p IN %s AND c IN %s{order}",
+                (ValueSequence(parts), ValueSequence(cks)))  # a plain tuple is rendered as a list literal
+    wanted = [r for r in rows if r[0] in parts and r[1] in cks]
+    by_partition = sorted({r[0] for r in wanted}, key=lambda p: (tokens[p], p))
+    expected = [(p, c) for p in by_partition
+                for c in sorted((c for q, c in wanted if q == p), reverse=reverse)]
+    assert got == expected
+    got = paged(f"SELECT p, c FROM {table} WHERE token(p) > %s", (token_cut,))
+    expected = sorted((r for r in rows if tokens[r[0]] > token_cut), key=lambda r: (tokens[r[0]], r[0], r[1]))
+    assert got == expected
