@@ -46,7 +46,8 @@ def test_metadata_is_truthful_after_ddl(session: Session, cassandra_keyspace: st
 
 def test_schema_version_changes_with_ddl(session: Session) -> None:
     before = session.execute("SELECT schema_version FROM system.local WHERE key='local'").one().schema_version
-    session.execute("CREATE TABLE t (k int PRIMARY KEY)")
+    result = session.execute("CREATE TABLE t (k int PRIMARY KEY)")
+    assert result.response_future.is_schema_agreed  # the driver checked agreement after the DDL, and it held
     after = session.execute("SELECT schema_version FROM system.local WHERE key='local'").one().schema_version
     assert before != after
 
