@@ -33,7 +33,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 
+import orjson
 import psycopg
+from psycopg.types.json import set_json_dumps
 from psycopg_pool import ConnectionPool
 
 from shared.domain.enrichment import EnrichedWindow
@@ -210,6 +212,7 @@ class PostgresEnrichmentStore:
     def _stage(conn: psycopg.Connection, enriched: EnrichedWindow) -> None:
         conn.execute(_STAGE.encode(), prepare=False)  # no parameters, never prepared: one round trip, four tables
         with conn.cursor() as cur:
+            set_json_dumps(orjson.dumps, cur)  # ~4x cheaper than json.dumps per row; same jsonb values
             with cur.copy("COPY stage_events FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_EVENT_TYPES)
                 write = copy.write_row
