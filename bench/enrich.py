@@ -7,14 +7,15 @@ What is measured:
   PostgreSQL ``devices``/``sites`` tables, timed too), the device and site
   figures, binary COPY into the staging tables, ``INSERT ... ON CONFLICT DO
   UPDATE`` into ``enriched_events``, ``device_window_stats`` and
-  ``site_window_stats``, the ledger row and COMMIT, one transaction per window.
+  ``site_window_stats``, the ledger row and COMMIT, one transaction per window
+  (the staging COPY encodes ``jsonb`` with orjson, part of Sluice's path).
   The window reader is an in-memory list of the events (reading 200,000 rows
   back from the Python Cassandra emulator would measure the emulator, not the
   enrichment); the rows are exactly what ``CassandraWindowReader`` returns.
 * **baseline**: the raw client doing the same write: one binary ``COPY`` of the
   same 200,000 fully enriched rows (built beforehand, not timed) into a table
   shaped like ``enriched_events`` (same columns, primary key and index), and
-  COMMIT.
+  COMMIT, with psycopg's default adapters (stdlib ``json`` for ``jsonb``).
 
 Each side runs ``--rounds`` times into emptied tables; the best round of each is
 reported (the machine is shared). Targets: sluice >= 100,000 rows/s and
