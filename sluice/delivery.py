@@ -12,7 +12,8 @@ Hubs checkpoints (lag). :func:`check_delivery` compares a manifest
 * each device's latest state = its newest event (out-of-order events must not win);
 * when the app has the change feed: every critical event written to Redis;
 * when the app has enrichment: every window of the run enriched, with per-device
-  counts and temperature figures equal to a computation from the manifest.
+  counts and measurement figures equal to a computation from the stored events of
+  those windows (this run's and any earlier run's).
 """
 
 from __future__ import annotations
@@ -320,21 +321,32 @@ def window_of(moment: datetime, window_seconds: int) -> datetime:
     return bucket_start(moment, window_seconds)
 
 
-def expected_windows(expected: Expected, window_seconds: int) -> dict[tuple[datetime, str], dict[str, Any]]:
-    """Per (window start, device): count, critical count and temperature figures, computed from the manifest."""
-    groups: dict[tuple[datetime, str], list[dict[str, Any]]] = defaultdict(list)
-    for record in expected.valid.values():
-        groups[(window_of(_iso_to_dt(record["timestamp"]), window_seconds), record["device_id"])].append(record)
+def window_figures(rows: Iterable[Any], windows: set[datetime], window_seconds: int
+                   ) -> dict[tuple[datetime, str], dict[str, Any]]:
+    """Per (window start, device) of ``windows``: event count, critical count and, per measurement, count, min,
+    max, avg and last (the value of the newest event, ties broken by event id), computed from stored event rows."""
+    groups: dict[tuple[datetime, str], list[Any]] = defaultdict(list)
+    for row in rows:
+        moment = row.event_time if row.event_time.tzinfo else row.event_time.replace(tzinfo=UTC)
+        window = window_of(moment, window_seconds)
+        if window in windows:
+            groups[(window, row.device_id)].append((moment, str(row.event_id), row))
     out = {}
-    for key, records in groups.items():
-        temps = [r["measurements"]["temperature"] for r in records]
-        newest = max(records, key=lambda r: (r["timestamp"], r["event_id"]))
-        out[key] = {
-            "count": len(records),
-            "critical": sum(r["critical"] for r in records),
-            "temperature": {"count": len(temps), "min": min(temps), "max": max(temps),
-                            "avg": sum(temps) / len(temps), "last": newest["measurements"]["temperature"]},
-        }
+    for key, members in groups.items():
+        members.sort(key=lambda m: (m[0], m[1]))
+        measurements: dict[str, dict[str, float]] = {}
+        for _, _, row in members:
+            for name, value in (row.measurements or {}).items():
+                figures = measurements.setdefault(name, {"count": 0, "min": value, "max": value, "sum": 0.0})
+                figures["count"] += 1
+                figures["min"] = min(figures["min"], value)
+                figures["max"] = max(figures["max"], value)
+                figures["sum"] += value
+                figures["last"] = value  # members are oldest first
+        for figures in measurements.values():
+            figures["avg"] = figures.pop("sum") / figures["count"]
+        out[key] = {"count": len(members), "critical": sum(1 for _, _, row in members if row.critical),
+                    "measurements": measurements}
     return out
 
 
@@ -362,6 +374,10 @@ def check_delivery(expected: Expected, probe: Probe, *, features: set[str], sinc
         wrong = [eid for eid in valid if eid in by_id and by_id[eid].device_id != valid[eid]["device_id"]]
         if wrong:
             report.problem(f"{len(wrong)} events are stored under another device", wrong)
+        altered = [eid for eid in valid if eid in by_id and not _same_event(by_id[eid], valid[eid])]
+        if altered:
+            report.problem(f"{len(altered)} events are stored with another time, measurements or critical flag",
+                           altered)
 
     # 2. every invalid event dead-lettered with a reason naming the problem
     if expected.invalid:
@@ -404,29 +420,41 @@ def check_delivery(expected: Expected, probe: Probe, *, features: set[str], sinc
         if absent:
             report.problem(f"{len(absent)} of {len(critical)} critical events are not in Redis", absent)
 
-    # 5. enriched windows equal an independent computation
+    # 5. enriched windows equal an independent computation from the stored events (of this run and any other)
     if "enrichment" in features and valid:
         window_seconds = probe.settings.enrichment.window_seconds
-        wanted = expected_windows(expected, window_seconds)
-        windows = {w for w, _ in wanted}
+        windows = {window_of(_iso_to_dt(r["timestamp"]), window_seconds) for r in valid.values()}
         enriched = probe.enriched_windows(windows)
         report.figures["windows"] = len(windows)
         report.figures["windows_enriched"] = len(enriched & windows)
         if windows - enriched:
             report.problem(f"{len(windows - enriched)} of {len(windows)} windows are not enriched",
                            sorted(w.isoformat() for w in windows - enriched))
-        stats = probe.window_stats(windows & enriched)
-        differ = []
-        for key, want in wanted.items():
-            if key[0] not in enriched:
-                continue
-            got = stats.get(key)
-            if got is None or got["count"] != want["count"] or got["critical"] != want["critical"] \
-                    or not _same_figures(got["measurements"].get("temperature"), want["temperature"]):
-                differ.append(f"{key[0].isoformat()} {key[1]}: {got} != {want}")
+        rows = probe.stored_rows(min(windows), max(windows) + timedelta(seconds=window_seconds))
+        wanted = window_figures(rows, enriched & windows, window_seconds)
+        stats = probe.window_stats(enriched & windows)
+        differ = [f"{key[0].isoformat()} {key[1]}: {stats.get(key)} != {want}" for key, want in wanted.items()
+                  if not _same_window(stats.get(key), want)]
+        differ += [f"{key[0].isoformat()} {key[1]}: enriched but no such events stored" for key in stats
+                   if key not in wanted]
         if differ:
-            report.problem(f"{len(differ)} device windows differ from the computation from the manifest", differ)
+            report.problem(f"{len(differ)} device windows differ from the computation from the stored events", differ)
     return report
+
+
+def _same_event(row: Any, record: Mapping[str, Any]) -> bool:
+    moment = row.event_time if row.event_time.tzinfo else row.event_time.replace(tzinfo=UTC)
+    return (moment == _iso_to_dt(record["timestamp"]) and dict(row.measurements or {}) == record["measurements"]
+            and bool(row.critical) == record["critical"])
+
+
+def _same_window(got: Mapping[str, Any] | None, want: Mapping[str, Any]) -> bool:
+    if not got or got["count"] != want["count"] or got["critical"] != want["critical"]:
+        return False
+    measured = got.get("measurements") or {}
+    if set(measured) != set(want["measurements"]):
+        return False
+    return all(_same_figures(measured[name], figures) for name, figures in want["measurements"].items())
 
 
 def _same_figures(got: Mapping[str, Any] | None, want: Mapping[str, float]) -> bool:
@@ -434,4 +462,3 @@ def _same_figures(got: Mapping[str, Any] | None, want: Mapping[str, float]) -> b
         return False
     return all(name in got and math.isclose(float(got[name]), float(value), rel_tol=1e-9, abs_tol=1e-9)
                for name, value in want.items())
-

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from sluice.delivery import check_delivery, expected_windows, window_of
+from sluice.delivery import check_delivery, window_figures, window_of
 from sluice.loadgen import EventGenerator, LoadSpec, read_manifest
 
 Row = namedtuple("Row", "event_id device_id event_time critical measurements")
@@ -23,16 +23,27 @@ class FakeProbe:
 
     def __init__(self, expected) -> None:
         self.settings = SimpleNamespace(enrichment=SimpleNamespace(window_seconds=WINDOW))
-        self.rows = [Row(uuid.UUID(r["event_id"]), r["device_id"], None, r["critical"], r["measurements"])
+        self.rows = [Row(uuid.UUID(r["event_id"]), r["device_id"],
+                         datetime.fromisoformat(r["timestamp"]).replace(tzinfo=None), r["critical"], r["measurements"])
                      for r in expected.valid.values()]
         self.letters = [{"kind": "rejected", "original_text": r["body"], "reason": f"event is invalid: {r['reason']}: x",
                          "blob": f"rejected/{i}"} for i, r in enumerate(expected.invalid)]
         self.latest_ids = {d: r["event_id"] for d, r in expected.latest_by_device().items()}
         self.redis_ids = set(expected.critical)
-        wanted = expected_windows(expected, WINDOW)
-        self.windows = {w for w, _ in wanted}
-        self.stats = {key: {"count": v["count"], "critical": v["critical"], "measurements": {"temperature": v["temperature"]}}
-                      for key, v in wanted.items()}
+        # What enrichment writes, computed here independently of window_figures.
+        groups: dict = {}
+        for r in sorted(expected.valid.values(), key=lambda r: (r["timestamp"], r["event_id"])):
+            key = (window_of(datetime.fromisoformat(r["timestamp"]), WINDOW), r["device_id"])
+            group = groups.setdefault(key, {"count": 0, "critical": 0, "measurements": {}})
+            group["count"] += 1
+            group["critical"] += r["critical"]
+            for name, value in r["measurements"].items():
+                values = group["measurements"].setdefault(name, [])
+                values.append(value)
+        self.stats = {key: {"count": g["count"], "critical": g["critical"], "measurements": {
+            name: {"count": len(v), "min": min(v), "max": max(v), "avg": sum(v) / len(v), "last": v[-1]}
+            for name, v in g["measurements"].items()}} for key, g in groups.items()}
+        self.windows = {w for w, _ in self.stats}
 
     def stored_rows(self, start, end):
         return list(self.rows)
@@ -76,22 +87,22 @@ def test_a_complete_delivery_passes_with_its_figures(expected):
     assert report.figures["windows_enriched"] == report.figures["windows"] > 1
 
 
-def test_expected_windows_are_computed_from_the_events():
-    records = {
-        "a": {"event_id": "a", "device_id": "d", "timestamp": "2026-11-23T12:00:01.000+00:00", "critical": False,
-              "measurements": {"temperature": 10.0}},
-        "b": {"event_id": "b", "device_id": "d", "timestamp": "2026-11-23T12:00:59.999+00:00", "critical": True,
-              "measurements": {"temperature": 95.0}},
-        "c": {"event_id": "c", "device_id": "d", "timestamp": "2026-11-23T12:00:30.000+00:00", "critical": False,
-              "measurements": {"temperature": 20.0}},
-        "e": {"event_id": "e", "device_id": "d", "timestamp": "2026-11-23T12:01:00.000+00:00", "critical": False,
-              "measurements": {"temperature": 1.0}},
-    }
-    wanted = expected_windows(SimpleNamespace(valid=records), 60)
-    first = window_of(datetime(2026, 11, 23, 12, 0, tzinfo=UTC), 60)
-    assert wanted[(first, "d")] == {"count": 3, "critical": 1, "temperature": {
-        "count": 3, "min": 10.0, "max": 95.0, "avg": 125.0 / 3, "last": 95.0}}
-    assert wanted[(first + timedelta(minutes=1), "d")]["count"] == 1
+def test_window_figures_are_computed_from_the_stored_rows():
+    at = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    rows = [
+        Row(uuid.UUID(int=1), "d", at + timedelta(seconds=1), False, {"temperature": 10.0}),
+        Row(uuid.UUID(int=3), "d", at + timedelta(seconds=59.999), True, {"temperature": 95.0, "pressure": 1.0}),
+        Row(uuid.UUID(int=2), "d", (at + timedelta(seconds=59.999)).replace(tzinfo=None), False, {"temperature": 20.0}),
+        Row(uuid.UUID(int=4), "d", at + timedelta(seconds=60), False, {"temperature": 1.0}),
+        Row(uuid.UUID(int=5), "x", at - timedelta(seconds=1), False, {"temperature": 1.0}),
+    ]
+    figures = window_figures(rows, {at, at + timedelta(minutes=1)}, 60)
+    # Two events share the newest millisecond: the larger event id is the last one.
+    assert figures[(at, "d")] == {"count": 3, "critical": 1, "measurements": {
+        "temperature": {"count": 3, "min": 10.0, "max": 95.0, "avg": 125.0 / 3, "last": 95.0},
+        "pressure": {"count": 1, "min": 1.0, "max": 1.0, "avg": 1.0, "last": 1.0}}}
+    assert figures[(at + timedelta(minutes=1), "d")]["count"] == 1
+    assert (at - timedelta(minutes=1), "x") not in figures  # not a window asked for
 
 
 @pytest.mark.parametrize(
@@ -108,6 +119,10 @@ def test_expected_windows_are_computed_from_the_events():
         (lambda p, e: p.windows.discard(min(p.windows)), "windows are not enriched"),
         (lambda p, e: p.stats[next(iter(p.stats))].update(count=0), "device windows differ"),
         (lambda p, e: p.stats[next(iter(p.stats))]["measurements"]["temperature"].update(avg=-1.0), "differ"),
+        (lambda p, e: p.stats[next(iter(p.stats))]["measurements"].pop("humidity"), "differ"),
+        (lambda p, e: p.stats.update({(min(p.windows), "ghost"): p.stats[next(iter(p.stats))]}), "no such events"),
+        (lambda p, e: p.rows.__setitem__(0, p.rows[0]._replace(measurements={"temperature": -5.0})), "measurements"),
+        (lambda p, e: p.rows.__setitem__(0, p.rows[0]._replace(critical=not p.rows[0].critical)), "critical flag"),
     ],
 )
 def test_each_kind_of_loss_is_reported(expected, breakage, message):
