@@ -238,7 +238,9 @@ def test_every_event_lands_once_across_a_dev_host_crash(pipeline, isolated_event
     assert status == 404
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: the per-device critical set's members are whole documents, which "
+# Not strict: the fix belongs to shared/adapters/redis_cache.py, and landing it must not turn the suite red here;
+# an XPASS in the report says the marker can go.
+@pytest.mark.xfail(strict=False, reason="known bug: the per-device critical set's members are whole documents, which "
                    "include the Event Hubs enqueued time, so a re-sent critical event (at-least-once delivery) becomes "
                    "a second member and uses up the per-device cap (shared/adapters/redis_cache.py CRITICAL script)")
 @pytest.mark.timeout(90)
