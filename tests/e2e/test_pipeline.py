@@ -212,9 +212,9 @@ def test_every_event_lands_once_across_a_dev_host_crash(pipeline, isolated_event
         assert max(on_stream.values()) == 1
         for device in {r["device_id"] for r in expected.critical.values()}:
             wanted = {r["event_id"] for r in expected.critical.values() if r["device_id"] == device}
-            members = client.zrange(f"{prefix}d:{{{device}}}:crit", 0, -1)
-            # Distinct events; a re-sent critical event may add a second member (see the xfail test below).
-            assert {json.loads(m)["event_id"] for m in members} == wanted, members
+            members = client.zrangebyscore(f"{prefix}d:{{{device}}}:crit", "(-inf", "+inf")  # not the marker
+            ids = [json.loads(m)["event_id"] for m in members]
+            assert sorted(ids) == sorted(wanted), members  # each critical event once, duplicates included
     finally:
         client.close()
 
@@ -238,11 +238,6 @@ def test_every_event_lands_once_across_a_dev_host_crash(pipeline, isolated_event
     assert status == 404
 
 
-# Not strict: the fix belongs to shared/adapters/redis_cache.py, and landing it must not turn the suite red here;
-# an XPASS in the report says the marker can go.
-@pytest.mark.xfail(strict=False, reason="known bug: the per-device critical set's members are whole documents, which "
-                   "include the Event Hubs enqueued time, so a re-sent critical event (at-least-once delivery) becomes "
-                   "a second member and uses up the per-device cap (shared/adapters/redis_cache.py CRITICAL script)")
 @pytest.mark.timeout(90)
 def test_a_critical_event_sent_twice_is_listed_once(pipeline, isolated_eventhub):
     start, probe, values = pipeline
@@ -271,10 +266,11 @@ def test_a_critical_event_sent_twice_is_listed_once(pipeline, isolated_eventhub)
     status, body = _get(f"http://{host.host}:{host.port}/api/devices/{event.device_id}/critical")
     assert status == 200
     items = body["events"] if isinstance(body, dict) else body
-    assert [item["event_id"] for item in items] == [event.event_id]  # the lookup de-duplicates...
+    assert [item["event_id"] for item in items] == [event.event_id]
     prefix = values["SLUICE_REDIS_KEY_PREFIX"]
-    members = probe.redis.zrange(f"{prefix}d:{{{event.device_id}}}:crit", 0, -1)
-    assert len(members) == 1, members  # ...but the set holds one member per enqueued time
+    # Events only: the set also holds a completeness marker at score -inf (docs/redis-layout.md).
+    members = probe.redis.zrangebyscore(f"{prefix}d:{{{event.device_id}}}:crit", "(-inf", "+inf")
+    assert len(members) == 1, members  # a re-sent event is one member, not one per enqueued time
 
 
 @pytest.mark.timeout(120)
