@@ -28,3 +28,15 @@ def test_the_readme_starts_with_the_two_commands_and_ci_runs_the_test_command() 
     assert commands == ["bash scripts/run-local.sh", "bash scripts/test.sh"]
     assert all((ROOT / c.split()[1]).is_file() for c in commands)
     assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_relative_link_in_the_docs_resolves() -> None:
+    broken = []
+    for page in [README, *sorted((ROOT / "docs").rglob("*.md"))]:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert broken == []
