@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     )
     stack = LocalStack(options, say=console.print)
     producer: Producer | None = None
+    monitor: Monitor | None = None
+    probe = None
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         _start(stack, args, console)
@@ -128,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
         if producer is not None:
             producer.stop()
+        if monitor is not None:  # our own clients go before the services they talk to, so nothing reconnects
+            monitor.halt.set()
+            monitor.join(timeout=10)
+        if probe is not None:
+            probe.close()
         problems = stack.stop()
         for problem in problems:
             console.print(f"[red]while stopping:[/] {problem}")
