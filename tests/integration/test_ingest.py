@@ -58,7 +58,7 @@ class Hub:
                 enqueued_time=NOW + timedelta(milliseconds=self.sequence),
                 partition_key=body.get("device_id") if isinstance(body, dict) else None,
                 sequence_number=self.sequence,
-                offset=str(self.sequence * 1000),
+                offset=self.sequence * 1000,  # the host hands a long over for cardinality many
             ))
         return out
 
