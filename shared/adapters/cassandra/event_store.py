@@ -8,24 +8,32 @@ same millisecond the timestamp's last three digits come from the event id, so
 two events of one device in one millisecond never mix their cells.
 
 Statements are prepared on first use (not in ``__init__``) and marked
-idempotent; writes go out concurrently (``execute_concurrent``), and events of one
-``events_by_device`` partition share an UNLOGGED batch (one partition, so the
-batch costs nothing extra). Throttling is retried by the session's
-``CosmosRetryPolicy``; what still fails raises ``TransientError`` naming the
-events concerned.
+idempotent. Every statement is a selection of one event's values (``_VALUES``),
+and the payload (measurements, attributes, Event Hubs metadata) goes into four
+or five tables; so each value is serialized once per event, by the column type
+the driver reads from the prepared metadata, and its bytes are shared by every
+statement that carries it. ``PreparedStatement.bind`` would serialize the
+measurements map once per table, which was most of the ingest CPU; a test holds
+the bytes to what the driver's ``bind`` makes. Writes go out concurrently
+(``execute_concurrent``), and events of one ``events_by_device`` partition share
+an UNLOGGED batch (one partition, so the batch costs nothing extra). Throttling
+is retried by the session's ``CosmosRetryPolicy``; what still fails raises
+``TransientError`` naming the events concerned.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cassandra.cluster import Session
 from cassandra.concurrent import execute_concurrent
-from cassandra.query import BatchStatement, BatchType, PreparedStatement
+from cassandra.query import BatchStatement, BatchType, BoundStatement, PreparedStatement
 
 from shared.domain.events import Event
 from shared.domain.rules import MeasurementRule, is_critical
@@ -35,17 +43,45 @@ from shared.settings import CassandraSettings
 
 logger = logging.getLogger(__name__)
 
-_PAYLOAD = (
-    "event_type, severity, critical, measurements, attributes, schema_version, "
-    "eh_partition, eh_offset, eh_sequence_number, enqueued_time"
-)
-_STATEMENTS = {
-    "by_id": f"INSERT INTO {{ks}}.events_by_id (event_id, device_id, event_time, {_PAYLOAD}) VALUES (?, ?, ?, {', '.join('?' * 10)})",
-    "by_device": f"INSERT INTO {{ks}}.events_by_device (device_id, day, event_time, event_id, {_PAYLOAD}) VALUES (?, ?, ?, ?, {', '.join('?' * 10)})",
-    "latest": f"INSERT INTO {{ks}}.device_latest (device_id, event_id, event_time, {_PAYLOAD}) VALUES (?, ?, ?, {', '.join('?' * 10)}) USING TIMESTAMP ?",
-    "by_time": f"INSERT INTO {{ks}}.events_by_time_bucket (bucket, shard, event_time, event_id, device_id, {_PAYLOAD}) VALUES (?, ?, ?, ?, ?, {', '.join('?' * 10)})",
-    "by_arrival": f"INSERT INTO {{ks}}.events_by_arrival_bucket (bucket, shard, enqueued_at, event_id, device_id, event_time, {_PAYLOAD}) VALUES (?, ?, ?, ?, ?, ?, {', '.join('?' * 10)})",
-    "critical": f"INSERT INTO {{ks}}.critical_events_by_device (device_id, event_time, event_id, {_PAYLOAD}) VALUES (?, ?, ?, {', '.join('?' * 10)})",
+_PAYLOAD = ("event_type", "severity", "critical", "measurements", "attributes", "schema_version",
+            "eh_partition", "eh_offset", "eh_sequence_number", "enqueued_time")
+# One event's values, in the order ``_values`` returns them; a column of the same name holds the value.
+_VALUES = ("event_id", "device_id", "event_time", "day", "time_bucket", "shard", "arrival_bucket", "arrival",
+           "write_timestamp", *_PAYLOAD)
+_INDEX = {name: i for i, name in enumerate(_VALUES)}
+
+
+@dataclass(frozen=True)
+class _Insert:
+    """One INSERT: its table and, per column, the value of ``_VALUES`` it takes (the column's name by default)."""
+
+    table: str
+    columns: tuple[str, ...]
+    values: dict[str, str]
+    using_timestamp: str | None = None
+
+    def cql(self, keyspace: str) -> str:
+        marks = ", ".join("?" * len(self.columns))
+        using = " USING TIMESTAMP ?" if self.using_timestamp else ""
+        return f"INSERT INTO {keyspace}.{self.table} ({', '.join(self.columns)}) VALUES ({marks}){using}"
+
+    def picks(self) -> tuple[int, ...]:
+        """The position in ``_VALUES`` of each bind variable."""
+        names = [self.values.get(c, c) for c in self.columns] + ([self.using_timestamp] if self.using_timestamp else [])
+        return tuple(_INDEX[name] for name in names)
+
+
+_INSERTS = {
+    "by_id": _Insert("events_by_id", ("event_id", "device_id", "event_time", *_PAYLOAD), {}),
+    "by_device": _Insert("events_by_device", ("device_id", "day", "event_time", "event_id", *_PAYLOAD), {}),
+    "latest": _Insert("device_latest", ("device_id", "event_id", "event_time", *_PAYLOAD), {},
+                      using_timestamp="write_timestamp"),
+    "by_time": _Insert("events_by_time_bucket", ("bucket", "shard", "event_time", "event_id", "device_id", *_PAYLOAD),
+                       {"bucket": "time_bucket"}),
+    "by_arrival": _Insert("events_by_arrival_bucket",
+                          ("bucket", "shard", "enqueued_at", "event_id", "device_id", "event_time", *_PAYLOAD),
+                          {"bucket": "arrival_bucket", "enqueued_at": "arrival"}),
+    "critical": _Insert("critical_events_by_device", ("device_id", "event_time", "event_id", *_PAYLOAD), {}),
 }
 
 
@@ -60,6 +96,29 @@ def _millis(moment: datetime) -> datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A prepared INSERT and where its bind variables come from."""
+
+    statement: PreparedStatement
+    picks: tuple[int, ...]
+
+    def pair(self, values: list, serialized: list[bytes | None] | None) -> tuple:
+        """``(statement, parameters)`` for ``execute_concurrent`` and ``BatchStatement.add``.
+
+        With ``serialized`` bytes: a statement bound as ``PreparedStatement.bind``
+        would bind it, and no parameters; without: the prepared statement and its
+        parameters, for the driver to bind.
+        """
+        params = [values[i] for i in self.picks]
+        if serialized is None:
+            return self.statement, params
+        bound = BoundStatement(self.statement)
+        bound.values = [serialized[i] for i in self.picks]
+        bound.raw_values = params
+        return bound, ()
+
+
 class CassandraEventStore:
     """Implements ``shared.ports.ingest.EventStore`` on Cassandra / Cosmos DB."""
 
@@ -67,19 +126,19 @@ class CassandraEventStore:
         self._session = session
         self._settings = settings
         self._rules = tuple(rules)
-        self._prepared: dict[str, PreparedStatement] | None = None
+        self._prepared: _Statements | None = None
         self._lock = threading.Lock()
 
-    def _statements(self) -> dict[str, PreparedStatement]:
+    def _statements(self) -> _Statements:
         if self._prepared is None:
             with self._lock:
                 if self._prepared is None:
                     prepared = {}
-                    for name, cql in _STATEMENTS.items():
-                        statement = self._session.prepare(cql.format(ks=self._settings.keyspace))
+                    for name, insert in _INSERTS.items():
+                        statement = self._session.prepare(insert.cql(self._settings.keyspace))
                         statement.is_idempotent = True
-                        prepared[name] = statement
-                    self._prepared = prepared
+                        prepared[name] = _Prepared(statement, insert.picks())
+                    self._prepared = _Statements.of(prepared)
         return self._prepared
 
     def write(self, events: Sequence[Event]) -> None:
@@ -99,46 +158,97 @@ class CassandraEventStore:
                 + (" ..." if len(ids) > 20 else "")
             )
 
-    def plan(self, events: Sequence[Event]) -> tuple[list[tuple], list[tuple]]:
-        """The (statement, parameters) pairs that store ``events``, and for each the event ids it carries."""
-        prepared = self._statements()
-        cfg = self._settings
+    def plan(self, events: Sequence[Event], *, bind: bool = True) -> tuple[list[tuple], list[tuple]]:
+        """The (statement, parameters) pairs that store ``events``, and for each the event ids it carries.
+
+        With ``bind`` (the write path) every statement comes back bound, with empty
+        parameters; without it, as prepared statement and parameter list, for the
+        driver to bind (the raw-driver baseline of ``bench ingest``, and the
+        reference the binding test compares with).
+        """
+        statements = self._statements()
+        bind = bind and statements.serializable
+        every_event = [statements.inserts[n] for n in ("by_id", "latest", "by_time", "by_arrival")]
+        critical_insert, by_device = statements.inserts["critical"], statements.inserts["by_device"]
         work: list[tuple] = []
         owners: list[tuple] = []
-        by_partition: dict[tuple, list[tuple]] = defaultdict(list)
+        by_partition: dict[tuple, list[tuple[object, tuple]]] = defaultdict(list)
         for event in events:
-            body, meta = event.body, event.metadata
-            event_time = _millis(body.timestamp)
-            arrival = _millis(event.arrival_time.astimezone(UTC))
-            critical = is_critical(body.severity, body.measurements, self._rules)
-            payload = (
-                body.event_type, body.severity, critical, body.measurements or None, body.attributes or None,
-                body.schema_version, meta.partition_id, meta.offset, meta.sequence_number,
-                _millis(meta.enqueued_time) if meta.enqueued_time else None,
-            )
-            shard = shard_of(body.event_id, cfg.shards)
-            own = (body.event_id,)
-            work += [
-                (prepared["by_id"], (body.event_id, body.device_id, event_time, *payload)),
-                (prepared["latest"], (body.device_id, body.event_id, event_time, *payload, write_timestamp(event))),
-                (prepared["by_time"], (bucket_start(event_time, cfg.bucket_seconds), shard, event_time, body.event_id, body.device_id, *payload)),
-                (prepared["by_arrival"], (bucket_start(arrival, cfg.bucket_seconds), shard, arrival, body.event_id, body.device_id, event_time, *payload)),
-            ]
-            owners += [own] * 4
-            if critical:
-                work.append((prepared["critical"], (body.device_id, event_time, body.event_id, *payload)))
+            values = self._values(event)
+            serialized = statements.serialize(values, event) if bind else None
+            work += [insert.pair(values, serialized) for insert in every_event]
+            own = (event.event_id,)
+            owners += [own] * len(every_event)
+            if values[_CRITICAL]:
+                work.append(critical_insert.pair(values, serialized))
                 owners.append(own)
-            by_partition[(body.device_id, day_of(event_time))].append(
-                (body.event_id, (body.device_id, day_of(event_time), event_time, body.event_id, *payload))
-            )
+            by_partition[(event.device_id, values[_DAY])].append((event.event_id, by_device.pair(values, serialized)))
         for rows in by_partition.values():
             if len(rows) == 1:
-                work.append((prepared["by_device"], rows[0][1]))
+                work.append(rows[0][1])
             else:
                 batch = BatchStatement(batch_type=BatchType.UNLOGGED)
                 batch.is_idempotent = True
-                for _, params in rows:
-                    batch.add(prepared["by_device"], params)
+                for _, (statement, params) in rows:
+                    batch.add(statement, params)
                 work.append((batch, ()))
             owners.append(tuple(event_id for event_id, _ in rows))
         return work, owners
+
+    def _values(self, event: Event) -> list:
+        """The event's values in ``_VALUES`` order: keys, buckets, write timestamp, then the payload."""
+        body, meta, cfg = event.body, event.metadata, self._settings
+        event_time = _millis(body.timestamp)
+        arrival = _millis(event.arrival_time.astimezone(UTC))
+        shard = shard_of(body.event_id, cfg.shards)
+        return [
+            body.event_id, body.device_id, event_time, day_of(event_time), bucket_start(event_time, cfg.bucket_seconds),
+            shard, bucket_start(arrival, cfg.bucket_seconds), arrival, write_timestamp(event),
+            body.event_type, body.severity, is_critical(body.severity, body.measurements, self._rules),
+            body.measurements or None, body.attributes or None, body.schema_version,
+            meta.partition_id, meta.offset, meta.sequence_number,
+            _millis(meta.enqueued_time) if meta.enqueued_time else None,
+        ]
+
+
+_CRITICAL = _INDEX["critical"]
+_DAY = _INDEX["day"]
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """The prepared INSERTs, and the CQL type of each of an event's values as the prepared metadata gives it."""
+
+    inserts: dict[str, _Prepared]
+    types: tuple[type, ...]
+    protocol_version: int
+    serializable: bool
+
+    @classmethod
+    def of(cls, inserts: dict[str, _Prepared]) -> _Statements:
+        types: dict[int, type] = {}
+        for name, prepared in inserts.items():
+            for pick, column in zip(prepared.picks, prepared.statement.column_metadata, strict=True):
+                known = types.setdefault(pick, column.type)
+                if known.cql_parameterized_type() != column.type.cql_parameterized_type():
+                    raise TypeError(f"{_VALUES[pick]} is {known.cql_parameterized_type()} in one table and "
+                                    f"{column.type.cql_parameterized_type()} in {name}'s; the schema is not Sluice's")
+        any_statement = next(iter(inserts.values())).statement
+        # Encrypted columns are left to the driver, which knows how to encrypt them.
+        serializable = all(p.statement.column_encryption_policy is None for p in inserts.values())
+        return cls(inserts, tuple(types[i] for i in range(len(_VALUES))), any_statement.protocol_version, serializable)
+
+    def serialize(self, values: list, event: Event) -> list[bytes | None]:
+        """Each value's bytes as the driver's ``bind`` would make them (``None`` stays null)."""
+        proto = self.protocol_version
+        try:
+            return [None if value is None else cql_type.serialize(value, proto)
+                    for value, cql_type in zip(values, self.types, strict=True)]
+        except (TypeError, struct.error):
+            for name, value, cql_type in zip(_VALUES, values, self.types, strict=True):
+                try:
+                    None if value is None else cql_type.serialize(value, proto)
+                except (TypeError, struct.error) as exc:
+                    raise TypeError(f"event {event.event_id}: {name} {value!r} is not a "
+                                    f"{cql_type.cql_parameterized_type()} ({exc})") from exc
+            raise
