@@ -38,7 +38,7 @@ from cassandra.query import BatchStatement, BatchType, BoundStatement, PreparedS
 from shared.domain.events import Event
 from shared.domain.rules import MeasurementRule, is_critical
 from shared.domain.timebuckets import bucket_start, day_of, shard_of
-from shared.exceptions import TransientError
+from shared.exceptions import ConfigurationError, TransientError
 from shared.settings import CassandraSettings
 
 logger = logging.getLogger(__name__)
@@ -231,8 +231,10 @@ class _Statements:
             for pick, column in zip(prepared.picks, prepared.statement.column_metadata, strict=True):
                 known = types.setdefault(pick, column.type)
                 if known.cql_parameterized_type() != column.type.cql_parameterized_type():
-                    raise TypeError(f"{_VALUES[pick]} is {known.cql_parameterized_type()} in one table and "
-                                    f"{column.type.cql_parameterized_type()} in {name}'s; the schema is not Sluice's")
+                    raise ConfigurationError(
+                        f"{_VALUES[pick]} is {known.cql_parameterized_type()} in one table and "
+                        f"{column.type.cql_parameterized_type()} in {_INSERTS[name].table}: the keyspace's schema is "
+                        "not the one `python -m sluice migrate cassandra` creates")
         any_statement = next(iter(inserts.values())).statement
         # Encrypted columns are left to the driver, which knows how to encrypt them.
         serializable = all(p.statement.column_encryption_policy is None for p in inserts.values())
@@ -247,7 +249,8 @@ class _Statements:
         except (TypeError, struct.error):
             for name, value, cql_type in zip(_VALUES, values, self.types, strict=True):
                 try:
-                    None if value is None else cql_type.serialize(value, proto)
+                    if value is not None:
+                        cql_type.serialize(value, proto)
                 except (TypeError, struct.error) as exc:
                     raise TypeError(f"event {event.event_id}: {name} {value!r} is not a "
                                     f"{cql_type.cql_parameterized_type()} ({exc})") from exc
