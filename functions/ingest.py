@@ -1,9 +1,11 @@
 """Event Hubs trigger: a batch of events from one partition -> the ingest service.
 
 Decodes the binding into ``RawRecord``s (body bytes + Event Hubs metadata), calls
-the ingest service and lets a ``TransientError`` propagate so the ``@retry`` policy
+the ingest service and lets a store failure propagate so the ``@retry`` policy
 runs the batch again; on the last attempt the service dead-letters the batch
-instead, because the host checkpoints after every invocation either way.
+instead, because the host checkpoints after every invocation either way. The
+store connects on its first write, inside the service, so a Cassandra that is
+down when the worker starts is handled the same way.
 """
 
 from __future__ import annotations

@@ -127,10 +127,10 @@ def dead_letter_sink():
 @service
 def ingest_service():
     from shared.adapters.cassandra.event_store import CassandraEventStore
-    from shared.services.ingest import IngestService
+    from shared.services.ingest import IngestService, LazyEventStore
 
     cfg = settings()
-    store = CassandraEventStore(cassandra_session(), cfg.cassandra, cfg.rules.critical_rules)
+    store = LazyEventStore(lambda: CassandraEventStore(cassandra_session(), cfg.cassandra, cfg.rules.critical_rules))
     return IngestService(store, dead_letter_sink(), cfg.ingest.limits())
 
 

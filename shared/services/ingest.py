@@ -7,10 +7,13 @@ dead-letter sink; nothing is left to a later retry that will never come.
 
 * invalid input (bad JSON, contract violations) is data: dead-lettered one item
   at a time with the reason and the original bytes, while the rest is stored;
-* a transient store failure raises ``TransientError`` so the function's ``@retry``
-  runs the whole batch again (writes are idempotent upserts, so a replay is
-  harmless); on the final attempt the whole batch is dead-lettered with the
-  reason instead, and the call returns normally;
+* a store failure raises so the function's ``@retry`` runs the whole batch again
+  (writes are idempotent upserts, so a replay is harmless); on the final attempt
+  the whole batch is dead-lettered with the reason instead, and the call returns
+  normally. Any failure counts, not only ``TransientError``: a store that cannot
+  even be reached at a cold start (:class:`LazyEventStore` makes that a failure of
+  ``write``), a Key Vault outage, a schema that is not ours; the host would move
+  past the batch all the same;
 * if even the dead-letter sink fails, the error propagates: the host logs it, and
   this is the one case where an operator must act (see docs/operations.md).
 """
@@ -18,11 +21,12 @@ dead-letter sink; nothing is left to a later retry that will never come.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from shared.domain.events import Limits, RawRecord, parse_records
+from shared.domain.events import Event, Limits, RawRecord, parse_records
 from shared.exceptions import TransientError
 from shared.ports.ingest import DeadLetterSink, EventStore
 
@@ -53,11 +57,41 @@ class IngestService:
             self._dead_letters.put_rejected(parsed.errs)
         try:
             self._store.write(parsed.oks)
-        except TransientError as exc:
+        except Exception as exc:
+            # A TransientError names the events and the cause; anything else gets its traceback in the log.
+            unexpected = not isinstance(exc, TransientError)
+            reason = f"{type(exc).__name__}: {exc}" if unexpected else str(exc)
             if not final_attempt:
-                logger.warning("storing %d events failed, the batch will be retried: %s", len(parsed.oks), exc)
+                logger.warning("storing %d events failed, the batch will be retried: %s", len(parsed.oks), reason,
+                               exc_info=unexpected)
                 raise
-            logger.error("storing %d events failed on the final attempt; dead-lettering the batch: %s", len(parsed.oks), exc)
-            self._dead_letters.put_batch([(r.body, r.metadata) for r in records], f"event store unavailable: {exc}")
+            logger.error("storing %d events failed on the final attempt; dead-lettering the batch: %s",
+                         len(parsed.oks), reason, exc_info=unexpected)
+            self._dead_letters.put_batch([(r.body, r.metadata) for r in records], f"event store unavailable: {reason}")
             return IngestResult(len(records), 0, len(parsed.errs), parsed.duplicates, batch_dead_lettered=True)
         return IngestResult(len(records), len(parsed.oks), len(parsed.errs), parsed.duplicates)
+
+
+class LazyEventStore:
+    """An event store built on its first non-empty write, and built again after a failed build.
+
+    The Cassandra session connects when it is made; made at start-up, an outage
+    there would fail the invocation before :meth:`IngestService.handle` could
+    dead-letter anything. Built here, it fails inside ``write``, where the
+    service retries or dead-letters the batch. A batch of only invalid events
+    never needs the store.
+    """
+
+    def __init__(self, build: Callable[[], EventStore]) -> None:
+        self._build = build
+        self._store: EventStore | None = None
+        self._lock = threading.Lock()
+
+    def write(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    self._store = self._build()
+        self._store.write(events)

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import pytest
 
 from shared.domain.events import EventMetadata, Limits, RawRecord
-from shared.exceptions import TransientError
-from shared.services.ingest import IngestService
+from shared.exceptions import ConfigurationError, TransientError
+from shared.services.ingest import IngestService, LazyEventStore
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -93,3 +93,48 @@ def test_when_the_dead_letter_sink_is_down_the_error_propagates():
         IngestService(FakeStore(), FakeDeadLetters(broken=True), Limits()).handle(
             [RawRecord(b"bad", EventMetadata())], now=NOW
         )
+
+
+class BrokenStore:
+    """A store failing the way no retry policy expects: a schema that is not ours."""
+
+    def write(self, events):
+        raise ConfigurationError("measurements is map<text, text> in events_by_id")
+
+
+def test_any_store_failure_is_retried_then_dead_lettered_not_only_transient_ones():
+    dead = FakeDeadLetters()
+    service = IngestService(BrokenStore(), dead, Limits())
+    records = [record(1), record(2)]
+    with pytest.raises(ConfigurationError):
+        service.handle(records, final_attempt=False, now=NOW)
+    assert dead.batches == []
+    result = service.handle(records, final_attempt=True, now=NOW)
+    assert result.batch_dead_lettered
+    [(bodies, reason)] = dead.batches
+    assert [body for body, _ in bodies] == [r.body for r in records]
+    assert reason == "event store unavailable: ConfigurationError: measurements is map<text, text> in events_by_id"
+
+
+def test_a_lazy_store_is_built_on_the_first_write_and_built_again_after_a_failed_build():
+    builds: list[str] = []
+    real = FakeStore()
+
+    def build():
+        builds.append("attempt")
+        if len(builds) == 1:
+            raise ConnectionRefusedError("cassandra:9042 refused the connection")
+        return real
+
+    dead = FakeDeadLetters()
+    service = IngestService(LazyEventStore(build), dead, Limits())
+    service.handle([RawRecord(b"{oops", EventMetadata(sequence_number=1))], now=NOW)
+    assert builds == []  # only invalid events: the store is not needed, and nothing stops the dead letter
+    assert len(dead.rejected) == 1
+    first = [record(2)]
+    result = service.handle(first, final_attempt=True, now=NOW)
+    assert result.batch_dead_lettered and "ConnectionRefusedError: cassandra:9042" in dead.batches[0][1]
+    second = [record(3), record(4)]
+    service.handle(second, final_attempt=True, now=NOW)
+    service.handle([record(5)], final_attempt=True, now=NOW)
+    assert builds == ["attempt", "attempt"] and len(real.rows) == 3 and len(dead.batches) == 1

@@ -50,6 +50,10 @@ def build_cluster(settings: CassandraSettings, password: str | None = None) -> C
 def connect(settings: CassandraSettings, password: str | None = None, *, keyspace: str | None = None) -> Session:
     """Connect and return a Session (bound to ``keyspace`` when given)."""
     cluster = build_cluster(settings, password)
-    session = cluster.connect(keyspace)
+    try:
+        session = cluster.connect(keyspace)
+    except Exception:
+        cluster.shutdown()  # its threads would outlive every failed attempt of a retried invocation
+        raise
     logger.info("connected to Cassandra at %s:%s", ",".join(settings.hosts), settings.port)
     return session
