@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-from shared.exceptions import TransientError
-
 logger = logging.getLogger(__name__)
 
 
@@ -45,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
     for letter in sink.read(args.kind):
         try:
             result = service.handle(letter.records, final_attempt=False)
-        except TransientError as exc:
+        except Exception as exc:  # any store failure (unreachable, throttled, refused): keep the letter, go on
             failed += 1
-            logger.warning("%s: the event store is still failing, kept: %s", letter.name, exc)
+            logger.warning("%s: the event store is still failing, kept: %s: %s", letter.name, type(exc).__name__, exc)
             continue
         if result.rejected:
             kept += 1

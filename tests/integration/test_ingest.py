@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 import azure.functions as func
 import pytest
 from azure.storage.blob import BlobServiceClient
+from cassandra.cluster import NoHostAvailable
 
 from emulators.cassandra.faults import clear_faults, inject_faults
 from emulators.launcher import Running
@@ -249,3 +251,35 @@ def test_a_permanent_outage_is_retried_by_the_host_then_dead_letters_the_batch_w
 def blob_names(storage: str, container: str) -> list[str]:
     client = BlobServiceClient.from_connection_string(storage).get_container_client(container)
     return sorted(b.name for b in client.list_blobs())
+
+
+def test_cassandra_unreachable_at_a_cold_start_is_retried_then_dead_letters_the_batch(ingest, private_cassandra,
+                                                                                       monkeypatch) -> None:
+    with socket.socket() as probe:  # a port nothing listens on: the worker's first connect is refused
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    monkeypatch.setenv("SLUICE_CASSANDRA_PORT", str(closed_port))
+    monkeypatch.setenv("SLUICE_CASSANDRA_CONNECT_TIMEOUT_SECONDS", "1")
+    bootstrap.reset()
+    hub = Hub("1")
+    bodies = [event("dev-7", at=NOW - timedelta(seconds=i)) for i in range(3)]
+    batch = hub.batch(*bodies)
+
+    with pytest.raises(NoHostAvailable):
+        ingest(batch, retry_count=0, max_retry_count=5)
+    assert dead_letters(ingest_storage(ingest), ingest.container) == []
+    ingest(batch, retry_count=5, max_retry_count=5)
+    [whole] = dead_letters(ingest_storage(ingest), ingest.container)
+    assert whole["kind"] == "batch" and "NoHostAvailable" in whole["reason"]
+    assert [base64.b64decode(e["original_base64"]) for e in whole["events"]] == [e.get_body() for e in batch]
+
+    assert sluice_cli(["deadletter", "replay"]) == 1  # still unreachable: the replay says so and keeps the letter
+    assert [n.split("/")[0] for n in blob_names(ingest_storage(ingest), ingest.container)] == ["batches"]
+
+    monkeypatch.setenv("SLUICE_CASSANDRA_PORT", str(private_cassandra.port))  # Cassandra is back
+    bootstrap.reset()
+    assert sluice_cli(["deadletter", "replay"]) == 0
+    stored = {str(r.event_id) for r in bootstrap.cassandra_session().execute(
+        f"SELECT event_id FROM {ingest.keyspace}.events_by_id")}
+    assert stored == {b["event_id"] for b in bodies}
+    assert [n.split("/")[0] for n in blob_names(ingest_storage(ingest), ingest.container)] == ["replayed"]
