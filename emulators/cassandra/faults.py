@@ -188,8 +188,9 @@ def _read_frame(sock: socket.socket) -> tuple[int, bytes]:
     return opcode, exact(length)
 
 
-def _control_query(host: str, port: int, query: str, *, username: str | None = None, password: str | None = None,
-                   ssl_context: ssl.SSLContext | None = None, timeout: float = 10.0) -> None:
+def run_statement(host: str, port: int, query: str, *, username: str | None = None, password: str | None = None,
+                  ssl_context: ssl.SSLContext | None = None, timeout: float = 10.0) -> None:
+    """One statement over a bare native-protocol v4 connection: no driver, so no metadata refresh or pool."""
     with socket.create_connection((host, port), timeout=timeout) as raw:
         sock: socket.socket = ssl_context.wrap_socket(raw, server_hostname=host) if ssl_context else raw
         body = struct.pack(">H", 1) + _string("CQL_VERSION") + _string("3.0.0")
@@ -220,11 +221,11 @@ def inject_faults(host: str, port: int, *, error: str = "overloaded", count: int
     query = (f"INSERT INTO {CONTROL_KEYSPACE}.{CONTROL_TABLE} (name, error, count, ratio, retry_after_ms, applies_to) "
              f"VALUES ('current', {_cql_literal(error)}, {_cql_literal(count)}, {_cql_literal(ratio)}, "
              f"{int(retry_after_ms)}, {_cql_literal(applies_to)})")
-    _control_query(host, port, query, username=username, password=password, ssl_context=ssl_context)
+    run_statement(host, port, query, username=username, password=password, ssl_context=ssl_context)
 
 
 def clear_faults(host: str, port: int, *, username: str | None = None, password: str | None = None,
                  ssl_context: ssl.SSLContext | None = None) -> None:
     """Disarm every fault on the emulator at host:port."""
-    _control_query(host, port, f"TRUNCATE {CONTROL_KEYSPACE}.{CONTROL_TABLE}", username=username, password=password,
+    run_statement(host, port, f"TRUNCATE {CONTROL_KEYSPACE}.{CONTROL_TABLE}", username=username, password=password,
                    ssl_context=ssl_context)
