@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import statements as st
+from .collections_ops import split_elements
 from .errors import Invalid
 from .keys import TOP, component_key, join_key, split_key
 from .murmur3 import murmur3_token
@@ -31,17 +32,6 @@ _q = struct.Struct(">q")
 FILTERING_MESSAGE = ("Cannot execute this query as it might involve data filtering and thus may have unpredictable "
                      "performance. If you want to execute this query despite the performance unpredictability, "
                      "use ALLOW FILTERING")
-
-
-def split_list(data: bytes) -> list[bytes]:
-    """Elements of a serialized list/set (``[int n]`` then n ``[bytes]``)."""
-    (n,) = _I.unpack_from(data, 0)
-    pos, out = 4, []
-    for _ in range(n):
-        (length,) = _I.unpack_from(data, pos)
-        out.append(data[pos + 4:pos + 4 + length])
-        pos += 4 + length
-    return out
 
 
 # -- projection -----------------------------------------------------------------
@@ -169,7 +159,7 @@ def resolve_restrictions(table: Table, where: list[st.Relation], values: list[ob
                 vals = [_value(t, col.type, values, col.name) for t in rel.value]
             else:
                 from .types import CqlType
-                vals = split_list(_value(rel.value, CqlType("list", (col.type,)), values, col.name))
+                vals = split_elements(_value(rel.value, CqlType("list", (col.type,)), values, col.name))
         elif rel.op in ("CONTAINS", "CONTAINS_KEY"):
             if not col.type.is_collection:
                 raise Invalid(f"Cannot use CONTAINS on non-collection column {col.name}")
