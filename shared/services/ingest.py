@@ -21,13 +21,13 @@ dead-letter sink; nothing is left to a later retry that will never come.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from shared.domain.events import Event, Limits, RawRecord, parse_records
 from shared.exceptions import TransientError
+from shared.lazy import Once
 from shared.ports.ingest import DeadLetterSink, EventStore
 
 logger = logging.getLogger(__name__)
@@ -83,15 +83,8 @@ class LazyEventStore:
     """
 
     def __init__(self, build: Callable[[], EventStore]) -> None:
-        self._build = build
-        self._store: EventStore | None = None
-        self._lock = threading.Lock()
+        self._store = Once(build)
 
     def write(self, events: Sequence[Event]) -> None:
-        if not events:
-            return
-        if self._store is None:
-            with self._lock:
-                if self._store is None:
-                    self._store = self._build()
-        self._store.write(events)
+        if events:
+            self._store.get().write(events)

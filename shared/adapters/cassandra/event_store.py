@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import struct
-import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from shared.domain.events import Event
 from shared.domain.rules import MeasurementRule, is_critical
 from shared.domain.timebuckets import bucket_start, day_of, shard_of
 from shared.exceptions import ConfigurationError, TransientError
+from shared.lazy import Once
 from shared.settings import CassandraSettings
 
 logger = logging.getLogger(__name__)
@@ -126,20 +126,15 @@ class CassandraEventStore:
         self._session = session
         self._settings = settings
         self._rules = tuple(rules)
-        self._prepared: _Statements | None = None
-        self._lock = threading.Lock()
+        self._statements = Once(self._prepare)
 
-    def _statements(self) -> _Statements:
-        if self._prepared is None:
-            with self._lock:
-                if self._prepared is None:
-                    prepared = {}
-                    for name, insert in _INSERTS.items():
-                        statement = self._session.prepare(insert.cql(self._settings.keyspace))
-                        statement.is_idempotent = True
-                        prepared[name] = _Prepared(statement, insert.picks())
-                    self._prepared = _Statements.of(prepared)
-        return self._prepared
+    def _prepare(self) -> _Statements:
+        prepared = {}
+        for name, insert in _INSERTS.items():
+            statement = self._session.prepare(insert.cql(self._settings.keyspace))
+            statement.is_idempotent = True
+            prepared[name] = _Prepared(statement, insert.picks())
+        return _Statements.of(prepared)
 
     def write(self, events: Sequence[Event]) -> None:
         if not events:
@@ -166,7 +161,7 @@ class CassandraEventStore:
         driver to bind (the raw-driver baseline of ``bench ingest``, and the
         reference the binding test compares with).
         """
-        statements = self._statements()
+        statements = self._statements.get()
         bind = bind and statements.serializable
         every_event = [statements.inserts[n] for n in ("by_id", "latest", "by_time", "by_arrival")]
         critical_insert, by_device = statements.inserts["critical"], statements.inserts["by_device"]

@@ -27,7 +27,6 @@ so two instances racing cannot move a position backwards.
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import UTC, datetime, timedelta
 
 from cassandra import InvalidRequest, WriteTimeout
@@ -38,6 +37,7 @@ from cassandra.query import PreparedStatement, SimpleStatement
 from shared.adapters.cassandra.reader import CASSANDRA_ERRORS, EVENT_SELECT, describe, stored_event
 from shared.domain.timebuckets import bucket_start
 from shared.exceptions import DependencyUnavailable
+from shared.lazy import Once
 from shared.ports.feed import ContinuationRejected, FeedPage, FeedPosition, SavedPosition
 
 logger = logging.getLogger(__name__)
@@ -107,20 +107,15 @@ class PortableChangeFeed:
         self._overlap = timedelta(seconds=overlap_seconds)
         self._max_span = timedelta(seconds=max_span_seconds)
         self._concurrency = concurrency
-        self._prepared: PreparedStatement | None = None
-        self._lock = threading.Lock()
+        self._statement = Once(self._prepare)
 
-    def _statement(self) -> PreparedStatement:
-        if self._prepared is None:
-            with self._lock:
-                if self._prepared is None:
-                    statement = self._session.prepare(
-                        f"SELECT {EVENT_SELECT} FROM {self._keyspace}.events_by_arrival_bucket "
-                        "WHERE bucket = ? AND shard = ? AND enqueued_at >= ? AND enqueued_at < ?"
-                    )
-                    statement.is_idempotent = True
-                    self._prepared = statement
-        return self._prepared
+    def _prepare(self) -> PreparedStatement:
+        statement = self._session.prepare(
+            f"SELECT {EVENT_SELECT} FROM {self._keyspace}.events_by_arrival_bucket "
+            "WHERE bucket = ? AND shard = ? AND enqueued_at >= ? AND enqueued_at < ?"
+        )
+        statement.is_idempotent = True
+        return statement
 
     def initial_position(self, now: datetime) -> FeedPosition:
         start = _utc(now) - self._lookback  # type: ignore[operator]
@@ -149,7 +144,7 @@ class PortableChangeFeed:
             return FeedPage([], FeedPosition(watermark=watermark, cursor=cursor, horizon=horizon), caught_up=True)
         bucket = bucket_start(cursor, self._bucket_seconds)
         end = min(bucket + timedelta(seconds=self._bucket_seconds), horizon)
-        statement = self._statement()
+        statement = self._statement.get()
         work = [(statement, (bucket, shard, cursor, end)) for shard in range(self._shards)]
         try:
             results = execute_concurrent(self._session, work, concurrency=self._concurrency,
@@ -170,29 +165,24 @@ class CassandraFeedStateStore:
         self._session = session
         self._keyspace = keyspace
         self._timeout = timeout
-        self._prepared: dict[str, PreparedStatement] | None = None
-        self._lock = threading.Lock()
+        self._statements = Once(self._prepare)
 
-    def _statements(self) -> dict[str, PreparedStatement]:
-        if self._prepared is None:
-            with self._lock:
-                if self._prepared is None:
-                    ks = self._keyspace
-                    self._prepared = {
-                        "load": self._session.prepare(
-                            f"SELECT start_time, paging_state, watermark, version FROM {ks}.feed_state WHERE name = ?"),
-                        "insert": self._session.prepare(
-                            f"INSERT INTO {ks}.feed_state (name, start_time, paging_state, watermark, version, "
-                            "updated_at) VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS"),
-                        "update": self._session.prepare(
-                            f"UPDATE {ks}.feed_state SET start_time = ?, paging_state = ?, watermark = ?, version = ?, "
-                            "updated_at = ? WHERE name = ? IF version = ?"),
-                    }
-        return self._prepared
+    def _prepare(self) -> dict[str, PreparedStatement]:
+        ks = self._keyspace
+        return {
+            "load": self._session.prepare(
+                f"SELECT start_time, paging_state, watermark, version FROM {ks}.feed_state WHERE name = ?"),
+            "insert": self._session.prepare(
+                f"INSERT INTO {ks}.feed_state (name, start_time, paging_state, watermark, version, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS"),
+            "update": self._session.prepare(
+                f"UPDATE {ks}.feed_state SET start_time = ?, paging_state = ?, watermark = ?, version = ?, "
+                "updated_at = ? WHERE name = ? IF version = ?"),
+        }
 
     def load(self, name: str) -> SavedPosition | None:
         try:
-            row = self._session.execute(self._statements()["load"], (name,), timeout=self._timeout).one()
+            row = self._session.execute(self._statements.get()["load"], (name,), timeout=self._timeout).one()
         except CASSANDRA_ERRORS as exc:
             raise DependencyUnavailable("cassandra", f"loading feed position {name!r} failed: {describe(exc)}") from exc
         if row is None:
@@ -204,7 +194,7 @@ class CassandraFeedStateStore:
     def save(self, name: str, position: FeedPosition, expected_version: int) -> int | None:
         new_version = expected_version + 1
         values = (position.start_time, position.paging_state, position.watermark, new_version, datetime.now(UTC))
-        statements = self._statements()
+        statements = self._statements.get()
         try:
             if expected_version == 0:
                 result = self._session.execute(statements["insert"], (name, *values), timeout=self._timeout)

@@ -11,7 +11,6 @@ use it too.
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from cassandra.protocol import ErrorMessage
 from cassandra.query import PreparedStatement
 
 from shared.exceptions import DependencyUnavailable
+from shared.lazy import Once
 from shared.ports.stored import StoredEvent
 
 logger = logging.getLogger(__name__)
@@ -87,25 +87,20 @@ class CassandraEventReader:
         self._connect: Callable[[], Session] = session if callable(session) else (lambda: session)
         self._keyspace = keyspace
         self._timeout = timeout
-        self._prepared: dict[str, PreparedStatement] | None = None
-        self._lock = threading.Lock()
+        self._statements = Once(self._prepare)
 
-    def _statements(self) -> dict[str, PreparedStatement]:
-        if self._prepared is None:
-            with self._lock:
-                if self._prepared is None:
-                    prepared = {}
-                    session = self._connect()
-                    for name, cql in _STATEMENTS.items():
-                        statement = session.prepare(cql.format(ks=self._keyspace))
-                        statement.is_idempotent = True
-                        prepared[name] = statement
-                    self._prepared = prepared
-        return self._prepared
+    def _prepare(self) -> dict[str, PreparedStatement]:
+        prepared = {}
+        session = self._connect()
+        for name, cql in _STATEMENTS.items():
+            statement = session.prepare(cql.format(ks=self._keyspace))
+            statement.is_idempotent = True
+            prepared[name] = statement
+        return prepared
 
     def _rows(self, name: str, params: tuple, what: str, *, timeout: float | None = None) -> list:
         try:
-            statement = self._statements()[name]
+            statement = self._statements.get()[name]
             return list(self._connect().execute(statement, params, timeout=timeout or self._timeout))
         except CASSANDRA_ERRORS as exc:
             raise DependencyUnavailable("cassandra", f"reading {what} failed: {describe(exc)}") from exc
