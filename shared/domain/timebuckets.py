@@ -24,9 +24,9 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def bucket_start(moment: datetime, bucket_seconds: int) -> datetime:
-    """The start of the bucket holding ``moment`` (an aware datetime)."""
-    seconds = int((moment - EPOCH).total_seconds() // bucket_seconds) * bucket_seconds
-    return EPOCH + timedelta(seconds=seconds)
+    """The start of the bucket holding ``moment`` (an aware datetime), in UTC."""
+    utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+    return utc - (utc - EPOCH) % timedelta(seconds=bucket_seconds)  # exact: timedelta arithmetic is integral
 
 
 def buckets_between(start: datetime, end: datetime, bucket_seconds: int) -> Iterator[datetime]:

@@ -28,15 +28,17 @@ import struct
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 
 from cassandra.cluster import Session
 from cassandra.concurrent import execute_concurrent
 from cassandra.query import BatchStatement, BatchType, BoundStatement, PreparedStatement
 
+from shared.adapters.cassandra.codec import Serializer, serializer
 from shared.domain.events import Event
 from shared.domain.rules import MeasurementRule, is_critical
-from shared.domain.timebuckets import bucket_start, day_of, shard_of
+from shared.domain.timebuckets import EPOCH, bucket_start, day_of, shard_of
 from shared.exceptions import ConfigurationError, TransientError
 from shared.lazy import Once
 from shared.settings import CassandraSettings
@@ -87,13 +89,15 @@ _INSERTS = {
 
 def write_timestamp(event: Event) -> int:
     """Microseconds for ``USING TIMESTAMP``: the event time in ms, then 3 digits from the event id."""
-    millis = int(event.timestamp.timestamp() * 1000)
-    return millis * 1000 + event.event_id.int % 1000
+    return (event.timestamp - EPOCH) // _MILLISECOND * 1000 + event.event_id.int % 1000
 
 
 def _millis(moment: datetime) -> datetime:
     """Cassandra keeps milliseconds; truncating here keeps every table's key identical."""
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000) if moment.microsecond % 1000 else moment
+
+
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,10 @@ class _Prepared:
     statement: PreparedStatement
     picks: tuple[int, ...]
 
+    def __post_init__(self) -> None:
+        # itemgetter of one index returns the item, not a 1-tuple: every INSERT has several columns.
+        object.__setattr__(self, "_pick", itemgetter(*self.picks))
+
     def pair(self, values: list, serialized: list[bytes | None] | None) -> tuple:
         """``(statement, parameters)`` for ``execute_concurrent`` and ``BatchStatement.add``.
 
@@ -110,12 +118,12 @@ class _Prepared:
         would bind it, and no parameters; without: the prepared statement and its
         parameters, for the driver to bind.
         """
-        params = [values[i] for i in self.picks]
+        pick = self._pick
         if serialized is None:
-            return self.statement, params
+            return self.statement, list(pick(values))
         bound = BoundStatement(self.statement)
-        bound.values = [serialized[i] for i in self.picks]
-        bound.raw_values = params
+        bound.values = list(pick(serialized))
+        bound.raw_values = list(pick(values))
         return bound, ()
 
 
@@ -212,11 +220,11 @@ _DAY = _INDEX["day"]
 
 @dataclass(frozen=True)
 class _Statements:
-    """The prepared INSERTs, and the CQL type of each of an event's values as the prepared metadata gives it."""
+    """The prepared INSERTs, and a serializer for each of an event's values, by the prepared metadata's CQL type."""
 
     inserts: dict[str, _Prepared]
     types: tuple[type, ...]
-    protocol_version: int
+    serializers: tuple[Serializer, ...]
     serializable: bool
 
     @classmethod
@@ -230,22 +238,22 @@ class _Statements:
                         f"{_VALUES[pick]} is {known.cql_parameterized_type()} in one table and "
                         f"{column.type.cql_parameterized_type()} in {_INSERTS[name].table}: the keyspace's schema is "
                         "not the one `python -m sluice migrate cassandra` creates")
-        any_statement = next(iter(inserts.values())).statement
+        protocol_version = next(iter(inserts.values())).statement.protocol_version
+        ordered = tuple(types[i] for i in range(len(_VALUES)))
         # Encrypted columns are left to the driver, which knows how to encrypt them.
         serializable = all(p.statement.column_encryption_policy is None for p in inserts.values())
-        return cls(inserts, tuple(types[i] for i in range(len(_VALUES))), any_statement.protocol_version, serializable)
+        return cls(inserts, ordered, tuple(serializer(t, protocol_version) for t in ordered), serializable)
 
     def serialize(self, values: list, event: Event) -> list[bytes | None]:
         """Each value's bytes as the driver's ``bind`` would make them (``None`` stays null)."""
-        proto = self.protocol_version
         try:
-            return [None if value is None else cql_type.serialize(value, proto)
-                    for value, cql_type in zip(values, self.types, strict=True)]
+            return [None if value is None else serialize(value)
+                    for value, serialize in zip(values, self.serializers, strict=True)]
         except (TypeError, struct.error):
-            for name, value, cql_type in zip(_VALUES, values, self.types, strict=True):
+            for name, value, serialize, cql_type in zip(_VALUES, values, self.serializers, self.types, strict=True):
                 try:
                     if value is not None:
-                        cql_type.serialize(value, proto)
+                        serialize(value)
                 except (TypeError, struct.error) as exc:
                     raise TypeError(f"event {event.event_id}: {name} {value!r} is not a "
                                     f"{cql_type.cql_parameterized_type()} ({exc})") from exc

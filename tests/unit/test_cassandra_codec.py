@@ -1,0 +1,104 @@
+"""The event store's fast serializers make exactly the driver's bytes, or hand the value to the driver."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone
+
+import pytest
+from cassandra import cqltypes
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.adapters.cassandra.codec import serializer
+from shared.domain.timebuckets import EPOCH, bucket_start
+
+PROTOCOL = 4
+TIMESTAMP = cqltypes.DateType
+DATE = cqltypes.SimpleDateType
+TEXT_DOUBLE = cqltypes.lookup_casstype("MapType(UTF8Type, DoubleType)")
+TEXT_TEXT = cqltypes.lookup_casstype("MapType(UTF8Type, UTF8Type)")
+
+zones = st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8)), None])
+moments = st.builds(
+    lambda moment, zone: moment.replace(tzinfo=zone),
+    # hypothesis takes naive bounds and adds the zone itself; here the zone is added by hand.
+    st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1)),  # noqa: DTZ001
+    zones,
+)
+whole_millis = moments.map(lambda m: m.replace(microsecond=m.microsecond // 1000 * 1000))
+names = st.text(min_size=0, max_size=20)
+numbers = st.one_of(st.floats(allow_nan=False), st.integers(-(2**53), 2**53), st.booleans())
+
+
+def both(cql_type: type, value: object) -> tuple[bytes, bytes]:
+    return serializer(cql_type, PROTOCOL)(value), cql_type.serialize(value, PROTOCOL)
+
+
+@given(st.one_of(moments, whole_millis))
+def test_timestamps_match_the_driver(moment: datetime) -> None:
+    ours, drivers = both(TIMESTAMP, moment)
+    assert ours == drivers
+
+
+@given(st.dates(min_value=date(1, 1, 1)))
+def test_dates_match_the_driver(day: date) -> None:
+    ours, drivers = both(DATE, day)
+    assert ours == drivers
+
+
+@given(st.dictionaries(names, numbers, max_size=40))
+def test_text_double_maps_match_the_driver(values: dict[str, float]) -> None:
+    ours, drivers = both(TEXT_DOUBLE, values)
+    assert ours == drivers
+
+
+def test_a_text_double_map_layout_is_reused_only_for_the_same_keys_in_the_same_order() -> None:
+    serialize = serializer(TEXT_DOUBLE, PROTOCOL)
+    first, swapped, other = {"a": 1.0, "bb": 2.5}, {"bb": 2.5, "a": 1.0}, {"a": 1.0, "cc": 2.5}
+    for values in (first, swapped, other, first, {"a": -0.0, "bb": 1e308}):
+        assert serialize(values) == TEXT_DOUBLE.serialize(values, PROTOCOL)
+
+
+@given(st.dictionaries(names, st.text(max_size=30), max_size=20))
+def test_text_text_maps_match_the_driver(values: dict[str, str]) -> None:
+    ours, drivers = both(TEXT_TEXT, values)
+    assert ours == drivers
+
+
+@pytest.mark.parametrize(
+    ("cql_type", "value"),
+    [
+        (TIMESTAMP, 1_763_900_000_123),  # an int of milliseconds
+        (TIMESTAMP, date(2026, 11, 23)),
+        (DATE, 20_000 + 2**31),  # an already offset int, as CQL writes it
+        (DATE, datetime(2026, 11, 23, 12, tzinfo=UTC)),
+        (TEXT_DOUBLE, {"a": None}),
+        (TEXT_DOUBLE, {}),
+        (TEXT_TEXT, {"a": None, "b": "x"}),
+    ],
+    ids=repr,
+)
+def test_values_outside_the_fast_path_get_the_drivers_bytes(cql_type: type, value: object) -> None:
+    ours, drivers = both(cql_type, value)
+    assert ours == drivers
+
+
+@pytest.mark.parametrize(
+    ("cql_type", "value"),
+    [(TIMESTAMP, "yesterday"), (DATE, object()), (TEXT_DOUBLE, {"a": "hot"}), (TEXT_DOUBLE, [1.0]), (TEXT_TEXT, {1: "x"})],
+    ids=repr,
+)
+def test_values_the_driver_refuses_are_refused_alike(cql_type: type, value: object) -> None:
+    with pytest.raises(Exception) as drivers:
+        cql_type.serialize(value, PROTOCOL)
+    with pytest.raises(drivers.type):
+        serializer(cql_type, PROTOCOL)(value)
+
+
+@given(moments.filter(lambda m: m.tzinfo is not None), st.sampled_from([1, 7, 60, 300, 3600, 86400]))
+def test_bucket_start_is_the_aligned_utc_start_of_the_span_holding_the_moment(moment: datetime, seconds: int) -> None:
+    start = bucket_start(moment, seconds)
+    assert start.tzinfo is UTC
+    assert start <= moment < start + timedelta(seconds=seconds)
+    whole, rest = divmod(start - EPOCH, timedelta(seconds=seconds))
+    assert rest == timedelta(0)
