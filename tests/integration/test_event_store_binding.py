@@ -99,8 +99,25 @@ def test_each_statement_carries_the_bytes_the_driver_would_bind(store) -> None:
     drivers, driver_owners = event_store.plan(batch, bind=False)
     assert our_owners == driver_owners
     assert flatten(ours) == driver_bound(drivers)
-    assert len(ours) == 5 * 4 + 2 + 4  # four tables per event, two critical, four device partitions (one batch)
-    assert sum(1 for s, _ in ours if isinstance(s, BatchStatement)) == 1
+    # One statement per (table, partition), computed here from the events: a batch for a shared partition.
+    settings = event_store._settings
+    partitions: dict[tuple, int] = {}
+    for event in batch:
+        body, meta = event.body, event.metadata
+        at = body.timestamp.replace(microsecond=body.timestamp.microsecond // 1000 * 1000)
+        arrival = (meta.enqueued_time or at).replace(microsecond=(meta.enqueued_time or at).microsecond // 1000 * 1000)
+        shard = shard_of(body.event_id, settings.shards)
+        keys = [("by_id", body.event_id), ("latest", body.device_id), ("by_device", body.device_id, at.date()),
+                ("by_time", bucket_start(at, settings.bucket_seconds), shard),
+                ("by_arrival", bucket_start(arrival, settings.bucket_seconds), shard)]
+        if body.severity == "critical" or body.measurements.get("temperature", 0) > 90:
+            keys.append(("critical", body.device_id))
+        for key in keys:
+            partitions[key] = partitions.get(key, 0) + 1
+    assert len(ours) == len(partitions)
+    batches = [s for s, _ in ours if isinstance(s, BatchStatement)]
+    assert sorted(len(b._statements_and_parameters) for b in batches) == sorted(n for n in partitions.values() if n > 1)
+    assert len(batches) >= 2  # dev-a's two events share their device-day and their latest-state partition
 
 
 def test_rows_written_through_the_binder_read_back_as_the_events(store) -> None:
@@ -135,3 +152,27 @@ def test_rows_written_through_the_binder_read_back_as_the_events(store) -> None:
     by_device = session.execute(f"SELECT event_id FROM {keyspace}.events_by_device WHERE device_id = 'dev-a' "
                                 f"AND day = %s", (NOW.date(),)).all()
     assert {r.event_id for r in by_device} == {batch[0].event_id, batch[1].event_id}
+
+
+def test_a_busy_partition_is_split_into_capped_batches_and_every_row_lands(store) -> None:
+    session, event_store = store
+    base = NOW.replace(second=0, microsecond=0) - timedelta(minutes=2)  # all in one bucket, one day
+    chatty = [Event(DeviceEvent.model_validate({
+        "event_id": str(uuid.uuid4()), "device_id": "dev-chatty", "event_type": "reading",
+        "timestamp": (base + timedelta(milliseconds=10 * n)).isoformat(), "measurements": {"t": float(n)}}),
+        EventMetadata(partition_id="1", offset=str(n), sequence_number=n, enqueued_time=base)) for n in range(70)]
+    work, owners = event_store.plan(chatty)
+    device_batches = [b for b, _ in work if isinstance(b, BatchStatement)
+                      and b._statements_and_parameters[0][1] == event_store._statements.get().inserts[
+                          "by_device"].statement.query_id]
+    assert [len(b._statements_and_parameters) for b in device_batches] == [32, 32, 6]
+    assert max(len(o) for o in owners) == 32
+    assert sum(len(o) for o in owners) == 5 * len(chatty)  # five tables, none critical: every row planned once
+    assert all(len(set(o)) == len(o) for o in owners)
+    event_store.write(chatty)
+    keyspace = event_store._settings.keyspace
+    stored = session.execute(f"SELECT event_id FROM {keyspace}.events_by_device WHERE device_id = 'dev-chatty' "
+                             f"AND day = %s", (base.date(),)).all()
+    assert {r.event_id for r in stored} == {e.event_id for e in chatty}
+    latest = session.execute(f"SELECT event_id FROM {keyspace}.device_latest WHERE device_id = 'dev-chatty'").one()
+    assert latest.event_id == chatty[-1].event_id
