@@ -53,7 +53,7 @@ def serializer(cql_type: type[cqltypes._CassandraType], protocol_version: int) -
             if value_type is cqltypes.DoubleType:
                 return _text_double_map(driver)
             if issubclass(value_type, cqltypes.UTF8Type):
-                return _text_map(driver, _text)
+                return _text_map(driver)
     return driver
 
 
@@ -120,7 +120,7 @@ def _text_double_map(driver: Serializer) -> Serializer:
     return serialize
 
 
-def _text_map(driver: Serializer, element: Callable[[object], bytes]) -> Serializer:
+def _text_map(driver: Serializer) -> Serializer:
     """``map<text, text>``: length-prefixed keys (cached, they repeat) and values."""
     keys: dict[str, bytes] = {}
 
@@ -138,7 +138,7 @@ def _text_map(driver: Serializer, element: Callable[[object], bytes]) -> Seriali
                         keys.clear()
                     keys[key] = prefix
                 parts.append(prefix)
-                parts.append(element(item))
+                parts.append(_text(item))
         except (AttributeError, TypeError):
             return driver(value)
         return b"".join(parts)

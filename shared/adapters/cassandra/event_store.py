@@ -15,12 +15,12 @@ the driver reads from the prepared metadata, and its bytes are shared by every
 statement that carries it. ``PreparedStatement.bind`` would serialize the
 measurements map once per table, which was most of the ingest CPU; a test holds
 the bytes to what the driver's ``bind`` makes. Writes go out concurrently
-(``execute_concurrent``), and rows of one partition (events of one device-day in
-``events_by_device``, of one bucket and shard in the time-bucketed tables) share
-an UNLOGGED batch: one partition is one mutation, so the batch costs the server
-nothing extra and saves a request per row (a 256-event batch needs about a third
-fewer requests). Throttling
-is retried by the session's ``CosmosRetryPolicy``; what still fails raises
+(``execute_concurrent``), and rows of one partition (one device-day of
+``events_by_device``, one device of ``device_latest``, one bucket and shard of
+the time-bucketed tables) share an UNLOGGED batch: one partition is one
+mutation, so the batch costs the server nothing extra and saves a request per
+row (2.9 requests per event instead of 4.9 for a 256-event batch). Throttling is
+retried by the session's ``CosmosRetryPolicy``; what still fails raises
 ``TransientError`` naming the events concerned.
 """
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 
@@ -120,9 +120,12 @@ class _Prepared:
     statement: PreparedStatement
     picks: tuple[int, ...]
     partition_picks: tuple[int, ...]
+    # The bind variables of one event's values (a tuple: every INSERT has several columns), and its partition
+    # key (a tuple, or the value itself for a one-column key: either serves as a dictionary key).
+    _pick: itemgetter = field(init=False, repr=False, compare=False)
+    partition: itemgetter = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # itemgetter of one index returns the item, not a 1-tuple: every INSERT has several columns.
         object.__setattr__(self, "_pick", itemgetter(*self.picks))
         object.__setattr__(self, "partition", itemgetter(*self.partition_picks))
 
