@@ -165,6 +165,7 @@ def test_a_busy_partition_is_split_into_capped_batches_and_every_row_lands(store
     device_batches = [b for b, _ in work if isinstance(b, BatchStatement)
                       and b._statements_and_parameters[0][1] == event_store._statements.get().inserts[
                           "by_device"].statement.query_id]
+    assert event_store._settings.batch_rows == 32
     assert [len(b._statements_and_parameters) for b in device_batches] == [32, 32, 6]
     assert max(len(o) for o in owners) == 32
     assert sum(len(o) for o in owners) == 5 * len(chatty)  # five tables, none critical: every row planned once
@@ -176,3 +177,14 @@ def test_a_busy_partition_is_split_into_capped_batches_and_every_row_lands(store
     assert {r.event_id for r in stored} == {e.event_id for e in chatty}
     latest = session.execute(f"SELECT event_id FROM {keyspace}.device_latest WHERE device_id = 'dev-chatty'").one()
     assert latest.event_id == chatty[-1].event_id
+
+
+def test_batch_rows_of_one_sends_every_row_on_its_own(store) -> None:
+    session, event_store = store
+    unbatched = CassandraEventStore(session, event_store._settings.model_copy(update={"batch_rows": 1}), RULES)
+    batch = events()
+    work, owners = unbatched.plan(batch)
+    assert not any(isinstance(statement, BatchStatement) for statement, _ in work)
+    assert len(work) == 5 * len(batch) + 2  # five tables per event, two critical events
+    assert all(len(o) == 1 for o in owners)
+    assert flatten(work) == driver_bound(unbatched.plan(batch, bind=False)[0])

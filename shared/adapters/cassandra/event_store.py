@@ -94,12 +94,6 @@ _INSERTS = {
     "critical": _Insert("critical_events_by_device", ("device_id", "event_time", "event_id", *_PAYLOAD),
                         ("device_id",), {}),
 }
-# Rows of one partition share an UNLOGGED batch, at most this many: Cassandra applies a single-partition batch
-# as one mutation (no batch-size warning or failure threshold applies to it, CASSANDRA-10876), and a cap keeps
-# each request small enough to spread over the connection pool and to retry cheaply.
-_BATCH_ROWS = 32
-
-
 def write_timestamp(event: Event) -> int:
     """Microseconds for ``USING TIMESTAMP``: the event time in ms, then 3 digits from the event id."""
     return (event.timestamp - EPOCH) // _MILLISECOND * 1000 + event.event_id.int % 1000
@@ -210,18 +204,22 @@ class CassandraEventStore:
                     rows = partitions[key] = ([], [])
                 rows[0].append(event_id)
                 rows[1].append(insert.pair(values, serialized))
+        # Cassandra applies a single-partition batch as one mutation (no batch-size warning or failure threshold
+        # applies to it, CASSANDRA-10876); the cap keeps requests small enough to spread over the connection pool,
+        # and a throttled one cheap to retry.
+        size = self._settings.batch_rows
         for event_ids, pairs in partitions.values():
-            if len(pairs) == 1:
-                work.append(pairs[0])
-                owners.append((event_ids[0],))
-                continue
-            for start in range(0, len(pairs), _BATCH_ROWS):
-                batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-                batch.is_idempotent = True
-                for statement, params in pairs[start:start + _BATCH_ROWS]:
-                    batch.add(statement, params)
-                work.append((batch, ()))
-                owners.append(tuple(event_ids[start:start + _BATCH_ROWS]))
+            for start in range(0, len(pairs), size):
+                chunk = pairs[start:start + size]
+                if len(chunk) == 1:
+                    work.append(chunk[0])
+                else:
+                    batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                    batch.is_idempotent = True
+                    for statement, params in chunk:
+                        batch.add(statement, params)
+                    work.append((batch, ()))
+                owners.append(tuple(event_ids[start:start + size]))
         return work, owners
 
     def _values(self, event: Event) -> list:
