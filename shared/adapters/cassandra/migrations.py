@@ -79,13 +79,24 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
+# A schema change is control-plane work (Cosmos DB provisions a container per table) and the driver answers it
+# only after its schema agreement check (up to 10 s by default): the data-request timeout
+# (SLUICE_CASSANDRA_REQUEST_TIMEOUT_SECONDS, 10 s) is too short for it on a busy server.
+DDL_TIMEOUT_SECONDS = 60.0
+
+
 def apply_migrations(session: Session, settings: CassandraSettings) -> list[int]:
     """Create the keyspace and apply every migration not yet applied; returns the versions applied now."""
     ks = settings.keyspace
     replication = json.dumps(settings.replication).replace('"', "'")
-    session.execute(f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}")
-    session.execute(f"CREATE TABLE IF NOT EXISTS {ks}.schema_migrations (version int PRIMARY KEY, description text, applied_at timestamp)")
-    session.execute(f"CREATE TABLE IF NOT EXISTS {ks}.sluice_meta (key text PRIMARY KEY, value text)")
+    timeout = max(DDL_TIMEOUT_SECONDS, settings.request_timeout_seconds)
+
+    def ddl(statement: str) -> None:
+        session.execute(statement, timeout=timeout)
+
+    ddl(f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}")
+    ddl(f"CREATE TABLE IF NOT EXISTS {ks}.schema_migrations (version int PRIMARY KEY, description text, applied_at timestamp)")
+    ddl(f"CREATE TABLE IF NOT EXISTS {ks}.sluice_meta (key text PRIMARY KEY, value text)")
     _check_layout(session, settings)
     done = {row.version for row in session.execute(f"SELECT version FROM {ks}.schema_migrations")}
     applied = []
@@ -93,7 +104,7 @@ def apply_migrations(session: Session, settings: CassandraSettings) -> list[int]
         if migration.version in done:
             continue
         for statement in migration.statements:
-            session.execute(statement.format(ks=ks))
+            ddl(statement.format(ks=ks))
         session.execute(
             f"INSERT INTO {ks}.schema_migrations (version, description, applied_at) VALUES (%s, %s, %s)",
             (migration.version, migration.description, datetime.now(UTC)),
