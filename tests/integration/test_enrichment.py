@@ -7,6 +7,7 @@ Time is passed to the service explicitly, so windows close when the test says.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -240,6 +241,26 @@ def test_rerunning_changes_nothing(stack: Stack) -> None:
     assert snapshot(stack) == before  # including enriched_at: no row was rewritten
     assert stack.query("SELECT window_start, runs, reason FROM enrichment_windows ORDER BY 1") == [
         (T0, 2, "backfill"), (T0 + W, 2, "backfill")]
+
+
+def test_an_event_id_reused_in_a_new_window_moves_there_and_the_rest_of_the_window_is_stored(
+        stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    first = make_event("dev-1", T0 + timedelta(seconds=10))
+    stack.send([first])
+    stack.service.run(now=T0 + W + timedelta(minutes=2))
+    assert stack.query("SELECT window_start FROM enriched_events") == [(T0,)]
+    # The same id again, with a later timestamp, beside new events: the new window's first enrichment copies its
+    # rows straight in, meets the stored id, and must fall back to the upsert without losing the other rows.
+    reused = Event(first.body.model_copy(update={"timestamp": T0 + W + timedelta(seconds=20)}), first.metadata)
+    others = [make_event("dev-2", T0 + W + timedelta(seconds=s)) for s in (5, 30, 40)]
+    stack.send([reused, *others])
+    with caplog.at_level(logging.INFO, logger="shared.adapters.postgres.enrichment_store"):
+        stack.service.run(now=T0 + 2 * W + timedelta(minutes=2))
+    assert "already enriched under another window; upserting instead" in caplog.text
+    rows = dict(stack.query("SELECT event_id, window_start FROM enriched_events"))
+    assert rows == {first.event_id: T0 + W, **{e.event_id: T0 + W for e in others}}
+    assert stored_device_stats(stack, T0 + W)["dev-1"]["event_count"] == 1
+    assert stack.query("SELECT window_start, event_count FROM enrichment_windows ORDER BY 1") == [(T0, 1), (T0 + W, 4)]
 
 
 def test_late_events_recompute_their_window(stack: Stack) -> None:

@@ -5,14 +5,18 @@ Per window, inside one transaction:
 1. ``SET LOCAL statement_timeout`` and a transaction-scoped advisory lock on the
    window, so two runners (timer and a backfill) write the same window one after
    the other, never interleaved;
-2. ``COPY ... (FORMAT BINARY)`` into ``ON COMMIT DROP`` temporary tables: the
-   window's events (narrow: no reference columns), the reference columns of each
-   device seen, and the device and site figures;
-3. ``INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE (...) IS DISTINCT FROM
+2. a window enriched for the first time (no ledger row) has its events joined
+   here and copied straight into ``enriched_events`` (``COPY ... (FORMAT
+   BINARY)``, inside a savepoint: an event id already stored under another
+   window rolls it back, and the window takes step 3 like a re-run);
+3. otherwise ``COPY`` into ``ON COMMIT DROP`` temporary tables (the window's
+   events, narrow, and the reference columns of each device seen), then
+   ``INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE (...) IS DISTINCT FROM
    (...)`` into ``enriched_events`` (events joined to their device's reference
-   columns in SQL), ``device_window_stats`` and ``site_window_stats``: a re-run
-   with the same input updates no row, so ``enriched_at`` keeps the time of the
-   last real change;
+   columns in SQL): a re-run with the same input updates no row, so
+   ``enriched_at`` keeps the time of the last real change; the device and site
+   figures always take this path (staged, upserted into ``device_window_stats``
+   and ``site_window_stats``);
 4. figures of the window that the recomputation no longer produces (a device
    moved to another site) are deleted; enriched events never are;
 5. the ledger row (``enrichment_windows``) and, for scheduled windows, the
@@ -46,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 _LOCK_NAMESPACE = 0x5E_0000_0000  # xor-ed with the window start (epoch seconds) for the advisory lock key
 
-_STAGE = """
+_STAGE_EVENTS = """
 CREATE TEMP TABLE stage_events (
     event_id uuid, device_id text, event_time timestamptz, enqueued_time timestamptz,
     event_type text, severity text, critical boolean, measurements jsonb
@@ -54,7 +58,9 @@ CREATE TEMP TABLE stage_events (
 CREATE TEMP TABLE stage_devices (
     device_id text, known_device boolean, site_id text, model text, firmware text, owner text,
     site_name text, region text, site_timezone text
-) ON COMMIT DROP;
+) ON COMMIT DROP
+"""
+_STAGE_FIGURES = """
 CREATE TEMP TABLE stage_device_stats (
     device_id text, known_device boolean, site_id text, event_count integer, critical_count integer,
     first_event_time timestamptz, last_event_time timestamptz, measurements jsonb
@@ -69,6 +75,8 @@ _DEVICE_TYPES = ["text", "bool", "text", "text", "text", "text", "text", "text",
 _DEVICE_STATS_TYPES = ["text", "bool", "text", "int4", "int4", "timestamptz", "timestamptz", "jsonb"]
 _SITE_STATS_TYPES = ["text", "text", "text", "int4", "int4", "int4", "jsonb"]
 
+_NEW_EVENT_TYPES = ["uuid", "timestamptz", "text", "timestamptz", "timestamptz", "text", "text", "bool", "jsonb", "bool",
+                    "text", "text", "text", "text", "text", "text", "text"]
 _EVENT_COLUMNS = ("window_start", "device_id", "event_time", "enqueued_time", "event_type", "severity", "critical",
                   "measurements", "known_device", "site_id", "model", "firmware", "owner", "site_name", "region",
                   "site_timezone")
@@ -196,8 +204,12 @@ class PostgresEnrichmentStore:
         with self._transaction(f"the enrichment of window {window}") as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_NAMESPACE ^ int(window.start.timestamp()),))
             if enriched.events:
-                self._stage(conn, enriched)
-                conn.execute(_UPSERT_EVENTS, params)
+                first_time = conn.execute("SELECT 1 FROM enrichment_windows WHERE window_start = %(start)s",
+                                          params).fetchone() is None
+                if not (first_time and self._copy_new_events(conn, enriched)):
+                    self._stage_events(conn, enriched)
+                    conn.execute(_UPSERT_EVENTS, params)
+                self._stage_figures(conn, enriched)
                 conn.execute(_UPSERT_DEVICE_STATS, params)
                 conn.execute(_UPSERT_SITE_STATS, params)
                 for statement in _DELETE_STALE.split(";"):
@@ -209,8 +221,36 @@ class PostgresEnrichmentStore:
         logger.debug("window %s written (%s): %d events", window, reason, len(enriched.events))
 
     @staticmethod
-    def _stage(conn: psycopg.Connection, enriched: EnrichedWindow) -> None:
-        conn.execute(_STAGE.encode(), prepare=False)  # no parameters, never prepared: one round trip, four tables
+    def _copy_new_events(conn: psycopg.Connection, enriched: EnrichedWindow) -> bool:
+        """A window enriched for the first time: COPY its rows, joined here, straight into ``enriched_events``.
+
+        No row of the window can exist yet, so the upsert's staging table, join and
+        conflict checks are skipped (half the work). An event id that is already
+        stored, under another window (an id reused with another timestamp), rolls
+        the COPY back to its savepoint and returns False: the caller upserts.
+        """
+        start, devices = enriched.window.start, enriched.devices
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                set_json_dumps(orjson.dumps, cur)
+                columns = ", ".join(_EVENT_COLUMNS)
+                with cur.copy(f"COPY enriched_events (event_id, {columns}) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(_NEW_EVENT_TYPES)
+                    write = copy.write_row
+                    for event, critical in zip(enriched.events, enriched.critical, strict=True):
+                        d = devices[event.device_id]
+                        write((event.event_id, start, event.device_id, event.event_time, event.enqueued_time,
+                               event.event_type, event.severity, critical, event.measurements, d.known, d.site_id,
+                               d.model, d.firmware, d.owner, d.site_name, d.region, d.site_timezone))
+        except psycopg.errors.UniqueViolation:
+            logger.info("window %s: an event id is already enriched under another window; upserting instead",
+                        enriched.window)
+            return False
+        return True
+
+    @staticmethod
+    def _stage_events(conn: psycopg.Connection, enriched: EnrichedWindow) -> None:
+        conn.execute(_STAGE_EVENTS.encode(), prepare=False)  # no parameters, never prepared: one round trip
         with conn.cursor() as cur:
             set_json_dumps(orjson.dumps, cur)  # ~4x cheaper than json.dumps per row; same jsonb values
             with cur.copy("COPY stage_events FROM STDIN (FORMAT BINARY)") as copy:
@@ -224,6 +264,12 @@ class PostgresEnrichmentStore:
                 for d in enriched.devices.values():
                     copy.write_row((d.device_id, d.known, d.site_id, d.model, d.firmware, d.owner, d.site_name,
                                     d.region, d.site_timezone))
+
+    @staticmethod
+    def _stage_figures(conn: psycopg.Connection, enriched: EnrichedWindow) -> None:
+        conn.execute(_STAGE_FIGURES.encode(), prepare=False)
+        with conn.cursor() as cur:
+            set_json_dumps(orjson.dumps, cur)
             with cur.copy("COPY stage_device_stats FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_DEVICE_STATS_TYPES)
                 for s in enriched.device_stats:
