@@ -61,7 +61,6 @@ class _Insert:
 
     table: str
     columns: tuple[str, ...]
-    partition_key: tuple[str, ...]
     values: dict[str, str]
     using_timestamp: str | None = None
 
@@ -75,24 +74,18 @@ class _Insert:
         names = [self.values.get(c, c) for c in self.columns] + ([self.using_timestamp] if self.using_timestamp else [])
         return tuple(_INDEX[name] for name in names)
 
-    def partition_picks(self) -> tuple[int, ...]:
-        """The position in ``_VALUES`` of each partition key column."""
-        return tuple(_INDEX[self.values.get(c, c)] for c in self.partition_key)
-
 
 _INSERTS = {
-    "by_id": _Insert("events_by_id", ("event_id", "device_id", "event_time", *_PAYLOAD), ("event_id",), {}),
-    "by_device": _Insert("events_by_device", ("device_id", "day", "event_time", "event_id", *_PAYLOAD),
-                         ("device_id", "day"), {}),
-    "latest": _Insert("device_latest", ("device_id", "event_id", "event_time", *_PAYLOAD), ("device_id",), {},
+    "by_id": _Insert("events_by_id", ("event_id", "device_id", "event_time", *_PAYLOAD), {}),
+    "by_device": _Insert("events_by_device", ("device_id", "day", "event_time", "event_id", *_PAYLOAD), {}),
+    "latest": _Insert("device_latest", ("device_id", "event_id", "event_time", *_PAYLOAD), {},
                       using_timestamp="write_timestamp"),
     "by_time": _Insert("events_by_time_bucket", ("bucket", "shard", "event_time", "event_id", "device_id", *_PAYLOAD),
-                       ("bucket", "shard"), {"bucket": "time_bucket"}),
+                       {"bucket": "time_bucket"}),
     "by_arrival": _Insert("events_by_arrival_bucket",
                           ("bucket", "shard", "enqueued_at", "event_id", "device_id", "event_time", *_PAYLOAD),
-                          ("bucket", "shard"), {"bucket": "arrival_bucket", "enqueued_at": "arrival"}),
-    "critical": _Insert("critical_events_by_device", ("device_id", "event_time", "event_id", *_PAYLOAD),
-                        ("device_id",), {}),
+                          {"bucket": "arrival_bucket", "enqueued_at": "arrival"}),
+    "critical": _Insert("critical_events_by_device", ("device_id", "event_time", "event_id", *_PAYLOAD), {}),
 }
 def write_timestamp(event: Event) -> int:
     """Microseconds for ``USING TIMESTAMP``: the event time in ms, then 3 digits from the event id."""
@@ -113,15 +106,17 @@ class _Prepared:
 
     statement: PreparedStatement
     picks: tuple[int, ...]
-    partition_picks: tuple[int, ...]
     # The bind variables of one event's values (a tuple: every INSERT has several columns), and its partition
     # key (a tuple, or the value itself for a one-column key: either serves as a dictionary key).
     _pick: itemgetter = field(init=False, repr=False, compare=False)
     partition: itemgetter = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # The partition key's bind variables, as the server's prepared metadata gives them; without them (a server
+        # that does not say) the whole row is the key, so no two rows share a batch.
+        key = self.statement.routing_key_indexes or range(len(self.picks))
         object.__setattr__(self, "_pick", itemgetter(*self.picks))
-        object.__setattr__(self, "partition", itemgetter(*self.partition_picks))
+        object.__setattr__(self, "partition", itemgetter(*(self.picks[i] for i in key)))
 
     def pair(self, values: list, serialized: list[bytes | None] | None) -> tuple:
         """``(statement, parameters)`` for ``execute_concurrent`` and ``BatchStatement.add``.
@@ -153,7 +148,7 @@ class CassandraEventStore:
         for name, insert in _INSERTS.items():
             statement = self._session.prepare(insert.cql(self._settings.keyspace))
             statement.is_idempotent = True
-            prepared[name] = _Prepared(statement, insert.picks(), insert.partition_picks())
+            prepared[name] = _Prepared(statement, insert.picks())
         return _Statements.of(prepared)
 
     def write(self, events: Sequence[Event]) -> None:

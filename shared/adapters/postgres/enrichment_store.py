@@ -231,8 +231,7 @@ class PostgresEnrichmentStore:
         """
         start, devices = enriched.window.start, enriched.devices
         try:
-            with conn.transaction(), conn.cursor() as cur:
-                set_json_dumps(orjson.dumps, cur)
+            with conn.transaction(), _copy_cursor(conn) as cur:
                 columns = ", ".join(_EVENT_COLUMNS)
                 with cur.copy(f"COPY enriched_events (event_id, {columns}) FROM STDIN (FORMAT BINARY)") as copy:
                     copy.set_types(_NEW_EVENT_TYPES)
@@ -251,8 +250,7 @@ class PostgresEnrichmentStore:
     @staticmethod
     def _stage_events(conn: psycopg.Connection, enriched: EnrichedWindow) -> None:
         conn.execute(_STAGE_EVENTS.encode(), prepare=False)  # no parameters, never prepared: one round trip
-        with conn.cursor() as cur:
-            set_json_dumps(orjson.dumps, cur)  # ~4x cheaper than json.dumps per row; same jsonb values
+        with _copy_cursor(conn) as cur:
             with cur.copy("COPY stage_events FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_EVENT_TYPES)
                 write = copy.write_row
@@ -268,8 +266,7 @@ class PostgresEnrichmentStore:
     @staticmethod
     def _stage_figures(conn: psycopg.Connection, enriched: EnrichedWindow) -> None:
         conn.execute(_STAGE_FIGURES.encode(), prepare=False)
-        with conn.cursor() as cur:
-            set_json_dumps(orjson.dumps, cur)
+        with _copy_cursor(conn) as cur:
             with cur.copy("COPY stage_device_stats FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_DEVICE_STATS_TYPES)
                 for s in enriched.device_stats:
@@ -280,3 +277,11 @@ class PostgresEnrichmentStore:
                 for s in enriched.site_stats:
                     copy.write_row((s.site_id, s.site_name, s.region, s.device_count, s.event_count, s.critical_count,
                                     s.measurements))
+
+
+@contextmanager
+def _copy_cursor(conn: psycopg.Connection) -> Iterator[psycopg.Cursor]:
+    """A cursor whose ``jsonb`` values are encoded by orjson: ~4x cheaper than json.dumps per row, same values."""
+    with conn.cursor() as cur:
+        set_json_dumps(orjson.dumps, cur)
+        yield cur
