@@ -206,6 +206,14 @@ def storage_connection_string(environ: MutableMapping[str, str] | None = None) -
     """``AzureWebJobsStorage`` as a connection string; ``UseDevelopmentStorage=true`` means Azurite's default port."""
     environ = os.environ if environ is None else environ
     value = environ.get("AzureWebJobsStorage", "").strip()
+    identity = [name for name in ("AzureWebJobsStorage__accountName", "AzureWebJobsStorage__blobServiceUri")
+                if environ.get(name, "").strip()]
+    if not value and identity:
+        raise DevHostError(
+            f"{identity[0]} is set but AzureWebJobsStorage is not: the dev host keeps Event Hubs checkpoints and "
+            "timer leases with a storage connection string (Azurite: UseDevelopmentStorage=true); identity-based "
+            "storage is for the Functions host on Azure"
+        )
     if not value:
         raise DevHostError(
             "AzureWebJobsStorage is not set: Event Hubs checkpoints and timer leases need blob storage "

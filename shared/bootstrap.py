@@ -55,9 +55,9 @@ def cassandra_session():
 
 @cache
 def blob_service():
-    from azure.storage.blob import BlobServiceClient
+    from shared.adapters.blob_service import blob_service_client
 
-    return BlobServiceClient.from_connection_string(settings().storage.connection.get_secret_value())
+    return blob_service_client(settings().storage)
 
 
 @cache

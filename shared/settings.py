@@ -75,14 +75,70 @@ def _split_csv(value: object) -> object:
 
 
 class StorageSettings(_Group):
-    """Blob storage of the Functions host (``AzureWebJobsStorage``): dead letters, leases, reference data."""
+    """Blob storage of the Functions host (``AzureWebJobsStorage``): dead letters, leases, reference data.
+
+    Either a connection string (``AzureWebJobsStorage``) or, as the Functions host
+    reads them, an identity-based connection: ``AzureWebJobsStorage__accountName``
+    or ``AzureWebJobsStorage__blobServiceUri``, with the optional ``__credential``
+    and ``__clientId``. Both name the same account the host keeps its leases and
+    checkpoints in, so Sluice reads the host's own variables.
+    """
 
     model_config = SettingsConfigDict(env_prefix="SLUICE_STORAGE_")
 
-    connection: SecretStr = Field(validation_alias=AliasChoices("AzureWebJobsStorage", "SLUICE_STORAGE_CONNECTION"))
-    """Storage connection string of the Functions host; Sluice keeps dead letters (and Parquet reference data) there"""
+    connection: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("AzureWebJobsStorage", "SLUICE_STORAGE_CONNECTION"),
+        description="Storage connection string of the Functions host; Sluice keeps dead letters (and Parquet reference "
+                    "data) there. Required unless the identity-based connection below is set")
+    account_name: Annotated[str, Field(pattern=r"^[a-z0-9]{3,24}$")] | None = Field(
+        None, validation_alias=AliasChoices("AzureWebJobsStorage__accountName"),
+        description="Identity-based connection: the storage account (blob endpoint `https://<name>.blob.core.windows.net`)")
+    blob_service_uri: str | None = Field(
+        None, validation_alias=AliasChoices("AzureWebJobsStorage__blobServiceUri"),
+        description="Identity-based connection: the blob endpoint itself (another cloud, a private endpoint, Azurite "
+                    "with `--oauth basic`)")
+    credential: Literal["managedidentity"] | None = Field(
+        None, validation_alias=AliasChoices("AzureWebJobsStorage__credential"),
+        description="`managedidentity`: the app's managed identity only; empty: `DefaultAzureCredential` (on AKS: "
+                    "workload identity)")
+    client_id: str | None = Field(
+        None, validation_alias=AliasChoices("AzureWebJobsStorage__clientId"),
+        description="Client id of the user-assigned managed identity to use (with `__credential=managedidentity`)")
+    ca_file: Path | None = Field(None, description="CA bundle for a local blob endpoint's HTTPS certificate")
     deadletter_container: Annotated[str, Field(pattern=r"^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$")] = "sluice-deadletter"
     """Blob container for dead letters (created on first use)"""
+
+    @field_validator("blob_service_uri")
+    @classmethod
+    def _blob_https(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("https://"):
+            raise ValueError("must be an https:// URL (the SDK refuses tokens over plain http)")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _one_connection(self) -> Self:
+        identity = [name for name, value in (("AzureWebJobsStorage__accountName", self.account_name),
+                                             ("AzureWebJobsStorage__blobServiceUri", self.blob_service_uri)) if value]
+        if self.connection is None and not identity:
+            raise ValueError("AzureWebJobsStorage is not set: set a storage connection string, or "
+                             "AzureWebJobsStorage__accountName (or __blobServiceUri) for an identity-based connection")
+        if self.connection is not None and identity:
+            raise ValueError(f"AzureWebJobsStorage (a connection string) and {' and '.join(identity)} are both set; "
+                             "set one of them")
+        if len(identity) > 1:
+            raise ValueError("AzureWebJobsStorage__accountName and AzureWebJobsStorage__blobServiceUri are both set; "
+                             "set one of them")
+        if self.client_id and self.credential != "managedidentity":
+            raise ValueError("AzureWebJobsStorage__clientId needs AzureWebJobsStorage__credential=managedidentity "
+                             "(without it, DefaultAzureCredential picks the identity from the environment)")
+        return self
+
+    @property
+    def blob_endpoint(self) -> str | None:
+        """The blob endpoint of an identity-based connection; ``None`` with a connection string."""
+        if self.blob_service_uri:
+            return self.blob_service_uri
+        return f"https://{self.account_name}.blob.core.windows.net" if self.account_name else None
 
 
 class CassandraSettings(_Group):

@@ -87,9 +87,9 @@ class Probe:
     @property
     def blob(self):
         if self._blob is None:
-            from azure.storage.blob import BlobServiceClient
+            from shared.adapters.blob_service import blob_service_client
 
-            self._blob = BlobServiceClient.from_connection_string(self.settings.storage.connection.get_secret_value())
+            self._blob = blob_service_client(self.settings.storage)
         return self._blob
 
     @property

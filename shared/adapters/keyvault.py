@@ -1,11 +1,10 @@
 """Secrets from Azure Key Vault through azure-identity.
 
-In Azure the credential is ``DefaultAzureCredential`` (on AKS: workload identity,
-from the ``AZURE_CLIENT_ID``/``AZURE_TENANT_ID``/``AZURE_FEDERATED_TOKEN_FILE``
-the webhook injects; on a Function App: its managed identity). Against the local
-Key Vault emulator (a vault URL on 127.0.0.1, localhost or ::1) a fixed
-development token is used instead, the challenge's resource is not checked (it
-names ``vault.azure.net``, not the local host), and the emulator's CA bundle
+The credential comes from :func:`shared.adapters.identity.credential_for`:
+``DefaultAzureCredential`` on Azure (on AKS: workload identity), a development
+token against the local Key Vault emulator (a vault URL on 127.0.0.1, localhost
+or ::1). Locally the challenge's resource is not checked either (it names
+``vault.azure.net``, not the local host), and the emulator's CA bundle
 (``SLUICE_KEYVAULT_CA_FILE``) verifies its HTTPS certificate.
 
 Errors: a secret that is missing, disabled, expired, not yet valid, badly named,
@@ -18,35 +17,19 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from datetime import UTC, datetime
 from functools import cache
-from urllib.parse import urlparse
 
-from azure.core.credentials import AccessToken, AccessTokenInfo, TokenCredential
+from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 from azure.keyvault.secrets import KeyVaultSecret, SecretClient
 
+from shared.adapters.identity import credential_for, is_local
 from shared.exceptions import ConfigurationError, DependencyUnavailable
 
 logger = logging.getLogger(__name__)
 
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 SECRET_NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
-
-
-class LocalEmulatorCredential:
-    """A fixed token for the local Key Vault emulator only (it accepts any bearer token)."""
-
-    def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
-        return AccessToken("local-emulator-token", int(time.time()) + 3600)
-
-    def get_token_info(self, *scopes: str, options: object = None) -> AccessTokenInfo:
-        return AccessTokenInfo("local-emulator-token", int(time.time()) + 3600)
-
-
-def is_local(url: str) -> bool:
-    return (urlparse(url).hostname or "") in LOCAL_HOSTS
 
 
 class KeyVaultSecrets:
@@ -62,12 +45,7 @@ class KeyVaultSecrets:
         retries: int = 3,
     ) -> None:
         if credential is None:
-            if is_local(url):
-                credential = LocalEmulatorCredential()
-            else:
-                from azure.identity import DefaultAzureCredential  # noqa: PLC0415 - heavy import, Azure only
-
-                credential = DefaultAzureCredential()
+            credential = credential_for(url)
         options: dict = {
             "verify_challenge_resource": not is_local(url),
             "connection_timeout": timeout,

@@ -104,6 +104,9 @@ def test_storage_connection_string() -> None:
     assert storage_connection_string({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}) == DEVELOPMENT_STORAGE
     with pytest.raises(DevHostError, match="AzureWebJobsStorage is not set"):
         storage_connection_string({})
+    # Identity-based storage is the Functions host's on Azure; the dev host says so instead of "not set".
+    with pytest.raises(DevHostError, match="AzureWebJobsStorage__accountName is set but AzureWebJobsStorage is not"):
+        storage_connection_string({"AzureWebJobsStorage__accountName": "fleet1"})
 
 
 def test_host_id_is_stable_per_app_and_can_be_set(tmp_path: Path) -> None:

@@ -54,3 +54,38 @@ def test_secrets_are_redacted_everywhere_they_could_be_printed():
 def test_critical_rules_are_parsed_and_checked():
     with pytest.raises(ConfigurationError, match="SLUICE_CRITICAL_RULES"):
         load_settings(dict(SAMPLE, SLUICE_CRITICAL_RULES='[{"measurement": "t", "op": "~", "value": 1}]'))
+
+
+def _storage(**values: str):
+    return load_settings({**SAMPLE, "AzureWebJobsStorage": "", **values}).storage
+
+
+def test_storage_takes_an_identity_based_connection_as_the_functions_host_does():
+    by_name = _storage(AzureWebJobsStorage__accountName="sluicefleet")
+    assert by_name.connection is None
+    assert by_name.blob_endpoint == "https://sluicefleet.blob.core.windows.net"
+    by_uri = _storage(AzureWebJobsStorage__blobServiceUri="https://fleet.blob.core.usgovcloudapi.net/",
+                      AzureWebJobsStorage__credential="managedidentity", AzureWebJobsStorage__clientId="0f1e")
+    assert (by_uri.blob_endpoint, by_uri.credential, by_uri.client_id) == (
+        "https://fleet.blob.core.usgovcloudapi.net", "managedidentity", "0f1e")
+    assert load_settings(SAMPLE).storage.blob_endpoint is None  # a connection string: no identity endpoint
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({}, "AzureWebJobsStorage is not set"),
+    ({"AzureWebJobsStorage": "UseDevelopmentStorage=true", "AzureWebJobsStorage__accountName": "fleet1"},
+     "AzureWebJobsStorage (a connection string) and AzureWebJobsStorage__accountName are both set"),
+    ({"AzureWebJobsStorage__accountName": "fleet1", "AzureWebJobsStorage__blobServiceUri": "https://fleet1.example"},
+     "AzureWebJobsStorage__accountName and AzureWebJobsStorage__blobServiceUri are both set"),
+    ({"AzureWebJobsStorage__blobServiceUri": "http://127.0.0.1:10000/devstoreaccount1"},
+     "AzureWebJobsStorage__blobServiceUri: must be an https:// URL"),
+    ({"AzureWebJobsStorage__accountName": "Fleet_1"}, "AzureWebJobsStorage__accountName: String should match"),
+    ({"AzureWebJobsStorage__accountName": "fleet1", "AzureWebJobsStorage__clientId": "0f1e"},
+     "AzureWebJobsStorage__clientId needs AzureWebJobsStorage__credential=managedidentity"),
+    ({"AzureWebJobsStorage__accountName": "fleet1", "AzureWebJobsStorage__credential": "secret"},
+     "AzureWebJobsStorage__credential: Input should be 'managedidentity'"),
+], ids=["neither", "both kinds", "two endpoints", "plain http", "bad account name", "client id alone", "bad credential"])
+def test_a_storage_connection_that_cannot_work_is_named(values: dict[str, str], message: str):
+    with pytest.raises(ConfigurationError) as caught:
+        _storage(**values)
+    assert message in str(caught.value)
