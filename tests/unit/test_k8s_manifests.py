@@ -167,9 +167,11 @@ def test_every_variable_is_a_sluice_setting_or_a_known_host_setting() -> None:
 
 
 def test_the_configmap_is_valid_azure_settings() -> None:
-    data = settings_data()
-    assert all(isinstance(v, str) for v in data.values()), "ConfigMap values must be strings (quote numbers)"
-    settings = load_settings({**data, "AzureWebJobsStorage": "supplied-by-the-secret-sluice-storage"})
+    assert all(isinstance(v, str) for v in settings_data().values()), "ConfigMap values must be strings (quote numbers)"
+    # As an environment deploys it: the base with the documented overlay's values in place of REPLACE_ME.
+    settings = load_settings(deployed_settings())
+    assert settings.storage.connection is None, "storage is an identity-based connection: no connection string"
+    assert settings.storage.blob_endpoint == "https://sluiceprodstore.blob.core.windows.net"
     assert settings.cassandra.port == 10350 and settings.cassandra.tls
     assert settings.cassandra.password is None and settings.cassandra.password_secret
     assert settings.redis.url.startswith("rediss://") and ":6380" in settings.redis.url
@@ -180,12 +182,12 @@ def test_the_configmap_is_valid_azure_settings() -> None:
 
 
 def test_every_required_setting_reaches_every_deployment() -> None:
-    required = set()
+    required = {"AzureWebJobsStorage__accountName"}  # required as one of two ways (StorageSettings), so named here
     for group in GROUPS.values():
         for info, variable in zip(group.model_fields.values(), env_names(group), strict=True):
             if info.is_required():
                 required.add(variable)
-    assert "AzureWebJobsStorage" in required
+    assert "SLUICE_CASSANDRA_HOSTS" in required
     for name, workload in workloads().items():
         missing = required - set(environment(workload))
         assert not missing, f"{name} lacks {sorted(missing)}"
@@ -201,8 +203,9 @@ def test_no_value_looks_like_a_secret() -> None:
         for variable, value in environment(workload).items():
             if re.search(r"(PASSWORD|KEY|SECRET|CONNECTION)$", variable.upper()) and isinstance(value, str):
                 assert variable.endswith("_SECRET"), f"{name}: {variable} has a literal value"
-            if variable == "AzureWebJobsStorage":
-                assert set(value) == {"secretKeyRef"}, f"{name}: AzureWebJobsStorage must come from a Secret"
+            # Storage is identity-based: a connection string would carry the account key.
+            assert variable not in ("AzureWebJobsStorage", "SLUICE_STORAGE_CONNECTION"), \
+                f"{name}: {variable} is a storage connection string; use AzureWebJobsStorage__accountName"
 
 
 def test_secret_references_come_from_key_vault_through_the_csi_driver() -> None:
@@ -289,6 +292,8 @@ def test_the_scaler_reads_the_checkpoints_the_host_writes_for_our_hub_and_group(
         data["EventHubConnection__fullyQualifiedNamespace"]
     assert int(metadata["unprocessedEventThreshold"]) > 0
     assert metadata.get("storageAccountName"), "pod identity reads checkpoints by account name"
+    assert metadata["storageAccountName"] == data["AzureWebJobsStorage__accountName"], \
+        "KEDA must read the checkpoints in the account the host writes them to"
     assert "connectionFromEnv" not in metadata and "storageConnectionFromEnv" not in metadata
 
 
@@ -396,7 +401,7 @@ def run_startup_probe(deployment: dict[str, Any], **overrides: str | None) -> su
     (container,) = containers(deployment)
     command = container["startupProbe"]["exec"]["command"]
     assert command[0] == "python"
-    env = {**settings_data(), "AzureWebJobsStorage": "from-the-secret", "PATH": "/usr/bin:/bin"}
+    env = {**deployed_settings(), "PATH": "/usr/bin:/bin"}
     for name, value in overrides.items():
         if value is None:
             env.pop(name)
@@ -416,9 +421,8 @@ def test_the_startup_probe_refuses_bad_settings_by_name() -> None:
     ingest = of_kind("Deployment")["sluice-ingest"]
     bad = run_startup_probe(ingest, SLUICE_CASSANDRA_PORT="not-a-port")
     assert bad.returncode != 0 and "SLUICE_CASSANDRA_PORT" in bad.stderr
-    missing = run_startup_probe(ingest, AzureWebJobsStorage=None)
-    assert missing.returncode != 0 and "AzureWebJobsStorage" in missing.stderr
-    assert "from-the-secret" not in bad.stderr + missing.stderr
+    missing = run_startup_probe(ingest, AzureWebJobsStorage__accountName=None)
+    assert missing.returncode != 0 and "AzureWebJobsStorage is not set" in missing.stderr
 
 
 def documented_overlay() -> dict[str, Any]:
@@ -428,13 +432,15 @@ def documented_overlay() -> dict[str, Any]:
     return yaml.safe_load(match.group(1))
 
 
-def test_the_documented_overlay_replaces_every_placeholder() -> None:
-    # Apply the overlay's JSON-patch "replace" operations to the base, as kustomize would, and check that
-    # every path exists (a renamed key would make kustomize fail) and that no REPLACE_ME is left.
+@cache
+def rendered_overlay() -> tuple[dict[str, Any], ...]:
+    """The base with the documented overlay's JSON-patch "replace" operations applied, as kustomize would.
+
+    Every patched path must exist (a renamed key would make kustomize fail).
+    """
     import copy
 
     overlay = documented_overlay()
-    assert overlay["resources"] == ["../../k8s-keda"]
     rendered = [copy.deepcopy(doc) for f, doc in documents() if f != "kustomization.yaml"]
     for patch in overlay["patches"]:
         target = patch["target"]
@@ -451,6 +457,18 @@ def test_the_documented_overlay_replaces_every_placeholder() -> None:
                 key = int(last) if isinstance(node, list) else last
                 assert isinstance(node, list) or key in node, f"{operation['path']} does not exist in {target}"
                 node[key] = operation["value"]
+    return tuple(rendered)
+
+
+def deployed_settings() -> dict[str, str]:
+    """The ConfigMap's data as the documented overlay deploys it."""
+    return next(d for d in rendered_overlay() if d["kind"] == "ConfigMap")["data"]
+
+
+def test_the_documented_overlay_replaces_every_placeholder() -> None:
+    overlay = documented_overlay()
+    assert overlay["resources"] == ["../../k8s-keda"]
+    rendered = rendered_overlay()
     left = sorted({text for doc in rendered for text in strings(doc) if "REPLACE_ME" in text})
     assert not left, f"placeholders the documented overlay does not set: {left}"
     (image,) = overlay["images"]
