@@ -9,7 +9,12 @@ from faults itself, like the system tables)::
     TRUNCATE sluice_emulator.faults;                           -- clear (DELETE works too)
 
 ``error``: overloaded (0x1001, "Request rate is large ... RetryAfterMs=<n>"),
-write_timeout (0x1100), read_timeout (0x1200) or unavailable (0x1000).
+write_timeout (0x1100), read_timeout (0x1200), unavailable (0x1000), or
+delay: no error, but the answer is held back ``delay_ms`` (a slow or hung node
+as the client sees it). A delayed request takes effect at once, only its answer
+is late, so a client that times out does not know whether its write landed: the
+ambiguity a retry must be idempotent for. Other requests on the connection are
+answered meanwhile (answers carry their stream id).
 ``count``: the next N matching requests fail; ``ratio``: that fraction of them
 fail until cleared. ``applies_to``: all | reads | writes (a BATCH is a write).
 :func:`inject_faults` / :func:`clear_faults` do this from tests without a driver
@@ -36,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 CONTROL_KEYSPACE = "sluice_emulator"
 CONTROL_TABLE = "faults"
-ERRORS = ("overloaded", "write_timeout", "read_timeout", "unavailable")
+ERRORS = ("overloaded", "write_timeout", "read_timeout", "unavailable", "delay")
+MAX_DELAY_MS = 600_000
 TARGETS = ("all", "reads", "writes")
 _control_table: Table | None = None
 
@@ -51,7 +57,7 @@ def control_table() -> Table:
             [Column("name", parse_type("text"), "partition_key", 0)], [],
             [Column(n, parse_type(t), "regular", -1) for n, t in (
                 ("applies_to", "text"), ("count", "int"), ("error", "text"), ("ratio", "double"),
-                ("remaining", "int"), ("retry_after_ms", "int"))],
+                ("remaining", "int"), ("retry_after_ms", "int"), ("delay_ms", "int"))],
             virtual=True)
     return _control_table
 
@@ -75,13 +81,16 @@ class FaultState:
         self.remaining: int | None = None
         self.ratio: float | None = None
         self.retry_after_ms = 10
+        self.delay_ms: int | None = None
         self.applies_to = "all"
         self._random = random.Random()
+        self._held = 0.0  # seconds the answer of the request being run is to be held back
 
     def clear(self) -> None:
-        self.error = self.count = self.remaining = self.ratio = None
+        self.error = self.count = self.remaining = self.ratio = self.delay_ms = None
 
-    def arm(self, error: str, count: int | None, ratio: float | None, retry_after_ms: int, applies_to: str) -> None:
+    def arm(self, error: str, count: int | None, ratio: float | None, retry_after_ms: int, applies_to: str,
+            delay_ms: int | None = None) -> None:
         if error not in ERRORS:
             raise Invalid(f"unknown fault error {error!r}; choose one of {', '.join(ERRORS)}")
         if applies_to not in TARGETS:
@@ -92,9 +101,14 @@ class FaultState:
             raise Invalid(f"count must be >= 0, got {count}")
         if ratio is not None and not 0.0 <= ratio <= 1.0:
             raise Invalid(f"ratio must be between 0 and 1, got {ratio}")
+        if error == "delay" and (delay_ms is None or not 0 < delay_ms <= MAX_DELAY_MS):
+            raise Invalid(f"error 'delay' needs delay_ms from 1 to {MAX_DELAY_MS}, got {delay_ms}")
+        if error != "delay" and delay_ms is not None:
+            raise Invalid(f"delay_ms applies to error 'delay' only, not {error!r}")
         self.error, self.count, self.remaining, self.ratio = error, count, count, ratio
-        self.retry_after_ms, self.applies_to = retry_after_ms, applies_to
-        logger.info("fault armed: %s count=%s ratio=%s applies_to=%s", error, count, ratio, applies_to)
+        self.retry_after_ms, self.applies_to, self.delay_ms = retry_after_ms, applies_to, delay_ms
+        logger.info("fault armed: %s count=%s ratio=%s applies_to=%s delay_ms=%s", error, count, ratio, applies_to,
+                    delay_ms)
 
     def check(self, kind: str, batch: bool = False) -> None:
         """Raise the armed error if this request (kind: reads | writes) is to fail."""
@@ -106,7 +120,16 @@ class FaultState:
             self.remaining -= 1
         elif self.ratio is not None and self._random.random() >= self.ratio:
             return
+        if self.error == "delay":
+            assert self.delay_ms is not None
+            self._held = self.delay_ms / 1000
+            return
         raise self.make_error(kind, batch)
+
+    def take_delay(self) -> float:
+        """Seconds to hold back the answer of the request just run (0: answer now); resets it."""
+        held, self._held = self._held, 0.0
+        return held
 
     def make_error(self, kind: str, batch: bool) -> CqlError:
         if self.error == "overloaded":
@@ -136,7 +159,7 @@ class FaultState:
                 raw = resolve(term, col.type, values)
                 given[name] = col.type.deserialize(raw) if isinstance(raw, bytes) else None
             self.arm(given.get("error") or "overloaded", given.get("count"), given.get("ratio"),
-                     int(given.get("retry_after_ms") or 10), given.get("applies_to") or "all")
+                     int(given.get("retry_after_ms") or 10), given.get("applies_to") or "all", given.get("delay_ms"))
             return results.VOID
         if isinstance(stmt, st.Delete | st.Truncate):
             self.clear()
@@ -148,7 +171,7 @@ class FaultState:
                 row = data.partition_for_write(b"current", 0).get_or_create(b"")
                 row.touch(0, None)
                 cells = {"applies_to": self.applies_to, "count": self.count, "error": self.error, "ratio": self.ratio,
-                         "remaining": self.remaining, "retry_after_ms": self.retry_after_ms}
+                         "remaining": self.remaining, "retry_after_ms": self.retry_after_ms, "delay_ms": self.delay_ms}
                 for col in table.regular:
                     if cells[col.name] is not None:
                         row.write(col.slot, col.type.serialize(cells[col.name]), 0, None)
@@ -213,14 +236,15 @@ def run_statement(host: str, port: int, query: str, *, username: str | None = No
 
 def inject_faults(host: str, port: int, *, error: str = "overloaded", count: int | None = None,
                   ratio: float | None = None, retry_after_ms: int = 10, applies_to: str = "all",
-                  username: str | None = None, password: str | None = None,
+                  delay_ms: int | None = None, username: str | None = None, password: str | None = None,
                   ssl_context: ssl.SSLContext | None = None) -> None:
     """Arm a fault on the emulator at host:port (see the module docstring); replaces what was armed."""
     if count is None and ratio is None:
         count = 1
-    query = (f"INSERT INTO {CONTROL_KEYSPACE}.{CONTROL_TABLE} (name, error, count, ratio, retry_after_ms, applies_to) "
+    query = (f"INSERT INTO {CONTROL_KEYSPACE}.{CONTROL_TABLE} "
+             "(name, error, count, ratio, retry_after_ms, applies_to, delay_ms) "
              f"VALUES ('current', {_cql_literal(error)}, {_cql_literal(count)}, {_cql_literal(ratio)}, "
-             f"{int(retry_after_ms)}, {_cql_literal(applies_to)})")
+             f"{int(retry_after_ms)}, {_cql_literal(applies_to)}, {_cql_literal(delay_ms)})")
     run_statement(host, port, query, username=username, password=password, ssl_context=ssl_context)
 
 

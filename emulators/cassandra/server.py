@@ -109,13 +109,18 @@ class CqlConnection(asyncio.Protocol):
                 break
             body = bytes(buf[pos + 9:pos + 9 + length])
             pos += 9 + length
-            out.append(self._handle(version, flags, stream, opcode, body))
+            answer = self._handle(version, flags, stream, opcode, body)
+            held = self.engine.faults.take_delay()
+            if held:  # a "delay" fault: the request has run, its answer goes out later
+                asyncio.get_running_loop().call_later(held, self._flush, [answer])
+            else:
+                out.append(answer)
         if pos:
             del buf[:pos]
         self._flush(out)
 
     def _flush(self, out: list[bytes]) -> None:
-        if out and self.transport is not None:
+        if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(out))
 
     def _on_schema_change(self, body: bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -122,3 +123,39 @@ def test_prepared_control_statement(s: Session) -> None:
     s.execute(ps, ("write_timeout", 1))
     with pytest.raises((WriteTimeout, OperationTimedOut)):
         s.execute("INSERT INTO f.t (k, v) VALUES (6, 6)")
+
+
+def test_a_delayed_answer_arrives_late_and_its_write_has_landed(s: Session) -> None:
+    s.execute("INSERT INTO sluice_emulator.faults (name, error, count, applies_to, delay_ms) "
+              "VALUES ('current', 'delay', 1, 'writes', 400)")
+    started = time.perf_counter()
+    s.execute("INSERT INTO f.t (k, v) VALUES (7, 7)")
+    assert time.perf_counter() - started >= 0.4
+    started = time.perf_counter()
+    s.execute("INSERT INTO f.t (k, v) VALUES (8, 8)")  # count 1: the next write is answered at once
+    assert time.perf_counter() - started < 0.4
+    row = s.execute("SELECT error, remaining, delay_ms FROM sluice_emulator.faults").one()
+    assert tuple(row) == ("delay", 0, 400)
+
+
+def test_a_client_that_times_out_on_a_delayed_write_finds_it_applied(s: Session) -> None:
+    """The ambiguity of a real timeout: the client gave up, the server had written (a retry must be idempotent)."""
+    s.execute("INSERT INTO sluice_emulator.faults (name, error, ratio, applies_to, delay_ms) "
+              "VALUES ('current', 'delay', 1.0, 'writes', 2000)")
+    with pytest.raises(OperationTimedOut):
+        s.execute("INSERT INTO f.t (k, v) VALUES (9, 9)", timeout=0.3)
+    # Other requests on the same connection are answered meanwhile (reads are not delayed).
+    started = time.perf_counter()
+    assert s.execute("SELECT v FROM f.t WHERE k = 9").one().v == 9
+    assert time.perf_counter() - started < 1.0
+
+
+def test_delay_needs_a_delay_and_only_delay_takes_one(own_emulator: Running, s: Session) -> None:
+    with pytest.raises(InvalidRequest, match="error 'delay' needs delay_ms from 1 to"):
+        s.execute("INSERT INTO sluice_emulator.faults (name, error, count) VALUES ('current', 'delay', 1)")
+    with pytest.raises(RuntimeError, match="delay_ms applies to error 'delay' only"):
+        inject_faults(own_emulator.host, own_emulator.port, error="overloaded", delay_ms=100)
+    inject_faults(own_emulator.host, own_emulator.port, error="delay", count=1, applies_to="reads", delay_ms=300)
+    started = time.perf_counter()
+    s.execute("SELECT * FROM f.t WHERE k = 1")
+    assert time.perf_counter() - started >= 0.3
