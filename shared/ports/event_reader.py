@@ -26,4 +26,4 @@ class EventReader(Protocol):
         """The device's critical events with event time at or after ``since``, newest first, at most ``limit``."""
 
     def ping(self, timeout: float | None = None) -> None:
-        """Return when the store answers a trivial query within ``timeout`` (the reader's own by default)."""
+        """Return when a data read of the store succeeds within ``timeout`` (the reader's own by default)."""

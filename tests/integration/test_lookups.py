@@ -304,3 +304,36 @@ def test_cassandra_throttling_beyond_the_retries_is_503_not_500(app_env, cassand
         clear_faults(cassandra_emulator.host, cassandra_emulator.port)
     assert throttled.status_code == 503 and body(throttled)["dependency"] == "cassandra"
     assert "Overloaded" in body(throttled)["message"]
+
+
+@pytest.mark.timeout(60)
+def test_a_hung_cassandra_is_503_within_the_lookup_timeout_and_health_says_down(app_env, cassandra_emulator,
+                                                                                 store) -> None:
+    """Cassandra accepts requests but answers none in time: requests must not hang with it."""
+    from emulators.cassandra.faults import clear_faults, inject_faults
+
+    app_env(SLUICE_LOOKUP_CASSANDRA_TIMEOUT_SECONDS="0.5", SLUICE_LOOKUP_HEALTH_TIMEOUT_SECONDS="0.5")
+    stored = make_event("h-1", NOW - timedelta(minutes=1))
+    store.write([stored])
+    assert latest("warm-up").status_code == 404  # connect and prepare before the fault
+    health = user_function("health")
+    try:
+        inject_faults(cassandra_emulator.host, cassandra_emulator.port, error="delay", ratio=1.0, applies_to="reads",
+                      delay_ms=10_000)
+        started = time.perf_counter()
+        hung = latest("h-1")
+        took = time.perf_counter() - started
+        started = time.perf_counter()
+        checked = health(func.HttpRequest("GET", "http://localhost/api/health", body=b""))
+        health_took = time.perf_counter() - started
+    finally:
+        clear_faults(cassandra_emulator.host, cassandra_emulator.port)
+    assert hung.status_code == 503 and body(hung)["dependency"] == "cassandra", hung.get_body()
+    assert hung.headers["Retry-After"]
+    assert took < 5, f"the lookup waited {took:.1f}s for a read with a 0.5s timeout"
+    assert checked.status_code == 503 and health_took < 5
+    assert body(checked)["dependencies"]["cassandra"]["status"] == "down"
+    assert body(checked)["dependencies"]["redis"]["status"] == "up"
+    # Once Cassandra answers again, so do the lookups (the timed-out requests left the connection usable).
+    recovered = latest("h-1")
+    assert recovered.status_code == 200 and body(recovered)["event_id"] == str(stored.event_id)
