@@ -217,6 +217,28 @@ def test_throttling_injected_on_writes_is_retried_and_everything_is_stored(inges
     assert dead_letters(ingest_storage(ingest), ingest.container) == []
 
 
+def test_writes_that_time_out_but_landed_are_retried_by_the_host_and_stored_once(ingest, private_cassandra,
+                                                                                   monkeypatch) -> None:
+    """A hung node: the client gives up on writes the server has applied. The retry must not duplicate anything."""
+    monkeypatch.setenv("SLUICE_CASSANDRA_REQUEST_TIMEOUT_SECONDS", "0.5")
+    bootstrap.reset()
+    hub = Hub("2")
+    bodies = [event(f"dev-{i % 4}", at=NOW - timedelta(seconds=i),
+                    severity="critical" if i % 7 == 0 else "info") for i in range(30)]
+    batch = hub.batch(*bodies)
+    inject_faults(private_cassandra.host, private_cassandra.port, error="delay", count=5, applies_to="writes",
+                  delay_ms=3000)
+    with pytest.raises(TransientError, match="OperationTimedOut"):
+        ingest(batch, retry_count=0, max_retry_count=5)  # the host retries the batch
+    ingest(batch, retry_count=1, max_retry_count=5)
+    first = snapshot(ingest.keyspace)
+    assert {str(r[0]) for r in first["events_by_id"]} == {b["event_id"] for b in bodies}
+    assert len(first["events_by_device"]) == len(first["events_by_time_bucket"]) == 30
+    ingest(batch, retry_count=0, max_retry_count=5)  # a replay after the checkpoint was lost: nothing changes
+    assert snapshot(ingest.keyspace) == first
+    assert dead_letters(ingest_storage(ingest), ingest.container) == []
+
+
 def test_a_permanent_outage_is_retried_by_the_host_then_dead_letters_the_batch_whole(ingest, private_cassandra,
                                                                                     monkeypatch) -> None:
     monkeypatch.setenv("SLUICE_CASSANDRA_OVERLOAD_MAX_RETRIES", "1")
