@@ -8,13 +8,20 @@ Everything here runs on the server's single event-loop thread; nothing locks.
 * Enqueued times never go backwards within a partition (a clock step back
   reuses the previous time), so they can be searched like offsets.
 * Partition choice: an explicit partition id wins; otherwise a partition key
-  picks ``crc32(utf-8 key) % partition_count`` (stable across restarts and
-  machines, but not Azure's own hash); otherwise partitions take turns
+  picks the partition Azure's hash picks (Jenkins lookup3 of the UTF-8 key, see
+  :mod:`emulators.eventhubs.partitioning`); otherwise partitions take turns
   (round-robin per hub).
 * Owner level (epoch), per hub/consumer group/partition: a receiver with an
   owner level at least as high as every current one disconnects the others with
   ``amqp:link:stolen``; a lower one, or one without owner level while an owner
   exists, is refused with the same condition, as Azure does.
+* At most :data:`MAX_RECEIVERS_PER_PARTITION` (5) receivers per hub/consumer
+  group/partition, as Azure allows: another one is refused with
+  ``amqp:resource-limit-exceeded``, naming the connected receivers. The owner
+  level rules come first, so a receiver that takes the partition over is never
+  refused for the limit (it disconnects the others). A receiver's slot is freed
+  when its link closes, however it closes (detach from either side, session
+  end, lost connection).
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ import bisect
 import logging
 import re
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,18 +39,17 @@ from emulators.eventhubs import errors
 from emulators.eventhubs.config import HubConfig, NamespaceConfig
 from emulators.eventhubs.errors import AmqpError
 from emulators.eventhubs.message import Incoming
+from emulators.eventhubs.partitioning import partition_for_key
 from emulators.eventhubs.storage import PartitionLog
 
 logger = logging.getLogger(__name__)
 
+MAX_RECEIVERS_PER_PARTITION = 5
+"""Azure's limit of concurrent receivers on one partition in one consumer group."""
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def partition_for_key(key: str, partition_count: int) -> int:
-    """The partition a partition key maps to: ``crc32(key as UTF-8) % partition_count``."""
-    return zlib.crc32(key.encode("utf-8")) % partition_count
 
 
 class Event:
@@ -204,7 +209,12 @@ class Partition:
 
 
 class Receiver(Protocol):
-    """What the broker needs from a consumer link to take its partition away."""
+    """What the broker needs from a consumer link: its identifier, and a way to take its partition away."""
+
+    @property
+    def identifier(self) -> str | None:
+        """The client's name for the receiver (``com.microsoft:receiver-name``), if it sent one."""
+        ...
 
     def disconnect(self, condition: str, description: str) -> None: ...
 
@@ -252,7 +262,7 @@ class Hub:
         raise AmqpError(errors.NOT_FOUND, f"consumer group {name!r} does not exist in event hub {self.name!r}")
 
     def register(self, group: str, partition_id: str, receiver: Receiver, owner_level: int | None) -> None:
-        """Admit a receiver, applying the owner-level rules of the module docstring."""
+        """Admit a receiver, applying the owner-level rules, then the receiver limit, of the module docstring."""
         owners = self._receivers.setdefault((group, partition_id), [])
         levels = [o.owner_level for o in owners if o.owner_level is not None]
         highest = max(levels) if levels else None
@@ -272,6 +282,12 @@ class Hub:
                     f"New receiver with higher epoch of '{owner_level}' is created hence current receiver with epoch "
                     f"'{other.owner_level}' is getting disconnected (partition {partition_id} of {self.name}/{group}).",
                 )
+        elif len(owners) >= MAX_RECEIVERS_PER_PARTITION:
+            connected = ", ".join(o.receiver.identifier or "nil" for o in owners)
+            raise AmqpError(errors.RESOURCE_LIMIT_EXCEEDED,
+                            f"Exceeded the maximum number of allowed receivers per partition in a consumer group "
+                            f"which is {MAX_RECEIVERS_PER_PARTITION}. List of connected receivers - {connected}. "
+                            f"(partition {partition_id} of {self.name}/{group})")
         owners.append(_Owner(receiver, owner_level))
 
     def unregister(self, group: str, partition_id: str, receiver: Receiver) -> None:

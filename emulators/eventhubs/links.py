@@ -39,6 +39,7 @@ PUBLISH_CREDIT = 1000
 SELECTOR_FILTER = "apache.org:selector-filter:string"
 SELECTOR_CODE = 0x0000468C00000004
 EPOCH = "com.microsoft:epoch"
+RECEIVER_NAME = "com.microsoft:receiver-name"
 RUNTIME_METRIC = "com.microsoft:enable-receiver-runtime-metric"
 DELIVERIES_PER_PUMP = 512
 
@@ -239,6 +240,10 @@ class ConsumeLink(Link):
         self.runtime_metric = _wants(desired, RUNTIME_METRIC)
         epoch = (properties or {}).get(EPOCH)
         self.owner_level = int(epoch) if epoch is not None else None
+        name = (properties or {}).get(RECEIVER_NAME)  # named in the receiver-limit error; the Python SDK sends none
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        self.identifier: str | None = str(name) if name else None
         self._scheduled = False
 
     def start(self) -> None:

@@ -142,7 +142,7 @@ def test_batches_order_metadata_checkpoints_and_resume(eh_app: dict[str, Any], d
     # Sent before the host starts, so batches fill up to maxEventBatchSize (4).
     send(conn, hub, "0", [{"n": i, "sleep": 0.2} for i in range(10)], properties={"kind": "test", "n": 7})
     send(conn, hub, "1", [{"n": 100 + i, "sleep": 0.2} for i in range(6)])
-    send(conn, hub, "2", [{"n": 200}], key="device-42")
+    send(conn, hub, "2", [{"n": 200}], key="device-2")
 
     host = devhost_factory(eh_app["root"], settings=eh_app["settings"])
     wait_for(lambda: sum(len(r["seqs"]) for r in done(read_records(eh_app["out"]))) >= 17, 45,
@@ -166,7 +166,7 @@ def test_batches_order_metadata_checkpoints_and_resume(eh_app: dict[str, Any], d
     first = by_partition["0"][0]
     assert first["properties"][0] == {"kind": "test", "n": 7}
     assert all(isinstance(o, int) for o in first["offsets"]) and first["enqueued"][0].endswith("+00:00")
-    assert by_partition["2"][0]["keys"] == ["device-42"]
+    assert by_partition["2"][0]["keys"] == ["device-2"]
     assert first["retry_count"] == 0 and first["max_retry_count"] == 2
     # Partitions run concurrently: some batch of partition 0 overlaps some batch of partition 1 in time.
     assert any(a["started"] < b["ended"] and b["started"] < a["ended"]
@@ -177,7 +177,7 @@ def test_batches_order_metadata_checkpoints_and_resume(eh_app: dict[str, Any], d
     for partition in ("0", "1"):
         seqs = [r["seq"] for r in singles if r["partition"] == partition]
         assert seqs == sorted(seqs) and len(seqs) == (10 if partition == "0" else 6)
-    assert [r["key"] for r in singles if r["partition"] == "2"] == ["device-42"]
+    assert [r["key"] for r in singles if r["partition"] == "2"] == ["device-2"]
     assert next(r for r in singles if r["partition"] == "0")["properties"] == {"kind": "test", "n": 7}
 
     # Checkpoints in the host layout, with sequencenumber and offset metadata at the last event.

@@ -104,10 +104,13 @@ def test_starting_positions(isolated_eventhub: IsolatedHub) -> None:
         (dict(starting_position=after, inclusive=True), [f"e{i}" for i in range(10)]),
         (dict(starting_position=after, timeout=2.0), []),
     ]
-    # each receiver is its own SDK client (about a second to connect): run them side by side
+    # each receiver is its own SDK client (about a second to connect): run them side by side, in the hub's three
+    # consumer groups, as Azure allows at most 5 receivers per partition and consumer group
+    groups = ("$Default", "sluice", "other")
     with ThreadPoolExecutor(len(cases)) as pool:
-        futures = [pool.submit(receive, isolated_eventhub, "0", count=max(len(want), 1), settle=0.3, **kwargs)
-                   for kwargs, want in cases]
+        futures = [pool.submit(receive, isolated_eventhub, "0", count=max(len(want), 1), settle=0.3,
+                               group=groups[i % 3], **kwargs)
+                   for i, (kwargs, want) in enumerate(cases)]
         for (kwargs, want), future in zip(cases, futures, strict=True):
             assert bodies(future.result()) == want, kwargs
 
