@@ -45,6 +45,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from emulators.eventhubs.partitioning import partition_for_key
 from shared.domain.events import DeviceEvent, Limits
 
 logger = logging.getLogger(__name__)
@@ -311,11 +312,14 @@ class Summary:
         }
 
 
-def _partition_resolver(partition_ids: list[str]):
-    # The SDK's copy of the service's partition-key hash (what its buffered mode uses).
-    from azure.eventhub._buffered_producer._partition_resolver import PartitionResolver
+def device_partition(device_id: str, partition_ids: list[str]) -> str:
+    """The partition Event Hubs itself gives partition key = ``device_id``.
 
-    return PartitionResolver(partition_ids)
+    So a device's events land on one partition whether they come from here or from
+    the device sending with its id as partition key. (The Python SDK's own resolver
+    differs from the service for up to half the keys: emulators/eventhubs/partitioning.py.)
+    """
+    return partition_ids[partition_for_key(device_id, len(partition_ids))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,7 +342,6 @@ class EventHubSender:
         self._client = EventHubProducerClient.from_connection_string(connection, **kwargs)
         self._timeout = timeout
         self.partition_ids: list[str] = list(self._client.get_partition_ids())
-        self._resolver = _partition_resolver(self.partition_ids)
         self._cache: dict[str, str] = {}
         # One sender thread per partition: each partition's producer has its own link and connection.
         self._pool = ThreadPoolExecutor(max_workers=len(self.partition_ids), thread_name_prefix="produce")
@@ -346,7 +349,7 @@ class EventHubSender:
     def partition_of(self, device_id: str) -> str:
         pid = self._cache.get(device_id)
         if pid is None:
-            pid = self._cache[device_id] = self._resolver.get_partition_id_by_partition_key(device_id)
+            pid = self._cache[device_id] = device_partition(device_id, self.partition_ids)
         return pid
 
     def send(self, events: list[Planned]) -> list[Sent]:

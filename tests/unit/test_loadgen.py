@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from emulators.eventhubs.partitioning import partition_for_key
 from shared.domain.events import EventMetadata, Limits, RawRecord, parse_records
 from shared.domain.rules import MeasurementRule, is_critical
-from sluice.loadgen import INVALID_VARIANTS, EventGenerator, LoadSpec, _partition_resolver, read_manifest
+from sluice.loadgen import INVALID_VARIANTS, EventGenerator, LoadSpec, device_partition, read_manifest
 
 DEFAULT_RULE = [MeasurementRule(measurement="temperature", op=">", value=90)]
 
@@ -136,13 +137,14 @@ def test_total_comes_from_count_or_rate_times_duration():
     assert LoadSpec(duration=None).total is None
 
 
-def test_partition_resolver_is_stable_and_spreads_devices():
-    resolver = _partition_resolver(["0", "1", "2", "3"])
-    again = _partition_resolver(["0", "1", "2", "3"])
+def test_devices_go_where_event_hubs_puts_their_partition_key_and_spread():
+    partitions = ["0", "1", "2", "3"]
     devices = [f"dev-{i:05d}" for i in range(1000)]
-    placed = [resolver.get_partition_id_by_partition_key(d) for d in devices]
-    assert placed == [again.get_partition_id_by_partition_key(d) for d in devices]
+    placed = [device_partition(d, partitions) for d in devices]
+    assert placed == [partitions[partition_for_key(d, 4)] for d in devices]
     assert all(count > 150 for count in Counter(placed).values())
+    # A key with a negative hash code: the service (and so the emulator) says 4, the Python SDK's resolver 7.
+    assert device_partition("alphabet", [str(i) for i in range(11)]) == "4"
 
 
 def test_manifest_round_trip_and_latest_by_device(tmp_path):
