@@ -129,5 +129,4 @@ class CassandraEventReader:
         # The lookups' own path (the prepared point read of device_latest, at their consistency) for a device that
         # cannot exist: it answers only if the keyspace and table are there and a data read succeeds. A system.local
         # query would answer while every data read times out or is throttled.
-        self._rows("latest", (HEALTH_PROBE_DEVICE,), "the health probe's point read",
-                   timeout=timeout or self._timeout)
+        self._rows("latest", (HEALTH_PROBE_DEVICE,), "the health probe's point read", timeout=timeout)
