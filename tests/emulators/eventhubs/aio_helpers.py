@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from azure.eventhub import EventData
 from azure.eventhub.aio import EventHubConsumerClient, EventHubProducerClient
 
 from tests.emulators.eventhubs.helpers import FAST
 from tests.fixtures.eventhubs import IsolatedHub
+
+T = TypeVar("T")
 
 
 def producer(hub: IsolatedHub, **kwargs: Any) -> EventHubProducerClient:
@@ -83,6 +86,24 @@ async def receive(hub: IsolatedHub, partition_id: str, *, count: int, starting_p
 
 
 _closing: set[asyncio.Task[None]] = set()
+CLOSE_WAIT = 10.0
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)``, letting the receivers :func:`receive` closes in the background finish first.
+
+    Left to ``asyncio.run``, a close still in flight is cancelled inside the SDK, which can keep the loop
+    waiting until the test times out (seen once in CI on a loaded machine); waiting for it (at most
+    ``CLOSE_WAIT`` seconds) ends the test when its clients are closed.
+    """
+    async def whole() -> T:
+        try:
+            return await main
+        finally:
+            if _closing:
+                await asyncio.wait(set(_closing), timeout=CLOSE_WAIT)
+
+    return asyncio.run(whole())
 
 
 async def _close(client: EventHubConsumerClient, receiving: asyncio.Task[None]) -> None:

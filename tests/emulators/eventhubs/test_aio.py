@@ -11,7 +11,7 @@ from azure.eventhub import EventData
 from azure.eventhub.amqp import AmqpAnnotatedMessage
 
 from emulators.eventhubs.broker import partition_for_key
-from tests.emulators.eventhubs.aio_helpers import bodies, producer, receive, send
+from tests.emulators.eventhubs.aio_helpers import bodies, producer, receive, run, send
 from tests.fixtures.eventhubs import IsolatedHub
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,7 +37,7 @@ def test_partition_key_batches_and_single_events_keep_order(isolated_eventhub: I
             empty = [(await client.get_partition_properties(p))["is_empty"] for p in await client.get_partition_ids()]
         assert empty.count(False) == 1 and not empty[int(expected)]
 
-    asyncio.run(body())
+    run(body())
 
 
 def test_round_robin_and_explicit_partition(isolated_eventhub: IsolatedHub) -> None:
@@ -53,7 +53,7 @@ def test_round_robin_and_explicit_partition(isolated_eventhub: IsolatedHub) -> N
         assert bodies(events)[-1] == "direct" and events[-1].partition_key is None
         assert b"x-opt-partition-key" not in events[-1].raw_amqp_message.annotations
 
-    asyncio.run(body())
+    run(body())
 
 
 def test_every_starting_position(isolated_eventhub: IsolatedHub) -> None:
@@ -83,7 +83,7 @@ def test_every_starting_position(isolated_eventhub: IsolatedHub) -> None:
         for (name, (_, n, first)), got in zip(cases.items(), results, strict=True):
             assert len(got) == n and bodies(got)[0] == first and bodies(got)[-1] == "e9", name
 
-    asyncio.run(body())
+    run(body())
 
 
 def test_latest_and_time_after_the_last_see_only_new_events(isolated_eventhub: IsolatedHub) -> None:
@@ -104,7 +104,7 @@ def test_latest_and_time_after_the_last_see_only_new_events(isolated_eventhub: I
         for task in (latest, later):
             assert bodies(task.result())[0].startswith("new-")
 
-    asyncio.run(body())
+    run(body())
 
 
 def test_credit_is_honoured(isolated_eventhub: IsolatedHub) -> None:
@@ -120,7 +120,7 @@ def test_credit_is_honoured(isolated_eventhub: IsolatedHub) -> None:
         assert bodies(small) == texts
         assert bodies(single) == texts[: len(single)] and len(single) >= 30
 
-    asyncio.run(body())
+    run(body())
 
 
 def test_message_properties_and_application_properties_round_trip(isolated_eventhub: IsolatedHub) -> None:
@@ -164,7 +164,7 @@ def test_message_properties_and_application_properties_round_trip(isolated_event
         assert big.body_as_str() == "x" * 300_000 and big.sequence_number == 1
         assert int(big.offset) > 0
 
-    asyncio.run(body())
+    run(body())
 
 
 def test_properties_queries(isolated_eventhub: IsolatedHub) -> None:
@@ -191,7 +191,7 @@ def test_properties_queries(isolated_eventhub: IsolatedHub) -> None:
         assert info[b"last_enqueued_sequence_number"] == 2
         assert info[b"last_enqueued_offset"] == events[-1].offset.encode()
 
-    asyncio.run(body())
+    run(body())
 
 
 def test_many_producers_and_consumers_at_once(isolated_eventhub: IsolatedHub) -> None:
@@ -221,4 +221,4 @@ def test_many_producers_and_consumers_at_once(isolated_eventhub: IsolatedHub) ->
                 seen.setdefault(int(n), []).append(int(i))
         assert seen == {n: list(range(per_producer)) for n in range(producers)}
 
-    asyncio.run(body())
+    run(body())

@@ -50,7 +50,7 @@ def test_unknown_hub_and_consumer_group_are_not_found(isolated_eventhub: Isolate
         assert isinstance(received, ConnectionLostError) and "consumer group 'nobody'" in str(received), received
         assert condition_of(received) == "not-found"
 
-    asyncio.run(aio())
+    aio_helpers.run(aio())
 
 
 def test_declared_consumer_groups_match_case_insensitively(isolated_eventhub: IsolatedHub) -> None:
@@ -83,7 +83,7 @@ def test_oversize_message_is_refused_with_the_size_error(isolated_eventhub: Isol
             with pytest.raises(EventDataSendError, match="maximum message size"):
                 await client.send_batch(big_batch(MAX_MESSAGE_SIZE + 10))
 
-    asyncio.run(aio())
+    aio_helpers.run(aio())
 
 
 def connection_string_with(hub: IsolatedHub, replace: str, by: str) -> IsolatedHub:
@@ -111,7 +111,7 @@ def test_wrong_key_and_malformed_token_are_refused(isolated_eventhub: IsolatedHu
         with pytest.raises(AuthenticationError, match="Malformed"):
             await aio_helpers.receive(malformed, "0", count=1, timeout=10)
 
-    asyncio.run(aio())
+    aio_helpers.run(aio())
 
 
 class Listener:
@@ -173,7 +173,7 @@ def test_higher_owner_level_takes_the_partition(isolated_eventhub: IsolatedHub) 
                     assert condition_of(refused) == "link:stolen"
                 assert [e.body_as_str() for e in other] == ["before", "after"]
 
-            asyncio.run(aio())
+            aio_helpers.run(aio())
         finally:
             second.close()
     finally:
@@ -193,4 +193,4 @@ def test_aio_owner_level_takeover(isolated_eventhub: IsolatedHub) -> None:
             await asyncio.wait_for(low, 30)
         assert condition_of(lost.value) == "link:stolen"
 
-    asyncio.run(body())
+    aio_helpers.run(body())

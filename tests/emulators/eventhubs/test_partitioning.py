@@ -148,7 +148,7 @@ def check_landing(hub: IsolatedHub, count: int) -> None:
         landed = {KEYS[i]: int(partition) for i, (partition, _) in seen.items()}
         assert landed == {key: service_partition(key, count) for key in KEYS}
 
-    asyncio.run(body())
+    aio_helpers.run(body())
 
 
 def test_keyed_events_land_where_the_service_puts_them_with_4_partitions(isolated_eventhub: IsolatedHub) -> None:
@@ -188,4 +188,4 @@ def test_buffered_mode_sends_where_the_sdk_resolver_says(keyed_hubs: dict[str, I
             assert int(seen[100 + n][0]) == sdk_resolver_partition(key, 11), key
             assert int(seen[200 + n][0]) == service_partition(key, 11), key
 
-    asyncio.run(body())
+    aio_helpers.run(body())

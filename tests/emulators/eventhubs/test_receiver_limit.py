@@ -94,7 +94,7 @@ def test_five_readers_per_partition_and_group_then_the_sixth_is_refused(isolated
         finally:
             await asyncio.gather(*(r.close() for r in five + others))
 
-    asyncio.run(body())
+    aio_helpers.run(body())
 
 
 def address(hub: IsolatedHub, partition_id: str = "2", group: str = "$Default") -> str:
