@@ -44,4 +44,20 @@ class MeasurementRule(BaseModel):
 
 def is_critical(severity: str, measurements: Mapping[str, float], rules: Sequence[MeasurementRule]) -> bool:
     """True when the severity says so or any rule matches."""
-    return severity == "critical" or any(rule.matches(measurements) for rule in rules)
+    return Criticality(rules)(severity, measurements)
+
+
+class Criticality:
+    """:func:`is_critical` for one set of rules, looked up once: ingest asks it of every event."""
+
+    def __init__(self, rules: Sequence[MeasurementRule]) -> None:
+        self._checks = tuple((rule.measurement, _OPS[rule.op], rule.value) for rule in rules)
+
+    def __call__(self, severity: str, measurements: Mapping[str, float]) -> bool:
+        if severity == "critical":
+            return True
+        for name, holds, threshold in self._checks:
+            observed = measurements.get(name)
+            if observed is not None and holds(observed, threshold):
+                return True
+        return False

@@ -19,6 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from functools import cache
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -26,7 +27,12 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def bucket_start(moment: datetime, bucket_seconds: int) -> datetime:
     """The start of the bucket holding ``moment`` (an aware datetime), in UTC."""
     utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
-    return utc - (utc - EPOCH) % timedelta(seconds=bucket_seconds)  # exact: timedelta arithmetic is integral
+    return utc - (utc - EPOCH) % _span(bucket_seconds)  # exact: timedelta arithmetic is integral
+
+
+@cache
+def _span(seconds: int) -> timedelta:
+    return timedelta(seconds=seconds)
 
 
 def buckets_between(start: datetime, end: datetime, bucket_seconds: int) -> Iterator[datetime]:
@@ -45,4 +51,4 @@ def shard_of(event_id: uuid.UUID, shards: int) -> int:
 
 def day_of(moment: datetime) -> date:
     """The UTC day of ``moment``: the second part of ``events_by_device``'s partition key."""
-    return moment.astimezone(UTC).date()
+    return (moment if moment.tzinfo is UTC else moment.astimezone(UTC)).date()

@@ -73,8 +73,8 @@ def flatten(work: list[tuple]) -> list:
                         list(statement._statements_and_parameters)))
         else:
             assert isinstance(statement, BoundStatement)
-            out.append((statement.prepared_statement.query_id, statement.values, statement.routing_key,
-                        statement.keyspace, statement.is_idempotent))
+            out.append((statement.prepared_statement.query_id, statement.values, list(statement.raw_values),
+                        statement.routing_key, statement.keyspace, statement.is_idempotent))
     return out
 
 
@@ -87,8 +87,8 @@ def driver_bound(work: list[tuple]) -> list:
                         list(statement._statements_and_parameters)))
         else:
             bound = statement.bind(params)
-            out.append((bound.prepared_statement.query_id, bound.values, bound.routing_key, bound.keyspace,
-                        bound.is_idempotent))
+            out.append((bound.prepared_statement.query_id, bound.values, list(bound.raw_values), bound.routing_key,
+                        bound.keyspace, bound.is_idempotent))
     return out
 
 
@@ -188,3 +188,11 @@ def test_batch_rows_of_one_sends_every_row_on_its_own(store) -> None:
     assert len(work) == 5 * len(batch) + 2  # five tables per event, two critical events
     assert all(len(o) == 1 for o in owners)
     assert flatten(work) == driver_bound(unbatched.plan(batch, bind=False)[0])
+
+
+def test_a_value_of_the_wrong_type_is_refused_naming_the_event_and_the_column(store) -> None:
+    _, event_store = store
+    [good, *_] = events()
+    wrong = Event(DeviceEvent.model_construct(**{**dict(good.body), "device_id": 42}), good.metadata)
+    with pytest.raises(TypeError, match=rf"event {good.event_id}: device_id 42 is not a (varchar|text)"):
+        event_store.plan([wrong])

@@ -59,6 +59,22 @@ def test_a_text_double_map_layout_is_reused_only_for_the_same_keys_in_the_same_o
         assert serialize(values) == TEXT_DOUBLE.serialize(values, PROTOCOL)
 
 
+SCALARS = {
+    cqltypes.Int32Type: st.integers(-(2**31), 2**31 - 1),
+    cqltypes.LongType: st.integers(-(2**63), 2**63 - 1),
+    cqltypes.BooleanType: st.booleans(),
+    cqltypes.UTF8Type: st.text(),
+    cqltypes.VarcharType: st.text(),
+}
+
+
+@pytest.mark.parametrize("cql_type", list(SCALARS), ids=lambda t: t.__name__)
+@given(data=st.data())
+def test_scalars_match_the_driver(cql_type: type, data: st.DataObject) -> None:
+    ours, drivers = both(cql_type, data.draw(SCALARS[cql_type]))
+    assert ours == drivers
+
+
 @given(st.dictionaries(names, st.text(max_size=30), max_size=20))
 def test_text_text_maps_match_the_driver(values: dict[str, str]) -> None:
     ours, drivers = both(TEXT_TEXT, values)
@@ -85,7 +101,9 @@ def test_values_outside_the_fast_path_get_the_drivers_bytes(cql_type: type, valu
 
 @pytest.mark.parametrize(
     ("cql_type", "value"),
-    [(TIMESTAMP, "yesterday"), (DATE, object()), (TEXT_DOUBLE, {"a": "hot"}), (TEXT_DOUBLE, [1.0]), (TEXT_TEXT, {1: "x"})],
+    [(TIMESTAMP, "yesterday"), (DATE, object()), (TEXT_DOUBLE, {"a": "hot"}), (TEXT_DOUBLE, [1.0]), (TEXT_TEXT, {1: "x"}),
+     (cqltypes.Int32Type, 2**31), (cqltypes.Int32Type, "7"), (cqltypes.LongType, 2**63), (cqltypes.BooleanType, None),
+     (cqltypes.UTF8Type, b"bytes"), (cqltypes.VarcharType, 7), (cqltypes.UTF8Type, "\ud800")],
     ids=repr,
 )
 def test_values_the_driver_refuses_are_refused_alike(cql_type: type, value: object) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -166,3 +166,49 @@ def test_the_published_json_schema_matches_the_contract():
 
     published = json.loads((Path(__file__).resolve().parents[2] / "docs" / "event.schema.json").read_text())
     assert published == schema(), "regenerate with: python -m sluice event-schema > docs/event.schema.json"
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+# Per field, values near the contract's edges, beside arbitrary JSON.
+_NEAR = {
+    "event_id": st.uuids().map(str) | st.uuids().map(lambda u: u.hex) | st.uuids().map(lambda u: f"{{{u}}}"),
+    "device_id": st.text(alphabet="ab:.-_ /é", min_size=0, max_size=130),
+    "event_type": st.text(min_size=0, max_size=66),
+    "timestamp": st.builds(
+        lambda skew, zone: (NOW + timedelta(seconds=skew)).astimezone(zone).isoformat() if zone else
+        (NOW + timedelta(seconds=skew)).replace(tzinfo=None).isoformat(),
+        st.integers(-10**6, 10**4), st.sampled_from([UTC, timezone(timedelta(hours=-5)), None])),
+    "severity": st.sampled_from(["info", "warning", "critical", "Critical", ""]),
+    "measurements": st.dictionaries(st.text(max_size=3), st.floats() | st.integers(-(2**80), 2**80) | st.booleans(),
+                                    max_size=4) | st.integers(62, 66).map(lambda n: {f"m{i}": 1.5 for i in range(n)}),
+    "attributes": st.dictionaries(st.text(max_size=3), st.text(max_size=3) | st.integers(), max_size=4)
+                  | st.integers(30, 34).map(lambda n: {f"a{i}": "v" for i in range(n)}),
+    "schema_version": st.sampled_from([1, 2, 1.0, True, "1"]),
+    "extra": st.none(),
+}
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    changes=st.sets(st.sampled_from(list(_NEAR)), max_size=3).flatmap(
+        lambda fields: st.fixed_dictionaries(
+            {name: st.just(...) | _json_values | _NEAR[name] for name in fields})),
+    spacing=st.sampled_from(["", " ", "\n\t"]),
+)
+def test_a_lone_event_object_is_judged_as_the_same_event_inside_an_array(changes, spacing):
+    # A body holding one object is validated in one pass; an array, element by element: both must agree.
+    element = event(**changes)
+    lone = parse((spacing + json.dumps(element)).encode())
+    in_array = parse(json.dumps([element]).encode())
+    assert [e.body for e in lone.oks] == [e.body for e in in_array.oks]
+    assert len(lone.errs) == len(in_array.errs)
+    for alone, inside in zip(lone.errs, in_array.errs, strict=True):
+        assert alone.index is None and alone.event_id == inside.event_id
+        if inside.index is None:  # not JSON at all (NaN, Infinity): both bodies are refused whole, for that reason
+            assert alone.reason.startswith("body is not valid JSON") and inside.reason.startswith("body is not valid JSON")
+        else:
+            assert alone.reason == inside.reason.replace("element 0", "event", 1)

@@ -8,7 +8,9 @@ generic ``to_binary`` of each subtype) were most of the CPU. The functions here
 produce the same bytes for the values Sluice binds, and hand anything else to
 the driver's own serializer, so a value they do not cover is never encoded
 differently: ``tests/unit/test_cassandra_codec.py`` compares them with the
-driver byte for byte on generated values.
+driver byte for byte on generated values. For int, bigint, boolean and text the
+serializer is what the driver's own calls (``int32_pack``, ``str.encode``...),
+taken out of the Python function around it.
 
 Only protocol v3 and later (int32 lengths inside collections) take the fast
 path; v1/v2 (never negotiated with Cosmos DB or Cassandra 3.11+) use the driver.
@@ -19,8 +21,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from operator import methodcaller
 
-from cassandra import cqltypes
+from cassandra import cqltypes, marshal
 
 Serializer = Callable[[object], bytes]
 
@@ -43,6 +46,9 @@ def serializer(cql_type: type[cqltypes._CassandraType], protocol_version: int) -
 
     if protocol_version < 3:
         return driver
+    direct = _DIRECT.get(cql_type)
+    if direct is not None:
+        return direct
     if cql_type is cqltypes.DateType or cql_type is cqltypes.TimestampType:
         return _timestamp(driver)
     if cql_type is cqltypes.SimpleDateType:
@@ -57,12 +63,24 @@ def serializer(cql_type: type[cqltypes._CassandraType], protocol_version: int) -
     return driver
 
 
+# What the driver's own ``serialize`` of these types calls, minus the call around it: the same bytes and the same
+# errors, with no Python frame per value (ten of an event's nineteen values are of these types).
+_DIRECT: dict[type, Serializer] = {
+    cqltypes.Int32Type: marshal.int32_pack,
+    cqltypes.LongType: marshal.int64_pack,
+    cqltypes.BooleanType: marshal.int8_pack,
+    cqltypes.UTF8Type: methodcaller("encode", "utf-8"),
+    cqltypes.VarcharType: methodcaller("encode", "utf-8"),
+}
+
+
 def _timestamp(driver: Serializer) -> Serializer:
     def serialize(value: object) -> bytes:
         # The driver computes seconds * 1e3 + microseconds / 1e3 in floating point and truncates: for a
         # whole number of milliseconds (all Sluice binds) that is exactly the floor division below.
         if type(value) is datetime and not value.microsecond % 1000:
-            return _INT64((value - (_NAIVE_EPOCH if value.utcoffset() is None else _EPOCH)) // _MILLISECOND)
+            aware = value.tzinfo is UTC or value.utcoffset() is not None
+            return _INT64((value - (_EPOCH if aware else _NAIVE_EPOCH)) // _MILLISECOND)
         return driver(value)
 
     return serialize

@@ -39,7 +39,7 @@ from cassandra.query import BatchStatement, BatchType, BoundStatement, PreparedS
 
 from shared.adapters.cassandra.codec import Serializer, serializer
 from shared.domain.events import Event
-from shared.domain.rules import MeasurementRule, is_critical
+from shared.domain.rules import Criticality, MeasurementRule
 from shared.domain.timebuckets import EPOCH, bucket_start, day_of, shard_of
 from shared.exceptions import ConfigurationError, TransientError
 from shared.lazy import Once
@@ -130,7 +130,7 @@ class _Prepared:
             return self.statement, list(pick(values))
         bound = BoundStatement(self.statement)
         bound.values = list(pick(serialized))
-        bound.raw_values = list(pick(values))
+        bound.raw_values = pick(values)  # as ``bind`` keeps what it was given: here a tuple
         return bound, ()
 
 
@@ -140,7 +140,7 @@ class CassandraEventStore:
     def __init__(self, session: Session, settings: CassandraSettings, rules: Sequence[MeasurementRule] = ()) -> None:
         self._session = session
         self._settings = settings
-        self._rules = tuple(rules)
+        self._critical = Criticality(rules)
         self._statements = Once(self._prepare)
 
     def _prepare(self) -> _Statements:
@@ -178,62 +178,67 @@ class CassandraEventStore:
         """
         statements = self._statements.get()
         bind = bind and statements.serializable
+        serialize = statements.serialize
         by_id = statements.inserts["by_id"]
-        shared = [statements.inserts[n] for n in ("latest", "by_time", "by_arrival", "by_device")]
-        with_critical = [*shared, statements.inserts["critical"]]
+        # Every other table groups its rows by partition: per table, partition key -> the positions of the events
+        # whose rows it holds, in the order the events came. events_by_id has one row per partition (event ids are
+        # unique in a batch), so it is not grouped.
+        tables = [(statements.inserts[name], {}) for name in ("latest", "by_time", "by_arrival", "by_device")]
+        with_critical = [*tables, (statements.inserts["critical"], {})]
+        rows: list[tuple[list, list[bytes | None] | None]] = []
+        event_ids = []
         work: list[tuple] = []
         owners: list[tuple] = []
-        # (table, partition key) -> the event ids and statements of its rows, in the order the events came.
-        # events_by_id has one row per partition (event ids are unique in a batch): no grouping.
-        partitions: dict[tuple, tuple[list, list]] = {}
-        for event in events:
+        for position, event in enumerate(events):
             values = self._values(event)
-            serialized = statements.serialize(values, event) if bind else None
-            event_id = event.event_id
+            serialized = serialize(values, event) if bind else None
+            rows.append((values, serialized))
+            event_ids.append(values[_EVENT_ID])
             work.append(by_id.pair(values, serialized))
-            owners.append((event_id,))
-            for insert in with_critical if values[_CRITICAL] else shared:
-                key = (insert.statement.query_id, insert.partition(values))
-                rows = partitions.get(key)
-                if rows is None:
-                    rows = partitions[key] = ([], [])
-                rows[0].append(event_id)
-                rows[1].append(insert.pair(values, serialized))
+            owners.append((values[_EVENT_ID],))
+            for insert, partitions in with_critical if values[_CRITICAL] else tables:
+                key = insert.partition(values)
+                members = partitions.get(key)
+                if members is None:
+                    partitions[key] = [position]
+                else:
+                    members.append(position)
         # Cassandra applies a single-partition batch as one mutation (no batch-size warning or failure threshold
         # applies to it, CASSANDRA-10876); the cap keeps requests small enough to spread over the connection pool,
         # and a throttled one cheap to retry.
         size = self._settings.batch_rows
-        for event_ids, pairs in partitions.values():
-            for start in range(0, len(pairs), size):
-                chunk = pairs[start:start + size]
-                if len(chunk) == 1:
-                    work.append(chunk[0])
-                else:
-                    batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-                    batch.is_idempotent = True
-                    for statement, params in chunk:
-                        batch.add(statement, params)
-                    work.append((batch, ()))
-                owners.append(tuple(event_ids[start:start + size]))
+        for insert, partitions in with_critical:
+            for members in partitions.values():
+                for start in range(0, len(members), size):
+                    chunk = members[start:start + size]
+                    if len(chunk) == 1:
+                        work.append(insert.pair(*rows[chunk[0]]))
+                    else:
+                        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                        batch.is_idempotent = True
+                        for position in chunk:
+                            batch.add(*insert.pair(*rows[position]))
+                        work.append((batch, ()))
+                    owners.append(tuple(map(event_ids.__getitem__, chunk)))
         return work, owners
 
     def _values(self, event: Event) -> list:
         """The event's values in ``_VALUES`` order: keys, buckets, write timestamp, then the payload."""
         body, meta, cfg = event.body, event.metadata, self._settings
         event_time = _millis(body.timestamp)
-        arrival = _millis(event.arrival_time.astimezone(UTC))
-        shard = shard_of(body.event_id, cfg.shards)
+        enqueued = _millis(meta.enqueued_time) if meta.enqueued_time else None
+        arrival = event_time if enqueued is None else enqueued.astimezone(UTC)
         return [
             body.event_id, body.device_id, event_time, day_of(event_time), bucket_start(event_time, cfg.bucket_seconds),
-            shard, bucket_start(arrival, cfg.bucket_seconds), arrival, write_timestamp(event),
-            body.event_type, body.severity, is_critical(body.severity, body.measurements, self._rules),
+            shard_of(body.event_id, cfg.shards), bucket_start(arrival, cfg.bucket_seconds), arrival,
+            write_timestamp(event), body.event_type, body.severity, self._critical(body.severity, body.measurements),
             body.measurements or None, body.attributes or None, body.schema_version,
-            meta.partition_id, meta.offset, meta.sequence_number,
-            _millis(meta.enqueued_time) if meta.enqueued_time else None,
+            meta.partition_id, meta.offset, meta.sequence_number, enqueued,
         ]
 
 
 _CRITICAL = _INDEX["critical"]
+_EVENT_ID = _INDEX["event_id"]
 
 
 @dataclass(frozen=True)
@@ -267,12 +272,12 @@ class _Statements:
         try:
             return [None if value is None else serialize(value)
                     for value, serialize in zip(values, self.serializers, strict=True)]
-        except (TypeError, struct.error):
+        except (AttributeError, TypeError, struct.error):
             for name, value, serialize, cql_type in zip(_VALUES, values, self.serializers, self.types, strict=True):
                 try:
                     if value is not None:
                         serialize(value)
-                except (TypeError, struct.error) as exc:
+                except (AttributeError, TypeError, struct.error) as exc:
                     raise TypeError(f"event {event.event_id}: {name} {value!r} is not a "
                                     f"{cql_type.cql_parameterized_type()} ({exc})") from exc
             raise
