@@ -13,6 +13,7 @@ from functools import cache
 
 from pydantic import SecretStr
 
+from shared import runtime
 from shared.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ _lock = threading.RLock()
 def settings() -> Settings:
     loaded = load_settings()
     logger.info("settings loaded: %s", loaded.as_dict())
+    runtime.configure(loaded.worker)
     return loaded
 
 

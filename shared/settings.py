@@ -422,6 +422,17 @@ class KeyVaultSettings(_Group):
         return value
 
 
+class WorkerSettings(_Group):
+    """The worker process that runs the functions."""
+
+    model_config = SettingsConfigDict(env_prefix="SLUICE_WORKER_")
+
+    gc_young_threshold: int = Field(50_000, ge=100, le=10_000_000, description=(
+        "allocations between collections of the garbage collector's youngest generation (Python's default is 700); "
+        "above one ingest batch's working set (about 30 objects per event: 50,000 covers 1,000 events), a batch's "
+        "objects are freed before the collector walks them"))
+
+
 class Settings(BaseModel):
     """Every setting of Sluice, grouped; built by :func:`load_settings`."""
 
@@ -437,6 +448,7 @@ class Settings(BaseModel):
     changefeed: ChangeFeedSettings
     lookup: LookupSettings
     keyvault: KeyVaultSettings
+    worker: WorkerSettings
 
     def as_dict(self) -> dict[str, Any]:
         """Every value, with secrets shown as ``**********`` (safe to log)."""
