@@ -70,10 +70,10 @@ def flatten(work: list[tuple]) -> list:
         assert params == ()
         if isinstance(statement, BatchStatement):
             out.append(("batch", statement.routing_key, statement.keyspace,
-                        list(statement._statements_and_parameters)))
+                        [(prepared, query, list(values)) for prepared, query, values in statement._statements_and_parameters]))
         else:
             assert isinstance(statement, BoundStatement)
-            out.append((statement.prepared_statement.query_id, statement.values, list(statement.raw_values),
+            out.append((statement.prepared_statement.query_id, list(statement.values), list(statement.raw_values),
                         statement.routing_key, statement.keyspace, statement.is_idempotent))
     return out
 

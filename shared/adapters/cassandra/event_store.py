@@ -94,10 +94,11 @@ def write_timestamp(event: Event) -> int:
 
 def _millis(moment: datetime) -> datetime:
     """Cassandra keeps milliseconds; truncating here keeps every table's key identical."""
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000) if moment.microsecond % 1000 else moment
+    return moment - _SUBMILLISECONDS[moment.microsecond % 1000]  # a sixth of the cost of datetime.replace
 
 
 _MILLISECOND = timedelta(milliseconds=1)
+_SUBMILLISECONDS = tuple(timedelta(microseconds=n) for n in range(1000))
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,11 @@ class _Prepared:
         if serialized is None:
             return self.statement, list(pick(values))
         bound = BoundStatement(self.statement)
-        bound.values = list(pick(serialized))
-        bound.raw_values = pick(values)  # as ``bind`` keeps what it was given: here a tuple
+        # Tuples: the driver only reads a bound statement's values (to send them and to take the routing key);
+        # ``bind`` is the one place that appends, and it is not called here. ``raw_values``, as ``bind`` keeps
+        # what it was given.
+        bound.values = pick(serialized)
+        bound.raw_values = pick(values)
         return bound, ()
 
 
