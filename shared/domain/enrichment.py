@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 
-from shared.domain.rules import MeasurementRule, is_critical
+from shared.domain.rules import Criticality, MeasurementRule
 from shared.domain.timebuckets import EPOCH
 from shared.ports.stored import StoredEvent
 
@@ -240,6 +240,7 @@ def compute_window(
     has none. Sums use ``math.fsum``, so averages do not depend on read order either.
     """
     start, end = window.start, window.end
+    criticality = Criticality(rules)
     by_id: dict[int, StoredEvent] = {}  # keyed by the UUID's integer: hashing it needs no Python-level call
     duplicates = 0
     for event in events:
@@ -267,8 +268,7 @@ def compute_window(
     for device_id in sorted(per_device):
         group = per_device[device_id]
         group.sort(key=_event_key)
-        critical = [e.critical if e.critical is not None else is_critical(e.severity, e.measurements, rules)
-                    for e in group]
+        critical = [e.critical if e.critical is not None else criticality(e.severity, e.measurements) for e in group]
         context = devices[device_id] = DeviceContext.resolve(device_id, reference)
         summaries = _summaries(group)
         device_stats.append(DeviceWindowStats(context, len(group), sum(critical), group[0].event_time,

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from shared.domain.rules import MeasurementRule, is_critical
+from shared.domain.rules import Criticality, MeasurementRule
 from shared.ports.cache import ChangeSink
 from shared.ports.feed import ChangeFeed, ContinuationRejected, FeedStateStore
 from shared.ports.stored import StoredEvent
@@ -59,7 +59,7 @@ class ChangeFeedService:
         self._sink = sink
         self._positions = positions
         self._name = feed_name
-        self._rules = tuple(rules)
+        self._critical = Criticality(rules)
         self._budget = time_budget
         self._read_timeout = read_timeout
         self._chunk = max(1, apply_chunk)
@@ -70,7 +70,7 @@ class ChangeFeedService:
         """Each event with ``critical`` decided (rows without the flag get the configured rules)."""
         return [
             event if event.critical is not None
-            else dataclasses.replace(event, critical=is_critical(event.severity, event.measurements, self._rules))
+            else dataclasses.replace(event, critical=self._critical(event.severity, event.measurements))
             for event in events
         ]
 
