@@ -199,16 +199,17 @@ def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime
     """
     context = {"limits": limits, "now": now or datetime.now(UTC)}
     parsed = Parsed()
-    seen: dict[uuid.UUID, DeviceEvent] = {}
+    seen: dict[int, DeviceEvent] = {}  # by the id's int: equal ids, and no Python-level UUID.__hash__ per lookup
     for record in records:
         for item in _items(record, limits, context, parsed):
             if isinstance(item, Rejected):
                 parsed.errs.append(item)
                 continue
             event, index = item
-            earlier = seen.get(event.event_id)
+            key = event.event_id.int
+            earlier = seen.get(key)
             if earlier is None:
-                seen[event.event_id] = event
+                seen[key] = event
                 parsed.oks.append(Event(event, record.metadata))
             elif earlier == event:
                 parsed.duplicates += 1

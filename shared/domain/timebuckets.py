@@ -52,3 +52,18 @@ def shard_of(event_id: uuid.UUID, shards: int) -> int:
 def day_of(moment: datetime) -> date:
     """The UTC day of ``moment``: the second part of ``events_by_device``'s partition key."""
     return (moment if moment.tzinfo is UTC else moment.astimezone(UTC)).date()
+
+
+# The same on milliseconds since the epoch, as Cassandra keeps a timestamp and the event store binds it.
+
+def bucket_start_millis(millis: int, bucket_seconds: int) -> int:
+    """:func:`bucket_start` of the moment ``millis``, in milliseconds since the epoch."""
+    return millis - millis % (bucket_seconds * 1000)
+
+
+def day_of_millis(millis: int) -> date:
+    """:func:`day_of` the moment ``millis``."""
+    return date.fromordinal(_EPOCH_ORDINAL + millis // 86_400_000)
+
+
+_EPOCH_ORDINAL = EPOCH.toordinal()

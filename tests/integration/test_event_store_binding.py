@@ -8,8 +8,10 @@ that went in.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -196,3 +198,18 @@ def test_a_value_of_the_wrong_type_is_refused_naming_the_event_and_the_column(st
     wrong = Event(DeviceEvent.model_construct(**{**dict(good.body), "device_id": 42}), good.metadata)
     with pytest.raises(TypeError, match=rf"event {good.event_id}: device_id 42 is not a (varchar|text)"):
         event_store.plan([wrong])
+
+
+def test_a_naive_enqueued_time_is_utc_in_the_arrival_bucket_as_in_the_column(store, monkeypatch) -> None:
+    """The driver binds a naive datetime as UTC; the arrival bucket must not read it in the worker's time zone."""
+    _, event_store = store
+    [event, *_] = events()
+    aware = event.metadata.enqueued_time
+    naive = Event(event.body, replace(event.metadata, enqueued_time=aware.replace(tzinfo=None)))
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert flatten(event_store.plan([naive])[0]) == flatten(event_store.plan([event])[0])
+    finally:
+        monkeypatch.undo()
+        time.tzset()

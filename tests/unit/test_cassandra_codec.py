@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.adapters.cassandra.codec import serializer
-from shared.domain.timebuckets import EPOCH, bucket_start
+from shared.domain.timebuckets import EPOCH, bucket_start, bucket_start_millis, day_of, day_of_millis
 
 PROTOCOL = 4
 TIMESTAMP = cqltypes.DateType
@@ -34,8 +34,8 @@ def both(cql_type: type, value: object) -> tuple[bytes, bytes]:
     return serializer(cql_type, PROTOCOL)(value), cql_type.serialize(value, PROTOCOL)
 
 
-@given(st.one_of(moments, whole_millis))
-def test_timestamps_match_the_driver(moment: datetime) -> None:
+@given(st.one_of(moments, whole_millis, st.integers(-(2**63), 2**63 - 1)))
+def test_timestamps_match_the_driver(moment: datetime | int) -> None:
     ours, drivers = both(TIMESTAMP, moment)
     assert ours == drivers
 
@@ -84,7 +84,7 @@ def test_text_text_maps_match_the_driver(values: dict[str, str]) -> None:
 @pytest.mark.parametrize(
     ("cql_type", "value"),
     [
-        (TIMESTAMP, 1_763_900_000_123),  # an int of milliseconds
+        (TIMESTAMP, 1_763_900_000_123.9),  # a float of milliseconds
         (TIMESTAMP, date(2026, 11, 23)),
         (DATE, 20_000 + 2**31),  # an already offset int, as CQL writes it
         (DATE, datetime(2026, 11, 23, 12, tzinfo=UTC)),
@@ -101,7 +101,7 @@ def test_values_outside_the_fast_path_get_the_drivers_bytes(cql_type: type, valu
 
 @pytest.mark.parametrize(
     ("cql_type", "value"),
-    [(TIMESTAMP, "yesterday"), (DATE, object()), (TEXT_DOUBLE, {"a": "hot"}), (TEXT_DOUBLE, [1.0]), (TEXT_TEXT, {1: "x"}),
+    [(TIMESTAMP, "yesterday"), (TIMESTAMP, 2**63), (TIMESTAMP, True), (DATE, object()), (TEXT_DOUBLE, {"a": "hot"}), (TEXT_DOUBLE, [1.0]), (TEXT_TEXT, {1: "x"}),
      (cqltypes.Int32Type, 2**31), (cqltypes.Int32Type, "7"), (cqltypes.LongType, 2**63), (cqltypes.BooleanType, None),
      (cqltypes.UTF8Type, b"bytes"), (cqltypes.VarcharType, 7), (cqltypes.UTF8Type, "\ud800")],
     ids=repr,
@@ -120,3 +120,11 @@ def test_bucket_start_is_the_aligned_utc_start_of_the_span_holding_the_moment(mo
     assert start <= moment < start + timedelta(seconds=seconds)
     whole, rest = divmod(start - EPOCH, timedelta(seconds=seconds))
     assert rest == timedelta(0)
+
+
+@given(moments.filter(lambda m: m.tzinfo is not None), st.sampled_from([1, 7, 60, 300, 3600, 86400]))
+def test_bucket_and_day_on_milliseconds_are_those_of_the_moment(moment: datetime, seconds: int) -> None:
+    millis = (moment - EPOCH) // timedelta(milliseconds=1)
+    whole = EPOCH + timedelta(milliseconds=millis)  # the moment as Cassandra keeps it
+    assert bucket_start_millis(millis, seconds) == (bucket_start(whole, seconds) - EPOCH) // timedelta(milliseconds=1)
+    assert day_of_millis(millis) == day_of(whole)

@@ -2,7 +2,8 @@
 
 The event store serializes each of an event's values once (see ``event_store``).
 Of what is left, the driver's ``DateType.serialize`` (a ``utctimetuple`` and a
-``calendar.timegm`` per timestamp, five per event), ``SimpleDateType.serialize``
+``calendar.timegm`` per datetime, and five timestamps per event: the event store
+binds them as ints of milliseconds, which it packs as they are), ``SimpleDateType.serialize``
 and ``MapType.serialize`` (a ``BytesIO`` and four writes per entry, through the
 generic ``to_binary`` of each subtype) were most of the CPU. The functions here
 produce the same bytes for the values Sluice binds, and hand anything else to
@@ -76,6 +77,8 @@ _DIRECT: dict[type, Serializer] = {
 
 def _timestamp(driver: Serializer) -> Serializer:
     def serialize(value: object) -> bytes:
+        if type(value) is int:  # milliseconds, as the event store binds them: the driver packs the int as it is
+            return _INT64(value)
         # The driver computes seconds * 1e3 + microseconds / 1e3 in floating point and truncates: for a
         # whole number of milliseconds (all Sluice binds) that is exactly the floor division below.
         if type(value) is datetime and not value.microsecond % 1000:

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import logging
 import struct
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from operator import itemgetter
 
 from cassandra.cluster import Session
@@ -40,7 +41,7 @@ from cassandra.query import BatchStatement, BatchType, BoundStatement, PreparedS
 from shared.adapters.cassandra.codec import Serializer, serializer
 from shared.domain.events import Event
 from shared.domain.rules import Criticality, MeasurementRule
-from shared.domain.timebuckets import EPOCH, bucket_start, day_of, shard_of
+from shared.domain.timebuckets import EPOCH, bucket_start_millis, day_of_millis, shard_of
 from shared.exceptions import ConfigurationError, TransientError
 from shared.lazy import Once
 from shared.settings import CassandraSettings
@@ -89,16 +90,20 @@ _INSERTS = {
 }
 def write_timestamp(event: Event) -> int:
     """Microseconds for ``USING TIMESTAMP``: the event time in ms, then 3 digits from the event id."""
-    return (event.timestamp - EPOCH) // _MILLISECOND * 1000 + event.event_id.int % 1000
+    return _write_timestamp(milliseconds(event.timestamp), event.event_id)
 
 
-def _millis(moment: datetime) -> datetime:
-    """Cassandra keeps milliseconds; truncating here keeps every table's key identical."""
-    return moment - _SUBMILLISECONDS[moment.microsecond % 1000]  # a sixth of the cost of datetime.replace
+def _write_timestamp(millis: int, event_id: uuid.UUID) -> int:
+    return millis * 1000 + event_id.int % 1000
+
+
+def milliseconds(moment: datetime) -> int:
+    """Milliseconds since the epoch, as Cassandra keeps a timestamp; a naive moment is UTC, as the driver reads it."""
+    return (moment - (EPOCH if moment.tzinfo is not None else _NAIVE_EPOCH)) // _MILLISECOND
 
 
 _MILLISECOND = timedelta(milliseconds=1)
-_SUBMILLISECONDS = tuple(timedelta(microseconds=n) for n in range(1000))
+_NAIVE_EPOCH = EPOCH.replace(tzinfo=None)
 
 
 @dataclass(frozen=True)
@@ -227,15 +232,21 @@ class CassandraEventStore:
         return work, owners
 
     def _values(self, event: Event) -> list:
-        """The event's values in ``_VALUES`` order: keys, buckets, write timestamp, then the payload."""
+        """The event's values in ``_VALUES`` order: keys, buckets, write timestamp, then the payload.
+
+        Timestamps are whole milliseconds since the epoch, which is what Cassandra
+        keeps and how the driver binds an int to a timestamp column: every table's
+        key holds the same millisecond, and buckets and days are integer arithmetic.
+        """
         body, meta, cfg = event.body, event.metadata, self._settings
-        event_time = _millis(body.timestamp)
-        enqueued = _millis(meta.enqueued_time) if meta.enqueued_time else None
-        arrival = event_time if enqueued is None else enqueued.astimezone(UTC)
+        event_id = body.event_id
+        at = milliseconds(body.timestamp)
+        enqueued = None if meta.enqueued_time is None else milliseconds(meta.enqueued_time)
+        arrival = at if enqueued is None else enqueued
         return [
-            body.event_id, body.device_id, event_time, day_of(event_time), bucket_start(event_time, cfg.bucket_seconds),
-            shard_of(body.event_id, cfg.shards), bucket_start(arrival, cfg.bucket_seconds), arrival,
-            write_timestamp(event), body.event_type, body.severity, self._critical(body.severity, body.measurements),
+            event_id, body.device_id, at, day_of_millis(at), bucket_start_millis(at, cfg.bucket_seconds),
+            shard_of(event_id, cfg.shards), bucket_start_millis(arrival, cfg.bucket_seconds), arrival,
+            _write_timestamp(at, event_id), body.event_type, body.severity, self._critical(body.severity, body.measurements),
             body.measurements or None, body.attributes or None, body.schema_version,
             meta.partition_id, meta.offset, meta.sequence_number, enqueued,
         ]
