@@ -213,3 +213,16 @@ def test_a_naive_enqueued_time_is_utc_in_the_arrival_bucket_as_in_the_column(sto
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_a_statements_custom_payload_reaches_its_batches(store) -> None:
+    session, event_store = store
+    payload = {"tag": b"fleet-north"}
+    tagged = CassandraEventStore(session, event_store._settings, RULES)
+    tagged._statements.get().inserts["by_device"].statement.custom_payload = payload
+    same_day = [event for event in events() if event.device_id == "dev-a"]
+    work, _ = tagged.plan(same_day)
+    by_device = tagged._statements.get().inserts["by_device"].statement.query_id
+    [batch] = [s for s, _ in work if isinstance(s, BatchStatement) and s._statements_and_parameters[0][1] == by_device]
+    assert batch.custom_payload == payload
+    assert flatten(work) == driver_bound(tagged.plan(same_day, bind=False)[0])

@@ -142,6 +142,32 @@ class _Prepared:
         bound.raw_values = pick(values)
         return bound, ()
 
+    def batch(self, rows: list[tuple[list, list[bytes | None] | None]]) -> BatchStatement:
+        """An unlogged batch of this INSERT for ``rows`` (each ``(values, serialized)``, as :meth:`pair` takes them).
+
+        The first row goes in through ``BatchStatement.add`` as a bound statement,
+        which gives the batch its routing key, keyspace and custom payload. Every
+        further row is of the same prepared INSERT, so all ``add`` would still do
+        is record ``(True, query id, values)``: that entry is recorded directly,
+        through the method ``add`` itself calls, which saves a ``BoundStatement``
+        and an ``add`` per row, about 3 us per event (an eighth of plan and bind).
+        ``tests/integration/test_event_store_binding.py`` holds every child to
+        what ``add`` makes of the driver's own bind, so a driver that records
+        children otherwise fails there, not in production.
+        """
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        batch.is_idempotent = True
+        (values, serialized), *rest = rows
+        batch.add(*self.pair(values, serialized))
+        if serialized is None:  # unbound rows, for the driver to bind: only ``add`` does that
+            for values, serialized in rest:
+                batch.add(*self.pair(values, serialized))
+            return batch
+        record, query_id, pick = batch._add_statement_and_params, self.statement.query_id, self._pick
+        for _, serialized in rest:
+            record(True, query_id, pick(serialized))
+        return batch
+
 
 class CassandraEventStore:
     """Implements ``shared.ports.ingest.EventStore`` on Cassandra / Cosmos DB."""
@@ -223,11 +249,7 @@ class CassandraEventStore:
                     if len(chunk) == 1:
                         work.append(insert.pair(*rows[chunk[0]]))
                     else:
-                        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-                        batch.is_idempotent = True
-                        for position in chunk:
-                            batch.add(*insert.pair(*rows[position]))
-                        work.append((batch, ()))
+                        work.append((insert.batch([rows[position] for position in chunk]), ()))
                     owners.append(tuple(map(event_ids.__getitem__, chunk)))
         return work, owners
 
