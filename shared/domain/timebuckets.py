@@ -56,6 +56,12 @@ def day_of(moment: datetime) -> date:
 
 # The same on milliseconds since the epoch, as Cassandra keeps a timestamp and the event store binds it.
 
+def milliseconds(moment: datetime) -> int:
+    """Whole milliseconds since the epoch (towards the past); a naive moment is UTC, as the CQL driver reads it."""
+    aware = moment.tzinfo is UTC or moment.utcoffset() is not None
+    return (moment - (EPOCH if aware else _NAIVE_EPOCH)) // _MILLISECOND
+
+
 def bucket_start_millis(millis: int, bucket_seconds: int) -> int:
     """:func:`bucket_start` of the moment ``millis``, in milliseconds since the epoch."""
     return millis - millis % (bucket_seconds * 1000)
@@ -67,3 +73,5 @@ def day_of_millis(millis: int) -> date:
 
 
 _EPOCH_ORDINAL = EPOCH.toordinal()
+_NAIVE_EPOCH = EPOCH.replace(tzinfo=None)
+_MILLISECOND = timedelta(milliseconds=1)

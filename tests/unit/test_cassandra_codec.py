@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.adapters.cassandra.codec import serializer
-from shared.domain.timebuckets import EPOCH, bucket_start, bucket_start_millis, day_of, day_of_millis
+from shared.domain.timebuckets import EPOCH, bucket_start, bucket_start_millis, day_of, day_of_millis, milliseconds
 
 PROTOCOL = 4
 TIMESTAMP = cqltypes.DateType
@@ -124,7 +124,7 @@ def test_bucket_start_is_the_aligned_utc_start_of_the_span_holding_the_moment(mo
 
 @given(moments.filter(lambda m: m.tzinfo is not None), st.sampled_from([1, 7, 60, 300, 3600, 86400]))
 def test_bucket_and_day_on_milliseconds_are_those_of_the_moment(moment: datetime, seconds: int) -> None:
-    millis = (moment - EPOCH) // timedelta(milliseconds=1)
+    millis = milliseconds(moment)
     whole = EPOCH + timedelta(milliseconds=millis)  # the moment as Cassandra keeps it
     assert bucket_start_millis(millis, seconds) == (bucket_start(whole, seconds) - EPOCH) // timedelta(milliseconds=1)
     assert day_of_millis(millis) == day_of(whole)

@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from operator import methodcaller
 
 from cassandra import cqltypes, marshal
+
+from shared.domain.timebuckets import milliseconds
 
 Serializer = Callable[[object], bytes]
 
 _INT32 = struct.Struct(">i").pack
 _INT64 = struct.Struct(">q").pack
 _UINT32 = struct.Struct(">I").pack
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_NAIVE_EPOCH = _EPOCH.replace(tzinfo=None)
-_MILLISECOND = timedelta(milliseconds=1)
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _DATE_OFFSET = cqltypes.SimpleDateType.EPOCH_OFFSET_DAYS
 _CACHE_LIMIT = 4096
@@ -82,8 +81,7 @@ def _timestamp(driver: Serializer) -> Serializer:
         # The driver computes seconds * 1e3 + microseconds / 1e3 in floating point and truncates: for a
         # whole number of milliseconds (all Sluice binds) that is exactly the floor division below.
         if type(value) is datetime and not value.microsecond % 1000:
-            aware = value.tzinfo is UTC or value.utcoffset() is not None
-            return _INT64((value - (_EPOCH if aware else _NAIVE_EPOCH)) // _MILLISECOND)
+            return _INT64(milliseconds(value))
         return driver(value)
 
     return serialize

@@ -31,7 +31,6 @@ import struct
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from operator import itemgetter
 
 from cassandra.cluster import Session
@@ -41,7 +40,7 @@ from cassandra.query import BatchStatement, BatchType, BoundStatement, PreparedS
 from shared.adapters.cassandra.codec import Serializer, serializer
 from shared.domain.events import Event
 from shared.domain.rules import Criticality, MeasurementRule
-from shared.domain.timebuckets import EPOCH, bucket_start_millis, day_of_millis, shard_of
+from shared.domain.timebuckets import bucket_start_millis, day_of_millis, milliseconds, shard_of
 from shared.exceptions import ConfigurationError, TransientError
 from shared.lazy import Once
 from shared.settings import CassandraSettings
@@ -95,15 +94,6 @@ def write_timestamp(event: Event) -> int:
 
 def _write_timestamp(millis: int, event_id: uuid.UUID) -> int:
     return millis * 1000 + event_id.int % 1000
-
-
-def milliseconds(moment: datetime) -> int:
-    """Milliseconds since the epoch, as Cassandra keeps a timestamp; a naive moment is UTC, as the driver reads it."""
-    return (moment - (EPOCH if moment.tzinfo is not None else _NAIVE_EPOCH)) // _MILLISECOND
-
-
-_MILLISECOND = timedelta(milliseconds=1)
-_NAIVE_EPOCH = EPOCH.replace(tzinfo=None)
 
 
 @dataclass(frozen=True)
