@@ -1,0 +1,195 @@
+"""``EventHubBlobLagReader``: Event Hubs lag read exactly as KEDA's ``azure-eventhub`` scaler reads it.
+
+KEDA (``pkg/scalers/azure_eventhub_scaler.go`` and ``azure/azure_eventhub_checkpoint.go``)
+asks the hub for each partition's properties, then, with ``checkpointStrategy:
+blobMetadata``, reads the blob
+``<namespace>.<suffix>/<hub>/<consumer group in lower case>/checkpoint/<partition>``
+in ``blobContainer`` and takes the position from its metadata key ``sequencenumber``
+(or ``Sequencenumber``). Only the consumer group is lowered: the namespace and hub
+keep the case the ScaledObject gives them, while the Event Hubs SDKs and the
+Functions host write the whole name in lower case.
+
+Per partition: an empty partition (last enqueued -1) counts 0; no blob or no
+container counts every retained event (last - beginning + 1, the over-scaling trap);
+otherwise last - checkpoint, wrapping round like a circular buffer, and 0 when the
+result looks stale (above ``2**63 - 1 - stale_threshold``). A blob without a numeric
+``sequencenumber`` makes the whole scaler fail, which is when KEDA applies the
+ScaledObject's ``fallback``.
+
+When KEDA would find no checkpoint, the reader looks through the account's
+containers for checkpoints of the same hub and consumer group written under
+another container or another case, and says where they are.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from azure.core.exceptions import AzureError, ResourceNotFoundError
+from azure.eventhub import EventHubConsumerClient
+from azure.storage.blob import BlobServiceClient
+
+from shared.exceptions import DependencyUnavailable
+from shared.ports.lag import LagReading, PartitionLag
+
+logger = logging.getLogger(__name__)
+
+MAX_INT64 = 2**63 - 1
+DEFAULT_STALE_THRESHOLD = 10_000
+SCANNED_BLOBS_PER_CONTAINER = 10_000
+STRATEGY = "blobMetadata"
+
+
+@dataclass(frozen=True, slots=True)
+class KedaCheckpointSource:
+    """Where a ScaledObject's ``azure-eventhub`` trigger looks for checkpoints.
+
+    ``namespace`` is the fully qualified name KEDA builds: ``eventHubNamespace`` plus
+    the endpoint suffix (``servicebus.windows.net`` on Azure's public cloud).
+    """
+
+    namespace: str
+    eventhub: str
+    consumer_group: str
+    container: str
+    strategy: str = STRATEGY
+    stale_threshold: int = DEFAULT_STALE_THRESHOLD
+
+    def blob_name(self, partition_id: str) -> str:
+        return f"{self.namespace}/{self.eventhub}/{self.consumer_group.lower()}/checkpoint/{partition_id}"
+
+
+def unprocessed_events(last: int, checkpoint: int, stale_threshold: int = DEFAULT_STALE_THRESHOLD) -> int:
+    """KEDA's count for a partition with a checkpoint (``calculateUnprocessedEvents``)."""
+    # Below the checkpoint: the sequence wrapped round, or the partition properties are older than the checkpoint.
+    count = last - checkpoint if last >= checkpoint else (MAX_INT64 - checkpoint) + last
+    return 0 if count > MAX_INT64 - stale_threshold else count
+
+
+def unprocessed_without_checkpoint(beginning: int, last: int) -> int:
+    """KEDA's count for a partition whose checkpoint it cannot find: every retained event."""
+    if (beginning == 0 and last == 0) or beginning != last:
+        return last - beginning + 1
+    return 0
+
+
+class EventHubBlobLagReader:
+    """Reads one hub's lag from Event Hubs and the checkpoint blobs, as KEDA's blobMetadata strategy does."""
+
+    def __init__(self, hub: EventHubConsumerClient, blobs: BlobServiceClient, source: KedaCheckpointSource) -> None:
+        self._hub = hub
+        self._blobs = blobs
+        self._source = source
+
+    def read(self) -> LagReading:
+        source = self._source
+        properties = self._partition_properties()
+        warnings: list[str] = []
+        if source.strategy != STRATEGY:
+            warnings.append(
+                f"checkpointStrategy is {source.strategy!r}: KEDA would then look for checkpoints in a layout the "
+                f"Functions host does not write, find none and count every retained event; set "
+                f"checkpointStrategy: {STRATEGY}")
+        partitions: list[PartitionLag] = []
+        missing: list[str] = []
+        scaler_error = None
+        for props in properties:
+            pid, beginning, last = props["id"], props["beginning_sequence_number"], props["last_enqueued_sequence_number"]
+            checkpoint = None if source.strategy != STRATEGY or last == -1 else self._checkpoint(pid)
+            if isinstance(checkpoint, str):
+                scaler_error = scaler_error or checkpoint
+                checkpoint = None
+            if last == -1:
+                count = 0
+            elif checkpoint is None:
+                count = unprocessed_without_checkpoint(beginning, last)
+                missing.append(pid)
+            else:
+                count = unprocessed_events(last, checkpoint, source.stale_threshold)
+            partitions.append(PartitionLag(pid, beginning, last, checkpoint, count))
+        notes: list[str] = []
+        if missing and source.strategy == STRATEGY:
+            misplaced = self._misplaced(missing)
+            if misplaced:
+                warnings.extend(misplaced)
+            else:
+                notes.append(f"no checkpoint yet for partitions {', '.join(missing)}: KEDA counts every retained "
+                             f"event of those partitions as unprocessed until the first checkpoint")
+        return LagReading(tuple(partitions), tuple(warnings), tuple(notes), scaler_error)
+
+    def _partition_properties(self) -> list[dict[str, Any]]:
+        try:
+            ids = self._hub.get_partition_ids()
+            return [self._hub.get_partition_properties(pid) for pid in ids]
+        except Exception as exc:  # the SDK raises its own EventHubError tree and plain connection errors
+            raise DependencyUnavailable("Event Hubs", f"cannot read the partitions of "
+                                        f"{self._source.eventhub!r}: {type(exc).__name__}: {exc}") from exc
+
+    def _checkpoint(self, partition_id: str) -> int | str | None:
+        """The checkpoint's sequence number; ``None`` when KEDA finds no blob; a message when KEDA fails on it."""
+        name = self._source.blob_name(partition_id)
+        blob = self._blobs.get_blob_client(self._source.container, name)
+        try:
+            metadata = blob.get_blob_properties().metadata or {}
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise DependencyUnavailable("Blob storage", f"cannot read {self._source.container}/{name}: {exc}") from exc
+        value = metadata.get("sequencenumber", metadata.get("Sequencenumber"))
+        if value is None:
+            return (f"{self._source.container}/{name} has no 'sequencenumber' metadata (keys: {sorted(metadata)}): "
+                    f"KEDA's scaler fails on it and the ScaledObject's fallback applies")
+        try:
+            return int(value)
+        except ValueError:
+            return (f"{self._source.container}/{name}: sequencenumber {value!r} is not an integer: KEDA's scaler "
+                    f"fails on it and the ScaledObject's fallback applies")
+
+    def _misplaced(self, missing: list[str]) -> list[str]:
+        """Where checkpoints of this hub and group sit when they are not where KEDA looks (empty: nowhere)."""
+        source = self._source
+        wanted = {f"/{source.eventhub.lower()}/{source.consumer_group.lower()}/checkpoint/{pid}": pid for pid in missing}
+        found: dict[str, list[str]] = {}
+        try:
+            for container in self._blobs.list_containers():
+                for name in self._scan(container.name):
+                    for suffix in wanted:
+                        if name.lower().endswith(suffix) and not (container.name == source.container
+                                                                  and name == source.blob_name(wanted[suffix])):
+                            found.setdefault(container.name, []).append(name)
+        except AzureError as exc:
+            raise DependencyUnavailable("Blob storage", f"cannot list the checkpoint containers: {exc}") from exc
+        where = source.container + "/" + source.blob_name("<partition>")
+        out = []
+        for container, names in sorted(found.items()):
+            out.append(f"checkpoints of hub {source.eventhub!r} and consumer group {source.consumer_group!r} sit at "
+                       f"{container}/{sorted(names)[0]} (and {len(names) - 1} more), but KEDA reads {where}: it "
+                       f"counts every retained event of partitions {', '.join(missing)} as unprocessed and scales "
+                       f"out to the maximum (check blobContainer, eventHubNamespace and eventHubName, which KEDA "
+                       f"does not lower-case)")
+        return out
+
+    def _scan(self, container: str) -> Iterable[str]:
+        client = self._blobs.get_container_client(container)
+        for count, blob in enumerate(client.list_blobs()):
+            if count >= SCANNED_BLOBS_PER_CONTAINER:
+                logger.warning("stopped looking for checkpoints in %s after %d blobs", container, count)
+                return
+            yield blob.name
+
+
+def eventhub_client(eventhub: str, consumer_group: str, *, connection_string: str | None = None,
+                    fully_qualified_namespace: str | None = None) -> EventHubConsumerClient:
+    """A consumer client by connection string (local emulator) or by identity (``DefaultAzureCredential``)."""
+    if connection_string:
+        return EventHubConsumerClient.from_connection_string(
+            connection_string, consumer_group=consumer_group, eventhub_name=eventhub)
+    if not fully_qualified_namespace:
+        raise ValueError("an Event Hubs connection string or a fully qualified namespace is needed")
+    from azure.identity import DefaultAzureCredential
+
+    return EventHubConsumerClient(fully_qualified_namespace, eventhub, consumer_group,
+                                  credential=DefaultAzureCredential())

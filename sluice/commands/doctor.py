@@ -1,0 +1,137 @@
+"""``doctor keda``: the ingest lag as KEDA reads it, and the replicas KEDA would ask for.
+
+Reads the ScaledObject (the base ``k8s-keda/ingest.yaml`` by default; better, the one
+deployed: ``kubectl -n sluice get scaledobject sluice-ingest -o json | python -m
+sluice doctor keda --scaled-object -``), then each partition's last enqueued
+sequence number from Event Hubs and the checkpoint blob KEDA's ``blobMetadata``
+strategy reads, and prints per partition the lag, the total, and the replica count
+KEDA and the HPA would settle on. It warns when the checkpoints sit where KEDA does
+not look (another container, another case, another strategy): KEDA then counts
+every retained event as unprocessed and scales ingest out to its maximum.
+
+Connections come from the same variables the app uses: Event Hubs from
+``EventHubConnection`` (a connection string, local stack) or
+``EventHubConnection__fullyQualifiedNamespace`` (identity), storage from
+``AzureWebJobsStorage`` or ``AzureWebJobsStorage__accountName``. Exit status 0 when
+KEDA would read every checkpoint, 1 when there is a warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from shared.exceptions import ConfigurationError
+
+BASE_SCALED_OBJECT = Path(__file__).resolve().parents[2] / "k8s-keda" / "ingest.yaml"
+SERVICEBUS_SUFFIX = "servicebus.windows.net"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("doctor", help="check a deployment's moving parts")
+    checks = parser.add_subparsers(dest="check", required=True, metavar="CHECK")
+    keda = checks.add_parser("keda", help="Event Hubs lag and replicas as KEDA's azure-eventhub scaler sees them",
+                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    keda.add_argument("--scaled-object", default=str(BASE_SCALED_OBJECT),
+                      help="YAML or JSON holding the ingest ScaledObject ('-': standard input)")
+    keda.add_argument("--namespace", help="fully qualified Event Hubs namespace in the checkpoint blob names "
+                      f"(default: the trigger's eventHubNamespace + .{SERVICEBUS_SUFFIX})")
+    keda.add_argument("--container", help="override the trigger's blobContainer")
+    keda.add_argument("--threshold", type=int, help="override unprocessedEventThreshold")
+    keda.add_argument("--activation", type=int, help="override activationUnprocessedEventThreshold")
+    keda.add_argument("--max-replicas", type=int, help="override maxReplicaCount")
+    keda.set_defaults(func=run)
+
+
+def load_scaled_object(text: str, origin: str) -> dict[str, Any]:
+    """The first ScaledObject with an ``azure-eventhub`` trigger in ``text`` (JSON, or YAML when PyYAML is there)."""
+    try:
+        documents: list[Any] = [json.loads(text)]
+    except ValueError:
+        try:
+            import yaml
+        except ImportError:  # the image ships no PyYAML: give it JSON (kubectl ... -o json)
+            raise ConfigurationError(f"{origin}: not JSON, and PyYAML is not installed to read YAML") from None
+        documents = list(yaml.safe_load_all(text))
+    for doc in documents:
+        items = doc.get("items", [doc]) if isinstance(doc, dict) else []
+        for item in items:
+            if item.get("kind") == "ScaledObject" and any(
+                    t.get("type") == "azure-eventhub" for t in item.get("spec", {}).get("triggers", [])):
+                return item
+    raise ConfigurationError(f"{origin}: no ScaledObject with an azure-eventhub trigger")
+
+
+def _trigger(scaled: dict[str, Any]) -> dict[str, str]:
+    return next(t["metadata"] for t in scaled["spec"]["triggers"] if t["type"] == "azure-eventhub")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from shared.adapters.blob_service import blob_service_client
+    from shared.adapters.eventhub_lag import EventHubBlobLagReader, KedaCheckpointSource, eventhub_client
+    from shared.services.scaling import ScalingRule, desired_replicas
+    from shared.settings import StorageSettings
+
+    origin = "standard input" if args.scaled_object == "-" else args.scaled_object
+    text = sys.stdin.read() if args.scaled_object == "-" else Path(args.scaled_object).read_text(encoding="utf-8")
+    scaled = load_scaled_object(text, origin)
+    spec, meta = scaled["spec"], _trigger(scaled)
+    namespace = args.namespace or f"{meta.get('eventHubNamespace', '')}.{SERVICEBUS_SUFFIX}"
+    if "REPLACE_ME" in namespace or namespace.startswith("."):
+        raise ConfigurationError(f"{origin}: eventHubNamespace is {meta.get('eventHubNamespace')!r}: give the "
+                                 f"deployed ScaledObject, or --namespace")
+    source = KedaCheckpointSource(
+        namespace=namespace, eventhub=meta["eventHubName"], consumer_group=meta.get("consumerGroup", "$Default"),
+        container=args.container or meta.get("blobContainer", ""),
+        strategy=meta.get("checkpointStrategy", ""),
+        stale_threshold=int(meta.get("stalePartitionInfoThreshold", 10_000)))
+    try:
+        rule = ScalingRule(
+            threshold=args.threshold or int(meta.get("unprocessedEventThreshold", 64)),
+            activation=args.activation if args.activation is not None
+            else int(meta.get("activationUnprocessedEventThreshold", 0)),
+            min_replicas=int(spec.get("minReplicaCount", 0)),
+            max_replicas=args.max_replicas or int(spec.get("maxReplicaCount", 100)))
+    except ValueError as exc:
+        raise ConfigurationError(f"{origin}: {exc}") from None
+    hub = eventhub_client(source.eventhub, source.consumer_group,
+                          connection_string=os.environ.get("EventHubConnection"),  # noqa: SIM112 (the host's name)
+                          fully_qualified_namespace=os.environ.get(
+                              "EventHubConnection__fullyQualifiedNamespace"))  # noqa: SIM112
+    try:
+        storage = StorageSettings()
+    except ValidationError as exc:
+        raise ConfigurationError("storage settings: " + "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'AzureWebJobsStorage'}: {e['msg']}" for e in exc.errors())) from None
+    blobs = blob_service_client(storage)
+    with hub, blobs:
+        reading = EventHubBlobLagReader(hub, blobs, source).read()
+
+    print(f"hub {source.eventhub!r}, consumer group {source.consumer_group!r}, checkpoints "
+          f"{source.container}/{source.blob_name('<partition>')}")
+    print(f"{'partition':>9} {'beginning':>12} {'last':>12} {'checkpoint':>12} {'lag':>12}")
+    for p in reading.partitions:
+        checkpoint = "-" if p.checkpoint_sequence_number is None else str(p.checkpoint_sequence_number)
+        print(f"{p.partition_id:>9} {p.beginning_sequence_number:>12} {p.last_enqueued_sequence_number:>12} "
+              f"{checkpoint:>12} {p.unprocessed:>12}")
+    print(f"total lag {reading.total}")
+    if reading.scaler_error:
+        fallback = spec.get("fallback", {}).get("replicas")
+        print(f"KEDA's scaler fails: {reading.scaler_error}")
+        print(f"replicas KEDA would use: {fallback} (fallback)" if fallback is not None
+              else "replicas: unchanged (no fallback in the ScaledObject)")
+    else:
+        replicas = desired_replicas(reading.total, len(reading.partitions), rule)
+        print(f"replicas KEDA would compute: {replicas} (threshold {rule.threshold}, activation {rule.activation}, "
+              f"{rule.min_replicas}..{rule.max_replicas}, {len(reading.partitions)} partitions)")
+    for note in reading.notes:
+        print(f"note: {note}")
+    for warning in reading.warnings:
+        print(f"WARNING: {warning}")
+    return 1 if reading.warnings or reading.scaler_error else 0

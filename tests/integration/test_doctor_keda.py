@@ -1,0 +1,159 @@
+"""``python -m sluice doctor keda`` against the local stack: our Event Hubs emulator and Azurite.
+
+Events are sent through the real producer client; checkpoints are written by the
+SDK's own ``BlobCheckpointStore`` (the layout the Functions host and the dev host
+write), then the doctor reads them the way KEDA's blobMetadata strategy does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.core.exceptions import ResourceExistsError
+from azure.eventhub import EventData, EventHubProducerClient
+from azure.eventhub.extensions.checkpointstoreblob import BlobCheckpointStore
+from azure.storage.blob import BlobServiceClient
+
+from sluice.__main__ import main
+
+NAMESPACE = "sluice-test"
+FQDN = f"{NAMESPACE}.servicebus.windows.net"
+CONTAINER = "azure-webjobs-eventhub"
+# Events sent per partition (the test hubs have four).
+SENT = {"0": 30, "1": 12, "2": 0, "3": 7}
+
+
+@pytest.fixture
+def loaded_hub(isolated_eventhub: Any) -> Any:
+    with EventHubProducerClient.from_connection_string(isolated_eventhub.connection_string,
+                                                       eventhub_name=isolated_eventhub.name) as producer:
+        for partition, count in SENT.items():
+            if count:
+                batch = producer.create_batch(partition_id=partition)
+                for i in range(count):
+                    batch.add(EventData(f"event {i}"))
+                producer.send_batch(batch)
+    return isolated_eventhub
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, loaded_hub: Any, azurite_connection_string: str) -> dict[str, str]:
+    monkeypatch.setenv("EventHubConnection", loaded_hub.connection_string)
+    monkeypatch.setenv("AzureWebJobsStorage", azurite_connection_string)
+    return {"hub": loaded_hub.name, "storage": azurite_connection_string}
+
+
+def checkpoint(storage: str, container: str, hub: str, partition: str, sequence: int, *,
+               namespace: str = FQDN) -> None:
+    """Write one checkpoint with the SDK's checkpoint store (lower-cased blob name, metadata position)."""
+    with BlobServiceClient.from_connection_string(storage) as service, contextlib.suppress(ResourceExistsError):
+        service.create_container(container)
+    store = BlobCheckpointStore.from_connection_string(storage, container)
+    store.update_checkpoint({"fully_qualified_namespace": namespace, "eventhub_name": hub, "consumer_group": "sluice",
+                             "partition_id": partition, "sequence_number": sequence, "offset": str(sequence)})
+
+
+def scaled_object(tmp_path: Path, hub: str, *, container: str = CONTAINER, namespace: str = NAMESPACE,
+                  threshold: int = 5, activation: int = 0, max_replicas: int = 4) -> str:
+    document = {
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "sluice-ingest"},
+        "spec": {"scaleTargetRef": {"name": "sluice-ingest"}, "minReplicaCount": 0, "maxReplicaCount": max_replicas,
+                 "fallback": {"failureThreshold": 3, "replicas": 2},
+                 "triggers": [{"type": "azure-eventhub", "metadata": {
+                     "eventHubNamespace": namespace, "eventHubName": hub, "consumerGroup": "sluice",
+                     "storageAccountName": "devstoreaccount1", "blobContainer": container,
+                     "checkpointStrategy": "blobMetadata", "unprocessedEventThreshold": str(threshold),
+                     "activationUnprocessedEventThreshold": str(activation)}}]}}
+    path = tmp_path / f"scaled-{uuid.uuid4().hex[:6]}.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    return str(path)
+
+
+def doctor(capsys: pytest.CaptureFixture[str], path: str, *extra: str) -> tuple[int, str]:
+    code = main(["doctor", "keda", "--scaled-object", path, *extra])
+    return code, capsys.readouterr().out
+
+
+def lags(out: str) -> dict[str, tuple[str, int]]:
+    """partition -> (checkpoint column, lag) from the doctor's table."""
+    rows = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 5 and parts[0].isdigit():
+            rows[parts[0]] = (parts[3], int(parts[4]))
+    return rows
+
+
+def test_lag_per_partition_and_replicas_from_checkpoints_where_keda_reads_them(
+        env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    container = f"keda-{uuid.uuid4().hex[:8]}"
+    checkpoint(env["storage"], container, env["hub"], "0", 9)    # 30 sent: last 29, lag 20
+    checkpoint(env["storage"], container, env["hub"], "1", 11)   # 12 sent: all done
+    # partition 2 is empty; partition 3 has no checkpoint yet: its 7 events all count
+    code, out = doctor(capsys, scaled_object(tmp_path, env["hub"], container=container))
+    assert code == 0, out
+    assert lags(out) == {"0": ("9", 20), "1": ("11", 0), "2": ("-", 0), "3": ("-", 7)}
+    assert "total lag 27" in out
+    # ceil(27 / 5) = 6, capped by maxReplicaCount 4 (and by the 4 partitions)
+    assert "replicas KEDA would compute: 4" in out
+    code, out = doctor(capsys, scaled_object(tmp_path, env["hub"], container=container, threshold=10))
+    assert "replicas KEDA would compute: 3" in out
+    # At or below the activation threshold KEDA leaves (or puts) the Deployment at zero.
+    code, out = doctor(capsys, scaled_object(tmp_path, env["hub"], container=container, activation=27))
+    assert "replicas KEDA would compute: 0" in out
+    # Partition 3 without a checkpoint is noted (KEDA counts it whole), but it is the normal start: no warning.
+    assert "note: no checkpoint yet for partitions 3" in out and "WARNING" not in out
+
+
+def test_checkpoints_in_another_container_are_the_over_scaling_trap(
+        env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    written = f"elsewhere-{uuid.uuid4().hex[:8]}"
+    for partition, count in SENT.items():
+        if count:
+            checkpoint(env["storage"], written, env["hub"], partition, count - 1)  # all processed
+    code, out = doctor(capsys, scaled_object(tmp_path, env["hub"], container=f"empty-{uuid.uuid4().hex[:8]}"))
+    assert code == 1
+    assert lags(out)["0"] == ("-", 30) and "total lag 49" in out
+    assert "replicas KEDA would compute: 4" in out
+    warning = next(line for line in out.splitlines() if line.startswith("WARNING:") and written in line)
+    assert "scales out to the maximum" in warning and env["hub"] in warning
+
+
+def test_a_namespace_in_another_case_misses_the_lower_cased_checkpoints(
+        env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    container = f"case-{uuid.uuid4().hex[:8]}"
+    for partition, count in SENT.items():
+        if count:
+            checkpoint(env["storage"], container, env["hub"], partition, count - 1)
+    good, out = doctor(capsys, scaled_object(tmp_path, env["hub"], container=container))
+    assert good == 0 and "total lag 0" in out and "replicas KEDA would compute: 0" in out
+    # The SDK lower-cases the whole blob name; KEDA lower-cases only the consumer group.
+    code, out = doctor(capsys, scaled_object(tmp_path, env["hub"], container=container, namespace="Sluice-Test"))
+    assert code == 1 and "total lag 49" in out
+    assert any(line.startswith("WARNING:") and f"{container}/{FQDN}/" in line for line in out.splitlines()), out
+
+
+def test_a_checkpoint_without_metadata_makes_the_scaler_fail_and_the_fallback_apply(
+        env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    container = f"body-{uuid.uuid4().hex[:8]}"
+    checkpoint(env["storage"], container, env["hub"], "0", 5)
+    with BlobServiceClient.from_connection_string(env["storage"]) as service:
+        # The position in the body (an older host's format), none in the metadata.
+        service.get_blob_client(container, f"{FQDN}/{env['hub']}/sluice/checkpoint/1").upload_blob(
+            json.dumps({"SequenceNumber": 3}), overwrite=True)
+    code, out = doctor(capsys, scaled_object(tmp_path, env["hub"], container=container))
+    assert code == 1
+    assert "KEDA's scaler fails" in out and "no 'sequencenumber' metadata" in out
+    assert "replicas KEDA would use: 2 (fallback)" in out
+
+
+def test_a_scaled_object_that_cannot_scale_is_refused_by_name(
+        env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["doctor", "keda", "--scaled-object", scaled_object(tmp_path, env["hub"], threshold=0)])
+    assert code == 2
+    assert "unprocessedEventThreshold must be a positive number" in capsys.readouterr().err
