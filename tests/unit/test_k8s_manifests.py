@@ -154,8 +154,12 @@ def test_the_kustomization_applies_every_manifest_and_leaves_one_image_name_to_m
 
 # --- settings --------------------------------------------------------------------------
 
+# Settings another branch adds (issue #21: the Redis Cluster client); once merged they are Sluice settings.
+PENDING_SETTINGS = {"SLUICE_REDIS_CLUSTER"}
+
+
 def test_every_variable_is_a_sluice_setting_or_a_known_host_setting() -> None:
-    known = sluice_settings() | HOST_SETTINGS
+    known = sluice_settings() | HOST_SETTINGS | PENDING_SETTINGS
     connections = {t.get("connection") for t in app_functions().values() if t.get("connection")}
     for name, workload in workloads().items():
         for variable in environment(workload):
@@ -174,11 +178,18 @@ def test_the_configmap_is_valid_azure_settings() -> None:
     assert settings.storage.blob_endpoint == "https://sluiceprodstore.blob.core.windows.net"
     assert settings.cassandra.port == 10350 and settings.cassandra.tls
     assert settings.cassandra.password is None and settings.cassandra.password_secret
-    assert settings.redis.url.startswith("rediss://") and ":6380" in settings.redis.url
+    # Azure Managed Redis: TLS on 10000 (Azure Cache for Redis, 6380, stays accepted through an overlay).
+    assert re.fullmatch(r"rediss://[a-z0-9-]+\.[a-z0-9]+\.redis\.azure\.net:10000", settings.redis.url), settings.redis.url
     assert settings.redis.password is None and settings.redis.password_secret
     assert settings.postgres.sslmode == "require"
     assert settings.postgres.password is None and settings.postgres.password_secret
     assert settings.keyvault.url.startswith("https://") and settings.keyvault.ca_file is None
+
+
+def test_azure_cache_for_redis_on_6380_stays_accepted() -> None:
+    settings = load_settings({**deployed_settings(), "SLUICE_REDIS_URL": "rediss://legacy.redis.cache.windows.net:6380/0",
+                              "SLUICE_REDIS_CLUSTER": "false"})
+    assert settings.redis.url.endswith(":6380/0")
 
 
 def test_every_required_setting_reaches_every_deployment() -> None:
