@@ -1,0 +1,132 @@
+// Sluice on Azure: everything `azd up` provisions, in one resource group.
+// The resources themselves are in resources.bicep; this file creates the group and
+// hands the outputs back to azd, which writes them to .azure/<env>/.env and, through
+// azure.yaml's k8s.kustomize.env, into the ConfigMap and the identity fields of
+// k8s-keda/ (overlay infra/k8s/). No output carries a secret: passwords and keys go
+// straight into Key Vault.
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(40)
+@description('azd environment name; names the resource group and seeds the resource names')
+param environmentName string
+
+@minLength(1)
+@description('Azure region of every resource')
+param location string
+
+// --- sizes (all parameters; defaults fit a first production environment)
+@description('Event Hubs partitions: fixed at creation on Standard, and the KEDA maximum of ingest replicas')
+@minValue(1)
+@maxValue(32)
+param eventHubPartitions int = 8
+
+@description('Event Hubs namespace throughput units (Standard)')
+@minValue(1)
+@maxValue(40)
+param eventHubCapacity int = 2
+
+@description('Autoscale maximum RU/s of each event table (the minimum is a tenth of it)')
+@minValue(1000)
+param cassandraEventTableMaxThroughput int = 4000
+
+@description('Autoscale maximum RU/s of each small state table (feed_state, schema_migrations, sluice_meta)')
+@minValue(1000)
+param cassandraStateTableMaxThroughput int = 1000
+
+@description('Azure Managed Redis SKU (Balanced_B0 .. Balanced_B1000, MemoryOptimized_*, ComputeOptimized_*)')
+param redisSku string = 'Balanced_B1'
+
+@description('PostgreSQL Flexible Server compute SKU and tier')
+param postgresSku string = 'Standard_D2ds_v5'
+@allowed(['Burstable', 'GeneralPurpose', 'MemoryOptimized'])
+param postgresTier string = 'GeneralPurpose'
+
+@description('PostgreSQL storage in GiB')
+param postgresStorageGb int = 64
+
+@description('AKS node VM size and count of the system node pool')
+param aksNodeSize string = 'Standard_D4ds_v5'
+@minValue(1)
+param aksNodeCount int = 3
+
+@description('Kubernetes version (tests/deploy validates the manifests against this minor)')
+param kubernetesVersion string = '1.34'
+
+// --- secrets azd asks for once and keeps in the environment (never in the repo)
+@secure()
+@description('Password of the PostgreSQL login sluice (stored in Key Vault as postgres-password)')
+param postgresPassword string
+
+@secure()
+@description('Functions host master key (Key Vault functions-host-master-key): 32+ random bytes, base64')
+param functionsMasterKey string
+
+@secure()
+@description('Functions host default function key (Key Vault functions-host-default-key)')
+param functionsDefaultKey string
+
+var tags = {
+  'azd-env-name': environmentName
+}
+
+resource group 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: 'rg-${environmentName}'
+  location: location
+  tags: tags
+}
+
+module resources 'resources.bicep' = {
+  name: 'sluice-resources'
+  scope: group
+  params: {
+    environmentName: environmentName
+    location: location
+    tags: tags
+    eventHubPartitions: eventHubPartitions
+    eventHubCapacity: eventHubCapacity
+    cassandraEventTableMaxThroughput: cassandraEventTableMaxThroughput
+    cassandraStateTableMaxThroughput: cassandraStateTableMaxThroughput
+    redisSku: redisSku
+    postgresSku: postgresSku
+    postgresTier: postgresTier
+    postgresStorageGb: postgresStorageGb
+    aksNodeSize: aksNodeSize
+    aksNodeCount: aksNodeCount
+    kubernetesVersion: kubernetesVersion
+    postgresPassword: postgresPassword
+    functionsMasterKey: functionsMasterKey
+    functionsDefaultKey: functionsDefaultKey
+  }
+}
+
+// azd's AKS host reads these two to log in to the registry and the cluster.
+output AZURE_CONTAINER_REGISTRY_ENDPOINT string = resources.outputs.registryEndpoint
+output AZURE_AKS_CLUSTER_NAME string = resources.outputs.aksName
+output AZURE_RESOURCE_GROUP string = group.name
+
+// Identity
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_APP_IDENTITY_CLIENT_ID string = resources.outputs.appIdentityClientId
+
+// The ConfigMap's values (infra/k8s/kustomization.yaml maps each to its setting)
+output AZURE_KEY_VAULT_NAME string = resources.outputs.keyVaultName
+output AZURE_KEY_VAULT_URL string = resources.outputs.keyVaultUrl
+output AZURE_EVENTHUB_NAMESPACE string = resources.outputs.eventHubNamespace
+output AZURE_EVENTHUB_FQDN string = resources.outputs.eventHubFqdn
+output AZURE_EVENTHUB_NAME string = resources.outputs.eventHubName
+output AZURE_EVENTHUB_CONSUMER_GROUP string = resources.outputs.consumerGroup
+output AZURE_EVENTHUB_PARTITIONS int = eventHubPartitions
+output AZURE_STORAGE_ACCOUNT string = resources.outputs.storageAccount
+output AZURE_DEADLETTER_CONTAINER string = resources.outputs.deadLetterContainer
+output AZURE_CASSANDRA_HOST string = resources.outputs.cassandraHost
+output AZURE_CASSANDRA_USERNAME string = resources.outputs.cassandraUsername
+output AZURE_CASSANDRA_LOCAL_DC string = resources.outputs.cassandraLocalDc
+output AZURE_CASSANDRA_KEYSPACE string = resources.outputs.cassandraKeyspace
+output AZURE_REDIS_URL string = resources.outputs.redisUrl
+output AZURE_POSTGRES_HOST string = resources.outputs.postgresHost
+output AZURE_POSTGRES_USER string = resources.outputs.postgresUser
+output AZURE_POSTGRES_DATABASE string = resources.outputs.postgresDatabase
+output AZURE_FUNCTIONS_HOST_ID string = resources.outputs.functionsHostId
+output AZURE_LOG_ANALYTICS_WORKSPACE_ID string = resources.outputs.logAnalyticsWorkspaceId
+output AZURE_APPLICATION_INSIGHTS_NAME string = resources.outputs.applicationInsightsName

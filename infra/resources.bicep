@@ -1,0 +1,485 @@
+// Every Azure resource Sluice runs on, and the least-privilege role assignments of its
+// one workload identity. Names are lower case throughout: KEDA builds the checkpoint
+// blob path from the namespace and hub names as given, while the Functions host writes
+// it in lower case (python -m sluice doctor keda explains the trap).
+param environmentName string
+param location string
+param tags object
+param eventHubPartitions int
+param eventHubCapacity int
+param cassandraEventTableMaxThroughput int
+param cassandraStateTableMaxThroughput int
+param redisSku string
+param postgresSku string
+param postgresTier string
+param postgresStorageGb int
+param aksNodeSize string
+param aksNodeCount int
+param kubernetesVersion string
+@secure()
+param postgresPassword string
+@secure()
+param functionsMasterKey string
+@secure()
+param functionsDefaultKey string
+
+var token = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName))
+var name = toLower(take(replace(environmentName, '_', '-'), 20))
+
+// What Sluice's settings name (k8s-keda/configmap.yaml); changed together with it.
+var eventHubName = 'telemetry'
+var consumerGroupName = 'sluice'
+var keyspaceName = 'sluice'
+var postgresUser = 'sluice'
+var postgresDatabase = 'sluice'
+var kubernetesNamespace = 'sluice'
+var serviceAccount = 'sluice'
+// The Functions host's containers (checkpoints and ownership, timer and host locks) and
+// Sluice's (dead letters, Parquet reference data): the only places the identity writes.
+var checkpointContainer = 'azure-webjobs-eventhub'
+var hostContainer = 'azure-webjobs-hosts'
+var deadLetterContainer = 'sluice-deadletter'
+var referenceContainer = 'sluice-reference'
+var blobContainers = [checkpointContainer, hostContainer, deadLetterContainer, referenceContainer]
+
+// Built-in role definitions (ids are the same in every tenant).
+var roles = {
+  eventHubsDataReceiver: 'a638d3c7-ab3a-418d-83e6-5f17a39d4fde'
+  storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+  keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
+  acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d'
+}
+
+var cassandraTables = loadJsonContent('cassandra-tables.json').tables
+
+// --- monitoring ----------------------------------------------------------------------
+
+resource logs 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
+  name: 'log-${name}-${token}'
+  location: location
+  tags: tags
+  properties: {
+    sku: { name: 'PerGB2018' }
+    retentionInDays: 30
+  }
+}
+
+resource insights 'Microsoft.Insights/components@2020-02-02' = {
+  name: 'appi-${name}-${token}'
+  location: location
+  tags: tags
+  kind: 'web'
+  properties: {
+    Application_Type: 'web'
+    WorkspaceResourceId: logs.id
+    DisableLocalAuth: true
+  }
+}
+
+// --- identity ------------------------------------------------------------------------
+
+// What every Sluice pod runs as, and what KEDA's operator authenticates as for the
+// ingest scaler (TriggerAuthentication identityId): every role assignment below goes
+// to it, except the kubelet's AcrPull.
+resource app 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: 'id-${name}-${token}'
+  location: location
+  tags: tags
+}
+
+// --- container registry and cluster --------------------------------------------------
+
+resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
+  name: 'cr${replace(name, '-', '')}${token}'
+  location: location
+  tags: tags
+  sku: { name: 'Standard' }
+  properties: {
+    adminUserEnabled: false
+    anonymousPullEnabled: false
+  }
+}
+
+resource aks 'Microsoft.ContainerService/managedClusters@2024-09-01' = {
+  name: 'aks-${name}-${token}'
+  location: location
+  tags: tags
+  identity: { type: 'SystemAssigned' }
+  properties: {
+    kubernetesVersion: kubernetesVersion
+    dnsPrefix: 'aks-${name}-${token}'
+    enableRBAC: true
+    agentPoolProfiles: [
+      {
+        name: 'system'
+        mode: 'System'
+        count: aksNodeCount
+        vmSize: aksNodeSize
+        osType: 'Linux'
+        osSKU: 'AzureLinux'
+        type: 'VirtualMachineScaleSets'
+        availabilityZones: ['1', '2', '3']
+        enableAutoScaling: false
+        maxPods: 110
+        osDiskType: 'Ephemeral'
+        osDiskSizeGB: 128
+      }
+    ]
+    networkProfile: {
+      networkPlugin: 'azure'
+      networkPluginMode: 'overlay'
+      networkDataplane: 'cilium'
+      // k8s-keda/networkpolicy.yaml needs an engine.
+      networkPolicy: 'cilium'
+    }
+    oidcIssuerProfile: { enabled: true }
+    securityProfile: {
+      workloadIdentity: { enabled: true }
+    }
+    workloadAutoScalerProfile: {
+      keda: { enabled: true }
+    }
+    addonProfiles: {
+      kubeDashboard: { enabled: false }
+      azureKeyvaultSecretsProvider: {
+        enabled: true
+        config: {
+          enableSecretRotation: 'true'
+          rotationPollInterval: '2m'
+        }
+      }
+      omsagent: {
+        enabled: true
+        config: {
+          logAnalyticsWorkspaceResourceID: logs.id
+          useAADAuth: 'true'
+        }
+      }
+    }
+    autoUpgradeProfile: {
+      upgradeChannel: 'patch'
+      nodeOSUpgradeChannel: 'NodeImage'
+    }
+  }
+}
+
+// Sluice's pods (ServiceAccount sluice/sluice) and KEDA's operator act as `app`.
+// Federated credentials of one identity must be written one after the other.
+resource podsCredential 'Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials@2023-01-31' = {
+  parent: app
+  name: 'sluice-pods'
+  properties: {
+    issuer: aks.properties.oidcIssuerProfile.issuerURL
+    subject: 'system:serviceaccount:${kubernetesNamespace}:${serviceAccount}'
+    audiences: ['api://AzureADTokenExchange']
+  }
+}
+
+resource kedaCredential 'Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials@2023-01-31' = {
+  parent: app
+  name: 'keda-operator'
+  dependsOn: [podsCredential]
+  properties: {
+    issuer: aks.properties.oidcIssuerProfile.issuerURL
+    subject: 'system:serviceaccount:kube-system:keda-operator'
+    audiences: ['api://AzureADTokenExchange']
+  }
+}
+
+// --- Event Hubs ----------------------------------------------------------------------
+
+resource eventHubNamespace 'Microsoft.EventHub/namespaces@2024-01-01' = {
+  name: 'evhns-${name}-${token}'
+  location: location
+  tags: tags
+  sku: {
+    name: 'Standard'
+    tier: 'Standard'
+    capacity: eventHubCapacity
+  }
+  properties: {
+    disableLocalAuth: true
+    minimumTlsVersion: '1.2'
+    publicNetworkAccess: 'Enabled'
+  }
+}
+
+resource eventHub 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' = {
+  parent: eventHubNamespace
+  name: eventHubName
+  properties: {
+    partitionCount: eventHubPartitions
+    messageRetentionInDays: 7
+  }
+}
+
+resource consumerGroup 'Microsoft.EventHub/namespaces/eventhubs/consumergroups@2024-01-01' = {
+  parent: eventHub
+  name: consumerGroupName
+}
+
+// --- storage -------------------------------------------------------------------------
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: take('st${replace(name, '-', '')}${token}', 24)
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: { name: 'Standard_ZRS' }
+  properties: {
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    defaultToOAuthAuthentication: true
+  }
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    deleteRetentionPolicy: { enabled: true, days: 7 }
+    containerDeleteRetentionPolicy: { enabled: true, days: 7 }
+  }
+}
+
+resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = [for container in blobContainers: {
+  parent: blobService
+  name: container
+  properties: { publicAccess: 'None' }
+}]
+
+// --- Cosmos DB for Apache Cassandra -----------------------------------------------------
+
+resource cosmos 'Microsoft.DocumentDB/databaseAccounts@2024-11-15' = {
+  name: 'cosmos-${name}-${token}'
+  location: location
+  tags: tags
+  kind: 'GlobalDocumentDB'
+  properties: {
+    databaseAccountOfferType: 'Standard'
+    capabilities: [{ name: 'EnableCassandra' }]
+    locations: [{ locationName: location, failoverPriority: 0, isZoneRedundant: true }]
+    consistencyPolicy: { defaultConsistencyLevel: 'Session' }
+    minimalTlsVersion: 'Tls12'
+    disableKeyBasedMetadataWriteAccess: true
+    backupPolicy: { type: 'Continuous', continuousModeProperties: { tier: 'Continuous7Days' } }
+  }
+}
+
+resource keyspace 'Microsoft.DocumentDB/databaseAccounts/cassandraKeyspaces@2024-11-15' = {
+  parent: cosmos
+  name: keyspaceName
+  properties: {
+    resource: { id: keyspaceName }
+  }
+}
+
+// The tables of shared/adapters/cassandra/migrations.py (cassandra-tables.json, checked
+// against what the migrations create by tests/deploy/test_infra.py), each with autoscale
+// throughput. `python -m sluice migrate` then finds them and only records its version.
+resource tables 'Microsoft.DocumentDB/databaseAccounts/cassandraKeyspaces/tables@2024-11-15' = [for table in cassandraTables: {
+  parent: keyspace
+  name: table.name
+  properties: {
+    resource: {
+      id: table.name
+      schema: table.schema
+    }
+    options: {
+      autoscaleSettings: {
+        maxThroughput: table.throughput == 'events' ? cassandraEventTableMaxThroughput : cassandraStateTableMaxThroughput
+      }
+    }
+  }
+}]
+
+// --- Azure Managed Redis -----------------------------------------------------------------
+
+resource redis 'Microsoft.Cache/redisEnterprise@2025-04-01' = {
+  name: 'redis-${name}-${token}'
+  location: location
+  tags: tags
+  sku: { name: redisSku }
+  properties: {
+    minimumTlsVersion: '1.2'
+    highAvailability: 'Enabled'
+  }
+}
+
+resource redisDatabase 'Microsoft.Cache/redisEnterprise/databases@2025-04-01' = {
+  parent: redis
+  name: 'default'
+  properties: {
+    clientProtocol: 'Encrypted'
+    port: 10000
+    // OSS cluster policy: clients talk to each shard directly (SLUICE_REDIS_CLUSTER=true).
+    clusteringPolicy: 'OSSCluster'
+    // Sluice's keys all carry a TTL; under memory pressure the oldest go first.
+    evictionPolicy: 'VolatileLRU'
+    accessKeysAuthentication: 'Enabled'
+  }
+}
+
+// --- PostgreSQL Flexible Server with its built-in PgBouncer ------------------------------
+
+resource postgres 'Microsoft.DBforPostgreSQL/flexibleServers@2024-08-01' = {
+  name: 'psql-${name}-${token}'
+  location: location
+  tags: tags
+  sku: {
+    name: postgresSku
+    tier: postgresTier
+  }
+  properties: {
+    version: '16'
+    administratorLogin: postgresUser
+    administratorLoginPassword: postgresPassword
+    storage: { storageSizeGB: postgresStorageGb, autoGrow: 'Enabled' }
+    backup: { backupRetentionDays: 14, geoRedundantBackup: 'Disabled' }
+    highAvailability: { mode: 'Disabled' }
+    network: { publicNetworkAccess: 'Enabled' }
+    authConfig: { activeDirectoryAuth: 'Disabled', passwordAuth: 'Enabled' }
+  }
+}
+
+resource pgbouncer 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01' = {
+  parent: postgres
+  name: 'pgbouncer.enabled'
+  properties: {
+    value: 'true'
+    source: 'user-override'
+  }
+}
+
+resource requireTls 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@2024-08-01' = {
+  parent: postgres
+  name: 'require_secure_transport'
+  dependsOn: [pgbouncer]
+  properties: {
+    value: 'on'
+    source: 'user-override'
+  }
+}
+
+resource postgresDb 'Microsoft.DBforPostgreSQL/flexibleServers/databases@2024-08-01' = {
+  parent: postgres
+  name: postgresDatabase
+  properties: { charset: 'UTF8', collation: 'en_US.utf8' }
+}
+
+// AKS egress addresses are not fixed: allow Azure services (0.0.0.0), TLS and the
+// password still required. A private endpoint is the next step (docs/deploy.md).
+resource postgresAzure 'Microsoft.DBforPostgreSQL/flexibleServers/firewallRules@2024-08-01' = {
+  parent: postgres
+  name: 'allow-azure-services'
+  properties: { startIpAddress: '0.0.0.0', endIpAddress: '0.0.0.0' }
+}
+
+// --- Key Vault and the secrets ---------------------------------------------------------
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  name: take('kv-${name}-${token}', 24)
+  location: location
+  tags: tags
+  properties: {
+    tenantId: tenant().tenantId
+    sku: { family: 'A', name: 'standard' }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: 30
+    enablePurgeProtection: true
+    publicNetworkAccess: 'Enabled'
+  }
+}
+
+// The secret names k8s-keda/ refers to (*_PASSWORD_SECRET, the SecretProviderClass).
+var secretValues = [
+  { name: 'cassandra-password', value: cosmos.listKeys().primaryMasterKey }
+  { name: 'redis-access-key', value: redisDatabase.listKeys().primaryKey }
+  { name: 'postgres-password', value: postgresPassword }
+  { name: 'functions-host-master-key', value: functionsMasterKey }
+  { name: 'functions-host-default-key', value: functionsDefaultKey }
+  { name: 'appinsights-connection-string', value: insights.properties.ConnectionString }
+]
+
+resource secrets 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = [for secret in secretValues: {
+  parent: vault
+  name: secret.name
+  properties: {
+    value: secret.value
+    contentType: 'text/plain'
+    attributes: { enabled: true }
+  }
+}]
+
+// --- role assignments: least privilege, all to `app` (and AcrPull to the kubelet) --------
+
+// Receive from the one hub (the ingest trigger, and KEDA reading partition positions).
+resource hubReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(eventHub.id, app.id, roles.eventHubsDataReceiver)
+  scope: eventHub
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.eventHubsDataReceiver)
+    principalId: app.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Blob data owner of each container Sluice and its host write (leases need owner), not
+// of the account.
+resource blobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (container, i) in blobContainers: {
+  name: guid(containers[i].id, app.id, roles.storageBlobDataOwner)
+  scope: containers[i]
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataOwner)
+    principalId: app.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}]
+
+// Read each secret Sluice and the CSI driver read, not the whole vault.
+resource secretReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (secret, i) in secretValues: {
+  name: guid(secrets[i].id, app.id, roles.keyVaultSecretsUser)
+  scope: secrets[i]
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: app.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}]
+
+// The nodes pull the image (the kubelet's identity, not the app's).
+resource kubeletPull 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(registry.id, aks.id, roles.acrPull)
+  scope: registry
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.acrPull)
+    principalId: aks.properties.identityProfile.kubeletidentity.objectId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+output registryEndpoint string = registry.properties.loginServer
+output aksName string = aks.name
+output appIdentityClientId string = app.properties.clientId
+output keyVaultName string = vault.name
+output keyVaultUrl string = vault.properties.vaultUri
+output eventHubNamespace string = eventHubNamespace.name
+output eventHubFqdn string = '${eventHubNamespace.name}.servicebus.windows.net'
+output eventHubName string = eventHub.name
+output consumerGroup string = consumerGroup.name
+output storageAccount string = storage.name
+output deadLetterContainer string = deadLetterContainer
+output cassandraHost string = '${cosmos.name}.cassandra.cosmos.azure.com'
+output cassandraUsername string = cosmos.name
+output cassandraLocalDc string = cosmos.properties.writeLocations[0].locationName
+output cassandraKeyspace string = keyspace.name
+output redisUrl string = 'rediss://${redis.properties.hostName}:${redisDatabase.properties.port}'
+output postgresHost string = postgres.properties.fullyQualifiedDomainName
+output postgresUser string = postgresUser
+output postgresDatabase string = postgresDb.name
+output functionsHostId string = take('sluice-${name}', 32)
+output logAnalyticsWorkspaceId string = logs.id
+output applicationInsightsName string = insights.name
