@@ -1,0 +1,270 @@
+"""infra/ (Bicep) and azure.yaml: the invariants a wrong edit would break, checked on the text.
+
+Bicep cannot be compiled here (no Bicep CLI in the package registries), so the
+templates are read as text: every resource block, its role assignments and scopes,
+and every output. The Cosmos tables are compared with what the migrations create on a
+real server (the Cassandra emulator).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from functools import cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.cassandra_schema import declared_tables
+from tests.deploy.validation import ROOT
+
+INFRA = ROOT / "infra"
+APP_PRINCIPAL = "app.properties.principalId"
+# The one role assignment that is not the workload identity's: the nodes pull the image.
+NOT_THE_APP = {"kubeletPull": ("acrPull", "registry", "aks.properties.identityProfile.kubeletidentity.objectId")}
+# role -> the scope each assignment of it must have (least privilege: never the account, namespace or vault).
+SCOPES = {"eventHubsDataReceiver": "eventHub", "storageBlobDataOwner": "containers[i]",
+          "keyVaultSecretsUser": "secrets[i]"}
+SECRETISH = re.compile(r"listKeys|listConnectionStrings|listCredentials|[Pp]assword|Key\b|ConnectionString|secret\.value",
+                       re.IGNORECASE)
+
+
+@cache
+def text(name: str) -> str:
+    return (INFRA / name).read_text(encoding="utf-8")
+
+
+def blocks(source: str) -> dict[str, tuple[str, str]]:
+    """Each ``resource <symbol> '<type>@<version>' = ... { ... }`` as symbol -> (type, body)."""
+    out = {}
+    for match in re.finditer(r"^resource (\w+) '([^'@]+)@[^']+' = (?:\[for [^:]+: )?\{", source, re.MULTILINE):
+        depth, i = 1, match.end()
+        while depth:
+            depth += {"{": 1, "}": -1}.get(source[i], 0)
+            i += 1
+        out[match.group(1)] = (match.group(2), source[match.end():i])
+    return out
+
+
+def outputs(source: str) -> dict[str, str]:
+    return {m.group(1): m.group(2) for m in re.finditer(r"^output (\w+) \w+ = (.+)$", source, re.MULTILINE)}
+
+
+def resources() -> dict[str, tuple[str, str]]:
+    return blocks(text("resources.bicep"))
+
+
+def field(body: str, key: str) -> str:
+    match = re.search(rf"^\s*{key}: (.+)$", body, re.MULTILINE)
+    assert match, f"no {key} in {body[:200]}"
+    return match.group(1).strip()
+
+
+@cache
+def base_manifests() -> list[dict]:
+    docs = []
+    for path in sorted((ROOT / "k8s-keda").glob("*.yaml")):
+        docs.extend(d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d)
+    return docs
+
+
+def manifest(kind: str) -> dict:
+    (doc,) = [d for d in base_manifests() if d.get("kind") == kind]
+    return doc
+
+
+def settings() -> dict[str, str]:
+    return next(d for d in base_manifests() if d.get("kind") == "ConfigMap")["data"]
+
+
+def bicep_var(name: str) -> str:
+    match = re.search(rf"^var {name} = '([^']*)'$", text("resources.bicep"), re.MULTILINE)
+    assert match, f"var {name} is not a string literal in resources.bicep"
+    return match.group(1)
+
+
+# --- role assignments ----------------------------------------------------------------
+
+def test_every_role_assignment_goes_to_the_workload_identity_at_the_narrowest_scope() -> None:
+    assignments = {s: body for s, (kind, body) in resources().items() if kind == "Microsoft.Authorization/roleAssignments"}
+    assert len(assignments) >= 4
+    seen = set()
+    for symbol, body in assignments.items():
+        role = re.search(r"roles\.(\w+)\)", field(body, "roleDefinitionId")).group(1)
+        principal, scope = field(body, "principalId"), field(body, "scope")
+        assert field(body, "principalType") == "'ServicePrincipal'"
+        if symbol in NOT_THE_APP:
+            assert (role, scope, principal) == NOT_THE_APP[symbol], symbol
+            continue
+        assert principal == APP_PRINCIPAL, f"{symbol} grants {role} to {principal}, not the workload identity"
+        assert SCOPES.get(role) == scope, f"{symbol}: {role} at {scope}; least privilege is {SCOPES.get(role)}"
+        seen.add(role)
+    assert seen == set(SCOPES), f"missing role assignments: {set(SCOPES) - seen}"
+
+
+def test_the_roles_are_the_builtin_ones() -> None:
+    # The well-known ids of the built-in roles (the same in every tenant).
+    ids = dict(re.findall(r"^  (\w+): '([0-9a-f-]{36})'$", text("resources.bicep"), re.MULTILINE))
+    assert ids == {"eventHubsDataReceiver": "a638d3c7-ab3a-418d-83e6-5f17a39d4fde",
+                   "storageBlobDataOwner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+                   "keyVaultSecretsUser": "4633458b-17de-408a-b874-0445c86b69e6",
+                   "acrPull": "7f951dda-4ed3-4680-a7ca-43fe172d538d"}
+
+
+def test_the_identity_trusts_sluices_service_account_and_kedas() -> None:
+    creds = {s: body for s, (kind, body) in resources().items() if kind.endswith("/federatedIdentityCredentials")}
+    subjects = {field(body, "subject") for body in creds.values()}
+    account = manifest("ServiceAccount")["metadata"]
+    assert bicep_var("kubernetesNamespace") == account["namespace"] and bicep_var("serviceAccount") == account["name"]
+    assert subjects == {"'system:serviceaccount:${kubernetesNamespace}:${serviceAccount}'",
+                        "'system:serviceaccount:kube-system:keda-operator'"}
+    for body in creds.values():
+        assert field(body, "parent") == "app" and "oidcIssuerProfile.issuerURL" in field(body, "issuer")
+    auth = manifest("TriggerAuthentication")["spec"]["podIdentity"]
+    assert auth["provider"] == "azure-workload" and auth["identityId"], "KEDA must act as the app's identity"
+
+
+# --- outputs -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["main.bicep", "resources.bicep"])
+def test_no_output_carries_a_secret(name: str) -> None:
+    source = text(name)
+    secure = set(re.findall(r"@secure\(\)\s*(?:@description\([^)]*\)\s*)?param (\w+)", source))
+    found = outputs(source)
+    assert found
+    for output, expression in found.items():
+        assert not SECRETISH.search(expression), f"{name}: output {output} = {expression} may carry a secret"
+        assert not set(re.findall(r"\w+", expression)) & secure, f"{name}: output {output} uses a @secure() param"
+
+
+def test_every_value_the_configmap_gets_is_an_output() -> None:
+    main = outputs(text("main.bicep"))
+    azure = yaml.safe_load((ROOT / "azure.yaml").read_text(encoding="utf-8"))
+    env = azure["services"]["sluice"]["k8s"]["kustomize"]["env"]
+    for key, value in env.items():
+        (variable,) = re.fullmatch(r"\$\{(\w+)\}", value).groups()
+        assert variable == key
+        assert variable in main or variable.startswith("SERVICE_SLUICE_"), f"{variable} is not a Bicep output"
+    overlay = yaml.safe_load((INFRA / "k8s" / "kustomization.yaml").read_text(encoding="utf-8"))
+    sources = {r["source"]["fieldPath"].removeprefix("data.") for r in overlay["replacements"]}
+    assert sources == set(env), f"overlay and azure.yaml differ: {sources ^ set(env)}"
+    resources_out = outputs(text("resources.bicep"))
+    for output, expression in main.items():
+        for used in re.findall(r"resources\.outputs\.(\w+)", expression):
+            assert used in resources_out, f"main.bicep {output} reads resources.outputs.{used}, which does not exist"
+    # azd's AKS host needs these two.
+    assert {"AZURE_AKS_CLUSTER_NAME", "AZURE_CONTAINER_REGISTRY_ENDPOINT"} <= set(main)
+
+
+def test_main_passes_every_parameter_resources_declares() -> None:
+    declared = set(re.findall(r"^param (\w+)", text("resources.bicep"), re.MULTILINE))
+    module = re.search(r"module resources 'resources.bicep' = \{.*?params: \{(.*?)\n  \}", text("main.bicep"),
+                       re.DOTALL).group(1)
+    passed = set(re.findall(r"^\s+(\w+): ", module, re.MULTILINE))
+    assert passed == declared
+
+
+# --- what infra/ and k8s-keda/ must agree on --------------------------------------------
+
+def test_names_agree_with_the_manifests() -> None:
+    data, trigger = settings(), manifest("ScaledObject")["spec"]["triggers"][0]["metadata"]
+    assert bicep_var("eventHubName") == data["SLUICE_INGEST_EVENTHUB_NAME"] == trigger["eventHubName"]
+    assert bicep_var("consumerGroupName") == data["SLUICE_INGEST_CONSUMER_GROUP"] == trigger["consumerGroup"]
+    assert bicep_var("checkpointContainer") == trigger["blobContainer"]
+    assert bicep_var("deadLetterContainer") == data["SLUICE_STORAGE_DEADLETTER_CONTAINER"]
+    assert bicep_var("keyspaceName") == data["SLUICE_CASSANDRA_KEYSPACE"]
+    assert bicep_var("postgresDatabase") == data["SLUICE_POSTGRES_DBNAME"]
+    assert bicep_var("postgresUser") == data["SLUICE_POSTGRES_USER"]
+
+
+def test_names_keda_reads_are_lower_case() -> None:
+    """KEDA keeps the case of the namespace and hub in the checkpoint path; the host lower-cases them."""
+    source = text("resources.bicep")
+    assert "var name = toLower(" in source and "var token = toLower(" in source
+    assert re.search(r"resource eventHubNamespace [^\n]+\n  name: 'evhns-\$\{name\}-\$\{token\}'", source)
+    assert bicep_var("eventHubName") == bicep_var("eventHubName").lower()
+    assert bicep_var("consumerGroupName") == bicep_var("consumerGroupName").lower()
+
+
+def test_every_secret_the_manifests_name_is_written_to_key_vault() -> None:
+    written = set(re.findall(r"\{ name: '([a-z0-9-]+)', value: ", text("resources.bicep")))
+    named = {v for k, v in settings().items() if k.endswith("_PASSWORD_SECRET")}
+    spc = manifest("SecretProviderClass")["spec"]["parameters"]["objects"]
+    named |= {yaml.safe_load(o)["objectName"] for o in yaml.safe_load(spc)["array"]}
+    assert named <= written, f"named in k8s-keda/ but never written: {named - written}"
+
+
+def test_partitions_and_the_keda_maximum_agree() -> None:
+    default = int(re.search(r"^param eventHubPartitions int = (\d+)$", text("main.bicep"), re.MULTILINE).group(1))
+    scaled = manifest("ScaledObject")["spec"]
+    count = int(manifest("ConfigMap")["metadata"]["annotations"]["sluice.io/eventhub-partition-count"])
+    assert default == scaled["maxReplicaCount"] == count
+    assert "partitionCount: eventHubPartitions" in text("resources.bicep")
+
+
+def test_the_services_are_configured_as_sluice_expects() -> None:
+    found = resources()
+    aks = found["aks"][1]
+    assert re.search(r"oidcIssuerProfile: \{ enabled: true \}", aks)
+    assert re.search(r"workloadIdentity: \{ enabled: true \}", aks)
+    assert re.search(r"keda: \{ enabled: true \}", aks)
+    assert "azureKeyvaultSecretsProvider" in aks and "networkPolicy: 'cilium'" in aks
+    redis = found["redisDatabase"][1]
+    assert "port: 10000" in redis and "clusteringPolicy: 'OSSCluster'" in redis and "clientProtocol: 'Encrypted'" in redis
+    assert settings()["SLUICE_REDIS_URL"].endswith(":10000") and settings()["SLUICE_REDIS_CLUSTER"] == "true"
+    pgbouncer = found["pgbouncer"][1]
+    assert "name: 'pgbouncer.enabled'" in pgbouncer and "value: 'true'" in pgbouncer
+    assert settings()["SLUICE_POSTGRES_PORT"] == "6432" and settings()["SLUICE_POSTGRES_PREPARE_THRESHOLD"] == "none"
+    cosmos = found["cosmos"][1]
+    assert "EnableCassandra" in cosmos
+    assert "autoscaleSettings" in found["tables"][1]
+    assert "disableLocalAuth: true" in found["eventHubNamespace"][1]
+    assert "allowSharedKeyAccess: false" in found["storage"][1]
+    assert "enableRbacAuthorization: true" in found["vault"][1]
+    for symbol in ("logs", "insights"):
+        assert symbol in found
+
+
+def test_azure_yaml_deploys_the_overlay_to_aks() -> None:
+    azure = yaml.safe_load((ROOT / "azure.yaml").read_text(encoding="utf-8"))
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", azure["name"])
+    service = azure["services"]["sluice"]
+    assert service["host"] == "aks" and (ROOT / service["docker"]["path"]).exists()
+    assert (ROOT / service["k8s"]["kustomize"]["dir"] / "kustomization.yaml").exists()
+    assert service["k8s"]["namespace"] == manifest("Namespace")["metadata"]["name"]
+    assert azure["infra"] == {"provider": "bicep", "path": "infra", "module": "main"}
+    parameters = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    declared = set(re.findall(r"^param (\w+)", text("main.bicep"), re.MULTILINE))
+    assert set(parameters) <= declared
+
+
+@pytest.mark.timeout(120)
+def test_the_cosmos_tables_are_the_ones_the_migrations_create(cassandra_emulator) -> None:
+    from shared.adapters.cassandra.migrations import apply_migrations
+    from shared.adapters.cassandra.session import connect
+    from shared.settings import CassandraSettings
+
+    keyspace = f"ks_{uuid.uuid4().hex[:12]}"
+    cfg = CassandraSettings(hosts=["127.0.0.1"], port=cassandra_emulator.port, keyspace=keyspace)
+    session = connect(cfg, keyspace="system")
+    try:
+        apply_migrations(session, cfg)
+        created = declared_tables(session, keyspace)
+    finally:
+        session.cluster.shutdown()
+    declared = {t["name"]: t["schema"] for t in json.loads(text("cassandra-tables.json"))["tables"]}
+    assert declared.keys() == created.keys(), f"tables differ: {declared.keys() ^ created.keys()}"
+    for name, schema in created.items():
+        assert declared[name]["partitionKeys"] == schema["partitionKeys"], name
+        assert declared[name]["clusterKeys"] == schema["clusterKeys"], name
+        assert sorted(map(json.dumps, declared[name]["columns"])) == sorted(map(json.dumps, schema["columns"])), name
+    throughput = {t["name"]: t["throughput"] for t in json.loads(text("cassandra-tables.json"))["tables"]}
+    assert set(throughput.values()) == {"events", "state"}
+    assert throughput["events_by_id"] == "events" and throughput["feed_state"] == "state"
+
+
+def test_the_infra_tree_holds_no_compiled_or_local_files() -> None:
+    assert not list(INFRA.rglob("*.json.bak")) and not (INFRA / "k8s" / ".env").exists()
+    assert Path(ROOT / ".gitignore").read_text(encoding="utf-8").count("infra/k8s/.env") == 1

@@ -1,0 +1,146 @@
+"""k8s-keda/ and the azd overlay (infra/k8s/), rendered by kubectl and checked against the schemas they deploy to.
+
+No cluster: ``kubectl kustomize`` renders, ``kubernetes-validate`` checks the built-in
+kinds against the targeted Kubernetes version, KEDA's own schemas check ScaledObject
+and TriggerAuthentication, the Secrets Store CSI schema checks SecretProviderClass, and
+the ingest ScaledObject's numbers are checked to scale. Broken copies prove that each
+check refuses what it should, by name.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy import validation
+from tests.deploy.validation import ROOT, RenderError, render
+
+SAMPLE_ENV = Path(__file__).resolve().parent / "azd.sample.env"
+
+
+def azd_tree(tmp_path: Path, env_text: str | None = None) -> Path:
+    """A copy of k8s-keda/ and infra/k8s/ side by side, with azd's .env written into the overlay."""
+    shutil.copytree(ROOT / "k8s-keda", tmp_path / "k8s-keda")
+    shutil.copytree(ROOT / "infra" / "k8s", tmp_path / "infra" / "k8s")
+    (tmp_path / "infra" / "k8s" / ".env").write_text(
+        SAMPLE_ENV.read_text(encoding="utf-8") if env_text is None else env_text, encoding="utf-8")
+    return tmp_path / "infra" / "k8s"
+
+
+@pytest.fixture(scope="module")
+def base() -> list[dict[str, Any]]:
+    return render(ROOT / "k8s-keda")
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return render(azd_tree(tmp_path_factory.mktemp("azd")))
+
+
+def of(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    (doc,) = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    return doc
+
+
+def test_the_base_is_valid_for_kubernetes_and_keda_with_only_placeholders_left(base: list[dict[str, Any]]) -> None:
+    assert validation.problems(base, placeholders_allowed=True) == []
+    assert {d["kind"] for d in base} >= {"Deployment", "CronJob", "ScaledObject", "TriggerAuthentication",
+                                         "SecretProviderClass", "NetworkPolicy", "HorizontalPodAutoscaler"}
+
+
+def test_the_azd_overlay_renders_with_every_placeholder_replaced_and_valid(deployed: list[dict[str, Any]]) -> None:
+    assert validation.problems(deployed, placeholders_allowed=False) == []
+    assert not [d for d in deployed if d["metadata"]["name"] == "azd-outputs"], "the outputs map is local-config"
+    env = dict(line.split("=", 1) for line in SAMPLE_ENV.read_text(encoding="utf-8").splitlines() if "=" in line)
+    settings = of(deployed, "ConfigMap", "sluice-settings")
+    assert settings["data"]["SLUICE_REDIS_URL"] == env["AZURE_REDIS_URL"]
+    scaled = of(deployed, "ScaledObject")
+    assert scaled["spec"]["maxReplicaCount"] == int(env["AZURE_EVENTHUB_PARTITIONS"]), "an integer, not a string"
+    images = {c["image"] for d in deployed if d["kind"] in ("Deployment", "CronJob")
+              for c in (d["spec"].get("jobTemplate", d)["spec"]["template"]["spec"]["containers"])}
+    assert images == {env["SERVICE_SLUICE_IMAGE_NAME"]}
+    assert of(deployed, "TriggerAuthentication")["spec"]["podIdentity"]["identityId"] == \
+        env["AZURE_APP_IDENTITY_CLIENT_ID"]
+
+
+def test_an_overlay_missing_a_required_value_fails_and_names_it(tmp_path: Path) -> None:
+    env = "\n".join(line for line in SAMPLE_ENV.read_text(encoding="utf-8").splitlines()
+                    if not line.startswith("AZURE_CASSANDRA_HOST="))
+    with pytest.raises(RenderError, match="AZURE_CASSANDRA_HOST"):
+        render(azd_tree(tmp_path, env))
+
+
+def test_an_overlay_with_an_empty_value_leaves_a_problem_that_names_the_field(tmp_path: Path) -> None:
+    env = SAMPLE_ENV.read_text(encoding="utf-8").replace("AZURE_KEY_VAULT_NAME=kv-sluice-prod", "AZURE_KEY_VAULT_NAME=")
+    docs = render(azd_tree(tmp_path, env))
+    found = validation.problems(docs, placeholders_allowed=False)
+    assert any("spec.parameters.keyvaultName is missing" in p for p in found), found
+
+
+def test_the_base_placeholders_are_named_when_not_allowed(base: list[dict[str, Any]]) -> None:
+    found = validation.placeholder_problems(base)
+    assert any(p.startswith("ConfigMap/sluice-settings: data.SLUICE_CASSANDRA_HOSTS") for p in found), found
+
+
+def broken(docs: list[dict[str, Any]], kind: str, change) -> list[dict[str, Any]]:
+    out = copy.deepcopy(docs)
+    change(next(d for d in out if d["kind"] == kind))
+    return out
+
+
+def trigger(doc: dict[str, Any]) -> dict[str, str]:
+    return doc["spec"]["triggers"][0]["metadata"]
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    (lambda d: trigger(d).update(unprocessedEventThreshold="0"), "unprocessedEventThreshold '0' cannot scale"),
+    (lambda d: trigger(d).update(unprocessedEventThreshold="many"), "unprocessedEventThreshold 'many' cannot scale"),
+    (lambda d: trigger(d).update(activationUnprocessedEventThreshold="500"), "leaves up to 500 events unprocessed"),
+    (lambda d: trigger(d).update(checkpointStrategy="azureFunction"), "checkpointStrategy 'azureFunction'"),
+    (lambda d: d["spec"].update(maxReplicaCount=64), "maxReplicaCount 64 exceeds the hub's 8 partitions"),
+    (lambda d: d["spec"].pop("fallback"), "no fallback"),
+    (lambda d: d["spec"]["fallback"].update(replicas=0), "fallback.replicas 0"),
+    (lambda d: trigger(d).update(unprocessedEventThreshold="1000"), "is not events-per-second-per-replica"),
+])
+def test_a_scaled_object_that_cannot_scale_is_refused_by_name(base: list[dict[str, Any]], change, named: str) -> None:
+    assert any(named in p for p in validation.scaling_problems(broken(base, "ScaledObject", change)))
+
+
+def test_keda_schema_refuses_mistyped_missing_or_unknown_values(base: list[dict[str, Any]]) -> None:
+    # (Its schemas, like KEDA's CRDs, let unknown fields through: the API server prunes them.)
+    missing = broken(base, "ScaledObject", lambda d: d["spec"]["scaleTargetRef"].pop("name"))
+    assert any("ScaledObject/sluice-ingest" in p and "name" in p for p in validation.keda_problems(missing))
+    behavior = broken(base, "ScaledObject", lambda d: d["spec"]["fallback"].update(behavior="sometimes"))
+    assert any("/spec/fallback/behavior" in p for p in validation.keda_problems(behavior))
+    mistyped = broken(base, "ScaledObject", lambda d: d["spec"]["fallback"].update(failureThreshold="3"))
+    assert any("/spec/fallback/failureThreshold must be integer" in p for p in validation.keda_problems(mistyped))
+    auth = broken(base, "TriggerAuthentication", lambda d: d["spec"]["podIdentity"].update(provider=7))
+    assert any("TriggerAuthentication/sluice-eventhub-identity" in p for p in validation.keda_problems(auth))
+
+
+def test_kubernetes_schema_refuses_what_the_api_server_would(base: list[dict[str, Any]]) -> None:
+    bad = broken(base, "HorizontalPodAutoscaler", lambda d: d["spec"].update(minReplicas="two"))
+    assert any(p.startswith("HorizontalPodAutoscaler/sluice-lookups: spec/minReplicas")
+               for p in validation.builtin_problems(bad))
+    unknown = broken(base, "Deployment", lambda d: d["spec"]["template"]["spec"].update(serviceAcount="x"))
+    assert any("serviceAcount" in p for p in validation.builtin_problems(unknown))
+
+
+def test_secret_provider_class_schema_refuses_unknown_fields_and_missing_azure_parameters(
+        base: list[dict[str, Any]]) -> None:
+    bad = broken(base, "SecretProviderClass", lambda d: d["spec"].update(secretObject=[]))
+    assert any("secretObject" in p for p in validation.secret_provider_problems(bad))
+    missing = broken(base, "SecretProviderClass", lambda d: d["spec"]["parameters"].pop("tenantId"))
+    assert any("spec.parameters.tenantId is missing" in p for p in validation.secret_provider_problems(missing))
+
+
+def test_the_sample_env_covers_every_key_azure_yaml_passes() -> None:
+    azure = yaml.safe_load((ROOT / "azure.yaml").read_text(encoding="utf-8"))
+    passed = set(azure["services"]["sluice"]["k8s"]["kustomize"]["env"])
+    sample = {line.split("=", 1)[0] for line in SAMPLE_ENV.read_text(encoding="utf-8").splitlines() if "=" in line}
+    assert passed == sample
