@@ -263,7 +263,6 @@ resource cosmos 'Microsoft.DocumentDB/databaseAccounts@2024-11-15' = {
     locations: [{ locationName: location, failoverPriority: 0, isZoneRedundant: true }]
     consistencyPolicy: { defaultConsistencyLevel: 'Session' }
     minimalTlsVersion: 'Tls12'
-    disableKeyBasedMetadataWriteAccess: true
     backupPolicy: { type: 'Continuous', continuousModeProperties: { tier: 'Continuous7Days' } }
   }
 }
@@ -304,7 +303,6 @@ resource redis 'Microsoft.Cache/redisEnterprise@2025-04-01' = {
   sku: { name: redisSku }
   properties: {
     minimumTlsVersion: '1.2'
-    highAvailability: 'Enabled'
   }
 }
 
@@ -363,9 +361,11 @@ resource requireTls 'Microsoft.DBforPostgreSQL/flexibleServers/configurations@20
   }
 }
 
+// A server takes one change at a time: configurations, database and firewall in a row.
 resource postgresDb 'Microsoft.DBforPostgreSQL/flexibleServers/databases@2024-08-01' = {
   parent: postgres
   name: postgresDatabase
+  dependsOn: [requireTls]
   properties: { charset: 'UTF8', collation: 'en_US.utf8' }
 }
 
@@ -374,6 +374,7 @@ resource postgresDb 'Microsoft.DBforPostgreSQL/flexibleServers/databases@2024-08
 resource postgresAzure 'Microsoft.DBforPostgreSQL/flexibleServers/firewallRules@2024-08-01' = {
   parent: postgres
   name: 'allow-azure-services'
+  dependsOn: [postgresDb]
   properties: { startIpAddress: '0.0.0.0', endIpAddress: '0.0.0.0' }
 }
 
@@ -394,24 +395,56 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   }
 }
 
-// The secret names k8s-keda/ refers to (*_PASSWORD_SECRET, the SecretProviderClass).
-var secretValues = [
-  { name: 'cassandra-password', value: cosmos.listKeys().primaryMasterKey }
-  { name: 'redis-access-key', value: redisDatabase.listKeys().primaryKey }
-  { name: 'postgres-password', value: postgresPassword }
-  { name: 'functions-host-master-key', value: functionsMasterKey }
-  { name: 'functions-host-default-key', value: functionsDefaultKey }
-  { name: 'appinsights-connection-string', value: insights.properties.ConnectionString }
+// The secret names k8s-keda/ refers to (*_PASSWORD_SECRET, the SecretProviderClass), one
+// resource each: their values are only known at deployment time.
+var secretNames = [
+  'cassandra-password'
+  'redis-access-key'
+  'postgres-password'
+  'functions-host-master-key'
+  'functions-host-default-key'
+  'appinsights-connection-string'
 ]
 
-resource secrets 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = [for secret in secretValues: {
+resource cassandraSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   parent: vault
-  name: secret.name
-  properties: {
-    value: secret.value
-    contentType: 'text/plain'
-    attributes: { enabled: true }
-  }
+  name: 'cassandra-password'
+  properties: { value: cosmos.listKeys().primaryMasterKey, contentType: 'text/plain' }
+}
+
+resource redisSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'redis-access-key'
+  properties: { value: redisDatabase.listKeys().primaryKey, contentType: 'text/plain' }
+}
+
+resource postgresSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'postgres-password'
+  properties: { value: postgresPassword, contentType: 'text/plain' }
+}
+
+resource masterKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'functions-host-master-key'
+  properties: { value: functionsMasterKey, contentType: 'text/plain' }
+}
+
+resource defaultKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'functions-host-default-key'
+  properties: { value: functionsDefaultKey, contentType: 'text/plain' }
+}
+
+resource insightsSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: vault
+  name: 'appinsights-connection-string'
+  properties: { value: insights.properties.ConnectionString, contentType: 'text/plain' }
+}
+
+resource secretRefs 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = [for secret in secretNames: {
+  parent: vault
+  name: secret
 }]
 
 // --- role assignments: least privilege, all to `app` (and AcrPull to the kubelet) --------
@@ -440,9 +473,10 @@ resource blobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (
 }]
 
 // Read each secret Sluice and the CSI driver read, not the whole vault.
-resource secretReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (secret, i) in secretValues: {
-  name: guid(secrets[i].id, app.id, roles.keyVaultSecretsUser)
-  scope: secrets[i]
+resource secretReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (secret, i) in secretNames: {
+  name: guid(vault.id, secret, app.id, roles.keyVaultSecretsUser)
+  scope: secretRefs[i]
+  dependsOn: [cassandraSecret, redisSecret, postgresSecret, masterKeySecret, defaultKeySecret, insightsSecret]
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
     principalId: app.properties.principalId

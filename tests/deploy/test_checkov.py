@@ -37,6 +37,8 @@ SKIPS: dict[str, dict[str, str]] = {
         "CKV_AZURE_172": "false positive: secret rotation is on (the add-on's config takes the string 'true')",
         "CKV_AZURE_206": "false positive: the account is zone-redundant (Standard_ZRS)",
         "CKV_AZURE_43": "false positive: the name is an expression (lower-case letters and digits, at most 24)",
+        "CKV_AZURE_132": "key-based metadata writes stay allowed: python -m sluice migrate runs CQL DDL "
+                         "(CREATE ... IF NOT EXISTS) with the account key",
         "CKV_AZURE_140": "the Cassandra API authenticates with the account key: local auth cannot be off",
         "CKV_AZURE_41": "no expiry on secrets: an expired secret stops Sluice (it refuses one); rotation adds "
                         "a new version instead",

@@ -26,7 +26,7 @@ APP_PRINCIPAL = "app.properties.principalId"
 NOT_THE_APP = {"kubeletPull": ("acrPull", "registry", "aks.properties.identityProfile.kubeletidentity.objectId")}
 # role -> the scope each assignment of it must have (least privilege: never the account, namespace or vault).
 SCOPES = {"eventHubsDataReceiver": "eventHub", "storageBlobDataOwner": "containers[i]",
-          "keyVaultSecretsUser": "secrets[i]"}
+          "keyVaultSecretsUser": "secretRefs[i]"}
 SECRETISH = re.compile(r"listKeys|listConnectionStrings|listCredentials|[Pp]assword|Key\b|ConnectionString|secret\.value",
                        re.IGNORECASE)
 
@@ -188,8 +188,11 @@ def test_names_keda_reads_are_lower_case() -> None:
     assert bicep_var("consumerGroupName") == bicep_var("consumerGroupName").lower()
 
 
-def test_every_secret_the_manifests_name_is_written_to_key_vault() -> None:
-    written = set(re.findall(r"\{ name: '([a-z0-9-]+)', value: ", text("resources.bicep")))
+def test_every_secret_the_manifests_name_is_written_to_key_vault_and_readable() -> None:
+    written = {field(body, "name").strip("'") for kind, body in resources().values()
+               if kind == "Microsoft.KeyVault/vaults/secrets"}
+    listed = re.search(r"^var secretNames = \[\n(.*?)^\]", text("resources.bicep"), re.MULTILINE | re.DOTALL).group(1)
+    assert set(re.findall(r"'([a-z0-9-]+)'", listed)) == written, "every secret written gets its reader assignment"
     named = {v for k, v in settings().items() if k.endswith("_PASSWORD_SECRET")}
     spc = manifest("SecretProviderClass")["spec"]["parameters"]["objects"]
     named |= {yaml.safe_load(o)["objectName"] for o in yaml.safe_load(spc)["array"]}
