@@ -32,7 +32,8 @@ from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.eventhub import EventHubConsumerClient
 from azure.storage.blob import BlobServiceClient
 
-from shared.exceptions import DependencyUnavailable
+from shared.adapters.identity import credential_for
+from shared.exceptions import ConfigurationError, DependencyUnavailable
 from shared.ports.lag import LagReading, PartitionLag
 
 logger = logging.getLogger(__name__)
@@ -183,13 +184,12 @@ class EventHubBlobLagReader:
 
 def eventhub_client(eventhub: str, consumer_group: str, *, connection_string: str | None = None,
                     fully_qualified_namespace: str | None = None) -> EventHubConsumerClient:
-    """A consumer client by connection string (local emulator) or by identity (``DefaultAzureCredential``)."""
+    """A consumer client by connection string (local emulator) or by identity (as the Functions host connects)."""
     if connection_string:
         return EventHubConsumerClient.from_connection_string(
             connection_string, consumer_group=consumer_group, eventhub_name=eventhub)
     if not fully_qualified_namespace:
-        raise ValueError("an Event Hubs connection string or a fully qualified namespace is needed")
-    from azure.identity import DefaultAzureCredential
-
+        raise ConfigurationError("set EventHubConnection (a connection string) or "
+                                 "EventHubConnection__fullyQualifiedNamespace (identity) to read Event Hubs")
     return EventHubConsumerClient(fully_qualified_namespace, eventhub, consumer_group,
-                                  credential=DefaultAzureCredential())
+                                  credential=credential_for(f"https://{fully_qualified_namespace}"))

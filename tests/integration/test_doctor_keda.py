@@ -157,3 +157,13 @@ def test_a_scaled_object_that_cannot_scale_is_refused_by_name(
     code = main(["doctor", "keda", "--scaled-object", scaled_object(tmp_path, env["hub"], threshold=0)])
     assert code == 2
     assert "unprocessedEventThreshold must be a positive number" in capsys.readouterr().err
+
+
+def test_without_an_event_hubs_connection_the_doctor_names_the_settings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, azurite_connection_string: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("EventHubConnection", raising=False)
+    monkeypatch.delenv("EventHubConnection__fullyQualifiedNamespace", raising=False)
+    monkeypatch.setenv("AzureWebJobsStorage", azurite_connection_string)
+    assert main(["doctor", "keda", "--scaled-object", scaled_object(tmp_path, "telemetry")]) == 2
+    assert "EventHubConnection__fullyQualifiedNamespace" in capsys.readouterr().err
