@@ -25,6 +25,8 @@ param functionsDefaultKey string
 
 var token = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName))
 var name = toLower(take(replace(environmentName, '_', '-'), 20))
+// For the names that allow no hyphen or at most 24 characters (storage, Key Vault).
+var shortName = take(replace(name, '-', ''), 9)
 
 // What Sluice's settings name (k8s-keda/configmap.yaml); changed together with it.
 var eventHubName = 'telemetry'
@@ -221,7 +223,7 @@ resource consumerGroup 'Microsoft.EventHub/namespaces/eventhubs/consumergroups@2
 // --- storage -------------------------------------------------------------------------
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
-  name: take('st${replace(name, '-', '')}${token}', 24)
+  name: 'st${shortName}${token}'
   location: location
   tags: tags
   kind: 'StorageV2'
@@ -381,7 +383,7 @@ resource postgresAzure 'Microsoft.DBforPostgreSQL/flexibleServers/firewallRules@
 // --- Key Vault and the secrets ---------------------------------------------------------
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
-  name: take('kv-${name}-${token}', 24)
+  name: 'kv${shortName}${token}'
   location: location
   tags: tags
   properties: {
