@@ -130,8 +130,8 @@ async def _first_error(hub: IsolatedHub, *, group: str = "$Default", timeout: fl
 
     client = EventHubConsumerClient.from_connection_string(hub.connection_string, consumer_group=group,
                                                            eventhub_name=hub.name)
-    task = asyncio.create_task(client.receive(on_event, on_error=on_error, partition_id="0",
-                                              **{"starting_position": "-1", **kwargs}))
+    task = asyncio.create_task(client.receive(on_event, on_error=on_error,
+                                              **{"partition_id": "0", "starting_position": "-1", **kwargs}))
     try:
         return await asyncio.wait_for(errors.get(), timeout)
     finally:
@@ -150,6 +150,8 @@ def test_aio_consumer_refusals_reach_on_error_with_the_default_retry_policy(
         assert "consumer group 'no-such-cg'" in str(missing_group), missing_group
         bad_position = await _first_error(hub, starting_position="bogus", timeout=30)
         assert "bogus" in str(bad_position), bad_position
+        beyond_end = await _first_error(hub, starting_position=10**6, timeout=30)
+        assert "1000000" in str(beyond_end) and getattr(beyond_end, "error", None) == "argument-out-of-range"
 
     asyncio.run(run())
     log = _new_log_lines(hub, before)
@@ -251,4 +253,36 @@ def test_unknown_hub_and_partition_reach_both_clients_with_the_default_retry_pol
             assert entity in str(error), (entity, error)
 
     asyncio.run(aio())
+    assert _escalations(_new_log_lines(hub, before)) == []
+
+
+def test_aio_sixth_receiver_reaches_on_error_with_the_default_retry_policy(isolated_eventhub: IsolatedHub) -> None:
+    hub = isolated_eventhub
+    with producer(hub) as client:
+        client.send_batch([EventData("first")], partition_id="2")
+    before = hub.running.output()
+
+    async def run() -> None:
+        readers = [EventHubConsumerClient.from_connection_string(hub.connection_string, consumer_group="$Default",
+                                                                 eventhub_name=hub.name) for _ in range(5)]
+        attached: asyncio.Queue[int] = asyncio.Queue()
+        tasks = []
+        for index, reader in enumerate(readers):
+            async def on_event(_c: Any, _e: Any, index: int = index) -> None:
+                await attached.put(index)
+
+            tasks.append(asyncio.create_task(reader.receive(on_event, partition_id="2", starting_position="-1")))
+        try:
+            for _ in readers:  # each has its link, since each received the event
+                await asyncio.wait_for(attached.get(), 30)
+            error = await _first_error(hub, timeout=30, partition_id="2")
+            assert "maximum number of allowed receivers" in str(error), error
+            assert f"partition 2 of {hub.name}" in str(error), error
+        finally:
+            for reader in readers:
+                await reader.close()
+            for task in tasks:
+                task.cancel()
+
+    asyncio.run(run())
     assert _escalations(_new_log_lines(hub, before)) == []
