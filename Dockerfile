@@ -33,9 +33,6 @@ COPY functions/ /home/site/wwwroot/functions/
 COPY shared/ /home/site/wwwroot/shared/
 COPY sluice/ /home/site/wwwroot/sluice/
 COPY docs/openapi.json /home/site/wwwroot/docs/openapi.json
-# The CLI registers every command at start, and `sluice up` (local stack only) imports
-# the process launcher: two stdlib-only files, so `python -m sluice migrate` starts.
-COPY emulators/__init__.py emulators/launcher.py /home/site/wwwroot/emulators/
 
 # Bytecode compiled at build time: the root filesystem is read-only at run time.
 # A fixed unprivileged user (the manifests also set runAsUser/runAsNonRoot);

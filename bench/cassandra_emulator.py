@@ -199,7 +199,7 @@ def _null_server(host: str) -> int:
 
 
 def _start(name: str, argv: list[str]):  # noqa: ANN202
-    from emulators.launcher import start
+    from sluice.launcher import start
     return start(name, argv, timeout=60)
 
 
@@ -215,7 +215,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.null_server:
         return _null_server("127.0.0.1")
-    from emulators.launcher import python_module
+    from sluice.launcher import python_module
 
     keyspace = f"bench_{uuid.uuid4().hex[:8]}"
     emulator = _start("cassandra-emulator", python_module("emulators.cassandra", "--host", "127.0.0.1", "--port", "0",

@@ -380,7 +380,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
-    from emulators.launcher import python_module, start
+    from sluice.launcher import python_module, start
 
     if args.profile:
         argv_ = [sys.executable, "-m", "cProfile", "-o", str(args.profile), "-m", "emulators.eventhubs",

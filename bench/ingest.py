@@ -32,7 +32,6 @@ from datetime import UTC, datetime, timedelta
 
 from cassandra.concurrent import execute_concurrent
 
-from emulators.launcher import python_module, start
 from shared import runtime
 from shared.adapters.cassandra.event_store import CassandraEventStore
 from shared.adapters.cassandra.migrations import apply_migrations
@@ -41,6 +40,7 @@ from shared.domain.events import EventMetadata, Limits, RawRecord, Rejected, par
 from shared.domain.rules import MeasurementRule
 from shared.services.ingest import IngestService
 from shared.settings import CassandraSettings, WorkerSettings
+from sluice.launcher import python_module, start
 
 RULES = [MeasurementRule(measurement="temperature", op=">", value=90)]
 

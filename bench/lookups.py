@@ -31,7 +31,6 @@ from datetime import UTC, datetime, timedelta
 
 import redis
 
-from emulators.launcher import python_module, start
 from shared.adapters.cassandra.event_store import CassandraEventStore
 from shared.adapters.cassandra.migrations import apply_migrations
 from shared.adapters.cassandra.reader import CassandraEventReader, stored_event
@@ -40,6 +39,7 @@ from shared.adapters.redis_cache import RedisCache, sort_key
 from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.services.lookups import LookupService
 from shared.settings import CassandraSettings
+from sluice.launcher import python_module, start
 
 
 def percentile(samples: list[float], q: float) -> float:

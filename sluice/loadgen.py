@@ -45,8 +45,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from emulators.eventhubs.partitioning import partition_for_key
 from shared.domain.events import DeviceEvent, Limits
+from sluice.partitioning import partition_for_key
 
 logger = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ def device_partition(device_id: str, partition_ids: list[str]) -> str:
 
     So a device's events land on one partition whether they come from here or from
     the device sending with its id as partition key. (The Python SDK's own resolver
-    differs from the service for up to half the keys: emulators/eventhubs/partitioning.py.)
+    differs from the service for up to half the keys: sluice/partitioning.py.)
     """
     return partition_ids[partition_for_key(device_id, len(partition_ids))]
 

@@ -4,7 +4,7 @@ Start order: PostgreSQL and Redis (system services, started only when not
 answering), Azurite, the Cassandra emulator, the Event Hubs emulator, the Key Vault
 emulator, then the generated ``local.settings.json``, the ``sluice`` database,
 migrations, sample reference data, and finally the dev host. Every child is
-started through :mod:`emulators.launcher` (own process group, ready line awaited)
+started through :mod:`sluice.launcher` (own process group, ready line awaited)
 and stopped in reverse order on :meth:`LocalStack.stop`; system services are
 stopped only if this stack started them.
 
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emulators.launcher import LaunchError, Running, python_module, start
 from shared.exceptions import SluiceError
+from sluice.launcher import LaunchError, Running, python_module, start
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m emulators.eventhubs",
                                      description="Event Hubs emulator (AMQP 1.0) for the azure-eventhub SDK.")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                        help="Config.json in Microsoft's Event Hubs emulator format (default: the repo's)")
+                        help="Config.json in Microsoft's Event Hubs emulator format (default: the packaged one)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=5672, help="AMQP port (default 5672; 0 picks a free port)")
     parser.add_argument("--data-dir", type=Path, default=None,

@@ -51,6 +51,8 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.peer_max_frame_size = 512
         self.sessions: dict[int, Session] = {}  # by the client's channel
+        # channels whose session ended: frames the client sent there before it saw the end are ignored
+        self.ended_channels: set[int] = set()
         self.writable = True
         self._out: list[bytes] = []
         self._flush_scheduled = False
@@ -243,6 +245,9 @@ class Connection(asyncio.Protocol):
             self._on_begin(channel, fields)
             return
         session = self.sessions.get(channel)
+        if session is None and channel in self.ended_channels:
+            logger.debug("ignoring %s on channel %s, whose session has ended", frames.NAMES.get(code, code), channel)
+            return
         if session is None:
             raise ConnectionFatal(errors.NOT_ALLOWED, f"{frames.NAMES.get(code, code)} on channel {channel}, "
                                   "which has no session")
@@ -286,12 +291,14 @@ class Connection(asyncio.Protocol):
         used = {s.channel for s in self.sessions.values()}
         local = next(c for c in range(CHANNEL_MAX + 1) if c not in used)
         session = Session(self, local, channel, fields)
+        self.ended_channels.discard(channel)
         self.sessions[channel] = session
         session.begin_reply()
 
     def forget_session(self, session: Session) -> None:
         if self.sessions.get(session.remote_channel) is session:
             del self.sessions[session.remote_channel]
+            self.ended_channels.add(session.remote_channel)
 
     def shutdown(self) -> None:
         """Server stopping: close with connection:forced, as a service restart would."""

@@ -11,6 +11,12 @@ is answered as Azure does: an attach echoing both termini, immediately followed
 by a closing detach carrying the error. (AMQP also allows a null terminus in
 that attach, but azure-eventhub's aio consumer then drops the error and keeps
 re-attaching; with the termini echoed both the sync and aio clients raise it.)
+
+A link endpoint is gone only once both detaches are exchanged (part 2, 2.6.5):
+until the client's detach arrives, its handle stays reserved in ``detaching`` and
+the flows, transfers and dispositions it sent before seeing ours are ignored. The
+SDK sends a flow right after its attach, so escalating those to a session error
+would drop the connection and hide the refusal behind an endless reconnect.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ class Session:
         self.next_outgoing_id = 0
         self.next_delivery_id = 0
         self.links: dict[int, Link] = {}  # by the client's handle
+        self.detaching: set[int] = set()  # client handles we detached, awaiting the client's detach
         self.ended = False
 
     # ------------------------------------------------------------ lifecycle
@@ -83,6 +90,8 @@ class Session:
         if code == frames.TRANSFER:
             self.next_incoming_id += 1
             link = self.links.get(int(fields[0]))
+            if link is None and int(fields[0]) in self.detaching:
+                return  # sent before the client saw our detach
             if link is None:
                 raise AmqpError(errors.UNATTACHED_HANDLE, f"transfer on handle {fields[0]}, which is not attached")
             try:
@@ -108,6 +117,8 @@ class Session:
         self.remote_incoming_window = next_incoming_id + int(fields[1] or 0) - self.next_outgoing_id
         if fields[4] is not None:
             link = self.links.get(int(fields[4]))
+            if link is None and int(fields[4]) in self.detaching:
+                return  # sent before the client saw our detach
             if link is None:
                 raise AmqpError(errors.UNATTACHED_HANDLE, f"flow on handle {fields[4]}, which is not attached")
             link.on_flow(fields)
@@ -122,7 +133,7 @@ class Session:
 
     def on_attach(self, fields: list[Any]) -> None:
         name, remote_handle, role = fields[0], int(fields[1]), fields[2]
-        if remote_handle in self.links:
+        if remote_handle in self.links or remote_handle in self.detaching:
             raise AmqpError(errors.HANDLE_IN_USE, f"handle {remote_handle} is already attached")
         source, target = fields[5], fields[6]
         client_receives = role == ROLE_RECEIVER
@@ -184,10 +195,12 @@ class Session:
             source=fields[5], target=fields[6],
             initial_delivery_count=0 if client_receives else None, max_message_size=MAX_MESSAGE_SIZE,
         ))
+        self.detaching.add(handle)
         self.connection.send(frames.detach_frame(self.channel, handle, True,
                                                  frames.error_value(error.condition, error.description)))
 
     def on_detach(self, fields: list[Any]) -> None:
+        self.detaching.discard(int(fields[0]))  # both detaches exchanged: the handle is free again
         link = self.links.pop(int(fields[0]), None)
         if link is None:
             return  # a link we refused or already detached: nothing left to release
@@ -200,6 +213,7 @@ class Session:
         """Close ``link`` from our side with an error."""
         if self.links.get(link.remote_handle) is link:
             del self.links[link.remote_handle]
+            self.detaching.add(link.remote_handle)
         if not link.detached:
             link.close()
         self.connection.send(frames.detach_frame(self.channel, link.handle, True,

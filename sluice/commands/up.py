@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from sluice.localstack import LocalStack, StackError, StackOptions
 
     console = Console()
-    for noisy in ("cassandra", "azure", "emulators.launcher", "shared"):  # the live table says what matters
+    for noisy in ("cassandra", "azure", "sluice.launcher", "shared"):  # the live table says what matters
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.duration and (args.no_devhost or args.no_load):
         raise ConfigurationError("--duration checks what the dev host made of the load; "

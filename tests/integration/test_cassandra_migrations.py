@@ -18,10 +18,10 @@ from collections.abc import Iterator
 import pytest
 from cassandra import OperationTimedOut
 
-from emulators.launcher import Running
 from shared.adapters.cassandra.migrations import apply_migrations
 from shared.adapters.cassandra.session import connect
 from shared.settings import CassandraSettings
+from sluice.launcher import Running
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -23,7 +23,6 @@ from azure.functions.timer import TimerRequest
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from emulators.launcher import Running, start
 from shared import bootstrap
 from shared.adapters.cassandra.event_store import CassandraEventStore
 from shared.adapters.cassandra.feed import CassandraFeedStateStore, CosmosChangeFeed, PortableChangeFeed
@@ -36,6 +35,7 @@ from shared.exceptions import DependencyUnavailable
 from shared.ports.feed import SavedPosition
 from shared.services.changefeed import ChangeFeedService
 from shared.settings import CassandraSettings
+from sluice.launcher import Running, start
 from tests.fixtures.functions import user_function
 
 ROOT = Path(__file__).resolve().parents[2]

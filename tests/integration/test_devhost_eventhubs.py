@@ -18,7 +18,7 @@ import pytest
 from azure.eventhub import EventData, EventHubProducerClient
 from azure.storage.blob import ContainerClient
 
-from emulators.launcher import Running
+from sluice.launcher import Running
 from tests.fixtures.devhost import write_app
 
 APP = '''

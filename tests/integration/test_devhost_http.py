@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from emulators.launcher import Running
+from sluice.launcher import Running
 from tests.fixtures.devhost import ROOT, start_devhost, write_app
 
 APP = '''

@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from emulators.launcher import Running
 from shared.adapters.cassandra.event_store import CassandraEventStore
 from shared.adapters.cassandra.migrations import apply_migrations as apply_cassandra
 from shared.adapters.cassandra.session import connect
@@ -35,6 +34,7 @@ from shared.domain.rules import MeasurementRule
 from shared.exceptions import TransientError
 from shared.services.enrichment import EnrichmentService
 from shared.settings import CassandraSettings, EnrichmentSettings, PostgresSettings
+from sluice.launcher import Running
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,13 +15,13 @@ import pytest
 from azure.functions.timer import TimerRequest
 from azure.storage.blob import BlobServiceClient
 
-from emulators.launcher import Running
 from shared import bootstrap
 from shared.adapters.cassandra.event_store import CassandraEventStore
 from shared.adapters.cassandra.migrations import apply_migrations as apply_cassandra
 from shared.adapters.postgres.migrations import apply_migrations as apply_postgres
 from shared.adapters.reference import upload_reference, upsert_reference
 from shared.domain.enrichment import DeviceRef, SiteRef
+from sluice.launcher import Running
 from tests.fixtures.functions import registered, user_function
 from tests.integration.test_enrichment import make_event
 

@@ -18,7 +18,6 @@ import pytest
 from cassandra.cluster import Session
 from cassandra.query import BatchStatement, BoundStatement
 
-from emulators.launcher import Running
 from shared.adapters.cassandra.event_store import CassandraEventStore, write_timestamp
 from shared.adapters.cassandra.migrations import apply_migrations
 from shared.adapters.cassandra.session import connect
@@ -26,6 +25,7 @@ from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.domain.rules import MeasurementRule
 from shared.domain.timebuckets import bucket_start, shard_of
 from shared.settings import CassandraSettings
+from sluice.launcher import Running
 
 pytestmark = pytest.mark.timeout(120)
 

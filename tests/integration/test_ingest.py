@@ -21,11 +21,11 @@ from azure.storage.blob import BlobServiceClient
 from cassandra.cluster import NoHostAvailable
 
 from emulators.cassandra.faults import clear_faults, inject_faults
-from emulators.launcher import Running
 from shared import bootstrap
 from shared.adapters.cassandra.migrations import apply_migrations
 from shared.exceptions import TransientError
 from sluice.__main__ import main as sluice_cli
+from sluice.launcher import Running
 from tests.fixtures.cassandra import start_cassandra_emulator
 from tests.fixtures.functions import HostContext, user_function
 

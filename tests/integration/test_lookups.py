@@ -16,11 +16,11 @@ from datetime import UTC, datetime, timedelta
 import azure.functions as func
 import pytest
 
-from emulators.launcher import Running
 from shared import bootstrap
 from shared.adapters.cassandra.event_store import CassandraEventStore
 from shared.adapters.cassandra.migrations import apply_migrations
 from shared.adapters.cassandra.session import connect
+from sluice.launcher import Running
 from tests.fixtures.cassandra import start_cassandra_emulator
 from tests.fixtures.functions import registered, user_function
 from tests.integration import test_changefeed as changefeed_tests

@@ -170,3 +170,9 @@ def test_the_copied_tree_alone_imports_the_app_and_runs_the_cli(tmp_path: Path) 
                          capture_output=True, text=True, timeout=60, check=False)
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert "cassandra,postgres,all" in cli.stdout
+
+
+def test_no_emulator_code_is_in_the_image() -> None:
+    # The emulators are a distribution of their own (emulators/pyproject.toml); the product never imports them.
+    shipped = [path for path in build_context() if path.startswith("emulators/") and in_image(path) is not None]
+    assert shipped == []

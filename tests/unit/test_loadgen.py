@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from emulators.eventhubs.partitioning import partition_for_key
 from shared.domain.events import EventMetadata, Limits, RawRecord, parse_records
 from shared.domain.rules import MeasurementRule, is_critical
 from sluice.loadgen import INVALID_VARIANTS, EventGenerator, LoadSpec, device_partition, read_manifest
+from sluice.partitioning import partition_for_key
 
 DEFAULT_RULE = [MeasurementRule(measurement="temperature", op=">", value=90)]
 

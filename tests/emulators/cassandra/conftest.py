@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from cassandra.cluster import Cluster, Session
 
-from emulators.launcher import Running
+from sluice.launcher import Running
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from cassandra.cluster import Cluster
 from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.query import SimpleStatement
 
-from emulators.launcher import Running
+from sluice.launcher import Running
 
 pytestmark = pytest.mark.timeout(120)
 CLIENTS = 20

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from cassandra.cluster import Cluster, Session
 
-from emulators.launcher import Running
+from sluice.launcher import Running
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,7 +12,7 @@ from cassandra.cluster import Cluster, NoHostAvailable, Session
 from cassandra.protocol import OverloadedErrorMessage
 
 from emulators.cassandra.faults import clear_faults, inject_faults
-from emulators.launcher import Running
+from sluice.launcher import Running
 from tests.fixtures.cassandra import start_cassandra_emulator
 
 pytestmark = pytest.mark.timeout(60)

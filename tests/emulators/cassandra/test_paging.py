@@ -8,7 +8,7 @@ import pytest
 from cassandra.cluster import Cluster, Session
 from cassandra.query import SimpleStatement
 
-from emulators.launcher import Running
+from sluice.launcher import Running
 
 pytestmark = pytest.mark.timeout(60)
 

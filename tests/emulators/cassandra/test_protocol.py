@@ -16,7 +16,7 @@ from cassandra import AuthenticationFailed
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import Cluster, NoHostAvailable
 
-from emulators.launcher import Running
+from sluice.launcher import Running
 from tests.fixtures.cassandra import start_cassandra_emulator
 
 pytestmark = pytest.mark.timeout(60)
