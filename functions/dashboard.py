@@ -68,9 +68,21 @@ def _mapped(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callabl
     return wrapper
 
 
+def _given(req: func.HttpRequest, name: str) -> str | None:
+    """The parameter's value; ``None`` when absent. Present but empty is a bad value, not "absent"."""
+    value = req.params.get(name)
+    if value == "":
+        raise BadParameter(name, "must not be empty (leave it out for the default)")
+    return value
+
+
+def _limit(req: func.HttpRequest, default: int) -> int:
+    return parse_limit(_given(req, "limit"), default)
+
+
 def _time(req: func.HttpRequest, name: str) -> datetime | None:
     try:
-        value = parse_since(req.params.get(name))
+        value = parse_since(_given(req, name))
     except BadParameter as exc:
         raise BadParameter(name, exc.detail) from None
     return value.astimezone(UTC) if value is not None else None
@@ -85,8 +97,8 @@ def _range(start: datetime | None, end: datetime | None, default: timedelta) -> 
 
 
 def _day(req: func.HttpRequest, name: str) -> date | None:
-    value = req.params.get(name)
-    if not value:
+    value = _given(req, name)
+    if value is None:
         return None
     try:
         if not _DAY.match(value):
@@ -97,8 +109,8 @@ def _day(req: func.HttpRequest, name: str) -> date | None:
 
 
 def _site(req: func.HttpRequest) -> str | None:
-    value = req.params.get("site_id")
-    if not value:
+    value = _given(req, "site_id")
+    if value is None:
         return None
     if not _SITE_ID.match(value):
         raise BadParameter("site_id", f"must be 1-128 characters of A-Z a-z 0-9 . _ : -, got {value!r}")
@@ -142,7 +154,7 @@ def status(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="critical", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 @_mapped
 def critical_feed(req: func.HttpRequest) -> func.HttpResponse:
-    limit = parse_limit(req.params.get("limit"), 20)
+    limit = _limit(req, 20)
     return _json(bootstrap.status_service().critical(limit))
 
 
@@ -152,8 +164,8 @@ def critical_feed(req: func.HttpRequest) -> func.HttpResponse:
 def device_events(req: func.HttpRequest) -> func.HttpResponse:
     device_id = parse_device_id(req.route_params.get("device_id"))
     start, end = _range(_time(req, "from"), _time(req, "to"), DEFAULT_HISTORY)
-    limit = parse_limit(req.params.get("limit"), DEFAULT_LIMIT)
-    token = req.params.get("page") or None
+    limit = _limit(req, DEFAULT_LIMIT)
+    token = _given(req, "page")
     if token is not None and not _TOKEN.match(token):
         raise BadToken("the page token is malformed")
     page = bootstrap.history_service().page(device_id, start=start, end=end, limit=limit, token=token)
@@ -168,7 +180,7 @@ def report_sites(req: func.HttpRequest) -> func.HttpResponse:
     site_id, day_from, day_to = _site(req), _day(req, "from"), _day(req, "to")
     if day_from and day_to and day_from > day_to:
         raise BadParameter("from", f"must not be after to ({day_from} > {day_to})")
-    limit = parse_limit(req.params.get("limit"), DEFAULT_LIMIT)
+    limit = _limit(req, DEFAULT_LIMIT)
     return _json(bootstrap.report_service().sites(site_id=site_id, day_from=day_from, day_to=day_to, limit=limit))
 
 
@@ -177,10 +189,10 @@ def report_sites(req: func.HttpRequest) -> func.HttpResponse:
 @_mapped
 def report_devices(req: func.HttpRequest) -> func.HttpResponse:
     site_id = _site(req)
-    health = req.params.get("health") or None
+    health = _given(req, "health")
     if health is not None and health not in HEALTH_STATES:
         raise BadParameter("health", f"must be one of {', '.join(HEALTH_STATES)}, got {health!r}")
-    limit = parse_limit(req.params.get("limit"), DEFAULT_LIMIT)
+    limit = _limit(req, DEFAULT_LIMIT)
     return _json(bootstrap.report_service().devices(site_id=site_id, health=health, limit=limit))
 
 
