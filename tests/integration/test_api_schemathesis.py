@@ -23,11 +23,12 @@ from schemathesis.checks import CHECKS as REGISTRY
 
 from tests.fixtures.functions import _index
 from tests.integration import test_changefeed as changefeed_tests
+from tests.integration import test_dashboard_api
 from tests.integration.test_changefeed import make_event
-from tests.integration.test_dashboard_api import dash_env
 
 app_env, keyspace, session, store = (changefeed_tests.app_env, changefeed_tests.keyspace, changefeed_tests.session,
                                      changefeed_tests.store)
+dash_env = test_dashboard_api.dash_env
 
 CHECKS = REGISTRY.get_all()  # every check, as `schemathesis run --checks all`
 KEY = "schemathesis-function-key"
