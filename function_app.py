@@ -9,6 +9,7 @@ first use by ``shared.bootstrap``.
 import azure.functions as func
 
 from functions.changefeed import bp as changefeed
+from functions.dashboard import bp as dashboard
 from functions.enrichment import bp as enrichment
 from functions.ingest import bp as ingest
 from functions.lookups import bp as lookups
@@ -18,3 +19,4 @@ app.register_functions(ingest)
 app.register_functions(changefeed)
 app.register_functions(lookups)
 app.register_functions(enrichment)
+app.register_functions(dashboard)

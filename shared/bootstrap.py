@@ -200,3 +200,47 @@ def enrichment_service():
         reference = PostgresReferenceSource(postgres_pool())
     store = PostgresEnrichmentStore(postgres_pool(), statement_timeout_seconds=enrich.statement_timeout_seconds)
     return EnrichmentService(reader, reference, store, enrich, cfg.rules.critical_rules)
+
+
+@service
+def status_service():
+    from shared.adapters.blob_deadletter import BlobDeadLetterCounter
+    from shared.adapters.cassandra.dashboard import CassandraArrivalStats, CassandraFeedPosition
+    from shared.adapters.postgres.reports import PostgresReports
+    from shared.adapters.redis_dashboard import RedisCacheStats, RedisCriticalStream
+    from shared.services.status import NoLagReader, StatusService
+
+    cfg = settings()
+    timeout = cfg.dashboard.read_timeout_seconds
+    arrivals = CassandraArrivalStats(cassandra_session, cfg.cassandra.keyspace, bucket_seconds=cfg.cassandra.bucket_seconds,
+                                     shards=cfg.cassandra.shards, timeout=timeout)
+    feed = CassandraFeedPosition(cassandra_session, cfg.cassandra.keyspace, cfg.changefeed.feed_name, timeout=timeout)
+    # Lag per partition: no reader is wired yet, so the status says "not_configured".
+    return StatusService(arrivals, feed, PostgresReports(postgres_pool(), timeout=timeout),
+                         BlobDeadLetterCounter(blob_service(), cfg.storage.deadletter_container),
+                         RedisCacheStats(redis_client()), RedisCriticalStream(redis_client(), key_prefix=cfg.redis.key_prefix),
+                         NoLagReader(), lambda: lookup_service().health(),
+                         cache_seconds=cfg.dashboard.status_cache_seconds, section_timeout=2 * timeout)
+
+
+@service
+def history_service():
+    from shared.adapters.cassandra.dashboard import CassandraDeviceHistory
+    from shared.services.history import HistoryService, TokenSigner, derived_key
+
+    cfg = settings()
+    configured = cfg.dashboard.token_key
+    key = (configured.get_secret_value().encode() if configured is not None else
+           derived_key(cfg.cassandra.keyspace, ",".join(cfg.cassandra.hosts), cfg.redis.url, cfg.redis.key_prefix,
+                       secret(cfg.cassandra.password, cfg.cassandra.password_secret) or ""))
+    history = CassandraDeviceHistory(cassandra_session, cfg.cassandra.keyspace,
+                                     timeout=cfg.dashboard.read_timeout_seconds)
+    return HistoryService(history, TokenSigner(key))
+
+
+@service
+def report_service():
+    from shared.adapters.postgres.reports import PostgresReports
+    from shared.services.reports import ReportService
+
+    return ReportService(PostgresReports(postgres_pool(), timeout=settings().dashboard.read_timeout_seconds))
