@@ -146,6 +146,17 @@ def redis_cache():
                       critical_stream_max=cfg.critical_stream_max)
 
 
+def rebuild_service(*, max_rps: float | None = None, page_size: int = 200):
+    """Not cached: each run has its own rate limit."""
+    from shared.adapters.cassandra.device_log import CassandraDeviceLog
+    from shared.adapters.redis_rebuild import RedisCacheBuilder
+    from shared.services.rebuild import RebuildService
+
+    cfg = settings()
+    log = CassandraDeviceLog(cassandra_session, cfg.cassandra.keyspace)
+    return RebuildService(log, RedisCacheBuilder(redis_cache()), page_size=page_size, max_rps=max_rps)
+
+
 @service
 def changefeed_service():
     from shared.adapters.cassandra.feed import CassandraFeedStateStore, CosmosChangeFeed, PortableChangeFeed
