@@ -17,6 +17,7 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
+from shared.adapters.redis_generation import RedisGenerations, generation_prefix
 from shared.exceptions import DependencyUnavailable
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,11 @@ class RedisCriticalStream:
 
     def __init__(self, client: redis.Redis, *, key_prefix: str = "sluice:") -> None:
         self._client = client
-        self._key = f"{key_prefix}critical:stream"
+        self._generations = RedisGenerations(client, key_prefix)  # the stream of the live generation
+
+    @property
+    def _key(self) -> str:
+        return generation_prefix(self._generations.prefix, self._generations.current().live) + "critical:stream"
 
     def recent(self, limit: int) -> list[dict[str, Any]]:
         try:
