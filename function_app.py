@@ -13,6 +13,7 @@ from functions.dashboard import bp as dashboard
 from functions.enrichment import bp as enrichment
 from functions.ingest import bp as ingest
 from functions.lookups import bp as lookups
+from functions.state import bp as state
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(ingest)
@@ -20,3 +21,4 @@ app.register_functions(changefeed)
 app.register_functions(lookups)
 app.register_functions(enrichment)
 app.register_functions(dashboard)
+app.register_functions(state)

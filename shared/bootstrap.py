@@ -250,6 +250,18 @@ def history_service():
 
 
 @service
+def state_service():
+    from shared.adapters.cassandra.dashboard import CassandraDeviceHistory
+    from shared.adapters.cassandra.reader import CassandraEventReader
+    from shared.services.state import StateService
+
+    cfg = settings()
+    timeout = cfg.dashboard.read_timeout_seconds
+    return StateService(CassandraDeviceHistory(cassandra_session, cfg.cassandra.keyspace, timeout=timeout),
+                        CassandraEventReader(cassandra_session, cfg.cassandra.keyspace, timeout=timeout))
+
+
+@service
 def report_service():
     from shared.adapters.postgres.reports import PostgresReports
     from shared.services.reports import ReportService
