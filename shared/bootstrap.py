@@ -157,6 +157,17 @@ def rebuild_service(*, max_rps: float | None = None, page_size: int = 200):
     return RebuildService(log, RedisCacheBuilder(redis_cache()), page_size=page_size, max_rps=max_rps)
 
 
+def replay_service(*, postgres: bool = True):
+    from shared.adapters.cassandra.window_reader import CassandraWindowReader
+    from shared.services.replay import ReplayService
+
+    cfg = settings()
+    reader = CassandraWindowReader(cassandra_session(), cfg.cassandra, page_size=cfg.enrichment.read_page_size,
+                                   concurrency=cfg.enrichment.read_concurrency)
+    return ReplayService(reader, redis_cache(), cfg.rules.critical_rules,
+                         enrichment_service() if postgres else None, apply_chunk=cfg.changefeed.page_size)
+
+
 @service
 def changefeed_service():
     from shared.adapters.cassandra.feed import CassandraFeedStateStore, CosmosChangeFeed, PortableChangeFeed
