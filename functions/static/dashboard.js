@@ -78,6 +78,7 @@
     }
     drawThroughput((s.throughput && s.throughput.series) || []);
     if (s.refresh_seconds) refreshMs = s.refresh_seconds * 1000;
+    if (window.sluiceFirstRenderMs === undefined) window.sluiceFirstRenderMs = performance.now();
   }
 
   function scale(values, height, pad) {
