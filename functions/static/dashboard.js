@@ -64,6 +64,7 @@
   window.sluiceTileValues = tileValues; // the browser test compares the tiles with /api/status through it
 
   function renderStatus(s) {
+    window.sluiceLastStatus = s;
     const values = tileValues(s);
     for (const node of document.querySelectorAll("[data-tile]")) node.textContent = values[node.dataset.tile];
     const lagTile = document.querySelector('[data-tile="lag"]');
@@ -77,6 +78,7 @@
     }
     drawThroughput((s.throughput && s.throughput.series) || []);
     if (s.refresh_seconds) refreshMs = s.refresh_seconds * 1000;
+    if (window.sluiceFirstRenderMs === undefined) window.sluiceFirstRenderMs = performance.now();
   }
 
   function scale(values, height, pad) {
@@ -96,11 +98,13 @@
     const y1 = scale(series.map((b) => b.events_per_second), h, 14);
     const y2 = scale(series.map((b) => b.delay_p99_ms), h, 14);
     drawLine(chart, series.map((b, i) => [i * step, y1(b.events_per_second)]), "l1");
-    drawLine(chart, series.filter((b) => b.delay_p99_ms !== null).map((b) => [series.indexOf(b) * step, y2(b.delay_p99_ms)]), "l2");
+    const delays = series.filter((b) => b.delay_p99_ms !== null).map((b) => [series.indexOf(b) * step, y2(b.delay_p99_ms)]);
+    drawLine(chart, delays, "l2");
+    for (const [x, y] of delays) chart.append(svg("circle", { cx: x, cy: y, r: 3, class: "pt2" }));
     const peak = Math.max(...series.map((b) => b.events_per_second));
-    const label = svg("text", { x: 4, y: 12, class: "axis" });
-    label.textContent = "max " + peak.toFixed(1) + " events/s";
-    chart.append(label);
+    const peakDelay = Math.max(0, ...series.map((b) => b.delay_p99_ms || 0));
+    document.getElementById("throughput-scale").textContent =
+      "top of the chart: " + peak.toFixed(1) + " events/s, " + peakDelay.toFixed(0) + " ms";
   }
 
   // -- critical feed --------------------------------------------------------------------------
@@ -191,6 +195,7 @@
 
   // -- sites ----------------------------------------------------------------------------------
   function renderSites(body) {
+    document.getElementById("sites-empty").hidden = body.rows.length > 0;
     const tbody = document.querySelector("#sites tbody");
     tbody.replaceChildren(...body.rows.map((r) => {
       const tr = el("tr");

@@ -29,10 +29,20 @@ class BucketFigures:
     delays_ms: Sequence[float]
 
 
+@dataclass(frozen=True, slots=True)
+class BucketRead:
+    """The arrival bucket starting at ``start``, only rows at or after ``since`` when given; ``sample``: also
+    sample its ingest delays."""
+
+    start: datetime
+    since: datetime | None = None
+    sample: bool = True
+
+
 class ArrivalStats(Protocol):
-    def bucket(self, start: datetime, *, since: datetime | None = None) -> BucketFigures:
-        """Figures of the arrival bucket starting at ``start`` (every shard), counting only rows at or after
-        ``since`` when given. Reads exactly the bucket's shards: one count and one sampled read each."""
+    def buckets(self, reads: Sequence[BucketRead]) -> list[BucketFigures]:
+        """Figures of each read, in order. Reads exactly each bucket's shards (a count, and a sampled read
+        when asked, per shard), all at once."""
 
     @property
     def bucket_seconds(self) -> int: ...

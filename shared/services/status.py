@@ -6,7 +6,8 @@ from ``events_by_arrival_bucket``, positions from ``feed_state`` and
 Redis stream. So any pod gives the same answer.
 
 Every read is bounded: the last ``SERIES_MINUTES`` of arrival buckets (each a
-fixed number of shard partitions, counted and sampled, never scanned), two day
+fixed number of shard partitions, counted and sampled, never scanned, all sent
+at once), two day
 prefixes of dead-letter blobs at most ``DEAD_LETTER_CAP`` long, single rows for
 the positions. A bucket closed for longer than ``CLOSED_GRACE`` (its events are
 stored) is read once and kept; only the open ones are read on each call. Each
@@ -31,6 +32,7 @@ from shared.exceptions import DependencyUnavailable
 from shared.ports.dashboard import (
     ArrivalStats,
     BucketFigures,
+    BucketRead,
     CacheStats,
     CriticalStream,
     DeadLetterCounter,
@@ -144,36 +146,32 @@ class StatusService:
         count, capped = self._dead_letters.count_since(now - timedelta(hours=1), cap=DEAD_LETTER_CAP)
         return {"last_hour": count, "capped": capped}
 
-    def _bucket(self, start: datetime, now: datetime) -> BucketFigures:
-        width = timedelta(seconds=self._arrivals.bucket_seconds)
-        closed = start + width + CLOSED_GRACE <= now
-        if closed:
-            with self._lock:
-                kept = self._closed.get(start)
-            if kept is not None:
-                return kept
-        figures = self._arrivals.bucket(start)
-        if closed:
-            with self._lock:
-                self._closed[start] = figures
-                for old in [b for b in self._closed if b < now - timedelta(minutes=2 * SERIES_MINUTES)]:
-                    del self._closed[old]
-        return figures
-
     def _throughput(self, now: datetime) -> dict[str, Any]:
-        width = timedelta(seconds=self._arrivals.bucket_seconds)
-        current = bucket_start(now, self._arrivals.bucket_seconds)
-        count = max(1, (SERIES_MINUTES * 60) // self._arrivals.bucket_seconds)
+        seconds = self._arrivals.bucket_seconds
+        width = timedelta(seconds=seconds)
+        current = bucket_start(now, seconds)
+        count = max(1, (SERIES_MINUTES * 60) // seconds)
         starts = [current - width * i for i in range(count, -1, -1)]
-        buckets = [self._bucket(start, now) for start in starts]
+        with self._lock:
+            kept = {start: self._closed[start] for start in starts if start in self._closed}
+        cuts = [now - timedelta(seconds=60), now - timedelta(seconds=300)]
+        reads = [BucketRead(start) for start in starts if start not in kept]
+        reads += [BucketRead(bucket_start(cut, seconds), cut, sample=False) for cut in cuts]
+        figures = self._arrivals.buckets(reads)  # one round trip for every open bucket and both cut buckets
+        fresh = {f.start: f for f in figures[:len(reads) - len(cuts)]}
+        with self._lock:
+            for start, bucket in fresh.items():
+                if start + width + CLOSED_GRACE <= now:
+                    self._closed[start] = bucket
+            for old in [b for b in self._closed if b < starts[0]]:
+                del self._closed[old]
+        buckets = [kept.get(start) or fresh[start] for start in starts]
 
-        def since(seconds: int) -> int:
-            cut = now - timedelta(seconds=seconds)
-            first = bucket_start(cut, self._arrivals.bucket_seconds)
-            total = sum(b.events for b in buckets if b.start > first)
-            return total + self._arrivals.bucket(first, since=cut).events
+        def since(partial: BucketFigures) -> int:
+            """The events of the cut bucket from the cut on, and of every bucket after it."""
+            return partial.events + sum(b.events for b in buckets if b.start > partial.start)
 
-        last_minute, last_5 = since(60), since(300)
+        last_minute, last_5 = (since(partial) for partial in figures[-len(cuts):])
         recent = [d for b in buckets[-2:] for d in b.delays_ms]
         elapsed = {b.start: min(width, max(timedelta(seconds=1), now - b.start)).total_seconds() for b in buckets}
         return {
@@ -181,7 +179,7 @@ class StatusService:
             "events_last_5_minutes": last_5,
             "events_per_second": round(last_minute / 60, 2),
             "delay_p99_ms": p99(recent),
-            "bucket_seconds": self._arrivals.bucket_seconds,
+            "bucket_seconds": seconds,
             "series": [{"start": _iso(b.start), "events": b.events,
                         "events_per_second": round(b.events / elapsed[b.start], 2), "delay_p99_ms": p99(list(b.delays_ms))}
                        for b in buckets],

@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 
-from cassandra.cluster import Session
+from cassandra.cluster import ResponseFuture, Session
 from cassandra.query import PreparedStatement
 
 from shared.adapters.cassandra.reader import CASSANDRA_ERRORS, EVENT_SELECT, describe, stored_event
 from shared.exceptions import DependencyUnavailable
 from shared.lazy import Once
-from shared.ports.dashboard import BucketFigures, Position
+from shared.ports.dashboard import BucketFigures, BucketRead, Position
 from shared.ports.stored import StoredEvent
 
 logger = logging.getLogger(__name__)
@@ -84,31 +84,33 @@ class CassandraArrivalStats:
     def bucket_seconds(self) -> int:
         return self._bucket_seconds
 
-    def bucket(self, start: datetime, *, since: datetime | None = None) -> BucketFigures:
-        since = since if since is not None and since > start else start
-        what = f"arrival bucket {start.isoformat()}"
+    def buckets(self, reads: Sequence[BucketRead]) -> list[BucketFigures]:
+        session = self._db.session()
+        count, sample = self._db["count"], self._db["sample"]
+        futures: list[tuple[int, bool, ResponseFuture]] = []
         try:
-            session = self._db.session()
-            count, sample = self._db["count"], self._db["sample"]
-            futures = []
-            for shard in range(self._shards):
-                futures.append(session.execute_async(count, (start, shard, since), timeout=self._db.timeout))
-                futures.append(session.execute_async(sample, (start, shard, since, self._sample),
-                                                     timeout=self._db.timeout))
-            results = [future.result() for future in futures]
+            for index, read in enumerate(reads):
+                since = read.since if read.since is not None and read.since > read.start else read.start
+                for shard in range(self._shards):
+                    futures.append((index, True, session.execute_async(count, (read.start, shard, since),
+                                                                       timeout=self._db.timeout)))
+                    if read.sample:
+                        futures.append((index, False, session.execute_async(
+                            sample, (read.start, shard, since, self._sample), timeout=self._db.timeout)))
+            results = [(index, is_count, future.result()) for index, is_count, future in futures]
         except CASSANDRA_ERRORS as exc:
-            raise _failed("reading " + what, exc) from exc
-        events = 0
-        delays: list[float] = []
-        for index, rows in enumerate(results):
-            if index % 2 == 0:
-                events += rows.one()[0]
+            raise _failed(f"reading {len(reads)} arrival buckets", exc) from exc
+        events = [0] * len(reads)
+        delays: list[list[float]] = [[] for _ in reads]
+        for index, is_count, rows in results:
+            if is_count:
+                events[index] += rows.one()[0]
                 continue
             for row in rows:
                 if row.written is not None and row.enqueued_at is not None:
                     enqueued_us = (_utc(row.enqueued_at) - _EPOCH) // timedelta(microseconds=1)
-                    delays.append(max(0.0, (row.written - enqueued_us) / 1000.0))
-        return BucketFigures(start, events, delays)
+                    delays[index].append(max(0.0, (row.written - enqueued_us) / 1000.0))
+        return [BucketFigures(read.start, events[i], delays[i]) for i, read in enumerate(reads)]
 
 
 class CassandraFeedPosition:
