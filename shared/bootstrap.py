@@ -154,7 +154,8 @@ def rebuild_service(*, max_rps: float | None = None, page_size: int = 200):
 
     cfg = settings()
     log = CassandraDeviceLog(cassandra_session, cfg.cassandra.keyspace)
-    return RebuildService(log, RedisCacheBuilder(redis_cache()), page_size=page_size, max_rps=max_rps)
+    return RebuildService(log, RedisCacheBuilder(redis_cache()), rules=cfg.rules.critical_rules, page_size=page_size,
+                          max_rps=max_rps)
 
 
 def replay_service(*, postgres: bool = True):

@@ -22,6 +22,7 @@ log itself, so it never sees a wrong value).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -30,6 +31,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from shared.domain.rules import Criticality, MeasurementRule
 from shared.ports.cache import SINCE_ALL
 from shared.ports.rebuild import CacheBuilder, DeviceLog
 from shared.ports.stored import StoredEvent
@@ -102,13 +104,20 @@ def token_fraction(token: int | None) -> float:
 
 
 class RebuildService:
-    def __init__(self, log: DeviceLog, cache: CacheBuilder, *, page_size: int = 200, concurrency: int = 8,
-                 max_rps: float | None = None) -> None:
+    def __init__(self, log: DeviceLog, cache: CacheBuilder, *, rules: Sequence[MeasurementRule] = (),
+                 page_size: int = 200, concurrency: int = 8, max_rps: float | None = None) -> None:
         self._log = log
+        self._criticality = Criticality(rules)
         self._cache = cache
         self._page = page_size
         self._concurrency = concurrency
         self._limiter = TokenBucket(max_rps)
+
+    def _decided(self, event: StoredEvent) -> StoredEvent:
+        """``critical`` decided as the change feed decides it (rows written without the flag get the rules)."""
+        if event.critical is not None:
+            return event
+        return dataclasses.replace(event, critical=self._criticality(event.severity, event.measurements))
 
     def _critical(self, devices: Sequence[str], since_ms: int, pool: ThreadPoolExecutor) -> dict[str, list[StoredEvent]]:
         def one(device: str) -> list[StoredEvent]:
@@ -131,7 +140,7 @@ class RebuildService:
                 rows = self._log.devices(position, self._page)
                 if not rows:
                     break
-                latest = [row.latest for row in rows]
+                latest = [self._decided(row.latest) for row in rows]
                 critical = self._critical([e.device_id for e in latest], since_ms, pool)
                 self._cache.write(build.generation, latest, critical, since_ms)
                 position = rows[-1].token
@@ -155,7 +164,7 @@ class RebuildService:
             row = self._log.device(device)
             events = self._log.critical(device, since_ms)
             self._limiter.acquire(1 + len(events))
-            self._cache.refresh(device, row.latest if row else None, events, since_ms)
+            self._cache.refresh(device, self._decided(row.latest) if row else None, events, since_ms)
             report.devices += 1
             report.events += (1 if row else 0) + len(events)
             report.seconds = time.monotonic() - started

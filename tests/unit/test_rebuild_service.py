@@ -111,3 +111,21 @@ def test_token_fraction_spans_the_ring():
     assert token_fraction(None) == 0.0
     assert token_fraction(2**63 - 1) == pytest.approx(1.0)
     assert token_fraction(0) == pytest.approx(0.5)
+
+
+def test_rows_without_the_critical_flag_are_decided_by_the_rules_as_the_change_feed_does():
+    from dataclasses import replace
+
+    from shared.domain.rules import MeasurementRule
+
+    log = Log(2)
+    log.rows = [DeviceRow(0, replace(ev("hot"), critical=None, measurements={"temperature": 95.0})),
+                DeviceRow(1, replace(ev("cool"), critical=None, measurements={"temperature": 20.0}))]
+    seen = []
+
+    class Capture(Builder):
+        def write(self, generation, latest, critical, since_ms):
+            seen.extend((e.device_id, e.critical) for e in latest)
+
+    RebuildService(log, Capture(), rules=[MeasurementRule(measurement="temperature", op=">", value=90)]).rebuild()
+    assert seen == [("hot", True), ("cool", False)]
