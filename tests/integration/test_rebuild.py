@@ -176,3 +176,43 @@ def test_rebuild_under_ingest_load_equals_a_quiet_rebuild(session, keyspace, sto
     under_load = dump(rclient, feed_cache)
     rebuild(session, keyspace, cache_for(rclient, redis_prefix))
     assert dump(rclient, feed_cache) == under_load
+
+
+def test_devices_are_rebuilt_in_place_even_over_a_wrong_newer_value(session, keyspace, store, rclient, redis_prefix):
+    events = cf.spread(30, devices=3, critical_every=2)
+    store.write(events)
+    cache = cache_for(rclient, redis_prefix)
+    rebuild(session, keyspace, cache)
+    good = dump(rclient, cache)
+    # a buggy release wrote a "newer" state and a stray critical member for dev-0, and dev-1's list vanished
+    rclient.hset(cache.keys.latest("dev-0"), mapping={"k": "99999999999999999:x", "d": '{"bogus":true}'})
+    rclient.zadd(cache.keys.critical("dev-0"), {'{"bogus":true}': 1})
+    rclient.delete(cache.keys.critical("dev-1"))
+    untouched = rclient.hgetall(cache.keys.latest("dev-2"))
+
+    service = RebuildService(CassandraDeviceLog(session, keyspace), RedisCacheBuilder(cache, settle_seconds=0))
+    report = service.rebuild_devices(["dev-0", "dev-1", "nobody"])
+
+    assert report.generation is None and report.devices == 3
+    assert dump(rclient, cache) == good
+    assert rclient.hgetall(cache.keys.latest("dev-2")) == untouched
+    assert not rclient.exists(cache.keys.latest("nobody"))
+
+
+def test_since_bounds_the_critical_lists_and_the_cache_says_so(session, keyspace, store, rclient, redis_prefix):
+    events = cf.spread(40, devices=2, critical_every=2)
+    store.write(events)
+    cut = sorted(e.timestamp for e in events)[20]
+    cache = cache_for(rclient, redis_prefix)
+    builder = RedisCacheBuilder(cache, settle_seconds=0)
+    RebuildService(CassandraDeviceLog(session, keyspace), builder).rebuild(since_ms=cf_ms(cut))
+    _, critical = cf.expected_state(events)
+    by_id = {str(e.event_id): e for e in events}
+    for device, ids in critical.items():
+        recent = [i for i in ids if by_id[i].timestamp >= cut]
+        assert [json.loads(d)["event_id"] for d in cache.get_critical(device, cf_ms(cut), 100)] == recent
+        assert cache.get_critical(device, -(2**53), 100) is None  # older ones: not known here, read Cassandra
+
+
+def cf_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
