@@ -192,12 +192,10 @@ class RedisCache:
 
     def __init__(self, client: redis.Redis, *, key_prefix: str = "sluice:", ttl_seconds: int = 7 * 24 * 3600,
                  critical_per_device_max: int = 100, critical_stream_max: int = 10_000,
-                 generation: int | None = None, generation_cache_seconds: float = 1.0) -> None:
-        """``generation=None`` follows the generation pointer; a number pins the cache to that generation."""
+                 generation_cache_seconds: float = 1.0) -> None:
         self._client = client
         self.key_prefix = key_prefix
         self.generations = RedisGenerations(client, key_prefix, cache_seconds=generation_cache_seconds)
-        self._pinned = generation
         self._keys: dict[int, Keys] = {}
         self._ttl = ttl_seconds
         self.critical_cap = critical_per_device_max
@@ -213,25 +211,15 @@ class RedisCache:
 
     @property
     def keys(self) -> Keys:
-        """The keys of the generation the lookups read (the live one, or the pinned one)."""
-        if self._pinned is not None:
-            return self.keys_of(self._pinned)
+        """The keys of the generation the lookups read: the live one."""
         return self.keys_of(self.generations.current().live)
 
     def _write_keys(self) -> list[Keys]:
         """Where changes go: the live generation and, while a rebuild runs, the one it builds."""
-        if self._pinned is not None:
-            return [self.keys_of(self._pinned)]
         pointer = self.generations.current()
         if pointer.building is None:
             return [self.keys_of(pointer.live)]
         return [self.keys_of(pointer.live), self.keys_of(pointer.building)]
-
-    def pinned(self, generation: int) -> RedisCache:
-        """The same cache writing and reading exactly ``generation`` (the rebuild's view)."""
-        return RedisCache(self._client, key_prefix=self.key_prefix, ttl_seconds=self._ttl,
-                          critical_per_device_max=self.critical_cap, critical_stream_max=self._stream_max,
-                          generation=generation)
 
     # -- plumbing -------------------------------------------------------------------
     def _failed(self, what: str, exc: Exception) -> DependencyUnavailable:
