@@ -40,6 +40,7 @@ DEFAULT_HISTORY = timedelta(hours=24)
 DEFAULT_LIMIT = 100
 _SITE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+EARLIEST = datetime.min.replace(tzinfo=UTC)
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,400}\.[A-Za-z0-9_\-]{1,64}$")
 
 
@@ -83,14 +84,16 @@ def _limit(req: func.HttpRequest, default: int) -> int:
 def _time(req: func.HttpRequest, name: str) -> datetime | None:
     try:
         value = parse_since(_given(req, name))
+        return value.astimezone(UTC) if value is not None else None
     except BadParameter as exc:
         raise BadParameter(name, exc.detail) from None
-    return value.astimezone(UTC) if value is not None else None
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before the first representable instant
+        raise BadParameter(name, f"is out of range, got {req.params.get(name)!r}") from None
 
 
 def _range(start: datetime | None, end: datetime | None, default: timedelta) -> tuple[datetime, datetime]:
     end = end or datetime.now(UTC)
-    start = start or end - default
+    start = start or (end - default if end - EARLIEST > default else EARLIEST)
     if start > end:
         raise BadParameter("from", f"must not be after to ({start.isoformat()} > {end.isoformat()})")
     return start, end

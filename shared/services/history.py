@@ -106,6 +106,8 @@ class HistoryService:
                 last = rows[-1]
                 return HistoryPage(events, self._signer.encode(device_id, HistoryCursor(
                     day, (last.event_time_ms, last.event_id))))
+            if day == date.min:
+                return HistoryPage(events, None)
             day, after = day - timedelta(days=1), None
         more = day >= first_day
         return HistoryPage(events, self._signer.encode(device_id, HistoryCursor(day, None)) if more else None)

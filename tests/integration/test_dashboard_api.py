@@ -75,6 +75,12 @@ def test_history_pages_newest_first_across_days_with_a_signed_token(dash_env, st
     assert times == sorted(times, reverse=True)
     assert {e["event_id"] for e in seen} == {str(e.event_id) for e in events[:4]}
 
+    # the edges of the calendar are empty ranges, not errors
+    for edge in ({"to": "0001-01-01T00:00:00Z"}, {"from": "0001-01-01T00:00:00Z", "to": "0001-01-02T00:00:00Z"},
+                 {"to": "9999-12-31T23:59:59Z", "from": "9999-12-01T00:00:00Z"}):
+        status, body = history("hist-1", **edge)
+        assert status == 200 and body["events"] == [], (edge, body)
+
     # the default range is the last 24 hours
     status, body = history("hist-1")
     assert status == 200 and len(body["events"]) == 3 and body["next_page"] is None
@@ -104,6 +110,8 @@ def test_a_modified_or_foreign_token_is_a_400_naming_the_page(dash_env, store) -
     ("device_events", {"from": "yesterday"}, "from"),
     ("device_events", {"to": "2026-13-40T00:00:00Z"}, "to"),
     ("device_events", {"limit": "1001"}, "limit"),
+    ("device_events", {"to": "0001-01-01T00:00:00+01:00"}, "to"),
+    ("device_events", {"from": "9999-12-31T23:59:59Z"}, "from"),
     ("critical_feed", {"limit": "1001"}, "limit"),
     ("critical_feed", {"limit": "0"}, "limit"),
     ("report_sites", {"limit": "5000"}, "limit"),
