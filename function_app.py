@@ -9,12 +9,16 @@ first use by ``shared.bootstrap``.
 import azure.functions as func
 
 from functions.changefeed import bp as changefeed
+from functions.dashboard import bp as dashboard
 from functions.enrichment import bp as enrichment
 from functions.ingest import bp as ingest
 from functions.lookups import bp as lookups
+from functions.state import bp as state
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(ingest)
 app.register_functions(changefeed)
 app.register_functions(lookups)
 app.register_functions(enrichment)
+app.register_functions(dashboard)
+app.register_functions(state)

@@ -6,9 +6,12 @@ absent) under ``extensions.http.routePrefix`` (``api`` by default), restricted t
 full URL, headers, query parameters, route parameters, body); the function's
 ``func.HttpResponse`` (or ``str``/``bytes``) becomes the response. Repeated query
 parameters and headers are joined with commas, as the host's conversion does. A path
-no route matches, or a method the matching routes do not accept, is 404 (the host's
-router treats the method as part of the route). An exception in the function is a 500
-with an empty body.
+no route matches is 404; a path some route matches with a method none of them accepts
+is 405 with an ``Allow`` header listing theirs (ASP.NET Core endpoint routing, which
+the host uses, answers so; ``TRACE`` is never routed). Both have an empty body, as the
+host's own answers do. Route parameters are matched on the decoded path, control
+characters included (``/api/devices/%C3%89%0A/latest`` reaches the function, which
+rejects the id). An exception in the function is a 500 with an empty body.
 
 Keys: like ``func start``, the dev host does not check function keys. Set
 ``DEVHOST_FUNCTION_KEY`` to make it check them: routes with ``authLevel`` function or
@@ -109,7 +112,7 @@ class HttpServer:
     def application(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/admin/host/status", self._status)
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._dispatch)  # "." would stop at a decoded newline
         return app
 
     async def start(self, host: str, port: int) -> int:
@@ -147,13 +150,20 @@ class HttpServer:
         path = self._path(request)
         if path is None:
             return web.Response(status=404)
+        method = request.method.upper()
+        allowed: set[str] = set()
         for route in self.routes:
             params = route.template.match(path)
-            if params is None or request.method.upper() not in route.methods:
+            if params is None:
+                continue
+            if method not in route.methods or method == "TRACE":
+                allowed |= route.methods
                 continue
             if not self._authorised(route, request):
                 return web.Response(status=401)
             return await self._invoke(route, params, request)
+        if allowed:
+            return web.Response(status=405, headers={"Allow": ", ".join(sorted(allowed - {"TRACE"}))})
         return web.Response(status=404)
 
     async def _invoke(self, route: HttpRoute, params: dict[str, str], request: web.Request) -> web.Response:

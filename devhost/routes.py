@@ -141,7 +141,7 @@ class RouteTemplate:
                         optional_segment = True
             regex += f"(?:/{segment_regex})?" if optional_segment else f"/{segment_regex}"
             rank.append(segment_rank)
-        regex += "/?$"
+        regex += r"/?\Z"  # not "$": it also matches before a final newline
         return cls(template, re.compile(regex, re.IGNORECASE), parameters, tuple(rank))
 
     @staticmethod

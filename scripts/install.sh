@@ -14,6 +14,8 @@ command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
 # kubectl renders the manifests for their validation (tests/deploy/: `kubectl kustomize`).
 command -v kubectl >/dev/null || missing+=(kubectl)
+command -v chromium >/dev/null || missing+=(chromium)            # the operations page's browser tests
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if ((${#missing[@]})); then
   echo "install: Debian packages ${missing[*]}"
   apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"

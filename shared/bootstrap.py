@@ -146,6 +146,29 @@ def redis_cache():
                       critical_stream_max=cfg.critical_stream_max)
 
 
+def rebuild_service(*, max_rps: float | None = None, page_size: int = 200):
+    """Not cached: each run has its own rate limit."""
+    from shared.adapters.cassandra.device_log import CassandraDeviceLog
+    from shared.adapters.redis_rebuild import RedisCacheBuilder
+    from shared.services.rebuild import RebuildService
+
+    cfg = settings()
+    log = CassandraDeviceLog(cassandra_session, cfg.cassandra.keyspace)
+    return RebuildService(log, RedisCacheBuilder(redis_cache()), rules=cfg.rules.critical_rules, page_size=page_size,
+                          max_rps=max_rps)
+
+
+def replay_service(*, postgres: bool = True):
+    from shared.adapters.cassandra.window_reader import CassandraWindowReader
+    from shared.services.replay import ReplayService
+
+    cfg = settings()
+    reader = CassandraWindowReader(cassandra_session(), cfg.cassandra, page_size=cfg.enrichment.read_page_size,
+                                   concurrency=cfg.enrichment.read_concurrency)
+    return ReplayService(reader, redis_cache(), cfg.rules.critical_rules,
+                         enrichment_service() if postgres else None, apply_chunk=cfg.changefeed.page_size)
+
+
 @service
 def changefeed_service():
     from shared.adapters.cassandra.feed import CassandraFeedStateStore, CosmosChangeFeed, PortableChangeFeed
@@ -200,3 +223,59 @@ def enrichment_service():
         reference = PostgresReferenceSource(postgres_pool())
     store = PostgresEnrichmentStore(postgres_pool(), statement_timeout_seconds=enrich.statement_timeout_seconds)
     return EnrichmentService(reader, reference, store, enrich, cfg.rules.critical_rules)
+
+
+@service
+def status_service():
+    from shared.adapters.blob_deadletter import BlobDeadLetterCounter
+    from shared.adapters.cassandra.dashboard import CassandraArrivalStats, CassandraFeedPosition
+    from shared.adapters.postgres.reports import PostgresReports
+    from shared.adapters.redis_dashboard import RedisCacheStats, RedisCriticalStream
+    from shared.services.status import NoLagReader, StatusService
+
+    cfg = settings()
+    timeout = cfg.dashboard.read_timeout_seconds
+    arrivals = CassandraArrivalStats(cassandra_session, cfg.cassandra.keyspace, bucket_seconds=cfg.cassandra.bucket_seconds,
+                                     shards=cfg.cassandra.shards, timeout=timeout)
+    feed = CassandraFeedPosition(cassandra_session, cfg.cassandra.keyspace, cfg.changefeed.feed_name, timeout=timeout)
+    # Lag per partition: no reader is wired yet, so the status says "not_configured".
+    return StatusService(arrivals, feed, PostgresReports(postgres_pool(), timeout=timeout),
+                         BlobDeadLetterCounter(blob_service(), cfg.storage.deadletter_container),
+                         RedisCacheStats(redis_client()), RedisCriticalStream(redis_client(), key_prefix=cfg.redis.key_prefix),
+                         NoLagReader(), lambda: lookup_service().health(),
+                         cache_seconds=cfg.dashboard.status_cache_seconds, section_timeout=2 * timeout)
+
+
+@service
+def history_service():
+    from shared.adapters.cassandra.dashboard import CassandraDeviceHistory
+    from shared.services.history import HistoryService, TokenSigner, derived_key
+
+    cfg = settings()
+    configured = cfg.dashboard.token_key
+    key = (configured.get_secret_value().encode() if configured is not None else
+           derived_key(cfg.cassandra.keyspace, ",".join(cfg.cassandra.hosts), cfg.redis.url, cfg.redis.key_prefix,
+                       secret(cfg.cassandra.password, cfg.cassandra.password_secret) or ""))
+    history = CassandraDeviceHistory(cassandra_session, cfg.cassandra.keyspace,
+                                     timeout=cfg.dashboard.read_timeout_seconds)
+    return HistoryService(history, TokenSigner(key))
+
+
+@service
+def state_service():
+    from shared.adapters.cassandra.dashboard import CassandraDeviceHistory
+    from shared.adapters.cassandra.reader import CassandraEventReader
+    from shared.services.state import StateService
+
+    cfg = settings()
+    timeout = cfg.dashboard.read_timeout_seconds
+    return StateService(CassandraDeviceHistory(cassandra_session, cfg.cassandra.keyspace, timeout=timeout),
+                        CassandraEventReader(cassandra_session, cfg.cassandra.keyspace, timeout=timeout))
+
+
+@service
+def report_service():
+    from shared.adapters.postgres.reports import PostgresReports
+    from shared.services.reports import ReportService
+
+    return ReportService(PostgresReports(postgres_pool(), timeout=settings().dashboard.read_timeout_seconds))

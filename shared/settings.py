@@ -422,6 +422,29 @@ class KeyVaultSettings(_Group):
         return value
 
 
+class DashboardSettings(_Group):
+    """The operations page and its JSON routes (/api/dashboard, /api/status, device history, reports)."""
+
+    model_config = SettingsConfigDict(env_prefix="SLUICE_DASHBOARD_")
+
+    token_key: SecretStr | None = Field(None, description=(
+        "HMAC key (at least 16 characters) signing device history page tokens; empty: derived from this "
+        "deployment's store settings (set it when several deployments share those)"))
+    read_timeout_seconds: float = Field(2.0, gt=0)
+    """Timeout of each store read behind /api/status, history and reports"""
+    status_cache_seconds: float = Field(1.0, ge=0)
+    """A pod computes /api/status at most once per this many seconds"""
+    refresh_seconds: int = Field(5, ge=1, le=300)
+    """How often the page polls /api/status and the critical feed"""
+
+    @field_validator("token_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value
+
+
 class WorkerSettings(_Group):
     """The worker process that runs the functions."""
 
@@ -448,6 +471,7 @@ class Settings(BaseModel):
     changefeed: ChangeFeedSettings
     lookup: LookupSettings
     keyvault: KeyVaultSettings
+    dashboard: DashboardSettings
     worker: WorkerSettings
 
     def as_dict(self) -> dict[str, Any]:

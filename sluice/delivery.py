@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared.adapters.redis_generation import generation_prefix
 from shared.domain.timebuckets import bucket_start, buckets_between
 from shared.settings import Settings, load_settings
 from sluice.loadgen import Expected
@@ -200,13 +201,19 @@ class Probe:
 
     # --- Redis ---
 
+    def _redis_prefix(self) -> str:
+        """The live generation's key prefix (``docs/redis-layout.md``: generations)."""
+        prefix = self.settings.redis.key_prefix
+        live = self.redis.hget(f"{prefix}generation", "live")
+        return generation_prefix(prefix, int(live) if live else 0)
+
     def critical_cached(self) -> int:
-        return int(self.redis.xlen(f"{self.settings.redis.key_prefix}critical:stream"))
+        return int(self.redis.xlen(f"{self._redis_prefix()}critical:stream"))
 
     def critical_in_redis(self, event_ids: Iterable[str]) -> set[str]:
         """The event ids the change feed recorded as critical (``e:<id>`` with its stream flag ``s``)."""
         ids = list(event_ids)
-        prefix = self.settings.redis.key_prefix
+        prefix = self._redis_prefix()
         with self.redis.pipeline(transaction=False) as pipe:
             for event_id in ids:
                 pipe.hget(f"{prefix}e:{event_id}", "s")

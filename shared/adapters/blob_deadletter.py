@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContentSettings
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from shared.domain.events import EventMetadata, RawRecord, Rejected
-from shared.exceptions import TransientError
+from shared.exceptions import DependencyUnavailable, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -180,3 +180,34 @@ class BlobDeadLetterSink:
         self._container.upload_blob(REPLAYED + name, source.download_blob().readall(), overwrite=True,
                                     content_settings=_JSON)
         source.delete_blob()
+
+
+class BlobDeadLetterCounter:
+    """Implements ``shared.ports.dashboard.DeadLetterCounter``: lists only the day prefixes the period touches.
+
+    Blob names start with the Event Hubs enqueued day, so the last hour is at most two
+    day prefixes per kind; each blob's ``last_modified`` (when it was dead-lettered)
+    decides, and the listing stops at ``cap`` blobs.
+    """
+
+    def __init__(self, service: BlobServiceClient, container: str) -> None:
+        self._container = service.get_container_client(container)
+
+    def count_since(self, since: datetime, *, cap: int) -> tuple[int, bool]:
+        now = datetime.now(UTC)
+        days = sorted({since.astimezone(UTC).strftime("%Y/%m/%d"), now.strftime("%Y/%m/%d")})
+        count = listed = 0
+        try:
+            for prefix in KINDS.values():
+                for day in days:
+                    for blob in self._container.list_blobs(name_starts_with=f"{prefix}{day}/"):
+                        listed += 1
+                        if blob.last_modified is not None and blob.last_modified >= since:
+                            count += 1
+                        if listed >= cap:
+                            return count, True
+        except ResourceNotFoundError:
+            return 0, False  # no dead letter was ever written
+        except AzureError as exc:
+            raise DependencyUnavailable("storage", f"listing dead letters failed: {type(exc).__name__}") from exc
+        return count, False

@@ -17,6 +17,10 @@ go out in one pipeline (``EVALSHA``; a missing script is loaded and the page
 replayed, which the idempotent scripts allow). Every Redis failure raises
 ``DependencyUnavailable("redis", ...)``.
 
+Every key above lives in the *live generation* (``shared.adapters.redis_generation``):
+the lookups read it, the change feed writes it and, while a rebuild fills a new
+generation, that one too.
+
 Scripts touch several keys; the device keys share a hash tag (``{<device>}``), but
 the event and stream keys do not, so a clustered Redis (Enterprise, OSS cluster)
 is not supported: use a non-clustered tier.
@@ -32,6 +36,7 @@ from collections.abc import Sequence
 import redis
 from redis.exceptions import NoScriptError, RedisError
 
+from shared.adapters.redis_generation import RedisGenerations, generation_prefix
 from shared.exceptions import DependencyUnavailable
 from shared.ports.cache import Cached
 from shared.ports.stored import StoredEvent
@@ -186,13 +191,35 @@ class RedisCache:
     """Implements ``ChangeSink`` and ``LookupCache`` (``shared.ports.cache``) on one Redis."""
 
     def __init__(self, client: redis.Redis, *, key_prefix: str = "sluice:", ttl_seconds: int = 7 * 24 * 3600,
-                 critical_per_device_max: int = 100, critical_stream_max: int = 10_000) -> None:
+                 critical_per_device_max: int = 100, critical_stream_max: int = 10_000,
+                 generation_cache_seconds: float = 1.0) -> None:
         self._client = client
-        self.keys = Keys(key_prefix)
+        self.key_prefix = key_prefix
+        self.generations = RedisGenerations(client, key_prefix, cache_seconds=generation_cache_seconds)
+        self._keys: dict[int, Keys] = {}
         self._ttl = ttl_seconds
         self.critical_cap = critical_per_device_max
         self._stream_max = critical_stream_max
         self._sha = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in SCRIPTS.items()}
+
+    # -- generations ----------------------------------------------------------------
+    def keys_of(self, generation: int) -> Keys:
+        keys = self._keys.get(generation)
+        if keys is None:
+            keys = self._keys[generation] = Keys(generation_prefix(self.key_prefix, generation))
+        return keys
+
+    @property
+    def keys(self) -> Keys:
+        """The keys of the generation the lookups read: the live one."""
+        return self.keys_of(self.generations.current().live)
+
+    def _write_keys(self) -> list[Keys]:
+        """Where changes go: the live generation and, while a rebuild runs, the one it builds."""
+        pointer = self.generations.current()
+        if pointer.building is None:
+            return [self.keys_of(pointer.live)]
+        return [self.keys_of(pointer.live), self.keys_of(pointer.building)]
 
     # -- plumbing -------------------------------------------------------------------
     def _failed(self, what: str, exc: Exception) -> DependencyUnavailable:
@@ -220,7 +247,8 @@ class RedisCache:
         """The ``EVALSHA`` argument tuples that apply ``events`` (the newest event per device sets its latest)."""
         newest: dict[str, StoredEvent] = {}
         commands: list[tuple] = []
-        keys, ttl = self.keys, self._ttl
+        ttl = self._ttl
+        generations = self._write_keys()
         latest_sha, critical_sha = self._sha["latest"], self._sha["critical"]
         documents: dict[uuid.UUID, str] = {}
         for event in events:
@@ -230,12 +258,14 @@ class RedisCache:
             if event.critical:
                 device = event.device_id
                 documents[event.event_id] = document = event.to_json()
-                commands.append((critical_sha, 3, keys.event(event.event_id), keys.critical(device), keys.stream,
-                                 document, event.event_time_ms, ttl,
-                                 self.critical_cap, self._stream_max, str(event.event_id), device))
+                for keys in generations:
+                    commands.append((critical_sha, 3, keys.event(event.event_id), keys.critical(device), keys.stream,
+                                     document, event.event_time_ms, ttl,
+                                     self.critical_cap, self._stream_max, str(event.event_id), device))
         for device, event in newest.items():
             document = documents.get(event.event_id) or event.to_json()
-            commands.append((latest_sha, 1, keys.latest(device), sort_key(event), document, ttl))
+            for keys in generations:
+                commands.append((latest_sha, 1, keys.latest(device), sort_key(event), document, ttl))
         return commands
 
     def apply(self, events: Sequence[StoredEvent]) -> None:

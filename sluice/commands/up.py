@@ -411,7 +411,8 @@ def _where_to_look(stack, console, probe, features: set[str], expected=None) -> 
             ids = probe.sample_ids()
     device = ids.get("critical_device") or ids.get("device")
     event = ids.get("critical_event") or ids.get("event")
-    lines = ["[bold]where to look[/]", f"  HTTP      {http}/health   {http}/openapi.json"]
+    lines = ["[bold]where to look[/]", f"  Page      {http}/dashboard   (live operations page: status, critical feed, devices, sites)",
+             f"  HTTP      {http}/health   {http}/openapi.json   {http}/status"]
     if device and event:
         lines += [f"            {http}/devices/{device}/latest", f"            {http}/devices/{device}/critical?limit=5",
                   f"            {http}/events/{event}"]

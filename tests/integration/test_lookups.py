@@ -22,7 +22,7 @@ from shared.adapters.cassandra.migrations import apply_migrations
 from shared.adapters.cassandra.session import connect
 from sluice.launcher import Running
 from tests.fixtures.cassandra import start_cassandra_emulator
-from tests.fixtures.functions import registered, user_function
+from tests.fixtures.functions import _index, registered, user_function
 from tests.integration import test_changefeed as changefeed_tests
 from tests.integration.test_changefeed import RULES, cassandra_settings, make_event
 
@@ -286,8 +286,11 @@ def test_openapi_document_is_served_from_docs() -> None:
     assert response.status_code == 200
     document = body(response)
     assert document == json.loads(OPENAPI_PATH.read_text())
-    assert set(document["paths"]) == {"/api/devices/{device_id}/latest", "/api/devices/{device_id}/critical",
+    assert set(document["paths"]) >= {"/api/devices/{device_id}/latest", "/api/devices/{device_id}/critical",
                                       "/api/events/{event_id}", "/api/health", "/api/openapi.json"}
+    routes = {f"/api/{json.loads(f.get_function_json())['bindings'][0].get('route')}" for f in _index().values()
+              if json.loads(f.get_function_json())["bindings"][0]["type"] == "httpTrigger"}
+    assert set(document["paths"]) == routes  # every HTTP function is documented, and nothing else
 
 
 @pytest.mark.timeout(60)

@@ -1,11 +1,20 @@
-"""Read-only queries over the reporting views (for the CLI; BI tools query the views directly)."""
+"""Read-only queries over the reporting views: functions for the CLI, ``PostgresReports`` for the HTTP API.
+
+BI tools query the views directly.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
 
 import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from shared.exceptions import DependencyUnavailable
+from shared.ports.dashboard import Position
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,3 +48,64 @@ def enrichment_status(conn: psycopg.Connection) -> dict[str, object]:
         "events": totals[1],
         "last_enriched_at": totals[2],
     }
+
+
+_SITE_COLUMNS = ("site_id", "site_name", "region", "timezone", "local_day", "event_count", "critical_count",
+                 "critical_ratio", "peak_active_devices", "active_windows", "first_window_start", "last_window_end")
+_DEVICE_COLUMNS = ("device_id", "known_device", "site_id", "model", "firmware", "last_seen", "events_24h",
+                   "critical_24h", "active_windows_24h", "events_total", "critical_total", "health")
+
+
+def _plain(value: object) -> object:
+    """JSON-ready: times as RFC 3339 UTC, days as ISO dates, decimals as floats."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
+
+
+class PostgresReports:
+    """Implements ``shared.ports.dashboard.Reports`` over the reporting views, each read with a ``LIMIT``."""
+
+    def __init__(self, pool: ConnectionPool, *, timeout: float = 2.0) -> None:
+        self._pool = pool
+        self._timeout = timeout
+
+    def _rows(self, sql: str, params: tuple, columns: tuple[str, ...], what: str) -> list[dict[str, Any]]:
+        try:
+            with self._pool.connection(timeout=self._timeout) as conn:
+                rows = conn.execute(sql, params).fetchall()
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise DependencyUnavailable("postgres", f"reading {what} failed: {type(exc).__name__}") from exc
+        return [{name: _plain(value) for name, value in zip(columns, row, strict=True)} for row in rows]
+
+    def site_daily(self, *, site_id: str | None, day_from: date | None, day_to: date | None,
+                   limit: int) -> list[dict[str, Any]]:
+        sql = (f"SELECT {', '.join(_SITE_COLUMNS)} FROM report_site_daily "
+               "WHERE (%(site)s::text IS NULL OR site_id = %(site)s) "
+               "AND (%(from)s::date IS NULL OR local_day >= %(from)s) AND (%(to)s::date IS NULL OR local_day <= %(to)s) "
+               "ORDER BY local_day DESC, site_id LIMIT %(limit)s")
+        return self._rows(sql, {"site": site_id, "from": day_from, "to": day_to, "limit": limit},  # type: ignore[arg-type]
+                          _SITE_COLUMNS, "report_site_daily")
+
+    def device_health(self, *, site_id: str | None, health: str | None, limit: int) -> list[dict[str, Any]]:
+        sql = (f"SELECT {', '.join(_DEVICE_COLUMNS)} FROM report_device_health "
+               "WHERE (%(site)s::text IS NULL OR site_id = %(site)s) AND (%(health)s::text IS NULL OR health = %(health)s) "
+               "ORDER BY last_seen DESC NULLS LAST, device_id LIMIT %(limit)s")
+        return self._rows(sql, {"site": site_id, "health": health, "limit": limit},  # type: ignore[arg-type]
+                          _DEVICE_COLUMNS, "report_device_health")
+
+    def enrichment(self) -> Position | None:
+        try:
+            with self._pool.connection(timeout=self._timeout) as conn:
+                row = conn.execute("SELECT watermark, updated_at FROM enrichment_state WHERE name = 'default'"
+                                   ).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return None  # not migrated yet: no enrichment has run
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise DependencyUnavailable("postgres", f"reading the enrichment watermark failed: {type(exc).__name__}") \
+                from exc
+        return Position(row[0], row[1]) if row else None

@@ -1,0 +1,89 @@
+"""``CassandraDeviceLog``: the event log device by device, for the Redis rebuild.
+
+Devices come from ``device_latest`` in token order (``token(device_id) > ?``),
+which is both a full scan that pages without a driver paging state and a
+position a killed rebuild can resume from: the token of the last device written
+(computed here with the driver's own Murmur3, the partitioner Cassandra and
+Cosmos DB use). Critical events come from ``critical_events_by_device``, one
+partition per device, paged by the driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from cassandra.cluster import Session
+from cassandra.murmur3 import murmur3
+from cassandra.query import PreparedStatement
+
+from shared.adapters.cassandra.reader import CASSANDRA_ERRORS, EVENT_SELECT, describe, stored_event
+from shared.exceptions import DependencyUnavailable
+from shared.lazy import Once
+from shared.ports.cache import SINCE_ALL
+from shared.ports.rebuild import DeviceRow
+from shared.ports.stored import StoredEvent
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_STATEMENTS = {
+    "first": f"SELECT {EVENT_SELECT} FROM {{ks}}.device_latest LIMIT ?",
+    "after": f"SELECT {EVENT_SELECT} FROM {{ks}}.device_latest WHERE token(device_id) > ? LIMIT ?",
+    "device": f"SELECT {EVENT_SELECT} FROM {{ks}}.device_latest WHERE device_id = ?",
+    "critical_all": f"SELECT {EVENT_SELECT} FROM {{ks}}.critical_events_by_device WHERE device_id = ?",
+    "critical": f"SELECT {EVENT_SELECT} FROM {{ks}}.critical_events_by_device WHERE device_id = ? AND event_time >= ?",
+}
+
+
+def device_token(device_id: str) -> int:
+    """The Murmur3 partitioner's token of a ``device_latest`` row."""
+    return murmur3(device_id.encode())
+
+
+class CassandraDeviceLog:
+    """Implements ``shared.ports.rebuild.DeviceLog``."""
+
+    def __init__(self, session: Session | Callable[[], Session], keyspace: str, *, timeout: float = 10.0,
+                 page_size: int = 1000) -> None:
+        self._connect: Callable[[], Session] = session if callable(session) else (lambda: session)
+        self._keyspace = keyspace
+        self._timeout = timeout
+        self._page_size = page_size
+        self._statements = Once(self._prepare)
+
+    def _prepare(self) -> dict[str, PreparedStatement]:
+        prepared = {}
+        session = self._connect()
+        for name, cql in _STATEMENTS.items():
+            statement = session.prepare(cql.format(ks=self._keyspace))
+            statement.is_idempotent = True
+            statement.fetch_size = self._page_size
+            prepared[name] = statement
+        return prepared
+
+    def _rows(self, name: str, params: tuple, what: str) -> list:
+        try:
+            return list(self._connect().execute(self._statements.get()[name], params, timeout=self._timeout))
+        except CASSANDRA_ERRORS as exc:
+            raise DependencyUnavailable("cassandra", f"reading {what} failed: {describe(exc)}") from exc
+
+    def devices(self, after: int | None, limit: int) -> list[DeviceRow]:
+        if after is None:
+            rows = self._rows("first", (limit,), "the first devices")
+        else:
+            rows = self._rows("after", (after, limit), f"the devices after token {after}")
+        return [DeviceRow(device_token(row.device_id), stored_event(row)) for row in rows if row.event_id is not None]
+
+    def device(self, device_id: str) -> DeviceRow | None:
+        rows = self._rows("device", (device_id,), f"device {device_id!r}")
+        if not rows or rows[0].event_id is None:
+            return None
+        return DeviceRow(device_token(device_id), stored_event(rows[0]))
+
+    def critical(self, device_id: str, since_ms: int) -> list[StoredEvent]:
+        what = f"the critical events of device {device_id!r}"
+        if since_ms <= SINCE_ALL:
+            rows = self._rows("critical_all", (device_id,), what)
+        else:
+            rows = self._rows("critical", (device_id, _EPOCH + timedelta(milliseconds=since_ms)), what)
+        return [stored_event(row) for row in rows]

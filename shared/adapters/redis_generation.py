@@ -1,0 +1,155 @@
+"""``RedisGenerations``: which key generation the Redis cache reads and writes, behind one pointer hash.
+
+A rebuild (``sluice rebuild redis``) fills a *new* generation of keys and then
+switches the pointer, so no reader ever sees a half-built cache. The pointer is
+the hash ``<prefix>generation`` (``docs/redis-layout.md``):
+
+* ``live``      the generation the lookups read and the change feed writes (absent: 0);
+* ``building``  the generation a rebuild is filling (absent: none); while it is
+  set the change feed writes every change to *both* generations, so a change
+  that lands during the rebuild is in the new generation whether or not the
+  rebuild's own read saw it;
+* ``position``  the rebuild's saved position (see ``shared.services.rebuild``);
+* ``since``     the start of the building generation's critical range (ms).
+
+Generation 0 is the layout under the bare prefix (what a deployment had before
+generations); generation ``n > 0`` puts every key under ``<prefix>g<n>:``.
+
+Readers cache the pointer for ``cache_seconds`` (one ``HMGET`` per second per
+process, not one per lookup). A rebuild therefore waits ``2 * cache_seconds``
+after setting ``building`` before it reads anything, so every writer already
+writes to both generations, and as long again after switching before it deletes
+the old generation, so no reader still reads it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+from redis.exceptions import RedisError
+
+from shared.exceptions import DependencyUnavailable
+
+
+@dataclass(frozen=True, slots=True)
+class Pointer:
+    live: int
+    building: int | None
+    position: str | None
+    since_ms: int | None
+
+
+def generation_prefix(prefix: str, generation: int) -> str:
+    """The key prefix of one generation (0: the bare prefix)."""
+    return prefix if generation == 0 else f"{prefix}g{generation}:"
+
+
+class RedisGenerations:
+    """Reads (cached) and moves the generation pointer of one key prefix."""
+
+    def __init__(self, client: redis.Redis, prefix: str, *, cache_seconds: float = 1.0) -> None:
+        self._client = client
+        self.prefix = prefix
+        self.key = f"{prefix}generation"
+        self.cache_seconds = cache_seconds
+        self._cached: tuple[float, Pointer] | None = None
+        self._lock = threading.Lock()
+
+    def _failed(self, what: str, exc: Exception) -> DependencyUnavailable:
+        return DependencyUnavailable("redis", f"{what} failed: {type(exc).__name__}: {exc}")
+
+    def read(self) -> Pointer:
+        """The pointer as Redis holds it now (uncached)."""
+        try:
+            live, building, position, since = self._client.hmget(self.key, "live", "building", "position", "since")
+        except RedisError as exc:
+            raise self._failed("reading the generation pointer", exc) from exc
+        return Pointer(int(live) if live else 0, int(building) if building else None,
+                       position.decode() if position else None, int(since) if since else None)
+
+    def current(self) -> Pointer:
+        """The pointer, at most ``cache_seconds`` old."""
+        now = time.monotonic()
+        cached = self._cached
+        if cached is not None and now - cached[0] < self.cache_seconds:
+            return cached[1]
+        with self._lock:
+            pointer = self.read()
+            self._cached = (time.monotonic(), pointer)
+        return pointer
+
+    # -- moves (used by the rebuild only) ------------------------------------------------------
+    def start_building(self, since_ms: int) -> Pointer:
+        """Claim a new generation ``max(live, building) + 1`` (atomically) and return the new pointer."""
+        script = """
+local live = tonumber(redis.call('HGET', KEYS[1], 'live') or '0')
+local building = tonumber(redis.call('HGET', KEYS[1], 'building') or '0')
+local next = math.max(live, building) + 1
+redis.call('HSET', KEYS[1], 'building', next, 'since', ARGV[1])
+redis.call('HDEL', KEYS[1], 'position')
+return next
+"""
+        try:
+            self._client.eval(script, 1, self.key, since_ms)
+        except RedisError as exc:
+            raise self._failed("claiming a new generation", exc) from exc
+        self._cached = None
+        return self.read()
+
+    def save_position(self, generation: int, position: str) -> None:
+        """Record the rebuild's position, only while ``generation`` is still the one being built."""
+        script = """
+if redis.call('HGET', KEYS[1], 'building') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'position', ARGV[2])
+return 1
+"""
+        try:
+            saved = self._client.eval(script, 1, self.key, str(generation), position)
+        except RedisError as exc:
+            raise self._failed("saving the rebuild position", exc) from exc
+        if not saved:
+            raise DependencyUnavailable("redis", f"generation {generation} is no longer being built (another rebuild?)")
+
+    def switch(self, generation: int) -> int:
+        """Make ``generation`` live and stop building, atomically; returns the generation it replaced."""
+        script = """
+if redis.call('HGET', KEYS[1], 'building') ~= ARGV[1] then return -1 end
+local old = tonumber(redis.call('HGET', KEYS[1], 'live') or '0')
+redis.call('HSET', KEYS[1], 'live', ARGV[1])
+redis.call('HDEL', KEYS[1], 'building', 'position', 'since')
+return old
+"""
+        try:
+            old = self._client.eval(script, 1, self.key, str(generation))
+        except RedisError as exc:
+            raise self._failed("switching generations", exc) from exc
+        if old < 0:
+            raise DependencyUnavailable("redis", f"generation {generation} is no longer being built (another rebuild?)")
+        self._cached = None
+        return int(old)
+
+    def drop(self, generation: int, patterns: list[str], *, batch: int = 500) -> int:
+        """Delete every key of a generation that is neither live nor building (``UNLINK`` in batches)."""
+        pointer = self.read()
+        if generation in (pointer.live, pointer.building):
+            raise ValueError(f"generation {generation} is in use")
+        base = generation_prefix(self.prefix, generation)
+        removed = 0
+        try:
+            for pattern in patterns:
+                keys: list[bytes] = []
+                for key in self._client.scan_iter(match=base + pattern, count=1000):
+                    if generation == 0 and key.decode().startswith(f"{self.prefix}g"):
+                        continue
+                    keys.append(key)
+                    if len(keys) >= batch:
+                        removed += self._client.unlink(*keys)
+                        keys = []
+                if keys:
+                    removed += self._client.unlink(*keys)
+        except RedisError as exc:
+            raise self._failed(f"deleting generation {generation}", exc) from exc
+        return removed

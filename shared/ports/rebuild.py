@@ -1,0 +1,69 @@
+"""Ports of the Redis rebuild: the event log it reads (Cassandra) and the cache generation it fills (Redis).
+
+The order that makes a killed rebuild resumable: write a page of devices to the
+building generation, *then* save the position after that page. A kill between
+the two rewrites that page, which the idempotent writes absorb.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from shared.ports.stored import StoredEvent
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    """One device as the log's device table lists it: its scan position (token) and latest event."""
+
+    token: int
+    latest: StoredEvent
+
+
+class DeviceLog(Protocol):
+    """The event log, read device by device. Every method raises ``DependencyUnavailable``."""
+
+    def devices(self, after: int | None, limit: int) -> list[DeviceRow]:
+        """Up to ``limit`` devices in scan (token) order, strictly after ``after`` (``None``: from the start)."""
+
+    def device(self, device_id: str) -> DeviceRow | None:
+        """One device's row; ``None`` when the log has no event of it."""
+
+    def critical(self, device_id: str, since_ms: int) -> list[StoredEvent]:
+        """Every critical event of the device with event time at or after ``since_ms``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Build:
+    """A generation being filled: its number, the position saved (``None``: from the start), its since bound."""
+
+    generation: int
+    position: int | None
+    since_ms: int
+
+
+class CacheBuilder(Protocol):
+    """The Redis side of a rebuild. Every method raises ``DependencyUnavailable``."""
+
+    def begin(self, since_ms: int, *, resume: bool) -> Build:
+        """Resume the build in progress with the same ``since_ms`` (when ``resume``), or claim a new generation.
+
+        Returns once every change-feed writer writes to the building generation too."""
+
+    def write(self, generation: int, latest: Sequence[StoredEvent],
+              critical: dict[str, Sequence[StoredEvent]], since_ms: int) -> None:
+        """Write devices' latest states and complete critical lists (from ``since_ms``) to ``generation``,
+        and offer their critical events to the generation's stream candidates. Idempotent."""
+
+    def save_position(self, generation: int, position: int) -> None:
+        """Record that every device up to ``position`` is written (called after :meth:`write` returns)."""
+
+    def finish(self, generation: int) -> int:
+        """Write the critical stream from the candidates, switch readers to ``generation`` atomically and
+        delete the generation it replaced (after readers stopped reading it). Returns the old generation."""
+
+    def refresh(self, device_id: str, latest: StoredEvent | None, critical: Sequence[StoredEvent],
+                since_ms: int) -> None:
+        """Replace one device's keys in the live generation (``--devices``): delete them, then write these."""

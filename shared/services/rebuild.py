@@ -1,0 +1,174 @@
+"""Rebuild the Redis projection from the event log: ``sluice rebuild redis``.
+
+A full rebuild scans every device of the log (``device_latest`` in token order)
+and, for each, its latest event and its critical events at or after ``since``,
+into a *new* key generation; the lookups keep reading the live generation
+until the rebuild switches the pointer at the end, atomically. While the build
+runs the change feed writes each change to both generations, so the result
+equals a quiet rebuild: a change either reached the log before the rebuild read
+that device (the rebuild writes it) or the change feed wrote it to the new
+generation too (``shared.adapters.redis_generation``). Every write is one of the
+cache's idempotent merges, so a page written twice is harmless.
+
+After each page of devices is written, the position (the page's last token) is
+saved; a killed rebuild resumes from it (``resume=True``, the default) in the
+same generation. Reads are rate-limited (rows per second, ``max_rps``) so a
+rebuild does not take the request units the pipeline needs.
+
+``--devices`` rebuilds only those devices, in the live generation: their keys
+are deleted and rewritten from the log (meanwhile a lookup misses and reads the
+log itself, so it never sees a wrong value).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from shared.domain.rules import Criticality, MeasurementRule
+from shared.ports.cache import SINCE_ALL
+from shared.ports.rebuild import CacheBuilder, DeviceLog
+from shared.ports.stored import StoredEvent
+
+logger = logging.getLogger(__name__)
+
+TOKEN_MIN = -(2**63)
+TOKEN_SPAN = 2**64
+
+
+class TokenBucket:
+    """At most ``rate`` units per second on average, bursts up to ``burst`` (default: one second's worth).
+
+    ``rate=None`` never waits. ``clock`` and ``sleep`` are injectable for tests.
+    """
+
+    def __init__(self, rate: float | None, *, burst: float | None = None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+        if rate is not None and rate <= 0:
+            raise ValueError(f"rate must be positive, got {rate}")
+        self.rate = rate
+        self.capacity = burst if burst is not None else (rate or 0.0)
+        self._tokens = self.capacity
+        self._clock, self._sleep = clock, sleep
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def acquire(self, units: float = 1.0) -> float:
+        """Take ``units`` (more than the burst is allowed: it waits for the deficit). Returns the seconds waited."""
+        if self.rate is None or units <= 0:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            self._tokens -= units
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+
+@dataclass(slots=True)
+class RebuildReport:
+    """What a rebuild did: the figures the command prints and logs."""
+
+    generation: int | None
+    replaced: int | None
+    devices: int = 0
+    events: int = 0
+    seconds: float = 0.0
+    resumed_from: int | None = None
+
+    @property
+    def events_per_second(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+    def fields(self) -> dict[str, object]:
+        return {"generation": self.generation, "replaced": self.replaced, "devices": self.devices,
+                "events": self.events, "duration_seconds": round(self.seconds, 3),
+                "events_per_second": round(self.events_per_second, 1), "resumed_from": self.resumed_from}
+
+
+Progress = Callable[[RebuildReport, float], None]
+
+
+def token_fraction(token: int | None) -> float:
+    """How far through the token ring a position is (0 to 1)."""
+    return 0.0 if token is None else (token - TOKEN_MIN + 1) / TOKEN_SPAN
+
+
+class RebuildService:
+    def __init__(self, log: DeviceLog, cache: CacheBuilder, *, rules: Sequence[MeasurementRule] = (),
+                 page_size: int = 200, concurrency: int = 8, max_rps: float | None = None) -> None:
+        self._log = log
+        self._criticality = Criticality(rules)
+        self._cache = cache
+        self._page = page_size
+        self._concurrency = concurrency
+        self._limiter = TokenBucket(max_rps)
+
+    def _decided(self, event: StoredEvent) -> StoredEvent:
+        """``critical`` decided as the change feed decides it (rows written without the flag get the rules)."""
+        if event.critical is not None:
+            return event
+        return dataclasses.replace(event, critical=self._criticality(event.severity, event.measurements))
+
+    def _critical(self, devices: Sequence[str], since_ms: int, pool: ThreadPoolExecutor) -> dict[str, list[StoredEvent]]:
+        def one(device: str) -> list[StoredEvent]:
+            events = self._log.critical(device, since_ms)
+            self._limiter.acquire(len(events))
+            return events
+
+        return dict(zip(devices, pool.map(one, devices), strict=True))
+
+    def rebuild(self, *, since_ms: int = SINCE_ALL, resume: bool = True,
+                progress: Progress | None = None) -> RebuildReport:
+        """Rebuild every device into a new generation and switch to it (see the module docstring)."""
+        started = time.monotonic()
+        build = self._cache.begin(since_ms, resume=resume)
+        report = RebuildReport(build.generation, None, resumed_from=build.position)
+        position = build.position
+        with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="rebuild") as pool:
+            while True:
+                self._limiter.acquire(self._page)
+                rows = self._log.devices(position, self._page)
+                if not rows:
+                    break
+                latest = [self._decided(row.latest) for row in rows]
+                critical = self._critical([e.device_id for e in latest], since_ms, pool)
+                self._cache.write(build.generation, latest, critical, since_ms)
+                position = rows[-1].token
+                self._cache.save_position(build.generation, position)
+                report.devices += len(rows)
+                report.events += len(rows) + sum(len(events) for events in critical.values())
+                report.seconds = time.monotonic() - started
+                if progress is not None:
+                    progress(report, token_fraction(position))
+        report.replaced = self._cache.finish(build.generation)
+        report.seconds = time.monotonic() - started
+        logger.info("rebuild finished %s", json.dumps({"event": "rebuild_finished", **report.fields()}))
+        return report
+
+    def rebuild_devices(self, devices: Sequence[str], *, since_ms: int = SINCE_ALL,
+                        progress: Progress | None = None) -> RebuildReport:
+        """Rebuild only ``devices``, in the live generation (see the module docstring)."""
+        started = time.monotonic()
+        report = RebuildReport(None, None)
+        for index, device in enumerate(devices, 1):
+            row = self._log.device(device)
+            events = self._log.critical(device, since_ms)
+            self._limiter.acquire(1 + len(events))
+            self._cache.refresh(device, self._decided(row.latest) if row else None, events, since_ms)
+            report.devices += 1
+            report.events += (1 if row else 0) + len(events)
+            report.seconds = time.monotonic() - started
+            if progress is not None:
+                progress(report, index / len(devices))
+        logger.info("rebuild finished %s", json.dumps({"event": "rebuild_finished", **report.fields()}))
+        return report

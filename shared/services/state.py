@@ -1,0 +1,61 @@
+"""A device's state at a time T: its latest event at or before T, from ``events_by_device``.
+
+What an audit asks ("what did we know about this device at 09:30?"). It reads
+the dashboard's device-history reader (``shared.ports.dashboard.DeviceHistory``),
+one ``(device, day)`` partition at a time from T's day backwards, and stops at
+the first day holding an event at or before T. Two shortcuts bound the cost:
+
+* the device's newest event (``device_latest``) answers at once when it is at or
+  before T, and a device with no event at all is "not found" without a walk;
+* the walk covers at most ``lookback_days`` days; an event older than that is
+  not found (``docs/api.md``).
+
+Event time decides, whatever order the events arrived in; equal times fall back
+to the larger event id, as ``StoredEvent.newer_than`` (and the latest state) do.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from shared.domain.timebuckets import day_of
+from shared.ports.dashboard import DeviceHistory
+from shared.ports.event_reader import EventReader
+from shared.ports.stored import StoredEvent, to_ms
+
+DEFAULT_LOOKBACK_DAYS = 366
+_TIES = 16  # rows read at the newest time of a day, to pick the winner of a tie
+
+
+class StateService:
+    def __init__(self, history: DeviceHistory, reader: EventReader, *,
+                 lookback_days: int = DEFAULT_LOOKBACK_DAYS) -> None:
+        self._history = history
+        self._reader = reader
+        self._lookback = lookback_days
+
+    def at(self, device_id: str, at: datetime) -> dict[str, Any] | None:
+        """The document of the device's latest event with event time at or before ``at``; ``None`` when none."""
+        event = self._find(device_id, at)
+        return event.to_document() if event is not None else None
+
+    def _find(self, device_id: str, at: datetime) -> StoredEvent | None:
+        newest = self._reader.latest(device_id)
+        if newest is None:
+            return None
+        if newest.event_time_ms <= to_ms(at):
+            return newest
+        day = day_of(at)
+        start = at - timedelta(days=self._lookback)
+        for _ in range(self._lookback + 1):
+            rows = self._history.page(device_id, day, start=start, end=at, after=None, limit=_TIES)
+            if rows:
+                top = [row for row in rows if row.event_time_ms == rows[0].event_time_ms]
+                winner = top[0]
+                for row in top[1:]:
+                    if row.newer_than(winner):
+                        winner = row
+                return winner
+            day -= timedelta(days=1)
+        return None

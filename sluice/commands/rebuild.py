@@ -1,0 +1,82 @@
+"""``rebuild redis [--since T] [--devices ...] [--max-rps N]``: rebuild the Redis projection from the Cassandra log.
+
+Every device's latest state, its critical list and the fleet-wide critical
+stream are written into a new key generation, then readers switch to it at
+once (``shared.services.rebuild``, ``docs/operations.md``). Run it again after a
+kill: it resumes from its saved position (``--restart`` starts over). The change
+feed keeps running meanwhile. Progress goes to stderr as one line; the figures
+(duration, events per second) are printed and logged as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from shared.ports.cache import SINCE_ALL
+from shared.ports.stored import to_ms
+from sluice.commands.backfill import parse_time
+
+
+def _rps(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--max-rps must be a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--max-rps must be positive, got {text!r}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("rebuild", help="rebuild a projection (Redis) from the Cassandra event log")
+    parser.add_argument("target", choices=["redis"], help="the projection to rebuild")
+    parser.add_argument("--since", type=parse_time, help="critical lists from this time only (default: all)")
+    parser.add_argument("--devices", nargs="+", metavar="ID", help="only these devices, in the live generation")
+    parser.add_argument("--max-rps", type=_rps, help="at most this many Cassandra rows read per second")
+    parser.add_argument("--page-size", type=int, default=200, help="devices per page (one saved position each)")
+    parser.add_argument("--restart", action="store_true", help="start a new generation instead of resuming")
+    parser.add_argument("--no-progress", action="store_true", help="no progress line")
+    parser.set_defaults(func=run)
+
+
+class ProgressLine:
+    """One self-overwriting stderr line, at most every ``interval`` seconds."""
+
+    def __init__(self, enabled: bool, interval: float = 0.5) -> None:
+        self._enabled = enabled
+        self._interval = interval
+        self._last = 0.0
+
+    def __call__(self, report, fraction: float) -> None:
+        now = time.monotonic()
+        if not self._enabled or now - self._last < self._interval:
+            return
+        self._last = now
+        print(f"\rrebuild redis: {fraction:6.1%}  {report.devices} devices  {report.events} events  "
+              f"{report.events_per_second:,.0f} events/s", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self._enabled and self._last:
+            print(file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from shared import bootstrap
+
+    service = bootstrap.rebuild_service(max_rps=args.max_rps, page_size=args.page_size)
+    since_ms = to_ms(args.since) if args.since else SINCE_ALL
+    progress = ProgressLine(not args.no_progress)
+    if args.devices:
+        report = service.rebuild_devices(args.devices, since_ms=since_ms, progress=progress)
+    else:
+        report = service.rebuild(since_ms=since_ms, resume=not args.restart, progress=progress)
+    progress.done()
+    where = f"generation {report.generation} (replaced {report.replaced})" if report.generation is not None \
+        else "the live generation"
+    print(f"rebuilt {report.devices} devices, {report.events} events into {where} in {report.seconds:.2f} s: "
+          f"{report.events_per_second:,.0f} events/s")
+    print(json.dumps({"event": "rebuild_finished", **report.fields()}, separators=(",", ":")))
+    return 0

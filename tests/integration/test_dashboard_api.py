@@ -1,0 +1,201 @@
+"""The operations page's JSON routes against the Cassandra emulator, Redis, PostgreSQL and Azurite.
+
+Events are written with the real event store (every table, as ingest writes
+them); the functions ``function_app`` registers are called with real
+``func.HttpRequest`` objects.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import azure.functions as func
+import psycopg
+import pytest
+
+from shared.adapters.postgres.migrations import apply_migrations as apply_pg_migrations
+from tests.fixtures.functions import user_function
+from tests.integration import test_changefeed as changefeed_tests
+from tests.integration.test_changefeed import make_event
+
+app_env, keyspace, session, store, rclient = (changefeed_tests.app_env, changefeed_tests.keyspace,
+                                              changefeed_tests.session, changefeed_tests.store,
+                                              changefeed_tests.rclient)
+
+
+@pytest.fixture
+def dash_env(app_env, pg_dsn, azurite_connection_string):
+    """The app's settings with this test's PostgreSQL database (migrated) and Azurite."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_pg_migrations(conn)
+    pg = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+
+    def configure(**overrides: str) -> None:
+        app_env(AzureWebJobsStorage=azurite_connection_string,
+                SLUICE_STORAGE_DEADLETTER_CONTAINER=f"dl-{uuid.uuid4().hex[:12]}",
+                SLUICE_POSTGRES_HOST=str(pg.get("host", "127.0.0.1")), SLUICE_POSTGRES_PORT=str(pg.get("port", "5432")),
+                SLUICE_POSTGRES_DBNAME=str(pg["dbname"]), SLUICE_DASHBOARD_STATUS_CACHE_SECONDS="0", **overrides)
+
+    return configure
+
+
+def call(name: str, route: dict | None = None, **params: str) -> tuple[int, dict]:
+    request = func.HttpRequest("GET", f"http://localhost/api/{name}", params=params, route_params=route or {}, body=b"")
+    response = user_function(name)(request)
+    return response.status_code, json.loads(response.get_body()) if response.mimetype == "application/json" else {}
+
+
+def history(device: str, **params: str) -> tuple[int, dict]:
+    return call("device_events", {"device_id": device}, **params)
+
+
+@pytest.mark.timeout(90)
+def test_history_pages_newest_first_across_days_with_a_signed_token(dash_env, store) -> None:
+    dash_env()
+    now = datetime.now(UTC).replace(microsecond=0)
+    at = [now - timedelta(hours=30), now - timedelta(hours=2), now - timedelta(minutes=5), now - timedelta(minutes=5)]
+    events = [make_event("hist-1", t, measurements={"temperature": float(i)}) for i, t in enumerate(at)]
+    events.append(make_event("hist-2", now - timedelta(minutes=1)))
+    store.write(events)
+    frm = (now - timedelta(days=2)).isoformat()
+
+    seen, token, pages = [], None, 0
+    while True:
+        status, body = history("hist-1", **{"from": frm, "limit": "1", **({"page": token} if token else {})})
+        assert status == 200, body
+        seen += body["events"]
+        token, pages = body["next_page"], pages + 1
+        if token is None:
+            break
+    assert [e["device_id"] for e in seen] == ["hist-1"] * 4
+    times = [e["timestamp"] for e in seen]
+    assert times == sorted(times, reverse=True)
+    assert {e["event_id"] for e in seen} == {str(e.event_id) for e in events[:4]}
+
+    # the edges of the calendar are empty ranges, not errors
+    for edge in ({"to": "0001-01-01T00:00:00Z"}, {"from": "0001-01-01T00:00:00Z", "to": "0001-01-02T00:00:00Z"},
+                 {"to": "9999-12-31T23:59:59Z", "from": "9999-12-01T00:00:00Z"}):
+        status, body = history("hist-1", **edge)
+        assert status == 200 and body["events"] == [], (edge, body)
+
+    # the default range is the last 24 hours
+    status, body = history("hist-1")
+    assert status == 200 and len(body["events"]) == 3 and body["next_page"] is None
+
+
+@pytest.mark.timeout(60)
+def test_a_modified_or_foreign_token_is_a_400_naming_the_page(dash_env, store) -> None:
+    dash_env()
+    now = datetime.now(UTC)
+    store.write([make_event("tok-1", now - timedelta(minutes=m)) for m in (1, 2)] + [make_event("tok-2", now)])
+    status, body = history("tok-1", limit="1")
+    token = body["next_page"]
+    assert status == 200 and token
+    head, _, tail = token.partition(".")
+    payload = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    payload[1][0] += 1  # move the position by a millisecond, keep the signature
+    forged = base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).rstrip(b"=").decode()
+    for bad in (f"{forged}.{tail}", token[:-2] + ("AA" if token[-2:] != "AA" else "BB"), "garbage", "a.b"):
+        status, body = history("tok-1", page=bad)
+        assert status == 400 and body["error"] == "bad_request" and body["parameter"] == "page", (bad, body)
+    status, body = history("tok-2", page=token)  # another device's token
+    assert status == 400 and body["parameter"] == "page"
+
+
+@pytest.mark.parametrize(("route", "params", "parameter"), [
+    ("device_events", {"from": "2026-11-23T10:00:00Z", "to": "2026-11-23T09:00:00Z"}, "from"),
+    ("device_events", {"from": "yesterday"}, "from"),
+    ("device_events", {"to": "2026-13-40T00:00:00Z"}, "to"),
+    ("device_events", {"limit": "1001"}, "limit"),
+    ("device_events", {"to": "0001-01-01T00:00:00+01:00"}, "to"),
+    ("device_events", {"from": "9999-12-31T23:59:59Z"}, "from"),
+    ("critical_feed", {"limit": "1001"}, "limit"),
+    ("critical_feed", {"limit": "0"}, "limit"),
+    ("report_sites", {"limit": "5000"}, "limit"),
+    ("report_sites", {"from": "2026-11-24", "to": "2026-11-23"}, "from"),
+    ("report_sites", {"from": "23/11/2026"}, "from"),
+    ("report_devices", {"health": "<b>"}, "health"),
+    ("report_devices", {"site_id": "a b"}, "site_id"),
+])
+@pytest.mark.timeout(60)
+def test_bad_parameters_get_the_json_400_naming_them(dash_env, route, params, parameter) -> None:
+    dash_env()
+    status, body = call(route, {"device_id": "dev-1"} if route == "device_events" else None, **params)
+    assert status == 400 and body["error"] == "bad_request" and body["parameter"] == parameter, body
+    assert body["message"]
+
+
+@pytest.mark.timeout(60)
+def test_status_counts_recent_arrivals_and_reports_every_section(dash_env, store) -> None:
+    dash_env()
+    now = datetime.now(UTC)
+    arrived = [now - timedelta(seconds=s) for s in (5, 20, 40, 90, 200, 400)]
+    store.write([make_event(f"st-{i}", t, enqueued=t) for i, t in enumerate(arrived)])
+    status, body = call("status")
+    assert status == 200, body
+    throughput = body["throughput"]
+    assert throughput["events_last_minute"] == 3
+    assert throughput["events_last_5_minutes"] == 5
+    assert sum(b["events"] for b in throughput["series"]) == 6
+    assert throughput["delay_p99_ms"] is not None
+    assert body["dead_letters"] == {"last_hour": 0, "capped": False}
+    assert body["lag"]["status"] == "not_configured" and body["lag"]["partitions"] is None
+    assert body["change_feed"]["updated_at"] is None  # the feed has not run yet
+    assert body["dependencies"]["redis"]["status"] == "up" and body["dependencies"]["cassandra"]["status"] == "up"
+
+    user_function("changefeed")(_timer())
+    status, body = call("status")
+    assert body["change_feed"]["staleness_seconds"] is not None and body["change_feed"]["staleness_seconds"] < 30
+
+
+@pytest.mark.timeout(60)
+def test_critical_feed_is_the_redis_stream_newest_first(dash_env, store) -> None:
+    dash_env()
+    now = datetime.now(UTC)
+    critical = [make_event("crit-1", now - timedelta(seconds=s), severity="critical") for s in (30, 20, 10)]
+    store.write([*critical, make_event("crit-1", now)])
+    user_function("changefeed")(_timer())
+    status, body = call("critical_feed", limit="2")
+    assert status == 200
+    assert [e["event_id"] for e in body["events"]] == [str(critical[2].event_id), str(critical[1].event_id)]
+
+
+@pytest.mark.timeout(60)
+def test_reports_read_the_views_with_filters_and_limit(dash_env, pg_dsn) -> None:
+    dash_env()
+    start = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for site, day in (("s1", 0), ("s1", 1), ("s2", 1)):
+            ws = start + timedelta(days=day)
+            conn.execute("INSERT INTO site_window_stats (window_start, window_end, site_id, event_count, "
+                         "critical_count, device_count, measurements) VALUES (%s, %s, %s, 10, 1, 2, '{}')",
+                         (ws, ws + timedelta(minutes=5), site))
+    status, body = call("report_sites", limit="2")
+    assert status == 200 and [(r["site_id"], r["local_day"]) for r in body["rows"]] == [("s1", "2026-11-24"),
+                                                                                          ("s2", "2026-11-24")]
+    status, body = call("report_sites", site_id="s1", to="2026-11-23")
+    assert [(r["site_id"], r["local_day"], r["event_count"]) for r in body["rows"]] == [("s1", "2026-11-23", 10)]
+    status, body = call("report_devices", health="silent")
+    assert status == 200 and body == {"rows": []}
+
+
+@pytest.mark.timeout(60)
+def test_the_page_is_self_contained_with_a_strict_policy(dash_env) -> None:
+    dash_env()
+    request = func.HttpRequest("GET", "http://localhost/api/dashboard", params={}, route_params={}, body=b"")
+    response = user_function("dashboard")(request)
+    page = response.get_body().decode()
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    assert "/*SCRIPT*/" not in page and "/*STYLE*/" not in page
+    assert "<script src" not in page and "stylesheet" not in page and "https://" not in page
+    policy = response.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "script-src 'sha256-" in policy and "unsafe" not in policy
+
+
+def _timer():
+    from azure.functions.timer import TimerRequest
+
+    return TimerRequest(past_due=False)

@@ -1,0 +1,78 @@
+"""``GET /api/devices/{id}/state?at=T`` against the Cassandra emulator, through the registered function.
+
+Events are written by the real event store in an arrival order unlike their
+event-time order (an old event arrives last), over several day partitions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.integration import test_changefeed as cf
+from tests.integration.test_dashboard_api import call
+
+app_env, keyspace, session, store, rclient = cf.app_env, cf.keyspace, cf.session, cf.store, cf.rclient
+
+
+def state(device: str, at: datetime | str) -> tuple[int, dict]:
+    return call("device_state_at", {"device_id": device}, at=at if isinstance(at, str) else at.isoformat())
+
+
+@pytest.mark.timeout(90)
+def test_state_at_is_exact_before_between_and_after_events_whatever_their_arrival(app_env, store) -> None:
+    app_env()
+    base = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=5)
+    times = [base, base + timedelta(hours=1), base + timedelta(days=2), base + timedelta(days=2, minutes=30)]
+    events = [cf.make_event("audit-1", t, measurements={"v": float(i)}) for i, t in enumerate(times)]
+    tie = [cf.make_event("audit-1", times[1], event_id=uuid.UUID(int=i)) for i in (5, 2**127)]
+    # arrival order: the newest first, the oldest last, the tie in between
+    store.write([events[3]])
+    store.write([events[2]])
+    store.write(tie)
+    store.write([events[1]])
+    store.write([events[0]])
+    store.write([cf.make_event("other", base + timedelta(minutes=1))])
+    winner_at_1 = max([events[1], *tie], key=lambda e: str(e.event_id))
+    ms = timedelta(milliseconds=1)
+
+    cases = [
+        (base - ms, None),                               # before every event
+        (base, events[0]),                               # exactly at the first
+        (base + timedelta(minutes=59), events[0]),       # between, same day
+        (times[1], winner_at_1),                         # a tie on time: the larger event id
+        (base + timedelta(days=1), winner_at_1),         # a day with no event: the walk goes back
+        (times[2] - ms, winner_at_1),
+        (times[2], events[2]),
+        (times[3] - ms, events[2]),
+        (times[3], events[3]),
+        (datetime.now(UTC) + timedelta(days=1), events[3]),  # after every event: the latest state
+    ]
+    for at, expected in cases:
+        status, body = state("audit-1", at)
+        if expected is None:
+            assert status == 404 and body["error"] == "not_found", (at, body)
+        else:
+            assert status == 200 and body["event_id"] == str(expected.event_id), (at, body)
+            assert body["device_id"] == "audit-1"
+
+    # an offset other than Z means the same instant
+    status, body = state("audit-1", (times[2] - ms).astimezone(datetime.now().astimezone().tzinfo).isoformat())
+    assert status == 200 and body["event_id"] == str(winner_at_1.event_id)
+    status, body = state("never-seen", datetime.now(UTC))
+    assert status == 404
+
+
+@pytest.mark.parametrize(("device", "at", "parameter"), [
+    ("audit-1", "", "at"),
+    ("audit-1", "yesterday", "at"),
+    ("audit-1", "2026-11-23T09:30:00", "at"),        # no offset
+    ("audit-1", "2026-13-45T09:30:00Z", "at"),       # not a date
+    ("bad id!", "2026-11-23T09:30:00Z", "device_id"),
+])
+def test_bad_parameters_are_400_naming_them(app_env, device, at, parameter) -> None:
+    app_env()
+    status, body = call("device_state_at", {"device_id": device}, **({"at": at} if at else {}))
+    assert status == 400 and body["error"] == "bad_request" and body["parameter"] == parameter, body

@@ -1,0 +1,131 @@
+"""The rebuild's token bucket and its page/position order, with small in-memory fakes of its ports."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shared.ports.rebuild import Build, DeviceRow
+from shared.ports.stored import StoredEvent
+from shared.services.rebuild import RebuildService, TokenBucket, token_fraction
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_token_bucket_holds_the_average_rate_after_a_burst():
+    clock = Clock()
+    bucket = TokenBucket(100, clock=clock, sleep=clock.sleep)
+    for _ in range(10):
+        bucket.acquire(10)  # the first second's worth is the burst
+    assert clock.now == 0
+    for _ in range(50):
+        bucket.acquire(10)
+    assert clock.now == pytest.approx(5.0)  # 500 more units at 100/s
+
+
+def test_token_bucket_refills_while_idle_but_not_beyond_its_burst():
+    clock = Clock()
+    bucket = TokenBucket(10, clock=clock, sleep=clock.sleep)
+    bucket.acquire(10)
+    clock.now += 100  # idle: refills to the burst (10), not 1000
+    bucket.acquire(10)
+    assert clock.slept == []
+    assert bucket.acquire(20) == pytest.approx(2.0)
+
+
+def test_token_bucket_without_a_rate_never_waits_and_rejects_nonsense():
+    assert TokenBucket(None).acquire(10**9) == 0.0
+    with pytest.raises(ValueError):
+        TokenBucket(0)
+
+
+def ev(device: str, critical: bool = False) -> StoredEvent:
+    return StoredEvent(event_id=uuid.uuid4(), device_id=device, event_time=datetime(2026, 11, 23, tzinfo=UTC)
+                       + timedelta(seconds=1), event_type="t", severity="info", critical=critical, measurements={})
+
+
+class Log:
+    def __init__(self, devices: int) -> None:
+        self.rows = [DeviceRow(token, ev(f"d{token}")) for token in range(devices)]
+
+    def devices(self, after, limit):
+        return [r for r in self.rows if after is None or r.token > after][:limit]
+
+    def device(self, device_id):
+        return next((r for r in self.rows if r.latest.device_id == device_id), None)
+
+    def critical(self, device_id, since_ms):
+        return [ev(device_id, True)]
+
+
+class Builder:
+    def __init__(self, position=None, fail_after: int | None = None) -> None:
+        self.calls: list[tuple] = []
+        self.position = position
+        self.fail_after = fail_after
+
+    def begin(self, since_ms, *, resume):
+        return Build(7, self.position if resume else None, since_ms)
+
+    def write(self, generation, latest, critical, since_ms):
+        if self.fail_after is not None and len([c for c in self.calls if c[0] == "write"]) == self.fail_after:
+            raise RuntimeError("killed")
+        self.calls.append(("write", [e.device_id for e in latest]))
+
+    def save_position(self, generation, position):
+        self.calls.append(("save", position))
+
+    def finish(self, generation):
+        self.calls.append(("finish", generation))
+        return 6
+
+
+def test_position_is_saved_after_the_page_it_covers_and_a_resume_starts_after_it():
+    builder = Builder(fail_after=2)
+    with pytest.raises(RuntimeError):
+        RebuildService(Log(10), builder, page_size=3).rebuild()
+    assert builder.calls == [("write", ["d0", "d1", "d2"]), ("save", 2), ("write", ["d3", "d4", "d5"]), ("save", 5)]
+
+    resumed = Builder(position=5)
+    report = RebuildService(Log(10), resumed, page_size=3).rebuild()
+    assert resumed.calls == [("write", ["d6", "d7", "d8"]), ("save", 8), ("write", ["d9"]), ("save", 9),
+                             ("finish", 7)]
+    assert (report.generation, report.replaced, report.devices, report.events, report.resumed_from) == (7, 6, 4, 8, 5)
+    assert report.fields()["events_per_second"] >= 0
+
+
+def test_token_fraction_spans_the_ring():
+    assert token_fraction(None) == 0.0
+    assert token_fraction(2**63 - 1) == pytest.approx(1.0)
+    assert token_fraction(0) == pytest.approx(0.5)
+
+
+def test_rows_without_the_critical_flag_are_decided_by_the_rules_as_the_change_feed_does():
+    from dataclasses import replace
+
+    from shared.domain.rules import MeasurementRule
+
+    log = Log(2)
+    log.rows = [DeviceRow(0, replace(ev("hot"), critical=None, measurements={"temperature": 95.0})),
+                DeviceRow(1, replace(ev("cool"), critical=None, measurements={"temperature": 20.0}))]
+    seen = []
+
+    class Capture(Builder):
+        def write(self, generation, latest, critical, since_ms):
+            seen.extend((e.device_id, e.critical) for e in latest)
+
+    RebuildService(log, Capture(), rules=[MeasurementRule(measurement="temperature", op=">", value=90)]).rebuild()
+    assert seen == [("hot", True), ("cool", False)]
