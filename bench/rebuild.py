@@ -31,7 +31,6 @@ from datetime import UTC, datetime, timedelta
 import redis
 from cassandra.concurrent import execute_concurrent_with_args
 
-from emulators.launcher import python_module, start
 from shared.adapters.cassandra.device_log import CassandraDeviceLog
 from shared.adapters.cassandra.event_store import CassandraEventStore
 from shared.adapters.cassandra.migrations import apply_migrations
@@ -42,6 +41,7 @@ from shared.adapters.redis_rebuild import RedisCacheBuilder
 from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.services.rebuild import RebuildService
 from shared.settings import CassandraSettings
+from sluice.launcher import python_module, start
 
 PAGE = 200
 CONCURRENCY = 8

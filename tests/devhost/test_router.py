@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from devhost.routes import RouteTemplate
-from emulators.launcher import Running
+from sluice.launcher import Running
 from tests.fixtures.devhost import start_devhost, write_app
 
 APP = '''
