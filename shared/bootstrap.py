@@ -238,12 +238,35 @@ def status_service():
     arrivals = CassandraArrivalStats(cassandra_session, cfg.cassandra.keyspace, bucket_seconds=cfg.cassandra.bucket_seconds,
                                      shards=cfg.cassandra.shards, timeout=timeout)
     feed = CassandraFeedPosition(cassandra_session, cfg.cassandra.keyspace, cfg.changefeed.feed_name, timeout=timeout)
-    # Lag per partition: no reader is wired yet, so the status says "not_configured".
     return StatusService(arrivals, feed, PostgresReports(postgres_pool(), timeout=timeout),
                          BlobDeadLetterCounter(blob_service(), cfg.storage.deadletter_container),
                          RedisCacheStats(redis_client()), RedisCriticalStream(redis_client(), key_prefix=cfg.redis.key_prefix),
-                         NoLagReader(), lambda: lookup_service().health(),
+                         _lag_reader() or NoLagReader(), lambda: lookup_service().health(),
                          cache_seconds=cfg.dashboard.status_cache_seconds, section_timeout=2 * timeout)
+
+
+def _lag_reader():
+    """The ingest hub's lag as KEDA reads it, from the host's own Event Hubs connection; ``None`` without one."""
+    import os
+
+    from shared.adapters.eventhub_lag import (
+        CachedPartitionLag,
+        EventHubBlobLagReader,
+        eventhub_client,
+        host_checkpoint_source,
+    )
+
+    # The Functions host's connection names, read as the host reads them.
+    connection_string = os.environ.get("EventHubConnection")  # noqa: SIM112
+    namespace = os.environ.get("EventHubConnection__fullyQualifiedNamespace")  # noqa: SIM112
+    if not (connection_string or namespace):
+        return None
+    ingest = settings().ingest
+    source = host_checkpoint_source(ingest.eventhub_name, ingest.consumer_group,
+                                    connection_string=connection_string, fully_qualified_namespace=namespace)
+    hub = eventhub_client(ingest.eventhub_name, ingest.consumer_group, connection_string=connection_string,
+                          fully_qualified_namespace=namespace)
+    return CachedPartitionLag(EventHubBlobLagReader(hub, blob_service(), source))
 
 
 @service

@@ -24,9 +24,12 @@ another container or another case, and says where they are.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.eventhub import EventHubConsumerClient
@@ -34,7 +37,7 @@ from azure.storage.blob import BlobServiceClient
 
 from shared.adapters.identity import credential_for
 from shared.exceptions import ConfigurationError, DependencyUnavailable
-from shared.ports.lag import LagReading, PartitionLag
+from shared.ports.lag import LagReading, PartitionLag, PartitionLagReader
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ MAX_INT64 = 2**63 - 1
 DEFAULT_STALE_THRESHOLD = 10_000
 SCANNED_BLOBS_PER_CONTAINER = 10_000
 STRATEGY = "blobMetadata"
+HOST_CHECKPOINT_CONTAINER = "azure-webjobs-eventhub"
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,3 +197,46 @@ def eventhub_client(eventhub: str, consumer_group: str, *, connection_string: st
                                  "EventHubConnection__fullyQualifiedNamespace (identity) to read Event Hubs")
     return EventHubConsumerClient(fully_qualified_namespace, eventhub, consumer_group,
                                   credential=credential_for(f"https://{fully_qualified_namespace}"))
+
+
+class CachedPartitionLag:
+    """The status page's ``LagReader``: the KEDA reading of the ingest hub, at most once per ``max_age`` seconds.
+
+    A reading opens one management connection per partition, so every pod's status
+    page shares the cost of one reading every few seconds whatever the page traffic.
+    """
+
+    def __init__(self, reader: PartitionLagReader, *, max_age: float = 5.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._reader = reader
+        self._max_age = max_age
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._last: tuple[float, dict[str, int] | DependencyUnavailable] | None = None
+
+    def lag(self) -> dict[str, int]:
+        """Unprocessed events per partition; a failed reading is remembered as long as a good one would be."""
+        with self._lock:
+            if self._last is None or self._monotonic() - self._last[0] >= self._max_age:
+                try:
+                    reading = self._reader.read()
+                    self._last = (self._monotonic(), {p.partition_id: p.unprocessed for p in reading.partitions})
+                except DependencyUnavailable as exc:
+                    self._last = (self._monotonic(), exc)
+            result = self._last[1]
+        if isinstance(result, DependencyUnavailable):
+            raise result
+        return result
+
+
+def host_checkpoint_source(eventhub: str, consumer_group: str, *, connection_string: str | None,
+                           fully_qualified_namespace: str | None) -> KedaCheckpointSource:
+    """Where the Functions host (and the dev host) checkpoint ``eventhub``: the namespace as the SDK writes it."""
+    if connection_string:
+        endpoint = dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part).get("Endpoint", "")
+        fully_qualified_namespace = urlsplit(endpoint).hostname
+    if not fully_qualified_namespace:
+        raise ConfigurationError("set EventHubConnection (a connection string) or "
+                                 "EventHubConnection__fullyQualifiedNamespace (identity) to read Event Hubs")
+    return KedaCheckpointSource(namespace=fully_qualified_namespace.lower(), eventhub=eventhub.lower(),
+                                consumer_group=consumer_group, container=HOST_CHECKPOINT_CONTAINER)

@@ -91,7 +91,7 @@ class StatusService:
         self._closed: dict[datetime, BucketFigures] = {}
         self._lock = threading.Lock()
         self._last: tuple[float, dict[str, Any]] | None = None
-        self._pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="status")
+        self._pool = ThreadPoolExecutor(max_workers=7, thread_name_prefix="status")
 
     # -- /api/critical -----------------------------------------------------------------
     def critical(self, limit: int) -> dict[str, Any]:
@@ -111,6 +111,7 @@ class StatusService:
             "dead_letters": lambda: self._dead_letter_section(now),
             "cache": lambda: {"hit_rate": self._cache.hit_rate()},
             "dependencies": self._dependencies,
+            "lag": self._lag_section,
         }
         futures = {name: self._pool.submit(work) for name, work in sections.items()}
         body: dict[str, Any] = {"generated_at": _iso(now)}
@@ -124,12 +125,15 @@ class StatusService:
             except DependencyUnavailable as exc:
                 logger.warning("status section %s failed: %s", name, exc)
                 body[name] = {"error": str(exc), "dependency": exc.dependency}
-        lag = self._lag.lag()
-        body["lag"] = ({"status": "not_configured", "partitions": None, "total": None} if lag is None else
-                       {"status": "ok", "partitions": lag, "total": sum(lag.values())})
         with self._lock:
             self._last = (self._monotonic(), body)
         return body
+
+    def _lag_section(self) -> dict[str, Any]:
+        lag = self._lag.lag()
+        if lag is None:
+            return {"status": "not_configured", "partitions": None, "total": None}
+        return {"status": "ok", "partitions": lag, "total": sum(lag.values())}
 
     def _dependencies(self) -> dict[str, Any]:
         healthy, health = self._health()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,32 @@ def test_without_an_event_hubs_connection_the_doctor_names_the_settings(
     monkeypatch.setenv("AzureWebJobsStorage", azurite_connection_string)
     assert main(["doctor", "keda", "--scaled-object", scaled_object(tmp_path, "telemetry")]) == 2
     assert "EventHubConnection__fullyQualifiedNamespace" in capsys.readouterr().err
+
+
+def test_status_lag_reads_the_host_checkpoints_and_caches_the_reading(env: dict[str, str]) -> None:
+    """The status page's lag: the checkpoints the host writes under its connection's namespace, read once per max_age."""
+    from shared.adapters.eventhub_lag import (
+        CachedPartitionLag,
+        EventHubBlobLagReader,
+        eventhub_client,
+        host_checkpoint_source,
+    )
+
+    connection = os.environ["EventHubConnection"]  # noqa: SIM112 (the host's name)
+    namespace = host_checkpoint_source(env["hub"], "sluice", connection_string=connection,
+                                       fully_qualified_namespace=None).namespace
+    for partition, sequence in {"0": 19, "1": 11, "3": 6}.items():
+        checkpoint(env["storage"], CONTAINER, env["hub"], partition, sequence, namespace=namespace)
+    source = host_checkpoint_source(env["hub"], "sluice", connection_string=connection,
+                                    fully_qualified_namespace=None)
+    now = [0.0]
+    with eventhub_client(env["hub"], "sluice", connection_string=connection) as hub, \
+            BlobServiceClient.from_connection_string(env["storage"]) as blobs:
+        lag = CachedPartitionLag(EventHubBlobLagReader(hub, blobs, source), max_age=5.0, monotonic=lambda: now[0])
+        # Sequence numbers start at 0: 30 sent and checkpointed at 19 leaves 10, 12 at 11 leaves 0, 7 at 6 leaves 0.
+        assert lag.lag() == {"0": 10, "1": 0, "2": 0, "3": 0}
+        checkpoint(env["storage"], CONTAINER, env["hub"], "0", 29, namespace=namespace)
+        now[0] = 4.9
+        assert lag.lag()["0"] == 10, "read again before max_age"
+        now[0] = 5.0
+        assert lag.lag() == {"0": 0, "1": 0, "2": 0, "3": 0}
