@@ -95,10 +95,12 @@ class Probe:
     @property
     def redis(self):
         if self._redis is None:
-            import redis
+            from shared.adapters.redis import RedisConnection
 
-            self._redis = redis.Redis.from_url(self.settings.redis.url, socket_timeout=5, decode_responses=True)
-        return self._redis
+            cfg = self.settings.redis
+            self._redis = RedisConnection(cfg.url, password=cfg.password.get_secret_value() if cfg.password else None,
+                                          cluster=cfg.cluster, socket_timeout=5, decode_responses=True)
+        return self._redis.client()
 
     def pg(self):
         import psycopg
@@ -201,15 +203,19 @@ class Probe:
     # --- Redis ---
 
     def critical_cached(self) -> int:
-        return int(self.redis.xlen(f"{self.settings.redis.key_prefix}critical:stream"))
+        """Entries of the critical stream, over all its shards."""
+        from shared.adapters.redis import Keys
+
+        cfg = self.settings.redis
+        return sum(int(self.redis.xlen(key)) for key in Keys(cfg.key_prefix, cfg.critical_stream_shards).streams)
 
     def critical_in_redis(self, event_ids: Iterable[str]) -> set[str]:
-        """The event ids the change feed recorded as critical (``e:<id>`` with its stream flag ``s``)."""
+        """The event ids the change feed recorded as critical (``e:<id>`` holding the document)."""
         ids = list(event_ids)
         prefix = self.settings.redis.key_prefix
         with self.redis.pipeline(transaction=False) as pipe:
             for event_id in ids:
-                pipe.hget(f"{prefix}e:{event_id}", "s")
+                pipe.hget(f"{prefix}e:{event_id}", "d")
             flags = pipe.execute()
         return {event_id for event_id, flag in zip(ids, flags, strict=True) if flag}
 
