@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import ClusterDownError, NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.adapters.redis.client import REDIS_ERRORS, Client, RedisConnection, failed
 from shared.adapters.redis.keys import Keys
@@ -48,6 +50,7 @@ class ScriptedRedis:
                 self.load_scripts()
                 return client.evalsha(sha, len(keys), *keys, *args)
         except REDIS_ERRORS as exc:
+            self._after(exc)
             raise failed(what, exc) from exc
 
     def pipeline(self, commands: Sequence[Command], what: str) -> list:
@@ -63,7 +66,12 @@ class ScriptedRedis:
                 self.load_scripts()
                 return self._send(commands)
         except REDIS_ERRORS as exc:
+            self._after(exc)
             raise failed(what, exc) from exc
+
+    def _after(self, exc: Exception) -> None:
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError, ClusterDownError)):
+            self._connection.refresh()
 
     def _send(self, commands: Sequence[Command]) -> list:
         pipe = self.client.pipeline(transaction=False)

@@ -16,8 +16,10 @@ import threading
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import ClusterCrossSlotError, RedisClusterException, RedisError
+from redis.retry import Retry
 
 from shared.exceptions import DependencyUnavailable, SluiceError
 
@@ -94,8 +96,24 @@ class RedisConnection:
             logger.info("Redis at %s is %s", self._where(), "a cluster" if cluster else "a single node")
         self._cluster = cluster
         if cluster:
-            return RedisCluster.from_url(self.url, **self._options)
+            # Few, short retries: a failover takes seconds, and the callers retry anyway (the change feed
+            # on its next run, the lookups after their bypass window); long in-client retries only stall them.
+            retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
+            return RedisCluster.from_url(self.url, retry=retry, **self._options)
         return redis.Redis.from_url(self.url, health_check_interval=30, **self._options)
+
+    def refresh(self) -> None:
+        """After a connection failure on a cluster: read the slot map again, so a promoted replica is found.
+
+        redis-py refreshes its map on ``MOVED``, but a master that died answers nothing,
+        and its pipelines keep aiming at it; best effort (the cluster may still be electing).
+        """
+        client = self._client
+        if isinstance(client, RedisCluster):
+            try:
+                client.nodes_manager.initialize()
+            except REDIS_ERRORS:
+                logger.info("Redis Cluster slot map not refreshed yet", exc_info=True)
 
     def _where(self) -> str:
         return self.url.rsplit("@", 1)[-1]

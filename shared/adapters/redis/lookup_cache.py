@@ -29,6 +29,7 @@ class RedisLookupCache(ScriptedRedis):
         try:
             document, marker = self.client.hmget(key, "d", "k")
         except REDIS_ERRORS as exc:
+            self._after(exc)
             raise failed(f"reading {what}", exc) from exc
         if document is not None:
             return Cached(None if document == b"" else document.decode())
