@@ -77,7 +77,9 @@ class LocalRedisCluster:
         for tool in ("redis-server", "redis-cli"):
             if not shutil.which(tool):
                 raise ClusterError(f"{tool} is not installed: run `bash scripts/install.sh` (Debian package redis-server)")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.directory.exists():  # a previous run's nodes.conf would make `--cluster create` refuse the nodes
+            shutil.rmtree(self.directory)
+        self.directory.mkdir(parents=True)
         count = self.masters * (1 + self.replicas)
         taken: set[int] = set()
         while len(self.bus_ports) < count:
