@@ -143,6 +143,7 @@ class LocalStack:
         self.settings_path = options.data_dir / "local.settings.json"
         self.devhost: Running | None = None
         self.notes: list[str] = []
+        self.redis_cluster: Any = None
 
     # --- ports ---
 
@@ -217,7 +218,7 @@ class LocalStack:
             raise StackError(f"Redis Cluster: {exc}") from None
         self.options.redis_url = cluster.url
         self.ports["redis-cluster"] = cluster.ports[0]
-        self.services.append(StartedService("Redis Cluster", cluster.stop))
+        self.redis_cluster = cluster  # stopped by stop() even with --keep-services: it lives under the data dir
 
     # --- children ---
 
@@ -396,6 +397,13 @@ class LocalStack:
                 logs.mkdir(parents=True, exist_ok=True)
                 (logs / f"{running.name}.log").write_text(running.output() + "\n", encoding="utf-8")
         self.children.clear()
+        if self.redis_cluster is not None:
+            try:
+                self.redis_cluster.stop()
+                self.say("stopped Redis Cluster (this stack started it)")
+            except Exception as exc:
+                problems.append(f"Redis Cluster: {exc!r}")
+            self.redis_cluster = None
         if self.options.stop_services:
             for service in reversed(self.services):
                 try:

@@ -24,6 +24,7 @@ from tests.integration.test_changefeed import CountingSink, assert_redis_matches
 from tests.integration.test_changefeed_redis import ev, state
 
 session, keyspace, store = changefeed_tests.session, changefeed_tests.keyspace, changefeed_tests.store
+app_env = changefeed_tests.app_env
 
 
 @pytest.fixture
@@ -125,3 +126,28 @@ def test_a_master_killed_during_a_change_feed_run_loses_nothing(cluster, session
     assert normalised(client, prefix) == normalised(single, redis_prefix)
     single.close()
     client.close()
+
+
+@pytest.mark.timeout(120)
+def test_lookups_during_a_failover_fall_back_to_cassandra_without_a_500(cluster, app_env, store):
+    from tests.integration.test_changefeed import make_event
+    from tests.integration.test_lookups import latest
+
+    app_env(SLUICE_REDIS_URL=cluster.url, SLUICE_REDIS_CLUSTER="true", SLUICE_REDIS_SOCKET_TIMEOUT_SECONDS="0.5",
+            SLUICE_LOOKUP_REDIS_RETRY_AFTER_SECONDS="0.5")
+    now = time.time()
+    from datetime import UTC, datetime, timedelta
+
+    at = datetime.fromtimestamp(now, UTC) - timedelta(minutes=1)
+    devices = [f"fail-{i}" for i in range(12)]
+    store.write([make_event(d, at) for d in devices])
+    assert all(latest(d).status_code == 200 for d in devices)
+    cluster.kill(cluster.master_ports()[0])
+    seen: set[str] = set()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        for d in devices:
+            response = latest(d)
+            assert response.status_code == 200, response.get_body()
+            seen.add(response.headers["X-Cache"])
+    assert "bypass" in seen  # some lookups found Redis down and were served from Cassandra
