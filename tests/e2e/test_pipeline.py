@@ -206,7 +206,8 @@ def test_every_event_lands_once_across_a_dev_host_crash(pipeline, isolated_event
     prefix = values["SLUICE_REDIS_KEY_PREFIX"]
     client = redis.Redis.from_url(values["SLUICE_REDIS_URL"], decode_responses=True)
     try:
-        stream = client.xrange(f"{prefix}critical:stream")
+        shards = client.scan_iter(match=f"{prefix}critical:stream:*")  # the sharded stream (generation 0)
+        stream = [entry for key in shards for entry in client.xrange(key)]
         on_stream = Counter(fields["event_id"] for _, fields in stream)
         assert set(on_stream) == set(expected.critical)
         assert max(on_stream.values()) == 1
