@@ -6,7 +6,7 @@ the same Redis, in pages of the same size, with the same ``EVALSHA`` commands
 
 * **ours**: ``ChangeFeedService.run()`` over an in-memory feed of the rows and an
   in-memory position store (Cassandra is not what is measured here), writing
-  through ``RedisCache``: deciding criticality, picking each device's newest
+  through ``RedisChangeSink``: deciding criticality, picking each device's newest
   event, encoding documents, one pipeline per page, saving the position;
 * **raw**: a hand-written loop that builds the same commands per page (same
   documents, same newest-per-device choice) and sends them with
@@ -26,12 +26,13 @@ import argparse
 import random
 import time
 import uuid
+import zlib
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import redis
 
-from shared.adapters.redis_cache import RedisCache, sort_key
+from shared.adapters.redis import RedisChangeSink, sort_key
 from shared.ports.feed import FeedPage, FeedPosition, SavedPosition
 from shared.ports.stored import StoredEvent
 from shared.services.changefeed import ChangeFeedService
@@ -82,7 +83,7 @@ def make_events(count: int, devices: int, critical_share: float, seed: int = 7) 
 
 
 def run_ours(client: redis.Redis, prefix: str, events: list[StoredEvent], page_size: int, args) -> float:
-    sink = RedisCache(client, key_prefix=prefix, critical_per_device_max=args.per_device_max,
+    sink = RedisChangeSink(client, key_prefix=prefix, critical_per_device_max=args.per_device_max,
                       critical_stream_max=args.stream_max)
     sink.load_scripts()
     service = ChangeFeedService(ListFeed(events, page_size), sink, MemoryPositions(), feed_name="bench",
@@ -94,11 +95,14 @@ def run_ours(client: redis.Redis, prefix: str, events: list[StoredEvent], page_s
     return elapsed
 
 
-def raw_commands(cache: RedisCache, page: list[StoredEvent], ttl: int, per_device: int, stream: int) -> list[tuple]:
+def raw_commands(cache: RedisChangeSink, page: list[StoredEvent], ttl: int, per_device: int,
+                 stream: int) -> list[tuple]:
     """What a hand-written sync would send for a page: the same scripts, documents and newest-per-device choice."""
-    latest_sha, critical_sha = cache._sha["latest"], cache._sha["critical"]
+    sha = cache.sha
+    latest_sha, critical_sha, stream_sha, event_sha = sha["latest"], sha["critical"], sha["stream"], sha["fill_event"]
     prefix = cache.keys.prefix
-    stream_key = prefix + "critical:stream"
+    shards = cache.keys.stream_shards
+    shard_max = -(-stream // shards)
     newest: dict[str, StoredEvent] = {}
     commands = []
     for e in page:
@@ -107,8 +111,14 @@ def raw_commands(cache: RedisCache, page: list[StoredEvent], ttl: int, per_devic
             newest[e.device_id] = e
         if e.critical:
             tag = f"{prefix}d:{{{e.device_id}}}"
-            commands.append((critical_sha, 3, f"{prefix}e:{e.event_id}", f"{tag}:crit", stream_key,
-                             e.to_json(), e.event_time_ms, ttl, per_device, stream, str(e.event_id), e.device_id))
+            shard = zlib.crc32(e.device_id.encode()) % shards
+            document = e.to_json()
+            commands.append((critical_sha, 2, f"{tag}:ce:{e.event_id}", f"{tag}:crit",
+                             document, e.event_time_ms, ttl, per_device))
+            commands.append((stream_sha, 2, f"{prefix}critical:stream:{{{shard}}}",
+                             f"{prefix}critical:seen:{{{shard}}}:{e.event_id}",
+                             ttl, shard_max, str(e.event_id), e.device_id, document))
+            commands.append((event_sha, 1, f"{prefix}e:{e.event_id}", document, ttl))
     for device, e in newest.items():
         commands.append((latest_sha, 1, f"{prefix}d:{{{device}}}:latest", sort_key(e), e.to_json(), ttl))
     return commands
@@ -123,7 +133,7 @@ def send(client: redis.Redis, commands: list[tuple]) -> None:
 
 def run_raw(client: redis.Redis, prefix: str, events: list[StoredEvent], page_size: int, args,
             prebuilt: bool = False) -> float:
-    cache = RedisCache(client, key_prefix=prefix)
+    cache = RedisChangeSink(client, key_prefix=prefix)
     cache.load_scripts()
     ttl = 7 * 24 * 3600
     pages = [events[i:i + page_size] for i in range(0, len(events), page_size)]
@@ -163,9 +173,25 @@ def main(argv: list[str]) -> int:
                              "so load from other processes hits both sides alike")
     parser.add_argument("--prebuilt", action="store_true", help="also time raw with commands built in advance")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="start a local Redis Cluster (3 masters, 3 replicas) and measure against it with "
+                             "RedisCluster on both sides")
     args = parser.parse_args(argv)
 
-    client = redis.Redis.from_url(args.redis_url)
+    local_cluster = None
+    if args.redis_cluster:
+        import tempfile
+        from pathlib import Path
+
+        from redis.cluster import RedisCluster
+
+        from sluice.redis_cluster import LocalRedisCluster
+
+        local_cluster = LocalRedisCluster(Path(tempfile.mkdtemp(prefix="bench-redis-cluster-"))).start()
+        args.redis_url = local_cluster.url
+        client = RedisCluster.from_url(args.redis_url)
+    else:
+        client = redis.Redis.from_url(args.redis_url)
     client.ping()
     events = make_events(args.events, args.devices, args.critical_share)
     critical = sum(1 for e in events if e.critical)
@@ -193,8 +219,10 @@ def main(argv: list[str]) -> int:
         for prefix in prefixes.values():
             cleanup(client, prefix)
         client.close()
+        if local_cluster is not None:
+            local_cluster.stop()
     ours, raw = totals["ours"], totals["raw"]
-    print(f"ours (ChangeFeedService -> RedisCache): {len(events) / ours:>10,.0f} rows/s  ({ours:.2f}s)")
+    print(f"ours (ChangeFeedService -> RedisChangeSink): {len(events) / ours:>10,.0f} rows/s  ({ours:.2f}s)")
     print(f"raw  (redis-py pipeline, same commands): {len(events) / raw:>10,.0f} rows/s  ({raw:.2f}s)")
     if args.prebuilt:
         prebuilt = totals["prebuilt"]

@@ -35,7 +35,7 @@ from shared.adapters.cassandra.event_store import CassandraEventStore
 from shared.adapters.cassandra.migrations import apply_migrations
 from shared.adapters.cassandra.reader import CassandraEventReader, stored_event
 from shared.adapters.cassandra.session import connect
-from shared.adapters.redis_cache import RedisCache, sort_key
+from shared.adapters.redis import RedisLookupCache, sort_key
 from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.services.lookups import LookupService
 from shared.settings import CassandraSettings
@@ -84,11 +84,27 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--calls", type=int, default=2000, help="calls per case")
     parser.add_argument("--blocks", type=int, default=8, help="ours and raw alternate over this many blocks per case")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="start a local Redis Cluster (3 masters, 3 replicas) and measure against it")
     args = parser.parse_args(argv)
+    local_cluster = None
+    if args.redis_cluster:
+        import tempfile
+        from pathlib import Path
+
+        from sluice.redis_cluster import LocalRedisCluster
+
+        local_cluster = LocalRedisCluster(Path(tempfile.mkdtemp(prefix="bench-redis-cluster-"))).start()
+        args.redis_url = local_cluster.url
 
     emulator = start("cassandra-emulator", python_module("emulators.cassandra", "--host", "127.0.0.1", "--port", "0"),
                      timeout=60)
-    client = redis.Redis.from_url(args.redis_url, socket_timeout=2)
+    if local_cluster is not None:
+        from redis.cluster import RedisCluster
+
+        client = RedisCluster.from_url(args.redis_url, socket_timeout=2)
+    else:
+        client = redis.Redis.from_url(args.redis_url, socket_timeout=2)
     prefix = f"bench-lookups:{uuid.uuid4().hex[:8]}:"
     ks = f"bench_{uuid.uuid4().hex[:8]}"
     settings = CassandraSettings(hosts=[emulator.host], port=emulator.port, keyspace=ks, consistency="ONE")
@@ -105,14 +121,14 @@ def main(argv: list[str]) -> int:
         for i in range(0, len(events), 500):
             store.write(events[i:i + 500])
 
-        cache = RedisCache(client, key_prefix=prefix)
+        cache = RedisLookupCache(client, key_prefix=prefix)
         cache.load_scripts()
         reader = CassandraEventReader(session, ks, timeout=5)
         service = LookupService(cache, reader, cache_ttl=3600, ttl_jitter=300, negative_ttl=5)
         raw_select = session.prepare(f"SELECT event_id, device_id, event_time, event_type, severity, critical, "
                                      f"measurements, attributes, schema_version, enqueued_time FROM {ks}.device_latest "
                                      "WHERE device_id = ?")
-        latest_sha = cache._sha["latest"]
+        latest_sha = cache.sha["latest"]
 
         def raw_hit(device: str) -> None:
             client.hmget(f"{prefix}d:{{{device}}}:latest", "d", "k")
@@ -170,4 +186,6 @@ def main(argv: list[str]) -> int:
         client.close()
         session.cluster.shutdown()
         emulator.stop()
+        if local_cluster is not None:
+            local_cluster.stop()
     return 0

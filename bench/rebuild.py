@@ -36,7 +36,7 @@ from shared.adapters.cassandra.event_store import CassandraEventStore
 from shared.adapters.cassandra.migrations import apply_migrations
 from shared.adapters.cassandra.reader import EVENT_SELECT, stored_event
 from shared.adapters.cassandra.session import connect
-from shared.adapters.redis_cache import RedisCache, sort_key
+from shared.adapters.redis import Keys, RedisChangeSink, sort_key
 from shared.adapters.redis_rebuild import RedisCacheBuilder
 from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.services.rebuild import RebuildService
@@ -73,7 +73,7 @@ def populate(session, settings: CassandraSettings, devices: int, per_device: int
 
 
 def ours(client: redis.Redis, session, ks: str, prefix: str) -> int:
-    cache = RedisCache(client, key_prefix=prefix, critical_stream_max=STREAM_MAX)
+    cache = RedisChangeSink(client, key_prefix=prefix, critical_stream_max=STREAM_MAX)
     service = RebuildService(CassandraDeviceLog(session, ks), RedisCacheBuilder(cache, settle_seconds=0),
                              page_size=PAGE, concurrency=CONCURRENCY)
     return service.rebuild().events
@@ -118,7 +118,7 @@ def raw(client: redis.Redis, session, ks: str, prefix: str) -> int:
     newest.sort()
     pipe = client.pipeline(transaction=False)
     for _, doc, event_id, device in newest[-STREAM_MAX:]:
-        pipe.xadd(f"{prefix}critical:stream", {"event_id": event_id, "device_id": device, "event": doc})
+        pipe.xadd(Keys(prefix).stream(device), {"event_id": event_id, "device_id": device, "event": doc})
     pipe.execute()
     return rows
 

@@ -64,16 +64,12 @@ def blob_service():
 
 @cache
 def redis_client():
-    import redis
+    """The Redis connection (one Redis or a Redis Cluster, see ``SLUICE_REDIS_CLUSTER``), built on first use."""
+    from shared.adapters.redis import RedisConnection
 
     cfg = settings().redis
-    return redis.Redis.from_url(
-        cfg.url,
-        password=secret(cfg.password, cfg.password_secret),
-        socket_timeout=cfg.socket_timeout_seconds,
-        socket_connect_timeout=cfg.socket_timeout_seconds,
-        health_check_interval=30,
-    )
+    return RedisConnection(cfg.url, password=secret(cfg.password, cfg.password_secret), cluster=cfg.cluster,
+                           socket_timeout=cfg.socket_timeout_seconds)
 
 
 @cache
@@ -137,13 +133,23 @@ def ingest_service():
 
 
 @service
-def redis_cache():
-    from shared.adapters.redis_cache import RedisCache
+def redis_change_sink():
+    from shared.adapters.redis import RedisChangeSink
 
     cfg = settings().redis
-    return RedisCache(redis_client(), key_prefix=cfg.key_prefix, ttl_seconds=cfg.ttl_seconds,
-                      critical_per_device_max=cfg.critical_per_device_max,
-                      critical_stream_max=cfg.critical_stream_max)
+    return RedisChangeSink(redis_client(), key_prefix=cfg.key_prefix, ttl_seconds=cfg.ttl_seconds,
+                           critical_per_device_max=cfg.critical_per_device_max,
+                           critical_stream_max=cfg.critical_stream_max, stream_shards=cfg.critical_stream_shards)
+
+
+@service
+def redis_lookup_cache():
+    from shared.adapters.redis import RedisLookupCache
+
+    cfg = settings().redis
+    return RedisLookupCache(redis_client(), key_prefix=cfg.key_prefix,
+                            critical_per_device_max=cfg.critical_per_device_max,
+                            stream_shards=cfg.critical_stream_shards)
 
 
 def rebuild_service(*, max_rps: float | None = None, page_size: int = 200):
@@ -154,7 +160,7 @@ def rebuild_service(*, max_rps: float | None = None, page_size: int = 200):
 
     cfg = settings()
     log = CassandraDeviceLog(cassandra_session, cfg.cassandra.keyspace)
-    return RebuildService(log, RedisCacheBuilder(redis_cache()), rules=cfg.rules.critical_rules, page_size=page_size,
+    return RebuildService(log, RedisCacheBuilder(redis_change_sink()), rules=cfg.rules.critical_rules, page_size=page_size,
                           max_rps=max_rps)
 
 
@@ -165,7 +171,7 @@ def replay_service(*, postgres: bool = True):
     cfg = settings()
     reader = CassandraWindowReader(cassandra_session(), cfg.cassandra, page_size=cfg.enrichment.read_page_size,
                                    concurrency=cfg.enrichment.read_concurrency)
-    return ReplayService(reader, redis_cache(), cfg.rules.critical_rules,
+    return ReplayService(reader, redis_change_sink(), cfg.rules.critical_rules,
                          enrichment_service() if postgres else None, apply_chunk=cfg.changefeed.page_size)
 
 
@@ -184,7 +190,7 @@ def changefeed_service():
                                   shards=cfg.cassandra.shards, lookback_seconds=feed_cfg.lookback_seconds,
                                   overlap_seconds=feed_cfg.overlap_seconds, max_span_seconds=feed_cfg.max_span_seconds)
     positions = CassandraFeedStateStore(cassandra_session(), ks, timeout=feed_cfg.read_timeout_seconds)
-    return ChangeFeedService(feed, redis_cache(), positions, feed_name=feed_cfg.feed_name,
+    return ChangeFeedService(feed, redis_change_sink(), positions, feed_name=feed_cfg.feed_name,
                              rules=cfg.rules.critical_rules, time_budget=feed_cfg.time_budget_seconds,
                              read_timeout=feed_cfg.read_timeout_seconds, apply_chunk=feed_cfg.page_size)
 
@@ -197,7 +203,7 @@ def lookup_service():
     cfg = settings()
     lookup = cfg.lookup
     reader = CassandraEventReader(cassandra_session, cfg.cassandra.keyspace, timeout=lookup.cassandra_timeout_seconds)
-    return LookupService(redis_cache(), reader, cache_ttl=lookup.cache_ttl_seconds,
+    return LookupService(redis_lookup_cache(), reader, cache_ttl=lookup.cache_ttl_seconds,
                          ttl_jitter=lookup.cache_ttl_jitter_seconds, negative_ttl=lookup.negative_ttl_seconds,
                          critical_default_limit=lookup.critical_default_limit,
                          critical_cap=cfg.redis.critical_per_device_max,
@@ -240,7 +246,8 @@ def status_service():
     feed = CassandraFeedPosition(cassandra_session, cfg.cassandra.keyspace, cfg.changefeed.feed_name, timeout=timeout)
     return StatusService(arrivals, feed, PostgresReports(postgres_pool(), timeout=timeout),
                          BlobDeadLetterCounter(blob_service(), cfg.storage.deadletter_container),
-                         RedisCacheStats(redis_client()), RedisCriticalStream(redis_client(), key_prefix=cfg.redis.key_prefix),
+                         RedisCacheStats(redis_client()), RedisCriticalStream(redis_client(), key_prefix=cfg.redis.key_prefix,
+                                             stream_shards=cfg.redis.critical_stream_shards),
                          _lag_reader() or NoLagReader(), lambda: lookup_service().health(),
                          cache_seconds=cfg.dashboard.status_cache_seconds, section_timeout=2 * timeout)
 

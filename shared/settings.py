@@ -233,18 +233,20 @@ class RulesSettings(_Group):
 
 
 class RedisSettings(_Group):
-    """The Redis cache (Azure Cache for Redis: ``rediss://`` and port 6380)."""
+    """The Redis cache: Azure Managed Redis (``rediss://``, port 10000, clustered) or Azure Cache for Redis (6380)."""
 
     model_config = SettingsConfigDict(env_prefix="SLUICE_REDIS_")
 
     url: str
-    """Redis URL (Azure Cache for Redis: `rediss://<name>.redis.cache.windows.net:6380/0`)"""
+    """Redis URL (Azure Managed Redis: `rediss://<name>.<region>.redis.azure.net:10000`; Azure Cache for Redis: `rediss://<name>.redis.cache.windows.net:6380/0`)"""
+    cluster: bool | None = None
+    """`true`: a Redis Cluster (OSS cluster policy), `false`: one Redis (or a proxy); empty: ask the server (`INFO cluster`)"""
     password: SecretStr | None = None
     """Password (access key), for local use; on Azure name a Key Vault secret instead"""
     password_secret: str | None = None
     """Name of the Key Vault secret holding the Redis access key"""
     key_prefix: str = "sluice:"
-    """Prefix of every key Sluice writes"""
+    """Prefix of every key Sluice writes (no `{` or `}`: hash tags are Sluice's)"""
     ttl_seconds: int = Field(7 * 24 * 3600, ge=1)
     """TTL of every key the change feed writes"""
     socket_timeout_seconds: float = Field(2.0, gt=0)
@@ -252,13 +254,22 @@ class RedisSettings(_Group):
     critical_per_device_max: int = Field(100, ge=1)
     """Critical events kept per device"""
     critical_stream_max: int = Field(10_000, ge=1)
-    """Length of the global stream of recent critical events"""
+    """Length of the global stream of recent critical events (over all its shards)"""
+    critical_stream_shards: int = Field(8, ge=1, le=1024)
+    """Shards of the critical stream, each in its own hash slot (fixed once data exists; see docs/redis-layout.md)"""
 
     @field_validator("url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _no_hash_tag(cls, value: str) -> str:
+        if "{" in value or "}" in value:
+            raise ValueError("must not contain '{' or '}' (hash tags are Sluice's)")
         return value
 
 

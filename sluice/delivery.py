@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared.adapters.redis_generation import generation_prefix
+from shared.adapters.redis.generations import generation_prefix
 from shared.domain.timebuckets import bucket_start, buckets_between
 from shared.settings import Settings, load_settings
 from sluice.loadgen import Expected
@@ -96,10 +96,12 @@ class Probe:
     @property
     def redis(self):
         if self._redis is None:
-            import redis
+            from shared.adapters.redis import RedisConnection
 
-            self._redis = redis.Redis.from_url(self.settings.redis.url, socket_timeout=5, decode_responses=True)
-        return self._redis
+            cfg = self.settings.redis
+            self._redis = RedisConnection(cfg.url, password=cfg.password.get_secret_value() if cfg.password else None,
+                                          cluster=cfg.cluster, socket_timeout=5, decode_responses=True)
+        return self._redis.client()
 
     def pg(self):
         import psycopg
@@ -208,15 +210,19 @@ class Probe:
         return generation_prefix(prefix, int(live) if live else 0)
 
     def critical_cached(self) -> int:
-        return int(self.redis.xlen(f"{self._redis_prefix()}critical:stream"))
+        """Entries of the live generation's critical stream, over all its shards."""
+        from shared.adapters.redis import Keys
+
+        shards = self.settings.redis.critical_stream_shards
+        return sum(int(self.redis.xlen(key)) for key in Keys(self._redis_prefix(), shards).streams)
 
     def critical_in_redis(self, event_ids: Iterable[str]) -> set[str]:
-        """The event ids the change feed recorded as critical (``e:<id>`` with its stream flag ``s``)."""
+        """The event ids the change feed recorded as critical (``e:<id>`` holding the document)."""
         ids = list(event_ids)
         prefix = self._redis_prefix()
         with self.redis.pipeline(transaction=False) as pipe:
             for event_id in ids:
-                pipe.hget(f"{prefix}e:{event_id}", "s")
+                pipe.hget(f"{prefix}e:{event_id}", "d")
             flags = pipe.execute()
         return {event_id for event_id, flag in zip(ids, flags, strict=True) if flag}
 

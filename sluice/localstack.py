@@ -78,6 +78,7 @@ class StackOptions:
     keyspace: str = "sluice"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "sluice:"
+    redis_cluster: bool = False  # a local Redis Cluster (3 masters, 3 replicas) under data_dir instead of redis_url
     postgres_host: str = "127.0.0.1"
     postgres_port: int = 5432
     stop_services: bool = True
@@ -142,6 +143,7 @@ class LocalStack:
         self.settings_path = options.data_dir / "local.settings.json"
         self.devhost: Running | None = None
         self.notes: list[str] = []
+        self.redis_cluster: Any = None
 
     # --- ports ---
 
@@ -179,6 +181,9 @@ class LocalStack:
             ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "stop"], "stop PostgreSQL")))
 
     def ensure_redis(self) -> None:
+        if self.options.redis_cluster:
+            self.start_redis_cluster()
+            return
         import redis
 
         client = redis.Redis.from_url(self.options.redis_url, socket_timeout=2, socket_connect_timeout=2)
@@ -201,6 +206,19 @@ class LocalStack:
                 client.shutdown(nosave=True)
 
         self.services.append(StartedService("Redis", stop_redis))
+
+    def start_redis_cluster(self) -> None:
+        """A real Redis Cluster under ``<data dir>/redis-cluster`` on free ports, stopped with the stack."""
+        from sluice.redis_cluster import ClusterError, LocalRedisCluster
+
+        self.say("starting a Redis Cluster (3 masters, 3 replicas)")
+        try:
+            cluster = LocalRedisCluster(self._dir("redis-cluster")).start()
+        except ClusterError as exc:
+            raise StackError(f"Redis Cluster: {exc}") from None
+        self.options.redis_url = cluster.url
+        self.ports["redis-cluster"] = cluster.ports[0]
+        self.redis_cluster = cluster  # stopped by stop() even with --keep-services: it lives under the data dir
 
     # --- children ---
 
@@ -286,6 +304,7 @@ class LocalStack:
             "SLUICE_CASSANDRA_KEYSPACE": opts.keyspace,
             "SLUICE_REDIS_URL": opts.redis_url,
             "SLUICE_REDIS_KEY_PREFIX": opts.redis_prefix,
+            "SLUICE_REDIS_CLUSTER": "true" if opts.redis_cluster else "",
             "SLUICE_POSTGRES_HOST": opts.postgres_host,
             "SLUICE_POSTGRES_PORT": str(opts.postgres_port),
             "SLUICE_POSTGRES_DBNAME": opts.database,
@@ -378,6 +397,13 @@ class LocalStack:
                 logs.mkdir(parents=True, exist_ok=True)
                 (logs / f"{running.name}.log").write_text(running.output() + "\n", encoding="utf-8")
         self.children.clear()
+        if self.redis_cluster is not None:
+            try:
+                self.redis_cluster.stop()
+                self.say("stopped Redis Cluster (this stack started it)")
+            except Exception as exc:
+                problems.append(f"Redis Cluster: {exc!r}")
+            self.redis_cluster = None
         if self.options.stop_services:
             for service in reversed(self.services):
                 try:

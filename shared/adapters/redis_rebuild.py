@@ -1,15 +1,17 @@
 """``RedisCacheBuilder``: the Redis side of ``sluice rebuild redis`` (``shared.ports.rebuild.CacheBuilder``).
 
-Writes go to a pinned generation through the cache's own idempotent scripts
-(``LATEST`` for the latest state, ``FILL_CRITICAL`` for a device's complete
-critical list with its ``#since`` bound, ``CRITICAL`` for the stream), one
-pipeline per page. The fleet-wide stream holds the newest critical events, so
-while devices are scanned their critical events are offered to a capped sorted
-set of candidates in the building generation (``rebuild:stream``, score = event
-time); it is part of the page's pipeline, so it survives a kill with the
-position. At the end the candidates go onto the stream oldest first through
-``CRITICAL``, whose ``s`` flag skips any event the change feed already put
-there, and the pointer switches.
+Writes go to a pinned generation through the layout's own idempotent scripts
+(``shared.adapters.redis``: ``latest`` for the latest state, ``fill_critical``
+for a device's complete critical list with its ``#since`` bound, ``fill_event``
+for each event by id, ``stream`` for the sharded critical stream), one pipeline
+per page; each command touches one slot, so it runs on a Redis Cluster too.
+The fleet-wide stream holds the newest critical events, so while devices are
+scanned their critical events are offered to a capped sorted set of candidates
+in the building generation (``rebuild:stream``, score = event time); it is part
+of the page's pipeline, so it survives a kill with the position. At the end the
+candidates go onto their stream shards oldest first through ``stream``, whose
+``SET NX`` marker skips any event the change feed already put there, and the
+pointer switches.
 """
 
 from __future__ import annotations
@@ -19,33 +21,35 @@ import logging
 import time
 from collections.abc import Sequence
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
-from shared.adapters.redis_cache import RedisCache, sort_key
-from shared.exceptions import DependencyUnavailable
+from shared.adapters.redis import RedisChangeSink, sort_key
+from shared.adapters.redis.client import REDIS_ERRORS, failed
 from shared.ports.rebuild import Build
 from shared.ports.stored import StoredEvent
 
 logger = logging.getLogger(__name__)
 
 # Key patterns of one generation (under its prefix), for deleting a replaced one.
-GENERATION_PATTERNS = ["d:*", "e:*", "critical:stream", "rebuild:*"]
+GENERATION_PATTERNS = ["d:*", "e:*", "critical:*", "rebuild:*"]
 _CHUNK = 500
 
 
 class RedisCacheBuilder:
-    def __init__(self, cache: RedisCache, *, settle_seconds: float | None = None) -> None:
-        self._cache = cache
-        self._client = cache._client
-        self._generations = cache.generations
+    def __init__(self, sink: RedisChangeSink, *, settle_seconds: float | None = None) -> None:
+        self._sink = sink
+        self._generations = sink.generations
         self._settle = 2 * self._generations.cache_seconds if settle_seconds is None else settle_seconds
 
     def _candidates(self, generation: int) -> str:
-        return f"{self._cache.keys_of(generation).prefix}rebuild:stream"
+        return f"{self._sink.keys_of(generation).prefix}rebuild:stream"
 
     def _run(self, commands: list[tuple], what: str) -> None:
+        """One pipeline of single-slot commands (a cluster sends one per node); replayed after ``NOSCRIPT``."""
+        sink = self._sink
+
         def execute() -> None:
-            pipe = self._client.pipeline(transaction=False)
+            pipe = sink.client.pipeline(transaction=False)
             for args in commands:
                 pipe.execute_command(*args)
             pipe.execute(raise_on_error=True)
@@ -54,10 +58,31 @@ class RedisCacheBuilder:
             try:
                 execute()
             except NoScriptError:
-                self._cache.load_scripts()
+                sink.load_scripts()
                 execute()  # every command is idempotent: replaying the page is safe
-        except RedisError as exc:
-            raise DependencyUnavailable("redis", f"{what} failed: {type(exc).__name__}: {exc}") from exc
+        except REDIS_ERRORS as exc:
+            raise failed(what, exc) from exc
+
+    def _fill_critical(self, generation: int, device: str, events: Sequence[StoredEvent], since_ms: int,
+                       candidates: list[object] | None = None) -> list[tuple]:
+        """``fill_critical`` per chunk (keys in the device's slot), then ``fill_event`` per event."""
+        sink, keys = self._sink, self._sink.keys_of(generation)
+        sha, ttl, cap = sink.sha, sink._ttl, sink.critical_cap
+        commands: list[tuple] = []
+        for start in range(0, max(len(events), 1), _CHUNK):
+            chunk = events[start:start + _CHUNK]
+            args: list[object] = [since_ms, ttl, cap]
+            by_id: list[tuple] = []
+            for event in chunk:
+                document = event.to_json()
+                args += [event.event_time_ms, document]
+                if candidates is not None:
+                    candidates += [event.event_time_ms, document]
+                by_id.append(("EVALSHA", sha["fill_event"], 1, keys.event(event.event_id), document, ttl))
+            commands.append(("EVALSHA", sha["fill_critical"], 1 + len(chunk), keys.critical(device),
+                             *(keys.member(device, e.event_id) for e in chunk), *args))
+            commands += by_id
+        return commands
 
     def begin(self, since_ms: int, *, resume: bool) -> Build:
         pointer = self._generations.read()
@@ -76,46 +101,36 @@ class RedisCacheBuilder:
 
     def write(self, generation: int, latest: Sequence[StoredEvent],
               critical: dict[str, Sequence[StoredEvent]], since_ms: int) -> None:
-        cache, keys = self._cache, self._cache.keys_of(generation)
-        sha, ttl, cap = cache._sha, cache._ttl, cache.critical_cap
-        commands: list[tuple] = [("EVALSHA", sha["latest"], 1, keys.latest(e.device_id), sort_key(e), e.to_json(), ttl)
-                                 for e in latest]
+        sink, keys = self._sink, self._sink.keys_of(generation)
+        commands: list[tuple] = [("EVALSHA", sink.sha["latest"], 1, keys.latest(e.device_id), sort_key(e),
+                                  e.to_json(), sink._ttl) for e in latest]
         candidates: list[object] = []
         for device, events in critical.items():
-            for start in range(0, max(len(events), 1), _CHUNK):
-                chunk = events[start:start + _CHUNK]
-                args: list[object] = [since_ms, ttl, cap]
-                for event in chunk:
-                    document = event.to_json()
-                    args += [event.event_time_ms, document]
-                    candidates += [event.event_time_ms, document]
-                commands.append(("EVALSHA", sha["fill_critical"], 1 + len(chunk), keys.critical(device),
-                                 *(keys.event(e.event_id) for e in chunk), *args))
+            commands += self._fill_critical(generation, device, events, since_ms, candidates)
         if candidates:
             target = self._candidates(generation)
             commands.append(("ZADD", target, *candidates))
-            commands.append(("ZREMRANGEBYRANK", target, 0, -(cache._stream_max + 1)))
+            commands.append(("ZREMRANGEBYRANK", target, 0, -(sink._stream_max + 1)))
         self._run(commands, f"writing {len(latest)} devices to generation {generation}")
 
     def save_position(self, generation: int, position: int) -> None:
         self._generations.save_position(generation, str(position))
 
     def finish(self, generation: int) -> int:
-        cache, keys = self._cache, self._cache.keys_of(generation)
+        sink, keys = self._sink, self._sink.keys_of(generation)
         target = self._candidates(generation)
         try:
-            members = self._client.zrange(target, 0, -1, withscores=True)
-        except RedisError as exc:
-            raise DependencyUnavailable("redis", f"reading the stream candidates failed: {exc}") from exc
+            members = sink.client.zrange(target, 0, -1, withscores=True)
+        except REDIS_ERRORS as exc:
+            raise failed("reading the stream candidates", exc) from exc
         for start in range(0, len(members), _CHUNK):
             commands = []
-            for member, score in members[start:start + _CHUNK]:
+            for member, _score in members[start:start + _CHUNK]:
                 document = member.decode()
                 parsed = json.loads(document)
                 event_id, device = parsed["event_id"], parsed["device_id"]
-                commands.append(("EVALSHA", cache._sha["critical"], 3, keys.event(event_id), keys.critical(device),
-                                 keys.stream, document, int(score), cache._ttl, cache.critical_cap,
-                                 cache._stream_max, event_id, device))
+                commands.append(("EVALSHA", sink.sha["stream"], 2, keys.stream(device), keys.seen(device, event_id),
+                                 sink._ttl, sink._shard_max, event_id, device, document))
             self._run(commands, f"writing the critical stream of generation {generation}")
         self._run([("UNLINK", target)], "deleting the stream candidates")
         old = self._generations.switch(generation)
@@ -126,18 +141,11 @@ class RedisCacheBuilder:
 
     def refresh(self, device_id: str, latest: StoredEvent | None, critical: Sequence[StoredEvent],
                 since_ms: int) -> None:
-        pointer = self._generations.read()
-        cache = self._cache
-        keys, sha = cache.keys_of(pointer.live), cache._sha
+        live = self._generations.read().live
+        sink, keys = self._sink, self._sink.keys_of(live)
         commands: list[tuple] = [("UNLINK", keys.latest(device_id), keys.critical(device_id))]
         if latest is not None:
-            commands.append(("EVALSHA", sha["latest"], 1, keys.latest(device_id), sort_key(latest),
-                             latest.to_json(), cache._ttl))
-        for start in range(0, max(len(critical), 1), _CHUNK):
-            chunk = critical[start:start + _CHUNK]
-            args: list[object] = [since_ms, cache._ttl, cache.critical_cap]
-            for event in chunk:
-                args += [event.event_time_ms, event.to_json()]
-            commands.append(("EVALSHA", sha["fill_critical"], 1 + len(chunk), keys.critical(device_id),
-                             *(keys.event(e.event_id) for e in chunk), *args))
+            commands.append(("EVALSHA", sink.sha["latest"], 1, keys.latest(device_id), sort_key(latest),
+                             latest.to_json(), sink._ttl))
+        commands += self._fill_critical(live, device_id, critical, since_ms)
         self._run(commands, f"rebuilding device {device_id!r}")

@@ -7,7 +7,7 @@ until the rebuild switches the pointer at the end, atomically. While the build
 runs the change feed writes each change to both generations, so the result
 equals a quiet rebuild: a change either reached the log before the rebuild read
 that device (the rebuild writes it) or the change feed wrote it to the new
-generation too (``shared.adapters.redis_generation``). Every write is one of the
+generation too (``shared.adapters.redis.generations``). Every write is one of the
 cache's idempotent merges, so a page written twice is harmless.
 
 After each page of devices is written, the position (the page's last token) is

@@ -64,6 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--database", default="sluice", help="PostgreSQL database (default sluice)")
     parser.add_argument("--keyspace", default="sluice", help="Cassandra keyspace (default sluice)")
     parser.add_argument("--redis-prefix", default="sluice:", help="Redis key prefix (default sluice:)")
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="run a real local Redis Cluster (3 masters, 3 replicas, free ports, under --data-dir) "
+                             "instead of the machine's Redis; stopped with the stack")
     parser.add_argument("--keep-services", action="store_true",
                         help="leave PostgreSQL and Redis running even if this command started them")
     parser.add_argument("--drain-timeout", type=float, default=240.0,
@@ -95,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, http_port=args.http_port, eventhubs_port=args.eventhubs_port,
         cassandra_port=args.cassandra_port, azurite_port=args.azurite_port, keyvault_port=args.keyvault_port,
         strict_ports=args.strict_ports, persist=not args.in_memory, database=args.database,
-        keyspace=args.keyspace, redis_prefix=args.redis_prefix, stop_services=not args.keep_services,
+        keyspace=args.keyspace, redis_prefix=args.redis_prefix, redis_cluster=args.redis_cluster,
+        stop_services=not args.keep_services,
         overrides=overrides,
     )
     stack = LocalStack(options, say=console.print)
@@ -202,7 +206,9 @@ def _forget(stack, console) -> None:
     admin = f"host={opts.postgres_host} port={opts.postgres_port} user=postgres dbname=postgres"
     with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(opts.database)))
-    client = redis.Redis.from_url(opts.redis_url)
+    from redis.cluster import RedisCluster
+
+    client = RedisCluster.from_url(opts.redis_url) if opts.redis_cluster else redis.Redis.from_url(opts.redis_url)
     try:
         keys = list(client.scan_iter(match=opts.redis_prefix + "*", count=1000))
         for start in range(0, len(keys), 1000):
@@ -422,7 +428,8 @@ def _where_to_look(stack, console, probe, features: set[str], expected=None) -> 
         f"  Event Hubs {stack.eventhub_connection}  hub {stack.values.get('SLUICE_INGEST_EVENTHUB_NAME')}",
         f"  Cassandra {opts.host}:{stack.ports.get('cassandra')} keyspace {opts.keyspace} "
         "(events_by_id, device_latest, events_by_device, ...)",
-        f"  Redis     redis-cli XREVRANGE {opts.redis_prefix}critical:stream + - COUNT 5",
+        f"  Redis     redis-cli{' -c -u ' + opts.redis_url if opts.redis_cluster else ''} "
+        f"XREVRANGE '{opts.redis_prefix}critical:stream:{{0}}' + - COUNT 5  (shards {{0}}..: docs/redis-layout.md)",
         f"  Azurite   http://{opts.host}:{stack.ports.get('azurite')}/devstoreaccount1, dead letters in "
         f"{stack.values.get('SLUICE_STORAGE_DEADLETTER_CONTAINER')}: "
         f"`source {stack.settings_path.parent / 'settings.env'} && python -m sluice deadletter list`",

@@ -206,7 +206,8 @@ def test_every_event_lands_once_across_a_dev_host_crash(pipeline, isolated_event
     prefix = values["SLUICE_REDIS_KEY_PREFIX"]
     client = redis.Redis.from_url(values["SLUICE_REDIS_URL"], decode_responses=True)
     try:
-        stream = client.xrange(f"{prefix}critical:stream")
+        shards = client.scan_iter(match=f"{prefix}critical:stream:*")  # the sharded stream (generation 0)
+        stream = [entry for key in shards for entry in client.xrange(key)]
         on_stream = Counter(fields["event_id"] for _, fields in stream)
         assert set(on_stream) == set(expected.critical)
         assert max(on_stream.values()) == 1
@@ -273,8 +274,9 @@ def test_a_critical_event_sent_twice_is_listed_once(pipeline, isolated_eventhub)
     assert len(members) == 1, members  # a re-sent event is one member, not one per enqueued time
 
 
-@pytest.mark.timeout(120)
-def test_sluice_up_bounded_run_delivers_and_stops_everything(tmp_path, redis_prefix):
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("redis_kind", ["single", "cluster"])
+def test_sluice_up_bounded_run_delivers_and_stops_everything(tmp_path, redis_prefix, redis_kind):
     database = f"sluice_up_{uuid.uuid4().hex[:10]}"
     keyspace = f"ks_{uuid.uuid4().hex[:12]}"
     # No out-of-order events here (the crash test has them), so a short allowed lateness is enough.
@@ -288,8 +290,10 @@ def test_sluice_up_bounded_run_delivers_and_stops_everything(tmp_path, redis_pre
             "--set", f"SLUICE_ENRICH_WINDOW_SECONDS={WINDOW_SECONDS}", "--set", "SLUICE_ENRICH_ALLOWED_LATENESS_SECONDS=12",
             "--set", "SLUICE_ENRICH_SCHEDULE=*/2 * * * * *", "--set", "SLUICE_ENRICH_INITIAL_LOOKBACK_SECONDS=180",
             "--set", "SLUICE_ENRICH_MAX_WINDOWS_PER_RUN=100", "--set", "SLUICE_CHANGEFEED_SCHEDULE=*/1 * * * * *"]
+    if redis_kind == "cluster":
+        argv.append("--redis-cluster")  # a real local Redis Cluster under the data dir, stopped with the stack
     try:
-        result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=110,
+        result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=140,
                                 env={**os.environ, "COLUMNS": "200"})
     finally:
         with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as conn:
@@ -305,6 +309,8 @@ def test_sluice_up_bounded_run_delivers_and_stops_everything(tmp_path, redis_pre
     # Every child it started is gone, and the settings it wrote name the ports it used.
     settings = json.loads((tmp_path / "stack" / "local.settings.json").read_text())["Values"]
     assert settings["SLUICE_CASSANDRA_KEYSPACE"] == keyspace
+    if redis_kind == "cluster":
+        assert settings["SLUICE_REDIS_CLUSTER"] == "true" and "stopped Redis Cluster" in output
     for name in ("devhost", "eventhubs-emulator", "cassandra-emulator", "azurite"):
         assert f"stopped {name} (exit" in output
     port = int(settings["SLUICE_CASSANDRA_PORT"])

@@ -71,7 +71,8 @@ def _rebuild_and_compare(client, prefix, events, host, values) -> None:
     deadline, before = time.monotonic() + 120, None
     while time.monotonic() < deadline:  # until the change feed wrote every event and the keys stopped changing
         state = dump(client, view)
-        on_stream = set(map(bytes.decode, state.get("critical:stream", [])))
+        on_stream = {entry.decode() for name, entries in state.items() if name.startswith("critical:stream:")
+                     for entry in entries}
         if state == before and on_stream == critical and all(f"d:{{{d}}}:latest" in state for d in devices):
             break
         before = state

@@ -28,7 +28,7 @@ from shared.adapters.cassandra.event_store import CassandraEventStore
 from shared.adapters.cassandra.feed import CassandraFeedStateStore, CosmosChangeFeed, PortableChangeFeed
 from shared.adapters.cassandra.migrations import MIGRATIONS, apply_migrations
 from shared.adapters.cassandra.session import build_cluster
-from shared.adapters.redis_cache import RedisCache
+from shared.adapters.redis import RedisChangeSink
 from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.domain.rules import MeasurementRule
 from shared.exceptions import DependencyUnavailable
@@ -98,8 +98,8 @@ def rclient(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-def make_cache(client: redis.Redis, prefix: str, **kw) -> RedisCache:
-    return RedisCache(client, key_prefix=prefix, ttl_seconds=kw.pop("ttl_seconds", 3600), **kw)
+def make_cache(client: redis.Redis, prefix: str, **kw) -> RedisChangeSink:
+    return RedisChangeSink(client, key_prefix=prefix, ttl_seconds=kw.pop("ttl_seconds", 3600), **kw)
 
 
 def make_feed(mode: str, session, keyspace: str, *, page_size: int = 1000, lookback: int = 900,
@@ -128,12 +128,12 @@ def spread(count: int, *, devices: int = 3, start: datetime | None = None, criti
     ]
 
 
-def latest_doc(client: redis.Redis, cache: RedisCache, device: str) -> dict | None:
+def latest_doc(client: redis.Redis, cache: RedisChangeSink, device: str) -> dict | None:
     raw = client.hget(cache.keys.latest(device), "d")
     return json.loads(raw) if raw else None
 
 
-def critical_ids(client: redis.Redis, cache: RedisCache, device: str) -> list[str]:
+def critical_ids(client: redis.Redis, cache: RedisChangeSink, device: str) -> list[str]:
     return [json.loads(doc)["event_id"] for doc in client.zrevrange(cache.keys.critical(device), 0, -1)]
 
 
@@ -152,19 +152,19 @@ def expected_state(events: list[Event]) -> tuple[dict[str, str], dict[str, list[
              for d, es in critical.items()})
 
 
-def assert_redis_matches(client: redis.Redis, cache: RedisCache, events: list[Event]) -> None:
+def assert_redis_matches(client: redis.Redis, cache: RedisChangeSink, events: list[Event]) -> None:
     latest, critical = expected_state(events)
     for device, event_id in latest.items():
         assert latest_doc(client, cache, device)["event_id"] == event_id, device
         assert critical_ids(client, cache, device) == critical.get(device, []), device
-    stream_ids = [fields[b"event_id"].decode() for _, fields in client.xrange(cache.keys.stream)]
+    stream_ids = [fields[b"event_id"].decode() for key in cache.keys.streams for _, fields in client.xrange(key)]
     assert sorted(stream_ids) == sorted(i for ids in critical.values() for i in ids)  # each critical event once
 
 
 class CountingSink:
     """Wraps the real sink, records what it applied, and can fail on demand before a given call."""
 
-    def __init__(self, inner: RedisCache, before_call=None) -> None:
+    def __init__(self, inner: RedisChangeSink, before_call=None) -> None:
         self.inner = inner
         self.applied: list[str] = []
         self.calls = 0
@@ -228,7 +228,7 @@ def test_timer_run_puts_critical_events_and_latest_state_in_redis(mode, app_env,
     # non-critical device: latest state only
     assert latest_doc(rclient, cache, "fan-7")["event_id"] == str(events[4].event_id)
     assert rclient.exists(cache.keys.critical("fan-7")) == 0
-    stream = [fields[b"event_id"].decode() for _, fields in rclient.xrange(cache.keys.stream)]
+    stream = [fields[b"event_id"].decode() for key in cache.keys.streams for _, fields in rclient.xrange(key)]
     assert sorted(stream) == sorted([str(events[1].event_id), str(events[2].event_id)])
     # every key has a TTL
     keys = list(rclient.scan_iter(match=redis_prefix + "*"))
@@ -390,7 +390,7 @@ def test_two_runs_at_once_leave_a_correct_state(mode, session, keyspace, store, 
     for device, event_id in latest.items():
         assert latest_doc(rclient, cache, device)["event_id"] == event_id
         assert critical_ids(rclient, cache, device) == critical.get(device, [])[:5]  # capped per device
-    stream = [f[b"event_id"].decode() for _, f in rclient.xrange(cache.keys.stream)]
+    stream = [f[b"event_id"].decode() for key in cache.keys.streams for _, f in rclient.xrange(key)]
     assert sorted(stream) == sorted(i for ids in critical.values() for i in ids)  # no duplicates from the race
 
 

@@ -1,4 +1,9 @@
-"""RedisCache's scripts against real Redis: order independence, idempotence, caps, completeness and TTLs."""
+"""The Redis adapters' scripts against a real single Redis and a real Redis Cluster.
+
+Order independence, idempotence, caps, completeness and TTLs; every test runs
+on both kinds (``redis_server``), and on the cluster any command whose keys
+span slots fails the test.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from shared.adapters.redis_cache import RedisCache
+from shared.adapters.redis import RedisChangeSink, RedisLookupCache
 from shared.ports.cache import SINCE_ALL
 from shared.ports.stored import StoredEvent
 from tests.integration import test_changefeed as changefeed_tests
@@ -26,13 +31,32 @@ def ev(device="d1", seconds=0, critical=False, event_id=None) -> StoredEvent:
 
 
 @pytest.fixture
-def client(redis_url):
-    c = redis.Redis.from_url(redis_url)
+def client(redis_server):
+    c = redis_server.client()
     yield c
     c.close()
 
 
-def state(client: redis.Redis, prefix: str) -> dict:
+class Cache:
+    """Both adapters on one client and prefix: the change feed's writes and the lookups' reads and fills."""
+
+    def __init__(self, client, *, key_prefix: str, critical_per_device_max: int = 100, **sink_options) -> None:
+        self.sink = RedisChangeSink(client, key_prefix=key_prefix, critical_per_device_max=critical_per_device_max,
+                                    **sink_options)
+        self.lookups = RedisLookupCache(client, key_prefix=key_prefix, critical_per_device_max=critical_per_device_max)
+        self.keys = self.sink.keys
+        self.apply = self.sink.apply
+
+    def __getattr__(self, name):
+        return getattr(self.lookups, name)
+
+
+def stream_ids(client, keys) -> list[str]:
+    """Event ids on the critical stream, over all its shards."""
+    return [fields[b"event_id"].decode() for key in keys.streams for _, fields in client.xrange(key)]
+
+
+def state(client, prefix: str) -> dict:
     """Everything under the prefix except stream entry ids (which carry the wall clock)."""
     out = {}
     for key in sorted(client.scan_iter(match=prefix + "*")):
@@ -54,7 +78,7 @@ def test_any_order_and_any_replay_leave_the_same_state(client, redis_prefix):
     states = []
     for attempt in range(4):
         prefix = f"{redis_prefix}{attempt}:"
-        cache = RedisCache(client, key_prefix=prefix, critical_per_device_max=3)
+        cache = Cache(client, key_prefix=prefix, critical_per_device_max=3)
         shuffled = random.Random(attempt).sample(events, len(events))
         for start in range(0, len(shuffled), 3):
             cache.apply(shuffled[start:start + 3])
@@ -67,16 +91,16 @@ def test_any_order_and_any_replay_leave_the_same_state(client, redis_prefix):
 
 
 def test_each_critical_event_enters_the_stream_once(client, redis_prefix):
-    cache = RedisCache(client, key_prefix=redis_prefix, critical_stream_max=1000)
+    cache = Cache(client, key_prefix=redis_prefix, critical_stream_max=1000)
     crit = [ev(seconds=i, critical=True) for i in range(5)]
     for _ in range(3):
         cache.apply(crit)
-    ids = [fields[b"event_id"].decode() for _, fields in client.xrange(cache.keys.stream)]
+    ids = stream_ids(client, cache.keys)
     assert sorted(ids) == sorted(str(e.event_id) for e in crit)
 
 
 def test_a_fill_never_replaces_a_newer_latest_and_a_negative_entry_never_hides_one(client, redis_prefix):
-    cache = RedisCache(client, key_prefix=redis_prefix)
+    cache = Cache(client, key_prefix=redis_prefix)
     newer, older = ev(seconds=10), ev(seconds=1)
     cache.apply([newer])
     cache.fill_latest("d1", older, ttl=60, negative_ttl=5)
@@ -90,7 +114,7 @@ def test_a_fill_never_replaces_a_newer_latest_and_a_negative_entry_never_hides_o
 
 
 def test_a_lookup_fill_never_shortens_the_feeds_ttl(client, redis_prefix):
-    cache = RedisCache(client, key_prefix=redis_prefix, ttl_seconds=10_000)
+    cache = Cache(client, key_prefix=redis_prefix, ttl_seconds=10_000)
     crit = ev(critical=True)
     cache.apply([crit])
     cache.fill_event(str(crit.event_id), crit, ttl=60, negative_ttl=5)
@@ -100,7 +124,7 @@ def test_a_lookup_fill_never_shortens_the_feeds_ttl(client, redis_prefix):
 
 
 def test_the_completeness_bound_lives_and_dies_with_the_set(client, redis_prefix):
-    cache = RedisCache(client, key_prefix=redis_prefix)
+    cache = Cache(client, key_prefix=redis_prefix)
     cache.fill_critical("quiet", [], SINCE_ALL, ttl=60)  # a device without critical events: complete and empty
     assert cache.get_critical("quiet", SINCE_ALL, 5) == []
     client.delete(cache.keys.critical("quiet"))  # evicted or expired: the bound goes with it
@@ -109,7 +133,7 @@ def test_the_completeness_bound_lives_and_dies_with_the_set(client, redis_prefix
 
 
 def test_critical_answers_only_what_is_known_complete(client, redis_prefix):
-    cache = RedisCache(client, key_prefix=redis_prefix, critical_per_device_max=4)
+    cache = Cache(client, key_prefix=redis_prefix, critical_per_device_max=4)
     crit = [ev(seconds=i, critical=True) for i in range(10)]
     cache.apply(crit[:6])
     assert cache.get_critical("d1", SINCE_ALL, 2) is None  # written by the feed alone: completeness unknown
@@ -126,7 +150,7 @@ def test_critical_answers_only_what_is_known_complete(client, redis_prefix):
 def test_scripts_are_reloaded_after_a_script_flush(private_redis):
     _, port = private_redis
     client = redis.Redis(host="127.0.0.1", port=port)
-    cache = RedisCache(client, key_prefix="x:")
+    cache = Cache(client, key_prefix="x:")
     cache.apply([ev()])
     client.script_flush()
     cache.apply([ev(seconds=5)])
@@ -139,7 +163,7 @@ def test_a_re_sent_critical_event_stays_one_member(client, redis_prefix):
     """At-least-once delivery: the same event stored again with a new Event Hubs enqueued time."""
     from dataclasses import replace
 
-    cache = RedisCache(client, key_prefix=redis_prefix)
+    cache = Cache(client, key_prefix=redis_prefix)
     first = ev(critical=True)
     again = replace(first, enqueued_time=NOW + timedelta(minutes=3))
     other = ev(seconds=-5, critical=True)
@@ -150,5 +174,5 @@ def test_a_re_sent_critical_event_stays_one_member(client, redis_prefix):
         members = [m for m in client.zrangebyscore(cache.keys.critical("d1"), "(-inf", "+inf")]
         assert sorted(json.loads(m)["event_id"] for m in members) == sorted([str(first.event_id), str(other.event_id)])
         assert cache.get_critical("d1", SINCE_ALL, 10) == [m.decode() for m in reversed(members)]
-    stream = [f[b"event_id"].decode() for _, f in client.xrange(cache.keys.stream)]
+    stream = stream_ids(client, cache.keys)
     assert sorted(stream) == sorted([str(first.event_id), str(other.event_id)])

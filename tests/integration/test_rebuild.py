@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import redis
 
 from shared.adapters.cassandra.device_log import CassandraDeviceLog
-from shared.adapters.redis_cache import RedisCache
+from shared.adapters.redis import RedisChangeSink, RedisLookupCache
 from shared.adapters.redis_rebuild import RedisCacheBuilder
 from shared.services.rebuild import RebuildService
 from tests.integration import test_changefeed as cf
@@ -29,17 +29,23 @@ ROOT = cf.ROOT
 session, keyspace, store, rclient, app_env = cf.session, cf.keyspace, cf.store, cf.rclient, cf.app_env
 
 
-def cache_for(client: redis.Redis, prefix: str, **kw) -> RedisCache:
-    return RedisCache(client, key_prefix=prefix, ttl_seconds=3600, critical_stream_max=10_000,
-                      generation_cache_seconds=kw.pop("generation_cache_seconds", 0.0), **kw)
+def cache_for(client: redis.Redis, prefix: str, **kw) -> RedisChangeSink:
+    return RedisChangeSink(client, key_prefix=prefix, ttl_seconds=3600, critical_stream_max=10_000,
+                           generation_cache_seconds=kw.pop("generation_cache_seconds", 0.0), **kw)
 
 
-def rebuild(session, keyspace: str, cache: RedisCache, **kw):
+def lookups_for(cache: RedisChangeSink) -> RedisLookupCache:
+    """The lookups' view of the same keys (the live generation, pointer not cached)."""
+    return RedisLookupCache(cache.connection, key_prefix=cache.key_prefix, stream_shards=cache.stream_shards,
+                            critical_per_device_max=cache.critical_cap, generation_cache_seconds=0.0)
+
+
+def rebuild(session, keyspace: str, cache: RedisChangeSink, **kw):
     builder = RedisCacheBuilder(cache, settle_seconds=kw.pop("settle_seconds", 0.0))
     return RebuildService(CassandraDeviceLog(session, keyspace), builder, **kw).rebuild()
 
 
-def dump(client: redis.Redis, cache: RedisCache) -> dict:
+def dump(client: redis.Redis, cache: RedisChangeSink) -> dict:
     """Every key of the live generation, its name without the generation, its value normalized:
     stream entries as sorted event ids (entry ids carry the wall clock), sorted sets without the
     ``#since`` bound (the feed does not write it, a rebuild does), TTLs left out."""
@@ -76,7 +82,7 @@ def test_rebuild_after_deleting_every_key_leaves_what_the_feed_wrote(session, ke
     cache = cache_for(rclient, redis_prefix)
     cf.make_service("cosmos", session, keyspace, cache).run()
     before = dump(rclient, cache)
-    lookups = {d: (cache.get_latest(d), cache.get_critical(d, -(2**53), 100)) for d in {e.device_id for e in events}}
+    lookups = {d: (lookups_for(cache).get_latest(d), lookups_for(cache).get_critical(d, -(2**53), 100)) for d in {e.device_id for e in events}}
     assert before and any(name.endswith(":crit") for name in before)
 
     delete_prefix(rclient, redis_prefix)
@@ -86,9 +92,9 @@ def test_rebuild_after_deleting_every_key_leaves_what_the_feed_wrote(session, ke
     assert report.devices == 7 and report.generation == 1
     assert dump(rclient, cache) == before
     for device, (latest, _) in lookups.items():
-        assert cache.get_latest(device) == latest
+        assert lookups_for(cache).get_latest(device) == latest
         # the rebuilt list is known complete: the cache answers it itself, exactly as the log does
-        assert [json.loads(d)["event_id"] for d in cache.get_critical(device, -(2**53), 100)] == \
+        assert [json.loads(d)["event_id"] for d in lookups_for(cache).get_critical(device, -(2**53), 100)] == \
             cf.expected_state(events)[1].get(device, [])
 
 
@@ -212,8 +218,8 @@ def test_since_bounds_the_critical_lists_and_the_cache_says_so(session, keyspace
     by_id = {str(e.event_id): e for e in events}
     for device, ids in critical.items():
         recent = [i for i in ids if by_id[i].timestamp >= cut]
-        assert [json.loads(d)["event_id"] for d in cache.get_critical(device, cf_ms(cut), 100)] == recent
-        assert cache.get_critical(device, -(2**53), 100) is None  # older ones: not known here, read Cassandra
+        assert [json.loads(d)["event_id"] for d in lookups_for(cache).get_critical(device, cf_ms(cut), 100)] == recent
+        assert lookups_for(cache).get_critical(device, -(2**53), 100) is None  # older ones: not known here, read Cassandra
 
 
 def cf_ms(moment: datetime) -> int:

@@ -29,7 +29,7 @@ def test_replay_rederives_redis_and_the_windows_without_moving_the_feed(dash_env
     events = cf.spread(40, devices=4, start=now - timedelta(minutes=8), critical_every=3)
     store.write(events)
     bootstrap.changefeed_service().run()
-    cache = bootstrap.redis_cache()
+    cache = bootstrap.redis_change_sink()
     before, position = dump(rclient, cache), feed_row(session, keyspace)
     with psycopg.connect(pg_dsn) as conn:
         watermark = conn.execute("SELECT * FROM enrichment_state").fetchall()

@@ -28,9 +28,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-import redis
-from redis.exceptions import RedisError
+from redis.cluster import RedisCluster
 
+from shared.adapters.redis.client import REDIS_ERRORS, Client, RedisConnection
 from shared.exceptions import DependencyUnavailable
 
 
@@ -50,13 +50,17 @@ def generation_prefix(prefix: str, generation: int) -> str:
 class RedisGenerations:
     """Reads (cached) and moves the generation pointer of one key prefix."""
 
-    def __init__(self, client: redis.Redis, prefix: str, *, cache_seconds: float = 1.0) -> None:
-        self._client = client
+    def __init__(self, connection: RedisConnection | Client, prefix: str, *, cache_seconds: float = 1.0) -> None:
+        self._connection = connection if isinstance(connection, RedisConnection) else RedisConnection.of(connection)
         self.prefix = prefix
         self.key = f"{prefix}generation"
         self.cache_seconds = cache_seconds
         self._cached: tuple[float, Pointer] | None = None
         self._lock = threading.Lock()
+
+    @property
+    def _client(self) -> Client:
+        return self._connection.client()
 
     def _failed(self, what: str, exc: Exception) -> DependencyUnavailable:
         return DependencyUnavailable("redis", f"{what} failed: {type(exc).__name__}: {exc}")
@@ -65,7 +69,7 @@ class RedisGenerations:
         """The pointer as Redis holds it now (uncached)."""
         try:
             live, building, position, since = self._client.hmget(self.key, "live", "building", "position", "since")
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._failed("reading the generation pointer", exc) from exc
         return Pointer(int(live) if live else 0, int(building) if building else None,
                        position.decode() if position else None, int(since) if since else None)
@@ -94,7 +98,7 @@ return next
 """
         try:
             self._client.eval(script, 1, self.key, since_ms)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._failed("claiming a new generation", exc) from exc
         self._cached = None
         return self.read()
@@ -108,7 +112,7 @@ return 1
 """
         try:
             saved = self._client.eval(script, 1, self.key, str(generation), position)
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._failed("saving the rebuild position", exc) from exc
         if not saved:
             raise DependencyUnavailable("redis", f"generation {generation} is no longer being built (another rebuild?)")
@@ -124,7 +128,7 @@ return old
 """
         try:
             old = self._client.eval(script, 1, self.key, str(generation))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._failed("switching generations", exc) from exc
         if old < 0:
             raise DependencyUnavailable("redis", f"generation {generation} is no longer being built (another rebuild?)")
@@ -132,24 +136,34 @@ return old
         return int(old)
 
     def drop(self, generation: int, patterns: list[str], *, batch: int = 500) -> int:
-        """Delete every key of a generation that is neither live nor building (``UNLINK`` in batches)."""
+        """Delete every key of a generation that is neither live nor building (``UNLINK`` in batches).
+
+        ``SCAN`` sees one server's keys only, so on a cluster every master is scanned;
+        the cluster client splits each ``UNLINK`` by slot.
+        """
         pointer = self.read()
         if generation in (pointer.live, pointer.building):
             raise ValueError(f"generation {generation} is in use")
         base = generation_prefix(self.prefix, generation)
         removed = 0
         try:
-            for pattern in patterns:
-                keys: list[bytes] = []
-                for key in self._client.scan_iter(match=base + pattern, count=1000):
-                    if generation == 0 and key.decode().startswith(f"{self.prefix}g"):
-                        continue
-                    keys.append(key)
-                    if len(keys) >= batch:
-                        removed += self._client.unlink(*keys)
-                        keys = []
-                if keys:
-                    removed += self._client.unlink(*keys)
-        except RedisError as exc:
+            client = self._client
+            if isinstance(client, RedisCluster):
+                scanners = [client.get_redis_connection(node) for node in client.get_primaries()]
+            else:
+                scanners = [client]
+            for scanner in scanners:
+                for pattern in patterns:
+                    keys: list[bytes] = []
+                    for key in scanner.scan_iter(match=base + pattern, count=1000):
+                        if generation == 0 and key.decode().startswith(f"{self.prefix}g"):
+                            continue
+                        keys.append(key)
+                        if len(keys) >= batch:
+                            removed += client.unlink(*keys)
+                            keys = []
+                    if keys:
+                        removed += client.unlink(*keys)
+        except REDIS_ERRORS as exc:
             raise self._failed(f"deleting generation {generation}", exc) from exc
         return removed

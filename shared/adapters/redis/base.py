@@ -1,0 +1,120 @@
+"""What both Redis adapters share: the connection, the scripts by SHA, error mapping and the generation pointer.
+
+The keys are those of the *live* generation (``generations.py``), read through
+the pointer that is cached for ``generation_cache_seconds``; while a rebuild
+fills another generation, :meth:`ScriptedRedis.write_keys` names both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from redis.exceptions import ClusterDownError, NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.adapters.redis.client import REDIS_ERRORS, Client, RedisConnection, failed
+from shared.adapters.redis.generations import RedisGenerations, generation_prefix
+from shared.adapters.redis.keys import Keys, check_prefix
+from shared.adapters.redis.scripts import scripts
+
+Command = tuple[object, ...]  # EVALSHA arguments: sha, number of keys, keys, arguments
+
+
+class ScriptedRedis:
+    """Runs the layout's scripts on one Redis or Redis Cluster; every failure is ``DependencyUnavailable``."""
+
+    def __init__(self, connection: RedisConnection | Client, key_prefix: str, stream_shards: int = 8, *,
+                 generation_cache_seconds: float = 1.0) -> None:
+        self._connection = connection if isinstance(connection, RedisConnection) else RedisConnection.of(connection)
+        self.key_prefix = check_prefix(key_prefix)
+        self.stream_shards = stream_shards
+        self.generations = RedisGenerations(self._connection, key_prefix, cache_seconds=generation_cache_seconds)
+        self._keys: dict[int, Keys] = {}
+        self.keys_of(0)  # validates the shard count now
+        self._scripts = scripts()
+        self.sha = {name: script.sha for name, script in self._scripts.items()}
+
+    @property
+    def client(self) -> Client:
+        return self._connection.client()
+
+    @property
+    def connection(self) -> RedisConnection:
+        return self._connection
+
+    def keys_of(self, generation: int) -> Keys:
+        """The key names of one generation."""
+        keys = self._keys.get(generation)
+        if keys is None:
+            keys = self._keys[generation] = Keys(generation_prefix(self.key_prefix, generation), self.stream_shards)
+        return keys
+
+    @property
+    def keys(self) -> Keys:
+        """The keys of the generation the lookups read: the live one."""
+        return self.keys_of(self.generations.current().live)
+
+    def write_keys(self) -> list[Keys]:
+        """Where changes go: the live generation and, while a rebuild runs, the one it builds."""
+        pointer = self.generations.current()
+        if pointer.building is None:
+            return [self.keys_of(pointer.live)]
+        return [self.keys_of(pointer.live), self.keys_of(pointer.building)]
+
+    def load_scripts(self) -> None:
+        """Load every script (on every master of a cluster); done on demand after ``NOSCRIPT``."""
+        try:
+            client = self.client
+            for name, script in self._scripts.items():
+                loaded = client.script_load(script.body)
+                if loaded != script.sha:
+                    raise RuntimeError(f"Redis returned SHA {loaded} for script {name}, expected {script.sha}")
+        except REDIS_ERRORS as exc:
+            raise failed("loading the scripts", exc) from exc
+
+    def eval(self, name: str, keys: Sequence[str], args: Sequence[object], what: str):
+        """One script call (its keys share one slot)."""
+        sha = self.sha[name]
+        try:
+            client = self.client
+            try:
+                return client.evalsha(sha, len(keys), *keys, *args)
+            except NoScriptError:
+                self.load_scripts()
+                return client.evalsha(sha, len(keys), *keys, *args)
+        except REDIS_ERRORS as exc:
+            self._after(exc)
+            raise failed(what, exc) from exc
+
+    def pipeline(self, commands: Sequence[Command], what: str) -> list:
+        """Send ``EVALSHA`` commands in one pipeline (a cluster groups them per node); raises on any error.
+
+        After ``NOSCRIPT`` the scripts are loaded and every command is sent again:
+        the scripts are idempotent, so what already ran is unchanged by the replay.
+        """
+        try:
+            try:
+                return self._send(commands)
+            except NoScriptError:
+                self.load_scripts()
+                return self._send(commands)
+        except REDIS_ERRORS as exc:
+            self._after(exc)
+            raise failed(what, exc) from exc
+
+    def _after(self, exc: Exception) -> None:
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError, ClusterDownError)):
+            self._connection.refresh()
+
+    def _send(self, commands: Sequence[Command]) -> list:
+        pipe = self.client.pipeline(transaction=False)
+        for args in commands:
+            pipe.execute_command("EVALSHA", *args)
+        return pipe.execute(raise_on_error=True)
+
+    def ping(self) -> None:
+        try:
+            self.client.ping()
+        except REDIS_ERRORS as exc:
+            raise failed("PING", exc) from exc

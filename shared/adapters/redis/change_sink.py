@@ -1,0 +1,78 @@
+"""``RedisChangeSink``: the change feed's writes into the Redis layout (``docs/redis-layout.md``).
+
+A page goes out as one pipeline of ``EVALSHA`` calls (a cluster sends one
+sub-pipeline per node), each touching one slot:
+
+* per device, its newest event of the page: ``latest`` on ``d:{<device>}:latest``;
+* per critical event: ``critical`` on the device's set (``{<device>}``), ``stream``
+  on the device's stream shard (``{<shard>}``), ``fill_event`` on ``e:<event id>``.
+
+Each script is atomic and idempotent on its own, so the order in which a
+cluster's nodes run them does not matter, and a page that failed half-way
+(a node down, a failover) is simply applied again: the latest state is replaced
+only by a larger sort key, the set keeps one member per event, and the stream
+marker (``SET NX``) adds an event to its shard once. The change feed saves its
+position only after :meth:`apply` returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+
+from shared.adapters.redis.base import Command, ScriptedRedis
+from shared.adapters.redis.client import Client, RedisConnection
+from shared.adapters.redis.keys import sort_key
+from shared.ports.stored import StoredEvent
+
+logger = logging.getLogger(__name__)
+
+
+class RedisChangeSink(ScriptedRedis):
+    """Implements ``ChangeSink`` (``shared.ports.cache``)."""
+
+    def __init__(self, connection: RedisConnection | Client, *, key_prefix: str = "sluice:",
+                 ttl_seconds: int = 7 * 24 * 3600, critical_per_device_max: int = 100,
+                 critical_stream_max: int = 10_000, stream_shards: int = 8,
+                 generation_cache_seconds: float = 1.0) -> None:
+        super().__init__(connection, key_prefix, stream_shards, generation_cache_seconds=generation_cache_seconds)
+        self._ttl = ttl_seconds
+        self._stream_max = critical_stream_max
+        self.critical_cap = critical_per_device_max
+        self._shard_max = -(-critical_stream_max // stream_shards)
+
+    def commands(self, events: Sequence[StoredEvent]) -> list[Command]:
+        """The ``EVALSHA`` argument tuples that apply ``events`` (the newest event per device sets its latest).
+
+        Every write goes to each generation of :meth:`write_keys` (two while a rebuild runs).
+        """
+        newest: dict[str, StoredEvent] = {}
+        commands: list[Command] = []
+        generations, ttl, cap = self.write_keys(), self._ttl, self.critical_cap
+        sha = self.sha
+        latest_sha, critical_sha, stream_sha, event_sha = sha["latest"], sha["critical"], sha["stream"], sha["fill_event"]
+        documents: dict[uuid.UUID, str] = {}
+        for event in events:
+            device = event.device_id
+            current = newest.get(device)
+            if current is None or event.newer_than(current):
+                newest[device] = event
+            if event.critical:
+                event_id = event.event_id
+                documents[event_id] = document = event.to_json()
+                for keys in generations:
+                    commands.append((critical_sha, 2, keys.member(device, event_id), keys.critical(device),
+                                     document, event.event_time_ms, ttl, cap))
+                    commands.append((stream_sha, 2, keys.stream(device), keys.seen(device, event_id),
+                                     ttl, self._shard_max, str(event_id), device, document))
+                    commands.append((event_sha, 1, keys.event(event_id), document, ttl))
+        for device, event in newest.items():
+            document = documents.get(event.event_id) or event.to_json()
+            for keys in generations:
+                commands.append((latest_sha, 1, keys.latest(device), sort_key(event), document, ttl))
+        return commands
+
+    def apply(self, events: Sequence[StoredEvent]) -> None:
+        if events:
+            self.pipeline(self.commands(events), f"writing {len(events)} changed events")

@@ -1,0 +1,19 @@
+-- uses: _extend _sentinel
+-- Critical events of a device read from the store, merged into its set with their completeness bound.
+-- KEYS: d:{<device>}:crit, then d:{<device>}:ce:<event id> per event (all in the device's slot).
+-- ARGV: covers-since (ms), ttl, cap, then score and document per event.
+local ttl = tonumber(ARGV[2])
+for i = 2, #KEYS do
+  local doc = ARGV[2 * i + 1]
+  local previous = redis.call('GET', KEYS[i])
+  if previous and previous ~= doc then redis.call('ZREM', KEYS[1], previous) end
+  redis.call('SET', KEYS[i], doc, 'KEEPTTL')
+  extend(KEYS[i], ttl)
+  redis.call('ZADD', KEYS[1], ARGV[2 * i], doc)
+end
+local s = sentinel(KEYS[1])
+local covers = tonumber(ARGV[1])
+if (not s) or covers < tonumber(string.sub(s, 8)) then set_since(KEYS[1], s, covers) end
+trim(KEYS[1], tonumber(ARGV[3]))
+extend(KEYS[1], ttl)
+return 1

@@ -1,0 +1,153 @@
+"""The Redis adapters on a real Redis Cluster: slot migration (ASK, then MOVED) and a master failover.
+
+The cluster is the session's (``tests/fixtures/redis_cluster.py``); a test that
+kills a master restarts it afterwards, so the next test finds three masters
+with their replicas again.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+
+import pytest
+from redis.cluster import RedisCluster
+
+from shared.adapters.cassandra.feed import CassandraFeedStateStore
+from shared.adapters.redis import RedisChangeSink, RedisConnection, RedisLookupCache
+from shared.exceptions import DependencyUnavailable
+from shared.services.changefeed import ChangeFeedService
+from tests.fixtures.redis_cluster import cluster_healthy
+from tests.integration import test_changefeed as changefeed_tests
+from tests.integration.test_changefeed import CountingSink, assert_redis_matches, make_feed, make_service, spread
+from tests.integration.test_changefeed_redis import ev, state
+
+session, keyspace, store = changefeed_tests.session, changefeed_tests.keyspace, changefeed_tests.store
+app_env = changefeed_tests.app_env
+
+
+@pytest.fixture
+def cluster(redis_cluster):
+    if redis_cluster is None:
+        pytest.skip("needs the local cluster (SLUICE_TEST_REDIS_CLUSTER_URL names an external one)")
+    cluster_healthy(redis_cluster)
+    yield redis_cluster
+    cluster_healthy(redis_cluster)
+
+
+def cli(port: int, *args: str) -> str:
+    out = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_a_slot_migrated_under_the_client_is_followed_through_ask_then_moved(cluster):
+    client = RedisCluster.from_url(cluster.url)
+    prefix = f"mig-{uuid.uuid4().hex[:8]}:"
+    sink = RedisChangeSink(client, key_prefix=prefix)
+    lookups = RedisLookupCache(client, key_prefix=prefix)
+    sink.apply([ev("mover", 1, critical=True)])
+    latest = sink.keys.latest("mover")
+    slot = client.keyslot(latest)
+    source = client.get_node_from_key(latest)
+    target = next(p for p in cluster.master_ports() if p != source.port)
+    source_id, target_id = cli(source.port, "cluster", "myid"), cli(target, "cluster", "myid")
+    cli(target, "cluster", "setslot", str(slot), "importing", source_id)
+    cli(source.port, "cluster", "setslot", str(slot), "migrating", target_id)
+    cli(source.port, "migrate", "127.0.0.1", str(target), "", "0", "5000", "keys", latest)
+    # mid-migration: the latest key answers with ASK from the source (followed), the others stay there
+    mid = ev("mover", 5)
+    sink.apply([mid])
+    assert lookups.get_latest("mover").document == mid.to_json()
+    # a script over keys of which some moved and some not cannot run until the migration ends (TRYAGAIN):
+    # a transient failure, so the change feed keeps its position and the page is written by a later run
+    with pytest.raises(DependencyUnavailable):
+        sink.apply([ev("mover", 6, critical=True)])
+    remaining = cli(source.port, "cluster", "getkeysinslot", str(slot), "100").split()
+    if remaining:
+        cli(source.port, "migrate", "127.0.0.1", str(target), "", "0", "5000", "keys", *remaining)
+    for port in cluster.master_ports():
+        cli(port, "cluster", "setslot", str(slot), "node", target_id)
+    # the client's slot map still names the source: MOVED, followed
+    newest = ev("mover", 9, critical=True)
+    sink.apply([newest])
+    assert lookups.get_latest("mover").document == newest.to_json()
+    assert lookups.get_critical("mover", -(2**53), 10) is None  # written by the feed alone: not known complete
+    assert client.get_node_from_key(latest).port == target
+    assert len(client.zrange(sink.keys.critical("mover"), 0, -1)) == 2
+    client.close()
+
+
+@pytest.mark.timeout(180)
+def test_a_master_killed_during_a_change_feed_run_loses_nothing(cluster, session, keyspace, store, redis_url,
+                                                               redis_prefix):
+    import redis
+
+    events = spread(60, devices=6)
+    store.write(events)
+    connection = RedisConnection(cluster.url, cluster=True, socket_timeout=1)
+    client = connection.client()
+    prefix = f"fo-{uuid.uuid4().hex[:8]}:"
+    sink = RedisChangeSink(connection, key_prefix=prefix, ttl_seconds=3600, critical_per_device_max=5)
+    victim = cluster.master_ports()[0]
+
+    def kill_a_master(call: int) -> None:
+        if call == 3:
+            cluster.kill(victim)
+
+    service = make_service("portable", session, keyspace, CountingSink(sink, before_call=kill_a_master), page_size=6)
+    failures, deadline = 0, time.monotonic() + 90
+    while True:  # the timer: each run either completes or stops with the position at the last written page
+        try:
+            result = service.run()
+            if result.stopped == "caught_up":
+                break
+        except DependencyUnavailable as exc:
+            assert exc.dependency == "redis"
+            failures += 1
+        assert time.monotonic() < deadline, "the change feed did not complete after the failover"
+        time.sleep(0.5)
+    assert failures >= 1  # the kill did hit a run
+    assert victim not in cluster.master_ports()  # its replica took over
+    assert_redis_matches(client, sink, events)
+
+    # the same events through one clean run on the single Redis leave the same state
+    single = redis.Redis.from_url(redis_url)
+    other = RedisChangeSink(single, key_prefix=redis_prefix, ttl_seconds=3600, critical_per_device_max=5)
+    clean = ChangeFeedService(make_feed("portable", session, keyspace, page_size=6), other,
+                              CassandraFeedStateStore(session, keyspace), feed_name="clean",
+                              rules=changefeed_tests.RULES, time_budget=60, apply_chunk=6)
+    assert clean.run().stopped == "caught_up"
+
+    def normalised(c, p):
+        return {k.decode()[len(p):]: v for k, v in state(c, p).items()}
+
+    assert normalised(client, prefix) == normalised(single, redis_prefix)
+    single.close()
+    client.close()
+
+
+@pytest.mark.timeout(120)
+def test_lookups_during_a_failover_fall_back_to_cassandra_without_a_500(cluster, app_env, store):
+    from tests.integration.test_changefeed import make_event
+    from tests.integration.test_lookups import latest
+
+    app_env(SLUICE_REDIS_URL=cluster.url, SLUICE_REDIS_CLUSTER="true", SLUICE_REDIS_SOCKET_TIMEOUT_SECONDS="0.5",
+            SLUICE_LOOKUP_REDIS_RETRY_AFTER_SECONDS="0.5")
+    now = time.time()
+    from datetime import UTC, datetime, timedelta
+
+    at = datetime.fromtimestamp(now, UTC) - timedelta(minutes=1)
+    devices = [f"fail-{i}" for i in range(12)]
+    store.write([make_event(d, at) for d in devices])
+    assert all(latest(d).status_code == 200 for d in devices)
+    cluster.kill(cluster.master_ports()[0])
+    seen: set[str] = set()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        for d in devices:
+            response = latest(d)
+            assert response.status_code == 200, response.get_body()
+            seen.add(response.headers["X-Cache"])
+    assert "bypass" in seen  # some lookups found Redis down and were served from Cassandra
