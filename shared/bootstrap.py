@@ -25,7 +25,15 @@ def settings() -> Settings:
     loaded = load_settings()
     logger.info("settings loaded: %s", loaded.as_dict())
     runtime.configure(loaded.worker)
+    _telemetry().configure()
     return loaded
+
+
+def _telemetry():
+    """``shared.telemetry``, imported on first use (the OpenTelemetry SDK loads only when an exporter is set)."""
+    from shared import telemetry
+
+    return telemetry
 
 
 def secret(value: SecretStr | None, secret_name: str | None) -> str | None:
@@ -129,7 +137,20 @@ def ingest_service():
 
     cfg = settings()
     store = LazyEventStore(lambda: CassandraEventStore(cassandra_session(), cfg.cassandra, cfg.rules.critical_rules))
-    return IngestService(store, dead_letter_sink(), cfg.ingest.limits())
+    telemetry = _telemetry()
+    if telemetry.active().enabled:
+        _register_lag_gauge(telemetry.active().metrics, cfg.ingest.consumer_group)
+    return IngestService(store, dead_letter_sink(), cfg.ingest.limits(), metrics=telemetry.pipeline_metrics())
+
+
+def _register_lag_gauge(metrics, consumer_group: str) -> None:
+    """``sluice.eventhub.lag`` from the ingest worker, read at most every few seconds (``CachedPartitionLag``)."""
+    try:
+        lag = _lag_reader()
+        if lag is not None:
+            metrics.register_lag_gauge(lag.lag, consumer_group)
+    except Exception:  # no lag gauge is no reason to stop ingest
+        logger.warning("the sluice.eventhub.lag gauge is not exported", exc_info=True)
 
 
 @service
@@ -192,7 +213,8 @@ def changefeed_service():
     positions = CassandraFeedStateStore(cassandra_session(), ks, timeout=feed_cfg.read_timeout_seconds)
     return ChangeFeedService(feed, redis_change_sink(), positions, feed_name=feed_cfg.feed_name,
                              rules=cfg.rules.critical_rules, time_budget=feed_cfg.time_budget_seconds,
-                             read_timeout=feed_cfg.read_timeout_seconds, apply_chunk=feed_cfg.page_size)
+                             read_timeout=feed_cfg.read_timeout_seconds, apply_chunk=feed_cfg.page_size,
+                             metrics=_telemetry().pipeline_metrics())
 
 
 @service
@@ -228,7 +250,8 @@ def enrichment_service():
     else:
         reference = PostgresReferenceSource(postgres_pool())
     store = PostgresEnrichmentStore(postgres_pool(), statement_timeout_seconds=enrich.statement_timeout_seconds)
-    return EnrichmentService(reader, reference, store, enrich, cfg.rules.critical_rules)
+    return EnrichmentService(reader, reference, store, enrich, cfg.rules.critical_rules,
+                             metrics=_telemetry().pipeline_metrics())
 
 
 @service

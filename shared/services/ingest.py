@@ -21,6 +21,7 @@ dead-letter sink; nothing is left to a later retry that will never come.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +30,7 @@ from shared.domain.events import Event, Limits, RawRecord, parse_records
 from shared.exceptions import TransientError
 from shared.lazy import Once
 from shared.ports.ingest import DeadLetterSink, EventStore
+from shared.ports.metrics import NO_METRICS, Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +47,16 @@ class IngestResult:
 
 
 class IngestService:
-    def __init__(self, store: EventStore, dead_letters: DeadLetterSink, limits: Limits) -> None:
+    def __init__(self, store: EventStore, dead_letters: DeadLetterSink, limits: Limits, *,
+                 metrics: Metrics = NO_METRICS) -> None:
         self._store = store
         self._dead_letters = dead_letters
         self._limits = limits
+        self._metrics = metrics
 
     def handle(self, records: Sequence[RawRecord], *, final_attempt: bool = True, now: datetime | None = None) -> IngestResult:
         """Store or dead-letter every record (see the module docstring for the order)."""
+        began = time.perf_counter()
         parsed = parse_records(records, limits=self._limits, now=now)
         if parsed.errs:
             self._dead_letters.put_rejected(parsed.errs)
@@ -68,8 +73,18 @@ class IngestService:
             logger.error("storing %d events failed on the final attempt; dead-lettering the batch: %s",
                          len(parsed.oks), reason, exc_info=unexpected)
             self._dead_letters.put_batch([(r.body, r.metadata) for r in records], f"event store unavailable: {reason}")
+            self._record(records, parsed, began, store_failed=len(parsed.oks))
             return IngestResult(len(records), 0, len(parsed.errs), parsed.duplicates, batch_dead_lettered=True)
+        self._record(records, parsed, began)
         return IngestResult(len(records), len(parsed.oks), len(parsed.errs), parsed.duplicates)
+
+    def _record(self, records: Sequence[RawRecord], parsed, began: float, *, store_failed: int = 0) -> None:
+        """The batch's figures, once, after every record is stored or dead-lettered (the oldest is the first)."""
+        first = records[0].metadata if records else None
+        self._metrics.ingest_batch(first.partition_id if first else None, stored=() if store_failed else parsed.oks,
+                                   duplicates=parsed.duplicates, rejected=parsed.errs, store_failed=store_failed,
+                                   seconds=time.perf_counter() - began,
+                                   oldest_enqueued=first.enqueued_time if first else None)
 
 
 class LazyEventStore:

@@ -1,0 +1,542 @@
+"""OpenTelemetry for Sluice: set-up from the environment, the pipeline's instruments and one span per stage.
+
+:func:`configure` runs once per worker process (``shared.bootstrap.settings`` calls
+it) and picks the exporters from the environment, as OpenTelemetry's own variables
+name them wherever a standard exists:
+
+* ``APPLICATIONINSIGHTS_CONNECTION_STRING``: the Azure Monitor distro
+  (``azure-monitor-opentelemetry``) for metrics, traces and logs; with host.json
+  ``"telemetryMode": "OpenTelemetry"`` the Functions host sends its own telemetry
+  the same way;
+* ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or its ``_TRACES_`` / ``_METRICS_`` forms): OTLP
+  over HTTP/protobuf; every other ``OTEL_*`` variable (headers, timeout, sampler,
+  resource attributes) is read by the SDK itself;
+* ``SLUICE_METRICS_PORT``: a Prometheus scrape endpoint on that port
+  (``SLUICE_METRICS_ADDRESS``, default ``0.0.0.0``), for AKS.
+
+With none of them set no SDK provider is installed: services get
+:data:`shared.ports.metrics.NO_METRICS` and :func:`stage_span` yields without
+creating a span, so telemetry off costs nothing. The resource carries
+``service.name=sluice`` and, on Kubernetes, the pod's name (``HOSTNAME``) as
+``k8s.pod.name`` and ``service.instance.id``, unless ``OTEL_SERVICE_NAME`` or
+``OTEL_RESOURCE_ATTRIBUTES`` say otherwise.
+
+Exporting never happens on an invocation's thread: spans go through the SDK's
+batch processor and metrics through a periodic reader (or a scrape), so an
+unreachable endpoint costs an invocation nothing. The exporters log each failure;
+:class:`OncePerInterval` lets at most one warning per logger through each minute.
+
+Cassandra, Redis and psycopg are traced by their ``opentelemetry-instrumentation-*``
+packages, only when a tracer provider is configured.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from shared.exceptions import ConfigurationError
+from shared.ports.metrics import NO_METRICS, Metrics
+from shared.telemetry_names import BY_NAME, PARTITION
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "sluice"
+SCOPE = "sluice"
+ERROR_LOG_INTERVAL = 60.0
+EXPORTER_LOGGERS = ("opentelemetry.exporter", "opentelemetry.sdk", "azure.monitor.opentelemetry",
+                    "azure.core.pipeline.policies")
+SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
+MAX_TRACED_IDS = 50
+"""Most critical event ids one span lists (``sluice.critical.event_ids``)."""
+_OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                   "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class OncePerInterval(logging.Filter):
+    """Lets at most one WARNING-or-worse record per logger through each ``interval`` seconds.
+
+    Exporters log every failed export (every few seconds while an endpoint is
+    down); one line a minute says the same. The next line that passes says how
+    many were held back. Records below WARNING pass untouched.
+    """
+
+    def __init__(self, interval: float = ERROR_LOG_INTERVAL, monotonic: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._interval = interval
+        self._monotonic = monotonic
+        self._last: dict[str, float] = {}
+        self._held: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        now = self._monotonic()
+        with self._lock:
+            last = self._last.get(record.name)
+            if last is not None and now - last < self._interval:
+                self._held[record.name] += 1
+                return False
+            self._last[record.name] = now
+            held = self._held.pop(record.name, 0)
+        if held:
+            record.msg = (f"{record.getMessage()} ({held} more such messages in the last {self._interval:.0f} s "
+                          f"were not logged)")
+            record.args = None
+        return True
+
+
+_EXPORTER_FILTER = OncePerInterval()
+_failed_at: dict[str, float] = {}
+
+
+def limit_exporter_logs(log_filter: logging.Filter = _EXPORTER_FILTER) -> None:
+    """Put ``log_filter`` on every logger of the exporters and the SDK (filters do not inherit: each gets it)."""
+    names = [name for name in list(logging.root.manager.loggerDict)
+             if name.startswith(EXPORTER_LOGGERS)] + list(EXPORTER_LOGGERS)
+    for name in names:
+        target = logging.getLogger(name)
+        if log_filter not in target.filters:
+            target.addFilter(log_filter)
+
+
+def _telemetry_failed(what: str, exc: BaseException) -> None:
+    """A recording that raised: logged at most once a minute per kind, never raised into the invocation."""
+    now = time.monotonic()
+    last = _failed_at.get(what)
+    if last is None or now - last >= ERROR_LOG_INTERVAL:
+        _failed_at[what] = now
+        logger.warning("telemetry: %s failed", what, exc_info=exc)
+
+
+# --- the pipeline's instruments --------------------------------------------------------------------------------
+
+
+def reason_kind(reason: str) -> str:
+    """A dead letter's reason as a bounded label (the text itself names ids and values)."""
+    if reason.startswith("event store unavailable"):
+        return "store_unavailable"
+    if reason.startswith("body is ") and " bytes; at most " in reason:
+        return "too_large"
+    if reason.startswith(("body starts with", "body is not valid", "body is a JSON", "body is an empty")):
+        return "malformed"
+    if "appears twice in the batch" in reason:
+        return "conflicting_id"
+    if " is a JSON " in reason:
+        return "malformed"
+    return "contract"
+
+
+class OtelMetrics:
+    """Implements :class:`shared.ports.metrics.Metrics` with the instruments of ``shared.telemetry_names``.
+
+    Instruments are made once, on ``meter_provider`` (the global one unless given).
+    Each method records a few points per batch, page or run and annotates the
+    current span; none raises.
+    """
+
+    def __init__(self, meter_provider: metrics.MeterProvider | None = None, *,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        meter = (meter_provider or metrics.get_meter_provider()).get_meter(SCOPE)
+        self._clock = clock
+
+        def counter(name: str) -> metrics.Counter:
+            spec = BY_NAME[name]
+            return meter.create_counter(spec.name, unit=spec.unit, description=spec.description)
+
+        def histogram(name: str) -> metrics.Histogram:
+            spec = BY_NAME[name]
+            return meter.create_histogram(spec.name, unit=spec.unit, description=spec.description,
+                                          explicit_bucket_boundaries_advisory=SECONDS_BUCKETS)
+
+        def gauge(name: str, callback: Callable[[Any], list[metrics.Observation]]) -> None:
+            spec = BY_NAME[name]
+            meter.create_observable_gauge(spec.name, callbacks=[callback], unit=spec.unit,
+                                          description=spec.description)
+
+        self._meter = meter
+        self._ingest_events = counter("sluice.ingest.events")
+        self._ingest_duration = histogram("sluice.ingest.batch.duration")
+        self._ingest_delay = histogram("sluice.ingest.delay")
+        self._letters = counter("sluice.deadletter.letters")
+        self._feed_events = counter("sluice.changefeed.events")
+        self._feed_delay = histogram("sluice.changefeed.delay")
+        self._windows = counter("sluice.enrich.windows")
+        self._enrich_duration = histogram("sluice.enrich.duration")
+        self._throttled = counter("sluice.cassandra.throttled")
+        self._lookups = counter("sluice.lookup.requests")
+        self._lookup_duration = histogram("sluice.lookup.duration")
+        self._newest_applied: datetime | None = None
+        self._watermark: datetime | None = None
+        gauge("sluice.changefeed.staleness", self._staleness)
+        gauge("sluice.enrich.freshness", self._freshness)
+
+    # ingest
+    def ingest_batch(self, partition: str | None, *, stored: Sequence, duplicates: int, rejected: Sequence,
+                     store_failed: int, seconds: float, oldest_enqueued: datetime | None) -> None:
+        try:
+            where = {PARTITION: partition or "unknown"}
+            add = self._ingest_events.add
+            if stored:
+                add(len(stored), {"outcome": "stored", **where})
+            if rejected or store_failed:
+                add(len(rejected) + store_failed, {"outcome": "dead_lettered", **where})
+            if duplicates:
+                add(duplicates, {"outcome": "duplicate", **where})
+            self._ingest_duration.record(seconds, where)
+            if stored and oldest_enqueued is not None:
+                self._ingest_delay.record(max(0.0, (self._clock() - oldest_enqueued).total_seconds()))
+            if rejected:
+                for kind, count in Counter(reason_kind(r.reason) for r in rejected).items():
+                    self._letters.add(count, {"reason": kind})
+            if store_failed:
+                self._letters.add(1, {"reason": "store_unavailable"})
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_attributes({"sluice.events.stored": len(stored), "sluice.events.duplicates": duplicates,
+                                     "sluice.events.dead_lettered": len(rejected) + store_failed})
+                critical = [str(e.body.event_id) for e in stored if e.body.severity == "critical"]
+                if critical:
+                    span.set_attribute("sluice.critical.event_ids", critical[:MAX_TRACED_IDS])
+        except Exception as exc:
+            _telemetry_failed("recording an ingest batch", exc)
+
+    # change feed
+    def changefeed_applied(self, events: Sequence, critical: int) -> None:
+        try:
+            if critical:
+                self._feed_events.add(critical, {"critical": True})
+            if len(events) > critical:
+                self._feed_events.add(len(events) - critical, {"critical": False})
+            enqueued = [e.enqueued_time for e in events if e.enqueued_time is not None]
+            if enqueued:
+                now = self._clock()
+                self._feed_delay.record(max(0.0, (now - min(enqueued)).total_seconds()))
+                newest = max(enqueued)
+                if self._newest_applied is None or newest > self._newest_applied:
+                    self._newest_applied = newest
+            span = trace.get_current_span()
+            if critical and span.is_recording():
+                ids = [str(e.event_id) for e in events if e.critical][:MAX_TRACED_IDS]
+                span.set_attribute("sluice.critical.event_ids", ids)
+        except Exception as exc:
+            _telemetry_failed("recording a change feed page", exc)
+
+    def _staleness(self, _options: Any) -> list[metrics.Observation]:
+        newest = self._newest_applied
+        if newest is None:
+            return []
+        return [metrics.Observation(max(0.0, (self._clock() - newest).total_seconds()))]
+
+    # enrichment
+    def enrich_run(self, *, enriched: int, recomputed: int, failed: int, seconds: float,
+                   watermark: datetime | None) -> None:
+        try:
+            for outcome, count in (("enriched", enriched), ("recomputed", recomputed), ("failed", failed)):
+                if count:
+                    self._windows.add(count, {"outcome": outcome})
+            self._enrich_duration.record(seconds)
+            if watermark is not None:
+                self._watermark = watermark
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_attributes({"sluice.windows.enriched": enriched, "sluice.windows.recomputed": recomputed,
+                                     "sluice.windows.failed": failed})
+        except Exception as exc:
+            _telemetry_failed("recording an enrichment run", exc)
+
+    def _freshness(self, _options: Any) -> list[metrics.Observation]:
+        watermark = self._watermark
+        if watermark is None:
+            return []
+        return [metrics.Observation(max(0.0, (self._clock() - watermark).total_seconds()))]
+
+    # adapters and entry points
+    def cassandra_throttled(self, operation: str, outcome: str) -> None:
+        try:
+            self._throttled.add(1, {"operation": operation, "outcome": outcome})
+        except Exception as exc:
+            _telemetry_failed("recording a throttled request", exc)
+
+    def lookup(self, route: str, cache: str, status: int, seconds: float) -> None:
+        try:
+            self._lookups.add(1, {"http.route": route, "cache": cache, "http.response.status_code": status})
+            self._lookup_duration.record(seconds, {"http.route": route, "cache": cache})
+        except Exception as exc:
+            _telemetry_failed("recording a lookup", exc)
+
+    def register_lag_gauge(self, lag: Callable[[], Mapping[str, int]], consumer_group: str) -> None:
+        """``sluice.eventhub.lag`` per partition from ``lag`` (e.g. ``CachedPartitionLag.lag``), on each collection.
+
+        A failed reading reports no point for that collection (no point is better
+        than a false 0) and is logged at most once a minute.
+        """
+        spec = BY_NAME["sluice.eventhub.lag"]
+
+        def observe(_options: Any) -> list[metrics.Observation]:
+            try:
+                return [metrics.Observation(count, {PARTITION: partition, "consumer_group": consumer_group})
+                        for partition, count in lag().items()]
+            except Exception as exc:
+                _telemetry_failed("reading the Event Hubs lag", exc)
+                return []
+
+        self._meter.create_observable_gauge(spec.name, callbacks=[observe], unit=spec.unit,
+                                            description=spec.description)
+
+
+# --- what is configured ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Telemetry:
+    """The providers in use (``None``: off) and the exporters that feed on them."""
+
+    meter_provider: Any = None
+    tracer_provider: Any = None
+    exporters: tuple[str, ...] = ()
+    metrics_server: Any = None
+    metrics: Metrics = field(default=NO_METRICS)
+
+    def __post_init__(self) -> None:
+        if self.meter_provider is not None and self.metrics is NO_METRICS:
+            self.metrics = OtelMetrics(self.meter_provider)
+        self.tracer = self.tracer_provider.get_tracer(SCOPE) if self.tracer_provider is not None else None
+
+    @property
+    def enabled(self) -> bool:
+        return self.meter_provider is not None or self.tracer_provider is not None
+
+
+OFF = Telemetry()
+_active = OFF
+_configured: Telemetry | None = None
+_lock = threading.Lock()
+
+
+def active() -> Telemetry:
+    return _active
+
+
+def activate(telemetry: Telemetry) -> Telemetry:
+    """Make ``telemetry`` the one spans and metrics go to; returns the previous one (tests, benchmarks)."""
+    global _active
+    previous, _active = _active, telemetry
+    return previous
+
+
+def pipeline_metrics() -> Metrics:
+    """What bootstrap hands the services: the active instruments, or the no-op port when telemetry is off."""
+    return _active.metrics
+
+
+def record_lookup(route: str, cache: str, status: int, seconds: float) -> None:
+    """One HTTP lookup: ``sluice.lookup.requests`` and ``sluice.lookup.duration``.
+
+    ``route`` is the route template (``devices/{device_id}/latest``), ``cache`` one
+    of hit, miss, negative, bypass. For the lookup entry points to call once per request.
+    """
+    if _active.enabled:
+        _active.metrics.lookup(route, cache, status, seconds)  # type: ignore[attr-defined]
+
+
+def cassandra_throttled(operation: str, outcome: str) -> None:
+    """A throttled Cassandra request (429 / Overloaded) that was ``retried`` or ``gave_up``."""
+    if _active.enabled:
+        _active.metrics.cassandra_throttled(operation, outcome)  # type: ignore[attr-defined]
+
+
+# --- spans ---------------------------------------------------------------------------------------------------------
+
+
+def message_links(properties: Sequence[Mapping[str, Any]] | None) -> list[Link]:
+    """Links to the producers' spans: each message's ``traceparent`` (or ``Diagnostic-Id``, the same W3C value
+    older Azure SDKs set), one link per distinct context."""
+    links: dict[tuple[int, int], Link] = {}
+    for props in properties or ():
+        if not isinstance(props, Mapping):
+            continue
+        value = props.get("traceparent") or props.get("Diagnostic-Id")
+        if not isinstance(value, str):
+            continue
+        carrier = {"traceparent": value}
+        state = props.get("tracestate")
+        if isinstance(state, str):
+            carrier["tracestate"] = state
+        context = trace.get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
+        if context.is_valid and (context.trace_id, context.span_id) not in links:
+            links[(context.trace_id, context.span_id)] = Link(context)
+    return list(links.values())
+
+
+@contextmanager
+def stage_span(stage: str, *, parent: str | None = None, links: Callable[[], list[Link]] | None = None,
+               attributes: Mapping[str, Any] | None = None, kind: SpanKind = SpanKind.INTERNAL) -> Iterator[Any]:
+    """One span for one invocation of ``stage`` (``sluice.<stage>``), current while the block runs.
+
+    ``parent`` is the host's ``traceparent`` (``context.trace_context.trace_parent``
+    on Azure Functions); ``links`` is called only when a span is made. With tracing
+    off nothing is created and ``None`` is yielded. An exception is recorded on
+    the span and propagates.
+    """
+    tracer = _active.tracer
+    if tracer is None:
+        yield None
+        return
+    try:
+        context = _PROPAGATOR.extract({"traceparent": parent}) if parent else None
+        made = links() if links is not None else None
+    except Exception as exc:
+        _telemetry_failed(f"reading the trace context of {stage}", exc)
+        context, made = None, None
+    with tracer.start_as_current_span(f"sluice.{stage}", context=context, kind=kind, links=made,
+                                      attributes=dict(attributes or {})) as span:
+        yield span
+
+
+# --- set-up ----------------------------------------------------------------------------------------------------------
+
+
+def service_resource(environ: Mapping[str, str] | None = None):
+    """``service.name=sluice`` and the pod's name, under whatever ``OTEL_SERVICE_NAME`` and
+    ``OTEL_RESOURCE_ATTRIBUTES`` set (those win)."""
+    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+
+    env = os.environ if environ is None else environ
+    ours: dict[str, str] = {"service.name": SERVICE_NAME}
+    pod = env.get("HOSTNAME")
+    if pod and env.get("KUBERNETES_SERVICE_HOST"):
+        ours["k8s.pod.name"] = pod
+        ours["service.instance.id"] = pod
+    given = OTELResourceDetector().detect().attributes
+    return Resource.create({k: v for k, v in ours.items() if k not in given})
+
+
+def metrics_port(environ: Mapping[str, str]) -> int | None:
+    value = (environ.get("SLUICE_METRICS_PORT") or "").strip()
+    if not value:
+        return None
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ConfigurationError(f"invalid settings:\n  SLUICE_METRICS_PORT: {value!r} is not a port (0-65535)")
+    return port
+
+
+def build(environ: Mapping[str, str] | None = None, *, install: bool = True) -> Telemetry:
+    """The providers and exporters the environment asks for; set as the global providers when ``install``.
+
+    Raises ``ConfigurationError`` for a bad ``SLUICE_METRICS_PORT`` or an OTLP
+    protocol other than ``http/protobuf``.
+    """
+    env = os.environ if environ is None else environ
+    if (env.get("OTEL_SDK_DISABLED") or "").strip().lower() == "true":
+        return OFF
+    connection = env.get("APPLICATIONINSIGHTS_CONNECTION_STRING")
+    otlp = any(env.get(name) for name in _OTLP_ENDPOINTS)
+    port = metrics_port(env)
+    if not (connection or otlp or port is not None):
+        return OFF
+    resource = service_resource(env)
+    readers: list[Any] = []
+    processors: list[Any] = []
+    exporters: list[str] = []
+    if otlp:
+        protocol = (env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip()
+        if protocol != "http/protobuf":
+            raise ConfigurationError(f"invalid settings:\n  OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r}: Sluice ships "
+                                     f"the OTLP exporter for http/protobuf only")
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        processors.append(BatchSpanProcessor(OTLPSpanExporter()))
+        exporters.append("otlp")
+    server = None
+    if port is not None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+
+        address = env.get("SLUICE_METRICS_ADDRESS") or "0.0.0.0"
+        readers.append(PrometheusMetricReader())
+        try:
+            server = start_http_server(port, addr=address)
+            exporters.append(f"prometheus http://{address}:{server[0].server_port}/metrics")
+        except OSError as exc:  # telemetry never stops the pipeline; the operator sees this line
+            logger.error("telemetry: cannot serve Prometheus metrics on %s:%d (SLUICE_METRICS_PORT): %s",
+                         address, port, exc)
+    if connection:
+        from azure.monitor.opentelemetry import configure_azure_monitor
+
+        if not install:
+            raise ValueError("the Azure Monitor distro always installs the global providers")
+        configure_azure_monitor(connection_string=connection, resource=resource, metric_readers=readers,
+                                span_processors=processors)
+        exporters.append("azure-monitor")
+        meter_provider, tracer_provider = metrics.get_meter_provider(), trace.get_tracer_provider()
+    else:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.trace import TracerProvider
+
+        meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        tracer_provider = None
+        if processors:
+            tracer_provider = TracerProvider(resource=resource)
+            for processor in processors:
+                tracer_provider.add_span_processor(processor)
+        if install:
+            metrics.set_meter_provider(meter_provider)
+            if tracer_provider is not None:
+                trace.set_tracer_provider(tracer_provider)
+    limit_exporter_logs()
+    if tracer_provider is not None and install:
+        instrument_clients(tracer_provider)
+    return Telemetry(meter_provider, tracer_provider, tuple(exporters), server)
+
+
+def instrument_clients(tracer_provider: Any) -> list[str]:
+    """Trace Cassandra, Redis and psycopg calls with their instrumentation packages; returns what was instrumented."""
+    done = []
+    for name, module, cls in (("cassandra", "opentelemetry.instrumentation.cassandra", "CassandraInstrumentor"),
+                              ("redis", "opentelemetry.instrumentation.redis", "RedisInstrumentor"),
+                              ("psycopg", "opentelemetry.instrumentation.psycopg", "PsycopgInstrumentor")):
+        try:
+            instrumentor = getattr(importlib.import_module(module), cls)()
+            if not instrumentor.is_instrumented_by_opentelemetry:
+                instrumentor.instrument(tracer_provider=tracer_provider)
+            done.append(name)
+        except Exception:  # a missing or incompatible instrumentation costs its spans, not the worker
+            logger.warning("telemetry: %s calls are not traced", name, exc_info=True)
+    return done
+
+
+def configure() -> Telemetry:
+    """Set telemetry up from the environment, once per process (later calls return the first result)."""
+    global _configured
+    with _lock:
+        if _configured is None:
+            _configured = build()
+            activate(_configured)
+            if _configured.enabled:
+                logger.info("telemetry: exporting to %s", ", ".join(_configured.exporters) or "nothing",
+                            extra={"telemetry.exporters": list(_configured.exporters)})
+        return _configured
