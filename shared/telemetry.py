@@ -530,12 +530,16 @@ def instrument_clients(tracer_provider: Any) -> list[str]:
 
 
 def configure() -> Telemetry:
-    """Set telemetry up from the environment, once per process (later calls return the first result)."""
+    """Set telemetry up from the environment, once per process (later calls return the first result).
+
+    A telemetry that a test or benchmark activated first (:func:`activate`) stays active.
+    """
     global _configured
     with _lock:
         if _configured is None:
             _configured = build()
-            activate(_configured)
+            if not _active.enabled:
+                activate(_configured)
             if _configured.enabled:
                 logger.info("telemetry: exporting to %s", ", ".join(_configured.exporters) or "nothing",
                             extra={"telemetry.exporters": list(_configured.exporters)})
