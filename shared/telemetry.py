@@ -83,6 +83,12 @@ class OncePerInterval(logging.Filter):
         self._held: Counter[str] = Counter()
         self._lock = threading.Lock()
 
+    def reset(self) -> None:
+        """Forget what was let through (a test that needs the next failure logged)."""
+        with self._lock:
+            self._last.clear()
+            self._held.clear()
+
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
@@ -101,11 +107,11 @@ class OncePerInterval(logging.Filter):
         return True
 
 
-_EXPORTER_FILTER = OncePerInterval()
+EXPORTER_LOG_LIMIT = OncePerInterval()
 _failed_at: dict[str, float] = {}
 
 
-def limit_exporter_logs(log_filter: logging.Filter = _EXPORTER_FILTER) -> None:
+def limit_exporter_logs(log_filter: logging.Filter = EXPORTER_LOG_LIMIT) -> None:
     """Put ``log_filter`` on every logger of the exporters and the SDK (filters do not inherit: each gets it)."""
     names = [name for name in list(logging.root.manager.loggerDict)
              if name.startswith(EXPORTER_LOGGERS)] + list(EXPORTER_LOGGERS)

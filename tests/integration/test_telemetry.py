@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import socket
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -190,3 +194,54 @@ def test_the_lag_gauge_is_last_enqueued_minus_checkpoint(isolated_eventhub: Any,
     assert {dict(attrs)["consumer_group"] for attrs in lag} == {"sluice"}
     # 2 is empty; 3 has no checkpoint yet, so KEDA counts its 3 retained events
     assert by_partition == {"0": 6, "1": 0, "2": 0, "3": 3}
+
+
+# --- faults: an unreachable collector costs an invocation nothing, and is logged at most once a minute ---
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def silent_collector() -> Iterator[int]:
+    """A port that accepts connections and never answers: a synchronous export would wait for its timeout."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    yield server.getsockname()[1]
+    server.close()
+
+
+@pytest.mark.parametrize("collector", ["closed", "silent"])
+def test_an_unreachable_otlp_endpoint_never_blocks_an_invocation(ingest, collector: str, silent_collector: int,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    port = closed_port() if collector == "closed" else silent_collector
+    timeout = 3.0
+    for name, value in {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+                        "OTEL_EXPORTER_OTLP_TIMEOUT": str(timeout), "OTEL_BSP_SCHEDULE_DELAY": "20",
+                        "OTEL_METRIC_EXPORT_INTERVAL": "50"}.items():
+        monkeypatch.setenv(name, value)
+    caplog.set_level(logging.WARNING)
+    telemetry.EXPORTER_LOG_LIMIT.reset()
+    otlp = telemetry.build(install=False)
+    assert otlp.exporters == ("otlp",)
+    previous = telemetry.activate(otlp)
+    try:
+        durations = []
+        for _ in range(8):
+            began = time.perf_counter()
+            ingest(batch([event(), event(), b"bad"]))
+            durations.append(time.perf_counter() - began)
+        time.sleep(timeout + 1.0)  # let the background exports fail, several times over
+    finally:
+        telemetry.activate(previous)
+        otlp.tracer_provider.shutdown()
+        otlp.meter_provider.shutdown(timeout_millis=500)
+    assert max(durations) < 1.0, durations
+    failures = Counter(r.name for r in caplog.records if r.name.startswith("opentelemetry.exporter"))
+    assert failures, "the exporters never reported their failures"
+    assert max(failures.values()) == 1, failures  # one line per exporter per minute
