@@ -12,6 +12,7 @@ import json
 import logging
 import socket
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -30,9 +31,12 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared import bootstrap, telemetry
 from shared.adapters.cassandra.migrations import apply_migrations
+from shared.domain.events import EventMetadata, Limits, RawRecord, parse_records
+from shared.telemetry_names import exported_series
 from sluice.launcher import Running
 from tests.fixtures.functions import HostContext, user_function
 
@@ -245,3 +249,27 @@ def test_an_unreachable_otlp_endpoint_never_blocks_an_invocation(ingest, collect
     failures = Counter(r.name for r in caplog.records if r.name.startswith("opentelemetry.exporter"))
     assert failures, "the exporters never reported their failures"
     assert max(failures.values()) == 1, failures  # one line per exporter per minute
+
+
+def test_the_prometheus_endpoint_serves_the_instruments_under_their_derived_names() -> None:
+    served = telemetry.build({"SLUICE_METRICS_PORT": "0", "SLUICE_METRICS_ADDRESS": "127.0.0.1"}, install=False)
+    server, _thread = served.metrics_server
+    try:
+        records = [RawRecord(json.dumps(event()).encode(), EventMetadata("3", None, n, NOW, None)) for n in range(2)]
+        parsed = parse_records([*records, RawRecord(b"{", EventMetadata("3", None, 2, NOW, None))], limits=Limits())
+        served.metrics.ingest_batch("3", stored=parsed.oks, duplicates=0, rejected=parsed.errs, store_failed=0,
+                                    seconds=0.02, oldest_enqueued=NOW)
+        served.metrics.lookup("events/{event_id}", "hit", 200, 0.001)
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    finally:
+        server.shutdown()
+        served.meter_provider.shutdown()
+    samples = {(sample.name, frozenset((k, v) for k, v in sample.labels.items() if not k.startswith("otel_scope")))
+               : sample.value for family in text_string_to_metric_families(text) for sample in family.samples}
+    assert samples[("sluice_ingest_events_total", frozenset({("eventhub_partition", "3"), ("outcome", "stored")}))] == 2
+    assert samples[("sluice_deadletter_letters_total", frozenset({("reason", "malformed")}))] == 1
+    names = {name for name, _ in samples}
+    for series in ("sluice_ingest_batch_duration_seconds_bucket", "sluice_ingest_delay_seconds_count",
+                   "sluice_lookup_requests_total", "sluice_lookup_duration_seconds_sum"):
+        assert series in exported_series() and series in names, series
