@@ -26,8 +26,9 @@ batch processor and metrics through a periodic reader (or a scrape), so an
 unreachable endpoint costs an invocation nothing. The exporters log each failure;
 :class:`OncePerInterval` lets at most one warning per logger through each minute.
 
-Cassandra, Redis and psycopg are traced by their ``opentelemetry-instrumentation-*``
-packages, only when a tracer provider is configured.
+Redis and psycopg (and Cassandra, when ``SLUICE_TRACE_CLIENTS`` names it) are traced
+by their ``opentelemetry-instrumentation-*`` packages, only when a tracer provider
+is configured.
 """
 
 from __future__ import annotations
@@ -458,6 +459,7 @@ def build(environ: Mapping[str, str] | None = None, *, install: bool = True) -> 
     connection = env.get("APPLICATIONINSIGHTS_CONNECTION_STRING")
     otlp = any(env.get(name) for name in _OTLP_ENDPOINTS)
     port = metrics_port(env)
+    clients = traced_clients(env)
     if not (connection or otlp or port is not None):
         return OFF
     resource = service_resource(env)
@@ -515,16 +517,38 @@ def build(environ: Mapping[str, str] | None = None, *, install: bool = True) -> 
                 trace.set_tracer_provider(tracer_provider)
     limit_exporter_logs()
     if tracer_provider is not None and install:
-        instrument_clients(tracer_provider)
+        instrument_clients(tracer_provider, clients)
     return Telemetry(meter_provider, tracer_provider, tuple(exporters), server)
 
 
-def instrument_clients(tracer_provider: Any) -> list[str]:
-    """Trace Cassandra, Redis and psycopg calls with their instrumentation packages; returns what was instrumented."""
+CLIENTS = {"cassandra": ("opentelemetry.instrumentation.cassandra", "CassandraInstrumentor"),
+           "redis": ("opentelemetry.instrumentation.redis", "RedisInstrumentor"),
+           "psycopg": ("opentelemetry.instrumentation.psycopg", "PsycopgInstrumentor")}
+DEFAULT_TRACED_CLIENTS = ("redis", "psycopg")
+"""Cassandra is opt-in: its instrumentation makes one span per request, about three per ingested event,
+which costs far more than the 5% of ingest's own work telemetry may take (docs/observability.md)."""
+
+
+def traced_clients(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """``SLUICE_TRACE_CLIENTS``: which client libraries get request spans (comma-separated; ``none`` for none)."""
+    value = environ.get("SLUICE_TRACE_CLIENTS")
+    if value is None or not value.strip():
+        return DEFAULT_TRACED_CLIENTS
+    names = tuple(part.strip().lower() for part in value.split(",") if part.strip())
+    if names == ("none",):
+        return ()
+    unknown = [name for name in names if name not in CLIENTS]
+    if unknown:
+        raise ConfigurationError(f"invalid settings:\n  SLUICE_TRACE_CLIENTS: {', '.join(unknown)} unknown; "
+                                 f"choose from {', '.join(CLIENTS)} (or none)")
+    return names
+
+
+def instrument_clients(tracer_provider: Any, clients: Sequence[str] = tuple(CLIENTS)) -> list[str]:
+    """Trace the calls of ``clients`` with their instrumentation packages; returns what was instrumented."""
     done = []
-    for name, module, cls in (("cassandra", "opentelemetry.instrumentation.cassandra", "CassandraInstrumentor"),
-                              ("redis", "opentelemetry.instrumentation.redis", "RedisInstrumentor"),
-                              ("psycopg", "opentelemetry.instrumentation.psycopg", "PsycopgInstrumentor")):
+    for name in clients:
+        module, cls = CLIENTS[name]
         try:
             instrumentor = getattr(importlib.import_module(module), cls)()
             if not instrumentor.is_instrumented_by_opentelemetry:

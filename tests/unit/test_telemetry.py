@@ -234,3 +234,11 @@ def test_exporter_failures_are_logged_once_a_minute_and_say_how_many_were_held_b
     passed = record("Failed to export span batch")
     assert limit.filter(passed)
     assert passed.getMessage() == "Failed to export span batch (12 more such messages in the last 60 s were not logged)"
+
+
+def test_traced_clients_default_to_redis_and_psycopg_and_unknown_names_are_named() -> None:
+    assert telemetry.traced_clients({}) == ("redis", "psycopg")
+    assert telemetry.traced_clients({"SLUICE_TRACE_CLIENTS": "Cassandra, redis"}) == ("cassandra", "redis")
+    assert telemetry.traced_clients({"SLUICE_TRACE_CLIENTS": "none"}) == ()
+    with pytest.raises(ConfigurationError, match="SLUICE_TRACE_CLIENTS: mongo unknown"):
+        telemetry.traced_clients({"SLUICE_TRACE_CLIENTS": "mongo"})
