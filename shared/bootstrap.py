@@ -25,7 +25,7 @@ def settings() -> Settings:
     loaded = load_settings()
     logger.info("settings loaded: %s", loaded.as_dict())
     runtime.configure(loaded.worker)
-    _telemetry().configure()
+    _telemetry().configure(loaded.telemetry)
     return loaded
 
 

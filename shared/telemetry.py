@@ -11,8 +11,8 @@ name them wherever a standard exists:
 * ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or its ``_TRACES_`` / ``_METRICS_`` forms): OTLP
   over HTTP/protobuf; every other ``OTEL_*`` variable (headers, timeout, sampler,
   resource attributes) is read by the SDK itself;
-* ``SLUICE_METRICS_PORT``: a Prometheus scrape endpoint on that port
-  (``SLUICE_METRICS_ADDRESS``, default ``0.0.0.0``), for AKS.
+* ``SLUICE_METRICS_PORT`` (``TelemetrySettings``): a Prometheus scrape endpoint on
+  that port (``SLUICE_METRICS_ADDRESS``, default ``0.0.0.0``), for AKS.
 
 With none of them set no SDK provider is installed: services get
 :data:`shared.ports.metrics.NO_METRICS` and :func:`stage_span` yields without
@@ -51,6 +51,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from shared.exceptions import ConfigurationError
 from shared.ports.metrics import NO_METRICS, Metrics
+from shared.settings import TelemetrySettings
 from shared.telemetry_names import BY_NAME, PARTITION
 
 logger = logging.getLogger(__name__)
@@ -434,32 +435,19 @@ def service_resource(environ: Mapping[str, str] | None = None):
     return Resource.create({k: v for k, v in ours.items() if k not in given})
 
 
-def metrics_port(environ: Mapping[str, str]) -> int | None:
-    value = (environ.get("SLUICE_METRICS_PORT") or "").strip()
-    if not value:
-        return None
-    try:
-        port = int(value)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise ConfigurationError(f"invalid settings:\n  SLUICE_METRICS_PORT: {value!r} is not a port (0-65535)")
-    return port
+def build(environ: Mapping[str, str] | None = None, *, settings: TelemetrySettings | None = None,
+          install: bool = True) -> Telemetry:
+    """The providers and exporters the environment and ``settings`` ask for; the global providers when ``install``.
 
-
-def build(environ: Mapping[str, str] | None = None, *, install: bool = True) -> Telemetry:
-    """The providers and exporters the environment asks for; set as the global providers when ``install``.
-
-    Raises ``ConfigurationError`` for a bad ``SLUICE_METRICS_PORT`` or an OTLP
-    protocol other than ``http/protobuf``.
+    Raises ``ConfigurationError`` for an OTLP protocol other than ``http/protobuf``.
     """
     env = os.environ if environ is None else environ
+    settings = settings or TelemetrySettings()
     if (env.get("OTEL_SDK_DISABLED") or "").strip().lower() == "true":
         return OFF
     connection = env.get("APPLICATIONINSIGHTS_CONNECTION_STRING")
     otlp = any(env.get(name) for name in _OTLP_ENDPOINTS)
-    port = metrics_port(env)
-    clients = traced_clients(env)
+    port = settings.metrics_port
     if not (connection or otlp or port is not None):
         return OFF
     resource = service_resource(env)
@@ -484,7 +472,7 @@ def build(environ: Mapping[str, str] | None = None, *, install: bool = True) -> 
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import start_http_server
 
-        address = env.get("SLUICE_METRICS_ADDRESS") or "0.0.0.0"
+        address = settings.metrics_address
         readers.append(PrometheusMetricReader())
         try:
             server = start_http_server(port, addr=address)
@@ -517,33 +505,15 @@ def build(environ: Mapping[str, str] | None = None, *, install: bool = True) -> 
                 trace.set_tracer_provider(tracer_provider)
     limit_exporter_logs()
     if tracer_provider is not None and install:
-        instrument_clients(tracer_provider, clients)
+        instrument_clients(tracer_provider, settings.trace_clients)
     return Telemetry(meter_provider, tracer_provider, tuple(exporters), server)
 
 
+# What SLUICE_TRACE_CLIENTS may name. Cassandra is not traced by default: its instrumentation makes one span per
+# request, about three per ingested event, far more than the 5% of ingest's own work telemetry may cost.
 CLIENTS = {"cassandra": ("opentelemetry.instrumentation.cassandra", "CassandraInstrumentor"),
            "redis": ("opentelemetry.instrumentation.redis", "RedisInstrumentor"),
            "psycopg": ("opentelemetry.instrumentation.psycopg", "PsycopgInstrumentor")}
-DEFAULT_TRACED_CLIENTS = ("redis", "psycopg")
-"""Cassandra is opt-in: its instrumentation makes one span per request, about three per ingested event,
-which costs far more than the 5% of ingest's own work telemetry may take (docs/observability.md)."""
-
-
-def traced_clients(environ: Mapping[str, str]) -> tuple[str, ...]:
-    """``SLUICE_TRACE_CLIENTS``: which client libraries get request spans (comma-separated; ``none`` for none)."""
-    value = environ.get("SLUICE_TRACE_CLIENTS")
-    if value is None or not value.strip():
-        return DEFAULT_TRACED_CLIENTS
-    names = tuple(part.strip().lower() for part in value.split(",") if part.strip())
-    if names == ("none",):
-        return ()
-    unknown = [name for name in names if name not in CLIENTS]
-    if unknown:
-        raise ConfigurationError(f"invalid settings:\n  SLUICE_TRACE_CLIENTS: {', '.join(unknown)} unknown; "
-                                 f"choose from {', '.join(CLIENTS)} (or none)")
-    return names
-
-
 def instrument_clients(tracer_provider: Any, clients: Sequence[str] = tuple(CLIENTS)) -> list[str]:
     """Trace the calls of ``clients`` with their instrumentation packages; returns what was instrumented."""
     done = []
@@ -559,7 +529,7 @@ def instrument_clients(tracer_provider: Any, clients: Sequence[str] = tuple(CLIE
     return done
 
 
-def configure() -> Telemetry:
+def configure(settings: TelemetrySettings | None = None) -> Telemetry:
     """Set telemetry up from the environment, once per process (later calls return the first result).
 
     A telemetry that a test or benchmark activated first (:func:`activate`) stays active.
@@ -567,7 +537,7 @@ def configure() -> Telemetry:
     global _configured
     with _lock:
         if _configured is None:
-            _configured = build()
+            _configured = build(settings=settings)
             if not _active.enabled:
                 activate(_configured)
             if _configured.enabled:

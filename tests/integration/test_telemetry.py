@@ -36,6 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared import bootstrap, telemetry
 from shared.adapters.cassandra.migrations import apply_migrations
 from shared.domain.events import EventMetadata, Limits, RawRecord, parse_records
+from shared.settings import TelemetrySettings
 from shared.telemetry_names import exported_series
 from sluice.launcher import Running
 from tests.fixtures.functions import HostContext, user_function
@@ -231,7 +232,7 @@ def test_an_unreachable_otlp_endpoint_never_blocks_an_invocation(ingest, collect
         monkeypatch.setenv(name, value)
     caplog.set_level(logging.WARNING)
     telemetry.EXPORTER_LOG_LIMIT.reset()
-    otlp = telemetry.build(install=False)
+    otlp = telemetry.build(settings=TelemetrySettings(), install=False)
     assert otlp.exporters == ("otlp",)
     previous = telemetry.activate(otlp)
     try:
@@ -252,7 +253,7 @@ def test_an_unreachable_otlp_endpoint_never_blocks_an_invocation(ingest, collect
 
 
 def test_the_prometheus_endpoint_serves_the_instruments_under_their_derived_names() -> None:
-    served = telemetry.build({"SLUICE_METRICS_PORT": "0", "SLUICE_METRICS_ADDRESS": "127.0.0.1"}, install=False)
+    served = telemetry.build({}, settings=TelemetrySettings(metrics_port=0, metrics_address="127.0.0.1"), install=False)
     server, _thread = served.metrics_server
     try:
         records = [RawRecord(json.dumps(event()).encode(), EventMetadata("3", None, n, NOW, None)) for n in range(2)]

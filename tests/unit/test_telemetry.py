@@ -17,6 +17,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import ValidationError
 
 from shared import telemetry
 from shared.adapters.cassandra.retry import CosmosRetryPolicy
@@ -24,7 +25,7 @@ from shared.domain.events import EventMetadata, Limits, RawRecord, parse_records
 from shared.exceptions import ConfigurationError, TransientError
 from shared.ports.metrics import NO_METRICS
 from shared.services.changefeed import ChangeFeedService
-from shared.settings import EnrichmentSettings
+from shared.settings import EnrichmentSettings, TelemetrySettings, load_settings
 from tests.unit.test_changefeed_service import FakeFeed, FakePositions, FakeSink, stored
 from tests.unit.test_enrichment import T0, MemoryReader, MemoryStore, StaticReference, W
 
@@ -61,7 +62,7 @@ def collected(reader: InMemoryMetricReader) -> dict[str, dict[frozenset, Any]]:
 
 
 def test_nothing_configured_is_no_provider_and_no_cost() -> None:
-    off = telemetry.build({})
+    off = telemetry.build({}, settings=TelemetrySettings())
     assert off is telemetry.OFF and not off.enabled
     assert off.metrics is NO_METRICS
     previous = telemetry.activate(off)
@@ -76,14 +77,17 @@ def test_nothing_configured_is_no_provider_and_no_cost() -> None:
 
 @pytest.mark.parametrize("value", ["nine", "70000", "-1"])
 def test_a_bad_metrics_port_is_named(value: str) -> None:
-    with pytest.raises(ConfigurationError, match=f"SLUICE_METRICS_PORT: '{value}' is not a port"):
-        telemetry.build({"SLUICE_METRICS_PORT": value}, install=False)
+    environ = {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "SLUICE_CASSANDRA_HOSTS": "127.0.0.1",
+               "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0", "SLUICE_POSTGRES_HOST": "127.0.0.1",
+               "SLUICE_METRICS_PORT": value}
+    with pytest.raises(ConfigurationError, match="SLUICE_METRICS_PORT: "):
+        load_settings(environ)
 
 
 def test_an_otlp_protocol_sluice_does_not_ship_is_named() -> None:
     with pytest.raises(ConfigurationError, match="OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc'"):
         telemetry.build({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
-                         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, install=False)
+                         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, settings=TelemetrySettings(), install=False)
 
 
 def test_the_resource_names_sluice_and_the_pod_unless_the_standard_variables_do(monkeypatch) -> None:
@@ -236,9 +240,9 @@ def test_exporter_failures_are_logged_once_a_minute_and_say_how_many_were_held_b
     assert passed.getMessage() == "Failed to export span batch (12 more such messages in the last 60 s were not logged)"
 
 
-def test_traced_clients_default_to_redis_and_psycopg_and_unknown_names_are_named() -> None:
-    assert telemetry.traced_clients({}) == ("redis", "psycopg")
-    assert telemetry.traced_clients({"SLUICE_TRACE_CLIENTS": "Cassandra, redis"}) == ("cassandra", "redis")
-    assert telemetry.traced_clients({"SLUICE_TRACE_CLIENTS": "none"}) == ()
-    with pytest.raises(ConfigurationError, match="SLUICE_TRACE_CLIENTS: mongo unknown"):
-        telemetry.traced_clients({"SLUICE_TRACE_CLIENTS": "mongo"})
+def test_traced_clients_default_to_redis_and_psycopg_and_unknown_names_are_refused() -> None:
+    assert TelemetrySettings().trace_clients == ["redis", "psycopg"]
+    assert TelemetrySettings(trace_clients="cassandra, redis").trace_clients == ["cassandra", "redis"]
+    assert TelemetrySettings(trace_clients="none").trace_clients == []
+    with pytest.raises(ValidationError, match="'cassandra', 'redis' or 'psycopg'"):
+        TelemetrySettings(trace_clients="mongo")
