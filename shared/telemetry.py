@@ -478,8 +478,8 @@ def build(environ: Mapping[str, str] | None = None, *, settings: TelemetrySettin
             server = start_http_server(port, addr=address)
             exporters.append(f"prometheus http://{address}:{server[0].server_port}/metrics")
         except OSError as exc:  # telemetry never stops the pipeline; the operator sees this line
-            logger.error("telemetry: cannot serve Prometheus metrics on %s:%d (SLUICE_METRICS_PORT): %s",
-                         address, port, exc)
+            logger.warning("telemetry: cannot serve Prometheus metrics on %s:%d (SLUICE_METRICS_PORT): %s; "
+                           "is another process (a worker, the dev host) serving them?", address, port, exc)
     if connection:
         from azure.monitor.opentelemetry import configure_azure_monitor
 
