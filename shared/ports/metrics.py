@@ -1,7 +1,7 @@
 """Port of the pipeline's telemetry: what each stage did, reported once per batch, page or run.
 
 Services call these methods with figures they already hold (counts, a duration,
-the events of a page); the adapter (``shared.telemetry.OtelMetrics``) turns them
+the events of a page); the adapter (``shared.adapters.otel_metrics.OtelMetrics``) turns them
 into OpenTelemetry instruments and annotates the current span. Services never
 import an SDK, and with telemetry off they get :data:`NO_METRICS`, whose methods
 do nothing, so the figures cost nothing.

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from shared import telemetry
 from shared.adapters.cassandra.retry import CosmosRetryPolicy
+from shared.adapters.otel_metrics import reason_kind
 from shared.domain.events import EventMetadata, Limits, RawRecord, parse_records
 from shared.exceptions import ConfigurationError, TransientError
 from shared.ports.metrics import NO_METRICS
@@ -187,14 +188,14 @@ def test_dead_letter_reasons_are_bounded_labels_for_what_parse_records_says() ->
               b"7": "malformed", b"[]": "malformed", b"[1]": "malformed", b'{"event_id": 1}': "contract"}
     for body, kind in bodies.items():
         (rejected,) = parse_records([RawRecord(body, meta)], limits=Limits(max_body_bytes=256), now=NOW).errs
-        assert telemetry.reason_kind(rejected.reason) == kind, rejected.reason
+        assert reason_kind(rejected.reason) == kind, rejected.reason
     import json
 
     twin = json.dumps(good).encode()
     other = json.dumps({**good, "event_type": "u"}).encode()
     (conflict,) = parse_records([RawRecord(twin, meta), RawRecord(other, meta)], limits=Limits(), now=NOW).errs
-    assert telemetry.reason_kind(conflict.reason) == "conflicting_id"
-    assert telemetry.reason_kind("event store unavailable: NoHostAvailable") == "store_unavailable"
+    assert reason_kind(conflict.reason) == "conflicting_id"
+    assert reason_kind("event store unavailable: NoHostAvailable") == "store_unavailable"
 
 
 # --- spans ---
