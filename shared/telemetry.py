@@ -34,6 +34,7 @@ is configured.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import threading
@@ -42,6 +43,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -56,8 +58,7 @@ from shared.settings import TelemetrySettings
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "sluice"
-EXPORTER_LOGGERS = ("opentelemetry.exporter", "opentelemetry.sdk", "azure.monitor.opentelemetry",
-                    "azure.core.pipeline.policies")
+EXPORTER_LOGGERS = ("opentelemetry.exporter", "opentelemetry.sdk", "azure.monitor.opentelemetry")
 _OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
                    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -107,13 +108,34 @@ EXPORTER_LOG_LIMIT = OncePerInterval()
 
 
 def limit_exporter_logs(log_filter: logging.Filter = EXPORTER_LOG_LIMIT) -> None:
-    """Put ``log_filter`` on every logger of the exporters and the SDK (filters do not inherit: each gets it)."""
-    names = [name for name in list(logging.root.manager.loggerDict)
-             if name.startswith(EXPORTER_LOGGERS)] + list(EXPORTER_LOGGERS)
+    """Put ``log_filter`` on the logger of every module of the exporters and the SDK.
+
+    Filters do not inherit, and many of those modules are imported (and make their
+    ``logging.getLogger(__name__)``) only when they first export; so every module's
+    logger is made now, from the packages' files, and gets the filter.
+    """
+    names = set(EXPORTER_LOGGERS)
+    names.update(name for name in list(logging.root.manager.loggerDict) if name.startswith(EXPORTER_LOGGERS))
+    for package in EXPORTER_LOGGERS:
+        names.update(_module_names(package))
     for name in names:
         target = logging.getLogger(name)
         if log_filter not in target.filters:
             target.addFilter(log_filter)
+
+
+def _module_names(package: str) -> list[str]:
+    """Every module name under ``package``, from its files (nothing is imported but the parents)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except ImportError:
+        return []
+    names = []
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for path in Path(root).rglob("*.py"):
+            parts = [part for part in path.relative_to(root).with_suffix("").parts if part != "__init__"]
+            names.append(".".join([package, *parts]))
+    return names
 
 
 # --- what is configured ------------------------------------------------------------------------------------------
@@ -258,6 +280,7 @@ def build(environ: Mapping[str, str] | None = None, *, settings: TelemetrySettin
     port = settings.metrics_port
     if not (connection or otlp or port is not None):
         return OFF
+    limit_exporter_logs()  # before any exporter exists: some warn as they are made
     resource = service_resource(env)
     readers: list[Any] = []
     processors: list[Any] = []
@@ -311,7 +334,6 @@ def build(environ: Mapping[str, str] | None = None, *, settings: TelemetrySettin
             metrics.set_meter_provider(meter_provider)
             if tracer_provider is not None:
                 trace.set_tracer_provider(tracer_provider)
-    limit_exporter_logs()
     if tracer_provider is not None and install:
         instrument_clients(tracer_provider, settings.trace_clients)
     return Telemetry(meter_provider, tracer_provider, tuple(exporters), server)

@@ -10,13 +10,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import re
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -274,3 +279,41 @@ def test_the_prometheus_endpoint_serves_the_instruments_under_their_derived_name
     for series in ("sluice_ingest_batch_duration_seconds_bucket", "sluice_ingest_delay_seconds_count",
                    "sluice_lookup_requests_total", "sluice_lookup_duration_seconds_sum"):
         assert series in exported_series() and series in names, series
+
+
+AZURE_MONITOR_PROBE = r'''
+import json, logging, sys, time
+from datetime import UTC, datetime
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s|%(levelname)s|%(message)s")
+from shared import telemetry
+from shared.settings import TelemetrySettings
+started = telemetry.configure(TelemetrySettings())
+durations = []
+for n in range(20):
+    began = time.perf_counter()
+    with telemetry.stage_span("ingest", attributes={"eventhub.partition": "0"}):
+        telemetry.pipeline_metrics().ingest_batch("0", stored=(), duplicates=1, rejected=(), store_failed=0,
+                                                  seconds=0.01, oldest_enqueued=datetime.now(UTC))
+    durations.append(time.perf_counter() - began)
+    time.sleep(0.05)
+print(json.dumps({"exporters": list(started.exporters), "slowest": max(durations)}))
+'''
+
+
+def test_an_unreachable_azure_monitor_endpoint_never_blocks_an_invocation(tmp_path) -> None:
+    """The distro installs global providers and instrumentations, so it runs in a process of its own."""
+    port = closed_port()
+    environment = {**os.environ, "APPLICATIONINSIGHTS_CONNECTION_STRING":
+                   f"InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+                   f"IngestionEndpoint=http://127.0.0.1:{port}/;LiveEndpoint=http://127.0.0.1:{port}/",
+                   "OTEL_BSP_SCHEDULE_DELAY": "50", "OTEL_METRIC_EXPORT_INTERVAL": "200", "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", AZURE_MONITOR_PROBE], env=environment, capture_output=True,
+                          text=True, timeout=90, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["exporters"] == ["azure-monitor"]
+    assert result["slowest"] < 0.5, result
+    logged = Counter(line.split("|")[0] for line in done.stderr.splitlines()
+                     if re.match(r"(azure\.monitor|opentelemetry)[\w.]*\|(WARNING|ERROR)\|", line))
+    assert logged, "the exporters never reported their failures"
+    assert max(logged.values()) == 1, logged  # one line per logger per minute
