@@ -73,7 +73,7 @@ def _raw_status(stack, probe) -> None:
     from azure.core.exceptions import ResourceNotFoundError
     from azure.storage.blob import BlobServiceClient
 
-    from shared.domain.timebuckets import bucket_start
+    from shared.adapters.cassandra.layout import bucket_start
 
     values, settings = stack.values, probe.settings
     session, ks = probe.session, settings.cassandra.keyspace

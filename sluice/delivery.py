@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared.adapters.cassandra.layout import bucket_start, buckets_between
 from shared.adapters.redis.generations import generation_prefix
-from shared.domain.timebuckets import bucket_start, buckets_between
 from shared.settings import Settings, load_settings
 from sluice.loadgen import Expected
 

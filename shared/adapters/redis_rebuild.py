@@ -25,8 +25,8 @@ from redis.exceptions import NoScriptError
 
 from shared.adapters.redis import RedisChangeSink, sort_key
 from shared.adapters.redis.client import REDIS_ERRORS, failed
+from shared.domain.stored import StoredEvent
 from shared.ports.rebuild import Build
-from shared.ports.stored import StoredEvent
 
 logger = logging.getLogger(__name__)
 

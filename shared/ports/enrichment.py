@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 from shared.domain.enrichment import EnrichedWindow, ReferenceData
-from shared.ports.stored import StoredEvent
+from shared.domain.stored import StoredEvent
 
 Reason = Literal["scheduled", "late", "backfill"]
 

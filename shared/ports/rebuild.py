@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from shared.ports.stored import StoredEvent
+from shared.domain.stored import StoredEvent
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from shared.domain.rules import Criticality, MeasurementRule
+from shared.domain.stored import StoredEvent
 from shared.ports.cache import ChangeSink
 from shared.ports.feed import ChangeFeed, ContinuationRejected, FeedStateStore
-from shared.ports.stored import StoredEvent
 
 logger = logging.getLogger(__name__)
 

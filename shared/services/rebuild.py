@@ -32,9 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from shared.domain.rules import Criticality, MeasurementRule
+from shared.domain.stored import StoredEvent
 from shared.ports.cache import SINCE_ALL
 from shared.ports.rebuild import CacheBuilder, DeviceLog
-from shared.ports.stored import StoredEvent
 
 logger = logging.getLogger(__name__)
 

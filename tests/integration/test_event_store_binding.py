@@ -19,11 +19,11 @@ from cassandra.cluster import Session
 from cassandra.query import BatchStatement, BoundStatement
 
 from shared.adapters.cassandra.event_store import CassandraEventStore, write_timestamp
+from shared.adapters.cassandra.layout import bucket_start, shard_of
 from shared.adapters.cassandra.migrations import apply_migrations
 from shared.adapters.cassandra.session import connect
 from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.domain.rules import MeasurementRule
-from shared.domain.timebuckets import bucket_start, shard_of
 from shared.settings import CassandraSettings
 from sluice.launcher import Running
 

@@ -10,7 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.adapters.cassandra.codec import serializer
-from shared.domain.timebuckets import EPOCH, bucket_start, bucket_start_millis, day_of, day_of_millis, milliseconds
+from shared.adapters.cassandra.layout import bucket_start, bucket_start_millis, day_of, day_of_millis
+from shared.domain.times import EPOCH
+from shared.domain.times import to_ms as milliseconds
 
 PROTOCOL = 4
 TIMESTAMP = cqltypes.DateType

@@ -20,9 +20,9 @@ from shared.domain.enrichment import (
     windows_between,
 )
 from shared.domain.rules import MeasurementRule
+from shared.domain.stored import StoredEvent
 from shared.exceptions import TransientError
 from shared.ports.enrichment import Arrival, EnrichmentState
-from shared.ports.stored import StoredEvent
 from shared.services.enrichment import EnrichmentService
 from shared.settings import EnrichmentSettings
 

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from shared.domain.stored import StoredEvent
 from shared.exceptions import DependencyUnavailable
 from shared.ports.cache import SINCE_ALL, Cached
-from shared.ports.stored import StoredEvent
 from shared.services.lookups import (
     BadParameter,
     LookupService,

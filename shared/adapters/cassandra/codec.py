@@ -26,7 +26,7 @@ from operator import methodcaller
 
 from cassandra import cqltypes, marshal
 
-from shared.domain.timebuckets import milliseconds
+from shared.domain.times import to_ms
 
 Serializer = Callable[[object], bytes]
 
@@ -81,7 +81,7 @@ def _timestamp(driver: Serializer) -> Serializer:
         # The driver computes seconds * 1e3 + microseconds / 1e3 in floating point and truncates: for a
         # whole number of milliseconds (all Sluice binds) that is exactly the floor division below.
         if type(value) is datetime and not value.microsecond % 1000:
-            return _INT64(milliseconds(value))
+            return _INT64(to_ms(value))
         return driver(value)
 
     return serialize

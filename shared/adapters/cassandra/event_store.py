@@ -38,9 +38,10 @@ from cassandra.concurrent import execute_concurrent
 from cassandra.query import BatchStatement, BatchType, BoundStatement, PreparedStatement
 
 from shared.adapters.cassandra.codec import Serializer, serializer
+from shared.adapters.cassandra.layout import bucket_start_millis, day_of_millis, shard_of
 from shared.domain.events import Event
 from shared.domain.rules import Criticality, MeasurementRule
-from shared.domain.timebuckets import bucket_start_millis, day_of_millis, milliseconds, shard_of
+from shared.domain.times import to_ms
 from shared.exceptions import ConfigurationError, TransientError
 from shared.lazy import Once
 from shared.settings import CassandraSettings
@@ -89,7 +90,7 @@ _INSERTS = {
 }
 def write_timestamp(event: Event) -> int:
     """Microseconds for ``USING TIMESTAMP``: the event time in ms, then 3 digits from the event id."""
-    return _write_timestamp(milliseconds(event.timestamp), event.event_id)
+    return _write_timestamp(to_ms(event.timestamp), event.event_id)
 
 
 def _write_timestamp(millis: int, event_id: uuid.UUID) -> int:
@@ -252,8 +253,8 @@ class CassandraEventStore:
         """
         body, meta, cfg = event.body, event.metadata, self._settings
         event_id = body.event_id
-        at = milliseconds(body.timestamp)
-        enqueued = None if meta.enqueued_time is None else milliseconds(meta.enqueued_time)
+        at = to_ms(body.timestamp)
+        enqueued = None if meta.enqueued_time is None else to_ms(meta.enqueued_time)
         arrival = at if enqueued is None else enqueued
         return [
             event_id, body.device_id, at, day_of_millis(at), bucket_start_millis(at, cfg.bucket_seconds),

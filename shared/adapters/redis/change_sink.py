@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from shared.adapters.redis.base import Command, ScriptedRedis
 from shared.adapters.redis.client import Client, RedisConnection
 from shared.adapters.redis.keys import sort_key
-from shared.ports.stored import StoredEvent
+from shared.domain.stored import StoredEvent
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from shared.adapters.redis.base import Command, ScriptedRedis
 from shared.adapters.redis.client import REDIS_ERRORS, Client, RedisConnection, failed
 from shared.adapters.redis.keys import sort_key
+from shared.domain.stored import StoredEvent
 from shared.ports.cache import Cached
-from shared.ports.stored import StoredEvent
 
 
 class RedisLookupCache(ScriptedRedis):
