@@ -405,7 +405,7 @@ def test_an_unreachable_cassandra_fails_the_window_instead_of_returning_part_of_
         reader = CassandraWindowReader(session, cassandra, page_size=10, concurrency=2)
         assert reader.read(T0, T0 + W) == []
         running.kill()
-        with pytest.raises(DependencyUnavailable, match="Cassandra unavailable: reading the events of"):
+        with pytest.raises(DependencyUnavailable, match="cassandra unavailable: reading the events of"):
             reader.read(T0, T0 + W)
     finally:
         session.cluster.shutdown()
