@@ -10,18 +10,19 @@ two events of one device in one millisecond never mix their cells.
 Statements are prepared on first use (not in ``__init__``) and marked
 idempotent. Every statement is a selection of one event's values (``_VALUES``),
 and the payload (measurements, attributes, Event Hubs metadata) goes into four
-or five tables; so each value is serialized once per event, by the column type
-the driver reads from the prepared metadata, and its bytes are shared by every
-statement that carries it. ``PreparedStatement.bind`` would serialize the
-measurements map once per table, which was most of the ingest CPU; a test holds
-the bytes to what the driver's ``bind`` makes. Writes go out concurrently
-(``execute_concurrent``), and rows of one partition (one device-day of
-``events_by_device``, one device of ``device_latest``, one bucket and shard of
-the time-bucketed tables) share an UNLOGGED batch: one partition is one
-mutation, so the batch costs the server nothing extra and saves a request per
-row (2.9 requests per event instead of 4.9 for a 256-event batch). Throttling is
-retried by the session's ``CosmosRetryPolicy``; what still fails raises
-``TransientError`` naming the events concerned.
+or five tables. On a driver version ``shared.adapters.cassandra.fast_bind`` was
+verified on, each value is serialized once per event, by the column type the
+driver reads from the prepared metadata, and its bytes are shared by every
+statement that carries it (``PreparedStatement.bind`` would serialize the
+measurements map once per table); on any other version, or with
+``fast_bind=False``, the driver binds the statements through its public API.
+Writes go out concurrently (``execute_concurrent``), and rows of one partition
+(one device-day of ``events_by_device``, one device of ``device_latest``, one
+bucket and shard of the time-bucketed tables) share an UNLOGGED batch: one
+partition is one mutation, so the batch costs the server nothing extra and
+saves a request per row. Throttling is retried by the session's
+``CosmosRetryPolicy``; what still fails raises ``TransientError`` naming the
+events concerned.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ from operator import itemgetter
 
 from cassandra.cluster import Session
 from cassandra.concurrent import execute_concurrent
-from cassandra.query import BatchStatement, BatchType, BoundStatement, PreparedStatement
+from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
+from shared.adapters.cassandra import fast_bind as fast_path
 from shared.adapters.cassandra.codec import Serializer, serializer
 from shared.adapters.cassandra.layout import bucket_start_millis, day_of_millis, shard_of
 from shared.domain.events import Event
@@ -125,26 +127,14 @@ class _Prepared:
         pick = self._pick
         if serialized is None:
             return self.statement, list(pick(values))
-        bound = BoundStatement(self.statement)
-        # Tuples: the driver only reads a bound statement's values (to send them and to take the routing key);
-        # ``bind`` is the one place that appends, and it is not called here. ``raw_values``, as ``bind`` keeps
-        # what it was given.
-        bound.values = pick(serialized)
-        bound.raw_values = pick(values)
-        return bound, ()
+        return fast_path.bound(self.statement, pick(serialized), pick(values)), ()
 
     def batch(self, rows: list[tuple[list, list[bytes | None] | None]]) -> BatchStatement:
         """An unlogged batch of this INSERT for ``rows`` (each ``(values, serialized)``, as :meth:`pair` takes them).
 
-        The first row goes in through ``BatchStatement.add`` as a bound statement,
-        which gives the batch its routing key, keyspace and custom payload. Every
-        further row is of the same prepared INSERT, so all ``add`` would still do
-        is record ``(True, query id, values)``: that entry is recorded directly,
-        through the method ``add`` itself calls, which saves a ``BoundStatement``
-        and an ``add`` per row, about 3 us per event (an eighth of plan and bind).
-        ``tests/integration/test_event_store_binding.py`` holds every child to
-        what ``add`` makes of the driver's own bind, so a driver that records
-        children otherwise fails there, not in production.
+        The first row goes in through ``BatchStatement.add``, which gives the
+        batch its routing key, keyspace and custom payload. Serialized rows after
+        it go in through :func:`fast_path.add_rows`; unbound ones through ``add``.
         """
         batch = BatchStatement(batch_type=BatchType.UNLOGGED)
         batch.is_idempotent = True
@@ -154,16 +144,18 @@ class _Prepared:
             for values, serialized in rest:
                 batch.add(*self.pair(values, serialized))
             return batch
-        record, query_id, pick = batch._add_statement_and_params, self.statement.query_id, self._pick
-        for _, serialized in rest:
-            record(True, query_id, pick(serialized))
+        pick = self._pick
+        fast_path.add_rows(batch, self.statement, (pick(serialized) for _, serialized in rest))
         return batch
 
 
 class CassandraEventStore:
     """Implements ``shared.ports.ingest.EventStore`` on Cassandra / Cosmos DB."""
 
-    def __init__(self, session: Session, settings: CassandraSettings, rules: Sequence[MeasurementRule] = ()) -> None:
+    def __init__(self, session: Session, settings: CassandraSettings, rules: Sequence[MeasurementRule] = (), *,
+                 fast_bind: bool = True) -> None:
+        """``fast_bind=False`` always binds through the driver's public API (the reference the binding test uses)."""
+        self._fast_bind = fast_bind and fast_path.SUPPORTED
         self._session = session
         self._settings = settings
         self._critical = Criticality(rules)
@@ -194,16 +186,15 @@ class CassandraEventStore:
                 + (" ..." if len(ids) > 20 else "")
             )
 
-    def plan(self, events: Sequence[Event], *, bind: bool = True) -> tuple[list[tuple], list[tuple]]:
+    def plan(self, events: Sequence[Event]) -> tuple[list[tuple], list[tuple]]:
         """The (statement, parameters) pairs that store ``events``, and for each the event ids it carries.
 
-        With ``bind`` (the write path) every statement comes back bound, with empty
-        parameters; without it, as prepared statement and parameter list, for the
-        driver to bind (the raw-driver baseline of ``bench ingest``, and the
-        reference the binding test compares with).
+        On the fast bind path every statement comes back bound, with empty
+        parameters; on the public path, as prepared statement and parameter list,
+        for the driver to bind.
         """
         statements = self._statements.get()
-        bind = bind and statements.serializable
+        bind = self._fast_bind and statements.serializable
         serialize = statements.serialize
         by_id = statements.inserts["by_id"]
         # Every other table groups its rows by partition: per table, partition key -> the positions of the events
