@@ -7,6 +7,7 @@ adapters (or with :func:`reset` after changing the environment).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from functools import cache
@@ -24,8 +25,18 @@ _lock = threading.RLock()
 def settings() -> Settings:
     loaded = load_settings()
     logger.info("settings loaded: %s", loaded.as_dict())
-    runtime.configure(loaded.worker)
     return loaded
+
+
+@cache
+def start_worker() -> None:
+    """The worker process's start: its own settings (the garbage collector, ``shared.runtime``) applied once.
+
+    Called before the first service of the process is built (:func:`service`),
+    so the tuning is in place before the first batch, and never as a side
+    effect of merely reading the settings.
+    """
+    runtime.configure(settings().worker)
 
 
 def secret(value: SecretStr | None, secret_name: str | None) -> str | None:
@@ -100,7 +111,7 @@ def reset() -> None:
                 close(cached())
             except Exception:  # closing is best effort; the client is forgotten either way
                 logger.warning("closing %s failed", cached.__name__, exc_info=True)
-    for cached in (settings, keyvault, cassandra_session, blob_service, redis_client, postgres_pool, *_services):
+    for cached in (settings, start_worker, keyvault, cassandra_session, blob_service, redis_client, postgres_pool, *_services):
         cached.cache_clear()
 
 
@@ -109,8 +120,13 @@ _services: list = []
 
 
 def service(builder):
-    """Register a cached service builder (so :func:`reset` clears it too)."""
-    cached = cache(builder)
+    """Register a cached service builder (so :func:`reset` clears it too); building one starts the worker first."""
+    @functools.wraps(builder)
+    def started(*args, **kwargs):
+        start_worker()
+        return builder(*args, **kwargs)
+
+    cached = cache(started)
     _services.append(cached)
     return cached
 

@@ -201,7 +201,7 @@ def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime
     parsed = Parsed()
     seen: dict[int, DeviceEvent] = {}  # by the id's int: equal ids, and no Python-level UUID.__hash__ per lookup
     for record in records:
-        for item in _items(record, limits, context, parsed):
+        for item in _items(record, limits, context):
             if isinstance(item, Rejected):
                 parsed.errs.append(item)
                 continue
@@ -226,7 +226,7 @@ def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime
     return parsed
 
 
-def _items(record: RawRecord, limits: Limits, context: dict[str, Any], parsed: Parsed):
+def _items(record: RawRecord, limits: Limits, context: dict[str, Any]):
     body = record.body
     if len(body) > limits.max_body_bytes:
         yield Rejected(f"body is {len(body)} bytes; at most {limits.max_body_bytes} are allowed", body, record.metadata)

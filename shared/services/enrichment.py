@@ -53,7 +53,7 @@ class WindowOutcome:
 
 
 @dataclass(slots=True)
-class RunResult:
+class EnrichmentRunResult:
     """What one run did."""
 
     windows: list[WindowOutcome] = field(default_factory=list)
@@ -90,7 +90,7 @@ class EnrichmentService:
     def window_seconds(self) -> int:
         return self._settings.window_seconds
 
-    def run(self, now: datetime | None = None) -> RunResult:
+    def run(self, now: datetime | None = None) -> EnrichmentRunResult:
         """Enrich late and closed windows (see the module docstring); raises ``TransientError`` on failure."""
         cfg = self._settings
         now = now or self._clock()
@@ -98,7 +98,7 @@ class EnrichmentService:
         initial = window_of(now - timedelta(seconds=cfg.initial_lookback_seconds), cfg.window_seconds).start
         state = self._store.load_state(initial)
         reference = self._reference.load()
-        result = RunResult(watermark=state.watermark, late_scan_until=state.late_scan_until)
+        result = EnrichmentRunResult(watermark=state.watermark, late_scan_until=state.late_scan_until)
 
         late, complete = self._late_windows(state, now, result)
         result.windows.extend(self._enrich_all(late, reference, "late", advance_watermark=False))
@@ -127,7 +127,7 @@ class EnrichmentService:
         )
         return result
 
-    def _late_windows(self, state: EnrichmentState, now: datetime, result: RunResult) -> tuple[list[Window], bool]:
+    def _late_windows(self, state: EnrichmentState, now: datetime, result: EnrichmentRunResult) -> tuple[list[Window], bool]:
         """Enriched windows some of whose events have no enriched row yet; and whether the list is complete."""
         cfg = self._settings
         horizon = timedelta(seconds=cfg.late_horizon_seconds)
