@@ -74,8 +74,13 @@ def synthetic_bodies(count: int, devices: int, seed: int = 7) -> list[RawRecord]
             "attributes": {"firmware": "4.2.1", "site": f"site-{rng.randrange(50)}", "fleet": "north"},
         }
         raw = json.dumps(body).encode()
-        meta = EventMetadata(partition_id="0", offset=str(n * 600), sequence_number=n,
-                             enqueued_time=start_at + timedelta(milliseconds=n * 30 + 5), partition_key=body["device_id"])
+        meta = EventMetadata(
+            partition_id="0",
+            offset=str(n * 600),
+            sequence_number=n,
+            enqueued_time=start_at + timedelta(milliseconds=n * 30 + 5),
+            partition_key=body["device_id"],
+        )
         records.append(RawRecord(raw, meta))
     return records
 
@@ -89,14 +94,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=256, help="events per invocation (host.json maxEventBatchSize)")
     parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (SLUICE_CASSANDRA_WRITE_CONCURRENCY)")
+    parser.add_argument(
+        "--concurrency", type=int, default=64, help="requests in flight (SLUICE_CASSANDRA_WRITE_CONCURRENCY)"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="alternations of baseline and sluice")
     parser.add_argument("--passes", type=int, default=5, help="passes of the own-work measure; the best is reported")
     args = parser.parse_args(argv)
 
     records = synthetic_bodies(args.events, args.devices)
     size = sum(len(r.body) for r in records) / len(records)
-    print(f"{len(records)} events, {size:.0f} bytes on average, batches of {args.batch}, concurrency {args.concurrency}")
+    print(
+        f"{len(records)} events, {size:.0f} bytes on average, batches of {args.batch}, concurrency {args.concurrency}"
+    )
 
     emulator = start("cassandra-emulator", python_module("emulators.cassandra", "--host", "127.0.0.1", "--port", "0"),
                      timeout=60)

@@ -70,7 +70,9 @@ class ThreadedCheckpointStore(CheckpointStore):
         return await asyncio.to_thread(self._store.list_ownership, fully_qualified_namespace, eventhub_name,
                                        consumer_group, **kwargs)
 
-    async def claim_ownership(self, ownership_list: Iterable[dict[str, Any]], **kwargs: Any) -> Iterable[dict[str, Any]]:
+    async def claim_ownership(
+        self, ownership_list: Iterable[dict[str, Any]], **kwargs: Any
+    ) -> Iterable[dict[str, Any]]:
         return await asyncio.to_thread(self._store.claim_ownership, list(ownership_list), **kwargs)
 
     async def update_checkpoint(self, checkpoint: dict[str, Any], **kwargs: Any) -> None:

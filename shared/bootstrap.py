@@ -111,7 +111,16 @@ def reset() -> None:
                 close(cached())
             except Exception:  # closing is best effort; the client is forgotten either way
                 logger.warning("closing %s failed", cached.__name__, exc_info=True)
-    for cached in (settings, start_worker, keyvault, cassandra_session, blob_service, redis_client, postgres_pool, *_services):
+    for cached in (
+        settings,
+        start_worker,
+        keyvault,
+        cassandra_session,
+        blob_service,
+        redis_client,
+        postgres_pool,
+        *_services,
+    ):
         cached.cache_clear()
 
 
@@ -176,8 +185,13 @@ def rebuild_service(*, max_rps: float | None = None, page_size: int = 200):
 
     cfg = settings()
     log = CassandraDeviceLog(cassandra_session, cfg.cassandra.keyspace)
-    return RebuildService(log, RedisCacheBuilder(redis_change_sink()), rules=cfg.rules.critical_rules, page_size=page_size,
-                          max_rps=max_rps)
+    return RebuildService(
+        log,
+        RedisCacheBuilder(redis_change_sink()),
+        rules=cfg.rules.critical_rules,
+        page_size=page_size,
+        max_rps=max_rps,
+    )
 
 
 def replay_service(*, postgres: bool = True):
@@ -257,15 +271,28 @@ def status_service():
 
     cfg = settings()
     timeout = cfg.dashboard.read_timeout_seconds
-    arrivals = CassandraArrivalStats(cassandra_session, cfg.cassandra.keyspace, bucket_seconds=cfg.cassandra.bucket_seconds,
-                                     shards=cfg.cassandra.shards, timeout=timeout)
+    arrivals = CassandraArrivalStats(
+        cassandra_session,
+        cfg.cassandra.keyspace,
+        bucket_seconds=cfg.cassandra.bucket_seconds,
+        shards=cfg.cassandra.shards,
+        timeout=timeout,
+    )
     feed = CassandraFeedPosition(cassandra_session, cfg.cassandra.keyspace, cfg.changefeed.feed_name, timeout=timeout)
-    return StatusService(arrivals, feed, PostgresReports(postgres_pool(), timeout=timeout),
-                         BlobDeadLetterCounter(blob_service(), cfg.storage.deadletter_container),
-                         RedisCacheStats(redis_client()), RedisCriticalStream(redis_client(), key_prefix=cfg.redis.key_prefix,
-                                             stream_shards=cfg.redis.critical_stream_shards),
-                         _lag_reader() or NoLagReader(), lambda: lookup_service().health(),
-                         cache_seconds=cfg.dashboard.status_cache_seconds, section_timeout=2 * timeout)
+    return StatusService(
+        arrivals,
+        feed,
+        PostgresReports(postgres_pool(), timeout=timeout),
+        BlobDeadLetterCounter(blob_service(), cfg.storage.deadletter_container),
+        RedisCacheStats(redis_client()),
+        RedisCriticalStream(
+            redis_client(), key_prefix=cfg.redis.key_prefix, stream_shards=cfg.redis.critical_stream_shards
+        ),
+        _lag_reader() or NoLagReader(),
+        lambda: lookup_service().health(),
+        cache_seconds=cfg.dashboard.status_cache_seconds,
+        section_timeout=2 * timeout,
+    )
 
 
 def _lag_reader():

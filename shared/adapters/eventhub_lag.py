@@ -102,7 +102,11 @@ class EventHubBlobLagReader:
         missing: list[str] = []
         scaler_error = None
         for props in properties:
-            pid, beginning, last = props["id"], props["beginning_sequence_number"], props["last_enqueued_sequence_number"]
+            pid, beginning, last = (
+                props["id"],
+                props["beginning_sequence_number"],
+                props["last_enqueued_sequence_number"],
+            )
             checkpoint = None if source.strategy != STRATEGY or last == -1 else self._checkpoint(pid)
             if isinstance(checkpoint, str):
                 scaler_error = scaler_error or checkpoint
@@ -156,7 +160,9 @@ class EventHubBlobLagReader:
     def _misplaced(self, missing: list[str]) -> list[str]:
         """Where checkpoints of this hub and group sit when they are not where KEDA looks (empty: nowhere)."""
         source = self._source
-        wanted = {f"/{source.eventhub.lower()}/{source.consumer_group.lower()}/checkpoint/{pid}": pid for pid in missing}
+        wanted = {
+            f"/{source.eventhub.lower()}/{source.consumer_group.lower()}/checkpoint/{pid}": pid for pid in missing
+        }
         found: dict[str, list[str]] = {}
         try:
             for container in self._blobs.list_containers():

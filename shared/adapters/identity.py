@@ -60,9 +60,9 @@ def credential_for(url: str, *, managed_identity: bool = False, client_id: str |
         return LocalDevelopmentCredential()
     # Heavy imports, needed on Azure only.
     if managed_identity:
-        from azure.identity import ManagedIdentityCredential  # noqa: PLC0415
+        from azure.identity import ManagedIdentityCredential
 
         return ManagedIdentityCredential(client_id=client_id)
-    from azure.identity import DefaultAzureCredential  # noqa: PLC0415
+    from azure.identity import DefaultAzureCredential
 
     return DefaultAzureCredential()

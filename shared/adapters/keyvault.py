@@ -84,7 +84,9 @@ class KeyVaultSecrets:
                 raise ConfigurationError(
                     f"Key Vault {self._url} rejected reading secret {name!r}: {_reason(exc)}"
                 ) from None
-            raise DependencyUnavailable("key vault", f"reading secret {name!r} from {self._url}: {_reason(exc)}") from exc
+            raise DependencyUnavailable(
+                "key vault", f"reading secret {name!r} from {self._url}: {_reason(exc)}"
+            ) from exc
         except AzureError as exc:
             raise DependencyUnavailable("key vault", f"reading secret {name!r} from {self._url}: {exc}") from exc
         value = _valid_value(name, secret)

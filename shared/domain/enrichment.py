@@ -144,7 +144,13 @@ class MeasurementSummary:
             self.last, self.last_key = other.last, other.last_key
 
     def as_dict(self) -> dict[str, float | int]:
-        return {"count": self.count, "min": self.min, "max": self.max, "avg": self.total / self.count, "last": self.last}
+        return {
+            "count": self.count,
+            "min": self.min,
+            "max": self.max,
+            "avg": self.total / self.count,
+            "last": self.last,
+        }
 
 
 def _summaries(events: list[StoredEvent]) -> dict[str, MeasurementSummary]:

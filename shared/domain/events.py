@@ -260,7 +260,9 @@ def _items(record: RawRecord, limits: Limits, context: dict[str, Any]):
         yield Rejected("body is an empty JSON array", body, record.metadata)
         return
     else:
-        yield Rejected(f"body is a JSON {type(document).__name__}, not an event object or an array of them", body, record.metadata)
+        yield Rejected(
+            f"body is a JSON {type(document).__name__}, not an event object or an array of them", body, record.metadata
+        )
         return
     for index, element in elements:
         where = "event" if index is None else f"element {index}"

@@ -52,7 +52,10 @@ class WindowReader(Protocol):
 
 class ReferenceSource(Protocol):
     def load(self) -> ReferenceData:
-        """The current devices and sites (called once per run). Raises ``DependencyUnavailable`` or ``PermanentError``."""
+        """The current devices and sites (called once per run).
+
+        Raises ``DependencyUnavailable`` or ``PermanentError``.
+        """
 
 
 class EnrichmentStore(Protocol):

@@ -127,7 +127,9 @@ class EnrichmentService:
         )
         return result
 
-    def _late_windows(self, state: EnrichmentState, now: datetime, result: EnrichmentRunResult) -> tuple[list[Window], bool]:
+    def _late_windows(
+        self, state: EnrichmentState, now: datetime, result: EnrichmentRunResult
+    ) -> tuple[list[Window], bool]:
         """Enriched windows some of whose events have no enriched row yet; and whether the list is complete."""
         cfg = self._settings
         horizon = timedelta(seconds=cfg.late_horizon_seconds)

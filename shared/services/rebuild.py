@@ -119,7 +119,9 @@ class RebuildService:
             return event
         return dataclasses.replace(event, critical=self._criticality(event.severity, event.measurements))
 
-    def _critical(self, devices: Sequence[str], since_ms: int, pool: ThreadPoolExecutor) -> dict[str, list[StoredEvent]]:
+    def _critical(
+        self, devices: Sequence[str], since_ms: int, pool: ThreadPoolExecutor
+    ) -> dict[str, list[StoredEvent]]:
         def one(device: str) -> list[StoredEvent]:
             events = self._log.critical(device, since_ms)
             self._limiter.acquire(len(events))

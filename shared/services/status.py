@@ -182,9 +182,15 @@ class StatusService:
             "events_per_second": round(last_minute / 60, 2),
             "delay_p99_ms": p99(recent),
             "bucket_seconds": seconds,
-            "series": [{"start": _iso(b.start), "events": b.events,
-                        "events_per_second": round(b.events / elapsed[b.start], 2), "delay_p99_ms": p99(list(b.delays_ms))}
-                       for b in buckets],
+            "series": [
+                {
+                    "start": _iso(b.start),
+                    "events": b.events,
+                    "events_per_second": round(b.events / elapsed[b.start], 2),
+                    "delay_p99_ms": p99(list(b.delays_ms)),
+                }
+                for b in buckets
+            ],
         }
 
 

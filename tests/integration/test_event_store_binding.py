@@ -73,8 +73,17 @@ def flatten(work: list[tuple]) -> list:
     for statement, params in work:
         assert params == ()
         if isinstance(statement, BatchStatement):
-            out.append(("batch", statement.routing_key, statement.keyspace,
-                        [(prepared, query, list(values)) for prepared, query, values in statement._statements_and_parameters]))
+            out.append(
+                (
+                    "batch",
+                    statement.routing_key,
+                    statement.keyspace,
+                    [
+                        (prepared, query, list(values))
+                        for prepared, query, values in statement._statements_and_parameters
+                    ],
+                )
+            )
         else:
             assert isinstance(statement, BoundStatement)
             out.append((statement.prepared_statement.query_id, list(statement.values), list(statement.raw_values),
@@ -163,8 +172,10 @@ def test_rows_written_through_the_binder_read_back_as_the_events(store) -> None:
         seconds = event_store._settings.bucket_seconds
         for table, moment, column in (("events_by_time_bucket", event_time, "event_time"),
                                       ("events_by_arrival_bucket", arrival, "enqueued_at")):
-            found = session.execute(f"SELECT event_id, {column} FROM {keyspace}.{table} WHERE bucket = %s AND shard = %s",
-                                    (bucket_start(moment, seconds), shard)).all()
+            found = session.execute(
+                f"SELECT event_id, {column} FROM {keyspace}.{table} WHERE bucket = %s AND shard = %s",
+                (bucket_start(moment, seconds), shard),
+            ).all()
             assert event.event_id in {r.event_id for r in found}, (table, event.device_id)
     latest = {r.device_id: r for r in session.execute(
         f"SELECT device_id, event_id, writetime(severity) AS written FROM {keyspace}.device_latest")}

@@ -248,11 +248,25 @@ class CassandraEventStore:
         enqueued = None if meta.enqueued_time is None else to_ms(meta.enqueued_time)
         arrival = at if enqueued is None else enqueued
         return [
-            event_id, body.device_id, at, day_of_millis(at), bucket_start_millis(at, cfg.bucket_seconds),
-            shard_of(event_id, cfg.shards), bucket_start_millis(arrival, cfg.bucket_seconds), arrival,
-            _write_timestamp(at, event_id), body.event_type, body.severity, self._critical(body.severity, body.measurements),
-            body.measurements or None, body.attributes or None, body.schema_version,
-            meta.partition_id, meta.offset, meta.sequence_number, enqueued,
+            event_id,
+            body.device_id,
+            at,
+            day_of_millis(at),
+            bucket_start_millis(at, cfg.bucket_seconds),
+            shard_of(event_id, cfg.shards),
+            bucket_start_millis(arrival, cfg.bucket_seconds),
+            arrival,
+            _write_timestamp(at, event_id),
+            body.event_type,
+            body.severity,
+            self._critical(body.severity, body.measurements),
+            body.measurements or None,
+            body.attributes or None,
+            body.schema_version,
+            meta.partition_id,
+            meta.offset,
+            meta.sequence_number,
+            enqueued,
         ]
 
 

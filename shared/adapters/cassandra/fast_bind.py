@@ -34,8 +34,12 @@ VERIFIED_DRIVER_VERSIONS = frozenset({"3.30.1"})
 SUPPORTED = cassandra.__version__ in VERIFIED_DRIVER_VERSIONS
 
 if not SUPPORTED:
-    logger.warning("cassandra-driver %s is not one the fast bind path was verified on (%s): the event store binds "
-                   "through the driver's public API", cassandra.__version__, ", ".join(sorted(VERIFIED_DRIVER_VERSIONS)))
+    logger.warning(
+        "cassandra-driver %s is not one the fast bind path was verified on (%s): the event store binds "
+        "through the driver's public API",
+        cassandra.__version__,
+        ", ".join(sorted(VERIFIED_DRIVER_VERSIONS)),
+    )
 
 
 def bound(statement: PreparedStatement, serialized: Sequence[bytes | None], raw: Sequence[object]) -> BoundStatement:

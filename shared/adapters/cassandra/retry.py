@@ -55,7 +55,7 @@ class CosmosRetryPolicy(RetryPolicy):
         backoff = self.base_backoff * (2**retry_num) * (1 + random.random() / 2)
         return min(self.max_wait, hinted if hinted is not None else backoff)
 
-    def on_request_error(self, query, consistency, error, retry_num):  # noqa: ANN001 - driver signature
+    def on_request_error(self, query, consistency, error, retry_num):
         if isinstance(error, OverloadedErrorMessage) and retry_num < self.max_retries:
             delay = self.wait_for(error, retry_num)
             logger.warning("throttled (Overloaded), retry %d/%d in %.3fs", retry_num + 1, self.max_retries, delay)
@@ -65,12 +65,12 @@ class CosmosRetryPolicy(RetryPolicy):
             return self.RETRY_NEXT_HOST, consistency
         return self.RETHROW, None
 
-    def on_read_timeout(self, query, consistency, required_responses, received_responses, data_retrieved, retry_num):  # noqa: ANN001
+    def on_read_timeout(self, query, consistency, required_responses, received_responses, data_retrieved, retry_num):
         return (self.RETRY, consistency) if retry_num == 0 else (self.RETHROW, None)
 
-    def on_write_timeout(self, query, consistency, write_type, required_responses, received_responses, retry_num):  # noqa: ANN001
+    def on_write_timeout(self, query, consistency, write_type, required_responses, received_responses, retry_num):
         idempotent = getattr(query, "is_idempotent", False) or write_type in (WriteType.SIMPLE, WriteType.BATCH_LOG)
         return (self.RETRY, consistency) if retry_num == 0 and idempotent else (self.RETHROW, None)
 
-    def on_unavailable(self, query, consistency, required_replicas, alive_replicas, retry_num):  # noqa: ANN001
+    def on_unavailable(self, query, consistency, required_replicas, alive_replicas, retry_num):
         return (self.RETRY_NEXT_HOST, consistency) if retry_num == 0 else (self.RETHROW, None)

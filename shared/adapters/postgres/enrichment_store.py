@@ -75,8 +75,25 @@ _DEVICE_TYPES = ["text", "bool", "text", "text", "text", "text", "text", "text",
 _DEVICE_STATS_TYPES = ["text", "bool", "text", "int4", "int4", "timestamptz", "timestamptz", "jsonb"]
 _SITE_STATS_TYPES = ["text", "text", "text", "int4", "int4", "int4", "jsonb"]
 
-_NEW_EVENT_TYPES = ["uuid", "timestamptz", "text", "timestamptz", "timestamptz", "text", "text", "bool", "jsonb", "bool",
-                    "text", "text", "text", "text", "text", "text", "text"]
+_NEW_EVENT_TYPES = [
+    "uuid",
+    "timestamptz",
+    "text",
+    "timestamptz",
+    "timestamptz",
+    "text",
+    "text",
+    "bool",
+    "jsonb",
+    "bool",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+]
 _EVENT_COLUMNS = ("window_start", "device_id", "event_time", "enqueued_time", "event_type", "severity", "critical",
                   "measurements", "known_device", "site_id", "model", "firmware", "owner", "site_name", "region",
                   "site_timezone")
@@ -149,7 +166,9 @@ WHERE name = %(name)s AND watermark >= %(start)s AND watermark < %(end)s
 class PostgresEnrichmentStore:
     """Implements ``shared.ports.enrichment.EnrichmentStore`` (see the module docstring)."""
 
-    def __init__(self, pool: ConnectionPool, *, statement_timeout_seconds: float = 120.0, name: str = "default") -> None:
+    def __init__(
+        self, pool: ConnectionPool, *, statement_timeout_seconds: float = 120.0, name: str = "default"
+    ) -> None:
         self._pool = pool
         self._timeout_ms = int(statement_timeout_seconds * 1000)
         self._name = name

@@ -84,17 +84,22 @@ class PostgresReports:
 
     def site_daily(self, *, site_id: str | None, day_from: date | None, day_to: date | None,
                    limit: int) -> list[dict[str, Any]]:
-        sql = (f"SELECT {', '.join(_SITE_COLUMNS)} FROM report_site_daily "
-               "WHERE (%(site)s::text IS NULL OR site_id = %(site)s) "
-               "AND (%(from)s::date IS NULL OR local_day >= %(from)s) AND (%(to)s::date IS NULL OR local_day <= %(to)s) "
-               "ORDER BY local_day DESC, site_id LIMIT %(limit)s")
+        sql = (
+            f"SELECT {', '.join(_SITE_COLUMNS)} FROM report_site_daily "
+            "WHERE (%(site)s::text IS NULL OR site_id = %(site)s) "
+            "AND (%(from)s::date IS NULL OR local_day >= %(from)s) AND (%(to)s::date IS NULL OR local_day <= %(to)s) "
+            "ORDER BY local_day DESC, site_id LIMIT %(limit)s"
+        )
         return self._rows(sql, {"site": site_id, "from": day_from, "to": day_to, "limit": limit},  # type: ignore[arg-type]
                           _SITE_COLUMNS, "report_site_daily")
 
     def device_health(self, *, site_id: str | None, health: str | None, limit: int) -> list[dict[str, Any]]:
-        sql = (f"SELECT {', '.join(_DEVICE_COLUMNS)} FROM report_device_health "
-               "WHERE (%(site)s::text IS NULL OR site_id = %(site)s) AND (%(health)s::text IS NULL OR health = %(health)s) "
-               "ORDER BY last_seen DESC NULLS LAST, device_id LIMIT %(limit)s")
+        sql = (
+            f"SELECT {', '.join(_DEVICE_COLUMNS)} FROM report_device_health "
+            "WHERE (%(site)s::text IS NULL OR site_id = %(site)s) "
+            "AND (%(health)s::text IS NULL OR health = %(health)s) "
+            "ORDER BY last_seen DESC NULLS LAST, device_id LIMIT %(limit)s"
+        )
         return self._rows(sql, {"site": site_id, "health": health, "limit": limit},  # type: ignore[arg-type]
                           _DEVICE_COLUMNS, "report_device_health")
 

@@ -113,7 +113,9 @@ def test_helpers_and_bad_settings(own_emulator: Running, s: Session) -> None:
     with pytest.raises(InvalidRequest, match="unknown fault error 'boom'"):
         s.execute("INSERT INTO sluice_emulator.faults (name, error, count) VALUES ('current', 'boom', 1)")
     with pytest.raises(InvalidRequest, match="exactly one of count"):
-        s.execute("INSERT INTO sluice_emulator.faults (name, error, count, ratio) VALUES ('current', 'overloaded', 1, 0.5)")
+        s.execute(
+            "INSERT INTO sluice_emulator.faults (name, error, count, ratio) VALUES ('current', 'overloaded', 1, 0.5)"
+        )
     with pytest.raises(RuntimeError, match="ratio must be between 0 and 1"):
         inject_faults(own_emulator.host, own_emulator.port, ratio=2.0)
 
