@@ -231,7 +231,7 @@ def to_function_input(
     """What the worker passes: ``func.EventHubEvent`` objects with the values azure-functions'
     ``EventHubTriggerConverter`` decodes from the host's binding data (``offset`` an ``int`` in a batch,
     a ``str`` for a single event; bodies decoded as UTF-8 first unless ``dataType`` is binary), and
-    ``event.metadata`` with the host's keys. tests/unit/test_devhost_functions.py checks them against
+    ``event.metadata`` with the host's keys. tests/devhost/test_functions.py checks them against
     the converter itself."""
     metadata = trigger_metadata(events, partition, binding)
     binary = binding.data_type == "binary"
