@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from redis.exceptions import NoScriptError
 
@@ -100,7 +100,7 @@ class RedisCacheBuilder:
         return build
 
     def write(self, generation: int, latest: Sequence[StoredEvent],
-              critical: dict[str, Sequence[StoredEvent]], since_ms: int) -> None:
+              critical: Mapping[str, Sequence[StoredEvent]], since_ms: int) -> None:
         sink, keys = self._sink, self._sink.keys_of(generation)
         commands: list[tuple] = [("EVALSHA", sink.sha["latest"], 1, keys.latest(e.device_id), sort_key(e),
                                   e.to_json(), sink._ttl) for e in latest]

@@ -10,7 +10,7 @@ dead-letter it and nothing is lost.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -226,7 +226,8 @@ def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime
     return parsed
 
 
-def _items(record: RawRecord, limits: Limits, context: dict[str, Any]):
+def _items(record: RawRecord, limits: Limits,
+           context: dict[str, Any]) -> Iterator[Rejected | tuple[DeviceEvent, int | None]]:
     body = record.body
     if len(body) > limits.max_body_bytes:
         yield Rejected(f"body is {len(body)} bytes; at most {limits.max_body_bytes} are allowed", body, record.metadata)

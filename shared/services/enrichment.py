@@ -29,6 +29,7 @@ stay, the watermark stays at the last of them, and the next run resumes there.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -104,7 +105,7 @@ class EnrichmentService:
         result.windows.extend(self._enrich_all(late, reference, "late", advance_watermark=False))
         result.late_windows = len(late)
 
-        scheduled = []
+        scheduled: list[Window] = []
         window = window_of(state.watermark, cfg.window_seconds)
         while window.closed(now, lateness) and len(scheduled) < cfg.max_windows_per_run:
             scheduled.append(window)
@@ -134,7 +135,7 @@ class EnrichmentService:
         cfg = self._settings
         horizon = timedelta(seconds=cfg.late_horizon_seconds)
         scan_from = state.late_scan_until - timedelta(seconds=cfg.allowed_lateness_seconds)
-        candidates: dict = {}
+        candidates: dict[uuid.UUID, Window] = {}
         for arrival in self._reader.arrivals(scan_from, now):
             window = window_of(arrival.event_time, cfg.window_seconds)
             if window.end > state.watermark:

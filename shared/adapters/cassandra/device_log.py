@@ -34,7 +34,8 @@ _STATEMENTS = {
 
 def device_token(device_id: str) -> int:
     """The Murmur3 partitioner's token of a ``device_latest`` row."""
-    return murmur3(device_id.encode())
+    token: int = murmur3(device_id.encode())
+    return token
 
 
 class CassandraDeviceLog:

@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
+from typing import Any, cast
 
 from cassandra.cluster import Session
 from cassandra.concurrent import execute_concurrent
@@ -56,6 +57,11 @@ _PAYLOAD = ("event_type", "severity", "critical", "measurements", "attributes", 
 _VALUES = ("event_id", "device_id", "event_time", "day", "time_bucket", "shard", "arrival_bucket", "arrival",
            "write_timestamp", *_PAYLOAD)
 _INDEX = {name: i for i, name in enumerate(_VALUES)}
+
+Values = list[Any]  # one event's values, in ``_VALUES`` order
+Serialized = list[bytes | None]  # the same, serialized for the wire
+Row = tuple[Values, Serialized | None]  # a row to plan: serialized on the fast bind path, else None
+Work = tuple[Any, Sequence[Any]]  # (statement, parameters) for execute_concurrent
 
 
 @dataclass(frozen=True)
@@ -107,8 +113,8 @@ class _Prepared:
     picks: tuple[int, ...]
     # The bind variables of one event's values (a tuple: every INSERT has several columns), and its partition
     # key (a tuple, or the value itself for a one-column key: either serves as a dictionary key).
-    _pick: itemgetter = field(init=False, repr=False, compare=False)
-    partition: itemgetter = field(init=False, repr=False, compare=False)
+    _pick: itemgetter[Any] = field(init=False, repr=False, compare=False)
+    partition: itemgetter[Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # The partition key's bind variables, as the server's prepared metadata gives them; without them (a server
@@ -117,7 +123,7 @@ class _Prepared:
         object.__setattr__(self, "_pick", itemgetter(*self.picks))
         object.__setattr__(self, "partition", itemgetter(*(self.picks[i] for i in key)))
 
-    def pair(self, values: list, serialized: list[bytes | None] | None) -> tuple:
+    def pair(self, values: Values, serialized: Serialized | None) -> Work:
         """``(statement, parameters)`` for ``execute_concurrent`` and ``BatchStatement.add``.
 
         With ``serialized`` bytes: a statement bound as ``PreparedStatement.bind``
@@ -129,7 +135,7 @@ class _Prepared:
             return self.statement, list(pick(values))
         return fast_path.bound(self.statement, pick(serialized), pick(values)), ()
 
-    def batch(self, rows: list[tuple[list, list[bytes | None] | None]]) -> BatchStatement:
+    def batch(self, rows: list[Row]) -> BatchStatement:
         """An unlogged batch of this INSERT for ``rows`` (each ``(values, serialized)``, as :meth:`pair` takes them).
 
         The first row goes in through ``BatchStatement.add``, which gives the
@@ -145,7 +151,7 @@ class _Prepared:
                 batch.add(*self.pair(values, serialized))
             return batch
         pick = self._pick
-        fast_path.add_rows(batch, self.statement, (pick(serialized) for _, serialized in rest))
+        fast_path.add_rows(batch, self.statement, (pick(cast(Serialized, serialized)) for _, serialized in rest))
         return batch
 
 
@@ -186,7 +192,7 @@ class CassandraEventStore:
                 + (" ..." if len(ids) > 20 else "")
             )
 
-    def plan(self, events: Sequence[Event]) -> tuple[list[tuple], list[tuple]]:
+    def plan(self, events: Sequence[Event]) -> tuple[list[Work], list[tuple[uuid.UUID, ...]]]:
         """The (statement, parameters) pairs that store ``events``, and for each the event ids it carries.
 
         On the fast bind path every statement comes back bound, with empty
@@ -200,12 +206,13 @@ class CassandraEventStore:
         # Every other table groups its rows by partition: per table, partition key -> the positions of the events
         # whose rows it holds, in the order the events came. events_by_id has one row per partition (event ids are
         # unique in a batch), so it is not grouped.
-        tables = [(statements.inserts[name], {}) for name in ("latest", "by_time", "by_arrival", "by_device")]
+        tables: list[tuple[_Prepared, dict[Any, list[int]]]] = [
+            (statements.inserts[name], {}) for name in ("latest", "by_time", "by_arrival", "by_device")]
         with_critical = [*tables, (statements.inserts["critical"], {})]
-        rows: list[tuple[list, list[bytes | None] | None]] = []
-        event_ids = []
-        work: list[tuple] = []
-        owners: list[tuple] = []
+        rows: list[Row] = []
+        event_ids: list[uuid.UUID] = []
+        work: list[Work] = []
+        owners: list[tuple[uuid.UUID, ...]] = []
         for position, event in enumerate(events):
             values = self._values(event)
             serialized = serialize(values, event) if bind else None
@@ -235,7 +242,7 @@ class CassandraEventStore:
                     owners.append(tuple(map(event_ids.__getitem__, chunk)))
         return work, owners
 
-    def _values(self, event: Event) -> list:
+    def _values(self, event: Event) -> Values:
         """The event's values in ``_VALUES`` order: keys, buckets, write timestamp, then the payload.
 
         Timestamps are whole milliseconds since the epoch, which is what Cassandra
@@ -279,13 +286,13 @@ class _Statements:
     """The prepared INSERTs, and a serializer for each of an event's values, by the prepared metadata's CQL type."""
 
     inserts: dict[str, _Prepared]
-    types: tuple[type, ...]
+    types: tuple[Any, ...]  # the driver's CQL type classes
     serializers: tuple[Serializer, ...]
     serializable: bool
 
     @classmethod
     def of(cls, inserts: dict[str, _Prepared]) -> _Statements:
-        types: dict[int, type] = {}
+        types: dict[int, Any] = {}
         for name, prepared in inserts.items():
             for pick, column in zip(prepared.picks, prepared.statement.column_metadata, strict=True):
                 known = types.setdefault(pick, column.type)
@@ -300,7 +307,7 @@ class _Statements:
         serializable = all(p.statement.column_encryption_policy is None for p in inserts.values())
         return cls(inserts, ordered, tuple(serializer(t, protocol_version) for t in ordered), serializable)
 
-    def serialize(self, values: list, event: Event) -> list[bytes | None]:
+    def serialize(self, values: Values, event: Event) -> Serialized:
         """Each value's bytes as the driver's ``bind`` would make them (``None`` stays null)."""
         try:
             return [None if value is None else serialize(value)
