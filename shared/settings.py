@@ -517,7 +517,10 @@ class Settings(BaseModel):
         return self
 
 
-GROUPS: dict[str, type[_Group]] = {name: field.annotation for name, field in Settings.model_fields.items()}  # type: ignore[misc]
+GROUPS: dict[str, type[_Group]] = {
+    name: field.annotation  # type: ignore[misc]  # pydantic types it `type[Any] | None`: here always a group model
+    for name, field in Settings.model_fields.items()
+}
 
 
 def env_names(group: type[_Group]) -> list[str]:

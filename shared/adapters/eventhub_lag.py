@@ -175,9 +175,9 @@ class EventHubBlobLagReader:
             raise DependencyUnavailable("Blob storage", f"cannot list the checkpoint containers: {exc}") from exc
         where = source.container + "/" + source.blob_name("<partition>")
         out = []
-        for container, names in sorted(found.items()):
+        for holder, names in sorted(found.items()):
             out.append(f"checkpoints of hub {source.eventhub!r} and consumer group {source.consumer_group!r} sit at "
-                       f"{container}/{sorted(names)[0]} (and {len(names) - 1} more), but KEDA reads {where}: it "
+                       f"{holder}/{sorted(names)[0]} (and {len(names) - 1} more), but KEDA reads {where}: it "
                        f"counts every retained event of partitions {', '.join(missing)} as unprocessed and scales "
                        f"out to the maximum (check blobContainer, eventHubNamespace and eventHubName, which KEDA "
                        f"does not lower-case)")

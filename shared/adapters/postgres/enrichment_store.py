@@ -191,9 +191,11 @@ class PostgresEnrichmentStore:
                 "ON CONFLICT (name) DO NOTHING",
                 (self._name, initial, initial),
             )
-            watermark, late = conn.execute(
+            row = conn.execute(
                 "SELECT watermark, late_scan_until FROM enrichment_state WHERE name = %s", (self._name,)
             ).fetchone()
+            assert row is not None  # inserted just above when missing
+            watermark, late = row
         return EnrichmentState(watermark, late or watermark)
 
     def save_late_scan(self, until: datetime) -> None:
@@ -293,9 +295,9 @@ class PostgresEnrichmentStore:
                                     s.critical_count, s.first_event_time, s.last_event_time, s.measurements))
             with cur.copy("COPY stage_site_stats FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_SITE_STATS_TYPES)
-                for s in enriched.site_stats:
-                    copy.write_row((s.site_id, s.site_name, s.region, s.device_count, s.event_count, s.critical_count,
-                                    s.measurements))
+                for site in enriched.site_stats:
+                    copy.write_row((site.site_id, site.site_name, site.region, site.device_count, site.event_count,
+                                    site.critical_count, site.measurements))
 
 
 @contextmanager
