@@ -15,7 +15,7 @@ import logging
 import azure.functions as func
 
 from shared import bootstrap
-from shared.domain.events import EventMetadata, RawRecord
+from shared.services.ingest import EventMetadata, RawRecord
 
 logger = logging.getLogger(__name__)
 

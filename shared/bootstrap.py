@@ -7,14 +7,39 @@ adapters (or with :func:`reset` after changing the environment).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from collections.abc import Callable
 from functools import cache
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import SecretStr
 
 from shared import runtime
 from shared.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # the adapters are imported where they are built, on first use
+    from azure.storage.blob import BlobServiceClient
+    from cassandra.cluster import Session
+    from psycopg_pool import ConnectionPool
+
+    from shared.adapters.blob_deadletter import BlobDeadLetterSink
+    from shared.adapters.eventhub_lag import CachedPartitionLag
+    from shared.adapters.keyvault import KeyVaultSecrets
+    from shared.adapters.redis import RedisChangeSink, RedisConnection, RedisLookupCache
+    from shared.services.changefeed import ChangeFeedService
+    from shared.services.enrichment import EnrichmentService
+    from shared.services.history import HistoryService
+    from shared.services.ingest import IngestService
+    from shared.services.lookups import LookupService
+    from shared.services.rebuild import RebuildService
+    from shared.services.replay import ReplayService
+    from shared.services.reports import ReportService
+    from shared.services.state import StateService
+    from shared.services.status import StatusService
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 _lock = threading.RLock()
@@ -24,8 +49,18 @@ _lock = threading.RLock()
 def settings() -> Settings:
     loaded = load_settings()
     logger.info("settings loaded: %s", loaded.as_dict())
-    runtime.configure(loaded.worker)
     return loaded
+
+
+@cache
+def start_worker() -> None:
+    """The worker process's start: its own settings (the garbage collector, ``shared.runtime``) applied once.
+
+    Called before the first service of the process is built (:func:`service`),
+    so the tuning is in place before the first batch, and never as a side
+    effect of merely reading the settings.
+    """
+    runtime.configure(settings().worker)
 
 
 def secret(value: SecretStr | None, secret_name: str | None) -> str | None:
@@ -38,7 +73,7 @@ def secret(value: SecretStr | None, secret_name: str | None) -> str | None:
 
 
 @cache
-def keyvault():
+def keyvault() -> KeyVaultSecrets:
     from shared.adapters.keyvault import KeyVaultSecrets
 
     kv = settings().keyvault
@@ -47,7 +82,7 @@ def keyvault():
 
 
 @cache
-def cassandra_session():
+def cassandra_session() -> Session:
     from shared.adapters.cassandra.session import connect
 
     with _lock:
@@ -56,14 +91,14 @@ def cassandra_session():
 
 
 @cache
-def blob_service():
+def blob_service() -> BlobServiceClient:
     from shared.adapters.blob_service import blob_service_client
 
     return blob_service_client(settings().storage)
 
 
 @cache
-def redis_client():
+def redis_client() -> RedisConnection:
     """The Redis connection (one Redis or a Redis Cluster, see ``SLUICE_REDIS_CLUSTER``), built on first use."""
     from shared.adapters.redis import RedisConnection
 
@@ -73,7 +108,7 @@ def redis_client():
 
 
 @cache
-def postgres_pool():
+def postgres_pool() -> ConnectionPool:
     from psycopg_pool import ConnectionPool
 
     cfg = settings().postgres
@@ -92,38 +127,53 @@ def postgres_pool():
 
 def reset() -> None:
     """Close and forget every cached client, service and the settings (tests, or a changed environment)."""
-    closers = ((cassandra_session, lambda s: s.cluster.shutdown()), (postgres_pool, lambda p: p.close()),
-               (redis_client, lambda r: r.close()), (blob_service, lambda b: b.close()))
+    closers: tuple[tuple[functools._lru_cache_wrapper[Any], Callable[[Any], object]], ...] = (
+        (cassandra_session, lambda s: s.cluster.shutdown()), (postgres_pool, lambda p: p.close()),
+        (redis_client, lambda r: r.close()), (blob_service, lambda b: b.close()))
     for cached, close in closers:
         if cached.cache_info().currsize:
             try:
                 close(cached())
             except Exception:  # closing is best effort; the client is forgotten either way
                 logger.warning("closing %s failed", cached.__name__, exc_info=True)
-    for cached in (settings, keyvault, cassandra_session, blob_service, redis_client, postgres_pool, *_services):
+    for cached in (
+        settings,
+        start_worker,
+        keyvault,
+        cassandra_session,
+        blob_service,
+        redis_client,
+        postgres_pool,
+        *_services,
+    ):
         cached.cache_clear()
 
 
 # --- services: one builder each, decorated with @service (cached per process, cleared by reset()) ---
-_services: list = []
+_services: list[functools._lru_cache_wrapper[Any]] = []
 
 
-def service(builder):
-    """Register a cached service builder (so :func:`reset` clears it too)."""
-    cached = cache(builder)
+def service(builder: Callable[[], T]) -> functools._lru_cache_wrapper[T]:
+    """Register a cached service builder (so :func:`reset` clears it too); building one starts the worker first."""
+    @functools.wraps(builder)
+    def started() -> T:
+        start_worker()
+        return builder()
+
+    cached = cache(started)
     _services.append(cached)
     return cached
 
 
 @service
-def dead_letter_sink():
+def dead_letter_sink() -> BlobDeadLetterSink:
     from shared.adapters.blob_deadletter import BlobDeadLetterSink
 
     return BlobDeadLetterSink(blob_service(), settings().storage.deadletter_container)
 
 
 @service
-def ingest_service():
+def ingest_service() -> IngestService:
     from shared.adapters.cassandra.event_store import CassandraEventStore
     from shared.services.ingest import IngestService, LazyEventStore
 
@@ -133,7 +183,7 @@ def ingest_service():
 
 
 @service
-def redis_change_sink():
+def redis_change_sink() -> RedisChangeSink:
     from shared.adapters.redis import RedisChangeSink
 
     cfg = settings().redis
@@ -143,7 +193,7 @@ def redis_change_sink():
 
 
 @service
-def redis_lookup_cache():
+def redis_lookup_cache() -> RedisLookupCache:
     from shared.adapters.redis import RedisLookupCache
 
     cfg = settings().redis
@@ -152,7 +202,7 @@ def redis_lookup_cache():
                             stream_shards=cfg.critical_stream_shards)
 
 
-def rebuild_service(*, max_rps: float | None = None, page_size: int = 200):
+def rebuild_service(*, max_rps: float | None = None, page_size: int = 200) -> RebuildService:
     """Not cached: each run has its own rate limit."""
     from shared.adapters.cassandra.device_log import CassandraDeviceLog
     from shared.adapters.redis_rebuild import RedisCacheBuilder
@@ -160,11 +210,16 @@ def rebuild_service(*, max_rps: float | None = None, page_size: int = 200):
 
     cfg = settings()
     log = CassandraDeviceLog(cassandra_session, cfg.cassandra.keyspace)
-    return RebuildService(log, RedisCacheBuilder(redis_change_sink()), rules=cfg.rules.critical_rules, page_size=page_size,
-                          max_rps=max_rps)
+    return RebuildService(
+        log,
+        RedisCacheBuilder(redis_change_sink()),
+        rules=cfg.rules.critical_rules,
+        page_size=page_size,
+        max_rps=max_rps,
+    )
 
 
-def replay_service(*, postgres: bool = True):
+def replay_service(*, postgres: bool = True) -> ReplayService:
     from shared.adapters.cassandra.window_reader import CassandraWindowReader
     from shared.services.replay import ReplayService
 
@@ -176,12 +231,13 @@ def replay_service(*, postgres: bool = True):
 
 
 @service
-def changefeed_service():
+def changefeed_service() -> ChangeFeedService:
     from shared.adapters.cassandra.feed import CassandraFeedStateStore, CosmosChangeFeed, PortableChangeFeed
     from shared.services.changefeed import ChangeFeedService
 
     cfg = settings()
     feed_cfg, ks = cfg.changefeed, cfg.cassandra.keyspace
+    feed: CosmosChangeFeed | PortableChangeFeed
     if feed_cfg.mode == "cosmos":
         feed = CosmosChangeFeed(cassandra_session(), ks, page_size=feed_cfg.page_size,
                                 lookback_seconds=feed_cfg.lookback_seconds)
@@ -196,7 +252,7 @@ def changefeed_service():
 
 
 @service
-def lookup_service():
+def lookup_service() -> LookupService:
     from shared.adapters.cassandra.reader import CassandraEventReader
     from shared.services.lookups import LookupService
 
@@ -212,7 +268,7 @@ def lookup_service():
 
 
 @service
-def enrichment_service():
+def enrichment_service() -> EnrichmentService:
     from shared.adapters.cassandra.window_reader import CassandraWindowReader
     from shared.adapters.postgres.enrichment_store import PostgresEnrichmentStore
     from shared.adapters.reference import ParquetBlobReferenceSource, PostgresReferenceSource
@@ -222,6 +278,7 @@ def enrichment_service():
     enrich = cfg.enrichment
     reader = CassandraWindowReader(cassandra_session(), cfg.cassandra, page_size=enrich.read_page_size,
                                    concurrency=enrich.read_concurrency)
+    reference: ParquetBlobReferenceSource | PostgresReferenceSource
     if enrich.reference_source == "parquet":
         reference = ParquetBlobReferenceSource(blob_service(), enrich.reference_container,
                                                enrich.reference_devices_blob, enrich.reference_sites_blob)
@@ -232,7 +289,7 @@ def enrichment_service():
 
 
 @service
-def status_service():
+def status_service() -> StatusService:
     from shared.adapters.blob_deadletter import BlobDeadLetterCounter
     from shared.adapters.cassandra.dashboard import CassandraArrivalStats, CassandraFeedPosition
     from shared.adapters.postgres.reports import PostgresReports
@@ -241,18 +298,31 @@ def status_service():
 
     cfg = settings()
     timeout = cfg.dashboard.read_timeout_seconds
-    arrivals = CassandraArrivalStats(cassandra_session, cfg.cassandra.keyspace, bucket_seconds=cfg.cassandra.bucket_seconds,
-                                     shards=cfg.cassandra.shards, timeout=timeout)
+    arrivals = CassandraArrivalStats(
+        cassandra_session,
+        cfg.cassandra.keyspace,
+        bucket_seconds=cfg.cassandra.bucket_seconds,
+        shards=cfg.cassandra.shards,
+        timeout=timeout,
+    )
     feed = CassandraFeedPosition(cassandra_session, cfg.cassandra.keyspace, cfg.changefeed.feed_name, timeout=timeout)
-    return StatusService(arrivals, feed, PostgresReports(postgres_pool(), timeout=timeout),
-                         BlobDeadLetterCounter(blob_service(), cfg.storage.deadletter_container),
-                         RedisCacheStats(redis_client()), RedisCriticalStream(redis_client(), key_prefix=cfg.redis.key_prefix,
-                                             stream_shards=cfg.redis.critical_stream_shards),
-                         _lag_reader() or NoLagReader(), lambda: lookup_service().health(),
-                         cache_seconds=cfg.dashboard.status_cache_seconds, section_timeout=2 * timeout)
+    return StatusService(
+        arrivals,
+        feed,
+        PostgresReports(postgres_pool(), timeout=timeout),
+        BlobDeadLetterCounter(blob_service(), cfg.storage.deadletter_container),
+        RedisCacheStats(redis_client()),
+        RedisCriticalStream(
+            redis_client(), key_prefix=cfg.redis.key_prefix, stream_shards=cfg.redis.critical_stream_shards
+        ),
+        _lag_reader() or NoLagReader(),
+        lambda: lookup_service().health(),
+        cache_seconds=cfg.dashboard.status_cache_seconds,
+        section_timeout=2 * timeout,
+    )
 
 
-def _lag_reader():
+def _lag_reader() -> CachedPartitionLag | None:
     """The ingest hub's lag as KEDA reads it, from the host's own Event Hubs connection; ``None`` without one."""
     import os
 
@@ -277,7 +347,7 @@ def _lag_reader():
 
 
 @service
-def history_service():
+def history_service() -> HistoryService:
     from shared.adapters.cassandra.dashboard import CassandraDeviceHistory
     from shared.services.history import HistoryService, TokenSigner, derived_key
 
@@ -292,7 +362,7 @@ def history_service():
 
 
 @service
-def state_service():
+def state_service() -> StateService:
     from shared.adapters.cassandra.dashboard import CassandraDeviceHistory
     from shared.adapters.cassandra.reader import CassandraEventReader
     from shared.services.state import StateService
@@ -304,7 +374,7 @@ def state_service():
 
 
 @service
-def report_service():
+def report_service() -> ReportService:
     from shared.adapters.postgres.reports import PostgresReports
     from shared.services.reports import ReportService
 

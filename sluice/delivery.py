@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared.adapters.cassandra.layout import bucket_start, buckets_between
 from shared.adapters.redis.generations import generation_prefix
-from shared.domain.timebuckets import bucket_start, buckets_between
 from shared.settings import Settings, load_settings
 from sluice.loadgen import Expected
 
@@ -126,7 +126,9 @@ class Probe:
         statement = self.session.prepare(
             f"SELECT event_id, device_id, event_time, critical, measurements FROM {cfg.keyspace}.events_by_time_bucket "
             "WHERE bucket = ? AND shard = ?")
-        args = [(bucket, shard) for bucket in buckets_between(start, end, cfg.bucket_seconds) for shard in range(cfg.shards)]
+        args = [
+            (bucket, shard) for bucket in buckets_between(start, end, cfg.bucket_seconds) for shard in range(cfg.shards)
+        ]
         rows: list[Any] = []
         for ok, result in execute_concurrent_with_args(self.session, statement, args, concurrency=16,
                                                        raise_on_first_error=True):
@@ -140,7 +142,9 @@ class Probe:
         cfg = self.settings.cassandra
         statement = self.session.prepare(
             f"SELECT COUNT(*) FROM {cfg.keyspace}.events_by_time_bucket WHERE bucket = ? AND shard = ?")
-        args = [(bucket, shard) for bucket in buckets_between(start, end, cfg.bucket_seconds) for shard in range(cfg.shards)]
+        args = [
+            (bucket, shard) for bucket in buckets_between(start, end, cfg.bucket_seconds) for shard in range(cfg.shards)
+        ]
         total = 0
         for _, result in execute_concurrent_with_args(self.session, statement, args, concurrency=16,
                                                       raise_on_first_error=True):
@@ -299,7 +303,9 @@ class Probe:
                 figures.errors[name] = f"{type(exc).__name__}: {exc}"[:200]
                 return None
 
-        figures.stored = attempt("stored", lambda: self.stored_count(since - timedelta(minutes=3), now + timedelta(minutes=6)))
+        figures.stored = attempt(
+            "stored", lambda: self.stored_count(since - timedelta(minutes=3), now + timedelta(minutes=6))
+        )
         figures.dead_lettered = attempt("dead letters", lambda: len(self.dead_letters(since, download=False)))
         if "changefeed" in features:
             figures.critical_cached = attempt("redis", self.critical_cached)

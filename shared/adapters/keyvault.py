@@ -19,6 +19,7 @@ import logging
 import re
 from datetime import UTC, datetime
 from functools import cache
+from typing import Any
 
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
@@ -46,7 +47,7 @@ class KeyVaultSecrets:
     ) -> None:
         if credential is None:
             credential = credential_for(url)
-        options: dict = {
+        options: dict[str, Any] = {
             "verify_challenge_resource": not is_local(url),
             "connection_timeout": timeout,
             "read_timeout": timeout,
@@ -84,7 +85,9 @@ class KeyVaultSecrets:
                 raise ConfigurationError(
                     f"Key Vault {self._url} rejected reading secret {name!r}: {_reason(exc)}"
                 ) from None
-            raise DependencyUnavailable("key vault", f"reading secret {name!r} from {self._url}: {_reason(exc)}") from exc
+            raise DependencyUnavailable(
+                "key vault", f"reading secret {name!r} from {self._url}: {_reason(exc)}"
+            ) from exc
         except AzureError as exc:
             raise DependencyUnavailable("key vault", f"reading secret {name!r} from {self._url}: {exc}") from exc
         value = _valid_value(name, secret)

@@ -29,6 +29,7 @@ stay, the watermark stays at the last of them, and the next run resumes there.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ class WindowOutcome:
 
 
 @dataclass(slots=True)
-class RunResult:
+class EnrichmentRunResult:
     """What one run did."""
 
     windows: list[WindowOutcome] = field(default_factory=list)
@@ -90,7 +91,7 @@ class EnrichmentService:
     def window_seconds(self) -> int:
         return self._settings.window_seconds
 
-    def run(self, now: datetime | None = None) -> RunResult:
+    def run(self, now: datetime | None = None) -> EnrichmentRunResult:
         """Enrich late and closed windows (see the module docstring); raises ``TransientError`` on failure."""
         cfg = self._settings
         now = now or self._clock()
@@ -98,13 +99,13 @@ class EnrichmentService:
         initial = window_of(now - timedelta(seconds=cfg.initial_lookback_seconds), cfg.window_seconds).start
         state = self._store.load_state(initial)
         reference = self._reference.load()
-        result = RunResult(watermark=state.watermark, late_scan_until=state.late_scan_until)
+        result = EnrichmentRunResult(watermark=state.watermark, late_scan_until=state.late_scan_until)
 
         late, complete = self._late_windows(state, now, result)
         result.windows.extend(self._enrich_all(late, reference, "late", advance_watermark=False))
         result.late_windows = len(late)
 
-        scheduled = []
+        scheduled: list[Window] = []
         window = window_of(state.watermark, cfg.window_seconds)
         while window.closed(now, lateness) and len(scheduled) < cfg.max_windows_per_run:
             scheduled.append(window)
@@ -127,12 +128,14 @@ class EnrichmentService:
         )
         return result
 
-    def _late_windows(self, state: EnrichmentState, now: datetime, result: RunResult) -> tuple[list[Window], bool]:
+    def _late_windows(
+        self, state: EnrichmentState, now: datetime, result: EnrichmentRunResult
+    ) -> tuple[list[Window], bool]:
         """Enriched windows some of whose events have no enriched row yet; and whether the list is complete."""
         cfg = self._settings
         horizon = timedelta(seconds=cfg.late_horizon_seconds)
         scan_from = state.late_scan_until - timedelta(seconds=cfg.allowed_lateness_seconds)
-        candidates: dict = {}
+        candidates: dict[uuid.UUID, Window] = {}
         for arrival in self._reader.arrivals(scan_from, now):
             window = window_of(arrival.event_time, cfg.window_seconds)
             if window.end > state.watermark:

@@ -25,10 +25,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from shared.domain.events import Event, Limits, RawRecord, parse_records
+from shared.domain.events import Event, EventMetadata, Limits, RawRecord, parse_records
 from shared.exceptions import TransientError
 from shared.lazy import Once
 from shared.ports.ingest import DeadLetterSink, EventStore
+
+# The service's input, for the entry point that decodes the Event Hubs binding into it.
+__all__ = ["EventMetadata", "IngestResult", "IngestService", "LazyEventStore", "RawRecord"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +53,9 @@ class IngestService:
         self._dead_letters = dead_letters
         self._limits = limits
 
-    def handle(self, records: Sequence[RawRecord], *, final_attempt: bool = True, now: datetime | None = None) -> IngestResult:
+    def handle(
+        self, records: Sequence[RawRecord], *, final_attempt: bool = True, now: datetime | None = None
+    ) -> IngestResult:
         """Store or dead-letter every record (see the module docstring for the order)."""
         parsed = parse_records(records, limits=self._limits, now=now)
         if parsed.errs:

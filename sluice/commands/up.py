@@ -40,15 +40,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--duration", type=float, help="bounded run: send load this many seconds, drain, check, exit")
-    parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help=f"events per second (default {DEFAULT_RATE:g})")
+    parser.add_argument(
+        "--rate", type=float, default=DEFAULT_RATE, help=f"events per second (default {DEFAULT_RATE:g})"
+    )
     parser.add_argument("--devices", type=int, default=DEFAULT_DEVICES, help=f"devices (default {DEFAULT_DEVICES})")
     parser.add_argument("--critical-ratio", type=float, default=0.01)
     parser.add_argument("--duplicate-ratio", type=float, default=0.001)
     parser.add_argument("--invalid-ratio", type=float, default=0.001)
     parser.add_argument("--out-of-order-ratio", type=float, default=0.005)
     parser.add_argument("--no-load", action="store_true", help="start the stack but send nothing")
-    parser.add_argument("--no-devhost", action="store_true",
-                        help="do not start the dev host (to run `func start` instead); also writes ./local.settings.json")
+    parser.add_argument(
+        "--no-devhost",
+        action="store_true",
+        help="do not start the dev host (to run `func start` instead); also writes ./local.settings.json",
+    )
     parser.add_argument("--data-dir", type=Path, default=ROOT / ".local" / "stack",
                         help="where emulator data, logs and local.settings.json live (default .local/stack)")
     parser.add_argument("--in-memory", action="store_true", help="keep emulator and Azurite data in memory only")
@@ -417,11 +422,17 @@ def _where_to_look(stack, console, probe, features: set[str], expected=None) -> 
             ids = probe.sample_ids()
     device = ids.get("critical_device") or ids.get("device")
     event = ids.get("critical_event") or ids.get("event")
-    lines = ["[bold]where to look[/]", f"  Page      {http}/dashboard   (live operations page: status, critical feed, devices, sites)",
-             f"  HTTP      {http}/health   {http}/openapi.json   {http}/status"]
+    lines = [
+        "[bold]where to look[/]",
+        f"  Page      {http}/dashboard   (live operations page: status, critical feed, devices, sites)",
+        f"  HTTP      {http}/health   {http}/openapi.json   {http}/status",
+    ]
     if device and event:
-        lines += [f"            {http}/devices/{device}/latest", f"            {http}/devices/{device}/critical?limit=5",
-                  f"            {http}/events/{event}"]
+        lines += [
+            f"            {http}/devices/{device}/latest",
+            f"            {http}/devices/{device}/critical?limit=5",
+            f"            {http}/events/{event}",
+        ]
     else:
         lines.append("            lookup URLs with real ids appear in the live table once events are stored")
     lines += [

@@ -123,3 +123,8 @@ class RedisConnection:
             if self._client is not None:
                 self._client.close()
                 self._client = None
+
+
+def as_text(value: bytes | str) -> str:
+    """A reply as text (the client returns bytes; a client made with ``decode_responses`` returns str)."""
+    return value.decode() if isinstance(value, bytes) else value
