@@ -37,6 +37,18 @@ def secret(value: SecretStr | None, secret_name: str | None) -> str | None:
     return None
 
 
+def rotating_secret(value: SecretStr | None, secret_name: str | None):
+    """A store's password as a :class:`RotatingSecret`: re-read from Key Vault when the store refuses it."""
+    from shared.adapters.secrets import RotatingSecret
+
+    if value is not None:
+        return RotatingSecret.fixed(value.get_secret_value())
+    if secret_name:
+        return RotatingSecret(secret_name, lambda: keyvault().fetch(secret_name),
+                              min_interval=settings().keyvault.refresh_min_interval_seconds)
+    return None
+
+
 @cache
 def keyvault():
     from shared.adapters.keyvault import KeyVaultSecrets
@@ -52,7 +64,7 @@ def cassandra_session():
 
     with _lock:
         cfg = settings().cassandra
-        return connect(cfg, secret(cfg.password, cfg.password_secret))
+        return connect(cfg, rotating_secret(cfg.password, cfg.password_secret))
 
 
 @cache
@@ -68,26 +80,16 @@ def redis_client():
     from shared.adapters.redis import RedisConnection
 
     cfg = settings().redis
-    return RedisConnection(cfg.url, password=secret(cfg.password, cfg.password_secret), cluster=cfg.cluster,
+    return RedisConnection(cfg.url, password=rotating_secret(cfg.password, cfg.password_secret), cluster=cfg.cluster,
                            socket_timeout=cfg.socket_timeout_seconds)
 
 
 @cache
 def postgres_pool():
-    from psycopg_pool import ConnectionPool
+    from shared.adapters.postgres.pool import make_pool
 
     cfg = settings().postgres
-    return ConnectionPool(
-        cfg.conninfo(secret(cfg.password, cfg.password_secret)),
-        min_size=cfg.pool_min_size,
-        max_size=cfg.pool_max_size,
-        max_lifetime=cfg.pool_max_lifetime_seconds,
-        timeout=cfg.pool_timeout_seconds,
-        check=ConnectionPool.check_connection,
-        kwargs={"prepare_threshold": cfg.prepare_threshold},
-        open=True,
-        name="sluice",
-    )
+    return make_pool(cfg.conninfo(), cfg, password=rotating_secret(cfg.password, cfg.password_secret))
 
 
 def reset() -> None:

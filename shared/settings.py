@@ -292,6 +292,8 @@ class PostgresSettings(_Group):
     """Name of the Key Vault secret holding the password"""
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
     """libpq sslmode (Azure: `require` or `verify-full`)"""
+    sslrootcert: Path | None = None
+    """CA bundle that `verify-ca`/`verify-full` check the server with (default: libpq's `~/.postgresql/root.crt`)"""
     pool_min_size: int = Field(1, ge=0)
     """Connections the pool keeps open"""
     pool_max_size: int = Field(4, ge=1)
@@ -324,6 +326,8 @@ class PostgresSettings(_Group):
             "sslmode": self.sslmode,
             "application_name": "sluice",
         }
+        if self.sslrootcert:
+            parts["sslrootcert"] = str(self.sslrootcert)
         if password:
             parts["password"] = password
         return make_conninfo(**parts)
@@ -424,6 +428,7 @@ class KeyVaultSettings(_Group):
     url: str | None = None
     """Key Vault holding the secrets named by `*_SECRET` settings (https only)"""
     ca_file: Path | None = Field(None, description="CA bundle for a local emulator's HTTPS certificate")
+    refresh_min_interval_seconds: float = Field(5.0, ge=0, description="a secret a store refused is re-read at most this often")
 
     @field_validator("url")
     @classmethod

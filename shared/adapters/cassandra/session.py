@@ -4,25 +4,67 @@ One Session per worker process, built on first use and reused by every
 invocation (see ``shared.bootstrap``); nothing connects at import time.
 Cosmos DB for Apache Cassandra: port 10350, TLS, PasswordAuthenticator with the
 account name and key, ``SLUICE_CASSANDRA_LOCAL_DC`` set to the account's region.
+
+A password given as a :class:`RotatingSecret` is read for every new connection
+(:class:`SecretAuthProvider`). When Cassandra refuses it (``AuthenticationFailed``),
+the secret is re-read (rate-limited): :func:`connect` then tries once more, and
+the driver's own reconnections pick the new value up. Open connections stay
+logged in: Cassandra checks a password only at connection start-up.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import threading
 
-from cassandra import ConsistencyLevel
-from cassandra.auth import PlainTextAuthProvider
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra import AuthenticationFailed, ConsistencyLevel
+from cassandra.auth import AuthProvider, PlainTextAuthenticator, PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
 from shared.adapters.cassandra.retry import CosmosRetryPolicy
+from shared.adapters.secrets import RotatingSecret
 from shared.settings import CassandraSettings
 
 logger = logging.getLogger(__name__)
 
 
-def build_cluster(settings: CassandraSettings, password: str | None = None) -> Cluster:
+class SecretAuthProvider(AuthProvider):
+    """PasswordAuthenticator log-ins with the current value of a secret.
+
+    The driver reports no failed log-in to its auth provider, so a log-in that
+    never reached ``on_authentication_success`` before the next one starts is taken
+    as refused: the next authenticator re-reads the secret first (rate-limited,
+    so connections opened together cost at most one read).
+    """
+
+    def __init__(self, username: str, secret: RotatingSecret) -> None:
+        self.username = username
+        self.secret = secret
+        self._lock = threading.Lock()
+        self._pending = 0
+
+    def new_authenticator(self, host: str) -> PlainTextAuthenticator:
+        with self._lock:
+            suspect = self._pending > 0
+            self._pending += 1
+        if suspect:
+            self.secret.refresh()
+        provider = self
+
+        class Authenticator(PlainTextAuthenticator):
+            def on_authentication_success(self, token: bytes | None) -> None:
+                provider._succeeded()
+
+        return Authenticator(self.username, self.secret.value())
+
+    def _succeeded(self) -> None:
+        with self._lock:
+            self._pending = 0
+
+
+def build_cluster(settings: CassandraSettings, password: str | RotatingSecret | None = None) -> Cluster:
     """A configured, not yet connected Cluster (the password comes resolved, never from logs)."""
     profile = ExecutionProfile(
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.local_dc)),
@@ -39,21 +81,47 @@ def build_cluster(settings: CassandraSettings, password: str | None = None) -> C
         "connect_timeout": settings.connect_timeout_seconds,
         "protocol_version": 4,
     }
-    if settings.username:
+    if settings.username and isinstance(password, RotatingSecret):
+        options["auth_provider"] = SecretAuthProvider(settings.username, password)
+    elif settings.username:
         options["auth_provider"] = PlainTextAuthProvider(settings.username, password or "")
     if settings.tls:
         context = ssl.create_default_context(cafile=str(settings.tls_ca_file) if settings.tls_ca_file else None)
         options["ssl_context"] = context
+        # The driver resolves contact points to addresses and checks the certificate against the address;
+        # Cosmos DB's certificate names the account's host, so name it (one contact point: Cosmos has one).
+        if len(settings.hosts) == 1:
+            options["ssl_options"] = {"server_hostname": settings.hosts[0]}
     return Cluster(**options)
 
 
-def connect(settings: CassandraSettings, password: str | None = None, *, keyspace: str | None = None) -> Session:
-    """Connect and return a Session (bound to ``keyspace`` when given)."""
-    cluster = build_cluster(settings, password)
+def connect(settings: CassandraSettings, password: str | RotatingSecret | None = None, *,
+            keyspace: str | None = None) -> Session:
+    """Connect and return a Session (bound to ``keyspace`` when given).
+
+    A rotating ``password`` refused by every host is re-read once and the
+    connection tried again if it changed.
+    """
     try:
-        session = cluster.connect(keyspace)
+        session = _connect(build_cluster(settings, password), keyspace)
+    except NoHostAvailable as exc:
+        if not (isinstance(password, RotatingSecret) and _refused(exc) and password.refresh()):
+            raise
+        logger.warning("Cassandra refused the password of secret %s; connecting with its new value", password.name)
+        session = _connect(build_cluster(settings, password), keyspace)
+    logger.info("connected to Cassandra at %s:%s", ",".join(settings.hosts), settings.port)
+    return session
+
+
+def _connect(cluster: Cluster, keyspace: str | None) -> Session:
+    try:
+        return cluster.connect(keyspace)
     except Exception:
         cluster.shutdown()  # its threads would outlive every failed attempt of a retried invocation
         raise
-    logger.info("connected to Cassandra at %s:%s", ",".join(settings.hosts), settings.port)
-    return session
+
+
+def _refused(exc: NoHostAvailable) -> bool:
+    """Whether every host refused the credentials (rather than being down)."""
+    errors = list(exc.errors.values())
+    return bool(errors) and all(isinstance(error, AuthenticationFailed) for error in errors)

@@ -1,0 +1,209 @@
+"""PostgreSQL and Redis of our own, behind passwords and TLS, as on Azure (tests and ``sluice up``).
+
+* :class:`LocalCA`: one throw-away certificate authority (``trustme``) and a server
+  certificate for ``127.0.0.1`` (only: a client that connects to ``localhost`` must
+  refuse it, which is how the tests prove that host names are checked).
+* :class:`LocalPostgres`: ``initdb`` with scram-sha-256, ``ssl=on``, an application
+  role with a password, on a free port; run as the ``postgres`` user when we are
+  root (PostgreSQL refuses to run as root).
+* :class:`LocalRedis`: ``redis-server`` with the ``default`` user off, an ACL user
+  with a password, a plain port and a ``--tls-port``.
+
+Passwords go through files and connections, never through a command line (``ps``
+shows those). Nothing here touches the machine's own PostgreSQL or Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sluice.launcher import Running, start
+from sluice.localstack import free_port
+
+PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+
+
+class ServiceError(RuntimeError):
+    """A local server could not be set up or started (the message names it and why)."""
+
+
+@dataclass
+class LocalCA:
+    """A CA and a server certificate for 127.0.0.1, as PEM files in ``directory``."""
+
+    directory: Path
+    ca_file: Path = field(init=False)
+    cert_file: Path = field(init=False)
+    key_file: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        import trustme
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        ca = trustme.CA(organization_name="Sluice local stack")
+        cert = ca.issue_cert("127.0.0.1")
+        self.ca_file, self.cert_file, self.key_file = (self.directory / n for n in ("ca.pem", "server.pem", "server.key"))
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        cert.cert_chain_pems[0].write_to_path(str(self.cert_file))
+        for pem in cert.cert_chain_pems[1:]:
+            pem.write_to_path(str(self.cert_file), append=True)
+        cert.private_key_pem.write_to_path(str(self.key_file))
+        self.key_file.chmod(0o600)
+
+
+def _as_postgres() -> tuple[list[str], int | None]:
+    """The command prefix and uid that run PostgreSQL's tools: ``runuser -u postgres`` when we are root."""
+    if os.geteuid() != 0:
+        return [], None
+    return ["runuser", "-u", "postgres", "--"], pwd.getpwnam("postgres").pw_uid
+
+
+@dataclass
+class LocalPostgres:
+    """A PostgreSQL cluster under ``directory`` (a fresh ``initdb``), scram-sha-256 and TLS."""
+
+    ca: LocalCA
+    directory: Path | None = None
+    admin_password: str = field(default_factory=lambda: os.urandom(12).hex(), repr=False)
+    port: int = 0
+    host: str = "127.0.0.1"
+
+    def start(self) -> LocalPostgres:
+        if not PG_BIN:
+            raise ServiceError("PostgreSQL's server programs are missing (/usr/lib/postgresql/*/bin): "
+                               "run `bash scripts/install.sh`")
+        bin_dir = PG_BIN[-1]
+        prefix, uid = _as_postgres()
+        if self.directory is None:
+            self.directory = Path(tempfile.mkdtemp(prefix="sluice-postgres-"))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        data = self.directory / "data"
+        pwfile = self.directory / "admin.pw"
+        pwfile.write_text(self.admin_password)
+        for name in ("server.pem", "server.key"):
+            shutil.copy(self.ca.directory / name, self.directory / name)
+        (self.directory / "server.key").chmod(0o600)
+        if uid is not None:
+            for path in (self.directory, pwfile, self.directory / "server.pem", self.directory / "server.key"):
+                os.chown(path, uid, -1)
+        try:
+            if not data.exists():
+                _run([*prefix, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "scram-sha-256",
+                      f"--pwfile={pwfile}", "--no-sync", "--no-instructions"], "initdb")
+            self.port = self.port or free_port(self.host)
+            options = (f"-p {self.port} -k {self.directory} -c listen_addresses={self.host} -c ssl=on "
+                       f"-c ssl_cert_file={self.directory / 'server.pem'} -c ssl_key_file={self.directory / 'server.key'} "
+                       "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+            _run([*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-t", "60", "-l",
+                  str(self.directory / "postgres.log"), "-o", options, "start"], "pg_ctl start")
+        finally:
+            pwfile.unlink(missing_ok=True)
+        self._bin, self._prefix = bin_dir, prefix
+        return self
+
+    def admin_dsn(self, dbname: str = "postgres") -> str:
+        return (f"host={self.host} port={self.port} dbname={dbname} user=postgres "
+                f"password={self.admin_password} sslmode=require")
+
+    def execute(self, *statements: str, dbname: str = "postgres") -> None:
+        """Run statements as the superuser (autocommit), e.g. to create a role or change its password."""
+        import psycopg
+
+        with psycopg.connect(self.admin_dsn(dbname), autocommit=True) as conn:
+            for statement in statements:
+                conn.execute(statement)
+
+    def create_role(self, user: str, password: str, *, database: str | None = None) -> None:
+        """A login role with ``password`` (stored as scram-sha-256) and, if named, a database it owns."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.admin_dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), sql.Literal(password)))
+            if database:
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(user)))
+
+    def set_password(self, user: str, password: str) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.admin_dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(user), sql.Literal(password)))
+
+    def stop(self) -> None:
+        if self.directory is None or not (self.directory / "data" / "postmaster.pid").exists():
+            return
+        with contextlib.suppress(ServiceError):
+            _run([*self._prefix, str(self._bin / "pg_ctl"), "-D", str(self.directory / "data"), "-m", "immediate",
+                  "-w", "stop"], "pg_ctl stop")
+
+
+@dataclass
+class LocalRedis:
+    """``redis-server`` under ``directory``: ACL user ``username``, a plain port and a TLS port."""
+
+    ca: LocalCA
+    directory: Path
+    username: str = "sluice"
+    password: str = field(default_factory=lambda: os.urandom(12).hex(), repr=False)
+    admin_password: str = field(default_factory=lambda: os.urandom(12).hex(), repr=False)
+    host: str = "127.0.0.1"
+    port: int = 0
+    tls_port: int = 0
+    running: Running | None = None
+
+    def start(self) -> LocalRedis:
+        if not shutil.which("redis-server"):
+            raise ServiceError("redis-server is not installed: run `bash scripts/install.sh`")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port(self.host)
+        self.tls_port = self.tls_port or free_port(self.host)
+        config = self.directory / "redis.conf"
+        config.write_text("\n".join([
+            f"bind {self.host}", f"port {self.port}", f"tls-port {self.tls_port}",
+            f"tls-cert-file {self.ca.cert_file}", f"tls-key-file {self.ca.key_file}",
+            f"tls-ca-cert-file {self.ca.ca_file}", "tls-auth-clients no",
+            f"dir {self.directory}", 'save ""', "appendonly no", "daemonize no", "loglevel notice",
+            "user default off",
+            f"user admin on >{self.admin_password} ~* &* +@all",
+            f"user {self.username} on >{self.password} ~* &* +@all",
+        ]) + "\n")
+        config.chmod(0o600)
+        self.running = start("redis-server", ["redis-server", str(config)], timeout=30,
+                             ready=re.compile(r"(?P<ready>Ready to accept connections)"))
+        return self
+
+    def url(self, *, tls: bool = False, host: str | None = None) -> str:
+        """The URL with the ACL user and no password (it comes from the secret)."""
+        if tls:
+            return f"rediss://{self.username}@{host or self.host}:{self.tls_port}/0?ssl_ca_certs={self.ca.ca_file}"
+        return f"redis://{self.username}@{host or self.host}:{self.port}/0"
+
+    def admin(self):
+        import redis
+
+        return redis.Redis(host=self.host, port=self.port, username="admin", password=self.admin_password)
+
+    def set_password(self, password: str, *, username: str | None = None) -> None:
+        """Create the ACL user or replace its password (logged-in connections stay logged in, as on Azure)."""
+        with self.admin() as client:
+            client.acl_setuser(username or self.username, enabled=True, reset_passwords=True,
+                               passwords=[f"+{password}"], keys=["*"], channels=["*"], commands=["+@all"])
+
+    def stop(self) -> None:
+        if self.running is not None:
+            self.running.stop()
+
+
+def _run(argv: list[str], what: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+    if result.returncode != 0:
+        raise ServiceError(f"{what} failed ({result.returncode}): {(result.stderr or result.stdout).strip()[-2000:]}")
