@@ -9,9 +9,12 @@ first then the vault (the refresh waits for the vault and keeps retrying).
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import cache
 from pathlib import Path
 
 import psycopg
@@ -20,19 +23,21 @@ import redis
 from azure.keyvault.secrets import SecretClient
 from cassandra.cluster import NoHostAvailable
 
+from shared import bootstrap
 from shared.adapters.cassandra.session import connect
 from shared.adapters.keyvault import KeyVaultSecrets
 from shared.adapters.postgres.pool import make_pool
 from shared.adapters.redis.client import RedisConnection
 from shared.adapters.secrets import RotatingSecret
-from shared.exceptions import DependencyUnavailable
-from shared.settings import CassandraSettings, PostgresSettings
+from shared.exceptions import ConfigurationError, DependencyUnavailable
+from shared.settings import CassandraSettings, PostgresSettings, load_settings
 from sluice.secured import LocalCA, LocalPostgres, LocalRedis
 from tests.fixtures.keyvault import KeyVaultEmulator, start_keyvault_emulator, unique_secret_name
 from tests.fixtures.secured import start_secured_cassandra
 
 pytestmark = pytest.mark.timeout(120)
 INTERVAL = 0.5
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -251,3 +256,100 @@ def test_refresh_is_rate_limited_per_secret() -> None:
     assert secret.refresh() is False and len(reads) == 2, "within the interval: no read"
     now[0] = 5.0
     assert secret.refresh() is True and secret.value() == "v3"
+
+
+# --- through bootstrap: the wiring the Functions host runs ---
+
+def _environ(**overrides: str) -> dict[str, str]:
+    values = json.loads((ROOT / "local.settings.sample.json").read_text(encoding="utf-8"))["Values"]
+    return {**values, **overrides}
+
+
+@pytest.fixture
+def use_settings(monkeypatch: pytest.MonkeyPatch):
+    def use(environ: dict[str, str]):
+        loaded = load_settings(environ)
+        monkeypatch.setattr(bootstrap, "settings", cache(lambda: loaded))
+        bootstrap.reset()
+        return loaded
+
+    yield use
+    bootstrap.reset()
+
+
+@pytest.mark.parametrize("store", ["POSTGRES", "REDIS", "CASSANDRA"])
+def test_a_missing_secret_stops_start_up_naming_the_secret_and_the_vault(
+        keyvault_emulator: KeyVaultEmulator, use_settings, store: str) -> None:
+    name = unique_secret_name("missing")
+    use_settings(_environ(**{f"SLUICE_{store}_PASSWORD_SECRET": name, "SLUICE_CASSANDRA_USERNAME": "sluice",
+                             "SLUICE_KEYVAULT_URL": keyvault_emulator.url,
+                             "SLUICE_KEYVAULT_CA_FILE": str(keyvault_emulator.ca_file)}))
+    build = {"POSTGRES": bootstrap.postgres_pool, "REDIS": bootstrap.redis_client,
+             "CASSANDRA": bootstrap.cassandra_session}[store]
+    with pytest.raises(ConfigurationError) as caught:
+        build()
+    assert name in str(caught.value) and keyvault_emulator.url in str(caught.value)
+
+
+def test_an_unreachable_vault_at_cold_start_is_a_clear_retryable_error(use_settings, local_ca: LocalCA) -> None:
+    from sluice.localstack import free_port
+
+    url = f"https://127.0.0.1:{free_port()}/"
+    use_settings(_environ(SLUICE_POSTGRES_PASSWORD_SECRET="pg-password", SLUICE_KEYVAULT_URL=url,
+                          SLUICE_KEYVAULT_CA_FILE=str(local_ca.ca_file)))
+    with pytest.raises(DependencyUnavailable) as caught:
+        bootstrap.postgres_pool()
+    assert "pg-password" in str(caught.value) and url in str(caught.value)
+
+
+def test_bootstrap_clients_use_the_vault_and_follow_a_rotation(
+        secured_postgres: LocalPostgres, secured_redis: LocalRedis, local_ca: LocalCA, tmp_path: Path,
+        keyvault_emulator: KeyVaultEmulator, keyvault_client: SecretClient, use_settings,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    role, user = f"app_{uuid.uuid4().hex[:10]}", f"app{uuid.uuid4().hex[:10]}"
+    passwords = {store: _password() for store in ("pg", "redis", "cassandra")}
+    names = {store: unique_secret_name(store) for store in passwords}
+    for store, value in passwords.items():
+        keyvault_client.set_secret(names[store], value)
+    secured_postgres.create_role(role, passwords["pg"])
+    secured_redis.set_password(passwords["redis"], username=user)
+    cassandra = start_secured_cassandra(local_ca, tmp_path, passwords["cassandra"])
+    try:
+        use_settings(_environ(
+            SLUICE_KEYVAULT_URL=keyvault_emulator.url, SLUICE_KEYVAULT_CA_FILE=str(keyvault_emulator.ca_file),
+            SLUICE_KEYVAULT_REFRESH_MIN_INTERVAL_SECONDS="0.5",
+            SLUICE_POSTGRES_HOST="127.0.0.1", SLUICE_POSTGRES_PORT=str(secured_postgres.port),
+            SLUICE_POSTGRES_DBNAME="postgres", SLUICE_POSTGRES_USER=role, SLUICE_POSTGRES_SSLMODE="verify-full",
+            SLUICE_POSTGRES_SSLROOTCERT=str(local_ca.ca_file), SLUICE_POSTGRES_PASSWORD_SECRET=names["pg"],
+            SLUICE_REDIS_URL=secured_redis.url(tls=True).replace(f"{secured_redis.username}@", f"{user}@"),
+            SLUICE_REDIS_CLUSTER="false", SLUICE_REDIS_PASSWORD_SECRET=names["redis"],
+            SLUICE_CASSANDRA_HOSTS="127.0.0.1", SLUICE_CASSANDRA_PORT=str(cassandra.running.port),
+            SLUICE_CASSANDRA_USERNAME=cassandra.username, SLUICE_CASSANDRA_TLS="true",
+            SLUICE_CASSANDRA_TLS_CA_FILE=str(local_ca.ca_file), SLUICE_CASSANDRA_PASSWORD_SECRET=names["cassandra"],
+        ))
+
+        def use_all() -> None:
+            with bootstrap.postgres_pool().connection() as conn:
+                assert conn.execute("SELECT current_user").fetchone() == (role,)
+            assert bootstrap.redis_client().client().ping()
+            assert bootstrap.cassandra_session().execute("SELECT release_version FROM system.local").one()
+
+        use_all()
+        session = bootstrap.cassandra_session()
+        rotated = {store: _password() for store in passwords}
+        for store, value in rotated.items():
+            keyvault_client.set_secret(names[store], value)
+        secured_postgres.set_password(role, rotated["pg"])
+        secured_redis.set_password(rotated["redis"], username=user)
+        cassandra.set_password(rotated["cassandra"])
+        _kick(secured_postgres, role)
+        with secured_redis.admin() as admin:
+            admin.client_kill_filter(user=user)
+        _eventually(use_all)
+        assert bootstrap.cassandra_session() is session, "nothing was rebuilt by a restart"
+        for store in ("pg", "redis", "cassandra"):
+            assert passwords[store] not in caplog.text and rotated[store] not in caplog.text, \
+                f"the {store} password reached the logs"
+    finally:
+        cassandra.running.stop()
