@@ -207,3 +207,56 @@ def _run(argv: list[str], what: str) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
     if result.returncode != 0:
         raise ServiceError(f"{what} failed ({result.returncode}): {(result.stderr or result.stdout).strip()[-2000:]}")
+
+
+@dataclass
+class LocalPgBouncer:
+    """Debian's ``pgbouncer`` in transaction mode (as Azure Flexible Server's built-in one) in front of a PostgreSQL.
+
+    Every database of the server is reachable under its own name (``* =``); clients log
+    in with scram-sha-256 against ``userlist.txt``, and PgBouncer logs in to the server
+    as the same user with the same password. Run as the ``postgres`` user when we are
+    root (PgBouncer refuses to run as root).
+    """
+
+    directory: Path
+    server_host: str = "127.0.0.1"
+    server_port: int = 5432
+    user: str = "postgres"
+    password: str = field(default_factory=lambda: os.urandom(12).hex(), repr=False)
+    host: str = "127.0.0.1"
+    port: int = 0
+    pool_size: int = 4
+    running: Running | None = None
+
+    def start(self) -> LocalPgBouncer:
+        binary = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
+        if binary is None:
+            raise ServiceError("pgbouncer is not installed: run `bash scripts/install.sh`")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port(self.host)
+        userlist, ini = self.directory / "userlist.txt", self.directory / "pgbouncer.ini"
+        userlist.write_text(f'"{self.user}" "{self.password}"\n')
+        ini.write_text("\n".join([
+            "[databases]", f"* = host={self.server_host} port={self.server_port}",
+            "[pgbouncer]", f"listen_addr = {self.host}", f"listen_port = {self.port}", "unix_socket_dir =",
+            "auth_type = scram-sha-256", f"auth_file = {userlist}", "pool_mode = transaction",
+            f"default_pool_size = {self.pool_size}", "max_client_conn = 200",
+            "ignore_startup_parameters = extra_float_digits", "logfile =", "pidfile =",
+        ]) + "\n")
+        prefix, uid = _as_postgres()
+        for path in (self.directory, userlist, ini):
+            path.chmod(0o700 if path.is_dir() else 0o600)
+            if uid is not None:
+                os.chown(path, uid, -1)
+        self.running = start("pgbouncer", [*prefix, binary, str(ini)], timeout=30,
+                             ready=re.compile(r"(?P<ready>process up)"))
+        return self
+
+    def conninfo(self, dbname: str) -> str:
+        """A libpq connection string to ``dbname`` through PgBouncer (with the password: tests only)."""
+        return f"host={self.host} port={self.port} dbname={dbname} user={self.user} password={self.password}"
+
+    def stop(self) -> None:
+        if self.running is not None:
+            self.running.stop()
