@@ -16,6 +16,7 @@ shows those). Nothing here touches the machine's own PostgreSQL or Redis.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pwd
 import re
@@ -84,6 +85,10 @@ class LocalPostgres:
         prefix, uid = _as_postgres()
         if self.directory is None:
             self.directory = Path(tempfile.mkdtemp(prefix="sluice-postgres-"))
+        elif uid is not None and not _traversable(self.directory.parent, uid):
+            # e.g. pytest's tmp directories are root's alone: keep the cluster at a stable place postgres can reach
+            digest = hashlib.sha1(str(self.directory.resolve()).encode()).hexdigest()[:12]
+            self.directory = Path(tempfile.gettempdir()) / f"sluice-postgres-{digest}"
         self.directory.mkdir(parents=True, exist_ok=True)
         data = self.directory / "data"
         pwfile = self.directory / "admin.pw"
@@ -96,8 +101,10 @@ class LocalPostgres:
                 os.chown(path, uid, -1)
         try:
             if not data.exists():
-                _run([*prefix, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "scram-sha-256",
-                      f"--pwfile={pwfile}", "--no-sync", "--no-instructions"], "initdb")
+                # TCP: scram-sha-256 only; the Unix socket (in our own 0700 directory) trusts the superuser,
+                # so the stack administers its server without a password to keep anywhere.
+                _run([*prefix, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth-host=scram-sha-256",
+                      "--auth-local=trust", f"--pwfile={pwfile}", "--no-sync", "--no-instructions"], "initdb")
             self.port = self.port or free_port(self.host)
             options = (f"-p {self.port} -k {self.directory} -c listen_addresses={self.host} -c ssl=on "
                        f"-c ssl_cert_file={self.directory / 'server.pem'} -c ssl_key_file={self.directory / 'server.key'} "
@@ -110,8 +117,8 @@ class LocalPostgres:
         return self
 
     def admin_dsn(self, dbname: str = "postgres") -> str:
-        return (f"host={self.host} port={self.port} dbname={dbname} user=postgres "
-                f"password={self.admin_password} sslmode=require")
+        """The superuser over the Unix socket (trusted; no password)."""
+        return f"host={self.directory} port={self.port} dbname={dbname} user=postgres"
 
     def execute(self, *statements: str, dbname: str = "postgres") -> None:
         """Run statements as the superuser (autocommit), e.g. to create a role or change its password."""
@@ -260,3 +267,98 @@ class LocalPgBouncer:
     def stop(self) -> None:
         if self.running is not None:
             self.running.stop()
+
+
+SECRET_NAMES = {"postgres": "sluice-postgres-password", "redis": "sluice-redis-password",
+                "cassandra": "sluice-cassandra-password"}
+
+
+@dataclass
+class OwnServices:
+    """What ``sluice up`` runs of its own under its data dir: PostgreSQL, Redis and the Cassandra credentials.
+
+    New passwords are made at every start, set on each store, and seeded into the Key
+    Vault emulator (:meth:`seed`); the settings carry only the secret names
+    (:meth:`settings`). The password files that Redis and the Cassandra emulator read
+    are 0600 files under the data dir, never command-line arguments.
+    """
+
+    directory: Path
+    host: str = "127.0.0.1"
+    user: str = "sluice"
+    passwords: dict[str, str] = field(default_factory=lambda: {k: os.urandom(16).hex() for k in SECRET_NAMES},
+                                      repr=False)
+    ca: LocalCA | None = None
+    postgres: LocalPostgres | None = None
+    redis: LocalRedis | None = None
+
+    def start_postgres(self, database: str) -> LocalPostgres:
+        self.ca = self.ca or LocalCA(self.directory / "certs")
+        self.postgres = LocalPostgres(self.ca, self.directory / "postgres", host=self.host).start()
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.postgres.admin_dsn(), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.user,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(sql.SQL(verb + " ROLE {} LOGIN CREATEDB PASSWORD {}").format(
+                sql.Identifier(self.user), sql.Literal(self.passwords["postgres"])))
+        return self.postgres
+
+    def start_redis(self) -> LocalRedis:
+        self.ca = self.ca or LocalCA(self.directory / "certs")
+        self.redis = LocalRedis(self.ca, self.directory / "redis", username=self.user,
+                                password=self.passwords["redis"], host=self.host).start()
+        return self.redis
+
+    def cassandra_args(self) -> list[str]:
+        """The emulator's PasswordAuthenticator and TLS arguments (the password through a 0600 file)."""
+        self.ca = self.ca or LocalCA(self.directory / "certs")
+        password_file = self.directory / "cassandra.pw"
+        password_file.touch(mode=0o600)
+        password_file.write_text(self.passwords["cassandra"])
+        return ["--username", self.user, "--password-file", str(password_file),
+                "--tls-cert", str(self.ca.cert_file), "--tls-key", str(self.ca.key_file)]
+
+    def seed(self, vault_url: str, ca_file: Path) -> None:
+        """Store the three passwords in the Key Vault emulator under :data:`SECRET_NAMES`."""
+        from azure.keyvault.secrets import SecretClient
+
+        from shared.adapters.identity import LocalDevelopmentCredential
+
+        with SecretClient(vault_url, LocalDevelopmentCredential(), verify_challenge_resource=False,
+                          connection_verify=str(ca_file)) as client:
+            for store, name in SECRET_NAMES.items():
+                client.set_secret(name, self.passwords[store])
+
+    def settings(self, database: str, cassandra_port: int) -> dict[str, str]:
+        """Settings for the stores behind passwords and TLS: secret names, never values."""
+        assert self.ca is not None
+        values = {"SLUICE_CASSANDRA_USERNAME": self.user, "SLUICE_CASSANDRA_PASSWORD": "",
+                  "SLUICE_CASSANDRA_PASSWORD_SECRET": SECRET_NAMES["cassandra"], "SLUICE_CASSANDRA_TLS": "true",
+                  "SLUICE_CASSANDRA_TLS_CA_FILE": str(self.ca.ca_file), "SLUICE_CASSANDRA_PORT": str(cassandra_port)}
+        if self.postgres is not None:
+            values.update({"SLUICE_POSTGRES_HOST": self.host, "SLUICE_POSTGRES_PORT": str(self.postgres.port),
+                           "SLUICE_POSTGRES_DBNAME": database, "SLUICE_POSTGRES_USER": self.user,
+                           "SLUICE_POSTGRES_PASSWORD": "", "SLUICE_POSTGRES_PASSWORD_SECRET": SECRET_NAMES["postgres"],
+                           "SLUICE_POSTGRES_SSLMODE": "verify-full", "SLUICE_POSTGRES_SSLROOTCERT": str(self.ca.ca_file)})
+        if self.redis is not None:
+            values.update({"SLUICE_REDIS_URL": self.redis.url(tls=True), "SLUICE_REDIS_CLUSTER": "false",
+                           "SLUICE_REDIS_PASSWORD": "", "SLUICE_REDIS_PASSWORD_SECRET": SECRET_NAMES["redis"]})
+        return values
+
+    def stop(self) -> None:
+        for server in (self.redis, self.postgres):
+            if server is not None:
+                server.stop()
+
+
+def _traversable(directory: Path, uid: int) -> bool:
+    """Whether user ``uid`` can reach ``directory`` (every ancestor searchable by it or by others)."""
+    for path in (directory.resolve(), *directory.resolve().parents):
+        if not path.exists():
+            continue
+        st = path.stat()
+        if not (st.st_mode & 0o001 or (st.st_uid == uid and st.st_mode & 0o100)):
+            return False
+    return True

@@ -67,6 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--redis-cluster", action="store_true",
                         help="run a real local Redis Cluster (3 masters, 3 replicas, free ports, under --data-dir) "
                              "instead of the machine's Redis; stopped with the stack")
+    parser.add_argument("--use-existing-services", action="store_true",
+                        help="use the machine's PostgreSQL and Redis (no passwords, no TLS) instead of our own")
     parser.add_argument("--keep-services", action="store_true",
                         help="leave PostgreSQL and Redis running even if this command started them")
     parser.add_argument("--drain-timeout", type=float, default=240.0,
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         cassandra_port=args.cassandra_port, azurite_port=args.azurite_port, keyvault_port=args.keyvault_port,
         strict_ports=args.strict_ports, persist=not args.in_memory, database=args.database,
         keyspace=args.keyspace, redis_prefix=args.redis_prefix, redis_cluster=args.redis_cluster,
-        stop_services=not args.keep_services,
+        stop_services=not args.keep_services, use_existing_services=args.use_existing_services,
         overrides=overrides,
     )
     stack = LocalStack(options, say=console.print)
@@ -156,7 +158,7 @@ def _start(stack, args: argparse.Namespace, console) -> None:
     with console.status("PostgreSQL and Redis"):
         stack.ensure_postgres()
         stack.ensure_redis()
-    if args.fresh:
+    if args.fresh and opts.use_existing_services:  # our own services start empty from a wiped data dir
         _forget(stack, console)
     steps = [("Azurite", stack.start_azurite), ("Cassandra emulator", stack.start_cassandra),
              ("Event Hubs emulator", stack.start_eventhubs), ("Key Vault emulator", stack.start_keyvault)]
