@@ -55,8 +55,8 @@ class RotatingSecret:
                 self._value = self._fetch()
             return self._value
 
-    def refresh(self) -> bool:
-        """Read the secret again after the store rejected it; ``True`` if the value changed.
+    def refresh(self, reason: str = "an authentication failure") -> bool:
+        """Read the secret again (after the store rejected it); ``True`` if the value changed.
 
         Returns ``False`` without reading when the last refresh was less than
         ``min_interval`` seconds ago, for a fixed value, or when the source fails
@@ -76,6 +76,5 @@ class RotatingSecret:
                 return False
             changed = value != self._value
             self._value = value
-        logger.info("secret %s re-read after an authentication failure (%s)", self.name,
-                    "changed" if changed else "unchanged")
+        logger.info("secret %s re-read after %s (%s)", self.name, reason, "changed" if changed else "unchanged")
         return changed

@@ -195,6 +195,7 @@ def test_cassandra_connects_with_the_rotated_password(local_ca: LocalCA, tmp_pat
         session = connect(settings, secret)
         assert session.execute("SELECT release_version FROM system.local").one() is not None
         session.cluster.shutdown()
+        time.sleep(INTERVAL)  # each new connection re-reads the secret, at most once per interval
         if vault_first:
             keyvault_client.set_secret(secret.name, new)
             emulator.set_password(new)
@@ -209,6 +210,27 @@ def test_cassandra_connects_with_the_rotated_password(local_ca: LocalCA, tmp_pat
         session.cluster.shutdown()
         assert secret.value() == new
     finally:
+        emulator.running.stop()
+
+
+def test_a_cassandra_session_reconnects_with_the_rotated_password_after_a_node_restart(
+        local_ca: LocalCA, tmp_path: Path, vault: KeyVaultSecrets, keyvault_client: SecretClient) -> None:
+    old, new = _password(), _password()
+    emulator = start_secured_cassandra(local_ca, tmp_path, old)
+    secret = _secret(vault, keyvault_client, old)
+    settings = _cassandra_settings(emulator, local_ca)
+    session = connect(settings, secret)
+    try:
+        assert session.execute("SELECT release_version FROM system.local").one()
+        keyvault_client.set_secret(secret.name, new)
+        emulator.set_password(new)
+        emulator.running.stop()  # the node restarts: the driver must log in again, and gives up after one refusal
+        time.sleep(INTERVAL)
+        emulator = start_secured_cassandra(local_ca, tmp_path, new, port=settings.port)
+        assert _eventually(lambda: session.execute("SELECT release_version FROM system.local").one(), timeout=60)
+        assert secret.value() == new
+    finally:
+        session.cluster.shutdown()
         emulator.running.stop()
 
 

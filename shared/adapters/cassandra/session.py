@@ -5,18 +5,17 @@ invocation (see ``shared.bootstrap``); nothing connects at import time.
 Cosmos DB for Apache Cassandra: port 10350, TLS, PasswordAuthenticator with the
 account name and key, ``SLUICE_CASSANDRA_LOCAL_DC`` set to the account's region.
 
-A password given as a :class:`RotatingSecret` is read for every new connection
-(:class:`SecretAuthProvider`). When Cassandra refuses it (``AuthenticationFailed``),
-the secret is re-read (rate-limited): :func:`connect` then tries once more, and
-the driver's own reconnections pick the new value up. Open connections stay
-logged in: Cassandra checks a password only at connection start-up.
+A password given as a :class:`RotatingSecret` is re-read (rate-limited) for every
+new connection (:class:`SecretAuthProvider`), so the driver's own reconnections
+use the vault's current value. When every host refuses it (``AuthenticationFailed``)
+at :func:`connect`, the secret is re-read and the connection tried once more. Open
+connections stay logged in: Cassandra checks a password only at connection start-up.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-import threading
 
 from cassandra import AuthenticationFailed, ConsistencyLevel
 from cassandra.auth import AuthProvider, PlainTextAuthenticator, PlainTextAuthProvider
@@ -33,35 +32,20 @@ logger = logging.getLogger(__name__)
 class SecretAuthProvider(AuthProvider):
     """PasswordAuthenticator log-ins with the current value of a secret.
 
-    The driver reports no failed log-in to its auth provider, so a log-in that
-    never reached ``on_authentication_success`` before the next one starts is taken
-    as refused: the next authenticator re-reads the secret first (rate-limited,
-    so connections opened together cost at most one read).
+    The driver gives up on a host for good after one refused log-in (its reconnection
+    handlers stop on ``AuthenticationFailed``), so waiting for a refusal would leave a
+    restarted node unused after a rotation. Each new connection therefore re-reads the
+    secret first, rate-limited (``RotatingSecret.refresh``: connections opened
+    together cost one read, and a vault outage keeps the cached value).
     """
 
     def __init__(self, username: str, secret: RotatingSecret) -> None:
         self.username = username
         self.secret = secret
-        self._lock = threading.Lock()
-        self._pending = 0
 
     def new_authenticator(self, host: str) -> PlainTextAuthenticator:
-        with self._lock:
-            suspect = self._pending > 0
-            self._pending += 1
-        if suspect:
-            self.secret.refresh()
-        provider = self
-
-        class Authenticator(PlainTextAuthenticator):
-            def on_authentication_success(self, token: bytes | None) -> None:
-                provider._succeeded()
-
-        return Authenticator(self.username, self.secret.value())
-
-    def _succeeded(self) -> None:
-        with self._lock:
-            self._pending = 0
+        self.secret.refresh("opening a Cassandra connection")
+        return PlainTextAuthenticator(self.username, self.secret.value())
 
 
 def build_cluster(settings: CassandraSettings, password: str | RotatingSecret | None = None) -> Cluster:
