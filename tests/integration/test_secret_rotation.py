@@ -375,3 +375,32 @@ def test_bootstrap_clients_use_the_vault_and_follow_a_rotation(
                 f"the {store} password reached the logs"
     finally:
         cassandra.running.stop()
+
+
+def test_a_redis_cluster_logs_in_with_the_rotated_password(redis_cluster, vault: KeyVaultSecrets,
+                                                           keyvault_client: SecretClient) -> None:
+    if redis_cluster is None:
+        pytest.skip("SLUICE_TEST_REDIS_CLUSTER_URL names an external cluster: its ACL is not ours to change")
+    user, old, new = f"app{uuid.uuid4().hex[:10]}", _password(), _password()
+
+    def on_every_node(*command: str) -> None:
+        for port in redis_cluster.ports:
+            with redis.Redis(host=redis_cluster.host, port=port) as node:
+                node.execute_command(*command)
+
+    on_every_node("ACL", "SETUSER", user, "on", f">{old}", "~*", "&*", "+@all")
+    secret = _secret(vault, keyvault_client, old)
+    connection = RedisConnection(redis_cluster.url.replace("redis://", f"redis://{user}@"), password=secret,
+                                 cluster=True)
+    key = f"rotation:{{{user}}}"
+    try:
+        connection.client().set(key, "1")
+        time.sleep(INTERVAL)
+        keyvault_client.set_secret(secret.name, new)
+        on_every_node("ACL", "SETUSER", user, "resetpass", f">{new}")
+        on_every_node("CLIENT", "KILL", "USER", user)
+        assert _eventually(lambda: connection.client().incr(key)) == 2
+        assert secret.value() == new
+    finally:
+        connection.close()
+        on_every_node("ACL", "DELUSER", user)

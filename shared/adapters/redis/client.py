@@ -12,6 +12,9 @@ A password given as a :class:`RotatingSecret` is read for each new connection
 (a redis-py ``CredentialProvider``; the ACL user name comes from the URL). When a
 single Redis refuses it (``WRONGPASS``, ``NOAUTH``: ``AuthenticationError``), the
 secret is re-read (rate-limited) and the log-in repeated once with the new value.
+``RedisCluster`` runs its own log-in hook, so on a cluster the secret is re-read
+(rate-limited) before each new connection instead, and a refused connection is
+retried by the cluster client's own retries.
 Open connections stay logged in: Redis checks a password only at ``AUTH``.
 """
 
@@ -110,6 +113,9 @@ class RedisConnection:
                 probe.close()
             logger.info("Redis at %s is %s", self._where(), "a cluster" if cluster else "a single node")
         self._cluster = cluster
+        provider = self._options.get("credential_provider")
+        if isinstance(provider, SecretCredentials):
+            provider.refresh_each = bool(cluster)
         if cluster:
             # Few, short retries: a failover takes seconds, and the callers retry anyway (the change feed
             # on its next run, the lookups after their bypass window); long in-client retries only stall them.
@@ -145,11 +151,14 @@ class RedisConnection:
 class SecretCredentials(CredentialProvider):
     """The ACL user and the current value of its password secret, asked for at every new connection."""
 
-    def __init__(self, username: str | None, secret: RotatingSecret) -> None:
+    def __init__(self, username: str | None, secret: RotatingSecret, *, refresh_each: bool = False) -> None:
         self.username = username
         self.secret = secret
+        self.refresh_each = refresh_each  # a cluster: no log-in hook of ours, so read the vault first (rate-limited)
 
     def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        if self.refresh_each:
+            self.secret.refresh("opening a Redis Cluster connection")
         password = self.secret.value()
         return (self.username, password) if self.username else (password,)
 
