@@ -395,6 +395,12 @@ def _bounded(stack, args, console, producer, monitor, probe, features, manifest,
     return 1
 
 
+def _psql_host(stack) -> str:
+    """Our own PostgreSQL: its socket directory (the superuser is trusted there, never over TCP)."""
+    own = getattr(stack, "own", None)
+    return str(own.postgres.directory) if own is not None and own.postgres is not None else stack.options.postgres_host
+
+
 def _views(probe) -> list[str]:
     with contextlib.suppress(Exception), probe.pg() as conn:
         rows = conn.execute("SELECT table_name FROM information_schema.views WHERE table_schema = 'public' "
@@ -435,7 +441,7 @@ def _where_to_look(stack, console, probe, features: set[str], expected=None) -> 
         f"  Azurite   http://{opts.host}:{stack.ports.get('azurite')}/devstoreaccount1, dead letters in "
         f"{stack.values.get('SLUICE_STORAGE_DEADLETTER_CONTAINER')}: "
         f"`source {stack.settings_path.parent / 'settings.env'} && python -m sluice deadletter list`",
-        f"  PostgreSQL psql -h {opts.postgres_host} -U postgres {opts.database} -c "
+        f"  PostgreSQL psql -h {_psql_host(stack)} -p {opts.postgres_port} -U postgres {opts.database} -c "
         "'SELECT * FROM report_device_health LIMIT 10'",
         f"            views: {', '.join(_views(probe)) or '(none yet)'}",
         f"  settings  {stack.settings_path}",
