@@ -121,7 +121,6 @@ class RedisConnection:
             # on its next run, the lookups after their bypass window); long in-client retries only stall them.
             retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
             return RedisCluster.from_url(self.url, retry=retry, **self._options)
-        provider = self._options.get("credential_provider")
         hook = provider.log_in if isinstance(provider, SecretCredentials) else None
         return redis.Redis.from_url(self.url, health_check_interval=30, redis_connect_func=hook, **self._options)
 
