@@ -81,3 +81,23 @@ def test_the_reporting_queries_answer_through_pgbouncer(stack: Stack) -> None:
         days = reports.site_daily(site_id=None, day_from=None, day_to=None, limit=100)
         assert {row["site_id"] for row in days} >= {"site-a", "site-b"}
         assert reports.device_health(site_id="site-a", health=None, limit=10)
+
+
+def test_prepared_statements_break_through_transaction_pooling_and_the_setting_avoids_them(
+        pg_dsn: str, pgbouncer: LocalPgBouncer) -> None:
+    """The fixture really pools per transaction: two clients share one server session, so their prepared
+    statements collide; with ``prepare_threshold=None`` (the documented setting) nothing is prepared."""
+    dsn = through_pgbouncer(pgbouncer, pg_dsn)
+    query = "SELECT count(*) FROM pg_class WHERE relname = %s"
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as a, \
+            psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as b:
+        a.execute(query, ("x",))
+        with pytest.raises((psycopg.errors.DuplicatePreparedStatement, psycopg.errors.InvalidSqlStatementName)):
+            for _ in range(3):
+                b.execute(query, ("y",))
+                a.execute(query, ("z",))
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as a, \
+            psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as b:
+        for _ in range(3):
+            assert a.execute(query, ("x",)).fetchone() == (0,)
+            assert b.execute(query, ("y",)).fetchone() == (0,)
