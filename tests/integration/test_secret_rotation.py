@@ -404,3 +404,28 @@ def test_a_redis_cluster_logs_in_with_the_rotated_password(redis_cluster, vault:
     finally:
         connection.close()
         on_every_node("ACL", "DELUSER", user)
+
+
+def test_an_unreachable_vault_at_cold_start_retries_then_dead_letters_the_ingest_batch(
+        use_settings, local_ca: LocalCA, azurite_connection_string: str) -> None:
+    from datetime import UTC, datetime
+
+    from shared.domain.events import EventMetadata, RawRecord
+    from sluice.localstack import free_port
+
+    url = f"https://127.0.0.1:{free_port()}/"
+    container = f"dl-{uuid.uuid4().hex[:12]}"
+    use_settings(_environ(SLUICE_CASSANDRA_USERNAME="sluice", SLUICE_CASSANDRA_PASSWORD_SECRET="cassandra-password",
+                          SLUICE_KEYVAULT_URL=url, SLUICE_KEYVAULT_CA_FILE=str(local_ca.ca_file),
+                          AzureWebJobsStorage=azurite_connection_string, SLUICE_STORAGE_DEADLETTER_CONTAINER=container))
+    body = json.dumps({"event_id": str(uuid.uuid4()), "device_id": "dev-1", "event_type": "telemetry",
+                       "timestamp": datetime.now(UTC).isoformat()}).encode()
+    records = [RawRecord(body, EventMetadata(partition_id="0", sequence_number=1, enqueued_time=datetime.now(UTC)))]
+    service = bootstrap.ingest_service()
+    with pytest.raises(DependencyUnavailable, match="key vault"):
+        service.handle(records, final_attempt=False)  # the host retries the batch
+    result = service.handle(records, final_attempt=True)
+    assert result.batch_dead_lettered
+    [letter] = list(bootstrap.dead_letter_sink().read("batch"))
+    assert "key vault" in letter.reason and "cassandra-password" in letter.reason
+    assert [r.body for r in letter.records] == [body], "the original bytes are kept: nothing is lost"
