@@ -76,6 +76,7 @@ class LocalPostgres:
     admin_password: str = field(default_factory=lambda: os.urandom(12).hex(), repr=False)
     port: int = 0
     host: str = "127.0.0.1"
+    temporary: bool = False  # a directory of our own making: removed by stop()
 
     def start(self) -> LocalPostgres:
         if not PG_BIN:
@@ -84,11 +85,11 @@ class LocalPostgres:
         bin_dir = PG_BIN[-1]
         prefix, uid = _as_postgres()
         if self.directory is None:
-            self.directory = Path(tempfile.mkdtemp(prefix="sluice-postgres-"))
+            self.directory, self.temporary = Path(tempfile.mkdtemp(prefix="sluice-postgres-")), True
         elif uid is not None and not _traversable(self.directory.parent, uid):
-            # e.g. pytest's tmp directories are root's alone: keep the cluster at a stable place postgres can reach
+            # e.g. pytest's tmp directories are root's alone: a place postgres can reach, removed by stop()
             digest = hashlib.sha1(str(self.directory.resolve()).encode()).hexdigest()[:12]
-            self.directory = Path(tempfile.gettempdir()) / f"sluice-postgres-{digest}"
+            self.directory, self.temporary = Path(tempfile.gettempdir()) / f"sluice-postgres-{digest}", True
         self.directory.mkdir(parents=True, exist_ok=True)
         data = self.directory / "data"
         pwfile = self.directory / "admin.pw"
@@ -146,11 +147,14 @@ class LocalPostgres:
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(user), sql.Literal(password)))
 
     def stop(self) -> None:
-        if self.directory is None or not (self.directory / "data" / "postmaster.pid").exists():
+        if self.directory is None:
             return
-        with contextlib.suppress(ServiceError):
-            _run([*self._prefix, str(self._bin / "pg_ctl"), "-D", str(self.directory / "data"), "-m", "immediate",
-                  "-w", "stop"], "pg_ctl stop")
+        if (self.directory / "data" / "postmaster.pid").exists():
+            with contextlib.suppress(ServiceError):
+                _run([*self._prefix, str(self._bin / "pg_ctl"), "-D", str(self.directory / "data"), "-m", "immediate",
+                      "-w", "stop"], "pg_ctl stop")
+        if self.temporary:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @dataclass
