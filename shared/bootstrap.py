@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the adapters are imported where they are built, on first us
     from shared.adapters.eventhub_lag import CachedPartitionLag
     from shared.adapters.keyvault import KeyVaultSecrets
     from shared.adapters.redis import RedisChangeSink, RedisConnection, RedisLookupCache
+    from shared.adapters.secrets import RotatingSecret
     from shared.services.changefeed import ChangeFeedService
     from shared.services.enrichment import EnrichmentService
     from shared.services.history import HistoryService
@@ -72,6 +73,24 @@ def secret(value: SecretStr | None, secret_name: str | None) -> str | None:
     return None
 
 
+def rotating_secret(value: SecretStr | None, secret_name: str | None) -> RotatingSecret | None:
+    """A store's password as a :class:`RotatingSecret`: re-read from Key Vault when the store refuses it.
+
+    Read once here, before the client is built, so a missing secret stops start-up with
+    a ``ConfigurationError`` naming it and the vault (a pool would only log it and time out).
+    """
+    from shared.adapters.secrets import RotatingSecret
+
+    if value is not None:
+        return RotatingSecret.fixed(value.get_secret_value())
+    if not secret_name:
+        return None
+    rotating = RotatingSecret(secret_name, lambda: keyvault().fetch(secret_name),
+                              min_interval=settings().keyvault.refresh_min_interval_seconds)
+    rotating.value()
+    return rotating
+
+
 @cache
 def keyvault() -> KeyVaultSecrets:
     from shared.adapters.keyvault import KeyVaultSecrets
@@ -87,7 +106,7 @@ def cassandra_session() -> Session:
 
     with _lock:
         cfg = settings().cassandra
-        return connect(cfg, secret(cfg.password, cfg.password_secret))
+        return connect(cfg, rotating_secret(cfg.password, cfg.password_secret))
 
 
 @cache
@@ -103,26 +122,16 @@ def redis_client() -> RedisConnection:
     from shared.adapters.redis import RedisConnection
 
     cfg = settings().redis
-    return RedisConnection(cfg.url, password=secret(cfg.password, cfg.password_secret), cluster=cfg.cluster,
+    return RedisConnection(cfg.url, password=rotating_secret(cfg.password, cfg.password_secret), cluster=cfg.cluster,
                            socket_timeout=cfg.socket_timeout_seconds)
 
 
 @cache
 def postgres_pool() -> ConnectionPool:
-    from psycopg_pool import ConnectionPool
+    from shared.adapters.postgres.pool import make_pool
 
     cfg = settings().postgres
-    return ConnectionPool(
-        cfg.conninfo(secret(cfg.password, cfg.password_secret)),
-        min_size=cfg.pool_min_size,
-        max_size=cfg.pool_max_size,
-        max_lifetime=cfg.pool_max_lifetime_seconds,
-        timeout=cfg.pool_timeout_seconds,
-        check=ConnectionPool.check_connection,
-        kwargs={"prepare_threshold": cfg.prepare_threshold},
-        open=True,
-        name="sluice",
-    )
+    return make_pool(cfg.conninfo(), cfg, password=rotating_secret(cfg.password, cfg.password_secret))
 
 
 def reset() -> None:

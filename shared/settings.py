@@ -292,6 +292,8 @@ class PostgresSettings(_Group):
     """Name of the Key Vault secret holding the password"""
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
     """libpq sslmode (Azure: `require` or `verify-full`)"""
+    sslrootcert: Path | None = None
+    """CA bundle that `verify-ca`/`verify-full` check the server with (default: libpq's `~/.postgresql/root.crt`)"""
     pool_min_size: int = Field(1, ge=0)
     """Connections the pool keeps open"""
     pool_max_size: int = Field(4, ge=1)
@@ -326,6 +328,8 @@ class PostgresSettings(_Group):
             "sslmode": self.sslmode,
             "application_name": "sluice",
         }
+        if self.sslrootcert:
+            parts["sslrootcert"] = str(self.sslrootcert)
         if password:
             parts["password"] = password
         return make_conninfo(**parts)
@@ -436,6 +440,9 @@ class KeyVaultSettings(_Group):
     url: str | None = None
     """Key Vault holding the secrets named by `*_SECRET` settings (https only)"""
     ca_file: Path | None = Field(None, description="CA bundle for a local emulator's HTTPS certificate")
+    refresh_min_interval_seconds: float = Field(
+        5.0, ge=0, description="a secret a store refused is re-read at most this often"
+    )
 
     @field_validator("url")
     @classmethod
@@ -450,9 +457,13 @@ class DashboardSettings(_Group):
 
     model_config = SettingsConfigDict(env_prefix="SLUICE_DASHBOARD_")
 
-    token_key: SecretStr | None = Field(None, description=(
-        "HMAC key (at least 16 characters) signing device history page tokens; empty: derived from this "
-        "deployment's store settings (set it when several deployments share those)"))
+    token_key: SecretStr | None = Field(
+        None,
+        description=(
+            "HMAC key (at least 16 characters) signing device history page tokens; empty: derived from this "
+            "deployment's store settings (set it when several deployments share those)"
+        ),
+    )
     read_timeout_seconds: float = Field(2.0, gt=0)
     """Timeout of each store read behind /api/status, history and reports"""
     status_cache_seconds: float = Field(1.0, ge=0)
@@ -473,10 +484,16 @@ class WorkerSettings(_Group):
 
     model_config = SettingsConfigDict(env_prefix="SLUICE_WORKER_")
 
-    gc_young_threshold: int = Field(50_000, ge=100, le=10_000_000, description=(
-        "allocations between collections of the garbage collector's youngest generation (Python's default is 700); "
-        "above one ingest batch's working set (about 30 objects per event: 50,000 covers 1,000 events), a batch's "
-        "objects are freed before the collector walks them"))
+    gc_young_threshold: int = Field(
+        50_000,
+        ge=100,
+        le=10_000_000,
+        description=(
+            "allocations between collections of the garbage collector's youngest generation (Python's default is 700); "
+            "above one ingest batch's working set (about 30 objects per event: 50,000 covers 1,000 events), a batch's "
+            "objects are freed before the collector walks them"
+        ),
+    )
 
 
 class Settings(BaseModel):

@@ -34,7 +34,7 @@ SECRET_NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
 
 
 class KeyVaultSecrets:
-    """Reads secrets by name; each is fetched once per process (``get`` is cached)."""
+    """Reads secrets by name: ``get`` once per process (cached), ``fetch`` every time (rotation)."""
 
     def __init__(
         self,
@@ -57,12 +57,13 @@ class KeyVaultSecrets:
             options["connection_verify"] = ca_file
         self._client = SecretClient(vault_url=url, credential=credential, **options)
         self._url = url
-        self.get = cache(self._get)
+        self.get = cache(self.fetch)
 
     def close(self) -> None:
         self._client.close()
 
-    def _get(self, name: str) -> str:
+    def fetch(self, name: str) -> str:
+        """The secret's current value, read from the vault now."""
         if not SECRET_NAME.match(name):
             raise ConfigurationError(
                 f"{name!r} is not a valid Key Vault secret name (1-127 characters of 0-9, a-z, A-Z and '-')"

@@ -72,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--redis-cluster", action="store_true",
                         help="run a real local Redis Cluster (3 masters, 3 replicas, free ports, under --data-dir) "
                              "instead of the machine's Redis; stopped with the stack")
+    parser.add_argument("--use-existing-services", action="store_true",
+                        help="use the machine's PostgreSQL and Redis (no passwords, no TLS) instead of our own")
     parser.add_argument("--keep-services", action="store_true",
                         help="leave PostgreSQL and Redis running even if this command started them")
     parser.add_argument("--drain-timeout", type=float, default=240.0,
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         cassandra_port=args.cassandra_port, azurite_port=args.azurite_port, keyvault_port=args.keyvault_port,
         strict_ports=args.strict_ports, persist=not args.in_memory, database=args.database,
         keyspace=args.keyspace, redis_prefix=args.redis_prefix, redis_cluster=args.redis_cluster,
-        stop_services=not args.keep_services,
+        stop_services=not args.keep_services, use_existing_services=args.use_existing_services,
         overrides=overrides,
     )
     stack = LocalStack(options, say=console.print)
@@ -161,7 +163,7 @@ def _start(stack, args: argparse.Namespace, console) -> None:
     with console.status("PostgreSQL and Redis"):
         stack.ensure_postgres()
         stack.ensure_redis()
-    if args.fresh:
+    if args.fresh and opts.use_existing_services:  # our own services start empty from a wiped data dir
         _forget(stack, console)
     steps = [("Azurite", stack.start_azurite), ("Cassandra emulator", stack.start_cassandra),
              ("Event Hubs emulator", stack.start_eventhubs), ("Key Vault emulator", stack.start_keyvault)]
@@ -398,6 +400,12 @@ def _bounded(stack, args, console, producer, monitor, probe, features, manifest,
     return 1
 
 
+def _psql_host(stack) -> str:
+    """Our own PostgreSQL: its socket directory (the superuser is trusted there, never over TCP)."""
+    own = getattr(stack, "own", None)
+    return str(own.postgres.directory) if own is not None and own.postgres is not None else stack.options.postgres_host
+
+
 def _views(probe) -> list[str]:
     with contextlib.suppress(Exception), probe.pg() as conn:
         rows = conn.execute("SELECT table_name FROM information_schema.views WHERE table_schema = 'public' "
@@ -444,7 +452,7 @@ def _where_to_look(stack, console, probe, features: set[str], expected=None) -> 
         f"  Azurite   http://{opts.host}:{stack.ports.get('azurite')}/devstoreaccount1, dead letters in "
         f"{stack.values.get('SLUICE_STORAGE_DEADLETTER_CONTAINER')}: "
         f"`source {stack.settings_path.parent / 'settings.env'} && python -m sluice deadletter list`",
-        f"  PostgreSQL psql -h {opts.postgres_host} -U postgres {opts.database} -c "
+        f"  PostgreSQL psql -h {_psql_host(stack)} -p {opts.postgres_port} -U postgres {opts.database} -c "
         "'SELECT * FROM report_device_health LIMIT 10'",
         f"            views: {', '.join(_views(probe)) or '(none yet)'}",
         f"  settings  {stack.settings_path}",
