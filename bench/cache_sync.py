@@ -33,8 +33,8 @@ from datetime import UTC, datetime, timedelta
 import redis
 
 from shared.adapters.redis import RedisChangeSink, sort_key
+from shared.domain.stored import StoredEvent
 from shared.ports.feed import FeedPage, FeedPosition, SavedPosition
-from shared.ports.stored import StoredEvent
 from shared.services.changefeed import ChangeFeedService
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

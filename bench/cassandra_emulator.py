@@ -32,6 +32,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import ClassVar
 
 PAYLOAD = b"x" * 500
 MILLION = 1_000_000
@@ -87,7 +88,7 @@ class RssSampler:
         self.current()
 
 
-def _cluster(host: str, port: int):  # noqa: ANN202 - cassandra.cluster.Cluster, imported lazily
+def _cluster(host: str, port: int):
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import RoundRobinPolicy
     from cassandra.query import tuple_factory
@@ -140,13 +141,13 @@ class Target:
                 f"driver {self.inserts.client_us():.0f}/{self.reads.client_us():.0f} us (insert/read)")
 
 
-def fill(session, keyspace: str, start: int, total: int) -> None:  # noqa: ANN001
+def fill(session, keyspace: str, start: int, total: int) -> None:
     """Insert keys start..total-1 in unlogged batches of 100 (fast for the driver, same rows for the server)."""
     from cassandra.concurrent import execute_concurrent
     from cassandra.query import BatchStatement, BatchType
     insert = session.prepare(f"INSERT INTO {keyspace}.kv (k, v) VALUES (?, ?)")
 
-    def batches():  # noqa: ANN202
+    def batches():
         for lo in range(start, total, 100):
             batch = BatchStatement(batch_type=BatchType.UNLOGGED)
             for k in range(lo, min(lo + 100, total)):
@@ -169,7 +170,7 @@ def _null_server(host: str) -> int:
     from emulators.cassandra.server import OP_EXECUTE, OP_RESULT, CqlConnection, read_options
 
     class NullConnection(CqlConnection):
-        canned: dict[bytes, bytes] = {}
+        canned: ClassVar[dict[bytes, bytes]] = {}
 
         def _dispatch(self, stream: int, opcode: int, r: wire.Reader) -> bytes:
             if opcode != OP_EXECUTE or not self.started:
@@ -198,7 +199,7 @@ def _null_server(host: str) -> int:
     return 0
 
 
-def _start(name: str, argv: list[str]):  # noqa: ANN202
+def _start(name: str, argv: list[str]):
     from sluice.launcher import start
     return start(name, argv, timeout=60)
 

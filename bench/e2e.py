@@ -40,7 +40,11 @@ CHANGEFEED_INTERVAL_SECONDS = 1.0
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench e2e", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rates", default="100,200,300,400,600,800,1200,1600,2400,3200", help="comma-separated events/s to try, ascending")
+    parser.add_argument(
+        "--rates",
+        default="100,200,300,400,600,800,1200,1600,2400,3200",
+        help="comma-separated events/s to try, ascending",
+    )
     parser.add_argument("--step-seconds", type=float, default=20.0)
     parser.add_argument("--max-lag-seconds", type=float, default=3.0,
                         help="a step is sustained if its final lag is at most this many seconds of events")
@@ -133,9 +137,16 @@ class Bench:
     def run_load(self, rate: float, seconds: float, *, critical_ratio: float, on_tick=None, manifest=None):
         from sluice.loadgen import LoadRunner, LoadSpec
 
-        spec = LoadSpec(devices=self.args.devices, rate=rate, count=round(rate * seconds), critical_ratio=critical_ratio,
-                        duplicate_ratio=0.0, invalid_ratio=0.0, out_of_order_ratio=0.0,
-                        device_prefix="dev-")
+        spec = LoadSpec(
+            devices=self.args.devices,
+            rate=rate,
+            count=round(rate * seconds),
+            critical_ratio=critical_ratio,
+            duplicate_ratio=0.0,
+            invalid_ratio=0.0,
+            out_of_order_ratio=0.0,
+            device_prefix="dev-",
+        )
         runner = LoadRunner(spec, self.sender, manifest=manifest, on_progress=on_tick)
         self._live = runner.summary
         try:

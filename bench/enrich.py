@@ -40,7 +40,7 @@ from shared.adapters.postgres.migrations import apply_migrations
 from shared.adapters.postgres.pool import make_pool
 from shared.adapters.reference import PostgresReferenceSource, read_devices, read_sites, upsert_reference
 from shared.domain.enrichment import DeviceContext, ReferenceData
-from shared.ports.stored import StoredEvent
+from shared.domain.stored import StoredEvent
 from shared.services.enrichment import EnrichmentService
 from shared.settings import EnrichmentSettings, PostgresSettings
 from sluice.commands.reference import SAMPLE_DEVICES, SAMPLE_SITES

@@ -229,7 +229,7 @@ def phase_delay(port: int, count: int) -> list[float]:
 # ---------------------------------------------------------------- raw AMQP clients (the emulator's ceiling)
 
 
-def _raw_connect(port: int):  # noqa: ANN202 - a RawClient from the tests' helper
+def _raw_connect(port: int):
     from tests.emulators.eventhubs.rawamqp import RawClient
 
     raw = RawClient("127.0.0.1", port, timeout=30)
@@ -303,7 +303,7 @@ def _raw_consume(port: int, partition: str, expect: int, ready: mp.Queue, done: 
 
 
 def phase_raw(port: int, events: int, batch: int, cpu: CpuMeter) -> tuple[float, float, float, float]:
-    """Raw producers (one per partition) then raw consumers (one per partition): (rate in, cpu in, rate out, cpu out)."""
+    """Raw producers, then raw consumers (one per partition each): (rate in, cpu in, rate out, cpu out)."""
     ctx = mp.get_context("spawn")
     start, ready, done = ctx.Event(), ctx.Queue(), ctx.Queue()
     batches = max(1, events // batch // len(PARTITIONS))

@@ -76,8 +76,13 @@ def synthetic_bodies(count: int, devices: int, seed: int = 7) -> list[RawRecord]
             "attributes": {"firmware": "4.2.1", "site": f"site-{rng.randrange(50)}", "fleet": "north"},
         }
         raw = json.dumps(body).encode()
-        meta = EventMetadata(partition_id="0", offset=str(n * 600), sequence_number=n,
-                             enqueued_time=start_at + timedelta(milliseconds=n * 30 + 5), partition_key=body["device_id"])
+        meta = EventMetadata(
+            partition_id="0",
+            offset=str(n * 600),
+            sequence_number=n,
+            enqueued_time=start_at + timedelta(milliseconds=n * 30 + 5),
+            partition_key=body["device_id"],
+        )
         records.append(RawRecord(raw, meta))
     return records
 
@@ -138,14 +143,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=256, help="events per invocation (host.json maxEventBatchSize)")
     parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (SLUICE_CASSANDRA_WRITE_CONCURRENCY)")
+    parser.add_argument(
+        "--concurrency", type=int, default=64, help="requests in flight (SLUICE_CASSANDRA_WRITE_CONCURRENCY)"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="alternations of baseline and sluice")
     parser.add_argument("--passes", type=int, default=5, help="passes of the own-work measure; the best is reported")
     args = parser.parse_args(argv)
 
     records = synthetic_bodies(args.events, args.devices)
     size = sum(len(r.body) for r in records) / len(records)
-    print(f"{len(records)} events, {size:.0f} bytes on average, batches of {args.batch}, concurrency {args.concurrency}")
+    print(
+        f"{len(records)} events, {size:.0f} bytes on average, batches of {args.batch}, concurrency {args.concurrency}"
+    )
 
     emulator = start("cassandra-emulator", python_module("emulators.cassandra", "--host", "127.0.0.1", "--port", "0"),
                      timeout=60)
@@ -161,13 +170,15 @@ def main(argv: list[str]) -> int:
         dead_letters = _CountingDeadLetters()
         service = IngestService(CassandraEventStore(session, ours_cfg, RULES), dead_letters, Limits())
         raw_store = CassandraEventStore(session, raw_cfg, RULES)
+        driver_store = CassandraEventStore(session, raw_cfg, RULES, fast_bind=False)  # the driver binds its plans
 
         chunks = batches(records, args.batch)
         now = datetime.now(UTC)
         # Own work first, while the emulator is idle (after the writes it is busy for a while on a shared machine)
         # and before the baseline's half a million statements exist (the collector would walk them and charge that
         # to the pipeline; a function worker holds one batch). Statements are prepared by this first plan.
-        raw_store.plan(parse_records(records[:1], limits=Limits(), now=now).oks)
+        for store in (raw_store, driver_store):
+            store.plan(parse_records(records[:1], limits=Limits(), now=now).oks)
         # The collector as the function worker sets it (shared.runtime), so its cost is the one the worker pays.
         runtime.configure(WorkerSettings())
         print(f"garbage collector thresholds {gc.get_threshold()} (SLUICE_WORKER_GC_YOUNG_THRESHOLD)")
@@ -189,7 +200,7 @@ def main(argv: list[str]) -> int:
                 cpu["decode+validate"] += t1 - t0
                 cpu["plan+bind"] += t2 - t1
                 t3 = time.thread_time()
-                unbound, _ = raw_store.plan(oks, bind=False)  # batch children are bound here, by BatchStatement.add
+                unbound, _ = driver_store.plan(oks)  # batch children are bound here, by BatchStatement.add
                 for statement, params in unbound:
                     if params:
                         statement.bind(params)
@@ -203,7 +214,7 @@ def main(argv: list[str]) -> int:
 
         # The baseline's rows are built before the clock starts and handed to the driver unbound, as a caller of
         # execute_concurrent would: it measures the driver (binding included) and the server only.
-        planned = [raw_store.plan(parse_records(chunk, limits=Limits(), now=now).oks, bind=False)[0] for chunk in chunks]
+        planned = [driver_store.plan(parse_records(chunk, limits=Limits(), now=now).oks)[0] for chunk in chunks]
         statements = sum(len(p) for p in planned)
 
         def run_baseline(part: slice) -> float:

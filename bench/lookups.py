@@ -173,10 +173,15 @@ def main(argv: list[str]) -> int:
                     samples = results[(kind, concurrency, name)]
                     p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
                     p50s[name] = p50
-                    print(f"{kind + ' c=' + str(concurrency):<12}{name:<6}{p50:>9.2f}{p99:>9.2f}"
-                          f"{statistics.fmean(samples):>9.2f}{('<= ' + format(target, 'g')) if name == 'ours' else '':>12}")
+                    print(
+                        f"{kind + ' c=' + str(concurrency):<12}{name:<6}{p50:>9.2f}{p99:>9.2f}"
+                        f"{statistics.fmean(samples):>9.2f}"
+                        f"{('<= ' + format(target, 'g')) if name == 'ours' else '':>12}"
+                    )
                     if name == "ours":
-                        verdicts.append(f"{kind} c={concurrency} p99 {p99:.2f} ms {'ok' if p99 <= target else 'MISSED'}")
+                        verdicts.append(
+                            f"{kind} c={concurrency} p99 {p99:.2f} ms {'ok' if p99 <= target else 'MISSED'}"
+                        )
                 ratios.append(p50s["raw"] / p50s["ours"])
         print("targets: " + "; ".join(verdicts))
         ratio = math.exp(statistics.fmean(math.log(r) for r in ratios))

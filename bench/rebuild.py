@@ -1,4 +1,6 @@
-"""``python -m bench rebuild``: events per second rebuilt into Redis from Cassandra, vs a raw read plus pipelined writes.
+"""``python -m bench rebuild``: events per second rebuilt into Redis from Cassandra.
+
+Against a raw read plus pipelined writes.
 
 Starts a private Cassandra emulator and stores ``--devices`` devices with
 ``--events`` events each (a share critical) through the real event store. Then,
@@ -159,7 +161,9 @@ def main(argv: list[str]) -> int:
             best = min(times[name])
             print(f"{name:<5} best {best:7.2f} s  {counts[name] / best:10,.0f} events/s  "
                   f"(rounds: {', '.join(f'{t:.2f}' for t in times[name])})")
-        print(f"rebuild raw time / our time (best of {args.rounds}): ratio {min(times['raw']) / min(times['ours']):.2f}")
+        print(
+            f"rebuild raw time / our time (best of {args.rounds}): ratio {min(times['raw']) / min(times['ours']):.2f}"
+        )
     finally:
         clear(client, base)
         client.close()

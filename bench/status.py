@@ -73,7 +73,7 @@ def _raw_status(stack, probe) -> None:
     from azure.core.exceptions import ResourceNotFoundError
     from azure.storage.blob import BlobServiceClient
 
-    from shared.domain.timebuckets import bucket_start
+    from shared.adapters.cassandra.layout import bucket_start
 
     values, settings = stack.values, probe.settings
     session, ks = probe.session, settings.cassandra.keyspace
@@ -119,7 +119,13 @@ def _browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,1000",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
 

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         status = 130
     finally:
-        if listener._thread is not None:  # noqa: SLF001 - stop() is not idempotent before 3.12
+        if listener._thread is not None:
             listener.stop()
     if status != 0:
         sys.stdout.flush()

@@ -96,7 +96,9 @@ def import_script(script_root: Path, script_file: str = "function_app.py") -> An
     """Import the app's script file as the worker does (script root first on ``sys.path``)."""
     path = (script_root / script_file).resolve()
     if not path.exists():
-        raise DevHostError(f"{path} does not exist: run the dev host from the function app's directory or pass --script-root")
+        raise DevHostError(
+            f"{path} does not exist: run the dev host from the function app's directory or pass --script-root"
+        )
     root = str(path.parent)
     if root not in sys.path:
         sys.path.insert(0, root)

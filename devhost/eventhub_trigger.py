@@ -70,7 +70,9 @@ class ThreadedCheckpointStore(CheckpointStore):
         return await asyncio.to_thread(self._store.list_ownership, fully_qualified_namespace, eventhub_name,
                                        consumer_group, **kwargs)
 
-    async def claim_ownership(self, ownership_list: Iterable[dict[str, Any]], **kwargs: Any) -> Iterable[dict[str, Any]]:
+    async def claim_ownership(
+        self, ownership_list: Iterable[dict[str, Any]], **kwargs: Any
+    ) -> Iterable[dict[str, Any]]:
         return await asyncio.to_thread(self._store.claim_ownership, list(ownership_list), **kwargs)
 
     async def update_checkpoint(self, checkpoint: dict[str, Any], **kwargs: Any) -> None:
@@ -229,7 +231,7 @@ def to_function_input(
     """What the worker passes: ``func.EventHubEvent`` objects with the values azure-functions'
     ``EventHubTriggerConverter`` decodes from the host's binding data (``offset`` an ``int`` in a batch,
     a ``str`` for a single event; bodies decoded as UTF-8 first unless ``dataType`` is binary), and
-    ``event.metadata`` with the host's keys. tests/unit/test_devhost_functions.py checks them against
+    ``event.metadata`` with the host's keys. tests/devhost/test_functions.py checks them against
     the converter itself."""
     metadata = trigger_metadata(events, partition, binding)
     binary = binding.data_type == "binary"

@@ -93,7 +93,9 @@ class DevHost:
                     routes.append(HttpRoute.from_spec(spec))
                 elif spec.trigger_type == "eventHubTrigger":
                     binding = EventHubBinding.from_spec(spec)
-                    self.eventhubs.append(EventHubListener(binding, self.options.eventhubs, self.invoker, storage or ""))
+                    self.eventhubs.append(
+                        EventHubListener(binding, self.options.eventhubs, self.invoker, storage or "")
+                    )
                 elif spec.trigger_type == "timerTrigger":
                     if self._blob_service is None:
                         self._blob_service = BlobServiceClient.from_connection_string(storage or "")

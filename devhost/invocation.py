@@ -190,7 +190,9 @@ class Invoker:
                     await asyncio.wait_for(stopping.wait(), timeout=delay)
                 except TimeoutError:
                     continue
-                logger.warning("Functions.%s: shutting down during a retry delay; the input is not completed", spec.name)
+                logger.warning(
+                    "Functions.%s: shutting down during a retry delay; the input is not completed", spec.name
+                )
                 return Outcome.ABANDONED
             else:
                 return Outcome.SUCCEEDED

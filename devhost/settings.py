@@ -108,7 +108,9 @@ def load_local_settings(path: Path | None, environ: MutableMapping[str, str] | N
         raise DevHostError(f"{path} is encrypted; the dev host reads plain settings only")
     for name, value in (document.get("Values") or {}).items():
         if environ.get(name):
-            logger.info("Skipping %r from local settings as it's already defined in current environment variables", name)
+            logger.info(
+                "Skipping %r from local settings as it's already defined in current environment variables", name
+            )
             continue
         environ[name] = "" if value is None else str(value)
     port = (document.get("Host") or {}).get("LocalHttpPort")
@@ -135,7 +137,9 @@ def load_host_json(path: Path) -> HostOptions:
     offset = eh.get("initialOffsetOptions") or {}
     offset_type = str(offset.get("type", "fromStart"))
     if offset_type not in ("fromStart", "fromEnd", "fromEnqueuedTime"):
-        raise DevHostError(f"host.json initialOffsetOptions.type {offset_type!r} must be fromStart, fromEnd or fromEnqueuedTime")
+        raise DevHostError(
+            f"host.json initialOffsetOptions.type {offset_type!r} must be fromStart, fromEnd or fromEnqueuedTime"
+        )
     enqueued = None
     if offset_type == "fromEnqueuedTime":
         if "enqueuedTimeUtc" not in offset:

@@ -34,5 +34,6 @@ def enrichment(timer: func.TimerRequest) -> None:
         "enrichment windows=%d late_windows=%d events=%d watermark=%s more_pending=%s",
         len(result.windows), result.late_windows, result.events, watermark, result.more_pending,
         extra={"sluice.windows": len(result.windows), "sluice.late_windows": result.late_windows,
-               "sluice.events": result.events, "sluice.watermark": watermark, "sluice.more_pending": result.more_pending},
+               "sluice.events": result.events, "sluice.watermark": watermark,
+               "sluice.more_pending": result.more_pending},
     )

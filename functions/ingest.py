@@ -11,11 +11,12 @@ down when the worker starts is handled the same way.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import azure.functions as func
 
 from shared import bootstrap, telemetry
-from shared.domain.events import EventMetadata, RawRecord
+from shared.services.ingest import EventMetadata, RawRecord
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def ingest(events: list[func.EventHubEvent], context: func.Context) -> None:
     records = to_records(events)
     service = bootstrap.ingest_service()  # first: it configures telemetry on a cold start
     with telemetry.stage_span("ingest", parent=_traceparent(context), links=lambda: _links(events),
-                              attributes=_span_attributes(partition, records), kind=telemetry.SpanKind.CONSUMER):
+                              attributes=_span_attributes(partition, records), consumer=True):
         result = service.handle(records, final_attempt=final_attempt)
     logger.info(
         "ingest partition=%s received=%d stored=%d rejected=%d duplicates=%d batch_dead_lettered=%s",
@@ -86,14 +87,14 @@ def _traceparent(context: func.Context) -> str | None:
     return getattr(trace_context, "trace_parent", None) or None
 
 
-def _links(events: list[func.EventHubEvent]) -> list:
+def _links(events: list[func.EventHubEvent]) -> list[Any]:
     """Links to the producers' spans, from the messages' application properties (read only when tracing)."""
     metadata = events[0].metadata if events else None
     return telemetry.message_links((metadata or {}).get("PropertiesArray"))
 
 
-def _span_attributes(partition: str | None, records: list[RawRecord]) -> dict:
-    attributes: dict = {"messaging.system": "eventhubs", "messaging.batch.message_count": len(records)}
+def _span_attributes(partition: str | None, records: list[RawRecord]) -> dict[str, Any]:
+    attributes: dict[str, Any] = {"messaging.system": "eventhubs", "messaging.batch.message_count": len(records)}
     if partition is not None:
         attributes["eventhub.partition"] = partition
     if records and records[0].metadata.sequence_number is not None:

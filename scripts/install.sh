@@ -12,6 +12,7 @@ python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3-venv)
 command -v npm >/dev/null || missing+=(nodejs npm)
 command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)   # the PgBouncer (transaction mode) tests
 # kubectl renders the manifests for their validation (tests/deploy/: `kubectl kustomize`).
 command -v kubectl >/dev/null || missing+=(kubectl)
 command -v chromium >/dev/null || missing+=(chromium)            # the operations page's browser tests

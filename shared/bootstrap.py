@@ -7,14 +7,40 @@ adapters (or with :func:`reset` after changing the environment).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from collections.abc import Callable
 from functools import cache
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import SecretStr
 
 from shared import runtime
 from shared.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # the adapters are imported where they are built, on first use
+    from azure.storage.blob import BlobServiceClient
+    from cassandra.cluster import Session
+    from psycopg_pool import ConnectionPool
+
+    from shared.adapters.blob_deadletter import BlobDeadLetterSink
+    from shared.adapters.eventhub_lag import CachedPartitionLag
+    from shared.adapters.keyvault import KeyVaultSecrets
+    from shared.adapters.redis import RedisChangeSink, RedisConnection, RedisLookupCache
+    from shared.adapters.secrets import RotatingSecret
+    from shared.services.changefeed import ChangeFeedService
+    from shared.services.enrichment import EnrichmentService
+    from shared.services.history import HistoryService
+    from shared.services.ingest import IngestService
+    from shared.services.lookups import LookupService
+    from shared.services.rebuild import RebuildService
+    from shared.services.replay import ReplayService
+    from shared.services.reports import ReportService
+    from shared.services.state import StateService
+    from shared.services.status import StatusService
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 _lock = threading.RLock()
@@ -24,12 +50,24 @@ _lock = threading.RLock()
 def settings() -> Settings:
     loaded = load_settings()
     logger.info("settings loaded: %s", loaded.as_dict())
-    runtime.configure(loaded.worker)
-    _telemetry().configure(loaded.telemetry)
     return loaded
 
 
-def _telemetry():
+@cache
+def start_worker() -> None:
+    """The worker process's start: its own settings (the garbage collector, ``shared.runtime``) applied once.
+
+    Telemetry is set up here too (``shared.telemetry.configure``). Called before
+    the first service of the process is built (:func:`service`),
+    so the tuning is in place before the first batch, and never as a side
+    effect of merely reading the settings.
+    """
+    loaded = settings()
+    runtime.configure(loaded.worker)
+    _telemetry().configure(loaded.telemetry)
+
+
+def _telemetry() -> Any:
     """``shared.telemetry``, imported on first use (the OpenTelemetry SDK loads only when an exporter is set)."""
     from shared import telemetry
 
@@ -45,8 +83,26 @@ def secret(value: SecretStr | None, secret_name: str | None) -> str | None:
     return None
 
 
+def rotating_secret(value: SecretStr | None, secret_name: str | None) -> RotatingSecret | None:
+    """A store's password as a :class:`RotatingSecret`: re-read from Key Vault when the store refuses it.
+
+    Read once here, before the client is built, so a missing secret stops start-up with
+    a ``ConfigurationError`` naming it and the vault (a pool would only log it and time out).
+    """
+    from shared.adapters.secrets import RotatingSecret
+
+    if value is not None:
+        return RotatingSecret.fixed(value.get_secret_value())
+    if not secret_name:
+        return None
+    rotating = RotatingSecret(secret_name, lambda: keyvault().fetch(secret_name),
+                              min_interval=settings().keyvault.refresh_min_interval_seconds)
+    rotating.value()
+    return rotating
+
+
 @cache
-def keyvault():
+def keyvault() -> KeyVaultSecrets:
     from shared.adapters.keyvault import KeyVaultSecrets
 
     kv = settings().keyvault
@@ -55,83 +111,88 @@ def keyvault():
 
 
 @cache
-def cassandra_session():
+def cassandra_session() -> Session:
     from shared.adapters.cassandra.session import connect
 
     with _lock:
         cfg = settings().cassandra
-        return connect(cfg, secret(cfg.password, cfg.password_secret))
+        return connect(cfg, rotating_secret(cfg.password, cfg.password_secret))
 
 
 @cache
-def blob_service():
+def blob_service() -> BlobServiceClient:
     from shared.adapters.blob_service import blob_service_client
 
     return blob_service_client(settings().storage)
 
 
 @cache
-def redis_client():
+def redis_client() -> RedisConnection:
     """The Redis connection (one Redis or a Redis Cluster, see ``SLUICE_REDIS_CLUSTER``), built on first use."""
     from shared.adapters.redis import RedisConnection
 
     cfg = settings().redis
-    return RedisConnection(cfg.url, password=secret(cfg.password, cfg.password_secret), cluster=cfg.cluster,
+    return RedisConnection(cfg.url, password=rotating_secret(cfg.password, cfg.password_secret), cluster=cfg.cluster,
                            socket_timeout=cfg.socket_timeout_seconds)
 
 
 @cache
-def postgres_pool():
-    from psycopg_pool import ConnectionPool
+def postgres_pool() -> ConnectionPool:
+    from shared.adapters.postgres.pool import make_pool
 
     cfg = settings().postgres
-    return ConnectionPool(
-        cfg.conninfo(secret(cfg.password, cfg.password_secret)),
-        min_size=cfg.pool_min_size,
-        max_size=cfg.pool_max_size,
-        max_lifetime=cfg.pool_max_lifetime_seconds,
-        timeout=cfg.pool_timeout_seconds,
-        check=ConnectionPool.check_connection,
-        kwargs={"prepare_threshold": cfg.prepare_threshold},
-        open=True,
-        name="sluice",
-    )
+    return make_pool(cfg.conninfo(), cfg, password=rotating_secret(cfg.password, cfg.password_secret))
 
 
 def reset() -> None:
     """Close and forget every cached client, service and the settings (tests, or a changed environment)."""
-    closers = ((cassandra_session, lambda s: s.cluster.shutdown()), (postgres_pool, lambda p: p.close()),
-               (redis_client, lambda r: r.close()), (blob_service, lambda b: b.close()))
+    closers: tuple[tuple[functools._lru_cache_wrapper[Any], Callable[[Any], object]], ...] = (
+        (cassandra_session, lambda s: s.cluster.shutdown()), (postgres_pool, lambda p: p.close()),
+        (redis_client, lambda r: r.close()), (blob_service, lambda b: b.close()))
     for cached, close in closers:
         if cached.cache_info().currsize:
             try:
                 close(cached())
             except Exception:  # closing is best effort; the client is forgotten either way
                 logger.warning("closing %s failed", cached.__name__, exc_info=True)
-    for cached in (settings, keyvault, cassandra_session, blob_service, redis_client, postgres_pool, *_services):
+    for cached in (
+        settings,
+        start_worker,
+        keyvault,
+        cassandra_session,
+        blob_service,
+        redis_client,
+        postgres_pool,
+        *_services,
+    ):
         cached.cache_clear()
 
 
 # --- services: one builder each, decorated with @service (cached per process, cleared by reset()) ---
-_services: list = []
+_services: list[functools._lru_cache_wrapper[Any]] = []
 
 
-def service(builder):
-    """Register a cached service builder (so :func:`reset` clears it too)."""
-    cached = cache(builder)
+def service(builder: Callable[[], T]) -> functools._lru_cache_wrapper[T]:
+    """Register a cached service builder (so :func:`reset` clears it too); building one starts the worker first."""
+    @functools.wraps(builder)
+    def started() -> T:
+        start_worker()
+        return builder()
+
+    cached = cache(started)
     _services.append(cached)
     return cached
 
 
 @service
-def dead_letter_sink():
+def dead_letter_sink() -> BlobDeadLetterSink:
     from shared.adapters.blob_deadletter import BlobDeadLetterSink
 
     return BlobDeadLetterSink(blob_service(), settings().storage.deadletter_container)
 
 
 @service
-def ingest_service():
+def ingest_service() -> IngestService:
     from shared.adapters.cassandra.event_store import CassandraEventStore
     from shared.services.ingest import IngestService, LazyEventStore
 
@@ -143,7 +204,7 @@ def ingest_service():
     return IngestService(store, dead_letter_sink(), cfg.ingest.limits(), metrics=telemetry.pipeline_metrics())
 
 
-def _register_lag_gauge(metrics, consumer_group: str) -> None:
+def _register_lag_gauge(metrics: Any, consumer_group: str) -> None:
     """``sluice.eventhub.lag`` from the ingest worker, read at most every few seconds (``CachedPartitionLag``)."""
     try:
         lag = _lag_reader()
@@ -154,7 +215,7 @@ def _register_lag_gauge(metrics, consumer_group: str) -> None:
 
 
 @service
-def redis_change_sink():
+def redis_change_sink() -> RedisChangeSink:
     from shared.adapters.redis import RedisChangeSink
 
     cfg = settings().redis
@@ -164,7 +225,7 @@ def redis_change_sink():
 
 
 @service
-def redis_lookup_cache():
+def redis_lookup_cache() -> RedisLookupCache:
     from shared.adapters.redis import RedisLookupCache
 
     cfg = settings().redis
@@ -173,7 +234,7 @@ def redis_lookup_cache():
                             stream_shards=cfg.critical_stream_shards)
 
 
-def rebuild_service(*, max_rps: float | None = None, page_size: int = 200):
+def rebuild_service(*, max_rps: float | None = None, page_size: int = 200) -> RebuildService:
     """Not cached: each run has its own rate limit."""
     from shared.adapters.cassandra.device_log import CassandraDeviceLog
     from shared.adapters.redis_rebuild import RedisCacheBuilder
@@ -181,11 +242,16 @@ def rebuild_service(*, max_rps: float | None = None, page_size: int = 200):
 
     cfg = settings()
     log = CassandraDeviceLog(cassandra_session, cfg.cassandra.keyspace)
-    return RebuildService(log, RedisCacheBuilder(redis_change_sink()), rules=cfg.rules.critical_rules, page_size=page_size,
-                          max_rps=max_rps)
+    return RebuildService(
+        log,
+        RedisCacheBuilder(redis_change_sink()),
+        rules=cfg.rules.critical_rules,
+        page_size=page_size,
+        max_rps=max_rps,
+    )
 
 
-def replay_service(*, postgres: bool = True):
+def replay_service(*, postgres: bool = True) -> ReplayService:
     from shared.adapters.cassandra.window_reader import CassandraWindowReader
     from shared.services.replay import ReplayService
 
@@ -197,12 +263,13 @@ def replay_service(*, postgres: bool = True):
 
 
 @service
-def changefeed_service():
+def changefeed_service() -> ChangeFeedService:
     from shared.adapters.cassandra.feed import CassandraFeedStateStore, CosmosChangeFeed, PortableChangeFeed
     from shared.services.changefeed import ChangeFeedService
 
     cfg = settings()
     feed_cfg, ks = cfg.changefeed, cfg.cassandra.keyspace
+    feed: CosmosChangeFeed | PortableChangeFeed
     if feed_cfg.mode == "cosmos":
         feed = CosmosChangeFeed(cassandra_session(), ks, page_size=feed_cfg.page_size,
                                 lookback_seconds=feed_cfg.lookback_seconds)
@@ -218,7 +285,7 @@ def changefeed_service():
 
 
 @service
-def lookup_service():
+def lookup_service() -> LookupService:
     from shared.adapters.cassandra.reader import CassandraEventReader
     from shared.services.lookups import LookupService
 
@@ -234,7 +301,7 @@ def lookup_service():
 
 
 @service
-def enrichment_service():
+def enrichment_service() -> EnrichmentService:
     from shared.adapters.cassandra.window_reader import CassandraWindowReader
     from shared.adapters.postgres.enrichment_store import PostgresEnrichmentStore
     from shared.adapters.reference import ParquetBlobReferenceSource, PostgresReferenceSource
@@ -244,6 +311,7 @@ def enrichment_service():
     enrich = cfg.enrichment
     reader = CassandraWindowReader(cassandra_session(), cfg.cassandra, page_size=enrich.read_page_size,
                                    concurrency=enrich.read_concurrency)
+    reference: ParquetBlobReferenceSource | PostgresReferenceSource
     if enrich.reference_source == "parquet":
         reference = ParquetBlobReferenceSource(blob_service(), enrich.reference_container,
                                                enrich.reference_devices_blob, enrich.reference_sites_blob)
@@ -255,7 +323,7 @@ def enrichment_service():
 
 
 @service
-def status_service():
+def status_service() -> StatusService:
     from shared.adapters.blob_deadletter import BlobDeadLetterCounter
     from shared.adapters.cassandra.dashboard import CassandraArrivalStats, CassandraFeedPosition
     from shared.adapters.postgres.reports import PostgresReports
@@ -264,18 +332,31 @@ def status_service():
 
     cfg = settings()
     timeout = cfg.dashboard.read_timeout_seconds
-    arrivals = CassandraArrivalStats(cassandra_session, cfg.cassandra.keyspace, bucket_seconds=cfg.cassandra.bucket_seconds,
-                                     shards=cfg.cassandra.shards, timeout=timeout)
+    arrivals = CassandraArrivalStats(
+        cassandra_session,
+        cfg.cassandra.keyspace,
+        bucket_seconds=cfg.cassandra.bucket_seconds,
+        shards=cfg.cassandra.shards,
+        timeout=timeout,
+    )
     feed = CassandraFeedPosition(cassandra_session, cfg.cassandra.keyspace, cfg.changefeed.feed_name, timeout=timeout)
-    return StatusService(arrivals, feed, PostgresReports(postgres_pool(), timeout=timeout),
-                         BlobDeadLetterCounter(blob_service(), cfg.storage.deadletter_container),
-                         RedisCacheStats(redis_client()), RedisCriticalStream(redis_client(), key_prefix=cfg.redis.key_prefix,
-                                             stream_shards=cfg.redis.critical_stream_shards),
-                         _lag_reader() or NoLagReader(), lambda: lookup_service().health(),
-                         cache_seconds=cfg.dashboard.status_cache_seconds, section_timeout=2 * timeout)
+    return StatusService(
+        arrivals,
+        feed,
+        PostgresReports(postgres_pool(), timeout=timeout),
+        BlobDeadLetterCounter(blob_service(), cfg.storage.deadletter_container),
+        RedisCacheStats(redis_client()),
+        RedisCriticalStream(
+            redis_client(), key_prefix=cfg.redis.key_prefix, stream_shards=cfg.redis.critical_stream_shards
+        ),
+        _lag_reader() or NoLagReader(),
+        lambda: lookup_service().health(),
+        cache_seconds=cfg.dashboard.status_cache_seconds,
+        section_timeout=2 * timeout,
+    )
 
 
-def _lag_reader():
+def _lag_reader() -> CachedPartitionLag | None:
     """The ingest hub's lag as KEDA reads it, from the host's own Event Hubs connection; ``None`` without one."""
     import os
 
@@ -300,7 +381,7 @@ def _lag_reader():
 
 
 @service
-def history_service():
+def history_service() -> HistoryService:
     from shared.adapters.cassandra.dashboard import CassandraDeviceHistory
     from shared.services.history import HistoryService, TokenSigner, derived_key
 
@@ -315,7 +396,7 @@ def history_service():
 
 
 @service
-def state_service():
+def state_service() -> StateService:
     from shared.adapters.cassandra.dashboard import CassandraDeviceHistory
     from shared.adapters.cassandra.reader import CassandraEventReader
     from shared.services.state import StateService
@@ -327,7 +408,7 @@ def state_service():
 
 
 @service
-def report_service():
+def report_service() -> ReportService:
     from shared.adapters.postgres.reports import PostgresReports
     from shared.services.reports import ReportService
 

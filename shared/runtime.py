@@ -1,4 +1,7 @@
-"""Settings of the worker process itself, applied once when its settings are first loaded.
+"""Settings of the worker process itself, applied by an explicit call when the worker starts.
+
+``shared.bootstrap.start_worker`` calls :func:`configure` before the first
+service of the process is built; reading the settings changes nothing.
 
 The garbage collector: CPython collects its youngest generation every 700 net
 allocations of container objects. Ingest keeps about 30 of them per event (the

@@ -229,7 +229,7 @@ class RulesSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="SLUICE_")
 
     critical_rules: list[MeasurementRule] = Field(default_factory=list)
-    """JSON list of rules that make an event critical besides `severity: critical`, e.g. `[{"measurement": "temperature", "op": ">", "value": 90}]`"""
+    """JSON list of rules that make an event critical besides `severity: critical`, e.g. `[{"measurement": "temperature", "op": ">", "value": 90}]`"""  # noqa: E501 - one line: the settings table takes it as it stands
 
 
 class RedisSettings(_Group):
@@ -240,7 +240,7 @@ class RedisSettings(_Group):
     url: str
     """Redis URL (Azure Managed Redis: `rediss://<name>.<region>.redis.azure.net:10000`; Azure Cache for Redis: `rediss://<name>.redis.cache.windows.net:6380/0`)"""
     cluster: bool | None = None
-    """`true`: a Redis Cluster (OSS cluster policy), `false`: one Redis (or a proxy); empty: ask the server (`INFO cluster`)"""
+    """`true`: a Redis Cluster (OSS cluster policy), `false`: one Redis (or a proxy); empty: ask the server (`INFO cluster`)"""  # noqa: E501 - one line: the settings table takes it as it stands
     password: SecretStr | None = None
     """Password (access key), for local use; on Azure name a Key Vault secret instead"""
     password_secret: str | None = None
@@ -292,6 +292,8 @@ class PostgresSettings(_Group):
     """Name of the Key Vault secret holding the password"""
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
     """libpq sslmode (Azure: `require` or `verify-full`)"""
+    sslrootcert: Path | None = None
+    """CA bundle that `verify-ca`/`verify-full` check the server with (default: libpq's `~/.postgresql/root.crt`)"""
     pool_min_size: int = Field(1, ge=0)
     """Connections the pool keeps open"""
     pool_max_size: int = Field(4, ge=1)
@@ -300,7 +302,9 @@ class PostgresSettings(_Group):
     """A connection is replaced after this long"""
     pool_timeout_seconds: float = Field(30.0, gt=0)
     """Longest wait for a pooled connection"""
-    prepare_threshold: int | None = Field(5, description="None disables server-side prepared statements (PgBouncer transaction mode)")
+    prepare_threshold: int | None = Field(
+        5, description="None disables server-side prepared statements (PgBouncer transaction mode)"
+    )
 
     @field_validator("prepare_threshold", mode="before")
     @classmethod
@@ -314,7 +318,7 @@ class PostgresSettings(_Group):
 
     def conninfo(self, password: str | None = None) -> str:
         """A libpq connection string (the password only if given; never logged)."""
-        from psycopg.conninfo import make_conninfo  # noqa: PLC0415 - keep psycopg out of settings import
+        from psycopg.conninfo import make_conninfo
 
         parts: dict[str, Any] = {
             "host": self.host,
@@ -324,6 +328,8 @@ class PostgresSettings(_Group):
             "sslmode": self.sslmode,
             "application_name": "sluice",
         }
+        if self.sslrootcert:
+            parts["sslrootcert"] = str(self.sslrootcert)
         if password:
             parts["password"] = password
         return make_conninfo(**parts)
@@ -389,8 +395,12 @@ class ChangeFeedSettings(_Group):
     """Rows per change feed page"""
     time_budget_seconds: float = Field(20.0, gt=0, le=600)
     """A run stops reading new pages after this long"""
-    lookback_seconds: int = Field(3600, ge=0, description="start of the first run, and of a run whose continuation was rejected")
-    overlap_seconds: int = Field(60, ge=0, le=86400, description="portable mode: how far before the watermark each run re-reads")
+    lookback_seconds: int = Field(
+        3600, ge=0, description="start of the first run, and of a run whose continuation was rejected"
+    )
+    overlap_seconds: int = Field(
+        60, ge=0, le=86400, description="portable mode: how far before the watermark each run re-reads"
+    )
     max_span_seconds: int = Field(3600, ge=1, description="portable mode: the widest enqueued-time range one run reads")
     read_timeout_seconds: float = Field(10.0, gt=0)
     """Timeout of one change feed read"""
@@ -403,17 +413,23 @@ class LookupSettings(_Group):
 
     cache_ttl_seconds: int = Field(3600, ge=1)
     """TTL of a value the lookups put in Redis after a miss"""
-    cache_ttl_jitter_seconds: int = Field(300, ge=0, description="a random 0..jitter added to each fill, so fills do not expire together")
+    cache_ttl_jitter_seconds: int = Field(
+        300, ge=0, description="a random 0..jitter added to each fill, so fills do not expire together"
+    )
     negative_ttl_seconds: int = Field(5, ge=1)
     """How long "not found" is cached"""
     cassandra_timeout_seconds: float = Field(2.0, gt=0)
     """Timeout of a lookup's Cassandra read (then 503)"""
     health_timeout_seconds: float = Field(1.0, gt=0)
     """Timeout of each dependency check of /api/health"""
-    redis_retry_after_seconds: float = Field(5.0, ge=0, description="after a Redis error, serve from Cassandra for this long before trying Redis again")
+    redis_retry_after_seconds: float = Field(
+        5.0, ge=0, description="after a Redis error, serve from Cassandra for this long before trying Redis again"
+    )
     critical_default_limit: int = Field(20, ge=1)
     """Critical events returned when `limit` is not given"""
-    flight_wait_seconds: float = Field(5.0, gt=0, description="how long a request waits for another request's Cassandra read of the same key")
+    flight_wait_seconds: float = Field(
+        5.0, gt=0, description="how long a request waits for another request's Cassandra read of the same key"
+    )
 
 
 class KeyVaultSettings(_Group):
@@ -424,6 +440,9 @@ class KeyVaultSettings(_Group):
     url: str | None = None
     """Key Vault holding the secrets named by `*_SECRET` settings (https only)"""
     ca_file: Path | None = Field(None, description="CA bundle for a local emulator's HTTPS certificate")
+    refresh_min_interval_seconds: float = Field(
+        5.0, ge=0, description="a secret a store refused is re-read at most this often"
+    )
 
     @field_validator("url")
     @classmethod
@@ -438,9 +457,13 @@ class DashboardSettings(_Group):
 
     model_config = SettingsConfigDict(env_prefix="SLUICE_DASHBOARD_")
 
-    token_key: SecretStr | None = Field(None, description=(
-        "HMAC key (at least 16 characters) signing device history page tokens; empty: derived from this "
-        "deployment's store settings (set it when several deployments share those)"))
+    token_key: SecretStr | None = Field(
+        None,
+        description=(
+            "HMAC key (at least 16 characters) signing device history page tokens; empty: derived from this "
+            "deployment's store settings (set it when several deployments share those)"
+        ),
+    )
     read_timeout_seconds: float = Field(2.0, gt=0)
     """Timeout of each store read behind /api/status, history and reports"""
     status_cache_seconds: float = Field(1.0, ge=0)
@@ -461,13 +484,20 @@ class WorkerSettings(_Group):
 
     model_config = SettingsConfigDict(env_prefix="SLUICE_WORKER_")
 
-    gc_young_threshold: int = Field(50_000, ge=100, le=10_000_000, description=(
-        "allocations between collections of the garbage collector's youngest generation (Python's default is 700); "
-        "above one ingest batch's working set (about 30 objects per event: 50,000 covers 1,000 events), a batch's "
-        "objects are freed before the collector walks them"))
+    gc_young_threshold: int = Field(
+        50_000,
+        ge=100,
+        le=10_000_000,
+        description=(
+            "allocations between collections of the garbage collector's youngest generation (Python's default is 700); "
+            "above one ingest batch's working set (about 30 objects per event: 50,000 covers 1,000 events), a batch's "
+            "objects are freed before the collector walks them"
+        ),
+    )
 
 
 TracedClient = Literal["cassandra", "redis", "psycopg"]
+DEFAULT_TRACED: tuple[TracedClient, ...] = ("redis", "psycopg")
 
 
 class TelemetrySettings(_Group):
@@ -475,12 +505,12 @@ class TelemetrySettings(_Group):
 
     model_config = SettingsConfigDict(env_prefix="SLUICE_")
 
-    metrics_port: int | None = Field(None, ge=0, le=65535, description=(
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description=(
         "serve Prometheus metrics at `http://<address>:<port>/metrics` (9464 is the exporter's usual port, 0 a free "
         "one); empty: no scrape endpoint"))
     metrics_address: str = "0.0.0.0"
     """Address the Prometheus endpoint listens on"""
-    trace_clients: Annotated[list[TracedClient], NoDecode] = Field(default_factory=lambda: ["redis", "psycopg"],
+    trace_clients: Annotated[list[TracedClient], NoDecode] = Field(default_factory=lambda: list(DEFAULT_TRACED),
                                                                    description=(
         "client libraries whose requests get spans when traces are exported, comma-separated (`none`: none); "
         "`cassandra` makes about three spans per ingested event, see docs/observability.md"))
@@ -531,7 +561,10 @@ class Settings(BaseModel):
         return self
 
 
-GROUPS: dict[str, type[_Group]] = {name: field.annotation for name, field in Settings.model_fields.items()}  # type: ignore[misc]
+GROUPS: dict[str, type[_Group]] = {
+    name: field.annotation  # type: ignore[misc]  # pydantic types it `type[Any] | None`: here always a group model
+    for name, field in Settings.model_fields.items()
+}
 
 
 def env_names(group: type[_Group]) -> list[str]:

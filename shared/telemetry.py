@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Link, SpanKind
@@ -54,6 +54,9 @@ from shared.adapters.otel_metrics import ERROR_LOG_INTERVAL, SCOPE, OtelMetrics,
 from shared.exceptions import ConfigurationError
 from shared.ports.metrics import NO_METRICS, Metrics
 from shared.settings import TelemetrySettings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.resources import Resource
 
 logger = logging.getLogger(__name__)
 
@@ -202,11 +205,13 @@ def cassandra_throttled(operation: str, outcome: str) -> None:
 # --- spans ---------------------------------------------------------------------------------------------------------
 
 
-def message_links(properties: Sequence[Mapping[str, Any]] | None) -> list[Link]:
+def message_links(properties: object) -> list[Link]:
     """Links to the producers' spans: each message's ``traceparent`` (or ``Diagnostic-Id``, the same W3C value
     older Azure SDKs set), one link per distinct context."""
     links: dict[tuple[int, int], Link] = {}
-    for props in properties or ():
+    if not isinstance(properties, list):  # the host's PropertiesArray: one mapping per message
+        return []
+    for props in properties:
         if not isinstance(props, Mapping):
             continue
         value = props.get("traceparent") or props.get("Diagnostic-Id")
@@ -224,9 +229,10 @@ def message_links(properties: Sequence[Mapping[str, Any]] | None) -> list[Link]:
 
 @contextmanager
 def stage_span(stage: str, *, parent: str | None = None, links: Callable[[], list[Link]] | None = None,
-               attributes: Mapping[str, Any] | None = None, kind: SpanKind = SpanKind.INTERNAL) -> Iterator[Any]:
+               attributes: Mapping[str, Any] | None = None, consumer: bool = False) -> Iterator[Any]:
     """One span for one invocation of ``stage`` (``sluice.<stage>``), current while the block runs.
 
+    ``consumer`` marks a stage that consumes messages (span kind consumer).
     ``parent`` is the host's ``traceparent`` (``context.trace_context.trace_parent``
     on Azure Functions); ``links`` is called only when a span is made. With tracing
     off nothing is created and ``None`` is yielded. An exception is recorded on
@@ -242,7 +248,8 @@ def stage_span(stage: str, *, parent: str | None = None, links: Callable[[], lis
     except Exception as exc:
         telemetry_failed(f"reading the trace context of {stage}", exc)
         context, made = None, None
-    with tracer.start_as_current_span(f"sluice.{stage}", context=context, kind=kind, links=made,
+    with tracer.start_as_current_span(f"sluice.{stage}", context=context, links=made,
+                                      kind=SpanKind.CONSUMER if consumer else SpanKind.INTERNAL,
                                       attributes=dict(attributes or {})) as span:
         yield span
 
@@ -250,7 +257,7 @@ def stage_span(stage: str, *, parent: str | None = None, links: Callable[[], lis
 # --- set-up ----------------------------------------------------------------------------------------------------------
 
 
-def service_resource(environ: Mapping[str, str] | None = None):
+def service_resource(environ: Mapping[str, str] | None = None) -> Resource:
     """``service.name=sluice`` and the pod's name, under whatever ``OTEL_SERVICE_NAME`` and
     ``OTEL_RESOURCE_ATTRIBUTES`` set (those win)."""
     from opentelemetry.sdk.resources import OTELResourceDetector, Resource

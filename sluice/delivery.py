@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared.adapters.cassandra.layout import bucket_start, buckets_between
 from shared.adapters.redis.generations import generation_prefix
-from shared.domain.timebuckets import bucket_start, buckets_between
 from shared.settings import Settings, load_settings
 from sluice.loadgen import Expected
 
@@ -74,6 +74,7 @@ class Probe:
         self._session = None
         self._blob = None
         self._redis = None
+        self._vault = None
 
     # --- clients (lazy) ---
 
@@ -82,7 +83,8 @@ class Probe:
         if self._session is None:
             from shared.adapters.cassandra.session import connect
 
-            self._session = connect(self.settings.cassandra, None)
+            cfg = self.settings.cassandra
+            self._session = connect(cfg, self._password(cfg.password, cfg.password_secret))
         return self._session
 
     @property
@@ -99,14 +101,30 @@ class Probe:
             from shared.adapters.redis import RedisConnection
 
             cfg = self.settings.redis
-            self._redis = RedisConnection(cfg.url, password=cfg.password.get_secret_value() if cfg.password else None,
+            self._redis = RedisConnection(cfg.url, password=self._password(cfg.password, cfg.password_secret),
                                           cluster=cfg.cluster, socket_timeout=5, decode_responses=True)
         return self._redis.client()
 
     def pg(self):
         import psycopg
 
-        return psycopg.connect(self.settings.postgres.conninfo(), connect_timeout=5, autocommit=True)
+        cfg = self.settings.postgres
+        return psycopg.connect(cfg.conninfo(self._password(cfg.password, cfg.password_secret)), connect_timeout=5,
+                               autocommit=True)
+
+    def _password(self, value, secret_name: str | None) -> str | None:
+        """A store's password from settings, or from the stack's Key Vault when the settings name a secret."""
+        if value is not None:
+            return value.get_secret_value()
+        if not secret_name:
+            return None
+        if self._vault is None:
+            from shared.adapters.keyvault import KeyVaultSecrets
+
+            kv = self.settings.keyvault
+            assert kv.url is not None  # settings refuse *_SECRET names without a vault
+            self._vault = KeyVaultSecrets(kv.url, ca_file=str(kv.ca_file) if kv.ca_file else None)
+        return self._vault.get(secret_name)
 
     def close(self) -> None:
         if self._session is not None:
@@ -126,7 +144,9 @@ class Probe:
         statement = self.session.prepare(
             f"SELECT event_id, device_id, event_time, critical, measurements FROM {cfg.keyspace}.events_by_time_bucket "
             "WHERE bucket = ? AND shard = ?")
-        args = [(bucket, shard) for bucket in buckets_between(start, end, cfg.bucket_seconds) for shard in range(cfg.shards)]
+        args = [
+            (bucket, shard) for bucket in buckets_between(start, end, cfg.bucket_seconds) for shard in range(cfg.shards)
+        ]
         rows: list[Any] = []
         for ok, result in execute_concurrent_with_args(self.session, statement, args, concurrency=16,
                                                        raise_on_first_error=True):
@@ -140,7 +160,9 @@ class Probe:
         cfg = self.settings.cassandra
         statement = self.session.prepare(
             f"SELECT COUNT(*) FROM {cfg.keyspace}.events_by_time_bucket WHERE bucket = ? AND shard = ?")
-        args = [(bucket, shard) for bucket in buckets_between(start, end, cfg.bucket_seconds) for shard in range(cfg.shards)]
+        args = [
+            (bucket, shard) for bucket in buckets_between(start, end, cfg.bucket_seconds) for shard in range(cfg.shards)
+        ]
         total = 0
         for _, result in execute_concurrent_with_args(self.session, statement, args, concurrency=16,
                                                       raise_on_first_error=True):
@@ -299,7 +321,9 @@ class Probe:
                 figures.errors[name] = f"{type(exc).__name__}: {exc}"[:200]
                 return None
 
-        figures.stored = attempt("stored", lambda: self.stored_count(since - timedelta(minutes=3), now + timedelta(minutes=6)))
+        figures.stored = attempt(
+            "stored", lambda: self.stored_count(since - timedelta(minutes=3), now + timedelta(minutes=6))
+        )
         figures.dead_lettered = attempt("dead letters", lambda: len(self.dead_letters(since, download=False)))
         if "changefeed" in features:
             figures.critical_cached = attempt("redis", self.critical_cached)

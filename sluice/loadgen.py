@@ -148,7 +148,11 @@ def _without(doc: dict[str, Any], key: str) -> dict[str, Any]:
 # (name, make the bad body from a valid event document, a fragment the dead-letter reason must contain)
 INVALID_VARIANTS: tuple[tuple[str, Callable[[dict[str, Any]], bytes], str], ...] = (
     ("timestamp without offset", lambda d: _dumps({**d, "timestamp": d["timestamp"][:23]}), "timestamp"),
-    ("measurement is text", lambda d: _dumps({**d, "measurements": {"temperature": "hot"}}), "measurements.temperature"),
+    (
+        "measurement is text",
+        lambda d: _dumps({**d, "measurements": {"temperature": "hot"}}),
+        "measurements.temperature",
+    ),
     ("unknown field", lambda d: _dumps({**d, "colour": "red"}), "colour"),
     ("unknown severity", lambda d: _dumps({**d, "severity": "panic"}), "severity"),
     ("no device id", lambda d: _dumps(_without(d, "device_id")), "device_id"),
@@ -492,7 +496,10 @@ class Expected:
         latest: dict[str, dict[str, Any]] = {}
         for record in self.valid.values():
             current = latest.get(record["device_id"])
-            if current is None or (record["timestamp"], record["event_id"]) > (current["timestamp"], current["event_id"]):
+            if current is None or (record["timestamp"], record["event_id"]) > (
+                current["timestamp"],
+                current["event_id"],
+            ):
                 latest[record["device_id"]] = record
         return latest
 

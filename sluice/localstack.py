@@ -1,7 +1,8 @@
 """The whole pipeline on one machine: what ``python -m sluice up`` starts, in order, and how it stops it.
 
-Start order: PostgreSQL and Redis (system services, started only when not
-answering), Azurite, the Cassandra emulator, the Event Hubs emulator, the Key Vault
+Start order: PostgreSQL and Redis (our own, under the data dir, behind passwords
+and TLS: :class:`sluice.secured.OwnServices`; or, with ``use_existing_services``,
+the machine's, started only when not answering), Azurite, the Cassandra emulator, the Event Hubs emulator, the Key Vault
 emulator, then the generated ``local.settings.json``, the ``sluice`` database,
 migrations, sample reference data, and finally the dev host. Every child is
 started through :mod:`sluice.launcher` (own process group, ready line awaited)
@@ -82,6 +83,7 @@ class StackOptions:
     postgres_host: str = "127.0.0.1"
     postgres_port: int = 5432
     stop_services: bool = True
+    use_existing_services: bool = False  # the machine's PostgreSQL and Redis, without passwords or TLS
     overrides: dict[str, str] = field(default_factory=dict)
 
 
@@ -144,6 +146,14 @@ class LocalStack:
         self.devhost: Running | None = None
         self.notes: list[str] = []
         self.redis_cluster: Any = None
+        self.own: Any = None  # sluice.secured.OwnServices, unless use_existing_services
+
+    def _own(self) -> Any:
+        if self.own is None:
+            from sluice.secured import OwnServices
+
+            self.own = OwnServices(self.options.data_dir / "own", host=self.options.host)
+        return self.own
 
     # --- ports ---
 
@@ -167,6 +177,12 @@ class LocalStack:
 
     def ensure_postgres(self) -> None:
         opts = self.options
+        if not opts.use_existing_services:
+            self.say("starting our own PostgreSQL (scram-sha-256, TLS)")
+            server = self._own().start_postgres(opts.database)
+            opts.postgres_host, opts.postgres_port = server.host, server.port
+            self.ports["postgres"] = server.port
+            return
         if answers(opts.postgres_host, opts.postgres_port):
             return
         versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
@@ -183,6 +199,12 @@ class LocalStack:
     def ensure_redis(self) -> None:
         if self.options.redis_cluster:
             self.start_redis_cluster()
+            return
+        if not self.options.use_existing_services:
+            self.say("starting our own Redis (ACL user, TLS)")
+            server = self._own().start_redis()
+            self.options.redis_url = server.url(tls=True)
+            self.ports["redis"] = server.tls_port
             return
         import redis
 
@@ -252,8 +274,9 @@ class LocalStack:
     def start_cassandra(self) -> None:
         port = self._port("Cassandra emulator", self.options.cassandra_port)
         data = ["--data-dir", str(self._dir("cassandra"))] if self.options.persist else []
+        secured = [] if self.options.use_existing_services else self._own().cassandra_args()
         running = self._child("cassandra-emulator", python_module(
-            "emulators.cassandra", "--host", self.options.host, "--port", str(port), *data))
+            "emulators.cassandra", "--host", self.options.host, "--port", str(port), *data, *secured))
         self.ports["cassandra"] = running.port
 
     def start_eventhubs(self) -> None:
@@ -273,6 +296,8 @@ class LocalStack:
         running = self._child("keyvault-emulator", python_module(
             "emulators.keyvault", "--cert-dir", str(cert_dir), "--host", self.options.host, "--port", str(port), *data))
         self.ports["keyvault"] = running.port
+        if self.own is not None:
+            self.own.seed(f"https://{self.options.host}:{running.port}", cert_dir / "ca.pem")
 
     # --- settings, databases, data ---
 
@@ -312,6 +337,8 @@ class LocalStack:
         if "keyvault" in self.ports:
             values["SLUICE_KEYVAULT_URL"] = f"https://{opts.host}:{self.ports['keyvault']}"
             values["SLUICE_KEYVAULT_CA_FILE"] = str(opts.data_dir / "keyvault-certs" / "ca.pem")
+        if self.own is not None:
+            values.update(self.own.settings(opts.database, self.ports["cassandra"]))
         values.update(opts.overrides)
         self.values = values
         document = {"IsEncrypted": False, "Values": values, "Host": {"LocalHttpPort": self.options.http_port}}
@@ -343,11 +370,14 @@ class LocalStack:
         from psycopg import sql
 
         admin = f"host={self.options.postgres_host} port={self.options.postgres_port} user=postgres dbname=postgres"
+        owner = sql.SQL("")
+        if self.own is not None and self.own.postgres is not None:
+            admin, owner = self.own.postgres.admin_dsn(), sql.SQL(" OWNER {}").format(sql.Identifier(self.own.user))
         with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.options.database,)).fetchone()
             if exists:
                 return False
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.options.database)))
+            conn.execute(sql.SQL("CREATE DATABASE {}{}").format(sql.Identifier(self.options.database), owner))
         return True
 
     def sluice(self, *args: str, what: str, timeout: float = 300.0) -> str:
@@ -397,6 +427,13 @@ class LocalStack:
                 logs.mkdir(parents=True, exist_ok=True)
                 (logs / f"{running.name}.log").write_text(running.output() + "\n", encoding="utf-8")
         self.children.clear()
+        if self.own is not None:
+            try:
+                self.own.stop()
+                self.say("stopped our own PostgreSQL and Redis")
+            except Exception as exc:
+                problems.append(f"own PostgreSQL/Redis: {exc!r}")
+            self.own = None
         if self.redis_cluster is not None:
             try:
                 self.redis_cluster.stop()

@@ -76,7 +76,9 @@ class LocalRedisCluster:
         """Start the nodes, create the cluster, and wait until every slot is served and every replica synced."""
         for tool in ("redis-server", "redis-cli"):
             if not shutil.which(tool):
-                raise ClusterError(f"{tool} is not installed: run `bash scripts/install.sh` (Debian package redis-server)")
+                raise ClusterError(
+                    f"{tool} is not installed: run `bash scripts/install.sh` (Debian package redis-server)"
+                )
         if self.directory.exists():  # a previous run's nodes.conf would make `--cluster create` refuse the nodes
             shutil.rmtree(self.directory)
         self.directory.mkdir(parents=True)

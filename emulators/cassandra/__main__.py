@@ -26,13 +26,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=9042, help="0 picks a free port (printed)")
     p.add_argument("--username", help="require PasswordAuthenticator login (with --password)")
     p.add_argument("--password")
+    p.add_argument("--password-file", help="read the password from this file at every log-in (instead of --password)")
     p.add_argument("--data-dir", help="persist data and the change feed here (default: in memory)")
     p.add_argument("--tls-cert", help="serve TLS with this PEM certificate chain (with --tls-key)")
     p.add_argument("--tls-key")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
-    if (args.username is None) != (args.password is None):
-        p.error("--username and --password go together")
+    if args.password and args.password_file:
+        p.error("--password and --password-file exclude each other")
+    if (args.username is None) != (args.password is None and args.password_file is None):
+        p.error("--username and --password go together (or --username and --password-file)")
     if (args.tls_cert is None) != (args.tls_key is None):
         p.error("--tls-cert and --tls-key go together")
     return args
@@ -51,7 +54,7 @@ async def run(args: argparse.Namespace) -> int:
     if args.tls_cert:
         ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
-    credentials = Credentials(args.username, args.password) if args.username else None
+    credentials = Credentials(args.username, args.password, args.password_file) if args.username else None
     server = await serve(engine, args.host, args.port, credentials=credentials, ssl_context=ssl_context)
     sock = server.sockets[0].getsockname()
     stop = asyncio.Event()

@@ -215,7 +215,9 @@ def _text_codec(cql: str) -> Codec:
         try:
             bytes(data).decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise InvalidValue(f"invalid text value {show(data)}: not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+            raise InvalidValue(
+                f"invalid text value {show(data)}: not UTF-8 ({exc.reason} at byte {exc.start})"
+            ) from exc
 
     def deserialize(data: bytes) -> object:
         validate(data)
@@ -299,7 +301,9 @@ def _uuid_codec(cql: str) -> Codec:
         if len(data) != 16:
             raise InvalidValue(f"invalid {cql} value {show(data)}: expected 16 bytes")
         if time_only and data[6] >> 4 != 1:
-            raise InvalidValue(f"invalid timeuuid value {show(data)}: version {data[6] >> 4}, a timeuuid must be version 1")
+            raise InvalidValue(
+                f"invalid timeuuid value {show(data)}: version {data[6] >> 4}, a timeuuid must be version 1"
+            )
 
     def serialize(value: object) -> bytes:
         if not isinstance(value, uuid.UUID):

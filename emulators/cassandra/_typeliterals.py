@@ -54,19 +54,19 @@ _F32, _F64 = struct.Struct(">f"), struct.Struct(">d")
 _EXACT = decimal.Context(prec=600)  # float32 values and their midpoints have < 200 significant digits
 
 
-class SetLiteral(tuple):  # noqa: SLOT001
+class SetLiteral(tuple):
     """``{a, b}`` as the CQL parser hands it over (elements in written order)."""
 
     __slots__ = ()
 
 
-class TupleLiteral(tuple):  # noqa: SLOT001
+class TupleLiteral(tuple):
     """``(a, b)`` as the CQL parser hands it over."""
 
     __slots__ = ()
 
 
-class MapLiteral(tuple):  # noqa: SLOT001
+class MapLiteral(tuple):
     """``{k: v}`` as ``(key, value)`` pairs, for keys a ``dict`` cannot hold (list or map literals)."""
 
     __slots__ = ()
@@ -263,7 +263,9 @@ def _timestamp(t: CqlType, text: str) -> int:
     if len(fraction) > 3:
         raise _bad(t, text, "timestamps have millisecond precision: at most 3 fractional digits")
     try:
-        moment = dt.datetime(int(m["y"]), int(m["mo"]), int(m["d"]), int(m["h"] or 0), int(m["mi"] or 0), int(m["s"] or 0))  # noqa: DTZ001
+        moment = dt.datetime(  # noqa: DTZ001 - a literal without a zone; made UTC below
+            int(m["y"]), int(m["mo"]), int(m["d"]), int(m["h"] or 0), int(m["mi"] or 0), int(m["s"] or 0)
+        )
     except ValueError as exc:
         raise _bad(t, text, str(exc)) from exc
     millis = datetime_millis(moment) + int(fraction.ljust(3, "0"))
@@ -346,5 +348,7 @@ def _collection(t: CqlType, value: object) -> bytes:
 
 def _element(t: CqlType, inner: CqlType, value: object) -> bytes:
     if value is None:
-        raise InvalidValue(f"invalid null in a {t.kind} literal for type {t.cql()}: null is not allowed inside collections")
+        raise InvalidValue(
+            f"invalid null in a {t.kind} literal for type {t.cql()}: null is not allowed inside collections"
+        )
     return literal_to_bytes(inner, value)

@@ -40,8 +40,11 @@ def execute_batch(engine: Engine, batch: st.Batch, children: list[tuple[st.State
             raise Invalid(f"{table.keyspace}.{table.name} is a system table and cannot be modified")
         tables.append(table)
     engine.faults.check("writes", batch=True)
-    conditional = [i for i, (s, _) in enumerate(children)
-                   if getattr(s, "if_exists", False) or getattr(s, "conditions", None) or getattr(s, "if_not_exists", False)]
+    conditional = [
+        i
+        for i, (s, _) in enumerate(children)
+        if getattr(s, "if_exists", False) or getattr(s, "conditions", None) or getattr(s, "if_not_exists", False)
+    ]
     if conditional:
         if batch.using.timestamp is not None or any(s.using.timestamp is not None for s, _ in children):  # type: ignore[attr-defined]
             raise Invalid("Cannot provide custom timestamp for conditional BATCH")
@@ -64,7 +67,9 @@ def execute_batch(engine: Engine, batch: st.Batch, children: list[tuple[st.State
             else:
                 r = resolve_restrictions(table, stmt.where, values)
                 pk, ck = primary_keys(table, r)[0]
-                failed = _check_conditions(table, engine.table_data(table), pk, ck, stmt.if_exists, stmt.conditions, ctx)
+                failed = _check_conditions(
+                    table, engine.table_data(table), pk, ck, stmt.if_exists, stmt.conditions, ctx
+                )
             if failed is not None:
                 return failed.encode()
     for i, (stmt, values) in enumerate(children):
@@ -85,12 +90,12 @@ def execute_batch(engine: Engine, batch: st.Batch, children: list[tuple[st.State
     return results.VOID
 
 
-def _boolean():  # noqa: ANN202 - CqlType, imported lazily to keep the import graph simple
+def _boolean():
     from .planner import BOOLEAN
     return BOOLEAN
 
 
-def _insert_partition(table, stmt: st.Insert, values: list[object]) -> bytes:  # noqa: ANN001
+def _insert_partition(table, stmt: st.Insert, values: list[object]) -> bytes:
     from .keys import join_key
     from .planner import resolve
     by_name = dict(zip(stmt.columns, stmt.values, strict=True))
@@ -105,7 +110,7 @@ def _insert_partition(table, stmt: st.Insert, values: list[object]) -> bytes:  #
     return join_key(parts)
 
 
-def _probe_insert(engine: Engine, table, stmt: st.Insert, ctx: WriteContext):  # noqa: ANN001, ANN202
+def _probe_insert(engine: Engine, table, stmt: st.Insert, ctx: WriteContext):
     """The not-applied result if the row of a conditional INSERT exists, else None (nothing is written)."""
     from .keys import join_key
     from .planner import resolve

@@ -253,8 +253,14 @@ class Engine:
                 raise Unprepared(prepared.id)
             values = opts.values
             if opts.names is not None:
-                specs = [s.name for s in (prepared.bind if prepared else
-                                          [ColumnSpec("", "", s.name, s.type) for s in bind_specs(stmt, table, markers)])]
+                specs = [
+                    s.name
+                    for s in (
+                        prepared.bind
+                        if prepared
+                        else [ColumnSpec("", "", s.name, s.type) for s in bind_specs(stmt, table, markers)]
+                    )
+                ]
                 values = self.named_values(opts.names, values, specs)
             if len(values) != markers:
                 raise Invalid(f"There were {markers} markers(?) in CQL but {len(values)} bound variables")
@@ -330,4 +336,4 @@ class Engine:
         return results.schema_change(change, target, keyspace, name)
 
 
-__all__ = ["Engine", "Options", "Prepared", "Session", "CqlError"]
+__all__ = ["CqlError", "Engine", "Options", "Prepared", "Session"]

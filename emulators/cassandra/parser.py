@@ -319,7 +319,9 @@ class Parser:
         if self.accept_kw("order", "by"):
             while True:
                 col = self.name()
-                direction = "DESC" if self.accept_kw("desc") else ("ASC" if self.accept_kw("asc") else "ASC")
+                direction = "DESC" if self.accept_kw("desc") else "ASC"
+                if direction == "ASC":
+                    self.accept_kw("asc")  # ASC is the default: the keyword is optional
                 order.append((col, direction))
                 if not self.accept_op(","):
                     break
@@ -343,7 +345,7 @@ class Parser:
             fname = tok.value
             self.i += 2
             if fname == "count":
-                if not (self.accept_op("*") or self.peek().value == "1" and self.next()):
+                if not (self.accept_op("*") or (self.peek().value == "1" and self.next())):
                     raise Invalid("only COUNT(*) and COUNT(1) are supported by this emulator")
                 self.expect_op(")")
                 sel = st.Selector("count")

@@ -32,8 +32,14 @@ DEFAULT_TABLE_OPTIONS: dict[str, object] = {
     "read_repair_chance": 0.0,
     "speculative_retry": "99PERCENTILE",
 }
-COSMOS_TABLE_OPTIONS = ("cosmosdb_provisioned_throughput", "cosmosdb_autoscale_max_throughput", "cosmosdb_cell_level_timestamp",
-                        "cosmosdb_cell_level_timestamp_tombstones", "cosmosdb_cell_level_timetolive", "analytical_storage_time_to_live")
+COSMOS_TABLE_OPTIONS = (
+    "cosmosdb_provisioned_throughput",
+    "cosmosdb_autoscale_max_throughput",
+    "cosmosdb_cell_level_timestamp",
+    "cosmosdb_cell_level_timestamp_tombstones",
+    "cosmosdb_cell_level_timetolive",
+    "analytical_storage_time_to_live",
+)
 
 
 @dataclass

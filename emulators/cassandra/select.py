@@ -256,10 +256,10 @@ def plan_scan(table: Table, r: Restrictions) -> Scan:
             p = tuple(prefix)
             if lo_b is not None:
                 k = component_key(col, lo_b[0])
-                lo = (p + (k,), True) if lo_b[1] else (p + (k, TOP), True)
+                lo = ((*p, k), True) if lo_b[1] else ((*p, k, TOP), True)
             if hi_b is not None:
                 k = component_key(col, hi_b[0])
-                hi = (p + (k, TOP), True) if hi_b[1] else (p + (k,), False)
+                hi = ((*p, k, TOP), True) if hi_b[1] else ((*p, k), False)
             open_prefix = False
             continue
         if open_prefix and col.name in r.ck_eq:  # IN: the prefix stops, the IN filters
@@ -282,7 +282,7 @@ def plan_scan(table: Table, r: Restrictions) -> Scan:
         if lo is None:
             lo = (p, True)
         if hi is None:
-            hi = (p + (TOP,), True)
+            hi = ((*p, TOP), True)
     if (r.ck_eq or r.ck_slice) and keys is None:
         needs_filtering = True
     for col, op, vals in r.filters:
@@ -428,7 +428,7 @@ def decode_paging(state: bytes, table_id: uuid.UUID) -> tuple[bytes, bytes, int,
 class _SelectPlan:
     """A SELECT's projection for one table, and its key terms when it names one row by partition key alone."""
 
-    __slots__ = ("table", "width", "specs", "extractors", "counting", "point")
+    __slots__ = ("counting", "extractors", "point", "specs", "table", "width")
 
     def __init__(self, table: Table, stmt: st.Select) -> None:
         self.table = table

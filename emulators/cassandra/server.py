@@ -35,8 +35,18 @@ _OPNAMES = {OP_STARTUP: "STARTUP", OP_OPTIONS: "OPTIONS", OP_QUERY: "QUERY", OP_
 
 @dataclass(frozen=True)
 class Credentials:
+    """The one user; with ``password_file`` the password is read from it at every log-in (rotation tests)."""
+
     username: str
-    password: str
+    password: str | None = None
+    password_file: str | None = None
+
+    def accept(self, username: bytes, password: bytes) -> bool:
+        expected = self.password
+        if self.password_file is not None:
+            with open(self.password_file, encoding="utf-8") as f:
+                expected = f.read().strip()
+        return username == self.username.encode() and expected is not None and password == expected.encode()
 
 
 def read_options(r: wire.Reader) -> tuple[int, Options]:
@@ -202,8 +212,7 @@ class CqlConnection(asyncio.Protocol):
             raise ProtocolError("Unexpected AUTH_RESPONSE: this emulator runs without authentication")
         parts = token.split(b"\x00")
         user = parts[1].decode(errors="replace") if len(parts) == 3 else ""
-        if len(parts) == 3 and parts[1] == self.credentials.username.encode() \
-                and parts[2] == self.credentials.password.encode():
+        if len(parts) == 3 and self.credentials.accept(parts[1], parts[2]):
             self.authenticated = True
             return wire.frame(stream, OP_AUTH_SUCCESS, wire.bytes_(None))
         raise BadCredentials(f"Provided username {user} and/or password are incorrect")

@@ -24,7 +24,7 @@ def now_seconds() -> int:
 
 
 class Row:
-    __slots__ = ("ck", "marker", "deleted", "cells")
+    __slots__ = ("cells", "ck", "deleted", "marker")
 
     def __init__(self, ck: bytes) -> None:
         self.ck = ck
@@ -90,7 +90,7 @@ class Row:
 class Partition:
     """One partition. Tables without clustering columns keep their single row in :attr:`single`."""
 
-    __slots__ = ("key", "token", "rows", "order", "single", "deleted", "ranges")
+    __slots__ = ("deleted", "key", "order", "ranges", "rows", "single", "token")
 
     def __init__(self, key: bytes, token: int, sort_key: Callable[[bytes], Any] | None) -> None:
         self.key = key

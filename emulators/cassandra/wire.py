@@ -76,7 +76,7 @@ class Reader:
             return None
         return bytes(self.data[self._need(n):self.pos])
 
-    def value(self) -> bytes | None | object:
+    def value(self) -> bytes | object | None:
         """A [value]: bytes, None for null (-1) or :data:`UNSET` (-2)."""
         n = self.int()
         if n >= 0:

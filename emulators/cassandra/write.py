@@ -44,7 +44,7 @@ class Engine(Protocol):
 class WriteContext:
     """What a write needs besides the statement: bound values, default timestamp, clock."""
 
-    __slots__ = ("values", "default_ts", "now")
+    __slots__ = ("default_ts", "now", "values")
 
     def __init__(self, values: list[object], default_ts: int | None, now: int) -> None:
         self.values = values
@@ -123,7 +123,7 @@ def _current_values(table: Table, data: TableData, pk: bytes, ck: bytes, columns
 class _InsertPlan:
     """What an INSERT's column list means for one table, worked out once per statement and table."""
 
-    __slots__ = ("table", "width", "keys", "regular", "pk_names", "ck_names")
+    __slots__ = ("ck_names", "keys", "pk_names", "regular", "table", "width")
 
     def __init__(self, table: Table, stmt: st.Insert) -> None:
         self.table = table
@@ -311,7 +311,9 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
                 if element is None:
                     cells.append((col.slot, None))
                     continue
-                ktype, _ = collection_element_types(col, col.name) if col.type.kind != "set" else (col.type.params[0], None)
+                ktype, _ = (
+                    collection_element_types(col, col.name) if col.type.kind != "set" else (col.type.params[0], None)
+                )
                 key = resolve(element, ktype, ctx.values)
                 cur_cell = row.cell(col.slot, ctx.now) if row is not None else None
                 cur = cur_cell[0] if cur_cell else None
@@ -350,8 +352,10 @@ def range_predicate(table: Table, ck_eq: dict[str, list[bytes]],
     lo, hi = scan.lo, scan.hi
     if scan.predicates:
         restricted = ", ".join([*ck_eq, *ck_slice])
-        raise Invalid(f"A range deletion must restrict a prefix of the clustering columns "
-                      f"({', '.join(table.clustering_names)}) with = and at most one range on the last; got {restricted}")
+        raise Invalid(
+            f"A range deletion must restrict a prefix of the clustering columns "
+            f"({', '.join(table.clustering_names)}) with = and at most one range on the last; got {restricted}"
+        )
 
     def covers(sort_key: Any) -> bool:
         if lo is not None and (sort_key < lo[0] or (sort_key == lo[0] and not lo[1])):
@@ -360,4 +364,4 @@ def range_predicate(table: Table, ck_eq: dict[str, list[bytes]],
     return covers
 
 
-__all__ = ["execute_insert", "execute_update", "execute_delete", "WriteContext", "range_predicate", "iter_scan"]
+__all__ = ["WriteContext", "execute_delete", "execute_insert", "execute_update", "iter_scan", "range_predicate"]

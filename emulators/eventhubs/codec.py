@@ -119,7 +119,7 @@ def encode(value: Any) -> bytes:
     return bytes(out)
 
 
-def encode_into(out: bytearray, value: Any) -> None:  # noqa: C901 - one dispatch table, kept flat on purpose
+def encode_into(out: bytearray, value: Any) -> None:
     """Append the encoding of ``value`` to ``out``."""
     if value is None:
         out.append(0x40)
@@ -328,7 +328,7 @@ def _decode(buf: Any, pos: int) -> tuple[Any, int]:
     return _decode_body(buf[pos], buf, pos + 1)
 
 
-def _decode_body(code: int, buf: Any, pos: int) -> tuple[Any, int]:  # noqa: C901 - flat dispatch on the format code
+def _decode_body(code: int, buf: Any, pos: int) -> tuple[Any, int]:
     """Decode the value whose constructor ``code`` was already read; ``pos`` is just after it."""
     if code == 0x00:
         descriptor, pos = _decode(buf, pos)

@@ -116,7 +116,9 @@ def _hub(entity: Any, where: str) -> HubConfig:
         groups.append(group_name)
     if len(groups) > MAX_CONSUMER_GROUPS:
         raise ConfigError(f"{where}: {len(groups)} consumer groups, at most {MAX_CONSUMER_GROUPS} are supported")
-    retention = _number(entity.get("MessageRetentionInHours", DEFAULT_RETENTION_HOURS), "MessageRetentionInHours", where)
+    retention = _number(
+        entity.get("MessageRetentionInHours", DEFAULT_RETENTION_HOURS), "MessageRetentionInHours", where
+    )
     if retention <= 0:
         raise ConfigError(f"{where}: MessageRetentionInHours must be positive, got {retention}")
     return HubConfig(name=name, partition_count=int(count), consumer_groups=tuple(groups), retention_hours=retention)

@@ -51,7 +51,9 @@ _HEADER = struct.Struct(">IBBH")
 EMPTY_FRAME = _HEADER.pack(8, 2, FRAME_AMQP, 0)
 
 
-def frame(channel: int, performative: int, fields: list[Any], payload: bytes = b"", frame_type: int = FRAME_AMQP) -> bytes:
+def frame(
+    channel: int, performative: int, fields: list[Any], payload: bytes = b"", frame_type: int = FRAME_AMQP
+) -> bytes:
     """One frame holding ``performative`` with all its ``fields`` (padded with nulls) and ``payload``."""
     count = FIELD_COUNTS[performative]
     if len(fields) > count:

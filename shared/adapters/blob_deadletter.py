@@ -87,7 +87,9 @@ def _metadata(stored: dict[str, Any]) -> EventMetadata:
 class BlobDeadLetterSink:
     """Implements ``shared.ports.ingest.DeadLetterSink`` on Blob storage."""
 
-    def __init__(self, service: BlobServiceClient, container: str, *, attempts: int = 5, max_wait: float = 10.0) -> None:
+    def __init__(
+        self, service: BlobServiceClient, container: str, *, attempts: int = 5, max_wait: float = 10.0
+    ) -> None:
         self._container = service.get_container_client(container)
         self._ready = False
         self._lock = threading.Lock()
@@ -124,7 +126,8 @@ class BlobDeadLetterSink:
         for item in rejected:
             meta = item.metadata
             index = "body" if item.index is None else str(item.index)
-            name = f"rejected/{_day(meta, now)}/p{meta.partition_id or 'unknown'}/{_position(meta, item.original)}-{index}.json"
+            where = f"{_day(meta, now)}/p{meta.partition_id or 'unknown'}"
+            name = f"rejected/{where}/{_position(meta, item.original)}-{index}.json"
             self._put(
                 name,
                 {

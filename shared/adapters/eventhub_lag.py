@@ -102,7 +102,11 @@ class EventHubBlobLagReader:
         missing: list[str] = []
         scaler_error = None
         for props in properties:
-            pid, beginning, last = props["id"], props["beginning_sequence_number"], props["last_enqueued_sequence_number"]
+            pid, beginning, last = (
+                props["id"],
+                props["beginning_sequence_number"],
+                props["last_enqueued_sequence_number"],
+            )
             checkpoint = None if source.strategy != STRATEGY or last == -1 else self._checkpoint(pid)
             if isinstance(checkpoint, str):
                 scaler_error = scaler_error or checkpoint
@@ -156,7 +160,9 @@ class EventHubBlobLagReader:
     def _misplaced(self, missing: list[str]) -> list[str]:
         """Where checkpoints of this hub and group sit when they are not where KEDA looks (empty: nowhere)."""
         source = self._source
-        wanted = {f"/{source.eventhub.lower()}/{source.consumer_group.lower()}/checkpoint/{pid}": pid for pid in missing}
+        wanted = {
+            f"/{source.eventhub.lower()}/{source.consumer_group.lower()}/checkpoint/{pid}": pid for pid in missing
+        }
         found: dict[str, list[str]] = {}
         try:
             for container in self._blobs.list_containers():
@@ -169,9 +175,9 @@ class EventHubBlobLagReader:
             raise DependencyUnavailable("Blob storage", f"cannot list the checkpoint containers: {exc}") from exc
         where = source.container + "/" + source.blob_name("<partition>")
         out = []
-        for container, names in sorted(found.items()):
+        for holder, names in sorted(found.items()):
             out.append(f"checkpoints of hub {source.eventhub!r} and consumer group {source.consumer_group!r} sit at "
-                       f"{container}/{sorted(names)[0]} (and {len(names) - 1} more), but KEDA reads {where}: it "
+                       f"{holder}/{sorted(names)[0]} (and {len(names) - 1} more), but KEDA reads {where}: it "
                        f"counts every retained event of partitions {', '.join(missing)} as unprocessed and scales "
                        f"out to the maximum (check blobContainer, eventHubNamespace and eventHubName, which KEDA "
                        f"does not lower-case)")

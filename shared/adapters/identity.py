@@ -32,7 +32,7 @@ def is_local(url: str) -> bool:
     return (urlparse(url).hostname or "") in LOCAL_HOSTS
 
 
-def _b64(document: dict) -> str:
+def _b64(document: dict[str, object]) -> str:
     return base64.urlsafe_b64encode(json.dumps(document, separators=(",", ":")).encode()).rstrip(b"=").decode()
 
 
@@ -60,9 +60,9 @@ def credential_for(url: str, *, managed_identity: bool = False, client_id: str |
         return LocalDevelopmentCredential()
     # Heavy imports, needed on Azure only.
     if managed_identity:
-        from azure.identity import ManagedIdentityCredential  # noqa: PLC0415
+        from azure.identity import ManagedIdentityCredential
 
         return ManagedIdentityCredential(client_id=client_id)
-    from azure.identity import DefaultAzureCredential  # noqa: PLC0415
+    from azure.identity import DefaultAzureCredential
 
     return DefaultAzureCredential()

@@ -19,6 +19,7 @@ import logging
 import re
 from datetime import UTC, datetime
 from functools import cache
+from typing import Any
 
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
@@ -33,7 +34,7 @@ SECRET_NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
 
 
 class KeyVaultSecrets:
-    """Reads secrets by name; each is fetched once per process (``get`` is cached)."""
+    """Reads secrets by name: ``get`` once per process (cached), ``fetch`` every time (rotation)."""
 
     def __init__(
         self,
@@ -46,7 +47,7 @@ class KeyVaultSecrets:
     ) -> None:
         if credential is None:
             credential = credential_for(url)
-        options: dict = {
+        options: dict[str, Any] = {
             "verify_challenge_resource": not is_local(url),
             "connection_timeout": timeout,
             "read_timeout": timeout,
@@ -56,12 +57,13 @@ class KeyVaultSecrets:
             options["connection_verify"] = ca_file
         self._client = SecretClient(vault_url=url, credential=credential, **options)
         self._url = url
-        self.get = cache(self._get)
+        self.get = cache(self.fetch)
 
     def close(self) -> None:
         self._client.close()
 
-    def _get(self, name: str) -> str:
+    def fetch(self, name: str) -> str:
+        """The secret's current value, read from the vault now."""
         if not SECRET_NAME.match(name):
             raise ConfigurationError(
                 f"{name!r} is not a valid Key Vault secret name (1-127 characters of 0-9, a-z, A-Z and '-')"
@@ -84,7 +86,9 @@ class KeyVaultSecrets:
                 raise ConfigurationError(
                     f"Key Vault {self._url} rejected reading secret {name!r}: {_reason(exc)}"
                 ) from None
-            raise DependencyUnavailable("key vault", f"reading secret {name!r} from {self._url}: {_reason(exc)}") from exc
+            raise DependencyUnavailable(
+                "key vault", f"reading secret {name!r} from {self._url}: {_reason(exc)}"
+            ) from exc
         except AzureError as exc:
             raise DependencyUnavailable("key vault", f"reading secret {name!r} from {self._url}: {exc}") from exc
         value = _valid_value(name, secret)

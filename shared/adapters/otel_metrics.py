@@ -19,6 +19,8 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 
+from shared.domain.events import Event, Rejected
+from shared.domain.stored import StoredEvent
 from shared.telemetry_names import BY_NAME, PARTITION
 
 logger = logging.getLogger(__name__)
@@ -101,7 +103,8 @@ class OtelMetrics:
         gauge("sluice.enrich.freshness", self._freshness)
 
     # ingest
-    def ingest_batch(self, partition: str | None, *, stored: Sequence, duplicates: int, rejected: Sequence,
+    def ingest_batch(self, partition: str | None, *, stored: Sequence[Event], duplicates: int,
+                     rejected: Sequence[Rejected],
                      store_failed: int, seconds: float, oldest_enqueued: datetime | None) -> None:
         try:
             where = {PARTITION: partition or "unknown"}
@@ -131,7 +134,7 @@ class OtelMetrics:
             telemetry_failed("recording an ingest batch", exc)
 
     # change feed
-    def changefeed_applied(self, events: Sequence, critical: int) -> None:
+    def changefeed_applied(self, events: Sequence[StoredEvent], critical: int) -> None:
         try:
             if critical:
                 self._feed_events.add(critical, {"critical": True})

@@ -19,14 +19,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import cast
 
 from redis.exceptions import NoScriptError
 
 from shared.adapters.redis import RedisChangeSink, sort_key
+from shared.adapters.redis.base import Command
 from shared.adapters.redis.client import REDIS_ERRORS, failed
+from shared.domain.stored import StoredEvent
 from shared.ports.rebuild import Build
-from shared.ports.stored import StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ class RedisCacheBuilder:
     def _candidates(self, generation: int) -> str:
         return f"{self._sink.keys_of(generation).prefix}rebuild:stream"
 
-    def _run(self, commands: list[tuple], what: str) -> None:
+    def _run(self, commands: list[Command], what: str) -> None:
         """One pipeline of single-slot commands (a cluster sends one per node); replayed after ``NOSCRIPT``."""
         sink = self._sink
 
@@ -64,15 +66,15 @@ class RedisCacheBuilder:
             raise failed(what, exc) from exc
 
     def _fill_critical(self, generation: int, device: str, events: Sequence[StoredEvent], since_ms: int,
-                       candidates: list[object] | None = None) -> list[tuple]:
+                       candidates: list[object] | None = None) -> list[Command]:
         """``fill_critical`` per chunk (keys in the device's slot), then ``fill_event`` per event."""
         sink, keys = self._sink, self._sink.keys_of(generation)
         sha, ttl, cap = sink.sha, sink._ttl, sink.critical_cap
-        commands: list[tuple] = []
+        commands: list[Command] = []
         for start in range(0, max(len(events), 1), _CHUNK):
             chunk = events[start:start + _CHUNK]
             args: list[object] = [since_ms, ttl, cap]
-            by_id: list[tuple] = []
+            by_id: list[Command] = []
             for event in chunk:
                 document = event.to_json()
                 args += [event.event_time_ms, document]
@@ -92,7 +94,8 @@ class RedisCacheBuilder:
         else:
             abandoned = pointer.building
             pointer = self._generations.start_building(since_ms)
-            build = Build(pointer.building, None, since_ms)  # type: ignore[arg-type]
+            assert pointer.building is not None  # start_building returns the pointer with the new generation
+            build = Build(pointer.building, None, since_ms)
             if abandoned is not None:
                 self._generations.drop(abandoned, GENERATION_PATTERNS)
             logger.info("building generation %d (live: %d)", build.generation, pointer.live)
@@ -100,9 +103,9 @@ class RedisCacheBuilder:
         return build
 
     def write(self, generation: int, latest: Sequence[StoredEvent],
-              critical: dict[str, Sequence[StoredEvent]], since_ms: int) -> None:
+              critical: Mapping[str, Sequence[StoredEvent]], since_ms: int) -> None:
         sink, keys = self._sink, self._sink.keys_of(generation)
-        commands: list[tuple] = [("EVALSHA", sink.sha["latest"], 1, keys.latest(e.device_id), sort_key(e),
+        commands: list[Command] = [("EVALSHA", sink.sha["latest"], 1, keys.latest(e.device_id), sort_key(e),
                                   e.to_json(), sink._ttl) for e in latest]
         candidates: list[object] = []
         for device, events in critical.items():
@@ -124,8 +127,8 @@ class RedisCacheBuilder:
         except REDIS_ERRORS as exc:
             raise failed("reading the stream candidates", exc) from exc
         for start in range(0, len(members), _CHUNK):
-            commands = []
-            for member, _score in members[start:start + _CHUNK]:
+            commands: list[Command] = []
+            for member, _score in cast(list[tuple[bytes, float]], members[start:start + _CHUNK]):
                 document = member.decode()
                 parsed = json.loads(document)
                 event_id, device = parsed["event_id"], parsed["device_id"]
@@ -143,7 +146,7 @@ class RedisCacheBuilder:
                 since_ms: int) -> None:
         live = self._generations.read().live
         sink, keys = self._sink, self._sink.keys_of(live)
-        commands: list[tuple] = [("UNLINK", keys.latest(device_id), keys.critical(device_id))]
+        commands: list[Command] = [("UNLINK", keys.latest(device_id), keys.critical(device_id))]
         if latest is not None:
             commands.append(("EVALSHA", sink.sha["latest"], 1, keys.latest(device_id), sort_key(latest),
                              latest.to_json(), sink._ttl))

@@ -258,7 +258,8 @@ class ParquetBlobReferenceSource:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
         try:
-            return self._blobs.get_blob_client(self._container, blob).download_blob().readall()
+            data: bytes = self._blobs.get_blob_client(self._container, blob).download_blob().readall()
+            return data
         except ResourceNotFoundError:
             raise PermanentError(
                 f"reference blob {self._container}/{blob} does not exist; upload it with "

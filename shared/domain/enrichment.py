@@ -14,12 +14,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from operator import attrgetter
 
 from shared.domain.rules import Criticality, MeasurementRule
-from shared.domain.timebuckets import EPOCH
-from shared.ports.stored import StoredEvent
+from shared.domain.stored import StoredEvent
+from shared.domain.times import floor
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -38,10 +38,7 @@ class Window:
 
 def window_of(moment: datetime, window_seconds: int) -> Window:
     """The window holding ``moment`` (aware; naive means UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    seconds = math.floor((moment - EPOCH).total_seconds() / window_seconds) * window_seconds
-    start = EPOCH + timedelta(seconds=seconds)
+    start = floor(moment, window_seconds)
     return Window(start, start + timedelta(seconds=window_seconds))
 
 
@@ -147,7 +144,13 @@ class MeasurementSummary:
             self.last, self.last_key = other.last, other.last_key
 
     def as_dict(self) -> dict[str, float | int]:
-        return {"count": self.count, "min": self.min, "max": self.max, "avg": self.total / self.count, "last": self.last}
+        return {
+            "count": self.count,
+            "min": self.min,
+            "max": self.max,
+            "avg": self.total / self.count,
+            "last": self.last,
+        }
 
 
 def _summaries(events: list[StoredEvent]) -> dict[str, MeasurementSummary]:

@@ -10,7 +10,7 @@ dead-letter it and nothing is lost.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -201,7 +201,7 @@ def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime
     parsed = Parsed()
     seen: dict[int, DeviceEvent] = {}  # by the id's int: equal ids, and no Python-level UUID.__hash__ per lookup
     for record in records:
-        for item in _items(record, limits, context, parsed):
+        for item in _items(record, limits, context):
             if isinstance(item, Rejected):
                 parsed.errs.append(item)
                 continue
@@ -226,7 +226,8 @@ def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime
     return parsed
 
 
-def _items(record: RawRecord, limits: Limits, context: dict[str, Any], parsed: Parsed):
+def _items(record: RawRecord, limits: Limits,
+           context: dict[str, Any]) -> Iterator[Rejected | tuple[DeviceEvent, int | None]]:
     body = record.body
     if len(body) > limits.max_body_bytes:
         yield Rejected(f"body is {len(body)} bytes; at most {limits.max_body_bytes} are allowed", body, record.metadata)
@@ -260,7 +261,9 @@ def _items(record: RawRecord, limits: Limits, context: dict[str, Any], parsed: P
         yield Rejected("body is an empty JSON array", body, record.metadata)
         return
     else:
-        yield Rejected(f"body is a JSON {type(document).__name__}, not an event object or an array of them", body, record.metadata)
+        yield Rejected(
+            f"body is a JSON {type(document).__name__}, not an event object or an array of them", body, record.metadata
+        )
         return
     for index, element in elements:
         where = "event" if index is None else f"element {index}"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from shared.ports.stored import StoredEvent
+from shared.domain.stored import StoredEvent
 
 # A since-bound meaning "from the beginning" (milliseconds since the epoch).
 SINCE_ALL = -(2**53)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Protocol
 
-from shared.ports.stored import StoredEvent
+from shared.domain.stored import StoredEvent
 
 
 @dataclass(frozen=True, slots=True)

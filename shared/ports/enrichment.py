@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 from shared.domain.enrichment import EnrichedWindow, ReferenceData
-from shared.ports.stored import StoredEvent
+from shared.domain.stored import StoredEvent
 
 Reason = Literal["scheduled", "late", "backfill"]
 
@@ -52,7 +52,10 @@ class WindowReader(Protocol):
 
 class ReferenceSource(Protocol):
     def load(self) -> ReferenceData:
-        """The current devices and sites (called once per run). Raises ``DependencyUnavailable`` or ``PermanentError``."""
+        """The current devices and sites (called once per run).
+
+        Raises ``DependencyUnavailable`` or ``PermanentError``.
+        """
 
 
 class EnrichmentStore(Protocol):

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Protocol
 
-from shared.ports.stored import StoredEvent
+from shared.domain.stored import StoredEvent
 
 
 class EventReader(Protocol):

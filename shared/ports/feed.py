@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from shared.domain.stored import StoredEvent
 from shared.exceptions import PermanentError
-from shared.ports.stored import StoredEvent
 
 
 class ContinuationRejected(PermanentError):

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Protocol
 
 from shared.domain.events import Event, Rejected
-from shared.ports.stored import StoredEvent
+from shared.domain.stored import StoredEvent
 
 
 class Metrics(Protocol):
@@ -38,14 +38,16 @@ class Metrics(Protocol):
 class NoMetrics:
     """Telemetry off: every method does nothing."""
 
-    def ingest_batch(self, partition, *, stored, duplicates, rejected, store_failed, seconds,
-                     oldest_enqueued) -> None:
+    def ingest_batch(self, partition: str | None, *, stored: Sequence[Event], duplicates: int,
+                     rejected: Sequence[Rejected], store_failed: int, seconds: float,
+                     oldest_enqueued: datetime | None) -> None:
         return None
 
-    def changefeed_applied(self, events, critical) -> None:
+    def changefeed_applied(self, events: Sequence[StoredEvent], critical: int) -> None:
         return None
 
-    def enrich_run(self, *, enriched, recomputed, failed, seconds, watermark) -> None:
+    def enrich_run(self, *, enriched: int, recomputed: int, failed: int, seconds: float,
+                   watermark: datetime | None) -> None:
         return None
 
 

@@ -7,11 +7,11 @@ the two rewrites that page, which the idempotent writes absorb.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from shared.ports.stored import StoredEvent
+from shared.domain.stored import StoredEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +53,7 @@ class CacheBuilder(Protocol):
         Returns once every change-feed writer writes to the building generation too."""
 
     def write(self, generation: int, latest: Sequence[StoredEvent],
-              critical: dict[str, Sequence[StoredEvent]], since_ms: int) -> None:
+              critical: Mapping[str, Sequence[StoredEvent]], since_ms: int) -> None:
         """Write devices' latest states and complete critical lists (from ``since_ms``) to ``generation``,
         and offer their critical events to the generation's stream candidates. Idempotent."""
 

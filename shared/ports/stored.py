@@ -1,82 +1,10 @@
-"""An event as Cassandra stores it: the value the change feed, the cache and the lookups pass around.
+"""Moved: ``StoredEvent`` is a domain value (``shared.domain.stored``), the time helpers are ``shared.domain.times``.
 
-Its JSON document (:meth:`StoredEvent.to_json`) is the public representation of an
-event (``docs/api.md``) and also what Redis holds, so a cache hit is served
-without re-encoding. The encoding is canonical (sorted keys, no spaces, times as
-RFC 3339 UTC with milliseconds), so writing the same event twice writes the same
-bytes: Redis writes stay idempotent.
+Kept only for ``shared.services.lookups`` until its rewrite (issue #16, point 4)
+imports the domain directly; then this module goes.
 """
 
-from __future__ import annotations
+from shared.domain.stored import StoredEvent
+from shared.domain.times import rfc3339, to_ms
 
-import json
-import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
-
-
-def to_ms(moment: datetime) -> int:
-    """Milliseconds since the epoch (Cassandra's ``timestamp`` precision); naive means UTC."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - EPOCH) // _MS
-
-
-def rfc3339(moment: datetime) -> str:
-    """``2026-11-23T09:30:25.123Z``: UTC, millisecond precision."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """One event row (``events_by_id``, ``device_latest``, ``critical_events_by_device`` ...).
-
-    ``critical`` is the flag the event store recorded at ingest (with the same
-    rules from settings); ``None`` when the row has none, and the reader of the
-    event then applies the rules itself.
-    """
-
-    event_id: uuid.UUID
-    device_id: str
-    event_time: datetime
-    event_type: str
-    severity: str
-    critical: bool | None = None
-    measurements: Mapping[str, float] = field(default_factory=dict)
-    attributes: Mapping[str, str] = field(default_factory=dict)
-    schema_version: int = 1
-    enqueued_time: datetime | None = None
-
-    @property
-    def event_time_ms(self) -> int:
-        return to_ms(self.event_time)
-
-    def newer_than(self, other: StoredEvent) -> bool:
-        """Event time decides; equal times fall back to the event id, so every writer picks the same winner."""
-        mine, theirs = self.event_time_ms, other.event_time_ms
-        return mine > theirs or (mine == theirs and str(self.event_id) > str(other.event_id))
-
-    def to_document(self) -> dict[str, Any]:
-        return {
-            "event_id": str(self.event_id),
-            "device_id": self.device_id,
-            "event_type": self.event_type,
-            "timestamp": rfc3339(self.event_time),
-            "severity": self.severity,
-            "critical": bool(self.critical),
-            "measurements": dict(self.measurements),
-            "attributes": dict(self.attributes),
-            "schema_version": self.schema_version,
-            "enqueued_time": rfc3339(self.enqueued_time) if self.enqueued_time else None,
-        }
-
-    def to_json(self) -> str:
-        """The canonical JSON document (same event, same text)."""
-        return json.dumps(self.to_document(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+__all__ = ["StoredEvent", "rfc3339", "to_ms"]

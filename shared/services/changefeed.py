@@ -29,16 +29,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from shared.domain.rules import Criticality, MeasurementRule
+from shared.domain.stored import StoredEvent
 from shared.ports.cache import ChangeSink
 from shared.ports.feed import ChangeFeed, ContinuationRejected, FeedStateStore
 from shared.ports.metrics import NO_METRICS, Metrics
-from shared.ports.stored import StoredEvent
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class RunResult:
+class FeedRunResult:
     """What one run did; ``stopped`` says why it ended."""
 
     pages: int = 0
@@ -76,7 +76,7 @@ class ChangeFeedService:
             for event in events
         ]
 
-    def run(self) -> RunResult:
+    def run(self) -> FeedRunResult:
         """One invocation. Raises ``DependencyUnavailable`` when Cassandra or Redis fails (position kept)."""
         deadline = self._monotonic() + self._budget
         now = self._clock()
@@ -125,7 +125,7 @@ class ChangeFeedService:
             if page.caught_up:
                 stopped = "caught_up"
                 break
-        result = RunResult(pages, events, critical, saves, stopped, restarted)
+        result = FeedRunResult(pages, events, critical, saves, stopped, restarted)
         logger.info("change feed %s: pages=%d events=%d critical=%d saves=%d stopped=%s restarted=%s",
                     self._name, pages, events, critical, saves, stopped, restarted)
         return result

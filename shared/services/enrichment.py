@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ class WindowOutcome:
 
 
 @dataclass(slots=True)
-class RunResult:
+class EnrichmentRunResult:
     """What one run did."""
 
     windows: list[WindowOutcome] = field(default_factory=list)
@@ -94,14 +95,14 @@ class EnrichmentService:
     def window_seconds(self) -> int:
         return self._settings.window_seconds
 
-    def run(self, now: datetime | None = None) -> RunResult:
+    def run(self, now: datetime | None = None) -> EnrichmentRunResult:
         """Enrich late and closed windows (see the module docstring); raises ``TransientError`` on failure.
 
         The run's figures (windows enriched, recomputed, failed; duration; watermark) go to the metrics port
         once, at the end, whether it succeeded or not.
         """
         began = time.perf_counter()
-        result = RunResult()
+        result = EnrichmentRunResult()
         try:
             result = self._run(now, result)
         except Exception:
@@ -110,12 +111,12 @@ class EnrichmentService:
         self._record(result, began, failed=0)
         return result
 
-    def _record(self, result: RunResult, began: float, *, failed: int) -> None:
+    def _record(self, result: EnrichmentRunResult, began: float, *, failed: int) -> None:
         recomputed = sum(1 for w in result.windows if w.reason != "scheduled")
         self._metrics.enrich_run(enriched=len(result.windows) - recomputed, recomputed=recomputed, failed=failed,
                                  seconds=time.perf_counter() - began, watermark=result.watermark)
 
-    def _run(self, now: datetime | None, result: RunResult) -> RunResult:
+    def _run(self, now: datetime | None, result: EnrichmentRunResult) -> EnrichmentRunResult:
         cfg = self._settings
         now = now or self._clock()
         lateness = timedelta(seconds=cfg.allowed_lateness_seconds)
@@ -128,7 +129,7 @@ class EnrichmentService:
         result.windows.extend(self._enrich_all(late, reference, "late", advance_watermark=False))
         result.late_windows = len(late)
 
-        scheduled = []
+        scheduled: list[Window] = []
         window = window_of(state.watermark, cfg.window_seconds)
         while window.closed(now, lateness) and len(scheduled) < cfg.max_windows_per_run:
             scheduled.append(window)
@@ -151,12 +152,14 @@ class EnrichmentService:
         )
         return result
 
-    def _late_windows(self, state: EnrichmentState, now: datetime, result: RunResult) -> tuple[list[Window], bool]:
+    def _late_windows(
+        self, state: EnrichmentState, now: datetime, result: EnrichmentRunResult
+    ) -> tuple[list[Window], bool]:
         """Enriched windows some of whose events have no enriched row yet; and whether the list is complete."""
         cfg = self._settings
         horizon = timedelta(seconds=cfg.late_horizon_seconds)
         scan_from = state.late_scan_until - timedelta(seconds=cfg.allowed_lateness_seconds)
-        candidates: dict = {}
+        candidates: dict[uuid.UUID, Window] = {}
         for arrival in self._reader.arrivals(scan_from, now):
             window = window_of(arrival.event_time, cfg.window_seconds)
             if window.end > state.watermark:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from shared.domain.timebuckets import day_of
+from shared.domain.times import day_of
 from shared.exceptions import PermanentError
 from shared.ports.dashboard import DeviceHistory, HistoryCursor
 

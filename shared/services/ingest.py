@@ -26,11 +26,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from shared.domain.events import Event, Limits, RawRecord, parse_records
+from shared.domain.events import Event, EventMetadata, Limits, Parsed, RawRecord, parse_records
 from shared.exceptions import TransientError
 from shared.lazy import Once
 from shared.ports.ingest import DeadLetterSink, EventStore
 from shared.ports.metrics import NO_METRICS, Metrics
+
+# The service's input, for the entry point that decodes the Event Hubs binding into it.
+__all__ = ["EventMetadata", "IngestResult", "IngestService", "LazyEventStore", "RawRecord"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +57,9 @@ class IngestService:
         self._limits = limits
         self._metrics = metrics
 
-    def handle(self, records: Sequence[RawRecord], *, final_attempt: bool = True, now: datetime | None = None) -> IngestResult:
+    def handle(
+        self, records: Sequence[RawRecord], *, final_attempt: bool = True, now: datetime | None = None
+    ) -> IngestResult:
         """Store or dead-letter every record (see the module docstring for the order)."""
         began = time.perf_counter()
         parsed = parse_records(records, limits=self._limits, now=now)
@@ -78,7 +83,7 @@ class IngestService:
         self._record(records, parsed, began)
         return IngestResult(len(records), len(parsed.oks), len(parsed.errs), parsed.duplicates)
 
-    def _record(self, records: Sequence[RawRecord], parsed, began: float, *, store_failed: int = 0) -> None:
+    def _record(self, records: Sequence[RawRecord], parsed: Parsed, began: float, *, store_failed: int = 0) -> None:
         """The batch's figures, once, after every record is stored or dead-lettered (the oldest is the first)."""
         first = records[0].metadata if records else None
         self._metrics.ingest_batch(first.partition_id if first else None, stored=() if store_failed else parsed.oks,

@@ -32,9 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from shared.domain.rules import Criticality, MeasurementRule
+from shared.domain.stored import StoredEvent
 from shared.ports.cache import SINCE_ALL
 from shared.ports.rebuild import CacheBuilder, DeviceLog
-from shared.ports.stored import StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,9 @@ class RebuildService:
             return event
         return dataclasses.replace(event, critical=self._criticality(event.severity, event.measurements))
 
-    def _critical(self, devices: Sequence[str], since_ms: int, pool: ThreadPoolExecutor) -> dict[str, list[StoredEvent]]:
+    def _critical(
+        self, devices: Sequence[str], since_ms: int, pool: ThreadPoolExecutor
+    ) -> dict[str, list[StoredEvent]]:
         def one(device: str) -> list[StoredEvent]:
             events = self._log.critical(device, since_ms)
             self._limiter.acquire(len(events))

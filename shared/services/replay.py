@@ -18,17 +18,21 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from shared.domain.rules import Criticality, MeasurementRule
 from shared.ports.cache import ChangeSink
 from shared.ports.enrichment import WindowReader
 
+if TYPE_CHECKING:
+    from shared.services.enrichment import WindowOutcome
+
 logger = logging.getLogger(__name__)
 
 
 class Backfill(Protocol):
-    def backfill(self, start: datetime, end: datetime, *, on_window: Callable | None = None) -> list: ...
+    def backfill(self, start: datetime, end: datetime, *, on_window: Callable[[WindowOutcome], None] | None = None
+                 ) -> list[WindowOutcome]: ...
 
 
 @dataclass(slots=True)
@@ -74,7 +78,7 @@ class ReplayService:
                 if on_progress is not None:
                     on_progress("redis", (moment - start) / (end - start))
         if postgres and self._enrichment is not None:
-            def window(outcome) -> None:
+            def window(outcome: WindowOutcome) -> None:
                 report.windows += 1
                 report.window_events += outcome.events
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.domain.timebuckets import day_of
+from shared.domain.stored import StoredEvent
+from shared.domain.times import day_of, to_ms
 from shared.ports.dashboard import DeviceHistory
 from shared.ports.event_reader import EventReader
-from shared.ports.stored import StoredEvent, to_ms
 
 DEFAULT_LOOKBACK_DAYS = 366
 _TIES = 16  # rows read at the newest time of a day, to pick the winner of a tie

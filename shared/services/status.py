@@ -27,7 +27,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared.domain.timebuckets import bucket_start
+from shared.domain.times import floor, rfc3339
 from shared.exceptions import DependencyUnavailable
 from shared.ports.dashboard import (
     ArrivalStats,
@@ -58,9 +58,7 @@ def p99(values: list[float]) -> float | None:
 
 
 def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return None if moment is None else rfc3339(moment)
 
 
 def _age(now: datetime, moment: datetime | None) -> float | None:
@@ -153,14 +151,14 @@ class StatusService:
     def _throughput(self, now: datetime) -> dict[str, Any]:
         seconds = self._arrivals.bucket_seconds
         width = timedelta(seconds=seconds)
-        current = bucket_start(now, seconds)
+        current = floor(now, seconds)
         count = max(1, (SERIES_MINUTES * 60) // seconds)
         starts = [current - width * i for i in range(count, -1, -1)]
         with self._lock:
             kept = {start: self._closed[start] for start in starts if start in self._closed}
         cuts = [now - timedelta(seconds=60), now - timedelta(seconds=300)]
         reads = [BucketRead(start) for start in starts if start not in kept]
-        reads += [BucketRead(bucket_start(cut, seconds), cut, sample=False) for cut in cuts]
+        reads += [BucketRead(floor(cut, seconds), cut, sample=False) for cut in cuts]
         figures = self._arrivals.buckets(reads)  # one round trip for every open bucket and both cut buckets
         fresh = {f.start: f for f in figures[:len(reads) - len(cuts)]}
         with self._lock:
@@ -184,9 +182,15 @@ class StatusService:
             "events_per_second": round(last_minute / 60, 2),
             "delay_p99_ms": p99(recent),
             "bucket_seconds": seconds,
-            "series": [{"start": _iso(b.start), "events": b.events,
-                        "events_per_second": round(b.events / elapsed[b.start], 2), "delay_p99_ms": p99(list(b.delays_ms))}
-                       for b in buckets],
+            "series": [
+                {
+                    "start": _iso(b.start),
+                    "events": b.events,
+                    "events_per_second": round(b.events / elapsed[b.start], 2),
+                    "delay_p99_ms": p99(list(b.delays_ms)),
+                }
+                for b in buckets
+            ],
         }
 
 

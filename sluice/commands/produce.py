@@ -32,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds to run (default 60; 0 = until Ctrl-C)")
     parser.add_argument("--count", type=int, help="send exactly this many events (overrides --duration)")
     parser.add_argument("--critical-ratio", type=float, default=0.01, help="share of valid events that are critical")
-    parser.add_argument("--duplicate-ratio", type=float, default=0.001, help="share of sends that repeat an earlier event")
+    parser.add_argument(
+        "--duplicate-ratio", type=float, default=0.001, help="share of sends that repeat an earlier event"
+    )
     parser.add_argument("--invalid-ratio", type=float, default=0.001, help="share of sends that break the contract")
     parser.add_argument("--out-of-order-ratio", type=float, default=0.005,
                         help="share of valid events with a timestamp older than the device's newest")

@@ -15,8 +15,8 @@ import json
 import sys
 import time
 
+from shared.domain.times import to_ms
 from shared.ports.cache import SINCE_ALL
-from shared.ports.stored import to_ms
 from sluice.commands.backfill import parse_time
 
 

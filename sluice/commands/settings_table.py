@@ -27,7 +27,13 @@ def _default(field) -> str:
         return ""
     if isinstance(value, SecretStr):
         return "(secret)"
-    text = json.dumps(value) if isinstance(value, (dict, list)) else str(value).lower() if isinstance(value, bool) else str(value)
+    text = (
+        json.dumps(value)
+        if isinstance(value, (dict, list))
+        else str(value).lower()
+        if isinstance(value, bool)
+        else str(value)
+    )
     return f"`{text}`"
 
 

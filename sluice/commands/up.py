@@ -40,15 +40,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--duration", type=float, help="bounded run: send load this many seconds, drain, check, exit")
-    parser.add_argument("--rate", type=float, default=DEFAULT_RATE, help=f"events per second (default {DEFAULT_RATE:g})")
+    parser.add_argument(
+        "--rate", type=float, default=DEFAULT_RATE, help=f"events per second (default {DEFAULT_RATE:g})"
+    )
     parser.add_argument("--devices", type=int, default=DEFAULT_DEVICES, help=f"devices (default {DEFAULT_DEVICES})")
     parser.add_argument("--critical-ratio", type=float, default=0.01)
     parser.add_argument("--duplicate-ratio", type=float, default=0.001)
     parser.add_argument("--invalid-ratio", type=float, default=0.001)
     parser.add_argument("--out-of-order-ratio", type=float, default=0.005)
     parser.add_argument("--no-load", action="store_true", help="start the stack but send nothing")
-    parser.add_argument("--no-devhost", action="store_true",
-                        help="do not start the dev host (to run `func start` instead); also writes ./local.settings.json")
+    parser.add_argument(
+        "--no-devhost",
+        action="store_true",
+        help="do not start the dev host (to run `func start` instead); also writes ./local.settings.json",
+    )
     parser.add_argument("--data-dir", type=Path, default=ROOT / ".local" / "stack",
                         help="where emulator data, logs and local.settings.json live (default .local/stack)")
     parser.add_argument("--in-memory", action="store_true", help="keep emulator and Azurite data in memory only")
@@ -67,6 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--redis-cluster", action="store_true",
                         help="run a real local Redis Cluster (3 masters, 3 replicas, free ports, under --data-dir) "
                              "instead of the machine's Redis; stopped with the stack")
+    parser.add_argument("--use-existing-services", action="store_true",
+                        help="use the machine's PostgreSQL and Redis (no passwords, no TLS) instead of our own")
     parser.add_argument("--keep-services", action="store_true",
                         help="leave PostgreSQL and Redis running even if this command started them")
     parser.add_argument("--drain-timeout", type=float, default=240.0,
@@ -99,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         cassandra_port=args.cassandra_port, azurite_port=args.azurite_port, keyvault_port=args.keyvault_port,
         strict_ports=args.strict_ports, persist=not args.in_memory, database=args.database,
         keyspace=args.keyspace, redis_prefix=args.redis_prefix, redis_cluster=args.redis_cluster,
-        stop_services=not args.keep_services,
+        stop_services=not args.keep_services, use_existing_services=args.use_existing_services,
         overrides=overrides,
     )
     stack = LocalStack(options, say=console.print)
@@ -156,7 +163,7 @@ def _start(stack, args: argparse.Namespace, console) -> None:
     with console.status("PostgreSQL and Redis"):
         stack.ensure_postgres()
         stack.ensure_redis()
-    if args.fresh:
+    if args.fresh and opts.use_existing_services:  # our own services start empty from a wiped data dir
         _forget(stack, console)
     steps = [("Azurite", stack.start_azurite), ("Cassandra emulator", stack.start_cassandra),
              ("Event Hubs emulator", stack.start_eventhubs), ("Key Vault emulator", stack.start_keyvault)]
@@ -393,6 +400,12 @@ def _bounded(stack, args, console, producer, monitor, probe, features, manifest,
     return 1
 
 
+def _psql_host(stack) -> str:
+    """Our own PostgreSQL: its socket directory (the superuser is trusted there, never over TCP)."""
+    own = getattr(stack, "own", None)
+    return str(own.postgres.directory) if own is not None and own.postgres is not None else stack.options.postgres_host
+
+
 def _views(probe) -> list[str]:
     with contextlib.suppress(Exception), probe.pg() as conn:
         rows = conn.execute("SELECT table_name FROM information_schema.views WHERE table_schema = 'public' "
@@ -417,11 +430,17 @@ def _where_to_look(stack, console, probe, features: set[str], expected=None) -> 
             ids = probe.sample_ids()
     device = ids.get("critical_device") or ids.get("device")
     event = ids.get("critical_event") or ids.get("event")
-    lines = ["[bold]where to look[/]", f"  Page      {http}/dashboard   (live operations page: status, critical feed, devices, sites)",
-             f"  HTTP      {http}/health   {http}/openapi.json   {http}/status"]
+    lines = [
+        "[bold]where to look[/]",
+        f"  Page      {http}/dashboard   (live operations page: status, critical feed, devices, sites)",
+        f"  HTTP      {http}/health   {http}/openapi.json   {http}/status",
+    ]
     if device and event:
-        lines += [f"            {http}/devices/{device}/latest", f"            {http}/devices/{device}/critical?limit=5",
-                  f"            {http}/events/{event}"]
+        lines += [
+            f"            {http}/devices/{device}/latest",
+            f"            {http}/devices/{device}/critical?limit=5",
+            f"            {http}/events/{event}",
+        ]
     else:
         lines.append("            lookup URLs with real ids appear in the live table once events are stored")
     lines += [
@@ -433,7 +452,7 @@ def _where_to_look(stack, console, probe, features: set[str], expected=None) -> 
         f"  Azurite   http://{opts.host}:{stack.ports.get('azurite')}/devstoreaccount1, dead letters in "
         f"{stack.values.get('SLUICE_STORAGE_DEADLETTER_CONTAINER')}: "
         f"`source {stack.settings_path.parent / 'settings.env'} && python -m sluice deadletter list`",
-        f"  PostgreSQL psql -h {opts.postgres_host} -U postgres {opts.database} -c "
+        f"  PostgreSQL psql -h {_psql_host(stack)} -p {opts.postgres_port} -U postgres {opts.database} -c "
         "'SELECT * FROM report_device_health LIMIT 10'",
         f"            views: {', '.join(_views(probe)) or '(none yet)'}",
         f"  settings  {stack.settings_path}",

@@ -27,8 +27,9 @@ NOT_THE_APP = {"kubeletPull": ("acrPull", "registry", "aks.properties.identityPr
 # role -> the scope each assignment of it must have (least privilege: never the account, namespace or vault).
 SCOPES = {"eventHubsDataReceiver": "eventHub", "storageBlobDataOwner": "containers[i]",
           "keyVaultSecretsUser": "secretRefs[i]"}
-SECRETISH = re.compile(r"listKeys|listConnectionStrings|listCredentials|[Pp]assword|Key\b|ConnectionString|secret\.value",
-                       re.IGNORECASE)
+SECRETISH = re.compile(
+    r"listKeys|listConnectionStrings|listCredentials|[Pp]assword|Key\b|ConnectionString|secret\.value", re.IGNORECASE
+)
 
 
 @cache
@@ -88,7 +89,9 @@ def bicep_var(name: str) -> str:
 # --- role assignments ----------------------------------------------------------------
 
 def test_every_role_assignment_goes_to_the_workload_identity_at_the_narrowest_scope() -> None:
-    assignments = {s: body for s, (kind, body) in resources().items() if kind == "Microsoft.Authorization/roleAssignments"}
+    assignments = {
+        s: body for s, (kind, body) in resources().items() if kind == "Microsoft.Authorization/roleAssignments"
+    }
     assert len(assignments) >= 4
     seen = set()
     for symbol, body in assignments.items():
@@ -215,7 +218,9 @@ def test_the_services_are_configured_as_sluice_expects() -> None:
     assert re.search(r"keda: \{ enabled: true \}", aks)
     assert "azureKeyvaultSecretsProvider" in aks and "networkPolicy: 'cilium'" in aks
     redis = found["redisDatabase"][1]
-    assert "port: 10000" in redis and "clusteringPolicy: 'OSSCluster'" in redis and "clientProtocol: 'Encrypted'" in redis
+    assert (
+        "port: 10000" in redis and "clusteringPolicy: 'OSSCluster'" in redis and "clientProtocol: 'Encrypted'" in redis
+    )
     assert settings()["SLUICE_REDIS_URL"].endswith(":10000") and settings()["SLUICE_REDIS_CLUSTER"] == "true"
     pgbouncer = found["pgbouncer"][1]
     assert "name: 'pgbouncer.enabled'" in pgbouncer and "value: 'true'" in pgbouncer

@@ -164,7 +164,9 @@ def scaling_problems(docs: list[dict[str, Any]]) -> list[str]:
         if not fallback:
             problems.append(f"{where}: no fallback: while the scaler fails ingest could stay at 0 replicas")
         elif isinstance(high, int) and not 1 <= fallback.get("replicas", 0) <= high:
-            problems.append(f"{where}: fallback.replicas {fallback.get('replicas')!r} must be 1..maxReplicaCount {high}")
+            problems.append(
+                f"{where}: fallback.replicas {fallback.get('replicas')!r} must be 1..maxReplicaCount {high}"
+            )
         behavior = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior", {})
         if not behavior.get("scaleDown", {}).get("stabilizationWindowSeconds"):
             problems.append(f"{where}: no scale-down stabilizationWindowSeconds: each scale-in moves partitions")

@@ -45,13 +45,18 @@ def test_port_zero_means_any_free_port(tmp_path):
 
 
 def test_generated_settings_are_valid_and_name_the_ports_in_use(tmp_path):
-    stack = LocalStack(StackOptions(data_dir=tmp_path, keyspace="ks_local", overrides={"SLUICE_ENRICH_WINDOW_SECONDS": "30"}),
-                       say=lambda _: None)
+    stack = LocalStack(
+        StackOptions(data_dir=tmp_path, keyspace="ks_local", overrides={"SLUICE_ENRICH_WINDOW_SECONDS": "30"}),
+        say=lambda _: None,
+    )
     stack.ports = {"azurite": 10123, "cassandra": 9123, "eventhubs": 5999, "keyvault": 8999}
     path = stack.write_settings()
     document = json.loads(path.read_text())
     values = document["Values"]
-    assert "127.0.0.1:5999" in values["EventHubConnection"] and "UseDevelopmentEmulator=true" in values["EventHubConnection"]
+    assert (
+        "127.0.0.1:5999" in values["EventHubConnection"]
+        and "UseDevelopmentEmulator=true" in values["EventHubConnection"]
+    )
     assert "127.0.0.1:10123/devstoreaccount1" in values["AzureWebJobsStorage"]
     assert values["SLUICE_CASSANDRA_PORT"] == "9123" and values["SLUICE_CASSANDRA_KEYSPACE"] == "ks_local"
     assert values["SLUICE_KEYVAULT_URL"] == "https://127.0.0.1:8999"

@@ -29,6 +29,7 @@ import redis
 from shared.adapters.cassandra.migrations import apply_migrations
 from shared.adapters.cassandra.session import connect
 from shared.adapters.postgres.migrations import apply_migrations as apply_pg_migrations
+from shared.domain.times import to_ms
 from shared.settings import load_settings
 from sluice.delivery import Probe, check_delivery
 from sluice.loadgen import EventGenerator, EventHubSender, LoadRunner, LoadSpec, read_manifest
@@ -128,6 +129,18 @@ def _get(url: str) -> tuple[int, dict | list | None]:
         return exc.code, None
 
 
+def _poll(condition, timeout: float, what: str, every: float = 0.1):
+    """``condition()``'s first true value, checked every ``every`` seconds until ``timeout``; fails naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
 def _wait_for_delivery(expected, probe, since, timeout: float):
     deadline = time.monotonic() + timeout
     while True:
@@ -180,7 +193,9 @@ def test_every_event_lands_once_across_a_dev_host_crash(pipeline, isolated_event
         sent_before_kill = runner.summary.sent
         host.kill()
         killed_at = datetime.now(UTC)
-        time.sleep(1.0)
+        # Restart once the load has sent more while no host was running (events the new host must pick up).
+        _poll(lambda: runner.summary.sent >= min(spec.count, sent_before_kill + 50), 10,
+              "events sent while the host is down")
         host = start()
         restarted_at = datetime.now(UTC)
         load.join(60)
@@ -251,15 +266,16 @@ def test_a_critical_event_sent_twice_is_listed_once(pipeline, isolated_eventhub)
     try:
         for _ in range(2):  # two sends, so two enqueued times: what at-least-once producers do after a timeout
             assert all(sent.error is None for sent in sender.send([event]))
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                row = probe.session.execute(
-                    f"SELECT enqueued_time FROM {ks}.events_by_id WHERE event_id = {event.event_id}").one()
-                if row is not None and row.enqueued_time not in enqueued:
-                    enqueued.append(row.enqueued_time)
-                    break
-                time.sleep(0.3)
-            time.sleep(4)  # a few change feed runs
+            row = _poll(lambda: (r := probe.session.execute(
+                f"SELECT enqueued_time, writetime(device_id) AS written FROM {ks}.events_by_id "
+                f"WHERE event_id = {event.event_id}").one()) is not None and r.enqueued_time not in enqueued and r,
+                30, "the event stored with a new enqueued time")
+            enqueued.append(row.enqueued_time)
+            # The change feed has applied this write once it saved a position after it (only this event flows).
+            _poll(lambda written=row.written: (f := probe.session.execute(
+                f"SELECT updated_at FROM {ks}.feed_state WHERE name = 'events_by_id'").one()) is not None
+                and f.updated_at is not None and to_ms(f.updated_at) >= written // 1000, 30,
+                "a change feed position saved after the write")
     finally:
         sender.close()
     assert len(enqueued) == 2
@@ -280,16 +296,61 @@ def test_sluice_up_bounded_run_delivers_and_stops_everything(tmp_path, redis_pre
     database = f"sluice_up_{uuid.uuid4().hex[:10]}"
     keyspace = f"ks_{uuid.uuid4().hex[:12]}"
     # No out-of-order events here (the crash test has them), so a short allowed lateness is enough.
-    argv = [sys.executable, "-m", "sluice", "up", "--duration", "6", "--rate", "150", "--devices", "30",
-            "--critical-ratio", "0.05", "--invalid-ratio", "0.01", "--duplicate-ratio", "0.01",
-            "--out-of-order-ratio", "0",
-            "--data-dir", str(tmp_path / "stack"), "--in-memory", "--fresh", "--keep-services",
-            "--database", database, "--keyspace", keyspace, "--redis-prefix", redis_prefix,
-            "--http-port", "0", "--eventhubs-port", "0", "--cassandra-port", "0", "--azurite-port", "0",
-            "--keyvault-port", "0", "--drain-timeout", "60",
-            "--set", f"SLUICE_ENRICH_WINDOW_SECONDS={WINDOW_SECONDS}", "--set", "SLUICE_ENRICH_ALLOWED_LATENESS_SECONDS=12",
-            "--set", "SLUICE_ENRICH_SCHEDULE=*/2 * * * * *", "--set", "SLUICE_ENRICH_INITIAL_LOOKBACK_SECONDS=180",
-            "--set", "SLUICE_ENRICH_MAX_WINDOWS_PER_RUN=100", "--set", "SLUICE_CHANGEFEED_SCHEDULE=*/1 * * * * *"]
+    argv = [
+        sys.executable,
+        "-m",
+        "sluice",
+        "up",
+        "--duration",
+        "6",
+        "--rate",
+        "150",
+        "--devices",
+        "30",
+        "--critical-ratio",
+        "0.05",
+        "--invalid-ratio",
+        "0.01",
+        "--duplicate-ratio",
+        "0.01",
+        "--out-of-order-ratio",
+        "0",
+        "--data-dir",
+        str(tmp_path / "stack"),
+        "--in-memory",
+        "--fresh",
+        "--keep-services",
+        "--database",
+        database,
+        "--keyspace",
+        keyspace,
+        "--redis-prefix",
+        redis_prefix,
+        "--http-port",
+        "0",
+        "--eventhubs-port",
+        "0",
+        "--cassandra-port",
+        "0",
+        "--azurite-port",
+        "0",
+        "--keyvault-port",
+        "0",
+        "--drain-timeout",
+        "60",
+        "--set",
+        f"SLUICE_ENRICH_WINDOW_SECONDS={WINDOW_SECONDS}",
+        "--set",
+        "SLUICE_ENRICH_ALLOWED_LATENESS_SECONDS=12",
+        "--set",
+        "SLUICE_ENRICH_SCHEDULE=*/2 * * * * *",
+        "--set",
+        "SLUICE_ENRICH_INITIAL_LOOKBACK_SECONDS=180",
+        "--set",
+        "SLUICE_ENRICH_MAX_WINDOWS_PER_RUN=100",
+        "--set",
+        "SLUICE_CHANGEFEED_SCHEDULE=*/1 * * * * *",
+    ]
     if redis_kind == "cluster":
         argv.append("--redis-cluster")  # a real local Redis Cluster under the data dir, stopped with the stack
     try:

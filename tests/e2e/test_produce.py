@@ -96,7 +96,12 @@ def test_produce_sends_the_manifest_exactly_keyed_by_device_and_in_order(isolate
     order_received = defaultdict(list)
     for _, _, key, body in sorted(received, key=lambda r: (r[0], r[1])):
         doc = json.loads(body) if body.startswith("{") and body.endswith("}") else None
-        if doc and "device_id" in doc and doc["event_id"] in expected.valid and doc["event_id"] not in order_received[key]:
+        if (
+            doc
+            and "device_id" in doc
+            and doc["event_id"] in expected.valid
+            and doc["event_id"] not in order_received[key]
+        ):
             order_received[key].append(doc["event_id"])
     assert order_received == order_sent
 

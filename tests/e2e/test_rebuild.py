@@ -46,7 +46,7 @@ class _Keys:
 
 @pytest.mark.timeout(240)
 def test_rebuild_after_deleting_every_key_answers_every_lookup_as_before(pipeline, isolated_eventhub):  # noqa: F811
-    start, probe, values = pipeline
+    start, _probe, values = pipeline
     host = start()
     events = EventGenerator(LoadSpec(seed=20, devices=15, critical_ratio=0.3, duplicate_ratio=0, invalid_ratio=0,
                                      out_of_order_ratio=0.2)).take(120)

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 import azure.functions as func
 import pytest
 import schemathesis
-import schemathesis.specs.openapi.checks  # noqa: F401 - registers the OpenAPI checks
+import schemathesis.specs.openapi.checks
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import CHECKS as REGISTRY
 
@@ -33,8 +33,15 @@ dash_env = test_dashboard_api.dash_env
 CHECKS = REGISTRY.get_all()  # every check, as `schemathesis run --checks all`
 KEY = "schemathesis-function-key"
 AUTH = {"x-functions-key": KEY}
-REASONS = {200: "OK", 401: "Unauthorized", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error",
-           503: "Service Unavailable"}
+REASONS = {
+    200: "OK",
+    401: "Unauthorized",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class FunctionsWsgi:

@@ -315,8 +315,12 @@ def private_redis() -> Iterator[tuple[Running, int]]:
     import re
 
     port = _free_port()
-    running = start("private-redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no"], timeout=20, ready=re.compile(r"(?P<ready>Ready to accept)"))
+    running = start(
+        "private-redis",
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        timeout=20,
+        ready=re.compile(r"(?P<ready>Ready to accept)"),
+    )
     yield running, port
     if running.alive():
         os.kill(running.process.pid, signal.SIGCONT)
@@ -427,7 +431,9 @@ def test_timer_run_with_redis_unreachable_fails_visibly_and_saves_nothing(app_en
 
 
 @pytest.mark.timeout(60)
-def test_portable_feed_advances_a_far_behind_watermark_in_bounded_steps(session, keyspace, store, rclient, redis_prefix):
+def test_portable_feed_advances_a_far_behind_watermark_in_bounded_steps(
+    session, keyspace, store, rclient, redis_prefix
+):
     cache = make_cache(rclient, redis_prefix)
     events = spread(30)  # enqueued over ~3.5 minutes, starting 10 minutes ago
     store.write(events)

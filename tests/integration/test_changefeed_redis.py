@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from shared.adapters.redis import RedisChangeSink, RedisLookupCache
+from shared.domain.stored import StoredEvent
 from shared.ports.cache import SINCE_ALL
-from shared.ports.stored import StoredEvent
 from tests.integration import test_changefeed as changefeed_tests
 
 private_redis = changefeed_tests.private_redis

@@ -171,7 +171,10 @@ def test_without_an_event_hubs_connection_the_doctor_names_the_settings(
 
 
 def test_status_lag_reads_the_host_checkpoints_and_caches_the_reading(env: dict[str, str]) -> None:
-    """The status page's lag: the checkpoints the host writes under its connection's namespace, read once per max_age."""
+    """The status page's lag: the checkpoints the host writes under its connection's namespace.
+
+    Read once per max_age.
+    """
     from shared.adapters.eventhub_lag import (
         CachedPartitionLag,
         EventHubBlobLagReader,

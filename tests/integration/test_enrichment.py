@@ -350,7 +350,9 @@ def test_a_reference_change_shows_in_the_next_windows(stack: Stack) -> None:
     stack.send([make_event("dev-1", T0 + W + timedelta(seconds=5)), make_event("dev-9", T0 + W + timedelta(seconds=6))])
     stack.service.run(now=T0 + 2 * W + timedelta(minutes=2))
 
-    rows = stack.query("SELECT window_start, device_id, known_device, site_id, firmware FROM enriched_events ORDER BY 1, 2")
+    rows = stack.query(
+        "SELECT window_start, device_id, known_device, site_id, firmware FROM enriched_events ORDER BY 1, 2"
+    )
     assert rows == [(T0, "dev-1", True, "site-a", "1.0.0"), (T0, "dev-9", False, None, None),
                     (T0 + W, "dev-1", True, "site-b", "1.1.0"), (T0 + W, "dev-9", True, "site-a", "3.0.0")]
     assert stack.query("SELECT device_id, now_known FROM report_unknown_devices") == [("dev-9", True)]
@@ -405,7 +407,7 @@ def test_an_unreachable_cassandra_fails_the_window_instead_of_returning_part_of_
         reader = CassandraWindowReader(session, cassandra, page_size=10, concurrency=2)
         assert reader.read(T0, T0 + W) == []
         running.kill()
-        with pytest.raises(DependencyUnavailable, match="Cassandra unavailable: reading the events of"):
+        with pytest.raises(DependencyUnavailable, match="cassandra unavailable: reading the events of"):
             reader.read(T0, T0 + W)
     finally:
         session.cluster.shutdown()

@@ -25,7 +25,7 @@ def test_migrations_apply_once_and_refuse_an_edited_file(pg_dsn: str, tmp_path: 
         shutil.copytree(SQL_DIR, copy)
         edited = copy / "002_enrichment.sql"
         edited.write_text(edited.read_text() + "\n-- edited\n")
-        with pytest.raises(ConfigurationError, match="002_enrichment.sql changed after it was applied"):
+        with pytest.raises(ConfigurationError, match=r"002_enrichment\.sql changed after it was applied"):
             apply_migrations(conn, copy)
 
 
@@ -56,9 +56,10 @@ def test_reporting_views_cut_days_in_the_site_time_zone_and_grade_device_health(
         conn.execute("INSERT INTO devices (device_id, site_id, model, firmware) VALUES ('a', 'ny', 'M1', '1'), "
                      "('b', 'pa', 'M2', '2')")
         for site, start, events, critical, m in (
-                ("ny", day, 10, 1, '{"t": {"count": 10, "min": 1, "max": 9, "avg": 5, "last": 2}}'),
-                ("ny", day + timedelta(hours=6), 30, 0, '{"t": {"count": 30, "min": 0, "max": 4, "avg": 1, "last": 1}}'),
-                ("pa", day, 5, 5, '{"t": {"count": 5, "min": 2, "max": 3, "avg": 2.5, "last": 3}}')):
+            ("ny", day, 10, 1, '{"t": {"count": 10, "min": 1, "max": 9, "avg": 5, "last": 2}}'),
+            ("ny", day + timedelta(hours=6), 30, 0, '{"t": {"count": 30, "min": 0, "max": 4, "avg": 1, "last": 1}}'),
+            ("pa", day, 5, 5, '{"t": {"count": 5, "min": 2, "max": 3, "avg": 2.5, "last": 3}}'),
+        ):
             conn.execute("INSERT INTO site_window_stats (window_start, site_id, window_end, site_name, region, "
                          "device_count, event_count, critical_count, measurements) VALUES (%s, %s, %s, 'old name', "
                          "'r', 1, %s, %s, %s)", (start, site, start + timedelta(minutes=5), events, critical, m))

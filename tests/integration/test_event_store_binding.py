@@ -1,4 +1,4 @@
-"""The event store binds its statements itself (each value serialized once per event).
+"""The event store's fast bind path (``shared.adapters.cassandra.fast_bind``: each value serialized once per event).
 
 These tests hold that shortcut to the driver: for every statement of a plan, the
 bytes, routing key and batch children equal what ``PreparedStatement.bind`` makes
@@ -14,16 +14,18 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import cassandra
 import pytest
 from cassandra.cluster import Session
 from cassandra.query import BatchStatement, BoundStatement
 
+from shared.adapters.cassandra import fast_bind
 from shared.adapters.cassandra.event_store import CassandraEventStore, write_timestamp
+from shared.adapters.cassandra.layout import bucket_start, shard_of
 from shared.adapters.cassandra.migrations import apply_migrations
 from shared.adapters.cassandra.session import connect
 from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.domain.rules import MeasurementRule
-from shared.domain.timebuckets import bucket_start, shard_of
 from shared.settings import CassandraSettings
 from sluice.launcher import Running
 
@@ -71,13 +73,27 @@ def flatten(work: list[tuple]) -> list:
     for statement, params in work:
         assert params == ()
         if isinstance(statement, BatchStatement):
-            out.append(("batch", statement.routing_key, statement.keyspace,
-                        [(prepared, query, list(values)) for prepared, query, values in statement._statements_and_parameters]))
+            out.append(
+                (
+                    "batch",
+                    statement.routing_key,
+                    statement.keyspace,
+                    [
+                        (prepared, query, list(values))
+                        for prepared, query, values in statement._statements_and_parameters
+                    ],
+                )
+            )
         else:
             assert isinstance(statement, BoundStatement)
             out.append((statement.prepared_statement.query_id, list(statement.values), list(statement.raw_values),
                         statement.routing_key, statement.keyspace, statement.is_idempotent))
     return out
+
+
+def driver_store(store: CassandraEventStore) -> CassandraEventStore:
+    """The same store on the driver's public bind path (the reference)."""
+    return CassandraEventStore(store._session, store._settings, RULES, fast_bind=False)
 
 
 def driver_bound(work: list[tuple]) -> list:
@@ -98,7 +114,7 @@ def test_each_statement_carries_the_bytes_the_driver_would_bind(store) -> None:
     _, event_store = store
     batch = events()
     ours, our_owners = event_store.plan(batch)
-    drivers, driver_owners = event_store.plan(batch, bind=False)
+    drivers, driver_owners = driver_store(event_store).plan(batch)
     assert our_owners == driver_owners
     assert flatten(ours) == driver_bound(drivers)
     # One statement per (table, partition), computed here from the events: a batch for a shared partition.
@@ -122,6 +138,19 @@ def test_each_statement_carries_the_bytes_the_driver_would_bind(store) -> None:
     assert len(batches) >= 2  # dev-a's two events share their device-day and their latest-state partition
 
 
+def test_the_installed_driver_takes_the_fast_path_and_any_other_version_the_public_one(store, monkeypatch) -> None:
+    """A driver upgrade lands on the public path until this module's tests pass on it and the version is added."""
+    session, event_store = store
+    assert fast_bind.SUPPORTED, f"cassandra-driver {cassandra.__version__} is not in VERIFIED_DRIVER_VERSIONS"
+    [first, *_] = event_store.plan(events())[0]
+    assert isinstance(first[0], BoundStatement) and first[1] == ()
+    monkeypatch.setattr(fast_bind, "SUPPORTED", False)
+    other = CassandraEventStore(session, event_store._settings, RULES)
+    work, _ = other.plan(events())
+    assert all(not isinstance(statement, BoundStatement) and (isinstance(statement, BatchStatement) or params)
+               for statement, params in work)
+
+
 def test_rows_written_through_the_binder_read_back_as_the_events(store) -> None:
     session, event_store = store
     batch = events()
@@ -143,8 +172,10 @@ def test_rows_written_through_the_binder_read_back_as_the_events(store) -> None:
         seconds = event_store._settings.bucket_seconds
         for table, moment, column in (("events_by_time_bucket", event_time, "event_time"),
                                       ("events_by_arrival_bucket", arrival, "enqueued_at")):
-            found = session.execute(f"SELECT event_id, {column} FROM {keyspace}.{table} WHERE bucket = %s AND shard = %s",
-                                    (bucket_start(moment, seconds), shard)).all()
+            found = session.execute(
+                f"SELECT event_id, {column} FROM {keyspace}.{table} WHERE bucket = %s AND shard = %s",
+                (bucket_start(moment, seconds), shard),
+            ).all()
             assert event.event_id in {r.event_id for r in found}, (table, event.device_id)
     latest = {r.device_id: r for r in session.execute(
         f"SELECT device_id, event_id, writetime(severity) AS written FROM {keyspace}.device_latest")}
@@ -189,7 +220,7 @@ def test_batch_rows_of_one_sends_every_row_on_its_own(store) -> None:
     assert not any(isinstance(statement, BatchStatement) for statement, _ in work)
     assert len(work) == 5 * len(batch) + 2  # five tables per event, two critical events
     assert all(len(o) == 1 for o in owners)
-    assert flatten(work) == driver_bound(unbatched.plan(batch, bind=False)[0])
+    assert flatten(work) == driver_bound(driver_store(unbatched).plan(batch)[0])
 
 
 def test_a_value_of_the_wrong_type_is_refused_naming_the_event_and_the_column(store) -> None:
@@ -225,4 +256,4 @@ def test_a_statements_custom_payload_reaches_its_batches(store) -> None:
     by_device = tagged._statements.get().inserts["by_device"].statement.query_id
     [batch] = [s for s, _ in work if isinstance(s, BatchStatement) and s._statements_and_parameters[0][1] == by_device]
     assert batch.custom_payload == payload
-    assert flatten(work) == driver_bound(tagged.plan(same_day, bind=False)[0])
+    assert flatten(work) == driver_bound(driver_store(tagged).plan(same_day)[0])

@@ -26,7 +26,6 @@ from shared.adapters.cassandra.migrations import apply_migrations
 from shared.exceptions import TransientError
 from sluice.__main__ import main as sluice_cli
 from sluice.launcher import Running
-from tests.fixtures.cassandra import start_cassandra_emulator
 from tests.fixtures.functions import HostContext, user_function
 
 pytestmark = pytest.mark.timeout(120)
@@ -78,14 +77,6 @@ def _environment(cassandra: Running, keyspace: str, storage: str, container: str
         "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0",
         "SLUICE_POSTGRES_HOST": "127.0.0.1",
     }
-
-
-@pytest.fixture(scope="module")
-def private_cassandra() -> Iterator[Running]:
-    """An emulator of this module's own, so armed faults never reach another test's requests."""
-    running = start_cassandra_emulator()
-    yield running
-    running.stop()
 
 
 @pytest.fixture

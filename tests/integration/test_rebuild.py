@@ -82,7 +82,10 @@ def test_rebuild_after_deleting_every_key_leaves_what_the_feed_wrote(session, ke
     cache = cache_for(rclient, redis_prefix)
     cf.make_service("cosmos", session, keyspace, cache).run()
     before = dump(rclient, cache)
-    lookups = {d: (lookups_for(cache).get_latest(d), lookups_for(cache).get_critical(d, -(2**53), 100)) for d in {e.device_id for e in events}}
+    lookups = {
+        d: (lookups_for(cache).get_latest(d), lookups_for(cache).get_critical(d, -(2**53), 100))
+        for d in {e.device_id for e in events}
+    }
     assert before and any(name.endswith(":crit") for name in before)
 
     delete_prefix(rclient, redis_prefix)
@@ -138,7 +141,7 @@ def test_a_killed_rebuild_resumes_and_ends_as_a_quiet_one(app_env, session, keys
     assert halfway["live"] == live and "building" in halfway  # readers still on the complete generation
     assert dump(rclient, cache) == quiet
 
-    done = subprocess.run(command[:5] + ["--no-progress"], cwd=ROOT, env=os.environ.copy(), capture_output=True,
+    done = subprocess.run([*command[:5], "--no-progress"], cwd=ROOT, env=os.environ.copy(), capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout.strip().splitlines()[-1])
@@ -219,7 +222,9 @@ def test_since_bounds_the_critical_lists_and_the_cache_says_so(session, keyspace
     for device, ids in critical.items():
         recent = [i for i in ids if by_id[i].timestamp >= cut]
         assert [json.loads(d)["event_id"] for d in lookups_for(cache).get_critical(device, cf_ms(cut), 100)] == recent
-        assert lookups_for(cache).get_critical(device, -(2**53), 100) is None  # older ones: not known here, read Cassandra
+        assert (
+            lookups_for(cache).get_critical(device, -(2**53), 100) is None
+        )  # older ones: not known here, read Cassandra
 
 
 def cf_ms(moment: datetime) -> int:

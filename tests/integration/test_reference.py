@@ -94,7 +94,7 @@ def test_the_cli_uploads_parquet_blobs(env: dict[str, str]) -> None:
 def test_a_missing_blob_is_a_clear_error(env: dict[str, str]) -> None:
     blobs = BlobServiceClient.from_connection_string(env["AzureWebJobsStorage"])
     source = ParquetBlobReferenceSource(blobs, env["SLUICE_ENRICH_REFERENCE_CONTAINER"], "nope.parquet", "x.parquet")
-    with pytest.raises(PermanentError, match="nope.parquet does not exist"):
+    with pytest.raises(PermanentError, match=r"nope\.parquet does not exist"):
         source.load()
 
 

@@ -10,7 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.adapters.cassandra.codec import serializer
-from shared.domain.timebuckets import EPOCH, bucket_start, bucket_start_millis, day_of, day_of_millis, milliseconds
+from shared.adapters.cassandra.layout import bucket_start, bucket_start_millis, day_of, day_of_millis
+from shared.domain.times import EPOCH
+from shared.domain.times import to_ms as milliseconds
 
 PROTOCOL = 4
 TIMESTAMP = cqltypes.DateType
@@ -101,9 +103,22 @@ def test_values_outside_the_fast_path_get_the_drivers_bytes(cql_type: type, valu
 
 @pytest.mark.parametrize(
     ("cql_type", "value"),
-    [(TIMESTAMP, "yesterday"), (TIMESTAMP, 2**63), (TIMESTAMP, True), (DATE, object()), (TEXT_DOUBLE, {"a": "hot"}), (TEXT_DOUBLE, [1.0]), (TEXT_TEXT, {1: "x"}),
-     (cqltypes.Int32Type, 2**31), (cqltypes.Int32Type, "7"), (cqltypes.LongType, 2**63), (cqltypes.BooleanType, None),
-     (cqltypes.UTF8Type, b"bytes"), (cqltypes.VarcharType, 7), (cqltypes.UTF8Type, "\ud800")],
+    [
+        (TIMESTAMP, "yesterday"),
+        (TIMESTAMP, 2**63),
+        (TIMESTAMP, True),
+        (DATE, object()),
+        (TEXT_DOUBLE, {"a": "hot"}),
+        (TEXT_DOUBLE, [1.0]),
+        (TEXT_TEXT, {1: "x"}),
+        (cqltypes.Int32Type, 2**31),
+        (cqltypes.Int32Type, "7"),
+        (cqltypes.LongType, 2**63),
+        (cqltypes.BooleanType, None),
+        (cqltypes.UTF8Type, b"bytes"),
+        (cqltypes.VarcharType, 7),
+        (cqltypes.UTF8Type, "\ud800"),
+    ],
     ids=repr,
 )
 def test_values_the_driver_refuses_are_refused_alike(cql_type: type, value: object) -> None:
@@ -118,7 +133,7 @@ def test_bucket_start_is_the_aligned_utc_start_of_the_span_holding_the_moment(mo
     start = bucket_start(moment, seconds)
     assert start.tzinfo is UTC
     assert start <= moment < start + timedelta(seconds=seconds)
-    whole, rest = divmod(start - EPOCH, timedelta(seconds=seconds))
+    _whole, rest = divmod(start - EPOCH, timedelta(seconds=seconds))
     assert rest == timedelta(0)
 
 

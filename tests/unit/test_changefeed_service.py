@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.domain.rules import MeasurementRule
+from shared.domain.stored import StoredEvent
 from shared.exceptions import DependencyUnavailable
 from shared.ports.feed import ContinuationRejected, FeedPage, FeedPosition, SavedPosition
-from shared.ports.stored import StoredEvent
 from shared.services.changefeed import ChangeFeedService
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

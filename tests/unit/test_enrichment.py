@@ -20,9 +20,9 @@ from shared.domain.enrichment import (
     windows_between,
 )
 from shared.domain.rules import MeasurementRule
+from shared.domain.stored import StoredEvent
 from shared.exceptions import TransientError
 from shared.ports.enrichment import Arrival, EnrichmentState
-from shared.ports.stored import StoredEvent
 from shared.services.enrichment import EnrichmentService
 from shared.settings import EnrichmentSettings
 
@@ -184,7 +184,7 @@ def service(parts, **overrides) -> EnrichmentService:
 
 
 def test_closed_windows_are_enriched_in_order_and_the_watermark_follows(parts) -> None:
-    reader, store, reference = parts
+    _reader, store, reference = parts
     result = service(parts).run(now=T0 + 3 * W + timedelta(minutes=1))  # the third window is not closed yet
     assert [w.window.start for w in result.windows] == [T0, T0 + W]
     assert store.state.watermark == T0 + 2 * W == result.watermark
@@ -192,7 +192,7 @@ def test_closed_windows_are_enriched_in_order_and_the_watermark_follows(parts) -
 
 
 def test_the_window_budget_leaves_the_rest_for_the_next_run(parts) -> None:
-    reader, store, _ = parts
+    _reader, store, _ = parts
     now = T0 + 5 * W + timedelta(minutes=2)
     first = service(parts, max_windows_per_run=2).run(now=now)
     assert len(first.windows) == 2 and first.more_pending and store.state.watermark == T0 + 2 * W
@@ -202,7 +202,7 @@ def test_the_window_budget_leaves_the_rest_for_the_next_run(parts) -> None:
 
 
 def test_a_failed_window_stops_the_run_and_keeps_the_watermark_before_it(parts) -> None:
-    reader, store, _ = parts
+    _reader, store, _ = parts
     store.fail_on = T0 + W
     with pytest.raises(TransientError):
         service(parts).run(now=T0 + 4 * W)

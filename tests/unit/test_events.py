@@ -49,7 +49,11 @@ def test_a_valid_event_is_kept_with_its_metadata():
 
 
 def test_defaults_and_offsets_are_normalised_to_utc():
-    parsed = parse(json.dumps(event(severity=..., measurements=..., attributes=..., timestamp="2026-11-23T13:00:00+02:00")).encode())
+    parsed = parse(
+        json.dumps(
+            event(severity=..., measurements=..., attributes=..., timestamp="2026-11-23T13:00:00+02:00")
+        ).encode()
+    )
     [ok] = parsed.oks
     assert ok.body.severity == "info" and ok.body.measurements == {} and ok.body.schema_version == 1
     assert ok.timestamp == datetime(2026, 11, 23, 11, 0, tzinfo=UTC)
@@ -75,9 +79,24 @@ BAD = [
     (json.dumps(event(severity="fatal")).encode(), "severity"),
     (json.dumps(event(measurements={"t": "21.5"})).encode(), "measurements.t"),
     (json.dumps(event(measurements={"t": True})).encode(), "measurements.t"),
-    (b'{"event_id": "%s", "device_id": "d", "event_type": "t", "timestamp": "2026-11-23T11:00:00Z", "measurements": {"t": NaN}}' % str(uuid.uuid4()).encode(), "not valid JSON"),
-    (b'{"event_id": "%s", "device_id": "d", "event_type": "t", "timestamp": "2026-11-23T11:00:00Z", "measurements": {"t": Infinity}}' % str(uuid.uuid4()).encode(), "not valid JSON"),
-    (b'{"event_id": "%s", "device_id": "d", "event_type": "t", "timestamp": "2026-11-23T11:00:00Z", "measurements": {"t": 1e400}}' % str(uuid.uuid4()).encode(), "measurements.t"),
+    (
+        b'{"event_id": "%s", "device_id": "d", "event_type": "t", "timestamp": "2026-11-23T11:00:00Z", '
+        b'"measurements": {"t": NaN}}'
+        % str(uuid.uuid4()).encode(),
+        "not valid JSON",
+    ),
+    (
+        b'{"event_id": "%s", "device_id": "d", "event_type": "t", "timestamp": "2026-11-23T11:00:00Z", '
+        b'"measurements": {"t": Infinity}}'
+        % str(uuid.uuid4()).encode(),
+        "not valid JSON",
+    ),
+    (
+        b'{"event_id": "%s", "device_id": "d", "event_type": "t", "timestamp": "2026-11-23T11:00:00Z", '
+        b'"measurements": {"t": 1e400}}'
+        % str(uuid.uuid4()).encode(),
+        "measurements.t",
+    ),
     (json.dumps(event(measurements={"t": 10**400})).encode(), "measurements.t"),
     (json.dumps(event(measurements={f"m{i}": 1.0 for i in range(65)})).encode(), "at most 64"),
     (json.dumps(event(attributes={"a": 1})).encode(), "attributes.a"),
@@ -209,6 +228,8 @@ def test_a_lone_event_object_is_judged_as_the_same_event_inside_an_array(changes
     for alone, inside in zip(lone.errs, in_array.errs, strict=True):
         assert alone.index is None and alone.event_id == inside.event_id
         if inside.index is None:  # not JSON at all (NaN, Infinity): both bodies are refused whole, for that reason
-            assert alone.reason.startswith("body is not valid JSON") and inside.reason.startswith("body is not valid JSON")
+            assert alone.reason.startswith("body is not valid JSON") and inside.reason.startswith(
+                "body is not valid JSON"
+            )
         else:
             assert alone.reason == inside.reason.replace("element 0", "event", 1)

@@ -179,7 +179,9 @@ def test_the_configmap_is_valid_azure_settings() -> None:
     assert settings.cassandra.port == 10350 and settings.cassandra.tls
     assert settings.cassandra.password is None and settings.cassandra.password_secret
     # Azure Managed Redis: TLS on 10000 (Azure Cache for Redis, 6380, stays accepted through an overlay).
-    assert re.fullmatch(r"rediss://[a-z0-9-]+\.[a-z0-9]+\.redis\.azure\.net:10000", settings.redis.url), settings.redis.url
+    assert re.fullmatch(r"rediss://[a-z0-9-]+\.[a-z0-9]+\.redis\.azure\.net:10000", settings.redis.url), (
+        settings.redis.url
+    )
     assert settings.redis.password is None and settings.redis.password_secret
     assert settings.postgres.sslmode == "require"
     assert settings.postgres.password is None and settings.postgres.password_secret

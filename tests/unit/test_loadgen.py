@@ -22,7 +22,9 @@ def _generate(n: int, **spec) -> list:
 
 
 def _parse(planned) -> tuple:
-    records = [RawRecord(p.body, EventMetadata(partition_key=p.device_id, sequence_number=i)) for i, p in enumerate(planned)]
+    records = [
+        RawRecord(p.body, EventMetadata(partition_key=p.device_id, sequence_number=i)) for i, p in enumerate(planned)
+    ]
     return parse_records(records, limits=Limits())
 
 

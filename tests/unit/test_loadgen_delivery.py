@@ -26,8 +26,15 @@ class FakeProbe:
         self.rows = [Row(uuid.UUID(r["event_id"]), r["device_id"],
                          datetime.fromisoformat(r["timestamp"]).replace(tzinfo=None), r["critical"], r["measurements"])
                      for r in expected.valid.values()]
-        self.letters = [{"kind": "rejected", "original_text": r["body"], "reason": f"event is invalid: {r['reason']}: x",
-                         "blob": f"rejected/{i}"} for i, r in enumerate(expected.invalid)]
+        self.letters = [
+            {
+                "kind": "rejected",
+                "original_text": r["body"],
+                "reason": f"event is invalid: {r['reason']}: x",
+                "blob": f"rejected/{i}",
+            }
+            for i, r in enumerate(expected.invalid)
+        ]
         self.latest_ids = {d: r["event_id"] for d, r in expected.latest_by_device().items()}
         self.redis_ids = set(expected.critical)
         # What enrichment writes, computed here independently of window_figures.

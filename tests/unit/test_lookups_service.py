@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from shared.domain.stored import StoredEvent
 from shared.exceptions import DependencyUnavailable
 from shared.ports.cache import SINCE_ALL, Cached
-from shared.ports.stored import StoredEvent
 from shared.services.lookups import (
     BadParameter,
     LookupService,
@@ -135,7 +135,7 @@ def test_not_found_is_cached_with_the_negative_ttl():
 
 def test_redis_down_bypasses_to_cassandra_and_retries_redis_after_the_pause():
     e = ev()
-    service, cache, reader, clock = make([e])
+    service, cache, _reader, clock = make([e])
     cache.down = True
     first = service.latest("d1")
     assert first.cache == "bypass" and first.document == e.to_json()
@@ -196,7 +196,7 @@ def test_a_failed_read_is_shared_by_the_waiting_requests():
 
 def test_critical_reads_at_least_the_cap_and_says_what_the_fill_covers():
     crit = [ev(minutes=i, critical=True) for i in range(5)]
-    service, cache, reader, _ = make([*crit, ev(minutes=10)], critical_cap=3)
+    service, cache, _reader, _ = make([*crit, ev(minutes=10)], critical_cap=3)
     answer = service.critical("d1", limit=2)
     assert answer.cache == "miss"
     assert answer.document.count('"event_id"') == 2
@@ -213,7 +213,7 @@ def test_critical_of_an_unknown_device_is_not_found():
 
 
 def test_health_reports_each_dependency():
-    service, cache, reader, _ = make()
+    service, cache, _reader, _ = make()
     assert service.health()[0] is True
     cache.down = True
     healthy, body = service.health()

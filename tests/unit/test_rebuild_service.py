@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from shared.domain.stored import StoredEvent
 from shared.ports.rebuild import Build, DeviceRow
-from shared.ports.stored import StoredEvent
 from shared.services.rebuild import RebuildService, TokenBucket, token_fraction
 
 

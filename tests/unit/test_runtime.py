@@ -1,4 +1,4 @@
-"""The worker's own settings take effect when its settings are first loaded."""
+"""The worker's own settings take effect when the worker starts (explicitly), not when settings are read."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def collector():
     gc.set_threshold(*before)
 
 
-def test_loading_the_settings_sets_the_young_generation_threshold(collector, monkeypatch):
+def test_starting_the_worker_sets_the_young_generation_threshold_and_reading_settings_does_not(collector,
+                                                                                                  monkeypatch):
     gc.set_threshold(700, 10, 10)
     for name, value in SAMPLE.items():
         monkeypatch.setenv(name, value)
@@ -30,6 +31,8 @@ def test_loading_the_settings_sets_the_young_generation_threshold(collector, mon
     bootstrap.reset()
     try:
         assert bootstrap.settings().worker.gc_young_threshold == 12345
+        assert gc.get_threshold() == (700, 10, 10)  # no side effect of reading settings
+        bootstrap.dead_letter_sink()  # the first service built starts the worker
         assert gc.get_threshold() == (12345, 10, 10)  # the older generations keep their thresholds
     finally:
         bootstrap.reset()

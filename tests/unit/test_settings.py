@@ -29,17 +29,26 @@ def test_the_sample_is_valid_as_it_stands():
 
 
 def test_every_missing_or_bad_value_is_listed_in_one_error():
-    values = dict(SAMPLE, SLUICE_CASSANDRA_PORT="ninety", SLUICE_REDIS_URL="http://cache", SLUICE_INGEST_MAX_BODY_BYTES="1")
+    values = dict(
+        SAMPLE, SLUICE_CASSANDRA_PORT="ninety", SLUICE_REDIS_URL="http://cache", SLUICE_INGEST_MAX_BODY_BYTES="1"
+    )
     del values["AzureWebJobsStorage"]
     with pytest.raises(ConfigurationError) as caught:
         load_settings(values)
     message = str(caught.value)
-    for variable in ("AzureWebJobsStorage", "SLUICE_CASSANDRA_PORT", "SLUICE_REDIS_URL", "SLUICE_INGEST_MAX_BODY_BYTES"):
+    for variable in (
+        "AzureWebJobsStorage",
+        "SLUICE_CASSANDRA_PORT",
+        "SLUICE_REDIS_URL",
+        "SLUICE_INGEST_MAX_BODY_BYTES",
+    ):
         assert variable in message
 
 
 def test_a_key_vault_secret_name_needs_a_vault():
-    with pytest.raises(ConfigurationError, match="SLUICE_KEYVAULT_URL is required because SLUICE_POSTGRES_PASSWORD_SECRET"):
+    with pytest.raises(
+        ConfigurationError, match="SLUICE_KEYVAULT_URL is required because SLUICE_POSTGRES_PASSWORD_SECRET"
+    ):
         load_settings(dict(SAMPLE, SLUICE_POSTGRES_PASSWORD_SECRET="pg-password"))
 
 
@@ -71,20 +80,45 @@ def test_storage_takes_an_identity_based_connection_as_the_functions_host_does()
     assert load_settings(SAMPLE).storage.blob_endpoint is None  # a connection string: no identity endpoint
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({}, "AzureWebJobsStorage is not set"),
-    ({"AzureWebJobsStorage": "UseDevelopmentStorage=true", "AzureWebJobsStorage__accountName": "fleet1"},
-     "AzureWebJobsStorage (a connection string) and AzureWebJobsStorage__accountName are both set"),
-    ({"AzureWebJobsStorage__accountName": "fleet1", "AzureWebJobsStorage__blobServiceUri": "https://fleet1.example"},
-     "AzureWebJobsStorage__accountName and AzureWebJobsStorage__blobServiceUri are both set"),
-    ({"AzureWebJobsStorage__blobServiceUri": "http://127.0.0.1:10000/devstoreaccount1"},
-     "AzureWebJobsStorage__blobServiceUri: must be an https:// URL"),
-    ({"AzureWebJobsStorage__accountName": "Fleet_1"}, "AzureWebJobsStorage__accountName: String should match"),
-    ({"AzureWebJobsStorage__accountName": "fleet1", "AzureWebJobsStorage__clientId": "0f1e"},
-     "AzureWebJobsStorage__clientId needs AzureWebJobsStorage__credential=managedidentity"),
-    ({"AzureWebJobsStorage__accountName": "fleet1", "AzureWebJobsStorage__credential": "secret"},
-     "AzureWebJobsStorage__credential: Input should be 'managedidentity'"),
-], ids=["neither", "both kinds", "two endpoints", "plain http", "bad account name", "client id alone", "bad credential"])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({}, "AzureWebJobsStorage is not set"),
+        (
+            {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "AzureWebJobsStorage__accountName": "fleet1"},
+            "AzureWebJobsStorage (a connection string) and AzureWebJobsStorage__accountName are both set",
+        ),
+        (
+            {
+                "AzureWebJobsStorage__accountName": "fleet1",
+                "AzureWebJobsStorage__blobServiceUri": "https://fleet1.example",
+            },
+            "AzureWebJobsStorage__accountName and AzureWebJobsStorage__blobServiceUri are both set",
+        ),
+        (
+            {"AzureWebJobsStorage__blobServiceUri": "http://127.0.0.1:10000/devstoreaccount1"},
+            "AzureWebJobsStorage__blobServiceUri: must be an https:// URL",
+        ),
+        ({"AzureWebJobsStorage__accountName": "Fleet_1"}, "AzureWebJobsStorage__accountName: String should match"),
+        (
+            {"AzureWebJobsStorage__accountName": "fleet1", "AzureWebJobsStorage__clientId": "0f1e"},
+            "AzureWebJobsStorage__clientId needs AzureWebJobsStorage__credential=managedidentity",
+        ),
+        (
+            {"AzureWebJobsStorage__accountName": "fleet1", "AzureWebJobsStorage__credential": "secret"},
+            "AzureWebJobsStorage__credential: Input should be 'managedidentity'",
+        ),
+    ],
+    ids=[
+        "neither",
+        "both kinds",
+        "two endpoints",
+        "plain http",
+        "bad account name",
+        "client id alone",
+        "bad credential",
+    ],
+)
 def test_a_storage_connection_that_cannot_work_is_named(values: dict[str, str], message: str):
     with pytest.raises(ConfigurationError) as caught:
         _storage(**values)

@@ -7,9 +7,9 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from shared.domain.stored import StoredEvent
 from shared.exceptions import DependencyUnavailable
 from shared.ports.dashboard import BucketFigures, BucketRead, Position
-from shared.ports.stored import StoredEvent
 from shared.services.history import BadToken, HistoryService, TokenSigner
 from shared.services.status import NoLagReader, StatusService, p99
 

@@ -23,10 +23,11 @@ import struct
 from collections.abc import Callable
 from datetime import date, datetime
 from operator import methodcaller
+from typing import Any
 
 from cassandra import cqltypes, marshal
 
-from shared.domain.timebuckets import milliseconds
+from shared.domain.times import to_ms
 
 Serializer = Callable[[object], bytes]
 
@@ -42,7 +43,8 @@ def serializer(cql_type: type[cqltypes._CassandraType], protocol_version: int) -
     """A one-argument serializer for ``cql_type``, equal in output to ``cql_type.serialize``."""
 
     def driver(value: object) -> bytes:
-        return cql_type.serialize(value, protocol_version)
+        serialized: bytes = cql_type.serialize(value, protocol_version)
+        return serialized
 
     if protocol_version < 3:
         return driver
@@ -81,7 +83,7 @@ def _timestamp(driver: Serializer) -> Serializer:
         # The driver computes seconds * 1e3 + microseconds / 1e3 in floating point and truncates: for a
         # whole number of milliseconds (all Sluice binds) that is exactly the floor division below.
         if type(value) is datetime and not value.microsecond % 1000:
-            return _INT64(milliseconds(value))
+            return _INT64(to_ms(value))
         return driver(value)
 
     return serialize
@@ -97,7 +99,7 @@ def _date(driver: Serializer) -> Serializer:
 
 
 def _text(value: object) -> bytes:
-    encoded = value.encode()  # type: ignore[attr-defined]  # AttributeError: not a str, the driver decides
+    encoded: bytes = value.encode()  # type: ignore[attr-defined]  # AttributeError: not a str, the driver decides
     return _INT32(len(encoded)) + encoded
 
 
@@ -110,10 +112,10 @@ def _text_double_map(driver: Serializer) -> Serializer:
     packs exactly as the driver's ``double_pack``; a value it refuses (``None``,
     a string) goes to the driver, which decides what that means.
     """
-    layouts: dict[tuple, tuple[Callable[..., bytes], list]] = {}
+    layouts: dict[tuple[str, ...], tuple[Callable[..., bytes], list[Any]]] = {}
 
-    def layout(keys: tuple) -> tuple[Callable[..., bytes], list]:
-        args: list = []
+    def layout(keys: tuple[str, ...]) -> tuple[Callable[..., bytes], list[Any]]:
+        args: list[Any] = []
         for index, key in enumerate(keys):
             encoded = key.encode()
             head = _INT32(len(keys)) if index == 0 else b""

@@ -18,16 +18,15 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
-from cassandra.cluster import ResponseFuture, Session
-from cassandra.query import PreparedStatement
+from cassandra.cluster import ResponseFuture, ResultSet, Session
 
-from shared.adapters.cassandra.reader import CASSANDRA_ERRORS, EVENT_SELECT, describe, stored_event
-from shared.exceptions import DependencyUnavailable
-from shared.lazy import Once
+from shared.adapters.cassandra.query import Queries, translated
+from shared.adapters.cassandra.reader import EVENT_SELECT, stored_event
+from shared.domain.stored import StoredEvent
+from shared.domain.times import from_ms, to_ms, utc
 from shared.ports.dashboard import BucketFigures, BucketRead, Position
-from shared.ports.stored import StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -40,34 +39,6 @@ _STATEMENTS = {
     "history_tie": _HISTORY + " AND event_time = ? AND event_id > ? LIMIT ?",
     "feed": "SELECT watermark, updated_at FROM {ks}.feed_state WHERE name = ?",
 }
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
-
-
-class _Prepared:
-    def __init__(self, session: Callable[[], Session], keyspace: str, timeout: float) -> None:
-        self._connect = session
-        self._keyspace = keyspace
-        self.timeout = timeout
-        self._statements = Once(self._prepare)
-
-    def _prepare(self) -> dict[str, PreparedStatement]:
-        session = self._connect()
-        prepared = {}
-        for name, cql in _STATEMENTS.items():
-            statement = session.prepare(cql.format(ks=self._keyspace))
-            statement.is_idempotent = True
-            prepared[name] = statement
-        return prepared
-
-    def session(self) -> Session:
-        return self._connect()
-
-    def __getitem__(self, name: str) -> PreparedStatement:
-        return self._statements.get()[name]
 
 
 class CassandraArrivalStats:
@@ -75,7 +46,7 @@ class CassandraArrivalStats:
 
     def __init__(self, session: Callable[[], Session], keyspace: str, *, bucket_seconds: int, shards: int,
                  sample: int = 128, timeout: float = 2.0) -> None:
-        self._db = _Prepared(session, keyspace, timeout)
+        self._db = Queries(session, keyspace, _STATEMENTS, timeout=timeout)
         self._bucket_seconds = bucket_seconds
         self._shards = shards
         self._sample = sample
@@ -85,10 +56,10 @@ class CassandraArrivalStats:
         return self._bucket_seconds
 
     def buckets(self, reads: Sequence[BucketRead]) -> list[BucketFigures]:
-        session = self._db.session()
-        count, sample = self._db["count"], self._db["sample"]
         futures: list[tuple[int, bool, ResponseFuture]] = []
-        try:
+        with translated(f"reading {len(reads)} arrival buckets"):
+            session = self._db.session()
+            count, sample = self._db.statement("count"), self._db.statement("sample")
             for index, read in enumerate(reads):
                 since = read.since if read.since is not None and read.since > read.start else read.start
                 for shard in range(self._shards):
@@ -97,9 +68,8 @@ class CassandraArrivalStats:
                     if read.sample:
                         futures.append((index, False, session.execute_async(
                             sample, (read.start, shard, since, self._sample), timeout=self._db.timeout)))
-            results = [(index, is_count, future.result()) for index, is_count, future in futures]
-        except CASSANDRA_ERRORS as exc:
-            raise _failed(f"reading {len(reads)} arrival buckets", exc) from exc
+            results: list[tuple[int, bool, ResultSet]] = [(index, is_count, future.result())
+                                                           for index, is_count, future in futures]
         events = [0] * len(reads)
         delays: list[list[float]] = [[] for _ in reads]
         for index, is_count, rows in results:
@@ -108,8 +78,7 @@ class CassandraArrivalStats:
                 continue
             for row in rows:
                 if row.written is not None and row.enqueued_at is not None:
-                    enqueued_us = (_utc(row.enqueued_at) - _EPOCH) // timedelta(microseconds=1)
-                    delays[index].append(max(0.0, (row.written - enqueued_us) / 1000.0))
+                    delays[index].append(max(0.0, row.written / 1000.0 - to_ms(row.enqueued_at)))
         return [BucketFigures(read.start, events[i], delays[i]) for i, read in enumerate(reads)]
 
 
@@ -117,43 +86,30 @@ class CassandraFeedPosition:
     """Implements ``shared.ports.dashboard.FeedPositionReader`` on ``feed_state``."""
 
     def __init__(self, session: Callable[[], Session], keyspace: str, feed_name: str, *, timeout: float = 2.0) -> None:
-        self._db = _Prepared(session, keyspace, timeout)
+        self._db = Queries(session, keyspace, _STATEMENTS, timeout=timeout)
         self._name = feed_name
 
     def change_feed(self) -> Position | None:
-        try:
-            row = self._db.session().execute(self._db["feed"], (self._name,), timeout=self._db.timeout).one()
-        except CASSANDRA_ERRORS as exc:
-            raise _failed(f"reading feed position {self._name!r}", exc) from exc
+        row = self._db.execute("feed", (self._name,), f"feed position {self._name!r}").one()
         if row is None:
             return None
-        return Position(_utc(row.watermark), _utc(row.updated_at))
+        return Position(utc(row.watermark), utc(row.updated_at))
 
 
 class CassandraDeviceHistory:
     """Implements ``shared.ports.dashboard.DeviceHistory`` on ``events_by_device``."""
 
     def __init__(self, session: Callable[[], Session], keyspace: str, *, timeout: float = 2.0) -> None:
-        self._db = _Prepared(session, keyspace, timeout)
+        self._db = Queries(session, keyspace, _STATEMENTS, timeout=timeout)
 
     def page(self, device_id: str, day: date, *, start: datetime, end: datetime,
              after: tuple[int, uuid.UUID] | None, limit: int) -> list[StoredEvent]:
         what = f"the history of device {device_id!r} on {day.isoformat()}"
-        try:
-            session = self._db.session()
-            rows = []
-            if after is not None:
-                at = _EPOCH + timedelta(milliseconds=after[0])
-                rows = list(session.execute(self._db["history_tie"], (device_id, day, at, after[1], limit),
-                                            timeout=self._db.timeout))
-                end = min(end, at - timedelta(milliseconds=1))
-            if len(rows) < limit and end >= start:
-                rows += list(session.execute(self._db["history"], (device_id, day, start, end, limit - len(rows)),
-                                             timeout=self._db.timeout))
-        except CASSANDRA_ERRORS as exc:
-            raise _failed("reading " + what, exc) from exc
+        rows = []
+        if after is not None:
+            at = from_ms(after[0])
+            rows = self._db.rows("history_tie", (device_id, day, at, after[1], limit), what)
+            end = min(end, at - timedelta(milliseconds=1))
+        if len(rows) < limit and end >= start:
+            rows += self._db.rows("history", (device_id, day, start, end, limit - len(rows)), what)
         return [stored_event(row) for row in rows]
-
-
-def _failed(what: str, exc: BaseException) -> DependencyUnavailable:
-    return DependencyUnavailable("cassandra", f"{what} failed: {describe(exc)}")

@@ -11,20 +11,17 @@ partition per device, paged by the driver.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from cassandra.cluster import Session
 from cassandra.murmur3 import murmur3
-from cassandra.query import PreparedStatement
 
-from shared.adapters.cassandra.reader import CASSANDRA_ERRORS, EVENT_SELECT, describe, stored_event
-from shared.exceptions import DependencyUnavailable
-from shared.lazy import Once
+from shared.adapters.cassandra.query import Queries
+from shared.adapters.cassandra.reader import EVENT_SELECT, stored_event
+from shared.domain.stored import StoredEvent
+from shared.domain.times import from_ms
 from shared.ports.cache import SINCE_ALL
 from shared.ports.rebuild import DeviceRow
-from shared.ports.stored import StoredEvent
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _STATEMENTS = {
     "first": f"SELECT {EVENT_SELECT} FROM {{ks}}.device_latest LIMIT ?",
@@ -37,7 +34,8 @@ _STATEMENTS = {
 
 def device_token(device_id: str) -> int:
     """The Murmur3 partitioner's token of a ``device_latest`` row."""
-    return murmur3(device_id.encode())
+    token: int = murmur3(device_id.encode())
+    return token
 
 
 class CassandraDeviceLog:
@@ -45,27 +43,10 @@ class CassandraDeviceLog:
 
     def __init__(self, session: Session | Callable[[], Session], keyspace: str, *, timeout: float = 10.0,
                  page_size: int = 1000) -> None:
-        self._connect: Callable[[], Session] = session if callable(session) else (lambda: session)
-        self._keyspace = keyspace
-        self._timeout = timeout
-        self._page_size = page_size
-        self._statements = Once(self._prepare)
+        self._queries = Queries(session, keyspace, _STATEMENTS, timeout=timeout, fetch_size=page_size)
 
-    def _prepare(self) -> dict[str, PreparedStatement]:
-        prepared = {}
-        session = self._connect()
-        for name, cql in _STATEMENTS.items():
-            statement = session.prepare(cql.format(ks=self._keyspace))
-            statement.is_idempotent = True
-            statement.fetch_size = self._page_size
-            prepared[name] = statement
-        return prepared
-
-    def _rows(self, name: str, params: tuple, what: str) -> list:
-        try:
-            return list(self._connect().execute(self._statements.get()[name], params, timeout=self._timeout))
-        except CASSANDRA_ERRORS as exc:
-            raise DependencyUnavailable("cassandra", f"reading {what} failed: {describe(exc)}") from exc
+    def _rows(self, name: str, params: tuple[Any, ...], what: str) -> list[Any]:
+        return self._queries.rows(name, params, what)
 
     def devices(self, after: int | None, limit: int) -> list[DeviceRow]:
         if after is None:
@@ -85,5 +66,5 @@ class CassandraDeviceLog:
         if since_ms <= SINCE_ALL:
             rows = self._rows("critical_all", (device_id,), what)
         else:
-            rows = self._rows("critical", (device_id, _EPOCH + timedelta(milliseconds=since_ms)), what)
+            rows = self._rows("critical", (device_id, from_ms(since_ms)), what)
         return [stored_event(row) for row in rows]

@@ -10,18 +10,19 @@ two events of one device in one millisecond never mix their cells.
 Statements are prepared on first use (not in ``__init__``) and marked
 idempotent. Every statement is a selection of one event's values (``_VALUES``),
 and the payload (measurements, attributes, Event Hubs metadata) goes into four
-or five tables; so each value is serialized once per event, by the column type
-the driver reads from the prepared metadata, and its bytes are shared by every
-statement that carries it. ``PreparedStatement.bind`` would serialize the
-measurements map once per table, which was most of the ingest CPU; a test holds
-the bytes to what the driver's ``bind`` makes. Writes go out concurrently
-(``execute_concurrent``), and rows of one partition (one device-day of
-``events_by_device``, one device of ``device_latest``, one bucket and shard of
-the time-bucketed tables) share an UNLOGGED batch: one partition is one
-mutation, so the batch costs the server nothing extra and saves a request per
-row (2.9 requests per event instead of 4.9 for a 256-event batch). Throttling is
-retried by the session's ``CosmosRetryPolicy``; what still fails raises
-``TransientError`` naming the events concerned.
+or five tables. On a driver version ``shared.adapters.cassandra.fast_bind`` was
+verified on, each value is serialized once per event, by the column type the
+driver reads from the prepared metadata, and its bytes are shared by every
+statement that carries it (``PreparedStatement.bind`` would serialize the
+measurements map once per table); on any other version, or with
+``fast_bind=False``, the driver binds the statements through its public API.
+Writes go out concurrently (``execute_concurrent``), and rows of one partition
+(one device-day of ``events_by_device``, one device of ``device_latest``, one
+bucket and shard of the time-bucketed tables) share an UNLOGGED batch: one
+partition is one mutation, so the batch costs the server nothing extra and
+saves a request per row. Throttling is retried by the session's
+``CosmosRetryPolicy``; what still fails raises ``TransientError`` naming the
+events concerned.
 """
 
 from __future__ import annotations
@@ -32,15 +33,18 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
+from typing import Any, cast
 
 from cassandra.cluster import Session
 from cassandra.concurrent import execute_concurrent
-from cassandra.query import BatchStatement, BatchType, BoundStatement, PreparedStatement
+from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
+from shared.adapters.cassandra import fast_bind as fast_path
 from shared.adapters.cassandra.codec import Serializer, serializer
+from shared.adapters.cassandra.layout import bucket_start_millis, day_of_millis, shard_of
 from shared.domain.events import Event
 from shared.domain.rules import Criticality, MeasurementRule
-from shared.domain.timebuckets import bucket_start_millis, day_of_millis, milliseconds, shard_of
+from shared.domain.times import to_ms
 from shared.exceptions import ConfigurationError, TransientError
 from shared.lazy import Once
 from shared.settings import CassandraSettings
@@ -53,6 +57,11 @@ _PAYLOAD = ("event_type", "severity", "critical", "measurements", "attributes", 
 _VALUES = ("event_id", "device_id", "event_time", "day", "time_bucket", "shard", "arrival_bucket", "arrival",
            "write_timestamp", *_PAYLOAD)
 _INDEX = {name: i for i, name in enumerate(_VALUES)}
+
+Values = list[Any]  # one event's values, in ``_VALUES`` order
+Serialized = list[bytes | None]  # the same, serialized for the wire
+Row = tuple[Values, Serialized | None]  # a row to plan: serialized on the fast bind path, else None
+Work = tuple[Any, Sequence[Any]]  # (statement, parameters) for execute_concurrent
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,7 @@ _INSERTS = {
 }
 def write_timestamp(event: Event) -> int:
     """Microseconds for ``USING TIMESTAMP``: the event time in ms, then 3 digits from the event id."""
-    return _write_timestamp(milliseconds(event.timestamp), event.event_id)
+    return _write_timestamp(to_ms(event.timestamp), event.event_id)
 
 
 def _write_timestamp(millis: int, event_id: uuid.UUID) -> int:
@@ -104,8 +113,8 @@ class _Prepared:
     picks: tuple[int, ...]
     # The bind variables of one event's values (a tuple: every INSERT has several columns), and its partition
     # key (a tuple, or the value itself for a one-column key: either serves as a dictionary key).
-    _pick: itemgetter = field(init=False, repr=False, compare=False)
-    partition: itemgetter = field(init=False, repr=False, compare=False)
+    _pick: itemgetter[Any] = field(init=False, repr=False, compare=False)
+    partition: itemgetter[Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # The partition key's bind variables, as the server's prepared metadata gives them; without them (a server
@@ -114,7 +123,7 @@ class _Prepared:
         object.__setattr__(self, "_pick", itemgetter(*self.picks))
         object.__setattr__(self, "partition", itemgetter(*(self.picks[i] for i in key)))
 
-    def pair(self, values: list, serialized: list[bytes | None] | None) -> tuple:
+    def pair(self, values: Values, serialized: Serialized | None) -> Work:
         """``(statement, parameters)`` for ``execute_concurrent`` and ``BatchStatement.add``.
 
         With ``serialized`` bytes: a statement bound as ``PreparedStatement.bind``
@@ -124,26 +133,14 @@ class _Prepared:
         pick = self._pick
         if serialized is None:
             return self.statement, list(pick(values))
-        bound = BoundStatement(self.statement)
-        # Tuples: the driver only reads a bound statement's values (to send them and to take the routing key);
-        # ``bind`` is the one place that appends, and it is not called here. ``raw_values``, as ``bind`` keeps
-        # what it was given.
-        bound.values = pick(serialized)
-        bound.raw_values = pick(values)
-        return bound, ()
+        return fast_path.bound(self.statement, pick(serialized), pick(values)), ()
 
-    def batch(self, rows: list[tuple[list, list[bytes | None] | None]]) -> BatchStatement:
+    def batch(self, rows: list[Row]) -> BatchStatement:
         """An unlogged batch of this INSERT for ``rows`` (each ``(values, serialized)``, as :meth:`pair` takes them).
 
-        The first row goes in through ``BatchStatement.add`` as a bound statement,
-        which gives the batch its routing key, keyspace and custom payload. Every
-        further row is of the same prepared INSERT, so all ``add`` would still do
-        is record ``(True, query id, values)``: that entry is recorded directly,
-        through the method ``add`` itself calls, which saves a ``BoundStatement``
-        and an ``add`` per row, about 3 us per event (an eighth of plan and bind).
-        ``tests/integration/test_event_store_binding.py`` holds every child to
-        what ``add`` makes of the driver's own bind, so a driver that records
-        children otherwise fails there, not in production.
+        The first row goes in through ``BatchStatement.add``, which gives the
+        batch its routing key, keyspace and custom payload. Serialized rows after
+        it go in through :func:`fast_path.add_rows`; unbound ones through ``add``.
         """
         batch = BatchStatement(batch_type=BatchType.UNLOGGED)
         batch.is_idempotent = True
@@ -153,16 +150,18 @@ class _Prepared:
             for values, serialized in rest:
                 batch.add(*self.pair(values, serialized))
             return batch
-        record, query_id, pick = batch._add_statement_and_params, self.statement.query_id, self._pick
-        for _, serialized in rest:
-            record(True, query_id, pick(serialized))
+        pick = self._pick
+        fast_path.add_rows(batch, self.statement, (pick(cast(Serialized, serialized)) for _, serialized in rest))
         return batch
 
 
 class CassandraEventStore:
     """Implements ``shared.ports.ingest.EventStore`` on Cassandra / Cosmos DB."""
 
-    def __init__(self, session: Session, settings: CassandraSettings, rules: Sequence[MeasurementRule] = ()) -> None:
+    def __init__(self, session: Session, settings: CassandraSettings, rules: Sequence[MeasurementRule] = (), *,
+                 fast_bind: bool = True) -> None:
+        """``fast_bind=False`` always binds through the driver's public API (the reference the binding test uses)."""
+        self._fast_bind = fast_bind and fast_path.SUPPORTED
         self._session = session
         self._settings = settings
         self._critical = Criticality(rules)
@@ -193,27 +192,27 @@ class CassandraEventStore:
                 + (" ..." if len(ids) > 20 else "")
             )
 
-    def plan(self, events: Sequence[Event], *, bind: bool = True) -> tuple[list[tuple], list[tuple]]:
+    def plan(self, events: Sequence[Event]) -> tuple[list[Work], list[tuple[uuid.UUID, ...]]]:
         """The (statement, parameters) pairs that store ``events``, and for each the event ids it carries.
 
-        With ``bind`` (the write path) every statement comes back bound, with empty
-        parameters; without it, as prepared statement and parameter list, for the
-        driver to bind (the raw-driver baseline of ``bench ingest``, and the
-        reference the binding test compares with).
+        On the fast bind path every statement comes back bound, with empty
+        parameters; on the public path, as prepared statement and parameter list,
+        for the driver to bind.
         """
         statements = self._statements.get()
-        bind = bind and statements.serializable
+        bind = self._fast_bind and statements.serializable
         serialize = statements.serialize
         by_id = statements.inserts["by_id"]
         # Every other table groups its rows by partition: per table, partition key -> the positions of the events
         # whose rows it holds, in the order the events came. events_by_id has one row per partition (event ids are
         # unique in a batch), so it is not grouped.
-        tables = [(statements.inserts[name], {}) for name in ("latest", "by_time", "by_arrival", "by_device")]
+        tables: list[tuple[_Prepared, dict[Any, list[int]]]] = [
+            (statements.inserts[name], {}) for name in ("latest", "by_time", "by_arrival", "by_device")]
         with_critical = [*tables, (statements.inserts["critical"], {})]
-        rows: list[tuple[list, list[bytes | None] | None]] = []
-        event_ids = []
-        work: list[tuple] = []
-        owners: list[tuple] = []
+        rows: list[Row] = []
+        event_ids: list[uuid.UUID] = []
+        work: list[Work] = []
+        owners: list[tuple[uuid.UUID, ...]] = []
         for position, event in enumerate(events):
             values = self._values(event)
             serialized = serialize(values, event) if bind else None
@@ -243,7 +242,7 @@ class CassandraEventStore:
                     owners.append(tuple(map(event_ids.__getitem__, chunk)))
         return work, owners
 
-    def _values(self, event: Event) -> list:
+    def _values(self, event: Event) -> Values:
         """The event's values in ``_VALUES`` order: keys, buckets, write timestamp, then the payload.
 
         Timestamps are whole milliseconds since the epoch, which is what Cassandra
@@ -252,15 +251,29 @@ class CassandraEventStore:
         """
         body, meta, cfg = event.body, event.metadata, self._settings
         event_id = body.event_id
-        at = milliseconds(body.timestamp)
-        enqueued = None if meta.enqueued_time is None else milliseconds(meta.enqueued_time)
+        at = to_ms(body.timestamp)
+        enqueued = None if meta.enqueued_time is None else to_ms(meta.enqueued_time)
         arrival = at if enqueued is None else enqueued
         return [
-            event_id, body.device_id, at, day_of_millis(at), bucket_start_millis(at, cfg.bucket_seconds),
-            shard_of(event_id, cfg.shards), bucket_start_millis(arrival, cfg.bucket_seconds), arrival,
-            _write_timestamp(at, event_id), body.event_type, body.severity, self._critical(body.severity, body.measurements),
-            body.measurements or None, body.attributes or None, body.schema_version,
-            meta.partition_id, meta.offset, meta.sequence_number, enqueued,
+            event_id,
+            body.device_id,
+            at,
+            day_of_millis(at),
+            bucket_start_millis(at, cfg.bucket_seconds),
+            shard_of(event_id, cfg.shards),
+            bucket_start_millis(arrival, cfg.bucket_seconds),
+            arrival,
+            _write_timestamp(at, event_id),
+            body.event_type,
+            body.severity,
+            self._critical(body.severity, body.measurements),
+            body.measurements or None,
+            body.attributes or None,
+            body.schema_version,
+            meta.partition_id,
+            meta.offset,
+            meta.sequence_number,
+            enqueued,
         ]
 
 
@@ -273,13 +286,13 @@ class _Statements:
     """The prepared INSERTs, and a serializer for each of an event's values, by the prepared metadata's CQL type."""
 
     inserts: dict[str, _Prepared]
-    types: tuple[type, ...]
+    types: tuple[Any, ...]  # the driver's CQL type classes
     serializers: tuple[Serializer, ...]
     serializable: bool
 
     @classmethod
     def of(cls, inserts: dict[str, _Prepared]) -> _Statements:
-        types: dict[int, type] = {}
+        types: dict[int, Any] = {}
         for name, prepared in inserts.items():
             for pick, column in zip(prepared.picks, prepared.statement.column_metadata, strict=True):
                 known = types.setdefault(pick, column.type)
@@ -294,7 +307,7 @@ class _Statements:
         serializable = all(p.statement.column_encryption_policy is None for p in inserts.values())
         return cls(inserts, ordered, tuple(serializer(t, protocol_version) for t in ordered), serializable)
 
-    def serialize(self, values: list, event: Event) -> list[bytes | None]:
+    def serialize(self, values: Values, event: Event) -> Serialized:
         """Each value's bytes as the driver's ``bind`` would make them (``None`` stays null)."""
         try:
             return [None if value is None else serialize(value)

@@ -31,26 +31,27 @@ from datetime import UTC, datetime, timedelta
 
 from cassandra import InvalidRequest, WriteTimeout
 from cassandra.cluster import Session
-from cassandra.concurrent import execute_concurrent
-from cassandra.query import PreparedStatement, SimpleStatement
+from cassandra.query import SimpleStatement
 
-from shared.adapters.cassandra.reader import CASSANDRA_ERRORS, EVENT_SELECT, describe, stored_event
-from shared.domain.timebuckets import bucket_start
+from shared.adapters.cassandra.layout import bucket_start
+from shared.adapters.cassandra.query import CASSANDRA_ERRORS, DEPENDENCY, Queries, describe, unavailable
+from shared.adapters.cassandra.reader import EVENT_SELECT, stored_event
+from shared.domain.times import rfc3339, utc
 from shared.exceptions import DependencyUnavailable
-from shared.lazy import Once
 from shared.ports.feed import ContinuationRejected, FeedPage, FeedPosition, SavedPosition
 
 logger = logging.getLogger(__name__)
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+_BY_ARRIVAL = (f"SELECT {EVENT_SELECT} FROM {{ks}}.events_by_arrival_bucket "
+               "WHERE bucket = ? AND shard = ? AND enqueued_at >= ? AND enqueued_at < ?")
+_FEED_STATE = {
+    "load": "SELECT start_time, paging_state, watermark, version FROM {ks}.feed_state WHERE name = ?",
+    "insert": ("INSERT INTO {ks}.feed_state (name, start_time, paging_state, watermark, version, updated_at) "
+               "VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS"),
+    "update": ("UPDATE {ks}.feed_state SET start_time = ?, paging_state = ?, watermark = ?, version = ?, "
+               "updated_at = ? WHERE name = ? IF version = ?"),
+}
 
 
 class CosmosChangeFeed:
@@ -64,7 +65,7 @@ class CosmosChangeFeed:
         self._lookback = timedelta(seconds=lookback_seconds)
 
     def initial_position(self, now: datetime) -> FeedPosition:
-        return FeedPosition(start_time=_utc(now) - self._lookback)  # type: ignore[operator]
+        return FeedPosition(start_time=utc(now) - self._lookback)
 
     def rewind(self, position: FeedPosition) -> FeedPosition:
         return position
@@ -81,9 +82,9 @@ class CosmosChangeFeed:
         except InvalidRequest as exc:
             if position.paging_state is not None:
                 raise ContinuationRejected(f"the change feed refused the saved continuation: {exc}") from exc
-            raise DependencyUnavailable("cassandra", f"change feed query refused: {exc}") from exc
+            raise DependencyUnavailable(DEPENDENCY, f"change feed query refused: {exc}") from exc
         except CASSANDRA_ERRORS as exc:
-            raise DependencyUnavailable("cassandra", f"reading the change feed failed: {describe(exc)}") from exc
+            raise unavailable("reading the change feed", exc) from exc
         rows = result.current_rows  # one page: never iterate the ResultSet (the feed pages forever)
         paging_state = result.paging_state
         if paging_state is None:  # Cosmos always returns one; without it we cannot move on safely
@@ -98,34 +99,24 @@ class PortableChangeFeed:
 
     def __init__(self, session: Session, keyspace: str, *, bucket_seconds: int, shards: int,
                  lookback_seconds: int = 3600, overlap_seconds: int = 60, max_span_seconds: int = 3600,
-                 concurrency: int = 16) -> None:
-        self._session = session
-        self._keyspace = keyspace
+                 concurrency: int = 16, timeout: float = 10.0) -> None:
+        self._queries = Queries(session, keyspace, {"bucket": _BY_ARRIVAL}, timeout=timeout)
         self._bucket_seconds = bucket_seconds
         self._shards = shards
         self._lookback = timedelta(seconds=lookback_seconds)
         self._overlap = timedelta(seconds=overlap_seconds)
         self._max_span = timedelta(seconds=max_span_seconds)
         self._concurrency = concurrency
-        self._statement = Once(self._prepare)
-
-    def _prepare(self) -> PreparedStatement:
-        statement = self._session.prepare(
-            f"SELECT {EVENT_SELECT} FROM {self._keyspace}.events_by_arrival_bucket "
-            "WHERE bucket = ? AND shard = ? AND enqueued_at >= ? AND enqueued_at < ?"
-        )
-        statement.is_idempotent = True
-        return statement
 
     def initial_position(self, now: datetime) -> FeedPosition:
-        start = _utc(now) - self._lookback  # type: ignore[operator]
+        start = utc(now) - self._lookback
         return FeedPosition(watermark=start, cursor=start)
 
     def rewind(self, position: FeedPosition) -> FeedPosition:
         if position.watermark is None:  # e.g. a position saved in cosmos mode: start at the lookback
             return FeedPosition()
-        watermark = _utc(position.watermark)
-        return FeedPosition(watermark=watermark, cursor=watermark - self._overlap)  # type: ignore[operator]
+        watermark = utc(position.watermark)
+        return FeedPosition(watermark=watermark, cursor=watermark - self._overlap)
 
     def read_page(self, position: FeedPosition, *, now: datetime, timeout: float) -> FeedPage:
         """Every row enqueued in ``[cursor, end)``, where ``end`` is the cursor's bucket end, capped at ``now``.
@@ -133,26 +124,22 @@ class PortableChangeFeed:
         The watermark after the page is ``max(watermark, end)``: re-reading the
         overlap never moves it back. A run stops at its horizon, fixed on its first
         page: ``now``, or ``max_span`` past the watermark it started from, so a
-        far-behind feed advances in bounded steps.
+        far-behind feed advances in bounded steps. The shards are read concurrently,
+        all within ``timeout``: a slow store raises ``DependencyUnavailable`` then.
         """
-        now = _utc(now)  # type: ignore[assignment]
-        watermark = _utc(position.watermark) or self.initial_position(now).watermark
-        cursor = _utc(position.cursor) or watermark
+        now = utc(now)
+        watermark = utc(position.watermark) or self.initial_position(now).watermark
+        cursor = utc(position.cursor) or watermark
         assert watermark is not None and cursor is not None
-        horizon = _utc(position.horizon) or min(now, max(watermark, cursor) + self._max_span)
+        horizon = utc(position.horizon) or min(now, max(watermark, cursor) + self._max_span)
         if cursor >= horizon:
             return FeedPage([], FeedPosition(watermark=watermark, cursor=cursor, horizon=horizon), caught_up=True)
         bucket = bucket_start(cursor, self._bucket_seconds)
         end = min(bucket + timedelta(seconds=self._bucket_seconds), horizon)
-        statement = self._statement.get()
-        work = [(statement, (bucket, shard, cursor, end)) for shard in range(self._shards)]
-        try:
-            results = execute_concurrent(self._session, work, concurrency=self._concurrency,
-                                         raise_on_first_error=True, results_generator=False)
-        except CASSANDRA_ERRORS as exc:
-            raise DependencyUnavailable("cassandra", f"reading arrival bucket {_iso(bucket)} failed: "
-                                                     f"{describe(exc)}") from exc
-        events = [stored_event(row) for _, rows in results for row in rows]
+        partitions = [(bucket, shard, cursor, end) for shard in range(self._shards)]
+        results = self._queries.fan_out("bucket", partitions, f"arrival bucket {rfc3339(bucket)}",
+                                        concurrency=self._concurrency, budget=timeout)
+        events = [stored_event(row) for rows in results for row in rows]
         events.sort(key=lambda e: (e.enqueued_time or e.event_time, str(e.event_id)))
         after = FeedPosition(watermark=max(watermark, end), cursor=end, horizon=horizon)
         return FeedPage(events, after, caught_up=end >= horizon)
@@ -162,50 +149,32 @@ class CassandraFeedStateStore:
     """Implements ``shared.ports.feed.FeedStateStore`` on ``feed_state`` with lightweight transactions."""
 
     def __init__(self, session: Session, keyspace: str, *, timeout: float = 10.0) -> None:
-        self._session = session
-        self._keyspace = keyspace
-        self._timeout = timeout
-        self._statements = Once(self._prepare)
-
-    def _prepare(self) -> dict[str, PreparedStatement]:
-        ks = self._keyspace
-        return {
-            "load": self._session.prepare(
-                f"SELECT start_time, paging_state, watermark, version FROM {ks}.feed_state WHERE name = ?"),
-            "insert": self._session.prepare(
-                f"INSERT INTO {ks}.feed_state (name, start_time, paging_state, watermark, version, "
-                "updated_at) VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS"),
-            "update": self._session.prepare(
-                f"UPDATE {ks}.feed_state SET start_time = ?, paging_state = ?, watermark = ?, version = ?, "
-                "updated_at = ? WHERE name = ? IF version = ?"),
-        }
+        # Not idempotent: a compare-and-set retried after a write timeout could apply twice.
+        self._queries = Queries(session, keyspace, _FEED_STATE, timeout=timeout, idempotent=False)
 
     def load(self, name: str) -> SavedPosition | None:
-        try:
-            row = self._session.execute(self._statements.get()["load"], (name,), timeout=self._timeout).one()
-        except CASSANDRA_ERRORS as exc:
-            raise DependencyUnavailable("cassandra", f"loading feed position {name!r} failed: {describe(exc)}") from exc
+        row = self._queries.execute("load", (name,), f"feed position {name!r}").one()
         if row is None:
             return None
-        position = FeedPosition(start_time=_utc(row.start_time), paging_state=row.paging_state,
-                                watermark=_utc(row.watermark))
+        position = FeedPosition(start_time=utc(row.start_time), paging_state=row.paging_state,
+                                watermark=utc(row.watermark))
         return SavedPosition(position, row.version or 0)
 
     def save(self, name: str, position: FeedPosition, expected_version: int) -> int | None:
         new_version = expected_version + 1
         values = (position.start_time, position.paging_state, position.watermark, new_version, datetime.now(UTC))
-        statements = self._statements.get()
+        session, timeout = self._queries.session(), self._queries.timeout
         try:
             if expected_version == 0:
-                result = self._session.execute(statements["insert"], (name, *values), timeout=self._timeout)
+                result = session.execute(self._queries.statement("insert"), (name, *values), timeout=timeout)
             else:
-                result = self._session.execute(statements["update"], (*values, name, expected_version),
-                                               timeout=self._timeout)
+                result = session.execute(self._queries.statement("update"), (*values, name, expected_version),
+                                         timeout=timeout)
         except WriteTimeout as exc:
-            raise DependencyUnavailable("cassandra", f"saving feed position {name!r}: outcome unknown "
-                                                     f"({describe(exc)})") from exc
+            raise DependencyUnavailable(DEPENDENCY, f"saving feed position {name!r}: outcome unknown "
+                                                    f"({describe(exc)})") from exc
         except CASSANDRA_ERRORS as exc:
-            raise DependencyUnavailable("cassandra", f"saving feed position {name!r} failed: {describe(exc)}") from exc
+            raise unavailable(f"saving feed position {name!r}", exc) from exc
         if not result.was_applied:
             return None
         return new_version

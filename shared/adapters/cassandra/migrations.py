@@ -63,7 +63,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     PRIMARY KEY ((bucket, shard), event_time, event_id)
 )""",
             f"""CREATE TABLE IF NOT EXISTS {{ks}}.events_by_arrival_bucket (
-    bucket timestamp, shard int, enqueued_at timestamp, event_id uuid, device_id text, event_time timestamp,{EVENT_COLUMNS},
+    bucket timestamp, shard int, enqueued_at timestamp, event_id uuid, device_id text,
+    event_time timestamp,{EVENT_COLUMNS},
     PRIMARY KEY ((bucket, shard), enqueued_at, event_id)
 )""",
             f"""CREATE TABLE IF NOT EXISTS {{ks}}.critical_events_by_device (
@@ -95,7 +96,8 @@ def apply_migrations(session: Session, settings: CassandraSettings) -> list[int]
         session.execute(statement, timeout=timeout)
 
     ddl(f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}")
-    ddl(f"CREATE TABLE IF NOT EXISTS {ks}.schema_migrations (version int PRIMARY KEY, description text, applied_at timestamp)")
+    ddl(f"CREATE TABLE IF NOT EXISTS {ks}.schema_migrations "
+        "(version int PRIMARY KEY, description text, applied_at timestamp)")
     ddl(f"CREATE TABLE IF NOT EXISTS {ks}.sluice_meta (key text PRIMARY KEY, value text)")
     _check_layout(session, settings)
     done = {row.version for row in session.execute(f"SELECT version FROM {ks}.schema_migrations")}

@@ -1,9 +1,10 @@
 """``CassandraEventReader``: the lookups' point reads, each bounded by a timeout.
 
-Reads ``device_latest``, ``events_by_id`` and ``critical_events_by_device`` with
-prepared statements (prepared on first use, never in ``__init__``). Every driver
-failure (timeout, no host, throttling left after the session's retries) becomes
-``DependencyUnavailable("cassandra", ...)``, which the HTTP layer turns into a 503.
+Reads ``device_latest``, ``events_by_id`` and ``critical_events_by_device``
+through :class:`~shared.adapters.cassandra.query.Queries` (prepared on first use,
+never in ``__init__``). Every driver failure (timeout, no host, throttling left
+after the session's retries) becomes ``DependencyUnavailable("cassandra", ...)``,
+which the HTTP layer turns into a 503.
 :func:`stored_event` converts a row of any event table; the change feed readers
 use it too.
 """
@@ -13,17 +14,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from cassandra import DriverException
-from cassandra.cluster import NoHostAvailable, Session
-from cassandra.protocol import ErrorMessage
-from cassandra.query import PreparedStatement
+from cassandra.cluster import Session
 
-from shared.exceptions import DependencyUnavailable
-from shared.lazy import Once
-from shared.ports.stored import StoredEvent
+from shared.adapters.cassandra.query import CASSANDRA_ERRORS, Queries, describe
+from shared.domain.stored import StoredEvent
+from shared.domain.times import utc
 
 logger = logging.getLogger(__name__)
 
@@ -42,21 +40,12 @@ _STATEMENTS = {
     ),
 }
 
-# What the driver raises when the store cannot answer: DriverException (OperationTimedOut, ReadTimeout,
-# Unavailable ...), NoHostAvailable, and server error messages that are not DriverExceptions
-# (OverloadedErrorMessage: a Cosmos 429 left over after the session's retries; ServerError ...).
-CASSANDRA_ERRORS: tuple[type[BaseException], ...] = (DriverException, NoHostAvailable, ErrorMessage, ConnectionError,
-                                                     OSError)
+__all__ = ["CASSANDRA_ERRORS", "EVENT_SELECT", "HEALTH_PROBE_DEVICE", "CassandraEventReader", "describe",
+           "stored_event"]
 
 
 # Not a valid device id (docs/events.md), so never written: the health probe's read finds nothing, cheaply.
 HEALTH_PROBE_DEVICE = "#sluice-health-probe"
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def stored_event(row: Any) -> StoredEvent:
@@ -64,23 +53,15 @@ def stored_event(row: Any) -> StoredEvent:
     return StoredEvent(
         event_id=row.event_id,
         device_id=row.device_id,
-        event_time=_utc(row.event_time),  # type: ignore[arg-type]
+        event_time=utc(row.event_time),
         event_type=row.event_type,
         severity=row.severity,
         critical=row.critical,
         measurements=dict(row.measurements or {}),
         attributes=dict(row.attributes or {}),
         schema_version=row.schema_version if row.schema_version is not None else 1,
-        enqueued_time=_utc(row.enqueued_time),
+        enqueued_time=utc(row.enqueued_time) if row.enqueued_time is not None else None,
     )
-
-
-def describe(exc: BaseException) -> str:
-    """A short, secret-free description of a driver error."""
-    if isinstance(exc, NoHostAvailable):
-        inner = "; ".join(f"{host}: {type(err).__name__}" for host, err in list(exc.errors.items())[:3])
-        return f"no host available ({inner})" if inner else "no host available"
-    return f"{type(exc).__name__}: {exc}"
 
 
 class CassandraEventReader:
@@ -88,26 +69,10 @@ class CassandraEventReader:
 
     def __init__(self, session: Session | Callable[[], Session], keyspace: str, *, timeout: float = 2.0) -> None:
         # A factory lets the first lookup find Cassandra down and answer 503, instead of failing at start-up.
-        self._connect: Callable[[], Session] = session if callable(session) else (lambda: session)
-        self._keyspace = keyspace
-        self._timeout = timeout
-        self._statements = Once(self._prepare)
+        self._queries = Queries(session, keyspace, _STATEMENTS, timeout=timeout)
 
-    def _prepare(self) -> dict[str, PreparedStatement]:
-        prepared = {}
-        session = self._connect()
-        for name, cql in _STATEMENTS.items():
-            statement = session.prepare(cql.format(ks=self._keyspace))
-            statement.is_idempotent = True
-            prepared[name] = statement
-        return prepared
-
-    def _rows(self, name: str, params: tuple, what: str, *, timeout: float | None = None) -> list:
-        try:
-            statement = self._statements.get()[name]
-            return list(self._connect().execute(statement, params, timeout=timeout or self._timeout))
-        except CASSANDRA_ERRORS as exc:
-            raise DependencyUnavailable("cassandra", f"reading {what} failed: {describe(exc)}") from exc
+    def _rows(self, name: str, params: tuple[Any, ...], what: str, *, timeout: float | None = None) -> list[Any]:
+        return self._queries.rows(name, params, what, timeout=timeout)
 
     def latest(self, device_id: str) -> StoredEvent | None:
         rows = self._rows("latest", (device_id,), f"the latest state of device {device_id!r}")
@@ -122,7 +87,7 @@ class CassandraEventReader:
         if since is None:
             rows = self._rows("critical", (device_id, limit), what)
         else:
-            rows = self._rows("critical_since", (device_id, _utc(since), limit), what)
+            rows = self._rows("critical_since", (device_id, utc(since), limit), what)
         return [stored_event(row) for row in rows]
 
     def ping(self, timeout: float | None = None) -> None:

@@ -25,6 +25,7 @@ import logging
 import random
 import re
 import time
+from typing import Any
 
 from cassandra import OperationTimedOut
 from cassandra.policies import RetryPolicy, WriteType
@@ -33,6 +34,9 @@ from cassandra.protocol import OverloadedErrorMessage
 from shared import telemetry
 
 logger = logging.getLogger(__name__)
+
+# What a policy answers: (RETRY, RETRY_NEXT_HOST or RETHROW, the consistency to retry at or None).
+Decision = tuple[int, int | None]
 
 _RETRY_AFTER = re.compile(r"RetryAfterMs=(\d+)")
 
@@ -53,7 +57,7 @@ def operation(query: object) -> str:
     return verb if verb in ("SELECT", "INSERT", "UPDATE", "DELETE", "BATCH") else "OTHER"
 
 
-class CosmosRetryPolicy(RetryPolicy):
+class CosmosRetryPolicy(RetryPolicy):  # type: ignore[misc]  # RetryPolicy is untyped (Any): cassandra-driver has no stubs
     """Bounded retries that honour Cosmos DB's ``RetryAfterMs`` (see the module docstring)."""
 
     def __init__(self, *, max_retries: int = 6, max_wait: float = 5.0, base_backoff: float = 0.05) -> None:
@@ -67,7 +71,7 @@ class CosmosRetryPolicy(RetryPolicy):
         backoff = self.base_backoff * (2**retry_num) * (1 + random.random() / 2)
         return min(self.max_wait, hinted if hinted is not None else backoff)
 
-    def on_request_error(self, query, consistency, error, retry_num):  # noqa: ANN001 - driver signature
+    def on_request_error(self, query: Any, consistency: int, error: Exception, retry_num: int) -> Decision:
         if isinstance(error, OverloadedErrorMessage):
             gave_up = retry_num >= self.max_retries
             telemetry.cassandra_throttled(operation(query), "gave_up" if gave_up else "retried")
@@ -80,12 +84,15 @@ class CosmosRetryPolicy(RetryPolicy):
             return self.RETRY_NEXT_HOST, consistency
         return self.RETHROW, None
 
-    def on_read_timeout(self, query, consistency, required_responses, received_responses, data_retrieved, retry_num):  # noqa: ANN001
+    def on_read_timeout(self, query: Any, consistency: int, required_responses: int, received_responses: int,
+                        data_retrieved: bool, retry_num: int) -> Decision:
         return (self.RETRY, consistency) if retry_num == 0 else (self.RETHROW, None)
 
-    def on_write_timeout(self, query, consistency, write_type, required_responses, received_responses, retry_num):  # noqa: ANN001
+    def on_write_timeout(self, query: Any, consistency: int, write_type: str, required_responses: int,
+                         received_responses: int, retry_num: int) -> Decision:
         idempotent = getattr(query, "is_idempotent", False) or write_type in (WriteType.SIMPLE, WriteType.BATCH_LOG)
         return (self.RETRY, consistency) if retry_num == 0 and idempotent else (self.RETHROW, None)
 
-    def on_unavailable(self, query, consistency, required_replicas, alive_replicas, retry_num):  # noqa: ANN001
+    def on_unavailable(self, query: Any, consistency: int, required_replicas: int, alive_replicas: int,
+                       retry_num: int) -> Decision:
         return (self.RETRY_NEXT_HOST, consistency) if retry_num == 0 else (self.RETHROW, None)

@@ -4,6 +4,12 @@ One Session per worker process, built on first use and reused by every
 invocation (see ``shared.bootstrap``); nothing connects at import time.
 Cosmos DB for Apache Cassandra: port 10350, TLS, PasswordAuthenticator with the
 account name and key, ``SLUICE_CASSANDRA_LOCAL_DC`` set to the account's region.
+
+A password given as a :class:`RotatingSecret` is re-read (rate-limited) for every
+new connection (:class:`SecretAuthProvider`), so the driver's own reconnections
+use the vault's current value. When every host refuses it (``AuthenticationFailed``)
+at :func:`connect`, the secret is re-read and the connection tried once more. Open
+connections stay logged in: Cassandra checks a password only at connection start-up.
 """
 
 from __future__ import annotations
@@ -11,18 +17,38 @@ from __future__ import annotations
 import logging
 import ssl
 
-from cassandra import ConsistencyLevel
-from cassandra.auth import PlainTextAuthProvider
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra import AuthenticationFailed, ConsistencyLevel
+from cassandra.auth import AuthProvider, PlainTextAuthenticator, PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
 from shared.adapters.cassandra.retry import CosmosRetryPolicy
+from shared.adapters.secrets import RotatingSecret
 from shared.settings import CassandraSettings
 
 logger = logging.getLogger(__name__)
 
 
-def build_cluster(settings: CassandraSettings, password: str | None = None) -> Cluster:
+class SecretAuthProvider(AuthProvider):
+    """PasswordAuthenticator log-ins with the current value of a secret.
+
+    The driver gives up on a host for good after one refused log-in (its reconnection
+    handlers stop on ``AuthenticationFailed``), so waiting for a refusal would leave a
+    restarted node unused after a rotation. Each new connection therefore re-reads the
+    secret first, rate-limited (``RotatingSecret.refresh``: connections opened
+    together cost one read, and a vault outage keeps the cached value).
+    """
+
+    def __init__(self, username: str, secret: RotatingSecret) -> None:
+        self.username = username
+        self.secret = secret
+
+    def new_authenticator(self, host: str) -> PlainTextAuthenticator:
+        self.secret.refresh("opening a Cassandra connection")
+        return PlainTextAuthenticator(self.username, self.secret.value())
+
+
+def build_cluster(settings: CassandraSettings, password: str | RotatingSecret | None = None) -> Cluster:
     """A configured, not yet connected Cluster (the password comes resolved, never from logs)."""
     profile = ExecutionProfile(
         load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=settings.local_dc)),
@@ -39,21 +65,47 @@ def build_cluster(settings: CassandraSettings, password: str | None = None) -> C
         "connect_timeout": settings.connect_timeout_seconds,
         "protocol_version": 4,
     }
-    if settings.username:
+    if settings.username and isinstance(password, RotatingSecret):
+        options["auth_provider"] = SecretAuthProvider(settings.username, password)
+    elif settings.username:
         options["auth_provider"] = PlainTextAuthProvider(settings.username, password or "")
     if settings.tls:
         context = ssl.create_default_context(cafile=str(settings.tls_ca_file) if settings.tls_ca_file else None)
         options["ssl_context"] = context
+        # The driver resolves contact points to addresses and checks the certificate against the address;
+        # Cosmos DB's certificate names the account's host, so name it (one contact point: Cosmos has one).
+        if len(settings.hosts) == 1:
+            options["ssl_options"] = {"server_hostname": settings.hosts[0]}
     return Cluster(**options)
 
 
-def connect(settings: CassandraSettings, password: str | None = None, *, keyspace: str | None = None) -> Session:
-    """Connect and return a Session (bound to ``keyspace`` when given)."""
-    cluster = build_cluster(settings, password)
+def connect(settings: CassandraSettings, password: str | RotatingSecret | None = None, *,
+            keyspace: str | None = None) -> Session:
+    """Connect and return a Session (bound to ``keyspace`` when given).
+
+    A rotating ``password`` refused by every host is re-read once and the
+    connection tried again if it changed.
+    """
     try:
-        session = cluster.connect(keyspace)
+        session = _connect(build_cluster(settings, password), keyspace)
+    except NoHostAvailable as exc:
+        if not (isinstance(password, RotatingSecret) and _refused(exc) and password.refresh()):
+            raise
+        logger.warning("Cassandra refused the password of secret %s; connecting with its new value", password.name)
+        session = _connect(build_cluster(settings, password), keyspace)
+    logger.info("connected to Cassandra at %s:%s", ",".join(settings.hosts), settings.port)
+    return session
+
+
+def _connect(cluster: Cluster, keyspace: str | None) -> Session:
+    try:
+        return cluster.connect(keyspace)
     except Exception:
         cluster.shutdown()  # its threads would outlive every failed attempt of a retried invocation
         raise
-    logger.info("connected to Cassandra at %s:%s", ",".join(settings.hosts), settings.port)
-    return session
+
+
+def _refused(exc: NoHostAvailable) -> bool:
+    """Whether every host refused the credentials (rather than being down)."""
+    errors = list(exc.errors.values())
+    return bool(errors) and all(isinstance(error, AuthenticationFailed) for error in errors)

@@ -1,12 +1,13 @@
 """``CassandraWindowReader``: every event of an event-time range, from every bucket and shard, concurrently.
 
 ``events_by_time_bucket`` is partitioned by ``(bucket, shard)`` (see
-``shared.domain.timebuckets``): a window ``[start, end)`` is the partitions of every
+``shared.adapters.cassandra.layout``): a window ``[start, end)`` is the partitions of every
 bucket overlapping it times every shard, each read with a clustering range on
 ``event_time`` (a bucket may be wider than the window). Partitions are read by up
-to ``concurrency`` threads at once, each paging with ``fetch_size`` rows per
-request (the driver fetches the next page while iterating). Any failed read fails
-the whole window with ``DependencyUnavailable``: a window is never computed from
+to ``concurrency`` threads at once (``Queries.fan_out``), each paging with
+``page_size`` rows per request, every request within the session's request
+timeout. Any failed read (throttling left after the retries included) fails
+the whole window with ``DependencyUnavailable("cassandra", ...)``: a window is never computed from
 part of its events. ``events_by_arrival_bucket`` is read the same way by Event
 Hubs enqueued time, for the late-event scan.
 """
@@ -14,37 +15,30 @@ Hubs enqueued time, for the late-event scan.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime
 
-from cassandra import DriverException
-from cassandra.cluster import NoHostAvailable, Session
-from cassandra.connection import ConnectionException
-from cassandra.query import PreparedStatement
+from cassandra.cluster import Session
 
-from shared.domain.timebuckets import buckets_between
-from shared.exceptions import DependencyUnavailable
+from shared.adapters.cassandra.layout import buckets_between
+from shared.adapters.cassandra.query import Queries
+from shared.domain.stored import StoredEvent
+from shared.domain.times import utc
 from shared.ports.enrichment import Arrival
-from shared.ports.stored import StoredEvent
 from shared.settings import CassandraSettings
 
 logger = logging.getLogger(__name__)
 
-_BY_TIME = (
-    "SELECT event_id, device_id, event_time, enqueued_time, event_type, severity, critical, measurements "
-    "FROM {ks}.events_by_time_bucket WHERE bucket = ? AND shard = ? AND event_time >= ? AND event_time < ?"
-)
-_BY_ARRIVAL = (
-    "SELECT event_id, event_time, enqueued_at FROM {ks}.events_by_arrival_bucket "
-    "WHERE bucket = ? AND shard = ? AND enqueued_at >= ? AND enqueued_at < ?"
-)
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    """The driver returns naive UTC datetimes; the rest of Sluice uses aware ones."""
-    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+_STATEMENTS = {
+    "by_time": (
+        "SELECT event_id, device_id, event_time, enqueued_time, event_type, severity, critical, measurements "
+        "FROM {ks}.events_by_time_bucket WHERE bucket = ? AND shard = ? AND event_time >= ? AND event_time < ?"
+    ),
+    "by_arrival": (
+        "SELECT event_id, event_time, enqueued_at FROM {ks}.events_by_arrival_bucket "
+        "WHERE bucket = ? AND shard = ? AND enqueued_at >= ? AND enqueued_at < ?"
+    ),
+}
 
 
 class CassandraWindowReader:
@@ -52,69 +46,40 @@ class CassandraWindowReader:
 
     def __init__(self, session: Session, settings: CassandraSettings, *, page_size: int = 5000,
                  concurrency: int = 16) -> None:
-        self._session = session
+        self._queries = Queries(session, settings.keyspace, _STATEMENTS, timeout=settings.request_timeout_seconds,
+                                fetch_size=page_size)
         self._settings = settings
-        self._page_size = page_size
         self._concurrency = concurrency
-        self._prepared: dict[str, PreparedStatement] = {}
-        self._lock = threading.Lock()
 
-    def _statement(self, cql: str) -> PreparedStatement:
-        with self._lock:
-            statement = self._prepared.get(cql)
-            if statement is None:
-                statement = self._session.prepare(cql.format(ks=self._settings.keyspace))
-                statement.is_idempotent = True
-                statement.fetch_size = self._page_size
-                self._prepared[cql] = statement
-        return statement
-
-    def _partitions(self, start: datetime, end: datetime) -> list[tuple[datetime, int]]:
-        return [(bucket, shard) for bucket in buckets_between(start, end, self._settings.bucket_seconds)
-                for shard in range(self._settings.shards)]
+    def _partitions(self, buckets: Iterator[datetime] | list[datetime], start: datetime,
+                    end: datetime) -> list[tuple[datetime, int, datetime, datetime]]:
+        return [(bucket, shard, start, end) for bucket in buckets for shard in range(self._settings.shards)]
 
     def read(self, start: datetime, end: datetime) -> list[StoredEvent]:
-        statement = self._statement(_BY_TIME)
-
-        def one(partition: tuple[datetime, int]) -> list[StoredEvent]:
-            rows = self._session.execute(statement, (*partition, start, end))
-            return [
-                StoredEvent(
-                    event_id=r.event_id, device_id=r.device_id, event_time=_utc(r.event_time),
-                    event_type=r.event_type, severity=r.severity, critical=r.critical,
-                    measurements=dict(r.measurements) if r.measurements else {},
-                    enqueued_time=_utc(r.enqueued_time),
-                )
-                for r in rows
-            ]
-
-        events: list[StoredEvent] = []
-        for part in self._map(one, self._partitions(start, end), f"events of [{start.isoformat()}, {end.isoformat()})"):
-            events.extend(part)
-        return events
+        partitions = self._partitions(buckets_between(start, end, self._settings.bucket_seconds), start, end)
+        results = self._queries.fan_out("by_time", partitions, f"the events of [{start.isoformat()}, "
+                                        f"{end.isoformat()})", concurrency=self._concurrency)
+        return [
+            StoredEvent(
+                event_id=r.event_id, device_id=r.device_id, event_time=utc(r.event_time),
+                event_type=r.event_type, severity=r.severity, critical=r.critical,
+                measurements=dict(r.measurements) if r.measurements else {},
+                enqueued_time=utc(r.enqueued_time),
+            )
+            for rows in results for r in rows
+        ]
 
     def arrivals(self, start: datetime, end: datetime) -> Iterator[Arrival]:
         if end <= start:
             return iter(())
-        statement = self._statement(_BY_ARRIVAL)
-
-        def one(partition: tuple[datetime, int]) -> list[Arrival]:
-            rows = self._session.execute(statement, (*partition, start, end))
-            return [Arrival(r.event_id, _utc(r.event_time), _utc(r.enqueued_at)) for r in rows]
 
         def generate() -> Iterator[Arrival]:
             # One bucket at a time keeps memory bounded by a bucket's rows, whatever the range.
             for bucket in buckets_between(start, end, self._settings.bucket_seconds):
-                partitions = [(bucket, shard) for shard in range(self._settings.shards)]
-                for part in self._map(one, partitions, f"arrivals of bucket {bucket.isoformat()}"):
-                    yield from part
+                partitions = self._partitions([bucket], start, end)
+                results = self._queries.fan_out("by_arrival", partitions, f"the arrivals of bucket "
+                                                f"{bucket.isoformat()}", concurrency=self._concurrency)
+                for rows in results:
+                    yield from (Arrival(r.event_id, utc(r.event_time), utc(r.enqueued_at)) for r in rows)
 
         return generate()
-
-    def _map(self, work, partitions: list[tuple[datetime, int]], what: str) -> list:
-        workers = max(1, min(self._concurrency, len(partitions)))
-        try:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="window-reader") as pool:
-                return list(pool.map(work, partitions))
-        except (NoHostAvailable, DriverException, ConnectionException, OSError) as exc:
-            raise DependencyUnavailable("Cassandra", f"reading the {what} failed: {type(exc).__name__}: {exc}") from exc

@@ -41,6 +41,7 @@ def enrichment_status(conn: psycopg.Connection) -> dict[str, object]:
                          "WHERE name = 'default'").fetchone()
     totals = conn.execute("SELECT count(*), coalesce(sum(event_count), 0), max(last_enriched_at) "
                           "FROM enrichment_windows").fetchone()
+    assert totals is not None  # an aggregate without GROUP BY always returns one row
     return {
         "watermark": state[0] if state else None,
         "late_scan_until": state[1] if state else None,
@@ -74,7 +75,8 @@ class PostgresReports:
         self._pool = pool
         self._timeout = timeout
 
-    def _rows(self, sql: str, params: tuple, columns: tuple[str, ...], what: str) -> list[dict[str, Any]]:
+    def _rows(self, sql: str, params: tuple[Any, ...] | dict[str, Any], columns: tuple[str, ...],
+              what: str) -> list[dict[str, Any]]:
         try:
             with self._pool.connection(timeout=self._timeout) as conn:
                 rows = conn.execute(sql, params).fetchall()
@@ -84,18 +86,23 @@ class PostgresReports:
 
     def site_daily(self, *, site_id: str | None, day_from: date | None, day_to: date | None,
                    limit: int) -> list[dict[str, Any]]:
-        sql = (f"SELECT {', '.join(_SITE_COLUMNS)} FROM report_site_daily "
-               "WHERE (%(site)s::text IS NULL OR site_id = %(site)s) "
-               "AND (%(from)s::date IS NULL OR local_day >= %(from)s) AND (%(to)s::date IS NULL OR local_day <= %(to)s) "
-               "ORDER BY local_day DESC, site_id LIMIT %(limit)s")
-        return self._rows(sql, {"site": site_id, "from": day_from, "to": day_to, "limit": limit},  # type: ignore[arg-type]
+        sql = (
+            f"SELECT {', '.join(_SITE_COLUMNS)} FROM report_site_daily "
+            "WHERE (%(site)s::text IS NULL OR site_id = %(site)s) "
+            "AND (%(from)s::date IS NULL OR local_day >= %(from)s) AND (%(to)s::date IS NULL OR local_day <= %(to)s) "
+            "ORDER BY local_day DESC, site_id LIMIT %(limit)s"
+        )
+        return self._rows(sql, {"site": site_id, "from": day_from, "to": day_to, "limit": limit},
                           _SITE_COLUMNS, "report_site_daily")
 
     def device_health(self, *, site_id: str | None, health: str | None, limit: int) -> list[dict[str, Any]]:
-        sql = (f"SELECT {', '.join(_DEVICE_COLUMNS)} FROM report_device_health "
-               "WHERE (%(site)s::text IS NULL OR site_id = %(site)s) AND (%(health)s::text IS NULL OR health = %(health)s) "
-               "ORDER BY last_seen DESC NULLS LAST, device_id LIMIT %(limit)s")
-        return self._rows(sql, {"site": site_id, "health": health, "limit": limit},  # type: ignore[arg-type]
+        sql = (
+            f"SELECT {', '.join(_DEVICE_COLUMNS)} FROM report_device_health "
+            "WHERE (%(site)s::text IS NULL OR site_id = %(site)s) "
+            "AND (%(health)s::text IS NULL OR health = %(health)s) "
+            "ORDER BY last_seen DESC NULLS LAST, device_id LIMIT %(limit)s"
+        )
+        return self._rows(sql, {"site": site_id, "health": health, "limit": limit},
                           _DEVICE_COLUMNS, "report_device_health")
 
     def enrichment(self) -> Position | None:

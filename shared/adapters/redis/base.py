@@ -8,10 +8,12 @@ fills another generation, :meth:`ScriptedRedis.write_keys` names both.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from redis.exceptions import ClusterDownError, NoScriptError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT
 
 from shared.adapters.redis.client import REDIS_ERRORS, Client, RedisConnection, failed
 from shared.adapters.redis.generations import RedisGenerations, generation_prefix
@@ -73,7 +75,7 @@ class ScriptedRedis:
         except REDIS_ERRORS as exc:
             raise failed("loading the scripts", exc) from exc
 
-    def eval(self, name: str, keys: Sequence[str], args: Sequence[object], what: str):
+    def eval(self, name: str, keys: Sequence[str], args: Sequence[EncodableT], what: str) -> Any:
         """One script call (its keys share one slot)."""
         sha = self.sha[name]
         try:
@@ -87,7 +89,7 @@ class ScriptedRedis:
             self._after(exc)
             raise failed(what, exc) from exc
 
-    def pipeline(self, commands: Sequence[Command], what: str) -> list:
+    def pipeline(self, commands: Sequence[Command], what: str) -> list[Any]:
         """Send ``EVALSHA`` commands in one pipeline (a cluster groups them per node); raises on any error.
 
         After ``NOSCRIPT`` the scripts are loaded and every command is sent again:
@@ -107,11 +109,12 @@ class ScriptedRedis:
         if isinstance(exc, (RedisConnectionError, RedisTimeoutError, ClusterDownError)):
             self._connection.refresh()
 
-    def _send(self, commands: Sequence[Command]) -> list:
+    def _send(self, commands: Sequence[Command]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
         for args in commands:
             pipe.execute_command("EVALSHA", *args)
-        return pipe.execute(raise_on_error=True)
+        replies: list[Any] = pipe.execute(raise_on_error=True)
+        return replies
 
     def ping(self) -> None:
         try:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from shared.adapters.redis.base import Command, ScriptedRedis
 from shared.adapters.redis.client import Client, RedisConnection
 from shared.adapters.redis.keys import sort_key
-from shared.ports.stored import StoredEvent
+from shared.domain.stored import StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,12 @@ class RedisChangeSink(ScriptedRedis):
         commands: list[Command] = []
         generations, ttl, cap = self.write_keys(), self._ttl, self.critical_cap
         sha = self.sha
-        latest_sha, critical_sha, stream_sha, event_sha = sha["latest"], sha["critical"], sha["stream"], sha["fill_event"]
+        latest_sha, critical_sha, stream_sha, event_sha = (
+            sha["latest"],
+            sha["critical"],
+            sha["stream"],
+            sha["fill_event"],
+        )
         documents: dict[uuid.UUID, str] = {}
         for event in events:
             device = event.device_id

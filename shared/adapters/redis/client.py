@@ -7,6 +7,15 @@ pipeline's commands per node, follows ``MOVED``/``ASK`` and refreshes its slot
 map after a failover. Nothing connects before the first use, and a failed
 first use is retried on the next one, so a Redis that is down at start-up only
 makes lookups bypass the cache.
+
+A password given as a :class:`RotatingSecret` is read for each new connection
+(a redis-py ``CredentialProvider``; the ACL user name comes from the URL). When a
+single Redis refuses it (``WRONGPASS``, ``NOAUTH``: ``AuthenticationError``), the
+secret is re-read (rate-limited) and the log-in repeated once with the new value.
+``RedisCluster`` runs its own log-in hook, so on a cluster the secret is re-read
+(rate-limited) before each new connection instead, and a refused connection is
+retried by the cluster client's own retries.
+Open connections stay logged in: Redis checks a password only at ``AUTH``.
 """
 
 from __future__ import annotations
@@ -14,13 +23,17 @@ from __future__ import annotations
 import logging
 import threading
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
-from redis.exceptions import ClusterCrossSlotError, RedisClusterException, RedisError
+from redis.connection import AbstractConnection
+from redis.credentials import CredentialProvider
+from redis.exceptions import AuthenticationError, ClusterCrossSlotError, RedisClusterException, RedisError
 from redis.retry import Retry
 
+from shared.adapters.secrets import RotatingSecret
 from shared.exceptions import DependencyUnavailable, SluiceError
 
 logger = logging.getLogger(__name__)
@@ -51,11 +64,16 @@ def is_cluster(client: redis.Redis) -> bool:
 class RedisConnection:
     """Holds the client of one Redis URL; :meth:`client` builds it on first use."""
 
-    def __init__(self, url: str, *, password: str | None = None, cluster: bool | None = None,
+    def __init__(self, url: str, *, password: str | RotatingSecret | None = None, cluster: bool | None = None,
                  socket_timeout: float = 2.0, **options: Any) -> None:
         self.url = url
-        self._options: dict[str, Any] = {"password": password, "socket_timeout": socket_timeout,
-                                         "socket_connect_timeout": socket_timeout, **options}
+        self._options: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout,
+                                         **options}
+        if isinstance(password, RotatingSecret):
+            self.url, username = _without_username(url)
+            self._options["credential_provider"] = SecretCredentials(username, password)
+        else:
+            self._options["password"] = password
         self._cluster = cluster
         self._client: Client | None = None
         self._lock = threading.Lock()
@@ -95,12 +113,16 @@ class RedisConnection:
                 probe.close()
             logger.info("Redis at %s is %s", self._where(), "a cluster" if cluster else "a single node")
         self._cluster = cluster
+        provider = self._options.get("credential_provider")
+        if isinstance(provider, SecretCredentials):
+            provider.refresh_each = bool(cluster)
         if cluster:
             # Few, short retries: a failover takes seconds, and the callers retry anyway (the change feed
             # on its next run, the lookups after their bypass window); long in-client retries only stall them.
             retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
             return RedisCluster.from_url(self.url, retry=retry, **self._options)
-        return redis.Redis.from_url(self.url, health_check_interval=30, **self._options)
+        hook = provider.log_in if isinstance(provider, SecretCredentials) else None
+        return redis.Redis.from_url(self.url, health_check_interval=30, redis_connect_func=hook, **self._options)
 
     def refresh(self) -> None:
         """After a connection failure on a cluster: read the slot map again, so a promoted replica is found.
@@ -123,3 +145,43 @@ class RedisConnection:
             if self._client is not None:
                 self._client.close()
                 self._client = None
+
+
+def as_text(value: bytes | str) -> str:
+    """A reply as text (the client returns bytes; a client made with ``decode_responses`` returns str)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class SecretCredentials(CredentialProvider):
+    """The ACL user and the current value of its password secret, asked for at every new connection."""
+
+    def __init__(self, username: str | None, secret: RotatingSecret, *, refresh_each: bool = False) -> None:
+        self.username = username
+        self.secret = secret
+        self.refresh_each = refresh_each  # a cluster: no log-in hook of ours, so read the vault first (rate-limited)
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        if self.refresh_each:
+            self.secret.refresh("opening a Redis Cluster connection")
+        password = self.secret.value()
+        return (self.username, password) if self.username else (password,)
+
+    def log_in(self, connection: AbstractConnection) -> None:
+        """redis-py's log-in, repeated once with the secret's new value if the server refused the password."""
+        try:
+            connection.on_connect()  # type: ignore[no-untyped-call]  # redis-py leaves on_connect unannotated
+        except AuthenticationError:
+            if not self.secret.refresh():
+                raise
+            logger.warning("Redis refused the password of secret %s; logging in with its new value", self.secret.name)
+            connection.on_connect()  # type: ignore[no-untyped-call]  # a refused AUTH leaves the socket open, not logged in
+
+
+def _without_username(url: str) -> tuple[str, str | None]:
+    """The URL without its user info, and the user name in it (redis-py refuses both a user and a provider)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    username = userinfo.split(":", 1)[0] or None
+    return urlunsplit(parts._replace(netloc=host)), username

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from redis.cluster import RedisCluster
 
-from shared.adapters.redis.client import REDIS_ERRORS, Client, RedisConnection
+from shared.adapters.redis.client import REDIS_ERRORS, Client, RedisConnection, as_text
 from shared.exceptions import DependencyUnavailable
 
 
@@ -72,7 +72,7 @@ class RedisGenerations:
         except REDIS_ERRORS as exc:
             raise self._failed("reading the generation pointer", exc) from exc
         return Pointer(int(live) if live else 0, int(building) if building else None,
-                       position.decode() if position else None, int(since) if since else None)
+                       as_text(position) if position else None, int(since) if since else None)
 
     def current(self) -> Pointer:
         """The pointer, at most ``cache_seconds`` old."""
@@ -149,7 +149,8 @@ return old
         try:
             client = self._client
             if isinstance(client, RedisCluster):
-                scanners = [client.get_redis_connection(node) for node in client.get_primaries()]
+                primaries = client.get_primaries()  # type: ignore[no-untyped-call]  # not annotated in redis-py
+                scanners = [client.get_redis_connection(node) for node in primaries]
             else:
                 scanners = [client]
             for scanner in scanners:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import zlib
 
-from shared.ports.stored import StoredEvent
+from shared.domain.stored import StoredEvent
 
 _EPOCH_OFFSET = 2**53  # keeps sort keys non-negative and fixed-width (17 digits) for any event time
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from shared.adapters.redis.base import Command, ScriptedRedis
-from shared.adapters.redis.client import REDIS_ERRORS, Client, RedisConnection, failed
+from shared.adapters.redis.client import REDIS_ERRORS, Client, RedisConnection, as_text, failed
 from shared.adapters.redis.keys import sort_key
+from shared.domain.stored import StoredEvent
 from shared.ports.cache import Cached
-from shared.ports.stored import StoredEvent
 
 
 class RedisLookupCache(ScriptedRedis):
@@ -33,7 +33,7 @@ class RedisLookupCache(ScriptedRedis):
             self._after(exc)
             raise failed(f"reading {what}", exc) from exc
         if document is not None:
-            return Cached(None if document == b"" else document.decode())
+            return Cached(as_text(document) or None)
         if marker is not None:  # latest: "k" = "" without a document
             return Cached(None)
         return None

@@ -44,7 +44,7 @@ def test_feed_matches_the_model(session: Session, ops: list[tuple[str, int, int]
     live: dict[int, int] = {}
     changed: list[int] = []  # keys in order of their latest change since the last drain
     state = None
-    for kind, key, arg in ops + [("drain", 0, 3)]:
+    for kind, key, arg in [*ops, ("drain", 0, 3)]:
         if kind == "upsert":
             session.execute(f"INSERT INTO {table} (k, v) VALUES (%s, %s)", (key, arg))
             live[key] = arg

@@ -13,22 +13,13 @@ from cassandra.protocol import OverloadedErrorMessage
 
 from emulators.cassandra.faults import clear_faults, inject_faults
 from sluice.launcher import Running
-from tests.fixtures.cassandra import start_cassandra_emulator
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(scope="module")
-def own_emulator() -> Iterator[Running]:
-    """Faults are server-wide: these tests get an emulator of their own."""
-    running = start_cassandra_emulator()
-    yield running
-    running.stop()
-
-
 @pytest.fixture
-def s(own_emulator: Running) -> Iterator[Session]:
-    cluster = Cluster(contact_points=[own_emulator.host], port=own_emulator.port, protocol_version=4)
+def s(private_cassandra: Running) -> Iterator[Session]:
+    cluster = Cluster(contact_points=[private_cassandra.host], port=private_cassandra.port, protocol_version=4)
     session = cluster.connect()
     session.execute("CREATE KEYSPACE IF NOT EXISTS f WITH replication = {'class': 'SimpleStrategy', "
                     "'replication_factor': 1}")
@@ -102,20 +93,22 @@ def test_ratio_fails_about_that_fraction(s: Session) -> None:
         s.execute(ps, (i, i))
 
 
-def test_helpers_and_bad_settings(own_emulator: Running, s: Session) -> None:
-    inject_faults(own_emulator.host, own_emulator.port, error="read_timeout", count=1, applies_to="reads")
+def test_helpers_and_bad_settings(private_cassandra: Running, s: Session) -> None:
+    inject_faults(private_cassandra.host, private_cassandra.port, error="read_timeout", count=1, applies_to="reads")
     s.execute("INSERT INTO f.t (k, v) VALUES (5, 5)")
     with pytest.raises(ReadTimeout):
         s.execute("SELECT * FROM f.t WHERE k = 5")
-    inject_faults(own_emulator.host, own_emulator.port, error="overloaded", ratio=1.0)
-    clear_faults(own_emulator.host, own_emulator.port)
+    inject_faults(private_cassandra.host, private_cassandra.port, error="overloaded", ratio=1.0)
+    clear_faults(private_cassandra.host, private_cassandra.port)
     s.execute("SELECT * FROM f.t WHERE k = 5")
     with pytest.raises(InvalidRequest, match="unknown fault error 'boom'"):
         s.execute("INSERT INTO sluice_emulator.faults (name, error, count) VALUES ('current', 'boom', 1)")
     with pytest.raises(InvalidRequest, match="exactly one of count"):
-        s.execute("INSERT INTO sluice_emulator.faults (name, error, count, ratio) VALUES ('current', 'overloaded', 1, 0.5)")
+        s.execute(
+            "INSERT INTO sluice_emulator.faults (name, error, count, ratio) VALUES ('current', 'overloaded', 1, 0.5)"
+        )
     with pytest.raises(RuntimeError, match="ratio must be between 0 and 1"):
-        inject_faults(own_emulator.host, own_emulator.port, ratio=2.0)
+        inject_faults(private_cassandra.host, private_cassandra.port, ratio=2.0)
 
 
 def test_prepared_control_statement(s: Session) -> None:
@@ -150,12 +143,13 @@ def test_a_client_that_times_out_on_a_delayed_write_finds_it_applied(s: Session)
     assert time.perf_counter() - started < 1.0
 
 
-def test_delay_needs_a_delay_and_only_delay_takes_one(own_emulator: Running, s: Session) -> None:
+def test_delay_needs_a_delay_and_only_delay_takes_one(private_cassandra: Running, s: Session) -> None:
     with pytest.raises(InvalidRequest, match="error 'delay' needs delay_ms from 1 to"):
         s.execute("INSERT INTO sluice_emulator.faults (name, error, count) VALUES ('current', 'delay', 1)")
     with pytest.raises(RuntimeError, match="delay_ms applies to error 'delay' only"):
-        inject_faults(own_emulator.host, own_emulator.port, error="overloaded", delay_ms=100)
-    inject_faults(own_emulator.host, own_emulator.port, error="delay", count=1, applies_to="reads", delay_ms=300)
+        inject_faults(private_cassandra.host, private_cassandra.port, error="overloaded", delay_ms=100)
+    inject_faults(private_cassandra.host, private_cassandra.port, error="delay", count=1, applies_to="reads",
+                  delay_ms=300)
     started = time.perf_counter()
     s.execute("SELECT * FROM f.t WHERE k = 1")
     assert time.perf_counter() - started >= 0.3

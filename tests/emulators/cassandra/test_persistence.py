@@ -12,7 +12,7 @@ from tests.fixtures.cassandra import start_cassandra_emulator
 pytestmark = pytest.mark.timeout(90)
 
 
-def _session(emulator):  # noqa: ANN001, ANN202
+def _session(emulator):
     cluster = Cluster(contact_points=[emulator.host], port=emulator.port, protocol_version=4)
     return cluster, cluster.connect()
 

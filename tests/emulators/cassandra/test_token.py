@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from cassandra.cluster import Session
 from cassandra.metadata import Murmur3Token
@@ -40,7 +42,7 @@ def test_full_scan_by_token_ranges_sees_every_row_once(session: Session) -> None
     bounds = [MIN_TOKEN + i * (2**64 // 8) for i in range(8)] + [MAX_TOKEN]
     scan = session.prepare("SELECT k, token(k) FROM t WHERE token(k) > ? AND token(k) <= ?")
     seen: list[int] = []
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in itertools.pairwise(bounds):
         got = list(session.execute(scan, (lo, hi)))
         assert all(lo < r[1] <= hi for r in got)
         seen += [r.k for r in got]

@@ -54,7 +54,7 @@ def receive(hub: IsolatedHub, partition_id: str, *, count: int, starting_positio
             client.receive_batch(on_batch, on_error=on_error, partition_id=partition_id,
                                  starting_position=starting_position, starting_position_inclusive=inclusive,
                                  max_wait_time=0.2, max_batch_size=500, **receive_kwargs)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+        except BaseException as exc:
             errors.append(exc)
             done.set()
 

@@ -91,7 +91,10 @@ def test_two_consumers_balance_partitions_and_resume_from_checkpoints(
     try:
         def balanced() -> bool:
             current = owners(store, hub)
-            return len(current) == 4 and sorted(list(current.values()).count(o) for o in set(current.values())) == [2, 2]
+            return len(current) == 4 and sorted(list(current.values()).count(o) for o in set(current.values())) == [
+                2,
+                2,
+            ]
 
         wait_for(balanced, 45, "the two consumers to own two partitions each")
         second = send_round("two")

@@ -28,11 +28,11 @@ def test_unknown_hub_and_consumer_group_are_not_found(isolated_eventhub: Isolate
     hub = isolated_eventhub
     with producer(IsolatedHub(hub.running, "no-such-hub")) as client:
         # the producer link is refused with amqp:not-found, then the SDK's partition look-up gets a 404
-        with pytest.raises(ConnectError, match="(?s)404.*event hub 'no-such-hub' does not exist"):
+        with pytest.raises(ConnectError, match=r"(?s)404.*event hub 'no-such-hub' does not exist"):
             client.send_batch([EventData("x")])
-        with pytest.raises(ConnectError, match="(?s)404.*no-such-hub"):
+        with pytest.raises(ConnectError, match=r"(?s)404.*no-such-hub"):
             client.get_eventhub_properties()
-    with producer(hub) as client, pytest.raises(ConnectError, match="(?s)404.*partition '7' does not exist"):
+    with producer(hub) as client, pytest.raises(ConnectError, match=r"(?s)404.*partition '7' does not exist"):
         client.get_partition_properties("7")
     with pytest.raises(ConnectionLostError, match="consumer group 'nobody'") as received:
         receive(hub, "0", count=1, group="nobody", timeout=10)
@@ -101,7 +101,10 @@ def test_wrong_key_and_malformed_token_are_refused(isolated_eventhub: IsolatedHu
         client.send_batch([EventData("x")])
     malformed = connection_string_with(isolated_eventhub, "SharedAccessKeyName=RootManageSharedAccessKey;"
                                        "SharedAccessKey=SAS_KEY_VALUE", "SharedAccessSignature=garbage")
-    with producer(malformed) as client, pytest.raises(AuthenticationError, match="(?s)401.*Malformed authorization token"):
+    with (
+        producer(malformed) as client,
+        pytest.raises(AuthenticationError, match=r"(?s)401.*Malformed authorization token"),
+    ):
         client.send_batch([EventData("x")])
 
     async def aio() -> None:

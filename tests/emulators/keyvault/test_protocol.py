@@ -58,7 +58,9 @@ def test_unknown_paths_and_methods_are_json_errors_naming_them(keyvault_emulator
     wrong = call(keyvault_emulator, "POST", "/secrets/some-name", headers=AUTH, params=API)
     assert wrong.status_code == 405
     error = wrong.json()["error"]
-    assert error["code"] == "MethodNotAllowed" and "POST" in error["message"] and "/secrets/some-name" in error["message"]
+    assert (
+        error["code"] == "MethodNotAllowed" and "POST" in error["message"] and "/secrets/some-name" in error["message"]
+    )
 
 
 @pytest.mark.parametrize(("body", "named"), [

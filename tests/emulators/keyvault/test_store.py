@@ -52,7 +52,7 @@ def test_updating_never_lets_not_before_pass_expiry() -> None:
 
 def test_a_corrupt_state_file_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "vault.json").write_text('{"active": [{"nom": 1}]}')
-    with pytest.raises(ValueError, match="vault.json is not a saved vault"):
+    with pytest.raises(ValueError, match=r"vault\.json is not a saved vault"):
         Vault(tmp_path)
 
 

@@ -13,8 +13,8 @@ import pytest
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 
+from tests.devhost.test_eventhubs import read_records, wait_for
 from tests.fixtures.devhost import write_app
-from tests.integration.test_devhost_eventhubs import read_records, wait_for
 
 APP = '''
 import json, os, threading, time

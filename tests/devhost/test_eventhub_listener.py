@@ -20,7 +20,7 @@ from devhost.errors import DevHostError
 from devhost.eventhub_trigger import EventHubBinding, EventHubListener
 from devhost.invocation import Invoker
 from devhost.settings import EventHubOptions
-from tests.unit.test_devhost_functions import _event
+from tests.devhost.test_functions import _event
 
 
 @dataclass

@@ -72,7 +72,7 @@ def test_backoff_delays() -> None:
 
 
 def test_load_names_a_missing_script(tmp_path: Path) -> None:
-    with pytest.raises(DevHostError, match="function_app.py does not exist"):
+    with pytest.raises(DevHostError, match=r"function_app\.py does not exist"):
         load(tmp_path)
 
 

@@ -36,7 +36,7 @@ def test_local_settings_errors_name_the_file(tmp_path: Path) -> None:
         load_local_settings(tmp_path / "missing.json", {})
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    with pytest.raises(DevHostError, match="bad.json is not valid JSON"):
+    with pytest.raises(DevHostError, match=r"bad\.json is not valid JSON"):
         load_local_settings(bad, {})
     assert load_local_settings(None, {}) is None
 
@@ -136,7 +136,7 @@ def test_timespan_schedule_and_time_zone() -> None:
     assert berlin.next_after(moment) == datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
     assert time_zone({"WEBSITE_TIME_ZONE": "Europe/Berlin"}) == ZoneInfo("Europe/Berlin")
     assert time_zone({}) is UTC
-    with pytest.raises(DevHostError, match="W. Europe Standard Time"):
+    with pytest.raises(DevHostError, match=r"W\. Europe Standard Time"):
         time_zone({"WEBSITE_TIME_ZONE": "W. Europe Standard Time"})
 
 

@@ -1,0 +1,145 @@
+"""``Queries``: the one way Sluice's Cassandra readers prepare, execute and fail.
+
+Every reader (the lookups, the change feeds, the window reader, the rebuild's
+device log, the operations page) holds a ``Queries`` over its named CQL:
+
+* statements are prepared on first use, once, from a session or a session
+  factory (so a reader built while Cassandra is down answers its first call with
+  ``DependencyUnavailable`` instead of failing at start-up), and marked idempotent
+  (reads; a compare-and-set store says otherwise);
+* every execution carries an explicit client-side timeout: the driver gives up
+  after it with ``OperationTimedOut``, whatever the execution profile says;
+* :meth:`Queries.fan_out` reads many partitions of one statement concurrently,
+  each page with the time left of one budget, so the whole read ends within it;
+* every driver failure becomes ``DependencyUnavailable(DEPENDENCY, ...)`` here,
+  with a secret-free description: the HTTP layer's 503 bodies and the health
+  fields all name the dependency ``"cassandra"``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+from cassandra import DriverException, OperationTimedOut
+from cassandra.cluster import NoHostAvailable, ResultSet, Session
+from cassandra.connection import ConnectionException
+from cassandra.protocol import ErrorMessage
+from cassandra.query import PreparedStatement
+
+from shared.exceptions import DependencyUnavailable
+from shared.lazy import Once
+
+DEPENDENCY = "cassandra"
+
+# What the driver raises when the store cannot answer: DriverException (OperationTimedOut, ReadTimeout,
+# Unavailable ...), NoHostAvailable, connection errors, and server error messages that are not DriverExceptions
+# (OverloadedErrorMessage: a Cosmos 429 left over after the session's retries; ServerError ...).
+CASSANDRA_ERRORS: tuple[type[BaseException], ...] = (DriverException, NoHostAvailable, ErrorMessage,
+                                                     ConnectionException, ConnectionError, OSError)
+
+
+def describe(exc: BaseException) -> str:
+    """A short, secret-free description of a driver error."""
+    if isinstance(exc, NoHostAvailable):
+        inner = "; ".join(f"{host}: {type(err).__name__}" for host, err in list(exc.errors.items())[:3])
+        return f"no host available ({inner})" if inner else "no host available"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def unavailable(what: str, exc: BaseException) -> DependencyUnavailable:
+    """The error every Cassandra adapter raises when ``what`` (a reading or a saving) failed."""
+    return DependencyUnavailable(DEPENDENCY, f"{what} failed: {describe(exc)}")
+
+
+@contextmanager
+def translated(what: str) -> Iterator[None]:
+    """Turn a driver failure inside the block into :func:`unavailable` (``what`` names the work)."""
+    try:
+        yield
+    except CASSANDRA_ERRORS as exc:
+        raise unavailable(what, exc) from exc
+
+
+class Queries:
+    """Named CQL statements (``{ks}`` stands for the keyspace), prepared once, executed with a timeout."""
+
+    def __init__(self, session: Session | Callable[[], Session], keyspace: str, cql: Mapping[str, str], *,
+                 timeout: float, fetch_size: int | None = None, idempotent: bool = True) -> None:
+        self._connect: Callable[[], Session] = session if callable(session) else (lambda: session)
+        self._keyspace = keyspace
+        self._cql = dict(cql)
+        self.timeout = timeout
+        self._fetch_size = fetch_size
+        self._idempotent = idempotent
+        self._statements = Once(self._prepare)
+
+    def _prepare(self) -> dict[str, PreparedStatement]:
+        session = self._connect()
+        prepared = {}
+        for name, cql in self._cql.items():
+            statement = session.prepare(cql.format(ks=self._keyspace))
+            statement.is_idempotent = self._idempotent
+            if self._fetch_size is not None:
+                statement.fetch_size = self._fetch_size
+            prepared[name] = statement
+        return prepared
+
+    def session(self) -> Session:
+        return self._connect()
+
+    def statement(self, name: str) -> PreparedStatement:
+        """The prepared statement ``name`` (prepared with the others on first use)."""
+        return self._statements.get()[name]
+
+    def execute(self, name: str, params: Sequence[Any], what: str, *, timeout: float | None = None) -> ResultSet:
+        """One execution of ``name``; its result set pages on iteration, each page within ``timeout``."""
+        with translated("reading " + what):
+            return self._connect().execute(self.statement(name), params, timeout=timeout or self.timeout)
+
+    def rows(self, name: str, params: Sequence[Any], what: str, *, timeout: float | None = None) -> list[Any]:
+        """Every row of ``name`` (all pages), each request within ``timeout`` (default: the reader's)."""
+        with translated("reading " + what):
+            return list(self._connect().execute(self.statement(name), params, timeout=timeout or self.timeout))
+
+    def fan_out(self, name: str, params: Sequence[Sequence[Any]], what: str, *, concurrency: int,
+                budget: float | None = None) -> list[list[Any]]:
+        """The rows of ``name`` for each parameter tuple (one partition each), read concurrently, in order.
+
+        Up to ``concurrency`` partitions are read at once, each paging with the
+        statement's fetch size. Each request gets the reader's timeout, cut to the
+        time left when a ``budget`` (seconds for the whole call) is given, so the
+        call never blocks past it. Any failed partition fails the call: a caller
+        never sees part of the rows as if they were all.
+        """
+        if not params:
+            return []
+        deadline = None if budget is None else time.monotonic() + budget
+        statement = self.statement(name)
+        session = self._connect()
+
+        def timeout() -> float:
+            if deadline is None:
+                return self.timeout
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise OperationTimedOut(f"the budget of {budget}s ran out")
+            return min(self.timeout, left)
+
+        def one(values: Sequence[Any]) -> list[Any]:
+            result = session.execute(statement, values, timeout=timeout())
+            rows = list(result.current_rows)
+            while result.paging_state is not None:
+                result = session.execute(statement, values, timeout=timeout(), paging_state=result.paging_state)
+                rows.extend(result.current_rows)
+            return rows
+
+        with translated("reading " + what):
+            if len(params) == 1:
+                return [one(params[0])]
+            workers = max(1, min(concurrency, len(params)))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cassandra-fan-out") as pool:
+                return list(pool.map(one, params))

@@ -1,0 +1,67 @@
+"""Time in Sluice: one epoch, UTC everywhere, milliseconds as Cassandra keeps them.
+
+Every moment Sluice handles is an aware UTC ``datetime``; a naive one (as the
+CQL driver returns timestamps) means UTC. Cassandra keeps a ``timestamp`` as whole
+milliseconds since the epoch, so :func:`to_ms` / :func:`from_ms` are exact, and the
+public JSON writes moments as RFC 3339 UTC with milliseconds (:func:`rfc3339`).
+:func:`floor` is the start of the fixed span holding a moment (a time bucket, an
+enrichment window), in exact integer arithmetic: ``timedelta`` is integral, a
+float of seconds is not.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from functools import cache
+from typing import overload
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = EPOCH.replace(tzinfo=None)
+_MILLISECOND = timedelta(milliseconds=1)
+
+
+@overload
+def utc(moment: datetime) -> datetime: ...
+
+
+@overload
+def utc(moment: None) -> None: ...
+
+
+def utc(moment: datetime | None) -> datetime | None:
+    """``moment`` in UTC (a naive one is taken as UTC); ``None`` stays ``None``."""
+    if moment is None or moment.tzinfo is UTC:
+        return moment
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def to_ms(moment: datetime) -> int:
+    """Whole milliseconds since the epoch (towards the past); a naive moment is UTC, as the CQL driver reads it."""
+    aware = moment.tzinfo is UTC or moment.utcoffset() is not None
+    return (moment - (EPOCH if aware else _NAIVE_EPOCH)) // _MILLISECOND
+
+
+def from_ms(millis: int) -> datetime:
+    """The UTC moment ``millis`` milliseconds after the epoch."""
+    return EPOCH + timedelta(milliseconds=millis)
+
+
+def rfc3339(moment: datetime) -> str:
+    """``2026-11-23T09:30:25.123Z``: UTC, millisecond precision (a naive moment is UTC)."""
+    return utc(moment).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def floor(moment: datetime, seconds: int) -> datetime:
+    """The start (UTC) of the ``seconds``-wide span, counted from the epoch, that holds ``moment``."""
+    aware = utc(moment)
+    return aware - (aware - EPOCH) % _span(seconds)
+
+
+@cache
+def _span(seconds: int) -> timedelta:
+    return timedelta(seconds=seconds)
+
+
+def day_of(moment: datetime) -> date:
+    """The UTC day of ``moment``."""
+    return utc(moment).date()

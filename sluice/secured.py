@@ -1,0 +1,492 @@
+"""PostgreSQL and Redis of our own, behind passwords and TLS, as on Azure (tests and ``sluice up``).
+
+* :class:`LocalCA`: one throw-away certificate authority (``trustme``) and a server
+  certificate for ``127.0.0.1`` (only: a client that connects to ``localhost`` must
+  refuse it, which is how the tests prove that host names are checked).
+* :class:`LocalPostgres`: ``initdb`` with scram-sha-256, ``ssl=on``, an application
+  role with a password, on a free port; run as the ``postgres`` user when we are
+  root (PostgreSQL refuses to run as root).
+* :class:`LocalRedis`: ``redis-server`` with the ``default`` user off, an ACL user
+  with a password, a plain port and a ``--tls-port``.
+
+Passwords go through files and connections, never through a command line (``ps``
+shows those). Nothing here touches the machine's own PostgreSQL or Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sluice.launcher import Running, start
+from sluice.localstack import free_port
+
+PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+
+
+class ServiceError(RuntimeError):
+    """A local server could not be set up or started (the message names it and why)."""
+
+
+@dataclass
+class LocalCA:
+    """A CA and a server certificate for 127.0.0.1, as PEM files in ``directory``."""
+
+    directory: Path
+    ca_file: Path = field(init=False)
+    cert_file: Path = field(init=False)
+    key_file: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        import trustme
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        ca = trustme.CA(organization_name="Sluice local stack")
+        cert = ca.issue_cert("127.0.0.1")
+        self.ca_file, self.cert_file, self.key_file = (
+            self.directory / n for n in ("ca.pem", "server.pem", "server.key")
+        )
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        cert.cert_chain_pems[0].write_to_path(str(self.cert_file))
+        for pem in cert.cert_chain_pems[1:]:
+            pem.write_to_path(str(self.cert_file), append=True)
+        cert.private_key_pem.write_to_path(str(self.key_file))
+        self.key_file.chmod(0o600)
+
+
+def _as_postgres() -> tuple[list[str], int | None]:
+    """The command prefix and uid that run PostgreSQL's tools: ``runuser -u postgres`` when we are root."""
+    if os.geteuid() != 0:
+        return [], None
+    return ["runuser", "-u", "postgres", "--"], pwd.getpwnam("postgres").pw_uid
+
+
+@dataclass
+class LocalPostgres:
+    """A PostgreSQL cluster under ``directory`` (a fresh ``initdb``), scram-sha-256 and TLS."""
+
+    ca: LocalCA
+    directory: Path | None = None
+    admin_password: str = field(default_factory=lambda: os.urandom(12).hex(), repr=False)
+    port: int = 0
+    host: str = "127.0.0.1"
+    temporary: bool = False  # a directory of our own making: removed by stop()
+
+    def start(self) -> LocalPostgres:
+        if not PG_BIN:
+            raise ServiceError(
+                "PostgreSQL's server programs are missing (/usr/lib/postgresql/*/bin): run `bash scripts/install.sh`"
+            )
+        bin_dir = PG_BIN[-1]
+        prefix, uid = _as_postgres()
+        if self.directory is None:
+            self.directory, self.temporary = Path(tempfile.mkdtemp(prefix="sluice-postgres-")), True
+        elif uid is not None and not _traversable(self.directory.parent, uid):
+            # e.g. pytest's tmp directories are root's alone: a place postgres can reach, removed by stop()
+            digest = hashlib.sha1(str(self.directory.resolve()).encode()).hexdigest()[:12]
+            self.directory, self.temporary = Path(tempfile.gettempdir()) / f"sluice-postgres-{digest}", True
+        self.directory.mkdir(parents=True, exist_ok=True)
+        data = self.directory / "data"
+        pwfile = self.directory / "admin.pw"
+        pwfile.write_text(self.admin_password)
+        for name in ("server.pem", "server.key"):
+            shutil.copy(self.ca.directory / name, self.directory / name)
+        (self.directory / "server.key").chmod(0o600)
+        if uid is not None:
+            for path in (self.directory, pwfile, self.directory / "server.pem", self.directory / "server.key"):
+                os.chown(path, uid, -1)
+        try:
+            if not data.exists():
+                # TCP: scram-sha-256 only; the Unix socket (in our own 0700 directory) trusts the superuser,
+                # so the stack administers its server without a password to keep anywhere.
+                _run(
+                    [
+                        *prefix,
+                        str(bin_dir / "initdb"),
+                        "-D",
+                        str(data),
+                        "-U",
+                        "postgres",
+                        "--auth-host=scram-sha-256",
+                        "--auth-local=trust",
+                        f"--pwfile={pwfile}",
+                        "--no-sync",
+                        "--no-instructions",
+                    ],
+                    "initdb",
+                )
+            self.port = self.port or free_port(self.host)
+            options = (
+                f"-p {self.port} -k {self.directory} -c listen_addresses={self.host} -c ssl=on "
+                f"-c ssl_cert_file={self.directory / 'server.pem'} -c ssl_key_file={self.directory / 'server.key'} "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            )
+            _run(
+                [
+                    *prefix,
+                    str(bin_dir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-l",
+                    str(self.directory / "postgres.log"),
+                    "-o",
+                    options,
+                    "start",
+                ],
+                "pg_ctl start",
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        self._bin, self._prefix = bin_dir, prefix
+        return self
+
+    def admin_dsn(self, dbname: str = "postgres") -> str:
+        """The superuser over the Unix socket (trusted; no password)."""
+        return f"host={self.directory} port={self.port} dbname={dbname} user=postgres"
+
+    def execute(self, *statements: str, dbname: str = "postgres") -> None:
+        """Run statements as the superuser (autocommit), e.g. to create a role or change its password."""
+        import psycopg
+
+        with psycopg.connect(self.admin_dsn(dbname), autocommit=True) as conn:
+            for statement in statements:
+                conn.execute(statement)
+
+    def create_role(self, user: str, password: str, *, database: str | None = None) -> None:
+        """A login role with ``password`` (stored as scram-sha-256) and, if named, a database it owns."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.admin_dsn(), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), sql.Literal(password))
+            )
+            if database:
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(user))
+                )
+
+    def set_password(self, user: str, password: str) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.admin_dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(user), sql.Literal(password)))
+
+    def stop(self) -> None:
+        if self.directory is None:
+            return
+        if (self.directory / "data" / "postmaster.pid").exists():
+            with contextlib.suppress(ServiceError):
+                _run(
+                    [
+                        *self._prefix,
+                        str(self._bin / "pg_ctl"),
+                        "-D",
+                        str(self.directory / "data"),
+                        "-m",
+                        "immediate",
+                        "-w",
+                        "stop",
+                    ],
+                    "pg_ctl stop",
+                )
+        if self.temporary:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@dataclass
+class LocalRedis:
+    """``redis-server`` under ``directory``: ACL user ``username``, a plain port and a TLS port."""
+
+    ca: LocalCA
+    directory: Path
+    username: str = "sluice"
+    password: str = field(default_factory=lambda: os.urandom(12).hex(), repr=False)
+    admin_password: str = field(default_factory=lambda: os.urandom(12).hex(), repr=False)
+    host: str = "127.0.0.1"
+    port: int = 0
+    tls_port: int = 0
+    running: Running | None = None
+
+    def start(self) -> LocalRedis:
+        if not shutil.which("redis-server"):
+            raise ServiceError("redis-server is not installed: run `bash scripts/install.sh`")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port(self.host)
+        self.tls_port = self.tls_port or free_port(self.host)
+        config = self.directory / "redis.conf"
+        config.write_text(
+            "\n".join(
+                [
+                    f"bind {self.host}",
+                    f"port {self.port}",
+                    f"tls-port {self.tls_port}",
+                    f"tls-cert-file {self.ca.cert_file}",
+                    f"tls-key-file {self.ca.key_file}",
+                    f"tls-ca-cert-file {self.ca.ca_file}",
+                    "tls-auth-clients no",
+                    f"dir {self.directory}",
+                    'save ""',
+                    "appendonly no",
+                    "daemonize no",
+                    "loglevel notice",
+                    "user default off",
+                    f"user admin on >{self.admin_password} ~* &* +@all",
+                    f"user {self.username} on >{self.password} ~* &* +@all",
+                ]
+            )
+            + "\n"
+        )
+        config.chmod(0o600)
+        self.running = start(
+            "redis-server",
+            ["redis-server", str(config)],
+            timeout=30,
+            ready=re.compile(r"(?P<ready>Ready to accept connections)"),
+        )
+        return self
+
+    def url(self, *, tls: bool = False, host: str | None = None) -> str:
+        """The URL with the ACL user and no password (it comes from the secret)."""
+        if tls:
+            return f"rediss://{self.username}@{host or self.host}:{self.tls_port}/0?ssl_ca_certs={self.ca.ca_file}"
+        return f"redis://{self.username}@{host or self.host}:{self.port}/0"
+
+    def admin(self):
+        import redis
+
+        return redis.Redis(host=self.host, port=self.port, username="admin", password=self.admin_password)
+
+    def set_password(self, password: str, *, username: str | None = None) -> None:
+        """Create the ACL user or replace its password (logged-in connections stay logged in, as on Azure)."""
+        with self.admin() as client:
+            client.acl_setuser(
+                username or self.username,
+                enabled=True,
+                reset_passwords=True,
+                passwords=[f"+{password}"],
+                keys=["*"],
+                channels=["*"],
+                commands=["+@all"],
+            )
+
+    def stop(self) -> None:
+        if self.running is not None:
+            self.running.stop()
+
+
+def _run(argv: list[str], what: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+    if result.returncode != 0:
+        raise ServiceError(f"{what} failed ({result.returncode}): {(result.stderr or result.stdout).strip()[-2000:]}")
+
+
+@dataclass
+class LocalPgBouncer:
+    """Debian's ``pgbouncer`` in transaction mode (as Azure Flexible Server's built-in one) in front of a PostgreSQL.
+
+    Every database of the server is reachable under its own name (``* =``); clients log
+    in with scram-sha-256 against ``userlist.txt``, and PgBouncer logs in to the server
+    as the same user with the same password. Run as the ``postgres`` user when we are
+    root (PgBouncer refuses to run as root).
+    """
+
+    directory: Path
+    server_host: str = "127.0.0.1"
+    server_port: int = 5432
+    user: str = "postgres"
+    password: str = field(default_factory=lambda: os.urandom(12).hex(), repr=False)
+    host: str = "127.0.0.1"
+    port: int = 0
+    pool_size: int = 4
+    running: Running | None = None
+
+    def start(self) -> LocalPgBouncer:
+        binary = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
+        if binary is None:
+            raise ServiceError("pgbouncer is not installed: run `bash scripts/install.sh`")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port(self.host)
+        userlist, ini = self.directory / "userlist.txt", self.directory / "pgbouncer.ini"
+        userlist.write_text(f'"{self.user}" "{self.password}"\n')
+        ini.write_text(
+            "\n".join(
+                [
+                    "[databases]",
+                    f"* = host={self.server_host} port={self.server_port}",
+                    "[pgbouncer]",
+                    f"listen_addr = {self.host}",
+                    f"listen_port = {self.port}",
+                    "unix_socket_dir =",
+                    "auth_type = scram-sha-256",
+                    f"auth_file = {userlist}",
+                    "pool_mode = transaction",
+                    f"default_pool_size = {self.pool_size}",
+                    "max_client_conn = 200",
+                    "ignore_startup_parameters = extra_float_digits",
+                    "logfile =",
+                    "pidfile =",
+                ]
+            )
+            + "\n"
+        )
+        prefix, uid = _as_postgres()
+        for path in (self.directory, userlist, ini):
+            path.chmod(0o700 if path.is_dir() else 0o600)
+            if uid is not None:
+                os.chown(path, uid, -1)
+        self.running = start(
+            "pgbouncer", [*prefix, binary, str(ini)], timeout=30, ready=re.compile(r"(?P<ready>process up)")
+        )
+        return self
+
+    def conninfo(self, dbname: str) -> str:
+        """A libpq connection string to ``dbname`` through PgBouncer (with the password: tests only)."""
+        return f"host={self.host} port={self.port} dbname={dbname} user={self.user} password={self.password}"
+
+    def stop(self) -> None:
+        if self.running is not None:
+            self.running.stop()
+
+
+SECRET_NAMES = {
+    "postgres": "sluice-postgres-password",
+    "redis": "sluice-redis-password",
+    "cassandra": "sluice-cassandra-password",
+}
+
+
+@dataclass
+class OwnServices:
+    """What ``sluice up`` runs of its own under its data dir: PostgreSQL, Redis and the Cassandra credentials.
+
+    New passwords are made at every start, set on each store, and seeded into the Key
+    Vault emulator (:meth:`seed`); the settings carry only the secret names
+    (:meth:`settings`). The password files that Redis and the Cassandra emulator read
+    are 0600 files under the data dir, never command-line arguments.
+    """
+
+    directory: Path
+    host: str = "127.0.0.1"
+    user: str = "sluice"
+    passwords: dict[str, str] = field(
+        default_factory=lambda: {k: os.urandom(16).hex() for k in SECRET_NAMES}, repr=False
+    )
+    ca: LocalCA | None = None
+    postgres: LocalPostgres | None = None
+    redis: LocalRedis | None = None
+
+    def start_postgres(self, database: str) -> LocalPostgres:
+        self.ca = self.ca or LocalCA(self.directory / "certs")
+        self.postgres = LocalPostgres(self.ca, self.directory / "postgres", host=self.host).start()
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.postgres.admin_dsn(), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.user,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(
+                sql.SQL(verb + " ROLE {} LOGIN CREATEDB PASSWORD {}").format(
+                    sql.Identifier(self.user), sql.Literal(self.passwords["postgres"])
+                )
+            )
+        return self.postgres
+
+    def start_redis(self) -> LocalRedis:
+        self.ca = self.ca or LocalCA(self.directory / "certs")
+        self.redis = LocalRedis(
+            self.ca, self.directory / "redis", username=self.user, password=self.passwords["redis"], host=self.host
+        ).start()
+        return self.redis
+
+    def cassandra_args(self) -> list[str]:
+        """The emulator's PasswordAuthenticator and TLS arguments (the password through a 0600 file)."""
+        self.ca = self.ca or LocalCA(self.directory / "certs")
+        password_file = self.directory / "cassandra.pw"
+        password_file.touch(mode=0o600)
+        password_file.write_text(self.passwords["cassandra"])
+        return [
+            "--username",
+            self.user,
+            "--password-file",
+            str(password_file),
+            "--tls-cert",
+            str(self.ca.cert_file),
+            "--tls-key",
+            str(self.ca.key_file),
+        ]
+
+    def seed(self, vault_url: str, ca_file: Path) -> None:
+        """Store the three passwords in the Key Vault emulator under :data:`SECRET_NAMES`."""
+        from azure.keyvault.secrets import SecretClient
+
+        from shared.adapters.identity import LocalDevelopmentCredential
+
+        with SecretClient(
+            vault_url, LocalDevelopmentCredential(), verify_challenge_resource=False, connection_verify=str(ca_file)
+        ) as client:
+            for store, name in SECRET_NAMES.items():
+                client.set_secret(name, self.passwords[store])
+
+    def settings(self, database: str, cassandra_port: int) -> dict[str, str]:
+        """Settings for the stores behind passwords and TLS: secret names, never values."""
+        assert self.ca is not None
+        values = {
+            "SLUICE_CASSANDRA_USERNAME": self.user,
+            "SLUICE_CASSANDRA_PASSWORD": "",
+            "SLUICE_CASSANDRA_PASSWORD_SECRET": SECRET_NAMES["cassandra"],
+            "SLUICE_CASSANDRA_TLS": "true",
+            "SLUICE_CASSANDRA_TLS_CA_FILE": str(self.ca.ca_file),
+            "SLUICE_CASSANDRA_PORT": str(cassandra_port),
+        }
+        if self.postgres is not None:
+            values.update(
+                {
+                    "SLUICE_POSTGRES_HOST": self.host,
+                    "SLUICE_POSTGRES_PORT": str(self.postgres.port),
+                    "SLUICE_POSTGRES_DBNAME": database,
+                    "SLUICE_POSTGRES_USER": self.user,
+                    "SLUICE_POSTGRES_PASSWORD": "",
+                    "SLUICE_POSTGRES_PASSWORD_SECRET": SECRET_NAMES["postgres"],
+                    "SLUICE_POSTGRES_SSLMODE": "verify-full",
+                    "SLUICE_POSTGRES_SSLROOTCERT": str(self.ca.ca_file),
+                }
+            )
+        if self.redis is not None:
+            values.update(
+                {
+                    "SLUICE_REDIS_URL": self.redis.url(tls=True),
+                    "SLUICE_REDIS_CLUSTER": "false",
+                    "SLUICE_REDIS_PASSWORD": "",
+                    "SLUICE_REDIS_PASSWORD_SECRET": SECRET_NAMES["redis"],
+                }
+            )
+        return values
+
+    def stop(self) -> None:
+        for server in (self.redis, self.postgres):
+            if server is not None:
+                server.stop()
+
+
+def _traversable(directory: Path, uid: int) -> bool:
+    """Whether user ``uid`` can reach ``directory`` (every ancestor searchable by it or by others)."""
+    for path in (directory.resolve(), *directory.resolve().parents):
+        if not path.exists():
+            continue
+        st = path.stat()
+        if not (st.st_mode & 0o001 or (st.st_uid == uid and st.st_mode & 0o100)):
+            return False
+    return True

@@ -1,0 +1,69 @@
+"""``sluice up``'s own PostgreSQL, Redis and Cassandra credentials: passwords from Key Vault, TLS, nothing leaked.
+
+The stack's pieces are started as ``up`` starts them (no dev host, no load):
+our own PostgreSQL (scram-sha-256, ssl on) and Redis (ACL user, TLS port), the
+Cassandra emulator with PasswordAuthenticator and TLS, and the Key Vault emulator
+seeded with the three passwords. The migrations then run as a separate
+``python -m sluice`` process that knows only secret names, and no password
+appears in ``local.settings.json``, ``settings.env``, the children's output or ``ps``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sluice.delivery import Probe
+from sluice.localstack import LocalStack, StackOptions
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_own_services_take_their_passwords_from_the_vault_and_leak_none(tmp_path: Path) -> None:
+    said: list[str] = []
+    options = StackOptions(data_dir=tmp_path / "stack", cassandra_port=0, eventhubs_port=0, azurite_port=0,
+                           keyvault_port=0, http_port=0, persist=False, database="sluice_own")
+    stack = LocalStack(options, say=said.append)
+    probe = None
+    try:
+        stack.ensure_postgres()
+        stack.ensure_redis()
+        stack.start_cassandra()
+        stack.start_keyvault()
+        stack.ports.update(azurite=10999, eventhubs=5999)  # not started: the migrations need neither
+        values = json.loads(stack.write_settings().read_text())["Values"]
+        assert stack.create_database()
+        migrated = stack.migrate()
+
+        for store in ("POSTGRES", "REDIS", "CASSANDRA"):
+            assert values[f"SLUICE_{store}_PASSWORD_SECRET"] and not values[f"SLUICE_{store}_PASSWORD"]
+        assert values["SLUICE_POSTGRES_SSLMODE"] == "verify-full" and values["SLUICE_REDIS_URL"].startswith("rediss://")
+        assert values["SLUICE_CASSANDRA_TLS"] == "true"
+        assert int(values["SLUICE_POSTGRES_PORT"]) != 5432 and ":6379" not in values["SLUICE_REDIS_URL"]
+
+        probe = Probe(stack.values)  # connects as the pipeline does: names from settings, values from the vault
+        with probe.pg() as conn:
+            assert conn.execute("SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+                                ).fetchone()[1] is True
+        assert probe.redis.ping()
+        assert probe.session.execute("SELECT release_version FROM system.local").one()
+
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+        texts = {"local.settings.json": stack.settings_path.read_text(),
+                 "settings.env": (stack.settings_path.parent / "settings.env").read_text(),
+                 "ps": ps, "migrate output": migrated, "said": "\n".join(said),
+                 **{f"{c.name} output": c.output() for c in stack.children}}
+        for store, password in stack.own.passwords.items():
+            for where, text in texts.items():
+                assert password not in text, f"the {store} password is in {where}"
+    finally:
+        if probe is not None:
+            probe.close()
+        own = stack.own
+        assert stack.stop() == []
+        if own is not None and own.postgres is not None:
+            shutil.rmtree(own.postgres.directory, ignore_errors=True)  # outside tmp_path when we are root

@@ -1,0 +1,103 @@
+"""Enrichment and the reporting queries through PgBouncer in transaction mode (Debian's ``pgbouncer``).
+
+Azure Flexible Server's built-in PgBouncer pools per transaction, so a session's
+prepared statements, temporary tables and ``SET`` do not survive from one
+transaction to the next. The enrichment scenarios of ``test_enrichment`` run here
+again, unchanged, with their pool behind PgBouncer and prepared statements off
+(``SLUICE_POSTGRES_PREPARE_THRESHOLD=none``, the documented setting); the figures
+are still checked over a direct connection.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from shared.adapters.cassandra.event_store import CassandraEventStore
+from shared.adapters.cassandra.migrations import apply_migrations as apply_cassandra
+from shared.adapters.postgres.enrichment_store import PostgresEnrichmentStore
+from shared.adapters.postgres.migrations import apply_migrations as apply_postgres
+from shared.adapters.postgres.pool import make_pool
+from shared.adapters.postgres.reports import PostgresReports
+from shared.adapters.reference import upsert_reference
+from shared.settings import CassandraSettings, PostgresSettings
+from sluice.launcher import Running
+from sluice.secured import LocalPgBouncer
+from tests.fixtures.pgbouncer import through_pgbouncer
+
+# The scenarios, collected again here: they take this module's ``stack`` (through PgBouncer).
+from tests.integration.test_enrichment import (  # noqa: F401
+    DEVICES,
+    RULES,
+    SITES,
+    T0,
+    Stack,
+    W,
+    build_service,
+    random_events,
+    shared_session,
+    test_a_reference_change_shows_in_the_next_windows,
+    test_an_event_id_reused_in_a_new_window_moves_there_and_the_rest_of_the_window_is_stored,
+    test_late_events_recompute_their_window,
+    test_prepared_statements_survive_the_staging_tables_being_recreated,
+    test_rerunning_changes_nothing,
+    test_window_figures_match_an_independent_computation,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def stack(cassandra_emulator: Running, cassandra_keyspace: str, pg_dsn: str, shared_session,  # noqa: F811
+          pgbouncer: LocalPgBouncer) -> Iterator[Stack]:
+    cassandra = CassandraSettings(hosts=[cassandra_emulator.host], port=cassandra_emulator.port,
+                                  keyspace=cassandra_keyspace, shards=4, bucket_seconds=60, consistency="ONE")
+    apply_cassandra(shared_session, cassandra)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # migrations take a session lock: run them directly
+        apply_postgres(conn)
+        upsert_reference(conn, DEVICES, SITES)
+    pool = make_pool(through_pgbouncer(pgbouncer, pg_dsn),
+                     PostgresSettings(host="unused", pool_min_size=1, pool_max_size=3, prepare_threshold=None))
+    with pool.connection() as conn:
+        assert conn.execute("SHOW port").fetchone() == ("5432",) and conn.info.port == pgbouncer.port
+    service = build_service(shared_session, cassandra_keyspace, cassandra, pool)
+    PostgresEnrichmentStore(pool).load_state(T0)
+    yield Stack(cassandra_keyspace, pg_dsn, shared_session, CassandraEventStore(shared_session, cassandra, RULES), pool,
+                service, [])
+    pool.close()
+
+
+def test_the_reporting_queries_answer_through_pgbouncer(stack: Stack) -> None:
+    stack.send(random_events(random.Random(3), T0, 2 * W, 120))
+    stack.service.run(now=T0 + 2 * W + timedelta(minutes=2))
+    reports = PostgresReports(stack.pool, timeout=5)
+    for _ in range(3):  # more rounds than pooled server connections: every query on whichever server connection
+        position = reports.enrichment()
+        assert position is not None
+        days = reports.site_daily(site_id=None, day_from=None, day_to=None, limit=100)
+        assert {row["site_id"] for row in days} >= {"site-a", "site-b"}
+        assert reports.device_health(site_id="site-a", health=None, limit=10)
+
+
+def test_prepared_statements_break_through_transaction_pooling_and_the_setting_avoids_them(
+        pg_dsn: str, pgbouncer: LocalPgBouncer) -> None:
+    """The fixture really pools per transaction: two clients share one server session, so their prepared
+    statements collide; with ``prepare_threshold=None`` (the documented setting) nothing is prepared."""
+    dsn = through_pgbouncer(pgbouncer, pg_dsn)
+    query = "SELECT count(*) FROM pg_class WHERE relname = %s"
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as a, \
+            psycopg.connect(dsn, autocommit=True, prepare_threshold=0) as b:
+        a.execute(query, ("x",))
+        with pytest.raises((psycopg.errors.DuplicatePreparedStatement, psycopg.errors.InvalidSqlStatementName)):
+            for _ in range(3):
+                b.execute(query, ("y",))
+                a.execute(query, ("z",))
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as a, \
+            psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as b:
+        for _ in range(3):
+            assert a.execute(query, ("x",)).fetchone() == (0,)
+            assert b.execute(query, ("y",)).fetchone() == (0,)

@@ -1,0 +1,431 @@
+"""Rotation without a restart: each store refuses the old password, Sluice re-reads the secret and goes on.
+
+Real stores with real passwords (PostgreSQL scram-sha-256 on its own cluster, a
+Redis ACL user, the Cassandra emulator's PasswordAuthenticator), the Key Vault
+emulator through the real SDK, and TLS verified against one local CA. Both
+orders: the vault first then the store (the documented order), and the store
+first then the vault (the refresh waits for the vault and keeps retrying).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from functools import cache
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from azure.keyvault.secrets import SecretClient
+from cassandra.cluster import NoHostAvailable
+
+from shared import bootstrap
+from shared.adapters.cassandra.session import connect
+from shared.adapters.keyvault import KeyVaultSecrets
+from shared.adapters.postgres.pool import make_pool
+from shared.adapters.redis.client import RedisConnection
+from shared.adapters.secrets import RotatingSecret
+from shared.exceptions import ConfigurationError, DependencyUnavailable
+from shared.settings import CassandraSettings, PostgresSettings, load_settings
+from sluice.secured import LocalCA, LocalPostgres, LocalRedis
+from tests.fixtures.keyvault import KeyVaultEmulator, start_keyvault_emulator, unique_secret_name
+from tests.fixtures.secured import start_secured_cassandra
+
+pytestmark = pytest.mark.timeout(120)
+INTERVAL = 0.5
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def vault(keyvault_emulator: KeyVaultEmulator) -> Iterator[KeyVaultSecrets]:
+    adapter = KeyVaultSecrets(keyvault_emulator.url, ca_file=str(keyvault_emulator.ca_file))
+    yield adapter
+    adapter.close()
+
+
+def _secret(vault: KeyVaultSecrets, client: SecretClient, value: str) -> RotatingSecret:
+    name = unique_secret_name("pw")
+    client.set_secret(name, value)
+    return RotatingSecret(name, lambda: vault.fetch(name), min_interval=INTERVAL)
+
+
+def _eventually(check: Callable[[], object], timeout: float = 30.0) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _password() -> str:
+    return uuid.uuid4().hex
+
+
+# --- PostgreSQL ---
+
+@pytest.fixture
+def pg_role(secured_postgres: LocalPostgres) -> str:
+    return f"app_{uuid.uuid4().hex[:10]}"
+
+
+def _pg_settings(server: LocalPostgres, ca: LocalCA, role: str, *, host: str = "127.0.0.1") -> PostgresSettings:
+    return PostgresSettings(host=host, port=server.port, dbname="postgres", user=role, sslmode="verify-full",
+                            sslrootcert=ca.ca_file, pool_min_size=1, pool_max_size=2, pool_timeout_seconds=20)
+
+
+def _kick(server: LocalPostgres, role: str) -> None:
+    """End the role's sessions, as a failover or ``max_lifetime`` would: the pool must log in again."""
+    server.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
+
+
+@pytest.mark.parametrize("vault_first", [True, False], ids=["vault-then-store", "store-then-vault"])
+def test_postgres_pool_logs_in_with_the_rotated_password(secured_postgres: LocalPostgres, local_ca: LocalCA,
+                                                         pg_role: str, vault: KeyVaultSecrets,
+                                                         keyvault_client: SecretClient, vault_first: bool) -> None:
+    old, new = _password(), _password()
+    secured_postgres.create_role(pg_role, old)
+    secret = _secret(vault, keyvault_client, old)
+    cfg = _pg_settings(secured_postgres, local_ca, pg_role)
+    with make_pool(cfg.conninfo(), cfg, password=secret) as pool:
+        with pool.connection() as conn:
+            assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+        if vault_first:
+            keyvault_client.set_secret(secret.name, new)
+            secured_postgres.set_password(pg_role, new)
+        else:
+            secured_postgres.set_password(pg_role, new)
+            _kick(secured_postgres, pg_role)
+            time.sleep(INTERVAL * 2)  # the pool's reconnect attempts now meet the old value in the vault too
+            keyvault_client.set_secret(secret.name, new)
+        _kick(secured_postgres, pg_role)
+        with pool.connection() as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (pg_role,)
+    assert secret.value() == new
+
+
+def test_a_refused_password_that_the_vault_still_holds_fails_clearly(secured_postgres: LocalPostgres,
+                                                                     local_ca: LocalCA, pg_role: str,
+                                                                     vault: KeyVaultSecrets,
+                                                                     keyvault_client: SecretClient) -> None:
+    secured_postgres.create_role(pg_role, _password())
+    secret = _secret(vault, keyvault_client, "not-the-password")
+    cfg = _pg_settings(secured_postgres, local_ca, pg_role)
+    with make_pool(cfg.conninfo(), cfg, password=secret, open=False) as pool:
+        conn_class = pool.connection_class
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        conn_class.connect(cfg.conninfo())
+
+
+def test_verify_full_refuses_a_certificate_for_another_host(secured_postgres: LocalPostgres, local_ca: LocalCA,
+                                                           pg_role: str) -> None:
+    password = _password()
+    secured_postgres.create_role(pg_role, password)
+    good = _pg_settings(secured_postgres, local_ca, pg_role)
+    with psycopg.connect(good.conninfo(password)) as conn:
+        assert conn.info.pgconn.ssl_in_use
+    wrong_host = _pg_settings(secured_postgres, local_ca, pg_role, host="localhost")
+    with pytest.raises(psycopg.OperationalError, match="does not match host name"):
+        psycopg.connect(wrong_host.conninfo(password))
+
+
+# --- Redis ---
+
+@pytest.mark.parametrize("vault_first", [True, False], ids=["vault-then-store", "store-then-vault"])
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_redis_logs_in_with_the_rotated_password(secured_redis: LocalRedis, vault: KeyVaultSecrets,
+                                                 keyvault_client: SecretClient, vault_first: bool, tls: bool) -> None:
+    user, old, new = f"app{uuid.uuid4().hex[:10]}", _password(), _password()
+    secured_redis.set_password(old, username=user)
+    secret = _secret(vault, keyvault_client, old)
+    url = secured_redis.url(tls=tls).replace(f"{secured_redis.username}@", f"{user}@")
+    connection = RedisConnection(url, password=secret, cluster=False)
+    key = f"rotation:{user}"
+    try:
+        connection.client().set(key, "1")
+        if vault_first:
+            keyvault_client.set_secret(secret.name, new)
+            secured_redis.set_password(new, username=user)
+        else:
+            secured_redis.set_password(new, username=user)
+            time.sleep(INTERVAL * 2)
+            keyvault_client.set_secret(secret.name, new)
+        with secured_redis.admin() as admin:
+            admin.client_kill_filter(user=user)  # as a failover would: every connection logs in again
+        assert _eventually(lambda: connection.client().incr(key)) == 2
+        assert secret.value() == new
+    finally:
+        connection.close()
+
+
+def test_rediss_refuses_a_certificate_for_another_host(secured_redis: LocalRedis) -> None:
+    secret = RotatingSecret.fixed(secured_redis.password)
+    good = RedisConnection(secured_redis.url(tls=True), password=secret, cluster=False)
+    wrong = RedisConnection(secured_redis.url(tls=True, host="localhost"), password=secret, cluster=False)
+    try:
+        assert good.client().ping()
+        with pytest.raises(redis.exceptions.ConnectionError, match="Hostname mismatch"):
+            wrong.client().ping()
+    finally:
+        good.close()
+        wrong.close()
+
+
+# --- Cassandra ---
+
+def _cassandra_settings(emulator, ca: LocalCA, *, host: str = "127.0.0.1") -> CassandraSettings:
+    return CassandraSettings(hosts=[host], port=emulator.running.port, username=emulator.username, tls=True,
+                             tls_ca_file=ca.ca_file, consistency="ONE", connect_timeout_seconds=5)
+
+
+@pytest.mark.parametrize("vault_first", [True, False], ids=["vault-then-store", "store-then-vault"])
+def test_cassandra_connects_with_the_rotated_password(local_ca: LocalCA, tmp_path: Path, vault: KeyVaultSecrets,
+                                                      keyvault_client: SecretClient, vault_first: bool) -> None:
+    old, new = _password(), _password()
+    emulator = start_secured_cassandra(local_ca, tmp_path, old)
+    secret = _secret(vault, keyvault_client, old)
+    settings = _cassandra_settings(emulator, local_ca)
+    try:
+        session = connect(settings, secret)
+        assert session.execute("SELECT release_version FROM system.local").one() is not None
+        session.cluster.shutdown()
+        time.sleep(INTERVAL)  # each new connection re-reads the secret, at most once per interval
+        if vault_first:
+            keyvault_client.set_secret(secret.name, new)
+            emulator.set_password(new)
+        else:
+            emulator.set_password(new)
+            with pytest.raises(NoHostAvailable):
+                connect(settings, secret)  # the vault still holds the old value: refused, clearly
+            keyvault_client.set_secret(secret.name, new)
+            time.sleep(INTERVAL)
+        session = connect(settings, secret)  # a worker's cold start after the rotation, with the cached old value
+        assert session.execute("SELECT release_version FROM system.local").one() is not None
+        session.cluster.shutdown()
+        assert secret.value() == new
+    finally:
+        emulator.running.stop()
+
+
+def test_a_cassandra_session_reconnects_with_the_rotated_password_after_a_node_restart(
+        local_ca: LocalCA, tmp_path: Path, vault: KeyVaultSecrets, keyvault_client: SecretClient) -> None:
+    old, new = _password(), _password()
+    emulator = start_secured_cassandra(local_ca, tmp_path, old)
+    secret = _secret(vault, keyvault_client, old)
+    settings = _cassandra_settings(emulator, local_ca)
+    session = connect(settings, secret)
+    try:
+        assert session.execute("SELECT release_version FROM system.local").one()
+        keyvault_client.set_secret(secret.name, new)
+        emulator.set_password(new)
+        emulator.running.stop()  # the node restarts: the driver must log in again, and gives up after one refusal
+        time.sleep(INTERVAL)
+        emulator = start_secured_cassandra(local_ca, tmp_path, new, port=settings.port)
+        assert _eventually(lambda: session.execute("SELECT release_version FROM system.local").one(), timeout=60)
+        assert secret.value() == new
+    finally:
+        session.cluster.shutdown()
+        emulator.running.stop()
+
+
+def test_cassandra_tls_refuses_a_certificate_for_another_host(local_ca: LocalCA, tmp_path: Path) -> None:
+    emulator = start_secured_cassandra(local_ca, tmp_path, "pw")
+    try:
+        with pytest.raises(NoHostAvailable, match=r"certificate|match"):
+            connect(_cassandra_settings(emulator, local_ca, host="localhost"), RotatingSecret.fixed("pw"))
+    finally:
+        emulator.running.stop()
+
+
+# --- Key Vault outage ---
+
+def test_a_vault_outage_keeps_the_cached_value(tmp_path: Path) -> None:
+    emulator = start_keyvault_emulator(tmp_path)
+    adapter = KeyVaultSecrets(emulator.url, ca_file=str(emulator.ca_file), retries=0, timeout=2)
+    try:
+        name = unique_secret_name("pw")
+        emulator.client().set_secret(name, "cached")
+        secret = RotatingSecret(name, lambda: adapter.fetch(name), min_interval=0)
+        assert secret.value() == "cached"
+        emulator.running.stop()
+        assert secret.refresh() is False, "an unreachable vault changes nothing"
+        assert secret.value() == "cached"
+        with pytest.raises(DependencyUnavailable, match="key vault"):
+            adapter.fetch(name)  # and a cold start without a cached value is a clear, retryable error
+    finally:
+        adapter.close()
+        emulator.running.stop()
+
+
+def test_refresh_is_rate_limited_per_secret() -> None:
+    reads: list[int] = []
+    now = [0.0]
+
+    def fetch() -> str:
+        reads.append(1)
+        return f"v{len(reads)}"
+
+    secret = RotatingSecret("s", fetch, min_interval=5, clock=lambda: now[0])
+    assert secret.value() == "v1"
+    assert secret.refresh() is True and secret.value() == "v2", "the first refresh reads at once"
+    now[0] = 4.9
+    assert secret.refresh() is False and len(reads) == 2, "within the interval: no read"
+    now[0] = 5.0
+    assert secret.refresh() is True and secret.value() == "v3"
+
+
+# --- through bootstrap: the wiring the Functions host runs ---
+
+def _environ(**overrides: str) -> dict[str, str]:
+    values = json.loads((ROOT / "local.settings.sample.json").read_text(encoding="utf-8"))["Values"]
+    return {**values, **overrides}
+
+
+@pytest.fixture
+def use_settings(monkeypatch: pytest.MonkeyPatch):
+    def use(environ: dict[str, str]):
+        loaded = load_settings(environ)
+        monkeypatch.setattr(bootstrap, "settings", cache(lambda: loaded))
+        bootstrap.reset()
+        return loaded
+
+    yield use
+    bootstrap.reset()
+
+
+@pytest.mark.parametrize("store", ["POSTGRES", "REDIS", "CASSANDRA"])
+def test_a_missing_secret_stops_start_up_naming_the_secret_and_the_vault(
+        keyvault_emulator: KeyVaultEmulator, use_settings, store: str) -> None:
+    name = unique_secret_name("missing")
+    use_settings(_environ(**{f"SLUICE_{store}_PASSWORD_SECRET": name, "SLUICE_CASSANDRA_USERNAME": "sluice",
+                             "SLUICE_KEYVAULT_URL": keyvault_emulator.url,
+                             "SLUICE_KEYVAULT_CA_FILE": str(keyvault_emulator.ca_file)}))
+    build = {"POSTGRES": bootstrap.postgres_pool, "REDIS": bootstrap.redis_client,
+             "CASSANDRA": bootstrap.cassandra_session}[store]
+    with pytest.raises(ConfigurationError) as caught:
+        build()
+    assert name in str(caught.value) and keyvault_emulator.url in str(caught.value)
+
+
+def test_an_unreachable_vault_at_cold_start_is_a_clear_retryable_error(use_settings, local_ca: LocalCA) -> None:
+    from sluice.localstack import free_port
+
+    url = f"https://127.0.0.1:{free_port()}/"
+    use_settings(_environ(SLUICE_POSTGRES_PASSWORD_SECRET="pg-password", SLUICE_KEYVAULT_URL=url,
+                          SLUICE_KEYVAULT_CA_FILE=str(local_ca.ca_file)))
+    with pytest.raises(DependencyUnavailable) as caught:
+        bootstrap.postgres_pool()
+    assert "pg-password" in str(caught.value) and url in str(caught.value)
+
+
+def test_bootstrap_clients_use_the_vault_and_follow_a_rotation(
+        secured_postgres: LocalPostgres, secured_redis: LocalRedis, local_ca: LocalCA, tmp_path: Path,
+        keyvault_emulator: KeyVaultEmulator, keyvault_client: SecretClient, use_settings,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    role, user = f"app_{uuid.uuid4().hex[:10]}", f"app{uuid.uuid4().hex[:10]}"
+    passwords = {store: _password() for store in ("pg", "redis", "cassandra")}
+    names = {store: unique_secret_name(store) for store in passwords}
+    for store, value in passwords.items():
+        keyvault_client.set_secret(names[store], value)
+    secured_postgres.create_role(role, passwords["pg"])
+    secured_redis.set_password(passwords["redis"], username=user)
+    cassandra = start_secured_cassandra(local_ca, tmp_path, passwords["cassandra"])
+    try:
+        use_settings(_environ(
+            SLUICE_KEYVAULT_URL=keyvault_emulator.url, SLUICE_KEYVAULT_CA_FILE=str(keyvault_emulator.ca_file),
+            SLUICE_KEYVAULT_REFRESH_MIN_INTERVAL_SECONDS="0.5",
+            SLUICE_POSTGRES_HOST="127.0.0.1", SLUICE_POSTGRES_PORT=str(secured_postgres.port),
+            SLUICE_POSTGRES_DBNAME="postgres", SLUICE_POSTGRES_USER=role, SLUICE_POSTGRES_SSLMODE="verify-full",
+            SLUICE_POSTGRES_SSLROOTCERT=str(local_ca.ca_file), SLUICE_POSTGRES_PASSWORD_SECRET=names["pg"],
+            SLUICE_REDIS_URL=secured_redis.url(tls=True).replace(f"{secured_redis.username}@", f"{user}@"),
+            SLUICE_REDIS_CLUSTER="false", SLUICE_REDIS_PASSWORD_SECRET=names["redis"],
+            SLUICE_CASSANDRA_HOSTS="127.0.0.1", SLUICE_CASSANDRA_PORT=str(cassandra.running.port),
+            SLUICE_CASSANDRA_USERNAME=cassandra.username, SLUICE_CASSANDRA_TLS="true",
+            SLUICE_CASSANDRA_TLS_CA_FILE=str(local_ca.ca_file), SLUICE_CASSANDRA_PASSWORD_SECRET=names["cassandra"],
+        ))
+
+        def use_all() -> None:
+            with bootstrap.postgres_pool().connection() as conn:
+                assert conn.execute("SELECT current_user").fetchone() == (role,)
+            assert bootstrap.redis_client().client().ping()
+            assert bootstrap.cassandra_session().execute("SELECT release_version FROM system.local").one()
+
+        use_all()
+        session = bootstrap.cassandra_session()
+        rotated = {store: _password() for store in passwords}
+        for store, value in rotated.items():
+            keyvault_client.set_secret(names[store], value)
+        secured_postgres.set_password(role, rotated["pg"])
+        secured_redis.set_password(rotated["redis"], username=user)
+        cassandra.set_password(rotated["cassandra"])
+        _kick(secured_postgres, role)
+        with secured_redis.admin() as admin:
+            admin.client_kill_filter(user=user)
+        _eventually(use_all)
+        assert bootstrap.cassandra_session() is session, "nothing was rebuilt by a restart"
+        for store in ("pg", "redis", "cassandra"):
+            assert passwords[store] not in caplog.text and rotated[store] not in caplog.text, \
+                f"the {store} password reached the logs"
+    finally:
+        cassandra.running.stop()
+
+
+def test_a_redis_cluster_logs_in_with_the_rotated_password(redis_cluster, vault: KeyVaultSecrets,
+                                                           keyvault_client: SecretClient) -> None:
+    if redis_cluster is None:
+        pytest.skip("SLUICE_TEST_REDIS_CLUSTER_URL names an external cluster: its ACL is not ours to change")
+    user, old, new = f"app{uuid.uuid4().hex[:10]}", _password(), _password()
+
+    def on_every_node(*command: str) -> None:
+        for port in redis_cluster.ports:
+            with redis.Redis(host=redis_cluster.host, port=port) as node:
+                node.execute_command(*command)
+
+    on_every_node("ACL", "SETUSER", user, "on", f">{old}", "~*", "&*", "+@all")
+    secret = _secret(vault, keyvault_client, old)
+    connection = RedisConnection(redis_cluster.url.replace("redis://", f"redis://{user}@"), password=secret,
+                                 cluster=True)
+    key = f"rotation:{{{user}}}"
+    try:
+        connection.client().set(key, "1")
+        time.sleep(INTERVAL)
+        keyvault_client.set_secret(secret.name, new)
+        on_every_node("ACL", "SETUSER", user, "resetpass", f">{new}")
+        on_every_node("CLIENT", "KILL", "USER", user)
+        assert _eventually(lambda: connection.client().incr(key)) == 2
+        assert secret.value() == new
+    finally:
+        connection.close()
+        on_every_node("ACL", "DELUSER", user)
+
+
+def test_an_unreachable_vault_at_cold_start_retries_then_dead_letters_the_ingest_batch(
+        use_settings, local_ca: LocalCA, azurite_connection_string: str) -> None:
+    from datetime import UTC, datetime
+
+    from shared.domain.events import EventMetadata, RawRecord
+    from sluice.localstack import free_port
+
+    url = f"https://127.0.0.1:{free_port()}/"
+    container = f"dl-{uuid.uuid4().hex[:12]}"
+    use_settings(_environ(SLUICE_CASSANDRA_USERNAME="sluice", SLUICE_CASSANDRA_PASSWORD_SECRET="cassandra-password",
+                          SLUICE_KEYVAULT_URL=url, SLUICE_KEYVAULT_CA_FILE=str(local_ca.ca_file),
+                          AzureWebJobsStorage=azurite_connection_string, SLUICE_STORAGE_DEADLETTER_CONTAINER=container))
+    body = json.dumps({"event_id": str(uuid.uuid4()), "device_id": "dev-1", "event_type": "telemetry",
+                       "timestamp": datetime.now(UTC).isoformat()}).encode()
+    records = [RawRecord(body, EventMetadata(partition_id="0", sequence_number=1, enqueued_time=datetime.now(UTC)))]
+    service = bootstrap.ingest_service()
+    with pytest.raises(DependencyUnavailable, match="key vault"):
+        service.handle(records, final_attempt=False)  # the host retries the batch
+    result = service.handle(records, final_attempt=True)
+    assert result.batch_dead_lettered
+    [letter] = list(bootstrap.dead_letter_sink().read("batch"))
+    assert "key vault" in letter.reason and "cassandra-password" in letter.reason
+    assert [r.body for r in letter.records] == [body], "the original bytes are kept: nothing is lost"
