@@ -1,6 +1,6 @@
 """OpenTelemetry for Sluice: set-up from the environment, the pipeline's instruments and one span per stage.
 
-:func:`configure` runs once per worker process (``shared.bootstrap.settings`` calls
+:func:`configure` runs once per worker process (``shared.bootstrap.start_worker`` calls
 it) and picks the exporters from the environment, as OpenTelemetry's own variables
 name them wherever a standard exists:
 
