@@ -34,6 +34,11 @@ MAX_TRACED_IDS = 50
 _failed_at: dict[str, float] = {}
 
 
+def reset_failure_log() -> None:
+    """Forget which failures were logged this minute (a test that needs the next one logged)."""
+    _failed_at.clear()
+
+
 def telemetry_failed(what: str, exc: BaseException) -> None:
     """A recording that raised: logged at most once a minute per kind, never raised into the invocation."""
     now = time.monotonic()
