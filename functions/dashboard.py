@@ -24,10 +24,10 @@ from pathlib import Path
 
 import azure.functions as func
 
+from functions.parameters import BadParameter, parse_device_id, parse_limit, parse_since
 from shared import bootstrap
 from shared.exceptions import DependencyUnavailable
 from shared.services.history import BadToken
-from shared.services.lookups import BadParameter, parse_device_id, parse_limit, parse_since
 from shared.services.reports import HEALTH_STATES
 
 logger = logging.getLogger(__name__)
@@ -83,10 +83,8 @@ def _limit(req: func.HttpRequest, default: int) -> int:
 
 def _time(req: func.HttpRequest, name: str) -> datetime | None:
     try:
-        value = parse_since(_given(req, name))
+        value = parse_since(_given(req, name), name)
         return value.astimezone(UTC) if value is not None else None
-    except BadParameter as exc:
-        raise BadParameter(name, exc.detail) from None
     except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before the first representable instant
         raise BadParameter(name, f"is out of range, got {req.params.get(name)!r}") from None
 

@@ -14,9 +14,9 @@ from datetime import UTC
 
 import azure.functions as func
 
+from functions.parameters import BadParameter, parse_device_id, parse_since
 from shared import bootstrap
 from shared.exceptions import DependencyUnavailable
-from shared.services.lookups import BadParameter, parse_device_id, parse_since
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +38,7 @@ def device_state_at(req: func.HttpRequest) -> func.HttpResponse:
         value = req.params.get("at")
         if value is None or value == "":
             raise BadParameter("at", "is required: an RFC 3339 time with an offset, e.g. 2026-11-23T09:30:00Z")
-        try:
-            at = parse_since(value)
-        except BadParameter as exc:
-            raise BadParameter("at", exc.detail) from None
+        at = parse_since(value, "at")
         assert at is not None
         document = bootstrap.state_service().at(device_id, at.astimezone(UTC))
     except BadParameter as exc:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cassandra import DriverException
-from cassandra.cluster import NoHostAvailable, Session
+from cassandra.cluster import NoHostAvailable, ResponseFuture, Session
 from cassandra.protocol import ErrorMessage
 from cassandra.query import PreparedStatement
 
@@ -108,6 +108,10 @@ class CassandraEventReader:
             return list(self._connect().execute(statement, params, timeout=timeout or self._timeout))
         except CASSANDRA_ERRORS as exc:
             raise DependencyUnavailable("cassandra", f"reading {what} failed: {describe(exc)}") from exc
+
+    def start(self, name: str, params: tuple, *, timeout: float | None = None) -> ResponseFuture:
+        """Send one of the reads without waiting for it (``aio.py`` awaits it on an event loop); raises driver errors."""
+        return self._connect().execute_async(self._statements.get()[name], params, timeout=timeout or self._timeout)
 
     def latest(self, device_id: str) -> StoredEvent | None:
         rows = self._rows("latest", (device_id,), f"the latest state of device {device_id!r}")
