@@ -9,13 +9,20 @@ cancelled waiter leaves the request to finish or time out in the driver.
 
 :class:`CassandraAsyncEventReader` serves the lookups (``AsyncEventReader``)
 with the statements of a :class:`CassandraEventReader`; its first read connects
-and prepares on a worker thread, since that blocks.
+and prepares on a worker thread, since that blocks. Point reads by partition key
+(latest state, event by id) asked for in the same turn of the event loop go out
+together as one ``SELECT ... WHERE key IN ?`` (at most ``batch_keys`` keys; one
+key alone is the plain point read). Nothing waits to gather them: under load
+many misses arrive in one turn and cost the driver one request instead of many
+(the driver's own work per request is what limits a busy worker); when idle
+each read goes out alone, at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable, Hashable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,31 +61,95 @@ def rows(future: ResponseFuture) -> asyncio.Future[list]:
     return waiter
 
 
+class _Coalesced:
+    """Point reads of one table by its partition key; the keys asked for in one loop turn share one request."""
+
+    def __init__(self, owner: CassandraAsyncEventReader, single: str, many: str, key_of: Callable[[Any], Hashable],
+                 what: Callable[[Any], str], batch_keys: int) -> None:
+        self._owner, self._single, self._many = owner, single, many
+        self._key_of, self._what, self._batch_keys = key_of, what, batch_keys
+        self._pending: dict[Hashable, list[asyncio.Future]] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    async def get(self, key: Hashable) -> Any | None:
+        """The row of ``key`` (``None``: no such partition); ``DependencyUnavailable`` naming ``key`` on failure."""
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        waiters = self._pending.get(key)
+        if waiters is not None:
+            waiters.append(waiter)
+        else:
+            if not self._pending:
+                loop.call_soon(self._flush, loop)
+            self._pending[key] = [waiter]
+        return await waiter
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        pending, self._pending = self._pending, {}
+        keys = list(pending)
+        for first in range(0, len(keys), self._batch_keys):
+            task = loop.create_task(self._read({key: pending[key] for key in keys[first:first + self._batch_keys]}))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _read(self, batch: dict[Hashable, list[asyncio.Future]]) -> None:
+        keys = list(batch)
+        try:
+            if len(keys) == 1:
+                found = await self._owner.rows(self._single, (keys[0],))
+            else:
+                found = await self._owner.rows(self._many, (keys,))
+        except CASSANDRA_ERRORS as exc:
+            for key, waiters in batch.items():
+                error = DependencyUnavailable("cassandra", f"reading {self._what(key)} failed: {describe(exc)}")
+                for waiter in waiters:
+                    _settle(waiter, None, error)
+            return
+        except BaseException as exc:  # a bug, or cancellation: never leave a waiter hanging
+            for waiters in batch.values():
+                for waiter in waiters:
+                    _settle(waiter, None, exc if isinstance(exc, Exception) else DependencyUnavailable(
+                        "cassandra", "the read was cancelled"))
+            raise
+        by_key = {self._key_of(row): row for row in found}
+        for key, waiters in batch.items():
+            for waiter in waiters:
+                _settle(waiter, by_key.get(key), None)
+
+
 class CassandraAsyncEventReader:
     """Implements ``shared.ports.event_reader.AsyncEventReader`` over a ``CassandraEventReader``'s statements."""
 
-    def __init__(self, reader: CassandraEventReader) -> None:
+    def __init__(self, reader: CassandraEventReader, *, batch_keys: int = 32) -> None:
         self._reader = reader
         self._started = False
+        self._latest = _Coalesced(self, "latest", "latest_in", lambda row: row.device_id,
+                                  lambda device_id: f"the latest state of device {device_id!r}", batch_keys)
+        self._events = _Coalesced(self, "event", "event_in", lambda row: row.event_id, lambda event_id: f"event {event_id}",
+                                  batch_keys)
+
+    async def rows(self, name: str, params: tuple, *, timeout: float | None = None) -> list:
+        """The rows of one of the reader's statements; raises the driver's errors."""
+        if self._started:
+            future = self._reader.start(name, params, timeout=timeout)
+        else:  # connecting and preparing block: not on the event loop
+            future = await asyncio.to_thread(self._reader.start, name, params, timeout=timeout)
+            self._started = True
+        return list(await rows(future))
 
     async def _rows(self, name: str, params: tuple, what: str, *, timeout: float | None = None) -> list:
         try:
-            if self._started:
-                future = self._reader.start(name, params, timeout=timeout)
-            else:  # connecting and preparing block: not on the event loop
-                future = await asyncio.to_thread(self._reader.start, name, params, timeout=timeout)
-                self._started = True
-            return list(await rows(future))
+            return await self.rows(name, params, timeout=timeout)
         except CASSANDRA_ERRORS as exc:
             raise DependencyUnavailable("cassandra", f"reading {what} failed: {describe(exc)}") from exc
 
     async def latest(self, device_id: str) -> StoredEvent | None:
-        found = await self._rows("latest", (device_id,), f"the latest state of device {device_id!r}")
-        return stored_event(found[0]) if found and found[0].event_id is not None else None
+        row = await self._latest.get(device_id)
+        return stored_event(row) if row is not None and row.event_id is not None else None
 
     async def event(self, event_id: uuid.UUID) -> StoredEvent | None:
-        found = await self._rows("event", (event_id,), f"event {event_id}")
-        return stored_event(found[0]) if found else None
+        row = await self._events.get(event_id)
+        return stored_event(row) if row is not None else None
 
     async def critical(self, device_id: str, *, since: datetime | None, limit: int) -> list[StoredEvent]:
         what = f"the critical events of device {device_id!r}"

@@ -36,6 +36,9 @@ EVENT_SELECT = (
 _STATEMENTS = {
     "latest": f"SELECT {EVENT_SELECT} FROM {{ks}}.device_latest WHERE device_id = ?",
     "event": f"SELECT {EVENT_SELECT} FROM {{ks}}.events_by_id WHERE event_id = ?",
+    # Many partitions in one request: the asyncio reader coalesces concurrent point reads (aio.py).
+    "latest_in": f"SELECT {EVENT_SELECT} FROM {{ks}}.device_latest WHERE device_id IN ?",
+    "event_in": f"SELECT {EVENT_SELECT} FROM {{ks}}.events_by_id WHERE event_id IN ?",
     "critical": f"SELECT {EVENT_SELECT} FROM {{ks}}.critical_events_by_device WHERE device_id = ? LIMIT ?",
     "critical_since": (
         f"SELECT {EVENT_SELECT} FROM {{ks}}.critical_events_by_device WHERE device_id = ? AND event_time >= ? LIMIT ?"
