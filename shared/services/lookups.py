@@ -6,8 +6,7 @@ TTL plus a random jitter (so fills made together do not expire together);
 cached, so a change written meanwhile is never hidden. Misses on one key are
 single-flight within the process: the first request reads Cassandra, concurrent
 ones await its answer (``flight_wait`` at most, then 503 rather than another
-read piled onto a slow store), and the reader re-checks the cache first, so a
-burst of misses causes one Cassandra read.
+read piled onto a slow store), so a burst of misses causes one Cassandra read.
 
 Redis down: the lookup is served from Cassandra (``bypass``) with a warning, and
 Redis is left alone for ``redis_retry_after`` seconds (a circuit breaker).
@@ -147,9 +146,13 @@ class LookupService:
                           present: Callable[[S], V]) -> tuple[V, Outcome]:
         """Cache-aside: ``get()`` from Redis, else one ``read()`` per key in flight, ``fill()``-ed back.
 
-        Returns the value and the outcome ("hit", "miss" or "bypass"; a value found
-        by the flight's re-check is a hit). ``present`` turns what the store
-        returned into what the cache would have held.
+        Returns the value and the outcome ("hit", "miss" or "bypass"). ``present``
+        turns what the store returned into what the cache would have held. On one
+        event loop a request joins the flight in progress without awaiting
+        anything after its cache miss, so the only extra read left is a request
+        whose miss was answered just before a flight's fill landed and that
+        resumes just after that flight ended: rare, and harmless (the fill scripts
+        are idempotent), so there is no re-check costing every miss a round trip.
         """
         hit = await self._from_cache(get, what)
         if hit is not None:
@@ -157,9 +160,6 @@ class LookupService:
         asked_redis = self._redis_usable()
 
         async def load() -> tuple[V, Outcome]:
-            again = await self._from_cache(get, what)  # a flight that just finished may have filled the cache
-            if again is not None:
-                return again, "hit"
             filling = self._redis_usable()
             value = await read()
             if filling:

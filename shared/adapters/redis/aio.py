@@ -10,7 +10,10 @@ is found. Nothing connects before the first use.
 
 :class:`AsyncRedisLookupCache` implements ``LookupCache`` with the same key
 layout, scripts and commands as the blocking ``RedisLookupCache``; a hit is one
-``HMGET``. The generation pointer is read at most once per
+``HMGET``. The ``HMGET``s asked for in one turn of the event loop go out as one
+pipeline (per node on a cluster), so concurrent lookups share round trips and
+socket calls instead of each paying for its own; a lone one goes out alone,
+with nothing waited for. The generation pointer is read at most once per
 ``generation_cache_seconds``.
 """
 
@@ -36,6 +39,7 @@ from shared.adapters.redis.generations import generation_prefix
 from shared.adapters.redis.keys import Keys, check_prefix
 from shared.adapters.redis.lookup_cache import Script, cached, critical_fill, event_fill, latest_fill
 from shared.adapters.redis.scripts import scripts
+from shared.exceptions import DependencyUnavailable
 from shared.ports.cache import Cached
 from shared.ports.stored import StoredEvent
 
@@ -122,6 +126,57 @@ class AsyncRedisConnection:
         return self.url.rsplit("@", 1)[-1]
 
 
+class _PipelinedReads:
+    """``HMGET key d k`` for every key asked for in one loop turn, sent together (at most ``batch`` a pipeline)."""
+
+    def __init__(self, connection: AsyncRedisConnection, batch: int = 64) -> None:
+        self._connection = connection
+        self._batch = batch
+        self._pending: list[tuple[str, asyncio.Future]] = []
+        self._tasks: set[asyncio.Task] = set()
+
+    async def hmget(self, key: str) -> list[bytes | None]:
+        """The two fields; raises what redis-py raised for this key or for the whole pipeline."""
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush, loop)
+        self._pending.append((key, waiter))
+        return await waiter
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        pending, self._pending = self._pending, []
+        for first in range(0, len(pending), self._batch):
+            task = loop.create_task(self._send(pending[first:first + self._batch]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, pending: list[tuple[str, asyncio.Future]]) -> None:
+        try:
+            client = await self._connection.client()
+            if len(pending) == 1:
+                answers: list[Any] = [await client.hmget(pending[0][0], "d", "k")]
+            else:
+                pipe = client.pipeline(transaction=False) if isinstance(client, aioredis.Redis) else client.pipeline()
+                for key, _ in pending:
+                    pipe.hmget(key, "d", "k")
+                answers = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # the waiters map it; a cancellation must not leave them hanging
+            for _, waiter in pending:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, waiter), answer in zip(pending, answers, strict=True):
+            if waiter.done():
+                continue
+            if isinstance(answer, Exception):
+                waiter.set_exception(answer)
+            else:
+                waiter.set_result(answer)
+
+
 class AsyncRedisLookupCache:
     """Implements ``LookupCache`` (``shared.ports.cache``) with ``redis.asyncio``."""
 
@@ -137,6 +192,7 @@ class AsyncRedisLookupCache:
         self._cache_seconds = generation_cache_seconds
         self._generations: dict[int, Keys] = {}
         self._live: tuple[float, Keys] | None = None
+        self._reads = _PipelinedReads(self._connection)
         self._scripts = scripts()
         self.sha = {name: script.sha for name, script in self._scripts.items()}
         self._keys_of(0)  # validates the shard count now
@@ -169,9 +225,10 @@ class AsyncRedisLookupCache:
 
     async def _hash_doc(self, key: str, what: str) -> Cached | None:
         try:
-            client = await self._connection.client()
-            document, marker = await client.hmget(key, "d", "k")
-        except REDIS_ERRORS as exc:
+            document, marker = await self._reads.hmget(key)
+        except (*REDIS_ERRORS, DependencyUnavailable) as exc:
+            if isinstance(exc, DependencyUnavailable):  # connecting failed (already mapped)
+                raise
             await self._connection.failed(exc)
             raise failed(f"reading {what}", exc) from exc
         return cached(document, marker)
