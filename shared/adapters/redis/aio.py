@@ -10,10 +10,10 @@ is found. Nothing connects before the first use.
 
 :class:`AsyncRedisLookupCache` implements ``LookupCache`` with the same key
 layout, scripts and commands as the blocking ``RedisLookupCache``; a hit is one
-``HMGET``. The ``HMGET``s asked for in one turn of the event loop go out as one
-pipeline (per node on a cluster), so concurrent lookups share round trips and
-socket calls instead of each paying for its own; a lone one goes out alone,
-with nothing waited for. The generation pointer is read at most once per
+``HMGET``. The single-slot commands (``HMGET``, the fill scripts) asked for in
+one turn of the event loop go out as one pipeline (per node on a cluster), so
+concurrent lookups share round trips and socket calls instead of each paying
+for its own; a lone one goes out alone, with nothing waited for. The generation pointer is read at most once per
 ``generation_cache_seconds``.
 """
 
@@ -126,22 +126,22 @@ class AsyncRedisConnection:
         return self.url.rsplit("@", 1)[-1]
 
 
-class _PipelinedReads:
-    """``HMGET key d k`` for every key asked for in one loop turn, sent together (at most ``batch`` a pipeline)."""
+class _AutoPipeline:
+    """The commands asked for in one loop turn, sent together (at most ``batch`` a pipeline)."""
 
     def __init__(self, connection: AsyncRedisConnection, batch: int = 64) -> None:
         self._connection = connection
         self._batch = batch
-        self._pending: list[tuple[str, asyncio.Future]] = []
+        self._pending: list[tuple[tuple[Any, ...], asyncio.Future]] = []
         self._tasks: set[asyncio.Task] = set()
 
-    async def hmget(self, key: str) -> list[bytes | None]:
-        """The two fields; raises what redis-py raised for this key or for the whole pipeline."""
+    async def call(self, *command: Any) -> Any:
+        """The command's reply; raises what redis-py raised for this command or for the whole pipeline."""
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush, loop)
-        self._pending.append((key, waiter))
+        self._pending.append((command, waiter))
         return await waiter
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -151,15 +151,15 @@ class _PipelinedReads:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, pending: list[tuple[str, asyncio.Future]]) -> None:
+    async def _send(self, pending: list[tuple[tuple[Any, ...], asyncio.Future]]) -> None:
         try:
             client = await self._connection.client()
             if len(pending) == 1:
-                answers: list[Any] = [await client.hmget(pending[0][0], "d", "k")]
+                answers: list[Any] = [await client.execute_command(*pending[0][0])]
             else:
                 pipe = client.pipeline(transaction=False) if isinstance(client, aioredis.Redis) else client.pipeline()
-                for key, _ in pending:
-                    pipe.hmget(key, "d", "k")
+                for command, _ in pending:
+                    pipe.execute_command(*command)
                 answers = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # the waiters map it; a cancellation must not leave them hanging
             for _, waiter in pending:
@@ -192,7 +192,7 @@ class AsyncRedisLookupCache:
         self._cache_seconds = generation_cache_seconds
         self._generations: dict[int, Keys] = {}
         self._live: tuple[float, Keys] | None = None
-        self._reads = _PipelinedReads(self._connection)
+        self._commands = _AutoPipeline(self._connection)
         self._scripts = scripts()
         self.sha = {name: script.sha for name, script in self._scripts.items()}
         self._keys_of(0)  # validates the shard count now
@@ -225,7 +225,7 @@ class AsyncRedisLookupCache:
 
     async def _hash_doc(self, key: str, what: str) -> Cached | None:
         try:
-            document, marker = await self._reads.hmget(key)
+            document, marker = await self._commands.call("HMGET", key, "d", "k")
         except (*REDIS_ERRORS, DependencyUnavailable) as exc:
             if isinstance(exc, DependencyUnavailable):  # connecting failed (already mapped)
                 raise
@@ -243,12 +243,13 @@ class AsyncRedisLookupCache:
         name, keys, args = script
         sha = self.sha[name]
         try:
-            client = await self._connection.client()
             try:
-                return await client.evalsha(sha, len(keys), *keys, *args)
+                return await self._commands.call("EVALSHA", sha, len(keys), *keys, *args)
             except NoScriptError:
-                await self._load_scripts(client)
-                return await client.evalsha(sha, len(keys), *keys, *args)
+                await self._load_scripts(await self._connection.client())
+                return await self._commands.call("EVALSHA", sha, len(keys), *keys, *args)
+        except DependencyUnavailable:  # connecting failed (already mapped)
+            raise
         except REDIS_ERRORS as exc:
             await self._connection.failed(exc)
             raise failed(what, exc) from exc
