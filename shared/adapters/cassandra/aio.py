@@ -79,18 +79,23 @@ class _Coalesced:
         if waiters is not None:
             waiters.append(waiter)
         else:
-            if not self._pending:
-                loop.call_soon(self._flush, loop)
+            if not self._pending:  # the task's first step runs after this turn's other callbacks: it reads them all
+                self._track(loop.create_task(self._read_pending()))
             self._pending[key] = [waiter]
         return await waiter
 
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _track(self, task: asyncio.Task) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _read_pending(self) -> None:
         pending, self._pending = self._pending, {}
         keys = list(pending)
-        for first in range(0, len(keys), self._batch_keys):
-            task = loop.create_task(self._read({key: pending[key] for key in keys[first:first + self._batch_keys]}))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        batches = [{key: pending[key] for key in keys[first:first + self._batch_keys]}
+                   for first in range(0, len(keys), self._batch_keys)]
+        for batch in batches[1:]:
+            self._track(asyncio.create_task(self._read(batch)))
+        await self._read(batches[0])
 
     async def _read(self, batch: dict[Hashable, list[asyncio.Future]]) -> None:
         keys = list(batch)

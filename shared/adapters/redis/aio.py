@@ -139,17 +139,20 @@ class _AutoPipeline:
         """The command's reply; raises what redis-py raised for this command or for the whole pipeline."""
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        if not self._pending:
-            loop.call_soon(self._flush, loop)
+        if not self._pending:  # the task's first step runs after this turn's other callbacks: it sends them all
+            self._track(loop.create_task(self._send_pending()))
         self._pending.append((command, waiter))
         return await waiter
 
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _track(self, task: asyncio.Task) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_pending(self) -> None:
         pending, self._pending = self._pending, []
-        for first in range(0, len(pending), self._batch):
-            task = loop.create_task(self._send(pending[first:first + self._batch]))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        for first in range(self._batch, len(pending), self._batch):
+            self._track(asyncio.create_task(self._send(pending[first:first + self._batch])))
+        await self._send(pending[:self._batch])
 
     async def _send(self, pending: list[tuple[tuple[Any, ...], asyncio.Future]]) -> None:
         try:
