@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 
 import pytest
 
@@ -114,3 +115,26 @@ def test_redis_gone_is_dependency_unavailable_within_the_socket_timeout(private_
         return time.perf_counter() - started
 
     assert asyncio.run(scenario()) < 5
+
+
+def test_concurrent_lookups_share_round_trips_on_a_connection_or_two(redis_url, redis_prefix):
+    """64 lookups in flight at once are pipelined, not spread over 64 connections (one per command)."""
+    import redis
+
+    name = f"aio-{uuid.uuid4().hex[:8]}"
+    cache = AsyncRedisLookupCache(AsyncRedisConnection(redis_url, cluster=False, client_name=name),
+                                  key_prefix=redis_prefix)
+    events = [ev(f"p{i}", i) for i in range(64)]
+
+    async def scenario() -> list:
+        await asyncio.gather(*(cache.fill_latest(e.device_id, e, ttl=60, negative_ttl=5) for e in events))
+        return await asyncio.gather(*(cache.get_latest(e.device_id) for e in events))
+
+    answers = asyncio.run(scenario())
+    assert [a.document for a in answers] == [e.to_json() for e in events]
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        mine = [c for c in raw.client_list() if c.get("name") == name]
+    finally:
+        raw.close()
+    assert 1 <= len(mine) <= 2, f"{len(mine)} connections for 128 concurrent commands"

@@ -217,8 +217,9 @@ class AsyncRedisLookupCache:
         if live is not None and time.monotonic() - live[0] < self._cache_seconds:
             return live[1]
         try:
-            client = await self._connection.client()
-            (generation,) = await client.hmget(self._pointer_key, "live")
+            (generation,) = await self._commands.call("HMGET", self._pointer_key, "live")
+        except DependencyUnavailable:  # connecting failed (already mapped)
+            raise
         except REDIS_ERRORS as exc:
             await self._connection.failed(exc)
             raise failed("reading the generation pointer", exc) from exc
