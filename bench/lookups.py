@@ -39,6 +39,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import azure.functions as func
 import redis
@@ -102,13 +103,20 @@ async def concurrent(call: Callable[[str], Awaitable[object]], devices: list[str
     return latencies
 
 
-def clear(client: redis.Redis, prefix: str) -> None:
-    keys = list(client.scan_iter(match=prefix + "*", count=5000))
-    for i in range(0, len(keys), 5000):
-        client.unlink(*keys[i:i + 5000])
+def clear(client: Any, prefix: str) -> None:
+    """Delete the run's keys (on every master of a cluster: ``SCAN`` sees one server's keys)."""
+    from redis.cluster import RedisCluster
+
+    nodes = ([client.get_redis_connection(n) for n in client.get_primaries()] if isinstance(client, RedisCluster)
+             else [client])
+    for node in nodes:
+        keys = list(node.scan_iter(match=prefix + "*", count=5000))
+        for i in range(0, len(keys), 500):
+            client.unlink(*keys[i:i + 500])
 
 
-def configure(emulator_host: str, emulator_port: int, keyspace: str, redis_url: str, prefix: str) -> None:
+def configure(emulator_host: str, emulator_port: int, keyspace: str, redis_url: str, prefix: str, *,
+              cluster: bool) -> None:
     """The app's settings (``local.settings.sample.json``, pointed at this run's stores), as the host sets them."""
     values = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
     for name in [n for n in os.environ if n.startswith("SLUICE_")]:
@@ -117,7 +125,7 @@ def configure(emulator_host: str, emulator_port: int, keyspace: str, redis_url: 
     os.environ.update({"SLUICE_CASSANDRA_HOSTS": emulator_host, "SLUICE_CASSANDRA_PORT": str(emulator_port),
                        "SLUICE_CASSANDRA_KEYSPACE": keyspace, "SLUICE_CASSANDRA_CONSISTENCY": "ONE",
                        "SLUICE_REDIS_URL": redis_url, "SLUICE_REDIS_KEY_PREFIX": prefix,
-                       "SLUICE_REDIS_CLUSTER": "false", "SLUICE_LOOKUP_CASSANDRA_TIMEOUT_SECONDS": "5"})
+                       "SLUICE_REDIS_CLUSTER": str(cluster).lower(), "SLUICE_LOOKUP_CASSANDRA_TIMEOUT_SECONDS": "5"})
     bootstrap.reset()
 
 
@@ -127,17 +135,34 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--calls", type=int, default=2000, help="calls per case and side")
     parser.add_argument("--blocks", type=int, default=8, help="the sides alternate over this many blocks per case")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="start a local Redis Cluster (3 masters, 3 replicas) and measure against it")
     args = parser.parse_args(argv)
+    local_cluster = None
+    if args.redis_cluster:
+        import tempfile
+
+        from sluice.redis_cluster import LocalRedisCluster
+
+        local_cluster = LocalRedisCluster(Path(tempfile.mkdtemp(prefix="bench-redis-cluster-"))).start()
+        args.redis_url = local_cluster.url
 
     emulator = start("cassandra-emulator", python_module("emulators.cassandra", "--host", "127.0.0.1", "--port", "0"),
                      timeout=60)
-    client = redis.Redis.from_url(args.redis_url, socket_timeout=2)
+    if local_cluster is not None:
+        from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+        from redis.cluster import RedisCluster
+
+        client: Any = RedisCluster.from_url(args.redis_url, socket_timeout=2)
+        aclient: Any = AsyncRedisCluster.from_url(args.redis_url, socket_timeout=2)
+    else:
+        client = redis.Redis.from_url(args.redis_url, socket_timeout=2)
+        aclient = aioredis.Redis.from_url(args.redis_url, socket_timeout=2)
     prefix = f"bench-lookups:{uuid.uuid4().hex[:8]}:"
     ks = f"bench_{uuid.uuid4().hex[:8]}"
     settings = CassandraSettings(hosts=[emulator.host], port=emulator.port, keyspace=ks, consistency="ONE")
     session = connect(settings)
     loop = asyncio.new_event_loop()  # the worker's one loop: ours and the raw asyncio clients share it
-    aclient = aioredis.Redis.from_url(args.redis_url, socket_timeout=2)
     try:
         apply_migrations(session, settings)
         now = datetime.now(UTC)
@@ -150,7 +175,7 @@ def main(argv: list[str]) -> int:
         for i in range(0, len(events), 500):
             store.write(events[i:i + 500])
 
-        configure(emulator.host, emulator.port, ks, args.redis_url, prefix)
+        configure(emulator.host, emulator.port, ks, args.redis_url, prefix, cluster=local_cluster is not None)
         from function_app import app
 
         handler = next(f for f in app.get_functions() if f.get_function_name() == "device_latest").get_user_function()
@@ -205,7 +230,7 @@ def main(argv: list[str]) -> int:
                 clear(client, prefix)
 
         print(f"lookups: GET /api/devices/{{id}}/latest over {args.devices:,} devices, {args.calls:,} calls per case "
-              f"and side; Redis {args.redis_url.rsplit('@', 1)[-1]}, Cassandra emulator {emulator.address}")
+              f"and side; Redis{' Cluster' if local_cluster else ''} {args.redis_url.rsplit('@', 1)[-1]}, Cassandra emulator {emulator.address}")
         print(f"{'case':<12}{'who':<9}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}")
         p99 = {}
         for kind in ("hit", "miss"):
@@ -231,4 +256,6 @@ def main(argv: list[str]) -> int:
         loop.close()
         session.cluster.shutdown()
         emulator.stop()
+        if local_cluster is not None:
+            local_cluster.stop()
     return 0
