@@ -21,7 +21,6 @@ breaker are plain state of that loop, so no locks.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -38,10 +37,10 @@ from shared.ports.cache import SINCE_ALL, Cached, LookupCache
 from shared.ports.event_reader import AsyncEventReader
 from shared.ports.stored import StoredEvent, to_ms
 from shared.services import health
+from shared.services.singleflight import SingleFlight
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 V = TypeVar("V")  # what the cache holds
 S = TypeVar("S")  # what the store returns
 
@@ -65,38 +64,6 @@ class Lookup:
     def cache(self) -> Literal["hit", "miss", "bypass"]:
         """The ``X-Cache`` header's value: a negative entry is a hit."""
         return "hit" if self.outcome == "negative" else self.outcome
-
-
-class SingleFlight:
-    """At most one call per key at a time on this loop; concurrent callers await its outcome."""
-
-    def __init__(self, wait_seconds: float) -> None:
-        self._wait = wait_seconds
-        self._flights: dict[Hashable, asyncio.Future] = {}
-
-    async def do(self, key: Hashable, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        flight = self._flights.get(key)
-        if flight is not None:
-            try:
-                return await asyncio.wait_for(asyncio.shield(flight), self._wait)
-            except TimeoutError:
-                # The read in flight is stuck: piling more reads onto a slow store is what single flight is
-                # there to prevent, so this request gives up (HTTP 503) instead of reading too.
-                raise DependencyUnavailable(
-                    "cassandra", f"no answer for {what} within {self._wait:g}s (read in progress)") from None
-        flight = self._flights[key] = asyncio.get_running_loop().create_future()
-        try:
-            value = await call()
-        except BaseException as exc:
-            shared = exc if isinstance(exc, Exception) else DependencyUnavailable("cassandra", f"reading {what} stopped")
-            flight.set_exception(shared)
-            flight.exception()  # retrieved: no "never retrieved" warning when nobody waited
-            raise
-        else:
-            flight.set_result(value)
-            return value
-        finally:
-            del self._flights[key]
 
 
 class LookupService:
@@ -147,12 +114,11 @@ class LookupService:
         """Cache-aside: ``get()`` from Redis, else one ``read()`` per key in flight, ``fill()``-ed back.
 
         Returns the value and the outcome ("hit", "miss" or "bypass"). ``present``
-        turns what the store returned into what the cache would have held. On one
-        event loop a request joins the flight in progress without awaiting
-        anything after its cache miss, so the only extra read left is a request
-        whose miss was answered just before a flight's fill landed and that
-        resumes just after that flight ended: rare, and harmless (the fill scripts
-        are idempotent), so there is no re-check costing every miss a round trip.
+        turns what the store returned into what the cache would have held. No
+        re-check of the cache inside the flight: a request joins a flight without
+        awaiting anything after its miss, so a second read needs a miss answered
+        just before a fill landed and resumed just after its flight ended; rare and
+        harmless (fills are idempotent), unlike a round trip added to every miss.
         """
         hit = await self._from_cache(get, what)
         if hit is not None:
