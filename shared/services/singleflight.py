@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from shared.exceptions import DependencyUnavailable
 
@@ -17,7 +17,7 @@ class SingleFlight:
     def __init__(self, wait_seconds: float, *, dependency: str = "cassandra") -> None:
         self._wait = wait_seconds
         self._dependency = dependency
-        self._flights: dict[Hashable, asyncio.Future] = {}
+        self._flights: dict[Hashable, asyncio.Future[Any]] = {}
 
     async def do(self, key: Hashable, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """``await call()``, or the outcome of the call for ``key`` already in flight (``what`` names it in errors).

@@ -39,7 +39,7 @@ from shared.exceptions import DependencyUnavailable
 from shared.ports.stored import StoredEvent
 
 
-def _settle(waiter: asyncio.Future, value: Any, error: BaseException | None) -> None:
+def _settle(waiter: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
     if waiter.done():  # the awaiting task was cancelled meanwhile
         return
     if error is not None:
@@ -48,14 +48,14 @@ def _settle(waiter: asyncio.Future, value: Any, error: BaseException | None) -> 
         waiter.set_result(value)
 
 
-def rows(future: ResponseFuture) -> asyncio.Future[list]:
+def rows(future: ResponseFuture) -> asyncio.Future[list[Any]]:
     """The first page of rows of a request sent with ``execute_async``, as an asyncio future of the running loop.
 
     One page is the whole answer for the point reads and ``LIMIT``-ed reads this
     serves (their limits are below the driver's fetch size).
     """
     loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[list] = loop.create_future()
+    waiter: asyncio.Future[list[Any]] = loop.create_future()
     future.add_callbacks(lambda result: loop.call_soon_threadsafe(_settle, waiter, result, None),
                          lambda error: loop.call_soon_threadsafe(_settle, waiter, None, error))
     return waiter
@@ -68,8 +68,8 @@ class _Coalesced:
                  what: Callable[[Any], str], batch_keys: int) -> None:
         self._owner, self._single, self._many = owner, single, many
         self._key_of, self._what, self._batch_keys = key_of, what, batch_keys
-        self._pending: dict[Hashable, list[asyncio.Future]] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self._pending: dict[Hashable, list[asyncio.Future[Any]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def get(self, key: Hashable) -> Any | None:
         """The row of ``key`` (``None``: no such partition); ``DependencyUnavailable`` naming ``key`` on failure."""
@@ -84,7 +84,7 @@ class _Coalesced:
             self._pending[key] = [waiter]
         return await waiter
 
-    def _track(self, task: asyncio.Task) -> None:
+    def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -97,7 +97,7 @@ class _Coalesced:
             self._track(asyncio.create_task(self._read(batch)))
         await self._read(batches[0])
 
-    async def _read(self, batch: dict[Hashable, list[asyncio.Future]]) -> None:
+    async def _read(self, batch: dict[Hashable, list[asyncio.Future[Any]]]) -> None:
         keys = list(batch)
         try:
             if len(keys) == 1:
@@ -133,7 +133,7 @@ class CassandraAsyncEventReader:
         self._events = _Coalesced(self, "event", "event_in", lambda row: row.event_id, lambda event_id: f"event {event_id}",
                                   batch_keys)
 
-    async def rows(self, name: str, params: tuple, *, timeout: float | None = None) -> list:
+    async def rows(self, name: str, params: tuple[Any, ...], *, timeout: float | None = None) -> list[Any]:
         """The rows of one of the reader's statements; raises the driver's errors."""
         if self._started:
             future = self._reader.start(name, params, timeout=timeout)
@@ -142,7 +142,7 @@ class CassandraAsyncEventReader:
             self._started = True
         return list(await rows(future))
 
-    async def _rows(self, name: str, params: tuple, what: str, *, timeout: float | None = None) -> list:
+    async def _rows(self, name: str, params: tuple[Any, ...], what: str, *, timeout: float | None = None) -> list[Any]:
         try:
             return await self.rows(name, params, timeout=timeout)
         except CASSANDRA_ERRORS as exc:

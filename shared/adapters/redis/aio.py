@@ -132,8 +132,8 @@ class _AutoPipeline:
     def __init__(self, connection: AsyncRedisConnection, batch: int = 64) -> None:
         self._connection = connection
         self._batch = batch
-        self._pending: list[tuple[tuple[Any, ...], asyncio.Future]] = []
-        self._tasks: set[asyncio.Task] = set()
+        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def call(self, *command: Any) -> Any:
         """The command's reply; raises what redis-py raised for this command or for the whole pipeline."""
@@ -144,7 +144,7 @@ class _AutoPipeline:
         self._pending.append((command, waiter))
         return await waiter
 
-    def _track(self, task: asyncio.Task) -> None:
+    def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -154,7 +154,7 @@ class _AutoPipeline:
             self._track(asyncio.create_task(self._send(pending[first:first + self._batch])))
         await self._send(pending[:self._batch])
 
-    async def _send(self, pending: list[tuple[tuple[Any, ...], asyncio.Future]]) -> None:
+    async def _send(self, pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
         try:
             client = await self._connection.client()
             if len(pending) == 1:
@@ -230,9 +230,9 @@ class AsyncRedisLookupCache:
     async def _hash_doc(self, key: str, what: str) -> Cached | None:
         try:
             document, marker = await self._commands.call("HMGET", key, "d", "k")
-        except (*REDIS_ERRORS, DependencyUnavailable) as exc:
-            if isinstance(exc, DependencyUnavailable):  # connecting failed (already mapped)
-                raise
+        except DependencyUnavailable:  # connecting failed (already mapped)
+            raise
+        except REDIS_ERRORS as exc:
             await self._connection.failed(exc)
             raise failed(f"reading {what}", exc) from exc
         return cached(document, marker)
@@ -258,7 +258,7 @@ class AsyncRedisLookupCache:
             await self._connection.failed(exc)
             raise failed(what, exc) from exc
 
-    async def _pipeline(self, commands: Sequence[Command], what: str) -> list:
+    async def _pipeline(self, commands: Sequence[Command], what: str) -> list[Any]:
         """``EVALSHA`` commands in one pipeline (per node on a cluster); after ``NOSCRIPT`` all are sent again."""
         try:
             client = await self._connection.client()
@@ -272,10 +272,10 @@ class AsyncRedisLookupCache:
             raise failed(what, exc) from exc
 
     @staticmethod
-    async def _send(client: AsyncClient, commands: Sequence[Command]) -> list:
+    async def _send(client: AsyncClient, commands: Sequence[Command]) -> list[Any]:
         pipe = client.pipeline(transaction=False) if isinstance(client, aioredis.Redis) else client.pipeline()
         for args in commands:
-            pipe.execute_command("EVALSHA", *args)
+            pipe.execute_command("EVALSHA", *args)  # type: ignore[arg-type]  # Command holds str and int values
         return await pipe.execute(raise_on_error=True)
 
     async def get_latest(self, device_id: str) -> Cached | None:

@@ -13,6 +13,7 @@ tools that inspect the cache from blocking code.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from shared.adapters.redis.base import Command, ScriptedRedis
 from shared.adapters.redis.client import REDIS_ERRORS, Client, RedisConnection, failed
@@ -23,8 +24,9 @@ from shared.ports.stored import StoredEvent
 Script = tuple[str, list[str], list[object]]  # script name, keys, arguments
 
 
-def cached(document: bytes | None, marker: bytes | None) -> Cached | None:
-    """What ``HMGET key d k`` says: a document, "does not exist" (``d`` empty, or ``k`` alone), or a miss."""
+def cached(document: Any, marker: Any) -> Cached | None:
+    """What ``HMGET key d k`` says (bytes or ``None`` each): a document, "does not exist" (``d`` empty, or ``k``
+    alone), or a miss."""
     if document is not None:
         return Cached(None if document == b"" else document.decode())
     if marker is not None:  # latest: "k" = "" without a document
