@@ -10,12 +10,12 @@ cancelled waiter leaves the request to finish or time out in the driver.
 :class:`CassandraAsyncEventReader` serves the lookups (``AsyncEventReader``)
 with the statements of a :class:`CassandraEventReader`; its first read connects
 and prepares on a worker thread, since that blocks. Point reads by partition key
-(latest state, event by id) asked for in the same turn of the event loop go out
-together as one ``SELECT ... WHERE key IN ?`` (at most ``batch_keys`` keys; one
-key alone is the plain point read). Nothing waits to gather them: under load
-many misses arrive in one turn and cost the driver one request instead of many
-(the driver's own work per request is what limits a busy worker); when idle
-each read goes out alone, at once.
+(latest state, event by id): an idle reader sends one at once; while reads are
+in flight, those asked for in one turn of the event loop go out together as one
+``SELECT ... WHERE key IN ?`` (at most ``batch_keys`` keys; one key alone is the
+plain point read). Under load many misses arrive in one turn and cost the driver
+one request instead of many (the driver's own work per request is what limits a
+busy worker).
 """
 
 from __future__ import annotations
@@ -70,9 +70,19 @@ class _Coalesced:
         self._key_of, self._what, self._batch_keys = key_of, what, batch_keys
         self._pending: dict[Hashable, list[asyncio.Future[Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
 
     async def get(self, key: Hashable) -> Any | None:
         """The row of ``key`` (``None``: no such partition); ``DependencyUnavailable`` naming ``key`` on failure."""
+        if not self._in_flight and not self._pending:  # idle: the point read, at once
+            self._in_flight += 1
+            try:
+                found = await self._owner.rows(self._single, (key,))
+            except CASSANDRA_ERRORS as exc:
+                raise DependencyUnavailable("cassandra", f"reading {self._what(key)} failed: {describe(exc)}") from exc
+            finally:
+                self._in_flight -= 1
+            return found[0] if found else None
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         waiters = self._pending.get(key)
@@ -99,6 +109,7 @@ class _Coalesced:
 
     async def _read(self, batch: dict[Hashable, list[asyncio.Future[Any]]]) -> None:
         keys = list(batch)
+        self._in_flight += 1
         try:
             if len(keys) == 1:
                 found = await self._owner.rows(self._single, (keys[0],))
@@ -116,6 +127,8 @@ class _Coalesced:
                     _settle(waiter, None, exc if isinstance(exc, Exception) else DependencyUnavailable(
                         "cassandra", "the read was cancelled"))
             raise
+        finally:
+            self._in_flight -= 1
         by_key = {self._key_of(row): row for row in found}
         for key, waiters in batch.items():
             for waiter in waiters:

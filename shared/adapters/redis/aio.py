@@ -10,10 +10,10 @@ is found. Nothing connects before the first use.
 
 :class:`AsyncRedisLookupCache` implements ``LookupCache`` with the same key
 layout, scripts and commands as the blocking ``RedisLookupCache``; a hit is one
-``HMGET``. The single-slot commands (``HMGET``, the fill scripts) asked for in
-one turn of the event loop go out as one pipeline (per node on a cluster), so
-concurrent lookups share round trips and socket calls instead of each paying
-for its own; a lone one goes out alone, with nothing waited for. The generation pointer is read at most once per
+``HMGET``. While commands are in flight, the single-slot commands (``HMGET``,
+the fill scripts) asked for in one turn of the event loop go out as one pipeline
+(per node on a cluster), so concurrent lookups share round trips and socket
+calls instead of each paying for its own; an idle worker sends a command at once. The generation pointer is read at most once per
 ``generation_cache_seconds``.
 """
 
@@ -127,16 +127,30 @@ class AsyncRedisConnection:
 
 
 class _AutoPipeline:
-    """The commands asked for in one loop turn, sent together (at most ``batch`` a pipeline)."""
+    """Commands sent at once while idle; while others are in flight, those of one loop turn go as one pipeline.
+
+    A lone command (nothing pending, nothing in flight) is sent directly, with no
+    extra task or loop turn. Otherwise it waits for the end of the current turn,
+    where every command asked for meanwhile goes out in one pipeline (at most
+    ``batch``), so a busy worker pays one round trip and one socket write for many.
+    """
 
     def __init__(self, connection: AsyncRedisConnection, batch: int = 64) -> None:
         self._connection = connection
         self._batch = batch
         self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
 
     async def call(self, *command: Any) -> Any:
         """The command's reply; raises what redis-py raised for this command or for the whole pipeline."""
+        if not self._in_flight and not self._pending:
+            self._in_flight += 1
+            try:
+                client = await self._connection.client()
+                return await client.execute_command(*command)
+            finally:
+                self._in_flight -= 1
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         if not self._pending:  # the task's first step runs after this turn's other callbacks: it sends them all
@@ -155,6 +169,7 @@ class _AutoPipeline:
         await self._send(pending[:self._batch])
 
     async def _send(self, pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        self._in_flight += 1
         try:
             client = await self._connection.client()
             if len(pending) == 1:
@@ -171,6 +186,8 @@ class _AutoPipeline:
             if not isinstance(exc, Exception):
                 raise
             return
+        finally:
+            self._in_flight -= 1
         for (_, waiter), answer in zip(pending, answers, strict=True):
             if waiter.done():
                 continue
