@@ -18,6 +18,7 @@ class SingleFlight:
         self._wait = wait_seconds
         self._dependency = dependency
         self._flights: dict[Hashable, asyncio.Future[Any]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def do(self, key: Hashable, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """``await call()``, or the outcome of the call for ``key`` already in flight (``what`` names it in errors).
@@ -25,6 +26,9 @@ class SingleFlight:
         A waiter gives up after ``wait_seconds`` with ``DependencyUnavailable``; a
         cancelled leader fails its waiters with ``DependencyUnavailable`` too.
         """
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (tests): flights of the old one can never finish
+            self._loop, self._flights = loop, {}
         flight = self._flights.get(key)
         if flight is not None:
             try:
@@ -34,7 +38,7 @@ class SingleFlight:
                 # there to prevent, so this request gives up (HTTP 503) instead of reading too.
                 raise DependencyUnavailable(
                     self._dependency, f"no answer for {what} within {self._wait:g}s (read in progress)") from None
-        flight = self._flights[key] = asyncio.get_running_loop().create_future()
+        flight = self._flights[key] = loop.create_future()
         try:
             value = await call()
         except BaseException as exc:
@@ -47,4 +51,4 @@ class SingleFlight:
             flight.set_result(value)
             return value
         finally:
-            del self._flights[key]
+            self._flights.pop(key, None)

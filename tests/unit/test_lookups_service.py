@@ -292,3 +292,13 @@ async def test_waiters_give_up_with_503_instead_of_piling_reads_on_a_stuck_store
 
     outcomes = await asyncio.gather(*(ask(i * 0.01) for i in range(5)))
     assert reader.reads == 1 and sorted(outcomes) == ["cassandra"] * 4 + ["miss"]
+
+
+def test_a_new_event_loop_is_not_wedged_by_a_flight_an_old_loop_left_open():
+    service, _, reader, _ = make([ev()], delay=10)
+    old = asyncio.new_event_loop()
+    old.create_task(service.latest("d1"))
+    old.run_until_complete(asyncio.sleep(0.01))  # the flight is open, its read asleep
+    old.close()  # and never finishes
+    reader.delay = 0
+    assert asyncio.run(asyncio.wait_for(service.latest("d1"), 2)).outcome == "miss"

@@ -71,9 +71,13 @@ class _Coalesced:
         self._pending: dict[Hashable, list[asyncio.Future[Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def get(self, key: Hashable) -> Any | None:
         """The row of ``key`` (``None``: no such partition); ``DependencyUnavailable`` naming ``key`` on failure."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (tests): nothing of the old one's state applies
+            self._loop, self._pending, self._in_flight = loop, {}, 0
         if not self._in_flight and not self._pending:  # idle: the point read, at once
             self._in_flight += 1
             try:
@@ -83,7 +87,6 @@ class _Coalesced:
             finally:
                 self._in_flight -= 1
             return found[0] if found else None
-        loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         waiters = self._pending.get(key)
         if waiters is not None:

@@ -141,9 +141,13 @@ class _AutoPipeline:
         self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def call(self, *command: Any) -> Any:
         """The command's reply; raises what redis-py raised for this command or for the whole pipeline."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (tests): nothing of the old one's state applies
+            self._loop, self._pending, self._in_flight = loop, [], 0
         if not self._in_flight and not self._pending:
             self._in_flight += 1
             try:
@@ -151,7 +155,6 @@ class _AutoPipeline:
                 return await client.execute_command(*command)
             finally:
                 self._in_flight -= 1
-        loop = asyncio.get_running_loop()
         waiter = loop.create_future()
         if not self._pending:  # the task's first step runs after this turn's other callbacks: it sends them all
             self._track(loop.create_task(self._send_pending()))
