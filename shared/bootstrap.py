@@ -28,9 +28,11 @@ if TYPE_CHECKING:  # the adapters are imported where they are built, on first us
     from shared.adapters.eventhub_lag import CachedPartitionLag
     from shared.adapters.keyvault import KeyVaultSecrets
     from shared.adapters.redis import RedisChangeSink, RedisConnection, RedisLookupCache
+    from shared.adapters.redis.aio import AsyncRedisConnection
     from shared.adapters.secrets import RotatingSecret
     from shared.services.changefeed import ChangeFeedService
     from shared.services.enrichment import EnrichmentService
+    from shared.services.health import BlockingHealth
     from shared.services.history import HistoryService
     from shared.services.ingest import IngestService
     from shared.services.lookups import LookupService
@@ -127,6 +129,16 @@ def redis_client() -> RedisConnection:
 
 
 @cache
+def redis_async_connection() -> AsyncRedisConnection:
+    """The lookups' ``redis.asyncio`` connection to the same Redis (one client per event loop), built on first use."""
+    from shared.adapters.redis.aio import AsyncRedisConnection
+
+    cfg = settings().redis
+    return AsyncRedisConnection(cfg.url, password=rotating_secret(cfg.password, cfg.password_secret),
+                                cluster=cfg.cluster, socket_timeout=cfg.socket_timeout_seconds)
+
+
+@cache
 def postgres_pool() -> ConnectionPool:
     from shared.adapters.postgres.pool import make_pool
 
@@ -138,23 +150,16 @@ def reset() -> None:
     """Close and forget every cached client, service and the settings (tests, or a changed environment)."""
     closers: tuple[tuple[functools._lru_cache_wrapper[Any], Callable[[Any], object]], ...] = (
         (cassandra_session, lambda s: s.cluster.shutdown()), (postgres_pool, lambda p: p.close()),
-        (redis_client, lambda r: r.close()), (blob_service, lambda b: b.close()))
+        (redis_client, lambda r: r.close()), (redis_async_connection, lambda r: r.close()),
+        (blob_service, lambda b: b.close()))
     for cached, close in closers:
         if cached.cache_info().currsize:
             try:
                 close(cached())
             except Exception:  # closing is best effort; the client is forgotten either way
                 logger.warning("closing %s failed", cached.__name__, exc_info=True)
-    for cached in (
-        settings,
-        start_worker,
-        keyvault,
-        cassandra_session,
-        blob_service,
-        redis_client,
-        postgres_pool,
-        *_services,
-    ):
+    for cached in (settings, start_worker, keyvault, cassandra_session, blob_service, redis_client,
+                   redis_async_connection, postgres_pool, *_services):
         cached.cache_clear()
 
 
@@ -262,13 +267,19 @@ def changefeed_service() -> ChangeFeedService:
 
 @service
 def lookup_service() -> LookupService:
+    """The lookups' service, for the worker's event loop (``redis.asyncio``, the driver's futures awaited)."""
+    from shared.adapters.cassandra.aio import CassandraAsyncEventReader
     from shared.adapters.cassandra.reader import CassandraEventReader
+    from shared.adapters.redis.aio import AsyncRedisLookupCache
     from shared.services.lookups import LookupService
 
     cfg = settings()
-    lookup = cfg.lookup
+    lookup, redis_cfg = cfg.lookup, cfg.redis
     reader = CassandraEventReader(cassandra_session, cfg.cassandra.keyspace, timeout=lookup.cassandra_timeout_seconds)
-    return LookupService(redis_lookup_cache(), reader, cache_ttl=lookup.cache_ttl_seconds,
+    cache = AsyncRedisLookupCache(redis_async_connection(), key_prefix=redis_cfg.key_prefix,
+                                  critical_per_device_max=redis_cfg.critical_per_device_max,
+                                  stream_shards=redis_cfg.critical_stream_shards)
+    return LookupService(cache, CassandraAsyncEventReader(reader), cache_ttl=lookup.cache_ttl_seconds,
                          ttl_jitter=lookup.cache_ttl_jitter_seconds, negative_ttl=lookup.negative_ttl_seconds,
                          critical_default_limit=lookup.critical_default_limit,
                          critical_cap=cfg.redis.critical_per_device_max,
@@ -325,10 +336,23 @@ def status_service() -> StatusService:
             redis_client(), key_prefix=cfg.redis.key_prefix, stream_shards=cfg.redis.critical_stream_shards
         ),
         _lag_reader() or NoLagReader(),
-        lambda: lookup_service().health(),
+        _dependency_health(),
         cache_seconds=cfg.dashboard.status_cache_seconds,
         section_timeout=2 * timeout,
     )
+
+
+def _dependency_health() -> BlockingHealth:
+    """The status page's dependency check: the lookups' Redis and Cassandra, probed with blocking clients."""
+    from shared.adapters.cassandra.reader import CassandraEventReader
+    from shared.services.health import BlockingHealth
+
+    cfg = settings()
+    timeout = cfg.lookup.health_timeout_seconds
+    reader = CassandraEventReader(cassandra_session, cfg.cassandra.keyspace,
+                                  timeout=cfg.lookup.cassandra_timeout_seconds)
+    return BlockingHealth({"redis": redis_lookup_cache().ping, "cassandra": lambda: reader.ping(timeout=timeout)},
+                          timeout=timeout)
 
 
 def _lag_reader() -> CachedPartitionLag | None:
