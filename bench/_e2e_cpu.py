@@ -177,8 +177,30 @@ class ProductCpu:
         except psutil.NoSuchProcess:
             return 0.0
 
+    def _refresh(self) -> None:
+        """Ask every live dev host for its stats file (SIGUSR1) and wait until each is rewritten."""
+        import os
+        import signal
+
+        waiting = {}
+        for pid, path in self.hosts.items():
+            try:
+                before = path.stat().st_mtime_ns if path.exists() else 0
+                os.kill(pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                continue
+            waiting[path] = before
+        deadline = time.monotonic() + 5.0
+        while waiting and time.monotonic() < deadline:
+            for path, before in list(waiting.items()):
+                with contextlib.suppress(OSError):
+                    if path.stat().st_mtime_ns != before:
+                        del waiting[path]
+            time.sleep(0.02)
+
     def snapshot(self) -> dict[str, float]:
         """``total`` and, summed over the hosts, ``fn:<function>`` and ``thread:<group>`` CPU seconds."""
+        self._refresh()
         out: dict[str, float] = {"total": 0.0}
         for pid, path in self.hosts.items():
             out["total"] += self._process_seconds(pid)

@@ -139,9 +139,13 @@ class Bench:
         self.sender = EventHubSender(stack.eventhub_connection, stack.values["SLUICE_INGEST_EVENTHUB_NAME"])
 
     def _devhost_env(self, number: int) -> dict[str, str]:
-        return {"DEVHOST_LOG_LEVEL": "WARNING", "DEVHOST_CPU_STATS_FILE": str(self.workdir / f"cpu-{number}.json"),
-                # faster hand-over of partitions than the 10 s / 30 s defaults, so the drills take seconds
-                "DEVHOST_EVENTHUBS_LOAD_BALANCING_SECONDS": "2", "DEVHOST_EVENTHUBS_OWNERSHIP_EXPIRATION_SECONDS": "6"}
+        env = {"DEVHOST_LOG_LEVEL": "WARNING", "DEVHOST_CPU_STATS_FILE": str(self.workdir / f"cpu-{number}.json")}
+        if self.args.workers > 1:
+            # faster hand-over of partitions than the 10 s / 30 s defaults, so the drills take seconds (it costs
+            # a blob listing every 2 s per worker, so only with --workers 2: the CPU phase runs the defaults)
+            env.update({"DEVHOST_EVENTHUBS_LOAD_BALANCING_SECONDS": "2",
+                        "DEVHOST_EVENTHUBS_OWNERSHIP_EXPIRATION_SECONDS": "6"})
+        return env
 
     def start_worker(self, number: int):  # noqa: ANN201 - sluice.launcher.Running
         from sluice.launcher import python_module, start

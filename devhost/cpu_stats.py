@@ -1,7 +1,8 @@
 """Where the dev host's CPU goes, for benchmarks: ``DEVHOST_CPU_STATS_FILE=<path>``.
 
-When the setting is present the dev host rewrites ``<path>`` (JSON) every second and
-once more at shutdown with:
+When the setting is present the dev host writes ``<path>`` (JSON) when it receives
+``SIGUSR1`` (so a benchmark reads figures of the moment it asks, and nothing is spent
+between two readings), and once more when it starts shutting down, with:
 
 * ``functions``: per function, the CPU seconds of its invocations' own threads and the
   number of invocations (:class:`devhost.invocation.CpuAccount`);
@@ -13,7 +14,7 @@ once more at shutdown with:
   blob checkpoints and leases) and ``other``. Threads that ended are not counted (the
   groups are a picture of where the time goes; the process total comes from outside).
 
-Nothing is measured per event: the snapshot is built from counters once a second.
+Nothing is measured per event: the snapshot is built from counters when asked.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import threading
 from pathlib import Path
 
@@ -71,14 +73,20 @@ def write(path: Path, account: CpuAccount) -> None:
     partial.replace(path)
 
 
-async def publish(path: Path, account: CpuAccount, stop: asyncio.Event, interval: float = 1.0) -> None:
-    """Rewrite ``path`` every ``interval`` seconds until ``stop`` is set, then once more."""
-    while True:
+async def publish(path: Path, account: CpuAccount, stop: asyncio.Event) -> None:
+    """Write ``path`` now, on every ``SIGUSR1``, and once more when ``stop`` is set."""
+
+    def write_now() -> None:
         try:
             write(path, account)
         except OSError as exc:
             logger.warning("cannot write CPU stats to %s: %r", path, exc)
-        if stop.is_set():
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+
+    loop = asyncio.get_running_loop()
+    write_now()
+    loop.add_signal_handler(signal.SIGUSR1, write_now)
+    try:
+        await stop.wait()
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+        write_now()
