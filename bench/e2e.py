@@ -387,6 +387,22 @@ class Bench:
             timer.join()
         return manifest
 
+    def owners(self) -> dict[str, int]:
+        """Owner id -> partitions of the ingest consumer group it holds (ownership blobs renewed in the last 6 s)."""
+        from datetime import UTC, datetime, timedelta
+
+        from sluice.delivery import CHECKPOINT_CONTAINER
+
+        ingest = self.probe.settings.ingest
+        suffix = f"/{ingest.eventhub_name}/{ingest.consumer_group}/ownership/".lower()
+        fresh = datetime.now(UTC) - timedelta(seconds=6)
+        held: dict[str, int] = {}
+        for blob in self.probe.blob.get_container_client(CHECKPOINT_CONTAINER).list_blobs(include=["metadata"]):
+            owner = (blob.metadata or {}).get("ownerid")
+            if suffix in blob.name.lower() and owner and blob.last_modified >= fresh:
+                held[owner[:8]] = held.get(owner[:8], 0) + 1
+        return held
+
     def scale_phase(self) -> dict:
         from datetime import UTC, datetime
 
@@ -396,10 +412,13 @@ class Bench:
         joined: list = []
         join = self.churn("join", lambda: joined.append(self.start_worker(2)), at=8.0)
         self.drain()
+        print(f"scale: partitions per owner after the join: {self.owners()}", flush=True)
         two = self.capacity()
         print(f"scale: 2 workers work off {two['sent']} events at {two['rate']:.0f}/s", flush=True)
         victim = joined[0]
+        print(f"scale: partitions per owner before the kill: {self.owners()}", flush=True)
         kill = self.churn("kill", lambda: victim.process.kill(), at=self.args.churn_seconds / 3)
+        print(f"scale: partitions per owner after the kill: {self.owners()}", flush=True)
         expected, report = self.deliver([join, kill], since)
         counted = losses(expected, self.probe)
         return {"one": one, "two": two, "losses": counted, "problems": report.problems,
