@@ -112,7 +112,8 @@ class CqlCounter:
                 with contextlib.suppress(RuntimeError):  # the loop is closing
                     writer.close()
 
-        await asyncio.gather(pump(client_r, server_w, True), pump(server_r, client_w, False))
+        with contextlib.suppress(asyncio.CancelledError):  # close(): end quietly
+            await asyncio.gather(pump(client_r, server_w, True), pump(server_r, client_w, False))
 
     def totals(self) -> tuple[Counter[str], int]:
         """Requests by kind and statements inside batches, over every connection so far."""
@@ -124,7 +125,14 @@ class CqlCounter:
         return requests, statements
 
     def close(self) -> None:
+        """Stop the proxy's loop, then cancel the connections still open (the dev hosts are stopped by then)."""
         self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._loop.close()
 
 
 def calibrate(host: str, port: int, requests: int, *, concurrency: int = 100) -> float:
