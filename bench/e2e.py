@@ -324,6 +324,7 @@ class Bench:
         self.drain()
         drained = time.monotonic() - started
         deadline = time.monotonic() + self.args.delivery_timeout
+        said = time.monotonic()
         while True:
             report = check_delivery(expected, self.probe, features={"changefeed", "enrichment"}, since=since)
             if report.ok or time.monotonic() > deadline:
@@ -331,9 +332,9 @@ class Bench:
                       f"{time.monotonic() - started:.1f}s after it" if report.ok else
                       f"delivery: NOT complete {time.monotonic() - started:.1f}s after the load", flush=True)
                 return expected, report
-            last = report.problems[0] if report.problems else ""
-            if int(time.monotonic() - started) % 10 == 0:
-                print(f"delivery: waiting: {last[:160]}", flush=True)
+            if time.monotonic() >= said + 10:
+                said = time.monotonic()
+                print(f"delivery: waiting: {(report.problems or [''])[0][:160]}", flush=True)
             time.sleep(1.0)
 
     def cpu_phase(self) -> dict:
