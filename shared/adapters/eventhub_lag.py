@@ -240,3 +240,26 @@ def host_checkpoint_source(eventhub: str, consumer_group: str, *, connection_str
                                  "EventHubConnection__fullyQualifiedNamespace (identity) to read Event Hubs")
     return KedaCheckpointSource(namespace=fully_qualified_namespace.lower(), eventhub=eventhub.lower(),
                                 consumer_group=consumer_group, container=HOST_CHECKPOINT_CONTAINER)
+
+
+def partition_owners(blobs: BlobServiceClient, source: KedaCheckpointSource) -> dict[str, str]:
+    """Partition -> the processor that owns it, from the ownership blobs next to the checkpoints.
+
+    The SDK's ``BlobCheckpointStore`` (the dev host) and the Functions host claim a
+    partition by writing ``<namespace>/<hub>/<group>/ownership/<partition>`` with
+    metadata ``ownerid``; a partition nobody claimed is absent.
+    """
+    prefix = f"{source.namespace}/{source.eventhub}/{source.consumer_group.lower()}/ownership/"
+    owners: dict[str, str] = {}
+    try:
+        container = blobs.get_container_client(source.container)
+        for blob in container.list_blobs(name_starts_with=prefix, include=["metadata"]):
+            metadata = blob.metadata or {}
+            owner = metadata.get("ownerid", metadata.get("Ownerid"))
+            if owner:
+                owners[blob.name[len(prefix):]] = owner
+    except ResourceNotFoundError:
+        return {}
+    except AzureError as exc:
+        raise DependencyUnavailable("Blob storage", f"cannot list {source.container}/{prefix}: {exc}") from exc
+    return owners
