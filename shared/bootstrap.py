@@ -129,7 +129,75 @@ def ingest_service():
 
     cfg = settings()
     store = LazyEventStore(lambda: CassandraEventStore(cassandra_session(), cfg.cassandra, cfg.rules.critical_rules))
-    return IngestService(store, dead_letter_sink(), cfg.ingest.limits())
+    service = IngestService(store, dead_letter_sink(), cfg.ingest.limits(),
+                            audit_ledger() if cfg.ingest.audit else None)
+    try:  # the ingest worker exports the audit; a gauge that cannot be set up must not stop ingest
+        register_audit_gauge()
+    except Exception:
+        logger.warning("the %s gauge is not exported", "sluice.audit.missing", exc_info=True)
+    return service
+
+
+@service
+def audit_ledger():
+    from shared.adapters.cassandra.audit import CassandraAuditLedger
+
+    cfg = settings().cassandra
+    return CassandraAuditLedger(cassandra_session, cfg.keyspace, concurrency=cfg.write_concurrency,
+                                timeout=cfg.request_timeout_seconds)
+
+
+@service
+def audit_service():
+    """The zero-loss audit of the ingest hub, from the host's checkpoints; ``None`` without an Event Hubs connection."""
+    from shared.adapters.eventhub_lag import EventHubBlobLagReader
+    from shared.services.audit import AuditService
+
+    parts = _host_eventhub()
+    if parts is None:
+        return None
+    source, hub, clock = parts
+    return AuditService(audit_ledger(), EventHubBlobLagReader(hub, blob_service(), source), clock)
+
+
+@service
+def register_audit_gauge():
+    """The worker's ``sluice.audit.missing`` gauge (an OpenTelemetry observable gauge); ``None`` when not audited.
+
+    Called once per process when the ingest service is built (cached like a
+    service). Registers on the global meter provider, so the exporter that
+    shared/telemetry.py sets up (Prometheus, OTLP, Azure Monitor) reads it on each
+    collection; before the SDK's provider is set, the API's proxy hands the
+    callback over to it when it is.
+    """
+    from shared.adapters.audit_metrics import register_audit_gauge as register
+
+    cfg = settings().ingest
+    audit = audit_service() if cfg.audit else None
+    if audit is None:
+        return None
+    return register(audit, window=cfg.audit_window, max_age=cfg.audit_interval_seconds)
+
+
+def _host_eventhub():
+    """(checkpoint source, consumer client, sequence-at-time reader) of the host's ingest hub; ``None`` without one."""
+    import os
+
+    from shared.adapters.eventhub_lag import EventHubSequenceAtTime, eventhub_client, host_checkpoint_source
+
+    connection_string = os.environ.get("EventHubConnection")  # noqa: SIM112 (the host's names)
+    namespace = os.environ.get("EventHubConnection__fullyQualifiedNamespace")  # noqa: SIM112
+    if not (connection_string or namespace):
+        return None
+    ingest = settings().ingest
+
+    def client():
+        return eventhub_client(ingest.eventhub_name, ingest.consumer_group, connection_string=connection_string,
+                               fully_qualified_namespace=namespace)
+
+    source = host_checkpoint_source(ingest.eventhub_name, ingest.consumer_group,
+                                    connection_string=connection_string, fully_qualified_namespace=namespace)
+    return source, client(), EventHubSequenceAtTime(client)
 
 
 @service

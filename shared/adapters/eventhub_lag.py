@@ -263,3 +263,44 @@ def partition_owners(blobs: BlobServiceClient, source: KedaCheckpointSource) -> 
     except AzureError as exc:
         raise DependencyUnavailable("Blob storage", f"cannot list {source.container}/{prefix}: {exc}") from exc
     return owners
+
+
+class EventHubSequenceAtTime:
+    """Implements ``shared.ports.audit.SequenceAtTime``: receives one event from a time to learn its sequence number.
+
+    The SDK's synchronous ``receive`` blocks until the client is closed, so it runs
+    in a thread; the first event (or ``max_wait_time`` with none) ends it. Each
+    call uses a new client from ``client_factory`` (a closed client is not reused).
+    """
+
+    def __init__(self, client_factory: Callable[[], EventHubConsumerClient], *, wait: float = 10.0) -> None:
+        self._client_factory = client_factory
+        self._wait = wait
+
+    def first_at(self, partition: str, at: Any) -> int | None:
+        found: list[int] = []
+        done = threading.Event()
+        client = self._client_factory()
+
+        def on_event(_context: Any, event: Any) -> None:
+            if event is not None and not found:
+                found.append(event.sequence_number)
+            done.set()
+
+        def on_error(_context: Any, error: Exception) -> None:
+            errors.append(error)
+            done.set()
+
+        errors: list[Exception] = []
+        receiver = threading.Thread(target=client.receive, name=f"sluice-audit-p{partition}", daemon=True, kwargs={
+            "on_event": on_event, "on_error": on_error, "partition_id": partition, "starting_position": at,
+            "starting_position_inclusive": True, "max_wait_time": self._wait, "prefetch": 1})
+        receiver.start()
+        done.wait(self._wait * 3)
+        client.close()
+        receiver.join(self._wait)
+        if errors or not done.is_set():
+            cause = f"{type(errors[0]).__name__}: {errors[0]}" if errors else f"nothing within {self._wait * 3} s"
+            raise DependencyUnavailable("Event Hubs", f"cannot find the sequence number of partition {partition} "
+                                        f"at {at}: {cause}")
+        return found[0] if found else None

@@ -16,6 +16,13 @@ dead-letter sink; nothing is left to a later retry that will never come.
   past the batch all the same;
 * if even the dead-letter sink fails, the error propagates: the host logs it, and
   this is the one case where an operator must act (see docs/operations.md).
+
+With an audit ledger, each record's outcome (stored, dead_lettered, duplicate) is
+recorded by sequence number after the store and the dead-letter sink took it and
+before ``handle`` returns, so before the host can checkpoint past it (the zero-loss
+audit, ``shared/services/audit.py``). A failed ledger write fails like a store
+write (retry, then dead-letter the batch); the ledger entries of a dead-lettered
+batch are then written best effort, since the ledger shares the store's fate.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from datetime import datetime
 from shared.domain.events import Event, Limits, RawRecord, parse_records
 from shared.exceptions import TransientError
 from shared.lazy import Once
+from shared.ports.audit import AuditEntry, AuditLedger
 from shared.ports.ingest import DeadLetterSink, EventStore
 
 logger = logging.getLogger(__name__)
@@ -45,10 +53,12 @@ class IngestResult:
 
 
 class IngestService:
-    def __init__(self, store: EventStore, dead_letters: DeadLetterSink, limits: Limits) -> None:
+    def __init__(self, store: EventStore, dead_letters: DeadLetterSink, limits: Limits,
+                 audit: AuditLedger | None = None) -> None:
         self._store = store
         self._dead_letters = dead_letters
         self._limits = limits
+        self._audit = audit
 
     def handle(self, records: Sequence[RawRecord], *, final_attempt: bool = True, now: datetime | None = None) -> IngestResult:
         """Store or dead-letter every record (see the module docstring for the order)."""
@@ -57,6 +67,8 @@ class IngestService:
             self._dead_letters.put_rejected(parsed.errs)
         try:
             self._store.write(parsed.oks)
+            if self._audit is not None:
+                self._audit.record(audit_entries(records, parsed.oks, parsed.errs))
         except Exception as exc:
             # A TransientError names the events and the cause; anything else gets its traceback in the log.
             unexpected = not isinstance(exc, TransientError)
@@ -68,8 +80,41 @@ class IngestService:
             logger.error("storing %d events failed on the final attempt; dead-lettering the batch: %s",
                          len(parsed.oks), reason, exc_info=unexpected)
             self._dead_letters.put_batch([(r.body, r.metadata) for r in records], f"event store unavailable: {reason}")
+            self._audit_dead_lettered(records)
             return IngestResult(len(records), 0, len(parsed.errs), parsed.duplicates, batch_dead_lettered=True)
         return IngestResult(len(records), len(parsed.oks), len(parsed.errs), parsed.duplicates)
+
+
+    def _audit_dead_lettered(self, records: Sequence[RawRecord]) -> None:
+        if self._audit is None:
+            return
+        entries = [AuditEntry(r.metadata.partition_id, r.metadata.sequence_number, "dead_lettered") for r in records
+                   if r.metadata.partition_id is not None and r.metadata.sequence_number is not None]
+        try:
+            self._audit.record(entries)
+        except Exception:  # the batch is dead-lettered; the audit will show it as a gap, which the letter explains
+            logger.warning("could not record %d dead-lettered records in the audit ledger", len(entries), exc_info=True)
+
+
+def audit_entries(records: Sequence[RawRecord], stored: Sequence[Event], rejected: Sequence) -> list[AuditEntry]:
+    """Each record's outcomes: stored if one of its events was, dead_lettered if one was rejected, else duplicate.
+
+    Records without a partition or sequence number (not from Event Hubs) are not audited.
+    """
+    stored_at = {(e.metadata.partition_id, e.metadata.sequence_number) for e in stored}
+    rejected_at = {(r.metadata.partition_id, r.metadata.sequence_number) for r in rejected}
+    entries = []
+    for record in records:
+        key = (record.metadata.partition_id, record.metadata.sequence_number)
+        if key[0] is None or key[1] is None:
+            continue
+        if key in stored_at:
+            entries.append(AuditEntry(key[0], key[1], "stored"))
+        if key in rejected_at:
+            entries.append(AuditEntry(key[0], key[1], "dead_lettered"))
+        if key not in stored_at and key not in rejected_at:
+            entries.append(AuditEntry(key[0], key[1], "duplicate"))
+    return entries
 
 
 class LazyEventStore:

@@ -76,6 +76,18 @@ MIGRATIONS: tuple[Migration, ...] = (
 )""",
         ),
     ),
+    Migration(
+        2,
+        "ingest audit: each Event Hubs record's outcome by partition and sequence block",
+        (
+            # One partition per Event Hubs partition and block of AUDIT_BLOCK sequence numbers, so an audit reads
+            # ranges of a few partitions and a partition stays small (see shared/adapters/cassandra/audit.py).
+            """CREATE TABLE IF NOT EXISTS {ks}.ingest_audit (
+    eh_partition text, block bigint, sequence_number bigint, outcome text, recorded_at timestamp,
+    PRIMARY KEY ((eh_partition, block), sequence_number, outcome)
+)""",
+        ),
+    ),
 )
 
 
