@@ -14,6 +14,7 @@ from functools import cache
 from pydantic import SecretStr
 
 from shared import runtime
+from shared.exceptions import ConfigurationError
 from shared.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -190,14 +191,21 @@ def _host_eventhub():
     if not (connection_string or namespace):
         return None
     ingest = settings().ingest
+    if ingest.audit_consumer_group.lower() == ingest.consumer_group.lower():
+        raise ConfigurationError(
+            f"SLUICE_INGEST_AUDIT_CONSUMER_GROUP is {ingest.audit_consumer_group!r}, the consumer group ingest reads "
+            "with: the host's receivers own its partitions (epoch) and the audit's reader would be refused; "
+            "use another group ($Default exists on every hub)")
 
-    def client():
-        return eventhub_client(ingest.eventhub_name, ingest.consumer_group, connection_string=connection_string,
+    def reader():  # a receiver that stays out of the host's consumer group
+        return eventhub_client(ingest.eventhub_name, ingest.audit_consumer_group, connection_string=connection_string,
                                fully_qualified_namespace=namespace)
 
     source = host_checkpoint_source(ingest.eventhub_name, ingest.consumer_group,
                                     connection_string=connection_string, fully_qualified_namespace=namespace)
-    return source, client(), EventHubSequenceAtTime(client)
+    hub = eventhub_client(ingest.eventhub_name, ingest.consumer_group, connection_string=connection_string,
+                          fully_qualified_namespace=namespace)
+    return source, hub, EventHubSequenceAtTime(reader)
 
 
 @service

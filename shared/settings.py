@@ -219,6 +219,8 @@ class IngestSettings(_Group):
     """Sequence numbers below each partition's checkpoint that the sluice.audit.missing gauge checks"""
     audit_interval_seconds: float = Field(60.0, ge=1)
     """Least time between two audits made for the sluice.audit.missing gauge"""
+    audit_consumer_group: str = "$Default"
+    """Consumer group `sluice audit --since` reads one event from to place a time; never ingest's (its receivers own the partitions)"""
 
     def limits(self) -> Limits:
         return Limits(

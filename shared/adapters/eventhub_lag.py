@@ -234,7 +234,9 @@ def host_checkpoint_source(eventhub: str, consumer_group: str, *, connection_str
     """Where the Functions host (and the dev host) checkpoint ``eventhub``: the namespace as the SDK writes it."""
     if connection_string:
         endpoint = dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part).get("Endpoint", "")
-        fully_qualified_namespace = urlsplit(endpoint).hostname
+        # The SDK names checkpoints after the endpoint's host *and port* (``127.0.0.1:5672`` for the emulator);
+        # Azure's endpoints have no port.
+        fully_qualified_namespace = urlsplit(endpoint).netloc
     if not fully_qualified_namespace:
         raise ConfigurationError("set EventHubConnection (a connection string) or "
                                  "EventHubConnection__fullyQualifiedNamespace (identity) to read Event Hubs")
