@@ -2,9 +2,11 @@
 
 The audit's promise: every sequence number the host checkpointed past was either
 stored or dead-lettered (or dropped as an exact duplicate of another event of its
-batch). The ingest service records each record's outcome in the ledger before it
-returns, so before the host can checkpoint past it; the audit then reads the
-ledger per partition and per sequence range, never the whole table.
+batch). Before it returns (so before the host can checkpoint past the batch), the
+ingest service records the runs of consecutive sequence numbers it accounted for,
+one entry per run with the count of each outcome, not one per record: a batch is
+one run, so the ledger costs one row per batch. The audit reads the ledger per
+partition and per sequence range, never the whole table.
 """
 
 from __future__ import annotations
@@ -12,32 +14,37 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
-
-Outcome = Literal["stored", "dead_lettered", "duplicate"]
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
-class AuditEntry:
-    """One Event Hubs record's fate: ``outcome`` of the record at ``sequence_number`` in ``partition``."""
+class AuditRun:
+    """Records ``first..last`` (inclusive) of ``partition``, every one stored, dead-lettered or a duplicate.
+
+    The counts say how: events stored, items dead-lettered (an array body counts
+    each element), records dropped as exact duplicates of another of the batch.
+    """
 
     partition: str
-    sequence_number: int
-    outcome: Outcome
+    first: int
+    last: int
+    stored: int = 0
+    dead_lettered: int = 0
+    duplicate: int = 0
 
 
 class AuditLedger(Protocol):
     """Per partition and sequence number, what became of each record."""
 
-    def record(self, entries: Sequence[AuditEntry]) -> None:
-        """Durably record ``entries``, or raise ``TransientError``.
+    def record(self, runs: Sequence[AuditRun]) -> None:
+        """Durably record ``runs``, or raise ``TransientError``.
 
-        Idempotent: an entry recorded twice is one entry. A record may have
-        several outcomes (an array body whose elements were partly rejected).
+        Idempotent: a run recorded twice (a retried batch) is one entry. Runs may
+        overlap (a batch delivered again after a crash, cut differently).
         """
 
-    def accounted(self, partition: str, first: int, last: int) -> Iterable[int]:
-        """The sequence numbers in ``first..last`` (inclusive) with at least one outcome, read range by range.
+    def accounted(self, partition: str, first: int, last: int) -> Iterable[tuple[int, int]]:
+        """The recorded runs of ``partition`` that meet ``first..last``, as inclusive ``(first, last)`` pairs.
 
         Raises ``DependencyUnavailable`` when the ledger cannot be read.
         """

@@ -17,6 +17,7 @@ so the cost is the size of the range, never of the table. A range longer than
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -56,20 +57,21 @@ class AuditReport:
         return sum(p.missing for p in self.partitions)
 
 
-def gaps_in(first: int, last: int, accounted: set[int]) -> tuple[tuple[int, int], ...]:
-    """The runs of ``first..last`` missing from ``accounted``, as inclusive ``(start, end)`` pairs."""
+def gaps_in(first: int, last: int, runs: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """The parts of ``first..last`` no run covers, as inclusive ``(start, end)`` pairs."""
     out: list[tuple[int, int]] = []
-    start = None
-    for number in range(first, last + 1):
-        if number in accounted:
-            if start is not None:
-                out.append((start, number - 1))
-                start = None
-        elif start is None:
-            start = number
-    if start is not None:
-        out.append((start, last))
-    return tuple(out)
+    covered_to = first - 1  # everything up to here is covered (or outside the range)
+    for start, end in sorted(runs):
+        if end <= covered_to:
+            continue
+        if start > covered_to + 1:
+            out.append((covered_to + 1, min(start - 1, last)))
+        covered_to = max(covered_to, end)
+        if covered_to >= last:
+            break
+    if covered_to < last:
+        out.append((covered_to + 1, last))
+    return tuple((s, e) for s, e in out if s <= e and s <= last)
 
 
 class AuditService:
@@ -116,7 +118,7 @@ class AuditService:
             raise ConfigurationError(
                 f"partition {partition}: auditing {last - first + 1} sequence numbers ({first}..{last}) is more than "
                 f"the {self._max_span} allowed in one run; audit a later start")
-        gaps = gaps_in(first, last, set(self._ledger.accounted(partition, first, last)))
+        gaps = gaps_in(first, last, self._ledger.accounted(partition, first, last))
         if gaps:
             logger.warning("audit: partition %s is missing %d sequence numbers in %d..%d (first gap %s)",
                            partition, sum(e - s + 1 for s, e in gaps), first, last, gaps[0])

@@ -17,9 +17,9 @@ dead-letter sink; nothing is left to a later retry that will never come.
 * if even the dead-letter sink fails, the error propagates: the host logs it, and
   this is the one case where an operator must act (see docs/operations.md).
 
-With an audit ledger, each record's outcome (stored, dead_lettered, duplicate) is
-recorded by sequence number after the store and the dead-letter sink took it and
-before ``handle`` returns, so before the host can checkpoint past it (the zero-loss
+With an audit ledger, the runs of consecutive sequence numbers of the batch are
+recorded with their outcome counts (stored, dead_lettered, duplicate) after the
+store and the dead-letter sink took them and before ``handle`` returns, so before the host can checkpoint past it (the zero-loss
 audit, ``shared/services/audit.py``). A failed ledger write fails like a store
 write (retry, then dead-letter the batch); the ledger entries of a dead-lettered
 batch are then written best effort, since the ledger shares the store's fate.
@@ -28,6 +28,7 @@ batch are then written best effort, since the ledger shares the store's fate.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +36,7 @@ from datetime import datetime
 from shared.domain.events import Event, Limits, RawRecord, parse_records
 from shared.exceptions import TransientError
 from shared.lazy import Once
-from shared.ports.audit import AuditEntry, AuditLedger
+from shared.ports.audit import AuditLedger, AuditRun
 from shared.ports.ingest import DeadLetterSink, EventStore
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class IngestService:
         try:
             self._store.write(parsed.oks)
             if self._audit is not None:
-                self._audit.record(audit_entries(records, parsed.oks, parsed.errs))
+                self._audit.record(audit_runs(records, parsed.oks, parsed.errs))
         except Exception as exc:
             # A TransientError names the events and the cause; anything else gets its traceback in the log.
             unexpected = not isinstance(exc, TransientError)
@@ -88,33 +89,36 @@ class IngestService:
     def _audit_dead_lettered(self, records: Sequence[RawRecord]) -> None:
         if self._audit is None:
             return
-        entries = [AuditEntry(r.metadata.partition_id, r.metadata.sequence_number, "dead_lettered") for r in records
-                   if r.metadata.partition_id is not None and r.metadata.sequence_number is not None]
+        runs = audit_runs(records, (), [r for r in records])
         try:
-            self._audit.record(entries)
+            self._audit.record(runs)
         except Exception:  # the batch is dead-lettered; the audit will show it as a gap, which the letter explains
-            logger.warning("could not record %d dead-lettered records in the audit ledger", len(entries), exc_info=True)
+            logger.warning("could not record %d dead-lettered runs in the audit ledger", len(runs), exc_info=True)
 
 
-def audit_entries(records: Sequence[RawRecord], stored: Sequence[Event], rejected: Sequence) -> list[AuditEntry]:
-    """Each record's outcomes: stored if one of its events was, dead_lettered if one was rejected, else duplicate.
+def audit_runs(records: Sequence[RawRecord], stored: Sequence[Event], dead_lettered: Sequence) -> list[AuditRun]:
+    """The batch's runs of consecutive sequence numbers per partition, with how many went each way.
 
-    Records without a partition or sequence number (not from Event Hubs) are not audited.
+    ``stored`` and ``dead_lettered`` are anything with Event Hubs ``metadata``
+    (events, rejected items, records); a record with neither was dropped as a
+    duplicate. Records without a partition or sequence number (not from Event
+    Hubs) are not audited.
     """
-    stored_at = {(e.metadata.partition_id, e.metadata.sequence_number) for e in stored}
-    rejected_at = {(r.metadata.partition_id, r.metadata.sequence_number) for r in rejected}
-    entries = []
-    for record in records:
-        key = (record.metadata.partition_id, record.metadata.sequence_number)
-        if key[0] is None or key[1] is None:
-            continue
-        if key in stored_at:
-            entries.append(AuditEntry(key[0], key[1], "stored"))
-        if key in rejected_at:
-            entries.append(AuditEntry(key[0], key[1], "dead_lettered"))
-        if key not in stored_at and key not in rejected_at:
-            entries.append(AuditEntry(key[0], key[1], "duplicate"))
-    return entries
+    stored_at = Counter((e.metadata.partition_id, e.metadata.sequence_number) for e in stored)
+    dead_at = Counter((r.metadata.partition_id, r.metadata.sequence_number) for r in dead_lettered)
+    numbered = sorted({(r.metadata.partition_id, r.metadata.sequence_number) for r in records
+                       if r.metadata.partition_id is not None and r.metadata.sequence_number is not None})
+    runs: list[AuditRun] = []
+    for partition, sequence in numbered:
+        key = (partition, sequence)
+        counts = (stored_at[key], dead_at[key], int(not stored_at[key] and not dead_at[key]))
+        last = runs[-1] if runs else None
+        if last is not None and last.partition == partition and last.last == sequence - 1:
+            runs[-1] = AuditRun(partition, last.first, sequence, last.stored + counts[0],
+                                last.dead_lettered + counts[1], last.duplicate + counts[2])
+        else:
+            runs.append(AuditRun(partition, sequence, sequence, *counts))
+    return runs
 
 
 class LazyEventStore:

@@ -93,12 +93,15 @@ def test_the_audit_of_a_real_run_finds_nothing_missing_until_a_ledger_row_goes(r
     assert audited == summary.sent, result.stdout  # one sequence number per record sent
     session = running["probe"].session
     ks = running["probe"].settings.cassandra.keyspace
-    row = next(iter(session.execute(f"SELECT eh_partition, block, sequence_number FROM {ks}.ingest_audit LIMIT 1")))
-    session.execute(f"DELETE FROM {ks}.ingest_audit WHERE eh_partition = %s AND block = %s AND sequence_number = %s",
-                    (row.eh_partition, row.block, row.sequence_number))
+    row = next(iter(session.execute(f"SELECT eh_partition, block, first_sequence, last_sequence FROM "
+                                    f"{ks}.ingest_audit LIMIT 1")))
+    session.execute(f"DELETE FROM {ks}.ingest_audit WHERE eh_partition = %s AND block = %s AND first_sequence = %s",
+                    (row.eh_partition, row.block, row.first_sequence))
     result = _audit(values, "--since", running["since"].isoformat())
     assert result.returncode == 1
-    assert f"gap: partition {row.eh_partition} sequence {row.sequence_number}\n" in result.stdout
+    span = f"{row.first_sequence}" + (f"..{row.last_sequence}" if row.last_sequence != row.first_sequence else "")
+    assert [line for line in result.stdout.splitlines() if line.startswith("gap:")] == [
+        f"gap: partition {row.eh_partition} sequence {span}"], result.stdout
 
 
 @pytest.mark.skipif(not TELEMETRY_MERGED, reason="the dev host's exporter comes with shared/telemetry.py (helper H17)")

@@ -103,13 +103,15 @@ def audit(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
 
 
 def load(stack: dict[str, Any]) -> datetime:
-    """Partition 0: 3 valid, 1 not JSON, 1 exact duplicate, 1 array half valid; partition 1: 4 valid. All checkpointed."""
+    """Partition 0: 3 valid; then 1 not JSON, an event twice, an array half valid. Partition 1: 4 valid. Checkpointed."""
     since = datetime.now(UTC) - timedelta(seconds=1)
     valid = [event() for _ in range(3)]
     bodies = [json.dumps(e).encode() for e in valid]
-    stack["deliver"]("0", [*bodies, b"{not json", bodies[0], json.dumps([event("dev-2"), {"nope": 1}]).encode()])
+    stack["deliver"]("0", bodies)  # sequence numbers 0..2, one run
+    twice = json.dumps(event("dev-4")).encode()
+    stack["deliver"]("0", [b"{not json", twice, twice, json.dumps([event("dev-2"), {"nope": 1}]).encode()])  # 3..6
     stack["deliver"]("1", [json.dumps(event("dev-3")).encode() for _ in range(4)])
-    stack["checkpoint"]("0", 5)
+    stack["checkpoint"]("0", 6)
     stack["checkpoint"]("1", 3)
     return since
 
@@ -117,26 +119,27 @@ def load(stack: dict[str, Any]) -> datetime:
 def test_nothing_is_missing_when_every_record_was_stored_dead_lettered_or_a_duplicate(
         stack: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     since = load(stack)
-    outcomes = {(r.eh_partition, r.sequence_number, r.outcome) for r in bootstrap.cassandra_session().execute(
-        f"SELECT eh_partition, sequence_number, outcome FROM {stack['keyspace']}.ingest_audit "
-        "WHERE eh_partition = '0' AND block = 0")}
-    assert outcomes == {("0", 0, "stored"), ("0", 1, "stored"), ("0", 2, "stored"), ("0", 3, "dead_lettered"),
-                        ("0", 4, "duplicate"), ("0", 5, "stored"), ("0", 5, "dead_lettered")}
+    runs = [tuple(r) for r in bootstrap.cassandra_session().execute(
+        f"SELECT first_sequence, last_sequence, stored, dead_lettered, duplicate FROM {stack['keyspace']}.ingest_audit "
+        "WHERE eh_partition = '0' AND block = 0")]
+    # One row per batch: 3 stored; then a bad body, an event twice (an exact duplicate in its batch) and an array
+    # with one bad element.
+    assert runs == [(0, 2, 3, 0, 0), (3, 6, 2, 2, 1)]
     code, out = audit(capsys, "--since", since.isoformat())
     assert code == 0, out
     assert "missing 0: the zero-loss SLO holds" in out
     table = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] in (["0"], ["1"])}
-    assert table == {"0": ["0", "5", "6", "0"], "1": ["0", "3", "4", "0"]}
+    assert table == {"0": ["0", "6", "7", "0"], "1": ["0", "3", "4", "0"]}
 
 
 def test_a_deleted_ledger_row_is_a_gap(stack: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     load(stack)
     bootstrap.cassandra_session().execute(
-        f"DELETE FROM {stack['keyspace']}.ingest_audit WHERE eh_partition = '0' AND block = 0 AND sequence_number = 2")
+        f"DELETE FROM {stack['keyspace']}.ingest_audit WHERE eh_partition = '0' AND block = 0 AND first_sequence = 3")
     code, out = audit(capsys, "--from-sequence", "0")
     assert code == 1, out
-    assert [line for line in out.splitlines() if line.startswith("gap:")] == ["gap: partition 0 sequence 2"]
-    assert "missing 1:" in out
+    assert [line for line in out.splitlines() if line.startswith("gap:")] == ["gap: partition 0 sequence 3..6"]
+    assert "missing 4:" in out
 
 
 def test_records_checkpointed_past_but_never_ingested_are_a_gap(
@@ -161,8 +164,8 @@ def test_the_worker_gauge_reports_the_missing_count_per_partition(stack: dict[st
                          meter_provider=MeterProvider(metric_readers=[reader]))
     assert _points(reader) == {"0": 0, "1": 0, "2": 0, "3": 0}  # 2 and 3: nothing checkpointed
     bootstrap.cassandra_session().execute(
-        f"DELETE FROM {stack['keyspace']}.ingest_audit WHERE eh_partition = '1' AND block = 0 AND sequence_number = 0")
-    assert _points(reader) == {"0": 0, "1": 1, "2": 0, "3": 0}
+        f"DELETE FROM {stack['keyspace']}.ingest_audit WHERE eh_partition = '1' AND block = 0 AND first_sequence = 0")
+    assert _points(reader) == {"0": 0, "1": 4, "2": 0, "3": 0}
 
 
 def _points(reader: InMemoryMetricReader) -> dict[str, int]:

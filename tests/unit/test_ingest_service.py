@@ -145,11 +145,11 @@ class FakeLedger:
         self.failures = failures
         self.entries = []
 
-    def record(self, entries):
+    def record(self, runs):
         if self.failures:
             self.failures -= 1
             raise TransientError("ledger down")
-        self.entries.extend((e.sequence_number, e.outcome) for e in entries)
+        self.entries.extend((r.first, r.last, r.stored, r.dead_lettered, r.duplicate) for r in runs)
 
     def accounted(self, partition, first, last):
         return []
@@ -163,7 +163,7 @@ def test_the_audit_ledger_gets_each_records_outcome_after_the_store_and_a_failed
         service.handle(records, final_attempt=False, now=NOW)
     assert ledger.entries == []
     service.handle(records, final_attempt=False, now=NOW)
-    assert ledger.entries == [(1, "stored"), (2, "dead_lettered"), (3, "stored")]
+    assert ledger.entries == [(1, 3, 2, 1, 0)]
 
 
 def test_a_batch_dead_lettered_on_the_final_attempt_is_recorded_as_dead_lettered():
@@ -171,4 +171,4 @@ def test_a_batch_dead_lettered_on_the_final_attempt_is_recorded_as_dead_lettered
     records = [record(7), record(8)]
     result = IngestService(FakeStore(failures=1), FakeDeadLetters(), Limits(), ledger).handle(records, now=NOW)
     assert result.batch_dead_lettered
-    assert ledger.entries == [(7, "dead_lettered"), (8, "dead_lettered")]
+    assert ledger.entries == [(7, 8, 0, 2, 0)]

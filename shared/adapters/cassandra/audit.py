@@ -1,10 +1,11 @@
-"""``CassandraAuditLedger``: each Event Hubs record's outcome in ``ingest_audit``, read per partition and block.
+"""``CassandraAuditLedger``: the runs of sequence numbers ingest accounted for, in ``ingest_audit``.
 
-Rows are keyed ``((eh_partition, block), sequence_number, outcome)`` with
-``block = sequence_number // BLOCK``: a block of 10,000 sequence numbers is at
-most a few hundred kilobytes, one ingest batch touches one or two blocks (one
-unlogged batch each: one partition, one mutation), and an audit of a range reads
-the blocks it covers with a clustering-range query, never a scan.
+Rows are keyed ``((eh_partition, block), first_sequence)`` with ``block =
+first_sequence // BLOCK``; a run that crosses a block boundary is cut there, so
+every row lies inside its block. One Event Hubs batch is one run, so one row (two
+at a boundary): the ledger costs a row per batch, not per event. Writing the same
+run again (a retried batch) overwrites the same row. An audit of a range reads
+the blocks it covers, one Cassandra partition each, never a scan.
 """
 
 from __future__ import annotations
@@ -15,15 +16,27 @@ from datetime import UTC, datetime
 
 from cassandra.cluster import Session
 from cassandra.concurrent import execute_concurrent
-from cassandra.query import BatchStatement, BatchType, PreparedStatement
+from cassandra.query import PreparedStatement
 
 from shared.exceptions import DependencyUnavailable, TransientError
 from shared.lazy import Once
-from shared.ports.audit import AuditEntry
+from shared.ports.audit import AuditRun
 
 logger = logging.getLogger(__name__)
 
 BLOCK = 10_000
+
+
+def split_at_blocks(run: AuditRun) -> list[AuditRun]:
+    """``run`` cut at multiples of ``BLOCK`` (the counts stay on the first piece: they describe the whole run)."""
+    pieces = []
+    start = run.first
+    while start <= run.last:
+        end = min(run.last, (start // BLOCK + 1) * BLOCK - 1)
+        pieces.append(AuditRun(run.partition, start, end, *((run.stored, run.dead_lettered, run.duplicate)
+                                                             if start == run.first else (0, 0, 0))))
+        start = end + 1
+    return pieces
 
 
 class CassandraAuditLedger:
@@ -45,42 +58,36 @@ class CassandraAuditLedger:
 
     def _prepare(self) -> tuple[PreparedStatement, PreparedStatement]:
         ks = self._keyspace
-        insert = self._session.prepare(f"INSERT INTO {ks}.ingest_audit (eh_partition, block, sequence_number, outcome, "
-                                       "recorded_at) VALUES (?, ?, ?, ?, ?)")
+        insert = self._session.prepare(
+            f"INSERT INTO {ks}.ingest_audit (eh_partition, block, first_sequence, last_sequence, stored, "
+            "dead_lettered, duplicate, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
         insert.is_idempotent = True
-        select = self._session.prepare(f"SELECT sequence_number FROM {ks}.ingest_audit WHERE eh_partition = ? AND "
-                                       "block = ? AND sequence_number >= ? AND sequence_number <= ?")
+        select = self._session.prepare(f"SELECT first_sequence, last_sequence FROM {ks}.ingest_audit "
+                                       "WHERE eh_partition = ? AND block = ? AND first_sequence <= ?")
         return insert, select
 
-    def record(self, entries: Sequence[AuditEntry]) -> None:
-        if not entries:
+    def record(self, runs: Sequence[AuditRun]) -> None:
+        if not runs:
             return
         insert, _ = self._statements.get()
         now = datetime.now(UTC)
-        blocks: dict[tuple[str, int], list[AuditEntry]] = {}
-        for entry in entries:
-            blocks.setdefault((entry.partition, entry.sequence_number // BLOCK), []).append(entry)
-        work = []
-        for (partition, block), members in blocks.items():
-            batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-            batch.is_idempotent = True
-            for entry in members:
-                batch.add(insert, (partition, block, entry.sequence_number, entry.outcome, now))
-            work.append((batch, ()))
+        work = [(insert, (p.partition, p.first // BLOCK, p.first, p.last, p.stored, p.dead_lettered, p.duplicate, now))
+                for run in runs for p in split_at_blocks(run)]
         results = execute_concurrent(self._session, work, concurrency=self._concurrency, raise_on_first_error=False)
         failures = [result for ok, result in results if not ok]
         if failures:
             raise TransientError(f"{len(failures)} of {len(work)} audit writes failed (first: "
-                                 f"{type(failures[0]).__name__}: {failures[0]}); partitions and blocks: "
-                                 f"{sorted(blocks)[:10]}")
+                                 f"{type(failures[0]).__name__}: {failures[0]}); runs: "
+                                 f"{[(r.partition, r.first, r.last) for r in runs[:10]]}")
 
-    def accounted(self, partition: str, first: int, last: int) -> Iterator[int]:
+    def accounted(self, partition: str, first: int, last: int) -> Iterator[tuple[int, int]]:
         _, select = self._statements.get()
         for block in range(first // BLOCK, last // BLOCK + 1):
             try:
-                rows = self._session.execute(select, (partition, block, first, last), timeout=self._timeout)
+                rows = self._session.execute(select, (partition, block, last), timeout=self._timeout)
                 for row in rows:
-                    yield row.sequence_number
+                    if row.last_sequence >= first:
+                        yield row.first_sequence, row.last_sequence
             except Exception as exc:  # the driver's errors have no common base beyond Exception
                 raise DependencyUnavailable("Cassandra", f"cannot read the ingest audit of partition {partition}, "
                                             f"block {block}: {type(exc).__name__}: {exc}") from exc
