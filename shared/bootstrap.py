@@ -157,8 +157,11 @@ def audit_service():
     parts = _host_eventhub()
     if parts is None:
         return None
+    from shared.adapters.blob_deadletter import BlobDeadLetteredBatches
+
     source, hub, clock = parts
-    return AuditService(audit_ledger(), EventHubBlobLagReader(hub, blob_service(), source), clock)
+    letters = BlobDeadLetteredBatches(blob_service(), settings().storage.deadletter_container)
+    return AuditService(audit_ledger(), EventHubBlobLagReader(hub, blob_service(), source), clock, letters=letters)
 
 
 @service

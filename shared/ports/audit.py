@@ -55,3 +55,10 @@ class SequenceAtTime(Protocol):
 
     def first_at(self, partition: str, at: datetime) -> int | None:
         """The sequence number of the first event enqueued at or after ``at``; ``None`` when there is none yet."""
+
+
+class DeadLetteredBatches(Protocol):
+    """Whole batches in the dead-letter store: the ones whose ledger run may be missing (the store was down)."""
+
+    def batches(self, partition: str) -> Iterable[tuple[int, int, str]]:
+        """``(first, last, letter name)`` of each batch letter of ``partition``, replayed or not."""

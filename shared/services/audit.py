@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from shared.exceptions import ConfigurationError
-from shared.ports.audit import AuditLedger, SequenceAtTime
+from shared.ports.audit import AuditLedger, DeadLetteredBatches, SequenceAtTime
 from shared.ports.lag import PartitionLagReader
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ class PartitionAudit:
     first: int
     last: int
     gaps: tuple[tuple[int, int], ...] = ()
+    letters: tuple[tuple[int, int, str], ...] = ()
+    """Batch letters that account for sequence numbers the ledger lacks (not gaps: they were dead-lettered)."""
 
     @property
     def missing(self) -> int:
@@ -76,10 +78,11 @@ def gaps_in(first: int, last: int, runs: Iterable[tuple[int, int]]) -> tuple[tup
 
 class AuditService:
     def __init__(self, ledger: AuditLedger, positions: PartitionLagReader, clock: SequenceAtTime | None = None, *,
-                 max_span: int = DEFAULT_MAX_SPAN) -> None:
+                 letters: DeadLetteredBatches | None = None, max_span: int = DEFAULT_MAX_SPAN) -> None:
         self._ledger = ledger
         self._positions = positions
         self._clock = clock
+        self._letters = letters
         self._max_span = max_span
 
     def audit(self, *, since: datetime | None = None, from_sequence: int | None = None,
@@ -119,7 +122,14 @@ class AuditService:
                 f"partition {partition}: auditing {last - first + 1} sequence numbers ({first}..{last}) is more than "
                 f"the {self._max_span} allowed in one run; audit a later start")
         gaps = gaps_in(first, last, self._ledger.accounted(partition, first, last))
+        letters: tuple[tuple[int, int, str], ...] = ()
+        if gaps and self._letters is not None:
+            # A batch dead-lettered while the store (and so the ledger) was down has a letter and no run: it was
+            # dead-lettered, not lost. The letters are read only when there is a gap.
+            letters = tuple(sorted(b for b in self._letters.batches(partition)
+                                   if any(b[1] >= s and b[0] <= e for s, e in gaps)))
+            gaps = tuple(piece for start, end in gaps for piece in gaps_in(start, end, [(b[0], b[1]) for b in letters]))
         if gaps:
             logger.warning("audit: partition %s is missing %d sequence numbers in %d..%d (first gap %s)",
                            partition, sum(e - s + 1 for s, e in gaps), first, last, gaps[0])
-        return PartitionAudit(partition, first, last, gaps)
+        return PartitionAudit(partition, first, last, gaps, letters)

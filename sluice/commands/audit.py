@@ -65,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
     for p in report.partitions:
         print(f"{p.partition:>9} {p.first:>12} {p.last:>12} {p.audited:>10} {p.missing:>10}")
     for p in report.partitions:
+        for first, last, name in p.letters:
+            print(f"dead-lettered batch: partition {p.partition} sequence {first}..{last} ({name}; no ledger run: "
+                  f"the store was down)")
         for start, end in p.gaps[:SHOWN_GAPS]:
             print(f"gap: partition {p.partition} sequence {start}" + (f"..{end}" if end != start else ""))
         if len(p.gaps) > SHOWN_GAPS:

@@ -26,12 +26,14 @@ from azure.storage.blob import BlobServiceClient
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from emulators.cassandra.faults import clear_faults, inject_faults
 from shared import bootstrap
 from shared.adapters.audit_metrics import register_audit_gauge
 from shared.adapters.cassandra.migrations import apply_migrations
 from shared.adapters.eventhub_lag import HOST_CHECKPOINT_CONTAINER, host_checkpoint_source
 from sluice.__main__ import main
 from sluice.launcher import Running
+from tests.fixtures.cassandra import start_cassandra_emulator
 from tests.fixtures.functions import HostContext, user_function
 
 pytestmark = pytest.mark.timeout(180)
@@ -44,9 +46,18 @@ def event(device: str = "dev-1", **fields: Any) -> dict:
             "timestamp": NOW.isoformat(), "measurements": {"temperature": 21.5}, **fields}
 
 
+@pytest.fixture(scope="module")
+def private_cassandra() -> Iterator[Running]:
+    """An emulator of this module's own, so armed faults never reach another test's requests."""
+    running = start_cassandra_emulator()
+    yield running
+    running.stop()
+
+
 @pytest.fixture
-def stack(cassandra_emulator: Running, azurite_connection_string: str, isolated_eventhub: Any,
+def stack(private_cassandra: Running, azurite_connection_string: str, isolated_eventhub: Any,
           monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    cassandra_emulator = private_cassandra
     keyspace = f"ks_{uuid.uuid4().hex[:12]}"
     for name, value in {
         "AzureWebJobsStorage": azurite_connection_string,
@@ -76,7 +87,7 @@ def stack(cassandra_emulator: Running, azurite_connection_string: str, isolated_
     ingest_function = user_function("ingest")
     sent: dict[str, int] = {}
 
-    def deliver(partition: str, bodies: list[bytes], *, ingest: bool = True) -> None:
+    def deliver(partition: str, bodies: list[bytes], *, ingest: bool = True, final: bool = False) -> None:
         """Send ``bodies`` to ``partition``, then (as the host would) hand them to ingest with their sequence numbers."""
         batch = producer.create_batch(partition_id=partition)
         for body in bodies:
@@ -90,10 +101,11 @@ def stack(cassandra_emulator: Running, azurite_connection_string: str, isolated_
                 offset=first + i, trigger_metadata={"PartitionContext": func.meta.Datum(
                     json.dumps({"PartitionId": partition, "ConsumerGroup": "sluice"}), "json")})
                 for i, body in enumerate(bodies)]
-            ingest_function(events, HostContext("ingest", 0, 5))
+            ingest_function(events, HostContext("ingest", 5 if final else 0, 5))
 
     with producer:
-        yield {"deliver": deliver, "checkpoint": checkpoint, "keyspace": keyspace}
+        yield {"deliver": deliver, "checkpoint": checkpoint, "keyspace": keyspace, "cassandra": cassandra_emulator}
+    clear_faults(cassandra_emulator.host, cassandra_emulator.port)
     bootstrap.reset()
 
 
@@ -154,6 +166,27 @@ def test_records_checkpointed_past_but_never_ingested_are_a_gap(
     # Records past the checkpoint are in flight, not missing.
     stack["deliver"]("1", [json.dumps(event()).encode()], ingest=False)
     assert audit(capsys, "--since", since.isoformat())[1].count("gap:") == 1
+
+
+def test_a_batch_dead_lettered_while_cassandra_was_down_is_accounted_by_its_letter(
+        stack: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """Store and ledger both down on the final attempt: the batch letter names the run the ledger lacks."""
+    since = load(stack)
+    cassandra = stack["cassandra"]
+    inject_faults(cassandra.host, cassandra.port, error="unavailable", ratio=1.0, applies_to="writes")
+    stack["deliver"]("1", [json.dumps(event()).encode() for _ in range(3)], final=True)  # 4..6
+    clear_faults(cassandra.host, cassandra.port)
+    stack["checkpoint"]("1", 6)
+    code, out = audit(capsys, "--since", since.isoformat())
+    assert code == 0, out
+    [line] = [line for line in out.splitlines() if line.startswith("dead-lettered batch:")]
+    assert "partition 1 sequence 4..6" in line and "/p1/4-6.json" in line
+    # Without the letter, the same run is a gap.
+    stack["deliver"]("1", [json.dumps(event()).encode()], ingest=False)  # 7, never ingested
+    stack["checkpoint"]("1", 7)
+    code, out = audit(capsys, "--since", since.isoformat())
+    assert code == 1 and [line for line in out.splitlines() if line.startswith("gap:")] == [
+        "gap: partition 1 sequence 7"], out
 
 
 def test_the_worker_gauge_reports_the_missing_count_per_partition(stack: dict[str, Any]) -> None:
