@@ -132,3 +132,12 @@ def test_the_monitoring_kustomization_renders_and_scrapes_the_named_metrics_port
         assert kinds["PodMonitor"]["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items(), name
         ports = {p["name"]: p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
         assert str(ports["metrics"]) == configmap_port == pod["metadata"]["annotations"]["prometheus.io/port"], name
+
+
+def test_bicep_creates_one_log_alert_per_kql_file_on_application_insights() -> None:
+    bicep = (ROOT / "infra" / "resources.bicep").read_text(encoding="utf-8")
+    loaded = re.findall(r"loadTextContent\('alerts/([^']+\.kql)'\)", bicep)
+    assert sorted(loaded) == sorted(p.name for p in KQL.glob("*.kql"))
+    assert re.search(r"^resource alerts 'Microsoft\.Insights/scheduledQueryRules@[^']+' = \[for alert in sluiceAlerts",
+                     bicep, re.MULTILINE)
+    assert "scopes: [insights.id]" in bicep
