@@ -14,7 +14,6 @@ from functools import cache
 from pydantic import SecretStr
 
 from shared import runtime
-from shared.exceptions import ConfigurationError
 from shared.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -151,14 +150,13 @@ def audit_ledger():
 @service
 def audit_service():
     """The zero-loss audit of the ingest hub, from the host's checkpoints; ``None`` without an Event Hubs connection."""
+    from shared.adapters.blob_deadletter import BlobDeadLetteredBatches
     from shared.adapters.eventhub_lag import EventHubBlobLagReader
     from shared.services.audit import AuditService
 
     parts = _host_eventhub()
     if parts is None:
         return None
-    from shared.adapters.blob_deadletter import BlobDeadLetteredBatches
-
     source, hub, clock = parts
     letters = BlobDeadLetteredBatches(blob_service(), settings().storage.deadletter_container)
     return AuditService(audit_ledger(), EventHubBlobLagReader(hub, blob_service(), source), clock, letters=letters)
@@ -184,7 +182,10 @@ def register_audit_gauge():
 
 
 def _host_eventhub():
-    """(checkpoint source, consumer client, sequence-at-time reader) of the host's ingest hub; ``None`` without one."""
+    """(checkpoint source, consumer client, sequence-at-time reader or ``None``) of the host's ingest hub.
+
+    ``None`` altogether without an Event Hubs connection.
+    """
     import os
 
     from shared.adapters.eventhub_lag import EventHubSequenceAtTime, eventhub_client, host_checkpoint_source
@@ -194,11 +195,6 @@ def _host_eventhub():
     if not (connection_string or namespace):
         return None
     ingest = settings().ingest
-    if ingest.audit_consumer_group.lower() == ingest.consumer_group.lower():
-        raise ConfigurationError(
-            f"SLUICE_INGEST_AUDIT_CONSUMER_GROUP is {ingest.audit_consumer_group!r}, the consumer group ingest reads "
-            "with: the host's receivers own its partitions (epoch) and the audit's reader would be refused; "
-            "use another group ($Default exists on every hub)")
 
     def reader():  # a receiver that stays out of the host's consumer group
         return eventhub_client(ingest.eventhub_name, ingest.audit_consumer_group, connection_string=connection_string,
@@ -208,7 +204,10 @@ def _host_eventhub():
                                     connection_string=connection_string, fully_qualified_namespace=namespace)
     hub = eventhub_client(ingest.eventhub_name, ingest.consumer_group, connection_string=connection_string,
                           fully_qualified_namespace=namespace)
-    return source, hub, EventHubSequenceAtTime(reader)
+    # The host's receivers own ingest's consumer group (epoch): a reader there would be refused. Without another
+    # group the audit works from sequence numbers only (``sluice audit`` says so).
+    separate = ingest.audit_consumer_group.lower() != ingest.consumer_group.lower()
+    return source, hub, EventHubSequenceAtTime(reader) if separate else None
 
 
 @service

@@ -57,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
     if audit is None:
         raise ConfigurationError("set EventHubConnection (a connection string) or "
                                  "EventHubConnection__fullyQualifiedNamespace (identity) to audit the ingest hub")
+    ingest = bootstrap.settings().ingest
+    if args.since is not None and ingest.audit_consumer_group.lower() == ingest.consumer_group.lower():
+        raise ConfigurationError(
+            f"--since reads one event per partition through SLUICE_INGEST_AUDIT_CONSUMER_GROUP, which is "
+            f"{ingest.audit_consumer_group!r}, ingest's own consumer group: the host's receivers own its partitions "
+            "and would refuse the reader; set another group ($Default exists on every hub) or use --from-sequence")
     try:
         report = audit.audit(since=args.since, from_sequence=args.from_sequence)
     finally:

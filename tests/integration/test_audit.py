@@ -206,3 +206,14 @@ def _points(reader: InMemoryMetricReader) -> dict[str, int]:
     return {point.attributes["eventhub.partition"]: point.value
             for rm in data.resource_metrics for sm in rm.scope_metrics for metric in sm.metrics
             if metric.name == "sluice.audit.missing" for point in metric.data.data_points}
+
+
+def test_since_through_ingests_own_consumer_group_is_refused_by_name(
+        stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SLUICE_INGEST_AUDIT_CONSUMER_GROUP", "sluice")
+    bootstrap.reset()
+    assert main(["audit", "--since", "1h"]) == 2
+    assert "SLUICE_INGEST_AUDIT_CONSUMER_GROUP" in capsys.readouterr().err
+    bootstrap.reset()
+    code, out = audit(capsys, "--from-sequence", "0")  # sequence numbers need no reader
+    assert code == 0, out
