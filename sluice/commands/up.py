@@ -442,7 +442,8 @@ def _where_to_look(stack, console, probe, features: set[str], expected=None) -> 
     device = ids.get("critical_device") or ids.get("device")
     event = ids.get("critical_event") or ids.get("event")
     lines = ["[bold]where to look[/]", f"  Page      {http}/dashboard   (live operations page: status, critical feed, devices, sites)",
-             f"  HTTP      {http}/health   {http}/openapi.json   {http}/status"]
+             f"  HTTP      {http}/health   {http}/openapi.json   {http}/status",
+             f"  Metrics   {stack.metrics_url}   (the dev host's OpenTelemetry metrics, Prometheus text)"]
     if device and event:
         lines += [f"            {http}/devices/{device}/latest", f"            {http}/devices/{device}/critical?limit=5",
                   f"            {http}/events/{event}"]
