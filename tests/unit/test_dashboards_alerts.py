@@ -141,3 +141,10 @@ def test_bicep_creates_one_log_alert_per_kql_file_on_application_insights() -> N
     assert re.search(r"^resource alerts 'Microsoft\.Insights/scheduledQueryRules@[^']+' = \[for alert in sluiceAlerts",
                      bicep, re.MULTILINE)
     assert "scopes: [insights.id]" in bicep
+
+
+def test_a_unit_annotation_adds_nothing_to_the_name() -> None:
+    from shared.telemetry_names import Instrument
+
+    assert Instrument("sluice.ingest.events", "counter", "{event}").series == ("sluice_ingest_events_total",)
+    assert Instrument("sluice.x.size", "histogram", "By").prometheus == "sluice_x_size_bytes"
