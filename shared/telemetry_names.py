@@ -5,7 +5,8 @@ these names; the dashboards, the Prometheus alert rules and the Application
 Insights alert queries refer to them, and ``tests/unit/test_dashboards_alerts.py``
 holds every panel and alert to this list. No SDK import here: services may use it.
 
-Prometheus names follow ``opentelemetry-exporter-prometheus``: dots become
+Prometheus names follow ``opentelemetry-exporter-prometheus`` (its ``_mapping.map_unit``
+and prometheus_client's metric families, as of 0.66b2): dots become
 underscores; a unit is mapped to its Prometheus word (``s`` -> ``seconds``; an annotation
 such as ``{event}`` is dropped) and appended unless the name already ends with it; a counter gets ``_total``; a
 histogram is exposed as ``_bucket``, ``_sum`` and ``_count``. Attribute names
