@@ -20,16 +20,20 @@ from shared import runtime
 from shared.settings import Settings, load_settings
 
 if TYPE_CHECKING:  # the adapters are imported where they are built, on first use
+    from azure.eventhub import EventHubConsumerClient
     from azure.storage.blob import BlobServiceClient
     from cassandra.cluster import Session
     from psycopg_pool import ConnectionPool
 
+    from shared.adapters.audit_metrics import AuditGauge
     from shared.adapters.blob_deadletter import BlobDeadLetterSink
-    from shared.adapters.eventhub_lag import CachedPartitionLag
+    from shared.adapters.cassandra.audit import CassandraAuditLedger
+    from shared.adapters.eventhub_lag import CachedPartitionLag, EventHubSequenceAtTime, KedaCheckpointSource
     from shared.adapters.keyvault import KeyVaultSecrets
     from shared.adapters.redis import RedisChangeSink, RedisConnection, RedisLookupCache
     from shared.adapters.redis.aio import AsyncRedisConnection
     from shared.adapters.secrets import RotatingSecret
+    from shared.services.audit import AuditService
     from shared.services.changefeed import ChangeFeedService
     from shared.services.enrichment import EnrichmentService
     from shared.services.health import BlockingHealth
@@ -193,7 +197,85 @@ def ingest_service() -> IngestService:
 
     cfg = settings()
     store = LazyEventStore(lambda: CassandraEventStore(cassandra_session(), cfg.cassandra, cfg.rules.critical_rules))
-    return IngestService(store, dead_letter_sink(), cfg.ingest.limits())
+    service = IngestService(store, dead_letter_sink(), cfg.ingest.limits(),
+                            audit_ledger() if cfg.ingest.audit else None)
+    try:  # the ingest worker exports the audit; a gauge that cannot be set up must not stop ingest
+        register_audit_gauge()
+    except Exception:
+        logger.warning("the %s gauge is not exported", "sluice.audit.missing", exc_info=True)
+    return service
+
+
+@service
+def audit_ledger() -> CassandraAuditLedger:
+    from shared.adapters.cassandra.audit import CassandraAuditLedger
+
+    cfg = settings().cassandra
+    return CassandraAuditLedger(cassandra_session, cfg.keyspace, concurrency=cfg.write_concurrency,
+                                timeout=cfg.request_timeout_seconds)
+
+
+@service
+def audit_service() -> AuditService | None:
+    """The zero-loss audit of the ingest hub, from the host's checkpoints; ``None`` without an Event Hubs connection."""
+    from shared.adapters.blob_deadletter import BlobDeadLetteredBatches
+    from shared.adapters.eventhub_lag import EventHubBlobLagReader
+    from shared.services.audit import AuditService
+
+    parts = _host_eventhub()
+    if parts is None:
+        return None
+    source, hub, clock = parts
+    letters = BlobDeadLetteredBatches(blob_service(), settings().storage.deadletter_container)
+    return AuditService(audit_ledger(), EventHubBlobLagReader(hub, blob_service(), source), clock, letters=letters)
+
+
+@service
+def register_audit_gauge() -> AuditGauge | None:
+    """The worker's ``sluice.audit.missing`` gauge (an OpenTelemetry observable gauge); ``None`` when not audited.
+
+    Called once per process when the ingest service is built (cached like a
+    service). Registers on the global meter provider, so the exporter that
+    shared/telemetry.py sets up (Prometheus, OTLP, Azure Monitor) reads it on each
+    collection; before the SDK's provider is set, the API's proxy hands the
+    callback over to it when it is.
+    """
+    from shared.adapters.audit_metrics import register_audit_gauge as register
+
+    cfg = settings().ingest
+    audit = audit_service() if cfg.audit else None
+    if audit is None:
+        return None
+    return register(audit, window=cfg.audit_window, max_age=cfg.audit_interval_seconds)
+
+
+def _host_eventhub() -> tuple[KedaCheckpointSource, EventHubConsumerClient, EventHubSequenceAtTime | None] | None:
+    """(checkpoint source, consumer client, sequence-at-time reader or ``None``) of the host's ingest hub.
+
+    ``None`` altogether without an Event Hubs connection.
+    """
+    import os
+
+    from shared.adapters.eventhub_lag import EventHubSequenceAtTime, eventhub_client, host_checkpoint_source
+
+    connection_string = os.environ.get("EventHubConnection")  # noqa: SIM112 (the host's names)
+    namespace = os.environ.get("EventHubConnection__fullyQualifiedNamespace")  # noqa: SIM112
+    if not (connection_string or namespace):
+        return None
+    ingest = settings().ingest
+
+    def reader() -> EventHubConsumerClient:  # a receiver that stays out of the host's consumer group
+        return eventhub_client(ingest.eventhub_name, ingest.audit_consumer_group, connection_string=connection_string,
+                               fully_qualified_namespace=namespace)
+
+    source = host_checkpoint_source(ingest.eventhub_name, ingest.consumer_group,
+                                    connection_string=connection_string, fully_qualified_namespace=namespace)
+    hub = eventhub_client(ingest.eventhub_name, ingest.consumer_group, connection_string=connection_string,
+                          fully_qualified_namespace=namespace)
+    # The host's receivers own ingest's consumer group (epoch): a reader there would be refused. Without another
+    # group the audit works from sequence numbers only (``sluice audit`` says so).
+    separate = ingest.audit_consumer_group.lower() != ingest.consumer_group.lower()
+    return source, hub, EventHubSequenceAtTime(reader) if separate else None
 
 
 @service
@@ -357,25 +439,12 @@ def _dependency_health() -> BlockingHealth:
 
 def _lag_reader() -> CachedPartitionLag | None:
     """The ingest hub's lag as KEDA reads it, from the host's own Event Hubs connection; ``None`` without one."""
-    import os
+    from shared.adapters.eventhub_lag import CachedPartitionLag, EventHubBlobLagReader
 
-    from shared.adapters.eventhub_lag import (
-        CachedPartitionLag,
-        EventHubBlobLagReader,
-        eventhub_client,
-        host_checkpoint_source,
-    )
-
-    # The Functions host's connection names, read as the host reads them.
-    connection_string = os.environ.get("EventHubConnection")  # noqa: SIM112
-    namespace = os.environ.get("EventHubConnection__fullyQualifiedNamespace")  # noqa: SIM112
-    if not (connection_string or namespace):
+    parts = _host_eventhub()
+    if parts is None:
         return None
-    ingest = settings().ingest
-    source = host_checkpoint_source(ingest.eventhub_name, ingest.consumer_group,
-                                    connection_string=connection_string, fully_qualified_namespace=namespace)
-    hub = eventhub_client(ingest.eventhub_name, ingest.consumer_group, connection_string=connection_string,
-                          fully_qualified_namespace=namespace)
+    source, hub, _ = parts
     return CachedPartitionLag(EventHubBlobLagReader(hub, blob_service(), source))
 
 
