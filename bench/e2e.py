@@ -16,6 +16,28 @@ function_app.py with the change feed every second), then:
    within ``--latency-timeout`` count as that timeout. Prints p50 and p99, and the
    same at the highest sustained rate.
 
+3. **CPU per event** (``--phases cpu``): sends ``--cpu-rate`` events/s for
+   ``--cpu-seconds`` (1% critical), waits until every event is fully delivered
+   (stored once, critical ones in Redis, their windows enriched and equal to a
+   computation from the stored events: :func:`sluice.delivery.check_delivery`) and
+   divides the events delivered by the CPU seconds of the dev host processes over
+   that span (psutil on their PIDs and children; not the emulators, Azurite, the load
+   generator or this process). The split per stage is each function's own CPU
+   (``time.thread_time`` of the pool thread of each invocation, written by the dev host
+   to ``DEVHOST_CPU_STATS_FILE``), plus the shared threads: the host's event loop
+   (Event Hubs receiving, checkpoints), the cassandra-driver's I/O thread. The
+   calibration C is the raw cassandra-driver's prepared INSERTs per CPU-second of
+   this process against the null CQL server, measured before and after (mean).
+   Prints ``events per product CPU-second N (calibration C, ratio R)``, R = N / C.
+   Cassandra requests per event are counted by a proxy in front of the emulator
+   (native protocol frame headers: QUERY, EXECUTE, BATCH and the statements in batches).
+4. **scale-out** (``--workers 2``): the capacity of one dev host (the rate at
+   which it works off ``--scale-rate`` sent for ``--scale-seconds``), then a second
+   dev host joins while load runs, the capacity of two, and the second one is
+   killed (SIGKILL) while load runs. Both share the partitions through the blob
+   checkpoint store's ownership blobs, as two pods would. Events lost or duplicated
+   over the join and the kill are counted from the stores (see :func:`losses`).
+
 The target is p99 <= change feed interval + 1 s. The last line is
 ``ratio <target / p99 at the latency rate>`` (>= 1 meets the target). Everything
 shares the machine's cores: the producer, the emulators, the dev host and this
@@ -33,6 +55,8 @@ import threading
 import time
 import uuid
 from pathlib import Path
+
+from bench._e2e_cpu import CqlCounter, ProductCpu
 
 CHANGEFEED_INTERVAL_SECONDS = 1.0
 
@@ -53,6 +77,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--latency-timeout", type=float, default=60.0)
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--drain-timeout", type=float, default=120.0)
+    parser.add_argument("--phases", default="cpu,steps,latency",
+                        help="comma-separated: cpu, steps, latency (scale is added by --workers 2)")
+    parser.add_argument("--cpu-rate", type=float, default=1000.0)
+    parser.add_argument("--cpu-seconds", type=float, default=30.0)
+    parser.add_argument("--calibration-requests", type=int, default=20000)
+    parser.add_argument("--delivery-timeout", type=float, default=120.0)
+    parser.add_argument("--workers", type=int, choices=(1, 2), default=1,
+                        help="2: the scale-out phase with a second dev host")
+    parser.add_argument("--scale-rate", type=float, default=3000.0)
+    parser.add_argument("--scale-seconds", type=float, default=20.0)
+    parser.add_argument("--churn-rate", type=float, default=500.0, help="load while a worker joins or is killed")
+    parser.add_argument("--churn-seconds", type=float, default=40.0)
     return parser.parse_args(argv)
 
 
@@ -66,8 +102,19 @@ class Bench:
             data_dir=workdir, http_port=0, eventhubs_port=0, cassandra_port=0, azurite_port=0, keyvault_port=0,
             persist=False, database=f"sluice_bench_{tag}", keyspace=f"bench_{tag}", redis_prefix=f"sluice-bench:{tag}:",
             stop_services=False,
-            overrides={"SLUICE_CHANGEFEED_SCHEDULE": f"*/{int(CHANGEFEED_INTERVAL_SECONDS)} * * * * *"},
+            overrides={"SLUICE_CHANGEFEED_SCHEDULE": f"*/{int(CHANGEFEED_INTERVAL_SECONDS)} * * * * *",
+                       # short windows, so "fully delivered" (enriched) is reached seconds after the load; the
+                       # lateness must exceed the ingest lag (enrichment's late scan goes by enqueue time), which the
+                       # partition hand-overs of --workers 2 push to tens of seconds
+                       "SLUICE_ENRICH_WINDOW_SECONDS": "10",
+                       "SLUICE_ENRICH_ALLOWED_LATENESS_SECONDS": "60" if args.workers > 1 else "5",
+                       "SLUICE_ENRICH_SCHEDULE": "*/5 * * * * *"},
         )
+        self.workdir = workdir
+        self.cpu = ProductCpu()
+        self.counter: CqlCounter | None = None
+        self.null = None
+        self.workers: list = []
         self.stack = LocalStack(options, say=lambda text: print(text, flush=True))
         self.sent_by_partition: dict[str, int] = {}
         self._live = None
@@ -78,22 +125,59 @@ class Bench:
         stack.ensure_redis()
         stack.start_azurite()
         stack.start_cassandra()
+        direct = stack.ports["cassandra"]
+        self.counter = CqlCounter(stack.options.host, direct)
+        stack.ports["cassandra"] = self.counter.port  # the dev hosts' requests are counted
         stack.start_eventhubs()
         stack.write_settings()
         stack.create_database()
         stack.migrate()
         if stack.reference_command():
             stack.sluice(*stack.reference_command(), what="sample reference data")
-        stack.start_devhost(env={"DEVHOST_LOG_LEVEL": "WARNING"})
+        running = stack.start_devhost(env=self._devhost_env(1))
+        self.cpu.add(running.process.pid, self.workdir / "cpu-1.json")
+        self.workers.append(running)
         from sluice.delivery import Probe
+        from sluice.launcher import python_module, start
         from sluice.loadgen import EventHubSender
 
-        self.probe = Probe(stack.values)
+        self.probe = Probe({**stack.values, "SLUICE_CASSANDRA_PORT": str(direct)})  # not through the counter
+        self.null = start("null-cql-server", python_module("bench", "cassandra_emulator", "--null-server"), timeout=60)
         self.sender = EventHubSender(stack.eventhub_connection, stack.values["SLUICE_INGEST_EVENTHUB_NAME"])
+
+    def _devhost_env(self, number: int) -> dict[str, str]:
+        env = {"DEVHOST_LOG_LEVEL": "WARNING", "DEVHOST_CPU_STATS_FILE": str(self.workdir / f"cpu-{number}.json")}
+        if self.args.workers > 1:
+            # faster hand-over of partitions than the 10 s / 30 s defaults, so the drills take seconds (it costs
+            # a blob listing every 2 s per worker, so only with --workers 2: the CPU phase runs the defaults)
+            env.update({"DEVHOST_EVENTHUBS_LOAD_BALANCING_SECONDS": "2",
+                        "DEVHOST_EVENTHUBS_OWNERSHIP_EXPIRATION_SECONDS": "6"})
+        return env
+
+    def start_worker(self, number: int):
+        from sluice.launcher import python_module, start
+
+        stack = self.stack
+        running = start(f"devhost-{number}", python_module(
+            "devhost", "--settings", str(stack.settings_path), "--host", stack.options.host, "--port", "0",
+            "--script-root", str(Path(__file__).resolve().parent.parent)), timeout=90, env=self._devhost_env(number),
+            cwd=str(Path(__file__).resolve().parent.parent))
+        self.cpu.add(running.process.pid, self.workdir / f"cpu-{number}.json")
+        self.workers.append(running)
+        return running
 
     def stop(self) -> None:
         import psycopg
         from psycopg import sql
+
+        for running in self.workers[1:]:  # the first is the stack's
+            with contextlib.suppress(Exception):
+                running.stop(stop_timeout=20)
+        if self.null is not None:
+            with contextlib.suppress(Exception):
+                self.null.stop()
+        if self.counter is not None:
+            self.counter.close()
 
         with contextlib.suppress(Exception):
             self.sender.close()
@@ -236,6 +320,148 @@ class Bench:
         }
 
 
+    # --- 3. CPU per event ---
+
+    def deliver(self, manifests: list[Path], since) -> tuple[object, object]:
+        """Wait until the events of ``manifests`` are fully delivered (or the timeout); the expected set and report."""
+        from sluice.delivery import check_delivery
+        from sluice.loadgen import Expected, read_manifest
+
+        expected = Expected()
+        for path in manifests:
+            part = read_manifest(path)
+            expected.valid.update(part.valid)
+        started = time.monotonic()
+        self.drain()
+        drained = time.monotonic() - started
+        deadline = time.monotonic() + self.args.delivery_timeout
+        said = time.monotonic()
+        while True:
+            report = check_delivery(expected, self.probe, features={"changefeed", "enrichment"}, since=since)
+            if report.ok or time.monotonic() > deadline:
+                print(f"delivery: ingest drained {drained:.1f}s after the load, everything delivered "
+                      f"{time.monotonic() - started:.1f}s after it" if report.ok else
+                      f"delivery: NOT complete {time.monotonic() - started:.1f}s after the load", flush=True)
+                return expected, report
+            if time.monotonic() >= said + 10:
+                said = time.monotonic()
+                print(f"delivery: waiting: {(report.problems or [''])[0][:160]}", flush=True)
+            time.sleep(1.0)
+
+    def cpu_phase(self) -> dict:
+        from datetime import UTC, datetime
+
+        from bench._e2e_cpu import calibrate, delta
+
+        args = self.args
+        host, port = self.null.host, self.null.port
+        time.sleep(10.0)  # let start-up work (first runs of the timers) settle
+        idle0 = self.cpu.snapshot()
+        time.sleep(10.0)
+        idle = delta(self.cpu.snapshot(), idle0)["total"] / 10.0
+        c1 = calibrate(host, port, args.calibration_requests)
+        before, (req0, st0) = self.cpu.snapshot(), self.counter.totals()
+        since = datetime.now(UTC)
+        started = time.monotonic()
+        manifest = self.workdir / "cpu.manifest.jsonl"
+        with manifest.open("w", encoding="utf-8") as handle:
+            summary = self.run_load(args.cpu_rate, args.cpu_seconds, critical_ratio=0.01, manifest=handle)
+        _expected, report = self.deliver([manifest], since)
+        span = time.monotonic() - started
+        after, (req1, st1) = self.cpu.snapshot(), self.counter.totals()
+        c2 = calibrate(host, port, args.calibration_requests)
+        used = delta(after, before)
+        requests = req1 - req0
+        return {"sent": summary.sent, "achieved": round(summary.rate), "delivered": report.figures.get("stored", 0),
+                "problems": report.problems, "span": span, "cpu": used, "idle_cpu_per_s": idle,
+                "requests": dict(requests), "batched_statements": st1 - st0, "calibration": (c1, c2)}
+
+    # --- 4. scale-out ---
+
+    def capacity(self) -> dict:
+        """Send ``--scale-rate`` for ``--scale-seconds``; the rate at which the workers checkpoint all of it."""
+        started = time.monotonic()
+        summary = self.run_load(self.args.scale_rate, self.args.scale_seconds, critical_ratio=0.01)
+        self.drain()
+        elapsed = time.monotonic() - started
+        return {"sent": summary.sent, "achieved": round(summary.rate), "elapsed": elapsed,
+                "rate": summary.sent / elapsed, "lag": self.lag()}
+
+    def churn(self, name: str, action, at: float) -> Path:
+        """Load at ``--churn-rate`` for ``--churn-seconds`` with a manifest; ``action()`` runs ``at`` seconds in."""
+        manifest = self.workdir / f"{name}.manifest.jsonl"
+        timer = threading.Timer(at, action)
+        timer.start()
+        try:
+            with manifest.open("w", encoding="utf-8") as handle:
+                self.run_load(self.args.churn_rate, self.args.churn_seconds, critical_ratio=0.05, manifest=handle)
+        finally:
+            timer.join()
+        return manifest
+
+    def owners(self) -> dict[str, int]:
+        """Owner id -> partitions of the ingest consumer group it holds (ownership blobs renewed in the last 6 s)."""
+        from datetime import UTC, datetime, timedelta
+
+        from sluice.delivery import CHECKPOINT_CONTAINER
+
+        ingest = self.probe.settings.ingest
+        suffix = f"/{ingest.eventhub_name}/{ingest.consumer_group}/ownership/".lower()
+        fresh = datetime.now(UTC) - timedelta(seconds=6)
+        held: dict[str, int] = {}
+        for blob in self.probe.blob.get_container_client(CHECKPOINT_CONTAINER).list_blobs(include=["metadata"]):
+            owner = (blob.metadata or {}).get("ownerid")
+            if suffix in blob.name.lower() and owner and blob.last_modified >= fresh:
+                held[owner[:8]] = held.get(owner[:8], 0) + 1
+        return held
+
+    def scale_phase(self) -> dict:
+        from datetime import UTC, datetime
+
+        since = datetime.now(UTC)
+        one = self.capacity()
+        print(f"scale: 1 worker works off {one['sent']} events at {one['rate']:.0f}/s", flush=True)
+        joined: list = []
+        join = self.churn("join", lambda: joined.append(self.start_worker(2)), at=8.0)
+        self.drain()
+        print(f"scale: partitions per owner after the join: {self.owners()}", flush=True)
+        two = self.capacity()
+        print(f"scale: 2 workers work off {two['sent']} events at {two['rate']:.0f}/s", flush=True)
+        victim = joined[0]
+        print(f"scale: partitions per owner before the kill: {self.owners()}", flush=True)
+        kill = self.churn("kill", lambda: victim.process.kill(), at=self.args.churn_seconds / 3)
+        print(f"scale: partitions per owner after the kill: {self.owners()}", flush=True)
+        expected, report = self.deliver([join, kill], since)
+        counted = losses(expected, self.probe)
+        return {"one": one, "two": two, "losses": counted, "problems": report.problems,
+                "events": len(expected.valid)}
+
+
+def losses(expected, probe) -> dict[str, int]:
+    """Events lost and duplicated in the stores for the valid events of ``expected``.
+
+    Read back from the stores (see :func:`bench._e2e_cpu.count_losses` for the rules).
+    """
+    from datetime import timedelta
+
+    from bench._e2e_cpu import count_losses
+    from shared.adapters.redis import Keys
+    from sluice.delivery import _iso_to_dt
+
+    valid = expected.valid
+    times = [_iso_to_dt(r["timestamp"]) for r in valid.values()]
+    rows = probe.stored_rows(min(times), max(times) + timedelta(milliseconds=1))
+    critical = list(expected.critical)
+    present = probe.critical_in_redis(critical)
+    keys = Keys(probe._redis_prefix(), probe.settings.redis.critical_stream_shards)
+    stream_ids = []
+    for key in keys.streams:
+        for _, fields in probe.redis.xrange(key):
+            value = fields.get(b"event_id") or fields.get("event_id")
+            stream_ids.append(value.decode() if isinstance(value, bytes) else value)
+    return count_losses(list(valid), [str(row.event_id) for row in rows], critical, present, stream_ids)
+
+
 def _quantile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -244,33 +470,93 @@ def _quantile(values: list[float], q: float) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
 
 
+def print_cpu(r: dict) -> None:
+    import os
+
+    cpu = r["cpu"]
+    total = cpu["total"]
+    delivered = r["delivered"]
+    c = sum(r["calibration"]) / 2
+    n = delivered / total if total else 0.0
+    print(f"cpu: sent {r['sent']} at {r['achieved']}/s, delivered {delivered} in {r['span']:.1f}s; product CPU "
+          f"{total:.2f}s (idle cost {r['idle_cpu_per_s']:.3f} CPU-s per second; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)", flush=True)
+    for problem in r["problems"]:
+        print(f"cpu: NOT delivered: {problem}", flush=True)
+    for name in ("ingest", "changefeed", "enrichment"):
+        seconds = cpu.get(f"fn:{name}", 0.0)
+        calls = int(cpu.get(f"calls:{name}", 0))
+        per = seconds / delivered * 1e6 if delivered else 0.0
+        print(f"cpu: {name:<10} {seconds:7.2f}s in {calls} invocations, {per:6.0f} us/event (own thread)", flush=True)
+    groups = ("host-loop", "functions", "cassandra-io", "to-thread", "other")
+    for group in groups:
+        seconds = cpu.get(f"thread:{group}", 0.0)
+        per = seconds / delivered * 1e6 if delivered else 0.0
+        print(f"cpu: thread {group:<12} {seconds:7.2f}s, {per:6.0f} us/event", flush=True)
+    # threads that ended during the span (per-run pools of the enrichment's reader) leave the per-thread sum
+    ended = total - sum(cpu.get(f"thread:{group}", 0.0) for group in groups)
+    print(f"cpu: threads that ended, and the rest {ended:7.2f}s, "
+          f"{ended / delivered * 1e6 if delivered else 0.0:6.0f} us/event", flush=True)
+    requests = r["requests"]
+    count = sum(requests.values())
+    if delivered:
+        print(f"cassandra: {count} requests ({', '.join(f'{k} {v}' for k, v in sorted(requests.items()))}; "
+              f"{r['batched_statements']} statements in batches): {count / delivered:.3f} requests/event, "
+              f"{(count - requests.get('batch', 0) + r['batched_statements']) / delivered:.3f} statements/event",
+              flush=True)
+    print(f"calibration: raw driver {r['calibration'][0]:.0f} and {r['calibration'][1]:.0f} requests per CPU-second "
+          "against the null CQL server (before, after)", flush=True)
+    print(f"events per product CPU-second {n:.0f} (calibration {c:.0f}, ratio {n / c if c else 0:.3f})", flush=True)
+
+
+def print_scale(r: dict) -> None:
+    one, two, lost = r["one"], r["two"], r["losses"]
+    print(f"scale: 1 worker {one['rate']:.0f} events/s, 2 workers {two['rate']:.0f} events/s "
+          f"(sent at {one['achieved']}/s and {two['achieved']}/s); scaling factor {two['rate'] / one['rate']:.2f}",
+          flush=True)
+    print(f"scale: over the join and the kill, {r['events']} events: lost {lost['lost']} "
+          f"(stored {lost['lost_stored']}, critical {lost['lost_critical']}), duplicated {lost['duplicated']} "
+          f"(stored {lost['duplicate_stored']}, critical stream {lost['duplicate_critical']})", flush=True)
+    for problem in r["problems"]:
+        print(f"scale: delivery problem: {problem}", flush=True)
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    phases = {p.strip() for p in args.phases.split(",") if p.strip()}
+    results = []
     with tempfile.TemporaryDirectory(prefix="sluice-bench-e2e-") as workdir:
         bench = Bench(args, Path(workdir))
         try:
             print("starting a private local stack (in-memory emulators, free ports)", flush=True)
             bench.start()
+            if "cpu" in phases:
+                print_cpu(bench.cpu_phase())
             sustained = None
-            for rate in rates:
-                bounded, figures = bench.step(rate)
-                drained = bench.drain()
-                print(f"step {rate:>7.0f}/s: achieved {figures['achieved']}/s, lag at end {figures['final_lag']}, "
-                      f"max {figures['max_lag']}, growing {figures['growing']}, drained in {drained:.1f}s -> "
-                      f"{'sustained' if bounded else 'NOT sustained'}", flush=True)
-                if not bounded:
-                    break
-                sustained = figures["achieved"]
-            print(f"highest sustained rate: {sustained if sustained is not None else 'none of the rates tried'} "
-                  "events/s", flush=True)
-            results = []
-            if sustained:
-                results.append(("sustained", bench.latency(sustained, args.latency_seconds)))
-                bench.drain()
-            results.append(("target", bench.latency(args.latency_rate, args.latency_seconds)))
+            if "steps" in phases:
+                for rate in rates:
+                    bounded, figures = bench.step(rate)
+                    drained = bench.drain()
+                    print(f"step {rate:>7.0f}/s: achieved {figures['achieved']}/s, lag at end {figures['final_lag']}, "
+                          f"max {figures['max_lag']}, growing {figures['growing']}, drained in {drained:.1f}s -> "
+                          f"{'sustained' if bounded else 'NOT sustained'}", flush=True)
+                    if not bounded:
+                        break
+                    sustained = figures["achieved"]
+                print(f"highest sustained rate: {sustained if sustained is not None else 'none of the rates tried'} "
+                      "events/s", flush=True)
+            if "latency" in phases:
+                if sustained:
+                    results.append(("sustained", bench.latency(sustained, args.latency_seconds)))
+                    bench.drain()
+                results.append(("target", bench.latency(args.latency_rate, args.latency_seconds)))
+            if args.workers == 2:
+                print_scale(bench.scale_phase())
         finally:
             bench.stop()
+    if not results:
+        return 0
     target = CHANGEFEED_INTERVAL_SECONDS + 1.0
     for label, r in results:
         p50 = "n/a" if r["p50"] is None else f"{r['p50']:.3f}s"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from azure.storage.blob.aio import BlobServiceClient
 
-from devhost import app_loader
+from devhost import app_loader, cpu_stats
 from devhost.errors import DevHostError
 from devhost.eventhub_trigger import EventHubBinding, EventHubListener
 from devhost.http_trigger import HttpRoute, HttpServer
@@ -119,6 +119,9 @@ class DevHost:
                 timer.start()
             self._print_functions()
             say(f"devhost: listening on {self.config.host}:{port}")
+            stats = os.environ.get(cpu_stats.SETTING)
+            if stats and self.invoker is not None:
+                await cpu_stats.publish(Path(stats), self.invoker.cpu, stop)
             await stop.wait()
             logger.info("Shutting down: letting invocations in progress finish")
         finally:

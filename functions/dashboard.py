@@ -21,13 +21,14 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from functools import cache, wraps
 from pathlib import Path
+from typing import Any
 
 import azure.functions as func
 
+from functions.parameters import BadParameter, parse_device_id, parse_limit, parse_since
 from shared import bootstrap
 from shared.exceptions import DependencyUnavailable
 from shared.services.history import BadToken
-from shared.services.lookups import BadParameter, parse_device_id, parse_limit, parse_since
 from shared.services.reports import HEALTH_STATES
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ EARLIEST = datetime.min.replace(tzinfo=UTC)
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,400}\.[A-Za-z0-9_\-]{1,64}$")
 
 
-def _json(body: dict, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
     return func.HttpResponse(json.dumps(body, separators=(",", ":"), ensure_ascii=False), status_code=status,
                              mimetype="application/json", charset="utf-8",
                              headers={"Cache-Control": "no-store", **(headers or {})})
@@ -71,7 +72,7 @@ def _mapped(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callabl
 
 def _given(req: func.HttpRequest, name: str) -> str | None:
     """The parameter's value; ``None`` when absent. Present but empty is a bad value, not "absent"."""
-    value = req.params.get(name)
+    value: str | None = req.params.get(name)
     if value == "":
         raise BadParameter(name, "must not be empty (leave it out for the default)")
     return value
@@ -83,10 +84,8 @@ def _limit(req: func.HttpRequest, default: int) -> int:
 
 def _time(req: func.HttpRequest, name: str) -> datetime | None:
     try:
-        value = parse_since(_given(req, name))
+        value = parse_since(_given(req, name), name)
         return value.astimezone(UTC) if value is not None else None
-    except BadParameter as exc:
-        raise BadParameter(name, exc.detail) from None
     except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before the first representable instant
         raise BadParameter(name, f"is out of range, got {req.params.get(name)!r}") from None
 

@@ -1,32 +1,31 @@
 """HTTP triggers of the lookup API (route prefix ``api``; the contract is ``docs/openapi.json``).
 
-Each handler parses its parameters, calls the lookup service and maps the
+Each handler parses its parameters, awaits the lookup service and maps the
 outcome: 200 with the JSON document and ``X-Cache: hit | miss | bypass``; 400
 naming the bad parameter; 404 for an unknown id; 503 when a dependency is down
 and nothing is cached. Data endpoints use auth level FUNCTION (keys are enforced
 by the host on Azure, not locally); health and the OpenAPI document are anonymous.
+
+The handlers are coroutines: the Python worker (and the dev host) runs them on
+its event loop, where the service's Redis and Cassandra reads are awaited, so
+concurrent lookups do not each hold a thread.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import cache, wraps
 from pathlib import Path
+from typing import Any
 
 import azure.functions as func
 
+from functions.parameters import BadParameter, parse_device_id, parse_event_id, parse_limit, parse_since
 from shared import bootstrap
 from shared.exceptions import DependencyUnavailable
-from shared.services.lookups import (
-    BadParameter,
-    Lookup,
-    parse_device_id,
-    parse_event_id,
-    parse_limit,
-    parse_since,
-)
+from shared.services.lookups import Lookup
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ OPENAPI_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 RETRY_AFTER_SECONDS = 5
 
 
-def _json(body: str | dict, status: int, headers: dict[str, str] | None = None) -> func.HttpResponse:
+def _json(body: str | dict[str, Any], status: int, headers: dict[str, str] | None = None) -> func.HttpResponse:
     text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
     return func.HttpResponse(text, status_code=status, mimetype="application/json", charset="utf-8",
                              headers=headers or {})
@@ -55,13 +54,16 @@ def _answer(lookup: Lookup, missing: str) -> func.HttpResponse:
     return _json(lookup.document, 200, headers)
 
 
-def _mapped(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callable[[func.HttpRequest], func.HttpResponse]:
+Handler = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
+
+
+def _mapped(handler: Handler) -> Handler:
     """Map the service's errors to HTTP: bad parameter 400, dependency down 503."""
 
     @wraps(handler)
-    def wrapper(req: func.HttpRequest) -> func.HttpResponse:
+    async def wrapper(req: func.HttpRequest) -> func.HttpResponse:
         try:
-            return handler(req)
+            return await handler(req)
         except BadParameter as exc:
             return _error(400, "bad_request", exc.detail, parameter=exc.parameter)
         except DependencyUnavailable as exc:
@@ -74,34 +76,34 @@ def _mapped(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callabl
 @bp.function_name("device_latest")
 @bp.route(route="devices/{device_id}/latest", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 @_mapped
-def device_latest(req: func.HttpRequest) -> func.HttpResponse:
+async def device_latest(req: func.HttpRequest) -> func.HttpResponse:
     device_id = parse_device_id(req.route_params.get("device_id"))
-    return _answer(bootstrap.lookup_service().latest(device_id), f"device {device_id!r} has no events")
+    return _answer(await bootstrap.lookup_service().latest(device_id), f"device {device_id!r} has no events")
 
 
 @bp.function_name("device_critical")
 @bp.route(route="devices/{device_id}/critical", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 @_mapped
-def device_critical(req: func.HttpRequest) -> func.HttpResponse:
+async def device_critical(req: func.HttpRequest) -> func.HttpResponse:
     device_id = parse_device_id(req.route_params.get("device_id"))
     service = bootstrap.lookup_service()
     limit = parse_limit(req.params.get("limit"), service.critical_default_limit)
     since = parse_since(req.params.get("since"))
-    return _answer(service.critical(device_id, since=since, limit=limit), f"device {device_id!r} has no events")
+    return _answer(await service.critical(device_id, since=since, limit=limit), f"device {device_id!r} has no events")
 
 
 @bp.function_name("event_by_id")
 @bp.route(route="events/{event_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 @_mapped
-def event_by_id(req: func.HttpRequest) -> func.HttpResponse:
+async def event_by_id(req: func.HttpRequest) -> func.HttpResponse:
     event_id = parse_event_id(req.route_params.get("event_id"))
-    return _answer(bootstrap.lookup_service().event(event_id), f"event {event_id} does not exist")
+    return _answer(await bootstrap.lookup_service().event(event_id), f"event {event_id} does not exist")
 
 
 @bp.function_name("health")
 @bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-def health(req: func.HttpRequest) -> func.HttpResponse:
-    healthy, body = bootstrap.lookup_service().health()
+async def health(req: func.HttpRequest) -> func.HttpResponse:
+    healthy, body = await bootstrap.lookup_service().health()
     return _json(body, 200 if healthy else 503, {"Cache-Control": "no-store"})
 
 
@@ -112,5 +114,5 @@ def _openapi() -> str:
 
 @bp.function_name("openapi")
 @bp.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-def openapi(req: func.HttpRequest) -> func.HttpResponse:
+async def openapi(req: func.HttpRequest) -> func.HttpResponse:
     return _json(_openapi(), 200)

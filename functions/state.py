@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC
+from typing import Any
 
 import azure.functions as func
 
+from functions.parameters import BadParameter, parse_device_id, parse_since
 from shared import bootstrap
 from shared.exceptions import DependencyUnavailable
-from shared.services.lookups import BadParameter, parse_device_id, parse_since
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ bp = func.Blueprint()
 RETRY_AFTER_SECONDS = 5
 
 
-def _json(body: dict, status: int, headers: dict[str, str] | None = None) -> func.HttpResponse:
+def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> func.HttpResponse:
     return func.HttpResponse(json.dumps(body, separators=(",", ":")), status_code=status, mimetype="application/json",
                              charset="utf-8", headers={"Cache-Control": "no-store", **(headers or {})})
 
@@ -38,12 +39,12 @@ def device_state_at(req: func.HttpRequest) -> func.HttpResponse:
         value = req.params.get("at")
         if value is None or value == "":
             raise BadParameter("at", "is required: an RFC 3339 time with an offset, e.g. 2026-11-23T09:30:00Z")
-        try:
-            at = parse_since(value)
-        except BadParameter as exc:
-            raise BadParameter("at", exc.detail) from None
+        at = parse_since(value, "at")
         assert at is not None
-        document = bootstrap.state_service().at(device_id, at.astimezone(UTC))
+        try:
+            document = bootstrap.state_service().at(device_id, at.astimezone(UTC))
+        except OverflowError:  # e.g. 0001-01-01T00:00:00Z: the search back from it leaves datetime's range
+            raise BadParameter("at", f"is out of range, got {value!r}") from None
     except BadParameter as exc:
         return _json({"error": "bad_request", "message": exc.detail, "parameter": exc.parameter}, 400)
     except DependencyUnavailable as exc:

@@ -78,6 +78,44 @@ resource insights 'Microsoft.Insights/components@2020-02-02' = {
   }
 }
 
+// Sluice's alerts (docs/observability.md), the same as k8s-keda/monitoring/prometheusrule.yaml:
+// the KQL of alerts/*.kql over Application Insights' customMetrics, as log search alerts
+// evaluated every 5 minutes that fire when the query returns a row. Attach an action group
+// (actions.actionGroups) to be told.
+var sluiceAlerts = [
+  { name: 'eventhub-lag-growing', severity: 2, query: loadTextContent('alerts/eventhub-lag-growing.kql') }
+  { name: 'audit-missing', severity: 1, query: loadTextContent('alerts/audit-missing.kql') }
+  { name: 'deadletter-rate', severity: 2, query: loadTextContent('alerts/deadletter-rate.kql') }
+  { name: 'changefeed-stale', severity: 2, query: loadTextContent('alerts/changefeed-stale.kql') }
+  { name: 'enrichment-stale', severity: 2, query: loadTextContent('alerts/enrichment-stale.kql') }
+  { name: 'lookup-5xx-rate', severity: 1, query: loadTextContent('alerts/lookup-5xx-rate.kql') }
+]
+
+resource alerts 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = [for alert in sluiceAlerts: {
+  name: 'alert-${name}-${alert.name}'
+  location: location
+  tags: tags
+  properties: {
+    displayName: 'Sluice: ${alert.name}'
+    severity: alert.severity
+    enabled: true
+    scopes: [insights.id]
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT15M'
+    criteria: {
+      allOf: [
+        {
+          query: alert.query
+          timeAggregation: 'Count'
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: { numberOfEvaluationPeriods: 1, minFailingPeriodsToAlert: 1 }
+        }
+      ]
+    }
+  }
+}]
+
 // --- identity ------------------------------------------------------------------------
 
 // What every Sluice pod runs as, and what KEDA's operator authenticates as for the

@@ -20,17 +20,23 @@ from shared import runtime
 from shared.settings import Settings, load_settings
 
 if TYPE_CHECKING:  # the adapters are imported where they are built, on first use
+    from azure.eventhub import EventHubConsumerClient
     from azure.storage.blob import BlobServiceClient
     from cassandra.cluster import Session
     from psycopg_pool import ConnectionPool
 
+    from shared.adapters.audit_metrics import AuditGauge
     from shared.adapters.blob_deadletter import BlobDeadLetterSink
-    from shared.adapters.eventhub_lag import CachedPartitionLag
+    from shared.adapters.cassandra.audit import CassandraAuditLedger
+    from shared.adapters.eventhub_lag import CachedPartitionLag, EventHubSequenceAtTime, KedaCheckpointSource
     from shared.adapters.keyvault import KeyVaultSecrets
     from shared.adapters.redis import RedisChangeSink, RedisConnection, RedisLookupCache
+    from shared.adapters.redis.aio import AsyncRedisConnection
     from shared.adapters.secrets import RotatingSecret
+    from shared.services.audit import AuditService
     from shared.services.changefeed import ChangeFeedService
     from shared.services.enrichment import EnrichmentService
+    from shared.services.health import BlockingHealth
     from shared.services.history import HistoryService
     from shared.services.ingest import IngestService
     from shared.services.lookups import LookupService
@@ -137,6 +143,16 @@ def redis_client() -> RedisConnection:
 
 
 @cache
+def redis_async_connection() -> AsyncRedisConnection:
+    """The lookups' ``redis.asyncio`` connection to the same Redis (one client per event loop), built on first use."""
+    from shared.adapters.redis.aio import AsyncRedisConnection
+
+    cfg = settings().redis
+    return AsyncRedisConnection(cfg.url, password=rotating_secret(cfg.password, cfg.password_secret),
+                                cluster=cfg.cluster, socket_timeout=cfg.socket_timeout_seconds)
+
+
+@cache
 def postgres_pool() -> ConnectionPool:
     from shared.adapters.postgres.pool import make_pool
 
@@ -148,23 +164,16 @@ def reset() -> None:
     """Close and forget every cached client, service and the settings (tests, or a changed environment)."""
     closers: tuple[tuple[functools._lru_cache_wrapper[Any], Callable[[Any], object]], ...] = (
         (cassandra_session, lambda s: s.cluster.shutdown()), (postgres_pool, lambda p: p.close()),
-        (redis_client, lambda r: r.close()), (blob_service, lambda b: b.close()))
+        (redis_client, lambda r: r.close()), (redis_async_connection, lambda r: r.close()),
+        (blob_service, lambda b: b.close()))
     for cached, close in closers:
         if cached.cache_info().currsize:
             try:
                 close(cached())
             except Exception:  # closing is best effort; the client is forgotten either way
                 logger.warning("closing %s failed", cached.__name__, exc_info=True)
-    for cached in (
-        settings,
-        start_worker,
-        keyvault,
-        cassandra_session,
-        blob_service,
-        redis_client,
-        postgres_pool,
-        *_services,
-    ):
+    for cached in (settings, start_worker, keyvault, cassandra_session, blob_service, redis_client,
+                   redis_async_connection, postgres_pool, *_services):
         cached.cache_clear()
 
 
@@ -201,7 +210,85 @@ def ingest_service() -> IngestService:
     telemetry = _telemetry()
     if telemetry.active().enabled:
         _register_lag_gauge(telemetry.active().metrics, cfg.ingest.consumer_group)
-    return IngestService(store, dead_letter_sink(), cfg.ingest.limits(), metrics=telemetry.pipeline_metrics())
+    service = IngestService(store, dead_letter_sink(), cfg.ingest.limits(),
+                            audit_ledger() if cfg.ingest.audit else None, metrics=telemetry.pipeline_metrics())
+    try:  # the ingest worker exports the audit; a gauge that cannot be set up must not stop ingest
+        register_audit_gauge()
+    except Exception:
+        logger.warning("the %s gauge is not exported", "sluice.audit.missing", exc_info=True)
+    return service
+
+
+@service
+def audit_ledger() -> CassandraAuditLedger:
+    from shared.adapters.cassandra.audit import CassandraAuditLedger
+
+    cfg = settings().cassandra
+    return CassandraAuditLedger(cassandra_session, cfg.keyspace, concurrency=cfg.write_concurrency,
+                                timeout=cfg.request_timeout_seconds)
+
+
+@service
+def audit_service() -> AuditService | None:
+    """The zero-loss audit of the ingest hub, from the host's checkpoints; ``None`` without an Event Hubs connection."""
+    from shared.adapters.blob_deadletter import BlobDeadLetteredBatches
+    from shared.adapters.eventhub_lag import EventHubBlobLagReader
+    from shared.services.audit import AuditService
+
+    parts = _host_eventhub()
+    if parts is None:
+        return None
+    source, hub, clock = parts
+    letters = BlobDeadLetteredBatches(blob_service(), settings().storage.deadletter_container)
+    return AuditService(audit_ledger(), EventHubBlobLagReader(hub, blob_service(), source), clock, letters=letters)
+
+
+@service
+def register_audit_gauge() -> AuditGauge | None:
+    """The worker's ``sluice.audit.missing`` gauge (an OpenTelemetry observable gauge); ``None`` when not audited.
+
+    Called once per process when the ingest service is built (cached like a
+    service). Registers on the global meter provider, so the exporter that
+    shared/telemetry.py sets up (Prometheus, OTLP, Azure Monitor) reads it on each
+    collection; before the SDK's provider is set, the API's proxy hands the
+    callback over to it when it is.
+    """
+    from shared.adapters.audit_metrics import register_audit_gauge as register
+
+    cfg = settings().ingest
+    audit = audit_service() if cfg.audit else None
+    if audit is None:
+        return None
+    return register(audit, window=cfg.audit_window, max_age=cfg.audit_interval_seconds)
+
+
+def _host_eventhub() -> tuple[KedaCheckpointSource, EventHubConsumerClient, EventHubSequenceAtTime | None] | None:
+    """(checkpoint source, consumer client, sequence-at-time reader or ``None``) of the host's ingest hub.
+
+    ``None`` altogether without an Event Hubs connection.
+    """
+    import os
+
+    from shared.adapters.eventhub_lag import EventHubSequenceAtTime, eventhub_client, host_checkpoint_source
+
+    connection_string = os.environ.get("EventHubConnection")  # noqa: SIM112 (the host's names)
+    namespace = os.environ.get("EventHubConnection__fullyQualifiedNamespace")  # noqa: SIM112
+    if not (connection_string or namespace):
+        return None
+    ingest = settings().ingest
+
+    def reader() -> EventHubConsumerClient:  # a receiver that stays out of the host's consumer group
+        return eventhub_client(ingest.eventhub_name, ingest.audit_consumer_group, connection_string=connection_string,
+                               fully_qualified_namespace=namespace)
+
+    source = host_checkpoint_source(ingest.eventhub_name, ingest.consumer_group,
+                                    connection_string=connection_string, fully_qualified_namespace=namespace)
+    hub = eventhub_client(ingest.eventhub_name, ingest.consumer_group, connection_string=connection_string,
+                          fully_qualified_namespace=namespace)
+    # The host's receivers own ingest's consumer group (epoch): a reader there would be refused. Without another
+    # group the audit works from sequence numbers only (``sluice audit`` says so).
+    separate = ingest.audit_consumer_group.lower() != ingest.consumer_group.lower()
+    return source, hub, EventHubSequenceAtTime(reader) if separate else None
 
 
 def _register_lag_gauge(metrics: Any, consumer_group: str) -> None:
@@ -286,13 +373,19 @@ def changefeed_service() -> ChangeFeedService:
 
 @service
 def lookup_service() -> LookupService:
+    """The lookups' service, for the worker's event loop (``redis.asyncio``, the driver's futures awaited)."""
+    from shared.adapters.cassandra.aio import CassandraAsyncEventReader
     from shared.adapters.cassandra.reader import CassandraEventReader
+    from shared.adapters.redis.aio import AsyncRedisLookupCache
     from shared.services.lookups import LookupService
 
     cfg = settings()
-    lookup = cfg.lookup
+    lookup, redis_cfg = cfg.lookup, cfg.redis
     reader = CassandraEventReader(cassandra_session, cfg.cassandra.keyspace, timeout=lookup.cassandra_timeout_seconds)
-    return LookupService(redis_lookup_cache(), reader, cache_ttl=lookup.cache_ttl_seconds,
+    cache = AsyncRedisLookupCache(redis_async_connection(), key_prefix=redis_cfg.key_prefix,
+                                  critical_per_device_max=redis_cfg.critical_per_device_max,
+                                  stream_shards=redis_cfg.critical_stream_shards)
+    return LookupService(cache, CassandraAsyncEventReader(reader), cache_ttl=lookup.cache_ttl_seconds,
                          ttl_jitter=lookup.cache_ttl_jitter_seconds, negative_ttl=lookup.negative_ttl_seconds,
                          critical_default_limit=lookup.critical_default_limit,
                          critical_cap=cfg.redis.critical_per_device_max,
@@ -350,33 +443,33 @@ def status_service() -> StatusService:
             redis_client(), key_prefix=cfg.redis.key_prefix, stream_shards=cfg.redis.critical_stream_shards
         ),
         _lag_reader() or NoLagReader(),
-        lambda: lookup_service().health(),
+        _dependency_health(),
         cache_seconds=cfg.dashboard.status_cache_seconds,
         section_timeout=2 * timeout,
     )
 
 
+def _dependency_health() -> BlockingHealth:
+    """The status page's dependency check: the lookups' Redis and Cassandra, probed with blocking clients."""
+    from shared.adapters.cassandra.reader import CassandraEventReader
+    from shared.services.health import BlockingHealth
+
+    cfg = settings()
+    timeout = cfg.lookup.health_timeout_seconds
+    reader = CassandraEventReader(cassandra_session, cfg.cassandra.keyspace,
+                                  timeout=cfg.lookup.cassandra_timeout_seconds)
+    return BlockingHealth({"redis": redis_lookup_cache().ping, "cassandra": lambda: reader.ping(timeout=timeout)},
+                          timeout=timeout)
+
+
 def _lag_reader() -> CachedPartitionLag | None:
     """The ingest hub's lag as KEDA reads it, from the host's own Event Hubs connection; ``None`` without one."""
-    import os
+    from shared.adapters.eventhub_lag import CachedPartitionLag, EventHubBlobLagReader
 
-    from shared.adapters.eventhub_lag import (
-        CachedPartitionLag,
-        EventHubBlobLagReader,
-        eventhub_client,
-        host_checkpoint_source,
-    )
-
-    # The Functions host's connection names, read as the host reads them.
-    connection_string = os.environ.get("EventHubConnection")  # noqa: SIM112
-    namespace = os.environ.get("EventHubConnection__fullyQualifiedNamespace")  # noqa: SIM112
-    if not (connection_string or namespace):
+    parts = _host_eventhub()
+    if parts is None:
         return None
-    ingest = settings().ingest
-    source = host_checkpoint_source(ingest.eventhub_name, ingest.consumer_group,
-                                    connection_string=connection_string, fully_qualified_namespace=namespace)
-    hub = eventhub_client(ingest.eventhub_name, ingest.consumer_group, connection_string=connection_string,
-                          fully_qualified_namespace=namespace)
+    source, hub, _ = parts
     return CachedPartitionLag(EventHubBlobLagReader(hub, blob_service(), source))
 
 

@@ -213,6 +213,14 @@ class IngestSettings(_Group):
     """Most measurements in one event"""
     max_attributes: int = Field(32, ge=0)
     """Most attributes in one event"""
+    audit: bool = True
+    """Record each Event Hubs record's outcome by sequence number for the zero-loss audit (Cassandra migration 2)"""
+    audit_window: int = Field(10_000, ge=1)
+    """Sequence numbers below each partition's checkpoint that the sluice.audit.missing gauge checks"""
+    audit_interval_seconds: float = Field(60.0, ge=1)
+    """Least time between two audits made for the sluice.audit.missing gauge"""
+    audit_consumer_group: str = "$Default"
+    """Consumer group `sluice audit --since` reads from to place a time; never ingest's (it owns the partitions)"""
 
     def limits(self) -> Limits:
         return Limits(

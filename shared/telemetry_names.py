@@ -5,9 +5,10 @@ these names; the dashboards, the Prometheus alert rules and the Application
 Insights alert queries refer to them, and ``tests/unit/test_dashboards_alerts.py``
 holds every panel and alert to this list. No SDK import here: services may use it.
 
-Prometheus names follow ``opentelemetry-exporter-prometheus``: dots become
-underscores; a unit is mapped to its Prometheus word (``s`` -> ``seconds``) and
-appended unless the name already ends with it; a counter gets ``_total``; a
+Prometheus names follow ``opentelemetry-exporter-prometheus`` (its ``_mapping.map_unit``
+and prometheus_client's metric families, as of 0.66b2): dots become
+underscores; a unit is mapped to its Prometheus word (``s`` -> ``seconds``; an annotation
+such as ``{event}`` is dropped) and appended unless the name already ends with it; a counter gets ``_total``; a
 histogram is exposed as ``_bucket``, ``_sum`` and ``_count``. Attribute names
 are sanitized the same way (``eventhub.partition`` -> ``eventhub_partition``).
 Application Insights keeps the instrument's own name (``customMetrics.name``)
@@ -40,7 +41,8 @@ class Instrument:
     def prometheus(self) -> str:
         """The metric family name the Prometheus exporter exposes (without ``_total`` or ``_bucket``)."""
         name = sanitize(self.name)
-        word = _UNIT_WORDS.get(self.unit, sanitize(self.unit))
+        # A UCUM annotation ("{event}") is a comment, not a unit: the exporter drops it.
+        word = "" if self.unit.startswith("{") else _UNIT_WORDS.get(self.unit, sanitize(self.unit))
         if word and not name.endswith("_" + word):
             name += "_" + word
         return name

@@ -73,6 +73,7 @@ class StackOptions:
     cassandra_port: int = 9042
     azurite_port: int = 10000
     keyvault_port: int = 8443
+    metrics_port: int = 9464  # the dev host's Prometheus endpoint (SLUICE_METRICS_PORT), the exporter's usual port
     strict_ports: bool = False
     persist: bool = True
     database: str = "sluice"
@@ -334,6 +335,9 @@ class LocalStack:
             "SLUICE_POSTGRES_PORT": str(opts.postgres_port),
             "SLUICE_POSTGRES_DBNAME": opts.database,
         })
+        if "metrics" not in self.ports:
+            self.ports["metrics"] = self._port("dev host metrics", opts.metrics_port)
+        values["SLUICE_METRICS_PORT"] = str(self.ports["metrics"])
         if "keyvault" in self.ports:
             values["SLUICE_KEYVAULT_URL"] = f"https://{opts.host}:{self.ports['keyvault']}"
             values["SLUICE_KEYVAULT_CA_FILE"] = str(opts.data_dir / "keyvault-certs" / "ca.pem")
@@ -345,10 +349,16 @@ class LocalStack:
         self.settings_path.parent.mkdir(parents=True, exist_ok=True)
         self.settings_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         # The same values for a shell: `source <data dir>/settings.env`, then any `python -m sluice ...` command.
-        exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in values.items()
-                          if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name))
+        exports = f"# the dev host's metrics: {self.metrics_url}\n" + "".join(
+            f"export {name}={shlex.quote(value)}\n" for name, value in values.items()
+            if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name))
         (self.settings_path.parent / "settings.env").write_text(exports, encoding="utf-8")
         return self.settings_path
+
+    @property
+    def metrics_url(self) -> str:
+        """Where the dev host serves its OpenTelemetry metrics (Prometheus text), once the settings are written."""
+        return f"http://{self.options.host}:{self.ports.get('metrics', self.options.metrics_port)}/metrics"
 
     def write_root_settings(self) -> Path:
         """Also write the settings to ``./local.settings.json`` (for ``func start``); an other one is kept as .bak."""

@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -214,3 +215,34 @@ class BlobDeadLetterCounter:
         except AzureError as exc:
             raise DependencyUnavailable("storage", f"listing dead letters failed: {type(exc).__name__}") from exc
         return count, False
+
+
+_BATCH_NAME = re.compile(
+    r"^(?:replayed/)?batches/\d{4}/\d{2}/\d{2}/p(?P<partition>[^/]+)/(?P<first>\d+)-(?P<last>\d+)\.json$"
+)
+
+
+class BlobDeadLetteredBatches:
+    """Implements ``shared.ports.audit.DeadLetteredBatches``: whole-batch letters, from their blob names.
+
+    Lists ``batches/`` and ``replayed/batches/`` (names only, no download): whole
+    batches are dead-lettered only when the store stayed down for every retry, so
+    there are few of them.
+    """
+
+    def __init__(self, service: BlobServiceClient, container: str) -> None:
+        self._container = service.get_container_client(container)
+
+    def batches(self, partition: str) -> list[tuple[int, int, str]]:
+        out = []
+        try:
+            for prefix in (KINDS["batch"], REPLAYED + KINDS["batch"]):
+                for blob in self._container.list_blobs(name_starts_with=prefix):
+                    match = _BATCH_NAME.match(blob.name)
+                    if match and match["partition"] == partition:
+                        out.append((int(match["first"]), int(match["last"]), blob.name))
+        except ResourceNotFoundError:
+            return []
+        except AzureError as exc:
+            raise DependencyUnavailable("Blob storage", f"cannot list the batch dead letters: {exc}") from exc
+        return out

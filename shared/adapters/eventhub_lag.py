@@ -240,9 +240,75 @@ def host_checkpoint_source(eventhub: str, consumer_group: str, *, connection_str
     """Where the Functions host (and the dev host) checkpoint ``eventhub``: the namespace as the SDK writes it."""
     if connection_string:
         endpoint = dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part).get("Endpoint", "")
-        fully_qualified_namespace = urlsplit(endpoint).hostname
+        # The SDK names checkpoints after the endpoint's host *and port* (``127.0.0.1:5672`` for the emulator);
+        # Azure's endpoints have no port.
+        fully_qualified_namespace = urlsplit(endpoint).netloc
     if not fully_qualified_namespace:
         raise ConfigurationError("set EventHubConnection (a connection string) or "
                                  "EventHubConnection__fullyQualifiedNamespace (identity) to read Event Hubs")
     return KedaCheckpointSource(namespace=fully_qualified_namespace.lower(), eventhub=eventhub.lower(),
                                 consumer_group=consumer_group, container=HOST_CHECKPOINT_CONTAINER)
+
+
+def partition_owners(blobs: BlobServiceClient, source: KedaCheckpointSource) -> dict[str, str]:
+    """Partition -> the processor that owns it, from the ownership blobs next to the checkpoints.
+
+    The SDK's ``BlobCheckpointStore`` (the dev host) and the Functions host claim a
+    partition by writing ``<namespace>/<hub>/<group>/ownership/<partition>`` with
+    metadata ``ownerid``; a partition nobody claimed is absent.
+    """
+    prefix = f"{source.namespace}/{source.eventhub}/{source.consumer_group.lower()}/ownership/"
+    owners: dict[str, str] = {}
+    try:
+        container = blobs.get_container_client(source.container)
+        for blob in container.list_blobs(name_starts_with=prefix, include=["metadata"]):
+            metadata = blob.metadata or {}
+            owner = metadata.get("ownerid", metadata.get("Ownerid"))
+            if owner:
+                owners[blob.name[len(prefix):]] = owner
+    except ResourceNotFoundError:
+        return {}
+    except AzureError as exc:
+        raise DependencyUnavailable("Blob storage", f"cannot list {source.container}/{prefix}: {exc}") from exc
+    return owners
+
+
+class EventHubSequenceAtTime:
+    """Implements ``shared.ports.audit.SequenceAtTime``: receives one event from a time to learn its sequence number.
+
+    The SDK's synchronous ``receive`` blocks until the client is closed, so it runs
+    in a thread; the first event (or ``max_wait_time`` with none) ends it. Each
+    call uses a new client from ``client_factory`` (a closed client is not reused).
+    """
+
+    def __init__(self, client_factory: Callable[[], EventHubConsumerClient], *, wait: float = 10.0) -> None:
+        self._client_factory = client_factory
+        self._wait = wait
+
+    def first_at(self, partition: str, at: Any) -> int | None:
+        found: list[int] = []
+        done = threading.Event()
+        client = self._client_factory()
+
+        def on_event(_context: Any, event: Any) -> None:
+            if event is not None and not found:
+                found.append(event.sequence_number)
+            done.set()
+
+        def on_error(_context: Any, error: Exception) -> None:
+            errors.append(error)
+            done.set()
+
+        errors: list[Exception] = []
+        receiver = threading.Thread(target=client.receive, name=f"sluice-audit-p{partition}", daemon=True, kwargs={
+            "on_event": on_event, "on_error": on_error, "partition_id": partition, "starting_position": at,
+            "starting_position_inclusive": True, "max_wait_time": self._wait, "prefetch": 1})
+        receiver.start()
+        done.wait(self._wait * 3)
+        client.close()
+        receiver.join(self._wait)
+        if errors or not done.is_set():
+            cause = f"{type(errors[0]).__name__}: {errors[0]}" if errors else f"nothing within {self._wait * 3} s"
+            raise DependencyUnavailable("Event Hubs", f"cannot find the sequence number of partition {partition} "
+                                        f"at {at}: {cause}")
+        return found[0] if found else None

@@ -39,32 +39,36 @@ class ChangeSink(Protocol):
 
 
 class LookupCache(Protocol):
-    """The cache-aside side of Redis. Every method raises ``DependencyUnavailable`` when Redis fails."""
+    """The cache-aside side of Redis, awaited on the lookups' event loop.
 
-    def get_latest(self, device_id: str) -> Cached | None:
+    Every method raises ``DependencyUnavailable`` when Redis fails.
+    """
+
+    async def get_latest(self, device_id: str) -> Cached | None:
         """The cached latest state of a device; ``None`` on a miss."""
 
-    def fill_latest(self, device_id: str, event: StoredEvent | None, ttl: int, negative_ttl: int) -> None:
+    async def fill_latest(self, device_id: str, event: StoredEvent | None, ttl: int, negative_ttl: int) -> None:
         """Cache the latest state read from the store, unless the cache already holds a newer one.
 
         ``event=None`` caches "no such device" for ``negative_ttl`` seconds, only
         where nothing is cached (a change written meanwhile is never hidden).
         """
 
-    def get_event(self, event_id: str) -> Cached | None:
+    async def get_event(self, event_id: str) -> Cached | None:
         """The cached event; ``None`` on a miss."""
 
-    def fill_event(self, event_id: str, event: StoredEvent | None, ttl: int, negative_ttl: int) -> None:
+    async def fill_event(self, event_id: str, event: StoredEvent | None, ttl: int, negative_ttl: int) -> None:
         """Cache an event read from the store (``None``: "no such event", only where nothing is cached)."""
 
-    def get_critical(self, device_id: str, since_ms: int, limit: int) -> list[str] | None:
+    async def get_critical(self, device_id: str, since_ms: int, limit: int) -> list[str] | None:
         """Up to ``limit`` critical event documents at or after ``since_ms``, newest first.
 
         ``None`` when the cache cannot answer exactly: nothing cached, or the
         cached set is not known to be complete over the range asked for.
         """
 
-    def fill_critical(self, device_id: str, events: Sequence[StoredEvent], covers_since_ms: int, ttl: int) -> None:
+    async def fill_critical(self, device_id: str, events: Sequence[StoredEvent], covers_since_ms: int,
+                            ttl: int) -> None:
         """Cache critical events of a device read from the store.
 
         ``events`` holds *every* critical event of the device with event time at
@@ -73,5 +77,5 @@ class LookupCache(Protocol):
         knows to be complete, however the per-device cap trims the set.
         """
 
-    def ping(self) -> None:
+    async def ping(self) -> None:
         """Return when Redis answers, raise ``DependencyUnavailable`` otherwise."""

@@ -27,3 +27,19 @@ class EventReader(Protocol):
 
     def ping(self, timeout: float | None = None) -> None:
         """Return when a data read of the store succeeds within ``timeout`` (the reader's own by default)."""
+
+
+class AsyncEventReader(Protocol):
+    """The lookups' reads as coroutines, for an event loop: the same contract as :class:`EventReader`."""
+
+    async def latest(self, device_id: str) -> StoredEvent | None:
+        """The device's newest event by event time."""
+
+    async def event(self, event_id: uuid.UUID) -> StoredEvent | None:
+        """One event by id."""
+
+    async def critical(self, device_id: str, *, since: datetime | None, limit: int) -> list[StoredEvent]:
+        """The device's critical events with event time at or after ``since``, newest first, at most ``limit``."""
+
+    async def ping(self, timeout: float | None = None) -> None:
+        """Return when a data read of the store succeeds within ``timeout`` (the reader's own by default)."""

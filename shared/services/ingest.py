@@ -16,19 +16,30 @@ dead-letter sink; nothing is left to a later retry that will never come.
   past the batch all the same;
 * if even the dead-letter sink fails, the error propagates: the host logs it, and
   this is the one case where an operator must act (see docs/operations.md).
+
+With an audit ledger, the runs of consecutive sequence numbers of the batch are
+recorded with their outcome counts (stored, dead_lettered, duplicate) after the
+store and the dead-letter sink took them and before ``handle`` returns, so before
+the host can checkpoint past it (the zero-loss audit, ``shared/services/audit.py``).
+A failed ledger write fails like a store write (retry, then dead-letter the batch);
+the ledger entries of a dead-lettered batch are then written best effort, since the
+ledger shares the store's fate.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from shared.domain.events import Event, EventMetadata, Limits, Parsed, RawRecord, parse_records
 from shared.exceptions import TransientError
 from shared.lazy import Once
+from shared.ports.audit import AuditLedger, AuditRun
 from shared.ports.ingest import DeadLetterSink, EventStore
 from shared.ports.metrics import NO_METRICS, Metrics
 
@@ -50,11 +61,12 @@ class IngestResult:
 
 
 class IngestService:
-    def __init__(self, store: EventStore, dead_letters: DeadLetterSink, limits: Limits, *,
-                 metrics: Metrics = NO_METRICS) -> None:
+    def __init__(self, store: EventStore, dead_letters: DeadLetterSink, limits: Limits,
+                 audit: AuditLedger | None = None, *, metrics: Metrics = NO_METRICS) -> None:
         self._store = store
         self._dead_letters = dead_letters
         self._limits = limits
+        self._audit = audit
         self._metrics = metrics
 
     def handle(
@@ -67,6 +79,8 @@ class IngestService:
             self._dead_letters.put_rejected(parsed.errs)
         try:
             self._store.write(parsed.oks)
+            if self._audit is not None:
+                self._audit.record(audit_runs(records, parsed.oks, parsed.errs))
         except Exception as exc:
             # A TransientError names the events and the cause; anything else gets its traceback in the log.
             unexpected = not isinstance(exc, TransientError)
@@ -78,6 +92,7 @@ class IngestService:
             logger.error("storing %d events failed on the final attempt; dead-lettering the batch: %s",
                          len(parsed.oks), reason, exc_info=unexpected)
             self._dead_letters.put_batch([(r.body, r.metadata) for r in records], f"event store unavailable: {reason}")
+            self._audit_dead_lettered(records)
             self._record(records, parsed, began, store_failed=len(parsed.oks))
             return IngestResult(len(records), 0, len(parsed.errs), parsed.duplicates, batch_dead_lettered=True)
         self._record(records, parsed, began)
@@ -90,6 +105,41 @@ class IngestService:
                                    duplicates=parsed.duplicates, rejected=parsed.errs, store_failed=store_failed,
                                    seconds=time.perf_counter() - began,
                                    oldest_enqueued=first.enqueued_time if first else None)
+
+
+    def _audit_dead_lettered(self, records: Sequence[RawRecord]) -> None:
+        if self._audit is None:
+            return
+        runs = audit_runs(records, (), [r for r in records])
+        try:
+            self._audit.record(runs)
+        except Exception:  # the batch is dead-lettered; the audit will show it as a gap, which the letter explains
+            logger.warning("could not record %d dead-lettered runs in the audit ledger", len(runs), exc_info=True)
+
+
+def audit_runs(records: Sequence[RawRecord], stored: Sequence[Event], dead_lettered: Sequence[Any]) -> list[AuditRun]:
+    """The batch's runs of consecutive sequence numbers per partition, with how many went each way.
+
+    ``stored`` and ``dead_lettered`` are anything with Event Hubs ``metadata``
+    (events, rejected items, records); a record with neither was dropped as a
+    duplicate. Records without a partition or sequence number (not from Event
+    Hubs) are not audited.
+    """
+    stored_at = Counter((e.metadata.partition_id, e.metadata.sequence_number) for e in stored)
+    dead_at = Counter((r.metadata.partition_id, r.metadata.sequence_number) for r in dead_lettered)
+    numbered = sorted({(r.metadata.partition_id, r.metadata.sequence_number) for r in records
+                       if r.metadata.partition_id is not None and r.metadata.sequence_number is not None})
+    runs: list[AuditRun] = []
+    for partition, sequence in numbered:
+        key = (partition, sequence)
+        counts = (stored_at[key], dead_at[key], int(not stored_at[key] and not dead_at[key]))
+        last = runs[-1] if runs else None
+        if last is not None and last.partition == partition and last.last == sequence - 1:
+            runs[-1] = AuditRun(partition, last.first, sequence, last.stored + counts[0],
+                                last.dead_lettered + counts[1], last.duplicate + counts[2])
+        else:
+            runs.append(AuditRun(partition, sequence, sequence, *counts))
+    return runs
 
 
 class LazyEventStore:

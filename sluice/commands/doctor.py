@@ -70,13 +70,40 @@ def _trigger(scaled: dict[str, Any]) -> dict[str, str]:
     return next(t["metadata"] for t in scaled["spec"]["triggers"] if t["type"] == "azure-eventhub")
 
 
-def run(args: argparse.Namespace) -> int:
+def scaling_rule(scaled: dict[str, Any], origin: str, *, threshold: int | None = None,
+                 activation: int | None = None, max_replicas: int | None = None) -> Any:
+    """The ScaledObject's ``ScalingRule`` (threshold, activation, replica bounds), with optional overrides."""
+    from shared.services.scaling import ScalingRule
+
+    spec, meta = scaled["spec"], _trigger(scaled)
+    try:
+        return ScalingRule(
+            threshold=threshold or int(meta.get("unprocessedEventThreshold", 64)),
+            activation=activation if activation is not None
+            else int(meta.get("activationUnprocessedEventThreshold", 0)),
+            min_replicas=int(spec.get("minReplicaCount", 0)),
+            max_replicas=max_replicas or int(spec.get("maxReplicaCount", 100)))
+    except ValueError as exc:
+        raise ConfigurationError(f"{origin}: {exc}") from None
+
+
+def storage_settings() -> Any:
+    """``StorageSettings`` from the environment, or a ``ConfigurationError`` naming each bad value."""
     from pydantic import ValidationError
 
+    from shared.settings import StorageSettings
+
+    try:
+        return StorageSettings()
+    except ValidationError as exc:
+        raise ConfigurationError("storage settings: " + "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'AzureWebJobsStorage'}: {e['msg']}" for e in exc.errors())) from None
+
+
+def run(args: argparse.Namespace) -> int:
     from shared.adapters.blob_service import blob_service_client
     from shared.adapters.eventhub_lag import EventHubBlobLagReader, KedaCheckpointSource, eventhub_client
-    from shared.services.scaling import ScalingRule, desired_replicas
-    from shared.settings import StorageSettings
+    from shared.services.scaling import desired_replicas
 
     origin = "standard input" if args.scaled_object == "-" else args.scaled_object
     text = sys.stdin.read() if args.scaled_object == "-" else Path(args.scaled_object).read_text(encoding="utf-8")
@@ -91,25 +118,13 @@ def run(args: argparse.Namespace) -> int:
         container=args.container or meta.get("blobContainer", ""),
         strategy=meta.get("checkpointStrategy", ""),
         stale_threshold=int(meta.get("stalePartitionInfoThreshold", 10_000)))
-    try:
-        rule = ScalingRule(
-            threshold=args.threshold or int(meta.get("unprocessedEventThreshold", 64)),
-            activation=args.activation if args.activation is not None
-            else int(meta.get("activationUnprocessedEventThreshold", 0)),
-            min_replicas=int(spec.get("minReplicaCount", 0)),
-            max_replicas=args.max_replicas or int(spec.get("maxReplicaCount", 100)))
-    except ValueError as exc:
-        raise ConfigurationError(f"{origin}: {exc}") from None
+    rule = scaling_rule(scaled, origin, threshold=args.threshold, activation=args.activation,
+                        max_replicas=args.max_replicas)
     hub = eventhub_client(source.eventhub, source.consumer_group,
                           connection_string=os.environ.get("EventHubConnection"),  # noqa: SIM112 (the host's name)
                           fully_qualified_namespace=os.environ.get(
                               "EventHubConnection__fullyQualifiedNamespace"))  # noqa: SIM112
-    try:
-        storage = StorageSettings()
-    except ValidationError as exc:
-        raise ConfigurationError("storage settings: " + "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'AzureWebJobsStorage'}: {e['msg']}" for e in exc.errors())) from None
-    blobs = blob_service_client(storage)
+    blobs = blob_service_client(storage_settings())
     with hub, blobs:
         reading = EventHubBlobLagReader(hub, blobs, source).read()
 

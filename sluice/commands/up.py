@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_load:
             producer = Producer(stack, args, manifest)
         monitor = Monitor(probe, since, features)
+        monitor.metrics_url = stack.metrics_url
         monitor.start()
         _where_to_look(stack, console, probe, features)
         if args.duration:
@@ -289,13 +290,33 @@ class Monitor(threading.Thread):
         self.ids: dict[str, str] = {}
         self.halt = threading.Event()
 
+    metrics_url: str | None = None  # the dev host's metrics; their figures replace the probed ones when it answers
+
     def run(self) -> None:
         while not self.halt.is_set():
             self.figures = self.probe.figures(self.since, features=self.features)
+            if self.metrics_url:
+                self.figures.source = "metrics" if _from_metrics(self.figures, self.metrics_url) else "stores"
             if "critical_event" not in self.ids:
                 with contextlib.suppress(Exception):
                     self.ids = self.probe.sample_ids()
             self.halt.wait(self.interval)
+
+
+def _from_metrics(figures, url: str) -> bool:
+    """Replace the probed stored, dead-lettered and lag figures with the dev host's metrics; False if none."""
+    from sluice.metrics_figures import scrape
+
+    try:
+        metrics = scrape(url)
+    except (OSError, ValueError):
+        return False
+    if "sluice_ingest_events" not in metrics.families:
+        return False
+    figures.stored, figures.dead_lettered = metrics.stored, metrics.dead_lettered
+    if metrics.lag_by_partition:
+        figures.lag, figures.lag_by_partition = sum(metrics.lag_by_partition.values()), metrics.lag_by_partition
+    return True
 
 
 def _table(stack, producer: Producer | None, monitor: Monitor, note: str = ""):
@@ -323,6 +344,9 @@ def _table(stack, producer: Producer | None, monitor: Monitor, note: str = ""):
                       if "enrichment" in monitor.features else "no enrichment function")
         table.add_row("lag (events not checkpointed)", show(figures.lag)
                       + (f"  {figures.lag_by_partition}" if figures.lag else ""))
+        if getattr(figures, "source", None):
+            table.add_row("figures from", f"{stack.metrics_url}" if figures.source == "metrics"
+                          else "the stores (the dev host's metrics do not answer yet)")
         for name, error in figures.errors.items():
             table.add_row(f"[yellow]{name}", f"[yellow]{error}")
     if monitor.ids:
@@ -434,6 +458,7 @@ def _where_to_look(stack, console, probe, features: set[str], expected=None) -> 
         "[bold]where to look[/]",
         f"  Page      {http}/dashboard   (live operations page: status, critical feed, devices, sites)",
         f"  HTTP      {http}/health   {http}/openapi.json   {http}/status",
+        f"  Metrics   {stack.metrics_url}   (the dev host's OpenTelemetry metrics, Prometheus text)",
     ]
     if device and event:
         lines += [

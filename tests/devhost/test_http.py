@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -17,7 +18,9 @@ from sluice.launcher import Running
 from tests.fixtures.devhost import ROOT, start_devhost, write_app
 
 APP = '''
+import asyncio
 import json
+import threading
 import azure.functions as func
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -50,6 +53,17 @@ def files(req: func.HttpRequest) -> str:
 @app.route(route="hello/{name?}", auth_level=func.AuthLevel.ANONYMOUS)
 async def hello(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse(f"hello {req.route_params.get('name') or 'world'}")
+
+
+@app.route(route="where/async", auth_level=func.AuthLevel.ANONYMOUS)
+async def where_async(req: func.HttpRequest) -> func.HttpResponse:
+    await asyncio.sleep(float(req.params.get("sleep") or 0))
+    return func.HttpResponse(threading.current_thread().name)
+
+
+@app.route(route="where/sync", auth_level=func.AuthLevel.ANONYMOUS)
+def where_sync(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(threading.current_thread().name)
 
 
 @app.route(route="boom", auth_level=func.AuthLevel.ANONYMOUS)
@@ -110,6 +124,20 @@ def test_routes_parameters_methods_and_bodies(http_host: Running) -> None:
     status, _, body = call(http_host, "GET", "/admin/host/status")
     assert status == 200 and json.loads(body)["state"] == "Running"
     assert "Executed 'Functions.create_item' (Succeeded" in http_host.output()
+
+
+@pytest.mark.timeout(60)
+def test_async_functions_run_on_the_hosts_event_loop_and_sync_ones_on_its_threads(http_host: Running) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert call(http_host, "GET", "/v1/where/async")[2] == b"MainThread"  # the host's loop
+    assert call(http_host, "GET", "/v1/where/sync")[2].startswith(b"function")  # the worker's thread pool
+    # 24 invocations that each wait 0.5 s overlap on the one loop: far fewer than the thread pool's 6 at a time
+    started = time.perf_counter()
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(lambda _: call(http_host, "GET", "/v1/where/async?sleep=0.5")[2], range(24)))
+    took = time.perf_counter() - started
+    assert answers == [b"MainThread"] * 24 and took < 1.9, f"24 concurrent async invocations took {took:.2f}s"
 
 
 @pytest.mark.timeout(60)

@@ -77,3 +77,15 @@ def test_up_refuses_a_bounded_run_without_load_before_starting_anything(tmp_path
     assert result.returncode == 2
     assert "--duration" in result.stderr and "--no-load" in result.stderr
     assert not any(tmp_path.iterdir())  # nothing started, nothing written
+
+
+def test_the_stack_gives_the_dev_host_a_metrics_port_and_says_where(tmp_path, busy_port):
+    """9464 by default; a taken port moves with a note, as the Event Hubs port does."""
+    said = []
+    stack = LocalStack(StackOptions(data_dir=tmp_path, metrics_port=busy_port), say=said.append)
+    stack.ports = {"azurite": 10123, "cassandra": 9123, "eventhubs": 5999}
+    values = json.loads(stack.write_settings().read_text())["Values"]
+    port = int(values["SLUICE_METRICS_PORT"])
+    assert port != busy_port and any(f"dev host metrics: port {busy_port}" in s for s in said)
+    assert stack.metrics_url == f"http://127.0.0.1:{port}/metrics"
+    assert (tmp_path / "settings.env").read_text().startswith(f"# the dev host's metrics: {stack.metrics_url}\n")

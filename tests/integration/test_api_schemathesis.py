@@ -21,7 +21,7 @@ import schemathesis.specs.openapi.checks
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import CHECKS as REGISTRY
 
-from tests.fixtures.functions import _index
+from tests.fixtures.functions import _index, run
 from tests.integration import test_changefeed as changefeed_tests
 from tests.integration import test_dashboard_api
 from tests.integration.test_changefeed import make_event
@@ -73,7 +73,7 @@ class FunctionsWsgi:
                     return self._reply(start_response, 401, b"", [])  # the host checks keys before the function
                 request = func.HttpRequest(method, f"http://localhost{path}", headers=headers, params=query,
                                            route_params=match.groupdict(), body=body)
-                response = user_function(request)
+                response = run(user_function(request))  # an async function: awaited on the worker loop
                 content_type = f"{response.mimetype}; charset={response.charset}" if response.mimetype else None
                 extra = [(k, v) for k, v in response.headers.items() if k.lower() != "content-type"]
                 if content_type:

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from shared.adapters.postgres.migrations import apply_migrations as apply_pg_migrations
-from tests.fixtures.functions import user_function
+from tests.fixtures.functions import run, user_function
 from tests.integration import test_changefeed as changefeed_tests
 from tests.integration.test_changefeed import make_event
 
@@ -44,7 +44,7 @@ def dash_env(app_env, pg_dsn, azurite_connection_string):
 
 def call(name: str, route: dict | None = None, **params: str) -> tuple[int, dict]:
     request = func.HttpRequest("GET", f"http://localhost/api/{name}", params=params, route_params=route or {}, body=b"")
-    response = user_function(name)(request)
+    response = run(user_function(name)(request))
     return response.status_code, json.loads(response.get_body()) if response.mimetype == "application/json" else {}
 
 

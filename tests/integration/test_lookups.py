@@ -6,9 +6,9 @@ test kills; Cassandra is the shared emulator or a private one that a test stops.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -22,7 +22,7 @@ from shared.adapters.cassandra.migrations import apply_migrations
 from shared.adapters.cassandra.session import connect
 from sluice.launcher import Running
 from tests.fixtures.cassandra import start_cassandra_emulator
-from tests.fixtures.functions import _index, registered, user_function
+from tests.fixtures.functions import _index, invoke, registered, run
 from tests.integration import test_changefeed as changefeed_tests
 from tests.integration.test_changefeed import RULES, cassandra_settings, make_event
 
@@ -37,7 +37,7 @@ def get(name: str, path: str, route_params: dict[str, str] | None = None,
         params: dict[str, str] | None = None) -> func.HttpResponse:
     request = func.HttpRequest("GET", f"http://localhost/api/{path}", route_params=route_params or {},
                                params=params or {}, body=b"")
-    return user_function(name)(request)
+    return invoke(name, request)
 
 
 def latest(device: str) -> func.HttpResponse:
@@ -62,16 +62,14 @@ class CountingReader:
 
     def __init__(self, inner, delay: float = 0.0) -> None:
         self.inner, self.delay, self.reads = inner, delay, 0
-        self._lock = threading.Lock()
 
     def __getattr__(self, name):
         method = getattr(self.inner, name)
 
-        def counted(*args, **kwargs):
-            with self._lock:
-                self.reads += 1
-            time.sleep(self.delay)
-            return method(*args, **kwargs)
+        async def counted(*args, **kwargs):
+            self.reads += 1
+            await asyncio.sleep(self.delay)
+            return await method(*args, **kwargs)
 
         return counted
 
@@ -202,18 +200,14 @@ def test_stampede_of_100_concurrent_misses_reads_cassandra_once(app_env, store) 
     service = bootstrap.lookup_service()
     counting = CountingReader(service._reader, delay=0.2)
     service._reader = counting
-    barrier = threading.Barrier(100)
-    responses: list[func.HttpResponse] = []
+    handler = registered("device_latest").get_user_function()
 
-    def request() -> None:
-        barrier.wait()
-        responses.append(latest("hot-1"))
+    async def stampede() -> list[func.HttpResponse]:  # 100 invocations in flight on the worker's loop at once
+        request = func.HttpRequest("GET", "http://localhost/api/devices/hot-1/latest",
+                                   route_params={"device_id": "hot-1"}, body=b"")
+        return await asyncio.gather(*(handler(request) for _ in range(100)))
 
-    threads = [threading.Thread(target=request) for _ in range(100)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    responses = run(stampede())
     assert counting.reads == 1
     assert len(responses) == 100 and {r.status_code for r in responses} == {200}
     assert {body(r)["event_id"] for r in responses} == {str(hot.event_id)}
@@ -239,7 +233,7 @@ def test_redis_down_serves_from_cassandra_as_bypass_and_health_says_so(app_env, 
     assert [e["event_id"] for e in body(crit)["events"]] == [str(stored.event_id)]
     found = event(str(stored.event_id))
     assert found.status_code == 200 and found.headers["X-Cache"] == "bypass"
-    health = user_function("health")(func.HttpRequest("GET", "http://localhost/api/health", body=b""))
+    health = invoke("health", func.HttpRequest("GET", "http://localhost/api/health", body=b""))
     assert health.status_code == 503
     status = body(health)
     assert status["status"] == "unavailable"
@@ -263,7 +257,7 @@ def test_cassandra_down_is_503_unless_cached(monkeypatch, redis_url, redis_prefi
         monkeypatch.setenv("SLUICE_CASSANDRA_KEYSPACE", ks)
         monkeypatch.setenv("SLUICE_LOOKUP_CASSANDRA_TIMEOUT_SECONDS", "1")
         bootstrap.reset()
-        health = user_function("health")(func.HttpRequest("GET", "http://localhost/api/health", body=b""))
+        health = invoke("health", func.HttpRequest("GET", "http://localhost/api/health", body=b""))
         assert health.status_code == 200 and body(health)["status"] == "ok"
         assert latest("cd-1").headers["X-Cache"] == "miss"
     finally:
@@ -275,14 +269,14 @@ def test_cassandra_down_is_503_unless_cached(monkeypatch, redis_url, redis_prefi
         assert response.status_code == 503, response.get_body()
         assert body(response)["error"] == "dependency_unavailable" and body(response)["dependency"] == "cassandra"
         assert response.headers["Retry-After"]
-    health = user_function("health")(func.HttpRequest("GET", "http://localhost/api/health", body=b""))
+    health = invoke("health", func.HttpRequest("GET", "http://localhost/api/health", body=b""))
     assert health.status_code == 503 and body(health)["dependencies"]["cassandra"]["status"] == "down"
 
 
 def test_openapi_document_is_served_from_docs() -> None:
     from functions.lookups import OPENAPI_PATH
 
-    response = user_function("openapi")(func.HttpRequest("GET", "http://localhost/api/openapi.json", body=b""))
+    response = invoke("openapi", func.HttpRequest("GET", "http://localhost/api/openapi.json", body=b""))
     assert response.status_code == 200
     document = body(response)
     assert document == json.loads(OPENAPI_PATH.read_text())
@@ -319,7 +313,9 @@ def test_a_hung_cassandra_is_503_within_the_lookup_timeout_and_health_says_down(
     stored = make_event("h-1", NOW - timedelta(minutes=1))
     store.write([stored])
     assert latest("warm-up").status_code == 404  # connect and prepare before the fault
-    health = user_function("health")
+    def health(request):
+        return invoke("health", request)
+
     try:
         inject_faults(cassandra_emulator.host, cassandra_emulator.port, error="delay", ratio=1.0, applies_to="reads",
                       delay_ms=10_000)

@@ -76,3 +76,10 @@ def test_bad_parameters_are_400_naming_them(app_env, device, at, parameter) -> N
     app_env()
     status, body = call("device_state_at", {"device_id": device}, **({"at": at} if at else {}))
     assert status == 400 and body["error"] == "bad_request" and body["parameter"] == parameter, body
+
+
+def test_a_time_too_early_to_search_back_from_is_400_not_500(app_env, store) -> None:
+    app_env()
+    store.write([cf.make_event("early-1", datetime.now(UTC) - timedelta(minutes=1))])
+    status, body = state("early-1", "0001-01-01T00:00:00Z")
+    assert status == 400 and body["parameter"] == "at" and "out of range" in body["message"], body

@@ -138,3 +138,37 @@ def test_a_lazy_store_is_built_on_the_first_write_and_built_again_after_a_failed
     service.handle(second, final_attempt=True, now=NOW)
     service.handle([record(5)], final_attempt=True, now=NOW)
     assert builds == ["attempt", "attempt"] and len(real.rows) == 3 and len(dead.batches) == 1
+
+
+class FakeLedger:
+    def __init__(self, failures: int = 0):
+        self.failures = failures
+        self.entries = []
+
+    def record(self, runs):
+        if self.failures:
+            self.failures -= 1
+            raise TransientError("ledger down")
+        self.entries.extend((r.first, r.last, r.stored, r.dead_lettered, r.duplicate) for r in runs)
+
+    def accounted(self, partition, first, last):
+        return []
+
+
+def test_the_audit_ledger_gets_each_records_outcome_after_the_store_and_a_failed_ledger_write_is_retried():
+    store, dead, ledger = FakeStore(), FakeDeadLetters(), FakeLedger(failures=1)
+    service = IngestService(store, dead, Limits(), ledger)
+    records = [record(1), RawRecord(b"{oops", EventMetadata(partition_id="0", sequence_number=2)), record(3)]
+    with pytest.raises(TransientError, match="ledger down"):
+        service.handle(records, final_attempt=False, now=NOW)
+    assert ledger.entries == []
+    service.handle(records, final_attempt=False, now=NOW)
+    assert ledger.entries == [(1, 3, 2, 1, 0)]
+
+
+def test_a_batch_dead_lettered_on_the_final_attempt_is_recorded_as_dead_lettered():
+    ledger = FakeLedger()
+    records = [record(7), record(8)]
+    result = IngestService(FakeStore(failures=1), FakeDeadLetters(), Limits(), ledger).handle(records, now=NOW)
+    assert result.batch_dead_lettered
+    assert ledger.entries == [(7, 8, 0, 2, 0)]

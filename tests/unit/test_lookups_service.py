@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import threading
-import time
+import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from functions.parameters import BadParameter, parse_device_id, parse_event_id, parse_limit, parse_since
 from shared.domain.stored import StoredEvent
 from shared.exceptions import DependencyUnavailable
 from shared.ports.cache import SINCE_ALL, Cached
-from shared.services.lookups import (
-    BadParameter,
-    LookupService,
-    parse_device_id,
-    parse_event_id,
-    parse_limit,
-    parse_since,
-)
+from shared.services.lookups import LookupService
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -38,33 +32,33 @@ class FakeCache:
         if self.down:
             raise DependencyUnavailable("redis", "connection refused")
 
-    def get_latest(self, device_id):
+    async def get_latest(self, device_id):
         self._check()
         return self.latest.get(device_id)
 
-    def fill_latest(self, device_id, event, ttl, negative_ttl):
+    async def fill_latest(self, device_id, event, ttl, negative_ttl):
         self._check()
         self.fills.append(("latest", device_id, ttl if event else negative_ttl))
         self.latest.setdefault(device_id, Cached(event.to_json() if event else None))
 
-    def get_event(self, event_id):
+    async def get_event(self, event_id):
         self._check()
         return self.events.get(event_id)
 
-    def fill_event(self, event_id, event, ttl, negative_ttl):
+    async def fill_event(self, event_id, event, ttl, negative_ttl):
         self._check()
         self.fills.append(("event", event_id, ttl if event else negative_ttl))
         self.events.setdefault(event_id, Cached(event.to_json() if event else None))
 
-    def get_critical(self, device_id, since_ms, limit):
+    async def get_critical(self, device_id, since_ms, limit):
         self._check()
         return
 
-    def fill_critical(self, device_id, events, covers_since_ms, ttl):
+    async def fill_critical(self, device_id, events, covers_since_ms, ttl):
         self._check()
         self.critical_fills.append((device_id, len(events), covers_since_ms))
 
-    def ping(self):
+    async def ping(self):
         self._check()
 
 
@@ -72,32 +66,30 @@ class FakeReader:
     def __init__(self, events=(), delay=0.0):
         self.rows = {e.event_id: e for e in events}
         self.reads, self.down, self.delay = 0, False, delay
-        self._lock = threading.Lock()
 
-    def _read(self):
-        with self._lock:
-            self.reads += 1
-        time.sleep(self.delay)
+    async def _read(self):
+        self.reads += 1
+        await asyncio.sleep(self.delay)
         if self.down:
             raise DependencyUnavailable("cassandra", "no host available")
 
-    def latest(self, device_id):
-        self._read()
+    async def latest(self, device_id):
+        await self._read()
         mine = [e for e in self.rows.values() if e.device_id == device_id]
         return max(mine, key=lambda e: e.event_time, default=None)
 
-    def event(self, event_id):
-        self._read()
+    async def event(self, event_id):
+        await self._read()
         return self.rows.get(event_id)
 
-    def critical(self, device_id, *, since, limit):
-        self._read()
+    async def critical(self, device_id, *, since, limit):
+        await self._read()
         mine = sorted((e for e in self.rows.values() if e.device_id == device_id and e.critical
                        and (since is None or e.event_time >= since)), key=lambda e: e.event_time, reverse=True)
         return mine[:limit]
 
-    def ping(self, timeout=None):
-        self._read()
+    async def ping(self, timeout=None):
+        await self._read()
 
 
 class Clock:
@@ -115,110 +107,154 @@ def make(events=(), **kw):
     return service, cache, reader, clock
 
 
-def test_miss_fills_with_jittered_ttl_then_hits():
+def sync(coroutine_function):
+    """Run an ``async def`` test body on a fresh event loop (the service's coroutines need one)."""
+
+    def test(*args, **kwargs):
+        return asyncio.run(coroutine_function(*args, **kwargs))
+
+    test.__name__ = coroutine_function.__name__
+    return test
+
+
+@sync
+async def test_miss_fills_with_jittered_ttl_then_hits():
     e = ev()
     service, cache, reader, _ = make([e])
-    first = service.latest("d1")
-    assert first.cache == "miss" and first.document == e.to_json()
-    again = service.latest("d1")
-    assert again.cache == "hit" and again.document == e.to_json() and reader.reads == 1
+    first = await service.latest("d1")
+    assert first.outcome == "miss" and first.document == e.to_json()
+    again = await service.latest("d1")
+    assert again.outcome == "hit" and again.document == e.to_json() and reader.reads == 1
     assert 100 <= cache.fills[0][2] <= 110
 
 
-def test_not_found_is_cached_with_the_negative_ttl():
+@sync
+async def test_not_found_is_cached_with_the_negative_ttl_and_answered_as_negative():
     service, cache, reader, _ = make()
-    assert not service.event(uuid.uuid4()).found
+    assert not (await service.event(uuid.uuid4())).found
     assert cache.fills[0][2] == 3
-    missing = service.latest("ghost")
-    assert not missing.found and service.latest("ghost").cache == "hit" and reader.reads == 2
+    missing = await service.latest("ghost")
+    assert not missing.found and missing.outcome == "miss"
+    again = await service.latest("ghost")
+    assert again.outcome == "negative" and again.cache == "hit" and reader.reads == 2
 
 
-def test_redis_down_bypasses_to_cassandra_and_retries_redis_after_the_pause():
+@sync
+async def test_redis_down_bypasses_to_cassandra_and_retries_redis_after_the_pause():
     e = ev()
     service, cache, _reader, clock = make([e])
     cache.down = True
-    first = service.latest("d1")
-    assert first.cache == "bypass" and first.document == e.to_json()
+    first = await service.latest("d1")
+    assert first.outcome == "bypass" and first.document == e.to_json()
     cache.down = False
-    assert service.latest("d1").cache == "bypass"  # still within redis_retry_after: Redis left alone
+    assert (await service.latest("d1")).outcome == "bypass"  # still within redis_retry_after: Redis left alone
     clock.now += 6
-    assert service.latest("d1").cache == "miss"
-    assert service.latest("d1").cache == "hit"
+    assert (await service.latest("d1")).outcome == "miss"
+    assert (await service.latest("d1")).outcome == "hit"
 
 
-def test_cassandra_down_raises_unless_cached():
+@sync
+async def test_a_failed_fill_opens_the_breaker_and_the_answer_is_still_served():
+    e = ev()
+    service, cache, reader, _clock = make([e])
+
+    async def failing_fill(*args):
+        raise DependencyUnavailable("redis", "connection reset")
+
+    cache.fill_latest = failing_fill
+    first = await service.latest("d1")
+    assert first.document == e.to_json()
+    assert (await service.latest("d1")).outcome == "bypass" and reader.reads == 2
+
+
+@sync
+async def test_cassandra_down_raises_unless_cached():
     e = ev()
     service, _, reader, _ = make([e])
-    service.latest("d1")
+    await service.latest("d1")
     reader.down = True
-    assert service.latest("d1").cache == "hit"
+    assert (await service.latest("d1")).outcome == "hit"
     with pytest.raises(DependencyUnavailable) as raised:
-        service.latest("d2")
+        await service.latest("d2")
     assert raised.value.dependency == "cassandra"
 
 
-def test_one_hundred_concurrent_misses_read_once():
+@sync
+async def test_one_hundred_concurrent_misses_read_once():
     e = ev()
     service, _, reader, _ = make([e], delay=0.05)
-    barrier = threading.Barrier(100)
-    answers = []
-
-    def ask():
-        barrier.wait()
-        answers.append(service.latest("d1"))
-
-    threads = [threading.Thread(target=ask) for _ in range(100)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    answers = await asyncio.gather(*(service.latest("d1") for _ in range(100)))
     assert reader.reads == 1 and {a.document for a in answers} == {e.to_json()}
+    assert {a.outcome for a in answers} == {"miss"}
 
 
-def test_a_failed_read_is_shared_by_the_waiting_requests():
+@sync
+async def test_a_failed_read_is_shared_by_the_waiting_requests():
     service, _, reader, _ = make(delay=0.05)
     reader.down = True
-    errors = []
-
-    def ask():
-        try:
-            service.latest("d1")
-        except DependencyUnavailable as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=ask) for _ in range(10)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(errors) == 10 and reader.reads < 10
+    answers = await asyncio.gather(*(service.latest("d1") for _ in range(10)), return_exceptions=True)
+    assert all(isinstance(a, DependencyUnavailable) for a in answers) and reader.reads == 1
 
 
-def test_critical_reads_at_least_the_cap_and_says_what_the_fill_covers():
+@sync
+async def test_a_cancelled_leader_fails_its_waiters_instead_of_hanging_them():
+    service, _, _reader, _ = make([ev()], delay=0.2)
+    leader = asyncio.ensure_future(service.latest("d1"))
+    await asyncio.sleep(0.01)
+    waiter = asyncio.ensure_future(service.latest("d1"))
+    await asyncio.sleep(0.01)
+    leader.cancel()
+    with pytest.raises(DependencyUnavailable):
+        await waiter
+    assert (await service.latest("d1")).outcome == "miss"  # the flight is gone: the next request reads again
+
+
+@sync
+async def test_critical_reads_at_least_the_cap_and_says_what_the_fill_covers():
     crit = [ev(minutes=i, critical=True) for i in range(5)]
     service, cache, _reader, _ = make([*crit, ev(minutes=10)], critical_cap=3)
-    answer = service.critical("d1", limit=2)
-    assert answer.cache == "miss"
-    assert answer.document.count('"event_id"') == 2
+    answer = await service.critical("d1", limit=2)
+    assert answer.outcome == "miss"
+    assert [e["event_id"] for e in json.loads(answer.document)["events"]] == [str(c.event_id) for c in crit[:2]]
     # 3 (the cap) were read and there are more: the fill covers only from just after the oldest one read
     assert cache.critical_fills == [("d1", 3, crit[2].event_time_ms + 1)]
     small = make([crit[0]], critical_cap=3)
-    small[0].critical("d1")
+    await small[0].critical("d1")
     assert small[1].critical_fills == [("d1", 1, SINCE_ALL)]
 
 
-def test_critical_of_an_unknown_device_is_not_found():
+@sync
+async def test_critical_document_is_json_even_for_an_awkward_device_id():
+    service, _cache, _, _ = make([ev(device='q"\\x', critical=True)])
+    answer = await service.critical('q"\\x')
+    assert json.loads(answer.document)["device_id"] == 'q"\\x'
+
+
+@sync
+async def test_critical_of_an_unknown_device_is_not_found():
     service, _, _, _ = make()
-    assert not service.critical("nobody").found
+    assert not (await service.critical("nobody")).found
 
 
-def test_health_reports_each_dependency():
-    service, cache, _reader, _ = make()
-    assert service.health()[0] is True
+@sync
+async def test_health_reports_each_dependency_and_closes_the_breaker_when_redis_answers():
+    service, cache, _reader, _clock = make([ev()])
+    assert (await service.health())[0] is True
     cache.down = True
-    healthy, body = service.health()
+    healthy, body = await service.health()
     assert not healthy and body["dependencies"]["redis"]["status"] == "down"
     assert body["dependencies"]["cassandra"]["status"] == "up"
+    assert (await service.latest("d1")).outcome == "bypass"
+    cache.down = False
+    assert (await service.health())[0] is True
+    assert (await service.latest("d1")).outcome == "miss"  # no need to wait out redis_retry_after
+
+
+@sync
+async def test_health_says_down_for_a_check_that_does_not_answer_in_time():
+    service, _cache, _reader, _clock = make(delay=1.0, health_timeout=0.05)
+    healthy, body = await service.health()
+    assert not healthy and body["dependencies"]["cassandra"] == {"status": "down", "error": "no answer within 0.05s"}
 
 
 @pytest.mark.parametrize(("parse", "value", "parameter"), [
@@ -243,20 +279,27 @@ def test_good_parameters_parse():
     assert parse_since(None) is None
 
 
-def test_waiters_give_up_with_503_instead_of_piling_reads_on_a_stuck_store():
+@sync
+async def test_waiters_give_up_with_503_instead_of_piling_reads_on_a_stuck_store():
     service, _, reader, _ = make([ev()], delay=0.5, flight_wait=0.05)
-    outcomes = []
 
-    def ask():
+    async def ask(after: float):
+        await asyncio.sleep(after)
         try:
-            outcomes.append(service.latest("d1").cache)
+            return (await service.latest("d1")).outcome
         except DependencyUnavailable as exc:
-            outcomes.append(exc.dependency)
+            return exc.dependency
 
-    threads = [threading.Thread(target=ask) for _ in range(5)]
-    for t in threads:
-        t.start()
-        time.sleep(0.01)
-    for t in threads:
-        t.join()
+    outcomes = await asyncio.gather(*(ask(i * 0.01) for i in range(5)))
     assert reader.reads == 1 and sorted(outcomes) == ["cassandra"] * 4 + ["miss"]
+
+
+def test_a_new_event_loop_is_not_wedged_by_a_flight_an_old_loop_left_open():
+    service, _, reader, _ = make([ev()], delay=10)
+    old = asyncio.new_event_loop()
+    flight = old.create_task(service.latest("d1"))  # left pending on purpose
+    old.run_until_complete(asyncio.sleep(0.01))  # the flight is open, its read asleep
+    old.close()  # and never finishes
+    assert not flight.done()
+    reader.delay = 0
+    assert asyncio.run(asyncio.wait_for(service.latest("d1"), 2)).outcome == "miss"

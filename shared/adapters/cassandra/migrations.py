@@ -77,6 +77,19 @@ MIGRATIONS: tuple[Migration, ...] = (
 )""",
         ),
     ),
+    Migration(
+        2,
+        "ingest audit: the runs of Event Hubs sequence numbers ingest accounted for, by partition and block",
+        (
+            # One partition per Event Hubs partition and block of 10,000 sequence numbers, so an audit reads a
+            # range in a few partitions and a partition stays small (see shared/adapters/cassandra/audit.py).
+            """CREATE TABLE IF NOT EXISTS {ks}.ingest_audit (
+    eh_partition text, block bigint, first_sequence bigint, last_sequence bigint,
+    stored int, dead_lettered int, duplicate int, recorded_at timestamp,
+    PRIMARY KEY ((eh_partition, block), first_sequence)
+)""",
+        ),
+    ),
 )
 
 

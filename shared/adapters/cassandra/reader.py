@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from cassandra.cluster import Session
+from cassandra.cluster import ResponseFuture, Session
 
 from shared.adapters.cassandra.query import CASSANDRA_ERRORS, Queries, describe
 from shared.domain.stored import StoredEvent
@@ -34,6 +34,9 @@ EVENT_SELECT = (
 _STATEMENTS = {
     "latest": f"SELECT {EVENT_SELECT} FROM {{ks}}.device_latest WHERE device_id = ?",
     "event": f"SELECT {EVENT_SELECT} FROM {{ks}}.events_by_id WHERE event_id = ?",
+    # Many partitions in one request: the asyncio reader coalesces concurrent point reads (aio.py).
+    "latest_in": f"SELECT {EVENT_SELECT} FROM {{ks}}.device_latest WHERE device_id IN ?",
+    "event_in": f"SELECT {EVENT_SELECT} FROM {{ks}}.events_by_id WHERE event_id IN ?",
     "critical": f"SELECT {EVENT_SELECT} FROM {{ks}}.critical_events_by_device WHERE device_id = ? LIMIT ?",
     "critical_since": (
         f"SELECT {EVENT_SELECT} FROM {{ks}}.critical_events_by_device WHERE device_id = ? AND event_time >= ? LIMIT ?"
@@ -73,6 +76,11 @@ class CassandraEventReader:
 
     def _rows(self, name: str, params: tuple[Any, ...], what: str, *, timeout: float | None = None) -> list[Any]:
         return self._queries.rows(name, params, what, timeout=timeout)
+
+    def start(self, name: str, params: tuple[Any, ...], *, timeout: float | None = None) -> ResponseFuture:
+        """Send one of the reads without waiting (``aio.py`` awaits it on an event loop); raises driver errors."""
+        queries = self._queries
+        return queries.session().execute_async(queries.statement(name), params, timeout=timeout or queries.timeout)
 
     def latest(self, device_id: str) -> StoredEvent | None:
         rows = self._rows("latest", (device_id,), f"the latest state of device {device_id!r}")

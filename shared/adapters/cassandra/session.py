@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from typing import Any
 
 from cassandra import AuthenticationFailed, ConsistencyLevel
 from cassandra.auth import AuthProvider, PlainTextAuthenticator, PlainTextAuthProvider
@@ -29,7 +30,7 @@ from shared.settings import CassandraSettings
 logger = logging.getLogger(__name__)
 
 
-class SecretAuthProvider(AuthProvider):
+class SecretAuthProvider(AuthProvider):  # type: ignore[misc]  # cassandra-driver has no type hints: Any
     """PasswordAuthenticator log-ins with the current value of a secret.
 
     The driver gives up on a host for good after one refused log-in (its reconnection
@@ -58,7 +59,7 @@ def build_cluster(settings: CassandraSettings, password: str | RotatingSecret | 
         consistency_level=ConsistencyLevel.name_to_value[settings.consistency],
         request_timeout=settings.request_timeout_seconds,
     )
-    options: dict = {
+    options: dict[str, Any] = {
         "contact_points": settings.hosts,
         "port": settings.port,
         "execution_profiles": {EXEC_PROFILE_DEFAULT: profile},

@@ -70,7 +70,7 @@ class RedisConnection:
         self._options: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout,
                                          **options}
         if isinstance(password, RotatingSecret):
-            self.url, username = _without_username(url)
+            self.url, username = without_username(url)
             self._options["credential_provider"] = SecretCredentials(username, password)
         else:
             self._options["password"] = password
@@ -177,7 +177,7 @@ class SecretCredentials(CredentialProvider):
             connection.on_connect()  # type: ignore[no-untyped-call]  # a refused AUTH leaves the socket open, not logged in
 
 
-def _without_username(url: str) -> tuple[str, str | None]:
+def without_username(url: str) -> tuple[str, str | None]:
     """The URL without its user info, and the user name in it (redis-py refuses both a user and a provider)."""
     parts = urlsplit(url)
     if "@" not in parts.netloc:

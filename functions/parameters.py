@@ -1,0 +1,67 @@
+"""HTTP parameter parsing shared by the HTTP triggers: each parser names the parameter it rejects.
+
+A bad value raises :class:`BadParameter` (HTTP 400, the body names ``parameter``);
+the parsers return the typed value the services take.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+
+from shared.exceptions import PermanentError
+
+MAX_LIMIT = 1000
+
+
+class BadParameter(PermanentError):
+    """A request parameter is invalid; ``parameter`` names it (HTTP 400)."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(f"{parameter}: {message}")
+        self.parameter = parameter
+        self.detail = message
+
+
+# docs/events.md: a device id is 1-128 characters of A-Z a-z 0-9 . _ : -
+_DEVICE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
+_LIMIT = re.compile(r"[0-9]{1,9}")
+_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def parse_device_id(value: str | None, parameter: str = "device_id") -> str:
+    if value is None or not _DEVICE_ID.fullmatch(value):
+        raise BadParameter(parameter, f"must be 1-128 characters of A-Z a-z 0-9 . _ : -, got {value!r}")
+    return value
+
+
+def parse_event_id(value: str | None) -> uuid.UUID:
+    if value is None or not _UUID.fullmatch(value):
+        raise BadParameter("event_id", f"must be a UUID such as 1b4e28ba-2fa1-11d2-883f-0016d3cca427, got {value!r}")
+    return uuid.UUID(value)
+
+
+def parse_limit(value: str | None, default: int, parameter: str = "limit") -> int:
+    if value is None or value == "":
+        return default
+    if not _LIMIT.fullmatch(value) or not 1 <= int(value) <= MAX_LIMIT:
+        raise BadParameter(parameter, f"must be an integer from 1 to {MAX_LIMIT}, got {value!r}")
+    return int(value)
+
+
+def parse_since(value: str | None, parameter: str = "since") -> datetime | None:
+    """An RFC 3339 time with an offset (``None`` when absent); fractions beyond microseconds are cut."""
+    if value is None or value == "":
+        return None
+    problem = f"must be an RFC 3339 time with an offset, e.g. 2026-11-23T09:30:00Z; got {value!r}"
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        raise BadParameter(parameter, problem)
+    day, clock, fraction, offset = match.groups()
+    micros = f".{fraction[:6].ljust(6, '0')}" if fraction else ""  # Python parses at most microseconds
+    try:
+        return datetime.fromisoformat(f"{day}T{clock}{micros}{offset.upper()}")
+    except ValueError:  # e.g. 2026-02-30
+        raise BadParameter(parameter, problem) from None

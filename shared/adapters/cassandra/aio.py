@@ -1,0 +1,181 @@
+"""The cassandra-driver's requests awaited on an asyncio event loop, and the lookups' reads done that way.
+
+The driver completes a request on its own I/O thread and calls the callbacks
+given to ``ResponseFuture.add_callbacks`` there. :func:`rows` hands that outcome
+to the event loop with ``loop.call_soon_threadsafe``, so a coroutine awaits a
+Cassandra read without a thread of its own. The driver enforces the request's
+timeout (its ``OperationTimedOut`` arrives through the error callback); a
+cancelled waiter leaves the request to finish or time out in the driver.
+
+:class:`CassandraAsyncEventReader` serves the lookups (``AsyncEventReader``)
+with the statements of a :class:`CassandraEventReader`; its first read connects
+and prepares on a worker thread, since that blocks. Point reads by partition key
+(latest state, event by id): an idle reader sends one at once; while reads are
+in flight, those asked for in one turn of the event loop go out together as one
+``SELECT ... WHERE key IN ?`` (at most ``batch_keys`` keys; one key alone is the
+plain point read). Under load many misses arrive in one turn and cost the driver
+one request instead of many (the driver's own work per request is what limits a
+busy worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Hashable
+from datetime import UTC, datetime
+from typing import Any
+
+from cassandra.cluster import ResponseFuture
+
+from shared.adapters.cassandra.query import CASSANDRA_ERRORS, unavailable
+from shared.adapters.cassandra.reader import HEALTH_PROBE_DEVICE, CassandraEventReader, stored_event
+from shared.domain.stored import StoredEvent
+from shared.exceptions import DependencyUnavailable
+
+
+def _settle(waiter: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if waiter.done():  # the awaiting task was cancelled meanwhile
+        return
+    if error is not None:
+        waiter.set_exception(error)
+    else:
+        waiter.set_result(value)
+
+
+def rows(future: ResponseFuture) -> asyncio.Future[list[Any]]:
+    """The first page of rows of a request sent with ``execute_async``, as an asyncio future of the running loop.
+
+    One page is the whole answer for the point reads and ``LIMIT``-ed reads this
+    serves (their limits are below the driver's fetch size).
+    """
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[list[Any]] = loop.create_future()
+    future.add_callbacks(lambda result: loop.call_soon_threadsafe(_settle, waiter, result, None),
+                         lambda error: loop.call_soon_threadsafe(_settle, waiter, None, error))
+    return waiter
+
+
+class _Coalesced:
+    """Point reads of one table by its partition key; the keys asked for in one loop turn share one request."""
+
+    def __init__(self, owner: CassandraAsyncEventReader, single: str, many: str, key_of: Callable[[Any], Hashable],
+                 what: Callable[[Any], str], batch_keys: int) -> None:
+        self._owner, self._single, self._many = owner, single, many
+        self._key_of, self._what, self._batch_keys = key_of, what, batch_keys
+        self._pending: dict[Hashable, list[asyncio.Future[Any]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def get(self, key: Hashable) -> Any | None:
+        """The row of ``key`` (``None``: no such partition); ``DependencyUnavailable`` naming ``key`` on failure."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (tests): nothing of the old one's state applies
+            self._loop, self._pending, self._in_flight = loop, {}, 0
+        if not self._in_flight and not self._pending:  # idle: the point read, at once
+            self._in_flight += 1
+            try:
+                found = await self._owner.rows(self._single, (key,))
+            except CASSANDRA_ERRORS as exc:
+                raise unavailable(f"reading {self._what(key)}", exc) from exc
+            finally:
+                self._in_flight -= 1
+            return found[0] if found else None
+        waiter = loop.create_future()
+        waiters = self._pending.get(key)
+        if waiters is not None:
+            waiters.append(waiter)
+        else:
+            if not self._pending:  # the task's first step runs after this turn's other callbacks: it reads them all
+                self._track(loop.create_task(self._read_pending()))
+            self._pending[key] = [waiter]
+        return await waiter
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _read_pending(self) -> None:
+        pending, self._pending = self._pending, {}
+        keys = list(pending)
+        batches = [{key: pending[key] for key in keys[first:first + self._batch_keys]}
+                   for first in range(0, len(keys), self._batch_keys)]
+        for batch in batches[1:]:
+            self._track(asyncio.create_task(self._read(batch)))
+        await self._read(batches[0])
+
+    async def _read(self, batch: dict[Hashable, list[asyncio.Future[Any]]]) -> None:
+        keys = list(batch)
+        self._in_flight += 1
+        try:
+            if len(keys) == 1:
+                found = await self._owner.rows(self._single, (keys[0],))
+            else:
+                found = await self._owner.rows(self._many, (keys,))
+        except CASSANDRA_ERRORS as exc:
+            for key, waiters in batch.items():
+                error = unavailable(f"reading {self._what(key)}", exc)
+                for waiter in waiters:
+                    _settle(waiter, None, error)
+            return
+        except BaseException as exc:  # a bug, or cancellation: never leave a waiter hanging
+            for waiters in batch.values():
+                for waiter in waiters:
+                    _settle(waiter, None, exc if isinstance(exc, Exception) else DependencyUnavailable(
+                        "cassandra", "the read was cancelled"))
+            raise
+        finally:
+            self._in_flight -= 1
+        by_key = {self._key_of(row): row for row in found}
+        for key, waiters in batch.items():
+            for waiter in waiters:
+                _settle(waiter, by_key.get(key), None)
+
+
+class CassandraAsyncEventReader:
+    """Implements ``shared.ports.event_reader.AsyncEventReader`` over a ``CassandraEventReader``'s statements."""
+
+    def __init__(self, reader: CassandraEventReader, *, batch_keys: int = 32) -> None:
+        self._reader = reader
+        self._started = False
+        self._latest = _Coalesced(self, "latest", "latest_in", lambda row: row.device_id,
+                                  lambda device_id: f"the latest state of device {device_id!r}", batch_keys)
+        self._events = _Coalesced(
+            self, "event", "event_in", lambda row: row.event_id, lambda event_id: f"event {event_id}", batch_keys
+        )
+
+    async def rows(self, name: str, params: tuple[Any, ...], *, timeout: float | None = None) -> list[Any]:
+        """The rows of one of the reader's statements; raises the driver's errors."""
+        if self._started:
+            future = self._reader.start(name, params, timeout=timeout)
+        else:  # connecting and preparing block: not on the event loop
+            future = await asyncio.to_thread(self._reader.start, name, params, timeout=timeout)
+            self._started = True
+        return list(await rows(future))
+
+    async def _rows(self, name: str, params: tuple[Any, ...], what: str, *, timeout: float | None = None) -> list[Any]:
+        try:
+            return await self.rows(name, params, timeout=timeout)
+        except CASSANDRA_ERRORS as exc:
+            raise unavailable(f"reading {what}", exc) from exc
+
+    async def latest(self, device_id: str) -> StoredEvent | None:
+        row = await self._latest.get(device_id)
+        return stored_event(row) if row is not None and row.event_id is not None else None
+
+    async def event(self, event_id: uuid.UUID) -> StoredEvent | None:
+        row = await self._events.get(event_id)
+        return stored_event(row) if row is not None else None
+
+    async def critical(self, device_id: str, *, since: datetime | None, limit: int) -> list[StoredEvent]:
+        what = f"the critical events of device {device_id!r}"
+        if since is None:
+            found = await self._rows("critical", (device_id, limit), what)
+        else:
+            found = await self._rows("critical_since", (device_id, since.astimezone(UTC), limit), what)
+        return [stored_event(row) for row in found]
+
+    async def ping(self, timeout: float | None = None) -> None:
+        # The lookups' own point read for a device that cannot exist (see CassandraEventReader.ping).
+        await self._rows("latest", (HEALTH_PROBE_DEVICE,), "the health probe's point read", timeout=timeout)

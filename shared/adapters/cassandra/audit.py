@@ -1,0 +1,93 @@
+"""``CassandraAuditLedger``: the runs of sequence numbers ingest accounted for, in ``ingest_audit``.
+
+Rows are keyed ``((eh_partition, block), first_sequence)`` with ``block =
+first_sequence // BLOCK``; a run that crosses a block boundary is cut there, so
+every row lies inside its block. One Event Hubs batch is one run, so one row (two
+at a boundary): the ledger costs a row per batch, not per event. Writing the same
+run again (a retried batch) overwrites the same row. An audit of a range reads
+the blocks it covers, one Cassandra partition each, never a scan.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+
+from cassandra.cluster import Session
+from cassandra.concurrent import execute_concurrent
+from cassandra.query import PreparedStatement
+
+from shared.exceptions import DependencyUnavailable, TransientError
+from shared.lazy import Once
+from shared.ports.audit import AuditRun
+
+logger = logging.getLogger(__name__)
+
+BLOCK = 10_000
+
+
+def split_at_blocks(run: AuditRun) -> list[AuditRun]:
+    """``run`` cut at multiples of ``BLOCK`` (the counts stay on the first piece: they describe the whole run)."""
+    pieces = []
+    start = run.first
+    while start <= run.last:
+        end = min(run.last, (start // BLOCK + 1) * BLOCK - 1)
+        pieces.append(AuditRun(run.partition, start, end, *((run.stored, run.dead_lettered, run.duplicate)
+                                                             if start == run.first else (0, 0, 0))))
+        start = end + 1
+    return pieces
+
+
+class CassandraAuditLedger:
+    """Implements ``shared.ports.audit.AuditLedger`` on Cassandra / Cosmos DB."""
+
+    def __init__(self, session: Session | Callable[[], Session], keyspace: str, *, concurrency: int = 16,
+                 timeout: float = 10.0) -> None:
+        # A callable is called on first use (bootstrap's lazy session), inside ``record``, where a failure to
+        # connect is a failed write the ingest service retries or dead-letters.
+        self._session_of = session if callable(session) else (lambda: session)
+        self._keyspace = keyspace
+        self._concurrency = concurrency
+        self._timeout = timeout
+        self._statements = Once(self._prepare)
+
+    @property
+    def _session(self) -> Session:
+        return self._session_of()
+
+    def _prepare(self) -> tuple[PreparedStatement, PreparedStatement]:
+        ks = self._keyspace
+        insert = self._session.prepare(
+            f"INSERT INTO {ks}.ingest_audit (eh_partition, block, first_sequence, last_sequence, stored, "
+            "dead_lettered, duplicate, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+        insert.is_idempotent = True
+        select = self._session.prepare(f"SELECT first_sequence, last_sequence FROM {ks}.ingest_audit "
+                                       "WHERE eh_partition = ? AND block = ? AND first_sequence <= ?")
+        return insert, select
+
+    def record(self, runs: Sequence[AuditRun]) -> None:
+        if not runs:
+            return
+        insert, _ = self._statements.get()
+        now = datetime.now(UTC)
+        work = [(insert, (p.partition, p.first // BLOCK, p.first, p.last, p.stored, p.dead_lettered, p.duplicate, now))
+                for run in runs for p in split_at_blocks(run)]
+        results = execute_concurrent(self._session, work, concurrency=self._concurrency, raise_on_first_error=False)
+        failures = [result for ok, result in results if not ok]
+        if failures:
+            raise TransientError(f"{len(failures)} of {len(work)} audit writes failed (first: "
+                                 f"{type(failures[0]).__name__}: {failures[0]}); runs: "
+                                 f"{[(r.partition, r.first, r.last) for r in runs[:10]]}")
+
+    def accounted(self, partition: str, first: int, last: int) -> Iterator[tuple[int, int]]:
+        _, select = self._statements.get()
+        for block in range(first // BLOCK, last // BLOCK + 1):
+            try:
+                rows = self._session.execute(select, (partition, block, last), timeout=self._timeout)
+                for row in rows:
+                    if row.last_sequence >= first:
+                        yield row.first_sequence, row.last_sequence
+            except Exception as exc:  # the driver's errors have no common base beyond Exception
+                raise DependencyUnavailable("Cassandra", f"cannot read the ingest audit of partition {partition}, "
+                                            f"block {block}: {type(exc).__name__}: {exc}") from exc

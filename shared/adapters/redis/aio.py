@@ -1,0 +1,354 @@
+"""The lookups' Redis on an asyncio event loop: ``AsyncRedisConnection`` and ``AsyncRedisLookupCache``.
+
+``redis.asyncio`` (replies parsed by hiredis when installed) keeps its sockets on
+the event loop that opened them, so :class:`AsyncRedisConnection` holds one
+client per loop: the worker's single loop in production; a test or benchmark
+that runs a new loop gets a new client. ``cluster`` is decided as in
+``client.py`` (``True``, ``False``, or ``None``: ask the server), and a cluster
+client re-reads its slot map after a connection failure, so a promoted replica
+is found. Nothing connects before the first use.
+
+:class:`AsyncRedisLookupCache` implements ``LookupCache`` with the same key
+layout, scripts and commands as the blocking ``RedisLookupCache``; a hit is one
+``HMGET``. While commands are in flight, the single-slot commands (``HMGET``,
+the fill scripts) asked for in one turn of the event loop go out as one pipeline
+(per node on a cluster), so concurrent lookups share round trips and socket
+calls instead of each paying for its own; an idle worker sends a command at once.
+The generation pointer is read at most once per ``generation_cache_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterDownError, NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.adapters.redis.base import Command
+from shared.adapters.redis.client import REDIS_ERRORS, SecretCredentials, failed, without_username
+from shared.adapters.redis.generations import generation_prefix
+from shared.adapters.redis.keys import Keys, check_prefix
+from shared.adapters.redis.lookup_cache import Script, cached, critical_fill, event_fill, latest_fill
+from shared.adapters.redis.scripts import scripts
+from shared.adapters.secrets import RotatingSecret
+from shared.domain.stored import StoredEvent
+from shared.exceptions import DependencyUnavailable
+from shared.ports.cache import Cached
+
+logger = logging.getLogger(__name__)
+
+AsyncClient = aioredis.Redis | RedisCluster
+_RECONNECTING = (RedisConnectionError, RedisTimeoutError, ClusterDownError)
+
+
+class AsyncRedisConnection:
+    """The ``redis.asyncio`` client of one Redis URL for the running event loop, built on first use."""
+
+    def __init__(self, url: str, *, password: str | RotatingSecret | None = None, cluster: bool | None = None,
+                 socket_timeout: float = 2.0, **options: Any) -> None:
+        self.url = url
+        self._options: dict[str, Any] = {"socket_timeout": socket_timeout,
+                                         "socket_connect_timeout": socket_timeout, **options}
+        if isinstance(password, RotatingSecret):
+            # No log-in hook in redis.asyncio: the secret is re-read (rate-limited) before each new connection,
+            # so connections opened after a rotation use the new value; a refused one bypasses to Cassandra.
+            self.url, username = without_username(url)
+            self._options["credential_provider"] = SecretCredentials(username, password, refresh_each=True)
+        else:
+            self._options["password"] = password
+        self._cluster = cluster
+        self._client: AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._given = False
+
+    @classmethod
+    def of(cls, client: AsyncClient) -> AsyncRedisConnection:
+        """Wrap a client built elsewhere (benchmarks, tests); it is used on whichever loop calls it."""
+        connection = cls("redis://")
+        connection._client, connection._given = client, True
+        connection._cluster = isinstance(client, RedisCluster)
+        return connection
+
+    async def client(self) -> AsyncClient:
+        client = self._client
+        if client is not None and (self._given or self._loop is asyncio.get_running_loop()):
+            return client
+        try:
+            return await self._build()
+        except REDIS_ERRORS as exc:
+            raise failed(f"connecting to {self._where()}", exc) from exc
+
+    async def _build(self) -> AsyncClient:
+        loop = asyncio.get_running_loop()
+        cluster = self._cluster
+        if cluster is None:
+            probe = aioredis.Redis.from_url(self.url, **self._options)
+            try:
+                cluster = bool((await probe.info("cluster")).get("cluster_enabled"))
+            finally:
+                await probe.aclose()
+            logger.info("Redis at %s is %s", self._where(), "a cluster" if cluster else "a single node")
+            self._cluster = cluster
+        if self._client is not None and self._loop is loop:  # built by a concurrent first use
+            return self._client
+        self._discard()
+        if cluster:
+            # Few, short retries, as client.py explains: the lookups bypass the cache instead of stalling.
+            client: AsyncClient = RedisCluster.from_url(
+                self.url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2), **self._options
+            )
+        else:
+            client = aioredis.Redis.from_url(self.url, health_check_interval=30, **self._options)
+        self._client, self._loop = client, loop
+        return client
+
+    async def failed(self, exc: BaseException) -> None:
+        """After a connection failure on a cluster: re-read the slot map (best effort, see ``client.py``)."""
+        client = self._client
+        if isinstance(client, RedisCluster) and isinstance(exc, _RECONNECTING):
+            try:
+                await client.nodes_manager.initialize()
+            except REDIS_ERRORS:
+                logger.info("Redis Cluster slot map not refreshed yet", exc_info=True)
+
+    def _discard(self) -> None:
+        """Drop the client of another loop, closing it on that loop if it still runs."""
+        client, loop = self._client, self._loop
+        self._client = self._loop = None
+        if client is not None and not self._given and loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(lambda: loop.create_task(client.aclose()))
+
+    def close(self) -> None:
+        """Forget the client (closed on its own loop when that still runs); callable from any thread."""
+        self._discard()
+
+    def _where(self) -> str:
+        return self.url.rsplit("@", 1)[-1]
+
+
+class _AutoPipeline:
+    """Commands sent at once while idle; while others are in flight, those of one loop turn go as one pipeline.
+
+    A lone command (nothing pending, nothing in flight) is sent directly, with no
+    extra task or loop turn. Otherwise it waits for the end of the current turn,
+    where every command asked for meanwhile goes out in one pipeline (at most
+    ``batch``), so a busy worker pays one round trip and one socket write for many.
+    """
+
+    def __init__(self, connection: AsyncRedisConnection, batch: int = 64) -> None:
+        self._connection = connection
+        self._batch = batch
+        self._pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def call(self, *command: Any) -> Any:
+        """The command's reply; raises what redis-py raised for this command or for the whole pipeline."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (tests): nothing of the old one's state applies
+            self._loop, self._pending, self._in_flight = loop, [], 0
+        if not self._in_flight and not self._pending:
+            self._in_flight += 1
+            try:
+                client = await self._connection.client()
+                return await client.execute_command(*command)
+            finally:
+                self._in_flight -= 1
+        waiter = loop.create_future()
+        if not self._pending:  # the task's first step runs after this turn's other callbacks: it sends them all
+            self._track(loop.create_task(self._send_pending()))
+        self._pending.append((command, waiter))
+        return await waiter
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for first in range(self._batch, len(pending), self._batch):
+            self._track(asyncio.create_task(self._send(pending[first : first + self._batch])))
+        await self._send(pending[: self._batch])
+
+    async def _send(self, pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        self._in_flight += 1
+        try:
+            client = await self._connection.client()
+            if len(pending) == 1:
+                answers: list[Any] = [await client.execute_command(*pending[0][0])]
+            else:
+                pipe = client.pipeline(transaction=False) if isinstance(client, aioredis.Redis) else client.pipeline()
+                for command, _ in pending:
+                    pipe.execute_command(*command)
+                answers = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:  # the waiters map it; a cancellation must not leave them hanging
+            for _, waiter in pending:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        finally:
+            self._in_flight -= 1
+        for (_, waiter), answer in zip(pending, answers, strict=True):
+            if waiter.done():
+                continue
+            if isinstance(answer, Exception):
+                waiter.set_exception(answer)
+            else:
+                waiter.set_result(answer)
+
+
+class AsyncRedisLookupCache:
+    """Implements ``LookupCache`` (``shared.ports.cache``) with ``redis.asyncio``."""
+
+    def __init__(
+        self,
+        connection: AsyncRedisConnection | AsyncClient,
+        *,
+        key_prefix: str = "sluice:",
+        critical_per_device_max: int = 100,
+        stream_shards: int = 8,
+        generation_cache_seconds: float = 1.0,
+    ) -> None:
+        self._connection = (
+            connection if isinstance(connection, AsyncRedisConnection) else AsyncRedisConnection.of(connection)
+        )
+        self.key_prefix = check_prefix(key_prefix)
+        self.stream_shards = stream_shards
+        self.critical_cap = critical_per_device_max
+        self._pointer_key = f"{key_prefix}generation"
+        self._cache_seconds = generation_cache_seconds
+        self._generations: dict[int, Keys] = {}
+        self._live: tuple[float, Keys] | None = None
+        self._commands = _AutoPipeline(self._connection)
+        self._scripts = scripts()
+        self.sha = {name: script.sha for name, script in self._scripts.items()}
+        self._keys_of(0)  # validates the shard count now
+
+    @property
+    def connection(self) -> AsyncRedisConnection:
+        return self._connection
+
+    def _keys_of(self, generation: int) -> Keys:
+        keys = self._generations.get(generation)
+        if keys is None:
+            keys = Keys(generation_prefix(self.key_prefix, generation), self.stream_shards)
+            self._generations[generation] = keys
+        return keys
+
+    async def keys(self) -> Keys:
+        """The keys of the live generation (the pointer read at most once per ``generation_cache_seconds``)."""
+        live = self._live
+        if live is not None and time.monotonic() - live[0] < self._cache_seconds:
+            return live[1]
+        try:
+            (generation,) = await self._commands.call("HMGET", self._pointer_key, "live")
+        except DependencyUnavailable:  # connecting failed (already mapped)
+            raise
+        except REDIS_ERRORS as exc:
+            await self._connection.failed(exc)
+            raise failed("reading the generation pointer", exc) from exc
+        keys = self._keys_of(int(generation) if generation else 0)
+        self._live = (time.monotonic(), keys)
+        return keys
+
+    async def _hash_doc(self, key: str, what: str) -> Cached | None:
+        try:
+            document, marker = await self._commands.call("HMGET", key, "d", "k")
+        except DependencyUnavailable:  # connecting failed (already mapped)
+            raise
+        except REDIS_ERRORS as exc:
+            await self._connection.failed(exc)
+            raise failed(f"reading {what}", exc) from exc
+        return cached(document, marker)
+
+    async def _load_scripts(self, client: AsyncClient) -> None:
+        for name, script in self._scripts.items():  # a cluster loads each on every master
+            loaded = await client.script_load(script.body)
+            if loaded != script.sha:
+                raise RuntimeError(f"Redis returned SHA {loaded} for script {name}, expected {script.sha}")
+
+    async def _eval(self, script: Script, what: str) -> Any:
+        name, keys, args = script
+        sha = self.sha[name]
+        try:
+            try:
+                return await self._commands.call("EVALSHA", sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await self._load_scripts(await self._connection.client())
+                return await self._commands.call("EVALSHA", sha, len(keys), *keys, *args)
+        except DependencyUnavailable:  # connecting failed (already mapped)
+            raise
+        except REDIS_ERRORS as exc:
+            await self._connection.failed(exc)
+            raise failed(what, exc) from exc
+
+    async def _pipeline(self, commands: Sequence[Command], what: str) -> list[Any]:
+        """``EVALSHA`` commands in one pipeline (per node on a cluster); after ``NOSCRIPT`` all are sent again."""
+        try:
+            client = await self._connection.client()
+            try:
+                return await self._send(client, commands)
+            except NoScriptError:
+                await self._load_scripts(client)
+                return await self._send(client, commands)
+        except REDIS_ERRORS as exc:
+            await self._connection.failed(exc)
+            raise failed(what, exc) from exc
+
+    @staticmethod
+    async def _send(client: AsyncClient, commands: Sequence[Command]) -> list[Any]:
+        pipe = client.pipeline(transaction=False) if isinstance(client, aioredis.Redis) else client.pipeline()
+        for args in commands:
+            pipe.execute_command("EVALSHA", *args)  # type: ignore[arg-type]  # Command holds str and int values
+        return await pipe.execute(raise_on_error=True)
+
+    async def get_latest(self, device_id: str) -> Cached | None:
+        keys = await self.keys()
+        return await self._hash_doc(keys.latest(device_id), f"the latest state of device {device_id!r}")
+
+    async def fill_latest(self, device_id: str, event: StoredEvent | None, ttl: int, negative_ttl: int) -> None:
+        script = latest_fill(await self.keys(), device_id, event, ttl, negative_ttl)
+        await self._eval(script, f"caching the latest state of device {device_id!r}")
+
+    async def get_event(self, event_id: str) -> Cached | None:
+        keys = await self.keys()
+        return await self._hash_doc(keys.event(event_id), f"event {event_id}")
+
+    async def fill_event(self, event_id: str, event: StoredEvent | None, ttl: int, negative_ttl: int) -> None:
+        await self._eval(event_fill(await self.keys(), event_id, event, ttl, negative_ttl), f"caching event {event_id}")
+
+    async def get_critical(self, device_id: str, since_ms: int, limit: int) -> list[str] | None:
+        keys = await self.keys()
+        docs = await self._eval(
+            ("get_critical", [keys.critical(device_id)], [since_ms, limit]),
+            f"reading the critical events of device {device_id!r}",
+        )
+        return None if docs is None else [doc.decode() for doc in docs]
+
+    async def fill_critical(
+        self, device_id: str, events: Sequence[StoredEvent], covers_since_ms: int, ttl: int
+    ) -> None:
+        commands = critical_fill(
+            await self.keys(), self.sha, device_id, events, covers_since_ms, ttl, self.critical_cap
+        )
+        await self._pipeline(commands, f"caching the critical events of device {device_id!r}")
+
+    async def ping(self) -> None:
+        try:
+            client = await self._connection.client()
+            await client.ping()
+        except REDIS_ERRORS as exc:
+            await self._connection.failed(exc)
+            raise failed("PING", exc) from exc

@@ -1,0 +1,135 @@
+"""The zero-loss audit: sequence numbers the host checkpointed past that were neither stored nor dead-lettered.
+
+Per partition, the range audited runs from a start (the first sequence number
+enqueued at or after ``since``, an explicit sequence number, or ``window``
+numbers below the checkpoint) to the checkpoint itself: the checkpoint is the
+last record the host handed to ingest, and the host only checkpoints after the
+invocation returned, by when ingest has recorded every record's outcome. Records
+past the checkpoint are still in flight and are not gaps. Records below the
+partition's ``beginning_sequence_number`` have expired from the hub; they are
+audited only when asked for explicitly (``since`` or a start sequence).
+
+The ledger is read per partition and per range (:class:`AuditLedger.accounted`),
+so the cost is the size of the range, never of the table. A range longer than
+``max_span`` is refused with a message rather than read.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from shared.exceptions import ConfigurationError
+from shared.ports.audit import AuditLedger, DeadLetteredBatches, SequenceAtTime
+from shared.ports.lag import PartitionLagReader
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_SPAN = 5_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionAudit:
+    """One partition's audited range (``first > last``: nothing to audit) and the gaps in it, as inclusive ranges."""
+
+    partition: str
+    first: int
+    last: int
+    gaps: tuple[tuple[int, int], ...] = ()
+    letters: tuple[tuple[int, int, str], ...] = ()
+    """Batch letters that account for sequence numbers the ledger lacks (not gaps: they were dead-lettered)."""
+
+    @property
+    def missing(self) -> int:
+        return sum(end - start + 1 for start, end in self.gaps)
+
+    @property
+    def audited(self) -> int:
+        return max(0, self.last - self.first + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    partitions: tuple[PartitionAudit, ...]
+
+    @property
+    def missing(self) -> int:
+        return sum(p.missing for p in self.partitions)
+
+
+def gaps_in(first: int, last: int, runs: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """The parts of ``first..last`` no run covers, as inclusive ``(start, end)`` pairs."""
+    out: list[tuple[int, int]] = []
+    covered_to = first - 1  # everything up to here is covered (or outside the range)
+    for start, end in sorted(runs):
+        if end <= covered_to:
+            continue
+        if start > covered_to + 1:
+            out.append((covered_to + 1, min(start - 1, last)))
+        covered_to = max(covered_to, end)
+        if covered_to >= last:
+            break
+    if covered_to < last:
+        out.append((covered_to + 1, last))
+    return tuple((s, e) for s, e in out if s <= e and s <= last)
+
+
+class AuditService:
+    def __init__(self, ledger: AuditLedger, positions: PartitionLagReader, clock: SequenceAtTime | None = None, *,
+                 letters: DeadLetteredBatches | None = None, max_span: int = DEFAULT_MAX_SPAN) -> None:
+        self._ledger = ledger
+        self._positions = positions
+        self._clock = clock
+        self._letters = letters
+        self._max_span = max_span
+
+    def audit(self, *, since: datetime | None = None, from_sequence: int | None = None,
+              window: int | None = None) -> AuditReport:
+        """Audit every partition up to its checkpoint, from ``since``, ``from_sequence`` or ``window`` below it.
+
+        Exactly one start must be given. Raises ``DependencyUnavailable`` when the
+        hub, the checkpoints or the ledger cannot be read.
+        """
+        if sum(x is not None for x in (since, from_sequence, window)) != 1:
+            raise ConfigurationError("give exactly one of since, from_sequence or window to audit")
+        if since is not None and self._clock is None:
+            raise ConfigurationError("auditing from a time needs the hub to find the sequence number at that time")
+        out = []
+        for p in self._positions.read().partitions:
+            checkpoint = p.checkpoint_sequence_number
+            if checkpoint is None:  # nothing checkpointed past yet
+                out.append(PartitionAudit(p.partition_id, 0, -1))
+                continue
+            if since is not None:
+                assert self._clock is not None
+                found = self._clock.first_at(p.partition_id, since)
+                first = p.last_enqueued_sequence_number + 1 if found is None else found
+            elif from_sequence is not None:
+                first = from_sequence
+            else:
+                assert window is not None
+                first = max(p.beginning_sequence_number, checkpoint - window + 1)
+            out.append(self._audit_range(p.partition_id, max(first, 0), checkpoint))
+        return AuditReport(tuple(out))
+
+    def _audit_range(self, partition: str, first: int, last: int) -> PartitionAudit:
+        if last < first:
+            return PartitionAudit(partition, first, last)
+        if last - first + 1 > self._max_span:
+            raise ConfigurationError(
+                f"partition {partition}: auditing {last - first + 1} sequence numbers ({first}..{last}) is more than "
+                f"the {self._max_span} allowed in one run; audit a later start")
+        gaps = gaps_in(first, last, self._ledger.accounted(partition, first, last))
+        letters: tuple[tuple[int, int, str], ...] = ()
+        if gaps and self._letters is not None:
+            # A batch dead-lettered while the store (and so the ledger) was down has a letter and no run: it was
+            # dead-lettered, not lost. The letters are read only when there is a gap.
+            letters = tuple(sorted(b for b in self._letters.batches(partition)
+                                   if any(b[1] >= s and b[0] <= e for s, e in gaps)))
+            gaps = tuple(piece for start, end in gaps for piece in gaps_in(start, end, [(b[0], b[1]) for b in letters]))
+        if gaps:
+            logger.warning("audit: partition %s is missing %d sequence numbers in %d..%d (first gap %s)",
+                           partition, sum(e - s + 1 for s, e in gaps), first, last, gaps[0])
+        return PartitionAudit(partition, first, last, gaps, letters)

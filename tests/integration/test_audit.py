@@ -1,0 +1,261 @@
+"""The zero-loss audit through the emulators: Event Hubs, Azurite (checkpoints, dead letters) and Cassandra.
+
+Records are sent to a hub of the Event Hubs emulator (which numbers them from 0
+per partition), handed to the registered ``ingest`` function with those sequence
+numbers as the host would, and checkpointed with the SDK's ``BlobCheckpointStore``
+where the host writes checkpoints. ``python -m sluice audit`` must then find
+nothing missing, and exactly the gap a test makes on purpose: a ledger row
+deleted, or records the host checkpointed past without ever handing them over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import azure.functions as func
+import pytest
+from azure.core.exceptions import ResourceExistsError
+from azure.eventhub import EventData, EventHubProducerClient
+from azure.eventhub.extensions.checkpointstoreblob import BlobCheckpointStore
+from azure.storage.blob import BlobServiceClient
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from emulators.cassandra.faults import clear_faults, inject_faults
+from shared import bootstrap
+from shared.adapters.audit_metrics import register_audit_gauge
+from shared.adapters.cassandra.migrations import apply_migrations
+from shared.adapters.eventhub_lag import HOST_CHECKPOINT_CONTAINER, host_checkpoint_source
+from sluice.__main__ import main
+from sluice.launcher import Running
+from tests.fixtures.cassandra import start_cassandra_emulator
+from tests.fixtures.functions import HostContext, user_function
+
+pytestmark = pytest.mark.timeout(180)
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def event(device: str = "dev-1", **fields: Any) -> dict:
+    return {"event_id": str(uuid.uuid4()), "device_id": device, "event_type": "reading",
+            "timestamp": NOW.isoformat(), "measurements": {"temperature": 21.5}, **fields}
+
+
+@pytest.fixture(scope="module")
+def private_cassandra() -> Iterator[Running]:
+    """An emulator of this module's own, so armed faults never reach another test's requests."""
+    running = start_cassandra_emulator()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def stack(private_cassandra: Running, azurite_connection_string: str, isolated_eventhub: Any,
+          monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    cassandra_emulator = private_cassandra
+    keyspace = f"ks_{uuid.uuid4().hex[:12]}"
+    for name, value in {
+        "AzureWebJobsStorage": azurite_connection_string,
+        "SLUICE_STORAGE_DEADLETTER_CONTAINER": f"dl-{uuid.uuid4().hex[:12]}",
+        "SLUICE_CASSANDRA_HOSTS": cassandra_emulator.host, "SLUICE_CASSANDRA_PORT": str(cassandra_emulator.port),
+        "SLUICE_CASSANDRA_KEYSPACE": keyspace, "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "SLUICE_POSTGRES_HOST": "127.0.0.1", "EventHubConnection": isolated_eventhub.connection_string,
+        "SLUICE_INGEST_EVENTHUB_NAME": isolated_eventhub.name, "SLUICE_INGEST_CONSUMER_GROUP": "sluice",
+    }.items():
+        monkeypatch.setenv(name, value)
+    bootstrap.reset()
+    apply_migrations(bootstrap.cassandra_session(), bootstrap.settings().cassandra)
+    source = host_checkpoint_source(
+        isolated_eventhub.name,
+        "sluice",
+        connection_string=isolated_eventhub.connection_string,
+        fully_qualified_namespace=None,
+    )
+    with (
+        BlobServiceClient.from_connection_string(azurite_connection_string) as service,
+        contextlib.suppress(ResourceExistsError),
+    ):
+        service.create_container(HOST_CHECKPOINT_CONTAINER)
+    store = BlobCheckpointStore.from_connection_string(azurite_connection_string, HOST_CHECKPOINT_CONTAINER)
+
+    def checkpoint(partition: str, sequence: int) -> None:
+        store.update_checkpoint(
+            {
+                "fully_qualified_namespace": source.namespace,
+                "eventhub_name": source.eventhub,
+                "consumer_group": "sluice",
+                "partition_id": partition,
+                "sequence_number": sequence,
+                "offset": str(sequence),
+            }
+        )
+
+    producer = EventHubProducerClient.from_connection_string(
+        isolated_eventhub.connection_string, eventhub_name=isolated_eventhub.name
+    )
+    ingest_function = user_function("ingest")
+    sent: dict[str, int] = {}
+
+    def deliver(partition: str, bodies: list[bytes], *, ingest: bool = True, final: bool = False) -> None:
+        """Send ``bodies`` to ``partition``, then hand them to ingest with their sequence numbers, as the host does."""
+        batch = producer.create_batch(partition_id=partition)
+        for body in bodies:
+            batch.add(EventData(body))
+        producer.send_batch(batch)
+        first = sent.get(partition, 0)
+        sent[partition] = first + len(bodies)
+        if ingest:
+            events = [
+                func.EventHubEvent(
+                    body=body,
+                    enqueued_time=NOW + timedelta(milliseconds=first + i),
+                    sequence_number=first + i,
+                    offset=first + i,
+                    trigger_metadata={
+                        "PartitionContext": func.meta.Datum(
+                            json.dumps({"PartitionId": partition, "ConsumerGroup": "sluice"}), "json"
+                        )
+                    },
+                )
+                for i, body in enumerate(bodies)
+            ]
+            ingest_function(events, HostContext("ingest", 5 if final else 0, 5))
+
+    with producer:
+        yield {"deliver": deliver, "checkpoint": checkpoint, "keyspace": keyspace, "cassandra": cassandra_emulator}
+    clear_faults(cassandra_emulator.host, cassandra_emulator.port)
+    bootstrap.reset()
+
+
+def audit(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(["audit", *args])
+    return code, capsys.readouterr().out
+
+
+def load(stack: dict[str, Any]) -> datetime:
+    """Partition 0: 3 valid, then 1 not JSON, an event twice, an array half valid. Partition 1: 4 valid. Checkpointed.
+    """
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    valid = [event() for _ in range(3)]
+    bodies = [json.dumps(e).encode() for e in valid]
+    stack["deliver"]("0", bodies)  # sequence numbers 0..2, one run
+    twice = json.dumps(event("dev-4")).encode()
+    stack["deliver"]("0", [b"{not json", twice, twice, json.dumps([event("dev-2"), {"nope": 1}]).encode()])  # 3..6
+    stack["deliver"]("1", [json.dumps(event("dev-3")).encode() for _ in range(4)])
+    stack["checkpoint"]("0", 6)
+    stack["checkpoint"]("1", 3)
+    return since
+
+
+def test_nothing_is_missing_when_every_record_was_stored_dead_lettered_or_a_duplicate(
+    stack: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    since = load(stack)
+    runs = [
+        tuple(r)
+        for r in bootstrap.cassandra_session().execute(
+            "SELECT first_sequence, last_sequence, stored, dead_lettered, duplicate "
+            f"FROM {stack['keyspace']}.ingest_audit "
+            "WHERE eh_partition = '0' AND block = 0"
+        )
+    ]
+    # One row per batch: 3 stored; then a bad body, an event twice (an exact duplicate in its batch) and an array
+    # with one bad element.
+    assert runs == [(0, 2, 3, 0, 0), (3, 6, 2, 2, 1)]
+    code, out = audit(capsys, "--since", since.isoformat())
+    assert code == 0, out
+    assert "missing 0: the zero-loss SLO holds" in out
+    table = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] in (["0"], ["1"])}
+    assert table == {"0": ["0", "6", "7", "0"], "1": ["0", "3", "4", "0"]}
+
+
+def test_a_deleted_ledger_row_is_a_gap(stack: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    load(stack)
+    bootstrap.cassandra_session().execute(
+        f"DELETE FROM {stack['keyspace']}.ingest_audit WHERE eh_partition = '0' AND block = 0 AND first_sequence = 3"
+    )
+    code, out = audit(capsys, "--from-sequence", "0")
+    assert code == 1, out
+    assert [line for line in out.splitlines() if line.startswith("gap:")] == ["gap: partition 0 sequence 3..6"]
+    assert "missing 4:" in out
+
+
+def test_records_checkpointed_past_but_never_ingested_are_a_gap(
+    stack: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    since = load(stack)
+    # Two more records reach partition 1 and the checkpoint moves past them, but ingest never saw them.
+    stack["deliver"]("1", [json.dumps(event()).encode() for _ in range(2)], ingest=False)
+    stack["checkpoint"]("1", 5)
+    code, out = audit(capsys, "--since", since.isoformat())
+    assert code == 1, out
+    assert [line for line in out.splitlines() if line.startswith("gap:")] == ["gap: partition 1 sequence 4..5"]
+    # Records past the checkpoint are in flight, not missing.
+    stack["deliver"]("1", [json.dumps(event()).encode()], ingest=False)
+    assert audit(capsys, "--since", since.isoformat())[1].count("gap:") == 1
+
+
+def test_a_batch_dead_lettered_while_cassandra_was_down_is_accounted_by_its_letter(
+    stack: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Store and ledger both down on the final attempt: the batch letter names the run the ledger lacks."""
+    since = load(stack)
+    cassandra = stack["cassandra"]
+    inject_faults(cassandra.host, cassandra.port, error="unavailable", ratio=1.0, applies_to="writes")
+    stack["deliver"]("1", [json.dumps(event()).encode() for _ in range(3)], final=True)  # 4..6
+    clear_faults(cassandra.host, cassandra.port)
+    stack["checkpoint"]("1", 6)
+    code, out = audit(capsys, "--since", since.isoformat())
+    assert code == 0, out
+    [line] = [line for line in out.splitlines() if line.startswith("dead-lettered batch:")]
+    assert "partition 1 sequence 4..6" in line and "/p1/4-6.json" in line
+    # Without the letter, the same run is a gap.
+    stack["deliver"]("1", [json.dumps(event()).encode()], ingest=False)  # 7, never ingested
+    stack["checkpoint"]("1", 7)
+    code, out = audit(capsys, "--since", since.isoformat())
+    assert code == 1 and [line for line in out.splitlines() if line.startswith("gap:")] == [
+        "gap: partition 1 sequence 7"
+    ], out
+
+
+def test_the_worker_gauge_reports_the_missing_count_per_partition(stack: dict[str, Any]) -> None:
+    """``sluice.audit.missing`` read by the OpenTelemetry SDK's in-memory reader."""
+    load(stack)
+    reader = InMemoryMetricReader()
+    register_audit_gauge(
+        bootstrap.audit_service(), window=1000, max_age=0.0, meter_provider=MeterProvider(metric_readers=[reader])
+    )
+    assert _points(reader) == {"0": 0, "1": 0, "2": 0, "3": 0}  # 2 and 3: nothing checkpointed
+    bootstrap.cassandra_session().execute(
+        f"DELETE FROM {stack['keyspace']}.ingest_audit WHERE eh_partition = '1' AND block = 0 AND first_sequence = 0"
+    )
+    assert _points(reader) == {"0": 0, "1": 4, "2": 0, "3": 0}
+
+
+def _points(reader: InMemoryMetricReader) -> dict[str, int]:
+    data = reader.get_metrics_data()
+    return {
+        point.attributes["eventhub.partition"]: point.value
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == "sluice.audit.missing"
+        for point in metric.data.data_points
+    }
+
+
+def test_since_through_ingests_own_consumer_group_is_refused_by_name(
+    stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SLUICE_INGEST_AUDIT_CONSUMER_GROUP", "sluice")
+    bootstrap.reset()
+    assert main(["audit", "--since", "1h"]) == 2
+    assert "SLUICE_INGEST_AUDIT_CONSUMER_GROUP" in capsys.readouterr().err
+    bootstrap.reset()
+    code, out = audit(capsys, "--from-sequence", "0")  # sequence numbers need no reader
+    assert code == 0, out

@@ -1,0 +1,140 @@
+"""``AsyncRedisLookupCache`` (``redis.asyncio``) on a real single Redis and a real Redis Cluster.
+
+It must read and write exactly what the blocking adapters do (same keys, same
+scripts), survive a script flush, follow the generation pointer, and say
+``DependencyUnavailable`` when Redis is gone; on the cluster any command whose
+keys span slots fails the test (``redis_server``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import pytest
+
+from shared.adapters.redis import RedisChangeSink, RedisGenerations, RedisLookupCache
+from shared.adapters.redis.aio import AsyncRedisConnection, AsyncRedisLookupCache
+from shared.exceptions import DependencyUnavailable
+from shared.ports.cache import SINCE_ALL
+from tests.integration import test_changefeed as changefeed_tests
+from tests.integration.test_changefeed_redis import ev
+
+private_redis = changefeed_tests.private_redis
+
+
+@pytest.fixture
+def client(redis_server):
+    c = redis_server.client()
+    yield c
+    c.close()
+
+
+def connection_for(redis_server) -> AsyncRedisConnection:
+    return AsyncRedisConnection(redis_server.url, cluster=None)  # asks the server what it is
+
+
+def test_reads_and_fills_match_the_blocking_adapters(redis_server, client, redis_prefix):
+    sink = RedisChangeSink(client, key_prefix=redis_prefix, critical_per_device_max=4)
+    blocking = RedisLookupCache(client, key_prefix=redis_prefix, critical_per_device_max=4)
+    connection = connection_for(redis_server)
+    cache = AsyncRedisLookupCache(connection, key_prefix=redis_prefix, critical_per_device_max=4)
+    crit = [ev("a1", i, critical=True) for i in range(6)]
+    sink.apply(crit)
+
+    async def scenario() -> None:
+        assert (await cache.get_latest("a1")).document == blocking.get_latest("a1").document == crit[-1].to_json()
+        assert await cache.get_latest("nobody") is None
+        await cache.fill_latest("nobody", None, ttl=60, negative_ttl=5)
+        assert (await cache.get_latest("nobody")).document is None and blocking.get_latest("nobody").document is None
+        await cache.fill_latest("a1", crit[0], ttl=60, negative_ttl=5)  # older: never replaces the newer state
+        assert (await cache.get_latest("a1")).document == crit[-1].to_json()
+        assert await cache.get_critical("a1", SINCE_ALL, 2) is None  # written by the feed alone: not known complete
+        await cache.fill_critical("a1", crit[::-1], SINCE_ALL, ttl=60)
+        newest = [e.to_json() for e in crit[::-1][:3]]
+        assert await cache.get_critical("a1", SINCE_ALL, 3) == blocking.get_critical("a1", SINCE_ALL, 3) == newest
+        event_id = str(crit[0].event_id)
+        assert (await cache.get_event(event_id)).document == crit[0].to_json()
+        await cache.fill_event("missing", None, ttl=60, negative_ttl=5)
+        assert (await cache.get_event("missing")).document is None
+        await cache.ping()
+
+    asyncio.run(scenario())
+    asyncio.run(cache.get_latest("a1"))  # a second event loop gets a client of its own
+    connection.close()
+
+
+def test_scripts_are_loaded_again_after_a_script_flush(redis_server, client, redis_prefix):
+    cache = AsyncRedisLookupCache(connection_for(redis_server), key_prefix=redis_prefix)
+    client.script_flush()  # on every master of a cluster
+    crit = ev("f1", 1, critical=True)
+
+    async def scenario() -> None:
+        await cache.fill_latest("f1", crit, ttl=60, negative_ttl=5)
+        client.script_flush()
+        await cache.fill_critical("f1", [crit], SINCE_ALL, ttl=60)  # a pipeline, after NOSCRIPT
+        assert await cache.get_critical("f1", SINCE_ALL, 5) == [crit.to_json()]
+
+    asyncio.run(scenario())
+    assert json.loads(RedisLookupCache(client, key_prefix=redis_prefix).get_latest("f1").document)["device_id"] == "f1"
+
+
+def test_the_live_generation_is_followed(redis_server, client, redis_prefix):
+    sink = RedisChangeSink(client, key_prefix=redis_prefix, generation_cache_seconds=0)
+    cache = AsyncRedisLookupCache(connection_for(redis_server), key_prefix=redis_prefix, generation_cache_seconds=0)
+    generations = RedisGenerations(client, redis_prefix, cache_seconds=0)
+    old, new = ev("g1", 1), ev("g1", 2)
+    sink.apply([old])
+    pointer = generations.start_building(0)
+    sink.pipeline(
+        [(sink.sha["latest"], 1, sink.keys_of(pointer.building).latest("g1"), "9" * 17, new.to_json(), 60)], "test")
+
+    async def scenario() -> None:
+        assert (await cache.get_latest("g1")).document == old.to_json()
+        generations.switch(pointer.building)
+        assert (await cache.get_latest("g1")).document == new.to_json()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.timeout(60)
+def test_redis_gone_is_dependency_unavailable_within_the_socket_timeout(private_redis):
+    server, port = private_redis
+    cache = AsyncRedisLookupCache(AsyncRedisConnection(f"redis://127.0.0.1:{port}/0", socket_timeout=0.5),
+                                  key_prefix="gone:")
+
+    async def scenario() -> float:
+        await cache.ping()
+        server.kill()
+        started = time.perf_counter()
+        with pytest.raises(DependencyUnavailable) as raised:
+            await cache.get_latest("d1")
+        assert raised.value.dependency == "redis"
+        return time.perf_counter() - started
+
+    assert asyncio.run(scenario()) < 5
+
+
+def test_concurrent_lookups_share_round_trips_on_a_connection_or_two(redis_url, redis_prefix):
+    """64 lookups in flight at once are pipelined, not spread over 64 connections (one per command)."""
+    import redis
+
+    name = f"aio-{uuid.uuid4().hex[:8]}"
+    cache = AsyncRedisLookupCache(AsyncRedisConnection(redis_url, cluster=False, client_name=name),
+                                  key_prefix=redis_prefix)
+    events = [ev(f"p{i}", i) for i in range(64)]
+
+    async def scenario() -> list:
+        await asyncio.gather(*(cache.fill_latest(e.device_id, e, ttl=60, negative_ttl=5) for e in events))
+        return await asyncio.gather(*(cache.get_latest(e.device_id) for e in events))
+
+    answers = asyncio.run(scenario())
+    assert [a.document for a in answers] == [e.to_json() for e in events]
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        mine = [c for c in raw.client_list() if c.get("name") == name]
+    finally:
+        raw.close()
+    assert 1 <= len(mine) <= 2, f"{len(mine)} connections for 128 concurrent commands"

@@ -1,0 +1,76 @@
+"""``python -m sluice lag`` against our Event Hubs emulator and Azurite.
+
+Checkpoints and ownership are written by the SDK's own ``BlobCheckpointStore``
+under the connection's namespace (where the host and the dev host write them);
+the command prints each partition's owner, checkpoint, last enqueued sequence
+number and lag, and the replicas KEDA would ask for with the manifest's threshold.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from azure.eventhub.extensions.checkpointstoreblob import BlobCheckpointStore
+
+from shared.adapters.eventhub_lag import HOST_CHECKPOINT_CONTAINER, host_checkpoint_source
+from sluice.__main__ import main
+from tests.integration.test_doctor_keda import checkpoint, env, loaded_hub, scaled_object  # noqa: F401 (fixtures)
+
+
+def rows(out: str) -> dict[str, tuple[str, str, int, int]]:
+    """partition -> (owner, checkpoint, last enqueued, lag) from the table."""
+    table = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 5 and parts[0].isdigit():
+            table[parts[0]] = (parts[1], parts[2], int(parts[3]), int(parts[4]))
+    return table
+
+
+def test_lag_prints_owner_checkpoint_last_enqueued_lag_and_replicas(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,  # noqa: F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SLUICE_INGEST_EVENTHUB_NAME", env["hub"])
+    monkeypatch.setenv("SLUICE_INGEST_CONSUMER_GROUP", "sluice")
+    source = host_checkpoint_source(env["hub"], "sluice", connection_string=_connection(),
+                                    fully_qualified_namespace=None)
+    checkpoint(env["storage"], HOST_CHECKPOINT_CONTAINER, env["hub"], "0", 9, namespace=source.namespace)
+    checkpoint(env["storage"], HOST_CHECKPOINT_CONTAINER, env["hub"], "1", 11, namespace=source.namespace)
+    owner = f"worker-{uuid.uuid4()}"
+    store = BlobCheckpointStore.from_connection_string(env["storage"], HOST_CHECKPOINT_CONTAINER)
+    store.claim_ownership([{"fully_qualified_namespace": source.namespace, "eventhub_name": env["hub"],
+                            "consumer_group": "sluice", "partition_id": "0", "owner_id": owner}])
+    code = main(["lag", "--scaled-object", scaled_object(tmp_path, env["hub"], threshold=5)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    # 30 sent to partition 0 (last 29) checkpointed at 9: 20; partition 1 done; 2 empty; 3 never checkpointed: all 7.
+    assert rows(out) == {"0": (owner, "9", 29, 20), "1": ("-", "11", 11, 0), "2": ("-", "-", -1, 0),
+                         "3": ("-", "-", 6, 7)}
+    # ceil(27 / 5) = 6, capped by the test ScaledObject's maxReplicaCount of 4.
+    assert "total lag 27; replicas KEDA would ask for: 4 (unprocessedEventThreshold 5" in out
+    code = main(["lag", "--scaled-object", scaled_object(tmp_path, env["hub"], threshold=10)])
+    assert "replicas KEDA would ask for: 3 " in capsys.readouterr().out
+
+
+def test_lag_reads_the_threshold_of_the_base_manifest(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    """Without --scaled-object the threshold is k8s-keda/ingest.yaml's."""
+    import yaml
+
+    from sluice.commands.doctor import BASE_SCALED_OBJECT
+    manifest = next(d for d in yaml.safe_load_all(BASE_SCALED_OBJECT.read_text()) if d and d["kind"] == "ScaledObject")
+    threshold = next(t for t in manifest["spec"]["triggers"] if t["type"] == "azure-eventhub")["metadata"][
+        "unprocessedEventThreshold"]
+    assert main(["lag", "--eventhub", env["hub"], "--consumer-group", "sluice"]) == 0
+    out = capsys.readouterr().out
+    assert f"unprocessedEventThreshold {threshold}," in out and "total lag 49" in out, out
+
+
+def _connection() -> str:
+    import os
+
+    return os.environ["EventHubConnection"]  # noqa: SIM112
+
+

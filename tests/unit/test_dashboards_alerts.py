@@ -1,0 +1,151 @@
+"""Dashboards and alerts as code refer only to metrics Sluice exports, and every file parses.
+
+The list of instruments is ``shared/telemetry_names.py``; the Prometheus names are
+derived from it the way ``opentelemetry-exporter-prometheus`` derives them. PromQL
+is parsed with ``promql-parser`` (Prometheus' own grammar, in Rust); the
+monitoring kustomization is rendered by kubectl like the base.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import promql_parser
+import pytest
+import yaml
+
+from shared.settings import ChangeFeedSettings, EnrichmentSettings
+from shared.telemetry_names import BY_NAME, INSTRUMENTS, exported_series
+from tests.deploy.validation import builtin_problems, render
+
+ROOT = Path(__file__).resolve().parents[2]
+MONITORING = ROOT / "k8s-keda" / "monitoring"
+KQL = ROOT / "infra" / "alerts"
+SERIES = re.compile(r"\bsluice_[a-z0-9_]+\b")
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__range": "1h"}
+
+
+def promql(expr: str) -> set[str]:
+    """The sluice_* series an expression reads; it must parse as PromQL."""
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    promql_parser.parse(expr)  # raises on a syntax error
+    return set(SERIES.findall(expr))
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text(encoding="utf-8"))
+    return [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def rules() -> list[dict]:
+    doc = yaml.safe_load((MONITORING / "prometheusrule.yaml").read_text(encoding="utf-8"))
+    assert doc["kind"] == "PrometheusRule" and doc["apiVersion"] == "monitoring.coreos.com/v1"
+    return [rule for group in doc["spec"]["groups"] for rule in group["rules"]]
+
+
+def test_prometheus_names_are_the_exporters() -> None:
+    assert BY_NAME["sluice.ingest.events"].series == ("sluice_ingest_events_total",)
+    assert BY_NAME["sluice.ingest.batch.duration"].series[0] == "sluice_ingest_batch_duration_seconds_bucket"
+    assert BY_NAME["sluice.eventhub.lag"].series == ("sluice_eventhub_lag",)
+    assert BY_NAME["sluice.changefeed.staleness"].series == ("sluice_changefeed_staleness_seconds",)
+    assert BY_NAME["sluice.lookup.requests"].labels == ("http_route", "cache", "http_response_status_code")
+
+
+def test_every_dashboard_panel_reads_exported_metrics_and_every_instrument_has_a_panel() -> None:
+    read: set[str] = set()
+    for title, expr in dashboard_exprs():
+        names = promql(expr)
+        assert names, f"panel {title!r} reads no Sluice metric"
+        unknown = names - exported_series()
+        assert not unknown, f"panel {title!r} reads {sorted(unknown)}, which Sluice does not export"
+        read |= names
+    uncovered = [i.name for i in INSTRUMENTS if not read & set(i.series)]
+    assert not uncovered, f"no panel shows {uncovered}"
+
+
+def test_every_alert_rule_parses_and_reads_exported_metrics() -> None:
+    named = {rule["alert"]: rule for rule in rules()}
+    assert set(named) == {"SluiceEventHubLagGrowing", "SluiceAuditMissing", "SluiceDeadLetterRate",
+                          "SluiceChangeFeedStale", "SluiceEnrichmentStale", "SluiceLookup5xxRate"}
+    for name, rule in named.items():
+        names = promql(rule["expr"])
+        assert names and names <= exported_series(), f"{name}: {sorted(names - exported_series())}"
+        assert re.fullmatch(r"\d+[smh]", rule["for"]), name
+        labels = set(re.findall(r"by \(([a-z_, ]+)\)", rule["expr"]))
+        known = {label for i in INSTRUMENTS for label in i.labels}
+        assert {part.strip() for group in labels for part in group.split(",")} <= known | {"le"}, name
+    assert named["SluiceEventHubLagGrowing"]["for"] == "5m"
+
+
+def seconds_between_runs(ncrontab: str) -> int:
+    """The period of a six-field NCRONTAB of the form the settings use (``*/N`` seconds, or ``0 */N`` minutes)."""
+    second, minute, *_ = ncrontab.split()
+    if second.startswith("*/"):
+        return int(second[2:])
+    assert minute.startswith("*/"), ncrontab
+    return 60 * int(minute[2:])
+
+
+def test_staleness_alerts_are_three_times_the_schedules() -> None:
+    named = {rule["alert"]: rule["expr"] for rule in rules()}
+    configmap = next(d for d in yaml.safe_load_all((ROOT / "k8s-keda" / "configmap.yaml").read_text()) if d)["data"]
+    feed = ChangeFeedSettings(schedule=configmap["SLUICE_CHANGEFEED_SCHEDULE"])
+    enrich = EnrichmentSettings(schedule=configmap["SLUICE_ENRICH_SCHEDULE"])
+    assert named["SluiceChangeFeedStale"].endswith(f"> {3 * seconds_between_runs(feed.schedule)}")
+    expected = enrich.window_seconds + enrich.allowed_lateness_seconds + 3 * seconds_between_runs(enrich.schedule)
+    assert named["SluiceEnrichmentStale"].endswith(f"> {expected}")
+    assert f"> {3 * seconds_between_runs(feed.schedule)}" in (KQL / "changefeed-stale.kql").read_text()
+    assert f"> {expected}" in (KQL / "enrichment-stale.kql").read_text()
+
+
+def test_every_kql_alert_queries_an_instrument_of_sluice_and_matches_a_prometheus_alert() -> None:
+    files = sorted(KQL.glob("*.kql"))
+    assert len(files) == len(rules())
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        assert text.count("customMetrics") == 1, path.name
+        names = re.findall(r'name == "([^"]+)"', text)
+        assert names and set(names) <= set(BY_NAME), f"{path.name}: {names}"
+        assert text.count("(") == text.count(")") and text.count("[") == text.count("]"), path.name
+        dimensions = re.findall(r'customDimensions\["([^"]+)"\]', text)
+        attributes = {a for n in names for a in BY_NAME[n].attributes}
+        assert set(dimensions) <= attributes, f"{path.name}: {dimensions} not attributes of {names}"
+
+
+@pytest.mark.skipif(not __import__("shutil").which("kubectl"), reason="kubectl renders the kustomization")
+def test_the_monitoring_kustomization_renders_and_scrapes_the_named_metrics_port() -> None:
+    docs = render(MONITORING)
+    kinds = {d["kind"]: d for d in docs}
+    assert set(kinds) == {"PodMonitor", "PrometheusRule", "ConfigMap"}
+    assert not builtin_problems([kinds["ConfigMap"]])
+    assert kinds["ConfigMap"]["metadata"]["labels"]["grafana_dashboard"] == "1"
+    json.loads(kinds["ConfigMap"]["data"]["grafana-dashboard.json"])
+    endpoint = kinds["PodMonitor"]["spec"]["podMetricsEndpoints"][0]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    base = {d["metadata"]["name"]: d for d in render(ROOT / "k8s-keda") if d["kind"] == "Deployment"}
+    configmap = next(d for d in render(ROOT / "k8s-keda") if d["kind"] == "ConfigMap")
+    configmap_port = configmap["data"]["SLUICE_METRICS_PORT"]
+    for name, deployment in base.items():
+        pod = deployment["spec"]["template"]
+        assert kinds["PodMonitor"]["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items(), name
+        ports = {p["name"]: p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+        assert str(ports["metrics"]) == configmap_port == pod["metadata"]["annotations"]["prometheus.io/port"], name
+
+
+def test_bicep_creates_one_log_alert_per_kql_file_on_application_insights() -> None:
+    bicep = (ROOT / "infra" / "resources.bicep").read_text(encoding="utf-8")
+    loaded = re.findall(r"loadTextContent\('alerts/([^']+\.kql)'\)", bicep)
+    assert sorted(loaded) == sorted(p.name for p in KQL.glob("*.kql"))
+    assert re.search(r"^resource alerts 'Microsoft\.Insights/scheduledQueryRules@[^']+' = \[for alert in sluiceAlerts",
+                     bicep, re.MULTILINE)
+    assert "scopes: [insights.id]" in bicep
+
+
+def test_a_unit_annotation_adds_nothing_to_the_name() -> None:
+    from shared.telemetry_names import Instrument
+
+    assert Instrument("sluice.ingest.events", "counter", "{event}").series == ("sluice_ingest_events_total",)
+    assert Instrument("sluice.x.size", "histogram", "By").prometheus == "sluice_x_size_bytes"
