@@ -140,7 +140,10 @@ def test_it_runs_as_a_non_root_user_on_the_port_the_manifests_use() -> None:
                 pod = doc["spec"]["template"]["spec"]
                 assert pod["securityContext"]["runAsUser"] == int(uid), path.name
                 for container in pod["containers"]:
-                    assert [p["containerPort"] for p in container["ports"]] == [port], path.name
+                    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+                    assert ports.pop("http") == port, path.name
+                    assert set(ports) <= {"metrics"}, path.name  # the Prometheus exporter, nothing else
+                    assert all(p >= 1024 for p in ports.values()), path.name
 
 
 def test_no_secret_is_baked_into_the_image() -> None:
