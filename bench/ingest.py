@@ -12,7 +12,9 @@ Starts a private Cassandra emulator, then in one run:
 * **own work**: the pipeline's CPU per event without I/O (decode, validate, bind
   every statement), as events per CPU-second of the calling thread (the best of
   ``--passes`` passes over 20,000 events), beside the same plan bound by the
-  driver's own ``PreparedStatement.bind`` for scale.
+  driver's own ``PreparedStatement.bind`` for scale;
+* **telemetry**: the same own work with telemetry off and on (a stage span and the
+  batch's instruments, through the real SDK), alternating; issue #17: at most 5%.
 
 The two write paths use separate keyspaces and alternate per round so neither
 profits from a warmer emulator. Targets (issue #3): ratio >= 0.8 and own work
@@ -83,6 +85,53 @@ def synthetic_bodies(count: int, devices: int, seed: int = 7) -> list[RawRecord]
         )
         records.append(RawRecord(raw, meta))
     return records
+
+
+def telemetry_cost(chunks: list[list[RawRecord]], store: CassandraEventStore, now: datetime, passes: int
+                   ) -> tuple[float, float]:
+    """Own work (decode, validate, bind) in CPU-seconds with telemetry off and on, the best of ``passes`` each.
+
+    On is what an invocation pays with an exporter configured: the stage span (attributes, batch span
+    processor) and the batch's figures recorded on real SDK instruments. Exporting runs on the SDK's
+    own threads (not this one's CPU), so an in-memory reader and exporter stand in for the network ones.
+    Off and on alternate pass by pass, so both see the same machine.
+    """
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from shared import telemetry
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(InMemorySpanExporter()))
+    modes = {"off": telemetry.OFF,
+             "on": telemetry.Telemetry(MeterProvider(metric_readers=[InMemoryMetricReader()]), tracer_provider)}
+    best = {"off": float("inf"), "on": float("inf")}
+    previous = telemetry.active()
+    try:
+        for _ in range(passes):
+            for mode, active in modes.items():
+                telemetry.activate(active)
+                metrics = telemetry.pipeline_metrics()
+                gc.collect()
+                began = time.thread_time()
+                for chunk in chunks:
+                    first = chunk[0].metadata
+                    with telemetry.stage_span("ingest", attributes={"eventhub.partition": "0",
+                                                                    "sluice.sequence.first": first.sequence_number}):
+                        t0 = time.perf_counter()
+                        parsed = parse_records(chunk, limits=Limits(), now=now)
+                        store.plan(parsed.oks)
+                        metrics.ingest_batch("0", stored=parsed.oks, duplicates=parsed.duplicates, rejected=parsed.errs,
+                                             store_failed=0, seconds=time.perf_counter() - t0,
+                                             oldest_enqueued=first.enqueued_time)
+                best[mode] = min(best[mode], time.thread_time() - began)
+    finally:
+        telemetry.activate(previous)
+        tracer_provider.shutdown()
+    return best["off"], best["on"]
 
 
 def batches(records: list[RawRecord], size: int) -> list[list[RawRecord]]:
@@ -161,6 +210,7 @@ def main(argv: list[str]) -> int:
         driver_bind = min(d for _, d in passes)
         own_cpu = sum(cpu.values())
         median_cpu = sorted(sum(c.values()) for c, _ in passes)[len(passes) // 2]
+        telemetry_off, telemetry_on = telemetry_cost(own_chunks, raw_store, now, args.passes)
 
         # The baseline's rows are built before the clock starts and handed to the driver unbound, as a caller of
         # execute_concurrent would: it measures the driver (binding included) and the server only.
@@ -209,5 +259,7 @@ def main(argv: list[str]) -> int:
           f"({', '.join(f'{k} {own_events / v:,.0f}/s' for k, v in cpu.items())}; "
           f"the same plan with the driver's bind: {own_events / driver_bind:,.0f}/s); "
           f"median of {len(passes)} passes {own_events / median_cpu:,.0f}/s")
+    print(f"own work with telemetry off {own_events / telemetry_off:,.0f}/s, on {own_events / telemetry_on:,.0f}/s "
+          f"(span and instruments per batch): telemetry costs {telemetry_on / telemetry_off - 1:+.1%} (target <= 5%)")
     print(f"ingest: baseline {baseline_rate:,.0f} events/s, sluice {sluice_rate:,.0f} events/s, ratio {ratio:.2f}")
     return 0

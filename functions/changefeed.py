@@ -14,7 +14,7 @@ import logging
 
 import azure.functions as func
 
-from shared import bootstrap
+from shared import bootstrap, telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,10 @@ bp = func.Blueprint()
 def changefeed(timer: func.TimerRequest) -> None:
     if timer.past_due:
         logger.info("change feed timer is past due; running now")
-    result = bootstrap.changefeed_service().run()
+    service = bootstrap.changefeed_service()  # first: it configures telemetry on a cold start
+    with telemetry.stage_span("changefeed"):
+        result = service.run()
     logger.info("change feed run: pages=%d events=%d critical=%d stopped=%s",
-                result.pages, result.events, result.critical, result.stopped)
+                result.pages, result.events, result.critical, result.stopped,
+                extra={"sluice.pages": result.pages, "sluice.events": result.events, "sluice.critical": result.critical,
+                       "sluice.stopped": result.stopped})

@@ -14,7 +14,7 @@ import logging
 
 import azure.functions as func
 
-from shared import bootstrap
+from shared import bootstrap, telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +26,14 @@ bp = func.Blueprint()
 def enrichment(timer: func.TimerRequest) -> None:
     if timer.past_due:
         logger.warning("enrichment timer is past due; catching up")
-    result = bootstrap.enrichment_service().run()
+    service = bootstrap.enrichment_service()  # first: it configures telemetry on a cold start
+    with telemetry.stage_span("enrich"):
+        result = service.run()
+    watermark = result.watermark.isoformat() if result.watermark else None
     logger.info(
         "enrichment windows=%d late_windows=%d events=%d watermark=%s more_pending=%s",
-        len(result.windows), result.late_windows, result.events,
-        result.watermark.isoformat() if result.watermark else None, result.more_pending,
+        len(result.windows), result.late_windows, result.events, watermark, result.more_pending,
+        extra={"sluice.windows": len(result.windows), "sluice.late_windows": result.late_windows,
+               "sluice.events": result.events, "sluice.watermark": watermark,
+               "sluice.more_pending": result.more_pending},
     )

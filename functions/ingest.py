@@ -11,10 +11,11 @@ down when the worker starts is handled the same way.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import azure.functions as func
 
-from shared import bootstrap
+from shared import bootstrap, telemetry
 from shared.services.ingest import EventMetadata, RawRecord
 
 logger = logging.getLogger(__name__)
@@ -65,9 +66,38 @@ def to_records(events: list[func.EventHubEvent]) -> list[RawRecord]:
 def ingest(events: list[func.EventHubEvent], context: func.Context) -> None:
     retry = context.retry_context
     final_attempt = retry is None or retry.retry_count >= retry.max_retry_count
-    result = bootstrap.ingest_service().handle(to_records(events), final_attempt=final_attempt)
+    partition = _partition_id(events)
+    records = to_records(events)
+    service = bootstrap.ingest_service()  # first: it configures telemetry on a cold start
+    with telemetry.stage_span("ingest", parent=_traceparent(context), links=lambda: _links(events),
+                              attributes=_span_attributes(partition, records), consumer=True):
+        result = service.handle(records, final_attempt=final_attempt)
     logger.info(
         "ingest partition=%s received=%d stored=%d rejected=%d duplicates=%d batch_dead_lettered=%s",
-        _partition_id(events), result.received, result.stored, result.rejected, result.duplicates,
-        result.batch_dead_lettered,
+        partition, result.received, result.stored, result.rejected, result.duplicates, result.batch_dead_lettered,
+        extra={"eventhub.partition": partition, "sluice.received": result.received, "sluice.stored": result.stored,
+               "sluice.rejected": result.rejected, "sluice.duplicates": result.duplicates,
+               "sluice.batch_dead_lettered": result.batch_dead_lettered},
     )
+
+
+def _traceparent(context: func.Context) -> str | None:
+    """The host's trace context (Azure Functions with ``telemetryMode: OpenTelemetry``), if it passed one."""
+    trace_context = getattr(context, "trace_context", None)
+    return getattr(trace_context, "trace_parent", None) or None
+
+
+def _links(events: list[func.EventHubEvent]) -> list[Any]:
+    """Links to the producers' spans, from the messages' application properties (read only when tracing)."""
+    metadata = events[0].metadata if events else None
+    return telemetry.message_links((metadata or {}).get("PropertiesArray"))
+
+
+def _span_attributes(partition: str | None, records: list[RawRecord]) -> dict[str, Any]:
+    attributes: dict[str, Any] = {"messaging.system": "eventhubs", "messaging.batch.message_count": len(records)}
+    if partition is not None:
+        attributes["eventhub.partition"] = partition
+    if records and records[0].metadata.sequence_number is not None:
+        attributes["sluice.sequence.first"] = records[0].metadata.sequence_number
+        attributes["sluice.sequence.last"] = records[-1].metadata.sequence_number
+    return attributes

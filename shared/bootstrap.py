@@ -63,11 +63,21 @@ def settings() -> Settings:
 def start_worker() -> None:
     """The worker process's start: its own settings (the garbage collector, ``shared.runtime``) applied once.
 
-    Called before the first service of the process is built (:func:`service`),
+    Telemetry is set up here too (``shared.telemetry.configure``). Called before
+    the first service of the process is built (:func:`service`),
     so the tuning is in place before the first batch, and never as a side
     effect of merely reading the settings.
     """
-    runtime.configure(settings().worker)
+    loaded = settings()
+    runtime.configure(loaded.worker)
+    _telemetry().configure(loaded.telemetry)
+
+
+def _telemetry() -> Any:
+    """``shared.telemetry``, imported on first use (the OpenTelemetry SDK loads only when an exporter is set)."""
+    from shared import telemetry
+
+    return telemetry
 
 
 def secret(value: SecretStr | None, secret_name: str | None) -> str | None:
@@ -197,8 +207,11 @@ def ingest_service() -> IngestService:
 
     cfg = settings()
     store = LazyEventStore(lambda: CassandraEventStore(cassandra_session(), cfg.cassandra, cfg.rules.critical_rules))
+    telemetry = _telemetry()
+    if telemetry.active().enabled:
+        _register_lag_gauge(telemetry.active().metrics, cfg.ingest.consumer_group)
     service = IngestService(store, dead_letter_sink(), cfg.ingest.limits(),
-                            audit_ledger() if cfg.ingest.audit else None)
+                            audit_ledger() if cfg.ingest.audit else None, metrics=telemetry.pipeline_metrics())
     try:  # the ingest worker exports the audit; a gauge that cannot be set up must not stop ingest
         register_audit_gauge()
     except Exception:
@@ -278,6 +291,16 @@ def _host_eventhub() -> tuple[KedaCheckpointSource, EventHubConsumerClient, Even
     return source, hub, EventHubSequenceAtTime(reader) if separate else None
 
 
+def _register_lag_gauge(metrics: Any, consumer_group: str) -> None:
+    """``sluice.eventhub.lag`` from the ingest worker, read at most every few seconds (``CachedPartitionLag``)."""
+    try:
+        lag = _lag_reader()
+        if lag is not None:
+            metrics.register_lag_gauge(lag.lag, consumer_group)
+    except Exception:  # no lag gauge is no reason to stop ingest
+        logger.warning("the sluice.eventhub.lag gauge is not exported", exc_info=True)
+
+
 @service
 def redis_change_sink() -> RedisChangeSink:
     from shared.adapters.redis import RedisChangeSink
@@ -344,7 +367,8 @@ def changefeed_service() -> ChangeFeedService:
     positions = CassandraFeedStateStore(cassandra_session(), ks, timeout=feed_cfg.read_timeout_seconds)
     return ChangeFeedService(feed, redis_change_sink(), positions, feed_name=feed_cfg.feed_name,
                              rules=cfg.rules.critical_rules, time_budget=feed_cfg.time_budget_seconds,
-                             read_timeout=feed_cfg.read_timeout_seconds, apply_chunk=feed_cfg.page_size)
+                             read_timeout=feed_cfg.read_timeout_seconds, apply_chunk=feed_cfg.page_size,
+                             metrics=_telemetry().pipeline_metrics())
 
 
 @service
@@ -387,7 +411,8 @@ def enrichment_service() -> EnrichmentService:
     else:
         reference = PostgresReferenceSource(postgres_pool())
     store = PostgresEnrichmentStore(postgres_pool(), statement_timeout_seconds=enrich.statement_timeout_seconds)
-    return EnrichmentService(reader, reference, store, enrich, cfg.rules.critical_rules)
+    return EnrichmentService(reader, reference, store, enrich, cfg.rules.critical_rules,
+                             metrics=_telemetry().pipeline_metrics())
 
 
 @service

@@ -504,6 +504,32 @@ class WorkerSettings(_Group):
     )
 
 
+TracedClient = Literal["cassandra", "redis", "psycopg"]
+DEFAULT_TRACED: tuple[TracedClient, ...] = ("redis", "psycopg")
+
+
+class TelemetrySettings(_Group):
+    """Sluice's own telemetry settings; the exporters are chosen by the standard variables (docs/observability.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="SLUICE_")
+
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description=(
+        "serve Prometheus metrics at `http://<address>:<port>/metrics` (9464 is the exporter's usual port, 0 a free "
+        "one); empty: no scrape endpoint"))
+    metrics_address: str = "0.0.0.0"
+    """Address the Prometheus endpoint listens on"""
+    trace_clients: Annotated[list[TracedClient], NoDecode] = Field(default_factory=lambda: list(DEFAULT_TRACED),
+                                                                   description=(
+        "client libraries whose requests get spans when traces are exported, comma-separated (`none`: none); "
+        "`cassandra` makes about three spans per ingested event, see docs/observability.md"))
+
+    @field_validator("trace_clients", mode="before")
+    @classmethod
+    def _clients(cls, value: object) -> object:
+        value = _split_csv(value)
+        return [] if value == ["none"] else value
+
+
 class Settings(BaseModel):
     """Every setting of Sluice, grouped; built by :func:`load_settings`."""
 
@@ -521,6 +547,7 @@ class Settings(BaseModel):
     keyvault: KeyVaultSettings
     dashboard: DashboardSettings
     worker: WorkerSettings
+    telemetry: TelemetrySettings
 
     def as_dict(self) -> dict[str, Any]:
         """Every value, with secrets shown as ``**********`` (safe to log)."""

@@ -32,6 +32,7 @@ from shared.domain.rules import Criticality, MeasurementRule
 from shared.domain.stored import StoredEvent
 from shared.ports.cache import ChangeSink
 from shared.ports.feed import ChangeFeed, ContinuationRejected, FeedStateStore
+from shared.ports.metrics import NO_METRICS, Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ class ChangeFeedService:
     def __init__(self, feed: ChangeFeed, sink: ChangeSink, positions: FeedStateStore, *, feed_name: str,
                  rules: Sequence[MeasurementRule] = (), time_budget: float = 20.0, read_timeout: float = 10.0,
                  apply_chunk: int = 1000, clock: Callable[[], datetime] | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, metrics: Metrics = NO_METRICS) -> None:
+        self._metrics = metrics
         self._feed = feed
         self._sink = sink
         self._positions = positions
@@ -108,7 +110,9 @@ class ChangeFeedService:
                 for start in range(0, len(decided), self._chunk):
                     self._sink.apply(decided[start:start + self._chunk])
                 events += len(decided)
-                critical += sum(1 for event in decided if event.critical)
+                page_critical = sum(1 for event in decided if event.critical)
+                critical += page_critical
+                self._metrics.changefeed_applied(decided, page_critical)
             if stored is None or not stored.same_stored_state(page.position):
                 new_version = self._positions.save(self._name, page.position, version)
                 if new_version is None:

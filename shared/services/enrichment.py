@@ -29,6 +29,7 @@ stay, the watermark stays at the last of them, and the next run resumes there.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from shared.domain.enrichment import EnrichedWindow, ReferenceData, Window, compute_window, window_of, windows_between
 from shared.domain.rules import MeasurementRule
 from shared.ports.enrichment import EnrichmentState, EnrichmentStore, Reason, ReferenceSource, WindowReader
+from shared.ports.metrics import NO_METRICS, Metrics
 from shared.settings import EnrichmentSettings
 
 logger = logging.getLogger(__name__)
@@ -79,7 +81,9 @@ class EnrichmentService:
         rules: Sequence[MeasurementRule] = (),
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: Metrics = NO_METRICS,
     ) -> None:
+        self._metrics = metrics
         self._reader = reader
         self._reference = reference
         self._store = store
@@ -92,14 +96,34 @@ class EnrichmentService:
         return self._settings.window_seconds
 
     def run(self, now: datetime | None = None) -> EnrichmentRunResult:
-        """Enrich late and closed windows (see the module docstring); raises ``TransientError`` on failure."""
+        """Enrich late and closed windows (see the module docstring); raises ``TransientError`` on failure.
+
+        The run's figures (windows enriched, recomputed, failed; duration; watermark) go to the metrics port
+        once, at the end, whether it succeeded or not.
+        """
+        began = time.perf_counter()
+        result = EnrichmentRunResult()
+        try:
+            result = self._run(now, result)
+        except Exception:
+            self._record(result, began, failed=1)
+            raise
+        self._record(result, began, failed=0)
+        return result
+
+    def _record(self, result: EnrichmentRunResult, began: float, *, failed: int) -> None:
+        recomputed = sum(1 for w in result.windows if w.reason != "scheduled")
+        self._metrics.enrich_run(enriched=len(result.windows) - recomputed, recomputed=recomputed, failed=failed,
+                                 seconds=time.perf_counter() - began, watermark=result.watermark)
+
+    def _run(self, now: datetime | None, result: EnrichmentRunResult) -> EnrichmentRunResult:
         cfg = self._settings
         now = now or self._clock()
         lateness = timedelta(seconds=cfg.allowed_lateness_seconds)
         initial = window_of(now - timedelta(seconds=cfg.initial_lookback_seconds), cfg.window_seconds).start
         state = self._store.load_state(initial)
         reference = self._reference.load()
-        result = EnrichmentRunResult(watermark=state.watermark, late_scan_until=state.late_scan_until)
+        result.watermark, result.late_scan_until = state.watermark, state.late_scan_until
 
         late, complete = self._late_windows(state, now, result)
         result.windows.extend(self._enrich_all(late, reference, "late", advance_watermark=False))

@@ -29,17 +29,19 @@ ledger shares the store's fate.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.domain.events import Event, EventMetadata, Limits, RawRecord, parse_records
+from shared.domain.events import Event, EventMetadata, Limits, Parsed, RawRecord, parse_records
 from shared.exceptions import TransientError
 from shared.lazy import Once
 from shared.ports.audit import AuditLedger, AuditRun
 from shared.ports.ingest import DeadLetterSink, EventStore
+from shared.ports.metrics import NO_METRICS, Metrics
 
 # The service's input, for the entry point that decodes the Event Hubs binding into it.
 __all__ = ["EventMetadata", "IngestResult", "IngestService", "LazyEventStore", "RawRecord"]
@@ -60,16 +62,18 @@ class IngestResult:
 
 class IngestService:
     def __init__(self, store: EventStore, dead_letters: DeadLetterSink, limits: Limits,
-                 audit: AuditLedger | None = None) -> None:
+                 audit: AuditLedger | None = None, *, metrics: Metrics = NO_METRICS) -> None:
         self._store = store
         self._dead_letters = dead_letters
         self._limits = limits
         self._audit = audit
+        self._metrics = metrics
 
     def handle(
         self, records: Sequence[RawRecord], *, final_attempt: bool = True, now: datetime | None = None
     ) -> IngestResult:
         """Store or dead-letter every record (see the module docstring for the order)."""
+        began = time.perf_counter()
         parsed = parse_records(records, limits=self._limits, now=now)
         if parsed.errs:
             self._dead_letters.put_rejected(parsed.errs)
@@ -89,8 +93,18 @@ class IngestService:
                          len(parsed.oks), reason, exc_info=unexpected)
             self._dead_letters.put_batch([(r.body, r.metadata) for r in records], f"event store unavailable: {reason}")
             self._audit_dead_lettered(records)
+            self._record(records, parsed, began, store_failed=len(parsed.oks))
             return IngestResult(len(records), 0, len(parsed.errs), parsed.duplicates, batch_dead_lettered=True)
+        self._record(records, parsed, began)
         return IngestResult(len(records), len(parsed.oks), len(parsed.errs), parsed.duplicates)
+
+    def _record(self, records: Sequence[RawRecord], parsed: Parsed, began: float, *, store_failed: int = 0) -> None:
+        """The batch's figures, once, after every record is stored or dead-lettered (the oldest is the first)."""
+        first = records[0].metadata if records else None
+        self._metrics.ingest_batch(first.partition_id if first else None, stored=() if store_failed else parsed.oks,
+                                   duplicates=parsed.duplicates, rejected=parsed.errs, store_failed=store_failed,
+                                   seconds=time.perf_counter() - began,
+                                   oldest_enqueued=first.enqueued_time if first else None)
 
 
     def _audit_dead_lettered(self, records: Sequence[RawRecord]) -> None:

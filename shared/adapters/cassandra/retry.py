@@ -31,6 +31,8 @@ from cassandra import OperationTimedOut
 from cassandra.policies import RetryPolicy, WriteType
 from cassandra.protocol import OverloadedErrorMessage
 
+from shared import telemetry
+
 logger = logging.getLogger(__name__)
 
 # What a policy answers: (RETRY, RETRY_NEXT_HOST or RETHROW, the consistency to retry at or None).
@@ -43,6 +45,16 @@ def retry_after_seconds(message: str) -> float | None:
     """The server's ``RetryAfterMs`` hint in seconds, if the message has one."""
     match = _RETRY_AFTER.search(message or "")
     return int(match.group(1)) / 1000.0 if match else None
+
+
+def operation(query: object) -> str:
+    """The CQL verb of a throttled statement (``INSERT``, ``SELECT``, ``BATCH``...), a bounded metric label."""
+    if type(query).__name__ == "BatchStatement":
+        return "BATCH"
+    prepared = getattr(query, "prepared_statement", None)
+    text = getattr(prepared, "query_string", None) or getattr(query, "query_string", None) or ""
+    verb = text.lstrip().split(None, 1)[0].upper() if text.strip() else ""
+    return verb if verb in ("SELECT", "INSERT", "UPDATE", "DELETE", "BATCH") else "OTHER"
 
 
 class CosmosRetryPolicy(RetryPolicy):  # type: ignore[misc]  # RetryPolicy is untyped (Any): cassandra-driver has no stubs
@@ -60,11 +72,14 @@ class CosmosRetryPolicy(RetryPolicy):  # type: ignore[misc]  # RetryPolicy is un
         return min(self.max_wait, hinted if hinted is not None else backoff)
 
     def on_request_error(self, query: Any, consistency: int, error: Exception, retry_num: int) -> Decision:
-        if isinstance(error, OverloadedErrorMessage) and retry_num < self.max_retries:
-            delay = self.wait_for(error, retry_num)
-            logger.warning("throttled (Overloaded), retry %d/%d in %.3fs", retry_num + 1, self.max_retries, delay)
-            time.sleep(delay)
-            return self.RETRY, consistency
+        if isinstance(error, OverloadedErrorMessage):
+            gave_up = retry_num >= self.max_retries
+            telemetry.cassandra_throttled(operation(query), "gave_up" if gave_up else "retried")
+            if not gave_up:
+                delay = self.wait_for(error, retry_num)
+                logger.warning("throttled (Overloaded), retry %d/%d in %.3fs", retry_num + 1, self.max_retries, delay)
+                time.sleep(delay)
+                return self.RETRY, consistency
         if isinstance(error, OperationTimedOut) and retry_num == 0:
             return self.RETRY_NEXT_HOST, consistency
         return self.RETHROW, None

@@ -1,0 +1,222 @@
+"""``OtelMetrics``: the pipeline's metrics port (``shared.ports.metrics``) on OpenTelemetry instruments.
+
+Instruments are the ones ``shared/telemetry_names.py`` lists, made once per meter
+provider. Each method records a few points per batch, page or run (a sum per
+outcome, one histogram point, never one call per event) and annotates the current
+span; none raises: a failure is logged at most once a minute per kind. The gauges
+(change feed staleness, enrichment freshness, Event Hubs lag) are observable: the
+SDK calls them back on each collection. Set up by ``shared.telemetry``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from opentelemetry import metrics, trace
+
+from shared.domain.events import Event, Rejected
+from shared.domain.stored import StoredEvent
+from shared.telemetry_names import BY_NAME, PARTITION
+
+logger = logging.getLogger(__name__)
+
+SCOPE = "sluice"
+ERROR_LOG_INTERVAL = 60.0
+SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
+MAX_TRACED_IDS = 50
+"""Most critical event ids one span lists (``sluice.critical.event_ids``)."""
+
+_failed_at: dict[str, float] = {}
+
+
+def reset_failure_log() -> None:
+    """Forget which failures were logged this minute (a test that needs the next one logged)."""
+    _failed_at.clear()
+
+
+def telemetry_failed(what: str, exc: BaseException) -> None:
+    """A recording that raised: logged at most once a minute per kind, never raised into the invocation."""
+    now = time.monotonic()
+    last = _failed_at.get(what)
+    if last is None or now - last >= ERROR_LOG_INTERVAL:
+        _failed_at[what] = now
+        logger.warning("telemetry: %s failed", what, exc_info=exc)
+
+
+def reason_kind(reason: str) -> str:
+    """A dead letter's reason as a bounded label (the text itself names ids and values)."""
+    if reason.startswith("event store unavailable"):
+        return "store_unavailable"
+    if reason.startswith("body is ") and " bytes; at most " in reason:
+        return "too_large"
+    if reason.startswith(("body starts with", "body is not valid", "body is a JSON", "body is an empty")):
+        return "malformed"
+    if "appears twice in the batch" in reason:
+        return "conflicting_id"
+    if " is a JSON " in reason:
+        return "malformed"
+    return "contract"
+
+
+class OtelMetrics:
+    """Implements :class:`shared.ports.metrics.Metrics` with the instruments of ``shared.telemetry_names``.
+
+    Instruments are made once, on ``meter_provider`` (the global one unless given).
+    Each method records a few points per batch, page or run and annotates the
+    current span; none raises.
+    """
+
+    def __init__(self, meter_provider: metrics.MeterProvider | None = None, *,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        meter = (meter_provider or metrics.get_meter_provider()).get_meter(SCOPE)
+        self._clock = clock
+
+        def counter(name: str) -> metrics.Counter:
+            spec = BY_NAME[name]
+            return meter.create_counter(spec.name, unit=spec.unit, description=spec.description)
+
+        def histogram(name: str) -> metrics.Histogram:
+            spec = BY_NAME[name]
+            return meter.create_histogram(spec.name, unit=spec.unit, description=spec.description,
+                                          explicit_bucket_boundaries_advisory=SECONDS_BUCKETS)
+
+        def gauge(name: str, callback: Callable[[Any], list[metrics.Observation]]) -> None:
+            spec = BY_NAME[name]
+            meter.create_observable_gauge(spec.name, callbacks=[callback], unit=spec.unit,
+                                          description=spec.description)
+
+        self._meter = meter
+        self._ingest_events = counter("sluice.ingest.events")
+        self._ingest_duration = histogram("sluice.ingest.batch.duration")
+        self._ingest_delay = histogram("sluice.ingest.delay")
+        self._letters = counter("sluice.deadletter.letters")
+        self._feed_events = counter("sluice.changefeed.events")
+        self._feed_delay = histogram("sluice.changefeed.delay")
+        self._windows = counter("sluice.enrich.windows")
+        self._enrich_duration = histogram("sluice.enrich.duration")
+        self._throttled = counter("sluice.cassandra.throttled")
+        self._lookups = counter("sluice.lookup.requests")
+        self._lookup_duration = histogram("sluice.lookup.duration")
+        self._newest_applied: datetime | None = None
+        self._watermark: datetime | None = None
+        gauge("sluice.changefeed.staleness", self._staleness)
+        gauge("sluice.enrich.freshness", self._freshness)
+
+    # ingest
+    def ingest_batch(self, partition: str | None, *, stored: Sequence[Event], duplicates: int,
+                     rejected: Sequence[Rejected],
+                     store_failed: int, seconds: float, oldest_enqueued: datetime | None) -> None:
+        try:
+            where = {PARTITION: partition or "unknown"}
+            add = self._ingest_events.add
+            if stored:
+                add(len(stored), {"outcome": "stored", **where})
+            if rejected or store_failed:
+                add(len(rejected) + store_failed, {"outcome": "dead_lettered", **where})
+            if duplicates:
+                add(duplicates, {"outcome": "duplicate", **where})
+            self._ingest_duration.record(seconds, where)
+            if stored and oldest_enqueued is not None:
+                self._ingest_delay.record(max(0.0, (self._clock() - oldest_enqueued).total_seconds()))
+            if rejected:
+                for kind, count in Counter(reason_kind(r.reason) for r in rejected).items():
+                    self._letters.add(count, {"reason": kind})
+            if store_failed:
+                self._letters.add(1, {"reason": "store_unavailable"})
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_attributes({"sluice.events.stored": len(stored), "sluice.events.duplicates": duplicates,
+                                     "sluice.events.dead_lettered": len(rejected) + store_failed})
+                critical = [str(e.body.event_id) for e in stored if e.body.severity == "critical"]
+                if critical:
+                    span.set_attribute("sluice.critical.event_ids", critical[:MAX_TRACED_IDS])
+        except Exception as exc:
+            telemetry_failed("recording an ingest batch", exc)
+
+    # change feed
+    def changefeed_applied(self, events: Sequence[StoredEvent], critical: int) -> None:
+        try:
+            if critical:
+                self._feed_events.add(critical, {"critical": True})
+            if len(events) > critical:
+                self._feed_events.add(len(events) - critical, {"critical": False})
+            enqueued = [e.enqueued_time for e in events if e.enqueued_time is not None]
+            if enqueued:
+                now = self._clock()
+                self._feed_delay.record(max(0.0, (now - min(enqueued)).total_seconds()))
+                newest = max(enqueued)
+                if self._newest_applied is None or newest > self._newest_applied:
+                    self._newest_applied = newest
+            span = trace.get_current_span()
+            if critical and span.is_recording():
+                ids = [str(e.event_id) for e in events if e.critical][:MAX_TRACED_IDS]
+                span.set_attribute("sluice.critical.event_ids", ids)
+        except Exception as exc:
+            telemetry_failed("recording a change feed page", exc)
+
+    def _staleness(self, _options: Any) -> list[metrics.Observation]:
+        newest = self._newest_applied
+        if newest is None:
+            return []
+        return [metrics.Observation(max(0.0, (self._clock() - newest).total_seconds()))]
+
+    # enrichment
+    def enrich_run(self, *, enriched: int, recomputed: int, failed: int, seconds: float,
+                   watermark: datetime | None) -> None:
+        try:
+            for outcome, count in (("enriched", enriched), ("recomputed", recomputed), ("failed", failed)):
+                if count:
+                    self._windows.add(count, {"outcome": outcome})
+            self._enrich_duration.record(seconds)
+            if watermark is not None:
+                self._watermark = watermark
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_attributes({"sluice.windows.enriched": enriched, "sluice.windows.recomputed": recomputed,
+                                     "sluice.windows.failed": failed})
+        except Exception as exc:
+            telemetry_failed("recording an enrichment run", exc)
+
+    def _freshness(self, _options: Any) -> list[metrics.Observation]:
+        watermark = self._watermark
+        if watermark is None:
+            return []
+        return [metrics.Observation(max(0.0, (self._clock() - watermark).total_seconds()))]
+
+    # adapters and entry points
+    def cassandra_throttled(self, operation: str, outcome: str) -> None:
+        try:
+            self._throttled.add(1, {"operation": operation, "outcome": outcome})
+        except Exception as exc:
+            telemetry_failed("recording a throttled request", exc)
+
+    def lookup(self, route: str, cache: str, status: int, seconds: float) -> None:
+        try:
+            self._lookups.add(1, {"http.route": route, "cache": cache, "http.response.status_code": status})
+            self._lookup_duration.record(seconds, {"http.route": route, "cache": cache})
+        except Exception as exc:
+            telemetry_failed("recording a lookup", exc)
+
+    def register_lag_gauge(self, lag: Callable[[], Mapping[str, int]], consumer_group: str) -> None:
+        """``sluice.eventhub.lag`` per partition from ``lag`` (e.g. ``CachedPartitionLag.lag``), on each collection.
+
+        A failed reading reports no point for that collection (no point is better
+        than a false 0) and is logged at most once a minute.
+        """
+        spec = BY_NAME["sluice.eventhub.lag"]
+
+        def observe(_options: Any) -> list[metrics.Observation]:
+            try:
+                return [metrics.Observation(count, {PARTITION: partition, "consumer_group": consumer_group})
+                        for partition, count in lag().items()]
+            except Exception as exc:
+                telemetry_failed("reading the Event Hubs lag", exc)
+                return []
+
+        self._meter.create_observable_gauge(spec.name, callbacks=[observe], unit=spec.unit,
+                                            description=spec.description)

@@ -1,0 +1,383 @@
+"""OpenTelemetry for Sluice: set-up from the environment, the pipeline's instruments and one span per stage.
+
+:func:`configure` runs once per worker process (``shared.bootstrap.start_worker`` calls
+it) and picks the exporters from the environment, as OpenTelemetry's own variables
+name them wherever a standard exists:
+
+* ``APPLICATIONINSIGHTS_CONNECTION_STRING``: the Azure Monitor distro
+  (``azure-monitor-opentelemetry``) for metrics, traces and logs; with host.json
+  ``"telemetryMode": "OpenTelemetry"`` the Functions host sends its own telemetry
+  the same way;
+* ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or its ``_TRACES_`` / ``_METRICS_`` forms): OTLP
+  over HTTP/protobuf; every other ``OTEL_*`` variable (headers, timeout, sampler,
+  resource attributes) is read by the SDK itself;
+* ``SLUICE_METRICS_PORT`` (``TelemetrySettings``): a Prometheus scrape endpoint on
+  that port (``SLUICE_METRICS_ADDRESS``, default ``0.0.0.0``), for AKS.
+
+With none of them set no SDK provider is installed: services get
+:data:`shared.ports.metrics.NO_METRICS` and :func:`stage_span` yields without
+creating a span, so telemetry off costs nothing. The resource carries
+``service.name=sluice`` and, on Kubernetes, the pod's name (``HOSTNAME``) as
+``k8s.pod.name`` and ``service.instance.id``, unless ``OTEL_SERVICE_NAME`` or
+``OTEL_RESOURCE_ATTRIBUTES`` say otherwise.
+
+Exporting never happens on an invocation's thread: spans go through the SDK's
+batch processor and metrics through a periodic reader (or a scrape), so an
+unreachable endpoint costs an invocation nothing. The exporters log each failure;
+:class:`OncePerInterval` lets at most one warning per logger through each minute.
+
+Redis and psycopg (and Cassandra, when ``SLUICE_TRACE_CLIENTS`` names it) are traced
+by their ``opentelemetry-instrumentation-*`` packages, only when a tracer provider
+is configured.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from shared.adapters.otel_metrics import ERROR_LOG_INTERVAL, SCOPE, OtelMetrics, telemetry_failed
+from shared.exceptions import ConfigurationError
+from shared.ports.metrics import NO_METRICS, Metrics
+from shared.settings import TelemetrySettings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.resources import Resource
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "sluice"
+EXPORTER_LOGGERS = ("opentelemetry.exporter", "opentelemetry.sdk", "azure.monitor.opentelemetry")
+_OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                   "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class OncePerInterval(logging.Filter):
+    """Lets at most one WARNING-or-worse record per logger through each ``interval`` seconds.
+
+    Exporters log every failed export (every few seconds while an endpoint is
+    down); one line a minute says the same. The next line that passes says how
+    many were held back. Records below WARNING pass untouched.
+    """
+
+    def __init__(self, interval: float = ERROR_LOG_INTERVAL, monotonic: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._interval = interval
+        self._monotonic = monotonic
+        self._last: dict[str, float] = {}
+        self._held: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def reset(self) -> None:
+        """Forget what was let through (a test that needs the next failure logged)."""
+        with self._lock:
+            self._last.clear()
+            self._held.clear()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        now = self._monotonic()
+        with self._lock:
+            last = self._last.get(record.name)
+            if last is not None and now - last < self._interval:
+                self._held[record.name] += 1
+                return False
+            self._last[record.name] = now
+            held = self._held.pop(record.name, 0)
+        if held:
+            record.msg = (f"{record.getMessage()} ({held} more such messages in the last {self._interval:.0f} s "
+                          f"were not logged)")
+            record.args = None
+        return True
+
+
+EXPORTER_LOG_LIMIT = OncePerInterval()
+
+
+def limit_exporter_logs(log_filter: logging.Filter = EXPORTER_LOG_LIMIT) -> None:
+    """Put ``log_filter`` on the logger of every module of the exporters and the SDK.
+
+    Filters do not inherit, and many of those modules are imported (and make their
+    ``logging.getLogger(__name__)``) only when they first export; so every module's
+    logger is made now, from the packages' files, and gets the filter.
+    """
+    names = set(EXPORTER_LOGGERS)
+    names.update(name for name in list(logging.root.manager.loggerDict) if name.startswith(EXPORTER_LOGGERS))
+    for package in EXPORTER_LOGGERS:
+        names.update(_module_names(package))
+    for name in names:
+        target = logging.getLogger(name)
+        if log_filter not in target.filters:
+            target.addFilter(log_filter)
+
+
+def _module_names(package: str) -> list[str]:
+    """Every module name under ``package``, from its files (nothing is imported but the parents)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except ImportError:
+        return []
+    names = []
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for path in Path(root).rglob("*.py"):
+            parts = [part for part in path.relative_to(root).with_suffix("").parts if part != "__init__"]
+            names.append(".".join([package, *parts]))
+    return names
+
+
+# --- what is configured ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Telemetry:
+    """The providers in use (``None``: off) and the exporters that feed on them."""
+
+    meter_provider: Any = None
+    tracer_provider: Any = None
+    exporters: tuple[str, ...] = ()
+    metrics_server: Any = None
+    metrics: Metrics = field(default=NO_METRICS)
+
+    def __post_init__(self) -> None:
+        if self.meter_provider is not None and self.metrics is NO_METRICS:
+            self.metrics = OtelMetrics(self.meter_provider)
+        self.tracer = self.tracer_provider.get_tracer(SCOPE) if self.tracer_provider is not None else None
+
+    @property
+    def enabled(self) -> bool:
+        return self.meter_provider is not None or self.tracer_provider is not None
+
+
+OFF = Telemetry()
+_active = OFF
+_configured: Telemetry | None = None
+_lock = threading.Lock()
+
+
+def active() -> Telemetry:
+    return _active
+
+
+def activate(telemetry: Telemetry) -> Telemetry:
+    """Make ``telemetry`` the one spans and metrics go to; returns the previous one (tests, benchmarks)."""
+    global _active
+    previous, _active = _active, telemetry
+    return previous
+
+
+def pipeline_metrics() -> Metrics:
+    """What bootstrap hands the services: the active instruments, or the no-op port when telemetry is off."""
+    return _active.metrics
+
+
+def record_lookup(route: str, cache: str, status: int, seconds: float) -> None:
+    """One HTTP lookup: ``sluice.lookup.requests`` and ``sluice.lookup.duration``.
+
+    ``route`` is the route template (``devices/{device_id}/latest``), ``cache`` one
+    of hit, miss, negative, bypass. For the lookup entry points to call once per request.
+    """
+    if _active.enabled:
+        _active.metrics.lookup(route, cache, status, seconds)  # type: ignore[attr-defined]
+
+
+def cassandra_throttled(operation: str, outcome: str) -> None:
+    """A throttled Cassandra request (429 / Overloaded) that was ``retried`` or ``gave_up``."""
+    if _active.enabled:
+        _active.metrics.cassandra_throttled(operation, outcome)  # type: ignore[attr-defined]
+
+
+# --- spans ---------------------------------------------------------------------------------------------------------
+
+
+def message_links(properties: object) -> list[Link]:
+    """Links to the producers' spans: each message's ``traceparent`` (or ``Diagnostic-Id``, the same W3C value
+    older Azure SDKs set), one link per distinct context."""
+    links: dict[tuple[int, int], Link] = {}
+    if not isinstance(properties, list):  # the host's PropertiesArray: one mapping per message
+        return []
+    for props in properties:
+        if not isinstance(props, Mapping):
+            continue
+        value = props.get("traceparent") or props.get("Diagnostic-Id")
+        if not isinstance(value, str):
+            continue
+        carrier = {"traceparent": value}
+        state = props.get("tracestate")
+        if isinstance(state, str):
+            carrier["tracestate"] = state
+        context = trace.get_current_span(_PROPAGATOR.extract(carrier)).get_span_context()
+        if context.is_valid and (context.trace_id, context.span_id) not in links:
+            links[(context.trace_id, context.span_id)] = Link(context)
+    return list(links.values())
+
+
+@contextmanager
+def stage_span(stage: str, *, parent: str | None = None, links: Callable[[], list[Link]] | None = None,
+               attributes: Mapping[str, Any] | None = None, consumer: bool = False) -> Iterator[Any]:
+    """One span for one invocation of ``stage`` (``sluice.<stage>``), current while the block runs.
+
+    ``consumer`` marks a stage that consumes messages (span kind consumer).
+    ``parent`` is the host's ``traceparent`` (``context.trace_context.trace_parent``
+    on Azure Functions); ``links`` is called only when a span is made. With tracing
+    off nothing is created and ``None`` is yielded. An exception is recorded on
+    the span and propagates.
+    """
+    tracer = _active.tracer
+    if tracer is None:
+        yield None
+        return
+    try:
+        context = _PROPAGATOR.extract({"traceparent": parent}) if parent else None
+        made = links() if links is not None else None
+    except Exception as exc:
+        telemetry_failed(f"reading the trace context of {stage}", exc)
+        context, made = None, None
+    with tracer.start_as_current_span(f"sluice.{stage}", context=context, links=made,
+                                      kind=SpanKind.CONSUMER if consumer else SpanKind.INTERNAL,
+                                      attributes=dict(attributes or {})) as span:
+        yield span
+
+
+# --- set-up ----------------------------------------------------------------------------------------------------------
+
+
+def service_resource(environ: Mapping[str, str] | None = None) -> Resource:
+    """``service.name=sluice`` and the pod's name, under whatever ``OTEL_SERVICE_NAME`` and
+    ``OTEL_RESOURCE_ATTRIBUTES`` set (those win)."""
+    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+
+    env = os.environ if environ is None else environ
+    ours: dict[str, str] = {"service.name": SERVICE_NAME}
+    pod = env.get("HOSTNAME")
+    if pod and env.get("KUBERNETES_SERVICE_HOST"):
+        ours["k8s.pod.name"] = pod
+        ours["service.instance.id"] = pod
+    given = OTELResourceDetector().detect().attributes
+    return Resource.create({k: v for k, v in ours.items() if k not in given})
+
+
+def build(environ: Mapping[str, str] | None = None, *, settings: TelemetrySettings | None = None,
+          install: bool = True) -> Telemetry:
+    """The providers and exporters the environment and ``settings`` ask for; the global providers when ``install``.
+
+    Raises ``ConfigurationError`` for an OTLP protocol other than ``http/protobuf``.
+    """
+    env = os.environ if environ is None else environ
+    settings = settings or TelemetrySettings()
+    if (env.get("OTEL_SDK_DISABLED") or "").strip().lower() == "true":
+        return OFF
+    connection = env.get("APPLICATIONINSIGHTS_CONNECTION_STRING")
+    otlp = any(env.get(name) for name in _OTLP_ENDPOINTS)
+    port = settings.metrics_port
+    if not (connection or otlp or port is not None):
+        return OFF
+    limit_exporter_logs()  # before any exporter exists: some warn as they are made
+    resource = service_resource(env)
+    readers: list[Any] = []
+    processors: list[Any] = []
+    exporters: list[str] = []
+    if otlp:
+        protocol = (env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip()
+        if protocol != "http/protobuf":
+            raise ConfigurationError(f"invalid settings:\n  OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r}: Sluice ships "
+                                     f"the OTLP exporter for http/protobuf only")
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        processors.append(BatchSpanProcessor(OTLPSpanExporter()))
+        exporters.append("otlp")
+    server = None
+    if port is not None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+
+        address = settings.metrics_address
+        readers.append(PrometheusMetricReader())
+        try:
+            server = start_http_server(port, addr=address)
+            exporters.append(f"prometheus http://{address}:{server[0].server_port}/metrics")
+        except OSError as exc:  # telemetry never stops the pipeline; the operator sees this line
+            logger.warning("telemetry: cannot serve Prometheus metrics on %s:%d (SLUICE_METRICS_PORT): %s; "
+                           "is another process (a worker, the dev host) serving them?", address, port, exc)
+    if connection:
+        from azure.monitor.opentelemetry import configure_azure_monitor
+
+        if not install:
+            raise ValueError("the Azure Monitor distro always installs the global providers")
+        configure_azure_monitor(connection_string=connection, resource=resource, metric_readers=readers,
+                                span_processors=processors)
+        exporters.append("azure-monitor")
+        meter_provider, tracer_provider = metrics.get_meter_provider(), trace.get_tracer_provider()
+    else:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.trace import TracerProvider
+
+        meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        tracer_provider = None
+        if processors:
+            tracer_provider = TracerProvider(resource=resource)
+            for processor in processors:
+                tracer_provider.add_span_processor(processor)
+        if install:
+            metrics.set_meter_provider(meter_provider)
+            if tracer_provider is not None:
+                trace.set_tracer_provider(tracer_provider)
+    if tracer_provider is not None and install:
+        instrument_clients(tracer_provider, settings.trace_clients)
+    return Telemetry(meter_provider, tracer_provider, tuple(exporters), server)
+
+
+# What SLUICE_TRACE_CLIENTS may name. Cassandra is not traced by default: its instrumentation makes one span per
+# request, about three per ingested event, far more than the 5% of ingest's own work telemetry may cost.
+CLIENTS = {"cassandra": ("opentelemetry.instrumentation.cassandra", "CassandraInstrumentor"),
+           "redis": ("opentelemetry.instrumentation.redis", "RedisInstrumentor"),
+           "psycopg": ("opentelemetry.instrumentation.psycopg", "PsycopgInstrumentor")}
+def instrument_clients(tracer_provider: Any, clients: Sequence[str] = tuple(CLIENTS)) -> list[str]:
+    """Trace the calls of ``clients`` with their instrumentation packages; returns what was instrumented."""
+    done = []
+    for name in clients:
+        module, cls = CLIENTS[name]
+        try:
+            instrumentor = getattr(importlib.import_module(module), cls)()
+            if not instrumentor.is_instrumented_by_opentelemetry:
+                instrumentor.instrument(tracer_provider=tracer_provider)
+            done.append(name)
+        except Exception:  # a missing or incompatible instrumentation costs its spans, not the worker
+            logger.warning("telemetry: %s calls are not traced", name, exc_info=True)
+    return done
+
+
+def configure(settings: TelemetrySettings | None = None) -> Telemetry:
+    """Set telemetry up from the environment, once per process (later calls return the first result).
+
+    A telemetry that a test or benchmark activated first (:func:`activate`) stays active.
+    """
+    global _configured
+    with _lock:
+        if _configured is None:
+            _configured = build(settings=settings)
+            if not _active.enabled:
+                activate(_configured)
+            if _configured.enabled:
+                logger.info("telemetry: exporting to %s", ", ".join(_configured.exporters) or "nothing",
+                            extra={"telemetry.exporters": list(_configured.exporters)})
+        return _configured

@@ -1,0 +1,319 @@
+"""Telemetry through the real OpenTelemetry SDK: the ingest function's counters, histograms and span, the lag gauge.
+
+The ingest function is called as the host calls it (``function_app.app``), against
+the Cassandra emulator and Azurite; telemetry is the SDK's ``InMemoryMetricReader``
+and ``InMemorySpanExporter``, activated for the test (``shared.telemetry.activate``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import azure.functions as func
+import pytest
+from azure.core.exceptions import ResourceExistsError
+from azure.eventhub import EventData, EventHubProducerClient
+from azure.eventhub.extensions.checkpointstoreblob import BlobCheckpointStore
+from azure.storage.blob import BlobServiceClient
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared import bootstrap, telemetry
+from shared.adapters.cassandra.migrations import apply_migrations
+from shared.domain.events import EventMetadata, Limits, RawRecord, parse_records
+from shared.settings import TelemetrySettings
+from shared.telemetry_names import exported_series
+from sluice.launcher import Running
+from tests.fixtures.functions import HostContext, user_function
+
+pytestmark = pytest.mark.timeout(120)
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+PRODUCER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.fixture
+def in_memory() -> Iterator[SimpleNamespace]:
+    """An SDK meter and tracer provider with in-memory reader and exporter, active for the test."""
+    reader, spans = InMemoryMetricReader(), InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    previous = telemetry.activate(telemetry.Telemetry(MeterProvider(metric_readers=[reader]), tracer_provider))
+    yield SimpleNamespace(reader=reader, spans=spans, tracer_provider=tracer_provider)
+    telemetry.activate(previous)
+
+
+def collected(reader: InMemoryMetricReader) -> dict[str, dict[frozenset, Any]]:
+    """Instrument name -> {attributes: value} (sums and gauges: the value; histograms: the count)."""
+    out: dict[str, dict[frozenset, Any]] = {}
+    data = reader.get_metrics_data()
+    for resource_metrics in data.resource_metrics if data else ():
+        for scope in resource_metrics.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    value = getattr(point, "count", None) if hasattr(point, "bucket_counts") else point.value
+                    out.setdefault(metric.name, {})[frozenset(point.attributes.items())] = value
+    return out
+
+
+def event(device: str = "dev-1", *, severity: str = "info", **fields: Any) -> dict:
+    return {"event_id": str(uuid.uuid4()), "device_id": device, "event_type": "reading",
+            "timestamp": NOW.isoformat(), "severity": severity, "measurements": {"temperature": 21.5}, **fields}
+
+
+def batch(bodies: list[dict | bytes], *, partition: str = "0") -> list[func.EventHubEvent]:
+    """One Event Hubs batch with the host's metadata, the first message carrying a producer's ``traceparent``."""
+    properties = [{"traceparent": PRODUCER}] + [{} for _ in bodies[1:]]
+    metadata = {
+        "PartitionContext": func.meta.Datum(json.dumps({"PartitionId": partition, "ConsumerGroup": "sluice"}), "json"),
+        "PropertiesArray": func.meta.Datum(json.dumps(properties), "json"),
+    }
+    return [func.EventHubEvent(body=body if isinstance(body, bytes) else json.dumps(body).encode(),
+                               trigger_metadata=metadata, enqueued_time=NOW + timedelta(milliseconds=n),
+                               partition_key=None, sequence_number=n + 1, offset=(n + 1) * 100)
+            for n, body in enumerate(bodies)]
+
+
+@pytest.fixture
+def ingest(cassandra_emulator: Running, azurite_connection_string: str, monkeypatch: pytest.MonkeyPatch,
+           in_memory: SimpleNamespace) -> Iterator[Any]:
+    keyspace = f"ks_{uuid.uuid4().hex[:12]}"
+    for name, value in {"AzureWebJobsStorage": azurite_connection_string,
+                        "SLUICE_STORAGE_DEADLETTER_CONTAINER": f"dl-{uuid.uuid4().hex[:12]}",
+                        "SLUICE_CASSANDRA_HOSTS": cassandra_emulator.host,
+                        "SLUICE_CASSANDRA_PORT": str(cassandra_emulator.port), "SLUICE_CASSANDRA_KEYSPACE": keyspace,
+                        "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0", "SLUICE_POSTGRES_HOST": "127.0.0.1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("EventHubConnection", raising=False)
+    bootstrap.reset()
+    apply_migrations(bootstrap.cassandra_session(), bootstrap.settings().cassandra)
+    function = user_function("ingest")
+    yield lambda events: function(events, HostContext("ingest"))
+    bootstrap.reset()
+
+
+def test_a_batch_of_valid_invalid_and_duplicate_events_is_counted_exactly(ingest, in_memory) -> None:
+    valid = [event(f"dev-{i}") for i in range(5)] + [event("dev-9", severity="critical")]   # N = 6
+    twice = valid[0]                                                                         # D = 2
+    invalid = [b"{not json", b"[]", json.dumps({**event(), "device_id": ""}).encode()]         # K = 3
+    traced = telemetry.instrument_clients(in_memory.tracer_provider)
+    try:
+        ingest(batch([*valid, twice, *invalid, twice]))
+    finally:
+        from opentelemetry.instrumentation.cassandra import CassandraInstrumentor
+        from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+        from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+        for instrumentor in (CassandraInstrumentor(), RedisInstrumentor(), PsycopgInstrumentor()):
+            instrumentor.uninstrument()
+    metrics = collected(in_memory.reader)
+    partition = ("eventhub.partition", "0")
+    assert metrics["sluice.ingest.events"] == {
+        frozenset({("outcome", "stored"), partition}): 6,
+        frozenset({("outcome", "dead_lettered"), partition}): 3,
+        frozenset({("outcome", "duplicate"), partition}): 2,
+    }
+    assert metrics["sluice.deadletter.letters"] == {frozenset({("reason", "malformed")}): 2,
+                                                    frozenset({("reason", "contract")}): 1}
+    assert metrics["sluice.ingest.batch.duration"] == {frozenset({partition}): 1}
+    assert metrics["sluice.ingest.delay"] == {frozenset(): 1}
+
+    spans = in_memory.spans.get_finished_spans()
+    (span,) = [s for s in spans if s.name == "sluice.ingest"]
+    assert [format(link.context.trace_id, "032x") for link in span.links] == [PRODUCER.split("-")[1]]
+    assert span.attributes["eventhub.partition"] == "0"
+    assert (span.attributes["sluice.sequence.first"], span.attributes["sluice.sequence.last"]) == (1, 11)
+    assert span.attributes["sluice.events.stored"] == 6
+    assert list(span.attributes["sluice.critical.event_ids"]) == [valid[-1]["event_id"]]
+    assert "cassandra" in traced, traced  # the driver's requests are children of the invocation's span
+    children = [s for s in spans if s.parent is not None and s.parent.span_id == span.context.span_id]
+    assert children and all(s.attributes.get("db.system") == "cassandra" for s in children), [s.name for s in spans]
+
+
+def test_a_second_batch_adds_to_the_counters(ingest, in_memory) -> None:
+    ingest(batch([event(), event()]))
+    ingest(batch([event(), b"nope"], partition="1"))
+    events = collected(in_memory.reader)["sluice.ingest.events"]
+    assert events[frozenset({("outcome", "stored"), ("eventhub.partition", "0")})] == 2
+    assert events[frozenset({("outcome", "stored"), ("eventhub.partition", "1")})] == 1
+    assert events[frozenset({("outcome", "dead_lettered"), ("eventhub.partition", "1")})] == 1
+    assert collected(in_memory.reader)["sluice.ingest.batch.duration"][frozenset({("eventhub.partition", "0")})] == 1
+
+
+# --- the lag gauge, from the ingest worker, over the real Event Hubs emulator and the host's checkpoints ---
+
+SENT = {"0": 9, "1": 4, "2": 0, "3": 3}
+
+
+def test_the_lag_gauge_is_last_enqueued_minus_checkpoint(isolated_eventhub: Any, azurite_connection_string: str,
+                                                         monkeypatch: pytest.MonkeyPatch, in_memory) -> None:
+    with EventHubProducerClient.from_connection_string(isolated_eventhub.connection_string,
+                                                       eventhub_name=isolated_eventhub.name) as producer:
+        for partition, count in SENT.items():
+            if count:
+                sending = producer.create_batch(partition_id=partition)
+                for i in range(count):
+                    sending.add(EventData(f"event {i}"))
+                producer.send_batch(sending)
+    monkeypatch.setenv("EventHubConnection", isolated_eventhub.connection_string)
+    monkeypatch.setenv("AzureWebJobsStorage", azurite_connection_string)
+    for name, value in {"SLUICE_INGEST_EVENTHUB_NAME": isolated_eventhub.name,
+                        "SLUICE_INGEST_CONSUMER_GROUP": "sluice", "SLUICE_CASSANDRA_HOSTS": "127.0.0.1",
+                        "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0", "SLUICE_POSTGRES_HOST": "127.0.0.1"}.items():
+        monkeypatch.setenv(name, value)
+    bootstrap.reset()
+    from shared.adapters.eventhub_lag import host_checkpoint_source
+
+    source = host_checkpoint_source(isolated_eventhub.name, "sluice",
+                                    connection_string=isolated_eventhub.connection_string,
+                                    fully_qualified_namespace=None)
+    with BlobServiceClient.from_connection_string(azurite_connection_string) as service, \
+            contextlib.suppress(ResourceExistsError):
+        service.create_container(source.container)
+    store = BlobCheckpointStore.from_connection_string(azurite_connection_string, source.container)
+    for partition, sequence in (("0", 2), ("1", 3)):  # last enqueued 8 and 3: lag 6 and 0
+        store.update_checkpoint({"fully_qualified_namespace": source.namespace, "eventhub_name": source.eventhub,
+                                 "consumer_group": "sluice", "partition_id": partition, "sequence_number": sequence,
+                                 "offset": str(sequence)})
+    try:
+        bootstrap.ingest_service()  # the ingest worker registers the gauge
+        lag = collected(in_memory.reader)["sluice.eventhub.lag"]
+    finally:
+        bootstrap.reset()
+    by_partition = {dict(attrs)["eventhub.partition"]: value for attrs, value in lag.items()}
+    assert {dict(attrs)["consumer_group"] for attrs in lag} == {"sluice"}
+    # 2 is empty; 3 has no checkpoint yet, so KEDA counts its 3 retained events
+    assert by_partition == {"0": 6, "1": 0, "2": 0, "3": 3}
+
+
+# --- faults: an unreachable collector costs an invocation nothing, and is logged at most once a minute ---
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def silent_collector() -> Iterator[int]:
+    """A port that accepts connections and never answers: a synchronous export would wait for its timeout."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    yield server.getsockname()[1]
+    server.close()
+
+
+@pytest.mark.parametrize("collector", ["closed", "silent"])
+def test_an_unreachable_otlp_endpoint_never_blocks_an_invocation(ingest, collector: str, silent_collector: int,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    port = closed_port() if collector == "closed" else silent_collector
+    timeout = 3.0
+    for name, value in {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+                        "OTEL_EXPORTER_OTLP_TIMEOUT": str(timeout), "OTEL_BSP_SCHEDULE_DELAY": "20",
+                        "OTEL_METRIC_EXPORT_INTERVAL": "50"}.items():
+        monkeypatch.setenv(name, value)
+    caplog.set_level(logging.WARNING)
+    telemetry.EXPORTER_LOG_LIMIT.reset()
+    otlp = telemetry.build(settings=TelemetrySettings(), install=False)
+    assert otlp.exporters == ("otlp",)
+    previous = telemetry.activate(otlp)
+    try:
+        durations = []
+        for _ in range(8):
+            began = time.perf_counter()
+            ingest(batch([event(), event(), b"bad"]))
+            durations.append(time.perf_counter() - began)
+        time.sleep(timeout + 1.0)  # let the background exports fail, several times over
+    finally:
+        telemetry.activate(previous)
+        otlp.tracer_provider.shutdown()
+        otlp.meter_provider.shutdown(timeout_millis=500)
+    assert max(durations) < 1.0, durations
+    failures = Counter(r.name for r in caplog.records if r.name.startswith("opentelemetry.exporter"))
+    assert failures, "the exporters never reported their failures"
+    assert max(failures.values()) == 1, failures  # one line per exporter per minute
+
+
+def test_the_prometheus_endpoint_serves_the_instruments_under_their_derived_names() -> None:
+    served = telemetry.build({}, settings=TelemetrySettings(metrics_port=0, metrics_address="127.0.0.1"), install=False)
+    server, _thread = served.metrics_server
+    try:
+        records = [RawRecord(json.dumps(event()).encode(), EventMetadata("3", None, n, NOW, None)) for n in range(2)]
+        parsed = parse_records([*records, RawRecord(b"{", EventMetadata("3", None, 2, NOW, None))], limits=Limits())
+        served.metrics.ingest_batch("3", stored=parsed.oks, duplicates=0, rejected=parsed.errs, store_failed=0,
+                                    seconds=0.02, oldest_enqueued=NOW)
+        served.metrics.lookup("events/{event_id}", "hit", 200, 0.001)
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.server_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    finally:
+        server.shutdown()
+        served.meter_provider.shutdown()
+    samples = {(sample.name, frozenset((k, v) for k, v in sample.labels.items() if not k.startswith("otel_scope")))
+               : sample.value for family in text_string_to_metric_families(text) for sample in family.samples}
+    assert samples[("sluice_ingest_events_total", frozenset({("eventhub_partition", "3"), ("outcome", "stored")}))] == 2
+    assert samples[("sluice_deadletter_letters_total", frozenset({("reason", "malformed")}))] == 1
+    names = {name for name, _ in samples}
+    for series in ("sluice_ingest_batch_duration_seconds_bucket", "sluice_ingest_delay_seconds_count",
+                   "sluice_lookup_requests_total", "sluice_lookup_duration_seconds_sum"):
+        assert series in exported_series() and series in names, series
+
+
+AZURE_MONITOR_PROBE = r'''
+import json, logging, sys, time
+from datetime import UTC, datetime
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s|%(levelname)s|%(message)s")
+from shared import telemetry
+from shared.settings import TelemetrySettings
+started = telemetry.configure(TelemetrySettings())
+durations = []
+for n in range(20):
+    began = time.perf_counter()
+    with telemetry.stage_span("ingest", attributes={"eventhub.partition": "0"}):
+        telemetry.pipeline_metrics().ingest_batch("0", stored=(), duplicates=1, rejected=(), store_failed=0,
+                                                  seconds=0.01, oldest_enqueued=datetime.now(UTC))
+    durations.append(time.perf_counter() - began)
+    time.sleep(0.05)
+print(json.dumps({"exporters": list(started.exporters), "slowest": max(durations)}))
+'''
+
+
+def test_an_unreachable_azure_monitor_endpoint_never_blocks_an_invocation(tmp_path) -> None:
+    """The distro installs global providers and instrumentations, so it runs in a process of its own."""
+    port = closed_port()
+    environment = {**os.environ, "APPLICATIONINSIGHTS_CONNECTION_STRING":
+                   f"InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+                   f"IngestionEndpoint=http://127.0.0.1:{port}/;LiveEndpoint=http://127.0.0.1:{port}/",
+                   "OTEL_BSP_SCHEDULE_DELAY": "50", "OTEL_METRIC_EXPORT_INTERVAL": "200", "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", AZURE_MONITOR_PROBE], env=environment, capture_output=True,
+                          text=True, timeout=90, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["exporters"] == ["azure-monitor"]
+    assert result["slowest"] < 0.5, result
+    logged = Counter(line.split("|")[0] for line in done.stderr.splitlines()
+                     if re.match(r"(azure\.monitor|opentelemetry)[\w.]*\|(WARNING|ERROR)\|", line))
+    assert logged, "the exporters never reported their failures"
+    assert max(logged.values()) == 1, logged  # one line per logger per minute

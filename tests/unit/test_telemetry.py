@@ -1,0 +1,249 @@
+"""shared.telemetry: set-up from the environment, the services' figures through the real SDK, spans and log limits."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from cassandra.protocol import OverloadedErrorMessage
+from cassandra.query import SimpleStatement
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import ValidationError
+
+from shared import telemetry
+from shared.adapters.cassandra.retry import CosmosRetryPolicy
+from shared.adapters.otel_metrics import reason_kind
+from shared.domain.events import EventMetadata, Limits, RawRecord, parse_records
+from shared.exceptions import ConfigurationError, TransientError
+from shared.ports.metrics import NO_METRICS
+from shared.services.changefeed import ChangeFeedService
+from shared.settings import EnrichmentSettings, TelemetrySettings, load_settings
+from tests.unit.test_changefeed_service import FakeFeed, FakePositions, FakeSink, stored
+from tests.unit.test_enrichment import T0, MemoryReader, MemoryStore, StaticReference, W
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+PRODUCER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+@pytest.fixture
+def sdk() -> Iterator[SimpleNamespace]:
+    reader, spans = InMemoryMetricReader(), InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    meter_provider = MeterProvider(metric_readers=[reader])
+    active = telemetry.Telemetry(meter_provider, tracer_provider,
+                                 metrics=telemetry.OtelMetrics(meter_provider, clock=lambda: NOW))
+    previous = telemetry.activate(active)
+    yield SimpleNamespace(reader=reader, spans=spans, metrics=active.metrics)
+    telemetry.activate(previous)
+
+
+def collected(reader: InMemoryMetricReader) -> dict[str, dict[frozenset, Any]]:
+    out: dict[str, dict[frozenset, Any]] = {}
+    data = reader.get_metrics_data()
+    for resource_metrics in data.resource_metrics if data else ():
+        for scope in resource_metrics.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    value = point.count if hasattr(point, "bucket_counts") else point.value
+                    out.setdefault(metric.name, {})[frozenset(point.attributes.items())] = value
+    return out
+
+
+# --- set-up ---
+
+
+def test_nothing_configured_is_no_provider_and_no_cost() -> None:
+    off = telemetry.build({}, settings=TelemetrySettings())
+    assert off is telemetry.OFF and not off.enabled
+    assert off.metrics is NO_METRICS
+    previous = telemetry.activate(off)
+    try:
+        assert telemetry.pipeline_metrics() is NO_METRICS
+        with telemetry.stage_span("ingest", links=lambda: pytest.fail("links are read only for a span")) as span:
+            assert span is None
+        telemetry.record_lookup("events/{event_id}", "hit", 200, 0.001)  # a no-op, not an error
+    finally:
+        telemetry.activate(previous)
+
+
+@pytest.mark.parametrize("value", ["nine", "70000", "-1"])
+def test_a_bad_metrics_port_is_named(value: str) -> None:
+    environ = {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "SLUICE_CASSANDRA_HOSTS": "127.0.0.1",
+               "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0", "SLUICE_POSTGRES_HOST": "127.0.0.1",
+               "SLUICE_METRICS_PORT": value}
+    with pytest.raises(ConfigurationError, match="SLUICE_METRICS_PORT: "):
+        load_settings(environ)
+
+
+def test_an_otlp_protocol_sluice_does_not_ship_is_named() -> None:
+    with pytest.raises(ConfigurationError, match="OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc'"):
+        telemetry.build({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+                         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, settings=TelemetrySettings(), install=False)
+
+
+def test_the_resource_names_sluice_and_the_pod_unless_the_standard_variables_do(monkeypatch) -> None:
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+    pod = {"HOSTNAME": "sluice-ingest-7d9f-x2x", "KUBERNETES_SERVICE_HOST": "10.0.0.1"}
+    attributes = telemetry.service_resource(pod).attributes
+    assert attributes["service.name"] == "sluice"
+    assert attributes["k8s.pod.name"] == attributes["service.instance.id"] == "sluice-ingest-7d9f-x2x"
+    assert "k8s.pod.name" not in telemetry.service_resource({"HOSTNAME": "laptop"}).attributes
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "sluice-eu")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "k8s.pod.name=given")
+    attributes = telemetry.service_resource(pod).attributes
+    assert (attributes["service.name"], attributes["k8s.pod.name"]) == ("sluice-eu", "given")
+
+
+# --- the services' figures ---
+
+
+def test_change_feed_pages_count_critical_events_and_set_delay_and_staleness(sdk) -> None:
+    events = [stored(i, critical=i in (1, 4), enqueued_time=NOW - timedelta(seconds=30 - i)) for i in range(7)]
+    ChangeFeedService(FakeFeed(events, page_size=3), FakeSink(), FakePositions(), feed_name="f", clock=lambda: NOW,
+                      metrics=sdk.metrics).run()
+    metrics = collected(sdk.reader)
+    assert metrics["sluice.changefeed.events"] == {frozenset({("critical", True)}): 2,
+                                                   frozenset({("critical", False)}): 5}
+    assert metrics["sluice.changefeed.delay"] == {frozenset(): 3}  # one point per page, not per event
+    assert metrics["sluice.changefeed.staleness"] == {frozenset(): 24.0}  # the newest applied was enqueued at -24 s
+
+
+def test_enrichment_runs_count_windows_by_outcome_and_set_freshness(sdk) -> None:
+    reader, store, reference = MemoryReader(), MemoryStore(), StaticReference()
+    store.load_state(T0)
+    settings = EnrichmentSettings(window_seconds=300, allowed_lateness_seconds=120, late_horizon_seconds=3600,
+                                  initial_lookback_seconds=0)
+    from shared.services.enrichment import EnrichmentService
+
+    service = EnrichmentService(reader, reference, store, settings, metrics=sdk.metrics, clock=lambda: NOW)
+    service.run(now=T0 + 3 * W + timedelta(minutes=1))  # two closed windows
+    store.fail_on = T0 + 2 * W
+    with pytest.raises(TransientError):
+        service.run(now=T0 + 4 * W)
+    metrics = collected(sdk.reader)
+    assert metrics["sluice.enrich.windows"] == {frozenset({("outcome", "enriched")}): 2,
+                                                frozenset({("outcome", "failed")}): 1}
+    assert metrics["sluice.enrich.duration"] == {frozenset(): 2}
+    assert metrics["sluice.enrich.freshness"] == {frozenset(): (NOW - (T0 + 2 * W)).total_seconds()}
+
+
+def test_throttled_cassandra_requests_are_counted_by_operation_and_outcome(sdk) -> None:
+    policy = CosmosRetryPolicy(max_retries=1, max_wait=0.001)
+    statement = SimpleStatement("INSERT INTO ks.events_by_id (event_id) VALUES (?)")
+    overloaded = OverloadedErrorMessage(0x1001, "Request rate is large. RetryAfterMs=1", None)
+    assert policy.on_request_error(statement, None, overloaded, 0)[0] == policy.RETRY
+    assert policy.on_request_error(statement, None, overloaded, 1)[0] == policy.RETHROW
+    assert collected(sdk.reader)["sluice.cassandra.throttled"] == {
+        frozenset({("operation", "INSERT"), ("outcome", "retried")}): 1,
+        frozenset({("operation", "INSERT"), ("outcome", "gave_up")}): 1,
+    }
+
+
+def test_record_lookup_counts_requests_and_times_them(sdk) -> None:
+    telemetry.record_lookup("devices/{device_id}/latest", "hit", 200, 0.002)
+    telemetry.record_lookup("devices/{device_id}/latest", "miss", 200, 0.010)
+    telemetry.record_lookup("devices/{device_id}/latest", "miss", 503, 2.0)
+    metrics = collected(sdk.reader)
+    route = ("http.route", "devices/{device_id}/latest")
+    assert metrics["sluice.lookup.requests"] == {
+        frozenset({route, ("cache", "hit"), ("http.response.status_code", 200)}): 1,
+        frozenset({route, ("cache", "miss"), ("http.response.status_code", 200)}): 1,
+        frozenset({route, ("cache", "miss"), ("http.response.status_code", 503)}): 1,
+    }
+    assert metrics["sluice.lookup.duration"] == {frozenset({route, ("cache", "hit")}): 1,
+                                                 frozenset({route, ("cache", "miss")}): 2}
+
+
+def test_a_failing_lag_reading_reports_no_point_rather_than_zero(sdk) -> None:
+    readings = iter([{"0": 5, "1": 0}, RuntimeError("Event Hubs down")])
+
+    def lag() -> dict[str, int]:
+        value = next(readings)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    sdk.metrics.register_lag_gauge(lag, "sluice")
+    assert collected(sdk.reader)["sluice.eventhub.lag"] == {
+        frozenset({("eventhub.partition", "0"), ("consumer_group", "sluice")}): 5,
+        frozenset({("eventhub.partition", "1"), ("consumer_group", "sluice")}): 0}
+    assert "sluice.eventhub.lag" not in collected(sdk.reader)
+
+
+def test_dead_letter_reasons_are_bounded_labels_for_what_parse_records_says() -> None:
+    meta = EventMetadata("0", None, 1, None, None)
+    good = {"event_id": str(uuid.uuid4()), "device_id": "d", "event_type": "t", "timestamp": NOW.isoformat()}
+    bodies = {b"x" * 300: "too_large", b"\xef\xbb\xbf{}": "malformed", b"\xff": "malformed", b"{nope": "malformed",
+              b"7": "malformed", b"[]": "malformed", b"[1]": "malformed", b'{"event_id": 1}': "contract"}
+    for body, kind in bodies.items():
+        (rejected,) = parse_records([RawRecord(body, meta)], limits=Limits(max_body_bytes=256), now=NOW).errs
+        assert reason_kind(rejected.reason) == kind, rejected.reason
+    import json
+
+    twin = json.dumps(good).encode()
+    other = json.dumps({**good, "event_type": "u"}).encode()
+    (conflict,) = parse_records([RawRecord(twin, meta), RawRecord(other, meta)], limits=Limits(), now=NOW).errs
+    assert reason_kind(conflict.reason) == "conflicting_id"
+    assert reason_kind("event store unavailable: NoHostAvailable") == "store_unavailable"
+
+
+# --- spans ---
+
+
+def test_a_stage_span_links_the_messages_and_has_the_hosts_parent(sdk) -> None:
+    host = "00-11111111111111111111111111111111-2222222222222222-01"
+    properties = [{"traceparent": PRODUCER}, {"Diagnostic-Id": PRODUCER}, {"Diagnostic-Id": "garbage"}, {}, "x"]
+    with telemetry.stage_span("ingest", parent=host, links=lambda: telemetry.message_links(properties)):
+        pass
+    (span,) = sdk.spans.get_finished_spans()
+    assert span.name == "sluice.ingest"
+    assert format(span.context.trace_id, "032x") == "1" * 32 and format(span.parent.span_id, "016x") == "2" * 16
+    assert [format(link.context.span_id, "016x") for link in span.links] == ["b7ad6b7169203331"]  # one per context
+
+
+def test_a_failing_stage_is_recorded_on_its_span_and_propagates(sdk) -> None:
+    with pytest.raises(TransientError), telemetry.stage_span("changefeed"):
+        raise TransientError("redis down")
+    (span,) = sdk.spans.get_finished_spans()
+    assert not span.status.is_ok and span.events[0].name == "exception"
+
+
+# --- exporter logs ---
+
+
+def test_exporter_failures_are_logged_once_a_minute_and_say_how_many_were_held_back() -> None:
+    clock = [0.0]
+    limit = telemetry.OncePerInterval(60.0, monotonic=lambda: clock[0])
+    log = logging.getLogger("opentelemetry.exporter.otlp.proto.http.test")
+
+    def record(message: str, level: int = logging.ERROR) -> logging.LogRecord:
+        return log.makeRecord(log.name, level, __file__, 1, message, (), None)
+
+    assert limit.filter(record("Failed to export span batch"))
+    for second in range(1, 60, 5):
+        clock[0] = second
+        assert not limit.filter(record("Failed to export span batch"))
+    assert limit.filter(record("debug detail", logging.DEBUG))  # below WARNING: never held back
+    clock[0] = 60.0
+    passed = record("Failed to export span batch")
+    assert limit.filter(passed)
+    assert passed.getMessage() == "Failed to export span batch (12 more such messages in the last 60 s were not logged)"
+
+
+def test_traced_clients_default_to_redis_and_psycopg_and_unknown_names_are_refused() -> None:
+    assert TelemetrySettings().trace_clients == ["redis", "psycopg"]
+    assert TelemetrySettings(trace_clients="cassandra, redis").trace_clients == ["cassandra", "redis"]
+    assert TelemetrySettings(trace_clients="none").trace_clients == []
+    with pytest.raises(ValidationError, match="'cassandra', 'redis' or 'psycopg'"):
+        TelemetrySettings(trace_clients="mongo")
