@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from functools import cache, wraps
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from typing import Any
 import azure.functions as func
 
 from functions.parameters import BadParameter, parse_device_id, parse_event_id, parse_limit, parse_since
-from shared import bootstrap
+from shared import bootstrap, telemetry
 from shared.exceptions import DependencyUnavailable
 from shared.services.lookups import Lookup
 
@@ -46,7 +48,14 @@ def _error(status: int, error: str, message: str, **extra: str) -> func.HttpResp
     return _json({"error": error, "message": message, **extra}, status, headers)
 
 
+# The cache outcome of the request being answered (hit, miss, negative, bypass), for its metrics: set by
+# _answer, read by _mapped's wrapper in the same task; "none" when the request never got an answer from the
+# service (a bad parameter, a dependency down).
+_outcome: ContextVar[str] = ContextVar("lookup_cache_outcome", default="none")
+
+
 def _answer(lookup: Lookup, missing: str) -> func.HttpResponse:
+    _outcome.set(lookup.outcome)
     headers = {"X-Cache": lookup.cache, "Cache-Control": "no-store"}
     if lookup.document is None:
         return func.HttpResponse(json.dumps({"error": "not_found", "message": missing}), status_code=404,
@@ -57,25 +66,36 @@ def _answer(lookup: Lookup, missing: str) -> func.HttpResponse:
 Handler = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
 
 
-def _mapped(handler: Handler) -> Handler:
-    """Map the service's errors to HTTP: bad parameter 400, dependency down 503."""
+def _mapped(route: str) -> Callable[[Handler], Handler]:
+    """Map the service's errors to HTTP (bad parameter 400, dependency down 503) and record the request's
+    ``sluice.lookup.requests`` and ``sluice.lookup.duration`` under the route template."""
 
-    @wraps(handler)
-    async def wrapper(req: func.HttpRequest) -> func.HttpResponse:
-        try:
-            return await handler(req)
-        except BadParameter as exc:
-            return _error(400, "bad_request", exc.detail, parameter=exc.parameter)
-        except DependencyUnavailable as exc:
-            logger.warning("lookup %s failed: %s", req.url, exc)
-            return _error(503, "dependency_unavailable", str(exc), dependency=exc.dependency)
+    def decorate(handler: Handler) -> Handler:
+        @wraps(handler)
+        async def wrapper(req: func.HttpRequest) -> func.HttpResponse:
+            started = time.perf_counter()
+            token = _outcome.set("none")
+            try:
+                response = await handler(req)
+            except BadParameter as exc:
+                response = _error(400, "bad_request", exc.detail, parameter=exc.parameter)
+            except DependencyUnavailable as exc:
+                logger.warning("lookup %s failed: %s", req.url, exc)
+                response = _error(503, "dependency_unavailable", str(exc), dependency=exc.dependency)
+            try:
+                telemetry.record_lookup(route, _outcome.get(), response.status_code, time.perf_counter() - started)
+            finally:
+                _outcome.reset(token)
+            return response
 
-    return wrapper
+        return wrapper
+
+    return decorate
 
 
 @bp.function_name("device_latest")
 @bp.route(route="devices/{device_id}/latest", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
-@_mapped
+@_mapped("devices/{device_id}/latest")
 async def device_latest(req: func.HttpRequest) -> func.HttpResponse:
     device_id = parse_device_id(req.route_params.get("device_id"))
     return _answer(await bootstrap.lookup_service().latest(device_id), f"device {device_id!r} has no events")
@@ -83,7 +103,7 @@ async def device_latest(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("device_critical")
 @bp.route(route="devices/{device_id}/critical", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
-@_mapped
+@_mapped("devices/{device_id}/critical")
 async def device_critical(req: func.HttpRequest) -> func.HttpResponse:
     device_id = parse_device_id(req.route_params.get("device_id"))
     service = bootstrap.lookup_service()
@@ -94,7 +114,7 @@ async def device_critical(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("event_by_id")
 @bp.route(route="events/{event_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
-@_mapped
+@_mapped("events/{event_id}")
 async def event_by_id(req: func.HttpRequest) -> func.HttpResponse:
     event_id = parse_event_id(req.route_params.get("event_id"))
     return _answer(await bootstrap.lookup_service().event(event_id), f"event {event_id} does not exist")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("azure").setLevel(logging.WARNING)
+    # A command is no worker to scrape: settings.env (or the pod's ConfigMap) names the dev host's or the
+    # worker's metrics port, which a command would only fail to bind beside it. `up` passes the port to the
+    # dev host itself.
+    os.environ.pop("SLUICE_METRICS_PORT", None)
     try:
         return int(args.func(args) or 0)
     except SluiceError as exc:

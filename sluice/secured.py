@@ -46,7 +46,11 @@ class LocalCA:
     key_file: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        import trustme
+        try:  # a development package (requirements-dev.txt): the image runs no local stack
+            import trustme
+        except ImportError as exc:
+            raise ServiceError("the local stack's certificates need trustme: pip install -r requirements-dev.txt "
+                              "(or run `sluice up --use-existing-services`)") from exc
 
         self.directory.mkdir(parents=True, exist_ok=True)
         ca = trustme.CA(organization_name="Sluice local stack")

@@ -25,6 +25,7 @@ from tests.fixtures.cassandra import start_cassandra_emulator
 from tests.fixtures.functions import _index, invoke, registered, run
 from tests.integration import test_changefeed as changefeed_tests
 from tests.integration.test_changefeed import RULES, cassandra_settings, make_event
+from tests.unit.test_telemetry import collected, sdk  # noqa: F401 (sdk: a fixture)
 
 # fixtures shared with the change feed tests (used by name)
 app_env, keyspace, private_redis = changefeed_tests.app_env, changefeed_tests.keyspace, changefeed_tests.private_redis
@@ -336,3 +337,30 @@ def test_a_hung_cassandra_is_503_within_the_lookup_timeout_and_health_says_down(
     # Once Cassandra answers again, so do the lookups (the timed-out requests left the connection usable).
     recovered = latest("h-1")
     assert recovered.status_code == 200 and body(recovered)["event_id"] == str(stored.event_id)
+
+
+@pytest.mark.timeout(60)
+def test_each_lookup_is_counted_under_its_route_with_its_cache_outcome_and_status(app_env, store, sdk) -> None:  # noqa: F811 (sdk: the fixture)
+    """sluice.lookup.requests and .duration, through the registered functions (no SDK call per event)."""
+    app_env()
+    store.write([make_event("metered", NOW - timedelta(minutes=1))])
+    for device in ("metered", "metered", "unmetered", "unmetered"):  # miss, hit; miss (404), negative (404)
+        latest(device)
+    assert latest("bad id").status_code == 400
+    stored = make_event("metered", NOW - timedelta(minutes=2))
+    store.write([stored])
+    assert event(str(stored.event_id)).status_code == 200
+    figures = collected(sdk.reader)
+    route = ("http.route", "devices/{device_id}/latest")
+    requests = {
+        frozenset({route, ("cache", "miss"), ("http.response.status_code", 200)}): 1,
+        frozenset({route, ("cache", "hit"), ("http.response.status_code", 200)}): 1,
+        frozenset({route, ("cache", "miss"), ("http.response.status_code", 404)}): 1,
+        frozenset({route, ("cache", "negative"), ("http.response.status_code", 404)}): 1,
+        frozenset({route, ("cache", "none"), ("http.response.status_code", 400)}): 1,
+        frozenset({("http.route", "events/{event_id}"), ("cache", "miss"), ("http.response.status_code", 200)}): 1,
+    }
+    assert figures["sluice.lookup.requests"] == requests
+    durations = figures["sluice.lookup.duration"]
+    assert durations[frozenset({route, ("cache", "miss")})] == 2
+    assert durations[frozenset({route, ("cache", "none")})] == 1
