@@ -38,7 +38,11 @@ CHECKPOINT_CONTAINER = "azure-webjobs-eventhub"
 
 
 def function_names() -> set[str]:
-    """The functions ``function_app.py`` registers (empty when the app cannot be imported)."""
+    """The functions ``function_app.py`` registers (empty when the app cannot be imported).
+
+    ``FunctionApp.get_functions()`` may run only once per app: a process that indexes the app
+    elsewhere (the tests do, through ``tests/fixtures/functions.py``) must not call this too.
+    """
     try:
         import function_app
 

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from sluice.delivery import Probe, check_delivery, function_names
+from sluice.delivery import Probe, check_delivery
 from sluice.loadgen import read_manifest
 from sluice.localstack import ROOT, LocalStack, StackOptions
 from sluice.secured import SECRET_NAMES
+from tests.fixtures.functions import _index  # get_functions() may run once per process: the shared index
 
 pytestmark = pytest.mark.timeout(600)
 LOAD_SECONDS = 40
@@ -107,7 +108,7 @@ def test_rotating_every_password_under_load_loses_nothing_and_restarts_nothing(t
         assert producer.wait(timeout=LOAD_SECONDS + 120) == 0, producer.stderr.read() if producer.stderr else ""
 
         expected = read_manifest(manifest)
-        features = {f for f in function_names() if "enrich" not in f}  # windows close minutes later: checked below
+        features = {f for f in _index() if "enrich" not in f}  # windows close minutes later: checked below
         probe = Probe(stack.values)  # a cold start after the rotations: every password read from the vault
         try:
             deadline, report = time.monotonic() + 180, None
