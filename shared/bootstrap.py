@@ -70,7 +70,21 @@ def start_worker() -> None:
     """
     loaded = settings()
     runtime.configure(loaded.worker)
+    appinsights_from_vault(loaded.telemetry.appinsights_connection_string_secret)
     _telemetry().configure(loaded.telemetry)
+
+
+def appinsights_from_vault(secret_name: str | None) -> None:
+    """Put the Application Insights connection string where the Azure Monitor distro reads it, from Key Vault.
+
+    On AKS the connection string is a Key Vault secret (infra/resources.bicep), named by
+    ``SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET``; a value already in the environment
+    (the Functions host's own setting) wins. A missing secret stops the start naming it.
+    """
+    import os
+
+    if secret_name and not os.environ.get("APPLICATIONINSIGHTS_CONNECTION_STRING"):
+        os.environ["APPLICATIONINSIGHTS_CONNECTION_STRING"] = keyvault().get(secret_name)
 
 
 def _telemetry() -> Any:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -160,3 +162,30 @@ def test_a_plain_password_wins_without_touching_the_vault(bootstrap_settings) ->
     settings = bootstrap_settings(_sample_environ(SLUICE_POSTGRES_PASSWORD="plain"))
     assert bootstrap.secret(settings.postgres.password, settings.postgres.password_secret) == "plain"
     assert bootstrap.keyvault.cache_info().currsize == 0
+
+
+def test_the_appinsights_connection_string_comes_from_its_secret_unless_the_host_set_one(
+        keyvault_emulator: KeyVaultEmulator, keyvault_client: SecretClient, bootstrap_settings,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    name = unique_secret_name("appinsights-connection-string")
+    value = f"InstrumentationKey={uuid.uuid4()};IngestionEndpoint=https://127.0.0.1:1/"
+    keyvault_client.set_secret(name, value)
+    settings = bootstrap_settings(_sample_environ(
+        SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET=name,
+        SLUICE_KEYVAULT_URL=keyvault_emulator.url,
+        SLUICE_KEYVAULT_CA_FILE=str(keyvault_emulator.ca_file),
+    ))
+    monkeypatch.delenv("APPLICATIONINSIGHTS_CONNECTION_STRING", raising=False)
+    bootstrap.appinsights_from_vault(settings.telemetry.appinsights_connection_string_secret)
+    assert os.environ.get("APPLICATIONINSIGHTS_CONNECTION_STRING") == value, f"{name} was not put in the environment"
+
+    monkeypatch.setenv("APPLICATIONINSIGHTS_CONNECTION_STRING", "set-by-the-host")
+    keyvault_client.set_secret(name, "not-this-one")
+    bootstrap.appinsights_from_vault(name)
+    assert os.environ["APPLICATIONINSIGHTS_CONNECTION_STRING"] == "set-by-the-host"
+
+    monkeypatch.delenv("APPLICATIONINSIGHTS_CONNECTION_STRING")
+    missing = unique_secret_name("no-such-connection-string")
+    with pytest.raises(ConfigurationError, match=missing):
+        bootstrap.appinsights_from_vault(missing)
+    assert "APPLICATIONINSIGHTS_CONNECTION_STRING" not in os.environ
