@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from functools import cache
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pydantic import SecretStr
 
@@ -52,14 +52,40 @@ logger = logging.getLogger(__name__)
 _lock = threading.RLock()
 
 
-@cache
+_building = threading.RLock()
+
+
+def built(builder: Callable[[], T]) -> functools._lru_cache_wrapper[T]:
+    """``functools.cache`` for a client or service, built once per process even when its first calls are concurrent.
+
+    The worker runs functions on several threads at once. Two first calls building
+    together would build twice, and would import the same SDK modules from two
+    threads, which fails on an SDK's circular imports ("partially initialized
+    module 'redis.cluster'"). So a build holds one lock (re-entrant: builders call
+    builders); a built value is returned without it.
+    """
+    cached = cache(builder)
+
+    @functools.wraps(builder)
+    def once() -> T:
+        if cached.cache_info().currsize:
+            return cached()
+        with _building:
+            return cached()
+
+    once.cache_clear = cached.cache_clear  # type: ignore[attr-defined]  # reset() and the tests clear it
+    once.cache_info = cached.cache_info  # type: ignore[attr-defined]
+    return cast("functools._lru_cache_wrapper[T]", once)
+
+
+@built
 def settings() -> Settings:
     loaded = load_settings()
     logger.info("settings loaded: %s", loaded.as_dict())
     return loaded
 
 
-@cache
+@built
 def start_worker() -> None:
     """The worker process's start: its own settings (the garbage collector, ``shared.runtime``) applied once.
 
@@ -121,7 +147,7 @@ def rotating_secret(value: SecretStr | None, secret_name: str | None) -> Rotatin
     return rotating
 
 
-@cache
+@built
 def keyvault() -> KeyVaultSecrets:
     from shared.adapters.keyvault import KeyVaultSecrets
 
@@ -130,7 +156,7 @@ def keyvault() -> KeyVaultSecrets:
     return KeyVaultSecrets(kv.url, ca_file=str(kv.ca_file) if kv.ca_file else None)
 
 
-@cache
+@built
 def cassandra_session() -> Session:
     from shared.adapters.cassandra.session import connect
 
@@ -139,14 +165,14 @@ def cassandra_session() -> Session:
         return connect(cfg, rotating_secret(cfg.password, cfg.password_secret))
 
 
-@cache
+@built
 def blob_service() -> BlobServiceClient:
     from shared.adapters.blob_service import blob_service_client
 
     return blob_service_client(settings().storage)
 
 
-@cache
+@built
 def redis_client() -> RedisConnection:
     """The Redis connection (one Redis or a Redis Cluster, see ``SLUICE_REDIS_CLUSTER``), built on first use."""
     from shared.adapters.redis import RedisConnection
@@ -156,7 +182,7 @@ def redis_client() -> RedisConnection:
                            socket_timeout=cfg.socket_timeout_seconds)
 
 
-@cache
+@built
 def redis_async_connection() -> AsyncRedisConnection:
     """The lookups' ``redis.asyncio`` connection to the same Redis (one client per event loop), built on first use."""
     from shared.adapters.redis.aio import AsyncRedisConnection
@@ -166,7 +192,7 @@ def redis_async_connection() -> AsyncRedisConnection:
                                 cluster=cfg.cluster, socket_timeout=cfg.socket_timeout_seconds)
 
 
-@cache
+@built
 def postgres_pool() -> ConnectionPool:
     from shared.adapters.postgres.pool import make_pool
 
@@ -202,7 +228,7 @@ def service(builder: Callable[[], T]) -> functools._lru_cache_wrapper[T]:
         start_worker()
         return builder()
 
-    cached = cache(started)
+    cached = built(started)
     _services.append(cached)
     return cached
 

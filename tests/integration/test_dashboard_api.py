@@ -131,7 +131,9 @@ def test_bad_parameters_get_the_json_400_naming_them(dash_env, route, params, pa
 @pytest.mark.timeout(60)
 def test_status_counts_recent_arrivals_and_reports_every_section(dash_env, store) -> None:
     # The first health probe prepares its statement; on a loaded machine that can outlast the 1 s default.
-    dash_env(SLUICE_LOOKUP_HEALTH_TIMEOUT_SECONDS="10", EventHubConnection="")  # no hub: lag not configured
+    # The section waits twice the read timeout: raised to outlast that first probe too.
+    dash_env(SLUICE_LOOKUP_HEALTH_TIMEOUT_SECONDS="10", SLUICE_DASHBOARD_READ_TIMEOUT_SECONDS="6",
+             EventHubConnection="")  # no hub: lag not configured
     now = datetime.now(UTC)
     arrived = [now - timedelta(seconds=s) for s in (5, 20, 40, 90, 200, 400)]
     store.write([make_event(f"st-{i}", t, enqueued=t) for i, t in enumerate(arrived)])
