@@ -175,7 +175,10 @@ def test_the_appinsights_connection_string_comes_from_its_secret_unless_the_host
         SLUICE_KEYVAULT_URL=keyvault_emulator.url,
         SLUICE_KEYVAULT_CA_FILE=str(keyvault_emulator.ca_file),
     ))
-    monkeypatch.delenv("APPLICATIONINSIGHTS_CONNECTION_STRING", raising=False)
+    # Set, then removed, through monkeypatch: whatever the code under test writes is undone after the test
+    # (a connection string left behind would send every later test's telemetry to Azure Monitor).
+    monkeypatch.setenv("APPLICATIONINSIGHTS_CONNECTION_STRING", "placeholder")
+    monkeypatch.delenv("APPLICATIONINSIGHTS_CONNECTION_STRING")
     bootstrap.appinsights_from_vault(settings.telemetry.appinsights_connection_string_secret)
     assert os.environ.get("APPLICATIONINSIGHTS_CONNECTION_STRING") == value, f"{name} was not put in the environment"
 
@@ -188,4 +191,8 @@ def test_the_appinsights_connection_string_comes_from_its_secret_unless_the_host
     missing = unique_secret_name("no-such-connection-string")
     with pytest.raises(ConfigurationError, match=missing):
         bootstrap.appinsights_from_vault(missing)
+    assert "APPLICATIONINSIGHTS_CONNECTION_STRING" not in os.environ
+
+
+def test_no_connection_string_outlives_the_test_above() -> None:
     assert "APPLICATIONINSIGHTS_CONNECTION_STRING" not in os.environ
