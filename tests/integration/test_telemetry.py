@@ -45,6 +45,7 @@ from shared.settings import TelemetrySettings
 from shared.telemetry_names import exported_series
 from sluice.launcher import Running
 from tests.fixtures.functions import HostContext, user_function
+from tests.unit.test_telemetry import collected  # instrument name -> {attributes: value or histogram count}
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -61,19 +62,6 @@ def in_memory() -> Iterator[SimpleNamespace]:
     previous = telemetry.activate(telemetry.Telemetry(MeterProvider(metric_readers=[reader]), tracer_provider))
     yield SimpleNamespace(reader=reader, spans=spans, tracer_provider=tracer_provider)
     telemetry.activate(previous)
-
-
-def collected(reader: InMemoryMetricReader) -> dict[str, dict[frozenset, Any]]:
-    """Instrument name -> {attributes: value} (sums and gauges: the value; histograms: the count)."""
-    out: dict[str, dict[frozenset, Any]] = {}
-    data = reader.get_metrics_data()
-    for resource_metrics in data.resource_metrics if data else ():
-        for scope in resource_metrics.scope_metrics:
-            for metric in scope.metrics:
-                for point in metric.data.data_points:
-                    value = getattr(point, "count", None) if hasattr(point, "bucket_counts") else point.value
-                    out.setdefault(metric.name, {})[frozenset(point.attributes.items())] = value
-    return out
 
 
 def event(device: str = "dev-1", *, severity: str = "info", **fields: Any) -> dict:
