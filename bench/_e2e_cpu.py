@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import threading
 import time
 import uuid
@@ -76,8 +77,20 @@ class FrameCounter:
 class CqlCounter:
     """A counting TCP proxy on a free port in front of ``host:port``, served from its own thread."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, tls: tuple[Path, Path, Path] | None = None) -> None:
+        """``tls``: (certificate, key, CA) PEM files, when the server speaks TLS: the proxy ends TLS on both sides.
+
+        It serves the same certificate as the server and checks the server's with the CA, so the
+        dev host's TLS settings hold unchanged and the counter reads plain frames.
+        """
         self.target = (host, port)
+        self._server_tls: ssl.SSLContext | None = None
+        self._client_tls: ssl.SSLContext | None = None
+        if tls is not None:
+            cert, key, ca = tls
+            self._server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._server_tls.load_cert_chain(cert, key)
+            self._client_tls = ssl.create_default_context(cafile=str(ca))
         self.counters: list[FrameCounter] = []
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -89,13 +102,16 @@ class CqlCounter:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0,
+                                                                    ssl=self._server_tls))
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         self._loop.run_forever()
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        server_r, server_w = await asyncio.open_connection(*self.target)
+        host, port = self.target
+        server_r, server_w = await asyncio.open_connection(host, port, ssl=self._client_tls,
+                                                           server_hostname=host if self._client_tls else None)
         counter = FrameCounter()
         self.counters.append(counter)
 
@@ -128,11 +144,16 @@ class CqlCounter:
         """Stop the proxy's loop, then cancel the connections still open (the dev hosts are stopped by then)."""
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
-        pending = asyncio.all_tasks(self._loop)
-        for task in pending:
-            task.cancel()
-        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._loop.run_until_complete(_cancel_others())
         self._loop.close()
+
+
+async def _cancel_others() -> None:
+    """Cancel every other task of the running loop and wait for them (gather outside the loop binds another loop)."""
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def calibrate(host: str, port: int, requests: int, *, concurrency: int = 100) -> float:

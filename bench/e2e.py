@@ -126,9 +126,12 @@ class Bench:
         stack.start_azurite()
         stack.start_cassandra()
         direct = stack.ports["cassandra"]
-        self.counter = CqlCounter(stack.options.host, direct)
+        ca = stack.own.ca if stack.own is not None else None  # our own services: the emulator speaks TLS
+        self.counter = CqlCounter(stack.options.host, direct,
+                                  tls=(ca.cert_file, ca.key_file, ca.ca_file) if ca is not None else None)
         stack.ports["cassandra"] = self.counter.port  # the dev hosts' requests are counted
         stack.start_eventhubs()
+        stack.start_keyvault()  # the stack's own stores take their passwords from it
         stack.write_settings()
         stack.create_database()
         stack.migrate()
@@ -499,7 +502,9 @@ def print_cpu(r: dict) -> None:
           f"{ended / delivered * 1e6 if delivered else 0.0:6.0f} us/event", flush=True)
     requests = r["requests"]
     count = sum(requests.values())
-    if delivered:
+    if delivered and not count:
+        print("cassandra: the counting proxy read no request frames: requests per event unknown", flush=True)
+    elif delivered:
         print(f"cassandra: {count} requests ({', '.join(f'{k} {v}' for k, v in sorted(requests.items()))}; "
               f"{r['batched_statements']} statements in batches): {count / delivered:.3f} requests/event, "
               f"{(count - requests.get('batch', 0) + r['batched_statements']) / delivered:.3f} statements/event",
