@@ -176,8 +176,10 @@ class CassandraSettings(_Group):
     """Longest wait before one retry of a throttled request"""
     write_concurrency: int = Field(64, ge=1, le=1024)
     """Writes in flight per ingest batch"""
+    batching: Literal["mixed", "partition"] = "mixed"
+    """Rows one UNLOGGED batch may hold: `mixed`, any (Cosmos DB runs and charges each row on its own); `partition`, one partition's (Apache Cassandra)"""  # noqa: E501 - one line: the settings table takes it as it stands
     batch_rows: int = Field(32, ge=1, le=1024)
-    """Most rows of one partition sent as one UNLOGGED batch (1: every row its own request)"""
+    """Most rows in one UNLOGGED batch (1: every row its own request)"""
     replication: dict[str, Any] = Field(default_factory=lambda: {"class": "SimpleStrategy", "replication_factor": 1})
     """Replication map used when the migration creates the keyspace (ignored by Cosmos DB)"""
     bucket_seconds: int = Field(60, ge=1, le=86400)

@@ -35,13 +35,34 @@ NOW = datetime.now(UTC).replace(microsecond=123456)
 RULES = [MeasurementRule(measurement="temperature", op=">", value=90)]
 
 
-@pytest.fixture(scope="module")
-def store(cassandra_emulator: Running) -> Iterator[tuple[Session, CassandraEventStore]]:
-    settings = CassandraSettings(hosts=[cassandra_emulator.host], port=cassandra_emulator.port,
-                                 keyspace=f"ks_{uuid.uuid4().hex[:12]}", shards=4)
+def open_store(emulator: Running, batching: str) -> tuple[Session, CassandraEventStore]:
+    """A store in its own keyspace (the tests write the same devices and times), batching as given."""
+    settings = CassandraSettings(hosts=[emulator.host], port=emulator.port, keyspace=f"ks_{uuid.uuid4().hex[:12]}",
+                                 shards=4, batching=batching)
     session = connect(settings)
     apply_migrations(session, settings)
-    yield session, CassandraEventStore(session, settings, RULES)
+    return session, CassandraEventStore(session, settings, RULES)
+
+
+@pytest.fixture(scope="module", params=["mixed", "partition"])
+def store(cassandra_emulator: Running, request) -> Iterator[tuple[Session, CassandraEventStore]]:
+    """The store in each batching mode (``mixed``, the default, and ``partition``)."""
+    session, event_store = open_store(cassandra_emulator, request.param)
+    yield session, event_store
+    session.cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def partition_store(cassandra_emulator: Running) -> Iterator[tuple[Session, CassandraEventStore]]:
+    session, event_store = open_store(cassandra_emulator, "partition")
+    yield session, event_store
+    session.cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def mixed_store(cassandra_emulator: Running) -> Iterator[tuple[Session, CassandraEventStore]]:
+    session, event_store = open_store(cassandra_emulator, "mixed")
+    yield session, event_store
     session.cluster.shutdown()
 
 
@@ -117,30 +138,42 @@ def test_each_statement_carries_the_bytes_the_driver_would_bind(store) -> None:
     drivers, driver_owners = driver_store(event_store).plan(batch)
     assert our_owners == driver_owners
     assert flatten(ours) == driver_bound(drivers)
-    # One statement per (table, partition), computed here from the events: a batch for a shared partition.
-    settings = event_store._settings
-    partitions: dict[tuple, int] = {}
+
+
+def rows_of(batch: list[Event], settings: CassandraSettings) -> list[tuple]:
+    """Each row the events make, as (table, partition key), computed here from the events, in event order."""
+    rows = []
     for event in batch:
         body, meta = event.body, event.metadata
         at = body.timestamp.replace(microsecond=body.timestamp.microsecond // 1000 * 1000)
         arrival = (meta.enqueued_time or at).replace(microsecond=(meta.enqueued_time or at).microsecond // 1000 * 1000)
         shard = shard_of(body.event_id, settings.shards)
-        keys = [("by_id", body.event_id), ("latest", body.device_id), ("by_device", body.device_id, at.date()),
-                ("by_time", bucket_start(at, settings.bucket_seconds), shard),
-                ("by_arrival", bucket_start(arrival, settings.bucket_seconds), shard)]
+        rows += [("by_id", body.event_id), ("latest", body.device_id),
+                 ("by_time", bucket_start(at, settings.bucket_seconds), shard),
+                 ("by_arrival", bucket_start(arrival, settings.bucket_seconds), shard),
+                 ("by_device", body.device_id, at.date())]
         if body.severity == "critical" or body.measurements.get("temperature", 0) > 90:
-            keys.append(("critical", body.device_id))
-        for key in keys:
-            partitions[key] = partitions.get(key, 0) + 1
+            rows.append(("critical", body.device_id))
+    return rows
+
+
+def test_partition_batching_sends_one_request_per_table_and_partition(partition_store) -> None:
+    _, event_store = partition_store
+    batch = events()
+    ours, _ = event_store.plan(batch)
+    partitions: dict[tuple, int] = {}
+    for key in rows_of(batch, event_store._settings):
+        partitions[key] = partitions.get(key, 0) + 1
     assert len(ours) == len(partitions)
     batches = [s for s, _ in ours if isinstance(s, BatchStatement)]
     assert sorted(len(b._statements_and_parameters) for b in batches) == sorted(n for n in partitions.values() if n > 1)
     assert len(batches) >= 2  # dev-a's two events share their device-day and their latest-state partition
 
 
-def test_the_installed_driver_takes_the_fast_path_and_any_other_version_the_public_one(store, monkeypatch) -> None:
+def test_the_installed_driver_takes_the_fast_path_and_any_other_version_the_public_one(
+        partition_store, monkeypatch) -> None:
     """A driver upgrade lands on the public path until this module's tests pass on it and the version is added."""
-    session, event_store = store
+    session, event_store = partition_store
     assert fast_bind.SUPPORTED, f"cassandra-driver {cassandra.__version__} is not in VERIFIED_DRIVER_VERSIONS"
     [first, *_] = event_store.plan(events())[0]
     assert isinstance(first[0], BoundStatement) and first[1] == ()
@@ -187,8 +220,37 @@ def test_rows_written_through_the_binder_read_back_as_the_events(store) -> None:
     assert {r.event_id for r in by_device} == {batch[0].event_id, batch[1].event_id}
 
 
-def test_a_busy_partition_is_split_into_capped_batches_and_every_row_lands(store) -> None:
-    session, event_store = store
+def test_mixed_batching_cuts_every_row_in_event_order_into_capped_batches(mixed_store) -> None:
+    """Any tables and partitions share a batch; every row is planned once; a batch names only its own events."""
+    _, event_store = mixed_store
+    batch = events() + events() + events()  # 15 events, 6 critical: 81 rows
+    expected = rows_of(batch, event_store._settings)
+    small = CassandraEventStore(event_store._session, event_store._settings.model_copy(update={"batch_rows": 8}), RULES)
+    work, owners = small.plan(batch)
+    sizes = [len(s._statements_and_parameters) if isinstance(s, BatchStatement) else 1 for s, _ in work]
+    assert sizes == [8] * (len(expected) // 8) + [len(expected) % 8]
+    names = {small._statements.get().inserts[name].statement.query_id: name for name in
+             ("by_id", "latest", "by_time", "by_arrival", "by_device", "critical")}
+    planned = []
+    for (statement, _), owner in zip(work, owners, strict=True):
+        children = ([(names[query_id], values) for _, query_id, values in statement._statements_and_parameters]
+                    if isinstance(statement, BatchStatement)
+                    else [(names[statement.prepared_statement.query_id], statement.values)])
+        assert len({name for name, _ in children}) > 1 or len(children) == 1  # tables mixed in one request
+        event_ids = {uuid.UUID(bytes=values[_event_id_column(name)]) for name, values in children}
+        assert set(owner) == event_ids and len(owner) <= 3  # an event has 5-6 rows: a batch of 8 spans few events
+        planned += [name for name, _ in children]
+    assert sorted(planned) == sorted(name for name, *_ in expected)
+    assert sum(len(o) for o in owners) < 2 * len(batch)
+
+
+def _event_id_column(name: str) -> int:
+    """Where the event id is among a table's bind variables (the order of the event store's INSERTs)."""
+    return {"by_id": 0, "latest": 1, "by_time": 3, "by_arrival": 3, "by_device": 3, "critical": 2}[name]
+
+
+def test_a_busy_partition_is_split_into_capped_batches_and_every_row_lands(partition_store) -> None:
+    session, event_store = partition_store
     base = NOW.replace(second=0, microsecond=0) - timedelta(minutes=2)  # all in one bucket, one day
     chatty = [Event(DeviceEvent.model_validate({
         "event_id": str(uuid.uuid4()), "device_id": "dev-chatty", "event_type": "reading",
@@ -254,6 +316,7 @@ def test_a_statements_custom_payload_reaches_its_batches(store) -> None:
     same_day = [event for event in events() if event.device_id == "dev-a"]
     work, _ = tagged.plan(same_day)
     by_device = tagged._statements.get().inserts["by_device"].statement.query_id
-    [batch] = [s for s, _ in work if isinstance(s, BatchStatement) and s._statements_and_parameters[0][1] == by_device]
-    assert batch.custom_payload == payload
+    batches = [s for s, _ in work if isinstance(s, BatchStatement)
+               and any(query_id == by_device for _, query_id, _ in s._statements_and_parameters)]
+    assert batches and all(batch.custom_payload == payload for batch in batches)
     assert flatten(work) == driver_bound(driver_store(tagged).plan(same_day)[0])

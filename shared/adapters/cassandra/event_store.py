@@ -16,11 +16,15 @@ driver reads from the prepared metadata, and its bytes are shared by every
 statement that carries it (``PreparedStatement.bind`` would serialize the
 measurements map once per table); on any other version, or with
 ``fast_bind=False``, the driver binds the statements through its public API.
-Writes go out concurrently (``execute_concurrent``), and rows of one partition
-(one device-day of ``events_by_device``, one device of ``device_latest``, one
-bucket and shard of the time-bucketed tables) share an UNLOGGED batch: one
-partition is one mutation, so the batch costs the server nothing extra and
-saves a request per row. Throttling is retried by the session's
+Writes go out concurrently (``execute_concurrent``) in UNLOGGED batches of at
+most ``batch_rows`` rows. With ``batching="mixed"`` (Cosmos DB) a batch takes any
+rows, in event order: Cosmos DB still runs and charges each row as its own
+operation, and the driver spends about as much on one batch of 32 rows as on two
+single-row requests. With ``batching="partition"`` (Apache Cassandra) only rows of
+one partition (one device-day of ``events_by_device``, one device of
+``device_latest``, one bucket and shard of the time-bucketed tables) share a
+batch: one partition is one mutation, so the batch costs the server nothing extra
+and saves a request per row. Throttling is retried by the session's
 ``CosmosRetryPolicy``; what still fails raises ``TransientError`` naming the
 events concerned.
 """
@@ -135,24 +139,28 @@ class _Prepared:
             return self.statement, list(pick(values))
         return fast_path.bound(self.statement, pick(serialized), pick(values)), ()
 
-    def batch(self, rows: list[Row]) -> BatchStatement:
-        """An unlogged batch of this INSERT for ``rows`` (each ``(values, serialized)``, as :meth:`pair` takes them).
+    def add_to(self, batch: BatchStatement, rows: list[Row]) -> None:
+        """Append this INSERT for ``rows`` (each ``(values, serialized)``, as :meth:`pair` takes them) to ``batch``.
 
         The first row goes in through ``BatchStatement.add``, which gives the
-        batch its routing key, keyspace and custom payload. Serialized rows after
-        it go in through :func:`fast_path.add_rows`; unbound ones through ``add``.
+        batch its routing key and keyspace (if it has none yet) and this
+        statement's custom payload. Serialized rows after it go in through
+        :func:`fast_path.add_rows`; unbound ones through ``add``.
         """
-        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
-        batch.is_idempotent = True
         (values, serialized), *rest = rows
         batch.add(*self.pair(values, serialized))
         if serialized is None:  # unbound rows, for the driver to bind: only ``add`` does that
             for values, serialized in rest:
                 batch.add(*self.pair(values, serialized))
-            return batch
+            return
         pick = self._pick
         fast_path.add_rows(batch, self.statement, (pick(cast(Serialized, serialized)) for _, serialized in rest))
-        return batch
+
+
+def _unlogged() -> BatchStatement:
+    batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+    batch.is_idempotent = True
+    return batch
 
 
 class CassandraEventStore:
@@ -197,11 +205,63 @@ class CassandraEventStore:
 
         On the fast bind path every statement comes back bound, with empty
         parameters; on the public path, as prepared statement and parameter list,
-        for the driver to bind.
+        for the driver to bind. Rows are grouped into batches as
+        ``SLUICE_CASSANDRA_BATCHING`` says: ``mixed``, any rows; ``partition``,
+        only rows of one partition.
         """
         statements = self._statements.get()
         bind = self._fast_bind and statements.serializable
         serialize = statements.serialize
+        rows: list[Row] = []
+        for event in events:
+            values = self._values(event)
+            rows.append((values, serialize(values, event) if bind else None))
+        event_ids = [values[_EVENT_ID] for values, _ in rows]
+        if self._settings.batching == "mixed":
+            return self._plan_mixed(statements, rows, event_ids)
+        return self._plan_by_partition(statements, rows, event_ids)
+
+    def _plan_mixed(self, statements: _Statements, rows: list[Row],
+                    event_ids: list[uuid.UUID]) -> tuple[list[Work], list[tuple[uuid.UUID, ...]]]:
+        """Every row in event order, cut into requests of ``batch_rows`` rows whatever their tables and partitions.
+
+        On Cosmos DB each row of a batch is still its own operation, charged its own
+        request units; the batch saves the client (and the network) a request per row,
+        which is most of what a write costs the driver. An event's rows mostly share a
+        batch, so a failed batch names few events.
+        """
+        inserts = statements.inserts
+        tables = [inserts[name] for name in ("by_id", "latest", "by_time", "by_arrival", "by_device")]
+        critical = inserts["critical"]
+        order: list[tuple[_Prepared, int]] = []
+        for position, (values, _) in enumerate(rows):
+            order.extend((insert, position) for insert in tables)
+            if values[_CRITICAL]:
+                order.append((critical, position))
+        work: list[Work] = []
+        owners: list[tuple[uuid.UUID, ...]] = []
+        size = self._settings.batch_rows
+        for start in range(0, len(order), size):
+            chunk = order[start:start + size]
+            if len(chunk) == 1:
+                insert, position = chunk[0]
+                work.append(insert.pair(*rows[position]))
+            else:
+                # The rows of one INSERT follow each other in the batch. Order within an unlogged batch changes
+                # nothing: every row is an upsert of its own key, device_latest's decided by its write timestamp.
+                by_insert: dict[bytes, tuple[_Prepared, list[Row]]] = {}
+                for insert, position in chunk:
+                    by_insert.setdefault(insert.statement.query_id, (insert, []))[1].append(rows[position])
+                batch = _unlogged()
+                for insert, members in by_insert.values():
+                    insert.add_to(batch, members)
+                work.append((batch, ()))
+            owners.append(tuple(dict.fromkeys(event_ids[position] for _, position in chunk)))
+        return work, owners
+
+    def _plan_by_partition(self, statements: _Statements, rows: list[Row],
+                           event_ids: list[uuid.UUID]) -> tuple[list[Work], list[tuple[uuid.UUID, ...]]]:
+        """events_by_id row by row, every other table's rows in batches of one partition each."""
         by_id = statements.inserts["by_id"]
         # Every other table groups its rows by partition: per table, partition key -> the positions of the events
         # whose rows it holds, in the order the events came. events_by_id has one row per partition (event ids are
@@ -209,16 +269,11 @@ class CassandraEventStore:
         tables: list[tuple[_Prepared, dict[Any, list[int]]]] = [
             (statements.inserts[name], {}) for name in ("latest", "by_time", "by_arrival", "by_device")]
         with_critical = [*tables, (statements.inserts["critical"], {})]
-        rows: list[Row] = []
-        event_ids: list[uuid.UUID] = []
         work: list[Work] = []
         owners: list[tuple[uuid.UUID, ...]] = []
-        for position, event in enumerate(events):
-            values = self._values(event)
-            serialized = serialize(values, event) if bind else None
-            rows.append((values, serialized))
-            event_ids.append(values[_EVENT_ID])
-            work.append(by_id.pair(values, serialized))
+        for position, row in enumerate(rows):
+            values = row[0]
+            work.append(by_id.pair(*row))
             owners.append((values[_EVENT_ID],))
             for insert, partitions in with_critical if values[_CRITICAL] else tables:
                 key = insert.partition(values)
@@ -238,7 +293,9 @@ class CassandraEventStore:
                     if len(chunk) == 1:
                         work.append(insert.pair(*rows[chunk[0]]))
                     else:
-                        work.append((insert.batch([rows[position] for position in chunk]), ()))
+                        batch = _unlogged()
+                        insert.add_to(batch, [rows[position] for position in chunk])
+                        work.append((batch, ()))
                     owners.append(tuple(map(event_ids.__getitem__, chunk)))
         return work, owners
 
