@@ -18,14 +18,15 @@ device log, the operations page) holds a ``Queries`` over its named CQL:
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
 from cassandra import DriverException, OperationTimedOut
-from cassandra.cluster import NoHostAvailable, ResultSet, Session
+from cassandra.cluster import NoHostAvailable, ResponseFuture, ResultSet, Session
 from cassandra.connection import ConnectionException
 from cassandra.protocol import ErrorMessage
 from cassandra.query import PreparedStatement
@@ -129,17 +130,26 @@ class Queries:
                 raise OperationTimedOut(f"the budget of {budget}s ran out")
             return min(self.timeout, left)
 
-        def one(values: Sequence[Any]) -> list[Any]:
-            result = session.execute(statement, values, timeout=timeout())
+        def start(values: Sequence[Any]) -> ResponseFuture:
+            return session.execute_async(statement, values, timeout=timeout())
+
+        def rest(values: Sequence[Any], result: ResultSet) -> list[Any]:
             rows = list(result.current_rows)
             while result.paging_state is not None:
                 result = session.execute(statement, values, timeout=timeout(), paging_state=result.paging_state)
                 rows.extend(result.current_rows)
             return rows
 
+        # Up to ``concurrency`` first pages in flight on the driver's own I/O thread (no thread of ours per
+        # partition), taken in order; a partition's further pages, rare, are read when its turn comes.
         with translated("reading " + what):
-            if len(params) == 1:
-                return [one(params[0])]
-            workers = max(1, min(concurrency, len(params)))
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cassandra-fan-out") as pool:
-                return list(pool.map(one, params))
+            width = max(1, concurrency)
+            in_flight = deque(start(values) for values in params[:width])
+            waiting = iter(params[width:])
+            out: list[list[Any]] = []
+            for values in params:
+                result = in_flight.popleft().result()
+                for more in itertools.islice(waiting, 1):
+                    in_flight.append(start(more))
+                out.append(rest(values, result))
+            return out
