@@ -5,7 +5,9 @@ When the setting is present the dev host writes ``<path>`` (JSON) when it receiv
 between two readings), and once more when it starts shutting down, with:
 
 * ``functions``: per function, the CPU seconds of its invocations' own threads and the
-  number of invocations (:class:`devhost.invocation.CpuAccount`);
+  number of invocations (:class:`devhost.invocation.CpuAccount`), and for an Event Hubs
+  trigger ``<function>:input``, the conversion of received events to its input (on the
+  event loop, so also part of ``host-loop``);
 * ``threads``: CPU seconds per thread group of this process, read from
   ``/proc/self/task/<tid>/stat``: ``host-loop`` (the event loop: Event Hubs receiving,
   conversion of events to function input, timers, HTTP), ``functions`` (the pool that runs

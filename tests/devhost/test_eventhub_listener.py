@@ -58,6 +58,15 @@ def test_batches_are_split_at_max_size_and_checkpointed_after_each(tmp_path: Pat
     assert context.checkpoints == [3, 6, 7]
 
 
+def test_the_conversion_of_each_batch_is_charged_to_the_function_as_its_input(tmp_path: Path) -> None:
+    """bench e2e counts it as the worker's CPU (in Azure the Python worker converts what the host hands it)."""
+    host = listener(tmp_path, lambda events: None, max_event_batch_size=3)
+    asyncio.run(host._on_event_batch(FakePartitionContext(), events(*range(1, 301))))
+    figures = host._invoker.cpu.snapshot()
+    assert figures["f:input"]["calls"] == figures["f"]["calls"] == 100
+    assert figures["f:input"]["cpu_seconds"] > 0
+
+
 def test_min_batch_size_waits_for_more_events_or_the_wait_time(tmp_path: Path) -> None:
     seen: list[list[int]] = []
     host = listener(tmp_path, lambda events: seen.append([e.sequence_number for e in events]),
