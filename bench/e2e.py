@@ -12,7 +12,7 @@ function_app.py with the change feed every second), then:
 2. **critical latency**: sends ``--latency-rate`` events/s (2,000 by default) for
    ``--latency-seconds`` with 1% critical events and measures, per critical event,
    the delay from the start of its send to its first appearance in Redis (the
-   change feed's ``e:<id>`` flag), polled every 50 ms. Events that never show up
+   change feed's ``e:<id>`` document), polled every 50 ms. Events that never show up
    within ``--latency-timeout`` count as that timeout. Prints p50 and p99, and the
    same at the highest sustained rate.
 
@@ -271,7 +271,6 @@ class Bench:
     # --- 2. critical latency ---
 
     def latency(self, rate: float, seconds: float) -> dict:
-        prefix = self.stack.options.redis_prefix
         pending: dict[str, float] = {}
         delays: list[float] = []
         lock = threading.Lock()
@@ -291,19 +290,15 @@ class Bench:
                 pass
 
         def poll() -> None:
-            client = self.probe.redis
             while not done.is_set() or pending:
                 with lock:
                     ids = list(pending)
                 if ids:
-                    with client.pipeline(transaction=False) as pipe:
-                        for event_id in ids:
-                            pipe.hget(f"{prefix}e:{event_id}", "s")
-                        flags = pipe.execute()
+                    seen = self.probe.critical_in_redis(ids)  # the change feed's e:<id> document
                     now = time.time()
                     with lock:
-                        for event_id, flag in zip(ids, flags, strict=True):
-                            if flag:
+                        for event_id in ids:
+                            if event_id in seen:
                                 delays.append(now - pending.pop(event_id))
                             elif now - pending[event_id] > self.args.latency_timeout:
                                 delays.append(self.args.latency_timeout)
@@ -361,7 +356,9 @@ class Bench:
         time.sleep(10.0)  # let start-up work (first runs of the timers) settle
         idle0 = self.cpu.snapshot()
         time.sleep(10.0)
-        idle = delta(self.cpu.snapshot(), idle0)["total"] / 10.0
+        idle_used = delta(self.cpu.snapshot(), idle0)
+        idle = idle_used["total"] / 10.0
+        idle_host = (idle_used.get("thread:host-loop", 0.0) + idle_used.get("thread:to-thread", 0.0)) / 10.0
         c1 = calibrate(host, port, args.calibration_requests)
         before, (req0, st0) = self.cpu.snapshot(), self.counter.totals()
         since = datetime.now(UTC)
@@ -377,6 +374,7 @@ class Bench:
         requests = req1 - req0
         return {"sent": summary.sent, "achieved": round(summary.rate), "delivered": report.figures.get("stored", 0),
                 "problems": report.problems, "span": span, "cpu": used, "idle_cpu_per_s": idle,
+                "idle_host_cpu_per_s": idle_host, "idle_by_part": {k: v / 10.0 for k, v in idle_used.items()},
                 "requests": dict(requests), "batched_statements": st1 - st0, "calibration": (c1, c2)}
 
     # --- 4. scale-out ---
@@ -482,8 +480,13 @@ def print_cpu(r: dict) -> None:
     c = sum(r["calibration"]) / 2
     n = delivered / total if total else 0.0
     print(f"cpu: sent {r['sent']} at {r['achieved']}/s, delivered {delivered} in {r['span']:.1f}s; product CPU "
-          f"{total:.2f}s (idle cost {r['idle_cpu_per_s']:.3f} CPU-s per second; load average "
+          f"{total:.2f}s (idle cost {r['idle_cpu_per_s']:.3f} CPU-s per second, the host's part "
+          f"{r.get('idle_host_cpu_per_s', 0.0):.3f}; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)", flush=True)
+    idle_parts = r.get("idle_by_part", {})
+    print("cpu: idle cost by part, CPU-ms per second: " + ", ".join(
+        f"{key.split(':', 1)[1]} {value * 1000:.1f}" for key, value in sorted(idle_parts.items())
+        if key.startswith(("fn:", "thread:")) and value >= 0.0005), flush=True)
     for problem in r["problems"]:
         print(f"cpu: NOT delivered: {problem}", flush=True)
     for name in ("ingest", "changefeed", "enrichment"):
