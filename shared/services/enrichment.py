@@ -2,7 +2,8 @@
 
 One run (timer, ``python -m sluice enrich run``):
 
-1. load the reference data once (PostgreSQL tables or Parquet in Blob storage);
+1. load the reference data once (PostgreSQL tables or Parquet in Blob storage), if
+   steps 2 and 3 find any window to enrich (most runs find none);
 2. **late events**: read ``events_by_arrival_bucket`` from the late-scan position
    (minus the allowed lateness, to catch rows ingest wrote after an earlier scan
    read their arrival time) up to now. An event whose window is already behind
@@ -122,18 +123,20 @@ class EnrichmentService:
         lateness = timedelta(seconds=cfg.allowed_lateness_seconds)
         initial = window_of(now - timedelta(seconds=cfg.initial_lookback_seconds), cfg.window_seconds).start
         state = self._store.load_state(initial)
-        reference = self._reference.load()
         result.watermark, result.late_scan_until = state.watermark, state.late_scan_until
 
         late, complete = self._late_windows(state, now, result)
-        result.windows.extend(self._enrich_all(late, reference, "late", advance_watermark=False))
-        result.late_windows = len(late)
-
         scheduled: list[Window] = []
         window = window_of(state.watermark, cfg.window_seconds)
         while window.closed(now, lateness) and len(scheduled) < cfg.max_windows_per_run:
             scheduled.append(window)
             window = Window(window.end, window.end + (window.end - window.start))
+        # Most runs find no window to enrich (a run a minute, windows of five): the reference data, a read of
+        # every device, is loaded only for a run that has one, and once for all of them.
+        reference = self._reference.load() if late or scheduled else ReferenceData.of([], [])
+
+        result.windows.extend(self._enrich_all(late, reference, "late", advance_watermark=False))
+        result.late_windows = len(late)
 
         def advanced(outcome: WindowOutcome) -> None:
             result.windows.append(outcome)

@@ -191,6 +191,17 @@ def test_closed_windows_are_enriched_in_order_and_the_watermark_follows(parts) -
     assert reference.loads == 1  # once per run
 
 
+def test_a_run_with_no_window_to_enrich_does_not_read_the_reference_data(parts) -> None:
+    """Most timer runs find nothing closed; reading every device for them would be wasted."""
+    _reader, store, reference = parts
+    service(parts).run(now=T0 + 2 * W + timedelta(minutes=3))
+    assert reference.loads == 1 and store.state.watermark == T0 + 2 * W
+    result = service(parts).run(now=T0 + 2 * W + timedelta(minutes=4))  # the next window is still open
+    assert result.windows == [] and reference.loads == 1
+    service(parts).run(now=T0 + 3 * W + timedelta(minutes=3))
+    assert reference.loads == 2
+
+
 def test_the_window_budget_leaves_the_rest_for_the_next_run(parts) -> None:
     _reader, store, _ = parts
     now = T0 + 5 * W + timedelta(minutes=2)
