@@ -16,7 +16,7 @@ to the larger event id, as ``StoredEvent.newer_than`` (and the latest state) do.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.domain.stored import StoredEvent
@@ -47,9 +47,11 @@ class StateService:
         if newest.event_time_ms <= to_ms(at):
             return newest
         day = day_of(at)
-        start = at - timedelta(days=self._lookback)
-        for _ in range(self._lookback + 1):
-            rows = self._history.page(device_id, day, start=start, end=at, after=None, limit=_TIES)
+        # Near the start of the calendar (year 1) the look-back stops there: nothing is older.
+        start = max(at, _FIRST + timedelta(days=self._lookback)) - timedelta(days=self._lookback)
+        for back in range(min(self._lookback, (day - start.date()).days) + 1):
+            rows = self._history.page(device_id, day - timedelta(days=back), start=start, end=at, after=None,
+                                      limit=_TIES)
             if rows:
                 top = [row for row in rows if row.event_time_ms == rows[0].event_time_ms]
                 winner = top[0]
@@ -57,5 +59,7 @@ class StateService:
                     if row.newer_than(winner):
                         winner = row
                 return winner
-            day -= timedelta(days=1)
         return None
+
+
+_FIRST = datetime.min.replace(tzinfo=UTC)
