@@ -66,6 +66,9 @@ class MemoryReader:
     def arrivals(self, start, end):
         return iter(())
 
+    def delayed_since(self, start, end):
+        return None
+
 
 def make_events(n: int, windows: int, devices: int, seed: int = 1) -> list[StoredEvent]:
     rng = random.Random(seed)

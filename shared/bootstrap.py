@@ -11,6 +11,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # the adapters are imported where they are built, on first us
     from shared.adapters.audit_metrics import AuditGauge
     from shared.adapters.blob_deadletter import BlobDeadLetterSink
     from shared.adapters.cassandra.audit import CassandraAuditLedger
+    from shared.adapters.cassandra.delays import CassandraDelayLog
     from shared.adapters.eventhub_lag import CachedPartitionLag, EventHubSequenceAtTime, KedaCheckpointSource
     from shared.adapters.keyvault import KeyVaultSecrets
     from shared.adapters.redis import RedisChangeSink, RedisConnection, RedisLookupCache
@@ -250,13 +252,26 @@ def ingest_service() -> IngestService:
     telemetry = _telemetry()
     if telemetry.active().enabled:
         _register_lag_gauge(telemetry.active().metrics, cfg.ingest.consumer_group)
+    # Half the allowed lateness: an event stored later than the whole of it after its enqueue could escape
+    # enrichment's late scan; the other half is room for the clocks of Event Hubs, ingest and enrichment.
     service = IngestService(store, dead_letter_sink(), cfg.ingest.limits(),
-                            audit_ledger() if cfg.ingest.audit else None, metrics=telemetry.pipeline_metrics())
+                            audit_ledger() if cfg.ingest.audit else None, metrics=telemetry.pipeline_metrics(),
+                            delays=delay_log(),
+                            delayed_after=timedelta(seconds=cfg.enrichment.allowed_lateness_seconds / 2))
     try:  # the ingest worker exports the audit; a gauge that cannot be set up must not stop ingest
         register_audit_gauge()
     except Exception:
         logger.warning("the %s gauge is not exported", "sluice.audit.missing", exc_info=True)
     return service
+
+
+@service
+def delay_log() -> CassandraDelayLog:
+    from shared.adapters.cassandra.delays import CassandraDelayLog
+
+    cfg = settings().cassandra
+    return CassandraDelayLog(cassandra_session, cfg.keyspace, bucket_seconds=cfg.bucket_seconds,
+                             timeout=cfg.request_timeout_seconds)
 
 
 @service

@@ -49,6 +49,12 @@ class WindowReader(Protocol):
     def arrivals(self, start: datetime, end: datetime) -> Iterator[Arrival]:
         """Every event Event Hubs enqueued in ``[start, end)``, paged lazily. Raises ``DependencyUnavailable``."""
 
+    def delayed_since(self, start: datetime, end: datetime) -> datetime | None:
+        """The oldest enqueued time of the batches ingest noted as delayed (``DelayLog``) in ``[start, end)``.
+
+        ``None`` when there were none. Raises ``DependencyUnavailable``.
+        """
+
 
 class ReferenceSource(Protocol):
     def load(self) -> ReferenceData:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from shared.domain.events import Event, EventMetadata, Rejected
@@ -35,3 +37,25 @@ class DeadLetterSink(Protocol):
 
     def put_batch(self, bodies: Sequence[tuple[bytes, EventMetadata]], reason: str) -> None:
         """Durably record a whole batch that could not be stored (e.g. the store stayed down), or raise."""
+
+
+@dataclass(frozen=True, slots=True)
+class DelayedBatch:
+    """A batch stored long after Event Hubs enqueued its oldest event: ingest was behind (an outage, a backlog).
+
+    Enrichment's late scan reads arrivals by enqueued time with an overlap of the
+    allowed lateness; an event stored later than that after its enqueue would fall
+    behind every scan. The note tells enrichment to scan back to ``oldest_enqueued``.
+    """
+
+    partition: str | None
+    first_sequence: int | None
+    oldest_enqueued: datetime
+    events: int
+
+
+class DelayLog(Protocol):
+    """Where ingest notes batches it stored long after their enqueue (read by enrichment's late scan)."""
+
+    def record(self, batch: DelayedBatch) -> None:
+        """Durably note ``batch``, or raise ``TransientError``. Noting a batch twice (a retry) is harmless."""

@@ -6,7 +6,9 @@ One run (timer, ``python -m sluice enrich run``):
    steps 2 and 3 find any window to enrich (most runs find none);
 2. **late events**: read ``events_by_arrival_bucket`` from the late-scan position
    (minus the allowed lateness, to catch rows ingest wrote after an earlier scan
-   read their arrival time) up to now. An event whose window is already behind
+   read their arrival time; further back, to the oldest enqueued time of any batch
+   ingest noted as stored late since then, ``WindowReader.delayed_since``, within
+   ``late_horizon``) up to now. An event whose window is already behind
    the watermark, that arrived within ``late_horizon`` of its window's end and
    has no enriched row, makes its window be recomputed (reason ``late``). The
    check is by event id, not by comparing an enqueued time with an enriched-at
@@ -65,6 +67,7 @@ class EnrichmentRunResult:
     too_late_events: int = 0
     watermark: datetime | None = None
     late_scan_until: datetime | None = None
+    delayed_scan_from: datetime | None = None  # where the late scan started, when ingest noted delayed batches
     more_pending: bool = False
 
     @property
@@ -162,6 +165,13 @@ class EnrichmentService:
         cfg = self._settings
         horizon = timedelta(seconds=cfg.late_horizon_seconds)
         scan_from = state.late_scan_until - timedelta(seconds=cfg.allowed_lateness_seconds)
+        # Ingest notes a batch it stored long after its enqueue (DelayLog): scan back to its oldest event, within the
+        # horizon, or an event stored later than the allowed lateness after its enqueue would fall behind every scan.
+        delayed = self._reader.delayed_since(scan_from, now)
+        if delayed is not None and delayed < scan_from:
+            scan_from = max(delayed, now - horizon)
+            result.delayed_scan_from = scan_from
+            logger.info("ingest stored batches late (oldest enqueued %s): the late scan starts there", delayed)
         candidates: dict[uuid.UUID, Window] = {}
         for arrival in self._reader.arrivals(scan_from, now):
             window = window_of(arrival.event_time, cfg.window_seconds)

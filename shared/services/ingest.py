@@ -24,6 +24,12 @@ the host can checkpoint past it (the zero-loss audit, ``shared/services/audit.py
 A failed ledger write fails like a store write (retry, then dead-letter the batch);
 the ledger entries of a dead-lettered batch are then written best effort, since the
 ledger shares the store's fate.
+
+With a delay log, a batch stored more than ``delayed_after`` after Event Hubs
+enqueued its oldest stored event (ingest behind: an outage, a backlog) is noted
+there, after the store and before the ledger, so enrichment's late scan reaches
+back to it (see ``shared/services/enrichment.py``); a failed note fails like a store
+write.
 """
 
 from __future__ import annotations
@@ -33,14 +39,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.domain.events import Event, EventMetadata, Limits, Parsed, RawRecord, parse_records
+from shared.domain.times import utc
 from shared.exceptions import TransientError
 from shared.lazy import Once
 from shared.ports.audit import AuditLedger, AuditRun
-from shared.ports.ingest import DeadLetterSink, EventStore
+from shared.ports.ingest import DeadLetterSink, DelayedBatch, DelayLog, EventStore
 from shared.ports.metrics import NO_METRICS, Metrics
 
 # The service's input, for the entry point that decodes the Event Hubs binding into it.
@@ -62,12 +69,15 @@ class IngestResult:
 
 class IngestService:
     def __init__(self, store: EventStore, dead_letters: DeadLetterSink, limits: Limits,
-                 audit: AuditLedger | None = None, *, metrics: Metrics = NO_METRICS) -> None:
+                 audit: AuditLedger | None = None, *, metrics: Metrics = NO_METRICS, delays: DelayLog | None = None,
+                 delayed_after: timedelta = timedelta(seconds=60)) -> None:
         self._store = store
         self._dead_letters = dead_letters
         self._limits = limits
         self._audit = audit
         self._metrics = metrics
+        self._delays = delays
+        self._delayed_after = delayed_after
 
     def handle(
         self, records: Sequence[RawRecord], *, final_attempt: bool = True, now: datetime | None = None
@@ -79,6 +89,7 @@ class IngestService:
             self._dead_letters.put_rejected(parsed.errs)
         try:
             self._store.write(parsed.oks)
+            self._note_delay(parsed.oks, now)
             if self._audit is not None:
                 self._audit.record(audit_runs(records, parsed.oks, parsed.errs))
         except Exception as exc:
@@ -106,6 +117,17 @@ class IngestService:
                                    seconds=time.perf_counter() - began,
                                    oldest_enqueued=first.enqueued_time if first else None)
 
+
+    def _note_delay(self, stored: Sequence[Event], now: datetime | None) -> None:
+        """Note the batch in the delay log if its oldest stored event was enqueued more than ``delayed_after`` ago."""
+        if self._delays is None:
+            return
+        oldest = min((utc(e.metadata.enqueued_time) for e in stored if e.metadata.enqueued_time is not None),
+                     default=None)
+        if oldest is None or (now or datetime.now(UTC)) - oldest <= self._delayed_after:
+            return
+        first = stored[0].metadata
+        self._delays.record(DelayedBatch(first.partition_id, first.sequence_number, oldest, len(stored)))
 
     def _audit_dead_lettered(self, records: Sequence[RawRecord]) -> None:
         if self._audit is None:

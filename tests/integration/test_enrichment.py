@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from shared.adapters.cassandra.delays import CassandraDelayLog
 from shared.adapters.cassandra.event_store import CassandraEventStore
 from shared.adapters.cassandra.migrations import apply_migrations as apply_cassandra
 from shared.adapters.cassandra.session import connect
@@ -32,6 +33,7 @@ from shared.domain.enrichment import DeviceRef, SiteRef
 from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.domain.rules import MeasurementRule
 from shared.exceptions import TransientError
+from shared.ports.ingest import DelayedBatch
 from shared.services.enrichment import EnrichmentService
 from shared.settings import CassandraSettings, EnrichmentSettings, PostgresSettings
 from sluice.launcher import Running
@@ -283,6 +285,23 @@ def test_late_events_recompute_their_window(stack: Stack) -> None:
     # the next run finds nothing more to do
     again = stack.service.run(now=late_at + timedelta(seconds=40))
     assert again.late_windows == 0
+
+
+def test_an_event_stored_minutes_after_its_enqueue_is_enriched_through_ingests_delay_note(stack: Stack) -> None:
+    """Ingest behind by more than the allowed lateness (an outage): the scan's overlap alone misses such an event."""
+    stack.send([make_event("dev-1", T0 + timedelta(seconds=5))])
+    first = T0 + W + timedelta(minutes=3)
+    stack.service.run(now=first)
+    delayed = make_event("dev-2", T0 + timedelta(seconds=9), enqueued=T0 + timedelta(seconds=10))
+    stack.send([delayed])  # stored only now, long after its enqueue
+    noted_at = first + timedelta(seconds=30)
+    log = CassandraDelayLog(stack.session, stack.keyspace, bucket_seconds=60, clock=lambda: noted_at)
+    log.record(DelayedBatch("0", 42, delayed.metadata.enqueued_time, 1))  # as ingest does after such a batch
+
+    result = stack.service.run(now=first + timedelta(minutes=1))
+    assert [(w.window.start, w.reason) for w in result.windows] == [(T0, "late")]
+    assert result.delayed_scan_from == delayed.metadata.enqueued_time
+    assert_stats_match(stored_device_stats(stack, T0), expected_device_stats(stack.sent, T0))
 
 
 def test_events_later_than_the_horizon_are_counted_not_recomputed(stack: Stack) -> None:

@@ -120,6 +120,10 @@ class MemoryReader:
     def __init__(self) -> None:
         self.events: list[StoredEvent] = []
         self.reads: list[datetime] = []
+        self.delayed: list[tuple[datetime, datetime]] = []  # (noted at, oldest enqueued), as ingest's DelayLog
+
+    def delayed_since(self, start: datetime, end: datetime) -> datetime | None:
+        return min((oldest for noted, oldest in self.delayed if start <= noted < end), default=None)
 
     def read(self, start: datetime, end: datetime) -> list[StoredEvent]:
         self.reads.append(start)
@@ -244,6 +248,37 @@ def test_late_events_recompute_only_enriched_windows_within_the_horizon(parts) -
     reader.events.append(ev("d2", T0 + timedelta(seconds=8), enqueued=too_late))
     result = service(parts).run(now=too_late + timedelta(seconds=1))
     assert result.too_late_events == 1 and result.late_windows == 0
+
+
+def test_an_event_stored_long_after_its_enqueue_is_found_through_ingests_note(parts) -> None:
+    """Ingest behind by more than the allowed lateness: its note makes the late scan reach back to the event."""
+    reader, store, _ = parts
+    reader.events.append(ev("d1", T0 + timedelta(seconds=5)))
+    first = T0 + W + timedelta(minutes=3)
+    service(parts).run(now=first)
+    assert store.ledger[T0] == ["scheduled"] and store.state.late_scan_until == first
+
+    # Enqueued in window 1, stored only after that run (ingest was down for minutes): before the scan's overlap.
+    delayed = ev("d2", T0 + timedelta(seconds=9), enqueued=T0 + timedelta(seconds=10))
+    reader.events.append(delayed)
+    second = first + timedelta(minutes=1)
+    assert service(parts).run(now=second).windows == []  # the overlap alone does not reach it
+
+    reader.delayed.append((second + timedelta(seconds=30), delayed.enqueued_time))
+    result = service(parts).run(now=second + timedelta(minutes=1))
+    assert [(w.window.start, w.reason) for w in result.windows] == [(T0, "late")]
+    assert result.delayed_scan_from == delayed.enqueued_time
+    assert store.rows[delayed.event_id] == T0
+
+
+def test_a_note_older_than_the_horizon_scans_back_to_the_horizon_only(parts) -> None:
+    reader, _store, _ = parts
+    now = T0 + 2 * W + timedelta(minutes=3)
+    service(parts).run(now=now)
+    later = now + timedelta(minutes=1)
+    reader.delayed.append((later - timedelta(seconds=1), later - timedelta(days=3)))
+    result = service(parts, late_horizon_seconds=3600).run(now=later)
+    assert result.delayed_scan_from == later - timedelta(hours=1)
 
 
 def test_late_windows_over_the_budget_keep_the_scan_position(parts) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -172,3 +172,51 @@ def test_a_batch_dead_lettered_on_the_final_attempt_is_recorded_as_dead_lettered
     result = IngestService(FakeStore(failures=1), FakeDeadLetters(), Limits(), ledger).handle(records, now=NOW)
     assert result.batch_dead_lettered
     assert ledger.entries == [(7, 8, 0, 2, 0)]
+
+
+class FakeDelayLog:
+    def __init__(self, failures: int = 0):
+        self.failures = failures
+        self.notes = []
+
+    def record(self, batch):
+        if self.failures:
+            self.failures -= 1
+            raise TransientError("delay log down")
+        self.notes.append(batch)
+
+
+def enqueued(seq: int, at: datetime) -> RawRecord:
+    plain = record(seq)
+    return RawRecord(plain.body, EventMetadata(partition_id="2", sequence_number=seq, enqueued_time=at))
+
+
+def test_a_batch_stored_long_after_its_enqueue_is_noted_with_its_oldest_event_before_the_ledger():
+    """Enrichment's late scan reaches back to the note; a batch on time costs no note."""
+    order: list[str] = []
+    delays, ledger = FakeDelayLog(), FakeLedger()
+    delays_record, ledger_record = delays.record, ledger.record
+    delays.record = lambda batch: (order.append("note"), delays_record(batch))
+    ledger.record = lambda runs: (order.append("ledger"), ledger_record(runs))
+    service = IngestService(FakeStore(), FakeDeadLetters(), Limits(), ledger, delays=delays,
+                            delayed_after=timedelta(minutes=1))
+    service.handle([enqueued(5, NOW - timedelta(seconds=59)), enqueued(6, NOW)], now=NOW)
+    assert delays.notes == [] and order == ["ledger"]
+    late = [enqueued(7, NOW - timedelta(minutes=9)), enqueued(8, NOW - timedelta(minutes=8)),
+            RawRecord(b"{oops", EventMetadata(partition_id="2", sequence_number=9,
+                                              enqueued_time=NOW - timedelta(minutes=30)))]  # dead-lettered: not noted
+    service.handle(late, now=NOW)
+    [note] = delays.notes
+    assert (note.partition, note.first_sequence, note.oldest_enqueued, note.events) == (
+        "2", 7, NOW - timedelta(minutes=9), 2)
+    assert order == ["ledger", "note", "ledger"]
+
+
+def test_a_failed_note_fails_the_batch_like_a_store_write():
+    store, delays = FakeStore(), FakeDelayLog(failures=1)
+    service = IngestService(store, FakeDeadLetters(), Limits(), delays=delays, delayed_after=timedelta(seconds=1))
+    records = [enqueued(1, NOW - timedelta(hours=1))]
+    with pytest.raises(TransientError, match="delay log down"):
+        service.handle(records, final_attempt=False, now=NOW)
+    assert service.handle(records, final_attempt=False, now=NOW).stored == 1
+    assert len(delays.notes) == 1

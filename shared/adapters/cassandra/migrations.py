@@ -90,6 +90,19 @@ MIGRATIONS: tuple[Migration, ...] = (
 )""",
         ),
     ),
+    Migration(
+        3,
+        "delayed batches: ingest's note of a batch stored long after its enqueue, for enrichment's late scan",
+        (
+            # One partition per bucket of the time ingest wrote the note (the layout's bucket width), so the
+            # late scan reads the few buckets since its last position (see shared/adapters/cassandra/delays.py).
+            """CREATE TABLE IF NOT EXISTS {ks}.delayed_batches (
+    bucket timestamp, written_at timestamp, eh_partition text, first_sequence bigint,
+    oldest_enqueued timestamp, events int,
+    PRIMARY KEY ((bucket), written_at, eh_partition, first_sequence)
+)""",
+        ),
+    ),
 )
 
 

@@ -38,6 +38,9 @@ _STATEMENTS = {
         "SELECT event_id, event_time, enqueued_at FROM {ks}.events_by_arrival_bucket "
         "WHERE bucket = ? AND shard = ? AND enqueued_at >= ? AND enqueued_at < ?"
     ),
+    "delayed": (
+        "SELECT oldest_enqueued FROM {ks}.delayed_batches WHERE bucket = ? AND written_at >= ? AND written_at < ?"
+    ),
 }
 
 
@@ -68,6 +71,16 @@ class CassandraWindowReader:
             )
             for rows in results for r in rows
         ]
+
+    def delayed_since(self, start: datetime, end: datetime) -> datetime | None:
+        """The oldest enqueued time of the batches ingest noted as delayed in ``[start, end)`` (its clock)."""
+        if end <= start:
+            return None
+        partitions = [(bucket, start, end) for bucket in buckets_between(start, end, self._settings.bucket_seconds)]
+        results = self._queries.fan_out("delayed", partitions, f"the delayed batches of [{start.isoformat()}, "
+                                        f"{end.isoformat()})", concurrency=self._concurrency)
+        oldest = [utc(r.oldest_enqueued) for rows in results for r in rows]
+        return min(oldest) if oldest else None
 
     def arrivals(self, start: datetime, end: datetime) -> Iterator[Arrival]:
         if end <= start:
