@@ -19,8 +19,8 @@ measurements map once per table); on any other version, or with
 Writes go out concurrently (``execute_concurrent``) in UNLOGGED batches of at
 most ``batch_rows`` rows. With ``batching="mixed"`` (Cosmos DB) a batch takes any
 rows, in event order: Cosmos DB still runs and charges each row as its own
-operation, and the driver spends about as much on one batch of 32 rows as on two
-single-row requests. With ``batching="partition"`` (Apache Cassandra) only rows of
+operation, and the driver spends about as much on one batch of 32 rows as on three
+or four single-row requests. With ``batching="partition"`` (Apache Cassandra) only rows of
 one partition (one device-day of ``events_by_device``, one device of
 ``device_latest``, one bucket and shard of the time-bucketed tables) share a
 batch: one partition is one mutation, so the batch costs the server nothing extra
