@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what is missing, then run every test: unit, integration (real PostgreSQL, Redis, Azurite and
 # Sluice's emulators through the real SDKs) and end-to-end. Extra arguments go to pytest.
+# The tests run on pytest-xdist workers (pyproject.toml's addopts: 4 workers; one file alone runs without any);
+# SLUICE_TEST_WORKERS=N sets the number, 0 runs everything in this process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
