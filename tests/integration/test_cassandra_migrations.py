@@ -39,7 +39,8 @@ class SlowSchemaChanges:
         self.loop = asyncio.new_event_loop()
         self.port = 0
         started = threading.Event()
-        threading.Thread(target=self._run, args=(started,), daemon=True).start()
+        self.thread = threading.Thread(target=self._run, args=(started,), daemon=True)
+        self.thread.start()
         started.wait(10)
 
     def _run(self, started: threading.Event) -> None:
@@ -52,9 +53,19 @@ class SlowSchemaChanges:
             async with server:
                 await server.serve_forever()
 
+        async def end_connections() -> None:
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
         self.task = self.loop.create_task(serve())
         with contextlib.suppress(asyncio.CancelledError):
             self.loop.run_until_complete(self.task)
+        # The connections' tasks end here, on their loop: left pending, they were collected later, in another
+        # test, with the loop closed ("Event loop is closed").
+        self.loop.run_until_complete(end_connections())
+        self.loop.close()
 
     async def _client(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
         server_in, server_out = await asyncio.open_connection(self.upstream.host, self.upstream.port)
@@ -79,6 +90,7 @@ class SlowSchemaChanges:
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.task.cancel)
+        self.thread.join(10)
 
 
 @pytest.fixture
