@@ -140,15 +140,29 @@ def test_a_lazy_store_is_built_on_the_first_write_and_built_again_after_a_failed
     assert builds == ["attempt", "attempt"] and len(real.rows) == 3 and len(dead.batches) == 1
 
 
-class FakeLedger:
+class FailsFirst:
+    """A fake port whose first ``failures`` writes raise ``TransientError("<what> down")``."""
+
+    what = "port"
+
     def __init__(self, failures: int = 0):
         self.failures = failures
+
+    def fail_if_due(self) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise TransientError(f"{self.what} down")
+
+
+class FakeLedger(FailsFirst):
+    what = "ledger"
+
+    def __init__(self, failures: int = 0):
+        super().__init__(failures)
         self.entries = []
 
     def record(self, runs):
-        if self.failures:
-            self.failures -= 1
-            raise TransientError("ledger down")
+        self.fail_if_due()
         self.entries.extend((r.first, r.last, r.stored, r.dead_lettered, r.duplicate) for r in runs)
 
     def accounted(self, partition, first, last):
@@ -174,15 +188,15 @@ def test_a_batch_dead_lettered_on_the_final_attempt_is_recorded_as_dead_lettered
     assert ledger.entries == [(7, 8, 0, 2, 0)]
 
 
-class FakeDelayLog:
+class FakeDelayLog(FailsFirst):
+    what = "delay log"
+
     def __init__(self, failures: int = 0):
-        self.failures = failures
+        super().__init__(failures)
         self.notes = []
 
     def record(self, batch):
-        if self.failures:
-            self.failures -= 1
-            raise TransientError("delay log down")
+        self.fail_if_due()
         self.notes.append(batch)
 
 
