@@ -9,12 +9,13 @@ bytes: Redis writes stay idempotent.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from shared.domain.times import rfc3339, to_ms
 
@@ -63,5 +64,9 @@ class StoredEvent:
         }
 
     def to_json(self) -> str:
-        """The canonical JSON document (same event, same text)."""
-        return json.dumps(self.to_document(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        """The canonical JSON document (same event, same text): compact, keys sorted, UTF-8 unescaped.
+
+        orjson encodes it about ten times faster than ``json.dumps`` (the change feed writes one per
+        device per page); the texts are the same but for exponents, ``1e16`` where json wrote ``1e+16``.
+        """
+        return orjson.dumps(self.to_document(), option=orjson.OPT_SORT_KEYS).decode()

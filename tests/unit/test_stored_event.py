@@ -1,0 +1,34 @@
+"""The stored event's JSON document: canonical (same event, same text) and faithful to its values."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.domain.stored import StoredEvent
+
+AT = datetime(2026, 11, 23, 9, 30, 0, 123000, tzinfo=UTC)
+
+
+def event(measurements: dict[str, float], attributes: dict[str, str]) -> StoredEvent:
+    return StoredEvent(uuid.UUID(int=7), "dev-é✓", AT, "reading", "info", False, measurements,
+                       attributes=attributes, enqueued_time=AT)
+
+
+def test_the_text_is_compact_sorted_and_unescaped_as_json_writes_it() -> None:
+    stored = event({"temperature": 21.5, "humidity": 40.0, "b": -0.0}, {"site": "nörth", "fw": "4.2"})
+    assert stored.to_json() == json.dumps(stored.to_document(), sort_keys=True, separators=(",", ":"),
+                                          ensure_ascii=False)
+
+
+@given(st.dictionaries(st.text(max_size=8), st.floats(allow_nan=False, allow_infinity=False), max_size=6),
+       st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=4))
+def test_any_event_reads_back_as_its_document_and_encodes_the_same_twice(measurements, attributes) -> None:
+    stored = event(measurements, attributes)
+    text = stored.to_json()
+    assert json.loads(text) == stored.to_document()
+    assert text == event(dict(reversed(list(measurements.items()))), attributes).to_json()  # order never shows
