@@ -4,7 +4,7 @@
 ``shared.adapters.cassandra.layout``): a window ``[start, end)`` is the partitions of every
 bucket overlapping it times every shard, each read with a clustering range on
 ``event_time`` (a bucket may be wider than the window). Partitions are read by up
-to ``concurrency`` threads at once (``Queries.fan_out``), each paging with
+to ``concurrency`` at once (``Queries.fan_out``, on the driver's futures), each paging with
 ``page_size`` rows per request, every request within the session's request
 timeout. Any failed read (throttling left after the retries included) fails
 the whole window with ``DependencyUnavailable("cassandra", ...)``: a window is never computed from
