@@ -22,13 +22,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.adapters.cassandra.migrations import apply_migrations
-from shared.adapters.cassandra.session import connect
-from shared.settings import load_settings
 from shared.telemetry_names import BY_NAME
 from sluice.delivery import Probe
 from sluice.loadgen import EventHubSender, LoadRunner, LoadSpec, read_manifest
-from tests.e2e.test_pipeline import _script_root, _values
+from tests.e2e.test_pipeline import _migrate_cassandra, _script_root, _values
 from tests.fixtures.devhost import start_devhost
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,12 +45,7 @@ def running(tmp_path, isolated_eventhub, cassandra_emulator, cassandra_keyspace,
     values = _values(hub=isolated_eventhub, cassandra=cassandra_emulator, keyspace=cassandra_keyspace, pg_dsn=pg_dsn,
                      redis_url=redis_url, redis_prefix=redis_prefix, storage=azurite_connection_string)
     values["SLUICE_METRICS_PORT"] = str(_free_port())
-    settings = load_settings({k: v for k, v in values.items() if v != ""})
-    session = connect(settings.cassandra, None)
-    try:
-        apply_migrations(session, settings.cassandra)
-    finally:
-        session.cluster.shutdown()
+    _migrate_cassandra(values)
     settings_path = tmp_path / "local.settings.json"
     settings_path.write_text(json.dumps({"IsEncrypted": False, "Values": values}, indent=2))
     env = {k: v for k, v in values.items() if k.startswith(("DEVHOST_", "AzureFunctionsWebHost__"))}

@@ -76,6 +76,16 @@ def _values(*, hub, cassandra, keyspace, pg_dsn, redis_url, redis_prefix, storag
     }
 
 
+def _migrate_cassandra(values: dict[str, str]) -> None:
+    """Apply the Cassandra migrations to the keyspace ``values`` (app settings) name."""
+    settings = load_settings({k: v for k, v in values.items() if v != ""})
+    session = connect(settings.cassandra, None)
+    try:
+        apply_migrations(session, settings.cassandra)
+    finally:
+        session.cluster.shutdown()
+
+
 def _script_root(path: Path) -> Path:
     """The repository's function app, with a host.json whose timer leases expire after 15 s (the minimum)."""
     path.mkdir()
@@ -92,12 +102,7 @@ def pipeline(tmp_path, isolated_eventhub, cassandra_emulator, cassandra_keyspace
              azurite_connection_string):
     values = _values(hub=isolated_eventhub, cassandra=cassandra_emulator, keyspace=cassandra_keyspace,
                      pg_dsn=pg_dsn, redis_url=redis_url, redis_prefix=redis_prefix, storage=azurite_connection_string)
-    settings = load_settings({k: v for k, v in values.items() if v != ""})
-    session = connect(settings.cassandra, None)
-    try:
-        apply_migrations(session, settings.cassandra)
-    finally:
-        session.cluster.shutdown()
+    _migrate_cassandra(values)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         apply_pg_migrations(conn)
     reference = subprocess.run([sys.executable, "-m", "sluice", "reference", "load-sample", "--to", "postgres"],
