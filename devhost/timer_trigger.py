@@ -54,6 +54,14 @@ def _flag(value: Any) -> bool:
     return str(value).lower() == "true" if not isinstance(value, bool) else value
 
 
+def uses_monitor(trigger: dict[str, Any], schedule: Schedule) -> bool:
+    """``useMonitor`` as the binding says, or the host's default: on for schedules of a minute or more."""
+    monitor = trigger.get("useMonitor")
+    if monitor is not None:
+        return _flag(monitor)
+    return schedule.period(datetime.now(UTC)) >= timedelta(minutes=1)
+
+
 class TimerListener:
     """Fires one timer function while this dev host holds its lease."""
 
@@ -74,9 +82,7 @@ class TimerListener:
         self._task: asyncio.Task[None] | None = None
         trigger = spec.trigger
         self.run_on_startup = _flag(trigger.get("runOnStartup", False))
-        monitor = trigger.get("useMonitor")
-        self.use_monitor = (_flag(monitor) if monitor is not None
-                            else schedule.period(datetime.now(UTC)) >= timedelta(minutes=1))
+        self.use_monitor = uses_monitor(trigger, schedule)
         self._last: datetime | None = None
 
     @classmethod

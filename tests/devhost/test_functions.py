@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -235,3 +236,35 @@ def test_events_equal_what_azure_functions_converter_decodes(many: bool, data_ty
         assert mine.enqueued_time == real.enqueued_time and mine.enqueued_time.tzinfo is not None
         assert mine.iothub_metadata == real.iothub_metadata
         assert mine.metadata == real.metadata
+
+
+def _shipped_schedules() -> list[dict[str, str]]:
+    """The schedule settings of local.settings.sample.json and of the AKS config map."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    sample = json.loads((root / "local.settings.sample.json").read_text(encoding="utf-8"))["Values"]
+    configmap = yaml.safe_load((root / "k8s-keda" / "configmap.yaml").read_text(encoding="utf-8"))["data"]
+    return [sample, configmap]
+
+
+@functools.cache
+def _app_specs() -> dict[str, FunctionSpec]:
+    """The real app's functions, indexed once (azure-functions registers them at the first ``get_functions``)."""
+    import function_app
+
+    return {spec.name: spec for spec in index(function_app.app)}
+
+
+@pytest.mark.parametrize("settings", _shipped_schedules(), ids=["local.settings.sample", "k8s-configmap"])
+def test_the_app_monitors_the_enrichment_schedule_but_not_the_change_feed_ticks(settings: dict[str, str]) -> None:
+    """A status blob write per change feed tick buys nothing (the next tick resumes from the saved position);
+    a missed enrichment run of a minute or more is caught up at start-up."""
+    from devhost.schedule import Schedule
+    from devhost.timer_trigger import uses_monitor
+
+    specs = _app_specs()
+    decided = {}
+    for name, setting in (("changefeed", "SLUICE_CHANGEFEED_SCHEDULE"), ("enrichment", "SLUICE_ENRICH_SCHEDULE")):
+        decided[name] = uses_monitor(specs[name].trigger, Schedule.parse(settings[setting], UTC))
+    assert decided == {"changefeed": False, "enrichment": True}
