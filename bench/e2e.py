@@ -49,7 +49,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -57,6 +59,8 @@ import uuid
 from pathlib import Path
 
 from bench._e2e_cpu import CqlCounter, ProductCpu
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CHANGEFEED_INTERVAL_SECONDS = 1.0
 
@@ -372,10 +376,35 @@ class Bench:
         c2 = calibrate(host, port, args.calibration_requests)
         used = delta(after, before)
         requests = req1 - req0
-        return {"sent": summary.sent, "achieved": round(summary.rate), "delivered": report.figures.get("stored", 0),
+        invocations = int(used.get("calls:ingest", 0))
+        floor = self.sdk_floor(sum(self.sent_by_partition.values()),
+                               batch=max(1, round(summary.sent / invocations)) if invocations else 256)
+        return {"sdk_floor": floor,
+                "sent": summary.sent, "achieved": round(summary.rate), "delivered": report.figures.get("stored", 0),
                 "problems": report.problems, "span": span, "cpu": used, "idle_cpu_per_s": idle,
                 "idle_host_cpu_per_s": idle_host, "idle_by_part": {k: v / 10.0 for k, v in idle_used.items()},
                 "requests": dict(requests), "batched_statements": st1 - st0, "calibration": (c1, c2)}
+
+    def sdk_floor(self, events: int, *, batch: int) -> dict:
+        """The host's part done by the Event Hubs SDK alone on the events sent so far (``bench._e2e_sdk_floor``):
+        receive only, then receive and checkpoint every batch (own consumer group and checkpoint container)."""
+        from sluice.launcher import python_module
+
+        stack = self.stack
+        env = {**os.environ, "SDK_FLOOR_EVENTHUB": stack.eventhub_connection,
+               "SDK_FLOOR_STORAGE": stack.storage_connection}
+        prefetch = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))["extensions"]["eventHubs"]
+        results = {}
+        for name, extra in (("receive", []), ("checkpoint", ["--checkpoint-container", "bench-sdk-floor"])):
+            done = subprocess.run(
+                python_module("bench._e2e_sdk_floor", "--hub", stack.values["SLUICE_INGEST_EVENTHUB_NAME"],
+                              "--events", str(events), "--batch", str(batch),
+                              "--prefetch", str(prefetch.get("prefetchCount", 300)), *extra),
+                env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=600, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"the SDK floor ({name}) failed: {(done.stderr or done.stdout)[-2000:]}")
+            results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        return {"batch": batch, **results}
 
     # --- 4. scale-out ---
 
@@ -514,6 +543,18 @@ def print_cpu(r: dict) -> None:
               f"{host / delivered * 1e6:4.0f} us/event; the worker's (the rest, event conversion "
               f"{conversion / delivered * 1e6:.0f} us/event included) {worker:6.2f}s, "
               f"{worker / delivered * 1e6:4.0f} us/event", flush=True)
+    floor = r.get("sdk_floor")
+    if delivered and floor:
+        receive, checkpoint = floor["receive"], floor["checkpoint"]
+        per = {name: f["cpu"] / f["events"] * 1e6 for name, f in (("receive", receive), ("checkpoint", checkpoint))}
+        print(f"cpu: the Event Hubs SDK alone on the same events (batches of {floor['batch']}, its own process): "
+              f"receive {per['receive']:.0f} us/event, receive and checkpoint every batch "
+              f"{per['checkpoint']:.0f} us/event; the dev host's part is "
+              f"{host / delivered * 1e6 / per['checkpoint']:.2f} times that", flush=True)
+        # What the product would do if the host's part cost only the SDK's own work: the worker's part is ours.
+        floor_total = worker + per["checkpoint"] * delivered / 1e6
+        print(f"events per product CPU-second with the host's part at the SDK's floor {delivered / floor_total:.0f} "
+              f"(ratio {delivered / floor_total / c if c else 0:.3f})", flush=True)
     requests = r["requests"]
     count = sum(requests.values())
     if delivered and not count:
