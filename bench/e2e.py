@@ -550,7 +550,9 @@ def print_cpu(r: dict) -> None:
         print(f"cpu: the Event Hubs SDK alone on the same events (batches of {floor['batch']}, its own process): "
               f"receive {per['receive']:.0f} us/event, receive and checkpoint every batch "
               f"{per['checkpoint']:.0f} us/event; the dev host's part is "
-              f"{host / delivered * 1e6 / per['checkpoint']:.2f} times that", flush=True)
+              f"{host / delivered * 1e6 / per['checkpoint']:.2f} times that ({receive['events']} and "
+              f"{checkpoint['events']} events in {receive['seconds']:.1f}s and {checkpoint['seconds']:.1f}s)",
+              flush=True)
         # What the product would do if the host's part cost only the SDK's own work: the worker's part is ours.
         floor_total = worker + per["checkpoint"] * delivered / 1e6
         print(f"events per product CPU-second with the host's part at the SDK's floor {delivered / floor_total:.0f} "
