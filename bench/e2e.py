@@ -31,6 +31,9 @@ function_app.py with the change feed every second), then:
    Prints ``events per product CPU-second N (calibration C, ratio R)``, R = N / C.
    Cassandra requests per event are counted by a proxy in front of the emulator
    (native protocol frame headers: QUERY, EXECUTE, BATCH and the statements in batches).
+   Last, the host's part done by the Event Hubs SDK alone on the same events
+   (``bench._e2e_sdk_floor``: receive only, then with a checkpoint every batch) and the
+   product's N and R had the host's part cost only that.
 4. **scale-out** (``--workers 2``): the capacity of one dev host (the rate at
    which it works off ``--scale-rate`` sent for ``--scale-seconds``), then a second
    dev host joins while load runs, the capacity of two, and the second one is
