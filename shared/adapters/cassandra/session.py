@@ -24,6 +24,7 @@ from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, N
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
 from shared.adapters.cassandra.retry import CosmosRetryPolicy
+from shared.adapters.cassandra.rows import named_rows
 from shared.adapters.secrets import RotatingSecret
 from shared.settings import CassandraSettings
 
@@ -58,6 +59,7 @@ def build_cluster(settings: CassandraSettings, password: str | RotatingSecret | 
         ),
         consistency_level=ConsistencyLevel.name_to_value[settings.consistency],
         request_timeout=settings.request_timeout_seconds,
+        row_factory=named_rows,
     )
     options: dict[str, Any] = {
         "contact_points": settings.hosts,

@@ -1,0 +1,38 @@
+"""Result rows: the driver's ``named_tuple_factory`` rows, from one class per column list."""
+
+from __future__ import annotations
+
+import pytest
+from cassandra.query import named_tuple_factory
+
+from shared.adapters.cassandra.rows import named_rows, row_type
+
+COLUMN_LISTS = [
+    ["event_id", "device_id", "measurements"],
+    ["count"],  # SELECT COUNT(*)
+    ["enqueued_at", "written"],  # an alias
+    ["system.count(*)", "[applied]", "a b"],  # names the driver cleans
+    ["a", "a"],  # a duplicate: positional names, as the driver falls back to
+    ["class", "1st"],  # a keyword, a leading digit
+]
+
+
+@pytest.mark.parametrize("columns", COLUMN_LISTS, ids=lambda c: ",".join(c))
+def test_rows_equal_the_drivers_named_tuples_field_for_field(columns: list[str]) -> None:
+    raw = [tuple(f"{c}-{n}" for c in range(len(columns))) for n in range(3)]
+    ours, theirs = named_rows(columns, raw), named_tuple_factory(columns, raw)
+    assert ours == theirs
+    assert [row._fields for row in ours] == [row._fields for row in theirs]
+    assert [row._asdict() for row in ours] == [row._asdict() for row in theirs]
+
+
+def test_one_class_serves_every_result_with_the_same_columns() -> None:
+    first = named_rows(["event_id", "device_id"], [(1, "a")])[0]
+    second = named_rows(("event_id", "device_id"), [(2, "b"), (3, "c")])
+    assert all(type(row) is type(first) for row in second)
+    assert type(first) is row_type(("event_id", "device_id"))
+    assert second[1].device_id == "c" and type(named_rows(["device_id"], [("x",)])[0]) is not type(first)
+
+
+def test_no_rows_is_an_empty_list() -> None:
+    assert named_rows(["event_id"], []) == []
