@@ -78,3 +78,45 @@ def test_a_failed_shared_request_names_each_callers_device(cassandra_emulator, s
     for device, answer in zip(("f-1", "f-2", "f-3"), answers, strict=True):
         assert isinstance(answer, DependencyUnavailable) and answer.dependency == "cassandra"
         assert repr(device) in str(answer) and "Overloaded" in str(answer)
+
+
+@pytest.mark.timeout(60)
+def test_reads_leave_the_garbage_collector_only_the_drivers_metadata_types(session, keyspace, store) -> None:
+    """A lookup's read is freed by reference counting: no row class per result, no future kept by its timer.
+
+    Cyclic garbage is what fills the worker's young generation until one collection frees it all at once,
+    a pause every concurrent lookup waits out (see ``shared.adapters.cassandra.aio.release``). What is left
+    is the driver's: it parses every response's column metadata (it never asks the server to skip it) and
+    builds a new class for each collection type there, ``map<text, double>`` and ``map<text, text>``.
+    """
+    import collections
+    import gc
+
+    events = [cf.make_event(f"gc-{i}", NOW - timedelta(minutes=i)) for i in range(40)]
+    store.write(events)
+    counting = CountingReader(session, keyspace, timeout=5)
+    reader = CassandraAsyncEventReader(counting, batch_keys=8)
+    devices = [f"gc-{i}" for i in range(40)]
+
+    async def scenario() -> collections.Counter[str]:
+        await reader.latest("gc-0")  # connect and prepare first
+        await asyncio.gather(*(reader.latest(d) for d in devices[:9]))  # and the IN read
+        counting.sent.clear()
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for device in devices:  # alone: one point read each
+                assert (await reader.latest(device)) is not None
+            found = await asyncio.gather(*(reader.latest(d) for d in devices))  # shared IN reads
+            assert all(found)
+            gc.collect()
+            return collections.Counter(type(o).__qualname__ for o in gc.garbage)
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+
+    garbage = asyncio.run(scenario())
+    requests = len(counting.sent)
+    assert requests > 40  # the point reads, then the IN reads
+    assert set(garbage) <= {"CassandraTypeType", "dict", "tuple"}, garbage
+    assert garbage["CassandraTypeType"] == 2 * requests  # the two map columns' types, per response

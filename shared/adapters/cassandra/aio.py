@@ -43,17 +43,41 @@ def _settle(waiter: asyncio.Future[Any], value: Any, error: BaseException | None
         waiter.set_result(value)
 
 
-def rows(future: ResponseFuture) -> asyncio.Future[list[Any]]:
-    """The first page of rows of a request sent with ``execute_async``, as an asyncio future of the running loop.
+def release(future: ResponseFuture) -> None:
+    """Let reference counting free a finished request: drop its reference to its timeout timer.
+
+    The driver's ``ResponseFuture`` keeps the timer it started, and the timer keeps
+    the future's ``_on_timeout``: a reference cycle, so every request, with its
+    statement, message and rows, waited for the garbage collector. For the lookups
+    that was the bulk of what filled the young generation, and one collection
+    freeing tens of thousands of such objects paused the event loop for 30-40 ms.
+    Only for a finished request: the driver has cancelled the timer before it calls
+    back. (The attribute is the driver's own; ``tests/integration/test_cassandra_aio.py``
+    checks that a read leaves no cyclic garbage, so a driver that changes it is noticed.)
+    """
+    future._timer = None
+
+
+async def rows(future: ResponseFuture) -> list[Any]:
+    """The first page of rows of a request sent with ``execute_async``, awaited on the running loop.
 
     One page is the whole answer for the point reads and ``LIMIT``-ed reads this
-    serves (their limits are below the driver's fetch size).
+    serves (their limits are below the driver's fetch size). Cancelling the
+    awaiting task leaves the request to the driver (it finishes or times out there).
     """
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[list[Any]] = loop.create_future()
     future.add_callbacks(lambda result: loop.call_soon_threadsafe(_settle, waiter, result, None),
                          lambda error: loop.call_soon_threadsafe(_settle, waiter, None, error))
-    return waiter
+    try:
+        result = await waiter
+    except asyncio.CancelledError:
+        raise  # still in flight: its timer is the driver's to cancel
+    except BaseException:
+        release(future)
+        raise
+    release(future)
+    return result
 
 
 class _Coalesced:
