@@ -36,10 +36,10 @@ def row_type(columns: tuple[str, ...]) -> type[tuple[Any, ...]]:
     """The row class of a result with these column names, named as ``named_tuple_factory`` names them."""
     clean = [_clean_column_name(name) for name in columns]
     try:
-        return namedtuple("Row", clean)  # type: ignore[misc]  # names known only at run time
+        return namedtuple("Row", clean)
     except ValueError:  # a keyword, a duplicate, a leading digit: positional names, as the driver falls back to
         logger.warning("columns %s are not all valid attribute names; their rows name them by position", clean)
-        return namedtuple("Row", _sanitize_identifiers(clean))  # type: ignore[misc]
+        return namedtuple("Row", _sanitize_identifiers(clean))
 
 
 def named_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
