@@ -28,7 +28,7 @@ from typing import Any
 
 from cassandra.cluster import ResponseFuture
 
-from shared.adapters.cassandra.query import CASSANDRA_ERRORS, unavailable
+from shared.adapters.cassandra.query import CASSANDRA_ERRORS, release, unavailable
 from shared.adapters.cassandra.reader import HEALTH_PROBE_DEVICE, CassandraEventReader, stored_event
 from shared.domain.stored import StoredEvent
 from shared.exceptions import DependencyUnavailable
@@ -41,21 +41,6 @@ def _settle(waiter: asyncio.Future[Any], value: Any, error: BaseException | None
         waiter.set_exception(error)
     else:
         waiter.set_result(value)
-
-
-def release(future: ResponseFuture) -> None:
-    """Let reference counting free a finished request: drop its reference to its timeout timer.
-
-    The driver's ``ResponseFuture`` keeps the timer it started, and the timer keeps
-    the future's ``_on_timeout``: a reference cycle, so every request, with its
-    statement, message and rows, waited for the garbage collector. For the lookups
-    that was the bulk of what filled the young generation, and one collection
-    freeing tens of thousands of such objects paused the event loop for 30-40 ms.
-    Only for a finished request: the driver has cancelled the timer before it calls
-    back. (The attribute is the driver's own; ``tests/integration/test_cassandra_aio.py``
-    checks that a read leaves no cyclic garbage, so a driver that changes it is noticed.)
-    """
-    future._timer = None
 
 
 async def rows(future: ResponseFuture) -> list[Any]:

@@ -34,7 +34,7 @@ from cassandra.cluster import Session
 from cassandra.query import SimpleStatement
 
 from shared.adapters.cassandra.layout import bucket_start
-from shared.adapters.cassandra.query import CASSANDRA_ERRORS, DEPENDENCY, Queries, describe, unavailable
+from shared.adapters.cassandra.query import CASSANDRA_ERRORS, DEPENDENCY, Queries, describe, fetched, unavailable
 from shared.adapters.cassandra.reader import EVENT_SELECT, stored_event
 from shared.domain.times import rfc3339, utc
 from shared.exceptions import DependencyUnavailable
@@ -78,7 +78,8 @@ class CosmosChangeFeed:
                                     fetch_size=self._page_size)
         statement.is_idempotent = True
         try:
-            result = self._session.execute(statement, paging_state=position.paging_state, timeout=timeout)
+            result = fetched(self._session.execute_async(statement, paging_state=position.paging_state,
+                                                          timeout=timeout))
         except InvalidRequest as exc:
             if position.paging_state is not None:
                 raise ContinuationRejected(f"the change feed refused the saved continuation: {exc}") from exc
