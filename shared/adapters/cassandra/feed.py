@@ -34,7 +34,15 @@ from cassandra.cluster import Session
 from cassandra.query import SimpleStatement
 
 from shared.adapters.cassandra.layout import bucket_start
-from shared.adapters.cassandra.query import CASSANDRA_ERRORS, DEPENDENCY, Queries, describe, fetched, unavailable
+from shared.adapters.cassandra.query import (
+    CASSANDRA_ERRORS,
+    DEPENDENCY,
+    Queries,
+    applied,
+    describe,
+    fetched,
+    unavailable,
+)
 from shared.adapters.cassandra.reader import EVENT_SELECT, stored_event
 from shared.domain.times import rfc3339, utc
 from shared.exceptions import DependencyUnavailable
@@ -176,6 +184,6 @@ class CassandraFeedStateStore:
                                                     f"({describe(exc)})") from exc
         except CASSANDRA_ERRORS as exc:
             raise unavailable(f"saving feed position {name!r}", exc) from exc
-        if not result.was_applied:
+        if not applied(result):
             return None
         return new_version

@@ -81,6 +81,18 @@ def fetched(future: ResponseFuture) -> ResultSet:
         release(future)
 
 
+def applied(result: ResultSet) -> bool:
+    """Whether a conditional write (``IF ...``) was applied: its answer's ``[applied]`` column.
+
+    What ``ResultSet.was_applied`` reads, which refuses any row factory but the
+    driver's own (the session's is :func:`shared.adapters.cassandra.rows.named_rows`).
+    """
+    rows = result.current_rows
+    if len(rows) != 1:
+        raise RuntimeError(f"a conditional write answered {len(rows)} rows, not one")
+    return bool(rows[0][0])
+
+
 @contextmanager
 def translated(what: str) -> Iterator[None]:
     """Turn a driver failure inside the block into :func:`unavailable` (``what`` names the work)."""
