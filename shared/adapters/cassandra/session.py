@@ -10,6 +10,9 @@ new connection (:class:`SecretAuthProvider`), so the driver's own reconnections
 use the vault's current value. When every host refuses it (``AuthenticationFailed``)
 at :func:`connect`, the secret is re-read and the connection tried once more. Open
 connections stay logged in: Cassandra checks a password only at connection start-up.
+
+Rows are named tuples from one class per column list (:mod:`shared.adapters.cassandra.rows`),
+not a new class per result set as with the driver's default factory.
 """
 
 from __future__ import annotations
