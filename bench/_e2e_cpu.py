@@ -228,7 +228,8 @@ class ProductCpu:
             time.sleep(0.02)
 
     def snapshot(self) -> dict[str, float]:
-        """``total`` and, summed over the hosts, ``fn:<function>`` and ``thread:<group>`` CPU seconds."""
+        """``total`` and, summed over the hosts, ``fn:<function>`` and ``thread:<group>`` CPU seconds, and the
+        garbage collector's ``gc:<generation>:<collections|seconds|collected|long>``."""
         self._refresh()
         out: dict[str, float] = {"total": 0.0}
         for pid, path in self.hosts.items():
@@ -242,6 +243,9 @@ class ProductCpu:
                 out[f"calls:{name}"] = out.get(f"calls:{name}", 0.0) + figures["calls"]
             for group, seconds in stats.get("threads", {}).items():
                 out[f"thread:{group}"] = out.get(f"thread:{group}", 0.0) + seconds
+            for generation, figures in stats.get("gc", {}).items():
+                for name, value in figures.items():
+                    out[f"gc:{generation}:{name}"] = out.get(f"gc:{generation}:{name}", 0.0) + value
         return out
 
 

@@ -535,6 +535,14 @@ def print_cpu(r: dict) -> None:
     ended = total - sum(cpu.get(f"thread:{group}", 0.0) for group in groups)
     print(f"cpu: threads that ended, and the rest {ended:7.2f}s, "
           f"{ended / delivered * 1e6 if delivered else 0.0:6.0f} us/event", flush=True)
+    collections = [(generation, {name: cpu.get(f"gc:{generation}:{name}", 0.0)
+                                 for name in ("collections", "seconds", "collected", "long")}) for generation in "012"]
+    if any(figures["collections"] for _, figures in collections):
+        print("gc: " + "; ".join(
+            f"generation {generation} {figures['collections']:.0f} collections, {figures['seconds'] * 1000:.0f} ms "
+            f"({figures['seconds'] / delivered * 1e6 if delivered else 0.0:.1f} us/event), "
+            f"{figures['collected']:.0f} objects freed, {figures['long']:.0f} over 10 ms"
+            for generation, figures in collections), flush=True)
     # In Azure the Functions host (.NET) receives from Event Hubs, checkpoints and schedules; the Python worker
     # converts what it is handed and runs the functions. The dev host does both in one process: split it so.
     conversion = cpu.get("fn:ingest:input", 0.0)

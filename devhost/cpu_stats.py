@@ -14,7 +14,10 @@ between two readings), and once more when it starts shutting down, with:
   sync functions), ``cassandra-io`` (the cassandra-driver's reactor thread: request
   encoding on flush, response decoding, callbacks), ``to-thread`` (``asyncio.to_thread``:
   blob checkpoints and leases) and ``other``. Threads that ended are not counted (the
-  groups are a picture of where the time goes; the process total comes from outside).
+  groups are a picture of where the time goes; the process total comes from outside);
+* ``gc``: per generation of the garbage collector, the collections, the seconds they
+  took (a collection holds the GIL: every thread of the process waits it out), the
+  objects they freed and how many took longer than 10 ms (:class:`CollectorAccount`).
 
 Nothing is measured per event: the snapshot is built from counters when asked.
 """
@@ -23,12 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 from devhost.invocation import CpuAccount
 
@@ -68,8 +74,45 @@ def thread_cpu() -> dict[str, float]:
     return groups
 
 
-def write(path: Path, account: CpuAccount) -> None:
-    snapshot = {"pid": os.getpid(), "functions": account.snapshot(), "threads": thread_cpu()}
+class CollectorAccount:
+    """The garbage collector's pauses, from ``gc.callbacks``: per generation, collections, seconds, objects freed
+    and collections over :data:`LONG_PAUSE`; counters only (a benchmark subtracts two snapshots)."""
+
+    LONG_PAUSE = 0.010
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        # Every key exists from the start: a callback (run by whatever thread allocates) never resizes a dict
+        # that a snapshot may be reading, and takes no lock (a collection can start inside any locked section).
+        self._figures = {str(generation): {"collections": 0, "seconds": 0.0, "collected": 0, "long": 0}
+                         for generation in range(3)}
+
+    def install(self) -> None:
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def uninstall(self) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._started
+        figures = self._figures[str(info["generation"])]
+        figures["collections"] += 1
+        figures["seconds"] += took
+        figures["collected"] += info["collected"]
+        figures["long"] += took > self.LONG_PAUSE
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        return {generation: dict(figures) for generation, figures in self._figures.items()}
+
+
+def write(path: Path, account: CpuAccount, collector: CollectorAccount | None = None) -> None:
+    snapshot = {"pid": os.getpid(), "functions": account.snapshot(), "threads": thread_cpu(),
+                "gc": collector.snapshot() if collector is not None else {}}
     partial = path.with_name(path.name + ".tmp")
     partial.write_text(json.dumps(snapshot), encoding="utf-8")
     partial.replace(path)
@@ -78,13 +121,16 @@ def write(path: Path, account: CpuAccount) -> None:
 async def publish(path: Path, account: CpuAccount, stop: asyncio.Event) -> None:
     """Write ``path`` now, on every ``SIGUSR1``, and once more when ``stop`` is set."""
 
+    collector = CollectorAccount()
+
     def write_now() -> None:
         try:
-            write(path, account)
+            write(path, account, collector)
         except OSError as exc:
             logger.warning("cannot write CPU stats to %s: %r", path, exc)
 
     loop = asyncio.get_running_loop()
+    collector.install()
     write_now()
     loop.add_signal_handler(signal.SIGUSR1, write_now)
     try:
@@ -92,3 +138,4 @@ async def publish(path: Path, account: CpuAccount, stop: asyncio.Event) -> None:
     finally:
         loop.remove_signal_handler(signal.SIGUSR1)
         write_now()
+        collector.uninstall()

@@ -82,3 +82,26 @@ def test_the_file_is_written_on_sigusr1_and_at_stop(tmp_path: Path) -> None:
     stats = json.loads(path.read_text())
     assert stats["functions"]["ingest"]["calls"] == 2
     assert stats["threads"]["host-loop"] > 0
+
+
+def test_the_collector_account_counts_each_generations_collections_and_what_they_freed() -> None:
+    import gc
+
+    account = cpu_stats.CollectorAccount()
+    account.install()
+    try:
+        before = account.snapshot()
+        for _ in range(3):
+            cycle: list[object] = []
+            cycle.append(cycle)  # only the collector frees it
+            del cycle
+            gc.collect(0)
+        gc.collect(2)
+        after = account.snapshot()
+    finally:
+        account.uninstall()
+    young = {name: after["0"][name] - before["0"][name] for name in after["0"]}
+    assert young["collections"] >= 3 and young["collected"] >= 3 and young["seconds"] > 0.0
+    assert after["2"]["collections"] - before["2"]["collections"] >= 1
+    gc.collect(0)  # uninstalled: counts no more
+    assert account.snapshot() == after
