@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 from cassandra.cluster import Session
-from cassandra.concurrent import execute_concurrent
 from cassandra.query import PreparedStatement
 
+from shared.adapters.cassandra.query import execute_all
 from shared.exceptions import DependencyUnavailable, TransientError
 from shared.lazy import Once
 from shared.ports.audit import AuditRun
@@ -73,7 +73,7 @@ class CassandraAuditLedger:
         now = datetime.now(UTC)
         work = [(insert, (p.partition, p.first // BLOCK, p.first, p.last, p.stored, p.dead_lettered, p.duplicate, now))
                 for run in runs for p in split_at_blocks(run)]
-        results = execute_concurrent(self._session, work, concurrency=self._concurrency, raise_on_first_error=False)
+        results = execute_all(self._session, work, concurrency=self._concurrency)
         failures = [result for ok, result in results if not ok]
         if failures:
             raise TransientError(f"{len(failures)} of {len(work)} audit writes failed (first: "

@@ -16,7 +16,7 @@ driver reads from the prepared metadata, and its bytes are shared by every
 statement that carries it (``PreparedStatement.bind`` would serialize the
 measurements map once per table); on any other version, or with
 ``fast_bind=False``, the driver binds the statements through its public API.
-Writes go out concurrently (``execute_concurrent``) in UNLOGGED batches of at
+Writes go out concurrently (``query.execute_all``) in UNLOGGED batches of at
 most ``batch_rows`` rows. With ``batching="mixed"`` (Cosmos DB) a batch takes any
 rows, in event order: Cosmos DB still runs and charges each row as its own
 operation, and the driver spends about as much on one batch of 32 rows as on three
@@ -40,12 +40,12 @@ from operator import itemgetter
 from typing import Any, cast
 
 from cassandra.cluster import Session
-from cassandra.concurrent import execute_concurrent
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from shared.adapters.cassandra import fast_bind as fast_path
 from shared.adapters.cassandra.codec import Serializer, serializer
 from shared.adapters.cassandra.layout import bucket_start_millis, day_of_millis, shard_of
+from shared.adapters.cassandra.query import execute_all
 from shared.domain.events import Event
 from shared.domain.rules import Criticality, MeasurementRule
 from shared.domain.times import to_ms
@@ -65,7 +65,7 @@ _INDEX = {name: i for i, name in enumerate(_VALUES)}
 Values = list[Any]  # one event's values, in ``_VALUES`` order
 Serialized = list[bytes | None]  # the same, serialized for the wire
 Row = tuple[Values, Serialized | None]  # a row to plan: serialized on the fast bind path, else None
-Work = tuple[Any, Sequence[Any]]  # (statement, parameters) for execute_concurrent
+Work = tuple[Any, Sequence[Any]]  # (statement, parameters) for query.execute_all
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class _Prepared:
         object.__setattr__(self, "partition", itemgetter(*(self.picks[i] for i in key)))
 
     def pair(self, values: Values, serialized: Serialized | None) -> Work:
-        """``(statement, parameters)`` for ``execute_concurrent`` and ``BatchStatement.add``.
+        """``(statement, parameters)`` for ``query.execute_all`` and ``BatchStatement.add``.
 
         With ``serialized`` bytes: a statement bound as ``PreparedStatement.bind``
         would bind it, and no parameters; without: the prepared statement and its
@@ -187,9 +187,7 @@ class CassandraEventStore:
         if not events:
             return
         work, owners = self.plan(events)
-        results = execute_concurrent(
-            self._session, work, concurrency=self._settings.write_concurrency, raise_on_first_error=False
-        )
+        results = execute_all(self._session, work, concurrency=self._settings.write_concurrency)
         failures = [(owner, result) for (ok, result), owner in zip(results, owners, strict=True) if not ok]
         if failures:
             ids = sorted({str(event_id) for event_ids, _ in failures for event_id in event_ids})

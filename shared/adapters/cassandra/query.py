@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -79,6 +79,40 @@ def fetched(future: ResponseFuture) -> ResultSet:
         return future.result()
     finally:
         release(future)
+
+
+def execute_all(session: Session, work: Iterable[tuple[Any, Sequence[Any]]], *,
+                concurrency: int) -> list[tuple[bool, Any]]:
+    """Each ``(statement, parameters)`` executed, at most ``concurrency`` at once: ``(True, result)`` or
+    ``(False, error)`` for each, in order, as ``execute_concurrent(..., raise_on_first_error=False)`` answers.
+
+    The driver's ``execute_concurrent`` keeps each request referenced from its own
+    callbacks, a second reference cycle besides the timer's (:func:`release`): every
+    batch of an ingest invocation, with all its rows' values, waited for the garbage
+    collector. Here each request is released once finished. The next one starts when the
+    oldest in flight finished (an ingest batch sends fewer requests than ``concurrency``:
+    all of them at once).
+    """
+    items = iter(work)
+    in_flight: deque[ResponseFuture] = deque()
+
+    def start_next() -> None:
+        for statement, parameters in itertools.islice(items, 1):
+            in_flight.append(session.execute_async(statement, parameters))
+
+    for _ in range(max(1, concurrency)):
+        start_next()
+    results: list[tuple[bool, Any]] = []
+    while in_flight:
+        future = in_flight.popleft()
+        try:
+            results.append((True, future.result()))
+        except Exception as exc:  # the driver's errors have no common base beyond Exception; the caller decides
+            results.append((False, exc))
+        finally:
+            release(future)
+        start_next()
+    return results
 
 
 def applied(result: ResultSet) -> bool:
