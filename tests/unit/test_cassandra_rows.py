@@ -36,3 +36,18 @@ def test_one_class_serves_every_result_with_the_same_columns() -> None:
 
 def test_no_rows_is_an_empty_list() -> None:
     assert named_rows(["event_id"], []) == []
+
+
+def test_a_map_column_becomes_the_dict_the_driver_map_holds() -> None:
+    from cassandra.cqltypes import UTF8Type
+    from cassandra.util import OrderedMapSerializedKey
+
+    from shared.adapters.cassandra.rows import as_dict
+
+    decoded = OrderedMapSerializedKey(UTF8Type, 4)  # what the driver decodes a map<text, double> into
+    for key, value in {"temperature": 21.5, "humidity": 40.0, "über": -1.0}.items():
+        decoded._insert_unchecked(key, UTF8Type.serialize(key, 4), value)
+    assert as_dict(decoded) == dict(decoded) == {"temperature": 21.5, "humidity": 40.0, "über": -1.0}
+    assert type(as_dict(decoded)) is dict
+    assert as_dict(None) == {} and as_dict({"a": 1}) == {"a": 1}
+    assert as_dict(decoded) is not as_dict(decoded)  # a new dict each time: callers may change theirs

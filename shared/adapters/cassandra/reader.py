@@ -20,6 +20,7 @@ from typing import Any
 from cassandra.cluster import ResponseFuture, Session
 
 from shared.adapters.cassandra.query import CASSANDRA_ERRORS, Queries, describe
+from shared.adapters.cassandra.rows import as_dict
 from shared.domain.stored import StoredEvent
 from shared.domain.times import utc
 
@@ -60,8 +61,8 @@ def stored_event(row: Any) -> StoredEvent:
         event_type=row.event_type,
         severity=row.severity,
         critical=row.critical,
-        measurements=dict(row.measurements or {}),
-        attributes=dict(row.attributes or {}),
+        measurements=as_dict(row.measurements),
+        attributes=as_dict(row.attributes),
         schema_version=row.schema_version if row.schema_version is not None else 1,
         enqueued_time=utc(row.enqueued_time) if row.enqueued_time is not None else None,
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import namedtuple
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from cassandra.query import _clean_column_name
@@ -46,3 +46,17 @@ def named_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[tu
     """A ``row_factory`` for the driver's execution profile: ``named_tuple_factory``'s rows, without its class."""
     make = row_type(tuple(columns))._make  # type: ignore[attr-defined]  # namedtuple's classmethod
     return [make(row) for row in rows]
+
+
+def as_dict(value: Mapping[Any, Any] | None) -> dict[Any, Any]:
+    """A map column's value as a ``dict`` (``{}`` for null).
+
+    The driver decodes a map into an ``OrderedMapSerializedKey`` whose lookups
+    serialize the key again, so ``dict(value)`` cost about 1.5 us for a map of three
+    entries; its ``_items`` list of pairs makes the same dict in 0.2 us. Any other
+    mapping (another driver version, a plain dict) goes through ``dict``.
+    """
+    if not value:
+        return {}
+    items = getattr(value, "_items", None)
+    return dict(items) if type(items) is list else dict(value)

@@ -22,6 +22,7 @@ from cassandra.cluster import Session
 
 from shared.adapters.cassandra.layout import buckets_between
 from shared.adapters.cassandra.query import Queries
+from shared.adapters.cassandra.rows import as_dict
 from shared.domain.stored import StoredEvent
 from shared.domain.times import utc
 from shared.ports.enrichment import Arrival
@@ -66,7 +67,7 @@ class CassandraWindowReader:
             StoredEvent(
                 event_id=r.event_id, device_id=r.device_id, event_time=utc(r.event_time),
                 event_type=r.event_type, severity=r.severity, critical=r.critical,
-                measurements=dict(r.measurements) if r.measurements else {},
+                measurements=as_dict(r.measurements),
                 enqueued_time=utc(r.enqueued_time),
             )
             for rows in results for r in rows
