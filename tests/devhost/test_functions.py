@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -248,23 +247,17 @@ def _shipped_schedules() -> list[dict[str, str]]:
     return [sample, configmap]
 
 
-@functools.cache
-def _app_specs() -> dict[str, FunctionSpec]:
-    """The real app's functions, indexed once (azure-functions registers them at the first ``get_functions``)."""
-    import function_app
-
-    return {spec.name: spec for spec in index(function_app.app)}
-
-
 @pytest.mark.parametrize("settings", _shipped_schedules(), ids=["local.settings.sample", "k8s-configmap"])
 def test_the_app_monitors_the_enrichment_schedule_but_not_the_change_feed_ticks(settings: dict[str, str]) -> None:
     """A status blob write per change feed tick buys nothing (the next tick resumes from the saved position);
     a missed enrichment run of a minute or more is caught up at start-up."""
     from devhost.schedule import Schedule
     from devhost.timer_trigger import uses_monitor
+    from tests.fixtures.functions import registered  # the shared index: get_functions() may run once per app
 
-    specs = _app_specs()
     decided = {}
     for name, setting in (("changefeed", "SLUICE_CHANGEFEED_SCHEDULE"), ("enrichment", "SLUICE_ENRICH_SCHEDULE")):
-        decided[name] = uses_monitor(specs[name].trigger, Schedule.parse(settings[setting], UTC))
+        bindings = json.loads(registered(name).get_function_json())["bindings"]
+        trigger = next(b for b in bindings if b["type"] == "timerTrigger")  # as the dev host's index takes it
+        decided[name] = uses_monitor(trigger, Schedule.parse(settings[setting], UTC))
     assert decided == {"changefeed": False, "enrichment": True}

@@ -122,14 +122,14 @@ def test_reads_leave_the_garbage_collector_only_the_drivers_metadata_types(sessi
 
 
 def _assert_only_the_drivers_leftovers(garbage: collections.Counter[str], requests: int) -> None:
-    """No row and no request of ours in the garbage: a request not released leaves its timer there (``Timer``).
+    """No row and no request of ours in the garbage: a request not released leaves itself and its timer there.
 
-    The driver's own background requests (control connection, heartbeats) may overlap the window: one or two.
+    The driver's own background work may overlap the window: a request or two (control connection,
+    heartbeats), and the column types it builds whenever it parses metadata (every response's, and the
+    schema of any keyspace another test of this process changes), which is why they are not counted.
     """
     assert garbage["Row"] == 0 and garbage["BoundStatement"] == 0, garbage
-    assert garbage["Timer"] <= 2 < requests, garbage
-    # at most the two map columns' types per response (a response still referenced at the collection is not garbage)
-    assert garbage["CassandraTypeType"] <= 2 * requests, garbage
+    assert garbage["ResponseFuture"] <= 2 and garbage["Timer"] <= 2 < requests, garbage
 
 
 @pytest.mark.timeout(60)
