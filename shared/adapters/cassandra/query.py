@@ -74,11 +74,17 @@ def release(future: ResponseFuture) -> None:
 
 
 def fetched(future: ResponseFuture) -> ResultSet:
-    """``future.result()`` (a driver error raises); the finished request is released either way (:func:`release`)."""
+    """``future.result()`` (a driver error raises); the finished request is released either way (:func:`release`).
+
+    Not when the wait itself is interrupted (``KeyboardInterrupt``): the request is still in flight then.
+    """
     try:
-        return future.result()
-    finally:
+        result = future.result()
+    except Exception:
         release(future)
+        raise
+    release(future)
+    return result
 
 
 def execute_all(session: Session, work: Iterable[tuple[Any, Sequence[Any]]], *,
@@ -109,8 +115,7 @@ def execute_all(session: Session, work: Iterable[tuple[Any, Sequence[Any]]], *,
             results.append((True, future.result()))
         except Exception as exc:  # the driver's errors have no common base beyond Exception; the caller decides
             results.append((False, exc))
-        finally:
-            release(future)
+        release(future)  # finished either way (an interrupted wait propagates above, the request still in flight)
         start_next()
     return results
 
@@ -177,9 +182,12 @@ class Queries:
         with translated("reading " + what):
             future = self._connect().execute_async(self.statement(name), params, timeout=timeout or self.timeout)
             try:
-                return list(future.result())  # further pages reuse the future (and start a timer each)
-            finally:
+                rows = list(future.result())  # further pages reuse the future (and start a timer each)
+            except Exception:
                 release(future)
+                raise
+            release(future)
+            return rows
 
     def fan_out(self, name: str, params: Sequence[Sequence[Any]], what: str, *, concurrency: int,
                 budget: float | None = None) -> list[list[Any]]:

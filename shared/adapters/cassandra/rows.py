@@ -22,8 +22,13 @@ from collections import namedtuple
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from cassandra.query import _clean_column_name
-from cassandra.util import _sanitize_identifiers
+from cassandra.query import named_tuple_factory
+
+try:  # the driver's own naming rules, so the rows are named exactly as its factory names them
+    from cassandra.query import _clean_column_name
+    from cassandra.util import _sanitize_identifiers
+except ImportError:  # a driver version without them: its own factory (a class per result set, as before)
+    _clean_column_name = _sanitize_identifiers = None
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +49,8 @@ def row_type(columns: tuple[str, ...]) -> type[tuple[Any, ...]]:
 
 def named_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
     """A ``row_factory`` for the driver's execution profile: ``named_tuple_factory``'s rows, without its class."""
+    if _clean_column_name is None:
+        return named_tuple_factory(columns, rows)  # type: ignore[no-any-return]
     make = row_type(tuple(columns))._make  # type: ignore[attr-defined]  # namedtuple's classmethod
     return [make(row) for row in rows]
 
