@@ -396,13 +396,13 @@ class Bench:
         stack = self.stack
         env = {**os.environ, "SDK_FLOOR_EVENTHUB": stack.eventhub_connection,
                "SDK_FLOOR_STORAGE": stack.storage_connection}
-        prefetch = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))["extensions"]["eventHubs"]
+        event_hubs = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))["extensions"]["eventHubs"]
         results = {}
         for name, extra in (("receive", []), ("checkpoint", ["--checkpoint-container", "bench-sdk-floor"])):
             done = subprocess.run(
                 python_module("bench._e2e_sdk_floor", "--hub", stack.values["SLUICE_INGEST_EVENTHUB_NAME"],
                               "--events", str(events), "--batch", str(batch),
-                              "--prefetch", str(prefetch.get("prefetchCount", 300)), *extra),
+                              "--prefetch", str(event_hubs.get("prefetchCount", 300)), *extra),
                 env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=600, check=False)
             if done.returncode != 0:
                 raise RuntimeError(f"the SDK floor ({name}) failed: {(done.stderr or done.stdout)[-2000:]}")

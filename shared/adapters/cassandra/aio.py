@@ -28,7 +28,7 @@ from typing import Any
 
 from cassandra.cluster import ResponseFuture
 
-from shared.adapters.cassandra.query import CASSANDRA_ERRORS, release, unavailable
+from shared.adapters.cassandra.query import CASSANDRA_ERRORS, finishing, unavailable
 from shared.adapters.cassandra.reader import HEALTH_PROBE_DEVICE, CassandraEventReader, stored_event
 from shared.domain.stored import StoredEvent
 from shared.exceptions import DependencyUnavailable
@@ -54,15 +54,8 @@ async def rows(future: ResponseFuture) -> list[Any]:
     waiter: asyncio.Future[list[Any]] = loop.create_future()
     future.add_callbacks(lambda result: loop.call_soon_threadsafe(_settle, waiter, result, None),
                          lambda error: loop.call_soon_threadsafe(_settle, waiter, None, error))
-    try:
-        result = await waiter
-    except asyncio.CancelledError:
-        raise  # still in flight: its timer is the driver's to cancel
-    except BaseException:
-        release(future)
-        raise
-    release(future)
-    return result
+    with finishing(future):
+        return await waiter
 
 
 class _Coalesced:

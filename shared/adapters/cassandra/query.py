@@ -73,18 +73,23 @@ def release(future: ResponseFuture) -> None:
     future._timer = None
 
 
-def fetched(future: ResponseFuture) -> ResultSet:
-    """``future.result()`` (a driver error raises); the finished request is released either way (:func:`release`).
-
-    Not when the wait itself is interrupted (``KeyboardInterrupt``): the request is still in flight then.
-    """
+@contextmanager
+def finishing(future: ResponseFuture) -> Iterator[ResponseFuture]:
+    """Wait for ``future`` in the block; once it has finished (a result, or the driver's error) it is released
+    (:func:`release`). Not when the wait is interrupted (``KeyboardInterrupt``, a cancelled task): the request is
+    still in flight then, its timer the driver's to cancel."""
     try:
-        result = future.result()
+        yield future
     except Exception:
         release(future)
         raise
     release(future)
-    return result
+
+
+def fetched(future: ResponseFuture) -> ResultSet:
+    """``future.result()`` (a driver error raises), the finished request released (:func:`finishing`)."""
+    with finishing(future):
+        return future.result()
 
 
 def execute_all(session: Session, work: Iterable[tuple[Any, Sequence[Any]]], *,
@@ -181,13 +186,8 @@ class Queries:
         """Every row of ``name`` (all pages), each request within ``timeout`` (default: the reader's)."""
         with translated("reading " + what):
             future = self._connect().execute_async(self.statement(name), params, timeout=timeout or self.timeout)
-            try:
-                rows = list(future.result())  # further pages reuse the future (and start a timer each)
-            except Exception:
-                release(future)
-                raise
-            release(future)
-            return rows
+            with finishing(future):
+                return list(future.result())  # further pages reuse the future (and start a timer each)
 
     def fan_out(self, name: str, params: Sequence[Sequence[Any]], what: str, *, concurrency: int,
                 budget: float | None = None) -> list[list[Any]]:
