@@ -63,7 +63,7 @@ class MemoryReader:
     def read(self, start: datetime, end: datetime) -> list[StoredEvent]:
         return [e for e in self._events if start <= e.event_time < end]
 
-    def arrivals(self, start, end):
+    def arrivals(self, start, end, *, event_time_before=None):
         return iter(())
 
     def delayed_since(self, start, end):

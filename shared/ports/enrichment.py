@@ -46,8 +46,14 @@ class WindowReader(Protocol):
         a partial window is never returned.
         """
 
-    def arrivals(self, start: datetime, end: datetime) -> Iterator[Arrival]:
-        """Every event Event Hubs enqueued in ``[start, end)``, paged lazily. Raises ``DependencyUnavailable``."""
+    def arrivals(self, start: datetime, end: datetime, *, event_time_before: datetime | None = None
+                 ) -> Iterator[Arrival]:
+        """Every event Event Hubs enqueued in ``[start, end)``, paged lazily. Raises ``DependencyUnavailable``.
+
+        With ``event_time_before``, only those whose event time is before it: the late scan asks for the
+        events of enriched windows only (before the watermark), and most arrivals are of windows still
+        open, so the reader drops them before building anything.
+        """
 
     def delayed_since(self, start: datetime, end: datetime) -> datetime | None:
         """The oldest enqueued time of the batches ingest noted as delayed (``DelayLog``) in ``[start, end)``.

@@ -173,7 +173,8 @@ class EnrichmentService:
             result.delayed_scan_from = scan_from
             logger.info("ingest stored batches late (oldest enqueued %s): the late scan starts there", delayed)
         candidates: dict[uuid.UUID, Window] = {}
-        for arrival in self._reader.arrivals(scan_from, now):
+        # A window ending at or before the watermark holds only events before it: the reader drops the rest.
+        for arrival in self._reader.arrivals(scan_from, now, event_time_before=state.watermark):
             window = window_of(arrival.event_time, cfg.window_seconds)
             if window.end > state.watermark:
                 continue  # not enriched yet: the scheduled pass will read it

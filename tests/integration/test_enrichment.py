@@ -411,6 +411,11 @@ def test_the_window_reader_pages_every_shard_and_keeps_to_the_window(cassandra_e
     assert read[0].measurements == sample.body.measurements and read[0].event_time.tzinfo is not None
     arrivals = list(reader.arrivals(T0, T0 + 3 * W))
     assert sorted(a.event_id for a in arrivals) == sorted(e.event_id for e in events)
+    # The late scan's filter: only events before the watermark, compared to the millisecond Cassandra keeps.
+    before = T0 + W + timedelta(milliseconds=12_345)
+    early = list(reader.arrivals(T0, T0 + 3 * W, event_time_before=before))
+    assert sorted(a.event_id for a in early) == sorted(e.event_id for e in events if e.body.timestamp < before)
+    assert 0 < len(early) < len(events) and all(a.event_time < before and a.event_time.tzinfo for a in early)
 
 
 def test_an_unreachable_cassandra_fails_the_window_instead_of_returning_part_of_it() -> None:

@@ -121,6 +121,7 @@ class MemoryReader:
         self.events: list[StoredEvent] = []
         self.reads: list[datetime] = []
         self.delayed: list[tuple[datetime, datetime]] = []  # (noted at, oldest enqueued), as ingest's DelayLog
+        self.arrival_filters: list[datetime | None] = []  # event_time_before of each arrivals() call
 
     def delayed_since(self, start: datetime, end: datetime) -> datetime | None:
         return min((oldest for noted, oldest in self.delayed if start <= noted < end), default=None)
@@ -129,9 +130,11 @@ class MemoryReader:
         self.reads.append(start)
         return [e for e in self.events if start <= e.event_time < end]
 
-    def arrivals(self, start: datetime, end: datetime) -> Iterator[Arrival]:
+    def arrivals(self, start: datetime, end: datetime, *, event_time_before: datetime | None = None
+                 ) -> Iterator[Arrival]:
+        self.arrival_filters.append(event_time_before)
         for e in self.events:
-            if start <= e.enqueued_time < end:
+            if start <= e.enqueued_time < end and (event_time_before is None or e.event_time < event_time_before):
                 yield Arrival(e.event_id, e.event_time, e.enqueued_time)
 
 
@@ -243,6 +246,8 @@ def test_late_events_recompute_only_enriched_windows_within_the_horizon(parts) -
     result = service(parts).run(now=later + timedelta(seconds=1))
     assert [(w.window.start, w.reason) for w in result.windows] == [(T0, "late")]
     assert store.ledger[T0] == ["scheduled", "late"] and T0 + 2 * W not in store.ledger
+    # Only events of enriched windows are asked for: before the watermark the run started with.
+    assert reader.arrival_filters[-1] == T0 + 2 * W
 
     too_late = T0 + W + timedelta(hours=2)
     reader.events.append(ev("d2", T0 + timedelta(seconds=8), enqueued=too_late))

@@ -83,9 +83,12 @@ class CassandraWindowReader:
         oldest = [utc(r.oldest_enqueued) for rows in results for r in rows]
         return min(oldest) if oldest else None
 
-    def arrivals(self, start: datetime, end: datetime) -> Iterator[Arrival]:
+    def arrivals(self, start: datetime, end: datetime, *, event_time_before: datetime | None = None
+                 ) -> Iterator[Arrival]:
         if end <= start:
             return iter(())
+        # The driver reads timestamps as naive UTC: compared as they come, a row of an open window costs no object.
+        before = None if event_time_before is None else utc(event_time_before).replace(tzinfo=None)
 
         def generate() -> Iterator[Arrival]:
             # One bucket at a time keeps memory bounded by a bucket's rows, whatever the range.
@@ -94,6 +97,7 @@ class CassandraWindowReader:
                 results = self._queries.fan_out("by_arrival", partitions, f"the arrivals of bucket "
                                                 f"{bucket.isoformat()}", concurrency=self._concurrency)
                 for rows in results:
-                    yield from (Arrival(r.event_id, utc(r.event_time), utc(r.enqueued_at)) for r in rows)
+                    yield from (Arrival(r.event_id, utc(r.event_time), utc(r.enqueued_at)) for r in rows
+                                if before is None or r.event_time < before)
 
         return generate()
