@@ -22,7 +22,7 @@ per call, from the start of the call to its answer, queueing included.
 WARM-UP: each block is set up (Redis cleared, the cache warmed for hits, a
 garbage collection, threads started), and the first call after that set-up was
 the slowest of the block on every side: at concurrency 1 those eight calls were
-most of the p99. So every thread or task first makes one untimed call of the
+eight of the twenty that made the p99. So every thread or task first makes one untimed call of the
 same kind for a device of its own (``warmup-NN``, stored like the others), and
 the timed calls start together after it.
 
