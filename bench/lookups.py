@@ -55,6 +55,7 @@ import azure.functions as func
 import redis
 import redis.asyncio as aioredis
 
+from devhost.cpu_stats import CollectorAccount
 from shared import bootstrap
 from shared.adapters.cassandra.aio import rows
 from shared.adapters.cassandra.event_store import CassandraEventStore
@@ -164,34 +165,28 @@ class Collections:
     reference cycle) would be collected during whichever side runs next, and a pause of
     tens of milliseconds at concurrency 32 is the p99 of that side. So each block starts
     with a collection of its own (untimed), and the collections that still fall within a
-    side's blocks are that side's, counted and printed.
+    side's blocks are that side's, counted (by the dev host's :class:`CollectorAccount`)
+    and printed.
     """
 
     def __init__(self) -> None:
         self.count: Counter[tuple[str, int, str]] = Counter()
         self.seconds: Counter[tuple[str, int, str]] = Counter()
-        self._current: tuple[str, int, str] | None = None
-        self._started = 0.0
-
-    def _callback(self, phase: str, info: dict[str, int]) -> None:
-        if self._current is None:
-            return
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            self.count[self._current] += 1
-            self.seconds[self._current] += time.perf_counter() - self._started
+        self._account = CollectorAccount()
 
     @contextmanager
     def block(self, key: tuple[str, int, str]) -> Iterator[None]:
         gc.collect()
-        self._current = key
-        gc.callbacks.append(self._callback)
+        self._account.install()
+        before = self._account.snapshot()
         try:
             yield
         finally:
-            gc.callbacks.remove(self._callback)
-            self._current = None
+            after = self._account.snapshot()
+            self._account.uninstall()
+            for generation, figures in after.items():
+                self.count[key] += int(figures["collections"] - before[generation]["collections"])
+                self.seconds[key] += figures["seconds"] - before[generation]["seconds"]
 
 
 def main(argv: list[str]) -> int:

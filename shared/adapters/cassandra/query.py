@@ -115,12 +115,10 @@ def execute_all(session: Session, work: Iterable[tuple[Any, Sequence[Any]]], *,
         start_next()
     results: list[tuple[bool, Any]] = []
     while in_flight:
-        future = in_flight.popleft()
         try:
-            results.append((True, future.result()))
+            results.append((True, fetched(in_flight.popleft())))
         except Exception as exc:  # the driver's errors have no common base beyond Exception; the caller decides
             results.append((False, exc))
-        release(future)  # finished either way (an interrupted wait propagates above, the request still in flight)
         start_next()
     return results
 
