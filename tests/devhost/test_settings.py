@@ -129,6 +129,19 @@ def test_ncrontab_day_of_month_and_day_of_week_must_both_match() -> None:
     assert Schedule.parse("0 0 0 13 * FRI").next_after(moment) == datetime(2026, 2, 13, tzinfo=UTC)
 
 
+def test_one_schedule_answers_any_moment_in_any_order_as_a_fresh_parse_does() -> None:
+    # The expanded expression is kept between calls; nothing of an earlier answer may leak into the next,
+    # here in Berlin across the spring and autumn clock changes of 2026 and backwards in time.
+    berlin = ZoneInfo("Europe/Berlin")
+    kept = Schedule.parse("0 30 2 * * *", berlin)
+    start = datetime(2026, 3, 27, tzinfo=UTC)
+    moments = [start + timedelta(hours=h, minutes=17) for h in range(0, 24 * 220, 7)]
+    for moment in [*moments, *reversed(moments)]:
+        assert kept.next_after(moment) == Schedule.parse("0 30 2 * * *", berlin).next_after(moment), moment
+    assert kept.next_after(datetime(2026, 3, 27, tzinfo=UTC)) == datetime(2026, 3, 27, 1, 30, tzinfo=UTC)  # CET
+    assert kept.next_after(datetime(2026, 4, 1, tzinfo=UTC)) == datetime(2026, 4, 1, 0, 30, tzinfo=UTC)  # CEST
+
+
 def test_timespan_schedule_and_time_zone() -> None:
     moment = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
     assert Schedule.parse("00:05:00").next_after(moment) == moment + timedelta(minutes=5)
