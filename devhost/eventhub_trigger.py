@@ -58,6 +58,10 @@ LOAD_BALANCING_SETTING = "DEVHOST_EVENTHUBS_LOAD_BALANCING_SECONDS"
 OWNERSHIP_EXPIRATION_SETTING = "DEVHOST_EVENTHUBS_OWNERSHIP_EXPIRATION_SECONDS"
 DEFAULT_LOAD_BALANCING_SECONDS = 10.0
 DEFAULT_OWNERSHIP_EXPIRATION_SECONDS = 30.0
+# How long the SDK's receive loop waits on a quiet socket before it loops (its own default is 0.2 s, 1 s over
+# WebSockets). Each timeout is a turn of the event loop per partition: an idle client of four partitions spent
+# 11.9-12.5 CPU-ms a second at 0.2 s and 8.5-10.3 at 1 s. Events still arrive as soon as they are read.
+SOCKET_TIMEOUT_SECONDS = 1.0
 
 
 def storage_options(connection_string: str) -> dict[str, Any]:
@@ -419,6 +423,7 @@ class EventHubListener:
             load_balancing_interval=self._load_balancing,
             partition_ownership_expiration_interval=self._expiration,
             load_balancing_strategy=LoadBalancingStrategy.GREEDY,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
         )
         position, inclusive = self._starting_position()
         waits = self._options.min_event_batch_size > 1
