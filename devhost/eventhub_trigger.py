@@ -68,7 +68,7 @@ def storage_options(connection_string: str) -> dict[str, Any]:
     """Blob client options with the environment's proxy and CA settings for the storage account, read once.
 
     With its default ``trust_env``, requests reads them again for every request: it walks the whole
-    environment twice to find proxies, which with a Functions app's many settings (about 160 here)
+    environment twice to find proxies, which with a Functions app's many settings (about 160 in bench e2e)
     was a third of a checkpoint's CPU (about 1.1 ms against 0.7). The dev host talks to one blob
     endpoint, so what applies to it is resolved here as requests would: the proxies for its URL
     (``HTTP(S)_PROXY``, ``NO_PROXY`` honoured) and a CA bundle (``REQUESTS_CA_BUNDLE``, then
