@@ -400,6 +400,8 @@ class EventHubListener:
         return "-1", False
 
     async def start(self) -> None:
+        options = storage_options(self._storage)
+
         def ensure_container() -> None:
             # Few, short retries: an unreachable storage account should fail start-up in seconds, not minutes.
             with BlobServiceClient.from_connection_string(self._storage, retry_total=2, initial_backoff=0.2,
@@ -408,7 +410,6 @@ class EventHubListener:
                     contextlib.suppress(ResourceExistsError):
                 service.create_container(CHECKPOINT_CONTAINER)
 
-        options = storage_options(self._storage)
         try:
             await asyncio.to_thread(ensure_container)
         except AzureError as exc:
