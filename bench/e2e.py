@@ -33,7 +33,11 @@ function_app.py with the change feed every second), then:
    (native protocol frame headers: QUERY, EXECUTE, BATCH and the statements in batches).
    Last, the host's part done by the Event Hubs SDK alone on the same events
    (``bench._e2e_sdk_floor``: receive only, then with a checkpoint every batch) and the
-   product's N and R had the host's part cost only that.
+   product's N and R had the host's part cost only that. Then the worker's I/O on the same
+   events done by the raw clients alone (``bench._e2e_client_floor``: the driver's writes
+   of ingest's rows, its reads of the change feed and of the windows, Redis's pipelines,
+   PostgreSQL's COPY), and with the SDK's part the events per CPU-second and ratio of the
+   clients alone: the ceiling of any pipeline doing this I/O with these clients.
 4. **scale-out** (``--workers 2``): the capacity of one dev host (the rate at
    which it works off ``--scale-rate`` sent for ``--scale-seconds``), then a second
    dev host joins while load runs, the capacity of two, and the second one is
@@ -151,7 +155,8 @@ class Bench:
         from sluice.launcher import python_module, start
         from sluice.loadgen import EventHubSender
 
-        self.probe = Probe({**stack.values, "SLUICE_CASSANDRA_PORT": str(direct)})  # not through the counter
+        self.probe_values = {**stack.values, "SLUICE_CASSANDRA_PORT": str(direct)}  # not through the counter
+        self.probe = Probe(self.probe_values)
         self.null = start("null-cql-server", python_module("bench", "cassandra_emulator", "--null-server"), timeout=60)
         self.sender = EventHubSender(stack.eventhub_connection, stack.values["SLUICE_INGEST_EVENTHUB_NAME"])
 
@@ -380,9 +385,10 @@ class Bench:
         used = delta(after, before)
         requests = req1 - req0
         invocations = int(used.get("calls:ingest", 0))
-        floor = self.sdk_floor(sum(self.sent_by_partition.values()),
-                               batch=max(1, round(summary.sent / invocations)) if invocations else 256)
-        return {"sdk_floor": floor,
+        sent = sum(self.sent_by_partition.values())
+        batch = max(1, round(summary.sent / invocations)) if invocations else 256
+        floor = self.sdk_floor(sent, batch=batch)
+        return {"sdk_floor": floor, "client_floor": self.client_floor(sent, batch=batch),
                 "sent": summary.sent, "achieved": round(summary.rate), "delivered": report.figures.get("stored", 0),
                 "problems": report.problems, "span": span, "cpu": used, "idle_cpu_per_s": idle,
                 "idle_host_cpu_per_s": idle_host, "idle_by_part": {k: v / 10.0 for k, v in idle_used.items()},
@@ -408,6 +414,21 @@ class Bench:
                 raise RuntimeError(f"the SDK floor ({name}) failed: {(done.stderr or done.stdout)[-2000:]}")
             results[name] = json.loads(done.stdout.strip().splitlines()[-1])
         return {"batch": batch, **results}
+
+    def client_floor(self, events: int, *, batch: int) -> dict:
+        """The worker's I/O on the events sent so far, done by the raw clients alone (``bench._e2e_client_floor``)."""
+        from sluice.launcher import python_module
+
+        stack = self.stack
+        env = {**os.environ, "CLIENT_FLOOR_VALUES": json.dumps(self.probe_values),
+               "CLIENT_FLOOR_EVENTHUB": stack.eventhub_connection}
+        done = subprocess.run(
+            python_module("bench._e2e_client_floor", "--hub", stack.values["SLUICE_INGEST_EVENTHUB_NAME"],
+                          "--events", str(events), "--batch", str(batch)),
+            env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=900, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"the client floor failed: {(done.stderr or done.stdout)[-2000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
 
     # --- 4. scale-out ---
 
@@ -568,6 +589,23 @@ def print_cpu(r: dict) -> None:
         floor_total = worker + per["checkpoint"] * delivered / 1e6
         print(f"events per product CPU-second with the host's part at the SDK's floor {delivered / floor_total:.0f} "
               f"(ratio {delivered / floor_total / c if c else 0:.3f})", flush=True)
+        clients = r.get("client_floor")
+        if clients and clients["events"]:
+            # The whole pipeline's client work, once per event: the SDK's receive and checkpoints, and the
+            # worker's writes and reads done by the raw clients alone. What the product spends beyond it is ours.
+            parts = {name: f["cpu"] / clients["events"] * 1e6 for name, f in clients["parts"].items()}
+            worker_floor = sum(parts.values())
+            floor_us = per["checkpoint"] + worker_floor
+            print("cpu: the raw clients alone doing the worker's I/O on the same events (its own process): "
+                  + ", ".join(f"{name} {value:.0f} ({clients['parts'][name]['count']:.0f} "
+                              f"{'requests' if name == 'writes' else 'commands' if name == 'redis' else 'rows'})"
+                              for name, value in parts.items())
+                  + f" us/event, {worker_floor:.0f} in all (idle {clients['idle_cpu_per_s'] * 1000:.1f} CPU-ms a "
+                  f"second); the worker's part is {worker / delivered * 1e6 / worker_floor:.2f} times that",
+                  flush=True)
+            print(f"events per CPU-second of the clients alone (the SDK's and the worker's I/O, {floor_us:.0f} "
+                  f"us/event) {1e6 / floor_us:.0f} (ratio {1e6 / floor_us / c if c else 0:.3f}); the product "
+                  f"costs {total / delivered * 1e6 / floor_us:.2f} times that", flush=True)
     requests = r["requests"]
     count = sum(requests.values())
     if delivered and not count:

@@ -91,8 +91,7 @@ def enriched_rows(events: list[StoredEvent], reference: ReferenceData, window_se
     contexts: dict[str, DeviceContext] = {}
     for e in events:
         c = contexts.get(e.device_id) or contexts.setdefault(e.device_id, DeviceContext.resolve(e.device_id, reference))
-        window_start = START + timedelta(seconds=(e.event_time - START).total_seconds() // window_seconds
-                                         * window_seconds)
+        window_start = datetime.fromtimestamp(e.event_time.timestamp() // window_seconds * window_seconds, UTC)
         rows.append((e.event_id, window_start, e.device_id, e.event_time, e.enqueued_time, e.event_type, e.severity,
                      bool(e.critical), dict(e.measurements), c.known, c.site_id, c.model, c.firmware, c.owner,
                      c.site_name, c.region, c.site_timezone))
@@ -104,13 +103,17 @@ def baseline_copy(dsn: str, rows: list[tuple]) -> tuple[float, float]:
         conn.execute("TRUNCATE baseline_enriched_events")
         conn.commit()
         started, cpu = time.perf_counter(), time.process_time()
-        with conn.cursor() as cur, cur.copy(
-                f"COPY baseline_enriched_events ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(TYPES)
-            for row in rows:
-                copy.write_row(row)
-        conn.commit()
+        copy_enriched(conn, "baseline_enriched_events", rows)
         return time.perf_counter() - started, time.process_time() - cpu
+
+
+def copy_enriched(conn: psycopg.Connection, table: str, rows: list[tuple]) -> None:
+    """One binary COPY of enriched rows into ``table`` (shaped like ``enriched_events``), and COMMIT."""
+    with conn.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(TYPES)
+        for row in rows:
+            copy.write_row(row)
+    conn.commit()
 
 
 def sluice_enrich(dsn: str, pool, events: list[StoredEvent], windows: int) -> tuple[float, float]:
