@@ -1,9 +1,11 @@
-"""BATCH execution (logged and unlogged, plain and prepared children, conditional).
+"""BATCH execution (unlogged, plain and prepared children, conditional).
 
 Children run in order with the batch's timestamp unless they carry their own
 ``USING TIMESTAMP``. A conditional batch checks every condition first and
 applies nothing unless all hold; as in Cassandra its children must all target
-one partition of one table.
+one partition of one table. A logged batch (``BEGIN BATCH``, and the driver's
+default ``BatchStatement``) is refused before anything runs, with the Server
+error Cosmos DB answers it with (:data:`LOGGED_REFUSED`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from . import results
 from . import statements as st
-from .errors import Invalid
+from .errors import Invalid, ServerError
 from .planner import resolve_int
 from .select import resolve_restrictions
 from .store import now_seconds
@@ -23,8 +25,15 @@ if TYPE_CHECKING:
     from .engine import Engine, Options, Session
 
 
+# What Cosmos DB for Apache Cassandra answers a logged batch with (a Server error, code 0x0000), as users reported
+# it; its documentation lists only unlogged batches as supported.
+LOGGED_REFUSED = "Logged batches are not supported by the service yet. Please use unlogged batches instead."
+
+
 def execute_batch(engine: Engine, batch: st.Batch, children: list[tuple[st.Statement, list[object]]],
                   opts: Options, session: Session) -> bytes:
+    if batch.kind == "logged":
+        raise ServerError(LOGGED_REFUSED)
     now = now_seconds()
     if batch.using.ttl is not None:
         raise Invalid("Global TTL on the BATCH statement is not supported.")

@@ -72,7 +72,7 @@ def test_batches_count_as_writes_and_system_tables_are_exempt(s: Session) -> Non
     assert s.execute("SELECT key FROM system.local").one().key == "local"
     assert s.execute("SELECT COUNT(*) FROM f.t").one()[0] >= 0  # reads pass
     with pytest.raises(WriteTimeout) as info:
-        s.execute("BEGIN BATCH INSERT INTO f.t (k, v) VALUES (3, 3); APPLY BATCH")
+        s.execute("BEGIN UNLOGGED BATCH INSERT INTO f.t (k, v) VALUES (3, 3); APPLY BATCH")
     assert info.value.write_type == 2 or "BATCH" in str(info.value)  # WriteType.BATCH
 
 

@@ -1,11 +1,14 @@
-"""Lightweight transactions ([applied] and the current row) and BATCH (logged/unlogged, prepared/plain children)."""
+"""Lightweight transactions ([applied] and the current row); BATCH: unlogged with prepared and plain children.
+
+A logged batch is refused, as Cosmos DB refuses it.
+"""
 
 from __future__ import annotations
 
 import pytest
 from cassandra import InvalidRequest
-from cassandra.cluster import Session
-from cassandra.protocol import SyntaxException
+from cassandra.cluster import NoHostAvailable, Session
+from cassandra.protocol import ServerError, SyntaxException
 from cassandra.query import BatchStatement, BatchType, SimpleStatement
 
 pytestmark = pytest.mark.timeout(60)
@@ -46,11 +49,10 @@ def test_update_and_delete_conditions(session: Session) -> None:
     assert not session.execute(ps, ("newer", 3, "old")).was_applied
 
 
-@pytest.mark.parametrize("kind", [BatchType.LOGGED, BatchType.UNLOGGED])
-def test_batch_with_prepared_and_plain_children(session: Session, kind: BatchType) -> None:
+def test_batch_with_prepared_and_plain_children(session: Session) -> None:
     session.execute("CREATE TABLE t (p text, c int, v text, PRIMARY KEY (p, c))")
     ps = session.prepare("INSERT INTO t (p, c, v) VALUES (?, ?, ?)")
-    batch = BatchStatement(batch_type=kind)
+    batch = BatchStatement(batch_type=BatchType.UNLOGGED)
     batch.add(ps, ("a", 1, "prepared"))
     batch.add(SimpleStatement("INSERT INTO t (p, c, v) VALUES ('a', 2, 'plain')"))
     batch.add(SimpleStatement("INSERT INTO t (p, c, v) VALUES (%s, %s, %s)"), ("b", 1, "plain with values"))
@@ -61,9 +63,22 @@ def test_batch_with_prepared_and_plain_children(session: Session, kind: BatchTyp
     assert got == [("a", 1, "updated"), ("a", 2, "plain"), ("b", 1, "plain with values")]
 
 
+def test_a_logged_batch_is_refused_as_cosmos_db_refuses_it_and_nothing_of_it_is_applied(session: Session) -> None:
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, v text)")
+    logged = BatchStatement()  # the driver's default type: LOGGED
+    logged.add(session.prepare("INSERT INTO t (k, v) VALUES (?, ?)"), (1, "prepared"))
+    logged.add(SimpleStatement("INSERT INTO t (k, v) VALUES (2, 'plain')"))
+    for batch in (logged, "BEGIN BATCH INSERT INTO t (k, v) VALUES (3, 'text'); APPLY BATCH"):
+        with pytest.raises((ServerError, NoHostAvailable)) as refused:
+            session.execute(batch)
+        assert "Logged batches are not supported by the service yet. Please use unlogged batches instead." in str(
+            refused.value)
+    assert list(session.execute("SELECT * FROM t")) == []
+
+
 def test_cql_batch_text_and_timestamps(session: Session) -> None:
     session.execute("CREATE TABLE t (k int PRIMARY KEY, v text)")
-    session.execute("BEGIN BATCH USING TIMESTAMP 500 "
+    session.execute("BEGIN UNLOGGED BATCH USING TIMESTAMP 500 "
                     "INSERT INTO t (k, v) VALUES (1, 'one'); "
                     "INSERT INTO t (k, v) VALUES (2, 'two') "
                     "APPLY BATCH")
@@ -76,20 +91,20 @@ def test_cql_batch_text_and_timestamps(session: Session) -> None:
 def test_conditional_batch_applies_all_or_nothing(session: Session) -> None:
     session.execute("CREATE TABLE t (p int, c int, v text, PRIMARY KEY (p, c))")
     session.execute("INSERT INTO t (p, c, v) VALUES (1, 1, 'a')")
-    failed = session.execute("BEGIN BATCH UPDATE t SET v = 'b' WHERE p = 1 AND c = 1 IF v = 'zzz'; "
+    failed = session.execute("BEGIN UNLOGGED BATCH UPDATE t SET v = 'b' WHERE p = 1 AND c = 1 IF v = 'zzz'; "
                              "INSERT INTO t (p, c, v) VALUES (1, 2, 'new'); APPLY BATCH")
     assert not failed.was_applied
     assert [r.c for r in session.execute("SELECT c FROM t WHERE p = 1")] == [1]
-    ok = session.execute("BEGIN BATCH UPDATE t SET v = 'b' WHERE p = 1 AND c = 1 IF v = 'a'; "
+    ok = session.execute("BEGIN UNLOGGED BATCH UPDATE t SET v = 'b' WHERE p = 1 AND c = 1 IF v = 'a'; "
                          "INSERT INTO t (p, c, v) VALUES (1, 2, 'new'); APPLY BATCH")
     assert ok.was_applied
     assert [tuple(r) for r in session.execute("SELECT c, v FROM t WHERE p = 1")] == [(1, "b"), (2, "new")]
     with pytest.raises(InvalidRequest, match="partition"):
-        session.execute("BEGIN BATCH UPDATE t SET v = 'x' WHERE p = 1 AND c = 1 IF v = 'b'; "
+        session.execute("BEGIN UNLOGGED BATCH UPDATE t SET v = 'x' WHERE p = 1 AND c = 1 IF v = 'b'; "
                         "INSERT INTO t (p, c, v) VALUES (2, 2, 'other partition'); APPLY BATCH")
     with pytest.raises(SyntaxException, match="'select' expecting INSERT, UPDATE, DELETE"):
         session.execute("BEGIN BATCH SELECT * FROM t; APPLY BATCH")
-    batch = BatchStatement()
+    batch = BatchStatement(batch_type=BatchType.UNLOGGED)
     batch.add(session.prepare("SELECT * FROM t WHERE p = ?"), (1,))
     with pytest.raises(InvalidRequest, match="Only INSERT, UPDATE and DELETE"):
         session.execute(batch)
@@ -100,8 +115,9 @@ def test_refused_combinations(session: Session) -> None:
     for query, message in (
         ("INSERT INTO t (k, v) VALUES (1, 1) IF NOT EXISTS USING TIMESTAMP 5", "custom timestamp"),
         ("UPDATE t USING TIMESTAMP 5 SET v = 2 WHERE k = 1 IF v = 1", "custom timestamp"),
-        ("BEGIN BATCH USING TIMESTAMP 5 UPDATE t SET v = 2 WHERE k = 1 IF v = 1; APPLY BATCH", "custom timestamp"),
-        ("BEGIN BATCH USING TTL 5 INSERT INTO t (k, v) VALUES (1, 1); APPLY BATCH", "Global TTL"),
+        ("BEGIN UNLOGGED BATCH USING TIMESTAMP 5 UPDATE t SET v = 2 WHERE k = 1 IF v = 1; APPLY BATCH",
+         "custom timestamp"),
+        ("BEGIN UNLOGGED BATCH USING TTL 5 INSERT INTO t (k, v) VALUES (1, 1); APPLY BATCH", "Global TTL"),
         ("INSERT INTO t (k, v) VALUES (2, 2) USING TTL 10 AND TTL 20", "Multiple definitions of TTL"),
     ):
         with pytest.raises(InvalidRequest, match=message):
