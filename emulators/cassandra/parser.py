@@ -308,7 +308,9 @@ class Parser:
         self.expect_kw("select")
         if self.is_kw("json"):
             raise Invalid("SELECT JSON is not supported by this emulator")
-        distinct = self.accept_kw("distinct")
+        if self.is_kw("distinct"):
+            raise Invalid("SELECT DISTINCT is not supported: Azure Cosmos DB for Apache Cassandra does not support "
+                          "DISTINCT (select the partition key columns and de-duplicate them in the client)")
         selectors = [st.Selector("star")] if self.accept_op("*") else self.selectors()
         self.expect_kw("from")
         table = self.table_name()
@@ -331,7 +333,7 @@ class Parser:
         if self.accept_kw("limit"):
             limit = self.term()
         allow = self.accept_kw("allow", "filtering")
-        return st.Select(table, selectors, where, order, limit, per_partition, allow, distinct)
+        return st.Select(table, selectors, where, order, limit, per_partition, allow)
 
     def selectors(self) -> list[st.Selector]:
         out = [self.selector()]

@@ -434,14 +434,6 @@ class _SelectPlan:
         self.table = table
         self.width = len(table.regular)
         self.specs, self.extractors, self.counting = projection(table, stmt.selectors)
-        if stmt.distinct:
-            other = ["*" if sel.kind == "star" else f"{sel.kind}({sel.args[0]})" if sel.kind in ("writetime", "ttl")
-                     else sel.args[0] for sel in stmt.selectors
-                     if sel.kind in ("star", "writetime", "ttl")
-                     or (sel.kind == "column" and table_column(table, sel.args[0]).kind != "partition_key")]
-            if other:
-                raise Invalid("SELECT DISTINCT queries must only request partition key columns and/or static "
-                              f"columns (not {', '.join(other)})")
         self.point: list[tuple[Column, st.Term]] | None = None
         pk_names = {c.name for c in table.partition_key}
         rels = stmt.where
@@ -504,8 +496,6 @@ def execute_select(table: Table, data: TableData, stmt: st.Select, values: list[
     last_key = resume[0] if resume else None
     for part, row in iter_scan(scan, data, now, reverse, resume):
         new_part = part.key != last_key
-        if stmt.distinct and not new_part:
-            continue
         current = 0 if new_part else in_part
         if ppl is not None and current >= ppl:
             continue

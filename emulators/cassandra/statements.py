@@ -81,7 +81,6 @@ class Select:
     limit: Term | None = None
     per_partition_limit: Term | None = None
     allow_filtering: bool = False
-    distinct: bool = False
 
 
 @dataclass
