@@ -284,11 +284,27 @@ def execute_update(engine: Engine, table: Table, stmt: st.Update, ctx: WriteCont
     return _lwt_result(table, True) if conditional else None
 
 
+# Cosmos DB's answer to a row deletion with IF conditions on a table without its cell-level flags (its documentation
+# on lightweight transactions: "Row delete combined with IF condition is not supported if the flags are not enabled").
+CELL_LEVEL_FLAGS = ("cosmosdb_cell_level_timestamp", "cosmosdb_cell_level_timestamp_tombstones",
+                    "cosmosdb_cell_level_timetolive")
+ENTIRE_ROW_CONDITIONAL_DELETE = (
+    "Conditional delete of an entire row is not supported. (Azure Cosmos DB for Apache Cassandra supports it on "
+    f"tables created WITH {' AND '.join(f'{flag}=true' for flag in CELL_LEVEL_FLAGS)}.)"
+)
+
+
+def _cell_level(table: Table) -> bool:
+    return all(table.options.get(flag) in (True, "true") for flag in CELL_LEVEL_FLAGS)
+
+
 def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteContext) -> Rows | None:
     r = resolve_restrictions(table, stmt.where, ctx.values)
     ts = write_timestamp(stmt.using, ctx)
     data = engine.table_data(table)
     conditional = stmt.if_exists or bool(stmt.conditions)
+    if stmt.conditions and not stmt.columns and not _cell_level(table):
+        raise Invalid(ENTIRE_ROW_CONDITIONAL_DELETE)
     full_row = all(c.name in r.ck_eq for c in table.clustering) and not r.ck_slice
     keys = primary_keys(table, r) if stmt.columns or conditional else primary_keys(table, r, need_clustering=False)
     if conditional:

@@ -27,8 +27,12 @@ def test_insert_if_not_exists(session: Session) -> None:
     assert session.execute("SELECT v FROM t WHERE k = 2").one().v == "x"
 
 
+CELL_LEVEL = ("WITH cosmosdb_cell_level_timestamp=true AND cosmosdb_cell_level_timestamp_tombstones=true "
+              "AND cosmosdb_cell_level_timetolive=true")
+
+
 def test_update_and_delete_conditions(session: Session) -> None:
-    session.execute("CREATE TABLE t (k int PRIMARY KEY, v text, n int, m map<text, int>)")
+    session.execute(f"CREATE TABLE t (k int PRIMARY KEY, v text, n int, m map<text, int>) {CELL_LEVEL}")
     session.execute("INSERT INTO t (k, v, n, m) VALUES (1, 'a', 5, {'x': 1})")
     assert session.execute("UPDATE t SET v = 'b' WHERE k = 1 IF v = 'a'").was_applied
     failed = session.execute("UPDATE t SET v = 'c' WHERE k = 1 IF v = 'a'")
@@ -47,6 +51,17 @@ def test_update_and_delete_conditions(session: Session) -> None:
     session.execute("INSERT INTO t (k, v) VALUES (3, 'old')")
     assert session.execute(ps, ("new", 3, "old")).was_applied
     assert not session.execute(ps, ("newer", 3, "old")).was_applied
+
+
+def test_a_conditional_row_delete_needs_the_cell_level_flags_as_on_cosmos_db(session: Session) -> None:
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, v text, n int)")
+    session.execute("INSERT INTO t (k, v, n) VALUES (1, 'a', 1)")
+    with pytest.raises(InvalidRequest, match="Conditional delete of an entire row is not supported"):
+        session.execute("DELETE FROM t WHERE k = 1 IF v = 'a'")
+    assert session.execute("SELECT v FROM t WHERE k = 1").one().v == "a"
+    assert session.execute("DELETE n FROM t WHERE k = 1 IF v = 'a'").was_applied  # a column, not the row
+    assert session.execute("DELETE FROM t WHERE k = 1 IF EXISTS").was_applied  # listed as supported
+    assert session.execute("SELECT * FROM t WHERE k = 1").one() is None
 
 
 def test_batch_with_prepared_and_plain_children(session: Session) -> None:
