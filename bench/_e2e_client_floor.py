@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from azure.eventhub import EventData
     from azure.eventhub.aio import PartitionContext
 
-    from shared.domain.events import RawRecord
+    from shared.domain.events import Event, RawRecord
 
 
 def _cpu() -> float:
@@ -66,11 +66,11 @@ class Timings:
     """Per part, CPU seconds and what it handled (requests, rows, commands); :meth:`part` times a block."""
 
     def __init__(self) -> None:
-        self.figures: dict[str, dict[str, float]] = {}
+        self.figures: dict[str, dict[str, Any]] = {}
 
     @contextmanager
-    def part(self, name: str) -> Iterator[dict[str, float]]:
-        figures = self.figures.setdefault(name, {"cpu": 0.0, "count": 0})
+    def part(self, name: str, unit: str) -> Iterator[dict[str, Any]]:
+        figures = self.figures.setdefault(name, {"cpu": 0.0, "count": 0, "unit": unit})
         gc.collect()  # what earlier parts left is not this part's
         began = _cpu()
         try:
@@ -136,20 +136,16 @@ def idle(seconds: float) -> float:
     return (_cpu() - began) / seconds
 
 
-def writes(probe: Any, records: list[RawRecord], batch: int, timings: Timings) -> None:
+def writes(probe: Any, events: list[Event], batch: int, timings: Timings) -> None:
     """Ingest's rows, planned (batched and serialized) by the event store, sent by ``execute_concurrent``."""
     from cassandra.concurrent import execute_concurrent
 
     from shared.adapters.cassandra.event_store import CassandraEventStore
-    from shared.domain.events import Limits, parse_records
-
     settings = probe.settings
     floor = floor_settings(probe)
     store = CassandraEventStore(probe.session, floor, settings.rules.critical_rules)
-    now = datetime.now(UTC)
-    planned = [store.plan(parse_records(records[i:i + batch], limits=Limits(), now=now).oks)[0]
-               for i in range(0, len(records), batch)]
-    with timings.part("writes") as figures:
+    planned = [store.plan(events[i:i + batch])[0] for i in range(0, len(events), batch)]
+    with timings.part("writes", "requests") as figures:
         for work in planned:
             for ok, result in execute_concurrent(probe.session, work, concurrency=floor.write_concurrency,
                                                  raise_on_first_error=False):
@@ -169,7 +165,7 @@ def feed(probe: Any, timings: Timings) -> list[list[Any]]:
            "WHERE COSMOS_CHANGEFEED_START_TIME() = '2000-01-01 00:00:00'")
     pages: list[list[Any]] = []
     paging_state = None
-    with timings.part("feed") as figures:
+    with timings.part("feed", "rows") as figures:
         while True:
             statement = SimpleStatement(cql, fetch_size=settings.changefeed.page_size)
             result = probe.session.execute(statement, paging_state=paging_state, timeout=60)
@@ -196,7 +192,7 @@ def windows(probe: Any, times: list[datetime], timings: Timings) -> None:
     statement.fetch_size = enrichment.read_page_size
     buckets = sorted({bucket_start(at, cassandra.bucket_seconds) for at in times})
     partitions = [(bucket, shard) for bucket in buckets for shard in range(cassandra.shards)]
-    with timings.part("windows") as figures:
+    with timings.part("windows", "rows") as figures:
         for ok, result in execute_concurrent_with_args(probe.session, statement, partitions,
                                                        concurrency=enrichment.read_concurrency,
                                                        raise_on_first_error=False):
@@ -230,7 +226,7 @@ def redis_pages(probe: Any, pages: list[list[Any]], timings: Timings) -> None:
         built.append(raw_commands(sink, events, cfg.ttl_seconds, cfg.critical_per_device_max,
                                   cfg.critical_stream_max))
     try:
-        with timings.part("redis") as figures:
+        with timings.part("redis", "commands") as figures:
             for commands in built:
                 send(client, commands)
                 figures["count"] += len(commands)
@@ -254,7 +250,7 @@ def postgres(probe: Any, pages: list[list[Any]], timings: Timings) -> None:
                              probe.settings.enrichment.window_seconds)
         conn.execute("CREATE TEMPORARY TABLE floor_enriched (LIKE enriched_events INCLUDING ALL)")
         conn.autocommit = False
-        with timings.part("postgres") as figures:
+        with timings.part("postgres", "rows") as figures:
             copy_enriched(conn, "floor_enriched", rows)
             figures["count"] += len(rows)
 
@@ -275,14 +271,14 @@ def main(argv: list[str]) -> int:
     runtime.configure(probe.settings.worker)  # the collector as the function worker sets it
     began = time.monotonic()
     records = asyncio.run(receive(os.environ["CLIENT_FLOOR_EVENTHUB"], args.hub, args.events, args.timeout))
-    times = [e.body.timestamp for e in parse_records(records, limits=Limits(), now=datetime.now(UTC)).oks]
+    events = parse_records(records, limits=Limits(), now=datetime.now(UTC)).oks  # as ingest parses them
     timings = Timings()
     try:
         create_keyspace(probe)
         background = idle(2.0)
         pages = feed(probe, timings)
-        windows(probe, times, timings)
-        writes(probe, records, args.batch, timings)
+        windows(probe, [e.body.timestamp for e in events], timings)
+        writes(probe, events, args.batch, timings)
         redis_pages(probe, pages, timings)
         postgres(probe, pages, timings)
     finally:

@@ -598,8 +598,7 @@ def print_cpu(r: dict) -> None:
             floor_us = per["checkpoint"] + worker_floor
             print("cpu: the raw clients alone doing the worker's I/O on the same events (its own process): "
                   + ", ".join(f"{name} {value:.0f} ({clients['parts'][name]['count']:.0f} "
-                              f"{'requests' if name == 'writes' else 'commands' if name == 'redis' else 'rows'})"
-                              for name, value in parts.items())
+                              f"{clients['parts'][name]['unit']})" for name, value in parts.items())
                   + f" us/event, {worker_floor:.0f} in all (idle {clients['idle_cpu_per_s'] * 1000:.1f} CPU-ms a "
                   f"second); the worker's part is {worker / delivered * 1e6 / worker_floor:.2f} times that",
                   flush=True)
