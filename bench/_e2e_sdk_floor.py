@@ -60,12 +60,15 @@ async def read(connection: str, storage: str | None, args: argparse.Namespace) -
     async def on_batch(context: PartitionContext, events: list[EventData]) -> None:
         if not events:
             return
-        if not figures["batches"]:
+        if not figures["first"]:
             figures["first"] = _cpu()
-        figures["batches"] += 1
-        figures["events"] += len(events)
         if store is not None:
             await context.update_checkpoint(events[-1])
+        # Counted only once its checkpoint is written: the partitions' callbacks run
+        # concurrently, and stopping on a count another partition's batch reached first
+        # would cancel this one's checkpoint still in flight.
+        figures["batches"] += 1
+        figures["events"] += len(events)
         if figures["events"] >= args.events:
             figures["last"] = _cpu()
             done.set()
