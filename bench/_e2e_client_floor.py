@@ -41,7 +41,6 @@ import dataclasses
 import gc
 import json
 import os
-import resource
 import sys
 import time
 import uuid
@@ -50,16 +49,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from bench._e2e_cpu import process_cpu
+
 if TYPE_CHECKING:
     from azure.eventhub import EventData
     from azure.eventhub.aio import PartitionContext
 
     from shared.domain.events import Event, RawRecord
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 class Timings:
@@ -72,11 +68,11 @@ class Timings:
     def part(self, name: str, unit: str) -> Iterator[dict[str, Any]]:
         figures = self.figures.setdefault(name, {"cpu": 0.0, "count": 0, "unit": unit})
         gc.collect()  # what earlier parts left is not this part's
-        began = _cpu()
+        began = process_cpu()
         try:
             yield figures
         finally:
-            figures["cpu"] += _cpu() - began
+            figures["cpu"] += process_cpu() - began
 
 
 async def receive(connection: str, hub: str, events: int, timeout: float) -> list[RawRecord]:
@@ -131,9 +127,9 @@ def create_keyspace(probe: Any) -> None:
 
 def idle(seconds: float) -> float:
     """This process's CPU seconds per second while it waits: the background that every part carries."""
-    began = _cpu()
+    began = process_cpu()
     time.sleep(seconds)
-    return (_cpu() - began) / seconds
+    return (process_cpu() - began) / seconds
 
 
 def writes(probe: Any, events: list[Event], batch: int, timings: Timings) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import resource
 import ssl
 import threading
 import time
@@ -28,6 +29,12 @@ from pathlib import Path
 
 OP_QUERY, OP_EXECUTE, OP_BATCH = 0x07, 0x0A, 0x0D
 HEADER = 9  # v4: version, flags, stream (2), opcode, length (4)
+
+
+def process_cpu() -> float:
+    """This process's user and system CPU seconds so far, every thread included."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 class FrameCounter:

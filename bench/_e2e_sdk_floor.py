@@ -24,19 +24,15 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
 import sys
 import time
 from typing import TYPE_CHECKING
 
+from bench._e2e_cpu import process_cpu
+
 if TYPE_CHECKING:
     from azure.eventhub import EventData
     from azure.eventhub.aio import PartitionContext
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 async def read(connection: str, storage: str | None, args: argparse.Namespace) -> dict[str, float]:
@@ -61,7 +57,7 @@ async def read(connection: str, storage: str | None, args: argparse.Namespace) -
         if not events:
             return
         if not figures["first"]:
-            figures["first"] = _cpu()
+            figures["first"] = process_cpu()
         if store is not None:
             await context.update_checkpoint(events[-1])
         # Counted only once its checkpoint is written: the partitions' callbacks run
@@ -70,7 +66,7 @@ async def read(connection: str, storage: str | None, args: argparse.Namespace) -
         figures["batches"] += 1
         figures["events"] += len(events)
         if figures["events"] >= args.events:
-            figures["last"] = _cpu()
+            figures["last"] = process_cpu()
             done.set()
 
     async with client:
