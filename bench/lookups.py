@@ -11,7 +11,11 @@ measures ``GET /api/devices/{id}/latest`` three ways, against the machine's Redi
   concurrent request (redis-py ``HMGET``; on a miss also the driver's
   ``execute`` of the prepared ``SELECT`` and the fill script);
 * **asyncio**: the same raw commands with ``redis.asyncio`` and the driver's
-  ``execute_async`` awaited on the same loop, without any of our code.
+  ``execute_async`` awaited on the same loop, without any of our code;
+* **socket** (hits only): the floor under any client library, :class:`BareSockets`:
+  the ``HMGET`` written by hand to an asyncio stream of each task's own and the
+  reply parsed by hiredis, on the same loop. It shows how much of a hit's latency
+  is the machine (the round trip, the loop waking up) and how much the client.
 
 A **hit** is one ``HMGET`` of a cached device; a **miss** finds nothing cached
 (the prefix is cleared before each block): ``HMGET``, the Cassandra read, the
@@ -29,7 +33,10 @@ the timed calls start together after it.
 Targets: hit p99 at concurrency 32 at most 8 ms and at most half the threaded
 raw client's; miss p99 at concurrency 32 at most half the threaded raw client's;
 hit p99 at concurrency 1 at most 0.3 ms. The last line is ``ratio <threaded raw
-hit p99 at c32 / ours>`` (target at least 2.0).
+hit p99 at c32 / ours>`` (target at least 2.0). Before it, the process CPU per
+call of each side for hits at concurrency 1 (``time.process_time`` over the
+timed blocks): on this machine a call's latency at concurrency 1 is mostly that
+CPU, so it says where the 0.3 ms goes.
 """
 
 from __future__ import annotations
@@ -52,8 +59,10 @@ from pathlib import Path
 from typing import Any
 
 import azure.functions as func
+import hiredis
 import redis
 import redis.asyncio as aioredis
+from redis.connection import parse_url
 
 from devhost.cpu_stats import CollectorAccount
 from shared import bootstrap
@@ -69,6 +78,71 @@ from sluice.launcher import python_module, start
 
 ROOT = Path(__file__).resolve().parent.parent
 SIDES = ("ours", "threads", "asyncio")
+FLOOR = "socket"
+
+
+class BareSockets:
+    """``HMGET`` on bare asyncio streams, the reply parsed by hiredis: the floor under a client library.
+
+    Only for a plain ``redis://`` URL without credentials (the machine's Redis); :meth:`supports`
+    says whether a URL is one. A call takes an idle connection or opens one, and gives it back
+    when answered: as many connections as calls were ever in flight at once.
+    """
+
+    def __init__(self, url: str) -> None:
+        options = parse_url(url)
+        self._host, self._port, self._db = options["host"], options["port"], int(options.get("db", 0))
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.opened = 0
+
+    @staticmethod
+    def supports(url: str) -> bool:
+        return not ({"username", "password", "connection_class"} & parse_url(url).keys())
+
+    @staticmethod
+    def command(*args: str) -> bytes:
+        """``args`` as one RESP array of bulk strings."""
+        parts = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            data = arg.encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        return b"".join(parts)
+
+    async def _call(self, stream: tuple[asyncio.StreamReader, asyncio.StreamWriter], payload: bytes) -> Any:
+        reader, writer = stream
+        writer.write(payload)
+        parser = hiredis.Reader()
+        while (reply := parser.gets()) is False:
+            data = await reader.read(65536)
+            if not data:
+                raise ConnectionError(f"Redis {self._host}:{self._port} closed the connection")
+            parser.feed(data)
+        if isinstance(reply, hiredis.ReplyError):
+            raise reply
+        return reply
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        stream = await asyncio.open_connection(self._host, self._port)
+        self.opened += 1
+        if self._db:
+            await self._call(stream, self.command("SELECT", str(self._db)))
+        return stream
+
+    async def hmget(self, key: str, *fields: str) -> list[bytes | None]:
+        stream = self._idle.pop() if self._idle else await self._open()
+        try:
+            result: list[bytes | None] = await self._call(stream, self.command("HMGET", key, *fields))
+        except BaseException:
+            stream[1].close()
+            raise
+        self._idle.append(stream)
+        return result
+
+    async def close(self) -> None:
+        while self._idle:
+            _, writer = self._idle.pop()
+            writer.close()
+            await writer.wait_closed()
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -131,6 +205,11 @@ async def concurrent(call: Callable[[str], Awaitable[object]], devices: list[str
     return latencies
 
 
+def sides_of(kind: str, with_floor: bool) -> tuple[str, ...]:
+    """The sides measured for ``kind``: the bare socket floor only for hits (a miss needs Cassandra too)."""
+    return (*SIDES, FLOOR) if kind == "hit" and with_floor else SIDES
+
+
 def clear(client: Any, prefix: str) -> None:
     """Delete the run's keys (on every master of a cluster: ``SCAN`` sees one server's keys)."""
     from redis.cluster import RedisCluster
@@ -172,6 +251,7 @@ class Collections:
     def __init__(self) -> None:
         self.count: Counter[tuple[str, int, str]] = Counter()
         self.seconds: Counter[tuple[str, int, str]] = Counter()
+        self.cpu: Counter[tuple[str, int, str]] = Counter()  # process CPU seconds within the timed blocks
         self._account = CollectorAccount()
 
     @contextmanager
@@ -179,9 +259,11 @@ class Collections:
         gc.collect()
         self._account.install()
         before = self._account.snapshot()
+        cpu = time.process_time()
         try:
             yield
         finally:
+            self.cpu[key] += time.process_time() - cpu
             after = self._account.snapshot()
             self._account.uninstall()
             for generation, figures in after.items():
@@ -218,6 +300,8 @@ def main(argv: list[str]) -> int:
     else:
         client = redis.Redis.from_url(args.redis_url, socket_timeout=2)
         aclient = aioredis.Redis.from_url(args.redis_url, socket_timeout=2)
+    # The floor needs one server and no credentials: the machine's own Redis, not a cluster.
+    floor = BareSockets(args.redis_url) if local_cluster is None and BareSockets.supports(args.redis_url) else None
     prefix = f"bench-lookups:{uuid.uuid4().hex[:8]}:"
     ks = f"bench_{uuid.uuid4().hex[:8]}"
     settings = CassandraSettings(hosts=[emulator.host], port=emulator.port, keyspace=ks, consistency="ONE")
@@ -264,6 +348,10 @@ def main(argv: list[str]) -> int:
         async def asyncio_hit(device: str) -> None:
             await aclient.hmget(f"{prefix}d:{{{device}}}:latest", "d", "k")
 
+        async def socket_hit(device: str) -> None:
+            assert floor is not None
+            await floor.hmget(f"{prefix}d:{{{device}}}:latest", "d", "k")
+
         async def asyncio_miss(device: str) -> None:
             key = f"{prefix}d:{{{device}}}:latest"
             await aclient.hmget(key, "d", "k")
@@ -281,10 +369,13 @@ def main(argv: list[str]) -> int:
                         "threads": lambda chunk, c, k=kind: threaded(threads_hit if k == "hit" else threads_miss,
                                                                      chunk, c, spares),
                         "asyncio": lambda chunk, c, k=kind: loop.run_until_complete(
-                            concurrent(asyncio_hit if k == "hit" else asyncio_miss, chunk, c, spares))}
+                            concurrent(asyncio_hit if k == "hit" else asyncio_miss, chunk, c, spares)),
+                        FLOOR: lambda chunk, c: loop.run_until_complete(concurrent(socket_hit, chunk, c, spares))}
+                sides = sides_of(kind, floor is not None)
                 for index, first in enumerate(range(0, len(calls), block)):
                     chunk = calls[first:first + block]
-                    order = SIDES[index % 3:] + SIDES[:index % 3]  # each side goes first in turn
+                    turn = index % len(sides)
+                    order = sides[turn:] + sides[:turn]  # each side goes first in turn
                     for name in order:
                         clear(client, prefix)
                         if kind == "hit":  # warm: every device of the block cached
@@ -301,7 +392,7 @@ def main(argv: list[str]) -> int:
         p99 = {}
         for kind in ("hit", "miss"):
             for concurrency in (1, 32):
-                for name in SIDES:
+                for name in sides_of(kind, floor is not None):
                     samples = results[(kind, concurrency, name)]
                     p99[(kind, concurrency, name)] = percentile(samples, 0.99)
                     print(
@@ -310,8 +401,13 @@ def main(argv: list[str]) -> int:
                     )
         print("garbage collections within the timed blocks (count, ms): " + "; ".join(
             f"{kind} c={c} " + ", ".join(f"{name} {collections.count[(kind, c, name)]} "
-                                        f"{collections.seconds[(kind, c, name)] * 1000:.0f}" for name in SIDES)
+                                        f"{collections.seconds[(kind, c, name)] * 1000:.0f}"
+                                        for name in sides_of(kind, floor is not None))
             for kind in ("hit", "miss") for c in (1, 32)))
+        print("process CPU per call, hit c=1, us: " + ", ".join(
+            f"{name} {collections.cpu[('hit', 1, name)] / len(results[('hit', 1, name)]) * 1e6:.0f}"
+            for name in sides_of("hit", floor is not None))
+            + ("" if floor is not None else f" ({FLOOR}: only against one Redis without credentials)"))
         checks = [
             ("hit c=32 p99 <= 8 ms", p99[("hit", 32, "ours")] <= 8.0),
             ("hit c=32 p99 <= threads/2", p99[("hit", 32, "ours")] <= p99[("hit", 32, "threads")] / 2),
@@ -324,6 +420,8 @@ def main(argv: list[str]) -> int:
         clear(client, prefix)
         client.close()
         loop.run_until_complete(aclient.aclose())
+        if floor is not None:
+            loop.run_until_complete(floor.close())
         bootstrap.reset()
         loop.close()
         session.cluster.shutdown()
