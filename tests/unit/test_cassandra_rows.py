@@ -51,3 +51,19 @@ def test_a_map_column_becomes_the_dict_the_driver_map_holds() -> None:
     assert type(as_dict(decoded)) is dict
     assert as_dict(None) == {} and as_dict({"a": 1}) == {"a": 1}
     assert as_dict(decoded) is not as_dict(decoded)  # a new dict each time: callers may change theirs
+
+
+def test_map_keys_are_shared_between_rows() -> None:
+    # Each decoded row has strings of its own; a window of events held for enrichment keeps one per key per event.
+    from cassandra.cqltypes import lookup_casstype
+
+    from shared.adapters.cassandra.rows import as_dict
+
+    map_type = lookup_casstype("MapType(UTF8Type, DoubleType)")
+    serialized = map_type.serialize({"temperature": 21.5, "humidity": 40.0}, 4)
+    first, second = map_type.deserialize(serialized, 4), map_type.deserialize(serialized, 4)
+    assert not any(a is b for a, b in zip(first, second, strict=True))  # the driver's own keys are distinct objects
+    ours = [as_dict(first), as_dict(second)]
+    assert ours[0] == ours[1] == {"temperature": 21.5, "humidity": 40.0}
+    assert all(a is b for a, b in zip(ours[0], ours[1], strict=True))
+    assert all(a is b for a, b in zip(ours[0], as_dict({"temperature": 1.0, "humidity": 2.0}), strict=True))

@@ -20,7 +20,8 @@ import functools
 import logging
 from collections import namedtuple
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from sys import intern
+from typing import Any, TypeVar
 
 from cassandra.query import named_tuple_factory
 
@@ -31,6 +32,7 @@ except ImportError:  # a driver version without them: its own factory (a class p
     _clean_column_name = _sanitize_identifiers = None
 
 logger = logging.getLogger(__name__)
+V = TypeVar("V")
 
 # Distinct column lists a process reads with: the prepared statements' (a few dozen) and ad-hoc queries'.
 ROW_TYPES_CACHED = 512
@@ -55,15 +57,22 @@ def named_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[tu
     return [make(row) for row in rows]
 
 
-def as_dict(value: Mapping[Any, Any] | None) -> dict[Any, Any]:
-    """A map column's value as a ``dict`` (``{}`` for null).
+def as_dict(value: Mapping[str, V] | None) -> dict[str, V]:
+    """A text-keyed map column's value as a ``dict`` (``{}`` for null), its keys interned.
 
     The driver decodes a map into an ``OrderedMapSerializedKey`` whose lookups
     serialize the key again, so ``dict(value)`` cost about 1.5 us for a map of three
-    entries; its ``_items`` list of pairs makes the same dict in 0.2 us. Any other
-    mapping (another driver version, a plain dict) goes through ``dict``.
+    entries; its ``_items`` list of pairs is read instead. Any other mapping (another
+    driver version, a plain dict) is read through ``items``.
+
+    The keys are interned. Every row names the same few measurements and attributes,
+    and the driver decodes a new string for each key of each row: with 16 measurements
+    those strings were 44% of a stored event's memory (2.3 KB per event, 1.3 KB with the
+    keys interned), and enrichment holds a whole window of events at once. Building the
+    dict costs no more (1.0 us for 16 entries, against 1.1 without interning).
     """
     if not value:
         return {}
     items = getattr(value, "_items", None)
-    return dict(items) if type(items) is list else dict(value)
+    pairs = items if type(items) is list else value.items()
+    return {intern(key): item for key, item in pairs}
