@@ -90,3 +90,54 @@ def test_throttling_beyond_the_retries_is_dependency_unavailable_in_every_reader
         READS[read](session, cfg, now)
     assert raised.value.dependency == "cassandra"
     assert "Overloaded" in str(raised.value)
+
+
+def test_a_window_read_never_holds_every_row_beside_its_events(private_cassandra) -> None:
+    """Rows become events partition by partition and are dropped (docs/enrichment.md#memory).
+
+    A window of four one-minute buckets of four shards is 16 partitions, read two at a time.
+    Holding every row until all were read, as the reader used to, peaks at the rows plus the
+    events; partition by partition, at the events plus a few partitions' rows.
+    """
+    import gc
+    import tracemalloc
+
+    from shared.adapters.cassandra.window_reader import buckets_between
+
+    cfg = settings(private_cassandra, f"ks_{uuid.uuid4().hex[:12]}")
+    cluster = build_cluster(cfg)
+    cluster.schema_metadata_enabled = False
+    session = cluster.connect()
+    try:
+        apply_migrations(session, cfg)
+        start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=6)
+        end = start + timedelta(minutes=4)
+        names = [f"measurement_{n:02d}" for n in range(16)]
+        events = [make_event(f"dev-{i % 50}", start + timedelta(milliseconds=60 * i), enqueued=start,
+                             measurements={name: float(i + n) for n, name in enumerate(names)})
+                  for i in range(4000)]
+        CassandraEventStore(session, cfg).write(events)
+        reader = CassandraWindowReader(session, cfg, concurrency=2)
+        assert len(reader.read(start, end)) == 4000  # every statement prepared before measuring
+
+        def measured(read: Callable[[], object]) -> tuple[int, int]:
+            gc.collect()
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                kept = read()
+                held, peak = tracemalloc.get_traced_memory()
+                del kept
+                return held - base, peak - base
+            finally:
+                tracemalloc.stop()
+
+        partitions = reader._partitions(buckets_between(start, end, cfg.bucket_seconds), start, end)
+        assert len(partitions) == 16
+        rows, _ = measured(lambda: reader._queries.fan_out("by_time", partitions, "the window", concurrency=2))
+        held, peak = measured(lambda: reader.read(start, end))
+        assert held < rows  # an event is smaller than its row
+        assert peak < held + rows / 2, (f"a read of 4,000 events peaked at {peak:,} bytes: its events hold "
+                                        f"{held:,}, their rows {rows:,}")
+    finally:
+        cluster.shutdown()

@@ -197,8 +197,20 @@ class Queries:
         call never blocks past it. Any failed partition fails the call: a caller
         never sees part of the rows as if they were all.
         """
+        return list(self.fan_out_each(name, params, what, concurrency=concurrency, budget=budget))
+
+    def fan_out_each(self, name: str, params: Sequence[Sequence[Any]], what: str, *, concurrency: int,
+                     budget: float | None = None) -> Iterator[list[Any]]:
+        """:meth:`fan_out`, each partition's rows handed over as soon as its turn comes.
+
+        A caller that converts each partition's rows and drops them holds at most the
+        ``concurrency`` partitions in flight besides what it keeps, instead of every
+        row of the call at once. A failed partition raises when its turn comes, so a
+        caller must discard what it took before (as :meth:`fan_out` does). The
+        ``budget`` counts from the first partition asked for.
+        """
         if not params:
-            return []
+            return
         deadline = None if budget is None else time.monotonic() + budget
         statement = self.statement(name)
         session = self._connect()
@@ -227,10 +239,8 @@ class Queries:
             width = max(1, concurrency)
             in_flight = deque(start(values) for values in params[:width])
             waiting = iter(params[width:])
-            out: list[list[Any]] = []
             for values in params:
                 first = fetched(in_flight.popleft())
                 for more in itertools.islice(waiting, 1):
                     in_flight.append(start(more))
-                out.append(rest(values, first))
-            return out
+                yield rest(values, first)
