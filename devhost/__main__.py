@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import os
 import queue
@@ -19,6 +20,29 @@ from pathlib import Path
 
 from devhost.errors import DevHostError
 from devhost.host import HostConfig, run
+
+# glibc gives each thread that allocates an arena of its own, up to eight per core, and
+# hands memory back only when a whole region of an arena is free, so the resident size of
+# a long-running process with many threads creeps up. The image sets MALLOC_ARENA_MAX=2 for
+# the Functions host and its worker (Dockerfile); the dev host, which stands in for both,
+# limits itself the same way before its first thread (docs/configuration.md#the-worker-process).
+M_ARENA_MAX = -8  # <malloc.h>
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Limit glibc's malloc to ``arenas`` arenas, unless ``MALLOC_ARENA_MAX`` is set; True if limited here.
+
+    Call it before the process starts threads: glibc fixes the limit when it first needs
+    an arena beyond its first eight.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False  # glibc read it when the process started
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc: nothing to limit this way
+        return False
+    return bool(mallopt(M_ARENA_MAX, arenas))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,6 +81,7 @@ def configure_logging(level: str) -> QueueListener:
 
 
 def main(argv: list[str] | None = None) -> int:
+    limit_malloc_arenas()
     args = parse_args(argv)
     listener = configure_logging(args.log_level)
     config = HostConfig(script_root=args.script_root, settings=args.settings, host=args.host, port=args.port,

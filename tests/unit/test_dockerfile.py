@@ -146,6 +146,14 @@ def test_it_runs_as_a_non_root_user_on_the_port_the_manifests_use() -> None:
                     assert all(p >= 1024 for p in ports.values()), path.name
 
 
+def test_the_image_limits_malloc_arenas_as_the_dev_host_does() -> None:
+    from devhost.__main__ import MALLOC_ARENAS
+
+    assert DockerfileParser(str(ROOT / "Dockerfile")).envs.get("MALLOC_ARENA_MAX") == str(MALLOC_ARENAS)
+    for path in sorted((ROOT / "k8s-keda").glob("*.yaml")):  # no manifest sets it back
+        assert "MALLOC_ARENA_MAX" not in path.read_text(encoding="utf-8"), path.name
+
+
 def test_no_secret_is_baked_into_the_image() -> None:
     text = " ".join(value for instruction, value in instructions() if instruction in ("ENV", "ARG", "LABEL"))
     for marker in ("AccountKey=", "SharedAccessKey=", "PASSWORD", "AzureWebJobsStorage=", "EventHubConnection"):
