@@ -13,9 +13,9 @@ measures ``GET /api/devices/{id}/latest`` three ways, against the machine's Redi
 * **asyncio**: the same raw commands with ``redis.asyncio`` and the driver's
   ``execute_async`` awaited on the same loop, without any of our code;
 * **socket** (hits only): the floor under any client library, :class:`BareSockets`:
-  the ``HMGET`` written by hand to an asyncio stream of each task's own and the
-  reply parsed by hiredis, on the same loop. It shows how much of a hit's latency
-  is the machine (the round trip, the loop waking up) and how much the client.
+  the ``HMGET`` written by hand to a bare asyncio stream (one per call in flight)
+  and the reply parsed by hiredis, on the same loop. It shows how much of a hit's
+  latency is the machine (the round trip, the loop waking up) and how much the client.
 
 A **hit** is one ``HMGET`` of a cached device; a **miss** finds nothing cached
 (the prefix is cleared before each block): ``HMGET``, the Cassandra read, the

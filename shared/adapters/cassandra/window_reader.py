@@ -63,8 +63,8 @@ class CassandraWindowReader:
         partitions = self._partitions(buckets_between(start, end, self._settings.bucket_seconds), start, end)
         events: list[StoredEvent] = []
         # Each partition's rows become events as their turn comes and are dropped: a row is about three times
-        # the size of its event (the driver keeps each map key decoded and serialized), so the rows of a whole
-        # window never sit beside its events (docs/enrichment.md#memory).
+        # the size of its event (the driver keeps each map key decoded and serialized), and only the partitions
+        # in flight, up to the reader's concurrency, are held as rows beside the events (docs/enrichment.md#memory).
         for rows in self._queries.fan_out_each("by_time", partitions, f"the events of [{start.isoformat()}, "
                                                f"{end.isoformat()})", concurrency=self._concurrency):
             events.extend(
