@@ -13,7 +13,7 @@ measures ``GET /api/devices/{id}/latest`` three ways, against the machine's Redi
 * **asyncio**: the same raw commands with ``redis.asyncio`` and the driver's
   ``execute_async`` awaited on the same loop, without any of our code;
 * **socket** (hits only): the floor under any client library, :class:`BareSockets`:
-  the ``HMGET`` written by hand to a bare asyncio stream (one per call in flight)
+  the ``HMGET`` packed by hiredis and written to a bare asyncio stream (one per call in flight)
   and the reply parsed by hiredis, on the same loop. It shows how much of a hit's
   latency is the machine (the round trip, the loop waking up) and how much the client.
 
@@ -101,12 +101,9 @@ class BareSockets:
 
     @staticmethod
     def command(*args: str) -> bytes:
-        """``args`` as one RESP array of bulk strings."""
-        parts = [b"*%d\r\n" % len(args)]
-        for arg in args:
-            data = arg.encode()
-            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        return b"".join(parts)
+        """``args`` as one RESP array of bulk strings (hiredis's own packer, in C)."""
+        packed: bytes = hiredis.pack_command(args)
+        return packed
 
     async def _call(self, stream: tuple[asyncio.StreamReader, asyncio.StreamWriter], payload: bytes) -> Any:
         reader, writer = stream
