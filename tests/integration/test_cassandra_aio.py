@@ -135,8 +135,8 @@ def _assert_only_the_drivers_leftovers(garbage: collections.Counter[str], reques
 @pytest.mark.timeout(60)
 def test_the_pipelines_reads_leave_the_garbage_collector_only_the_drivers_metadata_types(session, keyspace,
                                                                                          store) -> None:
-    """The change feed's page, the readers' fan-out over partitions and their all-pages reads: the rows of a
-    page are freed with it, not kept by a request waiting for the collector."""
+    """The change feed's page, the readers' fan-out over partitions and their all-pages reads (a partition's
+    further pages too): the rows of a page are freed with it, not kept by a request waiting for the collector."""
     import gc
 
     from shared.adapters.cassandra.feed import CosmosChangeFeed
@@ -155,9 +155,10 @@ def test_the_pipelines_reads_leave_the_garbage_collector_only_the_drivers_metada
         page = feed.read_page(FeedPosition(start_time=NOW - timedelta(hours=1)), now=NOW, timeout=5)
         fanned = queries.fan_out("latest", [(d,) for d in devices], "the latest states", concurrency=4)
         every = queries.rows("all", (), "every latest state")  # three pages of two
-        return len(page.events) + sum(len(rows) for rows in fanned) + len(every)
+        paged = queries.fan_out_each("all", [()], "every latest state", concurrency=1, by_page=True)  # the same
+        return len(page.events) + sum(len(rows) for rows in fanned) + len(every) + sum(len(p) for p in paged)
 
-    assert read_all() == 7 + 6 + 6  # warm: prepared, connected
+    assert read_all() == 7 + 6 + 6 + 6  # warm: prepared, connected
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
@@ -168,4 +169,5 @@ def test_the_pipelines_reads_leave_the_garbage_collector_only_the_drivers_metada
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
-    _assert_only_the_drivers_leftovers(garbage, requests=5 * (1 + len(devices) + 3))  # a page, 6 reads, 3 pages
+    _assert_only_the_drivers_leftovers(garbage, requests=5 * (1 + len(devices) + 3 + 3))  # a page, 6 reads, 3 pages
+                                                                                        # twice

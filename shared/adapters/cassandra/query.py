@@ -200,12 +200,13 @@ class Queries:
         return list(self.fan_out_each(name, params, what, concurrency=concurrency, budget=budget))
 
     def fan_out_each(self, name: str, params: Sequence[Sequence[Any]], what: str, *, concurrency: int,
-                     budget: float | None = None) -> Iterator[list[Any]]:
-        """:meth:`fan_out`, each partition's rows handed over as soon as its turn comes.
+                     budget: float | None = None, by_page: bool = False) -> Iterator[list[Any]]:
+        """:meth:`fan_out`, each partition's rows handed over as soon as its turn comes (``by_page``: each page).
 
         A caller that converts each partition's rows and drops them holds at most the
         ``concurrency`` partitions in flight besides what it keeps, instead of every
-        row of the call at once. A failed partition raises when its turn comes, so a
+        row of the call at once; ``by_page`` bounds that by first pages, however
+        large a partition. A failed partition raises when its turn comes, so a
         caller must discard what it took before (as :meth:`fan_out` does). The
         ``budget`` counts from the first partition asked for.
         """
@@ -226,12 +227,14 @@ class Queries:
         def start(values: Sequence[Any]) -> ResponseFuture:
             return session.execute_async(statement, values, timeout=timeout())
 
-        def rest(values: Sequence[Any], result: ResultSet) -> list[Any]:
-            rows = list(result.current_rows)
+        def pages(values: Sequence[Any], result: ResultSet) -> Iterator[list[Any]]:
+            yield list(result.current_rows)
             while result.paging_state is not None:
-                result = session.execute(statement, values, timeout=timeout(), paging_state=result.paging_state)
-                rows.extend(result.current_rows)
-            return rows
+                # Through fetched(), not session.execute(): that would leave each page's request, with its rows,
+                # in the driver's timer cycle until the garbage collector came by (see release()).
+                result = fetched(session.execute_async(statement, values, timeout=timeout(),
+                                                       paging_state=result.paging_state))
+                yield list(result.current_rows)
 
         # Up to ``concurrency`` first pages in flight on the driver's own I/O thread (no thread of ours per
         # partition), taken in order; a partition's further pages, rare, are read when its turn comes.
@@ -243,4 +246,7 @@ class Queries:
                 first = fetched(in_flight.popleft())
                 for more in itertools.islice(waiting, 1):
                     in_flight.append(start(more))
-                yield rest(values, first)
+                if by_page:
+                    yield from pages(values, first)
+                else:
+                    yield [row for page in pages(values, first) for row in page]
