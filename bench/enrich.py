@@ -5,8 +5,9 @@ What is measured:
 * **sluice**: ``EnrichmentService.backfill`` over the windows holding the events:
   per window, the join with reference data (1,000 devices loaded from the
   PostgreSQL ``devices``/``sites`` tables, timed too), the device and site
-  figures, binary COPY of the enriched rows (straight into ``enriched_events``:
-  each window is enriched for the first time), the figures staged and upserted
+  figures folded in as the rows stream by, binary COPY of the enriched rows page
+  by page (straight into ``enriched_events``: each window is enriched for the
+  first time), the figures staged and upserted
   into ``device_window_stats`` and ``site_window_stats``, the ledger row and
   COMMIT, one transaction per window (``jsonb`` encoded with orjson, part of
   Sluice's path).
@@ -31,6 +32,7 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -62,6 +64,12 @@ class MemoryReader:
 
     def read(self, start: datetime, end: datetime) -> list[StoredEvent]:
         return [e for e in self._events if start <= e.event_time < end]
+
+    def read_each(self, start: datetime, end: datetime) -> Iterator[list[StoredEvent]]:
+        """Pages of 5,000 rows, as the Cassandra reader hands them over."""
+        events = self.read(start, end)
+        for i in range(0, len(events), 5000):
+            yield events[i:i + 5000]
 
     def arrivals(self, start, end, *, event_time_before=None):
         return iter(())

@@ -375,8 +375,8 @@ class EnrichmentSettings(_Group):
     """Parquet blob of the devices"""
     reference_sites_blob: str = "sites.parquet"
     """Parquet blob of the sites"""
-    read_page_size: int = Field(5000, ge=100, le=100_000)
-    """Rows per Cassandra page when reading a window"""
+    read_page_size: int = Field(1000, ge=100, le=100_000)
+    """Rows per Cassandra page when reading a window (pages in flight bound its memory)"""
     read_concurrency: int = Field(16, ge=1, le=256)
     """Bucket-shard partitions read at once"""
     statement_timeout_seconds: float = Field(120.0, gt=0)

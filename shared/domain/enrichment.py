@@ -12,6 +12,7 @@ re-run change nothing.
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -153,26 +154,6 @@ class MeasurementSummary:
         }
 
 
-def _summaries(events: list[StoredEvent]) -> dict[str, MeasurementSummary]:
-    """Per measurement summaries of one device's events (in event order)."""
-    values: dict[str, list[float]] = {}
-    for event in events:
-        for name, value in event.measurements.items():
-            bucket = values.get(name)
-            if bucket is None:
-                values[name] = [value]
-            else:
-                bucket.append(value)
-    last: dict[str, tuple[datetime, int]] = {}
-    for index in range(len(events) - 1, -1, -1):  # the latest event carrying each measurement
-        for name in events[index].measurements:
-            if name not in last:
-                last[name] = _event_key(events[index])
-        if len(last) == len(values):
-            break
-    return {name: MeasurementSummary.of(vals, last[name]) for name, vals in values.items()}
-
-
 def _as_dicts(summaries: Mapping[str, MeasurementSummary]) -> dict[str, dict[str, float | int]]:
     return {name: summaries[name].as_dict() for name in sorted(summaries)}
 
@@ -198,19 +179,18 @@ class SiteWindowStats:
     measurements: dict[str, dict[str, float | int]]
 
 
+
 @dataclass(frozen=True, slots=True)
 class EnrichedWindow:
-    """Everything the sink writes for one window.
+    """The figures of one window, as the sink writes them beside its rows.
 
-    ``events`` are grouped by device (devices sorted), each group in event order
-    (event time, then event id), one per event id;
-    ``critical`` holds the critical flag of each of them (same order);
-    ``devices`` the reference columns of every device seen.
+    ``events`` counts the window's events, one per event id; ``devices`` holds the
+    reference columns of every device seen; ``duplicate_ids`` counts the rows read
+    for an event id already seen (each left out).
     """
 
     window: Window
-    events: Sequence[StoredEvent]
-    critical: Sequence[bool]
+    events: int
     devices: Mapping[str, DeviceContext]
     device_stats: Sequence[DeviceWindowStats]
     site_stats: Sequence[SiteWindowStats]
@@ -227,6 +207,198 @@ class EnrichedWindow:
 
 _event_key = attrgetter("event_time", "event_id.int")  # event order: time, then event id (C-level getter)
 
+Accepted = tuple[StoredEvent, bool, DeviceContext]
+"""An event of the window, its critical flag and its device's reference columns: a row as the sink writes it."""
+
+
+class _DeviceFigures:
+    """What the figures of one device need of its events: counts, times, and each measurement's values."""
+
+    __slots__ = ("context", "count", "critical", "first", "last", "latest", "values")
+
+    def __init__(self, context: DeviceContext) -> None:
+        self.context = context
+        self.count = 0
+        self.critical = 0
+        self.first: datetime | None = None
+        self.last: datetime | None = None
+        self.values: dict[str, array[float]] = {}
+        self.latest: dict[str, tuple[tuple[datetime, int], float]] = {}  # the value of the latest event carrying it
+
+    def add(self, event: StoredEvent, critical: bool) -> None:
+        self.count += 1
+        self.critical += critical
+        moment = event.event_time
+        if self.first is None or moment < self.first:
+            self.first = moment
+        if self.last is None or moment > self.last:
+            self.last = moment
+        key = _event_key(event)
+        values, latest = self.values, self.latest
+        for name, value in event.measurements.items():
+            kept = values.get(name)
+            if kept is None:
+                values[name] = array("d", (value,))
+                latest[name] = (key, value)
+            else:
+                kept.append(value)
+                if key > latest[name][0]:
+                    latest[name] = (key, value)
+
+    def summaries(self) -> dict[str, MeasurementSummary]:
+        out = {}
+        for name, values in self.values.items():
+            last_key, last = self.latest[name]
+            out[name] = MeasurementSummary(len(values), min(values), max(values), math.fsum(values), last, last_key)
+        return out
+
+
+class WindowEnrichment:
+    """One pass over the events of ``window``: :meth:`accept` them as they are read, then :meth:`finish`.
+
+    Events outside the window are dropped. The first row of each event id is
+    accepted: handed back with its critical flag (the flag ingest stored, or
+    ``rules`` when the row has none) for the sink to write, and counted into its
+    device's figures. A later row of the same id (it was sent twice with
+    different timestamps) is held back, not written; the row with the latest
+    event time must win, whatever the read order, so :meth:`finish` settles
+    those ids from every row of the devices involved.
+
+    Kept per event: its id (to see a second row) and each measurement's value,
+    not the event.
+    """
+
+    def __init__(self, window: Window, reference: ReferenceData, rules: Sequence[MeasurementRule] = ()) -> None:
+        self.window = window
+        self._reference = reference
+        self._criticality = Criticality(rules)
+        self._seen: dict[int, str] = {}  # event id (its integer) -> device of its first row
+        self._devices: dict[str, _DeviceFigures] = {}
+        self._held: list[StoredEvent] = []
+        self._suspects: set[str] = set()
+
+    @property
+    def devices(self) -> Mapping[str, DeviceContext]:
+        """The reference columns of every device accepted so far."""
+        return _Contexts(self._devices)
+
+    @property
+    def suspects(self) -> frozenset[str]:
+        """Devices holding a row of an event id read twice: :meth:`finish` needs their accepted rows."""
+        return frozenset(self._suspects)
+
+    def accept(self, events: Iterable[StoredEvent]) -> list[Accepted]:
+        """The events to write among ``events``: in the window, first row of their id; with their critical flag."""
+        start, end = self.window.start, self.window.end
+        seen, devices, criticality = self._seen, self._devices, self._criticality
+        accepted: list[Accepted] = []
+        for event in events:
+            if not (start <= event.event_time < end):
+                continue
+            key = event.event_id.int
+            first_device = seen.get(key)
+            if first_device is not None:
+                self._held.append(event)
+                self._suspects.update((first_device, event.device_id))
+                continue
+            seen[key] = event.device_id
+            figures = devices.get(event.device_id)
+            if figures is None:
+                figures = devices[event.device_id] = _DeviceFigures(
+                    DeviceContext.resolve(event.device_id, self._reference))
+            critical = event.critical if event.critical is not None else criticality(event.severity,
+                                                                                     event.measurements)
+            figures.add(event, critical)
+            accepted.append((event, critical, figures.context))
+        return accepted
+
+    def finish(self, suspect_rows: Iterable[StoredEvent] = ()) -> tuple[EnrichedWindow, list[Accepted]]:
+        """The window's figures, and the rows that must replace an accepted row of the same id.
+
+        ``suspect_rows``: every accepted row of the :attr:`suspects` devices (others
+        are ignored). Their devices' figures are computed again from those rows and
+        the held ones, one row per event id, the latest by (event time, event id).
+        The winners that were held back are returned, to overwrite the row written
+        for their id.
+        """
+        held, self._held = self._held, []
+        replacements: list[Accepted] = []
+        if held:
+            replacements = self._settle([e for e in suspect_rows if e.device_id in self._suspects], held)
+        per_site: dict[str, tuple[list[str], list[int], dict[str, MeasurementSummary]]] = {}
+        device_stats: list[DeviceWindowStats] = []
+        for device_id in sorted(self._devices):
+            figures = self._devices[device_id]
+            summaries = figures.summaries()
+            assert figures.first is not None and figures.last is not None  # a device is added with its first event
+            device_stats.append(DeviceWindowStats(figures.context, figures.count, figures.critical, figures.first,
+                                                  figures.last, _as_dicts(summaries)))
+            site_id = figures.context.site_id
+            if site_id is not None:
+                members, counts, merged = per_site.setdefault(site_id, ([], [0, 0], {}))
+                members.append(device_id)
+                counts[0] += figures.count
+                counts[1] += figures.critical
+                for name, summary in summaries.items():
+                    into = merged.get(name)
+                    if into is None:
+                        merged[name] = summary
+                    else:
+                        into.merge(summary)
+        site_stats = []
+        for site_id in sorted(per_site):
+            members, (event_count, critical_count), merged = per_site[site_id]
+            site = self._reference.sites.get(site_id)
+            site_stats.append(SiteWindowStats(site_id, site.name if site else None, site.region if site else None,
+                                              len(members), event_count, critical_count, _as_dicts(merged)))
+        contexts = {device_id: figures.context for device_id, figures in sorted(self._devices.items())}
+        return (EnrichedWindow(self.window, sum(s.event_count for s in device_stats), contexts, device_stats,
+                               site_stats, len(held)), replacements)
+
+    def _settle(self, accepted: list[StoredEvent], held: list[StoredEvent]) -> list[Accepted]:
+        """Recompute the suspect devices from one row per id (the latest); the held rows that won."""
+        winners: dict[int, StoredEvent] = {}
+        for event in accepted + held:
+            earlier = winners.setdefault(event.event_id.int, event)
+            if earlier is not event and _event_key(event) > _event_key(earlier):
+                winners[event.event_id.int] = event
+        missing = {e.event_id for e in held} - {e.event_id for e in accepted}
+        if missing:
+            raise ValueError(f"window {self.window}: the rows accepted for event ids {sorted(map(str, missing))[:3]} "
+                             "were not given back to settle their duplicates")
+        for device_id in self._suspects:
+            self._devices.pop(device_id, None)
+        for event in sorted(winners.values(), key=_event_key):
+            figures = self._devices.get(event.device_id)
+            if figures is None:
+                figures = self._devices[event.device_id] = _DeviceFigures(
+                    DeviceContext.resolve(event.device_id, self._reference))
+            figures.add(event, self._critical(event))
+        held_ids = {id(e) for e in held}
+        return [(e, self._critical(e), self._devices[e.device_id].context)
+                for e in winners.values() if id(e) in held_ids]
+
+    def _critical(self, event: StoredEvent) -> bool:
+        return event.critical if event.critical is not None else self._criticality(event.severity, event.measurements)
+
+
+class _Contexts(Mapping[str, DeviceContext]):
+    """A read-only view of the devices' reference columns (no copy per call)."""
+
+    __slots__ = ("_devices",)
+
+    def __init__(self, devices: Mapping[str, _DeviceFigures]) -> None:
+        self._devices = devices
+
+    def __getitem__(self, device_id: str) -> DeviceContext:
+        return self._devices[device_id].context
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._devices)
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
 
 def compute_window(
     window: Window,
@@ -234,67 +406,12 @@ def compute_window(
     reference: ReferenceData,
     rules: Sequence[MeasurementRule] = (),
 ) -> EnrichedWindow:
-    """The enriched rows and figures of ``window`` from every event read for it.
+    """The figures of ``window`` from every event read for it, held in memory (:class:`WindowEnrichment` in one go).
 
-    Events outside the window are ignored. An event id read twice (it sits in two
-    rows because it was sent twice with different timestamps) counts once: the row
-    with the latest event time wins, so the outcome does not depend on read order.
-    ``critical`` comes from the flag ingest stored, or from ``rules`` when a row
-    has none. Sums use ``math.fsum``, so averages do not depend on read order either.
+    Events outside the window are ignored; an event id read twice counts once, its
+    row with the latest event time winning, so the outcome does not depend on read
+    order. Sums use ``math.fsum``, so averages do not depend on read order either.
     """
-    start, end = window.start, window.end
-    criticality = Criticality(rules)
-    by_id: dict[int, StoredEvent] = {}  # keyed by the UUID's integer: hashing it needs no Python-level call
-    duplicates = 0
-    for event in events:
-        if not (start <= event.event_time < end):
-            continue
-        earlier = by_id.setdefault(event.event_id.int, event)
-        if earlier is not event:
-            duplicates += 1
-            if _event_key(event) > _event_key(earlier):
-                by_id[event.event_id.int] = event
-
-    per_device: dict[str, list[StoredEvent]] = {}
-    for event in by_id.values():
-        group = per_device.get(event.device_id)
-        if group is None:
-            per_device[event.device_id] = [event]
-        else:
-            group.append(event)
-
-    ordered: list[StoredEvent] = []
-    flags: list[bool] = []
-    devices: dict[str, DeviceContext] = {}
-    device_stats: list[DeviceWindowStats] = []
-    per_site: dict[str, tuple[list[str], list[int], dict[str, MeasurementSummary]]] = {}
-    for device_id in sorted(per_device):
-        group = per_device[device_id]
-        group.sort(key=_event_key)
-        critical = [e.critical if e.critical is not None else criticality(e.severity, e.measurements) for e in group]
-        context = devices[device_id] = DeviceContext.resolve(device_id, reference)
-        summaries = _summaries(group)
-        device_stats.append(DeviceWindowStats(context, len(group), sum(critical), group[0].event_time,
-                                              group[-1].event_time, _as_dicts(summaries)))
-        ordered.extend(group)
-        flags.extend(critical)
-        if context.site_id is not None:
-            members, counts, merged = per_site.setdefault(context.site_id, ([], [0, 0], {}))
-            members.append(device_id)
-            counts[0] += len(group)
-            counts[1] += sum(critical)
-            for name, summary in summaries.items():
-                into = merged.get(name)
-                if into is None:
-                    merged[name] = MeasurementSummary(summary.count, summary.min, summary.max, summary.total,
-                                                      summary.last, summary.last_key)
-                else:
-                    into.merge(summary)
-
-    site_stats = []
-    for site_id in sorted(per_site):
-        members, (event_count, critical_count), merged = per_site[site_id]
-        site = reference.sites.get(site_id)
-        site_stats.append(SiteWindowStats(site_id, site.name if site else None, site.region if site else None,
-                                          len(members), event_count, critical_count, _as_dicts(merged)))
-    return EnrichedWindow(window, ordered, flags, devices, device_stats, site_stats, duplicates)
+    enrichment = WindowEnrichment(window, reference, rules)
+    accepted = enrichment.accept(events)
+    return enrichment.finish(row[0] for row in accepted)[0]

@@ -9,12 +9,13 @@ rewriting a window with the same inputs changes no row.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
-from shared.domain.enrichment import EnrichedWindow, ReferenceData
+from shared.domain.enrichment import EnrichedWindow, ReferenceData, Window, WindowEnrichment
+from shared.domain.rules import MeasurementRule
 from shared.domain.stored import StoredEvent
 
 Reason = Literal["scheduled", "late", "backfill"]
@@ -38,12 +39,37 @@ class EnrichmentState:
     late_scan_until: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class WindowInput:
+    """What the store needs to enrich one window as it reads it.
+
+    ``read()`` starts a read of every event of the window, chunk by chunk; the
+    store may call it again (and start a new :meth:`enrichment`) when it must
+    write the window another way. ``enrichment()`` is a fresh pass over it.
+    """
+
+    window: Window
+    read: Callable[[], Iterator[Sequence[StoredEvent]]]
+    reference: ReferenceData
+    rules: Sequence[MeasurementRule] = ()
+
+    def enrichment(self) -> WindowEnrichment:
+        return WindowEnrichment(self.window, self.reference, self.rules)
+
+
 class WindowReader(Protocol):
     def read(self, start: datetime, end: datetime) -> list[StoredEvent]:
         """Every event with ``start <= event_time < end`` (all buckets, all shards), in no particular order.
 
         Raises ``DependencyUnavailable`` when the store cannot be read completely:
         a partial window is never returned.
+        """
+
+    def read_each(self, start: datetime, end: datetime) -> Iterator[list[StoredEvent]]:
+        """:meth:`read`, page by page as the pages arrive; only the pages in flight are held.
+
+        Raises ``DependencyUnavailable`` at the page that cannot be read: a caller
+        must then discard what it took of the window.
         """
 
     def arrivals(self, start: datetime, end: datetime, *, event_time_before: datetime | None = None
@@ -74,13 +100,16 @@ class EnrichmentStore(Protocol):
     def load_state(self, initial: datetime) -> EnrichmentState:
         """The stored positions; the first call stores ``initial`` for both and returns it."""
 
-    def write_window(self, enriched: EnrichedWindow, reason: Reason, *, advance_watermark: bool) -> None:
-        """Upsert the window's enriched events and figures, its ledger row and (when asked) the watermark, atomically.
+    def write_window(self, source: WindowInput, reason: Reason, *, advance_watermark: bool) -> EnrichedWindow:
+        """Read and enrich the window, upserting its events as they are read, then its figures, its ledger row and
+        (when asked) the watermark, atomically; return the figures.
 
-        The watermark moves to the window's end only when it is within the window
-        (contiguous progress). Idempotent: the same input leaves every data row
-        unchanged. Raises ``TransientError`` when PostgreSQL fails; nothing of the
-        window is then written.
+        The rows are those a :meth:`WindowInput.enrichment` pass accepts, as the
+        ones it settles at the end replace. The watermark moves to the window's end
+        only when it is within the window (contiguous progress). Idempotent: the
+        same input leaves every data row unchanged. Raises ``TransientError`` when
+        PostgreSQL fails, and what ``source.read`` raises; nothing of the window is
+        then written.
         """
 
     def stale_windows(self, candidates: Mapping[uuid.UUID, datetime]) -> set[datetime]:

@@ -35,13 +35,12 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from shared.domain.enrichment import EnrichedWindow, ReferenceData, Window, compute_window, window_of, windows_between
+from shared.domain.enrichment import EnrichedWindow, ReferenceData, Window, window_of, windows_between
 from shared.domain.rules import MeasurementRule
-from shared.ports.enrichment import EnrichmentState, EnrichmentStore, Reason, ReferenceSource, WindowReader
+from shared.ports.enrichment import EnrichmentState, EnrichmentStore, Reason, ReferenceSource, WindowInput, WindowReader
 from shared.ports.metrics import NO_METRICS, Metrics
 from shared.settings import EnrichmentSettings
 
@@ -196,38 +195,26 @@ class EnrichmentService:
 
     def enrich(self, window: Window, reference: ReferenceData, reason: Reason, *, advance_watermark: bool
                ) -> WindowOutcome:
-        """Read, compute and write one window (one store transaction)."""
-        enriched = self._prepare(window, reference)
-        self._store.write_window(enriched, reason, advance_watermark=advance_watermark)
-        return _outcome(enriched, reason)
-
-    def _prepare(self, window: Window, reference: ReferenceData) -> EnrichedWindow:
-        return compute_window(window, self._reader.read(window.start, window.end), reference, self._rules)
+        """Read, compute and write one window (one store transaction, the rows streamed as they are read)."""
+        source = WindowInput(window, lambda: self._reader.read_each(window.start, window.end), reference,
+                             self._rules)
+        return _outcome(self._store.write_window(source, reason, advance_watermark=advance_watermark), reason)
 
     def _enrich_all(self, windows: Sequence[Window], reference: ReferenceData, reason: Reason, *,
                     advance_watermark: bool, on_window: Callable[[WindowOutcome], None] | None = None
                     ) -> list[WindowOutcome]:
-        """Write ``windows`` in order, one transaction each, reading and computing the next one meanwhile.
+        """Write ``windows`` in order, one transaction each; the first failure stops the loop and propagates.
 
-        The next window is prepared on a helper thread while PostgreSQL writes the
-        current one (the client mostly waits on the server then). Writes stay
-        strictly in order, so the watermark advances window by window; the first
-        failure stops the loop and propagates.
+        Each window's rows go to PostgreSQL as its pages arrive from Cassandra (the
+        reader keeps the next pages in flight meanwhile), so the two overlap within
+        a window, and only the figures' inputs are held, not the window.
         """
         outcomes: list[WindowOutcome] = []
-        if not windows:
-            return outcomes
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="enrich-prepare") as helper:
-            pending = helper.submit(self._prepare, windows[0], reference)
-            for index in range(len(windows)):
-                enriched = pending.result()
-                if index + 1 < len(windows):
-                    pending = helper.submit(self._prepare, windows[index + 1], reference)
-                self._store.write_window(enriched, reason, advance_watermark=advance_watermark)
-                outcome = _outcome(enriched, reason)
-                outcomes.append(outcome)
-                if on_window is not None:
-                    on_window(outcome)
+        for window in windows:
+            outcome = self.enrich(window, reference, reason, advance_watermark=advance_watermark)
+            outcomes.append(outcome)
+            if on_window is not None:
+                on_window(outcome)
         return outcomes
 
     def backfill(self, start: datetime, end: datetime, *, on_window: Callable[[WindowOutcome], None] | None = None
@@ -249,5 +236,5 @@ def _outcome(enriched: EnrichedWindow, reason: Reason) -> WindowOutcome:
     if unknown:
         logger.warning("window %s: %d events of %d devices without reference data (e.g. %s)",
                        enriched.window, enriched.unknown_device_events, len(unknown), ", ".join(unknown[:5]))
-    return WindowOutcome(enriched.window, reason, len(enriched.events), len(enriched.devices), len(unknown),
+    return WindowOutcome(enriched.window, reason, enriched.events, len(enriched.devices), len(unknown),
                          enriched.unknown_device_events)

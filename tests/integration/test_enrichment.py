@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -258,11 +258,108 @@ def test_an_event_id_reused_in_a_new_window_moves_there_and_the_rest_of_the_wind
     stack.send([reused, *others])
     with caplog.at_level(logging.INFO, logger="shared.adapters.postgres.enrichment_store"):
         stack.service.run(now=T0 + 2 * W + timedelta(minutes=2))
-    assert "already enriched under another window; upserting instead" in caplog.text
+    assert "already enriched under another window; reading it again to upsert" in caplog.text
     rows = dict(stack.query("SELECT event_id, window_start FROM enriched_events"))
     assert rows == {first.event_id: T0 + W, **{e.event_id: T0 + W for e in others}}
     assert stored_device_stats(stack, T0 + W)["dev-1"]["event_count"] == 1
     assert stack.query("SELECT window_start, event_count FROM enrichment_windows ORDER BY 1") == [(T0, 1), (T0 + W, 4)]
+
+
+def test_an_event_id_sent_twice_in_one_window_is_stored_once_with_its_latest_row_on_both_paths(
+        stack: Stack) -> None:
+    first = make_event("dev-1", T0 + timedelta(seconds=50), measurements={"temperature": 95.0})
+    again = Event(first.body.model_copy(update={"timestamp": T0 + timedelta(seconds=10),
+                                                 "measurements": {"temperature": 10.0}}), first.metadata)
+    moved = Event(first.body.model_copy(update={"timestamp": T0 + timedelta(seconds=70), "device_id": "dev-3",
+                                                 "measurements": {"temperature": 70.0}}), first.metadata)
+    others = [make_event("dev-1", T0 + timedelta(seconds=s), measurements={"temperature": float(s)}) for s in (5, 60)]
+    stack.send([first, again, *others])
+    stack.service.run(now=T0 + W + timedelta(minutes=2))  # first enrichment: COPY straight into enriched_events
+    assert stack.query("SELECT device_id, event_time, measurements FROM enriched_events WHERE event_id = %s",
+                       (first.event_id,)) == [("dev-1", T0 + timedelta(seconds=50), {"temperature": 95.0})]
+    stats = stored_device_stats(stack, T0)["dev-1"]
+    assert (stats["event_count"], stats["critical_count"]) == (3, 1)
+    assert stats["measurements"]["temperature"] == {"count": 3, "min": 5.0, "max": 95.0, "avg": 160.0 / 3,
+                                                    "last": 60.0}
+    before = snapshot(stack)
+    stack.service.backfill(T0, T0 + W)  # the upsert path, the same rows: nothing changes
+    assert snapshot(stack) == before
+
+    stack.send([moved])  # a later row of the id, in another device: it wins on the upsert path too
+    stack.service.backfill(T0, T0 + W)
+    assert stack.query("SELECT device_id, event_time, critical FROM enriched_events WHERE event_id = %s",
+                       (first.event_id,)) == [("dev-3", T0 + timedelta(seconds=70), False)]
+    stats = stored_device_stats(stack, T0)
+    assert stats["dev-1"]["event_count"] == 2 and stats["dev-1"]["measurements"]["temperature"]["max"] == 60.0
+    assert stats["dev-3"]["event_count"] == 1 and stats["dev-3"]["measurements"]["temperature"]["last"] == 70.0
+    assert stack.query("SELECT count(*) FROM enriched_events") == [(3,)]
+    assert stack.query("SELECT event_count FROM enrichment_windows") == [(3,)]
+
+
+def test_a_read_failing_mid_window_writes_nothing_of_it(stack: Stack) -> None:
+    from shared.exceptions import DependencyUnavailable
+
+    stack.send(random_events(random.Random(5), T0, W, 300))
+    real = CassandraWindowReader(stack.session, stack.store._settings, page_size=50, concurrency=2)
+
+    class FailsAfterTwoPages:  # the real reader, cut off after two pages (as a partition timing out would)
+        def __getattr__(self, name: str):
+            return getattr(real, name)
+
+        def read_each(self, start: datetime, end: datetime):
+            pages = real.read_each(start, end)
+            yield next(pages)
+            yield next(pages)
+            raise DependencyUnavailable("cassandra", "reading the events: timed out")
+
+    service = EnrichmentService(FailsAfterTwoPages(), PostgresReferenceSource(stack.pool),
+                                PostgresEnrichmentStore(stack.pool), enrich_settings(), RULES)
+    with pytest.raises(DependencyUnavailable, match="timed out"):
+        service.run(now=T0 + W + timedelta(minutes=2))
+    assert stack.query("SELECT count(*) FROM enriched_events") == [(0,)]
+    assert stack.query("SELECT count(*) FROM enrichment_windows") == [(0,)]
+    assert stack.query("SELECT watermark FROM enrichment_state") == [(T0,)]
+    assert stack.service.run(now=T0 + W + timedelta(minutes=2)).events == 300
+
+
+def test_a_window_is_enriched_without_holding_its_events(stack: Stack) -> None:
+    """Rows stream to PostgreSQL as pages arrive; only the figures' inputs stay (docs/enrichment.md#memory).
+
+    Enriching a window used to hold every event of it, then compute: each event of a window added
+    at least its size (about 1.4 KB with 16 measurements) to the peak. Now the peak holds the pages
+    in flight, a fixed amount, plus about 8 bytes per value and an id per event.
+    """
+    import gc
+    import tracemalloc
+
+    names = [f"measurement_{n:02d}" for n in range(16)]
+    sizes = {T0: 2000, T0 + W: 8000}
+    for start, n in sizes.items():
+        stack.send([make_event(f"dev-{i % 4 + 1}", start + timedelta(microseconds=29_000 * i),
+                               measurements={name: float(i + k) for k, name in enumerate(names)}) for i in range(n)])
+    reader = CassandraWindowReader(stack.session, stack.store._settings, page_size=100, concurrency=2)
+    service = EnrichmentService(reader, PostgresReferenceSource(stack.pool), PostgresEnrichmentStore(stack.pool),
+                                enrich_settings(), RULES)
+    assert [o.events for o in service.backfill(T0, T0 + 2 * W)] == list(sizes.values())  # all prepared, warm
+
+    def measured(work: Callable[[], object]) -> tuple[int, int]:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            kept = work()
+            held, peak = tracemalloc.get_traced_memory()
+            del kept
+            return held - base, peak - base
+        finally:
+            tracemalloc.stop()
+
+    event_size = measured(lambda: reader.read(T0 + W, T0 + 2 * W))[0] / sizes[T0 + W]
+    small, large = (measured(lambda start=start: service.backfill(start, start + W))[1] for start in sizes)
+    per_event = (large - small) / (sizes[T0 + W] - sizes[T0])
+    assert per_event < 400 < event_size, (f"each event of a window added {per_event:,.0f} bytes to the peak "
+                                          f"({small:,} for 2,000 events, {large:,} for 8,000); an event is "
+                                          f"{event_size:,.0f}")
 
 
 def test_late_events_recompute_their_window(stack: Stack) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import uuid
 from collections.abc import Iterator, Mapping
@@ -15,6 +16,7 @@ from shared.domain.enrichment import (
     ReferenceData,
     SiteRef,
     Window,
+    WindowEnrichment,
     compute_window,
     window_of,
     windows_between,
@@ -22,7 +24,7 @@ from shared.domain.enrichment import (
 from shared.domain.rules import MeasurementRule
 from shared.domain.stored import StoredEvent
 from shared.exceptions import TransientError
-from shared.ports.enrichment import Arrival, EnrichmentState
+from shared.ports.enrichment import Arrival, EnrichmentState, WindowInput
 from shared.services.enrichment import EnrichmentService
 from shared.settings import EnrichmentSettings
 
@@ -74,7 +76,7 @@ def test_figures_per_device_and_site() -> None:
     s1 = sites["s1"]
     assert (s1.site_name, s1.region, s1.device_count, s1.event_count, s1.critical_count) == ("Site one", "eu", 2, 3, 1)
     assert s1.measurements["t"] == {"count": 3, "min": 10.0, "max": 30.0, "avg": 20.0, "last": 30.0}
-    assert len(out.events) == len(out.critical) == 5
+    assert out.events == 5
 
 
 def test_last_breaks_time_ties_by_event_id_and_ignores_read_order() -> None:
@@ -94,7 +96,7 @@ def test_an_event_id_read_twice_counts_once_whatever_the_order() -> None:
             ev("d1", T0 + timedelta(seconds=9), event_id=same, t=9.0)]
     for order in (rows, rows[::-1]):
         out = compute_window(Window(T0, T0 + W), order, REF)
-        assert out.duplicate_ids == 1 and len(out.events) == 1
+        assert out.duplicate_ids == 1 and out.events == 1
         assert out.device_stats[0].measurements["t"]["last"] == 9.0
 
 
@@ -113,6 +115,94 @@ def test_averages_do_not_depend_on_read_order() -> None:
     assert compute_window(Window(T0, T0 + W), events, REF).device_stats == first.device_stats
 
 
+def oracle(window: Window, events: list[StoredEvent]) -> dict[str, tuple]:
+    """The figures per device, computed the plain way: dedupe first (latest row of an id wins), then count."""
+    latest: dict[uuid.UUID, StoredEvent] = {}
+    for e in events:
+        if window.start <= e.event_time < window.end:
+            kept = latest.get(e.event_id)
+            if kept is None or (e.event_time, e.event_id.int) > (kept.event_time, kept.event_id.int):
+                latest[e.event_id] = e
+    out: dict[str, tuple] = {}
+    for device in {e.device_id for e in latest.values()}:
+        mine = sorted((e for e in latest.values() if e.device_id == device),
+                      key=lambda e: (e.event_time, e.event_id.int))
+        names = sorted({n for e in mine for n in e.measurements})
+        figures = {}
+        for n in names:
+            values = [e.measurements[n] for e in mine if n in e.measurements]
+            figures[n] = {"count": len(values), "min": min(values), "max": max(values),
+                          "avg": math.fsum(values) / len(values), "last": values[-1]}
+        out[device] = (len(mine), sum(bool(e.critical) for e in mine), mine[0].event_time, mine[-1].event_time,
+                       figures)
+    return out
+
+
+def stream(window: Window, pages: list[list[StoredEvent]]) -> tuple[EnrichedWindow, dict[uuid.UUID, StoredEvent]]:
+    """What a sink does: write each accepted row, give back the suspects' rows, apply the replacements."""
+    enrichment = WindowEnrichment(window, REF)
+    written: dict[uuid.UUID, StoredEvent] = {}
+    for page in pages:
+        for event, critical, context in enrichment.accept(page):
+            assert event.event_id not in written, "an event id was handed over twice"
+            assert critical == bool(event.critical) and context.device_id == event.device_id
+            written[event.event_id] = event
+    suspects = enrichment.suspects
+    enriched, replacements = enrichment.finish(e for e in written.values() if e.device_id in suspects)
+    for event, _, _ in replacements:
+        written[event.event_id] = event
+    return enriched, written
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_window_streamed_page_by_page_gives_the_figures_of_the_deduplicated_events(seed: int) -> None:
+    rng = random.Random(seed)
+    window = Window(T0, T0 + W)
+    ids = [uuid.UUID(int=rng.getrandbits(128)) for _ in range(300)]
+    events = []
+    for i in range(400):  # 100 rows reuse an id: same or another device, another time, maybe outside the window
+        event_id = ids[i] if i < 300 else rng.choice(ids)
+        at = T0 + timedelta(milliseconds=rng.randrange(-20_000, 320_000))
+        measurements = {n: round(rng.uniform(-50, 50), 3) for n in rng.sample(["t", "h", "p"], rng.randint(1, 3))}
+        events.append(ev(rng.choice(["d1", "d2", "d3", "dx"]), at, rng.random() < 0.2, event_id, **measurements))
+    expected = oracle(window, events)
+    rng.shuffle(events)
+    cuts = sorted(rng.sample(range(1, len(events)), 12))
+    pages = [events[a:b] for a, b in zip([0, *cuts], [*cuts, len(events)], strict=True)]
+    enriched, written = stream(window, pages)
+    got = {s.device.device_id: (s.event_count, s.critical_count, s.first_event_time, s.last_event_time,
+                                s.measurements) for s in enriched.device_stats}
+    assert got == expected
+    assert enriched.events == len(written) == sum(v[0] for v in expected.values())
+    in_window = [e for e in events if T0 <= e.event_time < T0 + W]
+    assert enriched.duplicate_ids == len(in_window) - len(written) > 0
+    for event in written.values():  # every written row is the winner of its id
+        assert all((e.event_time, e.event_id.int) <= (event.event_time, event.event_id.int)
+                   for e in in_window if e.event_id == event.event_id)
+    assert enriched == compute_window(window, events, REF)
+
+
+def test_a_later_row_in_another_device_moves_the_event_and_can_empty_a_device() -> None:
+    same = uuid.uuid4()
+    window = Window(T0, T0 + W)
+    enriched, written = stream(window, [[ev("d2", T0 + timedelta(seconds=1), event_id=same, t=1.0)],
+                                        [ev("d1", T0 + timedelta(seconds=5), t=5.0)],
+                                        [ev("d1", T0 + timedelta(seconds=9), event_id=same, t=9.0)]])
+    assert written[same].device_id == "d1"
+    assert [(s.device.device_id, s.event_count) for s in enriched.device_stats] == [("d1", 2)]
+    assert set(enriched.devices) == {"d1"} and enriched.events == 2
+    assert [(s.site_id, s.device_count, s.event_count) for s in enriched.site_stats] == [("s1", 1, 2)]
+
+
+def test_finish_refuses_to_settle_without_the_rows_it_handed_over() -> None:
+    same = uuid.uuid4()
+    enrichment = WindowEnrichment(Window(T0, T0 + W), REF)
+    enrichment.accept([ev("d1", T0, event_id=same, t=1.0), ev("d1", T0 + timedelta(seconds=1), event_id=same, t=2.0)])
+    assert enrichment.suspects == {"d1"}
+    with pytest.raises(ValueError, match=str(same)):
+        enrichment.finish([])
+
+
 # --- the service, with in-memory ports ---
 
 
@@ -129,6 +219,11 @@ class MemoryReader:
     def read(self, start: datetime, end: datetime) -> list[StoredEvent]:
         self.reads.append(start)
         return [e for e in self.events if start <= e.event_time < end]
+
+    def read_each(self, start: datetime, end: datetime) -> Iterator[list[StoredEvent]]:
+        events = self.read(start, end)
+        for i in range(0, len(events), 3):  # pages of three, to cross page boundaries
+            yield events[i:i + 3]
 
     def arrivals(self, start: datetime, end: datetime, *, event_time_before: datetime | None = None
                  ) -> Iterator[Arrival]:
@@ -150,15 +245,19 @@ class MemoryStore:
             self.state = EnrichmentState(initial, initial)
         return self.state
 
-    def write_window(self, enriched: EnrichedWindow, reason, *, advance_watermark: bool) -> None:
-        window = enriched.window
+    def write_window(self, source: WindowInput, reason, *, advance_watermark: bool) -> EnrichedWindow:
+        window = source.window
         if window.start == self.fail_on:
             raise TransientError(f"PostgreSQL failed during window {window}")
-        for e in enriched.events:
-            self.rows[e.event_id] = window.start
+        enrichment = source.enrichment()
+        written = {e.event_id: e for page in source.read() for e, _, _ in enrichment.accept(page)}
+        enriched, _replacements = enrichment.finish(written.values())
+        for event_id in written:
+            self.rows[event_id] = window.start
         self.ledger.setdefault(window.start, []).append(reason)
         if advance_watermark and self.state.watermark >= window.start and self.state.watermark < window.end:
             self.state = EnrichmentState(window.end, self.state.late_scan_until)
+        return enriched
 
     def stale_windows(self, candidates: Mapping[uuid.UUID, datetime]) -> set[datetime]:
         return {w for event_id, w in candidates.items() if w in self.ledger and event_id not in self.rows}

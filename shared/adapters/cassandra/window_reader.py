@@ -48,7 +48,7 @@ _STATEMENTS = {
 class CassandraWindowReader:
     """Implements ``shared.ports.enrichment.WindowReader``."""
 
-    def __init__(self, session: Session, settings: CassandraSettings, *, page_size: int = 5000,
+    def __init__(self, session: Session, settings: CassandraSettings, *, page_size: int = 1000,
                  concurrency: int = 16) -> None:
         self._queries = Queries(session, settings.keyspace, _STATEMENTS, timeout=settings.request_timeout_seconds,
                                 fetch_size=page_size)
@@ -60,14 +60,16 @@ class CassandraWindowReader:
         return [(bucket, shard, start, end) for bucket in buckets for shard in range(self._settings.shards)]
 
     def read(self, start: datetime, end: datetime) -> list[StoredEvent]:
+        return [event for page in self.read_each(start, end) for event in page]
+
+    def read_each(self, start: datetime, end: datetime) -> Iterator[list[StoredEvent]]:
         partitions = self._partitions(buckets_between(start, end, self._settings.bucket_seconds), start, end)
-        events: list[StoredEvent] = []
-        # Each partition's rows become events as their turn comes and are dropped: a row is about three times
-        # the size of its event (the driver keeps each map key decoded and serialized), and only the partitions
-        # in flight, up to the reader's concurrency, are held as rows beside the events (docs/enrichment.md#memory).
+        # Each page becomes events as its turn comes and is dropped: a row is about three times the size of its
+        # event (the driver keeps each map key decoded and serialized), and only the pages in flight, one per
+        # partition up to the reader's concurrency, are held as rows (docs/enrichment.md#memory).
         for rows in self._queries.fan_out_each("by_time", partitions, f"the events of [{start.isoformat()}, "
-                                               f"{end.isoformat()})", concurrency=self._concurrency):
-            events.extend(
+                                               f"{end.isoformat()})", concurrency=self._concurrency, by_page=True):
+            yield [
                 StoredEvent(
                     event_id=r.event_id, device_id=r.device_id, event_time=utc(r.event_time),
                     event_type=r.event_type, severity=r.severity, critical=r.critical,
@@ -75,9 +77,8 @@ class CassandraWindowReader:
                     enqueued_time=utc(r.enqueued_time),
                 )
                 for r in rows
-            )
+            ]
             del rows
-        return events
 
     def delayed_since(self, start: datetime, end: datetime) -> datetime | None:
         """The oldest enqueued time of the batches ingest noted as delayed in ``[start, end)`` (its clock)."""

@@ -5,18 +5,22 @@ Per window, inside one transaction:
 1. ``SET LOCAL statement_timeout`` and a transaction-scoped advisory lock on the
    window, so two runners (timer and a backfill) write the same window one after
    the other, never interleaved;
-2. a window enriched for the first time (no ledger row) has its events joined
-   here and copied straight into ``enriched_events`` (``COPY ... (FORMAT
-   BINARY)``, inside a savepoint: an event id already stored under another
-   window rolls it back, and the window takes step 3 like a re-run);
-3. otherwise ``COPY`` into ``ON COMMIT DROP`` temporary tables (the window's
-   events, narrow, and the reference columns of each device seen), then
+2. a window enriched for the first time (no ledger row) has its rows streamed,
+   page by page as the reader hands them over and a
+   :class:`~shared.domain.enrichment.WindowEnrichment` accepts them, joined here,
+   straight into ``enriched_events`` (``COPY ... (FORMAT BINARY)``, inside a
+   savepoint: an event id already stored under another window rolls it back, and
+   the window is read again to take step 3 like a re-run);
+3. otherwise the rows are streamed into ``ON COMMIT DROP`` temporary tables (the
+   window's events, narrow, and the reference columns of each device seen), then
    ``INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE (...) IS DISTINCT FROM
    (...)`` into ``enriched_events`` (events joined to their device's reference
    columns in SQL): a re-run with the same input updates no row, so
-   ``enriched_at`` keeps the time of the last real change; the device and site
-   figures always take this path (staged, upserted into ``device_window_stats``
-   and ``site_window_stats``);
+   ``enriched_at`` keeps the time of the last real change. Either way, when an
+   event id was read twice, the rows written for the devices involved are read
+   back to settle which row wins, and a held-back winner replaces the row of its
+   id. The device and site figures always take the staged path (upserted into
+   ``device_window_stats`` and ``site_window_stats``);
 4. figures of the window that the recomputation no longer produces (a device
    moved to another site) are deleted; enriched events never are;
 5. the ledger row (``enrichment_windows``) and, for scheduled windows, the
@@ -43,8 +47,10 @@ from psycopg.types.json import set_json_dumps
 from psycopg_pool import ConnectionPool
 
 from shared.domain.enrichment import EnrichedWindow
+from shared.domain.stored import StoredEvent
+from shared.domain.times import utc
 from shared.exceptions import TransientError
-from shared.ports.enrichment import EnrichmentState, Reason
+from shared.ports.enrichment import EnrichmentState, Reason, WindowInput
 
 logger = logging.getLogger(__name__)
 
@@ -215,74 +221,101 @@ class PostgresEnrichmentStore:
                 stale.update(row[0] for row in conn.execute(_STALE, ([k for k, _ in chunk], [v for _, v in chunk])))
         return stale
 
-    def write_window(self, enriched: EnrichedWindow, reason: Reason, *, advance_watermark: bool) -> None:
-        window = enriched.window
-        params = {
-            "start": window.start, "end": window.end, "name": self._name, "reason": reason,
-            "events": len(enriched.events), "devices": len(enriched.devices),
-            "unknown": len(enriched.unknown_devices), "unknown_events": enriched.unknown_device_events,
-        }
+    def write_window(self, source: WindowInput, reason: Reason, *, advance_watermark: bool) -> EnrichedWindow:
+        window = source.window
+        params: dict[str, object] = {"start": window.start, "end": window.end, "name": self._name, "reason": reason}
         with self._transaction(f"the enrichment of window {window}") as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_NAMESPACE ^ int(window.start.timestamp()),))
+            first_time = conn.execute("SELECT 1 FROM enrichment_windows WHERE window_start = %(start)s",
+                                      params).fetchone() is None
+            enriched = self._copy_new_window(conn, source) if first_time else None
+            if enriched is None:
+                enriched = self._upsert_window(conn, source)
+                conn.execute(_UPSERT_EVENTS, params)
             if enriched.events:
-                first_time = conn.execute("SELECT 1 FROM enrichment_windows WHERE window_start = %(start)s",
-                                          params).fetchone() is None
-                if not (first_time and self._copy_new_events(conn, enriched)):
-                    self._stage_events(conn, enriched)
-                    conn.execute(_UPSERT_EVENTS, params)
                 self._stage_figures(conn, enriched)
                 conn.execute(_UPSERT_DEVICE_STATS, params)
                 conn.execute(_UPSERT_SITE_STATS, params)
                 for statement in _DELETE_STALE.split(";"):
                     conn.execute(statement, params)
             # A window read as empty keeps whatever PostgreSQL holds for it (e.g. events expired from Cassandra).
+            params.update(events=enriched.events, devices=len(enriched.devices),
+                          unknown=len(enriched.unknown_devices), unknown_events=enriched.unknown_device_events)
             conn.execute(_LEDGER, params)
             if advance_watermark:
                 conn.execute(_ADVANCE, params)
-        logger.debug("window %s written (%s): %d events", window, reason, len(enriched.events))
+        logger.debug("window %s written (%s): %d events", window, reason, enriched.events)
+        return enriched
 
     @staticmethod
-    def _copy_new_events(conn: psycopg.Connection, enriched: EnrichedWindow) -> bool:
+    def _copy_new_window(conn: psycopg.Connection, source: WindowInput) -> EnrichedWindow | None:
         """A window enriched for the first time: COPY its rows, joined here, straight into ``enriched_events``.
 
         No row of the window can exist yet, so the upsert's staging table, join and
         conflict checks are skipped (half the work). An event id that is already
         stored, under another window (an id reused with another timestamp), rolls
-        the COPY back to its savepoint and returns False: the caller upserts.
+        the COPY back to its savepoint and returns None: the caller reads the
+        window again and upserts.
         """
-        start, devices = enriched.window.start, enriched.devices
+        start = source.window.start
+        enrichment = source.enrichment()
         try:
             with conn.transaction(), _copy_cursor(conn) as cur:
                 columns = ", ".join(_EVENT_COLUMNS)
                 with cur.copy(f"COPY enriched_events (event_id, {columns}) FROM STDIN (FORMAT BINARY)") as copy:
                     copy.set_types(_NEW_EVENT_TYPES)
                     write = copy.write_row
-                    for event, critical in zip(enriched.events, enriched.critical, strict=True):
-                        d = devices[event.device_id]
-                        write((event.event_id, start, event.device_id, event.event_time, event.enqueued_time,
-                               event.event_type, event.severity, critical, event.measurements, d.known, d.site_id,
-                               d.model, d.firmware, d.owner, d.site_name, d.region, d.site_timezone))
+                    for page in source.read():
+                        for event, critical, d in enrichment.accept(page):
+                            write((event.event_id, start, event.device_id, event.event_time, event.enqueued_time,
+                                   event.event_type, event.severity, critical, event.measurements, d.known,
+                                   d.site_id, d.model, d.firmware, d.owner, d.site_name, d.region, d.site_timezone))
+                enriched, replacements = enrichment.finish(
+                    _rows_of(conn, "enriched_events WHERE window_start = %s AND", start, enrichment.suspects))
+                if replacements:
+                    conn.execute("DELETE FROM enriched_events WHERE event_id = ANY(%s)",
+                                 ([e.event_id for e, _, _ in replacements],))
+                    with cur.copy(f"COPY enriched_events (event_id, {columns}) FROM STDIN (FORMAT BINARY)") as copy:
+                        copy.set_types(_NEW_EVENT_TYPES)
+                        for event, critical, d in replacements:
+                            copy.write_row((event.event_id, start, event.device_id, event.event_time,
+                                            event.enqueued_time, event.event_type, event.severity, critical,
+                                            event.measurements, d.known, d.site_id, d.model, d.firmware, d.owner,
+                                            d.site_name, d.region, d.site_timezone))
         except psycopg.errors.UniqueViolation:
-            logger.info("window %s: an event id is already enriched under another window; upserting instead",
-                        enriched.window)
-            return False
-        return True
+            logger.info("window %s: an event id is already enriched under another window; reading it again to upsert",
+                        source.window)
+            return None
+        return enriched
 
     @staticmethod
-    def _stage_events(conn: psycopg.Connection, enriched: EnrichedWindow) -> None:
+    def _upsert_window(conn: psycopg.Connection, source: WindowInput) -> EnrichedWindow:
+        """Stage the window's events as they are read, and the reference columns of its devices, for the upsert."""
+        enrichment = source.enrichment()
         conn.execute(_STAGE_EVENTS.encode(), prepare=False)  # no parameters, never prepared: one round trip
         with _copy_cursor(conn) as cur:
             with cur.copy("COPY stage_events FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_EVENT_TYPES)
                 write = copy.write_row
-                for event, critical in zip(enriched.events, enriched.critical, strict=True):
-                    write((event.event_id, event.device_id, event.event_time, event.enqueued_time, event.event_type,
-                           event.severity, critical, event.measurements))
+                for page in source.read():
+                    for event, critical, _ in enrichment.accept(page):
+                        write((event.event_id, event.device_id, event.event_time, event.enqueued_time,
+                               event.event_type, event.severity, critical, event.measurements))
+            enriched, replacements = enrichment.finish(_rows_of(conn, "stage_events WHERE", None, enrichment.suspects))
+            if replacements:
+                conn.execute("DELETE FROM stage_events WHERE event_id = ANY(%s)",
+                             ([e.event_id for e, _, _ in replacements],))
+                with cur.copy("COPY stage_events FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(_EVENT_TYPES)
+                    for event, critical, _ in replacements:
+                        copy.write_row((event.event_id, event.device_id, event.event_time, event.enqueued_time,
+                                        event.event_type, event.severity, critical, event.measurements))
             with cur.copy("COPY stage_devices FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_DEVICE_TYPES)
                 for d in enriched.devices.values():
                     copy.write_row((d.device_id, d.known, d.site_id, d.model, d.firmware, d.owner, d.site_name,
                                     d.region, d.site_timezone))
+        return enriched
 
     @staticmethod
     def _stage_figures(conn: psycopg.Connection, enriched: EnrichedWindow) -> None:
@@ -298,6 +331,20 @@ class PostgresEnrichmentStore:
                 for site in enriched.site_stats:
                     copy.write_row((site.site_id, site.site_name, site.region, site.device_count, site.event_count,
                                     site.critical_count, site.measurements))
+
+
+def _rows_of(conn: psycopg.Connection, source: str, window_start: datetime | None,
+             devices: frozenset[str]) -> list[StoredEvent]:
+    """The rows this transaction wrote for ``devices`` (``source``: a table and the start of a WHERE clause)."""
+    if not devices:
+        return []
+    params: list[object] = [] if window_start is None else [window_start]
+    cursor = conn.execute(
+        "SELECT event_id, device_id, event_time, enqueued_time, event_type, severity, critical, measurements "
+        f"FROM {source} device_id = ANY(%s)", [*params, sorted(devices)])
+    return [StoredEvent(event_id, device_id, utc(event_time), event_type, severity, critical, measurements,
+                        enqueued_time=utc(enqueued)) for event_id, device_id, event_time, enqueued, event_type,
+            severity, critical, measurements in cursor]
 
 
 @contextmanager
