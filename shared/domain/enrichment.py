@@ -3,10 +3,16 @@
 A window is ``[start, start + window_seconds)`` in UTC, aligned to the Unix epoch
 like the Cassandra time buckets. It is *closed* once
 ``now >= end + allowed_lateness``: events of a closed window are expected to be
-in Cassandra, so it can be enriched. :func:`compute_window` turns every event of a
-window plus the reference data into the rows the enrichment sink writes; the same
-events and reference data always give the same figures, which is what makes a
-re-run change nothing.
+in Cassandra, so it can be enriched.
+
+A window is enriched in one pass over its events as they are read
+(:class:`WindowEnrichment`): each event is handed back at once, with its critical
+flag and its device's reference columns, for the sink to stream on, and only the
+figures' inputs stay (each measurement's values, 8 bytes each, and the event ids
+seen), so a window's memory does not grow with the size of its events
+(``docs/enrichment.md#memory``). The same events and reference data always give
+the same figures, whatever the read order, which is what makes a re-run change
+nothing. :func:`compute_window` does the same pass over events held in memory.
 """
 
 from __future__ import annotations
@@ -131,11 +137,6 @@ class MeasurementSummary:
     last: float
     last_key: tuple[datetime, int]
 
-    @classmethod
-    def of(cls, values: list[float], last_key: tuple[datetime, int]) -> MeasurementSummary:
-        """From the values in event order."""
-        return cls(len(values), min(values), max(values), math.fsum(values), values[-1], last_key)
-
     def merge(self, other: MeasurementSummary) -> None:
         self.count += other.count
         self.min = min(self.min, other.min)
@@ -177,7 +178,6 @@ class SiteWindowStats:
     event_count: int
     critical_count: int
     measurements: dict[str, dict[str, float | int]]
-
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Literal
 
 import orjson
 import psycopg
@@ -271,7 +272,7 @@ class PostgresEnrichmentStore:
                                    event.event_type, event.severity, critical, event.measurements, d.known,
                                    d.site_id, d.model, d.firmware, d.owner, d.site_name, d.region, d.site_timezone))
                 enriched, replacements = enrichment.finish(
-                    _rows_of(conn, "enriched_events WHERE window_start = %s AND", start, enrichment.suspects))
+                    _rows_of(conn, "enriched_events", enrichment.suspects, start))
                 if replacements:
                     conn.execute("DELETE FROM enriched_events WHERE event_id = ANY(%s)",
                                  ([e.event_id for e, _, _ in replacements],))
@@ -301,7 +302,7 @@ class PostgresEnrichmentStore:
                     for event, critical, _ in enrichment.accept(page):
                         write((event.event_id, event.device_id, event.event_time, event.enqueued_time,
                                event.event_type, event.severity, critical, event.measurements))
-            enriched, replacements = enrichment.finish(_rows_of(conn, "stage_events WHERE", None, enrichment.suspects))
+            enriched, replacements = enrichment.finish(_rows_of(conn, "stage_events", enrichment.suspects))
             if replacements:
                 conn.execute("DELETE FROM stage_events WHERE event_id = ANY(%s)",
                              ([e.event_id for e, _, _ in replacements],))
@@ -333,15 +334,18 @@ class PostgresEnrichmentStore:
                                     site.critical_count, site.measurements))
 
 
-def _rows_of(conn: psycopg.Connection, source: str, window_start: datetime | None,
-             devices: frozenset[str]) -> list[StoredEvent]:
-    """The rows this transaction wrote for ``devices`` (``source``: a table and the start of a WHERE clause)."""
+def _rows_of(conn: psycopg.Connection, table: Literal["enriched_events", "stage_events"], devices: frozenset[str],
+             window_start: datetime | None = None) -> list[StoredEvent]:
+    """The rows of ``devices`` in ``table`` (of the window starting at ``window_start``, when given)."""
     if not devices:
         return []
-    params: list[object] = [] if window_start is None else [window_start]
-    cursor = conn.execute(
-        "SELECT event_id, device_id, event_time, enqueued_time, event_type, severity, critical, measurements "
-        f"FROM {source} device_id = ANY(%s)", [*params, sorted(devices)])
+    where = "device_id = ANY(%s)"
+    params: list[object] = [sorted(devices)]
+    if window_start is not None:
+        where += " AND window_start = %s"
+        params.append(window_start)
+    cursor = conn.execute("SELECT event_id, device_id, event_time, enqueued_time, event_type, severity, critical, "
+                          f"measurements FROM {table} WHERE {where}", params)
     return [StoredEvent(event_id, device_id, utc(event_time), event_type, severity, critical, measurements,
                         enqueued_time=utc(enqueued)) for event_id, device_id, event_time, enqueued, event_type,
             severity, critical, measurements in cursor]
