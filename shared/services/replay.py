@@ -1,7 +1,8 @@
 """Re-derive every projection of an event-time range from the log: ``sluice replay --from T --to T``.
 
 Redis: the range is read from the event log window by window (the enrichment's
-``WindowReader``, every bucket and shard) and applied through the change feed's
+``WindowReader``, every bucket and shard, page by page) and applied, a chunk at a
+time as the pages arrive, through the change feed's
 own sink, the idempotent merges (``shared.ports.cache.ChangeSink``), so a replay
 leaves what the change feed would have left, and writes to the building
 generation too while a rebuild runs. PostgreSQL: the windows are re-enriched by
@@ -21,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from shared.domain.rules import Criticality, MeasurementRule
+from shared.domain.stored import StoredEvent
 from shared.ports.cache import ChangeSink
 from shared.ports.enrichment import WindowReader
 
@@ -58,6 +60,10 @@ class ReplayService:
         self._step = chunk
         self._apply_chunk = apply_chunk
 
+    def _apply(self, events: list[StoredEvent], report: ReplayReport) -> None:
+        self._sink.apply(events)
+        report.redis_events += len(events)
+
     def replay(self, start: datetime, end: datetime, *, redis: bool = True, postgres: bool = True,
                on_progress: Callable[[str, float], None] | None = None) -> ReplayReport:
         if end <= start:
@@ -68,12 +74,18 @@ class ReplayService:
             moment = start
             while moment < end:
                 upper = min(end, moment + self._step)
-                events = [e if e.critical is not None
-                          else dataclasses.replace(e, critical=self._critical(e.severity, e.measurements))
-                          for e in self._reader.read(moment, upper)]
-                for first in range(0, len(events), self._apply_chunk):
-                    self._sink.apply(events[first:first + self._apply_chunk])
-                report.redis_events += len(events)
+                # Applied as the pages arrive, a chunk at a time: the sink's writes do not depend on their order
+                # (the newest event of a device wins), so nothing waits for the rest of the range.
+                pending: list[StoredEvent] = []
+                for page in self._reader.read_each(moment, upper):
+                    pending.extend(e if e.critical is not None
+                                   else dataclasses.replace(e, critical=self._critical(e.severity, e.measurements))
+                                   for e in page)
+                    while len(pending) >= self._apply_chunk:
+                        self._apply(pending[:self._apply_chunk], report)
+                        del pending[:self._apply_chunk]
+                if pending:
+                    self._apply(pending, report)
                 moment = upper
                 if on_progress is not None:
                     on_progress("redis", (moment - start) / (end - start))

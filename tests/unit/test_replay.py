@@ -1,0 +1,54 @@
+"""The Redis side of a replay, with in-memory ports: pages applied a chunk at a time as they arrive."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+
+from shared.domain.rules import MeasurementRule
+from shared.domain.stored import StoredEvent
+from shared.services.replay import ReplayService
+from tests.unit.test_enrichment import T0, MemoryReader, ev
+
+
+class RecordingSink:
+    def __init__(self, reader: MemoryReader) -> None:
+        self.applied: list[list[StoredEvent]] = []
+        self.reader = reader
+        self.pages_read_before: list[int] = []
+
+    def apply(self, events: Sequence[StoredEvent]) -> None:
+        self.applied.append(list(events))
+        self.pages_read_before.append(self.reader.pages)
+
+
+class PagingReader(MemoryReader):
+    """Pages of three; counts the pages handed over, to see the sink called before the range is read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pages = 0
+
+    def read_each(self, start: datetime, end: datetime) -> Iterator[list[StoredEvent]]:
+        for page in super().read_each(start, end):
+            self.pages += 1
+            yield page
+
+
+def test_pages_are_applied_in_chunks_as_they_arrive_with_criticality_decided() -> None:
+    reader = PagingReader()
+    reader.events = [ev(f"d{i % 3}", T0 + timedelta(seconds=10 * i), None if i % 2 else False, t=float(i))
+                     for i in range(50)]  # 500 s: two 5-minute steps, 30 and 20 events
+    sink = RecordingSink(reader)
+    rules = [MeasurementRule(measurement="t", op=">=", value=40)]
+    report = ReplayService(reader, sink, rules, None, apply_chunk=4).replay(T0, T0 + timedelta(seconds=500),
+                                                                            postgres=False)
+    assert [len(chunk) for chunk in sink.applied] == [4] * 7 + [2] + [4] * 5
+    assert report.redis_events == 50
+    applied = {e.event_id: e for chunk in sink.applied for e in chunk}
+    assert set(applied) == {e.event_id for e in reader.events}
+    for original in reader.events:
+        t = original.measurements["t"]
+        expected = original.critical if original.critical is not None else t >= 40
+        assert applied[original.event_id].critical is expected
+    assert sink.pages_read_before[:3] == [2, 3, 4]  # each chunk of four went out as soon as read
