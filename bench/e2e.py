@@ -552,7 +552,7 @@ def print_cpu(r: dict) -> None:
         seconds = cpu.get(f"thread:{group}", 0.0)
         per = seconds / delivered * 1e6 if delivered else 0.0
         print(f"cpu: thread {group:<12} {seconds:7.2f}s, {per:6.0f} us/event", flush=True)
-    # threads that ended during the span (short-lived helpers, e.g. enrichment's prepare thread) leave the sum
+    # threads that ended during the span (short-lived helpers) leave the sum
     ended = total - sum(cpu.get(f"thread:{group}", 0.0) for group in groups)
     print(f"cpu: threads that ended, and the rest {ended:7.2f}s, "
           f"{ended / delivered * 1e6 if delivered else 0.0:6.0f} us/event", flush=True)
