@@ -313,7 +313,7 @@ class WindowEnrichment:
         return accepted
 
     def finish(self, suspect_rows: Iterable[StoredEvent] = ()) -> tuple[EnrichedWindow, list[Accepted]]:
-        """The window's figures, and the rows that must replace an accepted row of the same id.
+        """The window's figures, and the rows that must replace an accepted row of the same id (call it once).
 
         ``suspect_rows``: every accepted row of the :attr:`suspects` devices (others
         are ignored). Their devices' figures are computed again from those rows and
@@ -327,8 +327,9 @@ class WindowEnrichment:
             replacements = self._settle([e for e in suspect_rows if e.device_id in self._suspects], held)
         per_site: dict[str, tuple[list[str], list[int], dict[str, MeasurementSummary]]] = {}
         device_stats: list[DeviceWindowStats] = []
-        for device_id in sorted(self._devices):
-            figures = self._devices[device_id]
+        contexts = {device_id: figures.context for device_id, figures in sorted(self._devices.items())}
+        for device_id in contexts:
+            figures = self._devices.pop(device_id)  # each device's values go as its figures come: one or the other
             summaries = figures.summaries()
             assert figures.first is not None and figures.last is not None  # a device is added with its first event
             device_stats.append(DeviceWindowStats(figures.context, figures.count, figures.critical, figures.first,
@@ -351,7 +352,6 @@ class WindowEnrichment:
             site = self._reference.sites.get(site_id)
             site_stats.append(SiteWindowStats(site_id, site.name if site else None, site.region if site else None,
                                               len(members), event_count, critical_count, _as_dicts(merged)))
-        contexts = {device_id: figures.context for device_id, figures in sorted(self._devices.items())}
         return (EnrichedWindow(self.window, sum(s.event_count for s in device_stats), contexts, device_stats,
                                site_stats, len(held)), replacements)
 
