@@ -380,7 +380,7 @@ class EnrichmentSettings(_Group):
     read_concurrency: int = Field(16, ge=1, le=256)
     """Bucket-shard partitions read at once"""
     statement_timeout_seconds: float = Field(120.0, gt=0)
-    """PostgreSQL statement_timeout of the enrichment transaction"""
+    """PostgreSQL statement_timeout of the enrichment transaction (lock_timeout while its rows stream in)"""
 
 
 class ChangeFeedSettings(_Group):

@@ -549,6 +549,41 @@ def test_a_statement_timeout_is_a_transient_error_and_writes_nothing(stack: Stac
     assert len(service.run(now=T0 + W + timedelta(minutes=2)).windows) == 1
 
 
+def test_a_slow_read_is_not_a_postgresql_timeout_but_a_lock_wait_is(stack: Stack) -> None:
+    """The rows stream into COPY as they are read, so the COPY lasts as long as the read: statement_timeout
+    must not time Cassandra (a slow read would fail the same window every run), while lock_timeout still
+    bounds what PostgreSQL waits for."""
+    events = random_events(random.Random(6), T0, W, 50)
+    stack.send(events)
+    real = CassandraWindowReader(stack.session, stack.store._settings, page_size=10, concurrency=2)
+
+    class Slow:  # the real reader, a page every 0.1 s
+        def __getattr__(self, name: str):
+            return getattr(real, name)
+
+        def read_each(self, start: datetime, end: datetime):
+            for page in real.read_each(start, end):
+                time.sleep(0.1)
+                yield page
+
+    store = PostgresEnrichmentStore(stack.pool, statement_timeout_seconds=0.5)
+    service = EnrichmentService(Slow(), PostgresReferenceSource(stack.pool), store, enrich_settings(), RULES)
+    with psycopg.connect(stack.dsn) as blocker:  # inserting one of the window's ids, not committed yet
+        blocker.execute("INSERT INTO enriched_events (event_id, window_start, device_id, event_time, event_type, "
+                        "severity, critical, measurements, known_device) VALUES (%s, %s, 'x', %s, 'r', 'info', "
+                        "false, '{}', false)", (events[0].event_id, T0, T0))
+        started = time.monotonic()
+        with pytest.raises(TransientError, match="lock timeout"):
+            service.run(now=T0 + W + timedelta(minutes=2))
+        assert time.monotonic() - started < 30
+        blocker.rollback()
+    assert stack.query("SELECT count(*) FROM enriched_events") == [(0,)]
+    started = time.monotonic()
+    assert service.run(now=T0 + W + timedelta(minutes=2)).events == 50
+    assert time.monotonic() - started > 1.0  # 20 partitions (5 buckets, 4 shards), 0.1 s each: over twice the timeout
+    assert stack.query("SELECT watermark FROM enrichment_state") == [(T0 + W,)]
+
+
 def test_prepared_statements_survive_the_staging_tables_being_recreated(stack: Stack) -> None:
     """With server-side prepared statements on (prepare_threshold=0: from the first use), every window's
     statements name temporary tables dropped at the previous commit; PostgreSQL must re-plan, not fail."""

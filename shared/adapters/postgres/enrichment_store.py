@@ -229,9 +229,17 @@ class PostgresEnrichmentStore:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_NAMESPACE ^ int(window.start.timestamp()),))
             first_time = conn.execute("SELECT 1 FROM enrichment_windows WHERE window_start = %(start)s",
                                       params).fetchone() is None
-            enriched = self._copy_new_window(conn, source) if first_time else None
-            if enriched is None:
-                enriched = self._upsert_window(conn, source)
+            # The rows stream into COPY as Cassandra hands them over, so a COPY lasts as long as the window's read,
+            # which the reader's own request timeouts bound: statement_timeout would time Cassandra and fail a slow
+            # read as PostgreSQL's, run after run. It is off while the rows stream; lock_timeout bounds what
+            # PostgreSQL itself may wait for meanwhile (a row another transaction is inserting).
+            conn.execute("SELECT set_config('statement_timeout', '0', true), set_config('lock_timeout', %s, true)",
+                         (str(self._timeout_ms),))
+            copied = self._copy_new_window(conn, source) if first_time else None
+            enriched = copied if copied is not None else self._upsert_window(conn, source)
+            conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', '0', true)",
+                         (str(self._timeout_ms),))
+            if copied is None:
                 conn.execute(_UPSERT_EVENTS, params)
             if enriched.events:
                 self._stage_figures(conn, enriched)
