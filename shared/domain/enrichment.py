@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from operator import attrgetter
 
+import orjson
+
 from shared.domain.rules import Criticality, MeasurementRule
 from shared.domain.stored import StoredEvent
 from shared.domain.times import floor
@@ -155,18 +157,27 @@ class MeasurementSummary:
         }
 
 
-def _as_dicts(summaries: Mapping[str, MeasurementSummary]) -> dict[str, dict[str, float | int]]:
-    return {name: summaries[name].as_dict() for name in sorted(summaries)}
+def _as_json(summaries: Mapping[str, MeasurementSummary]) -> str:
+    """The figures' ``measurements`` column: a JSON object, measurement name (sorted) -> its figures."""
+    return orjson.dumps({name: summaries[name].as_dict() for name in sorted(summaries)}).decode()
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceWindowStats:
+    """``measurements_json``: the JSON the table stores, kept encoded (a third of the size of the dicts, and a
+    window may hold figures for a hundred thousand devices); :attr:`measurements` decodes it."""
+
     device: DeviceContext
     event_count: int
     critical_count: int
     first_event_time: datetime
     last_event_time: datetime
-    measurements: dict[str, dict[str, float | int]]
+    measurements_json: str
+
+    @property
+    def measurements(self) -> dict[str, dict[str, float | int]]:
+        decoded: dict[str, dict[str, float | int]] = orjson.loads(self.measurements_json)
+        return decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +188,12 @@ class SiteWindowStats:
     device_count: int
     event_count: int
     critical_count: int
-    measurements: dict[str, dict[str, float | int]]
+    measurements_json: str
+
+    @property
+    def measurements(self) -> dict[str, dict[str, float | int]]:
+        decoded: dict[str, dict[str, float | int]] = orjson.loads(self.measurements_json)
+        return decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +228,15 @@ Accepted = tuple[StoredEvent, bool, DeviceContext]
 
 
 class _DeviceFigures:
-    """What the figures of one device need of its events: counts, times, and each measurement's values."""
+    """What the figures of one device need of its events: counts, times, and each measurement's values.
 
-    __slots__ = ("context", "count", "critical", "first", "last", "latest", "values")
+    While every event of the device carries the same measurements (the usual case), their values are
+    kept as rows of one ``array('d')``, and the latest event is the latest carrying each of them. The
+    first event that carries others spreads the rows into one array per measurement.
+    """
+
+    __slots__ = ("context", "count", "critical", "first", "last", "latest", "latest_key", "latest_row", "names",
+                 "rows", "values")
 
     def __init__(self, context: DeviceContext) -> None:
         self.context = context
@@ -222,10 +244,14 @@ class _DeviceFigures:
         self.critical = 0
         self.first: datetime | None = None
         self.last: datetime | None = None
-        self.values: dict[str, array[float]] = {}
-        self.latest: dict[str, tuple[tuple[datetime, int], float]] = {}  # the value of the latest event carrying it
+        self.names: tuple[str, ...] | None = None  # what every event so far carried, in this order
+        self.rows = array("d")  # their values, event after event
+        self.latest_key: tuple[datetime, int] | None = None
+        self.latest_row = 0
+        self.values: dict[str, array[float]] | None = None  # once spread: each measurement's values
+        self.latest: dict[str, tuple[tuple[datetime, int], float]] = {}  # and the value of the latest event carrying it
 
-    def add(self, event: StoredEvent, critical: bool) -> None:
+    def add(self, event: StoredEvent, critical: bool, layouts: dict[tuple[str, ...], tuple[str, ...]]) -> None:
         self.count += 1
         self.critical += critical
         moment = event.event_time
@@ -234,8 +260,20 @@ class _DeviceFigures:
         if self.last is None or moment > self.last:
             self.last = moment
         key = _event_key(event)
-        values, latest = self.values, self.latest
-        for name, value in event.measurements.items():
+        measurements = event.measurements
+        values = self.values
+        if values is None:
+            names = tuple(measurements)
+            if self.names is None:
+                self.names = layouts.setdefault(names, names)  # one tuple per layout in the window, not per device
+            if names == self.names:
+                if self.latest_key is None or key > self.latest_key:
+                    self.latest_key, self.latest_row = key, self.count - 1
+                self.rows.extend(measurements.values())
+                return
+            values = self._spread()
+        latest = self.latest
+        for name, value in measurements.items():
             kept = values.get(name)
             if kept is None:
                 values[name] = array("d", (value,))
@@ -245,7 +283,19 @@ class _DeviceFigures:
                 if key > latest[name][0]:
                     latest[name] = (key, value)
 
+    def _spread(self) -> dict[str, array[float]]:
+        names, rows, width = self.names or (), self.rows, len(self.names or ())
+        self.values = {name: rows[j::width] for j, name in enumerate(names)}
+        if self.latest_key is not None:
+            last = self.latest_row * width
+            self.latest = {name: (self.latest_key, rows[last + j]) for j, name in enumerate(names)}
+        self.rows = array("d")
+        return self.values
+
     def summaries(self) -> dict[str, MeasurementSummary]:
+        if self.values is None:
+            self._spread()
+        assert self.values is not None
         out = {}
         for name, values in self.values.items():
             last_key, last = self.latest[name]
@@ -276,6 +326,7 @@ class WindowEnrichment:
         self._devices: dict[str, _DeviceFigures] = {}
         self._held: list[StoredEvent] = []
         self._suspects: set[str] = set()
+        self._layouts: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     @property
     def devices(self) -> Mapping[str, DeviceContext]:
@@ -308,7 +359,7 @@ class WindowEnrichment:
                     DeviceContext.resolve(event.device_id, self._reference))
             critical = event.critical if event.critical is not None else criticality(event.severity,
                                                                                      event.measurements)
-            figures.add(event, critical)
+            figures.add(event, critical, self._layouts)
             accepted.append((event, critical, figures.context))
         return accepted
 
@@ -333,7 +384,7 @@ class WindowEnrichment:
             summaries = figures.summaries()
             assert figures.first is not None and figures.last is not None  # a device is added with its first event
             device_stats.append(DeviceWindowStats(figures.context, figures.count, figures.critical, figures.first,
-                                                  figures.last, _as_dicts(summaries)))
+                                                  figures.last, _as_json(summaries)))
             site_id = figures.context.site_id
             if site_id is not None:
                 members, counts, merged = per_site.setdefault(site_id, ([], [0, 0], {}))
@@ -351,7 +402,7 @@ class WindowEnrichment:
             members, (event_count, critical_count), merged = per_site[site_id]
             site = self._reference.sites.get(site_id)
             site_stats.append(SiteWindowStats(site_id, site.name if site else None, site.region if site else None,
-                                              len(members), event_count, critical_count, _as_dicts(merged)))
+                                              len(members), event_count, critical_count, _as_json(merged)))
         return (EnrichedWindow(self.window, sum(s.event_count for s in device_stats), contexts, device_stats,
                                site_stats, len(held)), replacements)
 
@@ -373,7 +424,7 @@ class WindowEnrichment:
             if figures is None:
                 figures = self._devices[event.device_id] = _DeviceFigures(
                     DeviceContext.resolve(event.device_id, self._reference))
-            figures.add(event, self._critical(event))
+            figures.add(event, self._critical(event), self._layouts)
         held_ids = {id(e) for e in held}
         return [(e, self._critical(e), self._devices[e.device_id].context)
                 for e in winners.values() if id(e) in held_ids]

@@ -70,17 +70,17 @@ CREATE TEMP TABLE stage_devices (
 _STAGE_FIGURES = """
 CREATE TEMP TABLE stage_device_stats (
     device_id text, known_device boolean, site_id text, event_count integer, critical_count integer,
-    first_event_time timestamptz, last_event_time timestamptz, measurements jsonb
+    first_event_time timestamptz, last_event_time timestamptz, measurements text
 ) ON COMMIT DROP;
 CREATE TEMP TABLE stage_site_stats (
     site_id text, site_name text, region text, device_count integer, event_count integer,
-    critical_count integer, measurements jsonb
+    critical_count integer, measurements text
 ) ON COMMIT DROP
 """
 _EVENT_TYPES = ["uuid", "text", "timestamptz", "timestamptz", "text", "text", "bool", "jsonb"]
 _DEVICE_TYPES = ["text", "bool", "text", "text", "text", "text", "text", "text", "text"]
-_DEVICE_STATS_TYPES = ["text", "bool", "text", "int4", "int4", "timestamptz", "timestamptz", "jsonb"]
-_SITE_STATS_TYPES = ["text", "text", "text", "int4", "int4", "int4", "jsonb"]
+_DEVICE_STATS_TYPES = ["text", "bool", "text", "int4", "int4", "timestamptz", "timestamptz", "text"]
+_SITE_STATS_TYPES = ["text", "text", "text", "int4", "int4", "int4", "text"]
 
 _NEW_EVENT_TYPES = [
     "uuid",
@@ -120,7 +120,7 @@ _DEVICE_COLUMNS = ("window_end", "known_device", "site_id", "event_count", "crit
 _UPSERT_DEVICE_STATS = f"""
 INSERT INTO device_window_stats (window_start, device_id, {", ".join(_DEVICE_COLUMNS)})
 SELECT %(start)s, s.device_id, %(end)s, s.known_device, s.site_id, s.event_count, s.critical_count,
-       s.first_event_time, s.last_event_time, s.measurements
+       s.first_event_time, s.last_event_time, s.measurements::jsonb
 FROM stage_device_stats s
 ON CONFLICT (window_start, device_id) DO UPDATE SET
     {", ".join(f"{c} = EXCLUDED.{c}" for c in _DEVICE_COLUMNS)}, enriched_at = now()
@@ -132,7 +132,7 @@ _SITE_COLUMNS = ("window_end", "site_name", "region", "device_count", "event_cou
 _UPSERT_SITE_STATS = f"""
 INSERT INTO site_window_stats (window_start, site_id, {", ".join(_SITE_COLUMNS)})
 SELECT %(start)s, s.site_id, %(end)s, s.site_name, s.region, s.device_count, s.event_count, s.critical_count,
-       s.measurements
+       s.measurements::jsonb
 FROM stage_site_stats s
 ON CONFLICT (window_start, site_id) DO UPDATE SET
     {", ".join(f"{c} = EXCLUDED.{c}" for c in _SITE_COLUMNS)}, enriched_at = now()
@@ -334,12 +334,12 @@ class PostgresEnrichmentStore:
                 copy.set_types(_DEVICE_STATS_TYPES)
                 for s in enriched.device_stats:
                     copy.write_row((s.device.device_id, s.device.known, s.device.site_id, s.event_count,
-                                    s.critical_count, s.first_event_time, s.last_event_time, s.measurements))
+                                    s.critical_count, s.first_event_time, s.last_event_time, s.measurements_json))
             with cur.copy("COPY stage_site_stats FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_SITE_STATS_TYPES)
                 for site in enriched.site_stats:
                     copy.write_row((site.site_id, site.site_name, site.region, site.device_count, site.event_count,
-                                    site.critical_count, site.measurements))
+                                    site.critical_count, site.measurements_json))
 
 
 def _rows_of(conn: psycopg.Connection, table: Literal["enriched_events", "stage_events"], devices: frozenset[str],
