@@ -24,6 +24,7 @@ from shared.adapters.cassandra.window_reader import CassandraWindowReader
 from shared.exceptions import DependencyUnavailable
 from shared.settings import CassandraSettings
 from sluice.launcher import Running
+from tests.fixtures.memory import traced
 from tests.integration.test_changefeed import make_event
 
 pytestmark = pytest.mark.timeout(60)
@@ -99,9 +100,6 @@ def test_a_window_read_never_holds_every_row_beside_its_events(private_cassandra
     Holding every row until all were read, as the reader used to, peaks at the rows plus the
     events; partition by partition, at the events plus a few partitions' rows.
     """
-    import gc
-    import tracemalloc
-
     from shared.adapters.cassandra.window_reader import buckets_between
 
     cfg = settings(private_cassandra, f"ks_{uuid.uuid4().hex[:12]}")
@@ -120,22 +118,10 @@ def test_a_window_read_never_holds_every_row_beside_its_events(private_cassandra
         reader = CassandraWindowReader(session, cfg, concurrency=2)
         assert len(reader.read(start, end)) == 4000  # every statement prepared before measuring
 
-        def measured(read: Callable[[], object]) -> tuple[int, int]:
-            gc.collect()
-            tracemalloc.start()
-            try:
-                base = tracemalloc.get_traced_memory()[0]
-                kept = read()
-                held, peak = tracemalloc.get_traced_memory()
-                del kept
-                return held - base, peak - base
-            finally:
-                tracemalloc.stop()
-
         partitions = reader._partitions(buckets_between(start, end, cfg.bucket_seconds), start, end)
         assert len(partitions) == 16
-        rows, _ = measured(lambda: reader._queries.fan_out("by_time", partitions, "the window", concurrency=2))
-        held, peak = measured(lambda: reader.read(start, end))
+        rows, _ = traced(lambda: reader._queries.fan_out("by_time", partitions, "the window", concurrency=2))
+        held, peak = traced(lambda: reader.read(start, end))
         assert held < rows  # an event is smaller than its row
         assert peak < held + rows / 2, (f"a read of 4,000 events peaked at {peak:,} bytes: its events hold "
                                         f"{held:,}, their rows {rows:,}")

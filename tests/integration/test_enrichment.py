@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -37,6 +37,7 @@ from shared.ports.ingest import DelayedBatch
 from shared.services.enrichment import EnrichmentService
 from shared.settings import CassandraSettings, EnrichmentSettings, PostgresSettings
 from sluice.launcher import Running
+from tests.fixtures.memory import traced
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -329,9 +330,6 @@ def test_a_window_is_enriched_without_holding_its_events(stack: Stack) -> None:
     at least its size (about 1.4 KB with 16 measurements) to the peak. Now the peak holds the pages
     in flight, a fixed amount, plus about 8 bytes per value and an id per event.
     """
-    import gc
-    import tracemalloc
-
     names = [f"measurement_{n:02d}" for n in range(16)]
     sizes = {T0: 2000, T0 + W: 8000}
     for start, n in sizes.items():
@@ -342,20 +340,8 @@ def test_a_window_is_enriched_without_holding_its_events(stack: Stack) -> None:
                                 enrich_settings(), RULES)
     assert [o.events for o in service.backfill(T0, T0 + 2 * W)] == list(sizes.values())  # all prepared, warm
 
-    def measured(work: Callable[[], object]) -> tuple[int, int]:
-        gc.collect()
-        tracemalloc.start()
-        try:
-            base = tracemalloc.get_traced_memory()[0]
-            kept = work()
-            held, peak = tracemalloc.get_traced_memory()
-            del kept
-            return held - base, peak - base
-        finally:
-            tracemalloc.stop()
-
-    event_size = measured(lambda: reader.read(T0 + W, T0 + 2 * W))[0] / sizes[T0 + W]
-    small, large = (measured(lambda start=start: service.backfill(start, start + W))[1] for start in sizes)
+    event_size = traced(lambda: reader.read(T0 + W, T0 + 2 * W))[0] / sizes[T0 + W]
+    small, large = (traced(lambda start=start: service.backfill(start, start + W))[1] for start in sizes)
     per_event = (large - small) / (sizes[T0 + W] - sizes[T0])
     assert per_event < 400 < event_size, (f"each event of a window added {per_event:,.0f} bytes to the peak "
                                           f"({small:,} for 2,000 events, {large:,} for 8,000); an event is "
