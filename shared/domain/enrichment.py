@@ -329,11 +329,6 @@ class WindowEnrichment:
         self._layouts: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     @property
-    def devices(self) -> Mapping[str, DeviceContext]:
-        """The reference columns of every device accepted so far."""
-        return _Contexts(self._devices)
-
-    @property
     def suspects(self) -> frozenset[str]:
         """Devices holding a row of an event id read twice: :meth:`finish` needs their accepted rows."""
         return frozenset(self._suspects)
@@ -431,24 +426,6 @@ class WindowEnrichment:
 
     def _critical(self, event: StoredEvent) -> bool:
         return event.critical if event.critical is not None else self._criticality(event.severity, event.measurements)
-
-
-class _Contexts(Mapping[str, DeviceContext]):
-    """A read-only view of the devices' reference columns (no copy per call)."""
-
-    __slots__ = ("_devices",)
-
-    def __init__(self, devices: Mapping[str, _DeviceFigures]) -> None:
-        self._devices = devices
-
-    def __getitem__(self, device_id: str) -> DeviceContext:
-        return self._devices[device_id].context
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._devices)
-
-    def __len__(self) -> int:
-        return len(self._devices)
 
 
 def compute_window(
