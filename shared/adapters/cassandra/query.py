@@ -237,7 +237,8 @@ class Queries:
                 yield list(result.current_rows)
 
         # Up to ``concurrency`` first pages in flight on the driver's own I/O thread (no thread of ours per
-        # partition), taken in order; a partition's further pages, rare, are read when its turn comes.
+        # partition), taken in order; a partition's further pages are read one by one when its turn comes, while
+        # the next partitions' first pages are in flight.
         with translated("reading " + what):
             width = max(1, concurrency)
             in_flight = deque(start(values) for values in params[:width])

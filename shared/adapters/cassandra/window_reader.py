@@ -4,11 +4,12 @@
 ``shared.adapters.cassandra.layout``): a window ``[start, end)`` is the partitions of every
 bucket overlapping it times every shard, each read with a clustering range on
 ``event_time`` (a bucket may be wider than the window). Partitions are read by up
-to ``concurrency`` at once (``Queries.fan_out``, on the driver's futures), each paging with
-``page_size`` rows per request, every request within the session's request
-timeout. Any failed read (throttling left after the retries included) fails
-the whole window with ``DependencyUnavailable("cassandra", ...)``: a window is never computed from
-part of its events. ``events_by_arrival_bucket`` is read the same way by Event
+to ``concurrency`` at once (``Queries.fan_out_each``, on the driver's futures), each paging
+with ``page_size`` rows per request, every request within the session's request
+timeout; :meth:`CassandraWindowReader.read_each` hands the events over page by page, so the
+enrichment holds only the pages in flight. Any failed read (throttling left after the
+retries included) fails the whole window with ``DependencyUnavailable("cassandra", ...)``:
+a window is never computed from part of its events. ``events_by_arrival_bucket`` is read the same way by Event
 Hubs enqueued time, for the late-event scan.
 """
 
