@@ -73,7 +73,7 @@ def forget_settled_delivery_tags() -> None:
     removes it only when it sends that delivery's disposition. Event Hubs deliveries arrive
     settled by the sender, so no disposition is ever sent, and the set grew by one entry per
     event for the life of the link: at 500 events/s a ``sluice up`` soak's dev host grew
-    about 2.5 MiB a minute, all of it these tags (found by counting the growing containers).
+    about 2 MiB a minute, all of it these tags (found by counting the growing containers).
     Once a settled delivery is complete its tag is dropped here; an unsettled one is left to
     the SDK. (Production is not affected: the Functions host receives with the .NET SDK.)
     Patched once per process, on the class; ``tests/devhost/test_delivery_tags.py`` shows
