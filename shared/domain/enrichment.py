@@ -284,20 +284,17 @@ class _DeviceFigures:
                     latest[name] = (key, value)
 
     def _spread(self) -> dict[str, array[float]]:
-        names, rows, width = self.names or (), self.rows, len(self.names or ())
+        names, rows, key = self.names or (), self.rows, self.latest_key
+        width, last = len(names), self.latest_row * len(names)
         self.values = {name: rows[j::width] for j, name in enumerate(names)}
-        if self.latest_key is not None:
-            last = self.latest_row * width
-            self.latest = {name: (self.latest_key, rows[last + j]) for j, name in enumerate(names)}
+        if key is not None:
+            self.latest = {name: (key, rows[last + j]) for j, name in enumerate(names)}
         self.rows = array("d")
         return self.values
 
     def summaries(self) -> dict[str, MeasurementSummary]:
-        if self.values is None:
-            self._spread()
-        assert self.values is not None
         out = {}
-        for name, values in self.values.items():
+        for name, values in (self.values if self.values is not None else self._spread()).items():
             last_key, last = self.latest[name]
             out[name] = MeasurementSummary(len(values), min(values), max(values), math.fsum(values), last, last_key)
         return out
@@ -336,7 +333,7 @@ class WindowEnrichment:
     def accept(self, events: Iterable[StoredEvent]) -> list[Accepted]:
         """The events to write among ``events``: in the window, first row of their id; with their critical flag."""
         start, end = self.window.start, self.window.end
-        seen, devices, criticality = self._seen, self._devices, self._criticality
+        seen, devices = self._seen, self._devices
         accepted: list[Accepted] = []
         for event in events:
             if not (start <= event.event_time < end):
@@ -352,8 +349,7 @@ class WindowEnrichment:
             if figures is None:
                 figures = devices[event.device_id] = _DeviceFigures(
                     DeviceContext.resolve(event.device_id, self._reference))
-            critical = event.critical if event.critical is not None else criticality(event.severity,
-                                                                                     event.measurements)
+            critical = self._critical(event)
             figures.add(event, critical, self._layouts)
             accepted.append((event, critical, figures.context))
         return accepted

@@ -104,8 +104,8 @@ class EnrichmentStore(Protocol):
         """Read and enrich the window, upserting its events as they are read, then its figures, its ledger row and
         (when asked) the watermark, atomically; return the figures.
 
-        The rows are those a :meth:`WindowInput.enrichment` pass accepts, as the
-        ones it settles at the end replace. The watermark moves to the window's end
+        The rows are those a :meth:`WindowInput.enrichment` pass accepts, each id's
+        row replaced by the winner the pass settles at the end, if that differs. The watermark moves to the window's end
         only when it is within the window (contiguous progress). Idempotent: the
         same input leaves every data row unchanged. Raises ``TransientError`` when
         PostgreSQL fails, and what ``source.read`` raises; nothing of the window is

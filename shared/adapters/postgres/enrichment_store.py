@@ -37,17 +37,17 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 import psycopg
 from psycopg.types.json import set_json_dumps
 from psycopg_pool import ConnectionPool
 
-from shared.domain.enrichment import EnrichedWindow
+from shared.domain.enrichment import DeviceContext, EnrichedWindow
 from shared.domain.stored import StoredEvent
 from shared.domain.times import utc
 from shared.exceptions import TransientError
@@ -104,6 +104,7 @@ _NEW_EVENT_TYPES = [
 _EVENT_COLUMNS = ("window_start", "device_id", "event_time", "enqueued_time", "event_type", "severity", "critical",
                   "measurements", "known_device", "site_id", "model", "firmware", "owner", "site_name", "region",
                   "site_timezone")
+_COPY_NEW_EVENTS = f"COPY enriched_events (event_id, {', '.join(_EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _UPSERT_EVENTS = f"""
 INSERT INTO enriched_events (event_id, {", ".join(_EVENT_COLUMNS)})
 SELECT e.event_id, %(start)s, e.device_id, e.event_time, e.enqueued_time, e.event_type, e.severity, e.critical,
@@ -266,59 +267,20 @@ class PostgresEnrichmentStore:
         the COPY back to its savepoint and returns None: the caller reads the
         window again and upserts.
         """
-        start = source.window.start
-        enrichment = source.enrichment()
         try:
             with conn.transaction(), _copy_cursor(conn) as cur:
-                columns = ", ".join(_EVENT_COLUMNS)
-                with cur.copy(f"COPY enriched_events (event_id, {columns}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(_NEW_EVENT_TYPES)
-                    write = copy.write_row
-                    for page in source.read():
-                        for event, critical, d in enrichment.accept(page):
-                            write((event.event_id, start, event.device_id, event.event_time, event.enqueued_time,
-                                   event.event_type, event.severity, critical, event.measurements, d.known,
-                                   d.site_id, d.model, d.firmware, d.owner, d.site_name, d.region, d.site_timezone))
-                enriched, replacements = enrichment.finish(
-                    _rows_of(conn, "enriched_events", enrichment.suspects, start))
-                if replacements:
-                    conn.execute("DELETE FROM enriched_events WHERE event_id = ANY(%s)",
-                                 ([e.event_id for e, _, _ in replacements],))
-                    with cur.copy(f"COPY enriched_events (event_id, {columns}) FROM STDIN (FORMAT BINARY)") as copy:
-                        copy.set_types(_NEW_EVENT_TYPES)
-                        for event, critical, d in replacements:
-                            copy.write_row((event.event_id, start, event.device_id, event.event_time,
-                                            event.enqueued_time, event.event_type, event.severity, critical,
-                                            event.measurements, d.known, d.site_id, d.model, d.firmware, d.owner,
-                                            d.site_name, d.region, d.site_timezone))
+                return _stream_window(conn, cur, source, "enriched_events")
         except psycopg.errors.UniqueViolation:
             logger.info("window %s: an event id is already enriched under another window; reading it again to upsert",
                         source.window)
             return None
-        return enriched
 
     @staticmethod
     def _upsert_window(conn: psycopg.Connection, source: WindowInput) -> EnrichedWindow:
         """Stage the window's events as they are read, and the reference columns of its devices, for the upsert."""
-        enrichment = source.enrichment()
         conn.execute(_STAGE_EVENTS.encode(), prepare=False)  # no parameters, never prepared: one round trip
         with _copy_cursor(conn) as cur:
-            with cur.copy("COPY stage_events FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(_EVENT_TYPES)
-                write = copy.write_row
-                for page in source.read():
-                    for event, critical, _ in enrichment.accept(page):
-                        write((event.event_id, event.device_id, event.event_time, event.enqueued_time,
-                               event.event_type, event.severity, critical, event.measurements))
-            enriched, replacements = enrichment.finish(_rows_of(conn, "stage_events", enrichment.suspects))
-            if replacements:
-                conn.execute("DELETE FROM stage_events WHERE event_id = ANY(%s)",
-                             ([e.event_id for e, _, _ in replacements],))
-                with cur.copy("COPY stage_events FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(_EVENT_TYPES)
-                    for event, critical, _ in replacements:
-                        copy.write_row((event.event_id, event.device_id, event.event_time, event.enqueued_time,
-                                        event.event_type, event.severity, critical, event.measurements))
+            enriched = _stream_window(conn, cur, source, "stage_events")
             with cur.copy("COPY stage_devices FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_DEVICE_TYPES)
                 for d in enriched.devices.values():
@@ -340,6 +302,44 @@ class PostgresEnrichmentStore:
                 for site in enriched.site_stats:
                     copy.write_row((site.site_id, site.site_name, site.region, site.device_count, site.event_count,
                                     site.critical_count, site.measurements_json))
+
+
+def _stream_window(conn: psycopg.Connection, cur: psycopg.Cursor,
+                   source: WindowInput, table: Literal["enriched_events", "stage_events"]) -> EnrichedWindow:
+    """COPY the rows a fresh enrichment pass accepts into ``table`` as the pages arrive, then settle the ids read
+    twice: the held-back winners replace the rows written for their ids. ``enriched_events`` takes the rows
+    joined with their device's reference columns, ``stage_events`` the narrow ones."""
+    start = source.window.start
+    row: Callable[[StoredEvent, bool, DeviceContext], tuple[Any, ...]]
+    if table == "enriched_events":
+        statement, types, window_start = _COPY_NEW_EVENTS, _NEW_EVENT_TYPES, start
+
+        def row(e: StoredEvent, critical: bool, d: DeviceContext) -> tuple[Any, ...]:
+            return (e.event_id, start, e.device_id, e.event_time, e.enqueued_time, e.event_type, e.severity,
+                    critical, e.measurements, d.known, d.site_id, d.model, d.firmware, d.owner, d.site_name,
+                    d.region, d.site_timezone)
+    else:
+        statement, types, window_start = "COPY stage_events FROM STDIN (FORMAT BINARY)", _EVENT_TYPES, None
+
+        def row(e: StoredEvent, critical: bool, d: DeviceContext) -> tuple[Any, ...]:
+            return (e.event_id, e.device_id, e.event_time, e.enqueued_time, e.event_type, e.severity, critical,
+                    e.measurements)
+
+    enrichment = source.enrichment()
+    with cur.copy(statement) as copy:
+        copy.set_types(types)
+        write = copy.write_row
+        for page in source.read():
+            for accepted in enrichment.accept(page):
+                write(row(*accepted))
+    enriched, replacements = enrichment.finish(_rows_of(conn, table, enrichment.suspects, window_start))
+    if replacements:
+        conn.execute(f"DELETE FROM {table} WHERE event_id = ANY(%s)", ([e.event_id for e, _, _ in replacements],))
+        with cur.copy(statement) as copy:
+            copy.set_types(types)
+            for accepted in replacements:
+                copy.write_row(row(*accepted))
+    return enriched
 
 
 def _rows_of(conn: psycopg.Connection, table: Literal["enriched_events", "stage_events"], devices: frozenset[str],
