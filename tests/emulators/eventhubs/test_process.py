@@ -96,11 +96,15 @@ def test_config_validation_names_the_offending_entry() -> None:
 
 def test_data_dir_and_retention_across_a_restart(tmp_path: Path) -> None:
     """Hub ``durable`` (1 hour retention) keeps events, numbers and offsets across a kill and restart; hub
-    ``short`` (1 second, from the config) drops its events but never reuses a sequence number."""
+    ``short`` (3 seconds, from the config) drops its events but never reuses a sequence number.
+
+    Three seconds is short enough to wait out, and long enough for a loaded machine to open a consumer and read
+    an event sent to ``short`` before it expires; with 1 second that was a race."""
+    retention = 3.0
     cfg = tmp_path / "config.json"
     cfg.write_text(json.dumps({"UserConfig": {"NamespaceConfig": [{"Type": "EventHub", "Name": "ns", "Entities": [
         {"Name": "durable", "PartitionCount": "4"},
-        {"Name": "short", "PartitionCount": "2", "MessageRetentionInHours": 1.0 / 3600}]}]}}))
+        {"Name": "short", "PartitionCount": "2", "MessageRetentionInHours": retention / 3600}]}]}}))
     data = tmp_path / "data"
     running = start_eventhubs_emulator("--data-dir", str(data), config=cfg)
     try:
@@ -114,17 +118,19 @@ def test_data_dir_and_retention_across_a_restart(tmp_path: Path) -> None:
             client.send_batch([EventData(f"k{i}") for i in range(3)], partition_key="dev-1")
             props_before = client.get_partition_properties("1")
         before = receive(durable, "1", count=5)
-        time.sleep(max(0.0, sent_at + 2.3 - time.monotonic()))  # retention (1 s) plus the once-a-second sweep
+        time.sleep(max(0.0, sent_at + retention + 1.3 - time.monotonic()))  # plus the once-a-second sweep
         with producer(short) as client:
             props = client.get_partition_properties("0")
             assert props["is_empty"] is True
             assert props["beginning_sequence_number"] == 2 and props["last_enqueued_sequence_number"] == 1
             client.send_batch([EventData("new")], partition_id="0")
+            new_sent_at = time.monotonic()
         events = receive(short, "0", count=1, settle=0.3)
         assert bodies(events) == ["new"] and events[0].sequence_number == 2
     finally:
         running.kill()  # no clean shutdown: what was acknowledged must already be on disk
-    time.sleep(1.2)  # "new" has expired too now; the numbering must survive the restart anyway
+    # "new" expires too; the numbering must survive the restart anyway.
+    time.sleep(max(0.0, new_sent_at + retention + 0.2 - time.monotonic()))
     running = start_eventhubs_emulator("--data-dir", str(data), config=cfg)
     try:
         durable, short = IsolatedHub(running, "durable"), IsolatedHub(running, "short")
