@@ -12,6 +12,7 @@ holding a port.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -22,6 +23,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +87,17 @@ def start(
     env: dict[str, str] | None = None,
     cwd: str | None = None,
     ready: re.Pattern[str] = READY,
+    log: Path | None = None,
 ) -> Running:
     """Start ``argv`` and return once it printed a line matching ``ready``.
+
+    Every line the child prints is also appended to ``log`` as it comes, when given
+    (:meth:`Running.output` keeps only the last 200).
 
     Raises :class:`LaunchError` with the child's output if it exits first or if
     ``timeout`` seconds pass without the ready line.
     """
+    log_file = log.open("a", encoding="utf-8", buffering=1) if log is not None else None
     process = subprocess.Popen(
         argv,
         stdout=subprocess.PIPE,
@@ -108,15 +115,25 @@ def start(
 
     def pump() -> None:
         assert process.stdout is not None
+        logging_to = log_file
         for line in process.stdout:
             line = line.rstrip("\n")
             lines.append(line)
+            if logging_to is not None:
+                try:
+                    logging_to.write(line + "\n")
+                except OSError as exc:  # a full disk ends the log, not the child
+                    lines.append(f"(writing {log} failed: {exc!r}; the log ends here)")
+                    logging_to = None
             if not ready_event.is_set():
                 match = ready.search(line)
                 if match:
                     found.update(match.groupdict())
                     ready_event.set()
         ready_event.set()
+        if log_file is not None:
+            with contextlib.suppress(OSError):
+                log_file.close()
 
     threading.Thread(target=pump, name=f"{name}-output", daemon=True).start()
     deadline = time.monotonic() + timeout

@@ -145,6 +145,7 @@ class LocalStack:
         self.values: dict[str, str] = {}
         self.settings_path = options.data_dir / "local.settings.json"
         self.devhost: Running | None = None
+        self._logs_begun: set[str] = set()
         self.notes: list[str] = []
         self.redis_cluster: Any = None
         self.own: Any = None  # sluice.secured.OwnServices, unless use_existing_services
@@ -247,7 +248,7 @@ class LocalStack:
 
     def _child(self, name: str, argv: list[str], *, timeout: float = 60.0, ready: re.Pattern[str] | None = None,
                env: dict[str, str] | None = None) -> Running:
-        kwargs: dict[str, Any] = {"timeout": timeout, "cwd": str(ROOT), "env": env}
+        kwargs: dict[str, Any] = {"timeout": timeout, "cwd": str(ROOT), "env": env, "log": self.log_path(name)}
         if ready is not None:
             kwargs["ready"] = ready
         try:
@@ -256,6 +257,19 @@ class LocalStack:
             raise StackError(f"{name} did not start: {exc}") from None
         self.children.append(running)
         return running
+
+    @property
+    def logs_dir(self) -> Path:
+        return self._dir("logs")
+
+    def log_path(self, name: str) -> Path:
+        """``<data dir>/logs/<name>.log``: everything child ``name`` printed in this run, written as it comes
+        (a child restarted within the run appends to it)."""
+        path = self.logs_dir / f"{name}.log"
+        if name not in self._logs_begun:
+            self._logs_begun.add(name)
+            path.unlink(missing_ok=True)
+        return path
 
     def _dir(self, name: str) -> Path:
         path = self.options.data_dir / name
@@ -423,19 +437,15 @@ class LocalStack:
     def stop(self) -> list[str]:
         """Stop every child (newest first, SIGTERM then SIGKILL) and the services this stack started.
 
-        The last lines each child printed are kept in ``<data dir>/logs/<name>.log``.
+        What each child printed stays in :meth:`log_path`.
         """
         problems = []
-        logs = self.options.data_dir / "logs"
         for running in reversed(self.children):
             try:
                 code = running.stop(stop_timeout=20 if running.name == "devhost" else 10)
                 self.say(f"stopped {running.name} (exit {code})")
             except Exception as exc:
                 problems.append(f"{running.name}: {exc!r}")
-            with contextlib.suppress(OSError):
-                logs.mkdir(parents=True, exist_ok=True)
-                (logs / f"{running.name}.log").write_text(running.output() + "\n", encoding="utf-8")
         self.children.clear()
         if self.own is not None:
             try:

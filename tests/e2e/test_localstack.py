@@ -89,3 +89,40 @@ def test_the_stack_gives_the_dev_host_a_metrics_port_and_says_where(tmp_path, bu
     assert port != busy_port and any(f"dev host metrics: port {busy_port}" in s for s in said)
     assert stack.metrics_url == f"http://127.0.0.1:{port}/metrics"
     assert (tmp_path / "settings.env").read_text().startswith(f"# the dev host's metrics: {stack.metrics_url}\n")
+
+
+CHATTY = """
+import sys, time
+print("listening on 127.0.0.1:1", flush=True)
+for i in range(300):
+    print(f"line {i}", flush=True)
+print("waiting", flush=True)
+time.sleep(60)
+"""
+
+
+def _wait_for_line(path, text, timeout=10.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and text in path.read_text()):
+        assert time.monotonic() < deadline, path.read_text() if path.exists() else f"{path} was never written"
+        time.sleep(0.05)
+
+
+def test_each_childs_log_is_written_as_it_comes_and_begins_afresh_each_run(tmp_path):
+    stale = tmp_path / "logs" / "chatty.log"
+    stale.parent.mkdir()
+    stale.write_text("a line of the previous run\n")
+    stack = LocalStack(StackOptions(data_dir=tmp_path), say=lambda _: None)
+    running = stack._child("chatty", [sys.executable, "-c", CHATTY], timeout=30)
+    try:
+        _wait_for_line(stale, "waiting")  # while the child still runs, every line is there, not only the last 200
+        lines = stale.read_text().splitlines()
+        assert lines == ["listening on 127.0.0.1:1", *(f"line {i}" for i in range(300)), "waiting"]
+        assert len(running.output().splitlines()) == 200
+        again = stack._child("chatty", [sys.executable, "-c", CHATTY], timeout=30)  # restarted within the run
+        _wait_for_line(stale, "line 299\nwaiting\nlistening")
+    finally:
+        assert not stack.stop()
+    assert stale.read_text().count("listening on") == 2 and not again.alive()
