@@ -25,7 +25,7 @@ from pathlib import Path
 
 from azure.storage.blob.aio import BlobServiceClient
 
-from devhost import app_loader, cpu_stats
+from devhost import app_loader, cpu_stats, memory_report
 from devhost.errors import DevHostError
 from devhost.eventhub_trigger import EventHubBinding, EventHubListener
 from devhost.http_trigger import HttpRoute, HttpServer
@@ -112,6 +112,7 @@ class DevHost:
         """Run until ``stop`` is set, then shut down in order."""
         assert self.http is not None
         port = await self.http.start(self.config.host, self._port)
+        stop_reports = memory_report.install(asyncio.get_running_loop(), say)
         try:
             for listener in self.eventhubs:
                 await listener.start()
@@ -125,6 +126,7 @@ class DevHost:
             await stop.wait()
             logger.info("Shutting down: letting invocations in progress finish")
         finally:
+            stop_reports()
             await self._shutdown()
 
     def _print_functions(self) -> None:

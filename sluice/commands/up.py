@@ -481,6 +481,9 @@ def _where_to_look(stack, console, probe, features: set[str], expected=None) -> 
         "'SELECT * FROM report_device_health LIMIT 10'",
         f"            views: {', '.join(_views(probe)) or '(none yet)'}",
         f"  settings  {stack.settings_path}",
+        f"  logs      {stack.logs_dir}/<name>.log, written as they come"
+        + (f"; `kill -USR2 {stack.devhost.process.pid}` adds the dev host's memory report to devhost.log"
+           if stack.devhost is not None else ""),
     ]
     if stack.notes:
         lines += [f"  [yellow]note[/]      {note}" for note in stack.notes]
