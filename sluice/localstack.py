@@ -19,6 +19,7 @@ The ports actually used are in the generated settings and in the summary.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -146,6 +147,7 @@ class LocalStack:
         self.settings_path = options.data_dir / "local.settings.json"
         self.devhost: Running | None = None
         self._logs_begun: set[str] = set()
+        self._claim: Any = None  # the open lock file while claim() holds it
         self.notes: list[str] = []
         self.redis_cluster: Any = None
         self.own: Any = None  # sluice.secured.OwnServices, unless use_existing_services
@@ -156,6 +158,41 @@ class LocalStack:
 
             self.own = OwnServices(self.options.data_dir / "own", host=self.options.host)
         return self.own
+
+    def _start_own(self, what: str, start: Callable[[], Any]) -> Any:
+        from sluice.secured import ServiceError
+
+        try:
+            return start()
+        except ServiceError as exc:
+            raise StackError(f"our own {what} did not start: {exc}") from None
+
+    # --- one stack per data directory ---
+
+    def claim(self) -> None:
+        """Hold ``<data dir>.lock`` until :meth:`stop`, or refuse to run, naming the ``up`` that holds it.
+
+        Two stacks on one data directory would share our own PostgreSQL's data, the settings and the
+        logs, and ``--fresh`` would delete them under the other; the lock sits beside the directory, so a
+        wipe does not remove it. The operating system releases it when this process ends, however it ends.
+        """
+        data_dir = self.options.data_dir.resolve()
+        path = data_dir.with_name(data_dir.name + ".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise StackError(f"{data_dir} is in use by another `sluice up` (pid {holder}): stop that one, or give "
+                             "this one its own --data-dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._claim = handle
 
     # --- ports ---
 
@@ -181,7 +218,7 @@ class LocalStack:
         opts = self.options
         if not opts.use_existing_services:
             self.say("starting our own PostgreSQL (scram-sha-256, TLS)")
-            server = self._own().start_postgres(opts.database)
+            server = self._start_own("PostgreSQL", lambda: self._own().start_postgres(opts.database))
             opts.postgres_host, opts.postgres_port = server.host, server.port
             self.ports["postgres"] = server.port
             return
@@ -204,7 +241,7 @@ class LocalStack:
             return
         if not self.options.use_existing_services:
             self.say("starting our own Redis (ACL user, TLS)")
-            server = self._own().start_redis()
+            server = self._start_own("Redis", lambda: self._own().start_redis())
             self.options.redis_url = server.url(tls=True)
             self.ports["redis"] = server.tls_port
             return
@@ -469,6 +506,9 @@ class LocalStack:
                 except Exception as exc:
                     problems.append(f"{service.name}: {exc!r}")
             self.services.clear()
+        if self._claim is not None:
+            self._claim.close()  # releases the lock
+            self._claim = None
         return problems
 
 

@@ -158,6 +158,7 @@ def _interrupt(*_: Any) -> None:
 
 def _start(stack, args: argparse.Namespace, console) -> None:
     opts = stack.options
+    stack.claim()
     if args.fresh:
         _wipe(stack, console)
     opts.data_dir.mkdir(parents=True, exist_ok=True)

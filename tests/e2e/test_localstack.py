@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -126,3 +127,36 @@ def test_each_childs_log_is_written_as_it_comes_and_begins_afresh_each_run(tmp_p
     finally:
         assert not stack.stop()
     assert stale.read_text().count("listening on") == 2 and not again.alive()
+
+
+def test_a_second_stack_on_the_same_data_dir_is_refused_before_it_wipes_anything(tmp_path):
+    data_dir = tmp_path / "stack"
+    data_dir.mkdir()
+    (data_dir / "local.settings.json").write_text("{}")  # what --fresh would delete
+    first = LocalStack(StackOptions(data_dir=data_dir), say=lambda _: None)
+    first.claim()
+    try:
+        result = subprocess.run([sys.executable, "-m", "sluice", "up", "--fresh", "--data-dir", str(data_dir)],
+                                capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+        assert result.returncode == 2, result.stdout + result.stderr
+        said = " ".join(result.stdout.split())
+        assert f"{data_dir} is in use by another `sluice up` (pid {os.getpid()})" in said, said
+        assert (data_dir / "local.settings.json").exists()
+        second = LocalStack(StackOptions(data_dir=data_dir), say=lambda _: None)
+        with pytest.raises(StackError, match="in use by another"):
+            second.claim()
+    finally:
+        first.stop()
+    second.claim()  # released by stop()
+    second.stop()
+
+
+def test_our_own_service_failing_to_start_is_a_stack_error_naming_it(tmp_path):
+    from sluice.secured import ServiceError
+
+    def fails():
+        raise ServiceError("pg_ctl start failed (1): pg_ctl: could not start server")
+
+    stack = LocalStack(StackOptions(data_dir=tmp_path), say=lambda _: None)
+    with pytest.raises(StackError, match=r"our own PostgreSQL did not start: pg_ctl start failed \(1\)"):
+        stack._start_own("PostgreSQL", fails)
