@@ -171,3 +171,35 @@ def test_the_pipelines_reads_leave_the_garbage_collector_only_the_drivers_metada
         gc.garbage.clear()
     _assert_only_the_drivers_leftovers(garbage, requests=5 * (1 + len(devices) + 3 + 3))  # a page, 6 reads, 3 pages
                                                                                         # twice
+
+
+class CountingSession:
+    """A real session, counting the requests sent through it."""
+
+    def __init__(self, session) -> None:
+        self._session = session
+        self.sent = 0
+
+    def prepare(self, cql):
+        return self._session.prepare(cql)
+
+    def execute_async(self, *args, **kwargs):
+        self.sent += 1
+        return self._session.execute_async(*args, **kwargs)
+
+
+@pytest.mark.timeout(60)
+def test_a_partitions_next_page_is_asked_for_before_this_one_is_handed_over(session, keyspace, store) -> None:
+    """The store reads page n + 1 while the caller works on page n; the last page asks for nothing more."""
+    from shared.adapters.cassandra.query import Queries
+    from shared.adapters.cassandra.reader import EVENT_SELECT
+
+    store.write([cf.make_event(f"pf-{i}", NOW) for i in range(5)])
+    counting = CountingSession(session)
+    queries = Queries(lambda: counting, keyspace, {"all": f"SELECT {EVENT_SELECT} FROM {{ks}}.device_latest"},
+                      timeout=5, fetch_size=2)
+    seen = [(len(page), counting.sent) for page in queries.fan_out_each("all", [()], "every latest state",
+                                                                         concurrency=1, by_page=True)]
+    assert seen == [(2, 2), (2, 3), (1, 3)]
+    whole = queries.fan_out("all", [()], "every latest state", concurrency=1)
+    assert sorted(r.device_id for r in whole[0]) == [f"pf-{i}" for i in range(5)] and counting.sent == 6

@@ -228,17 +228,20 @@ class Queries:
             return session.execute_async(statement, values, timeout=timeout())
 
         def pages(values: Sequence[Any], result: ResultSet) -> Iterator[list[Any]]:
-            yield list(result.current_rows)
-            while result.paging_state is not None:
-                # Through fetched(), not session.execute(): that would leave each page's request, with its rows,
-                # in the driver's timer cycle until the garbage collector came by (see release()).
-                result = fetched(session.execute_async(statement, values, timeout=timeout(),
-                                                       paging_state=result.paging_state))
+            while True:
+                # The next page is asked for before this one is handed over, so the store reads it while the caller
+                # works on this one. Through fetched(), not session.execute(): that would leave each page's request,
+                # with its rows, in the driver's timer cycle until the garbage collector came by (see release()).
+                following = None if result.paging_state is None else session.execute_async(
+                    statement, values, timeout=timeout(), paging_state=result.paging_state)
                 yield list(result.current_rows)
+                if following is None:
+                    return
+                result = fetched(following)
 
         # Up to ``concurrency`` first pages in flight on the driver's own I/O thread (no thread of ours per
-        # partition), taken in order; a partition's further pages are read one by one when its turn comes, while
-        # the next partitions' first pages are in flight.
+        # partition), taken in order; when a partition's turn comes its further pages are read one ahead of the
+        # caller, while the next partitions' first pages are in flight.
         with translated("reading " + what):
             width = max(1, concurrency)
             in_flight = deque(start(values) for values in params[:width])
