@@ -109,12 +109,17 @@ def _attributes(owner: object) -> Iterable[tuple[str, object]]:
                     yield name, object.__getattribute__(owner, name)
 
 
-def _owner_label(owner: object, name: str) -> str:
-    if isinstance(owner, type(sys)):
-        return f"{owner.__name__}.{name}"
+def _name_of(owner: object) -> str:
+    """A module's name, a class's full name, or an instance's class's full name."""
+    if isinstance(owner, types.ModuleType):
+        return owner.__name__
     if isinstance(owner, type):
-        return f"{owner.__module__}.{owner.__qualname__}.{name}"
-    return f"{_type_name(owner)}.{name}"
+        return f"{owner.__module__}.{owner.__qualname__}"
+    return _type_name(owner)
+
+
+def _owner_label(owner: object, name: str) -> str:
+    return f"{_name_of(owner)}.{name}"
 
 
 def _labels(containers: dict[int, Sized]) -> dict[int, str]:
@@ -138,7 +143,7 @@ def _labels(containers: dict[int, Sized]) -> dict[int, str]:
                 what = "module" if isinstance(referrer, types.ModuleType) else "class"
                 for value in gc.get_referents(referrer):
                     if isinstance(value, dict) and id(value) in containers:
-                        labels.setdefault(id(value), f"namespace of {what} {_owner_label(referrer, '')[:-1]}")
+                        labels.setdefault(id(value), f"namespace of {what} {_name_of(referrer)}")
     # A dict holding a container may be an object's __dict__ (once materialised), a class's or a module's.
     if holders:
         for owner in gc.get_referrers(*(namespace for namespace, _ in holders.values())):
