@@ -98,17 +98,22 @@ def start(
     ``timeout`` seconds pass without the ready line.
     """
     log_file = log.open("a", encoding="utf-8", buffering=1) if log is not None else None
-    process = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        bufsize=1,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-        start_new_session=True,
-    )
+    try:
+        process = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except BaseException:
+        if log_file is not None:
+            log_file.close()
+        raise
     lines: deque[str] = deque(maxlen=200)
     found: dict[str, str] = {}
     ready_event = threading.Event()
