@@ -113,6 +113,7 @@ def projection(table: Table, selectors: list[st.Selector]) -> tuple[list[ColumnS
 @dataclass
 class Restrictions:
     pk: dict[str, list[bytes]] = field(default_factory=dict)
+    pk_in: bool = False  # a partition key column restricted by IN (even of one value)
     token_lo: tuple[int, bool] | None = None
     token_hi: tuple[int, bool] | None = None
     ck_eq: dict[str, list[bytes]] = field(default_factory=dict)
@@ -146,6 +147,11 @@ def resolve_restrictions(table: Table, where: list[st.Relation], values: list[ob
                               + ", ".join(table.key_names))
             assert not isinstance(rel.value, tuple)
             tok = int.from_bytes(_value(rel.value, BIGINT, values, "token"), "big", signed=True)
+            names = ", ".join(table.key_names)
+            if rel.op in (">", ">=", "=") and r.token_lo is not None:
+                raise Invalid(f"More than one restriction was found for the start bound on {names}")
+            if rel.op in ("<", "<=", "=") and r.token_hi is not None:
+                raise Invalid(f"More than one restriction was found for the end bound on {names}")
             if rel.op in (">", ">="):
                 r.token_lo = (tok, rel.op == ">=")
             elif rel.op in ("<", "<="):
@@ -177,6 +183,7 @@ def resolve_restrictions(table: Table, where: list[st.Relation], values: list[ob
             if col.name in r.pk:
                 raise Invalid(f"{col.name} cannot be restricted by more than one relation if it includes an Equal")
             r.pk[col.name] = vals
+            r.pk_in = r.pk_in or rel.op == "IN"
         elif col.kind == "clustering" and rel.op in ("=", "IN"):
             if col.name in r.ck_eq or col.name in r.ck_slice:
                 raise Invalid(f"{col.name} cannot be restricted by more than one relation if it includes an Equal")
@@ -185,10 +192,11 @@ def resolve_restrictions(table: Table, where: list[st.Relation], values: list[ob
             if col.name in r.ck_eq:
                 raise Invalid(f"{col.name} cannot be restricted by more than one relation if it includes an Equal")
             bounds = r.ck_slice.setdefault(col.name, [None, None])
-            if rel.op in (">", ">="):
-                bounds[0] = (vals[0], rel.op == ">=")
-            else:
-                bounds[1] = (vals[0], rel.op == "<=")
+            end = 0 if rel.op in (">", ">=") else 1
+            if bounds[end] is not None:  # Cassandra refuses it too: it would not keep the tighter one
+                raise Invalid(f"More than one restriction was found for the {('start', 'end')[end]} bound on "
+                              f"{col.name}")
+            bounds[end] = (vals[0], rel.op in (">=", "<="))
         else:
             r.filters.append((col, rel.op, vals))
     return r
@@ -483,6 +491,14 @@ def execute_select(table: Table, data: TableData, stmt: st.Select, values: list[
         if limit is not None:
             n = min(n, limit)
         return Rows(specs, [[_q.pack(n)]])
+    page = page_size if page_size and page_size > 0 else None
+    if stmt.order_by and r.pk_in:
+        # As Cassandra: ORDER BY with IN on the partition key orders the rows of all the partitions together,
+        # after the read, so only for a query that is not paged (no page size, or a LIMIT within one page).
+        if page is not None and (limit is None or limit > page):
+            raise Invalid(IN_ORDER_BY_PAGED)
+        return Rows(specs, [[f(part, row, now) for f in extractors]
+                            for part, row in _merged(scan, data, now, reverse, ppl, limit)])
     resume = None
     emitted = in_part = 0
     if paging_state:
@@ -491,7 +507,6 @@ def execute_select(table: Table, data: TableData, stmt: st.Select, values: list[
     remaining = None if limit is None else limit - emitted
     out: list[list[bytes | None]] = []
     last: tuple[bytes, bytes] | None = None
-    page = page_size if page_size and page_size > 0 else None
     more = False
     last_key = resume[0] if resume else None
     for part, row in iter_scan(scan, data, now, reverse, resume):
@@ -510,3 +525,23 @@ def execute_select(table: Table, data: TableData, stmt: st.Select, values: list[
     if more and last is not None:
         state = encode_paging(table.id, last[0], last[1], emitted + len(out), in_part)
     return Rows(specs, out, state)
+
+
+IN_ORDER_BY_PAGED = ("Cannot page queries with both ORDER BY and a IN restriction on the partition key; you must "
+                     "either remove the ORDER BY or the IN and sort client side, or disable paging for this query")
+
+
+def _merged(scan: Scan, data: TableData, now: int, reverse: bool, ppl: int | None,
+            limit: int | None) -> list[tuple[Partition, Row]]:
+    """The rows of several partitions in one clustering order (``reverse``: the ORDER BY asks for the opposite of
+    the table's), each partition cut to ``ppl`` rows first, then the whole to ``limit``."""
+    sort_key = data.sort_key
+    assert sort_key is not None  # check_order allows ORDER BY only on clustering columns
+    rows: list[tuple[Partition, Row]] = []
+    taken: dict[bytes, int] = {}
+    for part, row in iter_scan(scan, data, now, reverse):
+        if ppl is None or taken.get(part.key, 0) < ppl:
+            taken[part.key] = taken.get(part.key, 0) + 1
+            rows.append((part, row))
+    rows.sort(key=lambda pr: sort_key(pr[1].ck), reverse=reverse)
+    return rows if limit is None else rows[:limit]

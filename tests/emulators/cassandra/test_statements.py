@@ -127,6 +127,46 @@ def test_select_restrictions_order_limit(session: Session) -> None:
     assert session.execute("SELECT v AS value FROM t WHERE p = 0 AND c = 0").one().value == 0
 
 
+def test_order_by_over_several_partitions_orders_them_together_and_only_unpaged(session: Session) -> None:
+    """As Cassandra: the rows of every partition of the IN in one order, after PER PARTITION LIMIT and before
+    LIMIT; refused when the query would be paged (the driver pages by default), since that order needs every row.
+    Before, each partition came in order but one after the other: a silent wrong answer.
+    """
+    session.execute("CREATE TABLE t (p int, c int, v int, PRIMARY KEY (p, c)) WITH CLUSTERING ORDER BY (c DESC)")
+    for p in range(3):
+        for c in range(4):
+            session.execute("INSERT INTO t (p, c, v) VALUES (%s, %s, %s)", (p, c * 2 + p % 2, p))
+
+    def unpaged(query: str) -> list[tuple]:
+        return [tuple(r) for r in session.execute(SimpleStatement(query, fetch_size=None))]
+
+    # partition 0 holds c = 0 2 4 6, partition 1 c = 1 3 5 7
+    assert unpaged("SELECT p, c FROM t WHERE p IN (0, 1) ORDER BY c ASC") == [
+        (0, 0), (1, 1), (0, 2), (1, 3), (0, 4), (1, 5), (0, 6), (1, 7)]
+    assert unpaged("SELECT c FROM t WHERE p IN (1, 0) ORDER BY c DESC LIMIT 3") == [(7,), (6,), (5,)]
+    assert unpaged("SELECT c FROM t WHERE p IN (0, 1) ORDER BY c DESC PER PARTITION LIMIT 2") == [
+        (7,), (6,), (5,), (4,)]
+    assert unpaged("SELECT c FROM t WHERE p IN (0, 1) AND c > 2 AND c < 6 ORDER BY c ASC") == [(3,), (4,), (5,)]
+    # A LIMIT within one page is not paged (the driver's default page is 5,000 rows).
+    assert rows(session, "SELECT c FROM t WHERE p IN (0, 1) ORDER BY c ASC LIMIT 3") == [(0,), (1,), (2,)]
+    assert [r[0] for r in session.execute("SELECT c FROM t WHERE p = 1 ORDER BY c ASC")] == [1, 3, 5, 7]
+    for query in ["SELECT c FROM t WHERE p IN (0, 1) ORDER BY c ASC", "SELECT c FROM t WHERE p IN (1) ORDER BY c ASC"]:
+        with pytest.raises(InvalidRequest, match="Cannot page queries with both ORDER BY and a IN restriction"):
+            session.execute(query)
+
+
+def test_two_bounds_on_one_side_are_refused_not_one_of_them_dropped(session: Session) -> None:
+    session.execute("CREATE TABLE t (p int, c int, PRIMARY KEY (p, c))")
+    for c in range(5):
+        session.execute("INSERT INTO t (p, c) VALUES (1, %s)", (c,))
+    assert rows(session, "SELECT c FROM t WHERE p = 1 AND c > 1 AND c <= 3") == [(2,), (3,)]
+    for query, side in [("SELECT c FROM t WHERE p = 1 AND c > 3 AND c > 1", "start"),
+                        ("SELECT c FROM t WHERE p = 1 AND c < 1 AND c <= 3", "end"),
+                        ("SELECT p FROM t WHERE token(p) > 0 AND token(p) >= -5", "start")]:
+        with pytest.raises(InvalidRequest, match=f"More than one restriction was found for the {side} bound on"):
+            session.execute(query)
+
+
 def test_filtering_needs_allow_filtering(session: Session) -> None:
     session.execute("CREATE TABLE t (p int, c int, v int, PRIMARY KEY (p, c))")
     for i in range(6):
