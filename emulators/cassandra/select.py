@@ -248,15 +248,29 @@ def plan_scan(table: Table, r: Restrictions) -> Scan:
         for col in table.partition_key:
             if col.name in r.pk:
                 predicates.append(_key_predicate(table, col, "IN", r.pk[col.name]))
-    # clustering: an equality prefix, then at most one slice
+    # clustering: an equality prefix, then at most one slice. After an IN the prefix stops, and the next columns
+    # are still restricted without filtering, as in Cassandra (IN, then =, IN or a slice), until a slice or a gap.
     prefix: list[Any] = []
     lo: tuple[tuple[Any, ...], bool] | None = None
     hi: tuple[tuple[Any, ...], bool] | None = None
     open_prefix = True
+    after_in = False
     for col in table.clustering:
         if open_prefix and col.name in r.ck_eq and len(r.ck_eq[col.name]) == 1:
             prefix.append(component_key(col, r.ck_eq[col.name][0]))
             continue
+        if after_in and col.name in r.ck_eq:
+            predicates.append(_key_predicate(table, col, "IN", r.ck_eq[col.name]))
+            continue
+        if after_in and col.name in r.ck_slice:
+            lo_b, hi_b = r.ck_slice[col.name]
+            if lo_b is not None:
+                predicates.append(_key_predicate(table, col, ">=" if lo_b[1] else ">", [lo_b[0]]))
+            if hi_b is not None:
+                predicates.append(_key_predicate(table, col, "<=" if hi_b[1] else "<", [hi_b[0]]))
+            after_in = False
+            continue
+        after_in = False
         if open_prefix and col.name in r.ck_slice:
             lo_b, hi_b = r.ck_slice[col.name]
             if col.reversed:
@@ -273,6 +287,7 @@ def plan_scan(table: Table, r: Restrictions) -> Scan:
         if open_prefix and col.name in r.ck_eq:  # IN: the prefix stops, the IN filters
             predicates.append(_key_predicate(table, col, "IN", r.ck_eq[col.name]))
             open_prefix = False
+            after_in = True
             continue
         open_prefix = False
         if col.name in r.ck_eq:

@@ -155,6 +155,23 @@ def test_order_by_over_several_partitions_orders_them_together_and_only_unpaged(
             session.execute(query)
 
 
+def test_after_an_in_on_clustering_the_next_column_is_restricted_without_filtering(session: Session) -> None:
+    session.execute("CREATE TABLE t (k int, a int, b int, c int, PRIMARY KEY (k, a, b, c))")
+    for a in range(3):
+        for b in range(3):
+            session.execute("INSERT INTO t (k, a, b, c) VALUES (1, %s, %s, %s)", (a, b, a + b))
+    assert rows(session, "SELECT a, b FROM t WHERE k = 1 AND a IN (2, 1) AND b > 0") == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert rows(session, "SELECT a, b FROM t WHERE k = 1 AND a IN (0, 2) AND b IN (2, 0)") == [
+        (0, 0), (0, 2), (2, 0), (2, 2)]
+    assert rows(session, "SELECT a, b FROM t WHERE k = 1 AND a IN (0, 2) AND b = 1 AND c = 3") == [(2, 1)]
+    for gap in ["SELECT a FROM t WHERE k = 1 AND a IN (0, 2) AND c = 2",  # b is not restricted
+                "SELECT a FROM t WHERE k = 1 AND a IN (0, 2) AND b > 0 AND c = 2"]:  # after a slice
+        with pytest.raises(InvalidRequest, match="ALLOW FILTERING"):
+            session.execute(gap)
+    assert rows(session, "SELECT a, b FROM t WHERE k = 1 AND a IN (0, 2) AND c = 2 ALLOW FILTERING") == [
+        (0, 2), (2, 0)]
+
+
 def test_two_bounds_on_one_side_are_refused_not_one_of_them_dropped(session: Session) -> None:
     session.execute("CREATE TABLE t (p int, c int, PRIMARY KEY (p, c))")
     for c in range(5):
