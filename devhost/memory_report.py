@@ -32,14 +32,19 @@ import types
 from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
 MIN_ENTRIES = 256
 SHOWN = 10
 CONTAINERS = (dict, list, set, frozenset, collections.deque, bytearray)
-# Referrers that hold a container without naming it: another container, a frame's or a closure's variables.
-_UNNAMED = (list, tuple, set, frozenset, collections.deque, types.FrameType, types.CellType)
+# Referrers that hold a container without naming it: another container, a closure's variable.
+_UNNAMED = (list, tuple, set, frozenset, collections.deque, types.CellType)
+# What runs code holds its variables in a frame: a running function's, a suspended generator's or coroutine's.
+_FRAME_OF: dict[type, Callable[[Any], types.FrameType | None]] = {
+    types.FrameType: lambda f: f, types.GeneratorType: lambda g: g.gi_frame,
+    types.CoroutineType: lambda c: c.cr_frame, types.AsyncGeneratorType: lambda a: a.ag_frame}
 
 
 @dataclass(frozen=True)
@@ -118,15 +123,36 @@ def _name_of(owner: object) -> str:
     return _type_name(owner)
 
 
+def _local_label(frame: types.FrameType, name: str) -> str:
+    """A variable of code that is running or suspended (in flight, not kept), and where that code is."""
+    return f"local {name} of {frame.f_globals.get('__name__', '?')}.{frame.f_code.co_qualname} (line {frame.f_lineno})"
+
+
+def _label_locals(frame: types.FrameType | None, containers: dict[int, Sized], labels: dict[int, str]) -> None:
+    if frame is not None and frame.f_locals is not frame.f_globals:  # a module's code: its globals are named
+        for name, value in dict(frame.f_locals).items():
+            if id(value) in containers:
+                labels.setdefault(id(value), _local_label(frame, name))
+
+
 def _owner_label(owner: object, name: str) -> str:
     return f"{_name_of(owner)}.{name}"
 
 
 def _labels(containers: dict[int, Sized]) -> dict[int, str]:
-    """Name each container by the attribute that holds it: ``module.Class.attribute`` for an object's or a
-    class's attribute (in its ``__dict__``, inline, or in a slot), ``module.name`` for a global, and otherwise
-    by the key of the dict that holds it."""
+    """Name each container by what holds it: ``module.Class.attribute`` for an object's or a class's attribute
+    (in its ``__dict__``, inline, or in a slot), ``module.name`` for a global, ``local name of module.function``
+    for a variable of code that is running (in any thread) or suspended (a coroutine, a generator), and
+    otherwise the key of the dict that holds it."""
     labels: dict[int, str] = {}
+    local: dict[int, str] = {}  # second choice: a container a function holds may be an attribute too
+    # What each thread is running holds its variables outside any object the collector sees.
+    for top in sys._current_frames().values():
+        frame: types.FrameType | None = top
+        while frame is not None:
+            if frame.f_code.co_filename != __file__:
+                _label_locals(frame, containers, local)
+            frame = frame.f_back
     holders: dict[int, tuple[dict[object, object], list[tuple[int, object]]]] = {}  # dict -> its containers, keys
     for referrer in gc.get_referrers(*containers.values()):
         if referrer is containers:
@@ -135,6 +161,8 @@ def _labels(containers: dict[int, Sized]) -> dict[int, str]:
             held = [(id(value), key) for key, value in list(referrer.items()) if id(value) in containers]
             if held:
                 holders[id(referrer)] = (referrer, held)
+        elif type(referrer) in _FRAME_OF:
+            _label_locals(_FRAME_OF[type(referrer)](referrer), containers, local)
         elif not isinstance(referrer, _UNNAMED):
             for name, value in _attributes(referrer):
                 if id(value) in containers:
@@ -158,9 +186,11 @@ def _labels(containers: dict[int, Sized]) -> dict[int, str]:
                 held = holders[id(namespace)][1] if id(namespace) in holders else []
             for container, key in held:
                 labels.setdefault(container, _owner_label(owner, str(key)))
-        for _, entries in holders.values():
-            for container, key in entries:
-                labels.setdefault(container, f"value of key {key!r} of a dict")
+    for container, label in local.items():
+        labels.setdefault(container, label)
+    for _, entries in holders.values():
+        for container, key in entries:
+            labels.setdefault(container, f"value of key {key!r} of a dict")
     return labels
 
 

@@ -75,6 +75,47 @@ def test_growing_containers_are_named_and_come_first_with_their_growth() -> None
     Registry.by_id.clear()
 
 
+def test_what_running_or_suspended_code_holds_is_named_as_its_local_variable() -> None:
+    """In flight, not kept: a batch a thread is working on, a page a suspended coroutine holds."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    def handle_batch() -> None:
+        batch = list(range(MIN_ENTRIES + 1))
+        started.set()
+        release.wait(10)
+        assert batch
+
+    async def read_pages(gate: asyncio.Event) -> None:
+        page = list(range(MIN_ENTRIES + 2))
+        await gate.wait()
+        assert page
+
+    async def main() -> None:
+        reports = MemoryReports()
+        reports.take()  # from the second report on, new containers come first
+        gate = asyncio.Event()
+        reading = asyncio.create_task(read_pages(gate))
+        await asyncio.sleep(0)  # it runs to its await and is suspended there
+        worker = threading.Thread(target=handle_batch)
+        worker.start()
+        started.wait(10)
+        try:
+            containers = reports.take().containers
+        finally:
+            release.set()
+            worker.join()
+            gate.set()
+            await reading
+        batch = next(c for c in containers if c.label.startswith("local batch of "))
+        assert ".<locals>.handle_batch (line " in batch.label and batch.entries == MIN_ENTRIES + 1
+        page = next(c for c in containers if c.label.startswith("local page of "))
+        assert ".<locals>.read_pages (line " in page.label and page.entries == MIN_ENTRIES + 2
+
+    asyncio.run(main())
+
+
 def test_a_report_is_written_on_sigusr2() -> None:
     written: list[str] = []
 
