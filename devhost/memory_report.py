@@ -154,9 +154,13 @@ def _labels(containers: dict[int, Sized]) -> dict[int, str]:
                 _label_locals(frame, containers, local)
             frame = frame.f_back
     holders: dict[int, tuple[dict[object, object], list[tuple[int, object]]]] = {}  # dict -> its containers, keys
+    held_by: dict[int, set[str]] = {}  # last choice: what kinds of object hold it
     for referrer in gc.get_referrers(*containers.values()):
         if referrer is containers:
             continue
+        for value in gc.get_referents(referrer):
+            if id(value) in containers:
+                held_by.setdefault(id(value), set()).add(_type_name(referrer))
         if isinstance(referrer, dict):
             held = [(id(value), key) for key, value in list(referrer.items()) if id(value) in containers]
             if held:
@@ -191,6 +195,11 @@ def _labels(containers: dict[int, Sized]) -> dict[int, str]:
     for _, entries in holders.values():
         for container, key in entries:
             labels.setdefault(container, f"value of key {key!r} of a dict")
+    for container in containers:
+        if container not in labels:
+            kinds = held_by.get(container)
+            labels[container] = (f"held by a {' and a '.join(sorted(kinds))}" if kinds else
+                                 "held by nothing the collector sees (running code's stack, or a C extension's object)")
     return labels
 
 
@@ -222,7 +231,7 @@ class MemoryReports:
             large.pop(id(own), None)
         labels = _labels(large)
         kinds = {key: _type_name(value) for key, value in large.items()}
-        sizes = {(key, labels.get(key, f"a {kinds[key]} nothing names")): len(value) for key, value in large.items()}
+        sizes = {(key, labels[key]): len(value) for key, value in large.items()}
         large.clear()  # hold no container past this report
         first = self._number == 0
         containers = [Container(label, kinds[key], entries, None if first or (key, label) not in self._sizes
