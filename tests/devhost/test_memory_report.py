@@ -171,3 +171,13 @@ def _wait_for(running: object, text: str, timeout: float = 20.0) -> None:
     while text not in running.output():  # type: ignore[attr-defined]
         assert time.monotonic() < deadline, running.output()  # type: ignore[attr-defined]
         time.sleep(0.05)
+
+
+def test_a_container_no_attribute_names_says_what_holds_it() -> None:
+    reports = MemoryReports()
+    reports.take()
+    pair = (list(range(MIN_ENTRIES + 3)), "label")
+    containers = reports.take().containers
+    held = next(c for c in containers if c.entries == MIN_ENTRIES + 3 and c.kind == "list")
+    assert held.label == "held by a tuple"
+    assert pair
