@@ -13,7 +13,7 @@ enrichment, about 25 us an event):
   shows paging: ``execute_concurrent_with_args`` over the partitions (16 at once), then
   each partition's ``ResultSet`` iterated page by page (``fetch_next_page``, which
   asks for the next page when the caller is done with the current one), each row
-  turned into the same ``StoredEvent``.
+  turned into the same ``StoredEvent`` (``window_event``).
 
 The sides alternate round by round. It prints each round, then ``ratio <driver
 seconds / ours>`` (above 1: ours is faster). Both read the same rows; the run fails if
@@ -34,18 +34,14 @@ from cassandra.concurrent import execute_concurrent_with_args
 from shared.adapters.cassandra.event_store import CassandraEventStore
 from shared.adapters.cassandra.layout import buckets_between
 from shared.adapters.cassandra.migrations import apply_migrations
-from shared.adapters.cassandra.rows import as_dict
 from shared.adapters.cassandra.session import connect
-from shared.adapters.cassandra.window_reader import CassandraWindowReader
+from shared.adapters.cassandra.window_reader import BY_TIME, CassandraWindowReader, window_event
 from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.domain.stored import StoredEvent
-from shared.domain.times import utc
 from shared.settings import CassandraSettings
 from sluice.launcher import python_module, start
 
 CONCURRENCY = 16
-SELECT = ("SELECT event_id, device_id, event_time, enqueued_time, event_type, severity, critical, measurements "
-          "FROM {ks}.events_by_time_bucket WHERE bucket = ? AND shard = ? AND event_time >= ? AND event_time < ?")
 
 
 def populate(store: CassandraEventStore, start_at: datetime, seconds: int, events: int, devices: int) -> None:
@@ -67,7 +63,7 @@ def populate(store: CassandraEventStore, start_at: datetime, seconds: int, event
 
 def driver_pages(session, settings: CassandraSettings, start_at: datetime, end: datetime,
                  page_size: int) -> Iterator[list[StoredEvent]]:
-    statement = session.prepare(SELECT.format(ks=settings.keyspace))
+    statement = session.prepare(BY_TIME.format(ks=settings.keyspace))
     statement.fetch_size = page_size
     partitions = [(bucket, shard, start_at, end) for bucket in buckets_between(start_at, end, settings.bucket_seconds)
                   for shard in range(settings.shards)]
@@ -75,10 +71,7 @@ def driver_pages(session, settings: CassandraSettings, start_at: datetime, end: 
                                                    results_generator=True):
         assert ok, result
         while True:
-            yield [StoredEvent(event_id=r.event_id, device_id=r.device_id, event_time=utc(r.event_time),
-                               event_type=r.event_type, severity=r.severity, critical=r.critical,
-                               measurements=as_dict(r.measurements), enqueued_time=utc(r.enqueued_time))
-                   for r in result.current_rows]
+            yield [window_event(r) for r in result.current_rows]
             if not result.has_more_pages:
                 break
             result.fetch_next_page()

@@ -263,11 +263,7 @@ def plan_scan(table: Table, r: Restrictions) -> Scan:
             predicates.append(_key_predicate(table, col, "IN", r.ck_eq[col.name]))
             continue
         if after_in and col.name in r.ck_slice:
-            lo_b, hi_b = r.ck_slice[col.name]
-            if lo_b is not None:
-                predicates.append(_key_predicate(table, col, ">=" if lo_b[1] else ">", [lo_b[0]]))
-            if hi_b is not None:
-                predicates.append(_key_predicate(table, col, "<=" if hi_b[1] else "<", [hi_b[0]]))
+            predicates += _slice_predicates(table, col, r.ck_slice[col.name])
             after_in = False
             continue
         after_in = False
@@ -295,11 +291,7 @@ def plan_scan(table: Table, r: Restrictions) -> Scan:
             needs_filtering = True
         elif col.name in r.ck_slice:
             needs_filtering = True
-            lo_b, hi_b = r.ck_slice[col.name]
-            if lo_b is not None:
-                predicates.append(_key_predicate(table, col, ">=" if lo_b[1] else ">", [lo_b[0]]))
-            if hi_b is not None:
-                predicates.append(_key_predicate(table, col, "<=" if hi_b[1] else "<", [hi_b[0]]))
+            predicates += _slice_predicates(table, col, r.ck_slice[col.name])
     if prefix:
         p = tuple(prefix)
         if lo is None:
@@ -312,6 +304,18 @@ def plan_scan(table: Table, r: Restrictions) -> Scan:
         needs_filtering = True
         predicates.append(_cell_predicate(table, col, op, vals))
     return Scan(table, keys, r.token_lo, r.token_hi, lo, hi, predicates, needs_filtering)
+
+
+def _slice_predicates(table: Table, col: Column, bounds: list[tuple[bytes, bool] | None]
+                      ) -> list[Callable[[Partition, Row, int], bool]]:
+    """A clustering column's range (``[start, end]`` bounds, each ``(value, inclusive)`` or None) as filters."""
+    lo_b, hi_b = bounds
+    predicates = []
+    if lo_b is not None:
+        predicates.append(_key_predicate(table, col, ">=" if lo_b[1] else ">", [lo_b[0]]))
+    if hi_b is not None:
+        predicates.append(_key_predicate(table, col, "<=" if hi_b[1] else "<", [hi_b[0]]))
+    return predicates
 
 
 def _key_predicate(table: Table, col: Column, op: str, vals: list[bytes]) -> Callable[[Partition, Row, int], bool]:

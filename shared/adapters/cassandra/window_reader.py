@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 from cassandra.cluster import Session
 
@@ -31,11 +32,24 @@ from shared.settings import CassandraSettings
 
 logger = logging.getLogger(__name__)
 
+# One partition's events of an event-time range ({ks}: the keyspace), as the enrichment reads them.
+BY_TIME = (
+    "SELECT event_id, device_id, event_time, enqueued_time, event_type, severity, critical, measurements "
+    "FROM {ks}.events_by_time_bucket WHERE bucket = ? AND shard = ? AND event_time >= ? AND event_time < ?"
+)
+
+
+def window_event(r: Any) -> StoredEvent:
+    """A row of :data:`BY_TIME` (driver timestamps are naive UTC)."""
+    return StoredEvent(
+        event_id=r.event_id, device_id=r.device_id, event_time=utc(r.event_time), event_type=r.event_type,
+        severity=r.severity, critical=r.critical, measurements=as_dict(r.measurements),
+        enqueued_time=utc(r.enqueued_time),
+    )
+
+
 _STATEMENTS = {
-    "by_time": (
-        "SELECT event_id, device_id, event_time, enqueued_time, event_type, severity, critical, measurements "
-        "FROM {ks}.events_by_time_bucket WHERE bucket = ? AND shard = ? AND event_time >= ? AND event_time < ?"
-    ),
+    "by_time": BY_TIME,
     "by_arrival": (
         "SELECT event_id, event_time, enqueued_at FROM {ks}.events_by_arrival_bucket "
         "WHERE bucket = ? AND shard = ? AND enqueued_at >= ? AND enqueued_at < ?"
@@ -70,15 +84,7 @@ class CassandraWindowReader:
         # partition up to the reader's concurrency, are held as rows (docs/enrichment.md#memory).
         for rows in self._queries.fan_out_each("by_time", partitions, f"the events of [{start.isoformat()}, "
                                                f"{end.isoformat()})", concurrency=self._concurrency, by_page=True):
-            yield [
-                StoredEvent(
-                    event_id=r.event_id, device_id=r.device_id, event_time=utc(r.event_time),
-                    event_type=r.event_type, severity=r.severity, critical=r.critical,
-                    measurements=as_dict(r.measurements),
-                    enqueued_time=utc(r.enqueued_time),
-                )
-                for r in rows
-            ]
+            yield [window_event(r) for r in rows]
             del rows
 
     def delayed_since(self, start: datetime, end: datetime) -> datetime | None:
