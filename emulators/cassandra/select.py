@@ -506,10 +506,9 @@ def execute_select(table: Table, data: TableData, stmt: st.Select, values: list[
     if ppl is not None and ppl <= 0:
         raise Invalid(f"PER PARTITION LIMIT must be strictly positive, got {ppl}")
     if counting:
-        n = sum(1 for _ in iter_scan(scan, data, now))
-        if limit is not None:
-            n = min(n, limit)
-        return Rows(specs, [[_q.pack(n)]])
+        # As Cassandra 3.0 and later: an aggregate over the whole selection reads every matching row; LIMIT and
+        # PER PARTITION LIMIT bound the result's rows (one), not the rows counted.
+        return Rows(specs, [[_q.pack(sum(1 for _ in iter_scan(scan, data, now)))]])
     page = page_size if page_size and page_size > 0 else None
     if stmt.order_by and r.pk_in:
         # As Cassandra: ORDER BY with IN on the partition key orders the rows of all the partitions together,

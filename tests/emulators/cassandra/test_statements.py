@@ -124,6 +124,10 @@ def test_select_restrictions_order_limit(session: Session) -> None:
     assert len(rows(session, "SELECT * FROM t PER PARTITION LIMIT 1")) == 3
     assert rows(session, "SELECT COUNT(*) FROM t WHERE p = 1") == [(4,)]
     assert session.execute("SELECT count(*) AS n FROM t").one().n == 12
+    # As Cassandra: LIMIT and PER PARTITION LIMIT bound the one result row, not the rows counted
+    assert rows(session, "SELECT COUNT(*) FROM t LIMIT 5") == [(12,)]
+    assert rows(session, "SELECT COUNT(*) FROM t WHERE p = 1 LIMIT 2") == [(4,)]
+    assert rows(session, "SELECT COUNT(*) FROM t PER PARTITION LIMIT 1") == [(12,)]
     assert session.execute("SELECT v AS value FROM t WHERE p = 0 AND c = 0").one().value == 0
 
 
