@@ -19,7 +19,7 @@ import struct
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +32,24 @@ class UnsupportedType(ValueError):
     """A CQL type outside the emulator's subset (counter, duration, UDTs, custom types)."""
 
 
+class CompareKey(Protocol):
+    """A comparator key: ints, bytes, Decimals, bools, tuples of keys, :class:`~.keys.Desc`; ordered as Cassandra."""
+
+    def __lt__(self, other: Any, /) -> bool: ...
+
+    def __le__(self, other: Any, /) -> bool: ...
+
+    def __gt__(self, other: Any, /) -> bool: ...
+
+    def __ge__(self, other: Any, /) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Codec:
     serialize: Callable[[object], bytes]
     deserialize: Callable[[bytes], object]
     validate: Callable[[bytes], None]
-    key: Callable[[bytes], Any]
+    key: Callable[[bytes], CompareKey]
     canonical: Callable[[bytes], bytes]
     hashable: bool  # whether deserialize returns hashable values (decides frozenset/dict vs list)
 
@@ -83,7 +95,7 @@ def _int_codec(cql: str) -> Codec:
     st, bits = _INT_RANGES[cql]
     lo, hi = -(1 << bits), (1 << bits) - 1
     validate = _fixed_validator(cql, st.size)
-    unpack = st.unpack
+    unpack: Callable[[bytes], tuple[int]] = st.unpack
 
     def serialize(value: object) -> bytes:
         if type(value) is bool or not isinstance(value, int):
@@ -171,7 +183,8 @@ def _float_codec(cql: str) -> Codec:
     magnitude = (1 << (nbits - 1)) - 1
     nan_key = 1 << (nbits - 1)
     validate = _fixed_validator(cql, st.size)
-    unpack, iunpack = st.unpack, ist.unpack
+    unpack: Callable[[bytes], tuple[float]] = st.unpack
+    iunpack: Callable[[bytes], tuple[int]] = ist.unpack
 
     def serialize(value: object) -> bytes:
         if type(value) is bool or not isinstance(value, int | float):
@@ -295,7 +308,7 @@ def _uuid_codec(cql: str) -> Codec:
     LSB unsigned; other versions by unsigned MSB then unsigned LSB.
     """
     time_only = cql == "timeuuid"
-    unpack = _QQ.unpack
+    unpack: Callable[[bytes], tuple[int, int]] = _QQ.unpack
 
     def validate(data: bytes) -> None:
         if len(data) != 16:
@@ -336,8 +349,9 @@ def _uuid_codec(cql: str) -> Codec:
 # -- timestamp, date, time -------------------------------------------------------------
 def datetime_millis(value: dt.datetime) -> int:
     """Milliseconds since the epoch, naive = UTC, sub-millisecond truncated toward zero (the driver's rule)."""
-    if value.tzinfo is not None and value.utcoffset() is not None:
-        value = value.replace(tzinfo=None) - value.utcoffset()  # type: ignore[operator]
+    offset = value.utcoffset()  # None for a naive datetime
+    if offset is not None:
+        value = value.replace(tzinfo=None) - offset
     delta = value.replace(tzinfo=None) - EPOCH
     micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     return micros // 1000 if micros >= 0 else -((-micros) // 1000)

@@ -89,7 +89,7 @@ def _list_or_set(kind: str, inner: Codec, cql: str) -> Codec:
     def serialize(value: object) -> bytes:
         if not isinstance(value, _SEQUENCES if is_set else (list, tuple)):
             raise bad_python(cql, value, "a set, frozenset, list or tuple" if is_set else "a list or tuple")
-        parts = [_element_bytes(cql, inner, v) for v in value]  # type: ignore[attr-defined]
+        parts = [_element_bytes(cql, inner, v) for v in value]
         if is_set:
             parts = _sorted_unique(parts, inner.key)
         return join(len(parts), parts)

@@ -54,19 +54,19 @@ _F32, _F64 = struct.Struct(">f"), struct.Struct(">d")
 _EXACT = decimal.Context(prec=600)  # float32 values and their midpoints have < 200 significant digits
 
 
-class SetLiteral(tuple):
+class SetLiteral(tuple[object, ...]):
     """``{a, b}`` as the CQL parser hands it over (elements in written order)."""
 
     __slots__ = ()
 
 
-class TupleLiteral(tuple):
+class TupleLiteral(tuple[object, ...]):
     """``(a, b)`` as the CQL parser hands it over."""
 
     __slots__ = ()
 
 
-class MapLiteral(tuple):
+class MapLiteral(tuple[tuple[object, object], ...]):
     """``{k: v}`` as ``(key, value)`` pairs, for keys a ``dict`` cannot hold (list or map literals)."""
 
     __slots__ = ()
@@ -319,8 +319,8 @@ def _collection(t: CqlType, value: object) -> bytes:
             raise _bad(t, value)
         if len(value) > len(t.params):
             raise _bad(t, value, f"too many elements: {len(value)} for {len(t.params)} components")
-        parts = [None if v is None else literal_to_bytes(p, v) for p, v in zip(t.params, value, strict=False)]
-        return b"".join(_I32.pack(-1) if p is None else _I32.pack(len(p)) + p for p in parts)
+        components = [None if v is None else literal_to_bytes(p, v) for p, v in zip(t.params, value, strict=False)]
+        return b"".join(_I32.pack(-1) if c is None else _I32.pack(len(c)) + c for c in components)
     if kind == "list":
         if type(value) is not list:
             raise _bad(t, value)

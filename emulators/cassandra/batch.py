@@ -16,13 +16,28 @@ from typing import TYPE_CHECKING
 from . import results
 from . import statements as st
 from .errors import Invalid, ServerError
-from .planner import resolve_int
+from .keys import join_key
+from .planner import BOOLEAN, resolve, resolve_int
+from .results import Rows
 from .select import resolve_restrictions
 from .store import now_seconds
-from .write import WriteContext, _check_conditions, execute_delete, execute_insert, execute_update, primary_keys
+from .wire import Value
+from .write import (
+    WriteContext,
+    _check_conditions,
+    _current_values,
+    _insert_plan,
+    _key_value,
+    _lwt_result,
+    execute_delete,
+    execute_insert,
+    execute_update,
+    primary_keys,
+)
 
 if TYPE_CHECKING:
     from .engine import Engine, Options, Session
+    from .schema import Table
 
 
 # What Cosmos DB for Apache Cassandra answers a logged batch with (a Server error, code 0x0000), as users reported
@@ -30,35 +45,38 @@ if TYPE_CHECKING:
 LOGGED_REFUSED = "Logged batches are not supported by the service yet. Please use unlogged batches instead."
 
 
-def execute_batch(engine: Engine, batch: st.Batch, children: list[tuple[st.Statement, list[object]]],
+def execute_batch(engine: Engine, kind: str, using: st.Using, children: list[tuple[st.Statement, list[Value]]],
                   opts: Options, session: Session) -> bytes:
-    if batch.kind == "logged":
+    """Run a BATCH of ``kind`` (logged | unlogged) with the batch's ``USING``; each child comes with its values."""
+    if kind == "logged":
         raise ServerError(LOGGED_REFUSED)
     now = now_seconds()
-    if batch.using.ttl is not None:
+    if using.ttl is not None:
         raise Invalid("Global TTL on the BATCH statement is not supported.")
-    ts = resolve_int(batch.using.timestamp, opts.values, "timestamp")
+    ts = resolve_int(using.timestamp, opts.values, "timestamp")
     if ts is None:
         ts = opts.timestamp
-    tables = []
-    for stmt, _ in children:
+    writes: list[tuple[st.Modification, list[Value]]] = []
+    tables: list[Table] = []
+    for stmt, values in children:
         if not isinstance(stmt, st.Insert | st.Update | st.Delete):
             raise Invalid("Only INSERT, UPDATE and DELETE statements are allowed in a BATCH")
         table = engine.resolve_table(stmt.table, session)
         if table.virtual:
             raise Invalid(f"{table.keyspace}.{table.name} is a system table and cannot be modified")
+        writes.append((stmt, values))
         tables.append(table)
     engine.faults.check("writes", batch=True)
     conditional = [
         i
-        for i, (s, _) in enumerate(children)
+        for i, (s, _) in enumerate(writes)
         if getattr(s, "if_exists", False) or getattr(s, "conditions", None) or getattr(s, "if_not_exists", False)
     ]
     if conditional:
-        if batch.using.timestamp is not None or any(s.using.timestamp is not None for s, _ in children):  # type: ignore[attr-defined]
+        if using.timestamp is not None or any(s.using.timestamp is not None for s, _ in writes):
             raise Invalid("Cannot provide custom timestamp for conditional BATCH")
         keys = set()
-        for i, (stmt, values) in enumerate(children):
+        for i, (stmt, values) in enumerate(writes):
             if isinstance(stmt, st.Insert):
                 keys.add((tables[i].id, _insert_partition(tables[i], stmt, values)))
             else:
@@ -67,7 +85,7 @@ def execute_batch(engine: Engine, batch: st.Batch, children: list[tuple[st.State
         if len({t.id for t in tables}) > 1 or len(keys) > 1:
             raise Invalid("Batch with conditions cannot span multiple tables or partitions")
         for i in conditional:
-            stmt, values = children[i]
+            stmt, values = writes[i]
             ctx = WriteContext(values, ts, now)
             table = tables[i]
             if isinstance(stmt, st.Insert):
@@ -81,7 +99,7 @@ def execute_batch(engine: Engine, batch: st.Batch, children: list[tuple[st.State
                 )
             if failed is not None:
                 return failed.encode()
-    for i, (stmt, values) in enumerate(children):
+    for i, (stmt, values) in enumerate(writes):
         ctx = WriteContext(values, ts, now)
         table = tables[i]
         if isinstance(stmt, st.Insert):  # conditions were checked above: run the children without them
@@ -94,19 +112,12 @@ def execute_batch(engine: Engine, batch: st.Batch, children: list[tuple[st.State
             execute_delete(engine, table, dataclasses.replace(stmt, if_exists=False, conditions=[])
                            if stmt.if_exists or stmt.conditions else stmt, ctx)
     if conditional:
-        spec = results.ColumnSpec(tables[0].keyspace, tables[0].name, "[applied]", _boolean())
+        spec = results.ColumnSpec(tables[0].keyspace, tables[0].name, "[applied]", BOOLEAN)
         return results.Rows([spec], [[b"\x01"]]).encode()
     return results.VOID
 
 
-def _boolean():
-    from .planner import BOOLEAN
-    return BOOLEAN
-
-
-def _insert_partition(table, stmt: st.Insert, values: list[object]) -> bytes:
-    from .keys import join_key
-    from .planner import resolve
+def _insert_partition(table: Table, stmt: st.Insert, values: list[Value]) -> bytes:
     by_name = dict(zip(stmt.columns, stmt.values, strict=True))
     parts = []
     for col in table.partition_key:
@@ -119,20 +130,16 @@ def _insert_partition(table, stmt: st.Insert, values: list[object]) -> bytes:
     return join_key(parts)
 
 
-def _probe_insert(engine: Engine, table, stmt: st.Insert, ctx: WriteContext):
-    """The not-applied result if the row of a conditional INSERT exists, else None (nothing is written)."""
-    from .keys import join_key
-    from .planner import resolve
-    from .write import _current_values
-    keys = {}
-    for name, term in zip(stmt.columns, stmt.values, strict=True):
-        col = table.columns.get(name)
-        if col is not None and col.kind != "regular":
-            keys[name] = resolve(term, col.type, ctx.values)
-    pk = join_key([keys[c.name] for c in table.partition_key])
-    ck = join_key([keys[c.name] for c in table.clustering]) if table.clustering else b""
+def _probe_insert(engine: Engine, table: Table, stmt: st.Insert, ctx: WriteContext) -> Rows | None:
+    """The not-applied result if the row of a conditional INSERT exists, else None (nothing is written).
+
+    The key columns are checked as the INSERT itself checks them (all there, none null or unset).
+    """
+    plan = _insert_plan(table, stmt)
+    keys = {name: _key_value(col, resolve(term, col.type, ctx.values)) for name, (col, term) in plan.keys.items()}
+    pk = join_key([keys[n] for n in plan.pk_names])
+    ck = join_key([keys[n] for n in plan.ck_names]) if plan.ck_names else b""
     row, current = _current_values(table, engine.table_data(table), pk, ck, table.all_columns(), ctx.now)
     if row is None:
         return None
-    from .write import _lwt_result
     return _lwt_result(table, False, current)

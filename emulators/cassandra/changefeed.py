@@ -25,6 +25,7 @@ from .results import Rows
 from .schema import Table
 from .select import projection, resolve_restrictions
 from .store import TableData
+from .wire import Value
 
 _STATE = struct.Struct(">2s16sq")
 
@@ -75,7 +76,7 @@ def parse_start_time(text: str) -> float:
     return when.timestamp()
 
 
-def execute_feed(feed: ChangeFeed, table: Table, data: TableData, stmt: st.Select, values: list[object],
+def execute_feed(feed: ChangeFeed, table: Table, data: TableData, stmt: st.Select, values: list[Value],
                  page_size: int, paging_state: bytes | None, now: int) -> Rows:
     specs, extractors, counting = projection(table, stmt.selectors)
     if counting:
@@ -118,8 +119,10 @@ def execute_feed(feed: ChangeFeed, table: Table, data: TableData, stmt: st.Selec
         if wanted is not None and key[0] not in wanted:
             continue
         part = data.partition(key[0])
-        row = part.get(key[1]) if part is not None else None
+        if part is None:
+            continue
+        row = part.get(key[1])
         if row is None or not row.live(now):
             continue
-        out.append([f(part, row, now) for f in extractors])  # type: ignore[arg-type]
+        out.append([f(part, row, now) for f in extractors])
     return Rows(specs, out, _STATE.pack(b"F1", table.id.bytes, position))

@@ -19,7 +19,7 @@ from typing import Any
 from . import statements as st
 from .errors import AlreadyExists, ConfigError, CqlSyntaxError, Invalid
 from .schema import COSMOS_TABLE_OPTIONS, DEFAULT_TABLE_OPTIONS, SYSTEM_KEYSPACES, Catalog, Column, Table
-from .types import InvalidValue, UnsupportedType, parse_type
+from .types import CqlType, InvalidValue, UnsupportedType, parse_type
 
 _NAME = re.compile(r"^\w{1,48}$")
 _STRATEGIES = {
@@ -58,7 +58,7 @@ def create_keyspace(catalog: Catalog, stmt: st.CreateKeyspace) -> tuple[Any, ...
     return ("CK", stmt.name, {"class": full, **repl}, stmt.durable_writes)
 
 
-def _column_type(name: str, text: str) -> Any:
+def _column_type(name: str, text: str) -> CqlType:
     try:
         return parse_type(text)
     except (InvalidValue, UnsupportedType) as exc:
@@ -99,7 +99,7 @@ def create_table(catalog: Catalog, stmt: st.CreateTable, keyspace: str) -> tuple
         if stmt.if_not_exists:
             return None
         raise AlreadyExists(keyspace, name)
-    types: dict[str, Any] = {}
+    types: dict[str, CqlType] = {}
     for c in stmt.columns:
         if c.name in types:
             raise Invalid(f"Multiple definition of identifier {c.name}")
@@ -132,7 +132,9 @@ def create_table(catalog: Catalog, stmt: st.CreateTable, keyspace: str) -> tuple
 
 def build_table(record: tuple[Any, ...]) -> Table:
     _, keyspace, name, table_id, columns, options = record
-    pk, ck, regular = [], [], []
+    pk: list[Column] = []
+    ck: list[Column] = []
+    regular: list[Column] = []
     for cname, type_cql, kind, position, reversed_ in columns:
         col = Column(cname, parse_type(type_cql), kind, position, reversed_)
         {"partition_key": pk, "clustering": ck, "regular": regular}[kind].append(col)

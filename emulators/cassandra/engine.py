@@ -31,6 +31,7 @@ from .select import execute_select, projection
 from .store import TableData, now_seconds
 from .system_tables import SystemTables
 from .types import parse_type
+from .wire import Value
 from .write import WriteContext, execute_delete, execute_insert, execute_update, range_predicate
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ _PARSE_CACHE_SIZE = 4096
 class Options:
     """Per-request options of QUERY / EXECUTE / BATCH (spec 4.1.4)."""
 
-    values: list[object] = dataclasses.field(default_factory=list)
+    values: list[Value] = dataclasses.field(default_factory=list)
     names: list[str] | None = None
     skip_metadata: bool = False
     page_size: int = 0
@@ -221,11 +222,11 @@ class Engine:
         return prepared
 
     # -- execution ---------------------------------------------------------------
-    def named_values(self, names: list[str] | None, values: list[object], specs: list[str]) -> list[object]:
+    def named_values(self, names: list[str] | None, values: list[Value], specs: list[str]) -> list[Value]:
         if names is None:
             return values
         by_name = dict(zip(names, values, strict=True))
-        out: list[object] = []
+        out: list[Value] = []
         for spec in specs:
             if spec not in by_name:
                 raise Invalid(f"Missing value for bind variable {spec}")
@@ -245,7 +246,8 @@ class Engine:
             return self.faults.execute(stmt, control, opts.values, now_seconds())
         if isinstance(stmt, st.Batch):
             from .batch import execute_batch
-            return execute_batch(self, stmt, [(c, opts.values) for c in stmt.statements], opts, session)
+            return execute_batch(self, stmt.kind, stmt.using, [(c, opts.values) for c in stmt.statements], opts,
+                                 session)
         if isinstance(stmt, st.Select | st.Insert | st.Update | st.Delete):
             table = self.resolve_table(stmt.table, session)
             if prepared is not None and prepared.table_id is not None and prepared.table_id != table.id:
@@ -296,7 +298,7 @@ class Engine:
                     return results.VOID
                 raise Invalid(f"Cannot drop non existing keyspace '{stmt.name}'.")
             return self._schema_result(("DK", stmt.name), "DROPPED", "KEYSPACE", stmt.name)
-        keyspace = getattr(stmt, "table", None) and (stmt.table.keyspace or session.keyspace)  # type: ignore[attr-defined]
+        keyspace = (stmt.table.keyspace or session.keyspace) if isinstance(stmt, st.TableStatement) else None
         if keyspace is None:
             raise Invalid("No keyspace has been specified. USE a keyspace, or explicitly specify keyspace.tablename")
         if isinstance(stmt, st.CreateTable):

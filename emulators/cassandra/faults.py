@@ -36,6 +36,7 @@ from .errors import CqlError, Invalid, Overloaded, ReadTimeout, Unavailable, Wri
 
 if TYPE_CHECKING:
     from .schema import Table
+    from .wire import Value
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class FaultState:
         return Unavailable("Cannot achieve consistency level ONE")
 
     # -- the control table -------------------------------------------------------
-    def execute(self, stmt: st.Statement, table: Table, values: list[object], now: int) -> bytes:
+    def execute(self, stmt: st.Statement, table: Table, values: list[Value], now: int) -> bytes:
         from . import results
         from .planner import resolve
         from .select import execute_select

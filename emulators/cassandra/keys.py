@@ -15,6 +15,7 @@ from typing import Any
 
 from .murmur3 import routing_key
 from .schema import Column
+from .types import CompareKey
 
 _H = struct.Struct(">H")
 
@@ -40,7 +41,7 @@ class Desc:
 
     __slots__ = ("k",)
 
-    def __init__(self, k: Any) -> None:
+    def __init__(self, k: CompareKey) -> None:
         self.k = k
 
     def __eq__(self, other: object) -> bool:
@@ -94,7 +95,7 @@ class _Top:
 TOP = _Top()
 
 
-def component_key(col: Column, value: bytes) -> Any:
+def component_key(col: Column, value: bytes) -> CompareKey:
     k = col.type.compare_key(value)
     return Desc(k) if col.reversed else k
 

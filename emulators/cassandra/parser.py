@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import decimal
 import uuid
+from collections.abc import Callable
 
 from . import statements as st
 from .errors import CqlSyntaxError, Invalid
@@ -93,7 +94,7 @@ class Parser:
         tok = self.peek()
         if tok.kind != "ident":
             raise self.error("a statement")
-        handlers = {
+        handlers: dict[str, Callable[[], st.Statement]] = {
             "select": self.select, "insert": self.insert, "update": self.update, "delete": self.delete,
             "begin": self.batch, "use": self.use, "create": self.create, "drop": self.drop,
             "truncate": self.truncate, "alter": self.alter,
@@ -460,7 +461,7 @@ class Parser:
             raise Invalid("counter batches are not supported by this emulator (no counter type)")
         self.expect_kw("batch")
         using = self.using()
-        children: list[st.Insert | st.Update | st.Delete] = []
+        children: list[st.Modification] = []
         while not self.is_kw("apply"):
             if self.is_kw("insert"):
                 children.append(self.insert())
@@ -478,7 +479,7 @@ class Parser:
         self.expect_kw("use")
         return st.Use(self.name())
 
-    def create(self) -> st.Statement:
+    def create(self) -> st.CreateKeyspace | st.CreateTable:
         self.expect_kw("create")
         if self.accept_kw("keyspace") or self.accept_kw("schema"):
             return self.create_keyspace()
@@ -601,7 +602,7 @@ class Parser:
             raise Invalid(f"No PRIMARY KEY specified for table {table.name} (exactly one required)")
         return st.CreateTable(table, columns, pk, clustering, order, options, ine)
 
-    def drop(self) -> st.Statement:
+    def drop(self) -> st.DropKeyspace | st.DropTable:
         self.expect_kw("drop")
         if self.accept_kw("keyspace") or self.accept_kw("schema"):
             ie = self.accept_kw("if", "exists")

@@ -16,8 +16,9 @@ import logging
 import os
 import pickle
 import struct
+import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from .store import Partition, Row, TableData
 
@@ -27,6 +28,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 _LEN = struct.Struct(">I")
 SNAPSHOT_VERSION = 1
+
+
+class _Snapshot(TypedDict):
+    """What ``snapshot.bin`` holds (pickled)."""
+
+    version: int
+    schema: list[tuple[Any, ...]]  # CK and CT records, as in the journal
+    data: dict[uuid.UUID, list[tuple[Any, ...]]]  # per table: (key, token, deleted, ranges, rows) per partition
+    feed: dict[uuid.UUID, tuple[list[int], list[float], list[tuple[bytes, bytes]]]]  # FeedLog seqs, ats, keys
+    seq: int
 
 
 class Journal:
@@ -69,7 +80,7 @@ class Journal:
     # -- snapshot ------------------------------------------------------------------------
     def snapshot(self, engine: Engine) -> None:
         """Write the whole state aside, rename it over the snapshot, then empty the journal."""
-        state = {"version": SNAPSHOT_VERSION, "schema": [], "data": {}, "feed": {}, "seq": engine.feed.seq}
+        state: _Snapshot = {"version": SNAPSHOT_VERSION, "schema": [], "data": {}, "feed": {}, "seq": engine.feed.seq}
         for ks in engine.catalog.keyspaces.values():
             state["schema"].append(("CK", ks.name, ks.replication, ks.durable_writes))
             for t in ks.tables.values():

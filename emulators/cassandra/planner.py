@@ -20,7 +20,7 @@ from . import statements as st
 from .errors import Invalid
 from .schema import Column, Table
 from .types import CqlType, InvalidValue, UnsupportedType, parse_type
-from .wire import UNSET
+from .wire import UNSET, Value
 
 INT = parse_type("int")
 BIGINT = parse_type("bigint")
@@ -195,7 +195,7 @@ def _call(fn: st.FunctionCall, ctype: CqlType) -> bytes:
     raise Invalid(f"function {name}() is not supported by this emulator in this position")
 
 
-def resolve(term: st.Term, ctype: CqlType, values: list[object]) -> object:
+def resolve(term: st.Term, ctype: CqlType, values: list[Value]) -> Value:
     """The wire bytes of ``term`` as ``ctype``; None for null, :data:`UNSET` for an unset bound value."""
     if isinstance(term, st.BindMarker):
         if term.index >= len(values):
@@ -217,11 +217,10 @@ def resolve(term: st.Term, ctype: CqlType, values: list[object]) -> object:
         raise Invalid(str(exc)) from None
 
 
-def resolve_int(term: st.Term | None, values: list[object], what: str) -> int | None:
+def resolve_int(term: st.Term | None, values: list[Value], what: str) -> int | None:
     if term is None:
         return None
     raw = resolve(term, BIGINT if what == "timestamp" else INT, values)
     if raw is None or raw is UNSET:
         return None
-    assert isinstance(raw, bytes)
     return int.from_bytes(raw, "big", signed=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from .errors import ServerError
 from .types import CqlType
 
 SYSTEM_KEYSPACES = ("system", "system_schema", "system_auth", "system_distributed", "system_traces")
@@ -79,7 +80,10 @@ class Table:
 
     @property
     def default_ttl(self) -> int:
-        return int(self.options.get("default_time_to_live", 0) or 0)
+        ttl = self.options.get("default_time_to_live", 0)
+        if isinstance(ttl, int):  # ddl._options admits integers only; int(): a bool counts as 0 or 1
+            return int(ttl)
+        raise ServerError(f"default_time_to_live of {self.keyspace}.{self.name} is not an integer: {ttl!r}")
 
     def column(self, name: str) -> Column:
         col = self.columns.get(name)

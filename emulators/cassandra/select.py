@@ -24,7 +24,8 @@ from .planner import BIGINT, INT, TEXT, resolve, resolve_int, table_column
 from .results import ColumnSpec, Rows
 from .schema import Column, Table
 from .store import Partition, Row, TableData
-from .wire import UNSET
+from .types import CompareKey, CqlType
+from .wire import UNSET, Value
 
 Extractor = Callable[[Partition, Row, int], bytes | None]
 _I = struct.Struct(">i")
@@ -122,17 +123,16 @@ class Restrictions:
     changefeed: str | None = None
 
 
-def _value(term: st.Term, col_type: Any, values: list[object], name: str) -> bytes:
+def _value(term: st.Term, col_type: CqlType, values: list[Value], name: str) -> bytes:
     v = resolve(term, col_type, values)
     if v is None:
         raise Invalid(f"Invalid null value in condition for column {name}")
     if v is UNSET:
         raise Invalid(f"Invalid unset value for column {name}")
-    assert isinstance(v, bytes)
     return v
 
 
-def resolve_restrictions(table: Table, where: list[st.Relation], values: list[object]) -> Restrictions:
+def resolve_restrictions(table: Table, where: list[st.Relation], values: list[Value]) -> Restrictions:
     r = Restrictions()
     for rel in where:
         if rel.kind == "changefeed":
@@ -164,7 +164,6 @@ def resolve_restrictions(table: Table, where: list[st.Relation], values: list[ob
             if isinstance(rel.value, tuple):
                 vals = [_value(t, col.type, values, col.name) for t in rel.value]
             else:
-                from .types import CqlType
                 vals = split_elements(_value(rel.value, CqlType("list", (col.type,)), values, col.name))
         elif rel.op in ("CONTAINS", "CONTAINS_KEY"):
             if not col.type.is_collection:
@@ -202,7 +201,7 @@ def resolve_restrictions(table: Table, where: list[st.Relation], values: list[ob
     return r
 
 
-def _matches(cmp: Any, op: str, values: list[Any]) -> bool:
+def _matches(cmp: CompareKey, op: str, values: list[CompareKey]) -> bool:
     if op in ("=", "IN"):
         return cmp in values
     v = values[0]
@@ -341,22 +340,26 @@ def _cell_predicate(table: Table, col: Column, op: str, vals: list[bytes]) -> Ca
     if op in ("CONTAINS", "CONTAINS_KEY"):
         elem_type = ctype.params[0] if op == "CONTAINS_KEY" or ctype.kind != "map" else ctype.params[1]
         wanted = elem_type.deserialize(vals[0])
+        entry = 0 if op == "CONTAINS_KEY" else 1
 
         def contains(part: Partition, row: Row, now: int) -> bool:
             c = row.cell(slot, now)
             if c is None:
                 return False
-            value = ctype.deserialize(c[0])  # type: ignore[arg-type]
-            if ctype.kind == "map":
-                return wanted in (value.keys() if op == "CONTAINS_KEY" else list(value.values()))  # type: ignore[union-attr]
-            return wanted in value  # type: ignore[operator]
+            value = ctype.deserialize(c[0])
+            if isinstance(value, dict):  # a map
+                return wanted in (value.keys() if op == "CONTAINS_KEY" else list(value.values()))
+            assert isinstance(value, list | frozenset)  # a list, a set, or a map whose keys Python cannot hash
+            if ctype.kind == "map":  # (key, value) pairs
+                return any(pair[entry] == wanted for pair in value)
+            return wanted in value
 
         return contains
-    wanted = [ctype.compare_key(v) for v in vals]
+    wanted_keys = [ctype.compare_key(v) for v in vals]
 
     def pred(part: Partition, row: Row, now: int) -> bool:
         c = row.cell(slot, now)
-        return c is not None and _matches(ctype.compare_key(c[0]), op, wanted)  # type: ignore[arg-type]
+        return c is not None and _matches(ctype.compare_key(c[0]), op, wanted_keys)
 
     return pred
 
@@ -468,8 +471,8 @@ class _SelectPlan:
                 and len(rels) == len(pk_names)
                 and all(r.kind == "column" and r.op == "=" and not isinstance(r.value, tuple) for r in rels)
                 and {r.columns[0] for r in rels} == pk_names):
-            by_name = {r.columns[0]: r.value for r in rels}
-            self.point = [(c, by_name[c.name]) for c in table.partition_key]  # type: ignore[misc]
+            by_name = {r.columns[0]: r.value for r in rels if not isinstance(r.value, tuple)}  # none is, as checked
+            self.point = [(c, by_name[c.name]) for c in table.partition_key]
 
 
 def _select_plan(table: Table, stmt: st.Select) -> _SelectPlan:
@@ -480,18 +483,16 @@ def _select_plan(table: Table, stmt: st.Select) -> _SelectPlan:
     return plan
 
 
-def execute_select(table: Table, data: TableData, stmt: st.Select, values: list[object], page_size: int,
+def execute_select(table: Table, data: TableData, stmt: st.Select, values: list[Value], page_size: int,
                    paging_state: bytes | None, now: int) -> Rows:
     plan = _select_plan(table, stmt)
     specs, extractors, counting = plan.specs, plan.extractors, plan.counting
     if plan.point is not None and not paging_state:  # a point read of a table without clustering columns
         key = join_key([_value(term, col.type, values, col.name) for col, term in plan.point])
         part = data.partition(key)
-        row = part.single if part is not None else None
-        found = row is not None and row.live(now)
-        if counting:
-            return Rows(specs, [[_q.pack(1 if found else 0)]])
-        return Rows(specs, [[f(part, row, now) for f in extractors]] if found else [])  # type: ignore[arg-type]
+        if part is not None and (row := part.single) is not None and row.live(now):
+            return Rows(specs, [[_q.pack(1)]] if counting else [[f(part, row, now) for f in extractors]])
+        return Rows(specs, [[_q.pack(0)]] if counting else [])
     r = resolve_restrictions(table, stmt.where, values)
     if r.changefeed is not None:
         raise Invalid("COSMOS_CHANGEFEED_START_TIME() is handled by the change feed")  # dispatched earlier

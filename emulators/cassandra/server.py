@@ -58,7 +58,7 @@ def read_options(r: wire.Reader) -> tuple[int, Options]:
         n = r.short()
         if flags & 0x40:
             names: list[str] = []
-            values: list[object] = []
+            values: list[wire.Value] = []
             for _ in range(n):
                 names.append(r.string())
                 values.append(r.value())
@@ -222,7 +222,7 @@ class CqlConnection(asyncio.Protocol):
         kind = {0: "logged", 1: "unlogged", 2: "counter"}.get(r.byte())
         if kind is None or kind == "counter":
             raise Invalid("counter batches are not supported by this emulator" if kind else "unknown batch type")
-        children: list[tuple[st.Statement, list[object]]] = []
+        children: list[tuple[st.Statement, list[wire.Value]]] = []
         for _ in range(r.short()):
             child_kind = r.byte()
             if child_kind == 0:
@@ -242,8 +242,7 @@ class CqlConnection(asyncio.Protocol):
             opts.timestamp = r.long()
         if flags & 0x40:
             raise Invalid("named values in BATCH are not supported by this emulator")
-        batch = st.Batch(kind, [s for s, _ in children])  # type: ignore[misc]
-        return execute_batch(self.engine, batch, children, opts, self.session)
+        return execute_batch(self.engine, kind, st.Using(), children, opts, self.session)
 
 
 async def serve(engine: Engine, host: str, port: int, *, credentials: Credentials | None = None,

@@ -112,10 +112,14 @@ class Delete:
     conditions: list[Condition] = field(default_factory=list)
 
 
+Modification = Insert | Update | Delete
+"""The statements a BATCH may hold (each has ``table`` and ``using``)."""
+
+
 @dataclass
 class Batch:
     kind: str  # logged | unlogged | counter
-    statements: list[Insert | Update | Delete]
+    statements: list[Modification]
     using: Using = field(default_factory=Using)
 
 
@@ -174,3 +178,6 @@ class AlterTableAdd:
 
 Statement = (Select | Insert | Update | Delete | Batch | Use | CreateKeyspace | DropKeyspace | CreateTable
              | DropTable | Truncate | AlterTableAdd)
+
+TableStatement = Select | Insert | Update | Delete | CreateTable | DropTable | Truncate | AlterTableAdd
+"""The statements that name one table (``.table``)."""

@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sortedcontainers import SortedKeyList, SortedList
+from sortedcontainers import SortedKeyList, SortedList  # type: ignore[import-untyped]  # no py.typed, no stubs
 
 Cell = tuple[bytes | None, int, int | None]  # value (None = tombstone), timestamp, expiry
+LiveCell = tuple[bytes, int, int | None]  # a cell that holds a value: what Row.cell returns
 
 
 def now_seconds() -> int:
@@ -38,14 +39,14 @@ class Row:
             return True
         return any(c is not None and c[0] is not None and (c[2] is None or c[2] > now) for c in self.cells)
 
-    def cell(self, slot: int, now: int) -> Cell | None:
+    def cell(self, slot: int, now: int) -> LiveCell | None:
         """The live cell of a regular column, or None."""
         if slot >= len(self.cells):
             return None
         c = self.cells[slot]
         if c is None or c[0] is None or (c[2] is not None and c[2] <= now):
             return None
-        return c
+        return c  # type: ignore[return-value]  # c[0] is not None (checked above): mypy does not narrow tuple items
 
     def raw_cell(self, slot: int) -> Cell | None:
         return self.cells[slot] if slot < len(self.cells) else None

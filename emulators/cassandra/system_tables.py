@@ -174,7 +174,7 @@ class SystemTables:
         return rows
 
     def _columns(self) -> list[dict[str, object]]:
-        rows = []
+        rows: list[dict[str, object]] = []
         for t in self._all_tables():
             for col in t.all_columns():
                 rows.append({

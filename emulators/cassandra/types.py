@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 from . import _typecodecs as codecs
-from ._typecodecs import InvalidValue, UnsupportedType
+from ._typecodecs import CompareKey, InvalidValue, UnsupportedType
 from ._typeliterals import MapLiteral, SetLiteral, TupleLiteral, literal_to_bytes
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "CompareKey",
     "CqlType",
     "InvalidValue",
     "MapLiteral",
@@ -152,7 +152,7 @@ class CqlType:
         """Raise :class:`InvalidValue` unless ``data`` is well-formed for this type."""
         self._codec.validate(data)
 
-    def compare_key(self, data: bytes) -> Any:  # replaced per instance in __post_init__
+    def compare_key(self, data: bytes) -> CompareKey:  # replaced per instance in __post_init__
         """A key whose Python ordering is Cassandra's comparator order for this type.
 
         ``data`` must be valid (see :meth:`validate`); keys of different types are

@@ -7,17 +7,39 @@ truncated or malformed body instead of an ``IndexError`` deep in a handler.
 
 from __future__ import annotations
 
+import builtins
+import enum
 import struct
+from typing import Final, Protocol
 
 from .errors import ProtocolError
 
-UNSET = object()
+
+class Unset(enum.Enum):
+    """The type of :data:`UNSET` (a one-member enum, so that ``v is UNSET`` narrows a :data:`Value`)."""
+
+    UNSET = "UNSET"
+
+
+UNSET: Final = Unset.UNSET
 """A bound value the client marked 'unset' ([value] length -2): leave the column alone."""
 
-_H = struct.Struct(">H")
-_h = struct.Struct(">h")
-_I = struct.Struct(">i")
-_Q = struct.Struct(">q")
+Value = bytes | Unset | None
+"""A [value] (spec 3): its bytes, None for null or :data:`UNSET`; also what a term resolves to."""
+
+
+class _IntStruct(Protocol):
+    """A :class:`struct.Struct` of one integer (typeshed's ``unpack_from`` gives ``tuple[Any, ...]``)."""
+
+    def unpack_from(self, buffer: bytes, offset: int = 0, /) -> tuple[int]: ...
+
+    def pack(self, v: int, /) -> bytes: ...
+
+
+_H: _IntStruct = struct.Struct(">H")
+_h: _IntStruct = struct.Struct(">h")
+_I: _IntStruct = struct.Struct(">i")
+_Q: _IntStruct = struct.Struct(">q")
 _HEADER = struct.Struct(">BBhBi")
 
 
@@ -47,7 +69,7 @@ class Reader:
     def int(self) -> int:
         return _I.unpack_from(self.data, self._need(4))[0]
 
-    def long(self) -> int:
+    def long(self) -> builtins.int:  # builtins: the method int() above shadows the type in this class
         return _Q.unpack_from(self.data, self._need(8))[0]
 
     def string(self) -> str:
@@ -76,7 +98,7 @@ class Reader:
             return None
         return bytes(self.data[self._need(n):self.pos])
 
-    def value(self) -> bytes | object | None:
+    def value(self) -> Value:
         """A [value]: bytes, None for null (-1) or :data:`UNSET` (-2)."""
         n = self.int()
         if n >= 0:
@@ -93,7 +115,7 @@ class Reader:
     def string_map(self) -> dict[str, str]:
         return {self.string(): self.string() for _ in range(self.short())}
 
-    def remaining(self) -> int:
+    def remaining(self) -> builtins.int:
         return len(self.data) - self.pos
 
 

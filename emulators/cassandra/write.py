@@ -29,7 +29,7 @@ from .results import ColumnSpec, Rows
 from .schema import Column, Table
 from .select import Restrictions, _column_extractor, iter_scan, plan_scan, resolve_restrictions
 from .store import Row, TableData
-from .wire import UNSET
+from .wire import UNSET, Value
 
 MAX_TTL = 630720000
 APPLIED_TRUE = b"\x01"
@@ -46,7 +46,7 @@ class WriteContext:
 
     __slots__ = ("default_ts", "now", "values")
 
-    def __init__(self, values: list[object], default_ts: int | None, now: int) -> None:
+    def __init__(self, values: list[Value], default_ts: int | None, now: int) -> None:
         self.values = values
         self.default_ts = default_ts
         self.now = now
@@ -72,13 +72,12 @@ def write_expiry(using: st.Using, table: Table, ctx: WriteContext) -> int | None
     return ctx.now + ttl if ttl else None
 
 
-def _key_value(col: Column, value: object) -> bytes:
+def _key_value(col: Column, value: Value) -> bytes:
     if value is None:
         part = "partition key" if col.kind == "partition_key" else "clustering key"
         raise Invalid(f"Invalid null value in condition for {part} part {col.name}")
     if value is UNSET:
         raise Invalid(f"Invalid unset value for column {col.name}")
-    assert isinstance(value, bytes)
     return value
 
 
@@ -162,7 +161,7 @@ def execute_insert(engine: Engine, table: Table, stmt: st.Insert, ctx: WriteCont
     for col, term in plan.regular:
         v = resolve(term, col.type, values)
         if v is not UNSET:
-            cells.append((col.slot, colls.normalize(col.type, v) if col.type.is_collection else v))  # type: ignore[arg-type]
+            cells.append((col.slot, colls.normalize(col.type, v) if col.type.is_collection else v))
     pk = join_key([keys[n] for n in plan.pk_names])
     ck = join_key([keys[n] for n in plan.ck_names]) if plan.ck_names else b""
     if stmt.if_not_exists and stmt.using.timestamp is not None:
@@ -191,11 +190,13 @@ def _check_conditions(table: Table, data: TableData, pk: bytes, ck: bytes, if_ex
         if cond.element is not None:
             ktype, vtype = collection_element_types(col, col.name)
             key = resolve(cond.element, ktype, ctx.values)
+            if key is None or key is UNSET:  # as Cassandra: "Invalid null value for map element access"
+                raise Invalid(f"Invalid {'null' if key is None else 'unset'} value for {col.type.kind} element access")
             if col.type.kind == "map":
-                cur = dict(colls.split_map(cur)).get(key) if cur is not None else None  # type: ignore[arg-type]
+                cur = dict(colls.split_map(cur)).get(key) if cur is not None else None
             else:
                 items = colls.split_elements(cur)
-                idx = int.from_bytes(key, "big", signed=True)  # type: ignore[arg-type]
+                idx = int.from_bytes(key, "big", signed=True)
                 cur = items[idx] if 0 <= idx < len(items) else None
             ctype = vtype
         else:
@@ -213,12 +214,14 @@ def _check_conditions(table: Table, data: TableData, pk: bytes, ck: bytes, if_ex
             if cur is None:
                 ok = False
             else:
-                a, b = ctype.compare_key(cur), ctype.compare_key(want)  # type: ignore[arg-type]
+                a, b = ctype.compare_key(cur), ctype.compare_key(want)
                 ok = {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[cond.op]
         holds = holds and ok
     if holds:
         return None
-    shown = [(c, v) for c, v in current] if row is not None else [(c, None) for c in cols]
+    shown: list[tuple[Column, bytes | None]] = (
+        [(c, v) for c, v in current] if row is not None else [(c, None) for c in cols]
+    )
     return _lwt_result(table, False, shown)
 
 
@@ -237,7 +240,7 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
             v = resolve(a.value, col.type, ctx.values)
             if v is UNSET:
                 continue
-            cells.append((col.slot, colls.normalize(col.type, v) if col.type.is_collection else v))  # type: ignore[arg-type]
+            cells.append((col.slot, colls.normalize(col.type, v) if col.type.is_collection else v))
             continue
         current_cell = row.cell(col.slot, ctx.now) if row is not None else None
         current = current_cell[0] if current_cell else None
@@ -250,15 +253,15 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
                 raise Invalid(f"Invalid null or unset key for {col.name}")
             if value is UNSET:
                 continue
-            new = colls.set_element(col.type, current, key, value)  # type: ignore[arg-type]
+            new = colls.set_element(col.type, current, key, value)
         else:
             operand = resolve(a.value, assignment_value_type(col, a.kind), ctx.values)
             if operand is UNSET:
                 continue
             if a.kind == "remove":
-                new = colls.remove(col.type, current, operand)  # type: ignore[arg-type]
+                new = colls.remove(col.type, current, operand)
             else:
-                new = colls.add(col.type, current, operand, prepend=a.kind == "prepend")  # type: ignore[arg-type]
+                new = colls.add(col.type, current, operand, prepend=a.kind == "prepend")
         cells.append((col.slot, new))
     return cells
 
@@ -292,6 +295,11 @@ ENTIRE_ROW_CONDITIONAL_DELETE = (
     "Conditional delete of an entire row is not supported. (Azure Cosmos DB for Apache Cassandra supports it on "
     f"tables created WITH {' AND '.join(f'{flag}=true' for flag in CELL_LEVEL_FLAGS)}.)"
 )
+
+
+# Cassandra's answers to DELETE c[null] (Maps.DiscarderByKey, Lists.DiscarderByIndex, Sets.ElementDiscarder).
+_NULL_ELEMENT = {"map": "Invalid null map key", "list": "Invalid null value for list index",
+                 "set": "Invalid null set element"}
 
 
 def _cell_level(table: Table) -> bool:
@@ -331,11 +339,15 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
                     collection_element_types(col, col.name) if col.type.kind != "set" else (col.type.params[0], None)
                 )
                 key = resolve(element, ktype, ctx.values)
+                if key is UNSET:  # leaves the collection alone
+                    continue
+                if key is None:
+                    raise Invalid(_NULL_ELEMENT[col.type.kind])  # a map, list or set here
                 cur_cell = row.cell(col.slot, ctx.now) if row is not None else None
                 cur = cur_cell[0] if cur_cell else None
                 if cur is None:
                     continue
-                cells.append((col.slot, colls.set_element(col.type, cur, key, None)))  # type: ignore[arg-type]
+                cells.append((col.slot, colls.set_element(col.type, cur, key, None)))
             if cells:
                 engine.apply(("U", table.id, pk, ck, False, tuple(cells), ts, None, time.time()))
     else:

@@ -9,7 +9,7 @@ import pytest
 from cassandra import InvalidRequest
 from cassandra.cluster import NoHostAvailable, Session
 from cassandra.protocol import ServerError, SyntaxException
-from cassandra.query import BatchStatement, BatchType, SimpleStatement
+from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, SimpleStatement
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,6 +51,22 @@ def test_update_and_delete_conditions(session: Session) -> None:
     session.execute("INSERT INTO t (k, v) VALUES (3, 'old')")
     assert session.execute(ps, ("new", 3, "old")).was_applied
     assert not session.execute(ps, ("newer", 3, "old")).was_applied
+
+
+def test_a_null_or_unset_element_in_a_condition_is_invalid(session: Session) -> None:
+    """As Cassandra ("Invalid null value for list element access"); it was an internal error (Server error)."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, v int, l list<text>, m map<text, int>)")
+    session.execute("INSERT INTO t (k, v, l, m) VALUES (1, 0, ['a'], {'x': 1})")
+    with pytest.raises(InvalidRequest, match="Invalid null value for list element access"):
+        session.execute("UPDATE t SET v = 1 WHERE k = 1 IF l[null] = 'a'")
+    with pytest.raises(InvalidRequest, match="Invalid null value for map element access"):
+        session.execute("UPDATE t SET v = 1 WHERE k = 1 IF m[null] = 1")
+    ps = session.prepare("UPDATE t SET v = 1 WHERE k = 1 IF l[?] = 'a'")
+    for index, what in ((None, "null"), (UNSET_VALUE, "unset")):
+        with pytest.raises(InvalidRequest, match=f"Invalid {what} value for list element access"):
+            session.execute(ps, (index,))
+    assert session.execute(ps, (0,)).was_applied
+    assert session.execute("SELECT v FROM t WHERE k = 1").one().v == 1
 
 
 def test_a_conditional_row_delete_needs_the_cell_level_flags_as_on_cosmos_db(session: Session) -> None:
@@ -138,3 +154,22 @@ def test_refused_combinations(session: Session) -> None:
         with pytest.raises(InvalidRequest, match=message):
             session.execute(query)
     assert list(session.execute("SELECT * FROM t")) == []
+
+
+def test_a_conditional_insert_in_a_batch_checks_its_key_columns_as_an_insert_does(session: Session) -> None:
+    """A null, unset or missing clustering column is Invalid, as outside a batch; it was an internal error."""
+    session.execute("CREATE TABLE t (p int, c int, d int, v int, PRIMARY KEY (p, c, d))")
+    for child, message in (
+        ("INSERT INTO t (p, c, d, v) VALUES (1, null, 1, 1) IF NOT EXISTS", "Invalid null value .* part c"),
+        ("INSERT INTO t (p, c, d, v) VALUES (1, 1, null, 1) IF NOT EXISTS", "Invalid null value .* part d"),
+        ("INSERT INTO t (p, c, v) VALUES (1, 1, 1) IF NOT EXISTS", "Some clustering key parts are missing: d"),
+    ):
+        with pytest.raises(InvalidRequest, match=message):
+            session.execute(f"BEGIN UNLOGGED BATCH {child}; APPLY BATCH")
+    batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+    batch.add(session.prepare("INSERT INTO t (p, c, d, v) VALUES (?, ?, ?, ?) IF NOT EXISTS"), (1, 1, UNSET_VALUE, 1))
+    with pytest.raises(InvalidRequest, match="Invalid unset value for column d"):
+        session.execute(batch)
+    assert list(session.execute("SELECT * FROM t")) == []
+    assert session.execute("BEGIN UNLOGGED BATCH INSERT INTO t (p, c, d, v) VALUES (1, 1, 1, 1) IF NOT EXISTS; "
+                           "APPLY BATCH").was_applied

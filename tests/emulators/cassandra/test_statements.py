@@ -86,6 +86,36 @@ def test_collection_updates(session: Session) -> None:
     assert session.execute("SELECT l FROM t WHERE k = 1").one().l == ["first", "y"]
 
 
+def test_deleting_a_null_collection_element_is_invalid_an_unset_one_leaves_it_alone(session: Session) -> None:
+    """As Cassandra; a null or unset list index was an internal error (Server error), a null map key ignored."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, l list<text>, m map<text, int>, s set<int>)")
+    session.execute("INSERT INTO t (k, l, m, s) VALUES (1, ['a', 'b'], {'x': 1}, {5})")
+    for query, message in (
+        ("DELETE l[null] FROM t WHERE k = 1", "Invalid null value for list index"),
+        ("DELETE m[null] FROM t WHERE k = 1", "Invalid null map key"),
+        ("DELETE s[null] FROM t WHERE k = 1", "Invalid null set element"),
+    ):
+        with pytest.raises(InvalidRequest, match=message):
+            session.execute(query)
+    session.execute(session.prepare("DELETE l[?] FROM t WHERE k = 1"), (UNSET_VALUE,))
+    session.execute(session.prepare("DELETE m[?] FROM t WHERE k = 1"), (UNSET_VALUE,))
+    row = session.execute("SELECT l, m, s FROM t WHERE k = 1").one()
+    assert row.l == ["a", "b"] and dict(row.m) == {"x": 1} and set(row.s) == {5}
+    session.execute(session.prepare("DELETE l[?] FROM t WHERE k = 1"), (0,))
+    assert session.execute("SELECT l FROM t WHERE k = 1").one().l == ["b"]
+
+
+def test_contains_on_a_map_whose_keys_are_collections(session: Session) -> None:
+    """The map deserializes to (key, value) pairs, not a dict; CONTAINS (KEY) was an internal error on it."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, m map<frozen<list<int>>, text>)")
+    insert = session.prepare("INSERT INTO t (k, m) VALUES (?, ?)")
+    session.execute(insert, (1, {(1, 2): "a"}))
+    session.execute(insert, (2, {(3,): "b"}))
+    assert rows(session, "SELECT k FROM t WHERE m CONTAINS KEY [1, 2] ALLOW FILTERING") == [(1,)]
+    assert rows(session, "SELECT k FROM t WHERE m CONTAINS 'b' ALLOW FILTERING") == [(2,)]
+    assert rows(session, "SELECT k FROM t WHERE m CONTAINS KEY [2, 1] ALLOW FILTERING") == []
+
+
 def test_deletes_partition_row_range_and_columns(session: Session) -> None:
     session.execute("CREATE TABLE t (p text, b int, c1 int, c2 text, v int, PRIMARY KEY ((p, b), c1, c2))")
     for c1 in range(5):
