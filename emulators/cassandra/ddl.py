@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 from . import statements as st
+from ._typeliterals import describe
 from .errors import AlreadyExists, ConfigError, CqlSyntaxError, Invalid
 from .schema import COSMOS_TABLE_OPTIONS, DEFAULT_TABLE_OPTIONS, SYSTEM_KEYSPACES, Catalog, Column, Table
 from .types import CqlType, InvalidValue, UnsupportedType, parse_type
@@ -74,10 +75,14 @@ def _options(table_name: str, options: dict[str, object]) -> dict[str, object]:
         if key not in DEFAULT_TABLE_OPTIONS or key in ("id", "extensions"):
             raise CqlSyntaxError(f"Unknown property '{key}'")
         default = DEFAULT_TABLE_OPTIONS[key]
+        shown = describe(value)
         if isinstance(value, decimal.Decimal):
             value = float(value)
-        if isinstance(default, int) and not isinstance(value, int):
-            raise ConfigError(f"Invalid value for {key}: {value!r} (an integer is expected)")
+        # A bool is an int to Python, not to Cassandra.
+        if isinstance(default, int) and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ConfigError(f"Invalid value for {key}: {shown} (an integer is expected)")
+        if isinstance(default, float) and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise ConfigError(f"Invalid value for {key}: {shown} (a number is expected)")
         if isinstance(default, dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"Invalid value for {key}: a map is expected")

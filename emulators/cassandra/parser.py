@@ -14,7 +14,7 @@ from collections.abc import Callable
 from . import statements as st
 from .errors import CqlSyntaxError, Invalid
 from .lexer import Token, tokenize
-from .types import SetLiteral, TupleLiteral
+from .types import MapLiteral, SetLiteral, TupleLiteral
 
 _UNSUPPORTED_STATEMENTS = {
     "alter": "ALTER (only ALTER TABLE ... ADD is supported)",
@@ -195,13 +195,16 @@ class Parser:
             return {}
         first = self._literal_value()
         if self.accept_op(":"):
-            mapping = {first: self._literal_value()}
+            pairs = [(first, self._literal_value())]
             while self.accept_op(","):
                 key = self._literal_value()
                 self.expect_op(":")
-                mapping[key] = self._literal_value()
+                pairs.append((key, self._literal_value()))
             self.expect_op("}")
-            return mapping
+            try:
+                return dict(pairs)
+            except TypeError:  # a key Python cannot hash (a list or map literal, or one inside a tuple or set)
+                return MapLiteral(pairs)
         elements = [first]
         while self.accept_op(","):
             elements.append(self._literal_value())

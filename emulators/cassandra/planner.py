@@ -44,6 +44,21 @@ def collection_element_types(col: Column, column_name: str) -> tuple[CqlType, Cq
     raise Invalid(f"Invalid operation ({column_name}[...]) for non-map/list column {column_name} of type {t.cql()}")
 
 
+def deleted_element_spec(col: Column) -> Spec:
+    """The name and type of ``e`` in ``DELETE c[e]``, as Cassandra's ``Operation.ElementDeletion`` prepares it:
+    a list's index, a set's element, a map's key; only for a collection that is not frozen."""
+    t = col.type
+    if not t.is_collection:
+        raise Invalid(f"Invalid deletion operation for non collection column {col.name}")
+    if t.frozen:
+        raise Invalid(f"Invalid deletion operation for frozen collection column {col.name}")
+    if t.kind == "list":
+        return Spec(f"idx({col.name})", INT)
+    if t.kind == "set":
+        return Spec(f"value({col.name})", t.params[0])
+    return Spec(f"key({col.name})", t.params[0])
+
+
 def table_column(table: Table, name: str) -> Column:
     col = table.columns.get(name)
     if col is None:
@@ -134,7 +149,7 @@ def bind_specs(stmt: st.Statement, table: Table | None, count: int) -> list[Spec
         for name, element in stmt.columns:
             col = table_column(table, name)
             if element is not None:
-                _term_specs(element, Spec(f"key({col.name})", collection_element_types(col, col.name)[0]), out)
+                _term_specs(element, deleted_element_spec(col), out)
         _using_specs(stmt.using, out)
         _relation_specs(table, stmt.where, out)
         _condition_specs(table, stmt.conditions, out)

@@ -24,7 +24,15 @@ from . import collections_ops as colls
 from . import statements as st
 from .errors import Invalid
 from .keys import join_key
-from .planner import BOOLEAN, assignment_value_type, collection_element_types, resolve, resolve_int, table_column
+from .planner import (
+    BOOLEAN,
+    assignment_value_type,
+    collection_element_types,
+    deleted_element_spec,
+    resolve,
+    resolve_int,
+    table_column,
+)
 from .results import ColumnSpec, Rows
 from .schema import Column, Table
 from .select import Restrictions, _column_extractor, iter_scan, plan_scan, resolve_restrictions
@@ -335,10 +343,7 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
                 if element is None:
                     cells.append((col.slot, None))
                     continue
-                ktype, _ = (
-                    collection_element_types(col, col.name) if col.type.kind != "set" else (col.type.params[0], None)
-                )
-                key = resolve(element, ktype, ctx.values)
+                key = resolve(element, deleted_element_spec(col).type, ctx.values)
                 if key is UNSET:  # leaves the collection alone
                     continue
                 if key is None:

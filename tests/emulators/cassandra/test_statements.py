@@ -7,6 +7,7 @@ import uuid
 import pytest
 from cassandra import InvalidRequest
 from cassandra.cluster import Session
+from cassandra.protocol import ConfigurationException
 from cassandra.query import UNSET_VALUE, SimpleStatement
 
 pytestmark = pytest.mark.timeout(60)
@@ -114,6 +115,48 @@ def test_contains_on_a_map_whose_keys_are_collections(session: Session) -> None:
     assert rows(session, "SELECT k FROM t WHERE m CONTAINS KEY [1, 2] ALLOW FILTERING") == [(1,)]
     assert rows(session, "SELECT k FROM t WHERE m CONTAINS 'b' ALLOW FILTERING") == [(2,)]
     assert rows(session, "SELECT k FROM t WHERE m CONTAINS KEY [2, 1] ALLOW FILTERING") == []
+
+
+def test_a_prepared_element_deletion_names_and_types_its_marker_as_cassandra(session: Session) -> None:
+    """DELETE c[?]: a list's idx(c) int, a set's value(c) element, a map's key(c). A set's could not be prepared."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, l list<text>, m map<text, int>, s set<int>, "
+                    "f frozen<set<int>>, v int)")
+    session.execute("INSERT INTO t (k, l, m, s, f) VALUES (1, ['a', 'b'], {'x': 1, 'y': 2}, {5, 6}, {7})")
+    for column, name, cql_type in (("l", "idx(l)", "int"), ("s", "value(s)", "int"), ("m", "key(m)", "varchar")):
+        prepared = session.prepare(f"DELETE {column}[?] FROM t WHERE k = ?")
+        marker = prepared.column_metadata[0]
+        assert (marker.name, marker.type.typename) == (name, cql_type)
+    session.execute(session.prepare("DELETE s[?] FROM t WHERE k = ?"), (5, 1))
+    session.execute(session.prepare("DELETE m[?] FROM t WHERE k = ?"), ("x", 1))
+    row = session.execute("SELECT m, s FROM t WHERE k = 1").one()
+    assert dict(row.m) == {"y": 2} and set(row.s) == {6}
+    for query, message in (("DELETE f[7] FROM t WHERE k = 1", "frozen collection column f"),
+                           ("DELETE v[1] FROM t WHERE k = 1", "non collection column v")):
+        with pytest.raises(InvalidRequest, match=message):
+            session.execute(query)
+
+
+def test_map_literals_whose_keys_are_collections(session: Session) -> None:
+    """A list or map as a map literal's key was an internal error (the parser put it in a Python dict)."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, m map<frozen<list<int>>, text>, "
+                    "n map<frozen<map<int, int>>, int>)")
+    session.execute("INSERT INTO t (k, m, n) VALUES (1, {[1, 2]: 'a', [0]: 'b', [1, 2]: 'c'}, {{1: 2}: 3})")
+    row = session.execute("SELECT m, n FROM t WHERE k = 1").one()
+    assert list(row.m.items()) == [([0], "b"), ([1, 2], "c")]  # sorted by key; of a repeated key, the last
+    assert [(dict(k), v) for k, v in row.n.items()] == [({1: 2}, 3)]
+
+
+def test_table_options_of_the_wrong_type_are_refused(session: Session) -> None:
+    """A boolean is not an integer to Cassandra: `default_time_to_live = true` was a TTL of one second."""
+    for option, message in (("default_time_to_live = true", "boolean literal true \\(an integer is expected"),
+                            ("gc_grace_seconds = 1.5", "float literal 1.5 \\(an integer is expected"),
+                            ("crc_check_chance = 'x'", "string literal 'x' \\(a number is expected"),
+                            ("bloom_filter_fp_chance = false", "boolean literal false \\(a number is expected")):
+        with pytest.raises(ConfigurationException, match=message):
+            session.execute(f"CREATE TABLE t (k int PRIMARY KEY) WITH {option}")
+    session.execute("CREATE TABLE t (k int PRIMARY KEY) WITH default_time_to_live = 60 AND crc_check_chance = 1")
+    assert rows(session, "SELECT default_time_to_live, crc_check_chance FROM system_schema.tables "
+                         "WHERE keyspace_name = %s AND table_name = 't'", (session.keyspace,)) == [(60, 1.0)]
 
 
 def test_deletes_partition_row_range_and_columns(session: Session) -> None:
