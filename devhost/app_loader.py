@@ -48,7 +48,9 @@ class RetryPolicy:
         """Seconds to wait before retry number ``retry`` (1-based)."""
         if self.strategy == "fixed_delay":
             return self.delay.total_seconds()
-        backoff = self.minimum_interval.total_seconds() * (2 ** (retry - 1))
+        # The exponent stops at 1023: from retry 1025 on (unlimited retries get there) 2 ** (retry - 1) no longer
+        # converts to a float (OverflowError), and 2.0 ** 1023 times any interval is past every maximum already.
+        backoff = self.minimum_interval.total_seconds() * 2.0 ** min(retry - 1, 1023)
         return min(backoff, self.maximum_interval.total_seconds())
 
     def allows(self, retry: int) -> bool:
@@ -130,6 +132,8 @@ def index(app: func.FunctionApp) -> list[FunctionSpec]:
         raise DevHostError(f"cannot index the app: {exc}") from exc
     for function in functions:
         name = function.get_function_name()
+        if name is None:  # azure-functions names a function after its Python function when no @function_name
+            raise DevHostError(f"cannot index the app: {function.get_user_function()!r} has no function name")
         if name in names:
             problems.append(f"function {name!r} is defined twice")
         names.add(name)

@@ -43,9 +43,12 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat()
 
 
-def _parse(text: str | None) -> datetime | None:
-    if not text:
+def _parse(text: object) -> datetime | None:
+    """A status blob's moment, or None when it has none; ValueError when it is not an ISO 8601 string."""
+    if text is None or text == "":
         return None
+    if not isinstance(text, str):
+        raise ValueError(f"not a moment: {text!r}")
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
@@ -190,11 +193,16 @@ class TimerListener:
     async def _read_status(self) -> dict[str, Any] | None:
         try:
             downloader = await self._container.get_blob_client(self._status_blob).download_blob()
-            return json.loads(await downloader.readall())
+            status = json.loads(await downloader.readall())
+            if not isinstance(status, dict):
+                raise ValueError("not a JSON object")
+            for key in ("Last", "Next"):
+                _parse(status.get(key))
+            return status
         except ResourceNotFoundError:
             return None
-        except ValueError:
-            logger.warning("Functions.%s: unreadable timer status blob; ignoring it", self.name)
+        except ValueError as exc:  # as no status: the schedule goes on rather than the timer failing at every tick
+            logger.warning("Functions.%s: unreadable timer status blob (%s); ignoring it", self.name, exc)
             return None
 
     async def _write_status(self, last: datetime | None, next_: datetime) -> None:

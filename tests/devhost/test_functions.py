@@ -69,6 +69,10 @@ def test_backoff_delays() -> None:
     assert [policy.delay_before(n) for n in range(1, 6)] == [1, 2, 4, 5, 5]
     assert policy.allows(5) and not policy.allows(6)
     assert RetryPolicy("fixed_delay", -1, delay=timedelta(seconds=2)).allows(1000)
+    # Unlimited retries pass retry 1025, where 2 ** 1024 seconds no longer fits a float (it raised OverflowError).
+    forever = RetryPolicy("exponential_backoff", -1, minimum_interval=timedelta(seconds=1),
+                          maximum_interval=timedelta(minutes=15))
+    assert [forever.delay_before(n) for n in (1025, 10**6)] == [900, 900]
 
 
 def test_load_names_a_missing_script(tmp_path: Path) -> None:

@@ -92,3 +92,32 @@ def test_timer_fires_once_per_occurrence_across_two_hosts(
     wait_for(lambda: [r for r in read_records(out) if r["function"] == "tick" and r["pid"] == other.process.pid],
              30, "the other host to fire", other)
     assert other.alive()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("status", ["[1, 2]", '{"Last": null, "Next": "soon"}', '{"Next": 1700000000}'],
+                         ids=["not-an-object", "next-not-a-moment", "next-a-number"])
+def test_an_unreadable_status_blob_is_ignored_and_the_timer_fires(
+    tmp_path: Path, azurite_connection_string: str, devhost_factory: Any, status: str,
+) -> None:
+    """A status the host cannot read is treated as none, with a warning; before, a JSON value that was not an
+    object, or a Next that was not an ISO moment, failed the timer's loop at every tick and it never fired."""
+    out = tmp_path / "records.jsonl"
+    host_id = f"devhost-test-{uuid.uuid4().hex[:12]}"
+    settings = write_app(tmp_path / "app", APP, host_json=HOST_JSON, values={
+        "AzureWebJobsStorage": azurite_connection_string, "TEST_OUT": str(out),
+        "TICK_SCHEDULE": "* * * * * *", "AzureFunctionsWebHost__hostid": host_id,
+    })
+    service = BlobServiceClient.from_connection_string(azurite_connection_string)
+    with contextlib.suppress(ResourceExistsError):
+        service.create_container("azure-webjobs-hosts")
+    blob = service.get_blob_client("azure-webjobs-hosts", f"timers/{host_id}/Host.Functions.tick/status")
+    blob.upload_blob(status, overwrite=True)
+
+    host = devhost_factory(tmp_path / "app", settings=settings)
+    ticks = wait_for(lambda: (t := [r for r in read_records(out) if r["function"] == "tick"]) and len(t) >= 2 and t,
+                     30, "two ticks", host)
+    assert ticks[0]["past_due"] is False
+    assert "Functions.tick: unreadable timer status blob" in host.output()
+    assert datetime.fromisoformat(json.loads(blob.download_blob().readall())["Next"]) > datetime.now(UTC) - \
+        timedelta(seconds=30), "the status is written again"
