@@ -47,25 +47,62 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 from bench._e2e_cpu import process_cpu
 
 if TYPE_CHECKING:
+    import psycopg
     from azure.eventhub import EventData
     from azure.eventhub.aio import PartitionContext
+    from cassandra.cluster import Session
 
+    from shared.adapters.redis.client import Client
     from shared.domain.events import Event, RawRecord
+    from shared.settings import CassandraSettings, Settings
+
+
+class PartFigures(TypedDict):
+    """One part's CPU seconds and how many ``unit`` it handled."""
+
+    cpu: float
+    count: int
+    unit: str
+
+
+class ClientFloor(TypedDict):
+    """The JSON line :func:`main` prints (what ``bench e2e`` reads back)."""
+
+    events: int
+    parts: dict[str, PartFigures]
+    idle_cpu_per_s: float
+    seconds: float
+
+
+class FloorProbe(Protocol):
+    """What the floor uses of :class:`sluice.delivery.Probe`: the stack's settings and its clients."""
+
+    settings: Settings
+
+    @property
+    def session(self) -> Session: ...
+
+    @property
+    def redis(self) -> Client: ...
+
+    def pg(self) -> psycopg.Connection: ...
+
+    def close(self) -> None: ...
 
 
 class Timings:
     """Per part, CPU seconds and what it handled (requests, rows, commands); :meth:`part` times a block."""
 
     def __init__(self) -> None:
-        self.figures: dict[str, dict[str, Any]] = {}
+        self.figures: dict[str, PartFigures] = {}
 
     @contextmanager
-    def part(self, name: str, unit: str) -> Iterator[dict[str, Any]]:
+    def part(self, name: str, unit: str) -> Iterator[PartFigures]:
         figures = self.figures.setdefault(name, {"cpu": 0.0, "count": 0, "unit": unit})
         gc.collect()  # what earlier parts left is not this part's
         began = process_cpu()
@@ -106,13 +143,13 @@ async def receive(connection: str, hub: str, events: int, timeout: float) -> lis
     return records[:events]
 
 
-def floor_settings(probe: Any) -> Any:
+def floor_settings(probe: FloorProbe) -> CassandraSettings:
     """The stack's Cassandra settings with a keyspace of the floor's own."""
     cassandra = probe.settings.cassandra
     return cassandra.model_copy(update={"keyspace": f"{cassandra.keyspace}_floor"})
 
 
-def create_keyspace(probe: Any) -> None:
+def create_keyspace(probe: FloorProbe) -> None:
     """The floor's keyspace, made before anything is timed, and the driver's schema refresh after it done.
 
     The driver refreshes its schema metadata on every schema change event, on its own threads and
@@ -132,7 +169,7 @@ def idle(seconds: float) -> float:
     return (process_cpu() - began) / seconds
 
 
-def writes(probe: Any, events: list[Event], batch: int, timings: Timings) -> None:
+def writes(probe: FloorProbe, events: list[Event], batch: int, timings: Timings) -> None:
     """Ingest's rows, planned (batched and serialized) by the event store, sent by ``execute_concurrent``."""
     from cassandra.concurrent import execute_concurrent
 
@@ -150,7 +187,7 @@ def writes(probe: Any, events: list[Event], batch: int, timings: Timings) -> Non
             figures["count"] += len(work)
 
 
-def feed(probe: Any, timings: Timings) -> list[list[Any]]:
+def feed(probe: FloorProbe, timings: Timings) -> list[list[Any]]:
     """The change feed of ``events_by_id`` from the start, page by page, until a page is empty."""
     from cassandra.query import SimpleStatement
 
@@ -174,7 +211,7 @@ def feed(probe: Any, timings: Timings) -> list[list[Any]]:
     return pages
 
 
-def windows(probe: Any, times: list[datetime], timings: Timings) -> None:
+def windows(probe: FloorProbe, times: list[datetime], timings: Timings) -> None:
     """Every time-bucket partition holding the events, read once with enrichment's columns and paging."""
     from cassandra.concurrent import execute_concurrent_with_args
 
@@ -197,7 +234,7 @@ def windows(probe: Any, times: list[datetime], timings: Timings) -> None:
             figures["count"] += sum(1 for _ in result)
 
 
-def redis_pages(probe: Any, pages: list[list[Any]], timings: Timings) -> None:
+def redis_pages(probe: FloorProbe, pages: list[list[Any]], timings: Timings) -> None:
     """Per feed page, the change feed's commands for it in one pipeline (``bench.cache_sync``'s raw side)."""
     from bench.cache_sync import cleanup, raw_commands, send
     from shared.adapters.cassandra.reader import stored_event
@@ -230,7 +267,7 @@ def redis_pages(probe: Any, pages: list[list[Any]], timings: Timings) -> None:
         cleanup(client, prefix)
 
 
-def postgres(probe: Any, pages: list[list[Any]], timings: Timings) -> None:
+def postgres(probe: FloorProbe, pages: list[list[Any]], timings: Timings) -> None:
     """One binary COPY of the events' enriched rows into a temporary table shaped like ``enriched_events``."""
     from bench.enrich import copy_enriched, enriched_rows
     from shared.adapters.cassandra.reader import stored_event
@@ -279,8 +316,9 @@ def main(argv: list[str]) -> int:
         postgres(probe, pages, timings)
     finally:
         probe.close()
-    print(json.dumps({"events": len(records), "parts": timings.figures, "idle_cpu_per_s": background,
-                      "seconds": time.monotonic() - began}), flush=True)
+    line: ClientFloor = {"events": len(records), "parts": timings.figures, "idle_cpu_per_s": background,
+                         "seconds": time.monotonic() - began}
+    print(json.dumps(line), flush=True)
     return 0
 
 

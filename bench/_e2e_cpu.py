@@ -60,9 +60,9 @@ class FrameCounter:
                     self._batch_head = None
                 continue
             if self._skip:
-                take = min(self._skip, n - i)
-                self._skip -= take
-                i += take
+                skipped = min(self._skip, n - i)
+                self._skip -= skipped
+                i += skipped
                 continue
             take = data[i:i + HEADER - len(self._head)]
             self._head += take
@@ -205,7 +205,7 @@ class ProductCpu:
         try:
             process = psutil.Process(pid)
             times = process.cpu_times()
-            total = times.user + times.system
+            total: float = times.user + times.system
             for child in process.children(recursive=True):
                 child_times = child.cpu_times()
                 total += child_times.user + child_times.system

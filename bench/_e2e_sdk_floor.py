@@ -26,13 +26,22 @@ import json
 import os
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from bench._e2e_cpu import process_cpu
 
 if TYPE_CHECKING:
     from azure.eventhub import EventData
     from azure.eventhub.aio import PartitionContext
+
+
+class SdkFloorRun(TypedDict):
+    """The JSON line :func:`main` prints (what ``bench e2e`` reads back)."""
+
+    events: int
+    batches: int
+    cpu: float
+    seconds: float
 
 
 async def read(connection: str, storage: str | None, args: argparse.Namespace) -> dict[str, float]:

@@ -44,8 +44,8 @@ def main(argv: list[str]) -> int:
                      timeout=60)
     try:
         def settings(keyspace: str) -> CassandraSettings:
-            return CassandraSettings(hosts=[emulator.host], port=emulator.port, keyspace=keyspace,
-                                     request_timeout_seconds=60)
+            return CassandraSettings(
+                hosts=[emulator.host], port=emulator.port, keyspace=keyspace, request_timeout_seconds=60)
 
         plain_cfg, audited_cfg = settings("bench_plain"), settings("bench_audited")
         session = connect(plain_cfg)

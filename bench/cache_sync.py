@@ -27,12 +27,15 @@ import random
 import time
 import uuid
 import zlib
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import redis
 
 from shared.adapters.redis import RedisChangeSink, sort_key
+from shared.adapters.redis.base import Command
+from shared.adapters.redis.client import Client
 from shared.domain.stored import StoredEvent
 from shared.ports.feed import FeedPage, FeedPosition, SavedPosition
 from shared.services.changefeed import ChangeFeedService
@@ -82,7 +85,8 @@ def make_events(count: int, devices: int, critical_share: float, seed: int = 7) 
     return out
 
 
-def run_ours(client: redis.Redis, prefix: str, events: list[StoredEvent], page_size: int, args) -> float:
+def run_ours(client: Client, prefix: str, events: list[StoredEvent], page_size: int, args: argparse.Namespace
+             ) -> float:
     sink = RedisChangeSink(client, key_prefix=prefix, critical_per_device_max=args.per_device_max,
                       critical_stream_max=args.stream_max)
     sink.load_scripts()
@@ -96,7 +100,7 @@ def run_ours(client: redis.Redis, prefix: str, events: list[StoredEvent], page_s
 
 
 def raw_commands(cache: RedisChangeSink, page: list[StoredEvent], ttl: int, per_device: int,
-                 stream: int) -> list[tuple]:
+                 stream: int) -> list[Command]:
     """What a hand-written sync would send for a page: the same scripts, documents and newest-per-device choice."""
     sha = cache.sha
     latest_sha, critical_sha, stream_sha, event_sha = sha["latest"], sha["critical"], sha["stream"], sha["fill_event"]
@@ -104,7 +108,7 @@ def raw_commands(cache: RedisChangeSink, page: list[StoredEvent], ttl: int, per_
     shards = cache.keys.stream_shards
     shard_max = -(-stream // shards)
     newest: dict[str, StoredEvent] = {}
-    commands = []
+    commands: list[Command] = []
     for e in page:
         current = newest.get(e.device_id)
         if current is None or e.newer_than(current):
@@ -124,14 +128,14 @@ def raw_commands(cache: RedisChangeSink, page: list[StoredEvent], ttl: int, per_
     return commands
 
 
-def send(client: redis.Redis, commands: list[tuple]) -> None:
+def send(client: Client, commands: Sequence[Command]) -> None:
     pipe = client.pipeline(transaction=False)
     for command in commands:
         pipe.execute_command("EVALSHA", *command)
     pipe.execute()
 
 
-def run_raw(client: redis.Redis, prefix: str, events: list[StoredEvent], page_size: int, args,
+def run_raw(client: Client, prefix: str, events: list[StoredEvent], page_size: int, args: argparse.Namespace,
             prebuilt: bool = False) -> float:
     cache = RedisChangeSink(client, key_prefix=prefix)
     cache.load_scripts()
@@ -149,7 +153,7 @@ def run_raw(client: redis.Redis, prefix: str, events: list[StoredEvent], page_si
     return time.perf_counter() - started
 
 
-def cleanup(client: redis.Redis, prefix: str) -> None:
+def cleanup(client: Client, prefix: str) -> None:
     batch = []
     for key in client.scan_iter(match=prefix + "*", count=5000):
         batch.append(key)
@@ -179,6 +183,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     local_cluster = None
+    client: Client
     if args.redis_cluster:
         import tempfile
         from pathlib import Path

@@ -31,8 +31,15 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from cassandra.cluster import Cluster, Session
+    from cassandra.query import PreparedStatement
+
+    from sluice.launcher import Running
 
 PAYLOAD = b"x" * 500
 MILLION = 1_000_000
@@ -69,7 +76,7 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
     def current(self) -> int:
-        rss = self.process.memory_info().rss
+        rss: int = self.process.memory_info().rss
         self.peak = max(self.peak, rss)
         return rss
 
@@ -88,7 +95,7 @@ class RssSampler:
         self.current()
 
 
-def _cluster(host: str, port: int):
+def _cluster(host: str, port: int) -> Cluster:
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import RoundRobinPolicy
     from cassandra.query import tuple_factory
@@ -113,7 +120,8 @@ class Target:
         self.inserts = Totals()
         self.reads = Totals()
 
-    def run(self, statement: object, args: list[tuple], totals: Totals, concurrency: int) -> None:
+    def run(self, statement: PreparedStatement, args: Sequence[tuple[object, ...]], totals: Totals,
+            concurrency: int) -> None:
         from cassandra.concurrent import execute_concurrent_with_args
         cpu0, client0 = sum(self.server.cpu_times()[:2]), time.process_time()
         t0 = time.perf_counter()
@@ -141,13 +149,13 @@ class Target:
                 f"driver {self.inserts.client_us():.0f}/{self.reads.client_us():.0f} us (insert/read)")
 
 
-def fill(session, keyspace: str, start: int, total: int) -> None:
+def fill(session: Session, keyspace: str, start: int, total: int) -> None:
     """Insert keys start..total-1 in unlogged batches of 100 (fast for the driver, same rows for the server)."""
     from cassandra.concurrent import execute_concurrent
     from cassandra.query import BatchStatement, BatchType
     insert = session.prepare(f"INSERT INTO {keyspace}.kv (k, v) VALUES (?, ?)")
 
-    def batches():
+    def batches() -> Iterator[tuple[BatchStatement, tuple[()]]]:
         for lo in range(start, total, 100):
             batch = BatchStatement(batch_type=BatchType.UNLOGGED)
             for k in range(lo, min(lo + 100, total)):
@@ -199,7 +207,7 @@ def _null_server(host: str) -> int:
     return 0
 
 
-def _start(name: str, argv: list[str]):
+def _start(name: str, argv: list[str]) -> Running:
     from sluice.launcher import start
     return start(name, argv, timeout=60)
 

@@ -63,13 +63,94 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, TypedDict
 
 from bench._e2e_cpu import CqlCounter, ProductCpu
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from bench._e2e_client_floor import ClientFloor
+    from bench._e2e_sdk_floor import SdkFloorRun
+    from shared.adapters.redis.client import Client
+    from sluice.delivery import DeliveryReport, Probe
+    from sluice.launcher import Running
+    from sluice.loadgen import Expected, Summary
 
 ROOT = Path(__file__).resolve().parent.parent
 
 CHANGEFEED_INTERVAL_SECONDS = 1.0
+
+
+class StepFigures(TypedDict):
+    """One step of the sustained-rate phase (:meth:`Bench.step`)."""
+
+    rate: float
+    achieved: int
+    final_lag: int
+    max_lag: int
+    growing: bool
+
+
+class Latency(TypedDict):
+    """Send-to-Redis delays of the critical events at one rate (:meth:`Bench.latency`), in seconds."""
+
+    rate: float
+    achieved: int
+    critical: int
+    p50: float | None
+    p99: float | None
+    max: float | None
+    timed_out: int
+
+
+class SdkFloor(TypedDict):
+    """The Event Hubs SDK alone on the same events (:meth:`Bench.sdk_floor`)."""
+
+    batch: int
+    receive: SdkFloorRun
+    checkpoint: SdkFloorRun
+
+
+class CpuFigures(TypedDict):
+    """The CPU phase (:meth:`Bench.cpu_phase`), printed by :func:`print_cpu`."""
+
+    sdk_floor: SdkFloor
+    client_floor: ClientFloor
+    sent: int
+    achieved: int
+    delivered: int
+    problems: list[str]
+    span: float
+    cpu: dict[str, float]
+    idle_cpu_per_s: float
+    idle_host_cpu_per_s: float
+    idle_by_part: dict[str, float]
+    requests: dict[str, int]
+    batched_statements: int
+    calibration: tuple[float, float]
+
+
+class Capacity(TypedDict):
+    """What the workers worked off at ``--scale-rate`` (:meth:`Bench.capacity`)."""
+
+    sent: int
+    achieved: int
+    elapsed: float
+    rate: float
+    lag: int
+
+
+class ScaleFigures(TypedDict):
+    """The scale-out phase (:meth:`Bench.scale_phase`), printed by :func:`print_scale`."""
+
+    one: Capacity
+    two: Capacity
+    losses: dict[str, int]
+    problems: list[str]
+    events: int
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -124,11 +205,11 @@ class Bench:
         self.workdir = workdir
         self.cpu = ProductCpu()
         self.counter: CqlCounter | None = None
-        self.null = None
-        self.workers: list = []
+        self.null: Running | None = None
+        self.workers: list[Running] = []
         self.stack = LocalStack(options, say=lambda text: print(text, flush=True))
         self.sent_by_partition: dict[str, int] = {}
-        self._live = None
+        self._live: Summary | None = None
 
     def start(self) -> None:
         stack = self.stack
@@ -146,8 +227,9 @@ class Bench:
         stack.write_settings()
         stack.create_database()
         stack.migrate()
-        if stack.reference_command():
-            stack.sluice(*stack.reference_command(), what="sample reference data")
+        reference = stack.reference_command()
+        if reference:
+            stack.sluice(*reference, what="sample reference data")
         running = stack.start_devhost(env=self._devhost_env(1))
         self.cpu.add(running.process.pid, self.workdir / "cpu-1.json")
         self.workers.append(running)
@@ -169,7 +251,7 @@ class Bench:
                         "DEVHOST_EVENTHUBS_OWNERSHIP_EXPIRATION_SECONDS": "6"})
         return env
 
-    def start_worker(self, number: int):
+    def start_worker(self, number: int) -> Running:
         from sluice.launcher import python_module, start
 
         stack = self.stack
@@ -223,7 +305,7 @@ class Bench:
                 sent[pid] = sent.get(pid, 0) + n
         return sum(max(0, n - (checkpoints.get(pid, -1) + 1)) for pid, n in sent.items())
 
-    def _count(self, summary) -> None:
+    def _count(self, summary: Summary) -> None:
         for pid, n in summary.by_partition.items():
             self.sent_by_partition[pid] = self.sent_by_partition.get(pid, 0) + n
 
@@ -233,7 +315,8 @@ class Bench:
             time.sleep(0.5)
         return time.monotonic() - started
 
-    def run_load(self, rate: float, seconds: float, *, critical_ratio: float, on_tick=None, manifest=None):
+    def run_load(self, rate: float, seconds: float, *, critical_ratio: float,
+                 on_tick: Callable[[Summary], None] | None = None, manifest: IO[str] | None = None) -> Summary:
         from sluice.loadgen import LoadRunner, LoadSpec
 
         spec = LoadSpec(
@@ -257,7 +340,7 @@ class Bench:
 
     # --- 1. sustained rate ---
 
-    def step(self, rate: float) -> tuple[bool, dict]:
+    def step(self, rate: float) -> tuple[bool, StepFigures]:
         samples: list[tuple[float, int]] = []
         stop = threading.Event()
         started = time.monotonic()
@@ -276,13 +359,13 @@ class Bench:
         half = [lag for t, lag in samples if t >= self.args.step_seconds / 2]
         growing = len(half) >= 3 and half[-1] > half[0] + rate  # more than a second's worth added in the second half
         bounded = final <= self.args.max_lag_seconds * rate and not growing
-        figures = {"rate": rate, "achieved": round(summary.rate), "final_lag": final,
-                   "max_lag": max([lag for _, lag in samples] + [final]), "growing": growing}
+        figures: StepFigures = {"rate": rate, "achieved": round(summary.rate), "final_lag": final,
+                                "max_lag": max([lag for _, lag in samples] + [final]), "growing": growing}
         return bounded, figures
 
     # --- 2. critical latency ---
 
-    def latency(self, rate: float, seconds: float) -> dict:
+    def latency(self, rate: float, seconds: float) -> Latency:
         pending: dict[str, float] = {}
         delays: list[float] = []
         lock = threading.Lock()
@@ -291,7 +374,7 @@ class Bench:
         class Tap:
             """A manifest stand-in: keeps the send time of every critical event (``Planned.manifest_record`` lines)."""
 
-            def writelines(self, lines) -> None:
+            def writelines(self, lines: Iterable[str]) -> None:
                 for line in lines:
                     record = json.loads(line)
                     if record.get("critical"):
@@ -319,7 +402,8 @@ class Bench:
 
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
-        summary = self.run_load(rate, seconds, critical_ratio=0.01, manifest=Tap())
+        summary = self.run_load(rate, seconds, critical_ratio=0.01,
+                                manifest=Tap())  # type: ignore[arg-type]  # LoadRunner calls writelines and flush only
         done.set()
         poller.join(self.args.latency_timeout + 10)
         delays.sort()
@@ -332,7 +416,7 @@ class Bench:
 
     # --- 3. CPU per event ---
 
-    def deliver(self, manifests: list[Path], since) -> tuple[object, object]:
+    def deliver(self, manifests: list[Path], since: datetime) -> tuple[Expected, DeliveryReport]:
         """Wait until the events of ``manifests`` are fully delivered (or the timeout); the expected set and report."""
         from sluice.delivery import check_delivery
         from sluice.loadgen import Expected, read_manifest
@@ -358,13 +442,16 @@ class Bench:
                 print(f"delivery: waiting: {(report.problems or [''])[0][:160]}", flush=True)
             time.sleep(1.0)
 
-    def cpu_phase(self) -> dict:
+    def cpu_phase(self) -> CpuFigures:
         from datetime import UTC, datetime
 
         from bench._e2e_cpu import calibrate, delta
 
         args = self.args
-        host, port = self.null.host, self.null.port
+        null, counter = self.null, self.counter
+        if null is None or counter is None:
+            raise RuntimeError("the CPU phase needs start() first: the null CQL server and the request counter")
+        host, port = null.host, null.port
         time.sleep(10.0)  # let start-up work (first runs of the timers) settle
         idle0 = self.cpu.snapshot()
         time.sleep(10.0)
@@ -372,7 +459,7 @@ class Bench:
         idle = idle_used["total"] / 10.0
         idle_host = (idle_used.get("thread:host-loop", 0.0) + idle_used.get("thread:to-thread", 0.0)) / 10.0
         c1 = calibrate(host, port, args.calibration_requests)
-        before, (req0, st0) = self.cpu.snapshot(), self.counter.totals()
+        before, (req0, st0) = self.cpu.snapshot(), counter.totals()
         since = datetime.now(UTC)
         started = time.monotonic()
         manifest = self.workdir / "cpu.manifest.jsonl"
@@ -380,7 +467,7 @@ class Bench:
             summary = self.run_load(args.cpu_rate, args.cpu_seconds, critical_ratio=0.01, manifest=handle)
         _expected, report = self.deliver([manifest], since)
         span = time.monotonic() - started
-        after, (req1, st1) = self.cpu.snapshot(), self.counter.totals()
+        after, (req1, st1) = self.cpu.snapshot(), counter.totals()
         c2 = calibrate(host, port, args.calibration_requests)
         used = delta(after, before)
         requests = req1 - req0
@@ -394,7 +481,7 @@ class Bench:
                 "idle_host_cpu_per_s": idle_host, "idle_by_part": {k: v / 10.0 for k, v in idle_used.items()},
                 "requests": dict(requests), "batched_statements": st1 - st0, "calibration": (c1, c2)}
 
-    def sdk_floor(self, events: int, *, batch: int) -> dict:
+    def sdk_floor(self, events: int, *, batch: int) -> SdkFloor:
         """The host's part done by the Event Hubs SDK alone on the events sent so far (``bench._e2e_sdk_floor``):
         receive only, then receive and checkpoint every batch (own consumer group and checkpoint container)."""
         from sluice.launcher import python_module
@@ -403,7 +490,7 @@ class Bench:
         env = {**os.environ, "SDK_FLOOR_EVENTHUB": stack.eventhub_connection,
                "SDK_FLOOR_STORAGE": stack.storage_connection}
         event_hubs = json.loads((ROOT / "host.json").read_text(encoding="utf-8"))["extensions"]["eventHubs"]
-        results = {}
+        results: dict[str, SdkFloorRun] = {}
         for name, extra in (("receive", []), ("checkpoint", ["--checkpoint-container", "bench-sdk-floor"])):
             done = subprocess.run(
                 python_module("bench._e2e_sdk_floor", "--hub", stack.values["SLUICE_INGEST_EVENTHUB_NAME"],
@@ -413,9 +500,9 @@ class Bench:
             if done.returncode != 0:
                 raise RuntimeError(f"the SDK floor ({name}) failed: {(done.stderr or done.stdout)[-2000:]}")
             results[name] = json.loads(done.stdout.strip().splitlines()[-1])
-        return {"batch": batch, **results}
+        return {"batch": batch, "receive": results["receive"], "checkpoint": results["checkpoint"]}
 
-    def client_floor(self, events: int, *, batch: int) -> dict:
+    def client_floor(self, events: int, *, batch: int) -> ClientFloor:
         """The worker's I/O on the events sent so far, done by the raw clients alone (``bench._e2e_client_floor``)."""
         from sluice.launcher import python_module
 
@@ -428,11 +515,12 @@ class Bench:
             env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=900, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"the client floor failed: {(done.stderr or done.stdout)[-2000:]}")
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        floor: ClientFloor = json.loads(done.stdout.strip().splitlines()[-1])
+        return floor
 
     # --- 4. scale-out ---
 
-    def capacity(self) -> dict:
+    def capacity(self) -> Capacity:
         """Send ``--scale-rate`` for ``--scale-seconds``; the rate at which the workers checkpoint all of it."""
         started = time.monotonic()
         summary = self.run_load(self.args.scale_rate, self.args.scale_seconds, critical_ratio=0.01)
@@ -441,7 +529,7 @@ class Bench:
         return {"sent": summary.sent, "achieved": round(summary.rate), "elapsed": elapsed,
                 "rate": summary.sent / elapsed, "lag": self.lag()}
 
-    def churn(self, name: str, action, at: float) -> Path:
+    def churn(self, name: str, action: Callable[[], object], at: float) -> Path:
         """Load at ``--churn-rate`` for ``--churn-seconds`` with a manifest; ``action()`` runs ``at`` seconds in."""
         manifest = self.workdir / f"{name}.manifest.jsonl"
         timer = threading.Timer(at, action)
@@ -469,13 +557,13 @@ class Bench:
                 held[owner[:8]] = held.get(owner[:8], 0) + 1
         return held
 
-    def scale_phase(self) -> dict:
+    def scale_phase(self) -> ScaleFigures:
         from datetime import UTC, datetime
 
         since = datetime.now(UTC)
         one = self.capacity()
         print(f"scale: 1 worker works off {one['sent']} events at {one['rate']:.0f}/s", flush=True)
-        joined: list = []
+        joined: list[Running] = []
         join = self.churn("join", lambda: joined.append(self.start_worker(2)), at=8.0)
         self.drain()
         print(f"scale: partitions per owner after the join: {self.owners()}", flush=True)
@@ -491,7 +579,7 @@ class Bench:
                 "events": len(expected.valid)}
 
 
-def losses(expected, probe) -> dict[str, int]:
+def losses(expected: Expected, probe: Probe) -> dict[str, int]:
     """Events lost and duplicated in the stores for the valid events of ``expected``.
 
     Read back from the stores (see :func:`bench._e2e_cpu.count_losses` for the rules).
@@ -508,11 +596,18 @@ def losses(expected, probe) -> dict[str, int]:
     critical = list(expected.critical)
     present = probe.critical_in_redis(critical)
     keys = Keys(probe._redis_prefix(), probe.settings.redis.critical_stream_shards)
-    stream_ids = []
+    client: Client = probe.redis
+    stream_ids: list[str] = []
     for key in keys.streams:
-        for _, fields in probe.redis.xrange(key):
+        entries = client.xrange(key)
+        if entries is None:  # redis-py's annotation allows it; XRANGE answers a list (empty: no stream)
+            raise RuntimeError(f"XRANGE {key} answered nil")
+        for entry_id, fields in entries:
+            if fields is None:  # redis-py's annotation allows it; XRANGE always answers the fields
+                raise RuntimeError(f"XRANGE {key} answered entry {entry_id!r} without fields")
             value = fields.get(b"event_id") or fields.get("event_id")
-            stream_ids.append(value.decode() if isinstance(value, bytes) else value)
+            if value is not None:  # an entry without an event id counts for no event
+                stream_ids.append(value.decode() if isinstance(value, bytes) else value)
     return count_losses(list(valid), [str(row.event_id) for row in rows], critical, present, stream_ids)
 
 
@@ -524,7 +619,7 @@ def _quantile(values: list[float], q: float) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
 
 
-def print_cpu(r: dict) -> None:
+def print_cpu(r: CpuFigures) -> None:
     import os
 
     cpu = r["cpu"]
@@ -578,15 +673,15 @@ def print_cpu(r: dict) -> None:
     floor = r.get("sdk_floor")
     if delivered and floor:
         receive, checkpoint = floor["receive"], floor["checkpoint"]
-        per = {name: f["cpu"] / f["events"] * 1e6 for name, f in (("receive", receive), ("checkpoint", checkpoint))}
+        sdk_per = {name: f["cpu"] / f["events"] * 1e6 for name, f in (("receive", receive), ("checkpoint", checkpoint))}
         print(f"cpu: the Event Hubs SDK alone on the same events (batches of {floor['batch']}, its own process): "
-              f"receive {per['receive']:.0f} us/event, receive and checkpoint every batch "
-              f"{per['checkpoint']:.0f} us/event; the dev host's part is "
-              f"{host / delivered * 1e6 / per['checkpoint']:.2f} times that ({receive['events']} and "
+              f"receive {sdk_per['receive']:.0f} us/event, receive and checkpoint every batch "
+              f"{sdk_per['checkpoint']:.0f} us/event; the dev host's part is "
+              f"{host / delivered * 1e6 / sdk_per['checkpoint']:.2f} times that ({receive['events']} and "
               f"{checkpoint['events']} events in {receive['seconds']:.1f}s and {checkpoint['seconds']:.1f}s)",
               flush=True)
         # What the product would do if the host's part cost only the SDK's own work: the worker's part is ours.
-        floor_total = worker + per["checkpoint"] * delivered / 1e6
+        floor_total = worker + sdk_per["checkpoint"] * delivered / 1e6
         print(f"events per product CPU-second with the host's part at the SDK's floor {delivered / floor_total:.0f} "
               f"(ratio {delivered / floor_total / c if c else 0:.3f})", flush=True)
         clients = r.get("client_floor")
@@ -595,7 +690,7 @@ def print_cpu(r: dict) -> None:
             # worker's writes and reads done by the raw clients alone. What the product spends beyond it is ours.
             parts = {name: f["cpu"] / clients["events"] * 1e6 for name, f in clients["parts"].items()}
             worker_floor = sum(parts.values())
-            floor_us = per["checkpoint"] + worker_floor
+            floor_us = sdk_per["checkpoint"] + worker_floor
             print("cpu: the raw clients alone doing the worker's I/O on the same events (its own process): "
                   + ", ".join(f"{name} {value:.0f} ({clients['parts'][name]['count']:.0f} "
                               f"{clients['parts'][name]['unit']})" for name, value in parts.items())
@@ -621,7 +716,7 @@ def print_cpu(r: dict) -> None:
     print(f"events per product CPU-second {n:.0f} (calibration {c:.0f}, ratio {n / c if c else 0:.3f})", flush=True)
 
 
-def print_scale(r: dict) -> None:
+def print_scale(r: ScaleFigures) -> None:
     one, two, lost = r["one"], r["two"], r["losses"]
     print(f"scale: 1 worker {one['rate']:.0f} events/s, 2 workers {two['rate']:.0f} events/s "
           f"(sent at {one['achieved']}/s and {two['achieved']}/s); scaling factor {two['rate'] / one['rate']:.2f}",
@@ -637,7 +732,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     phases = {p.strip() for p in args.phases.split(",") if p.strip()}
-    results = []
+    results: list[tuple[str, Latency]] = []
     with tempfile.TemporaryDirectory(prefix="sluice-bench-e2e-") as workdir:
         bench = Bench(args, Path(workdir))
         try:

@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+from psycopg_pool import ConnectionPool
 
 from shared.adapters.postgres.enrichment_store import PostgresEnrichmentStore
 from shared.adapters.postgres.migrations import apply_migrations
@@ -43,6 +44,7 @@ from shared.adapters.postgres.pool import make_pool
 from shared.adapters.reference import PostgresReferenceSource, read_devices, read_sites, upsert_reference
 from shared.domain.enrichment import DeviceContext, ReferenceData
 from shared.domain.stored import StoredEvent
+from shared.ports.enrichment import Arrival
 from shared.services.enrichment import EnrichmentService
 from shared.settings import EnrichmentSettings, PostgresSettings
 from sluice.commands.reference import SAMPLE_DEVICES, SAMPLE_SITES
@@ -54,6 +56,9 @@ COLUMNS = ("event_id", "window_start", "device_id", "event_time", "enqueued_time
            "region", "site_timezone")
 TYPES = ["uuid", "timestamptz", "text", "timestamptz", "timestamptz", "text", "text", "bool", "jsonb", "bool",
          "text", "text", "text", "text", "text", "text", "text"]
+# One row of ``enriched_events``, in the order of COLUMNS.
+EnrichedRow = tuple[uuid.UUID, datetime, str, datetime, datetime | None, str, str, bool, dict[str, float], bool,
+                    str | None, str | None, str | None, str | None, str | None, str | None, str | None]
 
 
 class MemoryReader:
@@ -71,10 +76,11 @@ class MemoryReader:
         for i in range(0, len(events), 5000):
             yield events[i:i + 5000]
 
-    def arrivals(self, start, end, *, event_time_before=None):
+    def arrivals(self, start: datetime, end: datetime, *, event_time_before: datetime | None = None
+                 ) -> Iterator[Arrival]:
         return iter(())
 
-    def delayed_since(self, start, end):
+    def delayed_since(self, start: datetime, end: datetime) -> datetime | None:
         return None
 
 
@@ -94,8 +100,8 @@ def make_events(n: int, windows: int, devices: int, seed: int = 1) -> list[Store
     return out
 
 
-def enriched_rows(events: list[StoredEvent], reference: ReferenceData, window_seconds: int) -> list[tuple]:
-    rows = []
+def enriched_rows(events: list[StoredEvent], reference: ReferenceData, window_seconds: int) -> list[EnrichedRow]:
+    rows: list[EnrichedRow] = []
     contexts: dict[str, DeviceContext] = {}
     for e in events:
         c = contexts.get(e.device_id) or contexts.setdefault(e.device_id, DeviceContext.resolve(e.device_id, reference))
@@ -106,7 +112,7 @@ def enriched_rows(events: list[StoredEvent], reference: ReferenceData, window_se
     return rows
 
 
-def baseline_copy(dsn: str, rows: list[tuple]) -> tuple[float, float]:
+def baseline_copy(dsn: str, rows: list[EnrichedRow]) -> tuple[float, float]:
     with psycopg.connect(dsn) as conn:
         conn.execute("TRUNCATE baseline_enriched_events")
         conn.commit()
@@ -115,7 +121,7 @@ def baseline_copy(dsn: str, rows: list[tuple]) -> tuple[float, float]:
         return time.perf_counter() - started, time.process_time() - cpu
 
 
-def copy_enriched(conn: psycopg.Connection, table: str, rows: list[tuple]) -> None:
+def copy_enriched(conn: psycopg.Connection, table: str, rows: list[EnrichedRow]) -> None:
     """One binary COPY of enriched rows into ``table`` (shaped like ``enriched_events``), and COMMIT."""
     with conn.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(TYPES)
@@ -124,12 +130,14 @@ def copy_enriched(conn: psycopg.Connection, table: str, rows: list[tuple]) -> No
     conn.commit()
 
 
-def sluice_enrich(dsn: str, pool, events: list[StoredEvent], windows: int) -> tuple[float, float]:
+def sluice_enrich(dsn: str, pool: ConnectionPool, events: list[StoredEvent], windows: int) -> tuple[float, float]:
     with psycopg.connect(dsn) as conn:
         conn.execute("TRUNCATE enriched_events, device_window_stats, site_window_stats, enrichment_windows")
         conn.commit()
+    settings = EnrichmentSettings(
+        window_seconds=300)
     service = EnrichmentService(MemoryReader(events), PostgresReferenceSource(pool), PostgresEnrichmentStore(pool),
-                                EnrichmentSettings(window_seconds=300))
+                                settings)
     started, cpu = time.perf_counter(), time.process_time()
     outcomes = service.backfill(START, START + timedelta(seconds=300 * windows))
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -151,14 +159,16 @@ def main(argv: list[str]) -> int:
         admin.execute(f'CREATE DATABASE "{name}"')
     info = psycopg.conninfo.conninfo_to_dict(ADMIN_DSN)
     info["dbname"] = name
-    dsn = psycopg.conninfo.make_conninfo(**info)
+    dsn = psycopg.conninfo.make_conninfo("", **info)
     try:
         with psycopg.connect(dsn, autocommit=True) as conn:
             apply_migrations(conn)
             upsert_reference(conn, read_devices(SAMPLE_DEVICES), read_sites(SAMPLE_SITES))
             conn.execute("CREATE TABLE baseline_enriched_events (LIKE enriched_events INCLUDING ALL)")
         events = make_events(args.events, args.windows, devices=1000)
-        with make_pool(dsn, PostgresSettings(host="unused", pool_min_size=1, pool_max_size=2)) as pool:
+        settings = PostgresSettings(
+            host="unused", pool_min_size=1, pool_max_size=2)
+        with make_pool(dsn, settings) as pool:
             rows = enriched_rows(events, PostgresReferenceSource(pool).load(), 300)
             print(f"{len(events):,} events over {args.windows} windows, 1,000 devices (990 known); "
                   f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -171,7 +181,10 @@ def main(argv: list[str]) -> int:
                       f"{base_cpu:.2f} s), sluice enrich {len(events) / ours:,.0f} rows/s ({ours:.2f} s, client CPU "
                       f"{ours_cpu:.2f} s)")
             with psycopg.connect(dsn) as conn:
-                stored = conn.execute("SELECT count(*) FROM enriched_events").fetchone()[0]
+                counted = conn.execute("SELECT count(*) FROM enriched_events").fetchone()
+            if counted is None:
+                raise RuntimeError("SELECT count(*) returned no row")
+            stored = counted[0]
             assert stored == len(events), f"{stored} enriched rows for {len(events)} events"
     finally:
         with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:

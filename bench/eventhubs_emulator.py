@@ -40,6 +40,21 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Event
+
+    from azure.eventhub import EventData
+
+    from tests.emulators.eventhubs.rawamqp import RawClient
+
+# What the producer and consumer processes put on their queues: when ready (a pid, or the moment a
+# consumer attached), then (began, ended, sent) for a producer, (partition, got, first, last, delays)
+# for a consumer.
+Produced = tuple[float, float, int]
+Consumed = tuple[str, int, float, float, list[float]]
 
 TARGET = 20_000
 PARTITIONS = ("0", "1", "2", "3")
@@ -59,7 +74,8 @@ def body(n: int) -> bytes:
 # ---------------------------------------------------------------- producer processes
 
 
-def _produce(port: int, count: int, batch_size: int, start: mp.Event, ready: mp.Queue, done: mp.Queue) -> None:
+def _produce(port: int, count: int, batch_size: int, start: Event, ready: Queue[int], done: Queue[Produced]
+             ) -> None:
     from azure.eventhub import EventData
     from azure.eventhub.aio import EventHubProducerClient
 
@@ -90,8 +106,8 @@ def _produce(port: int, count: int, batch_size: int, start: mp.Event, ready: mp.
 # ---------------------------------------------------------------- consumer processes
 
 
-def _consume(port: int, partition: str, expect: int, starting_position: str, ready: mp.Queue,
-             done: mp.Queue) -> None:
+def _consume(port: int, partition: str, expect: int, starting_position: str, ready: Queue[float],
+             done: Queue[Consumed]) -> None:
     from azure.eventhub.aio import EventHubConsumerClient
 
     async def run() -> None:
@@ -102,7 +118,7 @@ def _consume(port: int, partition: str, expect: int, starting_position: str, rea
         delays: list[float] = []
         finished = asyncio.Event()
 
-        async def on_batch(_context: object, events: list) -> None:
+        async def on_batch(_context: object, events: list[EventData]) -> None:
             nonlocal got, first, last
             now = time.time()
             if not events:
@@ -110,7 +126,7 @@ def _consume(port: int, partition: str, expect: int, starting_position: str, rea
             if not got:
                 first = time.perf_counter()
             for event in events:
-                raw = b"".join(event.body)
+                raw = b"".join(event.body)  # type: ignore[arg-type]  # typed any AMQP value; DATA bodies are bytes
                 if starting_position == "@latest" and raw[:1] != b"w":
                     delays.append(now - float(raw.split(b"|")[1]))
             got += len(events)
@@ -148,7 +164,8 @@ class CpuMeter:
 
     def _now(self) -> float:
         t = self.process.cpu_times()
-        return t.user + t.system
+        seconds: float = t.user + t.system
+        return seconds
 
     def start(self) -> None:
         self.before = self._now()
@@ -229,7 +246,7 @@ def phase_delay(port: int, count: int) -> list[float]:
 # ---------------------------------------------------------------- raw AMQP clients (the emulator's ceiling)
 
 
-def _raw_connect(port: int):
+def _raw_connect(port: int) -> RawClient:
     from tests.emulators.eventhubs.rawamqp import RawClient
 
     raw = RawClient("127.0.0.1", port, timeout=30)
@@ -237,8 +254,8 @@ def _raw_connect(port: int):
     return raw
 
 
-def _raw_produce(port: int, batches: int, batch_size: int, partition: str, start: mp.Event, ready: mp.Queue,
-                 done: mp.Queue) -> None:
+def _raw_produce(port: int, batches: int, batch_size: int, partition: str, start: Event, ready: Queue[int],
+                 done: Queue[Produced]) -> None:
     """Send ``batches`` pre-encoded batch messages (0x80013700) of ``batch_size`` ~500-byte events."""
     from emulators.eventhubs import frames
     from emulators.eventhubs.message import BATCH_FORMAT
@@ -264,7 +281,7 @@ def _raw_produce(port: int, batches: int, batch_size: int, partition: str, start
     raw.close()
 
 
-def _raw_consume(port: int, partition: str, expect: int, ready: mp.Queue, done: mp.Queue) -> None:
+def _raw_consume(port: int, partition: str, expect: int, ready: Queue[int], done: Queue[Consumed]) -> None:
     """Count transfer frames (one per event here) from the start of ``partition``, granting credit as it goes."""
     import struct
 

@@ -66,9 +66,11 @@ def synthetic_bodies(count: int, devices: int, seed: int = 7) -> list[RawRecord]
     start_at = datetime.now(UTC) - timedelta(hours=1)
     records = []
     for n in range(count):
+        event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        device_id = f"device-{rng.randrange(devices):05d}"
         body = {
-            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-            "device_id": f"device-{rng.randrange(devices):05d}",
+            "event_id": event_id,
+            "device_id": device_id,
             "event_type": "telemetry",
             "timestamp": (start_at + timedelta(milliseconds=n * 30)).isoformat(),
             "severity": "critical" if rng.random() < 0.01 else "info",
@@ -81,7 +83,7 @@ def synthetic_bodies(count: int, devices: int, seed: int = 7) -> list[RawRecord]
             offset=str(n * 600),
             sequence_number=n,
             enqueued_time=start_at + timedelta(milliseconds=n * 30 + 5),
-            partition_key=body["device_id"],
+            partition_key=device_id,
         )
         records.append(RawRecord(raw, meta))
     return records
@@ -160,8 +162,9 @@ def main(argv: list[str]) -> int:
                      timeout=60)
     try:
         def settings(keyspace: str) -> CassandraSettings:
-            return CassandraSettings(hosts=[emulator.host], port=emulator.port, keyspace=keyspace,
-                                     write_concurrency=args.concurrency, request_timeout_seconds=60)
+            return CassandraSettings(
+                hosts=[emulator.host], port=emulator.port, keyspace=keyspace,
+                write_concurrency=args.concurrency, request_timeout_seconds=60)
 
         ours_cfg, raw_cfg = settings("bench_sluice"), settings("bench_raw")
         session = connect(ours_cfg)
@@ -180,7 +183,8 @@ def main(argv: list[str]) -> int:
         for store in (raw_store, driver_store):
             store.plan(parse_records(records[:1], limits=Limits(), now=now).oks)
         # The collector as the function worker sets it (shared.runtime), so its cost is the one the worker pays.
-        runtime.configure(WorkerSettings())
+        worker = WorkerSettings()
+        runtime.configure(worker)
         print(f"garbage collector thresholds {gc.get_threshold()} (SLUICE_WORKER_GC_YOUNG_THRESHOLD)")
         gc.collect()
         own_events = min(len(records), 20_000)

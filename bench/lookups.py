@@ -51,12 +51,12 @@ import statistics
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 import hiredis
@@ -76,6 +76,10 @@ from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.settings import CassandraSettings
 from sluice.launcher import python_module, start
 
+if TYPE_CHECKING:
+    from shared.adapters.redis.aio import AsyncClient
+    from shared.adapters.redis.client import Client
+
 ROOT = Path(__file__).resolve().parent.parent
 SIDES = ("ours", "threads", "asyncio")
 FLOOR = "socket"
@@ -90,19 +94,20 @@ class BareSockets:
     """
 
     def __init__(self, url: str) -> None:
-        options = parse_url(url)
+        options = parse_url(url)  # type: ignore[no-untyped-call]  # not annotated in redis-py
         self._host, self._port, self._db = options["host"], options["port"], int(options.get("db", 0))
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self.opened = 0
 
     @staticmethod
     def supports(url: str) -> bool:
-        return not ({"username", "password", "connection_class"} & parse_url(url).keys())
+        options = parse_url(url)  # type: ignore[no-untyped-call]  # not annotated in redis-py
+        return not ({"username", "password", "connection_class"} & options.keys())
 
     @staticmethod
     def command(*args: str) -> bytes:
         """``args`` as one RESP array of bulk strings (hiredis's own packer, in C)."""
-        packed: bytes = hiredis.pack_command(args)
+        packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]  # hiredis.pyi: Tuple[X] for Tuple[X, ...]
         return packed
 
     async def _call(self, stream: tuple[asyncio.StreamReader, asyncio.StreamWriter], payload: bytes) -> Any:
@@ -207,12 +212,15 @@ def sides_of(kind: str, with_floor: bool) -> tuple[str, ...]:
     return (*SIDES, FLOOR) if kind == "hit" and with_floor else SIDES
 
 
-def clear(client: Any, prefix: str) -> None:
+def clear(client: Client, prefix: str) -> None:
     """Delete the run's keys (on every master of a cluster: ``SCAN`` sees one server's keys)."""
     from redis.cluster import RedisCluster
 
-    nodes = ([client.get_redis_connection(n) for n in client.get_primaries()] if isinstance(client, RedisCluster)
-             else [client])
+    if isinstance(client, RedisCluster):
+        primaries = client.get_primaries()  # type: ignore[no-untyped-call]  # not annotated in redis-py
+        nodes = [client.get_redis_connection(n) for n in primaries]
+    else:
+        nodes = [client]
     for node in nodes:
         keys = list(node.scan_iter(match=prefix + "*", count=5000))
         for i in range(0, len(keys), 500):
@@ -247,8 +255,8 @@ class Collections:
 
     def __init__(self) -> None:
         self.count: Counter[tuple[str, int, str]] = Counter()
-        self.seconds: Counter[tuple[str, int, str]] = Counter()
-        self.cpu: Counter[tuple[str, int, str]] = Counter()  # process CPU seconds within the timed blocks
+        self.seconds: defaultdict[tuple[str, int, str], float] = defaultdict(float)
+        self.cpu: defaultdict[tuple[str, int, str], float] = defaultdict(float)  # process CPU s in the timed blocks
         self._account = CollectorAccount()
 
     @contextmanager
@@ -292,8 +300,8 @@ def main(argv: list[str]) -> int:
         from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
         from redis.cluster import RedisCluster
 
-        client: Any = RedisCluster.from_url(args.redis_url, socket_timeout=2)
-        aclient: Any = AsyncRedisCluster.from_url(args.redis_url, socket_timeout=2)
+        client: Client = RedisCluster.from_url(args.redis_url, socket_timeout=2)
+        aclient: AsyncClient = AsyncRedisCluster.from_url(args.redis_url, socket_timeout=2)
     else:
         client = redis.Redis.from_url(args.redis_url, socket_timeout=2)
         aclient = aioredis.Redis.from_url(args.redis_url, socket_timeout=2)
@@ -301,7 +309,8 @@ def main(argv: list[str]) -> int:
     floor = BareSockets(args.redis_url) if local_cluster is None and BareSockets.supports(args.redis_url) else None
     prefix = f"bench-lookups:{uuid.uuid4().hex[:8]}:"
     ks = f"bench_{uuid.uuid4().hex[:8]}"
-    settings = CassandraSettings(hosts=[emulator.host], port=emulator.port, keyspace=ks, consistency="ONE")
+    settings = CassandraSettings(
+        hosts=[emulator.host], port=emulator.port, keyspace=ks, consistency="ONE")
     session = connect(settings)
     loop = asyncio.new_event_loop()  # the worker's one loop: ours and the raw asyncio clients share it
     try:
@@ -362,12 +371,18 @@ def main(argv: list[str]) -> int:
         block = max(1, len(calls) // args.blocks)
         for concurrency in (1, 32):
             for kind in ("hit", "miss"):
-                runs = {"ours": lambda chunk, c: loop.run_until_complete(concurrent(ours, chunk, c, spares)),
-                        "threads": lambda chunk, c, k=kind: threaded(threads_hit if k == "hit" else threads_miss,
-                                                                     chunk, c, spares),
-                        "asyncio": lambda chunk, c, k=kind: loop.run_until_complete(
-                            concurrent(asyncio_hit if k == "hit" else asyncio_miss, chunk, c, spares)),
-                        FLOOR: lambda chunk, c: loop.run_until_complete(concurrent(socket_hit, chunk, c, spares))}
+                def threads_run(chunk: list[str], c: int, k: str = kind) -> list[float]:
+                    return threaded(threads_hit if k == "hit" else threads_miss, chunk, c, spares)
+
+                def asyncio_run(chunk: list[str], c: int, k: str = kind) -> list[float]:
+                    return loop.run_until_complete(
+                        concurrent(asyncio_hit if k == "hit" else asyncio_miss, chunk, c, spares))
+
+                runs: dict[str, Callable[[list[str], int], list[float]]] = {
+                    "ours": lambda chunk, c: loop.run_until_complete(concurrent(ours, chunk, c, spares)),
+                    "threads": threads_run,
+                    "asyncio": asyncio_run,
+                    FLOOR: lambda chunk, c: loop.run_until_complete(concurrent(socket_hit, chunk, c, spares))}
                 sides = sides_of(kind, floor is not None)
                 for index, first in enumerate(range(0, len(calls), block)):
                     chunk = calls[first:first + block]

@@ -31,6 +31,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import redis
+from cassandra.cluster import Session
 from cassandra.concurrent import execute_concurrent_with_args
 
 from shared.adapters.cassandra.device_log import CassandraDeviceLog
@@ -41,6 +42,7 @@ from shared.adapters.cassandra.session import connect
 from shared.adapters.redis import Keys, RedisChangeSink, sort_key
 from shared.adapters.redis_rebuild import RedisCacheBuilder
 from shared.domain.events import DeviceEvent, Event, EventMetadata
+from shared.domain.stored import StoredEvent
 from shared.services.rebuild import RebuildService
 from shared.settings import CassandraSettings
 from sluice.launcher import python_module, start
@@ -56,7 +58,8 @@ def clear(client: redis.Redis, prefix: str) -> None:
         client.unlink(*keys[i:i + 5000])
 
 
-def populate(session, settings: CassandraSettings, devices: int, per_device: int, critical_share: float) -> None:
+def populate(session: Session, settings: CassandraSettings, devices: int, per_device: int,
+             critical_share: float) -> None:
     rng = random.Random(11)
     now = datetime.now(UTC)
     events = []
@@ -74,22 +77,22 @@ def populate(session, settings: CassandraSettings, devices: int, per_device: int
         store.write(events[i:i + 500])
 
 
-def ours(client: redis.Redis, session, ks: str, prefix: str) -> int:
+def ours(client: redis.Redis, session: Session, ks: str, prefix: str) -> int:
     cache = RedisChangeSink(client, key_prefix=prefix, critical_stream_max=STREAM_MAX)
     service = RebuildService(CassandraDeviceLog(session, ks), RedisCacheBuilder(cache, settle_seconds=0),
                              page_size=PAGE, concurrency=CONCURRENCY)
     return service.rebuild().events
 
 
-def raw(client: redis.Redis, session, ks: str, prefix: str) -> int:
+def raw(client: redis.Redis, session: Session, ks: str, prefix: str) -> int:
     scan = session.prepare(f"SELECT {EVENT_SELECT} FROM {ks}.device_latest")
     scan.fetch_size = PAGE
     critical = session.prepare(f"SELECT {EVENT_SELECT} FROM {ks}.critical_events_by_device WHERE device_id = ?")
     rows = 0
     newest: list[tuple[int, str, str, str]] = []
-    page: list = []
+    page: list[StoredEvent] = []
 
-    def flush(page: list) -> int:
+    def flush(page: list[StoredEvent]) -> int:
         results = execute_concurrent_with_args(session, critical, [(e.device_id,) for e in page],
                                                concurrency=CONCURRENCY)
         pipe = client.pipeline(transaction=False)
@@ -139,7 +142,8 @@ def main(argv: list[str]) -> int:
     client = redis.Redis.from_url(args.redis_url, socket_timeout=5)
     base = f"bench-rebuild:{uuid.uuid4().hex[:8]}:"
     ks = f"bench_{uuid.uuid4().hex[:8]}"
-    settings = CassandraSettings(hosts=[emulator.host], port=emulator.port, keyspace=ks, consistency="ONE")
+    settings = CassandraSettings(
+        hosts=[emulator.host], port=emulator.port, keyspace=ks, consistency="ONE")
     session = connect(settings)
     try:
         apply_migrations(session, settings)

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cold_start(environ: dict[str, str]) -> float:
     loaded = load_settings(environ)
-    bootstrap.settings = cache(lambda: loaded)  # type: ignore[assignment]  # a benchmark drives bootstrap directly
+    bootstrap.settings = cache(lambda: loaded)  # a benchmark drives bootstrap directly
     bootstrap.reset()
     began = time.perf_counter()
     with bootstrap.postgres_pool().connection() as conn:

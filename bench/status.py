@@ -31,10 +31,23 @@ import statistics
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bench.lookups import percentile
+
+if TYPE_CHECKING:
+    import psycopg
+    import redis
+    from azure.storage.blob import ContainerClient
+    from cassandra.query import PreparedStatement
+    from selenium import webdriver
+
+    from sluice.delivery import Probe
+    from sluice.localstack import LocalStack
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -54,10 +67,11 @@ def _cpu_seconds(pid: int) -> float:
 
 def _get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=10) as response:
-        return response.read()
+        body: bytes = response.read()
+        return body
 
 
-def _timed(call, n: int) -> list[float]:
+def _timed(call: Callable[[], object], n: int) -> list[float]:
     samples = []
     for _ in range(n):
         started = time.perf_counter()
@@ -66,8 +80,25 @@ def _timed(call, n: int) -> list[float]:
     return samples
 
 
-def _raw_status(stack, probe) -> None:
+@dataclass
+class _RawClients:
+    """The raw clients and prepared statements of :func:`_raw_status`, made by its first call."""
+
+    count: PreparedStatement
+    sample: PreparedStatement
+    feed: PreparedStatement
+    latest: PreparedStatement
+    redis: redis.Redis
+    pg: psycopg.Connection
+    blob: ContainerClient
+
+
+_raw_clients: _RawClients | None = None
+
+
+def _raw_status(stack: LocalStack, probe: Probe) -> None:
     """What one status computation reads, with the raw clients."""
+    global _raw_clients
     import psycopg
     import redis
     from azure.core.exceptions import ResourceNotFoundError
@@ -78,42 +109,42 @@ def _raw_status(stack, probe) -> None:
     values, settings = stack.values, probe.settings
     session, ks = probe.session, settings.cassandra.keyspace
     width, shards = settings.cassandra.bucket_seconds, settings.cassandra.shards
-    if not hasattr(_raw_status, "clients"):
-        _raw_status.clients = {  # type: ignore[attr-defined]
-            "count": session.prepare(f"SELECT COUNT(*) FROM {ks}.events_by_arrival_bucket WHERE bucket = ? AND "
-                                     "shard = ? AND enqueued_at >= ?"),
-            "sample": session.prepare(f"SELECT enqueued_at, WRITETIME(device_id) FROM {ks}.events_by_arrival_bucket "
-                                      "WHERE bucket = ? AND shard = ? AND enqueued_at >= ? LIMIT 128"),
-            "feed": session.prepare(f"SELECT watermark, updated_at FROM {ks}.feed_state WHERE name = ?"),
-            "latest": session.prepare(f"SELECT * FROM {ks}.device_latest WHERE device_id = ?"),
-            "redis": redis.Redis.from_url(values["SLUICE_REDIS_URL"]),
-            "pg": psycopg.connect(f"host={values['SLUICE_POSTGRES_HOST']} port={values['SLUICE_POSTGRES_PORT']} "
-                                  f"user=postgres dbname={values['SLUICE_POSTGRES_DBNAME']}", autocommit=True),
-            "blob": BlobServiceClient.from_connection_string(values["AzureWebJobsStorage"]).get_container_client(
+    if _raw_clients is None:
+        _raw_clients = _RawClients(
+            count=session.prepare(f"SELECT COUNT(*) FROM {ks}.events_by_arrival_bucket WHERE bucket = ? AND "
+                                  "shard = ? AND enqueued_at >= ?"),
+            sample=session.prepare(f"SELECT enqueued_at, WRITETIME(device_id) FROM {ks}.events_by_arrival_bucket "
+                                   "WHERE bucket = ? AND shard = ? AND enqueued_at >= ? LIMIT 128"),
+            feed=session.prepare(f"SELECT watermark, updated_at FROM {ks}.feed_state WHERE name = ?"),
+            latest=session.prepare(f"SELECT * FROM {ks}.device_latest WHERE device_id = ?"),
+            redis=redis.Redis.from_url(values["SLUICE_REDIS_URL"]),
+            pg=psycopg.connect(f"host={values['SLUICE_POSTGRES_HOST']} port={values['SLUICE_POSTGRES_PORT']} "
+                               f"user=postgres dbname={values['SLUICE_POSTGRES_DBNAME']}", autocommit=True),
+            blob=BlobServiceClient.from_connection_string(values["AzureWebJobsStorage"]).get_container_client(
                 values["SLUICE_STORAGE_DEADLETTER_CONTAINER"]),
-        }
-    c = _raw_status.clients  # type: ignore[attr-defined]
+        )
+    c = _raw_clients
     now = datetime.now(UTC)
     current = bucket_start(now, width)
     starts = [(current, current), (current - timedelta(seconds=width), current - timedelta(seconds=width)),
               (bucket_start(now - timedelta(seconds=60), width), now - timedelta(seconds=60)),
               (bucket_start(now - timedelta(seconds=300), width), now - timedelta(seconds=300))]
-    futures = [session.execute_async(c[name], (start, shard, since))
-               for start, since in starts for shard in range(shards) for name in ("count", "sample")]
-    futures.append(session.execute_async(c["feed"], ("events_by_id",)))
-    futures.append(session.execute_async(c["latest"], ("#probe",)))
+    futures = [session.execute_async(statement, (start, shard, since))
+               for start, since in starts for shard in range(shards) for statement in (c.count, c.sample)]
+    futures.append(session.execute_async(c.feed, ("events_by_id",)))
+    futures.append(session.execute_async(c.latest, ("#probe",)))
     for future in futures:
         future.result()
-    c["redis"].info("stats")
-    c["redis"].ping()
-    c["pg"].execute("SELECT watermark, updated_at FROM enrichment_state WHERE name = 'default'").fetchone()
+    c.redis.info("stats")
+    c.redis.ping()
+    c.pg.execute("SELECT watermark, updated_at FROM enrichment_state WHERE name = 'default'").fetchone()
     day = now.strftime("%Y/%m/%d")
     for prefix in ("rejected/", "batches/"):
         with contextlib.suppress(ResourceNotFoundError):  # no container yet: nothing dead-lettered
-            list(c["blob"].list_blobs(name_starts_with=f"{prefix}{day}/"))
+            list(c.blob.list_blobs(name_starts_with=f"{prefix}{day}/"))
 
 
-def _browser():
+def _browser() -> webdriver.Chrome:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -130,12 +161,17 @@ def _browser():
     return webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
 
 
+def _script(driver: webdriver.Chrome, script: str) -> Any:
+    """What ``script`` returns in the page, as selenium converts it from JSON (so of no fixed type)."""
+    return driver.execute_script(script)  # type: ignore[no-untyped-call]  # not annotated in selenium
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     from bench import e2e
 
     with tempfile.TemporaryDirectory(prefix="sluice-bench-status-") as workdir:
-        bench = e2e.Bench(argparse.Namespace(), Path(workdir))
+        bench = e2e.Bench(e2e.parse_args([]), Path(workdir))  # e2e's defaults (Bench reads args.workers)
         bench.stack.options.overrides["SLUICE_DASHBOARD_STATUS_CACHE_SECONDS"] = "0"
         try:
             bench.start()
@@ -146,6 +182,8 @@ def main(argv: list[str]) -> int:
             LoadRunner(spec, bench.sender).run()
             time.sleep(3)
             stack, host = bench.stack, bench.stack.devhost
+            if host is None:
+                raise RuntimeError("the local stack has no dev host after start()")
             api = f"http://{host.address}/api"
             body = json.loads(_get(f"{api}/status"))
             print(f"status after the load: {body['throughput']['events_last_5_minutes']} events in 5 min, "
@@ -158,19 +196,20 @@ def main(argv: list[str]) -> int:
 
             driver = _browser()
             try:
-                renders, navigations = [], []
+                renders: list[float] = []
+                navigations: list[float] = []
                 for _ in range(args.renders):
                     driver.get(f"{api}/dashboard")
                     deadline = time.monotonic() + 10
-                    while driver.execute_script("return window.sluiceFirstRenderMs === undefined"):
+                    while _script(driver, "return window.sluiceFirstRenderMs === undefined"):
                         if time.monotonic() > deadline:
                             raise RuntimeError("the page drew no status within 10 s")
                         time.sleep(0.02)
-                    renders.append(driver.execute_script("return window.sluiceFirstRenderMs"))
+                    renders.append(_script(driver, "return window.sluiceFirstRenderMs"))
                     driver.get(f"{api}/health")
                     time.sleep(0.2)
-                    navigations.append(driver.execute_script(
-                        "const n = performance.getEntriesByType('navigation')[0]; return n.loadEventEnd"))
+                    navigations.append(_script(
+                        driver, "const n = performance.getEntriesByType('navigation')[0]; return n.loadEventEnd"))
                 pid = host.process.pid
                 before, started = _cpu_seconds(pid), time.monotonic()
                 time.sleep(args.cpu_seconds)

@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
+from cassandra.cluster import Session
 from cassandra.concurrent import execute_concurrent_with_args
 
 from shared.adapters.cassandra.event_store import CassandraEventStore
@@ -61,7 +62,7 @@ def populate(store: CassandraEventStore, start_at: datetime, seconds: int, event
         store.write(batch)
 
 
-def driver_pages(session, settings: CassandraSettings, start_at: datetime, end: datetime,
+def driver_pages(session: Session, settings: CassandraSettings, start_at: datetime, end: datetime,
                  page_size: int) -> Iterator[list[StoredEvent]]:
     statement = session.prepare(BY_TIME.format(ks=settings.keyspace))
     statement.fetch_size = page_size
@@ -98,8 +99,8 @@ def main(argv: list[str]) -> int:
 
     emulator = start("cassandra-emulator", python_module("emulators.cassandra", "--host", "127.0.0.1", "--port", "0"),
                      timeout=60)
-    settings = CassandraSettings(hosts=[emulator.host], port=emulator.port, keyspace=f"bench_{uuid.uuid4().hex[:8]}",
-                                 consistency="ONE")
+    settings = CassandraSettings(
+        hosts=[emulator.host], port=emulator.port, keyspace=f"bench_{uuid.uuid4().hex[:8]}", consistency="ONE")
     session = connect(settings)
     try:
         apply_migrations(session, settings)

@@ -31,10 +31,10 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 import requests.utils
@@ -51,6 +51,9 @@ from devhost.app_loader import FunctionSpec
 from devhost.errors import DevHostError
 from devhost.invocation import Invoker, Outcome, random_uuid
 from devhost.settings import EventHubOptions, resolve
+
+if TYPE_CHECKING:
+    from _collections_abc import dict_items, dict_values  # the view types dict's items() and values() return
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +82,7 @@ def forget_settled_delivery_tags() -> None:
     Patched once per process, on the class; ``tests/devhost/test_delivery_tags.py`` shows
     the SDK alone still keeps every tag, so an SDK that fixes it, or changes, is noticed.
     """
-    sdk = ReceiverLink._incoming_transfer
+    sdk: Callable[[ReceiverLink, Any], Awaitable[None]] = ReceiverLink._incoming_transfer
     if hasattr(sdk, "__wrapped__"):
         return
 
@@ -90,7 +93,7 @@ def forget_settled_delivery_tags() -> None:
         if not frame[5] and first is not None and (first[4] or frame[4]):  # the last frame of a settled delivery
             self._received_delivery_tags.discard(first[2])
 
-    ReceiverLink._incoming_transfer = incoming_transfer  # type: ignore[method-assign]
+    ReceiverLink._incoming_transfer = incoming_transfer  # type: ignore[method-assign]  # the patch, on the class
 
 
 def storage_options(connection_string: str) -> dict[str, Any]:
@@ -200,11 +203,14 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat()
 
 
-def _offset(event: EventData) -> int | str:
+def _offset(event: EventData) -> int | str | None:
+    offset = event.offset
+    if offset is None:  # an event the service has not numbered (not one that was received)
+        return None
     try:
-        return int(event.offset)
-    except (TypeError, ValueError):
-        return event.offset
+        return int(offset)
+    except ValueError:
+        return offset
 
 
 def system_properties(event: EventData) -> dict[str, Any]:
@@ -238,7 +244,7 @@ class LazyJson(meta.Datum):
         return self._value
 
 
-class LazyMetadata(dict):
+class LazyMetadata(dict[str, Any]):
     """``event.metadata``: a dict of the trigger metadata whose values are computed when first read.
 
     ``func.EventHubEvent.metadata`` converts every value at once; the ingest function reads
@@ -269,10 +275,10 @@ class LazyMetadata(dict):
     def _computed(self) -> dict[str, Any]:
         return {key: self[key] for key in dict.keys(self)}
 
-    def items(self):
+    def items(self) -> dict_items[str, Any]:
         return self._computed().items()
 
-    def values(self):
+    def values(self) -> dict_values[str, Any]:
         return self._computed().values()
 
     def copy(self) -> dict[str, Any]:
@@ -281,7 +287,7 @@ class LazyMetadata(dict):
     def __eq__(self, other: object) -> bool:
         return self._computed() == other
 
-    __hash__ = None  # type: ignore[assignment] - a dict
+    __hash__ = None  # a dict
 
     def __repr__(self) -> str:
         return repr(self._computed())
@@ -303,6 +309,13 @@ def _iothub(event: EventData) -> dict[str, Any]:
     return {key.decode()[len("iothub-"):]: _json_value(value)
             for key, value in (event.system_properties or {}).items()
             if isinstance(key, bytes) and key.startswith(b"iothub-")}
+
+
+def _data_body(event: EventData) -> bytes:
+    """The sections of the event's AMQP data body, joined. ``EventData.body`` gives an iterator of them, though
+    the SDK annotates it as one primitive value; the AMQP message's ``body`` is the same value, typed ``Any``."""
+    sections: Iterable[bytes] = event.raw_amqp_message.body
+    return b"".join(sections)
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -357,7 +370,7 @@ def to_function_input(
         key = _json_value(event.partition_key)
         return DevHostEventHubEvent(
             lazy_metadata=lazy,
-            body=b"".join(event.body) if binary else event.body_as_str(encoding="utf-8").encode("utf-8"),
+            body=_data_body(event) if binary else event.body_as_str(encoding="utf-8").encode("utf-8"),
             trigger_metadata=metadata,
             enqueued_time=_utc(event.enqueued_time),
             partition_key=None if key is None else str(key),

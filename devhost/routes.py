@@ -69,9 +69,11 @@ def _constraint(text: str, where: str) -> Callable[[str], bool]:
             low, high = int(args[0]), int(args[1])
             return lambda v: _number(int)(v) and low <= int(v) <= high
         if name == "minlength":
-            return lambda v, n=int(args[0]): len(v) >= n
+            shortest = int(args[0])
+            return lambda v: len(v) >= shortest
         if name == "maxlength":
-            return lambda v, n=int(args[0]): len(v) <= n
+            longest = int(args[0])
+            return lambda v: len(v) <= longest
         if name == "length":
             low, high = (int(args[0]), int(args[-1]))
             return lambda v: low <= len(v) <= high

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from functools import cached_property
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import croniter  # type: ignore[import-untyped]  # croniter ships no types: stubs are types-croniter
 
 from devhost.errors import DevHostError
 from devhost.settings import parse_timespan
@@ -60,7 +60,8 @@ class Schedule:
             raise ValueError("moment must be timezone-aware")
         if self.interval is not None:
             return (moment + self.interval).astimezone(UTC)
-        return self._cron.get_next(datetime, start_time=moment.astimezone(self.zone)).astimezone(UTC)
+        following: datetime = self._cron.get_next(datetime, start_time=moment.astimezone(self.zone))
+        return following.astimezone(UTC)
 
     @cached_property
     def _cron(self) -> croniter:

@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -193,7 +193,7 @@ def _singleton_options(section: dict[str, object]) -> SingletonOptions:
     return SingletonOptions(listener_lock_period=period, listener_lock_recovery_polling_interval=polling)
 
 
-def resolve(value: str, environ: MutableMapping[str, str] | None = None, *, what: str = "value") -> str:
+def resolve(value: str, environ: Mapping[str, str] | None = None, *, what: str = "value") -> str:
     """Replace every ``%Setting%`` by the setting's value, as the host resolves binding expressions."""
     environ = os.environ if environ is None else environ
 
@@ -206,7 +206,7 @@ def resolve(value: str, environ: MutableMapping[str, str] | None = None, *, what
     return _SETTING_REF.sub(lookup, value)
 
 
-def storage_connection_string(environ: MutableMapping[str, str] | None = None) -> str:
+def storage_connection_string(environ: Mapping[str, str] | None = None) -> str:
     """``AzureWebJobsStorage`` as a connection string; ``UseDevelopmentStorage=true`` means Azurite's default port."""
     environ = os.environ if environ is None else environ
     value = environ.get("AzureWebJobsStorage", "").strip()
@@ -228,7 +228,7 @@ def storage_connection_string(environ: MutableMapping[str, str] | None = None) -
     return value
 
 
-def host_id(script_root: Path, environ: MutableMapping[str, str] | None = None) -> str:
+def host_id(script_root: Path, environ: Mapping[str, str] | None = None) -> str:
     """The host id that scopes timer leases and status blobs.
 
     ``AzureFunctionsWebHost__hostid`` wins; otherwise, like Core Tools, a stable id

@@ -22,19 +22,32 @@ import json
 import logging
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.adapters.cassandra.layout import bucket_start, buckets_between
 from shared.adapters.redis.generations import generation_prefix
 from shared.settings import Settings, load_settings
 from sluice.loadgen import Expected
 
+if TYPE_CHECKING:
+    import psycopg
+    from azure.storage.blob import BlobServiceClient
+    from cassandra.cluster import Session
+    from psycopg.rows import TupleRow
+    from pydantic import SecretStr
+
+    from shared.adapters.keyvault import KeyVaultSecrets
+    from shared.adapters.redis import RedisConnection
+    from shared.adapters.redis.client import Client
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_CONTAINER = "azure-webjobs-eventhub"
+
+_T = TypeVar("_T")
 
 
 def function_names() -> set[str]:
@@ -46,7 +59,13 @@ def function_names() -> set[str]:
     try:
         import function_app
 
-        return {f.get_function_name() for f in function_app.app.get_functions()}
+        names: set[str] = set()
+        for function in function_app.app.get_functions():
+            name = function.get_function_name()
+            if name is None:  # azure-functions names a function after its Python function when no @function_name
+                raise ValueError(f"{function.get_user_function()!r} has no function name")
+            names.add(name)
+        return names
     except Exception:
         logger.warning("could not index function_app.py", exc_info=True)
         return set()
@@ -67,6 +86,7 @@ class Figures:
     lag: int | None = None
     lag_by_partition: dict[str, int] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    source: str | None = None  # "metrics" or "stores" when `sluice up` also reads the dev host's metrics
 
 
 class Probe:
@@ -75,15 +95,15 @@ class Probe:
     def __init__(self, values: Mapping[str, str]) -> None:
         self.values = dict(values)
         self.settings: Settings = load_settings({k: v for k, v in values.items() if v != ""})
-        self._session = None
-        self._blob = None
-        self._redis = None
-        self._vault = None
+        self._session: Session | None = None
+        self._blob: BlobServiceClient | None = None
+        self._redis: RedisConnection | None = None
+        self._vault: KeyVaultSecrets | None = None
 
     # --- clients (lazy) ---
 
     @property
-    def session(self):
+    def session(self) -> Session:
         if self._session is None:
             from shared.adapters.cassandra.session import connect
 
@@ -92,7 +112,7 @@ class Probe:
         return self._session
 
     @property
-    def blob(self):
+    def blob(self) -> BlobServiceClient:
         if self._blob is None:
             from shared.adapters.blob_service import blob_service_client
 
@@ -100,7 +120,7 @@ class Probe:
         return self._blob
 
     @property
-    def redis(self):
+    def redis(self) -> Client:
         if self._redis is None:
             from shared.adapters.redis import RedisConnection
 
@@ -109,14 +129,14 @@ class Probe:
                                           cluster=cfg.cluster, socket_timeout=5, decode_responses=True)
         return self._redis.client()
 
-    def pg(self):
+    def pg(self) -> psycopg.Connection[TupleRow]:
         import psycopg
 
         cfg = self.settings.postgres
         return psycopg.connect(cfg.conninfo(self._password(cfg.password, cfg.password_secret)), connect_timeout=5,
                                autocommit=True)
 
-    def _password(self, value, secret_name: str | None) -> str | None:
+    def _password(self, value: SecretStr | None, secret_name: str | None) -> str | None:
         """A store's password from settings, or from the stack's Key Vault when the settings name a secret."""
         if value is not None:
             return value.get_secret_value()
@@ -256,9 +276,9 @@ class Probe:
 
     def windows_enriched(self) -> int | None:
         with self.pg() as conn:
-            if conn.execute("SELECT to_regclass('enrichment_windows')").fetchone()[0] is None:
+            if _only_row(conn.execute("SELECT to_regclass('enrichment_windows')"))[0] is None:
                 return None
-            return int(conn.execute("SELECT count(*) FROM enrichment_windows WHERE event_count > 0").fetchone()[0])
+            return int(_only_row(conn.execute("SELECT count(*) FROM enrichment_windows WHERE event_count > 0"))[0])
 
     def window_stats(self, windows: Iterable[datetime]) -> dict[tuple[datetime, str], dict[str, Any]]:
         starts = sorted(set(windows))
@@ -318,7 +338,7 @@ class Probe:
         figures = Figures()
         now = datetime.now(UTC)
 
-        def attempt(name: str, read) -> Any:
+        def attempt(name: str, read: Callable[[], _T]) -> _T | None:
             try:
                 return read()
             except Exception as exc:
@@ -483,8 +503,16 @@ def check_delivery(expected: Expected, probe: Probe, *, features: set[str], sinc
     return report
 
 
+def _only_row(cursor: psycopg.Cursor[TupleRow]) -> TupleRow:
+    """The row of a query that always returns one (an aggregate, a SELECT without FROM)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise RuntimeError("PostgreSQL returned no row for a query that always returns one")
+    return row
+
+
 def _same_event(row: Any, record: Mapping[str, Any]) -> bool:
-    moment = row.event_time if row.event_time.tzinfo else row.event_time.replace(tzinfo=UTC)
+    moment: datetime = row.event_time if row.event_time.tzinfo else row.event_time.replace(tzinfo=UTC)
     return (moment == _iso_to_dt(record["timestamp"]) and dict(row.measurements or {}) == record["measurements"]
             and bool(row.critical) == record["critical"])
 

@@ -43,10 +43,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from shared.domain.events import DeviceEvent, Limits
 from sluice.partitioning import partition_for_key
+
+if TYPE_CHECKING:
+    from azure.eventhub import EventDataBatch
 
 logger = logging.getLogger(__name__)
 
@@ -374,7 +377,10 @@ class EventHubSender:
         in_batch: list[Planned] = []
         for event in group:
             data = EventData(event.body)
-            data.raw_amqp_message.annotations[PARTITION_KEY] = event.device_id
+            annotations = data.raw_amqp_message.annotations
+            if annotations is None:  # EventData(body) starts with an empty dict of them
+                raise RuntimeError("azure-eventhub gave a new EventData no message annotations")
+            annotations[PARTITION_KEY] = event.device_id
             try:
                 batch.add(data)
             except ValueError:  # the batch is full: send it and start another
@@ -387,7 +393,7 @@ class EventHubSender:
             out.append(self._send(pid, batch, in_batch))
         return out
 
-    def _send(self, pid: str, batch, events: list[Planned]) -> Sent:
+    def _send(self, pid: str, batch: EventDataBatch, events: list[Planned]) -> Sent:
         sent_at = time.time()
         try:
             self._client.send_batch(batch, timeout=self._timeout)

@@ -33,10 +33,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.exceptions import SluiceError
 from sluice.launcher import LaunchError, Running, python_module, start
+
+if TYPE_CHECKING:
+    import redis
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +105,8 @@ def port_free(host: str, port: int) -> bool:
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def who_listens(port: int) -> str | None:
@@ -431,7 +435,7 @@ class LocalStack:
         from psycopg import sql
 
         admin = f"host={self.options.postgres_host} port={self.options.postgres_port} user=postgres dbname=postgres"
-        owner = sql.SQL("")
+        owner: sql.Composable = sql.SQL("")
         if self.own is not None and self.own.postgres is not None:
             admin, owner = self.own.postgres.admin_dsn(), sql.SQL(" OWNER {}").format(sql.Identifier(self.own.user))
         with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
@@ -512,7 +516,7 @@ class LocalStack:
         return problems
 
 
-def _pings(client) -> bool:
+def _pings(client: redis.Redis) -> bool:
     try:
         return bool(client.ping())
     except Exception:

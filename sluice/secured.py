@@ -25,9 +25,13 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sluice.launcher import Running, start
 from sluice.localstack import free_port
+
+if TYPE_CHECKING:
+    import redis
 
 PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
 
@@ -268,7 +272,7 @@ class LocalRedis:
             return f"rediss://{self.username}@{host or self.host}:{self.tls_port}/0?ssl_ca_certs={self.ca.ca_file}"
         return f"redis://{self.username}@{host or self.host}:{self.port}/0"
 
-    def admin(self):
+    def admin(self) -> redis.Redis:
         import redis
 
         return redis.Redis(host=self.host, port=self.port, username="admin", password=self.admin_password)

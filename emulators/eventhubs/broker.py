@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypedDict
 
 from emulators.eventhubs import errors
 from emulators.eventhubs.config import HubConfig, NamespaceConfig
@@ -96,6 +96,16 @@ def parse_selector(expression: str | None) -> Position:
     except ValueError:
         raise AmqpError(errors.ARGUMENT_ERROR, f"selector value {raw!r} for {match['field']} is not a number") from None
     return Position(kind, value, inclusive)
+
+
+class PartitionProperties(TypedDict):
+    """A partition's $management reply fields, as Python values (the management module applies the AMQP types)."""
+
+    begin_sequence_number: int
+    last_enqueued_sequence_number: int
+    last_enqueued_offset: str
+    last_enqueued_time_utc: int
+    is_partition_empty: bool
 
 
 class Partition:
@@ -193,7 +203,7 @@ class Partition:
             self.head = 0
         return dropped
 
-    def properties(self) -> dict[str, object]:
+    def properties(self) -> PartitionProperties:
         """The $management partition reply fields (types applied by the management module).
 
         As in Azure, the last enqueued event's numbers stay after it passed retention;

@@ -69,6 +69,7 @@ def sections(payload: bytes) -> list[Section]:
     while pos < end:
         if payload[pos] != 0x00:
             raise DecodeError(f"message section at {pos} is not a described type")
+        code: int | None
         if payload[pos + 1] == 0x53 and pos + 2 < end:  # smallulong descriptor: what every client sends
             code, value_start = payload[pos + 2], pos + 3
             descriptor: Any = code

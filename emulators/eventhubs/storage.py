@@ -61,12 +61,13 @@ class PartitionLog:
         torn = len(data) - good_end
         if torn:
             logger.warning("%s: dropping %s bytes of a torn record at the end", self.path, torn)
-        kept_tail = last is not None and (not records or records[-1] is not last)
+        tail = [last] if last is not None and (not records or records[-1] is not last) else []  # kept though expired
+        kept_tail = bool(tail)
         if (dropped - int(kept_tail)) or torn:
             logger.info("%s: rewriting the log without %s expired events", self.path, dropped - int(kept_tail))
             tmp = self.path.with_suffix(".tmp")
             with tmp.open("wb") as f:
-                for record in ([last] if kept_tail else []) + records:
+                for record in tail + records:
                     f.write(_encode(*record))
             os.replace(tmp, self.path)
         return records, last

@@ -27,7 +27,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,7 +173,7 @@ def new_version_id() -> str:
 class Vault:
     """All secrets of one vault. Not thread-safe: the server calls it from one event loop."""
 
-    def __init__(self, data_dir: Path | None = None, *, clock=time.time) -> None:
+    def __init__(self, data_dir: Path | None = None, *, clock: Callable[[], float] = time.time) -> None:
         self._active: dict[str, Secret] = {}
         self._deleted: dict[str, Secret] = {}
         self._clock = clock

@@ -27,7 +27,7 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 SHOWN_GAPS = 20
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("audit", help="list sequence numbers checkpointed past but neither stored nor "
                                    "dead-lettered", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from shared.exceptions import PermanentError
+
+if TYPE_CHECKING:
+    from shared.services.enrichment import WindowOutcome
 
 
 def parse_time(text: str) -> datetime:
@@ -28,7 +32,7 @@ def parse_time(text: str) -> datetime:
     return moment.astimezone(UTC)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("backfill", help="re-enrich a time range from the Cassandra event log")
     parser.add_argument("--start", type=parse_time, required=True, help="start (inclusive), e.g. 2026-11-23T00:00:00Z")
     parser.add_argument("--end", type=parse_time, required=True, help="end (exclusive)")
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                   TimeElapsedColumn(), TimeRemainingColumn(), disable=args.no_progress) as progress:
         task = progress.add_task("windows", total=total, events=0)
 
-        def advance(outcome) -> None:
+        def advance(outcome: WindowOutcome) -> None:
             nonlocal events, unknown
             events += outcome.events
             unknown += outcome.unknown_device_events

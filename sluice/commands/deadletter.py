@@ -16,7 +16,7 @@ import logging
 logger = logging.getLogger(__name__)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("deadletter", help="list or replay dead letters")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, helptext in (("list", "show dead letters not yet replayed"),

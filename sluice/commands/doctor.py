@@ -23,15 +23,19 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from shared.services.scaling import ScalingRule
+    from shared.settings import StorageSettings
 
 BASE_SCALED_OBJECT = Path(__file__).resolve().parents[2] / "k8s-keda" / "ingest.yaml"
 SERVICEBUS_SUFFIX = "servicebus.windows.net"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("doctor", help="check a deployment's moving parts")
     checks = parser.add_subparsers(dest="check", required=True, metavar="CHECK")
     keda = checks.add_parser("keda", help="Event Hubs lag and replicas as KEDA's azure-eventhub scaler sees them",
@@ -62,7 +66,8 @@ def load_scaled_object(text: str, origin: str) -> dict[str, Any]:
         for item in items:
             if item.get("kind") == "ScaledObject" and any(
                     t.get("type") == "azure-eventhub" for t in item.get("spec", {}).get("triggers", [])):
-                return item
+                scaled: dict[str, Any] = item
+                return scaled
     raise ConfigurationError(f"{origin}: no ScaledObject with an azure-eventhub trigger")
 
 
@@ -71,7 +76,7 @@ def _trigger(scaled: dict[str, Any]) -> dict[str, str]:
 
 
 def scaling_rule(scaled: dict[str, Any], origin: str, *, threshold: int | None = None,
-                 activation: int | None = None, max_replicas: int | None = None) -> Any:
+                 activation: int | None = None, max_replicas: int | None = None) -> ScalingRule:
     """The ScaledObject's ``ScalingRule`` (threshold, activation, replica bounds), with optional overrides."""
     from shared.services.scaling import ScalingRule
 
@@ -87,7 +92,7 @@ def scaling_rule(scaled: dict[str, Any], origin: str, *, threshold: int | None =
         raise ConfigurationError(f"{origin}: {exc}") from None
 
 
-def storage_settings() -> Any:
+def storage_settings() -> StorageSettings:
     """``StorageSettings`` from the environment, or a ``ConfigurationError`` naming each bad value."""
     from pydantic import ValidationError
 

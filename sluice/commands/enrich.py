@@ -15,7 +15,7 @@ import argparse
 from sluice.commands.backfill import parse_time
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("enrich", help="run the enrichment now, list unknown devices, show status")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     run_parser = actions.add_parser("run", help="one enrichment run now (as the timer does)")

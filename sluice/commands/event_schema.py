@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 
-def schema() -> dict:
+def schema() -> dict[str, Any]:
     from shared.domain.events import DeviceEvent
 
     document = DeviceEvent.model_json_schema(mode="validation")
@@ -21,6 +22,6 @@ def schema() -> dict:
     return document
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("event-schema", help="print the event contract as JSON Schema")
     parser.set_defaults(func=lambda args: print(json.dumps(schema(), indent=2, sort_keys=True)))

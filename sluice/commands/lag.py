@@ -25,7 +25,7 @@ from pathlib import Path
 from sluice.commands.doctor import BASE_SCALED_OBJECT, load_scaled_object, scaling_rule, storage_settings
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("lag", help="Event Hubs lag per partition and the replicas KEDA would ask for",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scaled-object", default=str(BASE_SCALED_OBJECT),

@@ -8,7 +8,7 @@ import logging
 logger = logging.getLogger(__name__)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("migrate", help="apply schema migrations (safe to run again)")
     parser.add_argument("target", choices=["cassandra", "postgres", "all"], nargs="?", default="all")
     parser.set_defaults(func=run)

@@ -16,13 +16,17 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.exceptions import ConfigurationError
 
+if TYPE_CHECKING:
+    from sluice.loadgen import Summary
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "produce", help="send device events to Event Hubs at a paced rate (load generator)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -112,11 +116,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _progress(mode: str, total: int | None):
+def _progress(mode: str, total: int | None) -> Iterator[Callable[[Summary], None] | None]:
     if mode == "json":
         last = [0.0]
 
-        def emit(summary) -> None:
+        def emit(summary: Summary) -> None:
             now = time.monotonic()
             if now - last[0] >= 1.0:
                 last[0] = now
@@ -134,7 +138,7 @@ def _progress(mode: str, total: int | None):
     with Progress(*columns, transient=False) as progress:
         task = progress.add_task("produce", total=total, detail="")
 
-        def update(summary) -> None:
+        def update(summary: Summary) -> None:
             kinds = summary.kinds
             detail = (f"{summary.rate:,.0f}/s  critical {kinds['critical']}  dup {kinds['duplicate']}  "
                       f"invalid {kinds['invalid']}  ooo {kinds['out_of_order']}"
@@ -144,7 +148,7 @@ def _progress(mode: str, total: int | None):
         yield update
 
 
-def _print_summary(summary, hub: str, partitions: int, mode: str) -> None:
+def _print_summary(summary: Summary, hub: str, partitions: int, mode: str) -> None:
     if mode == "json":
         print(json.dumps({"summary": summary.as_dict()}), flush=True)
         return

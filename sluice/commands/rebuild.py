@@ -14,10 +14,14 @@ import argparse
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from shared.domain.times import to_ms
 from shared.ports.cache import SINCE_ALL
 from sluice.commands.backfill import parse_time
+
+if TYPE_CHECKING:
+    from shared.services.rebuild import RebuildReport
 
 
 def _rps(text: str) -> float:
@@ -30,7 +34,7 @@ def _rps(text: str) -> float:
     return value
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("rebuild", help="rebuild a projection (Redis) from the Cassandra event log")
     parser.add_argument("target", choices=["redis"], help="the projection to rebuild")
     parser.add_argument("--since", type=parse_time, help="critical lists from this time only (default: all)")
@@ -50,7 +54,7 @@ class ProgressLine:
         self._interval = interval
         self._last = 0.0
 
-    def __call__(self, report, fraction: float) -> None:
+    def __call__(self, report: RebuildReport, fraction: float) -> None:
         now = time.monotonic()
         if not self._enabled or now - self._last < self._interval:
             return

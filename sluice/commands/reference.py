@@ -59,7 +59,7 @@ def load_sample_reference(to: Literal["postgres", "blob", "both"] = "both", *, r
     return load_reference_files(SAMPLE_DEVICES, SAMPLE_SITES, to=to, replace=replace)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("reference", help="load or upload reference data (devices, sites)")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
 

@@ -14,7 +14,7 @@ from shared.exceptions import PermanentError
 from sluice.commands.backfill import parse_time
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("replay", help="re-derive every projection of a time range from the event log")
     parser.add_argument("--from", dest="start", type=parse_time, required=True, help="start (inclusive), event time")
     parser.add_argument("--to", dest="end", type=parse_time, required=True, help="end (exclusive), event time")

@@ -24,15 +24,24 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    from sluice.delivery import DeliveryReport, Figures, Probe
+    from sluice.loadgen import Expected
+    from sluice.localstack import LocalStack
 
 DEFAULT_RATE = 100.0
 DEFAULT_DEVICES = 200
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from sluice.localstack import ROOT
 
     parser = subparsers.add_parser(
@@ -112,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     stack = LocalStack(options, say=console.print)
     producer: Producer | None = None
     monitor: Monitor | None = None
-    probe = None
+    probe: Probe | None = None
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         _start(stack, args, console)
@@ -156,7 +165,7 @@ def _interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _start(stack, args: argparse.Namespace, console) -> None:
+def _start(stack: LocalStack, args: argparse.Namespace, console: Console) -> None:
     opts = stack.options
     stack.claim()
     if args.fresh:
@@ -194,7 +203,7 @@ def _start(stack, args: argparse.Namespace, console) -> None:
     console.print(f"[green]up:[/] {ports}")
 
 
-def _wipe(stack, console) -> None:
+def _wipe(stack: LocalStack, console: Console) -> None:
     data_dir = stack.options.data_dir
     if data_dir.exists():
         if not (data_dir / "local.settings.json").exists() and any(data_dir.iterdir()):
@@ -205,7 +214,7 @@ def _wipe(stack, console) -> None:
         console.print(f"wiped {data_dir}")
 
 
-def _forget(stack, console) -> None:
+def _forget(stack: LocalStack, console: Console) -> None:
     """--fresh: drop the database and the Redis keys of the prefix (the emulators start empty anyway)."""
     import psycopg
     import redis
@@ -230,7 +239,7 @@ def _forget(stack, console) -> None:
 class Producer:
     """``python -m sluice produce`` as a child process; its JSON progress lines are kept as ``summary``."""
 
-    def __init__(self, stack, args: argparse.Namespace, manifest: Path | None) -> None:
+    def __init__(self, stack: LocalStack, args: argparse.Namespace, manifest: Path | None) -> None:
         argv = [sys.executable, "-m", "sluice", "produce", "--connection", stack.eventhub_connection,
                 "--hub", stack.values["SLUICE_INGEST_EVENTHUB_NAME"], "--rate", str(args.rate),
                 "--devices", str(args.devices), "--duration", str(args.duration or 0),
@@ -284,10 +293,10 @@ class Producer:
 class Monitor(threading.Thread):
     """Reads the stores every ``interval`` seconds; ``figures`` is the latest snapshot."""
 
-    def __init__(self, probe, since: datetime, features: set[str], interval: float = 2.0) -> None:
+    def __init__(self, probe: Probe, since: datetime, features: set[str], interval: float = 2.0) -> None:
         super().__init__(name="monitor", daemon=True)
         self.probe, self.since, self.features, self.interval = probe, since, features, interval
-        self.figures = None
+        self.figures: Figures | None = None
         self.ids: dict[str, str] = {}
         self.halt = threading.Event()
 
@@ -304,7 +313,7 @@ class Monitor(threading.Thread):
             self.halt.wait(self.interval)
 
 
-def _from_metrics(figures, url: str) -> bool:
+def _from_metrics(figures: Figures, url: str) -> bool:
     """Replace the probed stored, dead-lettered and lag figures with the dev host's metrics; False if none."""
     from sluice.metrics_figures import scrape
 
@@ -320,7 +329,7 @@ def _from_metrics(figures, url: str) -> bool:
     return True
 
 
-def _table(stack, producer: Producer | None, monitor: Monitor, note: str = ""):
+def _table(stack: LocalStack, producer: Producer | None, monitor: Monitor, note: str = "") -> Table:
     from rich.table import Table
 
     table = Table(show_header=False, box=None, padding=(0, 2))
@@ -345,7 +354,7 @@ def _table(stack, producer: Producer | None, monitor: Monitor, note: str = ""):
                       if "enrichment" in monitor.features else "no enrichment function")
         table.add_row("lag (events not checkpointed)", show(figures.lag)
                       + (f"  {figures.lag_by_partition}" if figures.lag else ""))
-        if getattr(figures, "source", None):
+        if figures.source:
             table.add_row("figures from", f"{stack.metrics_url}" if figures.source == "metrics"
                           else "the stores (the dev host's metrics do not answer yet)")
         for name, error in figures.errors.items():
@@ -364,7 +373,8 @@ def _table(stack, producer: Producer | None, monitor: Monitor, note: str = ""):
     return table
 
 
-def _watch(console, stack, producer: Producer | None, monitor: Monitor, *, until, note=lambda: "") -> None:
+def _watch(console: Console, stack: LocalStack, producer: Producer | None, monitor: Monitor, *,
+           until: Callable[[], bool], note: Callable[[], str] = lambda: "") -> None:
     from rich.live import Live
 
     with Live(_table(stack, producer, monitor), console=console, refresh_per_second=2, transient=False) as live:
@@ -380,7 +390,8 @@ def _watch(console, stack, producer: Producer | None, monitor: Monitor, *, until
         live.update(_table(stack, producer, monitor, note()))
 
 
-def _bounded(stack, args, console, producer, monitor, probe, features, manifest, since) -> int:
+def _bounded(stack: LocalStack, args: argparse.Namespace, console: Console, producer: Producer | None,
+             monitor: Monitor, probe: Probe, features: set[str], manifest: Path | None, since: datetime) -> int:
     from sluice.delivery import check_delivery
     from sluice.loadgen import read_manifest
 
@@ -392,7 +403,7 @@ def _bounded(stack, args, console, producer, monitor, probe, features, manifest,
             return 1
     expected = read_manifest(manifest) if manifest and manifest.exists() else None
     deadline = time.monotonic() + args.drain_timeout
-    report = None
+    report: DeliveryReport | None = None
     last_check = [0.0]
 
     def delivered() -> bool:
@@ -425,13 +436,13 @@ def _bounded(stack, args, console, producer, monitor, probe, features, manifest,
     return 1
 
 
-def _psql_host(stack) -> str:
+def _psql_host(stack: LocalStack) -> str:
     """Our own PostgreSQL: its socket directory (the superuser is trusted there, never over TCP)."""
     own = getattr(stack, "own", None)
     return str(own.postgres.directory) if own is not None and own.postgres is not None else stack.options.postgres_host
 
 
-def _views(probe) -> list[str]:
+def _views(probe: Probe) -> list[str]:
     with contextlib.suppress(Exception), probe.pg() as conn:
         rows = conn.execute("SELECT table_name FROM information_schema.views WHERE table_schema = 'public' "
                             "ORDER BY table_name").fetchall()
@@ -439,14 +450,15 @@ def _views(probe) -> list[str]:
     return []
 
 
-def _where_to_look(stack, console, probe, features: set[str], expected=None) -> None:
+def _where_to_look(stack: LocalStack, console: Console, probe: Probe, features: set[str],
+                   expected: Expected | None = None) -> None:
     opts = stack.options
     http = f"http://{opts.host}:{stack.ports.get('http')}/api"
     ids: dict[str, str] = {}
     if expected is not None and expected.valid:
         latest = expected.latest_by_device()
-        device, record = next(iter(latest.items()))
-        ids = {"device": device, "event": record["event_id"]}
+        newest_device, record = next(iter(latest.items()))
+        ids = {"device": newest_device, "event": record["event_id"]}
         critical = next(iter(expected.critical.values()), None)
         if critical:
             ids |= {"critical_device": critical["device_id"], "critical_event": critical["event_id"]}
