@@ -75,12 +75,10 @@ class DevHost:
         self.options = load_host_json(root / "host.json")
         for warning in self.options.warnings:
             logger.warning("%s", warning)
-        if self.options.function_timeout is not None:
-            logger.info("host.json functionTimeout %s is not enforced by the dev host", self.options.function_timeout)
         self._port = self.config.port if self.config.port is not None else (local_port or 7071)
         self.host_id = host_id(root)
         specs = app_loader.load(root, os.environ.get("PYTHON_SCRIPT_FILE_NAME") or "function_app.py")
-        self.invoker = Invoker(root, threads=default_thread_count())
+        self.invoker = Invoker(root, threads=default_thread_count(), function_timeout=self.options.function_timeout)
         routes: list[HttpRoute] = []
         problems: list[str] = []
         storage = None

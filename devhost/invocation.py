@@ -22,10 +22,13 @@ import functools
 import logging
 import os
 import random
+import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -156,13 +159,75 @@ class CpuAccount:
                     for name, seconds in self._seconds.items()}
 
 
-class Invoker:
-    """Runs user functions; one per dev host."""
+# The dev host's exit status when an invocation outlived host.json's functionTimeout. `sluice up` restarts the
+# dev host on it, as the Functions host restarts its language worker (sluice.localstack has the same number).
+FUNCTION_TIMEOUT_EXIT = 3
 
-    def __init__(self, script_root: Path, *, threads: int) -> None:
+
+def timespan(limit: timedelta) -> str:
+    """A duration as the host writes a TimeSpan: ``hh:mm:ss``, or ``d.hh:mm:ss`` from one day on."""
+    seconds = int(limit.total_seconds())
+    minutes, second = divmod(seconds, 60)
+    hours, minute = divmod(minutes, 60)
+    days, hour = divmod(hours, 24)
+    return f"{days}.{hour:02}:{minute:02}:{second:02}" if days else f"{hour:02}:{minute:02}:{second:02}"
+
+
+def restart_worker(name: str, invocation_id: str, limit: timedelta) -> None:
+    """What the Functions host does when an invocation of a language worker outlives ``functionTimeout``: fail it
+    and restart the worker, ending every invocation in flight. The dev host is host and worker in one process, so
+    it exits; nothing in flight is checkpointed, and the next start delivers those events again."""
+    sys.stdout.write(
+        f"devhost: Timeout value of {timespan(limit)} was exceeded by function: Functions.{name} (Id={invocation_id}); "
+        f"a thread cannot be stopped, so the dev host exits ({FUNCTION_TIMEOUT_EXIT}) as the Functions host restarts "
+        "its worker: what was in flight is not checkpointed and is delivered again\n")
+    sys.stdout.flush()
+    os._exit(FUNCTION_TIMEOUT_EXIT)
+
+
+class Watchdog:
+    """Enforces ``functionTimeout`` from a thread of its own, so it also catches an async function that blocks the
+    event loop. Each invocation is registered while it runs (a dict entry: nothing per event); the thread looks
+    every second (sooner for a limit under four seconds) and calls ``expire`` for the first one past the limit."""
+
+    def __init__(self, limit: timedelta, *,
+                 expire: Callable[[str, str, timedelta], None] = restart_worker) -> None:
+        self.limit = limit
+        self._expire = expire
+        self._running: dict[str, tuple[str, float]] = {}  # invocation id -> (function name, monotonic start)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="function-timeout", daemon=True)
+        self._thread.start()
+
+    def begin(self, invocation_id: str, name: str) -> None:
+        self._running[invocation_id] = (name, time.monotonic())
+
+    def end(self, invocation_id: str) -> None:
+        self._running.pop(invocation_id, None)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        limit = self.limit.total_seconds()
+        while not self._stopped.wait(min(1.0, limit / 4)):
+            now = time.monotonic()
+            for invocation_id, (name, started) in list(self._running.items()):
+                if now - started > limit:
+                    self._expire(name, invocation_id, self.limit)
+                    self.end(invocation_id)  # an expire that returns (tests) reports each invocation once
+
+
+class Invoker:
+    """Runs user functions; one per dev host. With ``function_timeout``, a :class:`Watchdog` enforces it."""
+
+    def __init__(self, script_root: Path, *, threads: int, function_timeout: timedelta | None = None,
+                 expire: Callable[[str, str, timedelta], None] = restart_worker) -> None:
         self._script_root = script_root
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="function")
         self.cpu = CpuAccount()
+        self._watchdog = Watchdog(function_timeout, expire=expire) if function_timeout else None
 
     def _timed(self, name: str, function: Any, kwargs: dict[str, Any]) -> Any:
         started = time.thread_time()
@@ -182,6 +247,9 @@ class Invoker:
             kwargs["context"] = context
         logger.info("Executing 'Functions.%s' (Reason='%s', Id=%s)", spec.name, reason, context.invocation_id)
         started = time.perf_counter()
+        watchdog = self._watchdog
+        if watchdog is not None:
+            watchdog.begin(context.invocation_id, spec.name)
         try:
             if spec.is_async:
                 result = await spec.user_function(**kwargs)
@@ -195,6 +263,9 @@ class Invoker:
                 spec.name, context.invocation_id, (time.perf_counter() - started) * 1000, type(exc).__name__, exc,
             )
             raise
+        finally:
+            if watchdog is not None:
+                watchdog.end(context.invocation_id)
         logger.info(
             "Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)",
             spec.name, context.invocation_id, (time.perf_counter() - started) * 1000,
@@ -234,3 +305,5 @@ class Invoker:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)
+        if self._watchdog is not None:  # after the pool: an invocation that outlives the limit while we stop still ends
+            self._watchdog.stop()

@@ -9,8 +9,8 @@ HTTP port.
 ``host.json`` is read for the parts the dev host honours: ``extensions.eventHubs``
 (batch sizes, wait time, prefetch, checkpoint frequency, initial offset),
 ``extensions.http.routePrefix``, ``singleton`` (the timer listener lease) and
-``functionTimeout`` (reported, not enforced). Keys the Event Hubs extension would
-not recognise are reported, so a typo does not silently fall back to a default.
+``functionTimeout`` (enforced as the host enforces it on a language worker: ``devhost.invocation.Watchdog``).
+Keys the Event Hubs extension would not recognise are reported, so a typo does not silently fall back to a default.
 """
 
 from __future__ import annotations

@@ -138,6 +138,11 @@ class StartedService:
     stop: Callable[[], None]
 
 
+# `python -m devhost`'s exit status when an invocation outlived functionTimeout: devhost.invocation's
+# FUNCTION_TIMEOUT_EXIT (the CLI runs the dev host as a process and does not import it; a test keeps them equal).
+DEVHOST_FUNCTION_TIMEOUT_EXIT = 3
+
+
 class LocalStack:
     """Starts the local stack piece by piece; :meth:`stop` undoes what was started, in reverse."""
 
@@ -150,6 +155,8 @@ class LocalStack:
         self.values: dict[str, str] = {}
         self.settings_path = options.data_dir / "local.settings.json"
         self.devhost: Running | None = None
+        self._devhost_env: dict[str, str] | None = None
+        self.devhost_restarts = 0  # after a function timeout (restart_after_function_timeout)
         self._logs_begun: set[str] = set()
         self._claim: Any = None  # the open lock file while claim() holds it
         self.notes: list[str] = []
@@ -467,11 +474,28 @@ class LocalStack:
     def start_devhost(self, *, env: dict[str, str] | None = None) -> Running:
         port = self._port("dev host (HTTP)", self.options.http_port)
         self.ports["http"] = port
+        self._devhost_env = env
+        return self._launch_devhost(port)
+
+    def _launch_devhost(self, port: int) -> Running:
         running = self._child("devhost", python_module(
             "devhost", "--settings", str(self.settings_path), "--host", self.options.host, "--port", str(port),
-            "--script-root", str(ROOT)), timeout=90, env=env)
+            "--script-root", str(ROOT)), timeout=90, env=self._devhost_env)
         self.devhost = running
         return running
+
+    def restart_after_function_timeout(self, dead: Running) -> bool:
+        """Start the dev host again, on its port, if ``dead`` is the dev host and it exited because an invocation
+        outlived host.json's ``functionTimeout``: the Functions host restarts its worker then. False for any other
+        exit, which is a failure for the caller to report."""
+        if dead is not self.devhost or dead.process.returncode != DEVHOST_FUNCTION_TIMEOUT_EXIT:
+            return False
+        self.children.remove(dead)
+        self.devhost_restarts += 1
+        self.say(f"[yellow]the dev host exited: an invocation outlived host.json's functionTimeout (see "
+                 f"{self.log_path('devhost')}); starting it again, as the Functions host restarts its worker")
+        self._launch_devhost(self.ports["http"])
+        return True
 
     # --- stopping ---
 

@@ -368,6 +368,9 @@ def _table(stack: LocalStack, producer: Producer | None, monitor: Monitor, note:
     dead = [r.name for r in stack.children if not r.alive()]
     if dead:
         table.add_row("[red]exited", "[red]" + ", ".join(dead))
+    if stack.devhost_restarts:
+        table.add_row("[yellow]restarted", f"[yellow]the dev host, {stack.devhost_restarts} time(s): an invocation "
+                      "outlived functionTimeout (devhost.log)")
     if note:
         table.add_row("", note)
     return table
@@ -384,6 +387,8 @@ def _watch(console: Console, stack: LocalStack, producer: Producer | None, monit
                 from sluice.localstack import StackError
 
                 dead = next(r for r in stack.children if not r.alive())
+                if stack.restart_after_function_timeout(dead):
+                    continue
                 live.update(_table(stack, producer, monitor, note()))
                 raise StackError(f"{dead.name} exited ({dead.process.returncode}); its last output:\n{dead.output()}")
             time.sleep(0.5)

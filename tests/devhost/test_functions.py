@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +20,7 @@ from azure.functions.eventhub import EventHubTriggerConverter
 from devhost.app_loader import FunctionSpec, RetryPolicy, index, load
 from devhost.errors import DevHostError, UnsupportedBindingError
 from devhost.eventhub_trigger import EventHubBinding, to_function_input
-from devhost.invocation import Invoker, Outcome
+from devhost.invocation import Invoker, Outcome, timespan
 
 
 def test_index_reads_triggers_retry_and_context() -> None:
@@ -265,3 +267,33 @@ def test_the_app_monitors_the_enrichment_schedule_but_not_the_change_feed_ticks(
         trigger = next(b for b in bindings if b["type"] == "timerTrigger")  # as the dev host's index takes it
         decided[name] = uses_monitor(trigger, Schedule.parse(settings[setting], UTC))
     assert decided == {"changefeed": False, "enrichment": True}
+
+
+def test_the_watchdog_expires_an_invocation_past_function_timeout_and_only_that_one(tmp_path: Path) -> None:
+    """Sync (a pool thread) and async (blocking the event loop) alike; one that ends in time is not reported."""
+    expired: list[tuple[str, timedelta]] = []
+    invoker = Invoker(tmp_path, threads=2, function_timeout=timedelta(seconds=0.4),
+                      expire=lambda name, invocation_id, limit: expired.append((name, limit)))
+
+    def quick(events: Any, context: func.Context) -> None:
+        time.sleep(0.05)
+
+    def slow(events: Any, context: func.Context) -> None:
+        time.sleep(1.0)
+
+    async def blocks_the_loop(events: Any, context: func.Context) -> None:
+        time.sleep(1.0)  # the watchdog's own thread still sees it
+
+    async def scenario() -> None:
+        for function in (quick, slow, blocks_the_loop):
+            spec = dataclasses.replace(_spec(function, retry=None), name=function.__name__)
+            await invoker.call(spec, {"events": []}, reason="test")
+
+    asyncio.run(scenario())
+    invoker.shutdown()
+    assert expired == [("slow", timedelta(seconds=0.4)), ("blocks_the_loop", timedelta(seconds=0.4))]
+
+
+def test_timespan_is_written_as_the_host_writes_it() -> None:
+    assert timespan(timedelta(minutes=10)) == "00:10:00"
+    assert timespan(timedelta(days=1, hours=2, seconds=3)) == "1.02:00:03"

@@ -10,8 +10,10 @@ import sys
 
 import pytest
 
+from devhost.invocation import FUNCTION_TIMEOUT_EXIT
 from shared.settings import load_settings
-from sluice.localstack import ROOT, LocalStack, StackError, StackOptions
+from sluice.launcher import Running
+from sluice.localstack import DEVHOST_FUNCTION_TIMEOUT_EXIT, ROOT, LocalStack, StackError, StackOptions
 
 
 @pytest.fixture
@@ -160,3 +162,42 @@ def test_our_own_service_failing_to_start_is_a_stack_error_naming_it(tmp_path):
     stack = LocalStack(StackOptions(data_dir=tmp_path), say=lambda _: None)
     with pytest.raises(StackError, match=r"our own PostgreSQL did not start: pg_ctl start failed \(1\)"):
         stack._start_own("PostgreSQL", fails)
+
+
+class _StandInDevhost(LocalStack):
+    """A LocalStack whose dev host is a stand-in that exits at once with a given status."""
+
+    exit_status = 0
+
+    def _launch_devhost(self, port: int) -> Running:
+        self.launched_on.append(port)
+        script = f"print('devhost: listening on 127.0.0.1:{port}', flush=True); raise SystemExit({self.exit_status})"
+        running = self._child("devhost", [sys.executable, "-c", script], timeout=30)
+        self.devhost = running
+        return running
+
+
+def test_the_dev_host_is_started_again_on_its_port_after_a_function_timeout_and_only_then(tmp_path):
+    """As the Functions host restarts its worker; any other exit stays a failure for `up` to report."""
+    assert DEVHOST_FUNCTION_TIMEOUT_EXIT == FUNCTION_TIMEOUT_EXIT
+    said = []
+    stack = _StandInDevhost(StackOptions(data_dir=tmp_path), say=said.append)
+    stack.launched_on = []
+    stack.exit_status = DEVHOST_FUNCTION_TIMEOUT_EXIT
+    try:
+        first = stack.start_devhost()
+        first.process.wait(timeout=10)
+        port = stack.ports["http"]
+        other = stack._child("other", [sys.executable, "-c", "print('listening on 127.0.0.1:1'); raise SystemExit(3)"],
+                             timeout=30)
+        other.process.wait(timeout=10)
+        assert not stack.restart_after_function_timeout(other)  # not the dev host
+        stack.exit_status = 1
+        assert stack.restart_after_function_timeout(first)
+        assert stack.launched_on == [port, port] and stack.devhost is not first and first not in stack.children
+        assert stack.devhost_restarts == 1 and "outlived host.json's functionTimeout" in said[-1]
+        stack.devhost.process.wait(timeout=10)
+        assert not stack.restart_after_function_timeout(stack.devhost)  # exit 1: a failure, not a timeout
+        assert stack.devhost_restarts == 1
+    finally:
+        stack.stop()
