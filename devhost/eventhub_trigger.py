@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.eventhub import EventData, LoadBalancingStrategy
 from azure.eventhub._pyamqp.aio._receiver_async import ReceiverLink
 from azure.eventhub.aio import CheckpointStore, EventHubConsumerClient, PartitionContext
+from azure.eventhub.amqp import AmqpMessageBodyType
 from azure.eventhub.extensions.checkpointstoreblob import BlobCheckpointStore
 from azure.functions import meta
 from azure.functions._eventhub import EventHubEvent
@@ -354,6 +355,20 @@ def trigger_metadata(events: list[EventData], partition: Mapping[str, str], bind
     }
 
 
+class EventBodyNotSupported(Exception):
+    """An event whose AMQP body is not data. The Functions host cannot bind it: .NET's ``EventData.EventBody``
+    raises ``NotSupportedException`` for a value or sequence body, and the invocation fails."""
+
+
+def _bindable(event: EventData) -> EventData:
+    if event.body_type is not AmqpMessageBodyType.DATA:
+        raise EventBodyNotSupported(
+            f"event {event.sequence_number} has an AMQP {event.body_type.value} body: the Functions host binds only "
+            "data bodies (its EventData.EventBody raises NotSupportedException), so the invocation fails; "
+            "producers must send bytes or text (EventData(body)), not AmqpAnnotatedMessage(value_body=...)")
+    return event
+
+
 def to_function_input(
     events: list[EventData], partition: Mapping[str, str], binding: EventHubBinding,
 ) -> func.EventHubEvent | list[func.EventHubEvent]:
@@ -367,6 +382,7 @@ def to_function_input(
     binary = binding.data_type == "binary"
 
     def convert(event: EventData) -> func.EventHubEvent:
+        _bindable(event)
         key = _json_value(event.partition_key)
         return DevHostEventHubEvent(
             lazy_metadata=lazy,
@@ -534,18 +550,15 @@ class EventHubListener:
         }
 
     async def _process(self, context: PartitionContext, state: _PartitionState, batch: list[EventData]) -> None:
-        spec = self.binding.spec
         partition = self._partition_metadata(context)
         reason = (f"EventHub triggered: {len(batch)} event(s) from partition {context.partition_id}, "
                   f"sequence numbers {batch[0].sequence_number}-{batch[-1].sequence_number}")
         if self.binding.many:
-            arguments = {spec.trigger_param: self._function_input(batch, partition)}
-            outcome = await self._invoker.call_with_retry(spec, arguments, reason=reason, stopping=self._stopping)
+            outcome = await self._invoke(batch, partition, reason)
         else:
             outcome = Outcome.SUCCEEDED
             for event in batch:
-                arguments = {spec.trigger_param: self._function_input([event], partition)}
-                outcome = await self._invoker.call_with_retry(spec, arguments, reason=reason, stopping=self._stopping)
+                outcome = await self._invoke([event], partition, reason)
                 if outcome is Outcome.ABANDONED:
                     break
         if outcome is Outcome.ABANDONED:
@@ -554,6 +567,22 @@ class EventHubListener:
         state.uncheckpointed = batch[-1]
         if state.batches % self._options.batch_checkpoint_frequency == 0:
             await self._checkpoint(context, state)
+
+    async def _invoke(self, events: list[EventData], partition: Mapping[str, str], reason: str) -> Outcome:
+        spec = self.binding.spec
+        try:
+            arguments = {spec.trigger_param: self._function_input(events, partition)}
+        except EventBodyNotSupported as exc:
+            # As the host: binding fails each attempt, the retry policy runs its course, the batch is checkpointed
+            # past. Sluice's audit then reports those sequence numbers as neither stored nor dead-lettered.
+            message = str(exc)
+
+            def cannot_bind() -> None:
+                raise EventBodyNotSupported(message)
+
+            failing = replace(spec, user_function=cannot_bind, is_async=False, accepts_context=False)
+            return await self._invoker.call_with_retry(failing, {}, reason=reason, stopping=self._stopping)
+        return await self._invoker.call_with_retry(spec, arguments, reason=reason, stopping=self._stopping)
 
     def _function_input(self, events: list[EventData], partition: Mapping[str, str]) -> Any:
         """:func:`to_function_input`, its CPU accounted as ``<function>:input`` (in Azure the Python worker

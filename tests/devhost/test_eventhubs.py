@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from azure.eventhub import EventData, EventHubProducerClient
+from azure.eventhub.amqp import AmqpAnnotatedMessage
 from azure.storage.blob import ContainerClient
 
 from sluice.launcher import Running
@@ -275,3 +276,32 @@ def test_after_a_crash_the_restarted_host_redelivers_only_what_was_not_checkpoin
     assert starts.count(99) == 2, "delivered again after the crash"
     assert sorted(n for n in starts if n != 99) == [0, 1, 2, 3], "checkpointed events are not redelivered"
     assert host.stop(stop_timeout=30) == 0
+
+
+@pytest.mark.timeout(120)
+def test_an_event_whose_body_is_not_data_fails_its_invocation_as_the_host_does(
+    eh_app: dict[str, Any], devhost_factory: Any,
+) -> None:
+    """The Functions host cannot bind an AMQP value or sequence body (.NET's EventData.EventBody raises), so the
+    invocation fails, the retry policy runs its course and the batch is checkpointed past. The dev host handed the
+    function the map's keys (binary) or its Python repr (string) instead: a silent wrong answer."""
+    host = devhost_factory(eh_app["root"], settings=eh_app["settings"])
+    with EventHubProducerClient.from_connection_string(eh_app["conn"], eventhub_name=eh_app["hub"]) as producer:
+        batch = producer.create_batch(partition_id="0")
+        batch.add(EventData(json.dumps({"n": 1})))
+        batch.add(AmqpAnnotatedMessage(value_body={"n": 2}))
+        batch.add(EventData(json.dumps({"n": 3})))
+        producer.send_batch(batch)
+
+    def checkpointed(group: str) -> bool:
+        return checkpoints(eh_app["storage"], eh_app["namespace"], eh_app["hub"], group) \
+            .get("0", {}).get("sequencenumber") == "2"
+
+    wait_for(lambda: checkpointed("sluice") and checkpointed("other"), 60, "both groups past the event", host)
+    records = read_records(eh_app["out"])
+    assert [r["body"] for r in done(records, "single")] == ['{"n": 1}', '{"n": 3}']
+    assert all(1 not in r["seqs"] for r in records if r["function"] == "batches")
+    failed = [line for line in host.output().splitlines()
+              if "Failed" in line and "EventBodyNotSupported: event 1 has an AMQP value body" in line]
+    single = [line for line in failed if "Functions.single" in line]
+    assert len(single) == 1 and len(failed) - len(single) == 3, "single has no retry policy; batches retries twice"
