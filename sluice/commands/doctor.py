@@ -63,12 +63,26 @@ def load_scaled_object(text: str, origin: str) -> dict[str, Any]:
         documents = list(yaml.safe_load_all(text))
     for doc in documents:
         items = doc.get("items", [doc]) if isinstance(doc, dict) else []
-        for item in items:
-            if item.get("kind") == "ScaledObject" and any(
-                    t.get("type") == "azure-eventhub" for t in item.get("spec", {}).get("triggers", [])):
-                scaled: dict[str, Any] = item
-                return scaled
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict) or item.get("kind") != "ScaledObject":
+                continue
+            spec = item.get("spec")
+            triggers = spec.get("triggers") if isinstance(spec, dict) else None
+            if not isinstance(triggers, list):
+                raise ConfigurationError(f"{origin}: ScaledObject {_name(item)} has no list of spec.triggers")
+            for trigger in triggers:
+                if isinstance(trigger, dict) and trigger.get("type") == "azure-eventhub":
+                    if not isinstance(trigger.get("metadata"), dict):
+                        raise ConfigurationError(f"{origin}: ScaledObject {_name(item)}: its azure-eventhub "
+                                                 "trigger has no metadata")
+                    scaled: dict[str, Any] = item
+                    return scaled
     raise ConfigurationError(f"{origin}: no ScaledObject with an azure-eventhub trigger")
+
+
+def _name(item: dict[str, Any]) -> str:
+    metadata = item.get("metadata")
+    return repr(metadata.get("name")) if isinstance(metadata, dict) else "(unnamed)"
 
 
 def _trigger(scaled: dict[str, Any]) -> dict[str, str]:
