@@ -386,7 +386,8 @@ def to_function_input(
         key = _json_value(event.partition_key)
         return DevHostEventHubEvent(
             lazy_metadata=lazy,
-            body=_data_body(event) if binary else event.body_as_str(encoding="utf-8").encode("utf-8"),
+            # string: decoded as .NET's BinaryData.ToString() does, an invalid UTF-8 sequence becoming U+FFFD
+            body=_data_body(event) if binary else _data_body(event).decode("utf-8", "replace").encode("utf-8"),
             trigger_metadata=metadata,
             enqueued_time=_utc(event.enqueued_time),
             partition_key=None if key is None else str(key),

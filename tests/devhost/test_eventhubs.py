@@ -305,3 +305,20 @@ def test_an_event_whose_body_is_not_data_fails_its_invocation_as_the_host_does(
               if "Failed" in line and "EventBodyNotSupported: event 1 has an AMQP value body" in line]
     single = [line for line in failed if "Functions.single" in line]
     assert len(single) == 1 and len(failed) - len(single) == 3, "single has no retry policy; batches retries twice"
+
+
+@pytest.mark.timeout(120)
+def test_a_body_that_is_not_utf8_reaches_a_string_function_with_replacement_characters(
+    eh_app: dict[str, Any], devhost_factory: Any,
+) -> None:
+    """As the host decodes a string binding (.NET's BinaryData.ToString()); the SDK's body_as_str raised a TypeError
+    instead, which failed the partition's receive loop before any invocation."""
+    host = devhost_factory(eh_app["root"], settings=eh_app["settings"])
+    with EventHubProducerClient.from_connection_string(eh_app["conn"], eventhub_name=eh_app["hub"]) as producer:
+        batch = producer.create_batch(partition_id="1")
+        batch.add(EventData(b'{"v": "\xff"}'))
+        batch.add(EventData(b'{"v": "ok"}'))
+        producer.send_batch(batch)
+    bodies = wait_for(lambda: (b := [r["body"] for r in done(read_records(eh_app["out"]), "single")]) and len(b) == 2
+                      and b, 60, "both events", host)
+    assert bodies == ['{"v": "\ufffd"}', '{"v": "ok"}']
