@@ -394,6 +394,9 @@ class Parser:
         self.expect_op(")")
         if len(values) != len(columns):
             raise Invalid(f"Unmatched column names/values: {len(columns)} columns, {len(values)} values")
+        repeated = next((c for i, c in enumerate(columns) if c in columns[:i]), None)
+        if repeated is not None:
+            raise Invalid(f"Multiple definitions found for column {repeated}")
         if_not_exists = self.accept_kw("if", "not", "exists")
         using = self.using()
         if not if_not_exists:
@@ -408,6 +411,9 @@ class Parser:
         assignments = [self.assignment()]
         while self.accept_op(","):
             assignments.append(self.assignment())
+        for i, a in enumerate(assignments):  # as Cassandra: `c = x` goes with no other operation on c
+            if any(b.column == a.column and "set" in (a.kind, b.kind) for b in assignments[:i]):
+                raise CqlSyntaxError(f"Multiple incompatible setting of column {a.column}")
         where = self.where()
         if_exists, conds = self.conditions() if self.is_kw("if") else (False, [])
         return st.Update(table, assignments, where, using, if_exists, conds)

@@ -233,9 +233,13 @@ def resolve(term: st.Term, ctype: CqlType, values: list[Value]) -> Value:
 
 
 def resolve_int(term: st.Term | None, values: list[Value], what: str) -> int | None:
+    """A ``USING TIMESTAMP`` or ``LIMIT`` value; None when there is none or it is unset (as Cassandra: the
+    default timestamp, no limit). A null is refused, as Cassandra refuses it."""
     if term is None:
         return None
     raw = resolve(term, BIGINT if what == "timestamp" else INT, values)
-    if raw is None or raw is UNSET:
+    if raw is None:
+        raise Invalid(f"Invalid null value of {what}")
+    if raw is UNSET:
         return None
     return int.from_bytes(raw, "big", signed=True)

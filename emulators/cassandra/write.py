@@ -26,6 +26,7 @@ from .errors import Invalid
 from .keys import join_key
 from .planner import (
     BOOLEAN,
+    INT,
     assignment_value_type,
     collection_element_types,
     deleted_element_spec,
@@ -70,9 +71,9 @@ def write_timestamp(using: st.Using, ctx: WriteContext) -> int:
 
 
 def write_expiry(using: st.Using, table: Table, ctx: WriteContext) -> int | None:
-    ttl = resolve_int(using.ttl, ctx.values, "ttl")
-    if ttl is None:
-        ttl = table.default_ttl
+    # As Cassandra's Attributes.getTimeToLive: no TTL or an unset one is the table's default, a null one is 0.
+    raw = resolve(using.ttl, INT, ctx.values) if using.ttl is not None else UNSET
+    ttl = table.default_ttl if raw is UNSET else 0 if raw is None else int.from_bytes(raw, "big", signed=True)
     if ttl < 0:
         raise Invalid(f"A TTL must be greater or equal to 0, but was {ttl}")
     if ttl > MAX_TTL:
@@ -236,6 +237,8 @@ def _check_conditions(table: Table, data: TableData, pk: bytes, ck: bytes, if_ex
 def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assignments: list[st.Assignment],
                       ctx: WriteContext) -> list[tuple[int, bytes | None]]:
     cells: list[tuple[int, bytes | None]] = []
+    written: dict[int, bytes | None] = {}  # slot -> its value after this statement's earlier operations
+    done: dict[int, list[tuple[str, Value]]] = {}  # slot -> (kind, element key) of those operations
     row: Row | None = None
     part = data.partition(pk)
     if part is not None:
@@ -250,8 +253,12 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
                 continue
             cells.append((col.slot, colls.normalize(col.type, v) if col.type.is_collection else v))
             continue
-        current_cell = row.cell(col.slot, ctx.now) if row is not None else None
-        current = current_cell[0] if current_cell else None
+        if col.slot in written:  # `SET m['a'] = 1, m['b'] = 2` or `l = l + [1], l = l + [2]`: both apply
+            current = written[col.slot]
+            _check_combination(col, done[col.slot], a, ctx)
+        else:
+            current_cell = row.cell(col.slot, ctx.now) if row is not None else None
+            current = current_cell[0] if current_cell else None
         if a.kind == "set_element":
             assert a.element is not None
             ktype, vtype = collection_element_types(col, col.name)
@@ -271,7 +278,26 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
             else:
                 new = colls.add(col.type, current, operand, prepend=a.kind == "prepend")
         cells.append((col.slot, new))
+        written[col.slot] = new
+        done.setdefault(col.slot, []).append((a.kind, key if a.kind == "set_element" else None))
     return cells
+
+
+def _check_combination(col: Column, earlier: list[tuple[str, Value]], a: st.Assignment, ctx: WriteContext) -> None:
+    """Several operations on one collection in one UPDATE. Cassandra applies them all to the row as it was before
+    the statement, and the resulting cells merge; the emulator applies them one after the other, which gives the
+    same collection when they are all appends, all prepends, all removals, or element settings of distinct keys
+    or indexes. Any other mix is refused rather than answered differently."""
+    kinds = {kind for kind, _ in earlier} | {a.kind}
+    if len(kinds) == 1 and a.kind in ("add", "prepend", "remove") and not (a.kind == "add" and col.type.kind == "map"):
+        return
+    if kinds == {"set_element"}:
+        assert a.element is not None
+        key = resolve(a.element, collection_element_types(col, col.name)[0], ctx.values)
+        if all(key != other for _, other in earlier):
+            return
+    raise Invalid(f"This emulator cannot combine these operations on {col.name} in one UPDATE (Cassandra applies "
+                  "each to the row as it was before the statement); split them into separate statements")
 
 
 def execute_update(engine: Engine, table: Table, stmt: st.Update, ctx: WriteContext) -> Rows | None:

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from cassandra import InvalidRequest
 from cassandra.cluster import Session
-from cassandra.protocol import ConfigurationException
+from cassandra.protocol import ConfigurationException, SyntaxException
 from cassandra.query import UNSET_VALUE, SimpleStatement
 
 pytestmark = pytest.mark.timeout(60)
@@ -134,6 +134,32 @@ def test_a_prepared_element_deletion_names_and_types_its_marker_as_cassandra(ses
                            ("DELETE v[1] FROM t WHERE k = 1", "non collection column v")):
         with pytest.raises(InvalidRequest, match=message):
             session.execute(query)
+
+
+def test_a_column_written_twice_in_one_statement_is_refused_as_cassandra(session: Session) -> None:
+    """Both were accepted, the last value winning silently; and of compatible operations on one column, such as
+    two appends or two map entries, only the last one applied."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, v text, l list<int>, m map<text, int>)")
+    with pytest.raises(InvalidRequest, match="Multiple definitions found for column v"):
+        session.execute("INSERT INTO t (k, v, v) VALUES (1, 'a', 'b')")
+    for assignments in ("v = 'a', v = 'b'", "l = [1], l = l + [2]"):
+        with pytest.raises(SyntaxException, match="Multiple incompatible setting of column"):
+            session.execute(f"UPDATE t SET {assignments} WHERE k = 1")
+    # Compatible operations on one column all apply (only the last one did).
+    session.execute("UPDATE t SET l = l + [1], l = l + [2] WHERE k = 1")
+    assert session.execute("SELECT l FROM t WHERE k = 1").one().l == [1, 2]
+    session.execute("UPDATE t SET l[0] = 10, l[1] = 20 WHERE k = 1")
+    session.execute("UPDATE t SET l = [0] + l, l = [-1] + l WHERE k = 1")
+    assert session.execute("SELECT l FROM t WHERE k = 1").one().l == [-1, 0, 10, 20]
+    session.execute("UPDATE t SET m['a'] = 1, m['b'] = 2 WHERE k = 1")
+    assert dict(session.execute("SELECT m FROM t WHERE k = 1").one().m) == {"a": 1, "b": 2}
+    # Cassandra applies each operation to the row as it was before the statement; where applying them one after
+    # the other would differ, the emulator refuses rather than answer otherwise.
+    for assignments in ("l = [5] + l, l[0] = 6", "l = l + [7], l = l - [7]", "m['a'] = 3, m['a'] = 4",
+                        "m = m + {'c': 1}, m = m + {'c': 2}"):
+        with pytest.raises(InvalidRequest, match="cannot combine these operations"):
+            session.execute(f"UPDATE t SET {assignments} WHERE k = 1")
+    assert session.execute("SELECT l FROM t WHERE k = 1").one().l == [-1, 0, 10, 20]
 
 
 def test_map_literals_whose_keys_are_collections(session: Session) -> None:

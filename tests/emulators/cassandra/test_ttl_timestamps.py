@@ -7,7 +7,7 @@ import time
 import pytest
 from cassandra import InvalidRequest
 from cassandra.cluster import Session
-from cassandra.query import SimpleStatement
+from cassandra.query import UNSET_VALUE, SimpleStatement
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,6 +45,27 @@ def test_default_time_to_live_and_bound_ttl(session: Session) -> None:
     assert 498 <= got[1] <= 500 and 48 <= got[2] <= 50 and got[3] is None
     with pytest.raises(InvalidRequest, match="TTL"):
         session.execute("INSERT INTO t (k, v) VALUES (4, 4) USING TTL -1")
+
+
+def test_bound_null_and_unset_ttl_timestamp_and_limit_as_cassandra(session: Session) -> None:
+    """Attributes.getTimeToLive: an unset TTL is the table's default, a null one 0 (it was the default too);
+    a null timestamp or limit is refused (it was the current time, no limit); unset means exactly that."""
+    session.execute("CREATE TABLE t (k int, c int, v int, PRIMARY KEY (k, c)) WITH default_time_to_live = 500")
+    with_ttl = session.prepare("INSERT INTO t (k, c, v) VALUES (1, ?, 0) USING TTL ?")
+    session.execute(with_ttl, (1, None))
+    session.execute(with_ttl, (2, UNSET_VALUE))
+    got = dict(session.execute("SELECT c, ttl(v) FROM t WHERE k = 1").all())
+    assert got[1] is None and 498 <= got[2] <= 500
+    with_ts = session.prepare("INSERT INTO t (k, c, v) VALUES (1, ?, 0) USING TIMESTAMP ?")
+    with pytest.raises(InvalidRequest, match="Invalid null value of timestamp"):
+        session.execute(with_ts, (3, None))
+    session.execute(with_ts, (3, UNSET_VALUE))
+    assert session.execute("SELECT writetime(v) FROM t WHERE k = 1 AND c = 3").one()[0] > 1_000_000_000_000_000
+    for query in ("SELECT c FROM t WHERE k = 1 LIMIT ?", "SELECT c FROM t WHERE k = 1 PER PARTITION LIMIT ?"):
+        limited = session.prepare(query)
+        with pytest.raises(InvalidRequest, match="Invalid null value of limit"):
+            session.execute(limited, (None,))
+        assert [r.c for r in session.execute(limited, (UNSET_VALUE,))] == [1, 2, 3]
 
 
 def test_last_write_wins_by_timestamp(session: Session) -> None:
