@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from azure.core.exceptions import ResourceExistsError
-from azure.storage.blob import BlobServiceClient
+from azure.storage.blob import BlobClient, BlobServiceClient
 
 from tests.devhost.test_eventhubs import read_records, wait_for
 from tests.fixtures.devhost import write_app
@@ -46,25 +46,32 @@ HOST_JSON = {"version": "2.0", "singleton": {"listenerLockPeriod": "00:00:15",
                                              "listenerLockRecoveryPollingInterval": "00:00:01"}}
 
 
+def _ticking_app(tmp_path: Path, storage: str, status: str) -> tuple[Path, Path, BlobClient]:
+    """The app with `tick` firing every second under a host id of its own, whose status blob holds ``status``;
+    returns the records file, the settings and the status blob."""
+    out = tmp_path / "records.jsonl"
+    host_id = f"devhost-test-{uuid.uuid4().hex[:12]}"
+    settings = write_app(tmp_path / "app", APP, host_json=HOST_JSON, values={
+        "AzureWebJobsStorage": storage, "TEST_OUT": str(out),
+        "TICK_SCHEDULE": "* * * * * *", "AzureFunctionsWebHost__hostid": host_id,
+    })
+    service = BlobServiceClient.from_connection_string(storage)
+    with contextlib.suppress(ResourceExistsError):  # another test made it
+        service.create_container("azure-webjobs-hosts")
+    blob = service.get_blob_client("azure-webjobs-hosts", f"timers/{host_id}/Host.Functions.tick/status")
+    blob.upload_blob(status, overwrite=True)
+    return out, settings, blob
+
+
 @pytest.mark.timeout(120)
 def test_timer_fires_once_per_occurrence_across_two_hosts(
     tmp_path: Path, azurite_connection_string: str, devhost_factory: Any,
 ) -> None:
-    out = tmp_path / "records.jsonl"
-    host_id = f"devhost-test-{uuid.uuid4().hex[:12]}"
-    settings = write_app(tmp_path / "app", APP, host_json=HOST_JSON, values={
-        "AzureWebJobsStorage": azurite_connection_string, "TEST_OUT": str(out),
-        "TICK_SCHEDULE": "* * * * * *", "AzureFunctionsWebHost__hostid": host_id,
-    })
     # A status left by an earlier run whose next occurrence is long gone: the first run is past due.
-    service = BlobServiceClient.from_connection_string(azurite_connection_string)
     hour_ago = datetime.now(UTC) - timedelta(hours=1)
     status = {"Last": (hour_ago - timedelta(seconds=1)).isoformat(), "Next": hour_ago.isoformat(),
               "LastUpdated": hour_ago.isoformat()}
-    with contextlib.suppress(ResourceExistsError):  # another test made it
-        service.create_container("azure-webjobs-hosts")
-    service.get_blob_client("azure-webjobs-hosts", f"timers/{host_id}/Host.Functions.tick/status") \
-        .upload_blob(json.dumps(status), overwrite=True)
+    out, settings, blob = _ticking_app(tmp_path, azurite_connection_string, json.dumps(status))
 
     first = devhost_factory(tmp_path / "app", settings=settings)
     second = devhost_factory(tmp_path / "app", settings=settings)
@@ -82,8 +89,7 @@ def test_timer_fires_once_per_occurrence_across_two_hosts(
     assert len(startups) == 1 and startups[0]["past_due"] is False
 
     # The status blob follows the runs.
-    saved = json.loads(service.get_blob_client("azure-webjobs-hosts", f"timers/{host_id}/Host.Functions.tick/status")
-                       .download_blob().readall())
+    saved = json.loads(blob.download_blob().readall())
     assert datetime.fromisoformat(saved["Next"]) > hour_ago + timedelta(minutes=59)
 
     # The leader stops (releasing the lease): the other host takes over.
@@ -102,17 +108,7 @@ def test_an_unreadable_status_blob_is_ignored_and_the_timer_fires(
 ) -> None:
     """A status the host cannot read is treated as none, with a warning; before, a JSON value that was not an
     object, or a Next that was not an ISO moment, failed the timer's loop at every tick and it never fired."""
-    out = tmp_path / "records.jsonl"
-    host_id = f"devhost-test-{uuid.uuid4().hex[:12]}"
-    settings = write_app(tmp_path / "app", APP, host_json=HOST_JSON, values={
-        "AzureWebJobsStorage": azurite_connection_string, "TEST_OUT": str(out),
-        "TICK_SCHEDULE": "* * * * * *", "AzureFunctionsWebHost__hostid": host_id,
-    })
-    service = BlobServiceClient.from_connection_string(azurite_connection_string)
-    with contextlib.suppress(ResourceExistsError):
-        service.create_container("azure-webjobs-hosts")
-    blob = service.get_blob_client("azure-webjobs-hosts", f"timers/{host_id}/Host.Functions.tick/status")
-    blob.upload_blob(status, overwrite=True)
+    out, settings, blob = _ticking_app(tmp_path, azurite_connection_string, status)
 
     host = devhost_factory(tmp_path / "app", settings=settings)
     ticks = wait_for(lambda: (t := [r for r in read_records(out) if r["function"] == "tick"]) and len(t) >= 2 and t,
