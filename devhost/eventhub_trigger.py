@@ -360,13 +360,12 @@ class EventBodyNotSupported(Exception):
     raises ``NotSupportedException`` for a value or sequence body, and the invocation fails."""
 
 
-def _bindable(event: EventData) -> EventData:
+def _check_bindable(event: EventData) -> None:
     if event.body_type is not AmqpMessageBodyType.DATA:
         raise EventBodyNotSupported(
             f"event {event.sequence_number} has an AMQP {event.body_type.value} body: the Functions host binds only "
             "data bodies (its EventData.EventBody raises NotSupportedException), so the invocation fails; "
             "producers must send bytes or text (EventData(body)), not AmqpAnnotatedMessage(value_body=...)")
-    return event
 
 
 def to_function_input(
@@ -382,7 +381,7 @@ def to_function_input(
     binary = binding.data_type == "binary"
 
     def convert(event: EventData) -> func.EventHubEvent:
-        _bindable(event)
+        _check_bindable(event)
         key = _json_value(event.partition_key)
         return DevHostEventHubEvent(
             lazy_metadata=lazy,

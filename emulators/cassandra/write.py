@@ -238,7 +238,7 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
                       ctx: WriteContext) -> list[tuple[int, bytes | None]]:
     cells: list[tuple[int, bytes | None]] = []
     written: dict[int, bytes | None] = {}  # slot -> its value after this statement's earlier operations
-    done: dict[int, list[tuple[str, Value]]] = {}  # slot -> (kind, element key) of those operations
+    done: dict[int, list[tuple[str, Value]]] = {}  # slot -> (kind, element key or None) of those operations
     row: Row | None = None
     part = data.partition(pk)
     if part is not None:
@@ -255,10 +255,10 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
             continue
         if col.slot in written:  # `SET m['a'] = 1, m['b'] = 2` or `l = l + [1], l = l + [2]`: both apply
             current = written[col.slot]
-            _check_combination(col, done[col.slot], a, ctx)
         else:
             current_cell = row.cell(col.slot, ctx.now) if row is not None else None
             current = current_cell[0] if current_cell else None
+        key: Value = None
         if a.kind == "set_element":
             assert a.element is not None
             ktype, vtype = collection_element_types(col, col.name)
@@ -277,25 +277,24 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
                 new = colls.remove(col.type, current, operand)
             else:
                 new = colls.add(col.type, current, operand, prepend=a.kind == "prepend")
+        if col.slot in done:
+            _check_combination(col, done[col.slot], a.kind, key)
         cells.append((col.slot, new))
         written[col.slot] = new
-        done.setdefault(col.slot, []).append((a.kind, key if a.kind == "set_element" else None))
+        done.setdefault(col.slot, []).append((a.kind, key))
     return cells
 
 
-def _check_combination(col: Column, earlier: list[tuple[str, Value]], a: st.Assignment, ctx: WriteContext) -> None:
+def _check_combination(col: Column, earlier: list[tuple[str, Value]], kind: str, key: Value) -> None:
     """Several operations on one collection in one UPDATE. Cassandra applies them all to the row as it was before
     the statement, and the resulting cells merge; the emulator applies them one after the other, which gives the
     same collection when they are all appends, all prepends, all removals, or element settings of distinct keys
     or indexes. Any other mix is refused rather than answered differently."""
-    kinds = {kind for kind, _ in earlier} | {a.kind}
-    if len(kinds) == 1 and a.kind in ("add", "prepend", "remove") and not (a.kind == "add" and col.type.kind == "map"):
+    kinds = {done for done, _ in earlier} | {kind}
+    if len(kinds) == 1 and kind in ("add", "prepend", "remove") and not (kind == "add" and col.type.kind == "map"):
         return
-    if kinds == {"set_element"}:
-        assert a.element is not None
-        key = resolve(a.element, collection_element_types(col, col.name)[0], ctx.values)
-        if all(key != other for _, other in earlier):
-            return
+    if kinds == {"set_element"} and all(key != other for _, other in earlier):
+        return
     raise Invalid(f"This emulator cannot combine these operations on {col.name} in one UPDATE (Cassandra applies "
                   "each to the row as it was before the statement); split them into separate statements")
 
