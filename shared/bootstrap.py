@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from pydantic import SecretStr
 
 from shared import runtime
+from shared.exceptions import ConfigurationError
 from shared.settings import Settings, load_settings
 
 if TYPE_CHECKING:  # the adapters are imported where they are built, on first use
@@ -154,7 +155,8 @@ def keyvault() -> KeyVaultSecrets:
     from shared.adapters.keyvault import KeyVaultSecrets
 
     kv = settings().keyvault
-    assert kv.url is not None  # Settings refuse *_SECRET names without a vault URL
+    if kv.url is None:  # Settings refuse *_SECRET names without a vault URL: a caller that asks anyway is a bug
+        raise ConfigurationError("SLUICE_KEYVAULT_URL is not set, and a Key Vault secret was asked for")
     return KeyVaultSecrets(kv.url, ca_file=str(kv.ca_file) if kv.ca_file else None)
 
 

@@ -14,23 +14,33 @@ keeps the two in step.
 from __future__ import annotations
 
 import contextvars
+import json
 import os
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
+    FilePath,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 from pydantic_settings.sources.utils import parse_env_vars
 
 from shared.domain.events import Limits
@@ -54,7 +64,10 @@ class _MappingEnvSource(EnvSettingsSource):
 
 
 class _Group(BaseSettings):
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=True, use_attribute_docstrings=True)
+    # allow_inf_nan=False: "inf" is a float to Python, and an infinite timeout or interval is never what is meant
+    # (redis-py raises OverflowError on every command, a lookup never times out into a 503)
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_ignore_empty=True, use_attribute_docstrings=True,
+                                      allow_inf_nan=False)
 
     @classmethod
     def settings_customise_sources(
@@ -71,6 +84,17 @@ class _Group(BaseSettings):
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _json(value: object) -> object:
+    """A JSON setting's value decoded here, so a malformed one is reported by its variable with the others
+    (pydantic-settings' own decoding stops at the first one with a ``SettingsError`` naming the field)."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"is not valid JSON: {exc}") from None
     return value
 
 
@@ -104,7 +128,7 @@ class StorageSettings(_Group):
     client_id: str | None = Field(
         None, validation_alias=AliasChoices("AzureWebJobsStorage__clientId"),
         description="Client id of the user-assigned managed identity to use (with `__credential=managedidentity`)")
-    ca_file: Path | None = Field(None, description="CA bundle for a local blob endpoint's HTTPS certificate")
+    ca_file: FilePath | None = Field(None, description="CA bundle for a local blob endpoint's HTTPS certificate")
     deadletter_container: Annotated[str, Field(pattern=r"^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$")] = "sluice-deadletter"
     """Blob container for dead letters (created on first use)"""
 
@@ -146,7 +170,7 @@ class CassandraSettings(_Group):
 
     model_config = SettingsConfigDict(env_prefix="SLUICE_CASSANDRA_")
 
-    hosts: Annotated[list[str], NoDecode]
+    hosts: Annotated[list[str], NoDecode, Field(min_length=1)]
     """Contact points, comma-separated (Cosmos DB: `<account>.cassandra.cosmos.azure.com`)"""
     port: int = Field(9042, ge=1, le=65535)
     """CQL port (Cosmos DB: 10350 with TLS)"""
@@ -160,7 +184,7 @@ class CassandraSettings(_Group):
     """Name of the Key Vault secret holding the password"""
     tls: bool = False
     """Connect with TLS (required by Cosmos DB)"""
-    tls_ca_file: Path | None = None
+    tls_ca_file: FilePath | None = None
     """CA bundle to verify the server with (default: the system store)"""
     local_dc: str | None = None
     """Local data center (Cosmos DB: the region, e.g. `West Europe`); empty: the driver's default"""
@@ -180,7 +204,8 @@ class CassandraSettings(_Group):
     """Rows one UNLOGGED batch may hold: `mixed`, any (Cosmos DB runs and charges each row on its own); `partition`, one partition's (Apache Cassandra)"""  # noqa: E501 - one line: the settings table takes it as it stands
     batch_rows: int = Field(32, ge=1, le=1024)
     """Most rows in one UNLOGGED batch (1: every row its own request)"""
-    replication: dict[str, Any] = Field(default_factory=lambda: {"class": "SimpleStrategy", "replication_factor": 1})
+    replication: Annotated[dict[str, Any], NoDecode] = Field(
+        default_factory=lambda: {"class": "SimpleStrategy", "replication_factor": 1})
     """Replication map used when the migration creates the keyspace (ignored by Cosmos DB)"""
     bucket_seconds: int = Field(60, ge=1, le=86400)
     """Width of the time buckets of the bucketed tables (fixed once data exists; the migration checks)"""
@@ -188,6 +213,7 @@ class CassandraSettings(_Group):
     """Shards per time bucket, spreading a bucket over partitions (fixed once data exists)"""
 
     _split_hosts = field_validator("hosts", mode="before")(_split_csv)
+    _decode_replication = field_validator("replication", mode="before")(_json)
 
     @model_validator(mode="after")
     def _credentials_complete(self) -> Self:
@@ -238,8 +264,10 @@ class RulesSettings(_Group):
 
     model_config = SettingsConfigDict(env_prefix="SLUICE_")
 
-    critical_rules: list[MeasurementRule] = Field(default_factory=list)
+    critical_rules: Annotated[list[MeasurementRule], NoDecode] = Field(default_factory=list)
     """JSON list of rules that make an event critical besides `severity: critical`, e.g. `[{"measurement": "temperature", "op": ">", "value": 90}]`"""  # noqa: E501 - one line: the settings table takes it as it stands
+
+    _decode_rules = field_validator("critical_rules", mode="before")(_json)
 
 
 class RedisSettings(_Group):
@@ -273,6 +301,11 @@ class RedisSettings(_Group):
     def _redis_scheme(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        userinfo = urlsplit(value).netloc.rpartition("@")[0]
+        if ":" in userinfo or "password=" in urlsplit(value).query:
+            # the URL is logged with the settings and shown by the tools: a password in it would be too
+            raise ValueError("must not carry a password (it would be logged with the settings): set "
+                             "SLUICE_REDIS_PASSWORD_SECRET (Key Vault) or, locally, SLUICE_REDIS_PASSWORD")
         return value
 
     @field_validator("key_prefix")
@@ -303,7 +336,7 @@ class PostgresSettings(_Group):
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
     """libpq sslmode (Azure: `require` or `verify-full`)"""
     sslrootcert: Path | None = None
-    """CA bundle that `verify-ca`/`verify-full` check the server with (default: libpq's `~/.postgresql/root.crt`)"""
+    """CA bundle that `verify-ca`/`verify-full` check the server with (`system`: the system's CAs; default: libpq's `~/.postgresql/root.crt`)"""  # noqa: E501 - one line: the settings table takes it as it stands
     pool_min_size: int = Field(1, ge=0)
     """Connections the pool keeps open"""
     pool_max_size: int = Field(4, ge=1)
@@ -316,12 +349,25 @@ class PostgresSettings(_Group):
         5, description="None disables server-side prepared statements (PgBouncer transaction mode)"
     )
 
+    @field_validator("sslrootcert")
+    @classmethod
+    def _ca_or_system(cls, value: Path | None) -> Path | None:
+        if value is not None and str(value) != "system" and not value.is_file():
+            raise ValueError("Path does not point to a file (nor is it `system`)")
+        return value
+
     @field_validator("prepare_threshold", mode="before")
     @classmethod
     def _prepare_off(cls, value: object) -> object:
-        """``none``/``off``/``disable``/``-1`` turn prepared statements off (an empty value is ignored)."""
-        if isinstance(value, str) and value.strip().lower() in ("none", "null", "off", "disable", "disabled", "-1"):
-            return None
+        """``none``/``off``/``disable`` or a negative number turn prepared statements off (an empty value is
+        ignored). psycopg prepares a query once it ran ``threshold`` times, so -2 taken as a number would
+        prepare every query at once: the opposite, and what PgBouncer's transaction mode cannot serve."""
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in ("none", "null", "off", "disable", "disabled"):
+                return None
+            if text.lstrip("-").isdigit():
+                value = int(text)
         if isinstance(value, int) and value < 0:
             return None
         return value
@@ -449,7 +495,7 @@ class KeyVaultSettings(_Group):
 
     url: str | None = None
     """Key Vault holding the secrets named by `*_SECRET` settings (https only)"""
-    ca_file: Path | None = Field(None, description="CA bundle for a local emulator's HTTPS certificate")
+    ca_file: FilePath | None = Field(None, description="CA bundle for a local emulator's HTTPS certificate")
     refresh_min_interval_seconds: float = Field(
         5.0, ge=0, description="a secret a store refused is re-read at most this often"
     )
@@ -566,11 +612,13 @@ class Settings(BaseModel):
                 ("SLUICE_CASSANDRA_PASSWORD_SECRET", self.cassandra.password_secret),
                 ("SLUICE_REDIS_PASSWORD_SECRET", self.redis.password_secret),
                 ("SLUICE_POSTGRES_PASSWORD_SECRET", self.postgres.password_secret),
+                ("SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET", self.telemetry.appinsights_connection_string_secret),
             )
             if value
         ]
         if named and not self.keyvault.url:
-            raise ValueError(f"SLUICE_KEYVAULT_URL is required because {', '.join(named)} name Key Vault secrets")
+            what = "names a Key Vault secret" if len(named) == 1 else "name Key Vault secrets"
+            raise ValueError(f"SLUICE_KEYVAULT_URL is required because {', '.join(named)} {what}")
         return self
 
 
@@ -604,6 +652,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 groups[name] = group()
             except ValidationError as exc:
                 problems.extend(_problems(group, exc))
+            except SettingsError as exc:  # a value pydantic-settings itself could not decode
+                problems.append(f"{group.__name__}: {exc}")
         if problems:
             raise ConfigurationError("invalid settings:\n  " + "\n  ".join(problems))
         try:

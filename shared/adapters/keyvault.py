@@ -8,21 +8,30 @@ or ::1). Locally the challenge's resource is not checked either (it names
 (``SLUICE_KEYVAULT_CA_FILE``) verifies its HTTPS certificate.
 
 Errors: a secret that is missing, disabled, expired, not yet valid, badly named,
-or that the identity may not read is a :class:`ConfigurationError` naming the
-secret (retrying cannot help); a vault that cannot be reached is
-:class:`DependencyUnavailable`. Values are never logged.
+or that the identity may not read, and a refused credential, are a
+:class:`ConfigurationError` naming the secret (retrying cannot help); a vault or
+sign-in endpoint that cannot be reached is :class:`DependencyUnavailable`.
+Values are never logged.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
 from azure.core.credentials import TokenCredential
-from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 from azure.keyvault.secrets import KeyVaultSecret, SecretClient
 
 from shared.adapters.identity import credential_for, is_local
@@ -54,6 +63,8 @@ class KeyVaultSecrets:
             "retry_total": retries,
         }
         if ca_file:
+            if not os.path.isfile(ca_file):  # requests would raise a bare OSError at the first read
+                raise ConfigurationError(f"the CA bundle {ca_file!r} for Key Vault {url} is not a file")
             options["connection_verify"] = ca_file
         self._client = SecretClient(vault_url=url, credential=credential, **options)
         self._url = url
@@ -73,6 +84,10 @@ class KeyVaultSecrets:
         except ResourceNotFoundError:
             raise ConfigurationError(f"Key Vault {self._url} has no secret named {name!r}") from None
         except ClientAuthenticationError as exc:
+            if _unreachable(exc):
+                raise DependencyUnavailable(
+                    "key vault", f"signing in to read secret {name!r} from {self._url}: {_reason(exc)}"
+                ) from exc
             raise ConfigurationError(
                 f"cannot authenticate to Key Vault {self._url} to read secret {name!r}: {_reason(exc)}"
             ) from None
@@ -112,6 +127,18 @@ def _valid_value(name: str, secret: KeyVaultSecret) -> str:
     if secret.value is None:
         raise ConfigurationError(f"Key Vault secret {name!r} has no value")
     return secret.value
+
+
+def _unreachable(exc: ClientAuthenticationError) -> bool:
+    """Whether signing in failed because the identity endpoint could not be reached (a network error under it),
+    which a retry can mend, rather than because the credential was refused or is missing."""
+    cause: BaseException | None = exc
+    seen = 0
+    while cause is not None and seen < 10:
+        if isinstance(cause, ServiceRequestError | ServiceResponseError):
+            return True
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    return False
 
 
 def _reason(exc: AzureError) -> str:

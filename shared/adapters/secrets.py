@@ -10,7 +10,8 @@ Cassandra ``AuthenticationFailed``):
   many connections fail at once, so a wrong password cannot hammer the vault;
 * a vault that cannot be reached (or refuses) keeps the cached value: the store
   may still accept it, and the next refresh tries again;
-* ``refresh`` says whether the value changed, so the caller retries only then.
+* ``refresh`` says whether the value changed (or differs from the one the store
+  refused), so the caller retries only then.
 
 Values are never logged or shown in ``repr``.
 """
@@ -55,26 +56,28 @@ class RotatingSecret:
                 self._value = self._fetch()
             return self._value
 
-    def refresh(self, reason: str = "an authentication failure") -> bool:
-        """Read the secret again (after the store rejected it); ``True`` if the value changed.
+    def refresh(self, reason: str = "an authentication failure", *, rejected: str | None = None) -> bool:
+        """Read the secret again (after the store rejected it); ``True`` if trying again may help.
 
-        Returns ``False`` without reading when the last refresh was less than
-        ``min_interval`` seconds ago, for a fixed value, or when the source fails
-        (the cached value is kept and the failure logged).
+        That is when this read changed the value, or, given the ``rejected`` value the caller
+        logged in with, when the cached value differs from it: of several connections refused
+        together, the first one's read fetches the new value and the others, rate-limited, use it.
+        Reads nothing when the last refresh was less than ``min_interval`` seconds ago, for a
+        fixed value, or when the source fails (the cached value is kept and the failure logged).
         """
         if self.name is None:
             return False
         with self._lock:
             now = self._clock()
             if self._read_at is not None and now - self._read_at < self._min_interval:
-                return False
+                return rejected is not None and self._value is not None and self._value != rejected
             self._read_at = now
             try:
                 value = self._fetch()
             except SluiceError as exc:
                 logger.warning("secret %s not refreshed, keeping the cached value: %s", self.name, exc)
-                return False
+                return rejected is not None and self._value is not None and self._value != rejected
             changed = value != self._value
             self._value = value
         logger.info("secret %s re-read after %s (%s)", self.name, reason, "changed" if changed else "unchanged")
-        return changed
+        return changed or (rejected is not None and value != rejected)

@@ -16,12 +16,16 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from azure.core.credentials import AccessToken
+from azure.core.exceptions import ClientAuthenticationError
+from azure.identity import ClientSecretCredential
 from azure.keyvault.secrets import SecretClient
 
 from shared import bootstrap
 from shared.adapters.keyvault import KeyVaultSecrets
 from shared.exceptions import ConfigurationError, DependencyUnavailable
 from shared.settings import load_settings
+from sluice.localstack import free_port
 from tests.fixtures.keyvault import KeyVaultEmulator, unique_secret_name
 
 pytestmark = pytest.mark.timeout(60)
@@ -56,6 +60,40 @@ def test_a_missing_secret_is_a_configuration_error_naming_it(secrets: KeyVaultSe
     name = unique_secret_name("missing")
     with pytest.raises(ConfigurationError, match=name):
         secrets.get(name)
+
+
+def test_a_ca_bundle_that_is_not_a_file_is_a_configuration_error(keyvault_emulator: KeyVaultEmulator,
+                                                                    tmp_path: Path) -> None:
+    # requests would raise a bare OSError at the first read, which the stores' rotation code does not expect
+    with pytest.raises(ConfigurationError, match=r"no-such-ca\.pem.*is not a file"):
+        KeyVaultSecrets(keyvault_emulator.url, ca_file=str(tmp_path / "no-such-ca.pem"))
+
+
+def test_an_unreachable_sign_in_endpoint_is_retryable_and_a_refused_credential_is_not(
+        keyvault_emulator: KeyVaultEmulator) -> None:
+    # ClientSecretCredential raises ClientAuthenticationError for both; only the first can mend by itself
+    unreachable = ClientSecretCredential(str(uuid.UUID(int=0)), "client", "secret",
+                                         authority=f"https://127.0.0.1:{free_port()}",
+                                         disable_instance_discovery=True, retry_total=0)
+    adapter = KeyVaultSecrets(keyvault_emulator.url, ca_file=str(keyvault_emulator.ca_file), credential=unreachable,
+                              retries=0)
+    try:
+        with pytest.raises(DependencyUnavailable, match="signing in to read secret 'any-secret'"):
+            adapter.fetch("any-secret")
+    finally:
+        adapter.close()
+
+    class Refused:
+        def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+            raise ClientAuthenticationError("AADSTS7000215: Invalid client secret provided.")
+
+    adapter = KeyVaultSecrets(keyvault_emulator.url, ca_file=str(keyvault_emulator.ca_file), credential=Refused(),
+                              retries=0)
+    try:
+        with pytest.raises(ConfigurationError, match=r"cannot authenticate.*AADSTS7000215"):
+            adapter.fetch("any-secret")
+    finally:
+        adapter.close()
 
 
 def test_a_disabled_secret_is_a_configuration_error_naming_it(secrets: KeyVaultSecrets,

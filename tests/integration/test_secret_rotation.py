@@ -280,6 +280,18 @@ def test_refresh_is_rate_limited_per_secret() -> None:
     assert secret.refresh() is True and secret.value() == "v3"
 
 
+def test_a_connection_refused_with_the_old_value_retries_with_the_value_another_refresh_read() -> None:
+    # Two connections log in with v1 and are refused together; the first one's refresh reads v2, the second one's
+    # is rate-limited: it must still try v2, not fail (the cached value is not the one the store refused).
+    reads: list[int] = []
+    secret = RotatingSecret("s", lambda: (reads.append(1), f"v{len(reads)}")[1], min_interval=5, clock=lambda: 0.0)
+    used = secret.value()
+    assert secret.refresh(rejected=used) is True and secret.value() == "v2"
+    assert secret.refresh(rejected=used) is True and len(reads) == 2, "rate-limited, yet v2 is not what was refused"
+    assert secret.refresh(rejected="v2") is False and len(reads) == 2, "v2 refused too: nothing new to try"
+    assert RotatingSecret.fixed("x").refresh(rejected="y") is False, "a fixed value never changes"
+
+
 # --- through bootstrap: the wiring the Functions host runs ---
 
 def _environ(**overrides: str) -> dict[str, str]:

@@ -123,3 +123,77 @@ def test_a_storage_connection_that_cannot_work_is_named(values: dict[str, str], 
     with pytest.raises(ConfigurationError) as caught:
         _storage(**values)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("variable", ["SLUICE_CASSANDRA_REPLICATION", "SLUICE_CRITICAL_RULES"])
+def test_malformed_json_is_named_with_every_other_bad_value(variable: str):
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(dict(SAMPLE, **{variable: "{not json", "SLUICE_CASSANDRA_PORT": "ninety"}))
+    message = str(caught.value)
+    assert f"{variable}: Value is not valid JSON" in message or f"{variable}: is not valid JSON" in message
+    assert "SLUICE_CASSANDRA_PORT" in message
+
+
+def test_json_settings_still_take_json():
+    replication = '{"class": "NetworkTopologyStrategy", "dc1": 3}'
+    settings = load_settings(dict(SAMPLE, SLUICE_CASSANDRA_REPLICATION=replication))
+    assert settings.cassandra.replication == {"class": "NetworkTopologyStrategy", "dc1": 3}
+
+
+def test_the_application_insights_secret_needs_a_vault_too():
+    with pytest.raises(ConfigurationError, match="SLUICE_KEYVAULT_URL is required because SLUICE_APPINSIGHTS_"
+                                                 "CONNECTION_STRING_SECRET names a Key Vault secret"):
+        load_settings(dict(SAMPLE, SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET="appinsights-connection"))
+
+
+@pytest.mark.parametrize("url", ["rediss://sluice:pw-4c1e@cache.example.net:6380/0", "redis://:pw-4c1e@127.0.0.1:6379",
+                                 "redis://127.0.0.1:6379/0?password=pw-4c1e"])
+def test_a_password_in_the_redis_url_is_refused_without_being_echoed(url: str):
+    with pytest.raises(ConfigurationError, match="SLUICE_REDIS_URL: must not carry a password") as caught:
+        load_settings(dict(SAMPLE, SLUICE_REDIS_URL=url))
+    assert "pw-4c1e" not in str(caught.value)
+
+
+def test_a_redis_url_with_a_user_name_only_is_accepted():
+    assert load_settings(dict(SAMPLE, SLUICE_REDIS_URL="rediss://sluice@cache:6380")).redis.url == "rediss://sluice@cache:6380"
+
+
+@pytest.mark.parametrize("hosts", [" ", " , ", ","])
+def test_blank_contact_points_are_refused(hosts: str):
+    with pytest.raises(ConfigurationError, match="SLUICE_CASSANDRA_HOSTS: List should have at least 1 item"):
+        load_settings(dict(SAMPLE, SLUICE_CASSANDRA_HOSTS=hosts))
+
+
+@pytest.mark.parametrize(("value", "threshold"), [("-2", None), ("-1", None), (" -10 ", None), ("off", None),
+                                                   ("0", 0), ("7", 7)])
+def test_a_negative_prepare_threshold_turns_prepared_statements_off(value: str, threshold: int | None):
+    assert load_settings(dict(SAMPLE, SLUICE_POSTGRES_PREPARE_THRESHOLD=value)).postgres.prepare_threshold == threshold
+
+
+@pytest.mark.parametrize("variable", ["SLUICE_REDIS_SOCKET_TIMEOUT_SECONDS", "SLUICE_LOOKUP_CASSANDRA_TIMEOUT_SECONDS",
+                                      "SLUICE_KEYVAULT_REFRESH_MIN_INTERVAL_SECONDS"])
+@pytest.mark.parametrize("value", ["inf", "Infinity", "nan"])
+def test_an_infinite_or_nan_duration_is_refused(variable: str, value: str):
+    with pytest.raises(ConfigurationError, match=f"{variable}: Input should be a finite number"):
+        load_settings(dict(SAMPLE, **{variable: value}))
+
+
+@pytest.mark.parametrize(("variable", "extra"), [
+    ("SLUICE_KEYVAULT_CA_FILE", {"SLUICE_KEYVAULT_URL": "https://127.0.0.1:8443/"}),
+    ("SLUICE_CASSANDRA_TLS_CA_FILE", {"SLUICE_CASSANDRA_TLS": "true"}),
+    ("SLUICE_STORAGE_CA_FILE", {}),
+    ("SLUICE_POSTGRES_SSLROOTCERT", {"SLUICE_POSTGRES_SSLMODE": "verify-full"}),
+])
+def test_a_ca_bundle_must_be_a_file(variable: str, extra: dict[str, str], tmp_path: Path):
+    with pytest.raises(ConfigurationError, match=f"{variable}: Path does not point to a file"):
+        load_settings(dict(SAMPLE, **extra, **{variable: str(tmp_path / "no-such-ca.pem")}))
+    with pytest.raises(ConfigurationError, match=f"{variable}: Path does not point to a file"):
+        load_settings(dict(SAMPLE, **extra, **{variable: str(tmp_path)}))
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    load_settings(dict(SAMPLE, **extra, **{variable: str(bundle)}))
+
+
+def test_postgres_may_verify_with_the_system_certificate_authorities():
+    settings = load_settings(dict(SAMPLE, SLUICE_POSTGRES_SSLMODE="verify-full", SLUICE_POSTGRES_SSLROOTCERT="system"))
+    assert "sslrootcert=system" in settings.postgres.conninfo()

@@ -92,10 +92,11 @@ def connect(settings: CassandraSettings, password: str | RotatingSecret | None =
     A rotating ``password`` refused by every host is re-read once and the
     connection tried again if it changed.
     """
+    used = password.value() if isinstance(password, RotatingSecret) else None
     try:
         session = _connect(build_cluster(settings, password), keyspace)
     except NoHostAvailable as exc:
-        if not (isinstance(password, RotatingSecret) and _refused(exc) and password.refresh()):
+        if not (isinstance(password, RotatingSecret) and _refused(exc) and password.refresh(rejected=used)):
             raise
         logger.warning("Cassandra refused the password of secret %s; connecting with its new value", password.name)
         session = _connect(build_cluster(settings, password), keyspace)

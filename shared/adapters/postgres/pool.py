@@ -61,10 +61,11 @@ def _rotating(secret: RotatingSecret) -> type[psycopg.Connection]:
     class RotatingPasswordConnection(psycopg.Connection):
         @classmethod
         def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
+            used = secret.value()
             try:
-                return super().connect(conninfo, **kwargs, password=secret.value())
+                return super().connect(conninfo, **kwargs, password=used)
             except psycopg.OperationalError as exc:
-                if not (rejected_password(exc) and secret.refresh()):
+                if not (rejected_password(exc) and secret.refresh(rejected=used)):
                     raise
             logger.warning("PostgreSQL refused the password of secret %s; connecting with its new value", secret.name)
             return super().connect(conninfo, **kwargs, password=secret.value())

@@ -168,10 +168,11 @@ class SecretCredentials(CredentialProvider):
 
     def log_in(self, connection: AbstractConnection) -> None:
         """redis-py's log-in, repeated once with the secret's new value if the server refused the password."""
+        used = self.secret.value()  # what get_credentials gives on_connect
         try:
             connection.on_connect()  # type: ignore[no-untyped-call]  # redis-py leaves on_connect unannotated
         except AuthenticationError:
-            if not self.secret.refresh():
+            if not self.secret.refresh(rejected=used):
                 raise
             logger.warning("Redis refused the password of secret %s; logging in with its new value", self.secret.name)
             connection.on_connect()  # type: ignore[no-untyped-call]  # a refused AUTH leaves the socket open, not logged in
