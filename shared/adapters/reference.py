@@ -215,6 +215,9 @@ class PostgresReferenceSource:
     def load(self) -> ReferenceData:
         try:
             with self._pool.connection() as conn, conn.transaction():
+                # one snapshot for both reads: under READ COMMITTED each statement has its own, and a reference
+                # load committing between them gave devices of one moment with sites of another
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 devices = [DeviceRef(*row) for row in conn.execute(
                     "SELECT device_id, site_id, model, firmware, owner, installed_at FROM devices")]
                 sites = [SiteRef(*row) for row in conn.execute(

@@ -130,6 +130,11 @@ class MeasurementSummary:
     ``last_key`` is that event's (event time, event id as an integer): events are
     ordered by event time, ties broken by event id, so every run picks the same
     ``last``. Summaries of one measurement merge (devices -> site).
+
+    ``total`` is the exact sum while it fits a float; ingest accepts any finite value, and
+    a few near the largest float sum past it. Then ``total`` is not finite and ``mean``
+    (each part's mean weighted by its share of the count: never larger than the largest
+    value) gives the average, so a window of such values is enriched, not stuck for good.
     """
 
     count: int
@@ -138,12 +143,31 @@ class MeasurementSummary:
     total: float
     last: float
     last_key: tuple[datetime, int]
+    mean: float | None = None  # set only once total is not finite
+
+    @classmethod
+    def of(cls, values: array[float], last: float, last_key: tuple[datetime, int]) -> MeasurementSummary:
+        count = len(values)
+        try:
+            return cls(count, min(values), max(values), math.fsum(values), last, last_key)
+        except OverflowError:  # the sum passes the largest float; each value over the count does not
+            return cls(count, min(values), max(values), math.inf, last, last_key,
+                       math.fsum(v / count for v in values))
+
+    def average(self) -> float:
+        if self.mean is None or math.isfinite(self.total):
+            return self.total / self.count
+        return self.mean
 
     def merge(self, other: MeasurementSummary) -> None:
-        self.count += other.count
-        self.min = min(self.min, other.min)
-        self.max = max(self.max, other.max)
-        self.total += other.total
+        count = self.count + other.count
+        total = self.total + other.total
+        low, high = min(self.min, other.min), max(self.max, other.max)
+        if not math.isfinite(total):
+            mean = self.average() * (self.count / count) + other.average() * (other.count / count)
+            self.mean = min(max(mean, low), high)  # a rounding past the largest value cannot make it inf
+            total = math.inf
+        self.count, self.total, self.min, self.max = count, total, low, high
         if other.last_key > self.last_key:
             self.last, self.last_key = other.last, other.last_key
 
@@ -152,7 +176,7 @@ class MeasurementSummary:
             "count": self.count,
             "min": self.min,
             "max": self.max,
-            "avg": self.total / self.count,
+            "avg": self.average(),
             "last": self.last,
         }
 
@@ -296,7 +320,7 @@ class _DeviceFigures:
         out = {}
         for name, values in (self.values if self.values is not None else self._spread()).items():
             last_key, last = self.latest[name]
-            out[name] = MeasurementSummary(len(values), min(values), max(values), math.fsum(values), last, last_key)
+            out[name] = MeasurementSummary.of(values, last, last_key)
         return out
 
 

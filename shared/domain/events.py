@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import pydantic_core
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -26,13 +27,29 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from pydantic.config import JsonDict
 
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (U+0000): PostgreSQL text and jsonb cannot hold it")
+    return value
+
+
+# Text that reaches PostgreSQL (enriched rows, figures): refused with NUL, which PostgreSQL cannot store, so such an
+# event is dead-lettered here instead of stopping the enrichment of its window at every run.
+NO_NUL = "^[^\\u0000]*$"
+NoNul = (AfterValidator(_no_nul), Field(json_schema_extra={"pattern": NO_NUL}))
+# a key's constraints are published as the object's propertyNames (pydantic would make them patternProperties,
+# which leave keys that do not match unconstrained)
+NAME_SCHEMA: JsonDict = {"propertyNames": {"minLength": 1, "maxLength": 64, "pattern": NO_NUL}}
 DeviceId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
-MeasurementName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-AttributeName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-AttributeValue = Annotated[str, StringConstraints(max_length=1024)]
+EventType = Annotated[str, StringConstraints(min_length=1, max_length=64), *NoNul]
+MeasurementName = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_no_nul)]
+AttributeName = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_no_nul)]
+AttributeValue = Annotated[str, StringConstraints(max_length=1024), *NoNul]
 Measurement = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Severity = Literal["info", "warning", "critical"]
 
@@ -74,11 +91,11 @@ class DeviceEvent(BaseModel):
 
     event_id: uuid.UUID
     device_id: DeviceId
-    event_type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    event_type: EventType
     timestamp: AwareDatetime
     severity: Severity = "info"
-    measurements: dict[MeasurementName, Measurement] = Field(default_factory=dict)
-    attributes: dict[AttributeName, AttributeValue] = Field(default_factory=dict)
+    measurements: dict[MeasurementName, Measurement] = Field(default_factory=dict, json_schema_extra=NAME_SCHEMA)
+    attributes: dict[AttributeName, AttributeValue] = Field(default_factory=dict, json_schema_extra=NAME_SCHEMA)
     schema_version: int = 1
 
     @field_validator("event_id", mode="before")

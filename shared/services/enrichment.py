@@ -167,7 +167,9 @@ class EnrichmentService:
         # Ingest notes a batch it stored long after its enqueue (DelayLog): scan back to its oldest event, within the
         # horizon, or an event stored later than the allowed lateness after its enqueue would fall behind every scan.
         delayed = self._reader.delayed_since(scan_from, now)
-        if delayed is not None and delayed < scan_from:
+        # Never later than the scan would start anyway: after an outage longer than the horizon, the horizon is
+        # after scan_from, and starting there would skip the arrivals in between for good.
+        if delayed is not None and delayed < scan_from and now - horizon < scan_from:
             scan_from = max(delayed, now - horizon)
             result.delayed_scan_from = scan_from
             logger.info("ingest stored batches late (oldest enqueued %s): the late scan starts there", delayed)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(60)
 
 def test_migrations_apply_once_and_refuse_an_edited_file(pg_dsn: str, tmp_path: Path) -> None:
     with psycopg.connect(pg_dsn, autocommit=True, prepare_threshold=0) as conn:  # even preparing everything
-        assert apply_migrations(conn) == [1, 2, 3]
+        assert apply_migrations(conn) == [1, 2, 3, 4]
         assert apply_migrations(conn) == []
         assert conn.autocommit
         copy = tmp_path / "sql"
@@ -82,3 +82,20 @@ def test_reporting_views_cut_days_in_the_site_time_zone_and_grade_device_health(
     assert measurement[0][:5] == ("ny", "2026-11-19", 10, 1, 9)
     assert measurement[2] == ("pa", "2026-11-20", 5, 2, 3, pytest.approx(2.5))
     assert health == [("a", True, "M1", "ok"), ("b", True, "M2", "silent"), ("c", False, None, "ok")]
+
+
+def test_the_daily_mean_holds_days_whose_windows_sum_past_the_largest_float(pg_dsn: str) -> None:
+    # each window's own figures are finite and valid; weighting them in double precision overflowed and
+    # failed the whole query ("value out of range: overflow")
+    start = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn)
+        for k, (count, avg) in enumerate([(1, 1e308), (2, 1e308), (1, -1e308), (4, 0.5)]):
+            window = start + timedelta(minutes=5 * k)
+            figures = f'{{"t": {{"count": {count}, "min": {avg}, "max": {avg}, "avg": {avg}, "last": {avg}}}}}'
+            conn.execute("INSERT INTO site_window_stats (window_start, site_id, window_end, device_count, "
+                         "event_count, critical_count, measurements) VALUES (%s, 's1', %s, 1, %s, 0, %s)",
+                         (window, window + timedelta(minutes=5), count, figures))
+        rows = conn.execute("SELECT sample_count, min_value, max_value, avg_value "
+                            "FROM report_site_measurement_daily").fetchall()
+    assert rows == [(Decimal(8), -1e308, 1e308, pytest.approx(2.5e307))]  # (1 + 2 - 1) x 1e308 + 4 x 0.5, over 8

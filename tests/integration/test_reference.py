@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -12,7 +14,7 @@ from azure.storage.blob import BlobServiceClient
 
 from shared import bootstrap
 from shared.adapters.postgres.migrations import apply_migrations
-from shared.adapters.postgres.pool import make_pool
+from shared.adapters.postgres.pool import ConnectionPool, make_pool
 from shared.adapters.reference import (
     DEVICE_SCHEMA,
     ParquetBlobReferenceSource,
@@ -22,6 +24,7 @@ from shared.adapters.reference import (
     to_parquet,
     upsert_reference,
 )
+from shared.domain.enrichment import DeviceRef, SiteRef
 from shared.exceptions import PermanentError
 from shared.settings import PostgresSettings
 from sluice.__main__ import main
@@ -133,3 +136,49 @@ def test_csv_ids_stay_text_and_quoting_and_a_bom_are_understood(tmp_path: Path) 
     path.write_bytes(b'\xef\xbb\xbfsite_id,name,latitude,timezone\n007,"Plant, north",1.5,\n')
     (site,) = read_sites(path)
     assert (site.site_id, site.name, site.latitude, site.timezone) == ("007", "Plant, north", 1.5, None)
+
+
+class _ReloadAfterDevices:
+    """A pool whose connection lets another connection commit a reference reload right after the devices are read."""
+
+    def __init__(self, pool: ConnectionPool, reload: Callable[[], None]) -> None:
+        self._pool, self._reload = pool, reload
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        reload = self._reload
+
+        class Connection:
+            def __init__(self, conn: psycopg.Connection) -> None:
+                self._conn = conn
+
+            def transaction(self) -> Any:
+                return self._conn.transaction()
+
+            def execute(self, query: str, *args: Any) -> Any:
+                rows = list(self._conn.execute(query, *args)) if query.lstrip().startswith("SELECT") else \
+                    self._conn.execute(query, *args)
+                if "FROM devices" in query:
+                    reload()
+                return rows
+
+        with self._pool.connection() as conn:
+            yield Connection(conn)
+
+
+def test_devices_and_sites_are_read_from_one_snapshot(pg_dsn: str) -> None:
+    # a `reference load --replace` moving every device to a new site, committed between the two reads: the run must
+    # see the old devices with the old sites (or both new), never old devices with the new sites (NULL site columns)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn)
+        upsert_reference(conn, [DeviceRef("dev-1", "old", "M", "1")], [SiteRef("old", "Old site", "eu", "UTC")])
+
+    def reload() -> None:
+        with psycopg.connect(pg_dsn) as other:
+            upsert_reference(other, [DeviceRef("dev-1", "new", "M", "1")], [SiteRef("new", "New site", "eu", "UTC")],
+                             replace=True)
+
+    with make_pool(pg_dsn, PostgresSettings(host="unused", pool_min_size=1, pool_max_size=1)) as pool:
+        loaded = PostgresReferenceSource(_ReloadAfterDevices(pool, reload)).load()  # type: ignore[arg-type]
+        assert (loaded.devices["dev-1"].site_id, sorted(loaded.sites)) == ("old", ["old"])
+        assert PostgresReferenceSource(pool).load().devices["dev-1"].site_id == "new", "the reload committed"

@@ -385,6 +385,45 @@ def test_a_note_older_than_the_horizon_scans_back_to_the_horizon_only(parts) -> 
     assert result.delayed_scan_from == later - timedelta(hours=1)
 
 
+def test_a_note_never_moves_the_scan_after_where_it_would_start(parts) -> None:
+    """Enrichment down for longer than the horizon, and a note written meanwhile: the scan still starts where
+    the last one ended (minus the overlap), not at the horizon, or the arrivals in between are never scanned."""
+    reader, store, _ = parts
+    reader.events.append(ev("d1", T0 + timedelta(seconds=5)))
+    first = T0 + W + timedelta(minutes=3)
+    service(parts, late_horizon_seconds=3600).run(now=first)
+    late = ev("d2", T0 + timedelta(seconds=7), enqueued=T0 + W + timedelta(minutes=4))  # 4 minutes late
+    reader.events.append(late)
+    reader.delayed.append((first + timedelta(seconds=30), first - timedelta(minutes=5)))
+    result = service(parts, late_horizon_seconds=3600).run(now=first + timedelta(hours=2))
+    assert (T0, "late") in [(w.window.start, w.reason) for w in result.windows]
+    assert store.rows[late.event_id] == T0
+    assert result.delayed_scan_from is None, "the note was not older than where the scan starts"
+
+
+def test_values_whose_sum_passes_the_largest_float_are_averaged(parts) -> None:
+    """Ingest accepts any finite value. Two of 1e308 sum past the largest float: math.fsum raised OverflowError
+    at every run, so the window was never enriched and the watermark stayed before it for good."""
+    huge = [ev("d1", T0 + timedelta(seconds=1), t=1e308), ev("d1", T0 + timedelta(seconds=2), t=1e308),
+            ev("d2", T0 + timedelta(seconds=3), t=-1e308), ev("d3", T0 + timedelta(seconds=4), t=1e308)]
+    out = compute_window(Window(T0, T0 + W), huge, REF)
+    devices = {d.device.device_id: d.measurements["t"] for d in out.device_stats}
+    assert devices["d1"]["avg"] == 1e308 and devices["d1"]["count"] == 2
+    sites = {s.site_id: s.measurements["t"] for s in out.site_stats}
+    assert sites["s1"]["avg"] == pytest.approx(1e308 / 3) and sites["s1"]["count"] == 3  # d1 and d2
+    assert sites["s1"]["min"] == -1e308 and sites["s1"]["max"] == 1e308
+    assert sites["s-missing"]["avg"] == 1e308
+    # and ordinary values keep the exact sum's average
+    plain = compute_window(Window(T0, T0 + W), [ev("d1", T0, t=0.1), ev("d1", T0 + timedelta(seconds=1), t=0.2),
+                                                ev("d2", T0 + timedelta(seconds=2), t=0.4)], REF)
+    assert {s.site_id: s.measurements["t"]["avg"] for s in plain.site_stats}["s1"] == math.fsum([0.1, 0.2, 0.4]) / 3
+
+    reader, store, _ = parts
+    reader.events += [*huge, ev("d1", T0 + W + timedelta(seconds=1), t=20.0)]
+    service(parts).run(now=T0 + 2 * W + timedelta(minutes=2))
+    assert store.state.watermark == T0 + 2 * W
+
+
 def test_late_windows_over_the_budget_keep_the_scan_position(parts) -> None:
     reader, store, _ = parts
     reader.events += [ev("d1", T0 + k * W) for k in range(4)]

@@ -101,6 +101,10 @@ BAD = [
     (json.dumps(event(measurements={f"m{i}": 1.0 for i in range(65)})).encode(), "at most 64"),
     (json.dumps(event(attributes={"a": 1})).encode(), "attributes.a"),
     (json.dumps(event(attributes={f"a{i}": "v" for i in range(33)})).encode(), "at most 32"),
+    (json.dumps(event(event_type="ala\x00rm")).encode(), "event_type: Value error, must not contain the NUL"),
+    (json.dumps(event(measurements={"t\x00": 1.0})).encode(), "must not contain the NUL character"),
+    (json.dumps(event(attributes={"a\x00": "v"})).encode(), "must not contain the NUL character"),
+    (json.dumps(event(attributes={"a": "v\x00"})).encode(), "attributes.a: Value error, must not contain the NUL"),
     (json.dumps(event(schema_version=2)).encode(), "schema version"),
     (json.dumps(event(unexpected="field")).encode(), "unexpected"),
 ]
@@ -153,7 +157,8 @@ _finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 @settings(max_examples=200, deadline=None)
 @given(
     device_id=st.from_regex(r"[A-Za-z0-9._:\-]{1,128}", fullmatch=True),
-    measurements=st.dictionaries(st.text(min_size=1, max_size=64), _finite, max_size=64),
+    measurements=st.dictionaries(st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=64), _finite,
+                                 max_size=64),
     skew=st.integers(min_value=-10**8, max_value=299),
 )
 def test_any_event_inside_the_contract_is_accepted_unchanged(device_id, measurements, skew):
