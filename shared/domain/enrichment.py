@@ -18,6 +18,7 @@ nothing. :func:`compute_window` does the same pass over events held in memory.
 from __future__ import annotations
 
 import math
+import uuid
 from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -226,7 +227,8 @@ class EnrichedWindow:
 
     ``events`` counts the window's events, one per event id; ``devices`` holds the
     reference columns of every device seen; ``duplicate_ids`` counts the rows read
-    for an event id already seen (each left out).
+    for an event id already seen (each left out); ``moved_ids`` the ids left out
+    because a later row of them won in another window.
     """
 
     window: Window
@@ -235,6 +237,7 @@ class EnrichedWindow:
     device_stats: Sequence[DeviceWindowStats]
     site_stats: Sequence[SiteWindowStats]
     duplicate_ids: int = 0
+    moved_ids: int = 0
 
     @property
     def unknown_devices(self) -> list[str]:
@@ -347,6 +350,7 @@ class WindowEnrichment:
         self._devices: dict[str, _DeviceFigures] = {}
         self._held: list[StoredEvent] = []
         self._suspects: set[str] = set()
+        self._lost: set[uuid.UUID] = set()
         self._layouts: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     @property
@@ -378,19 +382,31 @@ class WindowEnrichment:
             accepted.append((event, critical, figures.context))
         return accepted
 
+    def lose(self, rows: Iterable[tuple[uuid.UUID, str]]) -> None:
+        """Count none of these accepted rows (event id, device): their ids have a later row in another window,
+        which wins (an id re-sent with another timestamp). Their devices become :attr:`suspects`, so
+        :meth:`finish` computes their figures again without them."""
+        for event_id, device_id in rows:
+            self._lost.add(event_id)
+            self._suspects.add(device_id)
+
     def finish(self, suspect_rows: Iterable[StoredEvent] = ()) -> tuple[EnrichedWindow, list[Accepted]]:
         """The window's figures, and the rows that must replace an accepted row of the same id (call it once).
 
         ``suspect_rows``: every accepted row of the :attr:`suspects` devices (others
         are ignored). Their devices' figures are computed again from those rows and
-        the held ones, one row per event id, the latest by (event time, event id).
-        The winners that were held back are returned, to overwrite the row written
-        for their id.
+        the held ones, one row per event id, the latest by (event time, event id),
+        leaving out the ids given to :meth:`lose`. The winners that were held back
+        are returned, to overwrite the row written for their id.
         """
         held, self._held = self._held, []
+        lost = self._lost
+        if lost:
+            held = [e for e in held if e.event_id not in lost]
         replacements: list[Accepted] = []
-        if held:
-            replacements = self._settle([e for e in suspect_rows if e.device_id in self._suspects], held)
+        if held or lost:
+            replacements = self._settle(
+                [e for e in suspect_rows if e.device_id in self._suspects and e.event_id not in lost], held)
         per_site: dict[str, tuple[list[str], list[int], dict[str, MeasurementSummary]]] = {}
         device_stats: list[DeviceWindowStats] = []
         contexts = {device_id: figures.context for device_id, figures in sorted(self._devices.items())}
@@ -419,7 +435,7 @@ class WindowEnrichment:
             site_stats.append(SiteWindowStats(site_id, site.name if site else None, site.region if site else None,
                                               len(members), event_count, critical_count, _as_json(merged)))
         return (EnrichedWindow(self.window, sum(s.event_count for s in device_stats), contexts, device_stats,
-                               site_stats, len(held)), replacements)
+                               site_stats, len(held), len(lost)), replacements)
 
     def _settle(self, accepted: list[StoredEvent], held: list[StoredEvent]) -> list[Accepted]:
         """Recompute the suspect devices from one row per id (the latest); the held rows that won."""

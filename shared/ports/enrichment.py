@@ -116,5 +116,9 @@ class EnrichmentStore(Protocol):
         """Starts of the already enriched windows (ledger rows) among ``candidates``' values for which some
         candidate event (key: event id, value: its window start) has no enriched row."""
 
+    def windows_to_recompute(self) -> list[Window]:
+        """Enriched windows an event has moved out of since (its id re-sent with a later event time, in another
+        window, whose write marked them): their figures still count it until they are computed again."""
+
     def save_late_scan(self, until: datetime) -> None:
         """Record that arrivals before ``until`` were checked (never moves it backwards)."""

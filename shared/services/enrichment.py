@@ -160,7 +160,8 @@ class EnrichmentService:
     def _late_windows(
         self, state: EnrichmentState, now: datetime, result: EnrichmentRunResult
     ) -> tuple[list[Window], bool]:
-        """Enriched windows some of whose events have no enriched row yet; and whether the list is complete."""
+        """Enriched windows some of whose events have no enriched row in them yet, or that an event moved out of
+        since; and whether the list is complete."""
         cfg = self._settings
         horizon = timedelta(seconds=cfg.late_horizon_seconds)
         scan_from = state.late_scan_until - timedelta(seconds=cfg.allowed_lateness_seconds)
@@ -186,12 +187,15 @@ class EnrichmentService:
         if result.too_late_events:
             logger.warning("%d events arrived more than %s after their window; backfill their range to include them",
                            result.too_late_events, horizon)
-        if not candidates:
-            return [], True
-        stale = self._store.stale_windows({event_id: w.start for event_id, w in candidates.items()})
-        windows = sorted(w for w in set(candidates.values()) if w.start in stale)
-        if windows:
-            logger.info("late events: %d enriched windows miss events that arrived since", len(windows))
+        stale = self._store.stale_windows({event_id: w.start for event_id, w in candidates.items()}) if candidates \
+            else set()
+        late = {w for w in candidates.values() if w.start in stale}
+        if late:
+            logger.info("late events: %d enriched windows miss events that arrived since", len(late))
+        moved = set(self._store.windows_to_recompute()) - late
+        if moved:
+            logger.info("%d enriched windows count events that moved to another window since", len(moved))
+        windows = sorted(late | moved)
         limit = cfg.max_windows_per_run
         return windows[:limit], len(windows) <= limit
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -263,7 +263,68 @@ def test_an_event_id_reused_in_a_new_window_moves_there_and_the_rest_of_the_wind
     rows = dict(stack.query("SELECT event_id, window_start FROM enriched_events"))
     assert rows == {first.event_id: T0 + W, **{e.event_id: T0 + W for e in others}}
     assert stored_device_stats(stack, T0 + W)["dev-1"]["event_count"] == 1
-    assert stack.query("SELECT window_start, event_count FROM enrichment_windows ORDER BY 1") == [(T0, 1), (T0 + W, 4)]
+    assert stack.query("SELECT window_start, event_count, recompute FROM enrichment_windows ORDER BY 1") == [
+        (T0, 1, True), (T0 + W, 4, False)], "the window the event left still counts it, and is marked"
+    # the next run computes the window it left again: its older row loses to the moved one, nothing is left
+    result = stack.service.run(now=T0 + 2 * W + timedelta(minutes=3))
+    assert [(w.window.start, w.reason) for w in result.windows] == [(T0, "late")]
+    assert stack.query("SELECT window_start, event_count, recompute FROM enrichment_windows ORDER BY 1") == [
+        (T0, 0, False), (T0 + W, 4, False)]
+    assert stored_device_stats(stack, T0) == {}
+    assert dict(stack.query("SELECT event_id, window_start FROM enriched_events"))[first.event_id] == T0 + W
+    assert stack.service.run(now=T0 + 2 * W + timedelta(minutes=4)).windows == [], "settled: nothing more to do"
+
+
+def _resend_later(stack: Stack) -> Event:
+    """Window T0 enriched with one event of dev-1; its id re-sent with a timestamp in T0+W, enriched there."""
+    first = make_event("dev-1", T0 + timedelta(seconds=10))
+    stack.send([first, make_event("dev-2", T0 + timedelta(seconds=20))])
+    stack.service.run(now=T0 + W + timedelta(minutes=2))
+    reused = Event(first.body.model_copy(update={"timestamp": T0 + W + timedelta(seconds=20)}), first.metadata)
+    stack.send([reused, make_event("dev-2", T0 + W + timedelta(seconds=30))])
+    stack.service.run(now=T0 + 2 * W + timedelta(minutes=2))
+    return first
+
+
+def test_every_window_counts_an_event_that_moved_once_in_all(stack: Stack) -> None:
+    _resend_later(stack)
+    stack.service.run(now=T0 + 2 * W + timedelta(minutes=3))
+    enriched = stack.query("SELECT window_start, count(*) FROM enriched_events GROUP BY 1 ORDER BY 1")
+    assert enriched == [(T0, 1), (T0 + W, 2)]
+    for table in ("device_window_stats", "site_window_stats"):
+        figures = stack.query(f"SELECT window_start, sum(event_count)::int FROM {table} GROUP BY 1 ORDER BY 1")
+        assert figures == enriched, table
+    assert stored_device_stats(stack, T0).keys() == {"dev-2"}, "dev-1's figures of T0 went with its only event"
+
+
+def test_a_later_recompute_of_the_window_an_event_left_keeps_its_latest_row(stack: Stack) -> None:
+    # a late event in T0 recomputes it from Cassandra, which still holds the id's older row (keyed by event time):
+    # the older row must lose to the moved one, whichever window was computed last
+    first = _resend_later(stack)
+    late_at = T0 + 2 * W + timedelta(minutes=3)
+    stack.send([make_event("dev-2", T0 + timedelta(seconds=30), enqueued=late_at)])
+    result = stack.service.run(now=late_at + timedelta(seconds=5))
+    assert [(w.window.start, w.reason) for w in result.windows] == [(T0, "late")]
+    assert stack.query("SELECT window_start, event_time FROM enriched_events WHERE event_id = %s",
+                       (first.event_id,)) == [(T0 + W, T0 + W + timedelta(seconds=20))]
+    assert stored_device_stats(stack, T0).keys() == {"dev-2"}
+    assert stored_device_stats(stack, T0)["dev-2"]["event_count"] == 2
+
+
+def test_an_id_re_sent_later_into_a_window_already_enriched_is_found_by_the_late_scan(stack: Stack) -> None:
+    first = make_event("dev-1", T0 + timedelta(seconds=10))
+    stack.send([first, make_event("dev-2", T0 + W + timedelta(seconds=5))])
+    stack.service.run(now=T0 + 2 * W + timedelta(minutes=2))  # T0 and T0+W enriched
+    late_at = T0 + 2 * W + timedelta(minutes=3)
+    reused = Event(first.body.model_copy(update={"timestamp": T0 + W + timedelta(seconds=20)}),
+                   replace(first.metadata, enqueued_time=late_at))
+    stack.send([reused])
+    result = stack.service.run(now=late_at + timedelta(seconds=5))
+    assert [(w.window.start, w.reason) for w in result.windows] == [(T0 + W, "late")]
+    assert dict(stack.query("SELECT event_id, window_start FROM enriched_events"))[first.event_id] == T0 + W
+    stack.service.run(now=late_at + timedelta(seconds=10))  # the window it left
+    assert stored_device_stats(stack, T0) == {}
+    assert stored_device_stats(stack, T0 + W)["dev-1"]["event_count"] == 1
 
 
 def test_an_event_id_sent_twice_in_one_window_is_stored_once_with_its_latest_row_on_both_paths(

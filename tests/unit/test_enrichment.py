@@ -260,7 +260,10 @@ class MemoryStore:
         return enriched
 
     def stale_windows(self, candidates: Mapping[uuid.UUID, datetime]) -> set[datetime]:
-        return {w for event_id, w in candidates.items() if w in self.ledger and event_id not in self.rows}
+        return {w for event_id, w in candidates.items() if w in self.ledger and self.rows.get(event_id) != w}
+
+    def windows_to_recompute(self) -> list[Window]:
+        return []
 
     def save_late_scan(self, until: datetime) -> None:
         self.state = EnrichmentState(self.state.watermark, max(until, self.state.late_scan_until))

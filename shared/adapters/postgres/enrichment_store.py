@@ -47,7 +47,7 @@ import psycopg
 from psycopg.types.json import set_json_dumps
 from psycopg_pool import ConnectionPool
 
-from shared.domain.enrichment import DeviceContext, EnrichedWindow
+from shared.domain.enrichment import DeviceContext, EnrichedWindow, Window
 from shared.domain.stored import StoredEvent
 from shared.domain.times import utc
 from shared.exceptions import TransientError
@@ -155,15 +155,35 @@ VALUES (%(start)s, %(end)s, %(events)s, %(devices)s, %(unknown)s, %(unknown_even
 ON CONFLICT (window_start) DO UPDATE SET
     window_end = EXCLUDED.window_end, event_count = EXCLUDED.event_count, device_count = EXCLUDED.device_count,
     unknown_device_count = EXCLUDED.unknown_device_count, unknown_device_events = EXCLUDED.unknown_device_events,
-    reason = EXCLUDED.reason, runs = w.runs + 1, last_enriched_at = now()
+    reason = EXCLUDED.reason, runs = w.runs + 1, last_enriched_at = now(), recompute = false
 """
 
+# An enriched window among the candidates' whose event has no enriched row in it: none at all (a late event), or
+# one in another window (its id re-sent with another timestamp: the window read decides which row wins).
 _STALE = """
 SELECT DISTINCT c.window_start
 FROM unnest(%s::uuid[], %s::timestamptz[]) AS c(event_id, window_start)
 JOIN enrichment_windows w ON w.window_start = c.window_start
-WHERE NOT EXISTS (SELECT 1 FROM enriched_events e WHERE e.event_id = c.event_id)
+WHERE NOT EXISTS (SELECT 1 FROM enriched_events e WHERE e.event_id = c.event_id AND e.window_start = c.window_start)
 """
+
+_TO_RECOMPUTE = "SELECT window_start, window_end FROM enrichment_windows WHERE recompute ORDER BY window_start"
+
+# Staged rows whose id has a row with a later event time in another window: that row wins, these are not written
+# (the window's figures are computed again without them). Windows never overlap, so a later row of an id in
+# another window is later than every row of it in this one.
+_DROP_LOSERS = """
+DELETE FROM stage_events s USING enriched_events e
+WHERE e.event_id = s.event_id AND e.window_start <> %s AND e.event_time > s.event_time
+RETURNING s.event_id, s.device_id
+"""
+
+# The windows whose rows the upsert is about to take over (the staged row is the later one): marked to be recomputed
+_MOVED_FROM = """
+SELECT DISTINCT e.window_start FROM stage_events s JOIN enriched_events e USING (event_id)
+WHERE e.window_start <> %(start)s
+"""
+_MARK_RECOMPUTE = "UPDATE enrichment_windows SET recompute = true WHERE window_start = ANY(%s)"
 
 _ADVANCE = """
 UPDATE enrichment_state SET watermark = %(end)s, updated_at = now()
@@ -223,6 +243,10 @@ class PostgresEnrichmentStore:
                 stale.update(row[0] for row in conn.execute(_STALE, ([k for k, _ in chunk], [v for _, v in chunk])))
         return stale
 
+    def windows_to_recompute(self) -> list[Window]:
+        with self._transaction("looking for windows to compute again") as conn:
+            return [Window(utc(start), utc(end)) for start, end in conn.execute(_TO_RECOMPUTE)]
+
     def write_window(self, source: WindowInput, reason: Reason, *, advance_watermark: bool) -> EnrichedWindow:
         window = source.window
         params: dict[str, object] = {"start": window.start, "end": window.end, "name": self._name, "reason": reason}
@@ -241,8 +265,13 @@ class PostgresEnrichmentStore:
             conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', '0', true)",
                          (str(self._timeout_ms),))
             if copied is None:
+                moved_from = [row[0] for row in conn.execute(_MOVED_FROM, params)]
                 conn.execute(_UPSERT_EVENTS, params)
-            if enriched.events:
+                if moved_from:
+                    conn.execute(_MARK_RECOMPUTE, (moved_from,))
+                    logger.info("window %s took over events of windows %s (ids re-sent with a later event time); "
+                                "they are computed again", window, ", ".join(str(w) for w in moved_from))
+            if enriched.events or enriched.moved_ids:  # (a window whose every event moved out has no figures left)
                 self._stage_figures(conn, enriched)
                 conn.execute(_UPSERT_DEVICE_STATS, params)
                 conn.execute(_UPSERT_SITE_STATS, params)
@@ -332,6 +361,8 @@ def _stream_window(conn: psycopg.Connection, cur: psycopg.Cursor,
         for page in source.read():
             for accepted in enrichment.accept(page):
                 write(row(*accepted))
+    if table == "stage_events":  # (a COPY into enriched_events fails on an id another window holds: it is staged)
+        enrichment.lose(conn.execute(_DROP_LOSERS, (start,)).fetchall())
     enriched, replacements = enrichment.finish(_rows_of(conn, table, enrichment.suspects, window_start))
     if replacements:
         conn.execute(f"DELETE FROM {table} WHERE event_id = ANY(%s)", ([e.event_id for e, _, _ in replacements],))
