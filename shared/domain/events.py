@@ -9,6 +9,7 @@ dead-letter it and nothing is lost.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from pydantic import (
 from pydantic.config import JsonDict
 
 SUPPORTED_SCHEMA_VERSIONS = (1,)
+# RFC 3339 date-time: seconds required, any fraction, "Z" or a +hh:mm offset ("T" may be a space, as section 5.6 notes)
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d+)?(?:[Zz]|[+-]\d\d:\d\d)\Z", re.ASCII)
 
 
 def _no_nul(value: str) -> str:
@@ -108,9 +111,10 @@ class DeviceEvent(BaseModel):
     @field_validator("timestamp", mode="before")
     @classmethod
     def _rfc3339_text(cls, value: object) -> object:
-        # pydantic also takes Unix numbers and offset-less text; the contract does not.
-        if not isinstance(value, str):
-            raise ValueError("must be an RFC 3339 string with a UTC offset")
+        # pydantic also takes Unix numbers (as numbers and as text, "1700000000"; past 2e10 read as milliseconds),
+        # offset-less text and times without seconds; the contract does not.
+        if not isinstance(value, str) or not _RFC3339.match(value):
+            raise ValueError("must be an RFC 3339 string with a UTC offset (e.g. 2026-11-23T11:00:00.123Z)")
         return value
 
     @field_validator("timestamp")
@@ -121,7 +125,10 @@ class DeviceEvent(BaseModel):
         limits: Limits = context.get("limits") or Limits()
         if value - now > limits.max_future_skew:
             raise ValueError(f"is more than {limits.max_future_skew} ahead of the receiver's clock ({now.isoformat()})")
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC; pydantic reports only ValueErrors
+            raise ValueError("is before 0001-01-01T00:00:00Z, the earliest time that can be stored") from None
 
     @field_validator("measurements")
     @classmethod

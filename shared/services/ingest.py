@@ -84,7 +84,18 @@ class IngestService:
     ) -> IngestResult:
         """Store or dead-letter every record (see the module docstring for the order)."""
         began = time.perf_counter()
-        parsed = parse_records(records, limits=self._limits, now=now)
+        try:
+            parsed = parse_records(records, limits=self._limits, now=now)
+        except Exception as exc:  # a bug in validation must not lose the batch: the host checkpoints past it anyway
+            reason = f"validation failed unexpectedly: {type(exc).__name__}: {exc}"
+            if not final_attempt:
+                logger.warning("%s; the batch will be retried", reason, exc_info=True)
+                raise
+            logger.exception("%s; dead-lettering the batch", reason)
+            self._dead_letters.put_batch([(r.body, r.metadata) for r in records], reason)
+            self._audit_dead_lettered(records)
+            self._record(records, Parsed(), began, store_failed=len(records))
+            return IngestResult(len(records), 0, 0, 0, batch_dead_lettered=True)
         if parsed.errs:
             self._dead_letters.put_rejected(parsed.errs)
         try:

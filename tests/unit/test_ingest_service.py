@@ -234,3 +234,25 @@ def test_a_failed_note_fails_the_batch_like_a_store_write():
         service.handle(records, final_attempt=False, now=NOW)
     assert service.handle(records, final_attempt=False, now=NOW).stored == 1
     assert len(delays.notes) == 1
+
+
+def test_a_failure_inside_validation_is_retried_then_dead_letters_the_batch(monkeypatch):
+    # Validation must answer for every input; if it ever raises (a bug), the batch must not be lost: the host
+    # checkpoints past it after the last attempt either way.
+    import shared.services.ingest as ingest_module
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug in validation")
+
+    monkeypatch.setattr(ingest_module, "parse_records", broken)
+    store, dead = FakeStore(), FakeDeadLetters()
+    service = IngestService(store, dead, Limits())
+    batch = [record(1), record(2)]
+    with pytest.raises(RuntimeError, match="a bug in validation"):
+        service.handle(batch, final_attempt=False)
+    assert dead.batches == [] and store.rows == {}
+    result = service.handle(batch, final_attempt=True)
+    assert result.batch_dead_lettered and result.received == 2 and result.stored == 0
+    [(bodies, reason)] = dead.batches
+    assert [b for b, _ in bodies] == [r.body for r in batch]
+    assert reason == "validation failed unexpectedly: RuntimeError: a bug in validation"

@@ -4,8 +4,10 @@ Each event becomes upserts keyed by its event id (events_by_id, events_by_device
 the two time-bucketed tables, critical_events_by_device when critical) plus one
 write of ``device_latest`` whose write timestamp is the event time, so the newest
 event wins whatever the arrival order and a replay changes nothing. Within the
-same millisecond the timestamp's last three digits come from the event id, so
-two events of one device in one millisecond never mix their cells.
+same millisecond the timestamp's last three digits come from the event id, and
+of a batch only each device's newest event writes ``device_latest``: two events of
+one device in one millisecond, stored together, never mix their cells (stored by
+two invocations, one pair in 1,000 shares a timestamp; see docs/data-model.md).
 
 Statements are prepared on first use (not in ``__init__``) and marked
 idempotent. Every statement is a selection of one event's values (``_VALUES``),
@@ -215,12 +217,13 @@ class CassandraEventStore:
             values = self._values(event)
             rows.append((values, serialize(values, event) if bind else None))
         event_ids = [values[_EVENT_ID] for values, _ in rows]
+        newest = _newest_per_device(rows)
         if self._settings.batching == "mixed":
-            return self._plan_mixed(statements, rows, event_ids)
-        return self._plan_by_partition(statements, rows, event_ids)
+            return self._plan_mixed(statements, rows, event_ids, newest)
+        return self._plan_by_partition(statements, rows, event_ids, newest)
 
-    def _plan_mixed(self, statements: _Statements, rows: list[Row],
-                    event_ids: list[uuid.UUID]) -> tuple[list[Work], list[tuple[uuid.UUID, ...]]]:
+    def _plan_mixed(self, statements: _Statements, rows: list[Row], event_ids: list[uuid.UUID],
+                    newest: set[int]) -> tuple[list[Work], list[tuple[uuid.UUID, ...]]]:
         """Every row in event order, cut into requests of ``batch_rows`` rows whatever their tables and partitions.
 
         On Cosmos DB each row of a batch is still its own operation, charged its own
@@ -229,11 +232,12 @@ class CassandraEventStore:
         batch, so a failed batch names few events.
         """
         inserts = statements.inserts
-        tables = [inserts[name] for name in ("by_id", "latest", "by_time", "by_arrival", "by_device")]
+        with_latest = [inserts[name] for name in ("by_id", "latest", "by_time", "by_arrival", "by_device")]
+        without = [inserts[name] for name in ("by_id", "by_time", "by_arrival", "by_device")]
         critical = inserts["critical"]
         order: list[tuple[_Prepared, int]] = []
         for position, (values, _) in enumerate(rows):
-            order.extend((insert, position) for insert in tables)
+            order.extend((insert, position) for insert in (with_latest if position in newest else without))
             if values[_CRITICAL]:
                 order.append((critical, position))
         work: list[Work] = []
@@ -257,23 +261,26 @@ class CassandraEventStore:
             owners.append(tuple(dict.fromkeys(event_ids[position] for _, position in chunk)))
         return work, owners
 
-    def _plan_by_partition(self, statements: _Statements, rows: list[Row],
-                           event_ids: list[uuid.UUID]) -> tuple[list[Work], list[tuple[uuid.UUID, ...]]]:
+    def _plan_by_partition(self, statements: _Statements, rows: list[Row], event_ids: list[uuid.UUID],
+                           newest: set[int]) -> tuple[list[Work], list[tuple[uuid.UUID, ...]]]:
         """events_by_id row by row, every other table's rows in batches of one partition each."""
         by_id = statements.inserts["by_id"]
         # Every other table groups its rows by partition: per table, partition key -> the positions of the events
         # whose rows it holds, in the order the events came. events_by_id has one row per partition (event ids are
         # unique in a batch), so it is not grouped.
+        latest: tuple[_Prepared, dict[Any, list[int]]] = (statements.inserts["latest"], {})
         tables: list[tuple[_Prepared, dict[Any, list[int]]]] = [
-            (statements.inserts[name], {}) for name in ("latest", "by_time", "by_arrival", "by_device")]
-        with_critical = [*tables, (statements.inserts["critical"], {})]
+            (statements.inserts[name], {}) for name in ("by_time", "by_arrival", "by_device")]
+        critical: tuple[_Prepared, dict[Any, list[int]]] = (statements.inserts["critical"], {})
+        every = [latest, *tables, critical]
         work: list[Work] = []
         owners: list[tuple[uuid.UUID, ...]] = []
         for position, row in enumerate(rows):
             values = row[0]
             work.append(by_id.pair(*row))
             owners.append((values[_EVENT_ID],))
-            for insert, partitions in with_critical if values[_CRITICAL] else tables:
+            for insert, partitions in (*((latest,) if position in newest else ()), *tables,
+                                       *((critical,) if values[_CRITICAL] else ())):
                 key = insert.partition(values)
                 members = partitions.get(key)
                 if members is None:
@@ -284,7 +291,7 @@ class CassandraEventStore:
         # applies to it, CASSANDRA-10876); the cap keeps requests small enough to spread over the connection pool,
         # and a throttled one cheap to retry.
         size = self._settings.batch_rows
-        for insert, partitions in with_critical:
+        for insert, partitions in every:
             for members in partitions.values():
                 for start in range(0, len(members), size):
                     chunk = members[start:start + size]
@@ -334,6 +341,22 @@ class CassandraEventStore:
 
 _CRITICAL = _INDEX["critical"]
 _EVENT_ID = _INDEX["event_id"]
+_DEVICE_ID = _INDEX["device_id"]
+_WRITE_TIMESTAMP = _INDEX["write_timestamp"]
+
+
+def _newest_per_device(rows: list[Row]) -> set[int]:
+    """The position of each device's newest event (write timestamp, then event id): the only ``device_latest``
+    row of the batch worth writing. An older one would lose to it anyway; and two of one millisecond whose ids end
+    in the same three digits (the write timestamp's tie-break) would share a timestamp, and Cassandra would keep
+    the greater value cell by cell, mixing the two events into a state no device sent."""
+    newest: dict[str, tuple[int, int, int]] = {}
+    for position, (values, _) in enumerate(rows):
+        key = (values[_WRITE_TIMESTAMP], values[_EVENT_ID].int, position)
+        best = newest.get(values[_DEVICE_ID])
+        if best is None or key > best:
+            newest[values[_DEVICE_ID]] = key
+    return {position for _, _, position in newest.values()}
 
 
 @dataclass(frozen=True)
