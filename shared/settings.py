@@ -137,6 +137,8 @@ class StorageSettings(_Group):
     def _blob_https(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith("https://"):
             raise ValueError("must be an https:// URL (the SDK refuses tokens over plain http)")
+        if value is not None and not urlsplit(value).hostname:
+            raise ValueError("names no host (e.g. https://<account>.blob.core.windows.net)")
         return value.rstrip("/") if value else value
 
     @model_validator(mode="after")
@@ -221,6 +223,9 @@ class CassandraSettings(_Group):
             raise ValueError("SLUICE_CASSANDRA_USERNAME is required when a password or password secret is set")
         if self.password and self.password_secret:
             raise ValueError("set SLUICE_CASSANDRA_PASSWORD or SLUICE_CASSANDRA_PASSWORD_SECRET, not both")
+        if self.tls_ca_file and not self.tls:
+            raise ValueError("SLUICE_CASSANDRA_TLS_CA_FILE is set but SLUICE_CASSANDRA_TLS is false: the connection "
+                             "would be plain text and the CA unused; set SLUICE_CASSANDRA_TLS=true")
         return self
 
 
@@ -355,6 +360,13 @@ class PostgresSettings(_Group):
         if value is not None and str(value) != "system" and not value.is_file():
             raise ValueError("Path does not point to a file (nor is it `system`)")
         return value
+
+    @model_validator(mode="after")
+    def _ca_is_used(self) -> Self:
+        if self.sslrootcert is not None and self.sslmode in ("disable", "allow", "prefer"):
+            raise ValueError(f"SLUICE_POSTGRES_SSLROOTCERT is set but SLUICE_POSTGRES_SSLMODE={self.sslmode} may "
+                             "connect without checking the server against it; set verify-full (or verify-ca)")
+        return self
 
     @field_validator("prepare_threshold", mode="before")
     @classmethod
@@ -505,6 +517,8 @@ class KeyVaultSettings(_Group):
     def _https(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith("https://"):
             raise ValueError("must be an https:// URL (the SDK refuses tokens over plain http)")
+        if value is not None and not urlsplit(value).hostname:
+            raise ValueError("names no host (e.g. https://<vault>.vault.azure.net/)")
         return value
 
 
@@ -578,6 +592,8 @@ class TelemetrySettings(_Group):
     @classmethod
     def _clients(cls, value: object) -> object:
         value = _split_csv(value)
+        if isinstance(value, list):
+            value = [part.lower() if isinstance(part, str) else part for part in value]
         return [] if value == ["none"] else value
 
 

@@ -36,6 +36,7 @@ from azure.storage.blob import BlobServiceClient, ContentSettings
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from shared.domain.events import EventMetadata, RawRecord, Rejected
+from shared.domain.times import utc
 from shared.exceptions import DependencyUnavailable, TransientError
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def _original(data: bytes) -> dict[str, Any]:
 
 
 def _day(metadata: EventMetadata, now: datetime) -> str:
-    return (metadata.enqueued_time or now).astimezone(UTC).strftime("%Y/%m/%d")
+    return utc(metadata.enqueued_time or now).strftime("%Y/%m/%d")  # a naive time is UTC, not local time
 
 
 def _position(metadata: EventMetadata, data: bytes) -> str:

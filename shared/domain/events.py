@@ -275,7 +275,8 @@ def _items(record: RawRecord, limits: Limits,
     try:
         document = pydantic_core.from_json(body, allow_inf_nan=False)
     except ValueError as exc:
-        yield Rejected(f"body is not valid JSON ({exc}); NaN and Infinity are not JSON", body, record.metadata)
+        hint = "; NaN and Infinity are not JSON" if b"NaN" in body or b"Infinity" in body else ""
+        yield Rejected(f"body is not valid JSON ({exc}){hint}", body, record.metadata)
         return
     if isinstance(document, dict):
         elements: Sequence[tuple[int | None, Any]] = [(None, document)]

@@ -257,3 +257,10 @@ def test_a_lone_event_object_is_judged_as_the_same_event_inside_an_array(changes
             )
         else:
             assert alone.reason == inside.reason.replace("element 0", "event", 1)
+
+
+def test_the_nan_hint_is_given_only_where_nan_or_infinity_is_written():
+    [plain] = parse(b'{"event_id": ').errs
+    assert "not valid JSON" in plain.reason and "NaN" not in plain.reason
+    [nan] = parse(b'{"measurements": {"t": NaN}}').errs
+    assert nan.reason.endswith("; NaN and Infinity are not JSON")

@@ -197,3 +197,33 @@ def test_a_ca_bundle_must_be_a_file(variable: str, extra: dict[str, str], tmp_pa
 def test_postgres_may_verify_with_the_system_certificate_authorities():
     settings = load_settings(dict(SAMPLE, SLUICE_POSTGRES_SSLMODE="verify-full", SLUICE_POSTGRES_SSLROOTCERT="system"))
     assert "sslrootcert=system" in settings.postgres.conninfo()
+
+
+def test_a_ca_bundle_that_would_go_unused_is_refused(tmp_path: Path):
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    with pytest.raises(ConfigurationError, match="SLUICE_CASSANDRA_TLS_CA_FILE is set but SLUICE_CASSANDRA_TLS is f"):
+        load_settings(dict(SAMPLE, SLUICE_CASSANDRA_TLS="false", SLUICE_CASSANDRA_TLS_CA_FILE=str(bundle)))
+    for mode in ("disable", "allow", "prefer"):
+        with pytest.raises(ConfigurationError, match=f"SLUICE_POSTGRES_SSLMODE={mode} may connect without checking"):
+            load_settings(dict(SAMPLE, SLUICE_POSTGRES_SSLMODE=mode, SLUICE_POSTGRES_SSLROOTCERT=str(bundle)))
+    for mode in ("require", "verify-ca", "verify-full"):  # libpq checks the server against it from require on
+        assert load_settings(dict(SAMPLE, SLUICE_POSTGRES_SSLMODE=mode,
+                                  SLUICE_POSTGRES_SSLROOTCERT=str(bundle))).postgres.sslmode == mode
+
+
+@pytest.mark.parametrize(("variable", "url"), [("SLUICE_KEYVAULT_URL", "https://"),
+                                               ("SLUICE_KEYVAULT_URL", "https:///secrets"),
+                                               ("AzureWebJobsStorage__blobServiceUri", "https://")])
+def test_an_https_url_without_a_host_is_refused(variable: str, url: str):
+    values = dict(SAMPLE, **{variable: url})
+    if variable.startswith("AzureWebJobsStorage"):
+        del values["AzureWebJobsStorage"]
+    with pytest.raises(ConfigurationError, match=f"{variable}: names no host"):
+        load_settings(values)
+
+
+def test_traced_clients_are_named_in_any_case():
+    assert load_settings(dict(SAMPLE, SLUICE_TRACE_CLIENTS="Redis, CASSANDRA")).telemetry.trace_clients == [
+        "redis", "cassandra"]
+    assert load_settings(dict(SAMPLE, SLUICE_TRACE_CLIENTS="NONE")).telemetry.trace_clients == []
