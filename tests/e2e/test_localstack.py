@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -64,6 +65,10 @@ def test_generated_settings_are_valid_and_name_the_ports_in_use(tmp_path):
     assert values["SLUICE_CASSANDRA_PORT"] == "9123" and values["SLUICE_CASSANDRA_KEYSPACE"] == "ks_local"
     assert values["SLUICE_KEYVAULT_URL"] == "https://127.0.0.1:8999"
     assert values["SLUICE_ENRICH_WINDOW_SECONDS"] == "30"  # --set wins over the local defaults
+    ca = Path(values["SLUICE_KEYVAULT_CA_FILE"])  # the Key Vault emulator writes it when it starts (not here)
+    assert tmp_path in ca.parents
+    ca.parent.mkdir(parents=True, exist_ok=True)
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
     settings = load_settings({k: v for k, v in values.items() if v != ""})
     assert settings.cassandra.port == 9123 and settings.enrichment.window_seconds == 30
     # settings.env gives a shell the same values, quoting included (schedules hold spaces and stars).
