@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 from shared.exceptions import PermanentError
 
@@ -62,6 +62,11 @@ def parse_since(value: str | None, parameter: str = "since") -> datetime | None:
     day, clock, fraction, offset = match.groups()
     micros = f".{fraction[:6].ljust(6, '0')}" if fraction else ""  # Python parses at most microseconds
     try:
-        return datetime.fromisoformat(f"{day}T{clock}{micros}{offset.upper()}")
+        moment = datetime.fromisoformat(f"{day}T{clock}{micros}{offset.upper()}")
     except ValueError:  # e.g. 2026-02-30
         raise BadParameter(parameter, problem) from None
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 or 9999-12-31T23:59:59-01:00: outside the years 1-9999 in UTC
+        raise BadParameter(parameter, f"must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z; got {value!r}"
+                           ) from None

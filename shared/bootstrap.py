@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # the adapters are imported where they are built, on first us
     from shared.adapters.blob_deadletter import BlobDeadLetterSink
     from shared.adapters.cassandra.audit import CassandraAuditLedger
     from shared.adapters.cassandra.delays import CassandraDelayLog
+    from shared.adapters.cassandra.reader import CassandraEventReader
     from shared.adapters.eventhub_lag import CachedPartitionLag, EventHubSequenceAtTime, KedaCheckpointSource
     from shared.adapters.keyvault import KeyVaultSecrets
     from shared.adapters.redis import RedisChangeSink, RedisConnection, RedisLookupCache
@@ -403,7 +404,8 @@ def replay_service(*, postgres: bool = True) -> ReplayService:
     reader = CassandraWindowReader(cassandra_session(), cfg.cassandra, page_size=cfg.enrichment.read_page_size,
                                    concurrency=cfg.enrichment.read_concurrency)
     return ReplayService(reader, redis_change_sink(), cfg.rules.critical_rules,
-                         enrichment_service() if postgres else None, apply_chunk=cfg.changefeed.page_size)
+                         enrichment_service() if postgres else None, apply_chunk=cfg.changefeed.page_size,
+                         latest=_latest_states())
 
 
 @service
@@ -425,7 +427,15 @@ def changefeed_service() -> ChangeFeedService:
     return ChangeFeedService(feed, redis_change_sink(), positions, feed_name=feed_cfg.feed_name,
                              rules=cfg.rules.critical_rules, time_budget=feed_cfg.time_budget_seconds,
                              read_timeout=feed_cfg.read_timeout_seconds, apply_chunk=feed_cfg.page_size,
-                             metrics=_telemetry().pipeline_metrics())
+                             metrics=_telemetry().pipeline_metrics(), latest=_latest_states())
+
+
+def _latest_states() -> CassandraEventReader:
+    """``device_latest`` for the change feed and replay, to put back a device's latest state Redis has lost."""
+    from shared.adapters.cassandra.reader import CassandraEventReader
+
+    cfg = settings()
+    return CassandraEventReader(cassandra_session, cfg.cassandra.keyspace, timeout=cfg.changefeed.read_timeout_seconds)
 
 
 @service

@@ -28,14 +28,30 @@ class Cached:
 class ChangeSink(Protocol):
     """Where the change feed puts changed events (Redis)."""
 
-    def apply(self, events: Sequence[StoredEvent]) -> None:
+    def apply(self, events: Sequence[StoredEvent]) -> list[str]:
         """Update each device's latest state and record the critical events, or raise.
 
         ``critical`` is already decided on every event given. Idempotent and
         order-independent (see the module docstring). Returns when every write is
         acknowledged; raises ``DependencyUnavailable`` otherwise, after which
         some writes may have landed (a replay repairs that).
+
+        A device whose latest state is not in the cache (expired, evicted, never
+        written) is left without one and returned: the cache cannot tell whether
+        the event is the device's newest, so the caller puts the store's latest
+        state with :meth:`put_latest`.
         """
+
+    def put_latest(self, events: Sequence[StoredEvent]) -> None:
+        """Each event as its device's latest state unless the cache holds a newer one (a missing one is
+        created); raises ``DependencyUnavailable`` when the cache fails."""
+
+
+class LatestStates(Protocol):
+    """The store's latest state of devices (``device_latest``), for a cache that lost them."""
+
+    def latest_many(self, device_ids: Sequence[str]) -> list[StoredEvent]:
+        """The newest event of each device that has one; raises ``DependencyUnavailable`` on failure."""
 
 
 class LookupCache(Protocol):

@@ -30,11 +30,29 @@ from datetime import UTC, datetime
 
 from shared.domain.rules import Criticality, MeasurementRule
 from shared.domain.stored import StoredEvent
-from shared.ports.cache import ChangeSink
+from shared.ports.cache import ChangeSink, LatestStates
 from shared.ports.feed import ChangeFeed, ContinuationRejected, FeedStateStore
 from shared.ports.metrics import NO_METRICS, Metrics
 
 logger = logging.getLogger(__name__)
+
+
+def apply_changes(sink: ChangeSink, events: Sequence[StoredEvent], latest: LatestStates | None,
+                  decided: Callable[[Sequence[StoredEvent]], list[StoredEvent]]) -> None:
+    """``events`` into the sink; a device whose latest state the cache had lost gets the newer of the store's
+    latest state and its newest event here (the event may be older than one the store holds: a late event after
+    the key expired must not take its place). Without ``latest`` the event alone is put."""
+    missing = sink.apply(events)
+    if not missing:
+        return
+    wanted = set(missing)
+    newest: dict[str, StoredEvent] = {}
+    for event in events:
+        current = newest.get(event.device_id)
+        if event.device_id in wanted and (current is None or event.newer_than(current)):
+            newest[event.device_id] = event
+    stored = decided(latest.latest_many(missing)) if latest is not None else []
+    sink.put_latest([*stored, *newest.values()])
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +73,10 @@ class ChangeFeedService:
     def __init__(self, feed: ChangeFeed, sink: ChangeSink, positions: FeedStateStore, *, feed_name: str,
                  rules: Sequence[MeasurementRule] = (), time_budget: float = 20.0, read_timeout: float = 10.0,
                  apply_chunk: int = 1000, clock: Callable[[], datetime] | None = None,
-                 monotonic: Callable[[], float] = time.monotonic, metrics: Metrics = NO_METRICS) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, metrics: Metrics = NO_METRICS,
+                 latest: LatestStates | None = None) -> None:
         self._metrics = metrics
+        self._latest = latest
         self._feed = feed
         self._sink = sink
         self._positions = positions
@@ -108,7 +128,7 @@ class ChangeFeedService:
             if page.events:
                 decided = self._decided(page.events)
                 for start in range(0, len(decided), self._chunk):
-                    self._sink.apply(decided[start:start + self._chunk])
+                    apply_changes(self._sink, decided[start:start + self._chunk], self._latest, self._decided)
                 events += len(decided)
                 page_critical = sum(1 for event in decided if event.critical)
                 critical += page_critical

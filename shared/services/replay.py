@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from shared.domain.rules import Criticality, MeasurementRule
 from shared.domain.stored import StoredEvent
-from shared.ports.cache import ChangeSink
+from shared.ports.cache import ChangeSink, LatestStates
 from shared.ports.enrichment import WindowReader
+from shared.services.changefeed import apply_changes
 
 if TYPE_CHECKING:
     from shared.services.enrichment import WindowOutcome
@@ -52,16 +53,22 @@ class ReplayReport:
 class ReplayService:
     def __init__(self, reader: WindowReader, sink: ChangeSink, rules: Sequence[MeasurementRule],
                  enrichment: Backfill | None, *, chunk: timedelta = timedelta(minutes=5),
-                 apply_chunk: int = 1000) -> None:
+                 apply_chunk: int = 1000, latest: LatestStates | None = None) -> None:
         self._reader = reader
+        self._latest = latest
         self._sink = sink
         self._critical = Criticality(rules)
         self._enrichment = enrichment
         self._step = chunk
         self._apply_chunk = apply_chunk
 
+    def _decided(self, events: Sequence[StoredEvent]) -> list[StoredEvent]:
+        """Each event with ``critical`` decided (rows without the flag get the configured rules)."""
+        return [e if e.critical is not None
+                else dataclasses.replace(e, critical=self._critical(e.severity, e.measurements)) for e in events]
+
     def _apply(self, events: list[StoredEvent], report: ReplayReport) -> None:
-        self._sink.apply(events)
+        apply_changes(self._sink, events, self._latest, self._decided)
         report.redis_events += len(events)
 
     def replay(self, start: datetime, end: datetime, *, redis: bool = True, postgres: bool = True,
@@ -78,9 +85,7 @@ class ReplayService:
                 # (the newest event of a device wins), so nothing waits for the rest of the range.
                 pending: list[StoredEvent] = []
                 for page in self._reader.read_each(moment, upper):
-                    pending.extend(e if e.critical is not None
-                                   else dataclasses.replace(e, critical=self._critical(e.severity, e.measurements))
-                                   for e in page)
+                    pending.extend(self._decided(page))
                     while len(pending) >= self._apply_chunk:
                         self._apply(pending[:self._apply_chunk], report)
                         del pending[:self._apply_chunk]

@@ -170,12 +170,16 @@ class CountingSink:
         self.calls = 0
         self.before_call = before_call
 
-    def apply(self, events) -> None:
+    def apply(self, events) -> list[str]:
         self.calls += 1
         if self.before_call:
             self.before_call(self.calls)
-        self.inner.apply(events)
+        missing = self.inner.apply(events)
         self.applied += [str(e.event_id) for e in events]
+        return missing
+
+    def put_latest(self, events) -> None:
+        self.inner.put_latest(events)
 
 
 # -- the registered timer function -----------------------------------------------------------

@@ -18,6 +18,7 @@ import redis
 from shared.adapters.redis import RedisChangeSink, RedisLookupCache
 from shared.domain.stored import StoredEvent
 from shared.ports.cache import SINCE_ALL
+from shared.services.changefeed import apply_changes
 from tests.integration import test_changefeed as changefeed_tests
 
 private_redis = changefeed_tests.private_redis
@@ -45,7 +46,7 @@ class Cache:
                                     **sink_options)
         self.lookups = RedisLookupCache(client, key_prefix=key_prefix, critical_per_device_max=critical_per_device_max)
         self.keys = self.sink.keys
-        self.apply = self.sink.apply
+        self.apply, self.put_latest = self.sink.apply, self.sink.put_latest
 
     def __getattr__(self, name):
         return getattr(self.lookups, name)
@@ -81,8 +82,8 @@ def test_any_order_and_any_replay_leave_the_same_state(client, redis_prefix):
         cache = Cache(client, key_prefix=prefix, critical_per_device_max=3)
         shuffled = random.Random(attempt).sample(events, len(events))
         for start in range(0, len(shuffled), 3):
-            cache.apply(shuffled[start:start + 3])
-        cache.apply(shuffled[:5])  # a replayed page
+            apply_changes(cache, shuffled[start:start + 3], None, list)
+        apply_changes(cache, shuffled[:5], None, list)  # a replayed page
         states.append({k.decode().split(":", 3)[-1]: v for k, v in state(client, prefix).items()})
         latest = json.loads(client.hget(cache.keys.latest("d1"), "d"))
         assert latest["event_id"] == str(uuid.UUID(int=9))
@@ -94,7 +95,7 @@ def test_each_critical_event_enters_the_stream_once(client, redis_prefix):
     cache = Cache(client, key_prefix=redis_prefix, critical_stream_max=1000)
     crit = [ev(seconds=i, critical=True) for i in range(5)]
     for _ in range(3):
-        cache.apply(crit)
+        apply_changes(cache, crit, None, list)
     ids = stream_ids(client, cache.keys)
     assert sorted(ids) == sorted(str(e.event_id) for e in crit)
 
@@ -102,13 +103,14 @@ def test_each_critical_event_enters_the_stream_once(client, redis_prefix):
 def test_a_fill_never_replaces_a_newer_latest_and_a_negative_entry_never_hides_one(client, redis_prefix):
     cache = Cache(client, key_prefix=redis_prefix)
     newer, older = ev(seconds=10), ev(seconds=1)
-    cache.apply([newer])
+    apply_changes(cache, [newer], None, list)
     cache.fill_latest("d1", older, ttl=60, negative_ttl=5)
     cache.fill_latest("d1", None, ttl=60, negative_ttl=5)
     assert cache.get_latest("d1").document == newer.to_json()
     cache.fill_latest("d9", None, ttl=60, negative_ttl=5)
     assert cache.get_latest("d9").document is None and client.ttl(cache.keys.latest("d9")) <= 5
-    cache.apply([ev("d9", 3)])  # the feed's write replaces "does not exist" at once, with the long TTL
+    # the feed's write replaces "does not exist" at once, with the long TTL
+    apply_changes(cache, [ev("d9", 3)], None, list)
     assert json.loads(cache.get_latest("d9").document)["device_id"] == "d9"
     assert client.ttl(cache.keys.latest("d9")) > 5
 
@@ -116,7 +118,7 @@ def test_a_fill_never_replaces_a_newer_latest_and_a_negative_entry_never_hides_o
 def test_a_lookup_fill_never_shortens_the_feeds_ttl(client, redis_prefix):
     cache = Cache(client, key_prefix=redis_prefix, ttl_seconds=10_000)
     crit = ev(critical=True)
-    cache.apply([crit])
+    apply_changes(cache, [crit], None, list)
     cache.fill_event(str(crit.event_id), crit, ttl=60, negative_ttl=5)
     cache.fill_critical("d1", [crit], SINCE_ALL, ttl=60)
     assert client.ttl(cache.keys.event(crit.event_id)) > 9000
@@ -135,14 +137,14 @@ def test_the_completeness_bound_lives_and_dies_with_the_set(client, redis_prefix
 def test_critical_answers_only_what_is_known_complete(client, redis_prefix):
     cache = Cache(client, key_prefix=redis_prefix, critical_per_device_max=4)
     crit = [ev(seconds=i, critical=True) for i in range(10)]
-    cache.apply(crit[:6])
+    apply_changes(cache, crit[:6], None, list)
     assert cache.get_critical("d1", SINCE_ALL, 2) is None  # written by the feed alone: completeness unknown
     cache.fill_critical("d1", crit[:6][::-1], SINCE_ALL, ttl=60)  # the store says: these are all of them
     newest4 = [e.to_json() for e in crit[2:6][::-1]]
     assert cache.get_critical("d1", SINCE_ALL, 4) == newest4  # capped at 4, and 4 asked: exact
     assert cache.get_critical("d1", SINCE_ALL, 5) is None  # the 5th was trimmed: unknown
     assert cache.get_critical("d1", crit[3].event_time_ms, 50) == newest4[:3]  # inside the complete range
-    cache.apply(crit[6:])  # the feed keeps adding; trimming moves the complete range up
+    apply_changes(cache, crit[6:], None, list)  # the feed keeps adding; trimming moves the complete range up
     assert cache.get_critical("d1", SINCE_ALL, 4) == [e.to_json() for e in crit[6:][::-1]]
     assert cache.get_critical("d1", crit[5].event_time_ms, 50) is None
 
@@ -151,9 +153,9 @@ def test_scripts_are_reloaded_after_a_script_flush(private_redis):
     _, port = private_redis
     client = redis.Redis(host="127.0.0.1", port=port)
     cache = Cache(client, key_prefix="x:")
-    cache.apply([ev()])
+    apply_changes(cache, [ev()], None, list)
     client.script_flush()
-    cache.apply([ev(seconds=5)])
+    apply_changes(cache, [ev(seconds=5)], None, list)
     cache.fill_latest("d2", None, ttl=60, negative_ttl=5)
     assert json.loads(cache.get_latest("d1").document)["measurements"] == {"v": 5.0}
     client.close()
@@ -168,8 +170,8 @@ def test_a_re_sent_critical_event_stays_one_member(client, redis_prefix):
     again = replace(first, enqueued_time=NOW + timedelta(minutes=3))
     other = ev(seconds=-5, critical=True)
     for order in ([first, again], [again, first]):
-        cache.apply(order[:1])
-        cache.apply([*order[1:], other])
+        apply_changes(cache, order[:1], None, list)
+        apply_changes(cache, [*order[1:], other], None, list)
         cache.fill_critical("d1", [order[0], other], SINCE_ALL, ttl=60)  # a lookup fill with the other version
         members = [m for m in client.zrangebyscore(cache.keys.critical("d1"), "(-inf", "+inf")]
         assert sorted(json.loads(m)["event_id"] for m in members) == sorted([str(first.event_id), str(other.event_id)])

@@ -289,7 +289,7 @@ def test_batch_rows_of_one_sends_every_row_on_its_own(store) -> None:
 
 
 def _same_write_timestamp_digits() -> tuple[uuid.UUID, uuid.UUID]:
-    """Two event ids whose last three write timestamp digits (``int % 1000``) are equal: one pair in 1,000."""
+    """Two event ids whose three write timestamp digits are equal (ids this close share their leading bits)."""
     first = uuid.UUID("5b7e3c52-6a0e-4f57-9d7b-2f3f3f0d6a11")
     return first, uuid.UUID(int=first.int - 1000)
 

@@ -17,6 +17,7 @@ from shared.adapters.redis import RedisChangeSink, RedisGenerations, RedisLookup
 from shared.adapters.redis_dashboard import RedisCriticalStream
 from shared.adapters.redis_rebuild import RedisCacheBuilder
 from shared.ports.cache import SINCE_ALL
+from shared.services.changefeed import apply_changes
 from tests.integration.test_changefeed_redis import ev
 
 
@@ -37,13 +38,13 @@ def test_a_build_writes_both_generations_switches_and_drops_the_old_one_on_every
     lookups = RedisLookupCache(client, key_prefix=prefix, stream_shards=4, generation_cache_seconds=0)
     builder = RedisCacheBuilder(sink, settle_seconds=0)
     old = [ev(f"dev-{i}", seconds=i, critical=True) for i in range(20)]  # spread over every master's slots
-    sink.apply(old)
+    apply_changes(sink, old, None, list)
     assert {f"d:{{dev-{i}}}:latest" for i in range(20)} <= names(client, prefix)
 
     build = builder.begin(SINCE_ALL, resume=False)
     assert build.generation == 1
     during = ev("dev-new", seconds=100, critical=True)
-    sink.apply([during])  # the change feed during the build: both generations
+    apply_changes(sink, [during], None, list)  # the change feed during the build: both generations
     assert client.exists(sink.keys_of(0).latest("dev-new")) and client.exists(sink.keys_of(1).latest("dev-new"))
     assert client.exists(sink.keys_of(1).event(during.event_id))
     assert lookups.get_critical("dev-3", SINCE_ALL, 10) is None  # still the live generation 0 (no bound there)
@@ -69,7 +70,7 @@ def test_a_killed_build_leaves_the_live_generation_whole_and_a_restart_drops_the
     sink = RedisChangeSink(client, key_prefix=prefix, ttl_seconds=600, generation_cache_seconds=0)
     builder = RedisCacheBuilder(sink, settle_seconds=0)
     events = [ev(f"dev-{i}", seconds=i, critical=i % 2 == 0) for i in range(12)]
-    sink.apply(events)
+    apply_changes(sink, events, None, list)
     builder.begin(SINCE_ALL, resume=False)
     builder.write(1, events[:6], {e.device_id: [e] for e in events[:6] if e.critical}, SINCE_ALL)
     assert any(name.startswith("g1:") for name in names(client, prefix))

@@ -19,6 +19,7 @@ from shared.adapters.redis import RedisChangeSink, RedisGenerations, RedisLookup
 from shared.adapters.redis.aio import AsyncRedisConnection, AsyncRedisLookupCache
 from shared.exceptions import DependencyUnavailable
 from shared.ports.cache import SINCE_ALL
+from shared.services.changefeed import apply_changes
 from tests.integration import test_changefeed as changefeed_tests
 from tests.integration.test_changefeed_redis import ev
 
@@ -42,7 +43,7 @@ def test_reads_and_fills_match_the_blocking_adapters(redis_server, client, redis
     connection = connection_for(redis_server)
     cache = AsyncRedisLookupCache(connection, key_prefix=redis_prefix, critical_per_device_max=4)
     crit = [ev("a1", i, critical=True) for i in range(6)]
-    sink.apply(crit)
+    apply_changes(sink, crit, None, list)
 
     async def scenario() -> None:
         assert (await cache.get_latest("a1")).document == blocking.get_latest("a1").document == crit[-1].to_json()
@@ -86,7 +87,7 @@ def test_the_live_generation_is_followed(redis_server, client, redis_prefix):
     cache = AsyncRedisLookupCache(connection_for(redis_server), key_prefix=redis_prefix, generation_cache_seconds=0)
     generations = RedisGenerations(client, redis_prefix, cache_seconds=0)
     old, new = ev("g1", 1), ev("g1", 2)
-    sink.apply([old])
+    apply_changes(sink, [old], None, list)
     pointer = generations.start_building(0)
     sink.pipeline(
         [(sink.sha["latest"], 1, sink.keys_of(pointer.building).latest("g1"), "9" * 17, new.to_json(), 60)], "test")

@@ -19,7 +19,7 @@ from shared.adapters.cassandra.feed import CassandraFeedStateStore
 from shared.adapters.redis import RedisChangeSink, RedisConnection, RedisLookupCache
 from shared.adapters.redis.aio import AsyncRedisConnection, AsyncRedisLookupCache
 from shared.exceptions import DependencyUnavailable
-from shared.services.changefeed import ChangeFeedService
+from shared.services.changefeed import ChangeFeedService, apply_changes
 from tests.fixtures.redis_cluster import cluster_healthy
 from tests.integration import test_changefeed as changefeed_tests
 from tests.integration.test_changefeed import CountingSink, assert_redis_matches, make_feed, make_service, spread
@@ -55,7 +55,7 @@ def test_a_slot_migrated_under_the_client_is_followed_through_ask_then_moved(clu
     def aio_latest(device: str) -> str | None:
         return loop.run_until_complete(aio.get_latest(device)).document
 
-    sink.apply([ev("mover", 1, critical=True)])
+    apply_changes(sink, [ev("mover", 1, critical=True)], None, list)
     aio_latest("mover")
     latest = sink.keys.latest("mover")
     slot = client.keyslot(latest)
@@ -67,12 +67,12 @@ def test_a_slot_migrated_under_the_client_is_followed_through_ask_then_moved(clu
     cli(source.port, "migrate", "127.0.0.1", str(target), "", "0", "5000", "keys", latest)
     # mid-migration: the latest key answers with ASK from the source (followed), the others stay there
     mid = ev("mover", 5)
-    sink.apply([mid])
+    apply_changes(sink, [mid], None, list)
     assert lookups.get_latest("mover").document == mid.to_json() == aio_latest("mover")
     # a script over keys of which some moved and some not cannot run until the migration ends (TRYAGAIN):
     # a transient failure, so the change feed keeps its position and the page is written by a later run
     with pytest.raises(DependencyUnavailable):
-        sink.apply([ev("mover", 6, critical=True)])
+        apply_changes(sink, [ev("mover", 6, critical=True)], None, list)
     remaining = cli(source.port, "cluster", "getkeysinslot", str(slot), "100").split()
     if remaining:
         cli(source.port, "migrate", "127.0.0.1", str(target), "", "0", "5000", "keys", *remaining)
@@ -80,7 +80,7 @@ def test_a_slot_migrated_under_the_client_is_followed_through_ask_then_moved(clu
         cli(port, "cluster", "setslot", str(slot), "node", target_id)
     # the client's slot map still names the source: MOVED, followed
     newest = ev("mover", 9, critical=True)
-    sink.apply([newest])
+    apply_changes(sink, [newest], None, list)
     assert lookups.get_latest("mover").document == newest.to_json() == aio_latest("mover")
     assert lookups.get_critical("mover", -(2**53), 10) is None  # written by the feed alone: not known complete
     assert client.get_node_from_key(latest).port == target

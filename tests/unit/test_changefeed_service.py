@@ -13,7 +13,7 @@ from shared.domain.rules import MeasurementRule
 from shared.domain.stored import StoredEvent
 from shared.exceptions import DependencyUnavailable
 from shared.ports.feed import ContinuationRejected, FeedPage, FeedPosition, SavedPosition
-from shared.services.changefeed import ChangeFeedService
+from shared.services.changefeed import ChangeFeedService, apply_changes
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -54,6 +54,10 @@ class FakeSink:
         if self.calls == self.fail_on_call:
             raise DependencyUnavailable("redis", "connection refused")
         self.applied.extend(events)
+        return []
+
+    def put_latest(self, events):
+        raise AssertionError("apply reported no device without a latest state")
 
 
 class FakePositions:
@@ -153,3 +157,46 @@ def test_an_unchanged_position_is_not_saved_again():
 
     result = service(Idle([]), FakeSink(), positions).run()
     assert result.saves == 0 and positions.history == []
+
+
+class ForgetfulSink(FakeSink):
+    """A cache that has lost some devices' latest state: apply reports them, put_latest records what it got."""
+
+    def __init__(self, lost: set[str]):
+        super().__init__()
+        self.lost, self.put = lost, []
+
+    def apply(self, events):
+        super().apply(events)
+        return sorted({e.device_id for e in events} & self.lost)
+
+    def put_latest(self, events):
+        self.put.extend(events)
+
+
+class StoreLatest:
+    def __init__(self, rows):
+        self.rows, self.asked = rows, []
+
+    def latest_many(self, device_ids):
+        self.asked.append(list(device_ids))
+        return [r for r in self.rows if r.device_id in device_ids]
+
+
+def test_a_device_whose_latest_state_the_cache_lost_gets_the_newer_of_the_stores_and_the_pages():
+    # A late, older event after the key expired must not become the latest state: the store's row (the device's
+    # newest) goes in with the page's newest event of the device, and the cache keeps the newer of the two.
+    stored_newest = ev("d1", seconds=50)
+    page = [ev("d1", seconds=1), ev("d1", seconds=2), ev("d2", seconds=3)]
+    sink, latest = ForgetfulSink({"d1"}), StoreLatest([stored_newest])
+    apply_changes(sink, page, latest, list)
+    assert latest.asked == [["d1"]]
+    assert sink.put == [stored_newest, page[1]]
+    sink = ForgetfulSink(set())
+    apply_changes(sink, page, latest, list)
+    assert sink.put == [] and latest.asked == [["d1"]], "nothing lost: the store is not asked"
+
+
+def ev(device: str, *, seconds: int) -> StoredEvent:
+    return StoredEvent(event_id=uuid.uuid4(), device_id=device, event_time=NOW + timedelta(seconds=seconds),
+                       event_type="t", severity="info", critical=False)

@@ -17,9 +17,13 @@ class RecordingSink:
         self.reader = reader
         self.pages_read_before: list[int] = []
 
-    def apply(self, events: Sequence[StoredEvent]) -> None:
+    def apply(self, events: Sequence[StoredEvent]) -> list[str]:
         self.applied.append(list(events))
         self.pages_read_before.append(self.reader.pages)
+        return []
+
+    def put_latest(self, events: Sequence[StoredEvent]) -> None:
+        raise AssertionError("apply reported no device without a latest state")
 
 
 class PagingReader(MemoryReader):

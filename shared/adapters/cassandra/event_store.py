@@ -4,7 +4,7 @@ Each event becomes upserts keyed by its event id (events_by_id, events_by_device
 the two time-bucketed tables, critical_events_by_device when critical) plus one
 write of ``device_latest`` whose write timestamp is the event time, so the newest
 event wins whatever the arrival order and a replay changes nothing. Within the
-same millisecond the timestamp's last three digits come from the event id, and
+same millisecond the timestamp's last three digits grow with the event id, and
 of a batch only each device's newest event writes ``device_latest``: two events of
 one device in one millisecond, stored together, never mix their cells (stored by
 two invocations, one pair in 1,000 shares a timestamp; see docs/data-model.md).
@@ -108,7 +108,9 @@ def write_timestamp(event: Event) -> int:
 
 
 def _write_timestamp(millis: int, event_id: uuid.UUID) -> int:
-    return millis * 1000 + event_id.int % 1000
+    # The digits grow with the event id (its leading bits, scaled to 0-999), so within a millisecond the greater
+    # event id wins, as everywhere else (Redis's sort key, the lookups, enrichment's `last`).
+    return millis * 1000 + (event_id.int * 1000 >> 128)
 
 
 @dataclass(frozen=True)
@@ -347,7 +349,7 @@ _WRITE_TIMESTAMP = _INDEX["write_timestamp"]
 
 def _newest_per_device(rows: list[Row]) -> set[int]:
     """The position of each device's newest event (write timestamp, then event id): the only ``device_latest``
-    row of the batch worth writing. An older one would lose to it anyway; and two of one millisecond whose ids end
+    row of the batch worth writing. An older one would lose to it anyway; and two of one millisecond whose ids give
     in the same three digits (the write timestamp's tie-break) would share a timestamp, and Cassandra would keep
     the greater value cell by cell, mixing the two events into a state no device sent."""
     newest: dict[str, tuple[int, int, int]] = {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -86,6 +86,15 @@ class CassandraEventReader:
     def latest(self, device_id: str) -> StoredEvent | None:
         rows = self._rows("latest", (device_id,), f"the latest state of device {device_id!r}")
         return stored_event(rows[0]) if rows and rows[0].event_id is not None else None
+
+    def latest_many(self, device_ids: Sequence[str]) -> list[StoredEvent]:
+        """``LatestStates``: the ``device_latest`` rows of ``device_ids``, 100 partitions a request."""
+        found: list[StoredEvent] = []
+        for start in range(0, len(device_ids), 100):
+            chunk = list(device_ids[start:start + 100])
+            rows = self._rows("latest_in", (chunk,), f"the latest state of {len(chunk)} devices")
+            found += [stored_event(row) for row in rows if row.event_id is not None]
+        return found
 
     def event(self, event_id: uuid.UUID) -> StoredEvent | None:
         rows = self._rows("event", (event_id,), f"event {event_id}")

@@ -3,7 +3,10 @@
 A page goes out as one pipeline of ``EVALSHA`` calls (a cluster sends one
 sub-pipeline per node), each touching one slot:
 
-* per device, its newest event of the page: ``latest`` on ``d:{<device>}:latest``;
+* per device, its newest event of the page: ``latest`` on ``d:{<device>}:latest``, only
+  where the key exists (a missing key, expired or evicted, is reported: the event may
+  be older than the device's newest, which the caller reads from the store and puts
+  with :meth:`RedisChangeSink.put_latest`);
 * per critical event: ``critical`` on the device's set (``{<device>}``), ``stream``
   on the device's stream shard (``{<shard>}``), ``fill_event`` on ``e:<event id>``.
 
@@ -42,8 +45,9 @@ class RedisChangeSink(ScriptedRedis):
         self.critical_cap = critical_per_device_max
         self._shard_max = -(-critical_stream_max // stream_shards)
 
-    def commands(self, events: Sequence[StoredEvent]) -> list[Command]:
-        """The ``EVALSHA`` argument tuples that apply ``events`` (the newest event per device sets its latest).
+    def commands(self, events: Sequence[StoredEvent]) -> tuple[list[Command], list[str]]:
+        """The ``EVALSHA`` argument tuples that apply ``events`` (the newest event per device sets its latest,
+        where its key exists), the ``latest`` ones last; and the device of each of those, in their order.
 
         Every write goes to each generation of :meth:`write_keys` (two while a rebuild runs).
         """
@@ -72,12 +76,26 @@ class RedisChangeSink(ScriptedRedis):
                     commands.append((stream_sha, 2, keys.stream(device), keys.seen(device, event_id),
                                      ttl, self._shard_max, str(event_id), device, document))
                     commands.append((event_sha, 1, keys.event(event_id), document, ttl))
+        devices: list[str] = []
         for device, event in newest.items():
             document = documents.get(event.event_id) or event.to_json()
             for keys in generations:
-                commands.append((latest_sha, 1, keys.latest(device), sort_key(event), document, ttl))
-        return commands
+                commands.append((latest_sha, 1, keys.latest(device), sort_key(event), document, ttl, "present"))
+                devices.append(device)
+        return commands, devices
 
-    def apply(self, events: Sequence[StoredEvent]) -> None:
-        if events:
-            self.pipeline(self.commands(events), f"writing {len(events)} changed events")
+    def apply(self, events: Sequence[StoredEvent]) -> list[str]:
+        if not events:
+            return []
+        commands, devices = self.commands(events)
+        replies = self.pipeline(commands, f"writing {len(events)} changed events")
+        # the latest commands come last: a reply of 0 is a key that was missing, left for put_latest
+        return sorted({device for device, reply in zip(devices, replies[len(replies) - len(devices):], strict=True)
+                       if reply == 0})
+
+    def put_latest(self, events: Sequence[StoredEvent]) -> None:
+        if not events:
+            return
+        generations, ttl, sha = self.write_keys(), self._ttl, self.sha["latest"]
+        self.pipeline([(sha, 1, keys.latest(e.device_id), sort_key(e), e.to_json(), ttl)
+                       for e in events for keys in generations], f"putting {len(events)} latest states")

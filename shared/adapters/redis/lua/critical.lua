@@ -1,12 +1,11 @@
--- uses: _extend _sentinel
+-- uses: _extend _sentinel _member
 -- A critical event into its device's set; every key is in the device's slot ({<device>}).
 -- KEYS: d:{<device>}:ce:<event id>, d:{<device>}:crit.
 -- ARGV: document, score (event time ms), ttl, per-device cap.
 -- The previous document of the event (a re-sent event differs in its enqueued time) leaves the set
 -- first, so the set holds one member per event.
 local ttl = tonumber(ARGV[3])
-local previous = redis.call('GET', KEYS[1])
-if previous and previous ~= ARGV[1] then redis.call('ZREM', KEYS[2], previous) end
+drop_previous(KEYS[1], KEYS[2], ARGV[2], ARGV[1])
 redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
 extend(KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])

@@ -1,12 +1,11 @@
--- uses: _extend _sentinel
+-- uses: _extend _sentinel _member
 -- Critical events of a device read from the store, merged into its set with their completeness bound.
 -- KEYS: d:{<device>}:crit, then d:{<device>}:ce:<event id> per event (all in the device's slot).
 -- ARGV: covers-since (ms), ttl, cap, then score and document per event.
 local ttl = tonumber(ARGV[2])
 for i = 2, #KEYS do
   local doc = ARGV[2 * i + 1]
-  local previous = redis.call('GET', KEYS[i])
-  if previous and previous ~= doc then redis.call('ZREM', KEYS[1], previous) end
+  drop_previous(KEYS[i], KEYS[1], ARGV[2 * i], doc)
   redis.call('SET', KEYS[i], doc, 'KEEPTTL')
   extend(KEYS[i], ttl)
   redis.call('ZADD', KEYS[1], ARGV[2 * i], doc)

@@ -1,0 +1,177 @@
+"""Edges of the change feed and the lookups, through the registered functions (Cassandra emulator, real Redis):
+ties within a millisecond, `since` at the edges of time, and Redis keys that expired under the feed."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import azure.functions as func
+import pytest
+
+from tests.fixtures.functions import invoke
+from tests.integration import test_changefeed as changefeed_tests
+from tests.integration.test_changefeed import make_event
+
+# fixtures shared with the change feed tests (used by name)
+app_env, keyspace, session, store, rclient = (changefeed_tests.app_env, changefeed_tests.keyspace,
+                                              changefeed_tests.session, changefeed_tests.store,
+                                              changefeed_tests.rclient)
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def get(name: str, path: str, route_params: dict[str, str], params: dict[str, str] | None = None):
+    request = func.HttpRequest("GET", f"http://localhost/api/{path}", route_params=route_params,
+                               params=params or {}, body=b"")
+    return invoke(name, request)
+
+
+def latest(device: str):
+    return get("device_latest", f"devices/{device}/latest", {"device_id": device})
+
+
+def critical(device: str, **params: str):
+    return get("device_critical", f"devices/{device}/critical", {"device_id": device}, params)
+
+
+def body(response) -> dict:
+    return json.loads(response.get_body())
+
+
+def _tie_ids() -> tuple[uuid.UUID, uuid.UUID]:
+    """Two ids, the greater first, whose device_latest write timestamps differ within the millisecond (one pair in
+    1,000 shares them: docs/data-model.md)."""
+    while True:
+        a, b = sorted((uuid.uuid4(), uuid.uuid4()), reverse=True)
+        if a.int * 1000 >> 128 != b.int * 1000 >> 128:
+            return a, b
+
+
+# -- 1. a valid RFC 3339 `since` near the datetime range's edge is a 500 ---------------------------
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("since", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"])
+def test_critical_since_at_the_edge_of_the_datetime_range_is_answered_not_a_500(app_env, store, since) -> None:
+    app_env()
+    store.write([make_event("edge-1", NOW - timedelta(minutes=1), severity="critical")])
+    response = critical("edge-1", since=since)  # in UTC it is outside years 1-9999: was an OverflowError
+    assert response.status_code == 400
+    assert "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z" in body(response)["message"]
+
+
+# -- 2. latest state: equal event times, the miss path answers a different event than the feed ------
+
+@pytest.mark.timeout(60)
+def test_latest_miss_breaks_equal_event_time_ties_by_event_id_like_the_feed(app_env, store) -> None:
+    app_env()
+    newer_id, older_id = _tie_ids()  # by the documented order (event time, then event id) newer_id wins
+    at = NOW - timedelta(minutes=1)
+    store.write([make_event("tie-1", at, event_id=older_id)])  # two ingest batches (two invocations)
+    store.write([make_event("tie-1", at, event_id=newer_id)])
+    answer = latest("tie-1")
+    assert answer.status_code == 200 and answer.headers["X-Cache"] == "miss"
+    assert body(answer)["event_id"] == str(newer_id)
+
+
+# -- 3. critical events of one millisecond: a hit orders them unlike the miss that filled it --------
+
+@pytest.mark.timeout(60)
+def test_critical_events_of_one_millisecond_come_in_the_same_order_on_a_hit_as_on_the_miss(app_env, store) -> None:
+    app_env()
+    at = NOW - timedelta(minutes=1)
+    events = [make_event("ctie-1", at, severity="critical") for _ in range(6)]
+    store.write(events)
+    first = critical("ctie-1")
+    assert first.status_code == 200 and first.headers["X-Cache"] == "miss"
+    again = critical("ctie-1")
+    assert again.headers["X-Cache"] == "hit"
+    assert [e["event_id"] for e in body(again)["events"]] == [e["event_id"] for e in body(first)["events"]]
+    one = critical("ctie-1", limit="1")
+    assert [e["event_id"] for e in body(one)["events"]] == [body(first)["events"][0]["event_id"]]
+
+
+# -- 4. latest state goes backwards once the feed's key has expired (or Redis was flushed) -----------
+
+@pytest.mark.timeout(60)
+def test_a_late_older_event_after_the_latest_key_expired_does_not_regress_the_latest_state(app_env, store,
+                                                                                            rclient) -> None:
+    import time
+
+    from azure.functions.timer import TimerRequest
+
+    from shared import bootstrap
+    from tests.fixtures.functions import user_function
+
+    app_env(SLUICE_REDIS_TTL_SECONDS="2")
+    newest = make_event("reg-1", NOW - timedelta(minutes=1))
+    store.write([newest])
+    user_function("changefeed")(TimerRequest(past_due=False))
+    key = bootstrap.redis_change_sink().keys.latest("reg-1")
+    assert json.loads(rclient.hget(key, "d"))["event_id"] == str(newest.event_id)
+
+    deadline = time.monotonic() + 10
+    while rclient.exists(key) and time.monotonic() < deadline:  # the feed's TTL ran out (a quiet device)
+        time.sleep(0.2)
+    assert not rclient.exists(key)
+
+    late = make_event("reg-1", NOW - timedelta(minutes=30))  # an older event, arriving later
+    store.write([late])
+    user_function("changefeed")(TimerRequest(past_due=False))
+
+    answer = latest("reg-1")
+    assert answer.status_code == 200
+    assert body(answer)["event_id"] == str(newest.event_id), answer.headers["X-Cache"]
+
+
+# -- 5. `since` with a sub-millisecond fraction returns an event from before it -------------------
+
+@pytest.mark.timeout(60)
+def test_critical_since_with_a_sub_millisecond_fraction_excludes_events_before_it(app_env, store) -> None:
+    app_env()
+    at = NOW - timedelta(minutes=1)  # a whole second: .000
+    store.write([make_event("frac-1", at, severity="critical")])
+    since = (at + timedelta(microseconds=500)).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    for _ in range(2):  # the miss (Cassandra), then the hit (Redis)
+        response = critical("frac-1", since=since)
+        assert response.status_code == 200
+        assert body(response)["events"] == [], (since, response.headers["X-Cache"])
+
+
+# -- 6. a re-sent critical event becomes a second member once its `ce:` key expired before its set ---
+
+@pytest.mark.timeout(60)
+def test_a_resent_critical_event_is_listed_once_even_after_its_member_key_expired(app_env, store, rclient) -> None:
+    import time
+
+    from azure.functions.timer import TimerRequest
+
+    from shared import bootstrap
+    from tests.fixtures.functions import user_function
+
+    def run_feed() -> None:
+        user_function("changefeed")(TimerRequest(past_due=False))
+
+    app_env(SLUICE_REDIS_TTL_SECONDS="4")
+    first = make_event("dup-1", NOW - timedelta(minutes=5), severity="critical",
+                       enqueued=datetime.now(UTC) - timedelta(seconds=30))
+    store.write([first])
+    run_feed()
+    keys = bootstrap.redis_change_sink().keys
+    member = keys.member("dup-1", first.event_id)
+    deadline = time.monotonic() + 15
+    while rclient.exists(member) and time.monotonic() < deadline:  # the device keeps raising critical events,
+        store.write([make_event("dup-1", NOW - timedelta(minutes=1), severity="critical")])  # so its set lives on
+        run_feed()
+        time.sleep(0.5)
+    assert not rclient.exists(member) and rclient.exists(keys.critical("dup-1"))
+
+    resent = make_event("dup-1", NOW - timedelta(minutes=5), severity="critical", event_id=first.event_id)
+    store.write([resent])  # the same event again (a replay): a new enqueued time
+    run_feed()
+    critical("dup-1", limit="1000")  # a miss: Cassandra answers (each event once) and marks the set complete
+    hit = critical("dup-1", limit="1000")
+    assert hit.headers["X-Cache"] == "hit"
+    listed = [e["event_id"] for e in body(hit)["events"]]
+    assert listed.count(str(first.event_id)) == 1, listed
