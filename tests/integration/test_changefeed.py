@@ -488,3 +488,29 @@ def test_throttled_reads_are_retried_and_a_read_outage_keeps_the_position(
     assert positions.load("events") == saved  # nothing read, nothing saved
     make_service(mode, session, keyspace, cache).run()
     assert_redis_matches(rclient, cache, events + later)
+
+
+@pytest.mark.timeout(60)
+def test_portable_feed_reads_back_to_a_batch_ingest_noted_as_stored_late(session, keyspace, store, rclient,
+                                                                          redis_prefix):
+    # Ingest fell behind: a batch enqueued five minutes ago is stored only now, after the feed's watermark passed
+    # its enqueue time by more than the overlap. Its note makes the next run read from there.
+    from shared.adapters.cassandra.delays import CassandraDelayLog
+    from shared.ports.ingest import DelayedBatch
+
+    cache = make_cache(rclient, redis_prefix)
+    positions = CassandraFeedStateStore(session, keyspace)
+    feed = PortableChangeFeed(session, keyspace, bucket_seconds=BUCKET_SECONDS, shards=SHARDS, lookback_seconds=900,
+                              overlap_seconds=30, max_span_seconds=3600)
+    seen = CountingSink(cache)
+    ChangeFeedService(feed, seen, positions, feed_name="events", rules=RULES).run()  # caught up: watermark = now
+    enqueued = datetime.now(UTC) - timedelta(minutes=5)
+    late = [make_event(f"late-{i}", enqueued - timedelta(seconds=i), enqueued=enqueued) for i in range(3)]
+    store.write(late)
+    ChangeFeedService(feed, seen, positions, feed_name="events", rules=RULES).run()
+    assert not set(seen.applied) & {str(e.event_id) for e in late}, "beyond the overlap, and no note yet"
+    CassandraDelayLog(session, keyspace, bucket_seconds=BUCKET_SECONDS).record(
+        DelayedBatch("0", 1, enqueued, len(late)))
+    ChangeFeedService(feed, seen, positions, feed_name="events", rules=RULES).run()
+    assert {str(e.event_id) for e in late} <= set(seen.applied)
+    assert_redis_matches(rclient, cache, late)

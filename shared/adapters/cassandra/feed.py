@@ -17,7 +17,11 @@ dropped and recreated, or the token is corrupt) raises ``ContinuationRejected``.
 per event) one bucket per page, every shard of the bucket concurrently. The
 stored state is a watermark: each run starts ``overlap`` before it, so a row
 written up to ``overlap`` after its enqueued time is still seen; rows read twice
-are absorbed by the idempotent sink. One page never reads past ``now``.
+are absorbed by the idempotent sink. One page never reads past ``now``. A row
+written later than that (ingest behind: Cassandra down for minutes, a backlog) is
+in a batch ingest noted in ``delayed_batches`` (``CassandraDelayLog``, as for
+enrichment's late scan): a run that finds a note written since its last read
+starts at the note's oldest enqueued time instead (no earlier than the lookback).
 
 ``CassandraFeedStateStore`` keeps positions in ``feed_state``; saves are
 lightweight transactions (``INSERT ... IF NOT EXISTS`` / ``UPDATE ... IF version = ?``)
@@ -33,7 +37,7 @@ from cassandra import InvalidRequest, WriteTimeout
 from cassandra.cluster import Session
 from cassandra.query import SimpleStatement
 
-from shared.adapters.cassandra.layout import bucket_start
+from shared.adapters.cassandra.layout import bucket_start, buckets_between
 from shared.adapters.cassandra.query import (
     CASSANDRA_ERRORS,
     DEPENDENCY,
@@ -53,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 _BY_ARRIVAL = (f"SELECT {EVENT_SELECT} FROM {{ks}}.events_by_arrival_bucket "
                "WHERE bucket = ? AND shard = ? AND enqueued_at >= ? AND enqueued_at < ?")
+_DELAYED = "SELECT oldest_enqueued FROM {ks}.delayed_batches WHERE bucket = ? AND written_at >= ? AND written_at < ?"
 _FEED_STATE = {
     "load": "SELECT start_time, paging_state, watermark, version FROM {ks}.feed_state WHERE name = ?",
     "insert": ("INSERT INTO {ks}.feed_state (name, start_time, paging_state, watermark, version, updated_at) "
@@ -109,7 +114,7 @@ class PortableChangeFeed:
     def __init__(self, session: Session, keyspace: str, *, bucket_seconds: int, shards: int,
                  lookback_seconds: int = 3600, overlap_seconds: int = 60, max_span_seconds: int = 3600,
                  concurrency: int = 16, timeout: float = 10.0) -> None:
-        self._queries = Queries(session, keyspace, {"bucket": _BY_ARRIVAL}, timeout=timeout)
+        self._queries = Queries(session, keyspace, {"bucket": _BY_ARRIVAL, "delayed": _DELAYED}, timeout=timeout)
         self._bucket_seconds = bucket_seconds
         self._shards = shards
         self._lookback = timedelta(seconds=lookback_seconds)
@@ -140,6 +145,12 @@ class PortableChangeFeed:
         watermark = utc(position.watermark) or self.initial_position(now).watermark
         cursor = utc(position.cursor) or watermark
         assert watermark is not None and cursor is not None
+        if position.horizon is None:  # a run's first page: did ingest store rows after the last read covered them?
+            noted = self._delayed_since(watermark - self._overlap, now, timeout)
+            if noted is not None and noted < cursor:
+                cursor = max(noted, now - self._lookback)
+                logger.info("change feed: ingest stored batches late (oldest enqueued %s); reading from %s",
+                            rfc3339(noted), rfc3339(cursor))
         horizon = utc(position.horizon) or min(now, max(watermark, cursor) + self._max_span)
         if cursor >= horizon:
             return FeedPage([], FeedPosition(watermark=watermark, cursor=cursor, horizon=horizon), caught_up=True)
@@ -152,6 +163,18 @@ class PortableChangeFeed:
         events.sort(key=lambda e: (e.enqueued_time or e.event_time, str(e.event_id)))
         after = FeedPosition(watermark=max(watermark, end), cursor=end, horizon=horizon)
         return FeedPage(events, after, caught_up=end >= horizon)
+
+
+    def _delayed_since(self, start: datetime, end: datetime, timeout: float) -> datetime | None:
+        """The oldest enqueued time of the batches ingest noted as delayed in ``[start, end)`` (its clock)."""
+        if end <= start:
+            return None
+        buckets = buckets_between(start, end, self._bucket_seconds)
+        results = self._queries.fan_out("delayed", [(b, start, end) for b in buckets], "the delayed batches of "
+                                        f"[{rfc3339(start)}, {rfc3339(end)})", concurrency=self._concurrency,
+                                        budget=timeout)
+        oldest = [utc(row.oldest_enqueued) for rows in results for row in rows]
+        return min(oldest) if oldest else None
 
 
 class CassandraFeedStateStore:
