@@ -17,12 +17,30 @@ from datetime import UTC, datetime
 from cassandra.cluster import Session
 from cassandra.query import PreparedStatement
 
-from shared.adapters.cassandra.layout import bucket_start
+from shared.adapters.cassandra.layout import bucket_start, buckets_between
+from shared.adapters.cassandra.query import Queries
+from shared.domain.times import utc
 from shared.exceptions import TransientError
 from shared.lazy import Once
 from shared.ports.ingest import DelayedBatch
 
 TTL_SECONDS = 7 * 24 * 3600
+# The notes written in [start, end) of one bucket; a reader registers it in its Queries under the name "delayed".
+DELAYED_SINCE = ("SELECT oldest_enqueued FROM {ks}.delayed_batches "
+                 "WHERE bucket = ? AND written_at >= ? AND written_at < ?")
+
+
+def oldest_noted(queries: Queries, start: datetime, end: datetime, *, bucket_seconds: int, concurrency: int,
+                 budget: float | None = None) -> datetime | None:
+    """The oldest enqueued time of the batches ingest noted as delayed in ``[start, end)`` (its clock), read with
+    ``queries``' ``"delayed"`` statement (:data:`DELAYED_SINCE`), every bucket of the range at once."""
+    if end <= start:
+        return None
+    partitions = [(bucket, start, end) for bucket in buckets_between(start, end, bucket_seconds)]
+    results = queries.fan_out("delayed", partitions, f"the delayed batches of [{start.isoformat()}, "
+                              f"{end.isoformat()})", concurrency=concurrency, budget=budget)
+    oldest = [utc(row.oldest_enqueued) for rows in results for row in rows]
+    return min(oldest) if oldest else None
 
 
 class CassandraDelayLog:

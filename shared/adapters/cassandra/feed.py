@@ -37,7 +37,8 @@ from cassandra import InvalidRequest, WriteTimeout
 from cassandra.cluster import Session
 from cassandra.query import SimpleStatement
 
-from shared.adapters.cassandra.layout import bucket_start, buckets_between
+from shared.adapters.cassandra.delays import DELAYED_SINCE, oldest_noted
+from shared.adapters.cassandra.layout import bucket_start
 from shared.adapters.cassandra.query import (
     CASSANDRA_ERRORS,
     DEPENDENCY,
@@ -57,7 +58,6 @@ logger = logging.getLogger(__name__)
 
 _BY_ARRIVAL = (f"SELECT {EVENT_SELECT} FROM {{ks}}.events_by_arrival_bucket "
                "WHERE bucket = ? AND shard = ? AND enqueued_at >= ? AND enqueued_at < ?")
-_DELAYED = "SELECT oldest_enqueued FROM {ks}.delayed_batches WHERE bucket = ? AND written_at >= ? AND written_at < ?"
 _FEED_STATE = {
     "load": "SELECT start_time, paging_state, watermark, version FROM {ks}.feed_state WHERE name = ?",
     "insert": ("INSERT INTO {ks}.feed_state (name, start_time, paging_state, watermark, version, updated_at) "
@@ -114,7 +114,7 @@ class PortableChangeFeed:
     def __init__(self, session: Session, keyspace: str, *, bucket_seconds: int, shards: int,
                  lookback_seconds: int = 3600, overlap_seconds: int = 60, max_span_seconds: int = 3600,
                  concurrency: int = 16, timeout: float = 10.0) -> None:
-        self._queries = Queries(session, keyspace, {"bucket": _BY_ARRIVAL, "delayed": _DELAYED}, timeout=timeout)
+        self._queries = Queries(session, keyspace, {"bucket": _BY_ARRIVAL, "delayed": DELAYED_SINCE}, timeout=timeout)
         self._bucket_seconds = bucket_seconds
         self._shards = shards
         self._lookback = timedelta(seconds=lookback_seconds)
@@ -166,15 +166,8 @@ class PortableChangeFeed:
 
 
     def _delayed_since(self, start: datetime, end: datetime, timeout: float) -> datetime | None:
-        """The oldest enqueued time of the batches ingest noted as delayed in ``[start, end)`` (its clock)."""
-        if end <= start:
-            return None
-        buckets = buckets_between(start, end, self._bucket_seconds)
-        results = self._queries.fan_out("delayed", [(b, start, end) for b in buckets], "the delayed batches of "
-                                        f"[{rfc3339(start)}, {rfc3339(end)})", concurrency=self._concurrency,
-                                        budget=timeout)
-        oldest = [utc(row.oldest_enqueued) for rows in results for row in rows]
-        return min(oldest) if oldest else None
+        return oldest_noted(self._queries, start, end, bucket_seconds=self._bucket_seconds,
+                            concurrency=self._concurrency, budget=timeout)
 
 
 class CassandraFeedStateStore:

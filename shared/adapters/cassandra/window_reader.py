@@ -22,6 +22,7 @@ from typing import Any
 
 from cassandra.cluster import Session
 
+from shared.adapters.cassandra.delays import DELAYED_SINCE, oldest_noted
 from shared.adapters.cassandra.layout import buckets_between
 from shared.adapters.cassandra.query import Queries
 from shared.adapters.cassandra.rows import as_dict
@@ -54,9 +55,7 @@ _STATEMENTS = {
         "SELECT event_id, event_time, enqueued_at FROM {ks}.events_by_arrival_bucket "
         "WHERE bucket = ? AND shard = ? AND enqueued_at >= ? AND enqueued_at < ?"
     ),
-    "delayed": (
-        "SELECT oldest_enqueued FROM {ks}.delayed_batches WHERE bucket = ? AND written_at >= ? AND written_at < ?"
-    ),
+    "delayed": DELAYED_SINCE,
 }
 
 
@@ -89,13 +88,8 @@ class CassandraWindowReader:
 
     def delayed_since(self, start: datetime, end: datetime) -> datetime | None:
         """The oldest enqueued time of the batches ingest noted as delayed in ``[start, end)`` (its clock)."""
-        if end <= start:
-            return None
-        partitions = [(bucket, start, end) for bucket in buckets_between(start, end, self._settings.bucket_seconds)]
-        results = self._queries.fan_out("delayed", partitions, f"the delayed batches of [{start.isoformat()}, "
-                                        f"{end.isoformat()})", concurrency=self._concurrency)
-        oldest = [utc(r.oldest_enqueued) for rows in results for r in rows]
-        return min(oldest) if oldest else None
+        return oldest_noted(self._queries, start, end, bucket_seconds=self._settings.bucket_seconds,
+                            concurrency=self._concurrency)
 
     def arrivals(self, start: datetime, end: datetime, *, event_time_before: datetime | None = None
                  ) -> Iterator[Arrival]:
