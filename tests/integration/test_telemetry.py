@@ -218,7 +218,7 @@ def test_an_unreachable_otlp_endpoint_never_blocks_an_invocation(ingest, collect
                                                                  monkeypatch: pytest.MonkeyPatch,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     port = closed_port() if collector == "closed" else silent_collector
-    timeout = 3.0
+    timeout = 5.0  # an invocation that waited for an export would take this long: far above what one takes
     for name, value in {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
                         "OTEL_EXPORTER_OTLP_TIMEOUT": str(timeout), "OTEL_BSP_SCHEDULE_DELAY": "20",
                         "OTEL_METRIC_EXPORT_INTERVAL": "50"}.items():
@@ -240,7 +240,7 @@ def test_an_unreachable_otlp_endpoint_never_blocks_an_invocation(ingest, collect
         telemetry.activate(previous)
         otlp.tracer_provider.shutdown()
         otlp.meter_provider.shutdown(timeout_millis=500)
-    assert max(durations) < 1.0, durations
+    assert max(durations) < timeout / 2, durations  # (1.2 s seen on a loaded 2-core machine, 0.1 s quiet)
     failures = Counter(r.name for r in caplog.records if r.name.startswith("opentelemetry.exporter"))
     assert failures, "the exporters never reported their failures"
     assert max(failures.values()) == 1, failures  # one line per exporter per minute
