@@ -9,8 +9,14 @@ import os
 import pkgutil
 import sys
 
+import psycopg
+from cassandra.cluster import NoHostAvailable
+
 from shared.exceptions import SluiceError
 from sluice import commands
+
+# The stores' own errors when they cannot be reached (a pool that timed out is an OperationalError too)
+_UNREACHABLE = (NoHostAvailable, psycopg.OperationalError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     except SluiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except _UNREACHABLE as exc:  # a store that is down: its client's own error, told as a dependency's
+        print(f"error: {unavailable(exc)}", file=sys.stderr)
+        return 2
+
+
+def unavailable(exc: BaseException) -> str:
+    """One line naming the store a client could not reach (the drivers' own errors, not wrapped on these paths)."""
+    store = "Cassandra" if isinstance(exc, NoHostAvailable) else "PostgreSQL"
+    return f"{store} unavailable: {type(exc).__name__}: {exc}".splitlines()[0]
 
 
 if __name__ == "__main__":

@@ -96,8 +96,13 @@ class AuditService:
             raise ConfigurationError("give exactly one of since, from_sequence or window to audit")
         if since is not None and self._clock is None:
             raise ConfigurationError("auditing from a time needs the hub to find the sequence number at that time")
+        reading = self._positions.read()
+        problems = [*reading.warnings, *([reading.scaler_error] if reading.scaler_error else [])]
+        if problems:  # a partition whose checkpoint could not be read would look "not checkpointed yet": no gap
+            raise ConfigurationError("the checkpoints cannot be read as the Functions host writes them, so no "
+                                     "partition can be audited: " + "; ".join(problems))
         out = []
-        for p in self._positions.read().partitions:
+        for p in reading.partitions:
             checkpoint = p.checkpoint_sequence_number
             if checkpoint is None:  # nothing checkpointed past yet
                 out.append(PartitionAudit(p.partition_id, 0, -1))

@@ -40,14 +40,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def since_time(text: str, *, now: datetime | None = None) -> datetime:
     """``--since``: an ISO 8601 time (naive means UTC) or an age before now."""
+    now = now or datetime.now(UTC)
     match = _RELATIVE.match(text.strip())
     if match:
-        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        try:
+            return now - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        except OverflowError:
+            raise argparse.ArgumentTypeError(f"{text!r} reaches back before the year 1") from None
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is neither an ISO 8601 time nor an age like 15m or 2h") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if moment > now:  # no event was enqueued after it: every range would be empty, and "no loss" a false answer
+        raise argparse.ArgumentTypeError(f"{text!r} is in the future")
+    return moment
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,26 +10,13 @@ changes nothing. The watermark is not moved. Progress is shown with a rich bar.
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from shared.exceptions import PermanentError
+from sluice.arguments import parse_time
 
 if TYPE_CHECKING:
     from shared.services.enrichment import WindowOutcome
-
-
-def parse_time(text: str) -> datetime:
-    """RFC 3339 / ISO 8601 with an offset (``Z`` allowed); a bare date means midnight UTC."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2026-11-23T10:00:00Z)") from None
-    if moment.tzinfo is None:
-        if len(text) > 10:
-            raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset (add Z or +hh:mm)")
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

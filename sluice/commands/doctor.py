@@ -125,9 +125,19 @@ def run(args: argparse.Namespace) -> int:
     from shared.services.scaling import desired_replicas
 
     origin = "standard input" if args.scaled_object == "-" else args.scaled_object
-    text = sys.stdin.read() if args.scaled_object == "-" else Path(args.scaled_object).read_text(encoding="utf-8")
+    try:
+        text = sys.stdin.read() if args.scaled_object == "-" else Path(args.scaled_object).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the ScaledObject {origin}: {exc.strerror or exc}") from None
     scaled = load_scaled_object(text, origin)
     spec, meta = scaled["spec"], _trigger(scaled)
+    if not meta.get("eventHubName"):
+        raise ConfigurationError(f"{origin}: the azure-eventhub trigger's metadata has no eventHubName")
+    try:
+        stale_threshold = int(meta.get("stalePartitionInfoThreshold", 10_000))
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{origin}: stalePartitionInfoThreshold "
+                                 f"{meta.get('stalePartitionInfoThreshold')!r} is not a whole number") from None
     namespace = args.namespace or f"{meta.get('eventHubNamespace', '')}.{SERVICEBUS_SUFFIX}"
     if "REPLACE_ME" in namespace or namespace.startswith("."):
         raise ConfigurationError(f"{origin}: eventHubNamespace is {meta.get('eventHubNamespace')!r}: give the "
@@ -136,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         namespace=namespace, eventhub=meta["eventHubName"], consumer_group=meta.get("consumerGroup", "$Default"),
         container=args.container or meta.get("blobContainer", ""),
         strategy=meta.get("checkpointStrategy", ""),
-        stale_threshold=int(meta.get("stalePartitionInfoThreshold", 10_000)))
+        stale_threshold=stale_threshold)
     rule = scaling_rule(scaled, origin, threshold=args.threshold, activation=args.activation,
                         max_replicas=args.max_replicas)
     hub = eventhub_client(source.eventhub, source.consumer_group,

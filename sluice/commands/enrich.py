@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from sluice.commands.backfill import parse_time
+from sluice.arguments import parse_time, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run_parser.add_argument("--until-done", action="store_true", help="repeat while closed windows remain")
     run_parser.set_defaults(func=run)
     unknown = actions.add_parser("unknown-devices", help="devices enriched without reference data")
-    unknown.add_argument("--limit", type=int, default=None)
+    unknown.add_argument("--limit", type=positive_int, default=None, help="at most this many devices")
     unknown.set_defaults(func=list_unknown)
     status_parser = actions.add_parser("status", help="watermark, late-scan position, ledger totals")
     status_parser.set_defaults(func=status)

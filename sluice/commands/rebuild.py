@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from shared.domain.times import to_ms
 from shared.ports.cache import SINCE_ALL
-from sluice.commands.backfill import parse_time
+from sluice.arguments import past_time, positive_int
 
 if TYPE_CHECKING:
     from shared.services.rebuild import RebuildReport
@@ -37,10 +37,11 @@ def _rps(text: str) -> float:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("rebuild", help="rebuild a projection (Redis) from the Cassandra event log")
     parser.add_argument("target", choices=["redis"], help="the projection to rebuild")
-    parser.add_argument("--since", type=parse_time, help="critical lists from this time only (default: all)")
+    parser.add_argument("--since", type=past_time, help="critical lists from this time only (default: all)")
     parser.add_argument("--devices", nargs="+", metavar="ID", help="only these devices, in the live generation")
     parser.add_argument("--max-rps", type=_rps, help="at most this many Cassandra rows read per second")
-    parser.add_argument("--page-size", type=int, default=200, help="devices per page (one saved position each)")
+    parser.add_argument("--page-size", type=positive_int, default=200,
+                        help="devices per page (one saved position each)")
     parser.add_argument("--restart", action="store_true", help="start a new generation instead of resuming")
     parser.add_argument("--no-progress", action="store_true", help="no progress line")
     parser.set_defaults(func=run)

@@ -11,7 +11,7 @@ import json
 import sys
 
 from shared.exceptions import PermanentError
-from sluice.commands.backfill import parse_time
+from sluice.arguments import parse_time
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -1,0 +1,40 @@
+"""Argument types the commands share: times and counts, refused by argparse with a message naming the value."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+
+
+def parse_time(text: str) -> datetime:
+    """RFC 3339 / ISO 8601 with an offset (``Z`` allowed); a bare date means midnight UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2026-11-23T10:00:00Z)") from None
+    if moment.tzinfo is None:
+        if len(text) > 10:
+            raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset (add Z or +hh:mm)")
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC
+        raise argparse.ArgumentTypeError(f"{text!r} is outside the years 1-9999 in UTC") from None
+
+
+def past_time(text: str) -> datetime:
+    """:func:`parse_time`, not after now: a start in the future selects nothing, and a tool would report on nothing."""
+    moment = parse_time(text)
+    if moment > datetime.now(UTC):
+        raise argparse.ArgumentTypeError(f"{text!r} is in the future")
+    return moment
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value

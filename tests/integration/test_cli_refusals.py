@@ -1,0 +1,180 @@
+"""The operator CLI (``python -m sluice``) refuses what it cannot answer truthfully, with a message, never a
+traceback: times in the future or out of range, counts below one, unreadable checkpoints, stores that are down,
+a ScaledObject that is missing or incomplete. Each docstring says what went wrong before the refusal."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from shared import bootstrap
+from shared.exceptions import ConfigurationError
+from shared.ports.lag import LagReading, PartitionLag
+from shared.services.audit import AuditService
+from sluice.__main__ import build_parser, main
+
+FUTURE = (datetime.now(UTC) + timedelta(days=365)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- argument parsing: nonsense must be refused up front (argparse exits 2) -------------------------------------
+
+
+def test_audit_since_in_the_future_is_refused() -> None:
+    """``audit --since <future>``: no event is enqueued after it, so every partition's range is empty and the audit
+    prints "missing 0: the zero-loss SLO holds" and exits 0, having audited nothing (sluice/commands/audit.py
+    since_time accepts any time)."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["audit", "--since", FUTURE])
+    assert exited.value.code == 2
+
+
+def test_audit_since_a_huge_age_is_an_argument_error_not_a_traceback() -> None:
+    """``audit --since 99999999d``: ``now - timedelta`` raises OverflowError, which argparse does not turn into a
+    usage error (it only catches ArgumentTypeError/TypeError/ValueError): the command dies with a traceback."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["audit", "--since", "99999999d"])
+    assert exited.value.code == 2
+
+
+@pytest.mark.parametrize("size", ["0", "-5"])
+def test_rebuild_page_size_must_be_positive(size: str) -> None:
+    """``rebuild redis --page-size 0`` is accepted; the run then claims (with --restart: after dropping the build in
+    progress) a generation and fails only at the first Cassandra read (``LIMIT 0`` is invalid)."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["rebuild", "redis", "--page-size", size])
+    assert exited.value.code == 2
+
+
+def test_rebuild_since_in_the_future_is_refused() -> None:
+    """``rebuild redis --since <future>`` builds a generation with every critical list empty and switches the live
+    cache to it: every device's critical list and the fleet stream vanish from Redis."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["rebuild", "redis", "--since", FUTURE])
+    assert exited.value.code == 2
+
+
+# --- the audit must not say "no loss" when it could not look -----------------------------------------------------
+
+
+class EmptyLedger:
+    def record(self, runs: object) -> None:
+        raise AssertionError("not written by the audit")
+
+    def accounted(self, partition: str, first: int, last: int) -> list[tuple[int, int]]:
+        return []  # nothing was recorded: every checkpointed-past sequence number would be a gap
+
+
+class UnreadableCheckpoints:
+    """Partition 0 holds 100 events; its checkpoint blob exists but cannot be read (no ``sequencenumber``) or
+    sits where the reader does not look: the lag reader then gives ``checkpoint_sequence_number=None`` and says
+    why in ``scaler_error`` / ``warnings``."""
+
+    def __init__(self, reading: LagReading) -> None:
+        self.reading = reading
+
+    def read(self) -> LagReading:
+        return self.reading
+
+
+@pytest.mark.parametrize("reading", [
+    LagReading((PartitionLag("0", 0, 99, None, 100),),
+               scaler_error="azure-webjobs-eventhub/ns/hub/cg/checkpoint/0 has no 'sequencenumber' metadata"),
+    LagReading((PartitionLag("0", 0, 99, None, 100),),
+               warnings=("checkpoints of hub 'hub' and consumer group 'cg' sit at other/ns/hub/cg/checkpoint/0 ...",)),
+], ids=["checkpoint-unreadable", "checkpoints-misplaced"])
+def test_an_audit_that_cannot_read_the_checkpoints_does_not_report_no_loss(reading: LagReading) -> None:
+    """shared/services/audit.py AuditService.audit treats ``checkpoint is None`` as "nothing checkpointed past yet"
+    and ignores the reading's ``scaler_error``/``warnings``: the partition is skipped and the CLI prints
+    "missing 0: the zero-loss SLO holds" (exit 0) though nothing was audited and the ledger is empty."""
+    service = AuditService(EmptyLedger(), UnreadableCheckpoints(reading))
+    with pytest.raises(ConfigurationError, match="the checkpoints cannot be read as the Functions host writes them"):
+        service.audit(from_sequence=0)
+
+
+# --- a missing dependency or file must be a clear error (exit 2), never a traceback ---------------------------------
+
+
+@pytest.fixture
+def unreachable(monkeypatch: pytest.MonkeyPatch):
+    """Settings whose PostgreSQL and Cassandra are not there (closed port 1)."""
+    values = {
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "SLUICE_CASSANDRA_HOSTS": "127.0.0.1", "SLUICE_CASSANDRA_PORT": "1",
+        "SLUICE_CASSANDRA_CONNECT_TIMEOUT_SECONDS": "1",
+        "SLUICE_POSTGRES_HOST": "127.0.0.1", "SLUICE_POSTGRES_PORT": "1",
+        "SLUICE_POSTGRES_POOL_TIMEOUT_SECONDS": "1",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    bootstrap.reset()
+    yield
+    bootstrap.reset()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("argv", [
+    ["migrate", "postgres"],
+    ["migrate", "cassandra"],
+    ["reference", "load", "--sites", str(Path(__file__).resolve().parents[2] / "sluice/sample_data/sites.csv")],
+    ["backfill", "--start", "2026-01-01", "--end", "2026-01-02", "--no-progress"],
+], ids=["migrate-postgres", "migrate-cassandra", "reference-load", "backfill"])
+def test_a_database_that_is_down_is_a_clear_error_not_a_traceback(
+    unreachable: None, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bootstrap.postgres_pool().connection() raises psycopg_pool.PoolTimeout and bootstrap.cassandra_session()
+    raises cassandra.cluster.NoHostAvailable; neither is a SluiceError, so sluice/__main__.py main() lets them out
+    as a traceback (exit 1) instead of "error: PostgreSQL unavailable: ..." (exit 2)."""
+    code = main(argv)
+    assert code == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_doctor_keda_with_a_missing_scaled_object_file_names_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """sluice/commands/doctor.py run(): ``Path(args.scaled_object).read_text()`` raises FileNotFoundError, a
+    traceback instead of a ConfigurationError naming the file."""
+    code = main(["doctor", "keda", "--scaled-object", "/nonexistent/ingest.yaml"])
+    assert code == 2
+    assert "/nonexistent/ingest.yaml" in capsys.readouterr().err
+
+
+def test_doctor_keda_with_a_trigger_without_event_hub_name_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """sluice/commands/doctor.py run(): ``meta["eventHubName"]`` raises KeyError on a trigger that lacks it."""
+    manifest = tmp_path / "so.json"
+    manifest.write_text(json.dumps({"kind": "ScaledObject", "metadata": {"name": "ingest"}, "spec": {"triggers": [
+        {"type": "azure-eventhub", "metadata": {"eventHubNamespace": "ns", "blobContainer": "c"}}]}}))
+    code = main(["doctor", "keda", "--scaled-object", str(manifest)])
+    assert code == 2
+    assert "eventHubName" in capsys.readouterr().err
+
+
+def test_enrich_unknown_devices_negative_limit_is_refused(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``enrich unknown-devices --limit -1`` is accepted and sent to PostgreSQL as ``LIMIT -1``, which fails with
+    psycopg.errors.InvalidRowCountInLimitClause: a traceback instead of a usage error."""
+    from shared.adapters.postgres.migrations import apply_migrations
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn)
+    pg = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    for name, value in {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "SLUICE_CASSANDRA_HOSTS": "127.0.0.1",
+                        "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0", "SLUICE_POSTGRES_HOST": str(pg["host"]),
+                        "SLUICE_POSTGRES_PORT": str(pg.get("port", 5432)),
+                        "SLUICE_POSTGRES_DBNAME": str(pg["dbname"])}.items():
+        monkeypatch.setenv(name, value)
+    bootstrap.reset()
+    try:
+        try:
+            code = main(["enrich", "unknown-devices", "--limit", "-1"])
+        except SystemExit as exited:
+            code = exited.code
+        assert code == 2
+    finally:
+        bootstrap.reset()
