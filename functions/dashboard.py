@@ -39,10 +39,10 @@ STATIC = Path(__file__).resolve().parent / "static"
 RETRY_AFTER_SECONDS = 5
 DEFAULT_HISTORY = timedelta(hours=24)
 DEFAULT_LIMIT = 100
-_SITE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_SITE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 EARLIEST = datetime.min.replace(tzinfo=UTC)
-_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{1,400}\.[A-Za-z0-9_\-]{1,64}$")
+_TOKEN = re.compile(r"[A-Za-z0-9_\-]{1,400}\.[A-Za-z0-9_\-]{1,64}")
 
 
 def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
@@ -103,7 +103,7 @@ def _day(req: func.HttpRequest, name: str) -> date | None:
     if value is None:
         return None
     try:
-        if not _DAY.match(value):
+        if not _DAY.fullmatch(value):  # fullmatch: `$` also matches before a final newline
             raise ValueError
         return date.fromisoformat(value)
     except ValueError:
@@ -114,7 +114,7 @@ def _site(req: func.HttpRequest) -> str | None:
     value = _given(req, "site_id")
     if value is None:
         return None
-    if not _SITE_ID.match(value):
+    if not _SITE_ID.fullmatch(value):
         raise BadParameter("site_id", f"must be 1-128 characters of A-Z a-z 0-9 . _ : -, got {value!r}")
     return value
 
@@ -168,7 +168,7 @@ def device_events(req: func.HttpRequest) -> func.HttpResponse:
     start, end = _range(_time(req, "from"), _time(req, "to"), DEFAULT_HISTORY)
     limit = _limit(req, DEFAULT_LIMIT)
     token = _given(req, "page")
-    if token is not None and not _TOKEN.match(token):
+    if token is not None and not _TOKEN.fullmatch(token):
         raise BadToken("the page token is malformed")
     page = bootstrap.history_service().page(device_id, start=start, end=end, limit=limit, token=token)
     return _json({"device_id": device_id, "from": _iso(start), "to": _iso(end), "events": page.events,

@@ -39,7 +39,7 @@ from shared.exceptions import ConfigurationError, DependencyUnavailable
 
 logger = logging.getLogger(__name__)
 
-SECRET_NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
+SECRET_NAME = re.compile(r"[0-9a-zA-Z-]{1,127}")
 
 
 class KeyVaultSecrets:
@@ -75,7 +75,7 @@ class KeyVaultSecrets:
 
     def fetch(self, name: str) -> str:
         """The secret's current value, read from the vault now."""
-        if not SECRET_NAME.match(name):
+        if not SECRET_NAME.fullmatch(name):
             raise ConfigurationError(
                 f"{name!r} is not a valid Key Vault secret name (1-127 characters of 0-9, a-z, A-Z and '-')"
             )

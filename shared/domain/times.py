@@ -41,6 +41,12 @@ def to_ms(moment: datetime) -> int:
     return (moment - (EPOCH if aware else _NAIVE_EPOCH)) // _MILLISECOND
 
 
+def to_ms_ceil(moment: datetime) -> int:
+    """Whole milliseconds since the epoch, rounded towards the future: the first stored event time (whole
+    milliseconds) at or after ``moment``, for a bound that must not take the millisecond before it."""
+    return to_ms(moment) + (1 if moment.microsecond % 1000 else 0)
+
+
 def from_ms(millis: int) -> datetime:
     """The UTC moment ``millis`` milliseconds after the epoch."""
     return EPOCH + timedelta(milliseconds=millis)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from shared.domain.times import day_of
+from shared.domain.times import day_of, from_ms
 from shared.exceptions import PermanentError
 from shared.ports.dashboard import DeviceHistory, HistoryCursor
 
@@ -74,12 +74,17 @@ class TokenSigner:
             payload, signature = _unb64(head), _unb64(tail)
         except (binascii.Error, ValueError):
             raise BadToken("the page token is malformed") from None
-        if not hmac.compare_digest(signature, self._sign(device_id, payload)):
+        # base64 ignores the unused bits of a last character: only the text encode() gives is the token
+        if _b64(payload) != head or _b64(signature) != tail or not hmac.compare_digest(
+                signature, self._sign(device_id, payload)):
             raise BadToken("the page token was modified or belongs to another device")
         try:
             ordinal, after = json.loads(payload)
             day = date.fromordinal(ordinal)
-            return HistoryCursor(day, (int(after[0]), uuid.UUID(after[1])) if after else None)
+            cursor = HistoryCursor(day, (int(after[0]), uuid.UUID(after[1])) if after else None)
+            if cursor.after is not None and day_of(from_ms(cursor.after[0])) != day:
+                raise ValueError("the position is not on the token's day")
+            return cursor
         except (ValueError, TypeError, IndexError, OverflowError):
             raise BadToken("the page token is malformed") from None
 

@@ -33,7 +33,7 @@ from typing import Literal, TypeVar
 import orjson
 
 from shared.domain.stored import StoredEvent
-from shared.domain.times import from_ms, to_ms
+from shared.domain.times import from_ms, to_ms_ceil
 from shared.exceptions import DependencyUnavailable
 from shared.ports.cache import SINCE_ALL, Cached, LookupCache
 from shared.ports.event_reader import AsyncEventReader
@@ -174,7 +174,7 @@ class LookupService:
             # Event times are whole milliseconds: an event is at or after `since` when it is at or after `since`
             # rounded up, the bound both Redis (its score) and Cassandra (which cuts a bound value to milliseconds,
             # and would take the millisecond before) are asked with.
-            since_ms = to_ms(since) + (1 if since.microsecond % 1000 else 0)
+            since_ms = to_ms_ceil(since)
             since = from_ms(since_ms)
         else:
             since_ms = SINCE_ALL

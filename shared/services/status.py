@@ -65,6 +65,11 @@ def _age(now: datetime, moment: datetime | None) -> float | None:
     return None if moment is None else round((now - moment).total_seconds(), 1)
 
 
+# The store each section reads, named in its body when it gives no answer in time (docs/api.md)
+_SECTION_DEPENDENCY = {"throughput": "cassandra", "change_feed": "cassandra", "enrichment": "postgres",
+                       "dead_letters": "storage", "cache": "redis", "dependencies": "all", "lag": "eventhubs"}
+
+
 class StatusService:
     """``status()`` for ``/api/status``, ``critical(limit)`` for ``/api/critical``."""
 
@@ -119,7 +124,8 @@ class StatusService:
                 body[name] = future.result(timeout=max(0.0, deadline - self._monotonic()))
             except FutureTimeout:
                 logger.warning("status section %s gave no answer within %.1fs", name, self._section_timeout)
-                body[name] = {"error": f"no answer within {self._section_timeout:g}s"}
+                body[name] = {"error": f"no answer within {self._section_timeout:g}s",
+                              "dependency": _SECTION_DEPENDENCY[name]}
             except DependencyUnavailable as exc:
                 logger.warning("status section %s failed: %s", name, exc)
                 body[name] = {"error": str(exc), "dependency": exc.dependency}

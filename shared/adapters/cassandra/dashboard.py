@@ -18,14 +18,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 
 from cassandra.cluster import ResponseFuture, ResultSet, Session
 
 from shared.adapters.cassandra.query import Queries, translated
 from shared.adapters.cassandra.reader import EVENT_SELECT, stored_event
 from shared.domain.stored import StoredEvent
-from shared.domain.times import from_ms, to_ms, utc
+from shared.domain.times import to_ms, to_ms_ceil, utc
 from shared.ports.dashboard import BucketFigures, BucketRead, Position
 
 logger = logging.getLogger(__name__)
@@ -105,11 +105,14 @@ class CassandraDeviceHistory:
     def page(self, device_id: str, day: date, *, start: datetime, end: datetime,
              after: tuple[int, uuid.UUID] | None, limit: int) -> list[StoredEvent]:
         what = f"the history of device {device_id!r} on {day.isoformat()}"
+        # Bounds in whole milliseconds, as the events are stored: the driver would cut a finer datetime towards zero,
+        # taking the millisecond before `start` (or, before 1970, after `end`).
+        first, last = to_ms_ceil(start), to_ms(end)
         rows = []
         if after is not None:
-            at = from_ms(after[0])
-            rows = self._db.rows("history_tie", (device_id, day, at, after[1], limit), what)
-            end = min(end, at - timedelta(milliseconds=1))
-        if len(rows) < limit and end >= start:
-            rows += self._db.rows("history", (device_id, day, start, end, limit - len(rows)), what)
+            if first <= after[0] <= last:
+                rows = self._db.rows("history_tie", (device_id, day, after[0], after[1], limit), what)
+            last = min(last, after[0] - 1)
+        if len(rows) < limit and last >= first:
+            rows += self._db.rows("history", (device_id, day, first, last, limit - len(rows)), what)
         return [stored_event(row) for row in rows]

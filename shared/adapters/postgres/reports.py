@@ -78,7 +78,12 @@ class PostgresReports:
     def _rows(self, sql: str, params: tuple[Any, ...] | dict[str, Any], columns: tuple[str, ...],
               what: str) -> list[dict[str, Any]]:
         try:
-            with self._pool.connection(timeout=self._timeout) as conn:
+            with self._pool.connection(timeout=self._timeout) as conn, conn.transaction():
+                # the pool's timeout bounds only the wait for a connection: a view locked by a migration would hold
+                # the request (and a status thread) for as long as the lock
+                millis = str(max(1, int(self._timeout * 1000)))
+                conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+                             (millis, millis))
                 rows = conn.execute(sql, params).fetchall()
         except (psycopg.Error, PoolTimeout) as exc:
             raise DependencyUnavailable("postgres", f"reading {what} failed: {type(exc).__name__}") from exc
