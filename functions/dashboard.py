@@ -71,11 +71,10 @@ def _mapped(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callabl
 
 
 def _given(req: func.HttpRequest, name: str) -> str | None:
-    """The parameter's value; ``None`` when absent. Present but empty is a bad value, not "absent"."""
+    """The parameter's value; ``None`` when absent or empty. The Functions host drops a query parameter whose value
+    is empty before the worker sees it (``?to=`` arrives as no ``to``), so an empty one means absent here too."""
     value: str | None = req.params.get(name)
-    if value == "":
-        raise BadParameter(name, "must not be empty (leave it out for the default)")
-    return value
+    return value or None
 
 
 def _limit(req: func.HttpRequest, default: int) -> int:

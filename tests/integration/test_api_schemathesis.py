@@ -140,7 +140,8 @@ def _semantically_valid(case):
         return case
     query = {k: v for k, v in case.query.items() if k != "page"}
     start, end = query.get("from"), query.get("to")
-    if isinstance(start, str) and isinstance(end, str) and _moment(start) > _moment(end):
+    # (an empty value is absent: allowEmptyValue, as the Functions host drops it)
+    if isinstance(start, str) and isinstance(end, str) and start and end and _moment(start) > _moment(end):
         query["from"], query["to"] = end, start
     case.query = query
     return case
