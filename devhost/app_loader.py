@@ -4,8 +4,10 @@ The worker imports the script file (``function_app.py``, or ``PYTHON_SCRIPT_FILE
 from the script root, finds the ``FunctionApp`` it defines and asks it for its
 functions (``app.get_functions()``). Each function's ``get_function_json()`` is
 the JSON the host would see; the dev host reads its triggers and bindings from
-there, its ``@retry`` policy from ``get_settings_dict("retry_policy")``, and checks
-that every Python parameter is a binding or ``context``, as the worker does.
+there, its ``@retry`` policy from ``get_settings_dict("retry_policy")``, and checks,
+as the worker does, that every Python parameter is a binding or ``context`` and that
+a return annotation suits the ``$return`` binding (the binding's converter in
+azure-functions decides: ``-> bytes`` on an HTTP function is refused).
 
 Every unsupported trigger or binding of every function is collected and reported
 in one :class:`UnsupportedBindingError`, before anything starts.
@@ -17,7 +19,9 @@ import importlib.util
 import inspect
 import json
 import logging
+import random
 import sys
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import azure.functions as func
+from azure.functions import meta
 
 from devhost.errors import DevHostError, UnsupportedBindingError
 from devhost.settings import parse_timespan
@@ -48,9 +53,14 @@ class RetryPolicy:
         """Seconds to wait before retry number ``retry`` (1-based)."""
         if self.strategy == "fixed_delay":
             return self.delay.total_seconds()
-        # The exponent stops at 1023: from retry 1025 on (unlimited retries get there) 2 ** (retry - 1) no longer
-        # converts to a float (OverflowError), and 2.0 ** 1023 times any interval is past every maximum already.
-        backoff = self.minimum_interval.total_seconds() * 2.0 ** min(retry - 1, 1023)
+        # azure-webjobs-sdk RandomizedExponentialBackoffStrategy(min, max, delta = min), which the host's
+        # ExponentialBackoffRetryAttribute uses: the first delay is min, then min + r * 2 ** (k - 1) * min with r drawn
+        # in [0.8, 1.2] (k = 1, 2, ...), at most max. The exponent stops at 1023: 2.0 ** 1024 is no float, and
+        # 2.0 ** 1023 times any interval is past every maximum already.
+        minimum = self.minimum_interval.total_seconds()
+        backoff = minimum
+        if retry > 1:
+            backoff += random.uniform(0.8, 1.2) * 2.0 ** min(retry - 2, 1023) * minimum
         return min(backoff, self.maximum_interval.total_seconds())
 
     def allows(self, retry: int) -> bool:
@@ -81,17 +91,46 @@ def _retry_policy(function: func.Function) -> RetryPolicy | None:
     strategy = str(settings.get("strategy", "")).lower()
     try:
         count = int(settings.get("max_retry_count", 0))
+        if count < -1:  # azure-webjobs-sdk RetryAttribute: ArgumentOutOfRangeException
+            raise ValueError("max_retry_count must be -1 (retry forever) or more")
         if strategy == "fixed_delay":
             return RetryPolicy(strategy, count, delay=parse_timespan(str(settings.get("delay_interval", "00:00:00"))))
         if strategy == "exponential_backoff":
-            return RetryPolicy(
+            policy = RetryPolicy(
                 strategy, count,
                 minimum_interval=parse_timespan(str(settings["minimum_interval"])),
                 maximum_interval=parse_timespan(str(settings["maximum_interval"])),
             )
+            if policy.maximum_interval < policy.minimum_interval:  # as ExponentialBackoffRetryAttribute refuses it
+                raise ValueError("maximum_interval is shorter than minimum_interval")
+            return policy
     except (KeyError, ValueError, DevHostError) as exc:
         raise DevHostError(f"function {function.get_function_name()!r}: bad @retry settings {settings}: {exc}") from exc
     raise DevHostError(f"function {function.get_function_name()!r}: unknown retry strategy {strategy!r}")
+
+
+def return_annotation_problem(name: str, user_function: Callable[..., Any],
+                              bindings: list[dict[str, Any]]) -> str | None:
+    """What the Python worker says of a return annotation the ``$return`` binding cannot take (worker:
+    ``FunctionRegistry.get_function_return_type``, with the binding's own converter from azure-functions)."""
+    returned = next((b for b in bindings if b.get("name") == "$return"), None)
+    if returned is None:
+        return None
+    try:
+        hints = typing.get_type_hints(user_function)
+    except Exception as exc:  # the worker cannot load such a function either
+        return f"function {name!r}: cannot resolve its annotations: {exc}"
+    if "return" not in hints:
+        return None
+    pytype = hints["return"]
+    if not isinstance(pytype, type):
+        return f"function {name!r} has invalid non-type return annotation {pytype!r}"
+    binding = str(returned.get("type"))
+    converter = meta.get_binding_registry().get(binding)
+    if converter is not None and not converter.check_output_type_annotation(pytype):
+        return (f'function {name!r}: Python return annotation "{pytype.__name__}" does not match binding type '
+                f'"{binding}"')
+    return None
 
 
 def import_script(script_root: Path, script_file: str = "function_app.py") -> Any:
@@ -160,6 +199,9 @@ def index(app: func.FunctionApp) -> list[FunctionSpec]:
         undeclared = [p for p in parameters if p not in binding_names and p != "context"]
         if undeclared:
             problems.append(f"function {name!r}: parameters {undeclared} are not bindings")
+        annotation_problem = return_annotation_problem(name, user_function, bindings)
+        if annotation_problem:
+            problems.append(annotation_problem)
         if trigger["name"] not in parameters:
             problems.append(f"function {name!r}: the trigger parameter {trigger['name']!r} is missing")
         try:

@@ -104,7 +104,7 @@ class DevHost:
         if problems:
             raise DevHostError("cannot host this app:\n  " + "\n  ".join(problems))
         self.http = HttpServer(routes, self.invoker, route_prefix=self.options.route_prefix, host_id=self.host_id,
-                               environ=os.environ)
+                               environ=os.environ, custom_headers=self.options.custom_headers)
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down in order."""

@@ -2,16 +2,27 @@
 
 Each ``httpTrigger`` becomes a route: its ``route`` template (the function name when
 absent) under ``extensions.http.routePrefix`` (``api`` by default), restricted to its
-``methods`` (all methods when absent). A request becomes a ``func.HttpRequest`` (method,
-full URL, headers, query parameters, route parameters, body); the function's
-``func.HttpResponse`` (or ``str``/``bytes``) becomes the response. Repeated query
-parameters and headers are joined with commas, as the host's conversion does. A path
-no route matches is 404; a path some route matches with a method none of them accepts
-is 405 with an ``Allow`` header listing theirs (ASP.NET Core endpoint routing, which
-the host uses, answers so; ``TRACE`` is never routed). Both have an empty body, as the
-host's own answers do. Route parameters are matched on the decoded path, control
-characters included (``/api/devices/%C3%89%0A/latest`` reaches the function, which
-rejects the id). An exception in the function is a 500 with an empty body.
+``methods`` (all methods when absent). As in the host (``WebScriptHostHttpRoutesManager``:
+one ASP.NET ``Route`` per function in a ``RouteCollection``), routes are tried in the order
+of their function names (case-insensitive) and the first whose template, constraints and
+methods match takes the request. A request no route takes is 404, a wrong method included
+(the host restricts methods with a route constraint: no 405, no ``Allow``), with an empty
+body. Route parameters are matched on the decoded path, control characters included
+(``/api/devices/%C3%89%0A/latest`` reaches the function, which rejects the id).
+
+A request becomes a ``func.HttpRequest`` (method, full URL, headers, query parameters,
+route parameters, body). Repeated headers are joined with commas. Query parameters are
+given as the host sends them to the Python worker (``ToRpcHttp``, without the
+``UseNullableValueDictionaryForHttp`` capability): repeated values joined with commas,
+empty ones skipped, and a parameter with no non-empty value left out.
+
+What the function returns is encoded by azure-functions' own ``HttpResponseConverter``,
+as the worker does: a ``func.HttpResponse`` (its content type is the mimetype, with
+``; charset=`` only for ``text/`` types; each ``Set-Cookie`` header becomes a cookie of
+its own) or a ``str`` (200, ``text/plain; charset=utf-8``). Anything else (``None``,
+``bytes``) cannot be encoded: the invocation fails. A failed invocation is a 500 with an
+empty body. ``extensions.http.customHeaders`` of host.json are added to every response
+that does not set them already (the host's ``CustomHttpHeadersMiddleware``).
 
 Keys: like ``func start``, the dev host does not check function keys. Set
 ``DEVHOST_FUNCTION_KEY`` to make it check them: routes with ``authLevel`` function or
@@ -20,6 +31,11 @@ header (401 otherwise); anonymous routes stay open.
 
 ``GET /admin/host/status`` answers ``{"id": <host id>, "state": "Running"}``, as the
 host's status endpoint does.
+
+Refused at start-up, as the host refuses to load such a function (``ScriptHost.ValidateFunction``):
+a route in the host's own route space (starting with ``admin`` or ``runtime``), and two
+functions with the same route (compared without ``/`` at either end, ignoring case) and a
+method in common.
 """
 
 from __future__ import annotations
@@ -32,7 +48,8 @@ from typing import Any
 
 import azure.functions as func
 from aiohttp import web
-from multidict import MultiMapping
+from azure.functions.http import HttpResponseConverter
+from multidict import CIMultiDict, MultiMapping
 
 from devhost.app_loader import FunctionSpec
 from devhost.errors import DevHostError
@@ -66,7 +83,34 @@ class HttpRoute:
         unknown = chosen - ALL_METHODS
         if unknown:
             raise DevHostError(f"function {spec.name!r}: unknown HTTP methods {sorted(unknown)}")
+        # ScriptHost.ValidateHttpFunction: the host's own routes are off limits.
+        if route.strip().strip("/").lower().startswith(("admin", "runtime")):
+            raise DevHostError(f"function {spec.name!r}: the route {route!r} conflicts with one or more built in "
+                               "routes (a route may not start with 'admin' or 'runtime')")
         return cls(spec, template, chosen, str(trigger.get("authLevel") or "function").lower())
+
+    def conflicts_with(self, other: HttpRoute) -> bool:
+        """ScriptHost.HttpRoutesConflict: the same route text (without '/' at either end, ignoring case) and a
+        method in common (no methods meaning all)."""
+        same = self.template.template.strip("/").lower() == other.template.template.strip("/").lower()
+        return same and bool(self.methods & other.methods)
+
+
+def in_host_order(routes: list[HttpRoute]) -> list[HttpRoute]:
+    """The order the host tries routes in: WebScriptHostHttpRoutesManager adds one per function, in
+    FunctionMetadataManager's order (function names, OrdinalIgnoreCase), to a RouteCollection, which takes the first
+    that matches. No ordering by specificity."""
+    return sorted(routes, key=lambda r: r.spec.name.upper())
+
+
+def check_routes(routes: list[HttpRoute]) -> None:
+    """Refuse functions whose route conflicts with an earlier one's, as ScriptHost.ValidateFunction refuses to load
+    them (in function name order, the order the host loads them)."""
+    problems = [f"function {route.spec.name!r}: the route specified conflicts with the route defined by function "
+                f"{earlier.spec.name!r}"
+                for index, route in enumerate(routes) for earlier in routes[:index] if route.conflicts_with(earlier)]
+    if problems:
+        raise DevHostError("cannot host this app:\n  " + "\n  ".join(problems))
 
 
 def _joined(values: MultiMapping[str]) -> dict[str, str]:
@@ -77,31 +121,49 @@ def _joined(values: MultiMapping[str]) -> dict[str, str]:
     return joined
 
 
-def _response(result: Any) -> web.Response:
-    if result is None:
-        return web.Response(status=204)
-    if isinstance(result, func.HttpResponse):
-        headers = dict(result.headers)
-        if not any(k.lower() == "content-type" for k in headers):
-            headers["Content-Type"] = f"{result.mimetype}; charset={result.charset}"
-        return web.Response(status=result.status_code, body=result.get_body(), headers=headers)
-    if isinstance(result, str):
-        return web.Response(status=200, text=result)
-    if isinstance(result, bytes | bytearray):
-        return web.Response(status=200, body=bytes(result), content_type="application/octet-stream")
-    raise TypeError(f"an HTTP function must return func.HttpResponse, str or bytes, not {type(result).__name__}")
+def _query(values: MultiMapping[str]) -> dict[str, str]:
+    """The query as the host gives it to the worker (GrpcMessageConversionExtensions.ToRpcHttp): each name's values
+    joined by StringValues.ToString(), which skips empty ones, and the name left out when that is empty."""
+    query: dict[str, str] = {}
+    for key in values:
+        if key not in query:
+            query[key] = ",".join(v for v in values.getall(key) if v)
+    return {k: v for k, v in query.items() if v}
+
+
+def encode_result(result: Any) -> web.Response:
+    """What the function returned, encoded as the worker encodes an ``http`` ``$return`` (azure-functions'
+    ``HttpResponseConverter``) and turned into a response as the host does. Raises TypeError for a value the
+    converter cannot encode (``None``, ``bytes``, ...), as the worker fails such an invocation."""
+    try:
+        datum = HttpResponseConverter.encode(result, expected_type=None)
+    except NotImplementedError:
+        raise TypeError(f'unable to encode outgoing TypedData: unsupported type "http" for Python type '
+                        f'"{type(result).__name__}"') from None
+    if datum.type == "string":
+        return web.Response(status=200, text=str(datum.value))
+    http = datum.value
+    # RawScriptResult sets the content type as response.ContentType, which Kestrel writes as "Content-Type".
+    headers = CIMultiDict(("Content-Type" if str(name).lower() == "content-type" else str(name), str(value.value))
+                          for name, value in http["headers"].items())
+    for cookie in http["cookies"] or []:  # each one a Set-Cookie of its own (the host's Cookies.Append)
+        for morsel in cookie.values():
+            headers.add("Set-Cookie", morsel.OutputString())
+    return web.Response(status=int(http["status_code"].value), body=http["body"].value, headers=headers)
 
 
 class HttpServer:
     """Serves every HTTP-triggered function of the app."""
 
     def __init__(self, routes: list[HttpRoute], invoker: Invoker, *, route_prefix: str, host_id: str,
-                 environ: Mapping[str, str]) -> None:
-        self.routes = sorted(routes, key=lambda r: r.template.rank)
+                 environ: Mapping[str, str], custom_headers: Mapping[str, str] | None = None) -> None:
+        self.routes = in_host_order(routes)
+        check_routes(self.routes)
         self._invoker = invoker
         self._prefix = route_prefix.strip("/")
         self._host_id = host_id
         self._key = environ.get(KEY_SETTING) or None
+        self._custom_headers = dict(custom_headers or {})
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -111,6 +173,8 @@ class HttpServer:
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
+        if self._custom_headers:
+            app.on_response_prepare.append(self._add_custom_headers)
         app.router.add_get("/admin/host/status", self._status)
         app.router.add_route("*", r"/{tail:[\s\S]*}", self._dispatch)  # "." would stop at a decoded newline
         return app
@@ -126,6 +190,12 @@ class HttpServer:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def _add_custom_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """host.json extensions.http.customHeaders, on every response (CustomHttpHeadersMiddleware: TryAdd)."""
+        for name, value in self._custom_headers.items():
+            if name not in response.headers:
+                response.headers[name] = value
 
     async def _status(self, request: web.Request) -> web.Response:
         return web.json_response({"id": self._host_id, "state": "Running"})
@@ -151,19 +221,15 @@ class HttpServer:
         if path is None:
             return web.Response(status=404)
         method = request.method.upper()
-        allowed: set[str] = set()
-        for route in self.routes:
+        for route in self.routes:  # a method the route does not take is one more unmatched constraint: no 405
+            if method not in route.methods:
+                continue
             params = route.template.match(path)
             if params is None:
-                continue
-            if method not in route.methods or method == "TRACE":
-                allowed |= route.methods
                 continue
             if not self._authorised(route, request):
                 return web.Response(status=401)
             return await self._invoke(route, params, request)
-        if allowed:
-            return web.Response(status=405, headers={"Allow": ", ".join(sorted(allowed - {"TRACE"}))})
         return web.Response(status=404)
 
     async def _invoke(self, route: HttpRoute, params: dict[str, str], request: web.Request) -> web.Response:
@@ -172,14 +238,15 @@ class HttpServer:
             method=request.method.upper(),
             url=str(request.url),
             headers=_joined(request.headers),
-            params=_joined(request.query),
+            params=_query(request.query),
             route_params=params,
             body=body,
         )
         reason = f"This function was programmatically called via the host APIs ({request.method} {request.path})"
         try:
-            result = await self._invoker.call(route.spec, {route.spec.trigger_param: http_request}, reason=reason)
-            return _response(result)
+            response: web.Response = await self._invoker.call(
+                route.spec, {route.spec.trigger_param: http_request}, reason=reason, convert=encode_result)
+            return response
         except Exception:
             logger.exception("Functions.%s failed for %s %s", route.spec.name, request.method, request.path_qs)
             return web.Response(status=500)

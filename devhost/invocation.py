@@ -238,9 +238,10 @@ class Invoker:
 
     async def call(
         self, spec: FunctionSpec, arguments: dict[str, Any], *, reason: str,
-        retry_count: int = 0, max_retry_count: int = 0,
+        retry_count: int = 0, max_retry_count: int = 0, convert: Callable[[Any], Any] | None = None,
     ) -> Any:
-        """One invocation; returns what the function returned, raises what it raised."""
+        """One invocation; returns what the function returned (passed through ``convert``, as the worker encodes the
+        ``$return`` within the invocation: a value it cannot encode fails the invocation), raises what it raised."""
         context = Context(spec.name, str(self._script_root), RetryContext(retry_count, max_retry_count))
         kwargs = dict(arguments)
         if spec.accepts_context:
@@ -257,6 +258,8 @@ class Invoker:
                 loop = asyncio.get_running_loop()
                 result = await loop.run_in_executor(
                     self._executor, functools.partial(self._timed, spec.name, spec.user_function, kwargs))
+            if convert is not None:
+                result = convert(result)
         except Exception as exc:
             logger.error(
                 "Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms): %s: %s",

@@ -5,9 +5,8 @@ Supported: literal segments (case-insensitive), ``{name}``, optional ``{name?}``
 (``{name}.{ext}``), and the inline constraints ``int long bool guid alpha datetime
 decimal double float min(n) max(n) range(a,b) minlength(n) maxlength(n) length(n)
 length(a,b) regex(expr)``, chained with ``:``. A request matches a route when its path
-matches and every constraint holds; otherwise the next route is tried. Routes are tried
-most specific first (literal before constrained parameter before parameter before
-optional before catch-all), which is how ASP.NET orders them.
+matches and every constraint holds; otherwise the next route is tried, in the host's order
+(``devhost.http_trigger.in_host_order``: function names, not specificity).
 """
 
 from __future__ import annotations
@@ -101,21 +100,18 @@ class RouteTemplate:
     template: str
     pattern: re.Pattern[str]
     parameters: dict[str, _Parameter]
-    rank: tuple[int, ...]
 
     @classmethod
     def compile(cls, template: str) -> RouteTemplate:
         text = template.strip().strip("/")
         parameters: dict[str, _Parameter] = {}
         regex = "^"
-        rank: list[int] = []
         segments = text.split("/") if text else []
         for index, segment in enumerate(segments):
             if not segment:
                 raise DevHostError(f"route {template!r}: empty segment")
             pieces = _PARAMETER.split(segment)  # literal, param, literal, param, ..., literal
             segment_regex = ""
-            segment_rank = 1
             optional_segment = False
             for position, piece in enumerate(pieces):
                 if position % 2 == 0:
@@ -132,19 +128,15 @@ class RouteTemplate:
                     if index != len(segments) - 1:
                         raise DevHostError(f"route {template!r}: a catch-all parameter must be the last segment")
                     segment_regex += f"(?P<{group}>.*)"
-                    segment_rank = 5
                     optional_segment = True
                 else:
                     segment_regex += f"(?P<{group}>[^/]+?)"
-                    segment_rank = max(segment_rank, 4 if parameter.optional or parameter.default is not None
-                                       else 2 if parameter.checks else 3)
                     if (parameter.optional or parameter.default is not None) and len(pieces) == 3 \
                             and not pieces[0] and not pieces[2]:
                         optional_segment = True
             regex += f"(?:/{segment_regex})?" if optional_segment else f"/{segment_regex}"
-            rank.append(segment_rank)
         regex += r"/?\Z"  # not "$": it also matches before a final newline
-        return cls(template, re.compile(regex, re.IGNORECASE), parameters, tuple(rank))
+        return cls(template, re.compile(regex, re.IGNORECASE), parameters)
 
     @staticmethod
     def _parameter(text: str, template: str) -> _Parameter:

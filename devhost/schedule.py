@@ -8,12 +8,18 @@
 * ``%Setting%`` is resolved before parsing.
 * NCRONTAB requires *both* day-of-month and day-of-week to match when both are
   restricted (unlike Vixie cron's "either"): croniter runs with ``day_or=False``.
+* Only what NCrontab parses is accepted (``CrontabFieldImpl``): numbers, ``*``, ranges,
+  steps and lists, month and day names (any prefix of the English name, as NCrontab
+  matches them), day-of-week 0-6. croniter's extensions (``L``, ``W``, ``#``, ``?``,
+  ``H``, day-of-week 7) are refused, as the host refuses them. croniter then computes
+  the occurrences of the expression written with numbers only.
 * Times are in UTC unless ``WEBSITE_TIME_ZONE`` or ``TZ`` names an IANA zone.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -24,6 +30,53 @@ from croniter import croniter  # type: ignore[import-untyped]  # croniter ships 
 
 from devhost.errors import DevHostError
 from devhost.settings import parse_timespan
+
+# NCrontab's fields (CrontabFieldImpl): (lowest, highest, names); six-field expressions start with seconds.
+_MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+           "november", "december")
+_DAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
+_FIELDS: tuple[tuple[int, int, tuple[str, ...]], ...] = (
+    (0, 59, ()), (0, 59, ()), (0, 23, ()), (1, 31, ()), (1, 12, _MONTHS), (0, 6, _DAYS))
+_ITEM = re.compile(r"(?:(\*)|([0-9A-Za-z]+)(?:-([0-9A-Za-z]+))?)(?:/([0-9]+))?")
+
+
+def _ncrontab_value(text: str, lowest: int, highest: int, names: tuple[str, ...]) -> int:
+    if text.isdigit():
+        value = int(text)
+    else:  # NCrontab takes the first name the text is a prefix of, ignoring case
+        value = next((i + lowest for i, n in enumerate(names) if n.startswith(text.lower())), -1)
+    if not lowest <= value <= highest:
+        raise ValueError(f"{text!r} is not a value between {lowest} and {highest}")
+    return value
+
+
+def ncrontab_fields(expression: str) -> list[frozenset[int]]:
+    """The values each field of a five- or six-field expression stands for, as NCrontab parses it (ValueError for
+    what it does not parse). Five fields are given seconds ``0``."""
+    fields = expression.split(" ")
+    fields = ["0", *fields] if len(fields) == 5 else fields
+    expanded: list[frozenset[int]] = []
+    for text, (lowest, highest, names) in zip(fields, _FIELDS, strict=True):
+        values: set[int] = set()
+        for item in text.split(","):
+            match = _ITEM.fullmatch(item)
+            if match is None:
+                raise ValueError(f"{item!r} is not a crontab field value NCrontab knows")
+            star, first, last, step = match.groups()
+            low = lowest if star else _ncrontab_value(first, lowest, highest, names)
+            high = highest if star or (step and not last) else \
+                _ncrontab_value(last, lowest, highest, names) if last else low
+            if low > high or (step is not None and int(step) < 1):
+                raise ValueError(f"{item!r} is not a valid range or step")
+            values.update(range(low, high + 1, int(step or 1)))
+        expanded.append(frozenset(values))
+    return expanded
+
+
+def _numeric(fields: list[frozenset[int]]) -> str:
+    """An expression croniter reads as NCrontab reads the original: numbers only, ``*`` for a whole field."""
+    return " ".join("*" if len(values) == highest - lowest + 1 else ",".join(map(str, sorted(values)))
+                    for values, (lowest, highest, _) in zip(fields, _FIELDS, strict=True))
 
 
 @dataclass(frozen=True)
@@ -50,9 +103,16 @@ class Schedule:
                 f"timer schedule {expression!r} has {len(fields)} fields; NCRONTAB needs 6 "
                 "({second} {minute} {hour} {day} {month} {day-of-week}) or 5 (no seconds)"
             )
-        if not croniter.is_valid(text, second_at_beginning=len(fields) == 6):
-            raise DevHostError(f"timer schedule {expression!r} is not a valid NCRONTAB expression")
+        try:
+            ncrontab_fields(text)
+        except ValueError as exc:
+            raise DevHostError(f"timer schedule {expression!r} is not a valid NCRONTAB expression: {exc}") from exc
         return cls(text, zone)
+
+    @cached_property
+    def fields(self) -> list[frozenset[int]]:
+        """The six fields' values (NCrontab); for a cron schedule only."""
+        return ncrontab_fields(self.expression)
 
     def next_after(self, moment: datetime) -> datetime:
         """The next occurrence after ``moment`` (aware), in UTC."""
@@ -67,10 +127,10 @@ class Schedule:
     def _cron(self) -> croniter:
         """The expression, expanded once: building a croniter costs about 270 us, a ``get_next`` from a given
         start about 17 (the dev host asks at every tick). Only the event loop uses a schedule."""
-        return croniter(self.expression, day_or=False, second_at_beginning=len(self.expression.split(" ")) == 6)
+        return croniter(_numeric(self.fields), day_or=False, second_at_beginning=True)
 
     def period(self, now: datetime) -> timedelta:
-        """The gap between the next two occurrences (the host's test for "shorter than a minute")."""
+        """The gap between the next two occurrences."""
         first = self.next_after(now)
         return self.next_after(first) - first
 

@@ -8,7 +8,7 @@ HTTP port.
 
 ``host.json`` is read for the parts the dev host honours: ``extensions.eventHubs``
 (batch sizes, wait time, prefetch, checkpoint frequency, initial offset),
-``extensions.http.routePrefix``, ``singleton`` (the timer listener lease) and
+``extensions.http.routePrefix`` and ``customHeaders``, ``singleton`` (the timer listener lease) and
 ``functionTimeout`` (enforced as the host enforces it on a language worker: ``devhost.invocation.Watchdog``).
 Keys the Event Hubs extension would not recognise are reported, so a typo does not silently fall back to a default.
 """
@@ -71,6 +71,7 @@ class HostOptions:
     """The parts of host.json the dev host honours."""
 
     route_prefix: str = "api"
+    custom_headers: dict[str, str] = field(default_factory=dict)  # extensions.http.customHeaders
     function_timeout: timedelta | None = None
     eventhubs: EventHubOptions = field(default_factory=EventHubOptions)
     singleton: SingletonOptions = field(default_factory=SingletonOptions)
@@ -130,6 +131,9 @@ def load_host_json(path: Path) -> HostOptions:
     extensions = document.get("extensions") or {}
     http = extensions.get("http") or {}
     route_prefix = str(http.get("routePrefix", "api")).strip("/")
+    custom_headers = http.get("customHeaders") or {}
+    if not isinstance(custom_headers, dict):
+        raise DevHostError(f"{path}: extensions.http.customHeaders must be an object of header names and values")
     timeout = document.get("functionTimeout")
     eh = extensions.get("eventHubs") or {}
     for key in sorted(set(eh) - _EVENTHUB_KEYS):
@@ -171,6 +175,7 @@ def load_host_json(path: Path) -> HostOptions:
         raise DevHostError("host.json batchCheckpointFrequency must be at least 1")
     return HostOptions(
         route_prefix=route_prefix,
+        custom_headers={str(name): str(value) for name, value in custom_headers.items()},
         function_timeout=parse_timespan(timeout) if timeout and str(timeout) != "-1" else None,
         eventhubs=options,
         singleton=singleton,

@@ -7,11 +7,18 @@ same app (same host id) poll for the lease every
 ``singleton.listenerLockRecoveryPollingInterval`` and take over when it is released (on
 shutdown) or expires (after a crash).
 
-When the schedule monitor is on (``useMonitor``; by default for schedules of a minute or
-more) the last and next occurrences are kept in ``azure-webjobs-hosts/timers/<host
-id>/Host.Functions.<name>/status`` (``{"Last", "Next", "LastUpdated"}``). When the
-listener starts and ``Next`` is in the past, the function runs at once with
-``past_due`` true; ``run_on_startup`` runs it at once too (``past_due`` false).
+The schedule monitor (``useMonitor``, true unless the binding says false) is turned off,
+as the host turns it off, for a schedule more frequent than a minute: a TimeSpan under a
+minute, or a cron expression whose fields from minutes on are all "every" and which has
+more than one occurrence within a minute. While it is on, the last and next occurrences
+are kept in ``azure-webjobs-hosts/timers/<host id>/Host.Functions.<name>/status``
+(``{"Last", "Next", "LastUpdated"}``) and the function sees them in
+``timer.schedule_status``; while it is off, ``schedule_status`` is ``{}``. When the
+listener starts, the status is checked as the host checks it: a status whose ``Next``
+is not what the current schedule gives after ``Last`` (``LastUpdated`` when there is no
+``Last``) comes from another schedule and is rewritten, not past due; otherwise a ``Next``
+in the past runs the function at once with ``past_due`` true. ``run_on_startup`` runs it
+at once too (``past_due`` false).
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ def _parse(text: object) -> datetime | None:
     if not isinstance(text, str):
         raise ValueError(f"not a moment: {text!r}")
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.year == 1:  # .NET's default(DateTime), which the host writes for "never"
+        return None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -57,12 +66,24 @@ def _flag(value: Any) -> bool:
     return str(value).lower() == "true" if not isinstance(value, bool) else value
 
 
+def _too_frequent_for_the_monitor(schedule: Schedule) -> bool:
+    """TimerSchedule.ShouldDisableScheduleMonitor (azure-webjobs-sdk-extensions): a TimeSpan under a minute, or every
+    field from minutes on a wildcard and more than one occurrence in the minute after a whole minute."""
+    if schedule.interval is not None:
+        return schedule.interval < timedelta(minutes=1)
+    fields = schedule.fields
+    if any(len(values) != len(full) for values, full in zip(fields[1:], _FULL_FIELDS, strict=True)):
+        return False
+    return sum(1 for second in fields[0] if second > 0) > 1  # occurrences strictly inside the minute
+
+
+_FULL_FIELDS = (range(60), range(24), range(1, 32), range(1, 13), range(7))  # minute .. day-of-week
+
+
 def uses_monitor(trigger: dict[str, Any], schedule: Schedule) -> bool:
-    """``useMonitor`` as the binding says, or the host's default: on for schedules of a minute or more."""
-    monitor = trigger.get("useMonitor")
-    if monitor is not None:
-        return _flag(monitor)
-    return schedule.period(datetime.now(UTC)) >= timedelta(minutes=1)
+    """The schedule monitor as the host decides it (TimerSchedule.Create): ``useMonitor`` (true when absent), turned
+    off for schedules more frequent than a minute whatever the binding says."""
+    return _flag(trigger.get("useMonitor", True)) and not _too_frequent_for_the_monitor(schedule)
 
 
 class TimerListener:
@@ -205,26 +226,41 @@ class TimerListener:
             logger.warning("Functions.%s: unreadable timer status blob (%s); ignoring it", self.name, exc)
             return None
 
-    async def _write_status(self, last: datetime | None, next_: datetime) -> None:
+    async def _write_status(self, last: datetime | None, next_: datetime, *, updated: datetime | None = None) -> None:
         if not self.use_monitor:
             return
-        status = {"Last": _iso(last) if last else None, "Next": _iso(next_), "LastUpdated": _iso(datetime.now(UTC))}
+        status = {"Last": _iso(last) if last else None, "Next": _iso(next_),
+                  "LastUpdated": _iso(updated or datetime.now(UTC))}
         await self._container.get_blob_client(self._status_blob).upload_blob(json.dumps(status), overwrite=True)
+
+    async def _check_past_due(self, now: datetime, status: dict[str, Any] | None) -> bool:
+        """ScheduleMonitor.CheckPastDueAsync (azure-webjobs-sdk-extensions): write a first status, or a new one when
+        the schedule changed since the status was written; past due when the recorded Next has gone by."""
+        last = _parse((status or {}).get("Last"))
+        updated = _parse((status or {}).get("LastUpdated"))
+        recorded_next = _parse((status or {}).get("Next"))
+        if status is None:
+            recorded_next = self._next(now)
+            await self._write_status(None, recorded_next, updated=now)
+        else:
+            since = last or updated or now
+            expected_next = self._next(since)
+            if recorded_next != expected_next:  # another schedule wrote it
+                recorded_next = expected_next if expected_next >= now else self._next(now)
+                await self._write_status(last, recorded_next, updated=now)
+        return recorded_next is not None and now > recorded_next
 
     async def _fire_while_leader(self) -> None:
         now = datetime.now(UTC)
         status = await self._read_status() if self.use_monitor else None
-        recorded_next = _parse((status or {}).get("Next"))
         self._last = _parse((status or {}).get("Last")) or self._last
-        past_due = recorded_next is not None and recorded_next < now
+        past_due = await self._check_past_due(now, status) if self.use_monitor else False
         if past_due or self.run_on_startup:
             why = "past due" if past_due else "run on startup"
             fired = await self._fire(now, past_due=past_due, reason=f"Timer fired at startup ({why})",
                                      status=status or {})
             if not fired:
                 return
-        else:
-            await self._write_status(self._last, self._next(now))
         while self._leading():
             occurrence = self._next(self._last or datetime.now(UTC)) if self.schedule.interval else \
                 self._next(datetime.now(UTC))
@@ -244,7 +280,9 @@ class TimerListener:
 
     async def _fire(self, occurrence: datetime, *, past_due: bool, reason: str, status: dict[str, Any]) -> bool:
         """Invoke once (with retries); False when shutdown abandoned it (the status is then left as it was)."""
-        request = TimerRequest(past_due=past_due, schedule_status=status, schedule={"AdjustForDST": True})
+        # TimerListener.InvokeJobFunction gives the status only when the monitor is on (TimerRequest: {} otherwise).
+        request = TimerRequest(past_due=past_due, schedule_status=status if self.use_monitor else {},
+                               schedule={"AdjustForDST": True})
         outcome = await self._invoker.call_with_retry(
             self.spec, {self.spec.trigger_param: request}, reason=reason, stopping=self._stopping)
         if outcome is Outcome.ABANDONED:

@@ -65,16 +65,60 @@ def test_every_unsupported_binding_is_named_at_once() -> None:
     assert "function 'forward': out binding 'eventHub' ('out') is not supported" in message
 
 
+def test_exponential_backoff_adds_a_doubling_increment_to_the_minimum() -> None:
+    """sdk: ExponentialBackoffRetryAttribute uses RandomizedExponentialBackoffStrategy(min, max, delta=min): the first
+    delay is min, then min + r * 2**(k-1) * min with r in [0.8, 1.2] (k = 1, 2, ...), about 1, 2, 3, 5, 9 x min,
+    never more than max."""
+    policy = RetryPolicy("exponential_backoff", 10, minimum_interval=timedelta(seconds=1),
+                         maximum_interval=timedelta(hours=1))
+    for _ in range(50):  # r is drawn anew for every delay
+        assert policy.delay_before(1) == 1.0
+        assert 1.8 <= policy.delay_before(2) <= 2.2
+        assert 2.6 <= policy.delay_before(3) <= 3.4
+        assert 4.2 <= policy.delay_before(4) <= 5.8
+        assert 7.4 <= policy.delay_before(5) <= 10.6
+
+
 def test_backoff_delays() -> None:
     policy = RetryPolicy("exponential_backoff", 5, minimum_interval=timedelta(seconds=1),
                          maximum_interval=timedelta(seconds=5))
-    assert [policy.delay_before(n) for n in range(1, 6)] == [1, 2, 4, 5, 5]
+    delays = [policy.delay_before(n) for n in range(1, 6)]
+    assert delays[0] == 1 and 1.8 <= delays[1] <= 2.2 and 2.6 <= delays[2] <= 3.4 and delays[4] == 5
     assert policy.allows(5) and not policy.allows(6)
     assert RetryPolicy("fixed_delay", -1, delay=timedelta(seconds=2)).allows(1000)
     # Unlimited retries pass retry 1025, where 2 ** 1024 seconds no longer fits a float (it raised OverflowError).
     forever = RetryPolicy("exponential_backoff", -1, minimum_interval=timedelta(seconds=1),
                           maximum_interval=timedelta(minutes=15))
     assert [forever.delay_before(n) for n in (1025, 10**6)] == [900, 900]
+
+
+@pytest.mark.parametrize("count", ["-2", "-10"])
+def test_a_max_retry_count_below_minus_one_is_refused(count: str) -> None:
+    """sdk: RetryAttribute(maxRetryCount) throws ArgumentOutOfRangeException when maxRetryCount < -1; -1 alone means
+    retry forever."""
+    app = func.FunctionApp()
+
+    @app.timer_trigger(schedule="0 0 0 1 1 *", arg_name="timer")
+    @app.retry(strategy="fixed_delay", max_retry_count=count, delay_interval="00:00:01")
+    def yearly(timer: func.TimerRequest) -> None:
+        pass
+
+    with pytest.raises(DevHostError, match="max_retry_count must be -1"):
+        index(app)
+
+
+def test_a_maximum_interval_shorter_than_the_minimum_is_refused() -> None:
+    """sdk: ExponentialBackoffRetryAttribute refuses a maximumInterval below minimumInterval."""
+    app = func.FunctionApp()
+
+    @app.timer_trigger(schedule="0 0 0 1 1 *", arg_name="timer")
+    @app.retry(strategy="exponential_backoff", max_retry_count="3", minimum_interval="00:00:10",
+               maximum_interval="00:00:05")
+    def yearly(timer: func.TimerRequest) -> None:
+        pass
+
+    with pytest.raises(DevHostError, match="maximum_interval is shorter"):
+        index(app)
 
 
 def test_load_names_a_missing_script(tmp_path: Path) -> None:

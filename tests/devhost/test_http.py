@@ -11,6 +11,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,14 +76,15 @@ KEY = "local-test-key"
 
 
 def call(host: Running, method: str, path: str, *, body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+         headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
+    """Status, headers (an ``email.message.Message``: case-insensitive, ``get_all`` for repeated ones), body."""
     request = urllib.request.Request(f"http://{host.address}{path}", data=body, method=method,
                                      headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, dict(response.headers), response.read()
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
+        return error.code, error.headers, error.read()
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,7 @@ def test_routes_parameters_methods_and_bodies(http_host: Running) -> None:
     assert json.loads(call(http_host, "GET", "/v1/items/42", headers=key)[2]) == {"n": 42}
     assert call(http_host, "GET", "/v1/items/not-a-guid", headers=key)[0] == 404
     status, headers, _ = call(http_host, "DELETE", f"/v1/items/{item}", headers=key)
-    assert status == 405 and headers["Allow"] == "GET"
+    assert status == 404 and "Allow" not in headers  # a method no route takes is no route: 404, as in the host
 
     status, headers, body = call(http_host, "POST", "/v1/items", body=json.dumps({"id": "a1"}).encode(),
                                  headers={**key, "Content-Type": "application/json"})
@@ -208,3 +210,224 @@ def test_unreachable_storage_fails_start_up_naming_the_setting(tmp_path: Path) -
     assert "function 'consume': cannot create the checkpoint container 'azure-webjobs-eventhub' in " \
         "AzureWebJobsStorage" in result.stderr
     assert "listening on" not in result.stdout
+
+
+ROUTING_APP = """
+import json
+import azure.functions as func
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+
+@app.route(route="only-get", methods=["GET"])
+def only_get(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse("only_get")
+
+
+# Defined first in the file, but its name sorts after "a_item".
+@app.function_name("b_special")
+@app.route(route="things/special")
+def b_special(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse("b_special")
+
+
+@app.function_name("a_item")
+@app.route(route="things/{id}")
+def a_item(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse("a_item " + req.route_params["id"])
+
+
+@app.route(route="json")
+def as_json(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse('{"a": 1}', mimetype="application/json")
+
+
+@app.route(route="query")
+def query(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(dict(req.params)), mimetype="application/json")
+
+
+@app.route(route="nothing")
+def nothing(req: func.HttpRequest):
+    return None
+
+
+@app.route(route="raw-bytes")
+def raw_bytes(req: func.HttpRequest):
+    return b"abc"
+
+
+@app.route(route="cookies")
+def cookies(req: func.HttpRequest) -> func.HttpResponse:
+    response = func.HttpResponse("ok")
+    response.headers.add("Set-Cookie", "first=1; Path=/")
+    response.headers.add("Set-Cookie", "second=2; Path=/")
+    return response
+"""
+
+ROUTING_HOST_JSON = {"version": "2.0",
+                     "extensions": {"http": {"customHeaders": {"X-Custom-Header": "from-host-json"}}}}
+
+
+@pytest.fixture(scope="module")
+def routing_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    root = tmp_path_factory.mktemp("routing") / "app"
+    settings = write_app(root, ROUTING_APP, host_json=ROUTING_HOST_JSON)
+    running = start_devhost(root, settings=settings)
+    yield running
+    running.stop(stop_timeout=20)
+
+
+@pytest.mark.timeout(60)
+def test_a_method_the_route_does_not_accept_is_404_without_allow(routing_host: Running) -> None:
+    """host: WebScriptHostHttpRoutesManager maps each function with ASP.NET legacy routing (WebJobsRouteBuilder ->
+    Microsoft.AspNetCore.Routing.Route in a RouteCollection, UseRouter) and restricts methods with an
+    HttpMethodRouteConstraint: a wrong method is no route matched, a 404 without an Allow header."""
+    status, headers, _ = call(routing_host, "POST", "/api/only-get")
+    assert status == 404 and "Allow" not in headers
+    assert call(routing_host, "HEAD", "/api/only-get")[0] == 404
+
+
+@pytest.mark.timeout(60)
+def test_routes_are_tried_in_function_name_order_not_by_specificity(routing_host: Running) -> None:
+    """host: FunctionMetadataManager orders functions by name (OrdinalIgnoreCase); WebScriptHostHttpRoutesManager
+    adds one Route per function in that order to a RouteCollection, which takes the first route that matches. So
+    'a_item' (things/{id}) shadows 'b_special' (things/special)."""
+    status, _, body = call(routing_host, "GET", "/api/things/special")
+    assert (status, body) == (200, b"a_item special")
+
+
+@pytest.mark.timeout(60)
+def test_only_text_mimetypes_get_a_charset(routing_host: Running) -> None:
+    """lib: HttpResponseConverter.encode adds '; charset=...' only to a mimetype starting with 'text/'; the host
+    copies the content type to the response."""
+    status, headers, _ = call(routing_host, "GET", "/api/json")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert call(routing_host, "GET", "/api/only-get")[1]["Content-Type"] == "text/plain; charset=utf-8"
+
+
+@pytest.mark.timeout(60)
+def test_empty_query_values_are_dropped_and_skipped_when_joining(routing_host: Running) -> None:
+    """host: GrpcMessageConversionExtensions.ToRpcHttp, without the worker capability UseNullableValueDictionaryForHttp
+    (the Python worker does not declare it), sends a query parameter only when its value is not empty; repeated
+    values are joined by StringValues.ToString(), which skips empty ones."""
+    status, _, body = call(routing_host, "GET", "/api/query?empty=&flag&b=1&c=1&c=&c=2")
+    assert status == 200
+    assert json.loads(body) == {"b": "1", "c": "1,2"}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("path", ["/api/nothing", "/api/raw-bytes"], ids=["None", "bytes"])
+def test_a_return_value_the_http_binding_cannot_encode_fails_the_invocation(routing_host: Running,
+                                                                            path: str) -> None:
+    """worker: the $return of an http function is always encoded (bindings.to_outgoing_proto);
+    HttpResponseConverter.encode takes str and HttpResponse only, so None or bytes raise 'unable to encode outgoing
+    TypedData: unsupported type "http" ...' (azure-functions-python-worker#683): the invocation fails, a 500."""
+    assert call(routing_host, "GET", path)[0] == 500
+    name = "nothing" if path.endswith("nothing") else "raw_bytes"
+    deadline = time.monotonic() + 10  # the host's output reaches the test through a reader thread
+    while f"Executed 'Functions.{name}' (Failed" not in routing_host.output():
+        assert time.monotonic() < deadline, routing_host.output()
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(60)
+def test_several_set_cookie_headers_all_reach_the_client(routing_host: Running) -> None:
+    """lib: HttpResponseConverter.encode turns every 'Set-Cookie' header into the `cookies` list; host:
+    RawScriptResult appends each one with response.Cookies.Append."""
+    status, headers, _ = call(routing_host, "GET", "/api/cookies")
+    assert status == 200
+    assert headers.get_all("Set-Cookie") == ["first=1; Path=/", "second=2; Path=/"]
+
+
+@pytest.mark.timeout(60)
+def test_host_json_custom_headers_are_added_to_responses(routing_host: Running) -> None:
+    """host: extensions.http.customHeaders is bound to CustomHttpHeadersOptions, and CustomHttpHeadersMiddleware
+    adds them to every HTTP response (TryAdd)."""
+    assert call(routing_host, "GET", "/api/json")[1]["X-Custom-Header"] == "from-host-json"
+    assert call(routing_host, "GET", "/api/no-such-route")[1]["X-Custom-Header"] == "from-host-json"
+
+
+def _start(tmp_path: Path, source: str) -> tuple[bool, str]:
+    """(did it start serving, its output)."""
+    settings = write_app(tmp_path / "app", source)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devhost", "--script-root", str(tmp_path / "app"), "--settings", str(settings),
+         "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(ROOT))
+    try:
+        output, _ = process.communicate(timeout=20)
+        return False, output
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        output, _ = process.communicate(timeout=20)
+        return True, output
+
+
+RESERVED_ROUTE_APP = """
+import azure.functions as func
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+
+@app.route(route="administration/users")
+def users(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse("users")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_route_in_the_reserved_admin_or_runtime_space_is_refused(tmp_path: Path) -> None:
+    """host: ScriptHost.ValidateHttpFunction refuses a route whose lower-cased, trimmed text starts with 'admin' or
+    'runtime' ('The specified route conflicts with one or more built in routes.'): the function is not loaded."""
+    started, output = _start(tmp_path, RESERVED_ROUTE_APP)
+    assert not started and "function 'users'" in output and "built in routes" in output, output
+
+
+CONFLICTING_ROUTES_APP = """
+import azure.functions as func
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+
+@app.route(route="orders", methods=["GET", "POST"])
+def list_orders(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse("list")
+
+
+@app.route(route="Orders/", methods=["POST"])
+def create_order(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse("create")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_two_functions_with_the_same_route_and_a_common_method_are_refused(tmp_path: Path) -> None:
+    """host: ScriptHost.ValidateFunction/HttpRoutesConflict: the same route (trimmed of '/', case-insensitive) with
+    a method in common -> 'The route specified conflicts with the route defined by function ...'; the later function
+    in name order is not loaded."""
+    started, output = _start(tmp_path, CONFLICTING_ROUTES_APP)
+    assert not started, output
+    assert "function 'list_orders': the route specified conflicts with the route defined by function " \
+        "'create_order'" in output
+
+
+BYTES_ANNOTATION_APP = """
+import azure.functions as func
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+
+@app.route(route="blob")
+def blob(req: func.HttpRequest) -> bytes:
+    return b"abc"
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_return_annotation_the_http_binding_cannot_encode_is_refused(tmp_path: Path) -> None:
+    """worker: FunctionRegistry.get_function_return_type raises FunctionLoadError 'Python return annotation "bytes"
+    does not match binding type "http"' (HttpResponseConverter.check_output_type_annotation takes HttpResponse and
+    str only)."""
+    started, output = _start(tmp_path, BYTES_ANNOTATION_APP)
+    assert not started, output
+    assert 'function \'blob\': Python return annotation "bytes" does not match binding type "http"' in output

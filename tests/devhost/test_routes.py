@@ -6,7 +6,9 @@ import uuid
 
 import pytest
 
+from devhost.app_loader import FunctionSpec
 from devhost.errors import DevHostError
+from devhost.http_trigger import HttpRoute, check_routes, in_host_order
 from devhost.routes import RouteTemplate
 
 
@@ -53,10 +55,36 @@ def test_several_parameters_in_one_segment() -> None:
     assert route.match("files/report.csv") == {"name": "report", "ext": "csv"}
 
 
-def test_specific_routes_sort_first() -> None:
-    routes = [RouteTemplate.compile(t) for t in ("items/{*rest}", "items/{id}", "items/{id:int}", "items/new")]
-    ordered = [r.template for r in sorted(routes, key=lambda r: r.rank)]
-    assert ordered == ["items/new", "items/{id:int}", "items/{id}", "items/{*rest}"]
+def _route(name: str, route: str, methods: list[str] | None = None) -> HttpRoute:
+    trigger = {"name": "req", "type": "httpTrigger", "route": route, "methods": methods}
+    spec = FunctionSpec(name=name, trigger_type="httpTrigger", trigger=trigger, user_function=lambda req: None,
+                        is_async=False, accepts_context=False, retry=None)
+    return HttpRoute.from_spec(spec)
+
+
+def test_routes_are_tried_in_function_name_order_not_by_specificity() -> None:
+    """As the host adds them to its RouteCollection: by function name, ignoring case; the first match wins."""
+    routes = [_route("d", "items/new"), _route("C", "items/{id:int}"), _route("b", "items/{id}"),
+              _route("A", "items/{*rest}")]
+    assert [r.template.template for r in in_host_order(routes)] == \
+        ["items/{*rest}", "items/{id}", "items/{id:int}", "items/new"]
+
+
+def test_routes_conflict_on_the_same_text_and_a_common_method() -> None:
+    """ScriptHost.HttpRoutesConflict: route text compared without '/' at either end and ignoring case; no methods
+    means all of them."""
+    assert _route("a", "orders", ["GET", "POST"]).conflicts_with(_route("b", "/Orders/", ["post"]))
+    assert _route("a", "orders").conflicts_with(_route("b", "orders", ["DELETE"]))
+    assert not _route("a", "orders", ["GET"]).conflicts_with(_route("b", "orders", ["POST"]))
+    assert not _route("a", "orders/{id}").conflicts_with(_route("b", "orders/{key}"))  # different text
+    with pytest.raises(DevHostError, match="conflicts with the route defined by function 'a'"):
+        check_routes([_route("a", "orders"), _route("b", "orders")])
+
+
+@pytest.mark.parametrize("route", ["admin/x", "Administration", " runtime/status", "/admin"])
+def test_routes_in_the_hosts_own_space_are_refused(route: str) -> None:
+    with pytest.raises(DevHostError, match="built in routes"):
+        _route("f", route)
 
 
 @pytest.mark.parametrize("template, message", [

@@ -153,6 +153,23 @@ def test_timespan_schedule_and_time_zone() -> None:
         time_zone({"WEBSITE_TIME_ZONE": "W. Europe Standard Time"})
 
 
+@pytest.mark.parametrize("expression", ["0 0 0 L * *", "0 0 0 * * 7", "0 0 9 * * 5#2", "0 0 0 ? * *",
+                                        "0 0 0 15W * *", "H 0 0 * * *"])
+def test_cron_syntax_ncrontab_does_not_know_is_refused(expression: str) -> None:
+    """ext: CronSchedule.TryCreate uses NCrontab, whose fields are numbers, names, '*', ranges, steps and lists only
+    (no 'L', 'W', '#', '?', 'H'), with day-of-week 0-6 (CrontabFieldImpl.DayOfWeek = (0, 6, Sunday..Saturday)). The
+    host refuses the rest ('was not recognized as a valid cron expression or timespan string')."""
+    with pytest.raises(DevHostError, match="not a valid NCRONTAB expression"):
+        Schedule.parse(expression)
+
+
+def test_ncrontab_names_are_any_prefix_of_the_english_name() -> None:
+    moment = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)  # a Monday
+    assert Schedule.parse("0 0 9 * * Tu").next_after(moment) == datetime(2026, 11, 24, 9, tzinfo=UTC)
+    assert Schedule.parse("0 0 0 1 January *").next_after(moment) == datetime(2027, 1, 1, tzinfo=UTC)
+    assert Schedule.parse("5/20 * * * * *").next_after(moment) == moment.replace(second=5)
+
+
 @pytest.mark.parametrize("expression, message", [
     ("* * * *", "has 4 fields"),
     ("61 * * * * *", "not a valid NCRONTAB"),

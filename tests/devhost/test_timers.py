@@ -1,9 +1,11 @@
-"""The dev host's timer trigger with Azurite: schedule, past due, run on startup, and one firer among hosts."""
+"""The dev host's timer trigger: the schedule monitor, and with Azurite past due, run on startup, one firer among
+hosts."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +15,8 @@ import pytest
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobClient, BlobServiceClient
 
+from devhost.schedule import Schedule
+from devhost.timer_trigger import uses_monitor
 from tests.devhost.test_eventhubs import read_records, wait_for
 from tests.fixtures.devhost import write_app
 
@@ -46,14 +50,22 @@ HOST_JSON = {"version": "2.0", "singleton": {"listenerLockPeriod": "00:00:15",
                                              "listenerLockRecoveryPollingInterval": "00:00:01"}}
 
 
+def every_second_with_the_monitor() -> str:
+    """Every second, except in an hour twelve hours from now: the host turns the schedule monitor off for a schedule
+    whose fields from minutes on are all "every" and that fires more than once a minute, whatever ``use_monitor``
+    says; leaving one hour out keeps it on."""
+    skipped = (datetime.now(UTC).hour + 12) % 24
+    return "* * " + ",".join(str(hour) for hour in range(24) if hour != skipped) + " * * *"
+
+
 def _ticking_app(tmp_path: Path, storage: str, status: str) -> tuple[Path, Path, BlobClient]:
-    """The app with `tick` firing every second under a host id of its own, whose status blob holds ``status``;
-    returns the records file, the settings and the status blob."""
+    """The app with `tick` firing every second (monitor on) under a host id of its own, whose status blob holds
+    ``status``; returns the records file, the settings and the status blob."""
     out = tmp_path / "records.jsonl"
     host_id = f"devhost-test-{uuid.uuid4().hex[:12]}"
     settings = write_app(tmp_path / "app", APP, host_json=HOST_JSON, values={
         "AzureWebJobsStorage": storage, "TEST_OUT": str(out),
-        "TICK_SCHEDULE": "* * * * * *", "AzureFunctionsWebHost__hostid": host_id,
+        "TICK_SCHEDULE": every_second_with_the_monitor(), "AzureFunctionsWebHost__hostid": host_id,
     })
     service = BlobServiceClient.from_connection_string(storage)
     with contextlib.suppress(ResourceExistsError):  # another test made it
@@ -67,8 +79,9 @@ def _ticking_app(tmp_path: Path, storage: str, status: str) -> tuple[Path, Path,
 def test_timer_fires_once_per_occurrence_across_two_hosts(
     tmp_path: Path, azurite_connection_string: str, devhost_factory: Any,
 ) -> None:
-    # A status left by an earlier run whose next occurrence is long gone: the first run is past due.
-    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    # A status left by an earlier run of this schedule whose next occurrence is long gone: the first run is past due.
+    # (Whole seconds: a Next the schedule would not give after Last is a status of another schedule, not past due.)
+    hour_ago = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
     status = {"Last": (hour_ago - timedelta(seconds=1)).isoformat(), "Next": hour_ago.isoformat(),
               "LastUpdated": hour_ago.isoformat()}
     out, settings, blob = _ticking_app(tmp_path, azurite_connection_string, json.dumps(status))
@@ -117,3 +130,84 @@ def test_an_unreadable_status_blob_is_ignored_and_the_timer_fires(
     assert "Functions.tick: unreadable timer status blob" in host.output()
     assert datetime.fromisoformat(json.loads(blob.download_blob().readall())["Next"]) > datetime.now(UTC) - \
         timedelta(seconds=30), "the status is written again"
+
+
+@pytest.mark.parametrize("trigger, expression, monitored", [
+    ({}, "0 */5 * * * *", True),
+    ({}, "*/10 * 9-17 * * *", True),  # the hour is restricted: the gaps can be longer than a minute
+    ({}, "*/30 * * * * *", True),  # one occurrence inside a minute (:30) is not "more than one"
+    ({}, "* * * * * *", False),
+    ({}, "*/5 * 0-23 1-31 * 0-6", False),  # whole ranges are wildcards
+    ({"useMonitor": True}, "*/5 * * * * *", False),  # the host overrides an explicit true
+    ({"useMonitor": "false"}, "0 0 0 * * *", False),
+    ({}, "00:00:30", False),
+    ({}, "00:01:00", True),
+])
+def test_the_schedule_monitor_is_on_unless_the_schedule_is_more_frequent_than_a_minute(
+    trigger: dict[str, Any], expression: str, monitored: bool,
+) -> None:
+    """ext: TimerTriggerAttribute.UseMonitor defaults to true; TimerSchedule.Create turns it off ('UseMonitor changed
+    to false based on schedule frequency') for a TimeSpan under a minute, and for a cron schedule when
+    ShouldDisableScheduleMonitor holds: every field from minutes on is '*' and there is more than one occurrence in
+    the next minute."""
+    assert uses_monitor(trigger, Schedule.parse(expression)) is monitored
+
+
+CHANGED_APP = '''
+import json, os, time
+import azure.functions as func
+
+app = func.FunctionApp()
+
+
+@app.function_name("tick")
+@app.timer_trigger(schedule="%TICK_SCHEDULE%", arg_name="timer")
+def tick(timer: func.TimerRequest) -> None:
+    with open(os.environ["TEST_OUT"], "a", encoding="utf-8") as f:
+        f.write(json.dumps({"at": time.time(), "past_due": timer.past_due, "status": timer.schedule_status}) + "\\n")
+'''
+
+
+def _one_timer_app(tmp_path: Path, storage: str, schedule: str, status: dict[str, Any] | None) -> tuple[Path, Path]:
+    """CHANGED_APP with ``schedule`` under a host id of its own, with ``status`` in its status blob (None: no blob);
+    returns the records file and the settings."""
+    out = tmp_path / "records.jsonl"
+    host_id = f"devhost-test-{uuid.uuid4().hex[:12]}"
+    settings = write_app(tmp_path / "app", CHANGED_APP, values={
+        "AzureWebJobsStorage": storage, "TEST_OUT": str(out), "TICK_SCHEDULE": schedule,
+        "AzureFunctionsWebHost__hostid": host_id,
+    })
+    if status is not None:
+        service = BlobServiceClient.from_connection_string(storage)
+        with contextlib.suppress(ResourceExistsError):
+            service.create_container("azure-webjobs-hosts")
+        service.get_blob_client("azure-webjobs-hosts", f"timers/{host_id}/Host.Functions.tick/status") \
+            .upload_blob(json.dumps(status), overwrite=True)
+    return out, settings
+
+
+@pytest.mark.timeout(90)
+def test_a_changed_schedule_is_not_past_due(tmp_path: Path, azurite_connection_string: str,
+                                             devhost_factory: Any) -> None:
+    """ext: ScheduleMonitor.CheckPastDueAsync recomputes the expected Next from the status' Last with the current
+    schedule; when that differs from the recorded Next the schedule changed: the status is rewritten (Next from the
+    new schedule, from now if already past) and the timer is not past due. Here an hourly schedule left the status
+    (Next an hour ago) and the schedule is now yearly: nothing fires."""
+    now = datetime.now(UTC)
+    status = {"Last": (now - timedelta(hours=2)).isoformat(), "Next": (now - timedelta(hours=1)).isoformat(),
+              "LastUpdated": (now - timedelta(hours=2)).isoformat()}
+    out, settings = _one_timer_app(tmp_path, azurite_connection_string, "0 0 0 1 1 *", status)
+    host = devhost_factory(tmp_path / "app", settings=settings)
+    time.sleep(6)
+    assert read_records(out) == [], host.output()
+
+
+@pytest.mark.timeout(90)
+def test_without_the_monitor_the_function_sees_no_schedule_status(tmp_path: Path, azurite_connection_string: str,
+                                                                  devhost_factory: Any) -> None:
+    """ext: TimerListener.InvokeJobFunction passes no ScheduleStatus to TimerInfo when there is no ScheduleMonitor;
+    lib: TimerRequest turns a null ScheduleStatus into {}. '* * * * * *' has the monitor off."""
+    out, settings = _one_timer_app(tmp_path, azurite_connection_string, "* * * * * *", None)
+    host = devhost_factory(tmp_path / "app", settings=settings)
+    records = wait_for(lambda: read_records(out), 30, "a tick", host)
+    assert records[0]["status"] == {} and records[0]["past_due"] is False

