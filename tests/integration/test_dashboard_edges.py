@@ -11,12 +11,7 @@ import pytest
 
 from tests.integration import test_changefeed as cf
 from tests.integration.test_dashboard_api import call, dash_env, history  # noqa: F401
-
-app_env, keyspace, session, store, rclient = cf.app_env, cf.keyspace, cf.session, cf.store, cf.rclient
-
-
-def state(device: str, at: datetime | str) -> tuple[int, dict]:
-    return call("device_state_at", {"device_id": device}, at=at if isinstance(at, str) else at.isoformat())
+from tests.integration.test_state_at import app_env, keyspace, rclient, session, state, store  # noqa: F401
 
 
 @pytest.mark.timeout(90)
