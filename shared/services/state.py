@@ -55,13 +55,10 @@ class StateService:
             if rows:
                 top_ms = rows[0].event_time_ms
                 top = [row for row in rows if row.event_time_ms == top_ms]
-                while len(top) == len(rows) == _TIES:  # the whole page is one tie, which may go on: read the rest
+                while len(rows) == _TIES and rows[-1].event_time_ms == top_ms:  # a full page ending in the tie
                     rows = self._history.page(device_id, day - timedelta(days=back), start=start, end=at,
                                               after=(top_ms, top[-1].event_id), limit=_TIES)
-                    more = [row for row in rows if row.event_time_ms == top_ms]
-                    top += more
-                    if len(more) < len(rows) or not more:
-                        break
+                    top += [row for row in rows if row.event_time_ms == top_ms]
                 winner = top[0]
                 for row in top[1:]:
                     if row.newer_than(winner):

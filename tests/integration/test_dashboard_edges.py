@@ -26,13 +26,15 @@ def test_history_from_with_sub_millisecond_precision_excludes_earlier_event(dash
 
 
 @pytest.mark.timeout(90)
-def test_state_at_picks_the_largest_event_id_among_more_than_16_ties(app_env, store) -> None:
+@pytest.mark.parametrize("count", [17, 40])  # one page of 16 more, and more than two pages
+def test_state_at_picks_the_largest_event_id_among_more_than_16_ties(app_env, store, count: int) -> None:
     app_env()
+    device = f"tie{count}"
     t = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
-    ties = [cf.make_event("tie17", t, event_id=uuid.UUID(int=i)) for i in range(1, 18)]
-    store.write([*ties, cf.make_event("tie17", t + timedelta(hours=1))])
+    ties = [cf.make_event(device, t, event_id=uuid.UUID(int=i)) for i in range(1, count + 1)]
+    store.write([*ties, cf.make_event(device, t + timedelta(hours=1))])
     winner = max(ties, key=lambda e: str(e.event_id))
-    status, body = state("tie17", t + timedelta(minutes=1))
+    status, body = state(device, t + timedelta(minutes=1))
     assert status == 200 and body["event_id"] == str(winner.event_id), body
 
 
