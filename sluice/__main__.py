@@ -9,14 +9,8 @@ import os
 import pkgutil
 import sys
 
-import psycopg
-from cassandra.cluster import NoHostAvailable
-
 from shared.exceptions import SluiceError
 from sluice import commands
-
-# The stores' own errors when they cannot be reached (a pool that timed out is an OperationalError too)
-_UNREACHABLE = (NoHostAvailable, psycopg.OperationalError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,15 +38,25 @@ def main(argv: list[str] | None = None) -> int:
     except SluiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except _UNREACHABLE as exc:  # a store that is down: its client's own error, told as a dependency's
-        print(f"error: {unavailable(exc)}", file=sys.stderr)
+    except Exception as exc:
+        store = unreachable(exc)
+        if store is None:
+            raise
+        print(f"error: {store} unavailable: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         return 2
 
 
-def unavailable(exc: BaseException) -> str:
-    """One line naming the store a client could not reach (the drivers' own errors, not wrapped on these paths)."""
-    store = "Cassandra" if isinstance(exc, NoHostAvailable) else "PostgreSQL"
-    return f"{store} unavailable: {type(exc).__name__}: {exc}".splitlines()[0]
+def unreachable(exc: BaseException) -> str | None:
+    """The store whose client raised ``exc`` because it could not reach it (the drivers' own errors, not wrapped on
+    these paths; a pool that timed out is an OperationalError too), else None. A driver that raised is imported:
+    it is looked up, not imported here, so a command that never touches it does not load it."""
+    cassandra = sys.modules.get("cassandra.cluster")
+    if cassandra is not None and isinstance(exc, cassandra.NoHostAvailable):
+        return "Cassandra"
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, psycopg.OperationalError):
+        return "PostgreSQL"
+    return None
 
 
 if __name__ == "__main__":

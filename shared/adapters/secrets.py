@@ -67,17 +67,21 @@ class RotatingSecret:
         """
         if self.name is None:
             return False
+
+        def other_than_rejected(value: str | None) -> bool:
+            return rejected is not None and value is not None and value != rejected
+
         with self._lock:
             now = self._clock()
             if self._read_at is not None and now - self._read_at < self._min_interval:
-                return rejected is not None and self._value is not None and self._value != rejected
+                return other_than_rejected(self._value)
             self._read_at = now
             try:
                 value = self._fetch()
             except SluiceError as exc:
                 logger.warning("secret %s not refreshed, keeping the cached value: %s", self.name, exc)
-                return rejected is not None and self._value is not None and self._value != rejected
+                return other_than_rejected(self._value)
             changed = value != self._value
             self._value = value
         logger.info("secret %s re-read after %s (%s)", self.name, reason, "changed" if changed else "unchanged")
-        return changed or (rejected is not None and value != rejected)
+        return changed or other_than_rejected(value)
