@@ -7,14 +7,18 @@ one ASP.NET ``Route`` per function in a ``RouteCollection``), routes are tried i
 of their function names (case-insensitive) and the first whose template, constraints and
 methods match takes the request. A request no route takes is 404, a wrong method included
 (the host restricts methods with a route constraint: no 405, no ``Allow``), with an empty
-body. Route parameters are matched on the decoded path, control characters included
-(``/api/devices/%C3%89%0A/latest`` reaches the function, which rejects the id).
+body. Route parameters are matched on the path as Kestrel decodes it: control characters
+included (``/api/devices/%C3%89%0A/latest`` reaches the function, which rejects the id),
+``%2F`` left encoded (``/api/devices/a%2Fb/latest`` gives ``device_id`` ``a%2Fb``), and a
+path holding ``%00`` refused with 400 before any route.
 
 A request becomes a ``func.HttpRequest`` (method, full URL, headers, query parameters,
 route parameters, body). Repeated headers are joined with commas. Query parameters are
 given as the host sends them to the Python worker (``ToRpcHttp``, without the
-``UseNullableValueDictionaryForHttp`` capability): repeated values joined with commas,
-empty ones skipped, and a parameter with no non-empty value left out.
+``UseNullableValueDictionaryForHttp`` capability): names compared ignoring case (the first
+spelling kept), repeated values joined with commas, empty ones skipped, and a parameter with
+no non-empty value left out. The body is passed only with a ``Content-Length`` above 0, as
+the host does: a chunked body never reaches an out-of-process function (a warning says so).
 
 What the function returns is encoded by azure-functions' own ``HttpResponseConverter``,
 as the worker does: a ``func.HttpResponse`` (its content type is the mimetype, with
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +55,7 @@ import azure.functions as func
 from aiohttp import web
 from azure.functions.http import HttpResponseConverter
 from multidict import CIMultiDict, MultiMapping
+from yarl import URL
 
 from devhost.app_loader import FunctionSpec
 from devhost.errors import DevHostError
@@ -61,6 +67,7 @@ logger = logging.getLogger(__name__)
 KEY_SETTING = "DEVHOST_FUNCTION_KEY"
 MAX_BODY_BYTES = 100 * 1024 * 1024  # the Functions host's request size limit
 ALL_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE"})
+_ENCODED_SLASH = re.compile(r"(%2[fF])")
 
 
 @dataclass(frozen=True)
@@ -122,13 +129,23 @@ def _joined(values: MultiMapping[str]) -> dict[str, str]:
 
 
 def _query(values: MultiMapping[str]) -> dict[str, str]:
-    """The query as the host gives it to the worker (GrpcMessageConversionExtensions.ToRpcHttp): each name's values
-    joined by StringValues.ToString(), which skips empty ones, and the name left out when that is empty."""
-    query: dict[str, str] = {}
-    for key in values:
-        if key not in query:
-            query[key] = ",".join(v for v in values.getall(key) if v)
-    return {k: v for k, v in query.items() if v}
+    """The query as the host gives it to the worker (GrpcMessageConversionExtensions.ToRpcHttp): names compared
+    ignoring case (ASP.NET's QueryFeature, the first spelling kept), each name's values joined by
+    StringValues.ToString(), which skips empty ones, and the name left out when that is empty."""
+    spelling: dict[str, str] = {}
+    grouped: dict[str, list[str]] = {}
+    for key, value in values.items():
+        folded = key.lower()
+        spelling.setdefault(folded, key)
+        if value:
+            grouped.setdefault(folded, []).append(value)
+    return {spelling[folded]: ",".join(parts) for folded, parts in grouped.items()}
+
+
+def kestrel_path(raw_path: str) -> str:
+    """A request path decoded as Kestrel decodes it (UrlDecoder): every escape but ``%2F``, which stays as sent."""
+    return "".join(part if _ENCODED_SLASH.fullmatch(part) else URL.build(path="/" + part, encoded=True).path[1:]
+                   for part in _ENCODED_SLASH.split(raw_path))
 
 
 def encode_result(result: Any) -> web.Response:
@@ -201,7 +218,7 @@ class HttpServer:
         return web.json_response({"id": self._host_id, "state": "Running"})
 
     def _path(self, request: web.Request) -> str | None:
-        path = request.path.strip("/")
+        path = kestrel_path(request.rel_url.raw_path).strip("/")
         if not self._prefix:
             return path
         if path.lower() == self._prefix.lower():
@@ -218,6 +235,8 @@ class HttpServer:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = self._path(request)
+        if path is not None and "\x00" in path:  # Kestrel: "The path contains null characters.", before routing
+            return web.Response(status=400)
         if path is None:
             return web.Response(status=404)
         method = request.method.upper()
@@ -234,6 +253,10 @@ class HttpServer:
 
     async def _invoke(self, route: HttpRoute, params: dict[str, str], request: web.Request) -> web.Response:
         body = await request.read()
+        if body and not request.content_length:  # ToRpcHttp passes a body only when ContentLength > 0
+            logger.warning("Functions.%s: a body sent without Content-Length (chunked) does not reach an "
+                           "out-of-process function in Azure; it gets an empty body here too", route.spec.name)
+            body = b""
         http_request = func.HttpRequest(
             method=request.method.upper(),
             url=str(request.url),

@@ -25,6 +25,7 @@ import random
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,8 +47,30 @@ class Outcome(enum.Enum):
     ABANDONED = "abandoned"  # shutdown interrupted the retries; do not checkpoint
 
 
+class RpcException(functions_abc.RpcException):
+    """A failed attempt, as a retry sees it: the worker reports ``<type>: <message>`` and the stack, the host hands
+    them back on the next attempt (``InvocationRequest.RetryContext.Exception``)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self._message = f"{type(exc).__name__}: {exc}"
+        self._stack_trace = "".join(traceback.format_exception(exc))
+        self._source = type(exc).__module__
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def stack_trace(self) -> str:
+        return self._stack_trace
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+
 class RetryContext(functions_abc.RetryContext):
-    def __init__(self, retry_count: int, max_retry_count: int, exception: Exception | None = None) -> None:
+    def __init__(self, retry_count: int, max_retry_count: int, exception: RpcException | None = None) -> None:
         self._retry_count = retry_count
         self._max_retry_count = max_retry_count
         self._exception = exception
@@ -61,7 +84,7 @@ class RetryContext(functions_abc.RetryContext):
         return self._max_retry_count
 
     @property
-    def exception(self) -> Any:
+    def exception(self) -> RpcException | None:  # type: ignore[override]  # None on a first attempt
         return self._exception
 
 
@@ -239,10 +262,12 @@ class Invoker:
     async def call(
         self, spec: FunctionSpec, arguments: dict[str, Any], *, reason: str,
         retry_count: int = 0, max_retry_count: int = 0, convert: Callable[[Any], Any] | None = None,
+        previous: RpcException | None = None,
     ) -> Any:
         """One invocation; returns what the function returned (passed through ``convert``, as the worker encodes the
-        ``$return`` within the invocation: a value it cannot encode fails the invocation), raises what it raised."""
-        context = Context(spec.name, str(self._script_root), RetryContext(retry_count, max_retry_count))
+        ``$return`` within the invocation: a value it cannot encode fails the invocation), raises what it raised.
+        ``previous`` is what the attempt before this one raised: ``context.retry_context.exception`` on a retry."""
+        context = Context(spec.name, str(self._script_root), RetryContext(retry_count, max_retry_count, previous))
         kwargs = dict(arguments)
         if spec.accepts_context:
             kwargs["context"] = context
@@ -282,10 +307,13 @@ class Invoker:
         policy = spec.retry
         max_retry_count = policy.max_retry_count if policy else 0
         attempt = 0
+        previous: RpcException | None = None
         while True:
             try:
-                await self.call(spec, arguments, reason=reason, retry_count=attempt, max_retry_count=max_retry_count)
-            except Exception:
+                await self.call(spec, arguments, reason=reason, retry_count=attempt, max_retry_count=max_retry_count,
+                                previous=previous)
+            except Exception as exc:
+                previous = RpcException(exc)  # text only: the exception itself would hold every frame until the retry
                 logger.debug("Functions.%s attempt %d failed", spec.name, attempt, exc_info=True)
                 if policy is None or not policy.allows(attempt + 1):
                     if policy is not None:

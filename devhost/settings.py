@@ -42,6 +42,21 @@ _EVENTHUB_KEYS = {
     "initialOffsetOptions", "targetUnprocessedEventThreshold", "clientRetryOptions", "transportType",
     "webProxy", "customEndpointAddress", "eventProcessorOptions",
 }
+# host.json's top level: what the dev host honours, and what changes nothing a function can see when run here
+# (telemetry, logging and bundle selection: the dev host runs the Python bindings itself and logs to stdout).
+_HONOURED = {"version", "functionTimeout", "extensions", "singleton"}
+_LOCALLY_INERT = {"telemetryMode", "extensionBundle", "logging", "aggregator", "console", "healthMonitor",
+                  "watchDirectories", "watchFiles", "managedDependency"}
+# Settings that change which functions run or how they fail: silently running without them would pass locally what
+# fails in Azure (a top-level ``retry`` retries every function; ``functions`` loads only those named).
+_REFUSED = {
+    "retry": "a host-wide retry policy; put @app.retry(...) on each function instead",
+    "functions": "a list of the functions to load; the dev host loads every function of the app",
+    "concurrency": "dynamic concurrency",
+}
+_HTTP_KEYS = {"routePrefix", "customHeaders"}
+# The Functions host's limit when host.json sets none (ScriptJobHostOptionsSetup: Premium, Dedicated, containers).
+DEFAULT_FUNCTION_TIMEOUT = timedelta(minutes=30)
 _SETTING_REF = re.compile(r"%([^%]+)%")
 
 
@@ -72,7 +87,7 @@ class HostOptions:
 
     route_prefix: str = "api"
     custom_headers: dict[str, str] = field(default_factory=dict)  # extensions.http.customHeaders
-    function_timeout: timedelta | None = None
+    function_timeout: timedelta | None = DEFAULT_FUNCTION_TIMEOUT  # None: -1, no limit
     eventhubs: EventHubOptions = field(default_factory=EventHubOptions)
     singleton: SingletonOptions = field(default_factory=SingletonOptions)
     warnings: tuple[str, ...] = ()
@@ -127,9 +142,21 @@ def load_host_json(path: Path) -> HostOptions:
         document = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DevHostError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise DevHostError(f"{path} must hold a JSON object")
     warnings: list[str] = []
+    refused = [f"{key} ({_REFUSED[key]})" for key in sorted(set(document) & set(_REFUSED))]
+    if refused:
+        raise DevHostError(f"{path}: the dev host does not implement host.json " + "; ".join(refused))
+    for key in sorted(set(document) - _HONOURED - _LOCALLY_INERT):
+        warnings.append(f"host.json {key} is not a setting the dev host knows; ignored")
     extensions = document.get("extensions") or {}
+    for key in sorted(set(extensions) - {"eventHubs", "http"}):
+        warnings.append(f"host.json extensions.{key}: the app's functions use no such binding here; ignored")
     http = extensions.get("http") or {}
+    for key in sorted(set(http) - _HTTP_KEYS):
+        warnings.append(f"host.json extensions.http.{key} is not implemented by the dev host (no HTTP throttling, "
+                        "no HSTS); ignored")
     route_prefix = str(http.get("routePrefix", "api")).strip("/")
     custom_headers = http.get("customHeaders") or {}
     if not isinstance(custom_headers, dict):
@@ -176,7 +203,8 @@ def load_host_json(path: Path) -> HostOptions:
     return HostOptions(
         route_prefix=route_prefix,
         custom_headers={str(name): str(value) for name, value in custom_headers.items()},
-        function_timeout=parse_timespan(timeout) if timeout and str(timeout) != "-1" else None,
+        function_timeout=(None if str(timeout) == "-1" else parse_timespan(timeout) if timeout
+                          else DEFAULT_FUNCTION_TIMEOUT),
         eventhubs=options,
         singleton=singleton,
         warnings=tuple(warnings),

@@ -1,0 +1,210 @@
+"""Where the dev host could differ from the Functions host + Python worker: retries, paths, bodies, query, host.json.
+
+Each test says what the real host does, with the source it is read from, at these commits:
+
+* host:   Azure/azure-functions-host 89dc438d (src/WebJobs.Script*, src/WebJobs.Script.Grpc)
+* sdk:    Azure/azure-webjobs-sdk f79ea0bf (src/Microsoft.Azure.WebJobs.Host)
+* worker: Azure/azure-functions-python-worker 7e6acf36 (azure_functions_worker)
+* aspnet: dotnet/aspnetcore (src/Shared/UrlDecoder, src/Http/Http/src/Features/QueryFeature.cs)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+import pytest
+
+from devhost.app_loader import FunctionSpec, RetryPolicy
+from devhost.errors import DevHostError
+from devhost.invocation import Invoker, Outcome
+from devhost.settings import load_host_json
+from sluice.launcher import Running
+from tests.fixtures.devhost import start_devhost, write_app
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# --- 1. retry_context.exception -----------------------------------------------------------------------------------
+
+
+def _spec(function: Any, retry: RetryPolicy) -> FunctionSpec:
+    return FunctionSpec(name="f", trigger_type="eventHubTrigger", trigger={"name": "events"},
+                        user_function=function, is_async=False, accepts_context=True, retry=retry)
+
+
+def test_a_retry_sees_the_previous_attempts_exception_in_retry_context(tmp_path: Path) -> None:
+    """sdk FunctionExecutorExtensions.TryExecuteAsync: before each retry `retryContext.Exception =
+    functionResult?.Exception` (the failed attempt's exception); host ScriptInvocationContextExtensions.SetRetryContext
+    copies it into InvocationRequest.RetryContext.Exception as an RpcException (Message from
+    ExceptionFormatter.GetFormattedException, StackTrace, Source); worker dispatcher._get_context builds
+    bindings.RetryContext(retry_count, max_retry_count, invoc_request.retry_context.exception), which is what
+    azure.functions' RetryContext.exception (an RpcException with message/stack_trace/source) documents.
+
+    Before: devhost/invocation.py Invoker.call builds RetryContext(retry_count, max_retry_count) and never passes
+    the exception, so `context.retry_context.exception` is None on every retry. A function that branches on the
+    previous failure (e.g. dead-letter at once on a non-transient error) behaves differently locally."""
+    seen: list[Any] = []
+
+    def fails(events: Any, context: func.Context) -> None:
+        seen.append(context.retry_context.exception)
+        raise RuntimeError(f"store down on attempt {context.retry_context.retry_count}")
+
+    invoker = Invoker(tmp_path, threads=1)
+    try:
+        outcome = asyncio.run(invoker.call_with_retry(
+            _spec(fails, RetryPolicy("fixed_delay", 1, delay=timedelta(0))), {"events": []},
+            reason="test", stopping=asyncio.Event()))
+    finally:
+        invoker.shutdown()
+    assert outcome is Outcome.FAILED and len(seen) == 2
+    previous = seen[1]
+    assert previous is not None, "retry 1 got no exception from attempt 0"
+    assert "store down on attempt 0" in previous.message
+
+
+# --- 2. HTTP: what reaches the function -----------------------------------------------------------------------------
+
+HTTP_APP = '''
+import json
+import azure.functions as func
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+
+@app.route(route="devices/{device_id}/latest", methods=["GET"])
+def latest(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps({"device_id": req.route_params.get("device_id")}), mimetype="application/json")
+
+
+@app.route(route="echo", methods=["GET", "POST"])
+def echo(req: func.HttpRequest) -> func.HttpResponse:
+    body = {"body": req.get_body().decode("latin-1"), "params": dict(req.params)}
+    return func.HttpResponse(json.dumps(body), mimetype="application/json")
+'''
+
+
+@pytest.fixture(scope="module")
+def http_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    root = tmp_path_factory.mktemp("review-http") / "app"
+    running = start_devhost(root, settings=write_app(root, HTTP_APP))
+    yield running
+    running.stop(stop_timeout=20)
+
+
+def _get(host: Running, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://{host.address}{path}", timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_an_encoded_slash_in_a_route_parameter_reaches_the_function_still_encoded(http_host: Running) -> None:
+    """aspnet: Kestrel decodes the request path with UrlDecoder.DecodeInPlace, whose SkipUnescape leaves %2F encoded
+    ("skip %2F - '/'"), so Request.Path of /api/devices/a%2Fb/latest is ".../a%2Fb/latest": one segment. The host's
+    routing (WebJobsRouter -> ASP.NET Route/TemplateMatcher on Request.Path) matches devices/{device_id}/latest with
+    device_id "a%2Fb", and ToRpcHttp (PopulateHttpRouteDataAsParams) passes that value to the worker.
+
+    Before: HttpServer._path uses aiohttp's request.path, fully decoded ("a/b"), so the path has one segment
+    too many, no route matches and the client gets an empty 404, where the real host runs the function (Sluice's
+    lookups answer a JSON 400 naming device_id)."""
+    status, body = _get(http_host, "/api/devices/a%2Fb/latest")
+    assert status == 200, f"dev host answered {status} {body!r}"
+    assert json.loads(body) == {"device_id": "a%2Fb"}
+
+
+def test_a_path_with_an_encoded_nul_is_refused_before_any_function_runs(http_host: Running) -> None:
+    """aspnet: Kestrel's UrlDecoder.DecodeCore throws InvalidOperationException("The path contains null
+    characters.") for %00 in the path; Kestrel rejects the request target with 400 Bad Request before routing, so
+    no function runs.
+
+    Before: aiohttp decodes %00 to "\\x00" and the route parameter reaches the function (200 here)."""
+    status, body = _get(http_host, "/api/devices/a%00b/latest")
+    assert status == 400, f"dev host answered {status} {body!r}"
+
+
+def test_a_chunked_request_body_does_not_reach_the_function(http_host: Running) -> None:
+    """host: GrpcMessageConversionExtensions.ToRpcHttp fills the body only `if (request.Body != null &&
+    request.ContentLength > 0)`; a request sent with Transfer-Encoding: chunked has no Content-Length, so the Python
+    worker gets no body (the function sees b""). Maintainers: Azure/azure-functions-host#7930 ("Chunked requests are
+    not currently supported for the OOP scenarios"), #4926.
+
+    Before: HttpServer._invoke does `await request.read()`, which reads the chunked body, so a client that streams
+    its body works locally and sends empty requests in Azure."""
+    connection = http.client.HTTPConnection(http_host.host, http_host.port, timeout=10)
+    try:
+        connection.request("POST", "/api/echo", body=iter([b'{"a": ', b"1}"]), encode_chunked=True,
+                           headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+        response = connection.getresponse()
+        status, body = response.status, response.read()
+    finally:
+        connection.close()
+    assert status == 200
+    assert json.loads(body)["body"] == "", "the function got the chunked body, which the host does not pass on"
+
+
+def test_query_names_that_differ_only_in_case_are_one_parameter(http_host: Running) -> None:
+    """aspnet: QueryFeature.ParseNullableQueryInternal accumulates the query in a dictionary with
+    StringComparer.OrdinalIgnoreCase, so ?limit=5&LIMIT=7 is one parameter "limit" with values 5 and 7; host
+    ToRpcHttp sends it as limit="5,7" (StringValues.ToString()).
+
+    Before: _query() iterates aiohttp's case-sensitive MultiDict, so the function gets {"limit": "5", "LIMIT": "7"}
+    and reads 5 where Azure gives "5,7" (Sluice's parse_limit: a 400 in Azure, a 200 locally)."""
+    status, body = _get(http_host, "/api/echo?limit=5&LIMIT=7")
+    assert status == 200
+    assert json.loads(body)["params"] == {"limit": "5,7"}
+
+
+# --- 3. host.json settings ----------------------------------------------------------------------------------------
+
+
+def _host_json(tmp_path: Path, document: dict[str, Any]) -> Path:
+    path = tmp_path / "host.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("section", "keys"), [
+    ({"retry": {"strategy": "fixedDelay", "maxRetryCount": 3, "delayInterval": "00:00:05"}}, ["retry"]),
+    ({"functions": ["ingest"]}, ["functions"]),
+    ({"extensions": {"http": {"routePrefix": "api", "maxConcurrentRequests": 10, "maxOutstandingRequests": 20}}},
+     ["maxConcurrentRequests", "maxOutstandingRequests"]),
+], ids=["retry", "functions", "http-throttles"])
+def test_host_json_settings_the_dev_host_does_not_implement_are_refused_or_warned(
+        tmp_path: Path, section: dict[str, Any], keys: list[str]) -> None:
+    """host: HostJsonFileConfigurationSource knows "retry" and "functions" as host.json properties;
+    ScriptHost.CreateTypeAttributes turns host.json `retry` into a retry attribute on every function (functions
+    without @app.retry are retried); FunctionMetadataManager.ApplyAllowList loads only the functions named in
+    `functions`; extensions.http maxConcurrentRequests/maxOutstandingRequests make the host's HTTP extension throttle
+    requests (429).
+
+    Before: settings.load_host_json reads only functionTimeout, extensions.eventHubs, extensions.http.routePrefix/
+    customHeaders and singleton; anything else is dropped without a warning (only unknown extensions.eventHubs keys
+    are reported), so an app relying on these behaves differently locally with nothing said."""
+    path = _host_json(tmp_path, {"version": "2.0", **section})
+    try:
+        options = load_host_json(path)
+    except DevHostError:
+        return  # refused at start-up: fine
+    unmentioned = [key for key in keys if not any(key in warning for warning in options.warnings)]
+    assert not unmentioned, f"host.json {unmentioned} silently ignored (warnings: {options.warnings})"
+
+
+def test_without_function_timeout_the_hosts_default_limit_applies(tmp_path: Path) -> None:
+    """host: ScriptJobHostOptionsSetup.ConfigureFunctionTimeout: when host.json has no functionTimeout the limit is
+    DefaultFunctionTimeout, 30 minutes (5 on Consumption); only an explicit -1 means no limit, and only on SKUs that
+    allow it. AKS/Premium/Dedicated (Sluice's deployment) get 30 minutes.
+
+    Before: load_host_json maps a missing functionTimeout to None, no limit (docs/devhost.md says so), so an
+    invocation that runs 45 minutes passes locally and is killed (worker restarted) in Azure."""
+    options = load_host_json(_host_json(tmp_path, {"version": "2.0"}))
+    assert options.function_timeout == timedelta(minutes=30)
