@@ -29,7 +29,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 
 from cassandra.concurrent import execute_concurrent
@@ -56,8 +56,9 @@ class _CountingDeadLetters:
     def put_rejected(self, rejected: Sequence[Rejected]) -> None:
         self.count += len(rejected)
 
-    def put_batch(self, bodies: Sequence[tuple[bytes, EventMetadata]], reason: str) -> None:
-        self.count += len(bodies)
+    def put_batch(self, bodies: Sequence[tuple[bytes, EventMetadata]], reason: str, *,
+                  lettered: Collection[int] = ()) -> None:
+        self.count += len(bodies) - len(lettered)
 
 
 def synthetic_bodies(count: int, devices: int, seed: int = 7) -> list[RawRecord]:

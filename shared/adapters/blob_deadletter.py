@@ -26,7 +26,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -145,8 +145,10 @@ class BlobDeadLetterSink:
         if rejected:
             logger.warning("dead-lettered %d rejected items: %s", len(rejected), rejected[0].reason)
 
-    def put_batch(self, bodies: Sequence[tuple[bytes, EventMetadata]], reason: str) -> None:
-        if not bodies:
+    def put_batch(self, bodies: Sequence[tuple[bytes, EventMetadata]], reason: str, *,
+                  lettered: Collection[int] = ()) -> None:
+        kept = [item for position, item in enumerate(bodies) if position not in lettered]
+        if not kept:
             return
         now = datetime.now(UTC)
         first, last = bodies[0][1], bodies[-1][1]
@@ -159,12 +161,14 @@ class BlobDeadLetterSink:
             {
                 "kind": "batch",
                 "reason": reason,
-                "count": len(bodies),
+                "count": len(kept),
                 "dead_lettered_at": now.isoformat(),
-                "events": [{"eventhub": meta.as_dict(), **_original(body)} for body, meta in bodies],
+                "events": [{"eventhub": meta.as_dict(), **_original(body)} for body, meta in kept],
+                # Records of the batch whose every item has its own rejected letter: not repeated here.
+                "rejected_separately": [bodies[position][1].as_dict() for position in sorted(lettered)],
             },
         )
-        logger.error("dead-lettered a whole batch of %d events as %s: %s", len(bodies), name, reason)
+        logger.error("dead-lettered a whole batch of %d events as %s: %s", len(kept), name, reason)
 
     def read(self, kind: str = "all") -> Iterator[DeadLetter]:
         """Every dead letter not yet replayed, oldest day first (``kind``: rejected, batch or all)."""

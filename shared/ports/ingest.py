@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -35,8 +35,15 @@ class DeadLetterSink(Protocol):
         from partition, sequence number and index).
         """
 
-    def put_batch(self, bodies: Sequence[tuple[bytes, EventMetadata]], reason: str) -> None:
-        """Durably record a whole batch that could not be stored (e.g. the store stayed down), or raise."""
+    def put_batch(self, bodies: Sequence[tuple[bytes, EventMetadata]], reason: str, *,
+                  lettered: Collection[int] = ()) -> None:
+        """Durably record a whole batch that could not be stored (e.g. the store stayed down), or raise.
+
+        ``lettered``: positions in ``bodies`` of records every element of which has a rejected letter already.
+        The batch letter is named for the whole batch (its first and last sequence number, so the audit counts
+        the range as dead-lettered) but leaves those records out: each item is in exactly one letter.
+        Idempotent: the same batch written twice is one dead letter.
+        """
 
 
 @dataclass(frozen=True, slots=True)

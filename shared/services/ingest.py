@@ -113,7 +113,8 @@ class IngestService:
                 raise
             logger.error("storing %d events failed on the final attempt; dead-lettering the batch: %s",
                          len(parsed.oks), reason, exc_info=unexpected)
-            self._dead_letters.put_batch([(r.body, r.metadata) for r in records], f"event store unavailable: {reason}")
+            self._dead_letters.put_batch([(r.body, r.metadata) for r in records], f"event store unavailable: {reason}",
+                                         lettered=_rejected_whole(records, parsed))
             self._audit_dead_lettered(records)
             self._record(records, parsed, began, store_failed=len(parsed.oks))
             return IngestResult(len(records), 0, len(parsed.errs), parsed.duplicates, batch_dead_lettered=True)
@@ -148,6 +149,17 @@ class IngestService:
             self._audit.record(runs)
         except Exception:  # the batch is dead-lettered; the audit will show it as a gap, which the letter explains
             logger.warning("could not record %d dead-lettered runs in the audit ledger", len(runs), exc_info=True)
+
+
+def _rejected_whole(records: Sequence[RawRecord], parsed: Parsed) -> set[int]:
+    """Positions of the records every element of which has a rejected letter: a batch letter leaves them out.
+
+    A record with a valid (or duplicate) element stays in it whole: replaying it writes its invalid elements to
+    the same rejected names again, so no item is in two letters and nothing is lost.
+    """
+    valid = {id(e.metadata) for e in parsed.oks}
+    rejected = {id(r.metadata) for r in parsed.errs} - valid
+    return {position for position, record in enumerate(records) if id(record.metadata) in rejected}
 
 
 def audit_runs(records: Sequence[RawRecord], stored: Sequence[Event], dead_lettered: Sequence[Any]) -> list[AuditRun]:

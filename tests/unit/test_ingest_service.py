@@ -41,10 +41,10 @@ class FakeDeadLetters:
             raise TransientError("blob down")
         self.rejected.extend(rejected)
 
-    def put_batch(self, bodies, reason):
+    def put_batch(self, bodies, reason, *, lettered=()):
         if self.broken:
             raise TransientError("blob down")
-        self.batches.append((list(bodies), reason))
+        self.batches.append(([b for i, b in enumerate(bodies) if i not in lettered], reason))
 
 
 def record(seq: int, **fields) -> RawRecord:
@@ -84,8 +84,22 @@ def test_on_the_final_attempt_the_whole_batch_is_dead_lettered_with_the_reason()
     result = IngestService(store, dead, Limits()).handle(records, final_attempt=True, now=NOW)
     assert result.batch_dead_lettered and result.stored == 0
     [(bodies, reason)] = dead.batches
-    assert [body for body, _ in bodies] == [r.body for r in records]
+    assert [body for body, _ in bodies] == [r.body for r in records[:2]], "b'bad' has its rejected letter already"
+    assert [r.original for r in dead.rejected] == [b"bad"]
     assert "event store unavailable: store down" in reason
+
+
+def test_the_final_attempts_batch_letter_keeps_a_record_with_any_valid_element_whole():
+    """A record of one valid and one invalid element stays in the batch letter (its valid event is only there); a
+    record with nothing valid is left to its rejected letter, so no item is lettered twice."""
+    store, dead = FakeStore(failures=1), FakeDeadLetters()
+    mixed = json.dumps([json.loads(record(1).body), {"device_id": "x"}]).encode()
+    records = [RawRecord(mixed, EventMetadata(sequence_number=1)),
+               RawRecord(b"[1, 2]", EventMetadata(sequence_number=2)), record(3)]
+    result = IngestService(store, dead, Limits()).handle(records, final_attempt=True, now=NOW)
+    assert result.batch_dead_lettered and result.rejected == 3
+    [(bodies, _)] = dead.batches
+    assert [body for body, _ in bodies] == [mixed, records[2].body]
 
 
 def test_when_the_dead_letter_sink_is_down_the_error_propagates():
