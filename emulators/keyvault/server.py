@@ -175,6 +175,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+_QUERY_PARAMETERS = {"api-version", "maxresults", "$skiptoken"}
+
+
 @web.middleware
 async def challenge(request: web.Request, handler: Handler) -> web.StreamResponse:
     """401 with the Key Vault challenge unless a bearer token is present (any token is accepted)."""
@@ -188,6 +191,10 @@ async def challenge(request: web.Request, handler: Handler) -> web.StreamRespons
     if version not in API_VERSIONS:
         raise bad_parameter(f"The specified version ({version}) is not recognized. Supported: "
                             f"{', '.join(sorted(API_VERSIONS))}")
+    unknown = sorted(set(request.query) - _QUERY_PARAMETERS)
+    if unknown:  # e.g. outContentType: a certificate-backed secret's conversion, which this emulator has none of
+        raise VaultError(400, "NotSupported", f"The query parameters {', '.join(unknown)} are not supported by the "
+                         "Sluice Key Vault emulator (it takes api-version, maxresults and $skiptoken)")
     return await handler(request)
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-NAME = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
+NAME = re.compile(r"[0-9a-zA-Z-]{1,127}\Z")  # \Z: "$" would take a name ending in a newline
 RECOVERABLE_DAYS = 90
 RECOVERY_LEVEL = "Recoverable+Purgeable"
 MAX_VALUE_BYTES = 25 * 1024
