@@ -122,7 +122,7 @@ def telemetry_cost(chunks: list[list[RawRecord]], store: CassandraEventStore, no
                 began = time.thread_time()
                 for chunk in chunks:
                     first = chunk[0].metadata
-                    with telemetry.stage_span("ingest", attributes={"eventhub.partition": "0",
+                    with telemetry.stage_span("ingest", attributes={"messaging.destination.partition.id": "0",
                                                                     "sluice.sequence.first": first.sequence_number}):
                         t0 = time.perf_counter()
                         parsed = parse_records(chunk, limits=Limits(), now=now)

@@ -25,7 +25,7 @@ from typing import Any
 
 import azure.functions as func
 
-from functions.parameters import BadParameter, parse_device_id, parse_limit, parse_since
+from functions.parameters import BadParameter, logged_path, parse_device_id, parse_limit, parse_since
 from shared import bootstrap
 from shared.exceptions import DependencyUnavailable
 from shared.services.history import BadToken
@@ -63,7 +63,7 @@ def _mapped(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callabl
         except BadToken as exc:
             return _json({"error": "bad_request", "message": str(exc), "parameter": "page"}, 400)
         except DependencyUnavailable as exc:
-            logger.warning("%s failed: %s", req.url, exc)
+            logger.warning("%s failed: %s", logged_path(req.url), exc)
             return _json({"error": "dependency_unavailable", "message": str(exc), "dependency": exc.dependency}, 503,
                          {"Retry-After": str(RETRY_AFTER_SECONDS)})
 

@@ -75,7 +75,7 @@ def ingest(events: list[func.EventHubEvent], context: func.Context) -> None:
     logger.info(
         "ingest partition=%s received=%d stored=%d rejected=%d duplicates=%d batch_dead_lettered=%s",
         partition, result.received, result.stored, result.rejected, result.duplicates, result.batch_dead_lettered,
-        extra={"eventhub.partition": partition, "sluice.received": result.received, "sluice.stored": result.stored,
+        extra={"messaging.destination.partition.id": partition, "sluice.received": result.received, "sluice.stored": result.stored,
                "sluice.rejected": result.rejected, "sluice.duplicates": result.duplicates,
                "sluice.batch_dead_lettered": result.batch_dead_lettered},
     )
@@ -96,7 +96,7 @@ def _links(events: list[func.EventHubEvent]) -> list[Any]:
 def _span_attributes(partition: str | None, records: list[RawRecord]) -> dict[str, Any]:
     attributes: dict[str, Any] = {"messaging.system": "eventhubs", "messaging.batch.message_count": len(records)}
     if partition is not None:
-        attributes["eventhub.partition"] = partition
+        attributes["messaging.destination.partition.id"] = partition
     if records and records[0].metadata.sequence_number is not None:
         attributes["sluice.sequence.first"] = records[0].metadata.sequence_number
         attributes["sluice.sequence.last"] = records[-1].metadata.sequence_number

@@ -24,7 +24,7 @@ from typing import Any
 
 import azure.functions as func
 
-from functions.parameters import BadParameter, parse_device_id, parse_event_id, parse_limit, parse_since
+from functions.parameters import BadParameter, logged_path, parse_device_id, parse_event_id, parse_limit, parse_since
 from shared import bootstrap, telemetry
 from shared.exceptions import DependencyUnavailable
 from shared.services.lookups import Lookup
@@ -75,18 +75,22 @@ def _mapped(route: str) -> Callable[[Handler], Handler]:
         async def wrapper(req: func.HttpRequest) -> func.HttpResponse:
             started = time.perf_counter()
             token = _outcome.set("none")
+            status = 500  # anything else raised: the host answers 500, and the request counts as one
             try:
-                response = await handler(req)
-            except BadParameter as exc:
-                response = _error(400, "bad_request", exc.detail, parameter=exc.parameter)
-            except DependencyUnavailable as exc:
-                logger.warning("lookup %s failed: %s", req.url, exc)
-                response = _error(503, "dependency_unavailable", str(exc), dependency=exc.dependency)
-            try:
-                telemetry.record_lookup(route, _outcome.get(), response.status_code, time.perf_counter() - started)
+                try:
+                    response = await handler(req)
+                except BadParameter as exc:
+                    response = _error(400, "bad_request", exc.detail, parameter=exc.parameter)
+                except DependencyUnavailable as exc:
+                    logger.warning("lookup %s failed: %s", logged_path(req.url), exc)
+                    response = _error(503, "dependency_unavailable", str(exc), dependency=exc.dependency)
+                status = response.status_code
+                return response
             finally:
-                _outcome.reset(token)
-            return response
+                try:
+                    telemetry.record_lookup(route, _outcome.get(), status, time.perf_counter() - started)
+                finally:
+                    _outcome.reset(token)
 
         return wrapper
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from shared.exceptions import PermanentError
 
@@ -22,6 +23,11 @@ class BadParameter(PermanentError):
         super().__init__(f"{parameter}: {message}")
         self.parameter = parameter
         self.detail = message
+
+
+def logged_path(url: str) -> str:
+    """A request URL as it may be logged: its path only. The query can hold the function key (``?code=``)."""
+    return urlsplit(url).path
 
 
 # docs/events.md: a device id is 1-128 characters of A-Z a-z 0-9 . _ : -

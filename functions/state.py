@@ -15,7 +15,7 @@ from typing import Any
 
 import azure.functions as func
 
-from functions.parameters import BadParameter, parse_device_id, parse_since
+from functions.parameters import BadParameter, logged_path, parse_device_id, parse_since
 from shared import bootstrap
 from shared.exceptions import DependencyUnavailable
 
@@ -45,7 +45,7 @@ def device_state_at(req: func.HttpRequest) -> func.HttpResponse:
     except BadParameter as exc:
         return _json({"error": "bad_request", "message": exc.detail, "parameter": exc.parameter}, 400)
     except DependencyUnavailable as exc:
-        logger.warning("state lookup %s failed: %s", req.url, exc)
+        logger.warning("state lookup %s failed: %s", logged_path(req.url), exc)
         return _json({"error": "dependency_unavailable", "message": str(exc), "dependency": exc.dependency}, 503,
                      {"Retry-After": str(RETRY_AFTER_SECONDS)})
     if document is None:

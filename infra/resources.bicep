@@ -50,6 +50,7 @@ var roles = {
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
   acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d'
+  monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
 }
 
 var cassandraTables = loadJsonContent('cassandra-tables.json').tables
@@ -523,6 +524,18 @@ resource secretReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = [fo
     principalType: 'ServicePrincipal'
   }
 }]
+
+// Send telemetry to Application Insights, whose local (key) auth is off: the pods sign in with the
+// workload identity (APPLICATIONINSIGHTS_AUTHENTICATION_STRING in the ConfigMap).
+resource insightsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(insights.id, app.id, roles.monitoringMetricsPublisher)
+  scope: insights
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringMetricsPublisher)
+    principalId: app.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
 
 // The nodes pull the image (the kubelet's identity, not the app's).
 resource kubeletPull 'Microsoft.Authorization/roleAssignments@2022-04-01' = {

@@ -7,10 +7,13 @@ name them wherever a standard exists:
 * ``APPLICATIONINSIGHTS_CONNECTION_STRING``: the Azure Monitor distro
   (``azure-monitor-opentelemetry``) for metrics, traces and logs; with host.json
   ``"telemetryMode": "OpenTelemetry"`` the Functions host sends its own telemetry
-  the same way;
+  the same way. ``APPLICATIONINSIGHTS_AUTHENTICATION_STRING`` (``Authorization=AAD``,
+  optionally ``;ClientId=<user-assigned identity>``, as the Functions host reads it)
+  signs the export in with Entra ID, which a resource with local auth disabled requires;
 * ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or its ``_TRACES_`` / ``_METRICS_`` forms): OTLP
-  over HTTP/protobuf; every other ``OTEL_*`` variable (headers, timeout, sampler,
-  resource attributes) is read by the SDK itself;
+  over HTTP/protobuf, per signal unless ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``
+  is ``none``; every other ``OTEL_*`` variable (headers, timeout, sampler, resource
+  attributes) is read by the SDK itself;
 * ``SLUICE_METRICS_PORT`` (``TelemetrySettings``): a Prometheus scrape endpoint on
   that port (``SLUICE_METRICS_ADDRESS``, default ``0.0.0.0``), for AKS.
 
@@ -56,6 +59,7 @@ from shared.ports.metrics import NO_METRICS, Metrics
 from shared.settings import TelemetrySettings
 
 if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
     from opentelemetry.sdk.resources import Resource
 
 logger = logging.getLogger(__name__)
@@ -65,6 +69,7 @@ EXPORTER_LOGGERS = ("opentelemetry.exporter", "opentelemetry.sdk", "azure.monito
 _OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
                    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
 _PROPAGATOR = TraceContextTextMapPropagator()
+_AUTHENTICATION = "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"
 
 
 class OncePerInterval(logging.Filter):
@@ -272,11 +277,66 @@ def service_resource(environ: Mapping[str, str] | None = None) -> Resource:
     return Resource.create({k: v for k, v in ours.items() if k not in given})
 
 
+def otlp_signals_of(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The signals to export over OTLP: each with an endpoint (``OTEL_EXPORTER_OTLP_ENDPOINT`` or its own) unless its
+    ``OTEL_<SIGNAL>_EXPORTER`` is ``none``, each checked for its protocol (``OTEL_EXPORTER_OTLP_<SIGNAL>_PROTOCOL``,
+    else ``OTEL_EXPORTER_OTLP_PROTOCOL``: http/protobuf only)."""
+    problems: list[str] = []
+    signals: list[str] = []
+    for signal in ("metrics", "traces"):
+        if not (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")):
+            continue
+        choice_name = f"OTEL_{signal.upper()}_EXPORTER"
+        choice = (env.get(choice_name) or "otlp").strip().lower()
+        if choice == "none":
+            continue
+        if choice != "otlp":
+            problems.append(f"{choice_name}: {choice!r}: Sluice exports {signal} over OTLP ('otlp') or not at all "
+                            "('none'); Prometheus is SLUICE_METRICS_PORT")
+            continue
+        for protocol_name in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+            protocol = (env.get(protocol_name) or "").strip()
+            if protocol:
+                if protocol != "http/protobuf":
+                    problems.append(f"{protocol_name}: {protocol!r}: Sluice ships the OTLP exporter for "
+                                    "http/protobuf only")
+                break
+        signals.append(signal)
+    if problems:
+        raise ConfigurationError("invalid settings:\n  " + "\n  ".join(problems))
+    return tuple(signals)
+
+
+def azure_monitor_credential(env: Mapping[str, str]) -> TokenCredential | None:
+    """The Entra ID credential ``APPLICATIONINSIGHTS_AUTHENTICATION_STRING`` asks for, or ``None`` (key-based).
+
+    ``Authorization=AAD`` signs in with the default chain (on AKS the workload identity), ``Authorization=AAD;
+    ClientId=<id>`` with that user-assigned managed identity, as the Functions host reads the setting.
+    """
+    value = (env.get(_AUTHENTICATION) or "").strip()
+    if not value:
+        return None
+    parts: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in value.split(";"))):
+        key, sep, given = part.partition("=")
+        if not sep or key.strip().lower() not in ("authorization", "clientid"):
+            raise ConfigurationError(f"invalid settings:\n  {_AUTHENTICATION}: {part!r} is not Authorization=AAD or "
+                                     "ClientId=<client id>")
+        parts[key.strip().lower()] = given.strip()
+    if parts.get("authorization", "").upper() != "AAD":
+        raise ConfigurationError(f"invalid settings:\n  {_AUTHENTICATION}: must hold Authorization=AAD")
+    from shared.adapters.identity import credential_for
+
+    client_id = parts.get("clientid") or None
+    return credential_for("https://monitor.azure.com", managed_identity=client_id is not None, client_id=client_id)
+
+
 def build(environ: Mapping[str, str] | None = None, *, settings: TelemetrySettings | None = None,
           install: bool = True) -> Telemetry:
     """The providers and exporters the environment and ``settings`` ask for; the global providers when ``install``.
 
-    Raises ``ConfigurationError`` for an OTLP protocol other than ``http/protobuf``.
+    Raises ``ConfigurationError`` for an OTLP protocol other than ``http/protobuf``, an ``OTEL_*_EXPORTER`` other
+    than ``otlp`` or ``none``, or a malformed ``APPLICATIONINSIGHTS_AUTHENTICATION_STRING``.
     """
     env = os.environ if environ is None else environ
     settings = settings or TelemetrySettings()
@@ -292,19 +352,19 @@ def build(environ: Mapping[str, str] | None = None, *, settings: TelemetrySettin
     readers: list[Any] = []
     processors: list[Any] = []
     exporters: list[str] = []
-    if otlp:
-        protocol = (env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip()
-        if protocol != "http/protobuf":
-            raise ConfigurationError(f"invalid settings:\n  OTEL_EXPORTER_OTLP_PROTOCOL: {protocol!r}: Sluice ships "
-                                     f"the OTLP exporter for http/protobuf only")
+    otlp_signals = otlp_signals_of(env) if otlp else ()
+    if "metrics" in otlp_signals:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    if "traces" in otlp_signals:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
         processors.append(BatchSpanProcessor(OTLPSpanExporter()))
-        exporters.append("otlp")
+    if otlp_signals:
+        exporters.append("otlp" if len(otlp_signals) == 2 else f"otlp ({otlp_signals[0]} only)")
     server = None
     if port is not None:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -323,8 +383,9 @@ def build(environ: Mapping[str, str] | None = None, *, settings: TelemetrySettin
 
         if not install:
             raise ValueError("the Azure Monitor distro always installs the global providers")
+        signed_in = azure_monitor_credential(env)
         configure_azure_monitor(connection_string=connection, resource=resource, metric_readers=readers,
-                                span_processors=processors)
+                                span_processors=processors, **({"credential": signed_in} if signed_in else {}))
         exporters.append("azure-monitor")
         meter_provider, tracer_provider = metrics.get_meter_provider(), trace.get_tracer_provider()
     else:

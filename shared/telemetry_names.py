@@ -10,7 +10,7 @@ and prometheus_client's metric families, as of 0.66b2): dots become
 underscores; a unit is mapped to its Prometheus word (``s`` -> ``seconds``; an annotation
 such as ``{event}`` is dropped) and appended unless the name already ends with it; a counter gets ``_total``; a
 histogram is exposed as ``_bucket``, ``_sum`` and ``_count``. Attribute names
-are sanitized the same way (``eventhub.partition`` -> ``eventhub_partition``).
+are sanitized the same way (``messaging.destination.partition.id`` -> ``messaging_destination_partition_id``).
 Application Insights keeps the instrument's own name (``customMetrics.name``)
 and its attributes as ``customDimensions``.
 """
@@ -67,14 +67,16 @@ def sanitize(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_:]", "_", name)
 
 
-PARTITION = "eventhub.partition"
+# OpenTelemetry messaging semantic conventions: the Event Hubs partition and consumer group.
+PARTITION = "messaging.destination.partition.id"
+CONSUMER_GROUP = "messaging.consumer.group.name"
 
 INSTRUMENTS: tuple[Instrument, ...] = (
     Instrument("sluice.ingest.events", "counter", attributes=("outcome", PARTITION),
                description="events by outcome: stored, dead_lettered, duplicate"),
     Instrument("sluice.ingest.batch.duration", "histogram", "s", (PARTITION,), "one ingest batch, end to end"),
     Instrument("sluice.ingest.delay", "histogram", "s", (), "enqueued in Event Hubs -> stored"),
-    Instrument("sluice.eventhub.lag", "gauge", "", (PARTITION, "consumer_group"),
+    Instrument("sluice.eventhub.lag", "gauge", "", (PARTITION, CONSUMER_GROUP),
                "last enqueued - checkpoint, counted as KEDA counts it"),
     Instrument("sluice.changefeed.events", "counter", attributes=("critical",), description="changes applied"),
     Instrument("sluice.changefeed.delay", "histogram", "s", (), "stored -> written to Redis (projection lag)"),

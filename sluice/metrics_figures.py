@@ -40,7 +40,7 @@ def parse(text: str) -> MetricFigures:
                 elif outcome == "dead_lettered":
                     figures.dead_lettered += int(sample.value)
             elif sample.name == lag:
-                partition = sample.labels.get("eventhub_partition", "?")
+                partition = sample.labels.get("messaging_destination_partition_id", "?")
                 figures.lag_by_partition[partition] = max(figures.lag_by_partition.get(partition, 0), int(sample.value))
     return figures
 

@@ -21,7 +21,7 @@ from opentelemetry import metrics, trace
 
 from shared.domain.events import Event, Rejected
 from shared.domain.stored import StoredEvent
-from shared.telemetry_names import BY_NAME, PARTITION
+from shared.telemetry_names import BY_NAME, CONSUMER_GROUP, PARTITION
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class OtelMetrics:
 
         def observe(_options: Any) -> list[metrics.Observation]:
             try:
-                return [metrics.Observation(count, {PARTITION: partition, "consumer_group": consumer_group})
+                return [metrics.Observation(count, {PARTITION: partition, CONSUMER_GROUP: consumer_group})
                         for partition, count in lag().items()]
             except Exception as exc:
                 telemetry_failed("reading the Event Hubs lag", exc)

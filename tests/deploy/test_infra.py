@@ -26,7 +26,7 @@ APP_PRINCIPAL = "app.properties.principalId"
 NOT_THE_APP = {"kubeletPull": ("acrPull", "registry", "aks.properties.identityProfile.kubeletidentity.objectId")}
 # role -> the scope each assignment of it must have (least privilege: never the account, namespace or vault).
 SCOPES = {"eventHubsDataReceiver": "eventHub", "storageBlobDataOwner": "containers[i]",
-          "keyVaultSecretsUser": "secretRefs[i]"}
+          "keyVaultSecretsUser": "secretRefs[i]", "monitoringMetricsPublisher": "insights"}
 SECRETISH = re.compile(
     r"listKeys|listConnectionStrings|listCredentials|[Pp]assword|Key\b|ConnectionString|secret\.value", re.IGNORECASE
 )
@@ -113,7 +113,20 @@ def test_the_roles_are_the_builtin_ones() -> None:
     assert ids == {"eventHubsDataReceiver": "a638d3c7-ab3a-418d-83e6-5f17a39d4fde",
                    "storageBlobDataOwner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
                    "keyVaultSecretsUser": "4633458b-17de-408a-b874-0445c86b69e6",
-                   "acrPull": "7f951dda-4ed3-4680-a7ca-43fe172d538d"}
+                   "acrPull": "7f951dda-4ed3-4680-a7ca-43fe172d538d",
+                   "monitoringMetricsPublisher": "3913510d-42f4-4e42-8a64-420c390055eb"}
+
+
+def test_application_insights_without_local_auth_is_reached_with_the_workload_identity() -> None:
+    """With DisableLocalAuth only Entra ID sign-in is ingested, by an identity that is Monitoring Metrics Publisher
+    on the resource (learn.microsoft.com/azure/azure-monitor/app/azure-ad-authentication): without the grant and the
+    pods' authentication string every export is refused, and the alerts over customMetrics never fire."""
+    (insights,) = [symbol for symbol, (kind, _) in resources().items() if kind == "Microsoft.Insights/components"]
+    assert field(resources()[insights][1], "DisableLocalAuth") == "true"
+    grants = [body for kind, body in resources().values() if kind == "Microsoft.Authorization/roleAssignments"
+              and field(body, "scope") == insights and "roles.monitoringMetricsPublisher" in body]
+    assert grants and field(grants[0], "principalId") == "app.properties.principalId"
+    assert settings()["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"] == "Authorization=AAD"
 
 
 def test_the_identity_trusts_sluices_service_account_and_kedas() -> None:

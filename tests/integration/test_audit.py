@@ -240,7 +240,7 @@ def test_the_worker_gauge_reports_the_missing_count_per_partition(stack: dict[st
 def _points(reader: InMemoryMetricReader) -> dict[str, int]:
     data = reader.get_metrics_data()
     return {
-        point.attributes["eventhub.partition"]: point.value
+        point.attributes["messaging.destination.partition.id"]: point.value
         for rm in data.resource_metrics
         for sm in rm.scope_metrics
         for metric in sm.metrics

@@ -115,7 +115,7 @@ def test_a_batch_of_valid_invalid_and_duplicate_events_is_counted_exactly(ingest
         for instrumentor in (CassandraInstrumentor(), RedisInstrumentor(), PsycopgInstrumentor()):
             instrumentor.uninstrument()
     metrics = collected(in_memory.reader)
-    partition = ("eventhub.partition", "0")
+    partition = ("messaging.destination.partition.id", "0")
     assert metrics["sluice.ingest.events"] == {
         frozenset({("outcome", "stored"), partition}): 6,
         frozenset({("outcome", "dead_lettered"), partition}): 3,
@@ -129,7 +129,7 @@ def test_a_batch_of_valid_invalid_and_duplicate_events_is_counted_exactly(ingest
     spans = in_memory.spans.get_finished_spans()
     (span,) = [s for s in spans if s.name == "sluice.ingest"]
     assert [format(link.context.trace_id, "032x") for link in span.links] == [PRODUCER.split("-")[1]]
-    assert span.attributes["eventhub.partition"] == "0"
+    assert span.attributes["messaging.destination.partition.id"] == "0"
     assert (span.attributes["sluice.sequence.first"], span.attributes["sluice.sequence.last"]) == (1, 11)
     assert span.attributes["sluice.events.stored"] == 6
     assert list(span.attributes["sluice.critical.event_ids"]) == [valid[-1]["event_id"]]
@@ -142,10 +142,10 @@ def test_a_second_batch_adds_to_the_counters(ingest, in_memory) -> None:
     ingest(batch([event(), event()]))
     ingest(batch([event(), b"nope"], partition="1"))
     events = collected(in_memory.reader)["sluice.ingest.events"]
-    assert events[frozenset({("outcome", "stored"), ("eventhub.partition", "0")})] == 2
-    assert events[frozenset({("outcome", "stored"), ("eventhub.partition", "1")})] == 1
-    assert events[frozenset({("outcome", "dead_lettered"), ("eventhub.partition", "1")})] == 1
-    assert collected(in_memory.reader)["sluice.ingest.batch.duration"][frozenset({("eventhub.partition", "0")})] == 1
+    assert events[frozenset({("outcome", "stored"), ("messaging.destination.partition.id", "0")})] == 2
+    assert events[frozenset({("outcome", "stored"), ("messaging.destination.partition.id", "1")})] == 1
+    assert events[frozenset({("outcome", "dead_lettered"), ("messaging.destination.partition.id", "1")})] == 1
+    assert collected(in_memory.reader)["sluice.ingest.batch.duration"][frozenset({("messaging.destination.partition.id", "0")})] == 1
 
 
 # --- the lag gauge, from the ingest worker, over the real Event Hubs emulator and the host's checkpoints ---
@@ -188,8 +188,8 @@ def test_the_lag_gauge_is_last_enqueued_minus_checkpoint(isolated_eventhub: Any,
         lag = collected(in_memory.reader)["sluice.eventhub.lag"]
     finally:
         bootstrap.reset()
-    by_partition = {dict(attrs)["eventhub.partition"]: value for attrs, value in lag.items()}
-    assert {dict(attrs)["consumer_group"] for attrs in lag} == {"sluice"}
+    by_partition = {dict(attrs)["messaging.destination.partition.id"]: value for attrs, value in lag.items()}
+    assert {dict(attrs)["messaging.consumer.group.name"] for attrs in lag} == {"sluice"}
     # 2 is empty; 3 has no checkpoint yet, so KEDA counts its 3 retained events
     assert by_partition == {"0": 6, "1": 0, "2": 0, "3": 3}
 
@@ -262,7 +262,7 @@ def test_the_prometheus_endpoint_serves_the_instruments_under_their_derived_name
         served.meter_provider.shutdown()
     samples = {(sample.name, frozenset((k, v) for k, v in sample.labels.items() if not k.startswith("otel_scope")))
                : sample.value for family in text_string_to_metric_families(text) for sample in family.samples}
-    assert samples[("sluice_ingest_events_total", frozenset({("eventhub_partition", "3"), ("outcome", "stored")}))] == 2
+    assert samples[("sluice_ingest_events_total", frozenset({("messaging_destination_partition_id", "3"), ("outcome", "stored")}))] == 2
     assert samples[("sluice_deadletter_letters_total", frozenset({("reason", "malformed")}))] == 1
     names = {name for name, _ in samples}
     for series in ("sluice_ingest_batch_duration_seconds_bucket", "sluice_ingest_delay_seconds_count",
@@ -280,7 +280,7 @@ started = telemetry.configure(TelemetrySettings())
 durations = []
 for n in range(20):
     began = time.perf_counter()
-    with telemetry.stage_span("ingest", attributes={"eventhub.partition": "0"}):
+    with telemetry.stage_span("ingest", attributes={"messaging.destination.partition.id": "0"}):
         telemetry.pipeline_metrics().ingest_batch("0", stored=(), duplicates=1, rejected=(), store_failed=0,
                                                   seconds=0.01, oldest_enqueued=datetime.now(UTC))
     durations.append(time.perf_counter() - began)

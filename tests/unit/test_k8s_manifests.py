@@ -30,6 +30,7 @@ FUNCTIONS_SETTING = re.compile(r"^AzureFunctionsJobHost__functions__(\d+)$")
 HOST_SETTINGS = {
     "FUNCTIONS_WORKER_RUNTIME", "AzureWebJobsFeatureFlags", "AzureWebJobsSecretStorageType",
     "AzureFunctionsWebHost__hostid", "AzureWebJobsStorage", "PYTHON_ENABLE_OPENTELEMETRY",
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
 }
 IDENTITY_CONNECTION_SUFFIXES = {"fullyQualifiedNamespace", "credential", "clientId"}
 SECRET_VALUE = re.compile(

@@ -176,8 +176,8 @@ def test_a_failing_lag_reading_reports_no_point_rather_than_zero(sdk) -> None:
 
     sdk.metrics.register_lag_gauge(lag, "sluice")
     assert collected(sdk.reader)["sluice.eventhub.lag"] == {
-        frozenset({("eventhub.partition", "0"), ("consumer_group", "sluice")}): 5,
-        frozenset({("eventhub.partition", "1"), ("consumer_group", "sluice")}): 0}
+        frozenset({("messaging.destination.partition.id", "0"), ("messaging.consumer.group.name", "sluice")}): 5,
+        frozenset({("messaging.destination.partition.id", "1"), ("messaging.consumer.group.name", "sluice")}): 0}
     assert "sluice.eventhub.lag" not in collected(sdk.reader)
 
 
