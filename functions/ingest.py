@@ -75,9 +75,9 @@ def ingest(events: list[func.EventHubEvent], context: func.Context) -> None:
     logger.info(
         "ingest partition=%s received=%d stored=%d rejected=%d duplicates=%d batch_dead_lettered=%s",
         partition, result.received, result.stored, result.rejected, result.duplicates, result.batch_dead_lettered,
-        extra={"messaging.destination.partition.id": partition, "sluice.received": result.received, "sluice.stored": result.stored,
-               "sluice.rejected": result.rejected, "sluice.duplicates": result.duplicates,
-               "sluice.batch_dead_lettered": result.batch_dead_lettered},
+        extra={"messaging.destination.partition.id": partition, "sluice.received": result.received,
+               "sluice.stored": result.stored, "sluice.rejected": result.rejected,
+               "sluice.duplicates": result.duplicates, "sluice.batch_dead_lettered": result.batch_dead_lettered},
     )
 
 

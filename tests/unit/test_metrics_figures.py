@@ -6,15 +6,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from sluice.metrics_figures import parse
 
+PARTITION, GROUP = "messaging_destination_partition_id", "messaging_consumer_group_name"  # the exported labels
+
 
 def test_stored_dead_lettered_and_lag_come_from_the_exported_series() -> None:
     registry = CollectorRegistry()
-    events = Counter("sluice_ingest_events", "events", ["outcome", "messaging_destination_partition_id"], registry=registry)
+    events = Counter("sluice_ingest_events", "events", ["outcome", PARTITION], registry=registry)
     events.labels("stored", "0").inc(7)
     events.labels("stored", "1").inc(5)
     events.labels("dead_lettered", "1").inc(2)
     events.labels("duplicate", "0").inc(3)
-    lag = Gauge("sluice_eventhub_lag", "lag", ["messaging_destination_partition_id", "messaging_consumer_group_name"], registry=registry)
+    lag = Gauge("sluice_eventhub_lag", "lag", [PARTITION, GROUP], registry=registry)
     lag.labels("0", "sluice").set(4)
     lag.labels("1", "sluice").set(0)
     figures = parse(generate_latest(registry).decode())
@@ -30,9 +32,9 @@ def test_the_live_table_takes_its_figures_from_a_metrics_endpoint_and_keeps_the_
     from sluice.delivery import Figures
 
     registry = CollectorRegistry()
-    Counter("sluice_ingest_events", "events", ["outcome", "messaging_destination_partition_id"], registry=registry).labels(
+    Counter("sluice_ingest_events", "events", ["outcome", PARTITION], registry=registry).labels(
         "stored", "0").inc(40)
-    Gauge("sluice_eventhub_lag", "lag", ["messaging_destination_partition_id"], registry=registry).labels("0").set(3)
+    Gauge("sluice_eventhub_lag", "lag", [PARTITION], registry=registry).labels("0").set(3)
     server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
     try:
         url = f"http://127.0.0.1:{server.server_port}/metrics"
