@@ -485,6 +485,7 @@ def enrichment_service() -> EnrichmentService:
 @service
 def status_service() -> StatusService:
     from shared.adapters.blob_deadletter import BlobDeadLetterCounter
+    from shared.adapters.blob_service import blob_service_client
     from shared.adapters.cassandra.dashboard import CassandraArrivalStats, CassandraFeedPosition
     from shared.adapters.postgres.reports import PostgresReports
     from shared.adapters.redis_dashboard import RedisCacheStats, RedisCriticalStream
@@ -504,7 +505,10 @@ def status_service() -> StatusService:
         arrivals,
         feed,
         PostgresReports(postgres_pool(), timeout=timeout),
-        BlobDeadLetterCounter(blob_service(), cfg.storage.deadletter_container),
+        # A client of its own whose reads end within the section's time and are not retried: a hung storage account
+        # must not keep the section's thread for the SDK's 60 s read timeout and three retries.
+        BlobDeadLetterCounter(blob_service_client(cfg.storage, connection_timeout=timeout, read_timeout=timeout,
+                                                  retry_total=0), cfg.storage.deadletter_container),
         RedisCacheStats(redis_client()),
         RedisCriticalStream(
             redis_client(), key_prefix=cfg.redis.key_prefix, stream_shards=cfg.redis.critical_stream_shards
@@ -564,7 +568,8 @@ def state_service() -> StateService:
     cfg = settings()
     timeout = cfg.dashboard.read_timeout_seconds
     return StateService(CassandraDeviceHistory(cassandra_session, cfg.cassandra.keyspace, timeout=timeout),
-                        CassandraEventReader(cassandra_session, cfg.cassandra.keyspace, timeout=timeout))
+                        CassandraEventReader(cassandra_session, cfg.cassandra.keyspace, timeout=timeout),
+                        deadline_seconds=cfg.dashboard.state_deadline_seconds)
 
 
 @service

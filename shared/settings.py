@@ -538,6 +538,9 @@ class DashboardSettings(_Group):
     """Timeout of each store read behind /api/status, history and reports"""
     status_cache_seconds: float = Field(1.0, ge=0)
     """A pod computes /api/status at most once per this many seconds"""
+    state_deadline_seconds: float = Field(10.0, gt=0)
+    """The most a device's state at a time (/api/devices/{id}/state) may take, its walk back day by day included,
+    before it answers 503"""
     refresh_seconds: int = Field(5, ge=1, le=300)
     """How often the page polls /api/status and the critical feed"""
 

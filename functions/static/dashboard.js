@@ -206,15 +206,20 @@
   }
 
   // -- polling --------------------------------------------------------------------------------
+  // The status and the critical feed are fetched together but shown apart: the feed is Redis's, and a Redis
+  // outage must not hide the status of everything else (which says that Redis is down).
   async function poll() {
     try {
-      const [status, critical] = await Promise.all([api("/status"), api("/critical", { limit: 50 })]);
-      renderStatus(status);
-      renderCritical(critical);
-    } catch (err) {
-      document.getElementById("updated").textContent = "status unavailable: " + (err.message || err);
+      const [status, critical] = await Promise.allSettled([api("/status"), api("/critical", { limit: 50 })]);
+      if (status.status === "fulfilled") renderStatus(status.value);
+      else document.getElementById("updated").textContent = "status unavailable: " + (status.reason.message || status.reason);
+      const problem = document.getElementById("critical-error");
+      problem.hidden = critical.status === "fulfilled";
+      if (critical.status === "fulfilled") renderCritical(critical.value);
+      else problem.textContent = "critical events unavailable: " + (critical.reason.message || critical.reason);
+    } finally {
+      setTimeout(poll, refreshMs);
     }
-    setTimeout(poll, refreshMs);
   }
 
   async function pollSites() {

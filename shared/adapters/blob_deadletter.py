@@ -26,9 +26,10 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Collection, Iterator, Sequence
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
@@ -192,34 +193,60 @@ class BlobDeadLetterSink:
 
 
 class BlobDeadLetterCounter:
-    """Implements ``shared.ports.dashboard.DeadLetterCounter``: lists only the day prefixes the period touches.
+    """Implements ``shared.ports.dashboard.DeadLetterCounter``: dead letters written since a time, by day prefix.
 
-    Blob names start with the Event Hubs enqueued day, so the last hour is at most two
-    day prefixes per kind; each blob's ``last_modified`` (when it was dead-lettered)
-    decides, and the listing stops at ``cap`` blobs.
+    Blob names start with the Event Hubs *enqueued* day, and each blob's ``last_modified``
+    (when it was dead-lettered) decides. The day prefixes of the period itself (at most two
+    for the last hour) are listed on every call. A backlog read after an outage letters
+    events enqueued days earlier, so the earlier days of the hub's retention
+    (``lookback_days``) are listed too, newest first, at most once per ``older_every``
+    seconds: such letters are counted up to that much late. Each listing stops at ``cap``
+    blobs.
     """
 
-    def __init__(self, service: BlobServiceClient, container: str) -> None:
+    def __init__(self, service: BlobServiceClient, container: str, *, lookback_days: int = 7,
+                 older_every: float = 60.0, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._container = service.get_container_client(container)
+        self._lookback = lookback_days
+        self._older_every = older_every
+        self._clock = clock
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._older: tuple[float, list[datetime], bool] | None = None  # listed at, times since then, capped
 
     def count_since(self, since: datetime, *, cap: int) -> tuple[int, bool]:
-        now = datetime.now(UTC)
-        days = sorted({since.astimezone(UTC).strftime("%Y/%m/%d"), now.strftime("%Y/%m/%d")})
-        count = listed = 0
+        now = self._clock()
+        recent = sorted({since.astimezone(UTC).strftime("%Y/%m/%d"), now.strftime("%Y/%m/%d")}, reverse=True)
+        older = [day for day in ((now - timedelta(days=back)).strftime("%Y/%m/%d")
+                                 for back in range(1, self._lookback + 1)) if day not in recent]
         try:
-            for prefix in KINDS.values():
-                for day in days:
-                    for blob in self._container.list_blobs(name_starts_with=f"{prefix}{day}/"):
-                        listed += 1
-                        if blob.last_modified is not None and blob.last_modified >= since:
-                            count += 1
-                        if listed >= cap:
-                            return count, True
+            with self._lock:
+                times, capped = self._list(recent, since, cap)
+                if older and (self._older is None or self._monotonic() - self._older[0] >= self._older_every):
+                    self._older = (self._monotonic(), *self._list(older, since, cap))
+                if self._older is not None:
+                    times += [t for t in self._older[1] if t >= since]
+                    capped = capped or self._older[2]
         except ResourceNotFoundError:
             return 0, False  # no dead letter was ever written
         except AzureError as exc:
             raise DependencyUnavailable("storage", f"listing dead letters failed: {type(exc).__name__}") from exc
-        return count, False
+        return len(times), capped
+
+    def _list(self, days: Sequence[str], since: datetime, cap: int) -> tuple[list[datetime], bool]:
+        """The modification times at or after ``since`` of the letters under ``days``; capped at ``cap`` listed."""
+        times: list[datetime] = []
+        listed = 0
+        for day in days:
+            for prefix in KINDS.values():
+                for blob in self._container.list_blobs(name_starts_with=f"{prefix}{day}/"):
+                    listed += 1
+                    if blob.last_modified is not None and blob.last_modified >= since:
+                        times.append(blob.last_modified)
+                    if listed >= cap:
+                        return times, True
+        return times, False
 
 
 _BATCH_NAME = re.compile(

@@ -8,7 +8,9 @@ the first day holding an event at or before T. Two shortcuts bound the cost:
 * the device's newest event (``device_latest``) answers at once when it is at or
   before T, and a device with no event at all is "not found" without a walk;
 * the walk covers at most ``lookback_days`` days; an event older than that is
-  not found (``docs/api.md``).
+  not found (``docs/api.md``);
+* the whole walk has a deadline (``deadline_seconds``): past it the answer is
+  ``DependencyUnavailable`` (503), not a request held for minutes by a slow store.
 
 Event time decides, whatever order the events arrived in; equal times fall back
 to the larger event id, as ``StoredEvent.newer_than`` (and the latest state) do.
@@ -16,11 +18,14 @@ to the larger event id, as ``StoredEvent.newer_than`` (and the latest state) do.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.domain.stored import StoredEvent
 from shared.domain.times import day_of, to_ms
+from shared.exceptions import DependencyUnavailable
 from shared.ports.dashboard import DeviceHistory
 from shared.ports.event_reader import EventReader
 
@@ -30,10 +35,13 @@ _TIES = 16  # rows read at the newest time of a day, to pick the winner of a tie
 
 class StateService:
     def __init__(self, history: DeviceHistory, reader: EventReader, *,
-                 lookback_days: int = DEFAULT_LOOKBACK_DAYS) -> None:
+                 lookback_days: int = DEFAULT_LOOKBACK_DAYS, deadline_seconds: float = 10.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._history = history
         self._reader = reader
         self._lookback = lookback_days
+        self._deadline = deadline_seconds
+        self._monotonic = monotonic
 
     def at(self, device_id: str, at: datetime) -> dict[str, Any] | None:
         """The document of the device's latest event with event time at or before ``at``; ``None`` when none."""
@@ -41,6 +49,7 @@ class StateService:
         return event.to_document() if event is not None else None
 
     def _find(self, device_id: str, at: datetime) -> StoredEvent | None:
+        give_up = self._monotonic() + self._deadline
         newest = self._reader.latest(device_id)
         if newest is None:
             return None
@@ -50,6 +59,10 @@ class StateService:
         # Near the start of the calendar (year 1) the look-back stops there: nothing is older.
         start = max(at, _FIRST + timedelta(days=self._lookback)) - timedelta(days=self._lookback)
         for back in range(min(self._lookback, (day - start.date()).days) + 1):
+            if self._monotonic() > give_up:
+                raise DependencyUnavailable("cassandra", f"the state of {device_id!r} was not found within "
+                                            f"{self._deadline:g}s ({back} days read back from {day}); Cassandra is "
+                                            "slow to answer")
             rows = self._history.page(device_id, day - timedelta(days=back), start=start, end=at, after=None,
                                       limit=_TIES)
             if rows:

@@ -11,8 +11,12 @@ at once), two day
 prefixes of dead-letter blobs at most ``DEAD_LETTER_CAP`` long, single rows for
 the positions. A bucket closed for longer than ``CLOSED_GRACE`` (its events are
 stored) is read once and kept; only the open ones are read on each call. Each
-section fails on its own: a down store makes its section ``{"error": ...}``
-and marks its dependency down, the rest is still answered.
+section fails on its own: a down store, a read that does not answer in time or an
+unexpected error makes its section ``{"error": ..., "dependency": ...}``, the rest
+is still answered. A section whose previous read is still running (a store that
+accepts connections but does not answer) is not started again: it answers with that
+error until the read ends, so a hung store holds one thread, never the others'.
+Concurrent requests share one computation.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -93,8 +97,10 @@ class StatusService:
         self._monotonic = monotonic
         self._closed: dict[datetime, BucketFigures] = {}
         self._lock = threading.Lock()
+        self._computing = threading.Lock()  # one computation at a time; concurrent callers take its result
         self._last: tuple[float, dict[str, Any]] | None = None
-        self._pool = ThreadPoolExecutor(max_workers=7, thread_name_prefix="status")
+        self._running: dict[str, tuple[float, Future[dict[str, Any]]]] = {}  # a section's read still in flight
+        self._pool = ThreadPoolExecutor(max_workers=len(_SECTION_DEPENDENCY), thread_name_prefix="status")
 
     # -- /api/critical -----------------------------------------------------------------
     def critical(self, limit: int) -> dict[str, Any]:
@@ -103,9 +109,16 @@ class StatusService:
     # -- /api/status -------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """The status document (``docs/api.md``); computed at most once per ``cache_seconds`` per process."""
-        with self._lock:
-            if self._last is not None and self._monotonic() - self._last[0] < self._cache_seconds:
-                return self._last[1]
+        with self._computing:
+            with self._lock:
+                if self._last is not None and self._monotonic() - self._last[0] < self._cache_seconds:
+                    return self._last[1]
+            body = self._compute()
+            with self._lock:
+                self._last = (self._monotonic(), body)
+            return body
+
+    def _compute(self) -> dict[str, Any]:
         now = self._clock()
         sections = {
             "throughput": lambda: self._throughput(now),
@@ -116,9 +129,18 @@ class StatusService:
             "dependencies": self._dependencies,
             "lag": self._lag_section,
         }
-        futures = {name: self._pool.submit(work) for name, work in sections.items()}
+        started = self._monotonic()
+        futures: dict[str, Future[dict[str, Any]]] = {}
         body: dict[str, Any] = {"generated_at": _iso(now)}
-        deadline = self._monotonic() + self._section_timeout
+        for name, work in sections.items():
+            previous = self._running.get(name)
+            if previous is not None and not previous[1].done():
+                body[name] = {"error": f"the previous read has given no answer for {started - previous[0]:.0f}s",
+                              "dependency": _SECTION_DEPENDENCY[name]}
+                continue
+            futures[name] = self._pool.submit(work)
+            self._running[name] = (started, futures[name])
+        deadline = started + self._section_timeout
         for name, future in futures.items():
             try:
                 body[name] = future.result(timeout=max(0.0, deadline - self._monotonic()))
@@ -129,9 +151,11 @@ class StatusService:
             except DependencyUnavailable as exc:
                 logger.warning("status section %s failed: %s", name, exc)
                 body[name] = {"error": str(exc), "dependency": exc.dependency}
-        with self._lock:
-            self._last = (self._monotonic(), body)
-        return body
+            except Exception as exc:  # a bug or an unforeseen store error: this section says so, the others answer
+                logger.exception("status section %s failed unexpectedly", name)
+                body[name] = {"error": f"failed unexpectedly: {type(exc).__name__}",
+                              "dependency": _SECTION_DEPENDENCY[name]}
+        return {key: body[key] for key in ("generated_at", *sections)}
 
     def _lag_section(self) -> dict[str, Any]:
         lag = self._lag.lag()

@@ -75,16 +75,20 @@ class PostgresReports:
         self._pool = pool
         self._timeout = timeout
 
+    def _fetch(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> list[tuple[Any, ...]]:
+        """The rows of one read, in a transaction whose statements and lock waits end with the timeout: the pool's
+        timeout bounds only the wait for a connection, and a table locked by a migration would otherwise hold the
+        request, a status thread and a pooled connection for as long as the lock."""
+        with self._pool.connection(timeout=self._timeout) as conn, conn.transaction():
+            millis = str(max(1, int(self._timeout * 1000)))
+            conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
+                         (millis, millis))
+            return conn.execute(sql, params).fetchall()
+
     def _rows(self, sql: str, params: tuple[Any, ...] | dict[str, Any], columns: tuple[str, ...],
               what: str) -> list[dict[str, Any]]:
         try:
-            with self._pool.connection(timeout=self._timeout) as conn, conn.transaction():
-                # the pool's timeout bounds only the wait for a connection: a view locked by a migration would hold
-                # the request (and a status thread) for as long as the lock
-                millis = str(max(1, int(self._timeout * 1000)))
-                conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)",
-                             (millis, millis))
-                rows = conn.execute(sql, params).fetchall()
+            rows = self._fetch(sql, params)
         except (psycopg.Error, PoolTimeout) as exc:
             raise DependencyUnavailable("postgres", f"reading {what} failed: {type(exc).__name__}") from exc
         return [{name: _plain(value) for name, value in zip(columns, row, strict=True)} for row in rows]
@@ -112,12 +116,10 @@ class PostgresReports:
 
     def enrichment(self) -> Position | None:
         try:
-            with self._pool.connection(timeout=self._timeout) as conn:
-                row = conn.execute("SELECT watermark, updated_at FROM enrichment_state WHERE name = 'default'"
-                                   ).fetchone()
+            rows = self._fetch("SELECT watermark, updated_at FROM enrichment_state WHERE name = 'default'", ())
         except psycopg.errors.UndefinedTable:
             return None  # not migrated yet: no enrichment has run
         except (psycopg.Error, PoolTimeout) as exc:
             raise DependencyUnavailable("postgres", f"reading the enrichment watermark failed: {type(exc).__name__}") \
                 from exc
-        return Position(row[0], row[1]) if row else None
+        return Position(rows[0][0], rows[0][1]) if rows else None
