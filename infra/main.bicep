@@ -7,8 +7,8 @@
 targetScope = 'subscription'
 
 @minLength(1)
-@maxLength(40)
-@description('azd environment name; names the resource group and seeds the resource names')
+@maxLength(64)
+@description('azd environment name (azd allows 64 characters of letters, digits, - _ . ( )); names the resource group (rg-<name>) and seeds the resource names')
 param environmentName string
 
 @minLength(1)

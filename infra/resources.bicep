@@ -24,7 +24,9 @@ param functionsMasterKey string
 param functionsDefaultKey string
 
 var token = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName))
-var name = toLower(take(replace(environmentName, '_', '-'), 20))
+// azd allows letters, digits and - _ . ( ) in an environment name; resource names take
+// letters, digits and hyphens, so the others become hyphens (parentheses go).
+var name = toLower(take(replace(replace(replace(replace(environmentName, '_', '-'), '.', '-'), '(', ''), ')', ''), 20))
 // For the names that allow no hyphen or at most 24 characters (storage, Key Vault).
 var shortName = take(replace(name, '-', ''), 9)
 

@@ -289,3 +289,34 @@ def test_the_cosmos_tables_are_the_ones_the_migrations_create(cassandra_emulator
 def test_the_infra_tree_holds_no_compiled_or_local_files() -> None:
     assert not list(INFRA.rglob("*.json.bak")) and not (INFRA / "k8s" / ".env").exists()
     assert Path(ROOT / ".gitignore").read_text(encoding="utf-8").count("infra/k8s/.env") == 1
+
+
+# azd accepts environment names matching ^[a-zA-Z0-9-\(\)_\.]{1,64}$ (azure-dev cli/azd/pkg/environment/environment.go,
+# EnvironmentNameRegexp); Azure's naming rules (learn.microsoft.com/azure/azure-resource-manager/management/
+# resource-name-rules) for the names derived from it.
+_NAME_RULES = {
+    "storage account": ("st{short}{token}", re.compile(r"[a-z0-9]{3,24}")),
+    "Key Vault": ("kv{short}{token}", re.compile(r"[a-zA-Z](?!.*--)[a-zA-Z0-9-]{1,22}[a-zA-Z0-9]")),
+    "Event Hubs namespace": ("evhns-{name}-{token}", re.compile(r"[a-zA-Z][a-zA-Z0-9-]{4,48}[a-zA-Z0-9]")),
+}
+
+
+@pytest.mark.parametrize("environment_name", ["sluice.prod", "Sluice_(blue)", "a",
+                                              "sluice-prod-westeurope-blue-green-2026-canary-with-64-characters"])
+def test_every_environment_name_azd_accepts_gives_valid_resource_names(environment_name: str) -> None:
+    assert re.fullmatch(r"[a-zA-Z0-9-\(\)_\.]{1,64}", environment_name), "azd accepts the name"
+    # The template's expressions, evaluated here as Bicep does (the asserts keep the two in step).
+    source = text("resources.bicep")
+    assert ("var name = toLower(take(replace(replace(replace(replace(environmentName, '_', '-'), '.', '-'), '(', ''), "
+            "')', ''), 20))") in source
+    assert "var shortName = take(replace(name, '-', ''), 9)" in source
+    assert int(re.search(r"@maxLength\((\d+)\)\s*(?:@\w+\(.*\)\s*)*param environmentName", text("main.bicep"),
+                         re.DOTALL).group(1)) >= len(environment_name)
+    name = environment_name.replace("_", "-").replace(".", "-").replace("(", "").replace(")", "")[:20].lower()
+    short = name.replace("-", "")[:9]
+    for what, (pattern, rule) in _NAME_RULES.items():
+        value = pattern.format(name=name, short=short, token="x7k2m9q4r1t8z")  # uniqueString(): 13 of [a-z0-9]
+        bicep = pattern.replace("{", "${").replace("${short}", "${shortName}")
+        assert f"name: '{bicep}'" in source, what
+        assert rule.fullmatch(value), f"{what} {value!r} for environment {environment_name!r}"
+    assert re.fullmatch(r"[a-z0-9-]{1,32}", f"sluice-{name}"[:32]), "the Functions host id"

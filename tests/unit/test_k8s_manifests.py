@@ -379,10 +379,12 @@ def test_lookups_have_a_service_at_least_two_replicas_and_health_probes() -> Non
     (container,) = containers(lookups)
     ports = {p["name"] for p in container["ports"]}
     assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
+    # Ready when the worker answers, whatever the shared stores do: a Redis or Cassandra outage must not empty the
+    # Service (each replica still answers, from the other store or with a 503 that says what is down).
     readiness = container["readinessProbe"]["httpGet"]
-    assert readiness["path"] == "/api/health" and readiness["port"] in ports
-    health = app_functions()["health"]
-    assert health["route"] == "health" and health["authLevel"] == "ANONYMOUS", "probes carry no function key"
+    assert readiness["path"] == "/api/openapi.json" and readiness["port"] in ports
+    openapi = app_functions()["openapi"]
+    assert openapi["route"] == "openapi.json" and openapi["authLevel"] == "ANONYMOUS", "probes carry no function key"
     assert "livenessProbe" in container
 
 
@@ -493,3 +495,14 @@ def test_the_documented_overlay_replaces_every_placeholder() -> None:
         settings["metadata"]["annotations"]["sluice.io/eventhub-partition-count"])
     assert f"{trigger['metadata']['eventHubNamespace']}.servicebus.windows.net" == \
         settings["data"]["EventHubConnection__fullyQualifiedNamespace"]
+
+
+def test_the_migrations_reach_postgresql_itself_while_the_workers_go_through_pgbouncer() -> None:
+    """The migrations hold a session advisory lock (``pg_advisory_lock`` ... ``pg_advisory_unlock``); through the
+    Flexible Server's PgBouncer (6432, transaction pooling) the two can run on different server connections, so the
+    lock would neither keep two runs apart nor be released (pgbouncer.org/features.html: session-level advisory
+    locks are not supported in transaction pooling)."""
+    assert "pg_advisory_lock(" in (ROOT / "shared/adapters/postgres/migrations.py").read_text(encoding="utf-8")
+    assert settings_data()["SLUICE_POSTGRES_PORT"] == "6432"
+    (migrate,) = of_kind("CronJob").values()
+    assert environment(migrate)["SLUICE_POSTGRES_PORT"] == "5432"
