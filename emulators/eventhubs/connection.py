@@ -3,8 +3,9 @@
 Phases: the SASL header (or the plain AMQP header: such a connection is
 anonymous), SASL mechanisms ANONYMOUS and PLAIN, then the AMQP header, then
 frames. PLAIN with user ``RootManageSharedAccessKey`` and password
-``SAS_KEY_VALUE`` authorises the connection at once; otherwise a ``$cbs``
-put-token must come before any hub link is attached.
+``SAS_KEY_VALUE`` authorises the connection for every hub at once; otherwise
+a ``$cbs`` put-token whose audience covers the hub must come before a hub link
+is attached (``self.grants``, see :mod:`emulators.eventhubs.management`).
 
 Outgoing frames are collected and written with one ``writelines`` per burst:
 at the end of each ``data_received`` or in a callback scheduled when another
@@ -19,6 +20,7 @@ import logging
 import struct
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from emulators.eventhubs import errors, frames, management
 from emulators.eventhubs.broker import Broker
@@ -46,7 +48,8 @@ class Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.phase = "header"
         self.sasl_done = False
-        self.authorized = False
+        self.grants = management.Grants()
+        self.hostname: str | None = None  # from the client's open frame, without port
         self.opened = False
         self.closed = False
         self.peer_max_frame_size = 512
@@ -213,7 +216,8 @@ class Connection(asyncio.Protocol):
             parts = bytes(response or b"").split(b"\x00")
             ok = len(parts) == 3 and parts[1].decode(errors="replace") == management.KEY_NAME \
                 and parts[2].decode(errors="replace") == management.KEY_VALUE
-            self.authorized = ok
+            if ok:
+                self.grants.grant_all()
         elif mechanism != "ANONYMOUS":
             ok = False
         outcome = 0 if ok else 1
@@ -264,6 +268,7 @@ class Connection(asyncio.Protocol):
         if self.opened:
             raise ConnectionFatal(errors.NOT_ALLOWED, "second open on the connection")
         self.opened = True
+        self.hostname = _host_of(fields[1])
         self.peer_max_frame_size = min(int(fields[2]) if fields[2] is not None else 2**32 - 1, MAX_FRAME_SIZE)
         if self.peer_max_frame_size < 512:
             raise ConnectionFatal(errors.INVALID_FIELD, "max-frame-size below 512")
@@ -303,3 +308,15 @@ class Connection(asyncio.Protocol):
     def shutdown(self) -> None:
         """Server stopping: close with connection:forced, as a service restart would."""
         self.close(AmqpError(errors.CONNECTION_FORCED, "the emulator is shutting down"))
+
+
+def _host_of(hostname: Any) -> str | None:
+    """The host of an open frame's ``hostname`` (which may carry a port), or None."""
+    if isinstance(hostname, bytes):
+        hostname = hostname.decode("utf-8", "replace")
+    if not isinstance(hostname, str) or not hostname:
+        return None
+    try:
+        return urlsplit(f"//{hostname}").hostname or None
+    except ValueError:
+        return None

@@ -194,11 +194,9 @@ class RequestLink(_Receiving):
             return rejected_state(errors.DECODE_ERROR, str(exc))
         connection = self.session.connection
         if self.node == "$cbs":
-            reply = management.put_token(application, body)
-            if 200 <= reply.status < 300:
-                connection.authorized = True
+            reply = management.put_token(application, body, connection.grants)
         else:
-            reply = management.read(connection.broker, application)
+            reply = management.read(connection.broker, application, connection.grants, connection.hostname)
         self.session.reply(self.node, management.encode_reply(properties, reply))
         return ACCEPTED_STATE
 

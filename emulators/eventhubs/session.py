@@ -145,9 +145,7 @@ class Session:
                 link: Link = (ReplyLink(*common, node=node) if client_receives
                               else RequestLink(*common, node=node, settled_by_client=fields[3] == 1))
             else:
-                if not self.connection.authorized:
-                    raise AmqpError(errors.UNAUTHORIZED, "no valid token: put a SAS token on $cbs first, "
-                                    "or authenticate with SASL PLAIN")
+                self._check_grants(path)
                 link = self._entity_link(common, path, client_receives, fields)
         except AmqpError as exc:
             logger.info("refusing link %r: %s", name, exc)
@@ -166,6 +164,17 @@ class Session:
         self.send_attach(link, snd_settle_mode=int(fields[3]) if fields[3] is not None else 2)
         if isinstance(link, (PublishLink, RequestLink)):
             link.grant()
+
+    def _check_grants(self, path: list[str]) -> None:
+        """Refuse a hub link no token accepted on this connection covers (see ``management.Grants``)."""
+        grants = self.connection.grants
+        if not grants:
+            raise AmqpError(errors.UNAUTHORIZED, "no valid token: put a SAS token on $cbs first, "
+                            "or authenticate with SASL PLAIN")
+        if path and not grants.covers(path):
+            raise AmqpError(errors.UNAUTHORIZED, f"Unauthorized access to event hub {path[0]!r} "
+                            f"(address {'/'.join(path)!r}): no token put on $cbs on this connection covers it; "
+                            f"tokens accepted for: {grants.describe()}")
 
     def _entity_link(self, common: tuple[Any, ...], path: list[str], client_receives: bool,
                      fields: list[Any]) -> Link:
