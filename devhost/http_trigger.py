@@ -271,5 +271,6 @@ class HttpServer:
                 route.spec, {route.spec.trigger_param: http_request}, reason=reason, convert=encode_result)
             return response
         except Exception:
-            logger.exception("Functions.%s failed for %s %s", route.spec.name, request.method, request.path_qs)
+            # the path only: the query may hold the function key (?code=)
+            logger.exception("Functions.%s failed for %s %s", route.spec.name, request.method, request.path)
             return web.Response(status=500)

@@ -552,8 +552,7 @@ def history_service() -> HistoryService:
     cfg = settings()
     configured = cfg.dashboard.token_key
     key = (configured.get_secret_value().encode() if configured is not None else
-           derived_key(cfg.cassandra.keyspace, ",".join(cfg.cassandra.hosts), cfg.redis.url, cfg.redis.key_prefix,
-                       secret(cfg.cassandra.password, cfg.cassandra.password_secret) or ""))
+           derived_key(cfg.cassandra.keyspace, ",".join(cfg.cassandra.hosts), cfg.redis.url, cfg.redis.key_prefix))
     history = CassandraDeviceHistory(cassandra_session, cfg.cassandra.keyspace,
                                      timeout=cfg.dashboard.read_timeout_seconds)
     return HistoryService(history, TokenSigner(key))

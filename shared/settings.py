@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -226,7 +226,15 @@ class CassandraSettings(_Group):
         if self.tls_ca_file and not self.tls:
             raise ValueError("SLUICE_CASSANDRA_TLS_CA_FILE is set but SLUICE_CASSANDRA_TLS is false: the connection "
                              "would be plain text and the CA unused; set SLUICE_CASSANDRA_TLS=true")
+        if self.password_secret and not self.tls:
+            raise ValueError(_VAULT_SECRET_NEEDS_TLS.format(secret="SLUICE_CASSANDRA_PASSWORD_SECRET",
+                                                            fix="set SLUICE_CASSANDRA_TLS=true"))
         return self
+
+
+# A secret kept in Key Vault is a production secret: it is never sent in clear, nor to a server whose certificate and
+# host name were not checked (a man in the middle would take it).
+_VAULT_SECRET_NEEDS_TLS = "{secret} names a Key Vault secret, which is only ever sent over verified TLS: {fix}"
 
 
 class IngestSettings(_Group):
@@ -306,12 +314,31 @@ class RedisSettings(_Group):
     def _redis_scheme(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
-        userinfo = urlsplit(value).netloc.rpartition("@")[0]
-        if ":" in userinfo or "password=" in urlsplit(value).query:
+        parts = urlsplit(value)
+        # redis-py decodes the query's names and values (parse_qs), so they are checked as it reads them
+        query = {name.lower(): values for name, values in parse_qs(parts.query, keep_blank_values=True).items()}
+        if ":" in parts.netloc.rpartition("@")[0] or "password" in query:
             # the URL is logged with the settings and shown by the tools: a password in it would be too
             raise ValueError("must not carry a password (it would be logged with the settings): set "
                              "SLUICE_REDIS_PASSWORD_SECRET (Key Vault) or, locally, SLUICE_REDIS_PASSWORD")
+        tls_options = sorted(name for name in query if name.startswith("ssl_"))
+        if tls_options and not value.startswith("rediss://"):
+            raise ValueError(f"has TLS options ({', '.join(tls_options)}) but is not a rediss:// URL")
+        if any(v.strip().lower() != "required" for v in query.get("ssl_cert_reqs", [])):
+            raise ValueError("ssl_cert_reqs must be 'required' (or absent): the server's certificate is always checked")
+        if any(v.strip().lower() in ("false", "0", "no", "off", "") for v in query.get("ssl_check_hostname", [])):
+            raise ValueError("ssl_check_hostname must not be off: the server's host name is always checked")
+        for ca in query.get("ssl_ca_certs", []):
+            if not Path(ca).is_file():
+                raise ValueError(f"ssl_ca_certs {ca!r} does not point to a file")
         return value
+
+    @model_validator(mode="after")
+    def _secret_over_tls(self) -> Self:
+        if self.password_secret and self.url.startswith("redis://"):
+            raise ValueError(_VAULT_SECRET_NEEDS_TLS.format(secret="SLUICE_REDIS_PASSWORD_SECRET",
+                                                            fix="use a rediss:// URL"))
+        return self
 
     @field_validator("key_prefix")
     @classmethod
@@ -366,6 +393,11 @@ class PostgresSettings(_Group):
         if self.sslrootcert is not None and self.sslmode in ("disable", "allow", "prefer"):
             raise ValueError(f"SLUICE_POSTGRES_SSLROOTCERT is set but SLUICE_POSTGRES_SSLMODE={self.sslmode} may "
                              "connect without checking the server against it; set verify-full (or verify-ca)")
+        if self.password_secret and self.sslmode not in ("verify-ca", "verify-full"):
+            raise ValueError(_VAULT_SECRET_NEEDS_TLS.format(
+                secret="SLUICE_POSTGRES_PASSWORD_SECRET",
+                fix=f"SLUICE_POSTGRES_SSLMODE={self.sslmode} does not check the server; set verify-full (with "
+                    "SLUICE_POSTGRES_SSLROOTCERT=system for Azure's public CAs)"))
         return self
 
     @field_validator("prepare_threshold", mode="before")
@@ -531,7 +563,8 @@ class DashboardSettings(_Group):
         None,
         description=(
             "HMAC key (at least 16 characters) signing device history page tokens; empty: derived from this "
-            "deployment's store settings (set it when several deployments share those)"
+            "deployment's store addresses, which a password rotation leaves alone (set it when several "
+            "deployments share those)"
         ),
     )
     read_timeout_seconds: float = Field(2.0, gt=0)

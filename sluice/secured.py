@@ -102,6 +102,9 @@ class LocalPostgres:
             digest = hashlib.sha1(str(self.directory.resolve()).encode()).hexdigest()[:12]
             self.directory, self.temporary = Path(tempfile.gettempdir()) / f"sluice-postgres-{digest}", True
         self.directory.mkdir(parents=True, exist_ok=True)
+        # Before anything is written: the password file and the superuser's trusted Unix socket live here, so
+        # no other user may enter (mkdir's default 0755 would let any local user in as superuser).
+        self.directory.chmod(0o700)
         data = self.directory / "data"
         pwfile = self.directory / "admin.pw"
         pwfile.write_text(self.admin_password)

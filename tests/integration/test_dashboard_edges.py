@@ -146,7 +146,7 @@ def test_a_token_forged_with_the_derivable_default_key_is_a_400_not_a_500(dash_e
     store.write([cf.make_event("forge-1", datetime.now(UTC) - timedelta(minutes=1))])
     cfg = bootstrap.settings()
     assert cfg.dashboard.token_key is None and cfg.cassandra.password is None and not cfg.cassandra.password_secret
-    key = derived_key(cfg.cassandra.keyspace, ",".join(cfg.cassandra.hosts), cfg.redis.url, cfg.redis.key_prefix, "")
+    key = derived_key(cfg.cassandra.keyspace, ",".join(cfg.cassandra.hosts), cfg.redis.url, cfg.redis.key_prefix)
     today = datetime.now(UTC).date()
     forged = TokenSigner(key).encode("forge-1", HistoryCursor(today, (10**18, _uuid.uuid4())))
     status, body = history("forge-1", page=forged)

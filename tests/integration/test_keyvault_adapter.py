@@ -176,6 +176,7 @@ def test_bootstrap_resolves_the_postgres_password_secret_through_the_vault(
     keyvault_client.set_secret(name, "pg-from-the-vault")
     settings = bootstrap_settings(_sample_environ(
         SLUICE_POSTGRES_PASSWORD_SECRET=name,
+        SLUICE_POSTGRES_SSLMODE="verify-full", SLUICE_POSTGRES_SSLROOTCERT="system",  # a vault password needs it
         SLUICE_KEYVAULT_URL=keyvault_emulator.url,
         SLUICE_KEYVAULT_CA_FILE=str(keyvault_emulator.ca_file),
     ))
@@ -189,6 +190,7 @@ def test_bootstrap_names_a_missing_password_secret(keyvault_emulator: KeyVaultEm
     name = unique_secret_name("postgres-password")
     settings = bootstrap_settings(_sample_environ(
         SLUICE_POSTGRES_PASSWORD_SECRET=name,
+        SLUICE_POSTGRES_SSLMODE="verify-full", SLUICE_POSTGRES_SSLROOTCERT="system",  # a vault password needs it
         SLUICE_KEYVAULT_URL=keyvault_emulator.url,
         SLUICE_KEYVAULT_CA_FILE=str(keyvault_emulator.ca_file),
     ))

@@ -315,9 +315,12 @@ def use_settings(monkeypatch: pytest.MonkeyPatch):
 def test_a_missing_secret_stops_start_up_naming_the_secret_and_the_vault(
         keyvault_emulator: KeyVaultEmulator, use_settings, store: str) -> None:
     name = unique_secret_name("missing")
+    tls = {"POSTGRES": {"SLUICE_POSTGRES_SSLMODE": "verify-full", "SLUICE_POSTGRES_SSLROOTCERT": "system"},
+           "REDIS": {"SLUICE_REDIS_URL": "rediss://127.0.0.1:6379/0"},
+           "CASSANDRA": {"SLUICE_CASSANDRA_TLS": "true"}}[store]  # a vault password is only sent over TLS
     use_settings(_environ(**{f"SLUICE_{store}_PASSWORD_SECRET": name, "SLUICE_CASSANDRA_USERNAME": "sluice",
                              "SLUICE_KEYVAULT_URL": keyvault_emulator.url,
-                             "SLUICE_KEYVAULT_CA_FILE": str(keyvault_emulator.ca_file)}))
+                             "SLUICE_KEYVAULT_CA_FILE": str(keyvault_emulator.ca_file), **tls}))
     build = {"POSTGRES": bootstrap.postgres_pool, "REDIS": bootstrap.redis_client,
              "CASSANDRA": bootstrap.cassandra_session}[store]
     with pytest.raises(ConfigurationError) as caught:
@@ -329,7 +332,8 @@ def test_an_unreachable_vault_at_cold_start_is_a_clear_retryable_error(use_setti
     from sluice.localstack import free_port
 
     url = f"https://127.0.0.1:{free_port()}/"
-    use_settings(_environ(SLUICE_POSTGRES_PASSWORD_SECRET="pg-password", SLUICE_KEYVAULT_URL=url,
+    use_settings(_environ(SLUICE_POSTGRES_PASSWORD_SECRET="pg-password", SLUICE_POSTGRES_SSLMODE="verify-full",
+                          SLUICE_POSTGRES_SSLROOTCERT="system", SLUICE_KEYVAULT_URL=url,
                           SLUICE_KEYVAULT_CA_FILE=str(local_ca.ca_file)))
     with pytest.raises(DependencyUnavailable) as caught:
         bootstrap.postgres_pool()
@@ -428,6 +432,7 @@ def test_an_unreachable_vault_at_cold_start_retries_then_dead_letters_the_ingest
     url = f"https://127.0.0.1:{free_port()}/"
     container = f"dl-{uuid.uuid4().hex[:12]}"
     use_settings(_environ(SLUICE_CASSANDRA_USERNAME="sluice", SLUICE_CASSANDRA_PASSWORD_SECRET="cassandra-password",
+                          SLUICE_CASSANDRA_TLS="true",
                           SLUICE_KEYVAULT_URL=url, SLUICE_KEYVAULT_CA_FILE=str(local_ca.ca_file),
                           AzureWebJobsStorage=azurite_connection_string, SLUICE_STORAGE_DEADLETTER_CONTAINER=container))
     body = json.dumps({"event_id": str(uuid.uuid4()), "device_id": "dev-1", "event_type": "telemetry",

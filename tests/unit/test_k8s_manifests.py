@@ -184,7 +184,7 @@ def test_the_configmap_is_valid_azure_settings() -> None:
         settings.redis.url
     )
     assert settings.redis.password is None and settings.redis.password_secret
-    assert settings.postgres.sslmode == "require"
+    assert settings.postgres.sslmode == "verify-full" and str(settings.postgres.sslrootcert) == "system"
     assert settings.postgres.password is None and settings.postgres.password_secret
     assert settings.keyvault.url.startswith("https://") and settings.keyvault.ca_file is None
 

@@ -49,7 +49,36 @@ def test_a_key_vault_secret_name_needs_a_vault():
     with pytest.raises(
         ConfigurationError, match="SLUICE_KEYVAULT_URL is required because SLUICE_POSTGRES_PASSWORD_SECRET"
     ):
-        load_settings(dict(SAMPLE, SLUICE_POSTGRES_PASSWORD_SECRET="pg-password"))
+        load_settings(dict(SAMPLE, SLUICE_POSTGRES_PASSWORD_SECRET="pg-password", SLUICE_POSTGRES_SSLMODE="verify-full",
+                           SLUICE_POSTGRES_SSLROOTCERT="system"))
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({"SLUICE_POSTGRES_PASSWORD_SECRET": "pg", "SLUICE_POSTGRES_SSLMODE": "require"},
+     "SLUICE_POSTGRES_PASSWORD_SECRET names a Key Vault secret, which is only ever sent over verified TLS"),
+    ({"SLUICE_CASSANDRA_USERNAME": "sluice", "SLUICE_CASSANDRA_PASSWORD_SECRET": "cs"},
+     "SLUICE_CASSANDRA_PASSWORD_SECRET names a Key Vault secret.*SLUICE_CASSANDRA_TLS=true"),
+    ({"SLUICE_REDIS_URL": "redis://cache.example:6379/0", "SLUICE_REDIS_PASSWORD_SECRET": "rs"},
+     "SLUICE_REDIS_PASSWORD_SECRET names a Key Vault secret.*rediss://"),
+], ids=["postgres", "cassandra", "redis"])
+def test_a_password_from_the_vault_is_only_sent_over_verified_tls(overrides, expected):
+    with pytest.raises(ConfigurationError, match=expected):
+        load_settings(dict(SAMPLE, SLUICE_KEYVAULT_URL="https://vault.example/", **overrides))
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("rediss://cache.example:6380/0?ssl_cert_reqs=none", "ssl_cert_reqs must be 'required'"),
+    ("rediss://cache.example:6380/0?ssl_check_hostname=false", "ssl_check_hostname must not be off"),
+    ("rediss://cache.example:6380/0?%70assword=hunter2", "must not carry a password"),
+    ("rediss://cache.example:6380/0?PASSWORD=hunter2", "must not carry a password"),
+    ("redis://cache.example:6379/0?ssl_ca_certs=/etc/ssl/certs/ca-certificates.crt", "not a rediss:// URL"),
+    ("rediss://cache.example:6380/0?ssl_ca_certs=/nowhere/ca.pem", "does not point to a file"),
+], ids=["cert-reqs-none", "hostname-off", "encoded-password", "upper-case-password", "tls-options-on-plain",
+        "missing-ca"])
+def test_a_redis_url_cannot_weaken_tls_or_smuggle_a_password(url, expected):
+    with pytest.raises(ConfigurationError, match=expected) as caught:
+        load_settings(dict(SAMPLE, SLUICE_REDIS_URL=url))
+    assert "hunter2" not in str(caught.value)
 
 
 def test_secrets_are_redacted_everywhere_they_could_be_printed():

@@ -1,0 +1,273 @@
+"""Secrets and TLS across Sluice: verification cannot be turned off, a key cannot leak, rotation breaks nothing.
+
+Each docstring states the rule and, after "Was:", what went wrong before it held.
+
+Real components only: the secured PostgreSQL and Redis of ``tests/fixtures/secured.py``
+(certificates for 127.0.0.1 only, from a CA nothing trusts by default), the Key Vault
+emulator, and the dev host as a process. Connecting to ``localhost`` with one of those
+certificates must be refused by any client that verifies the chain and the host name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+import yaml
+from azure.keyvault.secrets import SecretClient
+
+from shared import bootstrap
+from shared.adapters.postgres.pool import make_pool
+from shared.adapters.redis.client import REDIS_ERRORS, RedisConnection
+from shared.adapters.secrets import RotatingSecret
+from shared.exceptions import ConfigurationError, DependencyUnavailable
+from shared.services.history import BadToken, HistoryCursor
+from shared.settings import PostgresSettings, load_settings
+from sluice.launcher import Running
+from sluice.secured import LocalCA, LocalPostgres, LocalRedis
+from tests.fixtures.devhost import start_devhost, write_app
+from tests.fixtures.keyvault import KeyVaultEmulator, unique_secret_name
+
+pytestmark = pytest.mark.timeout(120)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _base_env(**overrides: str) -> dict[str, str]:
+    """The required settings of every group (values that connect nowhere), plus ``overrides``."""
+    env = {
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        "SLUICE_CASSANDRA_HOSTS": "127.0.0.1",
+        "SLUICE_REDIS_URL": "redis://127.0.0.1:1/0",
+        "SLUICE_POSTGRES_HOST": "127.0.0.1",
+    }
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """An environment without Sluice or host settings, and bootstrap's caches cleared before and after."""
+    for name in list(os.environ):
+        if name.startswith(("SLUICE_", "AzureWebJobsStorage", "EventHubConnection", "APPLICATIONINSIGHTS_",
+                            "OTEL_")):
+            monkeypatch.delenv(name)
+    bootstrap.reset()
+    yield monkeypatch
+    bootstrap.reset()
+
+
+# --- 1. PostgreSQL: the production manifest's TLS does not verify the server ---------------------------------
+
+def test_production_configmap_postgres_tls_verifies_the_server(secured_postgres: LocalPostgres,
+                                                                local_ca: LocalCA) -> None:
+    """Rule (docs/security.md, "TLS"): PostgreSQL is reached over TLS with the chain and the host name checked
+    (``SLUICE_POSTGRES_SSLMODE=verify-full``); every store over TLS *with verification* in production.
+
+    Was: the AKS ConfigMap (``k8s-keda/configmap.yaml``) sets ``SLUICE_POSTGRES_SSLMODE: require``
+    and no ``SLUICE_POSTGRES_SSLROOTCERT``; libpq's ``require`` encrypts but checks neither the chain nor the
+    host name (without ``~/.postgresql/root.crt``, which the image does not have). Settings accept it. Here the
+    pool built exactly as ``bootstrap.postgres_pool`` builds it, with the ConfigMap's TLS settings, logs in to
+    ``localhost`` behind a certificate made for 127.0.0.1 by a CA it was never given: a man in the middle
+    would be accepted, and the Key Vault password's log-in goes to it.
+    """
+    if (Path.home() / ".postgresql" / "root.crt").exists():
+        pytest.skip("a ~/.postgresql/root.crt makes libpq verify under sslmode=require")
+    data = next(doc for doc in yaml.safe_load_all((ROOT / "k8s-keda" / "configmap.yaml").read_text())
+                if doc and doc.get("kind") == "ConfigMap" and "SLUICE_POSTGRES_SSLMODE" in doc.get("data", {}))["data"]
+    role, password = f"rv_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    secured_postgres.create_role(role, password)
+    tls = {"sslmode": data["SLUICE_POSTGRES_SSLMODE"]}
+    if data.get("SLUICE_POSTGRES_SSLROOTCERT"):
+        tls["sslrootcert"] = data["SLUICE_POSTGRES_SSLROOTCERT"]
+    cfg = PostgresSettings(host="localhost", port=secured_postgres.port, dbname="postgres", user=role,
+                           pool_min_size=0, pool_max_size=1, pool_timeout_seconds=5, **tls)
+    with make_pool(cfg.conninfo(), cfg, password=RotatingSecret.fixed(password), open=True) as pool:
+        try:
+            with pool.connection() as conn:
+                ssl = conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+        except Exception:  # refused: the server's certificate was checked
+            return
+    pytest.fail(f"with the production ConfigMap's sslmode={cfg.sslmode!r} (sslrootcert={cfg.sslrootcert}) the "
+                f"pool logged in to localhost through TLS={ssl} behind a certificate for 127.0.0.1 only, signed "
+                f"by an untrusted CA: the server is not verified")
+
+
+# --- 2. Redis: a URL query turns TLS verification off and settings accept it ---------------------------------
+
+@pytest.mark.parametrize("query", ["ssl_cert_reqs=none", "ssl_ca_certs={ca}&ssl_check_hostname=false"],
+                         ids=["cert_reqs-none", "check_hostname-false"])
+def test_redis_url_cannot_turn_tls_verification_off(secured_redis: LocalRedis, local_ca: LocalCA,
+                                                    query: str) -> None:
+    """Rule (docs/security.md): Redis over ``rediss://`` checks the chain and the host name; settings are
+    validated at start-up and refuse combinations that silently weaken TLS (as they do for Cassandra's CA
+    without TLS and PostgreSQL's CA with a non-verifying sslmode).
+
+    Was: ``SLUICE_REDIS_URL`` is passed to redis-py's ``from_url``, which honours the query
+    arguments ``ssl_cert_reqs=none`` and ``ssl_check_hostname=false``. ``RedisSettings._redis_scheme`` checks
+    only the scheme and a password, so such a URL is accepted and the client (built as bootstrap builds it)
+    logs in, with the real password, to ``localhost`` behind a certificate for 127.0.0.1 (and, with
+    ``cert_reqs=none``, from a CA it was never given).
+    """
+    user, password = f"rv{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    secured_redis.set_password(password, username=user)
+    url = f"rediss://{user}@localhost:{secured_redis.tls_port}/0?" + query.format(ca=local_ca.ca_file)
+    try:
+        settings = load_settings(_base_env(SLUICE_REDIS_URL=url))
+    except ConfigurationError:
+        return  # refused at start-up
+    connection = RedisConnection(settings.redis.url, password=RotatingSecret.fixed(password), cluster=False,
+                                 socket_timeout=settings.redis.socket_timeout_seconds)
+    try:
+        pong = connection.client().ping()
+    except (DependencyUnavailable, *REDIS_ERRORS):
+        return  # the TLS handshake was refused
+    finally:
+        connection.close()
+    pytest.fail(f"SLUICE_REDIS_URL ...?{query.split('=')[0]}=... was accepted and the client logged in to "
+                f"localhost (PING -> {pong}) with a certificate that does not name it: TLS is not verified")
+
+
+# --- 3. Redis: a password in the URL escapes the check when its name is percent-encoded ----------------------
+
+def test_redis_url_password_is_refused_however_it_is_encoded(secured_redis: LocalRedis, local_ca: LocalCA,
+                                                             clean_env: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Rule (docs/configuration.md): a password inside ``SLUICE_REDIS_URL`` is refused at start-up, because
+    the URL is logged with the settings (``settings loaded: ...``) and shown by the tools.
+
+    Was: the check looks for ``password=`` literally in the query, but redis-py decodes query
+    names (``parse_qs``), so ``?%70assword=<secret>`` passes validation and is used as the password. The
+    real password then appears in the ``settings loaded`` log line (``Settings.as_dict``).
+    """
+    user, password = f"rv{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    secured_redis.set_password(password, username=user)
+    url = f"rediss://{user}@127.0.0.1:{secured_redis.tls_port}/0?ssl_ca_certs={local_ca.ca_file}&%70assword={password}"
+    for name, value in _base_env(SLUICE_REDIS_URL=url).items():
+        clean_env.setenv(name, value)
+    caplog.set_level(logging.INFO, logger="shared.bootstrap")
+    try:
+        bootstrap.settings()
+    except ConfigurationError:
+        return  # refused at start-up
+    client = bootstrap.redis_client()
+    try:
+        logged_in = client.client().ping()
+    finally:
+        client.close()
+    leaked = [record.getMessage() for record in caplog.records if password in record.getMessage()]
+    assert not leaked, (
+        f"SLUICE_REDIS_URL with ?%70assword= was accepted, the client logged in with it (PING -> {logged_in}), "
+        f"and the password is in the log line {leaked[0][:60]!r}... (redis url: "
+        f"{bootstrap.settings().as_dict()['redis']['url']!r})")
+
+
+# --- 4. Rotation: the history page-token key is derived from the Cassandra password ----------------------------
+
+def test_history_page_tokens_survive_a_cassandra_password_rotation(keyvault_emulator: KeyVaultEmulator,
+                                                                   keyvault_client: SecretClient,
+                                                                   clean_env: pytest.MonkeyPatch) -> None:
+    """Rule (docs/security.md, "Rotation without a restart"): rotating a password in Key Vault needs no
+    restart and interrupts nothing; pods that read the secret before and after a rotation keep working together.
+
+    Was: without ``SLUICE_DASHBOARD_TOKEN_KEY`` (the ConfigMap sets none), ``bootstrap.history_service``
+    derives the HMAC key of the device-history page tokens from the *Cassandra password*, read once per process.
+    After a rotation, a pod started (or restarted) afterwards signs with another key than the pods still
+    running, so a page token handed out by one lookups replica is refused by another ("the page token was
+    modified or belongs to another device", HTTP 400), until every pod is restarted.
+    """
+    name = unique_secret_name("cass")
+    keyvault_client.set_secret(name, uuid.uuid4().hex)
+    env = _base_env(SLUICE_CASSANDRA_USERNAME="sluice", SLUICE_CASSANDRA_PASSWORD_SECRET=name,
+                    SLUICE_CASSANDRA_TLS="true", SLUICE_KEYVAULT_URL=keyvault_emulator.url,
+                    SLUICE_KEYVAULT_CA_FILE=str(keyvault_emulator.ca_file))
+    for key, value in env.items():
+        clean_env.setenv(key, value)
+    before = bootstrap.history_service()  # a lookups pod started before the rotation
+    token = before._signer.encode("device-1", HistoryCursor(date(2026, 1, 2), None))
+
+    keyvault_client.set_secret(name, uuid.uuid4().hex)  # rotation, vault first (the documented order)
+    bootstrap.reset()
+    after = bootstrap.history_service()  # the other replica, started after the rotation
+    try:
+        after._signer.decode("device-1", token)
+    except BadToken as exc:
+        pytest.fail(f"a page token from a pod started before the Cassandra password rotation is refused by a pod "
+                    f"started after it: {exc}")
+
+
+# --- 5. sluice up's own PostgreSQL: the trusted superuser socket is open to every local user -----------------
+
+def test_local_postgres_superuser_socket_is_not_open_to_other_users(local_ca: LocalCA, tmp_path: Path) -> None:
+    """Rule (docs/security.md, "Locally"; sluice/secured.py): the stack's PostgreSQL superuser is reachable
+    only over the Unix socket "in our own 0700 directory", which is why ``--auth-local=trust`` is safe.
+
+    Was: ``LocalPostgres.start`` creates its directory with ``mkdir`` (0755 under the usual umask)
+    and never restricts it; when run as root it even moves it to a world-searchable ``/tmp/sluice-postgres-*``.
+    The socket (0777 by default) in it trusts anyone who connects as ``postgres``: any local user gets the
+    superuser of the stack's database, without a password (and can read or change every password role).
+    """
+    server = LocalPostgres(local_ca, tmp_path / "own" / "postgres")  # as OwnServices.start_postgres gives it
+    server.start()
+    try:
+        mode = server.directory.stat().st_mode & 0o777
+        if os.geteuid() == 0 and shutil.which("runuser") and shutil.which("psql"):
+            result = subprocess.run(
+                ["runuser", "-u", "nobody", "--", "psql", f"host={server.directory} port={server.port} "
+                 "dbname=postgres user=postgres", "-Atc", "SELECT current_user, rolsuper FROM pg_roles "
+                 "WHERE rolname = current_user"],
+                capture_output=True, text=True, timeout=30, check=False)
+            assert result.returncode != 0, (
+                f"the local user 'nobody' logged in as the PostgreSQL superuser through the trusted socket in "
+                f"{server.directory} (mode {mode:o}): {result.stdout.strip()!r}")
+        assert mode & 0o077 == 0, f"{server.directory} holds the trusted superuser socket with mode {mode:o}"
+    finally:
+        server.stop()
+
+
+# --- 6. dev host: a failed HTTP invocation logs the function key ----------------------------------------------
+
+FAILING_APP = '''
+import azure.functions as func
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+
+@app.route(route="fails", methods=["GET"])
+def fails(req: func.HttpRequest) -> func.HttpResponse:
+    raise RuntimeError("store unavailable")
+'''
+
+
+def test_devhost_does_not_log_the_function_key(tmp_path: Path) -> None:
+    """Rule (docs/security.md; functions/parameters.py ``logged_path``): no secret in logs; a request's query
+    can hold the function key (``?code=``), so only its path may be logged.
+
+    Was: ``devhost/http_trigger.py`` logs ``request.path_qs`` when an invocation fails, so the key
+    given as ``?code=`` (how the operations page and the lookups are called) is written to the dev host's log
+    (``.local/stack/logs/devhost.log`` under ``sluice up``).
+    """
+    key = f"key-{uuid.uuid4().hex}"
+    root = tmp_path / "app"
+    settings = write_app(root, FAILING_APP, values={"DEVHOST_FUNCTION_KEY": key})
+    running: Running = start_devhost(root, settings=settings)
+    try:
+        try:
+            urllib.request.urlopen(f"http://{running.address}/api/fails?code={key}", timeout=10)
+            status = 200
+        except urllib.error.HTTPError as error:
+            status = error.code
+        assert status == 500
+    finally:
+        running.stop(stop_timeout=20)
+    output = running.output()
+    assert key not in output, "the function key is in the dev host's log: " + next(
+        line for line in output.splitlines() if key in line)
