@@ -67,23 +67,33 @@ class RedisCacheBuilder:
 
     def _fill_critical(self, generation: int, device: str, events: Sequence[StoredEvent], since_ms: int,
                        candidates: list[object] | None = None) -> list[Command]:
-        """``fill_critical`` per chunk (keys in the device's slot), then ``fill_event`` per event."""
+        """The device's critical set, then ``fill_event`` (and a stream candidate) for every event.
+
+        The set takes the newest ``cap`` events only, and claims to be complete from ``since_ms`` when they are all
+        of them, else from just after the oldest it holds, as a lookup's fill does. Chunks go newest first, each
+        claiming only what it and the chunks before it hold: a chunk claiming ``since_ms`` after an earlier one was
+        trimmed to the cap would claim events the set no longer has.
+        """
         sink, keys = self._sink, self._sink.keys_of(generation)
         sha, ttl, cap = sink.sha, sink._ttl, sink.critical_cap
+        newest_first = sorted(events, key=lambda e: e.event_time_ms, reverse=True)
+        documents = [event.to_json() for event in newest_first]
+        kept = newest_first[:cap]
+        covers_all = since_ms if len(newest_first) <= cap else kept[-1].event_time_ms + 1
         commands: list[Command] = []
-        for start in range(0, max(len(events), 1), _CHUNK):
-            chunk = events[start:start + _CHUNK]
-            args: list[object] = [since_ms, ttl, cap]
-            by_id: list[Command] = []
-            for event in chunk:
-                document = event.to_json()
-                args += [event.event_time_ms, document]
-                if candidates is not None:
-                    candidates += [event.event_time_ms, document]
-                by_id.append(("EVALSHA", sha["fill_event"], 1, keys.event(event.event_id), document, ttl))
+        for start in range(0, max(len(kept), 1), _CHUNK):
+            chunk = kept[start:start + _CHUNK]
+            last = start + _CHUNK >= len(kept)
+            covers = covers_all if last else chunk[-1].event_time_ms + 1
+            args: list[object] = [covers, ttl, cap]
+            for offset, event in enumerate(chunk, start):
+                args += [event.event_time_ms, documents[offset]]
             commands.append(("EVALSHA", sha["fill_critical"], 1 + len(chunk), keys.critical(device),
                              *(keys.member(device, e.event_id) for e in chunk), *args))
-            commands += by_id
+        for event, document in zip(newest_first, documents, strict=True):
+            if candidates is not None:
+                candidates += [event.event_time_ms, document]
+            commands.append(("EVALSHA", sha["fill_event"], 1, keys.event(event.event_id), document, ttl))
         return commands
 
     def begin(self, since_ms: int, *, resume: bool) -> Build:
@@ -114,6 +124,7 @@ class RedisCacheBuilder:
             target = self._candidates(generation)
             commands.append(("ZADD", target, *candidates))
             commands.append(("ZREMRANGEBYRANK", target, 0, -(sink._stream_max + 1)))
+            commands.append(("EXPIRE", target, sink._ttl))  # a rebuild killed and never resumed leaves nothing for good
         self._run(commands, f"writing {len(latest)} devices to generation {generation}")
 
     def save_position(self, generation: int, position: int) -> None:
