@@ -1,17 +1,18 @@
 """``reference``: load devices and sites (CSV or Parquet) into PostgreSQL, or upload them as Parquet to Blob storage.
 
-* ``reference load --devices F --sites F [--replace]``: upsert into the ``devices``
-  and ``sites`` tables in one transaction (``--replace`` also deletes rows that
-  are not in the files);
-* ``reference upload --devices F --sites F [--container C]``: write both as
-  Parquet blobs (the names from ``SLUICE_ENRICH_REFERENCE_*_BLOB``), the source
-  used when ``SLUICE_ENRICH_REFERENCE_SOURCE=parquet``;
-* ``reference load-sample [--to postgres|blob|both]``: the sample data set in
-  ``sluice/sample_data`` (what the local stack loads), see
+* ``reference load --devices F --sites F [--replace [--allow-empty]]``: upsert
+  into the ``devices`` and ``sites`` tables in one transaction (``--replace``
+  also deletes rows that are not in the files);
+* ``reference upload --devices F --sites F [--container C] [--allow-empty]``:
+  write both as Parquet blobs (the names from ``SLUICE_ENRICH_REFERENCE_*_BLOB``),
+  the source used when ``SLUICE_ENRICH_REFERENCE_SOURCE=parquet``;
+* ``reference load-sample [--to postgres|blob|both] [--replace]``: the sample
+  data set in ``sluice/sample_data`` (what the local stack loads), see
   :func:`load_sample_reference`.
 
 Files are validated completely before anything is written; an error names the
-file, the row and the column.
+file, the row and the column. A file of no rows that would replace a whole set
+(``load --replace``, ``upload``) is refused unless ``--allow-empty``.
 """
 
 from __future__ import annotations
@@ -28,13 +29,25 @@ SAMPLE_SITES = SAMPLE_DIR / "sites.csv"
 
 
 def load_reference_files(devices: Path | None, sites: Path | None, *, to: Literal["postgres", "blob", "both"],
-                         replace: bool = False, container: str | None = None) -> dict[str, Any]:
-    """Validate the files, then load them into PostgreSQL and/or upload them to Blob storage (from settings)."""
+                         replace: bool = False, container: str | None = None,
+                         allow_empty: bool = False) -> dict[str, Any]:
+    """Validate the files, then load them into PostgreSQL and/or upload them to Blob storage (from settings).
+
+    Replacing (``replace`` in PostgreSQL; always, for the blobs) with a file of no rows deletes every device or
+    site, which is what a truncated export looks like: refused with a ``PermanentError`` naming the file, unless
+    ``allow_empty``.
+    """
     from shared import bootstrap
     from shared.adapters.reference import read_devices, read_sites, upload_reference, upsert_reference
 
     device_rows = read_devices(devices) if devices else None
     site_rows = read_sites(sites) if sites else None
+    if (replace or to != "postgres") and not allow_empty:
+        for path, rows, what in ((devices, device_rows, "devices"), (sites, site_rows, "sites")):
+            if path is not None and not rows:
+                where = "the reference blob" if to == "blob" else "PostgreSQL"
+                raise PermanentError(f"{path}: no {what} in the file (only a header?); it would replace every "
+                                     f"{what[:-1]} in {where} with none; pass --allow-empty to do that on purpose")
     outcome: dict[str, Any] = {"devices": len(device_rows or ()), "sites": len(site_rows or ())}
     if to in ("postgres", "both"):
         with bootstrap.postgres_pool().connection() as conn:
@@ -47,14 +60,16 @@ def load_reference_files(devices: Path | None, sites: Path | None, *, to: Litera
     return outcome
 
 
-def load_sample_reference(to: Literal["postgres", "blob", "both"] = "both", *, replace: bool = True
+def load_sample_reference(to: Literal["postgres", "blob", "both"] = "both", *, replace: bool = False
                           ) -> dict[str, Any]:
     """Load the sample devices and sites (``sluice/sample_data``) where the settings point.
 
     ``to="postgres"`` needs the PostgreSQL migrations applied (``python -m sluice
     migrate postgres``); ``"blob"`` creates the reference container if needed.
-    Idempotent: loading twice changes nothing. Returns the counts loaded, what
-    changed in PostgreSQL and the blobs written.
+    In PostgreSQL the sample is upserted beside the rows already there; ``replace``
+    also deletes every device and site that is not in the sample. Idempotent:
+    loading twice changes nothing. Returns the counts loaded, what changed in
+    PostgreSQL and the blobs written.
     """
     return load_reference_files(SAMPLE_DEVICES, SAMPLE_SITES, to=to, replace=replace)
 
@@ -72,17 +87,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     load.set_defaults(func=lambda args: _files(args, "postgres"))
     upload.add_argument("--container", help="container (default SLUICE_ENRICH_REFERENCE_CONTAINER)")
     upload.set_defaults(func=lambda args: _files(args, "blob"))
+    for sub, what in ((load, "with --replace, delete every device (site)"), (upload, "write a blob of no rows")):
+        sub.add_argument("--allow-empty", action="store_true",
+                         help=f"accept a file of no rows and {what}: refused otherwise, as a truncated export")
 
     sample = actions.add_parser("load-sample", help="load the sample devices and sites (sluice/sample_data)")
     sample.add_argument("--to", choices=["postgres", "blob", "both"], default="both")
-    sample.set_defaults(func=lambda args: _print(load_sample_reference(args.to)))
+    sample.add_argument("--replace", action="store_true",
+                        help="also delete the devices and sites in PostgreSQL that are not in the sample")
+    sample.set_defaults(func=lambda args: _print(load_sample_reference(args.to, replace=args.replace)))
 
 
 def _files(args: argparse.Namespace, to: Literal["postgres", "blob"]) -> int:
     if args.devices is None and args.sites is None:
         raise PermanentError("give --devices and/or --sites")
     return _print(load_reference_files(args.devices, args.sites, to=to, replace=getattr(args, "replace", False),
-                                       container=getattr(args, "container", None)))
+                                       container=getattr(args, "container", None), allow_empty=args.allow_empty))
 
 
 def _print(outcome: dict[str, Any]) -> int:

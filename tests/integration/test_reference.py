@@ -57,9 +57,9 @@ def env(pg_dsn: str, azurite_connection_string: str, monkeypatch: pytest.MonkeyP
 def test_the_sample_data_loads_into_both_sources_identically(env: dict[str, str]) -> None:
     first = load_sample_reference("both")
     assert first["devices"] == 990 and first["sites"] == 12
-    assert first["postgres"] == {"sites_changed": 12, "sites_deleted": 0, "devices_changed": 990, "devices_deleted": 0}
+    assert first["postgres"] == {"sites_changed": 12, "devices_changed": 990}  # upserted, nothing deleted
     again = load_sample_reference("both")  # idempotent: nothing changes
-    assert again["postgres"] == {"sites_changed": 0, "sites_deleted": 0, "devices_changed": 0, "devices_deleted": 0}
+    assert again["postgres"] == {"sites_changed": 0, "devices_changed": 0}
 
     with make_pool(env["dsn"], PostgresSettings(host="unused")) as pool:
         from_tables = PostgresReferenceSource(pool).load()
@@ -92,6 +92,81 @@ def test_the_cli_uploads_parquet_blobs(env: dict[str, str]) -> None:
         env["SLUICE_ENRICH_REFERENCE_CONTAINER"])
     assert sorted(b.name for b in container.list_blobs()) == ["devices.parquet", "sites.parquet"]
     assert read_devices(container.download_blob("devices.parquet").readall()) == read_devices(SAMPLE_DEVICES)
+
+
+def _counts(dsn: str) -> tuple[int, int]:
+    with psycopg.connect(dsn) as conn:
+        devices = conn.execute("SELECT count(*) FROM devices").fetchone()
+        sites = conn.execute("SELECT count(*) FROM sites").fetchone()
+    assert devices is not None and sites is not None
+    return devices[0], sites[0]
+
+
+def _header_only(source: Path, target: Path) -> Path:
+    """``source``'s header line alone: what a truncated export looks like."""
+    target.write_text(source.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
+    return target
+
+
+@pytest.mark.parametrize("which", ["devices", "sites"])
+def test_load_replace_with_a_file_of_no_rows_is_refused_naming_the_file(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], which: str
+) -> None:
+    """``reference load --replace`` deletes the rows missing from the file, so a file with no rows (the header
+    only) would delete every device (or site) in PostgreSQL and leave every later window with unknown devices. It
+    is refused with an error naming the file (exit 2) and nothing is deleted; ``--allow-empty`` is the opt-in."""
+    assert main(["reference", "load", "--devices", str(SAMPLE_DEVICES), "--sites", str(SAMPLE_SITES)]) == 0
+    assert _counts(env["dsn"]) == (990, 12)
+    truncated = _header_only(SAMPLE_DEVICES if which == "devices" else SAMPLE_SITES, tmp_path / f"{which}.csv")
+    capsys.readouterr()
+
+    code = main(["reference", "load", f"--{which}", str(truncated), "--replace"])
+
+    err = capsys.readouterr().err
+    assert (code, _counts(env["dsn"])) == (2, (990, 12))
+    assert str(truncated) in err and "--allow-empty" in err
+
+    assert main(["reference", "load", f"--{which}", str(truncated), "--replace", "--allow-empty"]) == 0
+    assert _counts(env["dsn"]) == ((0, 12) if which == "devices" else (990, 0))
+
+
+def test_upload_of_a_file_of_no_rows_is_refused_and_the_blob_kept(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``reference upload`` overwrites the Parquet blob the enrichment reads (SLUICE_ENRICH_REFERENCE_SOURCE=
+    parquet): it always replaces the whole set, so a file with no rows is refused naming the file (exit 2) and the
+    blob keeps its devices; ``--allow-empty`` is the opt-in."""
+    assert main(["reference", "upload", "--devices", str(SAMPLE_DEVICES)]) == 0
+    truncated = _header_only(SAMPLE_DEVICES, tmp_path / "devices.csv")
+    capsys.readouterr()
+
+    code = main(["reference", "upload", "--devices", str(truncated)])
+
+    container = BlobServiceClient.from_connection_string(env["AzureWebJobsStorage"]).get_container_client(
+        env["SLUICE_ENRICH_REFERENCE_CONTAINER"])
+    assert code == 2 and str(truncated) in capsys.readouterr().err
+    assert len(read_devices(container.download_blob("devices.parquet").readall())) == 990
+    assert main(["reference", "upload", "--devices", str(truncated), "--allow-empty"]) == 0
+    assert read_devices(container.download_blob("devices.parquet").readall()) == []
+
+
+def test_load_sample_keeps_an_operators_own_devices_unless_told_to_replace(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Deleting reference rows is opt-in (``--replace``): ``reference load-sample`` upserts the sample beside the
+    devices and sites already there; ``load-sample --replace`` deletes the ones not in the sample."""
+    own = tmp_path / "devices.csv"
+    own.write_text("device_id,site_id\nplant-7-pump-1,plant-7\n", encoding="utf-8")
+    assert main(["reference", "load", "--devices", str(own)]) == 0
+
+    capsys.readouterr()
+    assert main(["reference", "load-sample", "--to", "postgres"]) == 0
+    assert "deleted" not in capsys.readouterr().out
+    assert _counts(env["dsn"]) == (991, 12)
+
+    assert main(["reference", "load-sample", "--to", "postgres", "--replace"]) == 0
+    assert "devices_deleted=1" in capsys.readouterr().out
+    assert _counts(env["dsn"]) == (990, 12)
 
 
 def test_a_missing_blob_is_a_clear_error(env: dict[str, str]) -> None:
