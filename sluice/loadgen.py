@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -78,10 +79,10 @@ class LoadSpec:
         problems = []
         if self.devices < 1:
             problems.append(f"devices must be at least 1 (got {self.devices})")
-        if self.rate <= 0:
-            problems.append(f"rate must be positive (got {self.rate})")
-        if self.duration is not None and self.duration <= 0:
-            problems.append(f"duration must be positive (got {self.duration})")
+        if not (math.isfinite(self.rate) and self.rate > 0):  # nan passes `<= 0`, and inf paces nothing
+            problems.append(f"rate must be a positive number (got {self.rate})")
+        if self.duration is not None and not (math.isfinite(self.duration) and self.duration > 0):
+            problems.append(f"duration must be a positive number (got {self.duration})")
         if self.count is not None and self.count < 0:
             problems.append(f"count must not be negative (got {self.count})")
         for name in ("critical_ratio", "duplicate_ratio", "invalid_ratio", "out_of_order_ratio"):

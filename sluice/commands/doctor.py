@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.exceptions import ConfigurationError
+from sluice.arguments import nonnegative_int, positive_int
 
 if TYPE_CHECKING:
     from shared.services.scaling import ScalingRule
@@ -45,9 +46,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     keda.add_argument("--namespace", help="fully qualified Event Hubs namespace in the checkpoint blob names "
                       f"(default: the trigger's eventHubNamespace + .{SERVICEBUS_SUFFIX})")
     keda.add_argument("--container", help="override the trigger's blobContainer")
-    keda.add_argument("--threshold", type=int, help="override unprocessedEventThreshold")
-    keda.add_argument("--activation", type=int, help="override activationUnprocessedEventThreshold")
-    keda.add_argument("--max-replicas", type=int, help="override maxReplicaCount")
+    # the bounds KEDA and the HPA put on these: a threshold divides the lag, and an HPA has at least one replica
+    keda.add_argument("--threshold", type=positive_int, help="override unprocessedEventThreshold (at least 1)")
+    keda.add_argument("--activation", type=nonnegative_int, help="override activationUnprocessedEventThreshold")
+    keda.add_argument("--max-replicas", type=positive_int, help="override maxReplicaCount (at least 1)")
     keda.set_defaults(func=run)
 
 
@@ -97,11 +99,11 @@ def scaling_rule(scaled: dict[str, Any], origin: str, *, threshold: int | None =
     spec, meta = scaled["spec"], _trigger(scaled)
     try:
         return ScalingRule(
-            threshold=threshold or int(meta.get("unprocessedEventThreshold", 64)),
+            threshold=threshold if threshold is not None else int(meta.get("unprocessedEventThreshold", 64)),
             activation=activation if activation is not None
             else int(meta.get("activationUnprocessedEventThreshold", 0)),
             min_replicas=int(spec.get("minReplicaCount", 0)),
-            max_replicas=max_replicas or int(spec.get("maxReplicaCount", 100)))
+            max_replicas=max_replicas if max_replicas is not None else int(spec.get("maxReplicaCount", 100)))
     except ValueError as exc:
         raise ConfigurationError(f"{origin}: {exc}") from None
 

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 
-from sluice.arguments import parse_time, positive_int
+from sluice.arguments import past_time, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("enrich", help="run the enrichment now, list unknown devices, show status")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     run_parser = actions.add_parser("run", help="one enrichment run now (as the timer does)")
-    run_parser.add_argument("--now", type=parse_time, help="pretend the time is T (RFC 3339; default: now)")
+    run_parser.add_argument("--now", type=past_time,
+                            help="pretend the time is T, not after now (RFC 3339; default: now)")
     run_parser.add_argument("--until-done", action="store_true", help="repeat while closed windows remain")
     run_parser.set_defaults(func=run)
     unknown = actions.add_parser("unknown-devices", help="devices enriched without reference data")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shared.exceptions import ConfigurationError
+from sluice.arguments import nonnegative_float, nonnegative_int, positive_float, positive_int, ratio
 
 if TYPE_CHECKING:
     from sluice.loadgen import Summary
@@ -31,16 +32,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "produce", help="send device events to Event Hubs at a paced rate (load generator)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--devices", type=int, default=1000, help="distinct device ids (default 1000)")
-    parser.add_argument("--rate", type=float, default=2000.0, help="events per second (default 2000)")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds to run (default 60; 0 = until Ctrl-C)")
-    parser.add_argument("--count", type=int, help="send exactly this many events (overrides --duration)")
-    parser.add_argument("--critical-ratio", type=float, default=0.01, help="share of valid events that are critical")
+    parser.add_argument("--devices", type=positive_int, default=1000, help="distinct device ids (default 1000)")
+    parser.add_argument("--rate", type=positive_float, default=2000.0, help="events per second (default 2000)")
+    parser.add_argument("--duration", type=nonnegative_float, default=60.0,
+                        help="seconds to run (default 60; 0 = until Ctrl-C)")
+    parser.add_argument("--count", type=nonnegative_int, help="send exactly this many events (overrides --duration)")
+    parser.add_argument("--critical-ratio", type=ratio, default=0.01, help="share of valid events that are critical")
     parser.add_argument(
-        "--duplicate-ratio", type=float, default=0.001, help="share of sends that repeat an earlier event"
+        "--duplicate-ratio", type=ratio, default=0.001, help="share of sends that repeat an earlier event"
     )
-    parser.add_argument("--invalid-ratio", type=float, default=0.001, help="share of sends that break the contract")
-    parser.add_argument("--out-of-order-ratio", type=float, default=0.005,
+    parser.add_argument("--invalid-ratio", type=ratio, default=0.001, help="share of sends that break the contract")
+    parser.add_argument("--out-of-order-ratio", type=ratio, default=0.005,
                         help="share of valid events with a timestamp older than the device's newest")
     parser.add_argument("--seed", type=int, help="random seed (same seed, same events apart from timestamps)")
     parser.add_argument("--device-prefix", default="dev-", help="device ids are <prefix><5 digits> (default dev-)")

@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sluice.arguments import positive_float, positive_int, ratio
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
@@ -48,15 +50,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "up", help="run the whole pipeline locally (emulators, dev host, load); Ctrl-C stops it",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--duration", type=float, help="bounded run: send load this many seconds, drain, check, exit")
+    # The load options are checked here, as produce's LoadSpec checks them: `up` runs produce as a child, which
+    # would refuse them only once the whole stack is up, into produce.log.
+    parser.add_argument("--duration", type=positive_float,
+                        help="bounded run: send load this many seconds, drain, check, exit (default: until Ctrl-C)")
     parser.add_argument(
-        "--rate", type=float, default=DEFAULT_RATE, help=f"events per second (default {DEFAULT_RATE:g})"
+        "--rate", type=positive_float, default=DEFAULT_RATE, help=f"events per second (default {DEFAULT_RATE:g})"
     )
-    parser.add_argument("--devices", type=int, default=DEFAULT_DEVICES, help=f"devices (default {DEFAULT_DEVICES})")
-    parser.add_argument("--critical-ratio", type=float, default=0.01)
-    parser.add_argument("--duplicate-ratio", type=float, default=0.001)
-    parser.add_argument("--invalid-ratio", type=float, default=0.001)
-    parser.add_argument("--out-of-order-ratio", type=float, default=0.005)
+    parser.add_argument("--devices", type=positive_int, default=DEFAULT_DEVICES,
+                        help=f"devices (default {DEFAULT_DEVICES})")
+    parser.add_argument("--critical-ratio", type=ratio, default=0.01)
+    parser.add_argument("--duplicate-ratio", type=ratio, default=0.001)
+    parser.add_argument("--invalid-ratio", type=ratio, default=0.001)
+    parser.add_argument("--out-of-order-ratio", type=ratio, default=0.005)
     parser.add_argument("--no-load", action="store_true", help="start the stack but send nothing")
     parser.add_argument(
         "--no-devhost",
@@ -101,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     for noisy in ("cassandra", "azure", "sluice.launcher", "shared"):  # the live table says what matters
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.duplicate_ratio + args.invalid_ratio > 1:
+        raise ConfigurationError("--duplicate-ratio + --invalid-ratio must not exceed 1")
     if args.duration and (args.no_devhost or args.no_load):
         raise ConfigurationError("--duration checks what the dev host made of the load; "
                                  "it cannot go with --no-devhost or --no-load")

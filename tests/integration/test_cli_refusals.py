@@ -178,3 +178,61 @@ def test_enrich_unknown_devices_negative_limit_is_refused(
         assert code == 2
     finally:
         bootstrap.reset()
+
+
+# --- options the command would ignore, or that a child process would refuse only later ------------------------------
+
+
+@pytest.mark.parametrize("option", ["--threshold", "--max-replicas"])
+def test_doctor_keda_refuses_a_zero_override(option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An override is used or refused, never replaced by the ScaledObject's own value: ``--threshold 0`` divides
+    the lag by zero and ``--max-replicas 0`` is below the HPA's least maximum (1), so both are usage errors naming
+    the option, before anything is read. (Taken as "not given", 0 made the doctor print replicas computed with the
+    file's numbers.)"""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["doctor", "keda", option, "0"])
+    assert exited.value.code == 2
+    assert option in capsys.readouterr().err
+
+
+def test_enrich_run_now_in_the_future_is_refused() -> None:
+    """``enrich run --now T`` is refused for a T after now, as ``rebuild --since`` and ``audit --since`` are
+    (sluice/arguments.py past_time): the run would move the watermark and the late-scan position past real time,
+    and an event arriving now in one of those windows would be neither scheduled nor late: never enriched."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["enrich", "run", "--now", FUTURE])
+    assert exited.value.code == 2
+
+
+@pytest.mark.parametrize("argv", [
+    ["--rate", "0"], ["--rate", "-5"], ["--rate", "nan"], ["--rate", "inf"], ["--devices", "0"],
+    ["--invalid-ratio", "2"], ["--critical-ratio", "-0.1"], ["--duration", "0"], ["--duration", "-1"],
+], ids=["rate-0", "rate-negative", "rate-nan", "rate-inf", "devices-0", "ratio-above-1", "ratio-negative",
+        "duration-0", "duration-negative"])
+def test_up_refuses_a_load_the_load_generator_would_refuse(argv: list[str]) -> None:
+    """``up`` passes its load options to ``produce`` (a child process, whose LoadSpec refuses them): it refuses them
+    up front (argparse, exit 2), before starting a whole stack whose producer would die at once into produce.log
+    while the live table showed "events sent 0". ``--duration`` is a bounded run's length: without it, ``up`` runs
+    until Ctrl-C; 0 is no length."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["up", *argv])
+    assert exited.value.code == 2
+
+
+def test_up_refuses_ratios_that_add_up_past_one(capsys: pytest.CaptureFixture[str]) -> None:
+    """Duplicates and invalid events are shares of the same sends, so together they cannot exceed 1 (LoadSpec):
+    refused before the stack starts (exit 2)."""
+    code = main(["up", "--duplicate-ratio", "0.6", "--invalid-ratio", "0.6"])
+    assert code == 2
+    assert "--duplicate-ratio + --invalid-ratio" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--rate", "nan"], ["--rate", "inf"], ["--rate", "0"], ["--devices", "0"],
+                                  ["--duration", "-1"], ["--duration", "nan"], ["--count", "-1"],
+                                  ["--invalid-ratio", "nan"]])
+def test_produce_refuses_a_rate_or_share_that_is_no_number(argv: list[str]) -> None:
+    """``produce --rate nan`` passed LoadSpec's ``rate <= 0`` check (every comparison with nan is false) and paced
+    nothing; ``inf`` is no pace either. Every load option is a usage error when it is not a finite number in range."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["produce", *argv])
+    assert exited.value.code == 2

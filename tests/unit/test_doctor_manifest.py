@@ -8,7 +8,7 @@ import json
 import pytest
 
 from shared.exceptions import ConfigurationError
-from sluice.commands.doctor import load_scaled_object
+from sluice.commands.doctor import load_scaled_object, scaling_rule
 
 TRIGGER = {"type": "azure-eventhub", "metadata": {"unprocessedEventThreshold": "64"}}
 
@@ -35,3 +35,12 @@ def test_the_first_scaled_object_with_an_event_hubs_trigger_is_found_in_a_list()
 def test_a_malformed_manifest_is_named(document: object, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         load_scaled_object(json.dumps(document), "m.json")
+
+
+def test_an_override_of_zero_is_used_not_replaced_by_the_manifests_value() -> None:
+    """``scaling_rule``'s overrides apply when given, 0 included (``threshold or <file>`` took 0 for "not given"
+    and used the file's threshold): a threshold of 0 is then refused like one in the manifest."""
+    document = scaled("ingest", {"maxReplicaCount": 4, "triggers": [TRIGGER]})
+    assert scaling_rule(document, "m.json", max_replicas=1).max_replicas == 1
+    with pytest.raises(ConfigurationError, match="unprocessedEventThreshold must be a positive number, got 0"):
+        scaling_rule(document, "m.json", threshold=0)
