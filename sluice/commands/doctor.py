@@ -29,6 +29,7 @@ from shared.exceptions import ConfigurationError
 from sluice.arguments import nonnegative_int, positive_int
 
 if TYPE_CHECKING:
+    from shared.ports.lag import LagReading
     from shared.services.scaling import ScalingRule
     from shared.settings import StorageSettings
 
@@ -82,6 +83,29 @@ def load_scaled_object(text: str, origin: str) -> dict[str, Any]:
     raise ConfigurationError(f"{origin}: no ScaledObject with an azure-eventhub trigger")
 
 
+def read_scaled_object(path: str) -> tuple[dict[str, Any], str]:
+    """:func:`load_scaled_object` of the file ``path`` ('-': standard input), and where it came from; a file that
+    cannot be read is a ``ConfigurationError`` naming it."""
+    origin = "standard input" if path == "-" else path
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigurationError(f"cannot read the ScaledObject {origin}: {cause}") from None
+    return load_scaled_object(text, origin), origin
+
+
+def scaler_failure(reading: LagReading, scaled: dict[str, Any]) -> list[str]:
+    """What KEDA does when its scaler cannot read a checkpoint (``reading.scaler_error``): the error, and the
+    ScaledObject's fallback replica count, or that the replica count stays as it is. Empty when it can read them."""
+    if not reading.scaler_error:
+        return []
+    fallback = scaled["spec"].get("fallback", {}).get("replicas")
+    return [f"KEDA's scaler fails: {reading.scaler_error}",
+            f"replicas KEDA would use: {fallback} (fallback)" if fallback is not None
+            else "replicas: unchanged (no fallback in the ScaledObject)"]
+
+
 def _name(item: dict[str, Any]) -> str:
     metadata = item.get("metadata")
     return repr(metadata.get("name")) if isinstance(metadata, dict) else "(unnamed)"
@@ -126,13 +150,8 @@ def run(args: argparse.Namespace) -> int:
     from shared.adapters.eventhub_lag import EventHubBlobLagReader, KedaCheckpointSource, eventhub_client
     from shared.services.scaling import desired_replicas
 
-    origin = "standard input" if args.scaled_object == "-" else args.scaled_object
-    try:
-        text = sys.stdin.read() if args.scaled_object == "-" else Path(args.scaled_object).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read the ScaledObject {origin}: {exc.strerror or exc}") from None
-    scaled = load_scaled_object(text, origin)
-    spec, meta = scaled["spec"], _trigger(scaled)
+    scaled, origin = read_scaled_object(args.scaled_object)
+    meta = _trigger(scaled)
     if not meta.get("eventHubName"):
         raise ConfigurationError(f"{origin}: the azure-eventhub trigger's metadata has no eventHubName")
     try:
@@ -167,12 +186,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{p.partition_id:>9} {p.beginning_sequence_number:>12} {p.last_enqueued_sequence_number:>12} "
               f"{checkpoint:>12} {p.unprocessed:>12}")
     print(f"total lag {reading.total}")
-    if reading.scaler_error:
-        fallback = spec.get("fallback", {}).get("replicas")
-        print(f"KEDA's scaler fails: {reading.scaler_error}")
-        print(f"replicas KEDA would use: {fallback} (fallback)" if fallback is not None
-              else "replicas: unchanged (no fallback in the ScaledObject)")
-    else:
+    failure = scaler_failure(reading, scaled)
+    for line in failure:
+        print(line)
+    if not failure:
         replicas = desired_replicas(reading.total, len(reading.partitions), rule)
         print(f"replicas KEDA would compute: {replicas} (threshold {rule.threshold}, activation {rule.activation}, "
               f"{rule.min_replicas}..{rule.max_replicas}, {len(reading.partitions)} partitions)")

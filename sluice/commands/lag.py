@@ -12,17 +12,27 @@ looks, this reads them where the *host* writes them (the container
 worker exports as ``sluice.eventhub.lag``. Connections: ``EventHubConnection`` (or
 ``EventHubConnection__fullyQualifiedNamespace``) and ``AzureWebJobsStorage``; the
 hub and consumer group from ``SLUICE_INGEST_EVENTHUB_NAME`` and
-``SLUICE_INGEST_CONSUMER_GROUP``.
+``SLUICE_INGEST_CONSUMER_GROUP``. Exit status 0, or 1 when KEDA's scaler cannot read
+a checkpoint (its fallback applies) or the checkpoints sit where KEDA would not find them.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sluice.commands.doctor import BASE_SCALED_OBJECT, load_scaled_object, scaling_rule, storage_settings
+from shared.exceptions import ConfigurationError
+from sluice.commands.doctor import (
+    BASE_SCALED_OBJECT,
+    read_scaled_object,
+    scaler_failure,
+    scaling_rule,
+    storage_settings,
+)
+
+if TYPE_CHECKING:
+    from shared.settings import IngestSettings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,12 +54,10 @@ def run(args: argparse.Namespace) -> int:
         partition_owners,
     )
     from shared.services.scaling import desired_replicas
-    from shared.settings import IngestSettings
 
-    origin = "standard input" if args.scaled_object == "-" else args.scaled_object
-    text = sys.stdin.read() if args.scaled_object == "-" else Path(args.scaled_object).read_text(encoding="utf-8")
-    rule = scaling_rule(load_scaled_object(text, origin), origin)
-    ingest = IngestSettings()
+    scaled, origin = read_scaled_object(args.scaled_object)
+    rule = scaling_rule(scaled, origin)
+    ingest = ingest_settings()
     hub_name = args.eventhub or ingest.eventhub_name
     group = args.consumer_group or ingest.consumer_group
     connection_string = os.environ.get("EventHubConnection")  # noqa: SIM112 (the host's name)
@@ -69,12 +77,31 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = "-" if p.checkpoint_sequence_number is None else str(p.checkpoint_sequence_number)
         print(f"{p.partition_id:>9}  {owners.get(p.partition_id, '-'):<36} {checkpoint:>12} "
               f"{p.last_enqueued_sequence_number:>14} {p.unprocessed:>10}")
-    replicas = desired_replicas(reading.total, len(reading.partitions), rule)
-    print(f"total lag {reading.total}; replicas KEDA would ask for: {replicas} (unprocessedEventThreshold "
-          f"{rule.threshold}, activation {rule.activation}, {rule.min_replicas}..{rule.max_replicas} replicas, "
-          f"{len(reading.partitions)} partitions)")
+    failure = scaler_failure(reading, scaled)
+    if failure:  # a lag counted without the unreadable checkpoint is no replica count KEDA would ask for
+        print(f"total lag {reading.total}")
+        for line in failure:
+            print(line)
+    else:
+        replicas = desired_replicas(reading.total, len(reading.partitions), rule)
+        print(f"total lag {reading.total}; replicas KEDA would ask for: {replicas} (unprocessedEventThreshold "
+              f"{rule.threshold}, activation {rule.activation}, {rule.min_replicas}..{rule.max_replicas} replicas, "
+              f"{len(reading.partitions)} partitions)")
     for note in reading.notes:
         print(f"note: {note}")
     for warning in reading.warnings:
         print(f"WARNING: {warning}")
-    return 0
+    return 1 if reading.warnings or reading.scaler_error else 0
+
+
+def ingest_settings() -> IngestSettings:
+    """``IngestSettings`` from the environment, or a ``ConfigurationError`` naming each bad value."""
+    from pydantic import ValidationError
+
+    from shared.settings import IngestSettings
+
+    try:
+        return IngestSettings()
+    except ValidationError as exc:
+        raise ConfigurationError("ingest settings: " + "; ".join(
+            f"SLUICE_INGEST_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())) from None

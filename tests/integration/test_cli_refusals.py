@@ -195,6 +195,25 @@ def test_doctor_keda_refuses_a_zero_override(option: str, capsys: pytest.Capture
     assert option in capsys.readouterr().err
 
 
+def test_lag_with_a_missing_scaled_object_names_the_file(capsys: pytest.CaptureFixture[str]) -> None:
+    """A file argument that cannot be read is an error naming it (exit 2), as ``doctor keda`` does for the same
+    option; never a FileNotFoundError traceback."""
+    code = main(["lag", "--scaled-object", "/nonexistent/ingest.yaml"])
+    assert code == 2
+    assert "/nonexistent/ingest.yaml" in capsys.readouterr().err
+
+
+def test_lag_with_bad_ingest_settings_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``lag`` reads SLUICE_INGEST_*: a bad value is an error naming the variable (exit 2), as the other commands
+    report their settings, not a pydantic ValidationError traceback."""
+    monkeypatch.setenv("SLUICE_INGEST_MAX_BODY_BYTES", "1")
+    code = main(["lag"])
+    assert code == 2
+    assert "SLUICE_INGEST_MAX_BODY_BYTES" in capsys.readouterr().err
+
+
 def test_enrich_run_now_in_the_future_is_refused() -> None:
     """``enrich run --now T`` is refused for a T after now, as ``rebuild --since`` and ``audit --since`` are
     (sluice/arguments.py past_time): the run would move the watermark and the late-scan position past real time,

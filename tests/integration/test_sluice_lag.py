@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from azure.eventhub.extensions.checkpointstoreblob import BlobCheckpointStore
+from azure.storage.blob import BlobServiceClient
 
 from shared.adapters.eventhub_lag import HOST_CHECKPOINT_CONTAINER, host_checkpoint_source
 from sluice.__main__ import main
@@ -74,3 +75,28 @@ def _connection() -> str:
     return os.environ["EventHubConnection"]  # noqa: SIM112
 
 
+
+
+def test_lag_reports_a_checkpoint_keda_cannot_read_and_the_fallback_not_a_replica_count(
+        env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    """When a checkpoint blob has no numeric ``sequencenumber`` KEDA's scaler fails and the ScaledObject's fallback
+    applies (shared/adapters/eventhub_lag.py): ``lag`` says so as ``doctor keda`` does ("KEDA's scaler fails ...",
+    the fallback replicas) and exits 1; it does not count the partition as never checkpointed and present the
+    replicas computed from that as what KEDA asks for."""
+    source = host_checkpoint_source(env["hub"], "sluice", connection_string=_connection(),
+                                    fully_qualified_namespace=None)
+    for partition, sequence in (("0", 29), ("1", 11), ("3", 6)):
+        checkpoint(env["storage"], HOST_CHECKPOINT_CONTAINER, env["hub"], partition, sequence,
+                   namespace=source.namespace)
+    # partition 0's checkpoint blob loses its position (a hand edit, another tool's layout)
+    with BlobServiceClient.from_connection_string(env["storage"]) as service:
+        service.get_blob_client(HOST_CHECKPOINT_CONTAINER, source.blob_name("0")).set_blob_metadata({"offset": "29"})
+
+    code = main(["lag", "--scaled-object", scaled_object(tmp_path, env["hub"], threshold=5, max_replicas=4),
+                 "--eventhub", env["hub"], "--consumer-group", "sluice"])
+
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "KEDA's scaler fails" in out and "sequencenumber" in out, out
+    assert "replicas KEDA would use: 2 (fallback)" in out, out
+    assert "replicas KEDA would ask for" not in out, out
