@@ -7,7 +7,11 @@ last record the host handed to ingest, and the host only checkpoints after the
 invocation returned, by when ingest has recorded every record's outcome. Records
 past the checkpoint are still in flight and are not gaps. Records below the
 partition's ``beginning_sequence_number`` have expired from the hub; they are
-audited only when asked for explicitly (``since`` or a start sequence).
+audited only when asked for explicitly (a start sequence). A ``since`` older
+than the oldest retained event cannot be placed (the hub no longer knows when the
+expired records were enqueued): the partition is audited from its oldest retained
+event and marked (``expired_below``), so the report does not pass for complete.
+A start sequence past every partition's checkpoint audits nothing and is refused.
 
 The ledger is read per partition and per range (:class:`AuditLedger.accounted`),
 so the cost is the size of the range, never of the table. A range longer than
@@ -16,6 +20,7 @@ so the cost is the size of the range, never of the table. A range longer than
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,6 +45,9 @@ class PartitionAudit:
     gaps: tuple[tuple[int, int], ...] = ()
     letters: tuple[tuple[int, int, str], ...] = ()
     """Batch letters that account for sequence numbers the ledger lacks (not gaps: they were dead-lettered)."""
+    expired_below: int | None = None
+    """Set when the start could not be placed: ``since`` is older than every event the hub still retains, and the
+    sequence numbers below this one (expired) may have been enqueued after it; they were not audited."""
 
     @property
     def missing(self) -> int:
@@ -57,6 +65,11 @@ class AuditReport:
     @property
     def missing(self) -> int:
         return sum(p.missing for p in self.partitions)
+
+    @property
+    def whole(self) -> bool:
+        """Every partition was audited over the whole range asked for (see ``PartitionAudit.expired_below``)."""
+        return all(p.expired_below is None for p in self.partitions)
 
 
 def gaps_in(first: int, last: int, runs: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
@@ -107,16 +120,30 @@ class AuditService:
             if checkpoint is None:  # nothing checkpointed past yet
                 out.append(PartitionAudit(p.partition_id, 0, -1))
                 continue
+            expired_below = None
             if since is not None:
                 assert self._clock is not None
                 found = self._clock.first_at(p.partition_id, since)
                 first = p.last_enqueued_sequence_number + 1 if found is None else found
+                if 0 < p.beginning_sequence_number >= first:
+                    # The first event at or after `since` is the oldest the hub retains (or none is retained):
+                    # the ones before it expired, and whether they were enqueued after `since` is unknowable here.
+                    expired_below = p.beginning_sequence_number
             elif from_sequence is not None:
                 first = from_sequence
             else:
                 assert window is not None
                 first = max(p.beginning_sequence_number, checkpoint - window + 1)
-            out.append(self._audit_range(p.partition_id, max(first, 0), checkpoint))
+            audited = self._audit_range(p.partition_id, max(first, 0), checkpoint)
+            out.append(dataclasses.replace(audited, expired_below=expired_below) if expired_below else audited)
+        checkpoints = {p.partition_id: p.checkpoint_sequence_number for p in reading.partitions}
+        if from_sequence is not None and any(c is not None for c in checkpoints.values()) \
+                and all(c is None or from_sequence > c for c in checkpoints.values()):
+            # Every range is empty: "nothing missing" would be an answer about nothing (a typo'd start, most likely).
+            raise ConfigurationError(
+                f"sequence {from_sequence} is past every partition's checkpoint ("
+                + ", ".join(f"{pid}: {'none' if c is None else c}" for pid, c in checkpoints.items())
+                + "): there is nothing to audit from there; give a start at or below a checkpoint")
         return AuditReport(tuple(out))
 
     def _audit_range(self, partition: str, first: int, last: int) -> PartitionAudit:

@@ -5,7 +5,11 @@ Per partition of the ingest hub, from the first event enqueued at or after
 the ingest ledger (``ingest_audit``: one Cassandra partition per Event Hubs
 partition and block of 10,000 sequence numbers) and lists the sequence numbers
 that are in neither outcome. Exit status 0 when nothing is missing, 1 when
-something is. A dead-lettered batch whose ledger entries could not be written
+something is, or when part of the range asked for could not be audited (a
+``--since`` older than the hub's retention: the expired records' times are
+unknown; ``--from-sequence`` audits from a sequence number instead). A
+``--from-sequence`` past every partition's checkpoint audits nothing and is
+refused (exit 2). A dead-lettered batch whose ledger entries could not be written
 (the store was down) shows as a gap: its letter under ``batches/`` of the
 dead-letter container names the same sequence numbers.
 
@@ -21,6 +25,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from shared.exceptions import ConfigurationError
+from sluice.arguments import nonnegative_int
 
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -34,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     start = parser.add_mutually_exclusive_group(required=True)
     start.add_argument("--since", type=since_time,
                        help="a time (ISO 8601, e.g. 2026-12-05T17:00:00Z) or an age (90s, 15m, 2h, 1d)")
-    start.add_argument("--from-sequence", type=int, help="audit every partition from this sequence number")
+    start.add_argument("--from-sequence", type=nonnegative_int,
+                       help="audit every partition from this sequence number")
     parser.set_defaults(func=run)
 
 
@@ -85,6 +91,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"gap: partition {p.partition} sequence {start}" + (f"..{end}" if end != start else ""))
         if len(p.gaps) > SHOWN_GAPS:
             print(f"gap: partition {p.partition}: {len(p.gaps) - SHOWN_GAPS} more gaps")
-    print(f"missing {report.missing}: " + ("the zero-loss SLO holds" if not report.missing
-                                           else "sequence numbers neither stored nor dead-lettered"))
-    return 1 if report.missing else 0
+    for p in report.partitions:
+        if p.expired_below is not None:
+            print(f"NOT AUDITED: partition {p.partition}: --since {args.since.isoformat()} is older than the oldest "
+                  f"event the hub retains; sequence numbers below {p.expired_below} have expired from it, so which "
+                  f"of them were enqueued since then cannot be told, and none was audited "
+                  f"(`audit --from-sequence 0` audits the ledger from the start)")
+    if report.missing:
+        print(f"missing {report.missing}: sequence numbers neither stored nor dead-lettered")
+    elif not report.whole:
+        print("missing 0 in what was audited, but part of the range asked for could not be audited (above): "
+              "no verdict on the zero-loss SLO")
+    else:
+        print("missing 0: the zero-loss SLO holds")
+    return 0 if report.whole and not report.missing else 1

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import azure.functions as func
@@ -34,6 +36,7 @@ from shared.adapters.eventhub_lag import HOST_CHECKPOINT_CONTAINER, host_checkpo
 from sluice.__main__ import main
 from sluice.launcher import Running
 from tests.fixtures.cassandra import start_cassandra_emulator
+from tests.fixtures.eventhubs import IsolatedHub, start_eventhubs_emulator, write_config
 from tests.fixtures.functions import HostContext, user_function
 
 pytestmark = pytest.mark.timeout(180)
@@ -57,7 +60,16 @@ def private_cassandra() -> Iterator[Running]:
 @pytest.fixture
 def stack(private_cassandra: Running, azurite_connection_string: str, isolated_eventhub: Any,
           monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    cassandra_emulator = private_cassandra
+    with audit_stack(isolated_eventhub, private_cassandra, azurite_connection_string, monkeypatch) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def audit_stack(isolated_eventhub: Any, cassandra_emulator: Running, azurite_connection_string: str,
+                monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """The app's settings for ``isolated_eventhub``, a fresh keyspace and dead-letter container; ``deliver`` sends
+    records to a partition and hands them to the registered ingest function with their sequence numbers, as the
+    host does; ``checkpoint`` writes the host's checkpoint with the SDK's BlobCheckpointStore."""
     keyspace = f"ks_{uuid.uuid4().hex[:12]}"
     for name, value in {
         "AzureWebJobsStorage": azurite_connection_string,
@@ -126,10 +138,12 @@ def stack(private_cassandra: Running, azurite_connection_string: str, isolated_e
             ]
             ingest_function(events, HostContext("ingest", 5 if final else 0, 5))
 
-    with producer:
-        yield {"deliver": deliver, "checkpoint": checkpoint, "keyspace": keyspace, "cassandra": cassandra_emulator}
-    clear_faults(cassandra_emulator.host, cassandra_emulator.port)
-    bootstrap.reset()
+    try:
+        with producer:
+            yield {"deliver": deliver, "checkpoint": checkpoint, "keyspace": keyspace, "cassandra": cassandra_emulator}
+    finally:
+        clear_faults(cassandra_emulator.host, cassandra_emulator.port)
+        bootstrap.reset()
 
 
 def audit(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -259,3 +273,55 @@ def test_since_through_ingests_own_consumer_group_is_refused_by_name(
     bootstrap.reset()
     code, out = audit(capsys, "--from-sequence", "0")  # sequence numbers need no reader
     assert code == 0, out
+
+
+def test_a_start_sequence_past_every_checkpoint_is_refused_not_reported_as_no_loss(
+    stack: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The audit never says "the zero-loss SLO holds" for a range it did not look at: ``--from-sequence N`` past
+    every partition's checkpoint leaves every range empty (a typo'd or too large N), so it is refused naming the
+    checkpoints (exit 2), here though partition 0 has records checkpointed past that were never stored."""
+    stack["deliver"]("0", [json.dumps(event()).encode() for _ in range(3)], ingest=False)  # lost
+    stack["checkpoint"]("0", 2)
+    assert audit(capsys, "--from-sequence", "0")[0] == 1  # the loss is there
+
+    code = main(["audit", "--from-sequence", "1000000"])
+
+    captured = capsys.readouterr()
+    assert code == 2, captured.out
+    assert "the zero-loss SLO holds" not in captured.out
+    assert "1000000 is past every partition's checkpoint (0: 2, 1: none" in captured.err
+
+
+@pytest.fixture
+def short_retention_hub(tmp_path: Path) -> Iterator[IsolatedHub]:
+    """A hub of its own emulator whose events pass retention after about 11 s (MessageRetentionInHours 0.003)."""
+    name = f"short-{uuid.uuid4().hex[:6]}"
+    running = start_eventhubs_emulator(config=write_config(tmp_path / "hubs.json", [name],
+                                                           MessageRetentionInHours=0.003))
+    yield IsolatedHub(running, name)
+    running.stop()
+
+
+def test_since_older_than_the_hubs_retention_is_reported_as_not_audited(
+    private_cassandra: Running, azurite_connection_string: str, short_retention_hub: IsolatedHub,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``audit --since T`` promises every sequence number enqueued since T. When T is older than the oldest event
+    the hub still retains, the expired records' times are unknown and T cannot be placed: the audit says that part
+    was not audited, suggests ``--from-sequence``, does not claim the SLO holds, and exits 1. (It used to start at
+    the oldest retained event without a word and report "missing 0", over records 0..2 here that were
+    checkpointed past and never stored.)"""
+    with audit_stack(short_retention_hub, private_cassandra, azurite_connection_string, monkeypatch) as stack:
+        since = datetime.now(UTC) - timedelta(seconds=1)
+        stack["deliver"]("0", [json.dumps(event()).encode() for _ in range(3)], ingest=False)  # 0..2: lost
+        time.sleep(14)  # 0..2 pass the hub's retention (the ledger in Cassandra knows nothing of them)
+        stack["deliver"]("0", [json.dumps(event()).encode() for _ in range(3)])  # 3..5: stored
+        stack["checkpoint"]("0", 5)
+        assert audit(capsys, "--from-sequence", "0")[0] == 1  # the loss is there
+
+        code, out = audit(capsys, "--since", since.isoformat())
+
+    assert code == 1, out
+    assert "the zero-loss SLO holds" not in out
+    assert "NOT AUDITED: partition 0:" in out and "below 3 have expired" in out and "--from-sequence 0" in out

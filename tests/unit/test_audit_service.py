@@ -82,3 +82,34 @@ def test_a_run_is_cut_at_block_boundaries_and_keeps_its_counts_once() -> None:
     assert [(p.first, p.last) for p in pieces] == [(BLOCK - 2, BLOCK - 1), (BLOCK, 2 * BLOCK - 1),
                                                    (2 * BLOCK, 2 * BLOCK + 1)]
     assert [(p.stored, p.dead_lettered) for p in pieces] == [(5, 1), (0, 0), (0, 0)]
+
+
+class FirstAt:
+    """The hub's answer to "the first sequence number enqueued at or after T", per partition (None: none)."""
+
+    def __init__(self, found: dict[str, int | None]) -> None:
+        self.found = found
+
+    def first_at(self, partition: str, at: object) -> int | None:
+        return self.found[partition]
+
+
+def test_a_since_the_hub_can_place_only_at_its_oldest_retained_event_is_marked_not_whole() -> None:
+    """Partition 0 retains 100..200 (0..99 expired) and the first event since T is 100, the oldest retained: the
+    expired ones may be since T too, so the report is not whole. Had the first been 150, a retained event before T
+    (100) places T, and the audit is whole."""
+    since = datetime(2026, 12, 5, tzinfo=UTC)
+    placed_at_oldest = AuditService(Ledger([(100, 180)]), Positions(),
+                                    FirstAt({"0": 100, "1": None})).audit(since=since)
+    assert (placed_at_oldest.missing, placed_at_oldest.whole) == (0, False)
+    assert placed_at_oldest.partitions[0].expired_below == 100
+    placed = AuditService(Ledger([(150, 180)]), Positions(), FirstAt({"0": 150, "1": None})).audit(since=since)
+    assert (placed.missing, placed.whole) == (0, True)
+
+
+def test_a_start_sequence_past_every_checkpoint_is_refused_naming_them() -> None:
+    service = AuditService(Ledger([]), Positions())
+    with pytest.raises(ConfigurationError,
+                       match=r"sequence 181 is past every partition's checkpoint \(0: 180, 1: none\)"):
+        service.audit(from_sequence=181)
+    assert service.audit(from_sequence=180).partitions[0].audited == 1  # at the checkpoint: one to audit
