@@ -96,6 +96,12 @@ class RedisCacheBuilder:
             commands.append(("EVALSHA", sha["fill_event"], 1, keys.event(event.event_id), document, ttl))
         return commands
 
+    def in_progress(self) -> Build | None:
+        pointer = self._generations.read()
+        if pointer.building is None or pointer.since_ms is None:  # no build, or one no rebuild can resume
+            return None
+        return Build(pointer.building, int(pointer.position) if pointer.position else None, pointer.since_ms)
+
     def begin(self, since_ms: int, *, resume: bool) -> Build:
         pointer = self._generations.read()
         if resume and pointer.building is not None and pointer.since_ms == since_ms:

@@ -47,6 +47,9 @@ class Build:
 class CacheBuilder(Protocol):
     """The Redis side of a rebuild. Every method raises ``DependencyUnavailable``."""
 
+    def in_progress(self) -> Build | None:
+        """The build a resume would continue (its generation, saved position and ``since_ms``), if there is one."""
+
     def begin(self, since_ms: int, *, resume: bool) -> Build:
         """Resume the build in progress with the same ``since_ms`` (when ``resume``), or claim a new generation.
 

@@ -12,8 +12,11 @@ cache's idempotent merges, so a page written twice is harmless.
 
 After each page of devices is written, the position (the page's last token) is
 saved; a killed rebuild resumes from it (``resume=True``, the default) in the
-same generation. Reads are rate-limited (rows per second, ``max_rps``) so a
-rebuild does not take the request units the pipeline needs.
+same generation. A build in progress with another ``since`` cannot be resumed:
+the rebuild is refused (``ConfigurationError``) rather than silently throwing
+that build away; ``resume=False`` (``--restart``) starts over on purpose. Reads
+are rate-limited (rows per second, ``max_rps``) so a rebuild does not take the
+request units the pipeline needs.
 
 ``--devices`` rebuilds only those devices, in the live generation: their keys
 are deleted and rewritten from the log (meanwhile a lookup misses and reads the
@@ -33,6 +36,8 @@ from dataclasses import dataclass
 
 from shared.domain.rules import Criticality, MeasurementRule
 from shared.domain.stored import StoredEvent
+from shared.domain.times import from_ms
+from shared.exceptions import ConfigurationError
 from shared.ports.cache import SINCE_ALL
 from shared.ports.rebuild import CacheBuilder, DeviceLog
 
@@ -103,6 +108,10 @@ def token_fraction(token: int | None) -> float:
     return 0.0 if token is None else (token - TOKEN_MIN + 1) / TOKEN_SPAN
 
 
+def _since(since_ms: int) -> str:
+    return "no --since" if since_ms <= SINCE_ALL else f"--since {from_ms(since_ms).isoformat(timespec='milliseconds')}"
+
+
 class RebuildService:
     def __init__(self, log: DeviceLog, cache: CacheBuilder, *, rules: Sequence[MeasurementRule] = (),
                  page_size: int = 200, concurrency: int = 8, max_rps: float | None = None) -> None:
@@ -133,6 +142,16 @@ class RebuildService:
                 progress: Progress | None = None) -> RebuildReport:
         """Rebuild every device into a new generation and switch to it (see the module docstring)."""
         started = time.monotonic()
+        if resume:
+            current = self._cache.in_progress()
+            if current is not None and current.since_ms != since_ms:
+                # The build's critical lists start at its own since: it cannot go on with another one, and starting
+                # over would throw away every page written so far. The operator decides (--restart).
+                done = "no page written yet" if current.position is None else "pages written"
+                raise ConfigurationError(
+                    f"a rebuild of generation {current.generation} with {_since(current.since_ms)} is in progress "
+                    f"({done}); this one, with {_since(since_ms)}, cannot resume it: run again with "
+                    f"{_since(current.since_ms)} to resume it, or with --restart to discard it and start over")
         build = self._cache.begin(since_ms, resume=resume)
         report = RebuildReport(build.generation, None, resumed_from=build.position)
         position = build.position

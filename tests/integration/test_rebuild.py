@@ -17,12 +17,17 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import redis
 
+from shared import bootstrap
 from shared.adapters.cassandra.device_log import CassandraDeviceLog
 from shared.adapters.redis import RedisChangeSink, RedisLookupCache
 from shared.adapters.redis_rebuild import RedisCacheBuilder
+from shared.domain.times import to_ms
+from shared.ports.cache import SINCE_ALL
 from shared.services.rebuild import RebuildService
+from sluice.__main__ import main
 from tests.integration import test_changefeed as cf
 
 ROOT = cf.ROOT
@@ -229,3 +234,41 @@ def test_since_bounds_the_critical_lists_and_the_cache_says_so(session, keyspace
 
 def cf_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
+
+
+class _Killed(Exception):
+    """Stands for a kill (Ctrl-C, OOM, a pod eviction) after the first saved page."""
+
+
+@pytest.mark.parametrize(("first", "then"), [("2h", "30m"), ("2h", None), (None, "30m")],
+                         ids=["since-changed", "since-dropped", "since-added"])
+def test_a_rebuild_run_again_with_another_since_is_refused_naming_both(
+    app_env, store, rclient, redis_prefix, capsys, first: str | None, then: str | None
+):
+    """``rebuild redis`` run again after a kill resumes the build in progress (``--restart`` is the way to start
+    over). Run again with another ``--since`` (or without the one it started with) it cannot resume: it refuses,
+    naming both values (exit 2), and the build in progress stays as it was, for a run with its own ``--since`` to
+    resume. (It used to claim a new generation and drop the half-done one without a word.)"""
+    now = datetime.now(UTC)
+    app_env()
+    store.write(cf.spread(60, devices=30, critical_every=3))
+    since = {None: None, "2h": now - timedelta(hours=2), "30m": now - timedelta(minutes=30)}
+
+    def kill(report, fraction: float) -> None:
+        raise _Killed
+
+    with pytest.raises(_Killed):
+        bootstrap.rebuild_service(page_size=3).rebuild(
+            since_ms=to_ms(since[first]) if first else SINCE_ALL, progress=kill)
+    halfway = _pointer(rclient, redis_prefix)
+    assert "building" in halfway and "position" in halfway
+
+    code = main(["rebuild", "redis", "--no-progress", *(["--since", since[then].isoformat()] if then else [])])
+
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert _pointer(rclient, redis_prefix) == halfway  # the build in progress is kept
+    named = {key: "no --since" if at is None else f"--since {at.isoformat(timespec='milliseconds')}"
+             for key, at in since.items()}
+    assert named[first] in err and named[then] in err and "--restart" in err, err
+    bootstrap.reset()

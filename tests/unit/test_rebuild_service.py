@@ -77,6 +77,9 @@ class Builder:
         self.position = position
         self.fail_after = fail_after
 
+    def in_progress(self):
+        return None
+
     def begin(self, since_ms, *, resume):
         return Build(7, self.position if resume else None, since_ms)
 
@@ -129,3 +132,30 @@ def test_rows_without_the_critical_flag_are_decided_by_the_rules_as_the_change_f
 
     RebuildService(log, Capture(), rules=[MeasurementRule(measurement="temperature", op=">", value=90)]).rebuild()
     assert seen == [("hot", True), ("cool", False)]
+
+
+def test_a_build_in_progress_with_another_since_is_not_resumed_nor_dropped_unless_restarted():
+    """Resuming continues the build in progress only with its own ``since``; with another one the rebuild is
+    refused before anything is claimed or written, and ``resume=False`` (``--restart``) starts over on purpose."""
+    from shared.exceptions import ConfigurationError
+    from shared.ports.cache import SINCE_ALL
+
+    class InProgress(Builder):
+        def in_progress(self):
+            return Build(7, 5, 1_000)
+
+        def begin(self, since_ms, *, resume):
+            self.calls.append(("begin", since_ms, resume))
+            return super().begin(since_ms, resume=resume)
+
+    builder = InProgress(position=5)
+    with pytest.raises(ConfigurationError, match=r"with --since 1970-01-01T00:00:01\.000\+00:00 is in progress.*"
+                                                 r"this one, with no --since, cannot resume it"):
+        RebuildService(Log(10), builder, page_size=3).rebuild(since_ms=SINCE_ALL)
+    assert builder.calls == []
+
+    RebuildService(Log(10), builder, page_size=3).rebuild(since_ms=1_000)  # its own since: resumed
+    assert builder.calls[0] == ("begin", 1_000, True)
+    restarted = InProgress()
+    RebuildService(Log(10), restarted, page_size=3).rebuild(since_ms=SINCE_ALL, resume=False)
+    assert restarted.calls[0] == ("begin", SINCE_ALL, False)
