@@ -76,6 +76,15 @@ class DeadLetter:
     records: list[RawRecord]
 
 
+@dataclass(frozen=True, slots=True)
+class UnreadableLetter:
+    """A blob under a dead-letter prefix that is no dead letter this sink can read back (truncated, hand-made, of
+    another layout): its name and what is wrong with it, so it is reported rather than replayed or skipped unsaid."""
+
+    name: str
+    problem: str
+
+
 def _metadata(stored: dict[str, Any]) -> EventMetadata:
     enqueued = stored.get("enqueued_time")
     return EventMetadata(
@@ -85,6 +94,16 @@ def _metadata(stored: dict[str, Any]) -> EventMetadata:
         enqueued_time=datetime.fromisoformat(enqueued) if enqueued else None,
         partition_key=stored.get("partition_key"),
     )
+
+
+def _letter(name: str, data: bytes) -> DeadLetter:
+    document = json.loads(data)
+    if document["kind"] not in ("batch", "rejected"):
+        raise ValueError(f"unknown kind {document['kind']!r}")
+    items = document["events"] if document["kind"] == "batch" else [document]
+    records = [RawRecord(base64.b64decode(item["original_base64"], validate=True), _metadata(item["eventhub"]))
+               for item in items]
+    return DeadLetter(name, document["kind"], str(document["reason"]), records)
 
 
 class BlobDeadLetterSink:
@@ -171,18 +190,23 @@ class BlobDeadLetterSink:
         )
         logger.error("dead-lettered a whole batch of %d events as %s: %s", len(kept), name, reason)
 
-    def read(self, kind: str = "all") -> Iterator[DeadLetter]:
-        """Every dead letter not yet replayed, oldest day first (``kind``: rejected, batch or all)."""
+    def read(self, kind: str = "all") -> Iterator[DeadLetter | UnreadableLetter]:
+        """Every dead letter not yet replayed, oldest day first (``kind``: rejected, batch or all).
+
+        A blob that cannot be read back as a dead letter comes as an :class:`UnreadableLetter` in its place, so one
+        bad blob neither stops the others nor goes unreported."""
         prefixes = list(KINDS.values()) if kind == "all" else [KINDS[kind]]
         if not self._container.exists():
             return
         for prefix in prefixes:
             for blob in self._container.list_blobs(name_starts_with=prefix):
-                document = json.loads(self._container.download_blob(blob.name).readall())
-                items = document["events"] if document["kind"] == "batch" else [document]
-                records = [RawRecord(base64.b64decode(item["original_base64"]), _metadata(item["eventhub"]))
-                           for item in items]
-                yield DeadLetter(blob.name, document["kind"], document["reason"], records)
+                data = self._container.download_blob(blob.name).readall()
+                try:
+                    yield _letter(blob.name, data)
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError, bad base64 too
+                    problem = f"{type(exc).__name__}: {exc}"
+                    logger.warning("%s: not a readable dead letter: %s", blob.name, problem)
+                    yield UnreadableLetter(blob.name, problem)
 
     def mark_replayed(self, name: str) -> None:
         """Move a dead letter under ``replayed/`` (copy first, then delete: a crash in between leaves both)."""

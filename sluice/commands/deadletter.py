@@ -5,13 +5,16 @@ every retry; replaying it once Cassandra is back stores it (writes are
 idempotent, so events that did get stored are not duplicated). A rejected item
 is replayed the same way after a fix (for example raised limits); if it is still
 invalid it stays where it is, with its reason. Each dead letter that replays
-cleanly moves under ``replayed/``.
+cleanly moves under ``replayed/``. A blob that cannot be read as a dead letter is
+named on stderr and left where it is; the others are listed or replayed, and the
+exit status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 logger = logging.getLogger(__name__)
 
@@ -28,19 +31,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from shared import bootstrap
+    from shared.adapters.blob_deadletter import UnreadableLetter
 
     sink = bootstrap.dead_letter_sink()
+    unreadable = 0
     if args.action == "list":
         count = 0
         for letter in sink.read(args.kind):
+            if isinstance(letter, UnreadableLetter):
+                unreadable += 1
+                print(f"{letter.name}: unreadable, not a dead letter: {letter.problem}", file=sys.stderr)
+                continue
             count += 1
             print(f"{letter.name}\t{letter.kind}\t{len(letter.records)} records\t{letter.reason}")
-        print(f"{count} dead letters")
-        return 0
+        print(f"{count} dead letters" + (f", {unreadable} unreadable" if unreadable else ""))
+        return 1 if unreadable else 0
 
     service = bootstrap.ingest_service()
     replayed = kept = failed = 0
     for letter in sink.read(args.kind):
+        if isinstance(letter, UnreadableLetter):  # left where it is, for someone to look at
+            unreadable += 1
+            print(f"{letter.name}: unreadable, not replayed: {letter.problem}", file=sys.stderr)
+            continue
         try:
             result = service.handle(letter.records, final_attempt=False)
         except Exception as exc:  # any store failure (unreachable, throttled, refused): keep the letter, go on
@@ -54,5 +67,5 @@ def run(args: argparse.Namespace) -> int:
                 continue
         sink.mark_replayed(letter.name)
         replayed += 1
-    print(f"replayed {replayed}, still invalid {kept}, store failing {failed}")
-    return 1 if failed else 0
+    print(f"replayed {replayed}, still invalid {kept}, store failing {failed}, unreadable {unreadable}")
+    return 1 if failed or unreadable else 0
