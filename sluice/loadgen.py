@@ -346,7 +346,11 @@ class EventHubSender:
     def __init__(self, connection: str, hub: str | None, *, timeout: float = 30.0) -> None:
         from azure.eventhub import EventHubProducerClient
 
-        kwargs: dict[str, Any] = {} if "EntityPath=" in connection else {"eventhub_name": hub or "telemetry"}
+        # An explicit hub wins over the connection string's EntityPath (as in the SDK): events go where the caller
+        # says, which is the hub it reports.
+        if hub is None and "entitypath=" not in connection.lower():
+            hub = "telemetry"
+        kwargs: dict[str, Any] = {} if hub is None else {"eventhub_name": hub}
         self._client = EventHubProducerClient.from_connection_string(connection, **kwargs)
         self._timeout = timeout
         self.partition_ids: list[str] = list(self._client.get_partition_ids())

@@ -3,7 +3,9 @@
 The connection comes from ``--connection``, else the environment variable named by
 ``--connection-setting`` (``EventHubConnection``), else that key in the ``Values``
 of ``--settings`` (``local.settings.json``), so it works against the local emulator
-and a real namespace alike.
+and a real namespace alike. The hub is the connection string's ``EntityPath`` when it
+has one (a ``--hub`` naming another hub is refused), else ``--hub``, else
+``SLUICE_INGEST_EVENTHUB_NAME``, else ``telemetry``.
 """
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ def _settings_values(path: Path) -> dict[str, Any]:
 
 
 def resolve_connection(args: argparse.Namespace) -> tuple[str, str]:
-    """The connection string and hub name, from the flags, the environment or the settings file."""
+    """The connection string and hub name, from the flags, the environment or the settings file.
+
+    A connection string with ``EntityPath`` names the hub itself; ``--hub`` naming another one is refused."""
     values = _settings_values(args.settings)
     connection = args.connection or os.environ.get(args.connection_setting) or values.get(args.connection_setting)
     if not connection:
@@ -76,6 +80,19 @@ def resolve_connection(args: argparse.Namespace) -> tuple[str, str]:
             f"no Event Hubs connection: pass --connection, set {args.connection_setting} in the environment, "
             f"or add it to the Values of {args.settings}"
         )
+    from azure.eventhub import parse_connection_string
+
+    try:
+        entity_path = parse_connection_string(connection).eventhub_name
+    except ValueError as exc:
+        raise ConfigurationError(f"the Event Hubs connection string is not valid: {exc}") from None
+    if entity_path:
+        # The connection names its hub (often a key scoped to that hub alone): it wins over the settings, and a
+        # --hub naming another one is a mistake to say, not a choice to make silently.
+        if args.hub and args.hub.lower() != entity_path.lower():
+            raise ConfigurationError(f"--hub {args.hub!r} conflicts with EntityPath={entity_path!r} in the "
+                                     "connection string; drop one of them")
+        return connection, entity_path
     hub = args.hub or os.environ.get("SLUICE_INGEST_EVENTHUB_NAME") or values.get("SLUICE_INGEST_EVENTHUB_NAME")
     return connection, hub or "telemetry"
 

@@ -5,6 +5,7 @@ a ScaledObject that is missing or incomplete. Each docstring says what went wron
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from shared.exceptions import ConfigurationError
 from shared.ports.lag import LagReading, PartitionLag
 from shared.services.audit import AuditService
 from sluice.__main__ import build_parser, main
+from tests.fixtures.eventhubs import IsolatedHub, eventhubs_connection_string
 
 FUTURE = (datetime.now(UTC) + timedelta(days=365)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -255,3 +257,26 @@ def test_produce_refuses_a_rate_or_share_that_is_no_number(argv: list[str]) -> N
     with pytest.raises(SystemExit) as exited:
         build_parser().parse_args(["produce", *argv])
     assert exited.value.code == 2
+
+
+def test_produce_refuses_a_hub_other_than_the_connections_entity_path(
+    isolated_eventhub: IsolatedHub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``produce --hub H`` sends to H: with a connection string whose ``EntityPath`` names another hub (often a key
+    scoped to that hub alone) it refuses, naming both (exit 2), and sends nothing. (It used to drop ``--hub``, send
+    every event to the EntityPath hub and print "sent to H".)"""
+    from azure.eventhub import EventHubConsumerClient
+
+    connection = eventhubs_connection_string(isolated_eventhub.running, isolated_eventhub.name)  # ;EntityPath=<hub>
+    other = f"other-{uuid.uuid4().hex[:6]}"
+
+    code = main(["produce", "--connection", connection, "--hub", other, "--count", "20", "--rate", "200",
+                 "--progress", "none", "--seed", "1"])
+
+    err = capsys.readouterr().err
+    assert code == 2 and other in err and isolated_eventhub.name in err
+    with EventHubConsumerClient.from_connection_string(isolated_eventhub.connection_string, consumer_group="$Default",
+                                                       eventhub_name=isolated_eventhub.name) as client:
+        enqueued = [client.get_partition_properties(p)["last_enqueued_sequence_number"]
+                    for p in client.get_partition_ids()]
+    assert enqueued == [-1] * len(enqueued)
