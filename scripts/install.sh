@@ -13,8 +13,9 @@ command -v npm >/dev/null || missing+=(nodejs npm)
 command -v pg_ctlcluster >/dev/null || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing+=(pgbouncer)   # the PgBouncer (transaction mode) tests
-# kubectl renders the manifests for their validation (tests/deploy/: `kubectl kustomize`).
-command -v kubectl >/dev/null || missing+=(kubectl)
+# kubectl renders the manifests for their validation (tests/deploy/: `kubectl kustomize`); Debian ships it
+# in the package kubernetes-client.
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 command -v chromium >/dev/null || missing+=(chromium)            # the operations page's browser tests
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if ((${#missing[@]})); then

@@ -99,7 +99,7 @@ class DeviceEvent(BaseModel):
     severity: Severity = "info"
     measurements: dict[MeasurementName, Measurement] = Field(default_factory=dict, json_schema_extra=NAME_SCHEMA)
     attributes: dict[AttributeName, AttributeValue] = Field(default_factory=dict, json_schema_extra=NAME_SCHEMA)
-    schema_version: int = 1
+    schema_version: int = Field(1, json_schema_extra={"enum": list(SUPPORTED_SCHEMA_VERSIONS)})
 
     @field_validator("event_id", mode="before")
     @classmethod

@@ -28,6 +28,9 @@ def _default(field: FieldInfo) -> str:
         return ""
     if isinstance(value, SecretStr):
         return "(secret)"
+    if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
+        # lists of names are read comma-separated from the environment (NoDecode): show them that way
+        return f"`{','.join(value)}`"
     text = (
         json.dumps(value)
         if isinstance(value, (dict, list))

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from sluice.delivery import DeliveryReport, Figures, Probe
     from sluice.loadgen import Expected
-    from sluice.localstack import LocalStack
+    from sluice.localstack import LocalStack, StackOptions
 
 DEFAULT_RATE = 100.0
 DEFAULT_DEVICES = 200
@@ -449,6 +449,19 @@ def _bounded(stack: LocalStack, args: argparse.Namespace, console: Console, prod
     return 1
 
 
+def _redis_line(stack: LocalStack, opts: StackOptions) -> str:
+    """How to read the critical stream: the stack's own Redis takes TLS and a password kept only in the local Key
+    Vault, so through Sluice's own wiring; the machine's Redis (--use-existing-services) with redis-cli."""
+    stream = f"{opts.redis_prefix}critical:stream:{{0}}"
+    if getattr(stack, "own", None) is not None:
+        settings_env = stack.settings_path.parent / "settings.env"
+        return (f"  Redis     source {settings_env} && .venv/bin/python -c \"from shared import bootstrap; "
+                f"print(bootstrap.redis_client().client().xrevrange('{stream}', count=5))\"  "
+                "(shards {0}..: docs/redis-layout.md)")
+    return (f"  Redis     redis-cli{' -c -u ' + opts.redis_url if opts.redis_cluster else ''} "
+            f"XREVRANGE '{stream}' + - COUNT 5  (shards {{0}}..: docs/redis-layout.md)")
+
+
 def _psql_host(stack: LocalStack) -> str:
     """Our own PostgreSQL: its socket directory (the superuser is trusted there, never over TCP)."""
     own = getattr(stack, "own", None)
@@ -498,8 +511,7 @@ def _where_to_look(stack: LocalStack, console: Console, probe: Probe, features: 
         f"  Event Hubs {stack.eventhub_connection}  hub {stack.values.get('SLUICE_INGEST_EVENTHUB_NAME')}",
         f"  Cassandra {opts.host}:{stack.ports.get('cassandra')} keyspace {opts.keyspace} "
         "(events_by_id, device_latest, events_by_device, ...)",
-        f"  Redis     redis-cli{' -c -u ' + opts.redis_url if opts.redis_cluster else ''} "
-        f"XREVRANGE '{opts.redis_prefix}critical:stream:{{0}}' + - COUNT 5  (shards {{0}}..: docs/redis-layout.md)",
+        _redis_line(stack, opts),
         f"  Azurite   http://{opts.host}:{stack.ports.get('azurite')}/devstoreaccount1, dead letters in "
         f"{stack.values.get('SLUICE_STORAGE_DEADLETTER_CONTAINER')}: "
         f"`source {stack.settings_path.parent / 'settings.env'} && python -m sluice deadletter list`",

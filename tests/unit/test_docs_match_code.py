@@ -1,0 +1,239 @@
+"""Documentation that must not drift from the code, and first-run paths that must work as documented.
+
+Each test reads a doc (README.md, docs/*.md, docs/event.schema.json) or a first-run script and
+checks it against the code, the manifests or the machine's package index; the docstring names
+the doc and what the code does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+
+
+def _section(text: str, heading: str) -> str:
+    """The Markdown section under ``heading``, up to the next heading of the same or a higher level."""
+    match = re.search(rf"^(#+) {re.escape(heading)}$", text, flags=re.M)
+    assert match, f"no section {heading!r}"
+    body = text[match.end():]
+    stop = re.search(rf"^#{{1,{len(match.group(1))}}} ", body, flags=re.M)
+    return body[: stop.start()] if stop else body
+
+
+# --- first-run paths: scripts/install.sh (used by both README commands) and .ci/run ---------------------------
+
+
+def _install_sh_packages() -> list[str]:
+    """Every Debian package scripts/install.sh may hand to ``apt-get install``."""
+    text = (ROOT / "scripts" / "install.sh").read_text()
+    names: list[str] = []
+    for group in re.findall(r"missing\+=\(([^)]*)\)", text):
+        names.extend(group.split())
+    assert names, "scripts/install.sh no longer lists packages as missing+=(...)"
+    return names
+
+
+def _installable(package: str) -> bool:
+    """True when ``apt-get install package`` could fetch it: a version from a configured archive, not only from
+    /var/lib/dpkg/status (what was installed on this machine by hand or from a repository no longer configured)."""
+    out = subprocess.run(["apt-cache", "policy", package], capture_output=True, text=True, check=False).stdout
+    if "Candidate:" not in out or "Candidate: (none)" in out:
+        return False
+    sources = re.findall(r"^\s+-?\d+ (\S+)", out.split("Version table:", 1)[-1], flags=re.M)
+    return any(source != "/var/lib/dpkg/status" for source in sources)
+
+
+@pytest.mark.skipif(shutil.which("apt-cache") is None, reason="not a Debian machine")
+def test_every_debian_package_install_sh_asks_for_exists_in_the_archive() -> None:
+    """README.md:12-22 (and docs/local-stack.md:8-9): on a fresh Debian/Ubuntu machine both first commands
+    "install what is missing first ... Debian packages only if absent", via scripts/install.sh's
+    ``apt-get install "${missing[@]}"``; docs/deploy.md:377 calls the manifest renderer "Debian's ``kubectl``".
+
+    Debian has no package named ``kubectl`` (its kubectl is in ``kubernetes-client``); on this machine
+    ``kubectl`` comes from Google's Cloud SDK repository, which is no longer configured (``apt-cache policy
+    kubectl`` lists only /var/lib/dpkg/status). On a machine without kubectl, install.sh asks apt for
+    ``kubectl``, apt refuses the whole command ("has no installation candidate") and, under ``set -e``, both
+    ``run-local.sh`` and ``test.sh`` stop before creating the venv.
+    """
+    missing = [p for p in _install_sh_packages() if not _installable(p)]
+    assert missing == [], f"scripts/install.sh would ask apt for packages the archive does not have: {missing}"
+
+
+def test_ci_run_installs_the_services_before_starting_them() -> None:
+    """README.md:327-329: ``bash .ci/run`` "is what CI runs on a fresh clone (installs from scratch, starts
+    PostgreSQL and Redis if they are not running, lints with ruff, then runs the test command)".
+
+    .ci/run starts PostgreSQL (``pg_ctlcluster ... "$(ls /etc/postgresql)"``) and Redis (``redis-server``)
+    *before* ``bash scripts/install.sh``, which is what installs them (``command -v pg_ctlcluster ||
+    missing+=(postgresql)``, ``command -v redis-server || missing+=(redis-server)``). On a machine without them,
+    ``set -e`` stops .ci/run at the first, so "installs from scratch" never happens. (The README also leaves
+    out that .ci/run type-checks with mypy.)
+    """
+    installed_by_install_sh = set(re.findall(r"command -v (\S+) >/dev/null \|\| (?:\[[^]]*\] \|\| )?missing",
+                                             (ROOT / "scripts" / "install.sh").read_text()))
+    assert {"pg_ctlcluster", "redis-server"} <= installed_by_install_sh
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    install_at = next(i for i, line in enumerate(lines) if line.strip() == "bash scripts/install.sh")
+    used_before = sorted({tool for line in lines[:install_at] if not line.lstrip().startswith("#")
+                          for tool in installed_by_install_sh if re.search(rf"(^|[\s;(]){re.escape(tool)}\b", line)})
+    assert used_before == [], f".ci/run runs {used_before} before scripts/install.sh installs them"
+
+
+# --- settings ------------------------------------------------------------------------------------------------
+
+
+def _base_environment() -> dict[str, str]:
+    values = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
+    return {k: v for k, v in values.items() if v and not k.endswith("_SECRET") and k != "SLUICE_KEYVAULT_URL"}
+
+
+def test_every_default_in_the_readme_settings_table_is_a_value_the_setting_accepts() -> None:
+    """README.md settings table (generated by ``python -m sluice settings-table``), row ``SLUICE_TRACE_CLIENTS``:
+    default ``["redis", "psycopg"]``, meaning "... comma-separated".
+
+    A newcomer copying a documented default into ``local.settings.json`` must get the default. For
+    ``SLUICE_TRACE_CLIENTS`` the table shows the Python list, which the setting refuses at start-up
+    (``shared/settings.py`` splits the value on commas: ``'["redis"'`` is not a client); the value that means
+    the default is ``redis,psycopg`` (as docs/observability.md:28 writes it). Every other row round-trips.
+    """
+    from shared.settings import GROUPS, env_names, load_settings
+
+    where = {env: (group, field) for group, model in GROUPS.items()
+             for env, field in zip(env_names(model), model.model_fields, strict=True)}
+    rows = re.findall(r"^\| `([A-Za-z_]+)` \| `([^`]*)` \|", README.read_text(), flags=re.M)
+    assert len(rows) > 50
+    base = _base_environment()
+    wrong = []
+    for env, documented in rows:
+        group, field = where[env]
+        without = {k: v for k, v in base.items() if k != env}
+        expected = getattr(getattr(load_settings(without), group), field)
+        try:
+            got = getattr(getattr(load_settings({**without, env: documented}), group), field)
+        except Exception as exc:  # ConfigurationError: the documented default is refused
+            wrong.append(f"{env}={documented}: refused ({str(exc).splitlines()[-1].strip()})")
+            continue
+        if got != expected:
+            wrong.append(f"{env}={documented}: gives {got!r}, the default is {expected!r}")
+    assert wrong == []
+
+
+# --- the event contract ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [0, 2, 7])
+def test_an_event_the_published_schema_accepts_is_not_dead_lettered(version: int) -> None:
+    """docs/event.schema.json, ``properties.schema_version``: ``{"type": "integer", "default": 1}`` (and
+    docs/events.md:11-13 presents the schema as the machine-readable contract, "a test keeps it equal to the
+    code"); the schema's description lists what is "also enforced, beyond this schema", and the schema version
+    is not among it.
+
+    ``shared/domain/events.py`` (``DeviceEvent._known_version``) accepts only ``SUPPORTED_SCHEMA_VERSIONS`` =
+    (1,): a producer that validates against the published schema sends ``schema_version: 2`` and has every
+    event dead-lettered. The schema should say ``"const": 1`` (or ``enum: [1]``), as docs/events.md:37 does.
+    """
+    import jsonschema
+
+    from shared.domain.events import EventMetadata, Limits, RawRecord, parse_records
+
+    schema = json.loads((DOCS / "event.schema.json").read_text())
+    event = {"event_id": "5b7e3c52-6a0e-4f57-9d7b-2f3f3f0d6a11", "device_id": "dev-0042", "event_type": "telemetry",
+             "timestamp": "2026-01-01T00:00:00Z", "schema_version": version}
+    schema_errors = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(event)]
+    parsed = parse_records([RawRecord(json.dumps(event).encode(), EventMetadata())], limits=Limits())
+    refused = [r.reason for r in parsed.errs]
+    assert not (schema_errors == [] and refused), (
+        f"the published schema accepts schema_version {version}, ingest dead-letters it: {refused}")
+
+
+# --- deployment and observability ------------------------------------------------------------------------------
+
+
+def _manifest_functions() -> dict[str, list[str]]:
+    """Deployment name -> the functions its pods run (AzureFunctionsJobHost__functions__N)."""
+    out: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "k8s-keda").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not isinstance(doc, dict) or doc.get("kind") != "Deployment":
+                continue
+            env = [e for c in doc["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])]
+            listed = sorted((int(e["name"].rsplit("__", 1)[1]), e["value"]) for e in env
+                            if e["name"].startswith("AzureFunctionsJobHost__functions__"))
+            out[doc["metadata"]["name"]] = [name for _, name in listed]
+    return out
+
+
+def test_deploy_table_lists_every_function_each_deployment_runs() -> None:
+    """docs/deploy.md:7-11: the table of Deployments says ``sluice-lookups`` runs ``device_latest``,
+    ``device_critical``, ``event_by_id``, ``health``, ``openapi`` (HTTP).
+
+    ``k8s-keda/lookups.yaml`` (AzureFunctionsJobHost__functions__0..11) also runs ``dashboard``, ``status``,
+    ``critical_feed``, ``device_events``, ``report_sites``, ``report_devices`` and ``device_state_at``: the
+    operations page and its routes, which the table leaves without a home.
+    """
+    table = _section((DOCS / "deploy.md").read_text(), "Deploying Sluice to Azure: `azd up` (AKS + KEDA)")
+    documented = {name: re.findall(r"`([a-z_]+)`", functions)
+                  for name, functions in re.findall(r"^\| `(sluice-[a-z]+)` \| ([^|]*) \|", table, flags=re.M)}
+    manifests = _manifest_functions()
+    assert documented.keys() == manifests.keys()
+    differences = {name: {"undocumented": sorted(set(manifests[name]) - set(documented[name])),
+                          "not run": sorted(set(documented[name]) - set(manifests[name]))}
+                   for name in manifests if set(manifests[name]) != set(documented[name])}
+    assert differences == {}
+
+
+def test_the_lag_sample_output_uses_the_default_scaled_objects_numbers() -> None:
+    """docs/observability.md:170-177: the sample output of ``python -m sluice lag`` (no ``--scaled-object``, so
+    ``k8s-keda/ingest.yaml``, as line 167 says) ends ``replicas KEDA would ask for: 1 (unprocessedEventThreshold
+    64, activation 0, 0..8 replicas, 4 partitions)``.
+
+    ``sluice/commands/lag.py`` prints the threshold of ``k8s-keda/ingest.yaml``'s ScaledObject: 17445 (1,163
+    events/s x 15 s, docs/deploy.md "How the threshold is derived"), not 64.
+    """
+    from shared.services.scaling import desired_replicas
+    from sluice.commands.doctor import BASE_SCALED_OBJECT, load_scaled_object, scaling_rule
+
+    text = (DOCS / "observability.md").read_text()
+    match = re.search(r"total lag (\d+); replicas KEDA would ask for: (\d+) \(unprocessedEventThreshold (\d+), "
+                      r"activation (\d+), (\d+)\.\.(\d+) replicas, (\d+) partitions\)", text)
+    assert match, "the sample lag output is gone"
+    lag, replicas, threshold, activation, low, high, partitions = map(int, match.groups())
+    path = Path(BASE_SCALED_OBJECT)
+    rule = scaling_rule(load_scaled_object(path.read_text(), str(path)), str(path))
+    printed = (rule.threshold, rule.activation, rule.min_replicas, rule.max_replicas,
+               desired_replicas(lag, partitions, rule))
+    assert (threshold, activation, low, high, replicas) == printed
+
+
+def _registered_functions() -> set[str]:
+    import sys
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import function_app
+
+    return {f.get_function_name() for f in function_app.app.get_functions()}
+
+
+def test_function_names_in_the_docs_are_the_apps() -> None:
+    """docs/devhost.md:32: the dev host's function-timeout line is shown for
+    ``Functions.enrich_windows``; the app registers no such function (the enrichment timer is
+    ``enrichment``, ``functions/enrichment.py``), so the example names a function a reader cannot find.
+    """
+    registered = _registered_functions()
+    mentioned: dict[str, set[str]] = {}
+    for page in [README, *sorted(DOCS.rglob("*.md"))]:
+        for name in re.findall(r"\bFunctions\.([A-Za-z_][A-Za-z0-9_]*)", page.read_text()):
+            mentioned.setdefault(name, set()).add(str(page.relative_to(ROOT)))
+    unknown = {name: sorted(pages) for name, pages in mentioned.items() if name not in registered}
+    assert unknown == {}
