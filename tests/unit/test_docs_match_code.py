@@ -216,13 +216,9 @@ def test_the_lag_sample_output_uses_the_default_scaled_objects_numbers() -> None
 
 
 def _registered_functions() -> set[str]:
-    import sys
+    from tests.fixtures.functions import _index  # the shared index: get_functions() may run only once per app
 
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    import function_app
-
-    return {f.get_function_name() for f in function_app.app.get_functions()}
+    return {function.get_function_name() for function in _index().values()}
 
 
 def test_function_names_in_the_docs_are_the_apps() -> None:
