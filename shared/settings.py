@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import (
@@ -693,6 +693,9 @@ def env_names(group: type[_Group]) -> list[str]:
     return names
 
 
+_G = TypeVar("_G", bound=_Group)
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Validate every group; one :class:`ConfigurationError` lists every problem by variable name."""
     token = _environ.set(dict(environ) if environ is not None else dict(os.environ))
@@ -716,6 +719,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             ) from None
     finally:
         _environ.reset(token)
+
+
+def load_group(group: type[_G]) -> _G:
+    """One group of settings from the environment (a tool needs no more), or one :class:`ConfigurationError`
+    naming each bad variable, as :func:`load_settings` does."""
+    try:
+        return group()
+    except ValidationError as exc:
+        raise ConfigurationError("invalid settings:\n  " + "\n  ".join(_problems(group, exc))) from None
+    except SettingsError as exc:
+        raise ConfigurationError(f"invalid settings:\n  {group.__name__}: {exc}") from None
 
 
 def _problems(group: type[_Group], exc: ValidationError) -> list[str]:

@@ -134,15 +134,9 @@ def scaling_rule(scaled: dict[str, Any], origin: str, *, threshold: int | None =
 
 def storage_settings() -> StorageSettings:
     """``StorageSettings`` from the environment, or a ``ConfigurationError`` naming each bad value."""
-    from pydantic import ValidationError
+    from shared.settings import StorageSettings, load_group
 
-    from shared.settings import StorageSettings
-
-    try:
-        return StorageSettings()
-    except ValidationError as exc:
-        raise ConfigurationError("storage settings: " + "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'AzureWebJobsStorage'}: {e['msg']}" for e in exc.errors())) from None
+    return load_group(StorageSettings)
 
 
 def run(args: argparse.Namespace) -> int:

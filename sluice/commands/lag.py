@@ -22,7 +22,6 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from shared.exceptions import ConfigurationError
 from sluice.commands.doctor import (
     BASE_SCALED_OBJECT,
     read_scaled_object,
@@ -96,12 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
 def ingest_settings() -> IngestSettings:
     """``IngestSettings`` from the environment, or a ``ConfigurationError`` naming each bad value."""
-    from pydantic import ValidationError
+    from shared.settings import IngestSettings, load_group
 
-    from shared.settings import IngestSettings
+    return load_group(IngestSettings)
 
-    try:
-        return IngestSettings()
-    except ValidationError as exc:
-        raise ConfigurationError("ingest settings: " + "; ".join(
-            f"SLUICE_INGEST_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())) from None
