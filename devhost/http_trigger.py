@@ -234,9 +234,9 @@ class HttpServer:
         return hmac.compare_digest(given.encode(), self._key.encode())
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        path = self._path(request)
-        if path is not None and "\x00" in path:  # Kestrel: "The path contains null characters.", before routing
+        if "%00" in request.rel_url.raw_path:  # Kestrel: "The path contains null characters.", before routing
             return web.Response(status=400)
+        path = self._path(request)
         if path is None:
             return web.Response(status=404)
         method = request.method.upper()
