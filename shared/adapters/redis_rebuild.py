@@ -159,11 +159,15 @@ class RedisCacheBuilder:
         logger.info("generation %d is live; deleted %d keys of generation %d", generation, removed, old)
         return old
 
+    def clear(self, device_id: str) -> None:
+        keys = self._sink.keys_of(self._generations.read().live)
+        self._run([("UNLINK", keys.latest(device_id), keys.critical(device_id))], f"clearing device {device_id!r}")
+
     def refresh(self, device_id: str, latest: StoredEvent | None, critical: Sequence[StoredEvent],
                 since_ms: int) -> None:
         live = self._generations.read().live
         sink, keys = self._sink, self._sink.keys_of(live)
-        commands: list[Command] = [("UNLINK", keys.latest(device_id), keys.critical(device_id))]
+        commands: list[Command] = []
         if latest is not None:
             commands.append(("EVALSHA", sink.sha["latest"], 1, keys.latest(device_id), sort_key(latest),
                              latest.to_json(), sink._ttl))

@@ -67,6 +67,10 @@ class CacheBuilder(Protocol):
         """Write the critical stream from the candidates, switch readers to ``generation`` atomically and
         delete the generation it replaced (after readers stopped reading it). Returns the old generation."""
 
+    def clear(self, device_id: str) -> None:
+        """Delete one device's keys in the live generation (``--devices``), before its state is read again."""
+
     def refresh(self, device_id: str, latest: StoredEvent | None, critical: Sequence[StoredEvent],
                 since_ms: int) -> None:
-        """Replace one device's keys in the live generation (``--devices``): delete them, then write these."""
+        """Write one device's state, read after :meth:`clear`, into the live generation with the merging scripts:
+        a change the feed applied after the read stays (the newer latest state wins, members are only added)."""

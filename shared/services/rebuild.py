@@ -19,8 +19,9 @@ are rate-limited (rows per second, ``max_rps``) so a rebuild does not take the
 request units the pipeline needs.
 
 ``--devices`` rebuilds only those devices, in the live generation: their keys
-are deleted and rewritten from the log (meanwhile a lookup misses and reads the
-log itself, so it never sees a wrong value).
+are deleted, then the log is read and written back with the merging scripts
+(meanwhile a lookup misses and reads the log itself, so it never sees a wrong
+value; a change the feed applies meanwhile is in the read or kept by the merge).
 """
 
 from __future__ import annotations
@@ -182,6 +183,10 @@ class RebuildService:
         started = time.monotonic()
         report = RebuildReport(None, None)
         for index, device in enumerate(devices, 1):
+            # Clear first, then read: a change the feed applies meanwhile was stored before it is applied, so it is
+            # either in the read or merged over it. Reading first would let the delete take a change the feed
+            # applied after the read, and rewrite the older state over it.
+            self._cache.clear(device)
             row = self._log.device(device)
             events = self._log.critical(device, since_ms)
             self._limiter.acquire(1 + len(events))

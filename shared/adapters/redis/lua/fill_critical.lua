@@ -1,14 +1,16 @@
--- uses: _extend _sentinel _member
+-- uses: _extend _sentinel _member _newer
 -- Critical events of a device read from the store, merged into its set with their completeness bound.
 -- KEYS: d:{<device>}:crit, then d:{<device>}:ce:<event id> per event (all in the device's slot).
 -- ARGV: covers-since (ms), ttl, cap, then score and document per event.
 local ttl = tonumber(ARGV[2])
 for i = 2, #KEYS do
   local doc = ARGV[2 * i + 1]
-  drop_previous(KEYS[i], KEYS[1], ARGV[2 * i], doc)
-  redis.call('SET', KEYS[i], doc, 'KEEPTTL')
-  extend(KEYS[i], ttl)
-  redis.call('ZADD', KEYS[1], ARGV[2 * i], doc)
+  if not keeps(redis.call('GET', KEYS[i]), doc) then  -- else a copy of this event enqueued later is there
+    drop_previous(KEYS[i], KEYS[1], ARGV[2 * i], doc)
+    redis.call('SET', KEYS[i], doc, 'KEEPTTL')
+    extend(KEYS[i], ttl)
+    redis.call('ZADD', KEYS[1], ARGV[2 * i], doc)
+  end
 end
 local s = sentinel(KEYS[1])
 local covers = tonumber(ARGV[1])
