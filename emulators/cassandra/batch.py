@@ -11,7 +11,8 @@ error Cosmos DB answers it with (:data:`LOGGED_REFUSED`).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any
 
 from . import results
 from . import statements as st
@@ -56,6 +57,8 @@ def execute_batch(engine: Engine, kind: str, using: st.Using, children: list[tup
     ts = resolve_int(using.timestamp, opts.values, "timestamp")
     if ts is None:
         ts = opts.timestamp
+    if ts is None:  # a batch is written at one timestamp, the coordinator's when the client gives none
+        ts = time.time_ns() // 1000
     writes: list[tuple[st.Modification, list[Value]]] = []
     tables: list[Table] = []
     for stmt, values in children:
@@ -99,18 +102,31 @@ def execute_batch(engine: Engine, kind: str, using: st.Using, children: list[tup
                 )
             if failed is not None:
                 return failed.encode()
-    for i, (stmt, values) in enumerate(writes):
-        ctx = WriteContext(values, ts, now)
-        table = tables[i]
-        if isinstance(stmt, st.Insert):  # conditions were checked above: run the children without them
-            execute_insert(engine, table, dataclasses.replace(stmt, if_not_exists=False)
-                           if stmt.if_not_exists else stmt, ctx)
-        elif isinstance(stmt, st.Update):
-            execute_update(engine, table, dataclasses.replace(stmt, if_exists=False, conditions=[])
-                           if stmt.if_exists or stmt.conditions else stmt, ctx)
-        else:
-            execute_delete(engine, table, dataclasses.replace(stmt, if_exists=False, conditions=[])
-                           if stmt.if_exists or stmt.conditions else stmt, ctx)
+    # Every statement is checked and planned before any is applied, as Cassandra refuses a batch whole: a statement
+    # refused after others were applied would leave part of the batch written behind the error.
+    pending: list[tuple[Any, ...]] = []
+    written: set[tuple[Any, ...]] = set()
+    engine.pending = pending
+    try:
+        for i, (stmt, values) in enumerate(writes):
+            ctx = WriteContext(values, ts, now, batch_cells=written)
+            table = tables[i]
+            seen = len(pending)
+            if isinstance(stmt, st.Insert):  # conditions were checked above: run the children without them
+                execute_insert(engine, table, dataclasses.replace(stmt, if_not_exists=False)
+                               if stmt.if_not_exists else stmt, ctx)
+            elif isinstance(stmt, st.Update):
+                execute_update(engine, table, dataclasses.replace(stmt, if_exists=False, conditions=[])
+                               if stmt.if_exists or stmt.conditions else stmt, ctx)
+            else:
+                execute_delete(engine, table, dataclasses.replace(stmt, if_exists=False, conditions=[])
+                               if stmt.if_exists or stmt.conditions else stmt, ctx)
+            written.update((record[1], record[2], record[3], slot)
+                           for record in pending[seen:] if record[0] == "U" for slot, _ in record[5])
+    finally:
+        engine.pending = None
+    for record in pending:
+        engine.apply(record)
     if conditional:
         spec = results.ColumnSpec(tables[0].keyspace, tables[0].name, "[applied]", BOOLEAN)
         return results.Rows([spec], [[b"\x01"]]).encode()

@@ -79,11 +79,15 @@ class Engine:
         self.prepared: dict[bytes, Prepared] = {}
         self.faults = FaultState()
         self.journal: Any = None  # persistence.Journal when --data-dir is set
+        self.pending: list[tuple[Any, ...]] | None = None  # a BATCH's writes, applied once every statement passed
         self.schema_listeners: list[Callable[[bytes], None]] = []
         self._parsed: dict[str, tuple[st.Statement, int]] = {}
 
     # -- state changes ---------------------------------------------------------
     def apply(self, record: tuple[Any, ...], replay: bool = False) -> None:
+        if self.pending is not None and not replay:
+            self.pending.append(record)
+            return
         kind = record[0]
         if kind == "U":
             _, tid, pk, ck, marker, cells, ts, expiry, at = record

@@ -364,6 +364,9 @@ def _cell_predicate(table: Table, col: Column, op: str, vals: list[bytes]) -> Ca
     return pred
 
 
+_MIN_TOKEN = -(2**63)  # Murmur3Partitioner's minimum token
+
+
 # -- iteration ------------------------------------------------------------------
 
 def iter_scan(scan: Scan, data: TableData, now: int, reverse: bool = False,
@@ -386,6 +389,8 @@ def iter_scan(scan: Scan, data: TableData, now: int, reverse: bool = False,
             if start is None or rstart > start:
                 start = rstart
         end_tok, end_incl = scan.token_hi if scan.token_hi is not None else (None, True)
+        if end_tok == _MIN_TOKEN:  # the minimum token as an end bound is the end of the ring (the last range)
+            end_tok, end_incl = None, True
         parts = data.iter_partitions(start, True, end_tok, end_incl)
     predicates = scan.predicates
     for part in parts:

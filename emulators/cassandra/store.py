@@ -62,18 +62,16 @@ class Row:
             ots = old[1]
             if ts < ots:
                 return False
-            if ts == ots:
-                if old[0] is None:
-                    return False
-                if value is not None and value <= old[0]:
-                    return False
+            if ts == ots and not _wins_tie(value, expiry, old):
+                return False
         cells[slot] = (value, ts, expiry)
         return True
 
     def touch(self, ts: int, expiry: int | None) -> bool:
         if self.deleted is not None and ts <= self.deleted:
             return False
-        if self.marker is None or ts >= self.marker[0]:
+        marker = self.marker
+        if marker is None or ts > marker[0] or (ts == marker[0] and _expires_later(expiry, marker[1])):
             self.marker = (ts, expiry)
         return True
 
@@ -86,6 +84,26 @@ class Row:
         for i, c in enumerate(cells):
             if c is not None and c[1] <= ts:
                 cells[i] = None
+
+
+def _expires_later(expiry: int | None, other: int | None) -> bool:
+    """At equal timestamps an expiring cell beats a live one, and the later expiry the earlier (Cassandra 4's
+    Cells.resolveRegular and LivenessInfo.supersedes, CASSANDRA-14592)."""
+    if (expiry is None) != (other is None):
+        return expiry is not None
+    return expiry is not None and other is not None and expiry > other
+
+
+def _wins_tie(value: bytes | None, expiry: int | None, old: Cell) -> bool:
+    """Whether a cell written at the stored cell's timestamp replaces it: a tombstone wins, then an expiring cell,
+    then the later expiry, then the greater value (Cassandra 4's Cells.resolveRegular)."""
+    if old[0] is None:
+        return False
+    if value is None:
+        return True
+    if (expiry is None) != (old[2] is None) or (expiry != old[2]):
+        return _expires_later(expiry, old[2])
+    return value > old[0]
 
 
 class Partition:

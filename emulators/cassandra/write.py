@@ -53,12 +53,15 @@ class Engine(Protocol):
 class WriteContext:
     """What a write needs besides the statement: bound values, default timestamp, clock."""
 
-    __slots__ = ("default_ts", "now", "values")
+    __slots__ = ("batch_cells", "default_ts", "now", "values")
 
-    def __init__(self, values: list[Value], default_ts: int | None, now: int) -> None:
+    def __init__(self, values: list[Value], default_ts: int | None, now: int,
+                 batch_cells: set[tuple[Any, ...]] | None = None) -> None:
         self.values = values
         self.default_ts = default_ts
         self.now = now
+        # In a BATCH: (table id, partition key, clustering key, slot) of the cells earlier statements write
+        self.batch_cells = batch_cells
 
 
 def write_timestamp(using: st.Using, ctx: WriteContext) -> int:
@@ -228,14 +231,28 @@ def _check_conditions(table: Table, data: TableData, pk: bytes, ck: bytes, if_ex
         holds = holds and ok
     if holds:
         return None
-    shown: list[tuple[Column, bytes | None]] = (
-        [(c, v) for c, v in current] if row is not None else [(c, None) for c in cols]
-    )
-    return _lwt_result(table, False, shown)
+    # Cassandra answers with the current row's values, or with [applied] alone when there is no row.
+    return _lwt_result(table, False, list(current) if row is not None else [])
+
+
+def _element_op_check(table: Table, pk: bytes, ck: bytes, col: Column, stored_ts: int | None, ts: int,
+                      ctx: WriteContext) -> None:
+    """Refuse an element operation the single-cell collection would get wrong (see below)."""
+    if ctx.batch_cells is not None and (table.id, pk, ck, col.slot) in ctx.batch_cells:
+        raise Invalid(f"This emulator cannot combine, in one BATCH, a write of {col.name} (a non-frozen collection) "
+                      "with an element operation on it: the statements of a batch share one timestamp and Cassandra "
+                      "merges them element by element; write the collection whole in one statement")
+    if stored_ts is not None and stored_ts >= ts:
+        raise Invalid(f"This emulator keeps {col.name} (a non-frozen collection) as one cell written at {stored_ts}: "
+                      f"an element operation at {ts}, not after it, would drop an element Cassandra keeps (each "
+                      "element is a cell of its own there); write the whole collection, or use a later timestamp")
 
 
 def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assignments: list[st.Assignment],
-                      ctx: WriteContext) -> list[tuple[int, bytes | None]]:
+                      ctx: WriteContext, ts: int) -> list[tuple[int, bytes | None]]:
+    """The cells of an UPDATE's assignments. A non-frozen collection is one cell here, so an element operation
+    (append, put, remove) rewrites the whole collection at the statement's timestamp: correct when that is after
+    the stored collection's, refused otherwise."""
     cells: list[tuple[int, bytes | None]] = []
     written: dict[int, bytes | None] = {}  # slot -> its value after this statement's earlier operations
     done: dict[int, list[tuple[str, Value]]] = {}  # slot -> (kind, element key or None) of those operations
@@ -258,6 +275,7 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
         else:
             current_cell = row.cell(col.slot, ctx.now) if row is not None else None
             current = current_cell[0] if current_cell else None
+            _element_op_check(table, pk, ck, col, current_cell[1] if current_cell else None, ts, ctx)
         key: Value = None
         if a.kind == "set_element":
             assert a.element is not None
@@ -315,7 +333,7 @@ def execute_update(engine: Engine, table: Table, stmt: st.Update, ctx: WriteCont
         if failed is not None:
             return failed
     for pk, ck in keys:
-        cells = _assignment_cells(table, data, pk, ck, stmt.assignments, ctx)
+        cells = _assignment_cells(table, data, pk, ck, stmt.assignments, ctx, ts)
         engine.apply(("U", table.id, pk, ck, False, tuple(cells), ts, expiry, time.time()))
     return _lwt_result(table, True) if conditional else None
 
@@ -374,6 +392,7 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
                 if key is None:
                     raise Invalid(_NULL_ELEMENT[col.type.kind])  # a map, list or set here
                 cur_cell = row.cell(col.slot, ctx.now) if row is not None else None
+                _element_op_check(table, pk, ck, col, cur_cell[1] if cur_cell else None, ts, ctx)
                 cur = cur_cell[0] if cur_cell else None
                 if cur is None:
                     continue

@@ -1,0 +1,138 @@
+"""The Cassandra emulator where it answered silently unlike Apache Cassandra 4: timestamps, ties, token ranges, LWT
+results, and collection element operations it cannot model (now refused, clearly, instead of losing an element).
+
+Each test drives the emulator with the real cassandra-driver; the docstring cites what Cassandra does and, after
+"Was:", what the emulator did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from cassandra import InvalidRequest
+from cassandra.cluster import Cluster, Session
+
+from sluice.launcher import Running
+
+pytestmark = pytest.mark.timeout(60)
+
+MIN_TOKEN = -(2**63)
+
+
+@pytest.fixture
+def session(cassandra_emulator: Running, cassandra_keyspace: str) -> Iterator[Session]:
+    c = Cluster(contact_points=[cassandra_emulator.host], port=cassandra_emulator.port, protocol_version=4)
+    s = c.connect(cassandra_keyspace)
+    yield s
+    c.shutdown()
+
+
+def test_a_set_append_older_than_the_set_is_refused_not_lost(session: Session) -> None:
+    """Cassandra keeps {'a', 'b'}. In Cassandra every element of a non-frozen set/map/list is its own cell with its own
+    timestamp ("collections ... each element is stored internally as a separate cell", CQL docs, Collections;
+    `Sets.Adder` writes one cell per element), so an append with an older timestamp adds its element and does not
+    compete with the other elements. The emulator keeps a collection as one cell, so it refuses such an append with a
+    message naming the column rather than answer wrong. Was: write.py `_assignment_cells` read the current set,
+    wrote the whole merged set as ONE cell at ts=100, and `Row.write` (store.py) dropped it because the cell's ts is
+    200: 'a' was silently lost (the same happens to two writers whose client clocks differ, appending concurrently)."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, s set<text>)")
+    session.execute("UPDATE t USING TIMESTAMP 200 SET s = s + {'b'} WHERE k = 1")
+    with pytest.raises(InvalidRequest, match="s \\(a non-frozen collection\\) as one cell"):
+        session.execute("UPDATE t USING TIMESTAMP 100 SET s = s + {'a'} WHERE k = 1")
+    assert set(session.execute("SELECT s FROM t WHERE k = 1").one().s) == {"b"}
+    session.execute("UPDATE t USING TIMESTAMP 300 SET s = s + {'a'} WHERE k = 1")  # a later append is modelled
+    assert set(session.execute("SELECT s FROM t WHERE k = 1").one().s) == {"a", "b"}
+
+
+def test_a_map_put_older_than_the_map_is_refused_not_lost(session: Session) -> None:
+    """Cassandra keeps {'x': 1, 'y': 2}; the emulator refuses the older put, naming the column. `m['y'] = 2` writes
+    one cell (key y) in Cassandra (`Maps.SetterByKey`), independent
+    of the timestamp of key x's cell. Was: the whole map is one cell stamped 200, so the older element write of
+    'y' is dropped silently."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, m map<text, int>)")
+    session.execute("UPDATE t USING TIMESTAMP 200 SET m['x'] = 1 WHERE k = 1")
+    with pytest.raises(InvalidRequest, match="m \\(a non-frozen collection\\)"):
+        session.execute("UPDATE t USING TIMESTAMP 100 SET m['y'] = 2 WHERE k = 1")
+    assert dict(session.execute("SELECT m FROM t WHERE k = 1").one().m) == {"x": 1}
+
+
+def test_a_batch_writing_a_set_and_removing_from_it_is_refused_whole(session: Session) -> None:
+    """Cassandra answers {'b'}; the emulator refuses the batch, and writes none of it. All statements of a batch
+    share one timestamp (CQL docs, BATCH: "all updates in a batch
+    belonging to a given partition key are performed ... with the same timestamp"). Cassandra's INSERT of a set writes
+    a collection tombstone at ts-1 and one cell per element at ts; `s = s - {'a'}` writes a cell tombstone for 'a' at
+    ts, and on equal timestamps a tombstone wins (`Cells.reconcile`). Was: the removal is a whole-set cell {'b'}
+    at the same ts, compared by bytes with {'a','b'}: smaller, so it loses and the read returns {'a', 'b'}."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, s set<text>)")
+    session.execute("INSERT INTO t (k, s) VALUES (2, {'z'})")
+    with pytest.raises(InvalidRequest, match="cannot combine, in one BATCH"):
+        session.execute("BEGIN UNLOGGED BATCH "
+                        "INSERT INTO t (k, s) VALUES (1, {'a', 'b'}); "
+                        "UPDATE t SET s = s + {'y'} WHERE k = 2; "
+                        "UPDATE t SET s = s - {'a'} WHERE k = 1; "
+                        "APPLY BATCH")
+    assert session.execute("SELECT s FROM t WHERE k = 1").one() is None, "nothing of a refused batch is written"
+    assert set(session.execute("SELECT s FROM t WHERE k = 2").one().s) == {"z"}
+
+
+def test_timestamp_tie_expiring_cell_wins_over_live_cell(session: Session) -> None:
+    """Cassandra keeps v = 'a' with a TTL. Cassandra 4 `Cells.resolveRegular` (CASSANDRA-14592, also 3.0.17/3.11.3): on
+    equal timestamps an expiring (or tombstone) cell wins over a plain live cell regardless of the value ("for
+    consistency of reconciliation ... treat expiring cells ... the same [as tombstones]"); the value is compared only
+    when both are plain or both expiring. Was: store.py `Row.write` compares the values only, keeps 'b' (no TTL),
+    so the row never expires. (docs/emulators/cassandra.md states only "a deletion wins, then the greater value".)"""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, v text)")
+    session.execute("INSERT INTO t (k, v) VALUES (1, 'b') USING TIMESTAMP 100")
+    session.execute("INSERT INTO t (k, v) VALUES (1, 'a') USING TIMESTAMP 100 AND TTL 1000")
+    row = session.execute("SELECT v, ttl(v) AS t FROM t WHERE k = 1").one()
+    assert (row.v, row.t is not None) == ("a", True)
+
+
+def test_batch_without_client_timestamp_uses_one_timestamp(cassandra_emulator: Running,
+                                                           cassandra_keyspace: str) -> None:
+    """Cassandra keeps v = 2. A batch has one timestamp for all its statements (Cassandra `BatchStatement.getMutations`
+    takes `options.getTimestamp(state)` once; CQL docs: the batch's statements share a timestamp), so two writes of
+    the same cell tie and the greater value, 2, wins. With `session.use_client_timestamp = False` the driver sends no
+    timestamp; Was: the emulator's batch.py passed None on and write.py `write_timestamp` called `time.time_ns()`
+    per child,
+    so the later child wins: v = 1, and the children carry different writetimes."""
+    c = Cluster(contact_points=[cassandra_emulator.host], port=cassandra_emulator.port, protocol_version=4)
+    try:
+        s = c.connect(cassandra_keyspace)
+        s.use_client_timestamp = False
+        s.execute("CREATE TABLE t (k int PRIMARY KEY, v int, w int)")
+        s.execute("BEGIN UNLOGGED BATCH INSERT INTO t (k, v, w) VALUES (1, 2, 0); "
+                  "INSERT INTO t (k, v) VALUES (1, 1); APPLY BATCH")
+        row = s.execute("SELECT v, writetime(v) AS tv, writetime(w) AS tw FROM t WHERE k = 1").one()
+        assert (row.v, row.tv) == (2, row.tw)
+    finally:
+        c.shutdown()
+
+
+def test_token_range_ending_at_minimum_token_reaches_end_of_ring(session: Session) -> None:
+    """Cassandra answers the rows with token(k) > 0 (Cassandra 4
+    `StatementRestrictions.getPartitionKeyBoundsForTokenRestrictions`):
+    a range whose start or end is the partitioner's minimum token (Murmur3: -2**63) is not treated as the empty
+    "start > end" case; `(x, MIN]` is the range from x to the end of the ring (the minimum token as an end bound means
+    unbounded), which is how token-range scanners express the last range of the ring. Was: select.py `iter_scan`
+    / store.py `iter_partitions` stop at end token -2**63 and return nothing."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, v int)")
+    ins = session.prepare("INSERT INTO t (k, v) VALUES (?, ?)")
+    for i in range(30):
+        session.execute(ins, (i, i))
+    expected = session.execute("SELECT count(*) FROM t WHERE token(k) > 0").one()[0]
+    assert expected > 0
+    got = session.execute(f"SELECT count(*) FROM t WHERE token(k) > 0 AND token(k) <= {MIN_TOKEN}").one()[0]
+    assert got == expected
+
+
+def test_lwt_not_applied_on_missing_row_returns_only_applied(session: Session) -> None:
+    """Cassandra's result of a failed conditional UPDATE on a row that does not exist has only the `[applied]`
+    column (Cassandra 4 `ModificationStatement.buildCasResultSet` merges `[applied]` with the current row, and
+    `merge` returns `[applied]` alone when the read found no row), so a client can tell "no row" from "v is null".
+    Was: write.py `_check_conditions` returned `[applied]=False, v=null` for the missing row, the same answer as
+    for an existing row whose v is null."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, v int, w int)")
+    result = session.execute("UPDATE t SET w = 1 WHERE k = 1 IF v = 3")
+    assert result.column_names == ["[applied]"]
