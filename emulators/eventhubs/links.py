@@ -42,6 +42,7 @@ EPOCH = "com.microsoft:epoch"
 RECEIVER_NAME = "com.microsoft:receiver-name"
 RUNTIME_METRIC = "com.microsoft:enable-receiver-runtime-metric"
 DELIVERIES_PER_PUMP = 512
+FLUSH_BYTES = 1 << 20  # output is handed to the transport at least this often within a chunk
 
 
 def entity_path(address: Any) -> list[str]:
@@ -290,8 +291,9 @@ class ConsumeLink(Link):
     def pump(self) -> None:
         """Send what is available, within link credit, session window and transport backpressure.
 
-        Output is flushed after every chunk, so a consumer that stops reading pauses the transport
-        (``pause_writing``) after a few megabytes instead of the whole granted credit piling up here.
+        Output is flushed after every chunk and every ``FLUSH_BYTES`` within one, so a consumer that stops
+        reading pauses the transport (``pause_writing``) after a few megabytes instead of the whole granted
+        credit (up to 512 events of 1 MB) piling up here.
         """
         session = self.session
         connection = session.connection
@@ -304,15 +306,19 @@ class ConsumeLink(Link):
                 break
             if batch[0].sequence > self.cursor:  # events passed retention while we were behind
                 self.cursor = batch[0].sequence
-            sent = 0
+            sent = unflushed = 0
             for event in batch:
-                if session.remote_incoming_window <= 0:  # large events take several frames
+                if not session.can_send():  # large events take several frames; a paused transport waits
                     break
                 payload = event.payload
                 if self.runtime_metric:
                     payload = self._with_metrics(event.payload, event.header_len)
                 session.send_delivery(self, payload)
                 sent += 1
+                unflushed += len(payload)
+                if unflushed >= FLUSH_BYTES:
+                    connection.flush()
+                    unflushed = 0
             self.cursor = batch[sent - 1].sequence + 1 if sent else self.cursor
             self.credit -= sent
             self.delivery_count += sent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 from azure.eventhub import EventData
@@ -173,3 +174,27 @@ def test_a_consumer_that_stops_reading_holds_up_nobody(isolated_eventhub: Isolat
             _, fields, _ = stalled.expect(frames.TRANSFER)
             ids.append(int(fields[1]))
         assert ids == list(range(batches * per_batch))
+
+
+def test_a_stalled_consumer_of_large_events_is_not_buffered_its_whole_credit(isolated_eventhub: IsolatedHub) -> None:
+    """A receiver that grants credit for many 900 kB events and reads nothing: the emulator hands output to the
+    transport every megabyte and stops once the transport pauses, so its memory grows by a few megabytes, not by
+    the events the credit covers (one chunk of up to 512 deliveries used to be framed into memory whole)."""
+    import psutil
+
+    hub = isolated_eventhub
+    count, size = 80, 900_000
+    with producer(hub) as client:
+        for i in range(count):
+            batch = client.create_batch(partition_id="3")
+            batch.add(EventData(bytes([65 + i % 26]) * size))
+            client.send_batch(batch)
+    emulator = psutil.Process(hub.running.process.pid)
+    before = emulator.memory_info().rss
+    with connect(hub) as stalled:
+        stalled.open(mechanism="PLAIN", response=PLAIN)
+        stalled.attach_receiver(1, f"{hub.name}/ConsumerGroups/$Default/Partitions/3")
+        stalled.flow(1, delivery_count=0, credit=1000)
+        time.sleep(3)
+        grown = emulator.memory_info().rss - before
+    assert grown < 30 * 2**20, f"the emulator grew by {grown / 2**20:.0f} MB for a consumer that reads nothing"
