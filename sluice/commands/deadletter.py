@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             count += 1
             print(f"{letter.name}\t{letter.kind}\t{len(letter.records)} records\t{letter.reason}")
-        print(f"{count} dead letters" + (f", {unreadable} unreadable" if unreadable else ""))
+        print(f"{count} dead letter{'' if count == 1 else 's'}" + (f", {unreadable} unreadable" if unreadable else ""))
         return 1 if unreadable else 0
 
     service = bootstrap.ingest_service()

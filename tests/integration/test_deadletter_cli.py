@@ -37,7 +37,7 @@ def test_an_unreadable_letter_is_named_skipped_and_the_others_still_handled(
     assert code == 1, captured.out + captured.err
     assert UNREADABLE in captured.err and "JSONDecodeError" in captured.err
     if action == "list":
-        assert real in captured.out and "1 dead letters, 1 unreadable" in captured.out
+        assert real in captured.out and "1 dead letter, 1 unreadable" in captured.out
     else:  # the real letter went through ingest again (still not JSON: kept, with its reason)
         assert "replayed 0, still invalid 1, store failing 0, unreadable 1" in captured.out
     assert sorted(b.name for b in container.list_blobs()) == sorted([real, UNREADABLE])
