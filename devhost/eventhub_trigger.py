@@ -450,11 +450,14 @@ class EventHubListener:
         return self.binding.spec.name
 
     def _starting_position(self) -> tuple[Any, bool]:
+        """Where a partition without a checkpoint starts. Never inclusive: the SDK applies the flag to a checkpoint
+        too, and a partition with one resumes after its checkpointed event (an enqueued time, as the .NET SDK's
+        filter, means the events enqueued after it)."""
         options = self._options
         if options.initial_offset == "fromEnd":
             return "@latest", False
         if options.initial_offset == "fromEnqueuedTime":
-            return options.initial_enqueued_time, True
+            return options.initial_enqueued_time, False
         return "-1", False
 
     async def start(self) -> None:
@@ -486,7 +489,8 @@ class EventHubListener:
             socket_timeout=SOCKET_TIMEOUT_SECONDS,
         )
         position, inclusive = self._starting_position()
-        waits = self._options.min_event_batch_size > 1
+        # minEventBatchSize and maxWaitTime apply to functions that take a batch; one event at a time is not held
+        waits = self.binding.many and self._options.min_event_batch_size > 1
         self._receiving = asyncio.create_task(self._client.receive_batch(
             on_event_batch=self._on_event_batch,
             max_batch_size=self._options.max_event_batch_size,
@@ -507,9 +511,12 @@ class EventHubListener:
         logger.info("Functions.%s: partition %s claimed", self.name, context.partition_id)
 
     async def _on_partition_close(self, context: PartitionContext, reason: Any) -> None:
-        state = self._partitions.get(context.partition_id)
-        if state is not None and not self._draining:
-            state.pending.clear()
+        if not self._draining:
+            # Lost (or given up): what it held back is the next owner's to read again, and nothing of it may be
+            # checkpointed later (stop() would write an old position over the new owner's).
+            state = self._partitions.pop(context.partition_id, None)
+            if state is not None:
+                state.pending.clear()
         logger.info("Functions.%s: partition %s closed (%s)", self.name, context.partition_id, reason)
 
     async def _on_error(self, context: PartitionContext | None, error: Exception) -> None:
@@ -528,6 +535,8 @@ class EventHubListener:
         options = self._options
 
         def ready() -> bool:
+            if not self.binding.many:
+                return bool(state.pending)
             waited = time.monotonic() - state.pending_since
             return bool(state.pending) and (len(state.pending) >= options.min_event_batch_size
                                             or waited >= options.max_wait_time.total_seconds())
