@@ -216,7 +216,10 @@
       const problem = document.getElementById("critical-error");
       problem.hidden = critical.status === "fulfilled";
       if (critical.status === "fulfilled") renderCritical(critical.value);
-      else problem.textContent = "critical events unavailable: " + (critical.reason.message || critical.reason);
+      else {
+        problem.textContent = "critical events unavailable: " + (critical.reason.message || critical.reason);
+        document.getElementById("critical-empty").hidden = true;  // not "none yet": unknown
+      }
     } finally {
       setTimeout(poll, refreshMs);
     }

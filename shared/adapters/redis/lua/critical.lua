@@ -5,8 +5,9 @@
 -- The previous document of the event (a re-sent event differs in its enqueued time) leaves the set
 -- first, so the set holds one member per event.
 local ttl = tonumber(ARGV[3])
-if keeps(redis.call('GET', KEYS[1]), ARGV[1]) then return 0 end  -- a copy of this event enqueued later is there
-drop_previous(KEYS[1], KEYS[2], ARGV[2], ARGV[1])
+local previous = redis.call('GET', KEYS[1])
+if keeps(previous, ARGV[1]) then return 0 end  -- a copy of this event enqueued later is there
+drop_previous(KEYS[1], KEYS[2], ARGV[2], ARGV[1], previous)
 redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
 extend(KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])

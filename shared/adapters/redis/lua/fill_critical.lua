@@ -5,8 +5,9 @@
 local ttl = tonumber(ARGV[2])
 for i = 2, #KEYS do
   local doc = ARGV[2 * i + 1]
-  if not keeps(redis.call('GET', KEYS[i]), doc) then  -- else a copy of this event enqueued later is there
-    drop_previous(KEYS[i], KEYS[1], ARGV[2 * i], doc)
+  local previous = redis.call('GET', KEYS[i])
+  if not keeps(previous, doc) then  -- else a copy of this event enqueued later is there
+    drop_previous(KEYS[i], KEYS[1], ARGV[2 * i], doc, previous)
     redis.call('SET', KEYS[i], doc, 'KEEPTTL')
     extend(KEYS[i], ttl)
     redis.call('ZADD', KEYS[1], ARGV[2 * i], doc)
