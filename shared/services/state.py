@@ -9,7 +9,9 @@ the first day holding an event at or before T. Two shortcuts bound the cost:
   before T, and a device with no event at all is "not found" without a walk;
 * the walk covers at most ``lookback_days`` days; an event older than that is
   not found (``docs/api.md``);
-* the whole walk has a deadline (``deadline_seconds``): past it the answer is
+* the walk reads one day, then 2, 4 and up to ``parallel`` days at once (an event
+  of the day asked about costs one read; a quiet device's year, a few dozen round
+  trips), and has a deadline (``deadline_seconds``): past it the answer is
   ``DependencyUnavailable`` (503), not a request held for minutes by a slow store.
 
 Event time decides, whatever order the events arrived in; equal times fall back
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,13 +38,15 @@ _TIES = 16  # rows read at the newest time of a day, to pick the winner of a tie
 
 class StateService:
     def __init__(self, history: DeviceHistory, reader: EventReader, *,
-                 lookback_days: int = DEFAULT_LOOKBACK_DAYS, deadline_seconds: float = 10.0,
+                 lookback_days: int = DEFAULT_LOOKBACK_DAYS, deadline_seconds: float = 10.0, parallel: int = 8,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._history = history
         self._reader = reader
         self._lookback = lookback_days
         self._deadline = deadline_seconds
         self._monotonic = monotonic
+        self._parallel = parallel
+        self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="state")
 
     def at(self, device_id: str, at: datetime) -> dict[str, Any] | None:
         """The document of the device's latest event with event time at or before ``at``; ``None`` when none."""
@@ -58,14 +63,20 @@ class StateService:
         day = day_of(at)
         # Near the start of the calendar (year 1) the look-back stops there: nothing is older.
         start = max(at, _FIRST + timedelta(days=self._lookback)) - timedelta(days=self._lookback)
-        for back in range(min(self._lookback, (day - start.date()).days) + 1):
+        days = min(self._lookback, (day - start.date()).days) + 1
+        back, width = 0, 1
+        while back < days:
             if self._monotonic() > give_up:
                 raise DependencyUnavailable("cassandra", f"the state of {device_id!r} was not found within "
                                             f"{self._deadline:g}s ({back} days read back from {day}); Cassandra is "
                                             "slow to answer")
-            rows = self._history.page(device_id, day - timedelta(days=back), start=start, end=at, after=None,
-                                      limit=_TIES)
-            if rows:
+            chunk = range(back, min(back + width, days))
+            pages = list(self._pool.map(lambda b: self._history.page(
+                device_id, day - timedelta(days=b), start=start, end=at, after=None, limit=_TIES), chunk))
+            found = next(((b, rows) for b, rows in zip(chunk, pages, strict=True) if rows), None)
+            back, width = chunk.stop, min(2 * width, self._parallel)
+            if found is not None:
+                back, rows = found
                 top_ms = rows[0].event_time_ms
                 top = [row for row in rows if row.event_time_ms == top_ms]
                 while len(rows) == _TIES and rows[-1].event_time_ms == top_ms:  # a full page ending in the tie
