@@ -30,6 +30,7 @@ from typing import Any
 
 import azure.functions as func
 from azure.functions import meta
+from azure.functions._thirdparty import typing_inspect  # the very check the Python worker runs
 
 from devhost.errors import DevHostError, UnsupportedBindingError
 from devhost.settings import parse_timespan
@@ -133,6 +134,36 @@ def return_annotation_problem(name: str, user_function: Callable[..., Any],
     return None
 
 
+def parameter_annotation_problems(name: str, user_function: Callable[..., Any],
+                                  bindings: list[dict[str, Any]]) -> list[str]:
+    """What the Python worker says of binding parameters' annotations when it indexes the app (worker:
+    ``functions.py`` ``validate_function_params``): an annotation must be a class or a ``typing`` generic, and the
+    binding's converter from azure-functions must take it. One refused function fails the indexing of the whole app
+    on the real host, so the dev host refuses it too. ``list[X]`` fails the first check on Python 3.11 (only
+    ``typing.List[X]`` passes: azure-functions-python-worker issue 1034)."""
+    try:
+        hints = typing.get_type_hints(user_function)
+    except Exception as exc:  # the worker cannot load such a function either
+        return [f"function {name!r}: cannot resolve its annotations: {exc}"]
+    registry = meta.get_binding_registry()
+    problems = []
+    for binding in bindings:
+        parameter = binding.get("name")
+        if parameter == "$return" or parameter not in hints or str(binding.get("direction", "")).upper() != "IN":
+            continue  # output bindings the dev host supports are $return only; the rest it refuses by name
+        pytype = hints[parameter]
+        if not isinstance(pytype, type) and not typing_inspect.is_generic_type(pytype):
+            problems.append(f"function {name!r}: binding {parameter} has invalid non-type annotation {pytype!r}")
+            continue
+        converter = registry.get(str(binding.get("type")))
+        if pytype in (str, bytes) and not (converter is not None and converter.has_implicit_output()):
+            converter = registry.get("generic")  # as the worker binds a str or bytes parameter
+        if converter is not None and not converter.check_input_type_annotation(pytype):
+            problems.append(f'function {name!r}: type of {parameter} binding "{binding.get("type")}" does not match '
+                            f'its Python annotation {pytype!r}')
+    return problems
+
+
 def import_script(script_root: Path, script_file: str = "function_app.py") -> Any:
     """Import the app's script file as the worker does (script root first on ``sys.path``)."""
     path = (script_root / script_file).resolve()
@@ -202,6 +233,7 @@ def index(app: func.FunctionApp) -> list[FunctionSpec]:
         annotation_problem = return_annotation_problem(name, user_function, bindings)
         if annotation_problem:
             problems.append(annotation_problem)
+        problems.extend(parameter_annotation_problems(name, user_function, bindings))
         if trigger["name"] not in parameters:
             problems.append(f"function {name!r}: the trigger parameter {trigger['name']!r} is missing")
         try:

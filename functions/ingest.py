@@ -11,7 +11,7 @@ down when the worker starts is handled the same way.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, List  # noqa: UP035 - see ingest()
 
 import azure.functions as func
 
@@ -63,7 +63,9 @@ def to_records(events: list[func.EventHubEvent]) -> list[RawRecord]:
     minimum_interval="00:00:01",
     maximum_interval="00:00:30",
 )
-def ingest(events: list[func.EventHubEvent], context: func.Context) -> None:
+# typing.List, not list: the Python worker refuses a PEP 585 annotation on a binding and then loads no function
+# of the app (azure-functions-python-worker issue 1034); the dev host runs the same check.
+def ingest(events: List[func.EventHubEvent], context: func.Context) -> None:  # noqa: UP006
     retry = context.retry_context
     final_attempt = retry is None or retry.retry_count >= retry.max_retry_count
     partition = _partition_id(events)

@@ -23,7 +23,7 @@ from sluice.launcher import Running
 from tests.fixtures.devhost import write_app
 
 APP = '''
-import json, os, threading, time
+import json, os, threading, time, typing
 import azure.functions as func
 
 app = func.FunctionApp()
@@ -40,7 +40,7 @@ def write(record):
 @app.event_hub_message_trigger(arg_name="events", event_hub_name="%TEST_HUB%", connection="TestEventHub",
                                consumer_group="sluice", cardinality="many", data_type="binary")
 @app.retry(strategy="fixed_delay", max_retry_count="2", delay_interval="00:00:00.100")
-def batches(events: list[func.EventHubEvent], context: func.Context) -> None:
+def batches(events: typing.List[func.EventHubEvent], context: func.Context) -> None:  # list[...]: refused
     started = time.time()
     bodies = [json.loads(e.get_body()) for e in events]
     meta = events[0].metadata

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 import time
+import typing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,7 +32,7 @@ def test_index_reads_triggers_retry_and_context() -> None:
                                    cardinality="many", data_type="binary")
     @app.retry(strategy="exponential_backoff", max_retry_count="5", minimum_interval="00:00:01",
                maximum_interval="00:00:30")
-    def ingest(events: list[func.EventHubEvent], context: func.Context) -> None:
+    def ingest(events: typing.List[func.EventHubEvent], context: func.Context) -> None:  # noqa: UP006 - as the worker takes it
         pass
 
     @app.route(route="items/{id}")

@@ -208,3 +208,68 @@ def test_without_function_timeout_the_hosts_default_limit_applies(tmp_path: Path
     invocation that runs 45 minutes passes locally and is killed (worker restarted) in Azure."""
     options = load_host_json(_host_json(tmp_path, {"version": "2.0"}))
     assert options.function_timeout == timedelta(minutes=30)
+
+
+PEP585_TRIGGER_APP = """
+from __future__ import annotations
+
+import typing
+
+import azure.functions as func
+
+app = func.FunctionApp()
+
+
+@app.event_hub_message_trigger(arg_name="events", event_hub_name="hub", connection="EventHubConnection",
+                               cardinality="many", data_type="binary")
+def pep585(events: list[func.EventHubEvent]) -> None:
+    pass
+
+
+@app.event_hub_message_trigger(arg_name="events", event_hub_name="hub2", connection="EventHubConnection",
+                               cardinality="many", data_type="binary")
+def typing_list(events: typing.List[func.EventHubEvent]) -> None:  # noqa: UP006
+    pass
+"""
+
+
+def test_a_binding_annotation_the_python_worker_refuses_is_refused(tmp_path: Path) -> None:
+    """The Python worker indexes every function and refuses a binding parameter whose annotation is neither a class
+    nor a ``typing`` generic (``functions.py`` ``validate_function_params``): ``list[func.EventHubEvent]`` on Python
+    3.11 (worker issue 1034). One refused function fails the indexing, so the real host would load no function of
+    the app; the dev host refuses it too, naming it, and takes ``typing.List``."""
+    from devhost.app_loader import find_app, import_script, index
+    from devhost.errors import UnsupportedBindingError
+
+    (tmp_path / "pep585_app.py").write_text(PEP585_TRIGGER_APP, encoding="utf-8")  # not sys.modules' function_app
+    with pytest.raises(UnsupportedBindingError) as refused:
+        index(find_app(import_script(tmp_path, "pep585_app.py")))
+    message = str(refused.value)
+    assert "function 'pep585': binding events has invalid non-type annotation list[" in message
+    assert "typing_list" not in message
+
+
+def test_the_apps_own_functions_pass_the_python_workers_annotation_checks() -> None:
+    """Every binding annotation of function_app.py passes the worker's load checks (the ingest trigger once had
+    ``list[func.EventHubEvent]``, which would have left every pod with no function)."""
+    from devhost.app_loader import parameter_annotation_problems
+    from tests.fixtures.functions import _index  # the shared index: get_functions() may run only once per app
+
+    functions = _index().values()
+    problems = [problem for function in functions
+                for problem in parameter_annotation_problems(function.get_function_name() or "?",
+                                                             function.get_user_function(),
+                                                             json.loads(function.get_function_json())["bindings"])]
+    assert problems == []
+    assert "ingest" in {function.get_function_name() for function in functions}
+
+
+def test_host_json_has_no_application_insights_settings_the_host_ignores() -> None:
+    """With ``"telemetryMode": "OpenTelemetry"`` the Functions host never reads ``logging.applicationInsights``
+    (azure-functions-host ``ScriptHostBuilderExtensions.ConfigureTelemetry`` configures Application Insights only in
+    its other modes; issue 11366 calls the mix a configuration error): sampling set there would be dead settings."""
+    from tests.fixtures.devhost import ROOT as APP_ROOT
+
+    host = json.loads((APP_ROOT / "host.json").read_text(encoding="utf-8"))
+    assert host["telemetryMode"] == "OpenTelemetry"
+    assert "applicationInsights" not in host.get("logging", {})

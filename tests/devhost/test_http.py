@@ -183,13 +183,15 @@ def test_unsupported_triggers_and_bindings_stop_start_up_with_their_names(tmp_pa
 
 
 EVENTHUB_APP = '''
+import typing
+
 import azure.functions as func
 
 app = func.FunctionApp()
 
 
 @app.event_hub_message_trigger(arg_name="events", event_hub_name="hub", connection="Conn", cardinality="many")
-def consume(events: list[func.EventHubEvent]) -> None:
+def consume(events: typing.List[func.EventHubEvent]) -> None:  # the worker refuses list[...]
     pass
 '''
 
