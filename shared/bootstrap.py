@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from shared import runtime
 from shared.exceptions import ConfigurationError
-from shared.settings import Settings, load_settings
+from shared.settings import RedisSettings, Settings, load_settings
 
 if TYPE_CHECKING:  # the adapters are imported where they are built, on first use
     from azure.eventhub import EventHubConsumerClient
@@ -183,7 +183,7 @@ def redis_client() -> RedisConnection:
     from shared.adapters.redis import RedisConnection
 
     cfg = settings().redis
-    return RedisConnection(cfg.url, password=rotating_secret(cfg.password, cfg.password_secret), cluster=cfg.cluster,
+    return RedisConnection(cfg.url, **redis_sign_in(cfg), cluster=cfg.cluster,
                            socket_timeout=cfg.socket_timeout_seconds)
 
 
@@ -193,8 +193,17 @@ def redis_async_connection() -> AsyncRedisConnection:
     from shared.adapters.redis.aio import AsyncRedisConnection
 
     cfg = settings().redis
-    return AsyncRedisConnection(cfg.url, password=rotating_secret(cfg.password, cfg.password_secret),
-                                cluster=cfg.cluster, socket_timeout=cfg.socket_timeout_seconds)
+    return AsyncRedisConnection(cfg.url, **redis_sign_in(cfg), cluster=cfg.cluster,
+                                socket_timeout=cfg.socket_timeout_seconds)
+
+
+def redis_sign_in(cfg: RedisSettings) -> dict[str, Any]:
+    """How the Redis clients sign in: ``entra`` (the app's identity) or ``password`` (a secret, read when needed)."""
+    if cfg.auth == "entra":
+        from shared.adapters.identity import credential_for
+
+        return {"entra": credential_for(cfg.url)}
+    return {"password": rotating_secret(cfg.password, cfg.password_secret)}
 
 
 @built

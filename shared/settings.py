@@ -296,6 +296,8 @@ class RedisSettings(_Group):
     """Password (access key), for local use; on Azure name a Key Vault secret instead"""
     password_secret: str | None = None
     """Name of the Key Vault secret holding the Redis access key"""
+    auth: Literal["password", "entra"] = "password"
+    """`password`: the access key or ACL password above; `entra`: Microsoft Entra ID tokens of the app's identity, renewed on open connections (needs `rediss://`; no password)"""  # noqa: E501 - one line: the settings table takes it as it stands
     key_prefix: str = "sluice:"
     """Prefix of every key Sluice writes (no `{` or `}`: hash tags are Sluice's)"""
     ttl_seconds: int = Field(7 * 24 * 3600, ge=1)
@@ -338,6 +340,22 @@ class RedisSettings(_Group):
         if self.password_secret and self.url.startswith("redis://"):
             raise ValueError(_VAULT_SECRET_NEEDS_TLS.format(secret="SLUICE_REDIS_PASSWORD_SECRET",
                                                             fix="use a rediss:// URL"))
+        return self
+
+    @model_validator(mode="after")
+    def _entra_alone(self) -> Self:
+        if self.auth != "entra":
+            return self
+        if self.password is not None or self.password_secret:
+            raise ValueError("SLUICE_REDIS_AUTH=entra signs in with Entra ID tokens: unset SLUICE_REDIS_PASSWORD and "
+                             "SLUICE_REDIS_PASSWORD_SECRET")
+        parts = urlsplit(self.url)
+        if "@" in parts.netloc:
+            raise ValueError("SLUICE_REDIS_AUTH=entra takes the user name from the token (the identity's object id): "
+                             "remove the user from SLUICE_REDIS_URL")
+        if not self.url.startswith("rediss://") and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            # Azure takes Entra ID sign-in over TLS only; a token is a credential like any password
+            raise ValueError("SLUICE_REDIS_AUTH=entra needs a rediss:// URL (tokens are only ever sent over TLS)")
         return self
 
     @field_validator("key_prefix")

@@ -125,8 +125,14 @@ class Probe:
             from shared.adapters.redis import RedisConnection
 
             cfg = self.settings.redis
-            self._redis = RedisConnection(cfg.url, password=self._password(cfg.password, cfg.password_secret),
-                                          cluster=cfg.cluster, socket_timeout=5, decode_responses=True)
+            if cfg.auth == "entra":
+                from shared.adapters.identity import credential_for
+
+                self._redis = RedisConnection(cfg.url, entra=credential_for(cfg.url), cluster=cfg.cluster,
+                                              socket_timeout=5, decode_responses=True)
+            else:
+                self._redis = RedisConnection(cfg.url, password=self._password(cfg.password, cfg.password_secret),
+                                              cluster=cfg.cluster, socket_timeout=5, decode_responses=True)
         return self._redis.client()
 
     def pg(self) -> psycopg.Connection[TupleRow]:

@@ -39,12 +39,16 @@ def _b64(document: dict[str, object]) -> str:
 class LocalDevelopmentCredential:
     """Development tokens for local emulators only (see the module docstring)."""
 
+    def __init__(self, *, lifetime: int = _LIFETIME, object_id: str = "sluice-local-development") -> None:
+        self.lifetime = lifetime
+        self.object_id = object_id
+
     def _token(self, scopes: tuple[str, ...]) -> tuple[str, int]:
         now = int(time.time())
-        expires = now + _LIFETIME
+        expires = now + self.lifetime
         audience = scopes[0].removesuffix("/.default") if scopes else "https://storage.azure.com"
         claims = {"aud": audience, "iss": f"https://sts.windows.net/{LOCAL_TENANT}/", "iat": now, "nbf": now - 60,
-                  "exp": expires, "tid": LOCAL_TENANT, "oid": "sluice-local-development", "sub": "sluice-local"}
+                  "exp": expires, "tid": LOCAL_TENANT, "oid": self.object_id, "sub": "sluice-local"}
         return f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims)}.", expires
 
     def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:

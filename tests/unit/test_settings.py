@@ -187,6 +187,28 @@ def test_a_redis_url_with_a_user_name_only_is_accepted():
     assert load_settings(dict(SAMPLE, SLUICE_REDIS_URL="rediss://sluice@cache:6380")).redis.url == "rediss://sluice@cache:6380"
 
 
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({"SLUICE_REDIS_PASSWORD": "pw-4c1e"}, "unset SLUICE_REDIS_PASSWORD and SLUICE_REDIS_PASSWORD_SECRET"),
+    ({"SLUICE_REDIS_PASSWORD_SECRET": "redis-access-key", "SLUICE_KEYVAULT_URL": "https://vault.example/"},
+     "unset SLUICE_REDIS_PASSWORD and SLUICE_REDIS_PASSWORD_SECRET"),
+    ({"SLUICE_REDIS_URL": "rediss://sluice@cache.example.net:10000"}, "remove the user from SLUICE_REDIS_URL"),
+    ({"SLUICE_REDIS_URL": "redis://cache.example.net:10000"}, "needs a rediss:// URL"),
+], ids=["password", "password-secret", "user-name", "plain-redis"])
+def test_entra_sign_in_to_redis_takes_no_password_user_or_plain_connection(overrides, expected):
+    values = {**SAMPLE, "SLUICE_REDIS_URL": "rediss://cache.example.net:10000", "SLUICE_REDIS_AUTH": "entra",
+              "SLUICE_REDIS_PASSWORD": "", **overrides}
+    with pytest.raises(ConfigurationError, match=expected) as caught:
+        load_settings({name: value for name, value in values.items() if value != ""})
+    assert "pw-4c1e" not in str(caught.value)
+
+
+def test_entra_sign_in_to_redis_is_accepted_over_tls_and_locally():
+    for url in ("rediss://cache.example.net:10000", "redis://127.0.0.1:6379/0"):
+        values = {**SAMPLE, "SLUICE_REDIS_URL": url, "SLUICE_REDIS_AUTH": "entra", "SLUICE_REDIS_PASSWORD": ""}
+        settings = load_settings({name: value for name, value in values.items() if value != ""})
+        assert settings.redis.auth == "entra"
+
+
 @pytest.mark.parametrize("hosts", [" ", " , ", ","])
 def test_blank_contact_points_are_refused(hosts: str):
     with pytest.raises(ConfigurationError, match="SLUICE_CASSANDRA_HOSTS: List should have at least 1 item"):

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -35,6 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.adapters.redis.base import Command
 from shared.adapters.redis.client import REDIS_ERRORS, SecretCredentials, failed, without_username
+from shared.adapters.redis.entra import EntraCredentials, Token
 from shared.adapters.redis.generations import generation_prefix
 from shared.adapters.redis.keys import Keys, check_prefix
 from shared.adapters.redis.lookup_cache import Script, cached, critical_fill, event_fill, latest_fill
@@ -43,6 +44,9 @@ from shared.adapters.secrets import RotatingSecret
 from shared.domain.stored import StoredEvent
 from shared.exceptions import DependencyUnavailable
 from shared.ports.cache import Cached
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +57,16 @@ _RECONNECTING = (RedisConnectionError, RedisTimeoutError, ClusterDownError)
 class AsyncRedisConnection:
     """The ``redis.asyncio`` client of one Redis URL for the running event loop, built on first use."""
 
-    def __init__(self, url: str, *, password: str | RotatingSecret | None = None, cluster: bool | None = None,
-                 socket_timeout: float = 2.0, **options: Any) -> None:
+    def __init__(self, url: str, *, password: str | RotatingSecret | None = None, entra: TokenCredential | None = None,
+                 cluster: bool | None = None, socket_timeout: float = 2.0, **options: Any) -> None:
         self.url = url
         self._options: dict[str, Any] = {"socket_timeout": socket_timeout,
                                          "socket_connect_timeout": socket_timeout, **options}
-        if isinstance(password, RotatingSecret):
+        self._entra = entra
+        if entra is not None:
+            if password is not None:
+                raise ValueError("a Redis connection signs in with a password or with Entra ID, not both")
+        elif isinstance(password, RotatingSecret):
             # No log-in hook in redis.asyncio: the secret is re-read (rate-limited) before each new connection,
             # so connections opened after a rotation use the new value; a refused one bypasses to Cassandra.
             self.url, username = without_username(url)
@@ -66,6 +74,7 @@ class AsyncRedisConnection:
         else:
             self._options["password"] = password
         self._cluster = cluster
+        self._provider: EntraCredentials | None = None
         self._client: AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._given = False
@@ -89,27 +98,49 @@ class AsyncRedisConnection:
 
     async def _build(self) -> AsyncClient:
         loop = asyncio.get_running_loop()
+        options = self._options
+        provider = None
+        if self._entra is not None:  # one per client: it re-AUTHs that client's connections, on its loop (entra.py)
+            provider = EntraCredentials(self._entra)
+            options = {**options, "credential_provider": provider}
         cluster = self._cluster
         if cluster is None:
-            probe = aioredis.Redis.from_url(self.url, **self._options)
+            probe = aioredis.Redis.from_url(self.url, **options)
             try:
                 cluster = bool((await probe.info("cluster")).get("cluster_enabled"))
+            except BaseException:
+                if provider is not None:
+                    provider.close()
+                raise
             finally:
                 await probe.aclose()
             logger.info("Redis at %s is %s", self._where(), "a cluster" if cluster else "a single node")
             self._cluster = cluster
         if self._client is not None and self._loop is loop:  # built by a concurrent first use
+            if provider is not None:
+                provider.close()
             return self._client
         self._discard()
         if cluster:
             # Few, short retries, as client.py explains: the lookups bypass the cache instead of stalling.
             client: AsyncClient = RedisCluster.from_url(
-                self.url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2), **self._options
+                self.url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2), **options
             )
         else:
-            client = aioredis.Redis.from_url(self.url, health_check_interval=30, **self._options)
-        self._client, self._loop = client, loop
+            client = aioredis.Redis.from_url(self.url, health_check_interval=30, **options)
+        self._client, self._loop, self._provider = client, loop, provider
+        if provider is not None:
+            provider.deliver_to(self._signed_in_again, loop)
         return client
+
+    async def _signed_in_again(self, token: Token) -> None:
+        """``AUTH`` with a renewed Entra ID token on every pooled connection (each node's, on a cluster)."""
+        client = self._client
+        if isinstance(client, RedisCluster):
+            for node in client.get_nodes():
+                await node.re_auth_callback(token)
+        elif client is not None:
+            await client.connection_pool.re_auth_callback(token)
 
     async def failed(self, exc: BaseException) -> None:
         """After a connection failure on a cluster: re-read the slot map (best effort, see ``client.py``)."""
@@ -122,8 +153,10 @@ class AsyncRedisConnection:
 
     def _discard(self) -> None:
         """Drop the client of another loop, closing it on that loop if it still runs."""
-        client, loop = self._client, self._loop
-        self._client = self._loop = None
+        client, loop, provider = self._client, self._loop, self._provider
+        self._client = self._loop = self._provider = None
+        if provider is not None:
+            provider.close()
         if client is not None and not self._given and loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(lambda: loop.create_task(client.aclose()))
 

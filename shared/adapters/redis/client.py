@@ -16,6 +16,11 @@ secret is re-read (rate-limited) and the log-in repeated once with the new value
 (rate-limited) before each new connection instead, and a refused connection is
 retried by the cluster client's own retries.
 Open connections stay logged in: Redis checks a password only at ``AUTH``.
+
+With ``entra`` (a ``TokenCredential``) there is no password: each client gets an
+:class:`~shared.adapters.redis.entra.EntraCredentials`, which signs in as the
+identity's object id with an Entra ID token and re-``AUTH``s open connections
+before the token ends (``entra.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -34,8 +39,12 @@ from redis.credentials import CredentialProvider
 from redis.exceptions import AuthenticationError, ClusterCrossSlotError, RedisClusterException, RedisError
 from redis.retry import Retry
 
+from shared.adapters.redis.entra import EntraCredentials, Token
 from shared.adapters.secrets import RotatingSecret
 from shared.exceptions import DependencyUnavailable, SluiceError
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
 
 logger = logging.getLogger(__name__)
 
@@ -65,17 +74,22 @@ def is_cluster(client: redis.Redis) -> bool:
 class RedisConnection:
     """Holds the client of one Redis URL; :meth:`client` builds it on first use."""
 
-    def __init__(self, url: str, *, password: str | RotatingSecret | None = None, cluster: bool | None = None,
-                 socket_timeout: float = 2.0, **options: Any) -> None:
+    def __init__(self, url: str, *, password: str | RotatingSecret | None = None, entra: TokenCredential | None = None,
+                 cluster: bool | None = None, socket_timeout: float = 2.0, **options: Any) -> None:
         self.url = url
         self._options: dict[str, Any] = {"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout,
                                          **options}
-        if isinstance(password, RotatingSecret):
+        self._entra = entra
+        if entra is not None:
+            if password is not None:
+                raise ValueError("a Redis connection signs in with a password or with Entra ID, not both")
+        elif isinstance(password, RotatingSecret):
             self.url, username = without_username(url)
             self._options["credential_provider"] = SecretCredentials(username, password)
         else:
             self._options["password"] = password
         self._cluster = cluster
+        self._provider: EntraCredentials | None = None
         self._client: Client | None = None
         self._lock = threading.Lock()
 
@@ -102,9 +116,16 @@ class RedisConnection:
                     self._client = self._build()
                 except REDIS_ERRORS as exc:
                     raise failed(f"connecting to {self._where()}", exc) from exc
+                if self._provider is not None:
+                    self._provider.deliver_to(self._signed_in_again)
             return self._client
 
     def _build(self) -> Client:
+        if self._entra is not None:  # one per client: it re-AUTHs the connections of the client that registers last
+            if self._provider is not None:  # of a failed build
+                self._provider.close()
+            self._provider = EntraCredentials(self._entra)
+            self._options["credential_provider"] = self._provider
         cluster = self._cluster
         if cluster is None:
             probe = redis.Redis.from_url(self.url, **self._options)
@@ -124,6 +145,19 @@ class RedisConnection:
             return RedisCluster.from_url(self.url, retry=retry, **self._options)
         hook = provider.log_in if isinstance(provider, SecretCredentials) else None
         return redis.Redis.from_url(self.url, health_check_interval=30, redis_connect_func=hook, **self._options)
+
+    def _signed_in_again(self, token: Token) -> None:
+        """``AUTH`` with a renewed Entra ID token on every pooled connection (each node's, on a cluster)."""
+        client = self._client
+        if client is None:
+            return
+        if isinstance(client, RedisCluster):
+            nodes = client.get_nodes()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            pools = [node.redis_connection.connection_pool for node in nodes if node.redis_connection is not None]
+        else:
+            pools = [client.connection_pool]
+        for pool in pools:
+            pool.re_auth_callback(token)
 
     def refresh(self) -> None:
         """After a connection failure on a cluster: read the slot map again, so a promoted replica is found.
@@ -146,6 +180,9 @@ class RedisConnection:
             if self._client is not None:
                 self._client.close()
                 self._client = None
+            if self._provider is not None:
+                self._provider.close()
+                self._provider = None
 
 
 def as_text(value: bytes | str) -> str:

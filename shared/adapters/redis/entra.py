@@ -1,0 +1,216 @@
+"""Microsoft Entra ID sign-in to Redis: the identity's object id and a token, renewed before it expires.
+
+Azure Managed Redis (and Azure Cache for Redis) take an Entra ID access token for
+the scope ``https://redis.azure.com/.default`` as the password of the user named by
+the identity's object id (the token's ``oid`` claim). A token lasts an hour to a
+day, and a connection whose token expires is closed by the server, so every open
+connection must ``AUTH`` again with a new token before that: Azure asks for at least
+three minutes ahead.
+
+:class:`EntraCredentials` is a redis-py ``StreamingCredentialProvider``: redis-py
+asks it for ``(user, token)`` at every new connection. Renewal runs on a daemon
+thread of its own: it asks the credential for a token at 70% of the current one's
+remaining life, and hands a token that changed to the callback its connection
+registered with :meth:`~EntraCredentials.deliver_to`, which sends ``AUTH`` on every
+pooled connection of the client (each node's, on a cluster). redis-py's own
+registration (``on_next``) is not used: a client made with ``from_url`` registers
+nothing, and a cluster client registers only the pools it created last, so the
+nodes of an earlier slot map would never sign in again. A coroutine callback
+(``redis.asyncio``) runs on the client's event loop, so the token request
+(azure-identity, HTTPS) never runs on that loop. The credential caches its token and
+renews it only near its end (azure-identity: five minutes before expiry, or at its
+``refresh_on``), so in the last six minutes the thread asks again every 30 seconds
+until the token changes. A failed request is logged and retried; it never stops the
+renewal (redis-py's ``TokenManager`` stops renewing after one error).
+
+A connection opened while no token can be had fails with ``ConnectionError`` naming
+the cause, so callers treat it as Redis being unavailable (retry, or serve from
+Cassandra), never as a bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+from azure.core.credentials import TokenCredential
+from redis.auth.token import TokenInterface
+from redis.credentials import StreamingCredentialProvider
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+logger = logging.getLogger(__name__)
+
+REDIS_SCOPE = "https://redis.azure.com/.default"
+
+
+class Token(TokenInterface):
+    """One access token, with the claims Redis needs (read, not verified: Redis verifies it)."""
+
+    def __init__(self, value: str, expires_on: float, *, clock: Callable[[], float] = time.time) -> None:
+        try:
+            claims = jwt.decode(value, options={"verify_signature": False})
+        except jwt.InvalidTokenError as exc:
+            raise RedisConnectionError(f"the Entra ID token for Redis is not a JWT: {exc}") from exc
+        oid = claims.get("oid")
+        if not isinstance(oid, str) or not oid:
+            raise RedisConnectionError("the Entra ID token for Redis has no 'oid' claim: Redis takes the identity's "
+                                       "object id as the user name (a user or service principal, not a group)")
+        self.value = value
+        self.user = oid
+        self.expires_on = float(expires_on)
+        self._clock = clock
+        self._received = clock()
+
+    def left(self, now: float) -> float:
+        return self.expires_on - now
+
+    # redis-py's TokenInterface: its pools' re-AUTH reads try_get("oid") and get_value()
+    def is_expired(self) -> bool:
+        return self.left(self._clock()) <= 0
+
+    def ttl(self) -> float:
+        return self.left(self._clock()) * 1000
+
+    def try_get(self, key: str) -> str:
+        return self.user if key == "oid" else ""
+
+    def get_value(self) -> str:
+        return self.value
+
+    def get_expires_at_ms(self) -> float:
+        return self.expires_on * 1000
+
+    def get_received_at_ms(self) -> float:
+        return self._received * 1000
+
+
+class EntraCredentials(StreamingCredentialProvider):
+    """``(object id, token)`` for each new connection, and re-``AUTH`` of open ones before the token ends."""
+
+    renew_at = 0.7  # of the remaining lifetime
+    cache_window = 360.0  # seconds before expiry within which the credential hands out a new token (it renews at 300)
+    retry_seconds = 30.0  # between requests while the credential still has the old token, or after a failure
+    min_left = 60.0  # seconds: a token with less left is not used for a new connection
+
+    def __init__(self, credential: TokenCredential, *, clock: Callable[[], float] = time.time) -> None:
+        self._credential = credential
+        self._clock = clock
+        self._token: Token | None = None
+        self._lock = threading.Lock()
+        self._renewed: Callable[[Token], Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    # --- what redis-py calls
+
+    def get_credentials(self) -> tuple[str, str]:
+        token = self._current()
+        self._start()
+        return token.user, token.value
+
+    async def get_credentials_async(self) -> tuple[str, str]:
+        """On the client's event loop: the token held, or a new one asked for on a thread (never on the loop)."""
+        token = self._usable()
+        if token is None:
+            token = await asyncio.to_thread(self._current)
+        self._start()
+        return token.user, token.value
+
+    def on_next(self, callback: Callable[[Any], Any]) -> None:
+        """redis-py's registration: not used (see the module docstring); :meth:`deliver_to` is."""
+
+    def on_error(self, callback: Callable[[Exception], Any]) -> None:
+        """redis-py's error callback raises; renewal errors are logged and retried here instead."""
+
+    def deliver_to(self, renewed: Callable[[Token], Any], loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Call ``renewed`` with each new token: on ``loop`` when given (a coroutine function), else on this thread."""
+        self._renewed, self._loop = renewed, loop
+
+    def is_streaming(self) -> bool:
+        return self._thread is not None
+
+    def close(self) -> None:
+        """Stop renewing (the client is closed)."""
+        self._closed.set()
+
+    # --- tokens
+
+    def _usable(self) -> Token | None:
+        token = self._token
+        return token if token is not None and token.left(self._clock()) > self.min_left else None
+
+    def _current(self) -> Token:
+        """A token with more than a minute left: the one held, or a new one from the credential."""
+        with self._lock:
+            token = self._usable()
+            if token is None:
+                token = self._token = self._request()
+            return token
+
+    def _request(self) -> Token:
+        try:
+            access = self._credential.get_token(REDIS_SCOPE)
+        except Exception as exc:  # azure-identity raises ClientAuthenticationError, and transport errors as they come
+            raise RedisConnectionError(f"no Entra ID token for Redis: {type(exc).__name__}: {exc}") from exc
+        token = Token(access.token, access.expires_on, clock=self._clock)
+        if token.left(self._clock()) <= self.min_left:
+            raise RedisConnectionError(f"the Entra ID token for Redis expires within {self.min_left:.0f} s")
+        return token
+
+    # --- renewal
+
+    def _start(self) -> None:
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._renew, name="redis-entra-renewal", daemon=True)
+                self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._closed.wait(self._delay()):
+            held = self._token
+            try:
+                token = self._request()  # outside the lock: new connections meanwhile use the token held
+            except RedisConnectionError as exc:
+                logger.warning("Renewing the Redis Entra ID token failed (asked again in %.0f s at most): %s",
+                               self.retry_seconds, exc)
+                continue
+            with self._lock:
+                self._token = token
+            if held is None or token.value != held.value:
+                self._deliver(token)
+
+    def _delay(self) -> float:
+        token = self._token
+        if token is None:
+            return self.retry_seconds
+        left = token.left(self._clock())
+        if left <= self.cache_window:
+            return min(self.retry_seconds, max(left / 2, 0.1))
+        return max(min(left * self.renew_at, left - self.cache_window + 1.0), 0.1)
+
+    def _deliver(self, token: Token) -> None:
+        """AUTH every open connection with the new token, through the callback redis-py registered."""
+        callback, loop = self._renewed, self._loop
+        if callback is None:
+            return
+        try:
+            if loop is not None:
+                if loop.is_closed():
+                    return
+                asyncio.run_coroutine_threadsafe(callback(token), loop).result(timeout=30)
+            else:
+                callback(token)
+        except Exception as exc:  # a connection broken meanwhile reconnects with get_credentials, and a new token
+            logger.warning("Redis re-authentication with the renewed Entra ID token failed: %s: %s",
+                           type(exc).__name__, exc)
+        else:
+            logger.info("Redis connections re-authenticated with a renewed Entra ID token (valid %.0f s)",
+                        token.left(self._clock()))
