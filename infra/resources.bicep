@@ -359,7 +359,18 @@ resource redisDatabase 'Microsoft.Cache/redisEnterprise/databases@2025-04-01' = 
     clusteringPolicy: 'OSSCluster'
     // Sluice's keys all carry a TTL; under memory pressure the oldest go first.
     evictionPolicy: 'VolatileLRU'
-    accessKeysAuthentication: 'Enabled'
+    // Entra ID only: the pods sign in as the workload identity (SLUICE_REDIS_AUTH=entra), so no key exists to leak.
+    accessKeysAuthentication: 'Disabled'
+  }
+}
+
+// The workload identity as a Redis user: the object id is the user name its tokens sign in with.
+resource redisUser 'Microsoft.Cache/redisEnterprise/databases/accessPolicyAssignments@2025-04-01' = {
+  parent: redisDatabase
+  name: 'sluiceapp'
+  properties: {
+    accessPolicyName: 'default'
+    user: { objectId: app.properties.principalId }
   }
 }
 
@@ -442,7 +453,6 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
 // resource each: their values are only known at deployment time.
 var secretNames = [
   'cassandra-password'
-  'redis-access-key'
   'postgres-password'
   'functions-host-master-key'
   'functions-host-default-key'
@@ -453,12 +463,6 @@ resource cassandraSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   parent: vault
   name: 'cassandra-password'
   properties: { value: cosmos.listKeys().primaryMasterKey, contentType: 'text/plain' }
-}
-
-resource redisSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
-  parent: vault
-  name: 'redis-access-key'
-  properties: { value: redisDatabase.listKeys().primaryKey, contentType: 'text/plain' }
 }
 
 resource postgresSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
@@ -519,7 +523,7 @@ resource blobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (
 resource secretReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (secret, i) in secretNames: {
   name: guid(vault.id, secret, app.id, roles.keyVaultSecretsUser)
   scope: secretRefs[i]
-  dependsOn: [cassandraSecret, redisSecret, postgresSecret, masterKeySecret, defaultKeySecret, insightsSecret]
+  dependsOn: [cassandraSecret, postgresSecret, masterKeySecret, defaultKeySecret, insightsSecret]
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
     principalId: app.properties.principalId

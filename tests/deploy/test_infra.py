@@ -223,6 +223,20 @@ def test_partitions_and_the_keda_maximum_agree() -> None:
     assert "partitionCount: eventHubPartitions" in text("resources.bicep")
 
 
+def test_managed_redis_takes_the_workload_identity_and_no_key() -> None:
+    """Access keys off, the workload identity as a Redis user (access policy assignment ``default``, its object id
+    the user name its tokens sign in with), and the pods set to sign in with Entra ID: no Redis key is in the vault
+    or the settings. A deployment with keys on and no key secret, or entra without the assignment, cannot sign in."""
+    found = resources()
+    assert field(found["redisDatabase"][1], "accessKeysAuthentication") == "'Disabled'"
+    (user,) = [body for kind, body in found.values()
+               if kind == "Microsoft.Cache/redisEnterprise/databases/accessPolicyAssignments"]
+    assert field(user, "parent") == "redisDatabase" and field(user, "accessPolicyName") == "'default'"
+    assert "objectId: app.properties.principalId" in user
+    assert settings()["SLUICE_REDIS_AUTH"] == "entra" and "SLUICE_REDIS_PASSWORD_SECRET" not in settings()
+    assert "listKeys" not in found["redisDatabase"][1] and "redisDatabase.listKeys" not in text("resources.bicep")
+
+
 def test_the_services_are_configured_as_sluice_expects() -> None:
     found = resources()
     aks = found["aks"][1]
