@@ -518,3 +518,37 @@ def test_portable_feed_reads_back_to_a_batch_ingest_noted_as_stored_late(session
     ChangeFeedService(feed, seen, positions, feed_name="events", rules=RULES).run()
     assert {str(e.event_id) for e in late} <= set(seen.applied)
     assert_redis_matches(rclient, cache, late)
+
+
+@pytest.mark.timeout(120)
+def test_portable_feed_behind_by_more_than_the_lookback_never_skips_events_because_of_a_delay_note(
+        session, keyspace, store, rclient, redis_prefix) -> None:
+    """A delay note only ever moves the portable feed's read cursor back, never forward.
+
+    A feed behind by more than the lookback (Redis or the function app was down for over an hour) has its cursor
+    before ``now - lookback``; a note older than the cursor must leave it there (``PortableChangeFeed.read_page``),
+    or every event enqueued between the saved watermark and ``now - lookback`` would be skipped for good (the
+    watermark then passes them). So the run reads every arrival from the saved watermark (minus the overlap) on,
+    and the critical event enqueued 1h55m ago reaches Redis.
+    """
+    from shared.adapters.cassandra.delays import CassandraDelayLog
+    from shared.ports.feed import FeedPosition
+    from shared.ports.ingest import DelayedBatch
+
+    now = datetime.now(UTC)
+    watermark = now - timedelta(hours=2)
+    positions = CassandraFeedStateStore(session, keyspace)
+    assert positions.save("events", FeedPosition(watermark=watermark), 0) == 1
+    missed_at = watermark + timedelta(minutes=5)
+    behind = make_event("behind-1", missed_at, severity="critical", enqueued=missed_at)
+    store.write([behind])
+    # ingest noted a batch stored late (an outage): written a moment ago, its oldest event enqueued long before
+    CassandraDelayLog(session, keyspace, bucket_seconds=BUCKET_SECONDS,
+                      clock=lambda: now - timedelta(seconds=20)).record(
+        DelayedBatch("0", 1, watermark - timedelta(minutes=10), 1))
+    feed = PortableChangeFeed(session, keyspace, bucket_seconds=BUCKET_SECONDS, shards=SHARDS, lookback_seconds=900,
+                              overlap_seconds=30, max_span_seconds=3 * 3600)
+    seen = CountingSink(make_cache(rclient, redis_prefix))
+    for _ in range(3):
+        ChangeFeedService(feed, seen, positions, feed_name="events", rules=RULES, time_budget=60).run()
+    assert str(behind.event_id) in seen.applied, "an event enqueued after the saved watermark was skipped"

@@ -21,7 +21,8 @@ are absorbed by the idempotent sink. One page never reads past ``now``. A row
 written later than that (ingest behind: Cassandra down for minutes, a backlog) is
 in a batch ingest noted in ``delayed_batches`` (``CassandraDelayLog``, as for
 enrichment's late scan): a run that finds a note written since its last read
-starts at the note's oldest enqueued time instead (no earlier than the lookback).
+starts at the note's oldest enqueued time instead (no earlier than the lookback,
+and never later than it would start anyway).
 
 ``CassandraFeedStateStore`` keeps positions in ``feed_state``; saves are
 lightweight transactions (``INSERT ... IF NOT EXISTS`` / ``UPDATE ... IF version = ?``)
@@ -147,8 +148,10 @@ class PortableChangeFeed:
         assert watermark is not None and cursor is not None
         if position.horizon is None:  # a run's first page: did ingest store rows after the last read covered them?
             noted = self._delayed_since(watermark - self._overlap, now, timeout)
-            if noted is not None and noted < cursor:
-                cursor = max(noted, now - self._lookback)
+            # Back to the note, no earlier than the lookback, and never forward: a feed behind by more than the
+            # lookback has its cursor before ``now - lookback`` already, and must not skip what lies in between.
+            if noted is not None and (back := max(noted, now - self._lookback)) < cursor:
+                cursor = back
                 logger.info("change feed: ingest stored batches late (oldest enqueued %s); reading from %s",
                             rfc3339(noted), rfc3339(cursor))
         horizon = utc(position.horizon) or min(now, max(watermark, cursor) + self._max_span)
