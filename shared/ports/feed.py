@@ -27,9 +27,11 @@ class FeedPosition:
     Cosmos change feed: ``start_time`` (fixed for the life of the continuation) and
     ``paging_state`` (the continuation proper; ``None`` = from ``start_time``).
     Portable feed: ``watermark`` (every event enqueued before it has been read,
-    give or take the overlap window), ``cursor`` (where the next page starts) and
-    ``horizon`` (where this run stops); the last two only live within one run and
-    are never stored.
+    give or take the overlap window), ``noted_until`` (ingest's delay notes written
+    before it have been taken into account: their re-read is behind the watermark
+    or still ahead of it), ``cursor`` (where the next page starts) and ``horizon``
+    (where this run stops); the last two only live within one run and are never
+    stored.
     """
 
     start_time: datetime | None = None
@@ -37,13 +39,15 @@ class FeedPosition:
     watermark: datetime | None = None
     cursor: datetime | None = None
     horizon: datetime | None = None
+    noted_until: datetime | None = None
 
     def same_stored_state(self, other: FeedPosition) -> bool:
         """True when saving ``other`` instead of ``self`` would store nothing new."""
-        return (self.start_time, self.paging_state, self.watermark) == (
+        return (self.start_time, self.paging_state, self.watermark, self.noted_until) == (
             other.start_time,
             other.paging_state,
             other.watermark,
+            other.noted_until,
         )
 
 

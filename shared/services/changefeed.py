@@ -13,7 +13,10 @@ sink's idempotent, order-independent writes absorb; the position is never ahead
 of the data. The save is compare-and-set on the version loaded: when a second
 instance runs at the same time (the timer singleton can lapse), the one that
 loses a save stops at once; its writes were the same idempotent writes, so the
-cache is correct whoever wins, and the position never moves backwards.
+cache is correct whoever wins, and a racing instance never moves the position
+backwards. (The portable feed moves its own watermark back on purpose when ingest
+noted rows stored late: each page of that re-read is saved like any other, so a
+re-read longer than one run's budget continues in the next run.)
 
 A continuation the feed rejects (the table was dropped and recreated) restarts
 from ``now - lookback`` with a warning: events older than that are not replayed.

@@ -117,3 +117,22 @@ def test_migrations_outlast_a_schema_change_slower_than_the_request_timeout(slow
         assert apply_migrations(session, settings) == []
     finally:
         session.cluster.shutdown()
+
+
+def test_a_column_migration_applies_where_the_table_has_the_column_already(cassandra_emulator: Running) -> None:
+    """A migration that adds a column (``feed_state.noted_until``) adds it only where the table lacks it: on Cosmos
+    DB, Bicep creates the tables from ``infra/cassandra-tables.json`` with every column before ``sluice migrate``
+    records the versions, and a run that stopped after the ``ALTER`` but before recording its version runs again."""
+    settings = CassandraSettings(hosts=["127.0.0.1"], port=cassandra_emulator.port,
+                                 keyspace=f"ks_{uuid.uuid4().hex[:12]}")
+    session = connect(settings, keyspace="system")
+    try:
+        assert 4 in apply_migrations(session, settings)
+        session.execute(f"DELETE FROM {settings.keyspace}.schema_migrations WHERE version = 4")
+        assert apply_migrations(session, settings) == [4]  # the column is there already: nothing to add, no error
+        columns = {row.column_name for row in session.execute(
+            "SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s AND table_name = 'feed_state'",
+            (settings.keyspace,))}
+        assert "noted_until" in columns
+    finally:
+        session.cluster.shutdown()

@@ -552,3 +552,53 @@ def test_portable_feed_behind_by_more_than_the_lookback_never_skips_events_becau
     for _ in range(3):
         ChangeFeedService(feed, seen, positions, feed_name="events", rules=RULES, time_budget=60).run()
     assert str(behind.event_id) in seen.applied, "an event enqueued after the saved watermark was skipped"
+
+
+class _Ticks:
+    """A monotonic clock for ``ChangeFeedService``: one second per reading, so a run's budget allows a fixed
+    number of pages whatever the machine's speed (a stand-in for pages that are slow because they are large)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.mark.timeout(120)
+def test_portable_feed_catching_up_a_delay_note_makes_progress_across_runs(session, keyspace, store, rclient,
+                                                                             redis_prefix) -> None:
+    """A re-read that a delay note started continues across runs until it is done.
+
+    The note makes a run start at the note's oldest enqueued time (``PortableChangeFeed.read_page``); when one
+    run's time budget cannot read from there to the saved watermark (exactly when notes are written: a backlog,
+    big pages), the next run must not start over at the same note, or every run re-reads the same first pages
+    and the feed never advances (nothing enqueued after the watermark reaches Redis). So the note moves the
+    watermark back with the cursor (each page of the re-read is saved after its writes) and the position records
+    the notes taken into account (``noted_until``): an event enqueued after the old watermark is applied after a
+    bounded number of runs.
+    """
+    from shared.adapters.cassandra.delays import CassandraDelayLog
+    from shared.ports.feed import FeedPosition
+    from shared.ports.ingest import DelayedBatch
+
+    now = datetime.now(UTC)
+    watermark = now - timedelta(minutes=2)
+    positions = CassandraFeedStateStore(session, keyspace)
+    assert positions.save("events", FeedPosition(watermark=watermark), 0) == 1
+    fresh_at = now - timedelta(seconds=30)
+    fresh = make_event("fresh-1", fresh_at, severity="critical", enqueued=fresh_at)
+    store.write([fresh])
+    CassandraDelayLog(session, keyspace, bucket_seconds=BUCKET_SECONDS,
+                      clock=lambda: now - timedelta(seconds=20)).record(
+        DelayedBatch("0", 1, now - timedelta(minutes=12), 1))
+    feed = PortableChangeFeed(session, keyspace, bucket_seconds=BUCKET_SECONDS, shards=SHARDS, lookback_seconds=900,
+                              overlap_seconds=30, max_span_seconds=3600)
+    seen = CountingSink(make_cache(rclient, redis_prefix))
+    for _ in range(12):  # 3 pages a run, 36 in all: three times what the ~13 buckets from the note to now need
+        ChangeFeedService(feed, seen, positions, feed_name="events", rules=RULES, time_budget=4.0,
+                          read_timeout=10.0, monotonic=_Ticks()).run()
+        if str(fresh.event_id) in seen.applied:
+            break
+    assert str(fresh.event_id) in seen.applied, "the feed restarts at the same note every run and never advances"

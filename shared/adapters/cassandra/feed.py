@@ -22,7 +22,9 @@ written later than that (ingest behind: Cassandra down for minutes, a backlog) i
 in a batch ingest noted in ``delayed_batches`` (``CassandraDelayLog``, as for
 enrichment's late scan): a run that finds a note written since its last read
 starts at the note's oldest enqueued time instead (no earlier than the lookback,
-and never later than it would start anyway).
+and never later than it would start anyway), with its watermark moved back there,
+so that re-read is saved page by page and continues across runs; ``noted_until``
+in the position says which notes were taken into account already.
 
 ``CassandraFeedStateStore`` keeps positions in ``feed_state``; saves are
 lightweight transactions (``INSERT ... IF NOT EXISTS`` / ``UPDATE ... IF version = ?``)
@@ -60,11 +62,11 @@ logger = logging.getLogger(__name__)
 _BY_ARRIVAL = (f"SELECT {EVENT_SELECT} FROM {{ks}}.events_by_arrival_bucket "
                "WHERE bucket = ? AND shard = ? AND enqueued_at >= ? AND enqueued_at < ?")
 _FEED_STATE = {
-    "load": "SELECT start_time, paging_state, watermark, version FROM {ks}.feed_state WHERE name = ?",
-    "insert": ("INSERT INTO {ks}.feed_state (name, start_time, paging_state, watermark, version, updated_at) "
-               "VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS"),
-    "update": ("UPDATE {ks}.feed_state SET start_time = ?, paging_state = ?, watermark = ?, version = ?, "
-               "updated_at = ? WHERE name = ? IF version = ?"),
+    "load": "SELECT start_time, paging_state, watermark, noted_until, version FROM {ks}.feed_state WHERE name = ?",
+    "insert": ("INSERT INTO {ks}.feed_state (name, start_time, paging_state, watermark, noted_until, version, "
+               "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS"),
+    "update": ("UPDATE {ks}.feed_state SET start_time = ?, paging_state = ?, watermark = ?, noted_until = ?, "
+               "version = ?, updated_at = ? WHERE name = ? IF version = ?"),
 }
 
 
@@ -114,13 +116,14 @@ class PortableChangeFeed:
 
     def __init__(self, session: Session, keyspace: str, *, bucket_seconds: int, shards: int,
                  lookback_seconds: int = 3600, overlap_seconds: int = 60, max_span_seconds: int = 3600,
-                 concurrency: int = 16, timeout: float = 10.0) -> None:
+                 concurrency: int = 16, timeout: float = 10.0, note_settle_seconds: float = 5.0) -> None:
         self._queries = Queries(session, keyspace, {"bucket": _BY_ARRIVAL, "delayed": DELAYED_SINCE}, timeout=timeout)
         self._bucket_seconds = bucket_seconds
         self._shards = shards
         self._lookback = timedelta(seconds=lookback_seconds)
         self._overlap = timedelta(seconds=overlap_seconds)
         self._max_span = timedelta(seconds=max_span_seconds)
+        self._settle = timedelta(seconds=note_settle_seconds)
         self._concurrency = concurrency
 
     def initial_position(self, now: datetime) -> FeedPosition:
@@ -131,7 +134,8 @@ class PortableChangeFeed:
         if position.watermark is None:  # e.g. a position saved in cosmos mode: start at the lookback
             return FeedPosition()
         watermark = utc(position.watermark)
-        return FeedPosition(watermark=watermark, cursor=watermark - self._overlap)
+        return FeedPosition(watermark=watermark, cursor=watermark - self._overlap,
+                            noted_until=utc(position.noted_until))
 
     def read_page(self, position: FeedPosition, *, now: datetime, timeout: float) -> FeedPage:
         """Every row enqueued in ``[cursor, end)``, where ``end`` is the cursor's bucket end, capped at ``now``.
@@ -141,22 +145,38 @@ class PortableChangeFeed:
         page: ``now``, or ``max_span`` past the watermark it started from, so a
         far-behind feed advances in bounded steps. The shards are read concurrently,
         all within ``timeout``: a slow store raises ``DependencyUnavailable`` then.
+
+        A run's first page also reads ingest's delay notes written since the last
+        ones taken into account (``noted_until``, or the watermark minus the overlap).
+        A note older than the cursor moves the cursor *and the watermark* back to it
+        (the rows it notes were not read yet, so nothing from there on is known to be
+        read), so each page of the re-read moves the watermark and is saved, and the
+        next run continues where this one stopped; ``noted_until`` moves past the
+        note, so no later run starts over at it. Notes written in the last
+        ``note_settle_seconds`` are read again by the next run (an insert still in
+        flight, ingest's clock a little behind ours).
         """
         now = utc(now)
         watermark = utc(position.watermark) or self.initial_position(now).watermark
         cursor = utc(position.cursor) or watermark
+        noted_until = utc(position.noted_until)
+        horizon = utc(position.horizon)
         assert watermark is not None and cursor is not None
-        if position.horizon is None:  # a run's first page: did ingest store rows after the last read covered them?
-            noted = self._delayed_since(watermark - self._overlap, now, timeout)
+        if horizon is None:  # a run's first page: did ingest store rows after the last read covered them?
+            horizon = min(now, max(watermark, cursor) + self._max_span)
+            since = watermark - self._overlap if noted_until is None else max(noted_until, watermark - self._overlap)
+            noted = self._delayed_since(since, now, timeout)
+            if noted is not None:
+                noted_until = max(since, now - self._settle)
             # Back to the note, no earlier than the lookback, and never forward: a feed behind by more than the
             # lookback has its cursor before ``now - lookback`` already, and must not skip what lies in between.
             if noted is not None and (back := max(noted, now - self._lookback)) < cursor:
-                cursor = back
+                cursor = watermark = back
                 logger.info("change feed: ingest stored batches late (oldest enqueued %s); reading from %s",
                             rfc3339(noted), rfc3339(cursor))
-        horizon = utc(position.horizon) or min(now, max(watermark, cursor) + self._max_span)
         if cursor >= horizon:
-            return FeedPage([], FeedPosition(watermark=watermark, cursor=cursor, horizon=horizon), caught_up=True)
+            return FeedPage([], FeedPosition(watermark=watermark, cursor=cursor, horizon=horizon,
+                                             noted_until=noted_until), caught_up=True)
         bucket = bucket_start(cursor, self._bucket_seconds)
         end = min(bucket + timedelta(seconds=self._bucket_seconds), horizon)
         partitions = [(bucket, shard, cursor, end) for shard in range(self._shards)]
@@ -164,9 +184,8 @@ class PortableChangeFeed:
                                         concurrency=self._concurrency, budget=timeout)
         events = [stored_event(row) for rows in results for row in rows]
         events.sort(key=lambda e: (e.enqueued_time or e.event_time, str(e.event_id)))
-        after = FeedPosition(watermark=max(watermark, end), cursor=end, horizon=horizon)
+        after = FeedPosition(watermark=max(watermark, end), cursor=end, horizon=horizon, noted_until=noted_until)
         return FeedPage(events, after, caught_up=end >= horizon)
-
 
     def _delayed_since(self, start: datetime, end: datetime, timeout: float) -> datetime | None:
         return oldest_noted(self._queries, start, end, bucket_seconds=self._bucket_seconds,
@@ -185,12 +204,13 @@ class CassandraFeedStateStore:
         if row is None:
             return None
         position = FeedPosition(start_time=utc(row.start_time), paging_state=row.paging_state,
-                                watermark=utc(row.watermark))
+                                watermark=utc(row.watermark), noted_until=utc(row.noted_until))
         return SavedPosition(position, row.version or 0)
 
     def save(self, name: str, position: FeedPosition, expected_version: int) -> int | None:
         new_version = expected_version + 1
-        values = (position.start_time, position.paging_state, position.watermark, new_version, datetime.now(UTC))
+        values = (position.start_time, position.paging_state, position.watermark, position.noted_until, new_version,
+                  datetime.now(UTC))
         session, timeout = self._queries.session(), self._queries.timeout
         try:
             if expected_version == 0:

@@ -1,8 +1,8 @@
 """Versioned, idempotent Cassandra schema migrations (``python -m sluice migrate cassandra``).
 
 Each migration is a list of CQL statements that are safe to run again
-(``IF NOT EXISTS``); applied versions are recorded in ``schema_migrations``, so a
-second run does nothing. The keyspace and the time-bucket layout come from
+(``IF NOT EXISTS``) and of columns added only where missing; applied versions
+are recorded in ``schema_migrations``, so a second run does nothing. The keyspace and the time-bucket layout come from
 settings; the layout is recorded in ``sluice_meta`` at the first migration and a
 later run with a different layout is refused, because readers would miss rows.
 Nothing here runs at import time. The tables are explained in docs/data-model.md.
@@ -38,9 +38,14 @@ EVENT_COLUMNS = """
 
 @dataclass(frozen=True)
 class Migration:
+    """``statements`` are run as they are; each of ``columns`` (table, column, CQL type) is added to its table
+    where the table lacks it (``ALTER TABLE ... ADD`` has no ``IF NOT EXISTS`` on every server we run on, and a
+    table Bicep created from ``infra/cassandra-tables.json`` has the column already)."""
+
     version: int
     description: str
     statements: tuple[str, ...]
+    columns: tuple[tuple[str, str, str], ...] = ()
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -103,6 +108,14 @@ MIGRATIONS: tuple[Migration, ...] = (
 )""",
         ),
     ),
+    Migration(
+        4,
+        "change feed: how far the portable feed has taken ingest's delay notes into account",
+        (),
+        # Written with the watermark, so a re-read a note started continues where the last run stopped
+        # (see shared/adapters/cassandra/feed.py).
+        columns=(("feed_state", "noted_until", "timestamp"),),
+    ),
 )
 
 
@@ -133,6 +146,9 @@ def apply_migrations(session: Session, settings: CassandraSettings) -> list[int]
             continue
         for statement in migration.statements:
             ddl(statement.format(ks=ks))
+        for table, column, cql_type in migration.columns:
+            if column not in _columns(session, ks, table):
+                ddl(f"ALTER TABLE {ks}.{table} ADD {column} {cql_type}")
         session.execute(
             f"INSERT INTO {ks}.schema_migrations (version, description, applied_at) VALUES (%s, %s, %s)",
             (migration.version, migration.description, datetime.now(UTC)),
@@ -140,6 +156,12 @@ def apply_migrations(session: Session, settings: CassandraSettings) -> list[int]
         logger.info("applied Cassandra migration %d: %s", migration.version, migration.description)
         applied.append(migration.version)
     return applied
+
+
+def _columns(session: Session, keyspace: str, table: str) -> set[str]:
+    rows = session.execute("SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s AND table_name = %s",
+                           (keyspace, table))
+    return {row.column_name for row in rows}
 
 
 def _check_layout(session: Session, settings: CassandraSettings) -> None:
