@@ -49,6 +49,22 @@ class StoredEvent:
         mine, theirs = self.event_time_ms, other.event_time_ms
         return mine > theirs or (mine == theirs and str(self.event_id) > str(other.event_id))
 
+    def supersedes(self, other: StoredEvent) -> bool:
+        """True when this event, not ``other``, is the latest state of their device: the newer one
+        (:meth:`newer_than`); of two copies of one event (an event id re-sent: same time, same id), the one enqueued
+        later, at the same enqueued time the greater document. The rule Redis keeps copies of one event by
+        (``lua/_newer.lua``), so the choice never depends on the order the copies come in."""
+        if self.newer_than(other):
+            return True
+        if other.newer_than(self):
+            return False
+        mine, theirs = self.to_json(), other.to_json()
+        return (self._enqueued_text(), mine) > (other._enqueued_text(), theirs)
+
+    def _enqueued_text(self) -> str:
+        """The enqueued time as the document carries it (milliseconds), which is what Redis compares."""
+        return rfc3339(self.enqueued_time) if self.enqueued_time else ""
+
     def to_document(self) -> dict[str, Any]:
         return {
             "event_id": str(self.event_id),

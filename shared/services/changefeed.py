@@ -52,7 +52,7 @@ def apply_changes(sink: ChangeSink, events: Sequence[StoredEvent], latest: Lates
     newest: dict[str, StoredEvent] = {}
     for event in events:
         current = newest.get(event.device_id)
-        if event.device_id in wanted and (current is None or event.newer_than(current)):
+        if event.device_id in wanted and (current is None or event.supersedes(current)):
             newest[event.device_id] = event
     stored = decided(latest.latest_many(missing)) if latest is not None else []
     sink.put_latest([*stored, *newest.values()])

@@ -91,6 +91,33 @@ def test_any_order_and_any_replay_leave_the_same_state(client, redis_prefix):
     assert all(s == states[0] for s in states[1:])
 
 
+def test_a_resent_event_replaces_its_own_older_copy_as_the_latest_state(client, redis_prefix):
+    """At an equal sort key (an event id re-sent with corrected content: same event time, later enqueued time)
+    the latest state keeps the copy enqueued later, as ``e:<id>`` and the critical set do (``lua/latest.lua``
+    with ``_newer.lua``), whatever the order the writers come in: the change feed in arrival order (one page or
+    two), a replay or rebuild in another, a lookup's fill of the older copy afterwards. So
+    ``GET /api/devices/{d}/latest`` and ``GET /api/events/{id}`` answer the same document for the event."""
+    at = NOW.replace(microsecond=0) - timedelta(minutes=1)
+    event_id = uuid.uuid4()
+    first = StoredEvent(event_id=event_id, device_id="resent-1", event_time=at, event_type="telemetry",
+                        severity="critical", critical=True, measurements={"temperature": 95.0},
+                        enqueued_time=at + timedelta(seconds=1))
+    resent = StoredEvent(event_id=event_id, device_id="resent-1", event_time=at, event_type="telemetry",
+                         severity="critical", critical=True, measurements={"temperature": 20.0},
+                         enqueued_time=at + timedelta(seconds=30))
+    orders = {"arrival": [[first], [resent]], "reversed": [[resent], [first]], "one page": [[first, resent]],
+              "one page, reversed": [[resent, first]]}
+    for attempt, (name, pages) in enumerate(orders.items()):
+        cache = Cache(client, key_prefix=f"{redis_prefix}{attempt}:")
+        for page in pages:
+            apply_changes(cache, page, None, list)
+        cache.fill_latest("resent-1", first, ttl=60, negative_ttl=5)  # a lookup that read the older copy
+        by_id = client.hget(cache.keys.event(event_id), "d").decode()
+        latest = client.hget(cache.keys.latest("resent-1"), "d").decode()
+        assert json.loads(by_id)["measurements"] == {"temperature": 20.0}, name  # e:<id> keeps the re-sent copy
+        assert latest == by_id, f"{name}: the latest state keeps the superseded copy of the same event"
+
+
 def test_each_critical_event_enters_the_stream_once(client, redis_prefix):
     cache = Cache(client, key_prefix=redis_prefix, critical_stream_max=1000)
     crit = [ev(seconds=i, critical=True) for i in range(5)]

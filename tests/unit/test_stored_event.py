@@ -32,3 +32,13 @@ def test_any_event_reads_back_as_its_document_and_encodes_the_same_twice(measure
     text = stored.to_json()
     assert json.loads(text) == stored.to_document()
     assert text == event(dict(reversed(list(measurements.items()))), attributes).to_json()  # order never shows
+
+
+def test_of_two_copies_of_one_event_the_one_enqueued_later_supersedes_whatever_the_order() -> None:
+    first = StoredEvent(uuid.UUID(int=7), "dev-1", AT, "reading", "info", False, {"t": 1.0}, enqueued_time=AT)
+    resent = StoredEvent(uuid.UUID(int=7), "dev-1", AT, "reading", "info", False, {"t": 2.0},
+                         enqueued_time=AT.replace(second=30))
+    newer = StoredEvent(uuid.UUID(int=1), "dev-1", AT.replace(minute=31), "reading", "info", False, enqueued_time=AT)
+    assert resent.supersedes(first) and not first.supersedes(resent)
+    assert newer.supersedes(resent) and not resent.supersedes(newer)  # a newer event wins whenever it was enqueued
+    assert not first.supersedes(first)

@@ -65,7 +65,7 @@ class RedisChangeSink(ScriptedRedis):
         for event in events:
             device = event.device_id
             current = newest.get(device)
-            if current is None or event.newer_than(current):
+            if current is None or event.supersedes(current):
                 newest[device] = event
             if event.critical:
                 event_id = event.event_id

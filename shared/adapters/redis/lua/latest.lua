@@ -1,15 +1,19 @@
--- uses: _extend
+-- uses: _extend _newer
 -- The latest state of a device, replaced only by a newer event.
 -- KEYS: d:{<device>}:latest. ARGV: sort key, document, ttl[, "present"].
 -- With "present" (the change feed) a missing key is not created and 0 is returned: the key expired, was
 -- evicted or never written, and an event of the feed may be older than the device's newest, so the caller
 -- puts the store's latest state instead (without the flag: a state read from the store, created if missing).
-local current = redis.call('HGET', KEYS[1], 'k')
+-- At an equal sort key (the same event again, possibly re-sent with other content) the copy enqueued later
+-- stays, as in e:<id> and the critical set, whichever writer comes last.
+local stored = redis.call('HMGET', KEYS[1], 'k', 'd')
+local current = stored[1]
 if (not current) and ARGV[4] == 'present' then return 0 end
 if (not current) or ARGV[1] > current then
   redis.call('HSET', KEYS[1], 'k', ARGV[1], 'd', ARGV[2])
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 elseif ARGV[1] == current then
+  if not keeps(stored[2], ARGV[2]) then redis.call('HSET', KEYS[1], 'd', ARGV[2]) end
   extend(KEYS[1], tonumber(ARGV[3]))
 end
 return 1
