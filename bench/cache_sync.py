@@ -111,18 +111,20 @@ def raw_commands(cache: RedisChangeSink, page: list[StoredEvent], ttl: int, per_
     commands: list[Command] = []
     for e in page:
         current = newest.get(e.device_id)
-        if current is None or e.newer_than(current):
+        if current is None or e.supersedes(current):
             newest[e.device_id] = e
+        document = e.to_json()
         if e.critical:
             tag = f"{prefix}d:{{{e.device_id}}}"
             shard = zlib.crc32(e.device_id.encode()) % shards
-            document = e.to_json()
             commands.append((critical_sha, 2, f"{tag}:ce:{e.event_id}", f"{tag}:crit",
                              document, e.event_time_ms, ttl, per_device))
             commands.append((stream_sha, 2, f"{prefix}critical:stream:{{{shard}}}",
                              f"{prefix}critical:seen:{{{shard}}}:{e.event_id}",
                              ttl, shard_max, str(e.event_id), e.device_id, document))
             commands.append((event_sha, 1, f"{prefix}e:{e.event_id}", document, ttl))
+        else:  # replaces a copy a lookup cached
+            commands.append((event_sha, 1, f"{prefix}e:{e.event_id}", document, ttl, "present"))
     for device, e in newest.items():
         commands.append((latest_sha, 1, f"{prefix}d:{{{device}}}:latest", sort_key(e), e.to_json(), ttl))
     return commands

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -116,6 +117,23 @@ def test_a_resent_event_replaces_its_own_older_copy_as_the_latest_state(client, 
         latest = client.hget(cache.keys.latest("resent-1"), "d").decode()
         assert json.loads(by_id)["measurements"] == {"temperature": 20.0}, name  # e:<id> keeps the re-sent copy
         assert latest == by_id, f"{name}: the latest state keeps the superseded copy of the same event"
+
+
+def test_the_feed_replaces_an_event_a_lookup_cached_and_caches_no_other(client, redis_prefix):
+    """For an event that is not critical the feed writes ``e:<id>`` only where a lookup cached it (the event or
+    its absence): the copy enqueued later replaces it and the fill's TTL stays; an event nobody looked up gets
+    no key. One single-key script per event in the page's pipeline, so a cluster runs it on the key's node."""
+    cache = Cache(client, key_prefix=redis_prefix, ttl_seconds=10_000)
+    looked_up, absent, untouched = ev(seconds=1), ev(seconds=2), ev(seconds=3)
+    cache.fill_event(str(looked_up.event_id), looked_up, ttl=60, negative_ttl=5)
+    cache.fill_event(str(absent.event_id), None, ttl=60, negative_ttl=5)  # looked up before it was stored
+    resent = replace(looked_up, measurements={"v": 42.0}, enqueued_time=NOW + timedelta(seconds=30))
+    apply_changes(cache, [resent, absent, untouched], None, list)
+    apply_changes(cache, [looked_up], None, list)  # the older copy again (a replay): the later one stays
+    assert cache.get_event(str(looked_up.event_id)).document == resent.to_json()
+    assert 0 < client.ttl(cache.keys.event(looked_up.event_id)) <= 60
+    assert cache.get_event(str(absent.event_id)).document == absent.to_json()
+    assert not client.exists(cache.keys.event(untouched.event_id))
 
 
 def test_each_critical_event_enters_the_stream_once(client, redis_prefix):

@@ -175,3 +175,43 @@ def test_a_resent_critical_event_is_listed_once_even_after_its_member_key_expire
     assert hit.headers["X-Cache"] == "hit"
     listed = [e["event_id"] for e in body(hit)["events"]]
     assert listed.count(str(first.event_id)) == 1, listed
+
+
+# -- 7. an event a lookup cached keeps being served after the feed applied its re-sent copy ---------
+
+@pytest.mark.timeout(60)
+def test_event_lookup_serves_the_resent_copy_after_the_change_feed_applied_it(app_env, store, session,
+                                                                             keyspace) -> None:
+    """``GET /api/events/{id}`` caches a non-critical event in ``e:<id>`` for ``SLUICE_LOOKUP_CACHE_TTL_SECONDS``
+    (an hour); the change feed, which caches only critical events by id itself, replaces such a cached copy when
+    it applies the event again (``RedisChangeSink.commands``: ``fill_event`` where the key exists), keeping the
+    copy enqueued later. So once the feed has applied an event id re-sent with corrected content, the lookup
+    answers the corrected copy, as Cassandra (``events_by_id``) does, not the superseded one as a hit."""
+    import time
+
+    from azure.functions.timer import TimerRequest
+
+    from tests.fixtures.functions import user_function
+    from tests.integration.test_lookups import event
+
+    app_env()
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2)
+    event_id = uuid.uuid4()
+    original = make_event("fix-1", at, measurements={"temperature": 21.0}, event_id=event_id,
+                          enqueued=at + timedelta(seconds=1))
+    store.write([original])
+    user_function("changefeed")(TimerRequest(past_due=False))
+    first = event(str(event_id))  # a miss: read from Cassandra and cached
+    assert first.status_code == 200 and body(first)["measurements"] == {"temperature": 21.0}
+
+    corrected = make_event("fix-1", at, measurements={"temperature": 23.5}, event_id=event_id,
+                           enqueued=at + timedelta(seconds=40))
+    store.write([corrected])
+    time.sleep(0.01)
+    user_function("changefeed")(TimerRequest(past_due=False))
+    stored = session.execute(f"SELECT measurements FROM {keyspace}.events_by_id WHERE event_id = %s", (event_id,)).one()
+    assert dict(stored.measurements) == {"temperature": 23.5}  # the store holds the corrected copy
+    again = event(str(event_id))
+    assert again.status_code == 200
+    assert body(again)["measurements"] == {"temperature": 23.5}, (
+        f"X-Cache: {again.headers.get('X-Cache')}: the superseded copy is served after the feed applied the new one")

@@ -8,7 +8,10 @@ sub-pipeline per node), each touching one slot:
   be older than the device's newest, which the caller reads from the store and puts
   with :meth:`RedisChangeSink.put_latest`);
 * per critical event: ``critical`` on the device's set (``{<device>}``), ``stream``
-  on the device's stream shard (``{<shard>}``), ``fill_event`` on ``e:<event id>``.
+  on the device's stream shard (``{<shard>}``), ``fill_event`` on ``e:<event id>``;
+* per other event: ``fill_event`` on ``e:<event id>`` only where the key exists (a
+  lookup cached the event for up to an hour; a re-send with corrected content must
+  replace that copy, or the lookups would serve the superseded one).
 
 Each script is atomic and idempotent on its own, so the order in which a
 cluster's nodes run them does not matter, and a page that failed half-way
@@ -21,7 +24,6 @@ position only after :meth:`apply` returned.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Sequence
 
 from shared.adapters.redis.base import Command, ScriptedRedis
@@ -51,7 +53,7 @@ class RedisChangeSink(ScriptedRedis):
 
         Every write goes to each generation of :meth:`write_keys` (two while a rebuild runs).
         """
-        newest: dict[str, StoredEvent] = {}
+        newest: dict[str, tuple[StoredEvent, str]] = {}
         commands: list[Command] = []
         generations, ttl, cap = self.write_keys(), self._ttl, self.critical_cap
         sha = self.sha
@@ -61,24 +63,23 @@ class RedisChangeSink(ScriptedRedis):
             sha["stream"],
             sha["fill_event"],
         )
-        documents: dict[uuid.UUID, str] = {}
         for event in events:
-            device = event.device_id
+            device, event_id = event.device_id, event.event_id
+            document = event.to_json()
             current = newest.get(device)
-            if current is None or event.supersedes(current):
-                newest[device] = event
-            if event.critical:
-                event_id = event.event_id
-                documents[event_id] = document = event.to_json()
-                for keys in generations:
+            if current is None or event.supersedes(current[0]):
+                newest[device] = (event, document)
+            for keys in generations:
+                if event.critical:
                     commands.append((critical_sha, 2, keys.member(device, event_id), keys.critical(device),
                                      document, event.event_time_ms, ttl, cap))
                     commands.append((stream_sha, 2, keys.stream(device), keys.seen(device, event_id),
                                      ttl, self._shard_max, str(event_id), device, document))
                     commands.append((event_sha, 1, keys.event(event_id), document, ttl))
+                else:  # only where a lookup cached it: a re-sent event must replace the copy the lookups serve
+                    commands.append((event_sha, 1, keys.event(event_id), document, ttl, "present"))
         devices: list[str] = []
-        for device, event in newest.items():
-            document = documents.get(event.event_id) or event.to_json()
+        for device, (event, document) in newest.items():
             for keys in generations:
                 commands.append((latest_sha, 1, keys.latest(device), sort_key(event), document, ttl, "present"))
                 devices.append(device)
