@@ -203,3 +203,23 @@ def test_a_partitions_next_page_is_asked_for_before_this_one_is_handed_over(sess
     assert seen == [(2, 2), (2, 3), (1, 3)]
     whole = queries.fan_out("all", [()], "every latest state", concurrency=1)
     assert sorted(r.device_id for r in whole[0]) == [f"pf-{i}" for i in range(5)] and counting.sent == 6
+
+
+@pytest.mark.timeout(60)
+def test_a_read_the_server_answers_in_short_pages_returns_every_row(session, keyspace, store) -> None:
+    """A server may end a page before the fetch size and hand back a paging state (Cosmos DB does, by its per-page
+    budget, even under ``LIMIT``). The lookups' critical read must fetch on until the last page: one page taken for
+    the whole answer would serve, and cache as complete, a short list. A fetch size of 2 makes the emulator page
+    the same way."""
+    events = [cf.make_event("short-pages", NOW - timedelta(minutes=i), severity="critical") for i in range(5)]
+    store.write(events)
+    reader = CassandraAsyncEventReader(CassandraEventReader(session, keyspace, timeout=5))
+    default = session.default_fetch_size
+    session.default_fetch_size = 2
+    try:
+        found = asyncio.run(reader.critical("short-pages", since=None, limit=5))
+        newest_three = asyncio.run(reader.critical("short-pages", since=None, limit=3))
+    finally:
+        session.default_fetch_size = default
+    assert [e.event_id for e in found] == [e.event_id for e in events]
+    assert [e.event_id for e in newest_three] == [e.event_id for e in events[:3]]

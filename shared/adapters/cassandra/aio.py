@@ -44,18 +44,29 @@ def _settle(waiter: asyncio.Future[Any], value: Any, error: BaseException | None
 
 
 async def rows(future: ResponseFuture) -> list[Any]:
-    """The first page of rows of a request sent with ``execute_async``, awaited on the running loop.
+    """Every row of a request sent with ``execute_async``, awaited on the running loop.
 
-    One page is the whole answer for the point reads and ``LIMIT``-ed reads this
-    serves (their limits are below the driver's fetch size). Cancelling the
-    awaiting task leaves the request to the driver (it finishes or times out there).
+    The point reads and ``LIMIT``-ed reads this serves fit in one page of the
+    driver's fetch size, but a server may end a page early and hand back a paging
+    state (Cosmos DB does, by its per-page budget): the next pages are fetched until
+    there is none, so a short page is never taken for the whole answer. The
+    driver calls the callbacks again for each page. Cancelling the awaiting task
+    leaves the request to the driver (it finishes or times out there).
     """
     loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[list[Any]] = loop.create_future()
-    future.add_callbacks(lambda result: loop.call_soon_threadsafe(_settle, waiter, result, None),
-                         lambda error: loop.call_soon_threadsafe(_settle, waiter, None, error))
+    waiter: list[asyncio.Future[list[Any]]] = [loop.create_future()]  # this page's: read when the driver calls back
+    future.add_callbacks(lambda result: loop.call_soon_threadsafe(_settle, waiter[0], result, None),
+                         lambda error: loop.call_soon_threadsafe(_settle, waiter[0], None, error))
     with finishing(future):
-        return await waiter
+        page = await waiter[0]
+        if not future.has_more_pages:
+            return page
+        collected = list(page)
+        while future.has_more_pages:
+            waiter[0] = loop.create_future()
+            future.start_fetching_next_page()
+            collected.extend(await waiter[0])
+        return collected
 
 
 class _Coalesced:
