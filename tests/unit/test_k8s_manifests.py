@@ -183,7 +183,8 @@ def test_the_configmap_is_valid_azure_settings() -> None:
     assert re.fullmatch(r"rediss://[a-z0-9-]+\.[a-z0-9]+\.redis\.azure\.net:10000", settings.redis.url), (
         settings.redis.url
     )
-    assert settings.redis.password is None and settings.redis.password_secret
+    # signed in as the workload identity (Entra ID): no key, no key secret
+    assert settings.redis.auth == "entra" and settings.redis.password is None and settings.redis.password_secret is None
     assert settings.postgres.sslmode == "verify-full" and str(settings.postgres.sslrootcert) == "system"
     assert settings.postgres.password is None and settings.postgres.password_secret
     assert settings.keyvault.url.startswith("https://") and settings.keyvault.ca_file is None
