@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 from shared import runtime
 from shared.exceptions import ConfigurationError
-from shared.settings import RedisSettings, Settings, load_settings
+from shared.settings import RedisSettings, Settings, TelemetrySettings, load_settings
 
 if TYPE_CHECKING:  # the adapters are imported where they are built, on first use
     from azure.eventhub import EventHubConsumerClient
@@ -93,15 +93,68 @@ def settings() -> Settings:
 def start_worker() -> None:
     """The worker process's start: its own settings (the garbage collector, ``shared.runtime``) applied once.
 
-    Telemetry is set up here too (``shared.telemetry.configure``). Called before
+    Telemetry is set up here too (:func:`start_telemetry`). Called before
     the first service of the process is built (:func:`service`),
     so the tuning is in place before the first batch, and never as a side
     effect of merely reading the settings.
     """
     loaded = settings()
     runtime.configure(loaded.worker)
-    appinsights_from_vault(loaded.telemetry.appinsights_connection_string_secret)
-    _telemetry().configure(loaded.telemetry)
+    start_telemetry(loaded.telemetry)
+
+
+# How often a worker that could not read the Application Insights connection string tries again.
+TELEMETRY_RETRY_SECONDS = 60.0
+_telemetry_retry: threading.Timer | None = None
+
+
+def start_telemetry(cfg: TelemetrySettings, *, retry_seconds: float | None = None) -> bool:
+    """Set telemetry up (``shared.telemetry.configure``) once the Application Insights connection string is known.
+
+    Telemetry must never cost data: this runs when the ingest service is built,
+    outside ``IngestService.handle``, so whatever it raised would fail the
+    invocation on every attempt, the last one included, and the host would
+    checkpoint past a batch neither stored nor dead-lettered. So when the
+    connection string cannot be read from Key Vault (the vault unreachable, the
+    secret missing or not readable), a WARNING names the secret (never a value),
+    the worker runs without telemetry, and the read is tried again on a timer
+    thread every ``retry_seconds`` (:data:`TELEMETRY_RETRY_SECONDS`) until it
+    succeeds; then every exporter is set up. Returns whether telemetry was set up.
+    """
+    name = cfg.appinsights_connection_string_secret
+    try:
+        appinsights_from_vault(name)
+    except Exception as exc:
+        wait = TELEMETRY_RETRY_SECONDS if retry_seconds is None else retry_seconds
+        logger.warning("telemetry: the Application Insights connection string (Key Vault secret %r) cannot be read "
+                       "(%s: %s); the worker runs without telemetry and reads it again in %.0f s",
+                       name, type(exc).__name__, exc, wait)
+        _retry_telemetry_in(wait, cfg)
+        return False
+    _telemetry().configure(cfg)
+    return True
+
+
+def _retry_telemetry_in(seconds: float, cfg: TelemetrySettings) -> None:
+    global _telemetry_retry
+    timer = threading.Timer(seconds, _retry_telemetry, args=(cfg, seconds))
+    timer.daemon = True
+    with _lock:
+        _telemetry_retry = timer
+    timer.start()
+
+
+def _retry_telemetry(cfg: TelemetrySettings, seconds: float) -> None:
+    """The timer's try: set telemetry up, and the ingest worker's lag gauge if its service was built meanwhile."""
+    try:
+        if not start_telemetry(cfg, retry_seconds=seconds):
+            return
+        logger.info("telemetry: set up after the Application Insights connection string could be read")
+        telemetry = _telemetry()
+        if ingest_service.cache_info().currsize and telemetry.active().enabled:
+            _register_lag_gauge(telemetry.active().metrics, settings().ingest.consumer_group)
+    except Exception:  # on a timer thread: nothing else would report it
+        logger.warning("telemetry: setting it up failed; the worker runs without telemetry", exc_info=True)
 
 
 def appinsights_from_vault(secret_name: str | None) -> None:
@@ -109,7 +162,8 @@ def appinsights_from_vault(secret_name: str | None) -> None:
 
     On AKS the connection string is a Key Vault secret (infra/resources.bicep), named by
     ``SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET``; a value already in the environment
-    (the Functions host's own setting) wins. A missing secret stops the start naming it.
+    (the Functions host's own setting) wins. A missing secret raises ``ConfigurationError`` naming it,
+    an unreachable vault ``DependencyUnavailable`` (:func:`start_telemetry` turns both into a warning).
     """
     import os
 
@@ -216,6 +270,11 @@ def postgres_pool() -> ConnectionPool:
 
 def reset() -> None:
     """Close and forget every cached client, service and the settings (tests, or a changed environment)."""
+    global _telemetry_retry
+    with _lock:
+        if _telemetry_retry is not None:  # a pending retry of the telemetry set-up belongs to the old settings
+            _telemetry_retry.cancel()
+            _telemetry_retry = None
     closers: tuple[tuple[functools._lru_cache_wrapper[Any], Callable[[Any], object]], ...] = (
         (cassandra_session, lambda s: s.cluster.shutdown()), (postgres_pool, lambda p: p.close()),
         (redis_client, lambda r: r.close()), (redis_async_connection, lambda r: r.close()),
@@ -267,7 +326,7 @@ def ingest_service() -> IngestService:
     # Half the allowed lateness: an event stored later than the whole of it after its enqueue could escape
     # enrichment's late scan; the other half is room for the clocks of Event Hubs, ingest and enrichment.
     service = IngestService(store, dead_letter_sink(), cfg.ingest.limits(),
-                            audit_ledger() if cfg.ingest.audit else None, metrics=telemetry.pipeline_metrics(),
+                            audit_ledger() if cfg.ingest.audit else None, metrics=telemetry.ACTIVE_METRICS,
                             delays=delay_log(),
                             delayed_after=timedelta(seconds=cfg.enrichment.allowed_lateness_seconds / 2))
     try:  # the ingest worker exports the audit; a gauge that cannot be set up must not stop ingest
@@ -436,7 +495,7 @@ def changefeed_service() -> ChangeFeedService:
     return ChangeFeedService(feed, redis_change_sink(), positions, feed_name=feed_cfg.feed_name,
                              rules=cfg.rules.critical_rules, time_budget=feed_cfg.time_budget_seconds,
                              read_timeout=feed_cfg.read_timeout_seconds, apply_chunk=feed_cfg.page_size,
-                             metrics=_telemetry().pipeline_metrics(), latest=_latest_states())
+                             metrics=_telemetry().ACTIVE_METRICS, latest=_latest_states())
 
 
 def _latest_states() -> CassandraEventReader:
@@ -488,7 +547,7 @@ def enrichment_service() -> EnrichmentService:
         reference = PostgresReferenceSource(postgres_pool())
     store = PostgresEnrichmentStore(postgres_pool(), statement_timeout_seconds=enrich.statement_timeout_seconds)
     return EnrichmentService(reader, reference, store, enrich, cfg.rules.critical_rules,
-                             metrics=_telemetry().pipeline_metrics())
+                             metrics=_telemetry().ACTIVE_METRICS)
 
 
 @service

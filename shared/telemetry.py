@@ -59,8 +59,13 @@ from shared.ports.metrics import NO_METRICS, Metrics
 from shared.settings import TelemetrySettings
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from azure.core.credentials import TokenCredential
     from opentelemetry.sdk.resources import Resource
+
+    from shared.domain.events import Event, Rejected
+    from shared.domain.stored import StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +194,31 @@ def activate(telemetry: Telemetry) -> Telemetry:
 def pipeline_metrics() -> Metrics:
     """What bootstrap hands the services: the active instruments, or the no-op port when telemetry is off."""
     return _active.metrics
+
+
+class ActiveMetrics:
+    """The ``Metrics`` port of whichever telemetry is active at each call, for the services bootstrap builds.
+
+    A worker may build its services before telemetry is set up (``shared.bootstrap.start_telemetry`` waits for
+    the Application Insights connection string from Key Vault); their figures reach the exporters from then on.
+    """
+
+    def ingest_batch(self, partition: str | None, *, stored: Sequence[Event], duplicates: int,
+                     rejected: Sequence[Rejected], store_failed: int, seconds: float,
+                     oldest_enqueued: datetime | None) -> None:
+        _active.metrics.ingest_batch(partition, stored=stored, duplicates=duplicates, rejected=rejected,
+                                     store_failed=store_failed, seconds=seconds, oldest_enqueued=oldest_enqueued)
+
+    def changefeed_applied(self, events: Sequence[StoredEvent], critical: int) -> None:
+        _active.metrics.changefeed_applied(events, critical)
+
+    def enrich_run(self, *, enriched: int, recomputed: int, failed: int, seconds: float,
+                   watermark: datetime | None) -> None:
+        _active.metrics.enrich_run(enriched=enriched, recomputed=recomputed, failed=failed, seconds=seconds,
+                                   watermark=watermark)
+
+
+ACTIVE_METRICS: Metrics = ActiveMetrics()
 
 
 def record_lookup(route: str, cache: str, status: int, seconds: float) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -301,3 +302,29 @@ def test_cassandra_unreachable_at_a_cold_start_is_retried_then_dead_letters_the_
         f"SELECT event_id FROM {ingest.keyspace}.events_by_id")}
     assert stored == {b["event_id"] for b in bodies}
     assert [n.split("/")[0] for n in blob_names(ingest_storage(ingest), ingest.container)] == ["replayed"]
+
+
+def test_a_key_vault_outage_at_a_cold_start_costs_telemetry_never_the_batch(ingest, caplog, monkeypatch) -> None:
+    """The Application Insights connection string comes from Key Vault when the worker starts (AKS:
+    SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET). With the vault unreachable the ingest service is still built: a
+    WARNING names the secret, the worker runs without telemetry (retried later), and the final attempt stores the
+    batch (Cassandra and Blob storage are up), so the host never checkpoints past a batch that is in neither
+    place."""
+    with socket.socket() as probe:  # a port nothing listens on: the vault is unreachable
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    monkeypatch.setenv("SLUICE_KEYVAULT_URL", f"https://127.0.0.1:{closed_port}/")
+    monkeypatch.setenv("SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET", "appinsights-connection-string")
+    monkeypatch.delenv("APPLICATIONINSIGHTS_CONNECTION_STRING", raising=False)
+    bootstrap.reset()
+    bodies = [event(f"dev-{i}") for i in range(3)]
+
+    ingest(Hub("4").batch(*bodies), retry_count=5, max_retry_count=5)  # the final attempt: nothing may raise
+
+    warned = [r.getMessage() for r in caplog.records
+              if r.levelname == "WARNING" and "appinsights-connection-string" in r.getMessage()]
+    assert warned, "no warning names the secret telemetry could not read"
+    assert "APPLICATIONINSIGHTS_CONNECTION_STRING" not in os.environ
+    stored = {str(r.event_id) for r in bootstrap.cassandra_session().execute(
+        f"SELECT event_id FROM {ingest.keyspace}.events_by_id")}
+    assert stored == {b["event_id"] for b in bodies}

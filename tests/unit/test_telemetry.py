@@ -247,3 +247,34 @@ def test_traced_clients_default_to_redis_and_psycopg_and_unknown_names_are_refus
     assert TelemetrySettings(trace_clients="none").trace_clients == []
     with pytest.raises(ValidationError, match="'cassandra', 'redis' or 'psycopg'"):
         TelemetrySettings(trace_clients="mongo")
+
+
+def test_an_unreadable_appinsights_secret_is_a_warning_and_is_read_again_until_telemetry_is_set_up(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """shared.bootstrap.start_telemetry: a Key Vault read that fails never raises (telemetry must not cost an
+    ingest batch); it is a WARNING naming the secret, retried on a timer, and telemetry is set up once it works."""
+    import threading
+
+    from shared import bootstrap
+    from shared.exceptions import DependencyUnavailable
+
+    reads: list[str | None] = []
+    configured = threading.Event()
+
+    def read(name: str | None) -> None:
+        reads.append(name)
+        if len(reads) < 3:
+            raise DependencyUnavailable("key vault", "cannot connect")
+
+    monkeypatch.setattr(bootstrap, "appinsights_from_vault", read)
+    monkeypatch.setattr(telemetry, "configure", lambda settings=None: configured.set())
+    cfg = TelemetrySettings(appinsights_connection_string_secret="ai-conn")
+    try:
+        assert bootstrap.start_telemetry(cfg, retry_seconds=0.05) is False
+        assert configured.wait(5), f"telemetry was not set up after {len(reads)} reads"
+    finally:
+        bootstrap.reset()
+    assert reads == ["ai-conn"] * 3
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and "'ai-conn'" in r.getMessage()]
+    assert len(warnings) == 2, warnings
