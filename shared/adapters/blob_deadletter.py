@@ -167,8 +167,10 @@ class BlobDeadLetterSink:
 
     def put_batch(self, bodies: Sequence[tuple[bytes, EventMetadata]], reason: str, *,
                   lettered: Collection[int] = ()) -> None:
+        # Written even when every record is in ``lettered`` (``events`` empty): the name spanning the whole batch is
+        # what the audit reads (names only, ``BlobDeadLetteredBatches``), so without it the range would show as lost.
         kept = [item for position, item in enumerate(bodies) if position not in lettered]
-        if not kept:
+        if not bodies:
             return
         now = datetime.now(UTC)
         first, last = bodies[0][1], bodies[-1][1]
@@ -188,7 +190,8 @@ class BlobDeadLetterSink:
                 "rejected_separately": [bodies[position][1].as_dict() for position in sorted(lettered)],
             },
         )
-        logger.error("dead-lettered a whole batch of %d events as %s: %s", len(kept), name, reason)
+        logger.error("dead-lettered a whole batch of %d events as %s (%d more in their rejected letters): %s",
+                     len(kept), name, len(bodies) - len(kept), reason)
 
     def read(self, kind: str = "all") -> Iterator[DeadLetter | UnreadableLetter]:
         """Every dead letter not yet replayed, oldest day first (``kind``: rejected, batch or all).

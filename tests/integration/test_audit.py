@@ -325,3 +325,70 @@ def test_since_older_than_the_hubs_retention_is_reported_as_not_audited(
     assert code == 1, out
     assert "the zero-loss SLO holds" not in out
     assert "NOT AUDITED: partition 0:" in out and "below 3 have expired" in out and "--from-sequence 0" in out
+
+
+class _DownLedger:
+    """The audit ledger while Cassandra is down (writes fail); afterwards it holds what was written."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.runs: list[tuple[str, int, int]] = []
+
+    def record(self, runs: Any) -> None:
+        from shared.exceptions import TransientError
+
+        if self.down:
+            raise TransientError("ledger down: NoHostAvailable")
+        self.runs += [(r.partition, r.first, r.last) for r in runs]
+
+    def accounted(self, partition: str, first: int, last: int) -> list[tuple[int, int]]:
+        return [(lo, hi) for p, lo, hi in self.runs if p == partition and hi >= first and lo <= last]
+
+
+class _Checkpointed:
+    """The host checkpointed ``partition`` at ``checkpoint``."""
+
+    def __init__(self, partition: str, checkpoint: int) -> None:
+        self.partition, self.checkpoint = partition, checkpoint
+
+    def read(self) -> Any:
+        from shared.ports.lag import LagReading, PartitionLag
+
+        return LagReading((PartitionLag(self.partition, 0, self.checkpoint, self.checkpoint, 0),))
+
+
+class _NoStore:
+    def write(self, events: Any) -> None:
+        assert not events
+
+
+def test_a_batch_of_only_invalid_records_dead_lettered_while_the_ledger_was_down_is_accounted_by_its_letter(
+        azurite_connection_string: str) -> None:
+    """On the final attempt with the ledger (Cassandra) down, a batch every record of which already has its own
+    rejected letter still gets a batch letter: no event in it (``rejected_separately`` lists them), but its name
+    spans the batch, so the audit counts the range as dead-lettered, not lost."""
+    from shared.adapters.blob_deadletter import BlobDeadLetteredBatches, BlobDeadLetterSink
+    from shared.domain.events import EventMetadata, Limits, RawRecord
+    from shared.services.audit import AuditService
+    from shared.services.ingest import IngestService
+
+    container = f"dl-{uuid.uuid4().hex[:12]}"
+    service_client = BlobServiceClient.from_connection_string(azurite_connection_string)
+    ledger = _DownLedger()
+    enqueued = datetime.now(UTC)
+    records = [RawRecord(b"{not json", EventMetadata(partition_id="5", sequence_number=10, enqueued_time=enqueued)),
+               RawRecord(b'{"device_id": "dev-1"}',
+                         EventMetadata(partition_id="5", sequence_number=11, enqueued_time=enqueued))]
+    result = IngestService(_NoStore(), BlobDeadLetterSink(service_client, container), Limits(), ledger).handle(
+        records, final_attempt=True)
+    assert result.batch_dead_lettered and result.rejected == 2
+    client = service_client.get_container_client(container)
+    letters = {b.name: json.loads(client.download_blob(b.name).readall()) for b in client.list_blobs()}
+    [batch] = [letter for letter in letters.values() if letter["kind"] == "batch"]
+    assert batch["events"] == [] and [m["sequence_number"] for m in batch["rejected_separately"]] == [10, 11]
+
+    ledger.down = False  # Cassandra is back; the operator audits
+    report = AuditService(ledger, _Checkpointed("5", 11),
+                          letters=BlobDeadLetteredBatches(service_client, container)).audit(from_sequence=10)
+    [partition] = report.partitions
+    assert partition.gaps == (), f"the audit reports sequence numbers {partition.gaps} of partition 5 as lost"
