@@ -1,11 +1,20 @@
 """``BlobDeadLetterSink``: dead letters as JSON blobs in Azure Blob storage (Azurite locally).
 
 Dead letters live in the Functions host's storage account, not in Cassandra, so
-they do not share the event store's fate. One blob per rejected item, named
-from where it came from, so writing the same item twice is one dead letter:
+they do not share the event store's fate. One blob per rejected record, named
+from where it came from, so writing the same record twice is one dead letter:
 
-    rejected/<yyyy>/<mm>/<dd>/p<partition>/<sequence>-<index>.json
+    rejected/<yyyy>/<mm>/<dd>/p<partition>/<sequence>-body.json       (the whole body refused)
+    rejected/<yyyy>/<mm>/<dd>/p<partition>/<sequence>-elements.json   (bad elements of an array body)
     batches/<yyyy>/<mm>/<dd>/p<partition>/<first sequence>-<last sequence>.json
+
+An array body's letter holds the body once and names every bad element in
+``elements``: one entry per distinct (problem, event id) with the elements' indexes
+as ``[first, last]`` ranges, so a body of many elements that fail alike costs one
+small letter. Past :data:`MAX_ELEMENT_GROUPS` entries the remaining indexes go to
+``elements_more`` without their reasons, which bounds the letter whatever the body
+holds. Letters written before that (``<sequence>-<index>.json``, one per bad element,
+each with the whole body) are still read and replayed.
 
 A dead letter that was replayed successfully (``python -m sluice deadletter
 replay``) moves under ``replayed/`` with the same name, so it is kept but not
@@ -13,7 +22,7 @@ replayed twice.
 
 The date is the Event Hubs enqueued time (the time of writing if unknown). Each
 blob holds the reason, the original bytes (base64, and as text when it is UTF-8),
-the element index inside an array body, and the Event Hubs metadata.
+the index of the (first) bad element inside an array body, and the Event Hubs metadata.
 Writes are retried (tenacity, bounded); what still fails raises ``TransientError``.
 """
 
@@ -27,7 +36,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,7 +45,7 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFo
 from azure.storage.blob import BlobServiceClient, ContentSettings
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from shared.domain.events import EventMetadata, RawRecord, Rejected
+from shared.domain.events import BadElement, EventMetadata, RawRecord, Rejected
 from shared.domain.times import utc
 from shared.exceptions import DependencyUnavailable, TransientError
 
@@ -62,6 +71,41 @@ def _position(metadata: EventMetadata, data: bytes) -> str:
     return "sha256-" + hashlib.sha256(data).hexdigest()[:32]
 
 
+def _ranges(indexes: Iterable[int]) -> list[list[int]]:
+    """Sorted indexes as ``[first, last]`` runs of consecutive ones."""
+    runs: list[list[int]] = []
+    for index in sorted(indexes):
+        if runs and runs[-1][1] == index - 1:
+            runs[-1][1] = index
+        else:
+            runs.append([index, index])
+    return runs
+
+
+# An array body's letter lists its bad elements' reasons for this many distinct (problem, event id) pairs at most.
+MAX_ELEMENT_GROUPS = 1000
+
+
+def _elements(bad: Sequence[BadElement]) -> dict[str, Any]:
+    """The bad elements of an array body, grouped by (problem, event id), with index ranges; bounded."""
+    groups: dict[tuple[str, str | None], list[int]] = {}
+    more: list[int] = []
+    for element in bad:
+        key = (element.problem, element.event_id)
+        if key in groups or len(groups) < MAX_ELEMENT_GROUPS:
+            groups.setdefault(key, []).append(element.index)
+        else:
+            more.append(element.index)
+    out: dict[str, Any] = {
+        "elements_invalid": len(bad),
+        "elements": [{"problem": problem, "event_id": event_id, "indexes": _ranges(indexes)}
+                     for (problem, event_id), indexes in groups.items()],
+    }
+    if more:
+        out["elements_more"] = {"count": len(more), "indexes": _ranges(more)}
+    return out
+
+
 KINDS = {"rejected": "rejected/", "batch": "batches/"}
 REPLAYED = "replayed/"
 
@@ -74,6 +118,9 @@ class DeadLetter:
     kind: str
     reason: str
     records: list[RawRecord]
+    per_element: bool = False
+    """A letter of the older shape: one bad element of an array body (``<sequence>-<index>.json``). Replayed, a body
+    still invalid gets its one ``<sequence>-elements.json`` letter, which takes this one's place."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +150,8 @@ def _letter(name: str, data: bytes) -> DeadLetter:
     items = document["events"] if document["kind"] == "batch" else [document]
     records = [RawRecord(base64.b64decode(item["original_base64"], validate=True), _metadata(item["eventhub"]))
                for item in items]
-    return DeadLetter(name, document["kind"], str(document["reason"]), records)
+    per_element = document["kind"] == "rejected" and document.get("index") is not None and "elements" not in document
+    return DeadLetter(name, document["kind"], str(document["reason"]), records, per_element)
 
 
 class BlobDeadLetterSink:
@@ -147,9 +195,8 @@ class BlobDeadLetterSink:
         now = datetime.now(UTC)
         for item in rejected:
             meta = item.metadata
-            index = "body" if item.index is None else str(item.index)
             where = f"{_day(meta, now)}/p{meta.partition_id or 'unknown'}"
-            name = f"rejected/{where}/{_position(meta, item.original)}-{index}.json"
+            name = f"rejected/{where}/{_position(meta, item.original)}-{'elements' if item.elements else 'body'}.json"
             self._put(
                 name,
                 {
@@ -157,6 +204,7 @@ class BlobDeadLetterSink:
                     "reason": item.reason,
                     "event_id": item.event_id,
                     "index": item.index,
+                    **(_elements(item.elements) if item.elements else {}),
                     "eventhub": meta.as_dict(),
                     "dead_lettered_at": now.isoformat(),
                     **_original(item.original),

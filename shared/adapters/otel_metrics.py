@@ -116,8 +116,9 @@ class OtelMetrics:
             add = self._ingest_events.add
             if stored:
                 add(len(stored), {"outcome": "stored", **where})
-            if rejected or store_failed:
-                add(len(rejected) + store_failed, {"outcome": "dead_lettered", **where})
+            refused = sum(r.count for r in rejected)  # each bad element of an array body is an event
+            if refused or store_failed:
+                add(refused + store_failed, {"outcome": "dead_lettered", **where})
             if duplicates:
                 add(duplicates, {"outcome": "duplicate", **where})
             self._ingest_duration.record(seconds, where)
@@ -131,7 +132,7 @@ class OtelMetrics:
             span = trace.get_current_span()
             if span.is_recording():
                 span.set_attributes({"sluice.events.stored": len(stored), "sluice.events.duplicates": duplicates,
-                                     "sluice.events.dead_lettered": len(rejected) + store_failed})
+                                     "sluice.events.dead_lettered": refused + store_failed})
                 critical = [str(e.body.event_id) for e in stored if e.body.severity == "critical"]
                 if critical:
                     span.set_attribute("sluice.critical.event_ids", critical[:MAX_TRACED_IDS])

@@ -180,12 +180,32 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class BadElement:
+    """One bad element of a JSON array body: its position, what is wrong with it, its id when readable.
+
+    ``problem`` is the reason without the element's position (``is a JSON int, not an object``), so the many
+    elements of one body that fail alike share one text.
+    """
+
+    index: int
+    problem: str
+    event_id: str | None = None
+
+    @property
+    def reason(self) -> str:
+        return f"element {self.index}{_naming(self.event_id)} {self.problem}"
+
+
+@dataclass(frozen=True, slots=True)
 class Rejected:
     """Input that could not become an event: the reason, the original bytes and where they came from.
 
-    ``original`` is always the whole body exactly as received; ``index`` is the
-    position of the bad element inside a JSON array body (``None`` for the whole body).
-    ``event_id`` is filled when the bad item still carried a readable id.
+    ``original`` is always the whole body exactly as received, once per record: the
+    bad elements of one array body are one ``Rejected``, listed in ``elements``
+    (each with its index and reason), so dead-lettering a body costs about its size
+    however many elements it has. ``index`` and ``event_id`` are those of the
+    (first) bad element (``index`` ``None``: the whole body is refused, e.g. not
+    JSON); ``event_id`` is filled when the bad item still carried a readable id.
     """
 
     reason: str
@@ -193,6 +213,18 @@ class Rejected:
     metadata: EventMetadata
     index: int | None = None
     event_id: str | None = None
+    elements: tuple[BadElement, ...] = ()
+
+    @property
+    def count(self) -> int:
+        """How many items were refused: the bad elements of an array body, or the one body."""
+        return len(self.elements) or 1
+
+
+def _rejected_elements(record: RawRecord, bad: Sequence[BadElement], total: int) -> Rejected:
+    first = bad[0]
+    reason = first.reason if len(bad) == 1 else f"{len(bad)} of {total} elements are invalid; the first: {first.reason}"
+    return Rejected(reason, record.body, record.metadata, first.index, first.event_id, tuple(bad))
 
 
 @dataclass(slots=True)
@@ -215,8 +247,9 @@ class RawRecord:
 def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime | None = None) -> Parsed:
     """Validate every record; never raises for bad input.
 
-    A record whose body is an array yields one event per valid element; each bad
-    element is rejected on its own with its index. An event id seen twice in the
+    A record whose body is an array yields one event per valid element; its bad
+    elements are rejected together, in one :class:`Rejected` naming each (index,
+    reason), which keeps the body once. An event id seen twice in the
     batch with the same content is an at-least-once duplicate and is dropped
     (``duplicates``); with different content the later one is rejected, because
     an event id must identify one event.
@@ -225,9 +258,15 @@ def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime
     parsed = Parsed()
     seen: dict[int, DeviceEvent] = {}  # by the id's int: equal ids, and no Python-level UUID.__hash__ per lookup
     for record in records:
+        bad: list[BadElement] = []
+        total = 0
         for item in _items(record, limits, context):
+            total += 1
             if isinstance(item, Rejected):
                 parsed.errs.append(item)
+                continue
+            if isinstance(item, BadElement):
+                bad.append(item)
                 continue
             event, index = item
             key = event.event_id.int
@@ -237,21 +276,19 @@ def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime
                 parsed.oks.append(Event(event, record.metadata))
             elif earlier == event:
                 parsed.duplicates += 1
+            elif index is None:
+                parsed.errs.append(Rejected(f"event_id {event.event_id} appears twice in the batch with different "
+                                            "content", record.body, record.metadata, None, str(event.event_id)))
             else:
-                parsed.errs.append(
-                    Rejected(
-                        f"event_id {event.event_id} appears twice in the batch with different content",
-                        record.body,
-                        record.metadata,
-                        index,
-                        str(event.event_id),
-                    )
-                )
+                bad.append(BadElement(index, "appears twice in the batch with different content",
+                                      str(event.event_id)))
+        if bad:
+            parsed.errs.append(_rejected_elements(record, bad, total))
     return parsed
 
 
 def _items(record: RawRecord, limits: Limits,
-           context: dict[str, Any]) -> Iterator[Rejected | tuple[DeviceEvent, int | None]]:
+           context: dict[str, Any]) -> Iterator[Rejected | BadElement | tuple[DeviceEvent, int | None]]:
     body = record.body
     if len(body) > limits.max_body_bytes:
         yield Rejected(f"body is {len(body)} bytes; at most {limits.max_body_bytes} are allowed", body, record.metadata)
@@ -291,27 +328,25 @@ def _items(record: RawRecord, limits: Limits,
         )
         return
     for index, element in elements:
-        where = "event" if index is None else f"element {index}"
         if not isinstance(element, dict):
-            yield Rejected(f"{where} is a JSON {type(element).__name__}, not an object", body, record.metadata, index)
-            continue
-        try:
-            yield DeviceEvent.model_validate(element, context=context), index
-        except ValidationError as exc:
-            raw_id = element.get("event_id")
-            yield Rejected(
-                f"{where}{_naming(raw_id)} is invalid: {_describe(exc)}",
-                body,
-                record.metadata,
-                index,
-                raw_id if isinstance(raw_id, str) else None,
-            )
+            problem, event_id = f"is a JSON {type(element).__name__}, not an object", None
+        else:
+            try:
+                yield DeviceEvent.model_validate(element, context=context), index
+                continue
+            except ValidationError as exc:
+                raw_id = element.get("event_id")
+                problem, event_id = f"is invalid: {_describe(exc)}", raw_id if isinstance(raw_id, str) else None
+        if index is None:
+            yield Rejected(f"event{_naming(event_id)} {problem}", body, record.metadata, None, event_id)
+        else:
+            yield BadElement(index, problem, event_id)
 
 
 _JSON_WHITESPACE = b" \t\r\n"
 
 
-def _naming(raw_id: object) -> str:
+def _naming(raw_id: str | None) -> str:
     return f" (event_id {raw_id})" if isinstance(raw_id, str) and len(raw_id) <= 64 else ""
 
 

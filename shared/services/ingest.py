@@ -117,9 +117,9 @@ class IngestService:
                                          lettered=_rejected_whole(records, parsed))
             self._audit_dead_lettered(records)
             self._record(records, parsed, began, store_failed=len(parsed.oks))
-            return IngestResult(len(records), 0, len(parsed.errs), parsed.duplicates, batch_dead_lettered=True)
+            return IngestResult(len(records), 0, _refused(parsed), parsed.duplicates, batch_dead_lettered=True)
         self._record(records, parsed, began)
-        return IngestResult(len(records), len(parsed.oks), len(parsed.errs), parsed.duplicates)
+        return IngestResult(len(records), len(parsed.oks), _refused(parsed), parsed.duplicates)
 
     def _record(self, records: Sequence[RawRecord], parsed: Parsed, began: float, *, store_failed: int = 0) -> None:
         """The batch's figures, once, after every record is stored or dead-lettered (the oldest is the first)."""
@@ -151,6 +151,11 @@ class IngestService:
             logger.warning("could not record %d dead-lettered runs in the audit ledger", len(runs), exc_info=True)
 
 
+def _refused(parsed: Parsed) -> int:
+    """Items refused as invalid: each bad element of an array body counts (its body is one rejected letter)."""
+    return sum(r.count for r in parsed.errs)
+
+
 def _rejected_whole(records: Sequence[RawRecord], parsed: Parsed) -> set[int]:
     """Positions of the records every element of which has a rejected letter: a batch letter leaves them out.
 
@@ -171,7 +176,9 @@ def audit_runs(records: Sequence[RawRecord], stored: Sequence[Event], dead_lette
     Hubs) are not audited.
     """
     stored_at = Counter((e.metadata.partition_id, e.metadata.sequence_number) for e in stored)
-    dead_at = Counter((r.metadata.partition_id, r.metadata.sequence_number) for r in dead_lettered)
+    dead_at: Counter[tuple[str | None, int | None]] = Counter()
+    for r in dead_lettered:  # a rejected array body counts each of its bad elements
+        dead_at[(r.metadata.partition_id, r.metadata.sequence_number)] += getattr(r, "count", 1)
     numbered = sorted({(r.metadata.partition_id, r.metadata.sequence_number) for r in records
                        if r.metadata.partition_id is not None and r.metadata.sequence_number is not None})
     runs: list[AuditRun] = []

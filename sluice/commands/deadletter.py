@@ -4,7 +4,8 @@ A whole batch is dead-lettered when the event store stayed unavailable through
 every retry; replaying it once Cassandra is back stores it (writes are
 idempotent, so events that did get stored are not duplicated). A rejected item
 is replayed the same way after a fix (for example raised limits); if it is still
-invalid it stays where it is, with its reason. Each dead letter that replays
+invalid it stays where it is, with its reason (a letter of the older per-element
+shape is then replaced by the one letter of its body, which the replay wrote). Each dead letter that replays
 cleanly moves under ``replayed/``. A blob that cannot be read as a dead letter is
 named on stderr and left where it is; the others are listed or replayed, and the
 exit status is 1.
@@ -63,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
         if result.rejected:
             kept += 1
             logger.info("%s: %d items still invalid, kept", letter.name, result.rejected)
-            if letter.kind == "rejected":
-                continue
+            if letter.kind == "rejected" and not letter.per_element:
+                continue  # an older per-element letter moves on: the replay wrote its body's one letter
         sink.mark_replayed(letter.name)
         replayed += 1
     print(f"replayed {replayed}, still invalid {kept}, store failing {failed}, unreadable {unreadable}")

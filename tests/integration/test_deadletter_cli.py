@@ -41,3 +41,38 @@ def test_an_unreadable_letter_is_named_skipped_and_the_others_still_handled(
     else:  # the real letter went through ingest again (still not JSON: kept, with its reason)
         assert "replayed 0, still invalid 1, store failing 0, unreadable 1" in captured.out
     assert sorted(b.name for b in container.list_blobs()) == sorted([real, UNREADABLE])
+
+
+def test_an_array_bodys_bad_elements_are_one_letter_and_older_per_element_letters_still_replay(
+    ingest: Callable[..., None], azurite_connection_string: str,  # noqa: F811
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bad elements of one array body are one letter (<sequence>-elements.json): the body once, every bad
+    element named by index ranges per reason, the valid element stored. A letter of the older per-element shape
+    (<sequence>-<index>.json, the whole body in each) is still read and replayed; still invalid, it gives way to
+    its body's one letter."""
+    import base64
+    import json
+
+    good = event("dev-1")
+    body = [1, good, 1, 1, {"device_id": "dev-2"}]
+    ingest(Hub("0").batch(body))
+    container = BlobServiceClient.from_connection_string(azurite_connection_string).get_container_client(
+        ingest.container)  # type: ignore[attr-defined]
+    [name] = [b.name for b in container.list_blobs()]
+    assert name.endswith("/p0/1-elements.json")
+    letter = json.loads(container.download_blob(name).readall())
+    assert json.loads(base64.b64decode(letter["original_base64"])) == body and letter["elements_invalid"] == 4
+    assert (letter["elements"][0]["problem"], letter["elements"][0]["indexes"]) == (
+        "is a JSON int, not an object", [[0, 0], [2, 3]])
+    assert letter["elements"][1]["indexes"] == [[4, 4]] and "event_id" in letter["elements"][1]["problem"]
+
+    older = name.replace("1-elements.json", "1-2.json")  # as an earlier release wrote element 2 of that body
+    container.upload_blob(older, json.dumps({
+        "kind": "rejected", "reason": "element 2 is a JSON int, not an object", "event_id": None, "index": 2,
+        "eventhub": letter["eventhub"], "dead_lettered_at": letter["dead_lettered_at"],
+        "original_base64": letter["original_base64"]}).encode())
+    container.delete_blob(name)
+    assert main(["deadletter", "replay", "--kind", "rejected"]) == 0
+    assert "replayed 1, still invalid 1" in capsys.readouterr().out
+    assert sorted(b.name for b in container.list_blobs()) == sorted([name, "replayed/" + older])

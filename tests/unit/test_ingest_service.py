@@ -270,3 +270,21 @@ def test_a_failure_inside_validation_is_retried_then_dead_letters_the_batch(monk
     [(bodies, reason)] = dead.batches
     assert [b for b, _ in bodies] == [r.body for r in batch]
     assert reason == "validation failed unexpectedly: RuntimeError: a bug in validation"
+
+
+def test_the_bad_elements_of_one_array_body_are_one_dead_letter_holding_the_body_once():
+    """An array body of many bad elements is one rejected item (every bad element named by index and reason, the
+    original bytes kept once), so dead-lettering it costs about the body's size, and the batch's valid events are
+    stored in the same call."""
+    body = b"[" + b",".join([b"1"] * 20_000) + b"]"  # 40 kB, well inside SLUICE_INGEST_MAX_BODY_BYTES
+    good = record(2)
+    store, dead = FakeStore(), FakeDeadLetters()
+    result = IngestService(store, dead, Limits()).handle(
+        [RawRecord(body, EventMetadata(partition_id="0", sequence_number=1)), good], now=NOW)
+    assert len(store.rows) == 1 and result.rejected == 20_000
+    [rejected] = dead.rejected
+    assert rejected.original == body and rejected.index == 0
+    assert [e.index for e in rejected.elements] == list(range(20_000))
+    assert {e.reason for e in rejected.elements[:2]} == {"element 0 is a JSON int, not an object",
+                                                         "element 1 is a JSON int, not an object"}
+    assert rejected.reason.startswith("20000 of 20000 elements are invalid; the first: element 0 is a JSON int")
