@@ -33,6 +33,10 @@ from pydantic.config import JsonDict
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 # RFC 3339 date-time: seconds required, any fraction, "Z" or a +hh:mm offset ("T" may be a space, as section 5.6 notes)
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d+)?(?:[Zz]|[+-]\d\d:\d\d)\Z", re.ASCII)
+# The canonical UUID text, as the schema's "format": "uuid" (RFC 9562) takes it; pydantic alone would also take
+# "urn:uuid:...", "{...}" and 32 hex digits, which a producer validating against the schema could never send.
+UUID_PATTERN = "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+_UUID = re.compile(UUID_PATTERN.replace("$", "\\Z"), re.ASCII)
 
 
 def _no_nul(value: str) -> str:
@@ -92,7 +96,7 @@ class DeviceEvent(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
 
-    event_id: uuid.UUID
+    event_id: uuid.UUID = Field(json_schema_extra={"pattern": UUID_PATTERN})
     device_id: DeviceId
     event_type: EventType
     timestamp: AwareDatetime
@@ -104,8 +108,9 @@ class DeviceEvent(BaseModel):
     @field_validator("event_id", mode="before")
     @classmethod
     def _uuid_from_text(cls, value: object) -> object:
-        if not isinstance(value, str):
-            raise ValueError("must be a UUID string")
+        if not isinstance(value, str) or not _UUID.match(value):
+            raise ValueError("must be a UUID string in its 8-4-4-4-12 hex form "
+                             "(e.g. 5b7e3c52-6a0e-4f57-9d7b-2f3f3f0d6a11)")
         return value
 
     @field_validator("timestamp", mode="before")
@@ -115,7 +120,7 @@ class DeviceEvent(BaseModel):
         # offset-less text and times without seconds; the contract does not.
         if not isinstance(value, str) or not _RFC3339.match(value):
             raise ValueError("must be an RFC 3339 string with a UTC offset (e.g. 2026-11-23T11:00:00.123Z)")
-        return value
+        return _leap_second(value) if value[17:19] == "60" else value
 
     @field_validator("timestamp")
     @classmethod
@@ -149,9 +154,25 @@ class DeviceEvent(BaseModel):
     @field_validator("schema_version", mode="before")
     @classmethod
     def _known_version(cls, value: object) -> object:
+        # JSON has one number type: 1.0 is the integer 1 (JSON Schema counts it so); true is no number.
+        if type(value) is float and value.is_integer():
+            value = int(value)
         if type(value) is not int or value not in SUPPORTED_SCHEMA_VERSIONS:
             raise ValueError(f"{value!r} is not a supported schema version {SUPPORTED_SCHEMA_VERSIONS}")
         return value
+
+
+def _leap_second(value: str) -> str:
+    """An RFC 3339 time at second 60 as the last instant Python can hold before it (``23:59:59.999999``).
+
+    RFC 3339 (and the schema's ``format: date-time``) allow second 60 only as a leap second: 23:59:60 in UTC,
+    whatever the offset it is written with. Anything else at second 60 is refused.
+    """
+    tail = value[19:].lstrip(".0123456789")
+    offset = 0 if tail in ("Z", "z") else (1 if tail[0] == "+" else -1) * (int(tail[1:3]) * 60 + int(tail[4:6]))
+    if (int(value[11:13]) * 60 + int(value[14:16]) - offset) % 1440 != 23 * 60 + 59:
+        raise ValueError("has second 60, which is only a leap second: 23:59:60 UTC")
+    return f"{value[:17]}59.999999{tail}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -211,6 +211,46 @@ def test_the_published_json_schema_matches_the_contract():
     assert published == schema(), "regenerate with: python -m sluice event-schema > docs/event.schema.json"
 
 
+def _schema_body(**changes) -> dict:
+    return {"event_id": "5b7e3c52-6a0e-4f57-9d7b-2f3f3f0d6a11", "device_id": "dev-1", "event_type": "t",
+            "timestamp": "2016-12-31T23:59:00Z", **changes}
+
+
+@pytest.mark.parametrize("changes", [
+    {"timestamp": "2016-12-31T23:59:60Z"},  # the leap second that really happened: valid RFC 3339
+    {"timestamp": "2017-01-01T00:59:60.5+01:00"},  # the same leap second, written with an offset
+    {"timestamp": "2016-12-31T12:59:60Z"},  # second 60 that is no leap second
+    {"schema_version": 1.0},  # JSON Schema: 1.0 is an integer and equals 1
+    {"schema_version": True},
+    {"event_id": "5B7E3C52-6A0E-4F57-9D7B-2F3F3F0D6A11"},
+    {"event_id": "urn:uuid:5b7e3c52-6a0e-4f57-9d7b-2f3f3f0d6a11"},
+    {"event_id": "{5b7e3c52-6a0e-4f57-9d7b-2f3f3f0d6a11}"},
+    {"event_id": "5b7e3c526a0e4f579d7b2f3f3f0d6a11"},
+], ids=["leap-second", "leap-second-offset", "second-60", "schema_version-1.0", "schema_version-true",
+        "uuid-upper", "uuid-urn", "uuid-braces", "uuid-32-hex"])
+def test_the_code_and_the_published_schema_judge_an_event_alike(changes: dict) -> None:
+    """docs/event.schema.json (validated with formats on, as a producer would) and ``parse_records`` give the same
+    verdict for every event inside the documented extra bounds (skew, counts, size, BOM): a producer that validates
+    against the published contract is never dead-lettered, and the contract describes every id Sluice takes."""
+    from pathlib import Path
+
+    import jsonschema_rs
+
+    schema = json.loads((Path(__file__).resolve().parents[2] / "docs" / "event.schema.json").read_text())
+    document = _schema_body(**changes)
+    schema_ok = jsonschema_rs.validator_for(schema, validate_formats=True).is_valid(document)
+    parsed = parse_records([RawRecord(json.dumps(document).encode(), EventMetadata())], limits=Limits(),
+                           now=datetime(2026, 11, 23, tzinfo=UTC))
+    code_ok = not parsed.errs
+    assert code_ok == schema_ok, (f"schema says {'valid' if schema_ok else 'invalid'}, code says "
+                                  f"{'valid' if code_ok else 'invalid: ' + parsed.errs[0].reason}")
+
+
+def test_a_leap_second_is_stored_as_the_last_millisecond_before_it():
+    [stored] = parse(json.dumps(event(timestamp="2016-12-31T23:59:60.25Z")).encode()).oks
+    assert stored.timestamp == datetime(2016, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
