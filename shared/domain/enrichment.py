@@ -132,43 +132,55 @@ class MeasurementSummary:
     ordered by event time, ties broken by event id, so every run picks the same
     ``last``. Summaries of one measurement merge (devices -> site).
 
-    ``total`` is the exact sum while it fits a float; ingest accepts any finite value, and
-    a few near the largest float sum past it. Then ``total`` is not finite and ``mean``
-    (each part's mean weighted by its share of the count: never larger than the largest
-    value) gives the average, so a window of such values is enriched, not stuck for good.
+    A device's sum is exact, correctly rounded (``math.fsum`` of its values). A site adds
+    its devices' sums exactly (``parts``: the sums merged, ``math.fsum``-ed once), so values
+    of opposite sign across devices cancel without losing the small ones; the site's sum
+    then differs from the exact sum of its events' values only by each device's rounding
+    (half an ulp of that device's sum at most). Summing every value of the site again
+    would cost a pass over each value; this costs a few operations per device.
+
+    Ingest accepts any finite value, and a few near the largest float sum past it: then
+    ``parts`` is empty and ``mean`` (each part's mean weighted by its share of the count:
+    never larger than the largest value) gives the average, so a window of such values is
+    enriched, not stuck for good.
     """
 
     count: int
     min: float
     max: float
-    total: float
+    parts: list[float]  # the sums merged: a device's [its sum]; a site's, its devices' sums
     last: float
     last_key: tuple[datetime, int]
-    mean: float | None = None  # set only once total is not finite
+    mean: float | None = None  # set only once the sum passes the largest float (``parts`` empty)
 
     @classmethod
     def of(cls, values: array[float], last: float, last_key: tuple[datetime, int]) -> MeasurementSummary:
         count = len(values)
         try:
-            return cls(count, min(values), max(values), math.fsum(values), last, last_key)
+            total = math.fsum(values)
         except OverflowError:  # the sum passes the largest float; each value over the count does not
-            return cls(count, min(values), max(values), math.inf, last, last_key,
-                       math.fsum(v / count for v in values))
+            return cls(count, min(values), max(values), [], last, last_key, math.fsum(v / count for v in values))
+        return cls(count, min(values), max(values), [total], last, last_key)
 
     def average(self) -> float:
-        if self.mean is None or math.isfinite(self.total):
-            return self.total / self.count
+        if self.mean is None:
+            try:
+                return math.fsum(self.parts) / self.count
+            except OverflowError:  # merged sums that pass the largest float: each over the count does not
+                mean = math.fsum(part / self.count for part in self.parts)
+                self.mean, self.parts = min(max(mean, self.min), self.max), []
         return self.mean
 
     def merge(self, other: MeasurementSummary) -> None:
         count = self.count + other.count
-        total = self.total + other.total
         low, high = min(self.min, other.min), max(self.max, other.max)
-        if not math.isfinite(total):
+        if self.mean is None and other.mean is None:
+            self.parts += other.parts  # summed once, exactly, by average(): a few operations per device
+        else:
             mean = self.average() * (self.count / count) + other.average() * (other.count / count)
-            self.mean = min(max(mean, low), high)  # a rounding past the largest value cannot make it inf
-            total = math.inf
-        self.count, self.total, self.min, self.max = count, total, low, high
+            # a rounding past the largest value cannot make it inf
+            self.mean, self.parts = min(max(mean, low), high), []
+        self.count, self.min, self.max = count, low, high
         if other.last_key > self.last_key:
             self.last, self.last_key = other.last, other.last_key
 
@@ -474,7 +486,8 @@ def compute_window(
 
     Events outside the window are ignored; an event id read twice counts once, its
     row with the latest event time winning, so the outcome does not depend on read
-    order. Sums use ``math.fsum``, so averages do not depend on read order either.
+    order. A device's sum is ``math.fsum`` of its values and a site's the exact sum of its devices' sums
+    (:class:`MeasurementSummary`), so averages do not depend on read order either.
     """
     enrichment = WindowEnrichment(window, reference, rules)
     accepted = enrichment.accept(events)

@@ -115,6 +115,28 @@ def test_averages_do_not_depend_on_read_order() -> None:
     assert compute_window(Window(T0, T0 + W), events, REF).device_stats == first.device_stats
 
 
+def test_a_sites_average_adds_its_devices_exact_sums_exactly() -> None:
+    """A device's ``avg`` is the exact sum of its values (``math.fsum``, correctly rounded) over their count; a site's
+    is the exact sum of its devices' sums over its count. So values of opposite sign across the devices of a site (a
+    producer's and a consumer's +1e16 / -1e16 Wh meters beside a small reading) cancel without losing the small
+    ones: the site's average is the exact mean of its events whenever each device's sum is exact, and otherwise
+    differs from it only by each device's own rounding, whatever the order the devices merge in.
+    """
+    three = ReferenceData.of([DeviceRef("d1", "s1", "M"), DeviceRef("d2", "s1", "M"), DeviceRef("d3", "s1", "M")],
+                             [SiteRef("s1", "Site one", "eu")])
+    exact = {"d1": [1e16], "d2": [1.0], "d3": [-1e16]}
+    rounded = {"d1": [1e16, 1.0], "d2": [-1e16], "d3": [0.5]}  # d1's sum rounds (1e16 + 1 is not a double)
+    for values in (exact, rounded, {"d1": [0.1] * 7, "d2": [0.2, -1e20], "d3": [1e20, 0.3]}):
+        events = [ev(d, T0 + timedelta(seconds=i), t=v)
+                  for i, (d, v) in enumerate((d, v) for d, vs in values.items() for v in vs)]
+        site = compute_window(Window(T0, T0 + W), events, three).site_stats[0].measurements["t"]
+        count = sum(len(vs) for vs in values.values())
+        assert site["count"] == count
+        assert site["avg"] == math.fsum(math.fsum(vs) for vs in values.values()) / count, values
+    site = compute_window(Window(T0, T0 + W), [ev(d, T0, t=v[0]) for d, v in exact.items()], three).site_stats[0]
+    assert site.measurements["t"]["avg"] == 1 / 3  # the exact mean of +1e16, 1.0 and -1e16
+
+
 def oracle(window: Window, events: list[StoredEvent]) -> dict[str, tuple]:
     """The figures per device, computed the plain way: dedupe first (latest row of an id wins), then count."""
     latest: dict[uuid.UUID, StoredEvent] = {}
