@@ -60,6 +60,38 @@ def windows_between(start: datetime, end: datetime, window_seconds: int) -> Iter
         window = Window(window.end, window.end + timedelta(seconds=window_seconds))
 
 
+def plan_windows(start: datetime, end: datetime, window_seconds: int, enriched: Iterable[Window]) -> list[Window]:
+    """The windows to write for ``[start, end)``, oldest first, none overlapping another.
+
+    ``enriched``: the windows already enriched (ledger rows, which never overlap) overlapping
+    ``[window_of(start).start, end)``, whatever width they were enriched with. Each is planned as it is, so an
+    enriched window is only ever computed again at its own width; in between, windows of ``window_seconds``
+    aligned to the epoch, the first and last of each gap between enriched windows cut to it. Past the last
+    enriched window they are not cut: the last one may end after ``end``. With one width all along this is
+    :func:`windows_between`.
+    """
+    step = timedelta(seconds=window_seconds)
+    planned: list[Window] = []
+
+    def fill(at: datetime, until: datetime, *, cut: bool) -> None:
+        while at < until:
+            following = floor(at, window_seconds) + step
+            planned.append(Window(at, min(following, until) if cut else following))
+            at = planned[-1].end
+
+    cursor = floor(start, window_seconds)
+    for window in sorted(enriched):
+        if window.end <= cursor:
+            continue
+        if window.start >= end:
+            break
+        fill(cursor, window.start, cut=True)
+        planned.append(window)
+        cursor = window.end
+    fill(cursor, end, cut=False)
+    return [w for w in planned if w.end > start]
+
+
 # --- reference data ---
 
 

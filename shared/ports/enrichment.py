@@ -9,7 +9,7 @@ rewriting a window with the same inputs changes no row.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
@@ -108,13 +108,18 @@ class EnrichmentStore(Protocol):
         row replaced by the winner the pass settles at the end, if that differs. The watermark moves to the window's end
         only when it is within the window (contiguous progress). Idempotent: the
         same input leaves every data row unchanged. Raises ``TransientError`` when
-        PostgreSQL fails, and what ``source.read`` raises; nothing of the window is
-        then written.
+        PostgreSQL fails, or when the window overlaps an enriched window of other
+        bounds (enriched with another width meanwhile: plan again), and what
+        ``source.read`` raises; nothing of the window is then written.
         """
 
-    def stale_windows(self, candidates: Mapping[uuid.UUID, datetime]) -> set[datetime]:
-        """Starts of the already enriched windows (ledger rows) among ``candidates``' values for which some
-        candidate event (key: event id, value: its window start) has no enriched row."""
+    def stale_windows(self, arrivals: Sequence[Arrival]) -> list[tuple[Arrival, Window]]:
+        """The arrivals whose event time lies in an enriched window (a ledger row, whatever width it was enriched
+        with) and whose id has no enriched row in that window, each with the window as the ledger holds it. Every
+        arrival is checked on its own: the rows of an id re-sent with another timestamp each name their window."""
+
+    def enriched_windows(self, start: datetime, end: datetime) -> list[Window]:
+        """The enriched windows (ledger rows) overlapping ``[start, end)``, oldest first, as the ledger holds them."""
 
     def windows_to_recompute(self) -> list[Window]:
         """Enriched windows an event has moved out of since (its id re-sent with a later event time, in another

@@ -21,7 +21,10 @@ One run (timer, ``python -m sluice enrich run``):
 
 Only windows with a ledger row count as enriched: windows before the first
 watermark (``initial_lookback``) were never enriched, so they are not "late";
-``backfill`` covers them.
+``backfill`` covers them. An enriched window keeps the width it was enriched
+with: a late event finds it in the ledger by its event time, and the windows
+planned after a change of ``window_seconds`` (scheduled, backfill: :meth:`plan`)
+keep the enriched ones as they are and take the new width only in between.
 
 A window is always recomputed from *all* its events, so each write replaces the
 window's figures with the same or more complete ones; re-running one changes no
@@ -33,12 +36,11 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from shared.domain.enrichment import EnrichedWindow, ReferenceData, Window, window_of, windows_between
+from shared.domain.enrichment import EnrichedWindow, ReferenceData, Window, plan_windows, window_of
 from shared.domain.rules import MeasurementRule
 from shared.ports.enrichment import EnrichmentState, EnrichmentStore, Reason, ReferenceSource, WindowInput, WindowReader
 from shared.ports.metrics import NO_METRICS, Metrics
@@ -128,11 +130,13 @@ class EnrichmentService:
         result.watermark, result.late_scan_until = state.watermark, state.late_scan_until
 
         late, complete = self._late_windows(state, now, result)
-        scheduled: list[Window] = []
-        window = window_of(state.watermark, cfg.window_seconds)
-        while window.closed(now, lateness) and len(scheduled) < cfg.max_windows_per_run:
-            scheduled.append(window)
-            window = Window(window.end, window.end + (window.end - window.start))
+        # The windows from the watermark on: of the current width, but never overlapping an enriched one (after a
+        # change of SLUICE_ENRICH_WINDOW_SECONDS, the first one runs from the watermark to the next boundary).
+        # Most runs find none closed: the ledger is read only when the first one is.
+        first = Window(state.watermark, window_of(state.watermark, cfg.window_seconds).end)
+        closed = [w for w in self.plan(state.watermark, now) if w.closed(now, lateness)] \
+            if first.closed(now, lateness) else []
+        scheduled = closed[:cfg.max_windows_per_run]
         # Most runs find no window to enrich (a run a minute, windows of five): the reference data, a read of
         # every device, is loaded only for a run that has one, and once for all of them.
         reference = self._reference.load() if late or scheduled else ReferenceData.of([], [])
@@ -145,7 +149,7 @@ class EnrichmentService:
             result.watermark = outcome.window.end
 
         self._enrich_all(scheduled, reference, "scheduled", advance_watermark=True, on_window=advanced)
-        result.more_pending = window.closed(now, lateness) or not complete
+        result.more_pending = len(closed) > len(scheduled) or not complete
 
         if complete and now > state.late_scan_until:
             self._store.save_late_scan(now)
@@ -174,22 +178,19 @@ class EnrichmentService:
             scan_from = max(delayed, now - horizon)
             result.delayed_scan_from = scan_from
             logger.info("ingest stored batches late (oldest enqueued %s): the late scan starts there", delayed)
-        candidates: dict[uuid.UUID, Window] = {}
-        # A window ending at or before the watermark holds only events before it: the reader drops the rest.
-        for arrival in self._reader.arrivals(scan_from, now, event_time_before=state.watermark):
-            window = window_of(arrival.event_time, cfg.window_seconds)
-            if window.end > state.watermark:
-                continue  # not enriched yet: the scheduled pass will read it
+        # A window ending at or before the watermark holds only events before it: the reader drops the rest. Each
+        # arrival is looked up in the ledger on its own (both rows of an id re-sent with another timestamp name
+        # their window), by its event time: its window is the one it was enriched in, whatever width that was.
+        arrivals = list(self._reader.arrivals(scan_from, now, event_time_before=state.watermark))
+        late: set[Window] = set()
+        for arrival, window in self._store.stale_windows(arrivals) if arrivals else []:
             if arrival.enqueued_at - window.end > horizon:
                 result.too_late_events += 1
-                continue
-            candidates[arrival.event_id] = window
+            else:
+                late.add(window)
         if result.too_late_events:
             logger.warning("%d events arrived more than %s after their window; backfill their range to include them",
                            result.too_late_events, horizon)
-        stale = self._store.stale_windows({event_id: w.start for event_id, w in candidates.items()}) if candidates \
-            else set()
-        late = {w for w in candidates.values() if w.start in stale}
         if late:
             logger.info("late events: %d enriched windows miss events that arrived since", len(late))
         moved = set(self._store.windows_to_recompute()) - late
@@ -233,8 +234,15 @@ class EnrichmentService:
         if end <= start:
             raise ValueError(f"backfill end {end.isoformat()} is not after start {start.isoformat()}")
         reference = self._reference.load()
-        windows = list(windows_between(start, end, self._settings.window_seconds))
-        return self._enrich_all(windows, reference, "backfill", advance_watermark=False, on_window=on_window)
+        return self._enrich_all(self.plan(start, end), reference, "backfill", advance_watermark=False,
+                                on_window=on_window)
+
+    def plan(self, start: datetime, end: datetime) -> list[Window]:
+        """The windows covering ``[start, end)``: the enriched ones as the ledger holds them (whatever width they were
+        enriched with), windows of the current width in between (:func:`~shared.domain.enrichment.plan_windows`)."""
+        width = self._settings.window_seconds
+        enriched = self._store.enriched_windows(window_of(start, width).start, end)
+        return plan_windows(start, end, width, enriched)
 
 
 def _outcome(enriched: EnrichedWindow, reason: Reason) -> WindowOutcome:

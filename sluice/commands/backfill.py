@@ -38,12 +38,11 @@ def run(args: argparse.Namespace) -> int:
     )
 
     from shared import bootstrap
-    from shared.domain.enrichment import windows_between
 
     if args.end <= args.start:
         raise PermanentError(f"--end {args.end.isoformat()} must be after --start {args.start.isoformat()}")
     service = bootstrap.enrichment_service()
-    total = sum(1 for _ in windows_between(args.start, args.end, service.window_seconds))
+    total = len(service.plan(args.start, args.end))
     events = unknown = 0
     with Progress(TextColumn("backfill"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[events]} events"),
                   TimeElapsedColumn(), TimeRemainingColumn(), disable=args.no_progress) as progress:

@@ -29,10 +29,12 @@ from shared.adapters.postgres.enrichment_store import PostgresEnrichmentStore
 from shared.adapters.postgres.migrations import apply_migrations as apply_postgres
 from shared.adapters.postgres.pool import make_pool
 from shared.adapters.reference import PostgresReferenceSource, upsert_reference
-from shared.domain.enrichment import DeviceRef, SiteRef
+from shared.domain.enrichment import DeviceRef, SiteRef, Window
 from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.domain.rules import MeasurementRule
+from shared.domain.stored import StoredEvent
 from shared.exceptions import TransientError
+from shared.ports.enrichment import Arrival, WindowInput
 from shared.ports.ingest import DelayedBatch
 from shared.services.enrichment import EnrichmentService
 from shared.settings import CassandraSettings, EnrichmentSettings, PostgresSettings
@@ -648,3 +650,168 @@ def test_prepared_statements_survive_the_staging_tables_being_recreated(stack: S
     assert stack.query("SELECT count(*) FROM enriched_events") == [(60,)]
     for k in range(6):
         assert_stats_match(stored_device_stats(stack, T0 + k * W), expected_device_stats(stack.sent, T0 + k * W))
+
+
+# --- with an in-memory window reader: the test decides which rows a read and an arrival scan return, in which order
+
+
+class MemoryReader:
+    """``WindowReader`` over a list of rows, as ``events_by_time_bucket`` / ``events_by_arrival_bucket`` hold them.
+
+    Arrivals come in enqueued-time order, as the real reader hands them over (bucket by bucket, each partition
+    clustered by ``enqueued_at``)."""
+
+    def __init__(self) -> None:
+        self.events: list[StoredEvent] = []
+
+    def delayed_since(self, start: datetime, end: datetime) -> datetime | None:
+        return None
+
+    def read(self, start: datetime, end: datetime) -> list[StoredEvent]:
+        return [e for e in self.events if start <= e.event_time < end]
+
+    def read_each(self, start: datetime, end: datetime) -> Iterator[list[StoredEvent]]:
+        events = self.read(start, end)
+        for i in range(0, len(events), 3):
+            yield events[i:i + 3]
+
+    def arrivals(self, start: datetime, end: datetime, *, event_time_before: datetime | None = None
+                 ) -> Iterator[Arrival]:
+        for e in sorted(self.events, key=lambda e: (e.enqueued_time, e.event_id.int)):
+            if start <= e.enqueued_time < end and (event_time_before is None or e.event_time < event_time_before):
+                yield Arrival(e.event_id, e.event_time, e.enqueued_time)
+
+
+def stored(device: str, at: datetime, *, enqueued: datetime | None = None, event_id: uuid.UUID | None = None,
+           **measurements: float) -> StoredEvent:
+    return StoredEvent(event_id or uuid.uuid4(), device, at, "reading", "info", False, measurements,
+                       enqueued_time=enqueued or at + timedelta(seconds=1))
+
+
+class PgStack:
+    """The real store, reference source and migrations on a fresh database; the reader in memory."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            apply_postgres(conn)
+            upsert_reference(conn, DEVICES, SITES)
+        self.pool = make_pool(dsn, PostgresSettings(host="unused", pool_min_size=1, pool_max_size=4))
+        self.store = PostgresEnrichmentStore(self.pool, statement_timeout_seconds=60)
+        self.store.load_state(T0)  # the first watermark: T0
+        self.reader = MemoryReader()
+        self.reference = PostgresReferenceSource(self.pool)
+
+    def service(self, **overrides: object) -> EnrichmentService:
+        return EnrichmentService(self.reader, self.reference, self.store, enrich_settings(**overrides))
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with psycopg.connect(self.dsn) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def device_counts(self) -> dict[tuple[datetime, str], int]:
+        return {(start, device): n for start, device, n in
+                self.query("SELECT window_start, device_id, event_count FROM device_window_stats")}
+
+    def enriched_counts(self) -> dict[tuple[datetime, str], int]:
+        return {(start, device): n for start, device, n in
+                self.query("SELECT window_start, device_id, count(*) FROM enriched_events GROUP BY 1, 2")}
+
+    def ledger(self) -> list[tuple[datetime, datetime]]:
+        return self.query("SELECT window_start, window_end FROM enrichment_windows ORDER BY 1")
+
+
+@pytest.fixture
+def pg(pg_dsn: str) -> Iterator[PgStack]:
+    s = PgStack(pg_dsn)
+    yield s
+    s.pool.close()
+
+
+def test_both_rows_of_a_re_sent_id_arriving_late_the_latest_event_time_wins_whatever_the_enqueue_order(
+        pg: PgStack) -> None:
+    """Every late arrival names its own window, so when both rows of an id re-sent with another timestamp arrive
+    late in one scan, both windows are recomputed, whichever row Event Hubs enqueued last: the id's enriched row is
+    the one with the later event time, in its window, and only that window's figures count it."""
+    service = pg.service()
+    pg.reader.events += [stored("dev-1", T0 + timedelta(seconds=10), t=1.0),
+                         stored("dev-1", T0 + W + timedelta(seconds=10), t=1.0)]
+    service.run(now=T0 + 2 * W + timedelta(minutes=2))  # both windows enriched, watermark T0 + 2W
+    assert pg.query("SELECT watermark FROM enrichment_state") == [(T0 + 2 * W,)]
+
+    resent = uuid.uuid4()
+    late = T0 + 2 * W + timedelta(minutes=3)
+    # The row with the LATER event time (window T0+W) reaches Event Hubs first, the corrected earlier one after it.
+    pg.reader.events += [stored("dev-2", T0 + W + timedelta(seconds=30), enqueued=late, event_id=resent, t=200.0),
+                         stored("dev-2", T0 + timedelta(seconds=30), enqueued=late + timedelta(seconds=5),
+                                event_id=resent, t=100.0)]
+    for minutes in (4, 5, 6, 10):
+        service.run(now=T0 + 2 * W + timedelta(minutes=minutes))
+
+    rows = pg.query("SELECT window_start, event_time, measurements FROM enriched_events WHERE event_id = %s",
+                    (resent,))
+    assert rows == [(T0 + W, T0 + W + timedelta(seconds=30), {"t": 200.0})]
+    counts = pg.device_counts()
+    assert counts.get((T0 + W, "dev-2")) == 1 and (T0, "dev-2") not in counts
+
+
+def test_after_the_window_is_shortened_a_late_event_recomputes_the_window_it_was_enriched_in(pg: PgStack) -> None:
+    """The late scan finds an event's window in the ledger by its event time, whatever width that window was
+    enriched with, and recomputes it at that width: after SLUICE_ENRICH_WINDOW_SECONDS goes from 300 s to 60 s (as
+    docs/enrichment.md#memory allows), a late event of an enriched 300 s window is enriched in it, and every figure
+    of that window keeps counting all its events; the ledger row keeps its 300 s."""
+    pg.reader.events += [stored("dev-1", T0 + timedelta(seconds=30), t=1.0),
+                         stored("dev-2", T0 + timedelta(minutes=3), t=2.0)]
+    pg.service().run(now=T0 + W + timedelta(minutes=2))  # [10:00, 10:05) enriched with 5-minute windows
+    assert pg.device_counts() == {(T0, "dev-1"): 1, (T0, "dev-2"): 1}
+
+    shorter = pg.service(window_seconds=60)
+    arrived = T0 + W + timedelta(minutes=2, seconds=30)
+    in_the_middle = stored("dev-2", T0 + timedelta(minutes=3, seconds=30), enqueued=arrived, t=6.0)
+    in_the_first_minute = stored("dev-1", T0 + timedelta(seconds=10), enqueued=arrived, t=5.0)
+    pg.reader.events += [in_the_middle, in_the_first_minute]
+    results = [shorter.run(now=T0 + W + timedelta(minutes=m)) for m in (3, 4, 5)]
+
+    assert [(w.window, w.reason) for w in results[0].windows if w.reason == "late"] == [(Window(T0, T0 + W), "late")]
+    assert sum(r.too_late_events for r in results) == 0
+    assert dict(pg.query("SELECT event_id, window_start FROM enriched_events WHERE event_id = ANY(%s)",
+                         ([in_the_middle.event_id, in_the_first_minute.event_id],))) == {
+        in_the_middle.event_id: T0, in_the_first_minute.event_id: T0}
+    assert {k: n for k, n in pg.device_counts().items() if k[0] < T0 + W} == {(T0, "dev-1"): 2, (T0, "dev-2"): 2}
+    assert pg.enriched_counts() == {(T0, "dev-1"): 2, (T0, "dev-2"): 2}
+    assert pg.ledger()[0] == (T0, T0 + W)
+
+
+def test_after_a_width_change_new_windows_start_where_the_enriched_ones_end_and_never_overlap_them(
+        pg: PgStack) -> None:
+    """From the watermark on, windows take the new width, aligned to the epoch; when the watermark is not on a
+    boundary of it, the first runs from the watermark to the next boundary, so no event falls in a gap or in two
+    windows. A backfill over the change recomputes the enriched windows at their own width and fills the rest
+    with windows of the new one."""
+    pg.reader.events += [stored("dev-1", T0 + timedelta(minutes=m, seconds=20), t=float(m)) for m in range(16)]
+    pg.service().run(now=T0 + W + timedelta(minutes=2))  # [10:00, 10:05) with 5-minute windows
+    wider = pg.service(window_seconds=240)  # 10:05 is not a multiple of 4 minutes: the next boundary is 10:08
+    wider.run(now=T0 + 3 * W + timedelta(minutes=2))
+    minute = timedelta(minutes=1)
+    assert pg.ledger() == [(T0, T0 + W), (T0 + W, T0 + 8 * minute), (T0 + 8 * minute, T0 + 12 * minute)]
+    assert pg.query("SELECT watermark FROM enrichment_state") == [(T0 + 12 * minute,)]
+    assert pg.query("SELECT window_start, event_count FROM enrichment_windows ORDER BY 1") == [
+        (T0, 5), (T0 + W, 3), (T0 + 8 * minute, 4)]
+
+    outcomes = wider.backfill(T0, T0 + 16 * minute)
+    assert [(o.window.start, o.window.end, o.events) for o in outcomes] == [
+        (T0, T0 + W, 5), (T0 + W, T0 + 8 * minute, 3), (T0 + 8 * minute, T0 + 12 * minute, 4),
+        (T0 + 12 * minute, T0 + 16 * minute, 4)]
+    assert sum(pg.device_counts().values()) == 16 == pg.query("SELECT count(*) FROM enriched_events")[0][0]
+
+
+def test_a_window_overlapping_an_enriched_window_of_another_width_is_refused(pg: PgStack) -> None:
+    """The store's last line: a window planned before another writer enriched an overlapping one (a pod with the
+    old width, during a roll-out) is not written, so no event is counted by two windows; the next run plans again."""
+    pg.reader.events.append(stored("dev-1", T0 + timedelta(minutes=3), t=1.0))
+    pg.service().run(now=T0 + W + timedelta(minutes=2))
+    source = WindowInput(Window(T0 + timedelta(minutes=2), T0 + timedelta(minutes=4)),
+                         lambda: pg.reader.read_each(T0, T0 + W), pg.reference.load())
+    with pytest.raises(TransientError, match="overlaps the enriched windows"):
+        pg.store.write_window(source, "backfill", advance_watermark=False)
+    assert pg.ledger() == [(T0, T0 + W)] and pg.device_counts() == {(T0, "dev-1"): 1}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,6 +18,7 @@ from shared.domain.enrichment import (
     Window,
     WindowEnrichment,
     compute_window,
+    plan_windows,
     window_of,
     windows_between,
 )
@@ -55,6 +56,19 @@ def test_windows_are_aligned_to_the_epoch_and_half_open() -> None:
 
 
 # --- figures ---
+
+
+def test_planned_windows_keep_the_enriched_ones_and_fill_the_gaps_with_the_current_width() -> None:
+    """Enriched windows (the ledger's, whatever width) are planned as they are; in between, windows of the current
+    width aligned to the epoch, cut at the gap's ends; none overlaps another, none leaves a gap."""
+    m = timedelta(minutes=1)
+    enriched = [Window(T0, T0 + W), Window(T0 + 7 * m, T0 + 8 * m)]
+    assert plan_windows(T0 + m, T0 + 11 * m, 120, enriched) == [
+        Window(T0, T0 + W), Window(T0 + W, T0 + 6 * m), Window(T0 + 6 * m, T0 + 7 * m), Window(T0 + 7 * m, T0 + 8 * m),
+        Window(T0 + 8 * m, T0 + 10 * m), Window(T0 + 10 * m, T0 + 12 * m)]
+    assert plan_windows(T0 + W, T0 + 9 * m, 240, enriched[:1]) == [
+        Window(T0 + W, T0 + 8 * m), Window(T0 + 8 * m, T0 + 12 * m)]  # from the watermark to the next boundary
+    assert plan_windows(T0 + m, T0 + 3 * W, 300, []) == list(windows_between(T0 + m, T0 + 3 * W, 300))
 
 
 def test_figures_per_device_and_site() -> None:
@@ -260,6 +274,7 @@ class MemoryStore:
         self.state: EnrichmentState | None = None
         self.rows: dict[uuid.UUID, datetime] = {}
         self.ledger: dict[datetime, list[str]] = {}
+        self.windows: dict[datetime, Window] = {}
         self.fail_on: datetime | None = None
 
     def load_state(self, initial: datetime) -> EnrichmentState:
@@ -277,12 +292,17 @@ class MemoryStore:
         for event_id in written:
             self.rows[event_id] = window.start
         self.ledger.setdefault(window.start, []).append(reason)
+        self.windows[window.start] = window
         if advance_watermark and self.state.watermark >= window.start and self.state.watermark < window.end:
             self.state = EnrichmentState(window.end, self.state.late_scan_until)
         return enriched
 
-    def stale_windows(self, candidates: Mapping[uuid.UUID, datetime]) -> set[datetime]:
-        return {w for event_id, w in candidates.items() if w in self.ledger and self.rows.get(event_id) != w}
+    def stale_windows(self, arrivals: Sequence[Arrival]) -> list[tuple[Arrival, Window]]:
+        return [(a, w) for a in arrivals for w in self.windows.values()
+                if w.start <= a.event_time < w.end and self.rows.get(a.event_id) != w.start]
+
+    def enriched_windows(self, start: datetime, end: datetime) -> list[Window]:
+        return sorted(w for w in self.windows.values() if w.start < end and w.end > start)
 
     def windows_to_recompute(self) -> list[Window]:
         return []

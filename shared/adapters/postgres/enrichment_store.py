@@ -36,8 +36,7 @@ by the server and nothing of the window is written.
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Literal
@@ -51,7 +50,7 @@ from shared.domain.enrichment import DeviceContext, EnrichedWindow, Window
 from shared.domain.stored import StoredEvent
 from shared.domain.times import utc
 from shared.exceptions import TransientError
-from shared.ports.enrichment import EnrichmentState, Reason, WindowInput
+from shared.ports.enrichment import Arrival, EnrichmentState, Reason, WindowInput
 
 logger = logging.getLogger(__name__)
 
@@ -158,13 +157,27 @@ ON CONFLICT (window_start) DO UPDATE SET
     reason = EXCLUDED.reason, runs = w.runs + 1, last_enriched_at = now(), recompute = false
 """
 
-# An enriched window among the candidates' whose event has no enriched row in it: none at all (a late event), or
-# one in another window (its id re-sent with another timestamp: the window read decides which row wins).
+# The arrivals lying in an enriched window (the ledger row starting last at or before the event time, if the event
+# time is before its end: ledger windows never overlap, whatever width each was enriched with) whose id has no
+# enriched row in it: none at all (a late event), or one in another window (its id re-sent with another timestamp:
+# the window read decides which row wins). One index probe per arrival.
 _STALE = """
-SELECT DISTINCT c.window_start
-FROM unnest(%s::uuid[], %s::timestamptz[]) AS c(event_id, window_start)
-JOIN enrichment_windows w ON w.window_start = c.window_start
-WHERE NOT EXISTS (SELECT 1 FROM enriched_events e WHERE e.event_id = c.event_id AND e.window_start = c.window_start)
+SELECT c.i, w.window_start, w.window_end
+FROM unnest(%s::uuid[], %s::timestamptz[]) WITH ORDINALITY AS c(event_id, event_time, i)
+CROSS JOIN LATERAL (SELECT window_start, window_end FROM enrichment_windows
+                    WHERE window_start <= c.event_time ORDER BY window_start DESC LIMIT 1) w
+WHERE c.event_time < w.window_end
+  AND NOT EXISTS (SELECT 1 FROM enriched_events e WHERE e.event_id = c.event_id AND e.window_start = w.window_start)
+"""
+
+# The ledger windows overlapping [start, end): from the last one starting at or before start (windows never overlap,
+# so none starting earlier can reach past it), on the primary key.
+_OVERLAPPING = """
+SELECT window_start, window_end FROM enrichment_windows
+WHERE window_start >= coalesce((SELECT max(window_start) FROM enrichment_windows WHERE window_start <= %(start)s),
+                               %(start)s)
+  AND window_start < %(end)s AND window_end > %(start)s
+ORDER BY window_start
 """
 
 _TO_RECOMPUTE = "SELECT window_start, window_end FROM enrichment_windows WHERE recompute ORDER BY window_start"
@@ -234,14 +247,18 @@ class PostgresEnrichmentStore:
                 (until, until, self._name),
             )
 
-    def stale_windows(self, candidates: Mapping[uuid.UUID, datetime]) -> set[datetime]:
-        items = list(candidates.items())
-        stale: set[datetime] = set()
+    def stale_windows(self, arrivals: Sequence[Arrival]) -> list[tuple[Arrival, Window]]:
+        stale: list[tuple[Arrival, Window]] = []
         with self._transaction("looking for late events") as conn:
-            for i in range(0, len(items), 10_000):
-                chunk = items[i:i + 10_000]
-                stale.update(row[0] for row in conn.execute(_STALE, ([k for k, _ in chunk], [v for _, v in chunk])))
+            for i in range(0, len(arrivals), 10_000):
+                chunk = arrivals[i:i + 10_000]
+                rows = conn.execute(_STALE, ([a.event_id for a in chunk], [a.event_time for a in chunk]))
+                stale.extend((chunk[n - 1], Window(utc(start), utc(end))) for n, start, end in rows)
         return stale
+
+    def enriched_windows(self, start: datetime, end: datetime) -> list[Window]:
+        with self._transaction("reading the enriched windows") as conn:
+            return [Window(utc(s), utc(e)) for s, e in conn.execute(_OVERLAPPING, {"start": start, "end": end})]
 
     def windows_to_recompute(self) -> list[Window]:
         with self._transaction("looking for windows to compute again") as conn:
@@ -252,8 +269,13 @@ class PostgresEnrichmentStore:
         params: dict[str, object] = {"start": window.start, "end": window.end, "name": self._name, "reason": reason}
         with self._transaction(f"the enrichment of window {window}") as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_NAMESPACE ^ int(window.start.timestamp()),))
-            first_time = conn.execute("SELECT 1 FROM enrichment_windows WHERE window_start = %(start)s",
-                                      params).fetchone() is None
+            ledger = [Window(utc(s), utc(e)) for s, e in conn.execute(_OVERLAPPING, params)]
+            if ledger not in ([], [window]):
+                # Planned before another writer enriched these (with another SLUICE_ENRICH_WINDOW_SECONDS, during a
+                # roll-out): writing it would count their events twice. The next run plans from the ledger again.
+                raise TransientError(f"window {window} overlaps the enriched windows "
+                                     f"{', '.join(map(str, ledger))}: not written, it is planned again")
+            first_time = not ledger
             # The rows stream into COPY as Cassandra hands them over, so a COPY lasts as long as the window's read,
             # which the reader's own request timeouts bound: statement_timeout would time Cassandra and fail a slow
             # read as PostgreSQL's, run after run. It is off while the rows stream; lock_timeout bounds what
