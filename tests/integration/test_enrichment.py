@@ -815,3 +815,75 @@ def test_a_window_overlapping_an_enriched_window_of_another_width_is_refused(pg:
     with pytest.raises(TransientError, match="overlaps the enriched windows"):
         pg.store.write_window(source, "backfill", advance_watermark=False)
     assert pg.ledger() == [(T0, T0 + W)] and pg.device_counts() == {(T0, "dev-1"): 1}
+
+
+def _wait_for_lock_wait(dsn: str, *needles: str, timeout: float = 20.0) -> None:
+    """Until a backend runs a statement containing one of ``needles`` and waits on a heavyweight lock."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                               "AND wait_event_type = 'Lock' AND query LIKE ANY(%s)",
+                               ([f"%{needle}%" for needle in needles],)).fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"no backend waited on a lock in {needles!r}")
+
+
+def test_two_writers_take_turns_so_a_window_recomputed_meanwhile_keeps_the_row_another_took_over(
+        pg: PgStack) -> None:
+    """Writers of one pipeline (the timer and a backfill, two pods) take one transaction-scoped advisory lock, so
+    their windows are written one after the other: writer A writes W2, which takes the id X over from W1 (X's later
+    row is in W2), updates X's enriched row and marks W1 to be recomputed; writer B, writing W1 meanwhile, waits for
+    A's commit and then sees X's later row: it leaves X out of W1, and keeps W1's recompute mark until it has.
+
+    The interleaving is pinned by holding the row lock of W1's ledger row from a third connection (A then waits
+    at the recompute mark, after its upsert of X): only a way to make the natural race of two pods deterministic.
+    """
+    x = uuid.uuid4()
+    w1, w2 = Window(T0, T0 + W), Window(T0 + W, T0 + 2 * W)
+    service = pg.service()
+    pg.reader.events += [stored("dev-1", T0 + timedelta(seconds=5), event_id=x, t=1.0),
+                         stored("dev-1", T0 + timedelta(seconds=50), t=3.0),
+                         stored("dev-2", T0 + W + timedelta(seconds=5), t=4.0)]
+    service.run(now=T0 + W + timedelta(minutes=2))  # W1 enriched; X in W1
+    # X re-sent on time with a later timestamp, in W2 (enqueued a second after it), before W2 closes
+    pg.reader.events.append(stored("dev-1", T0 + W + timedelta(seconds=40), event_id=x, t=2.0))
+    for minutes in range(3, 7):  # the timer runs every minute; W2 is still open
+        service.run(now=T0 + W + timedelta(minutes=minutes))
+    # 10:12: W2 closes. Pod A enriches it (scheduled); pod B (a backfill of W1, or W1's own recompute) writes W1.
+    reference = pg.reference.load()
+    errors: list[BaseException] = []
+
+    def write(window: Window) -> None:
+        try:
+            source = WindowInput(window, lambda: pg.reader.read_each(window.start, window.end), reference)
+            scheduled = window == w2
+            pg.store.write_window(source, "scheduled" if scheduled else "backfill", advance_watermark=scheduled)
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    with psycopg.connect(pg.dsn) as blocker:
+        blocker.execute("SELECT 1 FROM enrichment_windows WHERE window_start = %s FOR UPDATE", (w1.start,))
+        a = threading.Thread(target=write, args=(w2,))
+        a.start()
+        _wait_for_lock_wait(pg.dsn, "UPDATE enrichment_windows SET recompute")  # A updated X, not committed
+        b = threading.Thread(target=write, args=(w1,))
+        b.start()
+        # B waits: on the pipeline's lock (or, were it a lock per window, on X's row, having read X as still in W1)
+        _wait_for_lock_wait(pg.dsn, "pg_advisory_xact_lock", "INSERT INTO enriched_events")
+        blocker.rollback()  # A goes on and commits; then B
+    a.join(30)
+    b.join(30)
+    assert not errors, errors
+
+    pg.store.save_late_scan(T0 + 2 * W + timedelta(minutes=2))  # as pod A's run ends
+    assert pg.query("SELECT watermark FROM enrichment_state") == [(w2.end,)]
+    for minutes in range(3, 8):  # the timer goes on
+        service.run(now=T0 + 2 * W + timedelta(minutes=minutes))
+
+    assert pg.query("SELECT window_start, event_time FROM enriched_events WHERE event_id = %s", (x,)) == \
+        [(w2.start, T0 + W + timedelta(seconds=40))], "the earlier row of X overwrote the later one"
+    total_dev1 = sum(n for (_, d), n in pg.device_counts().items() if d == "dev-1")
+    assert total_dev1 == 2, f"dev-1 sent 2 distinct events, its figures count {total_dev1}"

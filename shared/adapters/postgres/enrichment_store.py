@@ -3,8 +3,13 @@
 Per window, inside one transaction:
 
 1. ``SET LOCAL statement_timeout`` and a transaction-scoped advisory lock on the
-   window, so two runners (timer and a backfill) write the same window one after
-   the other, never interleaved;
+   pipeline (its ``name``), so two writers (the timer and a backfill, two pods)
+   write their windows one after the other, never interleaved: a window's write
+   reads and changes rows of other windows (an id re-sent with another timestamp
+   moves between them, and marks the window it left), so a lock per window would
+   let one writer's checks run on rows another is changing. Windows are written
+   one at a time per runner anyway; the lock makes two runners take turns, window
+   by window. Each statement then sees what the writer before committed;
 2. a window enriched for the first time (no ledger row) has its rows streamed,
    page by page as the reader hands them over and a
    :class:`~shared.domain.enrichment.WindowEnrichment` accepts them, joined here,
@@ -36,6 +41,7 @@ by the server and nothing of the window is written.
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -54,7 +60,7 @@ from shared.ports.enrichment import Arrival, EnrichmentState, Reason, WindowInpu
 
 logger = logging.getLogger(__name__)
 
-_LOCK_NAMESPACE = 0x5E_0000_0000  # xor-ed with the window start (epoch seconds) for the advisory lock key
+_LOCK_NAMESPACE = 0x5E_0000_0000  # xor-ed with the CRC-32 of the pipeline's name for the advisory lock key
 
 _STAGE_EVENTS = """
 CREATE TEMP TABLE stage_events (
@@ -213,6 +219,7 @@ class PostgresEnrichmentStore:
         self._pool = pool
         self._timeout_ms = int(statement_timeout_seconds * 1000)
         self._name = name
+        self._lock_key = _LOCK_NAMESPACE ^ zlib.crc32(name.encode())
 
     @contextmanager
     def _transaction(self, what: str) -> Iterator[psycopg.Connection]:
@@ -268,7 +275,9 @@ class PostgresEnrichmentStore:
         window = source.window
         params: dict[str, object] = {"start": window.start, "end": window.end, "name": self._name, "reason": reason}
         with self._transaction(f"the enrichment of window {window}") as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_NAMESPACE ^ int(window.start.timestamp()),))
+            # One writer of the pipeline at a time, whatever the window: a window's write reads and writes other
+            # windows' rows too (an id re-sent into another window), which a lock on its own window would not cover.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
             ledger = [Window(utc(s), utc(e)) for s, e in conn.execute(_OVERLAPPING, params)]
             if ledger not in ([], [window]):
                 # Planned before another writer enriched these (with another SLUICE_ENRICH_WINDOW_SECONDS, during a
