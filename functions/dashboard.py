@@ -46,9 +46,11 @@ _TOKEN = re.compile(r"[A-Za-z0-9_\-]{1,400}\.[A-Za-z0-9_\-]{1,64}")
 
 
 def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    """A JSON answer; ``nosniff`` because bodies carry device data and echo bad input (a 400 repeats it)."""
     return func.HttpResponse(json.dumps(body, separators=(",", ":"), ensure_ascii=False), status_code=status,
                              mimetype="application/json", charset="utf-8",
-                             headers={"Cache-Control": "no-store", **(headers or {})})
+                             headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+                                      **(headers or {})})
 
 
 def _mapped(handler: Callable[[func.HttpRequest], func.HttpResponse]) -> Callable[[func.HttpRequest], func.HttpResponse]:

@@ -40,7 +40,7 @@ RETRY_AFTER_SECONDS = 5
 def _json(body: str | dict[str, Any], status: int, headers: dict[str, str] | None = None) -> func.HttpResponse:
     text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
     return func.HttpResponse(text, status_code=status, mimetype="application/json", charset="utf-8",
-                             headers=headers or {})
+                             headers={"X-Content-Type-Options": "nosniff", **(headers or {})})
 
 
 def _error(status: int, error: str, message: str, **extra: str) -> func.HttpResponse:
@@ -59,7 +59,8 @@ def _answer(lookup: Lookup, missing: str) -> func.HttpResponse:
     headers = {"X-Cache": lookup.cache, "Cache-Control": "no-store"}
     if lookup.document is None:
         return func.HttpResponse(json.dumps({"error": "not_found", "message": missing}), status_code=404,
-                                 mimetype="application/json", charset="utf-8", headers=headers)
+                                 mimetype="application/json", charset="utf-8",
+                                 headers={"X-Content-Type-Options": "nosniff", **headers})
     return _json(lookup.document, 200, headers)
 
 

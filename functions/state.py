@@ -28,7 +28,8 @@ RETRY_AFTER_SECONDS = 5
 
 def _json(body: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> func.HttpResponse:
     return func.HttpResponse(json.dumps(body, separators=(",", ":")), status_code=status, mimetype="application/json",
-                             charset="utf-8", headers={"Cache-Control": "no-store", **(headers or {})})
+                             charset="utf-8", headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+                                                       **(headers or {})})
 
 
 @bp.function_name("device_state_at")
