@@ -5,19 +5,53 @@
   const SVG = "http://www.w3.org/2000/svg";
   const code = new URLSearchParams(location.search).get("code");
   const base = location.pathname.replace(/\/dashboard\/?$/, "");
+  const REQUEST_TIMEOUT_MS = 20000;  // a request that never answers must not stop the polling
+  const HISTORY_PAGES = 20, HISTORY_PAGE_SIZE = 1000;  // a chart holds at most the newest 20,000 events
+  const FEED_SIZE = 50;
   let refreshMs = 5000;
-  const seenCritical = new Set();
-  let history = [];
+  let seenCritical = new Set();  // the ids of the events in the feed, no more
+  let device = null;  // the device shown: {id, events, partial}; null when none is
+  let search = null;  // the AbortController of the search in flight: a newer search aborts it
+  let statusReadAt = null, sitesReadAt = null;
 
-  function api(path, params) {
+  // An error of a route carries the message of its 400/404/503 JSON body (naming the dependency), or the HTTP status.
+  function api(path, params, signal) {
     const url = new URL(base + path, location.origin);
     for (const [k, v] of Object.entries(params || {})) if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, v);
     if (code) url.searchParams.set("code", code);
-    return fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" }).then(async (r) => {
-      const body = await r.json().catch(() => null);
-      if (!r.ok) throw new Error((body && body.message) || ("HTTP " + r.status));
-      return body;
-    });
+    const controller = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => { timedOut = true; controller.abort(); }, REQUEST_TIMEOUT_MS);
+    const cancel = () => controller.abort();
+    if (signal) {
+      if (signal.aborted) controller.abort();
+      else signal.addEventListener("abort", cancel, { once: true });
+    }
+    return fetch(url, { headers: { Accept: "application/json" }, cache: "no-store", signal: controller.signal })
+      .then(async (r) => {
+        const body = await r.json().catch(() => null);
+        if (!r.ok) {
+          throw new Error(naming(body && body.dependency, (body && body.message) || ("HTTP " + r.status)));
+        }
+        return body;
+      })
+      .catch((err) => {
+        if (timedOut) throw new Error("no answer within " + REQUEST_TIMEOUT_MS / 1000 + " s");
+        throw err;
+      })
+      .finally(() => {
+        clearTimeout(timer);
+        if (signal) signal.removeEventListener("abort", cancel);
+      });
+  }
+
+  // "<dependency>: <message>", unless the message names its dependency already ("redis unavailable: ...").
+  function naming(dependency, text) {
+    return dependency && !String(text).includes(dependency) ? dependency + ": " + text : String(text);
+  }
+
+  function message(err) {
+    return String((err && err.message) || err);
   }
 
   function el(tag, text, cls) {
@@ -33,10 +67,16 @@
     return node;
   }
 
+  // Numbers: integers grouped, others to one decimal, but a non-zero value under 0.1 keeps two significant
+  // digits (0.03 events/s is not "0.0": one or two events a minute still arrive).
   function fmt(value, unit) {
     if (value === null || value === undefined) return "–";
-    if (typeof value === "number") return (Number.isInteger(value) ? value.toLocaleString("en") : value.toFixed(1)) + (unit || "");
-    return String(value);
+    if (typeof value !== "number") return String(value);
+    let text;
+    if (Number.isInteger(value)) text = value.toLocaleString("en");
+    else if (Math.abs(value) < 0.1) text = String(Number(value.toPrecision(2)));
+    else text = value.toFixed(1);
+    return text + (unit || "");
   }
 
   function seconds(value) {
@@ -46,10 +86,43 @@
     return (value / 3600).toFixed(1) + " h";
   }
 
+  // Every time on the page is a date and time in UTC, said so: "2026-11-23 09:30:01 UTC".
+  function when(value) {
+    const t = typeof value === "number" ? value : Date.parse(value);
+    if (!Number.isFinite(t)) return String(value);
+    return new Date(t).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
+  }
+
+  // How long ago, by this browser's clock.
+  function ago(value) {
+    const s = (Date.now() - Date.parse(value)) / 1000;
+    if (!Number.isFinite(s)) return "";
+    if (s < -60) return "in the future";
+    if (s < 60) return "under a minute ago";
+    if (s < 5400) return Math.round(s / 60) + " min ago";
+    if (s < 172800) return Math.round(s / 3600) + " h ago";
+    return Math.round(s / 86400) + " days ago";
+  }
+
   // -- tiles and throughput chart ---------------------------------------------------------------
+  // A section of /api/status in error is {"error": "...", "dependency": "..."} (docs/api.md): its tiles say
+  // "error", never "–" (no data) or "n/a" (not configured), and the error is listed under the tiles.
+  const TILE_SECTION = { events_per_second: "throughput", lag: "lag", delay_p99_ms: "throughput",
+    feed_staleness: "change_feed", enrichment_freshness: "enrichment", dead_letters: "dead_letters", hit_rate: "cache" };
+  const SECTION_LABEL = { throughput: "throughput", lag: "lag", change_feed: "change feed", enrichment: "enrichment",
+    dead_letters: "dead letters", cache: "cache hit rate", dependencies: "health checks" };
+
+  function failed(section) {
+    return section && typeof section === "object" && typeof section.error === "string" ? section : null;
+  }
+
+  function problem(name, section) {
+    return SECTION_LABEL[name] + ": " + naming(section.dependency, section.error);
+  }
+
   function tileValues(s) {
     const t = s.throughput || {};
-    return {
+    const values = {
       events_per_second: fmt(t.events_per_second),
       lag: s.lag && s.lag.total !== null && s.lag.total !== undefined ? fmt(s.lag.total) : "n/a",
       delay_p99_ms: t.delay_p99_ms === null || t.delay_p99_ms === undefined ? "–" : fmt(t.delay_p99_ms, " ms"),
@@ -60,51 +133,82 @@
       hit_rate: s.cache && s.cache.hit_rate !== null && s.cache.hit_rate !== undefined
         ? (s.cache.hit_rate * 100).toFixed(1) + " %" : "–",
     };
+    for (const [tile, name] of Object.entries(TILE_SECTION)) if (failed(s[name])) values[tile] = "error";
+    return values;
   }
   window.sluiceTileValues = tileValues; // the browser test compares the tiles with /api/status through it
 
+  // The list under the tiles is the page's live region: it changes (and is announced) only when a problem
+  // appears, changes or goes, never on a routine poll.
+  function showProblems(lines) {
+    const list = document.getElementById("status-problems");
+    if ([...list.children].map((li) => li.textContent).join("\n") === lines.join("\n")) return;
+    list.replaceChildren(...lines.map((line) => el("li", line)));
+  }
+
   function renderStatus(s) {
     window.sluiceLastStatus = s;
+    statusReadAt = s.generated_at;
+    document.body.classList.remove("status-stale");
     const values = tileValues(s);
-    for (const node of document.querySelectorAll("[data-tile]")) node.textContent = values[node.dataset.tile];
-    const lagTile = document.querySelector('[data-tile="lag"]');
-    lagTile.title = s.lag && s.lag.status === "not_configured" ? "no lag reader is configured" : "";
-    document.getElementById("updated").textContent = "updated " + new Date(s.generated_at).toLocaleTimeString();
-    const deps = document.getElementById("deps");
-    deps.replaceChildren();
-    for (const [name, dep] of Object.entries(s.dependencies || {})) {
-      if (name === "status" || typeof dep !== "object") continue;
-      deps.append(el("span", name + " " + dep.status + " ", dep.status === "up" ? "up" : "down"));
+    for (const node of document.querySelectorAll("[data-tile]")) {
+      const name = TILE_SECTION[node.dataset.tile], section = failed(s[name]);
+      node.textContent = values[node.dataset.tile];
+      node.classList.toggle("down", Boolean(section));
+      node.title = section ? problem(name, section)
+        : name === "lag" && s.lag && s.lag.status === "not_configured" ? "no lag reader is configured" : "";
     }
-    drawThroughput((s.throughput && s.throughput.series) || []);
+    document.getElementById("updated").textContent = "updated " + when(s.generated_at);
+    showProblems(Object.keys(SECTION_LABEL).filter((name) => failed(s[name])).map((name) => problem(name, s[name])));
+    // The health checks' dependencies, then those of the sections in error (storage, Event Hubs, PostgreSQL).
+    const deps = document.getElementById("deps");
+    const shown = new Map();
+    for (const [name, dep] of Object.entries(s.dependencies || {})) {
+      if (name !== "status" && dep && typeof dep === "object") shown.set(name, dep.status);
+    }
+    for (const name of Object.keys(SECTION_LABEL)) {
+      const section = failed(s[name]);
+      if (section && section.dependency && shown.get(section.dependency) !== "down") shown.set(section.dependency, "error");
+    }
+    deps.replaceChildren(...[...shown].map(([name, state]) => el("span", name + " " + state + " ", state === "up" ? "up" : "down")));
+    drawThroughput(s.throughput);
     if (s.refresh_seconds) refreshMs = s.refresh_seconds * 1000;
     if (window.sluiceFirstRenderMs === undefined) window.sluiceFirstRenderMs = performance.now();
   }
 
+  function statusFailed(text) {
+    document.body.classList.add("status-stale");
+    document.getElementById("updated").textContent = statusReadAt ? "not updated since " + when(statusReadAt) : "status unavailable";
+    showProblems(["status unavailable: " + text + (statusReadAt ? "; the figures shown are of " + when(statusReadAt) : "")]);
+  }
+
+  // The top of the chart is the largest value, at least 1: the caption names that top, the value drawn there.
   function scale(values, height, pad) {
-    const max = Math.max(1, ...values.filter((v) => v !== null));
-    return (v) => height - pad - (v / max) * (height - 2 * pad);
+    const top = Math.max(1, ...values.filter((v) => v !== null && v !== undefined));
+    return { top, y: (v) => height - pad - (v / top) * (height - 2 * pad) };
   }
 
   function drawLine(chart, points, cls) {
     if (points.length) chart.append(svg("polyline", { class: cls, points: points.map((p) => p.join(",")).join(" ") }));
   }
 
-  function drawThroughput(series) {
+  function drawThroughput(t) {
     const chart = document.getElementById("throughput-chart");
+    const caption = document.getElementById("throughput-scale");
     chart.replaceChildren();
-    if (!series.length) return;
+    const section = failed(t);
+    if (section) { caption.textContent = problem("throughput", section); return; }
+    const series = (t && t.series) || [];
+    if (!series.length) { caption.textContent = "no arrival buckets yet"; return; }
     const w = 600, h = 200, step = w / Math.max(1, series.length - 1);
-    const y1 = scale(series.map((b) => b.events_per_second), h, 14);
-    const y2 = scale(series.map((b) => b.delay_p99_ms), h, 14);
-    drawLine(chart, series.map((b, i) => [i * step, y1(b.events_per_second)]), "l1");
-    const delays = series.filter((b) => b.delay_p99_ms !== null).map((b) => [series.indexOf(b) * step, y2(b.delay_p99_ms)]);
+    const rate = scale(series.map((b) => b.events_per_second), h, 14);
+    const delay = scale(series.map((b) => b.delay_p99_ms), h, 14);
+    drawLine(chart, series.map((b, i) => [i * step, rate.y(b.events_per_second)]), "l1");
+    const delays = [];
+    series.forEach((b, i) => { if (b.delay_p99_ms !== null && b.delay_p99_ms !== undefined) delays.push([i * step, delay.y(b.delay_p99_ms)]); });
     drawLine(chart, delays, "l2");
     for (const [x, y] of delays) chart.append(svg("circle", { cx: x, cy: y, r: 3, class: "pt2" }));
-    const peak = Math.max(...series.map((b) => b.events_per_second));
-    const peakDelay = Math.max(0, ...series.map((b) => b.delay_p99_ms || 0));
-    document.getElementById("throughput-scale").textContent =
-      "top of the chart: " + peak.toFixed(1) + " events/s, " + peakDelay.toFixed(0) + " ms";
+    caption.textContent = "top of the chart: " + fmt(rate.top) + " events/s, " + fmt(delay.top) + " ms";
   }
 
   // -- critical feed --------------------------------------------------------------------------
@@ -112,16 +216,22 @@
     const feed = document.getElementById("critical-feed");
     const fresh = body.events.filter((e) => !seenCritical.has(e.event_id)).reverse();
     for (const event of fresh) {
-      seenCritical.add(event.event_id);
       const item = el("li");
       item.dataset.eventId = event.event_id;
-      item.append(el("time", new Date(event.timestamp).toLocaleTimeString()), el("span", event.device_id, "dev"),
+      const time = el("time", when(event.timestamp));
+      time.dateTime = event.timestamp;
+      const age = el("span", null, "age muted");
+      age.append(document.createTextNode(""));
+      item.append(time, age, el("span", event.device_id, "dev"),
         el("span", " " + event.event_type + " · " + event.severity + " "),
         el("span", Object.entries(event.measurements || {}).map(([k, v]) => k + "=" + v).join(", ")),
         el("span", " " + Object.entries(event.attributes || {}).map(([k, v]) => k + ": " + v).join(", "), "muted"));
       feed.prepend(item);
     }
-    while (feed.children.length > 50) feed.lastChild.remove();
+    while (feed.children.length > FEED_SIZE) feed.lastChild.remove();
+    seenCritical = new Set([...feed.children].map((li) => li.dataset.eventId));
+    // The ages move on every poll: a change of text, which the feed's live region (additions only) does not announce.
+    for (const li of feed.children) li.querySelector(".age").firstChild.nodeValue = ago(li.querySelector("time").dateTime) + " ";
     document.getElementById("critical-empty").hidden = feed.children.length > 0;
   }
 
@@ -129,8 +239,9 @@
   function renderLatest(event) {
     const list = document.getElementById("device-latest");
     list.replaceChildren();
-    const rows = [["device", event.device_id], ["last event", event.timestamp], ["type", event.event_type],
-      ["severity", event.severity], ...Object.entries(event.measurements || {}), ...Object.entries(event.attributes || {})];
+    const rows = [["device", event.device_id], ["last event", when(event.timestamp) + " (" + ago(event.timestamp) + ")"],
+      ["type", event.event_type], ["severity", event.severity],
+      ...Object.entries(event.measurements || {}), ...Object.entries(event.attributes || {})];
     for (const [k, v] of rows) list.append(el("dt", k), el("dd", v));
   }
 
@@ -140,17 +251,33 @@
     return [...names].sort();
   }
 
+  // Nothing of a device stays on the page once another is searched for: not its values, list or chart.
+  function clearDevice(text) {
+    device = null;
+    document.getElementById("device-latest").replaceChildren();
+    document.getElementById("measurement").replaceChildren();
+    document.getElementById("history-chart").replaceChildren();
+    document.getElementById("history-desc").textContent = text;
+  }
+
   function drawHistory() {
     const chart = document.getElementById("history-chart");
-    const name = document.getElementById("measurement").value;
     chart.replaceChildren();
-    const points = history.filter((e) => e.measurements && typeof e.measurements[name] === "number")
+    if (!device) return;
+    const name = document.getElementById("measurement").value;
+    const desc = document.getElementById("history-desc");
+    const read = device.partial
+      ? " Partial: only the newest " + fmt(device.events.length) + " events of the last 24 hours were read; older ones are not drawn."
+      : "";
+    const points = device.events.filter((e) => e.measurements && typeof e.measurements[name] === "number")
       .map((e) => ({ t: Date.parse(e.timestamp), v: e.measurements[name], id: e.event_id }))
       .sort((a, b) => a.t - b.t);
-    const desc = document.getElementById("history-desc");
-    if (!points.length) { desc.textContent = "No values of this measurement in the last 24 hours."; return; }
+    if (!points.length) {
+      desc.textContent = (name ? "No values of " + name : "No numeric measurements") + " in the last 24 hours." + read;
+      return;
+    }
     const w = 600, h = 200, pad = 14;
-    const t0 = points[0].t, t1 = points[points.length - 1].t || t0 + 1;
+    const t0 = points[0].t, t1 = points[points.length - 1].t;
     const vs = points.map((p) => p.v), lo = Math.min(...vs), hi = Math.max(...vs);
     const x = (t) => pad + (t1 === t0 ? (w - 2 * pad) / 2 : ((t - t0) / (t1 - t0)) * (w - 2 * pad));
     const y = (v) => h - pad - (hi === lo ? (h - 2 * pad) / 2 : ((v - lo) / (hi - lo)) * (h - 2 * pad));
@@ -158,11 +285,12 @@
     for (const p of points) {
       const dot = svg("circle", { cx: x(p.t), cy: y(p.v), r: 3, class: "pt", "data-t": p.t, "data-v": p.v, "data-id": p.id });
       const tip = svg("title");
-      tip.textContent = new Date(p.t).toISOString() + " " + name + " = " + p.v;
+      tip.textContent = when(p.t) + " " + name + " = " + p.v;
       dot.append(tip);
       chart.append(dot);
     }
-    desc.textContent = points.length + " values of " + name + ", from " + lo + " to " + hi + ".";
+    desc.textContent = points.length + " values of " + name + " from " + when(t0) + " to " + when(t1) +
+      ", lowest " + lo + ", highest " + hi + "." + read;
   }
 
   async function searchDevice(ev) {
@@ -170,26 +298,35 @@
     const id = document.getElementById("device-id").value.trim();
     const error = document.getElementById("device-error");
     error.textContent = "";
+    if (search) search.abort();  // its answers would be another device's
+    const mine = new AbortController();
+    search = mine;
+    clearDevice("Reading the history of " + id + "…");
+    const path = "/devices/" + encodeURIComponent(id);
     try {
-      const latest = await api("/devices/" + encodeURIComponent(id) + "/latest");
+      const latest = await api(path + "/latest", null, mine.signal);
       renderLatest(latest);
-      history = [];
-      let page = null;
-      for (let i = 0; i < 20; i++) {
-        const body = await api("/devices/" + encodeURIComponent(id) + "/events", { limit: 1000, page });
-        history.push(...body.events);
+      const events = [];
+      let page = null, pages = 0;
+      do {
+        const body = await api(path + "/events", { limit: HISTORY_PAGE_SIZE, page }, mine.signal);
+        events.push(...body.events);
         page = body.next_page;
-        if (!page) break;
-      }
+        pages += 1;
+      } while (page && pages < HISTORY_PAGES);
+      if (search !== mine) return;
+      device = { id, events, partial: Boolean(page) };
       const select = document.getElementById("measurement");
-      const chosen = select.value;
-      select.replaceChildren(...measurements(history).map((m) => { const o = el("option", m); o.value = m; return o; }));
+      const chosen = select.dataset.chosen;
+      select.replaceChildren(...measurements(events).map((m) => { const o = el("option", m); o.value = m; return o; }));
       if (chosen && [...select.options].some((o) => o.value === chosen)) select.value = chosen;
       drawHistory();
     } catch (err) {
-      error.textContent = String(err.message || err);
-      document.getElementById("device-latest").replaceChildren();
-      document.getElementById("history-chart").replaceChildren();
+      if (search !== mine) return;  // replaced by a newer search, which shows its own outcome
+      clearDevice("No history shown: the search for " + id + " failed.");
+      error.textContent = message(err);
+    } finally {
+      if (search === mine) search = null;
     }
   }
 
@@ -205,19 +342,41 @@
     }));
   }
 
+  // A failed read is said, never shown as an empty report: rows read before stay, marked with their age.
+  async function pollSites() {
+    const problemNode = document.getElementById("sites-error");
+    const table = document.getElementById("sites");
+    try {
+      renderSites(await api("/reports/sites", { limit: 30 }));
+      sitesReadAt = new Date().toISOString();
+      problemNode.hidden = true;
+      problemNode.textContent = "";
+      table.classList.remove("stale");
+    } catch (err) {
+      const kept = document.querySelector("#sites tbody").children.length > 0;
+      document.getElementById("sites-empty").hidden = true;  // not "none yet": unknown
+      problemNode.textContent = "site report unavailable: " + message(err) +
+        (kept ? "; the rows below were read at " + when(sitesReadAt) + " and may be out of date." : "");
+      problemNode.hidden = false;
+      table.classList.toggle("stale", kept);
+    } finally {
+      setTimeout(pollSites, 60000);
+    }
+  }
+
   // -- polling --------------------------------------------------------------------------------
   // The status and the critical feed are fetched together but shown apart: the feed is Redis's, and a Redis
   // outage must not hide the status of everything else (which says that Redis is down).
   async function poll() {
     try {
-      const [status, critical] = await Promise.allSettled([api("/status"), api("/critical", { limit: 50 })]);
+      const [status, critical] = await Promise.allSettled([api("/status"), api("/critical", { limit: FEED_SIZE })]);
       if (status.status === "fulfilled") renderStatus(status.value);
-      else document.getElementById("updated").textContent = "status unavailable: " + (status.reason.message || status.reason);
-      const problem = document.getElementById("critical-error");
-      problem.hidden = critical.status === "fulfilled";
+      else statusFailed(message(status.reason));
+      const problemNode = document.getElementById("critical-error");
+      problemNode.hidden = critical.status === "fulfilled";
       if (critical.status === "fulfilled") renderCritical(critical.value);
       else {
-        problem.textContent = "critical events unavailable: " + (critical.reason.message || critical.reason);
+        problemNode.textContent = "critical events unavailable: " + message(critical.reason);
         document.getElementById("critical-empty").hidden = true;  // not "none yet": unknown
       }
     } finally {
@@ -225,13 +384,11 @@
     }
   }
 
-  async function pollSites() {
-    try { renderSites(await api("/reports/sites", { limit: 30 })); } catch (err) { /* shown empty */ }
-    setTimeout(pollSites, 60000);
-  }
-
   document.getElementById("device-form").addEventListener("submit", searchDevice);
-  document.getElementById("measurement").addEventListener("change", drawHistory);
+  document.getElementById("measurement").addEventListener("change", (ev) => {
+    ev.target.dataset.chosen = ev.target.value;  // kept across searches while the next device has it
+    drawHistory();
+  });
   poll();
   pollSites();
 })();

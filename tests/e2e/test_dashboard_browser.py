@@ -168,7 +168,7 @@ def test_the_page_in_chromium_shows_the_stores_live(pipeline, isolated_eventhub,
     assert drawn == sent
     assert browser.find_element(By.ID, "measurement").get_attribute("value") == "temperature"
     latest = browser.find_element(By.ID, "device-latest").text
-    assert device in latest and history[-1]["timestamp"][:19] in latest
+    assert device in latest and history[-1]["timestamp"][:19].replace("T", " ") + " UTC" in latest
 
     # Keyboard: the search form is reachable and usable without a mouse (every control has a label).
     for control in browser.find_elements(By.CSS_SELECTOR, "input, select"):
