@@ -1,0 +1,265 @@
+"""What the operations page shows in each state of the stores: outages, old events, failed, slow and long
+searches, phone width, small rates, and the headers of its JSON routes.
+
+Every test runs the real dev host with the real dashboard blueprint and the real services behind it
+(``StatusService``, ``HistoryService``, ``ReportService``) over in-memory fakes of the project's ports
+(``tests/fixtures/dashboard_page.py``), and drives the real page in Debian's Chromium where the browser matters.
+The whole-pipeline test of the page is ``test_dashboard_browser.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+
+from tests.fixtures.dashboard_page import DashboardHost, chromium, chromium_phone
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    driver = chromium()
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def phone() -> Iterator[webdriver.Chrome]:
+    driver = chromium_phone()
+    yield driver
+    driver.quit()
+
+
+def _wait(condition, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _open(browser, host: DashboardHost) -> None:
+    browser.get(f"{host.api}/dashboard")
+    _wait(lambda: browser.execute_script("return window.sluiceLastStatus !== undefined"), 15, "the first status")
+
+
+def _search(browser, device: str) -> None:
+    box = browser.find_element(By.ID, "device-id")
+    box.clear()
+    box.send_keys(device)
+    box.send_keys(Keys.ENTER)
+
+
+def _text(browser, element_id: str) -> str:
+    return browser.find_element(By.ID, element_id).text
+
+
+def _anchor(minutes_ago: int = 1) -> str:
+    return (datetime.now(UTC) - timedelta(minutes=minutes_ago)).replace(microsecond=0).isoformat()
+
+
+def _critical(event_id: str, at: datetime) -> dict:
+    return {"event_id": event_id, "device_id": "valve-7", "event_type": "telemetry", "severity": "critical",
+            "timestamp": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "critical": True,
+            "measurements": {"pressure": 9.5}, "attributes": {}, "schema_version": 1}
+
+
+# -- a store in error is said, never shown as "no data" ------------------------------------------------------------
+
+def test_a_site_report_that_cannot_be_read_is_said_not_shown_empty(dashboard: DashboardHost, browser) -> None:
+    """When ``/api/reports/sites`` answers 503 (PostgreSQL down), the section names the error; it never states
+    "No enriched windows yet.", which would tell the operator that enrichment produced nothing."""
+    dashboard.set(fail={"sites": "connection refused"})
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(f"{dashboard.api}/reports/sites?limit=30", timeout=10)
+    assert answer.value.code == 503
+    _open(browser, dashboard)
+    problem = _wait(lambda: _text(browser, "sites-error"), 10, "the site report's error")
+    assert problem == "site report unavailable: postgres unavailable: connection refused", problem
+    section = browser.find_element(By.CSS_SELECTOR, "section[aria-labelledby=sites-title]").text
+    assert "No enriched windows yet." not in section, section
+
+
+def test_status_sections_in_error_say_so_and_name_their_dependency(dashboard: DashboardHost, browser) -> None:
+    """A section of ``/api/status`` in error (``{"error", "dependency"}``) shows "error" in its tiles, with the
+    error as their title, never a dash (no data yet) or "n/a" (lag not configured); the error is listed under the
+    tiles and its dependency (storage, Event Hubs: not among the health checks) is named in the header. A
+    throughput section that fails clears the chart and says why, instead of keeping the last caption."""
+    _open(browser, dashboard)
+    _wait(lambda: "top of the chart" in _text(browser, "throughput-scale"), 5, "the throughput caption")
+    dashboard.set(fail={"dead_letters": "the storage account did not answer", "lag": "cannot read checkpoints",
+                        "throughput": "read timed out"})
+    _wait(lambda: "error" in browser.execute_script("return window.sluiceLastStatus.dead_letters"), 10,
+          "a status with the failed sections")
+    for tile, words in {"dead_letters": "dead letters: storage unavailable: the storage account did not answer",
+                        "lag": "lag: eventhubs unavailable: cannot read checkpoints",
+                        "events_per_second": "throughput: cassandra unavailable: read timed out"}.items():
+        node = browser.find_element(By.CSS_SELECTOR, f'[data-tile="{tile}"]')
+        assert node.text == "error" and node.get_attribute("title") == words, (tile, node.text,
+                                                                              node.get_attribute("title"))
+    problems = _text(browser, "status-problems")
+    assert "the storage account did not answer" in problems and "cannot read checkpoints" in problems, problems
+    deps = _text(browser, "deps")
+    assert "storage error" in deps and "eventhubs error" in deps, deps
+    assert _text(browser, "throughput-scale") == "throughput: cassandra unavailable: read timed out"
+    assert browser.find_elements(By.CSS_SELECTOR, "#throughput-chart polyline") == []
+
+    dashboard.reset()  # the stores answer again: the problems go, the tiles show figures
+    _wait(lambda: _text(browser, "status-problems") == "", 10, "the problems to clear")
+    assert browser.find_element(By.CSS_SELECTOR, '[data-tile="dead_letters"]').text == "0"
+
+
+# -- times -----------------------------------------------------------------------------------------------------------
+
+def test_critical_events_show_their_date_in_utc_and_their_age(dashboard: DashboardHost, browser) -> None:
+    """``/api/critical`` returns the newest events whatever their age: each shows its date and time in UTC
+    (as the device panel does) and its age, so one of three days ago never reads like one of a minute ago."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    old, new = "00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"
+    dashboard.set(critical_events=[_critical(new, now), _critical(old, now - timedelta(days=3))])
+    _open(browser, dashboard)
+    items = _wait(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#critical-feed li")) == 2 and
+                  browser.find_elements(By.CSS_SELECTOR, "#critical-feed li"), 10, "both critical events")
+    shown = {item.get_attribute("data-event-id"): item for item in items}
+    three_days_ago = (now - timedelta(days=3)).strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert shown[old].find_element(By.TAG_NAME, "time").text == three_days_ago
+    assert shown[new].find_element(By.TAG_NAME, "time").text == now.strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert "3 days ago" in shown[old].text and "under a minute ago" in shown[new].text
+
+
+# -- device search -------------------------------------------------------------------------------------------------
+
+def test_a_failed_search_leaves_nothing_of_the_previous_device(dashboard: DashboardHost, browser) -> None:
+    """After a search fails (404, 503), no value, measurement list, description or chart of the device shown
+    before remains, and choosing a measurement redraws nothing."""
+    dashboard.set(devices={"pump-a": {"count": 12, "step_seconds": 60, "anchor": _anchor(),
+                                      "measurement": "temperature"}})
+    _open(browser, dashboard)
+    _search(browser, "pump-a")
+    _wait(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#history-chart circle")) == 12, 15, "pump-a's chart")
+    _search(browser, "pump-unknown")
+    _wait(lambda: _text(browser, "device-error"), 10, "the error of the unknown device")
+    assert "pump-unknown" in _text(browser, "device-error")
+    desc = _text(browser, "history-desc")
+    browser.execute_script("document.getElementById('measurement').dispatchEvent(new Event('change'))")
+    assert "temperature" not in desc and "pump-unknown" in desc, desc
+    assert browser.find_elements(By.CSS_SELECTOR, "#history-chart circle") == []
+    assert browser.find_elements(By.CSS_SELECTOR, "#measurement option") == []
+    assert _text(browser, "device-latest") == ""
+
+
+def test_a_history_longer_than_the_pages_read_is_said_to_be_partial(dashboard: DashboardHost, browser) -> None:
+    """The page reads at most 20 pages of 1000 events; a device with more in the last 24 hours (22,000 here,
+    one every 3 s) gets the newest 20,000 drawn and a description that says the chart is partial, with the
+    time span and range of what is drawn."""
+    count = 22_000
+    dashboard.set(devices={"chatty": {"count": count, "step_seconds": 3, "anchor": _anchor(), "measurement": "rpm"}})
+    _open(browser, dashboard)
+    _search(browser, "chatty")
+    _wait(lambda: "values of" in _text(browser, "history-desc"), 120, "the chart")
+    drawn = browser.execute_script("return document.querySelectorAll('#history-chart circle').length")
+    desc = _text(browser, "history-desc")
+    assert drawn == 20_000
+    assert "Partial: only the newest 20,000 events" in desc, desc
+    assert re.match(r"20000 values of rpm from \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC to .* UTC, lowest 0, highest 49\.",
+                    desc), desc
+
+
+def test_a_newer_search_replaces_one_still_in_flight(dashboard: DashboardHost, browser) -> None:
+    """A search started while another is still reading pages (a slow store, Enter pressed again) wins: the
+    older one's later pages are dropped, so the chart holds only the device asked for last."""
+    dashboard.set(devices={"slow-a": {"count": 2500, "step_seconds": 2, "anchor": _anchor(), "measurement": "level"},
+                           "fast-b": {"count": 5, "step_seconds": 60, "anchor": _anchor(), "measurement": "level"}},
+                  history_sleep={"slow-a": 1.0})
+    _open(browser, dashboard)
+    _search(browser, "slow-a")
+    time.sleep(0.5)  # slow-a's latest is shown, its first history page is being read
+    _search(browser, "fast-b")
+    _wait(lambda: "fast-b" in _text(browser, "device-latest"), 10, "fast-b's latest state")
+    time.sleep(6)  # slow-a's three pages would have come back by now
+    drawn = browser.execute_script("return document.querySelectorAll('#history-chart circle').length")
+    assert drawn == 5, f"fast-b has 5 events; its chart shows {drawn} points"
+    assert "slow-a" not in _text(browser, "device-latest")
+
+
+# -- layout ----------------------------------------------------------------------------------------------------------
+
+def test_at_phone_width_nothing_is_wider_than_the_screen(dashboard: DashboardHost, phone) -> None:
+    """At 390 px the page is one column with no sideways scrolling, even with measurement and attribute names of
+    the longest valid kind (the select, the latest-state list and the description wrap or shrink)."""
+    name = "compressor_discharge_temperature_sensor_2_rolling_mean_celsius"  # 62 characters
+    attribute = "installation_reference_of_the_upstream_isolation_valve_a"
+    dashboard.set(devices={"pump-l": {"count": 3, "step_seconds": 60, "anchor": _anchor(), "measurement": name,
+                                      "attributes": {attribute: "v-12"}}})
+    _open(phone, dashboard)
+    assert phone.execute_script("return document.documentElement.scrollWidth") <= 390
+    _search(phone, "pump-l")
+    _wait(lambda: len(phone.find_elements(By.CSS_SELECTOR, "#history-chart circle")) == 3, 15, "the chart")
+    width = phone.execute_script("return document.documentElement.scrollWidth")
+    assert width <= 390, f"the page is {width}px wide on a 390px screen"
+
+
+# -- numbers -------------------------------------------------------------------------------------------------------
+
+def test_the_throughput_caption_names_the_value_at_the_top_of_the_chart(dashboard: DashboardHost, browser) -> None:
+    """The chart has no axis: its caption names the value drawn at the top edge, also below 1 event/s, where
+    the top stays at 1 event/s (0.1 events/s is drawn at a tenth of the height, and the caption says 1)."""
+    dashboard.set(bucket_events=6)  # 0.1 events/s in each closed 60 s bucket; 6 / elapsed in the open one
+    second = datetime.now(UTC).second
+    if not 8 <= second <= 45:  # the open bucket is older than 6 s, so below 1 event/s, for the whole test
+        time.sleep((8 - second) % 60)
+    _open(browser, dashboard)
+    caption, points, series = browser.execute_script(  # one poll's rendering: the page redraws every second
+        "return [document.getElementById('throughput-scale').textContent,"
+        " document.querySelector('#throughput-chart polyline.l1').getAttribute('points'),"
+        " window.sluiceLastStatus.throughput.series]")
+    top = float(re.search(r"top of the chart: ([0-9.]+) events/s", caption).group(1))
+    ys = [float(p.split(",")[1]) for p in points.split()]
+    peak = max(b["events_per_second"] for b in series)
+    assert 0 < peak < 1, series
+    peak_y = min(ys)  # the highest point drawn, the peak
+    # the value at the top edge of the plot area (y = 14), from the peak's drawn height above the bottom (y = 186)
+    drawn_top = peak * (200 - 2 * 14) / (200 - 14 - peak_y)
+    assert top == pytest.approx(drawn_top, rel=0.05), \
+        f"caption says the top is {top} events/s; the chart's top is {drawn_top:.2f} events/s"
+
+
+def test_a_small_non_zero_rate_is_never_shown_as_zero(dashboard: DashboardHost, browser) -> None:
+    """One event in the last minute is 0.02 events/s: the tile shows "0.02", not "0.0"."""
+    dashboard.set(bucket_events=1)
+    _open(browser, dashboard)
+    status = browser.execute_script("return window.sluiceLastStatus")
+    assert status["throughput"]["events_last_minute"] > 0
+    shown = browser.find_element(By.CSS_SELECTOR, '[data-tile="events_per_second"]').text
+    assert status["throughput"]["events_per_second"] > 0
+    assert float(shown) == pytest.approx(status["throughput"]["events_per_second"]), shown
+
+
+# -- headers -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/status", "/critical", "/reports/sites?site_id=%3Cscript%3E",
+                                  "/devices/pump-x/events"])
+def test_json_routes_send_nosniff(dashboard: DashboardHost, path: str) -> None:
+    """Every JSON answer of the page's routes, 200 or 400 (which echoes the bad input), carries
+    ``X-Content-Type-Options: nosniff``, as the page itself does."""
+    try:
+        response = urllib.request.urlopen(f"{dashboard.api}{path}", timeout=10)
+    except urllib.error.HTTPError as error:
+        response = error
+    assert response.headers.get("Content-Type", "").startswith("application/json")
+    assert response.headers.get("X-Content-Type-Options") == "nosniff", dict(response.headers)
+    json.loads(response.read())
