@@ -18,7 +18,8 @@ whatever a part sends is built before the clock:
 * **windows**: every ``events_by_time_bucket`` partition holding the events, each read once with
   enrichment's columns, page size and concurrency (``execute_concurrent_with_args``);
 * **redis**: for each page of the feed, the commands the change feed sends for it (each device's
-  newest event, and the critical ones) in one pipeline per page, under a key prefix of its own;
+  newest event, the critical ones, and the lookup-cached copy of every other one) in one pipeline per
+  page, under a key prefix of its own;
 * **postgres**: one binary ``COPY`` of the events' enriched rows into a temporary table shaped
   like ``enriched_events``.
 
