@@ -161,3 +161,25 @@ def test_lookups_during_a_failover_fall_back_to_cassandra_without_a_500(cluster,
             assert response.status_code == 200, response.get_body()
             seen.add(response.headers["X-Cache"])
     assert "bypass" in seen  # some lookups found Redis down and were served from Cassandra
+
+
+@pytest.mark.timeout(60)
+def test_the_lookups_first_commands_sent_together_to_a_cluster_all_succeed(cluster):
+    """A worker's first lookups arrive together. redis-py 8.1's asyncio cluster client fails commands sent
+    concurrently before it has read the slot map (each one starts reading it, and one closes the connections
+    another uses); the connection reads the map once, before any command, so all of them succeed."""
+    prefix = f"first-{uuid.uuid4().hex[:8]}:"
+
+    async def scenario() -> list[object]:
+        connection = AsyncRedisConnection(cluster.url, cluster=True)
+        try:
+            client = await asyncio.gather(*(connection.client() for _ in range(5)))
+            assert all(c is client[0] for c in client)  # one client, not one per concurrent first use
+            return await asyncio.gather(*(client[0].set(f"{prefix}{n}", n, ex=60) for n in range(40)),
+                                        return_exceptions=True)
+        finally:
+            connection.close()
+            await asyncio.sleep(0.1)
+
+    answers = asyncio.run(scenario())
+    assert [a for a in answers if a is not True] == []

@@ -88,14 +88,19 @@ def local_users(redis_url: str) -> Iterator[tuple[redis.Redis | RedisCluster, li
     yield from _users(redis.Redis.from_url(redis_url))
 
 
-def signed_in_as(admin: redis.Redis | RedisCluster, client_name: str) -> list[str]:
-    """The ACL user of every connection named ``client_name``, on every node."""
+def clients_of(admin: redis.Redis | RedisCluster, client_name: str) -> list[dict[str, str]]:
+    """``CLIENT LIST`` entries of the connections named ``client_name``, on every node (ids made node-unique)."""
     if isinstance(admin, RedisCluster):
         per_node = admin.execute_command("CLIENT LIST", target_nodes=RedisCluster.ALL_NODES)
-        clients = [c for node in per_node.values() for c in node]
+        clients = [{**c, "id": f"{node}/{c['id']}"} for node, entries in per_node.items() for c in entries]
     else:
         clients = admin.client_list()
-    return sorted(c["user"] for c in clients if c["name"] == client_name)
+    return [c for c in clients if c["name"] == client_name]
+
+
+def signed_in_as(admin: redis.Redis | RedisCluster, client_name: str) -> list[str]:
+    """The ACL user of every connection named ``client_name``, on every node."""
+    return sorted(c["user"] for c in clients_of(admin, client_name))
 
 
 def wait_for(condition, timeout: float = 15.0) -> None:
@@ -147,31 +152,139 @@ def test_a_failed_renewal_is_retried_not_the_end_of_renewals(redis_url: str, loc
         connection.close()
 
 
+def _after_the_old_token_ends(admin: redis.Redis | RedisCluster, old_user: str) -> None:
+    """What Azure does when a token ends: the connections still signed in with it are closed (and the token is
+    refused from then on). Deleting the ACL user does both here."""
+    _acl(admin, "ACL", "DELUSER", old_user)
+
+
 @pytest.mark.timeout(60)
-def test_the_lookups_async_connections_sign_in_again_on_their_event_loop(redis_url: str, local_users,
-                                                                        short_renewal) -> None:
-    admin, names = local_users
+@pytest.mark.parametrize("clustered", [False, True], ids=["single", "cluster"])
+def test_the_lookups_async_connections_sign_in_with_the_renewed_token(request, clustered: bool,
+                                                                     short_renewal) -> None:
+    """The lookups' redis.asyncio connections reconnect after a renewal (redis-py closes each where no command can
+    share it), so none is left with the old token: a busy one (a blocked command here) once released, an idle one
+    before its next command, the cluster's slot-map connection included. After the old token ends, every command and
+    a slot-map refresh still work, with no error."""
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    if clustered:
+        from tests.fixtures.redis_cluster import CLUSTER_URL, cluster_healthy
+
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster_healthy(cluster)
+        url = CLUSTER_URL or cluster.url
+        users_of = _users(RedisCluster.from_url(url))
+    else:
+        url = request.getfixturevalue("redis_url")
+        users_of = _users(redis.Redis.from_url(url))
+    admin, names = next(users_of)
     credential = IssuingCredential(admin, names)
     client_name = f"entra-{uuid.uuid4().hex[:8]}"
+
+    async def run() -> None:
+        connection = AsyncRedisConnection(url, entra=credential, cluster=clustered, client_name=client_name,
+                                          socket_timeout=15)
+        try:
+            client = await connection.client()
+            keys = [f"entra:{client_name}:{n}" for n in range(30)]  # many slots: every master of a cluster
+            await asyncio.gather(*(client.set(key, key, ex=60) for key in keys))
+            busy = asyncio.ensure_future(client.blpop([f"entra:{client_name}:nothing"], timeout=5))
+            await asyncio.sleep(0.3)
+            assert set(signed_in_as(admin, client_name)) == {names[0]}
+            (blocked,) = [c["id"] for c in clients_of(admin, client_name) if "b" in c["flags"]]
+            deadline = time.monotonic() + 15
+            while names[1] not in credential.issued:
+                assert time.monotonic() < deadline, "no renewal"
+                await asyncio.sleep(0.05)
+            credential.failures = 10_000  # no later renewal: what this one left behind stays visible
+            await asyncio.sleep(0.5)
+            assert not busy.done()
+            assert await busy is None  # released now, the blocked command answered on its own connection
+            await asyncio.sleep(0.3)
+            # the connection that was busy at the renewal is not left signed in with the old token
+            assert [c["user"] for c in clients_of(admin, client_name) if c["id"] == blocked] in ([], [names[1]])
+            _after_the_old_token_ends(admin, names[0])
+            values = await asyncio.gather(*(client.get(key) for key in keys))
+            assert values == [key.encode() for key in keys]
+            if isinstance(client, AsyncRedisCluster):
+                await client.nodes_manager.initialize()  # the slot-map connection
+                await client.ping(target_nodes=AsyncRedisCluster.ALL_NODES)
+            assert set(signed_in_as(admin, client_name)) == {names[1]}
+        finally:
+            connection.close()
+            await asyncio.sleep(0.1)
+
+    try:
+        asyncio.run(run())
+    finally:
+        next(users_of, None)
+
+
+class AddingCredential(LocalDevelopmentCredential):
+    """As Entra ID does: each token is one more valid password of the same user (older ones stay valid), so nothing
+    but the way connections sign in again can break one."""
+
+    def __init__(self, admin: redis.Redis, user: str, lifetime: int) -> None:
+        super().__init__(lifetime=lifetime, object_id=user)
+        self.admin = admin
+        self.issued = 0
+
+    def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+        token = super().get_token(*scopes, **kwargs)
+        self.admin.execute_command("ACL", "SETUSER", self.object_id, "on", f">{token.token}", "~*", "&*", "+@all")
+        self.issued += 1
+        return token
+
+
+@pytest.mark.timeout(90)
+def test_busy_async_connections_across_renewals_never_share_a_socket(redis_url: str, local_users,
+                                                                     short_renewal) -> None:
+    """40 coroutines reading without pause across several renewals: every command gets its own reply and none
+    fails. (redis-py's own re-AUTH of a busy asyncio connection is sent after the connection is handed back, and the
+    next command then shares the socket: RuntimeError, AttributeError, replies of other commands.)"""
+    admin, names = local_users
+    credential = AddingCredential(admin, names[0], lifetime=3)  # a renewal about every 1.5 s
+    client_name = f"entra-{uuid.uuid4().hex[:8]}"
+    errors: list[BaseException] = []
+    wrong: list[tuple[str, object]] = []
 
     async def run() -> None:
         connection = AsyncRedisConnection(redis_url, entra=credential, cluster=False, client_name=client_name)
         try:
             client = await connection.client()
-            await asyncio.gather(*(client.ping() for _ in range(4)))  # a few pooled connections
-            opened = signed_in_as(admin, client_name)
-            assert opened and set(opened) == {names[0]}
-            deadline = time.monotonic() + 15
-            while set(signed_in_as(admin, client_name)) != {names[1]}:
-                assert time.monotonic() < deadline, signed_in_as(admin, client_name)
-                await asyncio.sleep(0.1)
-            assert len(signed_in_as(admin, client_name)) == len(opened)
-            assert await client.ping()
+            keys = [f"entra:{client_name}:{n}" for n in range(20)]
+            for key in keys:
+                await client.set(key, key, ex=60)
+            done = asyncio.Event()
+
+            async def worker(n: int) -> None:
+                key = keys[n % len(keys)]
+                while not done.is_set():
+                    try:
+                        value = await client.get(key)
+                    except Exception as exc:  # recorded, asserted below
+                        errors.append(exc)
+                        continue
+                    if value != key.encode():
+                        wrong.append((key, value))
+
+            async def renewals(count: int) -> None:
+                deadline = time.monotonic() + 40
+                while credential.issued < count and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
+                done.set()
+
+            await asyncio.gather(renewals(7), *(worker(n) for n in range(40)))
         finally:
             connection.close()
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.1)
 
     asyncio.run(run())
+    assert credential.issued >= 5, "too few renewals to tell"
+    kinds = sorted({f"{type(e).__name__}: {e}" for e in errors})
+    assert not errors, f"{len(errors)} commands failed across {credential.issued - 1} renewals: {kinds[:5]}"
+    assert not wrong, wrong[:3]
 
 
 @pytest.mark.timeout(60)

@@ -75,6 +75,8 @@ class AsyncRedisConnection:
             self._options["password"] = password
         self._cluster = cluster
         self._provider: EntraCredentials | None = None
+        self._build_lock: asyncio.Lock | None = None
+        self._build_loop: asyncio.AbstractEventLoop | None = None
         self._client: AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._given = False
@@ -88,59 +90,82 @@ class AsyncRedisConnection:
         return connection
 
     async def client(self) -> AsyncClient:
-        client = self._client
-        if client is not None and (self._given or self._loop is asyncio.get_running_loop()):
-            return client
-        try:
-            return await self._build()
-        except REDIS_ERRORS as exc:
-            raise failed(f"connecting to {self._where()}", exc) from exc
-
-    async def _build(self) -> AsyncClient:
         loop = asyncio.get_running_loop()
+        client = self._client
+        if client is not None and (self._given or self._loop is loop):
+            return client
+        if self._build_lock is None or self._build_loop is not loop:
+            self._build_lock, self._build_loop = asyncio.Lock(), loop
+        async with self._build_lock:  # concurrent first uses wait for one client, not one each
+            client = self._client
+            if client is not None and self._loop is loop:
+                return client
+            try:
+                return await self._build(loop)
+            except REDIS_ERRORS as exc:
+                raise failed(f"connecting to {self._where()}", exc) from exc
+
+    async def _build(self, loop: asyncio.AbstractEventLoop) -> AsyncClient:
         options = self._options
         provider = None
-        if self._entra is not None:  # one per client: it re-AUTHs that client's connections, on its loop (entra.py)
+        if self._entra is not None:  # one per client: it signs that client's connections in again (entra.py)
             provider = EntraCredentials(self._entra)
             options = {**options, "credential_provider": provider}
-        cluster = self._cluster
-        if cluster is None:
-            probe = aioredis.Redis.from_url(self.url, **options)
-            try:
-                cluster = bool((await probe.info("cluster")).get("cluster_enabled"))
-            except BaseException:
-                if provider is not None:
-                    provider.close()
-                raise
-            finally:
-                await probe.aclose()
-            logger.info("Redis at %s is %s", self._where(), "a cluster" if cluster else "a single node")
-            self._cluster = cluster
-        if self._client is not None and self._loop is loop:  # built by a concurrent first use
+        try:
+            cluster = self._cluster
+            if cluster is None:
+                probe = aioredis.Redis.from_url(self.url, **options)
+                try:
+                    cluster = bool((await probe.info("cluster")).get("cluster_enabled"))
+                finally:
+                    await probe.aclose()
+                logger.info("Redis at %s is %s", self._where(), "a cluster" if cluster else "a single node")
+                self._cluster = cluster
+            client: AsyncClient
+            if cluster:
+                # Few, short retries, as client.py explains: the lookups bypass the cache instead of stalling.
+                client = RedisCluster.from_url(self.url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+                                               **options)
+                try:
+                    # The slot map is read here, once: commands sent concurrently to a cluster client that has not
+                    # read it yet fail in redis-py 8.1 (each starts the reading, and one closes the connections
+                    # another is using: "'NoneType' object has no attribute 'writelines'").
+                    await client.initialize()
+                except BaseException:
+                    await client.aclose()
+                    raise
+            else:
+                client = aioredis.Redis.from_url(self.url, health_check_interval=30, **options)
+        except BaseException:
             if provider is not None:
                 provider.close()
-            return self._client
+            raise
         self._discard()
-        if cluster:
-            # Few, short retries, as client.py explains: the lookups bypass the cache instead of stalling.
-            client: AsyncClient = RedisCluster.from_url(
-                self.url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2), **options
-            )
-        else:
-            client = aioredis.Redis.from_url(self.url, health_check_interval=30, **options)
         self._client, self._loop, self._provider = client, loop, provider
         if provider is not None:
             provider.deliver_to(self._signed_in_again, loop)
         return client
 
     async def _signed_in_again(self, token: Token) -> None:
-        """``AUTH`` with a renewed Entra ID token on every pooled connection (each node's, on a cluster)."""
+        """After an Entra ID token renewal: every connection reconnects, and signs in with the new token as it does.
+
+        Not ``AUTH`` in place: redis-py's asyncio pools send a busy connection's ``AUTH`` after handing it back,
+        racing the next command on the same socket, and the cluster nodes' re-``AUTH`` skips busy connections and
+        the slot-map connection. Marked connections are closed by redis-py itself where no command can share
+        them: a busy one when it is released, an idle one (the cluster's, and the nodes manager's) before its next
+        command; a single Redis's idle ones under the pool's lock. A handshake per connection per token.
+        """
         client = self._client
         if isinstance(client, RedisCluster):
-            for node in client.get_nodes():
-                await node.re_auth_callback(token)
+            nodes = {node.name: node for node in [*client.get_nodes(), *client.nodes_manager.startup_nodes.values()]}
+            for node in nodes.values():
+                node.update_active_connections_for_reconnect()
+                for idle in tuple(node._free):  # as redis-py's own topology refresh marks them
+                    idle.mark_for_reconnect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
         elif client is not None:
-            await client.connection_pool.re_auth_callback(token)
+            pool = client.connection_pool
+            await pool.update_active_connections_for_reconnect()  # type: ignore[no-untyped-call]  # unannotated
+            await pool.disconnect(inuse_connections=False)
 
     async def failed(self, exc: BaseException) -> None:
         """After a connection failure on a cluster: re-read the slot map (best effort, see ``client.py``)."""
