@@ -11,8 +11,9 @@ three minutes ahead.
 asks it for ``(user, token)`` at every new connection. Renewal runs on a daemon
 thread of its own: it asks the credential for a token at 70% of the current one's
 remaining life, and hands a token that changed to the callback its connection
-registered with :meth:`~EntraCredentials.deliver_to`, which sends ``AUTH`` on every
-pooled connection of the client (each node's, on a cluster). redis-py's own
+registered with :meth:`~EntraCredentials.deliver_to`, which signs every pooled
+connection of the client in again (each node's, on a cluster: ``AUTH`` in place for
+the blocking clients, a reconnection for redis.asyncio's, see ``aio.py``). redis-py's own
 registration (``on_next``) is not used: a client made with ``from_url`` registers
 nothing, and a cluster client registers only the pools it created last, so the
 nodes of an earlier slot map would never sign in again. A coroutine callback
