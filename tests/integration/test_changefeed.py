@@ -576,8 +576,8 @@ def test_portable_feed_catching_up_a_delay_note_makes_progress_across_runs(sessi
     big pages), the next run must not start over at the same note, or every run re-reads the same first pages
     and the feed never advances (nothing enqueued after the watermark reaches Redis). So the note moves the
     watermark back with the cursor (each page of the re-read is saved after its writes) and the position records
-    the notes taken into account (``noted_until``): an event enqueued after the old watermark is applied after a
-    bounded number of runs.
+    the notes taken into account (``noted_until``, the overlap behind the run that read them: a note may become
+    visible late): an event enqueued after the old watermark is applied after a bounded number of runs.
     """
     from shared.adapters.cassandra.delays import CassandraDelayLog
     from shared.ports.feed import FeedPosition
@@ -596,9 +596,45 @@ def test_portable_feed_catching_up_a_delay_note_makes_progress_across_runs(sessi
     feed = PortableChangeFeed(session, keyspace, bucket_seconds=BUCKET_SECONDS, shards=SHARDS, lookback_seconds=900,
                               overlap_seconds=30, max_span_seconds=3600)
     seen = CountingSink(make_cache(rclient, redis_prefix))
-    for _ in range(12):  # 3 pages a run, 36 in all: three times what the ~13 buckets from the note to now need
+    for run in range(12):  # 3 pages a run, 36 in all: three times what the ~13 buckets from the note to now need
+        # a run every 5 s: the note is read again while it is within the overlap (30 s) of a run, then no more
         ChangeFeedService(feed, seen, positions, feed_name="events", rules=RULES, time_budget=4.0,
-                          read_timeout=10.0, monotonic=_Ticks()).run()
+                          read_timeout=10.0, monotonic=_Ticks(),
+                          clock=lambda run=run: now + timedelta(seconds=5 * run)).run()
         if str(fresh.event_id) in seen.applied:
             break
     assert str(fresh.event_id) in seen.applied, "the feed restarts at the same note every run and never advances"
+
+
+@pytest.mark.timeout(120)
+def test_a_delay_note_written_just_before_a_noting_run_is_not_missed(session, keyspace, store, rclient,
+                                                                      redis_prefix) -> None:
+    """A note's ``written_at`` is ingest's clock read before its insert (a 10 s timeout), so a note may become
+    visible only after a run that looked for notes written at that time (a slow insert, exactly when batches are
+    late; ingest's clock a few seconds behind). Notes stamped within the overlap before a run are read again by the
+    next one, so such a note's rows, enqueued long before, still reach Redis."""
+    from shared.adapters.cassandra.delays import CassandraDelayLog
+    from shared.ports.feed import FeedPosition
+    from shared.ports.ingest import DelayedBatch
+
+    positions = CassandraFeedStateStore(session, keyspace)
+    feed = PortableChangeFeed(session, keyspace, bucket_seconds=BUCKET_SECONDS, shards=SHARDS, lookback_seconds=900,
+                              overlap_seconds=30, max_span_seconds=3600)
+    seen = CountingSink(make_cache(rclient, redis_prefix))
+    t0 = datetime.now(UTC)
+    assert positions.save("events", FeedPosition(watermark=t0 - timedelta(seconds=10)), 0) == 1
+    # a first late batch, noted and read by run 1 (its rows lie within the overlap: nothing special)
+    CassandraDelayLog(session, keyspace, bucket_seconds=BUCKET_SECONDS, clock=lambda: t0 - timedelta(seconds=2)).record(
+        DelayedBatch("0", 1, t0 - timedelta(seconds=20), 1))
+    ChangeFeedService(feed, seen, positions, feed_name="events", rules=RULES, clock=lambda: t0).run()
+    # a second late batch, enqueued 3 min ago; its note is stamped 10 s before run 1 but lands after it
+    enqueued = t0 - timedelta(minutes=3)
+    late = [make_event(f"late-{n}", enqueued, enqueued=enqueued) for n in range(2)]
+    store.write(late)
+    CassandraDelayLog(session, keyspace, bucket_seconds=BUCKET_SECONDS,
+                      clock=lambda: t0 - timedelta(seconds=10)).record(DelayedBatch("1", 7, enqueued, len(late)))
+    for n in range(1, 4):
+        ChangeFeedService(feed, seen, positions, feed_name="events", rules=RULES,
+                          clock=lambda n=n: t0 + timedelta(seconds=2 * n)).run()
+    missing = {str(e.body.event_id) for e in late} - set(seen.applied)
+    assert not missing, f"rows of a noted late batch never applied: {sorted(missing)}"

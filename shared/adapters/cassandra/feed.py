@@ -116,14 +116,13 @@ class PortableChangeFeed:
 
     def __init__(self, session: Session, keyspace: str, *, bucket_seconds: int, shards: int,
                  lookback_seconds: int = 3600, overlap_seconds: int = 60, max_span_seconds: int = 3600,
-                 concurrency: int = 16, timeout: float = 10.0, note_settle_seconds: float = 5.0) -> None:
+                 concurrency: int = 16, timeout: float = 10.0) -> None:
         self._queries = Queries(session, keyspace, {"bucket": _BY_ARRIVAL, "delayed": DELAYED_SINCE}, timeout=timeout)
         self._bucket_seconds = bucket_seconds
         self._shards = shards
         self._lookback = timedelta(seconds=lookback_seconds)
         self._overlap = timedelta(seconds=overlap_seconds)
         self._max_span = timedelta(seconds=max_span_seconds)
-        self._settle = timedelta(seconds=note_settle_seconds)
         self._concurrency = concurrency
 
     def initial_position(self, now: datetime) -> FeedPosition:
@@ -152,9 +151,11 @@ class PortableChangeFeed:
         (the rows it notes were not read yet, so nothing from there on is known to be
         read), so each page of the re-read moves the watermark and is saved, and the
         next run continues where this one stopped; ``noted_until`` moves past the
-        note, so no later run starts over at it. Notes written in the last
-        ``note_settle_seconds`` are read again by the next run (an insert still in
-        flight, ingest's clock a little behind ours).
+        note once it is older than the overlap. Notes written within the overlap
+        before a run are read again by the next one: a note is stamped with ingest's
+        clock before its insert (which may take up to its timeout, 10 s) and may become
+        visible only after a run has looked, and ingest's clock may be behind ours. A
+        note read again within that minute may send a run back to it once more.
         """
         now = utc(now)
         watermark = utc(position.watermark) or self.initial_position(now).watermark
@@ -167,7 +168,7 @@ class PortableChangeFeed:
             since = watermark - self._overlap if noted_until is None else max(noted_until, watermark - self._overlap)
             noted = self._delayed_since(since, now, timeout)
             if noted is not None:
-                noted_until = max(since, now - self._settle)
+                noted_until = max(since, now - self._overlap)
             # Back to the note, no earlier than the lookback, and never forward: a feed behind by more than the
             # lookback has its cursor before ``now - lookback`` already, and must not skip what lies in between.
             if noted is not None and (back := max(noted, now - self._lookback)) < cursor:
