@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import cast
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 # Key patterns of one generation (under its prefix), for deleting a replaced one.
 GENERATION_PATTERNS = ["d:*", "e:*", "critical:*", "rebuild:*"]
 _CHUNK = 500
+_EVENT_ID = re.compile(rb'"event_id":"([^"]+)"')
 
 
 class RedisCacheBuilder:
@@ -160,8 +162,22 @@ class RedisCacheBuilder:
         return old
 
     def clear(self, device_id: str) -> None:
+        """Delete the device's latest state, critical set and the member key of every event the set holds.
+
+        A member key left behind would name a copy of its event that the rewritten set does not hold
+        (``fill_critical`` overwrites such a key rather than skip the event, for the member keys of events
+        trimmed from the set earlier). All of them are in the device's slot: one ``UNLINK``.
+        """
         keys = self._sink.keys_of(self._generations.read().live)
-        self._run([("UNLINK", keys.latest(device_id), keys.critical(device_id))], f"clearing device {device_id!r}")
+        what = f"clearing device {device_id!r}"
+        try:
+            members = cast(list[bytes], self._sink.client.zrange(keys.critical(device_id), 0, -1))
+        except REDIS_ERRORS as exc:
+            raise failed(what, exc) from exc
+        # a member a buggy release wrote may be no event document at all: it only goes with the set
+        event_ids = [found.group(1).decode() for found in map(_EVENT_ID.search, members) if found]
+        self._run([("UNLINK", keys.latest(device_id), keys.critical(device_id),
+                    *(keys.member(device_id, event_id) for event_id in event_ids))], what)
 
     def refresh(self, device_id: str, latest: StoredEvent | None, critical: Sequence[StoredEvent],
                 since_ms: int) -> None:

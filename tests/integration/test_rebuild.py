@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -213,6 +214,36 @@ def test_devices_are_rebuilt_in_place_even_over_a_wrong_newer_value(session, key
     assert dump(rclient, cache) == good
     assert rclient.hgetall(cache.keys.latest("dev-2")) == untouched
     assert not rclient.exists(cache.keys.latest("nobody"))
+
+
+def test_devices_rebuild_lists_every_critical_event_the_log_holds_over_a_left_over_member_key(
+        session, keyspace, store, rclient, redis_prefix):
+    """``rebuild redis --devices`` deletes the device's member keys with its set, and ``fill_critical`` never
+    skips an event for a member key whose copy the set does not hold: when Redis held a copy enqueued later than
+    the log's (an older copy ingested again later, a dead letter replayed after the re-send), the rebuilt list,
+    which claims to be complete, lists the event as a full rebuild of the same log does."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    event_id = uuid.uuid4()
+    at = now - timedelta(minutes=3)
+    resent = cf.make_event("dev-r", at, severity="critical", measurements={"temperature": 50.0},
+                           enqueued=now - timedelta(seconds=10), event_id=event_id)
+    store.write([resent])
+    cache = cache_for(rclient, redis_prefix)
+    feed = cf.make_service("cosmos", session, keyspace, cache)
+    feed.run()
+    older = cf.make_event("dev-r", at, severity="critical", measurements={"temperature": 40.0},
+                          enqueued=now - timedelta(minutes=2), event_id=event_id)
+    store.write([older])  # the log now holds the older copy; Redis keeps the one enqueued later
+    feed.run()
+    log_ids = [str(e.event_id) for e in CassandraDeviceLog(session, keyspace).critical("dev-r", -(2**53))]
+    assert log_ids == [str(event_id)]
+
+    service = RebuildService(CassandraDeviceLog(session, keyspace), RedisCacheBuilder(cache, settle_seconds=0))
+    service.rebuild_devices(["dev-r"])
+
+    listed = lookups_for(cache).get_critical("dev-r", -(2**53), 100)
+    assert listed is not None  # complete: the lookups answer from Redis
+    assert [json.loads(d)["event_id"] for d in listed] == log_ids
 
 
 def test_since_bounds_the_critical_lists_and_the_cache_says_so(session, keyspace, store, rclient, redis_prefix):

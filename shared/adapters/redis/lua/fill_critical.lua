@@ -2,10 +2,13 @@
 -- Critical events of a device read from the store, merged into its set with their completeness bound.
 -- KEYS: d:{<device>}:crit, then d:{<device>}:ce:<event id> per event (all in the device's slot).
 -- ARGV: covers-since (ms), ttl, cap, then score and document per event.
+-- Every event given ends up in the set before the bound is set: a member key whose copy the set does not hold
+-- (left over after the set was deleted or trimmed) is no reason to skip the event, so it is overwritten.
 local ttl = tonumber(ARGV[2])
 for i = 2, #KEYS do
   local doc = ARGV[2 * i + 1]
   local previous = redis.call('GET', KEYS[i])
+  if previous and not redis.call('ZSCORE', KEYS[1], previous) then previous = false end
   if not keeps(previous, doc) then  -- else a copy of this event enqueued later is there
     drop_previous(KEYS[i], KEYS[1], ARGV[2 * i], doc, previous)
     redis.call('SET', KEYS[i], doc, 'KEEPTTL')
