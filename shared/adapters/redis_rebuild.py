@@ -11,7 +11,10 @@ in the building generation (``rebuild:stream``, score = event time); it is part
 of the page's pipeline, so it survives a kill with the position. At the end the
 candidates go onto their stream shards oldest first through ``stream``, whose
 ``SET NX`` marker skips any event the change feed already put there, and the
-pointer switches.
+pointer switches. The switch records the replaced generation for deletion in the
+pointer (``drop:<n>``); :meth:`RedisCacheBuilder.cleanup` deletes every recorded
+generation and is run at the start of each rebuild too, so one a crash left is
+deleted by the next.
 """
 
 from __future__ import annotations
@@ -110,14 +113,12 @@ class RedisCacheBuilder:
             build = Build(pointer.building, int(pointer.position) if pointer.position else None, since_ms)
             logger.info("resuming the build of generation %d at %s", build.generation, build.position)
         else:
-            abandoned = pointer.building
-            pointer = self._generations.start_building(since_ms)
+            pointer = self._generations.start_building(since_ms)  # records an abandoned build for deletion
             assert pointer.building is not None  # start_building returns the pointer with the new generation
             build = Build(pointer.building, None, since_ms)
-            if abandoned is not None:
-                self._generations.drop(abandoned, GENERATION_PATTERNS)
             logger.info("building generation %d (live: %d)", build.generation, pointer.live)
         time.sleep(self._settle)  # every change-feed writer now writes to the building generation too
+        self.cleanup()  # what an earlier rebuild abandoned or failed to delete (no writer writes it any longer)
         return build
 
     def write(self, generation: int, latest: Sequence[StoredEvent],
@@ -155,11 +156,20 @@ class RedisCacheBuilder:
                                  sink._ttl, sink._shard_max, event_id, device, document))
             self._run(commands, f"writing the critical stream of generation {generation}")
         self._run([("UNLINK", target)], "deleting the stream candidates")
-        old = self._generations.switch(generation)
+        old = self._generations.switch(generation)  # records the old generation for deletion
+        logger.info("generation %d is live (replaced %d)", generation, old)
         time.sleep(self._settle)  # no reader still reads the old generation
-        removed = self._generations.drop(old, GENERATION_PATTERNS)
-        logger.info("generation %d is live; deleted %d keys of generation %d", generation, removed, old)
         return old
+
+    def cleanup(self) -> list[int]:
+        """Delete every generation recorded for deletion, then its record (a failure keeps the record)."""
+        deleted = []
+        for generation in self._generations.retired():
+            removed = self._generations.drop(generation, GENERATION_PATTERNS)
+            self._generations.forget(generation)
+            logger.info("deleted %d keys of generation %d", removed, generation)
+            deleted.append(generation)
+        return deleted
 
     def clear(self, device_id: str) -> None:
         """Delete the device's latest state, critical set and the member key of every event the set holds.

@@ -64,8 +64,12 @@ class CacheBuilder(Protocol):
         """Record that every device up to ``position`` is written (called after :meth:`write` returns)."""
 
     def finish(self, generation: int) -> int:
-        """Write the critical stream from the candidates, switch readers to ``generation`` atomically and
-        delete the generation it replaced (after readers stopped reading it). Returns the old generation."""
+        """Write the critical stream from the candidates, switch readers to ``generation`` atomically, recording
+        the generation it replaced for deletion, and wait until no reader reads that one. Returns it."""
+
+    def cleanup(self) -> list[int]:
+        """Delete every generation recorded for deletion (replaced, or abandoned by ``begin(resume=False)``);
+        a generation whose deletion fails stays recorded for the next call. Returns the generations deleted."""
 
     def clear(self, device_id: str) -> None:
         """Delete one device's keys in the live generation (``--devices``), before its state is read again."""

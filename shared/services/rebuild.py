@@ -22,6 +22,10 @@ request units the pipeline needs.
 are deleted, then the log is read and written back with the merging scripts
 (meanwhile a lookup misses and reads the log itself, so it never sees a wrong
 value; a change the feed applies meanwhile is in the read or kept by the merge).
+
+The generation a rebuild replaces is deleted after the switch (``CacheBuilder.cleanup``);
+if that fails the rebuild has still succeeded, and says so (``GenerationsLeft``):
+the generation stays recorded, and the next rebuild deletes it before it builds.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from dataclasses import dataclass
 from shared.domain.rules import Criticality, MeasurementRule
 from shared.domain.stored import StoredEvent
 from shared.domain.times import from_ms
-from shared.exceptions import ConfigurationError
+from shared.exceptions import ConfigurationError, DependencyUnavailable
 from shared.ports.cache import SINCE_ALL
 from shared.ports.rebuild import CacheBuilder, DeviceLog
 
@@ -102,6 +106,18 @@ class RebuildReport:
 
 
 Progress = Callable[[RebuildReport, float], None]
+
+
+class GenerationsLeft(DependencyUnavailable):
+    """The rebuild switched readers to its generation (``report``), but deleting a replaced one failed.
+
+    The generation stays recorded for deletion: the next rebuild deletes it.
+    """
+
+    def __init__(self, report: RebuildReport, cause: DependencyUnavailable) -> None:
+        super().__init__(cause.dependency, f"generation {report.generation} is live, but deleting the generation it "
+                                           f"replaced failed (the next rebuild deletes it): {cause}")
+        self.report = report
 
 
 def token_fraction(token: int | None) -> float:
@@ -175,6 +191,10 @@ class RebuildService:
         report.replaced = self._cache.finish(build.generation)
         report.seconds = time.monotonic() - started
         logger.info("rebuild finished %s", json.dumps({"event": "rebuild_finished", **report.fields()}))
+        try:
+            self._cache.cleanup()
+        except DependencyUnavailable as exc:
+            raise GenerationsLeft(report, exc) from exc
         return report
 
     def rebuild_devices(self, devices: Sequence[str], *, since_ms: int = SINCE_ALL,

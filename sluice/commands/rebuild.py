@@ -5,7 +5,9 @@ stream are written into a new key generation, then readers switch to it at
 once (``shared.services.rebuild``, ``docs/operations.md``). Run it again after a
 kill: it resumes from its saved position (``--restart`` starts over). The change
 feed keeps running meanwhile. Progress goes to stderr as one line; the figures
-(duration, events per second) are printed and logged as one JSON line.
+(duration, events per second) are printed and logged as one JSON line. Exit
+status 0: done; 1: the new generation is live but deleting the one it replaced
+failed (the next rebuild deletes it); 2: the rebuild failed (run it again).
 """
 
 from __future__ import annotations
@@ -70,18 +72,26 @@ class ProgressLine:
 
 def run(args: argparse.Namespace) -> int:
     from shared import bootstrap
+    from shared.services.rebuild import GenerationsLeft
 
     service = bootstrap.rebuild_service(max_rps=args.max_rps, page_size=args.page_size)
     since_ms = to_ms(args.since) if args.since else SINCE_ALL
     progress = ProgressLine(not args.no_progress)
+    left: GenerationsLeft | None = None
     if args.devices:
         report = service.rebuild_devices(args.devices, since_ms=since_ms, progress=progress)
     else:
-        report = service.rebuild(since_ms=since_ms, resume=not args.restart, progress=progress)
+        try:
+            report = service.rebuild(since_ms=since_ms, resume=not args.restart, progress=progress)
+        except GenerationsLeft as exc:  # the switch succeeded: say so, and the deletion that did not
+            report, left = exc.report, exc
     progress.done()
     where = f"generation {report.generation} (replaced {report.replaced})" if report.generation is not None \
         else "the live generation"
     print(f"rebuilt {report.devices} devices, {report.events} events into {where} in {report.seconds:.2f} s: "
           f"{report.events_per_second:,.0f} events/s")
     print(json.dumps({"event": "rebuild_finished", **report.fields()}, separators=(",", ":")))
+    if left is not None:
+        print(f"warning: {left}", file=sys.stderr)
+        return 1
     return 0

@@ -26,8 +26,9 @@ from shared.adapters.cassandra.device_log import CassandraDeviceLog
 from shared.adapters.redis import RedisChangeSink, RedisLookupCache
 from shared.adapters.redis_rebuild import RedisCacheBuilder
 from shared.domain.times import to_ms
+from shared.exceptions import DependencyUnavailable
 from shared.ports.cache import SINCE_ALL
-from shared.services.rebuild import RebuildService
+from shared.services.rebuild import GenerationsLeft, RebuildService
 from sluice.__main__ import main
 from tests.integration import test_changefeed as cf
 
@@ -116,6 +117,40 @@ def test_a_second_rebuild_replaces_the_first_and_deletes_its_keys(session, keysp
     assert (first.generation, second.generation, second.replaced) == (1, 2, 1)
     assert dump(rclient, cache) == state
     assert not list(rclient.scan_iter(match=f"{redis_prefix}g1:*"))
+
+
+def test_a_generation_left_by_a_failed_deletion_after_the_switch_is_deleted_by_the_next_rebuild(
+        session, keyspace, store, rclient, redis_prefix, monkeypatch):
+    """The switch records the generation it replaces for deletion in the pointer: when deleting it fails (a
+    timeout, a kill), the rebuild reports its switch as done (``GenerationsLeft``) and the next rebuild deletes
+    the generation, so no key of a generation other than the live one is left."""
+    store.write(cf.spread(30, devices=5, critical_every=2))
+    cache = cache_for(rclient, redis_prefix)
+    service = RebuildService(CassandraDeviceLog(session, keyspace), RedisCacheBuilder(cache, settle_seconds=0.0))
+    service.rebuild()  # generation 1 live
+
+    real_drop = cache.generations.drop
+    state = {"killed": False}
+
+    def dies_on_first_drop(generation, patterns, **kw):
+        if not state["killed"]:
+            state["killed"] = True
+            raise DependencyUnavailable("redis", "deleting generation failed: TimeoutError")
+        return real_drop(generation, patterns, **kw)
+
+    monkeypatch.setattr(cache.generations, "drop", dies_on_first_drop)
+    with pytest.raises(DependencyUnavailable) as failed:
+        service.rebuild()
+    assert isinstance(failed.value, GenerationsLeft) and failed.value.report.generation == 2
+    assert cache.generations.read().live == 2 and cache.generations.retired() == [1]
+
+    service.rebuild()
+    live = cache.generations.read().live
+    assert live == 3 and cache.generations.retired() == []
+    left = sorted({k.decode()[len(redis_prefix):].split(":")[0]
+                   for k in rclient.scan_iter(match=f"{redis_prefix}g*:*", count=1000)
+                   if not k.decode().startswith(f"{redis_prefix}g{live}:")})
+    assert left == []
 
 
 def _pointer(client: redis.Redis, prefix: str) -> dict:

@@ -95,6 +95,10 @@ class Builder:
         self.calls.append(("finish", generation))
         return 6
 
+    def cleanup(self):
+        self.calls.append(("cleanup",))
+        return [6]
+
 
 def test_position_is_saved_after_the_page_it_covers_and_a_resume_starts_after_it():
     builder = Builder(fail_after=2)
@@ -105,7 +109,7 @@ def test_position_is_saved_after_the_page_it_covers_and_a_resume_starts_after_it
     resumed = Builder(position=5)
     report = RebuildService(Log(10), resumed, page_size=3).rebuild()
     assert resumed.calls == [("write", ["d6", "d7", "d8"]), ("save", 8), ("write", ["d9"]), ("save", 9),
-                             ("finish", 7)]
+                             ("finish", 7), ("cleanup",)]
     assert (report.generation, report.replaced, report.devices, report.events, report.resumed_from) == (7, 6, 4, 8, 5)
     assert report.fields()["events_per_second"] >= 0
 

@@ -10,7 +10,10 @@ the hash ``<prefix>generation`` (``docs/redis-layout.md``):
   that lands during the rebuild is in the new generation whether or not the
   rebuild's own read saw it;
 * ``position``  the rebuild's saved position (see ``shared.services.rebuild``);
-* ``since``     the start of the building generation's critical range (ms).
+* ``since``     the start of the building generation's critical range (ms);
+* ``drop:<n>``  generation ``n`` is to be deleted: set in the same script that
+  replaces it (the switch, or a new build abandoning one), removed once its keys
+  are deleted, so a crash in between leaves a record the next rebuild acts on.
 
 Generation 0 is the layout under the bare prefix (what a deployment had before
 generations); generation ``n > 0`` puts every key under ``<prefix>g<n>:``.
@@ -87,11 +90,14 @@ class RedisGenerations:
 
     # -- moves (used by the rebuild only) ------------------------------------------------------
     def start_building(self, since_ms: int) -> Pointer:
-        """Claim a new generation ``max(live, building) + 1`` (atomically) and return the new pointer."""
+        """Claim a new generation ``max(live, building) + 1`` (atomically) and return the new pointer.
+
+        A generation that was being built is abandoned: recorded for deletion (:meth:`retired`)."""
         script = """
 local live = tonumber(redis.call('HGET', KEYS[1], 'live') or '0')
 local building = tonumber(redis.call('HGET', KEYS[1], 'building') or '0')
 local next = math.max(live, building) + 1
+if building > 0 then redis.call('HSET', KEYS[1], 'drop:' .. building, '1') end  -- abandoned: to be deleted
 redis.call('HSET', KEYS[1], 'building', next, 'since', ARGV[1])
 redis.call('HDEL', KEYS[1], 'position')
 return next
@@ -118,11 +124,12 @@ return 1
             raise DependencyUnavailable("redis", f"generation {generation} is no longer being built (another rebuild?)")
 
     def switch(self, generation: int) -> int:
-        """Make ``generation`` live and stop building, atomically; returns the generation it replaced."""
+        """Make ``generation`` live and stop building, atomically; returns the generation it replaced, which the
+        same script records for deletion (:meth:`retired`)."""
         script = """
 if redis.call('HGET', KEYS[1], 'building') ~= ARGV[1] then return -1 end
 local old = tonumber(redis.call('HGET', KEYS[1], 'live') or '0')
-redis.call('HSET', KEYS[1], 'live', ARGV[1])
+redis.call('HSET', KEYS[1], 'live', ARGV[1], 'drop:' .. old, '1')
 redis.call('HDEL', KEYS[1], 'building', 'position', 'since')
 return old
 """
@@ -134,6 +141,23 @@ return old
             raise DependencyUnavailable("redis", f"generation {generation} is no longer being built (another rebuild?)")
         self._cached = None
         return int(old)
+
+    def retired(self) -> list[int]:
+        """The generations recorded for deletion that are neither live nor building, oldest first."""
+        try:
+            fields = self._client.hgetall(self.key)
+        except REDIS_ERRORS as exc:
+            raise self._failed("reading the generation pointer", exc) from exc
+        pointer = {as_text(name): as_text(value) for name, value in fields.items()}
+        in_use = {pointer.get("live", "0"), pointer.get("building")}
+        return sorted(int(name[5:]) for name in pointer if name.startswith("drop:") and name[5:] not in in_use)
+
+    def forget(self, generation: int) -> None:
+        """Remove the record that ``generation`` is to be deleted (once its keys are)."""
+        try:
+            self._client.hdel(self.key, f"drop:{generation}")
+        except REDIS_ERRORS as exc:
+            raise self._failed(f"forgetting generation {generation}", exc) from exc
 
     def drop(self, generation: int, patterns: list[str], *, batch: int = 500) -> int:
         """Delete every key of a generation that is neither live nor building (``UNLINK`` in batches).
