@@ -7,10 +7,12 @@ for each event by id, ``stream`` for the sharded critical stream), one pipeline
 per page; each command touches one slot, so it runs on a Redis Cluster too.
 The fleet-wide stream holds the newest critical events, so while devices are
 scanned their critical events are offered to a capped sorted set of candidates
-in the building generation (``rebuild:stream``, score = event time); it is part
-of the page's pipeline, so it survives a kill with the position. At the end the
-candidates go onto their stream shards oldest first through ``stream``, whose
-``SET NX`` marker skips any event the change feed already put there, and the
+in the building generation (``rebuild:stream``, score = event time), and each
+gets its stream marker (``critical:seen``) as the change feed would have left it;
+all of it is part of the page's pipeline, so it survives a kill with the position.
+At the end each stream shard is rewritten by one script (``stream_rebuild``): its
+candidates and the entries the change feed added during the build, one per
+event, oldest first by event time, with entry ids from the event time; then the
 pointer switches. The switch records the replaced generation for deletion in the
 pointer (``drop:<n>``); :meth:`RedisCacheBuilder.cleanup` deletes every recorded
 generation and is run at the start of each rebuild too, so one a crash left is
@@ -31,7 +33,9 @@ from redis.exceptions import NoScriptError
 from shared.adapters.redis import RedisChangeSink, sort_key
 from shared.adapters.redis.base import Command
 from shared.adapters.redis.client import REDIS_ERRORS, failed
+from shared.adapters.redis.keys import Keys
 from shared.domain.stored import StoredEvent
+from shared.domain.times import to_ms
 from shared.ports.rebuild import Build
 
 logger = logging.getLogger(__name__)
@@ -101,6 +105,19 @@ class RedisCacheBuilder:
             commands.append(("EVALSHA", sha["fill_event"], 1, keys.event(event.event_id), document, ttl))
         return commands
 
+    def _seen(self, keys: Keys, device: str, events: Sequence[StoredEvent], now_ms: int) -> list[Command]:
+        """The stream marker of each critical event, as the change feed would have left it: set when the event
+        was enqueued (its event time when unknown), for the TTL. So a replay adds to the rebuilt stream no event
+        the live one would refuse, whether or not it is among the stream's newest; the markers cost what the
+        change feed's cost, one per critical event of the last TTL."""
+        ttl_ms = self._sink._ttl * 1000
+        commands: list[Command] = []
+        for event in events:
+            left = (to_ms(event.enqueued_time) if event.enqueued_time else event.event_time_ms) + ttl_ms - now_ms
+            if left > 0:
+                commands.append(("SET", keys.seen(device, event.event_id), "1", "NX", "PX", left))
+        return commands
+
     def in_progress(self) -> Build | None:
         pointer = self._generations.read()
         if pointer.building is None or pointer.since_ms is None:  # no build, or one no rebuild can resume
@@ -127,8 +144,10 @@ class RedisCacheBuilder:
         commands: list[Command] = [("EVALSHA", sink.sha["latest"], 1, keys.latest(e.device_id), sort_key(e),
                                   e.to_json(), sink._ttl) for e in latest]
         candidates: list[object] = []
+        now_ms = int(time.time() * 1000)
         for device, events in critical.items():
             commands += self._fill_critical(generation, device, events, since_ms, candidates)
+            commands += self._seen(keys, device, events, now_ms)
         if candidates:
             target = self._candidates(generation)
             commands.append(("ZADD", target, *candidates))
@@ -146,15 +165,15 @@ class RedisCacheBuilder:
             members = sink.client.zrange(target, 0, -1, withscores=True)
         except REDIS_ERRORS as exc:
             raise failed("reading the stream candidates", exc) from exc
-        for start in range(0, len(members), _CHUNK):
-            commands: list[Command] = []
-            for member, _score in cast(list[tuple[bytes, float]], members[start:start + _CHUNK]):
-                document = member.decode()
-                parsed = json.loads(document)
-                event_id, device = parsed["event_id"], parsed["device_id"]
-                commands.append(("EVALSHA", sink.sha["stream"], 2, keys.stream(device), keys.seen(device, event_id),
-                                 sink._ttl, sink._shard_max, event_id, device, document))
-            self._run(commands, f"writing the critical stream of generation {generation}")
+        shards: dict[str, list[object]] = {stream: [] for stream in keys.streams}
+        for member, score in cast(list[tuple[bytes, float]], members):
+            document = member.decode()
+            parsed = json.loads(document)
+            device = parsed["device_id"]
+            shards[keys.stream(device)] += [int(score), parsed["event_id"], device, document]
+        for stream, candidates in shards.items():  # one script per shard: the shard is rewritten atomically
+            self._run([("EVALSHA", sink.sha["stream_rebuild"], 1, stream, sink._ttl, sink._shard_max, *candidates)],
+                      f"writing the critical stream of generation {generation}")
         self._run([("UNLINK", target)], "deleting the stream candidates")
         old = self._generations.switch(generation)  # records the old generation for deletion
         logger.info("generation %d is live (replaced %d)", generation, old)

@@ -1,8 +1,9 @@
 """Key generations (``sluice rebuild redis``) on the package's adapters, on one Redis and on a Redis Cluster.
 
 While a build runs the change sink writes both generations and the lookups read
-the live one; the switch moves the lookups and the dashboard's stream to the
-new generation, and dropping the old one leaves none of its keys on any master.
+the live one; the switch moves the lookups and the dashboard's stream (rebuilt in
+event time order) to the new generation, and dropping the old one leaves none
+of its keys on any master.
 On the cluster the ``redis_server`` fixture fails the test on any ``CROSSSLOT``.
 """
 
@@ -52,6 +53,7 @@ def test_a_build_writes_both_generations_switches_and_drops_the_old_one_on_every
     builder.write(1, old, {e.device_id: [e] for e in old}, SINCE_ALL)
     assert builder.finish(1) == 0
     assert RedisGenerations(client, prefix).read().live == 1
+    assert builder.cleanup() == [0]
 
     left = {name for name in names(client, prefix) if name != "generation"}
     assert left and all(name.startswith("g1:") for name in left), sorted(left)[:5]
@@ -63,6 +65,8 @@ def test_a_build_writes_both_generations_switches_and_drops_the_old_one_on_every
     recent = RedisCriticalStream(client, key_prefix=prefix, stream_shards=4).recent(100)
     ids = [event["event_id"] for event in recent]
     assert sorted(ids) == sorted(str(e.event_id) for e in [*old, during]) and len(ids) == len(set(ids))
+    # the rebuilt shards are in event time order, the feed's entry of the build among them: the newest first
+    assert ids == [str(e.event_id) for e in sorted([*old, during], key=lambda e: e.event_time_ms, reverse=True)]
 
 
 def test_a_killed_build_leaves_the_live_generation_whole_and_a_restart_drops_the_abandoned_one(client):

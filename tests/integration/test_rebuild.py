@@ -23,12 +23,15 @@ import redis
 
 from shared import bootstrap
 from shared.adapters.cassandra.device_log import CassandraDeviceLog
+from shared.adapters.cassandra.window_reader import CassandraWindowReader
 from shared.adapters.redis import RedisChangeSink, RedisLookupCache
+from shared.adapters.redis_dashboard import RedisCriticalStream
 from shared.adapters.redis_rebuild import RedisCacheBuilder
 from shared.domain.times import to_ms
 from shared.exceptions import DependencyUnavailable
 from shared.ports.cache import SINCE_ALL
 from shared.services.rebuild import GenerationsLeft, RebuildService
+from shared.services.replay import ReplayService
 from sluice.__main__ import main
 from tests.integration import test_changefeed as cf
 
@@ -228,6 +231,56 @@ def test_rebuild_under_ingest_load_equals_a_quiet_rebuild(session, keyspace, sto
     under_load = dump(rclient, cache_for(rclient, redis_prefix))
     rebuild(session, keyspace, cache_for(rclient, redis_prefix))
     assert dump(rclient, cache_for(rclient, redis_prefix)) == under_load
+
+
+def test_a_critical_event_arriving_during_a_rebuild_is_the_newest_on_the_rebuilt_stream(
+        session, keyspace, store, rclient, redis_prefix):
+    """The rebuilt stream is in event time order whatever the change feed added to it during the build: a
+    critical event that arrives while the rebuild runs is among the stream's most recent entries after the
+    switch, as it is on the live generation and after a quiet rebuild."""
+    store.write(cf.spread(40, devices=4, critical_every=2))  # 20 critical events, minutes old
+    cache = cache_for(rclient, redis_prefix)
+    feed = cf.make_service("cosmos", session, keyspace, cache)
+    feed.run()
+    newest: list = []
+
+    def live_event_arrives(report, fraction) -> None:
+        if newest:
+            return
+        # the rebuild has read every device (one page): a new critical event now reaches only the change feed
+        event = cf.make_event("dev-0", datetime.now(UTC), severity="critical")
+        store.write([event])
+        feed.run()  # to the live and the building generation
+        newest.append(str(event.event_id))
+        live = RedisCriticalStream(rclient, key_prefix=redis_prefix, stream_shards=cache.stream_shards).recent(1)
+        assert [d["event_id"] for d in live] == newest
+
+    builder = RedisCacheBuilder(cache, settle_seconds=0.0)
+    RebuildService(CassandraDeviceLog(session, keyspace), builder, page_size=4).rebuild(progress=live_event_arrives)
+    assert newest
+
+    stream = RedisCriticalStream(rclient, key_prefix=redis_prefix, stream_shards=cache.stream_shards)
+    assert [doc["event_id"] for doc in stream.recent(1)] == newest
+
+
+def test_a_replay_after_a_rebuild_leaves_the_critical_stream_as_it_was(
+        cassandra_emulator, session, keyspace, store, rclient, redis_prefix):
+    """A rebuild leaves a stream marker for every critical event it read, as the change feed would have (beyond
+    the stream's cap too), so replaying a range of applied events puts no older event on top of the stream."""
+    events = cf.spread(40, devices=4, critical_every=2)  # 20 critical events over the last ~10 minutes
+    store.write(events)
+    cache = cf.make_cache(rclient, redis_prefix, critical_stream_max=8, stream_shards=1,
+                          generation_cache_seconds=0.0)
+    RebuildService(CassandraDeviceLog(session, keyspace), RedisCacheBuilder(cache, settle_seconds=0.0)).rebuild()
+    stream = RedisCriticalStream(rclient, key_prefix=redis_prefix, stream_shards=1)
+    before = [d["event_id"] for d in stream.recent(5)]
+
+    reader = CassandraWindowReader(session, cf.cassandra_settings(cassandra_emulator, keyspace))
+    start = min(e.timestamp for e in events) - timedelta(minutes=1)
+    ReplayService(reader, cache, cf.RULES, None).replay(start, datetime.now(UTC) + timedelta(seconds=1),
+                                                        postgres=False)
+
+    assert [d["event_id"] for d in stream.recent(5)] == before
 
 
 def test_devices_are_rebuilt_in_place_even_over_a_wrong_newer_value(session, keyspace, store, rclient, redis_prefix):
