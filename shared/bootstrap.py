@@ -313,8 +313,7 @@ def dead_letter_sink() -> BlobDeadLetterSink:
     return BlobDeadLetterSink(blob_service(), settings().storage.deadletter_container)
 
 
-@service
-def ingest_service() -> IngestService:
+def _ingest_service(*, audit: bool) -> IngestService:
     from shared.adapters.cassandra.event_store import CassandraEventStore
     from shared.services.ingest import IngestService, LazyEventStore
 
@@ -325,15 +324,33 @@ def ingest_service() -> IngestService:
         _register_lag_gauge(telemetry.active().metrics, cfg.ingest.consumer_group)
     # Half the allowed lateness: an event stored later than the whole of it after its enqueue could escape
     # enrichment's late scan; the other half is room for the clocks of Event Hubs, ingest and enrichment.
-    service = IngestService(store, dead_letter_sink(), cfg.ingest.limits(),
-                            audit_ledger() if cfg.ingest.audit else None, metrics=telemetry.ACTIVE_METRICS,
-                            delays=delay_log(),
-                            delayed_after=timedelta(seconds=cfg.enrichment.allowed_lateness_seconds / 2))
+    return IngestService(store, dead_letter_sink(), cfg.ingest.limits(),
+                         audit_ledger() if audit and cfg.ingest.audit else None, metrics=telemetry.ACTIVE_METRICS,
+                         delays=delay_log(),
+                         delayed_after=timedelta(seconds=cfg.enrichment.allowed_lateness_seconds / 2))
+
+
+@service
+def ingest_service() -> IngestService:
+    service = _ingest_service(audit=True)
     try:  # the ingest worker exports the audit; a gauge that cannot be set up must not stop ingest
         register_audit_gauge()
     except Exception:
         logger.warning("the %s gauge is not exported", "sluice.audit.missing", exc_info=True)
     return service
+
+
+@service
+def replay_ingest_service() -> IngestService:
+    """Ingest for ``deadletter replay``: the same service, recording no audit run.
+
+    Every letter's records are accounted for in the audit already: a rejected item by the run of its batch
+    (recorded before the host could checkpoint past it), a whole batch by its letter's name (``batches/`` and
+    ``replayed/batches/``). A replay's run of a letter's records would only overlap them, and the ledger keys
+    a run by its first sequence number: a letter holding the first record of its batch would overwrite the
+    batch's run with its own one record, and the audit would report the rest of the batch missing.
+    """
+    return _ingest_service(audit=False)
 
 
 @service

@@ -8,7 +8,9 @@ invalid it stays where it is, with its reason (a letter of the older per-element
 shape is then replaced by the one letter of its body, which the replay wrote). Each dead letter that replays
 cleanly moves under ``replayed/``. A blob that cannot be read as a dead letter is
 named on stderr and left where it is; the others are listed or replayed, and the
-exit status is 1.
+exit status is 1. A replay records nothing in the audit ledger
+(``bootstrap.replay_ingest_service``): the letters' records are accounted for
+there already, and a replayed record's own run would overwrite its batch's.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{count} dead letter{'' if count == 1 else 's'}" + (f", {unreadable} unreadable" if unreadable else ""))
         return 1 if unreadable else 0
 
-    service = bootstrap.ingest_service()
+    service = bootstrap.replay_ingest_service()  # no audit run: each letter's records are accounted for already
     replayed = kept = failed = 0
     for letter in sink.read(args.kind):
         if isinstance(letter, UnreadableLetter):  # left where it is, for someone to look at
