@@ -166,8 +166,12 @@ def resolve_restrictions(table: Table, where: list[st.Relation], values: list[Va
             else:
                 vals = split_elements(_value(rel.value, CqlType("list", (col.type,)), values, col.name))
         elif rel.op in ("CONTAINS", "CONTAINS_KEY"):
+            # As Cassandra 4 (SingleColumnRelation.newContainsRestriction, and the CQL reference: CONTAINS KEY
+            # applies to maps)
             if not col.type.is_collection:
                 raise Invalid(f"Cannot use CONTAINS on non-collection column {col.name}")
+            if rel.op == "CONTAINS_KEY" and col.type.kind != "map":
+                raise Invalid(f"Cannot use CONTAINS KEY on non-map column {col.name}")
             elem = col.type.params[0] if rel.op == "CONTAINS_KEY" or col.type.kind != "map" else col.type.params[1]
             assert not isinstance(rel.value, tuple)
             r.filters.append((col, rel.op, [_value(rel.value, elem, values, col.name)]))
@@ -352,7 +356,7 @@ def _cell_predicate(table: Table, col: Column, op: str, vals: list[bytes]) -> Ca
             assert isinstance(value, list | frozenset)  # a list, a set, or a map whose keys Python cannot hash
             if ctype.kind == "map":  # (key, value) pairs
                 return any(pair[entry] == wanted for pair in value)
-            return wanted in value
+            return wanted in value  # CONTAINS on a list or set (CONTAINS KEY is refused on them, above)
 
         return contains
     wanted_keys = [ctype.compare_key(v) for v in vals]

@@ -373,3 +373,15 @@ def test_select_distinct_is_refused_as_cosmos_db_does_not_support_it(session: Se
         with pytest.raises(InvalidRequest, match="SELECT DISTINCT is not supported: Azure Cosmos DB"):
             session.execute(query)
     assert rows(session, "SELECT a, b FROM t") == [(0, 0)]
+
+
+def test_contains_key_on_a_list_or_set_is_refused(session: Session) -> None:
+    """``CONTAINS KEY`` applies to maps only (CQL reference, SELECT, WHERE clause); on a list or a set the statement
+    is Invalid with Cassandra 4's message, "Cannot use CONTAINS KEY on non-map column l"
+    (``SingleColumnRelation.newContainsRestriction``). ``CONTAINS`` on them still filters."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, l list<int>, s set<int>)")
+    session.execute("INSERT INTO t (k, l, s) VALUES (1, [9], {9})")
+    for column in ("l", "s"):
+        with pytest.raises(InvalidRequest, match=f"Cannot use CONTAINS KEY on non-map column {column}"):
+            session.execute(f"SELECT k FROM t WHERE {column} CONTAINS KEY 9 ALLOW FILTERING")
+        assert rows(session, f"SELECT k FROM t WHERE {column} CONTAINS 9 ALLOW FILTERING") == [(1,)]
