@@ -238,10 +238,7 @@ def plan_scan(table: Table, r: Restrictions) -> Scan:
     if r.pk:
         if len(r.pk) == len(table.partition_key):
             combos = list(itertools.product(*(r.pk[c.name] for c in table.partition_key)))
-            if len(combos) == 1:
-                keys = [join_key(list(combos[0]))]
-            else:
-                keys = sorted({join_key(list(c)) for c in combos}, key=lambda k: (murmur3_token(k), k))
+            keys = [join_key(list(combos[0]))] if len(combos) == 1 else _in_partition_keys(table, combos)
             if r.token_lo or r.token_hi:
                 raise Invalid("token() restrictions cannot be combined with partition key equality in this emulator")
         else:
@@ -307,6 +304,26 @@ def plan_scan(table: Table, r: Restrictions) -> Scan:
         needs_filtering = True
         predicates.append(_cell_predicate(table, col, op, vals))
     return Scan(table, keys, r.token_lo, r.token_hi, lo, hi, predicates, needs_filtering)
+
+
+def partition_order(table: Table) -> Callable[[bytes], tuple[CompareKey, ...]]:
+    """The order of the partition keys an IN names: the key type's, column by column (Cassandra's partition key
+    ClusteringComparator), not the token order of a range scan."""
+    cols = table.partition_key
+    n = len(cols)
+    return lambda key: tuple(c.type.compare_key(v) for c, v in zip(cols, split_key(key, n), strict=True))
+
+
+def _in_partition_keys(table: Table, combos: list[tuple[bytes, ...]]) -> list[bytes]:
+    """The partitions of ``k IN (...)`` (the cartesian product for a composite key) as Cassandra 4 reads them: in
+    the key type's order, values equal by it once (MultiCBuilder.build() into a BTreeSet ordered by the partition
+    key's comparator; one SinglePartitionReadCommand per key, in that order). The first of equal values is kept."""
+    order = partition_order(table)
+    unique: dict[Any, bytes] = {}
+    for combo in combos:
+        key = join_key(list(combo))
+        unique.setdefault(order(key), key)
+    return [unique[k] for k in sorted(unique)]
 
 
 def _slice_predicates(table: Table, col: Column, bounds: list[tuple[bytes, bool] | None]
@@ -375,14 +392,17 @@ _MIN_TOKEN = -(2**63)  # Murmur3Partitioner's minimum token
 
 def iter_scan(scan: Scan, data: TableData, now: int, reverse: bool = False,
               resume: tuple[bytes, bytes] | None = None) -> Iterator[tuple[Partition, Row]]:
-    """Live rows the scan addresses, in token then clustering order, strictly after ``resume``."""
+    """Live rows the scan addresses, strictly after ``resume``: partitions in token order, or in the IN's order
+    (see :func:`_in_partition_keys`), rows in clustering order."""
     table = scan.table
     sort_key = data.sort_key
     if scan.partition_keys is not None:
-        parts: Iterator[Partition] = (p for p in (data.partition(k) for k in scan.partition_keys) if p is not None)
-        if resume is not None:
-            rtok = (murmur3_token(resume[0]), resume[0])
-            parts = (p for p in parts if (p.token, p.key) >= rtok)
+        keys = scan.partition_keys
+        if resume is not None:  # resume at the paging state's partition, in the IN's order
+            order = partition_order(table)
+            after = order(resume[0])
+            keys = [k for k in keys if order(k) >= after]
+        parts: Iterator[Partition] = (p for p in (data.partition(k) for k in keys) if p is not None)
     else:
         start: tuple[int, bytes] | None = None
         if scan.token_lo is not None:
@@ -419,7 +439,6 @@ def iter_scan(scan: Scan, data: TableData, now: int, reverse: bool = False,
             if predicates and not all(p(part, row, now) for p in predicates):
                 continue
             yield part, row
-    del table
 
 
 def check_order(table: Table, order_by: list[tuple[str, str]], scan: Scan) -> bool:

@@ -375,6 +375,35 @@ def test_select_distinct_is_refused_as_cosmos_db_does_not_support_it(session: Se
     assert rows(session, "SELECT a, b FROM t") == [(0, 0)]
 
 
+def test_in_on_the_partition_key_returns_partitions_in_key_order(session: Session) -> None:
+    """``k IN (...)`` returns its partitions in the partition key type's order, each value once, so ``LIMIT n``
+    keeps the n smallest keys. Cassandra 4 builds the keys with ``MultiCBuilder.build()`` into a ``BTreeSet``
+    ordered by the partition key's comparator (``PartitionKeySingleRestrictionSet.values``) and reads one
+    ``SinglePartitionReadCommand`` per key in that order (``SinglePartitionReadCommand.Group``, paged by
+    ``MultiPartitionPager``). Token order (5, 10, 1, 2, 4, 7, 3 for these keys) is for scans without an IN."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, v int)")
+    keys = [5, 3, 1, 2, 4, 10, 7]
+    for k in keys:
+        session.execute("INSERT INTO t (k, v) VALUES (%s, %s)", (k, k))
+    got = [r[0] for r in rows(session, "SELECT k FROM t WHERE k IN (5, 3, 1, 2, 4, 10, 7, 3)")]
+    assert got == sorted(keys)
+    assert [r[0] for r in rows(session, "SELECT k FROM t WHERE k IN (5, 3, 1, 2, 4, 10, 7) LIMIT 2")] == [1, 2]
+    paged = session.execute(SimpleStatement("SELECT k FROM t WHERE k IN (10, 7, 5, 4, 3, 2, 1)", fetch_size=2))
+    assert [r[0] for r in paged] == sorted(keys)  # the paging state resumes in the same order
+
+
+def test_in_on_a_composite_partition_key_returns_partitions_in_key_order(session: Session) -> None:
+    """With a composite partition key, the cartesian product of the IN values comes back ordered component by
+    component, each by its type (int, then text here): Cassandra 4's ``MultiCBuilder`` collects it in a set ordered
+    by the partition key's ClusteringComparator."""
+    session.execute("CREATE TABLE t (a int, b text, v int, PRIMARY KEY ((a, b)))")
+    for a in (3, 1, 2):
+        for b in ("y", "x"):
+            session.execute("INSERT INTO t (a, b, v) VALUES (%s, %s, 0)", (a, b))
+    got = rows(session, "SELECT a, b FROM t WHERE a IN (3, 1, 2) AND b IN ('y', 'x')")
+    assert got == [(1, "x"), (1, "y"), (2, "x"), (2, "y"), (3, "x"), (3, "y")]
+
+
 def test_contains_key_on_a_list_or_set_is_refused(session: Session) -> None:
     """``CONTAINS KEY`` applies to maps only (CQL reference, SELECT, WHERE clause); on a list or a set the statement
     is Invalid with Cassandra 4's message, "Cannot use CONTAINS KEY on non-map column l"
