@@ -21,7 +21,7 @@ from . import statements as st
 from .changefeed import ChangeFeed, execute_feed
 from .errors import CqlError, Invalid, Unprepared
 from .faults import FaultState, control_statement
-from .keys import make_sort_key
+from .keys import make_row_id, make_sort_key
 from .murmur3 import murmur3_token
 from .parser import parse
 from .planner import bind_specs, pk_indexes
@@ -95,7 +95,7 @@ class Engine:
             part = data.partitions.get(pk)
             if part is None:
                 part = data.partition_for_write(pk, murmur3_token(pk))
-            row = part.get_or_create(ck)
+            row = part.get_or_create(ck, written=True)
             applied = row.touch(ts, expiry) if marker else False
             for slot, value in cells:
                 applied = row.write(slot, value, ts, expiry if value is not None else None) or applied
@@ -114,9 +114,9 @@ class Engine:
             covers = range_predicate(table, ck_eq, ck_slice)
             part = self.tables[tid].partition_for_write(pk, murmur3_token(pk))
             part.ranges = [*(part.ranges or []), (covers, ts, (ck_eq, ck_slice))]
-            assert part.order is not None
+            assert part.sort_key is not None
             for row in part.iter_rows():
-                if covers(part.order.key(row.ck)):
+                if covers(part.sort_key(row.ck)):
                     row.delete(ts)
         elif kind == "T":
             self.tables[record[1]].clear()
@@ -138,7 +138,7 @@ class Engine:
         elif kind == "CT":
             table = ddl.build_table(record)
             self.catalog.keyspaces[table.keyspace].tables[table.name] = table
-            self.tables[table.id] = TableData(make_sort_key(table.clustering))
+            self.tables[table.id] = TableData(make_sort_key(table.clustering), make_row_id(table.clustering))
         elif kind == "DT":
             table = self.catalog.keyspaces[record[1]].tables.pop(record[2])
             self._forget_table(table)

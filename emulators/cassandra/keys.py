@@ -116,3 +116,20 @@ def make_sort_key(clustering: list[Column]) -> Callable[[bytes], tuple[Any, ...]
         return tuple(component_key(c, v) for c, v in zip(clustering, split_key(ck, n), strict=True))
 
     return sort_key
+
+
+# Types whose comparator tells two values apart exactly when their encodings differ. The others have several
+# encodings of one value: decimal (1.0 and 1.00: BigDecimal.compareTo), varint (redundant sign bytes), float and
+# double (NaN payloads: Float.compare), boolean (any non-zero byte is true), and collections and tuples of them.
+_BYTE_KEYED = frozenset({"ascii", "text", "blob", "inet", "uuid", "timeuuid", "timestamp", "date", "time", "int",
+                         "bigint", "smallint", "tinyint"})
+
+
+def make_row_id(clustering: list[Column]) -> Callable[[bytes], tuple[Any, ...]] | None:
+    """What tells a table's rows apart within a partition, as Cassandra's clustering comparator does: None when the
+    clustering bytes do (the usual case, and the fast one), else the sort key, so that values the comparator holds
+    equal (``1.0`` and ``1.00``) are one row. Partition keys are compared by their bytes in Cassandra
+    (``DecoratedKey``, after the token of those bytes), so they need nothing of the kind."""
+    if all(c.type.kind in _BYTE_KEYED for c in clustering):
+        return None
+    return make_sort_key(clustering)

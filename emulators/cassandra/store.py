@@ -106,45 +106,63 @@ def _wins_tie(value: bytes | None, expiry: int | None, old: Cell) -> bool:
     return value > old[0]
 
 
+def _same(key: Any) -> Any:
+    return key
+
+
 class Partition:
-    """One partition. Tables without clustering columns keep their single row in :attr:`single`."""
+    """One partition. Tables without clustering columns keep their single row in :attr:`single`.
 
-    __slots__ = ("deleted", "key", "order", "ranges", "rows", "single", "token")
+    Rows are told apart by their clustering bytes, or, when ``row_id`` is given (clustering types whose encoding is
+    not canonical, see :func:`.keys.make_row_id`), by their sort key: then :attr:`rows` and :attr:`order` hold sort
+    keys, and a row's :attr:`Row.ck` is the clustering as last written.
+    """
 
-    def __init__(self, key: bytes, token: int, sort_key: Callable[[bytes], Any] | None) -> None:
+    __slots__ = ("deleted", "key", "order", "ranges", "row_id", "rows", "single", "sort_key", "token")
+
+    def __init__(self, key: bytes, token: int, sort_key: Callable[[bytes], Any] | None,
+                 row_id: Callable[[bytes], Any] | None = None) -> None:
         self.key = key
         self.token = token
         self.deleted: int | None = None
         self.ranges: list[tuple[Callable[[Any], bool], int, Any]] | None = None  # range tombstones: covers, ts, spec
         self.single: Row | None = None
+        self.sort_key = sort_key
+        self.row_id = row_id
         if sort_key is None:
-            self.rows: dict[bytes, Row] | None = None
+            self.rows: dict[Any, Row] | None = None
             self.order: SortedKeyList | None = None
         else:
             self.rows = {}
-            self.order = SortedKeyList(key=sort_key)
+            self.order = SortedKeyList(key=sort_key if row_id is None else _same)
 
     def get(self, ck: bytes) -> Row | None:
         if self.rows is None:
             return self.single
-        return self.rows.get(ck)
+        return self.rows.get(ck if self.row_id is None else self.row_id(ck))
 
-    def get_or_create(self, ck: bytes) -> Row:
+    def get_or_create(self, ck: bytes, written: bool = False) -> Row:
+        """The row of ``ck``, created if missing. ``written``: an upsert writes it, so a row equal to ``ck`` by the
+        clustering comparator but written with other bytes (``1.0`` and ``1.00``) takes ``ck`` as its clustering."""
         if self.rows is None:
             if self.single is None:
                 self.single = self._new_row(ck)
             return self.single
-        row = self.rows.get(ck)
+        rid = ck if self.row_id is None else self.row_id(ck)
+        row = self.rows.get(rid)
         if row is None:
             row = self._new_row(ck)
-            self.rows[ck] = row
+            self.rows[rid] = row
             assert self.order is not None
-            self.order.add(ck)
+            self.order.add(rid)
             if self.ranges:
-                sort_key = self.order.key(ck)
+                assert self.sort_key is not None
+                sort_key = self.sort_key(ck)
                 for covers, ts, _spec in self.ranges:
                     if covers(sort_key):
                         row.delete(ts)
+        elif written:
+            row.ck = ck
         return row
 
     def _new_row(self, ck: bytes) -> Row:
@@ -183,8 +201,9 @@ class Partition:
 class TableData:
     """The rows of one table."""
 
-    def __init__(self, sort_key: Callable[[bytes], Any] | None) -> None:
+    def __init__(self, sort_key: Callable[[bytes], Any] | None, row_id: Callable[[bytes], Any] | None = None) -> None:
         self.sort_key = sort_key
+        self.row_id = row_id
         self.partitions: dict[bytes, Partition] = {}
         self.tokens: SortedList = SortedList()  # (token, partition key)
         self._unindexed: list[tuple[int, bytes]] = []  # new partitions, merged into tokens when a scan needs them
@@ -195,7 +214,7 @@ class TableData:
     def partition_for_write(self, key: bytes, token: int) -> Partition:
         part = self.partitions.get(key)
         if part is None:
-            part = Partition(key, token, self.sort_key)
+            part = Partition(key, token, self.sort_key, self.row_id)
             self.partitions[key] = part
             self._unindexed.append((token, key))
         return part

@@ -13,7 +13,7 @@ import ipaddress
 import uuid
 from collections.abc import Callable
 
-from .keys import join_key, make_sort_key
+from .keys import join_key, make_row_id, make_sort_key
 from .murmur3 import murmur3_token
 from .schema import DEFAULT_TABLE_OPTIONS, Catalog, Column, Table
 from .store import TableData
@@ -121,7 +121,7 @@ class SystemTables:
     def data(self, table: Table) -> TableData:
         builder = self._builders.get((table.keyspace, table.name))
         rows = builder() if builder else []
-        data = TableData(make_sort_key(table.clustering))
+        data = TableData(make_sort_key(table.clustering), make_row_id(table.clustering))
         for values in rows:
             pk = join_key([c.type.serialize(values[c.name]) for c in table.partition_key])
             ck = join_key([c.type.serialize(values[c.name]) for c in table.clustering]) if table.clustering else b""

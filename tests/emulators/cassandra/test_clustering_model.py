@@ -161,3 +161,26 @@ def test_in_queries_and_token_ranges_behave_like_the_model(session: Session, row
     expected = sorted((r for r in rows if tokens[r[0]] > token_cut), key=lambda r: (tokens[r[0]], r[0], r[1]))
     assert got == expected
 
+
+def test_clustering_values_equal_by_their_type_are_one_row(session: Session) -> None:
+    """Clustering values the column type's comparator holds equal are one row: Cassandra 4 keeps a partition's rows
+    in a BTree ordered by the ClusteringComparator, and DecimalType compares with ``BigDecimal.compareTo``, for which
+    1.0 and 1.00 are equal. The row comes back with the value written last. Partition keys are another matter:
+    Cassandra tells them apart by their bytes (``DecoratedKey``: the Murmur3 token of the bytes, then the bytes), so
+    1.0 and 1.00 are two partitions there."""
+    from decimal import Decimal
+    session.execute("CREATE TABLE d (p int, c decimal, v int, PRIMARY KEY (p, c))")
+    session.execute("INSERT INTO d (p, c, v) VALUES (0, 1.0, 1)")
+    session.execute("INSERT INTO d (p, c, v) VALUES (0, 1.00, 2)")
+    session.execute("INSERT INTO d (p, c, v) VALUES (0, 2, 3)")
+    assert [tuple(r) for r in session.execute("SELECT c, v FROM d WHERE p = 0")] == [(Decimal("1.00"), 2),
+                                                                                  (Decimal(2), 3)]
+    assert [r.v for r in session.execute("SELECT v FROM d WHERE p = 0 AND c = 1")] == [2]
+    assert [r.v for r in session.execute("SELECT v FROM d WHERE p = 0 AND c >= 1.000 AND c < 2")] == [2]
+    session.execute("DELETE FROM d WHERE p = 0 AND c = 1.000")
+    assert [r.v for r in session.execute("SELECT v FROM d WHERE p = 0")] == [3]
+    session.execute("CREATE TABLE dp (p decimal PRIMARY KEY, v int)")
+    session.execute("INSERT INTO dp (p, v) VALUES (1.0, 1)")
+    session.execute("INSERT INTO dp (p, v) VALUES (1.00, 2)")
+    assert sorted(r.v for r in session.execute("SELECT v FROM dp")) == [1, 2]
+    assert list(session.execute("SELECT v FROM dp WHERE p = 1")) == []
