@@ -75,9 +75,12 @@ def execute_batch(engine: Engine, kind: str, using: st.Using, children: list[tup
         for i, (s, _) in enumerate(writes)
         if getattr(s, "if_exists", False) or getattr(s, "conditions", None) or getattr(s, "if_not_exists", False)
     ]
+    if conditional and (using.timestamp is not None or any(s.using.timestamp is not None for s, _ in writes)):
+        raise Invalid("Cannot provide custom timestamp for conditional BATCH")
+    if using.timestamp is not None and any(s.using.timestamp is not None for s, _ in writes):
+        # Cassandra 4's BatchStatement.validate(): one timestamp for the batch, or one per statement, not both
+        raise Invalid("Timestamp must be set either on BATCH or individual statements")
     if conditional:
-        if using.timestamp is not None or any(s.using.timestamp is not None for s, _ in writes):
-            raise Invalid("Cannot provide custom timestamp for conditional BATCH")
         keys = set()
         for i, (stmt, values) in enumerate(writes):
             if isinstance(stmt, st.Insert):

@@ -173,3 +173,19 @@ def test_a_conditional_insert_in_a_batch_checks_its_key_columns_as_an_insert_doe
     assert list(session.execute("SELECT * FROM t")) == []
     assert session.execute("BEGIN UNLOGGED BATCH INSERT INTO t (p, c, d, v) VALUES (1, 1, 1, 1) IF NOT EXISTS; "
                            "APPLY BATCH").was_applied
+
+
+def test_a_batch_timestamp_and_a_statement_timestamp_together_are_refused(session: Session) -> None:
+    """A batch carries ``USING TIMESTAMP`` or its statements do, not both: Cassandra 4's
+    ``BatchStatement.validate()`` refuses it with "Timestamp must be set either on BATCH or individual statements"
+    (CQL reference, BATCH: the batch's timestamp applies to all its statements). Nothing of it is written."""
+    session.execute("CREATE TABLE t (p int, c int, v int, PRIMARY KEY (p, c))")
+    with pytest.raises(InvalidRequest, match="Timestamp must be set either on BATCH or individual statements"):
+        session.execute("BEGIN UNLOGGED BATCH USING TIMESTAMP 100 "
+                        "INSERT INTO t (p, c, v) VALUES (0, 2, 2); "
+                        "INSERT INTO t (p, c, v) VALUES (0, 1, 1) USING TIMESTAMP 50; APPLY BATCH")
+    assert rows_of(session, "SELECT * FROM t") == []
+
+
+def rows_of(session: Session, query: str) -> list[tuple]:
+    return [tuple(r) for r in session.execute(query)]
