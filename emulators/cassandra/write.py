@@ -189,13 +189,23 @@ def execute_insert(engine: Engine, table: Table, stmt: st.Insert, ctx: WriteCont
     return _lwt_result(table, True) if stmt.if_not_exists else None
 
 
-def _check_conditions(table: Table, data: TableData, pk: bytes, ck: bytes, if_exists: bool,
-                      conditions: list[st.Condition], ctx: WriteContext) -> Rows | None:
-    """None when the conditions hold, else the not-applied result."""
+def condition_columns(table: Table, conditions: list[st.Condition]) -> list[Column]:
+    """The columns ``conditions`` name, each once, in the order of the IF (Cassandra's buildCasFailureResultSet
+    collects them in a LinkedHashSet: "We can have multiple conditions on the same columns")."""
+    columns: dict[str, Column] = {}
+    for cond in conditions:
+        col = table_column(table, cond.column)
+        columns.setdefault(col.name, col)
+    return list(columns.values())
+
+
+def conditions_hold(table: Table, data: TableData, pk: bytes, ck: bytes, if_exists: bool,
+                    conditions: list[st.Condition], ctx: WriteContext) -> bool:
+    """Whether ``IF EXISTS`` or the ``IF`` conditions hold on the row (``pk``, ``ck``) as it is now."""
     cols = [table_column(table, c.column) for c in conditions]
     row, current = _current_values(table, data, pk, ck, cols, ctx.now)
     if if_exists:
-        return None if row is not None else _lwt_result(table, False)
+        return row is not None
     holds = True
     for i, (cond, col) in enumerate(zip(conditions, cols, strict=True)):
         cur = current[i][1] if row is not None else None
@@ -229,10 +239,18 @@ def _check_conditions(table: Table, data: TableData, pk: bytes, ck: bytes, if_ex
                 a, b = ctype.compare_key(cur), ctype.compare_key(want)
                 ok = {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[cond.op]
         holds = holds and ok
-    if holds:
+    return holds
+
+
+def _check_conditions(table: Table, data: TableData, pk: bytes, ck: bytes, if_exists: bool,
+                      conditions: list[st.Condition], ctx: WriteContext) -> Rows | None:
+    """None when the conditions hold, else the not-applied result: ``[applied]``, then the current row's values of
+    the condition columns (every column for IF EXISTS), or ``[applied]`` alone when there is no row."""
+    if conditions_hold(table, data, pk, ck, if_exists, conditions, ctx):
         return None
-    # Cassandra answers with the current row's values, or with [applied] alone when there is no row.
-    return _lwt_result(table, False, list(current) if row is not None else [])
+    cols = table.all_columns() if if_exists else condition_columns(table, conditions)
+    row, current = _current_values(table, data, pk, ck, cols, ctx.now)
+    return _lwt_result(table, False, current if row is not None else [])
 
 
 def _element_op_check(table: Table, pk: bytes, ck: bytes, col: Column, stored_ts: int | None, ts: int,

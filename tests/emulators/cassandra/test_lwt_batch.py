@@ -175,6 +175,20 @@ def test_a_conditional_insert_in_a_batch_checks_its_key_columns_as_an_insert_doe
                            "APPLY BATCH").was_applied
 
 
+def test_a_not_applied_update_lists_each_condition_column_once(session: Session) -> None:
+    """A conditional UPDATE that is not applied answers ``[applied]`` and the columns its conditions name, each once
+    in the order of the IF: Cassandra 4's ``ModificationStatement.buildCasFailureResultSet`` collects them in a
+    ``LinkedHashSet`` ("We can have multiple conditions on the same columns ... so use a set to avoid duplicate")."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, v int, w int)")
+    session.execute("INSERT INTO t (k, v, w) VALUES (1, 1, 2)")
+    rs = session.execute("UPDATE t SET v = 3 WHERE k = 1 IF v > 0 AND v < 0")
+    assert rs.column_names == ["[applied]", "v"]
+    assert [tuple(r) for r in rs] == [(False, 1)]
+    rs = session.execute("UPDATE t SET v = 3 WHERE k = 1 IF w = 0 AND v = 1 AND w < 5")
+    assert rs.column_names == ["[applied]", "w", "v"]
+    assert [tuple(r) for r in rs] == [(False, 2, 1)]
+
+
 def test_a_batch_timestamp_and_a_statement_timestamp_together_are_refused(session: Session) -> None:
     """A batch carries ``USING TIMESTAMP`` or its statements do, not both: Cassandra 4's
     ``BatchStatement.validate()`` refuses it with "Timestamp must be set either on BATCH or individual statements"
