@@ -25,11 +25,12 @@ from .store import now_seconds
 from .wire import Value
 from .write import (
     WriteContext,
-    _check_conditions,
     _current_values,
     _insert_plan,
     _key_value,
     _lwt_result,
+    condition_columns,
+    conditions_hold,
     execute_delete,
     execute_insert,
     execute_update,
@@ -90,21 +91,9 @@ def execute_batch(engine: Engine, kind: str, using: st.Using, children: list[tup
                 keys.update((tables[i].id, pk) for pk, _ in primary_keys(tables[i], r, need_clustering=False))
         if len({t.id for t in tables}) > 1 or len(keys) > 1:
             raise Invalid("Batch with conditions cannot span multiple tables or partitions")
-        for i in conditional:
-            stmt, values = writes[i]
-            ctx = WriteContext(values, ts, now)
-            table = tables[i]
-            if isinstance(stmt, st.Insert):
-                probe = dataclasses.replace(stmt, using=st.Using())
-                failed = _probe_insert(engine, table, probe, ctx)
-            else:
-                r = resolve_restrictions(table, stmt.where, values)
-                pk, ck = primary_keys(table, r)[0]
-                failed = _check_conditions(
-                    table, engine.table_data(table), pk, ck, stmt.if_exists, stmt.conditions, ctx
-                )
-            if failed is not None:
-                return failed.encode()
+        failed = _check_batch_conditions(engine, tables[0], [writes[i] for i in conditional], ts, now)
+        if failed is not None:
+            return failed.encode()
     # Every statement is checked and planned before any is applied, as Cassandra refuses a batch whole: a statement
     # refused after others were applied would leave part of the batch written behind the error.
     pending: list[tuple[Any, ...]] = []
@@ -149,16 +138,57 @@ def _insert_partition(table: Table, stmt: st.Insert, values: list[Value]) -> byt
     return join_key(parts)
 
 
-def _probe_insert(engine: Engine, table: Table, stmt: st.Insert, ctx: WriteContext) -> Rows | None:
-    """The not-applied result if the row of a conditional INSERT exists, else None (nothing is written).
-
-    The key columns are checked as the INSERT itself checks them (all there, none null or unset).
-    """
+def _insert_key(table: Table, stmt: st.Insert, values: list[Value]) -> tuple[bytes, bytes]:
+    """The primary key of an INSERT, checked as the INSERT itself checks it (all there, none null or unset)."""
     plan = _insert_plan(table, stmt)
-    keys = {name: _key_value(col, resolve(term, col.type, ctx.values)) for name, (col, term) in plan.keys.items()}
+    keys = {name: _key_value(col, resolve(term, col.type, values)) for name, (col, term) in plan.keys.items()}
     pk = join_key([keys[n] for n in plan.pk_names])
     ck = join_key([keys[n] for n in plan.ck_names]) if plan.ck_names else b""
-    row, current = _current_values(table, engine.table_data(table), pk, ck, table.all_columns(), ctx.now)
-    if row is None:
+    return pk, ck
+
+
+def _check_batch_conditions(engine: Engine, table: Table, children: list[tuple[st.Modification, list[Value]]],
+                            ts: int, now: int) -> Rows | None:
+    """None when every condition of a conditional batch holds (on one partition of ``table``), else its not-applied
+    result, as Cassandra 4 builds it (BatchStatement.executeWithConditions, then
+    ModificationStatement.buildCasFailureResultSet with isBatch): ``[applied]``, the primary key columns and the
+    condition columns (each once, in order; every column when a statement is IF EXISTS or IF NOT EXISTS), one row
+    per row the conditions read that exists, in clustering order; ``[applied]`` alone when none exists."""
+    data = engine.table_data(table)
+    checked: dict[bytes, None] = {}  # the clustering keys the conditions read
+    holds = True
+    wildcard = False
+    conditions: list[st.Condition] = []
+    pk = b""
+    for stmt, values in children:
+        ctx = WriteContext(values, ts, now)
+        if isinstance(stmt, st.Insert):
+            pk, ck = _insert_key(table, stmt, values)
+            row, _ = _current_values(table, data, pk, ck, [], now)
+            ok = row is None
+            wildcard = True
+        else:
+            r = resolve_restrictions(table, stmt.where, values)
+            keys = primary_keys(table, r)
+            if len(keys) != 1:
+                raise Invalid("IN on the clustering key columns is not supported with conditional "
+                              f"{'deletions' if isinstance(stmt, st.Delete) else 'updates'}")
+            pk, ck = keys[0]
+            ok = conditions_hold(table, data, pk, ck, stmt.if_exists, stmt.conditions, ctx)
+            wildcard = wildcard or stmt.if_exists
+            conditions += stmt.conditions
+        checked.setdefault(ck, None)
+        holds = holds and ok
+    if holds:
         return None
-    return _lwt_result(table, False, current)
+    columns = table.all_columns() if wildcard else list(
+        {c.name: c for c in [*table.partition_key, *table.clustering, *condition_columns(table, conditions)]}.values())
+    sort_key = data.sort_key
+    cks = sorted(checked, key=sort_key) if sort_key is not None else list(checked)
+    found = [current for row, current in (_current_values(table, data, pk, ck, columns, now) for ck in cks)
+             if row is not None]
+    if not found:
+        return _lwt_result(table, False)
+    specs = [results.ColumnSpec(table.keyspace, table.name, "[applied]", BOOLEAN)]
+    specs += [results.ColumnSpec(table.keyspace, table.name, c.name, c.type) for c in columns]
+    return Rows(specs, [[b"\x00", *(v for _, v in current)] for current in found])

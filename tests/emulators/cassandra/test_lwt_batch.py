@@ -189,6 +189,32 @@ def test_a_not_applied_update_lists_each_condition_column_once(session: Session)
     assert [tuple(r) for r in rs] == [(False, 2, 1)]
 
 
+def test_a_not_applied_conditional_batch_returns_the_key_columns_and_every_row_it_checked(session: Session) -> None:
+    """A conditional BATCH that is not applied answers, for each row its conditions read that exists (in clustering
+    order), ``[applied]``, the primary key columns and the condition columns; every column when a statement is
+    IF EXISTS or IF NOT EXISTS; ``[applied]`` alone when none of those rows exists. Cassandra 4:
+    ``BatchStatement.executeWithConditions`` reads every row a condition names in one CAS read, and
+    ``ModificationStatement.buildCasFailureResultSet`` with ``isBatch`` adds ``metadata.primaryKeyColumns()``
+    ("to disambiguate if the conditions span multiple rows")."""
+    session.execute("CREATE TABLE t (p int, c int, v int, w int, PRIMARY KEY (p, c))")
+    session.execute("INSERT INTO t (p, c, v, w) VALUES (1, 1, 1, 10)")
+    session.execute("INSERT INTO t (p, c, v, w) VALUES (1, 2, 1, 20)")
+    rs = session.execute("BEGIN UNLOGGED BATCH "
+                         "UPDATE t SET v = 2 WHERE p = 1 AND c = 2 IF v = 5; "
+                         "UPDATE t SET v = 2 WHERE p = 1 AND c = 1 IF v = 7 AND v > 0; "
+                         "UPDATE t SET v = 2 WHERE p = 1 AND c = 3 IF v = 1; APPLY BATCH")
+    assert rs.column_names == ["[applied]", "p", "c", "v"]
+    assert [tuple(r) for r in rs] == [(False, 1, 1, 1), (False, 1, 2, 1)]
+    rs = session.execute("BEGIN UNLOGGED BATCH "
+                         "UPDATE t SET v = 2 WHERE p = 1 AND c = 1 IF v = 1; "
+                         "INSERT INTO t (p, c, v) VALUES (1, 2, 3) IF NOT EXISTS; APPLY BATCH")
+    assert rs.column_names == ["[applied]", "p", "c", "v", "w"]
+    assert [tuple(r) for r in rs] == [(False, 1, 1, 1, 10), (False, 1, 2, 1, 20)]
+    rs = session.execute("BEGIN UNLOGGED BATCH UPDATE t SET v = 2 WHERE p = 1 AND c = 5 IF v = 1; APPLY BATCH")
+    assert rs.column_names == ["[applied]"] and [tuple(r) for r in rs] == [(False,)]
+    assert rows_of(session, "SELECT c, v FROM t WHERE p = 1") == [(1, 1), (2, 1)]
+
+
 def test_a_batch_timestamp_and_a_statement_timestamp_together_are_refused(session: Session) -> None:
     """A batch carries ``USING TIMESTAMP`` or its statements do, not both: Cassandra 4's
     ``BatchStatement.validate()`` refuses it with "Timestamp must be set either on BATCH or individual statements"
