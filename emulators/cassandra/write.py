@@ -169,11 +169,6 @@ def execute_insert(engine: Engine, table: Table, stmt: st.Insert, ctx: WriteCont
     values = ctx.values
     plan = _insert_plan(table, stmt)
     keys = {name: _key_value(col, resolve(term, col.type, values)) for name, (col, term) in plan.keys.items()}
-    cells: list[tuple[int, bytes | None]] = []
-    for col, term in plan.regular:
-        v = resolve(term, col.type, values)
-        if v is not UNSET:
-            cells.append((col.slot, colls.normalize(col.type, v) if col.type.is_collection else v))
     pk = join_key([keys[n] for n in plan.pk_names])
     ck = join_key([keys[n] for n in plan.ck_names]) if plan.ck_names else b""
     if stmt.if_not_exists and stmt.using.timestamp is not None:
@@ -185,7 +180,22 @@ def execute_insert(engine: Engine, table: Table, stmt: st.Insert, ctx: WriteCont
         row, current = _current_values(table, data, pk, ck, table.all_columns(), ctx.now)
         if row is not None:
             return _lwt_result(table, False, current)
-    engine.apply(("U", table.id, pk, ck, True, tuple(cells), ts, expiry, time.time()))
+    cells: list[tuple[int, bytes | None]] = []
+    cleared: list[tuple[int, bytes | None]] = []
+    for col, term in plan.regular:
+        v = resolve(term, col.type, values)
+        if v is UNSET:
+            continue
+        if col.type.is_collection and not col.type.frozen:
+            v = _overwrite(table, data, pk, ck, col, v, ts, ctx)
+            if v is None:
+                cleared.append((col.slot, None))
+                continue
+        cells.append((col.slot, v))
+    at = time.time()
+    if cleared:  # an empty collection: only its tombstone, a microsecond before the statement (see _overwrite)
+        engine.apply(("U", table.id, pk, ck, False, tuple(cleared), ts - 1, None, at))
+    engine.apply(("U", table.id, pk, ck, True, tuple(cells), ts, expiry, at))
     return _lwt_result(table, True) if stmt.if_not_exists else None
 
 
@@ -253,6 +263,38 @@ def _check_conditions(table: Table, data: TableData, pk: bytes, ck: bytes, if_ex
     return _lwt_result(table, False, current if row is not None else [])
 
 
+def _stored_ts(row: Row | None, col: Column) -> int | None:
+    """The timestamp of the collection stored in ``col``, expired or not; None when there is none (or a tombstone,
+    which shadows what is older than it here as in Cassandra)."""
+    cell = row.raw_cell(col.slot) if row is not None else None
+    return cell[1] if cell is not None and cell[0] is not None else None
+
+
+def _overwrite(table: Table, data: TableData, pk: bytes, ck: bytes, col: Column, value: bytes | None, ts: int,
+               ctx: WriteContext) -> bytes | None:
+    """A whole non-frozen collection written (``INSERT ... c = v``, ``SET c = v``): the value to store, None for an
+    empty collection or null. Refused where the single-cell collection would differ from Cassandra.
+
+    Cassandra writes a collection tombstone at ``ts - 1`` and a cell per element at ``ts``
+    (UpdateParameters.setComplexDeletionTimeForOverwrite, from Sets/Lists/Maps.Setter). Replacing the stored cell
+    gives the same collection when every stored element is older than ``ts``; an empty collection or null is that
+    tombstone alone, which the caller writes at ``ts - 1``. When the stored collection was written at ``ts`` or
+    later, or another statement of the batch writes it too (one timestamp), Cassandra keeps those elements along
+    with the new ones: refused, as :func:`_element_op_check` refuses element operations.
+    """
+    part = data.partition(pk)
+    stored = _stored_ts(part.get(ck) if part is not None else None, col)
+    if ctx.batch_cells is not None and (table.id, pk, ck, col.slot) in ctx.batch_cells:
+        raise Invalid(f"This emulator cannot write {col.name} (a non-frozen collection) twice in one BATCH: the "
+                      "statements of a batch share one timestamp and Cassandra merges the writes element by element; "
+                      "write the collection once, in one statement")
+    if stored is not None and stored >= ts:
+        raise Invalid(f"This emulator keeps {col.name} (a non-frozen collection) as one cell written at {stored}: "
+                      f"overwriting it at {ts}, not after it, would drop elements Cassandra keeps (each element is a "
+                      "cell of its own there, and an overwrite deletes only the older ones); use a later timestamp")
+    return colls.normalize(col.type, value)
+
+
 def _element_op_check(table: Table, pk: bytes, ck: bytes, col: Column, stored_ts: int | None, ts: int,
                       ctx: WriteContext) -> None:
     """Refuse an element operation the single-cell collection would get wrong (see below)."""
@@ -267,11 +309,14 @@ def _element_op_check(table: Table, pk: bytes, ck: bytes, col: Column, stored_ts
 
 
 def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assignments: list[st.Assignment],
-                      ctx: WriteContext, ts: int) -> list[tuple[int, bytes | None]]:
-    """The cells of an UPDATE's assignments. A non-frozen collection is one cell here, so an element operation
-    (append, put, remove) rewrites the whole collection at the statement's timestamp: correct when that is after
-    the stored collection's, refused otherwise."""
+                      ctx: WriteContext, ts: int
+                      ) -> tuple[list[tuple[int, bytes | None]], list[tuple[int, bytes | None]]]:
+    """The cells of an UPDATE's assignments, and the collections it empties (their tombstones go at ``ts - 1``,
+    see :func:`_overwrite`). A non-frozen collection is one cell here, so an element operation (append, put,
+    remove) rewrites the whole collection at the statement's timestamp: correct when that is after the stored
+    collection's, refused otherwise."""
     cells: list[tuple[int, bytes | None]] = []
+    cleared: list[tuple[int, bytes | None]] = []
     written: dict[int, bytes | None] = {}  # slot -> its value after this statement's earlier operations
     done: dict[int, list[tuple[str, Value]]] = {}  # slot -> (kind, element key or None) of those operations
     row: Row | None = None
@@ -286,14 +331,19 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
             v = resolve(a.value, col.type, ctx.values)
             if v is UNSET:
                 continue
-            cells.append((col.slot, colls.normalize(col.type, v) if col.type.is_collection else v))
+            if col.type.is_collection and not col.type.frozen:
+                v = _overwrite(table, data, pk, ck, col, v, ts, ctx)
+                if v is None:
+                    cleared.append((col.slot, None))
+                    continue
+            cells.append((col.slot, v))
             continue
         if col.slot in written:  # `SET m['a'] = 1, m['b'] = 2` or `l = l + [1], l = l + [2]`: both apply
             current = written[col.slot]
         else:
             current_cell = row.cell(col.slot, ctx.now) if row is not None else None
             current = current_cell[0] if current_cell else None
-            _element_op_check(table, pk, ck, col, current_cell[1] if current_cell else None, ts, ctx)
+            _element_op_check(table, pk, ck, col, _stored_ts(row, col), ts, ctx)
         key: Value = None
         if a.kind == "set_element":
             assert a.element is not None
@@ -318,7 +368,7 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
         cells.append((col.slot, new))
         written[col.slot] = new
         done.setdefault(col.slot, []).append((a.kind, key))
-    return cells
+    return cells, cleared
 
 
 def _check_combination(col: Column, earlier: list[tuple[str, Value]], kind: str, key: Value) -> None:
@@ -351,8 +401,11 @@ def execute_update(engine: Engine, table: Table, stmt: st.Update, ctx: WriteCont
         if failed is not None:
             return failed
     for pk, ck in keys:
-        cells = _assignment_cells(table, data, pk, ck, stmt.assignments, ctx, ts)
-        engine.apply(("U", table.id, pk, ck, False, tuple(cells), ts, expiry, time.time()))
+        cells, cleared = _assignment_cells(table, data, pk, ck, stmt.assignments, ctx, ts)
+        at = time.time()
+        if cleared:
+            engine.apply(("U", table.id, pk, ck, False, tuple(cleared), ts - 1, None, at))
+        engine.apply(("U", table.id, pk, ck, False, tuple(cells), ts, expiry, at))
     return _lwt_result(table, True) if conditional else None
 
 
@@ -410,7 +463,7 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
                 if key is None:
                     raise Invalid(_NULL_ELEMENT[col.type.kind])  # a map, list or set here
                 cur_cell = row.cell(col.slot, ctx.now) if row is not None else None
-                _element_op_check(table, pk, ck, col, cur_cell[1] if cur_cell else None, ts, ctx)
+                _element_op_check(table, pk, ck, col, _stored_ts(row, col), ts, ctx)
                 cur = cur_cell[0] if cur_cell else None
                 if cur is None:
                     continue

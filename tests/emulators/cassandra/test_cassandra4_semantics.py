@@ -136,3 +136,55 @@ def test_lwt_not_applied_on_missing_row_returns_only_applied(session: Session) -
     session.execute("CREATE TABLE t (k int PRIMARY KEY, v int, w int)")
     result = session.execute("UPDATE t SET w = 1 WHERE k = 1 IF v = 3")
     assert result.column_names == ["[applied]"]
+
+
+def test_two_overwrites_of_a_collection_in_one_batch_are_refused_whole(session: Session) -> None:
+    """Overwriting a non-frozen collection (``INSERT ... s = {...}``, ``SET s = {...}``) is, in Cassandra 4, a
+    collection tombstone at ``timestamp - 1`` and one cell per element at ``timestamp`` (``Sets.Setter`` /
+    ``Maps.Setter`` -> ``UpdateParameters.setComplexDeletionTimeForOverwrite``). Two overwrites in one batch share
+    the timestamp, so Cassandra keeps the elements of both ({1, 2}); the emulator keeps a collection as one cell and
+    refuses the batch, naming the column, and writes none of it."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, s set<int>, m map<text, int>)")
+    with pytest.raises(InvalidRequest, match="cannot write s \\(a non-frozen collection\\) twice in one BATCH"):
+        session.execute("BEGIN UNLOGGED BATCH INSERT INTO t (k, s) VALUES (1, {1}); "
+                        "INSERT INTO t (k, s) VALUES (1, {2}); APPLY BATCH")
+    with pytest.raises(InvalidRequest, match="cannot write m \\(a non-frozen collection\\) twice in one BATCH"):
+        session.execute("BEGIN UNLOGGED BATCH UPDATE t SET m = m + {'a': 1} WHERE k = 2; "
+                        "UPDATE t SET m = {'b': 2} WHERE k = 2; APPLY BATCH")
+    assert list(session.execute("SELECT * FROM t")) == [], "nothing of a refused batch is written"
+
+
+def test_a_collection_overwrite_not_after_the_stored_collection_is_refused(session: Session) -> None:
+    """An overwrite's tombstone at ``timestamp - 1`` deletes only the elements written before it, so in Cassandra 4
+    ``INSERT ... s = {2} USING TIMESTAMP 5`` after ``s = s + {1}`` at 10 leaves {1, 2}, and ``SET m = {'b': 2}`` at
+    the timestamp of ``m['a'] = 1`` leaves {'a': 1, 'b': 2} (UpdateParameters.setComplexDeletionTimeForOverwrite;
+    CQL reference, collections: each element is a cell of its own). The emulator keeps a collection as one cell and
+    refuses such an overwrite, naming the column; a later one replaces the collection, as Cassandra's does."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, s set<int>, m map<text, int>)")
+    session.execute("UPDATE t USING TIMESTAMP 10 SET s = s + {1} WHERE k = 1")
+    with pytest.raises(InvalidRequest, match="s \\(a non-frozen collection\\) as one cell written at 10"):
+        session.execute("INSERT INTO t (k, s) VALUES (1, {2}) USING TIMESTAMP 5")
+    session.execute("UPDATE t USING TIMESTAMP 10 SET m['a'] = 1 WHERE k = 2")
+    with pytest.raises(InvalidRequest, match="m \\(a non-frozen collection\\) as one cell written at 10"):
+        session.execute("UPDATE t USING TIMESTAMP 10 SET m = {'b': 2} WHERE k = 2")
+    assert session.execute("SELECT s FROM t WHERE k = 1").one().s == {1}
+    assert dict(session.execute("SELECT m FROM t WHERE k = 2").one().m) == {"a": 1}
+    session.execute("UPDATE t USING TIMESTAMP 11 SET m = {'b': 2} WHERE k = 2")
+    assert dict(session.execute("SELECT m FROM t WHERE k = 2").one().m) == {"b": 2}
+
+
+def test_emptying_a_collection_deletes_only_the_elements_written_before_it(session: Session) -> None:
+    """``SET s = null`` (or ``{}``, or an INSERT of either) is Cassandra 4's collection tombstone at ``timestamp - 1``
+    alone (``Sets.Setter``: setComplexDeletionTimeForOverwrite, then no element), unlike ``DELETE s``, which deletes at
+    ``timestamp``: elements added later at that timestamp stay. Emptying a collection stored at that timestamp or
+    later is refused like any other overwrite (its older elements would go, its newer ones stay)."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, s set<int>, v int)")
+    session.execute("UPDATE t USING TIMESTAMP 10 SET s = s + {1} WHERE k = 1")
+    with pytest.raises(InvalidRequest, match="s \\(a non-frozen collection\\) as one cell written at 10"):
+        session.execute("UPDATE t USING TIMESTAMP 10 SET s = null WHERE k = 1")
+    assert session.execute("SELECT s FROM t WHERE k = 1").one().s == {1}
+    session.execute("INSERT INTO t (k, s, v) VALUES (2, {}, 0) USING TIMESTAMP 20")
+    session.execute("UPDATE t USING TIMESTAMP 20 SET s = s + {3} WHERE k = 2")
+    assert session.execute("SELECT s FROM t WHERE k = 2").one().s == {3}
+    session.execute("UPDATE t USING TIMESTAMP 11 SET s = {} WHERE k = 1")
+    assert session.execute("SELECT s FROM t WHERE k = 1").one() is None  # an UPDATE's row: gone with its last cell
