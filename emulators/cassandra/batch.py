@@ -21,7 +21,7 @@ from .keys import join_key
 from .planner import BOOLEAN, resolve, resolve_int
 from .results import Rows
 from .select import resolve_restrictions
-from .store import now_seconds
+from .store import Cell, now_seconds
 from .wire import Value
 from .write import (
     WriteContext,
@@ -97,7 +97,7 @@ def execute_batch(engine: Engine, kind: str, using: st.Using, children: list[tup
     # Every statement is checked and planned before any is applied, as Cassandra refuses a batch whole: a statement
     # refused after others were applied would leave part of the batch written behind the error.
     pending: list[tuple[Any, ...]] = []
-    written: set[tuple[Any, ...]] = set()
+    written: dict[tuple[Any, ...], Cell] = {}
     engine.pending = pending
     try:
         for i, (stmt, values) in enumerate(writes):
@@ -113,8 +113,8 @@ def execute_batch(engine: Engine, kind: str, using: st.Using, children: list[tup
             else:
                 execute_delete(engine, table, dataclasses.replace(stmt, if_exists=False, conditions=[])
                                if stmt.if_exists or stmt.conditions else stmt, ctx)
-            written.update((record[1], record[2], record[3], slot)
-                           for record in pending[seen:] if record[0] == "U" for slot, _ in record[5])
+            written.update(((record[1], record[2], record[3], slot), (value, record[6], record[7]))
+                           for record in pending[seen:] if record[0] == "U" for slot, value in record[5])
     finally:
         engine.pending = None
     for record in pending:

@@ -37,7 +37,7 @@ from .planner import (
 from .results import ColumnSpec, Rows
 from .schema import Column, Table
 from .select import Restrictions, _column_extractor, iter_scan, plan_scan, resolve_restrictions
-from .store import Row, TableData
+from .store import Cell, Row, TableData
 from .wire import UNSET, Value
 
 MAX_TTL = 630720000
@@ -56,11 +56,11 @@ class WriteContext:
     __slots__ = ("batch_cells", "default_ts", "now", "values")
 
     def __init__(self, values: list[Value], default_ts: int | None, now: int,
-                 batch_cells: set[tuple[Any, ...]] | None = None) -> None:
+                 batch_cells: dict[tuple[Any, ...], Cell] | None = None) -> None:
         self.values = values
         self.default_ts = default_ts
         self.now = now
-        # In a BATCH: (table id, partition key, clustering key, slot) of the cells earlier statements write
+        # In a BATCH: (table id, partition key, clustering key, slot) -> the cell an earlier statement writes there
         self.batch_cells = batch_cells
 
 
@@ -187,7 +187,7 @@ def execute_insert(engine: Engine, table: Table, stmt: st.Insert, ctx: WriteCont
         if v is UNSET:
             continue
         if col.type.is_collection and not col.type.frozen:
-            v = _overwrite(table, data, pk, ck, col, v, ts, ctx)
+            v = _overwrite(table, data, pk, ck, col, v, ts, expiry, ctx)
             if v is None:
                 cleared.append((col.slot, None))
                 continue
@@ -271,28 +271,74 @@ def _stored_ts(row: Row | None, col: Column) -> int | None:
 
 
 def _overwrite(table: Table, data: TableData, pk: bytes, ck: bytes, col: Column, value: bytes | None, ts: int,
-               ctx: WriteContext) -> bytes | None:
+               expiry: int | None, ctx: WriteContext) -> bytes | None:
     """A whole non-frozen collection written (``INSERT ... c = v``, ``SET c = v``): the value to store, None for an
     empty collection or null. Refused where the single-cell collection would differ from Cassandra.
 
     Cassandra writes a collection tombstone at ``ts - 1`` and a cell per element at ``ts``
     (UpdateParameters.setComplexDeletionTimeForOverwrite, from Sets/Lists/Maps.Setter). Replacing the stored cell
     gives the same collection when every stored element is older than ``ts``; an empty collection or null is that
-    tombstone alone, which the caller writes at ``ts - 1``. When the stored collection was written at ``ts`` or
-    later, or another statement of the batch writes it too (one timestamp), Cassandra keeps those elements along
-    with the new ones: refused, as :func:`_element_op_check` refuses element operations.
+    tombstone alone, which the caller writes at ``ts - 1``. Elements written at ``ts`` already (the same row written
+    again at the same timestamp: a redelivered write, or twice in one BATCH) survive that tombstone and meet the new
+    ones element by element (:func:`_merged_at_one_timestamp`); where the result is one collection with one expiry
+    it is stored, else the cell's tie rule keeps one of the two writes whole (a documented difference).
     """
-    part = data.partition(pk)
-    stored = _stored_ts(part.get(ck) if part is not None else None, col)
-    if ctx.batch_cells is not None and (table.id, pk, ck, col.slot) in ctx.batch_cells:
-        raise Invalid(f"This emulator cannot write {col.name} (a non-frozen collection) twice in one BATCH: the "
-                      "statements of a batch share one timestamp and Cassandra merges the writes element by element; "
-                      "write the collection once, in one statement")
-    if stored is not None and stored >= ts:
-        raise Invalid(f"This emulator keeps {col.name} (a non-frozen collection) as one cell written at {stored}: "
-                      f"overwriting it at {ts}, not after it, would drop elements Cassandra keeps (each element is a "
-                      "cell of its own there, and an overwrite deletes only the older ones); use a later timestamp")
-    return colls.normalize(col.type, value)
+    new = colls.normalize(col.type, value)
+    earlier = ctx.batch_cells.get((table.id, pk, ck, col.slot)) if ctx.batch_cells is not None else None
+    if earlier is None:
+        part = data.partition(pk)
+        row = part.get(ck) if part is not None else None
+        cell = row.raw_cell(col.slot) if row is not None else None
+        earlier = cell if cell is not None and cell[0] is not None else None
+    if earlier is None or earlier[1] != ts:
+        # Later: it replaces the collection. Older: the store keeps the newer collection, as Cassandra does when
+        # that one was written whole (its tombstone at its timestamp - 1 shadows every older element); one built
+        # by element operations alone would take the older write's other elements there (docs/emulators).
+        return new
+    merged = _merged_at_one_timestamp(col, earlier, new, expiry)
+    if merged is _NOT_ONE_CELL:
+        # One key with two values, or two expiries: Cassandra would keep a mix of both writes' elements, which one
+        # cell cannot hold. The cell's own tie rule keeps one of the two whole (docs/emulators: not refused, since
+        # an event re-sent with its event time as timestamp writes exactly this).
+        return new
+    return merged  # type: ignore[return-value]  # the sentinel is excluded above
+
+
+_NOT_ONE_CELL = object()
+
+
+def _merged_at_one_timestamp(col: Column, stored: tuple[bytes | None, int, int | None], new: bytes | None,
+                             expiry: int | None) -> bytes | object | None:
+    """Two writes of a whole set or map at one timestamp, as Cassandra reconciles them element by element
+    (Cells.resolveRegular: an expiring cell beats a live one, then the later expiry, then the greater value): the
+    collection to store if that is one cell again (one expiry, and a value the store takes over the stored one at
+    the same timestamp: a union at one expiry, or the new collection on its later expiry), else ``_NOT_ONE_CELL``.
+    A list's elements are keyed by fresh time-UUIDs, so both writes' elements stay (doubled): never one cell
+    here."""
+    from .store import _expires_later  # the tie rule of single cells
+
+    old_expiry = stored[2]
+    kind = col.type.kind
+    if kind == "list":
+        return _NOT_ONE_CELL
+    if kind == "set":
+        old_items, new_items = set(colls.split_elements(stored[0])), set(colls.split_elements(new))
+        if old_expiry == expiry or (old_items <= new_items and _expires_later(expiry, old_expiry)):
+            return colls.normalize(col.type, colls.join_elements(sorted(old_items | new_items)))
+        return _NOT_ONE_CELL
+    old_map, new_map = dict(colls.split_map(stored[0])), dict(colls.split_map(new))
+    if old_expiry == expiry:
+        # every element ties on expiry, and a key's greater value would win; written as one cell at the same
+        # timestamp and expiry, the union replaces the stored one only when it is larger, so keys whose values
+        # differ are refused
+        if any(old_map[k] != v for k, v in new_map.items() if k in old_map):
+            return _NOT_ONE_CELL
+        merged = {**old_map, **new_map}
+    elif old_map.keys() <= new_map.keys() and _expires_later(expiry, old_expiry):
+        merged = new_map  # every stored element meets a new one, which wins on its expiry
+    else:
+        return _NOT_ONE_CELL
+    return colls.normalize(col.type, colls.join_map(sorted(merged.items())))
 
 
 def _element_op_check(table: Table, pk: bytes, ck: bytes, col: Column, stored_ts: int | None, ts: int,
@@ -309,7 +355,7 @@ def _element_op_check(table: Table, pk: bytes, ck: bytes, col: Column, stored_ts
 
 
 def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assignments: list[st.Assignment],
-                      ctx: WriteContext, ts: int
+                      ctx: WriteContext, ts: int, expiry: int | None
                       ) -> tuple[list[tuple[int, bytes | None]], list[tuple[int, bytes | None]]]:
     """The cells of an UPDATE's assignments, and the collections it empties (their tombstones go at ``ts - 1``,
     see :func:`_overwrite`). A non-frozen collection is one cell here, so an element operation (append, put,
@@ -332,7 +378,7 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
             if v is UNSET:
                 continue
             if col.type.is_collection and not col.type.frozen:
-                v = _overwrite(table, data, pk, ck, col, v, ts, ctx)
+                v = _overwrite(table, data, pk, ck, col, v, ts, expiry, ctx)
                 if v is None:
                     cleared.append((col.slot, None))
                     continue
@@ -401,7 +447,7 @@ def execute_update(engine: Engine, table: Table, stmt: st.Update, ctx: WriteCont
         if failed is not None:
             return failed
     for pk, ck in keys:
-        cells, cleared = _assignment_cells(table, data, pk, ck, stmt.assignments, ctx, ts)
+        cells, cleared = _assignment_cells(table, data, pk, ck, stmt.assignments, ctx, ts, expiry)
         at = time.time()
         if cleared:
             engine.apply(("U", table.id, pk, ck, False, tuple(cleared), ts - 1, None, at))
