@@ -113,8 +113,8 @@ def raw_commands(cache: RedisChangeSink, page: list[StoredEvent], ttl: int, per_
         current = newest.get(e.device_id)
         if current is None or e.supersedes(current):
             newest[e.device_id] = e
-        document = e.to_json()
         if e.critical:
+            document = e.to_json()
             tag = f"{prefix}d:{{{e.device_id}}}"
             shard = zlib.crc32(e.device_id.encode()) % shards
             commands.append((critical_sha, 2, f"{tag}:ce:{e.event_id}", f"{tag}:crit",
@@ -123,8 +123,8 @@ def raw_commands(cache: RedisChangeSink, page: list[StoredEvent], ttl: int, per_
                              f"{prefix}critical:seen:{{{shard}}}:{e.event_id}",
                              ttl, shard_max, str(e.event_id), e.device_id, document))
             commands.append((event_sha, 1, f"{prefix}e:{e.event_id}", document, ttl))
-        else:  # replaces a copy a lookup cached
-            commands.append((event_sha, 1, f"{prefix}e:{e.event_id}", document, ttl, "present"))
+        else:  # drops a copy a lookup cached of an older send of this id
+            commands.append((event_sha, 1, f"{prefix}e:{e.event_id}", e.enqueued_text(), "", "stale"))
     for device, e in newest.items():
         commands.append((latest_sha, 1, f"{prefix}d:{{{device}}}:latest", sort_key(e), e.to_json(), ttl))
     return commands

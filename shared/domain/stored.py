@@ -59,9 +59,9 @@ class StoredEvent:
         if other.newer_than(self):
             return False
         mine, theirs = self.to_json(), other.to_json()
-        return (self._enqueued_text(), mine) > (other._enqueued_text(), theirs)
+        return (self.enqueued_text(), mine) > (other.enqueued_text(), theirs)
 
-    def _enqueued_text(self) -> str:
+    def enqueued_text(self) -> str:
         """The enqueued time as the document carries it (milliseconds), which is what Redis compares."""
         return rfc3339(self.enqueued_time) if self.enqueued_time else ""
 

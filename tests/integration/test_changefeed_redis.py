@@ -119,20 +119,26 @@ def test_a_resent_event_replaces_its_own_older_copy_as_the_latest_state(client, 
         assert latest == by_id, f"{name}: the latest state keeps the superseded copy of the same event"
 
 
-def test_the_feed_replaces_an_event_a_lookup_cached_and_caches_no_other(client, redis_prefix):
-    """For an event that is not critical the feed writes ``e:<id>`` only where a lookup cached it (the event or
-    its absence): the copy enqueued later replaces it and the fill's TTL stays; an event nobody looked up gets
-    no key. One single-key script per event in the page's pipeline, so a cluster runs it on the key's node."""
+def test_the_feed_drops_a_superseded_copy_a_lookup_cached_and_caches_no_other(client, redis_prefix):
+    """For an event that is not critical the feed sends only its enqueued time to ``e:<id>``: a copy a lookup cached
+    that was enqueued before it (the id re-sent with other content), or a cached "not found", is dropped, so the
+    next lookup reads the stored copy; a copy as new or newer stays (a replay of the older send, or the overlap read
+    again, drops nothing); an event nobody looked up gets no key. One single-key script per event in the page's
+    pipeline, so a cluster runs it on the key's node."""
     cache = Cache(client, key_prefix=redis_prefix, ttl_seconds=10_000)
-    looked_up, absent, untouched = ev(seconds=1), ev(seconds=2), ev(seconds=3)
+    looked_up, absent, untouched, current = ev(seconds=1), ev(seconds=2), ev(seconds=3), ev(seconds=4)
     cache.fill_event(str(looked_up.event_id), looked_up, ttl=60, negative_ttl=5)
     cache.fill_event(str(absent.event_id), None, ttl=60, negative_ttl=5)  # looked up before it was stored
+    cache.fill_event(str(current.event_id), current, ttl=60, negative_ttl=5)
     resent = replace(looked_up, measurements={"v": 42.0}, enqueued_time=NOW + timedelta(seconds=30))
-    apply_changes(cache, [resent, absent, untouched], None, list)
-    apply_changes(cache, [looked_up], None, list)  # the older copy again (a replay): the later one stays
+    apply_changes(cache, [current, untouched], None, list)  # the same copy a lookup cached: it stays
+    assert cache.get_event(str(current.event_id)).document == current.to_json()
+    apply_changes(cache, [resent, absent], None, list)
+    assert cache.get_event(str(looked_up.event_id)) is None  # the next lookup reads the re-sent copy
+    assert cache.get_event(str(absent.event_id)) is None
+    cache.fill_event(str(looked_up.event_id), resent, ttl=60, negative_ttl=5)  # that lookup's fill
+    apply_changes(cache, [looked_up], None, list)  # the older send again (a replay): the later copy stays
     assert cache.get_event(str(looked_up.event_id)).document == resent.to_json()
-    assert 0 < client.ttl(cache.keys.event(looked_up.event_id)) <= 60
-    assert cache.get_event(str(absent.event_id)).document == absent.to_json()
     assert not client.exists(cache.keys.event(untouched.event_id))
 
 

@@ -9,9 +9,10 @@ sub-pipeline per node), each touching one slot:
   with :meth:`RedisChangeSink.put_latest`);
 * per critical event: ``critical`` on the device's set (``{<device>}``), ``stream``
   on the device's stream shard (``{<shard>}``), ``fill_event`` on ``e:<event id>``;
-* per other event: ``fill_event`` on ``e:<event id>`` only where the key exists (a
-  lookup cached the event for up to an hour; a re-send with corrected content must
-  replace that copy, or the lookups would serve the superseded one).
+* per other event: ``fill_event`` in its ``stale`` mode on ``e:<event id>``, with the
+  event's enqueued time only: a copy a lookup cached (for up to an hour) that was
+  enqueued before this one, a re-send with corrected content, is dropped, so the next
+  lookup reads the stored copy instead of serving the superseded one.
 
 Each script is atomic and idempotent on its own, so the order in which a
 cluster's nodes run them does not matter, and a page that failed half-way
@@ -53,7 +54,8 @@ class RedisChangeSink(ScriptedRedis):
 
         Every write goes to each generation of :meth:`write_keys` (two while a rebuild runs).
         """
-        newest: dict[str, tuple[StoredEvent, str]] = {}
+        newest: dict[str, StoredEvent] = {}
+        documents: dict[int, str] = {}  # by id(event): encoded once, for its critical commands and its latest
         commands: list[Command] = []
         generations, ttl, cap = self.write_keys(), self._ttl, self.critical_cap
         sha = self.sha
@@ -65,21 +67,24 @@ class RedisChangeSink(ScriptedRedis):
         )
         for event in events:
             device, event_id = event.device_id, event.event_id
-            document = event.to_json()
             current = newest.get(device)
-            if current is None or event.supersedes(current[0]):
-                newest[device] = (event, document)
-            for keys in generations:
-                if event.critical:
+            if current is None or event.supersedes(current):
+                newest[device] = event
+            if event.critical:
+                documents[id(event)] = document = event.to_json()
+                for keys in generations:
                     commands.append((critical_sha, 2, keys.member(device, event_id), keys.critical(device),
                                      document, event.event_time_ms, ttl, cap))
                     commands.append((stream_sha, 2, keys.stream(device), keys.seen(device, event_id),
                                      ttl, self._shard_max, str(event_id), device, document))
                     commands.append((event_sha, 1, keys.event(event_id), document, ttl))
-                else:  # only where a lookup cached it: a re-sent event must replace the copy the lookups serve
-                    commands.append((event_sha, 1, keys.event(event_id), document, ttl, "present"))
+            else:  # a lookup's cached copy of an older send of this id is dropped (no document: cheap per event)
+                enqueued = event.enqueued_text()
+                for keys in generations:
+                    commands.append((event_sha, 1, keys.event(event_id), enqueued, "", "stale"))
         devices: list[str] = []
-        for device, (event, document) in newest.items():
+        for device, event in newest.items():
+            document = documents.get(id(event)) or event.to_json()
             for keys in generations:
                 commands.append((latest_sha, 1, keys.latest(device), sort_key(event), document, ttl, "present"))
                 devices.append(device)

@@ -1,12 +1,19 @@
 -- uses: _extend _newer
--- An event by id (written by the change feed, and by lookup fills).
--- KEYS: e:<event id>. ARGV: document, ttl[, "present"].
--- With "present" (the change feed, for an event that is not critical) only a key that is there is written, and
--- its TTL kept: a lookup cached the event (or its absence), and a re-send of it must not leave that copy
--- served; the feed does not cache every event by id itself. 0: nothing written.
-local previous = redis.call('HGET', KEYS[1], 'd')
-if (not previous) and ARGV[3] == 'present' then return 0 end
-if keeps(previous, ARGV[1]) then return 0 end  -- a copy enqueued later is there
+-- An event by id (written by the change feed for critical events, and by lookup fills).
+-- KEYS: e:<event id>. ARGV: document, ttl  |  ARGV: enqueued time, "", "stale".
+-- "stale" (the change feed, for an event that is not critical, which it does not cache by id itself): a copy a
+-- lookup cached that was enqueued before this one (the id re-sent with other content), or its "not found", is
+-- dropped, so the next lookup reads the stored copy; a copy as new or newer stays. 1: dropped. Only the enqueued
+-- time is sent: the feed does not encode a document for every event.
+if ARGV[3] == 'stale' then
+  local cached = redis.call('HGET', KEYS[1], 'd')
+  if cached and (cached == '' or enqueued(cached) < ARGV[1]) then  -- '': a cached "not found"
+    redis.call('UNLINK', KEYS[1])
+    return 1
+  end
+  return 0
+end
+if keeps(redis.call('HGET', KEYS[1], 'd'), ARGV[1]) then return 0 end  -- a copy enqueued later is there
 redis.call('HSET', KEYS[1], 'd', ARGV[1])
-if ARGV[3] ~= 'present' then extend(KEYS[1], tonumber(ARGV[2])) end
+extend(KEYS[1], tonumber(ARGV[2]))
 return 1
