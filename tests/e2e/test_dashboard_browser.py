@@ -32,6 +32,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from tests.e2e import test_pipeline
+from tests.fixtures.waiting import poll
 
 pipeline = test_pipeline.pipeline
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -80,17 +81,6 @@ def _send(connection: str, hub: str, events: list[dict]) -> None:
             producer.send_batch(batch)
 
 
-def _wait(condition, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
 def _severe(driver) -> list[dict]:
     return [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
@@ -121,11 +111,11 @@ def test_the_page_in_chromium_shows_the_stores_live(pipeline, isolated_eventhub,
                for i in range(12)]
     noise = [_event(f"fan-{i % 5}", now - timedelta(seconds=i), measurements={"rpm": 1000.0 + i}) for i in range(40)]
     _send(connection, hub, history + noise)
-    _wait(lambda: _get(f"{api}/status")["throughput"]["events_last_5_minutes"] == len(history) + len(noise), 60,
+    poll(lambda: _get(f"{api}/status")["throughput"]["events_last_5_minutes"] == len(history) + len(noise), 60,
           "every event to be stored")
 
     browser.get(f"{api}/dashboard")
-    _wait(lambda: browser.execute_script("return window.sluiceLastStatus !== undefined"), 15, "the first status")
+    poll(lambda: browser.execute_script("return window.sluiceLastStatus !== undefined"), 15, "the first status")
     assert _severe(browser) == [], "console errors on load"
 
     # Tiles: exactly the page's rendering of the status document it fetched, and that document is the API's.
@@ -144,11 +134,11 @@ def test_the_page_in_chromium_shows_the_stores_live(pipeline, isolated_eventhub,
     critical = _event(f"valve-{uuid.uuid4().hex[:6]}", datetime.now(UTC), severity="critical",
                       measurements={"pressure": 9.5}, attributes={"note": XSS})
     _send(connection, hub, [critical])
-    _wait(lambda: _stored(probe, critical), 60, "the critical event to be stored", interval=0.05)
+    poll(lambda: _stored(probe, critical), 60, "the critical event to be stored", every=0.05)
     stored_at = time.monotonic()
     selector = f'#critical-feed li[data-event-id="{critical["event_id"]}"]'
-    item = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, selector), 30, "the critical event in the feed",
-                 interval=0.05)[0]
+    item = poll(lambda: browser.find_elements(By.CSS_SELECTOR, selector), 30, "the critical event in the feed",
+                 every=0.05)[0]
     shown_after = time.monotonic() - stored_at
     assert shown_after <= CHANGEFEED_INTERVAL + 2.0, f"shown {shown_after:.2f}s after it was stored"
     assert XSS in item.text and critical["device_id"] in item.text
@@ -160,7 +150,7 @@ def test_the_page_in_chromium_shows_the_stores_live(pipeline, isolated_eventhub,
     box = browser.find_element(By.ID, "device-id")
     box.send_keys(device)
     box.send_keys(Keys.ENTER)
-    points = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#history-chart circle") or None, 15,
+    points = poll(lambda: browser.find_elements(By.CSS_SELECTOR, "#history-chart circle") or None, 15,
                    "the history chart")
     drawn = sorted((int(p.get_attribute("data-t")), float(p.get_attribute("data-v"))) for p in points)
     sent = sorted((int(datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp() * 1000),

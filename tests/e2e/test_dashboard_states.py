@@ -23,6 +23,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from tests.fixtures.dashboard_page import DashboardHost, chromium, chromium_phone
+from tests.fixtures.waiting import poll
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -41,20 +42,9 @@ def phone() -> Iterator[webdriver.Chrome]:
     driver.quit()
 
 
-def _wait(condition, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
 def _open(browser, host: DashboardHost) -> None:
     browser.get(f"{host.api}/dashboard")
-    _wait(lambda: browser.execute_script("return window.sluiceLastStatus !== undefined"), 15, "the first status")
+    poll(lambda: browser.execute_script("return window.sluiceLastStatus !== undefined"), 15, "the first status")
 
 
 def _search(browser, device: str) -> None:
@@ -88,7 +78,7 @@ def test_a_site_report_that_cannot_be_read_is_said_not_shown_empty(dashboard: Da
         urllib.request.urlopen(f"{dashboard.api}/reports/sites?limit=30", timeout=10)
     assert answer.value.code == 503
     _open(browser, dashboard)
-    problem = _wait(lambda: _text(browser, "sites-error"), 10, "the site report's error")
+    problem = poll(lambda: _text(browser, "sites-error"), 10, "the site report's error")
     assert problem == "site report unavailable: postgres unavailable: connection refused", problem
     section = browser.find_element(By.CSS_SELECTOR, "section[aria-labelledby=sites-title]").text
     assert "No enriched windows yet." not in section, section
@@ -100,10 +90,10 @@ def test_status_sections_in_error_say_so_and_name_their_dependency(dashboard: Da
     tiles and its dependency (storage, Event Hubs: not among the health checks) is named in the header. A
     throughput section that fails clears the chart and says why, instead of keeping the last caption."""
     _open(browser, dashboard)
-    _wait(lambda: "top of the chart" in _text(browser, "throughput-scale"), 5, "the throughput caption")
+    poll(lambda: "top of the chart" in _text(browser, "throughput-scale"), 5, "the throughput caption")
     dashboard.set(fail={"dead_letters": "the storage account did not answer", "lag": "cannot read checkpoints",
                         "throughput": "read timed out"})
-    _wait(lambda: "error" in browser.execute_script("return window.sluiceLastStatus.dead_letters"), 10,
+    poll(lambda: "error" in browser.execute_script("return window.sluiceLastStatus.dead_letters"), 10,
           "a status with the failed sections")
     for tile, words in {"dead_letters": "dead letters: storage unavailable: the storage account did not answer",
                         "lag": "lag: eventhubs unavailable: cannot read checkpoints",
@@ -119,7 +109,7 @@ def test_status_sections_in_error_say_so_and_name_their_dependency(dashboard: Da
     assert browser.find_elements(By.CSS_SELECTOR, "#throughput-chart polyline") == []
 
     dashboard.reset()  # the stores answer again: the problems go, the tiles show figures
-    _wait(lambda: _text(browser, "status-problems") == "", 10, "the problems to clear")
+    poll(lambda: _text(browser, "status-problems") == "", 10, "the problems to clear")
     assert browser.find_element(By.CSS_SELECTOR, '[data-tile="dead_letters"]').text == "0"
 
 
@@ -132,7 +122,7 @@ def test_critical_events_show_their_date_in_utc_and_their_age(dashboard: Dashboa
     old, new = "00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"
     dashboard.set(critical_events=[_critical(new, now), _critical(old, now - timedelta(days=3))])
     _open(browser, dashboard)
-    items = _wait(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#critical-feed li")) == 2 and
+    items = poll(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#critical-feed li")) == 2 and
                   browser.find_elements(By.CSS_SELECTOR, "#critical-feed li"), 10, "both critical events")
     shown = {item.get_attribute("data-event-id"): item for item in items}
     three_days_ago = (now - timedelta(days=3)).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -150,9 +140,9 @@ def test_a_failed_search_leaves_nothing_of_the_previous_device(dashboard: Dashbo
                                       "measurement": "temperature"}})
     _open(browser, dashboard)
     _search(browser, "pump-a")
-    _wait(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#history-chart circle")) == 12, 15, "pump-a's chart")
+    poll(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#history-chart circle")) == 12, 15, "pump-a's chart")
     _search(browser, "pump-unknown")
-    _wait(lambda: _text(browser, "device-error"), 10, "the error of the unknown device")
+    poll(lambda: _text(browser, "device-error"), 10, "the error of the unknown device")
     assert "pump-unknown" in _text(browser, "device-error")
     desc = _text(browser, "history-desc")
     browser.execute_script("document.getElementById('measurement').dispatchEvent(new Event('change'))")
@@ -170,7 +160,7 @@ def test_a_history_longer_than_the_pages_read_is_said_to_be_partial(dashboard: D
     dashboard.set(devices={"chatty": {"count": count, "step_seconds": 3, "anchor": _anchor(), "measurement": "rpm"}})
     _open(browser, dashboard)
     _search(browser, "chatty")
-    _wait(lambda: "values of" in _text(browser, "history-desc"), 120, "the chart")
+    poll(lambda: "values of" in _text(browser, "history-desc"), 120, "the chart")
     drawn = browser.execute_script("return document.querySelectorAll('#history-chart circle').length")
     desc = _text(browser, "history-desc")
     assert drawn == 20_000
@@ -189,7 +179,7 @@ def test_a_newer_search_replaces_one_still_in_flight(dashboard: DashboardHost, b
     _search(browser, "slow-a")
     time.sleep(0.5)  # slow-a's latest is shown, its first history page is being read
     _search(browser, "fast-b")
-    _wait(lambda: "fast-b" in _text(browser, "device-latest"), 10, "fast-b's latest state")
+    poll(lambda: "fast-b" in _text(browser, "device-latest"), 10, "fast-b's latest state")
     time.sleep(6)  # slow-a's three pages would have come back by now
     drawn = browser.execute_script("return document.querySelectorAll('#history-chart circle').length")
     assert drawn == 5, f"fast-b has 5 events; its chart shows {drawn} points"
@@ -208,7 +198,7 @@ def test_at_phone_width_nothing_is_wider_than_the_screen(dashboard: DashboardHos
     _open(phone, dashboard)
     assert phone.execute_script("return document.documentElement.scrollWidth") <= 390
     _search(phone, "pump-l")
-    _wait(lambda: len(phone.find_elements(By.CSS_SELECTOR, "#history-chart circle")) == 3, 15, "the chart")
+    poll(lambda: len(phone.find_elements(By.CSS_SELECTOR, "#history-chart circle")) == 3, 15, "the chart")
     width = phone.execute_script("return document.documentElement.scrollWidth")
     assert width <= 390, f"the page is {width}px wide on a 390px screen"
 

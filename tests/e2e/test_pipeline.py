@@ -34,6 +34,7 @@ from shared.settings import load_settings
 from sluice.delivery import Probe, check_delivery
 from sluice.loadgen import EventGenerator, EventHubSender, LoadRunner, LoadSpec, read_manifest
 from tests.fixtures.devhost import start_devhost
+from tests.fixtures.waiting import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 WINDOW_SECONDS = 5
@@ -134,18 +135,6 @@ def _get(url: str) -> tuple[int, dict | list | None]:
         return exc.code, None
 
 
-def _poll(condition, timeout: float, what: str, every: float = 0.1):
-    """``condition()``'s first true value, checked every ``every`` seconds until ``timeout``; fails naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
-
-
 def _wait_for_delivery(expected, probe, since, timeout: float):
     deadline = time.monotonic() + timeout
     while True:
@@ -199,7 +188,7 @@ def test_every_event_lands_once_across_a_dev_host_crash(pipeline, isolated_event
         host.kill()
         killed_at = datetime.now(UTC)
         # Restart once the load has sent more while no host was running (events the new host must pick up).
-        _poll(lambda: runner.summary.sent >= min(spec.count, sent_before_kill + 50), 10,
+        poll(lambda: runner.summary.sent >= min(spec.count, sent_before_kill + 50), 10,
               "events sent while the host is down")
         host = start()
         restarted_at = datetime.now(UTC)
@@ -271,13 +260,13 @@ def test_a_critical_event_sent_twice_is_listed_once(pipeline, isolated_eventhub)
     try:
         for _ in range(2):  # two sends, so two enqueued times: what at-least-once producers do after a timeout
             assert all(sent.error is None for sent in sender.send([event]))
-            row = _poll(lambda: (r := probe.session.execute(
+            row = poll(lambda: (r := probe.session.execute(
                 f"SELECT enqueued_time, writetime(device_id) AS written FROM {ks}.events_by_id "
                 f"WHERE event_id = {event.event_id}").one()) is not None and r.enqueued_time not in enqueued and r,
                 30, "the event stored with a new enqueued time")
             enqueued.append(row.enqueued_time)
             # The change feed has applied this write once it saved a position after it (only this event flows).
-            _poll(lambda written=row.written: (f := probe.session.execute(
+            poll(lambda written=row.written: (f := probe.session.execute(
                 f"SELECT updated_at FROM {ks}.feed_state WHERE name = 'events_by_id'").one()) is not None
                 and f.updated_at is not None and to_ms(f.updated_at) >= written // 1000, 30,
                 "a change feed position saved after the write")
