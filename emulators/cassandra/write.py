@@ -186,12 +186,7 @@ def execute_insert(engine: Engine, table: Table, stmt: st.Insert, ctx: WriteCont
         v = resolve(term, col.type, values)
         if v is UNSET:
             continue
-        if col.type.is_collection and not col.type.frozen:
-            v = _overwrite(table, data, pk, ck, col, v, ts, expiry, ctx)
-            if v is None:
-                cleared.append((col.slot, None))
-                continue
-        cells.append((col.slot, v))
+        _whole_value(table, data, pk, ck, col, v, ts, expiry, ctx, cells, cleared)
     at = time.time()
     if cleared:  # an empty collection: only its tombstone, a microsecond before the statement (see _overwrite)
         engine.apply(("U", table.id, pk, ck, False, tuple(cleared), ts - 1, None, at))
@@ -268,6 +263,19 @@ def _stored_ts(row: Row | None, col: Column) -> int | None:
     which shadows what is older than it here as in Cassandra)."""
     cell = row.raw_cell(col.slot) if row is not None else None
     return cell[1] if cell is not None and cell[0] is not None else None
+
+
+def _whole_value(table: Table, data: TableData, pk: bytes, ck: bytes, col: Column, value: bytes | None, ts: int,
+                 expiry: int | None, ctx: WriteContext, cells: list[tuple[int, bytes | None]],
+                 cleared: list[tuple[int, bytes | None]]) -> None:
+    """A column given a whole value (``INSERT``, ``SET c = v``): its cell, or for a non-frozen collection what
+    :func:`_overwrite` makes of it, an emptied one only its tombstone (``cleared``, written at ``ts - 1``)."""
+    if col.type.is_collection and not col.type.frozen:
+        value = _overwrite(table, data, pk, ck, col, value, ts, expiry, ctx)
+        if value is None:
+            cleared.append((col.slot, None))
+            return
+    cells.append((col.slot, value))
 
 
 def _overwrite(table: Table, data: TableData, pk: bytes, ck: bytes, col: Column, value: bytes | None, ts: int,
@@ -377,12 +385,7 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
             v = resolve(a.value, col.type, ctx.values)
             if v is UNSET:
                 continue
-            if col.type.is_collection and not col.type.frozen:
-                v = _overwrite(table, data, pk, ck, col, v, ts, expiry, ctx)
-                if v is None:
-                    cleared.append((col.slot, None))
-                    continue
-            cells.append((col.slot, v))
+            _whole_value(table, data, pk, ck, col, v, ts, expiry, ctx, cells, cleared)
             continue
         if col.slot in written:  # `SET m['a'] = 1, m['b'] = 2` or `l = l + [1], l = l + [2]`: both apply
             current = written[col.slot]
