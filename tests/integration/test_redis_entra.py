@@ -26,6 +26,7 @@ from shared.adapters.redis.aio import AsyncRedisConnection
 from shared.adapters.redis.entra import EntraCredentials
 from shared.exceptions import DependencyUnavailable
 from tests.fixtures.redis_cluster import RedisServer
+from tests.fixtures.waiting import poll
 
 LIFETIME = 6  # seconds: the first renewal comes after about half of it
 
@@ -103,13 +104,6 @@ def signed_in_as(admin: redis.Redis | RedisCluster, client_name: str) -> list[st
     return sorted(c["user"] for c in clients_of(admin, client_name))
 
 
-def wait_for(condition, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 @pytest.mark.timeout(60)
 def test_open_connections_sign_in_again_with_each_renewed_token(redis_server: RedisServer, users,
                                                                 short_renewal) -> None:
@@ -125,7 +119,7 @@ def test_open_connections_sign_in_again_with_each_renewed_token(redis_server: Re
         first = signed_in_as(admin, client_name)
         assert first and set(first) == {names[0]}
 
-        wait_for(lambda: set(signed_in_as(admin, client_name)) == {names[1]})
+        poll(lambda: set(signed_in_as(admin, client_name)) == {names[1]}, 15, "the renewed sign-in")
         # the same connections, signed in again: none was dropped and opened anew
         assert len(signed_in_as(admin, client_name)) == len(first)
         assert client.get(f"entra:{client_name}:7") == b"7"
@@ -145,7 +139,7 @@ def test_a_failed_renewal_is_retried_not_the_end_of_renewals(redis_url: str, loc
         client = connection.client()
         client.ping()
         credential.failures = 2
-        wait_for(lambda: signed_in_as(admin, client_name) == [names[1]])
+        poll(lambda: signed_in_as(admin, client_name) == [names[1]], 15, "the renewed sign-in")
         assert credential.failures == 0
         client.ping()
     finally:
