@@ -8,7 +8,7 @@ from cassandra.policies import RetryPolicy, WriteType
 from cassandra.protocol import OverloadedErrorMessage, ServerError
 from cassandra.query import SimpleStatement
 
-from shared.adapters.cassandra.retry import CosmosRetryPolicy, retry_after_seconds
+from shared.adapters.cassandra.retry import CosmosRetryPolicy, decided_wait, retry_after_seconds
 
 COSMOS_429 = ("Request rate is large. More Request Units may be needed, so no changes were made. "
               "Please retry this request later. RetryAfterMs=250")
@@ -35,15 +35,26 @@ def test_without_a_hint_the_backoff_grows() -> None:
     assert all(0.01 * 2**n <= w <= 0.015 * 2**n for n, w in enumerate(waits))
 
 
-def test_overloaded_is_retried_on_the_same_host_until_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    slept: list[float] = []
-    monkeypatch.setattr("shared.adapters.cassandra.retry.time.sleep", slept.append)
+def test_overloaded_is_retried_on_the_same_host_until_the_bound() -> None:
     policy = CosmosRetryPolicy(max_retries=2)
     query = SimpleStatement("INSERT ...")
-    assert policy.on_request_error(query, 6, overloaded(), 0) == (RetryPolicy.RETRY, 6)
-    assert policy.on_request_error(query, 6, overloaded(), 1) == (RetryPolicy.RETRY, 6)
+    waits = []
+    for retry_num in (0, 1):
+        assert policy.on_request_error(query, 6, overloaded(), retry_num) == (RetryPolicy.RETRY, 6)
+        waits.append(decided_wait(query))
     assert policy.on_request_error(query, 6, overloaded(), 2) == (RetryPolicy.RETHROW, None)
-    assert slept == [pytest.approx(0.25), pytest.approx(0.25)]
+    assert waits == [pytest.approx(0.25), pytest.approx(0.25)]
+    assert decided_wait(query) is None, "a rethrow decides no wait"
+
+
+def test_a_decided_wait_belongs_to_its_statement_and_is_taken_once() -> None:
+    policy = CosmosRetryPolicy()
+    throttled, other = SimpleStatement("INSERT ..."), SimpleStatement("SELECT ...")
+    policy.on_request_error(throttled, 6, overloaded(), 0)
+    assert decided_wait(other) is None, "another request's retry must not take this wait"
+    policy.on_request_error(throttled, 6, overloaded(), 0)
+    assert decided_wait(throttled) == pytest.approx(0.25)
+    assert decided_wait(throttled) is None
 
 
 def test_other_errors_are_not_retried_blindly() -> None:

@@ -12,11 +12,15 @@ Cosmos account a 429 surfaces as ``NoHostAvailable`` at once. This policy:
   statements are idempotent upserts, marked ``is_idempotent=True``);
 * on anything else: rethrows.
 
-The wait runs inside the driver's callback, on its I/O thread: while one request
-waits, the connection's other responses wait too. Under throttling that is the
-intended effect (the client slows down as a whole instead of piling up more
-requests), and the cap bounds it. Microsoft's own Cosmos retry policy exists only
-for Java; this is its Python counterpart.
+The policy is asked on the driver's I/O thread, which serves every connection of
+the cluster: a ``time.sleep`` there would hold back every other request's answer
+(a lookup pod's reads behind one throttled write), and the request's own timeout
+timer, which runs on that thread too. So the policy only decides the wait;
+:func:`delay_retries` (installed on every session Sluice connects) starts the
+retry after it on one of the driver's timers, with no thread held. The request's
+timeout still counts from its start: a wait longer than what is left ends it with
+``OperationTimedOut``. Microsoft's own Cosmos retry policy exists only for Java;
+this is its Python counterpart.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ from __future__ import annotations
 import logging
 import random
 import re
-import time
+import threading
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from cassandra import OperationTimedOut
+from cassandra.cluster import ResponseFuture, Session
 from cassandra.policies import RetryPolicy, WriteType
 from cassandra.protocol import OverloadedErrorMessage
 
@@ -39,6 +46,10 @@ logger = logging.getLogger(__name__)
 Decision = tuple[int, int | None]
 
 _RETRY_AFTER = re.compile(r"RetryAfterMs=(\d+)")
+
+# The wait the policy decided for the retry the driver is about to submit: (statement, seconds). The driver asks
+# the policy and submits the retry in one call on its I/O thread, so a thread-local hands the wait over exactly.
+_decided = threading.local()
 
 
 def retry_after_seconds(message: str) -> float | None:
@@ -78,7 +89,7 @@ class CosmosRetryPolicy(RetryPolicy):  # type: ignore[misc]  # RetryPolicy is un
             if not gave_up:
                 delay = self.wait_for(error, retry_num)
                 logger.warning("throttled (Overloaded), retry %d/%d in %.3fs", retry_num + 1, self.max_retries, delay)
-                time.sleep(delay)
+                _decided.wait = (query, delay)
                 return self.RETRY, consistency
         if isinstance(error, OperationTimedOut) and retry_num == 0:
             return self.RETRY_NEXT_HOST, consistency
@@ -96,3 +107,35 @@ class CosmosRetryPolicy(RetryPolicy):  # type: ignore[misc]  # RetryPolicy is un
     def on_unavailable(self, query: Any, consistency: int, required_replicas: int, alive_replicas: int,
                        retry_num: int) -> Decision:
         return (self.RETRY_NEXT_HOST, consistency) if retry_num == 0 else (self.RETHROW, None)
+
+
+def decided_wait(query: object) -> float | None:
+    """The wait the policy just decided for ``query``'s retry (taken: a second call answers None)."""
+    decided = getattr(_decided, "wait", None)
+    _decided.wait = None
+    return decided[1] if decided is not None and decided[0] is query else None
+
+
+def delay_retries(session: Session) -> Session:
+    """Run the retries the policy decided to wait for after that wait, on a driver timer (see the module docstring).
+
+    The driver submits a request's retry to its executor (``Session.submit`` with the
+    request's ``_retry_task``); this wraps ``submit`` so that such a retry is submitted
+    when a timer of the session's connection class fires instead. Everything else is
+    submitted as before. ``tests/integration/test_cassandra_retry_wait.py`` checks it
+    against the driver, so a driver that renames these is noticed.
+    """
+    submit: Callable[..., Any] = session.submit
+    create_timer = session.cluster.connection_class.create_timer
+
+    def submit_after_wait(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        future = getattr(fn, "__self__", None)
+        if isinstance(future, ResponseFuture) and getattr(fn, "__func__", None) is ResponseFuture._retry_task:
+            wait = decided_wait(future.query)
+            if wait:
+                create_timer(wait, partial(submit, fn, *args, **kwargs))
+                return None
+        return submit(fn, *args, **kwargs)
+
+    session.submit = submit_after_wait
+    return session

@@ -26,7 +26,7 @@ from cassandra.auth import AuthProvider, PlainTextAuthenticator, PlainTextAuthPr
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
-from shared.adapters.cassandra.retry import CosmosRetryPolicy
+from shared.adapters.cassandra.retry import CosmosRetryPolicy, delay_retries
 from shared.adapters.cassandra.rows import named_rows
 from shared.adapters.secrets import RotatingSecret
 from shared.settings import CassandraSettings
@@ -51,6 +51,14 @@ class SecretAuthProvider(AuthProvider):  # type: ignore[misc]  # cassandra-drive
     def new_authenticator(self, host: str) -> PlainTextAuthenticator:
         self.secret.refresh("opening a Cassandra connection")
         return PlainTextAuthenticator(self.username, self.secret.value())
+
+
+class _Cluster(Cluster):  # type: ignore[misc]  # Cluster is untyped (Any): cassandra-driver has no stubs
+    """A Cluster whose sessions wait out Cosmos DB's ``RetryAfterMs`` on a timer, not on the I/O thread
+    (:func:`shared.adapters.cassandra.retry.delay_retries`)."""
+
+    def connect(self, keyspace: str | None = None, wait_for_all_pools: bool = False) -> Session:
+        return delay_retries(super().connect(keyspace, wait_for_all_pools))
 
 
 def build_cluster(settings: CassandraSettings, password: str | RotatingSecret | None = None) -> Cluster:
@@ -82,7 +90,7 @@ def build_cluster(settings: CassandraSettings, password: str | RotatingSecret | 
         # Cosmos DB's certificate names the account's host, so name it (one contact point: Cosmos has one).
         if len(settings.hosts) == 1:
             options["ssl_options"] = {"server_hostname": settings.hosts[0]}
-    return Cluster(**options)
+    return _Cluster(**options)
 
 
 def connect(settings: CassandraSettings, password: str | RotatingSecret | None = None, *,

@@ -1,0 +1,97 @@
+"""Cosmos DB's ``RetryAfterMs`` is waited out on a driver timer, through the real cassandra-driver.
+
+The driver asks the retry policy on its one I/O thread, which serves every
+connection of the cluster. A policy that slept there held back every other
+request's answer for the whole wait: one throttled write stalled a pod's lookups.
+These run the real driver against the emulator's injected 429s
+(``emulators.cassandra.faults``), on a session from ``build_cluster`` as Sluice
+connects everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from cassandra import OperationTimedOut
+from cassandra.cluster import Session
+
+from emulators.cassandra.faults import clear_faults, inject_faults
+from shared.adapters.cassandra.session import build_cluster
+from shared.settings import CassandraSettings
+from sluice.launcher import Running
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT_MS = 1500
+KEYSPACE = "retry_wait"
+READ = f"SELECT v FROM {KEYSPACE}.t"
+
+
+@pytest.fixture
+def session(private_cassandra: Running) -> Iterator[Session]:
+    settings = CassandraSettings(hosts=[private_cassandra.host], port=private_cassandra.port, tls=False,
+                                 request_timeout_seconds=10, overload_max_wait_seconds=5)
+    cluster = build_cluster(settings)
+    session = cluster.connect()
+    session.execute(f"CREATE KEYSPACE IF NOT EXISTS {KEYSPACE} WITH replication = "
+                    "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+    session.execute(f"CREATE TABLE IF NOT EXISTS {READ.split(' FROM ')[1]} (k int PRIMARY KEY, v int)")
+    session.execute(READ)  # connected, pools warm (system tables are exempt from faults: read a table of ours)
+    yield session
+    clear_faults(private_cassandra.host, private_cassandra.port)
+    cluster.shutdown()
+
+
+def test_a_throttled_request_waits_without_holding_back_the_others(private_cassandra: Running,
+                                                                   session: Session) -> None:
+    inject_faults(private_cassandra.host, private_cassandra.port, error="overloaded", count=1,
+                  retry_after_ms=WAIT_MS, applies_to="reads")
+    throttled_started = time.monotonic()
+    throttled = session.execute_async(READ)
+    # The 429 comes back at once and the policy starts its wait. (Not observed through the driver: with a policy
+    # that sleeps on the I/O thread, that observation would itself wait the sleep out.)
+    time.sleep(0.3)
+    other_started = time.monotonic()
+    session.execute(READ)
+    other_took = time.monotonic() - other_started
+
+    assert throttled.result().all() == [], "the throttled request is retried and answered"
+    throttled_took = time.monotonic() - throttled_started
+    assert throttled_took >= WAIT_MS / 1000 * 0.95, f"the retry came {throttled_took:.3f}s in, before RetryAfterMs"
+    assert other_took < WAIT_MS / 1000 / 2, (
+        f"a request sent while another waited out its 429 took {other_took:.3f}s: the wait held the I/O thread")
+
+
+def test_a_wait_longer_than_the_request_timeout_ends_at_the_timeout(private_cassandra: Running,
+                                                                    session: Session) -> None:
+    """The request's timeout counts from its start, the wait included: a 4 s RetryAfterMs ends a 0.8 s request."""
+    settings = CassandraSettings(hosts=[private_cassandra.host], port=private_cassandra.port, tls=False,
+                                 request_timeout_seconds=0.8, overload_max_wait_seconds=5)
+    cluster = build_cluster(settings)
+    try:
+        short = cluster.connect()
+        short.execute(READ)
+        inject_faults(private_cassandra.host, private_cassandra.port, error="overloaded", count=1,
+                      retry_after_ms=4000, applies_to="reads")
+        started = time.monotonic()
+        with pytest.raises(OperationTimedOut):
+            short.execute(READ)
+        took = time.monotonic() - started
+        assert took < 2.5, f"the request timed out after {took:.2f}s: the timeout was not counted during the wait"
+    finally:
+        clear_faults(private_cassandra.host, private_cassandra.port)
+        cluster.shutdown()
+
+
+def test_the_waits_of_many_throttled_requests_overlap(private_cassandra: Running, session: Session) -> None:
+    """Four requests throttled at once retry after about one wait, not four waits one after another."""
+    inject_faults(private_cassandra.host, private_cassandra.port, error="overloaded", count=4,
+                  retry_after_ms=800, applies_to="reads")
+    started = time.monotonic()
+    futures = [session.execute_async(READ) for _ in range(4)]
+    for future in futures:
+        future.result()
+    took = time.monotonic() - started
+    assert 0.75 <= took < 2.4, f"four throttled requests took {took:.2f}s (one wait: 0.8s; four in turn: 3.2s)"
