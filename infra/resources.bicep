@@ -25,8 +25,12 @@ param functionsDefaultKey string
 
 var token = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName))
 // azd allows letters, digits and - _ . ( ) in an environment name; resource names take
-// letters, digits and hyphens, so the others become hyphens (parentheses go).
-var name = toLower(take(replace(replace(replace(replace(environmentName, '_', '-'), '.', '-'), '(', ''), ')', ''), 20))
+// letters, digits and hyphens, so the others become hyphens (parentheses go). Names such as
+// Managed Redis's and the Functions host id allow no leading, trailing or doubled hyphen:
+// the words between hyphens are joined by one, and a hyphen the cut at 20 leaves last goes.
+var words = filter(split(toLower(replace(replace(replace(replace(environmentName, '_', '-'), '.', '-'), '(', ''), ')', '')), '-'), word => !empty(word))
+var cut = take(empty(words) ? 'env' : join(words, '-'), 20)
+var name = endsWith(cut, '-') ? take(cut, length(cut) - 1) : cut
 // For the names that allow no hyphen or at most 24 characters (storage, Key Vault).
 var shortName = take(replace(name, '-', ''), 9)
 

@@ -312,25 +312,43 @@ _NAME_RULES = {
     "storage account": ("st{short}{token}", re.compile(r"[a-z0-9]{3,24}")),
     "Key Vault": ("kv{short}{token}", re.compile(r"[a-zA-Z](?!.*--)[a-zA-Z0-9-]{1,22}[a-zA-Z0-9]")),
     "Event Hubs namespace": ("evhns-{name}-{token}", re.compile(r"[a-zA-Z][a-zA-Z0-9-]{4,48}[a-zA-Z0-9]")),
+    # Microsoft.Cache/redisEnterprise: 1-60 letters, digits and hyphens, no leading, trailing or consecutive hyphen.
+    "Managed Redis": ("redis-{name}-{token}", re.compile(r"(?=.{1,60}$)[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*")),
 }
+# The WebJobs host id (HostIdValidator): 1-32 lower-case letters, digits and dashes, no leading, trailing or
+# consecutive dash; the host refuses to start with any other.
+_HOST_ID = re.compile(r"(?=.{1,32}$)[a-z0-9]+(?:-[a-z0-9]+)*")
 
 
-@pytest.mark.parametrize("environment_name", ["sluice.prod", "Sluice_(blue)", "a",
+def _bicep_name(environment_name: str) -> str:
+    """resources.bicep's ``name``, evaluated as Bicep does (the caller asserts the template's expressions)."""
+    cleaned = environment_name.replace("_", "-").replace(".", "-").replace("(", "").replace(")", "").lower()
+    cut = ("-".join(word for word in cleaned.split("-") if word) or "env")[:20]
+    return cut[:-1] if cut.endswith("-") else cut
+
+
+# The 20th character of the two in the middle is a hyphen: the cut used to leave it last.
+@pytest.mark.parametrize("environment_name", ["sluice.prod", "Sluice_(blue)", "a", "contoso-prod-europe-west",
+                                              "fabrikam-ingest-dev-weu", "-blue--green_.canary-", "(_)",
                                               "sluice-prod-westeurope-blue-green-2026-canary-with-64-characters"])
 def test_every_environment_name_azd_accepts_gives_valid_resource_names(environment_name: str) -> None:
     assert re.fullmatch(r"[a-zA-Z0-9-\(\)_\.]{1,64}", environment_name), "azd accepts the name"
     # The template's expressions, evaluated here as Bicep does (the asserts keep the two in step).
     source = text("resources.bicep")
-    assert ("var name = toLower(take(replace(replace(replace(replace(environmentName, '_', '-'), '.', '-'), '(', ''), "
-            "')', ''), 20))") in source
+    assert ("var words = filter(split(toLower(replace(replace(replace(replace(environmentName, '_', '-'), '.', '-'), "
+            "'(', ''), ')', '')), '-'), word => !empty(word))") in source
+    assert "var cut = take(empty(words) ? 'env' : join(words, '-'), 20)" in source
+    assert "var name = endsWith(cut, '-') ? take(cut, length(cut) - 1) : cut" in source
     assert "var shortName = take(replace(name, '-', ''), 9)" in source
     assert int(re.search(r"@maxLength\((\d+)\)\s*(?:@\w+\(.*\)\s*)*param environmentName", text("main.bicep"),
                          re.DOTALL).group(1)) >= len(environment_name)
-    name = environment_name.replace("_", "-").replace(".", "-").replace("(", "").replace(")", "")[:20].lower()
+    name = _bicep_name(environment_name)
     short = name.replace("-", "")[:9]
     for what, (pattern, rule) in _NAME_RULES.items():
         value = pattern.format(name=name, short=short, token="x7k2m9q4r1t8z")  # uniqueString(): 13 of [a-z0-9]
         bicep = pattern.replace("{", "${").replace("${short}", "${shortName}")
         assert f"name: '{bicep}'" in source, what
         assert rule.fullmatch(value), f"{what} {value!r} for environment {environment_name!r}"
-    assert re.fullmatch(r"[a-z0-9-]{1,32}", f"sluice-{name}"[:32]), "the Functions host id"
+    assert "output functionsHostId string = take('sluice-${name}', 32)" in source
+    host_id = f"sluice-{name}"[:32]
+    assert _HOST_ID.fullmatch(host_id), f"the Functions host id {host_id!r} for environment {environment_name!r}"
