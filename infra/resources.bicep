@@ -210,6 +210,47 @@ resource aks 'Microsoft.ContainerService/managedClusters@2024-09-01' = {
   }
 }
 
+// Container insights signs in with the cluster's managed identity (useAADAuth above). In that
+// mode its agent collects nothing until a data collection rule with the ContainerInsights
+// extension is associated with the cluster: the pods' logs, events and inventory to `logs`.
+resource containerInsightsRule 'Microsoft.Insights/dataCollectionRules@2023-03-11' = {
+  name: 'MSCI-${name}-${token}'
+  location: location
+  tags: tags
+  kind: 'Linux'
+  properties: {
+    dataSources: {
+      extensions: [
+        {
+          name: 'ContainerInsightsExtension'
+          extensionName: 'ContainerInsights'
+          streams: [ 'Microsoft-ContainerInsights-Group-Default' ]
+          extensionSettings: {
+            dataCollectionSettings: {
+              interval: '1m'
+              namespaceFilteringMode: 'Off'
+              enableContainerLogV2: true
+            }
+          }
+        }
+      ]
+    }
+    destinations: {
+      logAnalytics: [ { name: 'workspace', workspaceResourceId: logs.id } ]
+    }
+    dataFlows: [ { streams: [ 'Microsoft-ContainerInsights-Group-Default' ], destinations: [ 'workspace' ] } ]
+  }
+}
+
+resource containerInsightsAssociation 'Microsoft.Insights/dataCollectionRuleAssociations@2023-03-11' = {
+  name: 'ContainerInsightsExtension'
+  scope: aks
+  properties: {
+    description: 'Container insights of the cluster; deleting it stops the collection of its logs.'
+    dataCollectionRuleId: containerInsightsRule.id
+  }
+}
+
 // Sluice's pods (ServiceAccount sluice/sluice) and KEDA's operator act as `app`.
 // Federated credentials of one identity must be written one after the other.
 resource podsCredential 'Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials@2023-01-31' = {

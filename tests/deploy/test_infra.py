@@ -198,7 +198,7 @@ def test_names_agree_with_the_manifests() -> None:
 def test_names_keda_reads_are_lower_case() -> None:
     """KEDA keeps the case of the namespace and hub in the checkpoint path; the host lower-cases them."""
     source = text("resources.bicep")
-    assert "var name = toLower(" in source and "var token = toLower(" in source
+    assert "var words = filter(split(toLower(" in source and "var token = toLower(" in source
     assert re.search(r"resource eventHubNamespace [^\n]+\n  name: 'evhns-\$\{name\}-\$\{token\}'", source)
     assert bicep_var("eventHubName") == bicep_var("eventHubName").lower()
     assert bicep_var("consumerGroupName") == bicep_var("consumerGroupName").lower()
@@ -260,6 +260,23 @@ def test_the_services_are_configured_as_sluice_expects() -> None:
     assert "enableRbacAuthorization: true" in found["vault"][1]
     for symbol in ("logs", "insights"):
         assert symbol in found
+
+
+def test_container_insights_has_the_data_collection_rule_its_identity_sign_in_needs() -> None:
+    """With ``useAADAuth`` the monitoring add-on collects nothing until a data collection rule with the
+    ContainerInsights extension is associated with the cluster (Microsoft's onboarding templates for managed
+    identity auth create both): without them the workspace silently receives no pod log."""
+    source = text("resources.bicep")
+    assert "useAADAuth: 'true'" in source
+    rule = re.search(r"^resource (\w+) 'Microsoft\.Insights/dataCollectionRules@[^']+' = \{\n(.*?)^\}", source,
+                     re.MULTILINE | re.DOTALL)
+    assert rule and "extensionName: 'ContainerInsights'" in rule.group(2)
+    assert "workspaceResourceId: logs.id" in rule.group(2)
+    assert rule.group(2).count("'Microsoft-ContainerInsights-Group-Default'") == 2, "collected and sent"
+    association = re.search(r"^resource \w+ 'Microsoft\.Insights/dataCollectionRuleAssociations@[^']+' = \{\n(.*?)^\}",
+                            source, re.MULTILINE | re.DOTALL)
+    assert association and "scope: aks" in association.group(1)
+    assert f"dataCollectionRuleId: {rule.group(1)}.id" in association.group(1)
 
 
 def test_azure_yaml_deploys_the_overlay_to_aks() -> None:

@@ -1,0 +1,98 @@
+"""azure.yaml's hooks, run as azd runs them (``sh -c``), with stand-ins for ``kubectl`` and ``azd``.
+
+No cluster can run here, so ``kubectl`` and ``azd`` are small scripts on ``PATH``
+that record their arguments and answer what a cluster in a given state answers.
+What is checked is the hooks' own logic: that ``azd up`` fails when a rollout
+stalls or the migration Job fails (azd's kustomize deployment waits for neither),
+and that it refuses to start without the kustomize alpha feature.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+AZURE = yaml.safe_load((ROOT / "azure.yaml").read_text(encoding="utf-8"))
+DEPLOYMENTS = sorted(doc["metadata"]["name"] for path in (ROOT / "k8s-keda").glob("*.yaml")
+                     for doc in yaml.safe_load_all(path.read_text(encoding="utf-8"))
+                     if doc and doc.get("kind") == "Deployment")
+
+KUBECTL = """#!/bin/sh
+echo "$*" >> "$CALLS"
+case "$*" in
+  *"rollout status deploy/${STALLED:-none}"*) echo "deployment $STALLED exceeded its progress deadline" >&2; exit 1 ;;
+  *" get job/"*) cat "$JOB_STATE" ;;
+esac
+exit 0
+"""
+AZD = """#!/bin/sh
+echo "$*" >> "$CALLS"
+[ "$*" = "config get alpha.aks.kustomize" ] && [ -n "$KUSTOMIZE" ] && echo "\\"$KUSTOMIZE\\"" && exit 0
+exit 1
+"""
+
+
+def run_hook(script: str, tmp_path: Path, *, job_states: list[str] = (), **env: str) -> tuple[int, str, list[str]]:
+    """Run ``script`` with the stand-ins; the Job's conditions go from one state to the next on each ``get``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in (("kubectl", KUBECTL), ("azd", AZD)):
+        (bin_dir / name).write_text(body, encoding="utf-8")
+        (bin_dir / name).chmod(0o755)
+    calls, state = tmp_path / "calls", tmp_path / "state"
+    calls.write_text("", encoding="utf-8")
+    state.write_text(job_states[0] if job_states else "", encoding="utf-8")
+    # The Job moves on while the hook sleeps: a sleep that shows the next state and returns at once.
+    (bin_dir / "sleep").write_text(
+        "#!/bin/sh\n" + "".join(f'grep -q "^{s}$" "$STATE_LOG" 2>/dev/null || {{ echo "{s}" >> "$STATE_LOG"; '
+                                f'printf "{s}" > "$JOB_STATE"; exit 0; }}\n' for s in job_states[1:]),
+        encoding="utf-8")
+    (bin_dir / "sleep").chmod(0o755)
+    environment = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls), "JOB_STATE": str(state),
+                   "STATE_LOG": str(tmp_path / "states"), **env}
+    done = subprocess.run(["sh", "-c", script], env=environment, capture_output=True, text=True, timeout=30,
+                          check=False)
+    return done.returncode, done.stderr, calls.read_text(encoding="utf-8").splitlines()
+
+
+POSTDEPLOY = AZURE["services"]["sluice"]["hooks"]["postdeploy"]["run"]
+PREPROVISION = AZURE["hooks"]["preprovision"]["run"]
+
+
+def test_the_hook_waits_for_every_deployment_then_for_the_migration(tmp_path: Path) -> None:
+    code, err, calls = run_hook(POSTDEPLOY, tmp_path, job_states=["", "Complete"])
+    assert code == 0, err
+    assert [c for c in calls if "rollout status" in c] == [
+        f"-n sluice rollout status deploy/{d} --timeout=10m" for d in ("sluice-ingest", "sluice-timers",
+                                                                        "sluice-lookups")]
+    assert DEPLOYMENTS == ["sluice-ingest", "sluice-lookups", "sluice-timers"], "every Deployment is waited for"
+    created = next(i for i, c in enumerate(calls) if "create job" in c)
+    assert created > max(i for i, c in enumerate(calls) if "rollout status" in c), "migrations after the rollout"
+    assert sum(" get job/" in c for c in calls) == 2, "polled until the Job completed"
+
+
+def test_a_stalled_rollout_fails_the_deployment_before_any_migration(tmp_path: Path) -> None:
+    code, err, calls = run_hook(POSTDEPLOY, tmp_path, STALLED="sluice-timers")
+    assert code != 0 and "sluice-timers exceeded its progress deadline" in err
+    assert not any("create job" in c for c in calls)
+
+
+def test_a_failed_migration_job_fails_the_deployment_at_once_with_its_log(tmp_path: Path) -> None:
+    code, err, calls = run_hook(POSTDEPLOY, tmp_path, job_states=["", "FailureTarget Failed"])
+    assert code == 1 and "migration job sluice-migrate-" in err and "failed" in err
+    assert any(c.startswith("-n sluice logs job/sluice-migrate-") for c in calls)
+
+
+@pytest.mark.parametrize(("env", "allowed"), [({}, False), ({"KUSTOMIZE": "off"}, False),
+                                               ({"KUSTOMIZE": "on"}, True),
+                                               ({"AZD_ALPHA_ENABLE_AKS_KUSTOMIZE": "true"}, True)])
+def test_provisioning_needs_the_kustomize_alpha_feature(tmp_path: Path, env: dict[str, str], allowed: bool) -> None:
+    code, err, _ = run_hook(PREPROVISION, tmp_path, **env)
+    assert (code == 0) is allowed, err
+    if not allowed:
+        assert "azd config set alpha.aks.kustomize on" in err
