@@ -326,13 +326,12 @@ class ConsumeLink(Link):
 
     def _with_metrics(self, payload: bytes, header_len: int) -> bytes:
         p = self.partition
-        annotations = message.delivery_annotations({
+        return message.with_delivery_annotations(payload, header_len, {
             "last_enqueued_sequence_number": Long(p.next_sequence - 1),
             "last_enqueued_offset": str(p.last_offset),
             "last_enqueued_time_utc": Timestamp(p.last_enqueued_ms),
             "runtime_info_retrieval_time_utc": Timestamp(now_ms()),
         })
-        return payload[:header_len] + annotations + payload[header_len:]
 
     def disconnect(self, condition: str, description: str) -> None:
         """Taken over by a higher owner level: detach with the error, as Azure does."""

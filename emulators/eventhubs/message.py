@@ -3,14 +3,17 @@
 An incoming message is split into its sections (part 3, section 3.2) with
 :func:`codec.skip`. What is stored, and later delivered unchanged, is::
 
-    [header] message-annotations* [properties] [application-properties] body... [footer]
+    [header] [delivery-annotations] message-annotations* [properties] [application-properties] body... [footer]
 
 where ``message-annotations*`` is the client's map minus any service-owned keys,
 plus ``x-opt-sequence-number`` (long), ``x-opt-offset`` (string) and
-``x-opt-enqueued-time`` (timestamp). Delivery annotations from the client are
-dropped (they belong to one hop). Every other section keeps its original bytes,
-so properties and application properties reach consumers byte for byte, and a
-delivery costs no encoding at all.
+``x-opt-enqueued-time`` (timestamp). Every other section keeps its original bytes,
+delivery annotations from the client included (Event Hubs hands them to consumers:
+the SDK's live test ``test_send_amqp_annotated_message`` reads them back), so
+properties and application properties reach consumers byte for byte, and a
+delivery costs no encoding at all. A consumer that asked for the last-enqueued
+figures gets them merged into that one delivery-annotations section
+(:func:`with_delivery_annotations`).
 
 A batch (message-format 0x80013700) is an envelope whose body is a series of
 data sections, each holding one complete encoded message: :func:`unpack_batch`
@@ -96,6 +99,7 @@ class Incoming:
     """A message from a producer, split and ready to be stamped by :meth:`stamp`."""
 
     header: bytes
+    delivery_annotations: bytes
     annotation_entries: bytes
     annotation_count: int
     rest: bytes
@@ -103,28 +107,43 @@ class Incoming:
 
     @property
     def size(self) -> int:
-        return len(self.header) + len(self.annotation_entries) + len(self.rest)
+        return len(self.header) + len(self.delivery_annotations) + len(self.annotation_entries) + len(self.rest)
 
     def stamp(self, sequence: int, offset: int, enqueued_ms: int) -> tuple[bytes, int]:
-        """The stored (and delivered) encoding with the service annotations; also the header length."""
+        """The stored (and delivered) encoding with the service annotations; also the header length (where the
+        delivery annotations are, or go)."""
         text = str(offset).encode()
         entries = b"".join((self.annotation_entries, _KEY_SEQ, b"\x81", _q.pack(sequence), _KEY_OFFSET,
                             b"\xa1", bytes((len(text),)), text, _KEY_TIME, b"\x83", _q.pack(enqueued_ms)))
-        count = self.annotation_count + 6
-        n = len(entries)
-        if n + 1 < 256:
-            annotations = b"\x00\x53\x72\xc1" + bytes((n + 1, count))
-        else:
-            annotations = b"\x00\x53\x72\xd1" + _I.pack(n + 4) + _I.pack(count)
-        return b"".join((self.header, annotations, entries, self.rest)), len(self.header)
+        annotations = b"\x00\x53\x72" + _map_head(entries, self.annotation_count + 6)
+        return b"".join((self.header, self.delivery_annotations, annotations, entries, self.rest)), len(self.header)
+
+
+def _map_head(entries: bytes, count: int) -> bytes:
+    """The constructor, size and count of a map holding the encoded ``entries`` (``count`` keys and values)."""
+    n = len(entries)
+    return b"\xc1" + bytes((n + 1, count)) if n + 1 < 256 else b"\xd1" + _I.pack(n + 4) + _I.pack(count)
+
+
+def _map_entries(payload: bytes, pos: int) -> tuple[bytes, int]:
+    """The encoded entries of the map at ``pos`` and their count (keys and values), as they are."""
+    code = payload[pos]
+    if code == 0xC1:
+        return payload[pos + 3 : pos + 2 + payload[pos + 1]], payload[pos + 2]
+    if code == 0xD1:
+        size, count = _I.unpack_from(payload, pos + 1)[0], _I.unpack_from(payload, pos + 5)[0]
+        return payload[pos + 9 : pos + 5 + size], count
+    if code == 0x40:
+        return b"", 0
+    raise DecodeError("delivery-annotations is not a map")
 
 
 def parse_incoming(payload: bytes) -> Incoming:
     """Split a single (non-batch) message as sent by a producer."""
     parts = sections(payload)
     if parts[0].code > MESSAGE_ANNOTATIONS:  # nothing to drop or rewrite: keep the bytes as they are
-        return Incoming(b"", b"", 0, bytes(payload), None)
-    header = b""
+        return Incoming(b"", b"", b"", 0, bytes(payload), None)
+    header = delivery = b""
     entries = bytearray()
     count = 0
     partition_key: str | None = None
@@ -133,12 +152,12 @@ def parse_incoming(payload: bytes) -> Incoming:
         if section.code == HEADER:
             header = payload[section.start : section.end]
         elif section.code == DELIVERY_ANNOTATIONS:
-            continue
+            delivery = payload[section.start : section.end]
         elif section.code == MESSAGE_ANNOTATIONS:
             count, partition_key = _filter_annotations(payload, section.value_start, entries)
         else:
             rest += payload[section.start : section.end]
-    return Incoming(bytes(header), bytes(entries), count, bytes(rest), partition_key)
+    return Incoming(bytes(header), bytes(delivery), bytes(entries), count, bytes(rest), partition_key)
 
 
 def _filter_annotations(payload: bytes, pos: int, out: bytearray) -> tuple[int, str | None]:
@@ -161,7 +180,9 @@ def _filter_annotations(payload: bytes, pos: int, out: bytearray) -> tuple[int, 
             value, _ = codec.decode(payload, key_end)
             if isinstance(value, bytes):
                 value = value.decode("utf-8", "replace")
-            partition_key = None if value is None else str(value)
+            # Event Hubs routes by a string key only; any other type is ignored and the event goes round-robin
+            # (the SDK warns so: azure/eventhub/_common.py, EventDataBatch).
+            partition_key = value if isinstance(value, str) else None
         if key not in SERVICE_KEYS:
             out += payload[pos:value_end]
             copied += 2
@@ -199,11 +220,19 @@ def unpack_batch(payload: bytes) -> tuple[list[bytes], str | None]:
     return inner, outer.partition_key
 
 
-def delivery_annotations(values: dict[str, Any]) -> bytes:
-    """An encoded delivery-annotations section (used for the last-enqueued runtime metrics)."""
-    out = bytearray(b"\x00\x53\x71")
-    codec.encode_into(out, {Symbol(k): v for k, v in values.items()})
-    return bytes(out)
+def with_delivery_annotations(payload: bytes, at: int, values: dict[str, Any]) -> bytes:
+    """``payload`` with ``values`` added to its delivery annotations, which are at ``at`` (after the header) or go
+    there: appended to the client's section if it sent one (a message has at most one such section), whose own
+    entries keep their bytes."""
+    kept, count, end = b"", 0, at
+    if payload[at : at + 3] == b"\x00\x53\x71" or (at + 1 < len(payload) and payload[at + 1] != 0x53):
+        first = sections(payload[at:])[0]
+        if first.code == DELIVERY_ANNOTATIONS:
+            kept, count = _map_entries(payload, at + first.value_start)
+            end = at + first.end
+    entries = kept + b"".join(codec.encode(Symbol(k)) + codec.encode(v) for k, v in values.items())
+    return b"".join((payload[:at], b"\x00\x53\x71", _map_head(entries, count + 2 * len(values)), entries,
+                     payload[end:]))
 
 
 def build(*, properties: list[Any] | None = None, application_properties: dict[str, Any] | None = None,

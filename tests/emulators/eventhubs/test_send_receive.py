@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from azure.eventhub import EventData
+from azure.eventhub.amqp import AmqpAnnotatedMessage
 
 from emulators.eventhubs.broker import partition_for_key
 from tests.emulators.eventhubs.helpers import bodies, producer, receive
@@ -127,3 +128,46 @@ def test_latest_sees_only_new_events(isolated_eventhub: IsolatedHub) -> None:
             time.sleep(0.3)
         result = future.result()
     assert result and bodies(result)[0].startswith("new-")
+
+
+def test_the_publishers_delivery_annotations_reach_the_consumer(isolated_eventhub: IsolatedHub) -> None:
+    """Event Hubs hands a publisher's delivery annotations to consumers, whatever other sections the event has.
+
+    The SDK's live test against Azure (``test_send.py::test_send_amqp_annotated_message``) sends this
+    message and reads ``delann_key`` back from every copy. A consumer that asks for the last-enqueued
+    figures gets them in the same section (a message has one), next to the publisher's.
+    """
+    with_header = AmqpAnnotatedMessage(data_body=[b"aa", b"bb", b"cc"], header={"priority": 10},
+                                       delivery_annotations={"delann_key": "delann_value"},
+                                       application_properties={"body_type": "data"})
+    with_annotations = AmqpAnnotatedMessage(data_body=[b"dd"], annotations={"ann_key": "ann_value"},
+                                            delivery_annotations={"delann_key": "delann_value", "n": 7})
+    with producer(isolated_eventhub) as client:
+        client.send_batch([with_header, with_annotations], partition_id="0")   # in a batch envelope
+        client.send_event(with_header, partition_id="0")                      # a single event
+    events = receive(isolated_eventhub, "0", count=3, timeout=15)
+    assert [e.body_as_str() for e in events] == ["aabbcc", "dd", "aabbcc"]
+    assert [e.raw_amqp_message.delivery_annotations for e in events] == [
+        {b"delann_key": b"delann_value"}, {b"delann_key": b"delann_value", b"n": 7}, {b"delann_key": b"delann_value"}]
+    assert events[1].raw_amqp_message.annotations[b"ann_key"] == b"ann_value"
+
+    tracked = receive(isolated_eventhub, "0", count=3, timeout=15, track_last_enqueued_event_properties=True)
+    for event in tracked:
+        annotations = event.raw_amqp_message.delivery_annotations
+        assert annotations[b"delann_key"] == b"delann_value", "the publisher's, kept beside the figures"
+        assert annotations[b"last_enqueued_sequence_number"] == 2
+        assert annotations[b"last_enqueued_offset"] == tracked[-1].offset.encode()
+    assert tracked[1].raw_amqp_message.delivery_annotations[b"n"] == 7
+
+
+def test_a_partition_key_that_is_not_a_string_is_ignored(isolated_eventhub: IsolatedHub) -> None:
+    """Event Hubs routes by a string partition key only: any other type is ignored and the events go
+    round-robin (azure-eventhub warns so in ``EventDataBatch``, and sends the int as it is). Hashing
+    ``str(42)`` would pin every event to one partition: per-key ordering the service never gives."""
+    with producer(isolated_eventhub) as client:
+        for i in range(8):
+            batch = client.create_batch(partition_key=42)  # type: ignore[arg-type]  # what a caller may pass
+            batch.add(EventData(f"int-key-{i}"))
+            client.send_batch(batch)
+        used = [pid for pid in client.get_partition_ids() if not client.get_partition_properties(pid)["is_empty"]]
+    assert len(used) > 1, f"every event with the ignored non-string key went to partition(s) {used}"
