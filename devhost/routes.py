@@ -12,7 +12,6 @@ matches and every constraint holds; otherwise the next route is tried, in the ho
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +21,35 @@ from devhost.errors import DevHostError
 
 _PARAMETER = re.compile(r"\{([^{}]*)\}")
 _CONSTRAINT = re.compile(r"(\w+)(?:\((.*)\))?$")
+
+
+# int.TryParse / long.TryParse with NumberStyles.Integer and the invariant culture, as ASP.NET Core's
+# IntRouteConstraint, LongRouteConstraint, MinRouteConstraint, MaxRouteConstraint and RangeRouteConstraint parse:
+# ASCII digits with an optional sign and white space around, no digit separators (Python's int() also takes "1_000"
+# and other scripts' digits).
+_INTEGER = re.compile(r"[\t\n\v\f\r ]*[+-]?[0-9]+[\t\n\v\f\r ]*")
+# Guid.TryParse: 32 hex digits (N), in 8-4-4-4-12 groups (D), the groups in braces (B) or parentheses (P); no
+# "urn:uuid:" prefix (Python's uuid.UUID takes one). The X form ({0x...,{0x...}}) is not accepted here.
+_GUID = re.compile(r"\s*(?:[0-9a-f]{32}|(?P<open>[{(]?)[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}(?P<close>[})]?))\s*",
+                   re.IGNORECASE)
+
+
+def _integer(bits: int) -> Callable[[str], int | None]:
+    """The value of ``value`` as .NET parses an integer of ``bits`` bits, or None."""
+    def parse(value: str) -> int | None:
+        if _INTEGER.fullmatch(value) is None:
+            return None
+        number = int(value)
+        return number if -(2 ** (bits - 1)) <= number < 2 ** (bits - 1) else None
+    return parse
+
+
+def _guid(value: str) -> bool:
+    found = _GUID.fullmatch(value)
+    return found is not None and (found["open"] or "") + (found["close"] or "") in ("", "{}", "()")
+
+
+_LONG = _integer(64)
 
 
 def _number(kind: Callable[[str], object]) -> Callable[[str], bool]:
@@ -45,10 +73,10 @@ def _constraint(text: str, where: str) -> Callable[[str], bool]:
     name, raw = match.group(1).lower(), match.group(2)
     args = [a.strip() for a in raw.split(",")] if raw is not None and name != "regex" else []
     simple: dict[str, Callable[[str], bool]] = {
-        "int": lambda v: re.fullmatch(r"-?\d+", v) is not None and -(2**31) <= int(v) < 2**31,
-        "long": lambda v: re.fullmatch(r"-?\d+", v) is not None and -(2**63) <= int(v) < 2**63,
+        "int": lambda v: _integer(32)(v) is not None,
+        "long": lambda v: _LONG(v) is not None,
         "bool": lambda v: v.lower() in ("true", "false"),
-        "guid": _number(uuid.UUID),
+        "guid": _guid,
         "alpha": lambda v: re.fullmatch(r"[A-Za-z]+", v) is not None,
         "datetime": _number(_parse_datetime),
         "decimal": _number(Decimal),
@@ -60,13 +88,13 @@ def _constraint(text: str, where: str) -> Callable[[str], bool]:
             return simple[name]
         if name == "min":
             low = int(args[0])
-            return lambda v: _number(int)(v) and int(v) >= low
+            return lambda v: (number := _LONG(v)) is not None and number >= low
         if name == "max":
             high = int(args[0])
-            return lambda v: _number(int)(v) and int(v) <= high
+            return lambda v: (number := _LONG(v)) is not None and number <= high
         if name == "range":
             low, high = int(args[0]), int(args[1])
-            return lambda v: _number(int)(v) and low <= int(v) <= high
+            return lambda v: (number := _LONG(v)) is not None and low <= number <= high
         if name == "minlength":
             shortest = int(args[0])
             return lambda v: len(v) >= shortest

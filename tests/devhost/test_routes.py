@@ -38,6 +38,28 @@ def test_constraints() -> None:
     assert RouteTemplate.compile("a/{b:bool}").match("a/True") == {"b": "True"}
 
 
+@pytest.mark.parametrize(("template", "path", "matches"), [
+    ("items/{n:int}", "items/+5", True),
+    ("items/{n:int}", "items/-2147483648", True),
+    ("items/{n:int}", "items/2147483648", False),
+    ("items/{n:int}", "items/\u0663", False),
+    ("items/{n:long}", "items/1_000", False),
+    ("items/{n:min(1)}", "items/1_000", False),
+    ("items/{n:range(1,5)}", "items/+3", True),
+    ("items/{id:guid}", "items/urn:uuid:12345678-1234-5678-1234-567812345678", False),
+    ("items/{id:guid}", "items/12345678123456781234567812345678", True),
+    ("items/{id:guid}", "items/{12345678-1234-5678-1234-567812345678}", True),
+    ("items/{id:guid}", "items/(12345678-1234-5678-1234-567812345678)", True),
+    ("items/{id:guid}", "items/{12345678-1234-5678-1234-567812345678)", False),
+])
+def test_number_and_guid_constraints_parse_as_aspnet_core_does(template: str, path: str, matches: bool) -> None:
+    """The host matches function routes with ASP.NET Core's constraints: int, long, min, max and range parse with
+    int/long.TryParse(NumberStyles.Integer, invariant culture), so a sign is allowed and only ASCII digits count, with
+    no digit separators; guid is Guid.TryParse (N, D, B and P forms, no urn:uuid: prefix). Python's int() and
+    uuid.UUID accept other strings, and a function trusting its constraint would see values production never passes."""
+    assert (RouteTemplate.compile(template).match(path) is not None) is matches
+
+
 def test_optional_default_and_catch_all() -> None:
     optional = RouteTemplate.compile("hello/{name?}")
     assert optional.match("hello") == {}
