@@ -191,8 +191,13 @@ def find_app(module: Any) -> func.FunctionApp:
     return apps[0]
 
 
-def index(app: func.FunctionApp) -> list[FunctionSpec]:
-    """Every function of ``app`` as a :class:`FunctionSpec`; raises if any uses what the dev host cannot run."""
+def index(app: func.FunctionApp, only: tuple[str, ...] | None = None) -> list[FunctionSpec]:
+    """Every function of ``app`` as a :class:`FunctionSpec`; raises if any uses what the dev host cannot run.
+
+    ``only`` is host.json ``functions``: the host loads only the functions it names (ignoring case), so the others
+    are left out before their triggers and bindings are checked. A name the app does not define is refused: the host
+    would start without it, and a deployment that lists it would run nothing for it.
+    """
     problems: list[str] = []
     specs: list[FunctionSpec] = []
     names: set[str] = set()
@@ -200,6 +205,14 @@ def index(app: func.FunctionApp) -> list[FunctionSpec]:
         functions = app.get_functions()
     except ValueError as exc:  # azure-functions' own validation (duplicate names, bad decorators)
         raise DevHostError(f"cannot index the app: {exc}") from exc
+    if only is not None:
+        defined = {(function.get_function_name() or "").lower() for function in functions}
+        unknown = [name for name in only if name.lower() not in defined]
+        if unknown:
+            raise DevHostError(f"host.json functions (or AzureFunctionsJobHost__functions__N) lists {unknown}, which "
+                               f"the app does not define; its functions: {sorted(defined)}")
+        wanted = {name.lower() for name in only}
+        functions = [function for function in functions if (function.get_function_name() or "").lower() in wanted]
     for function in functions:
         name = function.get_function_name()
         if name is None:  # azure-functions names a function after its Python function when no @function_name
@@ -257,6 +270,7 @@ def index(app: func.FunctionApp) -> list[FunctionSpec]:
     return specs
 
 
-def load(script_root: Path, script_file: str = "function_app.py") -> list[FunctionSpec]:
-    """Import, find the app, index it."""
-    return index(find_app(import_script(script_root, script_file)))
+def load(script_root: Path, script_file: str = "function_app.py",
+         only: tuple[str, ...] | None = None) -> list[FunctionSpec]:
+    """Import, find the app, index it (only the functions ``only`` names, when given)."""
+    return index(find_app(import_script(script_root, script_file)), only)

@@ -31,7 +31,14 @@ from devhost.eventhub_trigger import EventHubBinding, EventHubListener
 from devhost.http_trigger import HttpRoute, HttpServer
 from devhost.invocation import Invoker, default_thread_count
 from devhost.schedule import time_zone
-from devhost.settings import HostOptions, host_id, load_host_json, load_local_settings, storage_connection_string
+from devhost.settings import (
+    HostOptions,
+    function_disabled,
+    host_id,
+    load_host_json,
+    load_local_settings,
+    storage_connection_string,
+)
 from devhost.timer_trigger import TimerListener
 
 logger = logging.getLogger(__name__)
@@ -77,7 +84,10 @@ class DevHost:
             logger.warning("%s", warning)
         self._port = self.config.port if self.config.port is not None else (local_port or 7071)
         self.host_id = host_id(root)
-        specs = app_loader.load(root, os.environ.get("PYTHON_SCRIPT_FILE_NAME") or "function_app.py")
+        specs = app_loader.load(root, os.environ.get("PYTHON_SCRIPT_FILE_NAME") or "function_app.py",
+                                self.options.functions)
+        if self.options.functions is not None:
+            logger.info("host.json functions: loading only %s", ", ".join(spec.name for spec in specs))
         self.invoker = Invoker(root, threads=default_thread_count(), function_timeout=self.options.function_timeout)
         routes: list[HttpRoute] = []
         problems: list[str] = []
@@ -86,19 +96,29 @@ class DevHost:
             storage = storage_connection_string()
         zone = time_zone()
         for spec in specs:
+            # A disabled function is loaded and checked as any other (its settings must resolve), but, as on the
+            # host, its listener never starts and its route is not served (404).
+            disabled = function_disabled(spec.name)
+            if disabled:
+                logger.info("Function 'Functions.%s' is disabled (AzureWebJobs.%s.Disabled)", spec.name, spec.name)
             try:
                 if spec.trigger_type == "httpTrigger":
-                    routes.append(HttpRoute.from_spec(spec))
+                    route = HttpRoute.from_spec(spec)
+                    if not disabled:
+                        routes.append(route)
                 elif spec.trigger_type == "eventHubTrigger":
                     binding = EventHubBinding.from_spec(spec)
-                    self.eventhubs.append(
-                        EventHubListener(binding, self.options.eventhubs, self.invoker, storage or "")
-                    )
+                    if not disabled:
+                        self.eventhubs.append(
+                            EventHubListener(binding, self.options.eventhubs, self.invoker, storage or "")
+                        )
                 elif spec.trigger_type == "timerTrigger":
                     if self._blob_service is None:
                         self._blob_service = BlobServiceClient.from_connection_string(storage or "")
-                    self.timers.append(TimerListener.create(spec, self.invoker, self._blob_service, self.host_id,
-                                                            self.options.singleton, os.environ, zone))
+                    timer = TimerListener.create(spec, self.invoker, self._blob_service, self.host_id,
+                                                 self.options.singleton, os.environ, zone)
+                    if not disabled:
+                        self.timers.append(timer)
             except DevHostError as exc:
                 problems.append(str(exc))
         if problems:

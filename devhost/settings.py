@@ -6,11 +6,14 @@ defines it* (Core Tools prints "Skipping 'X' from local settings as it's already
 defined in current environment variables"); ``Host.LocalHttpPort`` is the default
 HTTP port.
 
-``host.json`` is read for the parts the dev host honours: ``extensions.eventHubs``
-(batch sizes, wait time, prefetch, checkpoint frequency, initial offset),
-``extensions.http.routePrefix`` and ``customHeaders``, ``singleton`` (the timer listener lease) and
-``functionTimeout`` (enforced as the host enforces it on a language worker: ``devhost.invocation.Watchdog``).
-Keys the Event Hubs extension would not recognise are reported, so a typo does not silently fall back to a default.
+``host.json`` is read as the host reads it, keys case-insensitive and with the
+``AzureFunctionsJobHost__<path>`` app settings over it, for the parts the dev host honours:
+``extensions.eventHubs`` (batch sizes, wait time, prefetch, checkpoint frequency, initial offset),
+``extensions.http.routePrefix`` and ``customHeaders``, ``singleton`` (the timer listener lease), ``functions``
+(the functions to load) and ``functionTimeout`` (enforced as the host enforces it on a language worker:
+``devhost.invocation.Watchdog``). Keys the Event Hubs extension would not recognise are reported, so a typo does not
+silently fall back to a default; its options that the dev host cannot apply are refused by name.
+``AzureWebJobs.<name>.Disabled`` disables a function (:func:`function_disabled`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,19 +45,28 @@ _EVENTHUB_KEYS = {
     "initialOffsetOptions", "targetUnprocessedEventThreshold", "clientRetryOptions", "transportType",
     "webProxy", "customEndpointAddress", "eventProcessorOptions",
 }
+# Options of the extension that change how the client reaches Event Hubs; the dev host connects with the SDK's own
+# retry policy over AMQP (TCP), directly, so a policy or a route tested here would not be the one that runs in Azure.
+_EVENTHUB_REFUSED = {
+    "clientRetryOptions": "the client's retry policy; the dev host connects with the SDK's default retries",
+    "customEndpointAddress": "a gateway in front of the namespace; the dev host connects to the connection "
+                             "string's endpoint",
+    "webProxy": "a proxy for AMQP over WebSockets; the dev host connects over AMQP (TCP), directly",
+}
 # host.json's top level: what the dev host honours, and what changes nothing a function can see when run here
 # (telemetry, logging and bundle selection: the dev host runs the Python bindings itself and logs to stdout).
-_HONOURED = {"version", "functionTimeout", "extensions", "singleton"}
+_HONOURED = {"version", "functionTimeout", "extensions", "singleton", "functions"}
 _LOCALLY_INERT = {"telemetryMode", "extensionBundle", "logging", "aggregator", "console", "healthMonitor",
                   "watchDirectories", "watchFiles", "managedDependency"}
 # Settings that change which functions run or how they fail: silently running without them would pass locally what
-# fails in Azure (a top-level ``retry`` retries every function; ``functions`` loads only those named).
+# fails in Azure (a top-level ``retry`` retries every function).
 _REFUSED = {
     "retry": "a host-wide retry policy; put @app.retry(...) on each function instead",
-    "functions": "a list of the functions to load; the dev host loads every function of the app",
     "concurrency": "dynamic concurrency",
 }
 _HTTP_KEYS = {"routePrefix", "customHeaders"}
+# App settings that override host.json values (functions-host-json#override-hostjson-values).
+JOB_HOST_PREFIX = "AzureFunctionsJobHost__"
 # The Functions host's limit when host.json sets none (ScriptJobHostOptionsSetup: Premium, Dedicated, containers).
 DEFAULT_FUNCTION_TIMEOUT = timedelta(minutes=30)
 _SETTING_REF = re.compile(r"%([^%]+)%")
@@ -88,6 +100,7 @@ class HostOptions:
     route_prefix: str = "api"
     custom_headers: dict[str, str] = field(default_factory=dict)  # extensions.http.customHeaders
     function_timeout: timedelta | None = DEFAULT_FUNCTION_TIMEOUT  # None: -1, no limit
+    functions: tuple[str, ...] | None = None  # the only functions to load; None: all
     eventhubs: EventHubOptions = field(default_factory=EventHubOptions)
     singleton: SingletonOptions = field(default_factory=SingletonOptions)
     warnings: tuple[str, ...] = ()
@@ -133,96 +146,243 @@ def load_local_settings(path: Path | None, environ: MutableMapping[str, str] | N
     return int(port) if port else None
 
 
-def load_host_json(path: Path) -> HostOptions:
-    """Read host.json; a missing file gives the defaults (as an empty host.json would)."""
-    if not path.exists():
+def load_host_json(path: Path, environ: Mapping[str, str] | None = None) -> HostOptions:
+    """Read host.json with the ``AzureFunctionsJobHost__<path>`` app settings of ``environ`` (``os.environ``) over it.
+
+    As the Functions host reads it into .NET configuration: keys are case-insensitive at every level, a setting's
+    ``__`` separates levels and a number is an array index (``AzureFunctionsJobHost__functions__0=ingest`` is
+    ``{"functions": ["ingest"]}``), and a setting replaces only the value it names. A missing file gives the defaults
+    (as an empty host.json would), the settings still apply. Every error names the key, or the setting that set it.
+    """
+    environ = os.environ if environ is None else environ
+    document: object = {}
+    if path.exists():
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DevHostError(f"{path} is not valid JSON: {exc}") from exc
+        if not isinstance(document, dict):
+            raise DevHostError(f"{path} must hold a JSON object")
+    else:
         logger.warning("%s not found: using the Functions host defaults", path)
-        return HostOptions()
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DevHostError(f"{path} is not valid JSON: {exc}") from exc
+    tree, origins = _with_overrides(_tree(document), environ)
+    document = _document(tree)
     if not isinstance(document, dict):
-        raise DevHostError(f"{path} must hold a JSON object")
+        raise DevHostError(f"{path} with the AzureFunctionsJobHost__ settings must be an object, not a list")
+
+    def where(*keys: str) -> str:
+        """The setting that set ``keys`` (or something under them), else the host.json key."""
+        setting = origins.get(keys) or next((name for path, name in origins.items() if path[:len(keys)] == keys), None)
+        return setting or "host.json " + ".".join(keys)
+
     warnings: list[str] = []
-    refused = [f"{key} ({_REFUSED[key]})" for key in sorted(set(document) & set(_REFUSED))]
+    refused = [f"{where(key)} ({_REFUSED[key]})" for key in sorted(set(document) & set(_REFUSED))]
     if refused:
-        raise DevHostError(f"{path}: the dev host does not implement host.json " + "; ".join(refused))
+        raise DevHostError("the dev host does not implement " + "; ".join(refused))
     for key in sorted(set(document) - _HONOURED - _LOCALLY_INERT):
-        warnings.append(f"host.json {key} is not a setting the dev host knows; ignored")
-    extensions = document.get("extensions") or {}
+        warnings.append(f"{where(key)} is not a setting the dev host knows; ignored")
+    extensions = _section(document, "extensions", where=where)
     for key in sorted(set(extensions) - {"eventHubs", "http"}):
-        warnings.append(f"host.json extensions.{key}: the app's functions use no such binding here; ignored")
-    http = extensions.get("http") or {}
+        warnings.append(f"{where('extensions', key)}: the app's functions use no such binding here; ignored")
+    http = _section(extensions, "http", where=lambda key: where("extensions", key))
     for key in sorted(set(http) - _HTTP_KEYS):
-        warnings.append(f"host.json extensions.http.{key} is not implemented by the dev host (no HTTP throttling, "
-                        "no HSTS); ignored")
-    route_prefix = str(http.get("routePrefix", "api")).strip("/")
+        warnings.append(f"{where('extensions', 'http', key)} is not implemented by the dev host (no HTTP "
+                        "throttling, no HSTS); ignored")
     custom_headers = http.get("customHeaders") or {}
     if not isinstance(custom_headers, dict):
-        raise DevHostError(f"{path}: extensions.http.customHeaders must be an object of header names and values")
-    timeout = document.get("functionTimeout")
-    eh = extensions.get("eventHubs") or {}
-    for key in sorted(set(eh) - _EVENTHUB_KEYS):
-        warnings.append(f"host.json extensions.eventHubs.{key} is not an option of the Event Hubs extension; ignored")
-    offset = eh.get("initialOffsetOptions") or {}
-    offset_type = str(offset.get("type", "fromStart"))
-    if offset_type not in ("fromStart", "fromEnd", "fromEnqueuedTime"):
-        raise DevHostError(
-            f"host.json initialOffsetOptions.type {offset_type!r} must be fromStart, fromEnd or fromEnqueuedTime"
-        )
-    enqueued = None
-    if offset_type == "fromEnqueuedTime":
-        if "enqueuedTimeUtc" not in offset:
-            raise DevHostError(f"{path}: initialOffsetOptions.type fromEnqueuedTime needs enqueuedTimeUtc")
-        try:
-            enqueued = datetime.fromisoformat(str(offset["enqueuedTimeUtc"]).replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise DevHostError(f"{path}: initialOffsetOptions.enqueuedTimeUtc is not a date-time: {exc}") from exc
-        if enqueued.tzinfo is None:
-            enqueued = enqueued.replace(tzinfo=UTC)
-    try:
-        options = EventHubOptions(
-            max_event_batch_size=int(eh.get("maxEventBatchSize", 100)),
-            min_event_batch_size=int(eh.get("minEventBatchSize", 1)),
-            max_wait_time=parse_timespan(eh["maxWaitTime"]) if "maxWaitTime" in eh else timedelta(seconds=60),
-            batch_checkpoint_frequency=int(eh.get("batchCheckpointFrequency", 1)),
-            prefetch_count=int(eh.get("prefetchCount", 300)),
-            initial_offset=offset_type,
-            initial_enqueued_time=enqueued,
-        )
-    except (TypeError, ValueError) as exc:
-        raise DevHostError(f"{path}: extensions.eventHubs has a bad value: {exc}") from exc
-    singleton = _singleton_options(document.get("singleton") or {})
-    if options.max_event_batch_size < 1:
-        raise DevHostError("host.json maxEventBatchSize must be at least 1")
-    if options.min_event_batch_size > options.max_event_batch_size:
-        raise DevHostError("host.json minEventBatchSize is larger than maxEventBatchSize")
-    if options.batch_checkpoint_frequency < 1:
-        raise DevHostError("host.json batchCheckpointFrequency must be at least 1")
+        raise DevHostError(f"{where('extensions', 'http', 'customHeaders')} must be an object of header names and "
+                           "values")
+    eh = _section(extensions, "eventHubs", where=lambda key: where("extensions", key))
+    warnings.extend(_eventhub_checks(eh, lambda *keys: where("extensions", "eventHubs", *keys)))
     return HostOptions(
-        route_prefix=route_prefix,
+        route_prefix=str(http.get("routePrefix", "api")).strip("/"),
         custom_headers={str(name): str(value) for name, value in custom_headers.items()},
-        function_timeout=(None if str(timeout) == "-1" else parse_timespan(timeout) if timeout
-                          else DEFAULT_FUNCTION_TIMEOUT),
-        eventhubs=options,
-        singleton=singleton,
+        function_timeout=_function_timeout(document.get("functionTimeout"), where("functionTimeout")),
+        functions=_functions(document.get("functions"), where("functions")),
+        eventhubs=_eventhub_options(eh, lambda *keys: where("extensions", "eventHubs", *keys)),
+        singleton=_singleton_options(_section(document, "singleton", where=where),
+                                     lambda key: where("singleton", key)),
         warnings=tuple(warnings),
     )
 
 
-def _singleton_options(section: dict[str, object]) -> SingletonOptions:
+def function_disabled(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the app setting ``AzureWebJobs.<name>.Disabled`` (or ``AzureWebJobs_<name>_Disabled``, for platforms
+    whose variable names cannot hold a dot) is ``true`` or ``1``: the host then starts no listener for the function
+    and serves no route for it."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(f"AzureWebJobs.{name}.Disabled") or environ.get(f"AzureWebJobs_{name}_Disabled") or ""
+    return value.strip().lower() in ("true", "1")
+
+
+# Every key the dev host reads or knows, in host.json's spelling: keys written in another case are read as these.
+_CANONICAL = {key.lower(): key for key in (
+    _EVENTHUB_KEYS | _HONOURED | _LOCALLY_INERT | set(_REFUSED) | _HTTP_KEYS
+    | {"eventHubs", "http", "type", "enqueuedTimeUtc", "listenerLockPeriod", "listenerLockRecoveryPollingInterval"}
+)}
+_Tree = dict[str, object]
+
+
+def _tree(value: object) -> object:
+    """host.json as configuration sees it: known keys in their canonical case, arrays as objects keyed ``0``, ``1``."""
+    if isinstance(value, list):
+        value = {str(index): item for index, item in enumerate(value)}
+    if not isinstance(value, dict):
+        return value
+    tree: _Tree = {}
+    for key, item in value.items():
+        _put(tree, str(key), _tree(item))
+    return tree
+
+
+def _put(tree: _Tree, key: str, value: object) -> str:
+    """Set ``key`` ignoring case (the last of two spellings wins, as in .NET configuration); the key as stored."""
+    stored = next((existing for existing in tree if existing.lower() == key.lower()), _CANONICAL.get(key.lower(), key))
+    tree[stored] = value
+    return stored
+
+
+def _with_overrides(tree: object, environ: Mapping[str, str]) -> tuple[_Tree, dict[tuple[str, ...], str]]:
+    """``tree`` with every ``AzureFunctionsJobHost__a__b`` setting of ``environ`` at ``a.b``; and which setting set
+    which path."""
+    root = tree if isinstance(tree, dict) else {}
+    origins: dict[tuple[str, ...], str] = {}
+    for name in sorted(environ):
+        if not name.lower().startswith(JOB_HOST_PREFIX.lower()):
+            continue
+        keys = name[len(JOB_HOST_PREFIX):].split("__")
+        if not all(keys):
+            raise DevHostError(f"{name}: a setting's path has no empty level (AzureFunctionsJobHost__a__b)")
+        node = root
+        stored: list[str] = []
+        for key in keys[:-1]:
+            child = next((value for existing, value in node.items() if existing.lower() == key.lower()), None)
+            if not isinstance(child, dict):
+                child = {}
+            stored.append(_put(node, key, child))
+            node = child
+        stored.append(_put(node, keys[-1], environ[name]))
+        origins[tuple(stored)] = name
+    return root, origins
+
+
+def _document(tree: object) -> object:
+    """Back from :func:`_tree`: an object keyed ``0``, ``1``, ... is an array again."""
+    if not isinstance(tree, dict):
+        return tree
+    if tree and all(key.isdigit() for key in tree):
+        return [_document(tree[key]) for key in sorted(tree, key=int)]
+    return {key: _document(value) for key, value in tree.items()}
+
+
+def _section(document: dict[str, object], key: str, *, where: Callable[[str], str]) -> dict[str, object]:
+    value = document.get(key) or {}
+    if not isinstance(value, dict):
+        raise DevHostError(f"{where(key)} must be an object")
+    return value
+
+
+def _timespan(value: object, where: str) -> timedelta:
+    try:
+        return parse_timespan(str(value))
+    except DevHostError as exc:
+        raise DevHostError(f"{where}: {exc}") from exc
+
+
+def _whole_number(section: dict[str, object], key: str, default: int, where: Callable[..., str]) -> int:
+    value = section.get(key, default)
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise DevHostError(f"{where(key)} {value!r} is not a whole number") from None
+
+
+def _function_timeout(value: object, where: str) -> timedelta | None:
+    """``functionTimeout``: ``-1`` is no limit; the host refuses to start with less than a second
+    (ScriptJobHostOptionsSetup, MinFunctionTimeout, on every plan)."""
+    if value is None or str(value).strip() == "":
+        return DEFAULT_FUNCTION_TIMEOUT
+    if str(value).strip() == "-1":
+        return None
+    timeout = _timespan(value, where)
+    if timeout < timedelta(seconds=1):
+        raise DevHostError(f"{where} {value!r} is shorter than 00:00:01: the Functions host refuses it and does not "
+                           "start (use -1 for no limit)")
+    return timeout
+
+
+def _functions(value: object, where: str) -> tuple[str, ...] | None:
+    """``functions``: the only functions the host loads (None: all). An empty list names none, and .NET configuration
+    drops it: all are loaded."""
+    if value is None or value == {}:
+        return None
+    if not isinstance(value, list) or not all(isinstance(name, str) and name.strip() for name in value):
+        raise DevHostError(f"{where} must be a list of function names (AzureFunctionsJobHost__functions__0, __1, ...)")
+    return tuple(name.strip() for name in value) or None
+
+
+def _eventhub_checks(eh: dict[str, object], where: Callable[..., str]) -> list[str]:
+    refused = [f"{where(key)} ({_EVENTHUB_REFUSED[key]})" for key in sorted(set(eh) & set(_EVENTHUB_REFUSED))]
+    transport = str(eh.get("transportType", "amqpTcp"))
+    if transport.lower() != "amqptcp":
+        refused.append(f"{where('transportType')} {transport!r} (the dev host connects over AMQP (TCP), amqpTcp)")
+    if refused:
+        raise DevHostError("the dev host does not implement " + "; ".join(refused))
+    return [f"{where(key)} is not an option of the Event Hubs extension; ignored"
+            for key in sorted(set(eh) - _EVENTHUB_KEYS)]
+
+
+def _eventhub_options(eh: dict[str, object], where: Callable[..., str]) -> EventHubOptions:
+    offset = eh.get("initialOffsetOptions") or {}
+    if not isinstance(offset, dict):
+        raise DevHostError(f"{where('initialOffsetOptions')} must be an object")
+    types = {name.lower(): name for name in ("fromStart", "fromEnd", "fromEnqueuedTime")}
+    offset_type = types.get(str(offset.get("type", "fromStart")).lower())
+    if offset_type is None:
+        raise DevHostError(f"{where('initialOffsetOptions', 'type')} {offset.get('type')!r} must be fromStart, "
+                           "fromEnd or fromEnqueuedTime")
+    enqueued = None
+    if offset_type == "fromEnqueuedTime":
+        if "enqueuedTimeUtc" not in offset:
+            raise DevHostError(f"{where('initialOffsetOptions', 'type')} fromEnqueuedTime needs enqueuedTimeUtc")
+        try:
+            enqueued = datetime.fromisoformat(str(offset["enqueuedTimeUtc"]).replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise DevHostError(f"{where('initialOffsetOptions', 'enqueuedTimeUtc')} is not a date-time: {exc}") \
+                from exc
+        if enqueued.tzinfo is None:
+            enqueued = enqueued.replace(tzinfo=UTC)
+    options = EventHubOptions(
+        max_event_batch_size=_whole_number(eh, "maxEventBatchSize", 100, where),
+        min_event_batch_size=_whole_number(eh, "minEventBatchSize", 1, where),
+        max_wait_time=(_timespan(eh["maxWaitTime"], where("maxWaitTime")) if "maxWaitTime" in eh
+                       else timedelta(seconds=60)),
+        batch_checkpoint_frequency=_whole_number(eh, "batchCheckpointFrequency", 1, where),
+        prefetch_count=_whole_number(eh, "prefetchCount", 300, where),
+        initial_offset=offset_type,
+        initial_enqueued_time=enqueued,
+    )
+    if options.max_event_batch_size < 1:
+        raise DevHostError(f"{where('maxEventBatchSize')} must be at least 1")
+    if options.min_event_batch_size > options.max_event_batch_size:
+        raise DevHostError(f"{where('minEventBatchSize')} is larger than maxEventBatchSize")
+    if options.batch_checkpoint_frequency < 1:
+        raise DevHostError(f"{where('batchCheckpointFrequency')} must be at least 1")
+    return options
+
+
+def _singleton_options(section: dict[str, object], where: Callable[[str], str]) -> SingletonOptions:
     defaults = SingletonOptions()
-    period = (parse_timespan(str(section["listenerLockPeriod"])) if "listenerLockPeriod" in section
+    period = (_timespan(section["listenerLockPeriod"], where("listenerLockPeriod")) if "listenerLockPeriod" in section
               else defaults.listener_lock_period)
     # Blob leases last 15 to 60 seconds; the host rejects other values the same way.
     if not timedelta(seconds=15) <= period <= timedelta(seconds=60):
-        raise DevHostError(f"host.json singleton.listenerLockPeriod {period} must be between 00:00:15 and 00:01:00")
-    polling = (parse_timespan(str(section["listenerLockRecoveryPollingInterval"]))
+        raise DevHostError(f"{where('listenerLockPeriod')} {period} must be between 00:00:15 and 00:01:00")
+    polling = (_timespan(section["listenerLockRecoveryPollingInterval"], where("listenerLockRecoveryPollingInterval"))
                if "listenerLockRecoveryPollingInterval" in section
                else defaults.listener_lock_recovery_polling_interval)
     if polling <= timedelta(0):
-        raise DevHostError("host.json singleton.listenerLockRecoveryPollingInterval must be positive")
+        raise DevHostError(f"{where('listenerLockRecoveryPollingInterval')} must be positive")
     return SingletonOptions(listener_lock_period=period, listener_lock_recovery_polling_interval=polling)
 
 

@@ -175,10 +175,9 @@ def _host_json(tmp_path: Path, document: dict[str, Any]) -> Path:
 
 @pytest.mark.parametrize(("section", "keys"), [
     ({"retry": {"strategy": "fixedDelay", "maxRetryCount": 3, "delayInterval": "00:00:05"}}, ["retry"]),
-    ({"functions": ["ingest"]}, ["functions"]),
     ({"extensions": {"http": {"routePrefix": "api", "maxConcurrentRequests": 10, "maxOutstandingRequests": 20}}},
      ["maxConcurrentRequests", "maxOutstandingRequests"]),
-], ids=["retry", "functions", "http-throttles"])
+], ids=["retry", "http-throttles"])
 def test_host_json_settings_the_dev_host_does_not_implement_are_refused_or_warned(
         tmp_path: Path, section: dict[str, Any], keys: list[str]) -> None:
     """host: HostJsonFileConfigurationSource knows "retry" and "functions" as host.json properties;
@@ -273,3 +272,80 @@ def test_host_json_has_no_application_insights_settings_the_host_ignores() -> No
     host = json.loads((APP_ROOT / "host.json").read_text(encoding="utf-8"))
     assert host["telemetryMode"] == "OpenTelemetry"
     assert "applicationInsights" not in host.get("logging", {})
+
+
+# --- 4. app settings: host.json overrides, the functions list, disabled functions ------------------------------------
+
+
+THREE_FUNCTIONS_APP = """
+import azure.functions as func
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+
+@app.route(route="alpha", methods=["GET"])
+def alpha(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse("alpha")
+
+
+@app.route(route="beta", methods=["GET"])
+def beta(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse("beta")
+
+
+@app.route(route="gamma", methods=["GET"])
+def gamma(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse("gamma")
+"""
+
+
+def _statuses(host: Running, *paths: str) -> list[int]:
+    return [_get(host, path)[0] for path in paths]
+
+
+def test_an_app_setting_overrides_host_json_in_the_running_host(tmp_path: Path, devhost_factory: Any) -> None:
+    """host: the host's configuration is host.json with the AzureFunctionsJobHost__ app settings over it
+    (functions-host-json#override-hostjson-values; Core Tools takes them from local.settings.json Values, the
+    container from its environment): routePrefix set by a setting moves every route.
+
+    Before: only host.json was read; /custom/alpha was 404 locally and 200 in the container."""
+    settings = write_app(tmp_path / "app", THREE_FUNCTIONS_APP,
+                         values={"AzureFunctionsJobHost__extensions__http__routePrefix": "custom"})
+    host = devhost_factory(tmp_path / "app", settings=settings)
+    assert _statuses(host, "/custom/alpha", "/api/alpha") == [200, 404], host.output()
+
+
+def test_the_functions_list_from_app_settings_loads_only_the_functions_it_names(tmp_path: Path,
+                                                                                devhost_factory: Any) -> None:
+    """host: FunctionMetadataManager loads only the functions host.json `functions` names, ignoring case; k8s-keda
+    Deployments set it as AzureFunctionsJobHost__functions__N to split the app. A function left out has no route.
+
+    Before: the setting was ignored and every function answered, so a function missing from a Deployment's list
+    worked locally and was absent in production."""
+    settings = write_app(tmp_path / "app", THREE_FUNCTIONS_APP, values={
+        "AzureFunctionsJobHost__functions__0": "alpha", "AzureFunctionsJobHost__functions__1": "GAMMA"})
+    host = devhost_factory(tmp_path / "app", settings=settings)
+    assert _statuses(host, "/api/alpha", "/api/beta", "/api/gamma") == [200, 404, 200], host.output()
+
+
+def test_a_function_the_app_does_not_define_in_the_functions_list_is_refused(tmp_path: Path) -> None:
+    """host: a name in `functions` that matches no function is dropped and the host starts without it. Here start-up
+    fails naming it: a Deployment listing a misspelt or renamed function would run nothing for it in production."""
+    from devhost.app_loader import find_app, import_script, index
+
+    (tmp_path / "allow_list_app.py").write_text(THREE_FUNCTIONS_APP, encoding="utf-8")  # not sys.modules' function_app
+    with pytest.raises(DevHostError, match=r"lists \['delta'\], which the app does not define"):
+        index(find_app(import_script(tmp_path, "allow_list_app.py")), ("alpha", "delta"))
+
+
+def test_a_disabled_http_function_is_not_served(tmp_path: Path, devhost_factory: Any) -> None:
+    """host: AzureWebJobs.<name>.Disabled=true (disable-function; the same entry in local.settings.json Values for
+    Core Tools) leaves a function loaded but not publicly addressable: its route is 404. Where a variable name cannot
+    hold a dot (Linux containers), AzureWebJobs_<name>_Disabled is the same setting.
+
+    Before: nothing read the setting; a function switched off in production answered locally."""
+    settings = write_app(tmp_path / "app", THREE_FUNCTIONS_APP, values={
+        "AzureWebJobs.alpha.Disabled": "true", "AzureWebJobs_beta_Disabled": "1",
+        "AzureWebJobs.gamma.Disabled": "false"})
+    host = devhost_factory(tmp_path / "app", settings=settings)
+    assert _statuses(host, "/api/alpha", "/api/beta", "/api/gamma") == [404, 404, 200], host.output()

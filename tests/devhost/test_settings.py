@@ -74,7 +74,7 @@ def test_missing_host_json_gives_the_host_defaults(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("section, message", [
-    ({"extensions": {"eventHubs": {"maxEventBatchSize": "many"}}}, "extensions.eventHubs has a bad value"),
+    ({"extensions": {"eventHubs": {"maxEventBatchSize": "many"}}}, "extensions.eventHubs.maxEventBatchSize 'many'"),
     ({"extensions": {"eventHubs": {"minEventBatchSize": 10, "maxEventBatchSize": 5}}}, "minEventBatchSize"),
     ({"extensions": {"eventHubs": {"initialOffsetOptions": {"type": "fromEnqueuedTime"}}}}, "needs enqueuedTimeUtc"),
     ({"extensions": {"eventHubs": {"initialOffsetOptions": {"type": "fromMiddle"}}}}, "fromMiddle"),
@@ -85,6 +85,97 @@ def test_bad_host_json_values_are_refused(tmp_path: Path, section: dict[str, obj
     path.write_text(json.dumps(section))
     with pytest.raises(DevHostError, match=message):
         load_host_json(path)
+
+
+def test_app_settings_override_host_json_as_on_the_host(tmp_path: Path) -> None:
+    """The host layers ``AzureFunctionsJobHost__<path>`` app settings over host.json (functions-host-json,
+    "Override host.json values"): ``__`` separates levels, a number is an array index, the prefix and keys ignore
+    case, and a setting replaces only the value it names (``functions__0`` keeps host.json's second entry)."""
+    path = tmp_path / "host.json"
+    path.write_text(json.dumps({"functions": ["ingest", "status"], "functionTimeout": "00:10:00",
+                                "extensions": {"eventHubs": {"maxEventBatchSize": 256, "prefetchCount": 1024}}}))
+    options = load_host_json(path, {
+        "AzureFunctionsJobHost__extensions__http__routePrefix": "custom",
+        "AZUREFUNCTIONSJOBHOST__Extensions__EventHubs__MaxEventBatchSize": "64",
+        "AzureFunctionsJobHost__functions__0": "lookup",
+        "AzureFunctionsJobHost__logging__logLevel__default": "Warning",
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+    })
+    assert options.route_prefix == "custom"
+    assert (options.eventhubs.max_event_batch_size, options.eventhubs.prefetch_count) == (64, 1024)
+    assert options.functions == ("lookup", "status")
+    assert options.function_timeout == timedelta(minutes=10)
+    assert options.warnings == ()
+    assert load_host_json(tmp_path / "missing.json", {"AzureFunctionsJobHost__functions__0": "ingest"}).functions \
+        == ("ingest",)
+
+
+@pytest.mark.parametrize("setting, value", [
+    ("AzureFunctionsJobHost__extensions__eventHubs__maxEventBatchSize", "many"),
+    ("AzureFunctionsJobHost__functionTimeout", "ten minutes"),
+    ("AzureFunctionsJobHost__extensions__eventHubs__initialOffsetOptions__type", "fromMiddle"),
+    ("AzureFunctionsJobHost__singleton__listenerLockPeriod", "00:05:00"),
+    ("AzureFunctionsJobHost__retry__strategy", "fixedDelay"),
+])
+def test_a_bad_value_from_an_app_setting_is_refused_naming_the_setting(tmp_path: Path, setting: str,
+                                                                      value: str) -> None:
+    """An app setting is checked as the host.json value it replaces, and the message names the setting, not a
+    host.json key the file does not have."""
+    with pytest.raises(DevHostError, match=setting):
+        load_host_json(tmp_path / "host.json", {setting: value})
+
+
+@pytest.mark.parametrize(("section", "attribute", "expected"), [
+    ({"extensions": {"eventHubs": {"initialOffsetOptions": {"Type": "FromEnd"}}}}, "initial_offset", "fromEnd"),
+    ({"Extensions": {"EVENTHUBS": {"MaxEventBatchSize": 10}}}, "max_event_batch_size", 10),
+    ({"FunctionTimeout": "00:01:00"}, "function_timeout", timedelta(minutes=1)),
+    ({"extensions": {"Http": {"RoutePrefix": "v1"}}}, "route_prefix", "v1"),
+])
+def test_host_json_keys_and_enum_values_ignore_case(tmp_path: Path, section: dict[str, object], attribute: str,
+                                                   expected: object) -> None:
+    """The host reads host.json into .NET configuration, whose keys are case-insensitive, and binds enums ignoring
+    case: ``"Type": "FromEnd"`` or ``"MaxEventBatchSize"`` take effect in Azure, so they must here too (a new
+    consumer group would otherwise read the whole stream locally and only new events in production)."""
+    path = tmp_path / "host.json"
+    path.write_text(json.dumps({"version": "2.0", **section}))
+    options = load_host_json(path, {})
+    holder = options.eventhubs if attribute in ("initial_offset", "max_event_batch_size") else options
+    assert getattr(holder, attribute) == expected
+    assert options.warnings == ()
+
+
+@pytest.mark.parametrize("timeout", ["00:00:00", "00:00:00.500"])
+def test_a_function_timeout_under_one_second_is_refused(tmp_path: Path, timeout: str) -> None:
+    """The host refuses to start with a functionTimeout under a second, on every plan (ScriptJobHostOptionsSetup,
+    MinFunctionTimeout; its test Configure_AppliesMinTimeoutLimit_ForAllSkus). Accepting it would also make
+    ``00:00:00`` no limit at all (``timedelta(0)`` is falsy, so no watchdog)."""
+    path = tmp_path / "host.json"
+    path.write_text(json.dumps({"version": "2.0", "functionTimeout": timeout}))
+    with pytest.raises(DevHostError, match=r"host\.json functionTimeout .* shorter than 00:00:01"):
+        load_host_json(path, {})
+    path.write_text(json.dumps({"version": "2.0", "functionTimeout": "00:00:01"}))
+    assert load_host_json(path, {}).function_timeout == timedelta(seconds=1)
+
+
+@pytest.mark.parametrize("option", [
+    {"clientRetryOptions": {"mode": "exponential", "maxRetries": 0, "delay": "00:00:00.1"}},
+    {"transportType": "amqpWebSockets"},
+    {"customEndpointAddress": "amqps://gateway.example.com"},
+    {"webProxy": "http://proxy.example.com:8080"},
+], ids=["clientRetryOptions", "transportType", "customEndpointAddress", "webProxy"])
+def test_event_hubs_options_the_dev_host_cannot_apply_are_refused_by_name(tmp_path: Path,
+                                                                         option: dict[str, object]) -> None:
+    """The Event Hubs extension (5.x+) applies these in Azure (functions-bindings-event-hubs, host.json settings);
+    the dev host connects with the SDK's own retry policy over AMQP (TCP), directly. Running without them would test
+    another retry policy or network route than the one in production, so start-up fails naming the option. The
+    default transport, ``amqpTcp``, is what the dev host does and passes."""
+    path = tmp_path / "host.json"
+    path.write_text(json.dumps({"version": "2.0", "extensions": {"eventHubs": option}}))
+    (key,) = option
+    with pytest.raises(DevHostError, match=rf"host\.json extensions\.eventHubs\.{key}"):
+        load_host_json(path, {})
+    path.write_text(json.dumps({"version": "2.0", "extensions": {"eventHubs": {"transportType": "AmqpTcp"}}}))
+    assert load_host_json(path, {}).warnings == ()
 
 
 def test_timespans() -> None:

@@ -211,3 +211,45 @@ def test_without_the_monitor_the_function_sees_no_schedule_status(tmp_path: Path
     host = devhost_factory(tmp_path / "app", settings=settings)
     records = wait_for(lambda: read_records(out), 30, "a tick", host)
     assert records[0]["status"] == {} and records[0]["past_due"] is False
+
+
+DISABLED_APP = """
+import json, os, time
+import azure.functions as func
+
+app = func.FunctionApp()
+
+
+def write(name):
+    with open(os.environ["TEST_OUT"], "a", encoding="utf-8") as f:
+        f.write(json.dumps({"function": name, "at": time.time()}) + "\\n")
+
+
+@app.function_name("enabled_tick")
+@app.timer_trigger(schedule="0 0 0 1 1 *", arg_name="timer", run_on_startup=True, use_monitor=False)
+def enabled_tick(timer: func.TimerRequest) -> None:
+    write("enabled_tick")
+
+
+@app.function_name("disabled_tick")
+@app.timer_trigger(schedule="0 0 0 1 1 *", arg_name="timer", run_on_startup=True, use_monitor=False)
+def disabled_tick(timer: func.TimerRequest) -> None:
+    write("disabled_tick")
+"""
+
+
+@pytest.mark.timeout(90)
+def test_a_disabled_timer_never_fires(tmp_path: Path, azurite_connection_string: str, devhost_factory: Any) -> None:
+    """host: with AzureWebJobs.<name>.Disabled=true (disable-function; local.settings.json Values for Core Tools) the
+    function's listener is not started, so a run_on_startup timer does not run while its enabled twin does: a timer
+    switched off in production (during a migration, say) must not run on the dev host either."""
+    out = tmp_path / "records.jsonl"
+    settings = write_app(tmp_path / "app", DISABLED_APP, values={
+        "AzureWebJobsStorage": azurite_connection_string, "TEST_OUT": str(out),
+        "AzureFunctionsWebHost__hostid": f"disabled-{uuid.uuid4().hex[:12]}",
+        "AzureWebJobs.disabled_tick.Disabled": "true",
+    })
+    host = devhost_factory(tmp_path / "app", settings=settings)
+    wait_for(lambda: [r for r in read_records(out) if r["function"] == "enabled_tick"], 30, "enabled_tick", host)
+    time.sleep(2)  # both listeners start together: give the disabled one the same chance
+    assert sorted({r["function"] for r in read_records(out)}) == ["enabled_tick"], host.output()
