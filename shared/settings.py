@@ -326,9 +326,10 @@ class RedisSettings(_Group):
         tls_options = sorted(name for name in query if name.startswith("ssl_"))
         if tls_options and not value.startswith("rediss://"):
             raise ValueError(f"has TLS options ({', '.join(tls_options)}) but is not a rediss:// URL")
-        if any(v.strip().lower() != "required" for v in query.get("ssl_cert_reqs", [])):
+        # redis-py hands ssl_cert_reqs as it stands to SSLConnection, where only "required" keeps the check
+        if any(v != "required" for v in query.get("ssl_cert_reqs", [])):
             raise ValueError("ssl_cert_reqs must be 'required' (or absent): the server's certificate is always checked")
-        if any(v.strip().lower() in ("false", "0", "no", "off", "") for v in query.get("ssl_check_hostname", [])):
+        if any(not _redis_reads_true("ssl_check_hostname", v) for v in query.get("ssl_check_hostname", [])):
             raise ValueError("ssl_check_hostname must not be off: the server's host name is always checked")
         for ca in query.get("ssl_ca_certs", []):
             if not Path(ca).is_file():
@@ -364,6 +365,16 @@ class RedisSettings(_Group):
         if "{" in value or "}" in value:
             raise ValueError("must not contain '{' or '}' (hash tags are Sluice's)")
         return value
+
+
+def _redis_reads_true(option: str, value: str) -> bool:
+    """Whether redis-py, the synchronous client and ``redis.asyncio`` alike, reads a URL's boolean query ``option``
+    as on: asked of their own URL parsers, so every spelling they take for off (``n``, ``F``...) counts as off."""
+    from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS as ASYNC_PARSERS
+    from redis.connection import URL_QUERY_ARGUMENT_PARSERS as PARSERS
+
+    parsers = (PARSERS[option], ASYNC_PARSERS[option])  # redis.connection leaves its mapping untyped
+    return all(callable(parse) and bool(parse(value)) for parse in parsers)
 
 
 class PostgresSettings(_Group):

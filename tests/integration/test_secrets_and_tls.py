@@ -103,19 +103,23 @@ def test_production_configmap_postgres_tls_verifies_the_server(secured_postgres:
 
 # --- 2. Redis: a URL query turns TLS verification off and settings accept it ---------------------------------
 
-@pytest.mark.parametrize("query", ["ssl_cert_reqs=none", "ssl_ca_certs={ca}&ssl_check_hostname=false"],
-                         ids=["cert_reqs-none", "check_hostname-false"])
+@pytest.mark.parametrize("query", ["ssl_cert_reqs=none", "ssl_ca_certs={ca}&ssl_check_hostname=false",
+                                   "ssl_ca_certs={ca}&ssl_check_hostname=n", "ssl_ca_certs={ca}&ssl_check_hostname=f"],
+                         ids=["cert_reqs-none", "check_hostname-false", "check_hostname-n", "check_hostname-f"])
 def test_redis_url_cannot_turn_tls_verification_off(secured_redis: LocalRedis, local_ca: LocalCA,
                                                     query: str) -> None:
     """Rule (docs/security.md): Redis over ``rediss://`` checks the chain and the host name; settings are
     validated at start-up and refuse combinations that silently weaken TLS (as they do for Cassandra's CA
-    without TLS and PostgreSQL's CA with a non-verifying sslmode).
+    without TLS and PostgreSQL's CA with a non-verifying sslmode). ``ssl_check_hostname`` is refused in every
+    spelling redis-py reads as false: its URL parser takes it with ``to_bool``, whose false strings are
+    ``0``, ``F``, ``FALSE``, ``N``, ``NO`` in any case, so the settings ask that parser rather than a list.
 
     Was: ``SLUICE_REDIS_URL`` is passed to redis-py's ``from_url``, which honours the query
     arguments ``ssl_cert_reqs=none`` and ``ssl_check_hostname=false``. ``RedisSettings._redis_scheme`` checks
     only the scheme and a password, so such a URL is accepted and the client (built as bootstrap builds it)
     logs in, with the real password, to ``localhost`` behind a certificate for 127.0.0.1 (and, with
-    ``cert_reqs=none``, from a CA it was never given).
+    ``cert_reqs=none``, from a CA it was never given). Later it refused ``false``, ``0``, ``no``, ``off`` and
+    an empty value only, and ``ssl_check_hostname=n`` (or ``=f``) still turned the host name check off.
     """
     user, password = f"rv{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     secured_redis.set_password(password, username=user)

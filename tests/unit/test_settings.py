@@ -69,11 +69,17 @@ def test_a_password_from_the_vault_is_only_sent_over_verified_tls(overrides, exp
 @pytest.mark.parametrize(("url", "expected"), [
     ("rediss://cache.example:6380/0?ssl_cert_reqs=none", "ssl_cert_reqs must be 'required'"),
     ("rediss://cache.example:6380/0?ssl_check_hostname=false", "ssl_check_hostname must not be off"),
+    # every spelling redis-py's URL parser reads as false (to_bool: 0, F, FALSE, N, NO in any case), and empty
+    ("rediss://cache.example:6380/0?ssl_check_hostname=n", "ssl_check_hostname must not be off"),
+    ("rediss://cache.example:6380/0?ssl_check_hostname=F", "ssl_check_hostname must not be off"),
+    ("rediss://cache.example:6380/0?ssl_check_hostname=", "ssl_check_hostname must not be off"),
+    ("rediss://cache.example:6380/0?ssl_cert_reqs=optional", "ssl_cert_reqs must be 'required'"),
     ("rediss://cache.example:6380/0?%70assword=hunter2", "must not carry a password"),
     ("rediss://cache.example:6380/0?PASSWORD=hunter2", "must not carry a password"),
     ("redis://cache.example:6379/0?ssl_ca_certs=/etc/ssl/certs/ca-certificates.crt", "not a rediss:// URL"),
     ("rediss://cache.example:6380/0?ssl_ca_certs=/nowhere/ca.pem", "does not point to a file"),
-], ids=["cert-reqs-none", "hostname-off", "encoded-password", "upper-case-password", "tls-options-on-plain",
+], ids=["cert-reqs-none", "hostname-off", "hostname-n", "hostname-F", "hostname-empty", "cert-reqs-optional",
+        "encoded-password", "upper-case-password", "tls-options-on-plain",
         "missing-ca"])
 def test_a_redis_url_cannot_weaken_tls_or_smuggle_a_password(url, expected):
     with pytest.raises(ConfigurationError, match=expected) as caught:
