@@ -164,6 +164,21 @@ def test_redis_logs_in_with_the_rotated_password(secured_redis: LocalRedis, vaul
         connection.close()
 
 
+def test_a_percent_encoded_acl_user_in_the_url_signs_in(secured_redis: LocalRedis) -> None:
+    """An ACL user name with a reserved character is percent-encoded in ``SLUICE_REDIS_URL`` (RFC 3986) and
+    signs in decoded, as redis-py's own URL parser decodes it: ``redis://app%40eu@...`` is the user ``app@eu``.
+    With a password secret the user is taken out of the URL for the credential provider, so Sluice decodes it
+    there itself; sent still encoded, AUTH would be refused (WRONGPASS) and retried as if after a rotation."""
+    user, password = f"app{uuid.uuid4().hex[:6]}@eu", _password()
+    secured_redis.set_password(password, username=user)
+    url = secured_redis.url(tls=False).replace(f"{secured_redis.username}@", f"{user.replace('@', '%40')}@")
+    connection = RedisConnection(url, password=RotatingSecret.fixed(password), cluster=False, socket_timeout=2)
+    try:
+        assert connection.client().ping()
+    finally:
+        connection.close()
+
+
 def test_rediss_refuses_a_certificate_for_another_host(secured_redis: LocalRedis) -> None:
     secret = RotatingSecret.fixed(secured_redis.password)
     good = RedisConnection(secured_redis.url(tls=True), password=secret, cluster=False)

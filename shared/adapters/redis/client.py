@@ -29,7 +29,7 @@ import asyncio
 import logging
 import threading
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -225,10 +225,11 @@ class SecretCredentials(CredentialProvider):
 
 
 def without_username(url: str) -> tuple[str, str | None]:
-    """The URL without its user info, and the user name in it (redis-py refuses both a user and a provider)."""
+    """The URL without its user info, and the user name in it (redis-py refuses both a user and a provider),
+    percent-decoded as redis-py's own URL parser decodes it (``app%40eu`` is the ACL user ``app@eu``)."""
     parts = urlsplit(url)
     if "@" not in parts.netloc:
         return url, None
     userinfo, host = parts.netloc.rsplit("@", 1)
-    username = userinfo.split(":", 1)[0] or None
+    username = unquote(userinfo.split(":", 1)[0]) or None
     return urlunsplit(parts._replace(netloc=host)), username
