@@ -221,8 +221,7 @@ class CassandraSettings(_Group):
     def _credentials_complete(self) -> Self:
         if (self.password or self.password_secret) and not self.username:
             raise ValueError("SLUICE_CASSANDRA_USERNAME is required when a password or password secret is set")
-        if self.password and self.password_secret:
-            raise ValueError("set SLUICE_CASSANDRA_PASSWORD or SLUICE_CASSANDRA_PASSWORD_SECRET, not both")
+        _password_or_secret("SLUICE_CASSANDRA_", self.password, self.password_secret)
         if self.tls_ca_file and not self.tls:
             raise ValueError("SLUICE_CASSANDRA_TLS_CA_FILE is set but SLUICE_CASSANDRA_TLS is false: the connection "
                              "would be plain text and the CA unused; set SLUICE_CASSANDRA_TLS=true")
@@ -235,6 +234,14 @@ class CassandraSettings(_Group):
 # A secret kept in Key Vault is a production secret: it is never sent in clear, nor to a server whose certificate and
 # host name were not checked (a man in the middle would take it).
 _VAULT_SECRET_NEEDS_TLS = "{secret} names a Key Vault secret, which is only ever sent over verified TLS: {fix}"
+
+
+def _password_or_secret(prefix: str, password: SecretStr | None, secret: str | None) -> None:
+    """A store's password is the value itself or the name of its Key Vault secret, never both: bootstrap would use
+    the plain value and never read the vault, so a rotation there would go unseen."""
+    if password is not None and secret:
+        raise ValueError(f"set {prefix}PASSWORD or {prefix}PASSWORD_SECRET, not both (with both, the plain value "
+                         "is used and the Key Vault secret never read)")
 
 
 class IngestSettings(_Group):
@@ -338,6 +345,7 @@ class RedisSettings(_Group):
 
     @model_validator(mode="after")
     def _secret_over_tls(self) -> Self:
+        _password_or_secret("SLUICE_REDIS_", self.password, self.password_secret)
         if self.password_secret and self.url.startswith("redis://"):
             raise ValueError(_VAULT_SECRET_NEEDS_TLS.format(secret="SLUICE_REDIS_PASSWORD_SECRET",
                                                             fix="use a rediss:// URL"))
@@ -422,11 +430,25 @@ class PostgresSettings(_Group):
         if self.sslrootcert is not None and self.sslmode in ("disable", "allow", "prefer"):
             raise ValueError(f"SLUICE_POSTGRES_SSLROOTCERT is set but SLUICE_POSTGRES_SSLMODE={self.sslmode} may "
                              "connect without checking the server against it; set verify-full (or verify-ca)")
-        if self.password_secret and self.sslmode not in ("verify-ca", "verify-full"):
+        return self
+
+    @model_validator(mode="after")
+    def _secret_over_verified_tls(self) -> Self:
+        _password_or_secret("SLUICE_POSTGRES_", self.password, self.password_secret)
+        if self.password_secret and self.sslmode != "verify-full":
             raise ValueError(_VAULT_SECRET_NEEDS_TLS.format(
                 secret="SLUICE_POSTGRES_PASSWORD_SECRET",
-                fix=f"SLUICE_POSTGRES_SSLMODE={self.sslmode} does not check the server; set verify-full (with "
+                fix=f"SLUICE_POSTGRES_SSLMODE={self.sslmode} does not check the server's "
+                    f"{'host name' if self.sslmode == 'verify-ca' else 'certificate'}; set verify-full (with "
                     "SLUICE_POSTGRES_SSLROOTCERT=system for Azure's public CAs)"))
+        return self
+
+    @model_validator(mode="after")
+    def _pool_fits(self) -> Self:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError(f"SLUICE_POSTGRES_POOL_MIN_SIZE ({self.pool_min_size}) is above "
+                             f"SLUICE_POSTGRES_POOL_MAX_SIZE ({self.pool_max_size}): the pool cannot keep more "
+                             "connections open than it may have")
         return self
 
     @field_validator("prepare_threshold", mode="before")

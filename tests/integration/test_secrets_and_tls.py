@@ -275,3 +275,40 @@ def test_devhost_does_not_log_the_function_key(tmp_path: Path) -> None:
     output = running.output()
     assert key not in output, "the function key is in the dev host's log: " + next(
         line for line in output.splitlines() if key in line)
+
+
+# --- 7. PostgreSQL: a Key Vault password is only sent to a server whose host name was checked --------------
+
+def test_a_vault_password_is_never_sent_to_an_unchecked_host_name(secured_postgres: LocalPostgres,
+                                                                  local_ca: LocalCA) -> None:
+    """Rule (shared/settings.py, ``_VAULT_SECRET_NEEDS_TLS``; docs/security.md, "TLS"): a password kept in Key
+    Vault is never sent to a server whose certificate and host name were not checked, so
+    ``SLUICE_POSTGRES_PASSWORD_SECRET`` needs ``SLUICE_POSTGRES_SSLMODE=verify-full``. libpq's ``verify-ca``
+    checks the chain only: with a public CA (``sslrootcert=system``) anyone holding a certificate from it can
+    pose as the server and ask for the password in clear (libpq docs, "SSL Support").
+
+    Was: the settings took ``verify-ca`` with a password secret, and the pool logged in to ``localhost``
+    behind a certificate made for 127.0.0.1 only.
+    """
+    role, password = f"rv_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    secured_postgres.create_role(role, password)
+    env = _base_env(SLUICE_POSTGRES_HOST="localhost", SLUICE_POSTGRES_PORT=str(secured_postgres.port),
+                    SLUICE_POSTGRES_DBNAME="postgres", SLUICE_POSTGRES_USER=role,
+                    SLUICE_POSTGRES_PASSWORD_SECRET="postgres-password", SLUICE_POSTGRES_SSLMODE="verify-ca",
+                    SLUICE_POSTGRES_SSLROOTCERT=str(local_ca.ca_file), SLUICE_POSTGRES_POOL_MIN_SIZE="0",
+                    SLUICE_POSTGRES_POOL_MAX_SIZE="1", SLUICE_POSTGRES_POOL_TIMEOUT_SECONDS="5",
+                    SLUICE_KEYVAULT_URL="https://kv.vault.azure.net/")
+    try:
+        cfg = load_settings(env).postgres
+    except ConfigurationError as exc:
+        assert "SLUICE_POSTGRES_SSLMODE=verify-ca" in str(exc)
+        return  # refused at start-up
+    # the vault's value, as bootstrap.rotating_secret would hand it over
+    with make_pool(cfg.conninfo(), cfg, password=RotatingSecret.fixed(password), open=True) as pool:
+        try:
+            with pool.connection() as conn:
+                user = conn.execute("SELECT current_user").fetchone()[0]
+        except Exception:  # refused: the host name was checked
+            return
+    pytest.fail(f"SLUICE_POSTGRES_PASSWORD_SECRET with SLUICE_POSTGRES_SSLMODE=verify-ca was accepted and the "
+                f"password logged in as {user} to 'localhost' behind a certificate for 127.0.0.1 only")

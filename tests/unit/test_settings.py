@@ -56,14 +56,38 @@ def test_a_key_vault_secret_name_needs_a_vault():
 @pytest.mark.parametrize(("overrides", "expected"), [
     ({"SLUICE_POSTGRES_PASSWORD_SECRET": "pg", "SLUICE_POSTGRES_SSLMODE": "require"},
      "SLUICE_POSTGRES_PASSWORD_SECRET names a Key Vault secret, which is only ever sent over verified TLS"),
+    # verify-ca checks the chain, not the host name: anyone with a certificate from the same CA could pose as it
+    ({"SLUICE_POSTGRES_PASSWORD_SECRET": "pg", "SLUICE_POSTGRES_SSLMODE": "verify-ca"},
+     "SLUICE_POSTGRES_PASSWORD_SECRET names a Key Vault secret.*verify-ca does not check the server's host name"),
     ({"SLUICE_CASSANDRA_USERNAME": "sluice", "SLUICE_CASSANDRA_PASSWORD_SECRET": "cs"},
      "SLUICE_CASSANDRA_PASSWORD_SECRET names a Key Vault secret.*SLUICE_CASSANDRA_TLS=true"),
     ({"SLUICE_REDIS_URL": "redis://cache.example:6379/0", "SLUICE_REDIS_PASSWORD_SECRET": "rs"},
      "SLUICE_REDIS_PASSWORD_SECRET names a Key Vault secret.*rediss://"),
-], ids=["postgres", "cassandra", "redis"])
+], ids=["postgres", "postgres-verify-ca", "cassandra", "redis"])
 def test_a_password_from_the_vault_is_only_sent_over_verified_tls(overrides, expected):
     with pytest.raises(ConfigurationError, match=expected):
         load_settings(dict(SAMPLE, SLUICE_KEYVAULT_URL="https://vault.example/", **overrides))
+
+
+@pytest.mark.parametrize(("store", "tls"), [
+    ("POSTGRES", {"SLUICE_POSTGRES_SSLMODE": "verify-full", "SLUICE_POSTGRES_SSLROOTCERT": "system"}),
+    ("REDIS", {"SLUICE_REDIS_URL": "rediss://cache.example:6380/0"}),
+    ("CASSANDRA", {"SLUICE_CASSANDRA_USERNAME": "sluice", "SLUICE_CASSANDRA_TLS": "true"}),
+])
+def test_a_plain_password_and_a_vault_secret_for_one_store_are_refused(store: str, tls: dict[str, str]):
+    # with both, bootstrap would use the plain value and never read the vault: a rotation there would go unseen
+    with pytest.raises(ConfigurationError, match=f"set SLUICE_{store}_PASSWORD or SLUICE_{store}_PASSWORD_SECRET, "
+                                                 "not both"):
+        load_settings(dict(SAMPLE, SLUICE_KEYVAULT_URL="https://vault.example/", **tls,
+                           **{f"SLUICE_{store}_PASSWORD": "plain-value", f"SLUICE_{store}_PASSWORD_SECRET": "pw"}))
+
+
+def test_a_pool_min_size_above_its_max_size_is_refused_naming_both():
+    # psycopg_pool would raise a bare ValueError naming neither, at the first enrichment run or status request
+    with pytest.raises(ConfigurationError, match=r"SLUICE_POSTGRES_POOL_MIN_SIZE \(8\) is above "
+                                                 r"SLUICE_POSTGRES_POOL_MAX_SIZE \(4\)"):
+        load_settings(dict(SAMPLE, SLUICE_POSTGRES_POOL_MIN_SIZE="8", SLUICE_POSTGRES_POOL_MAX_SIZE="4"))
+    assert load_settings(dict(SAMPLE, SLUICE_POSTGRES_POOL_MIN_SIZE="4", SLUICE_POSTGRES_POOL_MAX_SIZE="4"))
 
 
 @pytest.mark.parametrize(("url", "expected"), [
