@@ -15,7 +15,12 @@ FROM mcr.microsoft.com/azure-functions/python:4-python3.11
 # its own, up to eight per core of the node (not of the pod's CPU limit), and the resident
 # size creeps up with them. Two arenas keep it lower at no measurable CPU cost
 # (docs/configuration.md#the-worker-process). The dev host limits itself the same way.
+# SSL_CERT_FILE/SSL_CERT_DIR: the Debian CA store of the base image. psycopg[binary]'s libpq
+# carries its own OpenSSL, whose default CA locations (what sslrootcert=system loads) do
+# not exist here; without these it would trust no CA at all (docs/security.md#tls).
 ENV AzureWebJobsScriptRoot=/home/site/wwwroot \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+    SSL_CERT_DIR=/etc/ssl/certs \
     AzureFunctionsJobHost__Logging__Console__IsEnabled=true \
     FUNCTIONS_WORKER_RUNTIME=python \
     ASPNETCORE_URLS=http://+:8080 \

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextvars
 import json
 import os
+import ssl
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -430,6 +431,10 @@ class PostgresSettings(_Group):
         if self.sslrootcert is not None and self.sslmode in ("disable", "allow", "prefer"):
             raise ValueError(f"SLUICE_POSTGRES_SSLROOTCERT is set but SLUICE_POSTGRES_SSLMODE={self.sslmode} may "
                              "connect without checking the server against it; set verify-full (or verify-ca)")
+        if str(self.sslrootcert) == "system" and self.sslmode != "verify-full":
+            # libpq's own rule: any holder of a certificate from a public CA could pose as the server otherwise
+            raise ValueError(f"SLUICE_POSTGRES_SSLROOTCERT=system trusts every public CA, so it needs "
+                             f"SLUICE_POSTGRES_SSLMODE=verify-full (not {self.sslmode}): the host name must be checked")
         return self
 
     @model_validator(mode="after")
@@ -480,10 +485,22 @@ class PostgresSettings(_Group):
             "application_name": "sluice",
         }
         if self.sslrootcert:
-            parts["sslrootcert"] = str(self.sslrootcert)
+            parts["sslrootcert"] = _system_ca_file() if str(self.sslrootcert) == "system" else str(self.sslrootcert)
         if password:
             parts["password"] = password
         return make_conninfo(**parts)
+
+
+def _system_ca_file() -> str:
+    """``sslrootcert=system`` as the system's CA bundle file, or ``system`` when the system has none.
+
+    For ``system`` libpq loads the default locations of the OpenSSL it was built with; psycopg[binary]'s libpq
+    brings its own, whose locations exist on no system (only ``SSL_CERT_FILE``/``SSL_CERT_DIR`` would move
+    them), so no CA at all would be trusted. Python's ``ssl`` uses the system's OpenSSL: its CA file
+    (``SSL_CERT_FILE`` first, as OpenSSL reads it) is the store ``system`` means. ``_ca_is_used`` holds
+    ``system`` to ``verify-full``, as libpq does.
+    """
+    return ssl.get_default_verify_paths().cafile or "system"
 
 
 class EnrichmentSettings(_Group):

@@ -10,10 +10,14 @@ certificates must be refused by any client that verifies the chain and the host 
 
 from __future__ import annotations
 
+import ctypes
+import glob
 import logging
 import os
 import shutil
+import ssl
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -24,6 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 from azure.keyvault.secrets import SecretClient
+from psycopg.conninfo import conninfo_to_dict
 
 from shared import bootstrap
 from shared.adapters.postgres.pool import make_pool
@@ -277,7 +282,73 @@ def test_devhost_does_not_log_the_function_key(tmp_path: Path) -> None:
         line for line in output.splitlines() if key in line)
 
 
-# --- 7. PostgreSQL: a Key Vault password is only sent to a server whose host name was checked --------------
+# --- 7. PostgreSQL: the production sslrootcert=system trusts the system's CAs ---------------------------------
+
+_CONNECT = """
+import sys, psycopg
+conn = psycopg.connect(sys.argv[1], connect_timeout=5)
+print(conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0])
+"""
+
+
+def test_production_sslrootcert_system_trusts_the_system_certificate_authorities(
+        secured_postgres: LocalPostgres, local_ca: LocalCA, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule (docs/security.md, "TLS"): production verifies Azure PostgreSQL with ``sslmode=verify-full`` and
+    ``sslrootcert=system`` (``k8s-keda/configmap.yaml``), and ``system`` means the system's trusted CAs
+    (libpq docs, ``sslrootcert``: "the system's trusted CA roots will be loaded").
+
+    For ``system`` libpq loads the default verify paths of the OpenSSL it was built with (shown here: it
+    connects once ``SSL_CERT_FILE`` names the local CA). psycopg[binary]'s libpq brings its own OpenSSL, whose
+    compiled-in locations do not exist on this or any system. So ``PostgresSettings.conninfo`` hands libpq the
+    system's CA file as Python's ``ssl`` finds it; this is checked with ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``
+    removed, since a machine that exports them (this one may) would hide the problem (the image sets them too:
+    ``tests/unit/test_dockerfile.py``).
+
+    Was: ``conninfo`` passed ``sslrootcert=system`` through and the Dockerfile set neither variable: in the
+    image no CA at all was trusted, and every verify-full connection to Azure (DigiCert chain) failed with
+    "certificate verify failed": no enrichment, reports or status on AKS.
+    """
+    import psycopg_binary
+
+    configmap = next(doc for doc in yaml.safe_load_all((ROOT / "k8s-keda" / "configmap.yaml").read_text())
+                     if doc and doc.get("kind") == "ConfigMap" and "SLUICE_POSTGRES_SSLMODE" in doc.get("data", {}))
+    sslmode, sslrootcert = (configmap["data"]["SLUICE_POSTGRES_SSLMODE"],
+                            configmap["data"]["SLUICE_POSTGRES_SSLROOTCERT"])
+    assert (sslmode, sslrootcert) == ("verify-full", "system")
+
+    # libpq's "system" is OpenSSL's default verify paths, which SSL_CERT_FILE overrides
+    role, password = f"rv_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+    secured_postgres.create_role(role, password)
+    dsn = (f"host=127.0.0.1 port={secured_postgres.port} dbname=postgres user={role} password={password} "
+           "sslmode=verify-full sslrootcert=system")
+    env = {k: v for k, v in os.environ.items() if k not in ("SSL_CERT_FILE", "SSL_CERT_DIR")}
+    result = subprocess.run([sys.executable, "-c", _CONNECT, dsn], env={**env, "SSL_CERT_FILE": str(local_ca.ca_file)},
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr
+
+    # without those variables, that OpenSSL's compiled-in locations: they do not exist
+    libs = glob.glob(str(Path(psycopg_binary.__file__).parents[1] / "psycopg_binary.libs" / "libcrypto*"))
+    assert libs, "psycopg_binary's bundled libcrypto not found"
+    crypto = ctypes.CDLL(libs[0])
+    bundled = []
+    for name in ("X509_get_default_cert_file", "X509_get_default_cert_dir"):
+        function = getattr(crypto, name)
+        function.restype = ctypes.c_char_p
+        bundled.append(function().decode())
+    system = ssl.get_default_verify_paths()
+    if not os.path.isfile(system.openssl_cafile):
+        pytest.skip(f"this machine has no system CA file ({system.openssl_cafile}) to find")
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    cfg = PostgresSettings(host="db.postgres.database.azure.com", sslmode=sslmode, sslrootcert=sslrootcert)
+    trusted = conninfo_to_dict(cfg.conninfo())["sslrootcert"]
+    assert os.path.isfile(trusted) and os.path.samefile(trusted, system.openssl_cafile), (
+        f"sslrootcert=system reaches libpq as {trusted!r}: psycopg-binary's OpenSSL then loads {bundled}, which do "
+        f"not exist, so no CA is trusted; the system's store is {system.openssl_cafile}")
+
+
+# --- 8. PostgreSQL: a Key Vault password is only sent to a server whose host name was checked --------------
 
 def test_a_vault_password_is_never_sent_to_an_unchecked_host_name(secured_postgres: LocalPostgres,
                                                                   local_ca: LocalCA) -> None:

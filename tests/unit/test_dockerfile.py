@@ -154,6 +154,16 @@ def test_the_image_limits_malloc_arenas_as_the_dev_host_does() -> None:
         assert "MALLOC_ARENA_MAX" not in path.read_text(encoding="utf-8"), path.name
 
 
+def test_the_image_points_openssl_at_the_debian_ca_store() -> None:
+    """psycopg[binary]'s libpq brings its own OpenSSL, whose default CA locations (what ``sslrootcert=system``
+    loads, and the production ConfigMap uses it) do not exist in the image: only ``SSL_CERT_FILE`` and
+    ``SSL_CERT_DIR`` make it load the base image's Debian store (tests/integration/test_secrets_and_tls.py
+    shows both halves against a real libpq)."""
+    envs = DockerfileParser(str(ROOT / "Dockerfile")).envs
+    assert envs.get("SSL_CERT_FILE") == "/etc/ssl/certs/ca-certificates.crt"
+    assert envs.get("SSL_CERT_DIR") == "/etc/ssl/certs"
+
+
 def test_no_secret_is_baked_into_the_image() -> None:
     text = " ".join(value for instruction, value in instructions() if instruction in ("ENV", "ARG", "LABEL"))
     for marker in ("AccountKey=", "SharedAccessKey=", "PASSWORD", "AzureWebJobsStorage=", "EventHubConnection"):

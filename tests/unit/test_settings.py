@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from pathlib import Path
 
 import pytest
@@ -275,9 +276,26 @@ def test_a_ca_bundle_must_be_a_file(variable: str, extra: dict[str, str], tmp_pa
     load_settings(dict(SAMPLE, **extra, **{variable: str(bundle)}))
 
 
-def test_postgres_may_verify_with_the_system_certificate_authorities():
+def test_postgres_may_verify_with_the_system_certificate_authorities(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch):
+    # libpq would load psycopg-binary's own OpenSSL's CA locations for `system`, which exist nowhere: the
+    # conninfo names the system's CA file instead, as Python's ssl finds it (SSL_CERT_FILE first)
+    bundle = tmp_path / "ca-certificates.crt"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
     settings = load_settings(dict(SAMPLE, SLUICE_POSTGRES_SSLMODE="verify-full", SLUICE_POSTGRES_SSLROOTCERT="system"))
-    assert "sslrootcert=system" in settings.postgres.conninfo()
+    assert str(settings.postgres.sslrootcert) == "system"
+    assert f"sslrootcert={bundle}" in settings.postgres.conninfo()
+    nowhere = ssl.DefaultVerifyPaths(None, None, "SSL_CERT_FILE", "/nowhere/cert.pem", "SSL_CERT_DIR", "/nowhere")
+    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: nowhere)
+    assert "sslrootcert=system" in settings.postgres.conninfo()  # no CA file found: libpq's own `system`
+
+
+@pytest.mark.parametrize("mode", ["require", "verify-ca"])
+def test_the_system_certificate_authorities_need_a_host_name_check(mode: str):
+    # any customer of a public CA holds a certificate it signed: libpq too refuses `system` below verify-full
+    with pytest.raises(ConfigurationError, match=f"SLUICE_POSTGRES_SSLROOTCERT=system .* \\(not {mode}\\)"):
+        load_settings(dict(SAMPLE, SLUICE_POSTGRES_SSLMODE=mode, SLUICE_POSTGRES_SSLROOTCERT="system"))
 
 
 def test_a_ca_bundle_that_would_go_unused_is_refused(tmp_path: Path):
