@@ -1,15 +1,15 @@
 """``deadletter``: list dead letters, and replay them into the pipeline once the cause is fixed.
 
-A whole batch is dead-lettered when the event store stayed unavailable through
-every retry; replaying it once Cassandra is back stores it (writes are
-idempotent, so events that did get stored are not duplicated). A rejected item
-is replayed the same way after a fix (for example raised limits); if it is still
-invalid it stays where it is, with its reason (a letter of the older per-element
-shape is then replaced by the one letter of its body, which the replay wrote). Each dead letter that replays
-cleanly moves under ``replayed/``. A blob that cannot be read as a dead letter is
-named on stderr and left where it is; the others are listed or replayed, and the
-exit status is 1. A replay records nothing in the audit ledger
-(``bootstrap.replay_ingest_service``): the letters' records are accounted for
+A whole batch is dead-lettered when the event store stayed unavailable through every retry; replaying it once
+Cassandra is back stores it (writes are idempotent, so events that did get stored are not duplicated). A
+rejected item is replayed the same way after a fix (for example raised limits); if it is still invalid it
+stays where it is, with its reason (a letter of the older per-element shape is then replaced by the one letter
+of its body, which the replay wrote). Each other dead letter moves under ``replayed/`` once the store took it,
+a batch letter too when some of its items are still invalid: those now have rejected letters of their own. The
+summary counts each letter once (replayed, still invalid, store failing or unreadable) and, on a line of its
+own, the items the replay dead-lettered as rejected. A blob that cannot be read as a dead letter is named on
+stderr and left where it is; the others are listed or replayed, and the exit status is 1. A replay records
+nothing in the audit ledger (``bootstrap.replay_ingest_service``): the letters' records are accounted for
 there already, and a replayed record's own run would overwrite its batch's.
 """
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         return 1 if unreadable else 0
 
     service = bootstrap.replay_ingest_service()  # no audit run: each letter's records are accounted for already
-    replayed = kept = failed = 0
+    replayed = kept = failed = rejected = 0  # each letter counts in one of the first three (or as unreadable)
     for letter in sink.read(args.kind):
         if isinstance(letter, UnreadableLetter):  # left where it is, for someone to look at
             unreadable += 1
@@ -63,12 +63,15 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             logger.warning("%s: the event store is still failing, kept: %s: %s", letter.name, type(exc).__name__, exc)
             continue
-        if result.rejected:
+        rejected += result.rejected
+        if result.rejected and letter.kind == "rejected" and not letter.per_element:
             kept += 1
             logger.info("%s: %d items still invalid, kept", letter.name, result.rejected)
-            if letter.kind == "rejected" and not letter.per_element:
-                continue  # an older per-element letter moves on: the replay wrote its body's one letter
+            continue
+        if result.rejected:  # a batch letter or an older per-element letter: the replay wrote their rejected letter
+            logger.info("%s: %d items still invalid, dead-lettered as rejected", letter.name, result.rejected)
         sink.mark_replayed(letter.name)
         replayed += 1
     print(f"replayed {replayed}, still invalid {kept}, store failing {failed}, unreadable {unreadable}")
+    print(f"{rejected} item{'' if rejected == 1 else 's'} re-dead-lettered as rejected")
     return 1 if failed or unreadable else 0

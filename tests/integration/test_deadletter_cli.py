@@ -8,8 +8,10 @@ from collections.abc import Callable
 import pytest
 from azure.storage.blob import BlobServiceClient
 
+from shared import bootstrap
+from shared.domain.events import EventMetadata
 from sluice.__main__ import main
-from tests.integration.test_ingest import Hub, event, ingest  # noqa: F401 (fixture)
+from tests.integration.test_ingest import NOW, Hub, event, ingest  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -74,5 +76,35 @@ def test_an_array_bodys_bad_elements_are_one_letter_and_older_per_element_letter
         "original_base64": letter["original_base64"]}).encode())
     container.delete_blob(name)
     assert main(["deadletter", "replay", "--kind", "rejected"]) == 0
-    assert "replayed 1, still invalid 1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "replayed 1, still invalid 0" in out and "4 items re-dead-lettered as rejected" in out
     assert sorted(b.name for b in container.list_blobs()) == sorted([name, "replayed/" + older])
+
+
+def test_a_batch_letter_with_an_item_still_invalid_counts_once_as_replayed(
+    ingest: Callable[..., None], azurite_connection_string: str,  # noqa: F811
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A whole-batch letter whose record still holds an invalid element is stored and moves under ``replayed/``;
+    the invalid element gets a rejected letter of its own. The summary counts the batch letter once, as replayed,
+    and the item on its own line, so the letter figures add up to the letters there were and "still invalid"
+    names only letters that are still where they were."""
+    import json
+
+    body = [event("dev-1"), 1]  # a valid element and an invalid one, in one record of a dead-lettered batch
+    meta = EventMetadata(partition_id="0", offset="1000", sequence_number=1, enqueued_time=NOW, partition_key=None)
+    bootstrap.dead_letter_sink().put_batch([(json.dumps(body).encode(), meta)], "event store unavailable: test")
+    container = BlobServiceClient.from_connection_string(azurite_connection_string).get_container_client(
+        ingest.container)  # type: ignore[attr-defined]
+    [letter] = [b.name for b in container.list_blobs()]
+    assert letter.startswith("batches/")
+
+    code = main(["deadletter", "replay", "--kind", "batch"])
+
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "replayed 1, still invalid 0, store failing 0, unreadable 0" in out, out
+    assert "1 item re-dead-lettered as rejected" in out, out
+    names = sorted(b.name for b in container.list_blobs())
+    assert "replayed/" + letter in names and letter not in names
+    assert [name for name in names if name.startswith("rejected/")] != []
