@@ -2,9 +2,15 @@
 
 Each migration is a list of CQL statements that are safe to run again
 (``IF NOT EXISTS``) and of columns added only where missing; applied versions
-are recorded in ``schema_migrations``, so a second run does nothing. The keyspace and the time-bucket layout come from
-settings; the layout is recorded in ``sluice_meta`` at the first migration and a
-later run with a different layout is refused, because readers would miss rows.
+are recorded in ``schema_migrations``, each only after its step succeeded, so a second run does nothing. The
+keyspace and the time-bucket layout come from settings; the layout is recorded in ``sluice_meta`` at the first
+migration and a later run with a different layout is refused, because readers would miss rows.
+
+Two runners may apply the same migration at once (two deployments' migrate Jobs, a CLI run beside the Job), and
+there is no lock: each step tolerates having been done by the other meanwhile. A keyspace, table or column the
+server refuses to create because it now exists, with the intended type, counts as created (what exists is read
+again after the error; the error's text is not matched), and the layout is recorded with a lightweight
+transaction, so of two first runs with different layouts one records its own and the other is refused.
 Nothing here runs at import time. The tables are explained in docs/data-model.md.
 """
 
@@ -12,11 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from cassandra import ConfigurationException, InvalidRequest
 from cassandra.cluster import Session
 
+from shared.adapters.cassandra.query import applied
 from shared.exceptions import ConfigurationError
 from shared.settings import CassandraSettings
 
@@ -124,6 +133,11 @@ MIGRATIONS: tuple[Migration, ...] = (
 # (SLUICE_CASSANDRA_REQUEST_TIMEOUT_SECONDS, 10 s) is too short for it on a busy server.
 DDL_TIMEOUT_SECONDS = 60.0
 
+# What a server answers a schema change that conflicts with the schema as it now is (Cassandra: InvalidRequest for
+# an existing column, AlreadyExists, a ConfigurationException, for an existing keyspace or table).
+SCHEMA_CONFLICTS = (InvalidRequest, ConfigurationException)
+_CREATE = re.compile(r"CREATE (KEYSPACE|TABLE) IF NOT EXISTS (\w+)(?:\.(\w+))?")
+
 
 def apply_migrations(session: Session, settings: CassandraSettings) -> list[int]:
     """Create the keyspace and apply every migration not yet applied; returns the versions applied now."""
@@ -132,7 +146,7 @@ def apply_migrations(session: Session, settings: CassandraSettings) -> list[int]
     timeout = max(DDL_TIMEOUT_SECONDS, settings.request_timeout_seconds)
 
     def ddl(statement: str) -> None:
-        session.execute(statement, timeout=timeout)
+        _create(session, statement, timeout=timeout)
 
     ddl(f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}")
     ddl(f"CREATE TABLE IF NOT EXISTS {ks}.schema_migrations "
@@ -140,38 +154,90 @@ def apply_migrations(session: Session, settings: CassandraSettings) -> list[int]
     ddl(f"CREATE TABLE IF NOT EXISTS {ks}.sluice_meta (key text PRIMARY KEY, value text)")
     _check_layout(session, settings)
     done = {row.version for row in session.execute(f"SELECT version FROM {ks}.schema_migrations")}
-    applied = []
+    applied_now = []
     for migration in MIGRATIONS:
         if migration.version in done:
             continue
         for statement in migration.statements:
             ddl(statement.format(ks=ks))
         for table, column, cql_type in migration.columns:
-            if column not in _columns(session, ks, table):
-                ddl(f"ALTER TABLE {ks}.{table} ADD {column} {cql_type}")
+            _add_column(session, ks, table, column, cql_type, timeout=timeout)
         session.execute(
             f"INSERT INTO {ks}.schema_migrations (version, description, applied_at) VALUES (%s, %s, %s)",
             (migration.version, migration.description, datetime.now(UTC)),
         )
         logger.info("applied Cassandra migration %d: %s", migration.version, migration.description)
-        applied.append(migration.version)
-    return applied
+        applied_now.append(migration.version)
+    return applied_now
 
 
-def _columns(session: Session, keyspace: str, table: str) -> set[str]:
-    rows = session.execute("SELECT column_name FROM system_schema.columns WHERE keyspace_name = %s AND table_name = %s",
-                           (keyspace, table))
-    return {row.column_name for row in rows}
+def _create(session: Session, statement: str, *, timeout: float) -> None:
+    """Run a schema statement; a ``CREATE ... IF NOT EXISTS`` refused because another runner created the same
+    keyspace or table meanwhile counts as done, when the keyspace or table does exist once read again."""
+    try:
+        session.execute(statement, timeout=timeout)
+    except SCHEMA_CONFLICTS:
+        created = _CREATE.match(statement)
+        if created is None:
+            raise
+        kind, keyspace, table = created.groups()
+        if not _exists(session, kind, keyspace, table):
+            raise
+        logger.info("%s %s was created by another runner meanwhile", kind.lower(), created.group(0).split()[-1])
+
+
+def _exists(session: Session, kind: str, keyspace: str, table: str | None) -> bool:
+    if kind == "KEYSPACE":
+        return session.execute("SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s",
+                               (keyspace,)).one() is not None
+    return session.execute("SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s AND table_name = %s",
+                           (keyspace, table)).one() is not None
+
+
+def _add_column(session: Session, keyspace: str, table: str, column: str, cql_type: str, *, timeout: float) -> None:
+    """Add ``column`` where ``table`` lacks it. Added by another runner between the check and the ``ALTER``, it
+    counts as added when it is there with the intended type; with another type it is refused: readers would fail."""
+    present = _columns(session, keyspace, table)
+    if column not in present:
+        try:
+            session.execute(f"ALTER TABLE {keyspace}.{table} ADD {column} {cql_type}", timeout=timeout)
+            return
+        except SCHEMA_CONFLICTS:
+            present = _columns(session, keyspace, table)
+            if column not in present:
+                raise
+            logger.info("%s.%s.%s was added by another runner meanwhile", keyspace, table, column)
+    if _same_type(present[column], cql_type):
+        return
+    raise ConfigurationError(f"{keyspace}.{table}.{column} is of type {present[column]}; the migration adds it as "
+                             f"{cql_type}. Drop the column (or correct infra/cassandra-tables.json), then migrate "
+                             "again.")
+
+
+def _same_type(found: str, wanted: str) -> bool:
+    return found.replace(" ", "").lower() == wanted.replace(" ", "").lower()
+
+
+def _columns(session: Session, keyspace: str, table: str) -> dict[str, str]:
+    """The table's columns and their CQL types."""
+    rows = session.execute("SELECT column_name, type FROM system_schema.columns "
+                           "WHERE keyspace_name = %s AND table_name = %s", (keyspace, table))
+    return {row.column_name: row.type for row in rows}
 
 
 def _check_layout(session: Session, settings: CassandraSettings) -> None:
+    """Record the bucket layout the settings ask for, or refuse them when another one is recorded. The write is
+    conditional (``IF NOT EXISTS``): of two first runs started at once with different layouts, the one whose write
+    lost reads the other's back and is refused, where a read then a plain write let both pass."""
     ks = settings.keyspace
     wanted = json.dumps({"bucket_seconds": settings.bucket_seconds, "shards": settings.shards}, sort_keys=True)
+    if applied(session.execute(f"INSERT INTO {ks}.sluice_meta (key, value) VALUES ('bucket_layout', %s) "
+                               "IF NOT EXISTS", (wanted,))):
+        return
     row = session.execute(f"SELECT value FROM {ks}.sluice_meta WHERE key = 'bucket_layout'").one()
-    if row is None:
-        session.execute(f"INSERT INTO {ks}.sluice_meta (key, value) VALUES ('bucket_layout', %s)", (wanted,))
-    elif row.value != wanted:
+    recorded = None if row is None else row.value
+    if recorded != wanted:
         raise ConfigurationError(
-            f"keyspace {ks} was created with bucket layout {row.value}; settings ask for {wanted}. "
+            f"keyspace {ks} was created with bucket layout {recorded}; settings ask for {wanted}. "
             "Changing SLUICE_CASSANDRA_BUCKET_SECONDS or SLUICE_CASSANDRA_SHARDS would hide existing rows."
         )
