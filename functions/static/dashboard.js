@@ -156,7 +156,9 @@
       node.textContent = values[node.dataset.tile];
       node.classList.toggle("down", Boolean(section));
       node.title = section ? problem(name, section)
-        : name === "lag" && s.lag && s.lag.status === "not_configured" ? "no lag reader is configured" : "";
+        : name === "lag" && s.lag && s.lag.status === "not_configured" ? "no lag reader is configured"
+        : name === "lag" && s.lag && s.lag.unreadable
+          ? "KEDA cannot read the checkpoint of partition " + Object.keys(s.lag.unreadable).join(", ") : "";
     }
     document.getElementById("updated").textContent = "updated " + when(s.generated_at);
     showProblems(Object.keys(SECTION_LABEL).filter((name) => failed(s[name])).map((name) => problem(name, s[name])));

@@ -108,9 +108,10 @@ class EventHubBlobLagReader:
                 props["last_enqueued_sequence_number"],
             )
             checkpoint = None if source.strategy != STRATEGY or last == -1 else self._checkpoint(pid)
+            error = None
             if isinstance(checkpoint, str):
                 scaler_error = scaler_error or checkpoint
-                checkpoint = None
+                error, checkpoint = checkpoint, None
             if last == -1:
                 count = 0
             elif checkpoint is None:
@@ -118,7 +119,7 @@ class EventHubBlobLagReader:
                 missing.append(pid)
             else:
                 count = unprocessed_events(last, checkpoint, source.stale_threshold)
-            partitions.append(PartitionLag(pid, beginning, last, checkpoint, count))
+            partitions.append(PartitionLag(pid, beginning, last, checkpoint, count, error))
         notes: list[str] = []
         if missing and source.strategy == STRATEGY:
             misplaced = self._misplaced(missing)
@@ -210,6 +211,9 @@ class CachedPartitionLag:
 
     A reading opens one management connection per partition, so every pod's status
     page shares the cost of one reading every few seconds whatever the page traffic.
+    A partition whose checkpoint KEDA cannot read is left out of :meth:`lag` (KEDA
+    counts nothing there; the reader's count of every retained event would be a false,
+    growing lag) and named by :meth:`unreadable`.
     """
 
     def __init__(self, reader: PartitionLagReader, *, max_age: float = 5.0,
@@ -217,22 +221,35 @@ class CachedPartitionLag:
         self._reader = reader
         self._max_age = max_age
         self._monotonic = monotonic
-        self._lock = threading.Lock()
-        self._last: tuple[float, dict[str, int] | DependencyUnavailable] | None = None
+        self._reading = threading.Lock()  # one reading at a time: callers behind it take its result
+        self._lock = threading.Lock()  # the last result only, never held through a read
+        self._last: tuple[float, LagReading | DependencyUnavailable] | None = None
 
     def lag(self) -> dict[str, int]:
         """Unprocessed events per partition; a failed reading is remembered as long as a good one would be."""
-        with self._lock:
-            if self._last is None or self._monotonic() - self._last[0] >= self._max_age:
+        with self._reading:
+            with self._lock:
+                last = self._last
+            if last is None or self._monotonic() - last[0] >= self._max_age:
                 try:
-                    reading = self._reader.read()
-                    self._last = (self._monotonic(), {p.partition_id: p.unprocessed for p in reading.partitions})
+                    reading: LagReading | DependencyUnavailable = self._reader.read()
                 except DependencyUnavailable as exc:
-                    self._last = (self._monotonic(), exc)
-            result = self._last[1]
+                    reading = exc
+                last = (self._monotonic(), reading)
+                with self._lock:
+                    self._last = last
+        result = last[1]
         if isinstance(result, DependencyUnavailable):
             raise result
-        return result
+        return {p.partition_id: p.unprocessed for p in result.partitions if p.checkpoint_error is None}
+
+    def unreadable(self) -> dict[str, str]:
+        """Partition -> why KEDA cannot read its checkpoint, from the last reading :meth:`lag` made (never reads)."""
+        with self._lock:
+            result = None if self._last is None else self._last[1]
+        if not isinstance(result, LagReading):
+            return {}
+        return {p.partition_id: p.checkpoint_error for p in result.partitions if p.checkpoint_error is not None}
 
 
 def host_checkpoint_source(eventhub: str, consumer_group: str, *, connection_string: str | None,

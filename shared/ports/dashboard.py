@@ -78,7 +78,12 @@ class CriticalStream(Protocol):
 
 class LagReader(Protocol):
     def lag(self) -> dict[str, int] | None:
-        """Events not yet processed per Event Hubs partition; ``None`` when no reader is configured."""
+        """Events not yet processed per Event Hubs partition; ``None`` when no reader is configured.
+
+        A partition whose checkpoint the autoscaler cannot read is left out (it counts nothing there)."""
+
+    def unreadable(self) -> dict[str, str]:
+        """Partition -> why the autoscaler cannot read its checkpoint, from the last :meth:`lag` reading."""
 
 
 @dataclass(frozen=True, slots=True)

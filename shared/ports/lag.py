@@ -18,6 +18,9 @@ class PartitionLag:
 
     ``checkpoint_sequence_number`` is ``None`` when the scaler found no checkpoint
     (it then counts every retained event); ``unprocessed`` is the scaler's count.
+    ``checkpoint_error`` says why the scaler cannot read the checkpoint blob (no
+    numeric ``sequencenumber``): the scaler then fails and counts nothing, so
+    ``unprocessed`` (every retained event) is no figure to report as a lag.
     """
 
     partition_id: str
@@ -25,6 +28,7 @@ class PartitionLag:
     last_enqueued_sequence_number: int
     checkpoint_sequence_number: int | None
     unprocessed: int
+    checkpoint_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

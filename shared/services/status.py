@@ -161,6 +161,10 @@ class StatusService:
         lag = self._lag.lag()
         if lag is None:
             return {"status": "not_configured", "partitions": None, "total": None}
+        unreadable = self._lag.unreadable()
+        if unreadable:  # KEDA's scaler fails on these checkpoints: no count of theirs is a lag
+            return {"status": "checkpoint_unreadable", "partitions": lag, "total": sum(lag.values()),
+                    "unreadable": unreadable}
         return {"status": "ok", "partitions": lag, "total": sum(lag.values())}
 
     def _dependencies(self) -> dict[str, Any]:
@@ -229,3 +233,6 @@ class NoLagReader:
 
     def lag(self) -> dict[str, int] | None:
         return None
+
+    def unreadable(self) -> dict[str, str]:
+        return {}

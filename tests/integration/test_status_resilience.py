@@ -198,6 +198,9 @@ class _Lag:
     def lag(self):
         return {"0": 0}
 
+    def unreadable(self):
+        return {}
+
 
 def _health():
     return True, {"status": "ok", "dependencies": {"redis": {"status": "up", "latency_ms": 0.1}}}

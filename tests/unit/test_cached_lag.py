@@ -41,3 +41,18 @@ def test_a_failed_reading_is_remembered_for_max_age_then_read_again() -> None:
     now[0] = 5.0
     assert lag.lag() == {"0": 3, "1": 0}
     assert reader.reads == 2
+
+
+def test_a_partition_whose_checkpoint_keda_cannot_read_is_named_and_not_counted() -> None:
+    """KEDA's scaler fails on a checkpoint blob without a numeric ``sequencenumber`` and counts nothing there; the
+    reader's count for it (every retained event, as if never checkpointed) would be a false lag that grows with
+    every event, on the gauge, the status page and the lag alert. So the partition is left out of ``lag`` and
+    ``unreadable`` names it with the reason, from the same reading."""
+    error = "azure-webjobs-eventhub/ns/hub/sluice/checkpoint/0 has no 'sequencenumber' metadata (keys: ['offset'])"
+    reader = ScriptedReader(LagReading((PartitionLag("0", 0, 4, None, 5, error), PartitionLag("1", 0, 3, 3, 0)),
+                                       scaler_error=error))
+    lag = CachedPartitionLag(reader, max_age=5.0, monotonic=lambda: 0.0)
+    assert lag.unreadable() == {}  # nothing read yet, and it never reads
+    assert lag.lag() == {"1": 0}
+    assert lag.unreadable() == {"0": error}
+    assert reader.reads == 1

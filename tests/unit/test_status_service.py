@@ -41,7 +41,7 @@ class Fixed:
         self.__dict__.update(values)
 
 
-def service(arrivals: Arrivals, *, feed=None, dead=(0, False), redis_down=False) -> StatusService:
+def service(arrivals: Arrivals, *, feed=None, dead=(0, False), redis_down=False, lag=None) -> StatusService:
     def hit_rate():
         if redis_down:
             raise DependencyUnavailable("redis", "INFO stats failed: ConnectionError")
@@ -50,7 +50,7 @@ def service(arrivals: Arrivals, *, feed=None, dead=(0, False), redis_down=False)
     return StatusService(
         arrivals, Fixed(change_feed=lambda: feed), Fixed(enrichment=lambda: Position(NOW - timedelta(minutes=7), NOW)),
         Fixed(count_since=lambda since, cap: dead), Fixed(hit_rate=hit_rate), Fixed(recent=lambda limit: []),
-        NoLagReader(), lambda: (True, {"dependencies": {"redis": {"status": "up"}}}), cache_seconds=0,
+        lag or NoLagReader(), lambda: (True, {"dependencies": {"redis": {"status": "up"}}}), cache_seconds=0,
         clock=lambda: NOW)
 
 
@@ -64,6 +64,15 @@ def test_counts_the_last_minute_and_five_minutes_from_bucket_reads() -> None:
     assert body["change_feed"]["staleness_seconds"] == 3.0 and body["change_feed"]["freshness_seconds"] == 8.0
     assert body["enrichment"]["freshness_seconds"] == 420.0
     assert body["lag"] == {"status": "not_configured", "partitions": None, "total": None}
+
+
+def test_the_lag_section_names_the_partitions_whose_checkpoint_keda_cannot_read() -> None:
+    """A partition whose checkpoint KEDA's scaler cannot read is counted nowhere (no false lag) and the section says
+    so, naming it: the autoscaler is on its fallback replicas, which the lag figures alone would not show."""
+    why = "checkpoint/0 has no 'sequencenumber' metadata"
+    status = service(Arrivals([]), lag=Fixed(lag=lambda: {"1": 2}, unreadable=lambda: {"0": why}))
+    assert status.status()["lag"] == {"status": "checkpoint_unreadable", "partitions": {"1": 2}, "total": 2,
+                                      "unreadable": {"0": why}}
 
 
 def test_closed_buckets_are_read_once_and_each_read_is_bounded() -> None:
