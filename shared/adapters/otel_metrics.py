@@ -5,7 +5,8 @@ provider. Each method records a few points per batch, page or run (a sum per
 outcome, one histogram point, never one call per event) and annotates the current
 span; none raises: a failure is logged at most once a minute per kind. The gauges
 (change feed staleness, enrichment freshness, Event Hubs lag) are observable: the
-SDK calls them back on each collection. Set up by ``shared.telemetry``.
+SDK calls them back on each collection, and no callback waits on I/O (the lag is
+read on a thread of its own, ``RefreshedFigures``). Set up by ``shared.telemetry``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from opentelemetry import metrics, trace
 
+from shared.adapters.refreshed_figures import RefreshedFigures
 from shared.domain.events import Event, Rejected
 from shared.domain.stored import StoredEvent
 from shared.telemetry_names import BY_NAME, CONSUMER_GROUP, PARTITION
@@ -28,6 +30,11 @@ logger = logging.getLogger(__name__)
 SCOPE = "sluice"
 ERROR_LOG_INTERVAL = 60.0
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
+LOOKUP_SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+"""``sluice.lookup.duration``'s boundaries: a quantile is only as exact as its bucket is narrow, and the lookups'
+targets (docs/api.md) sit below ``SECONDS_BUCKETS``' first boundary."""
+LAG_PERIOD = 5.0
+"""Seconds between two readings of the Event Hubs lag for ``sluice.eventhub.lag``."""
 MAX_TRACED_IDS = 50
 """Most critical event ids one span lists (``sluice.critical.event_ids``)."""
 
@@ -80,10 +87,10 @@ class OtelMetrics:
             spec = BY_NAME[name]
             return meter.create_counter(spec.name, unit=spec.unit, description=spec.description)
 
-        def histogram(name: str) -> metrics.Histogram:
+        def histogram(name: str, buckets: Sequence[float] = SECONDS_BUCKETS) -> metrics.Histogram:
             spec = BY_NAME[name]
             return meter.create_histogram(spec.name, unit=spec.unit, description=spec.description,
-                                          explicit_bucket_boundaries_advisory=SECONDS_BUCKETS)
+                                          explicit_bucket_boundaries_advisory=buckets)
 
         def gauge(name: str, callback: Callable[[Any], list[metrics.Observation]]) -> None:
             spec = BY_NAME[name]
@@ -101,7 +108,7 @@ class OtelMetrics:
         self._enrich_duration = histogram("sluice.enrich.duration")
         self._throttled = counter("sluice.cassandra.throttled")
         self._lookups = counter("sluice.lookup.requests")
-        self._lookup_duration = histogram("sluice.lookup.duration")
+        self._lookup_duration = histogram("sluice.lookup.duration", LOOKUP_SECONDS_BUCKETS)
         self._newest_applied: datetime | None = None
         self._watermark: datetime | None = None
         gauge("sluice.changefeed.staleness", self._staleness)
@@ -203,21 +210,25 @@ class OtelMetrics:
         except Exception as exc:
             telemetry_failed("recording a lookup", exc)
 
-    def register_lag_gauge(self, lag: Callable[[], Mapping[str, int]], consumer_group: str) -> None:
-        """``sluice.eventhub.lag`` per partition from ``lag`` (e.g. ``CachedPartitionLag.lag``), on each collection.
+    def register_lag_gauge(self, lag: Callable[[], Mapping[str, int]], consumer_group: str, *,
+                           period: float = LAG_PERIOD) -> None:
+        """``sluice.eventhub.lag`` per partition from ``lag`` (e.g. ``CachedPartitionLag.lag``), read every ``period``.
 
-        A failed reading reports no point for that collection (no point is better
-        than a false 0) and is logged at most once a minute.
+        ``lag`` runs on a thread of its own (``RefreshedFigures``), never in the
+        collection: an unreachable namespace (its SDK retries for about 12 s) must
+        not hold the scrape of every other instrument. Each collection reports the
+        last reading, if it ended less than three periods ago; a failed reading
+        reports no point (no point is better than a false 0) and is logged at most
+        once a minute.
         """
         spec = BY_NAME["sluice.eventhub.lag"]
+        figures = RefreshedFigures(lag, name="eventhub-lag", period=period,
+                                   failed=lambda exc: telemetry_failed("reading the Event Hubs lag", exc))
 
         def observe(_options: Any) -> list[metrics.Observation]:
-            try:
-                return [metrics.Observation(count, {PARTITION: partition, CONSUMER_GROUP: consumer_group})
-                        for partition, count in lag().items()]
-            except Exception as exc:
-                telemetry_failed("reading the Event Hubs lag", exc)
-                return []
+            return [metrics.Observation(count, {PARTITION: partition, CONSUMER_GROUP: consumer_group})
+                    for partition, count in figures.latest().items()]
 
         self._meter.create_observable_gauge(spec.name, callbacks=[observe], unit=spec.unit,
                                             description=spec.description)
+        figures.start()

@@ -8,16 +8,28 @@ number and lag, and the replicas KEDA would ask for with the manifest's threshol
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 from azure.eventhub.extensions.checkpointstoreblob import BlobCheckpointStore
 from azure.storage.blob import BlobServiceClient
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from shared.adapters.eventhub_lag import HOST_CHECKPOINT_CONTAINER, host_checkpoint_source
+from shared.adapters.eventhub_lag import (
+    HOST_CHECKPOINT_CONTAINER,
+    CachedPartitionLag,
+    EventHubBlobLagReader,
+    KedaCheckpointSource,
+    eventhub_client,
+    host_checkpoint_source,
+)
+from shared.adapters.otel_metrics import OtelMetrics
 from sluice.__main__ import main
 from tests.integration.test_doctor_keda import checkpoint, env, loaded_hub, scaled_object  # noqa: F401 (fixtures)
+from tests.unit.test_telemetry import collected
 
 
 def rows(out: str) -> dict[str, tuple[str, str, int, int]]:
@@ -69,6 +81,19 @@ def test_lag_reads_the_threshold_of_the_base_manifest(
     assert f"unprocessedEventThreshold {threshold}," in out and "total lag 49" in out, out
 
 
+def unreadable_checkpoint_on_partition_0(env: dict[str, str]) -> KedaCheckpointSource:  # noqa: F811
+    """Checkpoints of partitions 0 (at 29: caught up), 1 and 3, then partition 0's blob loses its position (a hand
+    edit, another tool's layout): metadata with an offset and no ``sequencenumber``."""
+    source = host_checkpoint_source(env["hub"], "sluice", connection_string=_connection(),
+                                    fully_qualified_namespace=None)
+    for partition, sequence in (("0", 29), ("1", 11), ("3", 6)):
+        checkpoint(env["storage"], HOST_CHECKPOINT_CONTAINER, env["hub"], partition, sequence,
+                   namespace=source.namespace)
+    with BlobServiceClient.from_connection_string(env["storage"]) as service:
+        service.get_blob_client(HOST_CHECKPOINT_CONTAINER, source.blob_name("0")).set_blob_metadata({"offset": "29"})
+    return source
+
+
 def _connection() -> str:
     import os
 
@@ -83,14 +108,7 @@ def test_lag_reports_a_checkpoint_keda_cannot_read_and_the_fallback_not_a_replic
     applies (shared/adapters/eventhub_lag.py): ``lag`` says so as ``doctor keda`` does ("KEDA's scaler fails ...",
     the fallback replicas) and exits 1; it does not count the partition as never checkpointed and present the
     replicas computed from that as what KEDA asks for."""
-    source = host_checkpoint_source(env["hub"], "sluice", connection_string=_connection(),
-                                    fully_qualified_namespace=None)
-    for partition, sequence in (("0", 29), ("1", 11), ("3", 6)):
-        checkpoint(env["storage"], HOST_CHECKPOINT_CONTAINER, env["hub"], partition, sequence,
-                   namespace=source.namespace)
-    # partition 0's checkpoint blob loses its position (a hand edit, another tool's layout)
-    with BlobServiceClient.from_connection_string(env["storage"]) as service:
-        service.get_blob_client(HOST_CHECKPOINT_CONTAINER, source.blob_name("0")).set_blob_metadata({"offset": "29"})
+    unreadable_checkpoint_on_partition_0(env)
 
     code = main(["lag", "--scaled-object", scaled_object(tmp_path, env["hub"], threshold=5, max_replicas=4),
                  "--eventhub", env["hub"], "--consumer-group", "sluice"])
@@ -100,3 +118,28 @@ def test_lag_reports_a_checkpoint_keda_cannot_read_and_the_fallback_not_a_replic
     assert "KEDA's scaler fails" in out and "sequencenumber" in out, out
     assert "replicas KEDA would use: 2 (fallback)" in out, out
     assert "replicas KEDA would ask for" not in out, out
+
+
+def test_the_lag_gauge_and_status_page_leave_out_a_checkpoint_keda_cannot_read(env: dict[str, str]) -> None:  # noqa: F811
+    """Where KEDA's scaler fails on a partition's checkpoint (its fallback applies), it counts nothing there; the
+    reader's own count (every retained event, as if never checkpointed) is no lag: on ``sluice.eventhub.lag`` it
+    would grow with every event and fire ``SluiceEventHubLagGrowing`` on a caught-up partition. So the gauge has
+    no point for the partition and the status page's lag reader names it as unreadable, while ``sluice lag``
+    (above) still reports the scaler's error."""
+    source = unreadable_checkpoint_on_partition_0(env)
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    with eventhub_client(env["hub"], "sluice", connection_string=_connection()) as hub, \
+            BlobServiceClient.from_connection_string(env["storage"]) as blobs:
+        lag = CachedPartitionLag(EventHubBlobLagReader(hub, blobs, source))
+        assert EventHubBlobLagReader(hub, blobs, source).read().scaler_error
+        OtelMetrics(provider).register_lag_gauge(lag.lag, "sluice", period=0.5)
+        deadline = time.monotonic() + 30
+        while len(points := collected(reader).get("sluice.eventhub.lag", {})) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        provider.shutdown()
+    by_partition = {dict(attrs)["messaging.destination.partition.id"]: value for attrs, value in points.items()}
+    # 30 sent to partition 0 and its checkpoint unreadable; 1 checkpointed at 11 of 11; 2 empty; 3 at 6 of 6.
+    assert by_partition == {"1": 0, "2": 0, "3": 0}, by_partition
+    unreadable = lag.unreadable()  # what the status page's lag section names (tests/unit/test_status_service.py)
+    assert list(unreadable) == ["0"] and "sequencenumber" in unreadable["0"], unreadable
