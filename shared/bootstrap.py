@@ -101,6 +101,8 @@ def start_worker() -> None:
     loaded = settings()
     runtime.configure(loaded.worker)
     start_telemetry(loaded.telemetry)
+    if _hosts_status_route():
+        export_lag()
 
 
 # How often a worker that could not read the Application Insights connection string tries again.
@@ -145,14 +147,15 @@ def _retry_telemetry_in(seconds: float, cfg: TelemetrySettings) -> None:
 
 
 def _retry_telemetry(cfg: TelemetrySettings, seconds: float) -> None:
-    """The timer's try: set telemetry up, and the ingest worker's lag gauge if its service was built meanwhile."""
+    """The timer's try: set telemetry up, and the lag gauge if this process exports it (:func:`export_lag`)."""
     try:
         if not start_telemetry(cfg, retry_seconds=seconds):
             return
         logger.info("telemetry: set up after the Application Insights connection string could be read")
-        telemetry = _telemetry()
-        if ingest_service.cache_info().currsize and telemetry.active().enabled:
-            _register_lag_gauge(telemetry.active().metrics, settings().ingest.consumer_group)
+        with _lock:
+            wanted = _lag_export == "wanted"
+        if wanted:
+            export_lag()
     except Exception:  # on a timer thread: nothing else would report it
         logger.warning("telemetry: setting it up failed; the worker runs without telemetry", exc_info=True)
 
@@ -270,11 +273,12 @@ def postgres_pool() -> ConnectionPool:
 
 def reset() -> None:
     """Close and forget every cached client, service and the settings (tests, or a changed environment)."""
-    global _telemetry_retry
+    global _telemetry_retry, _lag_export
     with _lock:
         if _telemetry_retry is not None:  # a pending retry of the telemetry set-up belongs to the old settings
             _telemetry_retry.cancel()
             _telemetry_retry = None
+        _lag_export = "no"
     closers: tuple[tuple[functools._lru_cache_wrapper[Any], Callable[[Any], object]], ...] = (
         (cassandra_session, lambda s: s.cluster.shutdown()), (postgres_pool, lambda p: p.close()),
         (redis_client, lambda r: r.close()), (redis_async_connection, lambda r: r.close()),
@@ -286,7 +290,7 @@ def reset() -> None:
             except Exception:  # closing is best effort; the client is forgotten either way
                 logger.warning("closing %s failed", cached.__name__, exc_info=True)
     for cached in (settings, start_worker, keyvault, cassandra_session, blob_service, redis_client,
-                   redis_async_connection, postgres_pool, *_services):
+                   redis_async_connection, postgres_pool, lag_reader, *_services):
         cached.cache_clear()
 
 
@@ -320,8 +324,6 @@ def _ingest_service(*, audit: bool) -> IngestService:
     cfg = settings()
     store = LazyEventStore(lambda: CassandraEventStore(cassandra_session(), cfg.cassandra, cfg.rules.critical_rules))
     telemetry = _telemetry()
-    if telemetry.active().enabled:
-        _register_lag_gauge(telemetry.active().metrics, cfg.ingest.consumer_group)
     # Half the allowed lateness: an event stored later than the whole of it after its enqueue could escape
     # enrichment's late scan; the other half is room for the clocks of Event Hubs, ingest and enrichment.
     return IngestService(store, dead_letter_sink(), cfg.ingest.limits(),
@@ -434,13 +436,46 @@ def _host_eventhub() -> tuple[KedaCheckpointSource, EventHubConsumerClient, Even
     return source, hub, EventHubSequenceAtTime(reader) if separate else None
 
 
-def _register_lag_gauge(metrics: Any, consumer_group: str) -> None:
-    """``sluice.eventhub.lag`` from the ingest worker, read at most every few seconds (``CachedPartitionLag``)."""
+# Whether this process exports sluice.eventhub.lag: "no", "wanted" (telemetry not set up yet), "exported".
+_lag_export = "no"
+STATUS_FUNCTION = "status"
+FUNCTIONS_SETTING = "azurefunctionsjobhost__functions__"
+
+
+def _hosts_status_route() -> bool:
+    """Whether this process serves the status route: the host runs every function unless
+    ``AzureFunctionsJobHost__functions__N`` lists some, as each Deployment of ``k8s-keda/`` does."""
+    import os
+
+    listed = {value.lower() for name, value in os.environ.items() if name.lower().startswith(FUNCTIONS_SETTING)}
+    return not listed or STATUS_FUNCTION in listed
+
+
+def export_lag() -> None:
+    """Export ``sluice.eventhub.lag`` from this process, once: called when a process serving the status route starts.
+
+    The lookups Deployment, which serves it, always runs (2+ replicas), while ingest
+    scales to zero (``minReplicaCount: 0``): the lag must come from a process that is
+    up exactly when KEDA fails to wake ingest. Only these processes export it, so the
+    pods do not add up to a multiple of it (each lookups pod reports the same reading:
+    the dashboards and alerts take the max per partition). The gauge shares the status
+    route's ``CachedPartitionLag``. Telemetry set up later (:func:`_retry_telemetry`)
+    registers it then. A gauge that cannot be set up is logged, never raised.
+    """
+    global _lag_export
+    telemetry = _telemetry()
+    with _lock:
+        if _lag_export == "exported":
+            return
+        enabled = telemetry.active().enabled
+        _lag_export = "exported" if enabled else "wanted"
+    if not enabled:
+        return
     try:
-        lag = _lag_reader()
+        lag = lag_reader()
         if lag is not None:
-            metrics.register_lag_gauge(lag.lag, consumer_group)
-    except Exception:  # no lag gauge is no reason to stop ingest
+            telemetry.active().metrics.register_lag_gauge(lag.lag, settings().ingest.consumer_group)
+    except Exception:  # no lag gauge is no reason to fail the worker's start
         logger.warning("the sluice.eventhub.lag gauge is not exported", exc_info=True)
 
 
@@ -598,7 +633,7 @@ def status_service() -> StatusService:
         RedisCriticalStream(
             redis_client(), key_prefix=cfg.redis.key_prefix, stream_shards=cfg.redis.critical_stream_shards
         ),
-        _lag_reader() or NoLagReader(),
+        lag_reader() or NoLagReader(),
         _dependency_health(),
         cache_seconds=cfg.dashboard.status_cache_seconds,
         section_timeout=2 * timeout,
@@ -618,8 +653,11 @@ def _dependency_health() -> BlockingHealth:
                           timeout=timeout)
 
 
-def _lag_reader() -> CachedPartitionLag | None:
-    """The ingest hub's lag as KEDA reads it, from the host's own Event Hubs connection; ``None`` without one."""
+@built
+def lag_reader() -> CachedPartitionLag | None:
+    """The ingest hub's lag as KEDA reads it, from the host's own Event Hubs connection; ``None`` without one.
+
+    One per process: the status route and the ``sluice.eventhub.lag`` gauge share its readings."""
     from shared.adapters.eventhub_lag import CachedPartitionLag, EventHubBlobLagReader
 
     parts = _host_eventhub()

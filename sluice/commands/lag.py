@@ -9,8 +9,10 @@ ScaledObject (``k8s-keda/ingest.yaml`` by default).
 Where ``doctor keda`` reads the checkpoints where the *ScaledObject* says KEDA
 looks, this reads them where the *host* writes them (the container
 ``azure-webjobs-eventhub`` under the connection's namespace), the same reading the
-worker exports as ``sluice.eventhub.lag``. Connections: ``EventHubConnection`` (or
-``EventHubConnection__fullyQualifiedNamespace``) and ``AzureWebJobsStorage``; the
+lookups pods export as ``sluice.eventhub.lag`` (which leaves out a partition whose
+checkpoint KEDA cannot read, where this prints the scaler's error). Connections:
+``EventHubConnection`` (or ``EventHubConnection__fullyQualifiedNamespace``) and
+``AzureWebJobsStorage``; the
 hub and consumer group from ``SLUICE_INGEST_EVENTHUB_NAME`` and
 ``SLUICE_INGEST_CONSUMER_GROUP``. Exit status 0, or 1 when KEDA's scaler cannot read
 a checkpoint (its fallback applies) or the checkpoints sit where KEDA would not find them.

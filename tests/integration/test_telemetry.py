@@ -27,10 +27,12 @@ from typing import Any
 
 import azure.functions as func
 import pytest
+import yaml
 from azure.core.exceptions import ResourceExistsError
 from azure.eventhub import EventData, EventHubProducerClient
 from azure.eventhub.extensions.checkpointstoreblob import BlobCheckpointStore
 from azure.storage.blob import BlobServiceClient
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -49,6 +51,7 @@ from tests.unit.test_telemetry import collected  # instrument name -> {attribute
 
 pytestmark = pytest.mark.timeout(120)
 
+ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime.now(UTC).replace(microsecond=0)
 PRODUCER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -149,9 +152,20 @@ def test_a_second_batch_adds_to_the_counters(ingest, in_memory) -> None:
     assert durations[frozenset({("messaging.destination.partition.id", "0")})] == 1
 
 
-# --- the lag gauge, from the ingest worker, over the real Event Hubs emulator and the host's checkpoints ---
+# --- the lag gauge, from the lookups' process, over the real Event Hubs emulator and the host's checkpoints ---
 
 SENT = {"0": 9, "1": 4, "2": 0, "3": 3}
+
+
+def lag_points(reader: InMemoryMetricReader, *, partitions: int, timeout: float = 30.0) -> dict[frozenset, Any]:
+    """``sluice.eventhub.lag``'s points once every partition has one: the lag is read on a thread of its own, so the
+    first collections may report none."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lag = collected(reader).get("sluice.eventhub.lag", {})
+        if len(lag) >= partitions or time.monotonic() > deadline:
+            return lag
+        time.sleep(0.2)
 
 
 def test_the_lag_gauge_is_last_enqueued_minus_checkpoint(isolated_eventhub: Any, azurite_connection_string: str,
@@ -185,14 +199,40 @@ def test_the_lag_gauge_is_last_enqueued_minus_checkpoint(isolated_eventhub: Any,
                                  "consumer_group": "sluice", "partition_id": partition, "sequence_number": sequence,
                                  "offset": str(sequence)})
     try:
-        bootstrap.ingest_service()  # the ingest worker registers the gauge
-        lag = collected(in_memory.reader)["sluice.eventhub.lag"]
+        bootstrap.status_service()  # the lookups' process registers the gauge with the status route
+        lag = lag_points(in_memory.reader, partitions=4)
     finally:
         bootstrap.reset()
     by_partition = {dict(attrs)["messaging.destination.partition.id"]: value for attrs, value in lag.items()}
     assert {dict(attrs)["messaging.consumer.group.name"] for attrs in lag} == {"sluice"}
     # 2 is empty; 3 has no checkpoint yet, so KEDA counts its 3 retained events
     assert by_partition == {"0": 6, "1": 0, "2": 0, "3": 3}
+
+
+def test_the_lookups_process_exports_the_lag_while_ingest_is_scaled_to_zero(
+        isolated_eventhub: Any, azurite_connection_string: str, monkeypatch: pytest.MonkeyPatch, in_memory) -> None:
+    """KEDA scales ingest to zero replicas (``minReplicaCount: 0``), so an ingest worker cannot be what exports
+    ``sluice.eventhub.lag``: at zero replicas, exactly when KEDA fails to wake ingest (operator down, a scaler
+    error, a quota), nothing would report a lag and ``SluiceEventHubLagGrowing`` / ``eventhub-lag-growing.kql``
+    would evaluate to no series. The lookups Deployment always runs (2+ replicas) and builds the status route
+    with the ingest hub's ``CachedPartitionLag``: building its services exports the lag."""
+    scaled = next(d for d in yaml.safe_load_all((ROOT / "k8s-keda" / "ingest.yaml").read_text())
+                  if d and d.get("kind") == "ScaledObject")
+    assert scaled["spec"]["minReplicaCount"] == 0, "ingest no longer scales to zero: revisit who exports the lag"
+    for name, value in {"EventHubConnection": isolated_eventhub.connection_string,
+                        "AzureWebJobsStorage": azurite_connection_string,
+                        "SLUICE_INGEST_EVENTHUB_NAME": isolated_eventhub.name,
+                        "SLUICE_INGEST_CONSUMER_GROUP": "sluice", "SLUICE_CASSANDRA_HOSTS": "127.0.0.1",
+                        "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0", "SLUICE_POSTGRES_HOST": "127.0.0.1"}.items():
+        monkeypatch.setenv(name, value)
+    bootstrap.reset()
+    try:
+        bootstrap.status_service()  # the lookups pod's status route: it holds the ingest hub's lag reader
+        lag = lag_points(in_memory.reader, partitions=4)
+    finally:
+        bootstrap.reset()
+    assert sorted(dict(attrs)["messaging.destination.partition.id"] for attrs in lag) == ["0", "1", "2", "3"], (
+        f"no sluice.eventhub.lag from the lookups' process (collected: {sorted(collected(in_memory.reader))})")
 
 
 # --- faults: an unreachable collector costs an invocation nothing, and is logged at most once a minute ---
@@ -245,6 +285,55 @@ def test_an_unreachable_otlp_endpoint_never_blocks_an_invocation(ingest, collect
     failures = Counter(r.name for r in caplog.records if r.name.startswith("opentelemetry.exporter"))
     assert failures, "the exporters never reported their failures"
     assert max(failures.values()) == 1, failures  # one line per exporter per minute
+
+
+def test_an_unreachable_event_hubs_namespace_never_holds_a_prometheus_scrape(azurite_connection_string: str) -> None:
+    """The lag gauge's reading never runs inside the collection: against a namespace that refuses connections the
+    Event Hubs SDK retries for about 12 s, longer than Prometheus' default ``scrape_timeout`` of 10 s (the
+    PodMonitor sets none), and a callback that waited for it would fail the whole scrape, so every metric of the
+    pod (``sluice_ingest_events_total``, the dead letters, the audit) would vanish exactly during the outage. The
+    scrape answers at once with the other instruments, the lag simply missing."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from shared.adapters.eventhub_lag import (
+        CachedPartitionLag,
+        EventHubBlobLagReader,
+        eventhub_client,
+        host_checkpoint_source,
+    )
+    from shared.adapters.otel_metrics import OtelMetrics
+
+    scrape_timeout = 10.0
+    registry = CollectorRegistry()
+    provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
+    metrics = OtelMetrics(provider)
+    metrics.ingest_batch("0", stored=(), duplicates=1, rejected=(), store_failed=0, seconds=0.01,
+                         oldest_enqueued=None)
+    connection = (f"Endpoint=sb://127.0.0.1:{closed_port()};SharedAccessKeyName=RootManageSharedAccessKey;"
+                  "SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true")
+    source = host_checkpoint_source("telemetry", "sluice", connection_string=connection,
+                                    fully_qualified_namespace=None)
+    hub = eventhub_client("telemetry", "sluice", connection_string=connection)
+    blobs = BlobServiceClient.from_connection_string(azurite_connection_string)
+    metrics.register_lag_gauge(CachedPartitionLag(EventHubBlobLagReader(hub, blobs, source)).lag, "sluice")
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    bodies, elapsed = [], []
+    try:
+        for _ in range(3):  # the first scrape starts the reading, the next ones come while it retries
+            started = time.monotonic()
+            with urllib.request.urlopen(url, timeout=scrape_timeout) as response:
+                bodies.append(response.read().decode())
+            elapsed.append(time.monotonic() - started)
+            time.sleep(1.0)
+    finally:
+        server.shutdown()
+        thread.join(20)
+        hub.close()
+        blobs.close()
+        provider.shutdown()
+    assert max(elapsed) < 2.0, elapsed  # (a callback waiting on the SDK: 12 s, the scrape lost)
+    assert all("sluice_ingest_events_total" in body and "sluice_eventhub_lag{" not in body for body in bodies)
 
 
 def test_the_prometheus_endpoint_serves_the_instruments_under_their_derived_names() -> None:

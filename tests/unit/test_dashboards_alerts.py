@@ -115,6 +115,23 @@ def test_every_kql_alert_queries_an_instrument_of_sluice_and_matches_a_prometheu
         assert set(dimensions) <= attributes, f"{path.name}: {dimensions} not attributes of {names}"
 
 
+def test_the_lag_is_taken_as_the_max_over_the_pods_that_export_it_never_summed() -> None:
+    """Every lookups pod (2+ replicas) exports the same ``sluice_eventhub_lag`` reading (ingest scales to zero, so it
+    comes from the processes that stay up): each panel, rule and KQL alert reading it takes the max per partition,
+    as a sum would multiply the lag by the replica count."""
+    lag = BY_NAME["sluice.eventhub.lag"]
+    exprs = [expr for _, expr in dashboard_exprs()] + [rule["expr"] for rule in rules()]
+    reading = [expr for expr in exprs if lag.series[0] in expr]
+    assert reading, "no panel or rule reads the lag"
+    per_partition = re.compile(r"max by \(messaging_destination_partition_id\)")
+    for expr in reading:
+        assert not re.search(r"\bsum\b", expr), expr
+        assert expr.count(lag.series[0]) == len(per_partition.findall(expr)), expr
+    kql = [path.read_text(encoding="utf-8") for path in KQL.glob("*.kql")]
+    (alert,) = [text for text in kql if f'"{lag.name}"' in text]
+    assert "max(value)" in alert and "sum(" not in alert, alert
+
+
 @pytest.mark.skipif(not __import__("shutil").which("kubectl"), reason="kubectl renders the kustomization")
 def test_the_monitoring_kustomization_renders_and_scrapes_the_named_metrics_port() -> None:
     docs = render(MONITORING)
