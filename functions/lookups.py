@@ -140,4 +140,8 @@ def _openapi() -> str:
 @bp.function_name("openapi")
 @bp.route(route="openapi.json", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def openapi(req: func.HttpRequest) -> func.HttpResponse:
+    # The lookups pods' readiness probe asks for this document every few seconds: it starts the worker (settings,
+    # telemetry and the sluice.eventhub.lag gauge these pods export), so a pod no one looks anything up on reports
+    # from its start, not from its first lookup. Once started, this is a cached no-op.
+    bootstrap.start_worker()
     return _json(_openapi(), 200)

@@ -7,6 +7,7 @@ and ``InMemorySpanExporter``, activated for the test (``shared.telemetry.activat
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -209,8 +210,22 @@ def test_the_lag_gauge_is_last_enqueued_minus_checkpoint(isolated_eventhub: Any,
     assert by_partition == {"0": 6, "1": 0, "2": 0, "3": 3}
 
 
-def test_the_lookups_process_exports_the_lag_while_ingest_is_scaled_to_zero(
-        isolated_eventhub: Any, azurite_connection_string: str, monkeypatch: pytest.MonkeyPatch, in_memory) -> None:
+@pytest.fixture
+def lookups_pod(isolated_eventhub: Any, azurite_connection_string: str,
+                monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The settings of a lookups pod reading the ingest hub's lag."""
+    for name, value in {"EventHubConnection": isolated_eventhub.connection_string,
+                        "AzureWebJobsStorage": azurite_connection_string,
+                        "SLUICE_INGEST_EVENTHUB_NAME": isolated_eventhub.name,
+                        "SLUICE_INGEST_CONSUMER_GROUP": "sluice", "SLUICE_CASSANDRA_HOSTS": "127.0.0.1",
+                        "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0", "SLUICE_POSTGRES_HOST": "127.0.0.1"}.items():
+        monkeypatch.setenv(name, value)
+    bootstrap.reset()
+    yield
+    bootstrap.reset()
+
+
+def test_the_lookups_process_exports_the_lag_while_ingest_is_scaled_to_zero(lookups_pod: None, in_memory) -> None:
     """KEDA scales ingest to zero replicas (``minReplicaCount: 0``), so an ingest worker cannot be what exports
     ``sluice.eventhub.lag``: at zero replicas, exactly when KEDA fails to wake ingest (operator down, a scaler
     error, a quota), nothing would report a lag and ``SluiceEventHubLagGrowing`` / ``eventhub-lag-growing.kql``
@@ -219,20 +234,21 @@ def test_the_lookups_process_exports_the_lag_while_ingest_is_scaled_to_zero(
     scaled = next(d for d in yaml.safe_load_all((ROOT / "k8s-keda" / "ingest.yaml").read_text())
                   if d and d.get("kind") == "ScaledObject")
     assert scaled["spec"]["minReplicaCount"] == 0, "ingest no longer scales to zero: revisit who exports the lag"
-    for name, value in {"EventHubConnection": isolated_eventhub.connection_string,
-                        "AzureWebJobsStorage": azurite_connection_string,
-                        "SLUICE_INGEST_EVENTHUB_NAME": isolated_eventhub.name,
-                        "SLUICE_INGEST_CONSUMER_GROUP": "sluice", "SLUICE_CASSANDRA_HOSTS": "127.0.0.1",
-                        "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0", "SLUICE_POSTGRES_HOST": "127.0.0.1"}.items():
-        monkeypatch.setenv(name, value)
-    bootstrap.reset()
-    try:
-        bootstrap.status_service()  # the lookups pod's status route: it holds the ingest hub's lag reader
-        lag = lag_points(in_memory.reader, partitions=4)
-    finally:
-        bootstrap.reset()
+    bootstrap.status_service()  # the lookups pod's status route: it holds the ingest hub's lag reader
+    lag = lag_points(in_memory.reader, partitions=4)
     assert sorted(dict(attrs)["messaging.destination.partition.id"] for attrs in lag) == ["0", "1", "2", "3"], (
         f"no sluice.eventhub.lag from the lookups' process (collected: {sorted(collected(in_memory.reader))})")
+
+
+def test_the_readiness_probe_alone_starts_the_lookups_pods_lag_export(lookups_pod: None, in_memory) -> None:
+    """A lookups pod no one looks anything up on still exports the lag: its readiness probe's request for the
+    OpenAPI document starts the worker, as any request would."""
+    from functions.lookups import openapi
+
+    probe = func.HttpRequest("GET", "http://127.0.0.1/api/openapi.json", body=b"")
+    assert asyncio.run(openapi(probe)).status_code == 200
+    lag = lag_points(in_memory.reader, partitions=4)
+    assert sorted(dict(attrs)["messaging.destination.partition.id"] for attrs in lag) == ["0", "1", "2", "3"]
 
 
 # --- faults: an unreachable collector costs an invocation nothing, and is logged at most once a minute ---
