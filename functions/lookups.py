@@ -26,7 +26,7 @@ import azure.functions as func
 
 from functions.parameters import BadParameter, logged_path, parse_device_id, parse_event_id, parse_limit, parse_since
 from shared import bootstrap, telemetry
-from shared.exceptions import DependencyUnavailable
+from shared.exceptions import ConfigurationError, DependencyUnavailable
 from shared.services.lookups import Lookup
 
 logger = logging.getLogger(__name__)
@@ -142,6 +142,10 @@ def _openapi() -> str:
 async def openapi(req: func.HttpRequest) -> func.HttpResponse:
     # The lookups pods' readiness probe asks for this document every few seconds: it starts the worker (settings,
     # telemetry and the sluice.eventhub.lag gauge these pods export), so a pod no one looks anything up on reports
-    # from its start, not from its first lookup. Once started, this is a cached no-op.
-    bootstrap.start_worker()
+    # from its start, not from its first lookup. Once started, this is a cached no-op. The document itself needs no
+    # setting: with settings that do not validate (which the startup probe refuses) it is still served.
+    try:
+        bootstrap.start_worker()
+    except ConfigurationError as exc:
+        logger.warning("the worker did not start: %s", exc)
     return _json(_openapi(), 200)
