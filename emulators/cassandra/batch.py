@@ -42,13 +42,17 @@ if TYPE_CHECKING:
     from .schema import Table
 
 
+Child = tuple[st.Statement, list[Value], "Table | None"]
+"""A BATCH child: its statement, its values, and for a prepared child the table it was prepared against (a plain
+child's table is resolved in the session's keyspace)."""
+
 # What Cosmos DB for Apache Cassandra answers a logged batch with (a Server error, code 0x0000), as users reported
 # it; its documentation lists only unlogged batches as supported.
 LOGGED_REFUSED = "Logged batches are not supported by the service yet. Please use unlogged batches instead."
 
 
-def execute_batch(engine: Engine, kind: str, using: st.Using, children: list[tuple[st.Statement, list[Value]]],
-                  opts: Options, session: Session) -> bytes:
+def execute_batch(engine: Engine, kind: str, using: st.Using, children: list[Child], opts: Options,
+                  session: Session) -> bytes:
     """Run a BATCH of ``kind`` (logged | unlogged) with the batch's ``USING``; each child comes with its values."""
     if kind == "logged":
         raise ServerError(LOGGED_REFUSED)
@@ -62,10 +66,10 @@ def execute_batch(engine: Engine, kind: str, using: st.Using, children: list[tup
         ts = time.time_ns() // 1000
     writes: list[tuple[st.Modification, list[Value]]] = []
     tables: list[Table] = []
-    for stmt, values in children:
+    for stmt, values, prepared_table in children:
         if not isinstance(stmt, st.Insert | st.Update | st.Delete):
             raise Invalid("Only INSERT, UPDATE and DELETE statements are allowed in a BATCH")
-        table = engine.resolve_table(stmt.table, session)
+        table = prepared_table or engine.resolve_table(stmt.table, session)
         if table.virtual:
             raise Invalid(f"{table.keyspace}.{table.name} is a system table and cannot be modified")
         writes.append((stmt, values))

@@ -52,12 +52,20 @@ class Options:
 
 @dataclasses.dataclass
 class Prepared:
+    """A prepared statement, bound at PREPARE to the table it names in the keyspace it was prepared in.
+
+    ``table`` stays valid as long as the statement does: DROP and ALTER TABLE evict the table's statements,
+    so an EXECUTE of any connection (whatever its keyspace) runs against that table, and after a schema
+    change gets UNPREPARED and re-prepares with the new metadata, as in Cassandra.
+    """
+
     id: bytes
     query: str
     keyspace: str | None
     statement: st.Statement
     markers: int
     table_id: uuid.UUID | None
+    table: Table | None
     bind: list[ColumnSpec]
     pk_indexes: list[int]
     result: list[ColumnSpec]
@@ -148,6 +156,9 @@ class Engine:
             for name, type_cql in record[3]:
                 table.regular.append(Column(name, parse_type(type_cql), "regular", -1))
             table.reindex()
+            # Cassandra invalidates them too: their result metadata (SELECT *) and, with Skip_metadata, the shape
+            # of the rows the client decodes would no longer match the table
+            self._evict_prepared(table)
         else:
             raise ValueError(f"unknown record kind {kind!r}")
         self.catalog.bump()
@@ -155,6 +166,10 @@ class Engine:
     def _forget_table(self, table: Table) -> None:
         self.tables.pop(table.id, None)
         self.feed.drop(table.id)
+        self._evict_prepared(table)
+
+    def _evict_prepared(self, table: Table) -> None:
+        """Forget the prepared statements of ``table``: their next EXECUTE answers UNPREPARED."""
         for pid in [p.id for p in self.prepared.values() if p.table_id == table.id]:
             del self.prepared[pid]
 
@@ -215,7 +230,7 @@ class Engine:
         if isinstance(stmt, st.Select) and table is not None:
             result = projection(table, stmt.selectors)[0]
         prepared = Prepared(pid, query, keyspace, stmt, markers, table.id if table and not table.virtual else None,
-                            bind, pk_indexes(stmt, table), result)
+                            table, bind, pk_indexes(stmt, table), result)
         self.prepared[pid] = prepared
         return prepared
 
@@ -250,13 +265,11 @@ class Engine:
             return self.faults.execute(stmt, control, opts.values, now_seconds())
         if isinstance(stmt, st.Batch):
             from .batch import execute_batch
-            return execute_batch(self, stmt.kind, stmt.using, [(c, opts.values) for c in stmt.statements], opts,
-                                 session)
+            return execute_batch(self, stmt.kind, stmt.using, [(c, opts.values, None) for c in stmt.statements],
+                                 opts, session)
         if isinstance(stmt, st.Select | st.Insert | st.Update | st.Delete):
-            table = self.resolve_table(stmt.table, session)
-            if prepared is not None and prepared.table_id is not None and prepared.table_id != table.id:
-                self.prepared.pop(prepared.id, None)
-                raise Unprepared(prepared.id)
+            table = (prepared.table if prepared is not None and prepared.table is not None
+                     else self.resolve_table(stmt.table, session))
             values = opts.values
             if opts.names is not None:
                 specs = [
@@ -290,6 +303,9 @@ class Engine:
             else:
                 out = execute_delete(self, table, stmt, ctx)
             return results.VOID if out is None else out.encode()
+        if prepared is not None and prepared.keyspace != session.keyspace:  # DDL runs where it was prepared
+            session = Session()
+            session.keyspace = prepared.keyspace
         return self.execute_schema(stmt, session)
 
     def execute_schema(self, stmt: st.Statement, session: Session) -> bytes:

@@ -14,12 +14,17 @@ import logging
 import ssl
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import results, wire
 from . import statements as st
 from .engine import Engine, Options, Session
 from .errors import BadCredentials, CqlError, Invalid, ProtocolError, ServerError
 from .system_tables import CQL_VERSION
+
+if TYPE_CHECKING:
+    from .batch import Child
+    from .schema import Table
 
 logger = logging.getLogger(__name__)
 
@@ -222,17 +227,19 @@ class CqlConnection(asyncio.Protocol):
         kind = {0: "logged", 1: "unlogged", 2: "counter"}.get(r.byte())
         if kind is None or kind == "counter":
             raise Invalid("counter batches are not supported by this emulator" if kind else "unknown batch type")
-        children: list[tuple[st.Statement, list[wire.Value]]] = []
+        children: list[Child] = []
         for _ in range(r.short()):
             child_kind = r.byte()
+            table: Table | None = None
             if child_kind == 0:
                 stmt, _markers = self.engine.parse(r.long_string())
-            elif child_kind == 1:
-                stmt = self.engine.lookup_prepared(r.short_bytes()).statement
+            elif child_kind == 1:  # bound to the table it was prepared against, whatever this session's keyspace
+                prepared = self.engine.lookup_prepared(r.short_bytes())
+                stmt, table = prepared.statement, prepared.table
             else:
                 raise ProtocolError(f"invalid BATCH child kind {child_kind}")
             values = [r.value() for _ in range(r.short())]
-            children.append((stmt, values))
+            children.append((stmt, values, table))
         r.short()  # consistency
         flags = r.byte()
         opts = Options()

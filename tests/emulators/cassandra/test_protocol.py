@@ -1,4 +1,5 @@
-"""The wire: version negotiation, compression, authentication, TLS, many streams, the CLI."""
+"""The wire: version negotiation, compression, authentication, TLS, many streams, prepared result metadata,
+the CLI."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from cassandra import AuthenticationFailed
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import Cluster, NoHostAvailable
 
+from emulators.cassandra.faults import run_statement
 from sluice.launcher import Running
 from tests.fixtures.cassandra import start_cassandra_emulator
 
@@ -28,6 +30,10 @@ def _frame(version: int, stream: int, opcode: int, body: bytes, flags: int = 0) 
 
 def _string(s: str) -> bytes:
     return struct.pack(">H", len(s)) + s.encode()
+
+
+def _long_string(s: str) -> bytes:
+    return struct.pack(">i", len(s.encode())) + s.encode()
 
 
 def _startup(options: dict[str, str]) -> bytes:
@@ -57,6 +63,14 @@ def raw(cassandra_emulator: Running) -> Iterator[socket.socket]:
         yield sock
 
 
+@pytest.fixture
+def ready(raw: socket.socket) -> socket.socket:
+    """``raw`` after STARTUP/READY."""
+    raw.sendall(_frame(4, 0, 0x01, _startup({"CQL_VERSION": "3.0.0"})))
+    assert _read(raw)[2] == 0x02
+    return raw
+
+
 @pytest.mark.parametrize("version", [0x42, 0x41, 5, 3])
 def test_other_protocol_versions_get_the_message_the_driver_steps_down_on(raw: socket.socket, version: int) -> None:
     raw.sendall(_frame(version, 0, 0x05, b""))
@@ -64,6 +78,39 @@ def test_other_protocol_versions_get_the_message_the_driver_steps_down_on(raw: s
     code, message = _error_message(body)
     assert (opcode, code, stream) == (0x00, 0x000A, 0)
     assert "Invalid or unsupported protocol version" in message
+
+
+def _prepare(sock: socket.socket, stream: int, cql: str) -> tuple[bytes, int]:
+    """PREPARE a statement without bind markers: (statement id, result column count)."""
+    sock.sendall(_frame(4, stream, 0x09, _long_string(cql)))
+    _, _, opcode, body = _read(sock)
+    assert opcode == 0x08, _error_message(body)
+    kind, n = struct.unpack_from(">iH", body)
+    assert kind == 4
+    pid = body[6:6 + n]
+    _flags, bind_count, pk_count = struct.unpack_from(">iii", body, 6 + n)
+    assert bind_count == 0
+    _result_flags, result_count = struct.unpack_from(">ii", body, 6 + n + 12 + 2 * pk_count)
+    return pid, result_count
+
+
+def test_alter_table_add_makes_a_skip_metadata_execute_unprepared(ready: socket.socket, cassandra_keyspace: str,
+                                                                  cassandra_emulator: Running) -> None:
+    """EXECUTE with Skip_metadata (spec 4.1.4 flag 0x02, what the Java and Go drivers send) gets rows the client
+    decodes with the PREPARED metadata. After ALTER TABLE ADD that metadata (k, b, d) no longer matches the table
+    (k, b, c, d), so, as in Cassandra, the table's statements are evicted: UNPREPARED, and the client re-prepares,
+    instead of four cells decoded against three columns."""
+    host, port, ks = cassandra_emulator.host, cassandra_emulator.port, cassandra_keyspace
+    run_statement(host, port, f"CREATE TABLE {ks}.t (k int PRIMARY KEY, b int, d int)")
+    run_statement(host, port, f"INSERT INTO {ks}.t (k, b, d) VALUES (1, 2, 4)")
+    query = f"SELECT * FROM {ks}.t WHERE k = 1"
+    pid, columns = _prepare(ready, 1, query)
+    assert columns == 3
+    run_statement(host, port, f"ALTER TABLE {ks}.t ADD c text")
+    ready.sendall(_frame(4, 2, 0x0A, struct.pack(">H", len(pid)) + pid + struct.pack(">HB", 0x0001, 0x02)))
+    _, _, opcode, body = _read(ready)
+    assert (opcode, _error_message(body)[0]) == (0x00, 0x2500)
+    assert _prepare(ready, 3, query) == (pid, 4)  # the same id (MD5 of keyspace + query), the new metadata
 
 
 def test_options_supported_and_unknown_compression_refused(raw: socket.socket) -> None:

@@ -8,7 +8,7 @@ import pytest
 from cassandra import InvalidRequest
 from cassandra.cluster import Session
 from cassandra.protocol import ConfigurationException, SyntaxException
-from cassandra.query import UNSET_VALUE, SimpleStatement
+from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, SimpleStatement
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -324,6 +324,48 @@ def test_prepared_metadata_for_composite_keys(session: Session) -> None:
     sel = session.prepare("SELECT v, c FROM t WHERE b = ? AND a = ?")
     assert sel.routing_key_indexes == [1, 0]
     assert [c[2] for c in sel.result_metadata] == ["v", "c"]  # (keyspace, table, name, type)
+
+
+def test_alter_table_add_gives_prepared_statements_the_new_result_metadata(session: Session) -> None:
+    """ALTER TABLE ADD evicts the table's prepared statements, as Cassandra does: re-preparing `SELECT *` gives the
+    new column list, and a statement the driver still holds answers UNPREPARED on its next EXECUTE, so the driver
+    re-prepares it and decodes the row with the new metadata instead of the stale one."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, b int, d int)")
+    session.execute("INSERT INTO t (k, b, d) VALUES (1, 2, 4)")
+    query = "SELECT * FROM t WHERE k = ?"
+    held = session.prepare(query)
+    assert [m[2] for m in held.result_metadata] == ["k", "b", "d"]
+    session.execute("ALTER TABLE t ADD c text")
+    session.execute("UPDATE t SET c = 'x' WHERE k = 1")
+    assert tuple(session.execute(held, (1,)).one()) == (1, 2, "x", 4)
+    assert [m[2] for m in session.prepare(query).result_metadata] == ["k", "b", "c", "d"]
+
+
+def test_a_prepared_statement_runs_in_the_keyspace_it_was_prepared_in(session: Session,
+                                                                      cassandra_keyspace: str) -> None:
+    """A statement id is MD5(keyspace + query), so it names one table on every connection: as in Cassandra, an
+    unqualified table is resolved at PREPARE. Executed from a session of another keyspace (two Sessions of one
+    Cluster, one per keyspace), alone or as a BATCH child, it reads and writes the table it was prepared against,
+    instead of being evicted for every session and failing the driver's re-prepare."""
+    other = f"ks_{uuid.uuid4().hex[:12]}"
+    session.execute(f"CREATE KEYSPACE {other} WITH replication = "
+                    "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+    for ks in (cassandra_keyspace, other):
+        session.execute(f"CREATE TABLE {ks}.t (k int PRIMARY KEY, v text)")
+        session.execute(f"INSERT INTO {ks}.t (k, v) VALUES (1, %s)", (ks,))
+    select = session.prepare("SELECT v FROM t WHERE k = 1")
+    insert = session.prepare("INSERT INTO t (k, v) VALUES (?, ?)")
+    elsewhere = session.cluster.connect(other)
+    try:
+        assert [r.v for r in elsewhere.execute(select)] == [cassandra_keyspace]
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        batch.add(insert, (2, "batched"))
+        elsewhere.execute(batch)
+        assert rows(session, "SELECT k, v FROM t WHERE k = 2") == [(2, "batched")]
+        assert rows(elsewhere, "SELECT k FROM t WHERE k = 2") == []
+        assert [r.v for r in session.execute(select)] == [cassandra_keyspace]  # not evicted for the first session
+    finally:
+        elsewhere.shutdown()
 
 
 REFUSED = [
