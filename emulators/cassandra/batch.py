@@ -34,6 +34,7 @@ from .write import (
     execute_delete,
     execute_insert,
     execute_update,
+    is_conditional,
     primary_keys,
 )
 
@@ -74,12 +75,11 @@ def execute_batch(engine: Engine, kind: str, using: st.Using, children: list[Chi
             raise Invalid(f"{table.keyspace}.{table.name} is a system table and cannot be modified")
         writes.append((stmt, values))
         tables.append(table)
-    engine.faults.check("writes", batch=True)
-    conditional = [
-        i
-        for i, (s, _) in enumerate(writes)
-        if getattr(s, "if_exists", False) or getattr(s, "conditions", None) or getattr(s, "if_not_exists", False)
-    ]
+    conditional = [i for i, (s, _) in enumerate(writes) if is_conditional(s)]
+    if conditional:  # a conditional batch is one Paxos round, as a conditional statement
+        engine.faults.check("writes", opts.serial_consistency, "CAS")
+    else:
+        engine.faults.check("writes", opts.consistency, "UNLOGGED_BATCH")
     if conditional and (using.timestamp is not None or any(s.using.timestamp is not None for s, _ in writes)):
         raise Invalid("Cannot provide custom timestamp for conditional BATCH")
     if using.timestamp is not None and any(s.using.timestamp is not None for s, _ in writes):

@@ -32,7 +32,7 @@ from .store import TableData, now_seconds
 from .system_tables import SystemTables
 from .types import parse_type
 from .wire import Value
-from .write import WriteContext, execute_delete, execute_insert, execute_update, range_predicate
+from .write import WriteContext, execute_delete, execute_insert, execute_update, is_conditional, range_predicate
 
 logger = logging.getLogger(__name__)
 _PARSE_CACHE_SIZE = 4096
@@ -42,6 +42,8 @@ _PARSE_CACHE_SIZE = 4096
 class Options:
     """Per-request options of QUERY / EXECUTE / BATCH (spec 4.1.4)."""
 
+    consistency: int = 0x0001  # ONE; an injected error reports the request's level, as Cassandra's do
+    serial_consistency: int = 0x0008  # SERIAL, the level of a conditional write's Paxos round
     values: list[Value] = dataclasses.field(default_factory=list)
     names: list[str] | None = None
     skip_metadata: bool = False
@@ -283,8 +285,13 @@ class Engine:
                 values = self.named_values(opts.names, values, specs)
             if len(values) != markers:
                 raise Invalid(f"There were {markers} markers(?) in CQL but {len(values)} bound variables")
-            if not table.virtual:
-                self.faults.check("reads" if isinstance(stmt, st.Select) else "writes")
+            if self.faults.error is not None and not table.virtual:
+                if isinstance(stmt, st.Select):
+                    self.faults.check("reads", opts.consistency)
+                elif is_conditional(stmt):
+                    self.faults.check("writes", opts.serial_consistency, "CAS")  # the Paxos round's level
+                else:
+                    self.faults.check("writes", opts.consistency)
             now = now_seconds()
             if isinstance(stmt, st.Select):
                 data = self.table_data(table)

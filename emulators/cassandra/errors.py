@@ -9,6 +9,14 @@ from __future__ import annotations
 
 import struct
 
+CONSISTENCY_NAMES = ("ANY", "ONE", "TWO", "THREE", "QUORUM", "ALL", "LOCAL_QUORUM", "EACH_QUORUM", "SERIAL",
+                     "LOCAL_SERIAL", "LOCAL_ONE")
+"""The [consistency] codes of the spec (section 3), in code order: 0x0000 ANY to 0x000A LOCAL_ONE."""
+
+
+def consistency_name(code: int) -> str:
+    return CONSISTENCY_NAMES[code] if 0 <= code < len(CONSISTENCY_NAMES) else f"0x{code:04x}"
+
 
 class CqlError(Exception):
     """Base of every error the server sends back to a client."""

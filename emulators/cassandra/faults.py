@@ -32,7 +32,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from . import statements as st
-from .errors import CqlError, Invalid, Overloaded, ReadTimeout, Unavailable, WriteTimeout
+from .errors import CqlError, Invalid, Overloaded, ReadTimeout, Unavailable, WriteTimeout, consistency_name
 
 if TYPE_CHECKING:
     from .schema import Table
@@ -111,8 +111,12 @@ class FaultState:
         logger.info("fault armed: %s count=%s ratio=%s applies_to=%s delay_ms=%s", error, count, ratio, applies_to,
                     delay_ms)
 
-    def check(self, kind: str, batch: bool = False) -> None:
-        """Raise the armed error if this request (kind: reads | writes) is to fail."""
+    def check(self, kind: str, consistency: int, write_type: str = "SIMPLE") -> None:
+        """Raise the armed error if this request (kind: reads | writes) is to fail.
+
+        ``consistency`` is the request's level and ``write_type`` the protocol's name for a write (SIMPLE,
+        UNLOGGED_BATCH, CAS): the error carries both as Cassandra's would, and retry policies branch on them.
+        """
         if self.error is None or (self.applies_to != "all" and self.applies_to != kind):
             return
         if self.remaining is not None:
@@ -125,25 +129,24 @@ class FaultState:
             assert self.delay_ms is not None
             self._held = self.delay_ms / 1000
             return
-        raise self.make_error(kind, batch)
+        raise self.make_error(consistency, write_type)
 
     def take_delay(self) -> float:
         """Seconds to hold back the answer of the request just run (0: answer now); resets it."""
         held, self._held = self._held, 0.0
         return held
 
-    def make_error(self, kind: str, batch: bool) -> CqlError:
+    def make_error(self, consistency: int, write_type: str) -> CqlError:
         if self.error == "overloaded":
             return Overloaded(
                 "Request rate is large: the emulator injected a 429 (TooManyRequests). More Request Units may be "
                 "needed, so no changes were made. Please retry this request later. "
                 f"ActivityId={uuid.uuid4()}, RetryAfterMs={self.retry_after_ms}")
         if self.error == "write_timeout":
-            return WriteTimeout("Operation timed out - received only 0 responses.",
-                                write_type="BATCH" if batch else "SIMPLE")
+            return WriteTimeout("Operation timed out - received only 0 responses.", consistency, write_type)
         if self.error == "read_timeout":
-            return ReadTimeout("Operation timed out - received only 0 responses.")
-        return Unavailable("Cannot achieve consistency level ONE")
+            return ReadTimeout("Operation timed out - received only 0 responses.", consistency)
+        return Unavailable(f"Cannot achieve consistency level {consistency_name(consistency)}", consistency)
 
     # -- the control table -------------------------------------------------------
     def execute(self, stmt: st.Statement, table: Table, values: list[Value], now: int) -> bytes:

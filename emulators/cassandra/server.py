@@ -58,7 +58,7 @@ def read_options(r: wire.Reader) -> tuple[int, Options]:
     """[consistency][flags] and the optional parts of QUERY/EXECUTE parameters (spec 4.1.4)."""
     consistency = r.short()
     flags = r.byte()
-    opts = Options()
+    opts = Options(consistency=consistency)
     if flags & 0x01:
         n = r.short()
         if flags & 0x40:
@@ -76,7 +76,7 @@ def read_options(r: wire.Reader) -> tuple[int, Options]:
     if flags & 0x08:
         opts.paging_state = r.bytes()
     if flags & 0x10:
-        r.short()
+        opts.serial_consistency = r.short()
     if flags & 0x20:
         opts.timestamp = r.long()
     return consistency, opts
@@ -240,11 +240,10 @@ class CqlConnection(asyncio.Protocol):
                 raise ProtocolError(f"invalid BATCH child kind {child_kind}")
             values = [r.value() for _ in range(r.short())]
             children.append((stmt, values, table))
-        r.short()  # consistency
+        opts = Options(consistency=r.short())
         flags = r.byte()
-        opts = Options()
         if flags & 0x10:
-            r.short()
+            opts.serial_consistency = r.short()
         if flags & 0x20:
             opts.timestamp = r.long()
         if flags & 0x40:

@@ -194,6 +194,13 @@ def execute_insert(engine: Engine, table: Table, stmt: st.Insert, ctx: WriteCont
     return _lwt_result(table, True) if stmt.if_not_exists else None
 
 
+def is_conditional(stmt: st.Modification) -> bool:
+    """A lightweight transaction: ``IF NOT EXISTS``, ``IF EXISTS`` or ``IF`` conditions."""
+    if isinstance(stmt, st.Insert):
+        return stmt.if_not_exists
+    return stmt.if_exists or bool(stmt.conditions)
+
+
 def condition_columns(table: Table, conditions: list[st.Condition]) -> list[Column]:
     """The columns ``conditions`` name, each once, in the order of the IF (Cassandra's buildCasFailureResultSet
     collects them in a LinkedHashSet: "We can have multiple conditions on the same columns")."""

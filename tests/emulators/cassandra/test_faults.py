@@ -7,9 +7,19 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from cassandra import InvalidRequest, OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
-from cassandra.cluster import Cluster, NoHostAvailable, Session
+from cassandra import (
+    ConsistencyLevel,
+    InvalidRequest,
+    OperationTimedOut,
+    ReadTimeout,
+    Unavailable,
+    WriteTimeout,
+    WriteType,
+)
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.policies import FallthroughRetryPolicy
 from cassandra.protocol import OverloadedErrorMessage
+from cassandra.query import BatchStatement, BatchType, SimpleStatement
 
 from emulators.cassandra.faults import clear_faults, inject_faults
 from sluice.launcher import Running
@@ -27,6 +37,16 @@ def s(private_cassandra: Running) -> Iterator[Session]:
     session.execute("TRUNCATE sluice_emulator.faults")
     yield session
     session.execute("TRUNCATE sluice_emulator.faults")
+    cluster.shutdown()
+
+
+@pytest.fixture
+def fallthrough(private_cassandra: Running, s: Session) -> Iterator[Session]:
+    """A session on ``f`` whose retry policy rethrows every error as it came, so the test sees its fields."""
+    profile = ExecutionProfile(retry_policy=FallthroughRetryPolicy())
+    cluster = Cluster(contact_points=[private_cassandra.host], port=private_cassandra.port, protocol_version=4,
+                      execution_profiles={EXEC_PROFILE_DEFAULT: profile})
+    yield cluster.connect("f")
     cluster.shutdown()
 
 
@@ -88,7 +108,61 @@ def test_batches_count_as_writes_and_system_tables_are_exempt(s: Session) -> Non
     assert s.execute("SELECT COUNT(*) FROM f.t").one()[0] >= 0  # reads pass
     with pytest.raises(WriteTimeout) as info:
         s.execute("BEGIN UNLOGGED BATCH INSERT INTO f.t (k, v) VALUES (3, 3); APPLY BATCH")
-    assert info.value.write_type == 2 or "BATCH" in str(info.value)  # WriteType.BATCH
+    assert info.value.write_type == WriteType.UNLOGGED_BATCH
+
+
+def _unlogged_batch(*statements: str) -> BatchStatement:
+    batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+    for statement in statements:
+        batch.add(SimpleStatement(statement))
+    return batch
+
+
+@pytest.mark.parametrize(("statement", "write_type"), [
+    (SimpleStatement("INSERT INTO t (k, v) VALUES (10, 1)"), WriteType.SIMPLE),
+    (_unlogged_batch("INSERT INTO t (k, v) VALUES (10, 1)", "INSERT INTO t (k, v) VALUES (11, 1)"),
+     WriteType.UNLOGGED_BATCH),
+    (SimpleStatement("INSERT INTO t (k, v) VALUES (10, 1) IF NOT EXISTS"), WriteType.CAS),
+    (SimpleStatement("UPDATE t SET v = 2 WHERE k = 10 IF v = 1"), WriteType.CAS),
+    (_unlogged_batch("INSERT INTO t (k, v) VALUES (10, 1) IF NOT EXISTS"), WriteType.CAS),
+], ids=["simple", "unlogged_batch", "insert_if_not_exists", "update_if", "conditional_batch"])
+def test_a_write_timeout_names_the_write_type_retry_policies_branch_on(
+        private_cassandra: Running, fallthrough: Session, statement: SimpleStatement | BatchStatement,
+        write_type: int) -> None:
+    """Spec 9, Write_timeout <writeType>: UNLOGGED_BATCH for an unlogged batch (BATCH means a logged one whose batch
+    log was written) and CAS for a lightweight transaction. Retry policies decide on it: the driver's
+    DowngradingConsistencyRetryPolicy retries an UNLOGGED_BATCH, and Sluice's own retries SIMPLE as idempotent,
+    which a CAS is not."""
+    inject_faults(private_cassandra.host, private_cassandra.port, error="write_timeout", count=1, applies_to="writes")
+    with pytest.raises(WriteTimeout) as info:
+        fallthrough.execute(statement)
+    assert info.value.write_type == write_type
+
+
+@pytest.mark.parametrize(("error", "statement"), [
+    ("read_timeout", "SELECT * FROM t WHERE k = 12"),
+    ("unavailable", "SELECT * FROM t WHERE k = 12"),
+    ("write_timeout", "INSERT INTO t (k, v) VALUES (12, 1)"),
+])
+def test_an_injected_error_carries_the_consistency_of_the_request(private_cassandra: Running, fallthrough: Session,
+                                                                  error: str, statement: str) -> None:
+    """Spec 9: the <cl> of Read_timeout, Unavailable and Write_timeout is the level of the request. Retry policies
+    answer (RETRY, consistency) with it, so a wrong level would send the retry out at another one."""
+    inject_faults(private_cassandra.host, private_cassandra.port, error=error, count=1)
+    with pytest.raises((ReadTimeout, Unavailable, WriteTimeout)) as info:
+        fallthrough.execute(SimpleStatement(statement, consistency_level=ConsistencyLevel.LOCAL_QUORUM))
+    assert info.value.consistency == ConsistencyLevel.LOCAL_QUORUM
+
+
+def test_a_conditional_write_times_out_at_its_serial_consistency(private_cassandra: Running,
+                                                                fallthrough: Session) -> None:
+    """As Cassandra reports a timed-out Paxos round: write type CAS at the request's serial consistency."""
+    inject_faults(private_cassandra.host, private_cassandra.port, error="write_timeout", count=1)
+    statement = SimpleStatement("INSERT INTO t (k, v) VALUES (13, 1) IF NOT EXISTS",
+                                serial_consistency_level=ConsistencyLevel.LOCAL_SERIAL)
+    with pytest.raises(WriteTimeout) as info:
+        fallthrough.execute(statement)
+    assert (info.value.write_type, info.value.consistency) == (WriteType.CAS, ConsistencyLevel.LOCAL_SERIAL)
 
 
 def test_ratio_fails_about_that_fraction(s: Session) -> None:
