@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from . import results, wire
 from . import statements as st
 from .engine import Engine, Options, Session
-from .errors import BadCredentials, CqlError, Invalid, ProtocolError, ServerError
+from .errors import CONSISTENCY_NAMES, BadCredentials, CqlError, Invalid, ProtocolError, ServerError
 from .system_tables import CQL_VERSION
 
 if TYPE_CHECKING:
@@ -32,8 +32,12 @@ OP_ERROR, OP_STARTUP, OP_READY, OP_AUTHENTICATE, OP_OPTIONS, OP_SUPPORTED = 0x00
 OP_QUERY, OP_RESULT, OP_PREPARE, OP_EXECUTE, OP_REGISTER, OP_EVENT = 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C
 OP_BATCH, OP_AUTH_CHALLENGE, OP_AUTH_RESPONSE, OP_AUTH_SUCCESS = 0x0D, 0x0E, 0x0F, 0x10
 AUTHENTICATOR = "org.apache.cassandra.auth.PasswordAuthenticator"
+EVENT_TYPES = ("TOPOLOGY_CHANGE", "STATUS_CHANGE", "SCHEMA_CHANGE")
+MAX_CONSISTENCY = len(CONSISTENCY_NAMES) - 1  # LOCAL_ONE, the highest [consistency] code
 MAX_FRAME = 256 * 1024 * 1024
 _HEADER = struct.Struct(">BBhBi")
+_HEADER_V1_V2 = struct.Struct(">BBbBi")  # protocol v1/v2: a one-byte stream id, so an 8-byte header
+_TRACED = frozenset((0x07, 0x09, 0x0A, 0x0D))  # QUERY, PREPARE, EXECUTE, BATCH: the requests that can be traced
 _OPNAMES = {OP_STARTUP: "STARTUP", OP_OPTIONS: "OPTIONS", OP_QUERY: "QUERY", OP_PREPARE: "PREPARE",
             OP_EXECUTE: "EXECUTE", OP_REGISTER: "REGISTER", OP_BATCH: "BATCH", OP_AUTH_RESPONSE: "AUTH_RESPONSE"}
 
@@ -54,9 +58,17 @@ class Credentials:
         return username == self.username.encode() and expected is not None and password == expected.encode()
 
 
+def read_consistency(r: wire.Reader) -> int:
+    """A [consistency] (spec section 3); a code outside the spec is a protocol error, as in Cassandra."""
+    consistency = r.short()
+    if consistency > MAX_CONSISTENCY:
+        raise ProtocolError(f"Unknown code {consistency} for a consistency level")
+    return consistency
+
+
 def read_options(r: wire.Reader) -> tuple[int, Options]:
     """[consistency][flags] and the optional parts of QUERY/EXECUTE parameters (spec 4.1.4)."""
-    consistency = r.short()
+    consistency = read_consistency(r)
     flags = r.byte()
     opts = Options(consistency=consistency)
     if flags & 0x01:
@@ -76,7 +88,7 @@ def read_options(r: wire.Reader) -> tuple[int, Options]:
     if flags & 0x08:
         opts.paging_state = r.bytes()
     if flags & 0x10:
-        opts.serial_consistency = r.short()
+        opts.serial_consistency = read_consistency(r)
     if flags & 0x20:
         opts.timestamp = r.long()
     return consistency, opts
@@ -114,6 +126,9 @@ class CqlConnection(asyncio.Protocol):
         n = len(buf)
         while n - pos >= 9:
             version, flags, stream, opcode, length = _HEADER.unpack_from(buf, pos)
+            if version != 0x04 and 0 < version & 0x7F < 3:
+                self._refuse_v1_v2(version, out)
+                return
             if length < 0 or length > MAX_FRAME:
                 out.append(self._error(stream, ProtocolError(f"invalid frame body length {length}")))
                 self._flush(out)
@@ -130,9 +145,26 @@ class CqlConnection(asyncio.Protocol):
                 asyncio.get_running_loop().call_later(held, self._flush, [answer])
             else:
                 out.append(answer)
+        if pos < n < pos + 9 and 0 < buf[pos] & 0x7F < 3:  # an empty v1/v2 OPTIONS or STARTUP is 8 bytes
+            self._refuse_v1_v2(buf[pos], out)
+            return
         if pos:
             del buf[:pos]
         self._flush(out)
+
+    def _refuse_v1_v2(self, version: int, out: list[bytes]) -> None:
+        """Answer a v1/v2 frame at once, in the client's own 8-byte header, and close.
+
+        Checked from the first byte, before a 9-byte v4 header is complete: an empty v1/v2 request is
+        8 bytes, so waiting for 9 would leave the client hanging. As Cassandra does, the answer is in
+        the client's version (stream 0) so that it can decode it; the rest of its bytes cannot be framed.
+        """
+        err = _bad_version(version)
+        body = wire.int_(err.code) + wire.string(err.message)
+        out.append(_HEADER_V1_V2.pack(0x80 | (version & 0x7F), 0, 0, OP_ERROR, len(body)) + body)
+        self._flush(out)
+        if self.transport is not None:
+            self.transport.close()
 
     def _flush(self, out: list[bytes]) -> None:
         if out and self.transport is not None and not self.transport.is_closing():
@@ -148,18 +180,14 @@ class CqlConnection(asyncio.Protocol):
         return wire.frame(stream, OP_ERROR, body, version)
 
     def _handle(self, version: int, flags: int, stream: int, opcode: int, body: bytes) -> bytes:
-        if version & 0x7F != 4:
-            return self._error(stream, ProtocolError(
-                f"Invalid or unsupported protocol version ({version & 0x7F}); supported versions are (4/v4)"))
+        if version != 0x04:
+            if version == 0x84:  # a response frame sent back to the server (spec 2.1: the high bit is the direction)
+                return self._error(stream, ProtocolError("Wrong protocol direction (expected REQUEST, got RESPONSE)"))
+            return self._error(stream, _bad_version(version))
         try:
-            if flags & 0x01:
-                raise ProtocolError("compressed frames are not supported by this emulator (no compression was "
-                                    "negotiated)")
             r = wire.Reader(body)
-            if flags & 0x04:  # custom payload: read and ignore
-                for _ in range(r.short()):
-                    r.string()
-                    r.bytes()
+            if flags:
+                self._frame_flags(flags, opcode, r)
             return self._dispatch(stream, opcode, r)
         except CqlError as err:
             if not isinstance(err, Invalid | BadCredentials) or logger.isEnabledFor(logging.DEBUG):
@@ -169,12 +197,30 @@ class CqlConnection(asyncio.Protocol):
             logger.exception("internal error on %s (opcode 0x%02x)", self.peer, opcode)
             return self._error(stream, ServerError(f"internal emulator error: {type(exc).__name__}: {exc}"))
 
+    @staticmethod
+    def _frame_flags(flags: int, opcode: int, r: wire.Reader) -> None:
+        """Refuse the frame flags this server does not implement; read past a custom payload (ignored)."""
+        if flags & 0x01:
+            raise ProtocolError("compressed frames are not supported by this emulator (no compression was "
+                                "negotiated)")
+        if flags & 0x02 and opcode in _TRACED:
+            # Invalid, not ProtocolError: the driver closes a connection on a protocol error, and this request
+            # is fine without tracing. Cosmos DB for Apache Cassandra lists tracing as not applicable.
+            raise Invalid("Tracing is not supported by this emulator (Cosmos DB for Apache Cassandra does not "
+                          "support it either): there is no system_traces; send the request without tracing")
+        if flags & 0x04:
+            for _ in range(r.short()):
+                r.string()
+                r.bytes()
+
     def _dispatch(self, stream: int, opcode: int, r: wire.Reader) -> bytes:
         if opcode == OP_OPTIONS:
             supported = {"CQL_VERSION": [CQL_VERSION], "COMPRESSION": [], "PROTOCOL_VERSIONS": ["4/v4"]}
             return wire.frame(stream, OP_SUPPORTED, wire.string_multimap(supported))
         if opcode == OP_STARTUP:
             options = r.string_map()
+            if "CQL_VERSION" not in options:  # mandatory (spec 4.1.1); Cassandra refuses a STARTUP without it
+                raise ProtocolError("Missing value CQL_VERSION in STARTUP message")
             if options.get("COMPRESSION"):
                 raise ProtocolError(f"Unknown compression algorithm: {options['COMPRESSION']} (this emulator supports "
                                     "no compression)")
@@ -207,6 +253,10 @@ class CqlConnection(asyncio.Protocol):
             return wire.frame(stream, OP_RESULT, self._batch(r))
         if opcode == OP_REGISTER:
             events = r.string_list()
+            for event in events:
+                if event not in EVENT_TYPES:  # Cassandra's message; registering for nothing would be silent
+                    raise ProtocolError(f"Invalid value '{event}' for Type (the event types are "
+                                        f"{', '.join(EVENT_TYPES)})")
             if "SCHEMA_CHANGE" in events and self._on_schema_change not in self.engine.schema_listeners:
                 self.engine.schema_listeners.append(self._on_schema_change)
             return wire.frame(stream, OP_READY, b"")
@@ -240,15 +290,20 @@ class CqlConnection(asyncio.Protocol):
                 raise ProtocolError(f"invalid BATCH child kind {child_kind}")
             values = [r.value() for _ in range(r.short())]
             children.append((stmt, values, table))
-        opts = Options(consistency=r.short())
+        opts = Options(consistency=read_consistency(r))
         flags = r.byte()
         if flags & 0x10:
-            opts.serial_consistency = r.short()
+            opts.serial_consistency = read_consistency(r)
         if flags & 0x20:
             opts.timestamp = r.long()
         if flags & 0x40:
             raise Invalid("named values in BATCH are not supported by this emulator")
         return execute_batch(self.engine, kind, st.Using(), children, opts, self.session)
+
+
+def _bad_version(version: int) -> ProtocolError:
+    """The error the driver steps down on (it looks for "unsupported protocol version")."""
+    return ProtocolError(f"Invalid or unsupported protocol version ({version & 0x7F}); supported versions are (4/v4)")
 
 
 async def serve(engine: Engine, host: str, port: int, *, credentials: Credentials | None = None,

@@ -1,5 +1,5 @@
-"""The wire: version negotiation, compression, authentication, TLS, many streams, prepared result metadata,
-the CLI."""
+"""The wire: version negotiation, frame and handshake checks, compression, tracing, authentication, TLS, many
+streams, prepared result metadata, the CLI."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import ssl
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
-from cassandra import AuthenticationFailed
+from cassandra import AuthenticationFailed, InvalidRequest, OperationTimedOut
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import Cluster, NoHostAvailable
 
@@ -71,6 +72,12 @@ def ready(raw: socket.socket) -> socket.socket:
     return raw
 
 
+def _query(sock: socket.socket, stream: int, cql: str, *, consistency: int = 0x0001, version: int = 4,
+           flags: int = 0) -> tuple[int, int, int, bytes]:
+    sock.sendall(_frame(version, stream, 0x07, _long_string(cql) + struct.pack(">HB", consistency, 0), flags=flags))
+    return _read(sock)
+
+
 @pytest.mark.parametrize("version", [0x42, 0x41, 5, 3])
 def test_other_protocol_versions_get_the_message_the_driver_steps_down_on(raw: socket.socket, version: int) -> None:
     raw.sendall(_frame(version, 0, 0x05, b""))
@@ -78,6 +85,87 @@ def test_other_protocol_versions_get_the_message_the_driver_steps_down_on(raw: s
     code, message = _error_message(body)
     assert (opcode, code, stream) == (0x00, 0x000A, 0)
     assert "Invalid or unsupported protocol version" in message
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_v1_and_v2_clients_are_refused_at_once_in_their_own_header(cassandra_emulator: Running, raw: socket.socket,
+                                                                   version: int) -> None:
+    """A v1/v2 header is 8 bytes, so an empty OPTIONS is 8 bytes: the version is read from the first byte, as
+    Cassandra does, and the answer is in the client's header so that it can decode it. A driver pinned to v1/v2
+    gets that error at once, not a connect timeout (never a hang)."""
+    raw.sendall(struct.pack(">BBbBi", version, 0, 0, 0x05, 0))
+    header = raw.recv(8)
+    assert len(header) == 8
+    answered, _, stream, opcode, length = struct.unpack(">BBbBi", header)
+    assert (answered, stream, opcode) == (0x80 | version, 0, 0x00)
+    code, message = _error_message(raw.recv(length))
+    assert code == 0x000A and "Invalid or unsupported protocol version" in message
+    assert raw.recv(1) == b""  # the rest of a v1/v2 stream cannot be framed: closed
+    cluster = Cluster(contact_points=[cassandra_emulator.host], port=cassandra_emulator.port,
+                      protocol_version=version, connect_timeout=3)
+    started = time.monotonic()
+    try:
+        with pytest.raises(NoHostAvailable) as info:
+            cluster.connect()
+    finally:
+        cluster.shutdown()
+    assert not any(isinstance(e, OperationTimedOut) for e in info.value.errors.values()), info.value.errors
+    assert time.monotonic() - started < 2.5
+
+
+def test_a_frame_with_the_response_direction_bit_is_refused_not_run(ready: socket.socket) -> None:
+    """Spec 2.1: the version byte's high bit is the direction (0x84 is a response). A proxy or client that loops
+    server frames back gets Cassandra's "Wrong protocol direction" protocol error, not its statement run."""
+    _, stream, opcode, body = _query(ready, 3, "SELECT key FROM system.local", version=0x84)
+    code, message = _error_message(body)
+    assert (stream, opcode, code) == (3, 0x00, 0x000A) and "direction" in message
+
+
+def test_an_unknown_consistency_code_is_a_protocol_error(ready: socket.socket) -> None:
+    """Spec 3: 0x0000 (ANY) to 0x000A (LOCAL_ONE) are the only codes; as Cassandra does, anything else is refused,
+    so a mis-encoded parameter block is reported instead of its bytes being misread as flags and values."""
+    _, _, opcode, body = _query(ready, 4, "SELECT key FROM system.local", consistency=0x00FF)
+    code, message = _error_message(body)
+    assert (opcode, code) == (0x00, 0x000A) and "Unknown code 255 for a consistency level" in message
+    assert _query(ready, 5, "SELECT key FROM system.local", consistency=0x000A)[2] == 0x08  # LOCAL_ONE runs
+
+
+def test_startup_without_cql_version_is_a_protocol_error(raw: socket.socket) -> None:
+    """Spec 4.1.1: CQL_VERSION is mandatory (the driver always sends it). A client that omits it is refused with
+    Cassandra's message here, rather than pass against the emulator and fail against Cosmos DB."""
+    raw.sendall(_frame(4, 0, 0x01, _startup({})))
+    _, _, opcode, body = _read(raw)
+    code, message = _error_message(body)
+    assert (opcode, code) == (0x00, 0x000A) and "Missing value CQL_VERSION" in message
+
+
+def test_register_for_an_unknown_event_type_is_refused(ready: socket.socket) -> None:
+    """Spec 4.1.8: the event types are TOPOLOGY_CHANGE, STATUS_CHANGE and SCHEMA_CHANGE. A misspelt one is a
+    protocol error, as in Cassandra, so the client does not believe it is registered and never hears an event."""
+    ready.sendall(_frame(4, 9, 0x0B, struct.pack(">H", 1) + _string("SCHEMA_CHANGES")))
+    _, stream, opcode, body = _read(ready)
+    code, message = _error_message(body)
+    assert (stream, opcode, code) == (9, 0x00, 0x000A) and "SCHEMA_CHANGES" in message
+    events = ("TOPOLOGY_CHANGE", "STATUS_CHANGE", "SCHEMA_CHANGE")
+    ready.sendall(_frame(4, 10, 0x0B, struct.pack(">H", 3) + b"".join(_string(e) for e in events)))
+    assert _read(ready)[1:3] == (10, 0x02)  # READY
+
+
+def test_tracing_is_refused_by_name_not_ignored(ready: socket.socket, cassandra_emulator: Running) -> None:
+    """There is no system_traces (Cosmos DB lists tracing as not applicable). A traced request gets an Invalid
+    naming tracing, not an untraced answer, so `get_query_trace()` does not silently return None; it is not a
+    protocol error, which would make the driver close the connection."""
+    _, _, opcode, body = _query(ready, 5, "SELECT key FROM system.local", flags=0x02)
+    code, message = _error_message(body)
+    assert (opcode, code) == (0x00, 0x2200) and "Tracing is not supported" in message
+    cluster = Cluster(contact_points=[cassandra_emulator.host], port=cassandra_emulator.port, protocol_version=4)
+    try:
+        session = cluster.connect()
+        with pytest.raises(InvalidRequest, match="Tracing is not supported"):
+            session.execute("SELECT key FROM system.local", trace=True)
+        assert session.execute("SELECT key FROM system.local").one().key == "local"
+    finally:
+        cluster.shutdown()
 
 
 def _prepare(sock: socket.socket, stream: int, cql: str) -> tuple[bytes, int]:
