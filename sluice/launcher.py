@@ -7,7 +7,8 @@ emulators through :func:`start`, so the readiness contract lives in one place.
 
 The child is started in its own process group and stopped by its PID (SIGTERM,
 then SIGKILL after ``stop_timeout``): a killed parent must never leave a server
-holding a port.
+holding a port. Until :func:`start` returns, it owns the child: whatever ends the
+wait for the ready line (a timeout, an early exit, a KeyboardInterrupt) kills it.
 """
 
 from __future__ import annotations
@@ -142,13 +143,20 @@ def start(
 
     threading.Thread(target=pump, name=f"{name}-output", daemon=True).start()
     deadline = time.monotonic() + timeout
-    while not ready_event.wait(0.05):
-        if time.monotonic() > deadline:
+    try:
+        while not ready_event.wait(0.05):
+            if time.monotonic() > deadline:
+                raise LaunchError(f"{name} printed no ready line within {timeout:.0f}s:\n" + "\n".join(lines))
+        if not found:
+            process.wait(timeout=5)
+            raise LaunchError(f"{name} exited with {process.returncode} before it was ready:\n" + "\n".join(lines))
+    except BaseException:
+        # Nobody holds the child yet: a Ctrl-C (or SIGTERM turned into KeyboardInterrupt) during the wait must
+        # not leave it running in its own session, where the terminal's signals never reach it.
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             process.kill()
-            raise LaunchError(f"{name} printed no ready line within {timeout:.0f}s:\n" + "\n".join(lines))
-    if not found:
-        process.wait(timeout=5)
-        raise LaunchError(f"{name} exited with {process.returncode} before it was ready:\n" + "\n".join(lines))
+            process.wait(timeout=5)
+        raise
     host = found.get("host", "127.0.0.1").strip("[]")
     port = int(found.get("port", "0"))
     logger.info("%s is listening on %s:%s (pid %s)", name, host, port, process.pid)
