@@ -11,18 +11,26 @@
 
 Passwords go through files and connections, never through a command line (``ps``
 shows those). Nothing here touches the machine's own PostgreSQL or Redis.
+
+A server of ours that outlived the process that started it (a ``sluice up`` killed
+with SIGKILL) still holds its directory: :meth:`LocalPostgres.start` and
+:meth:`LocalRedis.start` find it by its pid file and stop it before starting afresh,
+and refuse, naming the pid, when the pid file names some other process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +40,8 @@ from sluice.localstack import free_port
 
 if TYPE_CHECKING:
     import redis
+
+logger = logging.getLogger(__name__)
 
 PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
 
@@ -87,6 +97,7 @@ class LocalPostgres:
     port: int = 0
     host: str = "127.0.0.1"
     temporary: bool = False  # a directory of our own making: removed by stop()
+    pid: int | None = None  # the postmaster's, once started
 
     def start(self) -> LocalPostgres:
         if not PG_BIN:
@@ -95,6 +106,7 @@ class LocalPostgres:
             )
         bin_dir = PG_BIN[-1]
         prefix, uid = _as_postgres()
+        self._bin, self._prefix = bin_dir, prefix  # stop() can stop a server whose start was interrupted
         if self.directory is None:
             self.directory, self.temporary = Path(tempfile.mkdtemp(prefix="sluice-postgres-")), True
         elif uid is not None and not _traversable(self.directory.parent, uid):
@@ -134,6 +146,7 @@ class LocalPostgres:
                     ],
                     "initdb",
                 )
+            self._stop_stale(data)
             self.port = self.port or free_port(self.host)
             options = (
                 f"-p {self.port} -k {self.directory} -c listen_addresses={self.host} -c ssl=on "
@@ -159,8 +172,33 @@ class LocalPostgres:
             )
         finally:
             pwfile.unlink(missing_ok=True)
-        self._bin, self._prefix = bin_dir, prefix
+        self.pid = _pid_in(data / "postmaster.pid")
         return self
+
+    def _stop_stale(self, data: Path) -> None:
+        """Stop the postmaster of an earlier run still serving ``data`` (``pg_ctl stop -m fast``).
+
+        Raises :class:`ServiceError` naming the pid when ``postmaster.pid`` names a live process that
+        is not a PostgreSQL of this directory (PostgreSQL itself would refuse to start then).
+        """
+        pid = _pid_in(data / "postmaster.pid")
+        if pid is None or not _running(pid):
+            return  # none, or a stale file: PostgreSQL replaces it
+        if not _serves(pid, data):
+            raise ServiceError(f"{data / 'postmaster.pid'} names pid {pid}, which is not a PostgreSQL of {data}: "
+                               f"if no PostgreSQL uses {data}, delete that file and start again")
+        logger.warning("our own PostgreSQL of an earlier run still serves %s (pid %s), left by a `sluice up` that "
+                       "was killed: stopping it", data, pid)
+        try:
+            _run([*self._prefix, str(self._bin / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "30", "stop"],
+                 "pg_ctl stop")
+        except ServiceError as exc:
+            raise ServiceError(f"our own PostgreSQL of an earlier run (pid {pid}) still serves {data} and did not "
+                               f"stop ({exc}): stop it with `kill {pid}`, then start again") from None
+
+    def alive(self) -> bool:
+        """Whether the postmaster started by :meth:`start` still runs."""
+        return self.pid is not None and _running(self.pid)
 
     def admin_dsn(self, dbname: str = "postgres") -> str:
         """The superuser over the Unix socket (trusted; no password)."""
@@ -198,14 +236,17 @@ class LocalPostgres:
     def stop(self) -> None:
         if self.directory is None:
             return
-        if (self.directory / "data" / "postmaster.pid").exists():
+        data = self.directory / "data"
+        pid = _pid_in(data / "postmaster.pid")
+        # Also a server whose start was interrupted; never the process a stale pid file names.
+        if pid is not None and hasattr(self, "_bin") and _running(pid) and _serves(pid, data):
             with contextlib.suppress(ServiceError):
                 _run(
                     [
                         *self._prefix,
                         str(self._bin / "pg_ctl"),
                         "-D",
-                        str(self.directory / "data"),
+                        str(data),
                         "-m",
                         "immediate",
                         "-w",
@@ -235,6 +276,7 @@ class LocalRedis:
         if not shutil.which("redis-server"):
             raise ServiceError("redis-server is not installed: run `bash scripts/install.sh`")
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._stop_stale()
         self.port = self.port or free_port(self.host)
         self.tls_port = self.tls_port or free_port(self.host)
         config = self.directory / "redis.conf"
@@ -249,6 +291,7 @@ class LocalRedis:
                     f"tls-ca-cert-file {self.ca.ca_file}",
                     "tls-auth-clients no",
                     f"dir {self.directory}",
+                    f"pidfile {self.directory / 'redis.pid'}",
                     'save ""',
                     "appendonly no",
                     "daemonize no",
@@ -268,6 +311,15 @@ class LocalRedis:
             ready=re.compile(r"(?P<ready>Ready to accept connections)"),
         )
         return self
+
+    def _stop_stale(self) -> None:
+        """Stop the Redis of an earlier run still running in our directory (its pid file names it)."""
+        pid = _pid_in(self.directory / "redis.pid")
+        if pid is None or not _running(pid) or not _serves(pid, self.directory):
+            return
+        logger.warning("our own Redis of an earlier run still runs in %s (pid %s), left by a `sluice up` that was "
+                       "killed: stopping it", self.directory, pid)
+        _end(pid)
 
     def url(self, *, tls: bool = False, host: str | None = None) -> str:
         """The URL with the ACL user and no password (it comes from the secret)."""
@@ -302,6 +354,45 @@ def _run(argv: list[str], what: str) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
     if result.returncode != 0:
         raise ServiceError(f"{what} failed ({result.returncode}): {(result.stderr or result.stdout).strip()[-2000:]}")
+
+
+def _pid_in(pid_file: Path) -> int | None:
+    """The pid on the first line of ``pid_file`` (PostgreSQL's postmaster.pid, Redis's pidfile), if any."""
+    try:
+        return int(pid_file.read_text().split("\n", 1)[0].strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is no zombie (a server we did not fork is reaped by others, or never)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
+def _serves(pid: int, directory: Path) -> bool:
+    """Whether process ``pid`` works in ``directory`` (both servers chdir to it) or names it on its command line."""
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/cwd").resolve() == directory.resolve():
+            return True
+    with contextlib.suppress(OSError):
+        return str(directory.resolve()) in Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    return False
+
+
+def _end(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM process ``pid`` (not our child: it cannot be waited for), SIGKILL if it outlives ``timeout``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _running(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.1)
 
 
 @dataclass
@@ -401,7 +492,9 @@ class OwnServices:
 
     def start_postgres(self, database: str) -> LocalPostgres:
         self.ca = self.ca or LocalCA(self.directory / "certs")
-        self.postgres = LocalPostgres(self.ca, self.directory / "postgres", host=self.host).start()
+        # Held before it starts, so that stop() stops a server whose start was interrupted (Ctrl-C).
+        self.postgres = LocalPostgres(self.ca, self.directory / "postgres", host=self.host)
+        self.postgres.start()
         import psycopg
         from psycopg import sql
 
