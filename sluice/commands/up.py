@@ -130,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
     producer: Producer | None = None
     monitor: Monitor | None = None
     probe: Probe | None = None
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # A closed terminal (SIGHUP) stops the stack as Ctrl-C does: the children run in sessions of their own and
+    # never see the hang-up themselves.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         _start(stack, args, console)
         from sluice.delivery import Probe, function_names
@@ -156,17 +158,30 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[red]error:[/] {exc}")
         return 2
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        if producer is not None:
-            producer.stop()
-        if monitor is not None:  # our own clients go before the services they talk to, so nothing reconnects
-            monitor.halt.set()
-            monitor.join(timeout=10)
-        if probe is not None:
-            probe.close()
-        problems = stack.stop()
-        for problem in problems:
-            console.print(f"[red]while stopping:[/] {problem}")
+        # Once stopping, it finishes: a second Ctrl-C (or SIGTERM, SIGHUP) raising in here would leave every child
+        # not stopped yet running, in a session of its own.
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            _stop(console, stack, producer, monitor, probe)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _stop(console: Console, stack: LocalStack, producer: Producer | None, monitor: Monitor | None,
+          probe: Probe | None) -> None:
+    if producer is not None:
+        producer.stop()
+    if monitor is not None:  # our own clients go before the services they talk to, so nothing reconnects
+        monitor.halt.set()
+        monitor.join(timeout=10)
+    if probe is not None:
+        probe.close()
+    problems = stack.stop()
+    for problem in problems:
+        console.print(f"[red]while stopping:[/] {problem}")
 
 
 def _interrupt(*_: Any) -> None:
