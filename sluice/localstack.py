@@ -253,6 +253,7 @@ class LocalStack:
         if not self.options.use_existing_services:
             self.say("starting our own Redis (ACL user, TLS)")
             server = self._start_own("Redis", lambda: self._own().start_redis())
+            self.children.append(server.running)  # watched as every child: its exit stops `up`
             self.options.redis_url = server.url(tls=True)
             self.ports["redis"] = server.tls_port
             return
@@ -496,6 +497,18 @@ class LocalStack:
                  f"{self.log_path('devhost')}); starting it again, as the Functions host restarts its worker")
         self._launch_devhost(self.ports["http"])
         return True
+
+    def lost(self) -> str | None:
+        """What stopped on its own among what this stack watches besides its children: our own PostgreSQL, a
+        daemon of pg_ctl (our own Redis is a child). None while all runs."""
+        postgres = self.own.postgres if self.own is not None else None
+        if postgres is None or postgres.pid is None or postgres.alive():
+            return None
+        log = postgres.directory / "postgres.log"
+        with contextlib.suppress(OSError):
+            tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-20:])
+            return f"our own PostgreSQL exited (pid {postgres.pid}); the end of {log}:\n{tail}"
+        return f"our own PostgreSQL exited (pid {postgres.pid})"
 
     # --- stopping ---
 

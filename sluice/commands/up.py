@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         _where_to_look(stack, console, probe, features)
         if args.duration:
             return _bounded(stack, args, console, producer, monitor, probe, features, manifest, since)
-        _watch(console, stack, producer, monitor, until=lambda: False)
+        _watch(console, stack, producer, monitor, until=lambda: False, load_runs=True)
         return 0
     except KeyboardInterrupt:
         console.print("\n[bold]stopping[/] (Ctrl-C)")
@@ -295,6 +295,12 @@ class Producer:
     def running(self) -> bool:
         return self.process.poll() is None
 
+    def tail(self, lines: int = 20) -> str:
+        """The last ``lines`` lines of produce.log (what the load generator said on stderr)."""
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+        return ""
+
     def wait(self, timeout: float | None = None) -> int:
         code = self.process.wait(timeout)
         deadline = time.monotonic() + 5
@@ -400,20 +406,29 @@ def _table(stack: LocalStack, producer: Producer | None, monitor: Monitor, note:
 
 
 def _watch(console: Console, stack: LocalStack, producer: Producer | None, monitor: Monitor, *,
-           until: Callable[[], bool], note: Callable[[], str] = lambda: "") -> None:
+           until: Callable[[], bool], note: Callable[[], str] = lambda: "", load_runs: bool = False) -> None:
+    """Show the table until ``until()``; a child, our own PostgreSQL or, with ``load_runs`` (the load has no end),
+    the load generator stopping on its own raises :class:`StackError` with what it said last."""
     from rich.live import Live
+
+    from sluice.localstack import StackError
 
     with Live(_table(stack, producer, monitor), console=console, refresh_per_second=2, transient=False) as live:
         while not until():
             live.update(_table(stack, producer, monitor, note()))
             if any(not r.alive() for r in stack.children):
-                from sluice.localstack import StackError
-
                 dead = next(r for r in stack.children if not r.alive())
                 if stack.restart_after_function_timeout(dead):
                     continue
                 live.update(_table(stack, producer, monitor, note()))
                 raise StackError(f"{dead.name} exited ({dead.process.returncode}); its last output:\n{dead.output()}")
+            lost = stack.lost()
+            if lost is None and load_runs and producer is not None and not producer.running():
+                lost = (f"the load generator exited ({producer.process.returncode}); the end of {producer.log}:\n"
+                        f"{producer.tail()}")
+            if lost is not None:
+                live.update(_table(stack, producer, monitor, note()))
+                raise StackError(lost)
             time.sleep(0.5)
         live.update(_table(stack, producer, monitor, note()))
 
