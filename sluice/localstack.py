@@ -400,6 +400,8 @@ class LocalStack:
         })
         if "metrics" not in self.ports:
             self.ports["metrics"] = self._port("dev host metrics", opts.metrics_port)
+        if "http" not in self.ports:  # Host.LocalHttpPort below names the port the dev host (or `func start`) gets
+            self.ports["http"] = self._port("dev host (HTTP)", opts.http_port)
         values["SLUICE_METRICS_PORT"] = str(self.ports["metrics"])
         if "keyvault" in self.ports:
             values["SLUICE_KEYVAULT_URL"] = f"https://{opts.host}:{self.ports['keyvault']}"
@@ -408,7 +410,7 @@ class LocalStack:
             values.update(self.own.settings(opts.database, self.ports["cassandra"]))
         values.update(opts.overrides)
         self.values = values
-        document = {"IsEncrypted": False, "Values": values, "Host": {"LocalHttpPort": self.options.http_port}}
+        document = {"IsEncrypted": False, "Values": values, "Host": {"LocalHttpPort": self.ports["http"]}}
         self.settings_path.parent.mkdir(parents=True, exist_ok=True)
         self.settings_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         # The same values for a shell: `source <data dir>/settings.env`, then any `python -m sluice ...` command.
@@ -473,10 +475,11 @@ class LocalStack:
         return None
 
     def start_devhost(self, *, env: dict[str, str] | None = None) -> Running:
-        port = self._port("dev host (HTTP)", self.options.http_port)
-        self.ports["http"] = port
+        """Start the dev host on the HTTP port the settings name (chosen by :meth:`write_settings`)."""
+        if "http" not in self.ports:
+            self.ports["http"] = self._port("dev host (HTTP)", self.options.http_port)
         self._devhost_env = env
-        return self._launch_devhost(port)
+        return self._launch_devhost(self.ports["http"])
 
     def _launch_devhost(self, port: int) -> Running:
         running = self._child("devhost", python_module(
