@@ -79,6 +79,38 @@ def test_generated_settings_are_valid_and_name_the_ports_in_use(tmp_path):
         assert exported[name] == values[name]
 
 
+def test_the_settings_name_the_http_port_the_dev_host_gets(tmp_path, busy_port):
+    """Host.LocalHttpPort is the port chosen for the dev host (or `func start`), not the one asked for."""
+    stack = LocalStack(StackOptions(data_dir=tmp_path, http_port=busy_port), say=lambda _: None)
+    stack.ports = {"azurite": 10123, "cassandra": 9123, "eventhubs": 5999}
+    document = json.loads(stack.write_settings().read_text())
+    assert document["Host"]["LocalHttpPort"] == stack.ports["http"] != busy_port
+
+
+def test_our_own_postgresql_exiting_is_reported_with_the_end_of_its_log(tmp_path):
+    """pg_ctl runs it as a daemon, no child of `up`: the postmaster's pid is what the stack watches."""
+    from types import SimpleNamespace
+
+    from sluice.secured import LocalPostgres
+
+    (tmp_path / "postgres.log").write_text("LOG:  database system is ready\nFATAL:  terminating\n")
+    postgres = LocalPostgres(ca=None, directory=tmp_path, pid=os.getpid())
+    stack = LocalStack(StackOptions(data_dir=tmp_path), say=lambda _: None)
+    stack.own = SimpleNamespace(postgres=postgres)
+    assert stack.lost() is None
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    postgres.pid = gone.pid
+    lost = stack.lost()
+    assert lost is not None and f"our own PostgreSQL exited (pid {gone.pid})" in lost and "FATAL:  terminating" in lost
+
+
+def test_the_backup_of_a_previous_root_settings_file_is_git_ignored():
+    """`up --no-devhost` keeps a different ./local.settings.json as .bak: it may hold real connection strings."""
+    result = subprocess.run(["git", "check-ignore", "-q", "local.settings.json.bak"], cwd=ROOT, check=False)
+    assert result.returncode == 0, "local.settings.json.bak (written by `sluice up --no-devhost`) is not git-ignored"
+
+
 def test_up_refuses_a_bounded_run_without_load_before_starting_anything(tmp_path):
     result = subprocess.run([sys.executable, "-m", "sluice", "up", "--duration", "5", "--no-load", "--data-dir",
                              str(tmp_path)], capture_output=True, text=True, timeout=60, cwd=str(ROOT))
