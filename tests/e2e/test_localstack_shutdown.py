@@ -169,35 +169,23 @@ def test_sigterm_while_a_child_starts_stops_that_child_too(data_dir):
         up.stop()
 
 
-def test_the_load_generator_exiting_stops_up_naming_it(data_dir):
-    """Without --duration the load has no end: its exit stops `up` non-zero with the end of produce.log.
-
-    As any child's exit does (docs/local-stack.md, "Stopping"); otherwise the table would show a healthy
-    stack that receives nothing, the reason hidden in produce.log.
+@pytest.mark.parametrize(("arguments", "child", "said"), [
+    (LOAD, "sluice produce", "the load generator exited"),
+    (("--no-load",), "redis-server", "redis-server exited"),
+], ids=["load-generator", "own-redis"])
+def test_a_child_exiting_on_its_own_stops_up_naming_it(data_dir, arguments, child, said):
+    """Any child's exit stops `up` non-zero with its last output (docs/local-stack.md, "Stopping"): the load
+    generator's when the load has no end (without --duration), and our own Redis's, which `up` watches as it
+    does the emulators. Otherwise the table would show a healthy stack that receives nothing (the reason
+    hidden in produce.log), or run on half-broken: /api/health unavailable, the change feed failing every 2 s.
     """
-    up = Up(data_dir, *LOAD)
+    up = Up(data_dir, *arguments)
     try:
         up.wait_up()
-        up.child("sluice produce").kill()
+        up.child(child).kill()
         code = up.exit_code(20)
-        assert code not in (None, 0), f"the load generator was killed; sluice up still runs:\n{up.output()[-1500:]}"
-        assert "the load generator exited" in up.output()
-    finally:
-        up.stop()
-
-
-def test_our_own_redis_exiting_stops_up_naming_it(data_dir):
-    """Our own Redis is watched as every child is: its exit stops `up` non-zero with its last output.
-
-    Otherwise `up` would run on half-broken: /api/health unavailable, the change feed failing every 2 s.
-    """
-    up = Up(data_dir, "--no-load")
-    try:
-        up.wait_up()
-        up.child("redis-server").kill()
-        code = up.exit_code(20)
-        assert code not in (None, 0), f"our own Redis was killed; sluice up still runs:\n{up.output()[-1500:]}"
-        assert "redis-server exited" in up.output()
+        assert code not in (None, 0), f"{child} was killed; sluice up still runs:\n{up.output()[-1500:]}"
+        assert said in up.output()
     finally:
         up.stop()
 
