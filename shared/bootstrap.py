@@ -324,12 +324,23 @@ def _ingest_service(*, audit: bool) -> IngestService:
     cfg = settings()
     store = LazyEventStore(lambda: CassandraEventStore(cassandra_session(), cfg.cassandra, cfg.rules.critical_rules))
     telemetry = _telemetry()
-    # Half the allowed lateness: an event stored later than the whole of it after its enqueue could escape
-    # enrichment's late scan; the other half is room for the clocks of Event Hubs, ingest and enrichment.
     return IngestService(store, dead_letter_sink(), cfg.ingest.limits(),
                          audit_ledger() if audit and cfg.ingest.audit else None, metrics=telemetry.ACTIVE_METRICS,
-                         delays=delay_log(),
-                         delayed_after=timedelta(seconds=cfg.enrichment.allowed_lateness_seconds / 2))
+                         delays=delay_log(), delayed_after=delayed_after(cfg))
+
+
+def delayed_after(cfg: Settings) -> timedelta:
+    """How late after its enqueue a stored batch is noted in the delay log, for each reader that rescans a window.
+
+    Half of each window: an event stored later than the whole of it after its enqueue could escape the reader's
+    rescan; the other half is room for the clocks of Event Hubs, ingest and the reader. Enrichment's late scan
+    rescans the allowed lateness; the portable change feed rescans only its overlap (the Cosmos change feed
+    reads by write, so a late row reaches it anyway).
+    """
+    windows = [cfg.enrichment.allowed_lateness_seconds]
+    if cfg.changefeed.mode == "portable":
+        windows.append(cfg.changefeed.overlap_seconds)
+    return timedelta(seconds=min(windows) / 2)
 
 
 @service
