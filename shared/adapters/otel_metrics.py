@@ -63,8 +63,6 @@ def reason_kind(reason: str) -> str:
         return "too_large"
     if reason.startswith(("body starts with", "body is not valid", "body is a JSON", "body is an empty")):
         return "malformed"
-    if "appears twice in the batch" in reason:
-        return "conflicting_id"
     if " is a JSON " in reason:
         return "malformed"
     return "contract"

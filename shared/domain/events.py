@@ -272,12 +272,15 @@ def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime
     elements are rejected together, in one :class:`Rejected` naming each (index,
     reason), which keeps the body once. An event id seen twice in the
     batch with the same content is an at-least-once duplicate and is dropped
-    (``duplicates``); with different content the later one is rejected, because
-    an event id must identify one event.
+    (``duplicates``); with different content (a correction re-sent under its
+    id) the later copy replaces the earlier, which counts as a duplicate: as if
+    each had come in a batch of its own, where the last write of an id wins. So
+    how a redelivery after a crash cuts the batches never changes what is stored.
     """
     context = {"limits": limits, "now": now or datetime.now(UTC)}
     parsed = Parsed()
-    seen: dict[int, DeviceEvent] = {}  # by the id's int: equal ids, and no Python-level UUID.__hash__ per lookup
+    # By the id's int (equal ids, and no Python-level UUID.__hash__ per lookup): the event and its place in oks.
+    seen: dict[int, tuple[DeviceEvent, int]] = {}
     for record in records:
         bad: list[BadElement] = []
         total = 0
@@ -289,20 +292,17 @@ def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime
             if isinstance(item, BadElement):
                 bad.append(item)
                 continue
-            event, index = item
+            event, _ = item
             key = event.event_id.int
             earlier = seen.get(key)
             if earlier is None:
-                seen[key] = event
+                seen[key] = (event, len(parsed.oks))
                 parsed.oks.append(Event(event, record.metadata))
-            elif earlier == event:
-                parsed.duplicates += 1
-            elif index is None:
-                parsed.errs.append(Rejected(f"event_id {event.event_id} appears twice in the batch with different "
-                                            "content", record.body, record.metadata, None, str(event.event_id)))
-            else:
-                bad.append(BadElement(index, "appears twice in the batch with different content",
-                                      str(event.event_id)))
+                continue
+            parsed.duplicates += 1
+            if earlier[0] != event:  # a correction: the later copy wins, in its place
+                seen[key] = (event, earlier[1])
+                parsed.oks[earlier[1]] = Event(event, record.metadata)
         if bad:
             parsed.errs.append(_rejected_elements(record, bad, total))
     return parsed

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -220,18 +219,11 @@ def test_the_lookup_latency_buckets_resolve_the_sub_millisecond_targets(sdk) -> 
 
 def test_dead_letter_reasons_are_bounded_labels_for_what_parse_records_says() -> None:
     meta = EventMetadata("0", None, 1, None, None)
-    good = {"event_id": str(uuid.uuid4()), "device_id": "d", "event_type": "t", "timestamp": NOW.isoformat()}
     bodies = {b"x" * 300: "too_large", b"\xef\xbb\xbf{}": "malformed", b"\xff": "malformed", b"{nope": "malformed",
               b"7": "malformed", b"[]": "malformed", b"[1]": "malformed", b'{"event_id": 1}': "contract"}
     for body, kind in bodies.items():
         (rejected,) = parse_records([RawRecord(body, meta)], limits=Limits(max_body_bytes=256), now=NOW).errs
         assert reason_kind(rejected.reason) == kind, rejected.reason
-    import json
-
-    twin = json.dumps(good).encode()
-    other = json.dumps({**good, "event_type": "u"}).encode()
-    (conflict,) = parse_records([RawRecord(twin, meta), RawRecord(other, meta)], limits=Limits(), now=NOW).errs
-    assert reason_kind(conflict.reason) == "conflicting_id"
     assert reason_kind("event store unavailable: NoHostAvailable") == "store_unavailable"
 
 
