@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import cast
@@ -43,7 +42,19 @@ logger = logging.getLogger(__name__)
 # Key patterns of one generation (under its prefix), for deleting a replaced one.
 GENERATION_PATTERNS = ["d:*", "e:*", "critical:*", "rebuild:*"]
 _CHUNK = 500
-_EVENT_ID = re.compile(rb'"event_id":"([^"]+)"')
+
+
+def _event_id(member: bytes) -> str | None:
+    """The top-level ``event_id`` of a critical set's member, decoded: an attribute of that name sorts before it.
+
+    A member a buggy release wrote may be no event document at all (``None``): it only goes with the set.
+    """
+    try:
+        document = json.loads(member)
+    except ValueError:
+        return None
+    event_id = document.get("event_id") if isinstance(document, dict) else None
+    return event_id if isinstance(event_id, str) and event_id else None
 
 
 class RedisCacheBuilder:
@@ -203,8 +214,7 @@ class RedisCacheBuilder:
             members = cast(list[bytes], self._sink.client.zrange(keys.critical(device_id), 0, -1))
         except REDIS_ERRORS as exc:
             raise failed(what, exc) from exc
-        # a member a buggy release wrote may be no event document at all: it only goes with the set
-        event_ids = [found.group(1).decode() for found in map(_EVENT_ID.search, members) if found]
+        event_ids = [event_id for event_id in map(_event_id, members) if event_id]
         self._run([("UNLINK", keys.latest(device_id), keys.critical(device_id),
                     *(keys.member(device_id, event_id) for event_id in event_ids))], what)
 

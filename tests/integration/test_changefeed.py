@@ -55,10 +55,12 @@ def cassandra_settings(emulator: Running, keyspace: str) -> CassandraSettings:
 
 
 def make_event(device: str, at: datetime, *, severity: str = "info", measurements: dict | None = None,
-               enqueued: datetime | None = None, event_id: uuid.UUID | None = None) -> Event:
+               enqueued: datetime | None = None, event_id: uuid.UUID | None = None,
+               attributes: dict[str, str] | None = None) -> Event:
     body = DeviceEvent.model_validate(
         {"event_id": str(event_id or uuid.uuid4()), "device_id": device, "event_type": "telemetry",
-         "timestamp": at.isoformat(), "severity": severity, "measurements": measurements or {}},
+         "timestamp": at.isoformat(), "severity": severity, "measurements": measurements or {},
+         "attributes": attributes or {}},
         context={"now": datetime.now(UTC) + timedelta(days=1)},
     )
     return Event(body, EventMetadata(partition_id="0", offset="1", sequence_number=1,

@@ -212,6 +212,30 @@ def test_scripts_are_reloaded_after_a_script_flush(private_redis):
     client.close()
 
 
+def test_which_copy_of_a_resent_event_stays_does_not_depend_on_its_attributes(client, redis_prefix):
+    """``keeps()`` (``_newer.lua``) compares the documents' top-level ``enqueued_time``, decoded: ``"attributes"``
+    sorts first in a document and its names are free text, so an attribute ``enqueued_time`` would be found first
+    by a text pattern. The superseded copy carries one that sorts after any real enqueued time; the copy enqueued
+    later still stays in ``e:<id>``, the latest state and the critical set, in either order of the writers.
+    Was: the superseded copy stayed when it was written last."""
+    at = NOW.replace(microsecond=0) - timedelta(minutes=1)
+    event_id = uuid.uuid4()
+    first = StoredEvent(event_id=event_id, device_id="resent-2", event_time=at, event_type="telemetry",
+                        severity="critical", critical=True, attributes={"enqueued_time": "9999-12-31T23:59:59Z"},
+                        enqueued_time=at + timedelta(seconds=1))
+    resent = StoredEvent(event_id=event_id, device_id="resent-2", event_time=at, event_type="telemetry",
+                         severity="critical", critical=True, enqueued_time=at + timedelta(seconds=30))
+    for attempt, order in enumerate(([first, resent], [resent, first])):
+        cache = Cache(client, key_prefix=f"{redis_prefix}{attempt}:")
+        for event in order:
+            apply_changes(cache, [event], None, list)
+        by_id = client.hget(cache.keys.event(event_id), "d").decode()
+        members = client.zrangebyscore(cache.keys.critical("resent-2"), "(-inf", "+inf")
+        assert json.loads(by_id)["attributes"] == {}, order
+        assert client.hget(cache.keys.latest("resent-2"), "d").decode() == by_id
+        assert [m.decode() for m in members] == [by_id]
+
+
 def test_a_re_sent_critical_event_stays_one_member(client, redis_prefix):
     """At-least-once delivery: the same event stored again with a new Event Hubs enqueued time."""
     from dataclasses import replace

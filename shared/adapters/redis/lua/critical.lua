@@ -1,4 +1,4 @@
--- uses: _extend _sentinel _member _newer
+-- uses: _extend _sentinel _field _member _newer
 -- A critical event into its device's set; every key is in the device's slot ({<device>}).
 -- KEYS: d:{<device>}:ce:<event id>, d:{<device>}:crit.
 -- ARGV: document, score (event time ms), ttl, per-device cap.

@@ -1,4 +1,4 @@
--- uses: _extend _sentinel _member _newer
+-- uses: _extend _sentinel _field _member _newer
 -- Critical events of a device read from the store, merged into its set with their completeness bound.
 -- KEYS: d:{<device>}:crit, then d:{<device>}:ce:<event id> per event (all in the device's slot).
 -- ARGV: covers-since (ms), ttl, cap, then score and document per event.

@@ -1,4 +1,4 @@
--- uses: _extend _newer
+-- uses: _extend _field _newer
 -- An event by id (written by the change feed for critical events, and by lookup fills).
 -- KEYS: e:<event id>. ARGV: document, ttl  |  ARGV: enqueued time, "", "stale".
 -- "stale" (the change feed, for an event that is not critical, which it does not cache by id itself): a copy a

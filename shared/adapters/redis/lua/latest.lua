@@ -1,4 +1,4 @@
--- uses: _extend _newer
+-- uses: _extend _field _newer
 -- The latest state of a device, replaced only by a newer event.
 -- KEYS: d:{<device>}:latest. ARGV: sort key, document, ttl[, "present"].
 -- With "present" (the change feed) a missing key is not created and 0 is returned: the key expired, was

@@ -1,3 +1,4 @@
+-- uses: _field
 -- The critical stream shard of a generation being built, rewritten in event time order at the end of a rebuild.
 -- KEYS: critical:stream:{<shard>}. ARGV: ttl, stream cap (per shard), then per candidate of the shard: event
 -- time (ms), event id, device id, document.
@@ -8,7 +9,7 @@
 -- and the trim drops the oldest. Atomic, so no entry the feed adds meanwhile is lost: it comes after, with
 -- an id from the clock. Running it again (a rebuild resumed after a kill) writes the same shard.
 local function epoch_ms(doc)
-  local y, mo, d, h, mi, s, ms = string.match(doc, '"timestamp":"(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)%.(%d+)Z"')
+  local y, mo, d, h, mi, s, ms = string.match(field(doc, 'timestamp'), '^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)%.(%d+)Z$')
   if not y then return 0 end
   y, mo = tonumber(y), tonumber(mo)
   if mo <= 2 then y = y - 1 end  -- days from the civil date (Howard Hinnant's algorithm), years from March
