@@ -1,5 +1,8 @@
 """Edges of the change feed and the lookups, through the registered functions (Cassandra emulator, real Redis):
-ties within a millisecond, `since` at the edges of time, and Redis keys that expired under the feed."""
+ties within a millisecond, `since` at the edges of time, and Redis keys that expired under the feed.
+
+The Cassandra emulator orders ``uuid`` clustering columns as Cassandra's ``UUIDType`` does
+(emulators/cassandra/_typecodecs.py), so a miss answers in Cassandra's order."""
 
 from __future__ import annotations
 
@@ -38,6 +41,12 @@ def critical(device: str, **params: str):
 
 def body(response) -> dict:
     return json.loads(response.get_body())
+
+
+def v1(timestamp_100ns: int, node: int = 1) -> uuid.UUID:
+    """A version-1 (time-based) UUID with the given 60-bit timestamp."""
+    return uuid.UUID(fields=(timestamp_100ns & 0xFFFFFFFF, (timestamp_100ns >> 32) & 0xFFFF,
+                             ((timestamp_100ns >> 48) & 0x0FFF) | 0x1000, 0x80, 0x00, node), version=1)
 
 
 def _tie_ids() -> tuple[uuid.UUID, uuid.UUID]:
@@ -90,6 +99,57 @@ def test_critical_events_of_one_millisecond_come_in_the_same_order_on_a_hit_as_o
     assert [e["event_id"] for e in body(again)["events"]] == [e["event_id"] for e in body(first)["events"]]
     one = critical("ctie-1", limit="1")
     assert [e["event_id"] for e in body(one)["events"]] == [body(first)["events"][0]["event_id"]]
+
+
+# -- 3b. ... with time-based event ids, ordered as Cassandra's UUIDType orders them, not as text ----------
+
+@pytest.mark.timeout(60)
+def test_critical_events_of_one_millisecond_with_time_based_ids_come_in_cassandras_uuid_order_on_a_hit(
+        app_env, store) -> None:
+    """``event_id`` is a CQL ``uuid``: Cassandra's ``UUIDType`` orders by version, then version-1 (time-based)
+    ids by their 60-bit timestamp, whose low 32 bits (``time_low``) are what the text starts with. Ingest accepts
+    any UUID, so ``get_critical.lua`` sorts a tie by that order, not by the text: a hit, and with ``limit=1`` the
+    one event it answers, is then what the miss (Cassandra) answered, whether or not Redis had the list cached.
+    Was: sorted as text, the hit reversed these two and ``limit=1`` answered the other event."""
+    app_env()
+    at = NOW - timedelta(minutes=1)
+    # both version 1: `early` has the earlier timestamp but the greater text ("ffffffff-..." vs "00000001-...")
+    early = v1((0x1EF << 48) | 0xFFFFFFFF)
+    late = v1((0x1F0 << 48) | 0x00000001)
+    assert str(late) < str(early)
+    store.write([make_event("v1tie-1", at, severity="critical", event_id=early),
+                 make_event("v1tie-1", at, severity="critical", event_id=late)])
+    first = critical("v1tie-1")
+    assert first.status_code == 200 and first.headers["X-Cache"] == "miss"
+    assert [e["event_id"] for e in body(first)["events"]] == [str(early), str(late)]  # the earlier timestamp first
+    again = critical("v1tie-1")
+    assert again.headers["X-Cache"] == "hit"
+    assert [e["event_id"] for e in body(again)["events"]] == [str(early), str(late)]
+    one = critical("v1tie-1", limit="1")
+    assert [e["event_id"] for e in body(one)["events"]] == [str(early)], one.headers["X-Cache"]
+
+
+# -- 3c. ... whatever the events' attributes are named ------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_an_attribute_named_event_id_does_not_change_the_order_of_critical_events_of_one_millisecond(
+        app_env, store) -> None:
+    """The Lua scripts read a stored document's top-level fields by decoding it (``_field.lua``): ``"attributes"``
+    sorts first in the document and its names are free text, so a text pattern for ``"event_id":"..."`` would
+    find an attribute of that name (say the device's own message id) before the event's id. Two critical events
+    of one millisecond, ids A < B (random UUIDs: text order is Cassandra's), A with the attribute
+    ``{"event_id": "zzz"}``: the hit answers [A, B] as the miss did. Was: the hit sorted A by "zzz", [B, A]."""
+    app_env()
+    at = NOW - timedelta(minutes=1)
+    a, b = sorted((uuid.uuid4(), uuid.uuid4()), key=str)
+    store.write([make_event("attr-1", at, severity="critical", event_id=a, attributes={"event_id": "zzz"}),
+                 make_event("attr-1", at, severity="critical", event_id=b)])
+    first = critical("attr-1")
+    assert first.status_code == 200 and first.headers["X-Cache"] == "miss"
+    assert [e["event_id"] for e in body(first)["events"]] == [str(a), str(b)]
+    again = critical("attr-1")
+    assert again.headers["X-Cache"] == "hit"
+    assert [e["event_id"] for e in body(again)["events"]] == [str(a), str(b)]
 
 
 # -- 4. latest state goes backwards once the feed's key has expired (or Redis was flushed) -----------
