@@ -83,3 +83,29 @@ def test_a_killed_build_leaves_the_live_generation_whole_and_a_restart_drops_the
     assert restarted.generation == 2
     assert not any(name.startswith("g1:") for name in names(client, prefix))
     assert client.exists(sink.keys_of(0).latest("dev-11"))  # the live generation is untouched
+
+
+def test_deleting_a_replaced_generation_touches_only_its_own_keys_whatever_characters_its_prefix_holds(client):
+    """A replaced generation is found by ``SCAN MATCH <prefix><pattern>``, the prefix escaped for the glob
+    (``glob_escape``): a key prefix may hold ``[``, ``]``, ``*``, ``?`` or ``\\`` (only ``{``/``}`` are refused), and
+    another deployment sharing the Redis may use a prefix the unescaped pattern matches. With ``app[1]:`` the old
+    generation's keys go and ``app1:``'s stay. Was: ``app[1]:d:*`` matched (and deleted) ``app1:d:...`` and
+    missed the generation's own keys, which stayed until their TTL."""
+    tag = uuid.uuid4().hex[:8]
+    prefix, foreign = f"t{tag}[1]:", f"t{tag}1:"
+    foreign_key = f"{foreign}d:{{pump}}:latest"
+    client.hset(foreign_key, "d", "another prefix's data")
+    client.expire(foreign_key, 600)
+    sink = RedisChangeSink(client, key_prefix=prefix, ttl_seconds=600, stream_shards=2, generation_cache_seconds=0)
+    event = ev("pump", seconds=1)
+    apply_changes(sink, [event], None, list)
+    own_old = sink.keys_of(0).latest("pump")
+    assert client.exists(own_old)
+    builder = RedisCacheBuilder(sink, settle_seconds=0)
+    build = builder.begin(SINCE_ALL, resume=False)
+    builder.write(build.generation, [event], {}, SINCE_ALL)
+    assert builder.finish(build.generation) == 0
+    assert builder.cleanup() == [0]
+    assert client.exists(foreign_key)
+    assert not client.exists(own_old)
+    client.unlink(foreign_key)

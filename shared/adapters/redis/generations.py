@@ -27,6 +27,7 @@ the old generation, so no reader still reads it.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -35,6 +36,14 @@ from redis.cluster import RedisCluster
 
 from shared.adapters.redis.client import REDIS_ERRORS, Client, RedisConnection, as_text
 from shared.exceptions import DependencyUnavailable
+
+_GLOB = re.compile(r"([\\*?\[\]])")
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a ``SCAN MATCH`` pattern matching only itself: a key prefix may hold ``*``, ``?``, ``[``,
+    ``]`` or ``\\``, which a pattern would read as wildcards and so match (and delete) other prefixes' keys."""
+    return _GLOB.sub(r"\\\1", text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,12 +172,13 @@ return old
         """Delete every key of a generation that is neither live nor building (``UNLINK`` in batches).
 
         ``SCAN`` sees one server's keys only, so on a cluster every master is scanned;
-        the cluster client splits each ``UNLINK`` by slot.
+        the cluster client splits each ``UNLINK`` by slot. The prefix is escaped for ``MATCH``: only
+        ``patterns`` are globs.
         """
         pointer = self.read()
         if generation in (pointer.live, pointer.building):
             raise ValueError(f"generation {generation} is in use")
-        base = generation_prefix(self.prefix, generation)
+        base = glob_escape(generation_prefix(self.prefix, generation))
         removed = 0
         try:
             client = self._client
