@@ -161,3 +161,39 @@ def test_the_rebuilds_stream_candidates_key_expires(client):
         assert client.ttl(candidates) > 0, f"{candidates} has no TTL ({client.ttl(candidates)})"
     finally:
         _drop(client, prefix)
+
+
+def test_a_rebuild_reads_the_events_own_time_and_id_whatever_their_attributes_are_named(client):
+    """Rule (docs/redis-layout.md, "Keys"): a script or the rebuild reads a stored document's own fields decoded,
+    never an attribute of the same name (``"attributes"`` sorts first and its names are free text). The rebuild's
+    stream rewrite (``stream_rebuild.lua``) gives the feed's entry of the build the id ``<event time ms>-<n>`` from
+    the document's ``timestamp``, and ``RedisCacheBuilder.clear`` deletes the member key of each event the set
+    holds by its ``event_id``.
+
+    Was: both matched the text, so the attribute ``timestamp`` placed the entry at year 2999 (newest of the
+    stream) and the attribute ``event_id`` made ``clear`` leave the event's member key behind.
+    """
+    from dataclasses import replace
+
+    prefix = f"rv{uuid.uuid4().hex[:8]}:"
+    try:
+        sink = RedisChangeSink(client, key_prefix=prefix, ttl_seconds=600, stream_shards=2,
+                               generation_cache_seconds=0)
+        builder = RedisCacheBuilder(sink, settle_seconds=0)
+        build = builder.begin(SINCE_ALL, resume=False)
+        during = replace(ev("pump-8", seconds=1, critical=True),
+                         attributes={"event_id": "msg-1", "timestamp": "2999-01-01T00:00:00.000Z"})
+        sink.apply([during])  # the change feed during the build: both generations, clock entry ids
+        builder.write(build.generation, [during], {"pump-8": [during]}, SINCE_ALL)
+        assert builder.finish(build.generation) == 0
+        keys = sink.keys_of(build.generation)
+        entries = [entry for entry, fields in client.xrange(keys.stream("pump-8"))
+                   if fields[b"event_id"] == str(during.event_id).encode()]
+        assert [entry.decode().split("-")[0] for entry in entries] == [str(during.event_time_ms)]
+
+        member = keys.member("pump-8", during.event_id)
+        assert client.exists(member)
+        builder.clear("pump-8")
+        assert not client.exists(member), "clear left the event's member key"
+    finally:
+        _drop(client, prefix)
