@@ -8,55 +8,30 @@ batches cut as the backlog allows.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import redis
 
 from shared import bootstrap
-from shared.adapters.cassandra.migrations import apply_migrations
 from shared.domain.events import EventMetadata, RawRecord
-from sluice.launcher import Running
+from tests.integration import test_changefeed as changefeed_tests
 
-ROOT = Path(__file__).resolve().parents[2]
-BUCKET_SECONDS = 60
-SHARDS = 2
-
-
-def _sample_env(**overrides: str) -> dict[str, str]:
-    values = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
-    env = {k: v for k, v in values.items() if v != ""}
-    env.update(overrides)
-    return env
+# fixtures shared with the change feed tests (used by name)
+changefeed_env, keyspace, session = changefeed_tests.app_env, changefeed_tests.keyspace, changefeed_tests.session
 
 
 @pytest.fixture
-def app_env(monkeypatch: pytest.MonkeyPatch, cassandra_emulator: Running, cassandra_keyspace: str, redis_url: str,
-            redis_prefix: str, azurite_connection_string: str) -> Iterator[Callable[..., None]]:
-    """Point the app's settings (bootstrap) at a fresh keyspace, this test's Redis prefix and dead-letter container."""
+def app_env(changefeed_env: Callable[..., None], azurite_connection_string: str) -> Iterator[Callable[..., None]]:
+    """The change feed tests' app settings, with a dead-letter container of this test's own."""
 
     def configure(**overrides: str) -> None:
-        env = _sample_env(**{
-            "AzureWebJobsStorage": azurite_connection_string,
-            "SLUICE_STORAGE_DEADLETTER_CONTAINER": f"dl-{uuid.uuid4().hex[:12]}",
-            "SLUICE_CASSANDRA_HOSTS": cassandra_emulator.host, "SLUICE_CASSANDRA_PORT": str(cassandra_emulator.port),
-            "SLUICE_CASSANDRA_KEYSPACE": cassandra_keyspace, "SLUICE_CASSANDRA_CONSISTENCY": "ONE",
-            "SLUICE_CASSANDRA_BUCKET_SECONDS": str(BUCKET_SECONDS), "SLUICE_CASSANDRA_SHARDS": str(SHARDS),
-            "SLUICE_REDIS_URL": redis_url, "SLUICE_REDIS_KEY_PREFIX": redis_prefix,
-            "SLUICE_CHANGEFEED_LOOKBACK_SECONDS": "900", **overrides})
-        for name in [n for n in os.environ if n.startswith("SLUICE_")]:
-            monkeypatch.delenv(name)
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        bootstrap.reset()
-        apply_migrations(bootstrap.cassandra_session(), bootstrap.settings().cassandra)
+        changefeed_env(AzureWebJobsStorage=azurite_connection_string,
+                       SLUICE_STORAGE_DEADLETTER_CONTAINER=f"dl-{uuid.uuid4().hex[:12]}", **overrides)
 
     yield configure
-    bootstrap.reset()
 
 
 def _body(event_id: uuid.UUID, device: str, at: datetime, **fields: object) -> bytes:
