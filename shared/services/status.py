@@ -66,7 +66,9 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def _age(now: datetime, moment: datetime | None) -> float | None:
-    return None if moment is None else round((now - moment).total_seconds(), 1)
+    """Seconds from ``moment`` to ``now``, never below 0: a position saved while the page was being read (after
+    ``now`` was taken), or stamped by a clock a little ahead, is 0 s old, not -0.1 s."""
+    return None if moment is None else max(0.0, round((now - moment).total_seconds(), 1))
 
 
 # The store each section reads, named in its body when it gives no answer in time (docs/api.md)

@@ -66,6 +66,14 @@ def test_counts_the_last_minute_and_five_minutes_from_bucket_reads() -> None:
     assert body["lag"] == {"status": "not_configured", "partitions": None, "total": None}
 
 
+def test_a_position_saved_after_the_page_was_taken_is_0_s_old_not_negative() -> None:
+    """The change feed saves its position every few seconds, also between the moment the status takes as now and
+    its read of the position: the page showed "staleness -0.1 s"."""
+    feed = Position(NOW + timedelta(seconds=1), NOW + timedelta(milliseconds=100))
+    body = service(Arrivals([]), feed=feed).status()
+    assert body["change_feed"]["staleness_seconds"] == 0.0 and body["change_feed"]["freshness_seconds"] == 0.0
+
+
 def test_the_lag_section_names_the_partitions_whose_checkpoint_keda_cannot_read() -> None:
     """A partition whose checkpoint KEDA's scaler cannot read is counted nowhere (no false lag) and the section says
     so, naming it: the autoscaler is on its fallback replicas, which the lag figures alone would not show."""
