@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # the adapters are imported where they are built, on first us
     from shared.adapters.keyvault import KeyVaultSecrets
     from shared.adapters.redis import RedisChangeSink, RedisConnection, RedisLookupCache
     from shared.adapters.redis.aio import AsyncRedisConnection
+    from shared.adapters.refreshed_figures import RefreshedFigures
     from shared.adapters.secrets import RotatingSecret
     from shared.services.audit import AuditService
     from shared.services.changefeed import ChangeFeedService
@@ -273,12 +274,21 @@ def postgres_pool() -> ConnectionPool:
 
 def reset() -> None:
     """Close and forget every cached client, service and the settings (tests, or a changed environment)."""
-    global _telemetry_retry, _lag_export
+    global _telemetry_retry, _lag_export, _lag_figures
     with _lock:
         if _telemetry_retry is not None:  # a pending retry of the telemetry set-up belongs to the old settings
             _telemetry_retry.cancel()
             _telemetry_retry = None
         _lag_export = "no"
+        # The gauges' reading threads read with the clients closed below: left running, each would fail every
+        # period until its idle stop (10 min), a thread per reset piling up.
+        if _lag_figures is not None:
+            _lag_figures.stop()
+            _lag_figures = None
+    if register_audit_gauge.cache_info().currsize:
+        gauge = register_audit_gauge()
+        if gauge is not None:
+            gauge.stop()
     closers: tuple[tuple[functools._lru_cache_wrapper[Any], Callable[[Any], object]], ...] = (
         (cassandra_session, lambda s: s.cluster.shutdown()), (postgres_pool, lambda p: p.close()),
         (redis_client, lambda r: r.close()), (redis_async_connection, lambda r: r.close()),
@@ -449,6 +459,7 @@ def _host_eventhub() -> tuple[KedaCheckpointSource, EventHubConsumerClient, Even
 
 # Whether this process exports sluice.eventhub.lag: "no", "wanted" (telemetry not set up yet), "exported".
 _lag_export = "no"
+_lag_figures: RefreshedFigures | None = None  # the exported gauge's reading thread, stopped by reset()
 STATUS_FUNCTION = "status"
 FUNCTIONS_SETTING = "azurefunctionsjobhost__functions__"
 
@@ -473,7 +484,7 @@ def export_lag() -> None:
     route's ``CachedPartitionLag``. Telemetry set up later (:func:`_retry_telemetry`)
     registers it then. A gauge that cannot be set up is logged, never raised.
     """
-    global _lag_export
+    global _lag_export, _lag_figures
     telemetry = _telemetry()
     with _lock:
         if _lag_export == "exported":
@@ -485,7 +496,9 @@ def export_lag() -> None:
     try:
         lag = lag_reader()
         if lag is not None:
-            telemetry.active().metrics.register_lag_gauge(lag.lag, settings().ingest.consumer_group)
+            figures = telemetry.active().metrics.register_lag_gauge(lag.lag, settings().ingest.consumer_group)
+            with _lock:
+                _lag_figures = figures
     except Exception:  # no lag gauge is no reason to fail the worker's start
         logger.warning("the sluice.eventhub.lag gauge is not exported", exc_info=True)
 

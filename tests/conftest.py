@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import pkgutil
+import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -39,3 +41,22 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
         return 0
     return DEFAULT_WORKERS
 
+
+
+@pytest.fixture(autouse=True)
+def _gauge_threads_end_with_their_test() -> Iterator[None]:
+    """A gauge's reading thread (``RefreshedFigures``) that outlives its test reads with closed clients every period
+    for ten minutes (its idle stop), beside the other tests on the machine's two cores: the test that started it
+    must stop it (``bootstrap.reset()`` stops those it registered)."""
+    from shared.adapters.refreshed_figures import THREAD_PREFIX
+
+    def readers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX)}
+
+    before = readers()
+    yield
+    left = readers() - before
+    for thread in left:
+        thread.join(timeout=20)  # a stopped thread ends after the reading under way (an SDK's retries: about 12 s)
+    running = sorted(t.name for t in left if t.is_alive())
+    assert not running, f"gauge reading threads left running by the test: {running}"

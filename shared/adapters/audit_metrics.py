@@ -40,6 +40,10 @@ class AuditGauge:
         """Start auditing on the gauge's thread (when it is registered: the first collection finds a result)."""
         self._figures.start()
 
+    def stop(self) -> None:
+        """Stop auditing for good (the clients the audit reads with are being closed)."""
+        self._figures.stop()
+
     def missing(self) -> dict[str, int]:
         """Partition -> missing count from the last audit (none yet, failed or too old: empty); never waits for one."""
         return self._figures.latest()

@@ -209,7 +209,7 @@ class OtelMetrics:
             telemetry_failed("recording a lookup", exc)
 
     def register_lag_gauge(self, lag: Callable[[], Mapping[str, int]], consumer_group: str, *,
-                           period: float = LAG_PERIOD) -> None:
+                           period: float = LAG_PERIOD) -> RefreshedFigures:
         """``sluice.eventhub.lag`` per partition from ``lag`` (e.g. ``CachedPartitionLag.lag``), read every ``period``.
 
         ``lag`` runs on a thread of its own (``RefreshedFigures``), never in the
@@ -217,7 +217,7 @@ class OtelMetrics:
         not hold the scrape of every other instrument. Each collection reports the
         last reading, if it ended less than three periods ago; a failed reading
         reports no point (no point is better than a false 0) and is logged at most
-        once a minute.
+        once a minute. Returns the figures, whose ``stop`` ends the reading thread.
         """
         spec = BY_NAME["sluice.eventhub.lag"]
         figures = RefreshedFigures(lag, name="eventhub-lag", period=period,
@@ -230,3 +230,4 @@ class OtelMetrics:
         self._meter.create_observable_gauge(spec.name, callbacks=[observe], unit=spec.unit,
                                             description=spec.description)
         figures.start()
+        return figures

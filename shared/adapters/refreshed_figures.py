@@ -16,6 +16,8 @@ reading reports nothing at once (no point is better than a false 0). The thread
 starts when the gauge is registered (:meth:`RefreshedFigures.start`), so the
 first collection finds figures, and ends when no collection has asked for them
 for ``idle_after`` seconds (a reader shut down); the next collection starts it again.
+Its owner ends it for good with :meth:`RefreshedFigures.stop` (``bootstrap.reset``:
+the clients it reads with are closed, a reading would only fail).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 KEEP_PERIODS = 3
 IDLE_AFTER = 600.0
 """Seconds without a collection after which the thread stops: far above any export interval (Azure Monitor: 60 s)."""
+THREAD_PREFIX = "sluice-figures-"
 
 
 def daemon_thread(run: Callable[[], None], name: str) -> None:
@@ -60,13 +63,19 @@ class RefreshedFigures:
         self._figures: tuple[float, dict[str, int]] | None = None  # (end of the reading, figures)
         self._asked_at = monotonic()
         self._running = False
+        self._stopped = threading.Event()
 
     def start(self) -> None:
-        """Start reading, unless the thread runs already."""
+        """Start reading, unless the thread runs already or :meth:`stop` ended it."""
         with self._lock:
-            start, self._running = not self._running, True
+            start = not self._running and not self._stopped.is_set()
+            self._running = self._running or start
         if start:
-            self._spawn(self._run, f"sluice-{self._name}")
+            self._spawn(self._run, f"{THREAD_PREFIX}{self._name}")
+
+    def stop(self) -> None:
+        """End the reading loop (after the reading under way, if any) and never start it again."""
+        self._stopped.set()
 
     def latest(self) -> dict[str, int]:
         """The last reading's figures when it ended less than ``keep_periods`` periods ago, else none."""
@@ -90,7 +99,7 @@ class RefreshedFigures:
             self._figures = None if figures is None else (self._monotonic(), figures)
 
     def _run(self) -> None:
-        while True:
+        while not self._stopped.is_set():
             started = self._monotonic()
             self.refresh()
             with self._lock:
@@ -98,4 +107,6 @@ class RefreshedFigures:
                     self._running = False
                     logger.info("%s: no collection for %.0f s, reading stopped", self._name, self._idle_after)
                     return
-            time.sleep(max(0.0, self._period - (self._monotonic() - started)))
+            self._stopped.wait(max(0.0, self._period - (self._monotonic() - started)))
+        with self._lock:
+            self._running = False

@@ -261,13 +261,14 @@ def test_the_worker_gauge_reports_the_missing_count_per_partition(stack: dict[st
     load(stack)
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
-    register_audit_gauge(bootstrap.audit_service(), window=1000, max_age=0.5, meter_provider=provider)
+    gauge = register_audit_gauge(bootstrap.audit_service(), window=1000, max_age=0.5, meter_provider=provider)
     try:
         _wait_for_points(reader, {"0": 0, "1": 0, "2": 0, "3": 0})  # 2 and 3: nothing checkpointed
         bootstrap.cassandra_session().execute(f"DELETE FROM {stack['keyspace']}.ingest_audit "
                                               "WHERE eh_partition = '1' AND block = 0 AND first_sequence = 0")
         _wait_for_points(reader, {"0": 0, "1": 4, "2": 0, "3": 0})
     finally:
+        gauge.stop()
         provider.shutdown()
 
 

@@ -331,7 +331,7 @@ def test_an_unreachable_event_hubs_namespace_never_holds_a_prometheus_scrape(azu
                                     fully_qualified_namespace=None)
     hub = eventhub_client("telemetry", "sluice", connection_string=connection)
     blobs = BlobServiceClient.from_connection_string(azurite_connection_string)
-    metrics.register_lag_gauge(CachedPartitionLag(EventHubBlobLagReader(hub, blobs, source)).lag, "sluice")
+    figures = metrics.register_lag_gauge(CachedPartitionLag(EventHubBlobLagReader(hub, blobs, source)).lag, "sluice")
     server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
     url = f"http://127.0.0.1:{server.server_port}/metrics"
     bodies, elapsed = [], []
@@ -345,6 +345,7 @@ def test_an_unreachable_event_hubs_namespace_never_holds_a_prometheus_scrape(azu
     finally:
         server.shutdown()
         thread.join(20)
+        figures.stop()
         hub.close()
         blobs.close()
         provider.shutdown()

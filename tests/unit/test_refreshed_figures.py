@@ -34,6 +34,28 @@ def test_latest_never_waits_for_a_reading_that_hangs() -> None:
     assert time.monotonic() - began < 0.5
     release.set()
     assert eventually(lambda: figures.latest() == {"0": 7})
+    figures.stop()
+
+
+def test_stop_ends_the_reading_thread_and_no_collection_starts_it_again() -> None:
+    """The owner's clients are closing (``bootstrap.reset``): the thread ends at once between readings, instead of
+    failing every period until its idle stop ten minutes later, and a later collection does not bring it back."""
+    reads = [0]
+
+    def read() -> dict[str, int]:
+        reads[0] += 1
+        return {"0": reads[0]}
+
+    figures = RefreshedFigures(read, name="test-stop", period=60.0, failed=lambda exc: None)
+    figures.start()
+    assert eventually(lambda: reads[0] == 1)
+    thread = next(t for t in threading.enumerate() if t.name.endswith("test-stop"))
+    figures.stop()
+    thread.join(timeout=2)  # the loop waits 60 s between readings: only stop() ends it this soon
+    assert not thread.is_alive()
+    assert figures.latest() == {"0": 1}
+    assert not any(t.name.endswith("test-stop") for t in threading.enumerate())
+    assert reads[0] == 1
 
 
 def stepped(_run: Callable[[], None], _name: str) -> None:
@@ -93,3 +115,4 @@ def test_the_audit_gauge_never_waits_for_an_audit_that_hangs() -> None:
     assert time.monotonic() - began < 0.5
     release.set()
     assert eventually(lambda: gauge.missing() == {"0": 2})
+    gauge.stop()

@@ -176,13 +176,14 @@ def test_a_failing_lag_reading_reports_no_point_rather_than_zero(sdk) -> None:
             raise value
         return value
 
-    sdk.metrics.register_lag_gauge(lag, "sluice", period=0.05)
+    figures = sdk.metrics.register_lag_gauge(lag, "sluice", period=0.05)
     expected = {
         frozenset({("messaging.destination.partition.id", "0"), ("messaging.consumer.group.name", "sluice")}): 5,
         frozenset({("messaging.destination.partition.id", "1"), ("messaging.consumer.group.name", "sluice")}): 0}
     assert eventually(lambda: collected(sdk.reader).get("sluice.eventhub.lag") == expected)
     answer[0] = RuntimeError("Event Hubs down")
     assert eventually(lambda: "sluice.eventhub.lag" not in collected(sdk.reader))
+    figures.stop()
 
 
 def histogram_quantile(q: float, bounds: tuple[float, ...], counts: tuple[int, ...]) -> float:
