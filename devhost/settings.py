@@ -43,8 +43,15 @@ DEVELOPMENT_STORAGE = (
 _EVENTHUB_KEYS = {
     "maxEventBatchSize", "minEventBatchSize", "maxWaitTime", "batchCheckpointFrequency", "prefetchCount",
     "initialOffsetOptions", "targetUnprocessedEventThreshold", "clientRetryOptions", "transportType",
-    "webProxy", "customEndpointAddress", "eventProcessorOptions",
+    "webProxy", "customEndpointAddress",
 }
+# Keys the Functions host reads but that change nothing here: a warning says why, rather than a silent pass.
+_EVENTHUB_UNREAD = {
+    "eventProcessorOptions": "the 3.x/4.x extension's section; extension bundle 4.x loads the 5.x+ extension, which "
+                             "does not read it either (use maxEventBatchSize and prefetchCount)",
+}
+_SINGLETON_KEYS = {"listenerLockPeriod", "listenerLockRecoveryPollingInterval"}
+_SINGLETON_UNREAD = {"lockPeriod", "lockAcquisitionTimeout", "lockAcquisitionPollingInterval"}
 # Options of the extension that change how the client reaches Event Hubs; the dev host connects with the SDK's own
 # retry policy over AMQP (TCP), directly, so a policy or a route tested here would not be the one that runs in Azure.
 _EVENTHUB_REFUSED = {
@@ -194,14 +201,18 @@ def load_host_json(path: Path, environ: Mapping[str, str] | None = None) -> Host
                            "values")
     eh = _section(extensions, "eventHubs", where=lambda key: where("extensions", key))
     warnings.extend(_eventhub_checks(eh, lambda *keys: where("extensions", "eventHubs", *keys)))
+    singleton = _section(document, "singleton", where=where)
+    for key in sorted(set(singleton) - _SINGLETON_KEYS):
+        warnings.append(f"{where('singleton', key)}: " + (
+            "the lock of [Singleton] functions, which the Python programming model has none of; ignored"
+            if key in _SINGLETON_UNREAD else "is not a singleton setting; ignored"))
     return HostOptions(
         route_prefix=str(http.get("routePrefix", "api")).strip("/"),
         custom_headers={str(name): str(value) for name, value in custom_headers.items()},
         function_timeout=_function_timeout(document.get("functionTimeout"), where("functionTimeout")),
         functions=_functions(document.get("functions"), where("functions")),
         eventhubs=_eventhub_options(eh, lambda *keys: where("extensions", "eventHubs", *keys)),
-        singleton=_singleton_options(_section(document, "singleton", where=where),
-                                     lambda key: where("singleton", key)),
+        singleton=_singleton_options(singleton, lambda key: where("singleton", key)),
         warnings=tuple(warnings),
     )
 
@@ -217,8 +228,8 @@ def function_disabled(name: str, environ: Mapping[str, str] | None = None) -> bo
 
 # Every key the dev host reads or knows, in host.json's spelling: keys written in another case are read as these.
 _CANONICAL = {key.lower(): key for key in (
-    _EVENTHUB_KEYS | _HONOURED | _LOCALLY_INERT | set(_REFUSED) | _HTTP_KEYS
-    | {"eventHubs", "http", "type", "enqueuedTimeUtc", "listenerLockPeriod", "listenerLockRecoveryPollingInterval"}
+    _EVENTHUB_KEYS | set(_EVENTHUB_UNREAD) | _HONOURED | _LOCALLY_INERT | set(_REFUSED) | _HTTP_KEYS
+    | _SINGLETON_KEYS | _SINGLETON_UNREAD | {"eventHubs", "http", "type", "enqueuedTimeUtc"}
 )}
 _Tree = dict[str, object]
 
@@ -328,7 +339,8 @@ def _eventhub_checks(eh: dict[str, object], where: Callable[..., str]) -> list[s
         refused.append(f"{where('transportType')} {transport!r} (the dev host connects over AMQP (TCP), amqpTcp)")
     if refused:
         raise DevHostError("the dev host does not implement " + "; ".join(refused))
-    return [f"{where(key)} is not an option of the Event Hubs extension; ignored"
+    unknown = "not an option of the Event Hubs extension"
+    return [f"{where(key)} is {_EVENTHUB_UNREAD.get(key, unknown)}; ignored"
             for key in sorted(set(eh) - _EVENTHUB_KEYS)]
 
 

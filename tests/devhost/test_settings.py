@@ -66,6 +66,22 @@ def test_host_json_options(tmp_path: Path) -> None:
     assert any("eventHubs.typo" in w for w in options.warnings)
 
 
+def test_keys_the_host_reads_but_the_dev_host_cannot_apply_are_named_in_warnings(tmp_path: Path) -> None:
+    """``eventProcessorOptions`` (the 3.x/4.x extension's batch size and prefetch) and the ``[Singleton]`` lock
+    settings do nothing here, nor in Azure with this app: a silent pass would let a user believe a batch size
+    took effect. Each gets a warning naming the key and saying what to use instead."""
+    path = tmp_path / "host.json"
+    path.write_text(json.dumps({
+        "extensions": {"eventHubs": {"EventProcessorOptions": {"maxBatchSize": 512}}},
+        "singleton": {"lockPeriod": "00:00:15", "listenerLockPeriod": "00:00:20", "typo": 1},
+    }))
+    warnings = load_host_json(path, {}).warnings
+    assert any("eventHubs.eventProcessorOptions" in w and "maxEventBatchSize" in w for w in warnings), warnings
+    assert any("singleton.lockPeriod" in w and "[Singleton]" in w for w in warnings), warnings
+    assert any("singleton.typo" in w for w in warnings), warnings
+    assert not any("listenerLockPeriod" in w for w in warnings), warnings
+
+
 def test_missing_host_json_gives_the_host_defaults(tmp_path: Path) -> None:
     options = load_host_json(tmp_path / "host.json")
     assert options.route_prefix == "api"
