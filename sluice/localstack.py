@@ -162,6 +162,7 @@ class LocalStack:
         self.notes: list[str] = []
         self.redis_cluster: Any = None
         self.own: Any = None  # sluice.secured.OwnServices, unless use_existing_services
+        self._reaper: subprocess.Popen[bytes] | None = None
 
     def _own(self) -> Any:
         if self.own is None:
@@ -294,6 +295,26 @@ class LocalStack:
         self.redis_cluster = cluster  # stopped by stop() even with --keep-services: it lives under the data dir
 
     # --- children ---
+
+    def guard_against_a_hard_kill(self) -> None:
+        """Start ``sluice.reaper`` and mark every child started from now on: if this process dies before
+        :meth:`stop` ran (``kill -9``, the OOM killer), the reaper stops them (see sluice/reaper.py).
+
+        Called once our own PostgreSQL and Redis run: those are left to the next ``up``, which stops them by their
+        pid files, and a system service this stack started is never the reaper's to stop.
+        """
+        from sluice.reaper import MARKER
+
+        marker = f"{os.getpid()}-{time.time_ns()}"
+        log = self.log_path("reaper").open("ab")
+        try:
+            self._reaper = subprocess.Popen(
+                python_module("sluice.reaper", "--marker", marker, "--up-pid", str(os.getpid())),
+                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+                env={name: value for name, value in os.environ.items() if name != MARKER})
+        finally:
+            log.close()
+        os.environ[MARKER] = marker
 
     def _child(self, name: str, argv: list[str], *, timeout: float = 60.0, ready: re.Pattern[str] | None = None,
                env: dict[str, str] | None = None) -> Running:
@@ -550,10 +571,25 @@ class LocalStack:
                 except Exception as exc:
                     problems.append(f"{service.name}: {exc!r}")
             self.services.clear()
+        self._release_reaper()
         if self._claim is not None:
             self._claim.close()  # releases the lock
             self._claim = None
         return problems
+
+    def _release_reaper(self) -> None:
+        """Tell the reaper the stop ran (it then exits without stopping anything) and unmark this process."""
+        from sluice.reaper import DONE, MARKER
+
+        os.environ.pop(MARKER, None)
+        reaper, self._reaper = self._reaper, None
+        if reaper is None or reaper.stdin is None:
+            return
+        with contextlib.suppress(OSError):
+            reaper.stdin.write(DONE + b"\n")
+            reaper.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            reaper.wait(timeout=10)
 
 
 def _pings(client: redis.Redis) -> bool:

@@ -199,6 +199,7 @@ def _start(stack: LocalStack, args: argparse.Namespace, console: Console) -> Non
         stack.ensure_redis()
     if args.fresh and opts.use_existing_services:  # our own services start empty from a wiped data dir
         _forget(stack, console)
+    stack.guard_against_a_hard_kill()
     steps = [("Azurite", stack.start_azurite), ("Cassandra emulator", stack.start_cassandra),
              ("Event Hubs emulator", stack.start_eventhubs), ("Key Vault emulator", stack.start_keyvault)]
     for name, step in steps:

@@ -244,3 +244,25 @@ def test_a_second_ctrl_c_while_stopping_is_ignored_and_every_child_stops(data_di
         assert not (data_dir / "own" / "postgres" / "data" / "postmaster.pid").exists()
     finally:
         up.stop()
+
+
+def test_a_killed_up_leaves_no_emulator_azurite_or_dev_host_running(data_dir):
+    """`kill -9` of `up` (or the OOM killer) runs none of its stop: the reaper it started sees its pipe end
+    without `done` and stops every process marked with the run's SLUICE_STACK_ID, the dev host's workers
+    included. Left running, they would hold their ports (and the emulators their memory) until found by hand."""
+    up = Up(data_dir, "--no-load")
+    try:
+        up.wait_up()
+        marked = [p for p in up.children if any(name in " ".join(p.cmdline()) for name in (
+            "emulators.cassandra", "emulators.eventhubs", "emulators.keyvault", "azurite", "devhost"))]
+        assert len(marked) >= 5, [" ".join(p.cmdline())[:80] for p in up.children]
+        up.process.kill()
+        up.process.wait(10)
+        deadline = time.monotonic() + 40
+        while _running(marked) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _running(marked) == [], "still running after `up` was killed"
+        said = (data_dir / "logs" / "reaper.log").read_text()
+        assert f"sluice up (pid {up.process.pid}) ended without stopping its stack" in said, said
+    finally:
+        up.stop()
