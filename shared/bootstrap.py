@@ -292,7 +292,7 @@ def reset() -> None:
     closers: tuple[tuple[functools._lru_cache_wrapper[Any], Callable[[Any], object]], ...] = (
         (cassandra_session, lambda s: s.cluster.shutdown()), (postgres_pool, lambda p: p.close()),
         (redis_client, lambda r: r.close()), (redis_async_connection, lambda r: r.close()),
-        (blob_service, lambda b: b.close()))
+        (blob_service, lambda b: b.close()), (keyvault, lambda k: k.close()))
     for cached, close in closers:
         if cached.cache_info().currsize:
             try:

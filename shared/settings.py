@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextvars
 import json
 import os
+import re
 import ssl
 from collections.abc import Mapping
 from datetime import timedelta
@@ -234,6 +235,8 @@ class CassandraSettings(_Group):
 
 # A secret kept in Key Vault is a production secret: it is never sent in clear, nor to a server whose certificate and
 # host name were not checked (a man in the middle would take it).
+SECRET_NAME = re.compile(r"[0-9a-zA-Z-]{1,127}")
+"""A Key Vault secret name (Azure's rule; the vault answers 400 to any other)."""
 _VAULT_SECRET_NEEDS_TLS = "{secret} names a Key Vault secret, which is only ever sent over verified TLS: {fix}"
 
 
@@ -726,19 +729,19 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _secrets_need_a_vault(self) -> Self:
-        named = [
-            name
-            for name, value in (
-                ("SLUICE_CASSANDRA_PASSWORD_SECRET", self.cassandra.password_secret),
-                ("SLUICE_REDIS_PASSWORD_SECRET", self.redis.password_secret),
-                ("SLUICE_POSTGRES_PASSWORD_SECRET", self.postgres.password_secret),
-                ("SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET", self.telemetry.appinsights_connection_string_secret),
-            )
-            if value
-        ]
+        secrets = (
+            ("SLUICE_CASSANDRA_PASSWORD_SECRET", self.cassandra.password_secret),
+            ("SLUICE_REDIS_PASSWORD_SECRET", self.redis.password_secret),
+            ("SLUICE_POSTGRES_PASSWORD_SECRET", self.postgres.password_secret),
+            ("SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET", self.telemetry.appinsights_connection_string_secret),
+        )
+        named = [name for name, value in secrets if value]
         if named and not self.keyvault.url:
             what = "names a Key Vault secret" if len(named) == 1 else "name Key Vault secrets"
             raise ValueError(f"SLUICE_KEYVAULT_URL is required because {', '.join(named)} {what}")
+        bad = [f"{name}={value!r}" for name, value in secrets if value and not SECRET_NAME.fullmatch(value)]
+        if bad:  # else found at the first use of the store: batches retried, then dead-lettered
+            raise ValueError(f"{', '.join(bad)}: a Key Vault secret name is 1 to 127 letters, digits and hyphens")
         return self
 
 

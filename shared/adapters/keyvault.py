@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -36,10 +35,10 @@ from azure.keyvault.secrets import KeyVaultSecret, SecretClient
 
 from shared.adapters.identity import credential_for, is_local
 from shared.exceptions import ConfigurationError, DependencyUnavailable
+from shared.settings import SECRET_NAME
 
 logger = logging.getLogger(__name__)
 
-SECRET_NAME = re.compile(r"[0-9a-zA-Z-]{1,127}")
 
 
 class KeyVaultSecrets:

@@ -206,6 +206,18 @@ def test_the_application_insights_secret_needs_a_vault_too():
         load_settings(dict(SAMPLE, SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET="appinsights-connection"))
 
 
+@pytest.mark.parametrize("name", ["pg_password", "pg.password", "a" * 128])
+def test_a_secret_name_the_vault_would_refuse_is_refused_at_start_up(name: str):
+    """Key Vault names are 1 to 127 letters, digits and hyphens. Accepted here, a bad name surfaced only when a
+    store first connected (ingest batches retried, then dead-lettered; telemetry retried every minute)."""
+    with pytest.raises(ConfigurationError, match="SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET=.*a Key Vault secret "
+                                                 "name is 1 to 127 letters, digits and hyphens"):
+        load_settings(dict(SAMPLE, SLUICE_KEYVAULT_URL="https://vault.example.net",
+                           SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET=name))
+    load_settings(dict(SAMPLE, SLUICE_KEYVAULT_URL="https://vault.example.net",
+                       SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET="appinsights-connection-2"))
+
+
 @pytest.mark.parametrize("url", ["rediss://sluice:pw-4c1e@cache.example.net:6380/0", "redis://:pw-4c1e@127.0.0.1:6379",
                                  "redis://127.0.0.1:6379/0?password=pw-4c1e"])
 def test_a_password_in_the_redis_url_is_refused_without_being_echoed(url: str):
