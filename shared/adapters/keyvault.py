@@ -40,7 +40,6 @@ from shared.settings import SECRET_NAME
 logger = logging.getLogger(__name__)
 
 
-
 class KeyVaultSecrets:
     """Reads secrets by name: ``get`` once per process (cached), ``fetch`` every time (rotation)."""
 
