@@ -210,8 +210,8 @@ def test_the_application_insights_secret_needs_a_vault_too():
 def test_a_secret_name_the_vault_would_refuse_is_refused_at_start_up(name: str):
     """Key Vault names are 1 to 127 letters, digits and hyphens. Accepted here, a bad name surfaced only when a
     store first connected (ingest batches retried, then dead-lettered; telemetry retried every minute)."""
-    with pytest.raises(ConfigurationError, match="SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET=.*a Key Vault secret "
-                                                 "name is 1 to 127 letters, digits and hyphens"):
+    with pytest.raises(ConfigurationError, match=r"SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET=.*a Key Vault secret "
+                                                 r"name is 1 to 127 letters, digits and hyphens"):
         load_settings(dict(SAMPLE, SLUICE_KEYVAULT_URL="https://vault.example.net",
                            SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET=name))
     load_settings(dict(SAMPLE, SLUICE_KEYVAULT_URL="https://vault.example.net",
