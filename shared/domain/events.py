@@ -30,6 +30,8 @@ from pydantic import (
 )
 from pydantic.config import JsonDict
 
+from shared.domain.times import utc
+
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 # RFC 3339 date-time: seconds required, any fraction, "Z" or a +hh:mm offset ("T" may be a space, as section 5.6 notes)
 _RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d+)?(?:[Zz]|[+-]\d\d:\d\d)\Z", re.ASCII)
@@ -125,11 +127,16 @@ class DeviceEvent(BaseModel):
     @field_validator("timestamp")
     @classmethod
     def _not_too_far_ahead(cls, value: datetime, info: ValidationInfo) -> datetime:
+        # Judged against when Event Hubs enqueued the event (context "enqueued"): an event cannot be far ahead of
+        # the moment the hub accepted it, and that moment is the same on every attempt, redelivery and replay, so
+        # the verdict is too. The receiver's clock ("now") only stands in for a record without an enqueued time.
         context = info.context or {}
-        now: datetime = context.get("now") or datetime.now(UTC)
         limits: Limits = context.get("limits") or Limits()
-        if value - now > limits.max_future_skew:
-            raise ValueError(f"is more than {limits.max_future_skew} ahead of the receiver's clock ({now.isoformat()})")
+        enqueued: datetime | None = context.get("enqueued")
+        reference = utc(enqueued) if enqueued is not None else (context.get("now") or datetime.now(UTC))
+        if value - reference > limits.max_future_skew:
+            against = "when Event Hubs enqueued it" if enqueued is not None else "the receiver's clock"
+            raise ValueError(f"is more than {limits.max_future_skew} ahead of {against} ({reference.isoformat()})")
         try:
             return value.astimezone(UTC)
         except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC; pydantic reports only ValueErrors
@@ -276,14 +283,18 @@ def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime
     id) the later copy replaces the earlier, which counts as a duplicate: as if
     each had come in a batch of its own, where the last write of an id wins. So
     how a redelivery after a crash cuts the batches never changes what is stored.
+    A timestamp's future skew is judged against the record's Event Hubs enqueued
+    time, so a record gets the same verdict on every retry, redelivery and replay;
+    ``now`` (the clock by default) stands in only for a record without one.
     """
-    context = {"limits": limits, "now": now or datetime.now(UTC)}
+    clock = {"limits": limits, "now": now or datetime.now(UTC)}
     parsed = Parsed()
     # By the id's int (equal ids, and no Python-level UUID.__hash__ per lookup): the event and its place in oks.
     seen: dict[int, tuple[DeviceEvent, int]] = {}
     for record in records:
         bad: list[BadElement] = []
         total = 0
+        context = {**clock, "enqueued": record.metadata.enqueued_time}  # the skew's reference, when known
         for item in _items(record, limits, context):
             total += 1
             if isinstance(item, Rejected):

@@ -102,6 +102,28 @@ def test_the_final_attempts_batch_letter_keeps_a_record_with_any_valid_element_w
     assert [body for body, _ in bodies] == [mixed, records[2].body]
 
 
+def test_an_event_judged_ahead_on_one_attempt_is_judged_so_on_every_later_one_and_dead_lettered_once():
+    """The future skew is judged against the record's Event Hubs enqueued time, not each attempt's clock: the host's
+    ``@retry`` spaces its attempts over at least 1+2+4+8+16 = 31 s, and an event 5 min 20 s ahead used to be rejected
+    on attempt 0 and valid on the final one, so it was in its rejected letter *and* the batch letter (had the store
+    come back, stored and in a letter saying it is invalid). A redelivery long after gets the same verdict too."""
+    ahead = record(1, timestamp=(NOW + timedelta(minutes=5, seconds=20)).isoformat())
+    other = record(2)
+    store, dead = FakeStore(failures=2), FakeDeadLetters()
+    service = IngestService(store, dead, Limits())
+    with pytest.raises(TransientError):  # attempt 0: the store is down; the host will retry
+        service.handle([ahead, other], final_attempt=False, now=NOW)
+    assert service.handle([ahead, other], final_attempt=True, now=NOW + timedelta(seconds=31)).rejected == 1
+
+    # The sink names a rejected letter by its record's position: each attempt rewrote the one letter.
+    rejected_letters = {(r.metadata.partition_id, r.metadata.sequence_number): r.original for r in dead.rejected}
+    letters = [*rejected_letters.values(), *(body for bodies, _ in dead.batches for body, _ in bodies)]
+    assert letters.count(ahead.body) == 1, f"the event is in {letters.count(ahead.body)} dead letters"
+    redelivered = service.handle([ahead, other], now=NOW + timedelta(hours=1))  # the store is back
+    assert (redelivered.stored, redelivered.rejected) == (1, 1)
+    assert uuid.UUID(json.loads(ahead.body)["event_id"]) not in store.rows
+
+
 def test_when_the_dead_letter_sink_is_down_the_error_propagates():
     with pytest.raises(TransientError, match="blob down"):
         IngestService(FakeStore(), FakeDeadLetters(broken=True), Limits()).handle(
