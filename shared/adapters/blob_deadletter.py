@@ -16,6 +16,10 @@ small letter. Past :data:`MAX_ELEMENT_GROUPS` entries the remaining indexes go t
 holds. Letters written before that (``<sequence>-<index>.json``, one per bad element,
 each with the whole body) are still read and replayed.
 
+The valid elements of such a body were stored at ingest, so a letter is read back
+with the elements it holds as not stored (``RawRecord.pending``): a replay runs only
+those, and never writes an element stored long ago over a later correction of its id.
+
 A dead letter that was replayed successfully (``python -m sluice deadletter
 replay``) moves under ``replayed/`` with the same name, so it is kept but not
 replayed twice.
@@ -45,7 +49,7 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFo
 from azure.storage.blob import BlobServiceClient, ContentSettings
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from shared.domain.events import BadElement, EventMetadata, RawRecord, Rejected
+from shared.domain.events import BadElement, EventMetadata, Pending, RawRecord, Rejected
 from shared.domain.times import utc
 from shared.exceptions import DependencyUnavailable, TransientError
 
@@ -143,13 +147,32 @@ def _metadata(stored: dict[str, Any]) -> EventMetadata:
     )
 
 
+def _pending(document: dict[str, Any], body: bytes) -> Pending | None:
+    """The elements of a rejected array body that its letter holds as not stored (``None``: the whole body).
+
+    The valid elements of the body were stored at ingest; replaying them would put that old copy back over any later
+    correction of their ids, on every replay run of a letter that stays invalid."""
+    index = document.get("index")
+    if document["kind"] != "rejected" or index is None:
+        return None
+    if "elements" not in document:  # the older per-element shape: one bad element; its body's others in their own
+        return Pending(frozenset([int(index)]), others_if_invalid=True)
+    runs = [run for group in document["elements"] for run in group["indexes"]]
+    runs += document.get("elements_more", {}).get("indexes", [])
+    if not runs or not all(0 <= int(first) <= int(last) < len(body) for first, last in runs):  # an element: 1 byte+
+        raise ValueError(f"element indexes {runs} are no ranges inside the body")
+    return Pending(frozenset(i for first, last in runs for i in range(int(first), int(last) + 1)))
+
+
 def _letter(name: str, data: bytes) -> DeadLetter:
     document = json.loads(data)
     if document["kind"] not in ("batch", "rejected"):
         raise ValueError(f"unknown kind {document['kind']!r}")
     items = document["events"] if document["kind"] == "batch" else [document]
-    records = [RawRecord(base64.b64decode(item["original_base64"], validate=True), _metadata(item["eventhub"]))
-               for item in items]
+    records = []
+    for item in items:
+        body = base64.b64decode(item["original_base64"], validate=True)
+        records.append(RawRecord(body, _metadata(item["eventhub"]), _pending(document, body)))
     per_element = document["kind"] == "rejected" and document.get("index") is not None and "elements" not in document
     return DeadLetter(name, document["kind"], str(document["reason"]), records, per_element)
 

@@ -265,11 +265,32 @@ class Parsed:
 
 
 @dataclass(frozen=True, slots=True)
+class Pending:
+    """The elements of an array body that a rejected dead letter holds as not stored.
+
+    The others were stored at ingest (or, the store down on the final attempt, are in their batch's letter, which
+    holds the body whole). A replay runs only these, so it never writes an element stored long ago over a later
+    correction of its id. ``indexes``: the bad elements the letter names. ``others_if_invalid``: the letter is of
+    the older per-element shape and names one bad element, the body's other bad ones having letters of their own; an
+    element outside ``indexes`` is then still run when it is invalid (so the body's one letter, written by the
+    replay, names every element still invalid) and skipped when valid (stored at ingest, or by the replay of its own
+    letter).
+    """
+
+    indexes: frozenset[int]
+    others_if_invalid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RawRecord:
-    """One Event Hubs event as received: its body bytes and metadata."""
+    """One Event Hubs event as received: its body bytes and metadata.
+
+    ``pending``: replayed from a rejected letter of an array body, the elements still to ingest (``None``: all).
+    """
 
     body: bytes
     metadata: EventMetadata
+    pending: Pending | None = None
 
 
 def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime | None = None) -> Parsed:
@@ -297,6 +318,8 @@ def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime
         context = {**clock, "enqueued": record.metadata.enqueued_time}  # the skew's reference, when known
         for item in _items(record, limits, context):
             total += 1
+            if item is None:  # an element stored before (a replayed letter's body): counted, not run again
+                continue
             if isinstance(item, Rejected):
                 parsed.errs.append(item)
                 continue
@@ -320,7 +343,9 @@ def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime
 
 
 def _items(record: RawRecord, limits: Limits,
-           context: dict[str, Any]) -> Iterator[Rejected | BadElement | tuple[DeviceEvent, int | None]]:
+           context: dict[str, Any]) -> Iterator[Rejected | BadElement | tuple[DeviceEvent, int | None] | None]:
+    """Each item of the body: an event, a bad element, the rejected body, or ``None`` for an element the record's
+    ``pending`` leaves out (stored before)."""
     body = record.body
     if len(body) > limits.max_body_bytes:
         yield Rejected(f"body is {len(body)} bytes; at most {limits.max_body_bytes} are allowed", body, record.metadata)
@@ -359,12 +384,19 @@ def _items(record: RawRecord, limits: Limits,
             f"body is a JSON {type(document).__name__}, not an event object or an array of them", body, record.metadata
         )
         return
+    held_indexes = record.pending.indexes if record.pending is not None else None
+    others_run_if_invalid = record.pending is None or record.pending.others_if_invalid
     for index, element in elements:
+        held = held_indexes is None or index is None or index in held_indexes
+        if not held and not others_run_if_invalid:
+            yield None
+            continue
         if not isinstance(element, dict):
             problem, event_id = f"is a JSON {type(element).__name__}, not an object", None
         else:
             try:
-                yield DeviceEvent.model_validate(element, context=context), index
+                valid = DeviceEvent.model_validate(element, context=context)
+                yield (valid, index) if held else None
                 continue
             except ValidationError as exc:
                 raw_id = element.get("event_id")

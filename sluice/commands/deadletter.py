@@ -2,15 +2,17 @@
 
 A whole batch is dead-lettered when the event store stayed unavailable through every retry; replaying it once
 Cassandra is back stores it (writes are idempotent, so events that did get stored are not duplicated). A
-rejected item is replayed the same way after a fix (for example raised limits); if it is still invalid it
-stays where it is, with its reason (a letter of the older per-element shape is then replaced by the one letter
-of its body, which the replay wrote). Each other dead letter moves under ``replayed/`` once the store took it,
-a batch letter too when some of its items are still invalid: those now have rejected letters of their own. The
-summary counts each letter once (replayed, still invalid, store failing or unreadable) and, on a line of its
-own, the items the replay dead-lettered as rejected. A blob that cannot be read as a dead letter is named on
-stderr and left where it is; the others are listed or replayed, and the exit status is 1. A replay records
-nothing in the audit ledger (``bootstrap.replay_ingest_service``): the letters' records are accounted for
-there already, and a replayed record's own run would overwrite its batch's.
+rejected item is replayed the same way after a fix (for example raised limits); if it is still invalid it stays
+where it is, with its reason (a letter of the older per-element shape is then replaced by the one letter of its
+body, which the replay wrote). Of an array body, only the elements its letter holds as not stored run again: the
+valid ones were stored at ingest, and storing them again would undo a later correction of their ids. Each other
+dead letter moves under ``replayed/`` once the store took it, a batch letter too when some of its items are
+still invalid: those now have rejected letters of their own. The summary counts each letter once (replayed,
+still invalid, store failing or unreadable) and, on a line of its own, the items the replay dead-lettered as
+rejected. A blob that cannot be read as a dead letter is named on stderr and left where it is; the others are
+listed or replayed, and the exit status is 1. A replay records nothing in the audit ledger
+(``bootstrap.replay_ingest_service``): the letters' records are accounted for there already, and a replayed
+record's own run would overwrite its batch's.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ registered ingest function itself, and a blob beside them that is no readable de
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -108,3 +109,26 @@ def test_a_batch_letter_with_an_item_still_invalid_counts_once_as_replayed(
     names = sorted(b.name for b in container.list_blobs())
     assert "replayed/" + letter in names and letter not in names
     assert [name for name in names if name.startswith("rejected/")] != []
+
+
+def test_replaying_a_still_invalid_array_letter_does_not_overwrite_a_later_correction(
+    ingest: Callable[..., None], capsys: pytest.CaptureFixture[str]  # noqa: F811
+) -> None:
+    """An array body with a valid and an invalid element: the valid element is stored at once, the body goes to
+    ``rejected/.../<seq>-elements.json``. The replay used to run the *whole* body through ingest again, so the
+    valid element, stored long ago, was upserted once more: if its event id was corrected meanwhile (docs/events.md:
+    a correction is stored as the later copy), the stale copy won again in events_by_id, and as the letter stays
+    still invalid, on every replay run. A replay runs only the elements the letter names as bad."""
+    hub = Hub("0")
+    good = event("dev-replay", severity="warning")
+    ingest(hub.batch([good, 1]))  # element 0 stored, element 1 dead-lettered with the body
+    ingest(hub.batch({**good, "severity": "critical"}))  # the correction, in a later batch
+
+    for _ in range(2):  # still invalid, the letter stays: each replay run reads it again
+        assert main(["deadletter", "replay", "--kind", "rejected"]) == 0
+        assert "replayed 0, still invalid 1" in capsys.readouterr().out
+
+    [row] = bootstrap.cassandra_session().execute(
+        f"SELECT severity FROM {ingest.keyspace}.events_by_id WHERE event_id = %s",  # type: ignore[attr-defined]
+        [uuid.UUID(good["event_id"])])
+    assert row.severity == "critical", "the replay of the old array body overwrote the correction"

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.domain.events import EventMetadata, Limits, RawRecord, parse_records
+from shared.domain.events import EventMetadata, Limits, Pending, RawRecord, parse_records
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 META = EventMetadata(partition_id="1", offset="100", sequence_number=7, enqueued_time=NOW, partition_key="dev-1")
@@ -158,6 +158,23 @@ def test_an_array_keeps_its_valid_events_and_rejects_each_bad_one_by_index():
     assert rejected.event_id == bad["event_id"]
     assert f"element 1 (event_id {bad['event_id']}) is invalid: severity" in rejected.reason
     assert rejected.original == body
+
+
+def test_a_body_replayed_from_its_letter_runs_only_the_elements_the_letter_holds_as_not_stored():
+    """The letter's valid elements were stored at ingest: run again, they would undo a later correction. A letter of
+    the older per-element shape names one bad element; the body's others still invalid are named again, so the one
+    letter the replay writes holds them all, and its valid ones are left alone."""
+    stored, fixed = event(), event()
+    body = json.dumps([stored, 1, fixed, "x"]).encode()  # as lettered with [1, 2, 3] bad; element 2 since fixed
+
+    def replay(pending: Pending):
+        return parse_records([RawRecord(body, META, pending)], limits=DEFAULT_LIMITS, now=NOW)
+
+    letter = replay(Pending(frozenset({1, 2, 3})))
+    assert [str(e.event_id) for e in letter.oks] == [fixed["event_id"]]
+    assert [e.index for e in letter.errs[0].elements] == [1, 3] and letter.errs[0].reason.startswith("2 of 4 ")
+    older = replay(Pending(frozenset({1}), others_if_invalid=True))
+    assert older.oks == [] and [e.index for e in older.errs[0].elements] == [1, 3]
 
 
 def test_duplicates_in_a_batch_are_dropped_and_a_correction_replaces_its_earlier_copy():
