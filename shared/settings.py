@@ -260,7 +260,7 @@ class IngestSettings(_Group):
     max_body_bytes: int = Field(1_048_576, ge=256)
     """Largest event body accepted; larger ones are dead-lettered"""
     max_future_skew_seconds: float = Field(300.0, ge=0)
-    """How far in the future an event's timestamp may be"""
+    """How far ahead of its Event Hubs enqueued time an event's timestamp may be"""
     max_measurements: int = Field(64, ge=0)
     """Most measurements in one event"""
     max_attributes: int = Field(32, ge=0)
