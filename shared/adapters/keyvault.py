@@ -12,14 +12,29 @@ or that the identity may not read, and a refused credential, are a
 :class:`ConfigurationError` naming the secret (retrying cannot help); a vault or
 sign-in endpoint that cannot be reached is :class:`DependencyUnavailable`.
 Values are never logged.
+
+Telling "refused" from "unreachable" when signing in: a bare credential raises
+``ClientAuthenticationError`` with the network error as its cause. A credential
+chain (``DefaultAzureCredential`` is a ``ChainedTokenCredential``) catches its
+members' errors and raises a new ``ClientAuthenticationError`` that only *describes*
+them in its message, with no cause. So the adapter has each member of a chain note
+the exception it raises during a read (:func:`_note_sign_in_errors`), and looks for
+a network error under those, not in the message text. A member that says it does not
+apply here (``CredentialUnavailableError``, e.g. no managed identity endpoint on this
+host) is not counted: the chain moves on from it, and an outage shows up as the error
+of the member that did try.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, wraps
 from typing import Any
 
 from azure.core.credentials import TokenCredential
@@ -64,6 +79,7 @@ class KeyVaultSecrets:
             if not os.path.isfile(ca_file):  # requests would raise a bare OSError at the first read
                 raise ConfigurationError(f"the CA bundle {ca_file!r} for Key Vault {url} is not a file")
             options["connection_verify"] = ca_file
+        _note_sign_in_errors(credential)
         self._client = SecretClient(vault_url=url, credential=credential, **options)
         self._url = url
         self.get = cache(self.fetch)
@@ -78,11 +94,12 @@ class KeyVaultSecrets:
                 f"{name!r} is not a valid Key Vault secret name (1-127 characters of 0-9, a-z, A-Z and '-')"
             )
         try:
-            secret = self._client.get_secret(name)
+            with _sign_in_errors() as sign_in_errors:
+                secret = self._client.get_secret(name)
         except ResourceNotFoundError:
             raise ConfigurationError(f"Key Vault {self._url} has no secret named {name!r}") from None
         except ClientAuthenticationError as exc:
-            if _unreachable(exc):
+            if _unreachable(exc, sign_in_errors):
                 raise DependencyUnavailable(
                     "key vault", f"signing in to read secret {name!r} from {self._url}: {_reason(exc)}"
                 ) from exc
@@ -127,9 +144,56 @@ def _valid_value(name: str, secret: KeyVaultSecret) -> str:
     return secret.value
 
 
-def _unreachable(exc: ClientAuthenticationError) -> bool:
-    """Whether signing in failed because the identity endpoint could not be reached (a network error under it),
-    which a retry can mend, rather than because the credential was refused or is missing."""
+_attempts: ContextVar[list[BaseException] | None] = ContextVar("sluice_keyvault_sign_in_errors", default=None)
+
+
+@contextmanager
+def _sign_in_errors() -> Iterator[list[BaseException]]:
+    """The exceptions the members of a credential chain raise inside the block (the SDK's sync pipeline asks for
+    its token on the calling thread, so a context variable reaches them)."""
+    errors: list[BaseException] = []
+    token = _attempts.set(errors)
+    try:
+        yield errors
+    finally:
+        _attempts.reset(token)
+
+
+def _note_sign_in_errors(credential: object) -> None:
+    """Make each member of a credential chain (nested chains too) note what it raises while a read runs.
+
+    The members' ``get_token``/``get_token_info`` are wrapped on the instance, so the chain, the member's class and
+    its name in the chain's message stay as they were; outside a read the wrappers only pass the call on.
+    """
+    # azure-identity is a heavy import that local runs do without: if it is not loaded, there is no chain to see.
+    chained = getattr(sys.modules.get("azure.identity"), "ChainedTokenCredential", None)
+    if chained is None or not isinstance(credential, chained):
+        return
+    for member in credential.credentials:
+        for method in ("get_token", "get_token_info"):
+            call = getattr(member, method, None)
+            if call is not None and not getattr(call, "_sluice_notes_errors", False):
+                with suppress(AttributeError):  # a class with __slots__: its errors stay unseen, as before
+                    setattr(member, method, _noting(call))
+        _note_sign_in_errors(member)
+
+
+def _noting(call: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(call)
+    def noted(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            errors = _attempts.get()
+            if errors is not None:
+                errors.append(exc)
+            raise
+
+    noted._sluice_notes_errors = True  # type: ignore[attr-defined]
+    return noted
+
+
+def _network_error_under(exc: BaseException) -> bool:
     cause: BaseException | None = exc
     seen = 0
     while cause is not None and seen < 10:
@@ -137,6 +201,22 @@ def _unreachable(exc: ClientAuthenticationError) -> bool:
             return True
         cause, seen = cause.__cause__ or cause.__context__, seen + 1
     return False
+
+
+def _unreachable(exc: ClientAuthenticationError, attempts: Sequence[BaseException] = ()) -> bool:
+    """Whether signing in failed because the identity endpoint could not be reached (a network error under it),
+    which a retry can mend, rather than because the credential was refused or is missing.
+
+    ``attempts`` are the errors the members of a credential chain raised (see the module docstring); those of
+    members that do not apply here (``CredentialUnavailableError``) are not counted.
+    """
+    if _network_error_under(exc):
+        return True
+    if not attempts:
+        return False
+    from azure.identity import CredentialUnavailableError
+
+    return any(_network_error_under(error) for error in attempts if not isinstance(error, CredentialUnavailableError))
 
 
 def _reason(exc: AzureError) -> str:

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 from azure.core.credentials import AccessToken
-from azure.core.exceptions import ClientAuthenticationError
-from azure.identity import ClientSecretCredential
+from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
+from azure.identity import ChainedTokenCredential, ClientSecretCredential, CredentialUnavailableError
 from azure.keyvault.secrets import SecretClient
 
 from shared import bootstrap
 from shared.adapters.keyvault import KeyVaultSecrets
-from shared.exceptions import ConfigurationError, DependencyUnavailable
+from shared.exceptions import ConfigurationError, DependencyUnavailable, SluiceError
 from shared.settings import load_settings
 from sluice.localstack import free_port
 from tests.fixtures.keyvault import KeyVaultEmulator, unique_secret_name
@@ -91,6 +91,47 @@ def test_an_unreachable_sign_in_endpoint_is_retryable_and_a_refused_credential_i
                               retries=0)
     try:
         with pytest.raises(ConfigurationError, match=r"cannot authenticate.*AADSTS7000215"):
+            adapter.fetch("any-secret")
+    finally:
+        adapter.close()
+
+
+def test_an_unreachable_sign_in_endpoint_behind_a_credential_chain_is_retryable(
+        keyvault_emulator: KeyVaultEmulator) -> None:
+    # On Azure the credential is DefaultAzureCredential, a ChainedTokenCredential: it catches its members' errors and
+    # raises a new ClientAuthenticationError with no cause, so the network error is not under the exception it
+    # raises. An Entra ID (or IMDS / workload-identity endpoint) outage must still be retryable, not "retrying
+    # cannot help". Same credential and endpoint as the test above, only wrapped in a chain.
+    unreachable = ClientSecretCredential(str(uuid.UUID(int=0)), "client", "secret",
+                                         authority=f"https://127.0.0.1:{free_port()}",
+                                         disable_instance_discovery=True, retry_total=0)
+    adapter = KeyVaultSecrets(keyvault_emulator.url, ca_file=str(keyvault_emulator.ca_file),
+                              credential=ChainedTokenCredential(unreachable), retries=0)
+    try:
+        with pytest.raises(SluiceError) as caught:
+            adapter.fetch("any-secret")
+    finally:
+        adapter.close()
+    assert isinstance(caught.value, DependencyUnavailable), (
+        f"an unreachable sign-in endpoint behind a credential chain gave {type(caught.value).__name__}: "
+        f"{str(caught.value).splitlines()[0]}")
+    assert "any-secret" in str(caught.value)
+
+
+def test_a_chain_member_that_does_not_apply_here_is_no_outage(keyvault_emulator: KeyVaultEmulator) -> None:
+    # DefaultAzureCredential's managed identity member says "unavailable" when no IMDS endpoint answers (off Azure):
+    # the chain moves on, and when no member applies the credential is missing, which retrying cannot mend.
+    class NoEndpoint:
+        def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+            try:
+                raise ServiceRequestError("no response from the IMDS endpoint")
+            except ServiceRequestError as exc:
+                raise CredentialUnavailableError("no managed identity endpoint here") from exc
+
+    adapter = KeyVaultSecrets(keyvault_emulator.url, ca_file=str(keyvault_emulator.ca_file),
+                              credential=ChainedTokenCredential(NoEndpoint()), retries=0)
+    try:
+        with pytest.raises(ConfigurationError, match=r"cannot authenticate to Key Vault .* secret 'any-secret'"):
             adapter.fetch("any-secret")
     finally:
         adapter.close()
