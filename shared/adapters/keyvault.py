@@ -54,6 +54,8 @@ from shared.settings import SECRET_NAME
 
 logger = logging.getLogger(__name__)
 
+REASON_LIMIT = 2000  # characters of a service or sign-in error kept in our messages
+
 
 class KeyVaultSecrets:
     """Reads secrets by name: ``get`` once per process (cached), ``fetch`` every time (rotation)."""
@@ -220,8 +222,19 @@ def _unreachable(exc: ClientAuthenticationError, attempts: Sequence[BaseExceptio
 
 
 def _reason(exc: AzureError) -> str:
-    """The service's error code and message, without the SDK's multi-line dump."""
+    """The service's error code and message, on one line.
+
+    A credential chain's message lists each credential's error on its own line (the AADSTS code is there, not on
+    the first line), so every line is kept, joined with "; ". A very long one keeps its start and its end: the end
+    holds the error of the chain's last credential, the one that failed.
+    """
     error = getattr(exc, "error", None)
     if error is not None and getattr(error, "code", None):
-        return f"{error.code}: {error.message}"
-    return str(exc.message if hasattr(exc, "message") else exc).splitlines()[0]
+        text = f"{error.code}: {error.message}"
+    else:
+        text = str(exc.message if hasattr(exc, "message") else exc)
+    text = "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    if len(text) > REASON_LIMIT:
+        half = (REASON_LIMIT - 5) // 2
+        text = f"{text[:half]} ... {text[-half:]}"
+    return text

@@ -137,6 +137,26 @@ def test_a_chain_member_that_does_not_apply_here_is_no_outage(keyvault_emulator:
         adapter.close()
 
 
+def test_a_refused_credential_behind_a_credential_chain_keeps_its_reason(
+        keyvault_emulator: KeyVaultEmulator) -> None:
+    # A chain's message names each member's error on a line of its own after "failed to retrieve a token from the
+    # included credentials."; the AADSTS code an operator needs is there, not on the first line.
+    class Refused:
+        def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+            raise ClientAuthenticationError("AADSTS7000215: Invalid client secret provided.")
+
+    adapter = KeyVaultSecrets(keyvault_emulator.url, ca_file=str(keyvault_emulator.ca_file),
+                              credential=ChainedTokenCredential(Refused()), retries=0)
+    try:
+        with pytest.raises(SluiceError) as caught:
+            adapter.fetch("any-secret")
+    finally:
+        adapter.close()
+    assert "any-secret" in str(caught.value)
+    assert "AADSTS7000215" in str(caught.value), f"the reason was dropped: {caught.value}"
+    assert "\n" not in str(caught.value), "the reason is kept on one line"
+
+
 def test_a_disabled_secret_is_a_configuration_error_naming_it(secrets: KeyVaultSecrets,
                                                               keyvault_client: SecretClient) -> None:
     name = unique_secret_name("off")
