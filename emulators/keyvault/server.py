@@ -38,6 +38,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from emulators.keyvault.store import (
+    MAX_VALUE_BYTES,
     RECOVERABLE_DAYS,
     RECOVERY_LEVEL,
     Secret,
@@ -54,6 +55,7 @@ TENANT = "00000000-0000-0000-0000-000000000000"
 CHALLENGE = f'Bearer authorization="https://login.microsoftonline.com/{TENANT}", resource="https://vault.azure.net"'
 API_VERSIONS = frozenset({"2016-10-01", "7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01", "2026-04-01"})
 MAX_PAGE = 25
+MAX_BODY_BYTES = 1024 * 1024  # far above any valid body (a 25 KiB value, 15 tags, a 255-character content type)
 VAULT: web.AppKey[Vault] = web.AppKey("vault", Vault)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -203,6 +205,11 @@ async def challenge(request: web.Request, handler: Handler) -> web.StreamRespons
 async def _body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
+    except web.HTTPRequestEntityTooLarge:
+        # aiohttp stops reading at client_max_size. Only a value can make a body that big: say so as Azure does for
+        # a value over the limit (400 BadParameter), not as a 500, which the SDK would retry with the same body.
+        raise bad_parameter(f"The request body is larger than {MAX_BODY_BYTES} bytes: Property 'value' may be at "
+                            f"most {MAX_VALUE_BYTES} bytes (25 KiB)") from None
     except ValueError:
         raise bad_parameter("The request body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -282,7 +289,7 @@ def _unsupported(operation: str) -> Handler:
 
 
 def create_app(vault: Vault) -> web.Application:
-    app = web.Application(middlewares=[errors, challenge], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=[errors, challenge], client_max_size=MAX_BODY_BYTES)
     app[VAULT] = vault
     r = app.router
     r.add_get("/secrets", list_secrets)

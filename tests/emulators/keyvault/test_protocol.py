@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 import requests
+from azure.core.exceptions import HttpResponseError
+from azure.keyvault.secrets import SecretClient
 
+from shared.adapters.identity import LocalDevelopmentCredential
 from tests.fixtures.keyvault import KeyVaultEmulator, unique_secret_name
 
 pytestmark = pytest.mark.timeout(60)
@@ -77,6 +80,26 @@ def test_bad_bodies_are_400_naming_the_property(keyvault_emulator: KeyVaultEmula
                     json=body)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "BadParameter" and named in response.json()["error"]["message"]
+
+
+def test_a_body_over_the_size_limit_is_400_naming_the_value_limit_not_a_500(
+        keyvault_emulator: KeyVaultEmulator) -> None:
+    # Over aiohttp's client_max_size (1 MiB) request.json() raises HTTPRequestEntityTooLarge, which used to reach the
+    # errors middleware as a 500 InternalServerError: the SDK's retry policy then sends the same oversized request
+    # again, and the caller gets a server error instead of "the value is too large".
+    client = SecretClient(keyvault_emulator.url, LocalDevelopmentCredential(), verify_challenge_resource=False,
+                          connection_verify=str(keyvault_emulator.ca_file), retry_total=0)
+    try:
+        with pytest.raises(HttpResponseError) as caught:
+            client.set_secret(unique_secret_name("big"), "x" * (1024 * 1024 + 64))
+    finally:
+        client.close()
+    error = caught.value
+    code = error.error.code if error.error is not None else None
+    assert error.status_code in (400, 413), f"got {error.status_code} {code}: {error.message.splitlines()[0]}"
+    assert code != "InternalServerError"
+    assert error.status_code == 400 and code == "BadParameter"
+    assert "'value'" in error.message and "25 KiB" in error.message
 
 
 def test_a_body_that_is_not_json_is_400(keyvault_emulator: KeyVaultEmulator) -> None:
