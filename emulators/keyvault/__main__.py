@@ -3,7 +3,8 @@
 Serves HTTPS with a fresh local CA written to ``DIR/ca.pem`` (give it to clients
 as ``SLUICE_KEYVAULT_CA_FILE``), prints ``listening on HOST:PORT`` once it accepts
 connections, and exits 0 on SIGINT or SIGTERM (2 on a bad command line, secrets
-file or data directory).
+file, data directory or certificate directory: the message names the option and the
+path).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -39,9 +42,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def ensure_directory(option: str, path: Path) -> None:
+    """Create ``path`` if it is missing; a ValueError naming ``option`` and ``path`` if it cannot be our directory."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent that is a file, no permission...
+        raise ValueError(f"{option} {path}: cannot create the directory: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path} is not writable")
+
+
 def build_vault(args: argparse.Namespace) -> Vault:
     if args.data_dir:
-        args.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_directory("--data-dir", args.data_dir)
     vault = Vault(args.data_dir)
     if args.secrets_file:
         changed = apply_seed(vault, load_seed(args.secrets_file))
@@ -49,8 +64,7 @@ def build_vault(args: argparse.Namespace) -> Vault:
     return vault
 
 
-async def serve(args: argparse.Namespace, vault: Vault) -> None:
-    context, ca_file = server_context(args.cert_dir, args.host)
+async def serve(args: argparse.Namespace, vault: Vault, context: ssl.SSLContext, ca_file: Path) -> None:
     runner = web.AppRunner(create_app(vault), access_log=None, handle_signals=False)
     await runner.setup()
     try:
@@ -75,12 +89,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        ensure_directory("--cert-dir", args.cert_dir)
         vault = build_vault(args)
+        try:
+            context, ca_file = server_context(args.cert_dir, args.host)
+        except OSError as exc:  # ca.pem cannot be written: not a listening problem
+            raise ValueError(f"--cert-dir {args.cert_dir}: cannot write {exc.filename or 'the CA bundle'}: "
+                             f"{exc.strerror or exc}") from None
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve(args, vault))
+        asyncio.run(serve(args, vault, context, ca_file))
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2

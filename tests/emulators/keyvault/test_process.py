@@ -75,6 +75,24 @@ def test_a_bad_secrets_file_stops_start_up_naming_the_problem(tmp_path: Path, co
     assert named in result.stderr
 
 
+@pytest.mark.parametrize("option", ["--data-dir", "--cert-dir"])
+def test_a_data_or_cert_dir_that_is_a_file_stops_start_up_with_exit_2_naming_it(tmp_path: Path, option: str) -> None:
+    # mkdir on a file raised FileExistsError: a traceback and exit 1 for --data-dir, and "cannot listen on ...: File
+    # exists" (the wrong cause, no path) for --cert-dir, whose ca.pem used to be written only once serving began.
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where a directory should be")
+    cert_dir = blocker if option == "--cert-dir" else tmp_path / "certs"
+    argv = [sys.executable, "-m", "emulators.keyvault", "--host", "127.0.0.1", "--port", "0",
+            "--cert-dir", str(cert_dir)]
+    if option == "--data-dir":
+        argv += ["--data-dir", str(blocker)]
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert str(blocker) in result.stderr, f"the message does not name {option} {blocker}: {result.stderr[-500:]}"
+    assert option in result.stderr and "cannot listen" not in result.stderr, result.stderr[-500:]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_it_exits_cleanly_on_a_signal(tmp_path: Path, sig: int) -> None:
     emulator = start_keyvault_emulator(tmp_path)
