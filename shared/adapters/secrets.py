@@ -7,7 +7,10 @@ rejects the credentials (PostgreSQL 28P01, Redis ``WRONGPASS``/``NOAUTH``,
 Cassandra ``AuthenticationFailed``):
 
 * the source is read again at most once per ``min_interval`` seconds, however
-  many connections fail at once, so a wrong password cannot hammer the vault;
+  many connections fail at once, so a wrong password cannot hammer the vault. The
+  interval runs from the end of a read, and callers that waited while a read ran
+  take its outcome instead of reading again: a slow or black-holed vault costs one
+  read for N connections refused together, not N reads back to back;
 * a vault that cannot be reached (or refuses) keeps the cached value: the store
   may still accept it, and the next refresh tries again;
 * ``refresh`` says whether the value changed (or differs from the one the store
@@ -39,7 +42,9 @@ class RotatingSecret:
         self._clock = clock
         self._lock = threading.Lock()
         self._value: str | None = None
-        self._read_at: float | None = None  # of the last refresh (the first read does not count)
+        self._read_at: float | None = None  # when the last refresh's read ended (the first read does not count)
+        self._reads = 0  # refresh reads finished (or failed) so far: a caller that saw this change while it waited
+        # for the lock takes that read's outcome
 
     @classmethod
     def fixed(cls, value: str) -> RotatingSecret:
@@ -62,7 +67,8 @@ class RotatingSecret:
         That is when this read changed the value, or, given the ``rejected`` value the caller
         logged in with, when the cached value differs from it: of several connections refused
         together, the first one's read fetches the new value and the others, rate-limited, use it.
-        Reads nothing when the last refresh was less than ``min_interval`` seconds ago, for a
+        Reads nothing when the last refresh ended less than ``min_interval`` seconds ago, when
+        another caller's read ran while this one waited for it (its outcome is this one's), for a
         fixed value, or when the source fails (the cached value is kept and the failure logged).
         """
         if self.name is None:
@@ -71,16 +77,20 @@ class RotatingSecret:
         def other_than_rejected(value: str | None) -> bool:
             return rejected is not None and value is not None and value != rejected
 
+        reads_before = self._reads  # an int read: no lock needed to see it, only to change it
         with self._lock:
-            now = self._clock()
-            if self._read_at is not None and now - self._read_at < self._min_interval:
+            if self._reads != reads_before:  # a read ended while this caller waited: no fresher value to get
                 return other_than_rejected(self._value)
-            self._read_at = now
+            if self._read_at is not None and self._clock() - self._read_at < self._min_interval:
+                return other_than_rejected(self._value)
             try:
                 value = self._fetch()
             except SluiceError as exc:
                 logger.warning("secret %s not refreshed, keeping the cached value: %s", self.name, exc)
                 return other_than_rejected(self._value)
+            finally:
+                self._read_at = self._clock()
+                self._reads += 1
             changed = value != self._value
             self._value = value
         logger.info("secret %s re-read after %s (%s)", self.name, reason, "changed" if changed else "unchanged")

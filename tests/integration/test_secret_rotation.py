@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -293,6 +295,112 @@ def test_refresh_is_rate_limited_per_secret() -> None:
     assert secret.refresh() is False and len(reads) == 2, "within the interval: no read"
     now[0] = 5.0
     assert secret.refresh() is True and secret.value() == "v3"
+
+
+def test_the_interval_runs_from_the_end_of_a_slow_read() -> None:
+    # A read that lasts longer than min_interval must not leave the next refresh free to read at once: the vault
+    # gets min_interval of quiet after each read, however long the read took.
+    now = [0.0]
+    reads: list[int] = []
+
+    def slow_fetch() -> str:
+        reads.append(1)
+        now[0] += 10.0  # the read takes 10 s, twice the interval
+        return f"v{len(reads)}"
+
+    secret = RotatingSecret("s", slow_fetch, min_interval=5, clock=lambda: now[0])
+    assert secret.value() == "v1"
+    assert secret.refresh() is True and len(reads) == 2
+    now[0] += 4.9
+    assert secret.refresh() is False and len(reads) == 2, "4.9 s after the read ended: no read"
+    now[0] += 0.1
+    assert secret.refresh() is True and len(reads) == 3
+
+
+def test_a_refresh_that_waited_for_another_ones_read_takes_its_outcome() -> None:
+    # Even with no interval at all, a caller that queued while another caller's read ran does not read again: that
+    # read is as fresh as any it could make. (The lock is wrapped only to know when the second caller is waiting.)
+    reading, release, waiting = threading.Event(), threading.Event(), threading.Event()
+    reads: list[int] = []
+
+    def fetch() -> str:
+        reads.append(1)
+        if len(reads) == 2:
+            reading.set()
+            release.wait(10)
+        return f"v{len(reads)}"
+
+    secret = RotatingSecret("s", fetch, min_interval=0)
+    used = secret.value()
+    inner = secret._lock
+
+    class NoticedLock:
+        def __enter__(self) -> None:
+            if inner.locked():
+                waiting.set()
+            inner.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            inner.release()
+
+    secret._lock = NoticedLock()  # type: ignore[assignment]
+    results: dict[str, bool] = {}
+    first = threading.Thread(target=lambda: results.update(first=secret.refresh(rejected=used)))
+    first.start()
+    assert reading.wait(10)
+    second = threading.Thread(target=lambda: results.update(second=secret.refresh(rejected=used)))
+    second.start()
+    assert waiting.wait(10)
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert results == {"first": True, "second": True}, "both retry with the value the first one read"
+    assert len(reads) == 2 and secret.value() == "v2", "the second caller took the first one's read"
+
+
+def test_refreshes_waiting_on_a_slow_vault_read_cost_one_read_not_one_each() -> None:
+    # "At most once per min_interval, however many connections fail at once": refresh() used to stamp the read's
+    # start and hold the lock through the read, so when a read outlasted min_interval (a slow or black-holed vault;
+    # the adapter's defaults are 10 s timeouts with 3 retries, against a 5 s interval) every caller queued on the
+    # lock found the interval over and made its own full read: N connections refused together cost N vault reads
+    # back to back. Here: the real adapter against an address that accepts TCP and never answers (0.5 s timeout, no
+    # retries), four connections refreshing together, min_interval 0.2 s.
+    with socket.socket() as blackhole:
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(32)  # the kernel completes the TCP handshakes; nothing ever answers TLS
+        port = blackhole.getsockname()[1]
+        adapter = KeyVaultSecrets(f"https://127.0.0.1:{port}/", timeout=0.5, retries=0)
+        reads: list[float] = []
+        lock = threading.Lock()
+
+        def fetch() -> str:
+            with lock:
+                reads.append(1)
+                first = len(reads) == 1
+            if first:
+                return "cached-value"  # the value read at start-up, while the vault was fine
+            return adapter.fetch("pg-password")
+
+        secret = RotatingSecret("pg-password", fetch, min_interval=0.2)
+        try:
+            assert secret.value() == "cached-value"
+            start = threading.Barrier(4)
+            results: list[bool] = []
+
+            def refused_connection() -> None:
+                start.wait()
+                results.append(secret.refresh(rejected="cached-value"))
+
+            threads = [threading.Thread(target=refused_connection) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+        finally:
+            adapter.close()
+    assert results == [False] * 4 and secret.value() == "cached-value"
+    vault_reads = len(reads) - 1
+    assert vault_reads == 1, f"4 connections refused together made {vault_reads} vault reads, one after the other"
 
 
 def test_a_connection_refused_with_the_old_value_retries_with_the_value_another_refresh_read() -> None:
