@@ -686,10 +686,10 @@ class TelemetrySettings(_Group):
         "serve Prometheus metrics at `http://<address>:<port>/metrics` (9464 is the exporter's usual port, 0 a free "
         "one); empty: no scrape endpoint"))
     metrics_address: str = "0.0.0.0"
+    """Address the Prometheus endpoint listens on"""
     appinsights_connection_string_secret: str | None = Field(default=None, description=(
         "Key Vault secret holding the Application Insights connection string, read at the worker's start when "
         "`APPLICATIONINSIGHTS_CONNECTION_STRING` is not set (AKS)"))
-    """Address the Prometheus endpoint listens on"""
     trace_clients: Annotated[list[TracedClient], NoDecode] = Field(default_factory=lambda: list(DEFAULT_TRACED),
                                                                    description=(
         "client libraries whose requests get spans when traces are exported, comma-separated (`none`: none); "

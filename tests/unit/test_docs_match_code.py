@@ -174,6 +174,18 @@ def test_every_variable_the_settings_accept_is_documented() -> None:
     assert undocumented == [], f"settings the code accepts that no doc names: {undocumented}"
 
 
+def test_every_row_of_the_settings_table_says_what_the_setting_does() -> None:
+    """README.md settings table, row ``SLUICE_METRICS_ADDRESS``: the "Meaning" cell was empty.
+
+    The table is generated from the settings' descriptions (``python -m sluice settings-table``), and in
+    ``TelemetrySettings`` (shared/settings.py) the docstring "Address the Prometheus endpoint listens on" sat
+    under ``appinsights_connection_string_secret`` (whose explicit ``description`` wins) instead of under
+    ``metrics_address``, leaving a reader of "the full list" guessing what the setting is.
+    """
+    blank = sorted(name for name, (_, meaning) in _settings_table().items() if not meaning)
+    assert blank == [], f"settings-table rows without a meaning: {blank}"
+
+
 # --- the event contract ----------------------------------------------------------------------------------------
 
 
