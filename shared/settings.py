@@ -35,6 +35,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -51,6 +52,19 @@ from shared.exceptions import ConfigurationError
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,47}$")]
 Ncrontab = Annotated[str, Field(min_length=11)]
+
+# A trigger binding in functions/ names these settings as `%SETTING%`. The Functions host (and the dev host) resolves
+# such a reference when it indexes the app, with no default: unset, the function does not load. Sluice's own code
+# (bootstrap, the `sluice` commands) falls back to the field's default, but the setting is required all the same,
+# and the settings table says so.
+_BINDING_EXPRESSION: dict[str, Any] = {"binding_expression": True}
+
+
+def read_by_a_binding(field: FieldInfo) -> bool:
+    """Whether a trigger binding reads this setting as a ``%SETTING%`` reference (then it has no default)."""
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and extra.get("binding_expression") is True
+
 
 _environ: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("sluice_environ", default=None)
 
@@ -253,10 +267,12 @@ class IngestSettings(_Group):
 
     model_config = SettingsConfigDict(env_prefix="SLUICE_INGEST_")
 
-    eventhub_name: str = "telemetry"
-    """Event Hub the ingest function reads"""
-    consumer_group: str = "$Default"
-    """Consumer group of the ingest function"""
+    eventhub_name: str = Field("telemetry", json_schema_extra=_BINDING_EXPRESSION, description=(
+        "Event Hub the ingest function reads (e.g. `telemetry`); its trigger reads `%SLUICE_INGEST_EVENTHUB_NAME%`, "
+        "which has no default"))
+    consumer_group: str = Field("$Default", json_schema_extra=_BINDING_EXPRESSION, description=(
+        "Consumer group of the ingest function (e.g. `sluice`); its trigger reads `%SLUICE_INGEST_CONSUMER_GROUP%`, "
+        "which has no default"))
     max_body_bytes: int = Field(1_048_576, ge=256)
     """Largest event body accepted; larger ones are dead-lettered"""
     max_future_skew_seconds: float = Field(300.0, ge=0)
@@ -517,8 +533,9 @@ class EnrichmentSettings(_Group):
 
     model_config = SettingsConfigDict(env_prefix="SLUICE_ENRICH_")
 
-    schedule: Ncrontab = "0 */1 * * * *"
-    """NCRONTAB (six fields) of the enrichment timer"""
+    schedule: Ncrontab = Field("0 */1 * * * *", json_schema_extra=_BINDING_EXPRESSION, description=(
+        "NCRONTAB (six fields) of the enrichment timer (e.g. `0 */1 * * * *`); its trigger reads "
+        "`%SLUICE_ENRICH_SCHEDULE%`, which has no default"))
     window_seconds: int = Field(300, ge=1, le=86400)
     """Window width, aligned to the epoch in UTC"""
     allowed_lateness_seconds: int = Field(120, ge=0, le=7 * 86400)
@@ -556,8 +573,9 @@ class ChangeFeedSettings(_Group):
 
     model_config = SettingsConfigDict(env_prefix="SLUICE_CHANGEFEED_")
 
-    schedule: Ncrontab = "*/5 * * * * *"
-    """NCRONTAB (six fields) of the change feed timer"""
+    schedule: Ncrontab = Field("*/5 * * * * *", json_schema_extra=_BINDING_EXPRESSION, description=(
+        "NCRONTAB (six fields) of the change feed timer (e.g. `*/5 * * * * *`); its trigger reads "
+        "`%SLUICE_CHANGEFEED_SCHEDULE%`, which has no default"))
     mode: Literal["cosmos", "portable"] = "cosmos"
     """`cosmos`: Cosmos DB's change feed; `portable`: the arrival-bucketed table (Apache Cassandra)"""
     feed_name: Identifier = "events_by_id"

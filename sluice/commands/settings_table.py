@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _default(field: FieldInfo) -> str:
-    if field.is_required():
+    from shared.settings import read_by_a_binding
+
+    if field.is_required() or read_by_a_binding(field):  # a binding's %SETTING% has no default in the host
         return "**required**"
     value = field.get_default(call_default_factory=True)
     if value is None:

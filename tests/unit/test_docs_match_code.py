@@ -186,6 +186,45 @@ def test_every_row_of_the_settings_table_says_what_the_setting_does() -> None:
     assert blank == [], f"settings-table rows without a meaning: {blank}"
 
 
+def test_settings_the_function_bindings_resolve_are_not_documented_with_defaults() -> None:
+    """README.md settings table: ``SLUICE_INGEST_EVENTHUB_NAME`` (``telemetry``), ``SLUICE_INGEST_CONSUMER_GROUP``
+    (``$Default``), ``SLUICE_ENRICH_SCHEDULE`` (``0 */1 * * * *``) and ``SLUICE_CHANGEFEED_SCHEDULE``
+    (``*/5 * * * * *``) were listed with defaults, i.e. as optional.
+
+    They are the ``%SETTING%`` references of the triggers (functions/ingest.py, functions/changefeed.py,
+    functions/enrichment.py). The Functions host (and the dev host, ``devhost/settings.py:resolve``, which mirrors
+    it) has no default for a binding expression: an unset one fails indexing, and the function never runs. The
+    defaults exist only in the pydantic model, which no binding reads; the table now says **required** (the
+    fields are marked ``read_by_a_binding`` in shared/settings.py).
+    """
+    from devhost.errors import DevHostError
+    from devhost.settings import resolve
+    from tests.fixtures.functions import _index
+
+    uses: dict[str, list[tuple[str, str, str]]] = {}
+    for function in _index().values():
+        for binding in json.loads(function.get_function_json())["bindings"]:
+            for key, value in binding.items():
+                if isinstance(value, str):
+                    for name in re.findall(r"%([^%]+)%", value):
+                        uses.setdefault(name, []).append((function.get_function_name(), key, value))
+    assert uses, "no %SETTING% reference in any binding"
+    table = _settings_table()
+    base = _base_environment()
+    misleading = []
+    for name, references in sorted(uses.items()):
+        documented_default = table[name][0]
+        if documented_default == "**required**":
+            continue
+        without = {k: v for k, v in base.items() if k != name}
+        for function, key, value in references:
+            try:
+                resolve(value, without, what=f"function {function!r} {key}")
+            except DevHostError as exc:
+                misleading.append(f"{name} (README default {documented_default}): {exc}")
+    assert misleading == []
+
+
 # --- the event contract ----------------------------------------------------------------------------------------
 
 
