@@ -422,8 +422,10 @@ class PostgresSettings(_Group):
     """Password, for local use; on Azure name a Key Vault secret instead"""
     password_secret: str | None = None
     """Name of the Key Vault secret holding the password"""
-    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
-    """libpq sslmode (Azure: `require` or `verify-full`)"""
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
+        "prefer", description=(
+        "libpq sslmode (Azure: `verify-full`, with `SLUICE_POSTGRES_SSLROOTCERT=system`: a password from Key Vault "
+        "is sent over nothing less)"))
     sslrootcert: Path | None = None
     """CA bundle that `verify-ca`/`verify-full` check the server with (`system`: the system's CAs; default: libpq's `~/.postgresql/root.crt`)"""  # noqa: E501 - one line: the settings table takes it as it stands
     pool_min_size: int = Field(1, ge=0)

@@ -225,6 +225,44 @@ def test_settings_the_function_bindings_resolve_are_not_documented_with_defaults
     assert misleading == []
 
 
+def test_the_postgres_sslmode_the_docs_give_for_azure_is_accepted_on_azure() -> None:
+    """README.md settings table (from shared/settings.py): ``SLUICE_POSTGRES_SSLMODE`` was "libpq sslmode (Azure:
+    ``require`` or ``verify-full``)", and docs/deploy.md said the manifest test requires ``sslmode=require``.
+
+    On Azure the password is a Key Vault secret (``SLUICE_POSTGRES_PASSWORD_SECRET`` in the ConfigMap), and
+    ``PostgresSettings._secret_over_verified_tls`` refuses every sslmode but ``verify-full`` then
+    (tests/unit/test_k8s_manifests.py asserts ``verify-full``): an operator who picked ``require`` got every pod
+    stuck in its startup probe.
+    """
+    from shared.exceptions import ConfigurationError
+    from shared.settings import load_settings
+    from tests.unit.test_k8s_manifests import deployed_settings
+
+    azure = deployed_settings()
+    load_settings(azure)  # the deployed ConfigMap itself is valid
+    meaning = _settings_table()["SLUICE_POSTGRES_SSLMODE"][1]
+    hint = re.search(r"Azure: ([^)]*)\)", meaning)
+    assert hint, meaning
+    modes = set(re.findall(r"`([a-z-]+)`", hint.group(1)))
+    modes |= set(re.findall(r"`sslmode=([a-z-]+)`", (DOCS / "deploy.md").read_text()))
+    assert modes
+    refused = {}
+    for mode in sorted(modes):
+        tries = [{**azure, "SLUICE_POSTGRES_SSLMODE": mode},  # with or without the system CAs: either may do
+                 {k: v for k, v in {**azure, "SLUICE_POSTGRES_SSLMODE": mode}.items()
+                  if k != "SLUICE_POSTGRES_SSLROOTCERT"}]
+        errors = []
+        for environment in tries:
+            try:
+                load_settings(environment)
+                break
+            except ConfigurationError as exc:
+                errors.append(str(exc).splitlines()[-1].strip())
+        else:
+            refused[mode] = errors[-1]
+    assert refused == {}, f"sslmodes the docs give for Azure that Azure's settings refuse: {refused}"
+
+
 # --- the event contract ----------------------------------------------------------------------------------------
 
 
