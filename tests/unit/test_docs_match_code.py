@@ -350,6 +350,30 @@ def test_the_lag_sample_output_uses_the_default_scaled_objects_numbers() -> None
     assert (threshold, activation, low, high, replicas) == printed
 
 
+def test_deploy_md_does_not_say_a_rotated_password_needs_a_restart() -> None:
+    """docs/deploy.md ("Secret rotation: add a new version ... then restart the Deployments: Sluice reads each
+    secret once per process", and the same under "Azure resources").
+
+    The code re-reads: ``shared.bootstrap.rotating_secret`` wraps every store password in
+    ``shared/adapters/secrets.py:RotatingSecret``, whose ``refresh`` reads Key Vault again when a store refuses
+    the password (at most every ``SLUICE_KEYVAULT_REFRESH_MIN_INTERVAL_SECONDS``), as docs/security.md ("Rotation
+    without a restart") and docs/configuration.md promise (tests/e2e/test_rotation.py holds it). An operator
+    following deploy.md restarted every Deployment on each rotation (cold starts, rebalanced partitions, replays)
+    for nothing.
+    """
+    from shared.adapters.secrets import RotatingSecret
+
+    versions = iter(["old password", "new password"])
+    secret = RotatingSecret("postgres-password", lambda: next(versions), min_interval=0.0)
+    assert secret.value() == "old password"
+    assert secret.refresh(rejected="old password")  # the store refused it: the vault is read again, no restart
+    assert secret.value() == "new password"
+
+    text = re.sub(r"\s+", " ", (DOCS / "deploy.md").read_text())
+    claims = re.findall(r"[^.|]*(?:restart the Deployments|reads each secret once per process)[^.(]*", text)
+    assert claims == [], f"deploy.md says a rotated secret needs a restart: {claims}"
+
+
 def _registered_functions() -> set[str]:
     from tests.fixtures.functions import _index  # the shared index: get_functions() may run only once per app
 
