@@ -374,6 +374,29 @@ def test_deploy_md_does_not_say_a_rotated_password_needs_a_restart() -> None:
     assert claims == [], f"deploy.md says a rotated secret needs a restart: {claims}"
 
 
+def test_the_key_vault_secrets_table_lists_every_secret_the_manifests_name() -> None:
+    """docs/deploy.md "Azure resources" (for deploying without azd: "Create what infra/ creates. Key Vault
+    secrets:") listed ``cassandra-password``, ``postgres-password`` and the two Functions host keys.
+
+    ``k8s-keda/configmap.yaml`` also sets ``SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET:
+    appinsights-connection-string`` (and infra/ writes it). Someone creating the vault from the table left it out,
+    and every worker then started without any telemetry, Prometheus included: no metrics, no alerts.
+    """
+    from tests.unit.test_k8s_manifests import of_kind, settings_data
+
+    section = _section((DOCS / "deploy.md").read_text(), "Azure resources")
+    listed: set[str] = set()
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            listed |= set(re.findall(r"`([a-z0-9-]+)`", line.split("|")[1]))
+    assert "cassandra-password" in listed
+    named = {value for name, value in settings_data().items() if name.endswith("_SECRET")}
+    for provider in of_kind("SecretProviderClass").values():
+        named |= set(re.findall(r"objectName:\s*\"?([a-z0-9-]+)", provider["spec"]["parameters"].get("objects", "")))
+    missing = sorted(named - listed)
+    assert missing == [], f"Key Vault secrets the manifests read that deploy.md's table does not list: {missing}"
+
+
 def _registered_functions() -> set[str]:
     from tests.fixtures.functions import _index  # the shared index: get_functions() may run only once per app
 
