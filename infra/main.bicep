@@ -26,11 +26,11 @@ param eventHubPartitions int = 8
 @maxValue(40)
 param eventHubCapacity int = 2
 
-@description('Autoscale maximum RU/s of each event table (the minimum is a tenth of it)')
+@description('Autoscale maximum RU/s of each table of cassandra-tables.json in throughput class events (events_by_*, critical_events_by_device, device_latest, ingest_audit; the minimum is a tenth of it)')
 @minValue(1000)
 param cassandraEventTableMaxThroughput int = 4000
 
-@description('Autoscale maximum RU/s of each small state table (feed_state, schema_migrations, sluice_meta)')
+@description('Autoscale maximum RU/s of each small state table (throughput class state: delayed_batches, feed_state, schema_migrations, sluice_meta)')
 @minValue(1000)
 param cassandraStateTableMaxThroughput int = 1000
 

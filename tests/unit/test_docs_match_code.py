@@ -397,6 +397,35 @@ def test_the_key_vault_secrets_table_lists_every_secret_the_manifests_name() -> 
     assert missing == [], f"Key Vault secrets the manifests read that deploy.md's table does not list: {missing}"
 
 
+def test_the_cosmos_throughput_parameters_name_the_tables_bicep_gives_them() -> None:
+    """docs/deploy.md (Sizes): ``cassandraEventTableMaxThroughput`` (4000) was the autoscale maximum "of each of the
+    six event tables"; ``cassandraStateTableMaxThroughput`` (1000) covered "``feed_state``, ``schema_migrations``,
+    ``sluice_meta``" (as infra/main.bicep's parameter description said too).
+
+    infra/resources.bicep gives each table of ``infra/cassandra-tables.json`` the maximum of its ``throughput``
+    class: seven tables are ``events`` (``ingest_audit``, migration 2, among them) and ``delayed_batches``
+    (migration 3) is a ``state`` table. Someone sizing or costing the account from the table budgeted 6 x 4000
+    RU/s where 7 x 4000 are provisioned, and could not tell which tables the two knobs throttle.
+    """
+    words = {"five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9}
+    tables = json.loads((ROOT / "infra" / "cassandra-tables.json").read_text())["tables"]
+    bicep = {cls: sorted(t["name"] for t in tables if t["throughput"] == cls) for cls in ("events", "state")}
+
+    sizes = _section((DOCS / "deploy.md").read_text(), "Sizes")
+    rows = {line.split("|")[1].split("`")[1]: line.split("|")[3]
+            for line in sizes.splitlines() if line.startswith("| `")}
+    count = re.search(r"each of the (\w+) event tables", rows["cassandraEventTableMaxThroughput"])
+    assert count, rows["cassandraEventTableMaxThroughput"]
+    documented = {"events": sorted(re.findall(r"`([a-z_]+)`", rows["cassandraEventTableMaxThroughput"])),
+                  "state": sorted(re.findall(r"`([a-z_]+)`", rows["cassandraStateTableMaxThroughput"]))}
+    assert (words.get(count.group(1), count.group(1)), documented) == (len(bicep["events"]), bicep)
+
+    described = re.search(r"@description\('([^']*)'\)\s*(?:@\w+\([^)]*\)\s*)*param cassandraStateTableMaxThroughput",
+                          (ROOT / "infra" / "main.bicep").read_text())
+    assert described, "infra/main.bicep lost the description of cassandraStateTableMaxThroughput"
+    assert sorted(re.findall(r"\b[a-z]+_[a-z_]+\b", described.group(1))) == bicep["state"]
+
+
 def _registered_functions() -> set[str]:
     from tests.fixtures.functions import _index  # the shared index: get_functions() may run only once per app
 
