@@ -444,3 +444,33 @@ def test_function_names_in_the_docs_are_the_apps() -> None:
             mentioned.setdefault(name, set()).add(str(page.relative_to(ROOT)))
     unknown = {name: sorted(pages) for name, pages in mentioned.items() if name not in registered}
     assert unknown == {}
+
+
+# --- observability.md ------------------------------------------------------------------------------------------
+
+
+def test_the_instruments_table_lists_every_instrument_sluice_exports() -> None:
+    """docs/observability.md "Instruments" ("``shared/telemetry_names.py`` is the one list", then a table of
+    instrument, kind and unit, attributes, Prometheus name).
+
+    The table had 14 rows; ``shared/telemetry_names.py`` lists 15 instruments: ``sluice.audit.missing`` (gauge,
+    ``messaging.destination.partition.id``, Prometheus ``sluice_audit_missing``), the zero-loss SLO gauge that the
+    ``SluiceAuditMissing`` alert and a Grafana panel read, was missing. A reader building dashboards from the
+    table never learnt of the most important gauge.
+    """
+    from shared.telemetry_names import INSTRUMENTS
+
+    section = _section((DOCS / "observability.md").read_text(), "Instruments")
+    documented = {}
+    for line in section.splitlines():
+        if not line.startswith("| `sluice."):
+            continue
+        name, kind, attributes, prometheus = (cell.strip() for cell in line.split("|")[1:5])
+        documented[name.strip("`")] = (kind, tuple(re.findall(r"`([a-z_.]+)`", attributes)), prometheus.strip("`"))
+    expected = {
+        i.name: (f"{i.kind}, {i.unit}" if i.unit else i.kind, i.attributes,
+                 i.series[0] if i.kind == "counter" else i.prometheus)
+        for i in INSTRUMENTS
+    }
+    assert {n: v for n, v in documented.items() if v != expected.get(n)} == {}, "rows that differ from the code"
+    assert sorted(expected.keys() - documented.keys()) == [], "instruments the table leaves out"
