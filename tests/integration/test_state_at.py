@@ -70,6 +70,10 @@ def test_state_at_is_exact_before_between_and_after_events_whatever_their_arriva
     ("audit-1", "yesterday", "at"),
     ("audit-1", "2026-11-23T09:30:00", "at"),        # no offset
     ("audit-1", "2026-13-45T09:30:00Z", "at"),       # not a date
+    # RFC 3339 offsets: minutes 00-59, hours 00-23 (fromisoformat read +01:60 as +02:00, -00:99 as -01:39)
+    ("audit-1", "2026-11-23T09:30:00+01:60", "at"),
+    ("audit-1", "2026-11-23T09:30:00-00:99", "at"),
+    ("audit-1", "2026-11-23T09:30:00+24:00", "at"),
     ("bad id!", "2026-11-23T09:30:00Z", "device_id"),
 ])
 def test_bad_parameters_are_400_naming_them(app_env, device, at, parameter) -> None:

@@ -264,6 +264,7 @@ async def test_health_says_down_for_a_check_that_does_not_answer_in_time():
     (lambda v: parse_limit(v, 20), "-1", "limit"), (lambda v: parse_limit(v, 20), "1.5", "limit"),
     (lambda v: parse_limit(v, 20), "٣", "limit"), (parse_since, "2026-11-23", "since"),
     (parse_since, "2026-11-23T10:00:00", "since"), (parse_since, "2026-02-30T10:00:00Z", "since"),
+    (parse_since, "2026-11-23T10:00:00+01:60", "since"), (parse_since, "2026-11-23T10:00:00+24:00", "since"),
 ])
 def test_bad_parameters_are_named(parse, value, parameter):
     with pytest.raises(BadParameter) as raised:
