@@ -25,7 +25,7 @@ from typing import Any
 
 import azure.functions as func
 
-from functions.parameters import BadParameter, logged_path, parse_device_id, parse_limit, parse_since
+from functions.parameters import BadParameter, logged_path, parse_device_id, parse_limit, parse_since, parse_until
 from shared import bootstrap
 from shared.exceptions import DependencyUnavailable
 from shared.services.history import BadToken
@@ -85,7 +85,8 @@ def _limit(req: func.HttpRequest, default: int) -> int:
 
 def _time(req: func.HttpRequest, name: str) -> datetime | None:
     try:
-        value = parse_since(_given(req, name), name)
+        # `from` is a lower bound, `to` an upper one: a finer time than microseconds rounds inwards
+        value = (parse_since if name == "from" else parse_until)(_given(req, name), name)
         return value.astimezone(UTC) if value is not None else None
     except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before the first representable instant
         raise BadParameter(name, f"is out of range, got {req.params.get(name)!r}") from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from shared.exceptions import PermanentError
@@ -38,6 +38,7 @@ _LIMIT = re.compile(r"[0-9]{1,9}")
 # as +02:00, another instant than the one written); the date and the clock are checked by fromisoformat.
 _RFC3339 = re.compile(
     r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)")
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def parse_device_id(value: str | None, parameter: str = "device_id") -> str:
@@ -61,7 +62,20 @@ def parse_limit(value: str | None, default: int, parameter: str = "limit") -> in
 
 
 def parse_since(value: str | None, parameter: str = "since") -> datetime | None:
-    """An RFC 3339 time with an offset (``None`` when absent); fractions beyond microseconds are cut."""
+    """A lower bound (``since``, ``from``): an RFC 3339 time with an offset, in UTC (``None`` when absent).
+
+    Python keeps microseconds: digits beyond them round the bound *up* to the next microsecond, so an event
+    before the time written (even by a nanosecond) is never at or after the bound."""
+    return _parse_time(value, parameter, ceil=True)
+
+
+def parse_until(value: str | None, parameter: str) -> datetime | None:
+    """An upper bound (``at``, ``to``): as :func:`parse_since`, but digits beyond microseconds are cut (towards the
+    past), so an event after the time written is never at or before the bound."""
+    return _parse_time(value, parameter, ceil=False)
+
+
+def _parse_time(value: str | None, parameter: str, *, ceil: bool) -> datetime | None:
     if value is None or value == "":
         return None
     problem = f"must be an RFC 3339 time with an offset, e.g. 2026-11-23T09:30:00Z; got {value!r}"
@@ -75,7 +89,14 @@ def parse_since(value: str | None, parameter: str = "since") -> datetime | None:
     except ValueError:  # e.g. 2026-02-30
         raise BadParameter(parameter, problem) from None
     try:
-        return moment.astimezone(UTC)
+        moment = moment.astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00:00+01:00 or 9999-12-31T23:59:59-01:00: outside the years 1-9999 in UTC
         raise BadParameter(parameter, f"must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z; got {value!r}"
                            ) from None
+    if ceil and fraction and fraction[6:].strip("0"):
+        # Past the last microsecond of 9999 the bound stays there: no stored time (whole milliseconds) lies between.
+        moment = moment + _MICROSECOND if moment < _LAST else moment
+    return moment
+
+
+_LAST = datetime.max.replace(tzinfo=UTC)

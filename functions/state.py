@@ -15,7 +15,7 @@ from typing import Any
 
 import azure.functions as func
 
-from functions.parameters import BadParameter, logged_path, parse_device_id, parse_since
+from functions.parameters import BadParameter, logged_path, parse_device_id, parse_until
 from shared import bootstrap
 from shared.exceptions import DependencyUnavailable
 
@@ -40,7 +40,7 @@ def device_state_at(req: func.HttpRequest) -> func.HttpResponse:
         value = req.params.get("at")
         if value is None or value == "":
             raise BadParameter("at", "is required: an RFC 3339 time with an offset, e.g. 2026-11-23T09:30:00Z")
-        at = parse_since(value, "at")
+        at = parse_until(value, "at")
         assert at is not None
         document = bootstrap.state_service().at(device_id, at.astimezone(UTC))
     except BadParameter as exc:

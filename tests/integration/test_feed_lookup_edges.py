@@ -16,6 +16,7 @@ import pytest
 from tests.fixtures.functions import invoke
 from tests.integration import test_changefeed as changefeed_tests
 from tests.integration.test_changefeed import make_event
+from tests.integration.test_dashboard_api import history
 
 # fixtures shared with the change feed tests (used by name)
 app_env, keyspace, session, store, rclient = (changefeed_tests.app_env, changefeed_tests.keyspace,
@@ -197,6 +198,24 @@ def test_critical_since_with_a_sub_millisecond_fraction_excludes_events_before_i
         response = critical("frac-1", since=since)
         assert response.status_code == 200
         assert body(response)["events"] == [], (since, response.headers["X-Cache"])
+
+
+@pytest.mark.timeout(90)
+def test_a_since_or_from_finer_than_a_microsecond_excludes_the_event_before_it(app_env, store) -> None:
+    """``since`` (critical) and ``from`` (history) are lower bounds: "a finer since counts from the next one"
+    (docs/api.md). Python keeps microseconds, and the digits beyond were cut toward the past, so
+    ``<t>.0000001Z`` (100 ns after an event at ``t``, as Go's RFC3339Nano or Java's Instant write it) became
+    ``t`` and listed that event. They now round the bound up (``at`` and ``to``, upper bounds, still cut)."""
+    app_env()
+    at = NOW - timedelta(minutes=1)  # a whole second
+    store.write([make_event("ns-1", at, severity="critical")])
+    since = at.strftime("%Y-%m-%dT%H:%M:%S") + ".0000001Z"  # 100 ns after the event
+    answer = critical("ns-1", since=since)
+    status, page = history("ns-1", **{"from": since, "to": (at + timedelta(seconds=1)).isoformat()})
+    assert answer.status_code == 200 and status == 200, (answer.get_body(), page)
+    returned = {"critical?since": [e["timestamp"] for e in body(answer)["events"]],
+                "events?from": [e["timestamp"] for e in page["events"]]}
+    assert returned == {"critical?since": [], "events?from": []}, (since, returned)
 
 
 # -- 6. a re-sent critical event becomes a second member once its `ce:` key expired before its set ---

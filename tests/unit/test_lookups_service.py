@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from functions.parameters import BadParameter, parse_device_id, parse_event_id, parse_limit, parse_since
+from functions.parameters import BadParameter, parse_device_id, parse_event_id, parse_limit, parse_since, parse_until
 from shared.domain.stored import StoredEvent
 from shared.exceptions import DependencyUnavailable
 from shared.ports.cache import SINCE_ALL, Cached
@@ -278,6 +278,11 @@ def test_good_parameters_parse():
     assert parse_limit(None, 20) == 20 and parse_limit("7", 20) == 7
     assert parse_since("2026-11-23T10:00:00.5+02:00") == datetime(2026, 11, 23, 8, 0, 0, 500000, tzinfo=UTC)
     assert parse_since(None) is None
+    # beyond microseconds a lower bound rounds up (no earlier event is at or after it), an upper bound is cut
+    assert parse_since("2026-11-23T10:00:00.0000001Z") == datetime(2026, 11, 23, 10, 0, 0, 1, tzinfo=UTC)
+    assert parse_since("2026-11-23T10:00:00.1234560Z") == datetime(2026, 11, 23, 10, 0, 0, 123456, tzinfo=UTC)
+    assert parse_until("2026-11-23T10:00:00.0000009Z", "to") == datetime(2026, 11, 23, 10, tzinfo=UTC)
+    assert parse_since("9999-12-31T23:59:59.9999999Z") == datetime.max.replace(tzinfo=UTC)
 
 
 @sync
