@@ -27,13 +27,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
 import orjson
 
 from shared.domain.stored import StoredEvent
-from shared.domain.times import from_ms, to_ms_ceil
+from shared.domain.times import from_ms, to_ms, to_ms_ceil
 from shared.exceptions import DependencyUnavailable
 from shared.ports.cache import SINCE_ALL, Cached, LookupCache
 from shared.ports.event_reader import AsyncEventReader
@@ -48,6 +48,9 @@ S = TypeVar("S")  # what the store returns
 # hit: served from Redis; negative: Redis said "does not exist"; miss: read from Cassandra and cached;
 # bypass: Redis unavailable, read from Cassandra.
 Outcome = Literal["hit", "negative", "miss", "bypass"]
+
+# The last millisecond a datetime (and so a stored event time) can hold: 9999-12-31T23:59:59.999Z.
+_LAST_MS = to_ms(datetime.max.replace(tzinfo=UTC))
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +178,8 @@ class LookupService:
             # rounded up, the bound both Redis (its score) and Cassandra (which cuts a bound value to milliseconds,
             # and would take the millisecond before) are asked with.
             since_ms = to_ms_ceil(since)
+            if since_ms > _LAST_MS:  # after 9999-12-31T23:59:59.999Z: no event can be there (nor a datetime)
+                return Lookup(_critical_body(device_id, []), device.outcome)
             since = from_ms(since_ms)
         else:
             since_ms = SINCE_ALL
@@ -189,8 +194,7 @@ class LookupService:
             lambda: self._cache.get_critical(device_id, since_ms, limit),
             lambda: self._reader.critical(device_id, since=since, limit=want),
             fill, lambda events: [event.to_json() for event in events[:limit]])
-        body = orjson.dumps({"device_id": device_id, "events": [orjson.Fragment(doc) for doc in docs]})
-        return Lookup(body.decode(), outcome)
+        return Lookup(_critical_body(device_id, docs), outcome)
 
     # -- health ------------------------------------------------------------------------
     async def health(self) -> health.Report:
@@ -201,6 +205,10 @@ class LookupService:
         if healthy and not self._redis_usable():
             self._redis_down_until = 0.0  # Redis answers again: stop bypassing it
         return healthy, body
+
+
+def _critical_body(device_id: str, docs: list[str]) -> str:
+    return orjson.dumps({"device_id": device_id, "events": [orjson.Fragment(doc) for doc in docs]}).decode()
 
 
 def _as_cached(event: StoredEvent | None) -> Cached:

@@ -71,6 +71,19 @@ def test_critical_since_at_the_edge_of_the_datetime_range_is_answered_not_a_500(
     assert "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z" in body(response)["message"]
 
 
+@pytest.mark.timeout(60)
+def test_critical_since_in_the_last_millisecond_of_year_9999_is_answered_not_a_500(app_env, store) -> None:
+    """``9999-12-31T23:59:59.9999Z`` is inside the years 1-9999 (a client's "no bound" sentinel is often the
+    largest time it can write); rounded up to whole milliseconds it is in year 10000, which no datetime holds:
+    was an OverflowError (500) for a device that exists. Nothing can be stored that late: 200, no events."""
+    app_env()
+    store.write([make_event("edge-9999", NOW - timedelta(minutes=1), severity="critical")])
+    for since in ("9999-12-31T23:59:59.9999Z", "9999-12-31T23:59:59.9999999Z"):
+        response = critical("edge-9999", since=since)
+        assert response.status_code == 200, (since, response.get_body())
+        assert body(response)["events"] == [], since
+
+
 # -- 2. latest state: equal event times, the miss path answers a different event than the feed ------
 
 @pytest.mark.timeout(60)
