@@ -10,7 +10,7 @@ bytes: Redis writes stay idempotent.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -58,8 +58,13 @@ class StoredEvent:
             return True
         if other.newer_than(self):
             return False
-        mine, theirs = self.to_json(), other.to_json()
-        return (self.enqueued_text(), mine) > (other.enqueued_text(), theirs)
+        return self.kept_over(other)
+
+    def kept_over(self, other: StoredEvent) -> bool:
+        """Of two copies of one event id (a correction re-sent under it, maybe with another event time), True when
+        this one is the copy kept: the one enqueued later, at the same enqueued time the greater document. The rule
+        of ``lua/_newer.lua``, so a list read from Cassandra keeps the copy Redis keeps."""
+        return (self.enqueued_text(), self.to_json()) > (other.enqueued_text(), other.to_json())
 
     def enqueued_text(self) -> str:
         """The enqueued time as the document carries it (milliseconds), which is what Redis compares."""
@@ -86,3 +91,18 @@ class StoredEvent:
         device per page); the texts are the same but for exponents, ``1e16`` where json wrote ``1e+16``.
         """
         return orjson.dumps(self.to_document(), option=orjson.OPT_SORT_KEYS).decode()
+
+
+def one_copy_each(events: Sequence[StoredEvent]) -> list[StoredEvent]:
+    """``events`` with one copy of each event id, the one kept (:meth:`StoredEvent.kept_over`), in its own place.
+
+    A table keyed by event time and event id (``critical_events_by_device``) holds a correction re-sent under its
+    id with another event time beside the copy it corrects; Redis keeps one member per id."""
+    kept: dict[uuid.UUID, StoredEvent] = {}
+    for event in events:
+        other = kept.get(event.event_id)
+        if other is None or event.kept_over(other):
+            kept[event.event_id] = event
+    if len(kept) == len(events):
+        return list(events)
+    return [event for event in events if kept[event.event_id] is event]

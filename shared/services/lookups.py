@@ -32,7 +32,7 @@ from typing import Literal, TypeVar
 
 import orjson
 
-from shared.domain.stored import StoredEvent
+from shared.domain.stored import StoredEvent, one_copy_each
 from shared.domain.times import from_ms, to_ms, to_ms_ceil
 from shared.exceptions import DependencyUnavailable
 from shared.ports.cache import SINCE_ALL, Cached, LookupCache
@@ -184,16 +184,26 @@ class LookupService:
         else:
             since_ms = SINCE_ALL
         want = max(limit, self._critical_cap)
+        # Rows of one event id re-sent with another event time (a correction) are collapsed to the copy Redis keeps
+        # (one_copy_each), so a miss lists what the hit after its fill lists. A quarter more rows than wanted are
+        # read, so the collapse shortens the page below `limit` only when more than `want - limit + want // 4` of
+        # the rows read are superseded copies (a later request then reads Cassandra again, for the same answer).
+        fetch = want + want // 4
 
-        async def fill(events: list[StoredEvent]) -> None:
-            covers = since_ms if len(events) < want else events[-1].event_time_ms + 1
+        async def read() -> tuple[int, list[StoredEvent]]:
+            rows = await self._reader.critical(device_id, since=since, limit=fetch)
+            # every critical event at or after `covers` was read (all of them when fewer than asked for came back)
+            covers = since_ms if len(rows) < fetch else rows[-1].event_time_ms + 1
+            return covers, one_copy_each(rows)
+
+        async def fill(found: tuple[int, list[StoredEvent]]) -> None:
+            covers, events = found
             await self._cache.fill_critical(device_id, events, covers, self._ttl_now())
 
         docs, outcome = await self.get_or_load(
             ("critical", device_id, since_ms, limit), f"the critical events of {device_id!r}",
             lambda: self._cache.get_critical(device_id, since_ms, limit),
-            lambda: self._reader.critical(device_id, since=since, limit=want),
-            fill, lambda events: [event.to_json() for event in events[:limit]])
+            read, fill, lambda found: [event.to_json() for event in found[1][:limit]])
         return Lookup(_critical_body(device_id, docs), outcome)
 
     # -- health ------------------------------------------------------------------------

@@ -269,6 +269,34 @@ def test_a_resent_critical_event_is_listed_once_even_after_its_member_key_expire
     assert listed.count(str(first.event_id)) == 1, listed
 
 
+@pytest.mark.timeout(90)
+def test_a_critical_event_corrected_to_another_event_time_is_listed_once_on_a_miss_as_on_the_hit(
+        app_env, store) -> None:
+    """``critical_events_by_device`` is keyed by event time and event id, so a correction re-sent under its id with
+    another event time is a second row beside the one it corrects. The miss listed both (the id twice, one with
+    the superseded content, each taking a place of ``limit``), the fill collapsed them to one member (the copy
+    enqueued later, ``_newer.lua``) and the hit then answered otherwise. Now the miss collapses them as Redis does:
+    the event once, as its later copy, on the miss as on the hit."""
+    app_env()
+    enqueued = datetime.now(UTC)
+    original = make_event("fix-crit-1", NOW - timedelta(minutes=10), severity="critical",
+                          measurements={"temperature": 120.0}, enqueued=enqueued - timedelta(seconds=60))
+    corrected = make_event("fix-crit-1", NOW - timedelta(minutes=8), severity="critical",
+                           measurements={"temperature": 99.0}, event_id=original.event_id,
+                           enqueued=enqueued - timedelta(seconds=30))
+    store.write([original])
+    store.write([corrected])  # a later batch: the correction
+
+    miss = critical("fix-crit-1")
+    assert miss.status_code == 200 and miss.headers["X-Cache"] == "miss"
+    hit = critical("fix-crit-1")
+    assert hit.status_code == 200 and hit.headers["X-Cache"] == "hit"
+    listed = [(e["event_id"], e["timestamp"], e["measurements"]) for e in body(miss)["events"]]
+    corrected_at = (NOW - timedelta(minutes=8)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert listed == [(str(original.event_id), corrected_at, {"temperature": 99.0})], listed
+    assert body(miss) == body(hit), (body(miss), body(hit))
+
+
 # -- 7. an event a lookup cached keeps being served after the feed applied its re-sent copy ---------
 
 @pytest.mark.timeout(60)

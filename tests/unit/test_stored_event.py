@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.domain.stored import StoredEvent
+from shared.domain.stored import StoredEvent, one_copy_each
 
 AT = datetime(2026, 11, 23, 9, 30, 0, 123000, tzinfo=UTC)
 
@@ -42,3 +42,19 @@ def test_of_two_copies_of_one_event_the_one_enqueued_later_supersedes_whatever_t
     assert resent.supersedes(first) and not first.supersedes(resent)
     assert newer.supersedes(resent) and not resent.supersedes(newer)  # a newer event wins whenever it was enqueued
     assert not first.supersedes(first)
+
+
+def test_one_copy_of_each_event_id_is_kept_in_its_place_the_one_enqueued_later() -> None:
+    """A correction re-sent under its id with another event time is a second row of critical_events_by_device:
+    a list read from it keeps the copy Redis keeps (``_newer.lua``), where that copy is, whichever comes first."""
+    later = AT.replace(second=30)
+    original = StoredEvent(uuid.UUID(int=7), "dev-1", AT.replace(minute=40), "reading", "critical", True,
+                           {"t": 1.0}, enqueued_time=AT)
+    corrected = StoredEvent(uuid.UUID(int=7), "dev-1", AT, "reading", "critical", True, {"t": 2.0},
+                            enqueued_time=later)
+    other = StoredEvent(uuid.UUID(int=9), "dev-1", AT.replace(minute=35), "reading", "critical", True,
+                        enqueued_time=AT)
+    assert corrected.kept_over(original) and not original.kept_over(corrected)
+    assert one_copy_each([original, other, corrected]) == [other, corrected]  # newest first, as read
+    assert one_copy_each([corrected, other, original]) == [corrected, other]
+    assert one_copy_each([other, original]) == [other, original]  # nothing to collapse
