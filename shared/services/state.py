@@ -6,7 +6,9 @@ one ``(device, day)`` partition at a time from T's day backwards, and stops at
 the first day holding an event at or before T. Two shortcuts bound the cost:
 
 * the device's newest event (``device_latest``) answers at once when it is at or
-  before T, and a device with no event at all is "not found" without a walk;
+  before T (and inside the look-back, else "not found": the same answer as the
+  walk gives once the device reported after T), and a device with no event at all
+  is "not found" without a walk;
 * the walk covers at most ``lookback_days`` days; an event older than that is
   not found (``docs/api.md``);
 * the walk reads one day, then 2, 4 and up to ``parallel`` days at once (an event
@@ -27,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.domain.stored import StoredEvent
-from shared.domain.times import day_of, to_ms
+from shared.domain.times import day_of, to_ms, to_ms_ceil
 from shared.exceptions import DependencyUnavailable
 from shared.ports.dashboard import DeviceHistory
 from shared.ports.event_reader import EventReader
@@ -58,11 +60,13 @@ class StateService:
         newest = self._reader.latest(device_id)
         if newest is None:
             return None
-        if newest.event_time_ms <= to_ms(at):
-            return newest
-        day = day_of(at)
         # Near the start of the calendar (year 1) the look-back stops there: nothing is older.
         start = max(at, _FIRST + timedelta(days=self._lookback)) - timedelta(days=self._lookback)
+        if newest.event_time_ms <= to_ms(at):
+            # The device's newest event is its latest at or before T, but only inside the look-back, as the walk
+            # would find it: older, the answer is "none" whether or not the device reported after T since.
+            return newest if newest.event_time_ms >= to_ms_ceil(start) else None
+        day = day_of(at)
         days = min(self._lookback, (day - start.date()).days) + 1
         back, width = 0, 1
         while back < days:

@@ -89,3 +89,19 @@ def test_a_time_near_the_start_of_the_calendar_is_searched_back_to_it_and_found_
     store.write([cf.make_event("early-1", datetime.now(UTC) - timedelta(minutes=1))])
     status, body = state("early-1", at)
     assert status == 404 and body["error"] == "not_found", body
+
+
+@pytest.mark.timeout(180)
+def test_the_state_at_a_past_time_does_not_change_when_the_device_reports_later(app_env, store) -> None:
+    """docs/api.md: 404 when the device has no event at or before T, "events more than 366 days before T are not
+    searched". The shortcut through the device's newest event (``device_latest``) answered that event whenever it
+    was at or before T, however old: an event 400 days before T was the state at T (200) until the device
+    reported again after T, and 404 from then on (the walk stops at the look-back). Now the shortcut keeps to the
+    look-back too: one answer, the documented 404, whatever the device reports after T."""
+    app_env(SLUICE_DASHBOARD_STATE_DEADLINE_SECONDS="120")
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    store.write([cf.make_event("lookback-1", at - timedelta(days=400))])
+    before = state("lookback-1", at)
+    store.write([cf.make_event("lookback-1", datetime.now(UTC) - timedelta(minutes=1))])  # reports again, after T
+    after = state("lookback-1", at)
+    assert before[0] == after[0] == 404 and before[1]["error"] == after[1]["error"] == "not_found", (before, after)
