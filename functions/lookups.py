@@ -44,7 +44,10 @@ def _json(body: str | dict[str, Any], status: int, headers: dict[str, str] | Non
 
 
 def _error(status: int, error: str, message: str, **extra: str) -> func.HttpResponse:
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+    # no-store as on every lookup answer: a shared cache must not serve a 503 (or a 400) after it has passed
+    headers = {"Cache-Control": "no-store"}
+    if status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return _json({"error": error, "message": message, **extra}, status, headers)
 
 

@@ -190,6 +190,7 @@ def test_bad_input_is_400_naming_the_parameter(app_env) -> None:
         response = call()
         assert response.status_code == 400, index
         assert body(response)["error"] == "bad_request" and body(response)["parameter"] == parameter, index
+        assert response.headers.get("Cache-Control") == "no-store", index  # as every lookup answer
 
 
 @pytest.mark.timeout(60)
@@ -301,6 +302,7 @@ def test_cassandra_throttling_beyond_the_retries_is_503_not_500(app_env, cassand
     finally:
         clear_faults(cassandra_emulator.host, cassandra_emulator.port)
     assert throttled.status_code == 503 and body(throttled)["dependency"] == "cassandra"
+    assert throttled.headers.get("Cache-Control") == "no-store"  # a shared cache must not serve the 503 later
     assert "Overloaded" in body(throttled)["message"]
 
 
