@@ -22,7 +22,7 @@ from shared.domain.times import rfc3339, to_ms
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
-    """One event row (``events_by_id``, ``device_latest``, ``critical_events_by_device`` ...).
+    """One event row (``events_by_id``, ``events_by_device``, ``critical_events_by_device`` ...).
 
     ``critical`` is the flag the event store recorded at ingest (with the same
     rules from settings); ``None`` when the row has none, and the reader of the

@@ -8,6 +8,7 @@ sink together. Faults are injected in the emulator through its control table.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -23,11 +24,16 @@ from cassandra.cluster import NoHostAvailable
 
 from emulators.cassandra.faults import clear_faults, inject_faults
 from shared import bootstrap
+from shared.adapters.cassandra.aio import CassandraAsyncEventReader
+from shared.adapters.cassandra.device_log import CassandraDeviceLog
 from shared.adapters.cassandra.migrations import apply_migrations
+from shared.adapters.cassandra.reader import EVENT_SELECT, CassandraEventReader, stored_event
+from shared.domain.stored import StoredEvent
 from shared.exceptions import TransientError
 from sluice.__main__ import main as sluice_cli
 from sluice.launcher import Running
 from tests.fixtures.functions import HostContext, user_function
+from tests.integration.test_event_store_binding import _same_write_timestamp_digits
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -168,6 +174,75 @@ def test_out_of_order_arrivals_keep_the_newest_event_as_latest_state(ingest) -> 
         f"SELECT event_id, event_time FROM {ingest.keyspace}.device_latest WHERE device_id = 'dev-9'")
     assert str(latest.event_id) == newest["event_id"]
     assert len(rows(ingest.keyspace, "events_by_device")) == 3
+
+
+def latest_states(keyspace: str, device: str) -> dict[str, StoredEvent | None]:
+    """The device's latest state as each reader of ``device_latest`` serves it: the lookups' blocking reader (the
+    state at T) and asyncio one (a cache miss), the change feed's ``latest_many``, the rebuild's device log (one
+    device, and the scan)."""
+    session = bootstrap.cassandra_session()
+    reader = CassandraEventReader(session, keyspace)
+    log = CassandraDeviceLog(session, keyspace)
+    row = log.device(device)
+    return {
+        "latest": reader.latest(device),
+        "asyncio": asyncio.run(CassandraAsyncEventReader(reader).latest(device)),
+        "latest_many": next(iter(reader.latest_many([device])), None),
+        "rebuild device": None if row is None else row.latest,
+        "rebuild scan": next((r.latest for r in log.devices(None, 1000) if r.latest.device_id == device), None),
+    }
+
+
+def test_a_correction_resent_in_a_later_batch_replaces_the_device_latest_state(ingest) -> None:
+    """docs/events.md: an event id re-sent with other content (a correction) is stored as its later copy.
+    ``device_latest`` is written ``USING TIMESTAMP`` the event time (ms * 1000 + 3 digits of the event id), the
+    same for the original and its correction; Cassandra (and the emulator) resolve such a tie cell by cell by the
+    greater value, so its content columns kept ``severity="warning"`` over ``"info"``, ``critical=true`` over
+    ``false``, the greater measurement, and the correction's Event Hubs metadata: a state no device sent. The
+    readers take only the position (the event id) from it, and the event from ``events_by_id``."""
+    hub = Hub("0")
+    original = event("dev-corr", severity="warning", measurements={"temperature": 95.0}, attributes={"fw": "2"})
+    corrected = {**original, "severity": "info", "measurements": {"temperature": 20.0}, "attributes": {"fw": "1"}}
+    ingest(hub.batch(original))
+    ingest(hub.batch(corrected))
+
+    [by_id] = bootstrap.cassandra_session().execute(
+        f"SELECT severity, critical, measurements, attributes, eh_sequence_number FROM {ingest.keyspace}.events_by_id "
+        "WHERE event_id = %s", [uuid.UUID(original["event_id"])])
+    assert (by_id.severity, by_id.critical, dict(by_id.measurements), dict(by_id.attributes),
+            by_id.eh_sequence_number) == ("info", False, {"temperature": 20.0}, {"fw": "1"}, 2)
+
+    def plain(state: StoredEvent | None) -> tuple | None:
+        return None if state is None else (str(state.event_id), state.severity, state.critical, state.measurements,
+                                           state.attributes, state.enqueued_time)
+
+    expected = (original["event_id"], "info", False, {"temperature": 20.0}, {"fw": "1"},
+                NOW + timedelta(milliseconds=2))  # the correction's enqueued time (its sequence number is 2)
+    served = {name: plain(state) for name, state in latest_states(ingest.keyspace, "dev-corr").items()}
+    assert served == dict.fromkeys(served, expected)
+
+
+def test_two_events_of_one_millisecond_sharing_a_write_timestamp_leave_one_whole_event_as_latest_state(
+        ingest) -> None:
+    """Two events of one device in one millisecond whose ids give the same 3 timestamp digits, stored by two
+    invocations (one pair in 1,000), share device_latest's write timestamp: its cells resolve one by one. Every
+    reader serves one of the two events whole (the same one), in either arrival order."""
+    a, b = _same_write_timestamp_digits()
+    for device, order in (("dev-tie-ab", (a, b)), ("dev-tie-ba", (b, a))):
+        bodies = {event_id: event(device, event_id=str(event_id), event_type=f"type-{i}", severity=severity,
+                                  measurements={f"m{i}": float(i)}, attributes={"copy": str(i)})
+                  for i, (event_id, severity) in enumerate(((a, "warning"), (b, "info")))}
+        hub = Hub("0")
+        for event_id in order:
+            ingest(hub.batch(bodies[event_id]))
+        session = bootstrap.cassandra_session()
+        stored = {event_id: stored_event(session.execute(
+            f"SELECT {EVENT_SELECT} FROM {ingest.keyspace}.events_by_id WHERE event_id = %s", [event_id]).one())
+            for event_id in (a, b)}
+        served = latest_states(ingest.keyspace, device)
+        state = served["latest"]
+        assert served == dict.fromkeys(served, state), "every reader serves the same event"
+        assert state in stored.values(), f"{device}: {state} is neither event"
 
 
 def test_poison_events_are_dead_lettered_with_reason_and_bytes_and_the_rest_is_stored(ingest) -> None:

@@ -10,8 +10,9 @@ cancelled waiter leaves the request to finish or time out in the driver.
 :class:`CassandraAsyncEventReader` serves the lookups (``AsyncEventReader``)
 with the statements of a :class:`CassandraEventReader`; its first read connects
 and prepares on a worker thread, since that blocks. Point reads by partition key
-(latest state, event by id): an idle reader sends one at once; while reads are
-in flight, those asked for in one turn of the event loop go out together as one
+(a device's position in ``device_latest``, event by id; a latest state is the
+one, then the other, as ``reader.py`` says): an idle reader sends one at once;
+while reads are in flight, those asked for in one turn of the event loop go out together as one
 ``SELECT ... WHERE key IN ?`` (at most ``batch_keys`` keys; one key alone is the
 plain point read). Under load many misses arrive in one turn and cost the driver
 one request instead of many (the driver's own work per request is what limits a
@@ -29,7 +30,7 @@ from typing import Any
 from cassandra.cluster import ResponseFuture
 
 from shared.adapters.cassandra.query import CASSANDRA_ERRORS, finishing, unavailable
-from shared.adapters.cassandra.reader import HEALTH_PROBE_DEVICE, CassandraEventReader, stored_event
+from shared.adapters.cassandra.reader import HEALTH_PROBE_DEVICE, CassandraEventReader, latest_event, stored_event
 from shared.domain.stored import StoredEvent
 from shared.exceptions import DependencyUnavailable
 
@@ -174,8 +175,11 @@ class CassandraAsyncEventReader:
             raise unavailable(f"reading {what}", exc) from exc
 
     async def latest(self, device_id: str) -> StoredEvent | None:
-        row = await self._latest.get(device_id)
-        return stored_event(row) if row is not None and row.event_id is not None else None
+        """The device's position in ``device_latest``, then that event from ``events_by_id`` (see reader.py)."""
+        position = await self._latest.get(device_id)
+        if position is None or position.event_id is None:
+            return None
+        return latest_event(device_id, position.event_id, await self._events.get(position.event_id))
 
     async def event(self, event_id: uuid.UUID) -> StoredEvent | None:
         row = await self._events.get(event_id)

@@ -4,8 +4,11 @@ Devices come from ``device_latest`` in token order (``token(device_id) > ?``),
 which is both a full scan that pages without a driver paging state and a
 position a killed rebuild can resume from: the token of the last device written
 (computed here with the driver's own Murmur3, the partitioner Cassandra and
-Cosmos DB use). Critical events come from ``critical_events_by_device``, one
-partition per device, paged by the driver.
+Cosmos DB use). ``device_latest`` gives each device's position only (which event
+is its newest); the events themselves come from ``events_by_id``, 100 ids a
+request, a page's requests sent together (``reader.py`` says why the content is
+not read from ``device_latest``). Critical events come from
+``critical_events_by_device``, one partition per device, paged by the driver.
 """
 
 from __future__ import annotations
@@ -17,19 +20,27 @@ from cassandra.cluster import Session
 from cassandra.murmur3 import murmur3
 
 from shared.adapters.cassandra.query import Queries
-from shared.adapters.cassandra.reader import EVENT_SELECT, stored_event
+from shared.adapters.cassandra.reader import EVENT_SELECT, POSITION_SELECT, latest_event, stored_event
 from shared.domain.stored import StoredEvent
 from shared.domain.times import from_ms
 from shared.ports.cache import SINCE_ALL
 from shared.ports.rebuild import DeviceRow
 
 _STATEMENTS = {
-    "first": f"SELECT {EVENT_SELECT} FROM {{ks}}.device_latest LIMIT ?",
-    "after": f"SELECT {EVENT_SELECT} FROM {{ks}}.device_latest WHERE token(device_id) > ? LIMIT ?",
-    "device": f"SELECT {EVENT_SELECT} FROM {{ks}}.device_latest WHERE device_id = ?",
+    "first": f"SELECT {POSITION_SELECT} FROM {{ks}}.device_latest LIMIT ?",
+    "after": f"SELECT {POSITION_SELECT} FROM {{ks}}.device_latest WHERE token(device_id) > ? LIMIT ?",
+    "device": f"SELECT {POSITION_SELECT} FROM {{ks}}.device_latest WHERE device_id = ?",
+    "event": f"SELECT {EVENT_SELECT} FROM {{ks}}.events_by_id WHERE event_id = ?",
+    "events": f"SELECT {EVENT_SELECT} FROM {{ks}}.events_by_id WHERE event_id IN ?",
     "critical_all": f"SELECT {EVENT_SELECT} FROM {{ks}}.critical_events_by_device WHERE device_id = ?",
     "critical": f"SELECT {EVENT_SELECT} FROM {{ks}}.critical_events_by_device WHERE device_id = ? AND event_time >= ?",
 }
+
+
+# Event ids per request of a page's events (as the lookups' IN reads: ``reader.latest_many``), and such requests
+# in flight at once.
+_IDS_PER_READ = 100
+_EVENT_READS = 4
 
 
 def device_token(device_id: str) -> int:
@@ -49,17 +60,33 @@ class CassandraDeviceLog:
         return self._queries.rows(name, params, what)
 
     def devices(self, after: int | None, limit: int) -> list[DeviceRow]:
-        if after is None:
-            rows = self._rows("first", (limit,), "the first devices")
-        else:
-            rows = self._rows("after", (after, limit), f"the devices after token {after}")
-        return [DeviceRow(device_token(row.device_id), stored_event(row)) for row in rows if row.event_id is not None]
+        # A device whose event events_by_id does not give (see reader.latest_event) is left out; a page of only
+        # such devices is not the end of the scan, so the next page is read.
+        while True:
+            if after is None:
+                rows = self._rows("first", (limit,), "the first devices")
+            else:
+                rows = self._rows("after", (after, limit), f"the devices after token {after}")
+            positions = {row.device_id: row.event_id for row in rows if row.event_id is not None}
+            ids = list(set(positions.values()))
+            chunks = [(ids[start:start + _IDS_PER_READ],) for start in range(0, len(ids), _IDS_PER_READ)]
+            events = {row.event_id: row for found in self._queries.fan_out(
+                "events", chunks, f"the latest events of {len(ids)} devices", concurrency=_EVENT_READS)
+                for row in found}
+            found = [DeviceRow(device_token(device_id), event) for device_id, event_id in positions.items()
+                     if (event := latest_event(device_id, event_id, events.get(event_id))) is not None]
+            if found or len(rows) < limit:
+                return found
+            after = device_token(rows[-1].device_id)
 
     def device(self, device_id: str) -> DeviceRow | None:
         rows = self._rows("device", (device_id,), f"device {device_id!r}")
         if not rows or rows[0].event_id is None:
             return None
-        return DeviceRow(device_token(device_id), stored_event(rows[0]))
+        event_id = rows[0].event_id
+        found = self._rows("event", (event_id,), f"event {event_id}, the latest of device {device_id!r}")
+        event = latest_event(device_id, event_id, found[0] if found else None)
+        return None if event is None else DeviceRow(device_token(device_id), event)
 
     def critical(self, device_id: str, since_ms: int) -> list[StoredEvent]:
         what = f"the critical events of device {device_id!r}"

@@ -7,6 +7,15 @@ after the session's retries) becomes ``DependencyUnavailable("cassandra", ...)``
 which the HTTP layer turns into a 503.
 :func:`stored_event` converts a row of any event table; the change feed readers
 use it too.
+
+A device's latest state is two reads: its position in ``device_latest`` (which
+event is its newest: :data:`POSITION_SELECT`), then that event from
+``events_by_id`` (:func:`latest_event`). ``device_latest`` is written with the
+event time as write timestamp, and an event and its correction (or two events of
+one millisecond whose ids give the same timestamp digits) tie: Cassandra then keeps
+the greater value cell by cell, so only the position is read there, which cannot
+mix; ``events_by_id`` holds the later copy of an event. See
+``shared.adapters.cassandra.event_store``.
 """
 
 from __future__ import annotations
@@ -32,11 +41,14 @@ EVENT_SELECT = (
     "schema_version, enqueued_time"
 )
 
+# What readers take from device_latest: the device's position (which event is its newest), never its content.
+POSITION_SELECT = "device_id, event_id"
+
 _STATEMENTS = {
-    "latest": f"SELECT {EVENT_SELECT} FROM {{ks}}.device_latest WHERE device_id = ?",
+    "latest": f"SELECT {POSITION_SELECT} FROM {{ks}}.device_latest WHERE device_id = ?",
     "event": f"SELECT {EVENT_SELECT} FROM {{ks}}.events_by_id WHERE event_id = ?",
     # Many partitions in one request: the asyncio reader coalesces concurrent point reads (aio.py).
-    "latest_in": f"SELECT {EVENT_SELECT} FROM {{ks}}.device_latest WHERE device_id IN ?",
+    "latest_in": f"SELECT {POSITION_SELECT} FROM {{ks}}.device_latest WHERE device_id IN ?",
     "event_in": f"SELECT {EVENT_SELECT} FROM {{ks}}.events_by_id WHERE event_id IN ?",
     "critical": f"SELECT {EVENT_SELECT} FROM {{ks}}.critical_events_by_device WHERE device_id = ? LIMIT ?",
     "critical_since": (
@@ -44,8 +56,8 @@ _STATEMENTS = {
     ),
 }
 
-__all__ = ["CASSANDRA_ERRORS", "EVENT_SELECT", "HEALTH_PROBE_DEVICE", "CassandraEventReader", "describe",
-           "stored_event"]
+__all__ = ["CASSANDRA_ERRORS", "EVENT_SELECT", "HEALTH_PROBE_DEVICE", "POSITION_SELECT", "CassandraEventReader",
+           "describe", "latest_event", "stored_event"]
 
 
 # Not a valid device id (docs/events.md), so never written: the health probe's read finds nothing, cheaply.
@@ -68,6 +80,20 @@ def stored_event(row: Any) -> StoredEvent:
     )
 
 
+def latest_event(device_id: str, event_id: uuid.UUID, row: Any | None) -> StoredEvent | None:
+    """The device's latest state: ``row``, the ``events_by_id`` row of the event its ``device_latest`` names.
+
+    ``None`` when that row is missing or now belongs to another device (a correction re-sent under the id with
+    another device id): ingest writes ``device_latest`` after ``events_by_id``, so neither happens but for a
+    position written before it did, or an id re-used across devices; logged, as the store disagrees with itself.
+    """
+    if row is None or row.device_id != device_id:
+        logger.warning("device_latest of %r names event %s, which events_by_id %s", device_id, event_id,
+                       "lacks" if row is None else f"holds for device {row.device_id!r}")
+        return None
+    return stored_event(row)
+
+
 class CassandraEventReader:
     """Implements ``shared.ports.event_reader.EventReader``."""
 
@@ -84,16 +110,31 @@ class CassandraEventReader:
         return queries.session().execute_async(queries.statement(name), params, timeout=timeout or queries.timeout)
 
     def latest(self, device_id: str) -> StoredEvent | None:
+        """The device's position in ``device_latest``, then that event from ``events_by_id`` (two reads)."""
         rows = self._rows("latest", (device_id,), f"the latest state of device {device_id!r}")
-        return stored_event(rows[0]) if rows and rows[0].event_id is not None else None
+        if not rows or rows[0].event_id is None:
+            return None
+        event_id = rows[0].event_id
+        found = self._rows("event", (event_id,), f"event {event_id}, the latest of device {device_id!r}")
+        return latest_event(device_id, event_id, found[0] if found else None)
 
     def latest_many(self, device_ids: Sequence[str]) -> list[StoredEvent]:
-        """``LatestStates``: the ``device_latest`` rows of ``device_ids``, 100 partitions a request."""
+        """``LatestStates``: the positions of ``device_ids`` in ``device_latest``, then their events from
+        ``events_by_id``, 100 partitions a request."""
         found: list[StoredEvent] = []
         for start in range(0, len(device_ids), 100):
             chunk = list(device_ids[start:start + 100])
             rows = self._rows("latest_in", (chunk,), f"the latest state of {len(chunk)} devices")
-            found += [stored_event(row) for row in rows if row.event_id is not None]
+            positions = {row.device_id: row.event_id for row in rows if row.event_id is not None}
+            if not positions:
+                continue
+            events = self._rows("event_in", (list(set(positions.values())),),
+                                f"the latest events of {len(positions)} devices")
+            by_id = {row.event_id: row for row in events}
+            for device_id, event_id in positions.items():
+                event = latest_event(device_id, event_id, by_id.get(event_id))
+                if event is not None:
+                    found.append(event)
         return found
 
     def event(self, event_id: uuid.UUID) -> StoredEvent | None:
