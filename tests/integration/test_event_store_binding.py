@@ -16,16 +16,20 @@ from datetime import UTC, datetime, timedelta
 
 import cassandra
 import pytest
+from cassandra import OperationTimedOut
 from cassandra.cluster import Session
 from cassandra.query import BatchStatement, BoundStatement
 
+from shared.adapters.cassandra import event_store as event_store_module
 from shared.adapters.cassandra import fast_bind
 from shared.adapters.cassandra.event_store import CassandraEventStore, write_timestamp
 from shared.adapters.cassandra.layout import bucket_start, shard_of
 from shared.adapters.cassandra.migrations import apply_migrations
+from shared.adapters.cassandra.reader import CassandraEventReader
 from shared.adapters.cassandra.session import connect
 from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.domain.rules import MeasurementRule
+from shared.exceptions import TransientError
 from shared.settings import CassandraSettings
 from sluice.launcher import Running
 
@@ -213,10 +217,13 @@ def test_rows_written_through_the_binder_read_back_as_the_events(store) -> None:
             ).all()
             assert event.event_id in {r.event_id for r in found}, (table, event.device_id)
     latest = {r.device_id: r for r in session.execute(
-        f"SELECT device_id, event_id, writetime(severity) AS written FROM {keyspace}.device_latest")}
+        f"SELECT device_id, event_id, writetime(event_id) AS written, severity, measurements FROM "
+        f"{keyspace}.device_latest")}
     newest_a = max(batch[:2], key=lambda e: e.timestamp)
     assert latest["dev-a"].event_id == newest_a.event_id
     assert latest["dev-a"].written == write_timestamp(newest_a)
+    # The position only: readers take the content from events_by_id (reader.py)
+    assert all(r.severity is None and r.measurements is None for r in latest.values())
     by_device = session.execute(f"SELECT event_id FROM {keyspace}.events_by_device WHERE device_id = 'dev-a' "
                                 f"AND day = %s", (NOW.date(),)).all()
     assert {r.event_id for r in by_device} == {batch[0].event_id, batch[1].event_id}
@@ -230,7 +237,9 @@ def test_mixed_batching_cuts_every_row_in_event_order_into_capped_batches(mixed_
     small = CassandraEventStore(event_store._session, event_store._settings.model_copy(update={"batch_rows": 8}), RULES)
     work, owners = small.plan(batch)
     sizes = [len(s._statements_and_parameters) if isinstance(s, BatchStatement) else 1 for s, _ in work]
-    assert sizes == [8] * (len(expected) // 8) + [len(expected) % 8]
+    latest = [name for name, *_ in expected].count("latest")  # cut on their own, after the others
+    rest = len(expected) - latest
+    assert latest < 8 and sizes == [8] * (rest // 8) + [rest % 8] + [latest]
     names = {small._statements.get().inserts[name].statement.query_id: name for name in
              ("by_id", "latest", "by_time", "by_arrival", "by_device", "critical")}
     planned = []
@@ -238,9 +247,12 @@ def test_mixed_batching_cuts_every_row_in_event_order_into_capped_batches(mixed_
         children = ([(names[query_id], values) for _, query_id, values in statement._statements_and_parameters]
                     if isinstance(statement, BatchStatement)
                     else [(names[statement.prepared_statement.query_id], statement.values)])
-        assert len({name for name, _ in children}) > 1 or len(children) == 1  # tables mixed in one request
+        tables = {name for name, _ in children}
         event_ids = {uuid.UUID(bytes=values[_event_id_column(name)]) for name, values in children}
-        assert set(owner) == event_ids and len(owner) <= 3  # an event has 5-6 rows: a batch of 8 spans few events
+        assert set(owner) == event_ids
+        if tables != {"latest"}:
+            assert "latest" not in tables and (len(tables) > 1 or len(children) == 1)  # tables mixed in one request
+            assert len(owner) <= 3  # an event has 4-5 rows here: a batch of 8 spans few events
         planned += [name for name, _ in children]
     assert sorted(planned) == sorted(name for name, *_ in expected)
     assert sum(len(o) for o in owners) < 2 * len(batch)
@@ -311,11 +323,44 @@ def test_two_events_of_one_millisecond_stored_together_leave_one_whole_event_in_
 
     first, second = make(a, "aaa", {"t": 1.0}), make(b, "zzz", {"u": 2.0})
     assert write_timestamp(first) == write_timestamp(second)
+    reader = CassandraEventReader(session, event_store._settings.keyspace)
     for batch in ([first, second], [second, first]):
         event_store.write(batch)
-        row = session.execute(f"SELECT event_id, event_type, measurements FROM {event_store._settings.keyspace}"
-                              ".device_latest WHERE device_id = %s", (device,)).one()
-        assert (row.event_id, row.event_type, dict(row.measurements)) == (a, "aaa", {"t": 1.0})  # a > b
+        state = reader.latest(device)
+        assert state is not None
+        assert (state.event_id, state.event_type, dict(state.measurements)) == (a, "aaa", {"t": 1.0})  # a > b
+
+
+def _query_ids(work: list[tuple]) -> set[bytes]:
+    """The prepared statements a plan's requests run (a batch's children's)."""
+    return {query_id for statement, _ in work for query_id in (
+        [query_id for _, query_id, _ in statement._statements_and_parameters] if isinstance(statement, BatchStatement)
+        else [statement.prepared_statement.query_id])}
+
+
+def test_device_latest_is_written_only_once_every_other_row_is(store, monkeypatch) -> None:
+    """Readers take a latest state's content from events_by_id by the event id device_latest names: device_latest
+    never names an event that table lacks. Its rows go out last, and not at all when another row failed (the
+    batch is retried whole, or dead-lettered without having moved any device's position)."""
+    session, event_store = store
+    latest = event_store._statements.get().inserts["latest"].statement.query_id
+    stored, positions = event_store.plan_phases(events())
+    assert latest not in _query_ids(stored[0]) and _query_ids(positions[0]) == {latest}
+    sent: list[list[tuple]] = []
+
+    def one_write_fails(session: Session, work: list[tuple], *, concurrency: int) -> list[tuple[bool, object]]:
+        sent.append(list(work))
+        return [(False, OperationTimedOut("injected")), *real(session, work[1:], concurrency=concurrency)]
+
+    real = event_store_module.execute_all
+    monkeypatch.setattr(event_store_module, "execute_all", one_write_fails)
+    device = f"dev-{uuid.uuid4().hex[:8]}"
+    batch = [Event(e.body.model_copy(update={"device_id": device}), e.metadata) for e in events()]
+    with pytest.raises(TransientError):
+        event_store.write(batch)
+    assert len(sent) == 1 and latest not in _query_ids(sent[0])
+    assert session.execute(f"SELECT event_id FROM {event_store._settings.keyspace}.device_latest "
+                           "WHERE device_id = %s", (device,)).one() is None
 
 
 def test_a_value_of_the_wrong_type_is_refused_naming_the_event_and_the_column(store) -> None:

@@ -2,12 +2,21 @@
 
 Each event becomes upserts keyed by its event id (events_by_id, events_by_device,
 the two time-bucketed tables, critical_events_by_device when critical) plus one
-write of ``device_latest`` whose write timestamp is the event time, so the newest
-event wins whatever the arrival order and a replay changes nothing. Within the
-same millisecond the timestamp's last three digits grow with the event id, and
-of a batch only each device's newest event writes ``device_latest``: two events of
-one device in one millisecond, stored together, never mix their cells (stored by
-two invocations, one pair in 1,000 shares a timestamp; see docs/data-model.md).
+write of ``device_latest``, the device's *position*: which event is its newest
+(``event_id``, ``event_time``), written ``USING TIMESTAMP`` the event time, so the
+newest event wins whatever the arrival order and a replay changes nothing. Within
+the same millisecond the timestamp's last three digits grow with the event id.
+Readers take the event's content from ``events_by_id`` by that id
+(``shared.adapters.cassandra.reader``): two writes with one timestamp (an event
+and its correction, re-sent under its id; two events of one device in one
+millisecond whose ids give the same three digits) are resolved by Cassandra cell
+by cell, by the greater value, so content columns written there would mix the two
+copies into a state no device sent, while the position cannot mix (the event time
+is the same, the event id one of the two) and ``events_by_id``, written with
+ordinary timestamps, holds the later copy. ``device_latest`` is written after
+every other row of the batch is acknowledged, so it never names an event
+``events_by_id`` lacks; its content columns (still in the schema) are no longer
+written. Of a batch only each device's newest event writes ``device_latest``.
 
 Statements are prepared on first use (not in ``__init__``) and marked
 idempotent. Every statement is a selection of one event's values (``_VALUES``),
@@ -68,6 +77,7 @@ Values = list[Any]  # one event's values, in ``_VALUES`` order
 Serialized = list[bytes | None]  # the same, serialized for the wire
 Row = tuple[Values, Serialized | None]  # a row to plan: serialized on the fast bind path, else None
 Work = tuple[Any, Sequence[Any]]  # (statement, parameters) for query.execute_all
+Plan = tuple[list[Work], list[tuple[uuid.UUID, ...]]]  # the work, and for each request the event ids it carries
 
 
 @dataclass(frozen=True)
@@ -93,8 +103,9 @@ class _Insert:
 _INSERTS = {
     "by_id": _Insert("events_by_id", ("event_id", "device_id", "event_time", *_PAYLOAD), {}),
     "by_device": _Insert("events_by_device", ("device_id", "day", "event_time", "event_id", *_PAYLOAD), {}),
-    "latest": _Insert("device_latest", ("device_id", "event_id", "event_time", *_PAYLOAD), {},
-                      using_timestamp="write_timestamp"),
+    # The position only: which event is the device's newest. Its content is read from events_by_id (see the
+    # module docstring): content cells written with a shared timestamp would mix two copies of an event.
+    "latest": _Insert("device_latest", ("device_id", "event_id", "event_time"), {}, using_timestamp="write_timestamp"),
     "by_time": _Insert("events_by_time_bucket", ("bucket", "shard", "event_time", "event_id", "device_id", *_PAYLOAD),
                        {"bucket": "time_bucket"}),
     "by_arrival": _Insert("events_by_arrival_bucket",
@@ -102,6 +113,8 @@ _INSERTS = {
                           {"bucket": "arrival_bucket", "enqueued_at": "arrival"}),
     "critical": _Insert("critical_events_by_device", ("device_id", "event_time", "event_id", *_PAYLOAD), {}),
 }
+
+
 def write_timestamp(event: Event) -> int:
     """Microseconds for ``USING TIMESTAMP``: the event time in ms, then 3 digits from the event id."""
     return _write_timestamp(to_ms(event.timestamp), event.event_id)
@@ -188,9 +201,19 @@ class CassandraEventStore:
         return _Statements.of(prepared)
 
     def write(self, events: Sequence[Event]) -> None:
+        """Every row of ``events``; ``device_latest`` only once every other row is written.
+
+        ``device_latest`` names an event whose content readers take from
+        ``events_by_id``: written after it, it never names an event that table lacks
+        (a batch that fails part way is retried whole, or dead-lettered without having
+        moved any device's position).
+        """
         if not events:
             return
-        work, owners = self.plan(events)
+        for work, owners in self.plan_phases(events):
+            self._execute(work, owners)
+
+    def _execute(self, work: list[Work], owners: list[tuple[uuid.UUID, ...]]) -> None:
         results = execute_all(self._session, work, concurrency=self._settings.write_concurrency)
         failures = [(owner, result) for (ok, result), owner in zip(results, owners, strict=True) if not ok]
         if failures:
@@ -202,15 +225,21 @@ class CassandraEventStore:
                 + (" ..." if len(ids) > 20 else "")
             )
 
-    def plan(self, events: Sequence[Event]) -> tuple[list[Work], list[tuple[uuid.UUID, ...]]]:
+    def plan(self, events: Sequence[Event]) -> Plan:
         """The (statement, parameters) pairs that store ``events``, and for each the event ids it carries.
 
         On the fast bind path every statement comes back bound, with empty
         parameters; on the public path, as prepared statement and parameter list,
         for the driver to bind. Rows are grouped into batches as
         ``SLUICE_CASSANDRA_BATCHING`` says: ``mixed``, any rows; ``partition``,
-        only rows of one partition.
+        only rows of one partition. The ``device_latest`` rows come last, in
+        requests of their own (:meth:`plan_phases`).
         """
+        (work, owners), (latest_work, latest_owners) = self.plan_phases(events)
+        return work + latest_work, owners + latest_owners
+
+    def plan_phases(self, events: Sequence[Event]) -> tuple[Plan, Plan]:
+        """:meth:`plan` in its two phases: every table but ``device_latest``, then ``device_latest``."""
         statements = self._statements.get()
         bind = self._fast_bind and statements.serializable
         serialize = statements.serialize
@@ -219,29 +248,35 @@ class CassandraEventStore:
             values = self._values(event)
             rows.append((values, serialize(values, event) if bind else None))
         event_ids = [values[_EVENT_ID] for values, _ in rows]
-        newest = _newest_per_device(rows)
+        newest = sorted(_newest_per_device(rows))
         if self._settings.batching == "mixed":
             return self._plan_mixed(statements, rows, event_ids, newest)
         return self._plan_by_partition(statements, rows, event_ids, newest)
 
     def _plan_mixed(self, statements: _Statements, rows: list[Row], event_ids: list[uuid.UUID],
-                    newest: set[int]) -> tuple[list[Work], list[tuple[uuid.UUID, ...]]]:
+                    newest: list[int]) -> tuple[Plan, Plan]:
         """Every row in event order, cut into requests of ``batch_rows`` rows whatever their tables and partitions.
 
         On Cosmos DB each row of a batch is still its own operation, charged its own
         request units; the batch saves the client (and the network) a request per row,
         which is most of what a write costs the driver. An event's rows mostly share a
-        batch, so a failed batch names few events.
+        batch, so a failed batch names few events. The ``device_latest`` rows are cut
+        the same way after the others, into requests of their own.
         """
         inserts = statements.inserts
-        with_latest = [inserts[name] for name in ("by_id", "latest", "by_time", "by_arrival", "by_device")]
-        without = [inserts[name] for name in ("by_id", "by_time", "by_arrival", "by_device")]
+        tables = [inserts[name] for name in ("by_id", "by_time", "by_arrival", "by_device")]
         critical = inserts["critical"]
         order: list[tuple[_Prepared, int]] = []
         for position, (values, _) in enumerate(rows):
-            order.extend((insert, position) for insert in (with_latest if position in newest else without))
+            order.extend((insert, position) for insert in tables)
             if values[_CRITICAL]:
                 order.append((critical, position))
+        latest = inserts["latest"]
+        return (self._cut(order, rows, event_ids),
+                self._cut([(latest, position) for position in newest], rows, event_ids))
+
+    def _cut(self, order: list[tuple[_Prepared, int]], rows: list[Row],
+             event_ids: list[uuid.UUID]) -> Plan:
         work: list[Work] = []
         owners: list[tuple[uuid.UUID, ...]] = []
         size = self._settings.batch_rows
@@ -264,25 +299,23 @@ class CassandraEventStore:
         return work, owners
 
     def _plan_by_partition(self, statements: _Statements, rows: list[Row], event_ids: list[uuid.UUID],
-                           newest: set[int]) -> tuple[list[Work], list[tuple[uuid.UUID, ...]]]:
-        """events_by_id row by row, every other table's rows in batches of one partition each."""
+                           newest: list[int]) -> tuple[Plan, Plan]:
+        """events_by_id row by row, every other table's rows in batches of one partition each; device_latest
+        (one row per device: only each device's newest event writes it) after them."""
         by_id = statements.inserts["by_id"]
         # Every other table groups its rows by partition: per table, partition key -> the positions of the events
         # whose rows it holds, in the order the events came. events_by_id has one row per partition (event ids are
         # unique in a batch), so it is not grouped.
-        latest: tuple[_Prepared, dict[Any, list[int]]] = (statements.inserts["latest"], {})
         tables: list[tuple[_Prepared, dict[Any, list[int]]]] = [
             (statements.inserts[name], {}) for name in ("by_time", "by_arrival", "by_device")]
         critical: tuple[_Prepared, dict[Any, list[int]]] = (statements.inserts["critical"], {})
-        every = [latest, *tables, critical]
         work: list[Work] = []
         owners: list[tuple[uuid.UUID, ...]] = []
         for position, row in enumerate(rows):
             values = row[0]
             work.append(by_id.pair(*row))
             owners.append((values[_EVENT_ID],))
-            for insert, partitions in (*((latest,) if position in newest else ()), *tables,
-                                       *((critical,) if values[_CRITICAL] else ())):
+            for insert, partitions in (*tables, *((critical,) if values[_CRITICAL] else ())):
                 key = insert.partition(values)
                 members = partitions.get(key)
                 if members is None:
@@ -293,7 +326,7 @@ class CassandraEventStore:
         # applies to it, CASSANDRA-10876); the cap keeps requests small enough to spread over the connection pool,
         # and a throttled one cheap to retry.
         size = self._settings.batch_rows
-        for insert, partitions in every:
+        for insert, partitions in (*tables, critical):
             for members in partitions.values():
                 for start in range(0, len(members), size):
                     chunk = members[start:start + size]
@@ -304,7 +337,9 @@ class CassandraEventStore:
                         insert.add_to(batch, [rows[position] for position in chunk])
                         work.append((batch, ()))
                     owners.append(tuple(map(event_ids.__getitem__, chunk)))
-        return work, owners
+        latest = statements.inserts["latest"]
+        return (work, owners), ([latest.pair(*rows[position]) for position in newest],
+                                [(event_ids[position],) for position in newest])
 
     def _values(self, event: Event) -> Values:
         """The event's values in ``_VALUES`` order: keys, buckets, write timestamp, then the payload.
@@ -349,9 +384,8 @@ _WRITE_TIMESTAMP = _INDEX["write_timestamp"]
 
 def _newest_per_device(rows: list[Row]) -> set[int]:
     """The position of each device's newest event (write timestamp, then event id): the only ``device_latest``
-    row of the batch worth writing. An older one would lose to it anyway; and two of one millisecond whose ids give
-    in the same three digits (the write timestamp's tie-break) would share a timestamp, and Cassandra would keep
-    the greater value cell by cell, mixing the two events into a state no device sent."""
+    row of the batch worth writing. An older one would lose to it anyway (or, of one millisecond with the same
+    three digits, share its timestamp and leave the winner to Cassandra's tie rule)."""
     newest: dict[str, tuple[int, int, int]] = {}
     for position, (values, _) in enumerate(rows):
         key = (values[_WRITE_TIMESTAMP], values[_EVENT_ID].int, position)
