@@ -9,7 +9,8 @@ measures ``GET /api/devices/{id}/latest`` three ways, against the machine's Redi
   ``redis.asyncio`` and the driver's futures, the ``func.HttpResponse``;
 * **threads**: today's baseline, the blocking raw clients on one thread per
   concurrent request (redis-py ``HMGET``; on a miss also the driver's
-  ``execute`` of the prepared ``SELECT`` and the fill script);
+  ``execute`` of the prepared ``SELECT`` of the device's position in
+  ``device_latest``, then of its event in ``events_by_id``, and the fill script);
 * **asyncio**: the same raw commands with ``redis.asyncio`` and the driver's
   ``execute_async`` awaited on the same loop, without any of our code;
 * **socket** (hits only): the floor under any client library, :class:`BareSockets`:
@@ -334,7 +335,9 @@ def main(argv: list[str]) -> int:
         cache = RedisLookupCache(client, key_prefix=prefix)
         cache.load_scripts()
         latest_sha = cache.sha["latest"]
-        select = session.prepare(f"SELECT {EVENT_SELECT} FROM {ks}.device_latest WHERE device_id = ?")
+        # A latest state is the device's position in device_latest, then its event from events_by_id (reader.py).
+        position = session.prepare(f"SELECT event_id FROM {ks}.device_latest WHERE device_id = ?")
+        select = session.prepare(f"SELECT {EVENT_SELECT} FROM {ks}.events_by_id WHERE event_id = ?")
 
         async def ours(device: str) -> None:
             request = func.HttpRequest("GET", f"http://localhost/api/devices/{device}/latest",
@@ -348,7 +351,7 @@ def main(argv: list[str]) -> int:
         def threads_miss(device: str) -> None:
             key = f"{prefix}d:{{{device}}}:latest"
             client.hmget(key, "d", "k")
-            event = stored_event(session.execute(select, (device,)).one())
+            event = stored_event(session.execute(select, (session.execute(position, (device,)).one().event_id,)).one())
             client.evalsha(latest_sha, 1, key, sort_key(event), event.to_json(), 3600)
 
         async def asyncio_hit(device: str) -> None:
@@ -361,7 +364,8 @@ def main(argv: list[str]) -> int:
         async def asyncio_miss(device: str) -> None:
             key = f"{prefix}d:{{{device}}}:latest"
             await aclient.hmget(key, "d", "k")
-            event = stored_event((await rows(session.execute_async(select, (device,))))[0])
+            [newest] = await rows(session.execute_async(position, (device,)))
+            event = stored_event((await rows(session.execute_async(select, (newest.event_id,))))[0])
             await aclient.evalsha(latest_sha, 1, key, sort_key(event), event.to_json(), 3600)
 
         loop.run_until_complete(ours(devices[0]))  # connect and prepare before measuring

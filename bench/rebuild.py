@@ -10,8 +10,9 @@ against the machine's Redis, each under a fresh key prefix:
   ``RedisCacheBuilder``): a new generation, pages of devices, the idempotent
   scripts, the position saved per page, the stream candidates, the switch and the
   old generation's deletion; no rate limit, no settle wait;
-* **raw**: the same reads with the driver alone (a paged scan of ``device_latest``,
-  each device's ``critical_events_by_device`` partition with the driver's
+* **raw**: the same reads with the driver alone (a paged scan of the devices'
+  positions in ``device_latest``, their events from ``events_by_id`` 100 ids a
+  request, each device's ``critical_events_by_device`` partition with the driver's
   ``execute_concurrent_with_args`` at the same concurrency) and plain pipelined
   writes of the same keys (``HSET`` latest and events, ``ZADD`` the critical sets,
   ``XADD`` the newest critical events to the stream), one pipeline per page.
@@ -85,14 +86,20 @@ def ours(client: redis.Redis, session: Session, ks: str, prefix: str) -> int:
 
 
 def raw(client: redis.Redis, session: Session, ks: str, prefix: str) -> int:
-    scan = session.prepare(f"SELECT {EVENT_SELECT} FROM {ks}.device_latest")
+    scan = session.prepare(f"SELECT event_id FROM {ks}.device_latest")
     scan.fetch_size = PAGE
+    by_id = session.prepare(f"SELECT {EVENT_SELECT} FROM {ks}.events_by_id WHERE event_id IN ?")
     critical = session.prepare(f"SELECT {EVENT_SELECT} FROM {ks}.critical_events_by_device WHERE device_id = ?")
     rows = 0
     newest: list[tuple[int, str, str, str]] = []
-    page: list[StoredEvent] = []
+    positions: list[uuid.UUID] = []
 
-    def flush(page: list[StoredEvent]) -> int:
+    def flush(positions: list[uuid.UUID]) -> int:
+        chunks = [(positions[i:i + 100],) for i in range(0, len(positions), 100)]
+        page: list[StoredEvent] = []
+        for ok, result in execute_concurrent_with_args(session, by_id, chunks, concurrency=4):
+            assert ok, result
+            page += [stored_event(row) for row in result]
         results = execute_concurrent_with_args(session, critical, [(e.device_id,) for e in page],
                                                concurrency=CONCURRENCY)
         pipe = client.pipeline(transaction=False)
@@ -114,12 +121,12 @@ def raw(client: redis.Redis, session: Session, ks: str, prefix: str) -> int:
         return count
 
     for row in session.execute(scan):
-        page.append(stored_event(row))
-        if len(page) == PAGE:
-            rows += flush(page)
-            page = []
-    if page:
-        rows += flush(page)
+        positions.append(row.event_id)
+        if len(positions) == PAGE:
+            rows += flush(positions)
+            positions = []
+    if positions:
+        rows += flush(positions)
     newest.sort()
     pipe = client.pipeline(transaction=False)
     for _, doc, event_id, device in newest[-STREAM_MAX:]:
