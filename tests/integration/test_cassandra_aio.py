@@ -53,10 +53,17 @@ def test_concurrent_point_reads_share_one_request_and_each_gets_its_own_answer(s
     assert [e.event_id for e in latest[:40]] == [e.event_id for e in events]
     assert latest[40] is None and latest[41].event_id == events[3].event_id
     assert [e.event_id if e else None for e in by_id] == [events[0].event_id, events[5].event_id, None]
+    # A latest state is the device's position (device_latest), then its event (events_by_id), each read coalesced.
     # 41 distinct devices asked in one turn: the first goes at once (nothing in flight), the 40 others while it
     # is in flight, as 32 + 8 keys in two requests; of the 3 events, the first alone and the others together
-    assert counting.sent == [("latest", 1), ("latest", 1), ("latest_in", 32), ("latest_in", 8), ("event", 1),
-                             ("event_in", 2)]
+    positions = [sent for sent in counting.sent if sent[0].startswith("latest")]
+    assert positions == [("latest", 1), ("latest", 1), ("latest_in", 32), ("latest_in", 8)]
+    reads = [sent for sent in counting.sent if sent[0].startswith("event")]
+    assert counting.sent[:2] == [("latest", 1), ("event", 1)] and reads[-2:] == [("event", 1), ("event_in", 2)]
+    # The gathered states' 40 events (co-3's twice at most) in a few requests: how they fall into requests
+    # depends on when their positions come back
+    states = reads[1:-2]
+    assert 40 <= sum(n for _, n in states) <= 41 and len(states) <= 6, states
 
 
 @pytest.mark.timeout(60)
