@@ -15,6 +15,7 @@ import pytest
 from cassandra.cluster import Session
 
 from emulators.cassandra.faults import clear_faults, inject_faults
+from shared.adapters.cassandra.device_log import CassandraDeviceLog, device_token
 from shared.adapters.cassandra.event_store import CassandraEventStore
 from shared.adapters.cassandra.feed import FeedPosition, PortableChangeFeed
 from shared.adapters.cassandra.migrations import apply_migrations
@@ -127,3 +128,30 @@ def test_a_window_read_never_holds_every_row_beside_its_events(private_cassandra
                                         f"{held:,}, their rows {rows:,}")
     finally:
         cluster.shutdown()
+
+
+def test_a_position_naming_an_event_events_by_id_does_not_give_reads_as_no_state(stored, caplog) -> None:
+    """device_latest is read for the position only, the event from events_by_id. A position naming an event that
+    table lacks (written before ingest wrote device_latest last) or holds for another device reads as no state,
+    logged; the rebuild's scan goes on past a page of only such devices."""
+    session, cfg, _ = stored
+    reader = CassandraEventReader(session, cfg.keyspace)
+    taken = reader.latest("dev-1")
+    assert taken is not None
+    dangling = {f"lost-{i}": uuid.uuid4() for i in range(4)} | {"other": taken.event_id}
+    for device, event_id in dangling.items():
+        session.execute(f"INSERT INTO {cfg.keyspace}.device_latest (device_id, event_id, event_time) "
+                        "VALUES (%s, %s, %s)", (device, event_id, datetime.now(UTC)))
+    log = CassandraDeviceLog(session, cfg.keyspace)
+    ordered = sorted([*dangling, *(f"dev-{i}" for i in range(6))], key=device_token)
+    # A page of only dangling devices comes before the scan's last device: the scan must go on past it
+    assert min(map(device_token, dangling)) < max(device_token(f"dev-{i}") for i in range(6))
+
+    assert reader.latest("lost-0") is None and reader.latest("other") is None and log.device("other") is None
+    assert [e.device_id for e in reader.latest_many(["lost-1", "dev-2", "other"])] == ["dev-2"]
+    position, scanned = None, []
+    while rows := log.devices(position, 1):  # as the rebuild pages: a page of one device
+        scanned += [row.latest.device_id for row in rows]
+        position = rows[-1].token
+    assert scanned == [device for device in ordered if device.startswith("dev-")]
+    assert "which events_by_id lacks" in caplog.text and "holds for device 'dev-1'" in caplog.text
