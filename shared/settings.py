@@ -563,6 +563,10 @@ class EnrichmentSettings(_Group):
     """PostgreSQL statement_timeout of the enrichment transaction (lock_timeout while its rows stream in)"""
 
 
+# How long one change feed run may last at most: host.json's functionTimeout (10 min) less two minutes of margin.
+_CHANGEFEED_RUN_LIMIT_SECONDS = 480.0
+
+
 class ChangeFeedSettings(_Group):
     """The change feed timer: Cassandra ``events_by_id`` changes -> Redis (see docs/redis-layout.md).
 
@@ -595,6 +599,18 @@ class ChangeFeedSettings(_Group):
     max_span_seconds: int = Field(3600, ge=1, description="portable mode: the widest enqueued-time range one run reads")
     read_timeout_seconds: float = Field(10.0, gt=0)
     """Timeout of one change feed read"""
+
+    @model_validator(mode="after")
+    def _run_within_function_timeout(self) -> Self:
+        # A run reads its position, starts pages until the budget is spent, and the last one started gets its whole
+        # read timeout, then its save (the same timeout) after its Redis writes: the budget and three read timeouts
+        # must leave host.json's functionTimeout (10 minutes) a margin for those writes.
+        if self.time_budget_seconds + 3 * self.read_timeout_seconds > _CHANGEFEED_RUN_LIMIT_SECONDS:
+            raise ValueError(
+                f"SLUICE_CHANGEFEED_TIME_BUDGET_SECONDS + 3 x SLUICE_CHANGEFEED_READ_TIMEOUT_SECONDS must be at most "
+                f"{_CHANGEFEED_RUN_LIMIT_SECONDS:g} s (a run may read one page past its budget, and must end well "
+                f"within host.json's functionTimeout of 10 minutes)")
+        return self
 
 
 class LookupSettings(_Group):

@@ -4,7 +4,7 @@ One run (one timer invocation)::
 
     load the saved position (or start at now - lookback)
     until the time budget is spent or the feed is caught up:
-        read one page after the position
+        read one page after the position                      <- each within the whole read timeout
         write its events to the sink (Redis), pipelined       <- raises: nothing saved, the next run replays
         save the position the page returned, compare-and-set  <- only after the sink acknowledged
 
@@ -17,6 +17,13 @@ cache is correct whoever wins, and a racing instance never moves the position
 backwards. (The portable feed moves its own watermark back on purpose when ingest
 noted rows stored late: each page of that re-read is saved like any other, so a
 re-read longer than one run's budget continues in the next run.)
+
+The budget decides whether another page is *started*; a page started just before
+it ends is read (within the read timeout, ``SLUICE_CHANGEFEED_READ_TIMEOUT_SECONDS``),
+written and saved like any other, so a run lasts at most the budget plus one page
+(its read, its writes and its save; the settings keep the budget and the timeouts
+well within host.json's ``functionTimeout``). Cutting the last read to the time
+left would make it time out, be reported as Cassandra being down, and lose it.
 
 A continuation the feed rejects (the table was dropped and recreated) restarts
 from ``now - lookback`` with a warning: events older than that are not replayed.
@@ -113,12 +120,14 @@ class ChangeFeedService:
         pages = events = critical = saves = 0
         restarted = False
         while True:
-            remaining = deadline - self._monotonic()
-            if remaining <= 0:
+            # The budget decides only whether another page is started: each read gets its whole timeout, so the
+            # last page of a run that spends its budget is read and saved like the others, instead of timing out
+            # as if Cassandra were down (and being thrown away). A run ends within the budget plus one page.
+            if self._monotonic() >= deadline:
                 stopped = "budget"
                 break
             try:
-                page = self._feed.read_page(position, now=now, timeout=min(self._read_timeout, remaining))
+                page = self._feed.read_page(position, now=now, timeout=self._read_timeout)
             except ContinuationRejected as exc:
                 if restarted:
                     raise

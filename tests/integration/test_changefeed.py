@@ -464,6 +464,24 @@ def test_portable_feed_advances_a_far_behind_watermark_in_bounded_steps(
 
 
 @pytest.mark.timeout(60)
+def test_a_run_that_spends_its_budget_stops_cleanly_with_its_last_page_saved(
+        session, keyspace, store, rclient, redis_prefix):
+    """A healthy run that reaches its time budget mid catch-up (after an outage, a backlog) must stop with
+    ``stopped="budget"``, not time out its last read for want of budget, report Cassandra as down
+    (``DependencyUnavailable``) and throw the page away: the budget decides whether a page is started, and a
+    started page gets the whole read timeout."""
+    store.write(spread(30))  # ~3.5 minutes of arrivals, 10 minutes ago: several pages (buckets) to catch up on
+    # the run's clock: the budget is nearly spent when the second page is asked for (1 us left), as at the end of
+    # any run that spends its budget reading pages that take longer than what is left
+    ticks = iter([0.0, 0.0, 20.0 - 1e-6])
+    service = make_service("portable", session, keyspace, CountingSink(make_cache(rclient, redis_prefix)),
+                           time_budget=20.0, monotonic=lambda: next(ticks, 100.0))
+    result = service.run()  # raised DependencyUnavailable when the last read was given only the time left
+    assert result.stopped == "budget" and result.pages == 2 and result.saves == 2, "the last page is kept"
+    assert CassandraFeedStateStore(session, keyspace).load("events") is not None, "the first page's position is saved"
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", MODES)
 def test_throttled_reads_are_retried_and_a_read_outage_keeps_the_position(
         mode, cassandra_emulator, session, keyspace, store, rclient, redis_prefix):

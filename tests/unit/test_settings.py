@@ -91,6 +91,15 @@ def test_a_pool_min_size_above_its_max_size_is_refused_naming_both():
     assert load_settings(dict(SAMPLE, SLUICE_POSTGRES_POOL_MIN_SIZE="4", SLUICE_POSTGRES_POOL_MAX_SIZE="4"))
 
 
+def test_a_change_feed_budget_that_could_outlive_the_function_timeout_is_refused():
+    # the last page a run starts gets its whole read timeout (then its save): budget + 3 reads must fit 8 minutes
+    with pytest.raises(ConfigurationError, match=r"SLUICE_CHANGEFEED_TIME_BUDGET_SECONDS \+ 3 x "
+                                                 r"SLUICE_CHANGEFEED_READ_TIMEOUT_SECONDS must be at most 480 s"):
+        load_settings(dict(SAMPLE, SLUICE_CHANGEFEED_TIME_BUDGET_SECONDS="600"))
+    assert load_settings(dict(SAMPLE, SLUICE_CHANGEFEED_TIME_BUDGET_SECONDS="450",
+                              SLUICE_CHANGEFEED_READ_TIMEOUT_SECONDS="10")).changefeed.time_budget_seconds == 450
+
+
 @pytest.mark.parametrize(("url", "expected"), [
     ("rediss://cache.example:6380/0?ssl_cert_reqs=none", "ssl_cert_reqs must be 'required'"),
     ("rediss://cache.example:6380/0?ssl_check_hostname=false", "ssl_check_hostname must not be off"),
