@@ -329,6 +329,27 @@ def test_an_id_re_sent_later_into_a_window_already_enriched_is_found_by_the_late
     assert stored_device_stats(stack, T0 + W)["dev-1"]["event_count"] == 1
 
 
+def test_an_id_re_sent_late_within_its_own_enriched_window_recomputes_it(stack: Stack) -> None:
+    """An id re-sent late with a later timestamp inside the window already holding its row: the late scan must
+    not take the id's older row there for the new copy, or PostgreSQL keeps the superseded row (older event time,
+    old device, old measurements) and the figures built from it, while Cassandra and Redis hold the newer copy."""
+    first = make_event("dev-1", T0 + timedelta(seconds=10), measurements={"temperature": 20.0})
+    stack.send([first, make_event("dev-2", T0 + timedelta(seconds=20))])
+    stack.service.run(now=T0 + W + timedelta(minutes=2))  # window T0 enriched
+    assert stack.query("SELECT event_time FROM enriched_events WHERE event_id = %s",
+                       (first.event_id,)) == [(T0 + timedelta(seconds=10),)]
+    late_at = T0 + W + timedelta(minutes=3)
+    resent = Event(first.body.model_copy(update={"timestamp": T0 + timedelta(seconds=50), "device_id": "dev-3",
+                                                  "measurements": {"temperature": 99.0}}),
+                   replace(first.metadata, enqueued_time=late_at))
+    stack.send([resent])
+    result = stack.service.run(now=late_at + timedelta(seconds=5))
+    assert [(w.window.start, w.reason) for w in result.windows] == [(T0, "late")], \
+        "the window holding a superseded row of a late re-sent id must be recomputed"
+    assert stack.query("SELECT device_id, event_time FROM enriched_events WHERE event_id = %s",
+                       (first.event_id,)) == [("dev-3", T0 + timedelta(seconds=50))]
+
+
 def test_an_event_id_sent_twice_in_one_window_is_stored_once_with_its_latest_row_on_both_paths(
         stack: Stack) -> None:
     first = make_event("dev-1", T0 + timedelta(seconds=50), measurements={"temperature": 95.0})

@@ -164,16 +164,21 @@ ON CONFLICT (window_start) DO UPDATE SET
 """
 
 # The arrivals lying in an enriched window (the ledger row starting last at or before the event time, if the event
-# time is before its end: ledger windows never overlap, whatever width each was enriched with) whose id has no
-# enriched row in it: none at all (a late event), or one in another window (its id re-sent with another timestamp:
-# the window read decides which row wins). One index probe per arrival.
+# time is before its end: ledger windows never overlap, whatever width each was enriched with) that its enriched row
+# does not already account for: none at all (a late event), one in another window (its id re-sent with another
+# timestamp: the window read decides which row wins), or one in it with another event time or enqueued before this
+# arrival (its id re-sent within the window, or a correction re-sent with the same timestamp: the later copy is what
+# Cassandra keeps). An arrival's enqueued time is its event time when Event Hubs gave none, as ingest stores it.
+# One index probe (the primary key) per arrival.
 _STALE = """
 SELECT c.i, w.window_start, w.window_end
-FROM unnest(%s::uuid[], %s::timestamptz[]) WITH ORDINALITY AS c(event_id, event_time, i)
+FROM unnest(%s::uuid[], %s::timestamptz[], %s::timestamptz[]) WITH ORDINALITY AS c(event_id, event_time, enqueued_at, i)
 CROSS JOIN LATERAL (SELECT window_start, window_end FROM enrichment_windows
                     WHERE window_start <= c.event_time ORDER BY window_start DESC LIMIT 1) w
 WHERE c.event_time < w.window_end
-  AND NOT EXISTS (SELECT 1 FROM enriched_events e WHERE e.event_id = c.event_id AND e.window_start = w.window_start)
+  AND NOT EXISTS (SELECT 1 FROM enriched_events e
+                  WHERE e.event_id = c.event_id AND e.window_start = w.window_start AND e.event_time = c.event_time
+                    AND coalesce(e.enqueued_time, e.event_time) >= c.enqueued_at)
 """
 
 # The ledger windows overlapping [start, end): from the last one starting at or before start (windows never overlap,
@@ -259,7 +264,8 @@ class PostgresEnrichmentStore:
         with self._transaction("looking for late events") as conn:
             for i in range(0, len(arrivals), 10_000):
                 chunk = arrivals[i:i + 10_000]
-                rows = conn.execute(_STALE, ([a.event_id for a in chunk], [a.event_time for a in chunk]))
+                rows = conn.execute(_STALE, ([a.event_id for a in chunk], [a.event_time for a in chunk],
+                                             [a.enqueued_at for a in chunk]))
                 stale.extend((chunk[n - 1], Window(utc(start), utc(end))) for n, start, end in rows)
         return stale
 
