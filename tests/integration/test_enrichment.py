@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
@@ -119,20 +120,46 @@ def shared_session(cassandra_emulator: Running) -> Iterator[object]:
     session.cluster.shutdown()
 
 
-@pytest.fixture
-def stack(cassandra_emulator: Running, cassandra_keyspace: str, pg_dsn: str, shared_session) -> Iterator[Stack]:
+@contextmanager
+def stack_at(cassandra_emulator: Running, cassandra_keyspace: str, pg_dsn: str, session, start: datetime = T0
+             ) -> Iterator[Stack]:
+    """The enrichment on a fresh keyspace and database, its first watermark at ``start``."""
     cassandra = CassandraSettings(hosts=[cassandra_emulator.host], port=cassandra_emulator.port,
                                   keyspace=cassandra_keyspace, shards=4, bucket_seconds=60, consistency="ONE")
-    session = shared_session
     apply_cassandra(session, cassandra)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         apply_postgres(conn)
         upsert_reference(conn, DEVICES, SITES)
     pool = make_pool(pg_dsn, PostgresSettings(host="unused", pool_min_size=1, pool_max_size=2))
-    service = build_service(session, cassandra_keyspace, cassandra, pool)
-    PostgresEnrichmentStore(pool).load_state(T0)  # the first watermark: T0
-    yield Stack(cassandra_keyspace, pg_dsn, session, CassandraEventStore(session, cassandra, RULES), pool, service, [])
-    pool.close()
+    try:
+        service = build_service(session, cassandra_keyspace, cassandra, pool)
+        PostgresEnrichmentStore(pool).load_state(start)  # the first watermark
+        yield Stack(cassandra_keyspace, pg_dsn, session, CassandraEventStore(session, cassandra, RULES), pool,
+                    service, [])
+    finally:
+        pool.close()
+
+
+@contextmanager
+def database_time_zone(dsn: str, zone: str) -> Iterator[None]:
+    """``dsn``'s database with ``timezone`` set to ``zone`` for new sessions (as a server or database may be set),
+    reset afterwards."""
+    dbname = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("ALTER DATABASE {} SET timezone TO {}").format(
+            psycopg.sql.Identifier(str(dbname)), psycopg.sql.Literal(zone)))
+    try:
+        yield
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("ALTER DATABASE {} RESET timezone").format(
+                psycopg.sql.Identifier(str(dbname))))
+
+
+@pytest.fixture
+def stack(cassandra_emulator: Running, cassandra_keyspace: str, pg_dsn: str, shared_session) -> Iterator[Stack]:
+    with stack_at(cassandra_emulator, cassandra_keyspace, pg_dsn, shared_session) as built:
+        yield built
 
 
 # --- the independent computation ---
@@ -469,6 +496,35 @@ def test_an_event_stored_minutes_after_its_enqueue_is_enriched_through_ingests_d
     assert [(w.window.start, w.reason) for w in result.windows] == [(T0, "late")]
     assert result.delayed_scan_from == delayed.metadata.enqueued_time
     assert_stats_match(stored_device_stats(stack, T0), expected_device_stats(stack.sent, T0))
+
+
+def test_the_late_scan_keeps_its_overlap_across_a_dst_change_of_the_database_time_zone(
+        cassandra_emulator: Running, cassandra_keyspace: str, pg_dsn: str, shared_session) -> None:
+    """A database whose ``timezone`` has DST (a per-server/per-database setting, and PGTZ on the client): psycopg
+    hands a ``timestamptz`` over in the session's zone, and ``late_scan_until - allowed_lateness`` computed in
+    wall-clock time at the spring-forward change (03:00:30 CEST minus 120 s: the non-existent 02:58:30, read as
+    +01:00) starts the scan an hour late, so an event stored within the allowed lateness is never found. The pool
+    pins the session to UTC, and the store returns its state in UTC."""
+    start = datetime(2027, 3, 28, 0, 50, tzinfo=UTC)  # Europe/Paris springs forward at 01:00 UTC that day
+    with database_time_zone(pg_dsn, "Europe/Paris"), \
+            stack_at(cassandra_emulator, cassandra_keyspace, pg_dsn, shared_session, start) as stack:
+        with stack.pool.connection() as conn:
+            assert conn.execute("SHOW TimeZone").fetchone() == ("UTC",), "the pool's sessions are in UTC"
+        assert PostgresEnrichmentStore(stack.pool).load_state(start).watermark.tzinfo is UTC
+        stack.send([make_event("dev-1", start + timedelta(seconds=10))])
+        stack.service.run(now=start + W + timedelta(minutes=2))  # [00:50, 00:55) enriched
+        stack.service.run(now=datetime(2027, 3, 28, 1, 0, 30, tzinfo=UTC))
+        # enqueued at 00:59:40, stored ~55 s later (within the allowed lateness: no delay note), after that run
+        late = make_event("dev-2", start + timedelta(seconds=20),
+                          enqueued=datetime(2027, 3, 28, 0, 59, 40, tzinfo=UTC))
+        stack.send([late])
+        recomputed = []
+        for minute in (1, 2, 3, 4):  # runs a minute apart, as the timer does
+            result = stack.service.run(now=datetime(2027, 3, 28, 1, minute, 30, tzinfo=UTC))
+            recomputed += [w.window.start for w in result.windows if w.reason == "late"]
+        rows = stack.query("SELECT window_start FROM enriched_events WHERE event_id = %s", (late.event_id,))
+        assert recomputed == [start] and len(rows) == 1, \
+            "an event enqueued within the allowed lateness of a scan must be found by the next one"
 
 
 def test_events_later_than_the_horizon_are_counted_not_recomputed(stack: Stack) -> None:

@@ -38,6 +38,7 @@ from tests.integration.test_enrichment import (  # noqa: F401
     Stack,
     W,
     build_service,
+    database_time_zone,
     random_events,
     shared_session,
     test_a_reference_change_shows_in_the_next_windows,
@@ -101,3 +102,22 @@ def test_prepared_statements_break_through_transaction_pooling_and_the_setting_a
         for _ in range(3):
             assert a.execute(query, ("x",)).fetchone() == (0,)
             assert b.execute(query, ("y",)).fetchone() == (0,)
+
+
+def test_the_pools_utc_session_time_zone_holds_through_transaction_pooling(pg_dsn: str,
+                                                                           pgbouncer: LocalPgBouncer) -> None:
+    """The pool sets each new session's time zone to UTC with a ``SET`` (PgBouncer refuses libpq's ``options``
+    startup parameter): ``TimeZone`` is a parameter PgBouncer tracks per client and sets on whichever server
+    connection serves it, so every transaction of the pool reads UTC, while another client sharing the server
+    connections keeps the database's zone."""
+    dsn = through_pgbouncer(pgbouncer, pg_dsn)
+    with database_time_zone(pg_dsn, "Europe/Paris"), psycopg.connect(dsn, autocommit=True) as other:
+        pool = make_pool(dsn, PostgresSettings(host="unused", pool_min_size=1, pool_max_size=1, prepare_threshold=None))
+        try:
+            for _ in range(3):
+                with pool.connection() as conn:
+                    assert conn.execute("SHOW TimeZone").fetchone() == ("UTC",)
+                    assert conn.execute("SELECT current_setting('TimeZone')").fetchone() == ("UTC",)
+                assert other.execute("SHOW TimeZone").fetchone() == ("Europe/Paris",)
+        finally:
+            pool.close()

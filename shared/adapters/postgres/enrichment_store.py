@@ -33,6 +33,7 @@ Per window, inside one transaction:
 
 Nothing keeps session state between transactions (temporary tables, ``SET LOCAL``,
 transaction advisory locks), so this works through PgBouncer in transaction mode.
+Every timestamp read is converted to UTC (the pool's sessions are in UTC too).
 A psycopg ``OperationalError`` (connection lost, server shut down, timeout)
 becomes ``TransientError`` naming the window; the transaction is then rolled back
 by the server and nothing of the window is written.
@@ -249,7 +250,9 @@ class PostgresEnrichmentStore:
             ).fetchone()
             assert row is not None  # inserted just above when missing
             watermark, late = row
-        return EnrichmentState(watermark, late or watermark)
+        # In UTC, as every other read here: psycopg hands a timestamptz over in the session's TimeZone, and the
+        # service subtracts from these in wall-clock time, which a zone with DST would shift by its change.
+        return EnrichmentState(utc(watermark), utc(late or watermark))
 
     def save_late_scan(self, until: datetime) -> None:
         with self._transaction("saving the late-event scan position") as conn:

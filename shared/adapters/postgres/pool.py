@@ -9,6 +9,15 @@
   PgBouncer in transaction mode (built into Azure PostgreSQL Flexible Server on
   port 6432) needs. Nothing in Sluice keeps session state across transactions
   either: temporary tables are ``ON COMMIT DROP`` and settings are ``SET LOCAL``;
+* the session's ``TimeZone`` is UTC (``configure``, a ``SET`` on each new
+  connection): psycopg hands a ``timestamptz`` over in that zone, and the
+  database's or server's ``timezone`` setting (or the client's ``PGTZ``) may be
+  one with DST, in which Python's arithmetic on the value would be wall-clock. Not
+  the libpq ``options=-c timezone=UTC`` startup parameter: PgBouncer refuses
+  ``options`` unless told to ignore it (``ignore_startup_parameters``); a ``SET
+  TIME ZONE`` it tracks (``TimeZone`` is one of its tracked parameters) and
+  applies to whichever server connection serves each transaction. The adapters
+  still convert what they read with ``utc()``;
 * the password, when given as a :class:`RotatingSecret`, is read for each new
   connection; a connection refused for its password (SQLSTATE 28P01) re-reads the
   secret (rate-limited) and, if it changed, connects again at once. Connections
@@ -50,9 +59,16 @@ def make_pool(conninfo: str, settings: PostgresSettings, *, password: RotatingSe
         check=ConnectionPool.check_connection,
         kwargs={"prepare_threshold": settings.prepare_threshold},
         connection_class=psycopg.Connection if password is None else _rotating(password),
+        configure=_utc_session,
         open=open,
         name=name,
     )
+
+
+def _utc_session(conn: psycopg.Connection) -> None:
+    """A new connection's session time zone: UTC, whatever the server's or database's ``timezone`` setting."""
+    conn.execute("SET TIME ZONE 'UTC'")
+    conn.commit()  # (the pool wants the connection back idle, outside a transaction)
 
 
 def _rotating(secret: RotatingSecret) -> type[psycopg.Connection]:
