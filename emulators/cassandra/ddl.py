@@ -150,9 +150,11 @@ def alter_add(catalog: Catalog, stmt: st.AlterTableAdd, keyspace: str) -> tuple[
     table = catalog.table(keyspace, stmt.table.name)
     if table is None:
         raise Invalid(f"unconfigured table {stmt.table.name}")
-    added = []
+    added: list[tuple[str, str]] = []
     for c in stmt.columns:
         if c.name in table.columns:
             raise Invalid(f"Invalid column name {c.name} because it conflicts with an existing column")
+        if any(name == c.name for name, _ in added):  # as Cassandra, which checks against the table being built
+            raise Invalid(f"Column with name '{c.name}' already exists")
         added.append((c.name, _column_type(c.name, c.type_text).cql()))
     return ("AT", keyspace, table.name, added)

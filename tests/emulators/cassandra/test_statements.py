@@ -50,6 +50,11 @@ def test_table_ddl_with_cosmos_and_cassandra_options(session: Session, cassandra
     session.execute("TRUNCATE t")
     assert rows(session, "SELECT * FROM t") == []
     session.execute("ALTER TABLE t ADD extra bigint")
+    # as Cassandra, which checks each name against the table being built: one name twice is refused, nothing added
+    with pytest.raises(InvalidRequest, match="Column with name 'x' already exists"):
+        session.execute("ALTER TABLE t ADD (x int, x text)")
+    with pytest.raises(InvalidRequest, match="Undefined column name x"):
+        session.execute("SELECT x FROM t")
     session.execute("INSERT INTO t (k, v, extra) VALUES (2, 'b', 7)")
     assert rows(session, "SELECT k, v, extra FROM t") == [(2, "b", 7)]
     session.execute(f"DROP TABLE {cassandra_keyspace}.t")
