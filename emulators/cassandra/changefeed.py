@@ -85,6 +85,13 @@ def execute_feed(feed: ChangeFeed, table: Table, data: TableData, stmt: st.Selec
     assert r.changefeed is not None
     if r.ck_eq or r.ck_slice or r.filters or r.token_lo or r.token_hi or stmt.order_by:
         raise Invalid("The change feed can only be restricted by the full partition key (equality)")
+    # Refused rather than ignored: the feed pages by the request's page size alone
+    for name, given in (("LIMIT", stmt.limit), ("PER PARTITION LIMIT", stmt.per_partition_limit)):
+        if given is not None:
+            raise Invalid(f"{name} is not supported on the change feed in this emulator: bound a read by the page "
+                          "size (fetch_size)")
+    if sum(1 for rel in stmt.where if rel.kind == "changefeed") > 1:
+        raise Invalid("More than one COSMOS_CHANGEFEED_START_TIME() restriction was found")
     wanted: set[bytes] | None = None
     if r.pk:
         if len(r.pk) != len(table.partition_key) or any(len(v) != 1 for v in r.pk.values()):

@@ -75,6 +75,16 @@ def test_feed_errors_name_the_problem(session: Session) -> None:
         session.execute("SELECT * FROM t WHERE COSMOS_CHANGEFEED_START_TIME() = 'yesterday'")
     with pytest.raises(InvalidRequest, match="partition key"):
         session.execute("SELECT * FROM t WHERE COSMOS_CHANGEFEED_START_TIME() = '2024-01-01T00:00:00Z' AND c = 1")
+    # refused by name rather than ignored (the feed answers pages of the request's page size)
+    session.execute("INSERT INTO t (p, c) VALUES (1, 1)")
+    session.execute("INSERT INTO t (p, c) VALUES (2, 1)")
+    start = "COSMOS_CHANGEFEED_START_TIME() = '2024-01-01T00:00:00Z'"
+    for query, named in ((f"SELECT * FROM t WHERE {start} LIMIT 1", "LIMIT is not supported on the change feed"),
+                         (f"SELECT * FROM t WHERE {start} PER PARTITION LIMIT 1", "PER PARTITION LIMIT is not"),
+                         (f"SELECT * FROM t WHERE {start} AND COSMOS_CHANGEFEED_START_TIME() = '2030-01-01T00:00:00Z'",
+                          "More than one COSMOS_CHANGEFEED_START_TIME")):
+        with pytest.raises(InvalidRequest, match=named):
+            session.execute(SimpleStatement(query, fetch_size=100))
     state = session.execute(SimpleStatement(
         "SELECT * FROM t WHERE COSMOS_CHANGEFEED_START_TIME() = '2024-01-01T00:00:00Z'", fetch_size=5)).paging_state
     with pytest.raises(InvalidRequest, match="does not belong to this table"):
