@@ -541,8 +541,9 @@ def execute_select(table: Table, data: TableData, stmt: st.Select, values: list[
     page = page_size if page_size and page_size > 0 else None
     if stmt.order_by and r.pk_in:
         # As Cassandra: ORDER BY with IN on the partition key orders the rows of all the partitions together,
-        # after the read, so only for a query that is not paged (no page size, or a LIMIT within one page).
-        if page is not None and (limit is None or limit > page):
+        # after the read, so only for a query that is not paged (no page size), whatever its LIMIT (with post-query
+        # ordering SelectStatement.getDataLimits leaves the row limit unset, so the request is always paged).
+        if page is not None:
             raise Invalid(IN_ORDER_BY_PAGED)
         return Rows(specs, [[f(part, row, now) for f in extractors]
                             for part, row in _merged(scan, data, now, reverse, ppl, limit)])
