@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from . import results
 from . import statements as st
 from .errors import Invalid, ServerError
-from .keys import join_key
+from .keys import join_key, partition_key
 from .planner import BOOLEAN, resolve, resolve_int
 from .results import Rows
 from .select import resolve_restrictions
@@ -139,14 +139,14 @@ def _insert_partition(table: Table, stmt: st.Insert, values: list[Value]) -> byt
         if not isinstance(value, bytes):
             raise Invalid(f"Invalid null or unset value for partition key part {col.name}")
         parts.append(value)
-    return join_key(parts)
+    return partition_key(parts)
 
 
 def _insert_key(table: Table, stmt: st.Insert, values: list[Value]) -> tuple[bytes, bytes]:
     """The primary key of an INSERT, checked as the INSERT itself checks it (all there, none null or unset)."""
     plan = _insert_plan(table, stmt)
     keys = {name: _key_value(col, resolve(term, col.type, values)) for name, (col, term) in plan.keys.items()}
-    pk = join_key([keys[n] for n in plan.pk_names])
+    pk = partition_key([keys[n] for n in plan.pk_names])
     ck = join_key([keys[n] for n in plan.ck_names]) if plan.ck_names else b""
     return pk, ck
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from . import statements as st
 from .errors import Invalid
-from .keys import join_key
+from .keys import partition_key
 from .results import Rows
 from .schema import Table
 from .select import projection, resolve_restrictions
@@ -96,7 +96,7 @@ def execute_feed(feed: ChangeFeed, table: Table, data: TableData, stmt: st.Selec
     if r.pk:
         if len(r.pk) != len(table.partition_key) or any(len(v) != 1 for v in r.pk.values()):
             raise Invalid("The change feed can only be restricted by the full partition key (equality)")
-        wanted = {join_key([r.pk[c.name][0] for c in table.partition_key])}
+        wanted = {partition_key([r.pk[c.name][0] for c in table.partition_key])}
     log = feed.logs.get(table.id) or FeedLog()
     if paging_state:
         try:

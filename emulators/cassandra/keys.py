@@ -13,6 +13,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from .errors import Invalid
 from .murmur3 import routing_key
 from .schema import Column
 from .types import CompareKey
@@ -21,6 +22,24 @@ _H = struct.Struct(">H")
 
 
 def join_key(components: list[bytes]) -> bytes:
+    return routing_key(components)
+
+
+MAX_KEY_LENGTH = 0xFFFF
+
+
+def partition_key(components: list[bytes]) -> bytes:
+    """A partition key from its components, refused as Cassandra's QueryProcessor.validateKey refuses it (for every
+    partition key a write or a SELECT names): empty, or longer than 65535 bytes serialized (CompositeType for
+    several columns, where the length counts each component's 2-byte length and end byte)."""
+    if len(components) == 1:
+        length = len(components[0])
+        if length == 0:
+            raise Invalid("Key may not be empty")
+    else:
+        length = sum(3 + len(c) for c in components)
+    if length > MAX_KEY_LENGTH:
+        raise Invalid(f"Key length of {length} is longer than maximum of {MAX_KEY_LENGTH}")
     return routing_key(components)
 
 

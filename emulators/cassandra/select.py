@@ -18,7 +18,7 @@ from typing import Any
 from . import statements as st
 from .collections_ops import split_elements
 from .errors import Invalid
-from .keys import TOP, component_key, join_key, split_key
+from .keys import TOP, component_key, partition_key, split_key
 from .murmur3 import murmur3_token
 from .planner import BIGINT, INT, TEXT, resolve, resolve_int, table_column
 from .results import ColumnSpec, Rows
@@ -238,7 +238,7 @@ def plan_scan(table: Table, r: Restrictions) -> Scan:
     if r.pk:
         if len(r.pk) == len(table.partition_key):
             combos = list(itertools.product(*(r.pk[c.name] for c in table.partition_key)))
-            keys = [join_key(list(combos[0]))] if len(combos) == 1 else _in_partition_keys(table, combos)
+            keys = [partition_key(list(combos[0]))] if len(combos) == 1 else _in_partition_keys(table, combos)
             if r.token_lo or r.token_hi:
                 raise Invalid("token() restrictions cannot be combined with partition key equality in this emulator")
         else:
@@ -321,7 +321,7 @@ def _in_partition_keys(table: Table, combos: list[tuple[bytes, ...]]) -> list[by
     order = partition_order(table)
     unique: dict[Any, bytes] = {}
     for combo in combos:
-        key = join_key(list(combo))
+        key = partition_key(list(combo))
         unique.setdefault(order(key), key)
     return [unique[k] for k in sorted(unique)]
 
@@ -516,7 +516,7 @@ def execute_select(table: Table, data: TableData, stmt: st.Select, values: list[
     plan = _select_plan(table, stmt)
     specs, extractors, counting = plan.specs, plan.extractors, plan.counting
     if plan.point is not None and not paging_state:  # a point read of a table without clustering columns
-        key = join_key([_value(term, col.type, values, col.name) for col, term in plan.point])
+        key = partition_key([_value(term, col.type, values, col.name) for col, term in plan.point])
         part = data.partition(key)
         if part is not None and (row := part.single) is not None and row.live(now):
             return Rows(specs, [[_q.pack(1)]] if counting else [[f(part, row, now) for f in extractors]])

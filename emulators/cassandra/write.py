@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from . import collections_ops as colls
 from . import statements as st
 from .errors import Invalid
-from .keys import join_key
+from .keys import join_key, partition_key
 from .planner import (
     BOOLEAN,
     INT,
@@ -105,7 +105,7 @@ def primary_keys(table: Table, r: Restrictions, need_clustering: bool = True) ->
         missing = [c.name for c in table.clustering if c.name not in r.ck_eq]
         if missing or r.ck_slice:
             raise Invalid(f"Some clustering keys are missing: {', '.join(missing or list(r.ck_slice))}")
-    pks = [join_key(list(c)) for c in itertools.product(*(r.pk[c.name] for c in table.partition_key))]
+    pks = [partition_key(list(c)) for c in itertools.product(*(r.pk[c.name] for c in table.partition_key))]
     if not table.clustering or any(c.name not in r.ck_eq for c in table.clustering):
         return [(pk, b"") for pk in pks]  # a whole partition, or a clustering range (need_clustering=False)
     cks = [join_key(list(c)) for c in itertools.product(*(r.ck_eq[c.name] for c in table.clustering))]
@@ -169,7 +169,7 @@ def execute_insert(engine: Engine, table: Table, stmt: st.Insert, ctx: WriteCont
     values = ctx.values
     plan = _insert_plan(table, stmt)
     keys = {name: _key_value(col, resolve(term, col.type, values)) for name, (col, term) in plan.keys.items()}
-    pk = join_key([keys[n] for n in plan.pk_names])
+    pk = partition_key([keys[n] for n in plan.pk_names])
     ck = join_key([keys[n] for n in plan.ck_names]) if plan.ck_names else b""
     if stmt.if_not_exists and stmt.using.timestamp is not None:
         raise Invalid("Cannot provide custom timestamp for conditional updates")
@@ -551,7 +551,7 @@ def range_predicate(table: Table, ck_eq: dict[str, list[bytes]],
                     ck_slice: dict[str, list[tuple[bytes, bool] | None]]) -> Callable[[Any], bool]:
     """The clustering sort keys a range deletion covers (used for its tombstone)."""
     r = Restrictions(ck_eq=ck_eq, ck_slice=ck_slice)
-    r.pk = {c.name: [b""] for c in table.partition_key}
+    r.pk = {c.name: [b"\x00"] for c in table.partition_key}  # any key: only the clustering bounds are used
     scan = plan_scan(table, r)
     lo, hi = scan.lo, scan.hi
     if scan.predicates:

@@ -463,3 +463,27 @@ def test_contains_key_on_a_list_or_set_is_refused(session: Session) -> None:
         with pytest.raises(InvalidRequest, match=f"Cannot use CONTAINS KEY on non-map column {column}"):
             session.execute(f"SELECT k FROM t WHERE {column} CONTAINS KEY 9 ALLOW FILTERING")
         assert rows(session, f"SELECT k FROM t WHERE {column} CONTAINS 9 ALLOW FILTERING") == [(1,)]
+
+
+def test_an_empty_or_oversized_partition_key_is_refused_as_cassandra_refuses_it(session: Session) -> None:
+    """Cassandra refuses every partition key a write or a SELECT names that is empty or longer than 65535 bytes
+    serialized (QueryProcessor.validateKey); an empty component of a composite key is a key. Was: a row stored under
+    the empty key, a 70,000-byte key stored, and a Server error for an oversized composite component."""
+    session.execute("CREATE TABLE e (k text, c text, v int, PRIMARY KEY (k, c))")
+    session.execute("CREATE TABLE e2 (a text, b int, v int, PRIMARY KEY ((a, b)))")
+    big = "z" * 70000
+    for query, params, message in [
+        ("INSERT INTO e (k, c, v) VALUES ('', 'x', 1)", None, "Key may not be empty"),
+        ("UPDATE e SET v = 1 WHERE k IN ('a', '') AND c = 'x'", None, "Key may not be empty"),
+        ("SELECT * FROM e WHERE k = ''", None, "Key may not be empty"),
+        ("BEGIN UNLOGGED BATCH INSERT INTO e (k, c, v) VALUES ('', 'x', 1) APPLY BATCH", None, "Key may not be empty"),
+        ("INSERT INTO e (k, c, v) VALUES (%s, 'x', 1)", (big,), "Key length of 70000 is longer than maximum of 65535"),
+        ("SELECT * FROM e WHERE k = %s", (big,), "Key length of 70000 is longer than maximum of 65535"),
+        ("INSERT INTO e2 (a, b, v) VALUES (%s, 1, 1)", (big,), "Key length of 70010 is longer than maximum of 65535"),
+        ("DELETE FROM e2 WHERE a = %s AND b = 1", (big,), "Key length of 70010 is longer than maximum of 65535"),
+    ]:
+        with pytest.raises(InvalidRequest, match=message):
+            session.execute(query, params)
+    session.execute("INSERT INTO e2 (a, b, v) VALUES ('', 1, 1)")
+    assert rows(session, "SELECT a, b, v FROM e2 WHERE a = '' AND b = 1") == [("", 1, 1)]
+    assert rows(session, "SELECT k FROM e") == []  # the refused UPDATE wrote no row, not even 'a'

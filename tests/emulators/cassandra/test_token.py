@@ -20,9 +20,11 @@ def test_token_equals_the_drivers_murmur3(session: Session) -> None:
     ins_comp = session.prepare("INSERT INTO composite (a, b, c) VALUES (?, ?, 0)")
     keys = ["", "a", "é", "x" * 15, "y" * 16, "z" * 33, "\x80\xff"]
     for i, k in enumerate(keys):
+        session.execute(ins_comp, (i - 3, k))  # an empty component of a composite key is a key
+        if not k:
+            continue  # a one-column key may not be empty (test_statements)
         bound = ins_single.bind((k,))
         session.execute(bound)
-        session.execute(ins_comp, (i - 3, k))
         assert session.execute("SELECT token(k) FROM single WHERE k = %s", (k,)).one()[0] == \
             Murmur3Token.from_key(bound.routing_key).value
     for row in session.execute("SELECT a, b, token(a, b) AS t FROM composite"):
@@ -30,7 +32,7 @@ def test_token_equals_the_drivers_murmur3(session: Session) -> None:
         assert row.t == Murmur3Token.hash_fn(routing)
     # a full scan returns partitions in token order
     tokens = [r[0] for r in session.execute("SELECT token(k) FROM single")]
-    assert tokens == sorted(tokens) and len(tokens) == len(keys)
+    assert tokens == sorted(tokens) and len(tokens) == len(keys) - 1
 
 
 def test_full_scan_by_token_ranges_sees_every_row_once(session: Session) -> None:
