@@ -369,16 +369,31 @@ def _element_op_check(table: Table, pk: bytes, ck: bytes, col: Column, stored_ts
                       "element is a cell of its own there); write the whole collection, or use a later timestamp")
 
 
+def _element_expiry_check(col: Column, adds: bool, stored: bytes | None, stored_expiry: int | None,
+                          expiry: int | None) -> None:
+    """Refuse an element operation that adds elements with another expiry than the stored elements': the
+    collection is one cell with one expiry here, where each element of Cassandra's keeps its own TTL."""
+    if adds and stored is not None and expiry != stored_expiry:
+        now = "do not expire" if stored_expiry is None else f"expire at {stored_expiry}"
+        new = "without a TTL" if expiry is None else f"expiring at {expiry}"
+        raise Invalid(f"This emulator keeps {col.name} (a non-frozen collection) as one cell with one expiry: its "
+                      f"elements {now}, and adding elements {new} would change the expiry of the elements already "
+                      "there (each element has its own TTL in Cassandra); write the whole collection, or add "
+                      "elements only with the stored elements' expiry")
+
+
 def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assignments: list[st.Assignment],
                       ctx: WriteContext, ts: int, expiry: int | None
-                      ) -> tuple[list[tuple[int, bytes | None]], list[tuple[int, bytes | None]]]:
-    """The cells of an UPDATE's assignments, and the collections it empties (their tombstones go at ``ts - 1``,
-    see :func:`_overwrite`). A non-frozen collection is one cell here, so an element operation (append, put,
-    remove) rewrites the whole collection at the statement's timestamp: correct when that is after the stored
-    collection's, refused otherwise."""
-    cells: list[tuple[int, bytes | None]] = []
+                      ) -> tuple[list[tuple[int, bytes | None, int | None]], list[tuple[int, bytes | None]]]:
+    """The cells of an UPDATE's assignments, each with its expiry, and the collections it empties (their tombstones
+    go at ``ts - 1``, see :func:`_overwrite`). A non-frozen collection is one cell here, so an element operation
+    (append, put, remove) rewrites the whole collection at the statement's timestamp: correct when that is after the
+    stored collection's, refused otherwise. The rewritten collection keeps the stored elements' expiry (a removal
+    leaves the other elements' TTLs alone, as in Cassandra); adding elements with another expiry is refused."""
+    cells: list[tuple[int, bytes | None, int | None]] = []
     cleared: list[tuple[int, bytes | None]] = []
     written: dict[int, bytes | None] = {}  # slot -> its value after this statement's earlier operations
+    kept: dict[int, tuple[bytes | None, int | None]] = {}  # slot -> the stored (live) collection and its expiry
     done: dict[int, list[tuple[str, Value]]] = {}  # slot -> (kind, element key or None) of those operations
     row: Row | None = None
     part = data.partition(pk)
@@ -392,7 +407,9 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
             v = resolve(a.value, col.type, ctx.values)
             if v is UNSET:
                 continue
-            _whole_value(table, data, pk, ck, col, v, ts, expiry, ctx, cells, cleared)
+            whole: list[tuple[int, bytes | None]] = []
+            _whole_value(table, data, pk, ck, col, v, ts, expiry, ctx, whole, cleared)
+            cells += [(slot, value, expiry) for slot, value in whole]
             continue
         if col.slot in written:  # `SET m['a'] = 1, m['b'] = 2` or `l = l + [1], l = l + [2]`: both apply
             current = written[col.slot]
@@ -400,6 +417,8 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
             current_cell = row.cell(col.slot, ctx.now) if row is not None else None
             current = current_cell[0] if current_cell else None
             _element_op_check(table, pk, ck, col, _stored_ts(row, col), ts, ctx)
+            kept[col.slot] = (current, current_cell[2] if current_cell else None)
+        stored, stored_expiry = kept[col.slot]
         key: Value = None
         if a.kind == "set_element":
             assert a.element is not None
@@ -410,18 +429,20 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
                 raise Invalid(f"Invalid null or unset key for {col.name}")
             if value is UNSET:
                 continue
+            _element_expiry_check(col, value is not None, stored, stored_expiry, expiry)
             new = colls.set_element(col.type, current, key, value)
         else:
             operand = resolve(a.value, assignment_value_type(col, a.kind), ctx.values)
             if operand is UNSET:
                 continue
+            _element_expiry_check(col, a.kind != "remove", stored, stored_expiry, expiry)
             if a.kind == "remove":
                 new = colls.remove(col.type, current, operand)
             else:
                 new = colls.add(col.type, current, operand, prepend=a.kind == "prepend")
         if col.slot in done:
             _check_combination(col, done[col.slot], a.kind, key)
-        cells.append((col.slot, new))
+        cells.append((col.slot, new, stored_expiry if stored is not None else expiry))
         written[col.slot] = new
         done.setdefault(col.slot, []).append((a.kind, key))
     return cells, cleared
@@ -439,6 +460,15 @@ def _check_combination(col: Column, earlier: list[tuple[str, Value]], kind: str,
         return
     raise Invalid(f"This emulator cannot combine these operations on {col.name} in one UPDATE (Cassandra applies "
                   "each to the row as it was before the statement); split them into separate statements")
+
+
+def _upserts(table: Table, pk: bytes, ck: bytes, cells: list[tuple[int, bytes | None, int | None]], ts: int,
+             at: float) -> list[tuple[Any, ...]]:
+    """The upsert records (no row marker) of ``cells``, each ``(slot, value, expiry)``: one per expiry."""
+    by_expiry: dict[int | None, list[tuple[int, bytes | None]]] = {}
+    for slot, value, expiry in cells:
+        by_expiry.setdefault(expiry, []).append((slot, value))
+    return [("U", table.id, pk, ck, False, tuple(group), ts, expiry, at) for expiry, group in by_expiry.items()]
 
 
 def execute_update(engine: Engine, table: Table, stmt: st.Update, ctx: WriteContext) -> Rows | None:
@@ -461,7 +491,8 @@ def execute_update(engine: Engine, table: Table, stmt: st.Update, ctx: WriteCont
         at = time.time()
         if cleared:
             engine.apply(("U", table.id, pk, ck, False, tuple(cleared), ts - 1, None, at))
-        engine.apply(("U", table.id, pk, ck, False, tuple(cells), ts, expiry, at))
+        for record in _upserts(table, pk, ck, cells, ts, at):
+            engine.apply(record)
     return _lwt_result(table, True) if conditional else None
 
 
@@ -503,7 +534,7 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
             return failed
     if stmt.columns:
         for pk, ck in keys:
-            cells: list[tuple[int, bytes | None]] = []
+            cells: list[tuple[int, bytes | None, int | None]] = []
             part = data.partition(pk)
             row = part.get(ck) if part is not None else None
             for name, element in stmt.columns:
@@ -511,7 +542,7 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
                 if col.kind != "regular":
                     raise Invalid(f"Invalid identifier {name} for deletion (should not be a PRIMARY KEY part)")
                 if element is None:
-                    cells.append((col.slot, None))
+                    cells.append((col.slot, None, None))
                     continue
                 key = resolve(element, deleted_element_spec(col).type, ctx.values)
                 if key is UNSET:  # leaves the collection alone
@@ -523,9 +554,11 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
                 cur = cur_cell[0] if cur_cell else None
                 if cur is None:
                     continue
-                cells.append((col.slot, colls.set_element(col.type, cur, key, None)))
-            if cells:
-                engine.apply(("U", table.id, pk, ck, False, tuple(cells), ts, None, time.time()))
+                # the other elements keep their expiry (in Cassandra only the removed element's cell changes)
+                assert cur_cell is not None
+                cells.append((col.slot, colls.set_element(col.type, cur, key, None), cur_cell[2]))
+            for record in _upserts(table, pk, ck, cells, ts, time.time()):
+                engine.apply(record)
     else:
         pks = sorted({pk for pk, _ in keys})
         for pk in pks:

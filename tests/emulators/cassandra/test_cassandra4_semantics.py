@@ -7,6 +7,7 @@ Each test drives the emulator with the real cassandra-driver; the docstring cite
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -183,3 +184,27 @@ def test_emptying_a_collection_deletes_only_the_elements_written_before_it(sessi
     assert session.execute("SELECT s FROM t WHERE k = 2").one().s == {3}
     session.execute("UPDATE t USING TIMESTAMP 11 SET s = {} WHERE k = 1")
     assert session.execute("SELECT s FROM t WHERE k = 1").one() is None  # an UPDATE's row: gone with its last cell
+
+
+def test_an_element_operation_keeps_the_other_elements_expiry_or_is_refused(session: Session) -> None:
+    """Each element of a non-frozen collection is a cell with its own TTL in Cassandra: `UPDATE ... USING TTL 1 SET
+    s = s + {3}` writes one expiring cell and leaves 1 and 2 alone, `DELETE s[1]` a tombstone for 1 and leaves 2 to
+    expire ("TTLs ... apply to the newly inserted/updated elements only"; Sets.Adder, Sets.ElementDiscarder). The
+    emulator keeps one cell with one expiry, so a removal keeps the stored expiry and an addition whose expiry
+    differs from the stored elements' is refused. Was: the whole collection was rewritten with the statement's
+    expiry, so the old elements expired with the new one (data loss), or expiring ones became immortal."""
+    session.execute("CREATE TABLE c (k int PRIMARY KEY, s set<int>, m map<text, int>, l list<int>)")
+    session.execute("INSERT INTO c (k, s, m, l) VALUES (1, {1, 2}, {'a': 1}, [1])")
+    for op in ("s = s + {3}", "m['b'] = 2", "m = m + {'c': 3}", "l = l + [2]", "l = [0] + l", "l[0] = 5"):
+        with pytest.raises(InvalidRequest, match="\\(a non-frozen collection\\) as one cell with one expiry"):
+            session.execute(f"UPDATE c USING TTL 1 SET {op} WHERE k = 1")
+    session.execute("UPDATE c USING TTL 1 SET s = s - {1} WHERE k = 1")  # a removal: 2 keeps its (no) expiry
+    session.execute("UPDATE c SET l = l + [2] WHERE k = 1")  # no TTL on both sides
+    session.execute("INSERT INTO c (k, s, m) VALUES (2, {1, 2}, {'a': 1, 'b': 2}) USING TTL 1")
+    with pytest.raises(InvalidRequest, match="s \\(a non-frozen collection\\) as one cell with one expiry"):
+        session.execute("UPDATE c SET s = s + {5} WHERE k = 2")
+    session.execute("DELETE s[1] FROM c WHERE k = 2")  # 2 still expires
+    session.execute("UPDATE c SET m['a'] = null WHERE k = 2")  # and so does b
+    session.execute("UPDATE c USING TTL 1 SET s = s + {7} WHERE k = 3")  # new elements: the statement's TTL
+    time.sleep(2.2)
+    assert [tuple(r) for r in session.execute("SELECT k, s, m, l FROM c")] == [(1, {2}, {"a": 1}, [1, 2])]
