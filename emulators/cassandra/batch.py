@@ -95,6 +95,7 @@ def execute_batch(engine: Engine, kind: str, using: st.Using, children: list[Chi
                 keys.update((tables[i].id, pk) for pk, _ in primary_keys(tables[i], r, need_clustering=False))
         if len({t.id for t in tables}) > 1 or len(keys) > 1:
             raise Invalid("Batch with conditions cannot span multiple tables or partitions")
+        ts = engine.paxos_timestamp(tables[0], next(iter(keys))[1])  # the ballot's, not the client's
         failed = _check_batch_conditions(engine, tables[0], [writes[i] for i in conditional], ts, now)
         if failed is not None:
             return failed.encode()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -92,6 +93,17 @@ class Engine:
         self.pending: list[tuple[Any, ...]] | None = None  # a BATCH's writes, applied once every statement passed
         self.schema_listeners: list[Callable[[bytes], None]] = []
         self._parsed: dict[str, tuple[st.Statement, int]] = {}
+        self.paxos: dict[tuple[uuid.UUID, bytes], int] = {}  # (table id, partition key) -> its last ballot's timestamp
+
+    def paxos_timestamp(self, table: Table, pk: bytes) -> int:
+        """The timestamp of a conditional write to partition ``pk``: its Paxos ballot's, the server's clock and
+        always after the partition's previous ballot, whatever the client's clock says (Cassandra rewrites the
+        updates of a CAS to the ballot's timestamp, StorageProxy.cas; ClientState.getTimestampForPaxos). So an
+        applied LWT is never shadowed by an earlier one written with a later client timestamp."""
+        key = (table.id, pk)
+        ts = max(time.time_ns() // 1000, self.paxos.get(key, 0) + 1)
+        self.paxos[key] = ts
+        return ts
 
     # -- state changes ---------------------------------------------------------
     def apply(self, record: tuple[Any, ...], replay: bool = False) -> None:

@@ -48,6 +48,7 @@ APPLIED_FALSE = b"\x00"
 class Engine(Protocol):
     def table_data(self, table: Table) -> TableData: ...
     def apply(self, mutation: tuple[Any, ...]) -> None: ...
+    def paxos_timestamp(self, table: Table, pk: bytes) -> int: ...
 
 
 class WriteContext:
@@ -173,7 +174,8 @@ def execute_insert(engine: Engine, table: Table, stmt: st.Insert, ctx: WriteCont
     ck = join_key([keys[n] for n in plan.ck_names]) if plan.ck_names else b""
     if stmt.if_not_exists and stmt.using.timestamp is not None:
         raise Invalid("Cannot provide custom timestamp for conditional updates")
-    ts = write_timestamp(stmt.using, ctx)
+    # a conditional write takes its Paxos ballot's timestamp, never the client's (see Engine.paxos_timestamp)
+    ts = engine.paxos_timestamp(table, pk) if stmt.if_not_exists else write_timestamp(stmt.using, ctx)
     expiry = write_expiry(stmt.using, table, ctx)
     data = engine.table_data(table)
     if stmt.if_not_exists:
@@ -474,7 +476,6 @@ def _upserts(table: Table, pk: bytes, ck: bytes, cells: list[tuple[int, bytes | 
 def execute_update(engine: Engine, table: Table, stmt: st.Update, ctx: WriteContext) -> Rows | None:
     r = resolve_restrictions(table, stmt.where, ctx.values)
     keys = primary_keys(table, r)
-    ts = write_timestamp(stmt.using, ctx)
     expiry = write_expiry(stmt.using, table, ctx)
     data = engine.table_data(table)
     conditional = stmt.if_exists or bool(stmt.conditions)
@@ -483,9 +484,12 @@ def execute_update(engine: Engine, table: Table, stmt: st.Update, ctx: WriteCont
             raise Invalid("Cannot provide custom timestamp for conditional updates")
         if len(keys) != 1:
             raise Invalid("IN on the primary key is not supported with conditional updates")
+        ts = engine.paxos_timestamp(table, keys[0][0])  # the ballot's, never the client's
         failed = _check_conditions(table, data, keys[0][0], keys[0][1], stmt.if_exists, stmt.conditions, ctx)
         if failed is not None:
             return failed
+    else:
+        ts = write_timestamp(stmt.using, ctx)
     for pk, ck in keys:
         cells, cleared = _assignment_cells(table, data, pk, ck, stmt.assignments, ctx, ts, expiry)
         at = time.time()
@@ -529,6 +533,7 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
             raise Invalid("Cannot provide custom timestamp for conditional deletions")
         if len(keys) != 1:
             raise Invalid("IN on the primary key is not supported with conditional deletions")
+        ts = engine.paxos_timestamp(table, keys[0][0])
         failed = _check_conditions(table, data, keys[0][0], keys[0][1], stmt.if_exists, stmt.conditions, ctx)
         if failed is not None:
             return failed

@@ -208,3 +208,42 @@ def test_an_element_operation_keeps_the_other_elements_expiry_or_is_refused(sess
     session.execute("UPDATE c USING TTL 1 SET s = s + {7} WHERE k = 3")  # new elements: the statement's TTL
     time.sleep(2.2)
     assert [tuple(r) for r in session.execute("SELECT k, s, m, l FROM c")] == [(1, {2}, {"a": 1}, [1, 2])]
+
+
+class _Clock:
+    """A client timestamp generator the test sets (the driver's ``Cluster(timestamp_generator=...)``): what two
+    clients whose clocks differ send."""
+
+    def __init__(self) -> None:
+        self.micros = int(time.time() * 1e6)
+
+    def __call__(self) -> int:
+        return self.micros
+
+
+def test_an_applied_lightweight_transaction_is_not_lost_to_an_earlier_client_clock(
+        cassandra_emulator: Running, cassandra_keyspace: str) -> None:
+    """Cassandra writes a conditional statement (or batch) at its Paxos ballot's timestamp, not the client's
+    (StorageProxy.cas: `updates.updateAllTimestamp(ballot)`), and a ballot is always later than the partition's last
+    one (ClientState.getTimestampForPaxos), so an LWT answering `[applied] = True` after another always takes effect
+    (Sluice's feed_state checkpoint relies on it). Was: the client's timestamp, so a client whose clock is behind the
+    previous writer's got `[applied] = True` and its write was shadowed by the older LWT."""
+    clock = _Clock()
+    c = Cluster(contact_points=[cassandra_emulator.host], port=cassandra_emulator.port, protocol_version=4,
+                timestamp_generator=clock)
+    try:
+        s = c.connect(cassandra_keyspace)
+        s.execute("CREATE TABLE st (name text PRIMARY KEY, version bigint)")
+        clock.micros = int(time.time() * 1e6) + 60_000_000  # instance A, its clock a minute ahead
+        assert s.execute("INSERT INTO st (name, version) VALUES ('feed', 1) IF NOT EXISTS").was_applied
+        clock.micros = int(time.time() * 1e6)  # instance B, on time
+        assert s.execute("UPDATE st SET version = 2 WHERE name = 'feed' IF version = 1").was_applied
+        assert s.execute("SELECT version FROM st WHERE name = 'feed'").one().version == 2
+        clock.micros = int(time.time() * 1e6) - 60_000_000  # instance C, a minute behind
+        assert s.execute("BEGIN UNLOGGED BATCH UPDATE st SET version = 3 WHERE name = 'feed' IF version = 2 "
+                         "APPLY BATCH").was_applied
+        assert s.execute("SELECT version FROM st WHERE name = 'feed'").one().version == 3
+        assert s.execute("DELETE version FROM st WHERE name = 'feed' IF version = 3").was_applied
+        assert s.execute("SELECT version FROM st WHERE name = 'feed'").one().version is None
+    finally:
+        c.shutdown()
