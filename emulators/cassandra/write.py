@@ -106,10 +106,13 @@ def primary_keys(table: Table, r: Restrictions, need_clustering: bool = True) ->
         missing = [c.name for c in table.clustering if c.name not in r.ck_eq]
         if missing or r.ck_slice:
             raise Invalid(f"Some clustering keys are missing: {', '.join(missing or list(r.ck_slice))}")
-    pks = [partition_key(list(c)) for c in itertools.product(*(r.pk[c.name] for c in table.partition_key))]
+    # each key once, as Cassandra builds them into sets (an IN naming a row twice writes it once)
+    pk_values = itertools.product(*(r.pk[c.name] for c in table.partition_key))
+    pks = list(dict.fromkeys(partition_key(list(c)) for c in pk_values))
     if not table.clustering or any(c.name not in r.ck_eq for c in table.clustering):
         return [(pk, b"") for pk in pks]  # a whole partition, or a clustering range (need_clustering=False)
-    cks = [join_key(list(c)) for c in itertools.product(*(r.ck_eq[c.name] for c in table.clustering))]
+    ck_values = itertools.product(*(r.ck_eq[c.name] for c in table.clustering))
+    cks = list(dict.fromkeys(join_key(list(c)) for c in ck_values))
     return [(pk, ck) for pk in pks for ck in cks]
 
 
@@ -490,13 +493,17 @@ def execute_update(engine: Engine, table: Table, stmt: st.Update, ctx: WriteCont
             return failed
     else:
         ts = write_timestamp(stmt.using, ctx)
+    # Every row is worked out before any is written: a row refused after others were written would leave the
+    # statement half applied behind the error.
+    records: list[tuple[Any, ...]] = []
     for pk, ck in keys:
         cells, cleared = _assignment_cells(table, data, pk, ck, stmt.assignments, ctx, ts, expiry)
         at = time.time()
         if cleared:
-            engine.apply(("U", table.id, pk, ck, False, tuple(cleared), ts - 1, None, at))
-        for record in _upserts(table, pk, ck, cells, ts, at):
-            engine.apply(record)
+            records.append(("U", table.id, pk, ck, False, tuple(cleared), ts - 1, None, at))
+        records += _upserts(table, pk, ck, cells, ts, at)
+    for record in records:
+        engine.apply(record)
     return _lwt_result(table, True) if conditional else None
 
 
@@ -537,6 +544,7 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
         failed = _check_conditions(table, data, keys[0][0], keys[0][1], stmt.if_exists, stmt.conditions, ctx)
         if failed is not None:
             return failed
+    records: list[tuple[Any, ...]] = []  # every row is worked out before any is written (see execute_update)
     if stmt.columns:
         for pk, ck in keys:
             cells: list[tuple[int, bytes | None, int | None]] = []
@@ -562,26 +570,27 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
                 # the other elements keep their expiry (in Cassandra only the removed element's cell changes)
                 assert cur_cell is not None
                 cells.append((col.slot, colls.set_element(col.type, cur, key, None), cur_cell[2]))
-            for record in _upserts(table, pk, ck, cells, ts, time.time()):
-                engine.apply(record)
+            records += _upserts(table, pk, ck, cells, ts, time.time())
     else:
         pks = sorted({pk for pk, _ in keys})
         for pk in pks:
             if not table.clustering:
-                engine.apply(("DP", table.id, pk, ts))
+                records.append(("DP", table.id, pk, ts))
             elif full_row:
                 for kpk, ck in keys:
                     if kpk == pk:
-                        engine.apply(("DR", table.id, pk, ck, ts))
+                        records.append(("DR", table.id, pk, ck, ts))
             elif not r.ck_eq and not r.ck_slice:
-                engine.apply(("DP", table.id, pk, ts))
+                records.append(("DP", table.id, pk, ts))
             else:
                 slices = {k: list(v) for k, v in r.ck_slice.items()}
                 names = list(r.ck_eq)
                 for combo in itertools.product(*(r.ck_eq[n] for n in names)):  # IN: one range per value
                     ck_eq = {n: [v] for n, v in zip(names, combo, strict=True)}
                     range_predicate(table, ck_eq, slices)  # refuses a range that is not a clustering prefix
-                    engine.apply(("DS", table.id, pk, ck_eq, slices, ts))
+                    records.append(("DS", table.id, pk, ck_eq, slices, ts))
+    for record in records:
+        engine.apply(record)
     return _lwt_result(table, True) if conditional else None
 
 

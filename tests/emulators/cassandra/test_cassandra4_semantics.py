@@ -247,3 +247,18 @@ def test_an_applied_lightweight_transaction_is_not_lost_to_an_earlier_client_clo
         assert s.execute("SELECT version FROM st WHERE name = 'feed'").one().version is None
     finally:
         c.shutdown()
+
+
+def test_an_update_naming_one_row_twice_applies_once_and_a_refused_row_writes_none(session: Session) -> None:
+    """Cassandra applies `UPDATE c SET l = l + [9] WHERE k IN (1, 1)` once (the keys of an IN are a set,
+    ModificationStatement.buildPartitionKeyNames), and refuses a statement before writing any of its rows. Was: the
+    second copy was refused after the first had appended 9 (InvalidRequest for a write that landed), and a row
+    refused among several left the rows before it written."""
+    session.execute("CREATE TABLE c (k int PRIMARY KEY, l list<int>)")
+    session.execute("INSERT INTO c (k, l) VALUES (1, [1])")
+    session.execute("UPDATE c SET l = l + [9] WHERE k IN (1, 1)")
+    assert session.execute("SELECT l FROM c WHERE k = 1").one().l == [1, 9]
+    session.execute("INSERT INTO c (k, l) VALUES (2, [2]) USING TIMESTAMP 9000000000000000")
+    with pytest.raises(InvalidRequest, match="l \\(a non-frozen collection\\) as one cell"):
+        session.execute("UPDATE c SET l = l + [3] WHERE k IN (1, 2)")  # 2's list is later than this statement
+    assert [tuple(r) for r in session.execute("SELECT k, l FROM c")] == [(1, [1, 9]), (2, [2])]
