@@ -1,9 +1,10 @@
 """What the operations page shows in each state of the stores: outages, old events, failed, slow and long
-searches, phone width, small rates, and the headers of its JSON routes.
+searches, phone width, small rates, answers cut off or slow, ages that move, and the headers of its JSON routes.
 
 Every test runs the real dev host with the real dashboard blueprint and the real services behind it
 (``StatusService``, ``HistoryService``, ``ReportService``) over in-memory fakes of the project's ports
-(``tests/fixtures/dashboard_page.py``), and drives the real page in Debian's Chromium where the browser matters.
+(``tests/fixtures/dashboard_page.py``), and drives the real page in Debian's Chromium where the browser matters. The
+page polls every second there.
 The whole-pipeline test of the page is ``test_dashboard_browser.py``.
 """
 
@@ -201,6 +202,20 @@ def test_at_phone_width_nothing_is_wider_than_the_screen(dashboard: DashboardHos
     poll(lambda: len(phone.find_elements(By.CSS_SELECTOR, "#history-chart circle")) == 3, 15, "the chart")
     width = phone.execute_script("return document.documentElement.scrollWidth")
     assert width <= 390, f"the page is {width}px wide on a 390px screen"
+
+
+def test_a_long_device_id_in_a_search_error_stays_within_a_phone_screen(dashboard: DashboardHost, phone) -> None:
+    """The lookups' 404 (and 400) message repeats the device id (``device '<id>' not found``), which may be 128
+    characters without a space: the error wraps, the page does not scroll sideways at 390 px."""
+    _open(phone, dashboard)
+    device = "pump-" + "0123456789abcdef" * 7 + "-unknown-xx"
+    assert len(device) <= 128
+    _search(phone, device)
+    poll(lambda: _text(phone, "device-error"), 10, "the search's error")
+    width = phone.execute_script("return document.documentElement.scrollWidth")
+    error = _text(phone, "device-error")
+    assert device in error.replace("\n", "")
+    assert width <= 390, f"the page is {width}px wide on a 390px screen after the error {error!r}"
 
 
 # -- numbers -------------------------------------------------------------------------------------------------------
