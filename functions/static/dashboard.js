@@ -367,22 +367,30 @@
   }
 
   // -- polling --------------------------------------------------------------------------------
-  // The status and the critical feed are fetched together but shown apart: the feed is Redis's, and a Redis
-  // outage must not hide the status of everything else (which says that Redis is down).
-  async function poll() {
+  // The status and the critical feed are polled apart, each drawn as soon as it answers: the feed is Redis's, and
+  // a slow or failed Redis must not hold back or hide the status of everything else (which says that Redis is
+  // down). Each is polled again refreshMs after its previous poll ended, so polls of one route never overlap.
+  async function pollStatus() {
     try {
-      const [status, critical] = await Promise.allSettled([api("/status"), api("/critical", { limit: FEED_SIZE })]);
-      if (status.status === "fulfilled") renderStatus(status.value);
-      else statusFailed(message(status.reason));
-      const problemNode = document.getElementById("critical-error");
-      problemNode.hidden = critical.status === "fulfilled";
-      if (critical.status === "fulfilled") renderCritical(critical.value);
-      else {
-        problemNode.textContent = "critical events unavailable: " + message(critical.reason);
-        document.getElementById("critical-empty").hidden = true;  // not "none yet": unknown
-      }
+      renderStatus(await api("/status"));
+    } catch (err) {
+      statusFailed(message(err));
     } finally {
-      setTimeout(poll, refreshMs);
+      setTimeout(pollStatus, refreshMs);
+    }
+  }
+
+  async function pollCritical() {
+    const problemNode = document.getElementById("critical-error");
+    try {
+      renderCritical(await api("/critical", { limit: FEED_SIZE }));
+      problemNode.hidden = true;
+    } catch (err) {
+      problemNode.textContent = "critical events unavailable: " + message(err);
+      problemNode.hidden = false;
+      document.getElementById("critical-empty").hidden = true;  // not "none yet": unknown
+    } finally {
+      setTimeout(pollCritical, refreshMs);
     }
   }
 
@@ -391,6 +399,7 @@
     ev.target.dataset.chosen = ev.target.value;  // kept across searches while the next device has it
     drawHistory();
   });
-  poll();
+  pollStatus();
+  pollCritical();
   pollSites();
 })();

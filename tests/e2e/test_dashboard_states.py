@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import pytest
 from selenium import webdriver
@@ -112,6 +114,44 @@ def test_status_sections_in_error_say_so_and_name_their_dependency(dashboard: Da
     dashboard.reset()  # the stores answer again: the problems go, the tiles show figures
     poll(lambda: _text(browser, "status-problems") == "", 10, "the problems to clear")
     assert browser.find_element(By.CSS_SELECTOR, '[data-tile="dead_letters"]').text == "0"
+
+
+def test_a_slow_critical_feed_does_not_hold_back_the_status(dashboard: DashboardHost, browser) -> None:
+    """The status and the critical feed are shown apart, each as it answers: a critical feed that answers slowly (a
+    Redis that takes connections but answers late; the page gives up on a read only after 20 s) must not hold
+    back the status that has arrived -- the very status that says Redis is in trouble. Here Redis (the cache
+    section) fails and the critical feed takes 8 s: the cache tile says "error" within a few seconds. The feed's
+    polls still never overlap: the next starts after the previous one ended."""
+    _open(browser, dashboard)
+    tile = '[data-tile="hit_rate"]'
+    poll(lambda: browser.find_element(By.CSS_SELECTOR, tile).text.endswith("%"), 5, "the cache hit rate")
+    dashboard.set(critical_sleep=8, fail={"cache": "redis did not answer within 2s"})
+    changed = time.monotonic()
+    # the route is not what is slow: /api/status answers at once while a critical read is in flight
+    slow = threading.Thread(target=lambda: urllib.request.urlopen(f"{dashboard.api}/critical", timeout=30).read())
+    slow.start()
+    started = time.monotonic()
+    with urllib.request.urlopen(f"{dashboard.api}/status", timeout=30) as answer:
+        assert json.loads(answer.read())["cache"].get("dependency") == "redis"
+    assert time.monotonic() - started < 3, "the dev host itself held /api/status behind /api/critical"
+    try:
+        poll(lambda: browser.find_element(By.CSS_SELECTOR, tile).text == "error", 4,
+             "the cache tile to show the Redis error while the critical feed is slow")
+    except AssertionError:
+        poll(lambda: browser.find_element(By.CSS_SELECTOR, tile).text == "error", 20, "the cache tile at all")
+        pytest.fail(f"the status saying Redis failed was shown only {time.monotonic() - changed:.1f}s later, "
+                    "once the slow critical feed had answered")
+    finally:
+        slow.join(timeout=30)  # 8 s, in which the page has started a slow read of its own
+        dashboard.set(critical_sleep=0)
+    reads = poll(lambda: browser.execute_script(
+        "const reads = performance.getEntriesByType('resource').filter((e) => e.name.includes('/api/critical'));"
+        " const slow = reads.find((e) => e.duration > 5000);"
+        " return slow && reads.some((e) => e.startTime > slow.responseEnd)"
+        " && reads.map((e) => [e.startTime, e.responseEnd]).sort((a, b) => a[0] - b[0])"), 20,
+        "a slow critical read and one after it")
+    assert all(start >= end for (_, end), (start, _) in pairwise(reads)), \
+        f"the feed's reads overlap: {reads}"
 
 
 # -- times -----------------------------------------------------------------------------------------------------------
