@@ -15,6 +15,7 @@
   let statusReadAt = null, sitesReadAt = null;
 
   // An error of a route carries the message of its 400/404/503 JSON body (naming the dependency), or the HTTP status.
+  // A 2xx whose body is not JSON (cut off by a pod stopped mid-answer or a gateway, or not the app's) is an error too.
   function api(path, params, signal) {
     const url = new URL(base + path, location.origin);
     for (const [k, v] of Object.entries(params || {})) if (v !== undefined && v !== null && v !== "") url.searchParams.set(k, v);
@@ -29,10 +30,11 @@
     }
     return fetch(url, { headers: { Accept: "application/json" }, cache: "no-store", signal: controller.signal })
       .then(async (r) => {
-        const body = await r.json().catch(() => null);
+        const body = await r.json().catch(() => undefined);
         if (!r.ok) {
           throw new Error(naming(body && body.dependency, (body && body.message) || ("HTTP " + r.status)));
         }
+        if (body === undefined) throw new Error("the answer (HTTP " + r.status + ") was cut off or is not JSON");
         return body;
       })
       .catch((err) => {
@@ -146,10 +148,11 @@
     list.replaceChildren(...lines.map((line) => el("li", line)));
   }
 
+  // An answer of another shape throws (here or while drawing it): the poll counts it as failed.
   function renderStatus(s) {
-    window.sluiceLastStatus = s;
-    statusReadAt = s.generated_at;
-    document.body.classList.remove("status-stale");
+    if (!s || typeof s !== "object" || !Number.isFinite(Date.parse(s.generated_at))) {
+      throw new Error("the answer is not a status (no generated_at)");
+    }
     const values = tileValues(s);
     for (const node of document.querySelectorAll("[data-tile]")) {
       const name = TILE_SECTION[node.dataset.tile], section = failed(s[name]);
@@ -174,6 +177,9 @@
     }
     deps.replaceChildren(...[...shown].map(([name, state]) => el("span", name + " " + state + " ", state === "up" ? "up" : "down")));
     drawThroughput(s.throughput);
+    document.body.classList.remove("status-stale");
+    window.sluiceLastStatus = s;
+    statusReadAt = s.generated_at;
     if (s.refresh_seconds) refreshMs = s.refresh_seconds * 1000;
     if (window.sluiceFirstRenderMs === undefined) window.sluiceFirstRenderMs = performance.now();
   }
@@ -215,6 +221,7 @@
 
   // -- critical feed --------------------------------------------------------------------------
   function renderCritical(body) {
+    if (!body || !Array.isArray(body.events)) throw new Error("the answer is not a list of events");
     const feed = document.getElementById("critical-feed");
     const fresh = body.events.filter((e) => !seenCritical.has(e.event_id)).reverse();
     for (const event of fresh) {

@@ -25,7 +25,7 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from tests.fixtures.dashboard_page import DashboardHost, chromium, chromium_phone
+from tests.fixtures.dashboard_page import CuttingProxy, DashboardHost, chromium, chromium_phone
 from tests.fixtures.waiting import poll
 
 pytestmark = pytest.mark.timeout(180)
@@ -45,7 +45,7 @@ def phone() -> Iterator[webdriver.Chrome]:
     driver.quit()
 
 
-def _open(browser, host: DashboardHost) -> None:
+def _open(browser, host: DashboardHost | CuttingProxy) -> None:
     browser.get(f"{host.api}/dashboard")
     poll(lambda: browser.execute_script("return window.sluiceLastStatus !== undefined"), 15, "the first status")
 
@@ -114,6 +114,37 @@ def test_status_sections_in_error_say_so_and_name_their_dependency(dashboard: Da
     dashboard.reset()  # the stores answer again: the problems go, the tiles show figures
     poll(lambda: _text(browser, "status-problems") == "", 10, "the problems to clear")
     assert browser.find_element(By.CSS_SELECTOR, '[data-tile="dead_letters"]').text == "0"
+
+
+def test_a_status_answer_cut_off_mid_body_is_a_failed_poll(dashboard_proxy: CuttingProxy, browser) -> None:
+    """A 200 of ``/api/status`` whose body is cut off (a pod stopped mid-answer, a gateway dropping the connection)
+    or is not the JSON expected is a failed poll, as a 503 is: the figures are greyed, the header says since when
+    they are and the problem is listed -- never the old figures kept as current. The header's dependencies are as
+    old as the figures: they are greyed too, not green "up"."""
+    _open(browser, dashboard_proxy)
+    poll(lambda: _text(browser, "updated").startswith("updated "), 5, "a first status")
+    assert "redis up" in _text(browser, "deps")
+    browser.get_log("browser")  # drop what came before
+    dashboard_proxy.cut.add("/api/status")
+    try:
+        poll(lambda: browser.execute_script("return document.body.classList.contains('status-stale')")
+             and _text(browser, "updated").startswith("not updated since"), 10, "the page to say so")
+    except AssertionError:
+        errors = sorted({e["message"][-120:] for e in browser.get_log("browser") if e["level"] == "SEVERE"})
+        pytest.fail("after 10 s of cut-off status answers the page still shows its figures as current: header "
+                    f"{_text(browser, 'updated')!r}, problems {_text(browser, 'status-problems')!r}, "
+                    f"console {errors}")
+    problems = _text(browser, "status-problems")
+    assert problems.startswith("status unavailable: ") and "the figures shown are of" in problems, problems
+    colours = browser.execute_script("const deps = document.getElementById('deps');"
+                                     " return [getComputedStyle(deps).color,"
+                                     " ...[...deps.children].map((s) => getComputedStyle(s).color)]")
+    assert len(colours) > 1 and set(colours[1:]) == {colours[0]}, f"the header's dependencies keep their colours: " \
+        f"{colours[1:]} (the header's text is {colours[0]})"
+
+    dashboard_proxy.cut.clear()
+    poll(lambda: _text(browser, "updated").startswith("updated "), 10, "the status to be current again")
+    assert not browser.execute_script("return document.body.classList.contains('status-stale')")
 
 
 def test_a_slow_critical_feed_does_not_hold_back_the_status(dashboard: DashboardHost, browser) -> None:
