@@ -12,7 +12,7 @@
   let seenCritical = new Set();  // the ids of the events in the feed, no more
   let device = null;  // the device shown: {id, events, partial}; null when none is
   let search = null;  // the AbortController of the search in flight: a newer search aborts it
-  let statusReadAt = null, sitesReadAt = null;
+  let statusReadAt = null, sitesReadAt = null, criticalReadAt = null;
 
   // An error of a route carries the message of its 400/404/503 JSON body (naming the dependency), or the HTTP status.
   // A 2xx whose body is not JSON (cut off by a pod stopped mid-answer or a gateway, or not the app's) is an error too.
@@ -54,6 +54,11 @@
 
   function message(err) {
     return String((err && err.message) || err);
+  }
+
+  // A live region (role=status) announces every change of its text: it is set only when the text changes.
+  function say(node, text) {
+    if (node.textContent !== text) node.textContent = text;
   }
 
   function el(tag, text, cls) {
@@ -239,17 +244,28 @@
     }
     while (feed.children.length > FEED_SIZE) feed.lastChild.remove();
     seenCritical = new Set([...feed.children].map((li) => li.dataset.eventId));
-    // The ages move on every poll: a change of text, which the feed's live region (additions only) does not announce.
-    for (const li of feed.children) li.querySelector(".age").firstChild.nodeValue = ago(li.querySelector("time").dateTime) + " ";
     document.getElementById("critical-empty").hidden = feed.children.length > 0;
+  }
+
+  // The ages of the feed's events and of the device's last event move on every poll, whether or not its reads
+  // succeed: a change of text, which the feed's live region (additions only) does not announce.
+  function refreshAges() {
+    for (const li of document.getElementById("critical-feed").children) {
+      li.querySelector(".age").firstChild.nodeValue = ago(li.querySelector("time").dateTime) + " ";
+    }
+    for (const node of document.querySelectorAll("#device-latest [data-since]")) {
+      say(node, when(node.dataset.since) + " (" + ago(node.dataset.since) + ")");
+    }
   }
 
   // -- device search --------------------------------------------------------------------------
   function renderLatest(event) {
     const list = document.getElementById("device-latest");
     list.replaceChildren();
-    const rows = [["device", event.device_id], ["last event", when(event.timestamp) + " (" + ago(event.timestamp) + ")"],
-      ["type", event.event_type], ["severity", event.severity],
+    const last = el("dd", when(event.timestamp) + " (" + ago(event.timestamp) + ")");
+    last.dataset.since = event.timestamp;  // its age is refreshed with the feed's (refreshAges)
+    list.append(el("dt", "device"), el("dd", event.device_id), el("dt", "last event"), last);
+    const rows = [["type", event.event_type], ["severity", event.severity],
       ...Object.entries(event.measurements || {}), ...Object.entries(event.attributes || {})];
     for (const [k, v] of rows) list.append(el("dt", k), el("dd", v));
   }
@@ -359,13 +375,13 @@
       renderSites(await api("/reports/sites", { limit: 30 }));
       sitesReadAt = new Date().toISOString();
       problemNode.hidden = true;
-      problemNode.textContent = "";
+      say(problemNode, "");
       table.classList.remove("stale");
     } catch (err) {
-      const kept = document.querySelector("#sites tbody").children.length > 0;
+      const kept = document.querySelector("#sites tbody").children.length > 0 && sitesReadAt !== null;
       document.getElementById("sites-empty").hidden = true;  // not "none yet": unknown
-      problemNode.textContent = "site report unavailable: " + message(err) +
-        (kept ? "; the rows below were read at " + when(sitesReadAt) + " and may be out of date." : "");
+      say(problemNode, "site report unavailable: " + message(err) +
+        (kept ? "; the rows below were read at " + when(sitesReadAt) + " and may be out of date." : ""));
       problemNode.hidden = false;
       table.classList.toggle("stale", kept);
     } finally {
@@ -383,20 +399,31 @@
     } catch (err) {
       statusFailed(message(err));
     } finally {
+      refreshAges();
       setTimeout(pollStatus, refreshMs);
     }
   }
 
+  // A failed read is said, never shown as "no critical events": the events read before stay, greyed and marked
+  // with the time they were read; their ages still move.
   async function pollCritical() {
     const problemNode = document.getElementById("critical-error");
+    const feed = document.getElementById("critical-feed");
     try {
       renderCritical(await api("/critical", { limit: FEED_SIZE }));
+      criticalReadAt = new Date().toISOString();
       problemNode.hidden = true;
+      say(problemNode, "");
+      feed.classList.remove("stale");
     } catch (err) {
-      problemNode.textContent = "critical events unavailable: " + message(err);
-      problemNode.hidden = false;
+      const kept = feed.children.length > 0 && criticalReadAt !== null;
       document.getElementById("critical-empty").hidden = true;  // not "none yet": unknown
+      say(problemNode, "critical events unavailable: " + message(err) +
+        (kept ? "; the events above were read at " + when(criticalReadAt) + " and may be out of date." : ""));
+      problemNode.hidden = false;
+      feed.classList.toggle("stale", kept);
     } finally {
+      refreshAges();
       setTimeout(pollCritical, refreshMs);
     }
   }

@@ -61,8 +61,13 @@ def _text(browser, element_id: str) -> str:
     return browser.find_element(By.ID, element_id).text
 
 
-def _anchor(minutes_ago: int = 1) -> str:
-    return (datetime.now(UTC) - timedelta(minutes=minutes_ago)).replace(microsecond=0).isoformat()
+def _anchor(ago: timedelta = timedelta(minutes=1)) -> str:
+    return (datetime.now(UTC) - ago).replace(microsecond=0).isoformat()
+
+
+def _until_older_than(at: datetime, seconds: float) -> None:
+    """Sleeps until ``at`` is ``seconds`` old, as the browser's clock sees it, then 2.5 s more: a few more polls."""
+    time.sleep(max(0.0, (at + timedelta(seconds=seconds) - datetime.now(UTC)).total_seconds()) + 2.5)
 
 
 def _critical(event_id: str, at: datetime) -> dict:
@@ -114,6 +119,37 @@ def test_status_sections_in_error_say_so_and_name_their_dependency(dashboard: Da
     dashboard.reset()  # the stores answer again: the problems go, the tiles show figures
     poll(lambda: _text(browser, "status-problems") == "", 10, "the problems to clear")
     assert browser.find_element(By.CSS_SELECTOR, '[data-tile="dead_letters"]').text == "0"
+
+
+def test_a_failed_critical_feed_marks_its_rows_with_when_they_were_read(dashboard: DashboardHost, browser) -> None:
+    """When ``/api/critical`` fails (Redis down) the events read before stay, greyed (``stale``) and marked with the
+    time they were read, and their ages still move: an event read 45 s after it happened must not say "under a
+    minute ago" for as long as the outage lasts -- an operator would read an old critical event as one happening
+    now. The error is a live region (``role=status``): its text is set again only when it changes, not on every
+    failed poll (each would be announced)."""
+    happened = datetime.now(UTC) - timedelta(seconds=45)
+    dashboard.set(critical_events=[_critical("00000000-0000-4000-8000-0000000000c1", happened)])
+    _open(browser, dashboard)
+    poll(lambda: "under a minute ago" in _text(browser, "critical-feed"), 10, "the critical event")
+    dashboard.set(fail={"critical": "connection refused"})
+    poll(lambda: _text(browser, "critical-error"), 10, "the critical feed's error")
+    browser.execute_script("window.criticalErrorChanges = 0; new MutationObserver((m) => {"
+                           " window.criticalErrorChanges += m.length; }).observe("
+                           "document.getElementById('critical-error'),"
+                           " {childList: true, characterData: true, subtree: true})")
+    _until_older_than(happened, 70)
+    feed, problem = _text(browser, "critical-feed"), _text(browser, "critical-error")
+    assert "under a minute ago" not in feed and "1 min ago" in feed, f"a 70 s old event still shows: {feed!r}"
+    assert browser.execute_script("return document.getElementById('critical-feed').classList.contains('stale')")
+    assert re.fullmatch(r"critical events unavailable: redis unavailable: connection refused; the events above were "
+                        r"read at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC and may be out of date\.", problem), problem
+    changes = browser.execute_script("return window.criticalErrorChanges")
+    assert changes == 0, f"the unchanged error was set again {changes} times: each is announced"
+
+    dashboard.reset()  # Redis answers again: the error goes, the rows are current
+    poll(lambda: not browser.execute_script("return document.getElementById('critical-feed').classList"
+                                            ".contains('stale')"), 10, "the feed to be current again")
+    assert _text(browser, "critical-error") == ""
 
 
 def test_a_status_answer_cut_off_mid_body_is_a_failed_poll(dashboard_proxy: CuttingProxy, browser) -> None:
@@ -201,6 +237,20 @@ def test_critical_events_show_their_date_in_utc_and_their_age(dashboard: Dashboa
     assert shown[old].find_element(By.TAG_NAME, "time").text == three_days_ago
     assert shown[new].find_element(By.TAG_NAME, "time").text == now.strftime("%Y-%m-%d %H:%M:%S UTC")
     assert "3 days ago" in shown[old].text and "under a minute ago" in shown[new].text
+
+
+def test_the_age_of_a_devices_last_event_moves_while_the_page_is_open(dashboard: DashboardHost, browser) -> None:
+    """The device panel shows "last event <time> (<age>)": the age moves on every poll, as the critical feed's do.
+    A device whose last event was 45 s old when searched must not read "(under a minute ago)" an hour later while
+    the page stays open: a device that went silent would look alive."""
+    anchor = _anchor(timedelta(seconds=45))
+    dashboard.set(devices={"pump-s": {"count": 3, "step_seconds": 10, "anchor": anchor, "measurement": "temperature"}})
+    _open(browser, dashboard)
+    _search(browser, "pump-s")
+    poll(lambda: "under a minute ago" in _text(browser, "device-latest"), 10, "pump-s's latest state")
+    _until_older_than(datetime.fromisoformat(anchor), 70)
+    latest = _text(browser, "device-latest")
+    assert "under a minute ago" not in latest and "1 min ago" in latest, f"a 70 s old last event is shown as {latest!r}"
 
 
 # -- device search -------------------------------------------------------------------------------------------------
