@@ -4,7 +4,7 @@
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
   const code = new URLSearchParams(location.search).get("code");
-  const base = location.pathname.replace(/\/dashboard\/?$/, "");
+  const base = location.pathname.replace(/\/dashboard\/?$/i, "");  // routes are case-insensitive: /api/Dashboard
   const REQUEST_TIMEOUT_MS = 20000;  // a request that never answers must not stop the polling
   const HISTORY_PAGES = 20, HISTORY_PAGE_SIZE = 1000;  // a chart holds at most the newest 20,000 events
   const FEED_SIZE = 50;

@@ -45,8 +45,8 @@ def phone() -> Iterator[webdriver.Chrome]:
     driver.quit()
 
 
-def _open(browser, host: DashboardHost | CuttingProxy) -> None:
-    browser.get(f"{host.api}/dashboard")
+def _open(browser, host: DashboardHost | CuttingProxy, page: str = "dashboard") -> None:
+    browser.get(f"{host.api}/{page}")
     poll(lambda: browser.execute_script("return window.sluiceLastStatus !== undefined"), 15, "the first status")
 
 
@@ -373,6 +373,15 @@ def test_a_small_non_zero_rate_is_never_shown_as_zero(dashboard: DashboardHost, 
     shown = browser.find_element(By.CSS_SELECTOR, '[data-tile="events_per_second"]').text
     assert status["throughput"]["events_per_second"] > 0
     assert float(shown) == pytest.approx(status["throughput"]["events_per_second"]), shown
+
+
+# -- address ---------------------------------------------------------------------------------------------------------
+
+def test_the_page_reads_its_routes_whatever_the_case_of_its_address(dashboard: DashboardHost, browser) -> None:
+    """Routes are case-insensitive (the Functions host's and the dev host's): the page opened as
+    ``/api/Dashboard`` finds its routes beside it (``/api/status``), not under ``/api/Dashboard/``."""
+    _open(browser, dashboard, "Dashboard")
+    assert _text(browser, "updated").startswith("updated "), _text(browser, "status-problems")
 
 
 # -- headers -------------------------------------------------------------------------------------------------------
