@@ -20,7 +20,14 @@ from cassandra.cluster import Session
 from cassandra.murmur3 import murmur3
 
 from shared.adapters.cassandra.query import Queries
-from shared.adapters.cassandra.reader import EVENT_SELECT, POSITION_SELECT, latest_event, stored_event
+from shared.adapters.cassandra.reader import (
+    EVENT_SELECT,
+    POSITION_SELECT,
+    latest_event,
+    latest_events,
+    positions,
+    stored_event,
+)
 from shared.domain.stored import StoredEvent
 from shared.domain.times import from_ms
 from shared.ports.cache import SINCE_ALL
@@ -67,14 +74,13 @@ class CassandraDeviceLog:
                 rows = self._rows("first", (limit,), "the first devices")
             else:
                 rows = self._rows("after", (after, limit), f"the devices after token {after}")
-            positions = {row.device_id: row.event_id for row in rows if row.event_id is not None}
-            ids = list(set(positions.values()))
+            devices = positions(rows)
+            ids = list(set(devices.values()))
             chunks = [(ids[start:start + _IDS_PER_READ],) for start in range(0, len(ids), _IDS_PER_READ)]
-            events = {row.event_id: row for found in self._queries.fan_out(
-                "events", chunks, f"the latest events of {len(ids)} devices", concurrency=_EVENT_READS)
-                for row in found}
-            found = [DeviceRow(device_token(device_id), event) for device_id, event_id in positions.items()
-                     if (event := latest_event(device_id, event_id, events.get(event_id))) is not None]
+            pages = self._queries.fan_out("events", chunks, f"the latest events of {len(ids)} devices",
+                                          concurrency=_EVENT_READS)
+            found = [DeviceRow(device_token(device_id), event)
+                     for device_id, event in latest_events(devices, (row for page in pages for row in page))]
             if found or len(rows) < limit:
                 return found
             after = device_token(rows[-1].device_id)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -57,7 +57,7 @@ _STATEMENTS = {
 }
 
 __all__ = ["CASSANDRA_ERRORS", "EVENT_SELECT", "HEALTH_PROBE_DEVICE", "POSITION_SELECT", "CassandraEventReader",
-           "describe", "latest_event", "stored_event"]
+           "describe", "latest_event", "latest_events", "positions", "stored_event"]
 
 
 # Not a valid device id (docs/events.md), so never written: the health probe's read finds nothing, cheaply.
@@ -94,6 +94,20 @@ def latest_event(device_id: str, event_id: uuid.UUID, row: Any | None) -> Stored
     return stored_event(row)
 
 
+def positions(rows: Iterable[Any]) -> dict[str, uuid.UUID]:
+    """Device id -> the event id its ``device_latest`` row names (a row naming none left out)."""
+    return {row.device_id: row.event_id for row in rows if row.event_id is not None}
+
+
+def latest_events(devices: Mapping[str, uuid.UUID], event_rows: Iterable[Any]) -> list[tuple[str, StoredEvent]]:
+    """``(device id, latest state)`` of each of ``devices`` (:func:`positions`) from the ``events_by_id`` rows of
+    their event ids; a device whose event is not among them is left out (:func:`latest_event`)."""
+    by_id = {row.event_id: row for row in event_rows}
+    found = ((device_id, latest_event(device_id, event_id, by_id.get(event_id)))
+             for device_id, event_id in devices.items())
+    return [(device_id, event) for device_id, event in found if event is not None]
+
+
 class CassandraEventReader:
     """Implements ``shared.ports.event_reader.EventReader``."""
 
@@ -125,16 +139,12 @@ class CassandraEventReader:
         for start in range(0, len(device_ids), 100):
             chunk = list(device_ids[start:start + 100])
             rows = self._rows("latest_in", (chunk,), f"the latest state of {len(chunk)} devices")
-            positions = {row.device_id: row.event_id for row in rows if row.event_id is not None}
-            if not positions:
+            devices = positions(rows)
+            if not devices:
                 continue
-            events = self._rows("event_in", (list(set(positions.values())),),
-                                f"the latest events of {len(positions)} devices")
-            by_id = {row.event_id: row for row in events}
-            for device_id, event_id in positions.items():
-                event = latest_event(device_id, event_id, by_id.get(event_id))
-                if event is not None:
-                    found.append(event)
+            events = self._rows("event_in", (list(set(devices.values())),),
+                                f"the latest events of {len(devices)} devices")
+            found += [event for _, event in latest_events(devices, events)]
         return found
 
     def event(self, event_id: uuid.UUID) -> StoredEvent | None:
