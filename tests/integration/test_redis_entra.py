@@ -23,7 +23,7 @@ from redis.cluster import RedisCluster
 from shared.adapters.identity import LocalDevelopmentCredential
 from shared.adapters.redis import RedisConnection, RedisLookupCache
 from shared.adapters.redis.aio import AsyncRedisConnection
-from shared.adapters.redis.entra import EntraCredentials
+from shared.adapters.redis.entra import EntraCredentials, Token
 from shared.exceptions import DependencyUnavailable
 from tests.fixtures.redis_cluster import RedisServer
 from tests.fixtures.waiting import poll
@@ -287,7 +287,35 @@ def test_busy_async_connections_across_renewals_never_share_a_socket(redis_url: 
     assert not wrong, wrong[:3]
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(30)
+def test_a_command_started_as_a_renewal_closes_idle_connections_gets_its_reply(redis_url: str, local_users) -> None:
+    """The renewal's closing of idle connections and a command sent in the same loop turn: the command either gets
+    a connection closed before it is handed out (and reconnects) or one still open, never one closed under it.
+    (Closing them with ``pool.disconnect(inuse_connections=False)`` takes no lock, and its closings run a turn
+    later, after the command took a connection: "Error while writing to socket. Connection lost.")"""
+    admin, names = local_users
+    credential = AddingCredential(admin, names[0], lifetime=3600)
+    client_name = f"entra-{uuid.uuid4().hex[:8]}"
+    key = f"entra:{client_name}:k"
+
+    async def run() -> list[object]:
+        connection = AsyncRedisConnection(redis_url, entra=credential, cluster=False, client_name=client_name)
+        try:
+            client = await connection.client()
+            await client.set(key, b"v", ex=60)  # one idle connection, signed in
+            issued = credential.get_token("https://redis.azure.com/.default")
+            token = Token(issued.token, issued.expires_on)
+            outcomes: list[object] = []
+            for _ in range(20):
+                renewal = asyncio.ensure_future(connection._signed_in_again(token))
+                reads = [asyncio.ensure_future(client.get(key)) for _ in range(3)]
+                outcomes += await asyncio.gather(renewal, *reads, return_exceptions=True)
+            return [outcome for outcome in outcomes if outcome not in (None, b"v")]
+        finally:
+            connection.close()
+            await asyncio.sleep(0.1)
+
+    assert asyncio.run(run()) == []
 def test_no_token_is_redis_unavailable_naming_the_cause(redis_url: str, local_users, redis_prefix: str) -> None:
     """A credential that cannot get a token makes Redis unavailable to the adapters (the lookups then serve from
     Cassandra, the change feed retries), never an unexpected error."""

@@ -153,7 +153,9 @@ class AsyncRedisConnection:
         racing the next command on the same socket, and the cluster nodes' re-``AUTH`` skips busy connections and
         the slot-map connection. Marked connections are closed by redis-py itself where no command can share
         them: a busy one when it is released, an idle one (the cluster's, and the nodes manager's) before its next
-        command; a single Redis's idle ones under the pool's lock. A handshake per connection per token.
+        command; a single Redis's idle ones while holding the pool's lock, so none is handed out half closed.
+        (``pool.disconnect(inuse_connections=False)`` takes no lock, and the closings it gathers run a loop turn
+        later, after a command may have taken one of those connections.) A handshake per connection per token.
         """
         client = self._client
         if isinstance(client, RedisCluster):
@@ -164,8 +166,11 @@ class AsyncRedisConnection:
                     idle.mark_for_reconnect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
         elif client is not None:
             pool = client.connection_pool
-            await pool.update_active_connections_for_reconnect()  # type: ignore[no-untyped-call]  # unannotated
-            await pool.disconnect(inuse_connections=False)
+            async with pool._lock:  # get_connection takes idle connections under this lock
+                for connection in pool._in_use_connections:  # closed by release(), once their command is done
+                    connection.mark_for_reconnect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+                for connection in tuple(pool._available_connections):
+                    await connection.disconnect()
 
     async def failed(self, exc: BaseException) -> None:
         """After a connection failure on a cluster: re-read the slot map (best effort, see ``client.py``)."""
