@@ -178,9 +178,13 @@
     }
     for (const name of Object.keys(SECTION_LABEL)) {
       const section = failed(s[name]);
-      if (section && section.dependency && shown.get(section.dependency) !== "down") shown.set(section.dependency, "error");
+      // a dependency still being connected to (the process's first check) stays "connecting", not "error"
+      if (section && section.dependency && !["down", "connecting"].includes(shown.get(section.dependency))) {
+        shown.set(section.dependency, "error");
+      }
     }
-    deps.replaceChildren(...[...shown].map(([name, state]) => el("span", name + " " + state + " ", state === "up" ? "up" : "down")));
+    deps.replaceChildren(...[...shown].map(([name, state]) =>
+      el("span", name + " " + state + " ", state === "up" ? "up" : state === "connecting" ? "pending" : "down")));
     drawThroughput(s.throughput);
     document.body.classList.remove("status-stale");
     window.sluiceLastStatus = s;

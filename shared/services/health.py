@@ -1,14 +1,23 @@
 """Dependency health: each check run concurrently within one timeout, reported as ``/api/health`` shows it.
 
 A check returns when its dependency answers and raises ``DependencyUnavailable``
-otherwise. :func:`check` awaits coroutine checks on the running event loop (the
+otherwise. :class:`Health` awaits coroutine checks on the running event loop (the
 lookups' ``/api/health``); :class:`BlockingHealth` runs blocking checks on a few
 threads (the status page, which is blocking code).
+
+A dependency is ``up`` when it answered in time and ``down`` when it refused or
+failed, or gave no answer in time after having given one before. The first check
+of a process also opens the clients (a Cassandra session reads the whole schema
+first), which can take longer than the timeout: while that first check has given
+no outcome at all, the dependency is ``connecting``, not ``down``, and the check
+goes on (it is not cancelled, so a slow first connect still completes). Either
+way the report is not healthy: a pod is not ready before its stores answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -20,59 +29,102 @@ from shared.exceptions import DependencyUnavailable
 Report = tuple[bool, dict[str, Any]]
 
 
+class Connecting(str):
+    """The outcome of a check that ran out of time while its dependency has given no outcome yet in this process."""
+
+
 def report(outcomes: Mapping[str, float | str]) -> Report:
-    """``(healthy, body)`` from each dependency's latency in seconds, or the error that says it is down."""
-    dependencies: dict[str, Any] = {
-        name: {"status": "up", "latency_ms": round(outcome * 1000, 2)} if isinstance(outcome, float)
-        else {"status": "down", "error": outcome}
-        for name, outcome in outcomes.items()}
+    """``(healthy, body)`` from each dependency's latency in seconds, or the error that says it is down (or, as a
+    :class:`Connecting`, why it is not up yet)."""
+    dependencies: dict[str, Any] = {name: _state(outcome) for name, outcome in outcomes.items()}
     healthy = all(d["status"] == "up" for d in dependencies.values())
     return healthy, {"status": "ok" if healthy else "unavailable", "dependencies": dependencies}
 
 
-async def _timed(check: Awaitable[None], timeout: float) -> float | str:
-    started = time.perf_counter()
-    try:
-        await asyncio.wait_for(check, timeout)
-    except TimeoutError:
+def _state(outcome: float | str) -> dict[str, Any]:
+    if isinstance(outcome, float):
+        return {"status": "up", "latency_ms": round(outcome * 1000, 2)}
+    return {"status": "connecting" if isinstance(outcome, Connecting) else "down", "error": str(outcome)}
+
+
+def _no_answer(timeout: float, settled: bool) -> str:
+    if settled:
         return f"no answer within {timeout:g}s"
-    except DependencyUnavailable as exc:
-        return str(exc)
-    return time.perf_counter() - started
+    return Connecting(f"no answer within {timeout:g}s; the first connection is still being made")
 
 
-async def check(checks: Mapping[str, Callable[[], Awaitable[None]]], timeout: float) -> Report:
-    """Run every check at once on the running loop; each gets ``timeout`` seconds."""
-    outcomes = await asyncio.gather(*(_timed(run(), timeout) for run in checks.values()))
-    return report(dict(zip(checks, outcomes, strict=True)))
+class Health:
+    """Coroutine checks run at once on the running loop; each gets ``timeout`` seconds."""
+
+    def __init__(self, checks: Mapping[str, Callable[[], Awaitable[None]]], *, timeout: float) -> None:
+        self._checks = dict(checks)
+        self._timeout = timeout
+        self._settled: set[str] = set()  # the checks that have given an outcome (an answer or an error) once
+        self._first: dict[str, asyncio.Future[None]] = {}  # a first check still running after its timeout
+
+    async def __call__(self) -> Report:
+        names = list(self._checks)
+        outcomes = await asyncio.gather(*(self._timed(name) for name in names))
+        return report(dict(zip(names, outcomes, strict=True)))
+
+    async def _timed(self, name: str) -> float | str:
+        started = time.perf_counter()
+        running = self._first.get(name)
+        if running is not None and running.get_loop() is not asyncio.get_running_loop():
+            running = None  # left on an event loop that is gone (tests run one loop each)
+        try:
+            if name in self._settled:
+                await asyncio.wait_for(self._checks[name](), self._timeout)
+            else:  # shielded: a first connect that outlasts the timeout carries on for the next check
+                if running is None:
+                    running = self._first[name] = asyncio.ensure_future(self._checks[name]())
+                    running.add_done_callback(lambda done: self._first_done(name, done))
+                await asyncio.wait_for(asyncio.shield(running), self._timeout)
+        except TimeoutError:
+            return _no_answer(self._timeout, name in self._settled)
+        except DependencyUnavailable as exc:
+            return str(exc)
+        return time.perf_counter() - started
+
+    def _first_done(self, name: str, done: asyncio.Future[None]) -> None:
+        self._first.pop(name, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here: a first check nobody awaits any more must not log "never retrieved"
+            self._settled.add(name)
 
 
 class BlockingHealth:
-    """:func:`check` for blocking checks, on its own small thread pool (built on first use)."""
+    """:class:`Health` for blocking checks, on its own small thread pool (built on first use)."""
 
     def __init__(self, checks: Mapping[str, Callable[[], None]], *, timeout: float) -> None:
         self._checks = dict(checks)
         self._timeout = timeout
         self._pool: ThreadPoolExecutor | None = None
+        self._settled: set[str] = set()  # as in Health
+        self._lock = threading.Lock()
 
     def __call__(self) -> Report:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=len(self._checks), thread_name_prefix="health")
         started = time.perf_counter()
-        futures = {name: self._pool.submit(self._timed, run) for name, run in self._checks.items()}
+        futures = {name: self._pool.submit(self._timed, name, run) for name, run in self._checks.items()}
         deadline = started + self._timeout
         outcomes: dict[str, float | str] = {}
         for name, future in futures.items():
             try:
                 outcomes[name] = future.result(timeout=max(0.0, deadline - time.perf_counter()))
             except FutureTimeout:
-                outcomes[name] = f"no answer within {self._timeout:g}s"
+                with self._lock:
+                    outcomes[name] = _no_answer(self._timeout, name in self._settled)
             except DependencyUnavailable as exc:
                 outcomes[name] = str(exc)
         return report(outcomes)
 
-    @staticmethod
-    def _timed(run: Callable[[], None]) -> float:
+    def _timed(self, name: str, run: Callable[[], None]) -> float:
         started = time.perf_counter()
-        run()
+        try:
+            run()
+        finally:
+            with self._lock:
+                self._settled.add(name)
         return time.perf_counter() - started

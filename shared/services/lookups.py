@@ -85,7 +85,8 @@ class LookupService:
         self.critical_default_limit = critical_default_limit
         self._critical_cap = critical_cap
         self._retry_after = redis_retry_after
-        self._health_timeout = health_timeout
+        self._health = health.Health({"redis": cache.ping, "cassandra": lambda: reader.ping(timeout=health_timeout)},
+                                     timeout=health_timeout)
         self._monotonic = monotonic
         self._flights = SingleFlight(flight_wait)
         self._redis_down_until = 0.0
@@ -209,9 +210,7 @@ class LookupService:
     # -- health ------------------------------------------------------------------------
     async def health(self) -> health.Report:
         """``(healthy, body)``: Redis and Cassandra checked at once, each within the health timeout."""
-        timeout = self._health_timeout
-        healthy, body = await health.check({"redis": self._cache.ping,
-                                            "cassandra": lambda: self._reader.ping(timeout=timeout)}, timeout)
+        healthy, body = await self._health()
         if healthy and not self._redis_usable():
             self._redis_down_until = 0.0  # Redis answers again: stop bypassing it
         return healthy, body

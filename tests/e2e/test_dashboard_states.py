@@ -121,6 +121,24 @@ def test_status_sections_in_error_say_so_and_name_their_dependency(dashboard: Da
     assert browser.find_element(By.CSS_SELECTOR, '[data-tile="dead_letters"]').text == "0"
 
 
+def test_a_store_still_being_connected_to_is_said_connecting_not_down(dashboard: DashboardHost, browser) -> None:
+    """Just after a worker starts, its first check of Cassandra is still connecting (the driver reads the whole
+    schema first): the header says "cassandra connecting", not in the colour of a store that is down, and a
+    section that timed out on that same connect does not turn it into "error"."""
+    _open(browser, dashboard)
+    poll(lambda: "cassandra up" in _text(browser, "deps"), 5, "a first status")
+    dashboard.set(dependencies={"cassandra": {"status": "connecting", "error": "no answer within 1s; the first "
+                                                                                "connection is still being made"}},
+                  fail={"throughput": "no answer within 2s"})
+    poll(lambda: "cassandra connecting" in _text(browser, "deps"), 10, "the connecting state")
+    classes = browser.execute_script("return Object.fromEntries([...document.getElementById('deps').children]"
+                                     ".map((s) => [s.textContent.trim(), s.className]))")
+    assert classes == {"redis up": "up", "cassandra connecting": "pending"}, classes
+
+    dashboard.reset()
+    poll(lambda: "cassandra up" in _text(browser, "deps"), 10, "cassandra to be up")
+
+
 def test_a_failed_critical_feed_marks_its_rows_with_when_they_were_read(dashboard: DashboardHost, browser) -> None:
     """When ``/api/critical`` fails (Redis down) the events read before stay, greyed (``stale``) and marked with the
     time they were read, and their ages still move: an event read 45 s after it happened must not say "under a

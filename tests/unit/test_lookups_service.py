@@ -251,10 +251,30 @@ async def test_health_reports_each_dependency_and_closes_the_breaker_when_redis_
 
 
 @sync
-async def test_health_says_down_for_a_check_that_does_not_answer_in_time():
-    service, _cache, _reader, _clock = make(delay=1.0, health_timeout=0.05)
+async def test_health_says_connecting_while_the_first_check_runs_and_down_for_a_later_one_out_of_time():
+    service, _cache, reader, _clock = make(delay=0.3, health_timeout=0.05)
+    healthy, body = await service.health()
+    assert not healthy and body["dependencies"]["cassandra"] == {
+        "status": "connecting", "error": "no answer within 0.05s; the first connection is still being made"}
+    assert body["dependencies"]["redis"]["status"] == "up"
+    healthy, body = await service.health()  # the first check still runs: not started again, still connecting
+    assert not healthy and body["dependencies"]["cassandra"]["status"] == "connecting"
+    assert reader.reads == 1
+    await asyncio.sleep(0.3)  # the first check was not cancelled: it ends, and the store has answered once
     healthy, body = await service.health()
     assert not healthy and body["dependencies"]["cassandra"] == {"status": "down", "error": "no answer within 0.05s"}
+    assert reader.reads == 2
+    reader.delay = 0.0
+    assert (await service.health())[0] is True
+
+
+@sync
+async def test_health_says_down_not_connecting_for_a_first_check_refused_in_time():
+    service, _cache, reader, _clock = make(health_timeout=0.05)
+    reader.down = True
+    healthy, body = await service.health()
+    assert not healthy
+    assert body["dependencies"]["cassandra"] == {"status": "down", "error": "cassandra unavailable: no host available"}
 
 
 @pytest.mark.parametrize(("parse", "value", "parameter"), [
