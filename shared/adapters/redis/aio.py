@@ -159,7 +159,9 @@ class AsyncRedisConnection:
         """
         client = self._client
         if isinstance(client, RedisCluster):
-            nodes = {node.name: node for node in [*client.get_nodes(), *client.nodes_manager.startup_nodes.values()]}
+            # By object, not by name: redis-py keeps the startup node of the URL as its own ClusterNode beside the
+            # slot map's node of the same name, and each has its own connections (the slot map's serve commands).
+            nodes = {id(node): node for node in [*client.get_nodes(), *client.nodes_manager.startup_nodes.values()]}
             for node in nodes.values():
                 node.update_active_connections_for_reconnect()
                 for idle in tuple(node._free):  # as redis-py's own topology refresh marks them
