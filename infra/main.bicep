@@ -39,11 +39,31 @@ param redisSku string = 'Balanced_B1'
 
 @description('PostgreSQL Flexible Server compute SKU and tier')
 param postgresSku string = 'Standard_D2ds_v5'
-@allowed(['Burstable', 'GeneralPurpose', 'MemoryOptimized'])
+// No Burstable: the built-in PgBouncer (pgbouncer.enabled, port 6432, which every worker
+// connects to) exists only on the General Purpose and Memory Optimized tiers.
+@allowed(['GeneralPurpose', 'MemoryOptimized'])
 param postgresTier string = 'GeneralPurpose'
 
 @description('PostgreSQL storage in GiB')
 param postgresStorageGb int = 64
+
+// --- backups and protection
+@description('Cosmos DB (API for Cassandra) periodic backup: minutes between two full backups (60 .. 1440)')
+@minValue(60)
+@maxValue(1440)
+param cosmosBackupIntervalMinutes int = 240
+
+@description('Cosmos DB periodic backup: hours each backup is kept (8 .. 720, at least twice the interval); two copies are free, each further copy is billed as backup storage')
+@minValue(8)
+@maxValue(720)
+param cosmosBackupRetentionHours int = 168
+
+@description('Cosmos DB periodic backup storage redundancy: Geo (copied to the paired region), Zone or Local (a region without a pair)')
+@allowed(['Geo', 'Zone', 'Local'])
+param cosmosBackupStorageRedundancy string = 'Geo'
+
+@description('A CanNotDelete lock on the storage account (dead letters, checkpoints), whose blob soft delete is off: remove the lock before azd down; creating it needs Owner or User Access Administrator')
+param storageDeleteLock bool = true
 
 @description('AKS node VM size and count of the system node pool')
 param aksNodeSize string = 'Standard_D4ds_v5'
@@ -91,6 +111,10 @@ module resources 'resources.bicep' = {
     postgresSku: postgresSku
     postgresTier: postgresTier
     postgresStorageGb: postgresStorageGb
+    cosmosBackupIntervalMinutes: cosmosBackupIntervalMinutes
+    cosmosBackupRetentionHours: cosmosBackupRetentionHours
+    cosmosBackupStorageRedundancy: cosmosBackupStorageRedundancy
+    storageDeleteLock: storageDeleteLock
     aksNodeSize: aksNodeSize
     aksNodeCount: aksNodeCount
     kubernetesVersion: kubernetesVersion

@@ -13,6 +13,10 @@ param redisSku string
 param postgresSku string
 param postgresTier string
 param postgresStorageGb int
+param cosmosBackupIntervalMinutes int
+param cosmosBackupRetentionHours int
+param cosmosBackupStorageRedundancy string
+param storageDeleteLock bool
 param aksNodeSize string
 param aksNodeCount int
 param kubernetesVersion string
@@ -323,12 +327,34 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   }
 }
 
+// The account is also the Event Hubs checkpoint store: the host rewrites every partition's
+// checkpoint after each batch and renews its ownership blobs every few seconds, and KEDA reads
+// them. Microsoft's checkpoint store guidance (Event Hubs: troubleshoot checkpoint store issues)
+// wants blob soft delete and versioning off there: each rewrite would otherwise keep a deleted
+// copy or a version, with processing delays and failed checkpoints under load. Sluice reads
+// the host's AzureWebJobsStorage for its dead letters, so they share the account and lose
+// blob-level undelete; container soft delete stays (it does not touch blob writes), and the
+// lock below keeps the account itself from being deleted (docs/deploy.md,
+// "Backups, restore and the storage lock").
 resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
   parent: storage
   name: 'default'
   properties: {
-    deleteRetentionPolicy: { enabled: true, days: 7 }
+    deleteRetentionPolicy: { enabled: false }
+    isVersioningEnabled: false
     containerDeleteRetentionPolicy: { enabled: true, days: 7 }
+  }
+}
+
+// CanNotDelete on the account that holds the dead letters (and the checkpoints): deleting it,
+// or the resource group (`azd down`), is refused until the lock is removed. Creating a lock
+// takes Microsoft.Authorization/locks/write (Owner or User Access Administrator).
+resource storageLock 'Microsoft.Authorization/locks@2020-05-01' = if (storageDeleteLock) {
+  name: 'sluice-storage-cannot-delete'
+  scope: storage
+  properties: {
+    level: 'CanNotDelete'
+    notes: 'Holds Sluice dead letters and the Event Hubs checkpoints; blob soft delete is off (checkpoint store). Remove before azd down.'
   }
 }
 
@@ -351,7 +377,11 @@ resource cosmos 'Microsoft.DocumentDB/databaseAccounts@2024-11-15' = {
     locations: [{ locationName: location, failoverPriority: 0, isZoneRedundant: true }]
     consistencyPolicy: { defaultConsistencyLevel: 'Session' }
     minimalTlsVersion: 'Tls12'
-    backupPolicy: { type: 'Continuous', continuousModeProperties: { tier: 'Continuous7Days' } }
+    // Periodic: continuous backup (point-in-time restore) is not offered for the API for
+    // Cassandra. A full backup every cosmosBackupIntervalMinutes, each kept
+    // cosmosBackupRetentionHours; a restore is a support request, into a new account
+    // (docs/deploy.md, "Backups, restore and the storage lock").
+    backupPolicy: { type: 'Periodic', periodicModeProperties: { backupIntervalInMinutes: cosmosBackupIntervalMinutes, backupRetentionIntervalInHours: cosmosBackupRetentionHours, backupStorageRedundancy: cosmosBackupStorageRedundancy } }
   }
 }
 
@@ -420,6 +450,8 @@ resource redisUser 'Microsoft.Cache/redisEnterprise/databases/accessPolicyAssign
 }
 
 // --- PostgreSQL Flexible Server with its built-in PgBouncer ------------------------------
+// (built in on the General Purpose and Memory Optimized tiers only: main.bicep's postgresTier
+// allows no other).
 
 resource postgres 'Microsoft.DBforPostgreSQL/flexibleServers@2024-08-01' = {
   name: 'psql-${name}-${token}'

@@ -369,3 +369,59 @@ def test_every_environment_name_azd_accepts_gives_valid_resource_names(environme
     assert "output functionsHostId string = take('sluice-${name}', 32)" in source
     host_id = f"sluice-{name}"[:32]
     assert _HOST_ID.fullmatch(host_id), f"the Functions host id {host_id!r} for environment {environment_name!r}"
+
+
+# --- backups and the checkpoint store ------------------------------------------------------
+
+def test_the_cassandra_account_takes_periodic_backups_geo_redundant() -> None:
+    """Continuous backup (point-in-time restore) exists only for the NoSQL, MongoDB, Table and Gremlin APIs (Cosmos DB,
+    "Continuous backup with point-in-time restore", current limitations): an account for Cassandra that asks for it
+    is refused, and with it everything `azd up` provisions after it."""
+    cosmos = resources()["cosmos"][1]
+    assert "EnableCassandra" in cosmos and "Continuous" not in cosmos
+    policy = field(cosmos, "backupPolicy")
+    assert policy.startswith("{ type: 'Periodic', periodicModeProperties: {")
+    assert "backupIntervalInMinutes: cosmosBackupIntervalMinutes" in policy
+    assert "backupRetentionIntervalInHours: cosmosBackupRetentionHours" in policy
+    assert "backupStorageRedundancy: cosmosBackupStorageRedundancy" in policy
+    main = text("main.bicep")
+    interval = int(re.search(r"^param cosmosBackupIntervalMinutes int = (\d+)$", main, re.MULTILINE).group(1))
+    retention = int(re.search(r"^param cosmosBackupRetentionHours int = (\d+)$", main, re.MULTILINE).group(1))
+    # Cosmos DB's limits: an interval of 1 .. 24 hours, a retention of 8 .. 720 hours and at least two intervals.
+    assert 60 <= interval <= 1440 and 8 <= retention <= 720 and retention * 60 >= 2 * interval
+    assert re.search(r"^param cosmosBackupStorageRedundancy string = 'Geo'$", main, re.MULTILINE)
+
+
+def test_the_checkpoint_store_has_blob_soft_delete_and_versioning_off_and_a_delete_lock() -> None:
+    """The host's Event Hubs checkpoints and ownership blobs (and KEDA's reading of them) live in this account's blob
+    service: Microsoft's checkpoint store guidance wants blob soft delete and versioning off there. Sluice's dead
+    letters share the account (they follow AzureWebJobsStorage), so container soft delete stays and a CanNotDelete
+    lock, on by default, keeps the account from being deleted."""
+    source, found = text("resources.bicep"), resources()
+    services = {s: body for s, (kind, body) in found.items()
+                if kind == "Microsoft.Storage/storageAccounts/blobServices"}
+    holders = {field(body, "parent") for kind, body in found.values()
+               if kind == "Microsoft.Storage/storageAccounts/blobServices/containers"}
+    assert holders == {"blobService"} and bicep_var("checkpointContainer") == "azure-webjobs-eventhub"
+    service = services["blobService"]
+    assert field(service, "deleteRetentionPolicy") == "{ enabled: false }"
+    assert field(service, "isVersioningEnabled") == "false"
+    assert field(service, "containerDeleteRetentionPolicy") == "{ enabled: true, days: 7 }"
+    lock = re.search(r"^resource storageLock 'Microsoft\.Authorization/locks@[^']+' = if \(storageDeleteLock\) \{\n"
+                     r"(.*?)^\}", source, re.MULTILINE | re.DOTALL)
+    assert lock and "scope: storage" in lock.group(1) and "level: 'CanNotDelete'" in lock.group(1)
+    assert re.search(r"^param storageDeleteLock bool = true$", text("main.bicep"), re.MULTILINE)
+    deploy = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    lock_name = re.search(r"name: '([^']+)'", lock.group(1)).group(1)
+    assert f"az lock delete --name {lock_name}" in deploy, "docs/deploy.md says how to remove it before azd down"
+
+
+def test_every_allowed_postgres_tier_has_the_builtin_pgbouncer() -> None:
+    """Flexible Server's built-in PgBouncer (6432, which every worker uses) exists only on General Purpose and Memory
+    Optimized: a Burstable server would leave nothing listening there."""
+    allowed = re.search(r"^@allowed\(\[([^\]]*)\]\)\nparam postgresTier string = '(\w+)'$", text("main.bicep"),
+                        re.MULTILINE)
+    assert allowed and set(re.findall(r"'(\w+)'", allowed.group(1))) == {"GeneralPurpose", "MemoryOptimized"}
+    assert allowed.group(2) == "GeneralPurpose"
+    deploy = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    assert "`postgresTier` is `GeneralPurpose` or `MemoryOptimized`" in deploy
