@@ -144,3 +144,56 @@ def test_the_sample_env_covers_every_key_azure_yaml_passes() -> None:
     passed = set(azure["services"]["sluice"]["k8s"]["kustomize"]["env"])
     sample = {line.split("=", 1)[0] for line in SAMPLE_ENV.read_text(encoding="utf-8").splitlines() if "=" in line}
     assert passed == sample
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return selector.get("matchLabels", {}).items() <= labels.items() and not selector.get("matchExpressions")
+
+
+def test_only_prometheus_reaches_any_port_but_the_lookups_http(base: list[dict[str, Any]]) -> None:
+    """An ingress rule without ``from`` admits every source (any pod of any namespace, any address): only the
+    lookups' HTTP port may be open like that. The metrics port is admitted from the Prometheus pods of the
+    monitoring namespace alone, both selectors in one entry (namespace AND pods), as docs/deploy.md says."""
+    policies = [d for d in base if d["kind"] == "NetworkPolicy"]
+    pods = {d["metadata"]["name"]: (d["spec"]["jobTemplate"]["spec"]["template"] if d["kind"] == "CronJob"
+                                    else d["spec"]["template"])["metadata"]["labels"]
+            for d in base if d["kind"] in ("Deployment", "CronJob")}
+    assert set(pods) == {"sluice-ingest", "sluice-lookups", "sluice-timers", "sluice-migrate"}
+    for name, labels in pods.items():
+        for policy in policies:
+            if not _selects(policy["spec"]["podSelector"], labels):
+                continue
+            for rule in policy["spec"].get("ingress", []):
+                ports = [p.get("port") for p in rule.get("ports", [])]
+                if not rule.get("from"):
+                    assert name == "sluice-lookups" and ports == ["http"], (
+                        f"{policy['metadata']['name']} admits {ports} of {name} from any source")
+    (scrape,) = [p for p in policies if p["metadata"]["name"] == "sluice-metrics-scrape"]
+    (rule,) = scrape["spec"]["ingress"]
+    assert [p["port"] for p in rule["ports"]] == ["metrics"]
+    (source,) = rule["from"]
+    namespace = source["namespaceSelector"]["matchLabels"]
+    prometheus = source["podSelector"]["matchLabels"]
+    assert namespace == {"kubernetes.io/metadata.name": "monitoring"}
+    assert prometheus == {"app.kubernetes.io/name": "prometheus"}, "the label the Prometheus Operator gives its pods"
+    deploy = " ".join((ROOT / "docs" / "deploy.md").read_text(encoding="utf-8").split())
+    assert "`app.kubernetes.io/name: prometheus`" in deploy
+    assert "`kubernetes.io/metadata.name` is `monitoring`" in deploy
+
+
+def test_kube_prometheus_stack_selects_the_pod_monitor_and_the_rules() -> None:
+    """kube-prometheus-stack's Prometheus selects PodMonitors and PrometheusRules by ``release: <Helm release>``
+    (podMonitorSelectorNilUsesHelmValues / ruleSelectorNilUsesHelmValues, true by default): without the label
+    nothing is scraped and no alert is loaded. The label comes from the monitoring kustomization (one place to
+    change it), and the docs name its value."""
+    docs = render(ROOT / "k8s-keda" / "monitoring")
+    selected = {d["kind"]: d["metadata"]["labels"].get("release") for d in docs
+                if d["kind"] in ("PodMonitor", "PrometheusRule")}
+    assert selected == {"PodMonitor": "kube-prometheus-stack", "PrometheusRule": "kube-prometheus-stack"}
+    pod_monitor = next(d for d in docs if d["kind"] == "PodMonitor")
+    assert pod_monitor["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/part-of": "sluice"}, \
+        "the release label is on the objects, not in the pods they select"
+    kustomization = yaml.safe_load((ROOT / "k8s-keda/monitoring/kustomization.yaml").read_text(encoding="utf-8"))
+    assert {"release": "kube-prometheus-stack"} in [entry["pairs"] for entry in kustomization["labels"]]
+    for doc in ("deploy.md", "observability.md"):
+        assert "release: kube-prometheus-stack" in (ROOT / "docs" / doc).read_text(encoding="utf-8"), doc
