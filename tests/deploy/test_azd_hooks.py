@@ -4,12 +4,14 @@ No cluster can run here, so ``kubectl`` and ``azd`` are small scripts on ``PATH`
 that record their arguments and answer what a cluster in a given state answers.
 What is checked is the hooks' own logic: that ``azd up`` fails when a rollout
 stalls or the migration Job fails (azd's kustomize deployment waits for neither),
-and that it refuses to start without the kustomize alpha feature.
+and that it refuses to start without the kustomize alpha feature or without the
+kustomize CLI that feature needs on ``PATH``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -35,15 +37,30 @@ echo "$*" >> "$CALLS"
 [ "$*" = "config get alpha.aks.kustomize" ] && [ -n "$KUSTOMIZE" ] && echo "\\"$KUSTOMIZE\\"" && exit 0
 exit 1
 """
+KUSTOMIZE = """#!/bin/sh
+echo "kustomize $*" >> "$CALLS"
+exit 0
+"""
 
 
-def run_hook(script: str, tmp_path: Path, *, job_states: list[str] = (), **env: str) -> tuple[int, str, list[str]]:
-    """Run ``script`` with the stand-ins; the Job's conditions go from one state to the next on each ``get``."""
+def run_hook(script: str, tmp_path: Path, *, job_states: list[str] = (), kustomize: bool = True,
+             **env: str) -> tuple[int, str, list[str]]:
+    """Run ``script`` with the stand-ins; the Job's conditions go from one state to the next on each ``get``.
+
+    ``kustomize=False``: no ``kustomize`` on ``PATH`` at all, whatever this machine has installed (only the
+    stand-ins and the few system tools the preprovision hook runs are reachable).
+    """
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    for name, body in (("kubectl", KUBECTL), ("azd", AZD)):
+    stand_ins = [("kubectl", KUBECTL), ("azd", AZD)] + ([("kustomize", KUSTOMIZE)] if kustomize else [])
+    for name, body in stand_ins:
         (bin_dir / name).write_text(body, encoding="utf-8")
         (bin_dir / name).chmod(0o755)
+    path = f"{bin_dir}:{os.environ['PATH']}"
+    if not kustomize:
+        for tool in ("sh", "grep"):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+        path = str(bin_dir)
     calls, state = tmp_path / "calls", tmp_path / "state"
     calls.write_text("", encoding="utf-8")
     state.write_text(job_states[0] if job_states else "", encoding="utf-8")
@@ -53,7 +70,7 @@ def run_hook(script: str, tmp_path: Path, *, job_states: list[str] = (), **env: 
                                 f'printf "{s}" > "$JOB_STATE"; exit 0; }}\n' for s in job_states[1:]),
         encoding="utf-8")
     (bin_dir / "sleep").chmod(0o755)
-    environment = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLS": str(calls), "JOB_STATE": str(state),
+    environment = {"PATH": path, "CALLS": str(calls), "JOB_STATE": str(state),
                    "STATE_LOG": str(tmp_path / "states"), **env}
     done = subprocess.run(["sh", "-c", script], env=environment, capture_output=True, text=True, timeout=30,
                           check=False)
@@ -96,3 +113,19 @@ def test_provisioning_needs_the_kustomize_alpha_feature(tmp_path: Path, env: dic
     assert (code == 0) is allowed, err
     if not allowed:
         assert "azd config set alpha.aks.kustomize on" in err
+
+
+@pytest.mark.parametrize("env", [{"KUSTOMIZE": "on"}, {"AZD_ALPHA_ENABLE_AKS_KUSTOMIZE": "true"}])
+def test_provisioning_needs_the_kustomize_cli_azd_checks_for(tmp_path: Path, env: dict[str, str]) -> None:
+    """With the alpha feature on, azd adds the kustomize CLI to the AKS target's required tools and stops with
+    "missing required tools: kustomize" at the package/deploy step (kubectl's built-in kustomize does not count):
+    the hook refuses before anything is provisioned, saying what to install."""
+    code, err, _ = run_hook(PREPROVISION, tmp_path, kustomize=False, **env)
+    assert code == 1, err
+    assert "kustomize CLI on PATH" in err and "kubectl.docs.kubernetes.io/installation/kustomize" in err
+
+
+def test_the_prerequisites_name_the_kustomize_cli() -> None:
+    deploy = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    prerequisites = deploy.split("Prerequisites on the machine that deploys:", 1)[1].split("\n\n", 1)[0]
+    assert "`kustomize`" in prerequisites and "command -v kustomize" in PREPROVISION
