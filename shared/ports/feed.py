@@ -29,9 +29,10 @@ class FeedPosition:
     Portable feed: ``watermark`` (every event enqueued before it has been read,
     give or take the overlap window), ``noted_until`` (ingest's delay notes written
     before it have been taken into account: their re-read is behind the watermark
-    or still ahead of it), ``cursor`` (where the next page starts) and ``horizon``
-    (where this run stops); the last two only live within one run and are never
-    stored.
+    or still ahead of it), ``cursor`` (where the next page starts), ``horizon``
+    (where this run stops) and ``reread_from`` / ``reread_until`` (the overlap this
+    run re-reads: what an earlier run read already); the last four only live
+    within one run and are never stored.
     """
 
     start_time: datetime | None = None
@@ -40,6 +41,8 @@ class FeedPosition:
     cursor: datetime | None = None
     horizon: datetime | None = None
     noted_until: datetime | None = None
+    reread_from: datetime | None = None
+    reread_until: datetime | None = None
 
     def same_stored_state(self, other: FeedPosition) -> bool:
         """True when saving ``other`` instead of ``self`` would store nothing new."""
@@ -61,11 +64,20 @@ class SavedPosition:
 
 @dataclass(frozen=True, slots=True)
 class FeedPage:
-    """One page of changes and the position right after it."""
+    """One page of changes and the position right after it.
+
+    ``reread`` is the enqueued-time range ``[from, until)`` that an earlier run
+    read already and this run reads again (the portable feed's overlap window), or
+    ``None`` when the feed never returns an event twice on purpose (Cosmos). The
+    events in it are written to the sink again (rows stored late are among them),
+    but most of them were counted by that earlier run: the service counts only the
+    ones it has not counted itself.
+    """
 
     events: list[StoredEvent] = field(default_factory=list)
     position: FeedPosition = field(default_factory=FeedPosition)
     caught_up: bool = False
+    reread: tuple[datetime, datetime] | None = None
 
 
 class ChangeFeed(Protocol):

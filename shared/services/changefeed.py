@@ -27,6 +27,13 @@ left would make it time out, be reported as Cassandra being down, and lose it.
 
 A continuation the feed rejects (the table was dropped and recreated) restarts
 from ``now - lookback`` with a warning: events older than that are not replayed.
+
+Metrics count each change once. The portable feed re-reads its overlap window
+every run (``FeedPage.reread``); those rows go to the sink again, but only the
+ones this process has not counted yet (rows stored after an earlier run read
+their range: ingest's latency) are counted and give a delay point
+(``_CountedEvents``). Rows of that window read before this process started, or
+found by a delay note's re-read further back, are taken as counted.
 """
 
 from __future__ import annotations
@@ -65,6 +72,53 @@ def apply_changes(sink: ChangeSink, events: Sequence[StoredEvent], latest: Lates
     sink.put_latest([*stored, *newest.values()])
 
 
+class _CountedEvents:
+    """Which events of the feed's re-read window this process has counted, so the metrics count each change once.
+
+    A key per event (a hash of its id and enqueued time) is kept while a later run
+    may re-read it: from the newest enqueued time seen minus the window's width on,
+    about the overlap's worth of events. Complete only from where this process
+    started reading (``since``): an event before that in a re-read window was read,
+    and counted, by an earlier run or process.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[int, set[int]] = {}  # enqueued second -> keys
+        self.since: datetime | None = None
+
+    def forget_before(self, start: datetime) -> None:
+        """No run will re-read what was enqueued before ``start``: drop it."""
+        floor = int(start.timestamp())
+        for second in [second for second in self._keys if second < floor]:
+            del self._keys[second]
+        if self.since is not None and start > self.since:
+            self.since = start
+
+    def uncounted(self, events: Sequence[StoredEvent], reread: tuple[datetime, datetime]) -> list[StoredEvent]:
+        """The events of a page not counted before, remembered as counted from now on."""
+        start, until = reread
+        if self.since is None:  # this process's first page: what the window holds was counted by an earlier run
+            self.since = until
+        fresh = []
+        newest: datetime | None = None
+        for event in events:
+            enqueued = event.enqueued_time
+            if enqueued is None:
+                fresh.append(event)
+                continue
+            newest = enqueued if newest is None or enqueued > newest else newest
+            if enqueued < self.since:
+                continue
+            keys = self._keys.setdefault(int(enqueued.timestamp()), set())
+            key = hash((event.event_id.int, enqueued.timestamp()))
+            if key not in keys:
+                keys.add(key)
+                fresh.append(event)
+        if newest is not None:  # the watermark is past ``newest`` once saved: no run re-reads further back
+            self.forget_before(newest - (until - start))
+        return fresh
+
+
 @dataclass(frozen=True, slots=True)
 class FeedRunResult:
     """What one run did; ``stopped`` says why it ended."""
@@ -97,6 +151,7 @@ class ChangeFeedService:
         self._chunk = max(1, apply_chunk)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._monotonic = monotonic
+        self._counted = _CountedEvents()
 
     def _decided(self, events: Sequence[StoredEvent]) -> list[StoredEvent]:
         """Each event with ``critical`` decided (rows without the flag get the configured rules)."""
@@ -137,6 +192,8 @@ class ChangeFeedService:
                                "it are not replayed)", self._name, exc, position.start_time or position.watermark)
                 continue
             pages += 1
+            if page.reread is not None and pages == 1:
+                self._counted.forget_before(page.reread[0])
             if page.events:
                 decided = self._decided(page.events)
                 for start in range(0, len(decided), self._chunk):
@@ -144,7 +201,10 @@ class ChangeFeedService:
                 events += len(decided)
                 page_critical = sum(1 for event in decided if event.critical)
                 critical += page_critical
-                self._metrics.changefeed_applied(decided, page_critical)
+                # Counted after the sink acknowledged them: a failed write is counted when a later run writes it.
+                new = decided if page.reread is None else self._counted.uncounted(decided, page.reread)
+                if new:
+                    self._metrics.changefeed_applied(new, sum(1 for event in new if event.critical))
             if stored is None or not stored.same_stored_state(page.position):
                 new_version = self._positions.save(self._name, page.position, version)
                 if new_version is None:

@@ -200,3 +200,59 @@ def test_a_device_whose_latest_state_the_cache_lost_gets_the_newer_of_the_stores
 def ev(device: str, *, seconds: int) -> StoredEvent:
     return StoredEvent(event_id=uuid.uuid4(), device_id=device, event_time=NOW + timedelta(seconds=seconds),
                        event_type="t", severity="info", critical=False)
+
+
+class OverlapFeed:
+    """A portable-like feed: each run re-reads ``overlap`` before the saved watermark and says so (``reread``)."""
+
+    def __init__(self, overlap=timedelta(seconds=60)):
+        self.rows, self.overlap, self.now = [], overlap, NOW
+
+    def initial_position(self, now):
+        return FeedPosition(watermark=now - timedelta(hours=1))
+
+    def rewind(self, position):
+        return replace(position, cursor=position.watermark - self.overlap)
+
+    def read_page(self, position, *, now, timeout):
+        start = position.cursor or position.watermark
+        events = [e for e in self.rows if start <= e.enqueued_time < self.now]
+        return FeedPage(events, FeedPosition(watermark=self.now), caught_up=True,
+                        reread=(start, max(start, position.watermark)))
+
+
+class RecordingMetrics:
+    def __init__(self):
+        self.counted, self.critical = [], 0
+
+    def changefeed_applied(self, events, critical):
+        self.counted.extend(e.device_id for e in events)
+        self.critical += critical
+
+
+def enqueued(name: str, at: datetime) -> StoredEvent:
+    return StoredEvent(event_id=uuid.uuid4(), device_id=name, event_time=at, event_type="t", severity="info",
+                       critical=False, enqueued_time=at)
+
+
+def test_the_overlap_re_read_is_counted_once_and_a_row_stored_late_within_it_is_counted():
+    feed, metrics = OverlapFeed(), RecordingMetrics()
+    positions = FakePositions(SavedPosition(FeedPosition(watermark=NOW), 3))
+    feed.rows = [enqueued("before-start", NOW - timedelta(seconds=10))]  # in the window a previous worker read
+    feed.now = NOW + timedelta(seconds=5)
+    feed.rows.append(enqueued("new", NOW + timedelta(seconds=2)))
+    sink = FakeSink()
+    run = service(feed, sink, positions, metrics=metrics).run
+    assert run().events == 2 and metrics.counted == ["new"]  # the window's older row: counted by that worker
+
+    feed.rows.append(enqueued("late", NOW + timedelta(seconds=3)))  # stored after the run passed its time
+    feed.now = NOW + timedelta(seconds=10)
+    assert run().events == 3 and metrics.counted == ["new", "late"]  # re-read: only the late row is new
+
+    feed.rows.append(enqueued("unacknowledged", NOW + timedelta(seconds=11)))
+    feed.now = NOW + timedelta(seconds=15)
+    sink.fail_on_call = sink.calls + 1  # Redis fails this run's write: nothing counted, nothing saved
+    with pytest.raises(DependencyUnavailable):
+        run()
+    assert metrics.counted == ["new", "late"]
+    assert run().events == 4 and metrics.counted == ["new", "late", "unacknowledged"]  # counted once written
