@@ -12,6 +12,7 @@ read on a thread of its own, ``RefreshedFigures``). Set up by ``shared.telemetry
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +38,8 @@ LAG_PERIOD = 5.0
 """Seconds between two readings of the Event Hubs lag for ``sluice.eventhub.lag``."""
 MAX_TRACED_IDS = 50
 """Most critical event ids one span lists (``sluice.critical.event_ids``)."""
+_TRACED_SPANS = 8
+"""Spans whose critical ids are kept to add a later page's to (one per change feed run in progress)."""
 
 _failed_at: dict[str, float] = {}
 
@@ -108,6 +111,8 @@ class OtelMetrics:
         self._lookups = counter("sluice.lookup.requests")
         self._lookup_duration = histogram("sluice.lookup.duration", LOOKUP_SECONDS_BUCKETS)
         self._newest_applied: datetime | None = None
+        self._traced: dict[tuple[int, int], list[str]] = {}  # (trace id, span id) -> critical ids listed, oldest first
+        self._traced_lock = threading.Lock()
         self._watermark: datetime | None = None
         gauge("sluice.changefeed.staleness", self._staleness)
         gauge("sluice.enrich.freshness", self._freshness)
@@ -160,10 +165,27 @@ class OtelMetrics:
                     self._newest_applied = newest
             span = trace.get_current_span()
             if critical and span.is_recording():
-                ids = [str(e.event_id) for e in events if e.critical][:MAX_TRACED_IDS]
-                span.set_attribute("sluice.critical.event_ids", ids)
+                span.set_attribute("sluice.critical.event_ids",
+                                   self._traced_ids(span, [str(e.event_id) for e in events if e.critical]))
         except Exception as exc:
             telemetry_failed("recording a change feed page", exc)
+
+    def _traced_ids(self, span: trace.Span, ids: list[str]) -> list[str]:
+        """The critical ids ``span`` lists with ``ids`` added, at most ``MAX_TRACED_IDS``.
+
+        A change feed run is one span and calls ``changefeed_applied`` once per page: setting the attribute replaces
+        it, so each page's ids would replace the pages' before. The lists of the last few spans are kept here (runs
+        of several feeds may interleave), since the API cannot read a span's attributes back.
+        """
+        context = span.get_span_context()
+        key = (context.trace_id, context.span_id)
+        with self._traced_lock:
+            listed = self._traced.pop(key, [])
+            listed.extend(ids[:MAX_TRACED_IDS - len(listed)])
+            self._traced[key] = listed
+            while len(self._traced) > _TRACED_SPANS:
+                del self._traced[next(iter(self._traced))]
+            return list(listed)
 
     def _staleness(self, _options: Any) -> list[metrics.Observation]:
         newest = self._newest_applied

@@ -1,7 +1,8 @@
-"""The change feed's figures against the Cassandra emulator and real Redis, through the real SDK.
+"""The change feed's figures and span against the Cassandra emulator and real Redis, through the real SDK.
 
 ``sluice.changefeed.events`` / ``.delay`` count each change once although the
-portable feed re-reads its overlap window every run.
+portable feed re-reads its overlap window every run, and the run's one
+``sluice.changefeed`` span lists the critical events of all its pages.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from shared import telemetry
 from shared.adapters.cassandra.feed import CassandraFeedStateStore, PortableChangeFeed
 from shared.services.changefeed import ChangeFeedService
 from tests.integration import test_changefeed as changefeed_tests
@@ -61,3 +63,27 @@ def test_portable_change_feed_counts_each_change_once_and_its_delay_once(
     assert late[0].events == 4, late  # the overlap found the late row
     assert figures() == (4, 2), f"the row stored late was not counted once: {figures()}"
 
+
+def test_the_changefeed_span_lists_every_critical_event_the_run_applied(
+        session, keyspace: str, store, rclient, redis_prefix: str, sdk) -> None:  # noqa: F811
+    """``changefeed_applied`` runs once per page; setting ``sluice.critical.event_ids`` on the run's one span
+    replaced the ids of the pages before, so for any run of several pages (a backlog, a catch-up, the portable
+    feed's page per arrival bucket) the join docs/observability.md teaches ("Following a critical event") found no
+    change feed span for all but the last page's critical events. Here two critical events in two arrival buckets
+    (two pages of one run)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    earlier = make_event("dev-1", now - timedelta(seconds=150), severity="critical",
+                         enqueued=now - timedelta(seconds=150))
+    later = make_event("dev-2", now - timedelta(seconds=10), severity="critical", enqueued=now - timedelta(seconds=10))
+    store.write([earlier, later])
+
+    service = portable_service(session, keyspace, rclient, redis_prefix, telemetry.ACTIVE_METRICS)
+    with telemetry.stage_span("changefeed"):  # as functions/changefeed.py runs it
+        result = service.run()
+    assert result.critical == 2 and result.pages >= 2, result  # both, from two pages (the setup works)
+
+    (span,) = [s for s in sdk.spans.get_finished_spans() if s.name == "sluice.changefeed"]
+    listed = list(span.attributes.get("sluice.critical.event_ids", ()))
+    wanted = [str(earlier.body.event_id), str(later.body.event_id)]
+    assert listed == wanted, (f"the run applied critical events {wanted} but its span lists {listed}: each "
+                              f"page's ids replaced the previous page's")
