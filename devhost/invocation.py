@@ -94,8 +94,15 @@ def random_uuid() -> uuid.UUID:
 
 
 class TraceContext(functions_abc.TraceContext):
+    """The invocation's W3C trace context, flagged sampled (``-01``), as the Functions host's is when it records.
+
+    The functions make it the parent of their stage span, and the SDK's default
+    sampler (parent-based) follows a remote parent's flag: flagged ``-00``, no
+    stage span would ever be recorded under the dev host.
+    """
+
     def __init__(self, trace_id: uuid.UUID) -> None:
-        self._parent = f"00-{trace_id.hex}-{random.getrandbits(64):016x}-00"
+        self._parent = f"00-{trace_id.hex}-{random.getrandbits(64):016x}-01"
 
     @property
     def trace_state(self) -> str:

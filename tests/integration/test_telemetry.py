@@ -153,6 +153,28 @@ def test_a_second_batch_adds_to_the_counters(ingest, in_memory) -> None:
     assert durations[frozenset({("messaging.destination.partition.id", "0")})] == 1
 
 
+def test_ingest_run_by_the_dev_host_records_its_span(ingest, in_memory) -> None:
+    """The dev host's ``TraceContext`` (devhost/invocation.py) handed every invocation a ``traceparent`` flagged not
+    sampled (``-00``); ``functions/ingest.py`` makes it the parent of ``sluice.ingest``, and the SDK's default sampler
+    (``parentbased_always_on``, ``in_memory``'s too) follows a remote parent's decision: under ``python -m devhost``
+    with an OTLP collector, no ``sluice.ingest`` span (nor its children, links or critical ids) ever arrived. The dev
+    host now flags it sampled, as the host does when it records, and the span continues the host's trace."""
+    from devhost.invocation import Context, RetryContext
+
+    critical = event(severity="critical")
+    context = Context("ingest", ".", RetryContext(0, 5))  # what the dev host passes (devhost/invocation.py)
+    user_function("ingest")(batch([critical]), context)
+
+    names = [s.name for s in in_memory.spans.get_finished_spans()]
+    assert "sluice.ingest" in names, (
+        f"ingest ran under the dev host's trace context {context.trace_context.trace_parent!r} and recorded no "
+        f"sluice.ingest span (finished spans: {names}): its 'not sampled' flags override Sluice's sampler")
+    (span,) = [s for s in in_memory.spans.get_finished_spans() if s.name == "sluice.ingest"]
+    _version, trace_id, parent_id, _flags = context.trace_context.trace_parent.split("-")
+    assert (format(span.context.trace_id, "032x"), format(span.parent.span_id, "016x")) == (trace_id, parent_id)
+    assert list(span.attributes["sluice.critical.event_ids"]) == [critical["event_id"]]
+
+
 # --- the lag gauge, from the lookups' process, over the real Event Hubs emulator and the host's checkpoints ---
 
 SENT = {"0": 9, "1": 4, "2": 0, "3": 3}
