@@ -122,7 +122,9 @@ def start_telemetry(cfg: TelemetrySettings, *, retry_seconds: float | None = Non
     secret missing or not readable), a WARNING names the secret (never a value),
     the worker runs without telemetry, and the read is tried again on a timer
     thread every ``retry_seconds`` (:data:`TELEMETRY_RETRY_SECONDS`) until it
-    succeeds; then every exporter is set up. Returns whether telemetry was set up.
+    succeeds; then every exporter is set up. ``configure`` itself never raises (a
+    telemetry setting it refuses is logged, and the worker runs without telemetry).
+    Returns whether telemetry was set up.
     """
     name = cfg.appinsights_connection_string_secret
     try:

@@ -46,6 +46,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
+from shared import telemetry_environment
 from shared.domain.events import Limits
 from shared.domain.rules import MeasurementRule
 from shared.exceptions import ConfigurationError
@@ -816,6 +817,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 problems.extend(_problems(group, exc))
             except SettingsError as exc:  # a value pydantic-settings itself could not decode
                 problems.append(f"{group.__name__}: {exc}")
+        # The standard telemetry variables telemetry.build chooses its exporters by: refused here, at start-up (and by
+        # the startup probe), rather than running a consuming worker without telemetry.
+        problems.extend(telemetry_environment.problems(_environ.get() or os.environ))
         if problems:
             raise ConfigurationError("invalid settings:\n  " + "\n  ".join(problems))
         try:

@@ -53,6 +53,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from shared import telemetry_environment
 from shared.adapters.otel_metrics import ERROR_LOG_INTERVAL, SCOPE, OtelMetrics, telemetry_failed
 from shared.exceptions import ConfigurationError
 from shared.ports.metrics import NO_METRICS, Metrics
@@ -71,10 +72,7 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "sluice"
 EXPORTER_LOGGERS = ("opentelemetry.exporter", "opentelemetry.sdk", "azure.monitor.opentelemetry")
-_OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                   "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
 _PROPAGATOR = TraceContextTextMapPropagator()
-_AUTHENTICATION = "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"
 
 
 class OncePerInterval(logging.Filter):
@@ -308,57 +306,30 @@ def service_resource(environ: Mapping[str, str] | None = None) -> Resource:
 
 
 def otlp_signals_of(env: Mapping[str, str]) -> tuple[str, ...]:
-    """The signals to export over OTLP: each with an endpoint (``OTEL_EXPORTER_OTLP_ENDPOINT`` or its own) unless its
-    ``OTEL_<SIGNAL>_EXPORTER`` is ``none``, each checked for its protocol (``OTEL_EXPORTER_OTLP_<SIGNAL>_PROTOCOL``,
-    else ``OTEL_EXPORTER_OTLP_PROTOCOL``: http/protobuf only)."""
-    problems: list[str] = []
-    signals: list[str] = []
-    for signal in ("metrics", "traces"):
-        if not (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")):
-            continue
-        choice_name = f"OTEL_{signal.upper()}_EXPORTER"
-        choice = (env.get(choice_name) or "otlp").strip().lower()
-        if choice == "none":
-            continue
-        if choice != "otlp":
-            problems.append(f"{choice_name}: {choice!r}: Sluice exports {signal} over OTLP ('otlp') or not at all "
-                            "('none'); Prometheus is SLUICE_METRICS_PORT")
-            continue
-        for protocol_name in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
-            protocol = (env.get(protocol_name) or "").strip()
-            if protocol:
-                if protocol != "http/protobuf":
-                    problems.append(f"{protocol_name}: {protocol!r}: Sluice ships the OTLP exporter for "
-                                    "http/protobuf only")
-                break
-        signals.append(signal)
+    """The signals to export over OTLP (``shared.telemetry_environment.otlp_signals``); raises ``ConfigurationError``
+    naming each variable with a value Sluice cannot honour (an exporter other than otlp/none, a protocol other than
+    http/protobuf)."""
+    signals, problems = telemetry_environment.otlp_signals(env)
     if problems:
         raise ConfigurationError("invalid settings:\n  " + "\n  ".join(problems))
-    return tuple(signals)
+    return signals
 
 
 def azure_monitor_credential(env: Mapping[str, str]) -> TokenCredential | None:
     """The Entra ID credential ``APPLICATIONINSIGHTS_AUTHENTICATION_STRING`` asks for, or ``None`` (key-based).
 
     ``Authorization=AAD`` signs in with the default chain (on AKS the workload identity), ``Authorization=AAD;
-    ClientId=<id>`` with that user-assigned managed identity, as the Functions host reads the setting.
+    ClientId=<id>`` with that user-assigned managed identity, as the Functions host reads the setting. Raises
+    ``ConfigurationError`` naming the setting for anything else.
     """
-    value = (env.get(_AUTHENTICATION) or "").strip()
-    if not value:
+    client_id, problems = telemetry_environment.authentication(env)
+    if problems:
+        raise ConfigurationError("invalid settings:\n  " + "\n  ".join(problems))
+    if client_id is None:
         return None
-    parts: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in value.split(";"))):
-        key, sep, given = part.partition("=")
-        if not sep or key.strip().lower() not in ("authorization", "clientid"):
-            raise ConfigurationError(f"invalid settings:\n  {_AUTHENTICATION}: {part!r} is not Authorization=AAD or "
-                                     "ClientId=<client id>")
-        parts[key.strip().lower()] = given.strip()
-    if parts.get("authorization", "").upper() != "AAD":
-        raise ConfigurationError(f"invalid settings:\n  {_AUTHENTICATION}: must hold Authorization=AAD")
     from shared.adapters.identity import credential_for
 
-    client_id = parts.get("clientid") or None
-    return credential_for("https://monitor.azure.com", managed_identity=client_id is not None, client_id=client_id)
+    return credential_for("https://monitor.azure.com", managed_identity=bool(client_id), client_id=client_id or None)
 
 
 def build(environ: Mapping[str, str] | None = None, *, settings: TelemetrySettings | None = None,
@@ -366,23 +337,28 @@ def build(environ: Mapping[str, str] | None = None, *, settings: TelemetrySettin
     """The providers and exporters the environment and ``settings`` ask for; the global providers when ``install``.
 
     Raises ``ConfigurationError`` for an OTLP protocol other than ``http/protobuf``, an ``OTEL_*_EXPORTER`` other
-    than ``otlp`` or ``none``, or a malformed ``APPLICATIONINSIGHTS_AUTHENTICATION_STRING``.
+    than ``otlp`` or ``none``, or a malformed ``APPLICATIONINSIGHTS_AUTHENTICATION_STRING``, before anything is
+    made (``load_settings`` refuses the same values at start-up). An Application Insights set-up that fails (a
+    malformed connection string) is logged and the other exporters run without it.
     """
     env = os.environ if environ is None else environ
     settings = settings or TelemetrySettings()
-    if (env.get("OTEL_SDK_DISABLED") or "").strip().lower() == "true":
+    if telemetry_environment.disabled(env):
         return OFF
     connection = env.get("APPLICATIONINSIGHTS_CONNECTION_STRING")
-    otlp = any(env.get(name) for name in _OTLP_ENDPOINTS)
+    otlp = any(env.get(name) for name in telemetry_environment.OTLP_ENDPOINTS)
     port = settings.metrics_port
     if not (connection or otlp or port is not None):
         return OFF
+    otlp_signals = otlp_signals_of(env) if otlp else ()
+    signed_in = azure_monitor_credential(env) if connection else None
+    if connection and not install:
+        raise ValueError("the Azure Monitor distro always installs the global providers")
     limit_exporter_logs()  # before any exporter exists: some warn as they are made
     resource = service_resource(env)
     readers: list[Any] = []
     processors: list[Any] = []
     exporters: list[str] = []
-    otlp_signals = otlp_signals_of(env) if otlp else ()
     if "metrics" in otlp_signals:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
@@ -408,22 +384,18 @@ def build(environ: Mapping[str, str] | None = None, *, settings: TelemetrySettin
         except OSError as exc:  # telemetry never stops the pipeline; the operator sees this line
             logger.warning("telemetry: cannot serve Prometheus metrics on %s:%d (SLUICE_METRICS_PORT): %s; "
                            "is another process (a worker, the dev host) serving them?", address, port, exc)
-    if connection:
-        from azure.monitor.opentelemetry import configure_azure_monitor
+    distro = _azure_monitor(connection, resource, readers, processors, signed_in) if connection else False
+    from opentelemetry.sdk.metrics import MeterProvider
 
-        if not install:
-            raise ValueError("the Azure Monitor distro always installs the global providers")
-        signed_in = azure_monitor_credential(env)
-        configure_azure_monitor(connection_string=connection, resource=resource, metric_readers=readers,
-                                span_processors=processors, **({"credential": signed_in} if signed_in else {}))
+    meter_provider: Any
+    tracer_provider: Any = None
+    if distro:
         exporters.append("azure-monitor")
         meter_provider, tracer_provider = metrics.get_meter_provider(), trace.get_tracer_provider()
     else:
-        from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.trace import TracerProvider
 
         meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-        tracer_provider = None
         if processors:
             tracer_provider = TracerProvider(resource=resource)
             for processor in processors:
@@ -435,6 +407,24 @@ def build(environ: Mapping[str, str] | None = None, *, settings: TelemetrySettin
     if tracer_provider is not None and install:
         instrument_clients(tracer_provider, settings.trace_clients)
     return Telemetry(meter_provider, tracer_provider, tuple(exporters), server)
+
+
+def _azure_monitor(connection: str, resource: Resource, readers: list[Any], processors: list[Any],
+                   credential: TokenCredential | None) -> bool:
+    """The Azure Monitor distro set up with ``readers`` and ``processors`` besides its own exporters; ``False``, with
+    a warning, when it refuses (a malformed connection string): the other exporters then run without it."""
+    from azure.monitor.opentelemetry import configure_azure_monitor
+
+    try:
+        # A copy: the distro appends its own reader to the list it is given.
+        configure_azure_monitor(connection_string=connection, resource=resource,
+                                metric_readers=list(readers),
+                                span_processors=list(processors), **({"credential": credential} if credential else {}))
+    except Exception as exc:
+        logger.warning("telemetry: Application Insights cannot be set up from APPLICATIONINSIGHTS_CONNECTION_STRING "
+                       "(%s: %s); running without it", type(exc).__name__, exc)
+        return False
+    return True
 
 
 # What SLUICE_TRACE_CLIENTS may name. Cassandra is not traced by default: its instrumentation makes one span per
@@ -458,14 +448,23 @@ def instrument_clients(tracer_provider: Any, clients: Sequence[str] = tuple(CLIE
 
 
 def configure(settings: TelemetrySettings | None = None) -> Telemetry:
-    """Set telemetry up from the environment, once per process (later calls return the first result).
+    """Set telemetry up from the environment, once per process (later calls return the first result). Never raises:
+    a setting :func:`build` refuses is logged as a WARNING naming the variable, and the process runs without
+    telemetry.
 
     A telemetry that a test or benchmark activated first (:func:`activate`) stays active.
     """
     global _configured
     with _lock:
         if _configured is None:
-            _configured = build(settings=settings)
+            try:
+                _configured = build(settings=settings)
+            except Exception as exc:
+                # Telemetry never costs data: this runs as a worker's first invocation builds its services, outside
+                # any handling, so raising would fail every attempt of every batch (and the host would checkpoint
+                # past them). load_settings refuses the same values at start-up; this is the last line.
+                logger.warning("telemetry: cannot be set up (%s); the worker runs without telemetry", exc)
+                _configured = OFF
             if not _active.enabled:
                 activate(_configured)
             if _configured.enabled:

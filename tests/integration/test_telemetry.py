@@ -436,3 +436,48 @@ def test_an_unreachable_azure_monitor_endpoint_never_blocks_an_invocation(tmp_pa
                      if re.match(r"(azure\.monitor|opentelemetry)[\w.]*\|(WARNING|ERROR)\|", line))
     assert logged, "the exporters never reported their failures"
     assert max(logged.values()) == 1, logged  # one line per logger per minute
+
+
+PROMETHEUS_BESIDE_AZURE_MONITOR = r'''
+import json, logging, sys, urllib.request
+from datetime import UTC, datetime
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s|%(levelname)s|%(message)s")
+from shared import telemetry
+from shared.settings import TelemetrySettings
+started = telemetry.configure(TelemetrySettings(metrics_port=0, metrics_address="127.0.0.1"))
+telemetry.pipeline_metrics().ingest_batch("0", stored=(), duplicates=1, rejected=(), store_failed=0,
+                                          seconds=0.01, oldest_enqueued=datetime.now(UTC))
+telemetry.record_lookup("events/{event_id}", "hit", 200, 0.001)
+port = started.metrics_server[0].server_port
+text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+print(json.dumps({"exporters": list(started.exporters),
+                  "sluice": sorted({line.split("{")[0] for line in text.splitlines() if line.startswith("sluice_")})}))
+'''
+
+
+def prometheus_beside_azure_monitor(connection_string: str, tmp_path: Path, **variables: str) -> tuple[dict, str]:
+    """Telemetry configured with Application Insights and ``SLUICE_METRICS_PORT``, in a process of its own (the distro
+    installs global providers): the exporters it reports, the ``sluice_*`` series its endpoint serves, its log."""
+    environment = {**{k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "SLUICE_METRICS"))},
+                   "APPLICATIONINSIGHTS_CONNECTION_STRING": connection_string, "TMPDIR": str(tmp_path), **variables}
+    done = subprocess.run([sys.executable, "-c", PROMETHEUS_BESIDE_AZURE_MONITOR], env=environment,
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
+
+
+def offline_connection_string() -> str:
+    """A connection string whose ingestion and live-metrics endpoints are a closed port (as offline)."""
+    port = closed_port()
+    return (f"InstrumentationKey=00000000-0000-0000-0000-000000000000;"
+            f"IngestionEndpoint=http://127.0.0.1:{port}/;LiveEndpoint=http://127.0.0.1:{port}/")
+
+
+def test_a_connection_string_the_distro_refuses_leaves_the_other_exporters(tmp_path) -> None:
+    """``configure_azure_monitor`` raises ``ValueError`` for a malformed connection string (an instrumentation key
+    that is not a UUID, a typo in the app setting), and ``configure`` let it out of every ingest invocation, which
+    failed every batch. Now the distro is left out with a WARNING naming the setting, and Prometheus serves on."""
+    result, log = prometheus_beside_azure_monitor("InstrumentationKey=not-a-uuid", tmp_path)
+    assert len(result["exporters"]) == 1 and result["exporters"][0].startswith("prometheus http://"), result
+    assert "sluice_ingest_events_total" in result["sluice"], result
+    assert "Application Insights cannot be set up from APPLICATIONINSIGHTS_CONNECTION_STRING" in log, log[-3000:]

@@ -1,18 +1,24 @@
-"""Telemetry edges: no function key in a log line, every 5xx counted, the OTEL_* exporter variables as specified."""
+"""Telemetry edges: no function key in a log line, every 5xx counted, the OTEL_* exporter variables as specified
+and refused at start-up, never at the cost of a batch."""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import azure.functions as func
 import pytest
 
 from shared import bootstrap, telemetry
+from shared.adapters.cassandra.migrations import apply_migrations
 from shared.exceptions import ConfigurationError
-from shared.settings import TelemetrySettings
-from tests.fixtures.functions import invoke
+from shared.settings import TelemetrySettings, load_settings
+from sluice.launcher import Running
+from tests.fixtures.functions import HostContext, invoke, user_function
 from tests.integration.test_changefeed import sample_env
 from tests.unit.test_telemetry import collected, sdk  # noqa: F401 (sdk: a fixture)
 
@@ -190,3 +196,77 @@ def test_application_insights_signs_in_with_entra_id_when_the_authentication_str
     for bad in ("Authorization=Key", "ClientId=abc", "Authorization=AAD;Secret=x", "AAD"):
         with pytest.raises(ConfigurationError, match="APPLICATIONINSIGHTS_AUTHENTICATION_STRING"):
             telemetry.azure_monitor_credential({"APPLICATIONINSIGHTS_AUTHENTICATION_STRING": bad})
+
+
+# --- a telemetry setting Sluice refuses: refused at start-up, and never the cause of a lost batch -------------------
+
+REFUSED = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_TRACES_EXPORTER": "zipkin",
+           "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Authorization=Key"}
+
+
+@pytest.mark.parametrize("variable", sorted(REFUSED))
+def test_a_telemetry_setting_build_refuses_is_refused_at_start_up(variable: str) -> None:
+    """The startup probe runs ``load_settings()``, which knew nothing of the OTEL_* / Application Insights
+    variables: a pod with ``OTEL_EXPORTER_OTLP_PROTOCOL=grpc`` (collectors' port 4317, many SDKs' default) passed
+    it, consumed, and failed every batch in ``telemetry.build``. Now the start is refused, naming the variable."""
+    environ = sample_env(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4317", **{variable: REFUSED[variable]})
+    with pytest.raises(ConfigurationError, match=f"{variable}: "):
+        load_settings(environ)
+    assert load_settings(sample_env(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318",
+                                    OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf", OTEL_TRACES_EXPORTER="none",
+                                    APPLICATIONINSIGHTS_AUTHENTICATION_STRING="Authorization=AAD"))
+
+
+@pytest.fixture
+def ingest_env(cassandra_keyspace: str, cassandra_emulator: Running, azurite_connection_string: str,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The app's settings on the emulator, Azurite and the local Redis, in a fresh worker process's state:
+    telemetry not configured yet and none active (bootstrap reset around)."""
+    for name, value in {"AzureWebJobsStorage": azurite_connection_string,
+                        "SLUICE_STORAGE_DEADLETTER_CONTAINER": f"dl-{uuid.uuid4().hex[:12]}",
+                        "SLUICE_CASSANDRA_HOSTS": cassandra_emulator.host,
+                        "SLUICE_CASSANDRA_PORT": str(cassandra_emulator.port),
+                        "SLUICE_CASSANDRA_KEYSPACE": cassandra_keyspace,
+                        "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0", "SLUICE_POSTGRES_HOST": "127.0.0.1"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("EventHubConnection", "APPLICATIONINSIGHTS_CONNECTION_STRING", "SLUICE_METRICS_PORT",
+                 "SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET", "OTEL_SDK_DISABLED", "OTEL_EXPORTER_OTLP_ENDPOINT",
+                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                 "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(telemetry, "_configured", None)
+    previous = telemetry.activate(telemetry.OFF)
+    bootstrap.reset()
+    yield cassandra_keyspace
+    bootstrap.reset()
+    telemetry.activate(previous)
+
+
+def test_a_telemetry_setting_the_set_up_refuses_does_not_lose_the_ingest_batch(
+        ingest_env: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """``telemetry.build`` raises ``ConfigurationError`` for such a value, and ``bootstrap.start_telemetry`` let it
+    out: ingest builds its service (which starts the worker, hence telemetry) before ``IngestService.handle``,
+    outside any handling, so every attempt of every batch raised, the final one included, and the host
+    checkpointed past batches neither stored nor dead-lettered. Should such a value reach a worker anyway (the
+    settings were loaded before, as here), telemetry is off with a WARNING naming the variable, and ingest goes on.
+    """
+    apply_migrations(bootstrap.cassandra_session(), bootstrap.settings().cassandra)  # settings loaded: start-up done
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    body = {"event_id": str(uuid.uuid4()), "device_id": "dev-1", "event_type": "reading",
+            "timestamp": datetime.now(UTC).replace(microsecond=0).isoformat(), "severity": "info",
+            "measurements": {"temperature": 21.5}}
+    events = [func.EventHubEvent(
+        body=json.dumps(body).encode(),
+        trigger_metadata={"PartitionContext": func.meta.Datum(json.dumps({"PartitionId": "0"}), "json")},
+        enqueued_time=datetime.now(UTC), partition_key=None, sequence_number=1, offset=100)]
+    try:
+        with caplog.at_level(logging.WARNING, logger="shared.telemetry"):
+            user_function("ingest")(events, HostContext("ingest"))  # retry 0 of 0: the final attempt
+    except ConfigurationError as exc:
+        pytest.fail(f"the final attempt of an ingest batch raised a telemetry ConfigurationError; the host "
+                    f"checkpoints past the batch, which was neither stored nor dead-lettered: {exc}")
+    rows = list(bootstrap.cassandra_session().execute(f"SELECT event_id FROM {ingest_env}.events_by_id"))
+    assert [str(r.event_id) for r in rows] == [body["event_id"]]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("OTEL_EXPORTER_OTLP_PROTOCOL" in line and "without telemetry" in line for line in warned), warned
