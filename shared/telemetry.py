@@ -391,7 +391,14 @@ def build(environ: Mapping[str, str] | None = None, *, settings: TelemetrySettin
     tracer_provider: Any = None
     if distro:
         exporters.append("azure-monitor")
-        meter_provider, tracer_provider = metrics.get_meter_provider(), trace.get_tracer_provider()
+        tracer_provider = trace.get_tracer_provider()
+        if _distro_builds_metrics() or not readers:
+            meter_provider = metrics.get_meter_provider()
+        else:
+            # OTEL_METRICS_EXPORTER=none: the distro makes no meter provider, so the readers handed to it would
+            # never be registered (a Prometheus endpoint up, but without a series). Ours carries them.
+            meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+            metrics.set_meter_provider(meter_provider)
     else:
         from opentelemetry.sdk.trace import TracerProvider
 
@@ -409,6 +416,12 @@ def build(environ: Mapping[str, str] | None = None, *, settings: TelemetrySettin
     return Telemetry(meter_provider, tracer_provider, tuple(exporters), server)
 
 
+def _distro_builds_metrics() -> bool:
+    """Whether ``configure_azure_monitor`` makes a meter provider: not when ``OTEL_METRICS_EXPORTER`` is ``none``
+    (read from the process environment, as the distro reads it)."""
+    return (os.environ.get("OTEL_METRICS_EXPORTER") or "").strip().lower() != "none"
+
+
 def _azure_monitor(connection: str, resource: Resource, readers: list[Any], processors: list[Any],
                    credential: TokenCredential | None) -> bool:
     """The Azure Monitor distro set up with ``readers`` and ``processors`` besides its own exporters; ``False``, with
@@ -418,7 +431,7 @@ def _azure_monitor(connection: str, resource: Resource, readers: list[Any], proc
     try:
         # A copy: the distro appends its own reader to the list it is given.
         configure_azure_monitor(connection_string=connection, resource=resource,
-                                metric_readers=list(readers),
+                                metric_readers=list(readers) if _distro_builds_metrics() else [],
                                 span_processors=list(processors), **({"credential": credential} if credential else {}))
     except Exception as exc:
         logger.warning("telemetry: Application Insights cannot be set up from APPLICATIONINSIGHTS_CONNECTION_STRING "

@@ -481,3 +481,20 @@ def test_a_connection_string_the_distro_refuses_leaves_the_other_exporters(tmp_p
     assert len(result["exporters"]) == 1 and result["exporters"][0].startswith("prometheus http://"), result
     assert "sluice_ingest_events_total" in result["sluice"], result
     assert "Application Insights cannot be set up from APPLICATIONINSIGHTS_CONNECTION_STRING" in log, log[-3000:]
+
+
+def test_otel_metrics_exporter_none_beside_application_insights_keeps_the_prometheus_endpoint(tmp_path) -> None:
+    """With ``OTEL_METRICS_EXPORTER=none`` the distro makes no meter provider, so the Prometheus reader handed to
+    ``configure_azure_monitor(metric_readers=...)`` was never registered: ``/metrics`` answered, the log said
+    "exporting to prometheus", and no ``sluice_*`` series was there. The AKS ConfigMap sets both; an operator who
+    turned Application Insights metrics off (customMetrics are billed) silently lost the Grafana dashboard and
+    every PrometheusRule alert, SluiceAuditMissing (the zero-loss SLO) included. Sluice's own meter provider now
+    carries the readers, and Application Insights still gets the traces."""
+    result, _log = prometheus_beside_azure_monitor(offline_connection_string(), tmp_path, OTEL_METRICS_EXPORTER="none")
+    assert "azure-monitor" in result["exporters"], result
+    assert any(e.startswith("prometheus http://") for e in result["exporters"]), result  # it says it serves them
+    assert "sluice_ingest_events_total" in result["sluice"] and "sluice_lookup_requests_total" in result["sluice"], (
+        f"the Prometheus endpoint ({result['exporters']}) serves no Sluice series {result['sluice']} once "
+        f"OTEL_METRICS_EXPORTER=none turned Application Insights metrics off")
+    result, _log = prometheus_beside_azure_monitor(offline_connection_string(), tmp_path)  # the distro's metrics on
+    assert "sluice_ingest_events_total" in result["sluice"] and "azure-monitor" in result["exporters"], result
