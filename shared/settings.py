@@ -819,7 +819,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 problems.append(f"{group.__name__}: {exc}")
         # The standard telemetry variables telemetry.build chooses its exporters by: refused here, at start-up (and by
         # the startup probe), rather than running a consuming worker without telemetry.
-        problems.extend(telemetry_environment.problems(_environ.get() or os.environ))
+        problems.extend(telemetry_environment.problems(_environ.get() or {}))  # set above: the mapping validated
         if problems:
             raise ConfigurationError("invalid settings:\n  " + "\n  ".join(problems))
         try:
