@@ -166,3 +166,28 @@ def test_a_unit_annotation_adds_nothing_to_the_name() -> None:
 
     assert Instrument("sluice.ingest.events", "counter", "{event}").series == ("sluice_ingest_events_total",)
     assert Instrument("sluice.x.size", "histogram", "By").prometheus == "sluice_x_size_bytes"
+
+
+def _seconds(duration: str) -> int:
+    return int(duration[:-1]) * {"s": 1, "m": 60, "h": 3600}[duration[-1]]
+
+
+def test_the_audit_alert_fires_for_a_loss_found_just_before_ingest_scales_to_zero() -> None:
+    """Only ingest pods export ``sluice_audit_missing``, and KEDA scales ingest to zero ``cooldownPeriod`` after the
+    last event: a loss found at a burst's end leaves a series that ends then. The rule must still fire: it reads
+    the gauge over a window longer than the cooldown plus its own ``for``."""
+    rule = next(r for r in rules() if r["alert"] == "SluiceAuditMissing")
+    ingest = next(d for d in yaml.safe_load_all((ROOT / "k8s-keda" / "ingest.yaml").read_text())
+                  if d and d.get("kind") == "ScaledObject")
+    window = re.search(r"max_over_time\(sluice_audit_missing\[(\d+[smh])\]\)", rule["expr"])
+    assert window, rule["expr"]
+    assert _seconds(window.group(1)) >= ingest["spec"]["cooldownPeriod"] + _seconds(rule["for"]), rule
+
+
+def test_the_change_feed_alert_is_not_set_off_by_quiet_devices() -> None:
+    """Staleness (now minus the newest enqueued time applied) grows whenever nothing arrives: both alerts also
+    require ingest to be storing events, so a night of quiet devices is not a stale feed."""
+    rule = next(r for r in rules() if r["alert"] == "SluiceChangeFeedStale")
+    assert 'sluice_ingest_events_total{outcome="stored"}' in rule["expr"] and " and " in rule["expr"], rule
+    kql = (KQL / "changefeed-stale.kql").read_text(encoding="utf-8")
+    assert 'name == "sluice.ingest.events"' in kql and "stored > 0" in kql, kql
