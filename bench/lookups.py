@@ -46,7 +46,6 @@ import argparse
 import asyncio
 import gc
 import json
-import math
 import os
 import statistics
 import threading
@@ -65,6 +64,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.connection import parse_url
 
+from bench.stats import percentile
 from devhost.cpu_stats import CollectorAccount
 from shared import bootstrap
 from shared.adapters.cassandra.aio import rows
@@ -146,11 +146,6 @@ class BareSockets:
             _, writer = self._idle.pop()
             writer.close()
             await writer.wait_closed()
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def threaded(call: Callable[[str], object], devices: list[str], concurrency: int,

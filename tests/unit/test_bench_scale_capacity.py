@@ -67,3 +67,27 @@ def test_scaling_factor_of_twice_as_fast_workers_is_two(monkeypatch: pytest.Monk
     one = _fake_bench(monkeypatch, worker_rate=2000.0, scale_rate=3000.0, scale_seconds=20.0).capacity()
     two = _fake_bench(monkeypatch, worker_rate=4000.0, scale_rate=3000.0, scale_seconds=20.0).capacity()
     assert two.get("load_bound") or two["rate"] / one["rate"] == pytest.approx(2.0, rel=0.1), (one, two)
+
+
+def test_events_never_checkpointed_when_the_drain_gives_up_are_not_rated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``drain`` gives up after ``--drain-timeout``: a worker that checkpointed nothing was rated at the sent count
+    over the elapsed time (11,997 events/s in the review's run), and the scaling factor compared such floors. Only
+    what was checkpointed counts, and the summary names what was not."""
+    import bench.e2e as e2e
+
+    clock = _Clock()
+    monkeypatch.setattr(e2e, "time", types.SimpleNamespace(monotonic=clock.monotonic,
+                                                           sleep=lambda s: setattr(clock, "now", clock.now + s)))
+    bench = e2e.Bench.__new__(e2e.Bench)
+    bench.args = argparse.Namespace(scale_rate=3000.0, scale_seconds=2.0, drain_timeout=0.5)
+    sent = 6_000
+
+    def run_load(rate: float, seconds: float, **_: Any) -> Any:
+        clock.now += seconds
+        return types.SimpleNamespace(sent=sent, rate=rate)
+
+    bench.run_load = run_load
+    bench.lag = lambda: sent  # the workers are stuck: nothing checkpointed
+    result = bench.capacity()
+    assert result["lag"] == sent and result["rate"] == 0 and not result["load_bound"], result
+    assert "6000 of 6000 never checkpointed" in e2e._rate(result)

@@ -1,0 +1,29 @@
+"""How the benchmarks compute and label their figures (bench/stats.py, bench/e2e.py's options)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import e2e, eventhubs_emulator, lookups, status
+from bench.stats import percentile
+
+
+def test_every_benchmark_takes_nearest_rank_percentiles() -> None:
+    """The Event Hubs emulator bench indexed ``int(q * n)``, one rank too high: its p99 of 100 delays was the
+    largest (a single stall), its p50 of an even count the upper middle one. Every bench uses one definition."""
+    samples = [float(v) for v in range(1, 101)]
+    assert percentile(samples, 0.99) == 99.0 and percentile(samples, 0.5) == 50.0
+    assert percentile([float(v) for v in range(1, 1001)], 0.99) == 990.0
+    assert percentile([7.0], 0.99) == 7.0
+    assert eventhubs_emulator.percentile is lookups.percentile is status.percentile is percentile
+
+
+def test_two_workers_measure_only_the_scale_out() -> None:
+    """``--workers 2`` runs the stack with the scale-out settings (60 s allowed lateness, 2 s load balancing), and
+    ran the cpu, steps and latency phases under them by default, printing worse figures than ``--workers 1`` with
+    nothing to say why. It now runs only the scale-out by default, and refuses those phases by name."""
+    assert e2e.parse_args([]).phases == "cpu,steps,latency"
+    assert e2e.parse_args(["--workers", "2"]).phases == "none"
+    with pytest.raises(SystemExit) as refused:
+        e2e.parse_args(["--workers", "2", "--phases", "cpu,latency"])
+    assert refused.value.code == 2
