@@ -20,20 +20,10 @@ from typing import TYPE_CHECKING
 
 from shared.domain.times import to_ms
 from shared.ports.cache import SINCE_ALL
-from sluice.arguments import past_time, positive_int
+from sluice.arguments import past_time, positive_float, positive_int
 
 if TYPE_CHECKING:
     from shared.services.rebuild import RebuildReport
-
-
-def _rps(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--max-rps must be a number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"--max-rps must be positive, got {text!r}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("target", choices=["redis"], help="the projection to rebuild")
     parser.add_argument("--since", type=past_time, help="critical lists from this time only (default: all)")
     parser.add_argument("--devices", nargs="+", metavar="ID", help="only these devices, in the live generation")
-    parser.add_argument("--max-rps", type=_rps, help="at most this many Cassandra rows read per second")
+    parser.add_argument("--max-rps", type=positive_float,
+                        help="at most this many Cassandra rows read per second (a finite number above 0)")
     parser.add_argument("--page-size", type=positive_int, default=200,
                         help="devices per page (one saved position each)")
     parser.add_argument("--restart", action="store_true", help="start a new generation instead of resuming")

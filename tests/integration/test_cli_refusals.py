@@ -51,6 +51,19 @@ def test_rebuild_page_size_must_be_positive(size: str) -> None:
     assert exited.value.code == 2
 
 
+@pytest.mark.parametrize("rate", ["nan", "inf", "1e999", "-1", "0"])
+def test_rebuild_max_rps_that_is_no_finite_positive_number_is_refused(
+        rate: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``rebuild redis --max-rps nan`` passed the command's own check (``value <= 0``: every comparison with nan is
+    false), and the token bucket then never waited (its tokens were nan): the throttle meant to keep the rebuild
+    from taking ingest's request units silently did nothing. ``inf`` is no rate either. Each is a usage error that
+    names the option."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["rebuild", "redis", "--max-rps", rate])
+    assert exited.value.code == 2
+    assert "--max-rps" in capsys.readouterr().err
+
+
 def test_rebuild_since_in_the_future_is_refused() -> None:
     """``rebuild redis --since <future>`` builds a generation with every critical list empty and switches the live
     cache to it: every device's critical list and the fleet stream vanish from Redis."""
