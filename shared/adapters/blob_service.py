@@ -27,3 +27,12 @@ def blob_service_client(cfg: StorageSettings, **options: Any) -> BlobServiceClie
     assert endpoint is not None  # StorageSettings requires a connection string or an identity-based endpoint
     credential = credential_for(endpoint, managed_identity=cfg.credential == "managedidentity", client_id=cfg.client_id)
     return BlobServiceClient(endpoint, credential=credential, **options)
+
+
+def connection_string_account(connection: str) -> str | None:
+    """The storage account a connection string names (``UseDevelopmentStorage=true``: Azurite's), or None when it
+    names none or is no connection string. Nothing is contacted: the SDK only parses it."""
+    try:
+        return BlobServiceClient.from_connection_string(connection).account_name
+    except ValueError:
+        return None

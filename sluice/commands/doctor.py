@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,6 +133,44 @@ def scaling_rule(scaled: dict[str, Any], origin: str, *, threshold: int | None =
         raise ConfigurationError(f"{origin}: {exc}") from None
 
 
+def storage_account_check(meta: dict[str, Any], read: str | None,
+                          environ: Mapping[str, str] = os.environ) -> tuple[list[str], list[str]]:
+    """Warnings and notes on whether KEDA reads the storage account the doctor read the checkpoints from (``read``,
+    the app's ``AzureWebJobsStorage``). KEDA reads the account of ``storageAccountName`` (with pod identity) or of
+    the connection string in the variable ``storageConnectionFromEnv`` names (resolved in the scale target's
+    environment, which ``environ`` stands in for here): each one the trigger names is compared. A different account
+    holds none of the host's checkpoints, so KEDA counts every retained event (or its scaler fails on an account
+    it cannot read) whatever the lag read here says."""
+    from shared.adapters.blob_service import connection_string_account
+
+    named: list[tuple[str, str]] = []
+    notes: list[str] = []
+    if meta.get("storageAccountName"):
+        named.append(("storageAccountName", str(meta["storageAccountName"])))
+    variable = meta.get("storageConnectionFromEnv")
+    if variable:
+        connection = environ.get(str(variable))
+        account = connection_string_account(connection) if connection else None
+        if account is not None:
+            named.append((f"storageConnectionFromEnv ({variable})", account))
+        else:
+            notes.append(f"the trigger's storageConnectionFromEnv names {variable}, which is "
+                         f"{'not set' if connection is None else 'no connection string naming an account'} here: "
+                         "not checked that KEDA reads the account the checkpoints were read from")
+    if not named and not variable:
+        notes.append("the trigger names no storage account (storageAccountName, storageConnectionFromEnv): not "
+                     "checked that KEDA reads the account the checkpoints were read from")
+    if named and read is None:
+        notes.append("the storage endpoint read here names no account: not checked that KEDA reads it")
+        return [], notes
+    warnings = [f"KEDA reads the checkpoints from storage account {account!r} (the trigger's {where}), but they "
+                f"were read here from {read!r} (AzureWebJobsStorage, where the host writes them): KEDA finds no "
+                "checkpoint there, or cannot read that account and its scaler fails, so the lag and replicas above "
+                "are not what KEDA sees"
+                for where, account in named if read is not None and account.lower() != read.lower()]
+    return warnings, notes
+
+
 def storage_settings() -> StorageSettings:
     """``StorageSettings`` from the environment, or a ``ConfigurationError`` naming each bad value."""
     from shared.settings import StorageSettings, load_group
@@ -171,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
     blobs = blob_service_client(storage_settings())
     with hub, blobs:
         reading = EventHubBlobLagReader(hub, blobs, source).read()
+    account_warnings, account_notes = storage_account_check(meta, blobs.account_name)
+    warnings = [*reading.warnings, *account_warnings]
 
     print(f"hub {source.eventhub!r}, consumer group {source.consumer_group!r}, checkpoints "
           f"{source.container}/{source.blob_name('<partition>')}")
@@ -187,8 +228,8 @@ def run(args: argparse.Namespace) -> int:
         replicas = desired_replicas(reading.total, len(reading.partitions), rule)
         print(f"replicas KEDA would compute: {replicas} (threshold {rule.threshold}, activation {rule.activation}, "
               f"{rule.min_replicas}..{rule.max_replicas}, {len(reading.partitions)} partitions)")
-    for note in reading.notes:
+    for note in [*reading.notes, *account_notes]:
         print(f"note: {note}")
-    for warning in reading.warnings:
+    for warning in warnings:
         print(f"WARNING: {warning}")
-    return 1 if reading.warnings or reading.scaler_error else 0
+    return 1 if warnings or reading.scaler_error else 0

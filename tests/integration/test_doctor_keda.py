@@ -60,14 +60,15 @@ def checkpoint(storage: str, container: str, hub: str, partition: str, sequence:
 
 
 def scaled_object(tmp_path: Path, hub: str, *, container: str = CONTAINER, namespace: str = NAMESPACE,
-                  threshold: int = 5, activation: int = 0, max_replicas: int = 4) -> str:
+                  threshold: int = 5, activation: int = 0, max_replicas: int = 4,
+                  account: str = "devstoreaccount1") -> str:
     document = {
         "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "sluice-ingest"},
         "spec": {"scaleTargetRef": {"name": "sluice-ingest"}, "minReplicaCount": 0, "maxReplicaCount": max_replicas,
                  "fallback": {"failureThreshold": 3, "replicas": 2},
                  "triggers": [{"type": "azure-eventhub", "metadata": {
                      "eventHubNamespace": namespace, "eventHubName": hub, "consumerGroup": "sluice",
-                     "storageAccountName": "devstoreaccount1", "blobContainer": container,
+                     "storageAccountName": account, "blobContainer": container,
                      "checkpointStrategy": "blobMetadata", "unprocessedEventThreshold": str(threshold),
                      "activationUnprocessedEventThreshold": str(activation)}}]}}
     path = tmp_path / f"scaled-{uuid.uuid4().hex[:6]}.json"
@@ -137,6 +138,24 @@ def test_a_namespace_in_another_case_misses_the_lower_cased_checkpoints(
     code, out = doctor(capsys, scaled_object(tmp_path, env["hub"], container=container, namespace="Sluice-Test"))
     assert code == 1 and "total lag 49" in out
     assert any(line.startswith("WARNING:") and f"{container}/{FQDN}/" in line for line in out.splitlines()), out
+
+
+def test_a_scaled_object_reading_another_storage_account_is_the_over_scaling_trap(
+        env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """KEDA reads the checkpoints from the account the trigger's ``storageAccountName`` names (a typo, a patch naming
+    another environment's account): it finds none there (or cannot read it: the scaler fails) and counts every
+    retained event. The doctor read the app's own account and printed "total lag 0", "replicas KEDA would compute:
+    0" and exited 0; it now warns, naming both accounts, and exits 1."""
+    container = f"acct-{uuid.uuid4().hex[:8]}"
+    for partition, count in SENT.items():
+        if count:
+            checkpoint(env["storage"], container, env["hub"], partition, count - 1)  # all processed
+    good, out = doctor(capsys, scaled_object(tmp_path, env["hub"], container=container))
+    assert good == 0 and "WARNING" not in out, out
+    code, out = doctor(capsys, scaled_object(tmp_path, env["hub"], container=container, account="sluiceotherstore"))
+    assert code == 1, f"doctor says all is well although KEDA reads account 'sluiceotherstore':\n{out}"
+    warning = next(line for line in out.splitlines() if line.startswith("WARNING:") and "sluiceotherstore" in line)
+    assert "'devstoreaccount1'" in warning and "storageAccountName" in warning
 
 
 def test_a_checkpoint_without_metadata_makes_the_scaler_fail_and_the_fallback_apply(

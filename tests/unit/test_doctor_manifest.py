@@ -8,7 +8,7 @@ import json
 import pytest
 
 from shared.exceptions import ConfigurationError
-from sluice.commands.doctor import load_scaled_object, scaling_rule
+from sluice.commands.doctor import load_scaled_object, scaling_rule, storage_account_check
 
 TRIGGER = {"type": "azure-eventhub", "metadata": {"unprocessedEventThreshold": "64"}}
 
@@ -44,3 +44,39 @@ def test_an_override_of_zero_is_used_not_replaced_by_the_manifests_value() -> No
     assert scaling_rule(document, "m.json", max_replicas=1).max_replicas == 1
     with pytest.raises(ConfigurationError, match="unprocessedEventThreshold must be a positive number, got 0"):
         scaling_rule(document, "m.json", threshold=0)
+
+
+AZURITE = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+           "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFsNL/=;"
+           "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;")
+OTHER = AZURITE.replace("devstoreaccount1", "sluiceotherstore")
+
+
+@pytest.mark.parametrize(("meta", "environ", "warned"), [
+    ({"storageAccountName": "devstoreaccount1"}, {}, False),
+    ({"storageAccountName": "DevStoreAccount1"}, {}, False),  # a host name: DNS ignores the case
+    ({"storageAccountName": "sluiceotherstore"}, {}, True),
+    ({"storageConnectionFromEnv": "AzureWebJobsStorage"}, {"AzureWebJobsStorage": AZURITE}, False),
+    ({"storageConnectionFromEnv": "KEDA_STORAGE"}, {"KEDA_STORAGE": OTHER}, True),
+    ({"storageConnectionFromEnv": "KEDA_STORAGE", "storageAccountName": "sluiceotherstore"},
+     {"KEDA_STORAGE": AZURITE}, True),
+])
+def test_a_trigger_naming_another_storage_account_is_warned_about_naming_both(
+        meta: dict[str, str], environ: dict[str, str], warned: bool) -> None:
+    """The doctor read the checkpoints from the app's account and never compared it with the trigger's
+    ``storageAccountName`` / ``storageConnectionFromEnv``: KEDA reading another account was reported healthy."""
+    warnings, notes = storage_account_check(meta, "devstoreaccount1", environ)
+    assert bool(warnings) == warned and not notes
+    for warning in warnings:
+        assert "'sluiceotherstore'" in warning and "'devstoreaccount1'" in warning
+
+
+@pytest.mark.parametrize(("meta", "read", "noted"), [
+    ({"storageConnectionFromEnv": "KEDA_STORAGE"}, "devstoreaccount1", "KEDA_STORAGE, which is not set here"),
+    ({}, "devstoreaccount1", "names no storage account"),
+    ({"storageAccountName": "sluiceotherstore"}, None, "names no account"),
+])
+def test_an_account_that_cannot_be_compared_is_a_note_not_silence(
+        meta: dict[str, str], read: str | None, noted: str) -> None:
+    warnings, notes = storage_account_check(meta, read, {})
+    assert not warnings and len(notes) == 1 and noted in notes[0]
