@@ -22,7 +22,8 @@ those, and never writes an element stored long ago over a later correction of it
 
 A dead letter that was replayed successfully (``python -m sluice deadletter
 replay``) moves under ``replayed/`` with the same name, so it is kept but not
-replayed twice.
+replayed twice. Two replays may run at once: a letter one of them moved is
+skipped by the other (``TakenLetter``, or ``mark_replayed`` returning False).
 
 The date is the Event Hubs enqueued time (the time of writing if unknown). Each
 blob holds the reason, the original bytes (base64, and as text when it is UTF-8),
@@ -45,7 +46,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContentSettings
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -134,6 +136,14 @@ class UnreadableLetter:
 
     name: str
     problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class TakenLetter:
+    """A letter that was listed but was gone when it was read: another run (a second ``deadletter replay``, beside
+    this one) moved it under ``replayed/`` meanwhile. Named so the run can count it and go on with the others."""
+
+    name: str
 
 
 def _metadata(stored: dict[str, Any]) -> EventMetadata:
@@ -264,17 +274,23 @@ class BlobDeadLetterSink:
         logger.error("dead-lettered a whole batch of %d events as %s (%d more in their rejected letters): %s",
                      len(kept), name, len(bodies) - len(kept), reason)
 
-    def read(self, kind: str = "all") -> Iterator[DeadLetter | UnreadableLetter]:
+    def read(self, kind: str = "all") -> Iterator[DeadLetter | UnreadableLetter | TakenLetter]:
         """Every dead letter not yet replayed, oldest day first (``kind``: rejected, batch or all).
 
         A blob that cannot be read back as a dead letter comes as an :class:`UnreadableLetter` in its place, so one
-        bad blob neither stops the others nor goes unreported."""
+        bad blob neither stops the others nor goes unreported; one listed but gone by the time it is read (nothing
+        stops two replays at once) as a :class:`TakenLetter`."""
         prefixes = list(KINDS.values()) if kind == "all" else [KINDS[kind]]
         if not self._container.exists():
             return
         for prefix in prefixes:
             for blob in self._container.list_blobs(name_starts_with=prefix):
-                data = self._container.download_blob(blob.name).readall()
+                try:
+                    data = self._container.download_blob(blob.name).readall()
+                except ResourceNotFoundError:
+                    logger.info("%s: gone since it was listed, taken by another run", blob.name)
+                    yield TakenLetter(blob.name)
+                    continue
                 try:
                     yield _letter(blob.name, data)
                 except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError, bad base64 too
@@ -282,12 +298,29 @@ class BlobDeadLetterSink:
                     logger.warning("%s: not a readable dead letter: %s", blob.name, problem)
                     yield UnreadableLetter(blob.name, problem)
 
-    def mark_replayed(self, name: str) -> None:
-        """Move a dead letter under ``replayed/`` (copy first, then delete: a crash in between leaves both)."""
+    def mark_replayed(self, name: str) -> bool:
+        """Move a dead letter under ``replayed/`` (copy first, then delete: a crash in between leaves both).
+
+        False when it is gone already: another run replayed it too and moved it (the store took its records from
+        both, idempotently), so there is nothing left to move. The delete is conditional on the copied version: a
+        letter rewritten meanwhile under the same name (its record dead-lettered again) is a newer letter, and stays
+        to be replayed."""
         source = self._container.get_blob_client(name)
-        self._container.upload_blob(REPLAYED + name, source.download_blob().readall(), overwrite=True,
-                                    content_settings=_JSON)
-        source.delete_blob()
+        try:
+            download = source.download_blob()
+            data = download.readall()
+        except ResourceNotFoundError:
+            logger.info("%s: already moved under %s by another run", name, REPLAYED)
+            return False
+        self._container.upload_blob(REPLAYED + name, data, overwrite=True, content_settings=_JSON)
+        try:
+            source.delete_blob(etag=download.properties.etag, match_condition=MatchConditions.IfNotModified)
+        except ResourceNotFoundError:
+            logger.info("%s: moved by another run at the same time", name)  # its copy is the same letter
+        except ResourceModifiedError:
+            logger.warning("%s: rewritten while it was moved (its record dead-lettered again): kept, to be replayed",
+                           name)
+        return True
 
 
 class BlobDeadLetterCounter:

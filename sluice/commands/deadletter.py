@@ -8,11 +8,12 @@ body, which the replay wrote). Of an array body, only the elements its letter ho
 valid ones were stored at ingest, and storing them again would undo a later correction of their ids. Each other
 dead letter moves under ``replayed/`` once the store took it, a batch letter too when some of its items are
 still invalid: those now have rejected letters of their own. The summary counts each letter once (replayed,
-still invalid, store failing or unreadable) and, on a line of its own, the items the replay dead-lettered as
-rejected. A blob that cannot be read as a dead letter is named on stderr and left where it is; the others are
-listed or replayed, and the exit status is 1. A replay records nothing in the audit ledger
-(``bootstrap.replay_ingest_service``): the letters' records are accounted for there already, and a replayed
-record's own run would overwrite its batch's.
+still invalid, store failing, unreadable or taken by another run) and, on a line of its own, the items the
+replay dead-lettered as rejected. A blob that cannot be read as a dead letter is named on stderr and left where
+it is; the others are listed or replayed, and the exit status is 1. Nothing stops two replays at once: a letter
+the other one moved since the listing is skipped and counted as "taken by another run", and the run goes on. A
+replay records nothing in the audit ledger (``bootstrap.replay_ingest_service``): the letters' records are
+accounted for there already, and a replayed record's own run would overwrite its batch's.
 """
 
 from __future__ import annotations
@@ -36,25 +37,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from shared import bootstrap
-    from shared.adapters.blob_deadletter import UnreadableLetter
+    from shared.adapters.blob_deadletter import TakenLetter, UnreadableLetter
 
     sink = bootstrap.dead_letter_sink()
-    unreadable = 0
+    unreadable = taken = 0
     if args.action == "list":
         count = 0
         for letter in sink.read(args.kind):
+            if isinstance(letter, TakenLetter):  # a replay running beside this moved it: no longer a dead letter
+                taken += 1
+                continue
             if isinstance(letter, UnreadableLetter):
                 unreadable += 1
                 print(f"{letter.name}: unreadable, not a dead letter: {letter.problem}", file=sys.stderr)
                 continue
             count += 1
             print(f"{letter.name}\t{letter.kind}\t{len(letter.records)} records\t{letter.reason}")
-        print(f"{count} dead letter{'' if count == 1 else 's'}" + (f", {unreadable} unreadable" if unreadable else ""))
+        print(f"{count} dead letter{'' if count == 1 else 's'}" + (f", {unreadable} unreadable" if unreadable else "")
+              + (f", {taken} replayed meanwhile by another run" if taken else ""))
         return 1 if unreadable else 0
 
     service = bootstrap.replay_ingest_service()  # no audit run: each letter's records are accounted for already
-    replayed = kept = failed = rejected = 0  # each letter counts in one of the first three (or as unreadable)
+    replayed = kept = failed = rejected = 0  # each letter counts in one of the first three, or unreadable, or taken
     for letter in sink.read(args.kind):
+        if isinstance(letter, TakenLetter):  # another replay, beside this one, moved it since the listing
+            taken += 1
+            continue
         if isinstance(letter, UnreadableLetter):  # left where it is, for someone to look at
             unreadable += 1
             print(f"{letter.name}: unreadable, not replayed: {letter.problem}", file=sys.stderr)
@@ -72,8 +80,11 @@ def run(args: argparse.Namespace) -> int:
             continue
         if result.rejected:  # a batch letter or an older per-element letter: the replay wrote their rejected letter
             logger.info("%s: %d items still invalid, dead-lettered as rejected", letter.name, result.rejected)
-        sink.mark_replayed(letter.name)
-        replayed += 1
-    print(f"replayed {replayed}, still invalid {kept}, store failing {failed}, unreadable {unreadable}")
+        if sink.mark_replayed(letter.name):
+            replayed += 1
+        else:  # the other run replayed it as well and moved it first (the store took both, idempotently)
+            taken += 1
+    print(f"replayed {replayed}, still invalid {kept}, store failing {failed}, unreadable {unreadable}, "
+          f"taken by another run {taken}")
     print(f"{rejected} item{'' if rejected == 1 else 's'} re-dead-lettered as rejected")
     return 1 if failed or unreadable else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from azure.storage.blob import BlobServiceClient
@@ -132,3 +133,85 @@ def test_replaying_a_still_invalid_array_letter_does_not_overwrite_a_later_corre
         f"SELECT severity FROM {ingest.keyspace}.events_by_id WHERE event_id = %s",  # type: ignore[attr-defined]
         [uuid.UUID(good["event_id"])])
     assert row.severity == "critical", "the replay of the old array body overwrote the correction"
+
+
+def test_a_replay_beside_another_replay_skips_the_letters_the_other_one_moved(
+    ingest: Any, azurite_connection_string: str, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing stops two ``deadletter replay`` runs at once (two operators following the runbook, a CronJob and a
+    person). The second one used to die on the first letter the other one had moved since its listing, with a
+    ResourceNotFoundError traceback (exit 1, no summary), and every letter listed after it was neither replayed
+    nor reported. A letter gone meanwhile is now skipped and counted, and the run goes on.
+
+    Reproduced deterministically: three rejected letters (events over a measurement limit, then the limit raised,
+    the runbook's case); while this run replays the first, "the other run" moves the second with the sink's own
+    ``mark_replayed``, exactly what a concurrent replay does."""
+    from shared.adapters.blob_deadletter import BlobDeadLetterSink
+
+    monkeypatch.setenv("SLUICE_INGEST_MAX_MEASUREMENTS", "0")  # every event below is rejected at ingest
+    bootstrap.reset()
+    for partition in ("0", "1", "2"):
+        ingest(Hub(partition).batch(event(f"dev-{partition}")))
+    container = BlobServiceClient.from_connection_string(azurite_connection_string).get_container_client(
+        ingest.container)
+    letters = sorted(b.name for b in container.list_blobs())
+    assert len(letters) == 3 and all(name.startswith("rejected/") for name in letters), letters
+
+    monkeypatch.delenv("SLUICE_INGEST_MAX_MEASUREMENTS")  # the limit is raised: every letter is valid now
+    bootstrap.reset()
+    other_run = BlobDeadLetterSink(BlobServiceClient.from_connection_string(azurite_connection_string),
+                                   ingest.container)
+    real_factory = bootstrap.replay_ingest_service
+
+    class ConcurrentReplay:
+        """This run's ingest; the other run replays letters[1] meanwhile and moves it under replayed/."""
+
+        def __init__(self) -> None:
+            self.service, self.raced = real_factory(), False
+
+        def handle(self, records: Any, **kwargs: Any) -> Any:
+            result = self.service.handle(records, **kwargs)
+            if not self.raced:
+                self.raced = True
+                assert other_run.mark_replayed(letters[1])
+            return result
+
+    monkeypatch.setattr(bootstrap, "replay_ingest_service", ConcurrentReplay)
+
+    code = main(["deadletter", "replay", "--kind", "rejected"])
+
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "replayed 2, still invalid 0, store failing 0, unreadable 0, taken by another run 1" in out, out
+    assert sorted(b.name for b in container.list_blobs()) == sorted("replayed/" + name for name in letters)
+
+
+def test_moving_a_letter_another_run_moved_or_rewrote_meanwhile(
+    ingest: Any, azurite_connection_string: str  # noqa: F811
+) -> None:
+    """``mark_replayed`` of a letter already moved by another run is no error: there is nothing left to move
+    (False). Its delete is conditional on the version it copied: a letter rewritten under the same name meanwhile
+    (its record dead-lettered again) is a newer letter, and stays to be replayed."""
+    from shared.adapters.blob_deadletter import REPLAYED, BlobDeadLetterSink
+
+    ingest(Hub("0").batch(b"{not json"))
+    service = BlobServiceClient.from_connection_string(azurite_connection_string)
+    container = service.get_container_client(ingest.container)
+    [name] = [b.name for b in container.list_blobs()]
+    sink = BlobDeadLetterSink(service, ingest.container)
+    assert sink.mark_replayed(name) is True
+    assert sink.mark_replayed(name) is False
+    assert [b.name for b in container.list_blobs()] == [REPLAYED + name]
+
+    container.upload_blob(name, b'{"kind": "rejected", "old": true}')
+    newer = b'{"kind": "rejected", "newer": true}'
+    copy = sink._container.upload_blob
+
+    def rewritten_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        container.upload_blob(name, newer, overwrite=True)  # ingest writes the letter again, after the copy's read
+        return copy(*args, **kwargs)
+
+    sink._container.upload_blob = rewritten_meanwhile  # type: ignore[method-assign]
+    assert sink.mark_replayed(name) is True
+    assert container.download_blob(name).readall() == newer, "the newer letter was deleted"
