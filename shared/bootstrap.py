@@ -230,11 +230,25 @@ def cassandra_session() -> Session:
         return connect(cfg, rotating_secret(cfg.password, cfg.password_secret))
 
 
+# Whether a person waits on this process's storage requests (the operator CLI sets it: :func:`interactive`).
+_interactive = False
+
+
+def interactive(waiting: bool) -> bool:
+    """Build :func:`blob_service` for a person waiting (short retries: ``interactive_options``) or, the default, for
+    the worker, which keeps the SDK's retry policy and retries around it; returns the previous choice. A client
+    already built keeps its own until :func:`reset`."""
+    global _interactive
+    with _lock:
+        previous, _interactive = _interactive, waiting
+    return previous
+
+
 @built
 def blob_service() -> BlobServiceClient:
-    from shared.adapters.blob_service import blob_service_client
+    from shared.adapters.blob_service import blob_service_client, interactive_options
 
-    return blob_service_client(settings().storage)
+    return blob_service_client(settings().storage, **(interactive_options() if _interactive else {}))
 
 
 @built

@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     # worker's metrics port, which a command would only fail to bind beside it. `up` passes the port to the
     # dev host itself.
     os.environ.pop("SLUICE_METRICS_PORT", None)
+    from shared import bootstrap
+
+    # Someone is waiting: a storage account that is down is an error in seconds, not after the SDK's minute of
+    # retries (the worker's choice again afterwards, for a caller in the same process: the tests).
+    was_interactive = bootstrap.interactive(True)
     try:
         return int(args.func(args) or 0)
     except SluiceError as exc:
@@ -44,12 +49,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {store} unavailable: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
         return 2
+    finally:
+        bootstrap.interactive(was_interactive)
 
 
 def unreachable(exc: BaseException) -> str | None:
     """The store whose client raised ``exc`` because it could not reach it (the drivers' own errors, not wrapped on
     these paths; a pool that timed out is an OperationalError too), else None. A driver that raised is imported:
-    it is looked up, not imported here, so a command that never touches it does not load it."""
+    it is looked up, not imported here, so a command that never touches it does not load it. (Blob storage's SDK
+    errors are mapped where they are raised, by the adapters, to a ``DependencyUnavailable`` naming the blob.)"""
     cassandra = sys.modules.get("cassandra.cluster")
     if cassandra is not None and isinstance(exc, cassandra.NoHostAvailable):
         return "Cassandra"

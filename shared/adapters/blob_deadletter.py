@@ -51,6 +51,7 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModif
 from azure.storage.blob import BlobServiceClient, ContentSettings
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from shared.adapters.blob_service import failure
 from shared.domain.events import BadElement, EventMetadata, Pending, RawRecord, Rejected
 from shared.domain.times import utc
 from shared.exceptions import DependencyUnavailable, TransientError
@@ -280,6 +281,14 @@ class BlobDeadLetterSink:
         A blob that cannot be read back as a dead letter comes as an :class:`UnreadableLetter` in its place, so one
         bad blob neither stops the others nor goes unreported; one listed but gone by the time it is read (nothing
         stops two replays at once) as a :class:`TakenLetter`."""
+        try:
+            yield from self._read(kind)
+        except AzureError as exc:  # down, or refusing this client (a rotated key): say which, no SDK traceback
+            raise DependencyUnavailable(
+                "Blob storage", f"reading the dead letters in {self._container.container_name}: {failure(exc)}"
+            ) from exc
+
+    def _read(self, kind: str) -> Iterator[DeadLetter | UnreadableLetter | TakenLetter]:
         prefixes = list(KINDS.values()) if kind == "all" else [KINDS[kind]]
         if not self._container.exists():
             return
@@ -304,7 +313,13 @@ class BlobDeadLetterSink:
         False when it is gone already: another run replayed it too and moved it (the store took its records from
         both, idempotently), so there is nothing left to move. The delete is conditional on the copied version: a
         letter rewritten meanwhile under the same name (its record dead-lettered again) is a newer letter, and stays
-        to be replayed."""
+        to be replayed. Raises ``DependencyUnavailable`` when storage fails."""
+        try:
+            return self._move(name)
+        except AzureError as exc:
+            raise DependencyUnavailable("Blob storage", f"moving {name} under {REPLAYED}: {failure(exc)}") from exc
+
+    def _move(self, name: str) -> bool:
         source = self._container.get_blob_client(name)
         try:
             download = source.download_blob()

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from azure.storage.blob import BlobServiceClient
+from azure.core.exceptions import AzureError, HttpResponseError
+from azure.storage.blob import BlobServiceClient, ExponentialRetry
 
 from shared.adapters.identity import credential_for
 from shared.settings import StorageSettings
@@ -27,6 +28,26 @@ def blob_service_client(cfg: StorageSettings, **options: Any) -> BlobServiceClie
     assert endpoint is not None  # StorageSettings requires a connection string or an identity-based endpoint
     credential = credential_for(endpoint, managed_identity=cfg.credential == "managedidentity", client_id=cfg.client_id)
     return BlobServiceClient(endpoint, credential=credential, **options)
+
+
+def interactive_options() -> dict[str, Any]:
+    """Client options for a person waiting at a terminal (the operator CLI): two retries, about 3 s and 5 s after
+    the attempt before (the SDK's backoff is ``initial_backoff + increment_base ** retry``, +-1 s), 5 s to connect
+    and 30 s per read, so a storage account that is down is an error in about 10 s (25 s when connecting hangs).
+    The SDK's own policy (three retries 18, 24 and 42 s apart, 20 s connects) suits a worker that retries around
+    it, but keeps an operator waiting well over a minute before it says anything."""
+    return {"retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=2, random_jitter_range=1),
+            "connection_timeout": 5, "read_timeout": 30}
+
+
+def failure(exc: AzureError) -> str:
+    """One line on a failed storage request: refused, with the HTTP status and the service's error code (a rotated
+    key, a missing role, a container that is not there), or the error that kept it from an answer."""
+    if isinstance(exc, HttpResponseError) and exc.status_code is not None:
+        code = getattr(exc, "error_code", None)  # the service's error code (a StorageErrorCode), set by the SDK
+        return f"refused ({exc.status_code} {getattr(code, 'value', code) or exc.reason})"
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else 'no answer'}"
 
 
 def connection_string_account(connection: str) -> str | None:

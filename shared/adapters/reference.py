@@ -234,17 +234,25 @@ class PostgresReferenceSource:
 def upload_reference(blob_service: Any, container: str, *, devices: Sequence[DeviceRef] | None = None,
                      sites: Sequence[SiteRef] | None = None, devices_blob: str = "devices.parquet",
                      sites_blob: str = "sites.parquet") -> list[str]:
-    """Write devices and/or sites as Parquet blobs (overwriting); creates the container if needed."""
-    from azure.core.exceptions import ResourceExistsError
+    """Write devices and/or sites as Parquet blobs (overwriting); creates the container if needed. Raises
+    ``DependencyUnavailable`` naming the blob when storage is down or refuses the request."""
+    from azure.core.exceptions import AzureError, ResourceExistsError
+
+    from shared.adapters.blob_service import failure
 
     client = blob_service.get_container_client(container)
-    with contextlib.suppress(ResourceExistsError):
-        client.create_container()
-    written = []
-    for rows, blob, schema in ((devices, devices_blob, DEVICE_SCHEMA), (sites, sites_blob, SITE_SCHEMA)):
-        if rows is not None:
-            client.upload_blob(blob, to_parquet(rows, schema), overwrite=True)
-            written.append(f"{container}/{blob}")
+    written: list[str] = []
+    try:
+        with contextlib.suppress(ResourceExistsError):
+            client.create_container()
+        for rows, blob, schema in ((devices, devices_blob, DEVICE_SCHEMA), (sites, sites_blob, SITE_SCHEMA)):
+            if rows is not None:
+                client.upload_blob(blob, to_parquet(rows, schema), overwrite=True)
+                written.append(f"{container}/{blob}")
+    except AzureError as exc:
+        done = f" ({', '.join(written)} written)" if written else ""
+        raise DependencyUnavailable("Blob storage", f"uploading the reference data to {container}{done}: "
+                                    f"{failure(exc)}") from exc
     return written
 
 

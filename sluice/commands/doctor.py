@@ -179,7 +179,7 @@ def storage_settings() -> StorageSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.adapters.blob_service import blob_service_client
+    from shared.adapters.blob_service import blob_service_client, interactive_options
     from shared.adapters.eventhub_lag import EventHubBlobLagReader, KedaCheckpointSource, eventhub_client
     from shared.services.scaling import desired_replicas
 
@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
                           connection_string=os.environ.get("EventHubConnection"),  # noqa: SIM112 (the host's name)
                           fully_qualified_namespace=os.environ.get(
                               "EventHubConnection__fullyQualifiedNamespace"))  # noqa: SIM112
-    blobs = blob_service_client(storage_settings())
+    blobs = blob_service_client(storage_settings(), **interactive_options())
     with hub, blobs:
         reading = EventHubBlobLagReader(hub, blobs, source).read()
     account_warnings, account_notes = storage_account_check(meta, blobs.account_name)

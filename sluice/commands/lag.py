@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.adapters.blob_service import blob_service_client
+    from shared.adapters.blob_service import blob_service_client, interactive_options
     from shared.adapters.eventhub_lag import (
         EventHubBlobLagReader,
         eventhub_client,
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     source = host_checkpoint_source(hub_name, group, connection_string=connection_string,
                                     fully_qualified_namespace=namespace)
     hub = eventhub_client(hub_name, group, connection_string=connection_string, fully_qualified_namespace=namespace)
-    blobs = blob_service_client(storage_settings())
+    blobs = blob_service_client(storage_settings(), **interactive_options())
     with hub, blobs:
         reading = EventHubBlobLagReader(hub, blobs, source).read()
         owners = partition_owners(blobs, source)

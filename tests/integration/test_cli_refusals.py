@@ -149,6 +149,56 @@ def test_a_database_that_is_down_is_a_clear_error_not_a_traceback(
     assert capsys.readouterr().err.startswith("error: ")
 
 
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFsNL/="
+SAMPLE = Path(__file__).resolve().parents[2] / "sluice/sample_data"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("argv", [
+    ["deadletter", "list"],
+    ["deadletter", "replay"],
+    ["reference", "upload", "--devices", str(SAMPLE / "devices.csv"), "--sites", str(SAMPLE / "sites.csv")],
+], ids=["deadletter-list", "deadletter-replay", "reference-upload"])
+@pytest.mark.parametrize("storage", ["down", "rotated-key"])
+def test_blob_storage_down_or_refusing_is_a_clear_error_within_seconds(
+        storage: str, argv: list[str], azurite_connection_string: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The Blob-using commands let the storage SDK's own errors out: with Blob storage down (the runbook's "could
+    not write dead letter" row sends the operator to ``deadletter`` exactly then) ``deadletter list`` retried for
+    about 80 s and died with a ServiceRequestError traceback, exit 1, which is also what ``deadletter`` exits with
+    for "some letters unreadable"; with a rotated account key, at once with an HttpResponseError (403) traceback.
+    Now: "error: Blob storage unavailable: ..." naming what failed (refused, with the status, or not answered),
+    exit 2 like any other dependency, after a few short retries."""
+    import time
+
+    if storage == "down":
+        connection = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=" + AZURITE_KEY
+                      + ";BlobEndpoint=http://127.0.0.1:1/devstoreaccount1;")
+    else:  # Azurite is up, the key is not the account's (rotated)
+        endpoint = next(p.split("=", 1)[1] for p in azurite_connection_string.split(";")
+                        if p.startswith("BlobEndpoint="))
+        connection = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey="
+                      + "A" * 86 + "==;BlobEndpoint=" + endpoint + ";")
+    for name, value in {"AzureWebJobsStorage": connection, "SLUICE_CASSANDRA_HOSTS": "127.0.0.1",
+                        "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0", "SLUICE_POSTGRES_HOST": "127.0.0.1",
+                        "SLUICE_STORAGE_DEADLETTER_CONTAINER": f"dl-{uuid.uuid4().hex[:12]}"}.items():
+        monkeypatch.setenv(name, value)
+    bootstrap.reset()
+    try:
+        started = time.monotonic()
+        code = main(argv)
+        waited = time.monotonic() - started
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert err.startswith("error: Blob storage unavailable: "), err
+        assert len(err.strip().splitlines()) == 1, err
+        if storage == "rotated-key":
+            assert "refused (403 AuthorizationFailure)" in err, err
+        assert waited < 30, f"an operator waited {waited:.0f} s for: {err}"
+    finally:
+        bootstrap.reset()
+
+
 def test_doctor_keda_with_a_missing_scaled_object_file_names_it(capsys: pytest.CaptureFixture[str]) -> None:
     """sluice/commands/doctor.py run(): ``Path(args.scaled_object).read_text()`` raises FileNotFoundError, a
     traceback instead of a ConfigurationError naming the file."""
