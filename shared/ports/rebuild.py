@@ -25,6 +25,11 @@ class DeviceRow:
 class DeviceLog(Protocol):
     """The event log, read device by device. Every method raises ``DependencyUnavailable``."""
 
+    @property
+    def rows_read(self) -> int:
+        """The rows this log has read so far, of every table and page, including reads a method makes that the
+        caller cannot see (a device's latest event by id, a page read again): what a rate limit in rows charges."""
+
     def devices(self, after: int | None, limit: int) -> list[DeviceRow]:
         """Up to ``limit`` devices in scan (token) order, strictly after ``after`` (``None``: from the start)."""
 

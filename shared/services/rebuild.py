@@ -15,8 +15,9 @@ saved; a killed rebuild resumes from it (``resume=True``, the default) in the
 same generation. A build in progress with another ``since`` cannot be resumed:
 the rebuild is refused (``ConfigurationError``) rather than silently throwing
 that build away; ``resume=False`` (``--restart``) starts over on purpose. Reads
-are rate-limited (rows per second, ``max_rps``) so a rebuild does not take the
-request units the pipeline needs.
+are rate-limited (rows per second, ``max_rps``, every row the log reads:
+``DeviceLog.rows_read``) so a rebuild does not take the request units the
+pipeline needs.
 
 ``--devices`` rebuilds only those devices, in the live generation: their keys
 are deleted, then the log is read and written back with the merging scripts
@@ -138,6 +139,17 @@ class RebuildService:
         self._page = page_size
         self._concurrency = concurrency
         self._limiter = TokenBucket(max_rps)
+        self._charged = log.rows_read
+        self._charging = threading.Lock()
+
+    def _charge(self) -> None:
+        """Take from the bucket every row the log read since the last charge. The log counts them, since only it
+        knows every read a call makes (each device's latest event by id, a page of devices read again); charged
+        after the read, so the average rate stays within ``max_rps`` with at most one read's burst."""
+        with self._charging:
+            read = self._log.rows_read
+            rows, self._charged = read - self._charged, read
+        self._limiter.acquire(rows)
 
     def _decided(self, event: StoredEvent) -> StoredEvent:
         """``critical`` decided as the change feed decides it (rows written without the flag get the rules)."""
@@ -150,7 +162,7 @@ class RebuildService:
     ) -> dict[str, list[StoredEvent]]:
         def one(device: str) -> list[StoredEvent]:
             events = self._log.critical(device, since_ms)
-            self._limiter.acquire(len(events))
+            self._charge()
             return events
 
         return dict(zip(devices, pool.map(one, devices), strict=True))
@@ -174,8 +186,8 @@ class RebuildService:
         position = build.position
         with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="rebuild") as pool:
             while True:
-                self._limiter.acquire(self._page)
                 rows = self._log.devices(position, self._page)
+                self._charge()
                 if not rows:
                     break
                 latest = [self._decided(row.latest) for row in rows]
@@ -209,7 +221,7 @@ class RebuildService:
             self._cache.clear(device)
             row = self._log.device(device)
             events = self._log.critical(device, since_ms)
-            self._limiter.acquire(1 + len(events))
+            self._charge()
             self._cache.refresh(device, self._decided(row.latest) if row else None, events, since_ms)
             report.devices += 1
             report.events += (1 if row else 0) + len(events)

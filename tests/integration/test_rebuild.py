@@ -287,6 +287,38 @@ def test_a_replay_after_a_rebuild_leaves_the_critical_stream_as_it_was(
     assert [d["event_id"] for d in stream.recent(5)] == before
 
 
+def test_max_rps_is_charged_every_row_read_the_latest_events_by_id_too(
+        session, keyspace, store, rclient, redis_prefix):
+    """``--max-rps N`` is "at most N Cassandra rows read per second" (docs/operations.md), but the token bucket was
+    charged ``page_size`` per page of ``device_latest`` rows plus the critical rows: the page's ``events_by_id``
+    reads (each device's latest event, by id) were never charged, so on a fleet with few critical events a
+    rebuild read about twice the rate it was given, and ingest was throttled by the rebuild the option exists to
+    make harmless. Measured with a bucket that records every charge instead of sleeping: 300 devices of one
+    event each are 600 rows read (300 device_latest + 300 events_by_id)."""
+    from shared.services.rebuild import TokenBucket
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    devices = 300
+    store.write([cf.make_event(f"dev-{i:03d}", now - timedelta(seconds=i)) for i in range(devices)])
+    cache = cache_for(rclient, redis_prefix)
+    charged: list[float] = []
+
+    class Recording(TokenBucket):
+        def acquire(self, units: float = 1.0) -> float:
+            charged.append(units)
+            return 0.0
+
+    log = CassandraDeviceLog(session, keyspace)
+    service = RebuildService(log, RedisCacheBuilder(cache, settle_seconds=0), page_size=100, max_rps=100)
+    service._limiter = Recording(100)
+    report = service.rebuild()
+
+    assert report.devices == devices
+    rows_read = devices + devices  # device_latest rows + events_by_id rows (no critical events)
+    assert sum(charged) == rows_read, f"the bucket was charged {sum(charged):.0f} units for {rows_read} rows read"
+    assert log.rows_read == rows_read
+
+
 def test_devices_are_rebuilt_in_place_even_over_a_wrong_newer_value(session, keyspace, store, rclient, redis_prefix):
     events = cf.spread(30, devices=3, critical_every=2)
     store.write(events)

@@ -60,14 +60,20 @@ def ev(device: str, critical: bool = False) -> StoredEvent:
 class Log:
     def __init__(self, devices: int) -> None:
         self.rows = [DeviceRow(token, ev(f"d{token}")) for token in range(devices)]
+        self.rows_read = 0
 
     def devices(self, after, limit):
-        return [r for r in self.rows if after is None or r.token > after][:limit]
+        page = [r for r in self.rows if after is None or r.token > after][:limit]
+        self.rows_read += 2 * len(page)  # device_latest rows, then each one's latest event by id
+        return page
 
     def device(self, device_id):
-        return next((r for r in self.rows if r.latest.device_id == device_id), None)
+        found = next((r for r in self.rows if r.latest.device_id == device_id), None)
+        self.rows_read += 2 if found else 0
+        return found
 
     def critical(self, device_id, since_ms):
+        self.rows_read += 1
         return [ev(device_id, True)]
 
 
@@ -98,6 +104,12 @@ class Builder:
     def cleanup(self):
         self.calls.append(("cleanup",))
         return [6]
+
+    def clear(self, device_id, event_ids=()):
+        self.calls.append(("clear", device_id))
+
+    def refresh(self, device_id, latest, critical, since_ms):
+        self.calls.append(("refresh", device_id))
 
 
 def test_position_is_saved_after_the_page_it_covers_and_a_resume_starts_after_it():
@@ -163,3 +175,26 @@ def test_a_build_in_progress_with_another_since_is_not_resumed_nor_dropped_unles
     restarted = InProgress()
     RebuildService(Log(10), restarted, page_size=3).rebuild(since_ms=SINCE_ALL, resume=False)
     assert restarted.calls[0] == ("begin", SINCE_ALL, False)
+
+
+def test_the_rate_limit_is_charged_every_row_the_log_read():
+    """``--max-rps`` promises at most N rows read per second, but the bucket was charged ``page_size`` per page of
+    devices plus the critical rows: each device's latest event read by id (and a page of devices the log read
+    again) went uncharged, so the rebuild read about twice the rate it was given. It is charged what the log
+    counts it read."""
+    charged: list[float] = []
+
+    class Recording(TokenBucket):
+        def acquire(self, units: float = 1.0) -> float:
+            charged.append(units)
+            return 0.0
+
+    log = Log(10)
+    service = RebuildService(log, Builder(), page_size=4, max_rps=100)
+    service._limiter = Recording(100)
+    service.rebuild()
+    assert sum(charged) == log.rows_read == 10 * 2 + 10 * 1
+
+    charged.clear()
+    service.rebuild_devices(["d1", "nobody"])
+    assert sum(charged) == 2 + 1 + 1

@@ -9,10 +9,14 @@ is its newest); the events themselves come from ``events_by_id``, 100 ids a
 request, a page's requests sent together (``reader.py`` says why the content is
 not read from ``device_latest``). Critical events come from
 ``critical_events_by_device``, one partition per device, paged by the driver.
+Every row read, of every table and page (a page of devices read again because
+none of its devices had an event included), is counted in ``rows_read``: what
+the rebuild's rate limit charges.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -62,9 +66,20 @@ class CassandraDeviceLog:
     def __init__(self, session: Session | Callable[[], Session], keyspace: str, *, timeout: float = 10.0,
                  page_size: int = 1000) -> None:
         self._queries = Queries(session, keyspace, _STATEMENTS, timeout=timeout, fetch_size=page_size)
+        self._read = 0
+        self._lock = threading.Lock()  # the rebuild reads devices' critical events on several threads
+
+    @property
+    def rows_read(self) -> int:
+        return self._read
+
+    def _counted(self, rows: list[Any]) -> list[Any]:
+        with self._lock:
+            self._read += len(rows)
+        return rows
 
     def _rows(self, name: str, params: tuple[Any, ...], what: str) -> list[Any]:
-        return self._queries.rows(name, params, what)
+        return self._counted(self._queries.rows(name, params, what))
 
     def devices(self, after: int | None, limit: int) -> list[DeviceRow]:
         # A device whose event events_by_id does not give (see reader.latest_event) is left out; a page of only
@@ -77,8 +92,8 @@ class CassandraDeviceLog:
             devices = positions(rows)
             ids = list(set(devices.values()))
             chunks = [(ids[start:start + _IDS_PER_READ],) for start in range(0, len(ids), _IDS_PER_READ)]
-            pages = self._queries.fan_out("events", chunks, f"the latest events of {len(ids)} devices",
-                                          concurrency=_EVENT_READS)
+            pages = [self._counted(page) for page in self._queries.fan_out(
+                "events", chunks, f"the latest events of {len(ids)} devices", concurrency=_EVENT_READS)]
             found = [DeviceRow(device_token(device_id), event)
                      for device_id, event in latest_events(devices, (row for page in pages for row in page))]
             if found or len(rows) < limit:
