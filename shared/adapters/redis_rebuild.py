@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import cast
 
 from redis.exceptions import NoScriptError
@@ -201,22 +201,30 @@ class RedisCacheBuilder:
             deleted.append(generation)
         return deleted
 
-    def clear(self, device_id: str) -> None:
-        """Delete the device's latest state, critical set and the member key of every event the set holds.
+    def clear(self, device_id: str, event_ids: Collection[str] = ()) -> None:
+        """Delete the device's latest state, critical set, the member key of every event the set holds, and the
+        ``e:<event id>`` document of each of ``event_ids`` and of every event those keys name.
 
         A member key left behind would name a copy of its event that the rewritten set does not hold
         (``fill_critical`` overwrites such a key rather than skip the event, for the member keys of events
-        trimmed from the set earlier). All of them are in the device's slot: one ``UNLINK``.
+        trimmed from the set earlier). An ``e:<id>`` document left behind would be merged with the log's copy by
+        ``fill_event``, which keeps the one enqueued later (and of one enqueued time the greater text): a wrong
+        copy a buggy release cached would stay, where a full rebuild (a new generation) drops it. The device's
+        keys are in its slot: one ``UNLINK``; each ``e:<id>`` is its own slot: one ``UNLINK`` each.
         """
         keys = self._sink.keys_of(self._generations.read().live)
         what = f"clearing device {device_id!r}"
         try:
             members = cast(list[bytes], self._sink.client.zrange(keys.critical(device_id), 0, -1))
+            latest = cast(bytes | None, self._sink.client.hget(keys.latest(device_id), "d"))
         except REDIS_ERRORS as exc:
             raise failed(what, exc) from exc
-        event_ids = [event_id for event_id in map(_event_id, members) if event_id]
+        member_ids = [event_id for event_id in map(_event_id, members) if event_id]
+        latest_id = _event_id(latest) if latest else None
+        named = {*event_ids, *member_ids, *([latest_id] if latest_id else [])}
         self._run([("UNLINK", keys.latest(device_id), keys.critical(device_id),
-                    *(keys.member(device_id, event_id) for event_id in event_ids))], what)
+                    *(keys.member(device_id, event_id) for event_id in member_ids)),
+                   *(("UNLINK", keys.event(event_id)) for event_id in sorted(named))], what)
 
     def refresh(self, device_id: str, latest: StoredEvent | None, critical: Sequence[StoredEvent],
                 since_ms: int) -> None:

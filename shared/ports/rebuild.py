@@ -7,7 +7,7 @@ the two rewrites that page, which the idempotent writes absorb.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -76,8 +76,9 @@ class CacheBuilder(Protocol):
         """Delete every generation recorded for deletion (replaced, or abandoned by ``begin(resume=False)``);
         a generation whose deletion fails stays recorded for the next call. Returns the generations deleted."""
 
-    def clear(self, device_id: str) -> None:
-        """Delete one device's keys in the live generation (``--devices``), before its state is read again."""
+    def clear(self, device_id: str, event_ids: Collection[str] = ()) -> None:
+        """Delete one device's keys in the live generation (``--devices``), before its state is read again, and the
+        cached documents of ``event_ids`` and of the events those keys name, so the refresh replaces them."""
 
     def refresh(self, device_id: str, latest: StoredEvent | None, critical: Sequence[StoredEvent],
                 since_ms: int) -> None:

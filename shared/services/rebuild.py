@@ -20,9 +20,13 @@ are rate-limited (rows per second, ``max_rps``, every row the log reads:
 pipeline needs.
 
 ``--devices`` rebuilds only those devices, in the live generation: their keys
-are deleted, then the log is read and written back with the merging scripts
-(meanwhile a lookup misses and reads the log itself, so it never sees a wrong
-value; a change the feed applies meanwhile is in the read or kept by the merge).
+are deleted, with the cached documents (``e:<id>``) of their latest and critical
+events (the ids read from the log first) and of the events their keys name, then
+the log is read and written back with the merging scripts (meanwhile a lookup
+misses and reads the log itself, so it never sees a wrong value; a change the
+feed applies meanwhile is in the read or kept by the merge). The documents of a
+device's other events, which only lookups cache, are not listed anywhere to
+delete: they expire with the TTL (a full rebuild drops them with its generation).
 
 The generation a rebuild replaces is deleted after the switch (``CacheBuilder.cleanup``);
 if that fails the rebuild has still succeeded, and says so (``GenerationsLeft``):
@@ -209,6 +213,14 @@ class RebuildService:
             raise GenerationsLeft(report, exc) from exc
         return report
 
+    def _event_ids(self, device: str, since_ms: int) -> set[str]:
+        """The ids of the device's events whose documents a rebuild writes or a full one drops: its latest event
+        and its critical events from ``since_ms``, as the log holds them now."""
+        row = self._log.device(device)
+        ids = {str(event.event_id) for event in self._log.critical(device, since_ms)}
+        self._charge()
+        return ids | ({str(row.latest.event_id)} if row else set())
+
     def rebuild_devices(self, devices: Sequence[str], *, since_ms: int = SINCE_ALL,
                         progress: Progress | None = None) -> RebuildReport:
         """Rebuild only ``devices``, in the live generation (see the module docstring)."""
@@ -217,8 +229,10 @@ class RebuildService:
         for index, device in enumerate(devices, 1):
             # Clear first, then read: a change the feed applies meanwhile was stored before it is applied, so it is
             # either in the read or merged over it. Reading first would let the delete take a change the feed
-            # applied after the read, and rewrite the older state over it.
-            self._cache.clear(device)
+            # applied after the read, and rewrite the older state over it. The cached documents of the device's
+            # events (e:<id>) are cleared too, or the refresh's merge would keep a wrong copy there; their ids come
+            # from a read of their own before the clear, for that reason.
+            self._cache.clear(device, self._event_ids(device, since_ms))
             row = self._log.device(device)
             events = self._log.critical(device, since_ms)
             self._charge()

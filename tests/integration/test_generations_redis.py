@@ -109,3 +109,29 @@ def test_deleting_a_replaced_generation_touches_only_its_own_keys_whatever_chara
     assert client.exists(foreign_key)
     assert not client.exists(own_old)
     client.unlink(foreign_key)
+
+
+def test_a_device_rebuild_deletes_its_event_documents_one_slot_at_a_time(client):
+    """``rebuild redis --devices`` deletes the device's ``e:<id>`` documents with its keys (so ``fill_event``'s merge
+    cannot keep a wrong copy): those of the ids the log gave, of the critical set's members and of the latest
+    state's event. Each ``e:<id>`` is its own slot, the device's keys share one: on the cluster no ``CROSSSLOT``,
+    and a device's refresh writes the log's copies back over an empty key."""
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    sink = RedisChangeSink(client, key_prefix=prefix, ttl_seconds=600, stream_shards=4, generation_cache_seconds=0)
+    builder = RedisCacheBuilder(sink, settle_seconds=0)
+    critical = [ev("pump", seconds=i, critical=True) for i in range(6)]
+    latest = ev("pump", seconds=10)
+    apply_changes(sink, [*critical, latest], None, list)
+    keys = sink.keys_of(0)
+    only_in_log = ev("pump", seconds=3, critical=True)  # an id the log gives that Redis never held
+    documents = [keys.event(e.event_id) for e in [*critical, latest, only_in_log]]
+    for key in documents:
+        client.hset(key, "d", '{"wrong":true}')
+
+    builder.clear("pump", [str(only_in_log.event_id)])
+
+    assert not any(client.exists(key) for key in documents)
+    assert not client.exists(keys.latest("pump"), keys.critical("pump"))
+    builder.refresh("pump", latest, critical, SINCE_ALL)
+    assert [json.loads(client.hget(keys.event(e.event_id), "d"))["event_id"] for e in critical] \
+        == [str(e.event_id) for e in critical]

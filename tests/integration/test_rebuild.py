@@ -340,6 +340,42 @@ def test_devices_are_rebuilt_in_place_even_over_a_wrong_newer_value(session, key
     assert not rclient.exists(cache.keys.latest("nobody"))
 
 
+def test_devices_rebuild_replaces_a_wrong_event_document_as_a_full_rebuild_does(
+        session, keyspace, store, rclient, redis_prefix):
+    """``rebuild redis --devices`` cleared only the device's latest state, critical set and member keys, then wrote
+    each critical event's ``e:<event id>`` document back with ``fill_event``, a merge that keeps the copy enqueued
+    later and, at equal times, the greater text: a wrong document a buggy release cached (same event, same
+    enqueued time, a wrong field that sorts greater) was kept. The command said "rebuilt 1 devices" and exited 0,
+    and ``GET /events/{id}`` kept serving the wrong copy until its TTL ran out, where a full rebuild (a new
+    generation) fixes the same key. The documents of the device's latest event and of each event its keys name
+    are deleted as well (none of them were in the full rebuild's dump: only lookups cache them)."""
+    events = cf.spread(30, devices=3, critical_every=2)
+    store.write(events)
+    cache = cache_for(rclient, redis_prefix)
+    rebuild(session, keyspace, cache)
+    good = dump(rclient, cache)
+    critical = next(e for e in events if e.body.device_id == "dev-0" and e.body.severity == "critical")
+    key = cache.keys.event(critical.body.event_id)
+    right = rclient.hget(key, "d")
+    assert right is not None and b"dev-0" in right
+    # a buggy release cached a wrong copy of the event: same event, same enqueued time, a wrong event_type; of two
+    # copies with one enqueued time the merge keeps the greater text ("z..." > "t..."), i.e. the wrong one
+    wrong = right.replace(b'"event_type":"telemetry"', b'"event_type":"zelemetry"')
+    assert wrong != right
+    rclient.hset(key, "d", wrong)
+    latest = json.loads(rclient.hget(cache.keys.latest("dev-0"), "d"))
+    cached_latest = cache.keys.event(latest["event_id"])
+    assert latest["severity"] != "critical" and not rclient.exists(cached_latest)
+    rclient.hset(cached_latest, "d", b'{"bogus":true}')  # a lookup cached the device's latest event, wrongly
+
+    service = RebuildService(CassandraDeviceLog(session, keyspace), RedisCacheBuilder(cache, settle_seconds=0))
+    report = service.rebuild_devices(["dev-0"])
+
+    assert report.devices == 1
+    assert rclient.hget(key, "d") == right, "GET /events/{id} still serves the wrong copy after --devices"
+    assert dump(rclient, cache) == good
+
+
 def test_devices_rebuild_lists_every_critical_event_the_log_holds_over_a_left_over_member_key(
         session, keyspace, store, rclient, redis_prefix):
     """``rebuild redis --devices`` deletes the device's member keys with its set, and ``fill_critical`` never

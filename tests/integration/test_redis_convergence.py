@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from shared.adapters.cassandra.device_log import CassandraDeviceLog
 from shared.adapters.redis import RedisLookupCache
 from shared.adapters.redis_rebuild import RedisCacheBuilder
@@ -19,11 +21,16 @@ session, keyspace, store, rclient = cf.session, cf.keyspace, cf.store, cf.rclien
 
 
 class _FeedRunsAfterTheRead:
-    """Our ``DeviceLog`` port over the real Cassandra one: right after the rebuild read a device's critical events,
-    ``during`` runs (the change feed applying a change that reached the log after that read)."""
+    """Our ``DeviceLog`` port over the real Cassandra one: right after the rebuild's ``read``-th read of a device's
+    critical events, ``during`` runs (the change feed applying a change that reached the log after that read).
+    A device rebuild reads them twice: the ids whose cached documents it deletes, then the state it writes."""
 
-    def __init__(self, log: CassandraDeviceLog, during) -> None:
-        self._log, self._during = log, during
+    def __init__(self, log: CassandraDeviceLog, during, *, read: int = 2) -> None:
+        self._log, self._during, self._read, self._reads = log, during, read, 0
+
+    @property
+    def rows_read(self) -> int:
+        return self._log.rows_read
 
     def devices(self, after: int | None, limit: int) -> list[DeviceRow]:
         return self._log.devices(after, limit)
@@ -33,12 +40,15 @@ class _FeedRunsAfterTheRead:
 
     def critical(self, device_id: str, since_ms: int) -> list[StoredEvent]:
         events = self._log.critical(device_id, since_ms)
-        self._during()
+        self._reads += 1
+        if self._reads == self._read:
+            self._during()
         return events
 
 
+@pytest.mark.parametrize("read", [1, 2], ids=["after-the-ids-read", "after-the-state-read"])
 def test_rebuild_devices_keeps_a_change_the_feed_applied_after_the_read(session, keyspace, store, rclient,
-                                                                         redis_prefix):
+                                                                         redis_prefix, read):
     """Rule: Redis is a projection of the log; every change the change feed applied (and moved its position past)
     stays in Redis, and ``rebuild redis --devices`` leaves "what the change feed would have left".
 
@@ -65,7 +75,7 @@ def test_rebuild_devices_keeps_a_change_the_feed_applied_after_the_read(session,
         assert cf.latest_doc(rclient, sink, "pump-1")["event_id"] == str(b.body.event_id)  # the feed applied B
         assert str(b.body.event_id) in cf.critical_ids(rclient, sink, "pump-1")
 
-    log = _FeedRunsAfterTheRead(CassandraDeviceLog(session, keyspace), change_feed_meanwhile)
+    log = _FeedRunsAfterTheRead(CassandraDeviceLog(session, keyspace), change_feed_meanwhile, read=read)
     RebuildService(log, RedisCacheBuilder(sink, settle_seconds=0.0)).rebuild_devices(["pump-1"])
 
     lookups = RedisLookupCache(sink.connection, key_prefix=redis_prefix, generation_cache_seconds=0.0)
