@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ import pytest
 import redis
 
 from shared.adapters.redis import RedisChangeSink, RedisLookupCache
-from shared.domain.stored import StoredEvent
+from shared.domain.stored import StoredEvent, one_copy_each
 from shared.ports.cache import SINCE_ALL
 from shared.services.changefeed import apply_changes
 from tests.integration import test_changefeed as changefeed_tests
@@ -26,10 +27,11 @@ private_redis = changefeed_tests.private_redis
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
-def ev(device="d1", seconds=0, critical=False, event_id=None) -> StoredEvent:
+def ev(device="d1", seconds=0, critical=False, event_id=None, enqueued: float | None = None) -> StoredEvent:
     return StoredEvent(event_id=event_id or uuid.uuid4(), device_id=device, event_time=NOW + timedelta(seconds=seconds),
                        event_type="t", severity="critical" if critical else "info", critical=critical,
-                       measurements={"v": float(seconds)})
+                       measurements={"v": float(seconds)},
+                       enqueued_time=None if enqueued is None else NOW + timedelta(seconds=enqueued))
 
 
 @pytest.fixture
@@ -174,6 +176,51 @@ def test_a_lookup_fill_never_shortens_the_feeds_ttl(client, redis_prefix):
     cache.fill_critical("d1", [crit], SINCE_ALL, ttl=60)
     assert client.ttl(cache.keys.event(crit.event_id)) > 9000
     assert client.ttl(cache.keys.critical("d1")) > 9000
+
+
+def test_a_correction_after_its_member_key_expired_stays_one_member(client, redis_prefix):
+    """A critical event re-sent with a corrected event time is listed once by a critical-events hit, as the miss
+    path (``one_copy_each``) lists it, although its ``ce:`` key expired before the set: a lookup fill gives the
+    ``ce:`` keys the lookups' TTL (an hour; 1 s here), each later critical event renews the set to the feed's TTL.
+    Was: ``_member.lua`` looked for the old copy only among members of the *new* event time, so the correction
+    was added beside it and ``GET /devices/{id}/critical`` listed the event twice (old and corrected) for days."""
+    cache = Cache(client, key_prefix=redis_prefix, ttl_seconds=600)
+    original = ev("pump-7", 10, critical=True, enqueued=10)
+    other = ev("pump-7", 5, critical=True, enqueued=5)
+    cache.fill_critical("pump-7", [original, other], SINCE_ALL, 1)  # a lookup's miss fills the list
+    newer = ev("pump-7", 20, critical=True, enqueued=20)
+    apply_changes(cache, [newer], None, list)  # the set's TTL is renewed to the feed's TTL
+    time.sleep(2.2)  # the fill's ce keys expire; the set, renewed, does not
+    assert not client.exists(cache.keys.member("pump-7", original.event_id))
+    assert cache.get_critical("pump-7", SINCE_ALL, 10) is not None  # still complete: a hit
+    corrected = replace(original, event_time=NOW + timedelta(seconds=12), enqueued_time=NOW + timedelta(seconds=30))
+    apply_changes(cache, [corrected], None, list)
+    # what the miss path (Cassandra holds both rows; the lookups collapse them) answers
+    expected = [e.to_json() for e in sorted(one_copy_each([newer, corrected, original, other]),
+                                            key=lambda e: e.event_time_ms, reverse=True)]
+    assert cache.get_critical("pump-7", SINCE_ALL, 10) == expected
+    # the superseded copy arriving again (a replay), its ce key gone too, does not replace the correction
+    client.delete(cache.keys.member("pump-7", original.event_id))
+    apply_changes(cache, [original], None, list)
+    cache.fill_critical("pump-7", [original], SINCE_ALL, 60)
+    assert cache.get_critical("pump-7", SINCE_ALL, 10) == expected
+
+
+def test_a_copy_enqueued_earlier_never_replaces_a_later_one_after_the_member_key_expired(client, redis_prefix):
+    """At the same event time too, the copy enqueued later stays (``keeps()``), whether or not its ``ce:`` key
+    lives. Was: with the key gone, any copy of the same event time replaced the member, an older one included."""
+    first = ev("pump-8", 1, critical=True, enqueued=1)
+    later = replace(first, enqueued_time=NOW + timedelta(seconds=60), measurements={"v": 2.0})
+    for attempt, write in enumerate(("feed", "fill")):
+        cache = Cache(client, key_prefix=f"{redis_prefix}{attempt}:")
+        apply_changes(cache, [later], None, list)
+        cache.fill_critical("pump-8", [later], SINCE_ALL, 60)
+        client.delete(cache.keys.member("pump-8", first.event_id))  # expired
+        if write == "feed":
+            apply_changes(cache, [first], None, list)
+        else:
+            cache.fill_critical("pump-8", [first], SINCE_ALL, 60)
+        assert cache.get_critical("pump-8", SINCE_ALL, 10) == [later.to_json()], write
 
 
 def test_the_completeness_bound_lives_and_dies_with_the_set(client, redis_prefix):

@@ -1,13 +1,17 @@
--- uses: _extend _sentinel _field _member _newer
+-- uses: _extend _sentinel _field _newer _member
 -- A critical event into its device's set; every key is in the device's slot ({<device>}).
 -- KEYS: d:{<device>}:ce:<event id>, d:{<device>}:crit.
 -- ARGV: document, score (event time ms), ttl, per-device cap.
--- The previous document of the event (a re-sent event differs in its enqueued time) leaves the set
--- first, so the set holds one member per event.
+-- The previous copy of the event (a re-sent event differs in its enqueued time, a correction also in its event
+-- time) leaves the set first, so the set holds one member per event; a copy enqueued later stays instead.
 local ttl = tonumber(ARGV[3])
 local previous = redis.call('GET', KEYS[1])
+if not previous then  -- a new event, or its member key expired before the set (_member.lua)
+  local id = member_id(KEYS[1])
+  previous = copies(KEYS[2], {[id] = true})[id] or false
+end
 if keeps(previous, ARGV[1]) then return 0 end  -- a copy of this event enqueued later is there
-drop_previous(KEYS[1], KEYS[2], ARGV[2], ARGV[1], previous)
+if previous and previous ~= ARGV[1] then redis.call('ZREM', KEYS[2], previous) end
 redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
 extend(KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])

@@ -1,19 +1,30 @@
--- uses: _extend _sentinel _field _member _newer
+-- uses: _extend _sentinel _field _newer _member
 -- Critical events of a device read from the store, merged into its set with their completeness bound.
 -- KEYS: d:{<device>}:crit, then d:{<device>}:ce:<event id> per event (all in the device's slot).
 -- ARGV: covers-since (ms), ttl, cap, then score and document per event.
 -- Every event given ends up in the set before the bound is set: a member key whose copy the set does not hold
--- (left over after the set was deleted or trimmed) is no reason to skip the event, so it is overwritten.
+-- (left over after the set was deleted or trimmed) is no reason to skip the event, so it is overwritten. Events
+-- without a usable member key are looked up in the set by id (_member.lua) in one pass for the whole fill.
 local ttl = tonumber(ARGV[2])
+local found = nil
 for i = 2, #KEYS do
-  local doc = ARGV[2 * i + 1]
+  local doc, id = ARGV[2 * i + 1], member_id(KEYS[i])
   local previous = redis.call('GET', KEYS[i])
   if previous and not redis.call('ZSCORE', KEYS[1], previous) then previous = false end
+  if not previous then
+    if not found then
+      local wanted = {}
+      for j = 2, #KEYS do wanted[member_id(KEYS[j])] = true end
+      found = copies(KEYS[1], wanted)
+    end
+    previous = found[id] or false
+  end
   if not keeps(previous, doc) then  -- else a copy of this event enqueued later is there
-    drop_previous(KEYS[i], KEYS[1], ARGV[2 * i], doc, previous)
+    if previous and previous ~= doc then redis.call('ZREM', KEYS[1], previous) end
     redis.call('SET', KEYS[i], doc, 'KEEPTTL')
     extend(KEYS[i], ttl)
     redis.call('ZADD', KEYS[1], ARGV[2 * i], doc)
+    if found then found[id] = doc end
   end
 end
 local s = sentinel(KEYS[1])
