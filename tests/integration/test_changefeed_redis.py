@@ -178,6 +178,22 @@ def test_a_lookup_fill_never_shortens_the_feeds_ttl(client, redis_prefix):
     assert client.ttl(cache.keys.critical("d1")) > 9000
 
 
+def test_a_lookup_fill_of_a_newer_latest_state_never_shortens_the_feeds_ttl(client, redis_prefix):
+    """docs/redis-layout.md ("TTLs"): a fill only extends a TTL. A lookup that read a newer state from Cassandra
+    and fills after the change feed put the device's older state back keeps the feed's TTL on the key.
+    Was: ``latest.lua`` ran ``EXPIRE key <ttl>`` for any newer state, so the fill cut 7 days to an hour."""
+    cache = Cache(client, key_prefix=redis_prefix, ttl_seconds=7 * 24 * 3600)
+    older, newer = ev("valve-3", 1), ev("valve-3", 2)
+    cache.put_latest([older])  # the change feed puts the device's state back (its key had expired)
+    key = cache.keys.latest("valve-3")
+    assert client.ttl(key) > 7 * 24 * 3600 - 10
+    cache.fill_latest("valve-3", newer, 3600, 5)  # a lookup's fill, read from Cassandra a moment later
+    assert json.loads(cache.get_latest("valve-3").document)["event_id"] == str(newer.event_id)
+    assert client.ttl(key) > 7 * 24 * 3600 - 10, f"the fill cut the feed's TTL to {client.ttl(key)} s"
+    cache.fill_latest("valve-9", newer, 3600, 5)  # a key the fill creates gets the fill's TTL
+    assert 3590 < client.ttl(cache.keys.latest("valve-9")) <= 3600
+
+
 def test_a_correction_after_its_member_key_expired_stays_one_member(client, redis_prefix):
     """A critical event re-sent with a corrected event time is listed once by a critical-events hit, as the miss
     path (``one_copy_each``) lists it, although its ``ce:`` key expired before the set: a lookup fill gives the
