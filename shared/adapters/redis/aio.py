@@ -34,7 +34,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.adapters.redis.base import Command
-from shared.adapters.redis.client import REDIS_ERRORS, SecretCredentials, failed, without_username
+from shared.adapters.redis.client import (
+    REDIS_ERRORS,
+    RedirectToUnknownNode,
+    SecretCredentials,
+    failed,
+    redirects,
+    without_username,
+)
 from shared.adapters.redis.entra import EntraCredentials, Token
 from shared.adapters.redis.generations import generation_prefix
 from shared.adapters.redis.keys import Keys, check_prefix
@@ -51,7 +58,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 AsyncClient = aioredis.Redis | RedisCluster
-_RECONNECTING = (RedisConnectionError, RedisTimeoutError, ClusterDownError)
+_RECONNECTING = (RedisConnectionError, RedisTimeoutError, ClusterDownError, RedirectToUnknownNode)
 
 
 class AsyncRedisConnection:
@@ -175,7 +182,8 @@ class AsyncRedisConnection:
                     await connection.disconnect()
 
     async def failed(self, exc: BaseException) -> None:
-        """After a connection failure on a cluster: re-read the slot map (best effort, see ``client.py``)."""
+        """After a connection failure, or a redirect to a node missing from the slot map, on a cluster: re-read the
+        slot map (best effort, see ``client.py``)."""
         client = self._client
         if isinstance(client, RedisCluster) and isinstance(exc, _RECONNECTING):
             try:
@@ -318,7 +326,8 @@ class AsyncRedisLookupCache:
         if live is not None and time.monotonic() - live[0] < self._cache_seconds:
             return live[1]
         try:
-            (generation,) = await self._commands.call("HMGET", self._pointer_key, "live")
+            with redirects():
+                (generation,) = await self._commands.call("HMGET", self._pointer_key, "live")
         except DependencyUnavailable:  # connecting failed (already mapped)
             raise
         except REDIS_ERRORS as exc:
@@ -330,7 +339,8 @@ class AsyncRedisLookupCache:
 
     async def _hash_doc(self, key: str, what: str) -> Cached | None:
         try:
-            document, marker = await self._commands.call("HMGET", key, "d", "k")
+            with redirects():
+                document, marker = await self._commands.call("HMGET", key, "d", "k")
         except DependencyUnavailable:  # connecting failed (already mapped)
             raise
         except REDIS_ERRORS as exc:
@@ -348,11 +358,12 @@ class AsyncRedisLookupCache:
         name, keys, args = script
         sha = self.sha[name]
         try:
-            try:
-                return await self._commands.call("EVALSHA", sha, len(keys), *keys, *args)
-            except NoScriptError:
-                await self._load_scripts(await self._connection.client())
-                return await self._commands.call("EVALSHA", sha, len(keys), *keys, *args)
+            with redirects():
+                try:
+                    return await self._commands.call("EVALSHA", sha, len(keys), *keys, *args)
+                except NoScriptError:
+                    await self._load_scripts(await self._connection.client())
+                    return await self._commands.call("EVALSHA", sha, len(keys), *keys, *args)
         except DependencyUnavailable:  # connecting failed (already mapped)
             raise
         except REDIS_ERRORS as exc:
@@ -363,11 +374,12 @@ class AsyncRedisLookupCache:
         """``EVALSHA`` commands in one pipeline (per node on a cluster); after ``NOSCRIPT`` all are sent again."""
         try:
             client = await self._connection.client()
-            try:
-                return await self._send(client, commands)
-            except NoScriptError:
-                await self._load_scripts(client)
-                return await self._send(client, commands)
+            with redirects():
+                try:
+                    return await self._send(client, commands)
+                except NoScriptError:
+                    await self._load_scripts(client)
+                    return await self._send(client, commands)
         except REDIS_ERRORS as exc:
             await self._connection.failed(exc)
             raise failed(what, exc) from exc
@@ -413,7 +425,8 @@ class AsyncRedisLookupCache:
     async def ping(self) -> None:
         try:
             client = await self._connection.client()
-            await client.ping()
+            with redirects():
+                await client.ping()
         except REDIS_ERRORS as exc:
             await self._connection.failed(exc)
             raise failed("PING", exc) from exc

@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
-from shared.adapters.redis.client import REDIS_ERRORS, Client, RedisConnection, failed
+from shared.adapters.redis.client import REDIS_ERRORS, Client, RedirectToUnknownNode, RedisConnection, failed, redirects
 from shared.adapters.redis.generations import RedisGenerations, generation_prefix
 from shared.adapters.redis.keys import Keys, check_prefix
 from shared.adapters.redis.scripts import scripts
@@ -24,7 +24,8 @@ Command = tuple[object, ...]  # EVALSHA arguments: sha, number of keys, keys, ar
 
 
 class ScriptedRedis:
-    """Runs the layout's scripts on one Redis or Redis Cluster; every failure is ``DependencyUnavailable``."""
+    """Runs the layout's scripts on one Redis or Redis Cluster; every failure is ``DependencyUnavailable``
+    (redis-py's failure on a redirect to a node it does not know included: ``client.redirects``)."""
 
     def __init__(self, connection: RedisConnection | Client, key_prefix: str, stream_shards: int = 8, *,
                  generation_cache_seconds: float = 1.0) -> None:
@@ -69,7 +70,8 @@ class ScriptedRedis:
         try:
             client = self.client
             for name, script in self._scripts.items():
-                loaded = client.script_load(script.body)
+                with redirects():
+                    loaded = client.script_load(script.body)
                 if loaded != script.sha:
                     raise RuntimeError(f"Redis returned SHA {loaded} for script {name}, expected {script.sha}")
         except REDIS_ERRORS as exc:
@@ -80,11 +82,12 @@ class ScriptedRedis:
         sha = self.sha[name]
         try:
             client = self.client
-            try:
-                return client.evalsha(sha, len(keys), *keys, *args)
-            except NoScriptError:
-                self.load_scripts()
-                return client.evalsha(sha, len(keys), *keys, *args)
+            with redirects():
+                try:
+                    return client.evalsha(sha, len(keys), *keys, *args)
+                except NoScriptError:
+                    self.load_scripts()
+                    return client.evalsha(sha, len(keys), *keys, *args)
         except REDIS_ERRORS as exc:
             self._after(exc)
             raise failed(what, exc) from exc
@@ -96,17 +99,18 @@ class ScriptedRedis:
         the scripts are idempotent, so what already ran is unchanged by the replay.
         """
         try:
-            try:
-                return self._send(commands)
-            except NoScriptError:
-                self.load_scripts()
-                return self._send(commands)
+            with redirects():
+                try:
+                    return self._send(commands)
+                except NoScriptError:
+                    self.load_scripts()
+                    return self._send(commands)
         except REDIS_ERRORS as exc:
             self._after(exc)
             raise failed(what, exc) from exc
 
     def _after(self, exc: Exception) -> None:
-        if isinstance(exc, (RedisConnectionError, RedisTimeoutError, ClusterDownError)):
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError, ClusterDownError, RedirectToUnknownNode)):
             self._connection.refresh()
 
     def _send(self, commands: Sequence[Command]) -> list[Any]:
@@ -118,6 +122,7 @@ class ScriptedRedis:
 
     def ping(self) -> None:
         try:
-            self.client.ping()
+            with redirects():
+                self.client.ping()
         except REDIS_ERRORS as exc:
             raise failed("PING", exc) from exc

@@ -28,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -52,6 +54,49 @@ logger = logging.getLogger(__name__)
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException)
 
 Client = redis.Redis | RedisCluster
+
+
+# redis-py's cluster clients, blocking and asyncio: the only code whose AttributeError `redirects` maps.
+_CLUSTER_MODULES = frozenset({"redis.cluster", "redis.asyncio.cluster"})
+
+
+class RedirectToUnknownNode(RedisClusterException):
+    """Redis Cluster redirected a command (``ASK``: a slot being migrated) to a node missing from the client's slot
+    map, and redis-py failed on it with a bare ``AttributeError`` (``'NoneType' object has no attribute
+    'redis_connection'``; ``'connection_kwargs'`` with redis.asyncio).
+
+    It happens while a slot migrates to a master that owns no slot yet (a node added to scale out): ``CLUSTER
+    SLOTS``, from which redis-py builds its map, does not list that node until the migration gives it a slot. Being
+    a ``RedisClusterException``, it is mapped like any other Redis failure: ``DependencyUnavailable`` (the lookups
+    bypass to Cassandra, the change feed keeps its position and retries) and a slot-map refresh.
+    """
+
+
+def _raised_in_cluster_client(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback is redis-py's cluster client (not our code it called)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_globals.get("__name__") in _CLUSTER_MODULES
+
+
+@contextmanager
+def redirects() -> Iterator[None]:
+    """Re-raise redis-py's ``AttributeError`` on a redirect to an unknown node as :class:`RedirectToUnknownNode`.
+
+    Narrow on purpose: only an ``AttributeError`` raised inside redis-py's cluster modules is mapped, so a bug of
+    ours (an ``AttributeError`` raised in our own code) still fails loudly instead of passing for an outage.
+    """
+    try:
+        yield
+    except AttributeError as exc:
+        if not _raised_in_cluster_client(exc):
+            raise
+        raise RedirectToUnknownNode(
+            f"Redis Cluster redirected a command to a node that is not in the client's slot map (a slot migrating "
+            f"to a master added since the map was read?): redis-py failed with AttributeError: {exc}") from exc
 
 
 class CrossSlotError(SluiceError):

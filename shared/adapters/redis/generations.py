@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from redis.cluster import RedisCluster
 
-from shared.adapters.redis.client import REDIS_ERRORS, Client, RedisConnection, as_text
+from shared.adapters.redis.client import REDIS_ERRORS, Client, RedisConnection, as_text, redirects
 from shared.exceptions import DependencyUnavailable
 
 _GLOB = re.compile(r"([\\*?\[\]])")
@@ -80,7 +80,9 @@ class RedisGenerations:
     def read(self) -> Pointer:
         """The pointer as Redis holds it now (uncached)."""
         try:
-            live, building, position, since = self._client.hmget(self.key, "live", "building", "position", "since")
+            with redirects():
+                live, building, position, since = self._client.hmget(self.key, "live", "building", "position",
+                                                                     "since")
         except REDIS_ERRORS as exc:
             raise self._failed("reading the generation pointer", exc) from exc
         return Pointer(int(live) if live else 0, int(building) if building else None,

@@ -18,7 +18,7 @@ from typing import Any
 from redis.typing import EncodableT
 
 from shared.adapters.redis.base import Command, ScriptedRedis
-from shared.adapters.redis.client import REDIS_ERRORS, Client, RedisConnection, as_text, failed
+from shared.adapters.redis.client import REDIS_ERRORS, Client, RedisConnection, as_text, failed, redirects
 from shared.adapters.redis.keys import Keys, sort_key
 from shared.domain.stored import StoredEvent
 from shared.ports.cache import Cached
@@ -76,7 +76,8 @@ class RedisLookupCache(ScriptedRedis):
 
     def _get_hash_doc(self, key: str, what: str) -> Cached | None:
         try:
-            document, marker = self.client.hmget(key, "d", "k")
+            with redirects():
+                document, marker = self.client.hmget(key, "d", "k")
         except REDIS_ERRORS as exc:
             self._after(exc)
             raise failed(f"reading {what}", exc) from exc
