@@ -526,7 +526,8 @@ def redis_change_sink() -> RedisChangeSink:
     cfg = settings().redis
     return RedisChangeSink(redis_client(), key_prefix=cfg.key_prefix, ttl_seconds=cfg.ttl_seconds,
                            critical_per_device_max=cfg.critical_per_device_max,
-                           critical_stream_max=cfg.critical_stream_max, stream_shards=cfg.critical_stream_shards)
+                           critical_stream_max=cfg.critical_stream_max, stream_shards=cfg.critical_stream_shards,
+                           wait_replicas=cfg.wait_replicas, wait_timeout_ms=cfg.wait_timeout_ms)
 
 
 @service

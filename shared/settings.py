@@ -338,6 +338,10 @@ class RedisSettings(_Group):
     """Length of the global stream of recent critical events (over all its shards)"""
     critical_stream_shards: int = Field(8, ge=1, le=1024)
     """Shards of the critical stream, each in its own hash slot (fixed once data exists; see docs/redis-layout.md)"""
+    wait_replicas: int = Field(0, ge=0, le=16)
+    """Replicas per master that must acknowledge each change-feed page (`WAIT`) before its position is saved; 0: off. Only where the server honours `WAIT` (docs/redis-layout.md, "Failover")"""  # noqa: E501 - one line: the settings table takes it as it stands
+    wait_timeout_ms: int = Field(1000, ge=1, le=60_000)
+    """How long a page waits for those replicas; then the run stops as "Redis unavailable" and the page is written again"""  # noqa: E501 - one line: the settings table takes it as it stands
 
     @field_validator("url")
     @classmethod

@@ -239,6 +239,25 @@ def test_a_copy_enqueued_earlier_never_replaces_a_later_one_after_the_member_key
         assert cache.get_critical("pump-8", SINCE_ALL, 10) == [later.to_json()], write
 
 
+def test_with_wait_replicas_a_page_is_written_only_once_replicas_acknowledged_it(client, redis_server, redis_prefix):
+    """``SLUICE_REDIS_WAIT_REPLICAS``: the session's cluster (a replica per master) acknowledges each master's
+    share of a page, whose replies come back in order (a missing latest key is still reported); the machine's
+    Redis has no replica, so the page is not reported written and the change feed would keep its position."""
+    from shared.exceptions import DependencyUnavailable
+
+    cache = Cache(client, key_prefix=redis_prefix, wait_replicas=1, wait_timeout_ms=200)
+    events = [ev(f"w{n}", n, critical=n % 2 == 0) for n in range(12)]
+    if not redis_server.cluster:
+        with pytest.raises(DependencyUnavailable, match="not acknowledged by 1 replica"):
+            cache.apply(events)
+        return
+    assert cache.apply(events) == sorted(e.device_id for e in events)  # no latest key yet: all reported
+    cache.put_latest(events)
+    assert cache.apply([ev("w1", 20)]) == []
+    assert json.loads(cache.get_latest("w1").document)["measurements"] == {"v": 20.0}
+    assert client.zrange(cache.keys.critical("w0"), 0, -1) == [events[0].to_json().encode()]
+
+
 def test_the_completeness_bound_lives_and_dies_with_the_set(client, redis_prefix):
     cache = Cache(client, key_prefix=redis_prefix)
     cache.fill_critical("quiet", [], SINCE_ALL, ttl=60)  # a device without critical events: complete and empty

@@ -8,6 +8,7 @@ with their replicas again.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 import uuid
@@ -245,6 +246,65 @@ def test_a_master_killed_during_a_change_feed_run_loses_nothing(cluster, session
     assert normalised(client, prefix) == normalised(single, redis_prefix)
     single.close()
     client.close()
+
+
+@pytest.mark.timeout(180)
+def test_with_wait_replicas_a_page_the_replica_missed_is_written_again_after_a_failover(tmp_path):
+    """``SLUICE_REDIS_WAIT_REPLICAS=1``: a page its master's replica did not acknowledge is not reported written
+    (``DependencyUnavailable``: the change feed keeps its position), so after the master dies the next run writes
+    it to the promoted replica, and the lookups serve it.
+    Was (and still is with the guard off, the default, docs/redis-layout.md "Failover"): ``apply`` returned once
+    the master acknowledged; the feed saved its position; the master died before its replica received the page,
+    and a critical list marked complete was served without the acknowledged alarm."""
+    import os
+    import signal
+
+    import redis
+
+    from shared.ports.cache import SINCE_ALL
+    from sluice.redis_cluster import LocalRedisCluster
+
+    own = LocalRedisCluster(tmp_path / "cluster", masters=3, replicas=1).start()  # a master of it is killed
+    connection = RedisConnection(own.url, cluster=True, socket_timeout=1)
+    stopped = None
+    try:
+        client = connection.client()
+        sink = RedisChangeSink(connection, key_prefix="fo:", ttl_seconds=3600, wait_replicas=1, wait_timeout_ms=300)
+        lookups = RedisLookupCache(connection, key_prefix="fo:")
+        first = ev("pump-9", 1, critical=True, enqueued=1)
+        lookups.fill_critical("pump-9", [first], SINCE_ALL, 3600)  # a lookup filled the list: marked complete
+        apply_changes(sink, [first], None, list)  # acknowledged by the replica too
+        node = client.get_node_from_key(sink.keys.critical("pump-9"))
+        with redis.Redis(host=node.host, port=node.port) as master:
+            replica = int(master.info("replication")["slave0"]["port"])
+            stopped = own.nodes[replica].process.pid
+            os.kill(stopped, signal.SIGSTOP)  # the replica lags behind for a moment...
+            master.client_kill_filter(_type="replica")
+        second = ev("pump-9", 2, critical=True, enqueued=2)
+        with pytest.raises(DependencyUnavailable, match="not acknowledged by 1 replica"):
+            apply_changes(sink, [second], None, list)  # on the master only: the position is not saved
+        own.kill(node.port)  # ...and the master dies before the replica caught up
+        os.kill(stopped, signal.SIGCONT)
+        stopped = None
+        own.restart(node.port)  # it comes back as the promoted replica's replica (the service re-creates one)
+
+        deadline = time.monotonic() + 90
+        while True:  # the change feed's next runs: "redis unavailable" until the failover is over
+            try:
+                apply_changes(sink, [second], None, list)
+                break
+            except DependencyUnavailable:
+                assert time.monotonic() < deadline, "the page was never written after the failover"
+                time.sleep(0.5)
+        served = lookups.get_critical("pump-9", SINCE_ALL, 10)
+        assert served is None or str(second.event_id) in [json.loads(d)["event_id"] for d in served], \
+            f"a list marked complete is served without the critical event: {served}"
+        assert lookups.get_latest("pump-9").document == second.to_json()
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        connection.close()
+        own.stop()
 
 
 @pytest.mark.timeout(120)

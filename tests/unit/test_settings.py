@@ -347,3 +347,12 @@ def test_traced_clients_are_named_in_any_case():
     assert load_settings(dict(SAMPLE, SLUICE_TRACE_CLIENTS="Redis, CASSANDRA")).telemetry.trace_clients == [
         "redis", "cassandra"]
     assert load_settings(dict(SAMPLE, SLUICE_TRACE_CLIENTS="NONE")).telemetry.trace_clients == []
+
+
+def test_the_redis_wait_guard_is_off_by_default_and_bounded():
+    """``SLUICE_REDIS_WAIT_REPLICAS`` (docs/redis-layout.md, "Failover") is opt-in; a bad value is named at start-up."""
+    assert load_settings(SAMPLE).redis.wait_replicas == 0
+    assert load_settings(dict(SAMPLE, SLUICE_REDIS_WAIT_REPLICAS="1")).redis.wait_replicas == 1
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(dict(SAMPLE, SLUICE_REDIS_WAIT_REPLICAS="-1", SLUICE_REDIS_WAIT_TIMEOUT_MS="0"))
+    assert "SLUICE_REDIS_WAIT_REPLICAS" in str(caught.value) and "SLUICE_REDIS_WAIT_TIMEOUT_MS" in str(caught.value)

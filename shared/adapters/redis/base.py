@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from redis.exceptions import ClusterDownError, NoScriptError
+import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import AskError, ClusterDownError, NoScriptError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
@@ -19,6 +21,7 @@ from shared.adapters.redis.client import REDIS_ERRORS, Client, RedirectToUnknown
 from shared.adapters.redis.generations import RedisGenerations, generation_prefix
 from shared.adapters.redis.keys import Keys, check_prefix
 from shared.adapters.redis.scripts import scripts
+from shared.exceptions import DependencyUnavailable
 
 Command = tuple[object, ...]  # EVALSHA arguments: sha, number of keys, keys, arguments
 
@@ -92,25 +95,36 @@ class ScriptedRedis:
             self._after(exc)
             raise failed(what, exc) from exc
 
-    def pipeline(self, commands: Sequence[Command], what: str) -> list[Any]:
+    def pipeline(self, commands: Sequence[Command], what: str, *, replicas: int = 0,
+                 wait_ms: int = 1000) -> list[Any]:
         """Send ``EVALSHA`` commands in one pipeline (a cluster groups them per node); raises on any error.
 
         After ``NOSCRIPT`` the scripts are loaded and every command is sent again:
         the scripts are idempotent, so what already ran is unchanged by the replay.
+
+        With ``replicas``, each master's share ends with ``WAIT <replicas> <wait_ms>`` on the connection that
+        carried it (``WAIT`` counts the writes of its own connection only), and a master whose replicas did not
+        all acknowledge in time raises ``DependencyUnavailable``: the writes are on the master, but a failover
+        before its replica caught up would lose them, so the caller must not treat them as durable.
         """
+        def send(page: Sequence[Command]) -> list[Any]:
+            return self._send_replicated(page, replicas, wait_ms, what) if replicas else self._send(page)
+
         try:
             with redirects():
                 try:
-                    return self._send(commands)
+                    return send(commands)
                 except NoScriptError:
                     self.load_scripts()
-                    return self._send(commands)
+                    return send(commands)
         except REDIS_ERRORS as exc:
             self._after(exc)
             raise failed(what, exc) from exc
 
     def _after(self, exc: Exception) -> None:
-        if isinstance(exc, (RedisConnectionError, RedisTimeoutError, ClusterDownError, RedirectToUnknownNode)):
+        # AskError (and MovedError, its subclass) reach us only from _send_replicated's per-node pipelines
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError, ClusterDownError, RedirectToUnknownNode,
+                            AskError)):
             self._connection.refresh()
 
     def _send(self, commands: Sequence[Command]) -> list[Any]:
@@ -118,6 +132,40 @@ class ScriptedRedis:
         for args in commands:
             pipe.execute_command("EVALSHA", *args)
         replies: list[Any] = pipe.execute(raise_on_error=True)
+        return replies
+
+    def _send_replicated(self, commands: Sequence[Command], replicas: int, wait_ms: int, what: str) -> list[Any]:
+        """``_send``, with one pipeline per master sent on that master's own client, ending with ``WAIT``.
+
+        redis-py's cluster pipeline cannot carry ``WAIT`` (a keyless command it would send to every node), so
+        the commands are grouped by the master of their first key (a script's keys share one slot) here. A
+        redirect (``MOVED``/``ASK``, a slot moved meanwhile) fails the page, refreshes the slot map, and the
+        page is written again by the next run.
+        """
+        client = self.client
+        groups: dict[str, tuple[redis.Redis, list[int]]] = {}
+        if isinstance(client, RedisCluster):
+            for index, args in enumerate(commands):
+                node = client.get_node_from_key(str(args[2]))  # type: ignore[no-untyped-call]  # unannotated in redis-py
+                groups.setdefault(node.name, (client.get_redis_connection(node), []))[1].append(index)
+        else:
+            groups["redis"] = (client, list(range(len(commands))))
+        replies: list[Any] = [None] * len(commands)
+        short: list[str] = []
+        for name, (node_client, indexes) in groups.items():
+            pipe = node_client.pipeline(transaction=False)
+            for index in indexes:
+                pipe.execute_command("EVALSHA", *commands[index])  # type: ignore[no-untyped-call]  # as above
+            pipe.execute_command("WAIT", replicas, wait_ms)  # type: ignore[no-untyped-call]  # as above
+            answers = pipe.execute(raise_on_error=True)
+            for index, answer in zip(indexes, answers, strict=False):
+                replies[index] = answer
+            if int(answers[-1]) < replicas:
+                short.append(f"{name}: {answers[-1]}")
+        if short:
+            raise DependencyUnavailable(
+                "redis", f"{what}: written, but not acknowledged by {replicas} replica(s) within {wait_ms} ms "
+                         f"({', '.join(short)} acknowledged); a failover now could lose it, so it is not yet durable")
         return replies
 
     def ping(self) -> None:

@@ -20,6 +20,13 @@ cluster's nodes run them does not matter, and a page that failed half-way
 only by a larger sort key, the set keeps one member per event, and the stream
 marker (``SET NX``) adds an event to its shard once. The change feed saves its
 position only after :meth:`apply` returned.
+
+:meth:`apply` returns once the masters acknowledged the page; Redis replicates
+asynchronously, so a master failover can still lose it. With ``wait_replicas``
+(``SLUICE_REDIS_WAIT_REPLICAS``, off by default) each master's share of the page
+ends with ``WAIT``, and a page its replicas did not acknowledge in time raises
+``DependencyUnavailable``: the position is not saved and the next run writes the
+page again (docs/redis-layout.md, "Failover").
 """
 
 from __future__ import annotations
@@ -41,9 +48,10 @@ class RedisChangeSink(ScriptedRedis):
     def __init__(self, connection: RedisConnection | Client, *, key_prefix: str = "sluice:",
                  ttl_seconds: int = 7 * 24 * 3600, critical_per_device_max: int = 100,
                  critical_stream_max: int = 10_000, stream_shards: int = 8,
-                 generation_cache_seconds: float = 1.0) -> None:
+                 generation_cache_seconds: float = 1.0, wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
         super().__init__(connection, key_prefix, stream_shards, generation_cache_seconds=generation_cache_seconds)
         self._ttl = ttl_seconds
+        self._wait = {"replicas": wait_replicas, "wait_ms": wait_timeout_ms}
         self._stream_max = critical_stream_max
         self.critical_cap = critical_per_device_max
         self._shard_max = -(-critical_stream_max // stream_shards)
@@ -94,7 +102,7 @@ class RedisChangeSink(ScriptedRedis):
         if not events:
             return []
         commands, devices = self.commands(events)
-        replies = self.pipeline(commands, f"writing {len(events)} changed events")
+        replies = self.pipeline(commands, f"writing {len(events)} changed events", **self._wait)
         # the latest commands come last: a reply of 0 is a key that was missing, left for put_latest
         return sorted({device for device, reply in zip(devices, replies[len(replies) - len(devices):], strict=True)
                        if reply == 0})
@@ -104,4 +112,5 @@ class RedisChangeSink(ScriptedRedis):
             return
         generations, ttl, sha = self.write_keys(), self._ttl, self.sha["latest"]
         self.pipeline([(sha, 1, keys.latest(e.device_id), sort_key(e), e.to_json(), ttl)
-                       for e in events for keys in generations], f"putting {len(events)} latest states")
+                       for e in events for keys in generations], f"putting {len(events)} latest states",
+                      **self._wait)
