@@ -17,6 +17,7 @@ short by shutdown: the outcome is then :attr:`Outcome.ABANDONED` and the caller 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
 import logging
@@ -249,6 +250,23 @@ class Watchdog:
                     self.end(invocation_id)  # an expire that returns (tests) reports each invocation once
 
 
+async def _stopped_within(stopping: asyncio.Event, delay: float) -> bool:
+    """Wait up to ``delay`` seconds for ``stopping``; whether it is set.
+
+    The event is read after the wait rather than trusted to the wait's result: on Python 3.11,
+    ``asyncio.wait_for(event.wait(), timeout=0)`` raises TimeoutError even when the event is already set, so a
+    zero retry delay (``fixed_delay`` of ``00:00:00``, ``exponential_backoff`` with a zero minimum) would never see
+    shutdown and a poison batch retried forever would hold ``stop()`` for good. A zero delay still yields once:
+    an async function that fails without awaiting would otherwise keep the event loop, and ``stop()`` with it.
+    """
+    if delay > 0 and not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=delay)
+    else:
+        await asyncio.sleep(0)
+    return stopping.is_set()
+
+
 class Invoker:
     """Runs user functions; one per dev host. With ``function_timeout``, a :class:`Watchdog` enforces it."""
 
@@ -330,9 +348,7 @@ class Invoker:
                 delay = policy.delay_before(attempt)
                 logger.info("Functions.%s: retry %d of %s in %.3fs", spec.name, attempt,
                             "unlimited" if max_retry_count < 0 else max_retry_count, delay)
-                try:
-                    await asyncio.wait_for(stopping.wait(), timeout=delay)
-                except TimeoutError:
+                if not await _stopped_within(stopping, delay):
                     continue
                 logger.warning(
                     "Functions.%s: shutting down during a retry delay; the input is not completed", spec.name

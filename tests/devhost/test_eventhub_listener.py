@@ -7,6 +7,7 @@ in-memory partition context (our port of the SDK's); the functions and the invok
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -135,6 +136,50 @@ def test_a_failing_batch_is_checkpointed_once_the_retries_are_spent(tmp_path: Pa
     asyncio.run(host._on_event_batch(context, events(9)))
     assert attempts == [9, 9]
     assert context.checkpoints == [9]
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_abandons_a_poison_batch_retried_forever_with_a_zero_delay(tmp_path: Path) -> None:
+    """A poison batch retried forever (``max_retry_count`` -1) with a zero delay must not hold ``stop()``: the retry
+    loop sees shutdown, the batch is abandoned and not checkpointed, so it is delivered again on the next start.
+    Was: the loop never noticed shutdown (a zero-timeout ``asyncio.wait_for`` times out even when the event is
+    set), so Ctrl-C hung for ``--shutdown-timeout`` and then exited 1 with no partition checkpointed or released."""
+    attempts: list[int] = []
+
+    def poison(events: list[Any]) -> None:
+        attempts.append(1)
+        raise RuntimeError("poison")
+
+    host = listener(tmp_path, poison, retry=RetryPolicy("fixed_delay", -1, delay=timedelta(0)))
+    context = FakePartitionContext()
+
+    async def scenario() -> tuple[bool, int]:
+        receiving = asyncio.create_task(host._on_event_batch(context, events(7)))
+        while len(attempts) < 3:
+            await asyncio.sleep(0.01)
+        before = len(attempts)
+        try:
+            await asyncio.wait_for(host.stop(), timeout=5)
+            stopped = True
+        except TimeoutError:
+            stopped = False
+        after = len(attempts)
+        receiving.cancel()
+        for task in list(host._inflight):
+            task.cancel()
+        await asyncio.gather(receiving, *host._inflight, return_exceptions=True)
+        return stopped, after - before
+
+    quiet = logging.getLogger("devhost.invocation")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # thousands of "Executed ... (Failed" lines would bury the assertion
+    try:
+        stopped, after_stop = asyncio.run(scenario())
+    finally:
+        quiet.setLevel(level)
+        host._invoker.shutdown()
+    assert stopped, f"stop() did not return within 5 s; {after_stop} more attempts were made after it was called"
+    assert context.checkpoints == [], "a batch abandoned by shutdown must not be checkpointed"
 
 
 def test_ownership_must_outlive_the_load_balancing_interval(tmp_path: Path) -> None:

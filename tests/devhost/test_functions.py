@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import time
 import typing
 from datetime import UTC, datetime, timedelta
@@ -182,6 +183,48 @@ def test_shutdown_during_a_retry_delay_abandons_the_input(tmp_path: Path) -> Non
         return outcome
 
     assert asyncio.run(scenario()) is Outcome.ABANDONED
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("policy", [RetryPolicy("fixed_delay", -1, delay=timedelta(0)),
+                                    RetryPolicy("exponential_backoff", -1)], ids=["fixed_delay", "exponential_backoff"])
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_shutdown_ends_a_retry_loop_whose_delay_is_zero(tmp_path: Path, policy: RetryPolicy, is_async: bool) -> None:
+    """A zero delay (``delay_interval`` 00:00:00, or a zero ``minimum_interval``) still sees shutdown. On Python 3.11
+    ``asyncio.wait_for(stopping.wait(), timeout=0)`` raises TimeoutError even when ``stopping`` is set, so a
+    loop that trusted it retried a poison input forever after stop() and the dev host could not shut down."""
+    attempts: list[int] = []
+
+    def fails(events: Any, context: func.Context) -> None:
+        attempts.append(context.retry_context.retry_count)
+        raise RuntimeError("poison")
+
+    async def fails_async(events: Any, context: func.Context) -> None:
+        fails(events, context)  # no await: fails without ever giving the event loop back
+
+    async def scenario() -> tuple[Outcome, int]:
+        stopping = asyncio.Event()
+        task = asyncio.create_task(invoker.call_with_retry(
+            _spec(fails_async if is_async else fails, retry=policy), {"events": []}, reason="test",
+            stopping=stopping))
+        while len(attempts) < 3:
+            await asyncio.sleep(0.01)
+        stopping.set()
+        at_stop = len(attempts)
+        outcome = await asyncio.wait_for(task, timeout=5)
+        return outcome, len(attempts) - at_stop
+
+    invoker = Invoker(tmp_path, threads=1)
+    quiet = logging.getLogger("devhost.invocation")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # thousands of "Executed ... (Failed" lines would bury the assertion
+    try:
+        outcome, after_stop = asyncio.run(scenario())
+    finally:
+        quiet.setLevel(level)
+        invoker.shutdown()
+    assert outcome is Outcome.ABANDONED
+    assert after_stop <= 1, f"{after_stop} attempts were made after shutdown"  # at most the one in progress
 
 
 def _event(body: bytes, sequence_number: int, *, key: str | None = None) -> EventData:
