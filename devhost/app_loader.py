@@ -94,14 +94,20 @@ def _retry_policy(function: func.Function) -> RetryPolicy | None:
         count = int(settings.get("max_retry_count", 0))
         if count < -1:  # azure-webjobs-sdk RetryAttribute: ArgumentOutOfRangeException
             raise ValueError("max_retry_count must be -1 (retry forever) or more")
+        # parse_timespan reads a negative TimeSpan; no retry waits a negative time.
         if strategy == "fixed_delay":
-            return RetryPolicy(strategy, count, delay=parse_timespan(str(settings.get("delay_interval", "00:00:00"))))
+            delay = parse_timespan(str(settings.get("delay_interval", "00:00:00")))
+            if delay < timedelta(0):
+                raise ValueError("delay_interval must not be negative")
+            return RetryPolicy(strategy, count, delay=delay)
         if strategy == "exponential_backoff":
             policy = RetryPolicy(
                 strategy, count,
                 minimum_interval=parse_timespan(str(settings["minimum_interval"])),
                 maximum_interval=parse_timespan(str(settings["maximum_interval"])),
             )
+            if policy.minimum_interval < timedelta(0):
+                raise ValueError("minimum_interval must not be negative")
             if policy.maximum_interval < policy.minimum_interval:  # as ExponentialBackoffRetryAttribute refuses it
                 raise ValueError("maximum_interval is shorter than minimum_interval")
             return policy

@@ -76,6 +76,9 @@ _HTTP_KEYS = {"routePrefix", "customHeaders"}
 JOB_HOST_PREFIX = "AzureFunctionsJobHost__"
 # The Functions host's limit when host.json sets none (ScriptJobHostOptionsSetup: Premium, Dedicated, containers).
 DEFAULT_FUNCTION_TIMEOUT = timedelta(minutes=30)
+# The extension's EventHubOptions.MaxWaitTime setter refuses more: "Max Wait Time must be less than or equal to 10
+# minutes."
+MAX_WAIT_TIME_LIMIT = timedelta(minutes=10)
 _SETTING_REF = re.compile(r"%([^%]+)%")
 
 
@@ -114,15 +117,17 @@ class HostOptions:
 
 
 def parse_timespan(text: str) -> timedelta:
-    """A .NET TimeSpan as host.json writes it: ``[d.]hh:mm:ss[.fff]``."""
-    match = re.fullmatch(r"(?:(\d+)\.)?(\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d+))?", text.strip())
+    """A .NET TimeSpan as host.json writes it: ``[-][d.]hh:mm:ss[.fff]``. A negative one parses, as in .NET, so that
+    the option it is given to can say why it is refused."""
+    match = re.fullmatch(r"(-)?(?:(\d+)\.)?(\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d+))?", text.strip())
     if not match:
         raise DevHostError(f"{text!r} is not a TimeSpan (expected hh:mm:ss)")
-    days, hours, minutes, seconds, fraction = match.groups()
-    return timedelta(
+    sign, days, hours, minutes, seconds, fraction = match.groups()
+    span = timedelta(
         days=int(days or 0), hours=int(hours), minutes=int(minutes), seconds=int(seconds),
         microseconds=int(((fraction or "0") + "000000")[:6]),
     )
+    return -span if sign else span
 
 
 def load_local_settings(path: Path | None, environ: MutableMapping[str, str] | None = None) -> int | None:
@@ -374,12 +379,26 @@ def _eventhub_options(eh: dict[str, object], where: Callable[..., str]) -> Event
         initial_offset=offset_type,
         initial_enqueued_time=enqueued,
     )
+    # The limits the extension's option setters enforce: the Functions host does not start with a value outside them.
     if options.max_event_batch_size < 1:
         raise DevHostError(f"{where('maxEventBatchSize')} must be at least 1")
+    if options.min_event_batch_size < 1:
+        raise DevHostError(f"{where('minEventBatchSize')} {options.min_event_batch_size} must be at least 1")
     if options.min_event_batch_size > options.max_event_batch_size:
         raise DevHostError(f"{where('minEventBatchSize')} is larger than maxEventBatchSize")
+    if not timedelta(0) <= options.max_wait_time <= MAX_WAIT_TIME_LIMIT:
+        raise DevHostError(f"{where('maxWaitTime')} {eh['maxWaitTime']!r} must be between 00:00:00 and 00:10:00")
     if options.batch_checkpoint_frequency < 1:
         raise DevHostError(f"{where('batchCheckpointFrequency')} must be at least 1")
+    if options.prefetch_count < 0:
+        raise DevHostError(f"{where('prefetchCount')} {options.prefetch_count} must not be negative")
+    if options.prefetch_count == 0:
+        # The host reads 0 as "no prefetch"; azure-eventhub has no such mode (its receive link's credit is the
+        # prefetch) and quietly takes 0 for its default of 300, which would be a different receiver, unannounced.
+        raise DevHostError(f"{where('prefetchCount')} 0 (no prefetch) cannot be reproduced by the dev host: "
+                           "azure-eventhub always prefetches, and would take 0 for its default of 300; set a positive "
+                           "count (locally, AzureFunctionsJobHost__extensions__eventHubs__prefetchCount in "
+                           "local.settings.json overrides host.json)")
     return options
 
 

@@ -123,6 +123,23 @@ def test_a_maximum_interval_shorter_than_the_minimum_is_refused() -> None:
         index(app)
 
 
+@pytest.mark.parametrize("settings", [{"strategy": "fixed_delay", "delay_interval": "-00:00:01"},
+                                      {"strategy": "exponential_backoff", "minimum_interval": "-00:00:01",
+                                       "maximum_interval": "00:00:05"}], ids=["fixed_delay", "exponential_backoff"])
+def test_a_negative_retry_interval_is_refused(settings: dict[str, str]) -> None:
+    """A retry waits no negative time: a negative TimeSpan parses (host.json's maxWaitTime needs it named as out of
+    range), so the retry settings refuse it themselves, as they did when it did not parse."""
+    app = func.FunctionApp()
+
+    @app.timer_trigger(schedule="0 0 0 1 1 *", arg_name="timer")
+    @app.retry(max_retry_count="3", **settings)
+    def yearly(timer: func.TimerRequest) -> None:
+        pass
+
+    with pytest.raises(DevHostError, match="must not be negative"):
+        index(app)
+
+
 def test_load_names_a_missing_script(tmp_path: Path) -> None:
     with pytest.raises(DevHostError, match=r"function_app\.py does not exist"):
         load(tmp_path)

@@ -194,10 +194,46 @@ def test_event_hubs_options_the_dev_host_cannot_apply_are_refused_by_name(tmp_pa
     assert load_host_json(path, {}).warnings == ()
 
 
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("prefetchCount", -1, "must not be negative"),
+    ("prefetchCount", 0, r"0 \(no prefetch\) cannot be reproduced"),
+    ("minEventBatchSize", 0, "must be at least 1"),
+    ("maxWaitTime", "00:30:00", "must be between 00:00:00 and 00:10:00"),
+    ("maxWaitTime", "-00:00:01", "must be between 00:00:00 and 00:10:00"),
+])
+def test_event_hubs_options_the_host_refuses_are_refused_at_start_up(tmp_path: Path, key: str, value: object,
+                                                                    message: str) -> None:
+    """The extension's option setters refuse these and the Functions host does not start (azure-webjobs-sdk-extensions
+    EventHubs src/Config/EventHubOptions.cs: "Batch size must be larger than or equal to 1.", "Max Wait Time must be
+    less than or equal to 10 minutes."; Azure.Messaging.EventHubs ``EventProcessorOptions.PrefetchCount`` throws for a
+    negative count). Was: the dev host ran with them, and ``prefetchCount: -1`` made its trigger silently never fire
+    (azure-eventhub opened each link with a negative credit). ``prefetchCount`` 0 is "no prefetch" to the host, which
+    azure-eventhub cannot do: it took 0 for its default of 300, silently; it is refused, naming the key."""
+    path = tmp_path / "host.json"
+    path.write_text(json.dumps({"version": "2.0", "extensions": {"eventHubs": {key: value}}}))
+    with pytest.raises(DevHostError, match=rf"host\.json extensions\.eventHubs\.{key} .*{message}"):
+        load_host_json(path, {})
+    setting = f"AzureFunctionsJobHost__extensions__eventHubs__{key}"
+    with pytest.raises(DevHostError, match=setting):
+        load_host_json(tmp_path / "missing.json", {setting: str(value)})
+
+
+def test_event_hubs_options_at_the_hosts_limits_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "host.json"
+    path.write_text(json.dumps({"version": "2.0", "extensions": {"eventHubs": {
+        "prefetchCount": 1, "minEventBatchSize": 1, "maxEventBatchSize": 1, "maxWaitTime": "00:10:00"}}}))
+    options = load_host_json(path, {}).eventhubs
+    assert (options.prefetch_count, options.min_event_batch_size, options.max_wait_time) == \
+        (1, 1, timedelta(minutes=10))
+    path.write_text(json.dumps({"version": "2.0", "extensions": {"eventHubs": {"maxWaitTime": "00:00:00"}}}))
+    assert load_host_json(path, {}).eventhubs.max_wait_time == timedelta(0)
+
+
 def test_timespans() -> None:
     assert parse_timespan("1.02:03:04.5") == timedelta(days=1, hours=2, minutes=3, seconds=4.5)
     with pytest.raises(DevHostError, match="not a TimeSpan"):
         parse_timespan("5 minutes")
+    assert parse_timespan("-00:00:01.5") == -timedelta(seconds=1.5)  # as .NET parses it; the option says why not
 
 
 def test_setting_references_resolve_or_name_the_missing_setting() -> None:
