@@ -18,8 +18,9 @@ async checkpoint store; :class:`ThreadedCheckpointStore` runs the sync
 Order of work per batch, as the host does it: invoke (``@retry`` attempts included),
 then checkpoint the last event of the batch, whether the invocation succeeded or not
 (every ``batchCheckpointFrequency`` batches). A function must therefore dead-letter what
-it cannot process. On shutdown, no new batch starts, invocations in progress finish
-and are checkpointed, and a batch waiting for a retry is left unchecked so it is
+it cannot process. On shutdown, no new batch starts (with cardinality one, no further
+event of a batch either), invocations in progress finish and are checkpointed up to
+the last event invoked, and a batch waiting for a retry is left unchecked so it is
 delivered again.
 """
 
@@ -562,18 +563,23 @@ class EventHubListener:
         partition = self._partition_metadata(context)
         reason = (f"EventHub triggered: {len(batch)} event(s) from partition {context.partition_id}, "
                   f"sequence numbers {batch[0].sequence_number}-{batch[-1].sequence_number}")
+        done: EventData | None = None  # the last event whose invocation ended (succeeded or retries spent)
         if self.binding.many:
-            outcome = await self._invoke(batch, partition, reason)
+            if await self._invoke(batch, partition, reason) is not Outcome.ABANDONED:
+                done = batch[-1]
         else:
-            outcome = Outcome.SUCCEEDED
             for event in batch:
-                outcome = await self._invoke([event], partition, reason)
-                if outcome is Outcome.ABANDONED:
+                # One invocation per event: shutdown starts no further one, as the host's dispatch loop stops once
+                # cancelled. What was not invoked is left after the checkpoint, read again on the next start.
+                if self._draining:
                     break
-        if outcome is Outcome.ABANDONED:
+                if await self._invoke([event], partition, reason) is Outcome.ABANDONED:
+                    break
+                done = event
+        if done is None:
             return
         state.batches += 1
-        state.uncheckpointed = batch[-1]
+        state.uncheckpointed = done
         if state.batches % self._options.batch_checkpoint_frequency == 0:
             await self._checkpoint(context, state)
 

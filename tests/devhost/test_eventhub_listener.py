@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -47,6 +50,13 @@ def listener(tmp_path: Path, function: Any, *, many: bool = True, retry: RetryPo
 
 def events(*seqs: int) -> list[EventData]:
     return [_event(str(n).encode(), n) for n in seqs]
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
 
 
 def test_batches_are_split_at_max_size_and_checkpointed_after_each(tmp_path: Path) -> None:
@@ -155,8 +165,7 @@ def test_shutdown_abandons_a_poison_batch_retried_forever_with_a_zero_delay(tmp_
 
     async def scenario() -> tuple[bool, int]:
         receiving = asyncio.create_task(host._on_event_batch(context, events(7)))
-        while len(attempts) < 3:
-            await asyncio.sleep(0.01)
+        await _until(lambda: len(attempts) >= 3)
         before = len(attempts)
         try:
             await asyncio.wait_for(host.stop(), timeout=5)
@@ -180,6 +189,71 @@ def test_shutdown_abandons_a_poison_batch_retried_forever_with_a_zero_delay(tmp_
         host._invoker.shutdown()
     assert stopped, f"stop() did not return within 5 s; {after_stop} more attempts were made after it was called"
     assert context.checkpoints == [], "a batch abandoned by shutdown must not be checkpointed"
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_starts_no_new_invocation_for_the_rest_of_a_cardinality_one_batch(tmp_path: Path) -> None:
+    """With cardinality one, shutdown lets the invocation in progress finish and starts no other one for the rest of
+    its batch, as the host's single-dispatch loop stops once cancelled; the checkpoint is the last event invoked, and
+    the rest is read again on the next start. Was: every remaining event of the batch (up to maxEventBatchSize) was
+    still invoked after stop(), so shutdown outlasted --shutdown-timeout with slow events and exited 1 without
+    writing any checkpoint."""
+    started: list[int] = []
+    first_running = threading.Event()
+
+    def slow(events: Any) -> None:  # the trigger's name; one event with cardinality one
+        started.append(events.sequence_number)
+        first_running.set()
+        time.sleep(0.1)
+
+    host = listener(tmp_path, slow, many=False, max_event_batch_size=30)
+    context = FakePartitionContext()
+
+    async def scenario() -> int:
+        receiving = asyncio.create_task(host._on_event_batch(context, events(*range(30))))
+        await asyncio.wait_for(asyncio.to_thread(first_running.wait), timeout=10)
+        at_stop = len(started)
+        try:
+            await asyncio.wait_for(host.stop(), timeout=20)
+        finally:
+            await asyncio.gather(receiving, return_exceptions=True)
+        return at_stop
+
+    try:
+        at_stop = asyncio.run(scenario())
+    finally:
+        host._invoker.shutdown()
+    assert started[at_stop:] == [], f"invocations were started after stop() was called: {started[at_stop:]}"
+    assert context.checkpoints == [started[-1]], "the checkpoint is the last event invoked, never one past it"
+
+
+@pytest.mark.timeout(60)
+def test_a_cardinality_one_event_abandoned_by_shutdown_is_not_checkpointed_past(tmp_path: Path) -> None:
+    """Shutdown during the retry delay of event 2: events 0 and 1 were processed and are checkpointed, event 2 is
+    abandoned and read again on the next start, and nothing after it is invoked."""
+    seen: list[int] = []
+
+    def fails_on_2(events: Any) -> None:
+        seen.append(events.sequence_number)
+        if events.sequence_number == 2:
+            raise RuntimeError("poison")
+
+    host = listener(tmp_path, fails_on_2, many=False, max_event_batch_size=10,
+                    retry=RetryPolicy("fixed_delay", -1, delay=timedelta(seconds=30)))
+    context = FakePartitionContext()
+
+    async def scenario() -> None:
+        receiving = asyncio.create_task(host._on_event_batch(context, events(0, 1, 2, 3, 4)))
+        await _until(lambda: 2 in seen)
+        await asyncio.wait_for(host.stop(), timeout=10)
+        await receiving
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        host._invoker.shutdown()
+    assert seen == [0, 1, 2]
+    assert context.checkpoints == [1]
 
 
 def test_ownership_must_outlive_the_load_balancing_interval(tmp_path: Path) -> None:
