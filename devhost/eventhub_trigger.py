@@ -21,7 +21,8 @@ then checkpoint the last event of the batch, whether the invocation succeeded or
 it cannot process. On shutdown, no new batch starts (with cardinality one, no further
 event of a batch either), invocations in progress finish and are checkpointed up to
 the last event invoked, and a batch waiting for a retry is left unchecked so it is
-delivered again.
+delivered again. A batch whose partition was lost while it ran is never checkpointed:
+the position is the new owner's.
 """
 
 from __future__ import annotations
@@ -402,13 +403,21 @@ def to_function_input(
     return convert(event)
 
 
-@dataclass
+@dataclass(eq=False)
 class _PartitionState:
+    """One claim of a partition: created when it is claimed, ``lost`` once it is closed.
+
+    A batch in flight holds the state of the claim it was read under. The SDK reuses one PartitionContext for every
+    claim of a partition and does not check ownership when it checkpoints, so ``lost`` is what keeps a batch that
+    outlives its claim from writing its old position over the new owner's checkpoint.
+    """
+
     pending: list[EventData] = field(default_factory=list)
     pending_since: float = 0.0
     batches: int = 0
     uncheckpointed: EventData | None = None
     context: PartitionContext | None = None
+    lost: bool = False
 
 
 def _seconds_setting(environ: Mapping[str, str], name: str, default: float) -> float:
@@ -512,12 +521,14 @@ class EventHubListener:
         logger.info("Functions.%s: partition %s claimed", self.name, context.partition_id)
 
     async def _on_partition_close(self, context: PartitionContext, reason: Any) -> None:
-        if not self._draining:
-            # Lost (or given up): what it held back is the next owner's to read again, and nothing of it may be
-            # checkpointed later (stop() would write an old position over the new owner's).
-            state = self._partitions.pop(context.partition_id, None)
-            if state is not None:
-                state.pending.clear()
+        # Lost, given up or shut down (stop() has written its checkpoints by then): the claim is over. What it held
+        # back is the next owner's to read again, and nothing of it may be checkpointed later, neither by a batch
+        # still running nor by stop(): either would write an old position over the new owner's. As the host: its
+        # partition processor checkpoints only while ownership is not lost.
+        state = self._partitions.pop(context.partition_id, None)
+        if state is not None:
+            state.lost = True
+            state.pending.clear()
         logger.info("Functions.%s: partition %s closed (%s)", self.name, context.partition_id, reason)
 
     async def _on_error(self, context: PartitionContext | None, error: Exception) -> None:
@@ -569,9 +580,9 @@ class EventHubListener:
                 done = batch[-1]
         else:
             for event in batch:
-                # One invocation per event: shutdown starts no further one, as the host's dispatch loop stops once
-                # cancelled. What was not invoked is left after the checkpoint, read again on the next start.
-                if self._draining:
+                # One invocation per event: shutdown or a lost claim starts no further one, as the host's dispatch
+                # loop stops once cancelled. What was not invoked is left after the checkpoint, read again.
+                if self._draining or state.lost:
                     break
                 if await self._invoke([event], partition, reason) is Outcome.ABANDONED:
                     break
@@ -612,6 +623,11 @@ class EventHubListener:
         event = state.uncheckpointed
         if event is None:
             return
+        if state.lost:
+            logger.info("Functions.%s: partition %s was lost while sequence number %s was processed; not "
+                        "checkpointed (the new owner reads it again)", self.name, context.partition_id,
+                        event.sequence_number)
+            return
         try:
             await context.update_checkpoint(event)
         except Exception as exc:  # the host logs and carries on; the next checkpoint covers this one
@@ -629,7 +645,7 @@ class EventHubListener:
         if self._inflight:
             logger.info("Functions.%s: waiting for %d batch(es) in progress", self.name, len(self._inflight))
             await asyncio.gather(*self._inflight, return_exceptions=True)
-        for state in self._partitions.values():
+        for state in list(self._partitions.values()):  # a partition lost meanwhile leaves the dict
             if state.context is not None and state.uncheckpointed is not None:
                 await self._checkpoint(state.context, state)
         if self._client is not None:

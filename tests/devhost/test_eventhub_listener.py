@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.eventhub import EventData
+from azure.eventhub import CloseReason, EventData
 
 from devhost.app_loader import FunctionSpec, RetryPolicy
 from devhost.errors import DevHostError
@@ -254,6 +254,50 @@ def test_a_cardinality_one_event_abandoned_by_shutdown_is_not_checkpointed_past(
         host._invoker.shutdown()
     assert seen == [0, 1, 2]
     assert context.checkpoints == [1]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("many", [True, False], ids=["many", "one"])
+@pytest.mark.parametrize("while_stopping", [False, True], ids=["running", "stopping"])
+def test_a_batch_running_when_its_partition_is_lost_is_not_checkpointed(tmp_path: Path, many: bool,
+                                                                        while_stopping: bool) -> None:
+    """A partition closed (lost to another host) while its batch runs: the invocation in progress finishes, nothing is
+    checkpointed for it, by the batch or by stop(), and with cardinality one no further event is invoked. The SDK's
+    PartitionContext does not check ownership, so a checkpoint written after the loss would move the new owner's
+    back. tests/devhost/test_listener_handover.py shows it with two listeners on the real SDK."""
+    seen: list[int] = []
+    running = threading.Event()
+    release = threading.Event()
+
+    def blocks(events: Any) -> None:
+        seen.extend(e.sequence_number for e in (events if many else [events]))
+        running.set()
+        release.wait(10)
+
+    host = listener(tmp_path, blocks, many=many, max_event_batch_size=10)
+    context = FakePartitionContext()
+
+    async def scenario() -> None:
+        await host._on_partition_initialize(context)
+        receiving = asyncio.create_task(host._on_event_batch(context, events(1, 2, 3)))
+        await asyncio.wait_for(asyncio.to_thread(running.wait), timeout=10)
+        stopping = asyncio.create_task(host.stop()) if while_stopping else None
+        await asyncio.sleep(0.05)
+        await host._on_partition_close(context, CloseReason.OWNERSHIP_LOST)
+        release.set()
+        await receiving
+        if stopping is not None:
+            await stopping
+        else:
+            await host.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+        host._invoker.shutdown()
+    assert seen == ([1, 2, 3] if many else [1])
+    assert context.checkpoints == []
 
 
 def test_ownership_must_outlive_the_load_balancing_interval(tmp_path: Path) -> None:

@@ -8,11 +8,13 @@ emulator through tests/fixtures; the listener is driven in-process so that two "
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from azure.eventhub import EventData, EventHubProducerClient
 from azure.storage.blob import BlobServiceClient
 
@@ -138,6 +140,85 @@ def test_stop_writes_no_checkpoint_for_a_partition_another_host_now_owns(
         assert all(after[p] >= before[p] for p in partitions), (before, after)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("while_stopping", [False, True], ids=["running", "stopping"])
+def test_a_batch_in_flight_when_its_partition_is_lost_does_not_move_the_new_owners_checkpoint_back(
+        tmp_path: Path, isolated_eventhub: IsolatedHub, azurite_connection_string: str, while_stopping: bool) -> None:
+    """Rule: once ownership is lost the host's partition processor does not checkpoint the batch it was running
+    (EventHubListener.PartitionProcessor: CloseAsync cancels ``_ownershipLostTokenSource`` on
+    ProcessingStoppedReason.OwnershipLost, and ProcessEventsAsync checkpoints only while it is not cancelled;
+    Microsoft.Azure.WebJobs.Extensions.EventHubs src/Listeners/EventHubListener.PartitionProcessor.cs).
+
+    Was: ``EventHubListener._process`` checkpointed its batch through the PartitionContext it started with after the
+    function returned, and the SDK's PartitionContext does not check ownership. Interleaving: A owns all four
+    partitions and is slow on event 0 of each; B joins, steals two partitions, re-reads event 0, then reads event 1
+    and checkpoints 1; A's invocations return and A wrote 0 over B's 1: the checkpoint moved back and event 1 would
+    be delivered again after the next hand-over. Variant "stopping": A is already draining in stop() when it loses
+    the partitions (a rolling restart), and its in-flight batches and stop() must not write them either.
+    """
+    hub, storage = isolated_eventhub, azurite_connection_string
+    partitions = ["0", "1", "2", "3"]
+    a_started: list[str] = []
+    a_finished: list[str] = []
+    b_seen: list[tuple[str, int]] = []
+    release_a = threading.Event()
+
+    def slow_a(events: Any) -> None:
+        partition = events[0].metadata["PartitionContext"]["PartitionId"]
+        a_started.append(partition)
+        release_a.wait(40)  # A is still working on event 0 while B takes the partition over
+        a_finished.append(partition)
+
+    def fast_b(events: Any) -> None:
+        for event in events:
+            b_seen.append((event.metadata["PartitionContext"]["PartitionId"], event.sequence_number))
+
+    def listener(function: Any, who: str) -> EventHubListener:
+        spec = FunctionSpec(name="f", trigger_type="eventHubTrigger", trigger={"name": "events"},
+                            user_function=function, is_async=False, accepts_context=False, retry=None)
+        binding = EventHubBinding(spec, hub.connection_string, hub.name, "$Default", True, "binary")
+        (tmp_path / who).mkdir(exist_ok=True)
+        return EventHubListener(binding, EventHubOptions(), Invoker(tmp_path / who, threads=4), storage, environ=FAST)
+
+    async def scenario() -> tuple[dict[str, int], dict[str, int], set[str]]:
+        a, b = listener(slow_a, "a"), listener(fast_b, "b")
+        await a.start()
+        a_stopping: asyncio.Task[None] | None = None
+        try:
+            await asyncio.sleep(2)  # A claims all four partitions (greedy)
+            for p in partitions:
+                await asyncio.to_thread(_send, hub, p, "e0")
+            await _until(lambda: set(a_started) == set(partitions))
+            if while_stopping:
+                a_stopping = asyncio.create_task(a.stop())  # waits for the slow invocations
+            await b.start()
+            try:
+                await _until(lambda: len({p for p, _ in b_seen}) >= 2)  # B stole partitions and re-read event 0
+                stolen = {p for p, _ in b_seen}
+                for p in stolen:
+                    await asyncio.to_thread(_send, hub, p, "e1")
+                await _until(lambda: all(_checkpoints(storage, hub.name).get(p) == 1 for p in stolen))
+                await asyncio.sleep(3)  # A's next balancing cycle has noticed the loss
+                before = {p: _checkpoints(storage, hub.name)[p] for p in stolen}
+                release_a.set()  # A's slow invocations return now
+                await _until(lambda: set(a_finished) == set(partitions))
+                if a_stopping is not None:
+                    await a_stopping
+                await asyncio.sleep(2)  # A's checkpoint writes, if any, land
+                after = {p: _checkpoints(storage, hub.name)[p] for p in stolen}
+            finally:
+                release_a.set()
+                await b.stop()
+        finally:
+            release_a.set()
+            await (a_stopping if a_stopping is not None else a.stop())
+        return before, after, stolen
+
+    before, after, stolen = asyncio.run(scenario())
+    assert after == before, (f"after A's in-flight batches on the partitions B took ({sorted(stolen)}) finished, "
+                             f"their checkpoints moved from {before} back to {after}")
 
 
 def test_min_event_batch_size_does_not_hold_a_cardinality_one_function(
