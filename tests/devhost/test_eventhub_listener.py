@@ -149,7 +149,8 @@ def test_a_failing_batch_is_checkpointed_once_the_retries_are_spent(tmp_path: Pa
 
 
 @pytest.mark.timeout(60)
-def test_shutdown_abandons_a_poison_batch_retried_forever_with_a_zero_delay(tmp_path: Path) -> None:
+def test_shutdown_abandons_a_poison_batch_retried_forever_with_a_zero_delay(tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
     """A poison batch retried forever (``max_retry_count`` -1) with a zero delay must not hold ``stop()``: the retry
     loop sees shutdown, the batch is abandoned and not checkpointed, so it is delivered again on the next start.
     Was: the loop never noticed shutdown (a zero-timeout ``asyncio.wait_for`` times out even when the event is
@@ -179,13 +180,10 @@ def test_shutdown_abandons_a_poison_batch_retried_forever_with_a_zero_delay(tmp_
         await asyncio.gather(receiving, *host._inflight, return_exceptions=True)
         return stopped, after - before
 
-    quiet = logging.getLogger("devhost.invocation")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)  # thousands of "Executed ... (Failed" lines would bury the assertion
+    caplog.set_level(logging.CRITICAL, logger="devhost.invocation")  # thousands of "Executed ... (Failed" lines
     try:
         stopped, after_stop = asyncio.run(scenario())
     finally:
-        quiet.setLevel(level)
         host._invoker.shutdown()
     assert stopped, f"stop() did not return within 5 s; {after_stop} more attempts were made after it was called"
     assert context.checkpoints == [], "a batch abandoned by shutdown must not be checkpointed"

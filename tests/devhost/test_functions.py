@@ -206,7 +206,8 @@ def test_shutdown_during_a_retry_delay_abandons_the_input(tmp_path: Path) -> Non
 @pytest.mark.parametrize("policy", [RetryPolicy("fixed_delay", -1, delay=timedelta(0)),
                                     RetryPolicy("exponential_backoff", -1)], ids=["fixed_delay", "exponential_backoff"])
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
-def test_shutdown_ends_a_retry_loop_whose_delay_is_zero(tmp_path: Path, policy: RetryPolicy, is_async: bool) -> None:
+def test_shutdown_ends_a_retry_loop_whose_delay_is_zero(tmp_path: Path, policy: RetryPolicy, is_async: bool,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
     """A zero delay (``delay_interval`` 00:00:00, or a zero ``minimum_interval``) still sees shutdown. On Python 3.11
     ``asyncio.wait_for(stopping.wait(), timeout=0)`` raises TimeoutError even when ``stopping`` is set, so a
     loop that trusted it retried a poison input forever after stop() and the dev host could not shut down."""
@@ -232,13 +233,10 @@ def test_shutdown_ends_a_retry_loop_whose_delay_is_zero(tmp_path: Path, policy: 
         return outcome, len(attempts) - at_stop
 
     invoker = Invoker(tmp_path, threads=1)
-    quiet = logging.getLogger("devhost.invocation")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)  # thousands of "Executed ... (Failed" lines would bury the assertion
+    caplog.set_level(logging.CRITICAL, logger="devhost.invocation")  # thousands of "Executed ... (Failed" lines
     try:
         outcome, after_stop = asyncio.run(scenario())
     finally:
-        quiet.setLevel(level)
         invoker.shutdown()
     assert outcome is Outcome.ABANDONED
     assert after_stop <= 1, f"{after_stop} attempts were made after shutdown"  # at most the one in progress
