@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.stats import percentile
+from bench._stats import percentile
 
 if TYPE_CHECKING:
     from multiprocessing.queues import Queue

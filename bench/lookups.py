@@ -64,7 +64,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.connection import parse_url
 
-from bench.stats import percentile
+from bench._stats import percentile
 from devhost.cpu_stats import CollectorAccount
 from shared import bootstrap
 from shared.adapters.cassandra.aio import rows

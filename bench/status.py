@@ -37,7 +37,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.stats import percentile
+from bench._stats import percentile
 
 if TYPE_CHECKING:
     import psycopg

@@ -1,11 +1,11 @@
-"""How the benchmarks compute and label their figures (bench/stats.py, bench/e2e.py's options)."""
+"""How the benchmarks compute and label their figures (bench/_stats.py, bench/e2e.py's options)."""
 
 from __future__ import annotations
 
 import pytest
 
 from bench import e2e, eventhubs_emulator, lookups, status
-from bench.stats import percentile
+from bench._stats import percentile
 
 
 def test_every_benchmark_takes_nearest_rank_percentiles() -> None:
@@ -27,3 +27,13 @@ def test_two_workers_measure_only_the_scale_out() -> None:
     with pytest.raises(SystemExit) as refused:
         e2e.parse_args(["--workers", "2", "--phases", "cpu,latency"])
     assert refused.value.code == 2
+
+
+def test_python_m_bench_lists_only_benchmarks() -> None:
+    """Every name ``python -m bench`` lists runs a benchmark (a shared helper module would be listed, and fail)."""
+    import importlib
+
+    from bench.__main__ import available
+
+    for name in available():
+        assert callable(getattr(importlib.import_module(f"bench.{name}"), "main", None)), name
