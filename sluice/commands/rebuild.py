@@ -33,9 +33,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--devices", nargs="+", metavar="ID", help="only these devices, in the live generation")
     parser.add_argument("--max-rps", type=positive_float,
                         help="at most this many Cassandra rows read per second (a finite number above 0)")
-    parser.add_argument("--page-size", type=positive_int, default=200,
-                        help="devices per page (one saved position each)")
-    parser.add_argument("--restart", action="store_true", help="start a new generation instead of resuming")
+    parser.add_argument("--page-size", type=positive_int,
+                        help="devices per page (one saved position each; default 200; not with --devices)")
+    parser.add_argument("--restart", action="store_true",
+                        help="start a new generation instead of resuming (not with --devices)")
     parser.add_argument("--no-progress", action="store_true", help="no progress line")
     parser.set_defaults(func=run)
 
@@ -63,9 +64,17 @@ class ProgressLine:
 
 def run(args: argparse.Namespace) -> int:
     from shared import bootstrap
+    from shared.exceptions import ConfigurationError
     from shared.services.rebuild import GenerationsLeft
 
-    service = bootstrap.rebuild_service(max_rps=args.max_rps, page_size=args.page_size)
+    if args.devices:
+        # a device rebuild rewrites those devices in the live generation: no pages, no saved position to resume
+        ignored = [name for name, given in (("--page-size", args.page_size is not None),
+                                            ("--restart", args.restart)) if given]
+        if ignored:
+            raise ConfigurationError(f"{' and '.join(ignored)} do nothing with --devices (it rewrites those devices "
+                                     "in the live generation, with no pages or saved position): leave them out")
+    service = bootstrap.rebuild_service(max_rps=args.max_rps, page_size=args.page_size or 200)
     since_ms = to_ms(args.since) if args.since else SINCE_ALL
     progress = ProgressLine(not args.no_progress)
     left: GenerationsLeft | None = None

@@ -64,6 +64,20 @@ def test_rebuild_max_rps_that_is_no_finite_positive_number_is_refused(
     assert "--max-rps" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("options", [["--restart"], ["--page-size", "50"], ["--page-size", "200", "--restart"]])
+def test_rebuild_devices_refuses_the_options_it_would_ignore(options: list[str],
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """``rebuild redis --devices`` rewrites those devices in the live generation: it has no pages and no saved
+    position, so ``--page-size`` and ``--restart`` did nothing, silently. They are refused by name, before anything
+    is read or written."""
+    assert main(["rebuild", "redis", "--devices", "dev-1", *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "with --devices" in err, err
+    for option in options:
+        if option.startswith("--"):
+            assert option in err, err
+
+
 def test_rebuild_since_in_the_future_is_refused() -> None:
     """``rebuild redis --since <future>`` builds a generation with every critical list empty and switches the live
     cache to it: every device's critical list and the fleet stream vanish from Redis."""
