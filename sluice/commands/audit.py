@@ -102,6 +102,10 @@ def run(args: argparse.Namespace) -> int:
     elif not report.whole:
         print("missing 0 in what was audited, but part of the range asked for could not be audited (above): "
               "no verdict on the zero-loss SLO")
+    elif not any(p.audited for p in report.partitions):
+        # nothing checkpointed since the start asked for (a quiet hub, or a start just now): no evidence either way
+        print("missing 0: nothing was checkpointed in the range asked for, so nothing was audited "
+              "(no events, or none handed to ingest yet)")
     else:
-        print("missing 0: the zero-loss SLO holds")
+        print(f"missing 0 of {sum(p.audited for p in report.partitions)} audited: the zero-loss SLO holds")
     return 0 if report.whole and not report.missing else 1

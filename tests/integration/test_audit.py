@@ -183,9 +183,15 @@ def test_nothing_is_missing_when_every_record_was_stored_dead_lettered_or_a_dupl
     assert runs == [(0, 2, 3, 0, 0), (3, 6, 2, 2, 1)]
     code, out = audit(capsys, "--since", since.isoformat())
     assert code == 0, out
-    assert "missing 0: the zero-loss SLO holds" in out
+    assert "missing 0 of 11 audited: the zero-loss SLO holds" in out
     table = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] in (["0"], ["1"])}
     assert table == {"0": ["0", "6", "7", "0"], "1": ["0", "3", "4", "0"]}
+
+    # From now on nothing has been checkpointed: no verdict drawn from an empty range
+    code, out = audit(capsys, "--since", datetime.now(UTC).isoformat())
+    assert code == 0, out
+    assert "the zero-loss SLO holds" not in out
+    assert "nothing was checkpointed in the range asked for, so nothing was audited" in out
 
 
 def test_a_deleted_ledger_row_is_a_gap(stack: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
