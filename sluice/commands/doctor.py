@@ -122,13 +122,21 @@ def scaling_rule(scaled: dict[str, Any], origin: str, *, threshold: int | None =
     from shared.services.scaling import ScalingRule
 
     spec, meta = scaled["spec"], _trigger(scaled)
+
+    def whole(where: dict[str, Any], key: str, default: int) -> int:
+        value = where.get(key, default)
+        try:
+            return int(value)
+        except (TypeError, ValueError):  # a null, a list, a word: named, not a traceback
+            raise ConfigurationError(f"{origin}: {key} is {value!r}, not a whole number") from None
+
     try:
         return ScalingRule(
-            threshold=threshold if threshold is not None else int(meta.get("unprocessedEventThreshold", 64)),
+            threshold=threshold if threshold is not None else whole(meta, "unprocessedEventThreshold", 64),
             activation=activation if activation is not None
-            else int(meta.get("activationUnprocessedEventThreshold", 0)),
-            min_replicas=int(spec.get("minReplicaCount", 0)),
-            max_replicas=max_replicas if max_replicas is not None else int(spec.get("maxReplicaCount", 100)))
+            else whole(meta, "activationUnprocessedEventThreshold", 0),
+            min_replicas=whole(spec, "minReplicaCount", 0),
+            max_replicas=max_replicas if max_replicas is not None else whole(spec, "maxReplicaCount", 100))
     except ValueError as exc:
         raise ConfigurationError(f"{origin}: {exc}") from None
 

@@ -4,6 +4,7 @@ it, never an AttributeError from deep inside."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -44,6 +45,20 @@ def test_an_override_of_zero_is_used_not_replaced_by_the_manifests_value() -> No
     assert scaling_rule(document, "m.json", max_replicas=1).max_replicas == 1
     with pytest.raises(ConfigurationError, match="unprocessedEventThreshold must be a positive number, got 0"):
         scaling_rule(document, "m.json", threshold=0)
+
+
+@pytest.mark.parametrize(("spec", "trigger", "named"), [
+    ({"minReplicaCount": None}, {}, "minReplicaCount is None"),
+    ({"maxReplicaCount": [3]}, {}, "maxReplicaCount is [3]"),
+    ({}, {"unprocessedEventThreshold": None}, "unprocessedEventThreshold is None"),
+    ({}, {"activationUnprocessedEventThreshold": "many"}, "activationUnprocessedEventThreshold is 'many'"),
+])
+def test_a_scaling_value_that_is_no_number_is_named_not_a_traceback(spec: dict, trigger: dict, named: str) -> None:
+    """A null (an empty YAML value), a list or a word in the ScaledObject raised TypeError or ValueError from
+    ``int()`` out of ``lag`` and ``doctor keda``: a traceback naming no field. Each is named, with the file."""
+    document = scaled("ingest", {**spec, "triggers": [{**TRIGGER, "metadata": {**TRIGGER["metadata"], **trigger}}]})
+    with pytest.raises(ConfigurationError, match=f"m.json: {re.escape(named)}, not a whole number"):
+        scaling_rule(document, "m.json")
 
 
 AZURITE = ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
