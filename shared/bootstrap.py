@@ -613,12 +613,14 @@ def lookup_service() -> LookupService:
     cache = AsyncRedisLookupCache(redis_async_connection(), key_prefix=redis_cfg.key_prefix,
                                   critical_per_device_max=redis_cfg.critical_per_device_max,
                                   stream_shards=redis_cfg.critical_stream_shards)
+    connection = cache.connection
     return LookupService(cache, CassandraAsyncEventReader(reader), cache_ttl=lookup.cache_ttl_seconds,
                          ttl_jitter=lookup.cache_ttl_jitter_seconds, negative_ttl=lookup.negative_ttl_seconds,
                          critical_default_limit=lookup.critical_default_limit,
                          critical_cap=cfg.redis.critical_per_device_max,
                          redis_retry_after=lookup.redis_retry_after_seconds, flight_wait=lookup.flight_wait_seconds,
-                         health_timeout=lookup.health_timeout_seconds)
+                         health_timeout=lookup.health_timeout_seconds,
+                         health_opened={"redis": lambda: connection.opened, "cassandra": lambda: reader.opened})
 
 
 @service
@@ -690,8 +692,9 @@ def _dependency_health() -> BlockingHealth:
     timeout = cfg.lookup.health_timeout_seconds
     reader = CassandraEventReader(cassandra_session, cfg.cassandra.keyspace,
                                   timeout=cfg.lookup.cassandra_timeout_seconds)
-    return BlockingHealth({"redis": redis_lookup_cache().ping, "cassandra": lambda: reader.ping(timeout=timeout)},
-                          timeout=timeout)
+    cache = redis_lookup_cache()
+    return BlockingHealth({"redis": cache.ping, "cassandra": lambda: reader.ping(timeout=timeout)}, timeout=timeout,
+                          opened={"redis": lambda: cache.connection.opened, "cassandra": lambda: reader.opened})
 
 
 @built

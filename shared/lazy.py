@@ -20,6 +20,11 @@ class Once(Generic[T]):
         self._value: T | None = None
         self._lock = threading.Lock()
 
+    @property
+    def built(self) -> bool:
+        """Whether the value has been built (without building it)."""
+        return self._value is not None
+
     def get(self) -> T:
         value = self._value
         if value is None:

@@ -6,12 +6,14 @@ lookups' ``/api/health``); :class:`BlockingHealth` runs blocking checks on a few
 threads (the status page, which is blocking code).
 
 A dependency is ``up`` when it answered in time and ``down`` when it refused or
-failed, or gave no answer in time after having given one before. The first check
-of a process also opens the clients (a Cassandra session reads the whole schema
-first), which can take longer than the timeout: while that first check has given
-no outcome at all, the dependency is ``connecting``, not ``down``, and the check
-goes on (it is not cancelled, so a slow first connect still completes). Either
-way the report is not healthy: a pod is not ready before its stores answer.
+failed, or gave no answer in time. The first check of a process may also open the
+client (a Cassandra session reads the whole schema first), which can take longer
+than the timeout: while the dependency's client is not open yet (``opened``, given
+per dependency) and no check of it has given an outcome, a check without an answer
+says ``connecting``, not ``down``, and goes on (it is not cancelled, so a slow
+first connect still completes). A client other traffic already opened, that then
+gives no answer, is ``down``. Either way the report is not healthy: a pod is not
+ready before its stores answer.
 """
 
 from __future__ import annotations
@@ -47,18 +49,24 @@ def _state(outcome: float | str) -> dict[str, Any]:
     return {"status": "connecting" if isinstance(outcome, Connecting) else "down", "error": str(outcome)}
 
 
-def _no_answer(timeout: float, settled: bool) -> str:
-    if settled:
+def _no_answer(timeout: float, connecting: bool) -> str:
+    if not connecting:
         return f"no answer within {timeout:g}s"
     return Connecting(f"no answer within {timeout:g}s; the first connection is still being made")
+
+
+Opened = Mapping[str, Callable[[], bool]]
+"""Per dependency, whether its client is open already (connected; for Cassandra, its statements prepared)."""
 
 
 class Health:
     """Coroutine checks run at once on the running loop; each gets ``timeout`` seconds."""
 
-    def __init__(self, checks: Mapping[str, Callable[[], Awaitable[None]]], *, timeout: float) -> None:
+    def __init__(self, checks: Mapping[str, Callable[[], Awaitable[None]]], *, timeout: float,
+                 opened: Opened | None = None) -> None:
         self._checks = dict(checks)
         self._timeout = timeout
+        self._opened = dict(opened or {})  # a dependency without one is never "connecting"
         self._settled: set[str] = set()  # the checks that have given an outcome (an answer or an error) once
         self._first: dict[str, asyncio.Future[None]] = {}  # a first check still running after its timeout
 
@@ -81,10 +89,14 @@ class Health:
                     running.add_done_callback(lambda done: self._first_done(name, done))
                 await asyncio.wait_for(asyncio.shield(running), self._timeout)
         except TimeoutError:
-            return _no_answer(self._timeout, name in self._settled)
+            return _no_answer(self._timeout, self._connecting(name))
         except DependencyUnavailable as exc:
             return str(exc)
         return time.perf_counter() - started
+
+    def _connecting(self, name: str) -> bool:
+        opened = self._opened.get(name)
+        return opened is not None and name not in self._settled and not opened()
 
     def _first_done(self, name: str, done: asyncio.Future[None]) -> None:
         self._first.pop(name, None)
@@ -96,9 +108,11 @@ class Health:
 class BlockingHealth:
     """:class:`Health` for blocking checks, on its own small thread pool (built on first use)."""
 
-    def __init__(self, checks: Mapping[str, Callable[[], None]], *, timeout: float) -> None:
+    def __init__(self, checks: Mapping[str, Callable[[], None]], *, timeout: float,
+                 opened: Opened | None = None) -> None:
         self._checks = dict(checks)
         self._timeout = timeout
+        self._opened = dict(opened or {})  # as in Health
         self._pool: ThreadPoolExecutor | None = None
         self._settled: set[str] = set()  # as in Health
         self._lock = threading.Lock()
@@ -115,7 +129,9 @@ class BlockingHealth:
                 outcomes[name] = future.result(timeout=max(0.0, deadline - time.perf_counter()))
             except FutureTimeout:
                 with self._lock:
-                    outcomes[name] = _no_answer(self._timeout, name in self._settled)
+                    settled = name in self._settled
+                opened = self._opened.get(name)
+                outcomes[name] = _no_answer(self._timeout, opened is not None and not settled and not opened())
             except DependencyUnavailable as exc:
                 outcomes[name] = str(exc)
         return report(outcomes)

@@ -76,7 +76,8 @@ class LookupService:
     def __init__(self, cache: LookupCache, reader: AsyncEventReader, *, cache_ttl: int = 3600,
                  ttl_jitter: int = 300, negative_ttl: int = 5, critical_default_limit: int = 20,
                  critical_cap: int = 100, redis_retry_after: float = 5.0, flight_wait: float = 5.0,
-                 health_timeout: float = 1.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 health_timeout: float = 1.0, health_opened: health.Opened | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._cache = cache
         self._reader = reader
         self._ttl = cache_ttl
@@ -86,7 +87,7 @@ class LookupService:
         self._critical_cap = critical_cap
         self._retry_after = redis_retry_after
         self._health = health.Health({"redis": cache.ping, "cassandra": lambda: reader.ping(timeout=health_timeout)},
-                                     timeout=health_timeout)
+                                     timeout=health_timeout, opened=health_opened)
         self._monotonic = monotonic
         self._flights = SingleFlight(flight_wait)
         self._redis_down_until = 0.0

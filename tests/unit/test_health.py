@@ -11,11 +11,14 @@ from shared.services.health import BlockingHealth
 
 def test_a_slow_first_check_is_connecting_then_a_slow_later_one_is_down() -> None:
     release = threading.Event()
+    opened = {"cassandra": False}
 
     def slow() -> None:
         release.wait(5)
+        opened["cassandra"] = True
 
-    health = BlockingHealth({"redis": lambda: None, "cassandra": slow}, timeout=0.05)
+    health = BlockingHealth({"redis": lambda: None, "cassandra": slow}, timeout=0.05,
+                            opened={"redis": lambda: True, "cassandra": lambda: opened["cassandra"]})
     healthy, body = health()
     assert not healthy and body["status"] == "unavailable"
     assert body["dependencies"]["cassandra"] == {
@@ -46,3 +49,14 @@ def test_checks_that_answer_are_up_with_their_latency() -> None:
     assert healthy and body["status"] == "ok"
     assert body["dependencies"]["cassandra"]["status"] == "up"
     assert body["dependencies"]["cassandra"]["latency_ms"] >= 10
+
+
+def test_a_first_check_out_of_time_on_a_client_already_open_is_down() -> None:
+    """The client was opened by other traffic before the store hung: no connect is under way, so it is down."""
+    release = threading.Event()
+    health = BlockingHealth({"cassandra": lambda: release.wait(5)}, timeout=0.05, opened={"cassandra": lambda: True})
+    try:
+        healthy, body = health()
+    finally:
+        release.set()
+    assert not healthy and body["dependencies"]["cassandra"] == {"status": "down", "error": "no answer within 0.05s"}

@@ -252,7 +252,9 @@ async def test_health_reports_each_dependency_and_closes_the_breaker_when_redis_
 
 @sync
 async def test_health_says_connecting_while_the_first_check_runs_and_down_for_a_later_one_out_of_time():
-    service, _cache, reader, _clock = make(delay=0.3, health_timeout=0.05)
+    opened = {"cassandra": False}
+    service, _cache, reader, _clock = make(
+        delay=0.3, health_timeout=0.05, health_opened={"redis": lambda: True, "cassandra": lambda: opened["cassandra"]})
     healthy, body = await service.health()
     assert not healthy and body["dependencies"]["cassandra"] == {
         "status": "connecting", "error": "no answer within 0.05s; the first connection is still being made"}
@@ -261,11 +263,22 @@ async def test_health_says_connecting_while_the_first_check_runs_and_down_for_a_
     assert not healthy and body["dependencies"]["cassandra"]["status"] == "connecting"
     assert reader.reads == 1
     await asyncio.sleep(0.3)  # the first check was not cancelled: it ends, and the store has answered once
+    opened["cassandra"] = True
     healthy, body = await service.health()
     assert not healthy and body["dependencies"]["cassandra"] == {"status": "down", "error": "no answer within 0.05s"}
     assert reader.reads == 2
     reader.delay = 0.0
     assert (await service.health())[0] is True
+
+
+@sync
+async def test_health_says_down_for_a_first_check_out_of_time_once_other_traffic_opened_the_client():
+    """Reads had connected and prepared before Cassandra hung: the health check's first run is no connect, so a
+    check without an answer is a store that is down."""
+    service, _cache, _reader, _clock = make(delay=0.3, health_timeout=0.05,
+                                            health_opened={"redis": lambda: True, "cassandra": lambda: True})
+    healthy, body = await service.health()
+    assert not healthy and body["dependencies"]["cassandra"] == {"status": "down", "error": "no answer within 0.05s"}
 
 
 @sync

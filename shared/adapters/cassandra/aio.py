@@ -159,6 +159,10 @@ class CassandraAsyncEventReader:
             self, "event", "event_in", lambda row: row.event_id, lambda event_id: f"event {event_id}", batch_keys
         )
 
+    @property
+    def opened(self) -> bool:
+        return self._reader.opened
+
     async def rows(self, name: str, params: tuple[Any, ...], *, timeout: float | None = None) -> list[Any]:
         """The rows of one of the reader's statements; raises the driver's errors."""
         if self._started:

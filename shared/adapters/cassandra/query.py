@@ -171,6 +171,11 @@ class Queries:
     def session(self) -> Session:
         return self._connect()
 
+    @property
+    def opened(self) -> bool:
+        """Whether the session is connected and the statements prepared (a first read has succeeded that far)."""
+        return self._statements.built
+
     def statement(self, name: str) -> PreparedStatement:
         """The prepared statement ``name`` (prepared with the others on first use)."""
         return self._statements.get()[name]

@@ -115,6 +115,11 @@ class CassandraEventReader:
         # A factory lets the first lookup find Cassandra down and answer 503, instead of failing at start-up.
         self._queries = Queries(session, keyspace, _STATEMENTS, timeout=timeout)
 
+    @property
+    def opened(self) -> bool:
+        """Whether the session is connected and the reads prepared (the health check's "connecting" ends there)."""
+        return self._queries.opened
+
     def _rows(self, name: str, params: tuple[Any, ...], what: str, *, timeout: float | None = None) -> list[Any]:
         return self._queries.rows(name, params, what, timeout=timeout)
 

@@ -96,6 +96,11 @@ class AsyncRedisConnection:
         connection._cluster = isinstance(client, RedisCluster)
         return connection
 
+    @property
+    def opened(self) -> bool:
+        """Whether a client has been built (the health check's "connecting" ends there)."""
+        return self._client is not None
+
     async def client(self) -> AsyncClient:
         loop = asyncio.get_running_loop()
         client = self._client

@@ -151,6 +151,11 @@ class RedisConnection:
         self.client()
         return bool(self._cluster)
 
+    @property
+    def opened(self) -> bool:
+        """Whether a client has been built (the health check's "connecting" ends there)."""
+        return self._client is not None
+
     def client(self) -> Client:
         client = self._client
         if client is not None:
