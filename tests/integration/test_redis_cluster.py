@@ -273,7 +273,14 @@ def test_with_wait_replicas_a_page_the_replica_missed_is_written_again_after_a_f
         lookups = RedisLookupCache(connection, key_prefix="fo:")
         first = ev("pump-9", 1, critical=True, enqueued=1)
         lookups.fill_critical("pump-9", [first], SINCE_ALL, 3600)  # a lookup filled the list: marked complete
-        apply_changes(sink, [first], None, list)  # acknowledged by the replica too
+        deadline = time.monotonic() + 60
+        while True:  # acknowledged by the replica too (a replica just started may still be in its first sync)
+            try:
+                apply_changes(sink, [first], None, list)
+                break
+            except DependencyUnavailable:
+                assert time.monotonic() < deadline, "the replica never acknowledged the first page"
+                time.sleep(0.5)
         node = client.get_node_from_key(sink.keys.critical("pump-9"))
         with redis.Redis(host=node.host, port=node.port) as master:
             replica = int(master.info("replication")["slave0"]["port"])
