@@ -22,6 +22,7 @@ from shared.adapters.redis.aio import AsyncRedisConnection, AsyncRedisLookupCach
 from shared.exceptions import DependencyUnavailable
 from shared.services.changefeed import ChangeFeedService, apply_changes
 from tests.fixtures.redis_cluster import cluster_healthy
+from tests.fixtures.waiting import poll
 from tests.integration import test_changefeed as changefeed_tests
 from tests.integration.test_changefeed import CountingSink, assert_redis_matches, make_feed, make_service, spread
 from tests.integration.test_changefeed_redis import ev, state
@@ -273,14 +274,17 @@ def test_with_wait_replicas_a_page_the_replica_missed_is_written_again_after_a_f
         lookups = RedisLookupCache(connection, key_prefix="fo:")
         first = ev("pump-9", 1, critical=True, enqueued=1)
         lookups.fill_critical("pump-9", [first], SINCE_ALL, 3600)  # a lookup filled the list: marked complete
-        deadline = time.monotonic() + 60
-        while True:  # acknowledged by the replica too (a replica just started may still be in its first sync)
+
+        def written(event) -> bool:
+            """One change feed run's write of ``event``: False while Redis is unavailable (the run retries)."""
             try:
-                apply_changes(sink, [first], None, list)
-                break
+                apply_changes(sink, [event], None, list)
             except DependencyUnavailable:
-                assert time.monotonic() < deadline, "the replica never acknowledged the first page"
-                time.sleep(0.5)
+                return False
+            return True
+
+        # acknowledged by the replica too (a replica just started may still be in its first sync)
+        poll(lambda: written(first), 60, "the replica to acknowledge the first page", every=0.5)
         node = client.get_node_from_key(sink.keys.critical("pump-9"))
         with redis.Redis(host=node.host, port=node.port) as master:
             replica = int(master.info("replication")["slave0"]["port"])
@@ -295,14 +299,8 @@ def test_with_wait_replicas_a_page_the_replica_missed_is_written_again_after_a_f
         stopped = None
         own.restart(node.port)  # it comes back as the promoted replica's replica (the service re-creates one)
 
-        deadline = time.monotonic() + 90
-        while True:  # the change feed's next runs: "redis unavailable" until the failover is over
-            try:
-                apply_changes(sink, [second], None, list)
-                break
-            except DependencyUnavailable:
-                assert time.monotonic() < deadline, "the page was never written after the failover"
-                time.sleep(0.5)
+        # the change feed's next runs: "redis unavailable" until the failover is over
+        poll(lambda: written(second), 90, "the page to be written after the failover", every=0.5)
         served = lookups.get_critical("pump-9", SINCE_ALL, 10)
         assert served is None or str(second.event_id) in [json.loads(d)["event_id"] for d in served], \
             f"a list marked complete is served without the critical event: {served}"
