@@ -32,7 +32,7 @@ Report = tuple[bool, dict[str, Any]]
 
 
 class Connecting(str):
-    """The outcome of a check that ran out of time while its dependency has given no outcome yet in this process."""
+    """The outcome of a check that ran out of time while its dependency's client is not open yet (module docstring)."""
 
 
 def report(outcomes: Mapping[str, float | str]) -> Report:
@@ -49,14 +49,16 @@ def _state(outcome: float | str) -> dict[str, Any]:
     return {"status": "connecting" if isinstance(outcome, Connecting) else "down", "error": str(outcome)}
 
 
-def _no_answer(timeout: float, connecting: bool) -> str:
-    if not connecting:
-        return f"no answer within {timeout:g}s"
-    return Connecting(f"no answer within {timeout:g}s; the first connection is still being made")
-
-
 Opened = Mapping[str, Callable[[], bool]]
 """Per dependency, whether its client is open already (connected; for Cassandra, its statements prepared)."""
+
+
+def _no_answer(timeout: float, opened: Callable[[], bool] | None, settled: bool) -> str:
+    """A check without an answer in time: ``connecting`` while the client is not open and no check of it has given
+    an outcome (a dependency without ``opened`` never is), else down."""
+    if opened is None or settled or opened():
+        return f"no answer within {timeout:g}s"
+    return Connecting(f"no answer within {timeout:g}s; the first connection is still being made")
 
 
 class Health:
@@ -89,14 +91,10 @@ class Health:
                     running.add_done_callback(lambda done: self._first_done(name, done))
                 await asyncio.wait_for(asyncio.shield(running), self._timeout)
         except TimeoutError:
-            return _no_answer(self._timeout, self._connecting(name))
+            return _no_answer(self._timeout, self._opened.get(name), name in self._settled)
         except DependencyUnavailable as exc:
             return str(exc)
         return time.perf_counter() - started
-
-    def _connecting(self, name: str) -> bool:
-        opened = self._opened.get(name)
-        return opened is not None and name not in self._settled and not opened()
 
     def _first_done(self, name: str, done: asyncio.Future[None]) -> None:
         self._first.pop(name, None)
@@ -130,8 +128,7 @@ class BlockingHealth:
             except FutureTimeout:
                 with self._lock:
                     settled = name in self._settled
-                opened = self._opened.get(name)
-                outcomes[name] = _no_answer(self._timeout, opened is not None and not settled and not opened())
+                outcomes[name] = _no_answer(self._timeout, self._opened.get(name), settled)
             except DependencyUnavailable as exc:
                 outcomes[name] = str(exc)
         return report(outcomes)
