@@ -30,9 +30,9 @@ class FeedPosition:
     give or take the overlap window), ``noted_until`` (ingest's delay notes written
     before it have been taken into account: their re-read is behind the watermark
     or still ahead of it), ``cursor`` (where the next page starts), ``horizon``
-    (where this run stops) and ``reread_from`` / ``reread_until`` (the overlap this
-    run re-reads: what an earlier run read already); the last four only live
-    within one run and are never stored.
+    (where this run stops) and ``reread_until`` (the end of the overlap this run
+    re-reads: what an earlier run read already); the last three only live within
+    one run and are never stored.
     """
 
     start_time: datetime | None = None
@@ -41,7 +41,6 @@ class FeedPosition:
     cursor: datetime | None = None
     horizon: datetime | None = None
     noted_until: datetime | None = None
-    reread_from: datetime | None = None
     reread_until: datetime | None = None
 
     def same_stored_state(self, other: FeedPosition) -> bool:

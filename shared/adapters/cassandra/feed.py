@@ -136,8 +136,7 @@ class PortableChangeFeed:
             return FeedPosition()
         watermark = utc(position.watermark)
         return FeedPosition(watermark=watermark, cursor=watermark - self._overlap,
-                            noted_until=utc(position.noted_until), reread_from=watermark - self._overlap,
-                            reread_until=watermark)
+                            noted_until=utc(position.noted_until), reread_until=watermark)
 
     def read_page(self, position: FeedPosition, *, now: datetime, timeout: float) -> FeedPage:
         """Every row enqueued in ``[cursor, end)``, where ``end`` is the cursor's bucket end, capped at ``now``.
@@ -168,8 +167,8 @@ class PortableChangeFeed:
         assert watermark is not None and cursor is not None
         # What earlier runs read already: the overlap the rewind went back over (nothing on a first run). A delay
         # note below moves the cursor further back, but not this: the rows it re-reads were counted when first read.
-        reread_until = utc(position.reread_until) or watermark
-        reread = (utc(position.reread_from) or reread_until, reread_until)
+        reread_until = utc(position.reread_until)
+        reread = (watermark, watermark) if reread_until is None else (reread_until - self._overlap, reread_until)
         if horizon is None:  # a run's first page: did ingest store rows after the last read covered them?
             horizon = min(now, max(watermark, cursor) + self._max_span)
             since = watermark - self._overlap if noted_until is None else max(noted_until, watermark - self._overlap)
@@ -184,8 +183,8 @@ class PortableChangeFeed:
                             rfc3339(noted), rfc3339(cursor))
         if cursor >= horizon:
             return FeedPage([], FeedPosition(watermark=watermark, cursor=cursor, horizon=horizon,
-                                             noted_until=noted_until, reread_from=reread[0],
-                                             reread_until=reread[1]), caught_up=True, reread=reread)
+                                             noted_until=noted_until, reread_until=reread_until),
+                            caught_up=True, reread=reread)
         bucket = bucket_start(cursor, self._bucket_seconds)
         end = min(bucket + timedelta(seconds=self._bucket_seconds), horizon)
         partitions = [(bucket, shard, cursor, end) for shard in range(self._shards)]
@@ -194,7 +193,7 @@ class PortableChangeFeed:
         events = [stored_event(row) for rows in results for row in rows]
         events.sort(key=lambda e: (e.enqueued_time or e.event_time, str(e.event_id)))
         after = FeedPosition(watermark=max(watermark, end), cursor=end, horizon=horizon, noted_until=noted_until,
-                             reread_from=reread[0], reread_until=reread[1])
+                             reread_until=reread_until)
         return FeedPage(events, after, caught_up=end >= horizon, reread=reread)
 
     def _delayed_since(self, start: datetime, end: datetime, timeout: float) -> datetime | None:
