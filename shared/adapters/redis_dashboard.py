@@ -18,7 +18,7 @@ from typing import Any
 from redis.cluster import RedisCluster
 
 from shared.adapters.redis import Keys, RedisConnection, RedisGenerations, generation_prefix
-from shared.adapters.redis.client import REDIS_ERRORS, Client, failed
+from shared.adapters.redis.client import Client, calling
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +42,12 @@ class RedisCriticalStream:
         return Keys(generation_prefix(self._generations.prefix, live), self._shards).streams
 
     def recent(self, limit: int) -> list[dict[str, Any]]:
-        try:
+        with calling("reading the critical stream"):
             streams = self._streams()
             pipe = self._connection.client().pipeline(transaction=False)
             for key in streams:
                 pipe.xrevrange(key, "+", "-", count=limit)
             per_shard = pipe.execute(raise_on_error=True)
-        except REDIS_ERRORS as exc:
-            raise failed("reading the critical stream", exc) from exc
         entries = sorted((entry for shard in per_shard for entry in shard),
                          key=lambda entry: _entry_order(entry[0]), reverse=True)[:limit]
         events = []
@@ -67,15 +65,13 @@ class RedisCacheStats:
         self._connection = connection if isinstance(connection, RedisConnection) else RedisConnection.of(connection)
 
     def hit_rate(self) -> float | None:
-        try:
+        with calling("INFO stats"):
             client = self._connection.client()
             if isinstance(client, RedisCluster):
                 stats = client.info("stats", target_nodes=RedisCluster.PRIMARIES)
                 nodes = list(stats.values()) if all(isinstance(v, dict) for v in stats.values()) else [stats]
             else:
                 nodes = [client.info("stats")]
-        except REDIS_ERRORS as exc:
-            raise failed("INFO stats", exc) from exc
         hits = sum(int(node.get("keyspace_hits", 0)) for node in nodes)
         misses = sum(int(node.get("keyspace_misses", 0)) for node in nodes)
         return round(hits / (hits + misses), 4) if hits + misses else None

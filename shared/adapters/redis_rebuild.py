@@ -31,7 +31,7 @@ from redis.exceptions import NoScriptError
 
 from shared.adapters.redis import RedisChangeSink, sort_key
 from shared.adapters.redis.base import Command
-from shared.adapters.redis.client import REDIS_ERRORS, failed
+from shared.adapters.redis.client import calling
 from shared.adapters.redis.keys import Keys
 from shared.domain.stored import StoredEvent
 from shared.domain.times import to_ms
@@ -76,14 +76,12 @@ class RedisCacheBuilder:
                 pipe.execute_command(*args)
             pipe.execute(raise_on_error=True)
 
-        try:
+        with calling(what):
             try:
                 execute()
             except NoScriptError:
                 sink.load_scripts()
                 execute()  # every command is idempotent: replaying the page is safe
-        except REDIS_ERRORS as exc:
-            raise failed(what, exc) from exc
 
     def _fill_critical(self, generation: int, device: str, events: Sequence[StoredEvent], since_ms: int,
                        candidates: list[object] | None = None) -> list[Command]:
@@ -172,10 +170,8 @@ class RedisCacheBuilder:
     def finish(self, generation: int) -> int:
         sink, keys = self._sink, self._sink.keys_of(generation)
         target = self._candidates(generation)
-        try:
+        with calling("reading the stream candidates"):
             members = sink.client.zrange(target, 0, -1, withscores=True)
-        except REDIS_ERRORS as exc:
-            raise failed("reading the stream candidates", exc) from exc
         shards: dict[str, list[object]] = {stream: [] for stream in keys.streams}
         for member, score in cast(list[tuple[bytes, float]], members):
             document = member.decode()
@@ -214,11 +210,9 @@ class RedisCacheBuilder:
         """
         keys = self._sink.keys_of(self._generations.read().live)
         what = f"clearing device {device_id!r}"
-        try:
+        with calling(what):
             members = cast(list[bytes], self._sink.client.zrange(keys.critical(device_id), 0, -1))
             latest = cast(bytes | None, self._sink.client.hget(keys.latest(device_id), "d"))
-        except REDIS_ERRORS as exc:
-            raise failed(what, exc) from exc
         member_ids = [event_id for event_id in map(_event_id, members) if event_id]
         latest_id = _event_id(latest) if latest else None
         named = {*event_ids, *member_ids, *([latest_id] if latest_id else [])}

@@ -111,6 +111,8 @@ def test_a_slot_migrating_to_a_newly_added_master_is_redis_unavailable(tmp_path)
     cannot find with a bare ``AttributeError``. Each adapter call fails as ``DependencyUnavailable("redis")``,
     saying what happened: the lookups bypass to Cassandra, the change feed keeps its position.
     Was: the AttributeError escaped: every lookup of a device in the slot was a 500, the change feed crashed."""
+    from shared.adapters.redis_dashboard import RedisCriticalStream
+    from shared.adapters.redis_rebuild import RedisCacheBuilder
     from shared.services.lookups import LookupService
     from sluice.redis_cluster import LocalRedisCluster, _free_port
 
@@ -146,6 +148,13 @@ def test_a_slot_migrating_to_a_newly_added_master_is_redis_unavailable(tmp_path)
         assert cli(port, "cluster", "setslot", str(slot), "importing", source_id) == "OK"
         assert cli(source.port, "cluster", "setslot", str(slot), "migrating", target_id) == "OK"
         assert cli(source.port, "migrate", own.host, str(port), "", "0", "5000", "keys", key) == "OK"
+        # and the slot of the device's critical stream shard, which holds no key yet: its source answers ASK too
+        stream_slot = client.keyslot(sink.keys.stream("mover"))
+        stream_source = client.get_node_from_key(sink.keys.stream("mover"))
+        if stream_slot != slot:
+            assert cli(port, "cluster", "setslot", str(stream_slot), "importing",
+                       cli(stream_source.port, "cluster", "myid")) == "OK"
+            assert cli(stream_source.port, "cluster", "setslot", str(stream_slot), "migrating", target_id) == "OK"
 
         outcomes: dict[str, BaseException | None] = {}
 
@@ -159,6 +168,8 @@ def test_a_slot_migrating_to_a_newly_added_master_is_redis_unavailable(tmp_path)
         attempt("lookup read", lambda: lookups.get_latest("mover"))
         attempt("lookup fill", lambda: lookups.fill_latest("mover", ev("mover", 2), 60, 5))
         attempt("change feed write", lambda: apply_changes(sink, [ev("mover", 3)], None, list))
+        attempt("rebuild clearing the device", lambda: RedisCacheBuilder(sink, settle_seconds=0).clear("mover"))
+        attempt("dashboard critical stream", lambda: RedisCriticalStream(client, key_prefix=p).recent(10))
 
         async def aio_read() -> None:
             connection = AsyncRedisConnection(own.url, cluster=True)

@@ -111,6 +111,17 @@ def failed(what: str, exc: BaseException) -> SluiceError:
     return DependencyUnavailable("redis", f"{what} failed: {type(exc).__name__}: {exc}")
 
 
+@contextmanager
+def calling(what: str) -> Iterator[None]:
+    """Raise every redis-py failure inside the block, its failure on a redirect to an unknown node included
+    (:func:`redirects`), as :func:`failed` maps it."""
+    try:
+        with redirects():
+            yield
+    except REDIS_ERRORS as exc:
+        raise failed(what, exc) from exc
+
+
 def is_cluster(client: redis.Redis) -> bool:
     """Whether the server runs in cluster mode (``INFO cluster``)."""
     return bool(client.info("cluster").get("cluster_enabled"))

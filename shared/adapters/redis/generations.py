@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from redis.cluster import RedisCluster
 
-from shared.adapters.redis.client import REDIS_ERRORS, Client, RedisConnection, as_text, redirects
+from shared.adapters.redis.client import Client, RedisConnection, as_text, calling
 from shared.exceptions import DependencyUnavailable
 
 _GLOB = re.compile(r"([\\*?\[\]])")
@@ -74,17 +74,11 @@ class RedisGenerations:
     def _client(self) -> Client:
         return self._connection.client()
 
-    def _failed(self, what: str, exc: Exception) -> DependencyUnavailable:
-        return DependencyUnavailable("redis", f"{what} failed: {type(exc).__name__}: {exc}")
-
     def read(self) -> Pointer:
         """The pointer as Redis holds it now (uncached)."""
-        try:
-            with redirects():
-                live, building, position, since = self._client.hmget(self.key, "live", "building", "position",
-                                                                     "since")
-        except REDIS_ERRORS as exc:
-            raise self._failed("reading the generation pointer", exc) from exc
+        with calling("reading the generation pointer"):
+            live, building, position, since = self._client.hmget(self.key, "live", "building", "position",
+                                                                 "since")
         return Pointer(int(live) if live else 0, int(building) if building else None,
                        as_text(position) if position else None, int(since) if since else None)
 
@@ -113,10 +107,8 @@ redis.call('HSET', KEYS[1], 'building', next, 'since', ARGV[1])
 redis.call('HDEL', KEYS[1], 'position')
 return next
 """
-        try:
+        with calling("claiming a new generation"):
             self._client.eval(script, 1, self.key, since_ms)
-        except REDIS_ERRORS as exc:
-            raise self._failed("claiming a new generation", exc) from exc
         self._cached = None
         return self.read()
 
@@ -127,10 +119,8 @@ if redis.call('HGET', KEYS[1], 'building') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'position', ARGV[2])
 return 1
 """
-        try:
+        with calling("saving the rebuild position"):
             saved = self._client.eval(script, 1, self.key, str(generation), position)
-        except REDIS_ERRORS as exc:
-            raise self._failed("saving the rebuild position", exc) from exc
         if not saved:
             raise DependencyUnavailable("redis", f"generation {generation} is no longer being built (another rebuild?)")
 
@@ -144,10 +134,8 @@ redis.call('HSET', KEYS[1], 'live', ARGV[1], 'drop:' .. old, '1')
 redis.call('HDEL', KEYS[1], 'building', 'position', 'since')
 return old
 """
-        try:
+        with calling("switching generations"):
             old = self._client.eval(script, 1, self.key, str(generation))
-        except REDIS_ERRORS as exc:
-            raise self._failed("switching generations", exc) from exc
         if old < 0:
             raise DependencyUnavailable("redis", f"generation {generation} is no longer being built (another rebuild?)")
         self._cached = None
@@ -155,20 +143,16 @@ return old
 
     def retired(self) -> list[int]:
         """The generations recorded for deletion that are neither live nor building, oldest first."""
-        try:
+        with calling("reading the generation pointer"):
             fields = self._client.hgetall(self.key)
-        except REDIS_ERRORS as exc:
-            raise self._failed("reading the generation pointer", exc) from exc
         pointer = {as_text(name): as_text(value) for name, value in fields.items()}
         in_use = {pointer.get("live", "0"), pointer.get("building")}
         return sorted(int(name[5:]) for name in pointer if name.startswith("drop:") and name[5:] not in in_use)
 
     def forget(self, generation: int) -> None:
         """Remove the record that ``generation`` is to be deleted (once its keys are)."""
-        try:
+        with calling(f"forgetting generation {generation}"):
             self._client.hdel(self.key, f"drop:{generation}")
-        except REDIS_ERRORS as exc:
-            raise self._failed(f"forgetting generation {generation}", exc) from exc
 
     def drop(self, generation: int, patterns: list[str], *, batch: int = 500) -> int:
         """Delete every key of a generation that is neither live nor building (``UNLINK`` in batches).
@@ -182,7 +166,7 @@ return old
             raise ValueError(f"generation {generation} is in use")
         base = glob_escape(generation_prefix(self.prefix, generation))
         removed = 0
-        try:
+        with calling(f"deleting generation {generation}"):
             client = self._client
             if isinstance(client, RedisCluster):
                 primaries = client.get_primaries()  # type: ignore[no-untyped-call]  # not annotated in redis-py
@@ -201,6 +185,4 @@ return old
                             keys = []
                     if keys:
                         removed += client.unlink(*keys)
-        except REDIS_ERRORS as exc:
-            raise self._failed(f"deleting generation {generation}", exc) from exc
         return removed
