@@ -30,13 +30,30 @@ def test_the_readme_starts_with_the_two_commands_and_ci_runs_the_test_command() 
     assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
 
 
+def _anchors(page: Path) -> set[str]:
+    """The fragments GitHub gives the page's headings: lower case, punctuation dropped, spaces to hyphens, a
+    repeated heading suffixed -1, -2, ..."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"^#{1,6} (.+)$", text, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        seen[slug] = seen.get(slug, -1) + 1
+        if seen[slug]:
+            seen[f"{slug}-{seen[slug]}"] = 0
+    return set(seen)
+
+
 def test_every_relative_link_in_the_docs_resolves() -> None:
+    """Every relative link names a file that exists and, with a fragment, a heading of that page."""
     broken = []
-    for page in [README, *sorted((ROOT / "docs").rglob("*.md"))]:
+    for page in [README, *sorted((ROOT / "docs").rglob("*.md")), ROOT / "emulators" / "README.md"]:
         text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        for target, fragment in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)", text):
             if "://" in target or target.startswith("mailto:"):
                 continue
-            if not (page.parent / target).exists():
+            linked = page.parent / target if target else page
+            if not linked.exists():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
+            elif fragment and linked.suffix == ".md" and fragment not in _anchors(linked):
+                broken.append(f"{page.relative_to(ROOT)} -> {target}#{fragment}")
     assert broken == []
