@@ -39,6 +39,8 @@ RECOVERABLE_DAYS = 90
 RECOVERY_LEVEL = "Recoverable+Purgeable"
 MAX_VALUE_BYTES = 25 * 1024
 MAX_TAGS = 15
+MAX_CONTENT_TYPE = 255  # characters ("About Azure Key Vault secrets")
+MAX_TAG_TEXT = 512  # characters, of a tag's name and of its value (same page)
 STATE_FILE = "vault.json"
 
 
@@ -134,17 +136,37 @@ class Attributes:
     tags: dict[str, str] | None = None
 
 
+def _utf8_size(text: str, what: str) -> int:
+    """The UTF-8 size of ``text``; JSON can carry a lone surrogate (``"\\ud800"``), which is no text: refused."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise bad_parameter(f"{what} is not valid Unicode text (it holds a lone UTF-16 surrogate)") from None
+
+
 def parse_properties(body: Mapping[str, Any]) -> Attributes:
-    """The ``contentType``, ``tags`` and ``attributes`` of a request body, each checked by name."""
+    """The ``contentType``, ``tags`` and ``attributes`` of a request body, each checked by name and against Azure's
+    documented limits (a content type of 255 characters, 15 tags of 512-character names and values)."""
     content_type = body.get("contentType")
-    if content_type is not None and not isinstance(content_type, str):
-        raise bad_parameter("Property 'contentType' must be a string")
+    if content_type is not None:
+        if not isinstance(content_type, str):
+            raise bad_parameter("Property 'contentType' must be a string")
+        _utf8_size(content_type, "Property 'contentType'")
+        if len(content_type) > MAX_CONTENT_TYPE:
+            raise bad_parameter(f"Property 'contentType' has {len(content_type)} characters; at most "
+                                f"{MAX_CONTENT_TYPE} are allowed")
     tags = body.get("tags")
     if tags is not None:
         if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
             raise bad_parameter("Property 'tags' must be an object of string values")
         if len(tags) > MAX_TAGS:
             raise bad_parameter(f"Property 'tags' has {len(tags)} tags; at most {MAX_TAGS} are allowed")
+        for tag, text in tags.items():
+            _utf8_size(tag, f"The name of tag {tag!r}")
+            _utf8_size(text, f"The value of tag {tag!r}")
+            if len(tag) > MAX_TAG_TEXT or len(text) > MAX_TAG_TEXT:
+                raise bad_parameter(f"Tag {tag[:40]!r}{'...' if len(tag) > 40 else ''}: a tag's name and value have "
+                                    f"at most {MAX_TAG_TEXT} characters each (name {len(tag)}, value {len(text)})")
     attributes = body.get("attributes") or {}
     if not isinstance(attributes, dict):
         raise bad_parameter("Property 'attributes' must be an object")
@@ -231,7 +253,7 @@ class Vault:
         check_name(name)
         if not isinstance(value, str):
             raise bad_parameter("Property 'value' is required and must be a string")
-        if len(value.encode("utf-8")) > MAX_VALUE_BYTES:
+        if _utf8_size(value, "Property 'value'") > MAX_VALUE_BYTES:
             raise bad_parameter(f"Property 'value' is larger than {MAX_VALUE_BYTES} bytes")
         self._expire_deleted()
         if name.lower() in self._deleted:
