@@ -108,6 +108,11 @@ class PartitionProperties(TypedDict):
     is_partition_empty: bool
 
 
+NOT_SET_MS = -62_135_596_800_000
+"""The last enqueued time of a partition that never had an event, as Azure sends it: 0001-01-01T00:00:00Z (.NET's
+``DateTime.MinValue``), which azure-eventhub turns into ``datetime.min`` (Azure/azure-sdk-for-python#38303)."""
+
+
 class Partition:
     """The events of one partition, bounded by retention, with listeners woken on append."""
 
@@ -120,7 +125,7 @@ class Partition:
         self.head = 0
         self.next_sequence = 0
         self.next_offset = 0
-        self.last_enqueued_ms = 0
+        self.last_enqueued_ms = NOT_SET_MS  # until the first event: Azure's "never" (0001-01-01)
         self.last_offset = -1  # offset of the last event ever enqueued (kept when it expires)
         self.listeners: set[Callable[[], None]] = set()
         if log is not None:
@@ -173,11 +178,14 @@ class Partition:
             return max(start, first)
         live = self.events[self.head:] if self.head else self.events
         if kind == "offset":
-            beyond = value > self.next_offset if inclusive else (value >= self.next_offset and value != -1)
+            # Azure refuses an offset past the last event's ("The supplied offset '13953' is invalid. The last
+            # offset in the system is '13952'", Azure/azure-sdk-for-net#9213), not past where the next one goes:
+            # resuming inclusively at a checkpoint's offset + 1 is a client bug it reports.
+            beyond = value > max(self.last_offset, 0) if inclusive else (value > self.last_offset and value != -1)
             if beyond:
                 raise AmqpError(errors.ARGUMENT_OUT_OF_RANGE,
-                                f"offset {value} is beyond the end of partition {self.id} "
-                                f"(the next event gets offset {self.next_offset})")
+                                f"The supplied offset '{value}' is invalid. The last offset in the system is "
+                                f"'{self.last_offset}' (partition {self.id})")
             search = bisect.bisect_left if inclusive else bisect.bisect_right
             return first + search(live, value, key=lambda e: e.offset)
         search = bisect.bisect_left if inclusive else bisect.bisect_right
@@ -207,14 +215,17 @@ class Partition:
         """The $management partition reply fields (types applied by the management module).
 
         As in Azure, the last enqueued event's numbers stay after it passed retention;
-        ``is_partition_empty`` says whether any event is still retained.
+        ``is_partition_empty`` says whether any event is still retained. An empty partition's beginning is its
+        last sequence number (-1 when it never had an event), as Azure reports it; KEDA's count of a partition
+        without a checkpoint (``last - beginning + 1`` unless they are equal) relies on it.
         """
+        empty = self.head >= len(self.events)
         return {
-            "begin_sequence_number": self.first_sequence,
+            "begin_sequence_number": self.next_sequence - 1 if empty else self.first_sequence,
             "last_enqueued_sequence_number": self.next_sequence - 1,
             "last_enqueued_offset": str(self.last_offset),
             "last_enqueued_time_utc": self.last_enqueued_ms,
-            "is_partition_empty": self.head >= len(self.events),
+            "is_partition_empty": empty,
         }
 
 

@@ -119,7 +119,7 @@ class EventHubBlobLagReader:
                 missing.append(pid)
             else:
                 count = unprocessed_events(last, checkpoint, source.stale_threshold)
-            partitions.append(PartitionLag(pid, beginning, last, checkpoint, count, error))
+            partitions.append(PartitionLag(pid, beginning, last, checkpoint, count, error, bool(props["is_empty"])))
         notes: list[str] = []
         if missing and source.strategy == STRATEGY:
             misplaced = self._misplaced(missing)

@@ -21,6 +21,8 @@ class PartitionLag:
     ``checkpoint_error`` says why the scaler cannot read the checkpoint blob (no
     numeric ``sequencenumber``): the scaler then fails and counts nothing, so
     ``unprocessed`` (every retained event) is no figure to report as a lag.
+    ``empty``: the hub retains none of the partition's events (Azure then reports the
+    beginning equal to the last sequence number, so the beginning alone cannot say it).
     """
 
     partition_id: str
@@ -29,6 +31,12 @@ class PartitionLag:
     checkpoint_sequence_number: int | None
     unprocessed: int
     checkpoint_error: str | None = None
+    empty: bool = False
+
+    @property
+    def oldest_retained(self) -> int:
+        """The sequence number of the oldest event the hub still retains (the next one's when it retains none)."""
+        return self.last_enqueued_sequence_number + 1 if self.empty else self.beginning_sequence_number
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,15 +125,15 @@ class AuditService:
                 assert self._clock is not None
                 found = self._clock.first_at(p.partition_id, since)
                 first = p.last_enqueued_sequence_number + 1 if found is None else found
-                if 0 < p.beginning_sequence_number >= first:
+                if 0 < p.oldest_retained >= first:
                     # The first event at or after `since` is the oldest the hub retains (or none is retained):
                     # the ones before it expired, and whether they were enqueued after `since` is unknowable here.
-                    expired_below = p.beginning_sequence_number
+                    expired_below = p.oldest_retained
             elif from_sequence is not None:
                 first = from_sequence
             else:
                 assert window is not None
-                first = max(p.beginning_sequence_number, checkpoint - window + 1)
+                first = max(p.oldest_retained, checkpoint - window + 1)
             audited = self._audit_range(p.partition_id, max(first, 0), checkpoint)
             out.append(dataclasses.replace(audited, expired_below=expired_below) if expired_below else audited)
         checkpoints = {p.partition_id: p.checkpoint_sequence_number for p in reading.partitions}

@@ -176,7 +176,9 @@ def test_properties_queries(isolated_eventhub: IsolatedHub) -> None:
             assert isinstance(hub_props["created_at"], dt.datetime)
             empty = await client.get_partition_properties("3")
             assert empty["is_empty"] is True and empty["last_enqueued_sequence_number"] == -1
-            assert empty["beginning_sequence_number"] == 0
+            assert empty["beginning_sequence_number"] == -1  # Azure: an empty partition's beginning is its last
+            # a partition that never had an event has Azure's "not set" time (0001-01-01), not 1970
+            assert empty["last_enqueued_time_utc"] == dt.datetime.min.replace(tzinfo=dt.UTC)
             await client.send_batch([EventData("a"), EventData("bb"), EventData("ccc")], partition_id="3")
             props = await client.get_partition_properties("3")
         events = await receive(isolated_eventhub, "3", count=3, track_last_enqueued_event_properties=True)

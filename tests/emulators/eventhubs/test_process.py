@@ -122,7 +122,8 @@ def test_data_dir_and_retention_across_a_restart(tmp_path: Path) -> None:
         with producer(short) as client:
             props = client.get_partition_properties("0")
             assert props["is_empty"] is True
-            assert props["beginning_sequence_number"] == 2 and props["last_enqueued_sequence_number"] == 1
+            # as Azure reports an empty partition: beginning equal to last (KEDA's count relies on it)
+            assert props["beginning_sequence_number"] == 1 and props["last_enqueued_sequence_number"] == 1
             client.send_batch([EventData("new")], partition_id="0")
             new_sent_at = time.monotonic()
         events = receive(short, "0", count=1, settle=0.3)

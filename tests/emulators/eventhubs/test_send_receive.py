@@ -116,6 +116,21 @@ def test_starting_positions(isolated_eventhub: IsolatedHub) -> None:
             assert bodies(future.result()) == want, kwargs
 
 
+def test_an_offset_past_the_last_events_is_refused_and_the_last_one_waits(isolated_eventhub: IsolatedHub) -> None:
+    """Azure refuses an offset past the last event's ("The supplied offset '13953' is invalid. The last offset in
+    the system is '13952'", Azure/azure-sdk-for-net#9213: a processor resuming inclusively at its checkpoint's
+    offset + 1), not only one past where the next event will go. At the last offset, exclusively, a receiver
+    waits for new events."""
+    send(isolated_eventhub, [f"e{i}" for i in range(3)], partition_id="0")
+    last = receive(isolated_eventhub, "0", count=3)[-1]
+    for position, inclusive in ((int(last.offset) + 1, True), (int(last.offset) + 1, False)):
+        with pytest.raises(Exception, match=f"offset '{position}' is invalid. The last offset in the system is "
+                                            f"'{last.offset}'"):
+            receive(isolated_eventhub, "0", count=1, starting_position=str(position), inclusive=inclusive, timeout=6)
+    assert bodies(receive(isolated_eventhub, "0", count=1, starting_position=last.offset, inclusive=True)) == ["e2"]
+    assert receive(isolated_eventhub, "0", count=1, starting_position=last.offset, timeout=2.0) == []
+
+
 def test_latest_sees_only_new_events(isolated_eventhub: IsolatedHub) -> None:
     send(isolated_eventhub, ["old"], partition_id="3")
     with ThreadPoolExecutor(1) as pool, producer(isolated_eventhub) as client:
