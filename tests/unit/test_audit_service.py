@@ -107,6 +107,26 @@ def test_a_since_the_hub_can_place_only_at_its_oldest_retained_event_is_marked_n
     assert (placed.missing, placed.whole) == (0, True)
 
 
+class EmptiedPositions:
+    """Partition 0 checkpointed at 180, its last event, and the hub retains none of it any more: as Azure reports
+    an empty partition, the beginning equals the last sequence number."""
+
+    def read(self) -> LagReading:
+        return LagReading((PartitionLag("0", 180, 180, 180, 0, empty=True),))
+
+
+def test_a_partition_emptied_by_retention_is_marked_not_whole_from_the_next_sequence_number() -> None:
+    """Nothing is retained, so nothing places T: every number up to the last may have been enqueued since T and
+    expired. The beginning (180, equal to the last) is no retained event: 181 is the first that could be."""
+    since = datetime(2026, 12, 5, tzinfo=UTC)
+    report = AuditService(Ledger([(100, 180)]), EmptiedPositions(), FirstAt({"0": None})).audit(since=since)
+    assert (report.whole, report.partitions[0].expired_below) == (False, 181)
+    # a window starts at the oldest event that could be retained: none is, so it audits nothing
+    ledger = Ledger([(100, 180)])
+    AuditService(ledger, EmptiedPositions()).audit(window=50)
+    assert ledger.reads == []
+
+
 def test_a_start_sequence_past_every_checkpoint_is_refused_naming_them() -> None:
     service = AuditService(Ledger([]), Positions())
     with pytest.raises(ConfigurationError,
