@@ -86,6 +86,14 @@ class _CountedEvents:
         self._keys: dict[int, set[int]] = {}  # enqueued second -> keys
         self.since: datetime | None = None
 
+    def run_began(self, reread: tuple[datetime, datetime]) -> None:
+        """A run's first page: forget what it will not re-read; on this process's first run, what its re-read
+        window holds was counted by an earlier run or process, and everything after it is this process's to count
+        (fixed now, not on the first page that has events: a quiet first run must not move it)."""
+        self.forget_before(reread[0])
+        if self.since is None:
+            self.since = reread[1]
+
     def forget_before(self, start: datetime) -> None:
         """No run will re-read what was enqueued before ``start``: drop it."""
         floor = int(start.timestamp())
@@ -97,7 +105,7 @@ class _CountedEvents:
     def uncounted(self, events: Sequence[StoredEvent], reread: tuple[datetime, datetime]) -> list[StoredEvent]:
         """The events of a page not counted before, remembered as counted from now on."""
         start, until = reread
-        if self.since is None:  # this process's first page: what the window holds was counted by an earlier run
+        if self.since is None:  # not begun (a caller that skipped run_began): this page's window is the start
             self.since = until
         fresh = []
         newest: datetime | None = None
@@ -193,7 +201,7 @@ class ChangeFeedService:
                 continue
             pages += 1
             if page.reread is not None and pages == 1:
-                self._counted.forget_before(page.reread[0])
+                self._counted.run_began(page.reread)
             if page.events:
                 decided = self._decided(page.events)
                 for start in range(0, len(decided), self._chunk):

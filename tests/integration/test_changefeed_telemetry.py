@@ -7,15 +7,17 @@ portable feed re-reads its overlap window every run, and the run's one
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from shared import telemetry
 from shared.adapters.cassandra.feed import CassandraFeedStateStore, PortableChangeFeed
+from shared.ports.feed import FeedPosition
 from shared.services.changefeed import ChangeFeedService
 from tests.integration import test_changefeed as changefeed_tests
-from tests.integration.test_changefeed import RULES, make_cache, make_event
+from tests.integration.test_changefeed import RULES, CountingSink, make_cache, make_event
 from tests.unit.test_telemetry import collected, sdk  # noqa: F401 (sdk: a fixture)
 
 pytestmark = pytest.mark.timeout(180)
@@ -87,3 +89,101 @@ def test_the_changefeed_span_lists_every_critical_event_the_run_applied(
     wanted = [str(earlier.body.event_id), str(later.body.event_id)]
     assert listed == wanted, (f"the run applied critical events {wanted} but its span lists {listed}: each "
                               f"page's ids replaced the previous page's")
+
+
+class RecordingMetrics:
+    """An in-memory fake of ``shared.ports.metrics.Metrics``: what the change feed reported as applied."""
+
+    def __init__(self) -> None:
+        self.counted: list[str] = []
+
+    def ingest_batch(self, *args, **kwargs) -> None:
+        return None
+
+    def changefeed_applied(self, events, critical: int) -> None:
+        self.counted += [str(e.event_id) for e in events]
+
+    def enrich_run(self, *args, **kwargs) -> None:
+        return None
+
+
+def test_portable_feed_counts_a_late_row_found_by_the_second_run_of_a_fresh_worker(
+        session, keyspace, store, rclient, redis_prefix) -> None:
+    """``sluice.changefeed.events`` counts every change once (docs/observability.md: "a row stored late counts
+    when it is first applied"; only "the window's rows before its first run" are taken as counted, since a previous
+    worker counted them).
+
+    A worker starts on a saved watermark W1 (a previous worker's). Its first run finds nothing new (a quiet
+    moment) and moves the watermark to its start, W2. Then ingest stores a row enqueued between W1 and W2 (stored a
+    few seconds after its enqueue: ingest's ordinary latency), which the second run's overlap re-read finds and
+    writes to Redis. No run of any worker counted it before, and it lies after the first run's window, so it must
+    be counted now (and give its delay point).
+
+    Was: the start of what this worker counts itself (``since``) was fixed on the first page *that had events*, to
+    that run's re-read end (W2), not on the worker's first run (W1): the late row was taken as "counted by an
+    earlier run" and never counted by anyone, the counter and the delay histogram losing exactly the late rows the
+    overlap exists for.
+    """
+    positions = CassandraFeedStateStore(session, keyspace)
+    now = datetime.now(UTC)
+    assert positions.save("events", FeedPosition(watermark=now - timedelta(seconds=20)), 0) == 1  # a previous worker
+    feed = PortableChangeFeed(session, keyspace, bucket_seconds=60, shards=2, lookback_seconds=900,
+                              overlap_seconds=60, max_span_seconds=3600)
+    metrics = RecordingMetrics()
+    seen = CountingSink(make_cache(rclient, redis_prefix))
+    worker = ChangeFeedService(feed, seen, positions, feed_name="events", rules=RULES, time_budget=60,
+                               metrics=metrics)  # one worker: the bootstrap caches its service across timer ticks
+
+    first = worker.run()
+    assert first.events == 0  # nothing new: the watermark moves to this run's start
+    time.sleep(0.05)
+    enqueued = now - timedelta(seconds=5)  # after W1, before the first run's start: stored only now (latency)
+    late = make_event("late-1", enqueued - timedelta(seconds=1), enqueued=enqueued)
+    store.write([late])
+
+    second = worker.run()
+    assert str(late.event_id) in seen.applied, "the overlap re-read found the late row and wrote it to Redis"
+    assert second.events >= 1
+    assert metrics.counted.count(str(late.event_id)) == 1, (
+        f"a change applied to Redis for the first time was counted {metrics.counted.count(str(late.event_id))} "
+        "times by sluice.changefeed.events")
+
+
+def test_portable_feed_counts_a_late_row_after_the_very_first_run_of_a_new_feed(
+        session, keyspace, store, rclient, redis_prefix) -> None:
+    """Same promise (``sluice.changefeed.events`` counts each change once, a row stored late when it is first
+    applied), on a new feed: no saved position, so the first run reads from ``now - lookback`` and nothing in it
+    was read before.
+
+    The first run applies an event enqueued 2 s ago. A row enqueued 10 s ago, stored only after that run read its
+    time range (ingest's latency, well within the 60 s overlap), is found by the second run's overlap re-read and
+    written to Redis: it was never counted, so it must be counted now.
+
+    Was: "what no run will re-read" was forgotten as ``newest - (until - start)``, and the first run's re-read
+    range was empty: ``since`` jumped to the newest enqueued time of the first run's last page, and every row
+    enqueued before it that turned up later in the overlap was taken as counted. A first run's re-read window is
+    now the overlap wide, ending at its watermark.
+    """
+    positions = CassandraFeedStateStore(session, keyspace)
+    feed = PortableChangeFeed(session, keyspace, bucket_seconds=60, shards=2, lookback_seconds=900,
+                              overlap_seconds=60, max_span_seconds=3600)
+    metrics = RecordingMetrics()
+    seen = CountingSink(make_cache(rclient, redis_prefix))
+    worker = ChangeFeedService(feed, seen, positions, feed_name="events", rules=RULES, time_budget=60,
+                               metrics=metrics)
+    now = datetime.now(UTC)
+    recent = make_event("recent-1", now - timedelta(seconds=3), enqueued=now - timedelta(seconds=2))
+    store.write([recent])
+
+    first = worker.run()  # no saved position: starts at now - lookback
+    assert str(recent.event_id) in seen.applied and first.events == 1
+    time.sleep(0.05)
+    late = make_event("late-2", now - timedelta(seconds=11), enqueued=now - timedelta(seconds=10))
+    store.write([late])  # stored after the first run read its range
+
+    worker.run()
+    assert str(late.event_id) in seen.applied, "the overlap re-read found the late row and wrote it to Redis"
+    assert metrics.counted.count(str(recent.event_id)) == 1  # the first run's event, counted once (as it should)
+    assert metrics.counted.count(str(late.event_id)) == 1, (
+        f"a change applied to Redis for the first time was counted {metrics.counted.count(str(late.event_id))} "
+        "times by sluice.changefeed.events")

@@ -165,10 +165,13 @@ class PortableChangeFeed:
         noted_until = utc(position.noted_until)
         horizon = utc(position.horizon)
         assert watermark is not None and cursor is not None
-        # What earlier runs read already: the overlap the rewind went back over (nothing on a first run). A delay
-        # note below moves the cursor further back, but not this: the rows it re-reads were counted when first read.
+        # What earlier runs read already: the overlap the rewind went back over. A delay note below moves the
+        # cursor further back, but not this: the rows it re-reads were counted when first read. A first run re-reads
+        # nothing (its cursor starts at the watermark), but the window is still the overlap wide, ending there: its
+        # width is how far back the next run will re-read, which is how long a counted row must be remembered.
         reread_until = utc(position.reread_until)
-        reread = (watermark, watermark) if reread_until is None else (reread_until - self._overlap, reread_until)
+        reread_end = reread_until or watermark
+        reread = (reread_end - self._overlap, reread_end)
         if horizon is None:  # a run's first page: did ingest store rows after the last read covered them?
             horizon = min(now, max(watermark, cursor) + self._max_span)
             since = watermark - self._overlap if noted_until is None else max(noted_until, watermark - self._overlap)
