@@ -115,8 +115,10 @@ class EnrichmentStore(Protocol):
 
     def stale_windows(self, arrivals: Sequence[Arrival]) -> list[tuple[Arrival, Window]]:
         """The arrivals whose event time lies in an enriched window (a ledger row, whatever width it was enriched
-        with) and whose id has no enriched row in that window, each with the window as the ledger holds it. Every
-        arrival is checked on its own: the rows of an id re-sent with another timestamp each name their window."""
+        with) and that a recompute of that window would account for while its enriched rows do not: the id has no
+        enriched row in that window (nor one with a later event time anywhere, which the arrival would lose to), or
+        an older copy of it there; each with the window as the ledger holds it. Every arrival is checked on its own:
+        the rows of an id re-sent with another timestamp each name their window."""
 
     def enriched_windows(self, start: datetime, end: datetime) -> list[Window]:
         """The enriched windows (ledger rows) overlapping ``[start, end)``, oldest first, as the ledger holds them."""

@@ -377,6 +377,78 @@ def test_an_id_re_sent_late_within_its_own_enriched_window_recomputes_it(stack: 
                        (first.event_id,)) == [("dev-3", T0 + timedelta(seconds=50))]
 
 
+def _corrected(original: Event, at: datetime, enqueued: datetime, **changes: object) -> Event:
+    """``original`` sent again under its id with the timestamp ``at`` (and ``changes``), enqueued at ``enqueued``."""
+    return Event(original.body.model_copy(update={"timestamp": at, **changes}),
+                 replace(original.metadata, enqueued_time=enqueued))
+
+
+def test_arrivals_that_lose_to_a_later_row_never_hold_up_a_genuinely_late_window(
+        cassandra_emulator: Running, cassandra_keyspace: str, pg_dsn: str, shared_session) -> None:
+    """A device whose clock ran ahead re-sends its readings under their ids with corrected, earlier timestamps, late.
+    The latest event time wins, so each corrected row loses to the enriched one in another window and is never
+    written in its own: the late scan does not count it as missing there, so its window is not recomputed at all.
+    Were it counted, as many such windows as ``max_windows_per_run`` would be the oldest late windows on every run,
+    the scan position would never move, and a genuinely late event in a later window would never be enriched.
+    Here, with a budget of two windows and two such arrivals, the late event is enriched by the first run after it
+    arrives, the windows of the losing arrivals are never recomputed, and the scan position moves on."""
+    with stack_at(cassandra_emulator, cassandra_keyspace, pg_dsn, shared_session) as stack:
+        service = build_service(stack.session, stack.keyspace, stack.store._settings, stack.pool,
+                                max_windows_per_run=2)
+        # W1..W4 on time; dev-9's clock is 15 minutes ahead: its two readings land in W4
+        x1 = make_event("dev-9", T0 + 3 * W + timedelta(seconds=10))
+        x2 = make_event("dev-9", T0 + 3 * W + timedelta(seconds=20))
+        stack.send([make_event("dev-1", T0 + timedelta(seconds=5)), make_event("dev-2", T0 + W + timedelta(seconds=5)),
+                    make_event("dev-3", T0 + 2 * W + timedelta(seconds=5)), x1, x2])
+        now = T0 + 4 * W + timedelta(minutes=2)
+        while service.run(now=now).more_pending:
+            pass
+        assert stack.query("SELECT watermark FROM enrichment_state") == [(T0 + 4 * W,)]
+
+        # dev-9 re-sends both with its corrected clock (W1, W2); a genuinely late reading of dev-3 for W3
+        late_at = now + timedelta(minutes=1)
+        late = make_event("dev-3", T0 + 2 * W + timedelta(seconds=40), enqueued=late_at)
+        stack.send([_corrected(x1, T0 + timedelta(seconds=10), late_at),
+                    _corrected(x2, T0 + W + timedelta(seconds=10), late_at), late])
+        recomputed: list[datetime] = []
+        pending = []
+        for minute in range(1, 7):  # the timer, once a minute
+            result = service.run(now=late_at + timedelta(minutes=minute, seconds=5))
+            recomputed += [w.window.start for w in result.windows if w.reason == "late"]
+            pending.append(result.more_pending)
+
+        assert stack.query("SELECT window_start FROM enriched_events WHERE event_id = %s", (late.event_id,)) == \
+            [(T0 + 2 * W,)]
+        assert recomputed == [T0 + 2 * W], "only the window of the late event is recomputed, once"
+        assert not any(pending)
+        assert stack.query("SELECT late_scan_until FROM enrichment_state") == [(late_at + timedelta(minutes=6,
+                                                                                                    seconds=5),)]
+        assert stack.query("SELECT window_start, event_time FROM enriched_events WHERE event_id = ANY(%s) ORDER BY 2",
+                           ([x1.event_id, x2.event_id],)) == [(T0 + 3 * W, x1.body.timestamp),
+                                                             (T0 + 3 * W, x2.body.timestamp)]
+        assert stack.query("SELECT window_start, runs FROM enrichment_windows WHERE window_start < %s ORDER BY 1",
+                           (T0 + 2 * W,)) == [(T0, 1), (T0 + W, 1)]
+
+
+def test_an_id_re_sent_late_with_an_earlier_timestamp_within_its_window_does_not_recompute_it(stack: Stack) -> None:
+    """An id re-sent late inside the window holding its row, with an *earlier* timestamp: the window's read keeps
+    the id's latest row, the one already enriched, so a recompute would change nothing and the late scan does not
+    ask for one (it would, on every scan covering the arrival, for nothing)."""
+    first = make_event("dev-1", T0 + timedelta(seconds=50), measurements={"temperature": 20.0})
+    stack.send([first, make_event("dev-2", T0 + timedelta(seconds=20))])
+    stack.service.run(now=T0 + W + timedelta(minutes=2))  # window T0 enriched
+    late_at = T0 + W + timedelta(minutes=3)
+    stack.send([_corrected(first, T0 + timedelta(seconds=10), late_at, measurements={"temperature": 5.0})])
+    recomputed = []
+    for seconds in (5, 65, 125, 185):  # runs a minute apart: the first three scans cover the arrival
+        result = stack.service.run(now=late_at + timedelta(seconds=seconds))
+        recomputed += [w.window.start for w in result.windows]
+    assert recomputed == []
+    assert stack.query("SELECT event_time, measurements FROM enriched_events WHERE event_id = %s",
+                       (first.event_id,)) == [(T0 + timedelta(seconds=50), {"temperature": 20.0})]
+    assert stored_device_stats(stack, T0)["dev-1"]["event_count"] == 1
+
+
 def test_an_event_id_sent_twice_in_one_window_is_stored_once_with_its_latest_row_on_both_paths(
         stack: Stack) -> None:
     first = make_event("dev-1", T0 + timedelta(seconds=50), measurements={"temperature": 95.0})

@@ -165,12 +165,18 @@ ON CONFLICT (window_start) DO UPDATE SET
 """
 
 # The arrivals lying in an enriched window (the ledger row starting last at or before the event time, if the event
-# time is before its end: ledger windows never overlap, whatever width each was enriched with) that its enriched row
-# does not already account for: none at all (a late event), one in another window (its id re-sent with another
-# timestamp: the window read decides which row wins), or one in it with another event time or enqueued before this
-# arrival (its id re-sent within the window, or a correction re-sent with the same timestamp: the later copy is what
-# Cassandra keeps). An arrival's enqueued time is its event time when Event Hubs gave none, as ingest stores it.
-# One index probe (the primary key) per arrival.
+# time is before its end: ledger windows never overlap, whatever width each was enriched with) that a recompute of
+# that window would account for and its enriched row does not yet: the id has no row at all (a late event), a row in
+# another window with an earlier event time (re-sent with a later timestamp: this window's row takes it over), or a
+# row in this window with an earlier event time or the same one enqueued before this arrival (re-sent later within
+# the window, or a correction re-sent with the same timestamp: the later copy is what Cassandra keeps). An arrival's
+# enqueued time is its event time when Event Hubs gave none, as ingest stores it.
+# An arrival whose id's enriched row has a later event time is never stale, whichever window holds that row: it
+# loses to that row (in another window _DROP_LOSERS drops it from its window's read; in its own the read keeps an
+# id's latest row), so its recompute could change nothing. Flagged on every scan covering it, it would keep the same
+# windows first in the queue for good (a device re-sending readings with corrected, earlier timestamps), starving
+# every later late window, and late_scan_until would never move.
+# One index probe (the primary key: at most one enriched row per id) per arrival.
 _STALE = """
 SELECT c.i, w.window_start, w.window_end
 FROM unnest(%s::uuid[], %s::timestamptz[], %s::timestamptz[]) WITH ORDINALITY AS c(event_id, event_time, enqueued_at, i)
@@ -178,8 +184,10 @@ CROSS JOIN LATERAL (SELECT window_start, window_end FROM enrichment_windows
                     WHERE window_start <= c.event_time ORDER BY window_start DESC LIMIT 1) w
 WHERE c.event_time < w.window_end
   AND NOT EXISTS (SELECT 1 FROM enriched_events e
-                  WHERE e.event_id = c.event_id AND e.window_start = w.window_start AND e.event_time = c.event_time
-                    AND coalesce(e.enqueued_time, e.event_time) >= c.enqueued_at)
+                  WHERE e.event_id = c.event_id
+                    AND (e.event_time > c.event_time
+                         OR e.window_start = w.window_start AND e.event_time = c.event_time
+                            AND coalesce(e.enqueued_time, e.event_time) >= c.enqueued_at))
 """
 
 # The ledger windows overlapping [start, end): from the last one starting at or before start (windows never overlap,
