@@ -42,7 +42,15 @@ from datetime import UTC, datetime, timedelta
 
 from shared.domain.enrichment import EnrichedWindow, ReferenceData, Window, plan_windows, window_of
 from shared.domain.rules import MeasurementRule
-from shared.ports.enrichment import EnrichmentState, EnrichmentStore, Reason, ReferenceSource, WindowInput, WindowReader
+from shared.ports.enrichment import (
+    Arrival,
+    EnrichmentState,
+    EnrichmentStore,
+    Reason,
+    ReferenceSource,
+    WindowInput,
+    WindowReader,
+)
 from shared.ports.metrics import NO_METRICS, Metrics
 from shared.settings import EnrichmentSettings
 
@@ -69,6 +77,7 @@ class EnrichmentRunResult:
     watermark: datetime | None = None
     late_scan_until: datetime | None = None
     delayed_scan_from: datetime | None = None  # where the late scan started, when ingest noted delayed batches
+    unsettled_windows: int = 0  # windows recomputed as late whose late arrivals the recompute could not account for
     more_pending: bool = False
 
     @property
@@ -129,7 +138,7 @@ class EnrichmentService:
         state = self._store.load_state(initial)
         result.watermark, result.late_scan_until = state.watermark, state.late_scan_until
 
-        late, complete = self._late_windows(state, now, result)
+        late, complete, late_arrivals = self._late_windows(state, now, result)
         # The windows from the watermark on: of the current width, but never overlapping an enriched one (after a
         # change of SLUICE_ENRICH_WINDOW_SECONDS, the first one runs from the watermark to the next boundary).
         # Most runs find none closed: the ledger is read only when the first one is.
@@ -143,6 +152,7 @@ class EnrichmentService:
 
         result.windows.extend(self._enrich_all(late, reference, "late", advance_watermark=False))
         result.late_windows = len(late)
+        self._check_settled(late_arrivals, result)
 
         def advanced(outcome: WindowOutcome) -> None:
             result.windows.append(outcome)
@@ -163,9 +173,9 @@ class EnrichmentService:
 
     def _late_windows(
         self, state: EnrichmentState, now: datetime, result: EnrichmentRunResult
-    ) -> tuple[list[Window], bool]:
+    ) -> tuple[list[Window], bool, list[Arrival]]:
         """Enriched windows some of whose events have no enriched row in them yet, or that an event moved out of
-        since; and whether the list is complete."""
+        since; whether the list is complete; and the arrivals that made the listed windows late."""
         cfg = self._settings
         horizon = timedelta(seconds=cfg.late_horizon_seconds)
         scan_from = state.late_scan_until - timedelta(seconds=cfg.allowed_lateness_seconds)
@@ -182,12 +192,13 @@ class EnrichmentService:
         # arrival is looked up in the ledger on its own (both rows of an id re-sent with another timestamp name
         # their window), by its event time: its window is the one it was enriched in, whatever width that was.
         arrivals = list(self._reader.arrivals(scan_from, now, event_time_before=state.watermark))
-        late: set[Window] = set()
+        stale: dict[Window, list[Arrival]] = {}
         for arrival, window in self._store.stale_windows(arrivals) if arrivals else []:
             if arrival.enqueued_at - window.end > horizon:
                 result.too_late_events += 1
             else:
-                late.add(window)
+                stale.setdefault(window, []).append(arrival)
+        late = set(stale)
         if result.too_late_events:
             logger.warning("%d events arrived more than %s after their window; backfill their range to include them",
                            result.too_late_events, horizon)
@@ -196,9 +207,27 @@ class EnrichmentService:
         moved = set(self._store.windows_to_recompute()) - late
         if moved:
             logger.info("%d enriched windows count events that moved to another window since", len(moved))
-        windows = sorted(late | moved)
-        limit = cfg.max_windows_per_run
-        return windows[:limit], len(windows) <= limit
+        windows = sorted(late | moved)[:cfg.max_windows_per_run]
+        return windows, len(late | moved) == len(windows), [a for w in windows for a in stale.get(w, ())]
+
+    def _check_settled(self, arrivals: list[Arrival], result: EnrichmentRunResult) -> None:
+        """Warn about windows just recomputed as late whose late arrivals they still do not account for.
+
+        A recompute settles every arrival the late scan flags (a late event, an id re-sent with a later timestamp
+        or a later copy), unless Cassandra no longer holds that arrival's copy: an older copy of an id redelivered
+        after a correction re-sent with the same timestamp overwrites it in ``events_by_time_bucket``, while the
+        correction's arrival row stays. Each scan covering such an arrival recomputes its window again, for
+        nothing; enough of them (``max_windows_per_run``) would hold up every later late window. One more probe
+        of the arrivals of this run's late windows (few), after their recompute, names them.
+        """
+        recomputed = {w.window for w in result.windows if w.reason == "late"}
+        unsettled = sorted({w for _, w in self._store.stale_windows(arrivals) if w in recomputed}) if arrivals else []
+        result.unsettled_windows = len(unsettled)
+        if unsettled:
+            logger.warning("%d windows recomputed as late still miss arrivals the recompute could not account for "
+                           "(Cassandra holds another copy of their ids: an older copy redelivered?); each scan "
+                           "covering those arrivals recomputes them again: %s", len(unsettled),
+                           ", ".join(map(str, unsettled)))
 
     def enrich(self, window: Window, reference: ReferenceData, reason: Reason, *, advance_watermark: bool
                ) -> WindowOutcome:

@@ -449,6 +449,40 @@ def test_an_id_re_sent_late_with_an_earlier_timestamp_within_its_window_does_not
     assert stored_device_stats(stack, T0)["dev-1"]["event_count"] == 1
 
 
+def test_a_window_whose_recompute_cannot_account_for_a_late_arrival_is_named_in_a_warning(
+        stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    """A correction re-sent with the same timestamp, then the older copy redelivered (Event Hubs delivers at least
+    once): ``events_by_time_bucket`` keeps the copy written last, the older one, while the correction's arrival row
+    stays. Once its window is recomputed (here for another late event), the enriched row is the older copy, and
+    each scan still covering the correction's arrival finds the window stale and recomputes it again, for nothing.
+    The run says so, with a warning naming the window (enough such windows would hold up every other late
+    window); the recomputes stop once the arrival has left the scan's overlap."""
+    first = make_event("dev-1", T0 + timedelta(seconds=10), measurements={"temperature": 20.0})
+    stack.send([first, make_event("dev-2", T0 + timedelta(seconds=20))])
+    stack.service.run(now=T0 + W + timedelta(minutes=2))  # window T0 enriched
+    late_at = T0 + W + timedelta(minutes=3)
+    correction = _corrected(first, first.body.timestamp, late_at, measurements={"temperature": 21.0})
+    stack.send([correction])
+    assert [w.window.start for w in stack.service.run(now=late_at + timedelta(seconds=5)).windows] == [T0]
+    assert stack.query("SELECT measurements FROM enriched_events WHERE event_id = %s",
+                       (first.event_id,)) == [({"temperature": 21.0},)]
+
+    stack.send([first, make_event("dev-2", T0 + timedelta(seconds=30), enqueued=late_at + timedelta(seconds=30))])
+    recomputed, unsettled = [], []
+    with caplog.at_level(logging.WARNING, logger="shared.services.enrichment"):
+        for seconds in (40, 100, 160, 220, 280):  # runs a minute apart
+            result = stack.service.run(now=late_at + timedelta(seconds=seconds))
+            recomputed.append([w.window.start for w in result.windows if w.reason == "late"])
+            unsettled.append(result.unsettled_windows)
+    # 40: the other late event (settled); 100 and 160: the correction's arrival, still in the overlap; then none
+    assert recomputed == [[T0], [T0], [T0], [], []]
+    assert unsettled == [0, 1, 1, 0, 0]
+    warnings = [r.getMessage() for r in caplog.records if "could not account for" in r.getMessage()]
+    assert len(warnings) == 2 and all(str(Window(T0, T0 + W)) in m and m.startswith("1 windows") for m in warnings)
+    assert stack.query("SELECT measurements FROM enriched_events WHERE event_id = %s",
+                       (first.event_id,)) == [({"temperature": 20.0},)], "what Cassandra holds now: the older copy"
+
+
 def test_an_event_id_sent_twice_in_one_window_is_stored_once_with_its_latest_row_on_both_paths(
         stack: Stack) -> None:
     first = make_event("dev-1", T0 + timedelta(seconds=50), measurements={"temperature": 95.0})
