@@ -566,7 +566,8 @@ def replay_service(*, postgres: bool = True) -> ReplayService:
                                    concurrency=cfg.enrichment.read_concurrency)
     return ReplayService(reader, redis_change_sink(), cfg.rules.critical_rules,
                          enrichment_service() if postgres else None, apply_chunk=cfg.changefeed.page_size,
-                         latest=_latest_states())
+                         latest=_latest_states(), window_seconds=cfg.enrichment.window_seconds,
+                         max_future_skew=timedelta(seconds=cfg.ingest.max_future_skew_seconds))
 
 
 @service
@@ -642,7 +643,8 @@ def enrichment_service() -> EnrichmentService:
         reference = PostgresReferenceSource(postgres_pool())
     store = PostgresEnrichmentStore(postgres_pool(), statement_timeout_seconds=enrich.statement_timeout_seconds)
     return EnrichmentService(reader, reference, store, enrich, cfg.rules.critical_rules,
-                             metrics=_telemetry().ACTIVE_METRICS)
+                             metrics=_telemetry().ACTIVE_METRICS,
+                             max_future_skew=timedelta(seconds=cfg.ingest.max_future_skew_seconds))
 
 
 @service

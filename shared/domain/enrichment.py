@@ -60,36 +60,71 @@ def windows_between(start: datetime, end: datetime, window_seconds: int) -> Iter
         window = Window(window.end, window.end + timedelta(seconds=window_seconds))
 
 
-def plan_windows(start: datetime, end: datetime, window_seconds: int, enriched: Iterable[Window]) -> list[Window]:
-    """The windows to write for ``[start, end)``, oldest first, none overlapping another.
+def window_count(start: datetime, end: datetime, window_seconds: int) -> int:
+    """How many windows of ``window_seconds`` overlap ``[start, end)`` (:func:`windows_between`), by arithmetic."""
+    first = floor(start, window_seconds)
+    return -((first - end) // timedelta(seconds=window_seconds)) if end > start else 0
+
+
+def planned_windows(start: datetime, end: datetime, window_seconds: int, enriched: Iterable[Window]
+                    ) -> Iterator[Window]:
+    """The windows to write for ``[start, end)``, oldest first, none overlapping another, one at a time.
 
     ``enriched``: the windows already enriched (ledger rows, which never overlap) overlapping
     ``[window_of(start).start, end)``, whatever width they were enriched with. Each is planned as it is, so an
     enriched window is only ever computed again at its own width; in between, windows of ``window_seconds``
     aligned to the epoch, the first and last of each gap between enriched windows cut to it. Past the last
     enriched window they are not cut: the last one may end after ``end``. With one width all along this is
-    :func:`windows_between`.
+    :func:`windows_between`. Nothing is held but the enriched windows: a range of millions of windows costs
+    no memory (:func:`plan_count` counts them without building them).
     """
     step = timedelta(seconds=window_seconds)
-    planned: list[Window] = []
-
-    def fill(at: datetime, until: datetime, *, cut: bool) -> None:
+    for segment in _plan_segments(start, end, window_seconds, enriched):
+        if isinstance(segment, Window):
+            if segment.end > start:
+                yield segment
+            continue
+        at, until, cut = segment
         while at < until:
             following = floor(at, window_seconds) + step
-            planned.append(Window(at, min(following, until) if cut else following))
-            at = planned[-1].end
+            window = Window(at, min(following, until) if cut else following)
+            if window.end > start:
+                yield window
+            at = window.end
 
+
+def plan_windows(start: datetime, end: datetime, window_seconds: int, enriched: Iterable[Window]) -> list[Window]:
+    """:func:`planned_windows` as a list."""
+    return list(planned_windows(start, end, window_seconds, enriched))
+
+
+def plan_count(start: datetime, end: datetime, window_seconds: int, enriched: Iterable[Window]) -> int:
+    """``len(plan_windows(...))``, by arithmetic: each gap between enriched windows counts the windows of
+    ``window_seconds`` overlapping the part of it after ``start``."""
+    total = 0
+    for segment in _plan_segments(start, end, window_seconds, enriched):
+        if isinstance(segment, Window):
+            total += segment.end > start
+        else:
+            at, until, _ = segment
+            total += window_count(max(at, start), until, window_seconds)
+    return total
+
+
+def _plan_segments(start: datetime, end: datetime, window_seconds: int, enriched: Iterable[Window]
+                   ) -> Iterator[Window | tuple[datetime, datetime, bool]]:
+    """The plan of ``[start, end)`` as its enriched windows and, before, between and after them, the gaps to fill
+    with windows of ``window_seconds`` (``(from, until, cut to until)``)."""
     cursor = floor(start, window_seconds)
     for window in sorted(enriched):
         if window.end <= cursor:
             continue
         if window.start >= end:
             break
-        fill(cursor, window.start, cut=True)
-        planned.append(window)
+        yield cursor, window.start, True
+        yield window
         cursor = window.end
-    fill(cursor, end, cut=False)
-    return [w for w in planned if w.end > start]
+    yield cursor, end, False
 
 
 # --- reference data ---

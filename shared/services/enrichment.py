@@ -36,12 +36,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import islice, takewhile
 
-from shared.domain.enrichment import EnrichedWindow, ReferenceData, Window, plan_windows, window_of
+from shared.domain.enrichment import (
+    EnrichedWindow,
+    ReferenceData,
+    Window,
+    plan_count,
+    planned_windows,
+    window_count,
+    window_of,
+)
 from shared.domain.rules import MeasurementRule
+from shared.exceptions import PermanentError
 from shared.ports.enrichment import (
     Arrival,
     EnrichmentState,
@@ -55,6 +65,41 @@ from shared.ports.metrics import NO_METRICS, Metrics
 from shared.settings import EnrichmentSettings
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_RANGE_DAYS = 366  # the widest backfill or replay taken without --max-windows, in days' worth of windows
+
+
+def default_max_windows(window_seconds: int) -> int:
+    """The most windows of ``window_seconds`` a backfill or replay covers unless told more: 366 days' worth."""
+    return -(-DEFAULT_RANGE_DAYS * 86400 // window_seconds)
+
+
+def check_range(start: datetime, end: datetime, *, now: datetime, window_seconds: int, max_future_skew: timedelta,
+                max_windows: int, names: tuple[str, str] = ("end", "max_windows")) -> int:
+    """Refuse (``PermanentError``) a range ``[start, end)`` no run could finish or that could hold nothing more;
+    return how many windows of ``window_seconds`` it covers (by arithmetic: nothing is built).
+
+    * ``end`` later than ``now`` plus ``max_future_skew`` (how far ahead of its enqueue ingest takes an event's
+      timestamp) plus one window: the windows after that hold no event (``9999-12-31``, "from then on", would
+      otherwise plan, read or walk windows for millennia);
+    * more than ``max_windows`` windows (a start year typed 0026 for 2026): the message gives the count and the
+      option that raises the bound (``names``: how the caller calls ``end`` and the bound).
+    """
+    end_name, bound_name = names
+    width = timedelta(seconds=window_seconds)
+    latest = now + max_future_skew + width
+    if end > latest:
+        raise PermanentError(
+            f"{end_name} {end.isoformat()} is after now ({now.isoformat()}) plus the events' largest future skew "
+            f"({max_future_skew.total_seconds():g} s, SLUICE_INGEST_MAX_FUTURE_SKEW_SECONDS) and one window "
+            f"({window_seconds} s): no window after {latest.isoformat()} can hold an event")
+    count = window_count(start, end, window_seconds)
+    if count > max_windows:
+        raise PermanentError(
+            f"[{start.isoformat()}, {end.isoformat()}) covers {count:,} windows of {window_seconds} s, more than "
+            f"{bound_name} {max_windows:,} (default: {DEFAULT_RANGE_DAYS} days' worth); check the range, or set "
+            f"{bound_name} to {count} or more to run it")
+    return count
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +141,10 @@ class EnrichmentService:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         metrics: Metrics = NO_METRICS,
+        max_future_skew: timedelta = timedelta(minutes=5),
     ) -> None:
         self._metrics = metrics
+        self._max_future_skew = max_future_skew  # SLUICE_INGEST_MAX_FUTURE_SKEW_SECONDS: no event is later than that
         self._reader = reader
         self._reference = reference
         self._store = store
@@ -143,8 +190,9 @@ class EnrichmentService:
         # change of SLUICE_ENRICH_WINDOW_SECONDS, the first one runs from the watermark to the next boundary).
         # Most runs find none closed: the ledger is read only when the first one is.
         first = Window(state.watermark, window_of(state.watermark, cfg.window_seconds).end)
-        closed = [w for w in self.plan(state.watermark, now) if w.closed(now, lateness)] \
-            if first.closed(now, lateness) else []
+        # (Closed windows are a prefix of the plan; one more than the budget tells whether more are pending.)
+        closed = list(islice(takewhile(lambda w: w.closed(now, lateness), self.plan(state.watermark, now)),
+                             cfg.max_windows_per_run + 1)) if first.closed(now, lateness) else []
         scheduled = closed[:cfg.max_windows_per_run]
         # Most runs find no window to enrich (a run a minute, windows of five): the reference data, a read of
         # every device, is loaded only for a run that has one, and once for all of them.
@@ -236,7 +284,7 @@ class EnrichmentService:
                              self._rules)
         return _outcome(self._store.write_window(source, reason, advance_watermark=advance_watermark), reason)
 
-    def _enrich_all(self, windows: Sequence[Window], reference: ReferenceData, reason: Reason, *,
+    def _enrich_all(self, windows: Iterable[Window], reference: ReferenceData, reason: Reason, *,
                     advance_watermark: bool, on_window: Callable[[WindowOutcome], None] | None = None
                     ) -> list[WindowOutcome]:
         """Write ``windows`` in order, one transaction each; the first failure stops the loop and propagates.
@@ -253,25 +301,42 @@ class EnrichmentService:
                 on_window(outcome)
         return outcomes
 
-    def backfill(self, start: datetime, end: datetime, *, on_window: Callable[[WindowOutcome], None] | None = None
-                 ) -> list[WindowOutcome]:
+    def check_range(self, start: datetime, end: datetime, *, max_windows: int | None = None,
+                    names: tuple[str, str] = ("end", "max_windows")) -> int:
+        """:func:`check_range` with this service's clock, window width and future skew; ``max_windows`` defaults to
+        :func:`default_max_windows`."""
+        width = self._settings.window_seconds
+        return check_range(start, end, now=self._clock(), window_seconds=width, max_future_skew=self._max_future_skew,
+                           max_windows=max_windows or default_max_windows(width), names=names)
+
+    def backfill(self, start: datetime, end: datetime, *, on_window: Callable[[WindowOutcome], None] | None = None,
+                 max_windows: int | None = None) -> list[WindowOutcome]:
         """Re-enrich every window overlapping ``[start, end)`` from the Cassandra event log.
 
         The watermark is not moved (windows past it are enriched again, harmlessly,
-        when they close); reference data is loaded once, now.
+        when they close); reference data is loaded once, now. A range ending after
+        any event can be, or of more than ``max_windows`` windows, is refused
+        (``PermanentError``, :meth:`check_range`) before anything is read.
         """
         if end <= start:
             raise ValueError(f"backfill end {end.isoformat()} is not after start {start.isoformat()}")
+        self.check_range(start, end, max_windows=max_windows)
         reference = self._reference.load()
         return self._enrich_all(self.plan(start, end), reference, "backfill", advance_watermark=False,
                                 on_window=on_window)
 
-    def plan(self, start: datetime, end: datetime) -> list[Window]:
-        """The windows covering ``[start, end)``: the enriched ones as the ledger holds them (whatever width they were
-        enriched with), windows of the current width in between (:func:`~shared.domain.enrichment.plan_windows`)."""
+    def plan(self, start: datetime, end: datetime) -> Iterator[Window]:
+        """The windows covering ``[start, end)``, one at a time: the enriched ones as the ledger holds them (whatever
+        width they were enriched with), windows of the current width in between
+        (:func:`~shared.domain.enrichment.planned_windows`)."""
         width = self._settings.window_seconds
         enriched = self._store.enriched_windows(window_of(start, width).start, end)
-        return plan_windows(start, end, width, enriched)
+        return planned_windows(start, end, width, enriched)
+
+    def plan_count(self, start: datetime, end: datetime) -> int:
+        """How many windows :meth:`plan` gives for ``[start, end)``, counted without building them."""
+        width = self._settings.window_seconds
+        return plan_count(start, end, width, self._store.enriched_windows(window_of(start, width).start, end))
 
 
 def _outcome(enriched: EnrichedWindow, reason: Reason) -> WindowOutcome:

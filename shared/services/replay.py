@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from shared.domain.rules import Criticality, MeasurementRule
@@ -26,6 +26,7 @@ from shared.domain.stored import StoredEvent
 from shared.ports.cache import ChangeSink, LatestStates
 from shared.ports.enrichment import WindowReader
 from shared.services.changefeed import apply_changes
+from shared.services.enrichment import check_range, default_max_windows
 
 if TYPE_CHECKING:
     from shared.services.enrichment import WindowOutcome
@@ -34,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 
 class Backfill(Protocol):
-    def backfill(self, start: datetime, end: datetime, *, on_window: Callable[[WindowOutcome], None] | None = None
-                 ) -> list[WindowOutcome]: ...
+    def backfill(self, start: datetime, end: datetime, *, on_window: Callable[[WindowOutcome], None] | None = None,
+                 max_windows: int | None = None) -> list[WindowOutcome]: ...
 
 
 @dataclass(slots=True)
@@ -53,8 +54,13 @@ class ReplayReport:
 class ReplayService:
     def __init__(self, reader: WindowReader, sink: ChangeSink, rules: Sequence[MeasurementRule],
                  enrichment: Backfill | None, *, chunk: timedelta = timedelta(minutes=5),
-                 apply_chunk: int = 1000, latest: LatestStates | None = None) -> None:
+                 apply_chunk: int = 1000, latest: LatestStates | None = None, window_seconds: int = 300,
+                 max_future_skew: timedelta = timedelta(minutes=5),
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self._reader = reader
+        self._window_seconds = window_seconds  # the enrichment's: a range is bounded in its windows
+        self._max_future_skew = max_future_skew
+        self._clock = clock
         self._latest = latest
         self._sink = sink
         self._critical = Criticality(rules)
@@ -72,9 +78,16 @@ class ReplayService:
         report.redis_events += len(events)
 
     def replay(self, start: datetime, end: datetime, *, redis: bool = True, postgres: bool = True,
-               on_progress: Callable[[str, float], None] | None = None) -> ReplayReport:
+               on_progress: Callable[[str, float], None] | None = None, max_windows: int | None = None
+               ) -> ReplayReport:
+        """Re-derive ``[start, end)``: Redis first, then the PostgreSQL windows. A range ending after any event can
+        be, or of more than ``max_windows`` enrichment windows (default: 366 days' worth), is refused
+        (``PermanentError``, :func:`~shared.services.enrichment.check_range`) before anything is read."""
         if end <= start:
             raise ValueError(f"replay end {end.isoformat()} is not after start {start.isoformat()}")
+        max_windows = max_windows or default_max_windows(self._window_seconds)
+        check_range(start, end, now=self._clock(), window_seconds=self._window_seconds,
+                    max_future_skew=self._max_future_skew, max_windows=max_windows)
         started = time.monotonic()
         report = ReplayReport()
         if redis:
@@ -99,7 +112,7 @@ class ReplayService:
                 report.windows += 1
                 report.window_events += outcome.events
 
-            self._enrichment.backfill(start, end, on_window=window)
+            self._enrichment.backfill(start, end, on_window=window, max_windows=max_windows)
         report.seconds = time.monotonic() - started
         logger.info("replay finished %s", json.dumps({"event": "replay_finished", "from": start.isoformat(),
                                                       "to": end.isoformat(), **report.fields()}))

@@ -5,7 +5,11 @@ a ScaledObject that is missing or incomplete. Each docstring says what went wron
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +20,9 @@ from shared import bootstrap
 from shared.exceptions import ConfigurationError
 from shared.ports.lag import LagReading, PartitionLag
 from shared.services.audit import AuditService
+from shared.settings import CassandraSettings
 from sluice.__main__ import build_parser, main
+from sluice.launcher import Running
 from tests.fixtures.eventhubs import IsolatedHub, eventhubs_connection_string
 
 FUTURE = (datetime.now(UTC) + timedelta(days=365)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -357,3 +363,99 @@ def test_produce_refuses_a_hub_other_than_the_connections_entity_path(
         enqueued = [client.get_partition_properties(p)["last_enqueued_sequence_number"]
                     for p in client.get_partition_ids()]
     assert enqueued == [-1] * len(enqueued)
+
+
+# --- a range no run could finish: refused at once, naming the value (a child process, bounded, in case it is not) --
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cassandra_session(cassandra_emulator: Running) -> Iterator[object]:
+    from shared.adapters.cassandra.session import connect
+
+    session = connect(CassandraSettings(hosts=[cassandra_emulator.host], port=cassandra_emulator.port))
+    yield session
+    session.cluster.shutdown()
+
+
+@pytest.fixture
+def cli_environment(cassandra_emulator: Running, cassandra_keyspace: str, pg_dsn: str, redis_prefix: str,
+                    cassandra_session: object) -> dict[str, str]:
+    """The environment of ``python -m sluice`` on a migrated keyspace and database (nothing enriched yet)."""
+    from shared.adapters.cassandra.migrations import apply_migrations as apply_cassandra
+    from shared.adapters.postgres.migrations import apply_migrations as apply_postgres
+
+    apply_cassandra(cassandra_session, CassandraSettings(hosts=[cassandra_emulator.host], port=cassandra_emulator.port,
+                                                         keyspace=cassandra_keyspace))
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_postgres(conn)
+    pg = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLUICE_", "AzureWebJobs"))}
+    env.update({
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        "SLUICE_CASSANDRA_HOSTS": cassandra_emulator.host, "SLUICE_CASSANDRA_PORT": str(cassandra_emulator.port),
+        "SLUICE_CASSANDRA_KEYSPACE": cassandra_keyspace, "SLUICE_CASSANDRA_SHARDS": "1",
+        "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0", "SLUICE_REDIS_KEY_PREFIX": redis_prefix,
+        "SLUICE_POSTGRES_HOST": str(pg["host"]), "SLUICE_POSTGRES_PORT": str(pg.get("port", 5432)),
+        "SLUICE_POSTGRES_DBNAME": str(pg["dbname"]), "SLUICE_POSTGRES_USER": str(pg.get("user", "postgres")),
+    })
+    return env
+
+
+def _limited(limit_bytes: int) -> Callable[[], None]:
+    def apply() -> None:
+        import resource
+        os.setsid()
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+    return apply
+
+
+def _sluice(env: dict[str, str], argv: list[str]) -> tuple[int | None, str]:
+    """``python -m sluice argv`` in a child process with 2 GB of address space and 25 s: its exit status (None when
+    it was still running, then killed) and its stderr."""
+    child = subprocess.Popen([sys.executable, "-m", "sluice", *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, preexec_fn=_limited(2 << 30))
+    try:
+        child.wait(timeout=25)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, 9)
+        child.communicate()
+        return None, ""
+    return child.returncode, child.communicate()[1]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("argv", [
+    ["backfill", "--start", "2026-12-01T00:00:00Z", "--end", "9999-12-31T00:00:00Z", "--no-progress"],
+    ["replay", "--from", "2026-12-01T00:00:00Z", "--to", "9999-12-31T00:00:00Z", "--no-progress"],
+], ids=["backfill", "replay"])
+def test_a_range_ending_in_year_9999_is_refused_at_once_naming_it(cli_environment: dict[str, str],
+                                                                  argv: list[str]) -> None:
+    """``--end 9999-12-31`` ("everything from then on") is refused before anything is read, exit 2, naming the
+    value and now: no window after now plus the events' largest future skew and one window can hold an event.
+    (Taken as is, ``backfill`` built the list of some 840 million windows until memory ran out, and ``replay``
+    walked the log five minutes at a time for millennia.) The same command over one hour runs, exit 0."""
+    one_hour = [a.replace("9999-12-31T00:00:00Z", "2026-12-01T01:00:00Z") for a in argv]
+    assert _sluice(cli_environment, one_hour)[0] == 0, "the control (one hour) failed: the environment"
+    code, err = _sluice(cli_environment, argv)
+    assert code == 2 and "9999-12-31" in err and "after now" in err, f"exit {code}; stderr: {err.strip()[-400:]}"
+    assert "Traceback" not in err
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("command", ["backfill", "replay"])
+def test_a_range_of_more_windows_than_max_windows_is_refused_and_one_at_the_bound_runs(
+        cli_environment: dict[str, str], command: str) -> None:
+    """A range of more windows than ``--max-windows`` (default: 366 days' worth of the window width) is refused,
+    exit 2, with the count and the option that raises the bound: a start year typed 0026 for 2026 would otherwise
+    plan or walk two thousand years. A range of exactly ``--max-windows`` windows runs."""
+    start, end = ("--start", "--end") if command == "backfill" else ("--from", "--to")
+    hour = [command, start, "2026-12-01T00:00:00Z", end, "2026-12-01T01:00:00Z", "--no-progress"]  # 12 windows
+    assert _sluice(cli_environment, [*hour, "--max-windows", "12"])[0] == 0
+    code, err = _sluice(cli_environment, [*hour, "--max-windows", "11"])
+    assert code == 2 and "covers 12 windows of 300 s, more than --max-windows 11" in err, err
+    code, err = _sluice(cli_environment, [command, start, "0026-12-01T00:00:00Z", end, "2026-12-01T00:00:00Z",
+                                          "--no-progress"])
+    assert code == 2 and "0026-12-01" in err and "more than --max-windows 105,408" in err, err

@@ -18,15 +18,18 @@ from shared.domain.enrichment import (
     Window,
     WindowEnrichment,
     compute_window,
+    plan_count,
     plan_windows,
+    planned_windows,
+    window_count,
     window_of,
     windows_between,
 )
 from shared.domain.rules import MeasurementRule
 from shared.domain.stored import StoredEvent
-from shared.exceptions import TransientError
+from shared.exceptions import PermanentError, TransientError
 from shared.ports.enrichment import Arrival, EnrichmentState, WindowInput
-from shared.services.enrichment import EnrichmentService
+from shared.services.enrichment import EnrichmentService, check_range, default_max_windows
 from shared.settings import EnrichmentSettings
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
@@ -69,6 +72,51 @@ def test_planned_windows_keep_the_enriched_ones_and_fill_the_gaps_with_the_curre
     assert plan_windows(T0 + W, T0 + 9 * m, 240, enriched[:1]) == [
         Window(T0 + W, T0 + 8 * m), Window(T0 + 8 * m, T0 + 12 * m)]  # from the watermark to the next boundary
     assert plan_windows(T0 + m, T0 + 3 * W, 300, []) == list(windows_between(T0 + m, T0 + 3 * W, 300))
+
+
+def test_a_plan_is_counted_without_building_it_whatever_the_widths_enriched() -> None:
+    """``plan_count`` is ``len(plan_windows(...))`` by arithmetic, gaps cut by enriched windows of other widths
+    included, and ``planned_windows`` hands the windows over one at a time: a range of millions of windows costs
+    neither memory nor time until it is walked."""
+    rng = random.Random(7)
+    for _ in range(500):
+        width = rng.choice([7, 60, 240, 300, 3600])
+        enriched, at = [], T0 + timedelta(seconds=rng.randrange(600))
+        for _ in range(rng.randrange(5)):
+            at += timedelta(seconds=rng.randrange(900))
+            enriched.append(Window(at, at + timedelta(seconds=rng.choice([60, 240, 300]))))
+            at = enriched[-1].end
+        start = T0 + timedelta(seconds=rng.randrange(2000))
+        end = start + timedelta(seconds=rng.randrange(1, 4000))
+        assert plan_count(start, end, width, enriched) == len(plan_windows(start, end, width, enriched))
+        assert window_count(start, end, width) == len(list(windows_between(start, end, width)))
+    far = datetime(9999, 12, 31, tzinfo=UTC)
+    assert window_count(T0, far, 300) == plan_count(T0, far, 300, []) == 838_690_152
+    first = planned_windows(T0 + timedelta(minutes=1), far, 300, [])
+    assert [next(first), next(first)] == [Window(T0, T0 + W), Window(T0 + W, T0 + 2 * W)]
+
+
+def test_a_range_ending_after_any_event_or_wider_than_the_bound_is_refused_naming_the_value() -> None:
+    """The end of a backfill or replay may be at most now plus the events' largest future skew and one window (no
+    later window holds an event); the range at most ``max_windows`` windows (default 366 days' worth), the count
+    and the option named. A range of exactly the bound is accepted, and the count returned."""
+    now = T0 + timedelta(seconds=30)
+    skew = timedelta(minutes=5)
+    assert default_max_windows(300) == 366 * 288 and default_max_windows(7) == 4_517_486
+    assert check_range(T0 - 10 * W, now + skew + W, now=now, window_seconds=300, max_future_skew=skew,
+                       max_windows=13) == 13  # [09:10, 10:10:30): 13 windows, the last ending 10:15
+    with pytest.raises(PermanentError, match=r"--to 2026-11-20T10:10:31\+00:00 is after now \(2026-11-20T10:00:30"):
+        check_range(T0, now + skew + W + timedelta(seconds=1), now=now, window_seconds=300, max_future_skew=skew,
+                    max_windows=100, names=("--to", "--max-windows"))
+    with pytest.raises(PermanentError, match="9999-12-31"):
+        check_range(T0, datetime(9999, 12, 31, tzinfo=UTC), now=now, window_seconds=300, max_future_skew=skew,
+                    max_windows=100)
+    with pytest.raises(PermanentError, match="covers 14 windows of 300 s, more than --max-windows 13"):
+        check_range(T0 - 13 * W, now, now=now, window_seconds=300, max_future_skew=skew, max_windows=13,
+                    names=("--end", "--max-windows"))
+    typo = datetime(26, 11, 20, tzinfo=UTC)  # 0026 for 2026
+    with pytest.raises(PermanentError, match=r"covers 210,[0-9,]+ windows .* set max_windows to 210"):
+        check_range(typo, now, now=now, window_seconds=300, max_future_skew=skew, max_windows=default_max_windows(300))
 
 
 def test_figures_per_device_and_site() -> None:
@@ -494,6 +542,25 @@ def test_backfill_rewrites_the_range_without_moving_the_watermark(parts) -> None
     assert store.state.watermark == T0
     with pytest.raises(ValueError, match="not after start"):
         service(parts).backfill(T0, T0)
+
+
+def test_backfill_refuses_a_range_no_run_could_finish_before_reading_anything(parts) -> None:
+    """``EnrichmentService.backfill`` refuses an end after its clock plus the future skew and one window, and a
+    range of more than ``max_windows`` windows (default 366 days' worth), before the reference data or a window is
+    read; a range of exactly ``max_windows`` windows is enriched."""
+    reader, store, reference = parts
+    reader.events += [ev("d1", T0 + timedelta(minutes=k)) for k in range(12)]
+    clocked = EnrichmentService(reader, reference, store, EnrichmentSettings(window_seconds=300),
+                                clock=lambda: T0 + 3 * W, max_future_skew=timedelta(minutes=5))
+    with pytest.raises(PermanentError, match="9999-12-31"):
+        clocked.backfill(T0, datetime(9999, 12, 31, tzinfo=UTC))
+    with pytest.raises(PermanentError, match="covers 3 windows of 300 s, more than max_windows 2"):
+        clocked.backfill(T0, T0 + 2 * W + timedelta(seconds=1), max_windows=2)
+    with pytest.raises(PermanentError, match="covers 105,409 windows"):
+        clocked.backfill(T0 - timedelta(days=366), T0 + timedelta(seconds=1))
+    assert reference.loads == 0 and store.ledger == {}
+    assert [o.window.start for o in clocked.backfill(T0, T0 + 2 * W, max_windows=2)] == [T0, T0 + W]
+    assert clocked.plan_count(T0 + timedelta(minutes=1), T0 + 5 * W) == 5
 
 
 def test_cli_times_need_an_offset_except_bare_dates() -> None:

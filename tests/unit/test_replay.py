@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from shared.domain.rules import MeasurementRule
 from shared.domain.stored import StoredEvent
+from shared.exceptions import PermanentError
 from shared.services.replay import ReplayService
 from tests.unit.test_enrichment import T0, MemoryReader, ev
 
@@ -56,3 +59,21 @@ def test_pages_are_applied_in_chunks_as_they_arrive_with_criticality_decided() -
         expected = original.critical if original.critical is not None else t >= 40
         assert applied[original.event_id].critical is expected
     assert sink.pages_read_before[:3] == [2, 3, 4]  # each chunk of four went out as soon as read
+
+
+def test_a_range_no_replay_could_finish_is_refused_before_anything_is_read() -> None:
+    """``replay`` walks its range step by step (Redis), then backfills it: an end after now plus the events' future
+    skew and one window (``9999-12-31``), or a range of more enrichment windows than ``max_windows`` (default 366
+    days' worth), is refused naming the value before the first read; a range of exactly ``max_windows`` runs."""
+    reader = PagingReader()
+    reader.events = [ev("d1", T0 + timedelta(seconds=10 * i)) for i in range(6)]
+    replay = ReplayService(reader, RecordingSink(reader), [], None, window_seconds=300,
+                           max_future_skew=timedelta(minutes=5), clock=lambda: T0 + timedelta(hours=1))
+    with pytest.raises(PermanentError, match="end 9999-12-31T00:00:00"):
+        replay.replay(T0, datetime(9999, 12, 31, tzinfo=UTC), postgres=False)
+    with pytest.raises(PermanentError, match="covers 2 windows of 300 s, more than max_windows 1"):
+        replay.replay(T0, T0 + timedelta(seconds=301), postgres=False, max_windows=1)
+    with pytest.raises(PermanentError, match="covers 105,409 windows"):
+        replay.replay(T0 - timedelta(days=366), T0 + timedelta(seconds=1), postgres=False)
+    assert reader.pages == 0
+    assert replay.replay(T0, T0 + timedelta(seconds=300), postgres=False, max_windows=1).redis_events == 6
