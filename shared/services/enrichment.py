@@ -181,7 +181,15 @@ class EnrichmentService:
         cfg = self._settings
         now = now or self._clock()
         lateness = timedelta(seconds=cfg.allowed_lateness_seconds)
-        initial = window_of(now - timedelta(seconds=cfg.initial_lookback_seconds), cfg.window_seconds).start
+        try:  # what the run looks back to from now: the first watermark, and the late scan's horizon
+            initial = window_of(now - timedelta(seconds=cfg.initial_lookback_seconds), cfg.window_seconds).start
+            now - timedelta(seconds=cfg.late_horizon_seconds) - lateness
+        except OverflowError:
+            raise PermanentError(
+                f"now {now.isoformat()} is too early: the enrichment looks back from it "
+                f"{cfg.initial_lookback_seconds} s (SLUICE_ENRICH_INITIAL_LOOKBACK_SECONDS) and "
+                f"{cfg.late_horizon_seconds + cfg.allowed_lateness_seconds} s (the late horizon and the allowed "
+                "lateness), which would pass 0001-01-01") from None
         state = self._store.load_state(initial)
         result.watermark, result.late_scan_until = state.watermark, state.late_scan_until
 

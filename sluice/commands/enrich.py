@@ -11,15 +11,31 @@
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime, timedelta
 
 from sluice.arguments import past_time, positive_int
+
+# How far back from its time a run looks, with the largest late horizon, allowed lateness and window the settings
+# allow (shared.settings.EnrichmentSettings): a --now closer than that to 0001-01-01 leaves nothing to look back to.
+# (The initial lookback has no bound: the run refuses a time it cannot look back from, EnrichmentService._run.)
+_LOOKBACK_BOUND = timedelta(days=30 + 7 + 1)
+
+
+def run_time(text: str) -> datetime:
+    """:func:`~sluice.arguments.past_time`, at least the largest look-back of a run after 0001-01-01."""
+    moment = past_time(text)
+    if moment - datetime.min.replace(tzinfo=UTC) < _LOOKBACK_BOUND:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is too early: a run looks back from it (late horizon, allowed lateness, a window: up to "
+            f"{_LOOKBACK_BOUND.days} days), which would pass 0001-01-01")
+    return moment
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("enrich", help="run the enrichment now, list unknown devices, show status")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     run_parser = actions.add_parser("run", help="one enrichment run now (as the timer does)")
-    run_parser.add_argument("--now", type=past_time,
+    run_parser.add_argument("--now", type=run_time,
                             help="pretend the time is T, not after now (RFC 3339; default: now)")
     run_parser.add_argument("--until-done", action="store_true", help="repeat while closed windows remain")
     run_parser.set_defaults(func=run)

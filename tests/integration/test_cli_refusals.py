@@ -308,6 +308,20 @@ def test_enrich_run_now_in_the_future_is_refused() -> None:
     assert exited.value.code == 2
 
 
+@pytest.mark.parametrize("now", ["0001-01-01T00:30:00Z", "0001-02-07T23:59:59Z"])
+def test_enrich_run_now_too_early_to_look_back_from_is_a_usage_error_naming_it(
+        now: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``enrich run --now T`` is refused as a usage error naming T when a run cannot look back from it (its late
+    horizon, allowed lateness and window, at their largest, would pass 0001-01-01): with year 1 the run computed
+    ``now - initial_lookback`` and died with an OverflowError traceback, exit 1."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["enrich", "run", "--now", now])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert now in err and "too early" in err, err
+    assert build_parser().parse_args(["enrich", "run", "--now", "0001-02-08T00:00:00Z"]).now.year == 1
+
+
 @pytest.mark.parametrize("argv", [
     ["--rate", "0"], ["--rate", "-5"], ["--rate", "nan"], ["--rate", "inf"], ["--devices", "0"],
     ["--invalid-ratio", "2"], ["--critical-ratio", "-0.1"], ["--duration", "0"], ["--duration", "-1"],

@@ -563,6 +563,19 @@ def test_backfill_refuses_a_range_no_run_could_finish_before_reading_anything(pa
     assert clocked.plan_count(T0 + timedelta(minutes=1), T0 + 5 * W) == 5
 
 
+def test_a_run_refuses_a_now_it_cannot_look_back_from(parts) -> None:
+    """A run looks back from ``now`` (the initial lookback, the late horizon and the allowed lateness): a ``now``
+    too close to 0001-01-01 for that, or an initial lookback reaching before it, is refused naming the time
+    (``PermanentError``: the CLI's exit 2), not an ``OverflowError``; nothing is read or written."""
+    _reader, store, reference = parts
+    year_one = datetime(1, 1, 1, 0, 30, tzinfo=UTC)
+    with pytest.raises(PermanentError, match=r"now 0001-01-01T00:30:00\+00:00 is too early"):
+        service(parts, initial_lookback_seconds=3600).run(now=year_one)
+    with pytest.raises(PermanentError, match="SLUICE_ENRICH_INITIAL_LOOKBACK_SECONDS"):
+        service(parts, initial_lookback_seconds=10**12).run(now=T0)
+    assert reference.loads == 0 and store.ledger == {}
+
+
 def test_cli_times_need_an_offset_except_bare_dates() -> None:
     import argparse
 
