@@ -10,7 +10,10 @@ One run (timer, ``python -m sluice enrich run``):
    ingest noted as stored late since then, ``WindowReader.delayed_since``, within
    ``late_horizon``) up to now. An event whose window is already behind
    the watermark, that arrived within ``late_horizon`` of its window's end and
-   has no enriched row, makes its window be recomputed (reason ``late``). The
+   has no enriched row (nor loses to one of its id with a later event time:
+   its recompute could change nothing), makes its window be recomputed (reason
+   ``late``); the run then warns of any such window its recompute left still
+   missing an arrival (:meth:`EnrichmentService._check_settled`). The
    check is by event id, not by comparing an enqueued time with an enriched-at
    time: Event Hubs' and PostgreSQL's clocks differ, and an event enqueued before
    a window was enriched may reach Cassandra after it;
