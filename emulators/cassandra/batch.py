@@ -136,7 +136,7 @@ def _insert_partition(table: Table, stmt: st.Insert, values: list[Value]) -> byt
     for col in table.partition_key:
         if col.name not in by_name:
             raise Invalid(f"Some partition key parts are missing: {col.name}")
-        value = resolve(by_name[col.name], col.type, values)
+        value = resolve(by_name[col.name], col.type, values, col.name)
         if not isinstance(value, bytes):
             raise Invalid(f"Invalid null or unset value for partition key part {col.name}")
         parts.append(value)
@@ -146,7 +146,7 @@ def _insert_partition(table: Table, stmt: st.Insert, values: list[Value]) -> byt
 def _insert_key(table: Table, stmt: st.Insert, values: list[Value]) -> tuple[bytes, bytes]:
     """The primary key of an INSERT, checked as the INSERT itself checks it (all there, none null or unset)."""
     plan = _insert_plan(table, stmt)
-    keys = {name: _key_value(col, resolve(term, col.type, values)) for name, (col, term) in plan.keys.items()}
+    keys = {name: _key_value(col, resolve(term, col.type, values, name)) for name, (col, term) in plan.keys.items()}
     pk = partition_key([keys[n] for n in plan.pk_names])
     ck = join_key([keys[n] for n in plan.ck_names]) if plan.ck_names else b""
     return pk, ck

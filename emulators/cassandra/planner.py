@@ -75,6 +75,9 @@ def _term_specs(term: st.Term | tuple[st.Term, ...] | None, spec: Spec, out: dic
     elif isinstance(term, st.BindMarker):
         out[term.index] = Spec(term.name or spec.name, spec.type)
     elif isinstance(term, st.FunctionCall):
+        result = _result_type(term)
+        if result is not None:  # at PREPARE too, as Cassandra (an unsupported function is refused when run)
+            check_assignable(term, result, spec.type, spec.name)
         for a in term.args:
             _term_specs(a, spec, out)
 
@@ -194,24 +197,58 @@ def new_timeuuid() -> uuid.UUID:
                              0x80 | (_clock_seq >> 8), _clock_seq & 0xFF, _node))
 
 
-def _call(fn: st.FunctionCall, ctype: CqlType) -> bytes:
+# The result type of each function the emulator runs (Cassandra 4's TimeFcts and UuidFcts).
+_RESULT_TYPES: dict[str, CqlType] = {
+    "now": parse_type("timeuuid"), "currenttimeuuid": parse_type("timeuuid"), "uuid": parse_type("uuid"),
+    "currenttimestamp": parse_type("timestamp"), "currentdate": parse_type("date"),
+    "totimestamp": parse_type("timestamp"),
+}  # fmt: skip
+
+# The types whose values a receiver of another type reads as its own (AbstractType.isValueCompatibleWith:
+# LongType, TimestampType, TimeType, SimpleDateType, IntegerType, UUIDType, UTF8Type); BytesType reads any.
+_ALSO_READS: dict[str, frozenset[str]] = {
+    "bigint": frozenset({"timestamp"}), "timestamp": frozenset({"bigint"}), "time": frozenset({"bigint"}),
+    "date": frozenset({"int"}), "varint": frozenset({"int", "bigint", "timestamp"}),
+    "uuid": frozenset({"timeuuid"}), "text": frozenset({"ascii"}),
+}  # fmt: skip
+
+
+def _result_type(fn: st.FunctionCall) -> CqlType | None:
+    """The type of what ``fn`` returns, None for a call the emulator does not run (refused by :func:`_call`)."""
+    if fn.name == "totimestamp":
+        arg = fn.args[0] if len(fn.args) == 1 else None
+        return _RESULT_TYPES["totimestamp"] if isinstance(arg, st.FunctionCall) and arg.name == "now" \
+            and not arg.args else None
+    return None if fn.args else _RESULT_TYPES.get(fn.name)
+
+
+def check_assignable(fn: st.FunctionCall, result: CqlType, receiver: CqlType, name: str) -> None:
+    """Refuse a function result of a type ``receiver`` does not read, as Cassandra 4 (FunctionCall.Raw.prepare,
+    AbstractFunction.testAssignment): now() into a timestamp or an int key, uuid() into a timeuuid."""
+    if result == receiver or receiver.kind == "blob" or result.kind in _ALSO_READS.get(receiver.kind, ()):
+        return
+    raise Invalid(f"Type error: cannot assign result of function system.{fn.name} (type {result.cql()}) to "
+                  f"{name} (type {receiver.cql()})")
+
+
+def _call(fn: st.FunctionCall, ctype: CqlType, receiver: str) -> bytes:
+    result = _result_type(fn)
+    if result is None:
+        raise Invalid(f"function {fn.name}() is not supported by this emulator in this position")
+    check_assignable(fn, result, ctype, receiver)
     name = fn.name
-    if name in ("now", "currenttimeuuid") and not fn.args:
+    if name in ("now", "currenttimeuuid"):
         return new_timeuuid().bytes
-    if name == "uuid" and not fn.args:
+    if name == "uuid":
         return uuid.uuid4().bytes
-    if name == "currenttimestamp" and not fn.args:
-        return struct.pack(">q", int(time.time() * 1000))
-    if name in ("currentdate",) and not fn.args:
-        return ctype.serialize(datetime.datetime.now(datetime.UTC).date())
-    if name == "totimestamp" and len(fn.args) == 1 and isinstance(fn.args[0], st.FunctionCall) \
-            and fn.args[0].name == "now":
-        return struct.pack(">q", int(time.time() * 1000))
-    raise Invalid(f"function {name}() is not supported by this emulator in this position")
+    if name == "currentdate":
+        return result.serialize(datetime.datetime.now(datetime.UTC).date())
+    return struct.pack(">q", int(time.time() * 1000))  # currenttimestamp, totimestamp(now())
 
 
-def resolve(term: st.Term, ctype: CqlType, values: list[Value]) -> Value:
-    """The wire bytes of ``term`` as ``ctype``; None for null, :data:`UNSET` for an unset bound value."""
+def resolve(term: st.Term, ctype: CqlType, values: list[Value], receiver: str = "the value") -> Value:
+    """The wire bytes of ``term`` as ``ctype``; None for null, :data:`UNSET` for an unset bound value.
+    ``receiver`` names what receives it (a column, ``[timestamp]``, ...) in a type error."""
     if isinstance(term, st.BindMarker):
         if term.index >= len(values):
             raise Invalid(f"There were {term.index} markers(?) in CQL but {len(values)} bound variables")
@@ -223,7 +260,7 @@ def resolve(term: st.Term, ctype: CqlType, values: list[Value]) -> Value:
                 raise Invalid(f"Invalid value for {term.name or 'bind marker ' + str(term.index)}: {exc}") from None
         return value
     if isinstance(term, st.FunctionCall):
-        return _call(term, ctype)
+        return _call(term, ctype, receiver)
     if term.value is None:
         return None
     try:
@@ -237,7 +274,7 @@ def resolve_int(term: st.Term | None, values: list[Value], what: str) -> int | N
     default timestamp, no limit). A null is refused, as Cassandra refuses it."""
     if term is None:
         return None
-    raw = resolve(term, BIGINT if what == "timestamp" else INT, values)
+    raw = resolve(term, BIGINT if what == "timestamp" else INT, values, f"[{what}]")
     if raw is None:
         raise Invalid(f"Invalid null value of {what}")
     if raw is UNSET:

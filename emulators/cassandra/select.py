@@ -124,7 +124,7 @@ class Restrictions:
 
 
 def _value(term: st.Term, col_type: CqlType, values: list[Value], name: str) -> bytes:
-    v = resolve(term, col_type, values)
+    v = resolve(term, col_type, values, name)
     if v is None:
         raise Invalid(f"Invalid null value in condition for column {name}")
     if v is UNSET:
@@ -136,7 +136,8 @@ def resolve_restrictions(table: Table, where: list[st.Relation], values: list[Va
     r = Restrictions()
     for rel in where:
         if rel.kind == "changefeed":
-            v = resolve(rel.value, TEXT, values) if not isinstance(rel.value, tuple) else None
+            v = (resolve(rel.value, TEXT, values, "cosmos_changefeed_start_time")
+                 if not isinstance(rel.value, tuple) else None)
             if not isinstance(v, bytes):
                 raise Invalid("COSMOS_CHANGEFEED_START_TIME() needs a time string such as '2024-01-02T03:04:05Z'")
             r.changefeed = v.decode("utf-8")
@@ -146,7 +147,7 @@ def resolve_restrictions(table: Table, where: list[st.Relation], values: list[Va
                 raise Invalid("The token function arguments must be in the partition key order: "
                               + ", ".join(table.key_names))
             assert not isinstance(rel.value, tuple)
-            tok = int.from_bytes(_value(rel.value, BIGINT, values, "token"), "big", signed=True)
+            tok = int.from_bytes(_value(rel.value, BIGINT, values, "partition key token"), "big", signed=True)
             names = ", ".join(table.key_names)
             if rel.op in (">", ">=", "=") and r.token_lo is not None:
                 raise Invalid(f"More than one restriction was found for the start bound on {names}")

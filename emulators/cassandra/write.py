@@ -76,7 +76,7 @@ def write_timestamp(using: st.Using, ctx: WriteContext) -> int:
 
 def write_expiry(using: st.Using, table: Table, ctx: WriteContext) -> int | None:
     # As Cassandra's Attributes.getTimeToLive: no TTL or an unset one is the table's default, a null one is 0.
-    raw = resolve(using.ttl, INT, ctx.values) if using.ttl is not None else UNSET
+    raw = resolve(using.ttl, INT, ctx.values, "[ttl]") if using.ttl is not None else UNSET
     ttl = table.default_ttl if raw is UNSET else 0 if raw is None else int.from_bytes(raw, "big", signed=True)
     if ttl < 0:
         raise Invalid(f"A TTL must be greater or equal to 0, but was {ttl}")
@@ -172,7 +172,7 @@ def _insert_plan(table: Table, stmt: st.Insert) -> _InsertPlan:
 def execute_insert(engine: Engine, table: Table, stmt: st.Insert, ctx: WriteContext) -> Rows | None:
     values = ctx.values
     plan = _insert_plan(table, stmt)
-    keys = {name: _key_value(col, resolve(term, col.type, values)) for name, (col, term) in plan.keys.items()}
+    keys = {name: _key_value(col, resolve(term, col.type, values, name)) for name, (col, term) in plan.keys.items()}
     pk = partition_key([keys[n] for n in plan.pk_names])
     ck = join_key([keys[n] for n in plan.ck_names]) if plan.ck_names else b""
     if stmt.if_not_exists and stmt.using.timestamp is not None:
@@ -188,7 +188,7 @@ def execute_insert(engine: Engine, table: Table, stmt: st.Insert, ctx: WriteCont
     cells: list[tuple[int, bytes | None]] = []
     cleared: list[tuple[int, bytes | None]] = []
     for col, term in plan.regular:
-        v = resolve(term, col.type, values)
+        v = resolve(term, col.type, values, col.name)
         if v is UNSET:
             continue
         _whole_value(table, data, pk, ck, col, v, ts, expiry, ctx, cells, cleared)
@@ -228,7 +228,7 @@ def conditions_hold(table: Table, data: TableData, pk: bytes, ck: bytes, if_exis
         cur = current[i][1] if row is not None else None
         if cond.element is not None:
             ktype, vtype = collection_element_types(col, col.name)
-            key = resolve(cond.element, ktype, ctx.values)
+            key = resolve(cond.element, ktype, ctx.values, f"key({col.name})")
             if key is None or key is UNSET:  # as Cassandra: "Invalid null value for map element access"
                 raise Invalid(f"Invalid {'null' if key is None else 'unset'} value for {col.type.kind} element access")
             if col.type.kind == "map":
@@ -240,7 +240,7 @@ def conditions_hold(table: Table, data: TableData, pk: bytes, ck: bytes, if_exis
             ctype = vtype
         else:
             ctype = col.type
-        want = resolve(cond.value, ctype, ctx.values)
+        want = resolve(cond.value, ctype, ctx.values, col.name if cond.element is None else f"value({col.name})")
         if want is UNSET:
             raise Invalid(f"Invalid unset value for column {col.name}")
         if cond.op in ("=", "!="):
@@ -409,7 +409,7 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
         if col.kind != "regular":
             raise Invalid(f"PRIMARY KEY part {col.name} found in SET part")
         if a.kind == "set":
-            v = resolve(a.value, col.type, ctx.values)
+            v = resolve(a.value, col.type, ctx.values, col.name)
             if v is UNSET:
                 continue
             whole: list[tuple[int, bytes | None]] = []
@@ -428,8 +428,8 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
         if a.kind == "set_element":
             assert a.element is not None
             ktype, vtype = collection_element_types(col, col.name)
-            key = resolve(a.element, ktype, ctx.values)
-            value = resolve(a.value, vtype, ctx.values)
+            key = resolve(a.element, ktype, ctx.values, f"{'idx' if col.type.kind == 'list' else 'key'}({col.name})")
+            value = resolve(a.value, vtype, ctx.values, f"value({col.name})")
             if key is None or key is UNSET:
                 raise Invalid(f"Invalid null or unset key for {col.name}")
             if value is UNSET:
@@ -437,7 +437,7 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
             _element_expiry_check(col, value is not None, stored, stored_expiry, expiry)
             new = colls.set_element(col.type, current, key, value)
         else:
-            operand = resolve(a.value, assignment_value_type(col, a.kind), ctx.values)
+            operand = resolve(a.value, assignment_value_type(col, a.kind), ctx.values, col.name)
             if operand is UNSET:
                 continue
             _element_expiry_check(col, a.kind != "remove", stored, stored_expiry, expiry)
@@ -557,7 +557,8 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
                 if element is None:
                     cells.append((col.slot, None, None))
                     continue
-                key = resolve(element, deleted_element_spec(col).type, ctx.values)
+                spec = deleted_element_spec(col)
+                key = resolve(element, spec.type, ctx.values, spec.name)
                 if key is UNSET:  # leaves the collection alone
                     continue
                 if key is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 import uuid
 
 import pytest
@@ -487,3 +489,66 @@ def test_an_empty_or_oversized_partition_key_is_refused_as_cassandra_refuses_it(
     session.execute("INSERT INTO e2 (a, b, v) VALUES ('', 1, 1)")
     assert rows(session, "SELECT a, b, v FROM e2 WHERE a = '' AND b = 1") == [("", 1, 1)]
     assert rows(session, "SELECT k FROM e") == []  # the refused UPDATE wrote no row, not even 'a'
+
+
+@pytest.mark.parametrize(("column", "function", "message"), [
+    ("ts", "now()", r"system\.now \(type timeuuid\) to ts \(type timestamp\)"),
+    ("t", "now()", r"system\.now \(type timeuuid\) to t \(type text\)"),
+    ("i", "currentTimestamp()", r"system\.currenttimestamp \(type timestamp\) to i \(type int\)"),
+    ("u", "uuid()", r"system\.uuid \(type uuid\) to u \(type timeuuid\)"),
+])
+def test_a_function_result_of_another_type_than_its_column_is_refused(session: Session, column: str, function: str,
+                                                                       message: str) -> None:
+    """Cassandra 4 checks a function's result type against what receives it (FunctionCall.Raw.prepare, with
+    AbstractFunction.testAssignment): the same type, or one whose values the receiver's type reads
+    (AbstractType.isValueCompatibleWith). Otherwise an Invalid "Type error: cannot assign result of function ...",
+    at PREPARE for a prepared statement. Was: the function's bytes stored as they were, a 16-byte timeuuid in a
+    timestamp cell, which the driver then failed to decode."""
+    session.execute("CREATE TABLE f (k int PRIMARY KEY, ts timestamp, t text, i int, u timeuuid)")
+    with pytest.raises(InvalidRequest, match="Type error: cannot assign result of function " + message):
+        session.execute(f"INSERT INTO f (k, {column}) VALUES (1, {function})")
+    with pytest.raises(InvalidRequest, match="Type error: cannot assign result of function " + message):
+        session.execute(f"UPDATE f SET {column} = {function} WHERE k = 2")
+    with pytest.raises(InvalidRequest, match="Type error: cannot assign result of function " + message):
+        session.prepare(f"INSERT INTO f (k, {column}) VALUES (?, {function})")
+    assert rows(session, "SELECT k FROM f") == []
+
+
+def test_a_function_result_is_accepted_by_the_types_that_read_it(session: Session) -> None:
+    """The receivers Cassandra 4 accepts a result of another type in: uuid reads a timeuuid (UUIDType), bigint and
+    varint a timestamp (LongType, IntegerType), blob anything (BytesType); and each function into its own type."""
+    session.execute("CREATE TABLE g (k int PRIMARY KEY, u uuid, b bigint, vi varint, bl blob, ts timestamp, "
+                    "ts2 timestamp, d date, tu timeuuid, u4 uuid)")
+    before = int(time.time() * 1000)
+    session.execute("INSERT INTO g (k, u, b, vi, bl, ts, ts2, d, tu, u4) VALUES (1, now(), currentTimestamp(), "
+                    "currentTimestamp(), now(), toTimestamp(now()), currentTimestamp(), currentDate(), "
+                    "currentTimeUUID(), uuid())")
+    after = int(time.time() * 1000)
+    r = session.execute("SELECT * FROM g WHERE k = 1").one()
+    assert r.u.version == 1 and r.tu.version == 1 and r.u4.version == 4 and len(r.bl) == 16
+    assert before <= r.b <= after and before <= r.vi <= after
+    for ts in (r.ts, r.ts2):
+        assert before <= ts.replace(tzinfo=dt.UTC).timestamp() * 1000 <= after
+    assert abs((r.d.date() - dt.datetime.now(dt.UTC).date()).days) <= 1
+
+
+@pytest.mark.parametrize("where", [
+    "k = now()",  # was: no row, the timeuuid compared with the int key
+    "k = 1 AND c > currentTimestamp()",  # was: a Server error ("unpack requires a buffer of 4 bytes")
+    "k IN (1, now())",
+    "token(k) > now()",
+])
+def test_a_function_of_another_type_in_a_where_clause_is_refused(session: Session, where: str) -> None:
+    """A function in a relation is checked against the column (or the token) as its receiver, as in an INSERT
+    (FunctionCall.Raw.prepare): ``k = now()`` on an int key is Cassandra 4's Invalid "Type error"."""
+    session.execute("CREATE TABLE fw (k int, c int, v int, PRIMARY KEY (k, c))")
+    session.execute("INSERT INTO fw (k, c, v) VALUES (1, 1, 1)")
+    with pytest.raises(InvalidRequest, match="Type error: cannot assign result of function"):
+        session.execute(f"SELECT * FROM fw WHERE {where}")
+
+
+def test_a_function_of_the_column_type_in_a_where_clause_runs(session: Session) -> None:
+    session.execute("CREATE TABLE ft (k int, t timestamp, PRIMARY KEY (k, t))")
+    session.execute("INSERT INTO ft (k, t) VALUES (1, '2020-01-01')")
+    assert rows(session, "SELECT k FROM ft WHERE k = 1 AND t < currentTimestamp()") == [(1,)]
+    assert rows(session, "SELECT k FROM ft WHERE k = 1 AND t > toTimestamp(now())") == []
