@@ -9,6 +9,7 @@ a term (literal, bound value or function call) into the bytes of a type.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import random
 import struct
@@ -246,6 +247,14 @@ def _call(fn: st.FunctionCall, ctype: CqlType, receiver: str) -> bytes:
     return struct.pack(">q", int(time.time() * 1000))  # currenttimestamp, totimestamp(now())
 
 
+@functools.cache
+def _has_sets_or_maps(ctype: CqlType) -> bool:
+    """Whether a value of ``ctype`` has a canonical form other than its bytes as bound: Cassandra binds a set or a
+    map, at any depth, frozen or not, into a sorted, de-duplicated collection (Sets.Value.fromSerialized and
+    Maps.Value.fromSerialized build a TreeSet / TreeMap by the element or key comparator) and stores that."""
+    return ctype.kind in ("set", "map") or any(_has_sets_or_maps(p) for p in ctype.params)
+
+
 def resolve(term: st.Term, ctype: CqlType, values: list[Value], receiver: str = "the value") -> Value:
     """The wire bytes of ``term`` as ``ctype``; None for null, :data:`UNSET` for an unset bound value.
     ``receiver`` names what receives it (a column, ``[timestamp]``, ...) in a type error."""
@@ -258,6 +267,8 @@ def resolve(term: st.Term, ctype: CqlType, values: list[Value], receiver: str = 
                 ctype.validate(value)
             except (InvalidValue, UnsupportedType) as exc:
                 raise Invalid(f"Invalid value for {term.name or 'bind marker ' + str(term.index)}: {exc}") from None
+            if _has_sets_or_maps(ctype):
+                value = ctype.canonical(value)
         return value
     if isinstance(term, st.FunctionCall):
         return _call(term, ctype, receiver)

@@ -161,3 +161,28 @@ def test_bad_literals_are_invalid(table: Session, column: str, literal: str, mes
     from cassandra import InvalidRequest
     with pytest.raises(InvalidRequest, match=message):
         table.execute(f"INSERT INTO t (k, {column}) VALUES (1, {literal})")
+
+
+def test_a_bound_frozen_set_is_stored_sorted_and_deduplicated(session: Session) -> None:
+    """Cassandra 4 binds a set by deserializing it into a set ordered by the element comparator and serializing
+    that (Sets.Marker.bind, Sets.Value.fromSerialized: a TreeSet), so a frozen set is one value whatever the order
+    and repetitions its client wrote: a key written as ['b', 'a', 'b'] is found by {'a', 'b'}, bound or literal. The
+    driver writes a set in its iteration order, which for strings changes from one process to the next."""
+    session.execute("CREATE TABLE fs (k frozen<set<text>> PRIMARY KEY, v int)")
+    session.execute(session.prepare("INSERT INTO fs (k, v) VALUES (?, ?)"), (["b", "a", "b"], 1))
+    assert [r.v for r in session.execute(session.prepare("SELECT v FROM fs WHERE k = ?"), (["a", "b"],))] == [1]
+    assert [r.v for r in session.execute(session.prepare("SELECT v FROM fs WHERE k IN ?"), ([["b", "a"]],))] == [1]
+    assert [(list(r.k), r.v) for r in session.execute("SELECT k, v FROM fs WHERE k = {'b', 'a'}")] == [(["a", "b"], 1)]
+
+
+def test_a_bound_frozen_map_is_stored_in_key_order_and_nested_sets_sorted(session: Session) -> None:
+    """A bound map is rebuilt ordered by its key comparator (Maps.Marker.bind, Maps.Value.fromSerialized: a TreeMap),
+    so Cassandra stores and returns a frozen map's entries in key order; the driver returns them in the order they
+    come (OrderedMapSerializedKey). A set inside a frozen collection is re-serialized sorted too (its element type's
+    SetSerializer), so a key holding one is found whatever order its elements were bound in."""
+    session.execute("CREATE TABLE fm (k int PRIMARY KEY, m frozen<map<int, text>>)")
+    session.execute(session.prepare("INSERT INTO fm (k, m) VALUES (?, ?)"), (1, {2: "x", 1: "y", 3: "z"}))
+    assert list(session.execute("SELECT m FROM fm WHERE k = 1").one().m.items()) == [(1, "y"), (2, "x"), (3, "z")]
+    session.execute("CREATE TABLE fn (k frozen<list<frozen<set<int>>>> PRIMARY KEY, v int)")
+    session.execute(session.prepare("INSERT INTO fn (k, v) VALUES (?, ?)"), ([[3, 1, 2], [5, 4]], 1))
+    assert [r.v for r in session.execute("SELECT v FROM fn WHERE k = [{1, 2, 3}, {4, 5}]")] == [1]
