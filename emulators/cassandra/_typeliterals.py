@@ -17,7 +17,9 @@ What may go where:
   tuple component.
 
 Timestamps without a zone are UTC (Cassandra would use the server's zone; the
-emulator's zone is UTC). Fractional seconds may have 1 to 3 digits.
+emulator's zone is UTC). The digits after the seconds are milliseconds, as
+Cassandra 4 parses them: ``.5`` is 5 ms and ``.050`` 50 ms (not a decimal
+fraction), 0 to 999.
 """
 
 from __future__ import annotations
@@ -259,16 +261,19 @@ def _timestamp(t: CqlType, text: str) -> int:
     m = _TIMESTAMP.fullmatch(text)
     if m is None:
         raise _bad(t, text, "expected yyyy-mm-dd[(T| )hh:mm[:ss[.fff]]][Z|+hh[:mm]|-hh[:mm]] or integer milliseconds")
-    fraction = m["f"] or ""
-    if len(fraction) > 3:
-        raise _bad(t, text, "timestamps have millisecond precision: at most 3 fractional digits")
+    # As Cassandra 4 (TimestampSerializer.dateStringToTimestamp: DateUtils.parseDateStrictly with the patterns
+    # "...ss.SSS..."): the digits after the point are a count of milliseconds, whatever their number (an 'S'
+    # field of FastDateParser is an integer, its width ignored), so '.5' is 5 ms, not 500; more than 999 is refused.
+    millis_part = int(m["f"] or 0)
+    if millis_part > 999:
+        raise _bad(t, text, "the digits after the seconds are milliseconds, as Cassandra reads them: 0 to 999")
     try:
         moment = dt.datetime(  # noqa: DTZ001 - a literal without a zone; made UTC below
             int(m["y"]), int(m["mo"]), int(m["d"]), int(m["h"] or 0), int(m["mi"] or 0), int(m["s"] or 0)
         )
     except ValueError as exc:
         raise _bad(t, text, str(exc)) from exc
-    millis = datetime_millis(moment) + int(fraction.ljust(3, "0"))
+    millis = datetime_millis(moment) + millis_part
     tz = m["tz"]
     if tz and tz != "Z":
         digits = tz[1:].replace(":", "")

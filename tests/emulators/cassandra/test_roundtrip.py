@@ -186,3 +186,12 @@ def test_a_bound_frozen_map_is_stored_in_key_order_and_nested_sets_sorted(sessio
     session.execute("CREATE TABLE fn (k frozen<list<frozen<set<int>>>> PRIMARY KEY, v int)")
     session.execute(session.prepare("INSERT INTO fn (k, v) VALUES (?, ?)"), ([[3, 1, 2], [5, 4]], 1))
     assert [r.v for r in session.execute("SELECT v FROM fn WHERE k = [{1, 2, 3}, {4, 5}]")] == [1]
+
+
+def test_a_timestamp_literal_reads_the_digits_after_the_seconds_as_milliseconds(session: Session) -> None:
+    """As Cassandra 4's TimestampSerializer (an 'S' field of its "...ss.SSSX" patterns is a count of milliseconds):
+    '...00.5Z' is 5 ms past the second, where a decimal fraction would make it 500."""
+    session.execute("CREATE TABLE tsl (k int PRIMARY KEY, ts timestamp)")
+    session.execute("INSERT INTO tsl (k, ts) VALUES (1, '2024-01-01T00:00:00.5Z')")
+    session.execute("INSERT INTO tsl (k, ts) VALUES (2, '2024-01-01T00:00:00.500Z')")
+    assert [r.ts.microsecond for r in session.execute("SELECT ts FROM tsl WHERE k IN (1, 2)")] == [5_000, 500_000]

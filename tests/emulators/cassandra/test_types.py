@@ -381,7 +381,14 @@ def test_float_literals() -> None:
         ("2024-01-02T03:04:05Z", dt.datetime(2024, 1, 2, 3, 4, 5)),  # noqa: DTZ001
         ("2024-01-02 03:04:05+0000", dt.datetime(2024, 1, 2, 3, 4, 5)),  # noqa: DTZ001
         ("2024-01-02T03:04:05.123+01:00", dt.datetime(2024, 1, 2, 2, 4, 5, 123000)),  # noqa: DTZ001
-        ("2024-01-02T03:04:05.1-0130", dt.datetime(2024, 1, 2, 4, 34, 5, 100000)),  # noqa: DTZ001
+        ("2024-01-02T03:04:05.1-0130", dt.datetime(2024, 1, 2, 4, 34, 5, 1000)),  # noqa: DTZ001
+        # As Cassandra 4 reads them (TimestampSerializer: DateUtils.parseDateStrictly, patterns "...ss.SSSX", an
+        # 'S' field an integer whatever its width): the digits after the seconds count milliseconds, '.5' is 5 ms
+        ("2024-01-01T00:00:00.5Z", dt.datetime(2024, 1, 1, 0, 0, 0, 5000)),  # noqa: DTZ001
+        ("2024-01-01T00:00:00.05Z", dt.datetime(2024, 1, 1, 0, 0, 0, 5000)),  # noqa: DTZ001
+        ("2024-01-01 00:00:00.50", dt.datetime(2024, 1, 1, 0, 0, 0, 50000)),  # noqa: DTZ001
+        ("2024-01-01T00:00:00.500Z", dt.datetime(2024, 1, 1, 0, 0, 0, 500000)),  # noqa: DTZ001
+        ("2024-01-01T00:00:00.0999Z", dt.datetime(2024, 1, 1, 0, 0, 0, 999000)),  # noqa: DTZ001
         ("2024-01-02 03:04", dt.datetime(2024, 1, 2, 3, 4)),  # noqa: DTZ001
         ("2024-01-02", dt.datetime(2024, 1, 2)),  # noqa: DTZ001
         ("2024-01-02+02", dt.datetime(2024, 1, 1, 22)),  # noqa: DTZ001
@@ -444,7 +451,8 @@ def test_collection_literals() -> None:
         ("blob", "0x01", "string literal '0x01' for type blob"),
         ("inet", "1.2.3", "not an IPv4 or IPv6 address"),
         ("timestamp", "2024-13-01", "month must be in 1..12"),
-        ("timestamp", "2024-01-02T03:04:05.1234Z", "at most 3 fractional digits"),
+        ("timestamp", "2024-01-02T03:04:05.1234Z", "the digits after the seconds are milliseconds.*0 to 999"),
+        ("timestamp", "2024-01-02T03:04:05.1000", "the digits after the seconds are milliseconds.*0 to 999"),
         ("timestamp", "yesterday", "expected yyyy-mm-dd"),
         ("timestamp", "2024-01-02T03:04:05+25:00", "invalid zone offset"),
         ("date", "2024-02-30", "day is out of range"),
