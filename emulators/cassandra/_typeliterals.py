@@ -225,6 +225,7 @@ _TIMESTAMP = re.compile(
 _DATE = re.compile(r"(?P<y>\d{4})-(?P<mo>\d{1,2})-(?P<d>\d{1,2})")
 _TIME = re.compile(r"(?P<h>\d{1,2}):(?P<mi>\d{1,2}):(?P<s>\d{1,2})(?:\.(?P<f>\d{1,9}))?")
 _RAW = re.compile(r"-?\d+")
+_IPV4_MAPPED = bytes(10) + b"\xff\xff"
 
 
 def _string(t: CqlType, value: str) -> bytes:
@@ -240,9 +241,12 @@ def _string(t: CqlType, value: str) -> bytes:
         return value.encode("ascii")
     if kind == "inet":
         try:
-            return inet_bytes(t.cql(), value)
+            packed = inet_bytes(t.cql(), value)
         except InvalidValue as exc:
             raise _bad(t, value, "not an IPv4 or IPv6 address") from exc
+        # As Cassandra (InetAddressType.fromString: InetAddress.getByName, which makes an IPv4-mapped IPv6 address
+        # an Inet4Address): '::ffff:1.2.3.4' is the 4-byte 1.2.3.4. A bound value is stored as the client sent it.
+        return packed[12:] if packed[:12] == _IPV4_MAPPED else packed
     if kind == "timestamp":
         return _I64.pack(_timestamp(t, value))
     if kind == "date":

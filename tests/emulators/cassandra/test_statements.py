@@ -552,3 +552,17 @@ def test_a_function_of_the_column_type_in_a_where_clause_runs(session: Session) 
     session.execute("INSERT INTO ft (k, t) VALUES (1, '2020-01-01')")
     assert rows(session, "SELECT k FROM ft WHERE k = 1 AND t < currentTimestamp()") == [(1,)]
     assert rows(session, "SELECT k FROM ft WHERE k = 1 AND t > toTimestamp(now())") == []
+
+
+def test_an_ipv4_mapped_inet_literal_is_the_ipv4_address(session: Session) -> None:
+    """Cassandra 4 makes an inet literal with InetAddressType.fromString, i.e. InetAddress.getByName, which turns an
+    IPv4-mapped IPv6 address into an Inet4Address: '::ffff:1.2.3.4' is stored as the 4 bytes of 1.2.3.4, reads back
+    as '1.2.3.4' and is found by it. A bound value is kept as the client sent it (16 bytes), as in Cassandra."""
+    session.execute("CREATE TABLE ip (a inet PRIMARY KEY, v int)")
+    session.execute("INSERT INTO ip (a, v) VALUES ('::ffff:1.2.3.4', 1)")
+    assert rows(session, "SELECT a, v FROM ip WHERE a = '1.2.3.4'") == [("1.2.3.4", 1)]
+    session.execute(session.prepare("INSERT INTO ip (a, v) VALUES (?, ?)"), ("::ffff:5.6.7.8", 2))
+    assert rows(session, "SELECT a, v FROM ip WHERE a = '5.6.7.8'") == []
+    assert rows(session, "SELECT a, v FROM ip WHERE a = %s", ("::ffff:5.6.7.8",)) == []  # a literal: 5.6.7.8
+    bound = session.execute(session.prepare("SELECT a, v FROM ip WHERE a = ?"), ("::ffff:5.6.7.8",))
+    assert [tuple(r) for r in bound] == [("::ffff:5.6.7.8", 2)]

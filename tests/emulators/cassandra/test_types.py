@@ -408,6 +408,10 @@ def test_other_string_literals() -> None:
     assert lit("time", "00:00:00") == struct.pack(">q", 0)
     assert lit("inet", "10.1.2.3") == b"\x0a\x01\x02\x03"
     assert lit("inet", "::1") == b"\x00" * 15 + b"\x01"
+    # As Cassandra (InetAddress.getByName gives an Inet4Address for an IPv4-mapped address), in either spelling;
+    # an IPv4-compatible address (::1.2.3.4) stays IPv6
+    assert lit("inet", "::ffff:1.2.3.4") == lit("inet", "::FFFF:102:304") == b"\x01\x02\x03\x04"
+    assert lit("inet", "::1.2.3.4") == b"\x00" * 12 + b"\x01\x02\x03\x04"
     assert lit("text", "héllo") == "héllo".encode()
     assert lit("ascii", "hello") == b"hello"
     assert lit("boolean", True) == b"\x01"
