@@ -114,7 +114,8 @@ def projection(table: Table, selectors: list[st.Selector]) -> tuple[list[ColumnS
 @dataclass
 class Restrictions:
     pk: dict[str, list[bytes]] = field(default_factory=dict)
-    pk_in: bool = False  # a partition key column restricted by IN (even of one value)
+    pk_in: bool = False  # a partition key column restricted by IN (not one of a single literal value: an =)
+    eq: set[str] = field(default_factory=set)  # the columns restricted by = (or an IN of a single literal value)
     token_lo: tuple[int, bool] | None = None
     token_hi: tuple[int, bool] | None = None
     ck_eq: dict[str, list[bytes]] = field(default_factory=dict)
@@ -161,6 +162,10 @@ def resolve_restrictions(table: Table, where: list[st.Relation], values: list[Va
                 r.token_lo = r.token_hi = (tok, True)
             continue
         col = table_column(table, rel.columns[0])
+        # As Cassandra 4 (SingleColumnRelation.newINRestriction): an IN of one literal value is an =, an IN ? is an
+        # IN whatever it is bound to
+        if rel.op == "=" or (rel.op == "IN" and isinstance(rel.value, tuple) and len(rel.value) == 1):
+            r.eq.add(col.name)
         if rel.op == "IN":
             if isinstance(rel.value, tuple):
                 vals = [_value(t, col.type, values, col.name) for t in rel.value]
@@ -187,7 +192,7 @@ def resolve_restrictions(table: Table, where: list[st.Relation], values: list[Va
             if col.name in r.pk:
                 raise Invalid(f"{col.name} cannot be restricted by more than one relation if it includes an Equal")
             r.pk[col.name] = vals
-            r.pk_in = r.pk_in or rel.op == "IN"
+            r.pk_in = r.pk_in or (rel.op == "IN" and col.name not in r.eq)
         elif col.kind == "clustering" and rel.op in ("=", "IN"):
             if col.name in r.ck_eq or col.name in r.ck_slice:
                 raise Invalid(f"{col.name} cannot be restricted by more than one relation if it includes an Equal")

@@ -96,3 +96,19 @@ def test_paging_state_of_another_table_is_refused(filled: Session) -> None:
         filled.execute(SimpleStatement("SELECT * FROM u", fetch_size=2), paging_state=state)
     with pytest.raises(InvalidRequest, match="paging state"):
         filled.execute(SimpleStatement("SELECT * FROM t", fetch_size=2), paging_state=b"garbage")
+
+
+def test_order_by_with_an_in_of_one_literal_value_is_paged_like_an_equality(filled: Session, other: Session) -> None:
+    """An IN of one literal value is an = in Cassandra 4 (SingleColumnRelation.newINRestriction: "An IN
+    restrictions with only one element is the same than an EQ restriction"), so ``p IN (1) ORDER BY c DESC`` needs
+    no ordering after the read and is paged like ``p = 1``. An IN of several values, or ``IN ?`` whatever it is
+    bound to (an InRestrictionWithMarker), still orders the rows after the read and is refused when paged."""
+    from cassandra import InvalidRequest
+    pages = _pages(filled, other, SimpleStatement("SELECT c FROM t WHERE p IN (1) ORDER BY c DESC", fetch_size=4))
+    assert [len(p) for p in pages] == [4, 4, 2]
+    assert [r[0] for page in pages for r in page] == list(range(9, -1, -1))
+    for statement, params in [(SimpleStatement("SELECT c FROM t WHERE p IN (1, 2) ORDER BY c DESC", fetch_size=4),
+                               None),
+                              (filled.prepare("SELECT c FROM t WHERE p IN ? ORDER BY c DESC"), ([1],))]:
+        with pytest.raises(InvalidRequest, match="Cannot page queries with both ORDER BY and a IN restriction"):
+            filled.execute(statement, params)

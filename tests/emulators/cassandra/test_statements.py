@@ -260,7 +260,8 @@ def test_order_by_over_several_partitions_orders_them_together_and_only_unpaged(
     assert [r[0] for r in session.execute("SELECT c FROM t WHERE p = 1 ORDER BY c ASC")] == [1, 3, 5, 7]
     # Paged (the driver's default page is 5,000 rows): refused whatever the LIMIT, even one within a page, as
     # Cassandra (SelectStatement.getDataLimits leaves the row limit of a post-ordered query unset, so it is paged)
-    for query in ["SELECT c FROM t WHERE p IN (0, 1) ORDER BY c ASC", "SELECT c FROM t WHERE p IN (1) ORDER BY c ASC",
+    for query in ["SELECT c FROM t WHERE p IN (0, 1) ORDER BY c ASC",
+                  "SELECT c FROM t WHERE p IN (1, 1) ORDER BY c ASC",  # two values, if equal: an IN
                   "SELECT c FROM t WHERE p IN (0, 1) ORDER BY c ASC LIMIT 3",
                   SimpleStatement("SELECT c FROM t WHERE p IN (0, 1) ORDER BY c DESC LIMIT 2", fetch_size=100)]:
         with pytest.raises(InvalidRequest, match="Cannot page queries with both ORDER BY and a IN restriction"):
@@ -566,3 +567,4 @@ def test_an_ipv4_mapped_inet_literal_is_the_ipv4_address(session: Session) -> No
     assert rows(session, "SELECT a, v FROM ip WHERE a = %s", ("::ffff:5.6.7.8",)) == []  # a literal: 5.6.7.8
     bound = session.execute(session.prepare("SELECT a, v FROM ip WHERE a = ?"), ("::ffff:5.6.7.8",))
     assert [tuple(r) for r in bound] == [("::ffff:5.6.7.8", 2)]
+
