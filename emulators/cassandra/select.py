@@ -447,17 +447,30 @@ def iter_scan(scan: Scan, data: TableData, now: int, reverse: bool = False,
             yield part, row
 
 
-def check_order(table: Table, order_by: list[tuple[str, str]], scan: Scan) -> bool:
-    """Whether ORDER BY asks for the reverse of the table's clustering order (Invalid if it is neither)."""
+def check_order(table: Table, order_by: list[tuple[str, str]], scan: Scan, r: Restrictions) -> bool:
+    """Whether ORDER BY asks for the reverse of the table's clustering order (Invalid if it is neither).
+
+    As Cassandra 4 (SelectStatement.Raw.isReversed): clustering columns in their declared order, where the ones
+    restricted by = may be left out (``WHERE k = 1 AND a = 1 ORDER BY b DESC``), all in the table's order or all
+    in its reverse."""
     if not order_by:
         return False
     if scan.partition_keys is None:
         raise Invalid("ORDER BY is only supported when the partition key is restricted by an EQ or an IN.")
-    names = [c for c, _ in order_by]
-    if names != table.clustering_names[:len(names)]:
-        raise Invalid("Order by currently only supports the ordering of columns following their declared order "
-                      "in the PRIMARY KEY")
-    flips = {(d == "DESC") != table.column(c).reversed for c, d in order_by}
+    flips: set[bool] = set()
+    position = 0
+    for name, direction in order_by:
+        col = table_column(table, name)
+        if col.kind != "clustering":
+            raise Invalid(f"Order by is currently only supported on the clustered columns of the PRIMARY KEY, "
+                          f"got {name}")
+        while position != col.position:
+            if position > col.position or table.clustering[position].name not in r.eq:
+                raise Invalid("Order by currently only supports the ordering of columns following their declared "
+                              "order in the PRIMARY KEY")
+            position += 1
+        position += 1
+        flips.add((direction == "DESC") != col.reversed)
     if len(flips) > 1:
         raise Invalid("Unsupported order by relation")
     return flips.pop()
@@ -533,7 +546,7 @@ def execute_select(table: Table, data: TableData, stmt: st.Select, values: list[
     scan = plan_scan(table, r)
     if scan.needs_filtering and not stmt.allow_filtering and not table.virtual:
         raise Invalid(FILTERING_MESSAGE)
-    reverse = check_order(table, stmt.order_by, scan)
+    reverse = check_order(table, stmt.order_by, scan, r)
     limit = resolve_int(stmt.limit, values, "limit")
     if limit is not None and limit <= 0:
         raise Invalid(f"LIMIT must be strictly positive, got {limit}")

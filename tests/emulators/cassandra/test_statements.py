@@ -568,3 +568,35 @@ def test_an_ipv4_mapped_inet_literal_is_the_ipv4_address(session: Session) -> No
     bound = session.execute(session.prepare("SELECT a, v FROM ip WHERE a = ?"), ("::ffff:5.6.7.8",))
     assert [tuple(r) for r in bound] == [("::ffff:5.6.7.8", 2)]
 
+
+def test_order_by_may_leave_out_clustering_columns_restricted_by_equality(session: Session) -> None:
+    """Cassandra 4 lets ORDER BY skip the clustering columns restricted by = (SelectStatement.Raw.isReversed checks
+    isColumnRestrictedByEq for each column before an ordered one); an IN of one literal value is an = there. A column
+    restricted otherwise, or not at all, may not be skipped; the ordered columns must all follow the table's order or
+    all its reverse; only clustering columns may be ordered."""
+    session.execute("CREATE TABLE ob (k int, a int, b int, c int, PRIMARY KEY (k, a, b, c))")
+    for a in range(2):
+        for b in range(3):
+            for c in range(2):
+                session.execute("INSERT INTO ob (k, a, b, c) VALUES (1, %s, %s, %s)", (a, b, c))
+    descending = [(b, c) for b in (2, 1, 0) for c in (1, 0)]
+    assert rows(session, "SELECT b, c FROM ob WHERE k = 1 AND a = 1 ORDER BY b DESC") == descending
+    assert rows(session, "SELECT b, c FROM ob WHERE k = 1 AND a IN (1) ORDER BY b DESC, c DESC") == descending
+    assert rows(session, "SELECT c FROM ob WHERE k = 1 AND a = 0 AND b = 2 ORDER BY c DESC") == [(1,), (0,)]
+    assert rows(session, "SELECT c FROM ob WHERE k = 1 AND a = 0 AND b = 2 ORDER BY a DESC, c DESC") == [(1,), (0,)]
+    unpaged = SimpleStatement("SELECT b, c FROM ob WHERE k IN (1, 2) AND a = 0 ORDER BY b DESC", fetch_size=None)
+    assert [tuple(r) for r in session.execute(unpaged)] == descending
+    out_of_order = "Order by currently only supports the ordering of columns following their declared order"
+    for query, message in [
+        ("SELECT b FROM ob WHERE k = 1 ORDER BY b DESC", out_of_order),
+        ("SELECT b FROM ob WHERE k = 1 AND a > 0 ORDER BY b DESC", out_of_order),
+        ("SELECT b FROM ob WHERE k = 1 AND a IN (0, 1) ORDER BY b DESC", out_of_order),
+        ("SELECT b FROM ob WHERE k = 1 AND a = 1 ORDER BY c DESC", out_of_order),
+        ("SELECT b FROM ob WHERE k = 1 AND a = 1 AND b = 1 ORDER BY c DESC, b DESC", out_of_order),
+        ("SELECT b FROM ob WHERE k = 1 AND a = 1 ORDER BY b DESC, c ASC", "Unsupported order by relation"),
+        ("SELECT b FROM ob WHERE k = 1 ORDER BY k DESC", "only supported on the clustered columns .* got k"),
+    ]:
+        with pytest.raises(InvalidRequest, match=message):
+            session.execute(query)
+    with pytest.raises(InvalidRequest, match=out_of_order):  # IN ? is an IN, whatever it is bound to
+        session.execute(session.prepare("SELECT b FROM ob WHERE k = 1 AND a IN ? ORDER BY b DESC"), ([1],))
