@@ -109,6 +109,8 @@ def set_element(ctype: CqlType, current: bytes | None, key: bytes, value: bytes 
             merged[key] = value
         return join_map(sorted(merged.items(), key=lambda kv: ctype.params[0].compare_key(kv[0])))
     if ctype.kind == "list":
+        if current is None:  # as Cassandra 4 (Lists.SetterByIndex), which reads an empty list as null
+            raise Invalid("Attempted to set an element on a list which is null")
         items = split_elements(current)
         index = int.from_bytes(key, "big", signed=True)
         if not 0 <= index < len(items):

@@ -564,9 +564,11 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
                 if key is None:
                     raise Invalid(_NULL_ELEMENT[col.type.kind])  # a map, list or set here
                 cur_cell = row.cell(col.slot, ctx.now) if row is not None else None
-                _element_op_check(table, pk, ck, col, _stored_ts(row, col), ts, ctx)
                 cur = cur_cell[0] if cur_cell else None
-                if cur is None:
+                if cur is None and col.type.kind == "list":  # as Cassandra 4 (Lists.DiscarderByIndex)
+                    raise Invalid("Attempted to delete an element from a list which is null")
+                _element_op_check(table, pk, ck, col, _stored_ts(row, col), ts, ctx)
+                if cur is None:  # a map key or set element of a null collection: nothing to delete
                     continue
                 # the other elements keep their expiry (in Cassandra only the removed element's cell changes)
                 assert cur_cell is not None

@@ -18,6 +18,7 @@ OP = st.one_of(
     st.tuples(st.just("l_prepend"), st.lists(SMALL, max_size=3)),
     st.tuples(st.just("l_remove"), st.lists(SMALL, max_size=2)),
     st.tuples(st.just("l_set_index"), st.tuples(st.integers(0, 3), SMALL)),
+    st.tuples(st.just("l_delete_index"), st.integers(0, 3)),
     st.tuples(st.just("l_assign"), st.lists(SMALL, max_size=3)),
     st.tuples(st.just("s_add"), st.sets(SMALL, max_size=3)),
     st.tuples(st.just("s_remove"), st.sets(SMALL, max_size=3)),
@@ -53,9 +54,18 @@ def test_collections_match_the_model(session: Session, ops: list[tuple[str, obje
             if index < len(lst):
                 session.execute("UPDATE t SET l[%s] = %s WHERE k = %s", (index, value, k))
                 lst[index] = value
-            else:
-                with pytest.raises(InvalidRequest, match="index"):
+            else:  # as Cassandra 4 (Lists.SetterByIndex): an empty list is null
+                message = "index" if lst else "Attempted to set an element on a list which is null"
+                with pytest.raises(InvalidRequest, match=message):
                     session.execute("UPDATE t SET l[%s] = %s WHERE k = %s", (index, value, k))
+        elif kind == "l_delete_index":
+            if arg < len(lst):  # type: ignore[operator]
+                session.execute("DELETE l[%s] FROM t WHERE k = %s", (arg, k))
+                del lst[arg]  # type: ignore[call-overload]
+            else:  # as Cassandra 4 (Lists.DiscarderByIndex)
+                message = "out of bound" if lst else "Attempted to delete an element from a list which is null"
+                with pytest.raises(InvalidRequest, match=message):
+                    session.execute("DELETE l[%s] FROM t WHERE k = %s", (arg, k))
         elif kind == "l_assign":
             session.execute("UPDATE t SET l = %s WHERE k = %s", (arg, k))
             lst = list(arg)  # type: ignore[arg-type]

@@ -600,3 +600,23 @@ def test_order_by_may_leave_out_clustering_columns_restricted_by_equality(sessio
             session.execute(query)
     with pytest.raises(InvalidRequest, match=out_of_order):  # IN ? is an IN, whatever it is bound to
         session.execute(session.prepare("SELECT b FROM ob WHERE k = 1 AND a IN ? ORDER BY b DESC"), ([1],))
+
+
+def test_an_element_of_a_null_list_is_neither_deleted_nor_set(session: Session) -> None:
+    """Cassandra 4 refuses ``DELETE l[0]`` and ``UPDATE ... SET l[0] = v`` when the list is null or absent
+    (Lists.DiscarderByIndex, Lists.SetterByIndex; asserted by its CollectionsTest.testList), as it refuses an index
+    past the end of a list that has elements. Was: the DELETE answered success and wrote nothing, the UPDATE said
+    "List index 0 out of bound". A null map or set still takes ``DELETE m[k]``, as in Cassandra."""
+    session.execute("CREATE TABLE dl (k int PRIMARY KEY, l list<int>, m map<int, int>, s set<int>, v int)")
+    session.execute("INSERT INTO dl (k, v) VALUES (1, 1)")
+    for key in (1, 2):  # a row without the list, and no row at all
+        with pytest.raises(InvalidRequest, match="Attempted to delete an element from a list which is null"):
+            session.execute("DELETE l[0] FROM dl WHERE k = %s", (key,))
+        with pytest.raises(InvalidRequest, match="Attempted to set an element on a list which is null"):
+            session.execute("UPDATE dl SET l[0] = 5 WHERE k = %s", (key,))
+    session.execute("DELETE m[0], s[0] FROM dl WHERE k = 1")
+    session.execute("UPDATE dl SET l = [7] WHERE k = 1")
+    with pytest.raises(InvalidRequest, match="List index 1 out of bound, list has size 1"):
+        session.execute("DELETE l[1] FROM dl WHERE k = 1")
+    session.execute("DELETE l[0] FROM dl WHERE k = 1")
+    assert rows(session, "SELECT k, l, v FROM dl") == [(1, None, 1)]
