@@ -100,6 +100,24 @@ def remove(ctype: CqlType, current: bytes | None, operand: bytes | None) -> byte
     return join_elements([e for e in split_elements(current) if e not in drop])
 
 
+def set_indexes(current: bytes | None, changes: list[tuple[bytes, bytes | None]],
+                what: str = "set an element on") -> bytes | None:
+    """A list with the elements at some of its indexes replaced, or removed where the new value is None. Every
+    index is one of ``current``, as Cassandra reads the indexes of one statement (Lists.SetterByIndex and
+    Lists.DiscarderByIndex against the row as it was), so ``l[0] = null, l[1] = 'x'`` sets the second element."""
+    if current is None:  # as Cassandra 4, which reads an empty list as null
+        raise Invalid(f"Attempted to {what} a list which is null")
+    items = split_elements(current)
+    new: dict[int, bytes | None] = {}
+    for key, value in changes:
+        index = int.from_bytes(key, "big", signed=True)
+        if not 0 <= index < len(items):
+            raise Invalid(f"List index {index} out of bound, list has size {len(items)}")
+        new[index] = value
+    kept = [new.get(i, item) for i, item in enumerate(items)]
+    return join_elements([item for item in kept if item is not None])
+
+
 def set_element(ctype: CqlType, current: bytes | None, key: bytes, value: bytes | None) -> bytes | None:
     if ctype.kind == "map":
         merged = dict(split_map(current))
@@ -109,17 +127,7 @@ def set_element(ctype: CqlType, current: bytes | None, key: bytes, value: bytes 
             merged[key] = value
         return join_map(sorted(merged.items(), key=lambda kv: ctype.params[0].compare_key(kv[0])))
     if ctype.kind == "list":
-        if current is None:  # as Cassandra 4 (Lists.SetterByIndex), which reads an empty list as null
-            raise Invalid("Attempted to set an element on a list which is null")
-        items = split_elements(current)
-        index = int.from_bytes(key, "big", signed=True)
-        if not 0 <= index < len(items):
-            raise Invalid(f"List index {index} out of bound, list has size {len(items)}")
-        if value is None:
-            del items[index]
-        else:
-            items[index] = value
-        return join_elements(items)
+        return set_indexes(current, [(key, value)])
     if ctype.kind == "set" and value is None:
         return join_elements([e for e in split_elements(current) if e != key])
     raise Invalid(f"Invalid element operation for column of type {ctype.cql()}")

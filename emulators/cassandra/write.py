@@ -400,6 +400,7 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
     written: dict[int, bytes | None] = {}  # slot -> its value after this statement's earlier operations
     kept: dict[int, tuple[bytes | None, int | None]] = {}  # slot -> the stored (live) collection and its expiry
     done: dict[int, list[tuple[str, Value]]] = {}  # slot -> (kind, element key or None) of those operations
+    list_changes: dict[int, list[tuple[bytes, bytes | None]]] = {}  # slot -> the list's (index, value) settings
     row: Row | None = None
     part = data.partition(pk)
     if part is not None:
@@ -435,7 +436,12 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
             if value is UNSET:
                 continue
             _element_expiry_check(col, value is not None, stored, stored_expiry, expiry)
-            new = colls.set_element(col.type, current, key, value)
+            if col.type.kind == "list":  # every index is one of the list as it was before the statement
+                changes = list_changes.setdefault(col.slot, [])
+                changes.append((key, value))
+                new = colls.set_indexes(stored, changes)
+            else:
+                new = colls.set_element(col.type, current, key, value)
         else:
             operand = resolve(a.value, assignment_value_type(col, a.kind), ctx.values, col.name)
             if operand is UNSET:
@@ -550,12 +556,16 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
             cells: list[tuple[int, bytes | None, int | None]] = []
             part = data.partition(pk)
             row = part.get(ck) if part is not None else None
+            # Each element deletion applies to the collection as it was before the statement, as in Cassandra:
+            # ``DELETE m['a'], m['b']`` removes both keys, ``DELETE l[0], l[1]`` the first two elements.
+            elements: dict[int, tuple[Column, bytes, int | None, list[bytes]]] = {}
+            whole: set[int] = set()
             for name, element in stmt.columns:
                 col = table_column(table, name)
                 if col.kind != "regular":
                     raise Invalid(f"Invalid identifier {name} for deletion (should not be a PRIMARY KEY part)")
                 if element is None:
-                    cells.append((col.slot, None, None))
+                    whole.add(col.slot)
                     continue
                 spec = deleted_element_spec(col)
                 key = resolve(element, spec.type, ctx.values, spec.name)
@@ -572,7 +582,18 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
                     continue
                 # the other elements keep their expiry (in Cassandra only the removed element's cell changes)
                 assert cur_cell is not None
-                cells.append((col.slot, colls.set_element(col.type, cur, key, None), cur_cell[2]))
+                elements.setdefault(col.slot, (col, cur, cur_cell[2], []))[3].append(key)
+            cells += [(slot, None, None) for slot in whole]
+            for slot, (col, cur, kept_expiry, removed) in elements.items():
+                if slot in whole:
+                    continue
+                if col.type.kind == "list":
+                    new = colls.set_indexes(cur, [(index, None) for index in removed], "delete an element from")
+                else:
+                    new = cur
+                    for key in removed:
+                        new = colls.set_element(col.type, new, key, None)
+                cells.append((slot, new, kept_expiry))
             records += _upserts(table, pk, ck, cells, ts, time.time())
     else:
         pks = sorted({pk for pk, _ in keys})

@@ -620,3 +620,25 @@ def test_an_element_of_a_null_list_is_neither_deleted_nor_set(session: Session) 
         session.execute("DELETE l[1] FROM dl WHERE k = 1")
     session.execute("DELETE l[0] FROM dl WHERE k = 1")
     assert rows(session, "SELECT k, l, v FROM dl") == [(1, None, 1)]
+
+
+def test_the_element_operations_of_one_statement_read_the_collection_as_it_was(session: Session) -> None:
+    """Cassandra applies every element deletion or index setting of one statement to the row as it was before it
+    (each is a cell tombstone or cell of its own; Lists.SetterByIndex and Lists.DiscarderByIndex take their indexes
+    from the prefetched row): ``DELETE m['a'], m['b']`` removes both keys, ``DELETE l[0], l[1]`` the first two
+    elements, ``SET l[0] = null, l[1] = 'x'`` removes the first and replaces the second. Was: all but one of the
+    deletions of a map or set lost, and the later list indexes shifted by the earlier deletion."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, l list<text>, m map<text, int>, s set<int>)")
+    session.execute("INSERT INTO t (k, l, m, s) VALUES (1, ['a', 'b', 'c'], {'a': 1, 'b': 2, 'c': 3}, {1, 2, 3})")
+    session.execute("DELETE m['a'], m['b'], s[1], s[2], l[0], l[1], l[0] FROM t WHERE k = 1")
+    row = session.execute("SELECT l, m, s FROM t WHERE k = 1").one()
+    assert row.l == ["c"] and dict(row.m) == {"c": 3} and set(row.s) == {3}
+    session.execute("INSERT INTO t (k, l) VALUES (2, ['a', 'b', 'c'])")
+    session.execute("UPDATE t SET l[0] = null, l[1] = 'x' WHERE k = 2")
+    assert rows(session, "SELECT l FROM t WHERE k = 2") == [(["x", "c"],)]
+    for query in ["DELETE l[0], l[2] FROM t WHERE k = 2", "UPDATE t SET l[0] = 'y', l[2] = 'z' WHERE k = 2"]:
+        with pytest.raises(InvalidRequest, match="List index 2 out of bound, list has size 2"):
+            session.execute(query)
+    assert rows(session, "SELECT l FROM t WHERE k = 2") == [(["x", "c"],)]
+    session.execute("DELETE l, l[1] FROM t WHERE k = 2")
+    assert rows(session, "SELECT l FROM t WHERE k = 2") == [(None,)]
