@@ -31,6 +31,7 @@ from pydantic import (
     Field,
     FilePath,
     SecretStr,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -52,6 +53,10 @@ from shared.domain.rules import MeasurementRule
 from shared.exceptions import ConfigurationError
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,47}$")]
+# A host or a data center's name: a space at either end is a slip (YAML, a quoted app setting), never part of it.
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+# PostgreSQL's statement_timeout and lock_timeout: whole milliseconds from 1 (0 turns them off) to 2^31 - 1.
+PostgresTimeout = Annotated[float, Field(ge=0.001, le=2_147_483)]
 Ncrontab = Annotated[str, Field(min_length=11)]
 
 # A trigger binding in functions/ names these settings as `%SETTING%`. The Functions host (and the dev host) resolves
@@ -205,7 +210,7 @@ class CassandraSettings(_Group):
     """Connect with TLS (required by Cosmos DB)"""
     tls_ca_file: FilePath | None = None
     """CA bundle to verify the server with (default: the system store)"""
-    local_dc: str | None = None
+    local_dc: Name | None = None
     """Local data center (Cosmos DB: the region, e.g. `West Europe`); empty: the driver's default"""
     consistency: Literal["ONE", "LOCAL_ONE", "QUORUM", "LOCAL_QUORUM", "EACH_QUORUM", "ALL"] = "LOCAL_QUORUM"
     """Consistency of reads and writes"""
@@ -311,6 +316,16 @@ class RulesSettings(_Group):
     _decode_rules = field_validator("critical_rules", mode="before")(_json)
 
 
+# The query options of SLUICE_REDIS_URL: what redis-py parses from a URL (URL_QUERY_ARGUMENT_PARSERS), its TLS
+# connection's options and a client name. The timeouts are settings of their own.
+_REDIS_URL_TIMEOUTS = frozenset({"socket_timeout", "socket_connect_timeout", "timeout"})
+_REDIS_URL_OPTIONS = frozenset({
+    "db", "client_name", "health_check_interval", "max_connections", "protocol", "retry_on_timeout",
+    "socket_keepalive", "ssl_ca_certs", "ssl_ca_path", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile",
+    "ssl_check_hostname", "ssl_min_version", "ssl_ciphers",
+})  # fmt: skip
+
+
 class RedisSettings(_Group):
     """The Redis cache: Azure Managed Redis (``rediss://``, port 10000, clustered) or Azure Cache for Redis (6380)."""
 
@@ -355,6 +370,22 @@ class RedisSettings(_Group):
             # the URL is logged with the settings and shown by the tools: a password in it would be too
             raise ValueError("must not carry a password (it would be logged with the settings): set "
                              "SLUICE_REDIS_PASSWORD_SECRET (Key Vault) or, locally, SLUICE_REDIS_PASSWORD")
+        if value.startswith(("redis://", "rediss://")):
+            try:
+                port = parts.port
+            except ValueError:  # redis-py would raise the same, bare, at the first command
+                raise ValueError(f"port {parts.netloc.rpartition(':')[2]!r} is not a port (1-65535)") from None
+            if not parts.hostname:  # redis-py would connect to localhost
+                raise ValueError("names no host")
+            if port == 0:  # redis-py would drop it and connect to 6379
+                raise ValueError("port 0 is not a port (1-65535)")
+        timeouts = sorted(name for name in query if name in _REDIS_URL_TIMEOUTS)
+        if timeouts:  # redis-py's from_url lets them override the settings, unchecked
+            raise ValueError(f"sets {', '.join(timeouts)}: set SLUICE_REDIS_SOCKET_TIMEOUT_SECONDS instead")
+        unknown = sorted(name for name in query if name not in _REDIS_URL_OPTIONS)
+        if unknown:  # redis-py hands them to its connection class, which fails at the first command (TypeError)
+            raise ValueError(f"has options redis-py does not take ({', '.join(unknown)}); it takes "
+                             f"{', '.join(sorted(_REDIS_URL_OPTIONS))}")
         tls_options = sorted(name for name in query if name.startswith("ssl_"))
         if tls_options and not value.startswith("rediss://"):
             raise ValueError(f"has TLS options ({', '.join(tls_options)}) but is not a rediss:// URL")
@@ -415,7 +446,7 @@ class PostgresSettings(_Group):
 
     model_config = SettingsConfigDict(env_prefix="SLUICE_POSTGRES_")
 
-    host: str
+    host: Name
     """PostgreSQL host (Azure: `<server>.postgres.database.azure.com`)"""
     port: int = Field(5432, ge=1, le=65535)
     """PostgreSQL port (6432 for the built-in PgBouncer)"""
@@ -564,7 +595,7 @@ class EnrichmentSettings(_Group):
     """Rows per Cassandra page when reading a window (pages in flight bound its memory)"""
     read_concurrency: int = Field(16, ge=1, le=256)
     """Bucket-shard partitions read at once"""
-    statement_timeout_seconds: float = Field(120.0, gt=0)
+    statement_timeout_seconds: PostgresTimeout = 120.0
     """PostgreSQL statement_timeout of the enrichment transaction (lock_timeout while its rows stream in)"""
 
 
@@ -679,7 +710,7 @@ class DashboardSettings(_Group):
             "deployments share those)"
         ),
     )
-    read_timeout_seconds: float = Field(2.0, gt=0)
+    read_timeout_seconds: PostgresTimeout = 2.0
     """Timeout of each store read behind /api/status, history and reports"""
     status_cache_seconds: float = Field(1.0, ge=0)
     """A pod computes /api/status at most once per this many seconds"""

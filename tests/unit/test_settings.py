@@ -356,3 +356,38 @@ def test_the_redis_wait_guard_is_off_by_default_and_bounded():
     with pytest.raises(ConfigurationError) as caught:
         load_settings(dict(SAMPLE, SLUICE_REDIS_WAIT_REPLICAS="-1", SLUICE_REDIS_WAIT_TIMEOUT_MS="0"))
     assert "SLUICE_REDIS_WAIT_REPLICAS" in str(caught.value) and "SLUICE_REDIS_WAIT_TIMEOUT_MS" in str(caught.value)
+
+
+@pytest.mark.parametrize(("url", "named"), [
+    ("redis://:6379/0", "names no host"),
+    ("redis://127.0.0.1:0/0", "port 0"),
+    ("rediss://cache.example:70000/0", "'70000' is not a port"),
+    ("redis://127.0.0.1:6379/0?ssl=true", "options redis-py does not take (ssl)"),
+    ("rediss://cache.example:6380/0?socket_timeout=inf", "set SLUICE_REDIS_SOCKET_TIMEOUT_SECONDS instead"),
+])
+def test_a_redis_url_redis_py_would_read_otherwise_is_refused_naming_what(url: str, named: str) -> None:
+    with pytest.raises(ConfigurationError, match="SLUICE_REDIS_URL") as caught:
+        load_settings({**SAMPLE, "SLUICE_REDIS_URL": url})
+    assert named in str(caught.value)
+
+
+def test_redis_url_options_redis_py_takes_are_kept() -> None:
+    url = "rediss://cache.example:6380/0?ssl_check_hostname=true&health_check_interval=30&client_name=sluice"
+    assert load_settings({**SAMPLE, "SLUICE_REDIS_URL": url}).redis.url == url
+
+
+def test_names_are_trimmed_and_a_blank_one_is_refused() -> None:
+    settings = load_settings({**SAMPLE, "SLUICE_POSTGRES_HOST": " db.example ",
+                              "SLUICE_CASSANDRA_LOCAL_DC": " West Europe "})
+    assert (settings.postgres.host, settings.cassandra.local_dc) == ("db.example", "West Europe")
+    with pytest.raises(ConfigurationError, match="SLUICE_POSTGRES_HOST"):
+        load_settings({**SAMPLE, "SLUICE_POSTGRES_HOST": "  "})
+
+
+@pytest.mark.parametrize("name", ["SLUICE_ENRICH_STATEMENT_TIMEOUT_SECONDS", "SLUICE_DASHBOARD_READ_TIMEOUT_SECONDS"])
+def test_a_postgres_timeout_is_one_postgresql_can_apply(name: str) -> None:
+    """statement_timeout takes whole milliseconds from 1 (0 is no timeout) to 2^31 - 1."""
+    for bad in ("0.0004", "3600000"):
+        with pytest.raises(ConfigurationError, match=name):
+            load_settings({**SAMPLE, name: bad})
+    assert load_settings({**SAMPLE, name: "0.001"}) and load_settings({**SAMPLE, name: "2147483"})
