@@ -77,3 +77,17 @@ def test_write_timeouts_are_retried_once_for_idempotent_writes_only() -> None:
 def test_retry_after_is_read_from_the_message() -> None:
     assert retry_after_seconds(COSMOS_429) == 0.25
     assert retry_after_seconds("no hint") is None
+
+
+def test_a_lost_node_is_tried_again_at_least_every_half_minute() -> None:
+    """The driver's default schedule grows to a retry every 600 s: after a few minutes' outage the session would
+    come back up to ten minutes after the store did. Ours doubles from about 1 s and stays at about 30 s."""
+    from itertools import islice
+
+    from shared.adapters.cassandra.session import build_cluster
+    from shared.settings import CassandraSettings
+
+    cluster = build_cluster(CassandraSettings(hosts=["127.0.0.1"]))
+    schedule = list(islice(cluster.reconnection_policy.new_schedule(), 12))
+    assert 0.8 <= schedule[0] <= 1.2 and schedule[1] > schedule[0]  # doubling from about 1 s (with jitter)
+    assert max(schedule) <= 30.0 and min(schedule[-4:]) >= 20.0  # and held at the cap

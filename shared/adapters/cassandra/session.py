@@ -24,7 +24,7 @@ from typing import Any
 from cassandra import AuthenticationFailed, ConsistencyLevel
 from cassandra.auth import AuthProvider, PlainTextAuthenticator, PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
 
 from shared.adapters.cassandra.retry import CosmosRetryPolicy, delay_retries
 from shared.adapters.cassandra.rows import named_rows
@@ -32,6 +32,12 @@ from shared.adapters.secrets import RotatingSecret
 from shared.settings import CassandraSettings
 
 logger = logging.getLogger(__name__)
+
+# The driver retries a node it lost every 1, 2, 4 ... seconds, by default up to every 600 s: after an outage of a
+# few minutes the session would come back as late as ten minutes after the store did, ingest retrying and
+# dead-lettering meanwhile. A pipeline wants it back within half a minute of the store.
+RECONNECT_BASE_SECONDS = 1.0
+RECONNECT_MAX_SECONDS = 30.0
 
 
 class SecretAuthProvider(AuthProvider):  # type: ignore[misc]  # cassandra-driver has no type hints: Any
@@ -78,6 +84,7 @@ def build_cluster(settings: CassandraSettings, password: str | RotatingSecret | 
         "execution_profiles": {EXEC_PROFILE_DEFAULT: profile},
         "connect_timeout": settings.connect_timeout_seconds,
         "protocol_version": 4,
+        "reconnection_policy": ExponentialReconnectionPolicy(RECONNECT_BASE_SECONDS, RECONNECT_MAX_SECONDS),
     }
     if settings.username and isinstance(password, RotatingSecret):
         options["auth_provider"] = SecretAuthProvider(settings.username, password)
