@@ -668,7 +668,7 @@ class LookupSettings(_Group):
     redis_retry_after_seconds: float = Field(
         5.0, ge=0, description="after a Redis error, serve from Cassandra for this long before trying Redis again"
     )
-    critical_default_limit: int = Field(20, ge=1)
+    critical_default_limit: int = Field(20, ge=1, le=1000)  # le: the largest `limit` (functions.parameters.MAX_LIMIT)
     """Critical events returned when `limit` is not given"""
     flight_wait_seconds: float = Field(
         5.0, gt=0, description="how long a request waits for another request's Cassandra read of the same key"

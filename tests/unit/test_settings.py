@@ -391,3 +391,13 @@ def test_a_postgres_timeout_is_one_postgresql_can_apply(name: str) -> None:
         with pytest.raises(ConfigurationError, match=name):
             load_settings({**SAMPLE, name: bad})
     assert load_settings({**SAMPLE, name: "0.001"}) and load_settings({**SAMPLE, name: "2147483"})
+
+
+def test_the_default_critical_limit_is_one_a_request_could_give() -> None:
+    """No request may ask for more than ``limit`` 1000 (docs/api.md): a default above it would serve pages no
+    request can, reading that many rows per miss."""
+    from functions.parameters import MAX_LIMIT
+
+    assert load_settings({**SAMPLE, "SLUICE_LOOKUP_CRITICAL_DEFAULT_LIMIT": str(MAX_LIMIT)})
+    with pytest.raises(ConfigurationError, match="SLUICE_LOOKUP_CRITICAL_DEFAULT_LIMIT"):
+        load_settings({**SAMPLE, "SLUICE_LOOKUP_CRITICAL_DEFAULT_LIMIT": str(MAX_LIMIT + 1)})
