@@ -5,6 +5,7 @@
   ``PermanentError``      bad input: retrying cannot help; the item is dead-lettered with the reason.
   ``TransientError``      a dependency is down or throttling: retry, then dead-letter the batch.
     ``DependencyUnavailable``  a dependency stayed unreachable after the retries (HTTP maps it to 503).
+      ``DependencyRefused``    it answered, refusing this one operation (a full Redis refusing a write).
 
 Every message names the offending item (event id, device id, setting name).
 """
@@ -33,4 +34,18 @@ class DependencyUnavailable(TransientError):
 
     def __init__(self, dependency: str, message: str) -> None:
         super().__init__(f"{dependency} unavailable: {message}")
+        self.dependency = dependency
+
+
+class DependencyRefused(DependencyUnavailable):
+    """The dependency answered, but refused this one operation: a full Redis refusing a write (``OOM`` with
+    ``maxmemory-policy noeviction``), a read-only replica (``READONLY``), a script's error.
+
+    For its caller the operation failed as if the dependency were down (so a ``DependencyUnavailable``: the change
+    feed keeps its position, HTTP answers 503), but the dependency is up and answers the next operation on its own
+    merits: nothing that guards against an outage (the lookups' Redis circuit breaker) opens on it.
+    """
+
+    def __init__(self, dependency: str, message: str) -> None:
+        TransientError.__init__(self, f"{dependency} refused: {message}")
         self.dependency = dependency

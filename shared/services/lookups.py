@@ -8,8 +8,13 @@ single-flight within the process: the first request reads Cassandra, concurrent
 ones await its answer (``flight_wait`` at most, then 503 rather than another
 read piled onto a slow store), so a burst of misses causes one Cassandra read.
 
-Redis down: the lookup is served from Cassandra (``bypass``) with a warning, and
-Redis is left alone for ``redis_retry_after`` seconds (a circuit breaker).
+Redis down (unreachable, timing out, a cluster down): the lookup is served from
+Cassandra (``bypass``) with a warning, and Redis is left alone for
+``redis_retry_after`` seconds (a circuit breaker). A command Redis answers with a
+refusal (``DependencyRefused``: a full Redis refusing a fill, a read-only replica)
+opens no breaker: Redis is up and its entries are still served; the request goes on
+as a miss answered from Cassandra, and the refusal is logged at most once per
+``REFUSAL_LOG_INTERVAL``.
 Cassandra down and nothing cached: ``DependencyUnavailable`` (HTTP 503). Every
 answer carries the JSON document text straight from the cache or the canonical
 encoding, so a hit is served without re-encoding, and its ``outcome`` (hit, miss,
@@ -34,7 +39,7 @@ import orjson
 
 from shared.domain.stored import StoredEvent, one_copy_each
 from shared.domain.times import from_ms, to_ms, to_ms_ceil
-from shared.exceptions import DependencyUnavailable
+from shared.exceptions import DependencyRefused, DependencyUnavailable
 from shared.ports.cache import SINCE_ALL, Cached, LookupCache
 from shared.ports.event_reader import AsyncEventReader
 from shared.services import health
@@ -45,9 +50,12 @@ logger = logging.getLogger(__name__)
 V = TypeVar("V")  # what the cache holds
 S = TypeVar("S")  # what the store returns
 
-# hit: served from Redis; negative: Redis said "does not exist"; miss: read from Cassandra and cached;
-# bypass: Redis unavailable, read from Cassandra.
+# hit: served from Redis; negative: Redis said "does not exist"; miss: read from Cassandra and cached (or Redis
+# refused the fill, or the read); bypass: Redis unavailable, read from Cassandra.
 Outcome = Literal["hit", "negative", "miss", "bypass"]
+
+# Seconds between two warnings of Redis refusing a command (a full Redis refuses every fill: one line says it).
+REFUSAL_LOG_INTERVAL = 60.0
 
 # The last millisecond a datetime (and so a stored event time) can hold: 9999-12-31T23:59:59.999Z.
 _LAST_MS = to_ms(datetime.max.replace(tzinfo=UTC))
@@ -91,6 +99,8 @@ class LookupService:
         self._monotonic = monotonic
         self._flights = SingleFlight(flight_wait)
         self._redis_down_until = 0.0
+        self._refusal_logged_at: float | None = None
+        self._refusals_held = 0
 
     # -- Redis behind a breaker ------------------------------------------------------
     def _ttl_now(self) -> int:
@@ -100,12 +110,30 @@ class LookupService:
         return self._monotonic() >= self._redis_down_until
 
     def _redis_failed(self, exc: DependencyUnavailable, doing: str) -> None:
+        """Redis failed a command: an outage opens the breaker; a refusal (the server up, saying no to this
+        command: ``DependencyRefused``) is only logged, so the entries Redis still serves stay hits."""
+        if isinstance(exc, DependencyRefused):
+            self._redis_refused(exc, doing)
+            return
         self._redis_down_until = self._monotonic() + self._retry_after
         logger.warning("Redis failed while %s (%s); serving from Cassandra, cache bypassed for %.1fs",
                        doing, exc, self._retry_after)
 
+    def _redis_refused(self, exc: DependencyRefused, doing: str) -> None:
+        """A warning at most once per ``REFUSAL_LOG_INTERVAL`` (a full Redis refuses every fill), the next one
+        saying how many were held back meanwhile."""
+        now = self._monotonic()
+        if self._refusal_logged_at is not None and now - self._refusal_logged_at < REFUSAL_LOG_INTERVAL:
+            self._refusals_held += 1
+            return
+        held, self._refusals_held, self._refusal_logged_at = self._refusals_held, 0, now
+        logger.warning("Redis refused a command while %s (%s); answered from Cassandra, the cache stays in use%s",
+                       doing, exc,
+                       f" ({held} more refusals in the last {REFUSAL_LOG_INTERVAL:.0f} s were not logged)"
+                       if held else "")
+
     async def _from_cache(self, get: Callable[[], Awaitable[V | None]], what: str) -> V | None:
-        """The cache's answer; ``None`` on a miss or when Redis is (or just went) down."""
+        """The cache's answer; ``None`` on a miss, when Redis is (or just went) down, or refused the read."""
         if not self._redis_usable():
             return None
         try:

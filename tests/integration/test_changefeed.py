@@ -32,7 +32,7 @@ from shared.adapters.cassandra.session import build_cluster
 from shared.adapters.redis import RedisChangeSink
 from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.domain.rules import MeasurementRule
-from shared.exceptions import DependencyUnavailable
+from shared.exceptions import DependencyRefused, DependencyUnavailable
 from shared.ports.feed import SavedPosition
 from shared.services.changefeed import ChangeFeedService
 from shared.settings import CassandraSettings
@@ -366,6 +366,47 @@ def test_redis_failure_mid_run_keeps_the_continuation_and_the_next_run_writes_ev
     make_service(mode, session, keyspace, done, page_size=6).run()
     assert set(failing.applied) | set(done.applied) == {str(e.event_id) for e in events}
     assert set(failing.applied).isdisjoint(done.applied) or mode == "portable"  # portable re-reads its overlap
+    assert_redis_matches(client, cache, events)
+    client.close()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_write_redis_refuses_mid_run_keeps_the_continuation_and_the_next_run_writes_everything(
+        mode, session, keyspace, store, private_redis):
+    """A Redis that answers but refuses writes (full, ``maxmemory-policy noeviction``: ``OOM``) stops the run as an
+    outage does: the refusal is a ``DependencyUnavailable`` (``DependencyRefused``, which the lookups' breaker does
+    not open on), raised before the page's position is saved; once Redis takes writes again the next run writes
+    every event."""
+    _server, port = private_redis
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+    cache = make_cache(client, "t:")
+    events = spread(40)
+    store.write(events)
+    positions = CassandraFeedStateStore(session, keyspace)
+
+    at_refusal: list[SavedPosition | None] = []
+
+    def fill_redis_on_third_write(call: int) -> None:
+        if call == 3:
+            at_refusal.append(positions.load("events"))
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", "1")  # full: every write refused from now on, reads still answered
+
+    failing = CountingSink(cache, before_call=fill_redis_on_third_write)
+    try:
+        with pytest.raises(DependencyRefused) as raised:
+            make_service(mode, session, keyspace, failing, page_size=6).run()
+    finally:
+        client.config_set("maxmemory", "0")
+    assert isinstance(raised.value, DependencyUnavailable) and raised.value.dependency == "redis"
+    assert "OutOfMemoryError" in str(raised.value)
+    assert at_refusal[0] is not None and at_refusal[0].version >= 1
+    assert positions.load("events") == at_refusal[0]  # not moved past the page Redis refused
+
+    done = CountingSink(cache)
+    make_service(mode, session, keyspace, done, page_size=6).run()
+    assert set(failing.applied) | set(done.applied) == {str(e.event_id) for e in events}
     assert_redis_matches(client, cache, events)
     client.close()
 

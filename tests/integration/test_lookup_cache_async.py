@@ -2,8 +2,9 @@
 
 It must read and write exactly what the blocking adapters do (same keys, same
 scripts), survive a script flush, follow the generation pointer, and say
-``DependencyUnavailable`` when Redis is gone; on the cluster any command whose
-keys span slots fails the test (``redis_server``).
+``DependencyUnavailable`` when Redis is gone (``DependencyRefused`` when it
+answers, refusing a command); on the cluster any command whose keys span slots
+fails the test (``redis_server``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ import time
 import uuid
 
 import pytest
+from redis import exceptions as rx
 
 from shared.adapters.redis import RedisChangeSink, RedisGenerations, RedisLookupCache
 from shared.adapters.redis.aio import AsyncRedisConnection, AsyncRedisLookupCache
-from shared.exceptions import DependencyUnavailable
+from shared.adapters.redis.client import RedirectToUnknownNode, failed
+from shared.exceptions import DependencyRefused, DependencyUnavailable
 from shared.ports.cache import SINCE_ALL
 from shared.services.changefeed import apply_changes
 from tests.integration import test_changefeed as changefeed_tests
@@ -113,9 +116,72 @@ def test_redis_gone_is_dependency_unavailable_within_the_socket_timeout(private_
         with pytest.raises(DependencyUnavailable) as raised:
             await cache.get_latest("d1")
         assert raised.value.dependency == "redis"
+        assert not isinstance(raised.value, DependencyRefused)  # an outage: the lookups' breaker opens on it
         return time.perf_counter() - started
 
     assert asyncio.run(scenario()) < 5
+
+
+@pytest.mark.timeout(60)
+def test_a_full_redis_refuses_fills_as_dependency_refused_and_still_answers_reads(private_redis):
+    """``maxmemory-policy noeviction`` at its ``maxmemory``: Redis answers reads and refuses writes (``OOM``). Each
+    fill, alone or pipelined with others (the fill scripts, the critical fill's pipeline), raises
+    ``DependencyRefused`` (a ``DependencyUnavailable``: the change feed still stops on it), never a plain outage."""
+    import redis
+
+    _, port = private_redis
+    cache = AsyncRedisLookupCache(AsyncRedisConnection(f"redis://127.0.0.1:{port}/0", cluster=False),
+                                  key_prefix="full:")
+    stored, critical = ev("held", 1), ev("held", 2, critical=True)
+    admin = redis.Redis(host="127.0.0.1", port=port)
+
+    async def scenario() -> None:
+        await cache.fill_latest("held", stored, ttl=60, negative_ttl=5)
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", "1")
+        fills = [cache.fill_latest("other", stored, ttl=60, negative_ttl=5),
+                 cache.fill_event(str(stored.event_id), stored, ttl=60, negative_ttl=5),
+                 cache.fill_critical("held", [critical], SINCE_ALL, ttl=60)]
+        for fill in fills:  # one at a time: each command sent alone
+            with pytest.raises(DependencyRefused, match="OutOfMemoryError"):
+                await fill
+        together = await asyncio.gather(*(cache.fill_latest(f"o{i}", stored, ttl=60, negative_ttl=5)
+                                          for i in range(3)), return_exceptions=True)  # one pipeline
+        assert [type(answer) for answer in together] == [DependencyRefused] * 3, together
+        assert (await cache.get_latest("held")).document == stored.to_json()  # reads are answered
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        admin.config_set("maxmemory", "0")
+        admin.close()
+
+
+@pytest.mark.parametrize(("error", "kind"), [
+    (rx.OutOfMemoryError("command not allowed when used memory > 'maxmemory'"), "refused"),
+    (rx.ReadOnlyError("You can't write against a read only replica."), "refused"),
+    (rx.NoPermissionError("this user has no permissions to run the 'evalsha' command"), "refused"),
+    (rx.ResponseError("Error running script (call to f_0123): @user_script:1: ..."), "refused"),
+    (rx.ResponseError("BUSY Redis is busy running a script."), "outage"),
+    (rx.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused."), "outage"),
+    (rx.TimeoutError("Timeout reading from socket"), "outage"),
+    (rx.BusyLoadingError("Redis is loading the dataset in memory"), "outage"),
+    (rx.AuthenticationError("invalid username-password pair"), "outage"),
+    (rx.ClusterDownError("The cluster is down"), "outage"),
+    (rx.MasterDownError("Link with MASTER is down and replica-serve-stale-data is set to 'no'."), "outage"),
+    (rx.TryAgainError("Multiple keys request during rehashing of slot"), "outage"),
+    (rx.MovedError("3999 127.0.0.1:7001"), "outage"),
+    (rx.SlotNotCoveredError("Command # 1 (HMGET) has no slot"), "outage"),
+    (RedirectToUnknownNode("ASK to 127.0.0.1:7007"), "outage"),
+], ids=lambda value: type(value).__name__ if isinstance(value, Exception) else value)
+def test_a_redis_error_reply_is_a_refusal_and_anything_else_an_outage(error: Exception, kind: str) -> None:
+    """``client.failed``: the one classification of redis-py's failures. An error reply to one command (the server
+    up and answering) is ``DependencyRefused``; the replies of a server or cluster that serves nothing now (BUSY,
+    CLUSTERDOWN, MASTERDOWN, TRYAGAIN, a redirect not followed) and every connection, timeout or cluster-client
+    failure are an outage, ``DependencyUnavailable`` alone."""
+    mapped = failed("caching event x", error)
+    assert isinstance(mapped, DependencyUnavailable) and mapped.dependency == "redis"
+    assert isinstance(mapped, DependencyRefused) == (kind == "refused"), mapped
 
 
 def test_concurrent_lookups_share_round_trips_on_a_connection_or_two(redis_url, redis_prefix):

@@ -243,6 +243,43 @@ def test_redis_down_serves_from_cassandra_as_bypass_and_health_says_so(app_env, 
 
 
 @pytest.mark.timeout(90)
+def test_a_full_redis_refusing_fills_still_serves_its_entries_as_hits(app_env, store, private_redis, caplog) -> None:
+    """The breaker is for Redis down (docs/api.md, Cache-aside 4), not for a server that refuses one command.
+
+    A full Redis (``maxmemory-policy noeviction``) answers every read and refuses every write (``OOM``). A miss
+    whose fill it refuses is answered from Cassandra (``X-Cache: miss``) with a warning; the breaker stays closed,
+    so a device whose state Redis holds is still a hit, not a Cassandra read (``bypass``) for
+    ``SLUICE_LOOKUP_REDIS_RETRY_AFTER_SECONDS``."""
+    import redis
+
+    _server, port = private_redis
+    app_env(SLUICE_REDIS_URL=f"redis://127.0.0.1:{port}/0", SLUICE_LOOKUP_REDIS_RETRY_AFTER_SECONDS="30")
+    cached_device, other_device = "oom-cached", "oom-other"
+    store.write([make_event(cached_device, NOW - timedelta(minutes=1)),
+                 make_event(other_device, NOW - timedelta(minutes=1))])
+    assert latest(cached_device).headers["X-Cache"] == "miss"
+    assert latest(cached_device).headers["X-Cache"] == "hit"
+
+    admin = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", "1")  # full: every write is refused, every read answered
+        with caplog.at_level(logging.WARNING, logger="shared.services.lookups"):
+            other = latest(other_device)  # a miss whose fill Redis refuses (OOM)
+        assert other.status_code == 200 and other.headers["X-Cache"] == "miss"
+        again = latest(cached_device)
+        assert again.status_code == 200 and again.headers["X-Cache"] == "hit"
+        assert latest(other_device).headers["X-Cache"] == "miss"  # still not cached: Cassandra answers again
+        assert "Redis refused a command while filling" in caplog.text and "OutOfMemoryError" in caplog.text
+        assert "Redis failed" not in caplog.text
+    finally:
+        admin.config_set("maxmemory", "0")
+        admin.close()
+    assert latest(other_device).headers["X-Cache"] == "miss"  # Redis takes writes again: filled now
+    assert latest(other_device).headers["X-Cache"] == "hit"
+
+
+@pytest.mark.timeout(90)
 def test_cassandra_down_is_503_unless_cached(monkeypatch, redis_url, redis_prefix, app_env) -> None:
     private: Running = start_cassandra_emulator()
     try:

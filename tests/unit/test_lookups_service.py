@@ -11,7 +11,7 @@ import pytest
 
 from functions.parameters import BadParameter, parse_device_id, parse_event_id, parse_limit, parse_since, parse_until
 from shared.domain.stored import StoredEvent
-from shared.exceptions import DependencyUnavailable
+from shared.exceptions import DependencyRefused, DependencyUnavailable
 from shared.ports.cache import SINCE_ALL, Cached
 from shared.services.lookups import LookupService
 
@@ -165,6 +165,51 @@ async def test_a_failed_fill_opens_the_breaker_and_the_answer_is_still_served():
     first = await service.latest("d1")
     assert first.document == e.to_json()
     assert (await service.latest("d1")).outcome == "bypass" and reader.reads == 2
+
+
+def test_a_refused_fill_keeps_the_breaker_closed_and_is_logged_at_most_once_a_minute(caplog):
+    """A fill Redis refuses (``DependencyRefused``: a full Redis, a read-only replica) is no outage: the answer is
+    served from Cassandra as a miss, the next lookups still ask Redis (what it holds is a hit), and the warning is
+    logged once per ``REFUSAL_LOG_INTERVAL``, the next one counting those held back."""
+
+    from shared.services.lookups import REFUSAL_LOG_INTERVAL
+
+    async def scenario() -> None:
+        held, other = ev(), ev("d2")
+        service, cache, reader, clock = make([held, other])
+        await service.latest("d1")  # cached
+
+        async def refused_fill(*args):
+            raise DependencyRefused("redis", "caching the latest state refused: OutOfMemoryError: OOM ...")
+
+        cache.fill_latest = refused_fill
+        with caplog.at_level("WARNING", logger="shared.services.lookups"):
+            first = await service.latest("d2")
+            assert first.document == other.to_json() and first.outcome == "miss"
+            assert (await service.latest("d1")).outcome == "hit"  # no bypass: Redis is asked, and holds it
+            assert (await service.latest("d2")).outcome == "miss" and reader.reads == 3
+            assert len(caplog.records) == 1 and "Redis refused a command while filling" in caplog.text
+            clock.now += REFUSAL_LOG_INTERVAL
+            await service.latest("d2")
+        assert len(caplog.records) == 2 and "1 more refusals" in caplog.records[1].getMessage()
+        assert all(r.levelname == "WARNING" for r in caplog.records)
+
+    asyncio.run(scenario())
+
+
+@sync
+async def test_a_refused_read_is_a_miss_answered_from_cassandra_and_keeps_the_breaker_closed():
+    e = ev()
+    service, cache, reader, _clock = make([e])
+
+    async def refused_read(*args):
+        raise DependencyRefused("redis", "reading refused: NoPermissionError: NOPERM ...")
+
+    cache.get_latest = refused_read
+    answer = await service.latest("d1")
+    assert answer.outcome == "miss" and answer.document == e.to_json()
+    del cache.get_latest  # the refusal passed: the entry the miss filled is a hit
+    assert (await service.latest("d1")).outcome == "hit" and reader.reads == 1
 
 
 @sync

@@ -38,12 +38,21 @@ from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.connection import AbstractConnection
 from redis.credentials import CredentialProvider
-from redis.exceptions import AuthenticationError, ClusterCrossSlotError, RedisClusterException, RedisError
+from redis.exceptions import (
+    AskError,
+    AuthenticationError,
+    ClusterCrossSlotError,
+    ClusterError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.retry import Retry
 
 from shared.adapters.redis.entra import EntraCredentials, Token
 from shared.adapters.secrets import RotatingSecret
-from shared.exceptions import DependencyUnavailable, SluiceError
+from shared.exceptions import DependencyRefused, DependencyUnavailable, SluiceError
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -103,11 +112,37 @@ class CrossSlotError(SluiceError):
     """A command's keys span hash slots: a bug in the key layout, never an outage (so never a cache bypass)."""
 
 
+# Error replies that say the server (or the cluster) serves nothing now, not that it refused one command:
+# CLUSTERDOWN and MASTERDOWN (ClusterError), a MOVED or ASK redis-py did not follow, TRYAGAIN (a slot migrating).
+_OUTAGE_REPLIES: tuple[type[Exception], ...] = (ClusterError, AskError, TryAgainError)
+# ... and BUSY (a script past its time limit: every command is refused until it ends), which redis-py has no class
+# for. (LOADING, WRONGPASS and NOAUTH are ConnectionErrors in redis-py, "max number of clients reached" too.)
+_OUTAGE_CODES = ("BUSY ",)
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether a redis-py failure is the server's refusal of this one command, the server itself up and answering.
+
+    That is an error reply (``ResponseError``): ``OOM`` (a full Redis with ``maxmemory-policy noeviction`` refuses
+    writes and answers reads), ``READONLY`` (a replica), ``NOPERM``, a script's error. Not a refusal: the replies
+    of a server or cluster that serves nothing now (``_OUTAGE_REPLIES``, ``BUSY``), and every other failure:
+    connection errors, timeouts, redis-py's cluster failures (a slot not covered, a redirect to an unknown node).
+    """
+    return (isinstance(exc, ResponseError) and not isinstance(exc, _OUTAGE_REPLIES)
+            and not str(exc).startswith(_OUTAGE_CODES))
+
+
 def failed(what: str, exc: BaseException) -> SluiceError:
-    """The error to raise for a redis-py failure: ``DependencyUnavailable``, or ``CrossSlotError`` for a layout bug."""
+    """The error to raise for a redis-py failure: ``DependencyUnavailable`` (an outage), ``DependencyRefused`` (a
+    subclass: the server refused this command, :func:`refused`), or ``CrossSlotError`` for a layout bug.
+
+    The one place a Redis failure is classified: callers that must stop on any failure (the change feed, which then
+    keeps its position) catch ``DependencyUnavailable``; the lookups' circuit breaker opens only for an outage."""
     if isinstance(exc, ClusterCrossSlotError) or (
             isinstance(exc, RedisClusterException) and "same key slot" in str(exc)):
         return CrossSlotError(f"{what}: keys in more than one hash slot: {exc}")
+    if refused(exc):
+        return DependencyRefused("redis", f"{what}: {type(exc).__name__}: {exc}")
     return DependencyUnavailable("redis", f"{what} failed: {type(exc).__name__}: {exc}")
 
 
