@@ -40,7 +40,7 @@ RETRY_AFTER_SECONDS = 5
 DEFAULT_HISTORY = timedelta(hours=24)
 DEFAULT_LIMIT = 100
 _SITE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # ASCII digits: \d matches other scripts' too
 EARLIEST = datetime.min.replace(tzinfo=UTC)
 _TOKEN = re.compile(r"[A-Za-z0-9_\-]{1,400}\.[A-Za-z0-9_\-]{1,64}")
 

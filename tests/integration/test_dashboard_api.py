@@ -112,6 +112,9 @@ def test_a_modified_or_foreign_token_is_a_400_naming_the_page(dash_env, store) -
     ("device_events", {"limit": "1001"}, "limit"),
     ("device_events", {"to": "0001-01-01T00:00:00+01:00"}, "to"),
     ("device_events", {"from": "9999-12-31T23:59:59Z"}, "from"),
+    # RFC 3339's digits are ASCII, also past the microseconds (Arabic-Indic 7, fullwidth 8)
+    ("device_events", {"from": "2026-11-23T09:30:00.123456\u0667Z"}, "from"),
+    ("device_events", {"to": "2026-11-23T09:30:00.1234567\uff18Z"}, "to"),
     ("critical_feed", {"limit": "1001"}, "limit"),
     ("critical_feed", {"limit": "0"}, "limit"),
     ("report_sites", {"limit": "5000"}, "limit"),

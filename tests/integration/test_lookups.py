@@ -178,6 +178,9 @@ BAD_INPUT = [
     (lambda: critical("d-1", limit="1001"), "limit"),
     (lambda: critical("d-1", since="yesterday"), "since"),
     (lambda: critical("d-1", since="2026-11-23T10:00:00"), "since"),
+    # RFC 3339's digits are ASCII, also past the microseconds (Arabic-Indic 7, fullwidth 8)
+    (lambda: critical("d-1", since="2026-11-23T09:30:00.123456\u0667Z"), "since"),
+    (lambda: critical("d-1", since="2026-11-23T09:30:00.1234567\uff18Z"), "since"),
     (lambda: critical("bad/device"), "device_id"),
     (lambda: event("not-a-uuid"), "event_id"),
 ]

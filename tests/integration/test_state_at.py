@@ -74,6 +74,7 @@ def test_state_at_is_exact_before_between_and_after_events_whatever_their_arriva
     ("audit-1", "2026-11-23T09:30:00+01:60", "at"),
     ("audit-1", "2026-11-23T09:30:00-00:99", "at"),
     ("audit-1", "2026-11-23T09:30:00+24:00", "at"),
+    ("audit-1", "2026-11-23T09:30:00.123456\u0667Z", "at"),  # RFC 3339's digits are ASCII, past the microseconds too
     ("bad id!", "2026-11-23T09:30:00Z", "device_id"),
 ])
 def test_bad_parameters_are_400_naming_them(app_env, device, at, parameter) -> None:

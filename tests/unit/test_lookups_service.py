@@ -343,6 +343,14 @@ async def test_health_says_down_not_connecting_for_a_first_check_refused_in_time
     (lambda v: parse_limit(v, 20), "٣", "limit"), (parse_since, "2026-11-23", "since"),
     (parse_since, "2026-11-23T10:00:00", "since"), (parse_since, "2026-02-30T10:00:00Z", "since"),
     (parse_since, "2026-11-23T10:00:00+01:60", "since"), (parse_since, "2026-11-23T10:00:00+24:00", "since"),
+    # RFC 3339's digits are ASCII: other scripts' digits (which Python's \d matches) are refused everywhere in a
+    # time, the fraction's digits past the microseconds included, whichever parameter carries it
+    (parse_since, "2026-11-23T10:00:00.123456\u0667Z", "since"),
+    (parse_since, "2026-11-23T10:00:00.1234567\uff18Z", "since"),
+    (lambda v: parse_since(v, "from"), "2026-11-23T10:00:00.12345678\u0669Z", "from"),
+    (lambda v: parse_until(v, "at"), "2026-11-23T10:00:00.123456\u0667Z", "at"),
+    (lambda v: parse_until(v, "to"), "2026-11-23T10:00:00.1234567\uff18+01:00", "to"),
+    (parse_since, "\uff12026-11-23T10:00:00Z", "since"), (parse_since, "2026-11-23T10:00:00+0\u0661:00", "since"),
 ])
 def test_bad_parameters_are_named(parse, value, parameter):
     with pytest.raises(BadParameter) as raised:
