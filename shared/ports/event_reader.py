@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -37,6 +38,9 @@ class AsyncEventReader(Protocol):
 
     async def event(self, event_id: uuid.UUID) -> StoredEvent | None:
         """One event by id."""
+
+    async def events(self, event_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, StoredEvent]:
+        """Events by id, read together (each as :meth:`event` reads it); an id not found is left out."""
 
     async def critical(self, device_id: str, *, since: datetime | None, limit: int) -> list[StoredEvent]:
         """The device's critical events with event time at or after ``since``, newest first, at most ``limit``."""

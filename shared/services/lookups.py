@@ -30,7 +30,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, TypeVar
@@ -215,16 +215,21 @@ class LookupService:
             since_ms = SINCE_ALL
         want = max(limit, self._critical_cap)
         # Rows of one event id re-sent with another event time (a correction) are collapsed to the copy Redis keeps
-        # (one_copy_each), so a miss lists what the hit after its fill lists. A quarter more rows than wanted are
-        # read, so the collapse shortens the page below `limit` only when more than `want - limit + want // 4` of
-        # the rows read are superseded copies (a later request then reads Cassandra again, for the same answer).
+        # (one_copy_each), so a miss lists what the hit after its fill lists. A row whose event has a copy outside
+        # the rows read (a correction to an older time than they reach, or before `since`; a correction no longer
+        # critical) is superseded too: the rows' ids are read from events_by_id, which holds each event's current
+        # copy, in one batched read, and a row that copy is kept over is left out (current_copies). A quarter more
+        # rows than wanted are read, so dropping superseded copies shortens the page below `limit` only when more
+        # than `want - limit + want // 4` of the rows read are (a later request then reads again, for the same
+        # answer).
         fetch = want + want // 4
 
         async def read() -> tuple[int, list[StoredEvent]]:
             rows = await self._reader.critical(device_id, since=since, limit=fetch)
             # every critical event at or after `covers` was read (all of them when fewer than asked for came back)
             covers = since_ms if len(rows) < fetch else rows[-1].event_time_ms + 1
-            return covers, one_copy_each(rows)
+            events = one_copy_each(rows)
+            return covers, current_copies(events, await self._reader.events([event.event_id for event in events]))
 
         async def fill(found: tuple[int, list[StoredEvent]]) -> None:
             covers, events = found
@@ -243,6 +248,19 @@ class LookupService:
         if healthy and not self._redis_usable():
             self._redis_down_until = 0.0  # Redis answers again: stop bypassing it
         return healthy, body
+
+
+def current_copies(rows: list[StoredEvent], stored: Mapping[uuid.UUID, StoredEvent]) -> list[StoredEvent]:
+    """``rows`` (of ``critical_events_by_device``, one per event id) without those superseded by the event's copy in
+    ``events_by_id`` (``stored``): a row that copy is kept over (:meth:`StoredEvent.kept_over`: enqueued later) is a
+    copy the event was corrected from, at another event time or into one no longer critical. A row is kept when it
+    is that copy, is kept over it, or its id is not there."""
+    kept = []
+    for row in rows:
+        current = stored.get(row.event_id)
+        if current is None or not current.kept_over(row):
+            kept.append(row)
+    return kept
 
 
 def _critical_body(device_id: str, docs: list[str]) -> str:

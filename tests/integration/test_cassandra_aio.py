@@ -67,6 +67,32 @@ def test_concurrent_point_reads_share_one_request_and_each_gets_its_own_answer(s
 
 
 @pytest.mark.timeout(60)
+def test_events_by_id_are_read_together_in_requests_of_at_most_batch_keys_ids(session, keyspace, store) -> None:
+    """``events(ids)``: the current copies of many events (a critical miss checks the rows it read) in one round of
+    ``IN`` requests of at most ``batch_keys`` ids, sent at once; an id asked twice is read once, one not stored is
+    left out."""
+    events = [cf.make_event(f"many-{i % 3}", NOW - timedelta(minutes=i)) for i in range(70)]
+    store.write(events)
+    counting = CountingReader(session, keyspace, timeout=5)
+    reader = CassandraAsyncEventReader(counting, batch_keys=32)
+    unknown = uuid.uuid4()
+
+    async def scenario():
+        await reader.event(events[0].event_id)  # connect and prepare first
+        counting.sent.clear()
+        found = await reader.events([*(e.event_id for e in events), events[1].event_id, unknown])
+        one = await reader.events([events[2].event_id])
+        return found, one, await reader.events([])
+
+    found, one, none = asyncio.run(scenario())
+    assert set(found) == {e.event_id for e in events}  # the unknown id left out
+    assert [(found[e.event_id].device_id, found[e.event_id].event_time) for e in events] == [
+        (e.device_id, e.timestamp) for e in events]
+    assert list(one) == [events[2].event_id] and none == {}
+    assert sorted(counting.sent) == sorted([("event_in", 32), ("event_in", 32), ("event_in", 7), ("event", 1)])
+
+
+@pytest.mark.timeout(60)
 def test_a_failed_shared_request_names_each_callers_device(cassandra_emulator, session, keyspace, store) -> None:
     from emulators.cassandra.faults import clear_faults, inject_faults
 

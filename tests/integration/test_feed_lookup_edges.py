@@ -297,6 +297,40 @@ def test_a_critical_event_corrected_to_another_event_time_is_listed_once_on_a_mi
     assert body(miss) == body(hit), (body(miss), body(hit))
 
 
+@pytest.mark.timeout(120)
+def test_a_critical_miss_never_lists_the_copy_an_event_was_corrected_from_beyond_the_rows_it_reads(
+        app_env, store) -> None:
+    """docs/api.md (``GET /api/devices/{device_id}/critical``): an event id re-sent with another event time (a
+    correction) is listed once, as its copy enqueued later, on a miss as on a hit. A miss reads ``max(limit, cap)``
+    and a quarter rows (125 with the defaults); here the correction moved the event an hour back, beyond them, so
+    only its superseded copy is among the rows read. The miss checks the rows against ``events_by_id`` (the
+    event's current copy) and leaves that copy out: the page is the newest 20 current events, and so is the hit
+    that the miss's fill answers."""
+    app_env()
+    enqueued = datetime.now(UTC)
+    device = "deep-fix-1"
+    original = make_event(device, NOW - timedelta(seconds=30), severity="critical",
+                          measurements={"temperature": 120.0}, enqueued=enqueued - timedelta(seconds=60))
+    others = [make_event(device, NOW - timedelta(minutes=1, seconds=i), severity="critical",
+                         enqueued=enqueued - timedelta(seconds=59)) for i in range(1, 125)]
+    # the correction: the same id, an older event time (beyond the 125 rows a miss reads), enqueued later
+    corrected = make_event(device, NOW - timedelta(hours=1), severity="critical",
+                           measurements={"temperature": 99.0}, event_id=original.event_id,
+                           enqueued=enqueued - timedelta(seconds=30))
+    store.write([original, *others])
+    store.write([corrected])  # a later batch: the correction
+    newest = [str(e.event_id) for e in others[:20]]
+
+    miss = critical(device)
+    assert miss.status_code == 200 and miss.headers["X-Cache"] == "miss", miss.get_body()
+    assert [e["event_id"] for e in body(miss)["events"]] == newest
+    hit = critical(device)
+    assert hit.headers["X-Cache"] == "hit" and body(hit) == body(miss)
+    deeper = critical(device, limit="100")  # what the fill holds: the cap's worth, none of them the old copy
+    assert deeper.headers["X-Cache"] == "hit"
+    assert [e["event_id"] for e in body(deeper)["events"]] == [str(e.event_id) for e in others[:100]]
+
+
 # -- 7. an event a lookup cached keeps being served after the feed applied its re-sent copy ---------
 
 @pytest.mark.timeout(60)

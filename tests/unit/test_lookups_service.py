@@ -11,6 +11,7 @@ import pytest
 
 from functions.parameters import BadParameter, parse_device_id, parse_event_id, parse_limit, parse_since, parse_until
 from shared.domain.stored import StoredEvent
+from shared.domain.times import rfc3339
 from shared.exceptions import DependencyRefused, DependencyUnavailable
 from shared.ports.cache import SINCE_ALL, Cached
 from shared.services.lookups import LookupService
@@ -65,6 +66,7 @@ class FakeCache:
 class FakeReader:
     def __init__(self, events=(), delay=0.0):
         self.rows = {e.event_id: e for e in events}
+        self.stale: list[StoredEvent] = []
         self.reads, self.down, self.delay = 0, False, delay
 
     async def _read(self):
@@ -82,9 +84,14 @@ class FakeReader:
         await self._read()
         return self.rows.get(event_id)
 
+    async def events(self, event_ids):
+        await self._read()
+        return {i: self.rows[i] for i in event_ids if i in self.rows}
+
     async def critical(self, device_id, *, since, limit):
         await self._read()
-        mine = sorted((e for e in self.rows.values() if e.device_id == device_id and e.critical
+        # critical_events_by_device: a row per copy (stale: copies an event was corrected from), newest first
+        mine = sorted((e for e in [*self.rows.values(), *self.stale] if e.device_id == device_id and e.critical
                        and (since is None or e.event_time >= since)), key=lambda e: e.event_time, reverse=True)
         return mine[:limit]
 
@@ -266,6 +273,31 @@ async def test_critical_reads_at_least_the_cap_and_says_what_the_fill_covers():
     small = make([crit[0]], critical_cap=3)
     await small[0].critical("d1")
     assert small[1].critical_fills == [("d1", 1, SINCE_ALL)]
+
+
+@sync
+async def test_a_critical_miss_never_lists_a_copy_its_event_was_corrected_from():
+    """A row of ``critical_events_by_device`` whose event's copy in ``events_by_id`` was enqueued after it is a
+    superseded copy, wherever the correction moved the event: to another event time (listed there, if critical),
+    before ``since``, or out of the critical events. It is neither listed nor filled into Redis; the ids of the rows
+    read are looked up together, one read per miss."""
+    from dataclasses import replace
+
+    crit = [ev(minutes=i, critical=True) for i in range(1, 4)]
+    moved, calmed = ev(minutes=0, critical=True), ev(minutes=0.5, critical=True)
+    enqueued = NOW + timedelta(seconds=1)
+    corrections = [replace(moved, event_time=NOW - timedelta(hours=1), enqueued_time=enqueued),
+                   replace(calmed, critical=False, severity="info", enqueued_time=enqueued)]
+    service, cache, reader, _ = make([*crit, *corrections], critical_cap=6)
+    reader.stale = [replace(moved, enqueued_time=NOW), replace(calmed, enqueued_time=NOW)]
+    answer = await service.critical("d1", limit=5)
+    listed = [(e["event_id"], e["timestamp"]) for e in json.loads(answer.document)["events"]]
+    assert answer.outcome == "miss"
+    assert listed == [(str(e.event_id), rfc3339(e.event_time)) for e in [*crit, corrections[0]]], listed
+    assert cache.critical_fills == [("d1", 4, SINCE_ALL)]  # 7 rows asked for (the cap and a quarter), 6 read: all
+    assert reader.reads == 3  # the device's latest state, the critical rows, their ids in events_by_id
+    since = await service.critical("d1", since=NOW - timedelta(minutes=2), limit=3)
+    assert [e["event_id"] for e in json.loads(since.document)["events"]] == [str(e.event_id) for e in crit[:2]]
 
 
 @sync

@@ -16,14 +16,15 @@ while reads are in flight, those asked for in one turn of the event loop go out 
 ``SELECT ... WHERE key IN ?`` (at most ``batch_keys`` keys; one key alone is the
 plain point read). Under load many misses arrive in one turn and cost the driver
 one request instead of many (the driver's own work per request is what limits a
-busy worker).
+busy worker). ``events(ids)`` asks for many events at once the same way (a
+critical miss checks the ids of the rows it read: docs/api.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,11 +83,39 @@ class _Coalesced:
         self._in_flight = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    def _on(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop:  # a new event loop (tests): nothing of the old one's state applies
+            self._loop, self._pending, self._in_flight = loop, {}, 0
+
+    def _wait_for(self, key: Hashable, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        """A future of ``key``'s row, read with the other keys asked for in this loop turn."""
+        waiter = loop.create_future()
+        waiters = self._pending.get(key)
+        if waiters is not None:
+            waiters.append(waiter)
+        else:
+            if not self._pending:  # the task's first step runs after this turn's other callbacks: it reads them all
+                self._track(loop.create_task(self._read_pending()))
+            self._pending[key] = [waiter]
+        return waiter
+
+    async def get_many(self, keys: Sequence[Hashable]) -> list[Any | None]:
+        """The rows of ``keys`` (``None`` for each with no partition), in their order: read together, with the keys
+        other reads ask for in this loop turn, in ``IN`` requests of at most ``batch_keys`` keys sent at once."""
+        if len(keys) <= 1:
+            return [await self.get(key) for key in keys]
+        loop = asyncio.get_running_loop()
+        self._on(loop)
+        answers = await asyncio.gather(*(self._wait_for(key, loop) for key in keys), return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        return answers
+
     async def get(self, key: Hashable) -> Any | None:
         """The row of ``key`` (``None``: no such partition); ``DependencyUnavailable`` naming ``key`` on failure."""
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a new event loop (tests): nothing of the old one's state applies
-            self._loop, self._pending, self._in_flight = loop, {}, 0
+        self._on(loop)
         if not self._in_flight and not self._pending:  # idle: the point read, at once
             self._in_flight += 1
             try:
@@ -96,15 +125,7 @@ class _Coalesced:
             finally:
                 self._in_flight -= 1
             return found[0] if found else None
-        waiter = loop.create_future()
-        waiters = self._pending.get(key)
-        if waiters is not None:
-            waiters.append(waiter)
-        else:
-            if not self._pending:  # the task's first step runs after this turn's other callbacks: it reads them all
-                self._track(loop.create_task(self._read_pending()))
-            self._pending[key] = [waiter]
-        return await waiter
+        return await self._wait_for(key, loop)
 
     def _track(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)
@@ -188,6 +209,13 @@ class CassandraAsyncEventReader:
     async def event(self, event_id: uuid.UUID) -> StoredEvent | None:
         row = await self._events.get(event_id)
         return stored_event(row) if row is not None else None
+
+    async def events(self, event_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, StoredEvent]:
+        """``events_by_id`` rows of ``event_ids``: ``IN`` requests of at most ``batch_keys`` ids, sent at once (and
+        shared with the event reads of other lookups in the same loop turn)."""
+        unique = list(dict.fromkeys(event_ids))
+        rows = await self._events.get_many(unique)
+        return {event_id: stored_event(row) for event_id, row in zip(unique, rows, strict=True) if row is not None}
 
     async def critical(self, device_id: str, *, since: datetime | None, limit: int) -> list[StoredEvent]:
         what = f"the critical events of device {device_id!r}"
