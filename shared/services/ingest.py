@@ -7,9 +7,16 @@ dead-letter sink; nothing is left to a later retry that will never come.
 
 * invalid input (bad JSON, contract violations) is data: dead-lettered one item
   at a time with the reason and the original bytes, while the rest is stored;
+  the store is written first and the rejected letters after it, so a letter is
+  rewritten (a replay names in it only what is still invalid) only once the
+  elements it held as not stored are stored: a store failure leaves it as it
+  was. A dead-letter failure after a stored batch retries the batch, which
+  stores it again (idempotent);
 * a store failure raises so the function's ``@retry`` runs the whole batch again
   (writes are idempotent upserts, so a replay is harmless); on the final attempt
-  the whole batch is dead-lettered with the reason instead, and the call returns
+  the invalid items get their rejected letters and then the whole batch is
+  dead-lettered with the reason (leaving out the records those letters hold
+  whole), and the call returns
   normally. Any failure counts, not only ``TransientError``: a store that cannot
   even be reached at a cold start (:class:`LazyEventStore` makes that a failure of
   ``write``), a Key Vault outage, a schema that is not ours; the host would move
@@ -96,30 +103,45 @@ class IngestService:
             self._audit_dead_lettered(records)
             self._record(records, Parsed(), began, store_failed=len(records))
             return IngestResult(len(records), 0, 0, 0, batch_dead_lettered=True)
-        if parsed.errs:
-            self._dead_letters.put_rejected(parsed.errs)
+        # The store first, the rejected letters after: a rejected letter replayed is rewritten naming only what is
+        # still invalid, so it may change only once what it held as not stored is stored (or it would name less than
+        # is stored nowhere). A Blob failure after the store retries the batch, and storing again is idempotent.
         try:
             self._store.write(parsed.oks)
             self._note_delay(parsed.oks, now)
+        except Exception as exc:
+            return self._store_failed(records, parsed, began, exc, final_attempt=final_attempt)
+        if parsed.errs:
+            self._dead_letters.put_rejected(parsed.errs)
+        try:  # each outcome is recorded once it is durable: stored, and dead-lettered
             if self._audit is not None:
                 self._audit.record(audit_runs(records, parsed.oks, parsed.errs))
         except Exception as exc:
-            # A TransientError names the events and the cause; anything else gets its traceback in the log.
-            unexpected = not isinstance(exc, TransientError)
-            reason = f"{type(exc).__name__}: {exc}" if unexpected else str(exc)
-            if not final_attempt:
-                logger.warning("storing %d events failed, the batch will be retried: %s", len(parsed.oks), reason,
-                               exc_info=unexpected)
-                raise
-            logger.error("storing %d events failed on the final attempt; dead-lettering the batch: %s",
-                         len(parsed.oks), reason, exc_info=unexpected)
-            self._dead_letters.put_batch([(r.body, r.metadata) for r in records], f"event store unavailable: {reason}",
-                                         lettered=_rejected_whole(records, parsed))
-            self._audit_dead_lettered(records)
-            self._record(records, parsed, began, store_failed=len(parsed.oks))
-            return IngestResult(len(records), 0, _refused(parsed), parsed.duplicates, batch_dead_lettered=True)
+            return self._store_failed(records, parsed, began, exc, final_attempt=final_attempt, lettered=True)
         self._record(records, parsed, began)
         return IngestResult(len(records), len(parsed.oks), _refused(parsed), parsed.duplicates)
+
+    def _store_failed(self, records: Sequence[RawRecord], parsed: Parsed, began: float, exc: Exception, *,
+                      final_attempt: bool, lettered: bool = False) -> IngestResult:
+        """Re-raise for the retry; on the final attempt dead-letter the invalid items, then the batch, and return.
+
+        ``lettered``: the rejected letters are written already (the ledger failed after them)."""
+        # A TransientError names the events and the cause; anything else gets its traceback in the log.
+        unexpected = not isinstance(exc, TransientError)
+        reason = f"{type(exc).__name__}: {exc}" if unexpected else str(exc)
+        if not final_attempt:
+            logger.warning("storing %d events failed, the batch will be retried: %s", len(parsed.oks), reason,
+                           exc_info=unexpected)
+            raise exc
+        logger.error("storing %d events failed on the final attempt; dead-lettering the batch: %s",
+                     len(parsed.oks), reason, exc_info=unexpected)
+        if parsed.errs and not lettered:  # before the batch letter, which leaves out the records they hold whole
+            self._dead_letters.put_rejected(parsed.errs)
+        self._dead_letters.put_batch([(r.body, r.metadata) for r in records], f"event store unavailable: {reason}",
+                                     lettered=_rejected_whole(records, parsed))
+        self._audit_dead_lettered(records)
+        self._record(records, parsed, began, store_failed=len(parsed.oks))
+        return IngestResult(len(records), 0, _refused(parsed), parsed.duplicates, batch_dead_lettered=True)
 
     def _record(self, records: Sequence[RawRecord], parsed: Parsed, began: float, *, store_failed: int = 0) -> None:
         """The batch's figures, once, after every record is stored or dead-lettered (the oldest is the first)."""

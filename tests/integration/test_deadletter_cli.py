@@ -5,15 +5,25 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from azure.storage.blob import BlobServiceClient
 
+from emulators.cassandra.faults import clear_faults, inject_faults
 from shared import bootstrap
 from shared.domain.events import EventMetadata
 from sluice.__main__ import main
-from tests.integration.test_ingest import NOW, Hub, event, ingest  # noqa: F401 (fixture)
+from sluice.launcher import Running
+from tests.integration.test_ingest import (  # noqa: F401 (fixture)
+    NOW,
+    Hub,
+    dead_letters,
+    event,
+    ingest,
+    ingest_storage,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -215,3 +225,52 @@ def test_moving_a_letter_another_run_moved_or_rewrote_meanwhile(
     sink._container.upload_blob = rewritten_meanwhile  # type: ignore[method-assign]
     assert sink.mark_replayed(name) is True
     assert container.download_blob(name).readall() == newer, "the newer letter was deleted"
+
+
+def _stored_ids(keyspace: str) -> set[str]:
+    rows = bootstrap.cassandra_session().execute(f"SELECT event_id FROM {keyspace}.events_by_id")
+    return {str(r.event_id) for r in rows}
+
+
+def _stored_measurements(keyspace: str, event_id: str) -> dict[str, float] | None:
+    row = bootstrap.cassandra_session().execute(
+        f"SELECT measurements FROM {keyspace}.events_by_id WHERE event_id = %s", [uuid.UUID(event_id)]).one()
+    return None if row is None else dict(row.measurements or {})
+
+
+def test_a_replay_that_meets_a_failing_store_keeps_every_pending_element_of_an_array_letter(
+    ingest: Callable[..., None], private_cassandra: Running, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+) -> None:
+    """A rejected letter is rewritten only after the store took what it held as not stored. An array body
+    [valid, too many measurements, bad timestamp] is one letter naming elements 1 and 2; the operator raises
+    SLUICE_INGEST_MAX_MEASUREMENTS and replays while Cassandra still fails every write: the letter is kept as it
+    was ("store failing"), still naming elements 1 and 2, so the next replay, once Cassandra is back, stores
+    element 1 and leaves a letter naming element 2 alone. (The letter used to be rewritten before the store write,
+    naming only element 2: element 1 was then neither stored nor in any letter.)"""
+    monkeypatch.setenv("SLUICE_INGEST_MAX_MEASUREMENTS", "1")
+    monkeypatch.setenv("SLUICE_CASSANDRA_OVERLOAD_MAX_RETRIES", "1")
+    bootstrap.reset()
+    good = event("dev-1")
+    fixed_later = event("dev-1", at=NOW - timedelta(seconds=1), measurements={"a": 1.0, "b": 2.0})
+    broken = event("dev-1", timestamp="not a time")
+    ingest(Hub("0").batch([good, fixed_later, broken]))
+    [letter] = dead_letters(ingest_storage(ingest), ingest.container)  # type: ignore[attr-defined]
+    assert letter["elements_invalid"] == 2 and _stored_ids(ingest.keyspace) == {good["event_id"]}  # type: ignore[attr-defined]
+
+    monkeypatch.setenv("SLUICE_INGEST_MAX_MEASUREMENTS", "64")  # the fix for element 1
+    bootstrap.reset()
+    inject_faults(private_cassandra.host, private_cassandra.port, error="overloaded", ratio=1.0,
+                  retry_after_ms=1, applies_to="writes")
+    try:
+        assert main(["deadletter", "replay", "--kind", "rejected"]) == 1  # store failing: the letter is kept
+    finally:
+        clear_faults(private_cassandra.host, private_cassandra.port)
+    [kept] = dead_letters(ingest_storage(ingest), ingest.container)  # type: ignore[attr-defined]
+    assert kept["elements_invalid"] == 2, kept["reason"]
+    bootstrap.reset()
+
+    assert main(["deadletter", "replay", "--kind", "rejected"]) == 0  # Cassandra is back
+
+    assert fixed_later["event_id"] in _stored_ids(ingest.keyspace)  # type: ignore[attr-defined]
+    [still] = dead_letters(ingest_storage(ingest), ingest.container)  # type: ignore[attr-defined]
+    assert (still["elements_invalid"], still["index"], still["event_id"]) == (1, 2, broken["event_id"])

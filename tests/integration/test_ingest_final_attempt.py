@@ -34,14 +34,14 @@ def _batch(bodies: list[bytes], partition: str = "4") -> list[func.EventHubEvent
 
 def test_an_invalid_event_is_not_dead_lettered_twice_when_the_final_attempt_dead_letters_the_batch(
         azurite_connection_string: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """ingest (functions/ingest.py -> shared/services/ingest.py IngestService.handle): every attempt dead-letters
-    the invalid events one by one (put_rejected, idempotent by name: rejected/.../p4/<seq>-body.json) before the
-    store write; when the store still fails on the final attempt, put_batch used to write *every* record of the
-    batch, the invalid ones included, into batches/.../p4/<first>-<last>.json. Each invalid event was in two dead
-    letters: `sluice deadletter list` showed it twice, `deadletter replay` ran it twice (and counted it "still
-    invalid" twice), and the batch letter's count overstated what the store outage cost. Real components: the
-    registered ingest function, Azurite, a Cassandra port nothing listens on (the cold-start outage of
-    tests/integration/test_ingest.py)."""
+    """ingest (functions/ingest.py -> shared/services/ingest.py IngestService.handle): the invalid events are
+    dead-lettered one by one (put_rejected, idempotent by name: rejected/.../p4/<seq>-body.json) after the store
+    write, and on the final attempt before the batch letter; when the store still fails then, put_batch used to
+    write *every* record of the batch, the invalid ones included, into batches/.../p4/<first>-<last>.json. Each
+    invalid event was in two dead letters: `sluice deadletter list` showed it twice, `deadletter replay` ran it
+    twice (and counted it "still invalid" twice), and the batch letter's count overstated what the store outage
+    cost. Real components: the registered ingest function, Azurite, a Cassandra port nothing listens on (the
+    cold-start outage of tests/integration/test_ingest.py)."""
     container = f"dl-{uuid.uuid4().hex[:12]}"
     settings = {
         "AzureWebJobsStorage": azurite_connection_string, "SLUICE_STORAGE_DEADLETTER_CONTAINER": container,

@@ -78,6 +78,19 @@ def test_a_transient_failure_before_the_last_attempt_raises_for_the_retry():
     assert result.stored == 2 and len(store.rows) == 2
 
 
+def test_the_rejected_letters_are_written_only_after_the_store_took_the_valid_events():
+    """A store failure leaves the dead letters as they were: a replayed letter, rewritten naming only what is still
+    invalid, must not lose an element the failed store did not take. The retry (or the final attempt) writes them."""
+    store, dead = FakeStore(failures=1), FakeDeadLetters()
+    service = IngestService(store, dead, Limits())
+    records = [record(1), RawRecord(b"{oops", EventMetadata(sequence_number=2))]
+    with pytest.raises(TransientError):
+        service.handle(records, final_attempt=False, now=NOW)
+    assert dead.rejected == [] and dead.batches == []
+    assert service.handle(records, final_attempt=False, now=NOW).rejected == 1
+    assert [r.original for r in dead.rejected] == [b"{oops"] and len(store.rows) == 1
+
+
 def test_on_the_final_attempt_the_whole_batch_is_dead_lettered_with_the_reason():
     store, dead = FakeStore(failures=1), FakeDeadLetters()
     records = [record(1), record(2), RawRecord(b"bad", EventMetadata(sequence_number=3))]
