@@ -343,16 +343,19 @@ def dead_letter_sink() -> BlobDeadLetterSink:
     return BlobDeadLetterSink(blob_service(), settings().storage.deadletter_container)
 
 
-def _ingest_service(*, audit: bool) -> IngestService:
+def _ingest_service(*, audit: bool, replay: bool = False) -> IngestService:
     from shared.adapters.cassandra.event_store import CassandraEventStore
+    from shared.adapters.cassandra.reader import CassandraStoredCopies
     from shared.services.ingest import IngestService, LazyEventStore
 
     cfg = settings()
     store = LazyEventStore(lambda: CassandraEventStore(cassandra_session(), cfg.cassandra, cfg.rules.critical_rules))
     telemetry = _telemetry()
+    copies = (CassandraStoredCopies(cassandra_session, cfg.cassandra.keyspace,
+                                    timeout=cfg.cassandra.request_timeout_seconds) if replay else None)
     return IngestService(store, dead_letter_sink(), cfg.ingest.limits(),
                          audit_ledger() if audit and cfg.ingest.audit else None, metrics=telemetry.ACTIVE_METRICS,
-                         delays=delay_log(), delayed_after=delayed_after(cfg))
+                         delays=delay_log(), delayed_after=delayed_after(cfg), copies=copies)
 
 
 def delayed_after(cfg: Settings) -> timedelta:
@@ -388,8 +391,12 @@ def replay_ingest_service() -> IngestService:
     ``replayed/batches/``). A replay's run of a letter's records would only overlap them, and the ledger keys
     a run by its first sequence number: a letter holding the first record of its batch would overwrite the
     batch's run with its own one record, and the audit would report the rest of the batch missing.
+
+    It reads the stored copy of each event it would write (``events_by_id``) and skips an event whose stored copy
+    is a later one (``IngestResult.superseded``): a letter's copy is as old as the letter, and written now it
+    would win over a correction of its id stored since.
     """
-    return _ingest_service(audit=False)
+    return _ingest_service(audit=False, replay=True)
 
 
 @service

@@ -188,6 +188,22 @@ def _letter(name: str, data: bytes) -> DeadLetter:
     return DeadLetter(name, document["kind"], str(document["reason"]), records, per_element)
 
 
+_LETTER_NAME = re.compile(r"/p(?P<partition>[^/]+)/(?P<sequence>\d+)(?:-[^/]*)?\.json$")
+
+
+def _replay_order(name: str) -> tuple[Any, ...]:
+    """A letter's place in a replay: by partition, then by (first) sequence number, the order Event Hubs took its
+    records in, so of two letters holding copies of one event id the later copy is replayed last (blob names sort
+    ``10-body.json`` before ``2-body.json``). A name without them (``sha256-...``, hand-made) comes after all
+    the others, by name."""
+    match = _LETTER_NAME.search(name)
+    if match is None:
+        return (1, "", 0, 0, name)
+    partition = match["partition"]
+    by_partition = (0, "", int(partition)) if partition.isdigit() else (0, partition, 0)
+    return (*by_partition, int(match["sequence"]), name)
+
+
 class BlobDeadLetterSink:
     """Implements ``shared.ports.ingest.DeadLetterSink`` on Blob storage."""
 
@@ -276,7 +292,8 @@ class BlobDeadLetterSink:
                      len(kept), name, len(bodies) - len(kept), reason)
 
     def read(self, kind: str = "all") -> Iterator[DeadLetter | UnreadableLetter | TakenLetter]:
-        """Every dead letter not yet replayed, oldest day first (``kind``: rejected, batch or all).
+        """Every dead letter not yet replayed, in (partition, sequence number) order (``kind``: rejected, batch or
+        all; with all, both kinds interleaved), the names listed first.
 
         A blob that cannot be read back as a dead letter comes as an :class:`UnreadableLetter` in its place, so one
         bad blob neither stops the others nor goes unreported; one listed but gone by the time it is read (nothing
@@ -292,20 +309,20 @@ class BlobDeadLetterSink:
         prefixes = list(KINDS.values()) if kind == "all" else [KINDS[kind]]
         if not self._container.exists():
             return
-        for prefix in prefixes:
-            for blob in self._container.list_blobs(name_starts_with=prefix):
-                try:
-                    data = self._container.download_blob(blob.name).readall()
-                except ResourceNotFoundError:
-                    logger.info("%s: gone since it was listed, taken by another run", blob.name)
-                    yield TakenLetter(blob.name)
-                    continue
-                try:
-                    yield _letter(blob.name, data)
-                except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError, bad base64 too
-                    problem = f"{type(exc).__name__}: {exc}"
-                    logger.warning("%s: not a readable dead letter: %s", blob.name, problem)
-                    yield UnreadableLetter(blob.name, problem)
+        names = [blob.name for prefix in prefixes for blob in self._container.list_blobs(name_starts_with=prefix)]
+        for name in sorted(names, key=_replay_order):
+            try:
+                data = self._container.download_blob(name).readall()
+            except ResourceNotFoundError:
+                logger.info("%s: gone since it was listed, taken by another run", name)
+                yield TakenLetter(name)
+                continue
+            try:
+                yield _letter(name, data)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError, bad base64 too
+                problem = f"{type(exc).__name__}: {exc}"
+                logger.warning("%s: not a readable dead letter: %s", name, problem)
+                yield UnreadableLetter(name, problem)
 
     def mark_replayed(self, name: str) -> bool:
         """Move a dead letter under ``replayed/`` (copy first, then delete: a crash in between leaves both).

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import uuid
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -66,3 +67,18 @@ class DelayLog(Protocol):
 
     def record(self, batch: DelayedBatch) -> None:
         """Durably note ``batch``, or raise ``TransientError``. Noting a batch twice (a retry) is harmless."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCopy:
+    """Where the copy of an event id that ``events_by_id`` holds came from in Event Hubs."""
+
+    enqueued_time: datetime | None
+    sequence_number: int | None
+
+
+class StoredCopies(Protocol):
+    """Reads which copy of an event id is stored, so a dead-letter replay never puts an older copy over it."""
+
+    def copies(self, event_ids: Sequence[uuid.UUID]) -> Mapping[uuid.UUID, StoredCopy]:
+        """The stored copy of each of ``event_ids`` that is stored (absent: not stored), or raise."""

@@ -50,11 +50,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.domain.events import Event, EventMetadata, Limits, Parsed, RawRecord, parse_records
-from shared.domain.times import utc
+from shared.domain.times import to_ms, utc
 from shared.exceptions import TransientError
 from shared.lazy import Once
 from shared.ports.audit import AuditLedger, AuditRun
-from shared.ports.ingest import DeadLetterSink, DelayedBatch, DelayLog, EventStore
+from shared.ports.ingest import DeadLetterSink, DelayedBatch, DelayLog, EventStore, StoredCopies, StoredCopy
 from shared.ports.metrics import NO_METRICS, Metrics
 
 # The service's input, for the entry point that decodes the Event Hubs binding into it.
@@ -72,13 +72,16 @@ class IngestResult:
     rejected: int
     duplicates: int
     batch_dead_lettered: bool = False
+    superseded: int = 0
+    """Valid events not written because the store holds a later copy of their id (a replay only, ``copies``)."""
 
 
 class IngestService:
     def __init__(self, store: EventStore, dead_letters: DeadLetterSink, limits: Limits,
                  audit: AuditLedger | None = None, *, metrics: Metrics = NO_METRICS, delays: DelayLog | None = None,
-                 delayed_after: timedelta = timedelta(seconds=60)) -> None:
+                 delayed_after: timedelta = timedelta(seconds=60), copies: StoredCopies | None = None) -> None:
         self._store = store
+        self._copies = copies
         self._dead_letters = dead_letters
         self._limits = limits
         self._audit = audit
@@ -107,8 +110,9 @@ class IngestService:
         # still invalid, so it may change only once what it held as not stored is stored (or it would name less than
         # is stored nowhere). A Blob failure after the store retries the batch, and storing again is idempotent.
         try:
-            self._store.write(parsed.oks)
-            self._note_delay(parsed.oks, now)
+            written = parsed.oks if self._copies is None else _not_superseded(self._copies, parsed.oks)
+            self._store.write(written)
+            self._note_delay(written, now)
         except Exception as exc:
             return self._store_failed(records, parsed, began, exc, final_attempt=final_attempt)
         if parsed.errs:
@@ -119,7 +123,8 @@ class IngestService:
         except Exception as exc:
             return self._store_failed(records, parsed, began, exc, final_attempt=final_attempt, lettered=True)
         self._record(records, parsed, began)
-        return IngestResult(len(records), len(parsed.oks), _refused(parsed), parsed.duplicates)
+        return IngestResult(len(records), len(written), _refused(parsed), parsed.duplicates,
+                            superseded=len(parsed.oks) - len(written))
 
     def _store_failed(self, records: Sequence[RawRecord], parsed: Parsed, began: float, exc: Exception, *,
                       final_attempt: bool, lettered: bool = False) -> IngestResult:
@@ -171,6 +176,30 @@ class IngestService:
             self._audit.record(runs)
         except Exception:  # the batch is dead-lettered; the audit will show it as a gap, which the letter explains
             logger.warning("could not record %d dead-lettered runs in the audit ledger", len(runs), exc_info=True)
+
+
+def _not_superseded(copies: StoredCopies, events: list[Event]) -> list[Event]:
+    """The events of ``events`` whose stored copy (if any) is not a later one: what a replay may write.
+
+    A dead letter's copy of an event is as old as the letter; storing it with a newer write time would put it
+    over a correction of its id stored since. The later copy is the one enqueued later, at the same enqueued
+    time the one with the greater sequence number (later in the partition: ingest's in-batch rule). The same
+    copy is written again (idempotent), which repairs a write that failed half-way."""
+    if not events:
+        return events
+    stored = copies.copies([e.event_id for e in events])
+    return [e for e in events if not _later(stored.get(e.event_id), e)]
+
+
+def _later(stored: StoredCopy | None, event: Event) -> bool:
+    """Whether ``stored`` is a later copy of ``event``'s id than ``event`` (unknown positions: not later)."""
+    if stored is None or stored.enqueued_time is None or event.metadata.enqueued_time is None:
+        return False
+    mine, theirs = to_ms(utc(event.metadata.enqueued_time)), to_ms(stored.enqueued_time)
+    if theirs != mine:
+        return theirs > mine
+    sequence = event.metadata.sequence_number
+    return stored.sequence_number is not None and sequence is not None and stored.sequence_number > sequence
 
 
 def _refused(parsed: Parsed) -> int:

@@ -9,7 +9,10 @@ valid ones were stored at ingest, and storing them again would undo a later corr
 dead letter moves under ``replayed/`` once the store took it, a batch letter too when some of its items are
 still invalid: those now have rejected letters of their own. The summary counts each letter once (replayed,
 still invalid, store failing, unreadable or taken by another run) and, on a line of its own, the items the
-replay dead-lettered as rejected. A blob that cannot be read as a dead letter is named on stderr and left where
+replay dead-lettered as rejected and the events it did not store because a later copy of their id (enqueued later,
+or at the same time later in the partition) is stored: "superseded" (a letter's copy is as old as the letter, and
+written now it would win over the correction). Letters are replayed in (partition, sequence number) order, the
+order Event Hubs took their records in. A blob that cannot be read as a dead letter is named on stderr and left where
 it is; the others are listed or replayed, and the exit status is 1. Nothing stops two replays at once: a letter
 the other one moved since the listing is skipped and counted as "taken by another run", and the run goes on. A
 replay records nothing in the audit ledger (``bootstrap.replay_ingest_service``): the letters' records are
@@ -58,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         return 1 if unreadable else 0
 
     service = bootstrap.replay_ingest_service()  # no audit run: each letter's records are accounted for already
-    replayed = kept = failed = rejected = 0  # each letter counts in one of the first three, or unreadable, or taken
+    replayed = kept = failed = rejected = superseded = 0  # each letter counts in one of the first three, or
+    # unreadable, or taken; rejected and superseded count items
     for letter in sink.read(args.kind):
         if isinstance(letter, TakenLetter):  # another replay, beside this one, moved it since the listing
             taken += 1
@@ -74,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
             logger.warning("%s: the event store is still failing, kept: %s: %s", letter.name, type(exc).__name__, exc)
             continue
         rejected += result.rejected
+        superseded += result.superseded
+        if result.superseded:
+            logger.info("%s: %d events not stored, a later copy of their ids is stored", letter.name,
+                        result.superseded)
         if result.rejected and letter.kind == "rejected" and not letter.per_element:
             kept += 1
             logger.info("%s: %d items still invalid, kept", letter.name, result.rejected)
@@ -86,5 +94,6 @@ def run(args: argparse.Namespace) -> int:
             taken += 1
     print(f"replayed {replayed}, still invalid {kept}, store failing {failed}, unreadable {unreadable}, "
           f"taken by another run {taken}")
-    print(f"{rejected} item{'' if rejected == 1 else 's'} re-dead-lettered as rejected")
+    print(f"{rejected} item{'' if rejected == 1 else 's'} re-dead-lettered as rejected, "
+          f"{superseded} superseded by a later copy already stored")
     return 1 if failed or unreadable else 0

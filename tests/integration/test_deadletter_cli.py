@@ -274,3 +274,65 @@ def test_a_replay_that_meets_a_failing_store_keeps_every_pending_element_of_an_a
     assert fixed_later["event_id"] in _stored_ids(ingest.keyspace)  # type: ignore[attr-defined]
     [still] = dead_letters(ingest_storage(ingest), ingest.container)  # type: ignore[attr-defined]
     assert (still["elements_invalid"], still["index"], still["event_id"]) == (1, 2, broken["event_id"])
+
+
+def test_replaying_a_batch_letter_leaves_a_later_correction_of_its_events_stored(
+    ingest: Callable[..., None], private_cassandra: Running, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Event E is in a batch dead-lettered whole (Cassandra down through every attempt); once Cassandra is back,
+    the device's correction E' (same id, later on the hub) is stored. Replaying the batch letter leaves E' in
+    events_by_id, as an outage-free run would have (the later copy by enqueued time wins): E is counted as
+    superseded, not stored, and the letter moves under replayed/. (The replay used to write E with a newer write
+    time, over E'.)"""
+    monkeypatch.setenv("SLUICE_CASSANDRA_OVERLOAD_MAX_RETRIES", "1")
+    bootstrap.reset()
+    hub = Hub("0")
+    original = event("dev-1", measurements={"temperature": 21.5})
+    correction = {**original, "measurements": {"temperature": 22.0}}
+    inject_faults(private_cassandra.host, private_cassandra.port, error="overloaded", ratio=1.0,
+                  retry_after_ms=1, applies_to="writes")
+    try:
+        ingest(hub.batch(original), retry_count=5, max_retry_count=5)  # the last attempt: the batch is lettered
+    finally:
+        clear_faults(private_cassandra.host, private_cassandra.port)
+    assert [d["kind"] for d in dead_letters(ingest_storage(ingest), ingest.container)] == ["batch"]  # type: ignore[attr-defined]
+    bootstrap.reset()
+    ingest(hub.batch(correction))  # Cassandra is back: the correction, later on the hub, is stored
+    capsys.readouterr()
+
+    assert main(["deadletter", "replay", "--kind", "batch"]) == 0
+
+    assert _stored_measurements(ingest.keyspace, original["event_id"]) == {"temperature": 22.0}  # type: ignore[attr-defined]
+    out = capsys.readouterr().out
+    assert "replayed 1, still invalid 0" in out and "0 items re-dead-lettered as rejected, 1 superseded" in out, out
+
+
+def test_one_replay_of_two_letters_holding_copies_of_an_event_id_stores_the_later_copy(
+    ingest: Callable[..., None], azurite_connection_string: str, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Event E (sequence 2) and its correction E' (sequence 10, later on the hub) are both refused for having more
+    measurements than SLUICE_INGEST_MAX_MEASUREMENTS. After the limit is raised, one replay of the two letters
+    stores E', as ingest would have with the higher limit: letters are replayed in (partition, sequence number)
+    order, not by blob name (which puts ``10-body.json`` before ``2-body.json``), and an event whose stored copy
+    is a later one is not written over it. (E used to be replayed last and to win by its newer write time.)"""
+    monkeypatch.setenv("SLUICE_INGEST_MAX_MEASUREMENTS", "1")
+    bootstrap.reset()
+    hub = Hub("0")
+    original = event("dev-1", measurements={"temperature": 21.5, "pressure": 1.0})
+    correction = {**original, "measurements": {"temperature": 22.0, "pressure": 1.0}}
+    others = [event("dev-2") for _ in range(8)]
+    ingest(hub.batch(event("dev-2"), original, *others[:7], correction))  # sequences 1..10: E is 2, E' is 10
+    assert len(dead_letters(ingest_storage(ingest), ingest.container)) == 2  # type: ignore[attr-defined]
+
+    monkeypatch.setenv("SLUICE_INGEST_MAX_MEASUREMENTS", "64")  # the fix
+    bootstrap.reset()
+    from shared.adapters.blob_deadletter import DeadLetter
+    order = [letter.name.rsplit("/", 1)[1] for letter in bootstrap.dead_letter_sink().read("rejected")
+             if isinstance(letter, DeadLetter)]
+    assert order == ["2-body.json", "10-body.json"]
+    assert main(["deadletter", "replay", "--kind", "rejected"]) == 0
+
+    assert _stored_measurements(ingest.keyspace, original["event_id"]) == {"temperature": 22.0, "pressure": 1.0}  # type: ignore[attr-defined]
+    assert "replayed 2, still invalid 0" in capsys.readouterr().out

@@ -323,3 +323,30 @@ def test_the_bad_elements_of_one_array_body_are_one_dead_letter_holding_the_body
     assert {e.reason for e in rejected.elements[:2]} == {"element 0 is a JSON int, not an object",
                                                          "element 1 is a JSON int, not an object"}
     assert rejected.reason.startswith("20000 of 20000 elements are invalid; the first: element 0 is a JSON int")
+
+
+class FakeCopies:
+    """The stored copies a replay reads: event id -> (enqueued time, sequence number)."""
+
+    def __init__(self, stored):
+        self.stored = stored
+
+    def copies(self, event_ids):
+        from shared.ports.ingest import StoredCopy
+
+        return {i: StoredCopy(*self.stored[i]) for i in event_ids if i in self.stored}
+
+
+def test_a_replay_does_not_write_an_event_over_a_later_stored_copy_of_its_id():
+    """With ``copies`` (``deadletter replay``), an event whose stored copy was enqueued later, or at the same time
+    with a greater sequence number (later in the partition, as ingest's in-batch rule decides), is not written and
+    counts as superseded; the same copy, an earlier one, or one not stored is written."""
+    later, same_time_later, same_copy, earlier, absent = (record(n) for n in (5, 6, 7, 8, 9))
+    ids = [uuid.UUID(json.loads(r.body)["event_id"]) for r in (later, same_time_later, same_copy, earlier)]
+    copies = FakeCopies({ids[0]: (NOW + timedelta(milliseconds=1), 1), ids[1]: (NOW, 60), ids[2]: (NOW, 7),
+                         ids[3]: (NOW - timedelta(seconds=1), 99)})
+    store = FakeStore()
+    result = IngestService(store, FakeDeadLetters(), Limits(), copies=copies).handle(
+        [later, same_time_later, same_copy, earlier, absent], final_attempt=False, now=NOW)
+    assert (result.stored, result.superseded) == (3, 2)
+    assert set(store.rows) == {ids[2], ids[3], uuid.UUID(json.loads(absent.body)["event_id"])}

@@ -32,6 +32,7 @@ from shared.adapters.cassandra.query import CASSANDRA_ERRORS, Queries, describe
 from shared.adapters.cassandra.rows import as_dict
 from shared.domain.stored import StoredEvent
 from shared.domain.times import utc
+from shared.ports.ingest import StoredCopy
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ _STATEMENTS = {
 }
 
 __all__ = ["CASSANDRA_ERRORS", "EVENT_SELECT", "HEALTH_PROBE_DEVICE", "POSITION_SELECT", "CassandraEventReader",
-           "describe", "latest_event", "latest_events", "positions", "stored_event"]
+           "CassandraStoredCopies", "describe", "latest_event", "latest_events", "positions", "stored_event"]
 
 
 # Not a valid device id (docs/events.md), so never written: the health probe's read finds nothing, cheaply.
@@ -169,3 +170,24 @@ class CassandraEventReader:
         # cannot exist: it answers only if the keyspace and table are there and a data read succeeds. A system.local
         # query would answer while every data read times out or is throttled.
         self._rows("latest", (HEALTH_PROBE_DEVICE,), "the health probe's point read", timeout=timeout)
+
+
+class CassandraStoredCopies:
+    """Implements ``shared.ports.ingest.StoredCopies``: the Event Hubs position of each stored copy in
+    ``events_by_id``, 100 ids a request. For ``deadletter replay`` only (its own statement, so the lookups prepare
+    nothing more)."""
+
+    def __init__(self, session: Session | Callable[[], Session], keyspace: str, *, timeout: float = 2.0) -> None:
+        self._queries = Queries(session, keyspace, {
+            "copies_in": "SELECT event_id, enqueued_time, eh_sequence_number FROM {ks}.events_by_id "
+                         "WHERE event_id IN ?"}, timeout=timeout)
+
+    def copies(self, event_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, StoredCopy]:
+        found: dict[uuid.UUID, StoredCopy] = {}
+        ids = list(dict.fromkeys(event_ids))
+        for start in range(0, len(ids), 100):
+            chunk = ids[start:start + 100]
+            for row in self._queries.rows("copies_in", (chunk,), f"the stored copies of {len(chunk)} events"):
+                enqueued = utc(row.enqueued_time) if row.enqueued_time is not None else None
+                found[row.event_id] = StoredCopy(enqueued, row.eh_sequence_number)
+        return found
