@@ -128,6 +128,10 @@ class DeadLetter:
     per_element: bool = False
     """A letter of the older shape: one bad element of an array body (``<sequence>-<index>.json``). Replayed, a body
     still invalid gets its one ``<sequence>-elements.json`` letter, which takes this one's place."""
+    whole_body: bool = False
+    """A body refused whole (``<sequence>-body.json``: too big, not JSON ...). Replayed after a fix, an array body
+    of which only some elements are still invalid gets its ``<sequence>-elements.json`` letter, which takes this
+    one's place: its valid elements were stored, and this letter would run them again on every replay."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +189,8 @@ def _letter(name: str, data: bytes) -> DeadLetter:
         body = base64.b64decode(item["original_base64"], validate=True)
         records.append(RawRecord(body, _metadata(item["eventhub"]), _pending(document, body)))
     per_element = document["kind"] == "rejected" and document.get("index") is not None and "elements" not in document
-    return DeadLetter(name, document["kind"], str(document["reason"]), records, per_element)
+    whole_body = document["kind"] == "rejected" and document.get("index") is None
+    return DeadLetter(name, document["kind"], str(document["reason"]), records, per_element, whole_body)
 
 
 _LETTER_NAME = re.compile(r"/p(?P<partition>[^/]+)/(?P<sequence>\d+)(?:-[^/]*)?\.json$")

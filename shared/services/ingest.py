@@ -74,6 +74,9 @@ class IngestResult:
     batch_dead_lettered: bool = False
     superseded: int = 0
     """Valid events not written because the store holds a later copy of their id (a replay only, ``copies``)."""
+    rejected_bodies: int = 0
+    """Of ``rejected``, the bodies refused whole (``<seq>-body.json`` letters); the others are array elements, in
+    their body's ``<seq>-elements.json`` letter."""
 
 
 class IngestService:
@@ -124,7 +127,8 @@ class IngestService:
             return self._store_failed(records, parsed, began, exc, final_attempt=final_attempt, lettered=True)
         self._record(records, parsed, began)
         return IngestResult(len(records), len(written), _refused(parsed), parsed.duplicates,
-                            superseded=len(parsed.oks) - len(written))
+                            superseded=len(parsed.oks) - len(written),
+                            rejected_bodies=sum(1 for r in parsed.errs if not r.elements))
 
     def _store_failed(self, records: Sequence[RawRecord], parsed: Parsed, began: float, exc: Exception, *,
                       final_attempt: bool, lettered: bool = False) -> IngestResult:

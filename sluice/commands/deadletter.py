@@ -3,8 +3,9 @@
 A whole batch is dead-lettered when the event store stayed unavailable through every retry; replaying it once
 Cassandra is back stores it (writes are idempotent, so events that did get stored are not duplicated). A
 rejected item is replayed the same way after a fix (for example raised limits); if it is still invalid it stays
-where it is, with its reason (a letter of the older per-element shape is then replaced by the one letter of its
-body, which the replay wrote). Of an array body, only the elements its letter holds as not stored run again: the
+where it is, with its reason (a letter of the older per-element shape, or of a body refused whole of which now only
+some elements are invalid, is then replaced by the one ``<seq>-elements.json`` letter of its body, which the
+replay wrote). Of an array body, only the elements its letter holds as not stored run again: the
 valid ones were stored at ingest, and storing them again would undo a later correction of their ids. Each other
 dead letter moves under ``replayed/`` once the store took it, a batch letter too when some of its items are
 still invalid: those now have rejected letters of their own. The summary counts each letter once (replayed,
@@ -82,11 +83,15 @@ def run(args: argparse.Namespace) -> int:
         if result.superseded:
             logger.info("%s: %d events not stored, a later copy of their ids is stored", letter.name,
                         result.superseded)
-        if result.rejected and letter.kind == "rejected" and not letter.per_element:
+        # A body refused whole whose elements the replay could read now (a raised body limit) has its elements
+        # letter, holding only what is still invalid: it gives way to it, as an older per-element letter does.
+        as_elements = letter.whole_body and not result.rejected_bodies
+        if result.rejected and letter.kind == "rejected" and not letter.per_element and not as_elements:
             kept += 1
             logger.info("%s: %d items still invalid, kept", letter.name, result.rejected)
             continue
-        if result.rejected:  # a batch letter or an older per-element letter: the replay wrote their rejected letter
+        if result.rejected:  # a batch letter, an older per-element letter or a body letter whose elements are
+            # read now: the replay wrote their rejected letter
             logger.info("%s: %d items still invalid, dead-lettered as rejected", letter.name, result.rejected)
         if sink.mark_replayed(letter.name):
             replayed += 1

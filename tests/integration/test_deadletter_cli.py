@@ -336,3 +336,44 @@ def test_one_replay_of_two_letters_holding_copies_of_an_event_id_stores_the_late
 
     assert _stored_measurements(ingest.keyspace, original["event_id"]) == {"temperature": 22.0, "pressure": 1.0}  # type: ignore[attr-defined]
     assert "replayed 2, still invalid 0" in capsys.readouterr().out
+
+
+def test_a_body_letter_whose_elements_are_read_on_replay_gives_way_to_its_elements_letter(
+    ingest: Callable[..., None], azurite_connection_string: str, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An array body [good, bad] over SLUICE_INGEST_MAX_BODY_BYTES is refused whole (<seq>-body.json). The operator
+    raises the limit and replays: `good` is stored, `bad` gets the body's <seq>-elements.json letter, and the body
+    letter moves under replayed/ (counted as replayed), so the record has one letter, holding only what is not
+    stored. A later replay runs `bad` alone and leaves the correction the device sent meanwhile for `good` stored.
+    (The body letter used to be kept as "still invalid": every later replay ran the whole body again, and the
+    record was counted in two letters.)"""
+    monkeypatch.setenv("SLUICE_INGEST_MAX_BODY_BYTES", "256")
+    bootstrap.reset()
+    hub = Hub("0")
+    good = event("dev-1", measurements={"temperature": 21.5})
+    bad = event("dev-1", timestamp="not a time")
+    ingest(hub.batch([good, bad]))
+    [letter] = dead_letters(ingest_storage(ingest), ingest.container)  # type: ignore[attr-defined]
+    assert "bytes; at most 256" in letter["reason"]
+    container = BlobServiceClient.from_connection_string(azurite_connection_string).get_container_client(
+        ingest.container)  # type: ignore[attr-defined]
+    [body_letter] = [b.name for b in container.list_blobs()]
+    assert body_letter.endswith("/p0/1-body.json")
+
+    monkeypatch.setenv("SLUICE_INGEST_MAX_BODY_BYTES", "1048576")  # the fix
+    bootstrap.reset()
+    capsys.readouterr()
+    assert main(["deadletter", "replay", "--kind", "rejected"]) == 0
+    out = capsys.readouterr().out
+    assert "replayed 1, still invalid 0" in out and "1 item re-dead-lettered as rejected" in out, out
+    elements_letter = body_letter.replace("1-body.json", "1-elements.json")
+    assert sorted(b.name for b in container.list_blobs()) == sorted([elements_letter, "replayed/" + body_letter])
+    assert good["event_id"] in _stored_ids(ingest.keyspace)  # type: ignore[attr-defined]
+
+    ingest(hub.batch({**good, "measurements": {"temperature": 22.0}}))  # the device's correction, stored
+    assert main(["deadletter", "replay", "--kind", "rejected"]) == 0  # a later replay
+    out = capsys.readouterr().out
+    assert "replayed 0, still invalid 1" in out and "0 superseded" in out, out
+    assert _stored_measurements(ingest.keyspace, good["event_id"]) == {"temperature": 22.0}  # type: ignore[attr-defined]
+    assert sorted(b.name for b in container.list_blobs()) == sorted([elements_letter, "replayed/" + body_letter])
