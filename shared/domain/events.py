@@ -9,6 +9,7 @@ dead-letter it and nothing is lost.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -369,9 +370,13 @@ def _items(record: RawRecord, limits: Limits,
     try:
         document = pydantic_core.from_json(body, allow_inf_nan=False)
     except ValueError as exc:
-        hint = "; NaN and Infinity are not JSON" if b"NaN" in body or b"Infinity" in body else ""
-        yield Rejected(f"body is not valid JSON ({exc}){hint}", body, record.metadata)
-        return
+        # Nesting beyond the parser's limit is no JSON error: read each element on its own, so one element nested
+        # too deep is refused by its index and id and its siblings are stored. Only such bodies pay for it.
+        document = _too_deep(body) if str(exc).startswith(_RECURSION) else None
+        if document is None:
+            hint = "; NaN and Infinity are not JSON" if b"NaN" in body or b"Infinity" in body else ""
+            yield Rejected(f"body is not valid JSON ({exc}){hint}", body, record.metadata)
+            return
     if isinstance(document, dict):
         elements: Sequence[tuple[int | None, Any]] = [(None, document)]
     elif isinstance(document, list) and document:
@@ -379,6 +384,8 @@ def _items(record: RawRecord, limits: Limits,
     elif isinstance(document, list):
         yield Rejected("body is an empty JSON array", body, record.metadata)
         return
+    elif isinstance(document, _TooDeep):
+        elements = [(None, document)]
     else:
         yield Rejected(
             f"body is a JSON {type(document).__name__}, not an event object or an array of them", body, record.metadata
@@ -392,7 +399,7 @@ def _items(record: RawRecord, limits: Limits,
             yield None
             continue
         if not isinstance(element, dict):
-            problem, event_id = f"is a JSON {type(element).__name__}, not an object", None
+            problem, event_id = _not_an_object(element)
         else:
             try:
                 valid = DeviceEvent.model_validate(element, context=context)
@@ -408,6 +415,92 @@ def _items(record: RawRecord, limits: Limits,
 
 
 _JSON_WHITESPACE = b" \t\r\n"
+
+# How deep the JSON parser (pydantic_core's jiter) reads nested arrays and objects; deeper, it stops with _RECURSION.
+MAX_JSON_DEPTH = 200
+_RECURSION = "recursion limit exceeded"
+# The tokens that delimit a body's top-level values: whole strings (so their commas and brackets are skipped),
+# brackets, braces and commas.
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},]', re.DOTALL)
+_OPENING = {ord("]"): ord("["), ord("}"): ord("{")}
+
+
+@dataclass(frozen=True, slots=True)
+class _TooDeep:
+    """A value (an event, or an element of an array body) nested deeper than :data:`MAX_JSON_DEPTH`, and its
+    event id when readable."""
+
+    event_id: str | None
+
+
+def _too_deep(body: bytes) -> Any:
+    """The document of a body the parser refused for its nesting: an array of its elements, each parsed on its own
+    (:class:`_TooDeep` for one nested too deep), or a :class:`_TooDeep` object; ``None`` when the body is not valid
+    JSON apart from that (the caller then says so, as before)."""
+    stripped = body.strip(_JSON_WHITESPACE)
+    if stripped[:1] == b"{":
+        value = _value(stripped)
+        return None if value is _NOT_JSON else value
+    if stripped[:1] != b"[" or stripped[-1:] != b"]":
+        return None
+    spans = _top_level(stripped[1:-1])
+    if spans is None:
+        return None
+    values = [_value(span) for span in spans]
+    return None if any(v is _NOT_JSON for v in values) else values
+
+
+def _top_level(inner: bytes) -> list[bytes] | None:
+    """The values between an array's brackets, split at its top-level commas; ``None`` when brackets do not match."""
+    stack: list[int] = []
+    spans: list[bytes] = []
+    start = 0
+    for match in _TOKENS.finditer(inner):
+        token = match.group()[0]
+        if token in (ord("["), ord("{")):
+            stack.append(token)
+        elif token in _OPENING:
+            if not stack or stack.pop() != _OPENING[token]:
+                return None
+        elif token == ord(",") and not stack:
+            spans.append(inner[start:match.start()])
+            start = match.end()
+    if stack:
+        return None
+    spans.append(inner[start:])
+    return spans
+
+
+_NOT_JSON = object()
+
+
+def _value(span: bytes) -> Any:
+    """One top-level value: parsed, :class:`_TooDeep`, or :data:`_NOT_JSON`."""
+    try:
+        return pydantic_core.from_json(span, allow_inf_nan=False)
+    except ValueError as exc:
+        if not str(exc).startswith(_RECURSION):
+            return _NOT_JSON
+    try:  # the rest of it must be JSON too (the parser stopped at the limit); and its id, to name it
+        document = json.loads(span, parse_constant=_no_constant)
+    except RecursionError:  # deeper than Python's parser reads as well: well-formed as far as anyone can tell
+        return _TooDeep(None)
+    except ValueError:
+        return _NOT_JSON
+    raw_id = document.get("event_id") if isinstance(document, dict) else None
+    return _TooDeep(raw_id if isinstance(raw_id, str) else None)
+
+
+def _not_an_object(element: Any) -> tuple[str, str | None]:
+    """The problem of an element that is no JSON object (or was not read as one: nested too deep), and its id."""
+    if isinstance(element, _TooDeep):
+        return (f"nests arrays and objects more than {MAX_JSON_DEPTH} levels deep; the JSON parser reads at most "
+                f"{MAX_JSON_DEPTH}"), element.event_id
+    return f"is a JSON {type(element).__name__}, not an object", None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _naming(raw_id: str | None) -> str:

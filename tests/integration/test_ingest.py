@@ -406,3 +406,23 @@ def test_a_key_vault_outage_at_a_cold_start_costs_telemetry_never_the_batch(inge
     stored = {str(r.event_id) for r in bootstrap.cassandra_session().execute(
         f"SELECT event_id FROM {ingest.keyspace}.events_by_id")}
     assert stored == {b["event_id"] for b in bodies}
+
+
+def test_a_deeply_nested_sibling_does_not_keep_the_valid_elements_of_an_array_from_being_stored(ingest) -> None:
+    """An array body [valid event, event whose attribute value is a JSON array nested 250 deep] is well-formed
+    JSON far under the body limit, though deeper than the JSON parser's 200 levels: the valid element is stored
+    and the body's letter names element 1 and its event id, with a reason naming the limit."""
+    good = event("dev-1")
+    nested = event("dev-1")
+    depth = 250
+    body = (b"[" + json.dumps(good).encode() + b", " + json.dumps({**nested, "attributes": {"a": "X"}}).encode()
+            .replace(b'"X"', b"[" * depth + b"]" * depth) + b"]")
+    assert len(body) < 4096 and json.loads(body)[0] == good  # valid JSON (Python's parser reads it)
+    ingest(Hub("0").batch(body))
+
+    [letter] = dead_letters(ingest_storage(ingest), ingest.container)
+    stored = {str(r.event_id) for r in bootstrap.cassandra_session().execute(
+        f"SELECT event_id FROM {ingest.keyspace}.events_by_id")}
+    assert stored == {good["event_id"]}, letter["reason"]
+    assert (letter["index"], letter["event_id"]) == (1, nested["event_id"]), letter["reason"]
+    assert "more than 200 levels deep" in letter["reason"]

@@ -326,3 +326,39 @@ def test_the_nan_hint_is_given_only_where_nan_or_infinity_is_written():
     assert "not valid JSON" in plain.reason and "NaN" not in plain.reason
     [nan] = parse(b'{"measurements": {"t": NaN}}').errs
     assert nan.reason.endswith("; NaN and Infinity are not JSON")
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def test_an_element_nested_deeper_than_the_parser_reads_is_refused_by_index_and_id_and_its_siblings_kept():
+    """The JSON parser reads at most 200 levels of arrays and objects; a well-formed body with an element nested
+    deeper is still read element by element: the valid elements are kept, the deep one is refused by its index and
+    event id with a reason naming the limit (not the whole body as "not valid JSON")."""
+    good, deep = event(), event(attributes={"a": "X"})
+    deep_bytes = json.dumps(deep).encode().replace(b'"X"', _nested(250))
+    parsed = parse(b"[" + json.dumps(good).encode() + b', {"x": "],{"}, ' + deep_bytes + b"]")
+    assert [str(e.event_id) for e in parsed.oks] == [good["event_id"]]
+    [rejected] = parsed.errs
+    assert [(b.index, b.event_id) for b in rejected.elements] == [(1, None), (2, deep["event_id"])]
+    assert rejected.elements[1].problem == ("nests arrays and objects more than 200 levels deep; the JSON parser "
+                                            "reads at most 200")
+
+    [alone] = parse(deep_bytes).errs  # a lone event object: refused whole, named by its id
+    assert (alone.index, alone.event_id) == (None, deep["event_id"]) and "more than 200 levels deep" in alone.reason
+
+    [deeper] = parse(b"[" + _nested(5000) + b", " + json.dumps(good).encode() + b"]").errs  # past Python's too
+    assert [(b.index, b.event_id) for b in deeper.elements] == [(0, None)]
+
+
+@pytest.mark.parametrize("body", [
+    b"[" + _nested(250) + b", 1 2]",  # another element is not JSON
+    b"[" + _nested(250) + b",]",
+    b"[" + b"[" * 250 + b"]" * 249 + b"]",  # brackets that do not match
+    b"[" + _nested(250) + b", {]}",
+    b'{"a": ' + _nested(250) + b", }",
+])
+def test_a_deeply_nested_body_that_is_not_json_elsewhere_is_still_refused_whole(body: bytes):
+    [rejected] = parse(body).errs
+    assert rejected.reason.startswith("body is not valid JSON (recursion limit exceeded") and rejected.index is None
