@@ -9,8 +9,10 @@ Every read is bounded: the last ``SERIES_MINUTES`` of arrival buckets (each a
 fixed number of shard partitions, counted and sampled, never scanned, all sent
 at once), two day
 prefixes of dead-letter blobs at most ``DEAD_LETTER_CAP`` long, single rows for
-the positions. A bucket closed for longer than ``CLOSED_GRACE`` (its events are
-stored) is read once and kept; only the open ones are read on each call. Each
+the positions. Every bucket of the series is read again on each computation,
+closed or not: buckets are keyed by Event Hubs enqueued time, so ingest working
+off a backlog writes into buckets that closed minutes ago, and a count kept from
+an earlier read would miss those events (and differ from another pod's). Each
 section fails on its own: a down store, a read that does not answer in time or an
 unexpected error makes its section ``{"error": ..., "dependency": ...}``, the rest
 is still answered. A section whose previous read is still running (a store that
@@ -50,7 +52,6 @@ logger = logging.getLogger(__name__)
 
 SERIES_MINUTES = 15
 DEAD_LETTER_CAP = 10_000
-CLOSED_GRACE = timedelta(seconds=90)
 
 
 def p99(values: list[float]) -> float | None:
@@ -97,7 +98,6 @@ class StatusService:
         self._section_timeout = section_timeout
         self._clock = clock
         self._monotonic = monotonic
-        self._closed: dict[datetime, BucketFigures] = {}
         self._lock = threading.Lock()
         self._computing = threading.Lock()  # one computation at a time; concurrent callers take its result
         self._last: tuple[float, dict[str, Any]] | None = None
@@ -190,20 +190,12 @@ class StatusService:
         current = floor(now, seconds)
         count = max(1, (SERIES_MINUTES * 60) // seconds)
         starts = [current - width * i for i in range(count, -1, -1)]
-        with self._lock:
-            kept = {start: self._closed[start] for start in starts if start in self._closed}
         cuts = [now - timedelta(seconds=60), now - timedelta(seconds=300)]
-        reads = [BucketRead(start) for start in starts if start not in kept]
+        # Every bucket is read again, closed or not: ingest behind a backlog still writes into closed ones.
+        reads = [BucketRead(start) for start in starts]
         reads += [BucketRead(floor(cut, seconds), cut, sample=False) for cut in cuts]
-        figures = self._arrivals.buckets(reads)  # one round trip for every open bucket and both cut buckets
-        fresh = {f.start: f for f in figures[:len(reads) - len(cuts)]}
-        with self._lock:
-            for start, bucket in fresh.items():
-                if start + width + CLOSED_GRACE <= now:
-                    self._closed[start] = bucket
-            for old in [b for b in self._closed if b < starts[0]]:
-                del self._closed[old]
-        buckets = [kept.get(start) or fresh[start] for start in starts]
+        figures = self._arrivals.buckets(reads)  # one round trip for every bucket of the series and both cuts
+        buckets = figures[:len(starts)]
 
         def since(partial: BucketFigures) -> int:
             """The events of the cut bucket from the cut on, and of every bucket after it."""

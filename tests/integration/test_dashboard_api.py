@@ -157,6 +157,45 @@ def test_status_counts_recent_arrivals_and_reports_every_section(dash_env, store
     assert body["change_feed"]["staleness_seconds"] is not None and body["change_feed"]["staleness_seconds"] < 30
 
 
+@pytest.mark.timeout(120)
+def test_status_counts_events_written_late_into_a_closed_arrival_bucket(dash_env, store) -> None:
+    """``events_by_arrival_bucket`` is keyed by Event Hubs *enqueued* time, so ingest working off a backlog writes
+    into buckets that closed minutes ago. The status counts what the store holds: the events written into a closed
+    bucket after a pod first read it show in that bucket of the series and in ``events_last_5_minutes``, and that
+    pod gives the same answer as a pod that never read the bucket before."""
+    settings = {"SLUICE_LOOKUP_HEALTH_TIMEOUT_SECONDS": "10", "SLUICE_DASHBOARD_READ_TIMEOUT_SECONDS": "6",
+                "EventHubConnection": ""}
+    dash_env(**settings)
+    from shared import bootstrap
+
+    width = bootstrap.settings().cassandra.bucket_seconds
+    now = datetime.now(UTC)
+    # a bucket closed well over 90 s ago, still within the last 5 minutes
+    start = datetime.fromtimestamp((int((now - timedelta(seconds=200)).timestamp()) // width) * width, UTC)
+    enqueued = start + timedelta(seconds=1)
+    assert now - start >= timedelta(seconds=width + 100) and now - enqueued < timedelta(seconds=270), (width, start)
+    store.write([make_event(f"late-a{i}", enqueued, enqueued=enqueued) for i in range(3)])
+    status, first = call("status")
+    assert status == 200, first
+    assert first["throughput"]["bucket_seconds"] == width, first["throughput"]
+    assert first["throughput"]["events_last_5_minutes"] == 3, first["throughput"]
+
+    store.write([make_event(f"late-b{i}", enqueued, enqueued=enqueued) for i in range(4)])  # the backlog
+    stamp = start.strftime("%Y-%m-%dT%H:%M:%S")
+
+    def figures(body: dict) -> tuple[int, list[int]]:
+        throughput = body["throughput"]
+        return throughput["events_last_5_minutes"], [b["events"] for b in throughput["series"]
+                                                     if b["start"].startswith(stamp)]
+
+    status, same_pod = call("status")
+    assert status == 200 and figures(same_pod) == (7, [7]), same_pod["throughput"]
+    bootstrap.reset()  # another pod: fresh services over the same store
+    dash_env(**settings)
+    status, other_pod = call("status")
+    assert status == 200 and figures(other_pod) == figures(same_pod), other_pod["throughput"]
+
+
 @pytest.mark.timeout(60)
 def test_critical_feed_is_the_redis_stream_newest_first(dash_env, store) -> None:
     dash_env()

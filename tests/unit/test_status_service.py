@@ -83,16 +83,20 @@ def test_the_lag_section_names_the_partitions_whose_checkpoint_keda_cannot_read(
                                       "unreadable": {"0": why}}
 
 
-def test_closed_buckets_are_read_once_and_each_read_is_bounded() -> None:
-    arrivals = Arrivals([NOW - timedelta(seconds=5)])
+def test_every_bucket_is_read_on_each_computation_so_late_writes_count() -> None:
+    """Buckets are keyed by Event Hubs enqueued time: ingest working off a backlog writes into buckets that closed
+    minutes ago. Each computation reads every bucket of the series again (a bounded read: 16 buckets and the two
+    cut buckets, counts only for the cuts), so events written late into a closed bucket are counted."""
+    old = NOW - timedelta(seconds=200)
+    arrivals = Arrivals([old])
     status = service(arrivals)
-    status.status()
-    first = list(arrivals.reads)
-    assert len(first) == 16 + 2  # 16 buckets of the series, and the two cut buckets (counts only)
+    assert status.status()["throughput"]["events_last_5_minutes"] == 1
+    assert len(arrivals.reads) == 16 + 2 and sum(not r.sample for r in arrivals.reads) == 2
     arrivals.reads.clear()
-    status.status()
-    # only the buckets not yet closed for the grace period are read again, plus the two cuts
-    assert len(arrivals.reads) == 2 + 2 and sum(not r.sample for r in arrivals.reads) == 2
+    arrivals.arrivals += [old, old]  # written late, into a bucket closed for over two minutes
+    body = status.status()["throughput"]
+    assert len(arrivals.reads) == 16 + 2 and sum(not r.sample for r in arrivals.reads) == 2
+    assert body["events_last_5_minutes"] == 3 and sum(b["events"] for b in body["series"]) == 3
 
 
 def test_a_down_store_makes_only_its_own_section_an_error() -> None:
