@@ -127,11 +127,28 @@
     return SECTION_LABEL[name] + ": " + naming(section.dependency, section.error);
   }
 
+  // KEDA cannot read the checkpoint of a partition (docs/api.md): that partition's lag is unknown and counted in
+  // no total, the autoscaler is on its fallback. Not the normal figure: "unknown" when no partition could be read,
+  // else the readable partitions' total with "+"; the tile is marked and the problem listed under the tiles.
+  function unreadableLag(s) {
+    const lag = s.lag;
+    return lag && !failed(lag) && lag.status === "checkpoint_unreadable" ? lag : null;
+  }
+
+  function lagProblem(lag) {
+    const why = Object.entries(lag.unreadable || {}).map(([p, text]) => "partition " + p + " (" + text + ")");
+    return SECTION_LABEL.lag + ": KEDA cannot read the checkpoint of " + (why.join(", ") || "a partition") +
+      "; the autoscaler is on its fallback and the lag of " + (why.length === 1 ? "that partition" : "those partitions") +
+      " is unknown";
+  }
+
   function tileValues(s) {
     const t = s.throughput || {};
+    const unknownLag = unreadableLag(s);
     const values = {
       events_per_second: fmt(t.events_per_second),
-      lag: s.lag && s.lag.total !== null && s.lag.total !== undefined ? fmt(s.lag.total) : "n/a",
+      lag: unknownLag ? (Object.keys(unknownLag.partitions || {}).length ? fmt(unknownLag.total) + "+" : "unknown")
+        : s.lag && s.lag.total !== null && s.lag.total !== undefined ? fmt(s.lag.total) : "n/a",
       delay_p99_ms: t.delay_p99_ms === null || t.delay_p99_ms === undefined ? "–" : fmt(t.delay_p99_ms, " ms"),
       feed_staleness: seconds(s.change_feed && s.change_feed.staleness_seconds),
       enrichment_freshness: seconds(s.enrichment && s.enrichment.freshness_seconds),
@@ -161,15 +178,17 @@
     const values = tileValues(s);
     for (const node of document.querySelectorAll("[data-tile]")) {
       const name = TILE_SECTION[node.dataset.tile], section = failed(s[name]);
+      const unknownLag = name === "lag" ? unreadableLag(s) : null;
       node.textContent = values[node.dataset.tile];
-      node.classList.toggle("down", Boolean(section));
+      node.classList.toggle("down", Boolean(section || unknownLag));
       node.title = section ? problem(name, section)
-        : name === "lag" && s.lag && s.lag.status === "not_configured" ? "no lag reader is configured"
-        : name === "lag" && s.lag && s.lag.unreadable
-          ? "KEDA cannot read the checkpoint of partition " + Object.keys(s.lag.unreadable).join(", ") : "";
+        : unknownLag ? lagProblem(unknownLag)
+        : name === "lag" && s.lag && s.lag.status === "not_configured" ? "no lag reader is configured" : "";
     }
     document.getElementById("updated").textContent = "updated " + when(s.generated_at);
-    showProblems(Object.keys(SECTION_LABEL).filter((name) => failed(s[name])).map((name) => problem(name, s[name])));
+    const lines = Object.keys(SECTION_LABEL).filter((name) => failed(s[name])).map((name) => problem(name, s[name]));
+    if (unreadableLag(s)) lines.push(lagProblem(s.lag));
+    showProblems(lines);
     // The health checks' dependencies, then those of the sections in error (storage, Event Hubs, PostgreSQL).
     const deps = document.getElementById("deps");
     const shown = new Map();

@@ -121,6 +121,32 @@ def test_status_sections_in_error_say_so_and_name_their_dependency(dashboard: Da
     assert browser.find_element(By.CSS_SELECTOR, '[data-tile="dead_letters"]').text == "0"
 
 
+def test_a_lag_whose_checkpoints_cannot_be_read_is_unknown_not_zero(dashboard: DashboardHost, browser) -> None:
+    """When KEDA cannot read the checkpoint of a partition (lag ``status: "checkpoint_unreadable"``: that partition
+    counted in neither ``partitions`` nor ``total``, docs/api.md) the autoscaler is on its fallback and that
+    partition's lag is unknown. The Lag tile is marked as a problem and never shows a healthy figure: "unknown"
+    when no partition could be read (``total`` 0), the readable partitions' total with "+" otherwise; the problem,
+    naming each partition and why, is listed under the tiles."""
+    dashboard.set(lag_partitions={}, lag_unreadable={"0": "no 'sequencenumber' metadata", "1": "no blob"})
+    _open(browser, dashboard)
+    tile = browser.find_element(By.CSS_SELECTOR, '[data-tile="lag"]')
+    poll(lambda: tile.text == "unknown", 10, "the unknown lag")
+    assert "down" in (tile.get_attribute("class") or "").split(), tile.get_attribute("class")
+    problems = _text(browser, "status-problems")
+    assert ("lag: KEDA cannot read the checkpoint of partition 0 (no 'sequencenumber' metadata), partition 1 "
+            "(no blob)") in problems, problems
+    assert browser.execute_script("return window.sluiceTileValues(window.sluiceLastStatus).lag") == "unknown"
+
+    dashboard.set(lag_partitions={"1": 4}, lag_unreadable={"0": "no 'sequencenumber' metadata"})
+    poll(lambda: tile.text == "4+", 10, "the lag of the readable partition, marked as a lower bound")
+    assert "down" in (tile.get_attribute("class") or "").split()
+    assert "partition 0 (no 'sequencenumber' metadata)" in _text(browser, "status-problems")
+
+    dashboard.reset()  # every checkpoint readable again: the normal figure, no problem
+    poll(lambda: tile.text == "7", 10, "the lag of both partitions")
+    assert "down" not in (tile.get_attribute("class") or "").split() and _text(browser, "status-problems") == ""
+
+
 def test_a_store_still_being_connected_to_is_said_connecting_not_down(dashboard: DashboardHost, browser) -> None:
     """Just after a worker starts, its first check of Cassandra is still connecting (the driver reads the whole
     schema first): the header says "cassandra connecting", not in the colour of a store that is down, and a
