@@ -8,6 +8,7 @@
   const REQUEST_TIMEOUT_MS = 20000;  // a request that never answers must not stop the polling
   const HISTORY_PAGES = 20, HISTORY_PAGE_SIZE = 1000;  // a chart holds at most the newest 20,000 events
   const FEED_SIZE = 50;
+  const SITE_ROWS = 30;  // the site table shows the newest 30 rows of report_site_daily
   let refreshMs = 5000;
   let seenCritical = new Set();  // the ids of the events in the feed, no more
   let device = null;  // the device shown: {id, events, partial}; null when none is
@@ -379,10 +380,18 @@
   }
 
   // -- sites ----------------------------------------------------------------------------------
+  // The report answers {"rows": [...]} without saying whether more rows exist: one more row than is shown is asked
+  // for, and when it comes the table says that older days or other sites are left out.
   function renderSites(body) {
-    document.getElementById("sites-empty").hidden = body.rows.length > 0;
+    if (!body || !Array.isArray(body.rows)) throw new Error("the answer is not a list of rows");
+    const rows = body.rows.slice(0, SITE_ROWS);
+    document.getElementById("sites-empty").hidden = rows.length > 0;
+    const more = document.getElementById("sites-more");
+    more.hidden = body.rows.length <= SITE_ROWS;
+    more.textContent = more.hidden ? "" : "Showing the first " + SITE_ROWS + " rows (newest day first): " +
+      "more rows, of earlier days or other sites, are not shown.";
     const tbody = document.querySelector("#sites tbody");
-    tbody.replaceChildren(...body.rows.map((r) => {
+    tbody.replaceChildren(...rows.map((r) => {
       const tr = el("tr");
       tr.append(el("td", r.local_day), el("td", r.site_name || r.site_id), el("td", r.region || ""),
         el("td", fmt(r.event_count), "num"), el("td", fmt(r.critical_count), "num"), el("td", fmt(r.peak_active_devices), "num"));
@@ -395,7 +404,7 @@
     const problemNode = document.getElementById("sites-error");
     const table = document.getElementById("sites");
     try {
-      renderSites(await api("/reports/sites", { limit: 30 }));
+      renderSites(await api("/reports/sites", { limit: SITE_ROWS + 1 }));
       sitesReadAt = new Date().toISOString();
       problemNode.hidden = true;
       say(problemNode, "");

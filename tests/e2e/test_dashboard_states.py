@@ -352,6 +352,27 @@ def test_a_newer_search_replaces_one_still_in_flight(dashboard: DashboardHost, b
     assert "slow-a" not in _text(browser, "device-latest")
 
 
+# -- the site table -----------------------------------------------------------------------------------------------
+
+def _site(i: int, day: str, zone: str = "UTC") -> dict:
+    return {"site_id": f"site-{i:02d}", "site_name": f"Site {i:02d}", "region": "eu", "timezone": zone,
+            "local_day": day, "event_count": 100 + i, "critical_count": 0, "critical_ratio": 0.0,
+            "peak_active_devices": 3, "active_windows": 10, "first_window_start": None, "last_window_end": None}
+
+
+def test_the_site_table_says_when_rows_were_left_out(dashboard: DashboardHost, browser) -> None:
+    """The table shows the newest 30 rows of ``/api/reports/sites``, whose answer does not say whether there are
+    more: the page asks for one more, and when it comes the table says that rows are left out (here the 31st site of
+    today, and every earlier day). With 30 rows or fewer it says nothing of the kind."""
+    today = datetime.now(UTC).date().isoformat()
+    dashboard.set(sites=[_site(i, today) for i in range(1, 32)])
+    _open(browser, dashboard)
+    poll(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#sites tbody tr")) == 30, 15, "the site rows")
+    more = poll(lambda: _text(browser, "sites-more"), 10, "the note of the rows left out")
+    assert "first 30 rows" in more and "not shown" in more, more
+    assert "Site 31" not in _text(browser, "sites")
+
+
 # -- layout ----------------------------------------------------------------------------------------------------------
 
 def test_at_phone_width_nothing_is_wider_than_the_screen(dashboard: DashboardHost, phone) -> None:
