@@ -329,7 +329,10 @@
     const t0 = points[0].t, t1 = points[points.length - 1].t;
     const vs = points.map((p) => p.v), lo = Math.min(...vs), hi = Math.max(...vs);
     const x = (t) => pad + (t1 === t0 ? (w - 2 * pad) / 2 : ((t - t0) / (t1 - t0)) * (w - 2 * pad));
-    const y = (v) => h - pad - (hi === lo ? (h - 2 * pad) / 2 : ((v - lo) / (hi - lo)) * (h - 2 * pad));
+    // Values are divided by the largest magnitude first: hi - lo of finite values can overflow (1e308 - -1e308 is
+    // Infinity), the differences of values within [-1, 1] cannot.
+    const mag = Math.max(Math.abs(lo), Math.abs(hi)), span = mag > 0 ? hi / mag - lo / mag : 0;
+    const y = (v) => h - pad - (span > 0 ? ((v / mag - lo / mag) / span) : 0.5) * (h - 2 * pad);
     drawLine(chart, points.map((p) => [x(p.t), y(p.v)]), "l1");
     for (const p of points) {
       const dot = svg("circle", { cx: x(p.t), cy: y(p.v), r: 3, class: "pt", "data-t": p.t, "data-v": p.v, "data-id": p.id });

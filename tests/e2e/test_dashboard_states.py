@@ -335,6 +335,25 @@ def test_a_history_longer_than_the_pages_read_is_said_to_be_partial(dashboard: D
                     desc), desc
 
 
+def test_a_history_of_large_finite_values_is_drawn(dashboard: DashboardHost, browser) -> None:
+    """Ingest accepts any finite measurement, so -1e308 and 1e308 are values of one measurement: their difference
+    overflows to Infinity. The chart scales without overflow: every point has finite coordinates, the lowest value
+    at the bottom and the highest at the top."""
+    dashboard.set(devices={"big-1": {"count": 4, "step_seconds": 60, "anchor": _anchor(), "measurement": "pressure",
+                                     "values": [-1e308, 1e308, 0.0, 5e307]}})
+    _open(browser, dashboard)
+    _search(browser, "big-1")
+    poll(lambda: "values of pressure" in _text(browser, "history-desc"), 15, "the history chart")
+    dots = browser.execute_script(
+        "return [...document.querySelectorAll('#history-chart circle')].map((c) => [Number(c.dataset.v),"
+        " c.getAttribute('cx'), c.getAttribute('cy')])")
+    line = browser.find_element(By.CSS_SELECTOR, "#history-chart polyline").get_attribute("points")
+    assert len(dots) == 4 and "NaN" not in line and "Infinity" not in line, (dots, line)
+    y = {v: float(cy) for v, _, cy in dots}
+    assert all(str(float(c)) not in ("nan", "inf") for _, cx, cy in dots for c in (cx, cy)), dots
+    assert y[-1e308] == 186 and y[1e308] == 14 and y[-1e308] > y[0.0] > y[5e307] > y[1e308], y
+
+
 def test_a_newer_search_replaces_one_still_in_flight(dashboard: DashboardHost, browser) -> None:
     """A search started while another is still reading pages (a slow store, Enter pressed again) wins: the
     older one's later pages are dropped, so the chart holds only the device asked for last."""
