@@ -196,6 +196,51 @@ def test_a_failed_critical_feed_marks_its_rows_with_when_they_were_read(dashboar
     assert _text(browser, "critical-error") == ""
 
 
+_CONTRAST = """
+function rgba(text) {
+  const m = text.match(/[\\d.]+/g).map(Number);
+  return [m[0], m[1], m[2], m.length > 3 ? m[3] : 1];
+}
+function lum([r, g, b]) {
+  const f = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : Math.pow((c + 0.055) / 1.055, 2.4); };
+  return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+}
+const node = arguments[0];
+let opacity = 1, bg = null;
+for (let n = node; n && n.nodeType === 1; n = n.parentElement) {
+  const style = getComputedStyle(n);
+  opacity *= Number(style.opacity);
+  const b = rgba(style.backgroundColor);
+  if (!bg && b[3] > 0) bg = b;
+}
+bg = bg || [255, 255, 255, 1];
+const fg = rgba(getComputedStyle(node).color), a = fg[3] * opacity;
+const shown = [0, 1, 2].map((i) => fg[i] * a + bg[i] * (1 - a));
+const [hi, lo] = [lum(shown), lum(bg)].sort((x, y) => y - x);
+return (hi + 0.05) / (lo + 0.05);
+"""
+
+
+def test_greyed_critical_events_stay_readable(dashboard: DashboardHost, browser) -> None:
+    """When ``/api/critical`` fails the events read before stay on the page, greyed (``stale``) and marked: still
+    information to be read, so their text keeps the WCAG AA contrast of 4.5:1 (small text) against the panel, the
+    opacity of every ancestor included. The greyed rows are told apart by colour and italics, not by opacity."""
+    at = datetime.now(UTC) - timedelta(seconds=30)
+    dashboard.set(critical_events=[_critical("00000000-0000-4000-8000-00000000c0c1", at)])
+    _open(browser, dashboard)
+    poll(lambda: browser.find_elements(By.CSS_SELECTOR, "#critical-feed li"), 10, "the critical event")
+    dashboard.set(fail={"critical": "connection refused"})
+    poll(lambda: browser.execute_script(
+        "return document.getElementById('critical-feed').classList.contains('stale')"), 10, "the greyed feed")
+    ratios = {what: round(browser.execute_script(_CONTRAST, browser.find_element(By.CSS_SELECTOR, selector)), 2)
+              for what, selector in (("time", "#critical-feed li time"), ("device", "#critical-feed li .dev"),
+                                     ("age", "#critical-feed li .age"))}
+    assert all(r >= 4.5 for r in ratios.values()), f"contrast of the greyed critical events below 4.5:1: {ratios}"
+    style = browser.execute_script("return getComputedStyle(document.querySelector('#critical-feed li .dev'))"
+                                   ".fontStyle")
+    assert style == "italic", style
+
+
 def test_a_status_answer_cut_off_mid_body_is_a_failed_poll(dashboard_proxy: CuttingProxy, browser) -> None:
     """A 200 of ``/api/status`` whose body is cut off (a pod stopped mid-answer, a gateway dropping the connection)
     or is not the JSON expected is a failed poll, as a 503 is: the figures are greyed, the header says since when
