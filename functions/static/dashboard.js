@@ -385,6 +385,7 @@
   // -- sites ----------------------------------------------------------------------------------
   // The report answers {"rows": [...]} without saying whether more rows exist: one more row than is shown is asked
   // for, and when it comes the table says that older days or other sites are left out.
+  // A row's day is the site's local day, in its own time zone (not UTC like the rest of the page): shown with it.
   function renderSites(body) {
     if (!body || !Array.isArray(body.rows)) throw new Error("the answer is not a list of rows");
     const rows = body.rows.slice(0, SITE_ROWS);
@@ -396,7 +397,8 @@
     const tbody = document.querySelector("#sites tbody");
     tbody.replaceChildren(...rows.map((r) => {
       const tr = el("tr");
-      tr.append(el("td", r.local_day), el("td", r.site_name || r.site_id), el("td", r.region || ""),
+      tr.append(el("td", r.local_day), el("td", r.timezone || "unknown"), el("td", r.site_name || r.site_id),
+        el("td", r.region || ""),
         el("td", fmt(r.event_count), "num"), el("td", fmt(r.critical_count), "num"), el("td", fmt(r.peak_active_devices), "num"));
       return tr;
     }));

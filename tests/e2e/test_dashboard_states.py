@@ -437,6 +437,22 @@ def test_the_site_table_says_when_rows_were_left_out(dashboard: DashboardHost, b
     assert "Site 31" not in _text(browser, "sites")
 
 
+def test_the_site_table_shows_the_time_zone_of_each_day(dashboard: DashboardHost, browser) -> None:
+    """``report_site_daily`` cuts days in each site's own time zone, while the rest of the page is in UTC: each row
+    names its site's zone beside its day, and the table says its days are the sites' local days."""
+    now = datetime.now(UTC)
+    dashboard.set(sites=[_site(1, (now + timedelta(hours=14)).date().isoformat(), "Pacific/Kiritimati"),
+                         _site(2, now.date().isoformat(), "Europe/London")])
+    _open(browser, dashboard)
+    poll(lambda: len(browser.find_elements(By.CSS_SELECTOR, "#sites tbody tr")) == 2, 15, "the site rows")
+    rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+            for tr in browser.find_elements(By.CSS_SELECTOR, "#sites tbody tr")]
+    assert [r[:2] for r in rows] == [[(now + timedelta(hours=14)).date().isoformat(), "Pacific/Kiritimati"],
+                                     [now.date().isoformat(), "Europe/London"]], rows
+    assert "local day" in _text(browser, "sites").lower() and "not UTC" in _text(browser, "sites")
+    assert _text(browser, "sites-more") == ""
+
+
 # -- layout ----------------------------------------------------------------------------------------------------------
 
 def test_at_phone_width_nothing_is_wider_than_the_screen(dashboard: DashboardHost, phone) -> None:
