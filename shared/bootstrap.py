@@ -661,7 +661,7 @@ def status_service() -> StatusService:
     from shared.adapters.cassandra.dashboard import CassandraArrivalStats, CassandraFeedPosition
     from shared.adapters.postgres.reports import PostgresReports
     from shared.adapters.redis_dashboard import RedisCacheStats, RedisCriticalStream
-    from shared.services.status import NoLagReader, StatusService
+    from shared.services.status import CLOSED_GRACE, NoLagReader, StatusService
 
     cfg = settings()
     timeout = cfg.dashboard.read_timeout_seconds
@@ -689,6 +689,8 @@ def status_service() -> StatusService:
         _dependency_health(),
         cache_seconds=cfg.dashboard.status_cache_seconds,
         section_timeout=2 * timeout,
+        # a bucket is kept only once every later write into it would be noted as delayed (and make it read again)
+        closed_grace=max(CLOSED_GRACE, delayed_after(cfg)),
     )
 
 

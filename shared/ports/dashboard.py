@@ -47,6 +47,10 @@ class ArrivalStats(Protocol):
     @property
     def bucket_seconds(self) -> int: ...
 
+    def delayed_since(self, start: datetime, end: datetime) -> datetime | None:
+        """The oldest enqueued time of the batches ingest noted in ``[start, end)`` (its clock) as stored long after
+        their enqueue (the delay log); None when it noted none."""
+
 
 @dataclass(frozen=True, slots=True)
 class Position:

@@ -9,10 +9,13 @@ Every read is bounded: the last ``SERIES_MINUTES`` of arrival buckets (each a
 fixed number of shard partitions, counted and sampled, never scanned, all sent
 at once), two day
 prefixes of dead-letter blobs at most ``DEAD_LETTER_CAP`` long, single rows for
-the positions. Every bucket of the series is read again on each computation,
-closed or not: buckets are keyed by Event Hubs enqueued time, so ingest working
-off a backlog writes into buckets that closed minutes ago, and a count kept from
-an earlier read would miss those events (and differ from another pod's). Each
+the positions. A bucket closed for longer than its grace (``CLOSED_GRACE``, at
+least as long as ingest waits before it notes a batch as stored late) is read once
+and kept; only the open ones are read on each call. A bucket kept is read again
+once ingest notes a batch stored late (the delay log, ``ArrivalStats.delayed_since``)
+whose oldest event is at or before the bucket's end: working off a backlog, ingest
+writes into buckets (keyed by Event Hubs enqueued time) that closed minutes ago, and
+every such late write is noted, since it comes more than the grace after its enqueue. Each
 section fails on its own: a down store, a read that does not answer in time or an
 unexpected error makes its section ``{"error": ..., "dependency": ...}``, the rest
 is still answered. A section whose previous read is still running (a store that
@@ -52,6 +55,10 @@ logger = logging.getLogger(__name__)
 
 SERIES_MINUTES = 15
 DEAD_LETTER_CAP = 10_000
+CLOSED_GRACE = timedelta(seconds=90)
+# How far back each computation looks for delay notes before the last one's time: the notes are stamped by ingest's
+# clock, and a note is written just after its batch's events (position after write).
+NOTE_OVERLAP = timedelta(seconds=60)
 
 
 def p99(values: list[float]) -> float | None:
@@ -83,7 +90,7 @@ class StatusService:
     def __init__(self, arrivals: ArrivalStats, feed: FeedPositionReader, reports: Reports,
                  dead_letters: DeadLetterCounter, cache: CacheStats, critical: CriticalStream, lag: LagReader,
                  health: Callable[[], tuple[bool, dict[str, Any]]], *, cache_seconds: float = 1.0,
-                 section_timeout: float = 3.0,
+                 section_timeout: float = 3.0, closed_grace: timedelta = CLOSED_GRACE,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC),
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self._arrivals = arrivals
@@ -98,6 +105,9 @@ class StatusService:
         self._section_timeout = section_timeout
         self._clock = clock
         self._monotonic = monotonic
+        self._closed: dict[datetime, BucketFigures] = {}
+        self._closed_grace = closed_grace
+        self._notes_read_until: datetime | None = None  # the end of the last read of the delay notes
         self._lock = threading.Lock()
         self._computing = threading.Lock()  # one computation at a time; concurrent callers take its result
         self._last: tuple[float, dict[str, Any]] | None = None
@@ -190,12 +200,29 @@ class StatusService:
         current = floor(now, seconds)
         count = max(1, (SERIES_MINUTES * 60) // seconds)
         starts = [current - width * i for i in range(count, -1, -1)]
+        with self._lock:
+            read_until = self._notes_read_until
+        # Batches ingest stored late since the last computation: the kept buckets they may have written into
+        # (from the one holding their oldest event on) are read again. Before the first, nothing is kept.
+        noted = self._arrivals.delayed_since(read_until - NOTE_OVERLAP, now) if read_until is not None else None
+        with self._lock:
+            if noted is not None:
+                for start in [start for start in self._closed if start + width > noted]:
+                    del self._closed[start]
+            self._notes_read_until = now
+            kept = {start: self._closed[start] for start in starts if start in self._closed}
         cuts = [now - timedelta(seconds=60), now - timedelta(seconds=300)]
-        # Every bucket is read again, closed or not: ingest behind a backlog still writes into closed ones.
-        reads = [BucketRead(start) for start in starts]
+        reads = [BucketRead(start) for start in starts if start not in kept]
         reads += [BucketRead(floor(cut, seconds), cut, sample=False) for cut in cuts]
-        figures = self._arrivals.buckets(reads)  # one round trip for every bucket of the series and both cuts
-        buckets = figures[:len(starts)]
+        figures = self._arrivals.buckets(reads)  # one round trip for every open bucket and both cut buckets
+        fresh = {f.start: f for f in figures[:len(reads) - len(cuts)]}
+        with self._lock:
+            for start, bucket in fresh.items():
+                if start + width + self._closed_grace <= now:
+                    self._closed[start] = bucket
+            for old in [b for b in self._closed if b < starts[0]]:
+                del self._closed[old]
+        buckets = [kept.get(start) or fresh[start] for start in starts]
 
         def since(partial: BucketFigures) -> int:
             """The events of the cut bucket from the cut on, and of every bucket after it."""

@@ -22,6 +22,7 @@ from datetime import date, datetime
 
 from cassandra.cluster import ResponseFuture, ResultSet, Session
 
+from shared.adapters.cassandra.delays import DELAYED_SINCE, oldest_noted
 from shared.adapters.cassandra.query import Queries, translated
 from shared.adapters.cassandra.reader import EVENT_SELECT, stored_event
 from shared.domain.stored import StoredEvent
@@ -38,6 +39,7 @@ _STATEMENTS = {
     "history": _HISTORY + " AND event_time >= ? AND event_time <= ? LIMIT ?",
     "history_tie": _HISTORY + " AND event_time = ? AND event_id > ? LIMIT ?",
     "feed": "SELECT watermark, updated_at FROM {ks}.feed_state WHERE name = ?",
+    "delayed": DELAYED_SINCE,
 }
 
 
@@ -80,6 +82,9 @@ class CassandraArrivalStats:
                 if row.written is not None and row.enqueued_at is not None:
                     delays[index].append(max(0.0, row.written / 1000.0 - to_ms(row.enqueued_at)))
         return [BucketFigures(read.start, events[i], delays[i]) for i, read in enumerate(reads)]
+
+    def delayed_since(self, start: datetime, end: datetime) -> datetime | None:
+        return oldest_noted(self._db, start, end, bucket_seconds=self._bucket_seconds, concurrency=self._shards)
 
 
 class CassandraFeedPosition:
