@@ -37,6 +37,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
+def checked_range(start: datetime, end: datetime, max_windows: int | None, names: tuple[str, str]) -> int:
+    """Refuse, before any connection and in the options' words (``names``: the start's and the end's), a range that
+    is reversed or that no run could finish (:func:`shared.services.enrichment.check_range`); return the bound of
+    windows it was held to (``max_windows``, or the default)."""
+    from shared import bootstrap
+    from shared.services.enrichment import check_range, default_max_windows
+
+    start_name, end_name = names
+    if end <= start:
+        raise PermanentError(f"{end_name} {end.isoformat()} must be after {start_name} {start.isoformat()}")
+    cfg = bootstrap.settings()
+    width = cfg.enrichment.window_seconds
+    bound = max_windows or default_max_windows(width)
+    check_range(start, end, now=datetime.now(UTC), window_seconds=width,
+                max_future_skew=timedelta(seconds=cfg.ingest.max_future_skew_seconds), max_windows=bound,
+                names=(end_name, "--max-windows"))
+    return bound
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.progress import (
         BarColumn,
@@ -48,17 +67,8 @@ def run(args: argparse.Namespace) -> int:
     )
 
     from shared import bootstrap
-    from shared.services.enrichment import check_range, default_max_windows
 
-    if args.end <= args.start:
-        raise PermanentError(f"--end {args.end.isoformat()} must be after --start {args.start.isoformat()}")
-    cfg = bootstrap.settings()
-    width = cfg.enrichment.window_seconds
-    max_windows = args.max_windows or default_max_windows(width)
-    # Before any connection: a range no run could finish is refused at once, in the options' words.
-    check_range(args.start, args.end, now=datetime.now(UTC), window_seconds=width,
-                max_future_skew=timedelta(seconds=cfg.ingest.max_future_skew_seconds), max_windows=max_windows,
-                names=("--end", "--max-windows"))
+    max_windows = checked_range(args.start, args.end, args.max_windows, ("--start", "--end"))
     service = bootstrap.enrichment_service()
     total = service.plan_count(args.start, args.end)
     events = unknown = 0

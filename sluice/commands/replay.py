@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime, timedelta
 
-from shared.exceptions import PermanentError
 from sluice.arguments import parse_time, positive_int
 
 
@@ -35,17 +33,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from shared import bootstrap
-    from shared.services.enrichment import check_range, default_max_windows
+    from sluice.commands.backfill import checked_range
 
-    if args.end <= args.start:
-        raise PermanentError(f"--to {args.end.isoformat()} must be after --from {args.start.isoformat()}")
-    cfg = bootstrap.settings()
-    width = cfg.enrichment.window_seconds
-    max_windows = args.max_windows or default_max_windows(width)
-    # Before any connection: a range no run could finish is refused at once, in the options' words.
-    check_range(args.start, args.end, now=datetime.now(UTC), window_seconds=width,
-                max_future_skew=timedelta(seconds=cfg.ingest.max_future_skew_seconds), max_windows=max_windows,
-                names=("--to", "--max-windows"))
+    max_windows = checked_range(args.start, args.end, args.max_windows, ("--from", "--to"))
     redis, postgres = args.only in (None, "redis"), args.only in (None, "postgres")
     service = bootstrap.replay_service(postgres=postgres)
 
