@@ -66,6 +66,18 @@ class StackError(SluiceError):
     """A part of the local stack could not be started; the message says which and why."""
 
 
+MARK = ".sluice-stack"
+"""The file ``up`` writes in a data directory when it claims it: ``--fresh`` deletes only a directory holding it."""
+MARK_TEXT = ("A data directory of `python -m sluice up` (docs/local-stack.md): `sluice up --fresh` deletes this "
+             "whole directory.\n")
+# What an `up` of a version without MARK created in its data directory: a directory holding nothing else is taken as
+# one of those and marked. A directory holding anything else (a function app's sources, .git) is not a stack's.
+OLDER_STACK_ENTRIES = frozenset({
+    "own", "logs", "azurite", "cassandra", "eventhubs", "keyvault", "keyvault-certs", "redis-cluster", "manifests",
+    "local.settings.json", "settings.env", "produce.log",
+})
+
+
 @dataclass
 class StackOptions:
     """Where the local stack keeps its data, and the ports it wants."""
@@ -187,6 +199,8 @@ class LocalStack:
         Two stacks on one data directory would share our own PostgreSQL's data, the settings and the
         logs, and ``--fresh`` would delete them under the other; the lock sits beside the directory, so a
         wipe does not remove it. The operating system releases it when this process ends, however it ends.
+        Then the directory is marked as ``up``'s (:meth:`_mark`), or refused when it holds what ``up`` did not
+        make.
         """
         data_dir = self.options.data_dir.resolve()
         path = data_dir.with_name(data_dir.name + ".lock")
@@ -205,6 +219,56 @@ class LocalStack:
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         self._claim = handle
+        try:
+            self._mark()
+        except BaseException:
+            self._claim = None
+            handle.close()
+            raise
+
+    def foreign(self) -> list[str]:
+        """What makes the data directory not one of ``up``'s: nothing when it is absent, empty, holds
+        :data:`MARK`, or holds only what an ``up`` of an older version created (:data:`OLDER_STACK_ENTRIES`);
+        otherwise its entries that ``up`` does not create."""
+        data_dir = self.options.data_dir
+        if not data_dir.exists():
+            return []
+        if not data_dir.is_dir():
+            return [f"{data_dir.name} (not a directory)"]
+        if (data_dir / MARK).is_file():
+            return []
+        return sorted(entry.name for entry in data_dir.iterdir() if entry.name not in OLDER_STACK_ENTRIES)
+
+    def _mark(self) -> None:
+        """Make the data directory ``up``'s, before anything else is created in it: write :data:`MARK`; or refuse,
+        naming what in it is not ``up``'s (``--data-dir .`` in a function app would otherwise be written into, and
+        wiped by ``--fresh``)."""
+        data_dir = self.options.data_dir
+        foreign = self.foreign()
+        if foreign:
+            shown = ", ".join(foreign[:8]) + (", ..." if len(foreign) > 8 else "")
+            raise StackError(f"{data_dir} is not a data directory of `sluice up` (no {MARK} in it, and it holds "
+                             f"{shown}): not using it, nor deleting it with --fresh; give --data-dir a new or "
+                             "empty directory")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        mark = data_dir / MARK
+        if not mark.is_file():
+            mark.write_text(MARK_TEXT, encoding="utf-8")
+
+    def wipe(self) -> bool:
+        """``--fresh``: delete the data directory (once :meth:`claim` holds it: only a directory of ``up``'s), then
+        mark it again; False when there was nothing to delete."""
+        data_dir = self.options.data_dir
+        foreign = self.foreign()
+        if foreign:  # claim() refused it already; kept as the last guard before rmtree
+            raise StackError(f"--fresh: {data_dir} is not a data directory of `sluice up` (it holds "
+                             f"{', '.join(foreign[:8])}); not deleting it")
+        if not data_dir.exists() or [entry.name for entry in data_dir.iterdir()] in ([], [MARK]):
+            self._mark()
+            return False
+        shutil.rmtree(data_dir)
+        self._mark()
+        return True
 
     # --- ports ---
 

@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import json
 import logging
-import shutil
 import signal
 import subprocess
 import sys
@@ -228,14 +227,8 @@ def _start(stack: LocalStack, args: argparse.Namespace, console: Console) -> Non
 
 
 def _wipe(stack: LocalStack, console: Console) -> None:
-    data_dir = stack.options.data_dir
-    if data_dir.exists():
-        if not (data_dir / "local.settings.json").exists() and any(data_dir.iterdir()):
-            from sluice.localstack import StackError
-
-            raise StackError(f"--fresh: {data_dir} does not look like a local stack directory; not deleting it")
-        shutil.rmtree(data_dir)
-        console.print(f"wiped {data_dir}")
+    if stack.wipe():
+        console.print(f"wiped {stack.options.data_dir}")
 
 
 def _forget(stack: LocalStack, console: Console) -> None:

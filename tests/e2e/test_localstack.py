@@ -14,7 +14,7 @@ import pytest
 from devhost.invocation import FUNCTION_TIMEOUT_EXIT
 from shared.settings import load_settings
 from sluice.launcher import Running
-from sluice.localstack import DEVHOST_FUNCTION_TIMEOUT_EXIT, ROOT, LocalStack, StackError, StackOptions
+from sluice.localstack import DEVHOST_FUNCTION_TIMEOUT_EXIT, MARK, ROOT, LocalStack, StackError, StackOptions
 
 
 @pytest.fixture
@@ -238,3 +238,50 @@ def test_the_dev_host_is_started_again_on_its_port_after_a_function_timeout_and_
         assert stack.devhost_restarts == 1
     finally:
         stack.stop()
+
+
+def test_up_fresh_refuses_a_directory_it_did_not_make_naming_it_and_deletes_nothing(tmp_path):
+    """`--fresh` deletes only a data directory `up` marked as its own (or an empty one): a function app given as
+    --data-dir by mistake (it has a local.settings.json too) is refused before anything starts, with or without
+    --fresh, naming the directory and what in it is not `up`'s."""
+    project = tmp_path / "app"
+    (project / ".git").mkdir(parents=True)
+    (project / "function_app.py").write_text("import azure.functions as func\napp = func.FunctionApp()\n")
+    (project / "host.json").write_text('{"version": "2.0"}\n')
+    (project / "local.settings.json").write_text('{"IsEncrypted": false, "Values": {}}\n')
+    before = sorted(p.name for p in project.iterdir())
+    for extra in (["--fresh"], []):
+        result = subprocess.run([sys.executable, "-m", "sluice", "up", *extra, "--no-load", "--data-dir",
+                                 str(project)], capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
+                                env={**os.environ, "COLUMNS": "300"})
+        said = " ".join(result.stdout.split())
+        assert result.returncode == 2, said + result.stderr
+        assert f"{project} is not a data directory of `sluice up`" in said and "function_app.py" in said, said
+        assert sorted(p.name for p in project.iterdir()) == before
+
+
+def test_a_data_dir_is_marked_when_claimed_and_fresh_wipes_what_an_early_failure_left(tmp_path):
+    """`up` marks its data directory before it creates anything in it, so `--fresh` wipes the directory of an
+    `up` that failed before writing local.settings.json (own/ and logs/ only); a directory of an older `up`
+    (only what `up` creates, no mark) is taken as `up`'s and marked."""
+    data_dir = tmp_path / "stack"
+    first = LocalStack(StackOptions(data_dir=data_dir), say=lambda _: None)
+    first.claim()
+    assert (data_dir / MARK).is_file()
+    (data_dir / "own" / "postgres").mkdir(parents=True)
+    first.log_path("azurite").write_text("failed\n")
+    first.stop()
+    second = LocalStack(StackOptions(data_dir=data_dir), say=lambda _: None)
+    second.claim()
+    try:
+        assert second.wipe()
+        assert [p.name for p in data_dir.iterdir()] == [MARK]
+    finally:
+        second.stop()
+    older = tmp_path / "older"
+    (older / "logs").mkdir(parents=True)
+    (older / "local.settings.json").write_text("{}")
+    stack = LocalStack(StackOptions(data_dir=older), say=lambda _: None)
+    stack.claim()
+    stack.stop()
+    assert (older / MARK).is_file()
