@@ -180,7 +180,7 @@ class LocalStack:
         if self.own is None:
             from sluice.secured import OwnServices
 
-            self.own = OwnServices(self.options.data_dir / "own", host=self.options.host)
+            self.own = OwnServices(self.options.data_dir / "own", host=self.options.host, keep=self.options.persist)
         return self.own
 
     def _start_own(self, what: str, start: Callable[[], Any]) -> Any:
@@ -263,12 +263,18 @@ class LocalStack:
         if foreign:  # claim() refused it already; kept as the last guard before rmtree
             raise StackError(f"--fresh: {data_dir} is not a data directory of `sluice up` (it holds "
                              f"{', '.join(foreign[:8])}); not deleting it")
-        if not data_dir.exists() or [entry.name for entry in data_dir.iterdir()] in ([], [MARK]):
-            self._mark()
-            return False
-        shutil.rmtree(data_dir)
+        from sluice.secured import postgres_directory
+
+        wiped = False
+        if data_dir.exists() and any(entry.name != MARK for entry in data_dir.iterdir()):
+            shutil.rmtree(data_dir)
+            wiped = True
+        moved = postgres_directory(data_dir / "own" / "postgres")  # our own PostgreSQL's, when it could not be here
+        if moved != data_dir / "own" / "postgres" and moved.exists():
+            shutil.rmtree(moved)
+            wiped = True
         self._mark()
-        return True
+        return wiped
 
     # --- ports ---
 
@@ -297,6 +303,11 @@ class LocalStack:
             server = self._start_own("PostgreSQL", lambda: self._own().start_postgres(opts.database))
             opts.postgres_host, opts.postgres_port = server.host, server.port
             self.ports["postgres"] = server.port
+            if server.directory != opts.data_dir / "own" / "postgres":
+                note = (f"our own PostgreSQL keeps its data in {server.directory}: the postgres user cannot enter "
+                        f"{opts.data_dir} (`--fresh` deletes it too)")
+                self.notes.append(note)
+                self.say(note)
             return
         if answers(opts.postgres_host, opts.postgres_port):
             return

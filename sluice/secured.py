@@ -98,6 +98,7 @@ class LocalPostgres:
     host: str = "127.0.0.1"
     temporary: bool = False  # a directory of our own making: removed by stop()
     pid: int | None = None  # the postmaster's, once started
+    keep: bool = False  # a cluster moved out of a directory postgres cannot reach is kept (reused by the next start)
 
     def start(self) -> LocalPostgres:
         if not PG_BIN:
@@ -109,10 +110,15 @@ class LocalPostgres:
         self._bin, self._prefix = bin_dir, prefix  # stop() can stop a server whose start was interrupted
         if self.directory is None:
             self.directory, self.temporary = Path(tempfile.mkdtemp(prefix="sluice-postgres-")), True
-        elif uid is not None and not _traversable(self.directory.parent, uid):
-            # e.g. pytest's tmp directories are root's alone: a place postgres can reach, removed by stop()
-            digest = hashlib.sha1(str(self.directory.resolve()).encode()).hexdigest()[:12]
-            self.directory, self.temporary = Path(tempfile.gettempdir()) / f"sluice-postgres-{digest}", True
+        else:
+            # e.g. a checkout under /root, or pytest's tmp directories: root's alone. A place postgres can reach:
+            # kept (and found again by the next start) with ``keep``, else removed by stop()
+            where = postgres_directory(self.directory, keep=self.keep)
+            if where != self.directory:
+                self.directory, self.temporary = where, not self.keep
+                if self.keep:
+                    where.parent.mkdir(parents=True, exist_ok=True)
+                    where.parent.chmod(0o755)  # the postgres user reaches its own directory through it
         self.directory.mkdir(parents=True, exist_ok=True)
         # Before anything is written: the password file and the superuser's trusted Unix socket live here, so
         # no other user may enter (mkdir's default 0755 would let any local user in as superuser).
@@ -240,20 +246,14 @@ class LocalPostgres:
         pid = _pid_in(data / "postmaster.pid")
         # Also a server whose start was interrupted; never the process a stale pid file names.
         if pid is not None and hasattr(self, "_bin") and _running(pid) and _serves(pid, data):
-            with contextlib.suppress(ServiceError):
-                _run(
-                    [
-                        *self._prefix,
-                        str(self._bin / "pg_ctl"),
-                        "-D",
-                        str(data),
-                        "-m",
-                        "immediate",
-                        "-w",
-                        "stop",
-                    ],
-                    "pg_ctl stop",
-                )
+            # A cluster we drop needs no checkpoint; one that is kept does ("fast": synchronous_commit is off, so
+            # an immediate stop would lose the last commits).
+            modes = ["immediate"] if self.temporary else ["fast", "immediate"]
+            for mode in modes:
+                with contextlib.suppress(ServiceError):
+                    _run([*self._prefix, str(self._bin / "pg_ctl"), "-D", str(data), "-m", mode, "-w", "-t", "30",
+                          "stop"], "pg_ctl stop")
+                    break
         if self.temporary:
             shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -489,11 +489,12 @@ class OwnServices:
     ca: LocalCA | None = None
     postgres: LocalPostgres | None = None
     redis: LocalRedis | None = None
+    keep: bool = False  # the PostgreSQL data is kept across restarts even where it must move (postgres_directory)
 
     def start_postgres(self, database: str) -> LocalPostgres:
         self.ca = self.ca or LocalCA(self.directory / "certs")
         # Held before it starts, so that stop() stops a server whose start was interrupted (Ctrl-C).
-        self.postgres = LocalPostgres(self.ca, self.directory / "postgres", host=self.host)
+        self.postgres = LocalPostgres(self.ca, self.directory / "postgres", host=self.host, keep=self.keep)
         self.postgres.start()
         import psycopg
         from psycopg import sql
@@ -583,6 +584,22 @@ class OwnServices:
         for server in (self.redis, self.postgres):
             if server is not None:
                 server.stop()
+
+
+def postgres_directory(directory: Path, *, keep: bool = True) -> Path:
+    """Where :class:`LocalPostgres` keeps a cluster it is given ``directory`` for: ``directory`` itself, unless we
+    are root and the ``postgres`` user (which runs it) cannot reach it, e.g. under ``/root`` (0700). Then a
+    directory named after ``directory``: with ``keep`` in the postgres user's home
+    (``/var/lib/postgresql/sluice-stacks/<digest>``, kept across restarts and reboots), else under the temporary
+    directory (``/tmp/sluice-postgres-<digest>``)."""
+    _, uid = _as_postgres()
+    if uid is None or _traversable(directory.parent, uid):
+        return directory
+    digest = hashlib.sha1(str(directory.resolve()).encode()).hexdigest()[:12]
+    home = Path(pwd.getpwuid(uid).pw_dir)
+    if keep and home.is_dir() and _traversable(home, uid):
+        return home / "sluice-stacks" / digest
+    return Path(tempfile.gettempdir()) / f"sluice-postgres-{digest}"
 
 
 def _traversable(directory: Path, uid: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -285,3 +286,39 @@ def test_a_data_dir_is_marked_when_claimed_and_fresh_wipes_what_an_early_failure
     stack.claim()
     stack.stop()
     assert (older / MARK).is_file()
+
+
+def test_our_own_postgresql_keeps_its_data_across_restarts_under_a_directory_postgres_cannot_enter():
+    """Under a directory the postgres user cannot enter (a checkout under /root, 0700), our own PostgreSQL runs
+    from a directory of its own named after the data dir (postgres_directory, said in a note) and keeps its data
+    there across restarts of the stack, as the emulators keep theirs; `--fresh` (wipe) deletes it too."""
+    import tempfile
+
+    import psycopg
+
+    from sluice.secured import postgres_directory
+
+    private = Path(tempfile.mkdtemp(prefix="sluice-private-"))  # 0700, as /root is
+    data_dir = private / "stack"
+    moved = postgres_directory(data_dir / "own" / "postgres")
+    first = LocalStack(StackOptions(data_dir=data_dir), say=lambda _: None)
+    second = LocalStack(StackOptions(data_dir=data_dir), say=lambda _: None)
+    try:
+        first.ensure_postgres()
+        assert first.own.postgres.directory == moved
+        if moved != data_dir / "own" / "postgres":
+            assert any(str(moved) in note for note in first.notes)
+        first.own.postgres.execute("CREATE TABLE kept_across_restarts (n int)")
+        first.stop()
+        second.claim()
+        second.ensure_postgres()
+        with psycopg.connect(second.own.postgres.admin_dsn(), autocommit=True) as conn:
+            assert conn.execute("SELECT to_regclass('kept_across_restarts') IS NOT NULL").fetchone()[0]
+        second.stop()
+        second.claim()
+        assert second.wipe() and not moved.exists()
+    finally:
+        first.stop()
+        second.stop()
+        shutil.rmtree(moved, ignore_errors=True)
+        shutil.rmtree(private, ignore_errors=True)
