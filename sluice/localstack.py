@@ -535,6 +535,17 @@ class LocalStack:
         """The environment a command run against this stack needs (the settings' values)."""
         return {k: v for k, v in self.values.items() if v != ""}
 
+    def inherited_settings_cleared(self) -> dict[str, str]:
+        """Emptied, every setting this process inherited that would wire a child to another stack: ``SLUICE_*``
+        (but the reaper's marker), ``AzureWebJobsStorage``, ``EventHubConnection`` and any other name the settings
+        hold (a shell that sourced an earlier run's settings.env has them all, with that run's ports). The dev
+        host, as ``func start``, applies local.settings.json only where the environment holds no value."""
+        from sluice.reaper import MARKER
+
+        return {name: "" for name in os.environ if name != MARKER and (
+            name.startswith("SLUICE_") or name in ("AzureWebJobsStorage", "EventHubConnection")
+            or name in self.values)}
+
     def create_database(self) -> bool:
         """Create the PostgreSQL database if it is missing; True when it was created."""
         import psycopg
@@ -554,7 +565,8 @@ class LocalStack:
     def sluice(self, *args: str, what: str, timeout: float = 300.0) -> str:
         """Run ``python -m sluice *args`` against this stack; its output, or a StackError with it."""
         result = subprocess.run(
-            [sys.executable, "-m", "sluice", *args], cwd=ROOT, env={**os.environ, **self.env()},
+            [sys.executable, "-m", "sluice", *args], cwd=ROOT,
+            env={**os.environ, **self.inherited_settings_cleared(), **self.env()},
             capture_output=True, text=True, timeout=timeout,
         )
         if result.returncode != 0:
@@ -571,10 +583,11 @@ class LocalStack:
         return None
 
     def start_devhost(self, *, env: dict[str, str] | None = None) -> Running:
-        """Start the dev host on the HTTP port the settings name (chosen by :meth:`write_settings`)."""
+        """Start the dev host on the HTTP port the settings name (chosen by :meth:`write_settings`), with this
+        stack's settings over any inherited from the shell (:meth:`inherited_settings_cleared`); ``env`` over both."""
         if "http" not in self.ports:
             self.ports["http"] = self._port("dev host (HTTP)", self.options.http_port)
-        self._devhost_env = env
+        self._devhost_env = {**self.inherited_settings_cleared(), **(env or {})}
         return self._launch_devhost(self.ports["http"])
 
     def _launch_devhost(self, port: int) -> Running:

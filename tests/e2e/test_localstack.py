@@ -322,3 +322,49 @@ def test_our_own_postgresql_keeps_its_data_across_restarts_under_a_directory_pos
         second.stop()
         shutil.rmtree(moved, ignore_errors=True)
         shutil.rmtree(private, ignore_errors=True)
+
+
+APPLIES_SETTINGS = """
+import os, sys
+from pathlib import Path
+from devhost.settings import load_local_settings
+load_local_settings(Path(sys.argv[1]))
+print("listening on 127.0.0.1:1", os.environ["SLUICE_CASSANDRA_PORT"], os.environ["EventHubConnection"],
+      repr(os.environ.get("SLUICE_LEFT_FROM_EARLIER", "")), flush=True)
+"""
+
+
+class _SettingsReadingDevhost(LocalStack):
+    """A LocalStack whose dev host applies the settings as the dev host does, prints a few, and exits."""
+
+    def _launch_devhost(self, port: int) -> Running:
+        running = self._child("devhost", [sys.executable, "-c", APPLIES_SETTINGS, str(self.settings_path)],
+                              timeout=30, env=self._devhost_env)
+        self.devhost = running
+        return running
+
+
+def test_the_dev_host_gets_its_stacks_settings_over_those_of_an_earlier_run_in_the_environment(tmp_path, monkeypatch):
+    """`up` from a shell that sourced an earlier run's settings.env: its dev host (which, as `func start`, lets the
+    environment win over local.settings.json) still gets this stack's ports; what the earlier run set and this one
+    does not is emptied, and the reaper's marker is kept."""
+    from sluice.reaper import MARKER
+
+    earlier = LocalStack(StackOptions(data_dir=tmp_path / "earlier"), say=lambda _: None)
+    earlier.ports = {"azurite": 10001, "cassandra": 9001, "eventhubs": 5001}
+    earlier.write_settings()
+    for name, value in earlier.values.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SLUICE_LEFT_FROM_EARLIER", "x")
+    monkeypatch.setenv(MARKER, "run-1")
+    stack = _SettingsReadingDevhost(StackOptions(data_dir=tmp_path / "stack"), say=lambda _: None)
+    stack.ports = {"azurite": 10002, "cassandra": 9002, "eventhubs": 5002}
+    stack.write_settings()
+    try:
+        devhost = stack.start_devhost()
+        devhost.process.wait(timeout=30)
+        said = devhost.output()
+        assert " 9002 " in said and "127.0.0.1:5002;" in said and "''" in said, said
+        assert stack._devhost_env is not None and MARKER not in stack._devhost_env
+    finally:
+        stack.stop()
