@@ -66,6 +66,9 @@ class StackError(SluiceError):
     """A part of the local stack could not be started; the message says which and why."""
 
 
+GENERATED = "GeneratedBy"
+"""A field of the local.settings.json that ``up`` writes (the sample and a file of one's own have none); the
+Functions host and the dev host read only IsEncrypted, Values, Host and ConnectionStrings."""
 MARK = ".sluice-stack"
 """The file ``up`` writes in a data directory when it claims it: ``--fresh`` deletes only a directory holding it."""
 MARK_TEXT = ("A data directory of `python -m sluice up` (docs/local-stack.md): `sluice up --fresh` deletes this "
@@ -506,7 +509,8 @@ class LocalStack:
             values.update(self.own.settings(opts.database, self.ports["cassandra"]))
         values.update(opts.overrides)
         self.values = values
-        document = {"IsEncrypted": False, "Values": values, "Host": {"LocalHttpPort": self.ports["http"]}}
+        document = {"IsEncrypted": False, "Values": values, "Host": {"LocalHttpPort": self.ports["http"]},
+                    GENERATED: "python -m sluice up (docs/local-stack.md): rewritten at each start"}
         self.settings_path.parent.mkdir(parents=True, exist_ok=True)
         self.settings_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         # The same values for a shell: `source <data dir>/settings.env`, then any `python -m sluice ...` command.
@@ -522,12 +526,16 @@ class LocalStack:
         return f"http://{self.options.host}:{self.ports.get('metrics', self.options.metrics_port)}/metrics"
 
     def write_root_settings(self) -> Path:
-        """Also write the settings to ``./local.settings.json`` (for ``func start``); an other one is kept as .bak."""
+        """Also write the settings to ``./local.settings.json`` (for ``func start``); one that ``up`` did not write
+        (no :data:`GENERATED` field) is kept as .bak first. One ``up`` wrote is replaced: it never goes to the
+        .bak, which keeps the operator's own file however many times ``up`` runs."""
         target = ROOT / "local.settings.json"
         text = self.settings_path.read_text(encoding="utf-8")
-        if target.exists() and target.read_text(encoding="utf-8") != text:
-            shutil.copyfile(target, target.with_name("local.settings.json.bak"))
-            self.say(f"kept the previous {target.name} as {target.name}.bak")
+        if target.exists():
+            current = target.read_text(encoding="utf-8")
+            if current != text and not _generated(current):
+                shutil.copyfile(target, target.with_name("local.settings.json.bak"))
+                self.say(f"kept the previous {target.name} as {target.name}.bak")
         target.write_text(text, encoding="utf-8")
         return target
 
@@ -678,6 +686,15 @@ class LocalStack:
             reaper.stdin.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             reaper.wait(timeout=10)
+
+
+def _generated(text: str) -> bool:
+    """Whether a local.settings.json is one :meth:`LocalStack.write_settings` wrote (it holds :data:`GENERATED`)."""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(document, dict) and GENERATED in document
 
 
 def _pings(client: redis.Redis) -> bool:

@@ -368,3 +368,24 @@ def test_the_dev_host_gets_its_stacks_settings_over_those_of_an_earlier_run_in_t
         assert stack._devhost_env is not None and MARKER not in stack._devhost_env
     finally:
         stack.stop()
+
+
+def test_the_operators_own_root_settings_stay_in_the_bak_whatever_the_runs_of_up_no_devhost(tmp_path, monkeypatch):
+    """`up --no-devhost` keeps a ./local.settings.json it did not write as local.settings.json.bak and replaces
+    one it wrote (a field marks it), so the operator's own file stays in the .bak however many runs follow,
+    though each run's file differs (new free ports). (The repository root is a directory of this test.)"""
+    import sluice.localstack as localstack
+
+    root = tmp_path / "checkout"
+    root.mkdir()
+    shutil.copy(ROOT / "local.settings.sample.json", root / "local.settings.sample.json")
+    own = '{"IsEncrypted": false, "Values": {"EventHubConnection": "Endpoint=sb://mine.servicebus.windows.net/;"}}\n'
+    (root / "local.settings.json").write_text(own)
+    monkeypatch.setattr(localstack, "ROOT", root)
+    for redis_port in (41001, 41002, 41003):
+        stack = LocalStack(StackOptions(data_dir=tmp_path / "stack", redis_url=f"redis://127.0.0.1:{redis_port}/0"),
+                           say=lambda _: None)
+        stack.ports = {"azurite": 10123, "cassandra": 9123, "eventhubs": 5999}
+        stack.write_settings()
+        assert stack.write_root_settings().read_text() == stack.settings_path.read_text()
+    assert (root / "local.settings.json.bak").read_text() == own
