@@ -259,15 +259,20 @@ class LocalStack:
             mark.write_text(MARK_TEXT, encoding="utf-8")
 
     def wipe(self) -> bool:
-        """``--fresh``: delete the data directory (once :meth:`claim` holds it: only a directory of ``up``'s), then
-        mark it again; False when there was nothing to delete."""
+        """``--fresh``: stop what a killed ``up`` left running of its own PostgreSQL and Redis (by their pid files),
+        delete the data directory (once :meth:`claim` holds it: only a directory of ``up``'s), then mark it again;
+        False when there was nothing to delete."""
         data_dir = self.options.data_dir
         foreign = self.foreign()
         if foreign:  # claim() refused it already; kept as the last guard before rmtree
             raise StackError(f"--fresh: {data_dir} is not a data directory of `sluice up` (it holds "
                              f"{', '.join(foreign[:8])}); not deleting it")
-        from sluice.secured import postgres_directory
+        from sluice.secured import OwnServices, ServiceError, postgres_directory
 
+        try:  # a killed run's servers, found by their pid files, before those are deleted
+            OwnServices(data_dir / "own", host=self.options.host).stop_stale()
+        except ServiceError as exc:
+            raise StackError(f"--fresh: {exc}") from None
         wiped = False
         if data_dir.exists() and any(entry.name != MARK for entry in data_dir.iterdir()):
             shutil.rmtree(data_dir)

@@ -182,25 +182,8 @@ class LocalPostgres:
         return self
 
     def _stop_stale(self, data: Path) -> None:
-        """Stop the postmaster of an earlier run still serving ``data`` (``pg_ctl stop -m fast``).
+        _stop_stale_postgres(data, self._prefix, self._bin)
 
-        Raises :class:`ServiceError` naming the pid when ``postmaster.pid`` names a live process that
-        is not a PostgreSQL of this directory (PostgreSQL itself would refuse to start then).
-        """
-        pid = _pid_in(data / "postmaster.pid")
-        if pid is None or not _running(pid):
-            return  # none, or a stale file: PostgreSQL replaces it
-        if not _serves(pid, data):
-            raise ServiceError(f"{data / 'postmaster.pid'} names pid {pid}, which is not a PostgreSQL of {data}: "
-                               f"if no PostgreSQL uses {data}, delete that file and start again")
-        logger.warning("our own PostgreSQL of an earlier run still serves %s (pid %s), left by a `sluice up` that "
-                       "was killed: stopping it", data, pid)
-        try:
-            _run([*self._prefix, str(self._bin / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "30", "stop"],
-                 "pg_ctl stop")
-        except ServiceError as exc:
-            raise ServiceError(f"our own PostgreSQL of an earlier run (pid {pid}) still serves {data} and did not "
-                               f"stop ({exc}): stop it with `kill {pid}`, then start again") from None
 
     def alive(self) -> bool:
         """Whether the postmaster started by :meth:`start` still runs."""
@@ -258,6 +241,38 @@ class LocalPostgres:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def _stop_stale_postgres(data: Path, prefix: list[str], bin_dir: Path) -> None:
+    """Stop the postmaster of an earlier run still serving ``data`` (``pg_ctl stop -m fast``).
+
+    Raises :class:`ServiceError` naming the pid when ``postmaster.pid`` names a live process that
+    is not a PostgreSQL of this directory (PostgreSQL itself would refuse to start then).
+    """
+    pid = _pid_in(data / "postmaster.pid")
+    if pid is None or not _running(pid):
+        return  # none, or a stale file: PostgreSQL replaces it
+    if not _serves(pid, data):
+        raise ServiceError(f"{data / 'postmaster.pid'} names pid {pid}, which is not a PostgreSQL of {data}: "
+                           f"if no PostgreSQL uses {data}, delete that file and start again")
+    logger.warning("our own PostgreSQL of an earlier run still serves %s (pid %s), left by a `sluice up` that "
+                   "was killed: stopping it", data, pid)
+    try:
+        _run([*prefix, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "-t", "30", "stop"],
+             "pg_ctl stop")
+    except ServiceError as exc:
+        raise ServiceError(f"our own PostgreSQL of an earlier run (pid {pid}) still serves {data} and did not "
+                           f"stop ({exc}): stop it with `kill {pid}`, then start again") from None
+
+
+def _stop_stale_redis(directory: Path) -> None:
+    """Stop the Redis of an earlier run still running in ``directory`` (its pid file names it)."""
+    pid = _pid_in(directory / "redis.pid")
+    if pid is None or not _running(pid) or not _serves(pid, directory):
+        return
+    logger.warning("our own Redis of an earlier run still runs in %s (pid %s), left by a `sluice up` that was "
+                   "killed: stopping it", directory, pid)
+    _end(pid)
+
+
 @dataclass
 class LocalRedis:
     """``redis-server`` under ``directory``: ACL user ``username``, a plain port and a TLS port."""
@@ -313,13 +328,7 @@ class LocalRedis:
         return self
 
     def _stop_stale(self) -> None:
-        """Stop the Redis of an earlier run still running in our directory (its pid file names it)."""
-        pid = _pid_in(self.directory / "redis.pid")
-        if pid is None or not _running(pid) or not _serves(pid, self.directory):
-            return
-        logger.warning("our own Redis of an earlier run still runs in %s (pid %s), left by a `sluice up` that was "
-                       "killed: stopping it", self.directory, pid)
-        _end(pid)
+        _stop_stale_redis(self.directory)
 
     def url(self, *, tls: bool = False, host: str | None = None) -> str:
         """The URL with the ACL user and no password (it comes from the secret)."""
@@ -584,6 +593,16 @@ class OwnServices:
         for server in (self.redis, self.postgres):
             if server is not None:
                 server.stop()
+
+    def stop_stale(self) -> None:
+        """Stop the PostgreSQL and Redis an earlier run (a killed ``up``) left running under this directory, found by
+        their pid files (``postgres/data/postmaster.pid``, wherever :func:`postgres_directory` put it, and
+        ``redis/redis.pid``): before ``--fresh`` deletes those files."""
+        _stop_stale_redis(self.directory / "redis")
+        if PG_BIN:
+            prefix, _ = _as_postgres()
+            for where in {self.directory / "postgres", postgres_directory(self.directory / "postgres")}:
+                _stop_stale_postgres(where / "data", prefix, PG_BIN[-1])
 
 
 def postgres_directory(directory: Path, *, keep: bool = True) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -389,3 +390,54 @@ def test_the_operators_own_root_settings_stay_in_the_bak_whatever_the_runs_of_up
         stack.write_settings()
         assert stack.write_root_settings().read_text() == stack.settings_path.read_text()
     assert (root / "local.settings.json.bak").read_text() == own
+
+
+HOLDS_OWN_SERVICES = """
+import sys, time
+from pathlib import Path
+from sluice.localstack import LocalStack, StackOptions
+stack = LocalStack(StackOptions(data_dir=Path(sys.argv[1])), say=lambda _: None)
+stack.claim()
+stack.ensure_postgres()
+stack.ensure_redis()
+print("READY", stack.own.postgres.pid, stack.own.redis.running.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_fresh_after_a_killed_up_stops_its_postgresql_and_redis_before_wiping_their_pid_files():
+    """After `kill -9` of `up`, its own PostgreSQL and Redis still run, found by the pid files under the data dir:
+    `--fresh` (wipe) stops them first, then deletes the directory, instead of leaving them running for good."""
+    import tempfile
+
+    import psutil
+
+    parent = Path(tempfile.mkdtemp(prefix="sluice-stale-"))
+    parent.chmod(0o755)  # our own PostgreSQL stays in the data dir
+    data_dir = parent / "stack"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDS_OWN_SERVICES, str(data_dir)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    stale: list[int] = []
+    try:
+        assert holder.stdout is not None
+        line = holder.stdout.readline()
+        assert line.startswith("READY"), line + (holder.stdout.read() if holder.poll() is not None else "")
+        stale = [int(pid) for pid in line.split()[1:]]
+        holder.kill()  # as `kill -9` of `up`: its stop never runs
+        holder.wait(10)
+        stack = LocalStack(StackOptions(data_dir=data_dir), say=lambda _: None)
+        stack.claim()
+        try:
+            assert stack.wipe()
+        finally:
+            stack.stop()
+        _, left = psutil.wait_procs([psutil.Process(pid) for pid in stale if psutil.pid_exists(pid)], timeout=10)
+        assert [p.pid for p in left if p.status() != psutil.STATUS_ZOMBIE] == []
+        assert [p.name for p in data_dir.iterdir()] == [MARK]
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        for pid in stale:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+        shutil.rmtree(parent, ignore_errors=True)
