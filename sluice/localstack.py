@@ -267,10 +267,12 @@ class LocalStack:
         if foreign:  # claim() refused it already; kept as the last guard before rmtree
             raise StackError(f"--fresh: {data_dir} is not a data directory of `sluice up` (it holds "
                              f"{', '.join(foreign[:8])}); not deleting it")
+        from sluice.redis_cluster import stop_stale_nodes
         from sluice.secured import OwnServices, ServiceError, postgres_directory
 
         try:  # a killed run's servers, found by their pid files, before those are deleted
             OwnServices(data_dir / "own", host=self.options.host).stop_stale()
+            stop_stale_nodes(data_dir / "redis-cluster")
         except ServiceError as exc:
             raise StackError(f"--fresh: {exc}") from None
         wiped = False
@@ -383,8 +385,9 @@ class LocalStack:
         """Start ``sluice.reaper`` and mark every child started from now on: if this process dies before
         :meth:`stop` ran (``kill -9``, the OOM killer), the reaper stops them (see sluice/reaper.py).
 
-        Called once our own PostgreSQL and Redis run: those are left to the next ``up``, which stops them by their
-        pid files, and a system service this stack started is never the reaper's to stop.
+        Called before anything starts. Our own PostgreSQL and Redis, and a system service this stack starts, are
+        started unmarked (``SLUICE_STACK_ID`` emptied): the former are left to the next ``up``, which stops them by
+        their pid files, and the latter is never the reaper's to stop. A Redis Cluster's nodes are marked.
         """
         from sluice.reaper import MARKER
 
@@ -710,7 +713,9 @@ def _pings(client: redis.Redis) -> bool:
 
 
 def _run(argv: list[str], what: str) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    from sluice.reaper import unmarked_environ
+
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=unmarked_environ())
     if result.returncode != 0:
         raise StackError(f"could not {what} (`{' '.join(argv)}` exited {result.returncode}):\n"
                          f"{result.stdout}{result.stderr}")

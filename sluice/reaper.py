@@ -33,6 +33,12 @@ MARKER = "SLUICE_STACK_ID"
 DONE = b"done"
 
 
+def unmarked_environ() -> dict[str, str]:
+    """This process's environment without the marker: for what the reaper must not stop (a PostgreSQL or Redis left
+    to the next ``up``, a system service)."""
+    return {name: value for name, value in os.environ.items() if name != MARKER}
+
+
 def marked(marker: str, *, proc: Path = Path("/proc"), exclude: Iterable[int] = ()) -> list[int]:
     """The pids of the processes whose environment holds ``MARKER=marker`` (those we may read)."""
     wanted = f"{MARKER}={marker}".encode()

@@ -36,6 +36,22 @@ def _free_port(host: str) -> int:
         return port
 
 
+def stop_stale_nodes(directory: Path) -> list[int]:
+    """Stop the nodes an earlier run (a killed ``up``) left running under ``directory``, found by their pid files
+    (``<port>/redis.pid``); their pids."""
+    from sluice.secured import _end, _pid_in, _running, _serves
+
+    stopped: list[int] = []
+    if not directory.is_dir():
+        return stopped
+    for node_dir in directory.iterdir():
+        pid = _pid_in(node_dir / "redis.pid")
+        if pid is not None and _running(pid) and _serves(pid, node_dir):
+            _end(pid)
+            stopped.append(pid)
+    return stopped
+
+
 @dataclass
 class LocalRedisCluster:
     """``masters`` masters with ``replicas`` replicas each, on ``host``; :meth:`start` brings it up."""
@@ -63,7 +79,7 @@ class LocalRedisCluster:
         return ["redis-server", "--port", str(port), "--bind", self.host, "--cluster-enabled", "yes",
                 "--cluster-port", str(self.bus_ports[port]), "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(self.node_timeout_ms), "--dir", str(node_dir),
-                "--save", "", "--appendonly", "no", "--protected-mode", "no"]
+                "--save", "", "--appendonly", "no", "--protected-mode", "no", "--pidfile", str(node_dir / "redis.pid")]
 
     def _start_node(self, port: int) -> Running:
         try:
@@ -81,6 +97,7 @@ class LocalRedisCluster:
                     f"{tool} is not installed: run `bash scripts/install.sh` (Debian package redis-server)"
                 )
         if self.directory.exists():  # a previous run's nodes.conf would make `--cluster create` refuse the nodes
+            stop_stale_nodes(self.directory)  # and a killed run's nodes may still run there
             shutil.rmtree(self.directory)
         self.directory.mkdir(parents=True)
         count = self.masters * (1 + self.replicas)

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 from sluice.launcher import Running, start
 from sluice.localstack import free_port
+from sluice.reaper import MARKER
 
 if TYPE_CHECKING:
     import redis
@@ -323,6 +324,7 @@ class LocalRedis:
             "redis-server",
             ["redis-server", str(config)],
             timeout=30,
+            env={MARKER: ""},  # left to the next `up` (its pid file), not to the reaper
             ready=re.compile(r"(?P<ready>Ready to accept connections)"),
         )
         return self
@@ -360,7 +362,9 @@ class LocalRedis:
 
 
 def _run(argv: list[str], what: str) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+    from sluice.reaper import unmarked_environ  # our own PostgreSQL is left to the next `up`, not to the reaper
+
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120, env=unmarked_environ())
     if result.returncode != 0:
         raise ServiceError(f"{what} failed ({result.returncode}): {(result.stderr or result.stdout).strip()[-2000:]}")
 

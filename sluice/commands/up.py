@@ -193,12 +193,12 @@ def _start(stack: LocalStack, args: argparse.Namespace, console: Console) -> Non
     if args.fresh:
         _wipe(stack, console)
     opts.data_dir.mkdir(parents=True, exist_ok=True)
+    stack.guard_against_a_hard_kill()  # before anything starts: a Redis Cluster's nodes are the reaper's too
     with console.status("PostgreSQL and Redis"):
         stack.ensure_postgres()
         stack.ensure_redis()
     if args.fresh and opts.use_existing_services:  # our own services start empty from a wiped data dir
         _forget(stack, console)
-    stack.guard_against_a_hard_kill()
     steps = [("Azurite", stack.start_azurite), ("Cassandra emulator", stack.start_cassandra),
              ("Event Hubs emulator", stack.start_eventhubs), ("Key Vault emulator", stack.start_keyvault)]
     for name, step in steps:

@@ -441,3 +441,24 @@ def test_fresh_after_a_killed_up_stops_its_postgresql_and_redis_before_wiping_th
             with contextlib.suppress(psutil.Error):
                 psutil.Process(pid).kill()
         shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_a_redis_cluster_started_again_on_its_directory_stops_the_nodes_an_earlier_run_left(tmp_path):
+    """A killed `up --redis-cluster` whose reaper was killed too leaves its nodes running: the next start (or
+    `--fresh`) finds them by their pid files and stops them before it deletes their directory."""
+    import shutil as _shutil
+
+    from sluice.redis_cluster import LocalRedisCluster
+
+    if not (_shutil.which("redis-server") and _shutil.which("redis-cli")):
+        pytest.skip("redis-server is not installed")
+    earlier = LocalRedisCluster(tmp_path / "redis-cluster", masters=3, replicas=0).start()
+    later = LocalRedisCluster(tmp_path / "redis-cluster", masters=3, replicas=0)
+    try:
+        left = [running.process for running in earlier.nodes.values()]  # never stopped: as after `kill -9`
+        later.start()
+        for process in left:
+            assert process.wait(timeout=15) is not None
+    finally:
+        later.stop()
+        earlier.stop()
