@@ -29,6 +29,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -178,6 +179,7 @@ class LocalStack:
         self.redis_cluster: Any = None
         self.own: Any = None  # sluice.secured.OwnServices, unless use_existing_services
         self._reaper: subprocess.Popen[bytes] | None = None
+        self._reserved: list[int] = []  # lock files holding the ports chosen (_reserve), closed by stop()
 
     def _own(self) -> Any:
         if self.own is None:
@@ -288,17 +290,41 @@ class LocalStack:
 
     # --- ports ---
 
+    def _reserve(self, port: int) -> bool:
+        """Hold ``port`` for this stack until :meth:`stop` (a lock file in ``/tmp/sluice-ports``): a port is chosen
+        free long before its server binds it (the dev host's, after the migrations), and another ``up`` starting
+        meanwhile would find it free too. False when another ``up`` holds it."""
+        directory = Path(tempfile.gettempdir()) / "sluice-ports"
+        directory.mkdir(exist_ok=True)
+        with contextlib.suppress(OSError):
+            directory.chmod(0o1777)
+        fd = os.open(directory / f"{self.options.host}-{port}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._reserved.append(fd)
+        return True
+
+    def _free_reserved_port(self) -> int:
+        while True:
+            port = free_port(self.options.host)
+            if self._reserve(port):
+                return port
+
     def _port(self, name: str, wanted: int) -> int:
         host = self.options.host
         if wanted == 0:
-            return free_port(host)
-        if port_free(host, wanted):
+            return self._free_reserved_port()
+        free = port_free(host, wanted)
+        if free and self._reserve(wanted):
             return wanted
-        holder = who_listens(wanted)
+        holder = who_listens(wanted) if not free else "another `sluice up`, for a server it has not started yet"
         message = f"{name}: port {wanted} on {host} is in use" + (f" by {holder}" if holder else "")
         if self.options.strict_ports:
             raise StackError(message + "; stop it, or choose another port (see `sluice up --help`)")
-        chosen = free_port(host)
+        chosen = self._free_reserved_port()
         note = f"{message}; using port {chosen} instead (clients must use the settings printed below)"
         self.notes.append(note)
         self.say(f"[yellow]warning:[/] {note}")
@@ -676,6 +702,10 @@ class LocalStack:
                     problems.append(f"{service.name}: {exc!r}")
             self.services.clear()
         self._release_reaper()
+        for fd in self._reserved:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._reserved.clear()
         if self._claim is not None:
             self._claim.close()  # releases the lock
             self._claim = None

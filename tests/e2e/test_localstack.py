@@ -462,3 +462,32 @@ def test_a_redis_cluster_started_again_on_its_directory_stops_the_nodes_an_earli
     finally:
         later.stop()
         earlier.stop()
+
+
+def test_two_stacks_starting_together_never_get_the_same_dev_host_ports(tmp_path):
+    """The dev host's HTTP and metrics ports are chosen free when the settings are written and bound only tens of
+    seconds later: each stack holds the ports it chose until it stops, so a second `up` starting meanwhile on
+    another data dir gets others (with a note), and gets them once the first has stopped."""
+    from sluice.localstack import free_port
+
+    metrics, http = free_port(), free_port()
+    stacks = []
+    for name in ("a", "b"):
+        stack = LocalStack(StackOptions(data_dir=tmp_path / name, metrics_port=metrics, http_port=http),
+                           say=lambda _: None)
+        stack.ports = {"azurite": 10123, "cassandra": 9123, "eventhubs": 5999}
+        stack.write_settings()
+        stacks.append(stack)
+    a, b = stacks
+    try:
+        assert b.ports["metrics"] != a.ports["metrics"] and b.ports["http"] != a.ports["http"]
+        assert a.ports["metrics"] == metrics and any("another `sluice up`" in note for note in b.notes)
+        a.stop()
+        c = LocalStack(StackOptions(data_dir=tmp_path / "c", metrics_port=metrics), say=lambda _: None)
+        c.ports = {"azurite": 10123, "cassandra": 9123, "eventhubs": 5999}
+        c.write_settings()
+        c.stop()
+        assert c.ports["metrics"] == metrics
+    finally:
+        a.stop()
+        b.stop()
