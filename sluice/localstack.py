@@ -341,7 +341,9 @@ class LocalStack:
             self.ports["postgres"] = server.port
             if server.directory != opts.data_dir / "own" / "postgres":
                 note = (f"our own PostgreSQL keeps its data in {server.directory}: the postgres user cannot enter "
-                        f"{opts.data_dir} (`--fresh` deletes it too)")
+                        f"{opts.data_dir} (`--fresh` deletes it too)" if not server.temporary else
+                        f"our own PostgreSQL runs in {server.directory} until it stops (the postgres user cannot "
+                        f"enter {opts.data_dir}, and this stack keeps no data)")
                 self.notes.append(note)
                 self.say(note)
             return
