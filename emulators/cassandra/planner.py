@@ -255,6 +255,16 @@ def _has_sets_or_maps(ctype: CqlType) -> bool:
     return ctype.kind in ("set", "map") or any(_has_sets_or_maps(p) for p in ctype.params)
 
 
+@functools.cache
+def _canonical_when_bound(ctype: CqlType) -> bool:
+    """Whether a bound value of ``ctype`` is put in canonical form here (:func:`_has_sets_or_maps`). Not a whole
+    non-frozen collection whose elements hold no set or map: the write stores it normalized anyway
+    (``collections_ops.normalize``), and sorting it twice would cost every ingest write its measurements map twice."""
+    if ctype.is_collection and not ctype.frozen:
+        return any(_has_sets_or_maps(p) for p in ctype.params)
+    return _has_sets_or_maps(ctype)
+
+
 def resolve(term: st.Term, ctype: CqlType, values: list[Value], receiver: str = "the value") -> Value:
     """The wire bytes of ``term`` as ``ctype``; None for null, :data:`UNSET` for an unset bound value.
     ``receiver`` names what receives it (a column, ``[timestamp]``, ...) in a type error."""
@@ -267,7 +277,7 @@ def resolve(term: st.Term, ctype: CqlType, values: list[Value], receiver: str = 
                 ctype.validate(value)
             except (InvalidValue, UnsupportedType) as exc:
                 raise Invalid(f"Invalid value for {term.name or 'bind marker ' + str(term.index)}: {exc}") from None
-            if _has_sets_or_maps(ctype):
+            if _canonical_when_bound(ctype):
                 value = ctype.canonical(value)
         return value
     if isinstance(term, st.FunctionCall):
