@@ -369,3 +369,52 @@ def test_event_lookup_serves_the_resent_copy_after_the_change_feed_applied_it(ap
     assert again.status_code == 200
     assert body(again)["measurements"] == {"temperature": 23.5}, (
         f"X-Cache: {again.headers.get('X-Cache')}: the superseded copy is served after the feed applied the new one")
+
+
+# -- 8. a critical event corrected into one that is not critical leaves the device's critical list ----------
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("member_key", ["kept", "expired"])
+def test_a_critical_event_corrected_into_a_non_critical_one_leaves_the_critical_hit(app_env, store, rclient,
+                                                                                    member_key) -> None:
+    """A device raised a critical event, then re-sent it under its id as not critical (a false alarm corrected).
+    The feed's ``fill_event`` in its ``stale`` mode dropped the cached copy, but the device's critical set kept the
+    old member until its TTL (days), so every hit of ``/critical`` listed the false alarm while a miss left it out.
+    Now the stale command reports that the copy it dropped was critical, and the feed takes the event out of its
+    device's set (``uncritical.lua``), also when its member key expired before the set."""
+    from azure.functions.timer import TimerRequest
+
+    from shared import bootstrap
+    from tests.fixtures.functions import user_function
+
+    def run_feed() -> None:
+        user_function("changefeed")(TimerRequest(past_due=False))
+
+    app_env()
+    device, sent = f"unc-{member_key}", datetime.now(UTC) - timedelta(seconds=60)
+    alarm = make_event(device, NOW - timedelta(minutes=6), severity="critical", enqueued=sent)
+    other = make_event(device, NOW - timedelta(minutes=5), severity="critical", enqueued=sent)
+    store.write([alarm, other])
+    run_feed()
+    critical(device)  # a miss: Cassandra answers, and the set is marked complete
+    before = critical(device)
+    assert before.headers["X-Cache"] == "hit", before.get_body()
+    assert [e["event_id"] for e in body(before)["events"]] == [str(other.event_id), str(alarm.event_id)]
+    if member_key == "expired":
+        rclient.delete(bootstrap.redis_change_sink().keys.member(device, alarm.event_id))
+
+    false_alarm = make_event(device, NOW - timedelta(minutes=6), severity="info", event_id=alarm.event_id,
+                             enqueued=sent + timedelta(seconds=30))
+    store.write([false_alarm])
+    run_feed()
+    hit = critical(device)
+    assert hit.headers["X-Cache"] == "hit", hit.get_body()
+    assert [e["event_id"] for e in body(hit)["events"]] == [str(other.event_id)], body(hit)
+    assert not rclient.exists(bootstrap.redis_change_sink().keys.member(device, alarm.event_id))
+
+    again = make_event(device, NOW - timedelta(minutes=6), severity="critical", event_id=alarm.event_id,
+                       enqueued=sent + timedelta(seconds=50))
+    store.write([again])  # critical once more: a later re-send
+    run_feed()
+    listed = critical(device)
+    assert [e["event_id"] for e in body(listed)["events"]] == [str(other.event_id), str(alarm.event_id)]

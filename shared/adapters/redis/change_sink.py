@@ -12,7 +12,10 @@ sub-pipeline per node), each touching one slot:
 * per other event: ``fill_event`` in its ``stale`` mode on ``e:<event id>``, with the
   event's enqueued time only: a copy a lookup cached (for up to an hour) that was
   enqueued before this one, a re-send with corrected content, is dropped, so the next
-  lookup reads the stored copy instead of serving the superseded one.
+  lookup reads the stored copy instead of serving the superseded one. Where the dropped
+  copy was critical (a correction made the event not critical), a second pipeline sends
+  ``uncritical`` on the device's set, which the event leaves (the feed wrote that copy
+  with the set's member, so it is there as long as the member is, unless evicted).
 
 Each script is atomic and idempotent on its own, so the order in which a
 cluster's nodes run them does not matter, and a page that failed half-way
@@ -56,14 +59,17 @@ class RedisChangeSink(ScriptedRedis):
         self.critical_cap = critical_per_device_max
         self._shard_max = -(-critical_stream_max // stream_shards)
 
-    def commands(self, events: Sequence[StoredEvent]) -> tuple[list[Command], list[str]]:
+    def commands(self, events: Sequence[StoredEvent]
+                 ) -> tuple[list[Command], list[str], list[tuple[int, StoredEvent]]]:
         """The ``EVALSHA`` argument tuples that apply ``events`` (the newest event per device sets its latest,
-        where its key exists), the ``latest`` ones last; and the device of each of those, in their order.
+        where its key exists), the ``latest`` ones last; the device of each of those, in their order; and the
+        place of each ``stale`` command with its event.
 
         Every write goes to each generation of :meth:`write_keys` (two while a rebuild runs).
         """
         newest: dict[str, StoredEvent] = {}
         documents: dict[int, str] = {}  # by id(event): encoded once, for its critical commands and its latest
+        stale: list[tuple[int, StoredEvent]] = []
         commands: list[Command] = []
         generations, ttl, cap = self.write_keys(), self._ttl, self.critical_cap
         sha = self.sha
@@ -89,6 +95,7 @@ class RedisChangeSink(ScriptedRedis):
             else:  # a lookup's cached copy of an older send of this id is dropped (no document: cheap per event)
                 enqueued = event.enqueued_text()
                 for keys in generations:
+                    stale.append((len(commands), event))
                     commands.append((event_sha, 1, keys.event(event_id), enqueued, "", "stale"))
         devices: list[str] = []
         for device, event in newest.items():
@@ -96,16 +103,28 @@ class RedisChangeSink(ScriptedRedis):
             for keys in generations:
                 commands.append((latest_sha, 1, keys.latest(device), sort_key(event), document, ttl, "present"))
                 devices.append(device)
-        return commands, devices
+        return commands, devices, stale
 
     def apply(self, events: Sequence[StoredEvent]) -> list[str]:
         if not events:
             return []
-        commands, devices = self.commands(events)
+        commands, devices, stale = self.commands(events)
         replies = self.pipeline(commands, f"writing {len(events)} changed events", **self._wait)
+        # 2: the stale command dropped a critical copy of its event (fill_event.lua)
+        uncritical = {id(event): event for at, event in stale if replies[at] == 2}
+        if uncritical:
+            self._uncritical(list(uncritical.values()))
         # the latest commands come last: a reply of 0 is a key that was missing, left for put_latest
         return sorted({device for device, reply in zip(devices, replies[len(replies) - len(devices):], strict=True)
                        if reply == 0})
+
+    def _uncritical(self, events: Sequence[StoredEvent]) -> None:
+        """Take events a correction made not critical out of their devices' sets (``uncritical.lua``)."""
+        generations, sha = self.write_keys(), self.sha["uncritical"]
+        self.pipeline([(sha, 2, keys.member(e.device_id, e.event_id), keys.critical(e.device_id), e.enqueued_text())
+                       for e in events for keys in generations],
+                      f"taking {len(events)} events no longer critical out of their devices' critical sets",
+                      **self._wait)
 
     def put_latest(self, events: Sequence[StoredEvent]) -> None:
         if not events:
