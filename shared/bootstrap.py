@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -531,10 +532,13 @@ def redis_change_sink() -> RedisChangeSink:
     from shared.adapters.redis import RedisChangeSink
 
     cfg = settings().redis
+    # the feed's note of a copy it applied must outlive a lookup's read of the store (its requests and a retry)
+    marker = math.ceil(3 * settings().cassandra.request_timeout_seconds)
     return RedisChangeSink(redis_client(), key_prefix=cfg.key_prefix, ttl_seconds=cfg.ttl_seconds,
                            critical_per_device_max=cfg.critical_per_device_max,
                            critical_stream_max=cfg.critical_stream_max, stream_shards=cfg.critical_stream_shards,
-                           wait_replicas=cfg.wait_replicas, wait_timeout_ms=cfg.wait_timeout_ms)
+                           wait_replicas=cfg.wait_replicas, wait_timeout_ms=cfg.wait_timeout_ms,
+                           stale_marker_seconds=marker)
 
 
 @service

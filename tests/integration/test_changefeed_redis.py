@@ -8,7 +8,11 @@ span slots fails the test.
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
+import signal
+import socket
 import time
 import uuid
 from dataclasses import replace
@@ -19,8 +23,10 @@ import redis
 
 from shared.adapters.redis import RedisChangeSink, RedisLookupCache
 from shared.domain.stored import StoredEvent, one_copy_each
-from shared.ports.cache import SINCE_ALL
+from shared.exceptions import DependencyUnavailable
+from shared.ports.cache import SINCE_ALL, Cached
 from shared.services.changefeed import apply_changes
+from sluice import launcher
 from tests.integration import test_changefeed as changefeed_tests
 
 private_redis = changefeed_tests.private_redis
@@ -125,9 +131,10 @@ def test_the_feed_drops_a_superseded_copy_a_lookup_cached_and_caches_no_other(cl
     """For an event that is not critical the feed sends only its enqueued time to ``e:<id>``: a copy a lookup cached
     that was enqueued before it (the id re-sent with other content), or a cached "not found", is dropped, so the
     next lookup reads the stored copy; a copy as new or newer stays (a replay of the older send, or the overlap read
-    again, drops nothing); an event nobody looked up gets no key. One single-key script per event in the page's
+    again, drops nothing); an event nobody looked up gets no document, only the feed's note of the copy it applied,
+    which lives a lookup's read or so (``stale_marker_seconds``). One single-key script per event in the page's
     pipeline, so a cluster runs it on the key's node."""
-    cache = Cache(client, key_prefix=redis_prefix, ttl_seconds=10_000)
+    cache = Cache(client, key_prefix=redis_prefix, ttl_seconds=10_000, stale_marker_seconds=30)
     looked_up, absent, untouched, current = ev(seconds=1), ev(seconds=2), ev(seconds=3), ev(seconds=4)
     cache.fill_event(str(looked_up.event_id), looked_up, ttl=60, negative_ttl=5)
     cache.fill_event(str(absent.event_id), None, ttl=60, negative_ttl=5)  # looked up before it was stored
@@ -141,7 +148,8 @@ def test_the_feed_drops_a_superseded_copy_a_lookup_cached_and_caches_no_other(cl
     cache.fill_event(str(looked_up.event_id), resent, ttl=60, negative_ttl=5)  # that lookup's fill
     apply_changes(cache, [looked_up], None, list)  # the older send again (a replay): the later copy stays
     assert cache.get_event(str(looked_up.event_id)).document == resent.to_json()
-    assert not client.exists(cache.keys.event(untouched.event_id))
+    untouched_key = cache.keys.event(untouched.event_id)
+    assert client.hget(untouched_key, "d") is None and 0 < client.ttl(untouched_key) <= 30
 
 
 def test_each_critical_event_enters_the_stream_once(client, redis_prefix):
@@ -335,3 +343,115 @@ def test_a_re_sent_critical_event_stays_one_member(client, redis_prefix):
         assert cache.get_critical("d1", SINCE_ALL, 10) == [m.decode() for m in reversed(members)]
     stream = stream_ids(client, cache.keys)
     assert sorted(stream) == sorted([str(first.event_id), str(other.event_id)])
+
+
+# -- corrections and lookups racing the feed ------------------------------------------------------------------
+
+def stored(device: str = "rv-1", *, critical: bool, enqueued: float, value: float = 1.0) -> StoredEvent:
+    """An event at ``NOW``, enqueued ``enqueued`` seconds after it."""
+    return StoredEvent(event_id=uuid.uuid4(), device_id=device, event_time=NOW, event_type="alarm",
+                       severity="critical" if critical else "info", critical=critical,
+                       measurements={"v": value}, enqueued_time=NOW + timedelta(seconds=enqueued))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def master_and_replica():
+    """A private master and its replica (never the shared Redis on 6379), in memory only; yields the master's
+    port and the replica's process (the test pauses it, by its pid)."""
+    ready = re.compile(r"(?P<ready>Ready to accept)")
+    master_port, replica_port = _free_port(), _free_port()
+    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    master = launcher.start("test-redis-master", ["redis-server", "--port", str(master_port), *common],
+                            timeout=20, ready=ready)
+    replica = launcher.start("test-redis-replica", ["redis-server", "--port", str(replica_port), *common,
+                                                    "--replicaof", "127.0.0.1", str(master_port)],
+                             timeout=20, ready=ready)
+    try:
+        probe = redis.Redis(port=replica_port)
+        deadline = time.monotonic() + 20
+        while probe.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica did not sync"
+            time.sleep(0.1)
+        probe.close()
+        yield master_port, replica
+    finally:
+        if replica.alive():
+            os.kill(replica.process.pid, signal.SIGCONT)
+        replica.stop()
+        master.stop()
+
+
+def test_a_correction_no_longer_critical_whose_page_is_written_again_still_leaves_the_critical_list(
+        master_and_replica):
+    """A critical event corrected into one that is not critical leaves its device's set in a second pipeline,
+    sent when the stale command dropped the critical copy. When the first attempt fails after its writes (here its
+    replica did not acknowledge them: ``SLUICE_REDIS_WAIT_REPLICAS``), the feed writes the page again, and the
+    copy is gone by then: the stale command still says so (field ``u``), so the set is cleaned all the same."""
+    master_port, replica = master_and_replica
+    client = redis.Redis(port=master_port)
+    try:
+        sink = RedisChangeSink(client, key_prefix="rv:", wait_replicas=1, wait_timeout_ms=300,
+                               generation_cache_seconds=0)
+        cache = RedisLookupCache(client, key_prefix="rv:", generation_cache_seconds=0)
+        first = stored("pump-7", critical=True, enqueued=0)
+        sink.put_latest([first])
+        sink.apply([first])
+        cache.fill_critical("pump-7", [first], SINCE_ALL, ttl=3600)  # a lookup's miss: the list is complete
+        assert cache.get_critical("pump-7", SINCE_ALL, 10) == [first.to_json()]
+
+        corrected = replace(first, severity="info", critical=False, measurements={"v": 0.0},
+                            enqueued_time=NOW + timedelta(seconds=5))
+        os.kill(replica.process.pid, signal.SIGSTOP)  # the replica lags: WAIT is not acknowledged in time
+        with pytest.raises(DependencyUnavailable):
+            sink.apply([corrected])
+        os.kill(replica.process.pid, signal.SIGCONT)
+        for attempt in range(20):  # the change feed kept its position and writes the page again until acknowledged
+            try:
+                sink.apply([corrected])
+                break
+            except DependencyUnavailable:
+                assert attempt < 19, "the replica never acknowledged again"
+                time.sleep(0.2)
+        assert cache.get_critical("pump-7", SINCE_ALL, 10) == [], "the corrected event is still listed as critical"
+    finally:
+        client.close()
+
+
+def test_a_lookup_fill_landing_after_the_feed_applied_a_resent_event_does_not_cache_the_superseded_copy(
+        client, redis_prefix):
+    """A lookup reads copy A of an event from the store; the re-sent copy B is stored and the feed applies it,
+    with nothing cached yet; then the lookup's fill of A lands. Without a trace of B it cached A for the lookups'
+    TTL (an hour). The feed's stale command notes B's enqueued time (field ``n``, for a while longer than a
+    lookup's read), and the fill of the older copy is refused."""
+    cache = Cache(client, key_prefix=redis_prefix, stale_marker_seconds=30)
+    first = stored(critical=False, enqueued=0, value=1.0)
+    resent = replace(first, measurements={"v": 2.0}, enqueued_time=NOW + timedelta(seconds=5))
+    event_id = str(first.event_id)
+
+    assert cache.get_event(event_id) is None  # the lookup misses and reads copy A from the store
+    cache.apply([resent])  # B is stored and the change feed applies it
+    cache.fill_event(event_id, first, ttl=3600, negative_ttl=5)  # the lookup's fill of A lands after
+    assert cache.get_event(event_id) is None, "the superseded copy is cached after the feed applied the re-send"
+    assert 0 < client.ttl(cache.keys.event(first.event_id)) <= 30  # the note only lives a lookup's read or so
+    cache.fill_event(event_id, resent, ttl=3600, negative_ttl=5)  # the next lookup caches what the store holds
+    assert cache.get_event(event_id) == Cached(resent.to_json())
+
+
+def test_a_negative_fill_landing_after_the_feed_applied_the_event_does_not_hide_it(client, redis_prefix):
+    """The same race with "not found": a lookup that read nothing just before the event was stored cached "not
+    found" after the feed applied the event, and the event answered 404 for the negative TTL. The feed's note makes
+    the key exist, and ``negative.lua`` caches "not found" only where nothing is."""
+    cache = Cache(client, key_prefix=redis_prefix)
+    applied = stored(critical=False, enqueued=0)
+    event_id = str(applied.event_id)
+
+    assert cache.get_event(event_id) is None  # the lookup misses; the store does not hold the event yet
+    cache.apply([applied])  # ingest stores it, the change feed applies it
+    cache.fill_event(event_id, None, ttl=3600, negative_ttl=60)  # the lookup's "not found" lands after
+    assert cache.get_event(event_id) is None, "an event the change feed applied is cached as 'not found'"

@@ -51,9 +51,11 @@ class RedisChangeSink(ScriptedRedis):
     def __init__(self, connection: RedisConnection | Client, *, key_prefix: str = "sluice:",
                  ttl_seconds: int = 7 * 24 * 3600, critical_per_device_max: int = 100,
                  critical_stream_max: int = 10_000, stream_shards: int = 8,
-                 generation_cache_seconds: float = 1.0, wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
+                 generation_cache_seconds: float = 1.0, wait_replicas: int = 0, wait_timeout_ms: int = 1000,
+                 stale_marker_seconds: int = 30) -> None:
         super().__init__(connection, key_prefix, stream_shards, generation_cache_seconds=generation_cache_seconds)
         self._ttl = ttl_seconds
+        self._marker_ttl = stale_marker_seconds
         self._wait = {"replicas": wait_replicas, "wait_ms": wait_timeout_ms}
         self._stream_max = critical_stream_max
         self.critical_cap = critical_per_device_max
@@ -71,7 +73,7 @@ class RedisChangeSink(ScriptedRedis):
         documents: dict[int, str] = {}  # by id(event): encoded once, for its critical commands and its latest
         stale: list[tuple[int, StoredEvent]] = []
         commands: list[Command] = []
-        generations, ttl, cap = self.write_keys(), self._ttl, self.critical_cap
+        generations, ttl, cap, marker_ttl = self.write_keys(), self._ttl, self.critical_cap, self._marker_ttl
         sha = self.sha
         latest_sha, critical_sha, stream_sha, event_sha = (
             sha["latest"],
@@ -96,7 +98,7 @@ class RedisChangeSink(ScriptedRedis):
                 enqueued = event.enqueued_text()
                 for keys in generations:
                     stale.append((len(commands), event))
-                    commands.append((event_sha, 1, keys.event(event_id), enqueued, "", "stale"))
+                    commands.append((event_sha, 1, keys.event(event_id), enqueued, "", "stale", marker_ttl))
         devices: list[str] = []
         for device, event in newest.items():
             document = documents.get(id(event)) or event.to_json()
