@@ -368,3 +368,34 @@ def test_a_token_without_an_object_id_is_refused_with_the_reason() -> None:
     token = NoObjectId().get_token("https://redis.azure.com/.default")
     with pytest.raises(redis.ConnectionError, match="no 'oid' claim"):
         Token(token.token, token.expires_on)
+
+
+def test_an_entra_id_outage_after_the_token_ended_is_asked_every_few_seconds_not_ten_times_a_second() -> None:
+    """The renewal waited half of what the held token had left, at least 0.1 s: once that token had ended, an
+    outage of Entra ID (or of the managed identity endpoint) was asked ten times a second, with a warning each
+    time, for as long as it lasted. After a failure the wait is now at least ``failed_floor_seconds``."""
+    import threading
+
+    base = time.time()
+
+    def clock() -> float:  # the renewal thread lives after the token's end
+        return base + 4000 if threading.current_thread().name == "redis-entra-renewal" else base
+
+    class Failing(LocalDevelopmentCredential):
+        calls = 0
+
+        def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+            self.calls += 1
+            if self.calls == 1:
+                return super().get_token(*scopes, **kwargs)
+            raise ClientAuthenticationError("Entra ID is unavailable")
+
+    credential = Failing(lifetime=3600)
+    provider = EntraCredentials(credential, clock=clock)
+    try:
+        provider.get_credentials()  # the first connection: a token, and the renewal thread starts
+        time.sleep(1.5)
+        renewals = credential.calls - 1
+    finally:
+        provider.close()
+    assert 1 <= renewals <= 2, f"the credential was asked {renewals} times in 1.5 s after failures"

@@ -96,6 +96,8 @@ class EntraCredentials(StreamingCredentialProvider):
     renew_at = 0.7  # of the remaining lifetime
     cache_window = 360.0  # seconds before expiry within which the credential hands out a new token (it renews at 300)
     retry_seconds = 30.0  # between requests while the credential still has the old token, or after a failure
+    # the least wait as the held token's end comes (or has passed): after a failure, then after the same token
+    failed_floor_seconds, poll_floor_seconds = 5.0, 1.0
     min_left = 60.0  # seconds: a token with less left is not used for a new connection
 
     def __init__(self, credential: TokenCredential, *, clock: Callable[[], float] = time.time) -> None:
@@ -107,6 +109,7 @@ class EntraCredentials(StreamingCredentialProvider):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
+        self._failing = False
 
     # --- what redis-py calls
 
@@ -180,9 +183,11 @@ class EntraCredentials(StreamingCredentialProvider):
             try:
                 token = self._request()  # outside the lock: new connections meanwhile use the token held
             except RedisConnectionError as exc:
-                logger.warning("Renewing the Redis Entra ID token failed (asked again in %.0f s at most): %s",
-                               self.retry_seconds, exc)
+                self._failing = True
+                logger.warning("Renewing the Redis Entra ID token failed (asked again in %.0f s): %s",
+                               self._delay(), exc)
                 continue
+            self._failing = False
             with self._lock:
                 self._token = token
             if held is None or token.value != held.value:
@@ -193,8 +198,9 @@ class EntraCredentials(StreamingCredentialProvider):
         if token is None:
             return self.retry_seconds
         left = token.left(self._clock())
-        if left <= self.cache_window:
-            return min(self.retry_seconds, max(left / 2, 0.1))
+        if left <= self.cache_window:  # halving towards the end, but an outage is not asked ten times a second
+            return min(self.retry_seconds,
+                       max(left / 2, self.failed_floor_seconds if self._failing else self.poll_floor_seconds))
         return max(min(left * self.renew_at, left - self.cache_window + 1.0), 0.1)
 
     def _deliver(self, token: Token) -> None:
