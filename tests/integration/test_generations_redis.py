@@ -10,9 +10,13 @@ On the cluster the ``redis_server`` fixture fails the test on any ``CROSSSLOT``.
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 import uuid
 
 import pytest
+import redis
 
 from shared.adapters.redis import RedisChangeSink, RedisGenerations, RedisLookupCache
 from shared.adapters.redis_dashboard import RedisCriticalStream
@@ -135,3 +139,76 @@ def test_a_device_rebuild_deletes_its_event_documents_one_slot_at_a_time(client)
     builder.refresh("pump", latest, critical, SINCE_ALL)
     assert [json.loads(client.hget(keys.event(e.event_id), "d"))["event_id"] for e in critical] \
         == [str(e.event_id) for e in critical]
+
+
+class _SlowRepliesProxy:
+    """A TCP proxy to Redis that forwards requests at once and, while ``slow`` is set, holds each reply for
+    ``delay`` seconds before passing it on: a reply late on the way back (a congested network, a client thread
+    that gets the CPU late), after Redis already ran the command."""
+
+    def __init__(self, host: str, port: int, delay: float) -> None:
+        self.target, self.delay, self.slow = (host, port), delay, False
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                downstream, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self._sockets += [downstream, upstream]
+            threading.Thread(target=self._pump, args=(downstream, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, downstream, True), daemon=True).start()
+
+    def _pump(self, source, sink, replies: bool) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+                if not data:
+                    return
+                if replies and self.slow:
+                    time.sleep(self.delay)
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+
+
+def test_the_change_feed_writes_the_building_generation_once_the_rebuild_has_waited_its_two_cache_periods(
+        redis_url, redis_prefix):
+    """A writer cached the generation pointer from when its reply arrived, not from when Redis read it, so a
+    pointer could be ``cache_seconds`` plus the reply's latency old, while the rebuild waits ``2 * cache_seconds``
+    after claiming ``building`` and then trusts every change-feed writer to write both generations. A reply held
+    back 1.5 s (less than that wait) left the feed writing the live generation only after it; the pointer is now
+    dated from when it was asked for."""
+    where = redis.Redis.from_url(redis_url).connection_pool.connection_kwargs
+    host, port = where.get("host", "127.0.0.1"), int(where.get("port", 6379))
+    proxy = _SlowRepliesProxy(host, port, delay=1.5)
+    slow_client = redis.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=5)
+    direct = redis.Redis.from_url(redis_url)
+    try:
+        feed = RedisChangeSink(slow_client, key_prefix=redis_prefix, generation_cache_seconds=1.0)
+        rebuild = RedisChangeSink(direct, key_prefix=redis_prefix, generation_cache_seconds=1.0)
+        slow_client.ping()  # connected (its hand-shake replies are not held)
+        proxy.slow = True
+        reader = threading.Thread(target=feed.write_keys)  # the feed reads the pointer: Redis answers at once
+        reader.start()
+        time.sleep(0.2)  # Redis has run the HMGET; its reply is on its way back
+        rebuild.generations.start_building(since_ms=0)
+        claimed = time.monotonic()
+        reader.join()
+        proxy.slow = False
+        time.sleep(max(0.0, claimed + 2 * rebuild.generations.cache_seconds - time.monotonic()) + 0.05)
+        # the rebuild's settle is over: it now reads devices, trusting that every writer writes both generations
+        assert len(feed.write_keys()) == 2, "the change feed still writes the live generation only"
+    finally:
+        slow_client.close()
+        direct.close()
+        proxy.close()

@@ -330,6 +330,7 @@ class AsyncRedisLookupCache:
         live = self._live
         if live is not None and time.monotonic() - live[0] < self._cache_seconds:
             return live[1]
+        asked = time.monotonic()  # Redis read the pointer after this: it is no older than that
         try:
             with redirects():
                 (generation,) = await self._commands.call("HMGET", self._pointer_key, "live")
@@ -339,7 +340,7 @@ class AsyncRedisLookupCache:
             await self._connection.failed(exc)
             raise failed("reading the generation pointer", exc) from exc
         keys = self._keys_of(int(generation) if generation else 0)
-        self._live = (time.monotonic(), keys)
+        self._live = (asked, keys)
         return keys
 
     async def _hash_doc(self, key: str, what: str) -> Cached | None:

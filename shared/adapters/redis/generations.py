@@ -89,8 +89,9 @@ class RedisGenerations:
         if cached is not None and now - cached[0] < self.cache_seconds:
             return cached[1]
         with self._lock:
+            asked = time.monotonic()  # Redis read it after this: the pointer is no older than that
             pointer = self.read()
-            self._cached = (time.monotonic(), pointer)
+            self._cached = (asked, pointer)
         return pointer
 
     # -- moves (used by the rebuild only) ------------------------------------------------------
