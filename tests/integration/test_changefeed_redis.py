@@ -361,12 +361,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def master_and_replica():
-    """A private master and its replica (never the shared Redis on 6379), in memory only; yields the master's
-    port and the replica's process (the test pauses it, by its pid)."""
+def master_and_replica(tmp_path):
+    """A private master and its replica (never the shared Redis on 6379), in memory only (the replica's copy of
+    the master's data lands in ``tmp_path``); yields the master's port and the replica's process (the test pauses
+    it, by its pid)."""
     ready = re.compile(r"(?P<ready>Ready to accept)")
     master_port, replica_port = _free_port(), _free_port()
-    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
     master = launcher.start("test-redis-master", ["redis-server", "--port", str(master_port), *common],
                             timeout=20, ready=ready)
     replica = launcher.start("test-redis-replica", ["redis-server", "--port", str(replica_port), *common,
