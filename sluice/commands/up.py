@@ -89,7 +89,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--use-existing-services", action="store_true",
                         help="use the machine's PostgreSQL and Redis (no passwords, no TLS) instead of our own")
     parser.add_argument("--keep-services", action="store_true",
-                        help="leave PostgreSQL and Redis running even if this command started them")
+                        help="with --use-existing-services: leave the machine's PostgreSQL and Redis running even if "
+                             "this command started them (our own, and a --redis-cluster, always stop with the stack)")
     parser.add_argument("--drain-timeout", type=float, default=240.0,
                         help="bounded run: seconds to wait for the pipeline to deliver after the load (default 240)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -111,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
     if args.duration and (args.no_devhost or args.no_load):
         raise ConfigurationError("--duration checks what the dev host made of the load; "
                                  "it cannot go with --no-devhost or --no-load")
+    if args.keep_services and not args.use_existing_services:
+        raise ConfigurationError("--keep-services keeps the machine's PostgreSQL and Redis (--use-existing-services) "
+                                 "running; our own always stop with the stack (the next `up` would stop them by "
+                                 "their pid files anyway): add --use-existing-services, or leave --keep-services out")
     overrides = {}
     for item in args.set:
         name, sep, value = item.partition("=")

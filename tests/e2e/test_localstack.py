@@ -491,3 +491,34 @@ def test_two_stacks_starting_together_never_get_the_same_dev_host_ports(tmp_path
     finally:
         a.stop()
         b.stop()
+
+
+def _up_until_start(monkeypatch, argv):
+    """``main(["up", *argv])`` with the stack's start replaced: the options it would start with, and main's status."""
+    import sluice.commands.up as up
+    from sluice.__main__ import main
+
+    seen = []
+
+    def start(stack, args, console):
+        seen.append(stack.options)
+        raise StackError("stopped before starting anything (test)")
+
+    monkeypatch.setattr(up, "_start", start)
+    return main(["up", *argv]), seen
+
+
+def test_up_refuses_to_keep_its_own_postgresql_and_redis_instead_of_stopping_them_anyway(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """`--keep-services` leaves running the machine's PostgreSQL and Redis (`--use-existing-services`) that `up`
+    started. Our own (the default) always stop with the stack: the next `up` stops them by their pid files anyway,
+    and their passwords go with the Key Vault emulator. Asked to keep them, `up` refuses before starting anything
+    rather than stop them anyway."""
+    status, seen = _up_until_start(monkeypatch, ["--keep-services", "--no-load", "--data-dir", str(tmp_path / "a")])
+    said = " ".join(capsys.readouterr().err.split())
+    assert (status, seen) == (2, []), said
+    assert "--keep-services" in said and "--use-existing-services" in said, said
+    assert not (tmp_path / "a").exists()
+    status, seen = _up_until_start(monkeypatch, ["--keep-services", "--use-existing-services", "--no-load",
+                                                 "--data-dir", str(tmp_path / "b")])
+    assert status == 2 and len(seen) == 1 and not seen[0].stop_services and seen[0].use_existing_services

@@ -313,7 +313,6 @@ def test_sluice_up_bounded_run_delivers_and_stops_everything(tmp_path, redis_pre
         str(tmp_path / "stack"),
         "--in-memory",
         "--fresh",
-        "--keep-services",
         "--database",
         database,
         "--keyspace",
