@@ -533,33 +533,58 @@ class LocalStack:
             "SLUICE_POSTGRES_PORT": str(opts.postgres_port),
             "SLUICE_POSTGRES_DBNAME": opts.database,
         })
-        if "metrics" not in self.ports:
-            self.ports["metrics"] = self._port("dev host metrics", opts.metrics_port)
+        if "metrics" not in self.ports and (metrics := self._metrics_port()) is not None:
+            self.ports["metrics"] = metrics
         if "http" not in self.ports:  # Host.LocalHttpPort below names the port the dev host (or `func start`) gets
             self.ports["http"] = self._port("dev host (HTTP)", opts.http_port)
-        values["SLUICE_METRICS_PORT"] = str(self.ports["metrics"])
         if "keyvault" in self.ports:
             values["SLUICE_KEYVAULT_URL"] = f"https://{opts.host}:{self.ports['keyvault']}"
             values["SLUICE_KEYVAULT_CA_FILE"] = str(opts.data_dir / "keyvault-certs" / "ca.pem")
         if self.own is not None:
             values.update(self.own.settings(opts.database, self.ports["cassandra"]))
         values.update(opts.overrides)
+        values["SLUICE_METRICS_PORT"] = str(self.ports["metrics"]) if "metrics" in self.ports else ""
         self.values = values
         document = {"IsEncrypted": False, "Values": values, "Host": {"LocalHttpPort": self.ports["http"]},
                     GENERATED: "python -m sluice up (docs/local-stack.md): rewritten at each start"}
         self.settings_path.parent.mkdir(parents=True, exist_ok=True)
         self.settings_path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
         # The same values for a shell: `source <data dir>/settings.env`, then any `python -m sluice ...` command.
-        exports = f"# the dev host's metrics: {self.metrics_url}\n" + "".join(
+        url = self.metrics_url
+        exports = (f"# the dev host's metrics: {url}\n" if url else "# the dev host serves no metrics "
+                   "(SLUICE_METRICS_PORT is empty)\n") + "".join(
             f"export {name}={shlex.quote(value)}\n" for name, value in values.items()
             if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name))
         (self.settings_path.parent / "settings.env").write_text(exports, encoding="utf-8")
         return self.settings_path
 
+    def _metrics_port(self) -> int | None:
+        """The dev host's metrics port: the one ``--set SLUICE_METRICS_PORT`` gives (``0``: a free one, chosen here,
+        so that the URL shown is the one served; empty: None, no endpoint), else :attr:`StackOptions.metrics_port`,
+        or a free one when that is taken."""
+        given = self.options.overrides.get("SLUICE_METRICS_PORT")
+        if given is None:
+            return self._port("dev host metrics", self.options.metrics_port)
+        if not given.strip():
+            return None
+        try:
+            port = int(given)
+        except ValueError:
+            port = -1
+        if not 0 <= port <= 65535:
+            raise StackError(f"--set SLUICE_METRICS_PORT={given}: not a port (0-65535; 0 = any free port, empty = no "
+                             "metrics endpoint)")
+        if port == 0:
+            return self._free_reserved_port()
+        self._reserve(port)  # held against another `up` when it can be; given, it is used either way
+        return port
+
     @property
-    def metrics_url(self) -> str:
-        """Where the dev host serves its OpenTelemetry metrics (Prometheus text), once the settings are written."""
-        return f"http://{self.options.host}:{self.ports.get('metrics', self.options.metrics_port)}/metrics"
+    def metrics_url(self) -> str | None:
+        """Where the dev host serves its OpenTelemetry metrics (Prometheus text), once the settings are written; None
+        when they give it no endpoint (``--set SLUICE_METRICS_PORT=``)."""
+        port = self.ports.get("metrics")
+        return None if port is None else f"http://{self.options.host}:{port}/metrics"
 
     def write_root_settings(self) -> Path:
         """Also write the settings to ``./local.settings.json`` (for ``func start``); one that ``up`` did not write

@@ -522,11 +522,13 @@ def _where_to_look(stack: LocalStack, console: Console, probe: Probe, features: 
             ids = probe.sample_ids()
     device = ids.get("critical_device") or ids.get("device")
     event = ids.get("critical_event") or ids.get("event")
+    metrics = stack.metrics_url
     lines = [
         "[bold]where to look[/]",
         f"  Page      {http}/dashboard   (live operations page: status, critical feed, devices, sites)",
         f"  HTTP      {http}/health   {http}/openapi.json   {http}/status",
-        f"  Metrics   {stack.metrics_url}   (the dev host's OpenTelemetry metrics, Prometheus text)",
+        f"  Metrics   {metrics}   (the dev host's OpenTelemetry metrics, Prometheus text)" if metrics
+        else "  Metrics   none: SLUICE_METRICS_PORT is empty (--set)",
     ]
     if device and event:
         lines += [

@@ -522,3 +522,28 @@ def test_up_refuses_to_keep_its_own_postgresql_and_redis_instead_of_stopping_the
     status, seen = _up_until_start(monkeypatch, ["--keep-services", "--use-existing-services", "--no-load",
                                                  "--data-dir", str(tmp_path / "b")])
     assert status == 2 and len(seen) == 1 and not seen[0].stop_services and seen[0].use_existing_services
+
+
+def test_a_metrics_port_given_with_set_is_the_one_the_stack_shows(tmp_path):
+    """`--set SLUICE_METRICS_PORT=...` overrides the port the stack chose for the dev host's metrics: the URL that the
+    live table, "where to look" and settings.env show is the one the dev host serves. `0` (any free port) is chosen
+    by the stack, so the URL names it; empty (no endpoint) shows none."""
+    from sluice.localstack import free_port
+
+    wanted = free_port()
+    shown = {}
+    for name, value in (("given", str(wanted)), ("any", "0"), ("none", "")):
+        stack = LocalStack(StackOptions(data_dir=tmp_path / name, overrides={"SLUICE_METRICS_PORT": value}),
+                           say=lambda _: None)
+        stack.ports = {"azurite": 10123, "cassandra": 9123, "eventhubs": 5999}
+        try:
+            values = json.loads(stack.write_settings().read_text())["Values"]
+            shown[name] = (values["SLUICE_METRICS_PORT"], stack.metrics_url,
+                           (tmp_path / name / "settings.env").read_text().splitlines()[0])
+        finally:
+            stack.stop()
+    url = f"http://127.0.0.1:{wanted}/metrics"
+    assert shown["given"] == (str(wanted), url, f"# the dev host's metrics: {url}")
+    port, url, comment = shown["any"]
+    assert int(port) > 0 and url == f"http://127.0.0.1:{port}/metrics" and comment.endswith(url)
+    assert shown["none"][:2] == ("", None) and "no metrics" in shown["none"][2]
