@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 AZURITE = ROOT / "node_modules" / ".bin" / "azurite-blob"
+POSTGRESQL_CLUSTERS = Path("/etc/postgresql")  # the machine's clusters, <version>/<name> (pg_ctlcluster)
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 EMULATOR_KEY = "SAS_KEY_VALUE"  # the well-known public key of Microsoft's Event Hubs emulator
 HUB = "telemetry"
@@ -349,7 +350,9 @@ class LocalStack:
             return
         if answers(opts.postgres_host, opts.postgres_port):
             return
-        versions = sorted(os.listdir("/etc/postgresql")) if os.path.isdir("/etc/postgresql") else []
+        from sluice.secured import version_order
+
+        versions = sorted(os.listdir(POSTGRESQL_CLUSTERS), key=version_order) if POSTGRESQL_CLUSTERS.is_dir() else []
         if not versions or not shutil.which("pg_ctlcluster"):
             raise StackError(f"PostgreSQL does not answer on {opts.postgres_host}:{opts.postgres_port} and no "
                              "cluster was found in /etc/postgresql: run `bash scripts/install.sh`")

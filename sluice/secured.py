@@ -44,7 +44,19 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+def version_order(name: str) -> tuple[tuple[int, ...], str]:
+    """A sort key for PostgreSQL's directories named by version (``9.6``, ``10``, ``15``): by version, where as
+    strings "9.6" sorts after "15" and "10" before "9.6". A name that is no version goes first."""
+    parts = name.split(".")
+    return (tuple(int(part) for part in parts) if all(part.isdigit() for part in parts) else ()), name
+
+
+def postgres_bins(root: Path = Path("/usr/lib/postgresql")) -> list[Path]:
+    """PostgreSQL's program directories (``<root>/<version>/bin``), oldest version first."""
+    return sorted(root.glob("*/bin"), key=lambda bin_dir: version_order(bin_dir.parent.name))
+
+
+PG_BIN = postgres_bins()
 
 
 class ServiceError(RuntimeError):

@@ -547,3 +547,26 @@ def test_a_metrics_port_given_with_set_is_the_one_the_stack_shows(tmp_path):
     port, url, comment = shown["any"]
     assert int(port) > 0 and url == f"http://127.0.0.1:{port}/metrics" and comment.endswith(url)
     assert shown["none"][:2] == ("", None) and "no metrics" in shown["none"][2]
+
+
+def test_the_newest_postgresql_is_picked_by_version_not_by_name(tmp_path, monkeypatch):
+    """PostgreSQL's directories are named by version: `/usr/lib/postgresql/<version>/bin` (our own PostgreSQL's
+    programs) and `/etc/postgresql/<version>` (the machine's clusters, `--use-existing-services`). As strings, "9.6"
+    sorts after "15" and "10" before "9.6": the oldest installed server would be picked."""
+    from sluice import localstack, secured
+    from sluice.localstack import free_port
+
+    programs, clusters = tmp_path / "lib", tmp_path / "etc"
+    for version in ("9.6", "15", "10"):
+        (programs / version / "bin").mkdir(parents=True)
+        (clusters / version / "main").mkdir(parents=True)
+    assert secured.postgres_bins(programs)[-1] == programs / "15" / "bin"
+    ran = []
+    monkeypatch.setattr(localstack, "POSTGRESQL_CLUSTERS", clusters)
+    monkeypatch.setattr(localstack, "answers", lambda *_: bool(ran))  # answers once started
+    monkeypatch.setattr(localstack.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(localstack, "_run", lambda argv, what: ran.append(argv))
+    stack = LocalStack(StackOptions(data_dir=tmp_path / "stack", use_existing_services=True,
+                                    postgres_port=free_port()), say=lambda _: None)
+    stack.ensure_postgres()
+    assert ran == [["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "start"]]

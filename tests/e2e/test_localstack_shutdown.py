@@ -54,7 +54,9 @@ def _clean_up(data_dir: Path) -> None:
     """Stop whatever is left of a stack under ``data_dir`` (our own PostgreSQL through pg_ctl, the rest by pid)."""
     pg_data = data_dir / "own" / "postgres" / "data"
     if (pg_data / "postmaster.pid").exists():
-        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+        from sluice.secured import postgres_bins
+
+        bins = postgres_bins()
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         subprocess.run([*prefix, str(bins[-1] / "pg_ctl"), "-D", str(pg_data), "-m", "immediate", "-w", "stop"],
                        capture_output=True, timeout=60, check=False)
