@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,6 +124,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_ports(host: str, count: int, *, besides: Collection[int] = ()) -> list[int]:
+    """``count`` different free ports, none of ``besides``. Each stays bound until all are chosen: one chosen by
+    :func:`free_port` and let go is free again, and the kernel may hand it out for the next choice."""
+    ports: list[int] = []
+    with contextlib.ExitStack() as held:
+        while len(ports) < count:
+            sock = held.enter_context(socket.socket())
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+            if port not in besides:
+                ports.append(port)
+    return ports
 
 
 def who_listens(port: int) -> str | None:

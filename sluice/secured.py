@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sluice.launcher import Running, start
-from sluice.localstack import free_port
+from sluice.localstack import free_port, free_ports
 from sluice.reaper import MARKER
 
 if TYPE_CHECKING:
@@ -305,8 +305,9 @@ class LocalRedis:
             raise ServiceError("redis-server is not installed: run `bash scripts/install.sh`")
         self.directory.mkdir(parents=True, exist_ok=True)
         self._stop_stale()
-        self.port = self.port or free_port(self.host)
-        self.tls_port = self.tls_port or free_port(self.host)
+        # Chosen together: two choices each let go of could be the same port (free_ports).
+        chosen = iter(free_ports(self.host, 2, besides={self.port, self.tls_port}))
+        self.port, self.tls_port = self.port or next(chosen), self.tls_port or next(chosen)
         config = self.directory / "redis.conf"
         config.write_text(
             "\n".join(

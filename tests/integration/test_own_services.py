@@ -67,3 +67,64 @@ def test_own_services_take_their_passwords_from_the_vault_and_leak_none(tmp_path
         assert stack.stop() == []
         if own is not None and own.postgres is not None:
             shutil.rmtree(own.postgres.directory, ignore_errors=True)  # outside tmp_path when we are root
+
+
+class _Kernel:
+    """A stand-in for the kernel's choice of a free port (``bind`` to port 0): the lowest port no open socket holds,
+    so a port chosen and let go is handed out again at once, as the kernel may do."""
+
+    def __init__(self) -> None:
+        self.bound: set[int] = set()
+
+    def socket(self, *_: object) -> _Socket:
+        return _Socket(self)
+
+
+class _Socket:
+    def __init__(self, kernel: _Kernel) -> None:
+        self.kernel, self.port = kernel, 0
+
+    def __enter__(self) -> _Socket:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def setsockopt(self, *_: object) -> None:
+        pass
+
+    def bind(self, address: tuple[str, int]) -> None:
+        port = address[1] or min(set(range(40000, 40100)) - self.kernel.bound)
+        if port in self.kernel.bound:
+            raise OSError(98, "Address already in use")
+        self.kernel.bound.add(port)
+        self.port = port
+
+    def getsockname(self) -> tuple[str, int]:
+        return "127.0.0.1", self.port
+
+    def close(self) -> None:
+        self.kernel.bound.discard(self.port)
+
+
+def test_our_own_redis_never_gets_one_port_for_both_its_listeners(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our own Redis listens on a plain port and a TLS port, both chosen free. A port chosen and let go is free
+    again, and the kernel may hand it out for the second choice (the stand-in kernel here always does): redis-server
+    would then fail to bind its second listener. Both are held until both are chosen."""
+    import socket
+    from types import SimpleNamespace
+
+    from sluice import localstack, secured
+    from sluice.secured import LocalRedis
+
+    kernel = _Kernel()
+    monkeypatch.setattr(localstack, "socket", SimpleNamespace(
+        socket=kernel.socket, SOL_SOCKET=socket.SOL_SOCKET, SO_REUSEADDR=socket.SO_REUSEADDR))
+    monkeypatch.setattr(secured.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(secured, "start", lambda *_, **__: SimpleNamespace())  # no redis-server: its config is read
+    ca = SimpleNamespace(**{name: tmp_path / f"{name}.pem" for name in ("ca_file", "cert_file", "key_file")})
+    server = LocalRedis(ca, tmp_path / "redis").start()  # type: ignore[arg-type]  # a stand-in CA: file names only
+    config = (tmp_path / "redis" / "redis.conf").read_text().splitlines()
+    assert f"port {server.port}" in config and f"tls-port {server.tls_port}" in config
+    assert server.port != server.tls_port
