@@ -194,7 +194,7 @@ class LocalStack:
         self.redis_cluster: Any = None
         self.own: Any = None  # sluice.secured.OwnServices, unless use_existing_services
         self._reaper: subprocess.Popen[bytes] | None = None
-        self._reserved: list[int] = []  # lock files holding the ports chosen (_reserve), closed by stop()
+        self._reserved: list[tuple[Path, int]] = []  # the ports' lock files, held (_reserve) until stop()
 
     def _own(self) -> Any:
         if self.own is None:
@@ -308,19 +308,28 @@ class LocalStack:
     def _reserve(self, port: int) -> bool:
         """Hold ``port`` for this stack until :meth:`stop` (a lock file in ``/tmp/sluice-ports``): a port is chosen
         free long before its server binds it (the dev host's, after the migrations), and another ``up`` starting
-        meanwhile would find it free too. False when another ``up`` holds it."""
+        meanwhile would find it free too. False when another ``up`` holds it.
+
+        :meth:`stop` removes the file while it holds its lock, so the file another ``up`` opened just before may be
+        gone once that one locks it: a lock on a file no longer in the directory holds nothing (a third ``up`` would
+        create the file afresh and lock it too), so the file locked must be the one the path names, or it is opened
+        again."""
         directory = Path(tempfile.gettempdir()) / "sluice-ports"
         directory.mkdir(exist_ok=True)
         with contextlib.suppress(OSError):
             directory.chmod(0o1777)
-        fd = os.open(directory / f"{self.options.host}-{port}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        self._reserved.append(fd)
-        return True
+        path = directory / f"{self.options.host}-{port}.lock"
+        while True:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+            if _names(path, fd):
+                self._reserved.append((path, fd))
+                return True
+            os.close(fd)  # removed by the `up` that held it, between our open and our lock
 
     def _free_reserved_port(self) -> int:
         while True:
@@ -746,7 +755,12 @@ class LocalStack:
                     problems.append(f"{service.name}: {exc!r}")
             self.services.clear()
         self._release_reaper()
-        for fd in self._reserved:
+        for path, fd in self._reserved:
+            # Removed while locked, and only while the path still names it (_reserve): whoever locks it after us sees
+            # it gone and opens the path again.
+            with contextlib.suppress(OSError):
+                if _names(path, fd):
+                    path.unlink()
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._reserved.clear()
@@ -777,6 +791,15 @@ def _generated(text: str) -> bool:
     except ValueError:
         return False
     return isinstance(document, dict) and GENERATED in document
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether ``path`` names the file open as ``fd`` (not another file created there since, nor none)."""
+    try:
+        named, opened = path.stat(), os.fstat(fd)
+    except OSError:
+        return False
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def _pings(client: redis.Redis) -> bool:

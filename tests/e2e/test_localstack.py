@@ -570,3 +570,51 @@ def test_the_newest_postgresql_is_picked_by_version_not_by_name(tmp_path, monkey
                                     postgres_port=free_port()), say=lambda _: None)
     stack.ensure_postgres()
     assert ran == [["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "start"]]
+
+
+@pytest.fixture
+def port_locks(tmp_path, monkeypatch):
+    """The directory of the port lock files (``<temporary directory>/sluice-ports``), one of this test's own."""
+    import tempfile
+
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    return tmp_path / "tmp" / "sluice-ports"
+
+
+def test_the_lock_files_of_the_ports_a_stack_held_are_removed_when_it_stops(tmp_path, port_locks):
+    stack = LocalStack(StackOptions(data_dir=tmp_path / "a"), say=lambda _: None)
+    try:
+        ports = {stack._port("x", 0), stack._port("y", 0)}
+        assert {p.name for p in port_locks.iterdir()} == {f"127.0.0.1-{port}.lock" for port in ports}
+    finally:
+        stack.stop()
+    assert list(port_locks.iterdir()) == []
+
+
+def test_a_port_whose_lock_file_is_removed_while_another_stack_locks_it_is_still_held_by_one_stack(tmp_path,
+                                                                                                   port_locks,
+                                                                                                   monkeypatch):
+    """A stack that stops removes its lock files (holding their locks). Another stack may have opened one of them
+    before that and lock it after: it then holds a lock on a file no longer in the directory, which a third stack
+    does not see, creating the file afresh. The second must lock the file the path names, so that only one of the
+    two holds the port."""
+    import fcntl
+
+    a, b, c = (LocalStack(StackOptions(data_dir=tmp_path / name), say=lambda _: None) for name in "abc")
+    port = a._port("x", 0)
+    flock = fcntl.flock
+
+    def a_stops_first(fd, operation):  # b has opened the lock file; a stops before b locks it
+        if a._reserved:
+            a.stop()
+        return flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", a_stops_first)
+    try:
+        held = [b._reserve(port), c._reserve(port)]
+        assert held == [True, False]
+    finally:
+        for stack in (a, b, c):
+            stack.stop()
+    assert list(port_locks.iterdir()) == []
