@@ -243,6 +243,11 @@ class CassandraSettings(_Group):
     def _credentials_complete(self) -> Self:
         if (self.password or self.password_secret) and not self.username:
             raise ValueError("SLUICE_CASSANDRA_USERNAME is required when a password or password secret is set")
+        if self.username and not (self.password or self.password_secret):
+            # the driver would log in with an empty password, which PasswordAuthenticator and Cosmos DB refuse at the
+            # first connection (and a server without authentication never asks for it: a login silently unused)
+            raise ValueError("SLUICE_CASSANDRA_USERNAME is set without SLUICE_CASSANDRA_PASSWORD or "
+                             "SLUICE_CASSANDRA_PASSWORD_SECRET: set one of them, or unset the user name for no login")
         _password_or_secret("SLUICE_CASSANDRA_", self.password, self.password_secret)
         if self.tls_ca_file and not self.tls:
             raise ValueError("SLUICE_CASSANDRA_TLS_CA_FILE is set but SLUICE_CASSANDRA_TLS is false: the connection "

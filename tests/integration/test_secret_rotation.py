@@ -197,8 +197,10 @@ def test_rediss_refuses_a_certificate_for_another_host(secured_redis: LocalRedis
 # --- Cassandra ---
 
 def _cassandra_settings(emulator, ca: LocalCA, *, host: str = "127.0.0.1") -> CassandraSettings:
-    return CassandraSettings(hosts=[host], port=emulator.running.port, username=emulator.username, tls=True,
-                             tls_ca_file=ca.ca_file, consistency="ONE", connect_timeout_seconds=5)
+    """Settings of a login whose password comes from the vault (the tests hand ``connect`` the secret itself)."""
+    return CassandraSettings(hosts=[host], port=emulator.running.port, username=emulator.username,
+                             password_secret="cassandra-password", tls=True, tls_ca_file=ca.ca_file,
+                             consistency="ONE", connect_timeout_seconds=5)
 
 
 @pytest.mark.parametrize("vault_first", [True, False], ids=["vault-then-store", "store-then-vault"])
@@ -441,7 +443,8 @@ def test_a_missing_secret_stops_start_up_naming_the_secret_and_the_vault(
     tls = {"POSTGRES": {"SLUICE_POSTGRES_SSLMODE": "verify-full", "SLUICE_POSTGRES_SSLROOTCERT": "system"},
            "REDIS": {"SLUICE_REDIS_URL": "rediss://127.0.0.1:6379/0"},
            "CASSANDRA": {"SLUICE_CASSANDRA_TLS": "true"}}[store]  # a vault password is only sent over TLS
-    use_settings(_environ(**{f"SLUICE_{store}_PASSWORD_SECRET": name, "SLUICE_CASSANDRA_USERNAME": "sluice",
+    login = {"SLUICE_CASSANDRA_USERNAME": "sluice"} if store == "CASSANDRA" else {}  # a user name needs a password
+    use_settings(_environ(**{f"SLUICE_{store}_PASSWORD_SECRET": name, **login,
                              "SLUICE_KEYVAULT_URL": keyvault_emulator.url,
                              "SLUICE_KEYVAULT_CA_FILE": str(keyvault_emulator.ca_file), **tls}))
     build = {"POSTGRES": bootstrap.postgres_pool, "REDIS": bootstrap.redis_client,

@@ -83,6 +83,20 @@ def test_a_plain_password_and_a_vault_secret_for_one_store_are_refused(store: st
                            **{f"SLUICE_{store}_PASSWORD": "plain-value", f"SLUICE_{store}_PASSWORD_SECRET": "pw"}))
 
 
+@pytest.mark.parametrize(("overrides", "missing"), [
+    ({"SLUICE_CASSANDRA_USERNAME": "sluice"}, "SLUICE_CASSANDRA_PASSWORD or SLUICE_CASSANDRA_PASSWORD_SECRET"),
+    ({"SLUICE_CASSANDRA_PASSWORD": "plain-value"}, "SLUICE_CASSANDRA_USERNAME"),
+    ({"SLUICE_CASSANDRA_PASSWORD_SECRET": "cs", "SLUICE_CASSANDRA_TLS": "true"}, "SLUICE_CASSANDRA_USERNAME"),
+], ids=["user-only", "password-only", "secret-only"])
+def test_a_cassandra_login_needs_both_user_name_and_password(overrides: dict[str, str], missing: str):
+    # a user name alone logs in with an empty password, which Cassandra's PasswordAuthenticator and Cosmos DB refuse
+    # ("Password must not be null") at the first connection, or is silently unused by a server without authentication
+    with pytest.raises(ConfigurationError, match=missing):
+        load_settings(dict(SAMPLE, SLUICE_KEYVAULT_URL="https://vault.example/", **overrides))
+    both = load_settings(dict(SAMPLE, SLUICE_CASSANDRA_USERNAME="sluice", SLUICE_CASSANDRA_PASSWORD="plain-value"))
+    assert both.cassandra.username == "sluice"
+
+
 def test_a_pool_min_size_above_its_max_size_is_refused_naming_both():
     # psycopg_pool would raise a bare ValueError naming neither, at the first enrichment run or status request
     with pytest.raises(ConfigurationError, match=r"SLUICE_POSTGRES_POOL_MIN_SIZE \(8\) is above "
