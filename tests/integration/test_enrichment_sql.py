@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(60)
 
 def test_migrations_apply_once_and_refuse_an_edited_file(pg_dsn: str, tmp_path: Path) -> None:
     with psycopg.connect(pg_dsn, autocommit=True, prepare_threshold=0) as conn:  # even preparing everything
-        assert apply_migrations(conn) == [1, 2, 3, 4, 5]
+        assert apply_migrations(conn) == [1, 2, 3, 4, 5, 6]
         assert apply_migrations(conn) == []
         assert conn.autocommit
         copy = tmp_path / "sql"
@@ -82,6 +82,26 @@ def test_reporting_views_cut_days_in_the_site_time_zone_and_grade_device_health(
     assert measurement[0][:5] == ("ny", "2026-11-19", 10, 1, 9)
     assert measurement[2] == ("pa", "2026-11-20", 5, 2, 3, pytest.approx(2.5))
     assert health == [("a", True, "M1", "ok"), ("b", True, "M2", "silent"), ("c", False, None, "ok")]
+
+
+def test_a_site_no_longer_listed_keeps_the_name_and_region_it_last_had_on_every_day(pg_dsn: str) -> None:
+    """A listed site shows its current name on past days too (docs/reporting.md); one that left the reference data
+    shows what the reference data last said of it: the name and region of its latest enriched window, on every day.
+    Was: ``max()`` of each day's names, the alphabetically last, so a site renamed from "Zeta works" to "Alpha
+    works" before it left showed its old name, and each day the name of that day."""
+    day = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn)
+        for start, name, region in ((day - timedelta(days=1), "Zeta works", "eu-west"),
+                                    (day, "Zeta works", "eu-west"),
+                                    (day + timedelta(hours=1), "Alpha works", "eu-north"),  # renamed, then removed
+                                    (day + timedelta(hours=2), None, None)):  # enriched after it left the reference
+            conn.execute("INSERT INTO site_window_stats (window_start, site_id, window_end, site_name, region, "
+                         "device_count, event_count, critical_count, measurements) VALUES (%s, 'gone', %s, %s, %s, "
+                         "1, 1, 0, '{}')", (start, start + timedelta(minutes=5), name, region))
+        daily = conn.execute("SELECT local_day::text, site_name, region, event_count FROM report_site_daily "
+                             "WHERE site_id = 'gone' ORDER BY 1").fetchall()
+    assert daily == [("2026-11-19", "Alpha works", "eu-north", 1), ("2026-11-20", "Alpha works", "eu-north", 3)]
 
 
 def test_the_daily_mean_holds_days_whose_windows_sum_past_the_largest_float(pg_dsn: str) -> None:
