@@ -46,6 +46,9 @@ DEFAULT_STALE_THRESHOLD = 10_000
 SCANNED_BLOBS_PER_CONTAINER = 10_000
 STRATEGY = "blobMetadata"
 HOST_CHECKPOINT_CONTAINER = "azure-webjobs-eventhub"
+# The dependencies as the status page names them (docs/api.md): its header lists each one once, by this name.
+EVENTHUBS = "eventhubs"
+STORAGE = "storage"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +138,7 @@ class EventHubBlobLagReader:
             ids = self._hub.get_partition_ids()
             return [self._hub.get_partition_properties(pid) for pid in ids]
         except Exception as exc:  # the SDK raises its own EventHubError tree and plain connection errors
-            raise DependencyUnavailable("Event Hubs", f"cannot read the partitions of "
+            raise DependencyUnavailable(EVENTHUBS, f"cannot read the partitions of "
                                         f"{self._source.eventhub!r}: {type(exc).__name__}: {exc}") from exc
 
     def _checkpoint(self, partition_id: str) -> int | str | None:
@@ -147,7 +150,7 @@ class EventHubBlobLagReader:
         except ResourceNotFoundError:
             return None
         except AzureError as exc:
-            raise DependencyUnavailable("Blob storage", f"cannot read {self._source.container}/{name}: {exc}") from exc
+            raise DependencyUnavailable(STORAGE, f"cannot read {self._source.container}/{name}: {exc}") from exc
         value = metadata.get("sequencenumber", metadata.get("Sequencenumber"))
         if value is None:
             return (f"{self._source.container}/{name} has no 'sequencenumber' metadata (keys: {sorted(metadata)}): "
@@ -173,7 +176,7 @@ class EventHubBlobLagReader:
                                                                   and name == source.blob_name(wanted[suffix])):
                             found.setdefault(container.name, []).append(name)
         except AzureError as exc:
-            raise DependencyUnavailable("Blob storage", f"cannot list the checkpoint containers: {exc}") from exc
+            raise DependencyUnavailable(STORAGE, f"cannot list the checkpoint containers: {exc}") from exc
         where = source.container + "/" + source.blob_name("<partition>")
         out = []
         for holder, names in sorted(found.items()):
@@ -286,7 +289,7 @@ def partition_owners(blobs: BlobServiceClient, source: KedaCheckpointSource) -> 
     except ResourceNotFoundError:
         return {}
     except AzureError as exc:
-        raise DependencyUnavailable("Blob storage", f"cannot list {source.container}/{prefix}: {exc}") from exc
+        raise DependencyUnavailable(STORAGE, f"cannot list {source.container}/{prefix}: {exc}") from exc
     return owners
 
 
@@ -326,6 +329,6 @@ class EventHubSequenceAtTime:
         receiver.join(self._wait)
         if errors or not done.is_set():
             cause = f"{type(errors[0]).__name__}: {errors[0]}" if errors else f"nothing within {self._wait * 3} s"
-            raise DependencyUnavailable("Event Hubs", f"cannot find the sequence number of partition {partition} "
+            raise DependencyUnavailable(EVENTHUBS, f"cannot find the sequence number of partition {partition} "
                                         f"at {at}: {cause}")
         return found[0] if found else None

@@ -255,6 +255,58 @@ def test_concurrent_status_requests_compute_the_status_once() -> None:
     assert arrivals.calls == 1, f"6 concurrent requests within a 60 s cache computed the status {arrivals.calls} times"
 
 
+# -- one dependency, one name ----------------------------------------------------------------------------------
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.timeout(120)
+def test_a_store_the_lag_reader_cannot_read_is_named_as_the_status_names_it_elsewhere(
+        isolated_eventhub, azurite_connection_string) -> None:
+    """Rule (docs/api.md): a section in error names its dependency, and the page lists each dependency once in its
+    header (``eventhubs error``, ``storage error``): it keys that list by the name. Was: the section's own name for
+    its store (``eventhubs`` on a timeout, ``storage`` for the dead letters) and the lag reader's (``Event Hubs``,
+    ``Blob storage``) differed, so one storage account down showed as two dependencies, ``storage error`` and
+    ``Blob storage error``, and Event Hubs as ``Event Hubs`` or ``eventhubs`` depending on how it failed."""
+    from azure.eventhub import EventData, EventHubProducerClient
+    from azure.storage.blob import BlobServiceClient
+
+    from shared.adapters.blob_deadletter import BlobDeadLetterCounter
+    from shared.adapters.eventhub_lag import (
+        CachedPartitionLag,
+        EventHubBlobLagReader,
+        eventhub_client,
+        host_checkpoint_source,
+    )
+
+    hub_name, connection = isolated_eventhub.name, isolated_eventhub.connection_string
+    with EventHubProducerClient.from_connection_string(connection, eventhub_name=hub_name) as producer:
+        producer.send_batch([EventData("one")], partition_id="0")  # a partition with events: its checkpoint is read
+    down = azurite_connection_string.replace(f"127.0.0.1:{_azurite_port(azurite_connection_string)}",
+                                             f"127.0.0.1:{_closed_port()}")
+    gone = connection.replace(connection.split("sb://")[1].split(";")[0].rstrip("/"), f"127.0.0.1:{_closed_port()}")
+    source = host_checkpoint_source(hub_name, "sluice", connection_string=connection, fully_qualified_namespace=None)
+    with BlobServiceClient.from_connection_string(down, retry_total=0) as blobs, \
+            BlobServiceClient.from_connection_string(azurite_connection_string) as storage, \
+            eventhub_client(hub_name, "sluice", connection_string=connection) as hub, \
+            eventhub_client(hub_name, "sluice", connection_string=gone) as unreachable:
+        storage_down = StatusService(
+            _Arrivals(), _Feed(), _Reports(), BlobDeadLetterCounter(blobs, f"dl-{uuid.uuid4().hex[:12]}"), _Cache(),
+            _Critical(), CachedPartitionLag(EventHubBlobLagReader(hub, blobs, source)), _health,
+            cache_seconds=0.0, section_timeout=60.0).status()
+        hub_down = StatusService(
+            _Arrivals(), _Feed(), _Reports(), _DeadLetters(), _Cache(), _Critical(),
+            CachedPartitionLag(EventHubBlobLagReader(unreachable, storage, source)), _health,
+            cache_seconds=0.0, section_timeout=60.0).status()
+    named = {section: body.get("dependency") for section, body in _errors(storage_down).items()}
+    assert named == {"dead_letters": "storage", "lag": "storage"}, storage_down
+    assert {section: body.get("dependency") for section, body in _errors(hub_down).items()} == {"lag": "eventhubs"}, \
+        hub_down
+
+
 # -- a locked PostgreSQL table drains the pool ------------------------------------------------------------------
 
 @pytest.mark.timeout(120)
