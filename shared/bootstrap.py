@@ -283,10 +283,12 @@ def redis_sign_in(cfg: RedisSettings) -> dict[str, Any]:
 
 @built
 def postgres_pool() -> ConnectionPool:
-    from shared.adapters.postgres.pool import make_pool
+    from shared.adapters.postgres.pool import make_pool, refuse_lost_prepared_statements
 
     cfg = settings().postgres
-    return make_pool(cfg.conninfo(), cfg, password=rotating_secret(cfg.password, cfg.password_secret))
+    password = rotating_secret(cfg.password, cfg.password_secret)
+    refuse_lost_prepared_statements(cfg.conninfo(), cfg, password=password)
+    return make_pool(cfg.conninfo(), cfg, password=password)
 
 
 def reset() -> None:

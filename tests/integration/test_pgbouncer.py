@@ -121,3 +121,47 @@ def test_the_pools_utc_session_time_zone_holds_through_transaction_pooling(pg_ds
                 assert other.execute("SHOW TimeZone").fetchone() == ("Europe/Paris",)
         finally:
             pool.close()
+
+
+def _bootstrap_pool(monkeypatch: pytest.MonkeyPatch, conninfo: str, **values: str) -> object:
+    """``bootstrap.postgres_pool()`` as a worker builds it, with settings that reach ``conninfo``'s database."""
+    import json
+    from functools import cache
+    from pathlib import Path
+
+    from shared import bootstrap
+    from shared.settings import load_settings
+
+    parts = psycopg.conninfo.conninfo_to_dict(conninfo)
+    sample = json.loads((Path(__file__).resolve().parents[2] / "local.settings.sample.json").read_text())["Values"]
+    loaded = load_settings({**sample, "SLUICE_POSTGRES_HOST": str(parts.get("host", "127.0.0.1")),
+                            "SLUICE_POSTGRES_PORT": str(parts.get("port", "5432")),
+                            "SLUICE_POSTGRES_DBNAME": str(parts["dbname"]),
+                            "SLUICE_POSTGRES_USER": str(parts.get("user", "postgres")),
+                            "SLUICE_POSTGRES_PASSWORD": str(parts.get("password", "")), **values})
+    monkeypatch.setattr(bootstrap, "settings", cache(lambda: loaded))
+    bootstrap.reset()
+    try:
+        pool = bootstrap.postgres_pool()
+        with pool.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        return pool
+    finally:
+        bootstrap.reset()
+
+
+def test_prepared_statements_through_transaction_pooling_are_refused_when_the_pool_is_built(
+        pg_dsn: str, pgbouncer: LocalPgBouncer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule (docs/security.md): behind PgBouncer in transaction mode, server-side prepared statements are off
+    (``SLUICE_POSTGRES_PREPARE_THRESHOLD=none``). Was: the PgBouncer port with the default threshold (5) was taken,
+    and every query prepared after its fifth run then failed now and then, on whichever server connection served
+    the next transaction (``prepared statement "_pg3_0" does not exist``, ``... already exists``): the site report
+    and the status said "postgres unavailable: ... DuplicatePreparedStatement" while PostgreSQL was up. Now the
+    worker refuses to build the pool, naming the setting; directly, or with the threshold off, it is built."""
+    from shared.exceptions import ConfigurationError
+
+    through = through_pgbouncer(pgbouncer, pg_dsn)
+    with pytest.raises(ConfigurationError, match="SLUICE_POSTGRES_PREPARE_THRESHOLD=none"):
+        _bootstrap_pool(monkeypatch, through, SLUICE_POSTGRES_PREPARE_THRESHOLD="5")
+    assert _bootstrap_pool(monkeypatch, through, SLUICE_POSTGRES_PREPARE_THRESHOLD="none")
+    assert _bootstrap_pool(monkeypatch, pg_dsn, SLUICE_POSTGRES_PREPARE_THRESHOLD="5")

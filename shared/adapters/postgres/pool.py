@@ -9,6 +9,10 @@
   PgBouncer in transaction mode (built into Azure PostgreSQL Flexible Server on
   port 6432) needs. Nothing in Sluice keeps session state across transactions
   either: temporary tables are ``ON COMMIT DROP`` and settings are ``SET LOCAL``;
+* :func:`refuse_lost_prepared_statements`, before the pool is built: prepared
+  statements on behind a pooler that loses them (PgBouncer in transaction mode
+  before 1.22 or without ``max_prepared_statements``) are a ``ConfigurationError``
+  naming ``SLUICE_POSTGRES_PREPARE_THRESHOLD``, not queries failing now and then;
 * the session's ``TimeZone`` is UTC (``configure``, a ``SET`` on each new
   connection): psycopg hands a ``timestamptz`` over in that zone, and the
   database's or server's ``timezone`` setting (or the client's ``PGTZ``) may be
@@ -27,12 +31,15 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from shared.adapters.secrets import RotatingSecret
+from shared.exceptions import ConfigurationError
 from shared.settings import PostgresSettings
 
 logger = logging.getLogger(__name__)
@@ -63,6 +70,51 @@ def make_pool(conninfo: str, settings: PostgresSettings, *, password: RotatingSe
         open=open,
         name=name,
     )
+
+
+def refuse_lost_prepared_statements(conninfo: str, settings: PostgresSettings, *,
+                                    password: RotatingSecret | None = None, timeout: float = 5.0) -> None:
+    """Raise ``ConfigurationError`` when prepared statements are on and the server sessions behind ``conninfo`` are
+    shared between clients without the pooler tracking prepared statements.
+
+    psycopg prepares a query on its server session once it ran ``prepare_threshold`` times, then runs it by name.
+    Behind PgBouncer in transaction mode (before 1.22, or with ``max_prepared_statements = 0``) the next transaction
+    may run on another server connection, where that name is unknown or another client's: queries fail now and
+    then, long after start-up, as if PostgreSQL were down. So: a connection whose server process is not the one it
+    was told at log-in (``BackendKeyData``) is behind a pooler; a statement it prepares (a name of its own) is then
+    run by a second connection, which a pooler in transaction mode serves with the server connection just released.
+    When that runs it, two clients share a server session and its prepared statements. A pooler in session mode, or
+    one that tracks prepared statements, answers that the second connection has no such statement.
+
+    Best effort: when the server cannot be reached, nothing is checked (the pool waits for it as before).
+    """
+    if settings.prepare_threshold is None:
+        return
+    options: dict[str, Any] = {"autocommit": True, "connect_timeout": max(1, round(timeout))}
+    if password is not None:
+        options["password"] = password.value()
+    name = f"sluice_probe_{os.urandom(6).hex()}"  # this probe's own, never one of psycopg's _pg3_ names
+    try:
+        with psycopg.Connection.connect(conninfo, **options) as first:
+            row = first.execute("SELECT pg_backend_pid()").fetchone()
+            if row is None or row[0] == first.info.backend_pid:
+                return  # the server itself: one session, one server process
+            if first.pgconn.prepare(name.encode(), b"SELECT 1").status != psycopg.pq.ExecStatus.COMMAND_OK:
+                return
+            with psycopg.Connection.connect(conninfo, **options) as second:
+                try:
+                    second.execute(sql.SQL("EXECUTE {}").format(sql.Identifier(name)))
+                except psycopg.errors.InvalidSqlStatementName:
+                    return  # not this client's statement: sessions are not shared, or the pooler tracks them
+    except psycopg.OperationalError as exc:
+        logger.warning("could not check whether prepared statements survive the PostgreSQL connection: %s", exc)
+        return
+    raise ConfigurationError(
+        f"SLUICE_POSTGRES_PREPARE_THRESHOLD={settings.prepare_threshold} turns server-side prepared statements on, "
+        f"but {settings.host}:{settings.port} shares server sessions between clients without tracking them (a "
+        f"pooler in transaction mode, such as Azure's built-in PgBouncer on 6432): queries would fail now and then "
+        f"with 'prepared statement ... does not exist' or '... already exists'. Set "
+        f"SLUICE_POSTGRES_PREPARE_THRESHOLD=none (or run PgBouncer 1.22 or newer with max_prepared_statements above 0)")
 
 
 def _utc_session(conn: psycopg.Connection) -> None:
