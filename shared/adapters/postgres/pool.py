@@ -86,7 +86,8 @@ def refuse_lost_prepared_statements(conninfo: str, settings: PostgresSettings, *
     When that runs it, two clients share a server session and its prepared statements. A pooler in session mode, or
     one that tracks prepared statements, answers that the second connection has no such statement.
 
-    Best effort: when the server cannot be reached, nothing is checked (the pool waits for it as before).
+    Best effort: when the server cannot be reached or the check fails otherwise, nothing is refused (the pool waits
+    for the server as before).
     """
     if settings.prepare_threshold is None:
         return
@@ -106,7 +107,7 @@ def refuse_lost_prepared_statements(conninfo: str, settings: PostgresSettings, *
                     second.execute(sql.SQL("EXECUTE {}").format(sql.Identifier(name)))
                 except psycopg.errors.InvalidSqlStatementName:
                     return  # not this client's statement: sessions are not shared, or the pooler tracks them
-    except psycopg.OperationalError as exc:
+    except psycopg.Error as exc:  # not reached, or a pooler answering in a way of its own: the check is no reason
         logger.warning("could not check whether prepared statements survive the PostgreSQL connection: %s", exc)
         return
     raise ConfigurationError(
