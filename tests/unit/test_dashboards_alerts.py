@@ -94,7 +94,8 @@ def test_staleness_alerts_are_three_times_the_schedules() -> None:
     configmap = next(d for d in yaml.safe_load_all((ROOT / "k8s-keda" / "configmap.yaml").read_text()) if d)["data"]
     feed = ChangeFeedSettings(schedule=configmap["SLUICE_CHANGEFEED_SCHEDULE"])
     enrich = EnrichmentSettings(schedule=configmap["SLUICE_ENRICH_SCHEDULE"])
-    assert named["SluiceChangeFeedStale"].endswith(f"> {3 * seconds_between_runs(feed.schedule)}")
+    assert named["SluiceChangeFeedStale"].startswith(
+        f"max(sluice_changefeed_staleness_seconds) > {3 * seconds_between_runs(feed.schedule)} and ")
     expected = enrich.window_seconds + enrich.allowed_lateness_seconds + 3 * seconds_between_runs(enrich.schedule)
     assert named["SluiceEnrichmentStale"].endswith(f"> {expected}")
     assert f"> {3 * seconds_between_runs(feed.schedule)}" in (KQL / "changefeed-stale.kql").read_text()
@@ -191,3 +192,23 @@ def test_the_change_feed_alert_is_not_set_off_by_quiet_devices() -> None:
     assert 'sluice_ingest_events_total{outcome="stored"}' in rule["expr"] and " and " in rule["expr"], rule
     kql = (KQL / "changefeed-stale.kql").read_text(encoding="utf-8")
     assert 'name == "sluice.ingest.events"' in kql and "stored > 0" in kql, kql
+
+
+def _value_of(expr: promql_parser.Expr) -> promql_parser.Expr:
+    """The sub-expression whose sample values an alert's ``$value`` shows: PromQL's ``and``/``unless`` and filtering
+    comparisons (no ``bool``) keep the left-hand side's values."""
+    while isinstance(expr, promql_parser.BinaryExpr) and str(expr.op) in ("and", "unless", ">", "<", ">=", "<="):
+        expr = expr.lhs
+    return expr
+
+
+def test_the_change_feed_stale_alert_summary_shows_the_staleness_not_the_ingest_rate() -> None:
+    """``SluiceChangeFeedStale``'s summary says "applied nothing newer for {{ $value }} s". ``a and on() b`` keeps
+    a's samples: with the ingest rate on the left, the page read "applied nothing newer for 1588 s" (events per
+    second) while the feed was 20 s behind. The staleness is the left-hand side, so ``$value`` is what the summary
+    names. (The KQL alert fires on a row and shows no value.)"""
+    rule = next(r for r in rules() if r["alert"] == "SluiceChangeFeedStale")
+    assert "{{ $value }} s" in rule["annotations"]["summary"]
+    shown = str(_value_of(promql_parser.parse(rule["expr"])))
+    assert "sluice_changefeed_staleness_seconds" in shown and "sluice_ingest_events_total" not in shown, (
+        f"the alert's $value (shown as seconds of staleness) comes from {shown!r}")
