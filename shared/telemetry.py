@@ -223,7 +223,8 @@ def record_lookup(route: str, cache: str, status: int, seconds: float) -> None:
     """One HTTP lookup: ``sluice.lookup.requests`` and ``sluice.lookup.duration``.
 
     ``route`` is the route template (``devices/{device_id}/latest``), ``cache`` one
-    of hit, miss, negative, bypass. For the lookup entry points to call once per request.
+    of hit, miss, negative, bypass, or none (the service gave no answer). For the lookup entry points to call once
+    per request.
     """
     if _active.enabled:
         _active.metrics.lookup(route, cache, status, seconds)  # type: ignore[attr-defined]
