@@ -203,6 +203,28 @@ def histogram_quantile(q: float, bounds: tuple[float, ...], counts: tuple[int, .
     return lower + (bounds[index] - lower) * ((rank - below) / (cumulative[index] - below))
 
 
+def histogram_point(reader: InMemoryMetricReader, name: str) -> Any:
+    """The one data point of histogram ``name``."""
+    data = reader.get_metrics_data()
+    (point,) = [p for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+                if m.name == name for p in m.data.data_points]
+    return point
+
+
+def test_the_projection_lag_p99_can_tell_whether_the_two_second_target_is_met(sdk) -> None:
+    """``sluice.changefeed.delay`` (Grafana's "Projection lag ... (p50, p99)") is held to "send to critical-in-Redis:
+    p99 at most 2 s" (docs/benchmarks.md, measured 1.71 s). With boundaries jumping from 1 s to 2.5 s,
+    ``histogram_quantile(0.99, ...)`` interpolated inside (1, 2.5] and showed every 1.71 s page as 2.49 s: a met
+    target looked missed. With a boundary at the target the panel's p99 is at most 2 s."""
+    for i in range(1000):
+        sdk.metrics.changefeed_applied([stored(i, critical=True, enqueued_time=NOW - timedelta(seconds=1.71))], 1)
+    point = histogram_point(sdk.reader, "sluice.changefeed.delay")
+    assert point.count == 1000
+    p99 = histogram_quantile(0.99, tuple(point.explicit_bounds), tuple(point.bucket_counts))
+    assert p99 <= 2.0, (f"every page reached Redis 1.71 s after its enqueue (target p99 <= 2 s, met); the "
+                        f"dashboard's histogram_quantile(0.99) says {p99:.2f} s (bounds {point.explicit_bounds})")
+
+
 def test_the_lookup_latency_buckets_resolve_the_sub_millisecond_targets(sdk) -> None:
     """``sluice.lookup.duration`` has boundaries of its own from 0.1 ms: the lookups are held to a cache-hit p99 of
     0.3 ms at concurrency 1 and 8 ms at 32 (docs/api.md), and a quantile is only as exact as its bucket is narrow.
