@@ -225,19 +225,21 @@ def test_the_projection_lag_p99_can_tell_whether_the_two_second_target_is_met(sd
                         f"dashboard's histogram_quantile(0.99) says {p99:.2f} s (bounds {point.explicit_bounds})")
 
 
-def test_the_lookup_latency_buckets_resolve_the_sub_millisecond_targets(sdk) -> None:
+@pytest.mark.parametrize(("took", "target"), [(0.00028, 0.0003), (0.0075, 0.008)], ids=["hit-c1-0.3ms", "hit-c32-8ms"])
+def test_the_lookup_latency_p99_can_tell_whether_each_documented_target_is_met(sdk, took: float,
+                                                                               target: float) -> None:
     """``sluice.lookup.duration`` has boundaries of its own from 0.1 ms: the lookups are held to a cache-hit p99 of
-    0.3 ms at concurrency 1 and 8 ms at 32 (docs/api.md), and a quantile is only as exact as its bucket is narrow.
-    With the pipeline's second buckets (first boundary 5 ms) the dashboard's ``histogram_quantile(0.99, ...)``
-    would show every 0.3 ms hit as 4.95 ms, and a regression to 4.9 ms not at all."""
+    0.3 ms at concurrency 1 and 8 ms at 32 (docs/api.md), and ``histogram_quantile(0.99, ...)`` (the "Lookup
+    latency (p99)" panel) interpolates inside the rank's bucket. With the pipeline's second buckets (first boundary
+    5 ms) every hit showed as 4.95 ms; with neither target a boundary, lookups that all took 0.28 ms showed 0.50 ms
+    and 7.5 ms showed 9.95 ms: both met, both shown as missed. Each target is a boundary."""
     for _ in range(1000):
-        sdk.metrics.lookup("devices/{device_id}/latest", "hit", 200, 0.0003)
-    data = sdk.reader.get_metrics_data()
-    (point,) = [p for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
-                if m.name == "sluice.lookup.duration" for p in m.data.data_points]
+        sdk.metrics.lookup("devices/{device_id}/latest", "hit", 200, took)
+    point = histogram_point(sdk.reader, "sluice.lookup.duration")
     assert point.explicit_bounds[0] == 0.0001 and point.explicit_bounds[-1] == 1.0
     p99 = histogram_quantile(0.99, tuple(point.explicit_bounds), tuple(point.bucket_counts))
-    assert p99 <= 0.0006, f"every lookup took 0.3 ms, histogram_quantile(0.99) says {p99 * 1000:.2f} ms"
+    assert p99 <= target, (f"every lookup took {took * 1000:.2f} ms (target p99 <= {target * 1000:g} ms, met); "
+                           f"histogram_quantile(0.99) says {p99 * 1000:.2f} ms (bounds {point.explicit_bounds})")
 
 
 def test_dead_letter_reasons_are_bounded_labels_for_what_parse_records_says() -> None:
