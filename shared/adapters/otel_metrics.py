@@ -104,7 +104,6 @@ class OtelMetrics:
             meter.create_observable_gauge(spec.name, callbacks=[callback], unit=spec.unit,
                                           description=spec.description)
 
-        self._meter = meter
         self._ingest_events = counter("sluice.ingest.events")
         self._ingest_duration = histogram("sluice.ingest.batch.duration")
         self._ingest_delay = histogram("sluice.ingest.delay")
@@ -120,8 +119,10 @@ class OtelMetrics:
         self._traced: dict[tuple[int, int], list[str]] = {}  # (trace id, span id) -> critical ids listed, oldest first
         self._traced_lock = threading.Lock()
         self._watermark: datetime | None = None
+        self._lag: tuple[RefreshedFigures, str] | None = None  # (figures, consumer group) of register_lag_gauge
         gauge("sluice.changefeed.staleness", self._staleness)
         gauge("sluice.enrich.freshness", self._freshness)
+        gauge("sluice.eventhub.lag", self._eventhub_lag)
 
     # ingest
     def ingest_batch(self, partition: str | None, *, stored: Sequence[Event], duplicates: int,
@@ -246,16 +247,25 @@ class OtelMetrics:
         last reading, if it ended less than three periods ago; a failed reading
         reports no point (no point is better than a false 0) and is logged at most
         once a minute. Returns the figures, whose ``stop`` ends the reading thread.
+
+        The gauge itself is made once, with the other instruments: the SDK hands back
+        the instrument already made under a name and drops a new callback, so a gauge
+        registered again (``bootstrap.reset`` stopped the figures, the next worker start
+        registers new ones) would keep calling the stopped figures. Its callback reads
+        the figures registered last; the ones they replace are stopped.
         """
-        spec = BY_NAME["sluice.eventhub.lag"]
         figures = RefreshedFigures(lag, name="eventhub-lag", period=period,
                                    failed=lambda exc: telemetry_failed("reading the Event Hubs lag", exc))
-
-        def observe(_options: Any) -> list[metrics.Observation]:
-            return [metrics.Observation(count, {PARTITION: partition, CONSUMER_GROUP: consumer_group})
-                    for partition, count in figures.latest().items()]
-
-        self._meter.create_observable_gauge(spec.name, callbacks=[observe], unit=spec.unit,
-                                            description=spec.description)
+        replaced, self._lag = self._lag, (figures, consumer_group)
+        if replaced is not None:
+            replaced[0].stop()
         figures.start()
         return figures
+
+    def _eventhub_lag(self, _options: Any) -> list[metrics.Observation]:
+        current = self._lag
+        if current is None:  # not exported by this process (bootstrap.export_lag)
+            return []
+        figures, consumer_group = current
+        return [metrics.Observation(count, {PARTITION: partition, CONSUMER_GROUP: consumer_group})
+                for partition, count in figures.latest().items()]

@@ -186,6 +186,23 @@ def test_a_failing_lag_reading_reports_no_point_rather_than_zero(sdk) -> None:
     figures.stop()
 
 
+def test_the_lag_gauge_registered_again_after_a_reset_exports_the_new_reading(sdk) -> None:
+    """``bootstrap.reset()`` stops the lag gauge's figures; the next worker start registers new ones on the same
+    meter provider (``telemetry.configure`` runs once per process). The SDK hands back the instrument already made
+    under ``sluice.eventhub.lag`` and drops a new callback: the gauge kept calling the stopped figures, reported no
+    point three periods later, for good, and ``SluiceEventHubLagGrowing`` could never fire again."""
+    partition_0 = frozenset({("messaging.destination.partition.id", "0"), ("messaging.consumer.group.name", "sluice")})
+    first = sdk.metrics.register_lag_gauge(lambda: {"0": 1}, "sluice", period=0.05)
+    assert eventually(lambda: collected(sdk.reader).get("sluice.eventhub.lag") == {partition_0: 1})
+    first.stop()  # what bootstrap.reset() does
+    second = sdk.metrics.register_lag_gauge(lambda: {"0": 42}, "sluice", period=0.05)  # what export_lag() does next
+    try:
+        assert eventually(lambda: collected(sdk.reader).get("sluice.eventhub.lag") == {partition_0: 42}), (
+            f"after registering again the gauge reports {collected(sdk.reader).get('sluice.eventhub.lag')}")
+    finally:
+        second.stop()
+
+
 def histogram_quantile(q: float, bounds: tuple[float, ...], counts: tuple[int, ...]) -> float:
     """Prometheus' ``histogram_quantile`` (promql/quantile.go ``bucketQuantile``) over one histogram's buckets:
     cumulative counts, the rank's bucket found, linear interpolation inside it, 0 as the first bucket's lower
