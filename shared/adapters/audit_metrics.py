@@ -8,11 +8,19 @@ collection, so a slow or unreachable dependency cannot hold the scrape of every
 other instrument. The callback reports the last result while it is younger than
 three runs; a failed audit reports nothing (no point is better than a false 0) and
 is logged once per failed run.
+
+The instrument is made once per meter provider: the SDK hands back the instrument
+already made under a name and drops a new callback, so a gauge registered again
+(``bootstrap.reset`` stopped the last one, the next ingest service registers a new
+one) would keep reporting the stopped gauge's audits, then nothing. Its one callback
+reports the gauge registered last.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -63,12 +71,49 @@ class AuditGauge:
         return [metrics.Observation(count, {PARTITION: partition}) for partition, count in self.missing().items()]
 
 
+class _LatestGauge:
+    """The instrument's one callback on a meter provider: the observations of the gauge registered last."""
+
+    def __init__(self) -> None:
+        self.gauge: AuditGauge | None = None
+
+    def __call__(self, options: Any) -> Iterable[metrics.Observation]:
+        gauge = self.gauge
+        return [] if gauge is None else gauge(options)
+
+
+# The one callback of each meter provider given, and of the global provider (before the SDK's is set, the API's
+# proxy hands the instrument, callback and all, over to it when it is).
+_by_provider: weakref.WeakKeyDictionary[metrics.MeterProvider, _LatestGauge] = weakref.WeakKeyDictionary()
+_of_global: _LatestGauge | None = None
+_lock = threading.Lock()
+
+
+def _latest_of(meter_provider: metrics.MeterProvider | None) -> _LatestGauge:
+    """The provider's callback, the instrument made with it the first time (under ``_lock``)."""
+    global _of_global
+    latest = _of_global if meter_provider is None else _by_provider.get(meter_provider)
+    if latest is None:
+        latest = _LatestGauge()
+        meter = (meter_provider or metrics.get_meter_provider()).get_meter("sluice")
+        meter.create_observable_gauge(INSTRUMENT.name, callbacks=[latest], unit=INSTRUMENT.unit,
+                                      description=INSTRUMENT.description)
+        if meter_provider is None:
+            _of_global = latest
+        else:
+            _by_provider[meter_provider] = latest
+    return latest
+
+
 def register_audit_gauge(audit: AuditService, *, window: int, max_age: float,
                          meter_provider: metrics.MeterProvider | None = None) -> AuditGauge:
-    """Create the observable gauge on the ``sluice`` meter (global provider unless given) and return its callback."""
+    """Export ``audit``'s results as ``sluice.audit.missing`` on the ``sluice`` meter (global provider unless given)
+    and return the gauge, started; it replaces (and stops) the gauge registered before on that provider."""
     gauge = AuditGauge(audit, window=window, max_age=max_age)
-    meter = (meter_provider or metrics.get_meter_provider()).get_meter("sluice")
-    meter.create_observable_gauge(INSTRUMENT.name, callbacks=[gauge], unit=INSTRUMENT.unit,
-                                  description=INSTRUMENT.description)
+    with _lock:
+        latest = _latest_of(meter_provider)
+        replaced, latest.gauge = latest.gauge, gauge
+    if replaced is not None:
+        replaced.stop()
     gauge.start()
     return gauge

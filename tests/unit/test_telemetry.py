@@ -43,7 +43,7 @@ def sdk() -> Iterator[SimpleNamespace]:
     active = telemetry.Telemetry(meter_provider, tracer_provider,
                                  metrics=telemetry.OtelMetrics(meter_provider, clock=lambda: NOW))
     previous = telemetry.activate(active)
-    yield SimpleNamespace(reader=reader, spans=spans, metrics=active.metrics)
+    yield SimpleNamespace(reader=reader, spans=spans, metrics=active.metrics, meter_provider=meter_provider)
     telemetry.activate(previous)
 
 
@@ -199,6 +199,36 @@ def test_the_lag_gauge_registered_again_after_a_reset_exports_the_new_reading(sd
     try:
         assert eventually(lambda: collected(sdk.reader).get("sluice.eventhub.lag") == {partition_0: 42}), (
             f"after registering again the gauge reports {collected(sdk.reader).get('sluice.eventhub.lag')}")
+    finally:
+        second.stop()
+
+
+class _Audit:
+    """An ``AuditService`` stand-in (our own port): every audit finds ``missing`` in partition 0."""
+
+    def __init__(self, missing: int) -> None:
+        self.missing = missing
+
+    def audit(self, *, window: int) -> Any:
+        return SimpleNamespace(partitions=[SimpleNamespace(partition="0", missing=self.missing)])
+
+
+def test_the_audit_gauge_registered_again_after_a_reset_exports_the_new_audit(sdk) -> None:
+    """``bootstrap.reset()`` stops the cached ``AuditGauge``; the next ``ingest_service()`` registers a new one on the
+    same provider. The SDK dropped the new callback (same name, unit, description): the stopped gauge's last audit
+    expired after three intervals and the zero-loss gauge reported nothing from then on, a loss never alerted."""
+    from shared.adapters.audit_metrics import register_audit_gauge
+
+    partition_0 = frozenset({("messaging.destination.partition.id", "0")})
+    first = register_audit_gauge(_Audit(0), window=100, max_age=0.05,  # type: ignore[arg-type]  # a stand-in
+                                 meter_provider=sdk.meter_provider)
+    assert eventually(lambda: collected(sdk.reader).get("sluice.audit.missing") == {partition_0: 0})
+    first.stop()  # what bootstrap.reset() does
+    second = register_audit_gauge(_Audit(7), window=100, max_age=0.05,  # type: ignore[arg-type]  # a stand-in
+                                  meter_provider=sdk.meter_provider)
+    try:
+        assert eventually(lambda: collected(sdk.reader).get("sluice.audit.missing") == {partition_0: 7}), (
+            f"after registering again the gauge reports {collected(sdk.reader).get('sluice.audit.missing')}")
     finally:
         second.stop()
 
