@@ -268,9 +268,11 @@ def stage_span(stage: str, *, parent: str | None = None, links: Callable[[], lis
 
     ``consumer`` marks a stage that consumes messages (span kind consumer).
     ``parent`` is the host's ``traceparent`` (``context.trace_context.trace_parent``
-    on Azure Functions); ``links`` is called only when a span is made. With tracing
-    off nothing is created and ``None`` is yielded. An exception is recorded on
-    the span and propagates.
+    on Azure Functions). ``links`` is called only when the span is recorded, after
+    the sampler decided (the SDK's samplers decide without links): a batch's
+    messages are not read for a span that is dropped. With tracing off nothing is
+    created and ``None`` is yielded. An exception is recorded on the span and
+    propagates.
     """
     tracer = _active.tracer
     if tracer is None:
@@ -278,13 +280,18 @@ def stage_span(stage: str, *, parent: str | None = None, links: Callable[[], lis
         return
     try:
         context = _PROPAGATOR.extract({"traceparent": parent}) if parent else None
-        made = links() if links is not None else None
     except Exception as exc:
         telemetry_failed(f"reading the trace context of {stage}", exc)
-        context, made = None, None
-    with tracer.start_as_current_span(f"sluice.{stage}", context=context, links=made,
+        context = None
+    with tracer.start_as_current_span(f"sluice.{stage}", context=context,
                                       kind=SpanKind.CONSUMER if consumer else SpanKind.INTERNAL,
                                       attributes=dict(attributes or {})) as span:
+        if links is not None and span.is_recording():
+            try:
+                for link in links():
+                    span.add_link(link.context, link.attributes)
+            except Exception as exc:
+                telemetry_failed(f"reading the message links of {stage}", exc)
         yield span
 
 
