@@ -17,7 +17,8 @@ name them wherever a standard exists:
 * ``SLUICE_METRICS_PORT`` (``TelemetrySettings``): a Prometheus scrape endpoint on
   that port (``SLUICE_METRICS_ADDRESS``, default ``0.0.0.0``), for AKS.
 
-With none of them set no SDK provider is installed: services get
+With none of them set (or only an OTLP endpoint, with both ``OTEL_TRACES_EXPORTER`` and
+``OTEL_METRICS_EXPORTER`` ``none``) no SDK provider is installed: services get
 :data:`shared.ports.metrics.NO_METRICS` and :func:`stage_span` yields without
 creating a span, so telemetry off costs nothing. The resource carries
 ``service.name=sluice`` and, on Kubernetes, the pod's name (``HOSTNAME``) as
@@ -355,10 +356,10 @@ def build(environ: Mapping[str, str] | None = None, *, settings: TelemetrySettin
         return OFF
     connection = env.get("APPLICATIONINSIGHTS_CONNECTION_STRING")
     otlp = any(env.get(name) for name in telemetry_environment.OTLP_ENDPOINTS)
-    port = settings.metrics_port
-    if not (connection or otlp or port is not None):
-        return OFF
     otlp_signals = otlp_signals_of(env) if otlp else ()
+    port = settings.metrics_port
+    if not (connection or otlp_signals or port is not None):  # an endpoint with both signals "none" exports nothing
+        return OFF
     signed_in = azure_monitor_credential(env) if connection else None
     if connection and not install:
         raise ValueError("the Azure Monitor distro always installs the global providers")

@@ -168,6 +168,18 @@ def test_otel_metrics_exporter_none_leaves_traces_only_and_an_unknown_exporter_i
                         settings=TelemetrySettings(), install=False)
 
 
+def test_every_exporter_turned_off_by_the_standard_variables_is_telemetry_off() -> None:
+    """An OTLP endpoint set (for the Functions host's own export, say) with both ``OTEL_TRACES_EXPORTER=none`` and
+    ``OTEL_METRICS_EXPORTER=none`` leaves no exporter. ``build`` used to test "an endpoint is set", not "a signal is
+    exported": it made an SDK meter provider with no reader, telemetry was on (the worker logged "exporting to
+    nothing"), every batch was recorded into it, and ``bootstrap.export_lag`` started the lag gauge's Event Hubs /
+    Blob reading thread for nothing. Now it is ``OFF``, exactly as with no variable."""
+    built = telemetry.build({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_TRACES_EXPORTER": "none",
+                             "OTEL_METRICS_EXPORTER": "none"}, settings=TelemetrySettings(), install=False)
+    assert built is telemetry.OFF, (f"no exporter is configured (exporters={built.exporters}), yet telemetry is on "
+                                    f"with {type(built.meter_provider).__name__}")
+
+
 def test_a_signal_with_no_endpoint_of_its_own_or_in_common_is_not_exported() -> None:
     """Only OTEL_EXPORTER_OTLP_TRACES_ENDPOINT set: metrics have nowhere to go, so no metric exporter (it would send
     to localhost:4318 and fail on every export)."""
