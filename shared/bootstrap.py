@@ -151,15 +151,18 @@ def _retry_telemetry_in(seconds: float, cfg: TelemetrySettings) -> None:
 
 
 def _retry_telemetry(cfg: TelemetrySettings, seconds: float) -> None:
-    """The timer's try: set telemetry up, and the lag gauge if this process exports it (:func:`export_lag`)."""
+    """The timer's try: set telemetry up, and the gauges this process exports (:func:`export_lag`,
+    :func:`export_audit`)."""
     try:
         if not start_telemetry(cfg, retry_seconds=seconds):
             return
         logger.info("telemetry: set up after the Application Insights connection string could be read")
         with _lock:
-            wanted = _lag_export == "wanted"
-        if wanted:
+            lag, audit = _lag_export == "wanted", _audit_export == "wanted"
+        if lag:
             export_lag()
+        if audit:
+            export_audit()
     except Exception:  # on a timer thread: nothing else would report it
         logger.warning("telemetry: setting it up failed; the worker runs without telemetry", exc_info=True)
 
@@ -293,12 +296,12 @@ def postgres_pool() -> ConnectionPool:
 
 def reset() -> None:
     """Close and forget every cached client, service and the settings (tests, or a changed environment)."""
-    global _telemetry_retry, _lag_export, _lag_figures
+    global _telemetry_retry, _lag_export, _audit_export, _lag_figures
     with _lock:
         if _telemetry_retry is not None:  # a pending retry of the telemetry set-up belongs to the old settings
             _telemetry_retry.cancel()
             _telemetry_retry = None
-        _lag_export = "no"
+        _lag_export = _audit_export = "no"
         # The gauges' reading threads read with the clients closed below: left running, each would fail every
         # period until its idle stop (10 min), a thread per reset piling up.
         if _lag_figures is not None:
@@ -378,10 +381,7 @@ def delayed_after(cfg: Settings) -> timedelta:
 @service
 def ingest_service() -> IngestService:
     service = _ingest_service(audit=True)
-    try:  # the ingest worker exports the audit; a gauge that cannot be set up must not stop ingest
-        register_audit_gauge()
-    except Exception:
-        logger.warning("the %s gauge is not exported", "sluice.audit.missing", exc_info=True)
+    export_audit()  # the ingest worker exports the audit
     return service
 
 
@@ -439,11 +439,9 @@ def audit_service() -> AuditService | None:
 def register_audit_gauge() -> AuditGauge | None:
     """The worker's ``sluice.audit.missing`` gauge (an OpenTelemetry observable gauge); ``None`` when not audited.
 
-    Called once per process when the ingest service is built (cached like a
-    service). Registers on the global meter provider, so the exporter that
-    shared/telemetry.py sets up (Prometheus, OTLP, Azure Monitor) reads it on each
-    collection; before the SDK's provider is set, the API's proxy hands the
-    callback over to it when it is.
+    Registered by :func:`export_audit` (cached like a service) on the active
+    telemetry's meter provider, so the exporter that shared/telemetry.py sets up
+    (Prometheus, OTLP, Azure Monitor) reads it on each collection.
     """
     from shared.adapters.audit_metrics import register_audit_gauge as register
 
@@ -451,7 +449,30 @@ def register_audit_gauge() -> AuditGauge | None:
     audit = audit_service() if cfg.audit else None
     if audit is None:
         return None
-    return register(audit, window=cfg.audit_window, max_age=cfg.audit_interval_seconds)
+    return register(audit, window=cfg.audit_window, max_age=cfg.audit_interval_seconds,
+                    meter_provider=_telemetry().active().meter_provider)
+
+
+def export_audit() -> None:
+    """Export ``sluice.audit.missing`` from this process, once telemetry is on: called when the ingest service is built.
+
+    With telemetry off nothing collects the gauge, and its thread would audit the hub,
+    the checkpoints and the ledger every interval for nothing; telemetry set up later
+    (:func:`_retry_telemetry`) registers it then. A gauge that cannot be set up is
+    logged, never raised (it must not stop ingest).
+    """
+    global _audit_export
+    with _lock:
+        if _audit_export == "exported":
+            return
+        enabled = _telemetry().active().enabled
+        _audit_export = "exported" if enabled else "wanted"
+    if not enabled:
+        return
+    try:
+        register_audit_gauge()
+    except Exception:
+        logger.warning("the %s gauge is not exported", "sluice.audit.missing", exc_info=True)
 
 
 def _host_eventhub() -> tuple[KedaCheckpointSource, EventHubConsumerClient, EventHubSequenceAtTime | None] | None:
@@ -485,6 +506,7 @@ def _host_eventhub() -> tuple[KedaCheckpointSource, EventHubConsumerClient, Even
 
 # Whether this process exports sluice.eventhub.lag: "no", "wanted" (telemetry not set up yet), "exported".
 _lag_export = "no"
+_audit_export = "no"  # the same for sluice.audit.missing
 _lag_figures: RefreshedFigures | None = None  # the exported gauge's reading thread, stopped by reset()
 STATUS_FUNCTION = "status"
 FUNCTIONS_SETTING = "azurefunctionsjobhost__functions__"

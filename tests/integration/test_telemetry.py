@@ -16,6 +16,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -271,6 +272,71 @@ def test_the_readiness_probe_alone_starts_the_lookups_pods_lag_export(lookups_po
     assert asyncio.run(openapi(probe)).status_code == 200
     lag = lag_points(in_memory.reader, partitions=4)
     assert sorted(dict(attrs)["messaging.destination.partition.id"] for attrs in lag) == ["0", "1", "2", "3"]
+
+
+@pytest.fixture
+def ingest_pod(isolated_eventhub: Any, cassandra_emulator: Running, azurite_connection_string: str,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The settings of an ingest pod (it runs only the ingest function) with the zero-loss audit on."""
+    for name, value in {"EventHubConnection": isolated_eventhub.connection_string,
+                        "AzureWebJobsStorage": azurite_connection_string,
+                        "AzureFunctionsJobHost__functions__0": "ingest",
+                        "SLUICE_INGEST_EVENTHUB_NAME": isolated_eventhub.name, "SLUICE_INGEST_CONSUMER_GROUP": "sluice",
+                        "SLUICE_CASSANDRA_HOSTS": cassandra_emulator.host,
+                        "SLUICE_CASSANDRA_PORT": str(cassandra_emulator.port),
+                        "SLUICE_CASSANDRA_KEYSPACE": f"ks_{uuid.uuid4().hex[:12]}",
+                        "SLUICE_STORAGE_DEADLETTER_CONTAINER": f"dl-{uuid.uuid4().hex[:12]}",
+                        "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0", "SLUICE_POSTGRES_HOST": "127.0.0.1",
+                        "SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET": "ai-conn",
+                        "SLUICE_KEYVAULT_URL": "https://sluice-test.vault.azure.net"}.items():
+        monkeypatch.setenv(name, value)
+    bootstrap.reset()
+    apply_migrations(bootstrap.cassandra_session(), bootstrap.settings().cassandra)
+    yield
+    bootstrap.reset()
+
+
+def test_the_audit_gauge_runs_only_with_telemetry_on_and_starts_once_it_is(ingest_pod: None,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ingest worker's ``sluice.audit.missing`` gauge audits the hub, the checkpoints and the ledger every
+    ``SLUICE_INGEST_AUDIT_INTERVAL_SECONDS`` on a thread of its own. With telemetry off nothing collects it: the
+    ingest service used to register it anyway, and each worker start audited for nothing until the thread's idle
+    stop (10 minutes, about an ingest pod's life). Now it is registered when telemetry is on, or once telemetry is
+    set up later (the Application Insights connection string read from Key Vault on a retry)."""
+    from shared.exceptions import DependencyUnavailable
+
+    reader = InMemoryMetricReader()
+    on = telemetry.Telemetry(MeterProvider(metric_readers=[reader]))
+    vault_answers = threading.Event()
+    reads: list[str | None] = []
+
+    def read(name: str | None) -> None:  # Key Vault (not run here): unreachable first, then the secret is read
+        reads.append(name)
+        if len(reads) == 1:
+            raise DependencyUnavailable("key vault", "cannot connect")
+        vault_answers.wait(30)
+        telemetry.activate(on)  # what configure does with the connection string
+
+    monkeypatch.setattr(bootstrap, "appinsights_from_vault", read)
+    monkeypatch.setattr(bootstrap, "TELEMETRY_RETRY_SECONDS", 0.05)
+    previous = telemetry.activate(telemetry.OFF)
+    auditing = [t for t in threading.enumerate() if t.name == "sluice-figures-audit-gauge"]
+    try:
+        bootstrap.ingest_service()
+        started = [t for t in threading.enumerate() if t.name == "sluice-figures-audit-gauge" and t not in auditing]
+        assert not started, "the audit runs with telemetry off, for no one to collect"
+        vault_answers.set()
+        deadline = time.monotonic() + 30
+        while not collected(reader).get("sluice.audit.missing") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        missing = collected(reader).get("sluice.audit.missing", {})
+        assert {dict(attributes)["messaging.destination.partition.id"] for attributes in missing} == {
+            "0", "1", "2", "3"}, "telemetry set up on the retry, yet the audit gauge is not exported"
+    finally:
+        vault_answers.set()
+        bootstrap.reset()
+        telemetry.activate(previous)
+        on.meter_provider.shutdown()
 
 
 # --- faults: an unreachable collector costs an invocation nothing, and is logged at most once a minute ---
