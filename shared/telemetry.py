@@ -263,13 +263,15 @@ def message_links(properties: object) -> list[Link]:
 
 
 @contextmanager
-def stage_span(stage: str, *, parent: str | None = None, links: Callable[[], list[Link]] | None = None,
-               attributes: Mapping[str, Any] | None = None, consumer: bool = False) -> Iterator[Any]:
+def stage_span(stage: str, *, parent: str | None = None, parent_state: str | None = None,
+               links: Callable[[], list[Link]] | None = None, attributes: Mapping[str, Any] | None = None,
+               consumer: bool = False) -> Iterator[Any]:
     """One span for one invocation of ``stage`` (``sluice.<stage>``), current while the block runs.
 
     ``consumer`` marks a stage that consumes messages (span kind consumer).
     ``parent`` is the host's ``traceparent`` (``context.trace_context.trace_parent``
-    on Azure Functions). ``links`` is called only when the span is recorded, after
+    on Azure Functions) and ``parent_state`` its ``tracestate`` (``trace_state``),
+    which the span and those under it pass on. ``links`` is called only when the span is recorded, after
     the sampler decided (the SDK's samplers decide without links): a batch's
     messages are not read for a span that is dropped. With tracing off nothing is
     created and ``None`` is yielded. An exception is recorded on the span and
@@ -280,7 +282,8 @@ def stage_span(stage: str, *, parent: str | None = None, links: Callable[[], lis
         yield None
         return
     try:
-        context = _PROPAGATOR.extract({"traceparent": parent}) if parent else None
+        carrier = {"traceparent": parent, **({"tracestate": parent_state} if parent_state else {})}
+        context = _PROPAGATOR.extract(carrier) if parent else None
     except Exception as exc:
         telemetry_failed(f"reading the trace context of {stage}", exc)
         context = None

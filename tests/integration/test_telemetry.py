@@ -176,6 +176,18 @@ def test_ingest_run_by_the_dev_host_records_its_span(ingest, in_memory) -> None:
     assert list(span.attributes["sluice.critical.event_ids"]) == [critical["event_id"]]
 
 
+def test_the_ingest_span_keeps_the_hosts_tracestate(ingest, in_memory) -> None:
+    """The host passes its W3C trace context whole: ``traceparent`` and ``tracestate`` (vendors' entries, which W3C
+    Trace Context asks every participant to pass on). ``functions/ingest.py`` used to hand ``stage_span`` the
+    ``traceparent`` alone, so ``sluice.ingest`` (and every span and request under it) lost the host's entries."""
+    host = "00-11111111111111111111111111111111-2222222222222222-01"
+    context = HostContext("ingest", trace_context=SimpleNamespace(trace_parent=host, trace_state="congo=t61rcWkgMzE"))
+    user_function("ingest")(batch([event()]), context)
+    (span,) = [s for s in in_memory.spans.get_finished_spans() if s.name == "sluice.ingest"]
+    assert format(span.parent.span_id, "016x") == "2" * 16
+    assert dict(span.context.trace_state) == {"congo": "t61rcWkgMzE"}, span.context.trace_state
+
+
 # --- the lag gauge, from the lookups' process, over the real Event Hubs emulator and the host's checkpoints ---
 
 SENT = {"0": 9, "1": 4, "2": 0, "3": 3}
