@@ -30,8 +30,9 @@ that does not set them already (the host's ``CustomHttpHeadersMiddleware``).
 
 Keys: like ``func start``, the dev host does not check function keys. Set
 ``DEVHOST_FUNCTION_KEY`` to make it check them: routes with ``authLevel`` function or
-admin then need that key in the ``code`` query parameter or the ``x-functions-key``
-header (401 otherwise); anonymous routes stay open.
+admin then need that key in the ``x-functions-key`` header or, when that header is absent,
+the ``code`` query parameter (its name in any case), 401 otherwise; anonymous routes stay
+open.
 
 ``GET /admin/host/status`` answers ``{"id": <host id>, "state": "Running"}``, as the
 host's status endpoint does.
@@ -142,6 +143,16 @@ def _query(values: MultiMapping[str]) -> dict[str, str]:
     return {spelling[folded]: ",".join(parts) for folded, parts in grouped.items()}
 
 
+def _given_key(request: web.Request) -> str:
+    """The key a request carries, read as the host reads it (AuthenticationLevelHandler.GetAuthorizationKeyInfoAsync):
+    the first ``x-functions-key`` header when the header is there at all, even empty (no fallback to ``code`` then),
+    else the first ``code`` query value, the name compared ignoring case as ASP.NET's query collection compares it
+    (``?CODE=`` and ``?Code=`` are the key too). No key is the empty string, which matches none."""
+    if "x-functions-key" in request.headers:
+        return request.headers["x-functions-key"]
+    return next((value for name, value in request.query.items() if name.lower() == "code"), "")
+
+
 def kestrel_path(raw_path: str) -> str:
     """A request path decoded as Kestrel decodes it (UrlDecoder): every escape but ``%2F``, which stays as sent."""
     return "".join(part if _ENCODED_SLASH.fullmatch(part) else URL.build(path="/" + part, encoded=True).path[1:]
@@ -230,8 +241,7 @@ class HttpServer:
     def _authorised(self, route: HttpRoute, request: web.Request) -> bool:
         if self._key is None or route.auth_level == "anonymous":
             return True
-        given = request.headers.get("x-functions-key") or request.query.get("code") or ""
-        return hmac.compare_digest(given.encode(), self._key.encode())
+        return hmac.compare_digest(_given_key(request).encode(), self._key.encode())
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         if "%00" in request.rel_url.raw_path:  # Kestrel: "The path contains null characters.", before routing

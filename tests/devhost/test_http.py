@@ -150,6 +150,26 @@ def test_function_keys_are_checked_only_when_a_key_is_set(http_host: Running) ->
     assert call(http_host, "GET", "/v1/hello")[0] == 200  # anonymous
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name", ["CODE", "Code"])
+def test_the_code_query_parameter_is_found_whatever_its_case(http_host: Running, name: str) -> None:
+    """host: AuthenticationLevelHandler.GetAuthorizationKeyInfoAsync reads the key with
+    ``request.Query.TryGetValue("code", ...)``, and ASP.NET Core's query collection compares names ignoring case: a
+    client that sends ``?CODE=<key>`` is let in by Azure (aiohttp's query is case-sensitive)."""
+    status, _, body = call(http_host, "GET", f"/v1/items/7?{name}={KEY}")
+    assert status == 200, body
+    assert call(http_host, "GET", f"/v1/items/7?{name}=wrong")[0] == 401
+
+
+@pytest.mark.timeout(60)
+def test_an_empty_key_header_is_the_key_given_and_code_is_not_read(http_host: Running) -> None:
+    """host: GetAuthorizationKeyInfoAsync takes the ``x-functions-key`` header whenever it is present (header takes
+    precedence) and reads ``code`` only without it; an empty header is an empty key, which grants nothing. So a
+    right ``?code=`` beside an empty header is 401 in Azure, and so here."""
+    assert call(http_host, "GET", f"/v1/items/7?code={KEY}", headers={"x-functions-key": ""})[0] == 401
+    assert call(http_host, "GET", "/v1/items/7?code=wrong", headers={"x-functions-key": KEY})[0] == 200
+
+
 UNSUPPORTED = '''
 import azure.functions as func
 
