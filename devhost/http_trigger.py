@@ -229,7 +229,10 @@ class HttpServer:
         return web.json_response({"id": self._host_id, "state": "Running"})
 
     def _path(self, request: web.Request) -> str | None:
-        path = kestrel_path(request.rel_url.raw_path).strip("/")
+        """The path after the route prefix and the ``/`` that follows it, or None when the prefix is not there.
+        Only the path's own leading ``/`` is dropped: every other one is left for the template, which, as ASP.NET's
+        PathTokenizer, reads ``//`` as an empty segment (``//api/...`` has no prefix; ``/api//x`` is empty first)."""
+        path = kestrel_path(request.rel_url.raw_path).removeprefix("/")
         if not self._prefix:
             return path
         if path.lower() == self._prefix.lower():

@@ -6,7 +6,9 @@ Supported: literal segments (case-insensitive), ``{name}``, optional ``{name?}``
 decimal double float min(n) max(n) range(a,b) minlength(n) maxlength(n) length(n)
 length(a,b) regex(expr)``, chained with ``:``. A request matches a route when its path
 matches and every constraint holds; otherwise the next route is tried, in the host's order
-(``devhost.http_trigger.in_host_order``: function names, not specificity).
+(``devhost.http_trigger.in_host_order``: function names, not specificity). A path with an
+empty segment (``//``) matches nothing; one final ``/`` is ignored, except by a catch-all,
+which keeps it.
 """
 
 from __future__ import annotations
@@ -128,11 +130,13 @@ class RouteTemplate:
     template: str
     pattern: re.Pattern[str]
     parameters: dict[str, _Parameter]
+    catch_all_index: int | None = None  # the segment a catch-all parameter starts at
 
     @classmethod
     def compile(cls, template: str) -> RouteTemplate:
         text = template.strip().strip("/")
         parameters: dict[str, _Parameter] = {}
+        catch_all_index = None
         regex = "^"
         segments = text.split("/") if text else []
         for index, segment in enumerate(segments):
@@ -155,8 +159,9 @@ class RouteTemplate:
                 if parameter.catch_all:
                     if index != len(segments) - 1:
                         raise DevHostError(f"route {template!r}: a catch-all parameter must be the last segment")
-                    segment_regex += f"(?P<{group}>.*)"
+                    segment_regex += rf"(?P<{group}>[\s\S]*)"  # the rest as it is: a final "/", a newline
                     optional_segment = True
+                    catch_all_index = index
                 else:
                     segment_regex += f"(?P<{group}>[^/]+?)"
                     if (parameter.optional or parameter.default is not None) and len(pieces) == 3 \
@@ -164,7 +169,7 @@ class RouteTemplate:
                         optional_segment = True
             regex += f"(?:/{segment_regex})?" if optional_segment else f"/{segment_regex}"
         regex += r"/?\Z"  # not "$": it also matches before a final newline
-        return cls(template, re.compile(regex, re.IGNORECASE), parameters)
+        return cls(template, re.compile(regex, re.IGNORECASE), parameters, catch_all_index)
 
     @staticmethod
     def _parameter(text: str, template: str) -> _Parameter:
@@ -182,8 +187,17 @@ class RouteTemplate:
         return _Parameter(name, [_constraint(c, repr(template)) for c in constraints], optional, default, catch_all)
 
     def match(self, path: str) -> dict[str, str] | None:
-        """Route parameters of ``path`` (without the route prefix), or None when it does not match."""
-        found = self.pattern.match("/" + path.strip("/") if path.strip("/") else "")
+        """Route parameters of ``path`` (without the route prefix and its ``/``), or None when it does not match.
+
+        The path is read as ASP.NET's RoutePatternMatcher reads it (PathTokenizer): one final ``/`` is ignored, and
+        any other ``/`` next to another, or at the start, makes an empty segment, which matches nothing
+        (``amounts//5``, ``/amounts/5``, ``amounts/5//``), up to and including the segment where a catch-all
+        starts. A catch-all takes the rest of the path as it is, a final ``/`` included (``a/b/``)."""
+        segments = _path_segments(path)
+        checked = len(segments) if self.catch_all_index is None else self.catch_all_index + 1
+        if "" in segments[:checked]:
+            return None
+        found = self.pattern.match("/" + path)
         if found is None:
             return None
         values: dict[str, str] = {}
@@ -199,6 +213,14 @@ class RouteTemplate:
                 return None
             values[name] = value
         return values
+
+
+def _path_segments(path: str) -> list[str]:
+    """The segments ASP.NET's PathTokenizer finds in ``"/" + path``: none for an empty path, and a final ``/``
+    (one only) ends the last segment instead of starting an empty one."""
+    if not path:
+        return []
+    return path.removesuffix("/").split("/")
 
 
 def _split_constraints(text: str) -> list[str]:

@@ -170,6 +170,29 @@ def test_an_empty_key_header_is_the_key_given_and_code_is_not_read(http_host: Ru
     assert call(http_host, "GET", "/v1/items/7?code=wrong", headers={"x-functions-key": KEY})[0] == 200
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("path", ["/v1//items/7", "//v1/items/7", "/v1/items/7//", "/v1/items//7"])
+def test_an_empty_path_segment_matches_no_route(http_host: Running, path: str) -> None:
+    """host: ASP.NET Core's RoutePatternMatcher.TryMatch walks the path with PathTokenizer, which yields an empty
+    segment for ``//`` (only one final ``/`` is ignored), and refuses the match at once (``stringSegment.Length ==
+    0``); Kestrel does not collapse ``//``. A client whose base URL ends in ``/`` gets 404 in Azure, and so here."""
+    key = {"x-functions-key": KEY}
+    assert call(http_host, "GET", "/v1/items/7", headers=key)[0] == 200
+    assert call(http_host, "GET", "/v1/items/7/", headers=key)[0] == 200  # one final "/" is ignored
+    status, _, body = call(http_host, "GET", path, headers=key)
+    assert status == 404, body
+
+
+@pytest.mark.timeout(60)
+def test_a_catch_all_parameter_keeps_the_trailing_slash(http_host: Running) -> None:
+    """host: RoutePatternMatcher.SavePathSegmentsAsValues: "A catch-all captures til the end of the string", the
+    final ``/`` included, so a function can tell ``dir/`` from ``dir``; empty segments inside it are its own."""
+    key = {"x-functions-key": KEY}
+    assert call(http_host, "GET", "/v1/files/a/b/", headers=key)[2] == b"a/b/"
+    assert call(http_host, "GET", "/v1/files/a//b", headers=key)[2] == b"a//b"
+    assert call(http_host, "GET", "/v1/files//a", headers=key)[0] == 404  # empty where the catch-all starts
+
+
 UNSUPPORTED = '''
 import azure.functions as func
 

@@ -21,6 +21,32 @@ def test_literals_and_parameters() -> None:
     assert route.match("devices//latest") is None
 
 
+@pytest.mark.parametrize(("path", "expected"), [
+    ("amounts/5", {"v": "5"}),
+    ("amounts/5/", {"v": "5"}),
+    ("amounts/5//", None),
+    ("/amounts/5", None),
+    ("amounts//5", None),
+    ("/", None),
+])
+def test_only_one_final_slash_is_ignored(path: str, expected: dict[str, str] | None) -> None:
+    """ASP.NET's PathTokenizer reads ``//`` (and a ``/`` right after the prefix's) as an empty segment, which
+    RoutePatternMatcher.TryMatch refuses; only one final ``/`` ends the path."""
+    assert RouteTemplate.compile("amounts/{v}").match(path) == expected
+
+
+def test_a_catch_all_takes_the_rest_of_the_path_as_it_is() -> None:
+    """RoutePatternMatcher.SavePathSegmentsAsValues: the catch-all is the path from its segment to the end, a final
+    ``/``, empty segments and decoded control characters included; an empty segment where it starts is refused
+    (TryMatch checks each segment before it breaks on the catch-all)."""
+    rest = RouteTemplate.compile("tree/{*path}")
+    assert rest.match("tree/a/b/") == {"path": "a/b/"}
+    assert rest.match("tree/a//b//") == {"path": "a//b//"}
+    assert rest.match("tree/a\nb") == {"path": "a\nb"}
+    assert rest.match("tree/") == {}
+    assert rest.match("tree//a") is None
+
+
 def test_constraints() -> None:
     guid = RouteTemplate.compile("items/{id:guid}")
     value = str(uuid.uuid4())
