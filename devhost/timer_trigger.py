@@ -9,8 +9,8 @@ shutdown) or expires (after a crash).
 
 The schedule monitor (``useMonitor``, true unless the binding says false) is turned off,
 as the host turns it off, for a schedule more frequent than a minute: a TimeSpan under a
-minute, or a cron expression whose fields from minutes on are all "every" and which has
-more than one occurrence within a minute. While it is on, the last and next occurrences
+minute, or a cron expression whose fields from minutes on are all "every" and which names
+more than one second (``*/30 * * * * *`` included). While it is on, the last and next occurrences
 are kept in ``azure-webjobs-hosts/timers/<host id>/Host.Functions.<name>/status``
 (``{"Last", "Next", "LastUpdated"}``) and the function sees them in
 ``timer.schedule_status``; while it is off, ``schedule_status`` is ``{}``. When the
@@ -68,13 +68,16 @@ def _flag(value: Any) -> bool:
 
 def _too_frequent_for_the_monitor(schedule: Schedule) -> bool:
     """TimerSchedule.ShouldDisableScheduleMonitor (azure-webjobs-sdk-extensions): a TimeSpan under a minute, or every
-    field from minutes on a wildcard and more than one occurrence in the minute after a whole minute."""
+    field from minutes on a wildcard and more than one occurrence in the minute after ``DateTime.Now``. That window
+    starts at the wall clock, not at a whole minute (nor, but by chance, at a whole second), so it holds each second
+    the schedule names once: ``*/30 * * * * *`` (:00 and :30) has two occurrences and no monitor. A five-field
+    expression fires at second 0 only: never more than once a minute."""
     if schedule.interval is not None:
         return schedule.interval < timedelta(minutes=1)
     fields = schedule.fields
     if any(len(values) != len(full) for values, full in zip(fields[1:], _FULL_FIELDS, strict=True)):
         return False
-    return sum(1 for second in fields[0] if second > 0) > 1  # occurrences strictly inside the minute
+    return len(fields[0]) > 1
 
 
 _FULL_FIELDS = (range(60), range(24), range(1, 32), range(1, 13), range(7))  # minute .. day-of-week

@@ -135,7 +135,11 @@ def test_an_unreadable_status_blob_is_ignored_and_the_timer_fires(
 @pytest.mark.parametrize("trigger, expression, monitored", [
     ({}, "0 */5 * * * *", True),
     ({}, "*/10 * 9-17 * * *", True),  # the hour is restricted: the gaps can be longer than a minute
-    ({}, "*/30 * * * * *", True),  # one occurrence inside a minute (:30) is not "more than one"
+    ({}, "*/30 * * * * *", False),  # :00 and :30 both fall in the minute after a moment that is no whole minute
+    ({}, "0,30 * * * * *", False),
+    ({}, "30 * * * * *", True),  # once a minute
+    ({}, "0 * * * * *", True),
+    ({}, "* * * * *", True),  # five fields: every minute, at second 0
     ({}, "* * * * * *", False),
     ({}, "*/5 * 0-23 1-31 * 0-6", False),  # whole ranges are wildcards
     ({"useMonitor": True}, "*/5 * * * * *", False),  # the host overrides an explicit true
@@ -149,7 +153,8 @@ def test_the_schedule_monitor_is_on_unless_the_schedule_is_more_frequent_than_a_
     """ext: TimerTriggerAttribute.UseMonitor defaults to true; TimerSchedule.Create turns it off ('UseMonitor changed
     to false based on schedule frequency') for a TimeSpan under a minute, and for a cron schedule when
     ShouldDisableScheduleMonitor holds: every field from minutes on is '*' and there is more than one occurrence in
-    the next minute."""
+    the next minute. That minute starts at DateTime.Now, which is no whole minute (nor a whole second), so the
+    count is the number of seconds the schedule names: ``*/30`` (:00 and :30) has two and no monitor."""
     assert uses_monitor(trigger, Schedule.parse(expression)) is monitored
 
 
