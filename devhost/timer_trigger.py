@@ -111,6 +111,7 @@ class TimerListener:
         self.run_on_startup = _flag(trigger.get("runOnStartup", False))
         self.use_monitor = uses_monitor(trigger, schedule)
         self._last: datetime | None = None
+        self._next_due: datetime | None = None  # the occurrence after the last run, set when that run ends
 
     @classmethod
     def create(cls, spec: FunctionSpec, invoker: Invoker, service: BlobServiceClient, host_id: str,
@@ -254,7 +255,12 @@ class TimerListener:
         return recorded_next is not None and now > recorded_next
 
     async def _fire_while_leader(self) -> None:
+        """Fire while this host holds the lease. As the extension's TimerListener does, the occurrence after a run is
+        computed from the moment that run started (``InvokeJobFunction``: ``Next = GetNextOccurrence(invocation
+        time)``) and the timer then started for it from now (``GetNextTimerInterval``): an occurrence that came due
+        while the run went on fires as soon as it ends (one, not every one missed)."""
         now = datetime.now(UTC)
+        self._next_due = None
         status = await self._read_status() if self.use_monitor else None
         self._last = _parse((status or {}).get("Last")) or self._last
         past_due = await self._check_past_due(now, status) if self.use_monitor else False
@@ -265,8 +271,8 @@ class TimerListener:
             if not fired:
                 return
         while self._leading():
-            occurrence = self._next(self._last or datetime.now(UTC)) if self.schedule.interval else \
-                self._next(datetime.now(UTC))
+            occurrence = self._next_due or (self._next(self._last or datetime.now(UTC)) if self.schedule.interval
+                                            else self._next(datetime.now(UTC)))
             await self._sleep((occurrence - datetime.now(UTC)).total_seconds())
             if not self._leading():
                 return
@@ -286,13 +292,17 @@ class TimerListener:
         # TimerListener.InvokeJobFunction gives the status only when the monitor is on (TimerRequest: {} otherwise).
         request = TimerRequest(past_due=past_due, schedule_status=status if self.use_monitor else {},
                                schedule={"AdjustForDST": True})
+        started = datetime.now(UTC)
         outcome = await self._invoker.call_with_retry(
             self.spec, {self.spec.trigger_param: request}, reason=reason, stopping=self._stopping)
         if outcome is Outcome.ABANDONED:
             return False
-        self._last = occurrence
+        # InvokeJobFunction: Last is the invocation time (the occurrence when the timer fired early), Next the
+        # occurrence after it, however long the run took.
+        self._last = max(started, occurrence)
+        self._next_due = self._next(self._last)
         try:
-            await self._write_status(occurrence, self._next(max(occurrence, datetime.now(UTC))))
+            await self._write_status(self._last, self._next_due, updated=self._last)
         except HttpResponseError as exc:
             logger.warning("Functions.%s: could not save the timer status: %s", self.name, exc)
         return True

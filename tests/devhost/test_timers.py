@@ -218,6 +218,49 @@ def test_without_the_monitor_the_function_sees_no_schedule_status(tmp_path: Path
     assert records[0]["status"] == {} and records[0]["past_due"] is False
 
 
+SLOW_TIMER_APP = '''
+import json, os, time
+import azure.functions as func
+
+app = func.FunctionApp()
+
+
+@app.function_name("slow")
+@app.timer_trigger(schedule="*/3 * * * * *", arg_name="timer", use_monitor=False)
+def slow(timer: func.TimerRequest) -> None:
+    path = os.environ["TEST_OUT"]
+    first = not os.path.exists(path)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"at": time.time()}) + "\\n")
+    if first:
+        time.sleep(3.5)  # longer than the 3 s period: the next occurrence comes due while this runs
+'''
+
+
+@pytest.mark.timeout(90)
+def test_an_occurrence_due_during_a_long_invocation_runs_as_soon_as_it_ends(
+    tmp_path: Path, azurite_connection_string: str, devhost_factory: Any,
+) -> None:
+    """ext: an occurrence that comes due while the previous invocation still runs fires as soon as it ends.
+
+    The extension's ``TimerListener.InvokeJobFunction`` records ``Next = GetNextOccurrence(invocation time)`` when
+    an invocation ends, and ``HandleTimerEvent`` then calls ``StartTimer(DateTimeOffset.Now)``, whose
+    ``GetNextTimerInterval(Next, now)`` turns a Next already past into one tick ("If the interval happens to be
+    negative ... for an immediate invocation"). So in Azure a ``*/3`` timer whose run takes 3.5 s runs again at
+    once, about 3.5 s after the first start. Computing the next occurrence after the run's end instead would drop
+    the due occurrence and start the next run 6 s after the first."""
+    out = tmp_path / "records.jsonl"
+    settings = write_app(tmp_path / "app", SLOW_TIMER_APP, values={
+        "AzureWebJobsStorage": azurite_connection_string, "TEST_OUT": str(out),
+        "AzureFunctionsWebHost__hostid": f"devhost-test-{uuid.uuid4().hex[:12]}",
+    })
+    host = devhost_factory(tmp_path / "app", settings=settings)
+    runs = wait_for(lambda: (r := read_records(out)) and len(r) >= 2 and r, 40, "two runs", host)
+    gap = runs[1]["at"] - runs[0]["at"]
+    assert 3.5 <= gap < 4.75, f"the second run started {gap:.2f}s after the first; the host runs the due one once " \
+        "the first has ended"
+
+
 DISABLED_APP = """
 import json, os, time
 import azure.functions as func
