@@ -53,7 +53,7 @@ from azure.storage.blob import BlobServiceClient
 from devhost.app_loader import FunctionSpec
 from devhost.errors import DevHostError
 from devhost.invocation import Invoker, Outcome, random_uuid
-from devhost.settings import EventHubOptions, resolve
+from devhost.settings import EventHubOptions, connection_section, resolve
 
 if TYPE_CHECKING:
     from _collections_abc import dict_items, dict_values  # the view types dict's items() and values() return
@@ -161,15 +161,18 @@ class EventHubBinding:
         trigger = spec.trigger
         what = f"function {spec.name!r}"
         setting = str(trigger.get("connection") or "AzureWebJobsEventHub")
-        connection = environ.get(setting, "").strip()
+        section = connection_section(setting, environ)
+        if section is None:
+            raise DevHostError(f"{what}: the connection setting {setting!r} is not set (nor AzureWebJobs{setting})")
+        connection = section.value.strip()
         if not connection:
-            if environ.get(f"{setting}__fullyQualifiedNamespace"):
-                raise DevHostError(f"{what}: identity-based connection {setting}__fullyQualifiedNamespace is not "
-                                   "supported by the dev host; set {setting} to a connection string")
-            raise DevHostError(f"{what}: the connection setting {setting!r} is not set")
-        entity_path = next((part.split("=", 1)[1] for part in connection.split(";")
-                            if part.lower().startswith("entitypath=")), "")
-        hub = resolve(str(trigger.get("eventHubName") or ""), environ, what=f"{what} eventHubName") or entity_path
+            if "fullyqualifiednamespace" in section.children:
+                raise DevHostError(f"{what}: identity-based connection {section.setting}__fullyQualifiedNamespace is "
+                                   f"not supported by the dev host; set {section.setting} to a connection string")
+            raise DevHostError(f"{what}: the connection setting {section.setting!r} is empty")
+        # EventHubClientFactory.NormalizeEventHubName: the connection string's EntityPath takes precedence.
+        configured = resolve(str(trigger.get("eventHubName") or ""), environ, what=f"{what} eventHubName")
+        hub = _entity_path(connection) or configured
         if not hub:
             raise DevHostError(f"{what}: no event hub name (set eventHubName or EntityPath in {setting})")
         group = resolve(str(trigger.get("consumerGroup") or "$Default"), environ, what=f"{what} consumerGroup")
@@ -180,6 +183,16 @@ class EventHubBinding:
         if data_type not in ("", "binary", "string"):
             raise DevHostError(f"{what}: dataType {trigger.get('dataType')!r} must be binary or string")
         return cls(spec, connection, hub, group, cardinality == "many", data_type)
+
+
+def _entity_path(connection: str) -> str:
+    """The ``EntityPath`` of a connection string as EventHubsConnectionStringProperties.Parse reads it: keys compared
+    ignoring case, keys and values trimmed; "" when absent or empty."""
+    for part in connection.split(";"):
+        key, _, value = part.partition("=")
+        if key.strip().lower() == "entitypath":
+            return value.strip()
+    return ""
 
 
 def _json_value(value: Any) -> Any:

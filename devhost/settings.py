@@ -430,6 +430,40 @@ def resolve(value: str, environ: Mapping[str, str] | None = None, *, what: str =
     return _SETTING_REF.sub(lookup, value)
 
 
+@dataclass(frozen=True)
+class ConnectionSection:
+    """The configuration section a connection name resolved to: the app setting that holds it (as spelled in the
+    environment), its value ("" when the section has children only) and its children's names, lower case."""
+
+    setting: str
+    value: str
+    children: frozenset[str]
+
+
+def connection_section(name: str, environ: Mapping[str, str] | None = None) -> ConnectionSection | None:
+    """The section the WebJobs extensions bind a connection name to (``GetWebJobsConnectionStringSection``): the first
+    that exists of ``ConnectionStrings:AzureWebJobs<name>``, ``AzureWebJobs<name>``, ``ConnectionStrings:<name>`` and
+    ``<name>``, in the environment as .NET configuration reads it (``__`` is ``:``, names compared ignoring case). A
+    section exists when it has a value, even an empty one, or a child (``<name>__fullyQualifiedNamespace``), so
+    ``AzureWebJobs<name>`` wins over ``<name>`` and an identity-based prefixed one over a plain connection string.
+    None when none exists."""
+    environ = os.environ if environ is None else environ
+    keys: dict[str, str] = {}
+    for key in environ:
+        keys.setdefault(key.replace("__", ":").lower(), key)
+    for candidate in (f"ConnectionStrings:AzureWebJobs{name}", f"AzureWebJobs{name}", f"ConnectionStrings:{name}",
+                      name):
+        folded = candidate.lower()
+        children = frozenset(key[len(folded) + 1:] for key in keys if key.startswith(folded + ":"))
+        if folded in keys:
+            return ConnectionSection(keys[folded], environ[keys[folded]], children)
+        if children:  # spelled as the environment spells one of them, without the child's name
+            child = min(children)
+            spelled = keys[f"{folded}:{child}"][:-len(child)]
+            return ConnectionSection(spelled.removesuffix("__").removesuffix(":"), "", children)
+    return None
+
+
 def storage_connection_string(environ: Mapping[str, str] | None = None) -> str:
     """``AzureWebJobsStorage`` as a connection string; ``UseDevelopmentStorage=true`` means Azurite's default port."""
     environ = os.environ if environ is None else environ

@@ -301,8 +301,7 @@ def test_event_hub_binding_resolves_settings_and_names_what_is_missing() -> None
     spec = _spec(lambda events: None, retry=None, trigger={
         "name": "events", "type": "eventHubTrigger", "connection": "Conn", "eventHubName": "%HUB%",
         "consumerGroup": "%GROUP%", "cardinality": "MANY", "dataType": "BINARY"})
-    binding = EventHubBinding.from_spec(spec, {"Conn": "Endpoint=sb://x/;EntityPath=ignored", "HUB": "telemetry",
-                                               "GROUP": "sluice"})
+    binding = EventHubBinding.from_spec(spec, {"Conn": "Endpoint=sb://x/", "HUB": "telemetry", "GROUP": "sluice"})
     assert (binding.eventhub_name, binding.consumer_group, binding.many, binding.data_type) == \
         ("telemetry", "sluice", True, "binary")
     with pytest.raises(DevHostError, match="connection setting 'Conn' is not set"):

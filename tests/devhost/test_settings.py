@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from devhost.app_loader import FunctionSpec
 from devhost.errors import DevHostError
+from devhost.eventhub_trigger import EventHubBinding
 from devhost.schedule import Schedule, time_zone
 from devhost.settings import (
     DEVELOPMENT_STORAGE,
@@ -250,6 +253,64 @@ def test_storage_connection_string() -> None:
     # Identity-based storage is the Functions host's on Azure; the dev host says so instead of "not set".
     with pytest.raises(DevHostError, match="AzureWebJobsStorage__accountName is set but AzureWebJobsStorage is not"):
         storage_connection_string({"AzureWebJobsStorage__accountName": "fleet1"})
+
+
+HUB_CONNECTION = ("Endpoint=sb://example.servicebus.windows.net/;SharedAccessKeyName=listen;SharedAccessKey=a2V5;"
+                  "EntityPath={hub}")
+
+
+def _eventhub_spec(trigger: dict[str, Any]) -> FunctionSpec:
+    return FunctionSpec(name="ingest", trigger_type="eventHubTrigger",
+                        trigger={"type": "eventHubTrigger", "name": "events", "direction": "IN", **trigger},
+                        user_function=lambda events: None, is_async=False, accepts_context=False, retry=None)
+
+
+def test_the_connection_strings_entity_path_wins_over_event_hub_name() -> None:
+    """ext: EventHubClientFactory.NormalizeEventHubName: "If an Event Hub was specified as the entity path for the
+    connection string, it should take precedence over the configuration-specified value." With a hub-scoped
+    connection string (EntityPath=orders) and eventHubName="telemetry" the function consumes ``orders`` in Azure, so
+    it must here (azure-eventhub itself would prefer ``eventhub_name``). An empty EntityPath names no hub."""
+    spec = _eventhub_spec({"connection": "HubConnection", "eventHubName": "telemetry"})
+    binding = EventHubBinding.from_spec(spec, {"HubConnection": HUB_CONNECTION.format(hub="orders")})
+    assert binding.eventhub_name == "orders"
+    spaced = "Endpoint=sb://example.servicebus.windows.net/; entitypath = orders ;SharedAccessKey=a2V5"
+    assert EventHubBinding.from_spec(spec, {"HubConnection": spaced}).eventhub_name == "orders"
+    empty = HUB_CONNECTION.format(hub="")
+    assert EventHubBinding.from_spec(spec, {"HubConnection": empty}).eventhub_name == "telemetry"
+
+
+@pytest.mark.parametrize("environ, setting", [
+    ({"AzureWebJobsMyHub": "orders"}, "AzureWebJobsMyHub"),
+    ({"AzureWebJobsMyHub": "orders", "MyHub": "telemetry"}, "AzureWebJobsMyHub"),  # the prefixed name wins
+    ({"ConnectionStrings__AzureWebJobsMyHub": "orders", "AzureWebJobsMyHub": "telemetry"},
+     "ConnectionStrings__AzureWebJobsMyHub"),
+    ({"ConnectionStrings:MyHub": "orders", "MyHub": "telemetry"}, "ConnectionStrings:MyHub"),
+    ({"MyHub": "orders"}, "MyHub"),
+    ({"myhub": "orders"}, "myhub"),  # .NET configuration ignores case
+])
+def test_a_connection_name_is_looked_up_as_the_webjobs_extensions_do(environ: dict[str, str], setting: str) -> None:
+    """ext: a connection name is resolved with GetWebJobsConnectionStringSection: "first try prefixing"
+    (``AzureWebJobs`` + name), then the name itself, each under ``ConnectionStrings:`` first and then at the root;
+    the first section that exists wins. So ``AzureWebJobsMyHub`` is the connection in Azure, over ``MyHub``."""
+    with_hubs = {name: HUB_CONNECTION.format(hub=hub) for name, hub in environ.items()}
+    binding = EventHubBinding.from_spec(_eventhub_spec({"connection": "MyHub"}), with_hubs)
+    assert binding.eventhub_name == "orders"
+    assert binding.connection_string == with_hubs[setting]
+
+
+def test_an_identity_based_connection_is_found_in_the_same_order() -> None:
+    """The section found first decides: a prefixed identity-based connection (its ``__fullyQualifiedNamespace``
+    child) hides a connection string under the bare name, as in the host, and the dev host refuses it by name."""
+    spec = _eventhub_spec({"connection": "MyHub"})
+    environ = {"AzureWebJobsMyHub__fullyQualifiedNamespace": "ns.servicebus.windows.net",
+               "MyHub": HUB_CONNECTION.format(hub="orders")}
+    with pytest.raises(DevHostError, match="identity-based connection AzureWebJobsMyHub__fullyQualifiedNamespace "
+                                           "is not supported by the dev host; set AzureWebJobsMyHub to"):
+        EventHubBinding.from_spec(spec, environ)
+    with pytest.raises(DevHostError, match="connection setting 'MyHub' is not set"):
+        EventHubBinding.from_spec(spec, {"AzureWebJobsOther": HUB_CONNECTION.format(hub="orders")})
+    with pytest.raises(DevHostError, match="connection setting 'AzureWebJobsMyHub' is empty"):
+        EventHubBinding.from_spec(spec, {"AzureWebJobsMyHub": " ", "MyHub": HUB_CONNECTION.format(hub="orders")})
 
 
 def test_host_id_is_stable_per_app_and_can_be_set(tmp_path: Path) -> None:
