@@ -30,6 +30,13 @@ _CONSTRAINT = re.compile(r"(\w+)(?:\((.*)\))?$")
 # ASCII digits with an optional sign and white space around, no digit separators (Python's int() also takes "1_000"
 # and other scripts' digits).
 _INTEGER = re.compile(r"[\t\n\v\f\r ]*[+-]?[0-9]+[\t\n\v\f\r ]*")
+# double.TryParse / float.TryParse with NumberStyles.Float | NumberStyles.AllowThousands and the invariant culture, as
+# ASP.NET Core's DoubleRouteConstraint and FloatRouteConstraint parse: ASCII digits, "," as a thousands separator
+# anywhere after the first digit and before the decimal point ("1,000", "1,0,0"), an optional sign, a decimal point,
+# an exponent after some digits, white space around; or Infinity, -Infinity or NaN (any case, "+" or "-" before).
+# Python's float() refuses "1,000" and takes "1_000", "inf" and other scripts' digits.
+_FLOATING = re.compile(r"[\t\n\v\f\r ]*(?:[+-]?(?:[0-9][0-9,]*(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+                       r"|(?i:[+-]?(?:infinity|nan)))[\t\n\v\f\r ]*")
 # Guid.TryParse: 32 hex digits (N), in 8-4-4-4-12 groups (D), the groups in braces (B) or parentheses (P); no
 # "urn:uuid:" prefix (Python's uuid.UUID takes one). The X form ({0x...,{0x...}}) is not accepted here.
 _GUID = re.compile(r"\s*(?:[0-9a-f]{32}|(?P<open>[{(]?)[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}(?P<close>[})]?))\s*",
@@ -82,8 +89,8 @@ def _constraint(text: str, where: str) -> Callable[[str], bool]:
         "alpha": lambda v: re.fullmatch(r"[A-Za-z]+", v) is not None,
         "datetime": _number(_parse_datetime),
         "decimal": _number(Decimal),
-        "double": _number(float),
-        "float": _number(float),
+        "double": lambda v: _FLOATING.fullmatch(v) is not None,
+        "float": lambda v: _FLOATING.fullmatch(v) is not None,
     }
     try:
         if name in simple:

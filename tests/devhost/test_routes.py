@@ -86,6 +86,21 @@ def test_number_and_guid_constraints_parse_as_aspnet_core_does(template: str, pa
     assert (RouteTemplate.compile(template).match(path) is not None) is matches
 
 
+@pytest.mark.parametrize(("value", "matches"), [
+    ("1,000", True), ("1,000.25", True), ("1,0,0", True), ("-1.5e3", True), (".5", True), ("5.", True),
+    (" 2 ", True), ("Infinity", True), ("-infinity", True), ("+NaN", True),
+    ("1_000", False), ("inf", False), ("1.000,5", False), (",1", False), ("1e", False), (".", False),
+    ("\u0661", False), ("- 5", False),
+])
+def test_the_double_and_float_constraints_parse_as_dotnet_does(value: str, matches: bool) -> None:
+    """ASP.NET Core's DoubleRouteConstraint (and FloatRouteConstraint) is ``double.TryParse(value, NumberStyles.Float |
+    NumberStyles.AllowThousands, CultureInfo.InvariantCulture)``: the invariant thousands separator ``,`` is taken,
+    ``_`` is no digit separator, and only ASCII digits count. Python's ``float()`` refuses ``1,000`` and takes
+    ``1_000`` and ``inf``: the same URL would reach the function locally and 404 in Azure, or the reverse."""
+    for kind in ("double", "float"):
+        assert (RouteTemplate.compile(f"amounts/{{v:{kind}}}").match(f"amounts/{value}") is not None) is matches
+
+
 def test_optional_default_and_catch_all() -> None:
     optional = RouteTemplate.compile("hello/{name?}")
     assert optional.match("hello") == {}
