@@ -2,7 +2,8 @@
 
 Supported: literal segments (case-insensitive), ``{name}``, optional ``{name?}``, defaults
 ``{name=value}``, catch-all ``{*rest}``, several parameters and literals in one segment
-(``{name}.{ext}``), and the inline constraints ``int long bool guid alpha datetime
+(``{name}.{ext}``, matched right to left as ASP.NET does, an optional last parameter after a
+period making the period optional), and the inline constraints ``int long bool guid alpha datetime
 decimal double float min(n) max(n) range(a,b) minlength(n) maxlength(n) length(n)
 length(a,b) regex(expr)``, chained with ``:``. A request matches a route when its path
 matches and every constraint holds; otherwise the next route is tried, in the host's order
@@ -13,6 +14,7 @@ which keeps it.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -130,12 +132,24 @@ class _Parameter:
     catch_all: bool = False
 
 
+@dataclass(frozen=True)
+class _Literal:
+    """Literal text of a segment. ``separator``: the ``.`` before an optional last parameter of a complex segment
+    (RoutePatternSeparatorPart), which the request may leave out with that parameter."""
+
+    text: str
+    separator: bool = False
+
+
+_Part = _Literal | _Parameter
+
+
 @dataclass
 class RouteTemplate:
     """A compiled template: :meth:`match` gives the route parameters or None."""
 
     template: str
-    pattern: re.Pattern[str]
+    segments: list[list[_Part]]
     parameters: dict[str, _Parameter]
     catch_all_index: int | None = None  # the segment a catch-all parameter starts at
 
@@ -144,39 +158,31 @@ class RouteTemplate:
         text = template.strip().strip("/")
         parameters: dict[str, _Parameter] = {}
         catch_all_index = None
-        regex = "^"
-        segments = text.split("/") if text else []
-        for index, segment in enumerate(segments):
+        segments: list[list[_Part]] = []
+        texts = text.split("/") if text else []
+        for index, segment in enumerate(texts):
             if not segment:
                 raise DevHostError(f"route {template!r}: empty segment")
             pieces = _PARAMETER.split(segment)  # literal, param, literal, param, ..., literal
-            segment_regex = ""
-            optional_segment = False
+            parts: list[_Part] = []
             for position, piece in enumerate(pieces):
                 if position % 2 == 0:
                     if "{" in piece or "}" in piece:
                         raise DevHostError(f"route {template!r}: unbalanced braces in {segment!r}")
-                    segment_regex += re.escape(piece)
+                    if piece:
+                        parts.append(_Literal(piece))
                     continue
                 parameter = cls._parameter(piece, template)
-                if parameter.name in parameters:
+                if parameter.name.lower() in (name.lower() for name in parameters):
                     raise DevHostError(f"route {template!r}: parameter {parameter.name!r} appears twice")
                 parameters[parameter.name] = parameter
-                group = f"p{len(parameters)}"
+                parts.append(parameter)
                 if parameter.catch_all:
-                    if index != len(segments) - 1:
+                    if index != len(texts) - 1:
                         raise DevHostError(f"route {template!r}: a catch-all parameter must be the last segment")
-                    segment_regex += rf"(?P<{group}>[\s\S]*)"  # the rest as it is: a final "/", a newline
-                    optional_segment = True
                     catch_all_index = index
-                else:
-                    segment_regex += f"(?P<{group}>[^/]+?)"
-                    if (parameter.optional or parameter.default is not None) and len(pieces) == 3 \
-                            and not pieces[0] and not pieces[2]:
-                        optional_segment = True
-            regex += f"(?:/{segment_regex})?" if optional_segment else f"/{segment_regex}"
-        regex += r"/?\Z"  # not "$": it also matches before a final newline
-        return cls(template, re.compile(regex, re.IGNORECASE), parameters, catch_all_index)
+            segments.append(_checked_segment(parts, segment, template))
+        return cls(template, segments, parameters, catch_all_index)
 
     @staticmethod
     def _parameter(text: str, template: str) -> _Parameter:
@@ -194,32 +200,130 @@ class RouteTemplate:
         return _Parameter(name, [_constraint(c, repr(template)) for c in constraints], optional, default, catch_all)
 
     def match(self, path: str) -> dict[str, str] | None:
-        """Route parameters of ``path`` (without the route prefix and its ``/``), or None when it does not match.
+        """Route parameters of ``path`` (without the route prefix and its ``/``), or None when it does not match:
+        RoutePatternMatcher.TryMatch, then the route's constraints.
 
-        The path is read as ASP.NET's RoutePatternMatcher reads it (PathTokenizer): one final ``/`` is ignored, and
-        any other ``/`` next to another, or at the start, makes an empty segment, which matches nothing
-        (``amounts//5``, ``/amounts/5``, ``amounts/5//``), up to and including the segment where a catch-all
-        starts. A catch-all takes the rest of the path as it is, a final ``/`` included (``a/b/``)."""
+        The path is read as ASP.NET's PathTokenizer reads it: one final ``/`` is ignored, and any other ``/`` next
+        to another, or at the start, makes an empty segment, which matches nothing (``amounts//5``, ``/amounts/5``,
+        ``amounts/5//``), up to and including the segment where a catch-all starts. A catch-all takes the rest of
+        the path as it is, a final ``/`` included (``a/b/``). Literals compare ignoring case; a segment of several
+        parts is matched right to left (:func:`_match_complex`). A parameter left without a value takes its default;
+        every constraint is then checked on the values, defaults included, and an optional parameter without a
+        value skips its constraints."""
         segments = _path_segments(path)
         checked = len(segments) if self.catch_all_index is None else self.catch_all_index + 1
-        if "" in segments[:checked]:
-            return None
-        found = self.pattern.match("/" + path)
-        if found is None:
+        if "" in segments[:checked] or (len(segments) > len(self.segments) and self.catch_all_index is None):
             return None
         values: dict[str, str] = {}
-        for number, (name, parameter) in enumerate(self.parameters.items(), start=1):
-            value = found.group(f"p{number}")
-            if value is None or value == "":
-                if parameter.default is not None:
-                    values[name] = parameter.default
-                elif not (parameter.optional or parameter.catch_all):
+        offset = 0
+        for text, parts in zip(segments, self.segments, strict=False):
+            if len(parts) > 1:
+                found = _match_complex(parts, text)
+                if found is None:
                     return None
-                continue
-            if not all(check(value) for check in parameter.checks):
+                values.update(found)
+            elif isinstance(part := parts[0], _Literal):
+                if _folded(text) != _folded(part.text):
+                    return None
+            elif part.catch_all:
+                values[part.name] = path[offset:]  # the rest, as sent
+                break
+            else:
+                values[part.name] = text
+            offset += len(text) + 1
+        for parts in self.segments[len(segments):]:  # not in the path: parameters that can do without a value
+            part = parts[0]
+            if len(parts) > 1 or isinstance(part, _Literal) or \
+                    not (part.catch_all or part.optional or part.default is not None):
                 return None
-            values[name] = value
+        for name, parameter in self.parameters.items():
+            if name not in values and parameter.default is not None:
+                values[name] = parameter.default
+            if name in values:
+                if not all(check(values[name]) for check in parameter.checks):
+                    return None
+            elif parameter.checks and not parameter.optional:  # only OptionalRouteConstraint lets a missing value by
+                return None
         return values
+
+
+def _checked_segment(parts: list[_Part], segment: str, template: str) -> list[_Part]:
+    """The parts of one segment, refused where RoutePatternParser.IsSegmentValid refuses them; the ``.`` before an
+    optional last parameter becomes a separator."""
+    if len(parts) > 1:
+        if any(isinstance(part, _Parameter) and part.catch_all for part in parts):
+            raise DevHostError(f"route {template!r}: a segment with more than one part ({segment!r}) cannot hold a "
+                               "catch-all parameter")
+        for before, after in itertools.pairwise(parts):
+            if isinstance(before, _Parameter) and isinstance(after, _Parameter):
+                raise DevHostError(f"route {template!r}: two parameters next to each other in {segment!r} need a "
+                                   "literal between them")
+        for position, part in enumerate(parts):
+            if isinstance(part, _Parameter) and part.optional:
+                left = parts[position - 1] if position else None
+                if position != len(parts) - 1 or not isinstance(left, _Literal) or left.text != ".":
+                    raise DevHostError(f"route {template!r}: in {segment!r}, an optional parameter must be the last "
+                                       "part, after a period (.)")
+                parts[position - 1] = _Literal(".", separator=True)
+    return parts
+
+
+def _folded(text: str) -> str:
+    """``text`` for an OrdinalIgnoreCase comparison: each character upper-cased on its own (so indices still line
+    up with ``text``)."""
+    return "".join(upper if len(upper := char.upper()) == 1 else char for char in text)
+
+
+def _match_complex(parts: list[_Part], text: str) -> dict[str, str] | None:
+    """A segment of several parts (``{name}.{ext}``) against one path segment, as RoutePatternMatcher's
+    MatchComplexSegment: from the right, each literal found with LastIndexOf (ignoring case) and each parameter
+    taking what lies between two literals, at least one character. So ``report.2024.pdf`` gives ``report.2024`` and
+    ``pdf``. When the last part is an optional parameter after a separator and that fails, the segment is matched
+    again without both, unless the path segment ends with the separator (``{filename}.{ext?}`` takes ``summary``,
+    not ``summary.``)."""
+    last = len(parts) - 1
+    tail, before = parts[last], parts[last - 1]
+    found = _match_complex_from(parts, text, last)
+    if found is not None or not (isinstance(tail, _Parameter) and tail.optional and isinstance(before, _Literal)
+                                 and before.separator):
+        return found
+    if _folded(text).endswith(_folded(before.text)):
+        return None
+    return _match_complex_from(parts, text, last - 2)
+
+
+def _match_complex_from(parts: list[_Part], text: str, index: int) -> dict[str, str] | None:
+    """MatchComplexSegmentCore: ``parts[:index + 1]`` against ``text``, right to left."""
+    folded = _folded(text)
+    end = len(text)  # what is left of the path segment: text[:end]
+    pending: _Parameter | None = None  # a parameter waiting for the literal on its left
+    literal: _Literal | None = None  # the literal found last, on that parameter's left
+    values: dict[str, str] = {}
+    while index >= 0:
+        new_end = end
+        part = parts[index]
+        if isinstance(part, _Parameter):
+            pending = part
+        else:
+            literal = part
+            limit = end - 1 if pending is not None else end  # leave a parameter on the right one character
+            if limit == 0:
+                return None
+            at = folded.rfind(_folded(part.text), 0, limit)
+            if at == -1:
+                return None
+            if index == len(parts) - 1 and at + len(part.text) != len(text):  # a last literal ends the segment
+                return None
+            new_end = at
+        if pending is not None and ((literal is not None and isinstance(part, _Literal)) or index == 0):
+            start = new_end + len(literal.text) if literal is not None and isinstance(part, _Literal) else 0
+            if start >= end:
+                return None
+            values[pending.name] = text[start:end]
+            pending, literal = None, None
+        end = new_end
+        index -= 1
+    return values if end == 0 or isinstance(parts[0], _Parameter) else None
 
 
 def _path_segments(path: str) -> list[str]:

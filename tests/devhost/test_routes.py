@@ -108,14 +108,46 @@ def test_optional_default_and_catch_all() -> None:
     default = RouteTemplate.compile("page/{n:int=1}")
     assert default.match("page") == {"n": "1"}
     assert default.match("page/3") == {"n": "3"}
+    assert RouteTemplate.compile("page/{n:int=x}").match("page") is None  # the host checks a default's constraints
     rest = RouteTemplate.compile("files/{*path}")
     assert rest.match("files/a/b/c.txt") == {"path": "a/b/c.txt"}
     assert rest.match("files") == {}
 
 
-def test_several_parameters_in_one_segment() -> None:
-    route = RouteTemplate.compile("files/{name}.{ext}")
-    assert route.match("files/report.csv") == {"name": "report", "ext": "csv"}
+@pytest.mark.parametrize(("template", "path", "expected"), [
+    ("files/{name}.{ext}", "files/report.csv", {"name": "report", "ext": "csv"}),
+    ("files/{name}.{ext}", "files/report.2024.pdf", {"name": "report.2024", "ext": "pdf"}),
+    ("files/{name}.{ext}", "files/.csv", None),  # every parameter takes at least one character
+    ("files/{name}.{ext}", "files/report.", None),
+    ("docs/{name}.{ext:alpha}", "docs/v1.2.pdf", {"name": "v1.2", "ext": "pdf"}),  # constraints see ASP.NET's split
+    ("a/{p}-{q}-{r}", "a/1-2-3-4", {"p": "1-2", "q": "3", "r": "4"}),
+    ("a/x{id}y", "a/XaY", {"id": "a"}),  # literals ignore case
+    ("a/x{id}y", "a/xxyy", None),  # LastIndexOf takes the last x before the final y: an x is left over
+    ("a/pre{p}", "a/xprefoo", None),
+])
+def test_a_complex_segment_is_matched_right_to_left_as_asp_net_does(template: str, path: str,
+                                                                     expected: dict[str, str] | None) -> None:
+    """RoutePatternMatcher.MatchComplexSegment: "Complex segments are processed by matching up literal delimiters from
+    right to left in a non-greedy way" (ASP.NET Core routing docs): each literal is found with LastIndexOf, each
+    parameter takes what lies between, never nothing, and a constraint is checked on that value afterwards. Matched
+    left to right, ``report.2024.pdf`` gave ``name='report'``, ``ext='2024.pdf'``, and ``v1.2.pdf`` failed ``alpha``
+    (404 where Azure runs the function)."""
+    assert RouteTemplate.compile(template).match(path) == expected
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("reports/summary", {"filename": "summary"}),
+    ("reports/summary.pdf", {"filename": "summary", "ext": "pdf"}),
+    ("reports/a.b.c", {"filename": "a.b", "ext": "c"}),
+    ("reports/.x", {"filename": ".x"}),
+    ("reports/summary.", None),  # ends with the separator: no second try without it
+])
+def test_an_optional_parameter_after_a_period_makes_the_period_optional(path: str,
+                                                                         expected: dict[str, str] | None) -> None:
+    """ASP.NET Core's routing docs: "files/{filename}.{ext?} ... If only a value for filename exists in the URL, the
+    route matches because the trailing period (.) is optional"; MatchComplexSegment tries again without the separator
+    and the optional last parameter. The dev host made a parameter optional only alone in its segment (404)."""
+    assert RouteTemplate.compile("reports/{filename}.{ext?}").match(path) == expected
 
 
 def _route(name: str, route: str, methods: list[str] | None = None) -> HttpRoute:
@@ -156,6 +188,11 @@ def test_routes_in_the_hosts_own_space_are_refused(route: str) -> None:
     ("items/{id}/{id}", "appears twice"),
     ("items/{id", "unbalanced braces"),
     ("items//x", "empty segment"),
+    ("items/{a}{b}", "two parameters next to each other"),
+    ("items/{a?}.{b}", "optional parameter must be the last part"),
+    ("items/{a}-{b?}", "optional parameter must be the last part, after a period"),
+    ("items/x{*rest}", "cannot hold a catch-all parameter"),
+    ("items/{id}/{ID}", "appears twice"),
 ])
 def test_bad_templates_name_the_problem(template: str, message: str) -> None:
     with pytest.raises(DevHostError, match=message):
