@@ -5,7 +5,8 @@ Supported: literal segments (case-insensitive), ``{name}``, optional ``{name?}``
 (``{name}.{ext}``, matched right to left as ASP.NET does, an optional last parameter after a
 period making the period optional), and the inline constraints ``int long bool guid alpha datetime
 decimal double float min(n) max(n) range(a,b) minlength(n) maxlength(n) length(n)
-length(a,b) regex(expr)``, chained with ``:``. A request matches a route when its path
+length(a,b) regex(expr)``, chained with ``:`` (the template's text is read by
+:mod:`devhost.route_parser`: ``{{``/``}}`` escapes and all). A request matches a route when its path
 matches and every constraint holds; otherwise the next route is tried, in the host's order
 (``devhost.http_trigger.in_host_order``: function names, not specificity). A path with an
 empty segment (``//``) matches nothing; one final ``/`` is ignored, except by a catch-all,
@@ -22,8 +23,8 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
 from devhost.errors import DevHostError
+from devhost.route_parser import Piece, parse_template
 
-_PARAMETER = re.compile(r"\{([^{}]*)\}")
 _CONSTRAINT = re.compile(r"(\w+)(?:\((.*)\))?$")
 
 
@@ -155,49 +156,30 @@ class RouteTemplate:
 
     @classmethod
     def compile(cls, template: str) -> RouteTemplate:
-        text = template.strip().strip("/")
+        """The template parsed as RoutePatternParser parses it (:mod:`devhost.route_parser`: ``{{``/``}}`` escapes
+        included), refused where ASP.NET refuses it, with its constraints resolved."""
         parameters: dict[str, _Parameter] = {}
         catch_all_index = None
         segments: list[list[_Part]] = []
-        texts = text.split("/") if text else []
-        for index, segment in enumerate(texts):
-            if not segment:
-                raise DevHostError(f"route {template!r}: empty segment")
-            pieces = _PARAMETER.split(segment)  # literal, param, literal, param, ..., literal
+        parsed = parse_template(template.strip().strip("/"), template)
+        for index, pieces in enumerate(parsed):
             parts: list[_Part] = []
-            for position, piece in enumerate(pieces):
-                if position % 2 == 0:
-                    if "{" in piece or "}" in piece:
-                        raise DevHostError(f"route {template!r}: unbalanced braces in {segment!r}")
-                    if piece:
-                        parts.append(_Literal(piece))
+            for piece in pieces:
+                if isinstance(piece, str):
+                    parts.append(_Literal(piece))
                     continue
-                parameter = cls._parameter(piece, template)
-                if parameter.name.lower() in (name.lower() for name in parameters):
-                    raise DevHostError(f"route {template!r}: parameter {parameter.name!r} appears twice")
-                parameters[parameter.name] = parameter
-                parts.append(parameter)
-                if parameter.catch_all:
-                    if index != len(texts) - 1:
+                if piece.name.lower() in (name.lower() for name in parameters):
+                    raise DevHostError(f"route {template!r}: parameter {piece.name!r} appears twice")
+                if piece.catch_all:
+                    if index != len(parsed) - 1:
                         raise DevHostError(f"route {template!r}: a catch-all parameter must be the last segment")
                     catch_all_index = index
-            segments.append(_checked_segment(parts, segment, template))
+                parameter = _Parameter(piece.name, [_constraint(c, repr(template)) for c in piece.constraints],
+                                       piece.optional, piece.default, piece.catch_all)
+                parameters[parameter.name] = parameter
+                parts.append(parameter)
+            segments.append(_checked_segment(parts, _segment_text(pieces), template))
         return cls(template, segments, parameters, catch_all_index)
-
-    @staticmethod
-    def _parameter(text: str, template: str) -> _Parameter:
-        body = text
-        default = None
-        if "=" in body and not body.split("=", 1)[0].count("("):
-            body, default = body.split("=", 1)
-        catch_all = body.startswith("*")
-        body = body.lstrip("*")
-        optional = body.endswith("?")
-        body = body.rstrip("?")
-        name, *constraints = _split_constraints(body)
-        if not re.fullmatch(r"[A-Za-z_]\w*", name):
-            raise DevHostError(f"route {template!r}: bad parameter name {name!r}")
-        return _Parameter(name, [_constraint(c, repr(template)) for c in constraints], optional, default, catch_all)
 
     def match(self, path: str) -> dict[str, str] | None:
         """Route parameters of ``path`` (without the route prefix and its ``/``), or None when it does not match:
@@ -268,6 +250,11 @@ def _checked_segment(parts: list[_Part], segment: str, template: str) -> list[_P
     return parts
 
 
+def _segment_text(pieces: list[Piece]) -> str:
+    """A parsed segment written back, for messages."""
+    return "".join(piece if isinstance(piece, str) else f"{{{piece.name}}}" for piece in pieces)
+
+
 def _folded(text: str) -> str:
     """``text`` for an OrdinalIgnoreCase comparison: each character upper-cased on its own (so indices still line
     up with ``text``)."""
@@ -332,22 +319,3 @@ def _path_segments(path: str) -> list[str]:
     if not path:
         return []
     return path.removesuffix("/").split("/")
-
-
-def _split_constraints(text: str) -> list[str]:
-    """``id:int:min(1)`` -> ``["id", "int", "min(1)"]``; colons inside parentheses stay put."""
-    parts: list[str] = []
-    depth = 0
-    current = ""
-    for char in text:
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        if char == ":" and depth == 0:
-            parts.append(current)
-            current = ""
-            continue
-        current += char
-    parts.append(current)
-    return parts

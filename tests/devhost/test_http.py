@@ -67,6 +67,11 @@ def where_sync(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse(threading.current_thread().name)
 
 
+@app.route(route="ssn/{ssn:regex(^\\\\d{{3}}-\\\\d{{2}}-\\\\d{{4}}$)}", auth_level=func.AuthLevel.ANONYMOUS)
+def ssn(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(req.route_params["ssn"])
+
+
 @app.route(route="boom", auth_level=func.AuthLevel.ANONYMOUS)
 def boom(req: func.HttpRequest) -> func.HttpResponse:
     raise RuntimeError("boom")
@@ -191,6 +196,17 @@ def test_a_catch_all_parameter_keeps_the_trailing_slash(http_host: Running) -> N
     assert call(http_host, "GET", "/v1/files/a/b/", headers=key)[2] == b"a/b/"
     assert call(http_host, "GET", "/v1/files/a//b", headers=key)[2] == b"a//b"
     assert call(http_host, "GET", "/v1/files//a", headers=key)[0] == 404  # empty where the catch-all starts
+
+
+@pytest.mark.timeout(60)
+def test_a_regex_constraint_writes_its_braces_doubled(http_host: Running) -> None:
+    """host: in a route template ``{{`` and ``}}`` stand for a literal brace (RoutePatternParser), and ASP.NET Core's
+    routing docs give ``{ssn:regex(^\\d{{3}}-\\d{{2}}-\\d{{4}}$)}`` as the way to write ``\\d{3}`` in a regex
+    constraint. The Functions host loads such a function and serves it; the dev host refused to start
+    ("unbalanced braces")."""
+    status, _, body = call(http_host, "GET", "/v1/ssn/123-45-6789")
+    assert (status, body) == (200, b"123-45-6789")
+    assert call(http_host, "GET", "/v1/ssn/1234-45-6789")[0] == 404
 
 
 UNSUPPORTED = '''

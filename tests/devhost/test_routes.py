@@ -150,6 +150,27 @@ def test_an_optional_parameter_after_a_period_makes_the_period_optional(path: st
     assert RouteTemplate.compile("reports/{filename}.{ext?}").match(path) == expected
 
 
+def test_braces_are_escaped_by_doubling_them() -> None:
+    """RoutePatternParser: ``{{`` and ``}}`` are a literal brace, in a literal and inside a parameter, where a regex
+    constraint needs them for its quantifiers (the ASP.NET Core routing docs' ``ssn`` example)."""
+    ssn = RouteTemplate.compile(r"ssn/{ssn:regex(^\d{{3}}-\d{{2}}-\d{{4}}$)}")
+    assert ssn.match("ssn/123-45-6789") == {"ssn": "123-45-6789"}
+    assert ssn.match("ssn/1234-45-6789") is None
+    literal = RouteTemplate.compile("a{{b}}/{x}")
+    assert literal.match("a{b}/1") == {"x": "1"}
+    assert literal.match("ab/1") is None
+
+
+def test_parameters_are_read_as_route_parameter_parser_reads_them() -> None:
+    """A ``/``, ``:`` or ``=`` inside a constraint's parentheses belongs to it; ``=`` after them starts the default;
+    a name is anything without ``/{}?*`` (``my-id``)."""
+    assert RouteTemplate.compile("p/{id:regex(^a/b$|^c$)}").match("p/c") == {"id": "c"}
+    assert RouteTemplate.compile("p/{x:regex(^a=b$)}").match("p/a=b") == {"x": "a=b"}
+    assert RouteTemplate.compile("p/{x:regex(^a$)=a}").match("p") == {"x": "a"}
+    assert RouteTemplate.compile("p/{my-id:int=5}").match("p") == {"my-id": "5"}
+    assert RouteTemplate.compile("p/{x:length(1,3):alpha}").match("p/abcd") is None
+
+
 def _route(name: str, route: str, methods: list[str] | None = None) -> HttpRoute:
     trigger = {"name": "req", "type": "httpTrigger", "route": route, "methods": methods}
     spec = FunctionSpec(name=name, trigger_type="httpTrigger", trigger=trigger, user_function=lambda req: None,
@@ -193,6 +214,12 @@ def test_routes_in_the_hosts_own_space_are_refused(route: str) -> None:
     ("items/{a}-{b?}", "optional parameter must be the last part, after a period"),
     ("items/x{*rest}", "cannot hold a catch-all parameter"),
     ("items/{id}/{ID}", "appears twice"),
+    ("items/{id}}", "unbalanced braces"),
+    ("items/{a{b}", "unbalanced braces"),
+    ("items/{}", "bad parameter name ''"),
+    ("items/{*rest?}", "cannot be optional"),
+    ("items/{n=1?}", "cannot have a default value"),
+    ("items/a?b", "cannot contain '?'"),
 ])
 def test_bad_templates_name_the_problem(template: str, message: str) -> None:
     with pytest.raises(DevHostError, match=message):
