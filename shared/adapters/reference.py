@@ -32,6 +32,7 @@ from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from shared.domain.enrichment import DeviceRef, ReferenceData, SiteRef
+from shared.domain.events import RFC3339
 from shared.exceptions import DependencyUnavailable, PermanentError
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,17 @@ class DeviceRow(BaseModel):
     firmware: Text | None = None
     owner: Text | None = None
     installed_at: datetime | None = None
+
+    @field_validator("installed_at", mode="before")
+    @classmethod
+    def _rfc3339_text(cls, value: object) -> object:
+        # A CSV cell is text, and pydantic would read digits ("20240115") as Unix seconds (1970-08-23), a time
+        # without an offset as UTC and a bare date as midnight: a CSV time is RFC 3339 with an offset, as an
+        # event's timestamp. Parquet timestamps arrive as datetimes.
+        if value is None or isinstance(value, datetime) or (isinstance(value, str) and RFC3339.match(value)):
+            return value
+        raise ValueError("must be an RFC 3339 time with a UTC offset (e.g. 2024-01-15T00:00:00Z), "
+                         f"got {value!r}")
 
     @field_validator("installed_at")
     @classmethod

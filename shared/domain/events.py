@@ -34,8 +34,9 @@ from pydantic.config import JsonDict
 from shared.domain.times import utc
 
 SUPPORTED_SCHEMA_VERSIONS = (1,)
-# RFC 3339 date-time: seconds required, any fraction, "Z" or a +hh:mm offset ("T" may be a space, as section 5.6 notes)
-_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d+)?(?:[Zz]|[+-]\d\d:\d\d)\Z", re.ASCII)
+# RFC 3339 date-time: seconds required, any fraction, "Z" or a +hh:mm offset ("T" may be a space, as section 5.6 notes);
+# also the form of a time in a reference CSV (shared/adapters/reference.py)
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d+)?(?:[Zz]|[+-]\d\d:\d\d)\Z", re.ASCII)
 # The canonical UUID text, as the schema's "format": "uuid" (RFC 9562) takes it; pydantic alone would also take
 # "urn:uuid:...", "{...}" and 32 hex digits, which a producer validating against the schema could never send.
 UUID_PATTERN = "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
@@ -121,7 +122,7 @@ class DeviceEvent(BaseModel):
     def _rfc3339_text(cls, value: object) -> object:
         # pydantic also takes Unix numbers (as numbers and as text, "1700000000"; past 2e10 read as milliseconds),
         # offset-less text and times without seconds; the contract does not.
-        if not isinstance(value, str) or not _RFC3339.match(value):
+        if not isinstance(value, str) or not RFC3339.match(value):
             raise ValueError("must be an RFC 3339 string with a UTC offset (e.g. 2026-11-23T11:00:00.123Z)")
         return _leap_second(value) if value[17:19] == "60" else value
 

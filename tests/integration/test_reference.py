@@ -206,6 +206,28 @@ def test_bad_device_files_fail_before_anything_is_written(env: dict[str, str], t
         assert conn.execute("SELECT count(*) FROM devices").fetchone() == (1,)
 
 
+def _devices_in(dsn: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT device_id, model, installed_at FROM devices ORDER BY device_id").fetchall()
+
+
+@pytest.mark.parametrize("value", ["20240115", "1700000000", "0", "2024-01-15", "2024-01-15T00:00:00"])
+def test_a_csv_installed_at_that_is_not_rfc_3339_with_an_offset_is_refused_naming_the_row(
+        env: dict[str, str], tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every CSV cell is read as text and pydantic converts it; its lax datetime parsing takes a string of
+    digits as Unix seconds (``20240115`` loaded as 1970-08-23T06:15:15Z, ``0`` as 1970-01-01), a time without
+    an offset as UTC and a bare date as midnight. docs/enrichment.md asks for RFC 3339 with an offset: anything
+    else is a bad row, refused (exit 2) naming the row and the column, and nothing is written."""
+    path = tmp_path / "devices.csv"
+    path.write_text(f"device_id,model,installed_at\ndev-1,TX-100,{value}\n", encoding="utf-8")
+
+    code = main(["reference", "load", "--devices", str(path)])
+
+    assert (code, _devices_in(env["dsn"])) == (2, []), f"loaded as {_devices_in(env['dsn'])}"
+    err = capsys.readouterr().err
+    assert "row 1" in err and "installed_at" in err, err
+
+
 def test_csv_ids_stay_text_and_quoting_and_a_bom_are_understood(tmp_path: Path) -> None:
     path = tmp_path / "sites.csv"
     path.write_bytes(b'\xef\xbb\xbfsite_id,name,latitude,timezone\n007,"Plant, north",1.5,\n')
