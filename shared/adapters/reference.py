@@ -119,18 +119,22 @@ def _table(source: Path | bytes, what: str, schema: pa.Schema) -> pa.Table:
         if isinstance(source, bytes) or source.suffix.lower() in (".parquet", ".pq"):
             return pq.read_table(io.BytesIO(source) if isinstance(source, bytes) else source)
         if source.suffix.lower() != ".csv":
-            raise PermanentError(f"{what}: {source.name} is neither .csv nor .parquet")
+            raise PermanentError(f"{what}: the file is neither .csv nor .parquet")
         # Known columns as text: pydantic converts, so "007" stays a string id and errors name the row.
         options = pacsv.ConvertOptions(column_types={name: pa.string() for name in schema.names},
                                        strings_can_be_null=True, null_values=[""])
         return pacsv.read_csv(source, convert_options=options)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
-        raise PermanentError(f"{what}: cannot read {source if isinstance(source, Path) else 'blob'}: {exc}") from exc
+        raise PermanentError(f"{what}: cannot read it: {exc}") from exc
 
 
 def _rows(table: pa.Table, model: type[Row], what: str, key: str) -> list[Row]:
     known = set(model.model_fields)
-    columns = set(table.column_names)
+    names = table.column_names
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # a row would keep one of the values silently (the last): which one is meant cannot be known
+        raise PermanentError(f"{what}: the header names the columns {twice} more than once")
+    columns = set(names)
     if key not in columns:
         raise PermanentError(f"{what}: the required column {key!r} is missing (columns: {sorted(columns)})")
     unknown = sorted(columns - known)
@@ -154,13 +158,20 @@ def _rows(table: pa.Table, model: type[Row], what: str, key: str) -> list[Row]:
     return rows
 
 
-def read_devices(source: Path | bytes, what: str = "devices") -> list[DeviceRef]:
-    """Validated devices from a CSV/Parquet file, or Parquet bytes."""
+def _named(source: Path | bytes, what: str | None, kind: str) -> str:
+    """What errors call the source: ``what`` if given, else the file (``devices file x.csv``) or the kind."""
+    return what or (f"{kind} file {source}" if isinstance(source, Path) else kind)
+
+
+def read_devices(source: Path | bytes, what: str | None = None) -> list[DeviceRef]:
+    """Validated devices from a CSV/Parquet file, or Parquet bytes; errors name ``what`` (default: the file)."""
+    what = _named(source, what, "devices")
     return [row.ref() for row in _rows(_table(source, what, DEVICE_SCHEMA), DeviceRow, what, "device_id")]
 
 
-def read_sites(source: Path | bytes, what: str = "sites") -> list[SiteRef]:
-    """Validated sites from a CSV/Parquet file, or Parquet bytes."""
+def read_sites(source: Path | bytes, what: str | None = None) -> list[SiteRef]:
+    """Validated sites from a CSV/Parquet file, or Parquet bytes; errors name ``what`` (default: the file)."""
+    what = _named(source, what, "sites")
     return [row.ref() for row in _rows(_table(source, what, SITE_SCHEMA), SiteRow, what, "site_id")]
 
 

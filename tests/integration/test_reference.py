@@ -228,6 +228,23 @@ def test_a_csv_installed_at_that_is_not_rfc_3339_with_an_offset_is_refused_namin
     assert "row 1" in err and "installed_at" in err, err
 
 
+def test_a_column_named_twice_is_refused_naming_the_file_and_the_column(
+        env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A header that names a column twice (``device_id,model,model``: two exports pasted together, a column
+    renamed into another's name) is read by pyarrow as two columns of one name, and a row as a dict keeps the
+    last: ``model`` loaded as ``PX-3`` for a row that also says ``TX-100``, exit 0. Which value is right cannot be
+    known: refused (exit 2) before anything is written, naming the file and the column, as unknown and missing
+    columns are."""
+    path = tmp_path / "devices.csv"
+    path.write_text("device_id,model,model\ndev-1,TX-100,PX-3\n", encoding="utf-8")
+
+    code = main(["reference", "load", "--devices", str(path)])
+
+    assert (code, _devices_in(env["dsn"])) == (2, []), f"loaded as {_devices_in(env['dsn'])}"
+    err = capsys.readouterr().err
+    assert str(path) in err and "['model']" in err, err
+
+
 def test_csv_ids_stay_text_and_quoting_and_a_bom_are_understood(tmp_path: Path) -> None:
     path = tmp_path / "sites.csv"
     path.write_bytes(b'\xef\xbb\xbfsite_id,name,latitude,timezone\n007,"Plant, north",1.5,\n')
