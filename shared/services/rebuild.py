@@ -99,15 +99,20 @@ class RebuildReport:
     events: int = 0
     seconds: float = 0.0
     resumed_from: int | None = None
+    not_found: list[str] | None = None  # a device rebuild's ids the log has no device of (None: a full rebuild)
 
     @property
     def events_per_second(self) -> float:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
     def fields(self) -> dict[str, object]:
-        return {"generation": self.generation, "replaced": self.replaced, "devices": self.devices,
-                "events": self.events, "duration_seconds": round(self.seconds, 3),
-                "events_per_second": round(self.events_per_second, 1), "resumed_from": self.resumed_from}
+        figures: dict[str, object] = {
+            "generation": self.generation, "replaced": self.replaced, "devices": self.devices, "events": self.events,
+            "duration_seconds": round(self.seconds, 3), "events_per_second": round(self.events_per_second, 1),
+            "resumed_from": self.resumed_from}
+        if self.not_found is not None:
+            figures["not_found"] = self.not_found
+        return figures
 
 
 Progress = Callable[[RebuildReport, float], None]
@@ -223,9 +228,14 @@ class RebuildService:
 
     def rebuild_devices(self, devices: Sequence[str], *, since_ms: int = SINCE_ALL,
                         progress: Progress | None = None) -> RebuildReport:
-        """Rebuild only ``devices``, in the live generation (see the module docstring)."""
+        """Rebuild only ``devices``, in the live generation (see the module docstring).
+
+        An id the log has no device of (``device_latest``: a typo, a device never seen) is not counted among the
+        devices rebuilt but listed in ``report.not_found``; its keys are cleared all the same, so the cache holds
+        for it what the log does: nothing."""
         started = time.monotonic()
-        report = RebuildReport(None, None)
+        not_found: list[str] = []
+        report = RebuildReport(None, None, not_found=not_found)
         for index, device in enumerate(devices, 1):
             # Clear first, then read: a change the feed applies meanwhile was stored before it is applied, so it is
             # either in the read or merged over it. Reading first would let the delete take a change the feed
@@ -237,7 +247,10 @@ class RebuildService:
             events = self._log.critical(device, since_ms)
             self._charge()
             self._cache.refresh(device, self._decided(row.latest) if row else None, events, since_ms)
-            report.devices += 1
+            if row is None:
+                not_found.append(device)
+            else:
+                report.devices += 1
             report.events += (1 if row else 0) + len(events)
             report.seconds = time.monotonic() - started
             if progress is not None:

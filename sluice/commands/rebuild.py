@@ -7,7 +7,8 @@ kill: it resumes from its saved position (``--restart`` starts over). The change
 feed keeps running meanwhile. Progress goes to stderr as one line; the figures
 (duration, events per second) are printed and logged as one JSON line. Exit
 status 0: done; 1: the new generation is live but deleting the one it replaced
-failed (the next rebuild deletes it); 2: the rebuild failed (run it again).
+failed (the next rebuild deletes it), or a ``--devices`` id is not a device of
+the log (named, not counted as rebuilt); 2: the rebuild failed (run it again).
 """
 
 from __future__ import annotations
@@ -91,7 +92,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"rebuilt {report.devices} devices, {report.events} events into {where} in {report.seconds:.2f} s: "
           f"{report.events_per_second:,.0f} events/s")
     print(json.dumps({"event": "rebuild_finished", **report.fields()}, separators=(",", ":")))
+    if report.not_found:
+        print(f"warning: no such device in the log (device_latest), so not rebuilt: "
+              f"{', '.join(map(repr, report.not_found))}; check the ids (keys Redis held for them were deleted)",
+              file=sys.stderr)
     if left is not None:
         print(f"warning: {left}", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if left is not None or report.not_found else 0

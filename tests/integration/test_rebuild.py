@@ -334,10 +334,29 @@ def test_devices_are_rebuilt_in_place_even_over_a_wrong_newer_value(session, key
     service = RebuildService(CassandraDeviceLog(session, keyspace), RedisCacheBuilder(cache, settle_seconds=0))
     report = service.rebuild_devices(["dev-0", "dev-1", "nobody"])
 
-    assert report.generation is None and report.devices == 3
+    assert (report.generation, report.devices, report.not_found) == (None, 2, ["nobody"])
     assert dump(rclient, cache) == good
     assert rclient.hgetall(cache.keys.latest("dev-2")) == untouched
     assert not rclient.exists(cache.keys.latest("nobody"))
+
+
+def test_devices_rebuild_names_a_device_the_log_lacks_and_does_not_count_it_as_rebuilt(
+        app_env, store, capsys: pytest.CaptureFixture[str]) -> None:
+    """``rebuild redis --devices dev-O`` (a typo: the letter O for the digit 0) found no such device in
+    ``device_latest`` and still printed "rebuilt 1 devices", exit 0: the operator was told the repair was done
+    while the device meant (``dev-0``) was never touched. An id the log has no device of is named, not counted,
+    and the exit status is 1; the devices found are rebuilt as asked."""
+    app_env()
+    store.write(cf.spread(6, devices=2))  # dev-0 and dev-1
+
+    code = main(["rebuild", "redis", "--devices", "dev-1", "dev-O", "--no-progress"])
+
+    captured = capsys.readouterr()
+    assert captured.out.startswith("rebuilt 1 devices, "), captured.out
+    figures = json.loads(captured.out.strip().splitlines()[-1])
+    assert (figures["devices"], figures["not_found"]) == (1, ["dev-O"]), figures
+    assert "'dev-O'" in captured.err, captured.err
+    assert code == 1
 
 
 def test_devices_rebuild_replaces_a_wrong_event_document_as_a_full_rebuild_does(
