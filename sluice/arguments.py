@@ -1,4 +1,4 @@
-"""Argument types the commands share: times and counts, refused by argparse with a message naming the value."""
+"""Argument types the commands share: times, counts and ids, refused by argparse with a message naming the value."""
 
 from __future__ import annotations
 
@@ -29,6 +29,17 @@ def past_time(text: str) -> datetime:
     if moment > datetime.now(UTC):
         raise argparse.ArgumentTypeError(f"{text!r} is in the future")
     return moment
+
+
+def device_id(text: str) -> str:
+    """A device id as the event contract and the HTTP API take it (1-128 of ``A-Z a-z 0-9 . _ : -``): any other
+    is no device of the log, and an empty one would reach the store as a bad request."""
+    from functions.parameters import BadParameter, parse_device_id
+
+    try:
+        return parse_device_id(text)
+    except BadParameter as exc:
+        raise argparse.ArgumentTypeError(exc.detail) from None
 
 
 def _whole(text: str, least: int) -> int:

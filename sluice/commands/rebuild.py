@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from shared.domain.times import to_ms
 from shared.ports.cache import SINCE_ALL
-from sluice.arguments import past_time, positive_float, positive_int
+from sluice.arguments import device_id, past_time, positive_float, positive_int
 
 if TYPE_CHECKING:
     from shared.services.rebuild import RebuildReport
@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser("rebuild", help="rebuild a projection (Redis) from the Cassandra event log")
     parser.add_argument("target", choices=["redis"], help="the projection to rebuild")
     parser.add_argument("--since", type=past_time, help="critical lists from this time only (default: all)")
-    parser.add_argument("--devices", nargs="+", metavar="ID", help="only these devices, in the live generation")
+    parser.add_argument("--devices", nargs="+", type=device_id, metavar="ID",
+                        help="only these devices, in the live generation")
     parser.add_argument("--max-rps", type=positive_float,
                         help="at most this many Cassandra rows read per second (a finite number above 0)")
     parser.add_argument("--page-size", type=positive_int,

@@ -84,6 +84,21 @@ def test_rebuild_devices_refuses_the_options_it_would_ignore(options: list[str],
             assert option in err, err
 
 
+@pytest.mark.parametrize("device", ["", "dev 1", "dev/1", "d" * 129])
+def test_rebuild_devices_refuses_an_id_no_event_can_have_as_a_usage_error(
+        device: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``rebuild redis --devices ""`` (an empty shell variable: ``--devices "$DEVICE"``) was accepted, sent to
+    Cassandra as ``device_id = ''``, refused by the server ("Key may not be empty") and reported as "cassandra
+    unavailable": the operator was sent to debug a store outage that was not there. An id no event can have (the
+    event contract's and the HTTP API's: 1-128 of ``A-Z a-z 0-9 . _ : -``) is a usage error naming ``--devices``
+    and the value, before anything is read or deleted."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["rebuild", "redis", "--devices", "dev-1", device])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --devices" in err and repr(device) in err and "unavailable" not in err, err
+
+
 def test_rebuild_since_in_the_future_is_refused() -> None:
     """``rebuild redis --since <future>`` builds a generation with every critical list empty and switches the live
     cache to it: every device's critical list and the fleet stream vanish from Redis."""
