@@ -25,7 +25,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from shared.exceptions import ConfigurationError
-from sluice.arguments import nonnegative_int
+from sluice.arguments import nonnegative_int, parse_time
 
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -38,14 +38,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     start = parser.add_mutually_exclusive_group(required=True)
     start.add_argument("--since", type=since_time,
-                       help="a time (ISO 8601, e.g. 2026-12-05T17:00:00Z) or an age (90s, 15m, 2h, 1d)")
+                       help="a time (ISO 8601 with an offset, e.g. 2026-12-05T17:00:00Z; a bare date is midnight "
+                            "UTC) or an age (90s, 15m, 2h, 1d)")
     start.add_argument("--from-sequence", type=nonnegative_int,
                        help="audit every partition from this sequence number")
     parser.set_defaults(func=run)
 
 
 def since_time(text: str, *, now: datetime | None = None) -> datetime:
-    """``--since``: an ISO 8601 time (naive means UTC) or an age before now."""
+    """``--since``: an age before now, or a time as every time option takes it (:func:`parse_time`: a date-time
+    without an offset is refused, since in UTC+1 it would audit from an hour later than the operator meant)."""
     now = now or datetime.now(UTC)
     match = _RELATIVE.match(text.strip())
     if match:
@@ -54,10 +56,9 @@ def since_time(text: str, *, now: datetime | None = None) -> datetime:
         except OverflowError:
             raise argparse.ArgumentTypeError(f"{text!r} reaches back before the year 1") from None
     try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither an ISO 8601 time nor an age like 15m or 2h") from None
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        moment = parse_time(text.strip())
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; or an age like 15m or 2h") from None
     if moment > now:  # no event was enqueued after it: every range would be empty, and "no loss" a false answer
         raise argparse.ArgumentTypeError(f"{text!r} is in the future")
     return moment

@@ -48,6 +48,26 @@ def test_audit_since_a_huge_age_is_an_argument_error_not_a_traceback() -> None:
     assert exited.value.code == 2
 
 
+def test_audit_since_without_a_utc_offset_is_refused_like_every_other_time_option(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``audit --since 2026-12-05T17:00:00`` (no ``Z``, no ``+hh:mm``) was taken as UTC, while every other time
+    option (``rebuild --since``, ``enrich run --now``, ``backfill``, ``replay``) goes through
+    ``sluice.arguments.parse_time``, which refuses it as ambiguous. An operator in UTC+1 typing the outage's start
+    from a local clock audited from an hour later, and could be told "the zero-loss SLO holds" over a window that
+    missed the first hour's gaps. The same refusal as the other commands; a bare date is still midnight UTC, and
+    an age still counts back from now."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["audit", "--since", "2026-12-05T17:00:00"])
+    assert exited.value.code == 2
+    assert "'2026-12-05T17:00:00' has no UTC offset" in capsys.readouterr().err
+
+    parse = build_parser().parse_args
+    assert parse(["audit", "--since", "2026-12-05"]).since == datetime(2026, 12, 5, tzinfo=UTC)
+    assert parse(["audit", "--since", "2026-12-05T17:00:00+01:00"]).since == datetime(2026, 12, 5, 16, tzinfo=UTC)
+    before = datetime.now(UTC)
+    assert before - timedelta(hours=2, seconds=5) < parse(["audit", "--since", "2h"]).since <= before
+
+
 @pytest.mark.parametrize("size", ["0", "-5"])
 def test_rebuild_page_size_must_be_positive(size: str) -> None:
     """``rebuild redis --page-size 0`` is accepted; the run then claims (with --restart: after dropping the build in
