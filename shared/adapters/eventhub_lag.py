@@ -18,12 +18,16 @@ ScaledObject's ``fallback``.
 
 When KEDA would find no checkpoint, the reader looks through the account's
 containers for checkpoints of the same hub and consumer group written under
-another container or another case, and says where they are.
+another container or another case, and says where they are; with
+``other_groups`` (the host's consumer group unknown) also for checkpoints of the
+hub under another consumer group, such as the host's when the trigger names none
+and KEDA reads ``$Default``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -85,12 +89,17 @@ def unprocessed_without_checkpoint(beginning: int, last: int) -> int:
 
 
 class EventHubBlobLagReader:
-    """Reads one hub's lag from Event Hubs and the checkpoint blobs, as KEDA's blobMetadata strategy does."""
+    """Reads one hub's lag from Event Hubs and the checkpoint blobs, as KEDA's blobMetadata strategy does.
 
-    def __init__(self, hub: EventHubConsumerClient, blobs: BlobServiceClient, source: KedaCheckpointSource) -> None:
+    ``other_groups``: when KEDA finds no checkpoint, look for the hub's checkpoints under any consumer group, not
+    only under the source's (for a source whose group may not be the one the checkpoints are written under)."""
+
+    def __init__(self, hub: EventHubConsumerClient, blobs: BlobServiceClient, source: KedaCheckpointSource, *,
+                 other_groups: bool = False) -> None:
         self._hub = hub
         self._blobs = blobs
         self._source = source
+        self._other_groups = other_groups
 
     def read(self) -> LagReading:
         source = self._source
@@ -162,29 +171,38 @@ class EventHubBlobLagReader:
                     f"fails on it and the ScaledObject's fallback applies")
 
     def _misplaced(self, missing: list[str]) -> list[str]:
-        """Where checkpoints of this hub and group sit when they are not where KEDA looks (empty: nowhere)."""
+        """Where checkpoints of this hub and group (with ``other_groups``: of any group) sit when they are not where
+        KEDA looks (empty: nowhere)."""
         source = self._source
-        wanted = {
-            f"/{source.eventhub.lower()}/{source.consumer_group.lower()}/checkpoint/{pid}": pid for pid in missing
-        }
-        found: dict[str, list[str]] = {}
+        group = source.consumer_group.lower()
+        checkpoint = re.compile(rf"/{re.escape(source.eventhub.lower())}/([^/]+)/checkpoint/([^/]+)\Z")
+        found: dict[tuple[str, str], list[str]] = {}
         try:
             for container in self._blobs.list_containers():
                 for name in self._scan(container.name):
-                    for suffix in wanted:
-                        if name.lower().endswith(suffix) and not (container.name == source.container
-                                                                  and name == source.blob_name(wanted[suffix])):
-                            found.setdefault(container.name, []).append(name)
+                    match = checkpoint.search(name.lower())
+                    if (match is None or match[2] not in missing
+                            or (match[1] != group and not self._other_groups)
+                            or (container.name == source.container and name == source.blob_name(match[2]))):
+                        continue
+                    found.setdefault((container.name, match[1]), []).append(name)
         except AzureError as exc:
             raise DependencyUnavailable(STORAGE, f"cannot list the checkpoint containers: {exc}") from exc
         where = source.container + "/" + source.blob_name("<partition>")
         out = []
-        for holder, names in sorted(found.items()):
-            out.append(f"checkpoints of hub {source.eventhub!r} and consumer group {source.consumer_group!r} sit at "
-                       f"{holder}/{sorted(names)[0]} (and {len(names) - 1} more), but KEDA reads {where}: it "
-                       f"counts every retained event of partitions {', '.join(missing)} as unprocessed and scales "
-                       f"out to the maximum (check blobContainer, eventHubNamespace and eventHubName, which KEDA "
-                       f"does not lower-case)")
+        for (holder, written), names in sorted(found.items()):
+            at = f"{holder}/{sorted(names)[0]} (and {len(names) - 1} more)"
+            if written == group:
+                out.append(f"checkpoints of hub {source.eventhub!r} and consumer group {source.consumer_group!r} sit "
+                           f"at {at}, but KEDA reads {where}: it counts every retained event of partitions "
+                           f"{', '.join(missing)} as unprocessed and scales out to the maximum (check blobContainer, "
+                           f"eventHubNamespace and eventHubName, which KEDA does not lower-case)")
+            else:
+                out.append(f"checkpoints of hub {source.eventhub!r} sit under consumer group {written!r} at {at}, "
+                           f"but KEDA reads consumer group {source.consumer_group!r} ({where}): it counts every "
+                           f"retained event of partitions {', '.join(missing)} as unprocessed and scales out to the "
+                           f"maximum for good (set the trigger's consumerGroup to the host's "
+                           f"SLUICE_INGEST_CONSUMER_GROUP; KEDA reads $Default when it names none)")
         return out
 
     def _scan(self, container: str) -> Iterable[str]:

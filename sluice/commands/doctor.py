@@ -6,8 +6,9 @@ sluice doctor keda --scaled-object -``), then each partition's last enqueued
 sequence number from Event Hubs and the checkpoint blob KEDA's ``blobMetadata``
 strategy reads, and prints per partition the lag, the total, and the replica count
 KEDA and the HPA would settle on. It warns when the checkpoints sit where KEDA does
-not look (another container, another case, another strategy): KEDA then counts
-every retained event as unprocessed and scales ingest out to its maximum.
+not look (another container, another case, another strategy, another hub or consumer
+group than the host's ``SLUICE_INGEST_EVENTHUB_NAME`` and ``SLUICE_INGEST_CONSUMER_GROUP``):
+KEDA then counts every retained event as unprocessed and scales ingest out to its maximum.
 
 Connections come from the same variables the app uses: Event Hubs from
 ``EventHubConnection`` (a connection string, local stack) or
@@ -30,9 +31,10 @@ from shared.exceptions import ConfigurationError
 from sluice.arguments import nonnegative_int, positive_int
 
 if TYPE_CHECKING:
+    from shared.adapters.eventhub_lag import KedaCheckpointSource
     from shared.ports.lag import LagReading
     from shared.services.scaling import ScalingRule
-    from shared.settings import StorageSettings
+    from shared.settings import IngestSettings, StorageSettings
 
 BASE_SCALED_OBJECT = Path(__file__).resolve().parents[2] / "k8s-keda" / "ingest.yaml"
 SERVICEBUS_SUFFIX = "servicebus.windows.net"
@@ -179,11 +181,49 @@ def storage_account_check(meta: dict[str, Any], read: str | None,
     return warnings, notes
 
 
+def host_check(meta: dict[str, Any], source: KedaCheckpointSource,
+               ingest: IngestSettings) -> tuple[list[str], list[str]]:
+    """Warnings and notes on whether the trigger (``meta``, read as ``source``) reads the hub the host reads and the
+    consumer group it checkpoints under (``ingest``: SLUICE_INGEST_EVENTHUB_NAME and SLUICE_INGEST_CONSUMER_GROUP,
+    as set where the doctor runs). KEDA looks for ``<namespace>/<eventHubName>/<consumerGroup>/checkpoint/<p>``,
+    with ``$Default`` when the trigger names no ``consumerGroup``: under another group it finds none of the host's
+    checkpoints, counts every retained event as unprocessed and keeps ingest at ``maxReplicaCount`` for good.
+    Names compare without case (Event Hubs ignores it; a checkpoint path in another case is the reader's warning).
+    A setting not set here is not compared: the host's binding has no default to stand in for it."""
+    warnings: list[str] = []
+    notes: list[str] = []
+    if "eventhub_name" not in ingest.model_fields_set:
+        notes.append("SLUICE_INGEST_EVENTHUB_NAME is not set here: not checked that the trigger's eventHubName is "
+                     "the hub the host reads")
+    elif source.eventhub.lower() != ingest.eventhub_name.lower():
+        warnings.append(f"KEDA reads hub {source.eventhub!r} (the trigger's eventHubName), but the host reads hub "
+                        f"{ingest.eventhub_name!r} (SLUICE_INGEST_EVENTHUB_NAME): KEDA scales ingest on another hub's "
+                        f"lag, without the host's checkpoints; set eventHubName: {ingest.eventhub_name}")
+    if "consumer_group" not in ingest.model_fields_set:
+        notes.append("SLUICE_INGEST_CONSUMER_GROUP is not set here: not checked that the trigger's consumerGroup is "
+                     "the one the host checkpoints under")
+    elif source.consumer_group.lower() != ingest.consumer_group.lower():
+        given = "the trigger's consumerGroup" if "consumerGroup" in meta else \
+            "KEDA's default: the trigger names no consumerGroup"
+        warnings.append(f"KEDA reads the checkpoints of consumer group {source.consumer_group!r} ({given}), but the "
+                        f"host checkpoints under consumer group {ingest.consumer_group!r} "
+                        "(SLUICE_INGEST_CONSUMER_GROUP): KEDA finds none of them, counts every retained event as "
+                        f"unprocessed and keeps ingest at maxReplicaCount; set consumerGroup: {ingest.consumer_group}")
+    return warnings, notes
+
+
 def storage_settings() -> StorageSettings:
     """``StorageSettings`` from the environment, or a ``ConfigurationError`` naming each bad value."""
     from shared.settings import StorageSettings, load_group
 
     return load_group(StorageSettings)
+
+
+def ingest_settings() -> IngestSettings:
+    """``IngestSettings`` from the environment, or a ``ConfigurationError`` naming each bad value."""
+    from shared.settings import IngestSettings, load_group
+
+    return load_group(IngestSettings)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -211,15 +251,19 @@ def run(args: argparse.Namespace) -> int:
         stale_threshold=stale_threshold)
     rule = scaling_rule(scaled, origin, threshold=args.threshold, activation=args.activation,
                         max_replicas=args.max_replicas)
+    ingest = ingest_settings()
+    host_warnings, host_notes = host_check(meta, source, ingest)
     hub = eventhub_client(source.eventhub, source.consumer_group,
                           connection_string=os.environ.get("EventHubConnection"),  # noqa: SIM112 (the host's name)
                           fully_qualified_namespace=os.environ.get(
                               "EventHubConnection__fullyQualifiedNamespace"))  # noqa: SIM112
     blobs = blob_service_client(storage_settings(), **interactive_options())
     with hub, blobs:
-        reading = EventHubBlobLagReader(hub, blobs, source).read()
+        # where the host's group is not known, checkpoints of the hub under any group may be the host's
+        reading = EventHubBlobLagReader(hub, blobs, source,
+                                        other_groups="consumer_group" not in ingest.model_fields_set).read()
     account_warnings, account_notes = storage_account_check(meta, blobs.account_name)
-    warnings = [*reading.warnings, *account_warnings]
+    warnings = [*host_warnings, *reading.warnings, *account_warnings]
 
     print(f"hub {source.eventhub!r}, consumer group {source.consumer_group!r}, checkpoints "
           f"{source.container}/{source.blob_name('<partition>')}")
@@ -236,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
         replicas = desired_replicas(reading.total, len(reading.partitions), rule)
         print(f"replicas KEDA would compute: {replicas} (threshold {rule.threshold}, activation {rule.activation}, "
               f"{rule.min_replicas}..{rule.max_replicas}, {len(reading.partitions)} partitions)")
-    for note in [*reading.notes, *account_notes]:
+    for note in [*reading.notes, *host_notes, *account_notes]:
         print(f"note: {note}")
     for warning in warnings:
         print(f"WARNING: {warning}")

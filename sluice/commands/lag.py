@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING
 
 from sluice.commands.doctor import (
     BASE_SCALED_OBJECT,
+    ingest_settings,
     read_scaled_object,
     scaler_failure,
     scaling_rule,
     storage_settings,
 )
-
-if TYPE_CHECKING:
-    from shared.settings import IngestSettings
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -93,11 +90,4 @@ def run(args: argparse.Namespace) -> int:
     for warning in reading.warnings:
         print(f"WARNING: {warning}")
     return 1 if reading.warnings or reading.scaler_error else 0
-
-
-def ingest_settings() -> IngestSettings:
-    """``IngestSettings`` from the environment, or a ``ConfigurationError`` naming each bad value."""
-    from shared.settings import IngestSettings, load_group
-
-    return load_group(IngestSettings)
 

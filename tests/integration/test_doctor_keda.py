@@ -50,12 +50,12 @@ def env(monkeypatch: pytest.MonkeyPatch, loaded_hub: Any, azurite_connection_str
 
 
 def checkpoint(storage: str, container: str, hub: str, partition: str, sequence: int, *,
-               namespace: str = FQDN) -> None:
+               namespace: str = FQDN, group: str = "sluice") -> None:
     """Write one checkpoint with the SDK's checkpoint store (lower-cased blob name, metadata position)."""
     with BlobServiceClient.from_connection_string(storage) as service, contextlib.suppress(ResourceExistsError):
         service.create_container(container)
     store = BlobCheckpointStore.from_connection_string(storage, container)
-    store.update_checkpoint({"fully_qualified_namespace": namespace, "eventhub_name": hub, "consumer_group": "sluice",
+    store.update_checkpoint({"fully_qualified_namespace": namespace, "eventhub_name": hub, "consumer_group": group,
                              "partition_id": partition, "sequence_number": sequence, "offset": str(sequence)})
 
 
@@ -138,6 +138,77 @@ def test_a_namespace_in_another_case_misses_the_lower_cased_checkpoints(
     code, out = doctor(capsys, scaled_object(tmp_path, env["hub"], container=container, namespace="Sluice-Test"))
     assert code == 1 and "total lag 49" in out
     assert any(line.startswith("WARNING:") and f"{container}/{FQDN}/" in line for line in out.splitlines()), out
+
+
+def _everything_processed(storage: str, container: str, hub: str, group: str = "sluice") -> None:
+    for partition, count in SENT.items():
+        if count:
+            checkpoint(storage, container, hub, partition, count - 1, group=group)
+
+
+def _without_consumer_group(path: str) -> str:
+    """The ScaledObject at ``path`` with no consumerGroup in its trigger: KEDA then reads ``$Default``."""
+    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    del document["spec"]["triggers"][0]["metadata"]["consumerGroup"]
+    Path(path).write_text(json.dumps(document), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("host_group", ["sluice", None], ids=["host-group-set", "host-group-unknown"])
+def test_a_trigger_reading_another_consumer_group_than_the_hosts_is_the_over_scaling_trap(
+        env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        host_group: str | None) -> None:
+    """The host (consumer group ``sluice``) has checkpointed every event. The trigger names no ``consumerGroup``,
+    so KEDA reads ``$Default``, finds no checkpoint, counts every retained event and keeps ingest at
+    ``maxReplicaCount`` for good. The doctor printed only a note ("no checkpoint yet ... until the first
+    checkpoint", which never comes) and exited 0. It now warns and exits 1: from the host's
+    SLUICE_INGEST_CONSUMER_GROUP when it is set where the doctor runs, else from the checkpoints of the hub it
+    finds under another consumer group."""
+    if host_group is None:
+        monkeypatch.delenv("SLUICE_INGEST_CONSUMER_GROUP", raising=False)
+    else:
+        monkeypatch.setenv("SLUICE_INGEST_CONSUMER_GROUP", host_group)
+    container = f"host-{uuid.uuid4().hex[:8]}"
+    _everything_processed(env["storage"], container, env["hub"])
+
+    code, out = doctor(capsys, _without_consumer_group(scaled_object(tmp_path, env["hub"], container=container)))
+
+    assert code == 1, out
+    warning = next(line for line in out.splitlines() if line.startswith("WARNING:"))
+    assert "consumer group 'sluice'" in warning and "consumer group '$Default'" in warning, warning
+
+
+def test_checkpoints_of_another_consumer_group_are_not_the_hosts_when_the_host_group_is_known(
+        env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Another application reading the hub through its own consumer group checkpoints it too. When the host's group
+    is known (SLUICE_INGEST_CONSUMER_GROUP) and is the trigger's, those checkpoints are not the host's: a partition
+    the host has not checkpointed yet is the normal start (a note), not a warning."""
+    monkeypatch.setenv("SLUICE_INGEST_CONSUMER_GROUP", "sluice")
+    container = f"other-{uuid.uuid4().hex[:8]}"
+    _everything_processed(env["storage"], container, env["hub"], group="other")
+
+    code, out = doctor(capsys, scaled_object(tmp_path, env["hub"], container=container))
+
+    assert code == 0 and "WARNING" not in out, out
+    assert "note: no checkpoint yet for partitions 0, 1, 3" in out
+
+
+def test_a_trigger_reading_another_hub_than_the_hosts_is_warned_of(
+        env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A trigger whose eventHubName is not the host's SLUICE_INGEST_EVENTHUB_NAME scales ingest on another hub's
+    lag and finds none of the host's checkpoints: warned of, naming both, exit 1."""
+    monkeypatch.setenv("SLUICE_INGEST_EVENTHUB_NAME", "telemetry")
+    monkeypatch.setenv("SLUICE_INGEST_CONSUMER_GROUP", "sluice")
+    container = f"hub-{uuid.uuid4().hex[:8]}"
+    _everything_processed(env["storage"], container, env["hub"])
+
+    code, out = doctor(capsys, scaled_object(tmp_path, env["hub"], container=container))
+
+    assert code == 1, out
+    warning = next(line for line in out.splitlines() if line.startswith("WARNING:"))
+    assert f"hub {env['hub']!r}" in warning and "hub 'telemetry'" in warning, warning
 
 
 def test_a_scaled_object_reading_another_storage_account_is_the_over_scaling_trap(
