@@ -58,7 +58,9 @@ def rebuild(session, keyspace: str, cache: RedisChangeSink, **kw):
 def dump(client: redis.Redis, cache: RedisChangeSink) -> dict:
     """Every key of the live generation, its name without the generation, its value normalized:
     stream entries as sorted event ids (entry ids carry the wall clock), sorted sets without the
-    ``#since`` bound (the feed does not write it, a rebuild does), TTLs left out."""
+    ``#since`` bound (the feed does not write it, a rebuild does), ``e:<id>`` without the feed's notes of the
+    copies it applied (``n``, ``u``: a lookup's fill is checked against them; a rebuild has no fill to race), TTLs
+    left out."""
     keys = cache.keys
     out = {}
     for key in client.scan_iter(match=keys.prefix + "*", count=1000):
@@ -67,7 +69,11 @@ def dump(client: redis.Redis, cache: RedisChangeSink) -> dict:
             continue
         kind = client.type(key)
         if kind == b"hash":
-            out[name] = client.hgetall(key)
+            fields = client.hgetall(key)
+            if name.startswith("e:"):
+                fields = {field: value for field, value in fields.items() if field not in (b"n", b"u")}
+            if fields:
+                out[name] = fields
         elif kind == b"zset":
             members = [(m, s) for m, s in client.zrange(key, 0, -1, withscores=True) if not m.startswith(b"#since:")]
             if members:
