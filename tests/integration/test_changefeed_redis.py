@@ -411,6 +411,7 @@ def test_a_correction_no_longer_critical_whose_page_is_written_again_still_leave
         os.kill(replica.process.pid, signal.SIGSTOP)  # the replica lags: WAIT is not acknowledged in time
         with pytest.raises(DependencyUnavailable):
             sink.apply([corrected])
+        assert client.ttl(sink.keys.event(first.event_id)) > 3600, "the note went with the copy's TTL"
         os.kill(replica.process.pid, signal.SIGCONT)
         for attempt in range(20):  # the change feed kept its position and writes the page again until acknowledged
             try:

@@ -14,18 +14,19 @@ if ARGV[3] == 'stale' then
   local found = redis.call('HMGET', KEYS[1], 'd', 'n', 'u')
   local cached, noted, uncritical = found[1], found[2], found[3]
   local reply = 0
+  -- the notes go in before the copy goes out: the key never empties, so it keeps the copy's TTL (and `u` with it)
+  if (not noted) or noted < ARGV[1] then redis.call('HSET', KEYS[1], 'n', ARGV[1]) end
   if cached and (cached == '' or enqueued(cached) < ARGV[1]) then  -- '': a cached "not found"
-    redis.call('HDEL', KEYS[1], 'd')
     reply = 1
     local ok, decoded = pcall(cjson.decode, cached)
     if ok and type(decoded) == 'table' and decoded['critical'] == true then
       redis.call('HSET', KEYS[1], 'u', ARGV[1])
       reply = 2
     end
+    redis.call('HDEL', KEYS[1], 'd')
   elseif uncritical == ARGV[1] then
     reply = 2
   end
-  if (not noted) or noted < ARGV[1] then redis.call('HSET', KEYS[1], 'n', ARGV[1]) end
   extend(KEYS[1], tonumber(ARGV[4]))
   return reply
 end
