@@ -26,11 +26,12 @@ bp = func.Blueprint()
 
 @bp.function_name("changefeed")
 @bp.timer_trigger(arg_name="timer", schedule="%SLUICE_CHANGEFEED_SCHEDULE%", run_on_startup=False)
-def changefeed(timer: func.TimerRequest) -> None:
+def changefeed(timer: func.TimerRequest, context: func.Context) -> None:
     if timer.past_due:
         logger.info("change feed timer is past due; running now")
     service = bootstrap.changefeed_service()  # first: it configures telemetry on a cold start
-    with telemetry.stage_span("changefeed"):
+    parent, parent_state = telemetry.host_trace(context)  # the host's invocation is the run's parent
+    with telemetry.stage_span("changefeed", parent=parent, parent_state=parent_state):
         result = service.run()
     logger.info("change feed run: pages=%d events=%d critical=%d stopped=%s",
                 result.pages, result.events, result.critical, result.stopped,

@@ -23,11 +23,12 @@ bp = func.Blueprint()
 
 @bp.function_name("enrichment")
 @bp.timer_trigger(arg_name="timer", schedule="%SLUICE_ENRICH_SCHEDULE%", run_on_startup=False, use_monitor=True)
-def enrichment(timer: func.TimerRequest) -> None:
+def enrichment(timer: func.TimerRequest, context: func.Context) -> None:
     if timer.past_due:
         logger.warning("enrichment timer is past due; catching up")
     service = bootstrap.enrichment_service()  # first: it configures telemetry on a cold start
-    with telemetry.stage_span("enrich"):
+    parent, parent_state = telemetry.host_trace(context)  # the host's invocation is the run's parent
+    with telemetry.stage_span("enrich", parent=parent, parent_state=parent_state):
         result = service.run()
     watermark = result.watermark.isoformat() if result.watermark else None
     logger.info(

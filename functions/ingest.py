@@ -71,7 +71,7 @@ def ingest(events: List[func.EventHubEvent], context: func.Context) -> None:  # 
     partition = _partition_id(events)
     records = to_records(events)
     service = bootstrap.ingest_service()  # first: it configures telemetry on a cold start
-    parent, parent_state = _trace_context(context)
+    parent, parent_state = telemetry.host_trace(context)
     with telemetry.stage_span("ingest", parent=parent, parent_state=parent_state, links=lambda: _links(events),
                               attributes=_span_attributes(partition, records), consumer=True):
         result = service.handle(records, final_attempt=final_attempt)
@@ -82,13 +82,6 @@ def ingest(events: List[func.EventHubEvent], context: func.Context) -> None:  # 
                "sluice.stored": result.stored, "sluice.rejected": result.rejected,
                "sluice.duplicates": result.duplicates, "sluice.batch_dead_lettered": result.batch_dead_lettered},
     )
-
-
-def _trace_context(context: func.Context) -> tuple[str | None, str | None]:
-    """The host's ``traceparent`` and ``tracestate`` (Azure Functions with ``telemetryMode: OpenTelemetry``), each
-    ``None`` when it passed none."""
-    trace_context = getattr(context, "trace_context", None)
-    return (getattr(trace_context, "trace_parent", None) or None, getattr(trace_context, "trace_state", None) or None)
 
 
 def _links(events: list[func.EventHubEvent]) -> list[Any]:

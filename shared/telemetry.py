@@ -240,6 +240,13 @@ def cassandra_throttled(operation: str, outcome: str) -> None:
 # --- spans ---------------------------------------------------------------------------------------------------------
 
 
+def host_trace(context: object) -> tuple[str | None, str | None]:
+    """The host's ``traceparent`` and ``tracestate`` from a function's ``context`` (``context.trace_context`` on Azure
+    Functions), each ``None`` when it passed none: for :func:`stage_span`'s ``parent`` and ``parent_state``."""
+    trace_context = getattr(context, "trace_context", None)
+    return (getattr(trace_context, "trace_parent", None) or None, getattr(trace_context, "trace_state", None) or None)
+
+
 def message_links(properties: object) -> list[Link]:
     """Links to the producers' spans: each message's ``traceparent`` (or ``Diagnostic-Id``, the same W3C value
     older Azure SDKs set), one link per distinct context."""

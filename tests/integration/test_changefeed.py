@@ -37,7 +37,7 @@ from shared.ports.feed import SavedPosition
 from shared.services.changefeed import ChangeFeedService
 from shared.settings import CassandraSettings
 from sluice.launcher import Running, start
-from tests.fixtures.functions import user_function
+from tests.fixtures.functions import HostContext, user_function
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = [MeasurementRule(measurement="temperature", op=">", value=90)]
@@ -222,7 +222,7 @@ def test_timer_run_puts_critical_events_and_latest_state_in_redis(mode, app_env,
     ]
     store.write(events)
 
-    user_function("changefeed")(TimerRequest(past_due=False))
+    user_function("changefeed")(TimerRequest(past_due=False), HostContext("changefeed"))
 
     cache = make_cache(rclient, redis_prefix)
     pump_latest = latest_doc(rclient, cache, "pump-1")
@@ -474,7 +474,7 @@ def test_timer_run_with_redis_unreachable_fails_visibly_and_saves_nothing(app_en
     app_env(SLUICE_REDIS_URL=f"redis://127.0.0.1:{_free_port()}/0", SLUICE_REDIS_SOCKET_TIMEOUT_SECONDS="0.5")
     store.write(spread(3))
     with pytest.raises(DependencyUnavailable) as raised:
-        user_function("changefeed")(TimerRequest(past_due=True))
+        user_function("changefeed")(TimerRequest(past_due=True), HostContext("changefeed"))
     assert raised.value.dependency == "redis"
     assert CassandraFeedStateStore(session, keyspace).load("events_by_id") is None
 

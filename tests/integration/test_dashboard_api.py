@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from shared.adapters.postgres.migrations import apply_migrations as apply_pg_migrations
-from tests.fixtures.functions import run, user_function
+from tests.fixtures.functions import HostContext, run, user_function
 from tests.integration import test_changefeed as changefeed_tests
 from tests.integration.test_changefeed import make_event
 
@@ -153,7 +153,7 @@ def test_status_counts_recent_arrivals_and_reports_every_section(dash_env, store
     assert body["change_feed"]["updated_at"] is None  # the feed has not run yet
     assert body["dependencies"]["redis"]["status"] == "up" and body["dependencies"]["cassandra"]["status"] == "up"
 
-    user_function("changefeed")(_timer())
+    user_function("changefeed")(_timer(), HostContext("changefeed"))
     status, body = call("status")
     assert body["change_feed"]["staleness_seconds"] is not None and body["change_feed"]["staleness_seconds"] < 30
 
@@ -210,7 +210,7 @@ def test_critical_feed_is_the_redis_stream_newest_first(dash_env, store) -> None
     now = datetime.now(UTC)
     critical = [make_event("crit-1", now - timedelta(seconds=s), severity="critical") for s in (30, 20, 10)]
     store.write([*critical, make_event("crit-1", now)])
-    user_function("changefeed")(_timer())
+    user_function("changefeed")(_timer(), HostContext("changefeed"))
     status, body = call("critical_feed", limit="2")
     assert status == 200
     assert [e["event_id"] for e in body["events"]] == [str(critical[2].event_id), str(critical[1].event_id)]

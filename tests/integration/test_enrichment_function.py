@@ -22,7 +22,7 @@ from shared.adapters.postgres.migrations import apply_migrations as apply_postgr
 from shared.adapters.reference import upload_reference, upsert_reference
 from shared.domain.enrichment import DeviceRef, SiteRef
 from sluice.launcher import Running
-from tests.fixtures.functions import registered, user_function
+from tests.fixtures.functions import HostContext, registered, user_function
 from tests.integration.test_enrichment import make_event
 
 pytestmark = pytest.mark.timeout(120)
@@ -91,7 +91,7 @@ def test_the_timer_enriches_with_either_reference_source(environment: dict[str, 
     now = datetime.now(UTC)
     sent = _send_recent(now)
 
-    user_function("enrichment")(TimerRequest(past_due=False))
+    user_function("enrichment")(TimerRequest(past_due=False), HostContext("enrichment"))
 
     with bootstrap.postgres_pool().connection() as conn:
         rows = conn.execute("SELECT event_id, device_id, known_device, site_id, owner, site_name, critical "

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import azure.functions as func
 import pytest
 
-from tests.fixtures.functions import invoke
+from tests.fixtures.functions import HostContext, invoke
 from tests.integration import test_changefeed as changefeed_tests
 from tests.integration.test_changefeed import make_event
 from tests.integration.test_dashboard_api import history
@@ -181,7 +181,7 @@ def test_a_late_older_event_after_the_latest_key_expired_does_not_regress_the_la
     app_env(SLUICE_REDIS_TTL_SECONDS="2")
     newest = make_event("reg-1", NOW - timedelta(minutes=1))
     store.write([newest])
-    user_function("changefeed")(TimerRequest(past_due=False))
+    user_function("changefeed")(TimerRequest(past_due=False), HostContext("changefeed"))
     key = bootstrap.redis_change_sink().keys.latest("reg-1")
     assert json.loads(rclient.hget(key, "d"))["event_id"] == str(newest.event_id)
 
@@ -192,7 +192,7 @@ def test_a_late_older_event_after_the_latest_key_expired_does_not_regress_the_la
 
     late = make_event("reg-1", NOW - timedelta(minutes=30))  # an older event, arriving later
     store.write([late])
-    user_function("changefeed")(TimerRequest(past_due=False))
+    user_function("changefeed")(TimerRequest(past_due=False), HostContext("changefeed"))
 
     answer = latest("reg-1")
     assert answer.status_code == 200
@@ -243,7 +243,7 @@ def test_a_resent_critical_event_is_listed_once_even_after_its_member_key_expire
     from tests.fixtures.functions import user_function
 
     def run_feed() -> None:
-        user_function("changefeed")(TimerRequest(past_due=False))
+        user_function("changefeed")(TimerRequest(past_due=False), HostContext("changefeed"))
 
     app_env(SLUICE_REDIS_TTL_SECONDS="4")
     first = make_event("dup-1", NOW - timedelta(minutes=5), severity="critical",
@@ -354,7 +354,7 @@ def test_event_lookup_serves_the_resent_copy_after_the_change_feed_applied_it(ap
     original = make_event("fix-1", at, measurements={"temperature": 21.0}, event_id=event_id,
                           enqueued=at + timedelta(seconds=1))
     store.write([original])
-    user_function("changefeed")(TimerRequest(past_due=False))
+    user_function("changefeed")(TimerRequest(past_due=False), HostContext("changefeed"))
     first = event(str(event_id))  # a miss: read from Cassandra and cached
     assert first.status_code == 200 and body(first)["measurements"] == {"temperature": 21.0}
 
@@ -362,7 +362,7 @@ def test_event_lookup_serves_the_resent_copy_after_the_change_feed_applied_it(ap
                            enqueued=at + timedelta(seconds=40))
     store.write([corrected])
     time.sleep(0.01)
-    user_function("changefeed")(TimerRequest(past_due=False))
+    user_function("changefeed")(TimerRequest(past_due=False), HostContext("changefeed"))
     stored = session.execute(f"SELECT measurements FROM {keyspace}.events_by_id WHERE event_id = %s", (event_id,)).one()
     assert dict(stored.measurements) == {"temperature": 23.5}  # the store holds the corrected copy
     again = event(str(event_id))
@@ -388,7 +388,7 @@ def test_a_critical_event_corrected_into_a_non_critical_one_leaves_the_critical_
     from tests.fixtures.functions import user_function
 
     def run_feed() -> None:
-        user_function("changefeed")(TimerRequest(past_due=False))
+        user_function("changefeed")(TimerRequest(past_due=False), HostContext("changefeed"))
 
     app_env()
     device, sent = f"unc-{member_key}", datetime.now(UTC) - timedelta(seconds=60)

@@ -105,7 +105,7 @@ def test_no_secret_value_is_logged(guarded_cassandra: Running, azurite_connectio
             reader.get_metrics_data()
             time.sleep(0.5)
         with contextlib.suppress(Exception):  # whether Redis takes the password or not, the log must not show it
-            user_function("changefeed")(TimerRequest(past_due=False))
+            user_function("changefeed")(TimerRequest(past_due=False), HostContext("changefeed"))
         bootstrap.history_service()  # derives or takes the page-token key
     finally:
         root.removeHandler(handler)

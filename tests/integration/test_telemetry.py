@@ -576,3 +576,21 @@ def test_otel_metrics_exporter_none_beside_application_insights_keeps_the_promet
         f"OTEL_METRICS_EXPORTER=none turned Application Insights metrics off")
     result, _log = prometheus_beside_azure_monitor(offline_connection_string(), tmp_path)  # the distro's metrics on
     assert "sluice_ingest_events_total" in result["sluice"] and "azure-monitor" in result["exporters"], result
+
+
+def test_the_timer_runs_spans_are_children_of_the_hosts_invocations(ingest, in_memory, redis_prefix: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host passes a trace context to every invocation, timers' too, and docs/observability.md makes it the
+    parent of each stage's span. ``sluice.changefeed`` and ``sluice.enrich`` took none (their functions had no
+    ``context``), so each run was a trace of its own, away from the host's invocation."""
+    from azure.functions.timer import TimerRequest
+
+    monkeypatch.setenv("SLUICE_REDIS_KEY_PREFIX", redis_prefix)
+    bootstrap.reset()
+    host = "00-33333333333333333333333333333333-4444444444444444-01"
+    context = HostContext("changefeed", trace_context=SimpleNamespace(trace_parent=host, trace_state="congo=t61"))
+    user_function("changefeed")(TimerRequest(past_due=False), context)
+    (span,) = [s for s in in_memory.spans.get_finished_spans() if s.name == "sluice.changefeed"]
+    assert format(span.context.trace_id, "032x") == "3" * 32
+    assert format(span.parent.span_id, "016x") == "4" * 16
+    assert dict(span.context.trace_state) == {"congo": "t61"}
