@@ -21,7 +21,10 @@ containers for checkpoints of the same hub and consumer group written under
 another container or another case, and says where they are; with
 ``other_groups`` (the host's consumer group unknown) also for checkpoints of the
 hub under another consumer group, such as the host's when the trigger names none
-and KEDA reads ``$Default``.
+and KEDA reads ``$Default``. That look is best effort: listing the account's
+containers is an operation on the account, which the container-scoped roles the
+deployment grants do not allow (403), so a refused scan becomes a note and the
+reading keeps KEDA's count.
 """
 
 from __future__ import annotations
@@ -134,10 +137,16 @@ class EventHubBlobLagReader:
             partitions.append(PartitionLag(pid, beginning, last, checkpoint, count, error, bool(props["is_empty"])))
         notes: list[str] = []
         if missing and source.strategy == STRATEGY:
-            misplaced = self._misplaced(missing)
+            try:
+                misplaced = self._misplaced(missing)
+            except AzureError as exc:  # a diagnostic: the lag KEDA computes does not depend on it
+                notes.append(f"no checkpoint found for partitions {', '.join(missing)}, and checkpoints written "
+                             f"elsewhere could not be looked for (listing the storage account's containers needs a "
+                             f"role on the account): {type(exc).__name__}: {exc}")
+                misplaced = None
             if misplaced:
                 warnings.extend(misplaced)
-            else:
+            elif misplaced is not None:
                 notes.append(f"no checkpoint yet for partitions {', '.join(missing)}: KEDA counts every retained "
                              f"event of those partitions as unprocessed until the first checkpoint")
         return LagReading(tuple(partitions), tuple(warnings), tuple(notes), scaler_error)
@@ -172,22 +181,19 @@ class EventHubBlobLagReader:
 
     def _misplaced(self, missing: list[str]) -> list[str]:
         """Where checkpoints of this hub and group (with ``other_groups``: of any group) sit when they are not where
-        KEDA looks (empty: nowhere)."""
+        KEDA looks (empty: nowhere); raises ``AzureError`` when the account refuses the listing."""
         source = self._source
         group = source.consumer_group.lower()
         checkpoint = re.compile(rf"/{re.escape(source.eventhub.lower())}/([^/]+)/checkpoint/([^/]+)\Z")
         found: dict[tuple[str, str], list[str]] = {}
-        try:
-            for container in self._blobs.list_containers():
-                for name in self._scan(container.name):
-                    match = checkpoint.search(name.lower())
-                    if (match is None or match[2] not in missing
-                            or (match[1] != group and not self._other_groups)
-                            or (container.name == source.container and name == source.blob_name(match[2]))):
-                        continue
-                    found.setdefault((container.name, match[1]), []).append(name)
-        except AzureError as exc:
-            raise DependencyUnavailable(STORAGE, f"cannot list the checkpoint containers: {exc}") from exc
+        for container in self._blobs.list_containers():
+            for name in self._scan(container.name):
+                match = checkpoint.search(name.lower())
+                if (match is None or match[2] not in missing
+                        or (match[1] != group and not self._other_groups)
+                        or (container.name == source.container and name == source.blob_name(match[2]))):
+                    continue
+                found.setdefault((container.name, match[1]), []).append(name)
         where = source.container + "/" + source.blob_name("<partition>")
         out = []
         for (holder, written), names in sorted(found.items()):

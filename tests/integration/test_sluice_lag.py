@@ -11,8 +11,10 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.eventhub.extensions.checkpointstoreblob import BlobCheckpointStore
 from azure.storage.blob import BlobServiceClient
 from opentelemetry.sdk.metrics import MeterProvider
@@ -144,3 +146,55 @@ def test_the_lag_gauge_and_status_page_leave_out_a_checkpoint_keda_cannot_read(e
     assert by_partition == {"1": 0, "2": 0, "3": 0}, by_partition
     unreadable = lag.unreadable()  # what the status page's lag section names (tests/unit/test_status_service.py)
     assert list(unreadable) == ["0"] and "sequencenumber" in unreadable["0"], unreadable
+
+
+class _Hub:
+    """One partition holding events 0..10 and, as on a fresh deployment, no checkpoint yet."""
+
+    def get_partition_ids(self) -> list[str]:
+        return ["0"]
+
+    def get_partition_properties(self, partition_id: str) -> dict[str, Any]:
+        return {"id": partition_id, "beginning_sequence_number": 0, "last_enqueued_sequence_number": 10,
+                "is_empty": False}
+
+
+class _Blob:
+    def get_blob_properties(self) -> Any:
+        raise ResourceNotFoundError("The specified blob does not exist.")
+
+
+class _ContainerScopedBlobs:
+    """A ``BlobServiceClient`` as the workload identity sees the account under infra/'s role assignments (data roles
+    on the containers only, tests/deploy/test_infra.py ``SCOPES``): List Containers, an operation on the account, is
+    refused with 403 AuthorizationPermissionMismatch."""
+
+    def get_blob_client(self, container: str, blob: str) -> _Blob:
+        return _Blob()
+
+    def list_containers(self, *args: Any, **kwargs: Any) -> Any:
+        error = HttpResponseError(message="This request is not authorized to perform this operation using this "
+                                          "permission. ErrorCode:AuthorizationPermissionMismatch")
+        error.status_code = 403
+        error.error_code = "AuthorizationPermissionMismatch"
+        raise error
+
+
+def test_the_lag_reading_survives_the_container_scoped_storage_roles_infra_grants() -> None:
+    """A partition with events and no checkpoint (a first backlog) makes the reader look for checkpoints written
+    elsewhere, which lists the account's containers; under the container-scoped roles the deployment grants, Azure
+    refuses that (403). The look is a diagnostic: the reading (the status page's lag, the ``sluice.eventhub.lag``
+    gauge, the audit) still carries KEDA's count for the partition, every retained event (10 - 0 + 1 = 11, KEDA's
+    ``GetUnprocessedEventCountWithoutCheckpoint``), and a note says the look was refused, instead of reporting
+    storage as down and no lag at all while KEDA scales ingest out on that backlog."""
+    source = KedaCheckpointSource(namespace="evhns-sluice-prod.servicebus.windows.net", eventhub="telemetry",
+                                  consumer_group="sluice", container=HOST_CHECKPOINT_CONTAINER)
+    reader = EventHubBlobLagReader(_Hub(), _ContainerScopedBlobs(), source)  # type: ignore[arg-type]
+
+    reading = reader.read()
+
+    (partition,) = reading.partitions
+    assert (partition.checkpoint_sequence_number, partition.unprocessed) == (None, 11)
+    assert reading.warnings == () and reading.scaler_error is None
+    (note,) = reading.notes
+    assert "partitions 0" in note and "AuthorizationPermissionMismatch" in note, note
