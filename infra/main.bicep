@@ -141,6 +141,9 @@ output AZURE_EVENTHUB_FQDN string = resources.outputs.eventHubFqdn
 output AZURE_EVENTHUB_NAME string = resources.outputs.eventHubName
 output AZURE_EVENTHUB_CONSUMER_GROUP string = resources.outputs.consumerGroup
 output AZURE_EVENTHUB_PARTITIONS int = eventHubPartitions
+// The ingest ScaledObject's fallback: half the partitions (two per replica), at least 1, so that it stays
+// within maxReplicaCount (the partition count) for every count the parameter accepts.
+output AZURE_INGEST_FALLBACK_REPLICAS int = max(1, eventHubPartitions / 2)
 output AZURE_STORAGE_ACCOUNT string = resources.outputs.storageAccount
 output AZURE_DEADLETTER_CONTAINER string = resources.outputs.deadLetterContainer
 output AZURE_CASSANDRA_HOST string = resources.outputs.cassandraHost

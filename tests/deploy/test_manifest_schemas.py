@@ -10,6 +10,7 @@ check refuses what it should, by name.
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,36 @@ def test_the_azd_overlay_renders_with_every_placeholder_replaced_and_valid(deplo
     assert images == {env["SERVICE_SLUICE_IMAGE_NAME"]}
     assert of(deployed, "TriggerAuthentication")["spec"]["podIdentity"]["identityId"] == \
         env["AZURE_APP_IDENTITY_CLIENT_ID"]
+
+
+def bicep_output(name: str, **params: int) -> int:
+    """An integer output of infra/main.bicep computed for ``params``; Bicep divides integers as ``//`` does."""
+    source = (ROOT / "infra" / "main.bicep").read_text(encoding="utf-8")
+    found = re.search(rf"^output {name} int = ([\w\s(),/*+-]+)$", source, re.MULTILINE)
+    assert found, f"infra/main.bicep has no integer output {name} built from numbers, parameters, max and min"
+    return int(eval(found.group(1).replace("/", "//"), {"__builtins__": {}, "max": max, "min": min}, params))
+
+
+def test_the_azd_overlay_keeps_the_fallback_within_the_partition_count(tmp_path: Path) -> None:
+    """The overlay copies the hub's partition count (``eventHubPartitions``, 1 .. 32) into ``maxReplicaCount``; a
+    fallback left at the base's 4 would exceed it for 2 or 3 partitions, a ScaledObject the validation refuses
+    (and half the partitions, the fallback's intent, would hold for 8 only). So the fallback is an output of the
+    partition count too, and every count main.bicep accepts renders a ScaledObject the validation accepts."""
+    main = (ROOT / "infra" / "main.bicep").read_text(encoding="utf-8")
+    bounds = re.search(r"@minValue\((\d+)\)\s*@maxValue\((\d+)\)\s*param eventHubPartitions int", main)
+    assert bounds, "eventHubPartitions has bounds"
+    low, high = int(bounds.group(1)), int(bounds.group(2))
+    for partitions in sorted({low, 2, 3, 8, high} & set(range(low, high + 1))):
+        fallback = bicep_output("AZURE_INGEST_FALLBACK_REPLICAS", eventHubPartitions=partitions)
+        env = SAMPLE_ENV.read_text(encoding="utf-8")
+        outputs = {"AZURE_EVENTHUB_PARTITIONS": partitions, "AZURE_INGEST_FALLBACK_REPLICAS": fallback}
+        for variable, value in outputs.items():
+            env = re.sub(rf"^{variable}=.*$", f"{variable}={value}", env, flags=re.MULTILINE)
+        docs = render(azd_tree(tmp_path / str(partitions), env))
+        scaled = of(docs, "ScaledObject")
+        assert (scaled["spec"]["maxReplicaCount"], scaled["spec"]["fallback"]["replicas"]) == (
+            partitions, max(1, partitions // 2)), f"{partitions} partitions"
+        assert validation.scaling_problems(docs) == [], f"{partitions} partitions"
 
 
 def test_an_overlay_missing_a_required_value_fails_and_names_it(tmp_path: Path) -> None:
