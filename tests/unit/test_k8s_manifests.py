@@ -404,6 +404,25 @@ def test_every_host_finds_its_keys_where_the_secret_storage_type_says() -> None:
         assert {"host.master", "host.function.default"} <= aliases, f"{name}: keys missing from {aliases}"
 
 
+def test_every_http_function_has_its_own_key_in_the_read_only_key_store() -> None:
+    """The key store is read-only (files from the CSI driver, no ``AzureWebJobsKubernetesSecretName``). A request
+    whose key is neither ``host.master`` nor ``host.function.default`` makes the host read the function's own keys
+    (azure-functions-host ``SecretManager.GetFunctionSecretsAsync``: ``functions.<name in lower case>.<key>``); with
+    none it generates one and ``KubernetesSecretsRepository.WriteAsync`` throws (read-only), so a wrong or rotated-out
+    key gets a 500 instead of a 401. The host authenticates every HTTP request carrying a key, anonymous functions'
+    too, so each HTTP function function_app.py registers needs ``functions.<name>.<key>``, as ``func kubernetes
+    deploy`` writes ``functions.<name>.default``: a new function without it fails here."""
+    data = settings_data()
+    assert data["AzureWebJobsSecretStorageType"] == "kubernetes"
+    assert "AzureWebJobsKubernetesSecretName" not in data, "the store is read-only: the host never writes keys"
+    http = sorted(name.lower() for name, trigger in app_functions().items() if trigger["type"] == "httpTrigger")
+    assert http, "the app has HTTP functions"
+    objects = yaml.safe_load(of_kind("SecretProviderClass")["sluice-function-keys"]["spec"]["parameters"]["objects"])
+    keys = {entry.get("objectAlias") or entry["objectName"] for entry in map(yaml.safe_load, objects["array"])}
+    without = [name for name in http if not any(key.startswith(f"functions.{name}.") for key in keys)]
+    assert not without, f"no functions.<name>.<key> in the read-only key store for {without} (mounted: {sorted(keys)})"
+
+
 def test_migrations_are_a_suspended_job_template_running_the_cli() -> None:
     migrate = of_kind("CronJob")["sluice-migrate"]
     assert migrate["spec"]["suspend"] is True, "migrations run once per release, never on a schedule"
