@@ -54,3 +54,18 @@ RUN python -m compileall -q /home/site/wwwroot \
 USER 10001:10001
 WORKDIR /home/site/wwwroot
 EXPOSE 8080
+
+# The host itself is PID 1, so that Kubernetes' SIGTERM reaches it and it shuts down
+# (in-flight batches, the change feed's continuation, partition ownership and timer
+# leases) within terminationGracePeriodSeconds. The base image's CMD,
+# /opt/startup/start_nonappservice.sh, is a bash script that runs the host as a child
+# without exec: bash as PID 1 ignores SIGTERM and forwards nothing, so the host was
+# SIGKILLed when the grace period ran out. The script sets no environment (the ENV
+# above and the base image's are the host's either way); it only sources
+# install_ca_certificates.sh, which copies App Service's CA files (/var/ssl/root,
+# WEBSITES_INCLUDE_CLOUD_CERTS) and runs update-ca-certificates: nothing to copy here,
+# and neither possible as uid 10001 nor on a read-only root filesystem. Custom CAs
+# belong in the image at build time (SSL_CERT_FILE above). There is no init to reap
+# orphaned processes: the host waits for the Python worker it starts, and Sluice
+# starts no processes of its own (an init such as tini would be needed if it did).
+CMD ["/azure-functions-host/Microsoft.Azure.WebJobs.Script.WebHost"]

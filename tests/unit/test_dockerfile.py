@@ -23,6 +23,11 @@ from dockerfile_parse import DockerfileParser
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "mcr.microsoft.com/azure-functions/python:4-python3.11"
 APP_ROOT = PurePosixPath("/home/site/wwwroot")
+# What the base image runs when the Dockerfile names no command (azure-functions-docker,
+# host/4/bullseye/python/python311/python311.Dockerfile): a bash script that runs the host as a child, without exec.
+BASE_COMMAND = ["/opt/startup/start_nonappservice.sh"]
+HOST_BINARY = "/azure-functions-host/Microsoft.Azure.WebJobs.Script.WebHost"
+SIGNAL_FORWARDING_INITS = ("tini", "dumb-init", "catatonit")
 
 
 @cache
@@ -144,6 +149,40 @@ def test_it_runs_as_a_non_root_user_on_the_port_the_manifests_use() -> None:
                     assert ports.pop("http") == port, path.name
                     assert set(ports) <= {"metrics"}, path.name  # the Prometheus exporter, nothing else
                     assert all(p >= 1024 for p in ports.values()), path.name
+
+
+def effective_command() -> list[str]:
+    """PID 1's command line: the Dockerfile's ENTRYPOINT + CMD (a shell form runs under /bin/sh -c), else the base's."""
+    entrypoint: list[str] | None = None
+    command: list[str] | None = None
+    for instruction, value in instructions():
+        if instruction in ("ENTRYPOINT", "CMD"):
+            parsed = json.loads(value) if value.lstrip().startswith("[") else ["/bin/sh", "-c", value]
+            if instruction == "ENTRYPOINT":
+                entrypoint = parsed
+            else:
+                command = parsed
+    return (entrypoint or []) + (command if command is not None else ([] if entrypoint else BASE_COMMAND))
+
+
+def test_the_functions_host_receives_sigterm_so_the_grace_periods_mean_something() -> None:
+    """Kubernetes stops a container with SIGTERM to its PID 1, then SIGKILL after terminationGracePeriodSeconds. The
+    base image's CMD makes PID 1 a bash script that runs the host without exec or trap: PID 1 without a handler
+    ignores SIGTERM and bash forwards nothing (azure-functions-docker issues #404, #677), so the host never starts its
+    shutdown, and the grace periods of k8s-keda/ingest.yaml (batches checkpointed before the host exits) and
+    timers.yaml (the change feed's continuation saved) only delay a SIGKILL mid-batch. PID 1 must be the host itself
+    (exec form) or an init that forwards signals."""
+    command = effective_command()
+    runs_the_host_directly = command[:1] == [HOST_BINARY]
+    forwards_signals = bool(command) and PurePosixPath(command[0]).name in SIGNAL_FORWARDING_INITS
+    assert runs_the_host_directly or forwards_signals, (
+        f"PID 1 is {command}: it neither is the host nor forwards SIGTERM to it, so the host is SIGKILLed when "
+        f"terminationGracePeriodSeconds runs out")
+    for path in sorted((ROOT / "k8s-keda").glob("*.yaml")):  # no Deployment puts a shell back in front of the host
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if doc and doc.get("kind") == "Deployment":
+                for container in doc["spec"]["template"]["spec"]["containers"]:
+                    assert "command" not in container and "args" not in container, path.name
 
 
 def test_the_image_limits_malloc_arenas_as_the_dev_host_does() -> None:
