@@ -380,6 +380,7 @@ class _DeviceFigures:
             values = self._spread()
         latest = self.latest
         for name, value in measurements.items():
+            value = float(value)  # a value read back from jsonb may be an int (1e20 prints as 100000000000000000000)
             kept = values.get(name)
             if kept is None:
                 values[name] = array("d", (value,))

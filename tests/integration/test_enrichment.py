@@ -1070,3 +1070,23 @@ def test_two_writers_take_turns_so_a_window_recomputed_meanwhile_keeps_the_row_a
         [(w2.start, T0 + W + timedelta(seconds=40))], "the earlier row of X overwrote the later one"
     total_dev1 = sum(n for (_, d), n in pg.device_counts().items() if d == "dev-1")
     assert total_dev1 == 2, f"dev-1 sent 2 distinct events, its figures count {total_dev1}"
+
+
+def test_an_id_read_twice_with_a_large_integral_measurement_does_not_break_the_window(pg: PgStack) -> None:
+    """When an event id is read twice in a window, the rows of the devices involved are read back from PostgreSQL,
+    and jsonb prints an integral double without exponent (1e20 as ``100000000000000000000``) and orders keys by
+    length first, where Cassandra's map (and so the held row) has them sorted. Read back as an ``int``, the value
+    became the measurement's ``last`` and orjson refused it past 64 bits (``TypeError``, not transient): the window
+    failed at every run and the watermark stopped there. Any double from 2**64 up is integral."""
+    window = Window(T0, T0 + W)
+    twice = uuid.uuid4()
+    pg.reader.events += [  # every event carries the same two measurements, in Cassandra's (sorted) key order
+        stored("dev-1", T0 + timedelta(seconds=10), event_id=twice, humidity=40.0, temp=20.0),  # read first
+        stored("dev-1", T0 + timedelta(seconds=20), event_id=twice, humidity=41.0, temp=21.0),  # re-sent, later
+        stored("dev-1", T0 + timedelta(seconds=30), humidity=42.0, temp=1e20),  # the device's latest event
+    ]
+    source = WindowInput(window, lambda: pg.reader.read_each(window.start, window.end), pg.reference.load())
+    pg.store.write_window(source, "backfill", advance_watermark=True)
+    rows = pg.query("SELECT (measurements -> 'temp' ->> 'last')::float8, (measurements -> 'temp' ->> 'count')::int "
+                    "FROM device_window_stats WHERE device_id = 'dev-1'")
+    assert rows == [(1e20, 2)]

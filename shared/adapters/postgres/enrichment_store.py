@@ -41,16 +41,18 @@ by the server and nothing of the window is written.
 
 from __future__ import annotations
 
+import json
 import logging
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from functools import partial
 from typing import Any, Literal
 
 import orjson
 import psycopg
-from psycopg.types.json import set_json_dumps
+from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import ConnectionPool
 
 from shared.domain.enrichment import DeviceContext, EnrichedWindow, Window
@@ -62,6 +64,7 @@ from shared.ports.enrichment import Arrival, EnrichmentState, Reason, WindowInpu
 logger = logging.getLogger(__name__)
 
 _LOCK_NAMESPACE = 0x5E_0000_0000  # xor-ed with the CRC-32 of the pipeline's name for the advisory lock key
+_json_floats = partial(json.loads, parse_int=float)  # measurements are doubles, whatever jsonb prints
 
 _STAGE_EVENTS = """
 CREATE TEMP TABLE stage_events (
@@ -431,11 +434,15 @@ def _rows_of(conn: psycopg.Connection, table: Literal["enriched_events", "stage_
     if window_start is not None:
         where += " AND window_start = %s"
         params.append(window_start)
-    cursor = conn.execute("SELECT event_id, device_id, event_time, enqueued_time, event_type, severity, critical, "
-                          f"measurements FROM {table} WHERE {where}", params)
-    return [StoredEvent(event_id, device_id, utc(event_time), event_type, severity, critical, measurements,
-                        enqueued_time=utc(enqueued)) for event_id, device_id, event_time, enqueued, event_type,
-            severity, critical, measurements in cursor]
+    with conn.cursor() as cursor:
+        # jsonb prints an integral double without exponent (1e20 as 100000000000000000000): read every number back
+        # as the float ingest stored, not as an int that orjson refuses past 64 bits when it writes the figures.
+        set_json_loads(_json_floats, cursor)
+        cursor.execute("SELECT event_id, device_id, event_time, enqueued_time, event_type, severity, critical, "
+                       f"measurements FROM {table} WHERE {where}", params)
+        return [StoredEvent(event_id, device_id, utc(event_time), event_type, severity, critical, measurements,
+                            enqueued_time=utc(enqueued)) for event_id, device_id, event_time, enqueued, event_type,
+                severity, critical, measurements in cursor]
 
 
 @contextmanager
