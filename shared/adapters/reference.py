@@ -32,12 +32,14 @@ from psycopg_pool import ConnectionPool
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from shared.domain.enrichment import DeviceRef, ReferenceData, SiteRef
-from shared.domain.events import RFC3339
+from shared.domain.events import RFC3339, NoNul
 from shared.exceptions import DependencyUnavailable, PermanentError
 
 logger = logging.getLogger(__name__)
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+# Reference text reaches PostgreSQL (enriched rows, figures) whichever source the enrichment reads, so NUL, which
+# PostgreSQL cannot store, is refused here naming the row, as ingest refuses it in events; an Id's pattern has no NUL.
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256), *NoNul]
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
 
 

@@ -22,6 +22,7 @@ from shared.adapters.reference import (
     read_devices,
     read_sites,
     to_parquet,
+    upload_reference,
     upsert_reference,
 )
 from shared.domain.enrichment import DeviceRef, SiteRef
@@ -243,6 +244,21 @@ def test_a_column_named_twice_is_refused_naming_the_file_and_the_column(
     assert (code, _devices_in(env["dsn"])) == (2, []), f"loaded as {_devices_in(env['dsn'])}"
     err = capsys.readouterr().err
     assert str(path) in err and "['model']" in err, err
+
+
+def test_reference_text_with_nul_in_a_blob_is_refused_naming_the_row(env: dict[str, str]) -> None:
+    """Ingest refuses NUL in every text that reaches PostgreSQL; the reference rows did not. With the Parquet blob
+    source the rows reach the enrichment without passing through PostgreSQL, so a site name holding U+0000 was
+    COPYed into ``enriched_events.site_name`` and PostgreSQL rejected it (not transient): the same window failed
+    at every run and the watermark never moved again. Refused where it is read, naming the blob and the row."""
+    blobs = BlobServiceClient.from_connection_string(env["AzureWebJobsStorage"])
+    container = env["SLUICE_ENRICH_REFERENCE_CONTAINER"]
+    upload_reference(blobs, container, devices=[DeviceRef("dev-1", "site-a", "M", "1")],  # written by another tool
+                     sites=[SiteRef("site-a", "Alpha\x00plant", "eu-west", "Europe/Paris")])
+    source = ParquetBlobReferenceSource(blobs, container, "devices.parquet", "sites.parquet")
+    with pytest.raises(PermanentError, match=rf"blob {container}/sites\.parquet: row 1 \(site_id 'site-a'\) is "
+                                             r"invalid: name: .*NUL"):
+        source.load()
 
 
 def test_csv_ids_stay_text_and_quoting_and_a_bom_are_understood(tmp_path: Path) -> None:
