@@ -29,13 +29,14 @@ from shared.adapters.cassandra.window_reader import CassandraWindowReader
 from shared.adapters.postgres.enrichment_store import PostgresEnrichmentStore
 from shared.adapters.postgres.migrations import apply_migrations as apply_postgres
 from shared.adapters.postgres.pool import make_pool
+from shared.adapters.postgres.reports import enrichment_status
 from shared.adapters.reference import PostgresReferenceSource, upsert_reference
 from shared.domain.enrichment import DeviceRef, SiteRef, Window
 from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.domain.rules import MeasurementRule
 from shared.domain.stored import StoredEvent
 from shared.exceptions import TransientError
-from shared.ports.enrichment import Arrival, WindowInput
+from shared.ports.enrichment import Arrival, Reason, WindowInput
 from shared.ports.ingest import DelayedBatch
 from shared.services.enrichment import EnrichmentService
 from shared.settings import CassandraSettings, EnrichmentSettings, PostgresSettings
@@ -1090,3 +1091,27 @@ def test_an_id_read_twice_with_a_large_integral_measurement_does_not_break_the_w
     rows = pg.query("SELECT (measurements -> 'temp' ->> 'last')::float8, (measurements -> 'temp' ->> 'count')::int "
                     "FROM device_window_stats WHERE device_id = 'dev-1'")
     assert rows == [(1e20, 2)]
+
+
+def test_a_window_read_as_empty_keeps_its_ledger_counts_with_its_figures(pg: PgStack) -> None:
+    """A window read as empty (its events expired from Cassandra, a restored keyspace) keeps its rows and figures,
+    as docs/enrichment.md says; its ledger row was still overwritten with ``event_count = 0, device_count = 0``, so
+    ``sluice enrich status`` reported the window's events gone while every figure and reporting view still counted
+    them. Only ``runs``, ``last_enriched_at`` and ``reason`` move."""
+    window = Window(T0, T0 + W)
+
+    def write(reason: Reason, *, advance: bool) -> None:
+        source = WindowInput(window, lambda: pg.reader.read_each(window.start, window.end), pg.reference.load())
+        pg.store.write_window(source, reason, advance_watermark=advance)
+
+    pg.reader.events += [stored("dev-1", T0 + timedelta(seconds=s), t=1.0) for s in (10, 20, 30)]
+    write("scheduled", advance=True)
+    assert pg.query("SELECT event_count FROM enrichment_windows") == [(3,)]
+    pg.reader.events.clear()  # the window's events are no longer in Cassandra
+    write("backfill", advance=False)
+    figures = pg.query("SELECT sum(event_count)::int FROM device_window_stats WHERE window_start = %s", (T0,))
+    assert figures == [(3,)]  # kept, as documented
+    assert pg.query("SELECT event_count, device_count, runs, reason FROM enrichment_windows") == [
+        (3, 1, 2, "backfill")]
+    with psycopg.connect(pg.dsn) as conn:
+        assert enrichment_status(conn)["events"] == 3

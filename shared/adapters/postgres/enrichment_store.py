@@ -27,7 +27,8 @@ Per window, inside one transaction:
    id. The device and site figures always take the staged path (upserted into
    ``device_window_stats`` and ``site_window_stats``);
 4. figures of the window that the recomputation no longer produces (a device
-   moved to another site) are deleted; enriched events never are;
+   moved to another site) are deleted; enriched events never are. A window
+   read as empty keeps its rows, its figures and its ledger counts;
 5. the ledger row (``enrichment_windows``) and, for scheduled windows, the
    watermark; then COMMIT.
 
@@ -164,6 +165,15 @@ VALUES (%(start)s, %(end)s, %(events)s, %(devices)s, %(unknown)s, %(unknown_even
 ON CONFLICT (window_start) DO UPDATE SET
     window_end = EXCLUDED.window_end, event_count = EXCLUDED.event_count, device_count = EXCLUDED.device_count,
     unknown_device_count = EXCLUDED.unknown_device_count, unknown_device_events = EXCLUDED.unknown_device_events,
+    reason = EXCLUDED.reason, runs = w.runs + 1, last_enriched_at = now(), recompute = false
+"""
+# A window read as empty keeps its figures, so its ledger row keeps the counts that sit beside them: only the run
+# is recorded (a window with no ledger row yet is recorded with counts of 0, as it has no figures either).
+_LEDGER_EMPTY_READ = """
+INSERT INTO enrichment_windows AS w (window_start, window_end, event_count, device_count, unknown_device_count,
+                                     unknown_device_events, reason)
+VALUES (%(start)s, %(end)s, 0, 0, 0, 0, %(reason)s)
+ON CONFLICT (window_start) DO UPDATE SET
     reason = EXCLUDED.reason, runs = w.runs + 1, last_enriched_at = now(), recompute = false
 """
 
@@ -328,10 +338,11 @@ class PostgresEnrichmentStore:
                 conn.execute(_UPSERT_SITE_STATS, params)
                 for statement in _DELETE_STALE.split(";"):
                     conn.execute(statement, params)
-            # A window read as empty keeps whatever PostgreSQL holds for it (e.g. events expired from Cassandra).
-            params.update(events=enriched.events, devices=len(enriched.devices),
-                          unknown=len(enriched.unknown_devices), unknown_events=enriched.unknown_device_events)
-            conn.execute(_LEDGER, params)
+                params.update(events=enriched.events, devices=len(enriched.devices),
+                              unknown=len(enriched.unknown_devices), unknown_events=enriched.unknown_device_events)
+                conn.execute(_LEDGER, params)
+            else:  # read as empty: it keeps whatever PostgreSQL holds for it (e.g. events expired from Cassandra)
+                conn.execute(_LEDGER_EMPTY_READ, params)
             if advance_watermark:
                 conn.execute(_ADVANCE, params)
         logger.debug("window %s written (%s): %d events", window, reason, enriched.events)
