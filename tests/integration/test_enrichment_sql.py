@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -10,8 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shared.adapters.postgres.migrations import SQL_DIR, apply_migrations
-from shared.exceptions import ConfigurationError
+from shared.adapters.postgres.migrations import SQL_DIR, apply_migrations, discover
+from shared.exceptions import ConfigurationError, TransientError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,6 +29,82 @@ def test_migrations_apply_once_and_refuse_an_edited_file(pg_dsn: str, tmp_path: 
         edited.write_text(edited.read_text() + "\n-- edited\n")
         with pytest.raises(ConfigurationError, match=r"002_enrichment\.sql changed after it was applied"):
             apply_migrations(conn, copy)
+
+
+def _before_005(tmp_path: Path) -> Path:
+    """A copy of the migrations up to 004: a database one deployment behind."""
+    directory = tmp_path / "sql"
+    directory.mkdir()
+    for path in sorted(SQL_DIR.glob("00[1-4]_*.sql")):
+        shutil.copy(path, directory / path.name)
+    return directory
+
+
+def _after_004() -> list[int]:
+    return [m.version for m in discover() if m.version > 4]
+
+
+def _waits_on_a_lock(dsn: str, needle: str) -> bool:
+    """Whether a backend runs a statement containing ``needle`` and waits on a heavyweight lock."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND wait_event_type = 'Lock' AND position(%s in query) > 0", (needle,)).fetchone()
+    return bool(row and row[0])
+
+
+def test_a_migration_waiting_for_its_lock_does_not_stall_the_readers_queued_behind_it(pg_dsn: str,
+                                                                                      tmp_path: Path) -> None:
+    """A DDL migration (005: ``ALTER TABLE enrichment_windows ADD COLUMN``) needs an ACCESS EXCLUSIVE lock, so while
+    a transaction holds even a read lock on the table (an enrichment window being written reads the ledger, then
+    streams the window for as long as Cassandra takes), the migration waits, and PostgreSQL queues every later
+    reader of the table behind that waiting request: the late scan and the next enrichment blocked for as long as
+    the first transaction lasted. A migration now gives up its wait after a short ``lock_timeout`` and tries again,
+    so readers are queued behind it for that long at most, and it is applied once the table is free."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert apply_migrations(conn, _before_005(tmp_path)) == [1, 2, 3, 4]
+    applied: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def migrate() -> None:
+        try:
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                applied.append(apply_migrations(conn))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    with psycopg.connect(pg_dsn) as enrichment:  # an enrichment transaction in progress: it read the ledger
+        enrichment.execute("SELECT count(*) FROM enrichment_windows").fetchone()
+        migration = threading.Thread(target=migrate)
+        migration.start()
+        try:
+            deadline = time.monotonic() + 20
+            while not _waits_on_a_lock(pg_dsn, "ALTER TABLE enrichment_windows"):
+                assert time.monotonic() < deadline, "the migration never reached its lock wait"
+                time.sleep(0.05)
+            with psycopg.connect(pg_dsn) as reader:  # the late scan / the next run reading the ledger
+                reader.execute("SET lock_timeout = '2s'")
+                try:
+                    reader.execute("SELECT count(*) FROM enrichment_windows").fetchone()
+                    blocked = None
+                except psycopg.errors.LockNotAvailable as exc:
+                    blocked = exc
+        finally:
+            enrichment.rollback()
+            migration.join(60)
+    assert blocked is None, f"a plain read of the ledger queued behind the waiting migration: {blocked}"
+    assert (errors, applied) == ([], [_after_004()])  # applied once the enrichment's transaction ended
+
+
+def test_a_migration_that_never_gets_its_lock_gives_up_naming_itself(pg_dsn: str, tmp_path: Path) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn, _before_005(tmp_path))
+        with psycopg.connect(pg_dsn) as enrichment:  # holds the ledger for longer than the migration tries
+            enrichment.execute("SELECT count(*) FROM enrichment_windows").fetchone()
+            with pytest.raises(TransientError, match=r"005_windows_to_recompute\.sql could not take its locks "
+                                                     r"\(waited 100 ms, 3 times\)"):
+                apply_migrations(conn, lock_timeout_seconds=0.1, attempts=3, max_pause_seconds=0.1)
+        assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (4,)  # 005 rolled back
+        assert apply_migrations(conn) == _after_004()  # and applied by the next run
 
 
 def test_every_view_and_column_is_commented(pg_dsn: str) -> None:

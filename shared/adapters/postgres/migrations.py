@@ -8,6 +8,15 @@ concurrent runners (two deploy slots, a CLI and a test), so a second runner
 waits, then finds nothing left to do. The checksum of every applied file is
 compared with the file on disk: editing a migration that already ran is refused
 (write a new one instead), because databases would silently differ.
+
+Each migration's transaction waits at most ``lock_timeout_seconds`` for a table
+lock. A DDL statement needs an ACCESS EXCLUSIVE lock, and while it waits for one
+(an enrichment window being written holds a read lock for as long as its read
+from Cassandra lasts) PostgreSQL queues every later reader of the table behind
+it: without a bound, the late scan and the next enrichment would block as long
+as that transaction lasts. So the migration gives up its wait, rolls back, and
+tries again after a growing pause; when every attempt times out it raises
+``TransientError`` naming the migration (run ``migrate`` again later).
 """
 
 from __future__ import annotations
@@ -19,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from shared.exceptions import ConfigurationError
+from shared.exceptions import ConfigurationError, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -54,13 +64,17 @@ def discover(directory: Path = SQL_DIR) -> list[SqlMigration]:
     return [found[v] for v in sorted(found)]
 
 
-def apply_migrations(conn: psycopg.Connection, directory: Path = SQL_DIR) -> list[int]:
+def apply_migrations(conn: psycopg.Connection, directory: Path = SQL_DIR, *, lock_timeout_seconds: float = 1.0,
+                     attempts: int = 10, max_pause_seconds: float = 10.0) -> list[int]:
     """Apply every migration not yet recorded; returns the versions applied now (empty when up to date).
 
     ``conn`` must not be inside a transaction; it is left in its original
     autocommit mode. Raises :class:`ConfigurationError` when an applied
-    migration's file changed, and lets ``psycopg.Error`` through when a
-    migration fails (that migration is rolled back, earlier ones stay).
+    migration's file changed, :class:`TransientError` naming the migration when
+    it could not take its locks within ``lock_timeout_seconds`` in ``attempts``
+    tries (paused 0.5 s, 1 s, 2 s... up to ``max_pause_seconds`` in between), and
+    lets ``psycopg.Error`` through when a migration fails otherwise (that
+    migration is rolled back, earlier ones stay).
     """
     migrations = discover(directory)
     previous_autocommit = conn.autocommit
@@ -70,14 +84,19 @@ def apply_migrations(conn: psycopg.Connection, directory: Path = SQL_DIR) -> lis
     try:
         conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
         try:
-            return _apply(conn, migrations)
+            retrying = Retrying(stop=stop_after_attempt(attempts),
+                                wait=wait_exponential(multiplier=0.5, max=max_pause_seconds),
+                                retry=retry_if_exception_type(psycopg.errors.LockNotAvailable),
+                                before_sleep=_log_lock_wait, reraise=True)
+            return _apply(conn, migrations, retrying, int(lock_timeout_seconds * 1000))
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
     finally:
         conn.autocommit = previous_autocommit
 
 
-def _apply(conn: psycopg.Connection, migrations: list[SqlMigration]) -> list[int]:
+def _apply(conn: psycopg.Connection, migrations: list[SqlMigration], retrying: Retrying,
+           lock_timeout_ms: int) -> list[int]:
     conn.execute(
         """CREATE TABLE IF NOT EXISTS schema_migrations (
             version integer PRIMARY KEY,
@@ -97,12 +116,33 @@ def _apply(conn: psycopg.Connection, migrations: list[SqlMigration]) -> list[int
                     "add a new migration instead of editing an applied one"
                 )
             continue
-        with conn.transaction():
-            conn.execute(migration.sql.encode(), prepare=False)  # no parameters, unprepared: every statement runs
-            conn.execute(
-                "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
-                (migration.version, migration.name, migration.checksum),
-            )
+        try:
+            retrying(_apply_one, conn, migration, lock_timeout_ms)
+        except psycopg.errors.LockNotAvailable as exc:
+            raise TransientError(
+                f"PostgreSQL migration {migration.version:03d}_{migration.name}.sql could not take its locks "
+                f"(waited {lock_timeout_ms} ms, {retrying.statistics['attempt_number']} times): "
+                f"a long transaction holds its tables; run migrate again later ({exc})".strip()
+            ) from exc
         logger.info("applied PostgreSQL migration %03d_%s", migration.version, migration.name)
         applied.append(migration.version)
     return applied
+
+
+def _apply_one(conn: psycopg.Connection, migration: SqlMigration, lock_timeout_ms: int) -> None:
+    """One migration and its ``schema_migrations`` row in one transaction, waiting at most ``lock_timeout_ms`` for
+    each lock: a DDL statement waiting for its lock queues every later reader of the table behind it."""
+    with conn.transaction():
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (str(lock_timeout_ms),))
+        conn.execute(migration.sql.encode(), prepare=False)  # no parameters, unprepared: every statement runs
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+            (migration.version, migration.name, migration.checksum),
+        )
+
+
+def _log_lock_wait(state: RetryCallState) -> None:
+    migration: SqlMigration = state.args[1]
+    logger.warning("PostgreSQL migration %03d_%s.sql gave up waiting for a lock (attempt %d); trying again in %.1f s",
+                   migration.version, migration.name, state.attempt_number,
+                   state.next_action.sleep if state.next_action else 0.0)
