@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(60)
 
 def test_migrations_apply_once_and_refuse_an_edited_file(pg_dsn: str, tmp_path: Path) -> None:
     with psycopg.connect(pg_dsn, autocommit=True, prepare_threshold=0) as conn:  # even preparing everything
-        assert apply_migrations(conn) == [1, 2, 3, 4, 5, 6]
+        assert apply_migrations(conn) == [1, 2, 3, 4, 5, 6, 7]
         assert apply_migrations(conn) == []
         assert conn.autocommit
         copy = tmp_path / "sql"
@@ -180,6 +180,22 @@ def test_a_site_no_longer_listed_keeps_the_name_and_region_it_last_had_on_every_
         daily = conn.execute("SELECT local_day::text, site_name, region, event_count FROM report_site_daily "
                              "WHERE site_id = 'gone' ORDER BY 1").fetchall()
     assert daily == [("2026-11-19", "Alpha works", "eu-north", 1), ("2026-11-20", "Alpha works", "eu-north", 3)]
+
+
+def test_a_listed_site_shows_its_current_region_even_when_it_is_none(pg_dsn: str) -> None:
+    """The fallback to the latest enriched window is for a site no longer listed; ``coalesce`` also took it for a
+    listed site whose current reference data gives no region (``sites.region`` is optional), so the view kept
+    showing a region the reference data no longer has, on every day, while the name followed the current data."""
+    day = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn)
+        conn.execute("INSERT INTO sites (site_id, name, region, timezone) VALUES ('a', 'Alpha plant', NULL, "
+                     "'Europe/Paris')")  # its region withdrawn since its windows were enriched
+        conn.execute("INSERT INTO site_window_stats (window_start, site_id, window_end, site_name, region, "
+                     "device_count, event_count, critical_count, measurements) VALUES (%s, 'a', %s, 'Alpha', "
+                     "'eu-west', 1, 1, 0, '{}')", (day, day + timedelta(minutes=5)))
+        daily = conn.execute("SELECT site_name, region FROM report_site_daily WHERE site_id = 'a'").fetchall()
+    assert daily == [("Alpha plant", None)]
 
 
 def test_the_daily_mean_holds_days_whose_windows_sum_past_the_largest_float(pg_dsn: str) -> None:
