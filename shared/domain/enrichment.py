@@ -289,6 +289,7 @@ class SiteWindowStats:
     site_id: str
     site_name: str | None
     region: str | None
+    site_timezone: str | None
     device_count: int
     event_count: int
     critical_count: int
@@ -513,7 +514,8 @@ class WindowEnrichment:
             members, (event_count, critical_count), merged = per_site[site_id]
             site = self._reference.sites.get(site_id)
             site_stats.append(SiteWindowStats(site_id, site.name if site else None, site.region if site else None,
-                                              len(members), event_count, critical_count, _as_json(merged)))
+                                              site.timezone if site else None, len(members), event_count,
+                                              critical_count, _as_json(merged)))
         return (EnrichedWindow(self.window, sum(s.event_count for s in device_stats), contexts, device_stats,
                                site_stats, len(held), len(lost)), replacements)
 

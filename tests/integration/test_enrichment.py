@@ -30,8 +30,16 @@ from shared.adapters.postgres.enrichment_store import PostgresEnrichmentStore
 from shared.adapters.postgres.migrations import apply_migrations as apply_postgres
 from shared.adapters.postgres.pool import make_pool
 from shared.adapters.postgres.reports import enrichment_status
-from shared.adapters.reference import PostgresReferenceSource, upsert_reference
-from shared.domain.enrichment import DeviceRef, SiteRef, Window
+from shared.adapters.reference import (
+    DEVICE_SCHEMA,
+    SITE_SCHEMA,
+    PostgresReferenceSource,
+    read_devices,
+    read_sites,
+    to_parquet,
+    upsert_reference,
+)
+from shared.domain.enrichment import DeviceRef, ReferenceData, SiteRef, Window
 from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.domain.rules import MeasurementRule
 from shared.domain.stored import StoredEvent
@@ -1115,3 +1123,25 @@ def test_a_window_read_as_empty_keeps_its_ledger_counts_with_its_figures(pg: PgS
         (3, 1, 2, "backfill")]
     with psycopg.connect(pg.dsn) as conn:
         assert enrichment_status(conn)["events"] == 3
+
+
+def test_report_site_daily_cuts_local_days_with_the_parquet_reference_source(pg: PgStack) -> None:
+    """With ``SLUICE_ENRICH_REFERENCE_SOURCE=parquet`` the enrichment knows every site's time zone, but the views
+    took it only from the ``sites`` table, which that mode never fills: every site's days were cut in UTC, so a New
+    York site's evening events were reported on the next day. A site ``sites`` does not list has its days cut in
+    the zone its windows were enriched with (``site_window_stats.site_timezone``)."""
+    with psycopg.connect(pg.dsn) as conn:  # parquet mode: the reference data lives in the blobs only
+        conn.execute("DELETE FROM devices")
+        conn.execute("DELETE FROM sites")
+    reference = ReferenceData.of(read_devices(to_parquet(DEVICES, DEVICE_SCHEMA)),
+                                 read_sites(to_parquet(SITES, SITE_SCHEMA)))
+    start = T0.replace(hour=3)  # 2026-11-20 03:00 UTC = 22:00 on the 19th in New York
+    window = Window(start, start + W)
+    pg.reader.events.append(stored("dev-3", start + timedelta(seconds=10), t=1.0))  # dev-3 is at site-b (New York)
+    pg.store.write_window(WindowInput(window, lambda: pg.reader.read_each(window.start, window.end), reference),
+                          "backfill", advance_watermark=False)
+    assert pg.query("SELECT site_timezone FROM enriched_events") == [("America/New_York",)]
+    assert pg.query("SELECT timezone, local_day::text FROM report_site_daily WHERE site_id = 'site-b'") == [
+        ("America/New_York", "2026-11-19")]
+    assert pg.query("SELECT local_day::text FROM report_site_measurement_daily WHERE site_id = 'site-b'") == [
+        ("2026-11-19",)]

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(60)
 
 def test_migrations_apply_once_and_refuse_an_edited_file(pg_dsn: str, tmp_path: Path) -> None:
     with psycopg.connect(pg_dsn, autocommit=True, prepare_threshold=0) as conn:  # even preparing everything
-        assert apply_migrations(conn) == [1, 2, 3, 4, 5, 6, 7]
+        assert apply_migrations(conn) == [1, 2, 3, 4, 5, 6, 7, 8]
         assert apply_migrations(conn) == []
         assert conn.autocommit
         copy = tmp_path / "sql"
@@ -196,6 +196,27 @@ def test_a_listed_site_shows_its_current_region_even_when_it_is_none(pg_dsn: str
                      "'eu-west', 1, 1, 0, '{}')", (day, day + timedelta(minutes=5)))
         daily = conn.execute("SELECT site_name, region FROM report_site_daily WHERE site_id = 'a'").fetchall()
     assert daily == [("Alpha plant", None)]
+
+
+def test_a_site_not_listed_has_its_days_cut_in_the_zone_its_windows_were_enriched_with(pg_dsn: str) -> None:
+    """With the reference data in Parquet blobs only, ``sites`` stays empty; the days of a site it does not list are
+    cut in the zone each window was enriched with, while a listed site keeps its current zone (UTC when it has
+    none), as its name and region follow the current data."""
+    start = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)  # 22:00 the day before in New York
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn)
+        conn.execute("INSERT INTO sites (site_id, name) VALUES ('listed', 'Listed, no zone')")
+        for site in ("unlisted", "listed", "old"):
+            conn.execute("INSERT INTO site_window_stats (window_start, site_id, window_end, site_name, site_timezone, "
+                         "device_count, event_count, critical_count, measurements) VALUES (%s, %s, %s, 'n', %s, 1, 1, "
+                         "0, '{\"t\": {\"count\": 1, \"min\": 1, \"max\": 1, \"avg\": 1, \"last\": 1}}')",
+                         (start, site, start + timedelta(minutes=5), None if site == "old" else "America/New_York"))
+        daily = conn.execute("SELECT site_id, timezone, local_day::text FROM report_site_daily ORDER BY 1").fetchall()
+        measurement = conn.execute("SELECT site_id, local_day::text FROM report_site_measurement_daily "
+                                   "ORDER BY 1").fetchall()
+    assert daily == [("listed", "UTC", "2026-11-20"), ("old", "UTC", "2026-11-20"),  # old: enriched before 008
+                     ("unlisted", "America/New_York", "2026-11-19")]
+    assert measurement == [(site, day) for site, _, day in daily]
 
 
 def test_the_daily_mean_holds_days_whose_windows_sum_past_the_largest_float(pg_dsn: str) -> None:

@@ -83,14 +83,14 @@ CREATE TEMP TABLE stage_device_stats (
     first_event_time timestamptz, last_event_time timestamptz, measurements text
 ) ON COMMIT DROP;
 CREATE TEMP TABLE stage_site_stats (
-    site_id text, site_name text, region text, device_count integer, event_count integer,
+    site_id text, site_name text, region text, site_timezone text, device_count integer, event_count integer,
     critical_count integer, measurements text
 ) ON COMMIT DROP
 """
 _EVENT_TYPES = ["uuid", "text", "timestamptz", "timestamptz", "text", "text", "bool", "jsonb"]
 _DEVICE_TYPES = ["text", "bool", "text", "text", "text", "text", "text", "text", "text"]
 _DEVICE_STATS_TYPES = ["text", "bool", "text", "int4", "int4", "timestamptz", "timestamptz", "text"]
-_SITE_STATS_TYPES = ["text", "text", "text", "int4", "int4", "int4", "text"]
+_SITE_STATS_TYPES = ["text", "text", "text", "text", "int4", "int4", "int4", "text"]
 
 _NEW_EVENT_TYPES = [
     "uuid",
@@ -139,11 +139,12 @@ WHERE ({", ".join(f"device_window_stats.{c}" for c in _DEVICE_COLUMNS)})
       IS DISTINCT FROM ({", ".join(f"EXCLUDED.{c}" for c in _DEVICE_COLUMNS)})
 """
 
-_SITE_COLUMNS = ("window_end", "site_name", "region", "device_count", "event_count", "critical_count", "measurements")
+_SITE_COLUMNS = ("window_end", "site_name", "region", "site_timezone", "device_count", "event_count", "critical_count",
+                 "measurements")
 _UPSERT_SITE_STATS = f"""
 INSERT INTO site_window_stats (window_start, site_id, {", ".join(_SITE_COLUMNS)})
-SELECT %(start)s, s.site_id, %(end)s, s.site_name, s.region, s.device_count, s.event_count, s.critical_count,
-       s.measurements::jsonb
+SELECT %(start)s, s.site_id, %(end)s, s.site_name, s.region, s.site_timezone, s.device_count, s.event_count,
+       s.critical_count, s.measurements::jsonb
 FROM stage_site_stats s
 ON CONFLICT (window_start, site_id) DO UPDATE SET
     {", ".join(f"{c} = EXCLUDED.{c}" for c in _SITE_COLUMNS)}, enriched_at = now()
@@ -391,8 +392,8 @@ class PostgresEnrichmentStore:
             with cur.copy("COPY stage_site_stats FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(_SITE_STATS_TYPES)
                 for site in enriched.site_stats:
-                    copy.write_row((site.site_id, site.site_name, site.region, site.device_count, site.event_count,
-                                    site.critical_count, site.measurements_json))
+                    copy.write_row((site.site_id, site.site_name, site.region, site.site_timezone, site.device_count,
+                                    site.event_count, site.critical_count, site.measurements_json))
 
 
 def _stream_window(conn: psycopg.Connection, cur: psycopg.Cursor,
