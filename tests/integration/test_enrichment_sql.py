@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,7 +20,8 @@ pytestmark = pytest.mark.timeout(60)
 
 def test_migrations_apply_once_and_refuse_an_edited_file(pg_dsn: str, tmp_path: Path) -> None:
     with psycopg.connect(pg_dsn, autocommit=True, prepare_threshold=0) as conn:  # even preparing everything
-        assert apply_migrations(conn) == [1, 2, 3, 4, 5, 6, 7, 8]
+        assert apply_migrations(conn) == [m.version for m in discover()]
+        assert [m.version for m in discover()] == list(range(1, len(discover()) + 1))  # numbered without gaps
         assert apply_migrations(conn) == []
         assert conn.autocommit
         copy = tmp_path / "sql"
@@ -234,3 +235,80 @@ def test_the_daily_mean_holds_days_whose_windows_sum_past_the_largest_float(pg_d
         rows = conn.execute("SELECT sample_count, min_value, max_value, avg_value "
                             "FROM report_site_measurement_daily").fetchall()
     assert rows == [(Decimal(8), -1e308, 1e308, pytest.approx(2.5e307))]  # (1 + 2 - 1) x 1e308 + 4 x 0.5, over 8
+
+
+# Zones at both ends of the offsets (+14:00 and -12:00), one with daylight saving, and UTC.
+_ZONES = {"kiritimati": "Pacific/Kiritimati", "baker": "Etc/GMT+12", "new-york": "America/New_York", "utc": None}
+
+
+def _site_windows(conn: psycopg.Connection, start: datetime, hours: int, *, step: int = 1) -> None:
+    """A window every ``step`` hours from ``start`` for each site of ``_ZONES``, listed with its zone (utc: not listed,
+    no zone)."""
+    for site, zone in _ZONES.items():
+        if zone is not None:
+            conn.execute("INSERT INTO sites (site_id, name, timezone) VALUES (%s, %s, %s)", (site, site, zone))
+    conn.execute(
+        "INSERT INTO site_window_stats (window_start, site_id, window_end, site_name, device_count, event_count, "
+        "critical_count, measurements) SELECT ts, s, ts + interval '5 minutes', s, 1, 1 + extract(hour FROM ts)::int, "
+        "0, '{}' FROM generate_series(%s::timestamptz, %s::timestamptz, %s * interval '1 hour') ts, "
+        "unnest(%s::text[]) s", (start, start + timedelta(hours=hours), step, list(_ZONES)))
+
+
+def test_the_site_report_between_two_days_is_the_view_on_those_days_in_every_zone(pg_dsn: str) -> None:
+    """``report_site_daily_between`` reads only the windows that can fall on the days asked for (a bound on
+    ``window_start``, for the primary key); a bound a few hours too tight would lose the first or last hours of a
+    day in zones far from UTC. Every range gives exactly the view's rows of its days, and the view is unchanged."""
+    start = datetime(2026, 3, 5, 0, 0, tzinfo=UTC)  # New York moves to daylight saving time on 8 March
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn)
+        _site_windows(conn, start, 24 * 8)
+        view = conn.execute("SELECT * FROM report_site_daily ORDER BY site_id, local_day").fetchall()
+        assert {row[4] for row in view} == {start.date() + timedelta(days=n) for n in range(-1, 9)}
+        first, last = start.date(), start.date() + timedelta(days=8)
+        for low in (None, first - timedelta(days=1), first, first + timedelta(days=3), last):
+            for high in (None, first, first + timedelta(days=3), last, last + timedelta(days=1)):
+                between = conn.execute("SELECT * FROM report_site_daily_between(%s, %s) ORDER BY site_id, local_day",
+                                       (low, high)).fetchall()
+                assert between == [row for row in view if (low is None or row[4] >= low)
+                                   and (high is None or row[4] <= high)], (low, high)
+
+
+def test_the_site_report_between_two_days_reads_by_the_primary_key(pg_dsn: str) -> None:
+    """The bounded report reads ``site_window_stats`` through its primary key (``window_start`` first), where the
+    view's days, cut in each site's zone, can only be found by reading every window."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn)
+        _site_windows(conn, datetime(2026, 3, 5, tzinfo=UTC), 24 * 8)
+        conn.execute("SET enable_seqscan = off")  # on a table this small the planner would read it whole anyway
+        plan = "\n".join(row[0] for row in conn.execute(
+            "EXPLAIN SELECT * FROM report_site_daily_between('2026-03-10', NULL)").fetchall())
+    assert "Index Cond: ((window_start >=" in plan or "Recheck Cond: ((window_start >=" in plan, plan
+
+
+def test_the_newest_site_rows_are_the_views_newest_however_far_back_they_are(pg_dsn: str) -> None:
+    """``PostgresReports.site_daily`` without ``from`` (the page's read) reads the last days first and reaches
+    further back until it holds ``limit`` rows: the answer is the view's newest rows, whether they are all recent,
+    a few recent ones and the rest a year old, or only old ones."""
+    from psycopg_pool import ConnectionPool
+
+    from shared.adapters.postgres.reports import PostgresReports
+
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn, ConnectionPool(pg_dsn, min_size=1, open=True) as pool:
+        apply_migrations(conn)
+        reports = PostgresReports(pool, timeout=5)
+        _site_windows(conn, today - timedelta(days=400), 24 * 20, step=6)  # only old rows
+        for limit in (1, 7, 31, 200):
+            newest = conn.execute("SELECT site_id, local_day FROM report_site_daily ORDER BY local_day DESC, site_id "
+                                  "LIMIT %s", (limit,)).fetchall()
+            answered = reports.site_daily(site_id=None, day_from=None, day_to=None, limit=limit)
+            assert [(row["site_id"], date.fromisoformat(row["local_day"])) for row in answered] == newest, limit
+        conn.execute("INSERT INTO site_window_stats (window_start, site_id, window_end, device_count, event_count, "
+                     "critical_count, measurements) VALUES (%s, 'utc', %s, 1, 1, 0, '{}')",
+                     (today, today + timedelta(minutes=5)))  # and one recent row
+        for limit, site in ((1, None), (31, None), (31, "baker")):
+            newest = conn.execute("SELECT site_id, local_day FROM report_site_daily WHERE %(site)s::text IS NULL "
+                                  "OR site_id = %(site)s ORDER BY local_day DESC, site_id LIMIT %(limit)s",
+                                  {"site": site, "limit": limit}).fetchall()
+            answered = reports.site_daily(site_id=site, day_from=None, day_to=None, limit=limit)
+            assert [(row["site_id"], date.fromisoformat(row["local_day"])) for row in answered] == newest, limit

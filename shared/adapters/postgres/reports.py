@@ -6,7 +6,7 @@ BI tools query the views directly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -53,6 +53,8 @@ def enrichment_status(conn: psycopg.Connection) -> dict[str, object]:
 
 _SITE_COLUMNS = ("site_id", "site_name", "region", "timezone", "local_day", "event_count", "critical_count",
                  "critical_ratio", "peak_active_devices", "active_windows", "first_window_start", "last_window_end")
+# How far before the newest day the page's reads of the newest site rows reach, in turn (then without a bound).
+_SITE_SPANS = (3, 15, 63, 255, 1023)
 _DEVICE_COLUMNS = ("device_id", "known_device", "site_id", "model", "firmware", "last_seen", "events_24h",
                    "critical_24h", "active_windows_24h", "events_total", "critical_total", "health")
 
@@ -95,14 +97,30 @@ class PostgresReports:
 
     def site_daily(self, *, site_id: str | None, day_from: date | None, day_to: date | None,
                    limit: int) -> list[dict[str, Any]]:
+        """``report_site_daily``'s newest ``limit`` rows from ``day_from`` to ``day_to`` (each optional).
+
+        Read through ``report_site_daily_between``, which reads only the windows that can fall on the days asked
+        for. Without ``day_from`` (the page asks for the newest rows) the days asked for start a few days before
+        the newest and reach further back, four times as far each time, until they hold ``limit`` rows; the
+        last read has no bound. Rows of a later day come first, so the newest ``limit`` of a read that holds
+        that many are the newest of all.
+        """
         sql = (
-            f"SELECT {', '.join(_SITE_COLUMNS)} FROM report_site_daily "
-            "WHERE (%(site)s::text IS NULL OR site_id = %(site)s) "
-            "AND (%(from)s::date IS NULL OR local_day >= %(from)s) AND (%(to)s::date IS NULL OR local_day <= %(to)s) "
-            "ORDER BY local_day DESC, site_id LIMIT %(limit)s"
+            f"SELECT {', '.join(_SITE_COLUMNS)} FROM report_site_daily_between(%(from)s, %(to)s) "
+            "WHERE (%(site)s::text IS NULL OR site_id = %(site)s) ORDER BY local_day DESC, site_id LIMIT %(limit)s"
         )
-        return self._rows(sql, {"site": site_id, "from": day_from, "to": day_to, "limit": limit},
-                          _SITE_COLUMNS, "report_site_daily")
+        params: dict[str, Any] = {"site": site_id, "from": day_from, "to": day_to, "limit": limit}
+        if day_from is None:
+            # a site's local day runs up to 14 hours ahead of UTC: its newest day may be tomorrow's UTC date
+            newest = day_to or datetime.now(UTC).date() + timedelta(days=1)
+            for days in _SITE_SPANS:
+                if newest.toordinal() - days < date.min.toordinal():
+                    break
+                rows = self._rows(sql, {**params, "from": newest - timedelta(days=days)}, _SITE_COLUMNS,
+                                  "report_site_daily")
+                if len(rows) >= limit:
+                    return rows
+        return self._rows(sql, params, _SITE_COLUMNS, "report_site_daily")
 
     def device_health(self, *, site_id: str | None, health: str | None, limit: int) -> list[dict[str, Any]]:
         sql = (
