@@ -20,7 +20,8 @@ DATE = cqltypes.SimpleDateType
 TEXT_DOUBLE = cqltypes.lookup_casstype("MapType(UTF8Type, DoubleType)")
 TEXT_TEXT = cqltypes.lookup_casstype("MapType(UTF8Type, UTF8Type)")
 
-zones = st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8)), None])
+zones = st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8)), None,
+                         timezone(timedelta(seconds=-1, microseconds=500))])
 moments = st.builds(
     lambda moment, zone: moment.replace(tzinfo=zone),
     # hypothesis takes naive bounds and adds the zone itself; here the zone is added by hand.
@@ -40,6 +41,15 @@ def both(cql_type: type, value: object) -> tuple[bytes, bytes]:
 def test_timestamps_match_the_driver(moment: datetime | int) -> None:
     ours, drivers = both(TIMESTAMP, moment)
     assert ours == drivers
+
+
+def test_a_timestamp_with_a_utc_offset_of_a_fraction_of_a_second_is_the_drivers() -> None:
+    """The driver drops the sub-second part of the UTC time and adds the local microsecond back: with an offset that
+    has a fraction of a second (legal in Python) that is up to a second away from the exact milliseconds."""
+    serialize = serializer(TIMESTAMP, PROTOCOL)
+    for moment in (datetime(2020, 1, 1, tzinfo=timezone(timedelta(microseconds=500))),
+                   datetime(2020, 1, 1, 0, 0, 0, 1000, tzinfo=timezone(timedelta(seconds=1, microseconds=999000)))):
+        assert serialize(moment) == TIMESTAMP.serialize(moment, PROTOCOL), moment
 
 
 @given(st.dates(min_value=date(1, 1, 1)))

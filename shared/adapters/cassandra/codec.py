@@ -80,10 +80,14 @@ def _timestamp(driver: Serializer) -> Serializer:
     def serialize(value: object) -> bytes:
         if type(value) is int:  # milliseconds, as the event store binds them: the driver packs the int as it is
             return _INT64(value)
-        # The driver computes seconds * 1e3 + microseconds / 1e3 in floating point and truncates: for a
-        # whole number of milliseconds (all Sluice binds) that is exactly the floor division below.
+        # The driver computes timegm(utctimetuple()) * 1e3 + microsecond / 1e3 in floating point and truncates: for
+        # a whole number of milliseconds (all Sluice binds) that is exactly the floor division below, unless the UTC
+        # offset has a fraction of a second (legal in Python): utctimetuple drops the fraction the offset moved
+        # into the UTC time, and the local microsecond is added back. Those go to the driver.
         if type(value) is datetime and not value.microsecond % 1000:
-            return _INT64(to_ms(value))
+            offset = value.utcoffset()
+            if offset is None or not offset.microseconds:
+                return _INT64(to_ms(value))
         return driver(value)
 
     return serialize
