@@ -1,4 +1,5 @@
-"""Cosmos DB's ``RetryAfterMs`` is waited out on a driver timer, through the real cassandra-driver.
+"""Cosmos DB's ``RetryAfterMs`` is waited out on a driver timer, and what the retry policy retries, through the real
+cassandra-driver.
 
 The driver asks the retry policy on its one I/O thread, which serves every
 connection of the cluster. A policy that slept there held back every other
@@ -14,8 +15,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from cassandra import OperationTimedOut
+from cassandra import OperationTimedOut, WriteTimeout
 from cassandra.cluster import Session
+from cassandra.query import SimpleStatement
 
 from emulators.cassandra.faults import clear_faults, inject_faults
 from shared.adapters.cassandra.session import build_cluster
@@ -95,3 +97,15 @@ def test_the_waits_of_many_throttled_requests_overlap(private_cassandra: Running
         future.result()
     took = time.monotonic() - started
     assert 0.75 <= took < 2.4, f"four throttled requests took {took:.2f}s (one wait: 0.8s; four in turn: 3.2s)"
+
+
+def test_a_write_timeout_of_a_write_not_marked_idempotent_reaches_the_caller(private_cassandra: Running,
+                                                                               session: Session) -> None:
+    """A list append answered with a write timeout is not sent again by the session's policy: it may have been
+    applied, and only the caller can tell whether doing it twice is safe."""
+    session.execute(f"CREATE TABLE IF NOT EXISTS {KEYSPACE}.appends (k text PRIMARY KEY, l list<int>)")
+    append = SimpleStatement(f"UPDATE {KEYSPACE}.appends SET l = l + [1] WHERE k = 'a'", is_idempotent=False)
+    inject_faults(private_cassandra.host, private_cassandra.port, error="write_timeout", count=1,
+                  applies_to="writes")
+    with pytest.raises(WriteTimeout):
+        session.execute(append)

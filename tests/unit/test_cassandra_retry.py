@@ -74,6 +74,15 @@ def test_write_timeouts_are_retried_once_for_idempotent_writes_only() -> None:
     assert policy.on_write_timeout(counter, 6, WriteType.COUNTER, 1, 0, 0) == (RetryPolicy.RETHROW, None)
 
 
+@pytest.mark.parametrize("write_type", [WriteType.SIMPLE, WriteType.BATCH, WriteType.BATCH_LOG],
+                         ids=["SIMPLE", "BATCH", "BATCH_LOG"])
+def test_a_write_timeout_of_a_statement_not_marked_idempotent_reaches_the_caller(write_type: int) -> None:
+    """A timed-out write may have been applied on some replicas (a logged batch's may be replayed from the batch
+    log): sent again, a list append or a counter update could apply twice. Only its author can tell."""
+    append = SimpleStatement("UPDATE ks.t SET l = l + [1] WHERE k = 'a'", is_idempotent=False)
+    assert CosmosRetryPolicy().on_write_timeout(append, 6, write_type, 2, 1, 0) == (RetryPolicy.RETHROW, None)
+
+
 def test_retry_after_is_read_from_the_message() -> None:
     assert retry_after_seconds(COSMOS_429) == 0.25
     assert retry_after_seconds("no hint") is None

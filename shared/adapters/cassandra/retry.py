@@ -8,8 +8,13 @@ Cosmos account a 429 surfaces as ``NoHostAvailable`` at once. This policy:
 * on Overloaded: waits what the server asked (``RetryAfterMs``, else an exponential
   backoff), capped at ``max_wait`` seconds, and retries on the same host, at most
   ``max_retries`` times; then rethrows, so the caller sees the Overloaded error;
-* on read/write timeouts and Unavailable: retries once on the same host (Sluice's
-  statements are idempotent upserts, marked ``is_idempotent=True``);
+* on read timeouts and Unavailable (nothing was written): retries once;
+* on write timeouts: retries once on the same host a statement marked
+  ``is_idempotent=True`` (Sluice's writes are idempotent upserts, marked so); any
+  other write may have been applied on some replicas, so its timeout reaches the
+  caller, who alone can tell whether doing it twice is safe. A logged batch's
+  ``BATCH_LOG`` timeout is no exception: the batch log may be on a replica that
+  replays it, so a retry could apply it twice;
 * on anything else: rethrows.
 
 The policy is asked on the driver's I/O thread, which serves every connection of
@@ -35,7 +40,7 @@ from typing import Any
 
 from cassandra import OperationTimedOut
 from cassandra.cluster import ResponseFuture, Session
-from cassandra.policies import RetryPolicy, WriteType
+from cassandra.policies import RetryPolicy
 from cassandra.protocol import OverloadedErrorMessage
 
 from shared import telemetry
@@ -101,7 +106,7 @@ class CosmosRetryPolicy(RetryPolicy):  # type: ignore[misc]  # RetryPolicy is un
 
     def on_write_timeout(self, query: Any, consistency: int, write_type: str, required_responses: int,
                          received_responses: int, retry_num: int) -> Decision:
-        idempotent = getattr(query, "is_idempotent", False) or write_type in (WriteType.SIMPLE, WriteType.BATCH_LOG)
+        idempotent = getattr(query, "is_idempotent", False)
         return (self.RETRY, consistency) if retry_num == 0 and idempotent else (self.RETHROW, None)
 
     def on_unavailable(self, query: Any, consistency: int, required_replicas: int, alive_replicas: int,
