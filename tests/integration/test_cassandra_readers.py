@@ -6,6 +6,7 @@ Faults are server-wide, so these tests arm them on an emulator of their own
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -92,6 +93,32 @@ def test_throttling_beyond_the_retries_is_dependency_unavailable_in_every_reader
         READS[read](session, cfg, now)
     assert raised.value.dependency == "cassandra"
     assert "Overloaded" in str(raised.value)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_fan_out_read_that_finds_cassandra_down_is_dependency_unavailable() -> None:
+    """A reader built on a session factory connects and prepares on its first read: with Cassandra down then, a
+    fan-out read (window, portable feed, delay notes, the operations page's ``delayed_since``) raises
+    ``DependencyUnavailable`` as every other read does, not the driver's ``NoHostAvailable``."""
+    from shared.adapters.cassandra.dashboard import CassandraArrivalStats
+    from shared.adapters.cassandra.session import connect
+    from shared.ports.dashboard import BucketRead
+
+    cfg = CassandraSettings(hosts=["127.0.0.1"], port=_closed_port(), keyspace="ks_down", connect_timeout_seconds=1)
+    stats = CassandraArrivalStats(lambda: connect(cfg), cfg.keyspace, bucket_seconds=60, shards=2)
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    with pytest.raises(DependencyUnavailable) as raised:  # a plain read
+        stats.buckets([BucketRead(now.replace(second=0))])
+    assert raised.value.dependency == "cassandra"
+    with pytest.raises(DependencyUnavailable) as raised:  # a fan-out
+        stats.delayed_since(now - timedelta(minutes=5), now)
+    assert raised.value.dependency == "cassandra"
 
 
 def test_a_window_read_never_holds_every_row_beside_its_events(private_cassandra) -> None:

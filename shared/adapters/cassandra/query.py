@@ -218,8 +218,6 @@ class Queries:
         if not params:
             return
         deadline = None if budget is None else time.monotonic() + budget
-        statement = self.statement(name)
-        session = self._connect()
 
         def timeout() -> float:
             if deadline is None:
@@ -248,6 +246,7 @@ class Queries:
         # partition), taken in order; when a partition's turn comes its further pages are read one ahead of the
         # caller, while the next partitions' first pages are in flight.
         with translated("reading " + what):
+            statement, session = self.statement(name), self._connect()  # Cassandra down: DependencyUnavailable too
             width = max(1, concurrency)
             in_flight = deque(start(values) for values in params[:width])
             waiting = iter(params[width:])
