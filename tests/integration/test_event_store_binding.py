@@ -27,8 +27,10 @@ from shared.adapters.cassandra.layout import bucket_start, shard_of
 from shared.adapters.cassandra.migrations import apply_migrations
 from shared.adapters.cassandra.reader import CassandraEventReader
 from shared.adapters.cassandra.session import connect
+from shared.adapters.cassandra.window_reader import CassandraWindowReader
 from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.domain.rules import MeasurementRule
+from shared.domain.times import rfc3339
 from shared.exceptions import TransientError
 from shared.settings import CassandraSettings
 from sluice.launcher import Running
@@ -398,3 +400,50 @@ def test_a_statements_custom_payload_reaches_its_batches(store) -> None:
                and any(query_id == by_device for _, query_id, _ in s._statements_and_parameters)]
     assert batches and all(batch.custom_payload == payload for batch in batches)
     assert flatten(work) == driver_bound(driver_store(tagged).plan(same_day)[0])
+
+
+def old_event(timestamp: str, device: str) -> Event:
+    body = DeviceEvent.model_validate({
+        "event_id": str(uuid.uuid4()), "device_id": device, "event_type": "reading", "timestamp": timestamp,
+        "measurements": {"t": 1.5}, "attributes": {"site": "north"}})
+    return Event(body, EventMetadata(partition_id="0", offset="1", sequence_number=1,
+                                     enqueued_time=datetime(2026, 11, 23, 12, tzinfo=UTC)))
+
+
+@pytest.mark.parametrize("timestamp", ["1500-06-01T12:00:00.123Z", "0800-01-01T00:00:00.001Z"])
+def test_an_event_of_any_age_reads_back_at_the_millisecond_it_was_stored_with(mixed_store, timestamp: str) -> None:
+    """Any age in the past is accepted and stored to the millisecond (docs/events.md); the driver decodes a
+    timestamp through a float of seconds, which before about 1700 is a few microseconds off (12:00:00.122999)."""
+    session, event_store = mixed_store
+    event = old_event(timestamp, "dev-old")
+    event_store.write([event])
+
+    stored = CassandraEventReader(session, event_store._settings.keyspace).event(event.event_id)
+
+    assert stored is not None
+    assert stored.event_time == event.body.timestamp
+    assert rfc3339(stored.event_time) == rfc3339(event.body.timestamp)
+
+
+def test_the_window_reader_and_the_late_scan_take_an_old_event_at_its_stored_millisecond(mixed_store) -> None:
+    """The enrichment's reads: an event of 1500 is in its window at the millisecond its device sent, and the late
+    scan's ``event_time_before`` bound compares with that millisecond."""
+    session, event_store = mixed_store
+    event = old_event("1500-06-01T12:00:30.123Z", "dev-window")
+    event_store.write([event])
+    reader = CassandraWindowReader(session, event_store._settings)
+    start, sent = datetime(1500, 6, 1, 12, tzinfo=UTC), event.body.timestamp
+
+    found = [e for e in reader.read(start, start + timedelta(minutes=1)) if e.event_id == event.event_id]
+    assert len(found) == 1
+    assert found[0].event_time == sent
+
+    enqueued = event.metadata.enqueued_time
+    assert enqueued is not None
+
+    def arrived(before: datetime) -> list[datetime]:
+        return [a.event_time for a in reader.arrivals(enqueued - timedelta(minutes=1), enqueued + timedelta(minutes=1),
+                                                      event_time_before=before) if a.event_id == event.event_id]
+    assert arrived(sent + timedelta(milliseconds=1)) == [sent]
+    assert arrived(sent + timedelta(microseconds=1)) == [sent]
+    assert arrived(sent) == []

@@ -1,11 +1,18 @@
-"""Result rows: the driver's ``named_tuple_factory`` rows, from one class per column list."""
+"""Result rows: the driver's ``named_tuple_factory`` rows, from one class per column list, and their values."""
 
 from __future__ import annotations
 
-import pytest
-from cassandra.query import named_tuple_factory
+from datetime import UTC, datetime
 
-from shared.adapters.cassandra.rows import named_rows, row_type
+import pytest
+from cassandra.cqltypes import DateType
+from cassandra.marshal import int64_pack
+from cassandra.query import named_tuple_factory
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shared.adapters.cassandra.rows import named_rows, row_type, stored_time
+from shared.domain.times import from_ms, to_ms
 
 COLUMN_LISTS = [
     ["event_id", "device_id", "measurements"],
@@ -67,3 +74,20 @@ def test_map_keys_are_shared_between_rows() -> None:
     assert ours[0] == ours[1] == {"temperature": 21.5, "humidity": 40.0}
     assert all(a is b for a, b in zip(ours[0], ours[1], strict=True))
     assert all(a is b for a, b in zip(ours[0], as_dict({"temperature": 1.0, "humidity": 2.0}), strict=True))
+
+
+@given(st.integers(min_value=to_ms(datetime(1, 1, 1, tzinfo=UTC)),
+                   max_value=to_ms(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC))))
+def test_a_timestamp_the_driver_decodes_is_the_millisecond_stored(millis: int) -> None:
+    """The driver decodes a ``timestamp`` through a float of seconds, a few microseconds off far from 1970."""
+    decoded = DateType.deserialize(int64_pack(millis), 4)
+    assert stored_time(decoded) == from_ms(millis)
+
+
+@pytest.mark.parametrize("stored", ["1500-06-01T12:00:00.123", "0800-01-01T00:00:00.001", "0001-01-01T00:00:00.999",
+                                    "9999-12-31T23:59:59.999", "2026-11-23T12:00:00.123", "1970-01-01T00:00:00.000"])
+def test_an_old_or_far_timestamp_reads_as_the_millisecond_stored(stored: str) -> None:
+    moment = datetime.fromisoformat(stored + "+00:00")
+    decoded = DateType.deserialize(int64_pack(to_ms(moment)), 4)
+    assert stored_time(decoded) == moment and stored_time(decoded).tzinfo is UTC
+    assert stored_time(None) is None

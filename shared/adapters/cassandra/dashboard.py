@@ -25,8 +25,9 @@ from cassandra.cluster import ResponseFuture, ResultSet, Session
 from shared.adapters.cassandra.delays import DELAYED_SINCE, oldest_noted
 from shared.adapters.cassandra.query import Queries, translated
 from shared.adapters.cassandra.reader import EVENT_SELECT, stored_event
+from shared.adapters.cassandra.rows import stored_time
 from shared.domain.stored import StoredEvent
-from shared.domain.times import to_ms, to_ms_ceil, utc
+from shared.domain.times import to_ms, to_ms_ceil
 from shared.ports.dashboard import BucketFigures, BucketRead, Position
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class CassandraFeedPosition:
         row = self._db.execute("feed", (self._name,), f"feed position {self._name!r}").one()
         if row is None:
             return None
-        return Position(utc(row.watermark), utc(row.updated_at))
+        return Position(stored_time(row.watermark), stored_time(row.updated_at))
 
 
 class CassandraDeviceHistory:

@@ -19,7 +19,7 @@ from cassandra.query import PreparedStatement
 
 from shared.adapters.cassandra.layout import bucket_start, buckets_between
 from shared.adapters.cassandra.query import Queries
-from shared.domain.times import utc
+from shared.adapters.cassandra.rows import stored_time
 from shared.exceptions import TransientError
 from shared.lazy import Once
 from shared.ports.ingest import DelayedBatch
@@ -39,7 +39,7 @@ def oldest_noted(queries: Queries, start: datetime, end: datetime, *, bucket_sec
     partitions = [(bucket, start, end) for bucket in buckets_between(start, end, bucket_seconds)]
     results = queries.fan_out("delayed", partitions, f"the delayed batches of [{start.isoformat()}, "
                               f"{end.isoformat()})", concurrency=concurrency, budget=budget)
-    oldest = [utc(row.oldest_enqueued) for rows in results for row in rows]
+    oldest = [stored_time(row.oldest_enqueued) for rows in results for row in rows]
     return min(oldest) if oldest else None
 
 

@@ -54,6 +54,7 @@ from shared.adapters.cassandra.query import (
     unavailable,
 )
 from shared.adapters.cassandra.reader import EVENT_SELECT, stored_event
+from shared.adapters.cassandra.rows import stored_time
 from shared.domain.times import rfc3339, utc
 from shared.exceptions import DependencyUnavailable
 from shared.ports.feed import ContinuationRejected, FeedPage, FeedPosition, SavedPosition
@@ -215,8 +216,8 @@ class CassandraFeedStateStore:
         row = self._queries.execute("load", (name,), f"feed position {name!r}").one()
         if row is None:
             return None
-        position = FeedPosition(start_time=utc(row.start_time), paging_state=row.paging_state,
-                                watermark=utc(row.watermark), noted_until=utc(row.noted_until))
+        position = FeedPosition(start_time=stored_time(row.start_time), paging_state=row.paging_state,
+                                watermark=stored_time(row.watermark), noted_until=stored_time(row.noted_until))
         return SavedPosition(position, row.version or 0)
 
     def save(self, name: str, position: FeedPosition, expected_version: int) -> int | None:

@@ -29,7 +29,7 @@ from typing import Any
 from cassandra.cluster import ResponseFuture, Session
 
 from shared.adapters.cassandra.query import CASSANDRA_ERRORS, Queries, describe
-from shared.adapters.cassandra.rows import as_dict
+from shared.adapters.cassandra.rows import as_dict, stored_time
 from shared.domain.stored import StoredEvent
 from shared.domain.times import utc
 from shared.ports.ingest import StoredCopy
@@ -66,18 +66,18 @@ HEALTH_PROBE_DEVICE = "#sluice-health-probe"
 
 
 def stored_event(row: Any) -> StoredEvent:
-    """A row selected with :data:`EVENT_SELECT` (driver timestamps are naive UTC)."""
+    """A row selected with :data:`EVENT_SELECT` (its timestamps through :func:`stored_time`)."""
     return StoredEvent(
         event_id=row.event_id,
         device_id=row.device_id,
-        event_time=utc(row.event_time),
+        event_time=stored_time(row.event_time),
         event_type=row.event_type,
         severity=row.severity,
         critical=row.critical,
         measurements=as_dict(row.measurements),
         attributes=as_dict(row.attributes),
         schema_version=row.schema_version if row.schema_version is not None else 1,
-        enqueued_time=utc(row.enqueued_time) if row.enqueued_time is not None else None,
+        enqueued_time=stored_time(row.enqueued_time),
     )
 
 
@@ -188,6 +188,5 @@ class CassandraStoredCopies:
         for start in range(0, len(ids), 100):
             chunk = ids[start:start + 100]
             for row in self._queries.rows("copies_in", (chunk,), f"the stored copies of {len(chunk)} events"):
-                enqueued = utc(row.enqueued_time) if row.enqueued_time is not None else None
-                found[row.event_id] = StoredCopy(enqueued, row.eh_sequence_number)
+                found[row.event_id] = StoredCopy(stored_time(row.enqueued_time), row.eh_sequence_number)
         return found

@@ -12,6 +12,8 @@ that showed as the lookups' p99 at concurrency 32.
 
 :func:`named_rows` gives the same rows (tuples with the columns as attributes,
 names cleaned as the driver cleans them) from a class cached by column names.
+:func:`as_dict` and :func:`stored_time` turn a row's map and ``timestamp`` values
+into what the domain holds.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ import functools
 import logging
 from collections import namedtuple
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from sys import intern
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from cassandra.query import named_tuple_factory
+
+from shared.domain.times import utc
 
 try:  # the driver's own naming rules, so the rows are named exactly as its factory names them
     from cassandra.query import _clean_column_name
@@ -76,3 +81,30 @@ def as_dict(value: Mapping[str, V] | None) -> dict[str, V]:
     items = getattr(value, "_items", None)
     pairs = items if type(items) is list else value.items()
     return {intern(key): item for key, item in pairs}
+
+
+@overload
+def stored_time(moment: datetime) -> datetime: ...
+
+
+@overload
+def stored_time(moment: None) -> None: ...
+
+
+def stored_time(moment: datetime | None) -> datetime | None:
+    """A ``timestamp`` value as the driver decodes it (naive UTC), as the aware UTC millisecond Cassandra keeps
+    (``None``, a null, stays ``None``).
+
+    The driver decodes a timestamp through a float of seconds (``int64 / 1000.0``),
+    which holds a millisecond exactly only within 2**33 seconds (about 272 years) of
+    1970: ``1500-06-01T12:00:00.123`` comes back as ``12:00:00.122999``. The float is
+    off by 15 microseconds at most (in year 9999), and every stored value is a whole
+    millisecond, so the nearest millisecond is the one stored. A moment on a whole
+    millisecond already (every one near 1970) costs only the test.
+    """
+    if moment is None:
+        return None
+    extra = moment.microsecond % 1000
+    if extra:
+        moment += timedelta(microseconds=1000 - extra if extra >= 500 else -extra)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else utc(moment)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from cassandra.cluster import Session
@@ -25,13 +25,15 @@ from cassandra.cluster import Session
 from shared.adapters.cassandra.delays import DELAYED_SINCE, oldest_noted
 from shared.adapters.cassandra.layout import buckets_between
 from shared.adapters.cassandra.query import Queries
-from shared.adapters.cassandra.rows import as_dict
+from shared.adapters.cassandra.rows import as_dict, stored_time
 from shared.domain.stored import StoredEvent
-from shared.domain.times import utc
+from shared.domain.times import from_ms, to_ms_ceil
 from shared.ports.enrichment import Arrival
 from shared.settings import CassandraSettings
 
 logger = logging.getLogger(__name__)
+
+_HALF_MS = timedelta(microseconds=500)
 
 # One partition's events of an event-time range ({ks}: the keyspace), as the enrichment reads them.
 BY_TIME = (
@@ -41,11 +43,11 @@ BY_TIME = (
 
 
 def window_event(r: Any) -> StoredEvent:
-    """A row of :data:`BY_TIME` (driver timestamps are naive UTC)."""
+    """A row of :data:`BY_TIME` (its timestamps through :func:`stored_time`)."""
     return StoredEvent(
-        event_id=r.event_id, device_id=r.device_id, event_time=utc(r.event_time), event_type=r.event_type,
+        event_id=r.event_id, device_id=r.device_id, event_time=stored_time(r.event_time), event_type=r.event_type,
         severity=r.severity, critical=r.critical, measurements=as_dict(r.measurements),
-        enqueued_time=utc(r.enqueued_time),
+        enqueued_time=stored_time(r.enqueued_time),
     )
 
 
@@ -96,7 +98,10 @@ class CassandraWindowReader:
         if end <= start:
             return iter(())
         # The driver reads timestamps as naive UTC: compared as they come, a row of an open window costs no object.
-        before = None if event_time_before is None else utc(event_time_before).replace(tzinfo=None)
+        # A stored event time is a whole millisecond, before the bound if before its first whole millisecond; the
+        # driver's value is within a few microseconds of it (stored_time), so half a millisecond earlier is exact.
+        before = None if event_time_before is None else (
+            from_ms(to_ms_ceil(event_time_before)) - _HALF_MS).replace(tzinfo=None)
 
         def generate() -> Iterator[Arrival]:
             # One bucket at a time keeps memory bounded by a bucket's rows, whatever the range.
@@ -105,7 +110,7 @@ class CassandraWindowReader:
                 results = self._queries.fan_out("by_arrival", partitions, f"the arrivals of bucket "
                                                 f"{bucket.isoformat()}", concurrency=self._concurrency)
                 for rows in results:
-                    yield from (Arrival(r.event_id, utc(r.event_time), utc(r.enqueued_at)) for r in rows
+                    yield from (Arrival(r.event_id, stored_time(r.event_time), stored_time(r.enqueued_at)) for r in rows
                                 if before is None or r.event_time < before)
 
         return generate()
