@@ -11,6 +11,7 @@ connects everywhere.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -20,6 +21,8 @@ from cassandra.cluster import Session
 from cassandra.query import SimpleStatement
 
 from emulators.cassandra.faults import clear_faults, inject_faults
+from shared.adapters.cassandra.aio import rows
+from shared.adapters.cassandra.query import Queries
 from shared.adapters.cassandra.session import build_cluster
 from shared.settings import CassandraSettings
 from sluice.launcher import Running
@@ -109,3 +112,54 @@ def test_a_write_timeout_of_a_write_not_marked_idempotent_reaches_the_caller(pri
                   applies_to="writes")
     with pytest.raises(WriteTimeout):
         session.execute(append)
+
+
+@pytest.fixture
+def paged(private_cassandra: Running) -> Iterator[tuple[Session, Queries]]:
+    """Four rows read two a page, on a session that allows one retry of a throttled request."""
+    settings = CassandraSettings(hosts=[private_cassandra.host], port=private_cassandra.port, tls=False,
+                                 consistency="ONE", overload_max_retries=1, overload_max_wait_seconds=0.01)
+    cluster = build_cluster(settings)
+    cluster.schema_metadata_enabled = False
+    session = cluster.connect()
+    session.execute(f"CREATE KEYSPACE IF NOT EXISTS {KEYSPACE} WITH replication = "
+                    "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+    session.execute(f"CREATE TABLE IF NOT EXISTS {KEYSPACE}.pages (k text, c int, PRIMARY KEY (k, c))")
+    for c in range(4):
+        session.execute(f"INSERT INTO {KEYSPACE}.pages (k, c) VALUES ('a', {c})")
+    queries = Queries(session, KEYSPACE, {"all": "SELECT c FROM {ks}.pages WHERE k = ?"}, timeout=5.0, fetch_size=2)
+    queries.statement("all")  # prepared before any fault is armed
+    yield session, queries
+    clear_faults(private_cassandra.host, private_cassandra.port)
+    cluster.shutdown()
+
+
+def throttle_next_read(emulator: Running) -> None:
+    inject_faults(emulator.host, emulator.port, count=1, retry_after_ms=1, applies_to="reads")
+
+
+def test_each_page_of_a_paged_read_gets_its_own_throttling_retries(private_cassandra: Running, paged) -> None:
+    """The driver counts a request's retries across the pages it fetches on it; every page is a request of its own
+    on the wire, and gets its own retries (here one): a long read under throttling does not fail at its first 429
+    past the bound anywhere in it."""
+    _, queries = paged
+    throttle_next_read(private_cassandra)
+    result = queries.execute("all", ("a",), "the pages")  # page 1: throttled once, retried
+    assert [row.c for row in result.current_rows] == [0, 1]
+
+    throttle_next_read(private_cassandra)
+    assert [row.c for row in result] == [0, 1, 2, 3]  # page 2: throttled once, retried
+    assert [row.c for row in queries.rows("all", ("a",), "the pages")] == [0, 1, 2, 3]
+
+
+def test_each_page_of_an_awaited_read_gets_its_own_throttling_retries(private_cassandra: Running, paged) -> None:
+    """The same for a read awaited on an event loop (``aio.rows``: the lookups' reads)."""
+    session, queries = paged
+    throttle_next_read(private_cassandra)
+    future = session.execute_async(queries.statement("all"), ("a",), timeout=5.0)
+    assert [row.c for row in future.result().current_rows] == [0, 1]  # page 1: throttled once, retried
+
+    throttle_next_read(private_cassandra)
+    found = asyncio.run(rows(future))  # page 2: throttled once, retried
+
+    assert [row.c for row in found] == [0, 1, 2, 3]

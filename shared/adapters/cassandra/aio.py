@@ -51,24 +51,29 @@ async def rows(future: ResponseFuture) -> list[Any]:
     The point reads and ``LIMIT``-ed reads this serves fit in one page of the
     driver's fetch size, but a server may end a page early and hand back a paging
     state (Cosmos DB does, by its per-page budget): the next pages are fetched until
-    there is none, so a short page is never taken for the whole answer. The
-    driver calls the callbacks again for each page. Cancelling the awaiting task
-    leaves the request to the driver (it finishes or times out there).
+    there is none, so a short page is never taken for the whole answer. Each is a
+    request of its own, of the first one's statement with its timeout, so each has
+    its own throttling retries (``query.pages`` says why). Cancelling the awaiting
+    task leaves the request to the driver (it finishes or times out there).
     """
     loop = asyncio.get_running_loop()
     waiter: list[asyncio.Future[list[Any]]] = [loop.create_future()]  # this page's: read when the driver calls back
-    future.add_callbacks(lambda result: loop.call_soon_threadsafe(_settle, waiter[0], result, None),
-                         lambda error: loop.call_soon_threadsafe(_settle, waiter[0], None, error))
+    settle = (lambda result: loop.call_soon_threadsafe(_settle, waiter[0], result, None),
+              lambda error: loop.call_soon_threadsafe(_settle, waiter[0], None, error))
+    future.add_callbacks(*settle)
     with finishing(future):
         page = await waiter[0]
-        if not future.has_more_pages:
-            return page
-        collected = list(page)
-        while future.has_more_pages:
-            waiter[0] = loop.create_future()
-            future.start_fetching_next_page()
+    if not future.has_more_pages:
+        return page
+    collected = list(page)
+    while future.has_more_pages:
+        paging_state = future.result().paging_state  # the finished request's answer: no wait
+        future = future.session.execute_async(future.query, timeout=future.timeout, paging_state=paging_state)
+        waiter[0] = loop.create_future()
+        future.add_callbacks(*settle)
+        with finishing(future):
             collected.extend(await waiter[0])
-        return collected
+    return collected
 
 
 class _Coalesced:

@@ -11,6 +11,8 @@ device log, the operations page) holds a ``Queries`` over its named CQL:
   after it with ``OperationTimedOut``, whatever the execution profile says;
 * :meth:`Queries.fan_out` reads many partitions of one statement concurrently,
   each page with the time left of one budget, so the whole read ends within it;
+* every page is a request of its own (:func:`pages`), with its own timeout and its
+  own throttling retries;
 * every driver failure becomes ``DependencyUnavailable(DEPENDENCY, ...)`` here,
   with a secret-free description: the HTTP layer's 503 bodies and the health
   fields all name the dependency ``"cassandra"``.
@@ -135,6 +137,48 @@ def applied(result: ResultSet) -> bool:
     return bool(rows[0][0])
 
 
+def pages(first: ResultSet, following: Callable[[bytes], ResponseFuture]) -> Iterator[list[Any]]:
+    """``first``'s rows, then each further page's, every page a request of its own (``following(paging_state)``).
+
+    Not the driver's own paging (iterating a result set, ``start_fetching_next_page``):
+    that sends every page on the first page's request, whose retry count (the
+    ``retry_num`` :class:`~shared.adapters.cassandra.retry.CosmosRetryPolicy` bounds
+    throttling retries by) runs on across pages, so a late page of a long read got no
+    retry at all. The next page is asked for before this one is handed over, so the
+    store reads it while the caller works on this one; each finished request is
+    released (:func:`fetched`).
+    """
+    result = first
+    while True:
+        following_page = None if result.paging_state is None else following(result.paging_state)
+        yield list(result.current_rows)
+        if following_page is None:
+            return
+        result = fetched(following_page)
+
+
+class Paged:
+    """What :meth:`Queries.execute` answers: its first page at once (``current_rows``, ``one()``); iterating it
+    (once) gives every row of every page, each further page read as the iteration reaches it (:func:`pages`)."""
+
+    def __init__(self, first: ResultSet, rest: Iterator[list[Any]]) -> None:
+        self._first = first
+        self._pages = rest
+
+    @property
+    def current_rows(self) -> list[Any]:
+        rows: list[Any] = self._first.current_rows
+        return rows
+
+    def one(self) -> Any | None:
+        """The first row, or ``None`` when there is none."""
+        return self._first.one()
+
+    def __iter__(self) -> Iterator[Any]:
+        for page in self._pages:
+            yield from page
+
+
 @contextmanager
 def translated(what: str) -> Iterator[None]:
     """Turn a driver failure inside the block into :func:`unavailable` (``what`` names the work)."""
@@ -180,17 +224,33 @@ class Queries:
         """The prepared statement ``name`` (prepared with the others on first use)."""
         return self._statements.get()[name]
 
-    def execute(self, name: str, params: Sequence[Any], what: str, *, timeout: float | None = None) -> ResultSet:
-        """One execution of ``name``; its result set pages on iteration, each page within ``timeout``."""
+    def execute(self, name: str, params: Sequence[Any], what: str, *, timeout: float | None = None) -> Paged:
+        """One execution of ``name``: its first page, the others read on iteration (:class:`Paged`), each page a
+        request within ``timeout`` (default: the reader's)."""
         with translated("reading " + what):
-            return self._connect().execute(self.statement(name), params, timeout=timeout or self.timeout)
+            first, following = self._first_page(name, params, timeout or self.timeout)
+
+        def rest() -> Iterator[list[Any]]:
+            with translated("reading " + what):
+                yield from pages(first, following)
+
+        return Paged(first, rest())
 
     def rows(self, name: str, params: Sequence[Any], what: str, *, timeout: float | None = None) -> list[Any]:
-        """Every row of ``name`` (all pages), each request within ``timeout`` (default: the reader's)."""
+        """Every row of ``name`` (all pages), each page a request within ``timeout`` (default: the reader's)."""
         with translated("reading " + what):
-            future = self._connect().execute_async(self.statement(name), params, timeout=timeout or self.timeout)
-            with finishing(future):
-                return list(future.result())  # further pages reuse the future (and start a timer each)
+            first, following = self._first_page(name, params, timeout or self.timeout)
+            return [row for page in pages(first, following) for row in page]
+
+    def _first_page(self, name: str, params: Sequence[Any],
+                    timeout: float) -> tuple[ResultSet, Callable[[bytes], ResponseFuture]]:
+        """The first page of ``name``, and how to ask for a further one (:func:`pages`)."""
+        session, statement = self._connect(), self.statement(name)
+
+        def following(paging_state: bytes) -> ResponseFuture:
+            return session.execute_async(statement, params, timeout=timeout, paging_state=paging_state)
+
+        return fetched(session.execute_async(statement, params, timeout=timeout)), following
 
     def fan_out(self, name: str, params: Sequence[Sequence[Any]], what: str, *, concurrency: int,
                 budget: float | None = None) -> list[list[Any]]:
@@ -230,17 +290,9 @@ class Queries:
         def start(values: Sequence[Any]) -> ResponseFuture:
             return session.execute_async(statement, values, timeout=timeout())
 
-        def pages(values: Sequence[Any], result: ResultSet) -> Iterator[list[Any]]:
-            while True:
-                # The next page is asked for before this one is handed over, so the store reads it while the caller
-                # works on this one. Through fetched(), not session.execute(): that would leave each page's request,
-                # with its rows, in the driver's timer cycle until the garbage collector came by (see release()).
-                following = None if result.paging_state is None else session.execute_async(
-                    statement, values, timeout=timeout(), paging_state=result.paging_state)
-                yield list(result.current_rows)
-                if following is None:
-                    return
-                result = fetched(following)
+        def partition(values: Sequence[Any], first: ResultSet) -> Iterator[list[Any]]:
+            return pages(first, lambda paging_state: session.execute_async(
+                statement, values, timeout=timeout(), paging_state=paging_state))
 
         # Up to ``concurrency`` first pages in flight on the driver's own I/O thread (no thread of ours per
         # partition), taken in order; when a partition's turn comes its further pages are read one ahead of the
@@ -255,6 +307,6 @@ class Queries:
                 for more in itertools.islice(waiting, 1):
                     in_flight.append(start(more))
                 if by_page:
-                    yield from pages(values, first)
+                    yield from partition(values, first)
                 else:
-                    yield [row for page in pages(values, first) for row in page]
+                    yield [row for page in partition(values, first) for row in page]
