@@ -166,6 +166,29 @@ def test_redis_logs_in_with_the_rotated_password(secured_redis: LocalRedis, vaul
         connection.close()
 
 
+def test_redis_with_cluster_auto_detected_logs_in_with_the_rotated_password(
+        secured_redis: LocalRedis, vault: KeyVaultSecrets, keyvault_client: SecretClient) -> None:
+    """With ``cluster=None`` (``SLUICE_REDIS_CLUSTER`` unset) the client that asks ``INFO cluster`` logs in first:
+    a refused password re-reads the secret there too, as with ``cluster=False`` (the log-in hook).
+
+    Was: that client logged in with the cached value only, so a rotation before the connection's first use
+    (Redis down, or not used yet) left every ``client()`` refused with the stale value until a restart.
+    """
+    user, old, new = f"app{uuid.uuid4().hex[:10]}", _password(), _password()
+    secured_redis.set_password(old, username=user)
+    secret = _secret(vault, keyvault_client, old)
+    assert secret.value() == old  # read at bootstrap, before the client is built
+    keyvault_client.set_secret(secret.name, new)  # vault first ...
+    secured_redis.set_password(new, username=user)  # ... then the store
+    url = secured_redis.url(tls=True).replace(f"{secured_redis.username}@", f"{user}@")
+    connection = RedisConnection(url, password=secret, cluster=None)
+    try:
+        assert _eventually(lambda: connection.client().ping(), timeout=10)
+    finally:
+        connection.close()
+    assert secret.value() == new
+
+
 def test_a_percent_encoded_acl_user_in_the_url_signs_in(secured_redis: LocalRedis) -> None:
     """An ACL user name with a reserved character is percent-encoded in ``SLUICE_REDIS_URL`` (RFC 3986) and
     signs in decoded, as redis-py's own URL parser decodes it: ``redis://app%40eu@...`` is the user ``app@eu``.

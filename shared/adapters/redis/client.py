@@ -11,7 +11,8 @@ makes lookups bypass the cache.
 A password given as a :class:`RotatingSecret` is read for each new connection
 (a redis-py ``CredentialProvider``; the ACL user name comes from the URL). When a
 single Redis refuses it (``WRONGPASS``, ``NOAUTH``: ``AuthenticationError``), the
-secret is re-read (rate-limited) and the log-in repeated once with the new value.
+secret is re-read (rate-limited) and the log-in repeated once with the new value;
+the client that asks ``INFO cluster`` (``cluster=None``) logs in the same way.
 ``RedisCluster`` runs its own log-in hook, so on a cluster the secret is re-read
 (rate-limited) before each new connection instead, and a refused connection is
 retried by the cluster client's own retries.
@@ -222,16 +223,18 @@ class RedisConnection:
                 self._provider.close()
             self._provider = EntraCredentials(self._entra)
             self._options["credential_provider"] = self._provider
+        provider = self._options.get("credential_provider")
+        hook = provider.log_in if isinstance(provider, SecretCredentials) else None
         cluster = self._cluster
         if cluster is None:
-            probe = redis.Redis.from_url(self.url, **self._options)
+            # The probe logs in as a single Redis's client does (the hook): a refused password re-reads the secret.
+            probe = redis.Redis.from_url(self.url, redis_connect_func=hook, **self._options)
             try:
                 cluster = is_cluster(probe)
             finally:
                 probe.close()
             logger.info("Redis at %s is %s", self._where(), "a cluster" if cluster else "a single node")
         self._cluster = cluster
-        provider = self._options.get("credential_provider")
         if isinstance(provider, SecretCredentials):
             provider.refresh_each = bool(cluster)
         if cluster:
@@ -239,7 +242,6 @@ class RedisConnection:
             # on its next run, the lookups after their bypass window); long in-client retries only stall them.
             retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
             return RedisCluster.from_url(self.url, retry=retry, **self._options)
-        hook = provider.log_in if isinstance(provider, SecretCredentials) else None
         return redis.Redis.from_url(self.url, health_check_interval=30, redis_connect_func=hook, **self._options)
 
     def _signed_in_again(self, token: Token) -> None:
