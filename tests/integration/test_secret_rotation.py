@@ -9,6 +9,7 @@ first then the vault (the refresh waits for the vault and keeps retrying).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -237,7 +238,7 @@ def test_cassandra_connects_with_the_rotated_password(local_ca: LocalCA, tmp_pat
         session = connect(settings, secret)
         assert session.execute("SELECT release_version FROM system.local").one() is not None
         session.cluster.shutdown()
-        time.sleep(INTERVAL)  # each new connection re-reads the secret, at most once per interval
+        time.sleep(INTERVAL)  # a refused log-in re-reads the secret, at most once per interval
         if vault_first:
             keyvault_client.set_secret(secret.name, new)
             emulator.set_password(new)
@@ -274,6 +275,57 @@ def test_a_cassandra_session_reconnects_with_the_rotated_password_after_a_node_r
     finally:
         session.cluster.shutdown()
         emulator.running.stop()
+
+
+def test_a_cassandra_node_down_during_a_vault_first_rotation_is_logged_in_to_with_the_new_password(
+        local_ca: LocalCA, tmp_path: Path, vault: KeyVaultSecrets, keyvault_client: SecretClient) -> None:
+    """A node that goes down while the vault still holds the old password, and comes back with the rotated one,
+    is logged in to with the vault's new value by the session's own reconnection.
+
+    Was: the driver builds a node's reconnection factory once, when the node goes down, with an authenticator
+    holding the password read then; every attempt of the outage logged in with it, the node refused it with
+    ``AuthenticationFailed``, and the driver gave up on the node for good (here the only node: ``NoHostAvailable``
+    until the worker restarted).
+    """
+    old, new = _password(), _password()
+    emulator = start_secured_cassandra(local_ca, tmp_path, old)
+    secret = _secret(vault, keyvault_client, old)
+    settings = _cassandra_settings(emulator, local_ca)
+    session = connect(settings, secret)
+    try:
+        assert session.execute("SELECT release_version FROM system.local").one()
+        [host] = session.cluster.metadata.all_hosts()
+        emulator.running.stop()  # the node goes down while the vault still holds `old`
+        _eventually(lambda: _assert(_reconnecting(session, host)), timeout=20)
+        time.sleep(INTERVAL * 2)
+        keyvault_client.set_secret(secret.name, new)  # the rotation, vault first ...
+        emulator = start_secured_cassandra(local_ca, tmp_path, new, port=settings.port)  # ... then the store
+        try:
+            _eventually(lambda: session.execute("SELECT release_version FROM system.local").one(), timeout=45)
+        except NoHostAvailable:
+            fresh = connect(settings, secret)  # the vault and the node agree: a new session logs in at once
+            try:
+                assert fresh.execute("SELECT release_version FROM system.local").one()
+            finally:
+                fresh.cluster.shutdown()
+            pytest.fail("45 s after the node came back with the rotated password the session still has no host, "
+                        "while a new session logs in at once: the driver's reconnection used the password read "
+                        "when the node went down, was refused, and stopped for good")
+        assert secret.value() == new
+    finally:
+        session.cluster.shutdown()
+        emulator.running.stop()
+
+
+def _assert(condition: bool) -> None:
+    assert condition
+
+
+def _reconnecting(session, host) -> bool:
+    """Whether the driver has seen the node go (a query finds the dead connections) and is reconnecting to it."""
+    with contextlib.suppress(Exception):
+        session.execute("SELECT release_version FROM system.local")
+    return host._reconnection_handler is not None
 
 
 def test_cassandra_tls_refuses_a_certificate_for_another_host(local_ca: LocalCA, tmp_path: Path) -> None:

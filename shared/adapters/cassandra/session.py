@@ -5,11 +5,11 @@ invocation (see ``shared.bootstrap``); nothing connects at import time.
 Cosmos DB for Apache Cassandra: port 10350, TLS, PasswordAuthenticator with the
 account name and key, ``SLUICE_CASSANDRA_LOCAL_DC`` set to the account's region.
 
-A password given as a :class:`RotatingSecret` is re-read (rate-limited) for every
-new connection (:class:`SecretAuthProvider`), so the driver's own reconnections
-use the vault's current value. When every host refuses it (``AuthenticationFailed``)
-at :func:`connect`, the secret is re-read and the connection tried once more. Open
-connections stay logged in: Cassandra checks a password only at connection start-up.
+A password given as a :class:`RotatingSecret` is read at every connection attempt,
+the driver's own reconnections included, and a refused log-in (``AuthenticationFailed``)
+re-reads the secret (rate-limited) and logs in once more with its new value before
+the driver sees the refusal (:class:`SecretAuthenticator`, :class:`_SecretLogInConnection`).
+Open connections stay logged in: Cassandra checks a password only at connection start-up.
 
 Rows are named tuples from one class per column list (:mod:`shared.adapters.cassandra.rows`),
 not a new class per result set as with the driver's default factory.
@@ -23,7 +23,7 @@ from typing import Any
 
 from cassandra import AuthenticationFailed, ConsistencyLevel
 from cassandra.auth import AuthProvider, PlainTextAuthenticator, PlainTextAuthProvider
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, DefaultConnection, ExecutionProfile, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
 
 from shared.adapters.cassandra.retry import CosmosRetryPolicy, delay_retries
@@ -40,23 +40,66 @@ RECONNECT_BASE_SECONDS = 1.0
 RECONNECT_MAX_SECONDS = 30.0
 
 
-class SecretAuthProvider(AuthProvider):  # type: ignore[misc]  # cassandra-driver has no type hints: Any
-    """PasswordAuthenticator log-ins with the current value of a secret.
+class SecretAuthenticator(PlainTextAuthenticator):  # type: ignore[misc]  # cassandra-driver is untyped: Any
+    """A PasswordAuthenticator log-in with the value ``secret`` holds when the connection attempt starts.
 
-    The driver gives up on a host for good after one refused log-in (its reconnection
-    handlers stop on ``AuthenticationFailed``), so waiting for a refusal would leave a
-    restarted node unused after a rotation. Each new connection therefore re-reads the
-    secret first, rate-limited (``RotatingSecret.refresh``: connections opened
-    together cost one read, and a vault outage keeps the cached value).
+    The value is taken here, on the thread that opens the connection, not in ``initial_response``: the driver
+    calls that on its I/O thread, which must never wait for a vault read another thread holds the secret's lock
+    for. :class:`_SecretLogInConnection` makes one per attempt, so each attempt uses the current value.
+    """
+
+    def __init__(self, username: str, secret: RotatingSecret) -> None:
+        super().__init__(username, secret.value())
+        self.secret = secret
+
+    def again(self) -> SecretAuthenticator:
+        """An authenticator for the next attempt: the secret's value now."""
+        return SecretAuthenticator(self.username, self.secret)
+
+
+class SecretAuthProvider(AuthProvider):  # type: ignore[misc]  # cassandra-driver has no type hints: Any
+    """PasswordAuthenticator log-ins with the current value of a secret (:class:`SecretAuthenticator`).
+
+    The driver builds one authenticator per connection factory, and for a node it lost it reuses that factory
+    for every reconnection attempt of the outage; :class:`_SecretLogInConnection` therefore takes a new one,
+    with the secret's value at that moment, for each attempt.
     """
 
     def __init__(self, username: str, secret: RotatingSecret) -> None:
         self.username = username
         self.secret = secret
 
-    def new_authenticator(self, host: str) -> PlainTextAuthenticator:
-        self.secret.refresh("opening a Cassandra connection")
-        return PlainTextAuthenticator(self.username, self.secret.value())
+    def new_authenticator(self, host: str) -> SecretAuthenticator:
+        return SecretAuthenticator(self.username, self.secret)
+
+
+class _SecretLogInConnection(DefaultConnection):  # type: ignore[misc]  # the driver's connection class: Any
+    """The driver's connection class, whose log-in answers a refused password as the other stores' clients do.
+
+    The driver gives up on a node for good after one refused log-in (its reconnection handler stops on
+    ``AuthenticationFailed``), so the refusal is handled here, before the driver sees it: each attempt logs in
+    with the secret's current value; when the node refuses it, the secret is re-read (rate-limited,
+    ``RotatingSecret.refresh``) and, if it changed, the log-in is tried once more with the new value. This runs in
+    ``factory``, on the thread that opens the connection (the driver's executor, or the caller of
+    :func:`connect`) and waits for it, never on the driver's I/O thread, so a slow vault holds one connection
+    attempt, never the driver's other connections. A node refused with the vault's current value stays refused:
+    after a store-first rotation the driver gives up on it as before.
+    """
+
+    @classmethod
+    def factory(cls, endpoint: Any, timeout: float, *args: Any, **kwargs: Any) -> Any:
+        authenticator = kwargs.get("authenticator")
+        if not isinstance(authenticator, SecretAuthenticator):
+            return super().factory(endpoint, timeout, *args, **kwargs)
+        authenticator = authenticator.again()
+        try:
+            return super().factory(endpoint, timeout, *args, **{**kwargs, "authenticator": authenticator})
+        except AuthenticationFailed:
+            if not authenticator.secret.refresh("a refused Cassandra log-in", rejected=authenticator.password):
+                raise
+        logger.warning("Cassandra at %s refused the password of secret %s; logging in with its new value",
+                       endpoint, authenticator.secret.name)
+        return super().factory(endpoint, timeout, *args, **{**kwargs, "authenticator": authenticator.again()})
 
 
 class _Cluster(Cluster):  # type: ignore[misc]  # Cluster is untyped (Any): cassandra-driver has no stubs
@@ -88,6 +131,7 @@ def build_cluster(settings: CassandraSettings, password: str | RotatingSecret | 
     }
     if settings.username and isinstance(password, RotatingSecret):
         options["auth_provider"] = SecretAuthProvider(settings.username, password)
+        options["connection_class"] = _SecretLogInConnection
     elif settings.username:
         options["auth_provider"] = PlainTextAuthProvider(settings.username, password or "")
     if settings.tls:
@@ -104,17 +148,10 @@ def connect(settings: CassandraSettings, password: str | RotatingSecret | None =
             keyspace: str | None = None) -> Session:
     """Connect and return a Session (bound to ``keyspace`` when given).
 
-    A rotating ``password`` refused by every host is re-read once and the
-    connection tried again if it changed.
+    A rotating ``password`` refused by a host is re-read and that log-in tried again if it changed
+    (:class:`_SecretLogInConnection`).
     """
-    used = password.value() if isinstance(password, RotatingSecret) else None
-    try:
-        session = _connect(build_cluster(settings, password), keyspace)
-    except NoHostAvailable as exc:
-        if not (isinstance(password, RotatingSecret) and _refused(exc) and password.refresh(rejected=used)):
-            raise
-        logger.warning("Cassandra refused the password of secret %s; connecting with its new value", password.name)
-        session = _connect(build_cluster(settings, password), keyspace)
+    session = _connect(build_cluster(settings, password), keyspace)
     logger.info("connected to Cassandra at %s:%s", ",".join(settings.hosts), settings.port)
     return session
 
@@ -125,9 +162,3 @@ def _connect(cluster: Cluster, keyspace: str | None) -> Session:
     except Exception:
         cluster.shutdown()  # its threads would outlive every failed attempt of a retried invocation
         raise
-
-
-def _refused(exc: NoHostAvailable) -> bool:
-    """Whether every host refused the credentials (rather than being down)."""
-    errors = list(exc.errors.values())
-    return bool(errors) and all(isinstance(error, AuthenticationFailed) for error in errors)
