@@ -16,17 +16,21 @@ from datetime import timedelta
 
 import psycopg
 import pytest
+from azure.keyvault.secrets import SecretClient
 
 from shared.adapters.cassandra.event_store import CassandraEventStore
 from shared.adapters.cassandra.migrations import apply_migrations as apply_cassandra
+from shared.adapters.keyvault import KeyVaultSecrets
 from shared.adapters.postgres.enrichment_store import PostgresEnrichmentStore
 from shared.adapters.postgres.migrations import apply_migrations as apply_postgres
 from shared.adapters.postgres.pool import make_pool
 from shared.adapters.postgres.reports import PostgresReports
 from shared.adapters.reference import upsert_reference
+from shared.adapters.secrets import RotatingSecret
 from shared.settings import CassandraSettings, PostgresSettings
 from sluice.launcher import Running
 from sluice.secured import LocalPgBouncer
+from tests.fixtures.keyvault import KeyVaultEmulator, unique_secret_name
 from tests.fixtures.pgbouncer import through_pgbouncer
 
 # The scenarios, collected again here: they take this module's ``stack`` (through PgBouncer).
@@ -165,3 +169,27 @@ def test_prepared_statements_through_transaction_pooling_are_refused_when_the_po
         _bootstrap_pool(monkeypatch, through, SLUICE_POSTGRES_PREPARE_THRESHOLD="5")
     assert _bootstrap_pool(monkeypatch, through, SLUICE_POSTGRES_PREPARE_THRESHOLD="none")
     assert _bootstrap_pool(monkeypatch, pg_dsn, SLUICE_POSTGRES_PREPARE_THRESHOLD="5")
+
+
+def test_a_pool_behind_pgbouncer_picks_up_a_rotated_password(pgbouncer: LocalPgBouncer,
+                                                              keyvault_emulator: KeyVaultEmulator,
+                                                              keyvault_client: SecretClient) -> None:
+    """Rule (docs/security.md, "Rotation without a restart"): a log-in PgBouncer refuses for its password re-reads
+    the secret and connects again with the vault's new value, as one PostgreSQL refuses does. Was: PgBouncer with
+    ``auth_type = scram-sha-256`` (Azure's built-in PgBouncer on 6432) says ``SASL authentication failed``, not
+    PostgreSQL's ``password authentication failed``; the refusal was not recognised, the secret never re-read, and
+    the pool retried the stale cached password until the worker restarted."""
+    name = unique_secret_name("pgbouncer")
+    keyvault_client.set_secret(name, "the-password-before-the-rotation")
+    vault = KeyVaultSecrets(keyvault_emulator.url, ca_file=str(keyvault_emulator.ca_file))
+    try:
+        secret = RotatingSecret(name, lambda: vault.fetch(name), min_interval=0.3)
+        assert secret.value() == "the-password-before-the-rotation"  # read before the rotation, as at bootstrap
+        keyvault_client.set_secret(name, pgbouncer.password)  # vault first; the store (PgBouncer) holds it too
+        cfg = PostgresSettings(host=pgbouncer.host, port=pgbouncer.port, dbname="postgres", user=pgbouncer.user,
+                               prepare_threshold=None, pool_min_size=0, pool_max_size=1, pool_timeout_seconds=5)
+        with make_pool(cfg.conninfo(), cfg, password=secret) as pool, pool.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert secret.value() == pgbouncer.password
+    finally:
+        vault.close()

@@ -23,8 +23,9 @@
   applies to whichever server connection serves each transaction. The adapters
   still convert what they read with ``utc()``;
 * the password, when given as a :class:`RotatingSecret`, is read for each new
-  connection; a connection refused for its password (SQLSTATE 28P01) re-reads the
-  secret (rate-limited) and, if it changed, connects again at once. Connections
+  connection; a connection refused for its password (SQLSTATE 28P01, or PgBouncer's
+  ``SASL authentication failed`` with scram-sha-256) re-reads the secret
+  (rate-limited) and, if it changed, connects again at once. Connections
   already open keep working: PostgreSQL checks a password only at log-in.
 """
 
@@ -44,14 +45,20 @@ from shared.settings import PostgresSettings
 
 logger = logging.getLogger(__name__)
 
-# libpq does not expose the SQLSTATE of a failed log-in, only the server's message;
-# PostgreSQL and PgBouncer both say this for 28P01 (invalid_password).
-_REJECTED = "password authentication failed"
+# libpq does not expose the SQLSTATE of a failed log-in (psycopg's error has none), only the server's message:
+# PostgreSQL says the first for 28P01 (invalid_password), as PgBouncer does with md5 or plain; PgBouncer with
+# scram-sha-256 (Azure Flexible Server's built-in PgBouncer) says the second.
+_REJECTED = ("password authentication failed", "SASL authentication failed")
 
 
 def rejected_password(exc: psycopg.OperationalError) -> bool:
-    """Whether a connection attempt failed because the server refused the password (28P01)."""
-    return _REJECTED in str(exc)
+    """Whether a connection attempt failed because the server, or PgBouncer, refused the log-in.
+
+    By its SQLSTATE (class 28, invalid authorization) when psycopg has one, otherwise by the refusal's message.
+    """
+    if exc.sqlstate is not None:
+        return exc.sqlstate.startswith("28")
+    return any(text in str(exc) for text in _REJECTED)
 
 
 def make_pool(conninfo: str, settings: PostgresSettings, *, password: RotatingSecret | None = None,
