@@ -200,19 +200,11 @@ def secret(value: SecretStr | None, secret_name: str | None) -> str | None:
 def rotating_secret(value: SecretStr | None, secret_name: str | None) -> RotatingSecret | None:
     """A store's password as a :class:`RotatingSecret`: re-read from Key Vault when the store refuses it.
 
-    Read once here, before the client is built, so a missing secret stops start-up with
-    a ``ConfigurationError`` naming it and the vault (a pool would only log it and time out).
+    Read once here, before the client is built (``shared.adapters.secrets.store_password``).
     """
-    from shared.adapters.secrets import RotatingSecret
+    from shared.adapters.secrets import store_password
 
-    if value is not None:
-        return RotatingSecret.fixed(value.get_secret_value())
-    if not secret_name:
-        return None
-    rotating = RotatingSecret(secret_name, lambda: keyvault().fetch(secret_name),
-                              min_interval=settings().keyvault.refresh_min_interval_seconds)
-    rotating.value()
-    return rotating
+    return store_password(value, secret_name, keyvault, min_interval=settings().keyvault.refresh_min_interval_seconds)
 
 
 @built

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from shared.adapters.keyvault import KeyVaultSecrets
     from shared.adapters.redis import RedisConnection
     from shared.adapters.redis.client import Client
+    from shared.adapters.secrets import RotatingSecret
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class Probe:
         self._blob: BlobServiceClient | None = None
         self._redis: RedisConnection | None = None
         self._vault: KeyVaultSecrets | None = None
+        self._pg_password: RotatingSecret | None = None
 
     # --- clients (lazy) ---
 
@@ -136,25 +138,30 @@ class Probe:
         return self._redis.client()
 
     def pg(self) -> psycopg.Connection[TupleRow]:
-        import psycopg
+        """A new connection (autocommit), logged in as the pipeline's pool logs in."""
+        from shared.adapters.postgres.pool import connect
 
         cfg = self.settings.postgres
-        return psycopg.connect(cfg.conninfo(self._password(cfg.password, cfg.password_secret)), connect_timeout=5,
-                               autocommit=True)
+        if self._pg_password is None:
+            self._pg_password = self._password(cfg.password, cfg.password_secret)
+        return connect(cfg.conninfo(), password=self._pg_password, connect_timeout=5, autocommit=True)
 
-    def _password(self, value: SecretStr | None, secret_name: str | None) -> str | None:
-        """A store's password from settings, or from the stack's Key Vault when the settings name a secret."""
-        if value is not None:
-            return value.get_secret_value()
-        if not secret_name:
-            return None
+    def _password(self, value: SecretStr | None, secret_name: str | None) -> RotatingSecret | None:
+        """A store's password as the pipeline has it (``bootstrap.rotating_secret``): from settings, or from the
+        stack's Key Vault when the settings name a secret, read again when the store refuses it (a rotation)."""
+        from shared.adapters.secrets import store_password
+
+        return store_password(value, secret_name, self._keyvault,
+                              min_interval=self.settings.keyvault.refresh_min_interval_seconds)
+
+    def _keyvault(self) -> KeyVaultSecrets:
         if self._vault is None:
             from shared.adapters.keyvault import KeyVaultSecrets
 
             kv = self.settings.keyvault
             assert kv.url is not None  # settings refuse *_SECRET names without a vault
             self._vault = KeyVaultSecrets(kv.url, ca_file=str(kv.ca_file) if kv.ca_file else None)
-        return self._vault.get(secret_name)
+        return self._vault
 
     def close(self) -> None:
         if self._session is not None:
@@ -163,6 +170,8 @@ class Probe:
             self._blob.close()
         if self._redis is not None:
             self._redis.close()
+        if self._vault is not None:
+            self._vault.close()
 
     # --- Cassandra ---
 

@@ -25,10 +25,39 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from shared.exceptions import SluiceError
 
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
 logger = logging.getLogger(__name__)
+
+
+class SecretSource(Protocol):
+    """Where named secrets are read (``shared.adapters.keyvault.KeyVaultSecrets``)."""
+
+    def fetch(self, name: str) -> str:
+        """The secret's current value, read now (never cached); raises a ``SluiceError`` when it cannot."""
+        ...
+
+
+def store_password(value: SecretStr | None, secret_name: str | None, vault: Callable[[], SecretSource], *,
+                   min_interval: float) -> RotatingSecret | None:
+    """A store's password as its settings give it: a fixed value, a secret read from ``vault``, or none.
+
+    The secret is read once here, before the client is built, so a missing secret stops start-up with
+    a ``ConfigurationError`` naming it and the vault (a pool would only log it and time out). ``vault``
+    is called only when a secret is named.
+    """
+    if value is not None:
+        return RotatingSecret.fixed(value.get_secret_value())
+    if not secret_name:
+        return None
+    rotating = RotatingSecret(secret_name, lambda: vault().fetch(secret_name), min_interval=min_interval)
+    rotating.value()
+    return rotating
 
 
 class RotatingSecret:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import json
 import logging
 import os
 import shutil
 import ssl
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -25,6 +27,7 @@ from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
+import psycopg
 import pytest
 import yaml
 from azure.keyvault.secrets import SecretClient
@@ -37,6 +40,7 @@ from shared.adapters.secrets import RotatingSecret
 from shared.exceptions import ConfigurationError, DependencyUnavailable
 from shared.services.history import BadToken, HistoryCursor
 from shared.settings import PostgresSettings, load_settings
+from sluice.delivery import Probe
 from sluice.launcher import Running
 from sluice.secured import LocalCA, LocalPostgres, LocalRedis
 from tests.fixtures.devhost import start_devhost, write_app
@@ -383,3 +387,47 @@ def test_a_vault_password_is_never_sent_to_an_unchecked_host_name(secured_postgr
             return
     pytest.fail(f"SLUICE_POSTGRES_PASSWORD_SECRET with SLUICE_POSTGRES_SSLMODE=verify-ca was accepted and the "
                 f"password logged in as {user} to 'localhost' behind a certificate for 127.0.0.1 only")
+
+
+# --- 9. Rotation: the stack's Probe (`sluice up`'s live figures, the delivery check) caches every password -------
+
+def test_the_probe_follows_a_postgres_password_rotation(secured_postgres: LocalPostgres, local_ca: LocalCA,
+                                                        keyvault_emulator: KeyVaultEmulator,
+                                                        keyvault_client: SecretClient) -> None:
+    """Rule (docs/security.md, "Rotation without a restart"; tests/integration/test_own_services.py): the Probe
+    connects as the pipeline does, with a ``RotatingSecret`` per store, so a password rotated while ``sluice up``
+    runs is followed: a refused log-in re-reads the vault and connects with the new value.
+
+    Was: ``Probe._password`` read each secret once per Probe (``KeyVaultSecrets.get``, cached) and handed the
+    clients a plain string: after a rotation the enrichment figure of ``sluice up`` (one Probe for the whole run)
+    read ``OperationalError: password authentication failed`` until the run ended (Redis and Cassandra likewise,
+    once they reconnected).
+    """
+    role, old, new = f"rv_{uuid.uuid4().hex[:10]}", uuid.uuid4().hex, uuid.uuid4().hex
+    secured_postgres.create_role(role, old)
+    name = unique_secret_name("probe")
+    keyvault_client.set_secret(name, old)
+    values = json.loads((ROOT / "local.settings.sample.json").read_text(encoding="utf-8"))["Values"]
+    values.update(SLUICE_KEYVAULT_URL=keyvault_emulator.url, SLUICE_KEYVAULT_CA_FILE=str(keyvault_emulator.ca_file),
+                  SLUICE_POSTGRES_HOST="127.0.0.1", SLUICE_POSTGRES_PORT=str(secured_postgres.port),
+                  SLUICE_POSTGRES_DBNAME="postgres", SLUICE_POSTGRES_USER=role, SLUICE_POSTGRES_PASSWORD="",
+                  SLUICE_POSTGRES_SSLMODE="verify-full", SLUICE_POSTGRES_SSLROOTCERT=str(local_ca.ca_file),
+                  SLUICE_POSTGRES_PASSWORD_SECRET=name)
+    probe = Probe(values)
+    try:
+        with probe.pg() as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (role,)
+        keyvault_client.set_secret(name, new)  # vault first ...
+        secured_postgres.set_password(role, new)  # ... then the store
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with probe.pg() as conn:
+                    assert conn.execute("SELECT current_user").fetchone() == (role,)
+                break
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    finally:
+        probe.close()

@@ -79,6 +79,13 @@ def make_pool(conninfo: str, settings: PostgresSettings, *, password: RotatingSe
     )
 
 
+def connect(conninfo: str, *, password: RotatingSecret | None = None, **kwargs: Any) -> psycopg.Connection[Any]:
+    """One connection outside the pool (the operator's tools), logged in as the pool's are: with ``password``'s
+    current value, re-read once if the server refuses it."""
+    connection_class = psycopg.Connection if password is None else _rotating(password)
+    return connection_class.connect(conninfo, **kwargs)
+
+
 def refuse_lost_prepared_statements(conninfo: str, settings: PostgresSettings, *,
                                     password: RotatingSecret | None = None, timeout: float = 5.0) -> None:
     """Raise ``ConfigurationError`` when prepared statements are on and the server sessions behind ``conninfo`` are
