@@ -474,22 +474,18 @@ def _host_eventhub() -> tuple[KedaCheckpointSource, EventHubConsumerClient, Even
     """
     import os
 
-    from shared.adapters.eventhub_lag import EventHubSequenceAtTime, eventhub_client, host_checkpoint_source
+    from shared.adapters.eventhub_lag import EventHubSequenceAtTime, HostEventHubConnection
 
-    connection_string = os.environ.get("EventHubConnection")  # noqa: SIM112 (the host's names)
-    namespace = os.environ.get("EventHubConnection__fullyQualifiedNamespace")  # noqa: SIM112
-    if not (connection_string or namespace):
+    connection = HostEventHubConnection.from_environ(os.environ)
+    if not connection.configured:
         return None
     ingest = settings().ingest
 
     def reader() -> EventHubConsumerClient:  # a receiver that stays out of the host's consumer group
-        return eventhub_client(ingest.eventhub_name, ingest.audit_consumer_group, connection_string=connection_string,
-                               fully_qualified_namespace=namespace)
+        return connection.client(ingest.eventhub_name, ingest.audit_consumer_group)
 
-    source = host_checkpoint_source(ingest.eventhub_name, ingest.consumer_group,
-                                    connection_string=connection_string, fully_qualified_namespace=namespace)
-    hub = eventhub_client(ingest.eventhub_name, ingest.consumer_group, connection_string=connection_string,
-                          fully_qualified_namespace=namespace)
+    source = connection.checkpoint_source(ingest.eventhub_name, ingest.consumer_group)
+    hub = connection.client(ingest.eventhub_name, ingest.consumer_group)
     # The host's receivers own ingest's consumer group (epoch): a reader there would be refused. Without another
     # group the audit works from sequence numbers only (``sluice audit`` says so).
     separate = ingest.audit_consumer_group.lower() != ingest.consumer_group.lower()

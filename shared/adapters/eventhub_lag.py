@@ -33,7 +33,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -220,17 +220,69 @@ class EventHubBlobLagReader:
             yield blob.name
 
 
+@dataclass(frozen=True, slots=True)
+class HostEventHubConnection:
+    """The Functions host's Event Hubs connection ``EventHubConnection``, read from the variables the host reads.
+
+    A connection string (``EventHubConnection``, the local emulator), or an identity-based connection:
+    ``EventHubConnection__fullyQualifiedNamespace``, with the optional ``__credential=managedidentity`` (the app's
+    managed identity only, not ``DefaultAzureCredential``) and ``__clientId`` (which user-assigned identity).
+    Sluice's own Event Hubs readers (the lag, the audit, ``sluice lag``, ``sluice doctor keda``) sign in as the
+    host does.
+    """
+
+    connection_string: str | None = None
+    fully_qualified_namespace: str | None = None
+    managed_identity: bool = False
+    client_id: str | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> HostEventHubConnection:
+        """The connection ``environ`` sets (``configured`` is false when it sets none); a ``ConfigurationError``
+        when ``__credential`` or ``__clientId`` say something the host would not take."""
+        credential = environ.get("EventHubConnection__credential") or None
+        client_id = environ.get("EventHubConnection__clientId") or None
+        if credential is not None and credential.lower() != "managedidentity":
+            raise ConfigurationError(f"EventHubConnection__credential={credential!r}: the only value is "
+                                     f"'managedidentity' (unset: DefaultAzureCredential)")
+        if client_id and credential is None:
+            raise ConfigurationError("EventHubConnection__clientId needs EventHubConnection__credential="
+                                     "managedidentity (without it, DefaultAzureCredential picks the identity from "
+                                     "the environment)")
+        return cls(connection_string=environ.get("EventHubConnection") or None,
+                   fully_qualified_namespace=environ.get("EventHubConnection__fullyQualifiedNamespace") or None,
+                   managed_identity=credential is not None, client_id=client_id)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.connection_string or self.fully_qualified_namespace)
+
+    def client(self, eventhub: str, consumer_group: str) -> EventHubConsumerClient:
+        """A consumer client of ``eventhub`` in ``consumer_group`` over this connection (:func:`eventhub_client`)."""
+        return eventhub_client(eventhub, consumer_group, connection_string=self.connection_string,
+                               fully_qualified_namespace=self.fully_qualified_namespace,
+                               managed_identity=self.managed_identity, client_id=self.client_id)
+
+    def checkpoint_source(self, eventhub: str, consumer_group: str) -> KedaCheckpointSource:
+        """Where the host checkpoints ``eventhub`` over this connection (:func:`host_checkpoint_source`)."""
+        return host_checkpoint_source(eventhub, consumer_group, connection_string=self.connection_string,
+                                      fully_qualified_namespace=self.fully_qualified_namespace)
+
+
 def eventhub_client(eventhub: str, consumer_group: str, *, connection_string: str | None = None,
-                    fully_qualified_namespace: str | None = None) -> EventHubConsumerClient:
-    """A consumer client by connection string (local emulator) or by identity (as the Functions host connects)."""
+                    fully_qualified_namespace: str | None = None, managed_identity: bool = False,
+                    client_id: str | None = None) -> EventHubConsumerClient:
+    """A consumer client by connection string (local emulator) or by identity (as the Functions host connects:
+    ``managed_identity`` and ``client_id`` as ``__credential`` and ``__clientId`` say, :func:`credential_for`)."""
     if connection_string:
         return EventHubConsumerClient.from_connection_string(
             connection_string, consumer_group=consumer_group, eventhub_name=eventhub)
     if not fully_qualified_namespace:
         raise ConfigurationError("set EventHubConnection (a connection string) or "
                                  "EventHubConnection__fullyQualifiedNamespace (identity) to read Event Hubs")
-    return EventHubConsumerClient(fully_qualified_namespace, eventhub, consumer_group,
-                                  credential=credential_for(f"https://{fully_qualified_namespace}"))
+    credential = credential_for(f"https://{fully_qualified_namespace}", managed_identity=managed_identity,
+                                client_id=client_id)
+    return EventHubConsumerClient(fully_qualified_namespace, eventhub, consumer_group, credential=credential)
 
 
 class CachedPartitionLag:

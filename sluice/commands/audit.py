@@ -14,7 +14,8 @@ refused (exit 2). A dead-lettered batch whose ledger entries could not be writte
 dead-letter container names the same sequence numbers.
 
 Connections as the app's: ``EventHubConnection`` (or
-``EventHubConnection__fullyQualifiedNamespace``), ``AzureWebJobsStorage`` and the
+``EventHubConnection__fullyQualifiedNamespace``, with ``__credential`` and
+``__clientId`` as the host reads them), ``AzureWebJobsStorage`` and the
 ``SLUICE_CASSANDRA_*`` settings.
 """
 

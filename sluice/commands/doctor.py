@@ -12,7 +12,8 @@ KEDA then counts every retained event as unprocessed and scales ingest out to it
 
 Connections come from the same variables the app uses: Event Hubs from
 ``EventHubConnection`` (a connection string, local stack) or
-``EventHubConnection__fullyQualifiedNamespace`` (identity), storage from
+``EventHubConnection__fullyQualifiedNamespace`` (identity, with ``__credential`` and
+``__clientId`` as the host reads them), storage from
 ``AzureWebJobsStorage`` or ``AzureWebJobsStorage__accountName``. Exit status 0 when
 KEDA would read every checkpoint, 1 when there is a warning.
 """
@@ -228,7 +229,7 @@ def ingest_settings() -> IngestSettings:
 
 def run(args: argparse.Namespace) -> int:
     from shared.adapters.blob_service import blob_service_client, interactive_options
-    from shared.adapters.eventhub_lag import EventHubBlobLagReader, KedaCheckpointSource, eventhub_client
+    from shared.adapters.eventhub_lag import EventHubBlobLagReader, HostEventHubConnection, KedaCheckpointSource
     from shared.services.scaling import desired_replicas
 
     scaled, origin = read_scaled_object(args.scaled_object)
@@ -253,10 +254,7 @@ def run(args: argparse.Namespace) -> int:
                         max_replicas=args.max_replicas)
     ingest = ingest_settings()
     host_warnings, host_notes = host_check(meta, source, ingest)
-    hub = eventhub_client(source.eventhub, source.consumer_group,
-                          connection_string=os.environ.get("EventHubConnection"),  # noqa: SIM112 (the host's name)
-                          fully_qualified_namespace=os.environ.get(
-                              "EventHubConnection__fullyQualifiedNamespace"))  # noqa: SIM112
+    hub = HostEventHubConnection.from_environ(os.environ).client(source.eventhub, source.consumer_group)
     blobs = blob_service_client(storage_settings(), **interactive_options())
     with hub, blobs:
         # where the host's group is not known, checkpoints of the hub under any group may be the host's

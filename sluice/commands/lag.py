@@ -11,7 +11,8 @@ looks, this reads them where the *host* writes them (the container
 ``azure-webjobs-eventhub`` under the connection's namespace), the same reading the
 lookups pods export as ``sluice.eventhub.lag`` (which leaves out a partition whose
 checkpoint KEDA cannot read, where this prints the scaler's error). Connections:
-``EventHubConnection`` (or ``EventHubConnection__fullyQualifiedNamespace``) and
+``EventHubConnection`` (or ``EventHubConnection__fullyQualifiedNamespace``, with
+``__credential`` and ``__clientId`` as the host reads them) and
 ``AzureWebJobsStorage``; the
 hub and consumer group from ``SLUICE_INGEST_EVENTHUB_NAME`` and
 ``SLUICE_INGEST_CONSUMER_GROUP``. Exit status 0, or 1 when KEDA's scaler cannot read
@@ -45,12 +46,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from shared.adapters.blob_service import blob_service_client, interactive_options
-    from shared.adapters.eventhub_lag import (
-        EventHubBlobLagReader,
-        eventhub_client,
-        host_checkpoint_source,
-        partition_owners,
-    )
+    from shared.adapters.eventhub_lag import EventHubBlobLagReader, HostEventHubConnection, partition_owners
     from shared.services.scaling import desired_replicas
 
     scaled, origin = read_scaled_object(args.scaled_object)
@@ -58,11 +54,9 @@ def run(args: argparse.Namespace) -> int:
     ingest = ingest_settings()
     hub_name = args.eventhub or ingest.eventhub_name
     group = args.consumer_group or ingest.consumer_group
-    connection_string = os.environ.get("EventHubConnection")  # noqa: SIM112 (the host's name)
-    namespace = os.environ.get("EventHubConnection__fullyQualifiedNamespace")  # noqa: SIM112
-    source = host_checkpoint_source(hub_name, group, connection_string=connection_string,
-                                    fully_qualified_namespace=namespace)
-    hub = eventhub_client(hub_name, group, connection_string=connection_string, fully_qualified_namespace=namespace)
+    connection = HostEventHubConnection.from_environ(os.environ)
+    source = connection.checkpoint_source(hub_name, group)
+    hub = connection.client(hub_name, group)
     blobs = blob_service_client(storage_settings(), **interactive_options())
     with hub, blobs:
         reading = EventHubBlobLagReader(hub, blobs, source).read()

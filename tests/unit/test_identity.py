@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from functools import cache
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import ClassVar
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 
+from shared import bootstrap
+from shared.adapters.eventhub_lag import HostEventHubConnection
 from shared.adapters.identity import LOCAL_TENANT, LocalDevelopmentCredential, credential_for
+from shared.exceptions import ConfigurationError
+from shared.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _claims(token: str) -> dict:
@@ -45,3 +60,83 @@ def test_the_development_token_claims_the_scope_it_was_asked_for():
     info = credential.get_token_info("https://vault.azure.net/.default")
     assert _claims(info.token)["aud"] == "https://vault.azure.net"
     assert info.expires_on == _claims(info.token)["exp"]
+
+
+class _ManagedIdentityEndpoint(BaseHTTPRequestHandler):
+    """The App Service / Functions managed identity endpoint (``IDENTITY_ENDPOINT``): hands out a token and
+    records what each request asked for (``client_id`` names a user-assigned identity)."""
+
+    asked: ClassVar[list[dict[str, list[str]]]] = []
+
+    def do_GET(self) -> None:
+        query = parse_qs(urlsplit(self.path).query)
+        self.asked.append(query)
+        body = json.dumps({"access_token": "token", "expires_on": str(int(time.time()) + 3600),
+                           "resource": query.get("resource", [""])[0], "token_type": "Bearer"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def managed_identity_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, list[str]]]]:
+    """A Function App's managed identity endpoint on a local port; yields the queries it was asked."""
+    server = HTTPServer(("127.0.0.1", 0), _ManagedIdentityEndpoint)
+    _ManagedIdentityEndpoint.asked = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE",
+                 "AZURE_USERNAME", "MSI_ENDPOINT", "MSI_SECRET", "IDENTITY_SERVER_THUMBPRINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"http://127.0.0.1:{server.server_port}/msi/token")
+    monkeypatch.setenv("IDENTITY_HEADER", "functions-host")
+    try:
+        yield _ManagedIdentityEndpoint.asked
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_event_hubs_readers_sign_in_as_the_user_assigned_identity_the_host_is_told(
+        managed_identity_endpoint: list[dict[str, list[str]]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sluice's Event Hubs readers (the lag, the audit) sign in as the Functions host does: with
+    ``EventHubConnection__credential=managedidentity`` and ``__clientId``, as the user-assigned identity named.
+
+    Was: ``bootstrap._host_eventhub`` (and ``sluice lag``, ``sluice doctor keda``) read only the namespace and got
+    ``DefaultAzureCredential()``, whose managed identity member asked for the system-assigned identity's token: on an
+    app with only the user-assigned identity the lag gauge, ``/api/status`` lag and the audit failed to sign in;
+    with both, they read as another identity.
+    """
+    client_id = str(uuid.uuid4())
+    monkeypatch.setenv("EventHubConnection__fullyQualifiedNamespace", "sluice-ns.servicebus.windows.net")
+    monkeypatch.setenv("EventHubConnection__credential", "managedidentity")
+    monkeypatch.setenv("EventHubConnection__clientId", client_id)
+    monkeypatch.delenv("EventHubConnection", raising=False)
+    values = json.loads((ROOT / "local.settings.sample.json").read_text(encoding="utf-8"))["Values"]
+    loaded = load_settings({name: value for name, value in values.items() if value})
+    monkeypatch.setattr(bootstrap, "settings", cache(lambda: loaded))
+    found = bootstrap._host_eventhub()
+    assert found is not None
+    _, hub, _ = found
+    try:
+        hub._credential.get_token("https://eventhubs.azure.net/.default")  # what the client's AMQP sign-in asks
+    finally:
+        hub.close()
+    asked = [query.get("client_id", [None])[0] for query in managed_identity_endpoint]
+    assert asked == [client_id], (f"the Event Hubs client asked the managed identity endpoint for client ids "
+                                  f"{asked}, not the user-assigned identity {client_id} the host is told to use")
+
+
+def test_an_event_hubs_client_id_without_managedidentity_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="EventHubConnection__clientId needs"):
+        HostEventHubConnection.from_environ({"EventHubConnection__fullyQualifiedNamespace": "ns.servicebus.windows.net",
+                                             "EventHubConnection__clientId": "0f1e"})
+    with pytest.raises(ConfigurationError, match="EventHubConnection__credential='secret'"):
+        HostEventHubConnection.from_environ({"EventHubConnection__credential": "secret"})
+    assert not HostEventHubConnection.from_environ({}).configured
