@@ -312,3 +312,117 @@ def test_the_newest_site_rows_are_the_views_newest_however_far_back_they_are(pg_
                                   {"site": site, "limit": limit}).fetchall()
             answered = reports.site_daily(site_id=site, day_from=None, day_to=None, limit=limit)
             assert [(row["site_id"], date.fromisoformat(row["local_day"])) for row in answered] == newest, limit
+
+
+# report_device_health as 003_reporting_views.sql defined it, aggregating every window of each device: the oracle of
+# the view over device_totals (010_device_totals.sql), which must give the same rows and values.
+OLD_DEVICE_HEALTH = """
+SELECT
+    d.device_id,
+    bool_or(d.known_device) AS known_device,
+    (array_agg(d.site_id ORDER BY d.window_start DESC))[1] AS site_id,
+    ref.model,
+    ref.firmware,
+    max(d.last_event_time) AS last_seen,
+    sum(d.event_count) FILTER (WHERE d.window_start >= now() - interval '24 hours')::bigint AS events_24h,
+    sum(d.critical_count) FILTER (WHERE d.window_start >= now() - interval '24 hours')::bigint AS critical_24h,
+    count(*) FILTER (WHERE d.window_start >= now() - interval '24 hours') AS active_windows_24h,
+    sum(d.event_count)::bigint AS events_total,
+    sum(d.critical_count)::bigint AS critical_total,
+    CASE
+        WHEN max(d.last_event_time) < now() - interval '1 hour' THEN 'silent'
+        WHEN coalesce(sum(d.critical_count) FILTER (WHERE d.window_start >= now() - interval '24 hours'), 0) > 0
+            THEN 'critical'
+        ELSE 'ok'
+    END AS health
+FROM device_window_stats d
+LEFT JOIN devices ref ON ref.device_id = d.device_id
+GROUP BY d.device_id, ref.model, ref.firmware
+"""
+
+
+def assert_device_totals_exact(dsn: str) -> list[tuple]:
+    """``device_totals`` equals a from-scratch aggregate of ``device_window_stats`` (a device left without windows
+    keeps a row of zeros), and ``report_device_health`` equals the old view's SQL, both read in one transaction (one
+    ``now()``); returns the view's rows."""
+    with psycopg.connect(dsn) as conn:
+        totals = conn.execute("SELECT device_id, windows, known_windows, events_total, critical_total "
+                              "FROM device_totals WHERE (windows, known_windows, events_total, critical_total) "
+                              "<> (0, 0, 0, 0) ORDER BY 1").fetchall()
+        scratch = conn.execute("SELECT device_id, count(*), count(*) FILTER (WHERE known_device), sum(event_count), "
+                               "sum(critical_count) FROM device_window_stats GROUP BY 1 ORDER BY 1").fetchall()
+        view = conn.execute("SELECT * FROM report_device_health ORDER BY device_id").fetchall()
+        oracle = conn.execute(f"SELECT * FROM ({OLD_DEVICE_HEALTH}) o ORDER BY device_id").fetchall()
+        types = [(c.name, c.type_code) for c in conn.execute("SELECT * FROM report_device_health LIMIT 0").description]
+        oracle_types = [(c.name, c.type_code) for c in conn.execute(f"{OLD_DEVICE_HEALTH} LIMIT 0").description]
+    assert totals == scratch
+    assert view == oracle
+    assert types == oracle_types
+    return view
+
+
+def _device_windows(conn: psycopg.Connection, rows: list[tuple[str, datetime, bool, str | None, int, int]]) -> None:
+    """device_window_stats rows: (device, window_start, known, site_id, events, critical) of 5-minute windows whose
+    events lie in their window."""
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO device_window_stats (window_start, device_id, window_end, known_device, site_id, "
+                        "event_count, critical_count, first_event_time, last_event_time, measurements) VALUES "
+                        "(%s, %s, %s, %s, %s, %s, %s, %s, %s, '{}')",
+                        [(start, device, start + timedelta(minutes=5), known, site, events, critical,
+                          start + timedelta(seconds=1), start + timedelta(seconds=1 + 7 * events))
+                         for device, start, known, site, events, critical in rows])
+
+
+def _mixed_history(now: datetime) -> list[tuple[str, datetime, bool, str | None, int, int]]:
+    """Windows of a month ago, of yesterday and of the last hours: known, unknown and once-known devices, a device
+    that moved site, one silent for days, one with critical events in the last 24 hours and one before them only."""
+    old, recent = now - timedelta(days=30), now - timedelta(minutes=40)
+    return [("a", old, True, "s1", 3, 0), ("a", recent, True, "s2", 4, 0),
+            ("a", recent + timedelta(minutes=5), True, "s2", 2, 0),
+            ("b", old, False, None, 5, 2), ("b", now - timedelta(hours=25), True, "s1", 1, 1),
+            ("c", old, False, None, 7, 0), ("c", recent, False, None, 1, 0),
+            ("d", recent, True, "s3", 6, 3), ("d", now - timedelta(hours=23), True, "s3", 2, 0),
+            ("e", now - timedelta(days=3), True, "s1", 9, 9)]
+
+
+def test_the_device_totals_backfill_of_existing_windows_is_exact(pg_dsn: str, tmp_path: Path) -> None:
+    """Applied to a database that already holds windows (deployed over 009), 010 fills ``device_totals`` from them in
+    one pass: the totals and the report are what the old view computed from every window."""
+    before = tmp_path / "sql"
+    before.mkdir()
+    for path in sorted(SQL_DIR.glob("00*.sql")):  # 001 to 009
+        shutil.copy(path, before / path.name)
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert apply_migrations(conn, before) == list(range(1, 10))
+        conn.execute("INSERT INTO devices (device_id, site_id, model, firmware) VALUES ('a', 's2', 'M1', '1'), "
+                     "('b', 's1', 'M2', '2'), ('d', 's3', NULL, '3')")
+        _device_windows(conn, _mixed_history(now))
+        before_view = conn.execute(f"SELECT * FROM ({OLD_DEVICE_HEALTH}) o ORDER BY device_id").fetchall()
+        assert apply_migrations(conn) == [10]
+    view = assert_device_totals_exact(pg_dsn)
+    assert [row[:6] + row[9:] for row in view] == [row[:6] + row[9:] for row in before_view]  # (24 h: another now())
+    assert {row[0]: row[-1] for row in view} == {"a": "ok", "b": "silent", "c": "ok", "d": "critical",
+                                                 "e": "silent"}
+    assert {row[0]: row[6:9] for row in view}["e"] == (None, None, 0)  # no window in 24 hours
+
+
+def test_the_device_report_reads_the_windows_only_through_the_device_index(pg_dsn: str) -> None:
+    """The view reads ``device_totals`` and, per device, its newest window and its last 24 hours through
+    ``device_window_stats_device`` (device_id, window_start): never the whole history."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn)
+        _device_windows(conn, _mixed_history(now))
+        conn.execute("ANALYZE")
+        conn.execute("SET enable_seqscan = off")  # on tables this small the planner would read them whole anyway
+        plan = [row[0] for row in conn.execute(
+            "EXPLAIN SELECT * FROM report_device_health ORDER BY last_seen DESC NULLS LAST, device_id LIMIT 50")]
+    text = "\n".join(plan)
+    reads = [line for line in plan if " on device_window_stats " in line]
+    assert len(reads) == 2, text
+    assert all("Index Scan" in line and "using device_window_stats_device" in line for line in reads), text
+    assert text.count("Index Cond: (device_id = t.device_id)") == 1, text
+    assert text.count("Index Cond: ((device_id = t.device_id) AND (window_start >= (now() - '24:00:00'::interval)))") \
+        == 1, text
+    assert "Seq Scan on device_window_stats" not in text and "Bitmap" not in text, text
