@@ -50,6 +50,7 @@ from shared.services.enrichment import EnrichmentService
 from shared.settings import CassandraSettings, EnrichmentSettings, PostgresSettings
 from sluice.launcher import Running
 from tests.fixtures.memory import traced
+from tests.integration.test_enrichment_sql import assert_device_totals_exact
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -1145,3 +1146,73 @@ def test_report_site_daily_cuts_local_days_with_the_parquet_reference_source(pg:
         ("America/New_York", "2026-11-19")]
     assert pg.query("SELECT local_day::text FROM report_site_measurement_daily WHERE site_id = 'site-b'") == [
         ("2026-11-19",)]
+
+
+def test_device_totals_follow_every_change_of_the_window_figures(pg: PgStack) -> None:
+    """``device_totals`` (010) is kept by statement triggers on ``device_window_stats``: after each kind of write the
+    real store makes (new windows, a late recompute whose events moved to another device and window, a window left
+    with no rows, devices becoming known and unknown, a TRUNCATE) it equals an aggregate of every window, and
+    ``report_device_health`` equals the old view that computed one. Windows lie around the real clock, so the
+    24-hour columns count some windows and not others."""
+    base = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=30)
+    base -= timedelta(minutes=base.minute % 5)
+    w_old, w1, w2, w3, w4 = (Window(s, s + W) for s in (base - timedelta(days=2), base, base + W, base + 2 * W,
+                                                         base + 3 * W))
+
+    def event(device: str, window: Window, second: int, *, critical: bool = False,
+              event_id: uuid.UUID | None = None) -> StoredEvent:
+        at = window.start + timedelta(seconds=second)
+        return StoredEvent(event_id or uuid.uuid4(), device, at, "reading", "critical" if critical else "info",
+                           critical, {"t": float(second)}, enqueued_time=at + timedelta(seconds=1))
+
+    def write(*windows: Window) -> None:
+        for window in windows:
+            source = WindowInput(window, lambda w=window: pg.reader.read_each(w.start, w.end), pg.reference.load())
+            pg.store.write_window(source, "backfill", advance_watermark=False)
+
+    def totals() -> dict[str, tuple]:
+        return {d: (n, known, events, critical) for d, n, known, events, critical in pg.query(
+            "SELECT device_id, windows, known_windows, events_total, critical_total FROM device_totals")}
+
+    moved, emptied = uuid.uuid4(), uuid.uuid4()
+    pg.reader.events += [event("dev-1", w_old, 10), event("dev-1", w_old, 20, critical=True), event("dev-x", w_old, 30),
+                         event("dev-1", w1, 10), event("dev-2", w1, 20), event("dev-2", w1, 30, critical=True),
+                         event("dev-x", w1, 40), event("dev-3", w1, 50, event_id=moved),
+                         event("dev-2", w2, 10), event("dev-4", w3, 10, event_id=emptied)]
+    write(w_old, w1, w2, w3)  # new windows (COPY, then the upsert of the figures)
+    assert_device_totals_exact(pg.dsn)
+    assert totals()["dev-3"] == (1, 1, 1, 0)
+
+    # The id sent by dev-3 in w1 is re-sent by dev-1 later, in w2, with a late event of dev-2 for w1: w2 takes it
+    # over (an insert of dev-1's row), w1 is recomputed (dev-3's row deleted, dev-2's updated).
+    pg.reader.events += [event("dev-1", w2, 40, event_id=moved), event("dev-2", w1, 45, critical=True)]
+    write(w2, w1)
+    assert pg.query("SELECT recompute FROM enrichment_windows WHERE window_start = %s", (w1.start,)) == [(False,)]
+    view = {row[0]: row for row in assert_device_totals_exact(pg.dsn)}
+    assert "dev-3" not in view and totals()["dev-3"] == (0, 0, 0, 0)
+    assert view["dev-2"][6:11] == (4, 2, 2, 4, 2)  # events_24h, critical_24h, active_windows_24h, totals
+
+    # w3's only event moves to w4: recomputed, w3 has no rows left
+    pg.reader.events.append(event("dev-2", w4, 5, event_id=emptied))
+    write(w4, w3)
+    assert pg.query("SELECT count(*) FROM device_window_stats WHERE window_start = %s", (w3.start,)) == [(0,)]
+    assert_device_totals_exact(pg.dsn)
+    assert totals()["dev-4"] == (0, 0, 0, 0)
+
+    # dev-x gets a reference row, dev-2 loses its own: the windows written again flip known_device (updates)
+    with psycopg.connect(pg.dsn) as conn:
+        conn.execute("INSERT INTO devices (device_id, site_id, model, firmware) VALUES ('dev-x', 'site-b', 'TX-9', "
+                     "'9')")
+        conn.execute("DELETE FROM devices WHERE device_id = 'dev-2'")
+    write(w_old, w1)
+    view = {row[0]: row for row in assert_device_totals_exact(pg.dsn)}
+    assert totals()["dev-x"] == (2, 2, 2, 0) and view["dev-x"][1:4] == (True, "site-b", "TX-9")
+    assert totals()["dev-2"][:2] == (3, 2)  # w1 now unknown; w2 and w4 still known
+
+    with psycopg.connect(pg.dsn) as conn:
+        conn.execute("TRUNCATE device_window_stats")
+    assert totals() == {}
+    assert assert_device_totals_exact(pg.dsn) == []
+    write(w2)
+    assert set(totals()) == {"dev-1", "dev-2"}
+    assert_device_totals_exact(pg.dsn)
