@@ -124,7 +124,8 @@ def raw_commands(cache: RedisChangeSink, page: list[StoredEvent], ttl: int, per_
                              ttl, shard_max, str(e.event_id), e.device_id, document))
             commands.append((event_sha, 1, f"{prefix}e:{e.event_id}", document, ttl))
         else:  # drops a copy a lookup cached of an older send of this id, and notes this one's enqueued time
-            commands.append((event_sha, 1, f"{prefix}e:{e.event_id}", e.enqueued_text(), "", "stale", 30))
+            commands.append((event_sha, 1, f"{prefix}e:{e.event_id}", e.enqueued_text(), "", "stale",
+                             cache.stale_marker_seconds))
     for device, e in newest.items():
         commands.append((latest_sha, 1, f"{prefix}d:{{{device}}}:latest", sort_key(e), e.to_json(), ttl))
     return commands

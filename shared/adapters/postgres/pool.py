@@ -106,17 +106,15 @@ def refuse_lost_prepared_statements(conninfo: str, settings: PostgresSettings, *
     if settings.prepare_threshold is None:
         return
     options: dict[str, Any] = {"autocommit": True, "connect_timeout": max(1, round(timeout))}
-    if password is not None:
-        options["password"] = password.value()
     name = f"sluice_probe_{os.urandom(6).hex()}"  # this probe's own, never one of psycopg's _pg3_ names
     try:
-        with psycopg.Connection.connect(conninfo, **options) as first:
+        with connect(conninfo, password=password, **options) as first:
             row = first.execute("SELECT pg_backend_pid()").fetchone()
             if row is None or row[0] == first.info.backend_pid:
                 return  # the server itself: one session, one server process
             if first.pgconn.prepare(name.encode(), b"SELECT 1").status != psycopg.pq.ExecStatus.COMMAND_OK:
                 return
-            with psycopg.Connection.connect(conninfo, **options) as second:
+            with connect(conninfo, password=password, **options) as second:
                 try:
                     second.execute(sql.SQL("EXECUTE {}").format(sql.Identifier(name)))
                 except psycopg.errors.InvalidSqlStatementName:

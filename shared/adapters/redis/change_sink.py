@@ -55,7 +55,7 @@ class RedisChangeSink(ScriptedRedis):
                  stale_marker_seconds: int = 30) -> None:
         super().__init__(connection, key_prefix, stream_shards, generation_cache_seconds=generation_cache_seconds)
         self._ttl = ttl_seconds
-        self._marker_ttl = stale_marker_seconds
+        self.stale_marker_seconds = stale_marker_seconds  # how long fill_event's note n lives at least
         self._wait = {"replicas": wait_replicas, "wait_ms": wait_timeout_ms}
         self._stream_max = critical_stream_max
         self.critical_cap = critical_per_device_max
@@ -73,7 +73,7 @@ class RedisChangeSink(ScriptedRedis):
         documents: dict[int, str] = {}  # by id(event): encoded once, for its critical commands and its latest
         stale: list[tuple[int, StoredEvent]] = []
         commands: list[Command] = []
-        generations, ttl, cap, marker_ttl = self.write_keys(), self._ttl, self.critical_cap, self._marker_ttl
+        generations, ttl, cap, marker_ttl = self.write_keys(), self._ttl, self.critical_cap, self.stale_marker_seconds
         sha = self.sha
         latest_sha, critical_sha, stream_sha, event_sha = (
             sha["latest"],
