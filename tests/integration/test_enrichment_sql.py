@@ -250,38 +250,50 @@ def _site_windows(conn: psycopg.Connection, start: datetime, hours: int, *, step
     conn.execute(
         "INSERT INTO site_window_stats (window_start, site_id, window_end, site_name, device_count, event_count, "
         "critical_count, measurements) SELECT ts, s, ts + interval '5 minutes', s, 1, 1 + extract(hour FROM ts)::int, "
-        "0, '{}' FROM generate_series(%s::timestamptz, %s::timestamptz, %s * interval '1 hour') ts, "
+        "0, jsonb_build_object('t', jsonb_build_object('count', 1 + extract(hour FROM ts)::int, 'min', "
+        "extract(hour FROM ts), 'max', extract(hour FROM ts) + 1, 'avg', extract(hour FROM ts) + 0.5, 'last', 0), "
+        "'rpm', jsonb_build_object('count', 1, 'min', 7, 'max', 7, 'avg', 7, 'last', 7)) "
+        "FROM generate_series(%s::timestamptz, %s::timestamptz, %s * interval '1 hour') ts, "
         "unnest(%s::text[]) s", (start, start + timedelta(hours=hours), step, list(_ZONES)))
 
 
-def test_the_site_report_between_two_days_is_the_view_on_those_days_in_every_zone(pg_dsn: str) -> None:
-    """``report_site_daily_between`` reads only the windows that can fall on the days asked for (a bound on
-    ``window_start``, for the primary key); a bound a few hours too tight would lose the first or last hours of a
-    day in zones far from UTC. Every range gives exactly the view's rows of its days, and the view is unchanged."""
+# Each site report, its bounded form, and the column holding its local day.
+_BOUNDED_REPORTS = [("report_site_daily", "site_id, local_day", 4),
+                    ("report_site_measurement_daily", "site_id, local_day, measurement", 1)]
+
+
+@pytest.mark.parametrize(("view", "order", "day_column"), _BOUNDED_REPORTS)
+def test_a_site_report_between_two_days_is_the_view_on_those_days_in_every_zone(
+        pg_dsn: str, view: str, order: str, day_column: int) -> None:
+    """``report_site_daily_between`` and ``report_site_measurement_daily_between`` read only the windows that can
+    fall on the days asked for (a bound on ``window_start``, for the primary key); a bound a few hours too tight
+    would lose the first or last hours of a day in zones far from UTC. Every range gives exactly the view's rows of
+    its days, and the view is unchanged."""
     start = datetime(2026, 3, 5, 0, 0, tzinfo=UTC)  # New York moves to daylight saving time on 8 March
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         apply_migrations(conn)
         _site_windows(conn, start, 24 * 8)
-        view = conn.execute("SELECT * FROM report_site_daily ORDER BY site_id, local_day").fetchall()
-        assert {row[4] for row in view} == {start.date() + timedelta(days=n) for n in range(-1, 9)}
+        rows = conn.execute(f"SELECT * FROM {view} ORDER BY {order}").fetchall()
+        assert {row[day_column] for row in rows} == {start.date() + timedelta(days=n) for n in range(-1, 9)}
         first, last = start.date(), start.date() + timedelta(days=8)
         for low in (None, first - timedelta(days=1), first, first + timedelta(days=3), last):
             for high in (None, first, first + timedelta(days=3), last, last + timedelta(days=1)):
-                between = conn.execute("SELECT * FROM report_site_daily_between(%s, %s) ORDER BY site_id, local_day",
+                between = conn.execute(f"SELECT * FROM {view}_between(%s, %s) ORDER BY {order}",
                                        (low, high)).fetchall()
-                assert between == [row for row in view if (low is None or row[4] >= low)
-                                   and (high is None or row[4] <= high)], (low, high)
+                assert between == [row for row in rows if (low is None or row[day_column] >= low)
+                                   and (high is None or row[day_column] <= high)], (low, high)
 
 
-def test_the_site_report_between_two_days_reads_by_the_primary_key(pg_dsn: str) -> None:
-    """The bounded report reads ``site_window_stats`` through its primary key (``window_start`` first), where the
-    view's days, cut in each site's zone, can only be found by reading every window."""
+@pytest.mark.parametrize("view", [view for view, _, _ in _BOUNDED_REPORTS])
+def test_a_site_report_between_two_days_reads_by_the_primary_key(pg_dsn: str, view: str) -> None:
+    """The bounded reports read ``site_window_stats`` through its primary key (``window_start`` first), where the
+    views' days, cut in each site's zone, can only be found by reading every window."""
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         apply_migrations(conn)
         _site_windows(conn, datetime(2026, 3, 5, tzinfo=UTC), 24 * 8)
         conn.execute("SET enable_seqscan = off")  # on a table this small the planner would read it whole anyway
         plan = "\n".join(row[0] for row in conn.execute(
-            "EXPLAIN SELECT * FROM report_site_daily_between('2026-03-10', NULL)").fetchall())
+            f"EXPLAIN SELECT * FROM {view}_between('2026-03-10', NULL)").fetchall())
     assert "Index Cond: ((window_start >=" in plan or "Recheck Cond: ((window_start >=" in plan, plan
 
 
@@ -399,7 +411,7 @@ def test_the_device_totals_backfill_of_existing_windows_is_exact(pg_dsn: str, tm
                      "('b', 's1', 'M2', '2'), ('d', 's3', NULL, '3')")
         _device_windows(conn, _mixed_history(now))
         before_view = conn.execute(f"SELECT * FROM ({OLD_DEVICE_HEALTH}) o ORDER BY device_id").fetchall()
-        assert apply_migrations(conn) == [10]
+        assert apply_migrations(conn)[0] == 10
     view = assert_device_totals_exact(pg_dsn)
     assert [row[:6] + row[9:] for row in view] == [row[:6] + row[9:] for row in before_view]  # (24 h: another now())
     assert {row[0]: row[-1] for row in view} == {"a": "ok", "b": "silent", "c": "ok", "d": "critical",
