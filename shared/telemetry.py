@@ -365,8 +365,7 @@ def build(environ: Mapping[str, str] | None = None, *, settings: TelemetrySettin
     if telemetry_environment.disabled(env):
         return OFF
     connection = env.get("APPLICATIONINSIGHTS_CONNECTION_STRING")
-    otlp = any(env.get(name) for name in telemetry_environment.OTLP_ENDPOINTS)
-    otlp_signals = otlp_signals_of(env) if otlp else ()
+    otlp_signals = otlp_signals_of(env)
     port = settings.metrics_port
     if not (connection or otlp_signals or port is not None):  # an endpoint with both signals "none" exports nothing
         return OFF

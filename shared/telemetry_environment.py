@@ -26,22 +26,23 @@ def otlp_signals(env: Mapping[str, str]) -> tuple[tuple[str, ...], list[str]]:
     the variable).
 
     A signal is exported when it has an endpoint (``OTEL_EXPORTER_OTLP_ENDPOINT`` or its own) unless its
-    ``OTEL_<SIGNAL>_EXPORTER`` is ``none``; its protocol (``OTEL_EXPORTER_OTLP_<SIGNAL>_PROTOCOL``, else
-    ``OTEL_EXPORTER_OTLP_PROTOCOL``) must be http/protobuf, the only exporter Sluice ships. A signal with a problem
-    is not among the signals.
+    ``OTEL_<SIGNAL>_EXPORTER`` is ``none`` (any value but ``otlp`` and ``none`` is a problem, endpoint or not);
+    its protocol (``OTEL_EXPORTER_OTLP_<SIGNAL>_PROTOCOL``, else ``OTEL_EXPORTER_OTLP_PROTOCOL``) must be
+    http/protobuf, the only exporter Sluice ships. A signal with a problem is not among the signals.
     """
     problems: list[str] = []
     signals: list[str] = []
     for signal in ("metrics", "traces"):
-        if not (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")):
-            continue
+        # Checked with or without an endpoint: the Azure Monitor distro reads it too, and a misspelt 'none' there
+        # would leave that signal flowing to Application Insights.
         choice_name = f"OTEL_{signal.upper()}_EXPORTER"
         choice = (env.get(choice_name) or "otlp").strip().lower()
-        if choice == "none":
-            continue
-        if choice != "otlp":
+        if choice not in ("otlp", "none"):
             problems.append(f"{choice_name}: {choice!r}: Sluice exports {signal} over OTLP ('otlp') or not at all "
                             "('none'); Prometheus is SLUICE_METRICS_PORT")
+            continue
+        if choice == "none" or not (env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                                    or env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")):
             continue
         refused = False
         for protocol_name in (f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
@@ -83,5 +84,4 @@ def problems(env: Mapping[str, str]) -> list[str]:
     """Every value of these variables that ``shared.telemetry.build`` would refuse, one line each."""
     if disabled(env):
         return []
-    found = otlp_signals(env)[1] if any(env.get(name) for name in OTLP_ENDPOINTS) else []
-    return found + authentication(env)[1]
+    return otlp_signals(env)[1] + authentication(env)[1]

@@ -229,6 +229,19 @@ def test_a_telemetry_setting_build_refuses_is_refused_at_start_up(variable: str)
                                     APPLICATIONINSIGHTS_AUTHENTICATION_STRING="Authorization=AAD"))
 
 
+@pytest.mark.parametrize("extra", [{}, {"APPLICATIONINSIGHTS_CONNECTION_STRING":
+                                            f"InstrumentationKey={uuid.UUID(int=0)}"}])
+@pytest.mark.parametrize(("variable", "value"), [("OTEL_METRICS_EXPORTER", "console"), ("OTEL_TRACES_EXPORTER", "non")])
+def test_an_exporter_choice_other_than_otlp_or_none_is_refused_without_an_otlp_endpoint_too(
+        variable: str, value: str, extra: dict[str, str]) -> None:
+    """``OTEL_<SIGNAL>_EXPORTER`` was checked only for a signal with an OTLP endpoint, so with none (Application
+    Insights alone) a misspelt ``none`` started, and that signal went on flowing to Application Insights, which
+    reads the variable too. docs/observability.md says anything but ``otlp`` or ``none`` is refused at start-up."""
+    with pytest.raises(ConfigurationError, match=f"{variable}: {value!r}"):
+        load_settings(sample_env(**{variable: value}, **extra))
+    assert load_settings(sample_env(**{variable: "none"}, **extra))
+
+
 @pytest.fixture
 def ingest_env(cassandra_keyspace: str, cassandra_emulator: Running, azurite_connection_string: str,
                monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
