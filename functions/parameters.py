@@ -37,9 +37,10 @@ _LIMIT = re.compile(r"[0-9]{1,9}")
 # RFC 3339 section 5.6: an offset's hours are 00-23 and its minutes 00-59 (datetime.fromisoformat would take +01:60
 # as +02:00, another instant than the one written); the date and the clock are checked by fromisoformat. Digits are
 # [0-9], never \d: RFC 3339's DIGIT is ASCII, and \d also matches other scripts' digits (U+0667, U+FF18), which
-# fromisoformat refuses but the fraction's digits past the microseconds only meet here.
+# fromisoformat refuses but the fraction's digits past the microseconds only meet here. The fraction has any
+# number of digits (time-secfrac = "." 1*DIGIT).
 _RFC3339 = re.compile(
-    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,9}))?"
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]+))?"
     r"([Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])")
 _MICROSECOND = timedelta(microseconds=1)
 

@@ -401,6 +401,10 @@ def test_good_parameters_parse():
     assert parse_since("2026-11-23T10:00:00.1234560Z") == datetime(2026, 11, 23, 10, 0, 0, 123456, tzinfo=UTC)
     assert parse_until("2026-11-23T10:00:00.0000009Z", "to") == datetime(2026, 11, 23, 10, tzinfo=UTC)
     assert parse_since("9999-12-31T23:59:59.9999999Z") == datetime.max.replace(tzinfo=UTC)
+    # RFC 3339's fraction is "." 1*DIGIT: ten digits and more were refused as "not an RFC 3339 time"
+    assert parse_since("2026-11-23T10:00:00.0000000001Z") == datetime(2026, 11, 23, 10, 0, 0, 1, tzinfo=UTC)
+    assert parse_until("2026-11-23T10:00:00.123456" + "9" * 30 + "Z", "at") == datetime(2026, 11, 23, 10, 0, 0,
+                                                                                       123456, tzinfo=UTC)
 
 
 @sync
