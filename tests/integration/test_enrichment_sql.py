@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -438,3 +439,33 @@ def test_the_device_report_reads_the_windows_only_through_the_device_index(pg_ds
     assert text.count("Index Cond: ((device_id = t.device_id) AND (window_start >= (now() - '24:00:00'::interval)))") \
         == 1, text
     assert "Seq Scan on device_window_stats" not in text and "Bitmap" not in text, text
+
+
+def test_the_documented_read_only_role_reads_every_report(pg_dsn: str) -> None:
+    """docs/reporting.md's recipe for BI tools, run as written: the role reads every report view and both bounded
+    site reports. Granted SELECT on the views alone it could not read the site reports: since 009 and 011 they are
+    inlined SQL functions, which read ``site_window_stats`` and ``sites`` with the caller's rights."""
+    text = (Path(__file__).parents[2] / "docs" / "reporting.md").read_text()
+    recipe = text.split("Give BI tools a read-only role:", 1)[1].split("```sql", 1)[1].split("```", 1)[0]
+    role = f"bi_reader_{uuid.uuid4().hex[:10]}"
+    start = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn)
+        conn.execute("INSERT INTO site_window_stats (window_start, site_id, window_end, device_count, event_count, "
+                     "critical_count, measurements) VALUES (%s, 'site-a', %s, 1, 2, 1, "
+                     "'{\"t\": {\"count\": 2, \"min\": 1, \"max\": 3, \"avg\": 2, \"last\": 3}}')",
+                     (start, start + timedelta(minutes=5)))
+        conn.execute(recipe.replace("bi_reader", role))
+        try:
+            conn.execute(f"SET ROLE {role}")
+            counts = [conn.execute(f"SELECT count(*) FROM {source}").fetchone() for source in (
+                "report_site_daily", "report_site_measurement_daily", "report_device_health", "report_unknown_devices",
+                "report_site_daily_between('2026-11-20', NULL)",
+                "report_site_measurement_daily_between(NULL, '2026-11-20')")]
+            assert counts == [(1,), (1,), (0,), (0,), (1,), (1,)]
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):  # read-only: it writes nothing
+                conn.execute("DELETE FROM site_window_stats")
+        finally:
+            conn.execute("RESET ROLE")
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
