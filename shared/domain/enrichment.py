@@ -225,17 +225,17 @@ class MeasurementSummary:
         count = len(values)
         try:
             total = math.fsum(values)
-        except OverflowError:  # the sum passes the largest float; each value over the count does not
-            return cls(count, min(values), max(values), [], last, last_key, math.fsum(v / count for v in values))
+        except OverflowError:  # the sum passes the largest float
+            low, high = min(values), max(values)
+            return cls(count, low, high, [], last, last_key, _mean_past_the_largest(values, count, low, high))
         return cls(count, min(values), max(values), [total], last, last_key)
 
     def average(self) -> float:
         if self.mean is None:
             try:
                 return math.fsum(self.parts) / self.count
-            except OverflowError:  # merged sums that pass the largest float: each over the count does not
-                mean = math.fsum(part / self.count for part in self.parts)
-                self.mean, self.parts = min(max(mean, self.min), self.max), []
+            except OverflowError:  # merged sums that pass the largest float
+                self.mean, self.parts = _mean_past_the_largest(self.parts, self.count, self.min, self.max), []
         return self.mean
 
     def merge(self, other: MeasurementSummary) -> None:
@@ -259,6 +259,16 @@ class MeasurementSummary:
             "avg": self.average(),
             "last": self.last,
         }
+
+
+def _mean_past_the_largest(values: Iterable[float], count: int, low: float, high: float) -> float:
+    """The mean of ``count`` values (or sums of them) whose sum passes the largest float.
+
+    Each is halved first (exact for these magnitudes) and divided by the count, so the shares' sum stays under
+    half the largest float: ``math.fsum(v / count)`` itself overflowed when the shares' roundings carried their sum
+    past the largest float (three readings of it). The mean lies within ``[low, high]``; doubling back may round
+    outside, or to infinity, hence the clamp."""
+    return min(max(math.fsum(v * 0.5 / count for v in values) * 2.0, low), high)
 
 
 def _as_json(summaries: Mapping[str, MeasurementSummary]) -> str:

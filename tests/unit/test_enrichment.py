@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -515,6 +516,33 @@ def test_values_whose_sum_passes_the_largest_float_are_averaged(parts) -> None:
     reader.events += [*huge, ev("d1", T0 + W + timedelta(seconds=1), t=20.0)]
     service(parts).run(now=T0 + 2 * W + timedelta(minutes=2))
     assert store.state.watermark == T0 + 2 * W
+
+
+@pytest.mark.parametrize("devices", [("d1", "d1", "d1"), ("d1", "d2", "d3"), ("d1", "d2", "d2")])
+def test_three_readings_of_the_largest_float_are_averaged_to_it(devices: tuple[str, ...]) -> None:
+    """Each value over the count (round(MAX / 3)) still sums past the largest float three times over, so the
+    fallback ``math.fsum(v / count)`` raised ``OverflowError`` as well, for a device reading it three times and for
+    a site whose devices read it three times in all: that window failed at every run, for good. The average of
+    equal values is that value."""
+    largest = sys.float_info.max
+    one_site = ReferenceData.of([DeviceRef(d, "s1") for d in ("d1", "d2", "d3")], [SiteRef("s1", "Site one")])
+    out = compute_window(Window(T0, T0 + W), [ev(d, T0 + timedelta(seconds=n), t=largest)
+                                              for n, d in enumerate(devices)], one_site)
+    (site,) = out.site_stats
+    assert (site.measurements["t"]["avg"], site.measurements["t"]["count"]) == (largest, 3)
+    assert {d.measurements["t"]["avg"] for d in out.device_stats} == {largest}
+
+
+def test_the_average_of_values_summing_past_the_largest_float_lies_within_them() -> None:
+    """The fallback mean was not clamped for a device: three readings of half the largest float averaged one ulp
+    above their maximum, so its window's figures said avg > max."""
+    half = sys.float_info.max / 2
+    for values in ([half] * 3, [half, half, half * 0.999_999], [-half, half * 1.5, half * 1.5, half]):
+        out = compute_window(Window(T0, T0 + W), [ev("d1", T0 + timedelta(seconds=n), t=v)
+                                                  for n, v in enumerate(values)], REF)
+        for figures in [d.measurements["t"] for d in out.device_stats] + [s.measurements["t"] for s in out.site_stats]:
+            assert figures["min"] <= figures["avg"] <= figures["max"], (values, figures)
+
 
 
 def test_late_windows_over_the_budget_keep_the_scan_position(parts) -> None:
