@@ -3,7 +3,8 @@
 Prints ``listening on HOST:PORT`` once HTTP is served and every listener started
 (``--port 0`` picks a free port). Exit status: 0 after a clean shutdown, 2 for a
 configuration the dev host refuses (the message names the function and binding or
-setting), 1 for anything else.
+setting), 3 when an invocation outlived host.json's ``functionTimeout`` (the host
+exits, as the Functions host restarts), 1 for anything else.
 """
 
 from __future__ import annotations
