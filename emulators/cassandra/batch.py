@@ -160,26 +160,19 @@ def _check_batch_conditions(engine: Engine, table: Table, children: list[tuple[s
     condition columns (each once, in order; every column when a statement is IF EXISTS or IF NOT EXISTS), one row
     per row the conditions read that exists, in clustering order; ``[applied]`` alone when none exists."""
     data = engine.table_data(table)
+    rows = _condition_rows(table, children)  # refuses a mix of kinds on one row before any condition is read
     checked: dict[bytes, None] = {}  # the clustering keys the conditions read
     holds = True
     wildcard = False
     conditions: list[st.Condition] = []
     pk = b""
-    for stmt, values in children:
-        ctx = WriteContext(values, ts, now)
+    for (stmt, values), (pk, ck) in zip(children, rows, strict=True):
         if isinstance(stmt, st.Insert):
-            pk, ck = _insert_key(table, stmt, values)
             row, _ = _current_values(table, data, pk, ck, [], now)
             ok = row is None
             wildcard = True
         else:
-            r = resolve_restrictions(table, stmt.where, values)
-            keys = primary_keys(table, r)
-            if len(keys) != 1:
-                raise Invalid("IN on the clustering key columns is not supported with conditional "
-                              f"{'deletions' if isinstance(stmt, st.Delete) else 'updates'}")
-            pk, ck = keys[0]
-            ok = conditions_hold(table, data, pk, ck, stmt.if_exists, stmt.conditions, ctx)
+            ok = conditions_hold(table, data, pk, ck, stmt.if_exists, stmt.conditions, WriteContext(values, ts, now))
             wildcard = wildcard or stmt.if_exists
             conditions += stmt.conditions
         checked.setdefault(ck, None)
@@ -197,3 +190,31 @@ def _check_batch_conditions(engine: Engine, table: Table, children: list[tuple[s
     specs = [results.ColumnSpec(table.keyspace, table.name, "[applied]", BOOLEAN)]
     specs += [results.ColumnSpec(table.keyspace, table.name, c.name, c.type) for c in columns]
     return Rows(specs, [[b"\x00", *(v for _, v in current)] for current in found])
+
+
+def _condition_rows(table: Table, children: list[tuple[st.Modification, list[Value]]]) -> list[tuple[bytes, bytes]]:
+    """The row (partition key, clustering key) each conditional child's condition is on. As Cassandra 4
+    (CQL3CasRequest.addExistsCondition and addConditions), a row takes one kind of condition: several IF NOT
+    EXISTS, several IF EXISTS, or IF conditions, which all apply; a child bringing another kind to a row already
+    conditioned is refused, with Cassandra's message (its wording for IF conditions after IF EXISTS included)."""
+    kinds: dict[bytes, str] = {}
+    rows = []
+    for stmt, values in children:
+        if isinstance(stmt, st.Insert):
+            pk, ck = _insert_key(table, stmt, values)
+            kind = "IF NOT EXISTS"
+        else:
+            keys = primary_keys(table, resolve_restrictions(table, stmt.where, values))
+            if len(keys) != 1:
+                raise Invalid("IN on the clustering key columns is not supported with conditional "
+                              f"{'deletions' if isinstance(stmt, st.Delete) else 'updates'}")
+            pk, ck = keys[0]
+            kind = "IF EXISTS" if stmt.if_exists else "IF"
+        previous = kinds.setdefault(ck, kind)
+        if previous != kind:
+            if kind == "IF" or previous == "IF":
+                exists = "IF NOT EXISTS" if kind == "IF" else kind
+                raise Invalid(f"Cannot mix IF conditions and {exists} for the same row")
+            raise Invalid("Cannot mix IF EXISTS and IF NOT EXISTS conditions for the same row")
+        rows.append((pk, ck))
+    return rows

@@ -215,6 +215,43 @@ def test_a_not_applied_conditional_batch_returns_the_key_columns_and_every_row_i
     assert rows_of(session, "SELECT c, v FROM t WHERE p = 1") == [(1, 1), (2, 1)]
 
 
+def test_a_conditional_batch_mixing_kinds_of_condition_on_one_row_is_refused(session: Session) -> None:
+    """A row of a conditional batch takes one kind of condition: IF NOT EXISTS, IF EXISTS or IF conditions. Cassandra
+    4 refuses a child bringing another kind to a row already conditioned (CQL3CasRequest.addExistsCondition and
+    addConditions), with messages that name the kinds as it does, and writes nothing; the emulator answered such a
+    batch (not applied, or applied, writing rows a real cluster never would). Several conditions of one kind on a
+    row still apply; conditions of different kinds on different rows of the partition too."""
+    session.execute("CREATE TABLE t (k int, c int, v int, PRIMARY KEY (k, c))")
+    session.execute("INSERT INTO t (k, c, v) VALUES (3, 1, 1)")
+    for children, message in (
+        (["INSERT INTO t (k, c, v) VALUES (1, 1, 1) IF NOT EXISTS",
+          "UPDATE t SET v = 2 WHERE k = 1 AND c = 1 IF EXISTS"],
+         "Cannot mix IF EXISTS and IF NOT EXISTS conditions for the same row"),
+        (["INSERT INTO t (k, c, v) VALUES (2, 1, 1) IF NOT EXISTS",
+          "UPDATE t SET v = 5 WHERE k = 2 AND c = 1 IF v = null"],
+         "Cannot mix IF conditions and IF NOT EXISTS for the same row"),
+        (["UPDATE t SET v = 7 WHERE k = 3 AND c = 1 IF v = 1",
+          "DELETE FROM t WHERE k = 3 AND c = 1 IF EXISTS"],
+         "Cannot mix IF conditions and IF EXISTS for the same row"),
+        # Cassandra's addConditions names IF NOT EXISTS whichever exists-condition came first
+        (["DELETE v FROM t WHERE k = 3 AND c = 1 IF EXISTS",
+          "UPDATE t SET v = 7 WHERE k = 3 AND c = 1 IF v = 1"],
+         "Cannot mix IF conditions and IF NOT EXISTS for the same row"),
+    ):
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        for child in children:
+            batch.add(child)
+        with pytest.raises(InvalidRequest, match=message):
+            session.execute(batch)
+    assert rows_of(session, "SELECT k, c, v FROM t") == [(3, 1, 1)], "nothing of a refused batch is written"
+    assert session.execute("BEGIN UNLOGGED BATCH "
+                           "INSERT INTO t (k, c, v) VALUES (3, 2, 2) IF NOT EXISTS; "
+                           "INSERT INTO t (k, c) VALUES (3, 2) IF NOT EXISTS; "
+                           "UPDATE t SET v = 8 WHERE k = 3 AND c = 1 IF v = 1; "
+                           "UPDATE t SET v = 9 WHERE k = 3 AND c = 1 IF v > 0; APPLY BATCH").was_applied
+    assert rows_of(session, "SELECT c, v FROM t WHERE k = 3") == [(1, 9), (2, 2)]
+
+
 def test_a_batch_timestamp_and_a_statement_timestamp_together_are_refused(session: Session) -> None:
     """A batch carries ``USING TIMESTAMP`` or its statements do, not both: Cassandra 4's
     ``BatchStatement.validate()`` refuses it with "Timestamp must be set either on BATCH or individual statements"
