@@ -528,6 +528,13 @@ _NULL_ELEMENT = {"map": "Invalid null map key", "list": "Invalid null value for 
                  "set": "Invalid null set element"}
 
 
+# What Cassandra 4 does with an unset element in DELETE c[?]: Maps.DiscarderByKey refuses it ("Invalid unset map
+# key"), Lists.DiscarderByIndex returns before reading the list, and Sets.ElementDiscarder does not check for it, so
+# it writes a tombstone for the element whose bytes are the unset marker's, which are empty: the set loses its
+# empty element ('' of a set<text>), if it has one, and nothing else.
+_UNSET_SET_ELEMENT = b""
+
+
 def _cell_level(table: Table) -> bool:
     return all(table.options.get(flag) in (True, "true") for flag in CELL_LEVEL_FLAGS)
 
@@ -569,8 +576,12 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
                     continue
                 spec = deleted_element_spec(col)
                 key = resolve(element, spec.type, ctx.values, spec.name)
-                if key is UNSET:  # leaves the collection alone
-                    continue
+                if key is UNSET:  # as Cassandra 4: refused for a map, nothing for a list (see _UNSET_SET_ELEMENT)
+                    if col.type.kind == "map":
+                        raise Invalid("Invalid unset map key")
+                    if col.type.kind == "list":
+                        continue
+                    key = _UNSET_SET_ELEMENT
                 if key is None:
                     raise Invalid(_NULL_ELEMENT[col.type.kind])  # a map, list or set here
                 cur_cell = row.cell(col.slot, ctx.now) if row is not None else None

@@ -94,7 +94,7 @@ def test_collection_updates(session: Session) -> None:
     assert session.execute("SELECT l FROM t WHERE k = 1").one().l == ["first", "y"]
 
 
-def test_deleting_a_null_collection_element_is_invalid_an_unset_one_leaves_it_alone(session: Session) -> None:
+def test_deleting_a_null_collection_element_is_invalid_an_unset_list_index_leaves_it_alone(session: Session) -> None:
     """As Cassandra; a null or unset list index was an internal error (Server error), a null map key ignored."""
     session.execute("CREATE TABLE t (k int PRIMARY KEY, l list<text>, m map<text, int>, s set<int>)")
     session.execute("INSERT INTO t (k, l, m, s) VALUES (1, ['a', 'b'], {'x': 1}, {5})")
@@ -106,11 +106,38 @@ def test_deleting_a_null_collection_element_is_invalid_an_unset_one_leaves_it_al
         with pytest.raises(InvalidRequest, match=message):
             session.execute(query)
     session.execute(session.prepare("DELETE l[?] FROM t WHERE k = 1"), (UNSET_VALUE,))
-    session.execute(session.prepare("DELETE m[?] FROM t WHERE k = 1"), (UNSET_VALUE,))
+    session.execute(session.prepare("DELETE s[?] FROM t WHERE k = 1"), (UNSET_VALUE,))
     row = session.execute("SELECT l, m, s FROM t WHERE k = 1").one()
     assert row.l == ["a", "b"] and dict(row.m) == {"x": 1} and set(row.s) == {5}
     session.execute(session.prepare("DELETE l[?] FROM t WHERE k = 1"), (0,))
     assert session.execute("SELECT l FROM t WHERE k = 1").one().l == ["b"]
+
+
+def test_deleting_a_map_element_by_an_unset_key_is_refused(session: Session) -> None:
+    """``DELETE m[?]`` bound with an unset key is refused with "Invalid unset map key", as Cassandra 4 refuses it
+    (Maps.DiscarderByKey; CollectionsTest.testMapWithUnsetValues), and nothing of the statement is written: the
+    emulator took it as a successful delete of nothing, so a forgotten key binding went unnoticed. An unset list
+    index stays a no-op (Lists.DiscarderByIndex), as in the test above."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, m map<text, int>, n int)")
+    session.execute("INSERT INTO t (k, m, n) VALUES (1, {'a': 1}, 1)")
+    delete = session.prepare("DELETE n, m[?] FROM t WHERE k = ?")
+    with pytest.raises(InvalidRequest, match="Invalid unset map key"):
+        session.execute(delete, (UNSET_VALUE, 1))
+    row = session.execute("SELECT m, n FROM t WHERE k = 1").one()
+    assert dict(row.m) == {"a": 1} and row.n == 1
+
+
+def test_deleting_a_set_element_by_an_unset_value_removes_only_the_empty_element(session: Session) -> None:
+    """Cassandra 4's Sets.ElementDiscarder does not check for an unset element: it writes a tombstone for the element
+    whose bytes are the unset marker's, which are empty, so ``DELETE s[?]`` bound unset removes the set's empty
+    element ('' of a set<text>) if it has one and leaves every other element; the emulator ignored it."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, s set<text>)")
+    session.execute("INSERT INTO t (k, s) VALUES (1, {'', 'a'})")
+    session.execute("INSERT INTO t (k, s) VALUES (2, {'a'})")
+    delete = session.prepare("DELETE s[?] FROM t WHERE k = ?")
+    session.execute(delete, (UNSET_VALUE, 1))
+    session.execute(delete, (UNSET_VALUE, 2))
+    assert rows(session, "SELECT k, s FROM t WHERE k IN (1, 2)") == [(1, {"a"}), (2, {"a"})]
 
 
 def test_contains_on_a_map_whose_keys_are_collections(session: Session) -> None:
