@@ -29,6 +29,9 @@ The date is the Event Hubs enqueued time (the time of writing if unknown). Each
 blob holds the reason, the original bytes (base64, and as text when it is UTF-8),
 the index of the (first) bad element inside an array body, and the Event Hubs metadata.
 Writes are retried (tenacity, bounded); what still fails raises ``TransientError``.
+The container is created by a worker's first letter; one deleted later (by hand,
+or soft-deleted) is created again by the next write that finds it gone
+(``ContainerNotFound``), with a WARNING naming it.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import BlobServiceClient, ContentSettings
+from azure.storage.blob import BlobServiceClient, ContentSettings, StorageErrorCode
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from shared.adapters.blob_service import failure
@@ -230,15 +233,30 @@ class BlobDeadLetterSink:
             return
         with self._lock:
             if not self._ready:
-                with contextlib.suppress(ResourceExistsError):
-                    self._container.create_container()
+                self._create()
                 self._ready = True
+
+    def _create(self) -> None:
+        with contextlib.suppress(ResourceExistsError):
+            self._container.create_container()
+
+    def _write(self, name: str, data: bytes) -> None:
+        """Upload one blob, creating the container again if it is gone (deleted since this worker created it).
+
+        Once: a second ContainerNotFound (a container still being deleted) propagates to the caller's retries."""
+        try:
+            self._container.upload_blob(name, data, overwrite=True, content_settings=_JSON)
+        except ResourceNotFoundError as exc:
+            if getattr(exc, "error_code", None) != StorageErrorCode.CONTAINER_NOT_FOUND:
+                raise
+            logger.warning("dead-letter container %s is gone: creating it again to write %s",
+                           self._container.container_name, name)
+            self._create()
+            self._container.upload_blob(name, data, overwrite=True, content_settings=_JSON)
 
     def _upload_once(self, name: str, document: dict[str, Any]) -> None:
         self._setup()
-        self._container.upload_blob(
-            name, json.dumps(document, ensure_ascii=False).encode(), overwrite=True, content_settings=_JSON
-        )
+        self._write(name, json.dumps(document, ensure_ascii=False).encode())
 
     def _put(self, name: str, document: dict[str, Any]) -> None:
         try:
@@ -349,7 +367,7 @@ class BlobDeadLetterSink:
         except ResourceNotFoundError:
             logger.info("%s: already moved under %s by another run", name, REPLAYED)
             return False
-        self._container.upload_blob(REPLAYED + name, data, overwrite=True, content_settings=_JSON)
+        self._write(REPLAYED + name, data)
         try:
             source.delete_blob(etag=download.properties.etag, match_condition=MatchConditions.IfNotModified)
         except ResourceNotFoundError:

@@ -270,6 +270,24 @@ def test_poison_events_are_dead_lettered_with_reason_and_bytes_and_the_rest_is_s
     assert {d["eventhub"]["partition_id"] for d in letters} == {"2"}
 
 
+def test_an_invalid_event_is_still_dead_lettered_after_its_container_was_deleted(ingest, caplog) -> None:
+    """The sink created its container once per process and never again: once it was gone (deleted by hand, or
+    soft-deleted and not restored yet), every later letter of that worker failed with ContainerNotFound, and on the
+    final attempt the invocation raised, the host checkpointed past the batch and the invalid event was in no
+    letter. A ContainerNotFound now makes the sink create the container again, say so, and write the letter."""
+    hub = Hub("0")
+    storage = ingest_storage(ingest)
+    ingest(hub.batch(b"{first not json"))  # the worker's sink creates the container and writes the letter
+    BlobServiceClient.from_connection_string(storage).delete_container(ingest.container)
+
+    bad = b"{second not json"
+    with caplog.at_level("WARNING", logger="shared.adapters.blob_deadletter"):
+        ingest(hub.batch(event("dev-1"), bad), retry_count=5, max_retry_count=5)  # the final attempt
+
+    assert [letter["original_text"] for letter in dead_letters(storage, ingest.container)] == [bad.decode()]
+    assert any(f"dead-letter container {ingest.container} is gone" in r.getMessage() for r in caplog.records)
+
+
 def test_throttling_injected_on_writes_is_retried_and_everything_is_stored(ingest, private_cassandra) -> None:
     hub = Hub()
     bodies = [event(f"dev-{i % 5}", at=NOW - timedelta(seconds=i)) for i in range(40)]
