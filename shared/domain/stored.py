@@ -106,3 +106,16 @@ def one_copy_each(events: Sequence[StoredEvent]) -> list[StoredEvent]:
     if len(kept) == len(events):
         return list(events)
     return [event for event in events if kept[event.event_id] is event]
+
+
+def current_copies(rows: Sequence[StoredEvent], stored: Mapping[uuid.UUID, StoredEvent]) -> list[StoredEvent]:
+    """``rows`` (of ``critical_events_by_device``) without those superseded by the event's copy in ``events_by_id``
+    (``stored``): a row that copy is kept over (:meth:`StoredEvent.kept_over`: enqueued later) is a copy the event
+    was corrected from, at another event time or into one no longer critical. A row is kept when it is that copy,
+    is kept over it, or its id is not there. The lookups' misses and the Redis rebuild both filter with it."""
+    kept = []
+    for row in rows:
+        current = stored.get(row.event_id)
+        if current is None or not current.kept_over(row):
+            kept.append(row)
+    return kept

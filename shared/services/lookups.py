@@ -30,14 +30,14 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
 import orjson
 
-from shared.domain.stored import StoredEvent, one_copy_each
+from shared.domain.stored import StoredEvent, current_copies, one_copy_each
 from shared.domain.times import from_ms, to_ms, to_ms_ceil
 from shared.exceptions import DependencyRefused, DependencyUnavailable
 from shared.ports.cache import SINCE_ALL, Cached, LookupCache
@@ -248,19 +248,6 @@ class LookupService:
         if healthy and not self._redis_usable():
             self._redis_down_until = 0.0  # Redis answers again: stop bypassing it
         return healthy, body
-
-
-def current_copies(rows: list[StoredEvent], stored: Mapping[uuid.UUID, StoredEvent]) -> list[StoredEvent]:
-    """``rows`` (of ``critical_events_by_device``, one per event id) without those superseded by the event's copy in
-    ``events_by_id`` (``stored``): a row that copy is kept over (:meth:`StoredEvent.kept_over`: enqueued later) is a
-    copy the event was corrected from, at another event time or into one no longer critical. A row is kept when it
-    is that copy, is kept over it, or its id is not there."""
-    kept = []
-    for row in rows:
-        current = stored.get(row.event_id)
-        if current is None or not current.kept_over(row):
-            kept.append(row)
-    return kept
 
 
 def _critical_body(device_id: str, docs: list[str]) -> str:

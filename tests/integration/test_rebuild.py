@@ -431,6 +431,32 @@ def test_devices_rebuild_lists_every_critical_event_the_log_holds_over_a_left_ov
     assert [json.loads(d)["event_id"] for d in listed] == log_ids
 
 
+def test_a_correction_that_makes_an_event_not_critical_is_not_put_back_as_critical(
+        session, keyspace, store, rclient, redis_prefix):
+    """An event stored as critical and then corrected (same id, same time, severity info) keeps its old row in
+    ``critical_events_by_device``: ingest never deletes one. The device log served that row without checking the
+    event's copy in ``events_by_id`` (the lookups' miss path does), so a rebuild listed the corrected event as
+    critical again, full or ``--devices``."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    event_id = uuid.uuid4()
+    at = now - timedelta(minutes=3)
+    store.write([cf.make_event("dev-u", at, severity="critical", enqueued=now - timedelta(minutes=2),
+                               event_id=event_id)])
+    store.write([cf.make_event("dev-u", at, severity="info", enqueued=now - timedelta(minutes=1),
+                               event_id=event_id)])
+    assert [critical for (critical,) in session.execute(
+        f"SELECT critical FROM {keyspace}.critical_events_by_device WHERE device_id = 'dev-u'")] == [True]
+    log = CassandraDeviceLog(session, keyspace)
+    assert log.critical("dev-u", SINCE_ALL) == []
+
+    cache = cache_for(rclient, redis_prefix)
+    rebuild(session, keyspace, cache)
+    assert lookups_for(cache).get_critical("dev-u", -(2**53), 100) == []
+    RebuildService(log, RedisCacheBuilder(cache, settle_seconds=0)).rebuild_devices(["dev-u"])
+    assert lookups_for(cache).get_critical("dev-u", -(2**53), 100) == []
+    assert json.loads(lookups_for(cache).get_latest("dev-u").document)["severity"] == "info"
+
+
 def test_since_bounds_the_critical_lists_and_the_cache_says_so(session, keyspace, store, rclient, redis_prefix):
     events = cf.spread(40, devices=2, critical_every=2)
     store.write(events)

@@ -8,7 +8,11 @@ Cosmos DB use). ``device_latest`` gives each device's position only (which event
 is its newest); the events themselves come from ``events_by_id``, 100 ids a
 request, a page's requests sent together (``reader.py`` says why the content is
 not read from ``device_latest``). Critical events come from
-``critical_events_by_device``, one partition per device, paged by the driver.
+``critical_events_by_device``, one partition per device, paged by the driver,
+less the rows their event's copy in ``events_by_id`` supersedes (a correction
+to another event time, or to an event no longer critical, leaves the old row
+there): the ids are read back 100 a request, as the lookups' misses do
+(``current_copies``).
 Every row read, of every table and page (a page of devices read again because
 none of its devices had an event included), is counted in ``rows_read``: what
 the rebuild's rate limit charges.
@@ -17,7 +21,8 @@ the rebuild's rate limit charges.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Collection
 from typing import Any
 
 from cassandra.cluster import Session
@@ -32,7 +37,7 @@ from shared.adapters.cassandra.reader import (
     positions,
     stored_event,
 )
-from shared.domain.stored import StoredEvent
+from shared.domain.stored import StoredEvent, current_copies
 from shared.domain.times import from_ms
 from shared.ports.cache import SINCE_ALL
 from shared.ports.rebuild import DeviceRow
@@ -115,4 +120,12 @@ class CassandraDeviceLog:
             rows = self._rows("critical_all", (device_id,), what)
         else:
             rows = self._rows("critical", (device_id, from_ms(since_ms)), what)
-        return [stored_event(row) for row in rows]
+        events = [stored_event(row) for row in rows]
+        return current_copies(events, self._events({event.event_id for event in events}, what))
+
+    def _events(self, event_ids: Collection[uuid.UUID], what: str) -> dict[uuid.UUID, StoredEvent]:
+        """The ``events_by_id`` copies of ``event_ids``: ``IN`` reads of 100 ids, a few in flight, rows counted."""
+        ids = list(event_ids)
+        chunks = [(ids[start:start + _IDS_PER_READ],) for start in range(0, len(ids), _IDS_PER_READ)]
+        pages = self._queries.fan_out("events", chunks, f"the stored copies of {what}", concurrency=_EVENT_READS)
+        return {row.event_id: stored_event(row) for page in pages for row in self._counted(page)}
