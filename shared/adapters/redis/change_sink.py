@@ -12,10 +12,15 @@ sub-pipeline per node), each touching one slot:
 * per other event: ``fill_event`` in its ``stale`` mode on ``e:<event id>``, with the
   event's enqueued time only: a copy a lookup cached (for up to an hour) that was
   enqueued before this one, a re-send with corrected content, is dropped, so the next
-  lookup reads the stored copy instead of serving the superseded one. Where the dropped
-  copy was critical (a correction made the event not critical), a second pipeline sends
-  ``uncritical`` on the device's set, which the event leaves (the feed wrote that copy
-  with the set's member, so it is there as long as the member is, unless evicted).
+  lookup reads the stored copy instead of serving the superseded one.
+
+Where ``fill_event`` drops or replaces a critical copy that now leaves its device's set
+(a correction made the event not critical, or moved it to another device id), it
+answers that device (the feed wrote the copy with the set's member, so it is there as
+long as the member is, unless evicted), and a second pipeline sends ``uncritical`` on
+that device's set with the new copy's enqueued time. ``e:<event id>`` keeps the answer
+(fields ``u``, ``v``), so a page written again after a failure, also as a later copy,
+gets it again. An event that never was corrected costs nothing more.
 
 Each script is atomic and idempotent on its own, so the order in which a
 cluster's nodes run them does not matter, and a page that failed half-way
@@ -38,8 +43,8 @@ import logging
 from collections.abc import Sequence
 
 from shared.adapters.redis.base import Command, ScriptedRedis
-from shared.adapters.redis.client import Client, RedisConnection
-from shared.adapters.redis.keys import sort_key
+from shared.adapters.redis.client import Client, RedisConnection, as_text
+from shared.adapters.redis.keys import Keys, sort_key
 from shared.domain.stored import StoredEvent
 
 logger = logging.getLogger(__name__)
@@ -62,16 +67,16 @@ class RedisChangeSink(ScriptedRedis):
         self._shard_max = -(-critical_stream_max // stream_shards)
 
     def commands(self, events: Sequence[StoredEvent]
-                 ) -> tuple[list[Command], list[str], list[tuple[int, StoredEvent]]]:
+                 ) -> tuple[list[Command], list[str], list[tuple[int, StoredEvent, Keys]]]:
         """The ``EVALSHA`` argument tuples that apply ``events`` (the newest event per device sets its latest,
         where its key exists), the ``latest`` ones last; the device of each of those, in their order; and the
-        place of each ``stale`` command with its event.
+        place of each ``fill_event`` command with its event and generation.
 
         Every write goes to each generation of :meth:`write_keys` (two while a rebuild runs).
         """
         newest: dict[str, StoredEvent] = {}
         documents: dict[int, str] = {}  # by id(event): encoded once, for its critical commands and its latest
-        stale: list[tuple[int, StoredEvent]] = []
+        by_id: list[tuple[int, StoredEvent, Keys]] = []
         commands: list[Command] = []
         generations, ttl, cap, marker_ttl = self.write_keys(), self._ttl, self.critical_cap, self.stale_marker_seconds
         sha = self.sha
@@ -93,11 +98,12 @@ class RedisChangeSink(ScriptedRedis):
                                      document, event.event_time_ms, ttl, cap))
                     commands.append((stream_sha, 2, keys.stream(device), keys.seen(device, event_id),
                                      ttl, self._shard_max, str(event_id), device, document))
+                    by_id.append((len(commands), event, keys))
                     commands.append((event_sha, 1, keys.event(event_id), document, ttl))
             else:  # a lookup's cached copy of an older send of this id is dropped (no document: cheap per event)
                 enqueued = event.enqueued_text()
                 for keys in generations:
-                    stale.append((len(commands), event))
+                    by_id.append((len(commands), event, keys))
                     commands.append((event_sha, 1, keys.event(event_id), enqueued, "", "stale", marker_ttl))
         devices: list[str] = []
         for device, event in newest.items():
@@ -105,27 +111,32 @@ class RedisChangeSink(ScriptedRedis):
             for keys in generations:
                 commands.append((latest_sha, 1, keys.latest(device), sort_key(event), document, ttl, "present"))
                 devices.append(device)
-        return commands, devices, stale
+        return commands, devices, by_id
 
     def apply(self, events: Sequence[StoredEvent]) -> list[str]:
         if not events:
             return []
-        commands, devices, stale = self.commands(events)
+        commands, devices, by_id = self.commands(events)
         replies = self.pipeline(commands, f"writing {len(events)} changed events", **self._wait)
-        # 2: the stale command dropped a critical copy of its event (fill_event.lua)
-        uncritical = {id(event): event for at, event in stale if replies[at] == 2}
-        if uncritical:
-            self._uncritical(list(uncritical.values()))
+        leaving: dict[str, tuple[str, str]] = {}  # member key -> its set's key, the newest copy's enqueued time
+        for at, event, keys in by_id:
+            for device in _leaving(replies[at], event):
+                member, enqueued = keys.member(device, event.event_id), event.enqueued_text()
+                if member not in leaving or leaving[member][1] < enqueued:
+                    leaving[member] = (keys.critical(device), enqueued)
+        if leaving:
+            self._uncritical(leaving)
         # the latest commands come last: a reply of 0 is a key that was missing, left for put_latest
         return sorted({device for device, reply in zip(devices, replies[len(replies) - len(devices):], strict=True)
                        if reply == 0})
 
-    def _uncritical(self, events: Sequence[StoredEvent]) -> None:
-        """Take events a correction made not critical out of their devices' sets (``uncritical.lua``)."""
-        generations, sha = self.write_keys(), self.sha["uncritical"]
-        self.pipeline([(sha, 2, keys.member(e.device_id, e.event_id), keys.critical(e.device_id), e.enqueued_text())
-                       for e in events for keys in generations],
-                      f"taking {len(events)} events no longer critical out of their devices' critical sets",
+    def _uncritical(self, leaving: dict[str, tuple[str, str]]) -> None:
+        """Take superseded critical copies out of their devices' sets (``uncritical.lua``): events a correction
+        made not critical or moved to another device id. ``leaving``: member key -> (set key, the enqueued time
+        of the copy that superseded them)."""
+        sha = self.sha["uncritical"]
+        self.pipeline([(sha, 2, member, zkey, enqueued) for member, (zkey, enqueued) in leaving.items()],
+                      f"taking {len(leaving)} superseded critical copies out of their devices' critical sets",
                       **self._wait)
 
     def put_latest(self, events: Sequence[StoredEvent]) -> None:
@@ -135,3 +146,11 @@ class RedisChangeSink(ScriptedRedis):
         self.pipeline([(sha, 1, keys.latest(e.device_id), sort_key(e), e.to_json(), ttl)
                        for e in events for keys in generations], f"putting {len(events)} latest states",
                       **self._wait)
+
+
+def _leaving(reply: object, event: StoredEvent) -> list[str]:
+    """The devices whose critical sets are to lose ``event``'s superseded copy, from its ``fill_event`` reply:
+    a list of them, or 2 (``u`` without ``v``, written by the release before this one): the event's own device."""
+    if isinstance(reply, list):
+        return [as_text(device) for device in reply]
+    return [event.device_id] if reply == 2 else []

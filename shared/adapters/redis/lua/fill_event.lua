@@ -7,32 +7,64 @@
 -- the feed does not encode a document for every event. It also notes that time in field `n` (for at least the
 -- marker ttl, longer than a lookup's read): a lookup that read the store before this copy was written and fills
 -- after it finds the note, so neither its older copy nor its "not found" is cached (negative.lua) for an hour.
--- Where the dropped copy was critical (a correction made the event not critical), field `u` keeps this copy's
--- enqueued time: the feed then takes the event out of its device's set (uncritical.lua), and a page written again
--- after a failure is told so again. 0: nothing dropped; 1: dropped; 2: the event is to leave its device's set.
+-- A critical copy that goes (dropped by "stale": a correction made the event not critical; or replaced by a copy
+-- under another device id, or by one that is not critical) leaves a member in its device's set, which the feed
+-- then removes (uncritical.lua): field `v` lists those devices (JSON), field `u` the enqueued time of the first
+-- copy that superseded one of them. Every copy enqueued at or after `u` answers `v`, so a page written again after
+-- a failure is told so again, also as a later copy (the Cosmos feed returns a row's latest version only);
+-- uncritical.lua keeps a set's copy enqueued at or after the time it is sent, so a device whose set holds the
+-- current copy (critical there again) keeps it. Nothing of this runs for an event that never was corrected.
+-- Replies: 0 (nothing written, or nothing dropped), 1 (written, dropped), or the devices of `v`; 2: `u` without
+-- `v` (written by the release before this one): the event leaves its own device's set.
+local function decoded(doc)
+  local ok, value = pcall(cjson.decode, doc)
+  if ok and type(value) == 'table' then return value end
+  return {}
+end
+-- `v` and `u` with `device` added, where the copy `gone` was critical and `kept` (nil: no copy) leaves its set
+local function leaving(devices, since, gone, kept, time)
+  local old = decoded(gone)
+  if old['critical'] ~= true or type(old['device_id']) ~= 'string' then return devices, since end
+  if kept and kept['critical'] == true and kept['device_id'] == old['device_id'] then return devices, since end
+  local list = devices and decoded(devices) or {}
+  for _, device in ipairs(list) do
+    if device == old['device_id'] then return devices, since end
+  end
+  table.insert(list, old['device_id'])
+  devices = cjson.encode(list)
+  if (not since) or time < since then since = time end
+  redis.call('HSET', KEYS[1], 'v', devices, 'u', since)
+  return devices, since
+end
+local function answer(reply, devices, since, time)
+  if since and since <= time then
+    if devices then return decoded(devices) end
+    return 2
+  end
+  return reply
+end
 if ARGV[3] == 'stale' then
-  local found = redis.call('HMGET', KEYS[1], 'd', 'n', 'u')
-  local cached, noted, uncritical = found[1], found[2], found[3]
+  local found = redis.call('HMGET', KEYS[1], 'd', 'n', 'u', 'v')
+  local cached, noted, since, devices = found[1], found[2], found[3], found[4]
   local reply = 0
   -- the notes go in before the copy goes out: the key never empties, so it keeps the copy's TTL (and `u` with it)
   if (not noted) or noted < ARGV[1] then redis.call('HSET', KEYS[1], 'n', ARGV[1]) end
   if cached and (cached == '' or enqueued(cached) < ARGV[1]) then  -- '': a cached "not found"
     reply = 1
-    local ok, decoded = pcall(cjson.decode, cached)
-    if ok and type(decoded) == 'table' and decoded['critical'] == true then
-      redis.call('HSET', KEYS[1], 'u', ARGV[1])
-      reply = 2
-    end
+    if cached ~= '' then devices, since = leaving(devices, since, cached, nil, ARGV[1]) end
     redis.call('HDEL', KEYS[1], 'd')
-  elseif uncritical == ARGV[1] then
-    reply = 2
   end
   extend(KEYS[1], tonumber(ARGV[4]))
-  return reply
+  return answer(reply, devices, since, ARGV[1])
 end
-local noted = redis.call('HGET', KEYS[1], 'n')
+local found = redis.call('HMGET', KEYS[1], 'n', 'd', 'u', 'v')
+local noted, previous, since, devices = found[1], found[2], found[3], found[4]
 if noted and enqueued(ARGV[1]) < noted then return 0 end  -- the feed applied a copy enqueued later
-if keeps(redis.call('HGET', KEYS[1], 'd'), ARGV[1]) then return 0 end  -- a copy enqueued later is there
+if keeps(previous, ARGV[1]) then return 0 end  -- a copy enqueued later is there
+local time = (previous or since) and enqueued(ARGV[1])  -- decoded only where a copy or `u` is there
+if previous and previous ~= '' and previous ~= ARGV[1] then
+  devices, since = leaving(devices, since, previous, decoded(ARGV[1]), time)
+end
 redis.call('HSET', KEYS[1], 'd', ARGV[1])
 extend(KEYS[1], tonumber(ARGV[2]))
-return 1
+return answer(1, devices, since, time)

@@ -1,8 +1,9 @@
 -- uses: _field _newer _member
--- A critical event corrected into one that is not critical leaves its device's set; every key is in the device's
--- slot ({<device>}). Sent by the change feed only when fill_event.lua dropped a critical copy of the event for it.
--- KEYS: d:{<device>}:ce:<event id>, d:{<device>}:crit. ARGV: the enqueued time of the copy that is not critical.
--- A copy in the set enqueued at or after that time stays (a later re-send made it critical again); 1: removed.
+-- A critical copy a correction superseded (the event made not critical, or moved to another device id) leaves its
+-- device's set; every key is in the device's slot ({<device>}). Sent by the change feed only for the devices
+-- fill_event.lua answered (fields `u`, `v` of e:<event id>).
+-- KEYS: d:{<device>}:ce:<event id>, d:{<device>}:crit. ARGV: the enqueued time of the superseding copy.
+-- A copy in the set enqueued at or after that time stays (the current copy, critical on this device); 1: removed.
 local previous = redis.call('GET', KEYS[1])
 if not previous then  -- its member key expired before the set (_member.lua)
   local id = member_id(KEYS[1])
