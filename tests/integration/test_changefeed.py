@@ -700,3 +700,69 @@ def test_a_delay_note_written_just_before_a_noting_run_is_not_missed(session, ke
                           clock=lambda n=n: t0 + timedelta(seconds=2 * n)).run()
     missing = {str(e.body.event_id) for e in late} - set(seen.applied)
     assert not missing, f"rows of a noted late batch never applied: {sorted(missing)}"
+
+
+# -- corrections that leave a critical set ------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_a_correction_whose_page_failed_and_is_read_as_a_later_copy_still_leaves_the_critical_set(
+        session, keyspace, store, rclient, redis_prefix) -> None:
+    """A correction that makes a critical event not critical leaves the device's set in a second pipeline. When the
+    page fails after the first (here: ``WAIT`` not acknowledged), ``fill_event`` has dropped the critical copy
+    already, and the retried run, in Cosmos mode, reads the latest copy only: the correction re-sent meanwhile,
+    enqueued later. It answered only the exact enqueued time it noted (``u``), so the set kept the event for good;
+    now every copy from ``u`` on is answered."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    event_id, at = uuid.uuid4(), now - timedelta(minutes=5)
+    device = f"dev-{uuid.uuid4().hex[:8]}"
+    store.write([make_event(device, at, severity="critical", measurements={"temperature": 95.0}, event_id=event_id,
+                            enqueued=now - timedelta(minutes=4))])
+    cache = make_cache(rclient, redis_prefix)
+    make_service("cosmos", session, keyspace, cache).run()
+    assert critical_ids(rclient, cache, device) == [str(event_id)]
+
+    store.write([make_event(device, at, measurements={"temperature": 20.0}, event_id=event_id,
+                            enqueued=now - timedelta(minutes=3))])
+    waiting = make_cache(rclient, redis_prefix, wait_replicas=1, wait_timeout_ms=10)  # no replica: not durable
+    with pytest.raises(DependencyUnavailable):
+        make_service("cosmos", session, keyspace, waiting).run()
+
+    store.write([make_event(device, at, measurements={"temperature": 20.0}, event_id=event_id,
+                            enqueued=now - timedelta(minutes=2))])  # the correction re-sent before the next run
+    make_service("cosmos", session, keyspace, cache).run()
+    assert critical_ids(rclient, cache, device) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_correction_to_another_device_leaves_the_old_devices_critical_set(session, keyspace, store, rclient,
+                                                                            redis_prefix) -> None:
+    """An event id re-sent under another device id: Cassandra's answer for the old device leaves the superseded
+    row out (``current_copies``), and the feed used to write only the new device's keys, so the old device's set
+    kept the critical copy; a miss filled the set and marked it complete, and every later hit listed the event.
+    Now ``fill_event`` answers the device of the critical copy it dropped and the feed cleans that device's set."""
+    from shared.adapters.cassandra.reader import CassandraEventReader
+    from shared.adapters.redis import RedisLookupCache
+    from shared.ports.cache import SINCE_ALL
+    from shared.services.lookups import current_copies
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    event_id, at = uuid.uuid4(), now - timedelta(minutes=5)
+    old, new = f"dev-{uuid.uuid4().hex[:8]}", f"dev-{uuid.uuid4().hex[:8]}"
+    store.write([make_event(old, at, severity="critical", measurements={"temperature": 95.0}, event_id=event_id,
+                            enqueued=now - timedelta(minutes=4))])
+    cache = make_cache(rclient, redis_prefix)
+    make_service("cosmos", session, keyspace, cache).run()
+    assert critical_ids(rclient, cache, old) == [str(event_id)]
+
+    store.write([make_event(new, at, measurements={"temperature": 20.0}, event_id=event_id,
+                            enqueued=now - timedelta(minutes=3))])
+    make_service("cosmos", session, keyspace, cache).run()
+
+    # what a lookup of the old device's critical events does on a miss: Cassandra's current rows, then the fill
+    reader = CassandraEventReader(session, keyspace, timeout=5)
+    rows = reader.critical(old, since=None, limit=125)
+    current = current_copies(rows, {row.event_id: reader.event(row.event_id) for row in rows})
+    assert current == []  # Cassandra: the old device has no critical event any more
+    lookups = RedisLookupCache(rclient, key_prefix=redis_prefix)
+    lookups.fill_critical(old, current, SINCE_ALL, 3600)
+    assert lookups.get_critical(old, SINCE_ALL, 10) == []

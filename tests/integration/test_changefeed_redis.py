@@ -425,6 +425,68 @@ def test_a_correction_no_longer_critical_whose_page_is_written_again_still_leave
         client.close()
 
 
+def _first_pipeline_only(cache: Cache, events: list[StoredEvent]) -> None:
+    """What a page that failed between its pipelines wrote: the first one (writes, stale drops), not ``uncritical``."""
+    commands, _, _ = cache.sink.commands(events)
+    cache.sink.pipeline(commands, "the first pipeline of a page that fails after it")
+
+
+@pytest.mark.parametrize("later", ["not critical", "critical again"])
+def test_a_correction_whose_page_failed_half_way_is_finished_by_a_later_copy(client, redis_prefix, later):
+    """The page that corrects a critical event into one that is not critical fails between its pipelines; the feed
+    writes it again, in Cosmos mode as the row's latest copy, here re-sent meanwhile (enqueued later).
+    ``fill_event`` answers every copy from the correction on (field ``u``), so the set loses the superseded copy,
+    and a later copy critical again stays (``uncritical.lua`` keeps a copy as new as the time it is sent)."""
+    cache = Cache(client, key_prefix=redis_prefix)
+    first = stored("pump-7", critical=True, enqueued=0)
+    cache.apply([first])
+    cache.fill_critical("pump-7", [first], SINCE_ALL, ttl=3600)  # a lookup's miss: the list is complete
+    corrected = replace(first, severity="info", critical=False, measurements={"v": 0.0},
+                        enqueued_time=NOW + timedelta(seconds=5))
+    _first_pipeline_only(cache, [corrected])
+    critical = later == "critical again"
+    again = replace(corrected, severity="critical" if critical else "info", critical=critical,
+                    enqueued_time=NOW + timedelta(seconds=10))
+    cache.apply([again])
+    assert cache.get_critical("pump-7", SINCE_ALL, 10) == ([again.to_json()] if critical else [])
+
+
+@pytest.mark.parametrize("half_way", [False, True], ids=["at once", "page written again"])
+@pytest.mark.parametrize("critical", [False, True], ids=["not critical", "critical"])
+def test_a_correction_to_another_device_leaves_the_old_devices_critical_set(client, redis_prefix, critical,
+                                                                            half_way):
+    """An event id re-sent under another device id, critical or not: the old device's set loses its copy (each
+    device's keys in their own slot, so the feed cleans it in a second pipeline, from ``fill_event``'s answer,
+    which a page written again after failing between the two still gets), and the new device's set holds the event
+    only if it is critical."""
+    cache = Cache(client, key_prefix=redis_prefix)
+    first = stored("pump-7", critical=True, enqueued=0)
+    cache.apply([first])
+    cache.fill_critical("pump-7", [first], SINCE_ALL, ttl=3600)  # a lookup's miss: the list is complete
+    moved = replace(first, device_id="pump-8", severity="critical" if critical else "info", critical=critical,
+                    enqueued_time=NOW + timedelta(seconds=5))
+    if half_way:
+        _first_pipeline_only(cache, [moved])
+    cache.apply([moved])
+    assert cache.get_critical("pump-7", SINCE_ALL, 10) == []
+    members = client.zrange(cache.keys.critical("pump-8"), 0, -1)
+    assert [m.decode() for m in members] == ([moved.to_json()] if critical else [])
+
+
+def test_an_event_never_corrected_costs_one_pipeline_per_page(client, redis_prefix, monkeypatch):
+    """Only a correction that leaves a critical set costs the second pipeline: a page of new events, and one of
+    re-sends (at-least-once delivery) of the same events, are one pipeline each."""
+    cache = Cache(client, key_prefix=redis_prefix)
+    sent: list[str] = []
+    pipeline = cache.sink.pipeline
+    monkeypatch.setattr(cache.sink, "pipeline", lambda commands, what, **kw: sent.append(what) or pipeline(
+        commands, what, **kw))
+    page = [stored("pump-7", critical=True, enqueued=0), stored("pump-7", critical=False, enqueued=0)]
+    cache.apply(page)
+    cache.apply([replace(e, enqueued_time=NOW + timedelta(seconds=5)) for e in page])
+    assert len(sent) == 2, sent
+
+
 def test_a_lookup_fill_landing_after_the_feed_applied_a_resent_event_does_not_cache_the_superseded_copy(
         client, redis_prefix):
     """A lookup reads copy A of an event from the store; the re-sent copy B is stored and the feed applies it,
