@@ -10,7 +10,8 @@ The accepted shape (the same file works with Microsoft's emulator)::
 ``PartitionCount`` may be a string (as Microsoft writes it) or a number. The
 consumer group ``$Default`` always exists, declared or not. One extension, which
 Microsoft's emulator ignores: ``MessageRetentionInHours`` on an entity (default
-1, Microsoft's emulator's fixed retention). Limits follow Microsoft's emulator:
+1, Microsoft's emulator's fixed retention; more than 0, at most 1e9). Numbers may
+be strings, but never ``inf`` or ``nan``. Limits follow Microsoft's emulator:
 one namespace, at most 10 hubs, 32 partitions per hub and 20 consumer groups per
 hub; anything else is a :class:`ConfigError` naming the offending entry.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ MAX_HUBS = 10
 MAX_PARTITIONS = 32
 MAX_CONSUMER_GROUPS = 20
 DEFAULT_RETENTION_HOURS = 1.0
+MAX_RETENTION_HOURS = 1e9  # about 114,000 years: "keep everything", while milliseconds stay finite
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,255}$")
 
 
@@ -119,8 +122,9 @@ def _hub(entity: Any, where: str) -> HubConfig:
     retention = _number(
         entity.get("MessageRetentionInHours", DEFAULT_RETENTION_HOURS), "MessageRetentionInHours", where
     )
-    if retention <= 0:
-        raise ConfigError(f"{where}: MessageRetentionInHours must be positive, got {retention}")
+    if not 0 < retention <= MAX_RETENTION_HOURS:
+        raise ConfigError(f"{where}: MessageRetentionInHours must be positive and at most {MAX_RETENTION_HOURS:.0f}, "
+                          f"got {retention}")
     return HubConfig(name=name, partition_count=int(count), consumer_groups=tuple(groups), retention_hours=retention)
 
 
@@ -134,9 +138,13 @@ def _get(obj: Any, key: str, kind: type, where: str) -> Any:
 
 
 def _number(value: Any, key: str, where: str) -> float:
+    """``value`` as a finite float: ``"inf"``, ``"nan"`` (and JSON's ``Infinity``/``NaN``) are not numbers here."""
     if isinstance(value, bool) or value is None:
         raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
     try:
-        return float(value)
-    except (TypeError, ValueError) as exc:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(f"{where}: {key} must be a number, got {value!r}") from exc
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
+    return number

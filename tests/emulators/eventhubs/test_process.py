@@ -64,6 +64,19 @@ def test_bad_configuration_exits_2_naming_the_problem(tmp_path: Path) -> None:
     assert result.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
+@pytest.mark.parametrize("retention", ["inf", "nan"])
+def test_non_finite_retention_is_a_configuration_error(tmp_path: Path, retention: str) -> None:
+    """``float()`` accepts "inf" and "nan" and ``nan <= 0`` is false: such a retention used to pass validation and
+    crash start-up with a traceback (exit 1). It is refused at load, naming the hub and the setting."""
+    cfg = tmp_path / "Config.json"
+    cfg.write_text(json.dumps({"UserConfig": {"NamespaceConfig": [{"Type": "EventHub", "Name": "ns", "Entities": [
+        {"Name": "eh1", "PartitionCount": "2", "MessageRetentionInHours": retention}]}]}}), encoding="utf-8")
+    result = run_cli("--config", str(cfg), "--host", "127.0.0.1", "--port", "0")
+    assert result.returncode == 2, result.stderr[-800:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "eh1" in last_line and "MessageRetentionInHours" in last_line, last_line
+
+
 def test_config_validation_names_the_offending_entry() -> None:
     def doc(entities: list[dict[str, object]]) -> dict[str, object]:
         return {"UserConfig": {"NamespaceConfig": [{"Type": "EventHub", "Name": "ns", "Entities": entities}]}}
@@ -86,6 +99,14 @@ def test_config_validation_names_the_offending_entry() -> None:
         "MessageRetentionInHours must be positive": [{"Name": "eh1", "PartitionCount": 1,
                                                       "MessageRetentionInHours": 0}],
         "invalid name": [{"Name": "bad/name", "PartitionCount": 1}],
+        "eh1': MessageRetentionInHours must be a finite number, got 'inf'": [
+            {"Name": "eh1", "PartitionCount": 1, "MessageRetentionInHours": "inf"}],
+        "eh1': MessageRetentionInHours must be a finite number, got nan": [
+            {"Name": "eh1", "PartitionCount": 1, "MessageRetentionInHours": float("nan")}],  # JSON's NaN
+        "eh1': PartitionCount must be a finite number, got '-Infinity'": [
+            {"Name": "eh1", "PartitionCount": "-Infinity"}],
+        "MessageRetentionInHours must be positive and at most": [
+            {"Name": "eh1", "PartitionCount": 1, "MessageRetentionInHours": 1e306}],
     }
     for expected, entities in bad.items():
         with pytest.raises(ConfigError, match=expected):
