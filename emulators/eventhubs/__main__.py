@@ -1,8 +1,9 @@
 """``python -m emulators.eventhubs --config PATH [--host H] [--port P] [--data-dir DIR]``.
 
 Runs in the foreground, prints ``listening on HOST:PORT`` once it accepts
-connections, and exits 0 on SIGINT or SIGTERM (exit 2 on a bad command line or
-configuration).
+connections, and exits 0 on SIGINT or SIGTERM (exit 2 on a bad command line,
+configuration, ``--data-dir`` or partition log, or a port it cannot bind: the
+message names the option, file or address).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import signal
 import sys
 from pathlib import Path
 
+from emulators.directories import ensure_directory
 from emulators.eventhubs import config
-from emulators.eventhubs.errors import ConfigError
+from emulators.eventhubs.errors import ConfigError, StorageError
 from emulators.eventhubs.server import Server
 
 logger = logging.getLogger("emulators.eventhubs")
@@ -55,9 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.data_dir is not None:
+            ensure_directory("--data-dir", args.data_dir)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
         asyncio.run(serve(args))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StorageError as exc:  # a partition log that cannot be created, read or trusted: not a listening problem
+        print(f"error: --data-dir {args.data_dir}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)

@@ -36,6 +36,10 @@ class ConfigError(EmulatorError):
     """The configuration file is missing, malformed or outside the emulator's limits."""
 
 
+class StorageError(EmulatorError):
+    """A ``--data-dir`` log cannot be created, read or rewritten, or is damaged before its end."""
+
+
 class DecodeError(EmulatorError):
     """Bytes from a peer are not valid AMQP."""
 

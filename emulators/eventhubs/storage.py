@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from emulators.eventhubs.errors import StorageError
+
 logger = logging.getLogger(__name__)
 
 _RECORD = struct.Struct(">4sIqqqI")
@@ -34,7 +36,10 @@ class PartitionLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, no permission...
+            raise StorageError(f"cannot create the directory {path.parent}: {exc.strerror or exc}") from None
         self._file: BinaryIO | None = None
 
     def load(self, keep_after_ms: int) -> tuple[list[Record], Record | None]:
@@ -48,7 +53,10 @@ class PartitionLog:
         records: list[Record] = []
         if not self.path.exists():
             return records, None
-        data = self.path.read_bytes()
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:  # a directory where the log should be, no permission...
+            raise StorageError(f"cannot read {self.path}: {exc.strerror or exc}") from None
         good_end, dropped = 0, 0
         last: Record | None = None
         for end, record in _records(data):
@@ -66,10 +74,13 @@ class PartitionLog:
         if (dropped - int(kept_tail)) or torn:
             logger.info("%s: rewriting the log without %s expired events", self.path, dropped - int(kept_tail))
             tmp = self.path.with_suffix(".tmp")
-            with tmp.open("wb") as f:
-                for record in tail + records:
-                    f.write(_encode(*record))
-            os.replace(tmp, self.path)
+            try:
+                with tmp.open("wb") as f:
+                    for record in tail + records:
+                        f.write(_encode(*record))
+                os.replace(tmp, self.path)
+            except OSError as exc:
+                raise StorageError(f"cannot rewrite {self.path} (through {tmp}): {exc.strerror or exc}") from None
         return records, last
 
     def append(self, sequence: int, offset: int, enqueued_ms: int, header_len: int, payload: bytes) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import ssl
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from emulators.directories import ensure_directory
 from emulators.keyvault.server import create_app
 from emulators.keyvault.store import Vault, apply_seed, load_seed
 from emulators.keyvault.tls import server_context
@@ -40,18 +40,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help='JSON object of secrets to set at start-up: {"name": "value", ...}')
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser.parse_args(argv)
-
-
-def ensure_directory(option: str, path: Path) -> None:
-    """Create ``path`` if it is missing; a ValueError naming ``option`` and ``path`` if it cannot be our directory."""
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{option} {path} is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a parent that is a file, no permission...
-        raise ValueError(f"{option} {path}: cannot create the directory: {exc.strerror or exc}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {path} is not writable")
 
 
 def build_vault(args: argparse.Namespace) -> Vault:

@@ -77,6 +77,25 @@ def test_non_finite_retention_is_a_configuration_error(tmp_path: Path, retention
     assert "eh1" in last_line and "MessageRetentionInHours" in last_line, last_line
 
 
+def test_a_data_dir_that_cannot_be_used_exits_2_naming_it(tmp_path: Path) -> None:
+    """A ``--data-dir`` that is a file, or a partition log that is a directory, used to be reported as "cannot
+    listen on 127.0.0.1:0: Not a directory" (one ``except OSError`` around everything), blaming the port."""
+    not_a_directory = tmp_path / "data"
+    not_a_directory.write_text("I am a file")
+    result = run_cli("--host", "127.0.0.1", "--port", "0", "--data-dir", str(not_a_directory))
+    assert result.returncode == 2, result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "cannot listen" not in last_line and f"--data-dir {not_a_directory}" in last_line, last_line
+
+    log_is_a_directory = tmp_path / "other" / "telemetry" / "0.log"
+    log_is_a_directory.mkdir(parents=True)
+    result = run_cli("--host", "127.0.0.1", "--port", "0", "--data-dir", str(tmp_path / "other"))
+    assert result.returncode == 2, result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert "cannot listen" not in last_line and "--data-dir" in last_line, last_line
+    assert str(log_is_a_directory) in last_line, last_line
+
+
 def test_config_validation_names_the_offending_entry() -> None:
     def doc(entities: list[dict[str, object]]) -> dict[str, object]:
         return {"UserConfig": {"NamespaceConfig": [{"Type": "EventHub", "Name": "ns", "Entities": entities}]}}
