@@ -5,10 +5,20 @@ Layout: ``<data-dir>/<hub>/<partition>.log``, a series of records::
     magic "EHR1" | u32 payload length | i64 sequence | i64 offset | i64 enqueued ms | u32 header length | payload
 
 ``payload`` is the stored message exactly as it is delivered, so a restart
-serves the same bytes, offsets and sequence numbers. A record cut short by a
-crash is detected on load and the file is truncated back to the last whole
-record. Writes are flushed to the operating system after every publish (they
-survive the emulator being killed, not a power loss: there is no fsync).
+serves the same bytes, offsets and sequence numbers. Each record follows the
+previous one: sequence number plus 1, offset plus the previous payload's length.
+
+A record cut short by a crash (a torn tail: a prefix of a header at the very end,
+or the last record's payload running past the end) is dropped on load, by
+rewriting the file up to the last whole record. Anything else that does not
+parse (a bad magic, a header that does not follow the previous record, or a
+length running past the end while later records follow) is damage, not a
+crash: loading raises :class:`StorageError` naming the file and the byte
+position, and leaves the file as it is, since cutting there would destroy the
+acknowledged events after it and hand their numbers out again.
+
+Writes are flushed to the operating system after every publish (they survive
+the emulator being killed, not a power loss: there is no fsync).
 Expired events are dropped when the log is loaded, by rewriting the file; the
 last record always stays, so numbering continues after everything expired.
 """
@@ -18,9 +28,8 @@ from __future__ import annotations
 import logging
 import os
 import struct
-from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 from emulators.eventhubs.errors import StorageError
 
@@ -48,7 +57,8 @@ class PartitionLog:
         The last record is returned (and kept in the file) even when it expired: it carries the
         partition's numbering, so sequence numbers and offsets continue after a restart instead of
         starting again at 0. The file is rewritten without the other expired records (and without a
-        torn tail) when there was anything to drop.
+        torn tail) when there was anything to drop. A damaged record before the end raises
+        :class:`StorageError` and leaves the file untouched (see the module docstring).
         """
         records: list[Record] = []
         if not self.path.exists():
@@ -57,11 +67,10 @@ class PartitionLog:
             data = self.path.read_bytes()
         except OSError as exc:  # a directory where the log should be, no permission...
             raise StorageError(f"cannot read {self.path}: {exc.strerror or exc}") from None
-        good_end, dropped = 0, 0
-        last: Record | None = None
-        for end, record in _records(data):
-            good_end = end
-            last = record
+        whole, good_end = _scan(data, self.path)
+        dropped = 0
+        last: Record | None = whole[-1] if whole else None
+        for record in whole:
             if record[2] < keep_after_ms:
                 dropped += 1
             else:
@@ -102,12 +111,54 @@ def _encode(sequence: int, offset: int, enqueued_ms: int, header_len: int, paylo
     return _RECORD.pack(_MAGIC, len(payload), sequence, offset, enqueued_ms, header_len) + payload
 
 
-def _records(data: bytes) -> Iterator[tuple[int, Record]]:
+def _scan(data: bytes, path: Path) -> tuple[list[Record], int]:
+    """The whole records of ``data`` and where they end; everything after that end is a torn tail.
+
+    Raises :class:`StorageError` at the first record that is damaged rather than torn.
+    """
+    records: list[Record] = []
     pos = 0
-    while pos + _RECORD.size <= len(data):
+    while pos < len(data):
+        if pos + _RECORD.size > len(data):  # a header cut short: torn if it is the start of one
+            if _MAGIC.startswith(data[pos : pos + len(_MAGIC)]):
+                break
+            _damaged(path, data, pos, "not a record header")
         magic, length, sequence, offset, enqueued_ms, header_len = _RECORD.unpack_from(data, pos)
+        if magic != _MAGIC:
+            _damaged(path, data, pos, f"bad magic {magic!r}")
+        if records:
+            previous = records[-1]
+            expected = (previous[0] + 1, previous[1] + len(previous[4]))
+            if (sequence, offset) != expected:
+                _damaged(path, data, pos, f"sequence {sequence} at offset {offset} after sequence {previous[0]}, "
+                         f"expected {expected[0]} at {expected[1]}")
+        if header_len > length:
+            _damaged(path, data, pos, f"header length {header_len} larger than the record ({length})")
         end = pos + _RECORD.size + length
-        if magic != _MAGIC or end > len(data):
-            return
-        yield end, (sequence, offset, enqueued_ms, header_len, data[pos + _RECORD.size : end])
+        if end > len(data):  # torn, unless its length is wrong and the next record follows in the file
+            later = _header_of(data, pos + _RECORD.size, sequence + 1)
+            if later is None:
+                break
+            _damaged(path, data, pos, f"length {length} runs past the end, yet sequence {sequence + 1} "
+                     f"starts at byte {later}")
+        records.append((sequence, offset, enqueued_ms, header_len, data[pos + _RECORD.size : end]))
         pos = end
+    return records, pos
+
+
+def _header_of(data: bytes, start: int, sequence: int) -> int | None:
+    """The position of a whole record header numbered ``sequence`` at or after ``start``, if there is one."""
+    at = data.find(_MAGIC, start)
+    while at != -1 and at + _RECORD.size <= len(data):
+        if _RECORD.unpack_from(data, at)[2] == sequence:
+            return at
+        at = data.find(_MAGIC, at + 1)
+    return None
+
+
+def _damaged(path: Path, data: bytes, pos: int, what: str) -> NoReturn:
+    raise StorageError(
+        f"{path} is damaged at byte {pos} of {len(data)} ({what}); it was left as it is, since cutting it there "
+        f"would lose the events after byte {pos}: move it aside, or truncate it to {pos} bytes to keep the events "
+        f"before (see docs/emulators/eventhubs.md, --data-dir)"
+    )

@@ -15,7 +15,9 @@ from azure.eventhub import EventData, EventHubProducerClient
 
 from emulators.eventhubs import config
 from emulators.eventhubs.broker import partition_for_key
-from emulators.eventhubs.errors import ConfigError
+from emulators.eventhubs.errors import ConfigError, StorageError
+from emulators.eventhubs.storage import PartitionLog
+from sluice.launcher import LaunchError
 from tests.emulators.eventhubs.helpers import bodies, producer, receive
 from tests.fixtures.eventhubs import (
     ROOT,
@@ -94,6 +96,77 @@ def test_a_data_dir_that_cannot_be_used_exits_2_naming_it(tmp_path: Path) -> Non
     last_line = result.stderr.strip().splitlines()[-1]
     assert "cannot listen" not in last_line and "--data-dir" in last_line, last_line
     assert str(log_is_a_directory) in last_line, last_line
+
+
+def test_a_damaged_record_before_the_end_of_a_log_stops_start_up_and_keeps_the_file(tmp_path: Path) -> None:
+    """One damaged record header in the middle of a partition log, with whole records after it, used to be taken
+    for a torn tail: the file was rewritten without everything after it, destroying acknowledged events and
+    handing their sequence numbers and offsets out again. Start-up now stops, naming the file and the byte."""
+    cfg = write_config(tmp_path / "Config.json", ["durable"])
+    data = tmp_path / "data"
+    running = start_eventhubs_emulator("--data-dir", str(data), config=cfg)
+    try:
+        with producer(IsolatedHub(running, "durable")) as client:
+            for i in range(4):
+                client.send_batch([EventData(f"event-{i}")], partition_id="0")
+    finally:
+        assert running.stop() == 0
+    log = data / "durable" / "0.log"
+    original = log.read_bytes()
+    second = original.index(b"EHR1", 1)
+    damaged = original[:second] + b"XHR1" + original[second + 4:]  # one damaged byte in record 2's header
+    log.write_bytes(damaged)
+    try:
+        running = start_eventhubs_emulator("--data-dir", str(data), config=cfg)
+    except LaunchError as exc:
+        said = str(exc)
+    else:
+        running.stop()
+        pytest.fail(f"the emulator started on a damaged log: {running.output()[-500:]}")
+    assert log.read_bytes() == damaged
+    assert f"{log} is damaged at byte {second} of {len(damaged)}" in said, said[-500:]
+
+
+def _log_of_three(path: Path) -> tuple[PartitionLog, bytes, list[int]]:
+    """A partition log with three records; returns it, its bytes and where each record starts."""
+    log = PartitionLog(path)
+    offset = 100
+    for sequence, payload in enumerate([b"first", b"second!", b"third"], start=7):
+        log.append(sequence, offset, 1_000 + sequence, 2, payload)
+        offset += len(payload)
+    log.close()
+    data = path.read_bytes()
+    starts = [0, data.index(b"EHR1", 1), data.index(b"EHR1", data.index(b"EHR1", 1) + 1)]
+    return log, data, starts
+
+
+def test_a_torn_tail_is_cut_but_damage_before_the_end_is_refused(tmp_path: Path) -> None:
+    """Only what a crash in the middle of an append leaves is cut: a prefix of the last record. Anything else
+    that does not parse raises StorageError naming the file and the byte, and the file is left as it is."""
+    log, data, starts = _log_of_three(tmp_path / "0.log")
+    for cut in (starts[2] + 2, starts[2] + 20, len(data) - 1):  # in the last header, in the last payload
+        log.path.write_bytes(data[:cut])
+        records, last = log.load(keep_after_ms=0)
+        assert [r[4] for r in records] == [b"first", b"second!"] and last == records[-1]
+        assert log.path.read_bytes() == data[: starts[2]]
+    log.path.write_bytes(data)
+    assert [r[0] for r in log.load(keep_after_ms=0)[0]] == [7, 8, 9]
+
+    def patched(pos: int, new: bytes) -> bytes:
+        return data[:pos] + new + data[pos + len(new):]
+
+    damages = {
+        "bad magic": (starts[1], patched(starts[1], b"XHR1")),
+        "runs past the end, yet sequence 9 starts at byte": (starts[1], patched(starts[1] + 4, b"\x00\x10\x00\x00")),
+        "sequence 10 at offset": (starts[2], patched(starts[2] + 8, (10).to_bytes(8, "big"))),
+        "not a record header": (len(data), data + b"\x00\x00"),
+    }
+    for reason, (pos, damaged) in damages.items():
+        log.path.write_bytes(damaged)
+        with pytest.raises(StorageError, match=reason) as raised:
+            log.load(keep_after_ms=0)
+        assert f"{log.path} is damaged at byte {pos} of {len(damaged)}" in str(raised.value)
+        assert log.path.read_bytes() == damaged, reason
 
 
 def test_config_validation_names_the_offending_entry() -> None:
