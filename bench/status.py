@@ -114,7 +114,7 @@ def _raw_status(stack: LocalStack, probe: Probe) -> None:
             count=session.prepare(f"SELECT COUNT(*) FROM {ks}.events_by_arrival_bucket WHERE bucket = ? AND "
                                   "shard = ? AND enqueued_at >= ?"),
             sample=session.prepare(f"SELECT enqueued_at, WRITETIME(device_id) FROM {ks}.events_by_arrival_bucket "
-                                   "WHERE bucket = ? AND shard = ? AND enqueued_at >= ? LIMIT 128"),
+                                   "WHERE bucket = ? AND shard = ? AND enqueued_at >= ? AND enqueued_at < ? LIMIT 64"),
             feed=session.prepare(f"SELECT watermark, updated_at FROM {ks}.feed_state WHERE name = ?"),
             latest=session.prepare(f"SELECT * FROM {ks}.device_latest WHERE device_id = ?"),
             redis=redis.Redis.from_url(values["SLUICE_REDIS_URL"]),
@@ -129,8 +129,12 @@ def _raw_status(stack: LocalStack, probe: Probe) -> None:
     starts = [(current, current), (current - timedelta(seconds=width), current - timedelta(seconds=width)),
               (bucket_start(now - timedelta(seconds=60), width), now - timedelta(seconds=60)),
               (bucket_start(now - timedelta(seconds=300), width), now - timedelta(seconds=300))]
-    futures = [session.execute_async(statement, (start, shard, since))
-               for start, since in starts for shard in range(shards) for statement in (c.count, c.sample)]
+    futures = [session.execute_async(c.count, (start, shard, since)) for start, since in starts
+               for shard in range(shards)]
+    # the delay sample: two reads per shard, over each half of the bucket (CassandraArrivalStats staggers them)
+    futures += [session.execute_async(c.sample, (start, shard, low, low + timedelta(seconds=width / 2)))
+                for start, _ in starts[:2] for shard in range(shards)
+                for low in (start, start + timedelta(seconds=width / 2))]
     futures.append(session.execute_async(c.feed, ("events_by_id",)))
     futures.append(session.execute_async(c.latest, ("#probe",)))
     for future in futures:

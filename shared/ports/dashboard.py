@@ -21,7 +21,8 @@ from shared.domain.stored import StoredEvent
 class BucketFigures:
     """One arrival bucket: events stored in it (by Event Hubs enqueued time) and the sampled ingest delay.
 
-    ``delays_ms`` are ``write time - enqueued time`` of at most a fixed sample of the bucket's rows.
+    ``delays_ms`` are ``write time - enqueued time`` of at most a fixed sample of the bucket's rows, spread over
+    the bucket (not only its first rows).
     """
 
     start: datetime
@@ -41,8 +42,8 @@ class BucketRead:
 
 class ArrivalStats(Protocol):
     def buckets(self, reads: Sequence[BucketRead]) -> list[BucketFigures]:
-        """Figures of each read, in order. Reads exactly each bucket's shards (a count, and a sampled read
-        when asked, per shard), all at once."""
+        """Figures of each read, in order. Reads exactly each bucket's shards (a count, and a few sampled reads
+        over parts of the bucket when asked, per shard), all at once."""
 
     @property
     def bucket_seconds(self) -> int: ...
