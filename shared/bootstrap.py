@@ -282,8 +282,10 @@ def postgres_pool() -> ConnectionPool:
 
     cfg = settings().postgres
     password = rotating_secret(cfg.password, cfg.password_secret)
-    refuse_lost_prepared_statements(cfg.conninfo(), cfg, password=password)
-    return make_pool(cfg.conninfo(), cfg, password=password)
+    # Checked in the background, not here: a PostgreSQL that hangs would hold every caller building a service that
+    # holds the pool (each status section, not only enrichment's); a borrow waits for the check within its timeout.
+    return make_pool(cfg.conninfo(), cfg, password=password,
+                     vet=lambda: refuse_lost_prepared_statements(cfg.conninfo(), cfg, password=password))
 
 
 def reset() -> None:

@@ -131,6 +131,31 @@ def test_a_hung_blob_store_holds_only_its_own_section() -> None:
     assert set(_errors(body)) == {"dead_letters"}, f"sections in error with only Blob storage hung: {_errors(body)}"
 
 
+@pytest.mark.timeout(90)
+def test_a_hung_postgres_holds_only_the_enrichment_section_of_the_first_status(app_env, pg_dsn,
+                                                                               azurite_connection_string) -> None:
+    """Rule (docs/api.md): a PostgreSQL that hangs makes only the enrichment section wait, within the section's
+    timeout, from a pod's very first ``/api/status`` on. Was: building the status service built the PostgreSQL
+    pool, whose prepared-statement check (``refuse_lost_prepared_statements``) connected first, synchronously, with
+    a 5 s timeout: each pod's first status (every section of it) and first ``/api/reports/*`` took 6 s."""
+    pg = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    endpoint = HangingEndpoint(int(pg.get("port", 5432)))
+    try:
+        app_env(AzureWebJobsStorage=azurite_connection_string,
+                SLUICE_STORAGE_DEADLETTER_CONTAINER=f"dl-{uuid.uuid4().hex[:12]}",
+                SLUICE_POSTGRES_HOST="127.0.0.1", SLUICE_POSTGRES_PORT=str(endpoint.port),
+                SLUICE_DASHBOARD_STATUS_CACHE_SECONDS="0", SLUICE_DASHBOARD_READ_TIMEOUT_SECONDS="1",
+                SLUICE_LOOKUP_HEALTH_TIMEOUT_SECONDS="1", EventHubConnection="")
+        started = time.monotonic()
+        status, body = call("status")
+        took = time.monotonic() - started
+        assert status == 200, body
+        assert body["enrichment"].get("dependency") == "postgres", body["enrichment"]
+        assert took < 4.0, f"/api/status took {took:.1f}s with a section timeout of 2 s"
+    finally:
+        endpoint.close()
+
+
 @pytest.mark.timeout(180)
 def test_status_sections_recover_with_the_hung_store(hung_blob) -> None:
     """Rule: once a dependency answers again, the next status shows it (the page is the operator's view of a

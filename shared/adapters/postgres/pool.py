@@ -9,10 +9,15 @@
   PgBouncer in transaction mode (built into Azure PostgreSQL Flexible Server on
   port 6432) needs. Nothing in Sluice keeps session state across transactions
   either: temporary tables are ``ON COMMIT DROP`` and settings are ``SET LOCAL``;
-* :func:`refuse_lost_prepared_statements`, before the pool is built: prepared
-  statements on behind a pooler that loses them (PgBouncer in transaction mode
-  before 1.22 or without ``max_prepared_statements``) are a ``ConfigurationError``
-  naming ``SLUICE_POSTGRES_PREPARE_THRESHOLD``, not queries failing now and then;
+* :func:`refuse_lost_prepared_statements`, run in the background when the pool is
+  built (``make_pool(vet=...)``, a :class:`VettedPool`): prepared statements on
+  behind a pooler that loses them (PgBouncer in transaction mode before 1.22 or
+  without ``max_prepared_statements``) are a ``ConfigurationError`` naming
+  ``SLUICE_POSTGRES_PREPARE_THRESHOLD``, raised by every borrow, not queries failing
+  now and then. Building the pool does not wait for the check (a PostgreSQL that
+  hangs must not hold a caller that does not need it, such as the status sections
+  of the other stores); a borrow waits for its outcome within the borrow's own
+  timeout, and raises ``PoolTimeout`` when there is none by then;
 * the session's ``TimeZone`` is UTC (``configure``, a ``SET`` on each new
   connection): psycopg hands a ``timestamptz`` over in that zone, and the
   database's or server's ``timezone`` setting (or the client's ``PGTZ``) may be
@@ -33,11 +38,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shared.adapters.secrets import RotatingSecret
 from shared.exceptions import ConfigurationError
@@ -61,11 +69,69 @@ def rejected_password(exc: psycopg.OperationalError) -> bool:
     return any(text in str(exc) for text in _REJECTED)
 
 
+class VettedPool(ConnectionPool):
+    """A pool that opens, and hands out connections, only once ``vet`` (run once, in a thread of its own, from
+    construction) has passed: a ``ConfigurationError`` it raises is raised by every later borrow.
+
+    The pool opens only after the check, so none of its connections takes the server connection the check's
+    second connection must be served with behind a pooler in transaction mode. A borrow waits for the outcome at
+    most its timeout (the pool's, or the one it is given), which bounds the connection too: when the check has not
+    ended by then (a server that accepts connections and never answers), it raises ``PoolTimeout``, as a borrow
+    that finds no connection in time does. Any other failure of ``vet`` is logged and refuses nothing (the check
+    is best effort).
+    """
+
+    def __init__(self, conninfo: str, *, vet: Callable[[], None], open: bool = True, **kwargs: Any) -> None:
+        super().__init__(conninfo, open=False, **kwargs)
+        self._vetted = threading.Event()
+        self._refused: ConfigurationError | None = None
+        self._opening = threading.Lock()
+        self._open_when_vetted = open
+        threading.Thread(target=self._vet, args=(vet,), name=f"{self.name}-vet", daemon=True).start()
+
+    def _vet(self, vet: Callable[[], None]) -> None:
+        try:
+            vet()
+        except ConfigurationError as exc:
+            logger.error("PostgreSQL pool %r refused: %s", self.name, exc)
+            self._refused = exc
+        except Exception:  # best effort: a check that cannot run is no reason to refuse the pool
+            logger.exception("PostgreSQL pool %r: its start-up check failed; nothing refused", self.name)
+        finally:
+            with self._opening:
+                try:
+                    if self._open_when_vetted and self._refused is None:
+                        self.open(wait=False)
+                finally:
+                    self._vetted.set()
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._opening:  # closed before the check ended: the check must not open it afterwards
+            self._open_when_vetted = False
+        super().close(timeout)
+
+    def getconn(self, timeout: float | None = None) -> Any:
+        budget = self.timeout if timeout is None else timeout
+        started = time.monotonic()
+        if not self._vetted.wait(budget):
+            raise PoolTimeout(f"pool {self.name!r}: the start-up check of the PostgreSQL connection (whether "
+                              f"prepared statements survive it) has given no answer within {budget:g}s")
+        if self._refused is not None:
+            raise ConfigurationError(str(self._refused))  # a new one each time: the stored one's traceback stays
+        return super().getconn(max(0.0, budget - (time.monotonic() - started)))
+
+
 def make_pool(conninfo: str, settings: PostgresSettings, *, password: RotatingSecret | None = None,
-              open: bool = True, name: str = "sluice") -> ConnectionPool:
-    """A pool on ``conninfo`` with the pool options of ``settings`` and, if given, a rotating ``password``."""
-    return ConnectionPool(
-        conninfo,
+              open: bool = True, name: str = "sluice", vet: Callable[[], None] | None = None) -> ConnectionPool:
+    """A pool on ``conninfo`` with the pool options of ``settings`` and, if given, a rotating ``password``; with
+    ``vet``, a :class:`VettedPool` that runs it in the background and lends no connection before it passed."""
+    if vet is not None:
+        return VettedPool(conninfo, vet=vet, **_options(settings, password, open, name))
+    return ConnectionPool(conninfo, **_options(settings, password, open, name))
+
+
+def _options(settings: PostgresSettings, password: RotatingSecret | None, open: bool, name: str) -> dict[str, Any]:
+    return dict(
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         max_lifetime=settings.pool_max_lifetime_seconds,
