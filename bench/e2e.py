@@ -57,7 +57,6 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import subprocess
 import tempfile
 import threading
@@ -68,6 +67,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, TypedDict
 
 from bench._e2e_cpu import CqlCounter, ProductCpu
+from bench._stats import percentile
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -632,11 +632,8 @@ def losses(expected: Expected, probe: Probe) -> dict[str, int]:
 
 
 def _quantile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
+    """The nearest-rank ``q`` quantile of ``values`` (:func:`bench._stats.percentile`, as every bench), or None."""
+    return percentile(values, q) if values else None
 
 
 def print_cpu(r: CpuFigures) -> None:

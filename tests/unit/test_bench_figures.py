@@ -18,6 +18,15 @@ def test_every_benchmark_takes_nearest_rank_percentiles() -> None:
     assert eventhubs_emulator.percentile is lookups.percentile is status.percentile is percentile
 
 
+def test_the_e2e_latency_percentiles_are_nearest_rank_too() -> None:
+    """``bench e2e``'s send-to-Redis p50/p99 interpolated (``statistics.quantiles``): its p99 of the delays 1..100
+    was 99.01, and its p50 of an even count the mean of two delays no event had."""
+    delays = [float(v) for v in range(1, 101)]
+    assert e2e._quantile(delays, 0.99) == percentile(delays, 0.99) == 99.0
+    assert e2e._quantile(delays, 0.50) == percentile(delays, 0.50) == 50.0
+    assert e2e._quantile([], 0.99) is None
+
+
 def test_two_workers_measure_only_the_scale_out() -> None:
     """``--workers 2`` runs the stack with the scale-out settings (60 s allowed lateness, 2 s load balancing), and
     ran the cpu, steps and latency phases under them by default, printing worse figures than ``--workers 1`` with
