@@ -6,7 +6,8 @@ off the command line) reads the first N events of every partition of the hub fro
 start, through ``EventHubConsumerClient.receive_batch`` (batches of at most B, prefetch
 P), and does nothing with them. With ``--checkpoint-container`` it also checkpoints
 after every batch, through the blob checkpoint store the dev host uses (the sync
-``BlobCheckpointStore`` on the asyncio processor, :class:`ThreadedCheckpointStore`), and
+``BlobCheckpointStore`` with the dev host's blob options on the asyncio processor,
+:func:`checkpoint_store`), and
 the processor claims and renews partition ownership in that container, as the dev host's
 does. It prints one JSON line: events, CPU seconds of this process from the first batch to
 the last, batches.
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from azure.eventhub import EventData
     from azure.eventhub.aio import PartitionContext
 
+    from devhost.eventhub_trigger import ThreadedCheckpointStore
+
 
 class SdkFloorRun(TypedDict):
     """The JSON line :func:`main` prints (what ``bench e2e`` reads back)."""
@@ -44,19 +47,27 @@ class SdkFloorRun(TypedDict):
     seconds: float
 
 
-async def read(connection: str, storage: str | None, args: argparse.Namespace) -> dict[str, float]:
+def checkpoint_store(storage: str, container: str) -> ThreadedCheckpointStore:
+    """The dev host's checkpoint store in ``container`` (created if missing): the sync ``BlobCheckpointStore`` with
+    the dev host's blob options (``storage_options``: the environment's proxy and CA settings resolved once, not
+    walked again on every request), on the asyncio processor."""
     from azure.core.exceptions import ResourceExistsError
-    from azure.eventhub.aio import EventHubConsumerClient
     from azure.eventhub.extensions.checkpointstoreblob import BlobCheckpointStore
     from azure.storage.blob import BlobServiceClient
 
-    from devhost.eventhub_trigger import ThreadedCheckpointStore
+    from devhost.eventhub_trigger import ThreadedCheckpointStore, storage_options
 
-    if storage:
-        with BlobServiceClient.from_connection_string(storage) as service, contextlib.suppress(ResourceExistsError):
-            service.create_container(args.checkpoint_container)
-    store = (ThreadedCheckpointStore(BlobCheckpointStore.from_connection_string(storage, args.checkpoint_container))
-             if storage else None)
+    options = storage_options(storage)
+    with BlobServiceClient.from_connection_string(storage, **options) as service, \
+            contextlib.suppress(ResourceExistsError):
+        service.create_container(container)
+    return ThreadedCheckpointStore(BlobCheckpointStore.from_connection_string(storage, container, **options))
+
+
+async def read(connection: str, storage: str | None, args: argparse.Namespace) -> dict[str, float]:
+    from azure.eventhub.aio import EventHubConsumerClient
+
+    store = checkpoint_store(storage, args.checkpoint_container) if storage else None
     client = EventHubConsumerClient.from_connection_string(connection, consumer_group=args.consumer_group,
                                                            eventhub_name=args.hub, checkpoint_store=store)
     done = asyncio.Event()
