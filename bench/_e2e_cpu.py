@@ -257,7 +257,8 @@ class ProductCpu:
 
 
 def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    return {key: value - before.get(key, 0.0) for key, value in after.items()}
+    """``after - before`` per key of either (a key only in ``before`` counts as 0 after)."""
+    return {key: after.get(key, 0.0) - before.get(key, 0.0) for key in {**after, **before}}
 
 
 def count_losses(valid: Iterable[str], stored: Iterable[str], critical: Iterable[str], critical_present: Iterable[str],

@@ -664,7 +664,9 @@ def print_cpu(r: CpuFigures) -> None:
         seconds = cpu.get(f"thread:{group}", 0.0)
         per = seconds / delivered * 1e6 if delivered else 0.0
         print(f"cpu: thread {group:<12} {seconds:7.2f}s, {per:6.0f} us/event", flush=True)
-    # threads that ended during the span (short-lived helpers) leave the sum
+    # A group keeps what its ended threads had at the dev host's last reading that saw them (devhost.cpu_stats), so
+    # what a thread that ended spent in the span after that reading (all of it, for one that lived only in the
+    # span: short-lived helpers) is in no group, and lands here with the rest.
     ended = total - sum(cpu.get(f"thread:{group}", 0.0) for group in groups)
     print(f"cpu: threads that ended, and the rest {ended:7.2f}s, "
           f"{ended / delivered * 1e6 if delivered else 0.0:6.0f} us/event", flush=True)

@@ -13,8 +13,11 @@ between two readings), and once more when it starts shutting down, with:
   conversion of events to function input, timers, HTTP), ``functions`` (the pool that runs
   sync functions), ``cassandra-io`` (the cassandra-driver's reactor thread: request
   encoding on flush, response decoding, callbacks), ``to-thread`` (``asyncio.to_thread``:
-  blob checkpoints and leases) and ``other``. Threads that ended are not counted (the
-  groups are a picture of where the time goes; the process total comes from outside);
+  blob checkpoints and leases) and ``other``. A thread that ended keeps in its group the
+  CPU it had at the last reading that saw it alive (:class:`ThreadAccount`), so each
+  group's figure only grows and the difference of two readings is what the group spent
+  between them. What a thread spent after its last reading, and all of a thread that
+  lived between two readings, is in no group (the process total comes from outside);
 * ``gc``: per generation of the garbage collector, the collections, the seconds they
   took (a collection holds the GIL: every thread of the process waits it out), the
   objects they freed and how many took longer than 10 ms (:class:`CollectorAccount`).
@@ -57,21 +60,58 @@ def thread_group(name: str) -> str:
     return "other"
 
 
-def thread_cpu() -> dict[str, float]:
-    """CPU seconds per thread group of the live threads of this process (Linux ``/proc``; empty elsewhere)."""
-    names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
-    groups: dict[str, float] = {}
-    with contextlib.suppress(OSError):
-        for tid in os.listdir("/proc/self/task"):
-            try:
-                stat = Path(f"/proc/self/task/{tid}/stat").read_text()
-            except OSError:
-                continue  # ended meanwhile
-            fields = stat[stat.rindex(")") + 2:].split()
-            seconds = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
-            group = thread_group(names.get(int(tid), ""))
+class ThreadAccount:
+    """CPU seconds per thread group of this process (Linux ``/proc``; empty elsewhere), read when asked.
+
+    Each reading remembers every live thread's group and CPU; a thread a later reading finds gone has that
+    figure added to its group's ended total, which every figure of the group includes from then on. Threads are
+    told apart by their id and start time, so an id the kernel reuses is another thread. Nothing runs between
+    two readings (no per-thread hook), so the cost is one ``/proc`` read per live thread per reading.
+    """
+
+    def __init__(self) -> None:
+        self._live: dict[tuple[int, str], tuple[str, float]] = {}  # (tid, start time) -> group, CPU seconds
+        self._ended: dict[str, float] = {}
+        # Readings come from the event loop in the dev host; the lock keeps two from interleaving elsewhere
+        # (re-entrant: a reading from a signal handler that interrupted one must not wait for it forever).
+        self._lock = threading.RLock()
+
+    def snapshot(self) -> dict[str, float]:
+        with self._lock:
+            return self._read()
+
+    def _read(self) -> dict[str, float]:
+        names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+        live: dict[tuple[int, str], tuple[str, float]] = {}
+        with contextlib.suppress(OSError):
+            for tid in os.listdir("/proc/self/task"):
+                try:
+                    stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+                except OSError:
+                    continue  # ended meanwhile: its figure of the last reading moves to the ended ones below
+                fields = stat[stat.rindex(")") + 2:].split()
+                seconds = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+                key = (int(tid), fields[19])  # starttime
+                name = names.get(int(tid))
+                known = self._live.get(key)  # a thread gone from threading's list keeps the group it had
+                group = known[0] if name is None and known is not None else thread_group(name or "")
+                live[key] = (group, seconds)
+        for key, (group, seconds) in self._live.items():
+            if key not in live:
+                self._ended[group] = self._ended.get(group, 0.0) + seconds
+        self._live = live
+        groups = dict(self._ended)
+        for group, seconds in live.values():
             groups[group] = groups.get(group, 0.0) + seconds
-    return groups
+        return groups
+
+
+_THREADS = ThreadAccount()
+
+
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds per thread group of this process, threads that ended included (:class:`ThreadAccount`)."""
+    return _THREADS.snapshot()
 
 
 class CollectorAccount:

@@ -5,16 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import azure.functions as func
+import pytest
 
+from bench import e2e
+from bench._e2e_cpu import ProductCpu, delta
 from devhost import cpu_stats
 from devhost.app_loader import FunctionSpec
-from devhost.invocation import Invoker
+from devhost.invocation import CpuAccount, Invoker
 
 
 def _spec(function: Any, name: str = "f") -> FunctionSpec:
@@ -105,3 +110,74 @@ def test_the_collector_account_counts_each_generations_collections_and_what_they
     assert after["2"]["collections"] - before["2"]["collections"] >= 1
     gc.collect(0)  # uninstalled: counts no more
     assert account.snapshot() == after
+
+
+def _cpu_figures(used: dict[str, float], delivered: int) -> e2e.CpuFigures:
+    return {"sent": delivered, "achieved": delivered, "delivered": delivered, "problems": [], "span": 1.0,
+            "cpu": used, "idle_cpu_per_s": 0.0, "idle_host_cpu_per_s": 0.0, "idle_by_part": {}, "requests": {},
+            "batched_statements": 0, "calibration": (1.0, 1.0)}  # type: ignore[typeddict-item]
+
+
+def test_a_thread_that_ended_during_the_span_is_charged_only_its_cpu_in_the_span(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench e2e``'s split ("threads that ended, and the rest" = the total minus the groups' deltas) charged a
+    thread alive at the first reading and gone at the second with all the CPU it spent BEFORE the span too: the
+    groups counted live threads only, so its group's delta went negative by that much while the group's other
+    threads lived on. A thread that burned 0.6 s before the span and nothing in it showed as ~0.6 s there."""
+    stats = tmp_path / "cpu.json"
+    account = CpuAccount()
+    previous = signal.signal(signal.SIGUSR1, lambda *_: cpu_stats.write(stats, account))
+    burned, end_burner, end_companion = threading.Event(), threading.Event(), threading.Event()
+
+    def burner() -> None:
+        _busy(0.6)
+        burned.set()
+        end_burner.wait(30)
+
+    thread = threading.Thread(target=burner, name="test-burner")
+    # another thread of the same group ("other") lives on, as the driver's and the SDK's threads do in the dev host
+    companion = threading.Thread(target=end_companion.wait, args=(60,), name="test-companion")
+    thread.start()
+    companion.start()
+    try:
+        assert burned.wait(30)
+        product = ProductCpu()
+        product.add(os.getpid(), stats)  # the dev host's accounting, on this process (SIGUSR1 writes the file)
+        before = product.snapshot()
+        end_burner.set()
+        thread.join(30)
+        time.sleep(0.5)  # it ended well before the next reading, as a thread ending mid-run in the dev host
+        after = product.snapshot()
+    finally:
+        end_burner.set()
+        end_companion.set()
+        companion.join(30)
+        signal.signal(signal.SIGUSR1, previous)
+    used = delta(after, before)
+    capsys.readouterr()
+    e2e.print_cpu(_cpu_figures(used, 1000))
+    out = capsys.readouterr().out
+    found = re.search(r"threads that ended, and the rest\s+(-?[\d.]+)s", out)
+    assert found is not None, out
+    ended = float(found.group(1))
+    negative = {k: round(v, 2) for k, v in used.items() if k.startswith("thread:") and v < -0.05}
+    assert ended < 0.3 and not negative, (
+        f"a thread that used no CPU during the span is charged {ended:.2f} s as 'threads that ended'; "
+        f"groups with negative CPU: {negative}")
+
+
+def test_a_group_keeps_the_cpu_of_its_threads_that_ended() -> None:
+    threads = cpu_stats.ThreadAccount()
+    worker = threading.Thread(target=_busy, args=(0.2,), name="test-ended")
+    worker.start()
+    time.sleep(0.05)
+    during = threads.snapshot()  # sees it alive, part way
+    worker.join(30)
+    after = threads.snapshot()
+    assert after["other"] >= during["other"] > 0.0
+    assert set(after) >= set(during)
+
+
+def test_the_difference_of_two_readings_covers_the_keys_of_both() -> None:
+    assert delta({"total": 3.0, "thread:functions": 1.0}, {"total": 1.0, "thread:other": 0.5}) == {
+        "total": 2.0, "thread:functions": 1.0, "thread:other": -0.5}
