@@ -19,7 +19,9 @@ whatever a part sends is built before the clock:
   enrichment's columns, page size and concurrency (``execute_concurrent_with_args``);
 * **redis**: for each page of the feed, the commands the change feed sends for it (each device's
   newest event, the critical ones, and the lookup-cached copy of every other one) in one pipeline per
-  page, under a key prefix of its own;
+  page, and the second pipelines the replies call for, as the change feed does (here ``latest``
+  creating the key of each device the first time it appears: ``bench.cache_sync``'s raw side), under
+  a key prefix of its own;
 * **postgres**: one binary ``COPY`` of the events' enriched rows into a temporary table shaped
   like ``enriched_events``.
 
@@ -236,8 +238,10 @@ def windows(probe: FloorProbe, times: list[datetime], timings: Timings) -> None:
 
 
 def redis_pages(probe: FloorProbe, pages: list[list[Any]], timings: Timings) -> None:
-    """Per feed page, the change feed's commands for it in one pipeline (``bench.cache_sync``'s raw side)."""
-    from bench.cache_sync import cleanup, raw_commands, send
+    """Per feed page, the change feed's pipelines for it (``bench.cache_sync``'s raw side): its commands in one,
+    then those the replies call for (``latest`` for each device whose key was missing, under the fresh prefix every
+    device the first time it appears)."""
+    from bench.cache_sync import cleanup, raw_commands, send_page
     from shared.adapters.cassandra.reader import stored_event
     from shared.adapters.redis import RedisChangeSink
     from shared.domain.rules import Criticality
@@ -246,7 +250,7 @@ def redis_pages(probe: FloorProbe, pages: list[list[Any]], timings: Timings) -> 
     cfg = settings.redis
     client = probe.redis
     prefix = f"{cfg.key_prefix}floor-{uuid.uuid4().hex[:8]}:"
-    sink = RedisChangeSink(client, key_prefix=prefix)
+    sink = RedisChangeSink(client, key_prefix=prefix, stream_shards=cfg.critical_stream_shards)
     sink.load_scripts()
     critical = Criticality(settings.rules.critical_rules)
     built = []
@@ -261,9 +265,8 @@ def redis_pages(probe: FloorProbe, pages: list[list[Any]], timings: Timings) -> 
                                   cfg.critical_stream_max))
     try:
         with timings.part("redis", "commands") as figures:
-            for commands in built:
-                send(client, commands)
-                figures["count"] += len(commands)
+            for page in built:
+                figures["count"] += send_page(client, sink, page)
     finally:
         cleanup(client, prefix)
 

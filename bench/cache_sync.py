@@ -7,10 +7,17 @@ the same Redis, in pages of the same size, with the same ``EVALSHA`` commands
 * **ours**: ``ChangeFeedService.run()`` over an in-memory feed of the rows and an
   in-memory position store (Cassandra is not what is measured here), writing
   through ``RedisChangeSink``: deciding criticality, picking each device's newest
-  event, encoding documents, one pipeline per page, saving the position;
+  event, encoding documents, one pipeline per page (and the second ones its replies
+  call for), saving the position;
 * **raw**: a hand-written loop that builds the same commands per page (same
-  documents, same newest-per-device choice) and sends them with
-  ``redis.pipeline(transaction=False)``.
+  documents, same newest-per-device choice, ``latest`` only where the key exists)
+  and sends them with ``redis.pipeline(transaction=False)``; then, as the change
+  feed does, a second pipeline for what the replies call for: ``uncritical`` for a
+  critical copy a correction took from its device, and ``latest`` creating the key
+  of each device whose key was missing (on a fresh prefix, every device the first
+  time it appears). It reads only the sink's script SHAs and key layout: deciding
+  criticality, choosing the newest event, encoding documents and naming keys in
+  ``RedisChangeSink`` is measured on our side alone.
 
 The rows go through in slices (``--slices``, 20), ours and raw alternating slice by
 slice (and which goes first), so load from other processes on a shared machine
@@ -30,12 +37,13 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 
 import redis
 
 from shared.adapters.redis import RedisChangeSink, sort_key
 from shared.adapters.redis.base import Command
-from shared.adapters.redis.client import Client
+from shared.adapters.redis.client import Client, as_text
 from shared.domain.stored import StoredEvent
 from shared.ports.feed import FeedPage, FeedPosition, SavedPosition
 from shared.services.changefeed import ChangeFeedService
@@ -99,22 +107,36 @@ def run_ours(client: Client, prefix: str, events: list[StoredEvent], page_size: 
     return elapsed
 
 
+class RawPage(NamedTuple):
+    """A page's first pipeline as a hand-written sync builds it, and what it needs to read the replies."""
+
+    commands: list[Command]
+    fills: list[tuple[int, StoredEvent]]  # the place of each ``fill_event`` command, with its event
+    latest: int  # how many ``latest`` commands end ``commands`` (one per device)
+
+
 def raw_commands(cache: RedisChangeSink, page: list[StoredEvent], ttl: int, per_device: int,
-                 stream: int) -> list[Command]:
-    """What a hand-written sync would send for a page: the same scripts, documents and newest-per-device choice."""
+                 stream: int) -> RawPage:
+    """What a hand-written sync would send for a page: the sink's scripts and key layout, the same documents and
+    newest-per-device choice, written out here (not ``RedisChangeSink.commands``: its cost is what ours measures).
+
+    Keys are the live generation's: the bench's fresh prefixes have no rebuild running, so the sink writes to that
+    one generation alone."""
     sha = cache.sha
     latest_sha, critical_sha, stream_sha, event_sha = sha["latest"], sha["critical"], sha["stream"], sha["fill_event"]
     prefix = cache.keys.prefix
     shards = cache.keys.stream_shards
     shard_max = -(-stream // shards)
     newest: dict[str, StoredEvent] = {}
+    documents: dict[int, str] = {}  # by id(event): a critical event's document serves its latest too
+    fills: list[tuple[int, StoredEvent]] = []
     commands: list[Command] = []
     for e in page:
         current = newest.get(e.device_id)
         if current is None or e.supersedes(current):
             newest[e.device_id] = e
         if e.critical:
-            document = e.to_json()
+            documents[id(e)] = document = e.to_json()
             tag = f"{prefix}d:{{{e.device_id}}}"
             shard = zlib.crc32(e.device_id.encode()) % shards
             commands.append((critical_sha, 2, f"{tag}:ce:{e.event_id}", f"{tag}:crit",
@@ -122,37 +144,75 @@ def raw_commands(cache: RedisChangeSink, page: list[StoredEvent], ttl: int, per_
             commands.append((stream_sha, 2, f"{prefix}critical:stream:{{{shard}}}",
                              f"{prefix}critical:seen:{{{shard}}}:{e.event_id}",
                              ttl, shard_max, str(e.event_id), e.device_id, document))
+            fills.append((len(commands), e))
             commands.append((event_sha, 1, f"{prefix}e:{e.event_id}", document, ttl))
         else:  # drops a copy a lookup cached of an older send of this id, and notes this one's enqueued time
+            fills.append((len(commands), e))
             commands.append((event_sha, 1, f"{prefix}e:{e.event_id}", e.enqueued_text(), "", "stale",
                              cache.stale_marker_seconds))
-    for device, e in newest.items():
-        commands.append((latest_sha, 1, f"{prefix}d:{{{device}}}:latest", sort_key(e), e.to_json(), ttl))
-    return commands
+    for device, e in newest.items():  # "present": only where the key exists (a missing one is put below)
+        commands.append((latest_sha, 1, f"{prefix}d:{{{device}}}:latest", sort_key(e),
+                         documents.get(id(e)) or e.to_json(), ttl, "present"))
+    return RawPage(commands, fills, len(newest))
 
 
-def send(client: Client, commands: Sequence[Command]) -> None:
+def send(client: Client, commands: Sequence[Command]) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for command in commands:
         pipe.execute_command("EVALSHA", *command)
-    pipe.execute()
+    replies: list[Any] = pipe.execute()
+    return replies
+
+
+def send_page(client: Client, cache: RedisChangeSink, page: RawPage) -> int:
+    """``page`` as the change feed sends it, in plain redis-py pipelines; the number of commands sent.
+
+    Its commands in one; then, where ``fill_event`` answered devices (a list of them, or 2: the event's own; a
+    correction took a critical copy away from that device), one of ``uncritical`` taking the copy out of each
+    device's set, with the newest superseding copy's enqueued time; then, where ``latest`` answered 0 (the key was
+    missing), one putting that device's newest event of the page (the bench's change feed has no store to read a
+    newer one from): the same ``latest`` without ``present``."""
+    replies = send(client, page.commands)
+    sent = len(page.commands)
+    prefix = cache.keys.prefix
+    leaving: dict[str, tuple[str, str]] = {}  # member key -> its set's key, the newest superseding enqueued time
+    for at, e in page.fills:
+        reply = replies[at]
+        devices = [as_text(d) for d in reply] if isinstance(reply, list) else [e.device_id] if reply == 2 else []
+        for device in devices:
+            member, enqueued = f"{prefix}d:{{{device}}}:ce:{e.event_id}", e.enqueued_text()
+            if member not in leaving or leaving[member][1] < enqueued:
+                leaving[member] = (f"{prefix}d:{{{device}}}:crit", enqueued)
+    if leaving:
+        sha = cache.sha["uncritical"]
+        sent += len(leaving)
+        send(client, [(sha, 2, member, key, enqueued) for member, (key, enqueued) in leaving.items()])
+    latest = page.commands[len(page.commands) - page.latest:]
+    missing = [command[:-1] for command, reply in zip(latest, replies[len(replies) - page.latest:], strict=True)
+               if reply == 0]
+    if missing:
+        sent += len(missing)
+        send(client, missing)
+    return sent
 
 
 def run_raw(client: Client, prefix: str, events: list[StoredEvent], page_size: int, args: argparse.Namespace,
             prebuilt: bool = False) -> float:
     cache = RedisChangeSink(client, key_prefix=prefix)
     cache.load_scripts()
+    # raw_commands writes the live generation alone, as the sink does while no rebuild runs (none does here)
+    assert len(cache.write_keys()) == 1, f"a key generation is being built under {prefix!r}"
     ttl = 7 * 24 * 3600
     pages = [events[i:i + page_size] for i in range(0, len(events), page_size)]
     if prebuilt:
         built = [raw_commands(cache, page, ttl, args.per_device_max, args.stream_max) for page in pages]
         started = time.perf_counter()
-        for commands in built:
-            send(client, commands)
+        for raw in built:
+            send_page(client, cache, raw)
         return time.perf_counter() - started
     started = time.perf_counter()
     for page in pages:
-        send(client, raw_commands(cache, page, ttl, args.per_device_max, args.stream_max))
+        send_page(client, cache, raw_commands(cache, page, ttl, args.per_device_max, args.stream_max))
     return time.perf_counter() - started
 
 
@@ -231,7 +291,7 @@ def main(argv: list[str]) -> int:
             local_cluster.stop()
     ours, raw = totals["ours"], totals["raw"]
     print(f"ours (ChangeFeedService -> RedisChangeSink): {len(events) / ours:>10,.0f} rows/s  ({ours:.2f}s)")
-    print(f"raw  (redis-py pipeline, same commands): {len(events) / raw:>10,.0f} rows/s  ({raw:.2f}s)")
+    print(f"raw  (redis-py pipelines, same commands): {len(events) / raw:>10,.0f} rows/s  ({raw:.2f}s)")
     if args.prebuilt:
         prebuilt = totals["prebuilt"]
         print(f"raw, commands prebuilt (Redis alone):    {len(events) / prebuilt:>10,.0f} rows/s  ({prebuilt:.2f}s; "
