@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from shared.adapters.redis import RedisChangeSink, RedisLookupCache
+from shared.adapters.redis.lookup_cache import critical_event_fills, critical_fill, still_current
 from shared.domain.stored import StoredEvent, one_copy_each
 from shared.exceptions import DependencyUnavailable
 from shared.ports.cache import SINCE_ALL, Cached
@@ -471,6 +472,47 @@ def test_a_correction_to_another_device_leaves_the_old_devices_critical_set(clie
     assert cache.get_critical("pump-7", SINCE_ALL, 10) == []
     members = client.zrange(cache.keys.critical("pump-8"), 0, -1)
     assert [m.decode() for m in members] == ([moved.to_json()] if critical else [])
+
+
+@pytest.mark.parametrize("correction", ["not critical", "another device"])
+def test_a_critical_fill_landing_after_the_feed_applied_a_correction_leaves_the_superseded_copy_out(
+        client, redis_prefix, correction):
+    """A lookup's critical miss read the critical copy from the store; a correction is stored and the feed applies
+    it between the fill's two pipelines (by id, then the set). ``e:<id>`` held the copy the first pipeline wrote,
+    so the feed sends ``uncritical``, which finds no member yet and leaves the correction's time in the member key
+    (``#gone:``, for the feed's stale marker seconds); the fill's set script leaves the older copy out. A later copy
+    critical again replaces the marker; a superseded copy written again (a replayed page) stays out."""
+    cache = Cache(client, key_prefix=redis_prefix, stale_marker_seconds=30)
+    first = stored("pump-7", critical=True, enqueued=0)
+    lookups = cache.lookups
+    by_id = lookups.pipeline(critical_event_fills(cache.keys, lookups.sha, [first], 3600), "the fill's first pipeline")
+    assert still_current([first], by_id) == [first]
+    corrected = (replace(first, severity="info", critical=False, enqueued_time=NOW + timedelta(seconds=5))
+                 if correction == "not critical" else
+                 replace(first, device_id="pump-8", enqueued_time=NOW + timedelta(seconds=5)))
+    cache.apply([corrected])
+    member = cache.keys.member("pump-7", first.event_id)
+    assert 0 < client.ttl(member) <= 30
+    lookups.pipeline([critical_fill(cache.keys, lookups.sha, "pump-7", [first], SINCE_ALL, 3600, 100)],
+                     "the fill's second pipeline")
+    assert cache.get_critical("pump-7", SINCE_ALL, 10) == [], "the superseded critical copy is back in the set"
+    cache.apply([first])  # the page of the first copy written again: it stays out
+    assert cache.get_critical("pump-7", SINCE_ALL, 10) == []
+    again = replace(first, measurements={"v": 3.0}, enqueued_time=NOW + timedelta(seconds=10))
+    cache.apply([again])
+    assert cache.get_critical("pump-7", SINCE_ALL, 10) == [again.to_json()]
+    assert client.ttl(member) > 30
+
+
+def test_a_critical_fill_after_the_feed_applied_a_correction_to_a_copy_it_never_saw(client, redis_prefix):
+    """The correction reached the feed before the critical copy did (the feed reads a row's current copy only), so
+    no set and no ``e:<id>`` held a critical copy; a lookup that read that copy before the correction was stored
+    fills after. ``fill_event`` refuses the copy (note ``n``), and the set is filled without it."""
+    cache = Cache(client, key_prefix=redis_prefix, stale_marker_seconds=30)
+    first = stored("pump-7", critical=True, enqueued=0)
+    cache.apply([replace(first, severity="info", critical=False, enqueued_time=NOW + timedelta(seconds=5))])
+    cache.fill_critical("pump-7", [first], SINCE_ALL, ttl=3600)
+    assert cache.get_critical("pump-7", SINCE_ALL, 10) == []
 
 
 def test_an_event_never_corrected_costs_one_pipeline_per_page(client, redis_prefix, monkeypatch):

@@ -410,7 +410,9 @@ def test_a_critical_event_corrected_into_a_non_critical_one_leaves_the_critical_
     hit = critical(device)
     assert hit.headers["X-Cache"] == "hit", hit.get_body()
     assert [e["event_id"] for e in body(hit)["events"]] == [str(other.event_id)], body(hit)
-    assert not rclient.exists(bootstrap.redis_change_sink().keys.member(device, alarm.event_id))
+    member = bootstrap.redis_change_sink().keys.member(device, alarm.event_id)
+    assert rclient.get(member).startswith(b"#gone:")  # for a lookup's fill in flight, for a short while only
+    assert 0 < rclient.ttl(member) <= bootstrap.redis_change_sink().stale_marker_seconds
 
     again = make_event(device, NOW - timedelta(minutes=6), severity="critical", event_id=alarm.event_id,
                        enqueued=sent + timedelta(seconds=50))
@@ -418,3 +420,58 @@ def test_a_critical_event_corrected_into_a_non_critical_one_leaves_the_critical_
     run_feed()
     listed = critical(device)
     assert [e["event_id"] for e in body(listed)["events"]] == [str(other.event_id), str(alarm.event_id)]
+
+
+@pytest.mark.timeout(60)
+def test_a_critical_fill_after_a_correction_to_non_critical_leaves_the_stale_critical_copy_out(app_env,
+                                                                                             store) -> None:
+    """A critical miss read the store; then a correction made the event not critical and the change feed applied
+    it; then the miss's fill landed. It put the old critical copy into the device's set (``fill_critical.lua`` had
+    no guard like ``fill_event.lua``'s note ``n``), so hits listed a non-critical event as critical for the cache
+    TTL while ``GET /api/events/{id}`` said ``critical: false``. The fill now writes the events by id first and
+    leaves out the copies ``fill_event`` refuses (a later copy noted), and ``uncritical.lua`` leaves a ``#gone:``
+    marker for a fill that lands after it."""
+    import asyncio
+
+    from azure.functions.timer import TimerRequest
+
+    from shared import bootstrap
+    from tests.fixtures.functions import user_function
+    from tests.integration.test_lookups import event
+
+    app_env()
+    at = NOW - timedelta(minutes=2)
+    store.write([make_event("race-1", NOW - timedelta(minutes=5)),
+                 original := make_event("race-1", at, severity="critical",
+                                        enqueued=datetime.now(UTC) - timedelta(seconds=20))])
+    assert latest("race-1").status_code == 200  # the device's latest state cached; its critical set is not
+    service = bootstrap.lookup_service()
+    real = service._reader
+
+    def correct_and_run_the_feed() -> None:
+        store.write([make_event("race-1", at, severity="info", event_id=original.event_id,
+                                enqueued=datetime.now(UTC))])
+        user_function("changefeed")(TimerRequest(past_due=False), HostContext("changefeed"))
+
+    class CorrectedMeanwhile:
+        """The real reader; the correction is stored and applied by the feed after the miss's reads returned."""
+
+        def __getattr__(self, name: str):
+            return getattr(real, name)
+
+        async def events(self, ids):
+            found = await real.events(ids)
+            await asyncio.to_thread(correct_and_run_the_feed)
+            return found
+
+    service._reader = CorrectedMeanwhile()
+    try:
+        assert critical("race-1").headers["X-Cache"] == "miss"  # answered with what it read: fine
+    finally:
+        service._reader = real
+    assert body(event(str(original.event_id)))["critical"] is False  # the store's current copy
+    user_function("changefeed")(TimerRequest(past_due=False), HostContext("changefeed"))  # nothing left to apply
+
+    later = critical("race-1")
+    listed = [e for e in body(later)["events"] if e["event_id"] == str(original.event_id)]
+    assert listed == [], f"X-Cache {later.headers['X-Cache']}: a corrected-away critical copy is served: {listed}"

@@ -45,7 +45,15 @@ from shared.adapters.redis.client import (
 from shared.adapters.redis.entra import EntraCredentials, Token
 from shared.adapters.redis.generations import generation_prefix
 from shared.adapters.redis.keys import Keys, check_prefix
-from shared.adapters.redis.lookup_cache import Script, cached, critical_fill, event_fill, latest_fill
+from shared.adapters.redis.lookup_cache import (
+    Script,
+    cached,
+    critical_event_fills,
+    critical_fill,
+    event_fill,
+    latest_fill,
+    still_current,
+)
 from shared.adapters.redis.scripts import scripts
 from shared.adapters.secrets import RotatingSecret
 from shared.domain.stored import StoredEvent
@@ -423,10 +431,12 @@ class AsyncRedisLookupCache:
     async def fill_critical(
         self, device_id: str, events: Sequence[StoredEvent], covers_since_ms: int, ttl: int
     ) -> None:
-        commands = critical_fill(
-            await self.keys(), self.sha, device_id, events, covers_since_ms, ttl, self.critical_cap
-        )
-        await self._pipeline(commands, f"caching the critical events of device {device_id!r}")
+        keys, what = await self.keys(), f"caching the critical events of device {device_id!r}"
+        if events:  # by id first: see critical_fill
+            replies = await self._pipeline(critical_event_fills(keys, self.sha, events, ttl), what)
+            events = still_current(events, replies)
+        command = critical_fill(keys, self.sha, device_id, events, covers_since_ms, ttl, self.critical_cap)
+        await self._pipeline([command], what)
 
     async def ping(self) -> None:
         try:

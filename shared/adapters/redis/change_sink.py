@@ -18,7 +18,9 @@ Where ``fill_event`` drops or replaces a critical copy that now leaves its devic
 (a correction made the event not critical, or moved it to another device id), it
 answers that device (the feed wrote the copy with the set's member, so it is there as
 long as the member is, unless evicted), and a second pipeline sends ``uncritical`` on
-that device's set with the new copy's enqueued time. ``e:<event id>`` keeps the answer
+that device's set with the new copy's enqueued time, which leaves that time in the
+member key for a short while (``#gone:``) so that a lookup's critical fill in flight
+does not put the old copy back. ``e:<event id>`` keeps the answer
 (fields ``u``, ``v``), so a page written again after a failure, also as a later copy,
 gets it again. An event that never was corrected costs nothing more.
 
@@ -60,7 +62,7 @@ class RedisChangeSink(ScriptedRedis):
                  stale_marker_seconds: int = 30) -> None:
         super().__init__(connection, key_prefix, stream_shards, generation_cache_seconds=generation_cache_seconds)
         self._ttl = ttl_seconds
-        self.stale_marker_seconds = stale_marker_seconds  # how long fill_event's note n lives at least
+        self.stale_marker_seconds = stale_marker_seconds  # how long fill_event's note n and #gone: live at least
         self._wait = {"replicas": wait_replicas, "wait_ms": wait_timeout_ms}
         self._stream_max = critical_stream_max
         self.critical_cap = critical_per_device_max
@@ -133,9 +135,11 @@ class RedisChangeSink(ScriptedRedis):
     def _uncritical(self, leaving: dict[str, tuple[str, str]]) -> None:
         """Take superseded critical copies out of their devices' sets (``uncritical.lua``): events a correction
         made not critical or moved to another device id. ``leaving``: member key -> (set key, the enqueued time
-        of the copy that superseded them)."""
-        sha = self.sha["uncritical"]
-        self.pipeline([(sha, 2, member, zkey, enqueued) for member, (zkey, enqueued) in leaving.items()],
+        of the copy that superseded them). Each member key keeps that time as a marker for
+        ``stale_marker_seconds``, so a lookup's fill that read the store before the correction leaves the old
+        copy out (``fill_critical.lua``)."""
+        sha, marker_ttl = self.sha["uncritical"], self.stale_marker_seconds
+        self.pipeline([(sha, 2, member, zkey, enqueued, marker_ttl) for member, (zkey, enqueued) in leaving.items()],
                       f"taking {len(leaving)} superseded critical copies out of their devices' critical sets",
                       **self._wait)
 

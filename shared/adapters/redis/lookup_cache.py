@@ -1,8 +1,9 @@
 """``RedisLookupCache``: the lookups' cache-aside reads and fills (``docs/redis-layout.md``), blocking.
 
 Reads are one command on one key (``HMGET``) or one script on the device's set;
-fills are scripts whose keys share the device's slot, plus one ``fill_event`` per
-event, sent together in one pipeline. Fills never replace a newer latest
+fills are scripts whose keys share the device's slot; a critical fill first sends
+one ``fill_event`` per event in one pipeline, then the set's script with the events
+``fill_event`` did not refuse (a correction the change feed applied meanwhile). Fills never replace a newer latest
 state, never hide a change behind a negative entry, and only extend TTLs.
 
 The lookups themselves use the asyncio twin, ``aio.AsyncRedisLookupCache``; both
@@ -50,19 +51,32 @@ def event_fill(keys: Keys, event_id: str, event: StoredEvent | None, ttl: int, n
     return "fill_event", [key], [event.to_json(), ttl]
 
 
+def critical_event_fills(keys: Keys, sha: dict[str, str], events: Sequence[StoredEvent], ttl: int) -> list[Command]:
+    """The first pipeline of a critical fill: each event by id (``fill_event``), one slot each."""
+    event_sha = sha["fill_event"]
+    return [(event_sha, 1, keys.event(event.event_id), event.to_json(), ttl) for event in events]
+
+
+def still_current(events: Sequence[StoredEvent], replies: Sequence[Any]) -> list[StoredEvent]:
+    """The events of :func:`critical_event_fills` that ``fill_event`` did not refuse (0: the change feed applied a
+    copy enqueued later, a correction stored after the fill read the store, or a later copy is there)."""
+    return [event for event, reply in zip(events, replies, strict=True) if reply != 0]
+
+
 def critical_fill(keys: Keys, sha: dict[str, str], device_id: str, events: Sequence[StoredEvent],
-                  covers_since_ms: int, ttl: int, cap: int) -> list[Command]:
-    """The pipeline of a critical fill: the device's set (one slot), then each event by id."""
+                  covers_since_ms: int, ttl: int, cap: int) -> Command:
+    """The second pipeline of a critical fill: the device's set (one slot), with the events still current.
+
+    Sent after :func:`critical_event_fills` was acknowledged, never with it: an event's ``e:<id>`` then holds the
+    critical copy before the set does, so a correction the change feed applies meanwhile finds it there and takes
+    the event out of the set (``uncritical.lua``, which leaves a ``#gone:`` marker the fill honours), and one it
+    applied already made ``fill_event`` refuse the copy (its note ``n``)."""
     names = [keys.critical(device_id)]
     args: list[object] = [covers_since_ms, ttl, cap]
-    by_id: list[Command] = []
-    event_sha = sha["fill_event"]
     for event in events:
-        document = event.to_json()
         names.append(keys.member(device_id, event.event_id))
-        args += [event.event_time_ms, document]
-        by_id.append((event_sha, 1, keys.event(event.event_id), document, ttl))
-    return [(sha["fill_critical"], len(names), *names, *args), *by_id]
+        args += [event.event_time_ms, event.to_json()]
+    return (sha["fill_critical"], len(names), *names, *args)
 
 
 class RedisLookupCache(ScriptedRedis):
@@ -104,5 +118,8 @@ class RedisLookupCache(ScriptedRedis):
         return [doc.decode() for doc in docs]
 
     def fill_critical(self, device_id: str, events: Sequence[StoredEvent], covers_since_ms: int, ttl: int) -> None:
-        self.pipeline(critical_fill(self.keys, self.sha, device_id, events, covers_since_ms, ttl, self.critical_cap),
-                      f"caching the critical events of device {device_id!r}")
+        what = f"caching the critical events of device {device_id!r}"
+        if events:
+            events = still_current(events, self.pipeline(critical_event_fills(self.keys, self.sha, events, ttl), what))
+        self.pipeline([critical_fill(self.keys, self.sha, device_id, events, covers_since_ms, ttl, self.critical_cap)],
+                      what)

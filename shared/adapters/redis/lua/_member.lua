@@ -28,3 +28,9 @@ local function copies(zkey, wanted)
   end
   return found
 end
+-- A member key a correction left (uncritical.lua) holds "#gone:<enqueued time of the superseding copy>" for a
+-- short while instead of a document (which starts with "{"): its time, or nil for anything else.
+local function gone(value)
+  if value and string.sub(value, 1, 6) == '#gone:' then return string.sub(value, 7) end
+  return nil
+end

@@ -5,26 +5,33 @@
 -- Every event given ends up in the set before the bound is set: a member key whose copy the set does not hold
 -- (left over after the set was deleted or trimmed) is no reason to skip the event, so it is overwritten. Events
 -- without a usable member key are looked up in the set by id (_member.lua) in one pass for the whole fill.
+-- A copy enqueued before the time of a "#gone:" marker in its member key (uncritical.lua: a correction took the
+-- event out of this set while the fill read the store) is superseded and left out; the marker is decoded only where
+-- one is there.
 local ttl = tonumber(ARGV[2])
 local found = nil
 for i = 2, #KEYS do
   local doc, id = ARGV[2 * i + 1], member_id(KEYS[i])
   local previous = redis.call('GET', KEYS[i])
+  local marked = gone(previous)
+  if marked then previous = false end
   if previous and not redis.call('ZSCORE', KEYS[1], previous) then previous = false end
-  if not previous then
-    if not found then
-      local wanted = {}
-      for j = 2, #KEYS do wanted[member_id(KEYS[j])] = true end
-      found = copies(KEYS[1], wanted)
+  if not (marked and enqueued(doc) < marked) then  -- else superseded: a correction took it out of this set
+    if not previous then
+      if not found then
+        local wanted = {}
+        for j = 2, #KEYS do wanted[member_id(KEYS[j])] = true end
+        found = copies(KEYS[1], wanted)
+      end
+      previous = found[id] or false
     end
-    previous = found[id] or false
-  end
-  if not keeps(previous, doc) then  -- else a copy of this event enqueued later is there
-    if previous and previous ~= doc then redis.call('ZREM', KEYS[1], previous) end
-    redis.call('SET', KEYS[i], doc, 'KEEPTTL')
-    extend(KEYS[i], ttl)
-    redis.call('ZADD', KEYS[1], ARGV[2 * i], doc)
-    if found then found[id] = doc end
+    if not keeps(previous, doc) then  -- else a copy of this event enqueued later is there
+      if previous and previous ~= doc then redis.call('ZREM', KEYS[1], previous) end
+      redis.call('SET', KEYS[i], doc, 'KEEPTTL')
+      extend(KEYS[i], ttl)
+      redis.call('ZADD', KEYS[1], ARGV[2 * i], doc)
+      if found then found[id] = doc end
+    end
   end
 end
 local s = sentinel(KEYS[1])
