@@ -78,7 +78,8 @@ class CacheStats(Protocol):
 
 class CriticalStream(Protocol):
     def recent(self, limit: int) -> list[dict[str, Any]]:
-        """The newest ``limit`` entries of the fleet-wide critical stream, newest first, as event documents."""
+        """The newest ``limit`` events of the fleet-wide critical stream, newest first, as event documents: each
+        event once, as its current copy, leaving out events a correction made not critical."""
 
 
 class LagReader(Protocol):

@@ -515,6 +515,28 @@ def test_a_critical_fill_after_the_feed_applied_a_correction_to_a_copy_it_never_
     assert cache.get_critical("pump-7", SINCE_ALL, 10) == []
 
 
+def test_the_critical_feed_shows_each_events_current_copy_once(client, redis_prefix):
+    """The fleet-wide stream keeps each event's first critical copy (appended once per id and shard); the feed
+    checks its entries against ``e:<id>``: a correction no longer critical is left out and older entries, read on
+    from the shards that hold more, fill the list; a correction still critical shows its current content, once,
+    also when it moved to a device of another shard."""
+    from shared.adapters.redis_dashboard import RedisCriticalStream
+
+    cache = Cache(client, key_prefix=redis_prefix, stream_shards=4)
+    stream = RedisCriticalStream(client, key_prefix=redis_prefix, stream_shards=4)
+    keys = cache.keys
+    [a, b, c] = [ev("feed-1", seconds=s, critical=True, enqueued=s) for s in (1, 2, 3)]
+    for event in (a, b, c):
+        cache.apply([event])  # one page each: the stream's entries in that order
+    assert [e["event_id"] for e in stream.recent(2)] == [str(c.event_id), str(b.event_id)]
+    cache.apply([replace(c, severity="info", critical=False, enqueued_time=NOW + timedelta(seconds=10))])
+    assert [e["event_id"] for e in stream.recent(2)] == [str(b.event_id), str(a.event_id)]
+    elsewhere = next(d for d in (f"feed-{i}" for i in range(2, 100)) if keys.shard(d) != keys.shard("feed-1"))
+    moved = replace(b, device_id=elsewhere, measurements={"v": 9.0}, enqueued_time=NOW + timedelta(seconds=11))
+    cache.apply([moved])
+    assert stream.recent(10) == [json.loads(moved.to_json()), json.loads(a.to_json())]
+
+
 def test_an_event_never_corrected_costs_one_pipeline_per_page(client, redis_prefix, monkeypatch):
     """Only a correction that leaves a critical set costs the second pipeline: a page of new events, and one of
     re-sends (at-least-once delivery) of the same events, are one pipeline each."""

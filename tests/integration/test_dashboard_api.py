@@ -247,6 +247,49 @@ def test_critical_feed_is_the_redis_stream_newest_first(dash_env, store) -> None
 
 
 @pytest.mark.timeout(60)
+def test_critical_feed_drops_an_event_corrected_to_not_critical_and_shows_a_corrected_copy(dash_env, store) -> None:
+    """The stream holds each event's first critical copy (``stream.lua`` appends an event id once). A critical event
+    re-sent as not critical left its device's critical set, but ``/api/critical`` kept serving the superseded copy:
+    the page listed as critical an event that is not. Each entry is now checked against ``e:<id>``: a correction no
+    longer critical is left out (and the next entry fills the list), one still critical shows its current content,
+    and one moved to a device of another stream shard shows once."""
+    from shared import bootstrap
+
+    def feed() -> None:
+        user_function("changefeed")(_timer(), HostContext("changefeed"))
+
+    def listed() -> list[tuple[str, str, str, dict]]:
+        status, body = call("critical_feed", limit="2")
+        assert status == 200, body
+        return [(e["event_id"], e["device_id"], e["severity"], e["measurements"]) for e in body["events"]]
+
+    dash_env()
+    now = datetime.now(UTC)
+    device = f"corr-{uuid.uuid4().hex[:8]}"
+    older, kept, alarm = (make_event(device, now - timedelta(seconds=s), severity="critical",
+                                     measurements={"p": float(s)}, enqueued=now - timedelta(seconds=20))
+                          for s in (50, 40, 30))
+    store.write([older, kept, alarm])
+    feed()
+    assert [e[0] for e in listed()] == [str(alarm.event_id), str(kept.event_id)]
+
+    store.write([make_event(device, now - timedelta(seconds=30), severity="info", event_id=alarm.event_id,
+                            enqueued=now - timedelta(seconds=5))])  # the same event re-sent, corrected
+    feed()
+    status, per_device = call("device_critical", {"device_id": device})
+    assert status == 200 and str(alarm.event_id) not in [e["event_id"] for e in per_device["events"]], per_device
+    assert [e[0] for e in listed()] == [str(kept.event_id), str(older.event_id)]
+
+    keys = bootstrap.redis_change_sink().keys
+    elsewhere = next(d for d in (f"{device}-{i}" for i in range(100)) if keys.shard(d) != keys.shard(device))
+    store.write([make_event(elsewhere, now - timedelta(seconds=40), severity="critical", event_id=kept.event_id,
+                            measurements={"p": 99.0}, enqueued=now - timedelta(seconds=4))])  # moved, critical
+    feed()
+    assert listed() == [(str(kept.event_id), elsewhere, "critical", {"p": 99.0}),
+                        (str(older.event_id), device, "critical", {"p": 50.0})]
+
+
+@pytest.mark.timeout(60)
 def test_reports_read_the_views_with_filters_and_limit(dash_env, pg_dsn) -> None:
     dash_env()
     start = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
