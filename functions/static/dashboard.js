@@ -10,7 +10,7 @@
   const FEED_SIZE = 50;
   const SITE_ROWS = 30;  // the site table shows the newest 30 rows of report_site_daily
   let refreshMs = 5000;
-  let seenCritical = new Set();  // the ids of the events in the feed, no more
+  const criticalCopies = new WeakMap();  // an item of the feed -> the event it shows (JSON), to see it corrected
   let device = null;  // the device shown: {id, events, partial}; null when none is
   let search = null;  // the AbortController of the search in flight: a newer search aborts it
   let statusReadAt = null, sitesReadAt = null, criticalReadAt = null;
@@ -249,25 +249,43 @@
   }
 
   // -- critical feed --------------------------------------------------------------------------
+  // Drawn from each answer, by event id: an event the answer no longer lists leaves (corrected into one that is not
+  // critical), one whose copy changed (a correction) gets a new item, and an unchanged one keeps its item where it
+  // is, so the live region (additions only) announces new and corrected events, never the whole feed again.
+  function criticalItem(event) {
+    const item = el("li");
+    item.dataset.eventId = event.event_id;
+    const time = el("time", when(event.timestamp));
+    time.dateTime = event.timestamp;
+    const age = el("span", null, "age muted");
+    age.append(document.createTextNode(""));
+    item.append(time, age, el("span", event.device_id, "dev"),
+      el("span", " " + event.event_type + " · " + event.severity + " "),
+      el("span", Object.entries(event.measurements || {}).map(([k, v]) => k + "=" + v).join(", ")),
+      el("span", " " + Object.entries(event.attributes || {}).map(([k, v]) => k + ": " + v).join(", "), "muted"));
+    return item;
+  }
+
   function renderCritical(body) {
     if (!body || !Array.isArray(body.events)) throw new Error("the answer is not a list of events");
     const feed = document.getElementById("critical-feed");
-    const fresh = body.events.filter((e) => !seenCritical.has(e.event_id)).reverse();
-    for (const event of fresh) {
-      const item = el("li");
-      item.dataset.eventId = event.event_id;
-      const time = el("time", when(event.timestamp));
-      time.dateTime = event.timestamp;
-      const age = el("span", null, "age muted");
-      age.append(document.createTextNode(""));
-      item.append(time, age, el("span", event.device_id, "dev"),
-        el("span", " " + event.event_type + " · " + event.severity + " "),
-        el("span", Object.entries(event.measurements || {}).map(([k, v]) => k + "=" + v).join(", ")),
-        el("span", " " + Object.entries(event.attributes || {}).map(([k, v]) => k + ": " + v).join(", "), "muted"));
-      feed.prepend(item);
+    const shown = new Map([...feed.children].map((li) => [li.dataset.eventId, li]));
+    const items = [], listed = new Set();
+    for (const event of body.events) {
+      if (listed.has(event.event_id) || items.length >= FEED_SIZE) continue;
+      listed.add(event.event_id);
+      const copy = JSON.stringify(event), old = shown.get(event.event_id);
+      const item = old && criticalCopies.get(old) === copy ? old : criticalItem(event);
+      criticalCopies.set(item, copy);
+      items.push(item);
     }
-    while (feed.children.length > FEED_SIZE) feed.lastChild.remove();
-    seenCritical = new Set([...feed.children].map((li) => li.dataset.eventId));
+    const keep = new Set(items);
+    for (const li of [...feed.children]) if (!keep.has(li)) li.remove();
+    let next = feed.firstChild;  // the items before it are in the answer's order
+    for (const item of items) {
+      if (item === next) next = next.nextSibling;
+      else feed.insertBefore(item, next);  // new, corrected, or (rarely) moved
+    }
     document.getElementById("critical-empty").hidden = feed.children.length > 0;
   }
 

@@ -310,6 +310,34 @@ def test_a_slow_critical_feed_does_not_hold_back_the_status(dashboard: Dashboard
         f"the feed's reads overlap: {reads}"
 
 
+def test_the_feed_shows_the_current_copy_of_each_critical_event_the_route_answers(dashboard: DashboardHost,
+                                                                                    browser) -> None:
+    """The page added only event ids it had not shown (``seenCritical``) and never dropped one: when
+    ``/api/critical`` answered a corrected copy of an event already on the page (same id, other content), or stopped
+    listing it (corrected into one that is not critical), the page kept showing the superseded copy until 50 newer
+    events pushed it out. Each poll now shows the events as the route answers them; an unchanged event keeps its
+    item (the live region announces additions only, so it is not announced again)."""
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    corrected, dropped, kept = ("00000000-0000-4000-8000-0000000c0aa1", "00000000-0000-4000-8000-0000000c0aa2",
+                                "00000000-0000-4000-8000-0000000c0aa3")
+    dashboard.set(critical_events=[{**_critical(corrected, at), "measurements": {"pressure": 95.5}},
+                                   _critical(dropped, at - timedelta(seconds=1)),
+                                   _critical(kept, at - timedelta(seconds=2))])
+    _open(browser, dashboard)
+    poll(lambda: "pressure=95.5" in _text(browser, "critical-feed"), 15, "the first copy in the feed")
+    browser.execute_script(f"document.querySelector('#critical-feed li[data-event-id=\"{kept}\"]').dataset.mark = 1")
+    dashboard.set(critical_events=[{**_critical(corrected, at), "measurements": {"pressure": 9.75}},
+                                   _critical(kept, at - timedelta(seconds=2))])  # corrected; dropped no longer
+    poll(lambda: "pressure=9.75" in _text(browser, "critical-feed"), 10, "the corrected copy")
+    items = browser.find_elements(By.CSS_SELECTOR, "#critical-feed li")
+    assert [item.get_attribute("data-event-id") for item in items] == [corrected, kept]
+    assert "pressure=95.5" not in _text(browser, "critical-feed")
+    assert items[1].get_attribute("data-mark") == "1", "an unchanged event's item was drawn again"
+    dashboard.set(critical_events=[])
+    poll(lambda: not browser.find_elements(By.CSS_SELECTOR, "#critical-feed li"), 10, "an empty feed")
+    assert "No critical events yet." in _text(browser, "critical-empty")
+
+
 # -- times -----------------------------------------------------------------------------------------------------------
 
 def test_critical_events_show_their_date_in_utc_and_their_age(dashboard: DashboardHost, browser) -> None:
