@@ -13,7 +13,12 @@
   matches them), day-of-week 0-6. croniter's extensions (``L``, ``W``, ``#``, ``?``,
   ``H``, day-of-week 7) are refused, as the host refuses them. croniter then computes
   the occurrences of the expression written with numbers only.
-* Times are in UTC unless ``WEBSITE_TIME_ZONE`` or ``TZ`` names an IANA zone.
+* Times are in UTC unless ``WEBSITE_TIME_ZONE`` or ``TZ`` names an IANA zone. Across daylight saving time the
+  occurrences are the host's (the timer extension's ``CronSchedule``): NCrontab counts in wall-clock time, and a
+  wall time that is skipped or repeated is read at the zone's standard offset; then, when the clocks fall back, a
+  *point-in-time* schedule (seconds, minutes and hours each one value or a list without two consecutive values,
+  e.g. ``0 30 1 * * *``) runs once, at the daylight offset, while an *interval* schedule keeps firing through the
+  repeated hour (:meth:`Schedule.next_after`).
 """
 
 from __future__ import annotations
@@ -115,13 +120,41 @@ class Schedule:
         return ncrontab_fields(self.expression)
 
     def next_after(self, moment: datetime) -> datetime:
-        """The next occurrence after ``moment`` (aware), in UTC."""
+        """The next occurrence after ``moment`` (aware), in UTC, as the host's ``CronSchedule`` finds it."""
         if moment.tzinfo is None:
             raise ValueError("moment must be timezone-aware")
         if self.interval is not None:
             return (moment + self.interval).astimezone(UTC)
-        following: datetime = self._cron.get_next(datetime, start_time=moment.astimezone(self.zone))
-        return following.astimezone(UTC)
+        now = moment.astimezone(self.zone)
+        wall = self._wall_next(_wall(now))
+        following = _at_standard_offset(wall, self.zone)
+        if not (_repeated(_wall(now), self.zone) or _repeated(wall, self.zone)):
+            return following
+        # The clocks fall back tonight (or did, and the hour repeats now): the host's TryAdjustAmbiguousTime.
+        shift = _offset(following.astimezone(self.zone)) - _offset(now)
+        if self.is_interval:  # keep firing through the repeated hour, on the offset the clock is on
+            return following + shift
+        if not _repeated(wall, self.zone):  # the repeated hour is behind: the next day's time stands
+            return following
+        if shift:  # the first of the two: at the daylight offset
+            return following + shift
+        # The second of the two, when the first has passed (the host assumes it ran then): the next after the hour.
+        while _repeated(wall, self.zone):
+            wall = self._wall_next(wall)
+        return _at_standard_offset(wall, self.zone)
+
+    @cached_property
+    def is_interval(self) -> bool:
+        """Whether the timer extension counts this cron schedule as an interval (``CronSchedule.IsInterval``): its
+        seconds, minutes or hours field, as NCrontab writes it back expanded, has ``*`` or a range, i.e. is whole or
+        holds two consecutive values. A point-in-time schedule runs once when a wall time repeats."""
+        return any(len(values) == highest - lowest + 1 or any(value + 1 in values for value in values)
+                   for values, (lowest, highest, _) in zip(self.fields[:3], _FIELDS, strict=False))
+
+    def _wall_next(self, wall: datetime) -> datetime:
+        """The next occurrence strictly after a wall-clock time, in wall-clock time (as NCrontab counts)."""
+        following: datetime = self._cron.get_next(datetime, start_time=wall)
+        return following
 
     @cached_property
     def _cron(self) -> croniter:
@@ -133,6 +166,34 @@ class Schedule:
         """The gap between the next two occurrences."""
         first = self.next_after(now)
         return self.next_after(first) - first
+
+
+def _wall(moment: datetime) -> datetime:
+    """The wall-clock time of an aware moment, naive."""
+    return moment.replace(tzinfo=None, fold=0)
+
+
+def _offset(moment: datetime) -> timedelta:
+    offset = moment.utcoffset()
+    assert offset is not None
+    return offset
+
+
+def _offsets(wall: datetime, zone: tzinfo) -> tuple[timedelta, timedelta]:
+    """The zone's offsets for a wall time before and after a transition at it (equal when there is none)."""
+    return _offset(wall.replace(tzinfo=zone, fold=0)), _offset(wall.replace(tzinfo=zone, fold=1))
+
+
+def _repeated(wall: datetime, zone: tzinfo) -> bool:
+    """Whether the wall time happens twice (the clocks fall back over it: .NET's IsAmbiguousTime)."""
+    before, after = _offsets(wall, zone)
+    return before > after
+
+
+def _at_standard_offset(wall: datetime, zone: tzinfo) -> datetime:
+    """The moment, in UTC, a wall time stands for as .NET reads a local time (``new DateTimeOffset(local)``): a
+    repeated or skipped wall time at the zone's standard offset, the smaller of its two."""
+    return (wall - min(_offsets(wall, zone))).replace(tzinfo=UTC)
 
 
 def time_zone(environ: Mapping[str, str] = os.environ) -> tzinfo:
