@@ -1,10 +1,14 @@
 """What the dev host reads before it indexes the app: ``local.settings.json`` and ``host.json``.
 
 ``local.settings.json`` is applied as ``func start`` applies it: every entry of
-``Values`` becomes an environment variable *unless the environment already
+``Values`` becomes an environment variable, and every entry of ``ConnectionStrings``
+one named ``ConnectionStrings:<name>``, *unless the environment already
 defines it* (Core Tools prints "Skipping 'X' from local settings as it's already
 defined in current environment variables"); ``Host.LocalHttpPort`` is the default
 HTTP port.
+
+App settings are looked up as .NET configuration looks them up (:func:`app_setting`): names compared ignoring
+case, ``__`` read as ``:``.
 
 ``host.json`` is read as the host reads it, keys case-insensitive and with the
 ``AzureFunctionsJobHost__<path>`` app settings over it, for the parts the dev host honours:
@@ -131,7 +135,8 @@ def parse_timespan(text: str) -> timedelta:
 
 
 def load_local_settings(path: Path | None, environ: MutableMapping[str, str] | None = None) -> int | None:
-    """Apply ``Values`` to ``environ`` (``os.environ``) as ``func start`` does; return ``Host.LocalHttpPort``.
+    """Apply ``Values`` and ``ConnectionStrings`` to ``environ`` (``os.environ``) as ``func start`` does (a connection
+    string as ``ConnectionStrings:<name>``, StartHostAction); return ``Host.LocalHttpPort``.
 
     A missing file is not an error when ``path`` is None (the default
     ``local.settings.json`` is optional, as it is for Core Tools).
@@ -147,7 +152,11 @@ def load_local_settings(path: Path | None, environ: MutableMapping[str, str] | N
         raise DevHostError(f"{path} is not valid JSON: {exc}") from exc
     if document.get("IsEncrypted"):
         raise DevHostError(f"{path} is encrypted; the dev host reads plain settings only")
-    for name, value in (document.get("Values") or {}).items():
+    strings = document.get("ConnectionStrings") or {}
+    if not isinstance(strings, dict):
+        raise DevHostError(f"{path}: ConnectionStrings must be an object of connection names and strings")
+    for name, value in [*(document.get("Values") or {}).items(),
+                        *((f"ConnectionStrings:{key}", value) for key, value in strings.items())]:
         if environ.get(name):
             logger.info(
                 "Skipping %r from local settings as it's already defined in current environment variables", name
@@ -227,7 +236,8 @@ def function_disabled(name: str, environ: Mapping[str, str] | None = None) -> bo
     whose variable names cannot hold a dot) is ``true`` or ``1``: the host then starts no listener for the function
     and serves no route for it."""
     environ = os.environ if environ is None else environ
-    value = environ.get(f"AzureWebJobs.{name}.Disabled") or environ.get(f"AzureWebJobs_{name}_Disabled") or ""
+    value = next((found[1] for setting in (f"AzureWebJobs.{name}.Disabled", f"AzureWebJobs_{name}_Disabled")
+                  if (found := app_setting(setting, environ)) and found[1]), "")
     return value.strip().lower() in ("true", "1")
 
 
@@ -417,15 +427,36 @@ def _singleton_options(section: dict[str, object], where: Callable[[str], str]) 
     return SingletonOptions(listener_lock_period=period, listener_lock_recovery_polling_interval=polling)
 
 
+def _configuration_keys(environ: Mapping[str, str]) -> dict[str, str]:
+    """Every setting's name as .NET configuration reads it (``__`` is ``:``, lower case) -> the name in ``environ``."""
+    keys: dict[str, str] = {}
+    for key in environ:
+        keys.setdefault(key.replace("__", ":").lower(), key)
+    return keys
+
+
+def app_setting(name: str, environ: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """The app setting ``name`` as the host's configuration finds it (``IConfiguration[name]``): names compared
+    ignoring case, ``__`` read as ``:``; the setting spelled exactly as asked wins. (The name as spelled in the
+    environment, its value), or None when it is not set."""
+    environ = os.environ if environ is None else environ
+    if name in environ:
+        return name, environ[name]
+    spelled = _configuration_keys(environ).get(name.replace("__", ":").lower())
+    return None if spelled is None else (spelled, environ[spelled])
+
+
 def resolve(value: str, environ: Mapping[str, str] | None = None, *, what: str = "value") -> str:
-    """Replace every ``%Setting%`` by the setting's value, as the host resolves binding expressions."""
+    """Replace every ``%Setting%`` by the setting's value, as the host resolves binding expressions (through its
+    configuration: the name's case does not matter)."""
     environ = os.environ if environ is None else environ
 
     def lookup(match: re.Match[str]) -> str:
         name = match.group(1)
-        if not environ.get(name):
+        found = app_setting(name, environ)
+        if found is None or not found[1]:
             raise DevHostError(f"{what} refers to the app setting %{name}%, which is not set")
-        return environ[name]
+        return found[1]
 
     return _SETTING_REF.sub(lookup, value)
 
@@ -448,9 +479,7 @@ def connection_section(name: str, environ: Mapping[str, str] | None = None) -> C
     ``AzureWebJobs<name>`` wins over ``<name>`` and an identity-based prefixed one over a plain connection string.
     None when none exists."""
     environ = os.environ if environ is None else environ
-    keys: dict[str, str] = {}
-    for key in environ:
-        keys.setdefault(key.replace("__", ":").lower(), key)
+    keys = _configuration_keys(environ)
     for candidate in (f"ConnectionStrings:AzureWebJobs{name}", f"AzureWebJobs{name}", f"ConnectionStrings:{name}",
                       name):
         folded = candidate.lower()
@@ -465,11 +494,15 @@ def connection_section(name: str, environ: Mapping[str, str] | None = None) -> C
 
 
 def storage_connection_string(environ: Mapping[str, str] | None = None) -> str:
-    """``AzureWebJobsStorage`` as a connection string; ``UseDevelopmentStorage=true`` means Azurite's default port."""
+    """``AzureWebJobsStorage`` as a connection string; ``UseDevelopmentStorage=true`` means Azurite's default port.
+
+    Found as the host finds it (``GetWebJobsConnectionString``): ``ConnectionStrings:AzureWebJobsStorage`` first (a
+    connection string of local.settings.json), then the app setting, names compared ignoring case."""
     environ = os.environ if environ is None else environ
-    value = environ.get("AzureWebJobsStorage", "").strip()
+    value = next((found[1] for name in ("ConnectionStrings:AzureWebJobsStorage", "AzureWebJobsStorage")
+                  if (found := app_setting(name, environ)) and found[1].strip()), "").strip()
     identity = [name for name in ("AzureWebJobsStorage__accountName", "AzureWebJobsStorage__blobServiceUri")
-                if environ.get(name, "").strip()]
+                if (found := app_setting(name, environ)) and found[1].strip()]
     if not value and identity:
         raise DevHostError(
             f"{identity[0]} is set but AzureWebJobsStorage is not: the dev host keeps Event Hubs checkpoints and "
