@@ -157,11 +157,22 @@ class Context(func.Context):
 
 
 def default_thread_count(environ: Any = os.environ) -> int:
-    """``PYTHON_THREADPOOL_THREAD_COUNT``, or the worker's default for Python 3.9+ (``min(32, cpus + 4)``)."""
-    value = environ.get("PYTHON_THREADPOOL_THREAD_COUNT")
-    if value:
-        return max(1, int(value))
-    return min(32, (os.cpu_count() or 1) + 4)
+    """``PYTHON_THREADPOOL_THREAD_COUNT``, or the worker's default for Python 3.9+ (``min(32, cpus + 4)``, the
+    ``ThreadPoolExecutor`` default). A value that is not a whole number of at least 1 is refused as the Python worker
+    refuses it (its ``tp_max_workers_validator``): a warning naming the setting, and the default."""
+    default = min(32, (os.cpu_count() or 1) + 4)
+    value = (environ.get("PYTHON_THREADPOOL_THREAD_COUNT") or "").strip()
+    if not value:
+        return default
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        logger.warning("PYTHON_THREADPOOL_THREAD_COUNT %r must be a whole number of at least 1; using the Python "
+                       "worker's default of %d threads", value, default)
+        return default
+    return count
 
 
 class CpuAccount:
