@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+import logging
+import os
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -13,9 +15,12 @@ import pytest
 from devhost.app_loader import FunctionSpec
 from devhost.errors import DevHostError
 from devhost.eventhub_trigger import EventHubBinding
+from devhost.invocation import default_thread_count
 from devhost.schedule import Schedule, time_zone
 from devhost.settings import (
     DEVELOPMENT_STORAGE,
+    connection_section,
+    function_disabled,
     host_id,
     load_host_json,
     load_local_settings,
@@ -32,6 +37,23 @@ def test_local_settings_fill_the_environment_but_do_not_override_it(tmp_path: Pa
     environ = {"A": "from-env"}
     assert load_local_settings(path, environ) == 7072
     assert environ == {"A": "from-env", "B": "from-file", "C": ""}
+
+
+def test_local_settings_connection_strings_reach_the_connection_lookups(tmp_path: Path) -> None:
+    """``func start`` injects each entry of ``ConnectionStrings`` as ``ConnectionStrings:<name>``
+    (StartHostAction.GetConfigurationSettings), unless the environment has it, and the connection lookups find them
+    there: an Event Hubs connection or the storage kept in that section runs under Core Tools, so it must here."""
+    hub = "Endpoint=sb://127.0.0.1:5672;SharedAccessKeyName=k;SharedAccessKey=v;UseDevelopmentEmulator=true"
+    path = tmp_path / "local.settings.json"
+    path.write_text(json.dumps({"IsEncrypted": False, "Values": {"FUNCTIONS_WORKER_RUNTIME": "python"},
+                                "ConnectionStrings": {"EventHubConnection": hub, "Kept": "from-file",
+                                                      "AzureWebJobsStorage": "UseDevelopmentStorage=true"}}))
+    environ = {"ConnectionStrings:Kept": "from-env"}
+    load_local_settings(path, environ)
+    section = connection_section("EventHubConnection", environ)
+    assert section is not None and section.value == hub
+    assert environ["ConnectionStrings:Kept"] == "from-env"
+    assert storage_connection_string(environ) == DEVELOPMENT_STORAGE
 
 
 def test_local_settings_errors_name_the_file(tmp_path: Path) -> None:
@@ -246,6 +268,34 @@ def test_setting_references_resolve_or_name_the_missing_setting() -> None:
         resolve("%EMPTY%", environ, what="function 'f' eventHubName")
 
 
+def test_setting_references_resolve_ignoring_case_as_host_configuration_does() -> None:
+    """The host resolves ``%Setting%`` in schedule, eventHubName and consumerGroup through .NET configuration
+    (DefaultNameResolver -> IConfiguration), whose keys ignore case: an app Azure runs must not be refused here."""
+    environ = {"SLUICE_ENRICH_SCHEDULE": "0 */1 * * * *"}
+    assert resolve("%sluice_enrich_schedule%", environ, what="function 'enrichment' schedule") == "0 */1 * * * *"
+
+
+def test_the_disabled_setting_is_found_whatever_the_case_of_the_function_name() -> None:
+    """FunctionIndexer.IsDisabled reads ``AzureWebJobs.<name>.Disabled`` through IConfiguration, ignoring case:
+    ``AzureWebJobs_Ingest_Disabled=true`` disables ``ingest`` (its listener must not consume and checkpoint)."""
+    assert function_disabled("ingest", {"AzureWebJobs_Ingest_Disabled": "true"})
+    assert function_disabled("ingest", {"AzureWebJobs.INGEST.Disabled": "1"})
+    assert not function_disabled("ingest", {"AzureWebJobs.ingest.Disabled": "false"})
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "eight", "8.0"])
+def test_an_invalid_thread_count_setting_falls_back_to_the_workers_default(value: str,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """The Python worker's tp_max_workers_validator warns and reverts to the default pool size for a value that is
+    not an integer of at least 1 (it neither stops nor runs one thread)."""
+    default = min(32, (os.cpu_count() or 1) + 4)
+    with caplog.at_level(logging.WARNING, logger="devhost.invocation"):
+        assert default_thread_count({"PYTHON_THREADPOOL_THREAD_COUNT": value}) == default
+    assert "PYTHON_THREADPOOL_THREAD_COUNT" in caplog.text
+    assert default_thread_count({"PYTHON_THREADPOOL_THREAD_COUNT": "3"}) == 3
+    assert default_thread_count({}) == default
+
+
 def test_storage_connection_string() -> None:
     assert storage_connection_string({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}) == DEVELOPMENT_STORAGE
     with pytest.raises(DevHostError, match="AzureWebJobsStorage is not set"):
@@ -344,6 +394,39 @@ def test_one_schedule_answers_any_moment_in_any_order_as_a_fresh_parse_does() ->
         assert kept.next_after(moment) == Schedule.parse("0 30 2 * * *", berlin).next_after(moment), moment
     assert kept.next_after(datetime(2026, 3, 27, tzinfo=UTC)) == datetime(2026, 3, 27, 1, 30, tzinfo=UTC)  # CET
     assert kept.next_after(datetime(2026, 4, 1, tzinfo=UTC)) == datetime(2026, 4, 1, 0, 30, tzinfo=UTC)  # CEST
+
+
+# The host's own vectors (azure-webjobs-sdk-extensions TimerListenerTests.CronTimerSchedulesExitingDST, Pacific time,
+# DST ending at 2 AM on 2018-11-04): "Run every day at 1:30 (only expect one invocation during ambiguous times)".
+@pytest.mark.parametrize(("now", "interval"), [
+    (datetime(2018, 11, 4, 1, 30, tzinfo=timezone(timedelta(hours=-7))), timedelta(hours=25)),
+    (datetime(2018, 11, 4, 1, 29, tzinfo=timezone(timedelta(hours=-8))), timedelta(days=1, minutes=1)),
+    (datetime(2018, 11, 4, 1, 31, tzinfo=timezone(timedelta(hours=-7))), timedelta(days=1, minutes=59)),
+])
+def test_point_in_time_schedule_runs_once_when_dst_falls_back(now: datetime, interval: timedelta) -> None:
+    """The host's CronSchedule (TryAdjustAmbiguousTime) runs a point-in-time schedule once on the night the clocks
+    fall back, at the daylight offset, and next the day after: a daily job must not run twice that night."""
+    schedule = Schedule.parse("0 30 1 * * *", ZoneInfo("America/Los_Angeles"))
+    assert schedule.next_after(now) - now == interval
+
+
+def test_interval_schedule_keeps_firing_through_the_repeated_hour() -> None:
+    """CronSchedule's comment: "every 30 minute" runs at 01:00-7, 01:30-7, 01:00-8, 01:30-8, 02:00-8."""
+    los_angeles = ZoneInfo("America/Los_Angeles")
+    schedule = Schedule.parse("0 */30 * * * *", los_angeles)
+    moment = datetime(2018, 11, 4, 0, 30, tzinfo=timezone(timedelta(hours=-7)))
+    seen = []
+    for _ in range(5):
+        moment = schedule.next_after(moment)
+        seen.append(moment.astimezone(los_angeles).strftime("%H:%M%z"))
+    assert seen == ["01:00-0700", "01:30-0700", "01:00-0800", "01:30-0800", "02:00-0800"]
+
+
+def test_point_in_time_schedule_in_the_spring_forward_gap_runs_as_the_host_runs_it() -> None:
+    """02:30 does not exist in Los Angeles on the night DST starts; the host reads NCrontab's 02:30 at the standard
+    offset (``new DateTimeOffset(...).ToLocalTime()``), i.e. 03:30 PDT, not 03:00."""
+    schedule = Schedule.parse("0 30 2 * * *", ZoneInfo("America/Los_Angeles"))
+    assert schedule.next_after(datetime(2026, 3, 7, 12, 0, tzinfo=UTC)) == datetime(2026, 3, 8, 10, 30, tzinfo=UTC)
 
 
 def test_timespan_schedule_and_time_zone() -> None:
