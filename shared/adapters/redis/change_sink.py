@@ -6,7 +6,9 @@ sub-pipeline per node), each touching one slot:
 * per device, its newest event of the page: ``latest`` on ``d:{<device>}:latest``, only
   where the key exists (a missing key, expired or evicted, is reported: the event may
   be older than the device's newest, which the caller reads from the store and puts
-  with :meth:`RedisChangeSink.put_latest`);
+  with :meth:`RedisChangeSink.put_latest`). Only the live generation's misses are
+  reported: while a rebuild runs, the generation it builds lacks every device it has
+  not reached yet, and the rebuild writes those latest states itself;
 * per critical event: ``critical`` on the device's set (``{<device>}``), ``stream``
   on the device's stream shard (``{<shard>}``), ``fill_event`` on ``e:<event id>``;
 * per other event: ``fill_event`` in its ``stale`` mode on ``e:<event id>``, with the
@@ -71,8 +73,9 @@ class RedisChangeSink(ScriptedRedis):
     def commands(self, events: Sequence[StoredEvent]
                  ) -> tuple[list[Command], list[str], list[tuple[int, StoredEvent, Keys]]]:
         """The ``EVALSHA`` argument tuples that apply ``events`` (the newest event per device sets its latest,
-        where its key exists), the ``latest`` ones last; the device of each of those, in their order; and the
-        place of each ``fill_event`` command with its event and generation.
+        where its key exists), the ``latest`` ones last, the live generation's at the very end; the device of each
+        of those live ones, in their order; and the place of each ``fill_event`` command with its event and
+        generation.
 
         Every write goes to each generation of :meth:`write_keys` (two while a rebuild runs).
         """
@@ -107,12 +110,14 @@ class RedisChangeSink(ScriptedRedis):
                 for keys in generations:
                     by_id.append((len(commands), event, keys))
                     commands.append((event_sha, 1, keys.event(event_id), enqueued, "", "stale", marker_ttl))
-        devices: list[str] = []
-        for device, event in newest.items():
-            document = documents.get(id(event)) or event.to_json()
-            for keys in generations:
+        # The live generation's latest commands come last, one per device: only its misses are reported. The
+        # building one lacks every device the rebuild has not reached yet, and the rebuild writes those itself
+        # (merged by sort key), so a miss there is no reason to read the store.
+        devices = list(newest)
+        for keys in reversed(generations):
+            for device, event in newest.items():
+                document = documents.get(id(event)) or event.to_json()
                 commands.append((latest_sha, 1, keys.latest(device), sort_key(event), document, ttl, "present"))
-                devices.append(device)
         return commands, devices, by_id
 
     def apply(self, events: Sequence[StoredEvent]) -> list[str]:
