@@ -186,7 +186,8 @@ def send_page(client: Client, cache: RedisChangeSink, page: RawPage) -> int:
     if leaving:
         sha = cache.sha["uncritical"]
         sent += len(leaving)
-        send(client, [(sha, 2, member, key, enqueued) for member, (key, enqueued) in leaving.items()])
+        send(client, [(sha, 2, member, key, enqueued, cache.stale_marker_seconds)
+                      for member, (key, enqueued) in leaving.items()])
     latest = page.commands[len(page.commands) - page.latest:]
     missing = [command[:-1] for command, reply in zip(latest, replies[len(replies) - page.latest:], strict=True)
                if reply == 0]
