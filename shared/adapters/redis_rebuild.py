@@ -3,13 +3,17 @@
 Writes go to a pinned generation through the layout's own idempotent scripts
 (``shared.adapters.redis``: ``latest`` for the latest state, ``fill_critical``
 for a device's complete critical list with its ``#since`` bound, ``fill_event``
-for each event by id, ``stream`` for the sharded critical stream), one pipeline
-per page; each command touches one slot, so it runs on a Redis Cluster too.
+for each event by id, ``stream`` for the sharded critical stream), two pipelines
+per page (the events by id first, then the sets with the events ``fill_event`` did
+not refuse: ``RedisCacheBuilder._write`` says why); each command touches one slot,
+so it runs on a Redis Cluster too. Every key gets what the change feed would have
+left of its TTL (from its event's enqueued time), and one with nothing left is not
+written.
 The fleet-wide stream holds the newest critical events, so while devices are
 scanned their critical events are offered to a capped sorted set of candidates
 in the building generation (``rebuild:stream``, score = event time), and each
 gets its stream marker (``critical:seen``) as the change feed would have left it;
-all of it is part of the page's pipeline, so it survives a kill with the position.
+all of it is part of the page's first pipeline, so it survives a kill with the position.
 At the end each stream shard is rewritten by one script (``stream_rebuild``): its
 candidates and the entries the change feed added during the build, one per
 event, oldest first by event time, with entry ids from the event time; then the
@@ -24,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import cast
 
 from redis.exceptions import NoScriptError
@@ -58,60 +62,122 @@ def _event_id(member: bytes) -> str | None:
 
 
 class RedisCacheBuilder:
-    def __init__(self, sink: RedisChangeSink, *, settle_seconds: float | None = None) -> None:
+    def __init__(self, sink: RedisChangeSink, *, settle_seconds: float | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self._sink = sink
+        self._clock = clock  # the wall clock a key's TTL is left from (:meth:`_left`); injectable for tests
         self._generations = sink.generations
         self._settle = 2 * self._generations.cache_seconds if settle_seconds is None else settle_seconds
 
     def _candidates(self, generation: int) -> str:
-        return f"{self._sink.keys_of(generation).prefix}rebuild:stream"
+        return self._candidates_key(self._sink.keys_of(generation))
 
-    def _run(self, commands: list[Command], what: str) -> None:
-        """One pipeline of single-slot commands (a cluster sends one per node); replayed after ``NOSCRIPT``."""
+    @staticmethod
+    def _candidates_key(keys: Keys) -> str:
+        return f"{keys.prefix}rebuild:stream"
+
+    def _run(self, commands: list[Command], what: str) -> list[object]:
+        """One pipeline of single-slot commands (a cluster sends one per node); replayed after ``NOSCRIPT``.
+        Returns the replies, in order."""
         sink = self._sink
 
-        def execute() -> None:
+        def execute() -> list[object]:
             pipe = sink.client.pipeline(transaction=False)
             for args in commands:
                 pipe.execute_command(*args)
-            pipe.execute(raise_on_error=True)
+            return cast(list[object], pipe.execute(raise_on_error=True))
 
         with calling(what):
             try:
-                execute()
+                return execute()
             except NoScriptError:
                 sink.load_scripts()
-                execute()  # every command is idempotent: replaying the page is safe
+                return execute()  # every command is idempotent: replaying the page is safe
 
-    def _fill_critical(self, generation: int, device: str, events: Sequence[StoredEvent], since_ms: int,
-                       candidates: list[object] | None = None) -> list[Command]:
-        """The device's critical set, then ``fill_event`` (and a stream candidate) for every event.
+    def _left(self, event: StoredEvent, now_ms: int) -> int:
+        """The seconds a key the change feed wrote for ``event`` has left: the TTL from when the event was enqueued
+        (its event time when unknown). A rebuild gives its keys that, so it brings back for a full TTL nothing the
+        feed let expire; ``<= 0``: the feed's key would be gone, and the rebuild does not write it."""
+        enqueued_ms = to_ms(event.enqueued_time) if event.enqueued_time else event.event_time_ms
+        return min(self._sink._ttl, (enqueued_ms + self._sink._ttl * 1000 - now_ms) // 1000)  # a clock ahead
 
-        The set takes the newest ``cap`` events only, and claims to be complete from ``since_ms`` when they are all
-        of them, else from just after the oldest it holds, as a lookup's fill does. Chunks go newest first, each
-        claiming only what it and the chunks before it hold: a chunk claiming ``since_ms`` after an earlier one was
-        trimmed to the cap would claim events the set no longer has.
-        """
-        sink, keys = self._sink, self._sink.keys_of(generation)
-        sha, ttl, cap = sink.sha, sink._ttl, sink.critical_cap
-        newest_first = sorted(events, key=lambda e: e.event_time_ms, reverse=True)
-        documents = [event.to_json() for event in newest_first]
-        kept = newest_first[:cap]
-        covers_all = since_ms if len(newest_first) <= cap else kept[-1].event_time_ms + 1
+    def _write(self, keys: Keys, latest: Sequence[StoredEvent], critical: Mapping[str, Sequence[StoredEvent]],
+               since_ms: int, what: str, candidates: list[object] | None = None) -> None:
+        """Latest states and complete critical lists into ``keys``' generation, in two pipelines, as a lookup's
+        critical fill does (``lookup_cache.critical_event_fills``): first each latest state, and each event the
+        device's set keeps (the newest ``cap``) by id (``fill_event``), with the stream markers and candidates;
+        then each device's set (``fill_critical``) with only the events ``fill_event`` did not refuse. So a
+        correction the change feed applied after the log was read (its note ``n`` in ``e:<id>``) keeps the old
+        critical copy out of the set, and one it applies between the two pipelines finds the copy in ``e:<id>``
+        and leaves a ``#gone:`` marker in the member key that ``fill_critical`` honours.
+
+        Every key lives what the feed would have left it (:meth:`_left`): a latest state and a member key from
+        their event, the set from its most recently enqueued event (each renewed it), or, without one, from the
+        device's latest state. A key with nothing left is not written; a set that is keeps all its events (the
+        feed's set holds them however old while a newer one renews it), and each gets its ``e:<id>`` for at
+        least the stale marker seconds, long enough for the check."""
+        sink = self._sink
+        sha, cap, marker = sink.sha, sink.critical_cap, sink.stale_marker_seconds
+        now_ms = int(self._clock() * 1000)
+        first: list[Command] = []
+        latest_left: dict[str, int] = {}
+        for event in latest:
+            latest_left[event.device_id] = left = self._left(event, now_ms)
+            if left > 0:
+                first.append(("EVALSHA", sha["latest"], 1, keys.latest(event.device_id), sort_key(event),
+                              event.to_json(), left))
+        sets: list[tuple[str, list[StoredEvent], int, int]] = []  # device, the events kept, covers, the set's TTL
+        fills: list[tuple[int, str, StoredEvent]] = []  # the place of each fill_event, its device and event
+        for device, events in critical.items():
+            newest_first = sorted(events, key=lambda e: e.event_time_ms, reverse=True)
+            kept = newest_first[:cap]
+            covers = since_ms if len(newest_first) <= cap else kept[-1].event_time_ms + 1
+            if candidates is not None:
+                for event in newest_first:
+                    candidates += [event.event_time_ms, event.to_json()]
+                first += self._seen(keys, device, events, now_ms)
+            lefts = [self._left(event, now_ms) for event in events]
+            set_left = max(lefts) if lefts else latest_left.get(device, 0)
+            if set_left <= 0:
+                continue
+            sets.append((device, kept, covers, set_left))
+            for event in kept:
+                fills.append((len(first), device, event))
+                first.append(("EVALSHA", sha["fill_event"], 1, keys.event(event.event_id), event.to_json(),
+                              max(self._left(event, now_ms), marker)))
+        if candidates:
+            target = self._candidates_key(keys)
+            first.append(("ZADD", target, *candidates))
+            first.append(("ZREMRANGEBYRANK", target, 0, -(sink._stream_max + 1)))
+            first.append(("EXPIRE", target, sink._ttl))  # a rebuild killed and never resumed leaves nothing for good
+        if not first:
+            return
+        replies = self._run(first, what)
+        refused = {(device, event.event_id) for at, device, event in fills if replies[at] == 0}
+        second: list[Command] = []
+        for device, kept, covers, set_left in sets:
+            current = [event for event in kept if (device, event.event_id) not in refused]
+            second += self._fill_critical(keys, device, current, covers, set_left, now_ms)
+        if second:
+            self._run(second, what)
+
+    def _fill_critical(self, keys: Keys, device: str, kept: Sequence[StoredEvent], covers_all: int, set_left: int,
+                       now_ms: int) -> list[Command]:
+        """The device's critical set from ``kept`` (newest first, at most the cap), claiming to be complete from
+        ``covers_all``, as a lookup's fill does. Chunks go newest first, each claiming only what it and the chunks
+        before it hold: a chunk claiming ``since_ms`` after an earlier one was trimmed to the cap would claim
+        events the set no longer has."""
+        sha, cap = self._sink.sha, self._sink.critical_cap
         commands: list[Command] = []
         for start in range(0, max(len(kept), 1), _CHUNK):
             chunk = kept[start:start + _CHUNK]
             last = start + _CHUNK >= len(kept)
             covers = covers_all if last else chunk[-1].event_time_ms + 1
-            args: list[object] = [covers, ttl, cap]
-            for offset, event in enumerate(chunk, start):
-                args += [event.event_time_ms, documents[offset]]
+            args: list[object] = [covers, set_left, cap]
+            for event in chunk:
+                args += [event.event_time_ms, event.to_json(), self._left(event, now_ms)]
             commands.append(("EVALSHA", sha["fill_critical"], 1 + len(chunk), keys.critical(device),
                              *(keys.member(device, e.event_id) for e in chunk), *args))
-        for event, document in zip(newest_first, documents, strict=True):
-            if candidates is not None:
-                candidates += [event.event_time_ms, document]
-            commands.append(("EVALSHA", sha["fill_event"], 1, keys.event(event.event_id), document, ttl))
         return commands
 
     def _seen(self, keys: Keys, device: str, events: Sequence[StoredEvent], now_ms: int) -> list[Command]:
@@ -149,20 +215,8 @@ class RedisCacheBuilder:
 
     def write(self, generation: int, latest: Sequence[StoredEvent],
               critical: Mapping[str, Sequence[StoredEvent]], since_ms: int) -> None:
-        sink, keys = self._sink, self._sink.keys_of(generation)
-        commands: list[Command] = [("EVALSHA", sink.sha["latest"], 1, keys.latest(e.device_id), sort_key(e),
-                                  e.to_json(), sink._ttl) for e in latest]
-        candidates: list[object] = []
-        now_ms = int(time.time() * 1000)
-        for device, events in critical.items():
-            commands += self._fill_critical(generation, device, events, since_ms, candidates)
-            commands += self._seen(keys, device, events, now_ms)
-        if candidates:
-            target = self._candidates(generation)
-            commands.append(("ZADD", target, *candidates))
-            commands.append(("ZREMRANGEBYRANK", target, 0, -(sink._stream_max + 1)))
-            commands.append(("EXPIRE", target, sink._ttl))  # a rebuild killed and never resumed leaves nothing for good
-        self._run(commands, f"writing {len(latest)} devices to generation {generation}")
+        self._write(self._sink.keys_of(generation), latest, critical, since_ms,
+                    f"writing {len(latest)} devices to generation {generation}", candidates=[])
 
     def save_position(self, generation: int, position: int) -> None:
         self._generations.save_position(generation, str(position))
@@ -222,11 +276,6 @@ class RedisCacheBuilder:
 
     def refresh(self, device_id: str, latest: StoredEvent | None, critical: Sequence[StoredEvent],
                 since_ms: int) -> None:
-        live = self._generations.read().live
-        sink, keys = self._sink, self._sink.keys_of(live)
-        commands: list[Command] = []
-        if latest is not None:
-            commands.append(("EVALSHA", sink.sha["latest"], 1, keys.latest(device_id), sort_key(latest),
-                             latest.to_json(), sink._ttl))
-        commands += self._fill_critical(live, device_id, critical, since_ms)
-        self._run(commands, f"rebuilding device {device_id!r}")
+        keys = self._sink.keys_of(self._generations.read().live)
+        self._write(keys, [latest] if latest is not None else [], {device_id: critical}, since_ms,
+                    f"rebuilding device {device_id!r}")

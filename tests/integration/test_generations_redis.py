@@ -23,7 +23,7 @@ from shared.adapters.redis_dashboard import RedisCriticalStream
 from shared.adapters.redis_rebuild import RedisCacheBuilder
 from shared.ports.cache import SINCE_ALL
 from shared.services.changefeed import apply_changes
-from tests.integration.test_changefeed_redis import ev
+from tests.integration.test_changefeed_redis import NOW, ev
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_a_build_writes_both_generations_switches_and_drops_the_old_one_on_every
     prefix = f"t{uuid.uuid4().hex[:8]}:"
     sink = RedisChangeSink(client, key_prefix=prefix, ttl_seconds=600, stream_shards=4, generation_cache_seconds=0)
     lookups = RedisLookupCache(client, key_prefix=prefix, stream_shards=4, generation_cache_seconds=0)
-    builder = RedisCacheBuilder(sink, settle_seconds=0)
+    builder = RedisCacheBuilder(sink, settle_seconds=0, clock=NOW.timestamp)
     old = [ev(f"dev-{i}", seconds=i, critical=True) for i in range(20)]  # spread over every master's slots
     apply_changes(sink, old, None, list)
     assert {f"d:{{dev-{i}}}:latest" for i in range(20)} <= names(client, prefix)
@@ -76,7 +76,7 @@ def test_a_build_writes_both_generations_switches_and_drops_the_old_one_on_every
 def test_a_killed_build_leaves_the_live_generation_whole_and_a_restart_drops_the_abandoned_one(client):
     prefix = f"t{uuid.uuid4().hex[:8]}:"
     sink = RedisChangeSink(client, key_prefix=prefix, ttl_seconds=600, generation_cache_seconds=0)
-    builder = RedisCacheBuilder(sink, settle_seconds=0)
+    builder = RedisCacheBuilder(sink, settle_seconds=0, clock=NOW.timestamp)
     events = [ev(f"dev-{i}", seconds=i, critical=i % 2 == 0) for i in range(12)]
     apply_changes(sink, events, None, list)
     builder.begin(SINCE_ALL, resume=False)
@@ -105,7 +105,7 @@ def test_deleting_a_replaced_generation_touches_only_its_own_keys_whatever_chara
     apply_changes(sink, [event], None, list)
     own_old = sink.keys_of(0).latest("pump")
     assert client.exists(own_old)
-    builder = RedisCacheBuilder(sink, settle_seconds=0)
+    builder = RedisCacheBuilder(sink, settle_seconds=0, clock=NOW.timestamp)
     build = builder.begin(SINCE_ALL, resume=False)
     builder.write(build.generation, [event], {}, SINCE_ALL)
     assert builder.finish(build.generation) == 0
@@ -122,7 +122,7 @@ def test_a_device_rebuild_deletes_its_event_documents_one_slot_at_a_time(client)
     and a device's refresh writes the log's copies back over an empty key."""
     prefix = f"t{uuid.uuid4().hex[:8]}:"
     sink = RedisChangeSink(client, key_prefix=prefix, ttl_seconds=600, stream_shards=4, generation_cache_seconds=0)
-    builder = RedisCacheBuilder(sink, settle_seconds=0)
+    builder = RedisCacheBuilder(sink, settle_seconds=0, clock=NOW.timestamp)
     critical = [ev("pump", seconds=i, critical=True) for i in range(6)]
     latest = ev("pump", seconds=10)
     apply_changes(sink, [*critical, latest], None, list)

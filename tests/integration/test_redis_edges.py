@@ -18,7 +18,7 @@ from shared.adapters.redis.aio import AsyncRedisConnection, AsyncRedisLookupCach
 from shared.adapters.redis_rebuild import RedisCacheBuilder
 from shared.adapters.secrets import RotatingSecret
 from shared.ports.cache import SINCE_ALL
-from tests.integration.test_changefeed_redis import ev
+from tests.integration.test_changefeed_redis import NOW, ev
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_a_rebuilt_critical_list_claims_only_the_events_it_holds(client, path):
         sink = RedisChangeSink(client, key_prefix=prefix, ttl_seconds=600, stream_shards=2,
                                generation_cache_seconds=0)
         lookups = RedisLookupCache(client, key_prefix=prefix, stream_shards=2, generation_cache_seconds=0)
-        builder = RedisCacheBuilder(sink, settle_seconds=0)
+        builder = RedisCacheBuilder(sink, settle_seconds=0, clock=NOW.timestamp)
         events = [ev("noisy", seconds=s, critical=True) for s in range(600)]
         newest_first = sorted(events, key=lambda e: e.event_time_ms, reverse=True)  # Cassandra's clustering order
         latest = newest_first[0]
@@ -150,7 +150,7 @@ def test_the_rebuilds_stream_candidates_key_expires(client):
     try:
         sink = RedisChangeSink(client, key_prefix=prefix, ttl_seconds=600, stream_shards=2,
                                generation_cache_seconds=0)
-        builder = RedisCacheBuilder(sink, settle_seconds=0)
+        builder = RedisCacheBuilder(sink, settle_seconds=0, clock=NOW.timestamp)
         crit = ev("pump-7", seconds=1, critical=True)
         build = builder.begin(SINCE_ALL, resume=False)
         builder.write(build.generation, [crit], {"pump-7": [crit]}, SINCE_ALL)  # then the rebuild is killed
@@ -179,7 +179,7 @@ def test_a_rebuild_reads_the_events_own_time_and_id_whatever_their_attributes_ar
     try:
         sink = RedisChangeSink(client, key_prefix=prefix, ttl_seconds=600, stream_shards=2,
                                generation_cache_seconds=0)
-        builder = RedisCacheBuilder(sink, settle_seconds=0)
+        builder = RedisCacheBuilder(sink, settle_seconds=0, clock=NOW.timestamp)
         build = builder.begin(SINCE_ALL, resume=False)
         during = replace(ev("pump-8", seconds=1, critical=True),
                          attributes={"event_id": "msg-1", "timestamp": "2999-01-01T00:00:00.000Z"})

@@ -75,7 +75,7 @@ def critical_fill(keys: Keys, sha: dict[str, str], device_id: str, events: Seque
     args: list[object] = [covers_since_ms, ttl, cap]
     for event in events:
         names.append(keys.member(device_id, event.event_id))
-        args += [event.event_time_ms, event.to_json()]
+        args += [event.event_time_ms, event.to_json(), ttl]
     return (sha["fill_critical"], len(names), *names, *args)
 
 
