@@ -17,7 +17,10 @@ the rebuild is refused (``ConfigurationError``) rather than silently throwing
 that build away; ``resume=False`` (``--restart``) starts over on purpose. Reads
 are rate-limited (rows per second, ``max_rps``, every row the log reads:
 ``DeviceLog.rows_read``) so a rebuild does not take the request units the
-pipeline needs.
+pipeline needs: a page of devices (two rows each) is paid for before it is read
+and holds no more devices than the bucket's burst (one second's worth) pays for,
+so no second reads more than twice the rate; a device's critical events, whose
+number is known only once read, are charged after the read.
 
 ``--devices`` rebuilds only those devices, in the live generation: their keys
 are deleted, with the cached documents (``e:<id>``) of their latest and critical
@@ -49,9 +52,12 @@ from shared.domain.stored import StoredEvent
 from shared.domain.times import from_ms
 from shared.exceptions import ConfigurationError, DependencyUnavailable
 from shared.ports.cache import SINCE_ALL
-from shared.ports.rebuild import CacheBuilder, DeviceLog
+from shared.ports.rebuild import CacheBuilder, DeviceLog, DeviceRow
 
 logger = logging.getLogger(__name__)
+
+# The rows a device's position costs: its device_latest row and its latest event from events_by_id.
+_ROWS_PER_DEVICE = 2
 
 TOKEN_MIN = -(2**63)
 TOKEN_SPAN = 2**64
@@ -151,14 +157,30 @@ class RebuildService:
         self._charged = log.rows_read
         self._charging = threading.Lock()
 
-    def _charge(self) -> None:
-        """Take from the bucket every row the log read since the last charge. The log counts them, since only it
-        knows every read a call makes (each device's latest event by id, a page of devices read again); charged
-        after the read, so the average rate stays within ``max_rps`` with at most one read's burst."""
+    def _page_limit(self) -> int:
+        """Devices a page reads: ``page_size``, but with ``max_rps`` no more than the bucket's burst holds (a page
+        reads up to two rows a device: its ``device_latest`` row and its latest event by id), so that the page,
+        paid for before it is read, is never more rows at once than the rate allows in one second."""
+        if self._limiter.rate is None:
+            return self._page
+        return max(1, min(self._page, int(self._limiter.capacity) // _ROWS_PER_DEVICE))
+
+    def _charge(self, prepaid: int = 0) -> None:
+        """Take from the bucket every row the log read since the last charge, less ``prepaid``: what was taken
+        before the read, for the most rows it could read. The log counts the rows, since only it knows every read
+        a call makes (each device's latest event by id, a page of devices read again); what it read beyond
+        ``prepaid`` (a device's critical events, whose number is not known before) is charged after the read."""
         with self._charging:
             read = self._log.rows_read
             rows, self._charged = read - self._charged, read
-        self._limiter.acquire(rows)
+        self._limiter.acquire(rows - prepaid)
+
+    def _device(self, device: str) -> DeviceRow | None:
+        """One device's row, its two reads paid for before they are made."""
+        self._limiter.acquire(_ROWS_PER_DEVICE)
+        row = self._log.device(device)
+        self._charge(prepaid=_ROWS_PER_DEVICE)
+        return row
 
     def _decided(self, event: StoredEvent) -> StoredEvent:
         """``critical`` decided as the change feed decides it (rows written without the flag get the rules)."""
@@ -194,9 +216,11 @@ class RebuildService:
         report = RebuildReport(build.generation, None, resumed_from=build.position)
         position = build.position
         with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="rebuild") as pool:
+            limit = self._page_limit()
             while True:
-                rows = self._log.devices(position, self._page)
-                self._charge()
+                self._limiter.acquire(limit * _ROWS_PER_DEVICE)  # before the read: no read bursts past the rate
+                rows = self._log.devices(position, limit)
+                self._charge(prepaid=limit * _ROWS_PER_DEVICE)
                 if not rows:
                     break
                 latest = [self._decided(row.latest) for row in rows]
@@ -221,7 +245,7 @@ class RebuildService:
     def _event_ids(self, device: str, since_ms: int) -> set[str]:
         """The ids of the device's events whose documents a rebuild writes or a full one drops: its latest event
         and its critical events from ``since_ms``, as the log holds them now."""
-        row = self._log.device(device)
+        row = self._device(device)
         ids = {str(event.event_id) for event in self._log.critical(device, since_ms)}
         self._charge()
         return ids | ({str(row.latest.event_id)} if row else set())
@@ -243,7 +267,7 @@ class RebuildService:
             # events (e:<id>) are cleared too, or the refresh's merge would keep a wrong copy there; their ids come
             # from a read of their own before the clear, for that reason.
             self._cache.clear(device, self._event_ids(device, since_ms))
-            row = self._log.device(device)
+            row = self._device(device)
             events = self._log.critical(device, since_ms)
             self._charge()
             self._cache.refresh(device, self._decided(row.latest) if row else None, events, since_ms)
