@@ -27,10 +27,12 @@ from shared.adapters.cassandra.window_reader import CassandraWindowReader
 from shared.adapters.redis import RedisChangeSink, RedisLookupCache
 from shared.adapters.redis_dashboard import RedisCriticalStream
 from shared.adapters.redis_rebuild import RedisCacheBuilder
+from shared.domain.stored import StoredEvent
 from shared.domain.times import to_ms
 from shared.exceptions import DependencyUnavailable
 from shared.ports.cache import SINCE_ALL
-from shared.services.rebuild import GenerationsLeft, RebuildService
+from shared.ports.rebuild import DeviceRow
+from shared.services.rebuild import GenerationsLeft, RebuildService, TokenBucket
 from shared.services.replay import ReplayService
 from sluice.__main__ import main
 from tests.integration import test_changefeed as cf
@@ -514,3 +516,218 @@ def test_a_rebuild_run_again_with_another_since_is_refused_naming_both(
              for key, at in since.items()}
     assert named[first] in err and named[then] in err and "--restart" in err, err
     bootstrap.reset()
+
+
+class _AfterCriticalRead:
+    """Our ``DeviceLog`` port over the real Cassandra one: right after the ``read``-th read of ``device``'s critical
+    events, ``during`` runs (a change reaching the log, and the change feed applying it, while the rebuild holds
+    what it read and has not written it yet)."""
+
+    def __init__(self, log: CassandraDeviceLog, device: str, during, *, read: int = 1) -> None:
+        self._log, self._device, self._during, self._read, self._reads = log, device, during, read, 0
+
+    @property
+    def rows_read(self) -> int:
+        return self._log.rows_read
+
+    def devices(self, after: int | None, limit: int) -> list[DeviceRow]:
+        return self._log.devices(after, limit)
+
+    def device(self, device_id: str) -> DeviceRow | None:
+        return self._log.device(device_id)
+
+    def critical(self, device_id: str, since_ms: int) -> list[StoredEvent]:
+        events = self._log.critical(device_id, since_ms)
+        if device_id == self._device:
+            self._reads += 1
+            if self._reads == self._read:
+                self._during()
+        return events
+
+
+def _critical_ids(sink: RedisChangeSink, device: str) -> list[str] | None:
+    """The device's critical list as the lookups answer it from Redis (``None``: a miss)."""
+    answered = lookups_for(sink).get_critical(device, SINCE_ALL, 100)
+    return None if answered is None else [json.loads(d)["event_id"] for d in answered]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["full", "devices"])
+def test_a_correction_applied_by_the_feed_during_a_rebuild_does_not_leave_a_stale_critical_member(
+        session, keyspace, store, rclient, redis_prefix, kind):
+    """A critical event corrected to not critical while a rebuild runs, after the rebuild read the device's critical
+    events and before it wrote them: the change feed applies the correction to the new generation (whose ``e:<id>``
+    holds no critical copy yet, so ``fill_event`` notes no device to clean), then the rebuild adds the superseded
+    critical copy to the device's set and marks it complete (``#since``). After the switch (or ``--devices``) the
+    lookups list the corrected event as critical from Redis for the TTL, though the log (and the live generation
+    before, and a quiet rebuild) says it has none. Expected: the rebuilt set holds no copy the log superseded."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    device, event_id, at = f"dev-{uuid.uuid4().hex[:8]}", uuid.uuid4(), now - timedelta(minutes=5)
+    store.write([cf.make_event(device, at, severity="critical", event_id=event_id,
+                               enqueued=now - timedelta(minutes=4))])
+    sink = cache_for(rclient, redis_prefix)
+    feed = cf.make_service("cosmos", session, keyspace, sink)
+    feed.run()
+    assert _critical_ids(sink, device) is None  # the feed's set: completeness unknown (no bound yet)
+    assert cf.critical_ids(rclient, sink, device) == [str(event_id)]
+
+    def correction_arrives() -> None:
+        store.write([cf.make_event(device, at, severity="info", event_id=event_id,
+                                   enqueued=now - timedelta(minutes=3))])
+        feed.run()  # to the live generation and, during a full rebuild, to the building one
+
+    log = CassandraDeviceLog(session, keyspace)
+    service = RebuildService(_AfterCriticalRead(log, device, correction_arrives, read=1 if kind == "full" else 2),
+                             RedisCacheBuilder(sink, settle_seconds=0.0))
+    if kind == "full":
+        service.rebuild()
+    else:
+        service.rebuild_devices([device])
+
+    assert log.critical(device, SINCE_ALL) == []  # the log: no critical event of the device
+    listed = _critical_ids(sink, device)
+    assert listed is None or listed == [], (
+        f"after the {kind} rebuild the lookups answer {listed} from Redis as the device's complete critical list: "
+        f"the event was corrected to not critical")
+
+
+@pytest.mark.timeout(60)
+def test_a_rebuild_does_not_bring_back_for_a_full_ttl_what_the_feed_let_expire(
+        session, keyspace, store, rclient, redis_prefix):
+    """Every key the rebuild writes gets a fresh full ``SLUICE_REDIS_TTL_SECONDS`` whatever the age of the events it
+    holds: a device whose events were enqueued two TTLs ago (its keys long expired under the feed) gets its latest
+    state, its critical set and member keys, and an ``e:<id>`` document for *every* critical event in its history
+    (beyond the per-device cap too, with no ``--since`` all of them) cached for another full TTL. After a rebuild
+    Redis holds the whole fleet's history instead of the feed's working set (with ``noeviction`` the rebuild, and
+    the change feed writing both generations, run into ``OOM``; with eviction the live keys are evicted). Expected,
+    as the rebuild already does for its ``critical:seen`` markers: a key lives what the feed would have left it,
+    ``TTL - (now - enqueued time)``, and is not written when that is over."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    device = f"old-{uuid.uuid4().hex[:8]}"
+    ttl = 3600
+    events = [cf.make_event(device, now - timedelta(hours=3, seconds=i), severity="critical",
+                            enqueued=now - timedelta(hours=2, seconds=i)) for i in range(5)]
+    store.write(events)
+    sink = cache_for(rclient, redis_prefix, critical_per_device_max=2)
+    assert sink._ttl == ttl
+    RebuildService(CassandraDeviceLog(session, keyspace), RedisCacheBuilder(sink, settle_seconds=0.0)).rebuild()
+
+    keys = sink.keys
+    written = {key: rclient.ttl(key) for key in [
+        keys.latest(device), keys.critical(device),
+        *(keys.member(device, e.body.event_id) for e in events),
+        *(keys.event(e.body.event_id) for e in events)] if rclient.exists(key)}
+    assert written == {}, (
+        f"events enqueued 2 h ago with a {ttl} s TTL (the feed's keys expired an hour ago): the rebuild left "
+        f"{len(written)} keys of them, with TTLs {sorted(set(written.values()))}")
+
+
+class _Timed:
+    """Our ``DeviceLog`` port over the real Cassandra one, noting how many rows each call read and when (a fake
+    clock: the token bucket's, so every wait the rate limit asks for passes at once)."""
+
+    def __init__(self, log: CassandraDeviceLog, clock) -> None:
+        self._log, self._clock, self.reads = log, clock, []
+
+    @property
+    def rows_read(self) -> int:
+        return self._log.rows_read
+
+    def _timed(self, call, *args):
+        before = self._log.rows_read
+        result = call(*args)
+        self.reads.append((self._clock(), self._log.rows_read - before))
+        return result
+
+    def devices(self, after: int | None, limit: int) -> list[DeviceRow]:
+        return self._timed(self._log.devices, after, limit)
+
+    def device(self, device_id: str) -> DeviceRow | None:
+        return self._timed(self._log.device, device_id)
+
+    def critical(self, device_id: str, since_ms: int) -> list[StoredEvent]:
+        return self._timed(self._log.critical, device_id, since_ms)
+
+
+@pytest.mark.timeout(60)
+def test_max_rps_bounds_the_rows_read_in_every_second_not_only_on_average(
+        session, keyspace, store, rclient, redis_prefix):
+    """``--max-rps N`` is "at most N Cassandra rows read per second" (docs/operations.md), so that a rebuild does not
+    take the request units ingest needs; but the token bucket is charged only *after* each read, and a page of
+    devices is one read of ``2 x --page-size`` rows (``device_latest`` and the latest events by id): with the
+    default page of 200 and ``--max-rps 50`` every page reads 400 rows at once, 8 times the rate (and the bucket's
+    one second of burst) within one second, then sleeps (here: pages of 100, ``--max-rps 50``: 200 rows at once).
+    Cosmos DB throttles ingest in exactly those seconds. Expected: in any one-second window no more than the
+    bucket's burst plus one second's worth (2 x N) rows."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    store.write([cf.make_event(f"dev-{i:03d}", now - timedelta(seconds=i)) for i in range(200)])
+    fake = {"now": 0.0}
+
+    def clock() -> float:
+        return fake["now"]
+
+    def sleep(seconds: float) -> None:
+        fake["now"] += seconds
+
+    rate = 50
+    log = _Timed(CassandraDeviceLog(session, keyspace), clock)
+    service = RebuildService(log, RedisCacheBuilder(cache_for(rclient, redis_prefix), settle_seconds=0.0),
+                             page_size=100, max_rps=rate, concurrency=1)
+    service._limiter = TokenBucket(rate, clock=clock, sleep=sleep)
+    report = service.rebuild()
+
+    assert report.devices == 200 and sum(rows for _, rows in log.reads) == 400
+    worst = max(sum(rows for at, rows in log.reads if start <= at < start + 1.0) for start, _ in log.reads)
+    assert worst <= 2 * rate, (
+        f"--max-rps {rate}: {worst} rows read within one second (reads at fake times: "
+        f"{[(round(at, 2), rows) for at, rows in log.reads if rows]})")
+
+
+class _CountingLatest:
+    """``LatestStates`` over the real Cassandra reader, counting the devices the change feed asks it for."""
+
+    def __init__(self, reader) -> None:
+        self._reader, self.asked = reader, []
+
+    def latest_many(self, device_ids):
+        self.asked += list(device_ids)
+        return self._reader.latest_many(device_ids)
+
+
+@pytest.mark.timeout(60)
+def test_while_a_rebuild_runs_the_change_feed_does_not_read_every_devices_latest_state_from_cassandra(
+        session, keyspace, store, rclient, redis_prefix):
+    """docs/redis-layout.md: double writes "cost only the change feed's writes twice while a rebuild runs". But the
+    feed writes the building generation's latest state with ``present`` (only where the key exists), and there it
+    is missing for every device the rebuild has not reached yet: each is reported as a lost key, and the feed reads
+    its ``device_latest`` row and event from Cassandra (``apply_changes`` -> ``latest_many``) and sends a second
+    pipeline, for every device of every page, for the whole rebuild (hours on a large fleet), on top of the
+    rebuild's own rate-limited reads. Expected: a device whose key the live generation holds costs no read."""
+    from shared.adapters.cassandra.reader import CassandraEventReader
+    from shared.services.changefeed import apply_changes
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    devices = [f"dev-{uuid.uuid4().hex[:6]}-{i}" for i in range(20)]
+    first = [cf.make_event(d, now - timedelta(minutes=5)) for d in devices]
+    store.write(first)
+    sink = cache_for(rclient, redis_prefix)
+    reader = CassandraEventReader(session, keyspace, timeout=5)
+
+    def stored(events):  # the change feed's page: the stored rows of the events
+        return [reader.event(e.body.event_id) for e in events]
+
+    latest = _CountingLatest(reader)
+    apply_changes(sink, stored(first), latest, list)  # a cold cache: every device read once, as documented
+    latest.asked.clear()
+    second = [cf.make_event(d, now - timedelta(minutes=4)) for d in devices]
+    store.write(second)
+    apply_changes(sink, stored(second), latest, list)
+    assert latest.asked == []  # the keys are there: no read
+
+    RedisCacheBuilder(sink, settle_seconds=0.0).begin(SINCE_ALL, resume=False)  # a rebuild starts
+    third = [cf.make_event(d, now - timedelta(minutes=3)) for d in devices]
+    store.write(third)
+    apply_changes(sink, stored(third), latest, list)
+    assert len(latest.asked) == 0, (
+        f"one page of the change feed during a rebuild read the latest state of {len(latest.asked)} of its "
+        f"{len(devices)} devices from Cassandra (none before the rebuild started)")
