@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -369,9 +369,10 @@ class RedisSettings(_Group):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         parts = urlsplit(value)
-        # redis-py decodes the query's names and values (parse_qs), so they are checked as it reads them
-        query = {name.lower(): values for name, values in parse_qs(parts.query, keep_blank_values=True).items()}
-        if ":" in parts.netloc.rpartition("@")[0] or "password" in query:
+        # redis-py decodes the query's names and values (parse_qs) and matches the names as written (``DB`` is not
+        # ``db``), so they are checked as it reads them
+        query = parse_qs(parts.query, keep_blank_values=True)
+        if ":" in parts.netloc.rpartition("@")[0] or "password" in {name.lower() for name in query}:
             # the URL is logged with the settings and shown by the tools: a password in it would be too
             raise ValueError("must not carry a password (it would be logged with the settings): set "
                              "SLUICE_REDIS_PASSWORD_SECRET (Key Vault) or, locally, SLUICE_REDIS_PASSWORD")
@@ -399,9 +400,16 @@ class RedisSettings(_Group):
             raise ValueError("ssl_cert_reqs must be 'required' (or absent): the server's certificate is always checked")
         if any(not _redis_reads_true("ssl_check_hostname", v) for v in query.get("ssl_check_hostname", [])):
             raise ValueError("ssl_check_hostname must not be off: the server's host name is always checked")
-        for ca in query.get("ssl_ca_certs", []):
-            if not Path(ca).is_file():
-                raise ValueError(f"ssl_ca_certs {ca!r} does not point to a file")
+        for option in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):  # redis-py opens them at the first command
+            for path in query.get(option, []):
+                if not Path(path).is_file():
+                    raise ValueError(f"{option} {path!r} does not point to a file")
+        for path in query.get("ssl_ca_path", []):
+            if not Path(path).is_dir():
+                raise ValueError(f"ssl_ca_path {path!r} does not point to a directory")
+        for option, values in query.items():
+            for given in values:
+                _redis_parses(option, given)
         return value
 
     @model_validator(mode="after")
@@ -410,6 +418,15 @@ class RedisSettings(_Group):
         if self.password_secret and self.url.startswith("redis://"):
             raise ValueError(_VAULT_SECRET_NEEDS_TLS.format(secret="SLUICE_REDIS_PASSWORD_SECRET",
                                                             fix="use a rediss:// URL"))
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_has_database_0(self) -> Self:
+        if self.cluster and self.url.startswith(("redis://", "rediss://")) and _redis_db(self.url) != 0:
+            # redis-py refuses it at every use ("can only be 0 in cluster mode"); a Redis Cluster has database 0 only
+            raise ValueError(f"SLUICE_REDIS_URL selects database {_redis_db(self.url)} but SLUICE_REDIS_CLUSTER=true: "
+                             "a Redis Cluster has only database 0 (drop the /<db> from the URL, or set "
+                             "SLUICE_REDIS_CLUSTER=false for one Redis)")
         return self
 
     @model_validator(mode="after")
@@ -434,6 +451,38 @@ class RedisSettings(_Group):
         if "{" in value or "}" in value:
             raise ValueError("must not contain '{' or '}' (hash tags are Sluice's)")
         return value
+
+
+def _redis_parses(option: str, value: str) -> None:
+    """Refuse a URL query value that redis-py's own URL parsers (the synchronous client's and ``redis.asyncio``'s)
+    reject at the first command, ``health_check_interval=1.5`` (``int``) say, naming the option, never the URL."""
+    from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS as ASYNC_PARSERS
+    from redis.connection import URL_QUERY_ARGUMENT_PARSERS as PARSERS
+
+    for parse in (PARSERS.get(option), ASYNC_PARSERS.get(option)):
+        if not callable(parse):
+            continue
+        try:
+            parsed = parse(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"option {option}={value!r} is not a value redis-py takes (it reads it with "
+                             f"{getattr(parse, '__name__', 'its parser')}())") from None
+        if option == "ssl_min_version" and parsed not in {version.value for version in ssl.TLSVersion}:
+            # redis-py hands the number to SSLContext.minimum_version: TLS 1.2 is 771 (ssl.TLSVersion.TLSv1_2)
+            raise ValueError(f"option ssl_min_version={value!r} is not a TLS version number "
+                             f"(TLSv1_2 is {ssl.TLSVersion.TLSv1_2.value}, TLSv1_3 {ssl.TLSVersion.TLSv1_3.value})")
+
+
+def _redis_db(url: str) -> int:
+    """The database redis-py selects for ``url``: its ``db`` option, else the number its path names, else 0."""
+    parts = urlsplit(url)
+    given = parse_qs(parts.query).get("db")
+    if given:
+        return int(given[0])
+    try:
+        return int(unquote(parts.path).replace("/", "")) if parts.path else 0
+    except ValueError:  # redis-py ignores a path that is not a number
+        return 0
 
 
 def _redis_reads_true(option: str, value: str) -> bool:
@@ -511,6 +560,16 @@ class PostgresSettings(_Group):
         return self
 
     @model_validator(mode="after")
+    def _root_cert_found(self) -> Self:
+        if self.sslrootcert is None and self.sslmode in ("verify-ca", "verify-full") and not _libpq_root_cert():
+            # libpq would look for its default file at every connection and fail; the pool only times out
+            raise ValueError(f"SLUICE_POSTGRES_SSLMODE={self.sslmode} checks the server against a CA, but "
+                             "SLUICE_POSTGRES_SSLROOTCERT is not set and libpq's default (PGSSLROOTCERT, else "
+                             "~/.postgresql/root.crt) does not exist: set SLUICE_POSTGRES_SSLROOTCERT to the CA file, "
+                             "or to `system` for the system's CAs (Azure)")
+        return self
+
+    @model_validator(mode="after")
     def _pool_fits(self) -> Self:
         if self.pool_min_size > self.pool_max_size:
             raise ValueError(f"SLUICE_POSTGRES_POOL_MIN_SIZE ({self.pool_min_size}) is above "
@@ -551,6 +610,17 @@ class PostgresSettings(_Group):
         if password:
             parts["password"] = password
         return make_conninfo(**parts)
+
+
+def _libpq_root_cert() -> bool:
+    """Whether libpq finds a root certificate without ``sslrootcert``: ``PGSSLROOTCERT`` (a file, or ``system``),
+    else ``root.crt`` in ``~/.postgresql`` (``%APPDATA%\\postgresql`` on Windows)."""
+    given = os.environ.get("PGSSLROOTCERT")
+    if given:
+        return given == "system" or Path(given).is_file()
+    if os.name == "nt":
+        return Path(os.environ.get("APPDATA", ""), "postgresql", "root.crt").is_file()
+    return (Path.home() / ".postgresql" / "root.crt").is_file()
 
 
 def _system_ca_file() -> str:
