@@ -18,12 +18,14 @@ not a new class per result set as with the driver's default factory.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from typing import Any
 
 from cassandra import AuthenticationFailed, ConsistencyLevel
 from cassandra.auth import AuthProvider, PlainTextAuthenticator, PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, DefaultConnection, ExecutionProfile, Session
+from cassandra.connection import DefaultEndPoint, DefaultEndPointFactory
 from cassandra.policies import DCAwareRoundRobinPolicy, ExponentialReconnectionPolicy, TokenAwarePolicy
 
 from shared.adapters.cassandra.retry import CosmosRetryPolicy, delay_retries
@@ -102,6 +104,57 @@ class _SecretLogInConnection(DefaultConnection):  # type: ignore[misc]  # the dr
         return super().factory(endpoint, timeout, *args, **{**kwargs, "authenticator": authenticator.again()})
 
 
+class _NamedEndPoint(DefaultEndPoint):  # type: ignore[misc]  # the driver's endpoint class: Any
+    """A node's address whose TLS certificate is checked against the host name it was configured by.
+
+    Equal to the driver's own endpoint of the same address and port, so the node found again in
+    ``system.peers`` is the same host, not a second one.
+    """
+
+    def __init__(self, address: str, port: int, server_name: str) -> None:
+        super().__init__(address, port)
+        self.server_name = server_name
+
+    @property
+    def ssl_options(self) -> dict[str, str]:
+        return {"server_hostname": self.server_name}  # a new dict: the connection takes options out of it
+
+    def __repr__(self) -> str:
+        return f"<_NamedEndPoint: {self.address}:{self.port} ({self.server_name})>"
+
+
+class _NamedEndPointFactory(DefaultEndPointFactory):  # type: ignore[misc]  # the driver's factory class: Any
+    """Nodes found in ``system.peers``: one at an address a configured host name resolved to is checked against
+    that name; any other against its address (the driver's default)."""
+
+    def __init__(self, port: int, names: dict[str, str]) -> None:
+        super().__init__(port=port)
+        self.names = names
+
+    def create(self, row: Any) -> Any:
+        endpoint = super().create(row)
+        name = self.names.get(endpoint.address)
+        return _NamedEndPoint(endpoint.address, endpoint.port, name) if name else endpoint
+
+
+def _named_contact_points(hosts: list[str], port: int) -> tuple[list[_NamedEndPoint], dict[str, str]]:
+    """Each host's addresses as contact points checked against that host's name, and the name of each address.
+
+    Resolved here, as the driver resolves contact points; a name that does not resolve is left out (the driver
+    logs and skips such a contact point too), and none resolving leaves the driver's own error to say so.
+    """
+    names: dict[str, str] = {}
+    for host in hosts:
+        try:
+            found = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
+        except socket.gaierror:
+            logger.warning("Cassandra contact point %s does not resolve; left out", host)
+            continue
+        for *_, address in found:
+            names.setdefault(str(address[0]), host)  # the first name given for an address is the one checked
+    return [_NamedEndPoint(address, port, name) for address, name in names.items()], names
+
+
 class _Cluster(Cluster):  # type: ignore[misc]  # Cluster is untyped (Any): cassandra-driver has no stubs
     """A Cluster whose sessions wait out Cosmos DB's ``RetryAfterMs`` on a timer, not on the I/O thread
     (:func:`shared.adapters.cassandra.retry.delay_retries`)."""
@@ -137,10 +190,18 @@ def build_cluster(settings: CassandraSettings, password: str | RotatingSecret | 
     if settings.tls:
         context = ssl.create_default_context(cafile=str(settings.tls_ca_file) if settings.tls_ca_file else None)
         options["ssl_context"] = context
-        # The driver resolves contact points to addresses and checks the certificate against the address;
-        # Cosmos DB's certificate names the account's host, so name it (one contact point: Cosmos has one).
+        # The driver resolves contact points to addresses and checks each certificate against the address; a
+        # certificate names the host, so check that name instead. One contact point (Cosmos DB has one): every
+        # node, those found later included, is checked against it (Cosmos' certificate covers its nodes).
+        # Several: each against the name its address was reached by; a node at no such address, against its
+        # address (docs/security.md).
         if len(settings.hosts) == 1:
             options["ssl_options"] = {"server_hostname": settings.hosts[0]}
+        else:
+            contact_points, names = _named_contact_points(settings.hosts, settings.port)
+            if contact_points:
+                options["contact_points"] = contact_points
+                options["endpoint_factory"] = _NamedEndPointFactory(settings.port, names)
     return _Cluster(**options)
 
 
