@@ -197,14 +197,17 @@ def secret(value: SecretStr | None, secret_name: str | None) -> str | None:
     return None
 
 
-def rotating_secret(value: SecretStr | None, secret_name: str | None) -> RotatingSecret | None:
+def rotating_secret(value: SecretStr | None, secret_name: str | None, *,
+                    read_now: bool = True) -> RotatingSecret | None:
     """A store's password as a :class:`RotatingSecret`: re-read from Key Vault when the store refuses it.
 
-    Read once here, before the client is built (``shared.adapters.secrets.store_password``).
+    Read once here, before the client is built (``shared.adapters.secrets.store_password``), unless ``read_now``
+    is false: then at the client's first connection.
     """
     from shared.adapters.secrets import store_password
 
-    return store_password(value, secret_name, keyvault, min_interval=settings().keyvault.refresh_min_interval_seconds)
+    return store_password(value, secret_name, keyvault, min_interval=settings().keyvault.refresh_min_interval_seconds,
+                          read_now=read_now)
 
 
 @built
@@ -263,17 +266,20 @@ def redis_async_connection() -> AsyncRedisConnection:
     from shared.adapters.redis.aio import AsyncRedisConnection
 
     cfg = settings().redis
-    return AsyncRedisConnection(cfg.url, **redis_sign_in(cfg), cluster=cfg.cluster,
+    # Built inside the lookups' async handlers: the password secret is read at the first connection, on a thread
+    # (AsyncSecretCredentials), never here on the worker's event loop, where a slow vault would stop every request.
+    return AsyncRedisConnection(cfg.url, **redis_sign_in(cfg, read_now=False), cluster=cfg.cluster,
                                 socket_timeout=cfg.socket_timeout_seconds)
 
 
-def redis_sign_in(cfg: RedisSettings) -> dict[str, Any]:
-    """How the Redis clients sign in: ``entra`` (the app's identity) or ``password`` (a secret, read when needed)."""
+def redis_sign_in(cfg: RedisSettings, *, read_now: bool = True) -> dict[str, Any]:
+    """How the Redis clients sign in: ``entra`` (the app's identity) or ``password`` (a secret, read when needed;
+    ``read_now``: read once here, see :func:`rotating_secret`)."""
     if cfg.auth == "entra":
         from shared.adapters.identity import credential_for
 
         return {"entra": credential_for(cfg.url)}
-    return {"password": rotating_secret(cfg.password, cfg.password_secret)}
+    return {"password": rotating_secret(cfg.password, cfg.password_secret, read_now=read_now)}
 
 
 @built

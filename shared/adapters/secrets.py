@@ -44,19 +44,21 @@ class SecretSource(Protocol):
 
 
 def store_password(value: SecretStr | None, secret_name: str | None, vault: Callable[[], SecretSource], *,
-                   min_interval: float) -> RotatingSecret | None:
+                   min_interval: float, read_now: bool = True) -> RotatingSecret | None:
     """A store's password as its settings give it: a fixed value, a secret read from ``vault``, or none.
 
     The secret is read once here, before the client is built, so a missing secret stops start-up with
     a ``ConfigurationError`` naming it and the vault (a pool would only log it and time out). ``vault``
-    is called only when a secret is named.
+    is called only when a secret is named. ``read_now=False`` leaves the first read to the client's first
+    connection, for a client that reads it off its event loop (the lookups').
     """
     if value is not None:
         return RotatingSecret.fixed(value.get_secret_value())
     if not secret_name:
         return None
     rotating = RotatingSecret(secret_name, lambda: vault().fetch(secret_name), min_interval=min_interval)
-    rotating.value()
+    if read_now:
+        rotating.value()
     return rotating
 
 
@@ -82,6 +84,11 @@ class RotatingSecret:
 
     def __repr__(self) -> str:
         return f"RotatingSecret({self.name!r})"
+
+    @property
+    def read(self) -> bool:
+        """Whether a value has been read (then :meth:`value` returns it without waiting for the source)."""
+        return self._value is not None
 
     def value(self) -> str:
         """The cached value; the first call reads it (errors propagate: a missing secret stops start-up)."""

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ClusterDownError, NoScriptError
+from redis.exceptions import AuthenticationError, ClusterDownError, NoScriptError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -82,10 +83,10 @@ class AsyncRedisConnection:
             if password is not None:
                 raise ValueError("a Redis connection signs in with a password or with Entra ID, not both")
         elif isinstance(password, RotatingSecret):
-            # No log-in hook in redis.asyncio: the secret is re-read (rate-limited) before each new connection,
-            # so connections opened after a rotation use the new value; a refused one bypasses to Cassandra.
+            # Each connection logs in with the cached value; the vault is read when Redis refuses it
+            # (AsyncSecretCredentials), never before: a slow vault must not hold a lookup whose password is good.
             self.url, username = without_username(url)
-            self._options["credential_provider"] = SecretCredentials(username, password, refresh_each=True)
+            self._options["credential_provider"] = AsyncSecretCredentials(username, password)
         else:
             self._options["password"] = password
         self._cluster = cluster
@@ -123,6 +124,7 @@ class AsyncRedisConnection:
             try:
                 return await self._build(loop)
             except REDIS_ERRORS as exc:
+                self._note_refusal(exc)
                 raise failed(f"connecting to {self._where()}", exc) from exc
 
     async def _build(self, loop: asyncio.AbstractEventLoop) -> AsyncClient:
@@ -133,8 +135,10 @@ class AsyncRedisConnection:
             options = {**options, "credential_provider": provider}
         try:
             cluster = self._cluster
+            credentials = options.get("credential_provider")
+            hook = credentials.log_in_async if isinstance(credentials, AsyncSecretCredentials) else None
             if cluster is None:
-                probe = aioredis.Redis.from_url(self.url, **options)
+                probe = aioredis.Redis.from_url(self.url, redis_connect_func=hook, **options)
                 try:
                     cluster = bool((await probe.info("cluster")).get("cluster_enabled"))
                 finally:
@@ -155,7 +159,8 @@ class AsyncRedisConnection:
                     await client.aclose()
                     raise
             else:
-                client = aioredis.Redis.from_url(self.url, health_check_interval=30, **options)
+                client = aioredis.Redis.from_url(self.url, health_check_interval=30, redis_connect_func=hook,
+                                                 **options)
         except BaseException:
             if provider is not None:
                 provider.close()
@@ -197,12 +202,19 @@ class AsyncRedisConnection:
     async def failed(self, exc: BaseException) -> None:
         """After a connection failure, or a redirect to a node missing from the slot map, on a cluster: re-read the
         slot map (best effort, see ``client.py``)."""
+        self._note_refusal(exc)
         client = self._client
         if isinstance(client, RedisCluster) and isinstance(exc, _RECONNECTING):
             try:
                 await client.nodes_manager.initialize()
             except REDIS_ERRORS:
                 logger.info("Redis Cluster slot map not refreshed yet", exc_info=True)
+
+    def _note_refusal(self, exc: BaseException) -> None:
+        """A refused password on a connection no log-in hook of ours opened (a cluster's): re-read the secret."""
+        credentials = self._options.get("credential_provider")
+        if isinstance(credentials, AsyncSecretCredentials) and _refused(exc):
+            credentials.refused()
 
     def _discard(self) -> None:
         """Drop the client of another loop, closing it on that loop if it still runs."""
@@ -219,6 +231,59 @@ class AsyncRedisConnection:
 
     def _where(self) -> str:
         return self.url.rsplit("@", 1)[-1]
+
+
+def _refused(exc: BaseException | None) -> bool:
+    """Whether Redis refused the password somewhere in ``exc``'s chain (a cluster client wraps the refusal)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, AuthenticationError):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+class AsyncSecretCredentials(SecretCredentials):
+    """The password secret of the lookups' connections: the cached value, the vault read only when Redis refuses it.
+
+    A single Redis logs in through :meth:`log_in_async` (its ``redis_connect_func``): refused, the secret is
+    re-read on a thread (rate-limited, ``RotatingSecret.refresh``) and, if it changed, the log-in is tried once
+    more on the same connection, as the blocking client and the Cassandra log-in do. ``redis.asyncio``'s cluster
+    client takes no log-in hook: a refused connection fails (the lookup bypasses to Cassandra) and its refusal
+    starts one re-read in the background (:meth:`refused`), whose value the next connection uses. The first value
+    is read on a thread too, so a worker whose first lookup finds the vault slow keeps its event loop turning.
+    """
+
+    def __init__(self, username: str | None, secret: RotatingSecret) -> None:
+        super().__init__(username, secret)
+        self._rereading: asyncio.Task[bool] | None = None
+
+    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
+        password = self.secret.value() if self.secret.read else await asyncio.to_thread(self.secret.value)
+        return (self.username, password) if self.username else (password,)
+
+    async def log_in_async(self, connection: AbstractConnection) -> None:
+        """redis-py's log-in, repeated once with the secret's new value if the server refused the password."""
+        if not self.secret.read:
+            try:
+                await asyncio.to_thread(self.secret.value)
+            except BaseException:  # the vault (DependencyUnavailable: the lookup bypasses), not Redis: close it here
+                await connection.disconnect()
+                raise
+        used = self.secret.value()  # what get_credentials_async gives on_connect
+        try:
+            await connection.on_connect()
+        except AuthenticationError:
+            if not await asyncio.to_thread(self.secret.refresh, "a refused Redis log-in", rejected=used):
+                raise
+            logger.warning("Redis refused the password of secret %s; logging in with its new value", self.secret.name)
+            await connection.on_connect()  # a refused AUTH leaves the socket open, not logged in
+
+    def refused(self) -> None:
+        """After a refused log-in where no hook runs (a cluster): re-read the secret on a thread, once at a time."""
+        if self._rereading is None or self._rereading.done():
+            self._rereading = asyncio.get_running_loop().create_task(
+                asyncio.to_thread(self.secret.refresh, "a refused Redis Cluster log-in"))
 
 
 class _AutoPipeline:
