@@ -10,12 +10,15 @@ certificates must be refused by any client that verifies the chain and the host 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import glob
 import json
 import logging
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -29,20 +32,27 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import trustme
 import yaml
 from azure.keyvault.secrets import SecretClient
+from cassandra.cluster import NoHostAvailable
 from psycopg.conninfo import conninfo_to_dict
 
 from shared import bootstrap
+from shared.adapters.cassandra.session import connect as connect_cassandra
+from shared.adapters.keyvault import KeyVaultSecrets
 from shared.adapters.postgres.pool import make_pool
+from shared.adapters.redis.aio import AsyncRedisConnection
 from shared.adapters.redis.client import REDIS_ERRORS, RedisConnection
 from shared.adapters.secrets import RotatingSecret
 from shared.exceptions import ConfigurationError, DependencyUnavailable
 from shared.services.history import BadToken, HistoryCursor
-from shared.settings import PostgresSettings, load_settings
+from shared.settings import CassandraSettings, PostgresSettings, load_settings
 from sluice.delivery import Probe
 from sluice.launcher import Running
+from sluice.redis_cluster import LocalRedisCluster
 from sluice.secured import LocalCA, LocalPostgres, LocalRedis
+from tests.fixtures.cassandra import start_cassandra_emulator
 from tests.fixtures.devhost import start_devhost, write_app
 from tests.fixtures.keyvault import KeyVaultEmulator, unique_secret_name
 
@@ -431,3 +441,233 @@ def test_the_probe_follows_a_postgres_password_rotation(secured_postgres: LocalP
                 time.sleep(0.2)
     finally:
         probe.close()
+
+
+# --- 10. SLUICE_REDIS_URL query values redis-py cannot take pass the settings ---------------------------------
+
+@pytest.mark.parametrize("query", [
+    "ssl_min_version=TLSv1_2",          # the natural spelling; redis-py parses this option with int()
+    "ssl_certfile=/nonexistent/client.pem",
+    "health_check_interval=1.5",        # redis-py: int()
+    "db=one",                           # redis-py: int()
+    "DB=0",                             # the settings compare names in lower case, redis-py as written
+], ids=["ssl_min_version-name", "ssl_certfile-missing", "health_check_interval-float", "db-not-a-number",
+        "option-name-in-capitals"])
+def test_redis_url_option_values_redis_py_refuses_are_refused_at_start_up(
+        secured_redis: LocalRedis, local_ca: LocalCA, clean_env: pytest.MonkeyPatch, query: str) -> None:
+    """``RedisSettings._redis_scheme`` checks the names of the URL's query options but not their values, so a
+    ``SLUICE_REDIS_URL`` whose option redis-py cannot use (``ssl_min_version=TLSv1_2``, a missing ``ssl_certfile``,
+    ``health_check_interval=1.5``, ``db=one``; or a known name in capitals, ``DB=0``, which the settings check in
+    lower case but redis-py passes on as an unknown argument: ``TypeError``) passes start-up, and every Redis use
+    then fails (change feed, status, lookups) with an error that does not name the setting. Expected: refused at
+    start-up with a ``ConfigurationError`` naming ``SLUICE_REDIS_URL``, as a missing ``ssl_ca_certs`` file is."""
+    user, password = f"rv{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    secured_redis.set_password(password, username=user)
+    url = (f"rediss://{user}@127.0.0.1:{secured_redis.tls_port}/0?ssl_ca_certs={local_ca.ca_file}&{query}")
+    for name, value in _base_env(SLUICE_REDIS_URL=url, SLUICE_REDIS_PASSWORD=password,
+                                 SLUICE_REDIS_CLUSTER="false").items():
+        clean_env.setenv(name, value)
+    try:
+        bootstrap.settings()
+    except ConfigurationError as exc:
+        assert "SLUICE_REDIS_URL" in str(exc)
+        return
+    connection = bootstrap.redis_client()
+    try:
+        outcome = f"answered PING: {connection.client().ping()}"
+    except Exception as exc:
+        outcome = f"failed at its first use with {type(exc).__name__}: {exc}"
+    finally:
+        connection.close()
+    pytest.fail(f"SLUICE_REDIS_URL ...&{query} was accepted at start-up; the client {outcome}")
+
+
+# --- 11. Cassandra TLS: several contact points are checked against their IP addresses, not their names ---------
+
+def test_cassandra_tls_with_several_contact_points_checks_the_names_they_were_given(tmp_path: Path) -> None:
+    """With ``SLUICE_CASSANDRA_TLS=true`` and more than one host in ``SLUICE_CASSANDRA_HOSTS``,
+    ``build_cluster`` sets no ``server_hostname`` (only for exactly one contact point), so the driver checks each
+    node's certificate against the address it resolved the name to: a cluster whose certificates name its hosts
+    (the usual case) is refused on every node, although the same node and certificate connect with one contact point.
+    Expected: every contact point's certificate is checked against the host name it was configured with (or the
+    settings refuse several contact points with TLS, naming the setting), as docs/security.md's "chain and host
+    name" promises."""
+    ca = trustme.CA(organization_name="review")
+    names = ["localhost", socket.gethostname()]
+    assert {socket.gethostbyname(name) for name in names} == {"127.0.0.1"}
+    cert = ca.issue_cert(*names)  # names, not addresses: as Apache Cassandra nodes' certificates usually are
+    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"
+    ca.cert_pem.write_to_path(str(ca_file))
+    for i, pem in enumerate(cert.cert_chain_pems):
+        pem.write_to_path(str(cert_file), append=i > 0)
+    cert.private_key_pem.write_to_path(str(key_file))
+    running = start_cassandra_emulator("--username", "sluice", "--password", "pw", "--tls-cert", str(cert_file),
+                                       "--tls-key", str(key_file))
+    try:
+        def settings(hosts: list[str]) -> CassandraSettings:
+            return CassandraSettings(hosts=hosts, port=running.port, username="sluice", password="pw", tls=True,
+                                     tls_ca_file=ca_file, consistency="ONE", connect_timeout_seconds=5)
+
+        one = connect_cassandra(settings(names[:1]), RotatingSecret.fixed("pw"))
+        assert one.execute("SELECT release_version FROM system.local").one() is not None  # name and chain check out
+        one.cluster.shutdown()
+        try:
+            both = connect_cassandra(settings(names), RotatingSecret.fixed("pw"))
+        except NoHostAvailable as exc:
+            pytest.fail(f"SLUICE_CASSANDRA_HOSTS={','.join(names)} (TLS, certificate naming both) is refused: {exc}")
+        both.cluster.shutdown()
+    finally:
+        running.stop()
+
+
+# --- 12. A slow or black-holed vault stalls the lookups' Redis connections although nothing was rotated -------
+
+def test_a_black_holed_vault_does_not_stall_the_lookups_redis_connections(secured_redis: LocalRedis) -> None:
+    """``AsyncRedisConnection`` (the lookups) makes every new connection call ``RotatingSecret.refresh`` before it
+    logs in (``SecretCredentials(refresh_each=True)``), and the first refresh after start-up always reads the
+    vault, so when Key Vault does not answer a lookup's Redis command waits for the whole vault read (its timeouts
+    and retries: about 45 s with the adapter's defaults) although Redis is up and the cached password is still
+    valid; the lookups have no overall timeout to bypass to Cassandra. Expected: a new connection logs in with the
+    cached value at once (the vault is read after a refusal, or off the request path), so a lookup is bounded by
+    the Redis socket timeout."""
+    user, password = f"rv{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    secured_redis.set_password(password, username=user)
+    with socket.socket() as hole:  # a vault that accepts connections and never answers (a black-holed endpoint)
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        vault = KeyVaultSecrets(f"https://127.0.0.1:{hole.getsockname()[1]}/", timeout=2.0, retries=1)
+        first = iter([password])  # the read at start-up (store_password) got the value; the vault went dark since
+
+        secret = RotatingSecret("redis-password", lambda: next(first, None) or vault.fetch("redis-password"),
+                                min_interval=5.0)
+        secret.value()
+        connection = AsyncRedisConnection(secured_redis.url(tls=True, host="127.0.0.1").replace(
+            f"{secured_redis.username}@", f"{user}@"), password=secret, cluster=False, socket_timeout=1.0)
+
+        async def ping() -> float:
+            started = time.monotonic()
+            assert await (await connection.client()).ping()
+            return time.monotonic() - started
+
+        try:
+            took = asyncio.run(ping())
+        finally:
+            connection.close()
+            vault.close()
+    assert took < 2.0, (f"a lookup's first Redis command (Redis up, password unchanged) took {took:.1f} s: it waited "
+                        "for a read of the unreachable vault")
+
+
+# --- 13. A database other than 0 on a Redis Cluster passes the settings -----------------------------------------
+
+def test_a_redis_cluster_url_with_a_database_other_than_0_is_refused_at_start_up(
+        redis_cluster: LocalRedisCluster | None, clean_env: pytest.MonkeyPatch) -> None:
+    """A Redis Cluster (Azure Managed Redis' OSS cluster policy, ``SLUICE_REDIS_CLUSTER=true``) has only database 0,
+    but ``RedisSettings`` accepts ``SLUICE_REDIS_URL=rediss://...:10000/1`` with it (the URL form Azure Cache for
+    Redis uses with a database), and every Redis use then fails with redis-py's ``RedisClusterException`` ("A
+    ``db`` querystring option can only be 0 in cluster mode"), naming no setting. Expected: start-up refuses the
+    combination with a ``ConfigurationError`` naming ``SLUICE_REDIS_URL`` and ``SLUICE_REDIS_CLUSTER``."""
+    assert redis_cluster is not None
+    url = redis_cluster.url.rstrip("/")
+    url = url.rsplit("/", 1)[0] if url.count("/") > 2 else url
+    for name, value in _base_env(SLUICE_REDIS_URL=f"{url}/1", SLUICE_REDIS_CLUSTER="true").items():
+        clean_env.setenv(name, value)
+    try:
+        bootstrap.settings()
+    except ConfigurationError as exc:
+        assert "SLUICE_REDIS_URL" in str(exc)
+        return
+    connection = bootstrap.redis_client()
+    try:
+        outcome = f"answered PING: {connection.client().ping()}"
+    except Exception as exc:
+        outcome = f"failed at its first use with {type(exc).__name__}: {exc}"
+    finally:
+        connection.close()
+    pytest.fail(f"SLUICE_REDIS_URL={url}/1 with SLUICE_REDIS_CLUSTER=true was accepted at start-up; the client "
+                f"{outcome}")
+
+
+# --- 14. verify-full without SLUICE_POSTGRES_SSLROOTCERT passes start-up and never connects ----------------------
+
+def test_postgres_verify_full_without_a_root_certificate_is_refused_at_start_up(
+        secured_postgres: LocalPostgres, clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``PostgresSettings`` accepts ``SLUICE_POSTGRES_SSLMODE=verify-full`` (what a Key Vault password requires)
+    without ``SLUICE_POSTGRES_SSLROOTCERT``; libpq then looks for ``~/.postgresql/root.crt``, which a worker does not
+    have, and every connection fails (the pool only times out, "couldn't get a connection", and enrichment and the
+    status page report PostgreSQL down) although nothing is wrong with the server. Expected: start-up refuses
+    verify-ca/verify-full when no CA is named and libpq's default file does not exist, naming
+    ``SLUICE_POSTGRES_SSLROOTCERT`` (``system`` for Azure), as it refuses a CA file that does not exist."""
+    assert not (Path.home() / ".postgresql" / "root.crt").exists()
+    user, password = f"rv{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    secured_postgres.create_role(user, password)
+    env = _base_env(SLUICE_POSTGRES_HOST=secured_postgres.host, SLUICE_POSTGRES_PORT=str(secured_postgres.port),
+                    SLUICE_POSTGRES_DBNAME="postgres", SLUICE_POSTGRES_USER=user, SLUICE_POSTGRES_PASSWORD=password,
+                    SLUICE_POSTGRES_SSLMODE="verify-full")
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    try:
+        settings = bootstrap.settings()
+    except ConfigurationError as exc:
+        assert "SLUICE_POSTGRES_SSLROOTCERT" in str(exc)
+        return
+    pool = make_pool(settings.postgres.conninfo(), settings.postgres, password=RotatingSecret.fixed(password),
+                     open=True, name="review-verify-full")
+    try:
+        with pool.connection(timeout=3) as conn:
+            outcome = f"connected ({conn.execute('SELECT 1').fetchone()})"
+    except Exception as exc:
+        outcome = f"cannot connect: {type(exc).__name__}: {exc}"
+    finally:
+        pool.close()
+    pytest.fail(f"SLUICE_POSTGRES_SSLMODE=verify-full without SLUICE_POSTGRES_SSLROOTCERT was accepted; the pool "
+                f"{outcome}")
+
+
+# --- 15. The lookups read the Redis password from Key Vault on the worker's event loop ---------------------------
+
+def test_the_lookups_cold_start_reads_the_vault_off_the_event_loop(clean_env: pytest.MonkeyPatch) -> None:
+    """``functions/lookups.py`` calls ``bootstrap.lookup_service()`` inside its ``async`` handlers; the first call
+    builds ``redis_async_connection()``, whose ``rotating_secret`` reads the Redis password from Key Vault
+    synchronously, so the vault read (its timeouts and retries: about 45 s with the adapter's defaults when the vault
+    does not answer, again at every request while the build keeps failing) blocks the worker's event loop: every
+    other lookup and ``/api/health`` stall with it. Expected, as ``SecretCredentials.get_credentials_async`` and the
+    Entra token requests already do: the vault is never read on the lookups' event loop."""
+    with socket.socket() as hole:  # a vault that accepts connections and never answers
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        url = f"https://127.0.0.1:{hole.getsockname()[1]}/"
+        env = _base_env(SLUICE_REDIS_URL="rediss://127.0.0.1:6380/0", SLUICE_REDIS_PASSWORD_SECRET="redis-password",
+                        SLUICE_KEYVAULT_URL=url)
+        for name, value in env.items():
+            clean_env.setenv(name, value)
+        # the adapter as bootstrap builds it, with shorter timeouts so the test is quick (defaults: 10 s, 3 retries)
+        vault = KeyVaultSecrets(url, timeout=1.5, retries=1)
+        clean_env.setattr(bootstrap, "keyvault", bootstrap.built(lambda: vault))
+
+        async def scenario() -> float:
+            gaps: list[float] = []
+            done = asyncio.Event()
+
+            async def ticker() -> None:  # what every other coroutine of the loop experiences
+                last = time.monotonic()
+                while not done.is_set():
+                    await asyncio.sleep(0.02)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+
+            ticking = asyncio.create_task(ticker())
+            await asyncio.sleep(0.1)
+            with contextlib.suppress(DependencyUnavailable):  # the vault does not answer: the request answers 503
+                bootstrap.lookup_service()  # as device_latest & co. call it, inside the async handler
+            await asyncio.sleep(0.1)
+            done.set()
+            await ticking
+            return max(gaps)
+
+        try:
+            stalled = asyncio.run(scenario())
+        finally:
+            vault.close()
+    assert stalled < 0.5, f"the worker's event loop stood still for {stalled:.1f} s while the vault was read"
