@@ -9,6 +9,7 @@ first then the vault (the refresh waits for the vault and keeps retrying).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -30,6 +31,7 @@ from shared import bootstrap
 from shared.adapters.cassandra.session import connect
 from shared.adapters.keyvault import KeyVaultSecrets
 from shared.adapters.postgres.pool import make_pool
+from shared.adapters.redis.aio import AsyncRedisConnection
 from shared.adapters.redis.client import RedisConnection
 from shared.adapters.secrets import RotatingSecret
 from shared.exceptions import ConfigurationError, DependencyUnavailable
@@ -188,6 +190,46 @@ def test_redis_with_cluster_auto_detected_logs_in_with_the_rotated_password(
     finally:
         connection.close()
     assert secret.value() == new
+
+
+@pytest.mark.parametrize("cluster", [False, None], ids=["one-redis", "auto-detected"])
+def test_the_lookups_redis_logs_in_with_the_rotated_password_at_the_first_refusal(
+        secured_redis: LocalRedis, vault: KeyVaultSecrets, keyvault_client: SecretClient, cluster: bool | None,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The lookups' ``redis.asyncio`` connections log in with the cached password and read the vault only when Redis
+    refuses it (``AsyncSecretCredentials.log_in_async``): after a vault-first rotation, the first command on a new
+    connection is refused with the old value, re-reads the secret and logs in with the new one, no error seen."""
+    user, old, new = f"app{uuid.uuid4().hex[:10]}", _password(), _password()
+    secured_redis.set_password(old, username=user)
+    secret = _secret(vault, keyvault_client, old)
+    url = secured_redis.url(tls=True).replace(f"{secured_redis.username}@", f"{user}@")
+    connection = AsyncRedisConnection(url, password=secret, cluster=cluster)
+    key = f"rotation:{user}"
+
+    async def scenario() -> object:
+        client = await connection.client()
+        await client.set(key, "1")
+        await asyncio.sleep(INTERVAL * 2)
+        keyvault_client.set_secret(secret.name, new)
+        secured_redis.set_password(new, username=user)
+        with secured_redis.admin() as admin:
+            admin.client_kill_filter(user=user)
+        for _ in range(3):  # the killed socket may surface once; a refused log-in must not
+            try:
+                return await client.incr(key)
+            except redis.AuthenticationError:
+                raise
+            except redis.ConnectionError:
+                continue
+        raise AssertionError("no connection after the kill")
+
+    try:
+        assert asyncio.run(scenario()) == 2
+        assert secret.value() == new
+        # read after the refusal, not before each connection
+        assert f"Redis refused the password of secret {secret.name}" in caplog.text
+    finally:
+        connection.close()
 
 
 def test_a_percent_encoded_acl_user_in_the_url_signs_in(secured_redis: LocalRedis) -> None:
