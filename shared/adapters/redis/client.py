@@ -26,7 +26,6 @@ before the token ends (``entra.py``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import Iterator
@@ -299,14 +298,6 @@ class SecretCredentials(CredentialProvider):
     def get_credentials(self) -> tuple[str] | tuple[str, str]:
         if self.refresh_each:
             self.secret.refresh("opening a Redis Cluster connection")
-        password = self.secret.value()
-        return (self.username, password) if self.username else (password,)
-
-    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
-        """What redis.asyncio asks for on its event loop: the vault read (up to its timeouts and retries) runs on a
-        thread, so a slow vault holds this connection's log-in, never every other coroutine of the loop."""
-        if self.refresh_each:
-            await asyncio.to_thread(self.secret.refresh, "opening a Redis connection")
         password = self.secret.value()
         return (self.username, password) if self.username else (password,)
 
