@@ -136,7 +136,7 @@ def _scan(data: bytes, path: Path) -> tuple[list[Record], int]:
             _damaged(path, data, pos, f"header length {header_len} larger than the record ({length})")
         end = pos + _RECORD.size + length
         if end > len(data):  # torn, unless its length is wrong and the next record follows in the file
-            later = _header_of(data, pos + _RECORD.size, sequence + 1)
+            later = _next_record(data, pos, sequence, offset)
             if later is None:
                 break
             _damaged(path, data, pos, f"length {length} runs past the end, yet sequence {sequence + 1} "
@@ -146,11 +146,18 @@ def _scan(data: bytes, path: Path) -> tuple[list[Record], int]:
     return records, pos
 
 
-def _header_of(data: bytes, start: int, sequence: int) -> int | None:
-    """The position of a whole record header numbered ``sequence`` at or after ``start``, if there is one."""
-    at = data.find(_MAGIC, start)
+def _next_record(data: bytes, pos: int, sequence: int, offset: int) -> int | None:
+    """The position of a whole header of the record after the one at ``pos`` (``sequence``, ``offset``), if the file
+    holds one where its own offset places it: the next sequence number, ``offset`` plus the bytes between the two.
+
+    A record whose length runs past the end is torn when nothing follows it; when its next record does follow, its
+    length is what is wrong. Bytes shaped like a header inside a torn record's payload (an event body may hold
+    anything, a forwarded log record too) would have to name the next sequence number *and* the offset their place
+    in the file gives, which a body written at another place in another log does not."""
+    at = data.find(_MAGIC, pos + _RECORD.size)
     while at != -1 and at + _RECORD.size <= len(data):
-        if _RECORD.unpack_from(data, at)[2] == sequence:
+        _, _, next_sequence, next_offset, _, _ = _RECORD.unpack_from(data, at)
+        if next_sequence == sequence + 1 and next_offset - offset == at - pos - _RECORD.size:
             return at
         at = data.find(_MAGIC, at + 1)
     return None

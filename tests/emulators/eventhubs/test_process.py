@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from azure.eventhub import EventData, EventHubProducerClient
 
-from emulators.eventhubs import config
+from emulators.eventhubs import config, storage
 from emulators.eventhubs.broker import partition_for_key
 from emulators.eventhubs.errors import ConfigError, StorageError
 from emulators.eventhubs.storage import PartitionLog
@@ -276,3 +276,24 @@ def test_repo_config_is_valid_json_with_the_sluice_consumer_group() -> None:
     entity = document["UserConfig"]["NamespaceConfig"][0]["Entities"][0]
     assert entity["Name"] == "telemetry" and entity["PartitionCount"] == "4"
     assert {"Name": "sluice"} in entity["ConsumerGroups"]
+
+
+def test_a_torn_record_whose_payload_holds_a_header_shaped_copy_is_still_a_torn_tail(tmp_path: Path) -> None:
+    """A kill mid-write of the last record's payload was refused as damage when the written part of the payload (an
+    event body the sender chose) held bytes shaped like the next record's header: the emulator would not start on a
+    log a plain kill left. A later record must also sit where its own offset places it."""
+    path = tmp_path / "hub" / "0.log"
+    log = PartitionLog(path)
+    first = b"first event"
+    # the second event's body carries a copy of an event-log record numbered 2 (e.g. a log file being forwarded)
+    body = b"forwarded log: " + storage._encode(2, 999, 1_700_000_000_000, 0, b"x" * 64)
+    log.append(0, 0, 1_700_000_000_000, 0, first)
+    log.append(1, len(first), 1_700_000_000_001, 0, body)
+    log.flush()
+    log.close()
+    whole = path.read_bytes()
+    # killed while the second record's payload was being written: its header and part of its body are on disk
+    path.write_bytes(whole[: len(whole) - 10])
+    records, last = PartitionLog(path).load(0)
+    assert [r[0] for r in records] == [0]
+    assert last is not None and last[4] == first
