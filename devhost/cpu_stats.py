@@ -83,25 +83,34 @@ class ThreadAccount:
     def _read(self) -> dict[str, float]:
         names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
         live: dict[tuple[int, str], tuple[str, float]] = {}
-        with contextlib.suppress(OSError):
-            for tid in os.listdir("/proc/self/task"):
-                try:
-                    stat = Path(f"/proc/self/task/{tid}/stat").read_text()
-                except OSError:
-                    continue  # ended meanwhile: its figure of the last reading moves to the ended ones below
-                fields = stat[stat.rindex(")") + 2:].split()
-                seconds = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
-                key = (int(tid), fields[19])  # starttime
-                name = names.get(int(tid))
-                known = self._live.get(key)  # a thread gone from threading's list keeps the group it had
-                group = known[0] if name is None and known is not None else thread_group(name or "")
-                live[key] = (group, seconds)
+        try:
+            tids = os.listdir("/proc/self/task")
+        except OSError:  # unreadable now (out of file descriptors): no thread is taken for ended, the last figures
+            return self._figures()
+        for tid in tids:
+            try:
+                stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # ended meanwhile: its figure of the last reading moves to the ended ones below
+            except OSError:  # unreadable, not gone: it keeps its figure of the last reading
+                live.update((key, value) for key, value in self._live.items() if key[0] == int(tid))
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            seconds = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+            key = (int(tid), fields[19])  # starttime
+            name = names.get(int(tid))
+            known = self._live.get(key)  # a thread gone from threading's list keeps the group it had
+            group = known[0] if name is None and known is not None else thread_group(name or "")
+            live[key] = (group, seconds)
         for key, (group, seconds) in self._live.items():
             if key not in live:
                 self._ended[group] = self._ended.get(group, 0.0) + seconds
         self._live = live
+        return self._figures()
+
+    def _figures(self) -> dict[str, float]:
         groups = dict(self._ended)
-        for group, seconds in live.values():
+        for group, seconds in self._live.values():
             groups[group] = groups.get(group, 0.0) + seconds
         return groups
 

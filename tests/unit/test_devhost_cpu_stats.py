@@ -181,3 +181,29 @@ def test_a_group_keeps_the_cpu_of_its_threads_that_ended() -> None:
 def test_the_difference_of_two_readings_covers_the_keys_of_both() -> None:
     assert delta({"total": 3.0, "thread:functions": 1.0}, {"total": 1.0, "thread:other": 0.5}) == {
         "total": 2.0, "thread:functions": 1.0, "thread:other": -0.5}
+
+
+def test_a_reading_that_cannot_list_the_threads_takes_none_of_them_for_ended() -> None:
+    """A reading that could not list ``/proc/self/task`` (EMFILE: out of file descriptors) took every live thread
+    for ended and moved its CPU to the ended totals; the next reading found them alive again and counted them once
+    more, so every group's figure doubled for good. Now such a reading leaves the account as it was."""
+    import resource
+
+    started = time.thread_time()
+    while time.thread_time() - started < 0.3:  # some CPU on this thread, so its figure is not 0
+        pass
+    account = cpu_stats.ThreadAccount()
+    before = account.snapshot()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowest = os.open(os.devnull, os.O_RDONLY)
+    os.close(lowest)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest, hard))  # the next open fails with EMFILE
+        account.snapshot()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    after = account.snapshot()
+    total_before, total_after = sum(before.values()), sum(after.values())
+    assert total_before > 0.2
+    # the threads spent well under 0.2 s between the readings; doubling adds all of before's figure again
+    assert total_after < total_before + 0.2, (before, after)
