@@ -369,10 +369,11 @@ class RedisSettings(_Group):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         parts = urlsplit(value)
-        # redis-py decodes the query's names and values (parse_qs) and matches the names as written (``DB`` is not
-        # ``db``), so they are checked as it reads them
-        query = parse_qs(parts.query, keep_blank_values=True)
-        if ":" in parts.netloc.rpartition("@")[0] or "password" in {name.lower() for name in query}:
+        # redis-py reads the query as parse_qs does (a blank option is dropped), takes each option's first value
+        # and matches the names as written (``DB`` is not ``db``), so they are checked as it reads them
+        query = {name: values[:1] for name, values in parse_qs(parts.query).items()}
+        named = parse_qs(parts.query, keep_blank_values=True)
+        if ":" in parts.netloc.rpartition("@")[0] or "password" in {name.lower() for name in named}:
             # the URL is logged with the settings and shown by the tools: a password in it would be too
             raise ValueError("must not carry a password (it would be logged with the settings): set "
                              "SLUICE_REDIS_PASSWORD_SECRET (Key Vault) or, locally, SLUICE_REDIS_PASSWORD")

@@ -117,22 +117,46 @@ def test_a_change_feed_budget_that_could_outlive_the_function_timeout_is_refused
 @pytest.mark.parametrize(("url", "expected"), [
     ("rediss://cache.example:6380/0?ssl_cert_reqs=none", "ssl_cert_reqs must be 'required'"),
     ("rediss://cache.example:6380/0?ssl_check_hostname=false", "ssl_check_hostname must not be off"),
-    # every spelling redis-py's URL parser reads as false (to_bool: 0, F, FALSE, N, NO in any case), and empty
+    # every spelling redis-py's URL parser reads as false (to_bool: 0, F, FALSE, N, NO in any case); of an option
+    # given twice it takes the first
     ("rediss://cache.example:6380/0?ssl_check_hostname=n", "ssl_check_hostname must not be off"),
     ("rediss://cache.example:6380/0?ssl_check_hostname=F", "ssl_check_hostname must not be off"),
-    ("rediss://cache.example:6380/0?ssl_check_hostname=", "ssl_check_hostname must not be off"),
+    ("rediss://cache.example:6380/0?ssl_check_hostname=no&ssl_check_hostname=true",
+     "ssl_check_hostname must not be off"),
     ("rediss://cache.example:6380/0?ssl_cert_reqs=optional", "ssl_cert_reqs must be 'required'"),
     ("rediss://cache.example:6380/0?%70assword=hunter2", "must not carry a password"),
     ("rediss://cache.example:6380/0?PASSWORD=hunter2", "must not carry a password"),
     ("redis://cache.example:6379/0?ssl_ca_certs=/etc/ssl/certs/ca-certificates.crt", "not a rediss:// URL"),
     ("rediss://cache.example:6380/0?ssl_ca_certs=/nowhere/ca.pem", "does not point to a file"),
-], ids=["cert-reqs-none", "hostname-off", "hostname-n", "hostname-F", "hostname-empty", "cert-reqs-optional",
+], ids=["cert-reqs-none", "hostname-off", "hostname-n", "hostname-F", "hostname-first", "cert-reqs-optional",
         "encoded-password", "upper-case-password", "tls-options-on-plain",
         "missing-ca"])
 def test_a_redis_url_cannot_weaken_tls_or_smuggle_a_password(url, expected):
     with pytest.raises(ConfigurationError, match=expected) as caught:
         load_settings(dict(SAMPLE, SLUICE_REDIS_URL=url))
     assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", [
+    "redis://127.0.0.1:6379/0?health_check_interval=", "redis://127.0.0.1:6379/0?max_connections=",
+    "redis://127.0.0.1:6379/0?protocol=", "redis://127.0.0.1:6379/0?db=",
+    "redis://127.0.0.1:6379/0?health_check_interval=30&health_check_interval=",
+    "redis://127.0.0.1:6379/0?health_check_interval=30&health_check_interval=soon",
+    "rediss://cache.example:6380/0?ssl_min_version=", "rediss://cache.example:6380/0?ssl_certfile=",
+    "rediss://cache.example:6380/0?ssl_check_hostname=",
+    "rediss://cache.example:6380/0?ssl_check_hostname=true&ssl_check_hostname=false",
+])
+def test_a_redis_url_is_read_as_redis_py_reads_it(url: str) -> None:
+    """redis-py (blocking and asyncio) reads the query with parse_qs's defaults: a blank option is dropped (its
+    default holds: host names are checked) and only an option's first value counts. The settings refused such URLs,
+    which redis-py takes as they stand, with an error saying redis-py would not take the blank value."""
+    import redis
+    import redis.asyncio
+
+    for client in (redis.Redis, redis.asyncio.Redis):
+        kwargs = client.from_url(url).connection_pool.connection_kwargs
+        assert kwargs.get("ssl_check_hostname", True) is True
+    assert load_settings(dict(SAMPLE, SLUICE_REDIS_URL=url)).redis.url == url
 
 
 def test_secrets_are_redacted_everywhere_they_could_be_printed():
