@@ -731,3 +731,35 @@ def test_while_a_rebuild_runs_the_change_feed_does_not_read_every_devices_latest
     assert len(latest.asked) == 0, (
         f"one page of the change feed during a rebuild read the latest state of {len(latest.asked)} of its "
         f"{len(devices)} devices from Cassandra (none before the rebuild started)")
+
+
+@pytest.mark.timeout(60)
+def test_an_event_the_feed_applies_while_the_rebuild_holds_its_device_is_kept_as_latest(
+        session, keyspace, store, rclient, redis_prefix):
+    """An event the change feed applies after the rebuild read a device and before it wrote it: the building
+    generation has no latest key for the device yet, and the feed reports only the live generation's misses. Were
+    its building write sent with ``present`` (only where the key exists), it would be skipped unreported and the
+    rebuild would then write the older state it read, served after the switch until the device sends again.
+    Expected: the rebuilt latest state is the device's newest."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    device = f"dev-{uuid.uuid4().hex[:8]}"
+    store.write([cf.make_event(device, now - timedelta(minutes=5), severity="critical")])
+    sink = cache_for(rclient, redis_prefix)
+    feed = cf.make_service("cosmos", session, keyspace, sink)
+    feed.run()
+    newer = cf.make_event(device, now - timedelta(minutes=1))
+
+    def newer_event_arrives() -> None:
+        store.write([newer])
+        feed.run()  # to the live generation and the building one
+
+    log = CassandraDeviceLog(session, keyspace)
+    RebuildService(_AfterCriticalRead(log, device, newer_event_arrives),
+                   RedisCacheBuilder(sink, settle_seconds=0.0)).rebuild()
+
+    cached = lookups_for(sink).get_latest(device)
+    assert cached is not None and cached.document is not None
+    served = json.loads(cached.document)["event_id"]
+    assert served == str(newer.body.event_id), (
+        f"after the rebuild Redis serves {served} as the latest state of {device}; the log's newest is "
+        f"{newer.body.event_id}, which the change feed applied during the rebuild")

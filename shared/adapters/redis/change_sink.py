@@ -8,7 +8,9 @@ sub-pipeline per node), each touching one slot:
   be older than the device's newest, which the caller reads from the store and puts
   with :meth:`RedisChangeSink.put_latest`). Only the live generation's misses are
   reported: while a rebuild runs, the generation it builds lacks every device it has
-  not reached yet, and the rebuild writes those latest states itself;
+  not reached yet, and its ``latest`` is sent without ``present`` (a missing key is
+  created): a device the rebuild read before this event and writes after it keeps
+  the event, since the rebuild's older state replaces only a smaller sort key;
 * per critical event: ``critical`` on the device's set (``{<device>}``), ``stream``
   on the device's stream shard (``{<shard>}``), ``fill_event`` on ``e:<event id>``;
 * per other event: ``fill_event`` in its ``stale`` mode on ``e:<event id>``, with the
@@ -73,7 +75,7 @@ class RedisChangeSink(ScriptedRedis):
     def commands(self, events: Sequence[StoredEvent]
                  ) -> tuple[list[Command], list[str], list[tuple[int, StoredEvent, Keys]]]:
         """The ``EVALSHA`` argument tuples that apply ``events`` (the newest event per device sets its latest,
-        where its key exists), the ``latest`` ones last, the live generation's at the very end; the device of each
+        in the live generation where its key exists), the ``latest`` ones last, the live generation's at the very end; the device of each
         of those live ones, in their order; and the place of each ``fill_event`` command with its event and
         generation.
 
@@ -110,14 +112,16 @@ class RedisChangeSink(ScriptedRedis):
                 for keys in generations:
                     by_id.append((len(commands), event, keys))
                     commands.append((event_sha, 1, keys.event(event_id), enqueued, "", "stale", marker_ttl))
-        # The live generation's latest commands come last, one per device: only its misses are reported. The
-        # building one lacks every device the rebuild has not reached yet, and the rebuild writes those itself
-        # (merged by sort key), so a miss there is no reason to read the store.
+        # The live generation's latest commands come last, one per device, with "present": only its misses are
+        # reported. The building one's go without it: it lacks every device the rebuild has not reached yet, and
+        # a device the rebuild read before this event but writes after it would otherwise lose the event (the
+        # rebuild's older state replaces only a smaller sort key, so a key created here keeps the newer one).
         devices = list(newest)
         for keys in reversed(generations):
+            present = ("present",) if keys is generations[0] else ()
             for device, event in newest.items():
                 document = documents.get(id(event)) or event.to_json()
-                commands.append((latest_sha, 1, keys.latest(device), sort_key(event), document, ttl, "present"))
+                commands.append((latest_sha, 1, keys.latest(device), sort_key(event), document, ttl, *present))
         return commands, devices, by_id
 
     def apply(self, events: Sequence[StoredEvent]) -> list[str]:
