@@ -145,7 +145,7 @@ def raw_commands(cache: RedisChangeSink, page: list[StoredEvent], ttl: int, per_
                              f"{prefix}critical:seen:{{{shard}}}:{e.event_id}",
                              ttl, shard_max, str(e.event_id), e.device_id, document))
             fills.append((len(commands), e))
-            commands.append((event_sha, 1, f"{prefix}e:{e.event_id}", document, ttl))
+            commands.append((event_sha, 1, f"{prefix}e:{e.event_id}", document, ttl, "feed"))
         else:  # drops a copy a lookup cached of an older send of this id, and notes this one's enqueued time
             fills.append((len(commands), e))
             commands.append((event_sha, 1, f"{prefix}e:{e.event_id}", e.enqueued_text(), "", "stale",
@@ -168,8 +168,9 @@ def send_page(client: Client, cache: RedisChangeSink, page: RawPage) -> int:
     """``page`` as the change feed sends it, in plain redis-py pipelines; the number of commands sent.
 
     Its commands in one; then, where ``fill_event`` answered devices (a list of them, or 2: the event's own; a
-    correction took a critical copy away from that device), one of ``uncritical`` taking the copy out of each
-    device's set, with the newest superseding copy's enqueued time; then, where ``latest`` answered 0 (the key was
+    correction took a critical copy away from that device) or a time (a string: it refused this critical copy, a
+    copy enqueued at that time superseded it), one of ``uncritical`` taking the copy out of each device's set, with
+    the newest superseding copy's enqueued time; then, where ``latest`` answered 0 (the key was
     missing), one putting that device's newest event of the page (the bench's change feed has no store to read a
     newer one from): the same ``latest`` without ``present``."""
     replies = send(client, page.commands)
@@ -178,9 +179,14 @@ def send_page(client: Client, cache: RedisChangeSink, page: RawPage) -> int:
     leaving: dict[str, tuple[str, str]] = {}  # member key -> its set's key, the newest superseding enqueued time
     for at, e in page.fills:
         reply = replies[at]
-        devices = [as_text(d) for d in reply] if isinstance(reply, list) else [e.device_id] if reply == 2 else []
-        for device in devices:
-            member, enqueued = f"{prefix}d:{{{device}}}:ce:{e.event_id}", e.enqueued_text()
+        if isinstance(reply, bytes | str):
+            devices = [(e.device_id, as_text(reply))]
+        else:
+            own = e.enqueued_text()
+            devices = ([(as_text(d), own) for d in reply] if isinstance(reply, list)
+                       else [(e.device_id, own)] if reply == 2 else [])
+        for device, enqueued in devices:
+            member = f"{prefix}d:{{{device}}}:ce:{e.event_id}"
             if member not in leaving or leaving[member][1] < enqueued:
                 leaving[member] = (f"{prefix}d:{{{device}}}:crit", enqueued)
     if leaving:

@@ -504,6 +504,42 @@ def test_a_critical_fill_landing_after_the_feed_applied_a_correction_leaves_the_
     assert client.ttl(member) > 30
 
 
+@pytest.mark.parametrize("correction", ["not critical", "another device"])
+def test_a_replay_after_a_correction_does_not_put_the_superseded_copy_back_in_the_critical_list(
+        client, redis_prefix, correction):
+    """A critical event corrected to another event time (not critical, or under another device id) leaves its
+    device's set, but the ``#gone:`` marker lives only the stale marker seconds. A ``sluice replay`` of the
+    original's range afterwards (the log still holds its row at its old time), or a feed retry after a long outage,
+    writes the superseded copy again: ``critical.lua`` finds no marker and adds it back, so ``fill_event``, which
+    refuses it (note ``n``, or the later copy in ``d``), answers the later copy's enqueued time and the feed takes
+    it out again (``uncritical.lua``): the lookups do not list it as critical from Redis for the TTL."""
+    cache = Cache(client, key_prefix=redis_prefix, stale_marker_seconds=1)
+    first = stored("pump-7", critical=True, enqueued=0)
+    cache.apply([first])
+    cache.fill_critical("pump-7", [first], SINCE_ALL, ttl=3600)  # a lookup's miss: the list is complete
+    assert cache.get_critical("pump-7", SINCE_ALL, 10) == [first.to_json()]
+    later = NOW + timedelta(seconds=5)
+    corrected = (replace(first, event_time=NOW + timedelta(minutes=10), severity="info", critical=False,
+                         enqueued_time=later) if correction == "not critical" else
+                 replace(first, device_id="pump-8", event_time=NOW + timedelta(minutes=10), enqueued_time=later))
+    cache.apply([corrected])
+    assert cache.get_critical("pump-7", SINCE_ALL, 10) == []
+    member = cache.keys.member("pump-7", first.event_id)
+    deadline = time.monotonic() + 5
+    while client.exists(member) and time.monotonic() < deadline:  # the #gone: marker expires (30 s in production)
+        time.sleep(0.1)
+    assert not client.exists(member)
+
+    cache.apply([first])  # the replay's page: the original copy, at its old event time
+    listed = cache.get_critical("pump-7", SINCE_ALL, 10)
+    assert listed == [], (
+        f"after the replay the lookups answer {[json.loads(d)['event_id'] for d in listed]} from Redis as pump-7's "
+        f"complete critical list; the event was corrected ({correction})")
+    assert client.get(member) == f"#gone:{corrected.enqueued_text()}".encode()  # a fill in flight honours it too
+    assert [m.decode() for m in client.zrange(cache.keys.critical("pump-8"), 0, -1)] == (
+        [corrected.to_json()] if correction == "another device" else [])
+
+
 def test_a_critical_fill_after_the_feed_applied_a_correction_to_a_copy_it_never_saw(client, redis_prefix):
     """The correction reached the feed before the critical copy did (the feed reads a row's current copy only), so
     no set and no ``e:<id>`` held a critical copy; a lookup that read that copy before the correction was stored

@@ -26,7 +26,11 @@ that device's set with the new copy's enqueued time, which leaves that time in t
 member key for a short while (``#gone:``) so that a lookup's critical fill in flight
 does not put the old copy back. ``e:<event id>`` keeps the answer
 (fields ``u``, ``v``), so a page written again after a failure, also as a later copy,
-gets it again. An event that never was corrected costs nothing more.
+gets it again. A critical copy ``fill_event`` refuses (a later copy superseded it: a
+replay, or a retry after a long outage, of a corrected event once ``#gone:`` expired,
+which ``critical`` has just put back in its set) answers the later copy's enqueued time,
+and the second pipeline takes it out of its device's set the same way. An event that
+never was corrected costs nothing more.
 
 Each script is atomic and idempotent on its own, so the order in which a
 cluster's nodes run them does not matter, and a page that failed half-way
@@ -75,9 +79,9 @@ class RedisChangeSink(ScriptedRedis):
     def commands(self, events: Sequence[StoredEvent]
                  ) -> tuple[list[Command], list[str], list[tuple[int, StoredEvent, Keys]]]:
         """The ``EVALSHA`` argument tuples that apply ``events`` (the newest event per device sets its latest,
-        in the live generation where its key exists), the ``latest`` ones last, the live generation's at the very end; the device of each
-        of those live ones, in their order; and the place of each ``fill_event`` command with its event and
-        generation.
+        in the live generation where its key exists), the ``latest`` ones last, the live generation's at the very
+        end; the device of each of those live ones, in their order; and the place of each ``fill_event`` command
+        with its event and generation.
 
         Every write goes to each generation of :meth:`write_keys` (two while a rebuild runs).
         """
@@ -106,7 +110,7 @@ class RedisChangeSink(ScriptedRedis):
                     commands.append((stream_sha, 2, keys.stream(device), keys.seen(device, event_id),
                                      ttl, self._shard_max, str(event_id), device, document))
                     by_id.append((len(commands), event, keys))
-                    commands.append((event_sha, 1, keys.event(event_id), document, ttl))
+                    commands.append((event_sha, 1, keys.event(event_id), document, ttl, "feed"))
             else:  # a lookup's cached copy of an older send of this id is dropped (no document: cheap per event)
                 enqueued = event.enqueued_text()
                 for keys in generations:
@@ -131,8 +135,8 @@ class RedisChangeSink(ScriptedRedis):
         replies = self.pipeline(commands, f"writing {len(events)} changed events", **self._wait)
         leaving: dict[str, tuple[str, str]] = {}  # member key -> its set's key, the newest copy's enqueued time
         for at, event, keys in by_id:
-            for device in _leaving(replies[at], event):
-                member, enqueued = keys.member(device, event.event_id), event.enqueued_text()
+            for device, enqueued in _leaving(replies[at], event):
+                member = keys.member(device, event.event_id)
                 if member not in leaving or leaving[member][1] < enqueued:
                     leaving[member] = (keys.critical(device), enqueued)
         if leaving:
@@ -161,9 +165,13 @@ class RedisChangeSink(ScriptedRedis):
                       **self._wait)
 
 
-def _leaving(reply: object, event: StoredEvent) -> list[str]:
-    """The devices whose critical sets are to lose ``event``'s superseded copy, from its ``fill_event`` reply:
-    a list of them, or 2 (``u`` without ``v``, written by the release before this one): the event's own device."""
+def _leaving(reply: object, event: StoredEvent) -> list[tuple[str, str]]:
+    """The devices whose critical sets are to lose a superseded copy of ``event``, each with the enqueued time of
+    the copy that superseded it, from its ``fill_event`` reply: a list of them, or 2 (``u`` without ``v``, written
+    by the release before this one: the event's own device), superseded by ``event``; or a time (a string): this
+    critical copy was refused, a copy enqueued at that time superseded it, and it leaves its own device's set."""
     if isinstance(reply, list):
-        return [as_text(device) for device in reply]
-    return [event.device_id] if reply == 2 else []
+        return [(as_text(device), event.enqueued_text()) for device in reply]
+    if isinstance(reply, bytes | str):
+        return [(event.device_id, as_text(reply))]
+    return [(event.device_id, event.enqueued_text())] if reply == 2 else []

@@ -1,6 +1,6 @@
 -- uses: _extend _field _newer
 -- An event by id (written by the change feed for critical events, and by lookup fills).
--- KEYS: e:<event id>. ARGV: document, ttl  |  ARGV: enqueued time, "", "stale", marker ttl.
+-- KEYS: e:<event id>. ARGV: document, ttl[, "feed"]  |  ARGV: enqueued time, "", "stale", marker ttl.
 -- "stale" (the change feed, for an event that is not critical, which it does not cache by id itself): a copy a
 -- lookup cached that was enqueued before this one (the id re-sent with other content), or its "not found", is
 -- dropped, so the next lookup reads the stored copy; a copy as new or newer stays. Only the enqueued time is sent:
@@ -16,6 +16,10 @@
 -- current copy (critical there again) keeps it. Nothing of this runs for an event that never was corrected.
 -- Replies: 0 (nothing written, or nothing dropped), 1 (written, dropped), or the devices of `v`; 2: `u` without
 -- `v` (written by the release before this one): the event leaves its own device's set.
+-- "feed" (the change feed's critical copy, which critical.lua has just put in its device's set): a copy refused
+-- because a later one superseded it (note `n`, or a `d` enqueued later), e.g. a replay after a correction once the
+-- "#gone:" marker expired, answers that later copy's enqueued time (a string) instead of 0, and the feed sends
+-- uncritical.lua for the copy's device with it (a set's copy enqueued at or after it stays). Decoded only then.
 local function decoded(doc)
   local ok, value = pcall(cjson.decode, doc)
   if ok and type(value) == 'table' then return value end
@@ -59,8 +63,15 @@ if ARGV[3] == 'stale' then
 end
 local found = redis.call('HMGET', KEYS[1], 'n', 'd', 'u', 'v')
 local noted, previous, since, devices = found[1], found[2], found[3], found[4]
-if noted and enqueued(ARGV[1]) < noted then return 0 end  -- the feed applied a copy enqueued later
-if keeps(previous, ARGV[1]) then return 0 end  -- a copy enqueued later is there
+-- refused: superseded by a copy enqueued at `later` (nil: at the same time); the feed is told that time
+local function refused(later)
+  if later and ARGV[3] == 'feed' and enqueued(ARGV[1]) < later then return later end
+  return 0
+end
+if noted and enqueued(ARGV[1]) < noted then return refused(noted) end  -- the feed applied a copy enqueued later
+if keeps(previous, ARGV[1]) then  -- a copy enqueued later is there
+  return refused(ARGV[3] == 'feed' and enqueued(previous) or nil)
+end
 local time = (previous or since) and enqueued(ARGV[1])  -- decoded only where a copy or `u` is there
 if previous and previous ~= '' and previous ~= ARGV[1] then
   devices, since = leaving(devices, since, previous, decoded(ARGV[1]), time)
