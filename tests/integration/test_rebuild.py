@@ -518,12 +518,13 @@ def test_a_rebuild_run_again_with_another_since_is_refused_naming_both(
     bootstrap.reset()
 
 
-class _AfterCriticalRead:
+class AfterCriticalRead:
     """Our ``DeviceLog`` port over the real Cassandra one: right after the ``read``-th read of ``device``'s critical
-    events, ``during`` runs (a change reaching the log, and the change feed applying it, while the rebuild holds
-    what it read and has not written it yet)."""
+    events (of any device's, with ``None``), ``during`` runs (a change reaching the log, and the change feed
+    applying it, while the rebuild holds what it read and has not written it yet). A device rebuild reads them
+    twice: the ids whose cached documents it deletes, then the state it writes."""
 
-    def __init__(self, log: CassandraDeviceLog, device: str, during, *, read: int = 1) -> None:
+    def __init__(self, log: CassandraDeviceLog, device: str | None, during, *, read: int = 1) -> None:
         self._log, self._device, self._during, self._read, self._reads = log, device, during, read, 0
 
     @property
@@ -538,7 +539,7 @@ class _AfterCriticalRead:
 
     def critical(self, device_id: str, since_ms: int) -> list[StoredEvent]:
         events = self._log.critical(device_id, since_ms)
-        if device_id == self._device:
+        if self._device in (None, device_id):
             self._reads += 1
             if self._reads == self._read:
                 self._during()
@@ -577,7 +578,7 @@ def test_a_correction_applied_by_the_feed_during_a_rebuild_does_not_leave_a_stal
         feed.run()  # to the live generation and, during a full rebuild, to the building one
 
     log = CassandraDeviceLog(session, keyspace)
-    service = RebuildService(_AfterCriticalRead(log, device, correction_arrives, read=1 if kind == "full" else 2),
+    service = RebuildService(AfterCriticalRead(log, device, correction_arrives, read=1 if kind == "full" else 2),
                              RedisCacheBuilder(sink, settle_seconds=0.0))
     if kind == "full":
         service.rebuild()
@@ -754,7 +755,7 @@ def test_an_event_the_feed_applies_while_the_rebuild_holds_its_device_is_kept_as
         feed.run()  # to the live generation and the building one
 
     log = CassandraDeviceLog(session, keyspace)
-    RebuildService(_AfterCriticalRead(log, device, newer_event_arrives),
+    RebuildService(AfterCriticalRead(log, device, newer_event_arrives),
                    RedisCacheBuilder(sink, settle_seconds=0.0)).rebuild()
 
     cached = lookups_for(sink).get_latest(device)

@@ -11,39 +11,12 @@ import pytest
 from shared.adapters.cassandra.device_log import CassandraDeviceLog
 from shared.adapters.redis import RedisLookupCache
 from shared.adapters.redis_rebuild import RedisCacheBuilder
-from shared.domain.stored import StoredEvent
 from shared.ports.cache import SINCE_ALL
-from shared.ports.rebuild import DeviceRow
 from shared.services.rebuild import RebuildService
 from tests.integration import test_changefeed as cf
+from tests.integration.test_rebuild import AfterCriticalRead
 
 session, keyspace, store, rclient = cf.session, cf.keyspace, cf.store, cf.rclient
-
-
-class _FeedRunsAfterTheRead:
-    """Our ``DeviceLog`` port over the real Cassandra one: right after the rebuild's ``read``-th read of a device's
-    critical events, ``during`` runs (the change feed applying a change that reached the log after that read).
-    A device rebuild reads them twice: the ids whose cached documents it deletes, then the state it writes."""
-
-    def __init__(self, log: CassandraDeviceLog, during, *, read: int = 2) -> None:
-        self._log, self._during, self._read, self._reads = log, during, read, 0
-
-    @property
-    def rows_read(self) -> int:
-        return self._log.rows_read
-
-    def devices(self, after: int | None, limit: int) -> list[DeviceRow]:
-        return self._log.devices(after, limit)
-
-    def device(self, device_id: str) -> DeviceRow | None:
-        return self._log.device(device_id)
-
-    def critical(self, device_id: str, since_ms: int) -> list[StoredEvent]:
-        events = self._log.critical(device_id, since_ms)
-        self._reads += 1
-        if self._reads == self._read:
-            self._during()
-        return events
 
 
 @pytest.mark.parametrize("read", [1, 2], ids=["after-the-ids-read", "after-the-state-read"])
@@ -75,7 +48,7 @@ def test_rebuild_devices_keeps_a_change_the_feed_applied_after_the_read(session,
         assert cf.latest_doc(rclient, sink, "pump-1")["event_id"] == str(b.body.event_id)  # the feed applied B
         assert str(b.body.event_id) in cf.critical_ids(rclient, sink, "pump-1")
 
-    log = _FeedRunsAfterTheRead(CassandraDeviceLog(session, keyspace), change_feed_meanwhile, read=read)
+    log = AfterCriticalRead(CassandraDeviceLog(session, keyspace), None, change_feed_meanwhile, read=read)
     RebuildService(log, RedisCacheBuilder(sink, settle_seconds=0.0)).rebuild_devices(["pump-1"])
 
     lookups = RedisLookupCache(sink.connection, key_prefix=redis_prefix, generation_cache_seconds=0.0)
