@@ -32,9 +32,16 @@ case "$*" in
 esac
 exit 0
 """
+# `azd config get <key>` as azd answers it: the stored value as JSON (alpha.aks.kustomize: $KUSTOMIZE; any key:
+# AZD_CONFIG's "key=value" words), else an error.
 AZD = """#!/bin/sh
 echo "$*" >> "$CALLS"
 [ "$*" = "config get alpha.aks.kustomize" ] && [ -n "$KUSTOMIZE" ] && echo "\\"$KUSTOMIZE\\"" && exit 0
+if [ "$1 $2" = "config get" ]; then
+  for pair in $AZD_CONFIG; do
+    if [ "${pair%%=*}" = "$3" ]; then echo "\\"${pair#*=}\\""; exit 0; fi
+  done
+fi
 exit 1
 """
 KUSTOMIZE = """#!/bin/sh
@@ -105,9 +112,17 @@ def test_a_failed_migration_job_fails_the_deployment_at_once_with_its_log(tmp_pa
     assert any(c.startswith("-n sluice logs job/sluice-migrate-") for c in calls)
 
 
-@pytest.mark.parametrize(("env", "allowed"), [({}, False), ({"KUSTOMIZE": "off"}, False),
-                                               ({"KUSTOMIZE": "on"}, True),
-                                               ({"AZD_ALPHA_ENABLE_AKS_KUSTOMIZE": "true"}, True)])
+@pytest.mark.parametrize(("env", "allowed"), [
+    ({}, False), ({"KUSTOMIZE": "off"}, False), ({"KUSTOMIZE": "on"}, True),
+    ({"AZD_ALPHA_ENABLE_AKS_KUSTOMIZE": "true"}, True),
+    # azd's rule (alpha_feature_manager): the variable, when a Go boolean, decides alone; else alpha.all or
+    # alpha.aks.kustomize "on" in any case. The hook took only "true" and a lower-case "on" of the one key.
+    ({"AZD_ALPHA_ENABLE_AKS_KUSTOMIZE": "false", "KUSTOMIZE": "on"}, False),
+    ({"AZD_ALPHA_ENABLE_AKS_KUSTOMIZE": "1"}, True), ({"AZD_ALPHA_ENABLE_AKS_KUSTOMIZE": "TRUE"}, True),
+    ({"AZD_CONFIG": "alpha.all=on"}, True), ({"KUSTOMIZE": "ON"}, True),
+    ({"AZD_ALPHA_ENABLE_AKS_KUSTOMIZE": "yes", "KUSTOMIZE": "on"}, True),  # not a Go boolean: the config decides
+], ids=["unset", "off", "on", "env-true", "env-false-wins", "env-1", "env-TRUE", "alpha-all", "on-upper",
+        "env-not-a-bool"])
 def test_provisioning_needs_the_kustomize_alpha_feature(tmp_path: Path, env: dict[str, str], allowed: bool) -> None:
     code, err, _ = run_hook(PREPROVISION, tmp_path, **env)
     assert (code == 0) is allowed, err
