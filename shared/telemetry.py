@@ -351,6 +351,19 @@ def azure_monitor_credential(env: Mapping[str, str]) -> TokenCredential | None:
     return credential_for("https://monitor.azure.com", managed_identity=bool(client_id), client_id=client_id or None)
 
 
+# Producer links a stage span keeps: every event of an ingest batch may come from its own producer, and host.json's
+# maxEventBatchSize (256) is above the SDK's default of 128, which kept only a batch's last 128 producers.
+LINKS_PER_SPAN = 1024
+
+
+def new_tracer_provider(resource: Any = None) -> Any:
+    """The SDK tracer provider Sluice exports through, with room for a whole batch's producer links."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider
+
+    return TracerProvider(resource=resource or Resource.create(), span_limits=SpanLimits(max_links=LINKS_PER_SPAN))
+
+
 def build(environ: Mapping[str, str] | None = None, *, settings: TelemetrySettings | None = None,
           install: bool = True) -> Telemetry:
     """The providers and exporters the environment and ``settings`` ask for; the global providers when ``install``.
@@ -402,6 +415,8 @@ def build(environ: Mapping[str, str] | None = None, *, settings: TelemetrySettin
         except OSError as exc:  # telemetry never stops the pipeline; the operator sees this line
             logger.warning("telemetry: cannot serve Prometheus metrics on %s:%d (SLUICE_METRICS_PORT): %s; "
                            "is another process (a worker, the dev host) serving them?", address, port, exc)
+    if connection:  # the distro makes its own tracer provider, whose limits come from the environment only
+        os.environ.setdefault("OTEL_SPAN_LINK_COUNT_LIMIT", str(LINKS_PER_SPAN))
     distro = _azure_monitor(connection, resource, readers, processors, signed_in) if connection else False
     from opentelemetry.sdk.metrics import MeterProvider
 
@@ -418,11 +433,9 @@ def build(environ: Mapping[str, str] | None = None, *, settings: TelemetrySettin
             meter_provider = MeterProvider(resource=resource, metric_readers=readers)
             metrics.set_meter_provider(meter_provider)
     else:
-        from opentelemetry.sdk.trace import TracerProvider
-
         meter_provider = MeterProvider(resource=resource, metric_readers=readers)
         if processors:
-            tracer_provider = TracerProvider(resource=resource)
+            tracer_provider = new_tracer_provider(resource)
             for processor in processors:
                 tracer_provider.add_span_processor(processor)
         if install:

@@ -209,7 +209,8 @@ class EnrichmentService:
         # every device, is loaded only for a run that has one, and once for all of them.
         reference = self._reference.load() if late or scheduled else ReferenceData.of([], [])
 
-        result.windows.extend(self._enrich_all(late, reference, "late", advance_watermark=False))
+        # each as it is written, as the scheduled ones: a failure after some leaves their outcomes counted
+        self._enrich_all(late, reference, "late", advance_watermark=False, on_window=result.windows.append)
         result.late_windows = len(late)
         self._check_settled(late_arrivals, result)
 

@@ -119,7 +119,12 @@ class IngestService:
         except Exception as exc:
             return self._store_failed(records, parsed, began, exc, final_attempt=final_attempt)
         if parsed.errs:
-            self._dead_letters.put_rejected(parsed.errs)
+            try:
+                self._dead_letters.put_rejected(parsed.errs)
+            except Exception:
+                if final_attempt:  # the host checkpoints past the batch: what is stored is counted now, for good
+                    self._record(records, Parsed(parsed.oks, [], parsed.duplicates), began)
+                raise
         try:  # each outcome is recorded once it is durable: stored, and dead-lettered
             if self._audit is not None:
                 self._audit.record(audit_runs(records, parsed.oks, parsed.errs))

@@ -37,19 +37,21 @@ from azure.storage.blob import BlobServiceClient
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared import bootstrap, telemetry
 from shared.adapters.cassandra.migrations import apply_migrations
+from shared.adapters.otel_metrics import OtelMetrics
 from shared.domain.events import EventMetadata, Limits, RawRecord, parse_records
+from shared.exceptions import TransientError
+from shared.services.ingest import IngestService
 from shared.settings import TelemetrySettings
 from shared.telemetry_names import exported_series
 from sluice.launcher import Running
 from tests.fixtures.functions import HostContext, user_function
-from tests.unit.test_telemetry import collected  # instrument name -> {attributes: value or histogram count}
+from tests.unit.test_telemetry import collected
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,7 +64,7 @@ PRODUCER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 def in_memory() -> Iterator[SimpleNamespace]:
     """An SDK meter and tracer provider with in-memory reader and exporter, active for the test."""
     reader, spans = InMemoryMetricReader(), InMemorySpanExporter()
-    tracer_provider = TracerProvider()
+    tracer_provider = telemetry.new_tracer_provider()  # the product's limits
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
     previous = telemetry.activate(telemetry.Telemetry(MeterProvider(metric_readers=[reader]), tracer_provider))
     yield SimpleNamespace(reader=reader, spans=spans, tracer_provider=tracer_provider)
@@ -594,3 +596,105 @@ def test_the_timer_runs_spans_are_children_of_the_hosts_invocations(ingest, in_m
     assert format(span.context.trace_id, "032x") == "3" * 32
     assert format(span.parent.span_id, "016x") == "4" * 16
     assert dict(span.context.trace_state) == {"congo": "t61"}
+
+
+# --- counted once durable, whatever fails after; every producer linked ---
+
+def _traceparent(n: int) -> str:
+    return f"00-{n + 1:032x}-{n + 1:016x}-01"
+
+
+def test_the_ingest_span_links_every_producer_of_a_full_batch(ingest, in_memory) -> None:
+    """``sluice.ingest`` kept only the last 128 producer links (the SDK's default span link limit) of a batch of
+    256 (host.json ``maxEventBatchSize``), dropping the older ones silently: a critical event early in a batch could
+    not be followed from its producer (docs/observability.md "Following a critical event"). The tracer provider
+    Sluice builds (``telemetry.new_tracer_provider``, which ``in_memory`` uses) keeps ``LINKS_PER_SPAN``."""
+    bodies = [event("dev-first", severity="critical")] + [event(f"dev-{i}") for i in range(255)]
+    properties = [{"traceparent": _traceparent(n)} for n in range(len(bodies))]
+    metadata = {
+        "PartitionContext": func.meta.Datum(json.dumps({"PartitionId": "0", "ConsumerGroup": "sluice"}), "json"),
+        "PropertiesArray": func.meta.Datum(json.dumps(properties), "json"),
+    }
+    events = [func.EventHubEvent(body=json.dumps(body).encode(), trigger_metadata=metadata,
+                                 enqueued_time=NOW + timedelta(milliseconds=n), partition_key=None,
+                                 sequence_number=n + 1, offset=(n + 1) * 100) for n, body in enumerate(bodies)]
+    ingest(events)
+    (span,) = [s for s in in_memory.spans.get_finished_spans() if s.name == "sluice.ingest"]
+    linked = {format(link.context.trace_id, "032x") for link in span.links}
+    critical_producer = _traceparent(0).split("-")[1]
+    assert list(span.attributes["sluice.critical.event_ids"]) == [bodies[0]["event_id"]]
+    assert critical_producer in linked and len(linked) == len(bodies), (
+        f"{len(linked)} of {len(bodies)} producer contexts linked ({span.dropped_links} dropped), the critical "
+        f"event's producer {critical_producer} {'is' if critical_producer in linked else 'is not'} among them")
+
+
+class _StoreOnly:
+    def __init__(self) -> None:
+        self.rows: dict[uuid.UUID, object] = {}
+
+    def write(self, events) -> None:
+        for e in events:
+            self.rows[e.event_id] = e
+
+
+class _BrokenLetters:
+    def put_rejected(self, rejected) -> None:
+        raise TransientError("dead-letter container unreachable")
+
+    def put_batch(self, bodies, reason, *, lettered=()) -> None:
+        raise TransientError("dead-letter container unreachable")
+
+
+def _raw_record(seq: int, body: dict | bytes) -> RawRecord:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return RawRecord(raw, EventMetadata(partition_id="0", sequence_number=seq, enqueued_time=NOW))
+
+
+def test_events_stored_on_the_final_attempt_are_counted_when_the_dead_letter_write_fails() -> None:
+    """On the final attempt, events written to the store were not counted in ``sluice.ingest.events{outcome=stored}``
+    when the rejected letters then failed: ``handle`` raised before recording, the host checkpoints past the batch
+    and never retries it, so durable events were missing from the metric for good. An outcome is recorded once it is
+    durable (docs/observability.md)."""
+    reader = InMemoryMetricReader()
+    metrics = OtelMetrics(MeterProvider(metric_readers=[reader]))
+    store = _StoreOnly()
+    service = IngestService(store, _BrokenLetters(), Limits(), metrics=metrics)
+    valid = [{"event_id": str(uuid.uuid4()), "device_id": f"dev-{i}", "event_type": "reading",
+              "timestamp": NOW.isoformat(), "severity": "info", "measurements": {"t": 1.0}} for i in range(3)]
+    records = [_raw_record(n + 1, body) for n, body in enumerate(valid)] + [_raw_record(4, b"{not json")]
+    with pytest.raises(TransientError):
+        service.handle(records, final_attempt=True)
+    assert len(store.rows) == 3  # the three valid events are durable; the host checkpoints past the batch
+    counted = collected(reader).get("sluice.ingest.events", {})
+    stored = counted.get(frozenset({("outcome", "stored"), ("messaging.destination.partition.id", "0")}), 0)
+    assert stored == 3, f"3 events stored for good, {stored} counted as stored ({counted})"
+
+
+def test_late_windows_recomputed_before_a_failure_are_counted() -> None:
+    """A run that recomputed late window A (committed) and then failed on late window B recorded
+    ``sluice.enrich.windows{recomputed}`` 0: late outcomes reached the run's result only after every late window
+    succeeded, unlike scheduled ones. A is settled, so no later run recomputes (or counts) it."""
+    from shared.services.enrichment import EnrichmentService
+    from shared.settings import EnrichmentSettings
+    from tests.unit.test_enrichment import T0, MemoryReader, MemoryStore, StaticReference, W, ev
+
+    reader, store, reference = MemoryReader(), MemoryStore(), StaticReference()
+    store.load_state(T0)
+    settings = EnrichmentSettings(window_seconds=300, allowed_lateness_seconds=120, late_horizon_seconds=3600,
+                                  initial_lookback_seconds=0, max_windows_per_run=24)
+    reader.events += [ev("d1", T0 + timedelta(seconds=5)), ev("d1", T0 + W + timedelta(seconds=5))]
+    now = T0 + 2 * W + timedelta(minutes=2)
+    EnrichmentService(reader, reference, store, settings).run(now=now)  # windows T0 and T0 + W enriched
+    assert sorted(store.windows) == [T0, T0 + W]
+
+    metric_reader = InMemoryMetricReader()
+    metrics = OtelMetrics(MeterProvider(metric_readers=[metric_reader]))
+    later = now + timedelta(minutes=1)
+    reader.events += [ev("d2", T0 + timedelta(seconds=7), enqueued=later),       # late in window T0
+                      ev("d2", T0 + W + timedelta(seconds=7), enqueued=later)]   # late in window T0 + W
+    store.fail_on = T0 + W
+    with pytest.raises(TransientError):
+        EnrichmentService(reader, reference, store, settings, metrics=metrics).run(now=later + timedelta(seconds=1))
+    assert store.ledger[T0] == ["scheduled", "late"]  # window T0 was recomputed and committed
+    windows = collected(metric_reader).get("sluice.enrich.windows", {})
+    assert windows == {frozenset({("outcome", "recomputed")}): 1, frozenset({("outcome", "failed")}): 1}, windows
