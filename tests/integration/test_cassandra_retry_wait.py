@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cassandra import OperationTimedOut, WriteTimeout
@@ -22,8 +24,12 @@ from cassandra.query import SimpleStatement
 
 from emulators.cassandra.faults import clear_faults, inject_faults
 from shared.adapters.cassandra.aio import rows
+from shared.adapters.cassandra.event_store import CassandraEventStore
+from shared.adapters.cassandra.migrations import apply_migrations
 from shared.adapters.cassandra.query import Queries
-from shared.adapters.cassandra.session import build_cluster
+from shared.adapters.cassandra.reader import CassandraEventReader
+from shared.adapters.cassandra.session import build_cluster, connect
+from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.settings import CassandraSettings
 from sluice.launcher import Running
 
@@ -163,3 +169,97 @@ def test_each_page_of_an_awaited_read_gets_its_own_throttling_retries(private_ca
     found = asyncio.run(rows(future))  # page 2: throttled once, retried
 
     assert [row.c for row in found] == [0, 1, 2, 3]
+
+
+# --- Unavailable retried once; a timeout during a 429's wait fails that request only ---
+
+
+def _event(device: str = "dev-r", *, seconds_ago: int = 1, measurements: dict | None = None) -> Event:
+    body = DeviceEvent.model_validate({
+        "event_id": str(uuid.uuid4()), "device_id": device, "event_type": "reading",
+        "timestamp": (datetime.now(UTC) - timedelta(seconds=seconds_ago)).isoformat(),
+        "measurements": measurements or {"t": 1.0}})
+    return Event(body, EventMetadata(partition_id="0", offset="1", sequence_number=1,
+                                     enqueued_time=datetime.now(UTC)))
+
+
+@pytest.fixture
+def event_store(private_cassandra: Running) -> Iterator[tuple[Session, CassandraSettings, CassandraEventStore]]:
+    settings = CassandraSettings(hosts=[private_cassandra.host], port=private_cassandra.port,
+                                 keyspace=f"ks_{uuid.uuid4().hex[:12]}", shards=2, request_timeout_seconds=5)
+    session = connect(settings)
+    apply_migrations(session, settings)
+    writer = CassandraEventStore(session, settings)
+    writer.write([_event()])  # prepared and warm before any fault is armed
+    yield session, settings, writer
+    clear_faults(private_cassandra.host, private_cassandra.port)
+    session.cluster.shutdown()
+
+
+def test_an_unavailable_answer_is_retried_once_as_the_retry_policy_documents(private_cassandra: Running,
+                                                                              event_store) -> None:
+    """CosmosRetryPolicy documents "on read timeouts and Unavailable (nothing was written): retries once", but it
+    answered Unavailable with RETRY_NEXT_HOST: on a one-endpoint Cosmos account (or one-node cluster) there is no
+    next host, so a single Unavailable failed the ingest batch at once (NoHostAvailable -> TransientError)."""
+    session, settings, writer = event_store
+    inject_faults(private_cassandra.host, private_cassandra.port, error="unavailable", count=1, applies_to="writes")
+    batch = [_event("dev-unavailable")]
+    writer.write(batch)  # raises TransientError today: the Unavailable was never retried
+    reader = CassandraEventReader(session, settings.keyspace)
+    assert reader.event(batch[0].event_id) is not None
+
+
+def test_a_read_answered_unavailable_once_is_retried(private_cassandra: Running, event_store) -> None:
+    """The lookups' point reads: one Unavailable answer (nothing read, nothing written) reached the caller as
+    DependencyUnavailable (an HTTP 503) instead of being retried once, for the same reason."""
+    session, settings, writer = event_store
+    batch = [_event("dev-unavailable-read")]
+    writer.write(batch)
+    reader = CassandraEventReader(session, settings.keyspace, timeout=5.0)
+    reader.event(batch[0].event_id)  # prepared
+    inject_faults(private_cassandra.host, private_cassandra.port, error="unavailable", count=1, applies_to="reads")
+    found = reader.event(batch[0].event_id)
+    assert found is not None and found.event_id == batch[0].event_id
+
+
+def test_a_request_timing_out_during_its_429_wait_does_not_steal_another_requests_answer(
+        private_cassandra: Running) -> None:
+    """delay_retries held a throttled request's retry on a timer while its ResponseFuture still named the stream id
+    of the answered 429, which the connection had freed and may hand to another request. When the request's timeout
+    fired during the wait, the driver's _on_timeout popped that stream id from the connection: it removed the
+    *other* request's callback, so that request's answer was dropped and it failed with OperationTimedOut although
+    the server answered (a write applied but reported failed, a lookup 503). Only the throttled request times out."""
+    settings = CassandraSettings(hosts=[private_cassandra.host], port=private_cassandra.port, tls=False,
+                                 request_timeout_seconds=10, overload_max_wait_seconds=30)
+    cluster = build_cluster(settings)
+    cluster.schema_metadata_enabled = False
+    try:
+        session = cluster.connect()
+        keyspace = f"ks_{uuid.uuid4().hex[:12]}"
+        session.execute(f"CREATE KEYSPACE {keyspace} WITH replication = "
+                        "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+        session.execute(f"CREATE TABLE {keyspace}.t (k int PRIMARY KEY, v int)")
+        read = session.prepare(f"SELECT v FROM {keyspace}.t WHERE k = 1")
+        write = session.prepare(f"INSERT INTO {keyspace}.t (k, v) VALUES (2, 2)")
+        write.is_idempotent = True
+        session.execute(read)
+        inject_faults(private_cassandra.host, private_cassandra.port, error="overloaded", count=1,
+                      retry_after_ms=20_000, applies_to="reads")
+        throttled = session.execute_async(read, timeout=3.0)
+        connection, stream = throttled._connection, throttled._req_id  # set when the request is sent
+        deadline = time.monotonic() + 2
+        while stream not in connection.request_ids and time.monotonic() < deadline:
+            time.sleep(0.005)  # the 429 answered: its stream id is free again
+        assert stream in connection.request_ids
+        while connection.request_ids[0] != stream:  # cheap reads until the freed stream id is the next one given out
+            session.execute(read)
+        inject_faults(private_cassandra.host, private_cassandra.port, error="delay", count=1, delay_ms=3000,
+                      applies_to="writes")
+        other = session.execute_async(write, timeout=8.0)
+        assert other._req_id == stream  # precondition: the innocent write holds the freed stream id
+        assert time.monotonic() < deadline + 1, "set-up too slow: the throttled request already timed out"
+        other.result()  # answered by the server after 3 s; today: OperationTimedOut after 8 s
+        assert session.execute(f"SELECT v FROM {keyspace}.t WHERE k = 2").one() is not None
+    finally:
+        clear_faults(private_cassandra.host, private_cassandra.port)
+        cluster.shutdown()

@@ -111,7 +111,8 @@ class CosmosRetryPolicy(RetryPolicy):  # type: ignore[misc]  # RetryPolicy is un
 
     def on_unavailable(self, query: Any, consistency: int, required_replicas: int, alive_replicas: int,
                        retry_num: int) -> Decision:
-        return (self.RETRY_NEXT_HOST, consistency) if retry_num == 0 else (self.RETHROW, None)
+        # the same host: a Cosmos DB account is one endpoint, where "the next host" is none (NoHostAvailable at once)
+        return (self.RETRY, consistency) if retry_num == 0 else (self.RETHROW, None)
 
 
 def decided_wait(query: object) -> float | None:
@@ -138,6 +139,12 @@ def delay_retries(session: Session) -> Session:
         if isinstance(future, ResponseFuture) and getattr(fn, "__func__", None) is ResponseFuture._retry_task:
             wait = decided_wait(future.query)
             if wait:
+                # The answer that asked for the wait freed its stream id, which the connection hands to the next
+                # request meanwhile. A timeout during the wait must fail this request only: the driver's timeout
+                # handler pops the request's id from its connection (that other request's callback, whose answer
+                # would then be lost) and returns the connection to its pool a second time. Detached, it only
+                # fails the future; the retry sets both again when it is sent.
+                future._connection = None
                 create_timer(wait, partial(submit, fn, *args, **kwargs))
                 return None
         return submit(fn, *args, **kwargs)
