@@ -23,7 +23,9 @@ those, and never writes an element stored long ago over a later correction of it
 A dead letter that was replayed successfully (``python -m sluice deadletter
 replay``) moves under ``replayed/`` with the same name, so it is kept but not
 replayed twice. Two replays may run at once: a letter one of them moved is
-skipped by the other (``TakenLetter``, or ``mark_replayed`` returning False).
+skipped by the other (``TakenLetter``, or ``mark_replayed`` returning ``Move.GONE``).
+The move is conditional on the version the replay read (its etag): a letter written
+again under the same name meanwhile stays, to be replayed (``Move.KEPT``).
 
 The date is the Event Hubs enqueued time (the time of writing if unknown). Each
 blob holds the reason, the original bytes (base64, and as text when it is UTF-8),
@@ -47,6 +49,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import Enum
 from typing import Any
 
 from azure.core import MatchConditions
@@ -135,6 +138,9 @@ class DeadLetter:
     """A body refused whole (``<sequence>-body.json``: too big, not JSON ...). Replayed after a fix, an array body
     of which only some elements are still invalid gets its ``<sequence>-elements.json`` letter, which takes this
     one's place: its valid elements were stored, and this letter would run them again on every replay."""
+    etag: str = ""
+    """The version of the blob that was read: ``mark_replayed`` moves that version only, never a newer letter
+    written under the same name since."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +188,19 @@ def _pending(document: dict[str, Any], body: bytes) -> Pending | None:
     return Pending(frozenset(i for first, last in runs for i in range(int(first), int(last) + 1)))
 
 
-def _letter(name: str, data: bytes) -> DeadLetter:
+class Move(Enum):
+    """What ``mark_replayed`` did with a letter."""
+
+    MOVED = "moved"
+    """The version replayed is under ``replayed/`` now, and gone from its dead-letter prefix."""
+    GONE = "gone"
+    """Nothing to move: another run replayed it too and moved it first."""
+    KEPT = "kept"
+    """Written again under the same name since it was read (its record dead-lettered again): a newer letter, left
+    where it is to be replayed; not replayed by this run."""
+
+
+def _letter(name: str, data: bytes, etag: str) -> DeadLetter:
     document = json.loads(data)
     if document["kind"] not in ("batch", "rejected"):
         raise ValueError(f"unknown kind {document['kind']!r}")
@@ -193,7 +211,7 @@ def _letter(name: str, data: bytes) -> DeadLetter:
         records.append(RawRecord(body, _metadata(item["eventhub"]), _pending(document, body)))
     per_element = document["kind"] == "rejected" and document.get("index") is not None and "elements" not in document
     whole_body = document["kind"] == "rejected" and document.get("index") is None
-    return DeadLetter(name, document["kind"], str(document["reason"]), records, per_element, whole_body)
+    return DeadLetter(name, document["kind"], str(document["reason"]), records, per_element, whole_body, etag)
 
 
 _LETTER_NAME = re.compile(r"/p(?P<partition>[^/]+)/(?P<sequence>\d+)(?:-[^/]*)?\.json$")
@@ -335,47 +353,56 @@ class BlobDeadLetterSink:
         names = [blob.name for prefix in prefixes for blob in self._container.list_blobs(name_starts_with=prefix)]
         for name in sorted(names, key=_replay_order):
             try:
-                data = self._container.download_blob(name).readall()
+                download = self._container.download_blob(name)
+                data = download.readall()
             except ResourceNotFoundError:
                 logger.info("%s: gone since it was listed, taken by another run", name)
                 yield TakenLetter(name)
                 continue
             try:
-                yield _letter(name, data)
+                yield _letter(name, data, download.properties.etag)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError, bad base64 too
                 problem = f"{type(exc).__name__}: {exc}"
                 logger.warning("%s: not a readable dead letter: %s", name, problem)
                 yield UnreadableLetter(name, problem)
 
-    def mark_replayed(self, name: str) -> bool:
-        """Move a dead letter under ``replayed/`` (copy first, then delete: a crash in between leaves both).
+    def mark_replayed(self, name: str, etag: str) -> Move:
+        """Move the version ``etag`` of a dead letter (the one :meth:`read` returned and the caller replayed) under
+        ``replayed/``: copy first, then delete; a crash in between leaves both.
 
-        False when it is gone already: another run replayed it too and moved it (the store took its records from
-        both, idempotently), so there is nothing left to move. The delete is conditional on the copied version: a
-        letter rewritten meanwhile under the same name (its record dead-lettered again) is a newer letter, and stays
-        to be replayed. Raises ``DependencyUnavailable`` when storage fails."""
+        ``Move.GONE`` when it is gone already: another run replayed it too and moved it (the store took its records
+        from both, idempotently). ``Move.KEPT`` when the blob is another version now, before the copy or before
+        the delete (only version ``etag`` is copied, and the delete is conditional on it): a letter rewritten under
+        the same name since it was read (its record dead-lettered again) is a newer letter, not replayed yet, and
+        stays to be replayed. Raises ``DependencyUnavailable`` when storage fails."""
         try:
-            return self._move(name)
+            return self._move(name, etag)
         except AzureError as exc:
             raise DependencyUnavailable("Blob storage", f"moving {name} under {REPLAYED}: {failure(exc)}") from exc
 
-    def _move(self, name: str) -> bool:
+    def _move(self, name: str, etag: str) -> Move:
         source = self._container.get_blob_client(name)
-        try:
+        try:  # unconditional, then compared: a blob gone is a 404 here, not a failed condition (Azurite: 412)
             download = source.download_blob()
             data = download.readall()
         except ResourceNotFoundError:
             logger.info("%s: already moved under %s by another run", name, REPLAYED)
-            return False
+            return Move.GONE
+        if download.properties.etag != etag:
+            logger.warning("%s: rewritten since the replay read it (its record dead-lettered again): kept, to be "
+                           "replayed", name)
+            return Move.KEPT
         self._write(REPLAYED + name, data)
         try:
-            source.delete_blob(etag=download.properties.etag, match_condition=MatchConditions.IfNotModified)
-        except ResourceNotFoundError:
-            logger.info("%s: moved by another run at the same time", name)  # its copy is the same letter
-        except ResourceModifiedError:
+            source.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
+        except (ResourceNotFoundError, ResourceModifiedError) as exc:
+            if isinstance(exc, ResourceNotFoundError) or not source.exists():
+                logger.info("%s: moved by another run at the same time", name)  # its copy is the same letter
+                return Move.MOVED
             logger.warning("%s: rewritten while it was moved (its record dead-lettered again): kept, to be replayed",
                            name)
-        return True
+            return Move.KEPT
+        return Move.MOVED
 
 
 class BlobDeadLetterCounter:

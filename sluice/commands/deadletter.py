@@ -9,7 +9,8 @@ replay wrote). Of an array body, only the elements its letter holds as not store
 valid ones were stored at ingest, and storing them again would undo a later correction of their ids. Each other
 dead letter moves under ``replayed/`` once the store took it, a batch letter too when some of its items are
 still invalid: those now have rejected letters of their own. The summary counts each letter once (replayed,
-still invalid, store failing, unreadable or taken by another run) and, on a line of its own, the items the
+still invalid, store failing, unreadable, taken by another run, or rewritten meanwhile: written again under its
+name since this run read it, so the newer letter stays, to be replayed) and, on a line of its own, the items the
 replay dead-lettered as rejected and the events it did not store because a later copy of their id (enqueued later,
 or at the same time later in the partition) is stored: "superseded" (a letter's copy is as old as the letter, and
 written now it would win over the correction). Letters are replayed in (partition, sequence number) order, the
@@ -41,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from shared import bootstrap
-    from shared.adapters.blob_deadletter import TakenLetter, UnreadableLetter
+    from shared.adapters.blob_deadletter import Move, TakenLetter, UnreadableLetter
 
     sink = bootstrap.dead_letter_sink()
     unreadable = taken = 0
@@ -62,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
         return 1 if unreadable else 0
 
     service = bootstrap.replay_ingest_service()  # no audit run: each letter's records are accounted for already
-    replayed = kept = failed = rejected = superseded = 0  # each letter counts in one of the first three, or
-    # unreadable, or taken; rejected and superseded count items
+    replayed = kept = failed = rewritten = rejected = superseded = 0  # each letter counts in one of the first
+    # four, or unreadable, or taken; rejected and superseded count items
     for letter in sink.read(args.kind):
         if isinstance(letter, TakenLetter):  # another replay, beside this one, moved it since the listing
             taken += 1
@@ -93,12 +94,15 @@ def run(args: argparse.Namespace) -> int:
         if result.rejected:  # a batch letter, an older per-element letter or a body letter whose elements are
             # read now: the replay wrote their rejected letter
             logger.info("%s: %d items still invalid, dead-lettered as rejected", letter.name, result.rejected)
-        if sink.mark_replayed(letter.name):
+        moved = sink.mark_replayed(letter.name, letter.etag)  # the version replayed, not a newer one
+        if moved is Move.MOVED:
             replayed += 1
-        else:  # the other run replayed it as well and moved it first (the store took both, idempotently)
+        elif moved is Move.GONE:  # the other run replayed it as well and moved it first (the store took both)
             taken += 1
+        else:  # written again since it was read: the newer letter stays, still to be replayed
+            rewritten += 1
     print(f"replayed {replayed}, still invalid {kept}, store failing {failed}, unreadable {unreadable}, "
-          f"taken by another run {taken}")
+          f"taken by another run {taken}, rewritten meanwhile {rewritten}")
     print(f"{rejected} item{'' if rejected == 1 else 's'} re-dead-lettered as rejected, "
           f"{superseded} superseded by a later copy already stored")
     return 1 if failed or unreadable else 0

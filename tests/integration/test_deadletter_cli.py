@@ -3,6 +3,7 @@ registered ingest function itself, and a blob beside them that is no readable de
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -145,6 +146,31 @@ def test_replaying_a_still_invalid_array_letter_does_not_overwrite_a_later_corre
     assert row.severity == "critical", "the replay of the old array body overwrote the correction"
 
 
+def _rejected_letters(run_ingest: Any, storage: str, monkeypatch: pytest.MonkeyPatch, partitions: tuple[str, ...]
+                      ) -> tuple[Any, list[str]]:
+    """One rejected letter per partition (events over a measurement limit of 0), then the limit raised: the
+    runbook's case, every letter valid on replay. The container and the letters' names."""
+    monkeypatch.setenv("SLUICE_INGEST_MAX_MEASUREMENTS", "0")
+    bootstrap.reset()
+    for partition in partitions:
+        run_ingest(Hub(partition).batch(event(f"dev-{partition}")))
+    container = BlobServiceClient.from_connection_string(storage).get_container_client(run_ingest.container)
+    letters = sorted(b.name for b in container.list_blobs())
+    assert len(letters) == len(partitions) and all(n.startswith("rejected/") for n in letters), letters
+    monkeypatch.delenv("SLUICE_INGEST_MAX_MEASUREMENTS")
+    bootstrap.reset()
+    return container, letters
+
+
+def _rewritten(container: Any, name: str) -> bytes:
+    """The letter written again under the same name (its record dead-lettered again, with another reason)."""
+    letter = json.loads(container.download_blob(name).readall())
+    letter["reason"] = "written again while the replay ran"
+    newer = json.dumps(letter).encode()
+    container.upload_blob(name, newer, overwrite=True)
+    return newer
+
+
 def test_a_replay_beside_another_replay_skips_the_letters_the_other_one_moved(
     ingest: Any, azurite_connection_string: str, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
     capsys: pytest.CaptureFixture[str]
@@ -157,19 +183,9 @@ def test_a_replay_beside_another_replay_skips_the_letters_the_other_one_moved(
     Reproduced deterministically: three rejected letters (events over a measurement limit, then the limit raised,
     the runbook's case); while this run replays the first, "the other run" moves the second with the sink's own
     ``mark_replayed``, exactly what a concurrent replay does."""
-    from shared.adapters.blob_deadletter import BlobDeadLetterSink
+    from shared.adapters.blob_deadletter import BlobDeadLetterSink, Move
 
-    monkeypatch.setenv("SLUICE_INGEST_MAX_MEASUREMENTS", "0")  # every event below is rejected at ingest
-    bootstrap.reset()
-    for partition in ("0", "1", "2"):
-        ingest(Hub(partition).batch(event(f"dev-{partition}")))
-    container = BlobServiceClient.from_connection_string(azurite_connection_string).get_container_client(
-        ingest.container)
-    letters = sorted(b.name for b in container.list_blobs())
-    assert len(letters) == 3 and all(name.startswith("rejected/") for name in letters), letters
-
-    monkeypatch.delenv("SLUICE_INGEST_MAX_MEASUREMENTS")  # the limit is raised: every letter is valid now
-    bootstrap.reset()
+    container, letters = _rejected_letters(ingest, azurite_connection_string, monkeypatch, ("0", "1", "2"))
     other_run = BlobDeadLetterSink(BlobServiceClient.from_connection_string(azurite_connection_string),
                                    ingest.container)
     real_factory = bootstrap.replay_ingest_service
@@ -184,7 +200,8 @@ def test_a_replay_beside_another_replay_skips_the_letters_the_other_one_moved(
             result = self.service.handle(records, **kwargs)
             if not self.raced:
                 self.raced = True
-                assert other_run.mark_replayed(letters[1])
+                etag = container.get_blob_client(letters[1]).get_blob_properties().etag
+                assert other_run.mark_replayed(letters[1], etag) is Move.MOVED
             return result
 
     monkeypatch.setattr(bootstrap, "replay_ingest_service", ConcurrentReplay)
@@ -193,28 +210,100 @@ def test_a_replay_beside_another_replay_skips_the_letters_the_other_one_moved(
 
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "replayed 2, still invalid 0, store failing 0, unreadable 0, taken by another run 1" in out, out
+    assert "replayed 2, still invalid 0, store failing 0, unreadable 0, taken by another run 1, rewritten meanwhile 0" \
+        in out, out
     assert sorted(b.name for b in container.list_blobs()) == sorted("replayed/" + name for name in letters)
+
+
+def test_a_letter_rewritten_after_the_replay_read_it_stays_to_be_replayed(
+    ingest: Any, azurite_connection_string: str, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``deadletter replay`` reads a letter and replays that version; the move used to download the blob again and
+    move whatever version was there then, so a letter rewritten under the same name while its older version was
+    being replayed went under ``replayed/`` without its content ever having been replayed (lost). The move is
+    conditional on the version the replay read: the newer letter stays under ``rejected/``, counted apart."""
+    container, [name] = _rejected_letters(ingest, azurite_connection_string, monkeypatch, ("0",))
+    real_factory = bootstrap.replay_ingest_service
+    newer: list[bytes] = []
+
+    class RewrittenMeanwhile:
+        def __init__(self) -> None:
+            self.service = real_factory()
+
+        def handle(self, records: Any, **kwargs: Any) -> Any:
+            result = self.service.handle(records, **kwargs)
+            newer.append(_rewritten(container, name))  # after the replay read its version, before the move
+            return result
+
+    monkeypatch.setattr(bootstrap, "replay_ingest_service", RewrittenMeanwhile)
+
+    code = main(["deadletter", "replay", "--kind", "rejected"])
+
+    out = capsys.readouterr().out
+    assert code == 0, out
+    remaining = {b.name for b in container.list_blobs()}
+    assert name in remaining, f"the rewritten letter, never replayed, was moved away: {sorted(remaining)}; {out}"
+    assert container.download_blob(name).readall() == newer[0]
+    assert "replayed 0, still invalid 0, store failing 0, unreadable 0, taken by another run 0, " \
+           "rewritten meanwhile 1" in out, out
+
+
+def test_a_letter_kept_because_it_was_rewritten_during_the_move_is_not_counted_as_replayed(
+    ingest: Any, azurite_connection_string: str, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A letter rewritten between the move's copy and its conditional delete is kept (a newer letter, to be
+    replayed), but the move used to report it moved: ``deadletter replay`` printed "replayed 1" while the letter was
+    still under ``rejected/``. It is counted as rewritten meanwhile, and the counts add up to what is left."""
+    from shared.adapters.blob_deadletter import BlobDeadLetterSink
+
+    container, [name] = _rejected_letters(ingest, azurite_connection_string, monkeypatch, ("0",))
+    real_sink = bootstrap.dead_letter_sink
+
+    def sink() -> BlobDeadLetterSink:
+        made = real_sink()
+        copy = made._container.upload_blob
+
+        def rewritten_during_the_move(blob_name: str, *args: Any, **kwargs: Any) -> Any:
+            if blob_name.startswith("replayed/"):
+                _rewritten(container, name)  # ingest writes the letter again, after the copy's read
+            return copy(blob_name, *args, **kwargs)
+
+        made._container.upload_blob = rewritten_during_the_move  # type: ignore[method-assign]
+        return made
+
+    monkeypatch.setattr(bootstrap, "dead_letter_sink", sink)
+
+    main(["deadletter", "replay", "--kind", "rejected"])
+
+    out = capsys.readouterr().out
+    pending = [b.name for b in container.list_blobs() if not b.name.startswith("replayed/")]
+    assert pending == [name], pending  # kept, as the move logs
+    assert "replayed 0, still invalid 0, store failing 0, unreadable 0, taken by another run 0, " \
+           "rewritten meanwhile 1" in out, f"a letter still pending under rejected/ is counted as replayed: {out}"
 
 
 def test_moving_a_letter_another_run_moved_or_rewrote_meanwhile(
     ingest: Any, azurite_connection_string: str  # noqa: F811
 ) -> None:
     """``mark_replayed`` of a letter already moved by another run is no error: there is nothing left to move
-    (False). Its delete is conditional on the version it copied: a letter rewritten under the same name meanwhile
-    (its record dead-lettered again) is a newer letter, and stays to be replayed."""
-    from shared.adapters.blob_deadletter import REPLAYED, BlobDeadLetterSink
+    (``GONE``). Its copy and its delete are conditional on the version replayed: a letter rewritten under the same
+    name meanwhile (its record dead-lettered again) is a newer letter, and stays to be replayed (``KEPT``)."""
+    from shared.adapters.blob_deadletter import REPLAYED, BlobDeadLetterSink, Move
 
     ingest(Hub("0").batch(b"{not json"))
     service = BlobServiceClient.from_connection_string(azurite_connection_string)
     container = service.get_container_client(ingest.container)
     [name] = [b.name for b in container.list_blobs()]
     sink = BlobDeadLetterSink(service, ingest.container)
-    assert sink.mark_replayed(name) is True
-    assert sink.mark_replayed(name) is False
+    etag = container.get_blob_client(name).get_blob_properties().etag
+    assert sink.mark_replayed(name, etag) is Move.MOVED
+    assert sink.mark_replayed(name, etag) is Move.GONE
     assert [b.name for b in container.list_blobs()] == [REPLAYED + name]
 
     container.upload_blob(name, b'{"kind": "rejected", "old": true}')
+    etag = container.get_blob_client(name).get_blob_properties().etag
     newer = b'{"kind": "rejected", "newer": true}'
     copy = sink._container.upload_blob
 
@@ -223,7 +312,7 @@ def test_moving_a_letter_another_run_moved_or_rewrote_meanwhile(
         return copy(*args, **kwargs)
 
     sink._container.upload_blob = rewritten_meanwhile  # type: ignore[method-assign]
-    assert sink.mark_replayed(name) is True
+    assert sink.mark_replayed(name, etag) is Move.KEPT
     assert container.download_blob(name).readall() == newer, "the newer letter was deleted"
 
 
