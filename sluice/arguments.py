@@ -61,6 +61,14 @@ def nonnegative_int(text: str) -> int:
     return _whole(text, 0)
 
 
+def port(text: str) -> int:
+    """A TCP port, 0-65535; 0 lets the system pick a free one."""
+    value = _whole(text, 0)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is no TCP port (0-65535; 0 picks a free one)")
+    return value
+
+
 def _finite(text: str) -> float:
     try:
         value = float(text)

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sluice.arguments import positive_float, positive_int, ratio
+from sluice.arguments import port, positive_float, positive_int, ratio
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -73,13 +73,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--in-memory", action="store_true", help="keep emulator and Azurite data in memory only")
     parser.add_argument("--fresh", action="store_true",
                         help="start from empty stores: wipe --data-dir, drop the database, delete the Redis keys")
-    parser.add_argument("--http-port", type=int, default=7071)
-    parser.add_argument("--eventhubs-port", type=int, default=5672)
-    parser.add_argument("--cassandra-port", type=int, default=9042)
-    parser.add_argument("--azurite-port", type=int, default=10000)
-    parser.add_argument("--keyvault-port", type=int, default=8443)
+    parser.add_argument("--http-port", type=port, default=7071)
+    parser.add_argument("--eventhubs-port", type=port, default=5672)
+    parser.add_argument("--cassandra-port", type=port, default=9042)
+    parser.add_argument("--azurite-port", type=port, default=10000)
+    parser.add_argument("--keyvault-port", type=port, default=8443)
     parser.add_argument("--strict-ports", action="store_true",
-                        help="fail when a port is taken instead of using a free one")
+                        help="fail when a port is taken instead of using a free one (a port of 0 always picks one)")
     parser.add_argument("--database", default="sluice", help="PostgreSQL database (default sluice)")
     parser.add_argument("--keyspace", default="sluice", help="Cassandra keyspace (default sluice)")
     parser.add_argument("--redis-prefix", default="sluice:", help="Redis key prefix (default sluice:)")
@@ -91,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--keep-services", action="store_true",
                         help="with --use-existing-services: leave the machine's PostgreSQL and Redis running even if "
                              "this command started them (our own, and a --redis-cluster, always stop with the stack)")
-    parser.add_argument("--drain-timeout", type=float, default=240.0,
+    parser.add_argument("--drain-timeout", type=positive_float, default=240.0,
                         help="bounded run: seconds to wait for the pipeline to deliver after the load (default 240)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override a setting in the generated local.settings.json (repeatable)")

@@ -372,6 +372,34 @@ def test_up_refuses_a_load_the_load_generator_would_refuse(argv: list[str]) -> N
     assert exited.value.code == 2
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-5", "0"])
+def test_up_drain_timeout_that_is_no_finite_positive_number_is_refused(value: str) -> None:
+    """``up --drain-timeout`` was a bare float: ``nan`` made the bounded run's deadline (``time.monotonic() + nan``)
+    never pass, so a run whose delivery never checked out waited forever; a negative one gave up before the first
+    delivery check. A usage error (exit 2), like every other duration option."""
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["up", "--duration", "10", "--drain-timeout", value])
+    assert exited.value.code == 2
+
+
+@pytest.mark.parametrize("option", ["--http-port", "--eventhubs-port", "--cassandra-port", "--azurite-port",
+                                    "--keyvault-port"])
+def test_up_refuses_a_port_outside_0_to_65535(option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``up --http-port 70000`` (and the other ports) was accepted, then ``port_free``'s ``socket.bind`` raised
+    ``OverflowError`` (not the ``OSError`` it handles): a traceback after the stack began starting. Refused up front
+    (exit 2) naming the value; 0 (pick a free port) is a port."""
+    from sluice.localstack import port_free
+
+    with pytest.raises(OverflowError):  # what the accepted value led to
+        port_free("127.0.0.1", 70000)
+    for value in ("70000", "-1"):
+        with pytest.raises(SystemExit) as exited:
+            build_parser().parse_args(["up", option, value])
+        assert exited.value.code == 2
+        assert f"{value!r}" in capsys.readouterr().err
+    assert getattr(build_parser().parse_args(["up", option, "0"]), option[2:].replace("-", "_")) == 0
+
+
 def test_up_refuses_ratios_that_add_up_past_one(capsys: pytest.CaptureFixture[str]) -> None:
     """Duplicates and invalid events are shares of the same sends, so together they cannot exceed 1 (LoadSpec):
     refused before the stack starts (exit 2)."""
