@@ -339,6 +339,10 @@ def host_checkpoint_source(eventhub: str, consumer_group: str, *, connection_str
         # The SDK names checkpoints after the endpoint's host *and port* (``127.0.0.1:5672`` for the emulator);
         # Azure's endpoints have no port.
         fully_qualified_namespace = urlsplit(endpoint).netloc
+        if not fully_qualified_namespace:  # set, but not a connection string with an Endpoint=sb://<host>/ part
+            raise ConfigurationError("EventHubConnection is set but names no endpoint: it must be an Event Hubs "
+                                     "connection string (Endpoint=sb://<namespace>.servicebus.windows.net/;"
+                                     "SharedAccessKeyName=...;SharedAccessKey=...)")
     if not fully_qualified_namespace:
         raise ConfigurationError("set EventHubConnection (a connection string) or "
                                  "EventHubConnection__fullyQualifiedNamespace (identity) to read Event Hubs")

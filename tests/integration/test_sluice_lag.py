@@ -198,3 +198,15 @@ def test_the_lag_reading_survives_the_container_scoped_storage_roles_infra_grant
     assert reading.warnings == () and reading.scaler_error is None
     (note,) = reading.notes
     assert "partitions 0" in note and "AuthorizationPermissionMismatch" in note, note
+
+
+@pytest.mark.parametrize("connection", ["garbage", "SharedAccessKeyName=k;SharedAccessKey=hunter2",
+                                        "Endpoint=;SharedAccessKey=hunter2"])
+def test_a_connection_string_naming_no_endpoint_is_refused_as_such(connection: str) -> None:
+    """A malformed EventHubConnection was reported as not set at all ("set EventHubConnection ... or ..."), sending
+    the operator to look for a setting that is there. The message says it names no endpoint, without echoing it."""
+    from shared.exceptions import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="EventHubConnection is set but names no endpoint") as refused:
+        host_checkpoint_source("hub", "sluice", connection_string=connection, fully_qualified_namespace=None)
+    assert "hunter2" not in str(refused.value)
