@@ -71,7 +71,10 @@ class DeviceRow(BaseModel):
             return None
         if value.tzinfo is None:  # Parquet timestamps without a zone are UTC by convention
             return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00:00+01:00: a ValueError, so the row and column are named
+            raise ValueError(f"{value.isoformat()} is outside the years 1-9999 in UTC") from None
 
     def ref(self) -> DeviceRef:
         return DeviceRef(self.device_id, self.site_id, self.model, self.firmware, self.owner, self.installed_at)

@@ -469,3 +469,21 @@ def test_the_documented_read_only_role_reads_every_report(pg_dsn: str) -> None:
             conn.execute("RESET ROLE")
             conn.execute(f"DROP OWNED BY {role}")
             conn.execute(f"DROP ROLE {role}")
+
+
+def test_the_site_report_gives_one_row_per_site_and_local_day_when_its_zone_changed(pg_dsn: str) -> None:
+    """For a site ``sites`` does not list (reference data in Parquet blobs), ``report_site_daily`` (and the
+    ``/api/reports/sites`` rows) grouped by the zone each window was enriched with, so a day on which the site's
+    zone changed came out as two rows of that site and day, each with part of its events (012). The day's row names
+    the zone of its latest window."""
+    start = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)  # 11:00 in Paris, 10:00 in London: the same local day
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn)
+        for offset, zone in ((timedelta(0), "Europe/Paris"), (timedelta(hours=2), "Europe/London")):
+            at = start + offset
+            conn.execute("INSERT INTO site_window_stats (window_start, site_id, window_end, site_name, site_timezone, "
+                         "device_count, event_count, critical_count, measurements) VALUES (%s, 'moved', %s, 'n', %s, "
+                         "1, 5, 0, '{}')", (at, at + timedelta(minutes=5), zone))
+        daily = conn.execute("SELECT site_id, local_day::text, event_count, timezone FROM report_site_daily "
+                             "WHERE site_id = 'moved'").fetchall()
+    assert daily == [("moved", "2026-11-20", 10, "Europe/London")]

@@ -312,3 +312,14 @@ def test_devices_and_sites_are_read_from_one_snapshot(pg_dsn: str) -> None:
         loaded = PostgresReferenceSource(_ReloadAfterDevices(pool, reload)).load()  # type: ignore[arg-type]
         assert (loaded.devices["dev-1"].site_id, sorted(loaded.sites)) == ("old", ["old"])
         assert PostgresReferenceSource(pool).load().devices["dev-1"].site_id == "new", "the reload committed"
+
+
+def test_a_device_installed_at_before_year_1_in_utc_is_refused_naming_the_row(tmp_path: Path) -> None:
+    """A devices file whose installed_at is a well-formed RFC 3339 time that lies before 0001-01-01 UTC
+    (``0001-01-01T00:00:00+01:00``) made ``read_devices`` (``sluice reference load/upload``) crash with a bare
+    ``OverflowError`` from the UTC validator, naming neither the file nor the row, where every other invalid cell is
+    a ``PermanentError`` naming the file, the row and the column."""
+    path = tmp_path / "devices.csv"
+    path.write_text("device_id,installed_at\nd1,2024-01-15T00:00:00Z\nd2,0001-01-01T00:00:00+01:00\n")
+    with pytest.raises(PermanentError, match=r"devices\.csv.*row 2.*installed_at"):
+        read_devices(path)
