@@ -587,10 +587,20 @@ class LocalStack:
     def _metrics_port(self) -> int | None:
         """The dev host's metrics port: the one ``--set SLUICE_METRICS_PORT`` gives (``0``: a free one, chosen here,
         so that the URL shown is the one served; empty: None, no endpoint), else :attr:`StackOptions.metrics_port`,
-        or a free one when that is taken."""
-        given = self.options.overrides.get("SLUICE_METRICS_PORT")
+        or a free one when that is taken. The HTTP port wins a clash: a default metrics port equal to it moves (even
+        with ``strict_ports``: the metrics port was not asked for), a given one is refused naming both settings."""
+        opts = self.options
+        http = self.ports.get("http", opts.http_port)
+        given = opts.overrides.get("SLUICE_METRICS_PORT")
         if given is None:
-            return self._port("dev host metrics", self.options.metrics_port)
+            if opts.metrics_port == 0 or opts.metrics_port != http:
+                return self._port("dev host metrics", opts.metrics_port)
+            chosen = self._free_reserved_port()
+            note = (f"dev host metrics: port {http} is the dev host's HTTP port (--http-port); serving the metrics "
+                    f"on port {chosen} instead (SLUICE_METRICS_PORT)")
+            self.notes.append(note)
+            self.say(f"[yellow]warning:[/] {note}")
+            return chosen
         if not given.strip():
             return None
         try:
@@ -602,6 +612,9 @@ class LocalStack:
                              "metrics endpoint)")
         if port == 0:
             return self._free_reserved_port()
+        if port == http:
+            raise StackError(f"--set SLUICE_METRICS_PORT={given} is also the dev host's HTTP port (--http-port "
+                             f"{http}): the HTTP server and the metrics need different ports; change one of them")
         self._reserve(port)  # held against another `up` when it can be; given, it is used either way
         return port
 

@@ -549,6 +549,35 @@ def test_a_metrics_port_given_with_set_is_the_one_the_stack_shows(tmp_path):
     assert shown["none"][:2] == ("", None) and "no metrics" in shown["none"][2]
 
 
+def test_an_http_port_equal_to_the_metrics_port_wins_and_the_default_metrics_port_moves(tmp_path):
+    """`sluice up --http-port 9464` (the metrics' default port) with --strict-ports was refused as "in use by another
+    `sluice up`": the port was held by this stack's own metrics reservation. The HTTP port asked for wins, the default
+    metrics port moves (and says so); a metrics port given with `--set` that clashes is refused naming both."""
+    from sluice.localstack import free_port
+
+    port = free_port()
+    said: list[str] = []
+    stack = LocalStack(StackOptions(data_dir=tmp_path / "moves", http_port=port, metrics_port=port,
+                                    strict_ports=True), say=said.append)
+    stack.ports = {"azurite": 10123, "cassandra": 9123, "eventhubs": 5999}
+    try:
+        values = json.loads(stack.write_settings().read_text())["Values"]
+    finally:
+        stack.stop()
+    assert stack.ports["http"] == port and stack.ports["metrics"] != port, stack.ports
+    assert values["SLUICE_METRICS_PORT"] == str(stack.ports["metrics"])
+    assert any(f"port {port} is the dev host's HTTP port" in line for line in said), said
+
+    stack = LocalStack(StackOptions(data_dir=tmp_path / "refused", http_port=port, strict_ports=True,
+                                    overrides={"SLUICE_METRICS_PORT": str(port)}), say=lambda _: None)
+    stack.ports = {"azurite": 10123, "cassandra": 9123, "eventhubs": 5999}
+    try:
+        with pytest.raises(StackError, match=rf"SLUICE_METRICS_PORT={port} .*--http-port {port}"):
+            stack.write_settings()
+    finally:
+        stack.stop()
+
+
 def test_the_newest_postgresql_is_picked_by_version_not_by_name(tmp_path, monkeypatch):
     """PostgreSQL's directories are named by version: `/usr/lib/postgresql/<version>/bin` (our own PostgreSQL's
     programs) and `/etc/postgresql/<version>` (the machine's clusters, `--use-existing-services`). As strings, "9.6"
