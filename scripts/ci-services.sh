@@ -16,7 +16,7 @@ version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1 || true)   # the ne
 
 if ! pg_isready -h 127.0.0.1 -p "$pg_port" -q 2>/dev/null; then
   if [ -z "$version" ]; then
-    echo "ci: PostgreSQL does not answer on 127.0.0.1:$pg_port and /etc/postgresql has no cluster to start" >&2
+    echo "ci: PostgreSQL on 127.0.0.1:$pg_port does not answer and /etc/postgresql has no cluster to start" >&2
     exit 1
   fi
   pg_ctlcluster --skip-systemctl-redirect "$version" main start
