@@ -14,7 +14,9 @@ Cassandra ``AuthenticationFailed``):
 * a vault that cannot be reached (or refuses) keeps the cached value: the store
   may still accept it, and the next refresh tries again;
 * ``refresh`` says whether the value changed (or differs from the one the store
-  refused), so the caller retries only then.
+  refused), so the caller retries only then;
+* once a value is cached, :meth:`RotatingSecret.value` never waits for a re-read
+  under way: it returns the cached value until the new one is read whole.
 
 Values are never logged or shown in ``repr``.
 """
@@ -91,7 +93,15 @@ class RotatingSecret:
         return self._value is not None
 
     def value(self) -> str:
-        """The cached value; the first call reads it (errors propagate: a missing secret stops start-up)."""
+        """The cached value; the first call reads it (errors propagate: a missing secret stops start-up).
+
+        Once a value has been read this never waits: a refresh holds the lock for its whole vault read,
+        and a caller on an event loop (the lookups' Redis log-in) must not stall behind it. It gets the
+        value cached until the re-read ends (``refresh`` replaces it in one assignment, once read).
+        """
+        cached = self._value  # one attribute read: atomic, no lock needed
+        if cached is not None:
+            return cached
         with self._lock:
             if self._value is None:
                 self._value = self._fetch()

@@ -31,7 +31,7 @@ from shared import bootstrap
 from shared.adapters.cassandra.session import connect
 from shared.adapters.keyvault import KeyVaultSecrets
 from shared.adapters.postgres.pool import make_pool
-from shared.adapters.redis.aio import AsyncRedisConnection
+from shared.adapters.redis.aio import AsyncRedisConnection, AsyncSecretCredentials
 from shared.adapters.redis.client import RedisConnection
 from shared.adapters.secrets import RotatingSecret
 from shared.exceptions import ConfigurationError, DependencyUnavailable
@@ -532,6 +532,43 @@ def test_a_connection_refused_with_the_old_value_retries_with_the_value_another_
     assert secret.refresh(rejected=used) is True and len(reads) == 2, "rate-limited, yet v2 is not what was refused"
     assert secret.refresh(rejected="v2") is False and len(reads) == 2, "v2 refused too: nothing new to try"
     assert RotatingSecret.fixed("x").refresh(rejected="y") is False, "a fixed value never changes"
+
+
+
+def test_a_lookup_connection_signing_in_while_the_secret_is_re_read_never_blocks_the_event_loop() -> None:
+    # The lookups' Redis connections take the password on the event loop (redis-py awaits get_credentials_async in
+    # on_connect). value() used to wait on the secret's lock, which a refresh holds through its whole vault read
+    # (run on a thread): while a re-read ran, any new connection froze the worker's loop, every lookup with it, for
+    # the vault's latency. Once read, the cached value is handed out at once, the re-read's when it is done.
+    started = threading.Event()
+    reads: list[str] = []
+
+    def slow_vault() -> str:
+        reads.append("read")
+        if len(reads) == 1:
+            return "old-password"
+        started.set()  # the re-read has begun and holds the secret's lock
+        time.sleep(1.5)
+        return "new-password"
+
+    secret = RotatingSecret("redis-password", slow_vault, min_interval=0.0)
+    assert secret.value() == "old-password"  # the first value, read at start
+    credentials = AsyncSecretCredentials(None, secret)
+
+    async def scenario() -> tuple[float, tuple[str, ...]]:
+        refreshing = asyncio.create_task(asyncio.to_thread(secret.refresh, "a refused Redis Cluster log-in"))
+        assert await asyncio.to_thread(started.wait, 5.0)
+        signing_in = asyncio.create_task(credentials.get_credentials_async())  # a new connection meanwhile
+        before = time.monotonic()
+        await asyncio.sleep(0.05)  # any other lookup's work on the same loop
+        stalled = time.monotonic() - before
+        assert await refreshing is True
+        return stalled, await signing_in
+
+    stalled, signed_in_with = asyncio.run(scenario())
+    assert stalled < 0.5, f"the event loop was blocked for {stalled:.2f}s by a vault read on another thread"
+    assert signed_in_with == ("old-password",), "the cached value, not a half-read one"
+    assert secret.value() == "new-password"
 
 
 # --- through bootstrap: the wiring the Functions host runs ---
