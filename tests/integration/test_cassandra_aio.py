@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
+import logging
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -256,3 +259,54 @@ def test_a_read_the_server_answers_in_short_pages_returns_every_row(session, key
         session.default_fetch_size = default
     assert [e.event_id for e in found] == [e.event_id for e in events]
     assert [e.event_id for e in newest_three] == [e.event_id for e in events[:3]]
+
+
+@pytest.mark.timeout(60)
+def test_an_answer_after_the_loop_closed_is_dropped_quietly(cassandra_emulator, session, keyspace, store,
+                                                             caplog) -> None:
+    # rows() hands the driver's outcome to the loop with call_soon_threadsafe on the driver's I/O thread. A read
+    # still in flight when its loop closes (a timed-out request at shutdown, each asyncio.run) used to raise
+    # RuntimeError('Event loop is closed') there: the driver logged two ERROR tracebacks ("Unexpected exception
+    # while handling result in ResponseFuture", "Callback handler errored"). The late answer has no one to go to.
+    from emulators.cassandra.faults import clear_faults, inject_faults
+
+    store.write([cf.make_event("closed-loop-1", NOW)])
+    reader = CassandraAsyncEventReader(CassandraEventReader(session, keyspace, timeout=5))
+    assert asyncio.run(reader.latest("closed-loop-1")) is not None  # connected and prepared
+
+    async def abandoned() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.latest("closed-loop-1"), 0.1)
+
+    inject_faults(cassandra_emulator.host, cassandra_emulator.port, error="delay", delay_ms=400, ratio=1.0,
+                  applies_to="reads")
+    try:
+        with caplog.at_level(logging.WARNING, logger="cassandra"):
+            asyncio.run(abandoned())  # the loop closes with the read still in flight
+            time.sleep(1.0)  # the delayed answer arrives on the driver's thread
+    finally:
+        clear_faults(cassandra_emulator.host, cassandra_emulator.port)
+    errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records
+              if r.name.startswith("cassandra") and r.levelno >= logging.ERROR]
+    assert errors == [], errors
+
+
+def test_a_failed_coalesced_read_reaches_its_callers_and_ends_its_task_quietly(caplog) -> None:
+    # A coalesced read runs in a task nobody awaits. A failure other than the driver's (here DependencyUnavailable
+    # from connecting: the Cassandra password's vault down) was handed to the waiters, then re-raised in that task,
+    # so asyncio logged "Task exception was never retrieved" with a traceback per batch on top of the 503s.
+    def vault_down():
+        raise DependencyUnavailable("keyvault", "reading secret cassandra-password failed")
+
+    reader = CassandraAsyncEventReader(CassandraEventReader(vault_down, "ks_vault_down", timeout=1))
+
+    async def scenario() -> list[object]:
+        # the first goes at once, the other two are coalesced into one IN read run by a task
+        return await asyncio.gather(*(reader.latest(d) for d in ("va-1", "va-2", "va-3")), return_exceptions=True)
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        answers = asyncio.run(scenario())
+        gc.collect()  # a task's unretrieved exception is logged when the task is collected
+    assert all(isinstance(answer, DependencyUnavailable) for answer in answers), answers
+    errors = [r.getMessage() for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
+    assert errors == [], errors

@@ -3,7 +3,8 @@
 The driver completes a request on its own I/O thread and calls the callbacks
 given to ``ResponseFuture.add_callbacks`` there. :func:`rows` hands that outcome
 to the event loop with ``loop.call_soon_threadsafe``, so a coroutine awaits a
-Cassandra read without a thread of its own. The driver enforces the request's
+Cassandra read without a thread of its own (an answer that arrives after its loop
+closed is dropped). The driver enforces the request's
 timeout (its ``OperationTimedOut`` arrives through the error callback); a
 cancelled waiter leaves the request to finish or time out in the driver.
 
@@ -45,6 +46,17 @@ def _settle(waiter: asyncio.Future[Any], value: Any, error: BaseException | None
         waiter.set_result(value)
 
 
+def _hand_over(loop: asyncio.AbstractEventLoop, waiter: list[asyncio.Future[Any]], value: Any,
+               error: BaseException | None) -> None:
+    """On the driver's thread: the outcome to the loop, or nowhere if the loop has closed meanwhile (its awaiting
+    task is gone: a request that outlived ``asyncio.run``), so the driver does not log the loop's error as its own."""
+    try:
+        loop.call_soon_threadsafe(_settle, waiter[0], value, error)
+    except RuntimeError:
+        if not loop.is_closed():
+            raise
+
+
 async def rows(future: ResponseFuture) -> list[Any]:
     """Every row of a request sent with ``execute_async``, awaited on the running loop.
 
@@ -58,8 +70,8 @@ async def rows(future: ResponseFuture) -> list[Any]:
     """
     loop = asyncio.get_running_loop()
     waiter: list[asyncio.Future[list[Any]]] = [loop.create_future()]  # this page's: read when the driver calls back
-    settle = (lambda result: loop.call_soon_threadsafe(_settle, waiter[0], result, None),
-              lambda error: loop.call_soon_threadsafe(_settle, waiter[0], None, error))
+    settle = (lambda result: _hand_over(loop, waiter, result, None),
+              lambda error: _hand_over(loop, waiter, None, error))
     future.add_callbacks(*settle)
     with finishing(future):
         page = await waiter[0]
@@ -164,7 +176,9 @@ class _Coalesced:
                 for waiter in waiters:
                     _settle(waiter, None, exc if isinstance(exc, Exception) else DependencyUnavailable(
                         "cassandra", "the read was cancelled"))
-            raise
+            if not isinstance(exc, Exception):  # the waiters have an error; this task is never awaited
+                raise
+            return
         finally:
             self._in_flight -= 1
         by_key = {self._key_of(row): row for row in found}
