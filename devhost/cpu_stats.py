@@ -66,12 +66,14 @@ class ThreadAccount:
     Each reading remembers every live thread's group and CPU; a thread a later reading finds gone has that
     figure added to its group's ended total, which every figure of the group includes from then on. Threads are
     told apart by their id and start time, so an id the kernel reuses is another thread. Nothing runs between
-    two readings (no per-thread hook), so the cost is one ``/proc`` read per live thread per reading.
+    two readings (no per-thread hook), so the cost is one ``/proc`` read per live thread per reading. Figures
+    are kept in the kernel's clock ticks (integers) and turned into seconds last, so a thread moving from the live
+    to the ended figures never makes its group's seconds smaller by a rounding.
     """
 
     def __init__(self) -> None:
-        self._live: dict[tuple[int, str], tuple[str, float]] = {}  # (tid, start time) -> group, CPU seconds
-        self._ended: dict[str, float] = {}
+        self._live: dict[tuple[int, str], tuple[str, int]] = {}  # (tid, start time) -> group, CPU clock ticks
+        self._ended: dict[str, int] = {}
         # Readings come from the event loop in the dev host; the lock keeps two from interleaving elsewhere
         # (re-entrant: a reading from a signal handler that interrupted one must not wait for it forever).
         self._lock = threading.RLock()
@@ -82,7 +84,7 @@ class ThreadAccount:
 
     def _read(self) -> dict[str, float]:
         names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
-        live: dict[tuple[int, str], tuple[str, float]] = {}
+        live: dict[tuple[int, str], tuple[str, int]] = {}
         try:
             tids = os.listdir("/proc/self/task")
         except OSError:  # unreadable now (out of file descriptors): no thread is taken for ended, the last figures
@@ -96,23 +98,23 @@ class ThreadAccount:
                 live.update((key, value) for key, value in self._live.items() if key[0] == int(tid))
                 continue
             fields = stat[stat.rindex(")") + 2:].split()
-            seconds = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+            ticks = int(fields[11]) + int(fields[12])  # utime, stime
             key = (int(tid), fields[19])  # starttime
             name = names.get(int(tid))
             known = self._live.get(key)  # a thread gone from threading's list keeps the group it had
             group = known[0] if name is None and known is not None else thread_group(name or "")
-            live[key] = (group, seconds)
-        for key, (group, seconds) in self._live.items():
+            live[key] = (group, ticks)
+        for key, (group, ticks) in self._live.items():
             if key not in live:
-                self._ended[group] = self._ended.get(group, 0.0) + seconds
+                self._ended[group] = self._ended.get(group, 0) + ticks
         self._live = live
         return self._figures()
 
     def _figures(self) -> dict[str, float]:
-        groups = dict(self._ended)
-        for group, seconds in self._live.values():
-            groups[group] = groups.get(group, 0.0) + seconds
-        return groups
+        ticks = dict(self._ended)
+        for group, used in self._live.values():
+            ticks[group] = ticks.get(group, 0) + used
+        return {group: used / _TICKS for group, used in ticks.items()}
 
 
 _THREADS = ThreadAccount()
