@@ -21,6 +21,7 @@ from pathlib import Path
 
 from devhost.errors import DevHostError
 from devhost.host import HostConfig, run
+from devhost.settings import tcp_port
 
 # glibc gives each thread that allocates an arena of its own, up to eight per core, and
 # hands memory back only when a whole region of an arena is free, so the resident size of
@@ -46,6 +47,23 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     return bool(mallopt(M_ARENA_MAX, arenas))
 
 
+def _port(text: str) -> int:
+    try:
+        return tcp_port(text, "")
+    except DevHostError as exc:
+        raise argparse.ArgumentTypeError(str(exc).strip()) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):  # float() takes "nan", "inf" and negatives: none is a wait
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m devhost", description=__doc__.split("\n\n")[1])
     parser.add_argument("--script-root", type=Path, default=Path("."),
@@ -53,9 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settings", type=Path, default=None,
                         help="local.settings.json to apply; default: <script root>/local.settings.json if it exists")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP address to bind; default 127.0.0.1")
-    parser.add_argument("--port", type=int, default=None,
+    parser.add_argument("--port", type=_port, default=None,
                         help="HTTP port; default Host.LocalHttpPort of the settings, else 7071; 0 picks a free one")
-    parser.add_argument("--shutdown-timeout", type=float, default=60.0,
+    parser.add_argument("--shutdown-timeout", type=_seconds, default=60.0,
                         help="seconds to let invocations in progress finish on SIGINT/SIGTERM; default 60")
     parser.add_argument("--log-level", default=os.environ.get("DEVHOST_LOG_LEVEL", "INFO"),
                         help="log level of the dev host and the functions; default INFO")

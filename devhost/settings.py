@@ -164,7 +164,18 @@ def load_local_settings(path: Path | None, environ: MutableMapping[str, str] | N
             continue
         environ[name] = "" if value is None else str(value)
     port = (document.get("Host") or {}).get("LocalHttpPort")
-    return int(port) if port else None
+    return tcp_port(port, f"{path}: Host.LocalHttpPort") if port else None
+
+
+def tcp_port(value: object, where: str) -> int:
+    """A TCP port 0-65535 (0 picks a free one); a DevHostError naming ``where`` otherwise."""
+    try:
+        port = int(str(value).strip())
+    except ValueError:
+        raise DevHostError(f"{where} {value!r} is not a whole number") from None
+    if not 0 <= port <= 65535:  # bind() would fail later with an OverflowError traceback
+        raise DevHostError(f"{where} {value!r} is no TCP port (0-65535; 0 picks a free one)")
+    return port
 
 
 def load_host_json(path: Path, environ: Mapping[str, str] | None = None) -> HostOptions:

@@ -14,6 +14,8 @@ import signal
 import ssl
 import sys
 
+from emulators.arguments import port
+
 from .engine import Engine
 from .server import Credentials, serve
 
@@ -23,7 +25,7 @@ logger = logging.getLogger("emulators.cassandra")
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m emulators.cassandra", description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9042, help="0 picks a free port (printed)")
+    p.add_argument("--port", type=port, default=9042, help="0 picks a free port (printed)")
     p.add_argument("--username", help="require PasswordAuthenticator login (with --password)")
     p.add_argument("--password")
     p.add_argument("--password-file", help="read the password from this file at every log-in (instead of --password)")

@@ -15,6 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
+from emulators.arguments import port
 from emulators.directories import ensure_directory
 from emulators.eventhubs import config
 from emulators.eventhubs.errors import ConfigError, StorageError
@@ -31,7 +32,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                         help="Config.json in Microsoft's Event Hubs emulator format (default: the packaged one)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=5672, help="AMQP port (default 5672; 0 picks a free port)")
+    parser.add_argument("--port", type=port, default=5672, help="AMQP port (default 5672; 0 picks a free port)")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="keep events in append-only files here, so they survive a restart")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from emulators.arguments import port
 from emulators.directories import ensure_directory
 from emulators.keyvault.server import create_app
 from emulators.keyvault.store import Vault, apply_seed, load_seed
@@ -31,7 +32,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m emulators.keyvault",
                                      description="Key Vault secrets emulator (HTTPS) for azure-keyvault-secrets.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8443, help="HTTPS port (default 8443; 0 picks a free port)")
+    parser.add_argument("--port", type=port, default=8443, help="HTTPS port (default 8443; 0 picks a free port)")
     parser.add_argument("--cert-dir", type=Path, required=True,
                         help="where to write ca.pem, the CA bundle clients must trust")
     parser.add_argument("--data-dir", type=Path, default=None,

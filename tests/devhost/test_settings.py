@@ -465,3 +465,13 @@ def test_ncrontab_names_are_any_prefix_of_the_english_name() -> None:
 def test_bad_schedules_are_refused(expression: str, message: str) -> None:
     with pytest.raises(DevHostError, match=message):
         Schedule.parse(expression)
+
+
+@pytest.mark.parametrize("port", [70000, -1, "seventy"])
+def test_local_http_port_out_of_range_is_refused_naming_it(tmp_path: Path, port: object) -> None:
+    """``Host.LocalHttpPort`` 70000 reached ``bind()``, which failed with a bare OverflowError traceback, and a
+    word failed in ``int()`` with a ValueError: both are a DevHostError naming the file and the key."""
+    path = tmp_path / "local.settings.json"
+    path.write_text(json.dumps({"Values": {}, "Host": {"LocalHttpPort": port}}))
+    with pytest.raises(DevHostError, match=r"local\.settings\.json: Host\.LocalHttpPort"):
+        load_local_settings(path, {})
