@@ -26,14 +26,18 @@ well within host.json's ``functionTimeout``). Cutting the last read to the time
 left would make it time out, be reported as Cassandra being down, and lose it.
 
 A continuation the feed rejects (the table was dropped and recreated) restarts
-from ``now - lookback`` with a warning: events older than that are not replayed.
+from ``now - lookback`` with a warning: events older than that are not replayed,
+and the changes read from there are counted as new.
 
 Metrics count each change once. The portable feed re-reads its overlap window
 every run (``FeedPage.reread``); those rows go to the sink again, but only the
 ones this process has not counted yet (rows stored after an earlier run read
 their range: ingest's latency) are counted and give a delay point
 (``_CountedEvents``). Rows of that window read before this process started, or
-found by a delay note's re-read further back, are taken as counted.
+found by a delay note's re-read further back, are taken as counted. A page whose
+position could not be saved is read again by the next run, by either feed: the
+changes this process counted of it are remembered until a save succeeds, and
+not counted again (a failed write is counted when a later run writes it).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -160,6 +165,9 @@ class ChangeFeedService:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._monotonic = monotonic
         self._counted = _CountedEvents()
+        # The changes counted of pages whose position failed to save (what the next run reads again), until a save
+        # succeeds; empty on the ordinary path, so checking it costs one test per page of changes.
+        self._unsaved: set[tuple[uuid.UUID, datetime | None]] = set()
 
     def _decided(self, events: Sequence[StoredEvent]) -> list[StoredEvent]:
         """Each event with ``critical`` decided (rows without the flag get the configured rules)."""
@@ -211,10 +219,18 @@ class ChangeFeedService:
                 critical += page_critical
                 # Counted after the sink acknowledged them: a failed write is counted when a later run writes it.
                 new = decided if page.reread is None else self._counted.uncounted(decided, page.reread)
+                if self._unsaved:
+                    new = [event for event in new if (event.event_id, event.enqueued_time) not in self._unsaved]
                 if new:
                     self._metrics.changefeed_applied(new, sum(1 for event in new if event.critical))
             if stored is None or not stored.same_stored_state(page.position):
-                new_version = self._positions.save(self._name, page.position, version)
+                try:
+                    new_version = self._positions.save(self._name, page.position, version)
+                except Exception:
+                    # Written and counted, but the next run reads this page again from the old position.
+                    self._unsaved.update((event.event_id, event.enqueued_time) for event in page.events)
+                    raise
+                self._unsaved.clear()
                 if new_version is None:
                     logger.warning("change feed %s: another instance saved the position first (version %d); "
                                    "stopping this run", self._name, version)

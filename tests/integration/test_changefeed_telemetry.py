@@ -1,7 +1,8 @@
 """The change feed's figures and span against the Cassandra emulator and real Redis, through the real SDK.
 
 ``sluice.changefeed.events`` / ``.delay`` count each change once although the
-portable feed re-reads its overlap window every run, and the run's one
+portable feed re-reads its overlap window every run and either feed re-reads a
+page whose position could not be saved, and the run's one
 ``sluice.changefeed`` span lists the critical events of all its pages.
 """
 
@@ -12,8 +13,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from emulators.cassandra.faults import clear_faults, inject_faults
 from shared import telemetry
 from shared.adapters.cassandra.feed import CassandraFeedStateStore, PortableChangeFeed
+from shared.exceptions import DependencyUnavailable
 from shared.ports.feed import FeedPosition
 from shared.services.changefeed import ChangeFeedService
 from tests.integration import test_changefeed as changefeed_tests
@@ -187,3 +190,54 @@ def test_portable_feed_counts_a_late_row_after_the_very_first_run_of_a_new_feed(
     assert metrics.counted.count(str(late.event_id)) == 1, (
         f"a change applied to Redis for the first time was counted {metrics.counted.count(str(late.event_id))} "
         "times by sluice.changefeed.events")
+
+
+class SaveFailsAfterApply:
+    """The real sink; once it has acknowledged a page, the emulator times out the next write: the page's save."""
+
+    def __init__(self, inner, emulator) -> None:
+        self.inner, self.emulator, self.armed = inner, emulator, False
+
+    def apply(self, events):
+        missing = self.inner.apply(events)
+        if not self.armed:
+            inject_faults(self.emulator.host, self.emulator.port, error="write_timeout", count=1, applies_to="writes")
+            self.armed = True
+        return missing
+
+    def put_latest(self, events) -> None:
+        self.inner.put_latest(events)
+
+
+@pytest.mark.parametrize("mode", ["cosmos", "portable"])
+def test_a_page_read_again_after_its_save_failed_is_not_counted_twice(
+        mode, cassandra_emulator, session, keyspace, store, rclient, redis_prefix) -> None:
+    """``sluice.changefeed.events`` counts each change once ("a failed write is counted when a later run writes
+    it"). One worker (the bootstrap keeps it across timer ticks) writes a page to Redis and counts it, then saving
+    the page's position times out (Cassandra ``WriteTimeout``): the run fails, and the next tick reads the same page
+    again from the old position.
+
+    Was: in Cosmos mode the re-read page was counted again, each event twice with a second delay point: only the
+    portable feed's overlap window (``FeedPage.reread``) was checked for changes counted before, and the Cosmos
+    feed has none. The service now remembers what it counted of a page whose save failed, until a save succeeds.
+    """
+    now = datetime.now(UTC).replace(microsecond=0)
+    events = [make_event(f"dev-{i}", now - timedelta(seconds=30), enqueued=now - timedelta(seconds=20))
+              for i in range(3)]
+    store.write(events)
+    metrics = RecordingMetrics()
+    sink = SaveFailsAfterApply(make_cache(rclient, redis_prefix), cassandra_emulator)
+    worker = ChangeFeedService(changefeed_tests.make_feed(mode, session, keyspace), sink,
+                               CassandraFeedStateStore(session, keyspace), feed_name="events", rules=RULES,
+                               time_budget=60, metrics=metrics)
+    try:
+        with pytest.raises(DependencyUnavailable) as raised:
+            worker.run()
+        assert raised.value.dependency == "cassandra"  # the save failed after Redis took the page (the setup)
+    finally:
+        clear_faults(cassandra_emulator.host, cassandra_emulator.port)
+    again = worker.run()  # the next tick: the same page again
+    assert again.events == 3, again
+    ids = [str(e.body.event_id) for e in events]
+    counts = {event_id: metrics.counted.count(event_id) for event_id in ids}
+    assert counts == dict.fromkeys(ids, 1), f"changes counted by sluice.changefeed.events: {counts}"
