@@ -9,7 +9,6 @@ dead-letter it and nothing is lost.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -482,14 +481,77 @@ def _value(span: bytes) -> Any:
     except ValueError as exc:
         if not str(exc).startswith(_RECURSION):
             return _NOT_JSON
-    try:  # the rest of it must be JSON too (the parser stopped at the limit); and its id, to name it
-        document = json.loads(span, parse_constant=_no_constant)
-    except RecursionError:  # deeper than Python's parser reads as well: well-formed as far as anyone can tell
-        return _TooDeep(None)
-    except ValueError:
-        return _NOT_JSON
-    raw_id = document.get("event_id") if isinstance(document, dict) else None
-    return _TooDeep(raw_id if isinstance(raw_id, str) else None)
+    return _deep_value(span)
+
+
+# The tokens of a value read by :func:`_deep_value`: a whole string, a run of "[" (and the "{" after it), a run of
+# "]" and "}", a brace, colon or comma, whitespace, a run of anything else (a number or literal, or not JSON), or a
+# quote that opens a string never closed. Runs, so a body of thousands of brackets costs a few tokens.
+_DEEP_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|\[+{?|[\]}]+|[{:,]|[ \t\r\n]+|[^ \t\r\n\[\]{}:,"]+|"', re.DOTALL)
+_CLOSING_TO_OPENING = bytes.maketrans(b"]}", b"[{")
+# What may come next in :func:`_deep_value`: a value; a value or "]" (after "["); a key; a key or "}" (after "{");
+# the colon after a key; a comma or a closing bracket (after a value inside an array or object); nothing.
+_VALUE, _VALUE_OR_CLOSE, _KEY, _KEY_OR_CLOSE, _COLON, _COMMA_OR_CLOSE, _END = range(7)
+
+
+def _deep_value(span: bytes) -> Any:
+    """A value the parser stopped reading at its depth limit: :class:`_TooDeep` with its event id, or
+    :data:`_NOT_JSON` when it is not JSON elsewhere too.
+
+    The judgement must be the parser's, at any depth: the nesting is followed here with a stack of open brackets
+    (no recursion, so no depth limit of Python's either), and each string, number and literal is read by the parser
+    itself, which refuses what it refuses in place (a lone surrogate escape, ``NaN``, ``tru``). The id is the
+    ``event_id`` string of a top-level object (the last one, as a parsed object keeps)."""
+    stack = bytearray()
+    expect = _VALUE
+    key: Any = None
+    event_id: str | None = None
+    read: dict[bytes, Any] = {}  # strings and scalars read so far (keys repeat at every level)
+    for match in _DEEP_TOKENS.finditer(span):
+        token = match.group()
+        first = token[:1]
+        if first in b" \t\r\n":
+            continue
+        if first == b"]" or first == b"}":
+            closes = token.translate(_CLOSING_TO_OPENING)[::-1]
+            if expect not in (_COMMA_OR_CLOSE, _VALUE_OR_CLOSE if first == b"]" else _KEY_OR_CLOSE) \
+                    or not stack.endswith(closes):
+                return _NOT_JSON
+            del stack[len(stack) - len(closes):]
+            expect = _COMMA_OR_CLOSE if stack else _END
+        elif first == b":" or first == b",":
+            if expect != (_COLON if first == b":" else _COMMA_OR_CLOSE):
+                return _NOT_JSON
+            expect = _VALUE if first == b":" or stack[-1] == ord("[") else _KEY
+        elif first == b'"' and expect in (_KEY, _KEY_OR_CLOSE):
+            key, expect = _read(token, read), _COLON
+            if key is _NOT_JSON:
+                return _NOT_JSON
+        elif expect not in (_VALUE, _VALUE_OR_CLOSE):
+            return _NOT_JSON
+        else:  # a value: a string, a number or literal, or opening brackets
+            opens = first == b"[" or first == b"{"
+            value = None if opens else _read(token, read)
+            if value is _NOT_JSON:
+                return _NOT_JSON
+            if stack == b"{" and key == "event_id":
+                event_id = value if isinstance(value, str) else None
+            if opens:
+                stack += token
+                expect = _KEY_OR_CLOSE if token.endswith(b"{") else _VALUE_OR_CLOSE
+            else:
+                expect = _COMMA_OR_CLOSE if stack else _END
+    return _TooDeep(event_id) if expect == _END else _NOT_JSON
+
+
+def _read(token: bytes, read: dict[bytes, Any]) -> Any:
+    """A string, number or literal as the parser reads it, or :data:`_NOT_JSON`."""
+    if token not in read:
+        try:
+            read[token] = pydantic_core.from_json(token, allow_inf_nan=False)
+        except ValueError:
+            return _NOT_JSON
+    return read[token]
 
 
 def _not_an_object(element: Any) -> tuple[str, str | None]:
@@ -498,10 +560,6 @@ def _not_an_object(element: Any) -> tuple[str, str | None]:
         return (f"nests arrays and objects more than {MAX_JSON_DEPTH} levels deep; the JSON parser reads at most "
                 f"{MAX_JSON_DEPTH}"), element.event_id
     return f"is a JSON {type(element).__name__}, not an object", None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _naming(raw_id: str | None) -> str:

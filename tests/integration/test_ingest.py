@@ -444,3 +444,20 @@ def test_a_deeply_nested_sibling_does_not_keep_the_valid_elements_of_an_array_fr
     assert stored == {good["event_id"]}, letter["reason"]
     assert (letter["index"], letter["event_id"]) == (1, nested["event_id"]), letter["reason"]
     assert "more than 200 levels deep" in letter["reason"]
+
+
+def test_a_too_deep_event_whose_id_holds_a_lone_surrogate_is_dead_lettered_and_the_rest_kept(ingest) -> None:
+    """An event object nested past the parser's depth whose id is a lone surrogate escape (``"\\ud800"``) is not
+    JSON, as the parser judges it: refused whole with its original bytes, and the batch's later letters written,
+    on the final attempt too. Its id, taken as text, used to reach the letter, whose UTF-8 encoding then failed the
+    invocation after the store: that letter and every later one of the batch were lost past the checkpoint."""
+    good = event("dev-1")
+    poison = b'{"x": ' + b"[" * 250 + b"]" * 250 + b', "event_id": "\\ud800"}'
+    not_json = b"{not json"
+    ingest(Hub("0").batch(good, poison, not_json), retry_count=5, max_retry_count=5)
+
+    letters = dead_letters(ingest_storage(ingest), ingest.container)
+    assert sorted(base64.b64decode(d["original_base64"]) for d in letters) == sorted([poison, not_json])
+    assert [str(r.event_id) for r in bootstrap.cassandra_session().execute(
+        f"SELECT event_id FROM {ingest.keyspace}.events_by_id")] == [good["event_id"]]
+

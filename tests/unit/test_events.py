@@ -350,6 +350,11 @@ def test_an_element_nested_deeper_than_the_parser_reads_is_refused_by_index_and_
 
     [deeper] = parse(b"[" + _nested(5000) + b", " + json.dumps(good).encode() + b"]").errs  # past Python's too
     assert [(b.index, b.event_id) for b in deeper.elements] == [(0, None)]
+    [deepest] = parse(deep_bytes.replace(_nested(250), _nested(5000))).errs  # still named by its id
+    assert (deepest.index, deepest.event_id) == (None, deep["event_id"])
+
+
+_VALID_SIBLING = json.dumps(event()).encode()
 
 
 @pytest.mark.parametrize("body", [
@@ -358,7 +363,17 @@ def test_an_element_nested_deeper_than_the_parser_reads_is_refused_by_index_and_
     b"[" + b"[" * 250 + b"]" * 249 + b"]",  # brackets that do not match
     b"[" + _nested(250) + b", {]}",
     b'{"a": ' + _nested(250) + b", }",
+    # not JSON inside the deep element itself, with a valid sibling: as the parser judges it, at any depth
+    b'[{"x": ' + _nested(5000) + b', "y": tru}, ' + _VALID_SIBLING + b"]",  # deeper than Python's parser reads
+    b'[{"x": ' + _nested(250) + b', "y": "\\ud800"}, ' + _VALID_SIBLING + b"]",  # a lone surrogate escape
+    b'{"x": ' + _nested(250) + b', "event_id": "\\ud800"}',  # ... where the event id is read
+    b'[{"x": ' + _nested(250) + b', "\\udfff": 1}, ' + _VALID_SIBLING + b"]",  # ... in a key
+    b'[{"x": ' + _nested(250) + b', "y": NaN}, ' + _VALID_SIBLING + b"]",
 ])
 def test_a_deeply_nested_body_that_is_not_json_elsewhere_is_still_refused_whole(body: bytes):
-    [rejected] = parse(body).errs
+    """Only the nesting is past the parser: a deep body is read with the parser's own grammar (no lone surrogate
+    escapes, no NaN) at any depth, so one that is not JSON elsewhere is refused whole and no sibling is stored."""
+    parsed = parse(body)
+    assert parsed.oks == []
+    [rejected] = parsed.errs
     assert rejected.reason.startswith("body is not valid JSON (recursion limit exceeded") and rejected.index is None
