@@ -273,8 +273,12 @@ class BlobDeadLetterSink:
             self._container.upload_blob(name, data, overwrite=True, content_settings=_JSON)
 
     def _upload_once(self, name: str, document: dict[str, Any]) -> None:
+        """Write a letter whatever text it holds. UTF-8 cannot encode a lone surrogate, so one in a reason, an id or
+        the metadata (the parser refuses them in bodies; a letter must not rely on that) is written as its JSON
+        escape, ``\\ud800``, which reads back the same; the original bytes are in ``original_base64`` either way.
+        An encoding error would escape the retries and lose this letter and every later one of the batch."""
         self._setup()
-        self._write(name, json.dumps(document, ensure_ascii=False).encode())
+        self._write(name, json.dumps(document, ensure_ascii=False).encode("utf-8", "backslashreplace"))
 
     def _put(self, name: str, document: dict[str, Any]) -> None:
         try:

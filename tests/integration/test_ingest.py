@@ -24,10 +24,12 @@ from cassandra.cluster import NoHostAvailable
 
 from emulators.cassandra.faults import clear_faults, inject_faults
 from shared import bootstrap
+from shared.adapters.blob_deadletter import BlobDeadLetterSink, DeadLetter
 from shared.adapters.cassandra.aio import CassandraAsyncEventReader
 from shared.adapters.cassandra.device_log import CassandraDeviceLog
 from shared.adapters.cassandra.migrations import apply_migrations
 from shared.adapters.cassandra.reader import EVENT_SELECT, CassandraEventReader, stored_event
+from shared.domain.events import BadElement, EventMetadata, Rejected
 from shared.domain.stored import StoredEvent
 from shared.exceptions import TransientError
 from sluice.__main__ import main as sluice_cli
@@ -461,3 +463,18 @@ def test_a_too_deep_event_whose_id_holds_a_lone_surrogate_is_dead_lettered_and_t
     assert [str(r.event_id) for r in bootstrap.cassandra_session().execute(
         f"SELECT event_id FROM {ingest.keyspace}.events_by_id")] == [good["event_id"]]
 
+
+def test_a_letter_whose_texts_hold_a_lone_surrogate_is_written_and_reads_back(azurite_connection_string: str) -> None:
+    """UTF-8 cannot encode a lone surrogate. The parser refuses them in bodies, but the sink must write any letter:
+    one that failed to encode escaped its retries and took the batch's later letters with it."""
+    service = BlobServiceClient.from_connection_string(azurite_connection_string)
+    sink = BlobDeadLetterSink(service, f"dl-{uuid.uuid4().hex[:12]}")
+    body = b'[{"event_id": "x"}]'
+    meta = EventMetadata("0", "1000", 1, NOW, "dev-\udc80")
+    sink.put_rejected([Rejected("element 0 (event_id \ud800) is bad", body, meta, 0, "\ud800",
+                                (BadElement(0, "is bad \udfff", "\ud800"),))])
+
+    [letter] = sink.read()
+    assert isinstance(letter, DeadLetter)
+    assert letter.reason == "element 0 (event_id \ud800) is bad" and letter.records[0].body == body
+    assert letter.records[0].metadata.partition_key == "dev-\udc80"
