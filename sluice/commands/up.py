@@ -237,10 +237,14 @@ def _wipe(stack: LocalStack, console: Console) -> None:
 
 
 def _forget(stack: LocalStack, console: Console) -> None:
-    """--fresh: drop the database and the Redis keys of the prefix (the emulators start empty anyway)."""
+    """--fresh: drop the database and the Redis keys of the prefix (the emulators start empty anyway). The prefix is
+    escaped for ``SCAN MATCH``: the machine's Redis is shared, and a prefix holding ``[``, ``*`` or ``?`` would
+    otherwise match, and delete, other applications' keys."""
     import psycopg
     import redis
     from psycopg import sql
+
+    from shared.adapters.redis.generations import glob_escape
 
     opts = stack.options
     admin = f"host={opts.postgres_host} port={opts.postgres_port} user=postgres dbname=postgres"
@@ -250,7 +254,7 @@ def _forget(stack: LocalStack, console: Console) -> None:
 
     client = RedisCluster.from_url(opts.redis_url) if opts.redis_cluster else redis.Redis.from_url(opts.redis_url)
     try:
-        keys = list(client.scan_iter(match=opts.redis_prefix + "*", count=1000))
+        keys = list(client.scan_iter(match=glob_escape(opts.redis_prefix) + "*", count=1000))
         for start in range(0, len(keys), 1000):
             client.delete(*keys[start:start + 1000])
     finally:
