@@ -256,7 +256,9 @@ class RebuildService:
 
         An id the log has no device of (``device_latest``: a typo, a device never seen) is not counted among the
         devices rebuilt but listed in ``report.not_found``; its keys are cleared all the same, so the cache holds
-        for it what the log does: nothing."""
+        for it what the log does: nothing. An id named twice (pasted twice, a shell list with repeats) is rebuilt,
+        counted and listed once, in the order first named."""
+        devices = list(dict.fromkeys(devices))
         started = time.monotonic()
         not_found: list[str] = []
         report = RebuildReport(None, None, not_found=not_found)

@@ -367,6 +367,23 @@ def test_devices_rebuild_names_a_device_the_log_lacks_and_does_not_count_it_as_r
     assert code == 1
 
 
+@pytest.mark.timeout(60)
+def test_devices_rebuild_counts_a_device_named_twice_once(app_env, store, capsys: pytest.CaptureFixture[str]) -> None:
+    """``rebuild redis --devices dev-1 dev-1`` (an id pasted twice, a shell list with repeats) rebuilt and counted
+    each id once per mention: "rebuilt 2 devices" with one such device in the log, a missing id listed twice in
+    ``not_found``, and the device cleared and rewritten twice. Each id is rebuilt, counted and listed once."""
+    app_env()
+    store.write(cf.spread(6, devices=2))  # dev-0 and dev-1
+
+    code = main(["rebuild", "redis", "--devices", "dev-1", "dev-1", "nobody", "nobody", "--no-progress"])
+
+    out = capsys.readouterr().out
+    assert out.startswith("rebuilt 1 devices, "), out
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert (figures["devices"], figures["not_found"]) == (1, ["nobody"]), out
+    assert code == 1
+
+
 def test_devices_rebuild_replaces_a_wrong_event_document_as_a_full_rebuild_does(
         session, keyspace, store, rclient, redis_prefix):
     """``rebuild redis --devices`` cleared only the device's latest state, critical set and member keys, then wrote
