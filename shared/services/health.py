@@ -2,8 +2,8 @@
 
 A check returns when its dependency answers and raises ``DependencyUnavailable``
 otherwise. :class:`Health` awaits coroutine checks on the running event loop (the
-lookups' ``/api/health``); :class:`BlockingHealth` runs blocking checks on a few
-threads (the status page, which is blocking code).
+lookups' ``/api/health``); :class:`BlockingHealth` runs blocking checks on a thread
+per dependency (the status page, which is blocking code).
 
 A dependency is ``up`` when it answered in time and ``down`` when it refused or
 failed, or gave no answer in time. The first check of a process may also open the
@@ -22,7 +22,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -104,22 +104,28 @@ class Health:
 
 
 class BlockingHealth:
-    """:class:`Health` for blocking checks, on its own small thread pool (built on first use)."""
+    """:class:`Health` for blocking checks, each dependency on a worker thread of its own (built on first use).
+
+    A blocking check cannot be cancelled: one that gives no answer in time goes on running. While it does, no new
+    check of that dependency starts: the next report waits, within its own timeout, for the one still running (a
+    late answer counts; no answer is no answer). So a hung dependency holds one thread, its own, and never delays
+    the check of another: a shared pool would hand a hung dependency's next check the free thread and queue the
+    healthy one's behind it, past the deadline, reporting both down."""
 
     def __init__(self, checks: Mapping[str, Callable[[], None]], *, timeout: float,
                  opened: Opened | None = None) -> None:
         self._checks = dict(checks)
         self._timeout = timeout
         self._opened = dict(opened or {})  # as in Health
-        self._pool: ThreadPoolExecutor | None = None
+        self._workers: dict[str, ThreadPoolExecutor] = {}
+        self._running: dict[str, Future[float]] = {}  # each dependency's latest check, done or still running
         self._settled: set[str] = set()  # as in Health
         self._lock = threading.Lock()
 
     def __call__(self) -> Report:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=len(self._checks), thread_name_prefix="health")
         started = time.perf_counter()
-        futures = {name: self._pool.submit(self._timed, name, run) for name, run in self._checks.items()}
+        with self._lock:
+            futures = {name: self._check(name) for name in self._checks}
         deadline = started + self._timeout
         outcomes: dict[str, float | str] = {}
         for name, future in futures.items():
@@ -132,6 +138,17 @@ class BlockingHealth:
             except DependencyUnavailable as exc:
                 outcomes[name] = str(exc)
         return report(outcomes)
+
+    def _check(self, name: str) -> Future[float]:
+        """The dependency's check still running, else a new one on its worker (called holding the lock)."""
+        running = self._running.get(name)
+        if running is not None and not running.done():
+            return running
+        worker = self._workers.get(name)
+        if worker is None:
+            worker = self._workers[name] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"health-{name}")
+        self._running[name] = future = worker.submit(self._timed, name, self._checks[name])
+        return future
 
     def _timed(self, name: str, run: Callable[[], None]) -> float:
         started = time.perf_counter()

@@ -60,3 +60,20 @@ def test_a_first_check_out_of_time_on_a_client_already_open_is_down() -> None:
     finally:
         release.set()
     assert not healthy and body["dependencies"]["cassandra"] == {"status": "down", "error": "no answer within 0.05s"}
+
+
+def test_a_hung_check_does_not_make_a_healthy_dependency_report_down() -> None:
+    """A blocking check goes on after its timeout (a Redis ping waits for its socket timeout, a first Cassandra
+    connect reads the schema). On a shared pool of one thread per dependency, the next report's check of the hung
+    dependency took the thread left free and the healthy one's check queued behind it past the deadline: both
+    reported down. The hung one is still not answering; the other answers at once and is up."""
+    release = threading.Event()
+    health = BlockingHealth({"cassandra": lambda: release.wait(5), "redis": lambda: None}, timeout=0.3)
+    try:
+        _, first = health()
+        _, second = health()  # the first cassandra check is still running
+    finally:
+        release.set()
+    assert first["dependencies"]["redis"]["status"] == "up", first
+    assert second["dependencies"]["redis"]["status"] == "up", second
+    assert second["dependencies"]["cassandra"] == {"status": "down", "error": "no answer within 0.3s"}, second
