@@ -108,6 +108,44 @@ class StackOptions:
     use_existing_services: bool = False  # the machine's PostgreSQL and Redis, without passwords or TLS
     overrides: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """An override of a setting these options have a field for is what the stack's settings will hold, so the
+        field takes it: ``up`` checks, creates and (``--fresh``) deletes the database, server and keys the stack
+        then uses, not those ``--database`` or ``--redis-prefix`` named. An empty value is refused: the settings
+        would read their own default, which need not be the field's. So is an address (a server of the operator's)
+        with our own services or a Redis Cluster, which have addresses of their own: the settings would name a
+        server other than the one ``up`` starts and creates the database on."""
+        addresses = self.given("SLUICE_REDIS_URL") if self.redis_cluster else []
+        if not self.use_existing_services:
+            addresses = self.given("SLUICE_POSTGRES_HOST", "SLUICE_POSTGRES_PORT", "SLUICE_REDIS_URL")
+        if addresses:
+            raise StackError(f"--set {' and '.join(addresses)} name a server of your own, but `up` starts its own "
+                             "(our own PostgreSQL and Redis, a --redis-cluster) on addresses of its own: use the "
+                             "machine's or your own with --use-existing-services, or leave the --set out")
+        for setting, name in SET_FIELDS.items():
+            value = self.overrides.get(setting)
+            if value is None:
+                continue
+            if not value.strip():
+                raise StackError(f"--set {setting}= is empty: give a value, or leave the --set out")
+            if name == "postgres_port":
+                if not value.strip().isdigit() or not 1 <= int(value) <= 65535:
+                    raise StackError(f"--set {setting}={value}: not a port (1-65535)")
+                self.postgres_port = int(value)
+            else:
+                setattr(self, name, value)
+
+    def given(self, *settings: str) -> list[str]:
+        """Those of ``settings`` an override gives."""
+        return [setting for setting in settings if setting in self.overrides]
+
+
+SET_FIELDS = {
+    "SLUICE_POSTGRES_DBNAME": "database", "SLUICE_POSTGRES_HOST": "postgres_host",
+    "SLUICE_POSTGRES_PORT": "postgres_port", "SLUICE_REDIS_URL": "redis_url", "SLUICE_REDIS_KEY_PREFIX": "redis_prefix",
+}
+"""The settings :class:`StackOptions` has a field for, and the field an override of one replaces."""
+
 
 def port_free(host: str, port: int) -> bool:
     with socket.socket() as sock:
@@ -357,6 +395,8 @@ class LocalStack:
     # --- system services ---
 
     def ensure_postgres(self) -> None:
+        """Our own PostgreSQL, or the machine's (started when it does not answer, unless an override gives its
+        address: a server of the operator's)."""
         opts = self.options
         if not opts.use_existing_services:
             self.say("starting our own PostgreSQL (scram-sha-256, TLS)")
@@ -373,6 +413,9 @@ class LocalStack:
             return
         if answers(opts.postgres_host, opts.postgres_port):
             return
+        if given := opts.given("SLUICE_POSTGRES_HOST", "SLUICE_POSTGRES_PORT"):
+            raise StackError(f"PostgreSQL does not answer on {opts.postgres_host}:{opts.postgres_port}, the address "
+                             f"given by --set {' and '.join(given)}: start it, or leave the --set out")
         from sluice.secured import version_order
 
         versions = sorted(os.listdir(POSTGRESQL_CLUSTERS), key=version_order) if POSTGRESQL_CLUSTERS.is_dir() else []
@@ -387,6 +430,8 @@ class LocalStack:
             ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "stop"], "stop PostgreSQL")))
 
     def ensure_redis(self) -> None:
+        """A Redis Cluster, our own Redis, or the machine's (started when it does not answer, unless an override
+        gives its URL: a server of the operator's)."""
         if self.options.redis_cluster:
             self.start_redis_cluster()
             return
@@ -404,7 +449,9 @@ class LocalStack:
             client.ping()
             return
         except redis.RedisError:
-            pass
+            if self.options.given("SLUICE_REDIS_URL"):
+                raise StackError(f"Redis does not answer at {self.options.redis_url}, the URL given by --set "
+                                 "SLUICE_REDIS_URL: start it, or leave the --set out") from None
         host, port = client.connection_pool.connection_kwargs["host"], client.connection_pool.connection_kwargs["port"]
         if not shutil.which("redis-server"):
             raise StackError(f"Redis does not answer at {self.options.redis_url} and redis-server is not installed: "

@@ -15,7 +15,7 @@ import redis
 from rich.console import Console
 
 from sluice.commands.up import _forget
-from sluice.localstack import LocalStack, StackOptions
+from sluice.localstack import LocalStack, StackError, StackOptions, free_port
 from tests.fixtures.services import PG_ADMIN_DSN, create_database, drop_database
 
 
@@ -63,3 +63,54 @@ def test_fresh_deletes_the_redis_keys_of_its_prefix_and_no_others(redis_url: str
     finally:
         client.delete(ours, theirs)
         client.close()
+
+
+def test_fresh_drops_and_up_creates_the_database_the_settings_name(redis_url: str, database: str) -> None:
+    """``--set NAME=VALUE`` "overrides any setting in the generated file" (docs/local-stack.md), and the dev host,
+    the migrations and the reference loader then use ``--set SLUICE_POSTGRES_DBNAME=mine``. ``--fresh`` dropped
+    ``--database`` instead (another stack's, or the operator's ``sluice``) and left the stale ``mine``, and ``up``
+    created ``--database``, not ``mine``. Both now act on the database the settings name."""
+    mine = f"sluice_up_mine_{uuid.uuid4().hex[:8]}"
+    options = existing_services(redis_url, redis_prefix=f"sluice-up:{uuid.uuid4().hex[:8]}:", database=database,
+                                overrides={"SLUICE_POSTGRES_DBNAME": mine})
+    try:
+        assert LocalStack(options, say=lambda _: None).create_database()
+        assert databases(mine, database) == {mine, database}
+        forget(options)
+        assert databases(mine, database) == {database}, "--fresh dropped a database the stack does not use"
+    finally:
+        drop_database(mine)
+
+
+def test_an_address_set_for_the_machines_services_is_the_one_checked_and_never_started(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``--use-existing-services``, ``up`` checked (and, not answering, started with ``pg_ctlcluster``) the
+    machine's PostgreSQL on 127.0.0.1:5432 and Redis at the default URL, whatever ``--set SLUICE_POSTGRES_HOST/PORT``
+    or ``SLUICE_REDIS_URL`` named; the database was then created there, not on the server the settings name. The
+    address given is the one checked; not answering, it is refused by name, and nothing is started for it."""
+    from sluice import localstack
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(localstack, "_run", lambda argv, what: started.append(argv))
+    postgres = LocalStack(existing_services(redis_url, overrides={"SLUICE_POSTGRES_PORT": str(free_port())}),
+                          say=lambda _: None)
+    with pytest.raises(StackError, match="SLUICE_POSTGRES_PORT"):
+        postgres.ensure_postgres()
+    stale = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(StackError, match="SLUICE_REDIS_URL"):
+        LocalStack(existing_services(redis_url, overrides={"SLUICE_REDIS_URL": stale}), say=lambda _: None
+                   ).ensure_redis()
+    assert started == []
+
+
+@pytest.mark.parametrize(("options", "named"), [
+    ({}, "SLUICE_POSTGRES_HOST"),
+    ({"use_existing_services": True, "redis_cluster": True}, "SLUICE_REDIS_URL"),
+])
+def test_an_address_set_for_services_up_runs_itself_is_refused_before_anything_starts(
+        options: dict[str, Any], named: str) -> None:
+    """Our own PostgreSQL and Redis and a ``--redis-cluster`` have addresses of their own: an address ``--set``
+    gives would send the settings to a server other than the one ``up`` starts and creates the database on."""
+    overrides = {"SLUICE_POSTGRES_HOST": "db.example", "SLUICE_REDIS_URL": "redis://cache.example:6379/0"}
+    with pytest.raises(StackError, match=named):
+        StackOptions(overrides=overrides, **options)
