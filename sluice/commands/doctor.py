@@ -59,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def load_scaled_object(text: str, origin: str) -> dict[str, Any]:
-    """The first ScaledObject with an ``azure-eventhub`` trigger in ``text`` (JSON, or YAML when PyYAML is there)."""
+    """The first ScaledObject with an ``azure-eventhub`` trigger in ``text`` (JSON, or YAML when PyYAML is there).
+    Text that is neither (a Helm template, a half-pasted manifest) is a ``ConfigurationError`` naming ``origin``."""
     try:
         documents: list[Any] = [json.loads(text)]
     except ValueError:
@@ -67,7 +68,10 @@ def load_scaled_object(text: str, origin: str) -> dict[str, Any]:
             import yaml
         except ImportError:  # the image ships no PyYAML: give it JSON (kubectl ... -o json)
             raise ConfigurationError(f"{origin}: not JSON, and PyYAML is not installed to read YAML") from None
-        documents = list(yaml.safe_load_all(text))
+        try:
+            documents = list(yaml.safe_load_all(text))
+        except yaml.YAMLError as exc:
+            raise ConfigurationError(f"{origin}: neither JSON nor valid YAML: {' '.join(str(exc).split())}") from None
     for doc in documents:
         items = doc.get("items", [doc]) if isinstance(doc, dict) else []
         for item in items if isinstance(items, list) else []:
@@ -104,9 +108,10 @@ def scaler_failure(reading: LagReading, scaled: dict[str, Any]) -> list[str]:
     ScaledObject's fallback replica count, or that the replica count stays as it is. Empty when it can read them."""
     if not reading.scaler_error:
         return []
-    fallback = scaled["spec"].get("fallback", {}).get("replicas")
+    fallback = scaled["spec"].get("fallback")
+    replicas = fallback.get("replicas") if isinstance(fallback, dict) else None  # `fallback:` left empty: none
     return [f"KEDA's scaler fails: {reading.scaler_error}",
-            f"replicas KEDA would use: {fallback} (fallback)" if fallback is not None
+            f"replicas KEDA would use: {replicas} (fallback)" if replicas is not None
             else "replicas: unchanged (no fallback in the ScaledObject)"]
 
 

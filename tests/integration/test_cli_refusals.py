@@ -323,6 +323,19 @@ def test_lag_with_a_missing_scaled_object_names_the_file(capsys: pytest.CaptureF
     assert "/nonexistent/ingest.yaml" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["doctor", "keda"], ["lag"]], ids=["doctor-keda", "lag"])
+def test_a_scaled_object_that_is_neither_json_nor_yaml_names_the_file(
+        command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--scaled-object F`` takes "YAML or JSON"; a file that is neither (a Helm template with ``{{ }}``, a
+    half-pasted manifest) fell from ``json.loads`` to ``yaml.safe_load_all``, whose YAMLError was not caught: a
+    traceback, exit 1, where every other bad ScaledObject is an ``error: <file>: ...`` line and exit 2."""
+    path = tmp_path / "so.yaml"
+    path.write_text("kind: ScaledObject\nspec: {triggers: [\n", encoding="utf-8")
+    code = main([*command, "--scaled-object", str(path)])
+    assert code == 2
+    assert f"error: {path}: neither JSON nor valid YAML" in capsys.readouterr().err
+
+
 def test_lag_with_bad_ingest_settings_names_the_variable(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -9,7 +9,8 @@ import re
 import pytest
 
 from shared.exceptions import ConfigurationError
-from sluice.commands.doctor import load_scaled_object, scaling_rule, storage_account_check
+from shared.ports.lag import LagReading, PartitionLag
+from sluice.commands.doctor import load_scaled_object, scaler_failure, scaling_rule, storage_account_check
 
 TRIGGER = {"type": "azure-eventhub", "metadata": {"unprocessedEventThreshold": "64"}}
 
@@ -95,3 +96,17 @@ def test_an_account_that_cannot_be_compared_is_a_note_not_silence(
         meta: dict[str, str], read: str | None, noted: str) -> None:
     warnings, notes = storage_account_check(meta, read, {})
     assert not warnings and len(notes) == 1 and noted in notes[0]
+
+
+@pytest.mark.parametrize(("fallback", "replicas"), [
+    ({"failureThreshold": 3, "replicas": 2}, "replicas KEDA would use: 2 (fallback)"),
+    (None, "replicas: unchanged (no fallback in the ScaledObject)"),
+], ids=["fallback", "fallback-left-empty"])
+def test_a_scaler_failure_names_the_fallback_or_its_absence(fallback: object, replicas: str) -> None:
+    """When KEDA's scaler cannot read a checkpoint, ``lag`` and ``doctor keda`` say what KEDA does: the fallback's
+    replicas, or none. A ``fallback:`` left empty (null in YAML) is no fallback; ``.get("replicas")`` on it was an
+    AttributeError traceback from both commands, at the moment the operator needs the answer."""
+    reading = LagReading((PartitionLag("0", 0, 99, None, 100),),
+                         scaler_error="azure-webjobs-eventhub/ns/hub/cg/checkpoint/0 has no 'sequencenumber' metadata")
+    lines = scaler_failure(reading, scaled("ingest", {"triggers": [TRIGGER], "fallback": fallback}))
+    assert lines == [f"KEDA's scaler fails: {reading.scaler_error}", replicas]
