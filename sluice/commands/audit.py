@@ -10,8 +10,9 @@ something is, or when part of the range asked for could not be audited (a
 unknown; ``--from-sequence`` audits from a sequence number instead). A
 ``--from-sequence`` past every partition's checkpoint audits nothing and is
 refused (exit 2). A dead-lettered batch whose ledger entries could not be written
-(the store was down) shows as a gap: its letter under ``batches/`` of the
-dead-letter container names the same sequence numbers.
+(the store was down) is no gap: its letter under ``batches/`` (or
+``replayed/batches/``) of the dead-letter container names its sequence numbers,
+which are counted as dead-lettered and printed as a ``dead-lettered batch``.
 
 Connections as the app's: ``EventHubConnection`` (or
 ``EventHubConnection__fullyQualifiedNamespace``, with ``__credential`` and

@@ -350,6 +350,23 @@ def test_the_lag_sample_output_uses_the_default_scaled_objects_numbers() -> None
     assert (threshold, activation, low, high, replicas) == printed
 
 
+def test_audit_help_says_a_dead_lettered_batch_is_not_a_gap(capsys: pytest.CaptureFixture[str]) -> None:
+    """``audit --help`` (sluice/commands/audit.py's docstring) said that "a dead-lettered batch whose ledger entries
+    could not be written ... shows as a gap", to be matched by hand against ``batches/``. The audit reads those
+    letters and counts their sequence numbers as dead-lettered, not missing, printing ``dead-lettered batch: ...``
+    (docs/observability.md "Dead-lettered batches"): an operator following the help looked for gaps the report no
+    longer shows."""
+    from sluice.__main__ import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["audit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "shows as a gap" not in text, text
+    assert "dead-lettered batch" in text, text
+    assert "counts the sequence numbers a letter covers as dead-lettered, not missing" in " ".join(
+        (DOCS / "observability.md").read_text().split())
+
+
 def test_deploy_md_does_not_say_a_rotated_password_needs_a_restart() -> None:
     """docs/deploy.md ("Secret rotation: add a new version ... then restart the Deployments: Sluice reads each
     secret once per process", and the same under "Azure resources").
