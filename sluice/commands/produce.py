@@ -20,13 +20,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from shared.exceptions import ConfigurationError
 from sluice.arguments import nonnegative_float, nonnegative_int, positive_float, positive_int, ratio
 
 if TYPE_CHECKING:
-    from sluice.loadgen import Summary
+    from sluice.loadgen import LoadSpec, Summary
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,6 +65,8 @@ def _settings_values(path: Path) -> dict[str, Any]:
         return {}
     try:
         return dict(json.loads(path.read_text(encoding="utf-8")).get("Values") or {})
+    except OSError as exc:  # a directory (the stack's data dir instead of its file), a file it may not read
+        raise ConfigurationError(f"cannot read --settings {path}: {exc.strerror or exc}") from None
     except (ValueError, AttributeError) as exc:
         raise ConfigurationError(f"{path} is not a local.settings.json document: {exc}") from None
 
@@ -109,15 +111,18 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from None
+    _check_device_ids(spec)
     connection, hub = resolve_connection(args)
     mode = args.progress or ("bar" if sys.stderr.isatty() else "none")
+    manifest = _open_manifest(args.manifest)
     try:
         sender = EventHubSender(connection, hub)
     except Exception as exc:
+        if manifest:
+            manifest.close()
         raise ConfigurationError(f"cannot reach event hub {hub!r}: {exc}") from None
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    manifest = open(args.manifest, "w", encoding="utf-8") if args.manifest else None  # noqa: SIM115
     try:
         with _progress(mode, spec.total) as on_progress:
             runner = LoadRunner(spec, sender, manifest=manifest, on_progress=on_progress, stop=stop)
@@ -132,6 +137,34 @@ def run(args: argparse.Namespace) -> int:
             manifest.close()
     _print_summary(summary, hub, len(sender.partition_ids), mode)
     return 1 if summary.failed else 0
+
+
+def _check_device_ids(spec: LoadSpec) -> None:
+    """Every device id of the run (``--device-prefix`` and at least 5 digits) must be one the event contract takes:
+    the generator checks each event it means to be valid against the contract, so a prefix no id can carry
+    (``site 1/``) ended the run at its first event, after connecting, in a pydantic traceback. The last device's id
+    is checked: its digits are the most, and the prefix is in every id."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from shared.domain.events import DeviceId
+
+    last = spec.device_id(spec.devices - 1)
+    try:
+        TypeAdapter(DeviceId).validate_python(last)
+    except ValidationError as exc:
+        raise ConfigurationError(f"--device-prefix {spec.device_prefix!r} makes device ids such as {last!r}, which "
+                                 f"the event contract refuses: {exc.errors()[0]['msg']}") from None
+
+
+def _open_manifest(path: Path | None) -> TextIO | None:
+    """``--manifest`` opened for writing before the hub is connected: a path that cannot be written (a directory
+    that does not exist) is an error naming it, not a traceback once the run has connected."""
+    if path is None:
+        return None
+    try:
+        return open(path, "w", encoding="utf-8")  # closed by run, after the load
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write --manifest {path}: {exc.strerror or exc}") from None
 
 
 @contextlib.contextmanager

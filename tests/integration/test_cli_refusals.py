@@ -438,8 +438,6 @@ def test_produce_refuses_a_hub_other_than_the_connections_entity_path(
     """``produce --hub H`` sends to H: with a connection string whose ``EntityPath`` names another hub (often a key
     scoped to that hub alone) it refuses, naming both (exit 2), and sends nothing. (It used to drop ``--hub``, send
     every event to the EntityPath hub and print "sent to H".)"""
-    from azure.eventhub import EventHubConsumerClient
-
     connection = eventhubs_connection_string(isolated_eventhub.running, isolated_eventhub.name)  # ;EntityPath=<hub>
     other = f"other-{uuid.uuid4().hex[:6]}"
 
@@ -448,11 +446,64 @@ def test_produce_refuses_a_hub_other_than_the_connections_entity_path(
 
     err = capsys.readouterr().err
     assert code == 2 and other in err and isolated_eventhub.name in err
-    with EventHubConsumerClient.from_connection_string(isolated_eventhub.connection_string, consumer_group="$Default",
-                                                       eventhub_name=isolated_eventhub.name) as client:
+    assert nothing_enqueued(isolated_eventhub)
+
+
+def nothing_enqueued(hub: IsolatedHub) -> bool:
+    """No partition of ``hub`` holds an event."""
+    from azure.eventhub import EventHubConsumerClient
+
+    with EventHubConsumerClient.from_connection_string(hub.connection_string, consumer_group="$Default",
+                                                       eventhub_name=hub.name) as client:
         enqueued = [client.get_partition_properties(p)["last_enqueued_sequence_number"]
                     for p in client.get_partition_ids()]
-    assert enqueued == [-1] * len(enqueued)
+    return enqueued == [-1] * len(enqueued)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("argv", [
+    ["--device-prefix", "site 1/"],
+    ["--device-prefix", "d" * 123, "--devices", "100001"],  # d...d00000 is 128 characters, d...d100000 is 129
+], ids=["characters", "length-of-the-last-id"])
+def test_produce_refuses_a_device_prefix_no_valid_event_can_carry(
+        argv: list[str], isolated_eventhub: IsolatedHub, capsys: pytest.CaptureFixture[str]) -> None:
+    """Device ids are ``<--device-prefix><5 digits>`` (6 from the 100,001st device on), and the event contract takes
+    1-128 of ``A-Z a-z 0-9 . _ : -``. The prefix was not checked: the run connected to the hub, then died in the
+    generator's contract check of its first event (sluice/loadgen.py) with a pydantic ValidationError traceback,
+    not an error naming ``--device-prefix``. Refused up front (exit 2), nothing sent."""
+    connection = eventhubs_connection_string(isolated_eventhub.running, isolated_eventhub.name)
+    code = main(["produce", "--connection", connection, "--count", "3", "--progress", "json",
+                 "--invalid-ratio", "0", "--duplicate-ratio", "0", *argv])
+    assert code == 2
+    assert "error: --device-prefix" in capsys.readouterr().err
+    assert nothing_enqueued(isolated_eventhub)
+
+
+@pytest.mark.timeout(60)
+def test_produce_manifest_in_a_missing_directory_is_a_message_not_a_traceback(
+        isolated_eventhub: IsolatedHub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``produce --manifest DIR/m.jsonl`` with ``DIR`` missing (a typo; ``up`` always creates its manifests/
+    directory, an operator's run does not): the manifest was opened with a bare ``open()`` after the hub was
+    connected, and the FileNotFoundError, neither a SluiceError nor a store that is down, escaped ``main``: a
+    traceback instead of an error naming ``--manifest``. Now refused before connecting (exit 2), nothing sent."""
+    connection = eventhubs_connection_string(isolated_eventhub.running, isolated_eventhub.name)
+    missing = tmp_path / "no-such-dir" / "m.jsonl"
+    code = main(["produce", "--connection", connection, "--count", "1", "--progress", "none",
+                 "--manifest", str(missing)])
+    assert code == 2
+    assert f"error: cannot write --manifest {missing}" in capsys.readouterr().err
+    assert nothing_enqueued(isolated_eventhub)
+
+
+def test_produce_settings_that_is_not_a_readable_file_is_a_message_not_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``produce --settings .local/stack`` (the data directory instead of its ``local.settings.json``):
+    ``_settings_values`` caught only ValueError and AttributeError around ``read_text``, so the IsADirectoryError
+    (or a PermissionError) escaped ``main`` as a traceback, not an error naming the file."""
+    monkeypatch.delenv("EventHubConnection", raising=False)
+    code = main(["produce", "--settings", str(tmp_path), "--count", "1", "--progress", "none"])
+    assert code == 2
+    assert f"error: cannot read --settings {tmp_path}" in capsys.readouterr().err
 
 
 # --- a range no run could finish: refused at once, naming the value (a child process, bounded, in case it is not) --
