@@ -58,6 +58,9 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 # PostgreSQL's statement_timeout and lock_timeout: whole milliseconds from 1 (0 turns them off) to 2^31 - 1.
 PostgresTimeout = Annotated[float, Field(ge=0.001, le=2_147_483)]
 Ncrontab = Annotated[str, Field(min_length=11)]
+# Blob storage's name for a container: 3-63 of a-z 0-9 -, a letter or digit at either end; storage refuses others
+# (400 InvalidResourceName), which would read as an outage. `reference upload --container` checks its flag with it.
+BlobContainerName = Annotated[str, Field(pattern=r"^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$")]
 
 # A trigger binding in functions/ names these settings as `%SETTING%`. The Functions host (and the dev host) resolves
 # such a reference when it indexes the app, with no default: unset, the function does not load. Sluice's own code
@@ -151,7 +154,7 @@ class StorageSettings(_Group):
         None, validation_alias=AliasChoices("AzureWebJobsStorage__clientId"),
         description="Client id of the user-assigned managed identity to use (with `__credential=managedidentity`)")
     ca_file: FilePath | None = Field(None, description="CA bundle for a local blob endpoint's HTTPS certificate")
-    deadletter_container: Annotated[str, Field(pattern=r"^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$")] = "sluice-deadletter"
+    deadletter_container: BlobContainerName = "sluice-deadletter"
     """Blob container for dead letters (created on first use)"""
 
     @field_validator("blob_service_uri")
@@ -661,7 +664,7 @@ class EnrichmentSettings(_Group):
     """Most windows one timer run enriches (the rest wait for the next run)"""
     reference_source: Literal["postgres", "parquet"] = "postgres"
     """Where reference data comes from: PostgreSQL tables or Parquet in Blob storage"""
-    reference_container: Annotated[str, Field(pattern=r"^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$")] = "sluice-reference"
+    reference_container: BlobContainerName = "sluice-reference"
     """Blob container of the Parquet reference data"""
     reference_devices_blob: str = "devices.parquet"
     """Parquet blob of the devices"""

@@ -35,11 +35,13 @@ def load_reference_files(devices: Path | None, sites: Path | None, *, to: Litera
 
     Replacing (``replace`` in PostgreSQL; always, for the blobs) with a file of no rows deletes every device or
     site, which is what a truncated export looks like: refused with a ``PermanentError`` naming the file, unless
-    ``allow_empty``.
+    ``allow_empty``. So is a ``container`` (``--container``) that Blob storage cannot have, before any file is read.
     """
     from shared import bootstrap
     from shared.adapters.reference import read_devices, read_sites, upload_reference, upsert_reference
 
+    if container is not None:
+        _check_container(container)
     device_rows = read_devices(devices) if devices else None
     site_rows = read_sites(sites) if sites else None
     if (replace or to != "postgres") and not allow_empty:
@@ -96,6 +98,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sample.add_argument("--replace", action="store_true",
                         help="also delete the devices and sites in PostgreSQL that are not in the sample")
     sample.set_defaults(func=lambda args: _print(load_sample_reference(args.to, replace=args.replace)))
+
+
+def _check_container(container: str) -> None:
+    """``--container`` is held to the rule SLUICE_ENRICH_REFERENCE_CONTAINER is (a Blob container's name): storage
+    answers another name with 400 InvalidResourceName, which the command reported as Blob storage unavailable."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from shared.settings import BlobContainerName
+
+    try:
+        TypeAdapter(BlobContainerName).validate_python(container)
+    except ValidationError as exc:
+        raise PermanentError(f"--container {container!r} is no Blob container name (3-63 characters): "
+                             f"{exc.errors()[0]['msg']}") from None
 
 
 def _files(args: argparse.Namespace, to: Literal["postgres", "blob"]) -> int:

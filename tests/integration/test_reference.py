@@ -95,6 +95,24 @@ def test_the_cli_uploads_parquet_blobs(env: dict[str, str]) -> None:
     assert read_devices(container.download_blob("devices.parquet").readall()) == read_devices(SAMPLE_DEVICES)
 
 
+def test_upload_refuses_a_container_name_blob_storage_cannot_have(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``reference upload --container`` overrides SLUICE_ENRICH_REFERENCE_CONTAINER, which the settings hold to Blob
+    storage's naming rule; the flag was not checked. ``Sluice_Reference`` went to storage, which answered 400
+    InvalidResourceName, and the command said "error: Blob storage unavailable: ...": an argument typo reported as an
+    outage. It is refused by the settings' rule, naming ``--container`` (exit 2); a valid name is used."""
+    code = main(["reference", "upload", "--sites", str(SAMPLE_SITES), "--container", "Sluice_Reference"])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: --container 'Sluice_Reference' is no Blob container name"), err
+    other = f"ref-{uuid.uuid4().hex[:12]}"
+    assert main(["reference", "upload", "--sites", str(SAMPLE_SITES), "--container", other]) == 0
+    container = BlobServiceClient.from_connection_string(env["AzureWebJobsStorage"]).get_container_client(other)
+    assert [b.name for b in container.list_blobs()] == ["sites.parquet"]
+
+
 def _counts(dsn: str) -> tuple[int, int]:
     with psycopg.connect(dsn) as conn:
         devices = conn.execute("SELECT count(*) FROM devices").fetchone()
