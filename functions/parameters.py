@@ -32,7 +32,9 @@ def logged_path(url: str) -> str:
 
 # docs/events.md: a device id is 1-128 characters of A-Z a-z 0-9 . _ : -
 _DEVICE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
+# docs/api.md, openapi.json (format: uuid): a UUID in its 8-4-4-4-12 form, either case, as the event contract writes
+# it. uuid.UUID() alone would also take braces, "urn:uuid:" and hyphens anywhere or nowhere.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _LIMIT = re.compile(r"[0-9]{1,9}")
 # RFC 3339 section 5.6: an offset's hours are 00-23 and its minutes 00-59 (datetime.fromisoformat would take +01:60
 # as +02:00, another instant than the one written); the date and the clock are checked by fromisoformat. Digits are

@@ -183,6 +183,11 @@ BAD_INPUT = [
     (lambda: critical("d-1", since="2026-11-23T09:30:00.1234567\uff18Z"), "since"),
     (lambda: critical("bad/device"), "device_id"),
     (lambda: event("not-a-uuid"), "event_id"),
+    # a UUID is written 8-4-4-4-12 (openapi.json format: uuid): not with some of its hyphens, nor with none
+    (lambda: event("1b4e28ba2fa1-11d2-883f-0016d3cca427"), "event_id"),
+    (lambda: event("1b4e28ba-2fa111d2883f0016d3cca427"), "event_id"),
+    (lambda: event("1b4e28ba2fa111d2883f-0016d3cca427"), "event_id"),
+    (lambda: event("1b4e28ba2fa111d2883f0016d3cca427"), "event_id"),
 ]
 
 
