@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from shared.exceptions import PermanentError
+from shared.services.lookups import leap_second
 
 MAX_LIMIT = 1000
 
@@ -86,6 +87,11 @@ def _parse_time(value: str | None, parameter: str, *, ceil: bool) -> datetime | 
         return None
     problem = f"must be an RFC 3339 time with an offset, e.g. 2026-11-23T09:30:00Z; got {value!r}"
     match = _RFC3339.fullmatch(value)
+    if match is not None and match[2].endswith(":60"):  # Python has no second 60: read it as ingest does
+        try:
+            match = _RFC3339.fullmatch(leap_second(value))
+        except ValueError as exc:
+            raise BadParameter(parameter, f"{exc}; got {value!r}") from None
     if match is None:
         raise BadParameter(parameter, problem)
     day, clock, fraction, offset = match.groups()

@@ -30,7 +30,7 @@ from pydantic import (
 )
 from pydantic.config import JsonDict
 
-from shared.domain.times import utc
+from shared.domain.times import leap_second, utc
 
 SUPPORTED_SCHEMA_VERSIONS = (1,)
 # RFC 3339 date-time: seconds required, any fraction, "Z" or a +hh:mm offset ("T" may be a space, as section 5.6 notes);
@@ -123,7 +123,7 @@ class DeviceEvent(BaseModel):
         # offset-less text and times without seconds; the contract does not.
         if not isinstance(value, str) or not RFC3339.match(value):
             raise ValueError("must be an RFC 3339 string with a UTC offset (e.g. 2026-11-23T11:00:00.123Z)")
-        return _leap_second(value) if value[17:19] == "60" else value
+        return leap_second(value) if value[17:19] == "60" else value
 
     @field_validator("timestamp")
     @classmethod
@@ -168,19 +168,6 @@ class DeviceEvent(BaseModel):
         if type(value) is not int or value not in SUPPORTED_SCHEMA_VERSIONS:
             raise ValueError(f"{value!r} is not a supported schema version {SUPPORTED_SCHEMA_VERSIONS}")
         return value
-
-
-def _leap_second(value: str) -> str:
-    """An RFC 3339 time at second 60 as the last instant Python can hold before it (``23:59:59.999999``).
-
-    RFC 3339 (and the schema's ``format: date-time``) allow second 60 only as a leap second: 23:59:60 in UTC,
-    whatever the offset it is written with. Anything else at second 60 is refused.
-    """
-    tail = value[19:].lstrip(".0123456789")
-    offset = 0 if tail in ("Z", "z") else (1 if tail[0] == "+" else -1) * (int(tail[1:3]) * 60 + int(tail[4:6]))
-    if (int(value[11:13]) * 60 + int(value[14:16]) - offset) % 1440 != 23 * 60 + 59:
-        raise ValueError("has second 60, which is only a leap second: 23:59:60 UTC")
-    return f"{value[:17]}59.999999{tail}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,22 @@ def rfc3339(moment: datetime) -> str:
     return utc(moment).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def leap_second(text: str) -> str:
+    """An RFC 3339 time at second 60 (``text[17:19] == "60"``) as the last millisecond before it
+    (``23:59:59.999``), whatever its fraction: ``datetime`` has no second 60, and stored times are milliseconds.
+
+    RFC 3339 allows second 60 only as a leap second: 23:59:60 in UTC, whatever the offset it is written with.
+    Anything else at second 60 raises ``ValueError``. Ingest reads an event's time this way and the HTTP lookups a
+    query's, so an event sent at a leap second is at or after a ``since`` of that leap second, and at or before an
+    ``at`` or ``to`` of it.
+    """
+    tail = text[19:].lstrip(".0123456789")
+    offset = 0 if tail in ("Z", "z") else (1 if tail[0] == "+" else -1) * (int(tail[1:3]) * 60 + int(tail[4:6]))
+    if (int(text[11:13]) * 60 + int(text[14:16]) - offset) % 1440 != 23 * 60 + 59:
+        raise ValueError("has second 60, which is only a leap second: 23:59:60 UTC")
+    return f"{text[:17]}59.999{tail}"
+
+
 def floor(moment: datetime, seconds: int) -> datetime:
     """The start (UTC) of the ``seconds``-wide span, counted from the epoch, that holds ``moment``."""
     aware = utc(moment)

@@ -39,6 +39,7 @@ import orjson
 
 from shared.domain.stored import StoredEvent, current_copies, one_copy_each
 from shared.domain.times import from_ms, to_ms, to_ms_ceil
+from shared.domain.times import leap_second as leap_second  # re-exported: functions/parameters.py reads HTTP times
 from shared.exceptions import DependencyRefused, DependencyUnavailable
 from shared.ports.cache import SINCE_ALL, Cached, LookupCache
 from shared.ports.event_reader import AsyncEventReader

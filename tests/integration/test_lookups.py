@@ -158,6 +158,25 @@ def test_critical_events_newest_first_with_limit_and_since(app_env, store) -> No
 
 
 @pytest.mark.timeout(60)
+def test_a_leap_second_since_is_the_instant_ingest_stores_a_leap_second_at(app_env, store) -> None:
+    """RFC 3339 allows second 60 for a leap second (2016-12-31T23:59:60Z was one); Python's datetime does not, and
+    ``since`` at one was a 400. It reads as ingest reads an event's time: 23:59:59.999, the millisecond an event sent
+    at that leap second is stored at, so that event is at or after it and the millisecond before is not."""
+    app_env()
+    device = f"leap-{uuid.uuid4().hex[:8]}"
+    leap = datetime(2016, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)  # ingest's 2016-12-31T23:59:60Z
+    at_leap, before, recent = (make_event(device, at, severity="critical")
+                               for at in (leap, leap - timedelta(milliseconds=1), NOW - timedelta(minutes=1)))
+    store.write([before, at_leap, recent])
+    for since in ("2016-12-31T23:59:60Z", "2017-01-01T00:59:60.5+01:00"):
+        response = critical(device, since=since)
+        assert response.status_code == 200, response.get_body()
+        assert [e["event_id"] for e in body(response)["events"]] == [str(recent.event_id), str(at_leap.event_id)]
+    refused = critical(device, since="2016-12-31T12:59:60Z")  # second 60 that is no leap second
+    assert refused.status_code == 400 and body(refused)["parameter"] == "since"
+
+
+@pytest.mark.timeout(60)
 def test_critical_cache_beyond_the_per_device_cap_answers_only_what_it_holds(app_env, store) -> None:
     app_env(SLUICE_REDIS_CRITICAL_PER_DEVICE_MAX="4")
     crit = [make_event("cap-1", NOW - timedelta(minutes=30 - i), severity="critical") for i in range(10)]

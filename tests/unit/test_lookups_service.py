@@ -383,6 +383,8 @@ async def test_health_says_down_not_connecting_for_a_first_check_refused_in_time
     (lambda v: parse_until(v, "at"), "2026-11-23T10:00:00.123456\u0667Z", "at"),
     (lambda v: parse_until(v, "to"), "2026-11-23T10:00:00.1234567\uff18+01:00", "to"),
     (parse_since, "\uff12026-11-23T10:00:00Z", "since"), (parse_since, "2026-11-23T10:00:00+0\u0661:00", "since"),
+    # second 60 is a leap second only at 23:59:60 UTC
+    (parse_since, "2016-12-31T12:59:60Z", "since"), (lambda v: parse_until(v, "at"), "2016-12-31T23:59:60+01:00", "at"),
 ])
 def test_bad_parameters_are_named(parse, value, parameter):
     with pytest.raises(BadParameter) as raised:
@@ -405,6 +407,9 @@ def test_good_parameters_parse():
     assert parse_since("2026-11-23T10:00:00.0000000001Z") == datetime(2026, 11, 23, 10, 0, 0, 1, tzinfo=UTC)
     assert parse_until("2026-11-23T10:00:00.123456" + "9" * 30 + "Z", "at") == datetime(2026, 11, 23, 10, 0, 0,
                                                                                        123456, tzinfo=UTC)
+    # a leap second is the millisecond before it, as ingest stores an event sent at one, for either bound
+    leap = datetime(2016, 12, 31, 23, 59, 59, 999000, tzinfo=UTC)
+    assert parse_since("2016-12-31T23:59:60Z") == parse_until("2017-01-01T00:59:60.123456789+01:00", "to") == leap
 
 
 @sync
