@@ -42,6 +42,7 @@ DEFAULT_LIMIT = 100
 _SITE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # ASCII digits: \d matches other scripts' too
 EARLIEST = datetime.min.replace(tzinfo=UTC)
+_LAST_MILLISECOND = datetime.max.replace(microsecond=999000, tzinfo=UTC)
 _TOKEN = re.compile(r"[A-Za-z0-9_\-]{1,400}\.[A-Za-z0-9_\-]{1,64}")
 
 
@@ -173,7 +174,7 @@ def device_events(req: func.HttpRequest) -> func.HttpResponse:
     if token is not None and not _TOKEN.fullmatch(token):
         raise BadToken("the page token is malformed")
     page = bootstrap.history_service().page(device_id, start=start, end=end, limit=limit, token=token)
-    return _json({"device_id": device_id, "from": _iso(start), "to": _iso(end), "events": page.events,
+    return _json({"device_id": device_id, "from": _iso(start, up=True), "to": _iso(end), "events": page.events,
                   "next_page": page.next_token})
 
 
@@ -200,5 +201,13 @@ def report_devices(req: func.HttpRequest) -> func.HttpResponse:
     return _json(bootstrap.report_service().devices(site_id=site_id, health=health, limit=limit))
 
 
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def _iso(moment: datetime, *, up: bool = False) -> str:
+    """A history bound as the read applies it, in whole milliseconds as events are stored: towards the past for
+    ``to``, and ``up`` to the next millisecond for a finer ``from`` (a time stored in the millisecond it falls in is
+    before it). Within the last millisecond of 9999 no next one exists: that ``from`` is written to the microsecond."""
+    moment = moment.astimezone(UTC)
+    if up and moment.microsecond % 1000:
+        if moment > _LAST_MILLISECOND:
+            return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+        moment += timedelta(microseconds=1000 - moment.microsecond % 1000)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

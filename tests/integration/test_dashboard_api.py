@@ -88,6 +88,26 @@ def test_history_pages_newest_first_across_days_with_a_signed_token(dash_env, st
 
 
 @pytest.mark.timeout(60)
+def test_history_echoes_the_range_it_read_in_whole_milliseconds(dash_env, store) -> None:
+    """docs/api.md: a ``from`` finer than milliseconds counts from the next millisecond, a ``to`` up to the one
+    before, and the answer's ``from`` and ``to`` are that range: a ``from`` echoed cut towards the past named a range
+    holding the event it left out."""
+    dash_env()
+    device = f"echo-{uuid.uuid4().hex[:8]}"
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    store.write([make_event(device, at), make_event(device, at + timedelta(milliseconds=2))])
+    stamp = at.isoformat().replace("+00:00", "")
+    status, body = history(device, **{"from": f"{stamp}.0005Z", "to": f"{stamp}.0025Z"})
+    assert status == 200, body
+    assert [e["timestamp"] for e in body["events"]] == [f"{stamp}.002Z"]
+    assert (body["from"], body["to"]) == (f"{stamp}.001Z", f"{stamp}.002Z")
+    # no millisecond follows the last one of 9999: that from is echoed as given, after to, an empty range
+    status, body = history(device, **{"from": "9999-12-31T23:59:59.9995Z", "to": "9999-12-31T23:59:59.9999999Z"})
+    assert status == 200 and body["events"] == [], body
+    assert (body["from"], body["to"]) == ("9999-12-31T23:59:59.999500Z", "9999-12-31T23:59:59.999Z")
+
+
+@pytest.mark.timeout(60)
 def test_a_modified_or_foreign_token_is_a_400_naming_the_page(dash_env, store) -> None:
     dash_env()
     now = datetime.now(UTC)
