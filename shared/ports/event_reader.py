@@ -20,6 +20,10 @@ class EventReader(Protocol):
     def latest(self, device_id: str) -> StoredEvent | None:
         """The device's newest event by event time (``device_latest``)."""
 
+    def known(self, device_id: str) -> bool:
+        """Whether an event was ever stored for the device (its position in ``device_latest``), also when
+        :meth:`latest` is ``None`` because a correction moved that event to another device."""
+
     def event(self, event_id: uuid.UUID) -> StoredEvent | None:
         """One event by id (``events_by_id``)."""
 

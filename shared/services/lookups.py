@@ -199,18 +199,22 @@ class LookupService:
             lambda event: cache.fill_event(key, event, self._ttl_now(), self._negative_ttl))
 
     async def critical(self, device_id: str, *, since: datetime | None = None, limit: int | None = None) -> Lookup:
-        """``{"device_id", "events": [...newest first]}``; ``document=None`` when the device is unknown."""
+        """``{"device_id", "events": [...newest first]}``; ``document=None`` when the device is unknown.
+
+        A device without a latest state is unknown only when it has no critical events either: a correction that
+        moved its newest event to another device leaves it without one (docs/data-model.md) while it still has
+        its other events. Such a list, when empty, is cached for the negative TTL only, so probing unknown
+        devices leaves nothing in Redis for longer than their negative latest entries.
+        """
         limit = limit or self.critical_default_limit
         device = await self.latest(device_id)
-        if not device.found:
-            return device
         if since is not None:
             # Event times are whole milliseconds: an event is at or after `since` when it is at or after `since`
             # rounded up, the bound both Redis (its score) and Cassandra (which cuts a bound value to milliseconds,
             # and would take the millisecond before) are asked with.
             since_ms = to_ms_ceil(since)
             if since_ms > _LAST_MS:  # after 9999-12-31T23:59:59.999Z: no event can be there (nor a datetime)
-                return Lookup(_critical_body(device_id, []), device.outcome)
+                return Lookup(_critical_body(device_id, []), device.outcome) if device.found else device
             since = from_ms(since_ms)
         else:
             since_ms = SINCE_ALL
@@ -234,12 +238,15 @@ class LookupService:
 
         async def fill(found: tuple[int, list[StoredEvent]]) -> None:
             covers, events = found
-            await self._cache.fill_critical(device_id, events, covers, self._ttl_now())
+            ttl = self._ttl_now() if device.found or events else self._negative_ttl
+            await self._cache.fill_critical(device_id, events, covers, ttl)
 
         docs, outcome = await self.get_or_load(
-            ("critical", device_id, since_ms, limit), f"the critical events of {device_id!r}",
+            ("critical", device_id, since_ms, limit, device.found), f"the critical events of {device_id!r}",
             lambda: self._cache.get_critical(device_id, since_ms, limit),
             read, fill, lambda found: [event.to_json() for event in found[1][:limit]])
+        if not device.found and not docs:
+            return Lookup(None, "negative" if outcome == "hit" else outcome)
         return Lookup(_critical_body(device_id, docs), outcome)
 
     # -- health ------------------------------------------------------------------------

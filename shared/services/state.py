@@ -8,7 +8,9 @@ the first day holding an event at or before T. Two shortcuts bound the cost:
 * the device's newest event (``device_latest``) answers at once when it is at or
   before T (and inside the look-back, else "not found": the same answer as the
   walk gives once the device reported after T), and a device with no event at all
-  is "not found" without a walk;
+  (no position in ``device_latest``) is "not found" without a walk; a device whose
+  newest event a correction moved to another device has no latest state but still
+  its other events, so it is walked like any device whose newest is after T;
 * the walk covers at most ``lookback_days`` days; an event older than that is
   not found (``docs/api.md``);
 * the walk reads one day, then 2, 4 and up to ``parallel`` days at once (an event
@@ -58,11 +60,11 @@ class StateService:
     def _find(self, device_id: str, at: datetime) -> StoredEvent | None:
         give_up = self._monotonic() + self._deadline
         newest = self._reader.latest(device_id)
-        if newest is None:
+        if newest is None and not self._reader.known(device_id):
             return None
         # Near the start of the calendar (year 1) the look-back stops there: nothing is older.
         start = max(at, _FIRST + timedelta(days=self._lookback)) - timedelta(days=self._lookback)
-        if newest.event_time_ms <= to_ms(at):
+        if newest is not None and newest.event_time_ms <= to_ms(at):
             # The device's newest event is its latest at or before T, but only inside the look-back, as the walk
             # would find it: older, the answer is "none" whether or not the device reported after T since.
             return newest if newest.event_time_ms >= to_ms_ceil(start) else None

@@ -133,6 +133,31 @@ def test_unknown_device_is_404_and_cached_negatively(app_env) -> None:
     assert latest("nobody").headers["X-Cache"] == "hit"
 
 
+def device_whose_newest_event_moved(store: CassandraEventStore) -> tuple[str, uuid.UUID]:
+    """Device A: a critical event Y (10 min ago), then its newest event X (5 min ago), which a correction (its id
+    re-sent, enqueued later) then moves to device B. A has no latest state (docs/data-model.md) but still Y."""
+    a, b = f"mv-{uuid.uuid4().hex[:8]}", f"mv-{uuid.uuid4().hex[:8]}"
+    y = make_event(a, NOW - timedelta(minutes=10), severity="critical", enqueued=NOW - timedelta(minutes=9))
+    x_id = uuid.uuid4()
+    store.write([y, make_event(a, NOW - timedelta(minutes=5), event_id=x_id, enqueued=NOW - timedelta(minutes=4))])
+    store.write([make_event(b, NOW - timedelta(minutes=5), event_id=x_id, enqueued=NOW - timedelta(minutes=3))])
+    return a, y.event_id
+
+
+@pytest.mark.timeout(60)
+def test_a_device_whose_newest_event_moved_to_another_device_still_lists_its_critical_events(
+        app_env, store) -> None:
+    """docs/api.md: 404 only for a device with no events. Its latest state is gone (404), not the device: its
+    critical events are listed, on a miss and on the hit after it."""
+    app_env()
+    device, critical_id = device_whose_newest_event_moved(store)
+    assert latest(device).status_code == 404
+    for cache in ("miss", "hit"):
+        response = critical(device)
+        assert response.status_code == 200 and response.headers["X-Cache"] == cache, response.get_body()
+        assert [e["event_id"] for e in body(response)["events"]] == [str(critical_id)]
+
+
 @pytest.mark.timeout(60)
 def test_critical_events_newest_first_with_limit_and_since(app_env, store) -> None:
     app_env()

@@ -13,6 +13,7 @@ import pytest
 
 from tests.integration import test_changefeed as cf
 from tests.integration.test_dashboard_api import call
+from tests.integration.test_lookups import device_whose_newest_event_moved
 
 app_env, keyspace, session, store, rclient = cf.app_env, cf.keyspace, cf.session, cf.store, cf.rclient
 
@@ -106,3 +107,14 @@ def test_the_state_at_a_past_time_does_not_change_when_the_device_reports_later(
     store.write([cf.make_event("lookback-1", datetime.now(UTC) - timedelta(minutes=1))])  # reports again, after T
     after = state("lookback-1", at)
     assert before[0] == after[0] == 404 and before[1]["error"] == after[1]["error"] == "not_found", (before, after)
+
+
+@pytest.mark.timeout(60)
+def test_a_device_whose_newest_event_moved_to_another_device_is_walked_for_its_other_events(app_env, store) -> None:
+    """docs/api.md: 404 only when the device has no event at or before T. A correction moved the device's newest
+    event to another device, so it has no latest state for the shortcut; the walk finds its rows (events_by_device
+    keeps the moved event's row too, which the walk does not leave out)."""
+    app_env()
+    device, _ = device_whose_newest_event_moved(store)
+    status, body = state(device, datetime.now(UTC))
+    assert status == 200 and body["device_id"] == device, body

@@ -138,6 +138,10 @@ class CassandraEventReader:
         found = self._rows("event", (event_id,), f"event {event_id}, the latest of device {device_id!r}")
         return latest_event(device_id, event_id, found[0] if found else None)
 
+    def known(self, device_id: str) -> bool:
+        rows = self._rows("latest", (device_id,), f"the position of device {device_id!r}")
+        return bool(rows) and rows[0].event_id is not None
+
     def latest_many(self, device_ids: Sequence[str]) -> list[StoredEvent]:
         """``LatestStates``: the positions of ``device_ids`` in ``device_latest``, then their events from
         ``events_by_id``, 100 partitions a request."""
