@@ -766,3 +766,33 @@ def test_a_correction_to_another_device_leaves_the_old_devices_critical_set(sess
     lookups = RedisLookupCache(rclient, key_prefix=redis_prefix)
     lookups.fill_critical(old, current, SINCE_ALL, 3600)
     assert lookups.get_critical(old, SINCE_ALL, 10) == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_correction_to_another_device_does_not_leave_the_event_as_the_old_devices_latest_state(
+        mode, session, keyspace, store, rclient, redis_prefix) -> None:
+    """docs/redis-layout.md: Redis converges to what a clean pass or a rebuild leaves. A device whose newest event
+    is re-sent under another device id has no latest state in the store (docs/data-model.md), and a rebuild writes
+    none; the feed used to write only the new device's ``latest``, so the old device's kept the superseded copy for
+    the feed's TTL and ``/latest`` served it. Now ``fill_event`` answers the old device and the feed drops its state
+    (``unlatest.lua``); in portable mode the next run reads the original again (its overlap) without putting it
+    back."""
+    from shared.adapters.cassandra.reader import CassandraEventReader
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    event_id, at = uuid.uuid4(), now - timedelta(minutes=5)
+    old, new = f"dev-{uuid.uuid4().hex[:8]}", f"dev-{uuid.uuid4().hex[:8]}"
+    store.write([make_event(old, at, measurements={"temperature": 20.0}, event_id=event_id,
+                            enqueued=now - timedelta(minutes=4))])
+    cache = make_cache(rclient, redis_prefix)
+    make_service(mode, session, keyspace, cache).run()
+    assert latest_doc(rclient, cache, old)["event_id"] == str(event_id)
+
+    store.write([make_event(new, at, measurements={"temperature": 21.0}, event_id=event_id,
+                            enqueued=datetime.now(UTC) - timedelta(seconds=1))])  # within the next runs' overlap
+    assert make_service(mode, session, keyspace, cache).run().events >= 1
+    make_service(mode, session, keyspace, cache).run()  # portable: the overlap read again
+    assert latest_doc(rclient, cache, new)["event_id"] == str(event_id)
+    assert CassandraEventReader(session, keyspace, timeout=5).latest(old) is None
+    assert latest_doc(rclient, cache, old) is None

@@ -474,6 +474,45 @@ def test_a_correction_to_another_device_leaves_the_old_devices_critical_set(clie
     assert [m.decode() for m in members] == ([moved.to_json()] if critical else [])
 
 
+class _NoLatestState:
+    """``LatestStates`` of a store whose positions name events now stored for other devices: no state at all."""
+
+    def latest_many(self, device_ids):
+        return []
+
+
+@pytest.mark.parametrize("critical", [False, True], ids=["not critical", "critical"])
+@pytest.mark.parametrize("order", ["applied in turn", "one page", "original read again"])
+def test_an_event_moved_to_another_device_is_no_longer_the_old_devices_latest_state(client, redis_prefix, critical,
+                                                                                     order):
+    """The store has no latest state for a device whose newest event a correction moved to another device id, and
+    a rebuild writes none: the old device's ``latest`` goes (``unlatest.lua``, from ``fill_event``'s field ``o``),
+    whether the feed applies the original and the correction in turn, in one page (the old device's key missing:
+    not put back from the page), or reads the original again after the correction (the portable feed's overlap),
+    also when a page is written again. The new device's latest state is the correction."""
+    cache = Cache(client, key_prefix=redis_prefix)
+    original = stored("pump-7", critical=critical, enqueued=0)
+    moved = replace(original, device_id="pump-8", enqueued_time=NOW + timedelta(seconds=5))
+    pages = {"applied in turn": [[original], [moved]], "one page": [[original, moved]],
+             "original read again": [[original], [moved], [original, moved], [original]]}[order]
+    for page in pages:
+        apply_changes(cache.sink, page, _NoLatestState(), list)
+    assert client.hget(cache.keys.latest("pump-7"), "d") is None
+    assert client.hget(cache.keys.latest("pump-8"), "d") == moved.to_json().encode()
+
+
+def test_a_correction_back_to_the_old_device_stays_its_latest_state(client, redis_prefix):
+    """An event moved to another device and then back (a later copy under the first device again) is that device's
+    latest state again: only a copy enqueued before the one under the other device is dropped."""
+    cache = Cache(client, key_prefix=redis_prefix)
+    original = stored("pump-7", critical=False, enqueued=0)
+    moved = replace(original, device_id="pump-8", enqueued_time=NOW + timedelta(seconds=5))
+    back = replace(original, enqueued_time=NOW + timedelta(seconds=9))
+    for page in ([original], [moved], [back], [moved]):
+        apply_changes(cache.sink, page, _NoLatestState(), list)
+    assert client.hget(cache.keys.latest("pump-7"), "d") == back.to_json().encode()
+
+
 @pytest.mark.parametrize("correction", ["not critical", "another device"])
 def test_a_critical_fill_landing_after_the_feed_applied_a_correction_leaves_the_superseded_copy_out(
         client, redis_prefix, correction):

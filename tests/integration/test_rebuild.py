@@ -62,7 +62,7 @@ def dump(client: redis.Redis, cache: RedisChangeSink) -> dict:
     stream entries as sorted event ids (entry ids carry the wall clock), sorted sets without the
     ``#since`` bound (the feed does not write it, a rebuild does), ``e:<id>`` without the feed's notes of the
     copies it applied (``n``, ``u``, ``v``: a lookup's fill is checked against them; a rebuild has no fill to
-    race), TTLs left out."""
+    race; ``o``: the device of the copy it applied, which a rebuild's ``d`` tells as well), TTLs left out."""
     keys = cache.keys
     out = {}
     for key in client.scan_iter(match=keys.prefix + "*", count=1000):
@@ -73,7 +73,7 @@ def dump(client: redis.Redis, cache: RedisChangeSink) -> dict:
         if kind == b"hash":
             fields = client.hgetall(key)
             if name.startswith("e:"):
-                fields = {field: value for field, value in fields.items() if field not in (b"n", b"u", b"v")}
+                fields = {field: value for field, value in fields.items() if field not in (b"n", b"u", b"v", b"o")}
             if fields:
                 out[name] = fields
         elif kind == b"zset":

@@ -29,8 +29,16 @@ does not put the old copy back. ``e:<event id>`` keeps the answer
 gets it again. A critical copy ``fill_event`` refuses (a later copy superseded it: a
 replay, or a retry after a long outage, of a corrected event once ``#gone:`` expired,
 which ``critical`` has just put back in its set) answers the later copy's enqueued time,
-and the second pipeline takes it out of its device's set the same way. An event that
-never was corrected costs nothing more.
+and the second pipeline takes it out of its device's set the same way.
+
+Where a copy comes under another device than the newest one the feed applied before
+(``fill_event`` keeps "<enqueued time> <device>" in field ``o``), ``fill_event``
+answers the device whose latest state may still name the event as a superseded copy
+(the old device at a correction; the copy's own when the original is read again), and
+the second pipeline sends ``unlatest`` there: the store has no latest state for it,
+nor writes a rebuild one. That device is not reported as missing, so ``put_latest``
+does not write the superseded copy back. An event that never was corrected costs no
+command more (``o`` goes in the ``HSET`` each mode makes anyway).
 
 Each script is atomic and idempotent on its own, so the order in which a
 cluster's nodes run them does not matter, and a page that failed half-way
@@ -110,12 +118,13 @@ class RedisChangeSink(ScriptedRedis):
                     commands.append((stream_sha, 2, keys.stream(device), keys.seen(device, event_id),
                                      ttl, self._shard_max, str(event_id), device, document))
                     by_id.append((len(commands), event, keys))
-                    commands.append((event_sha, 1, keys.event(event_id), document, ttl, "feed"))
+                    commands.append((event_sha, 1, keys.event(event_id), document, ttl, "feed", device,
+                                     event.enqueued_text()))
             else:  # a lookup's cached copy of an older send of this id is dropped (no document: cheap per event)
                 enqueued = event.enqueued_text()
                 for keys in generations:
                     by_id.append((len(commands), event, keys))
-                    commands.append((event_sha, 1, keys.event(event_id), enqueued, "", "stale", marker_ttl))
+                    commands.append((event_sha, 1, keys.event(event_id), enqueued, "", "stale", marker_ttl, device))
         # The live generation's latest commands come last, one per device, with "present": only its misses are
         # reported. The building one's go without it: it lacks every device the rebuild has not reached yet, and
         # a device the rebuild read before this event but writes after it would otherwise lose the event (the
@@ -134,27 +143,45 @@ class RedisChangeSink(ScriptedRedis):
         commands, devices, by_id = self.commands(events)
         replies = self.pipeline(commands, f"writing {len(events)} changed events", **self._wait)
         leaving: dict[str, tuple[str, str]] = {}  # member key -> its set's key, the newest copy's enqueued time
+        moved: dict[tuple[str, str], str] = {}  # (latest key, event id) -> the moved copy's enqueued time
+        moved_from: set[str] = set()  # the devices of those latest keys
         for at, event, keys in by_id:
-            for device, enqueued in _leaving(replies[at], event):
+            reply = replies[at]
+            if isinstance(reply, list) and reply and isinstance(reply[0], list):  # {{device, time}, reply}
+                device, enqueued = as_text(reply[0][0]), as_text(reply[0][1])
+                target = (keys.latest(device), str(event.event_id))
+                if target not in moved or moved[target] < enqueued:
+                    moved[target] = enqueued
+                moved_from.add(device)
+                reply = reply[1]
+            for device, enqueued in _leaving(reply, event):
                 member = keys.member(device, event.event_id)
                 if member not in leaving or leaving[member][1] < enqueued:
                     leaving[member] = (keys.critical(device), enqueued)
-        if leaving:
-            self._uncritical(leaving)
-        # the latest commands come last: a reply of 0 is a key that was missing, left for put_latest
+        if leaving or moved:
+            self._superseded(leaving, moved)
+        # the latest commands come last: a reply of 0 is a key that was missing, left for put_latest; not for a
+        # device an event moved away from, whose copy in this page put_latest would write back
         return sorted({device for device, reply in zip(devices, replies[len(replies) - len(devices):], strict=True)
-                       if reply == 0})
+                       if reply == 0 and device not in moved_from})
 
-    def _uncritical(self, leaving: dict[str, tuple[str, str]]) -> None:
-        """Take superseded critical copies out of their devices' sets (``uncritical.lua``): events a correction
-        made not critical or moved to another device id. ``leaving``: member key -> (set key, the enqueued time
-        of the copy that superseded them). Each member key keeps that time as a marker for
-        ``stale_marker_seconds``, so a lookup's fill that read the store before the correction leaves the old
-        copy out (``fill_critical.lua``)."""
-        sha, marker_ttl = self.sha["uncritical"], self.stale_marker_seconds
-        self.pipeline([(sha, 2, member, zkey, enqueued, marker_ttl) for member, (zkey, enqueued) in leaving.items()],
-                      f"taking {len(leaving)} superseded critical copies out of their devices' critical sets",
-                      **self._wait)
+    def _superseded(self, leaving: dict[str, tuple[str, str]], moved: dict[tuple[str, str], str]) -> None:
+        """Take superseded copies out of the devices' keys, in one pipeline.
+
+        Critical sets (``uncritical.lua``): events a correction made not critical or moved to another device id.
+        ``leaving``: member key -> (set key, the enqueued time of the copy that superseded them). Each member key
+        keeps that time as a marker for ``stale_marker_seconds``, so a lookup's fill that read the store before
+        the correction leaves the old copy out (``fill_critical.lua``).
+
+        Latest states (``unlatest.lua``): a device's state naming an event a correction moved to another device
+        id, as a copy enqueued before the moved one, is dropped. ``moved``: (latest key, event id) -> that
+        enqueued time."""
+        uncritical, unlatest, marker_ttl = self.sha["uncritical"], self.sha["unlatest"], self.stale_marker_seconds
+        commands: list[Command] = [(uncritical, 2, member, zkey, enqueued, marker_ttl)
+                                   for member, (zkey, enqueued) in leaving.items()]
+        commands += [(unlatest, 1, key, event_id, enqueued) for (key, event_id), enqueued in moved.items()]
+        self.pipeline(commands, f"taking {len(commands)} superseded copies out of their devices' critical sets "
+                      "and latest states", **self._wait)
 
     def put_latest(self, events: Sequence[StoredEvent]) -> None:
         if not events:
