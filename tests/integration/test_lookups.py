@@ -131,6 +131,8 @@ def test_unknown_device_is_404_and_cached_negatively(app_env) -> None:
     for response in (latest("nobody"), critical("nobody")):
         assert response.status_code == 404 and body(response)["error"] == "not_found"
     assert latest("nobody").headers["X-Cache"] == "hit"
+    again = critical("nobody")  # its empty critical list, cached for the negative TTL
+    assert again.status_code == 404 and again.headers["X-Cache"] == "hit"
 
 
 def device_whose_newest_event_moved(store: CassandraEventStore) -> tuple[str, uuid.UUID]:

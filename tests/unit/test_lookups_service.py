@@ -314,6 +314,22 @@ async def test_critical_of_an_unknown_device_is_not_found():
 
 
 @sync
+async def test_critical_of_a_device_without_a_latest_state_lists_its_critical_events():
+    """A correction that moved a device's newest event to another device leaves it without a latest state, not
+    without events: its critical events are listed; without any it is not found."""
+    crit = ev(device="d9", minutes=5, critical=True)
+    service, _, reader, _ = make([crit])
+
+    async def no_state(device_id):
+        await reader._read()
+
+    reader.latest = no_state
+    answer = await service.critical("d9")
+    assert [e["event_id"] for e in json.loads(answer.document)["events"]] == [str(crit.event_id)]
+    assert not (await service.critical("d8")).found
+
+
+@sync
 async def test_health_reports_each_dependency_and_closes_the_breaker_when_redis_answers():
     service, cache, _reader, _clock = make([ev()])
     assert (await service.health())[0] is True
