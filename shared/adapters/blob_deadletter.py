@@ -306,7 +306,7 @@ class BlobDeadLetterSink:
                 },
             )
         if rejected:
-            logger.warning("dead-lettered %d rejected items: %s", len(rejected), rejected[0].reason)
+            logger.warning("dead-lettered %d rejected items: %s", len(rejected), _loggable(rejected[0].reason))
 
     def put_batch(self, bodies: Sequence[tuple[bytes, EventMetadata]], reason: str, *,
                   lettered: Collection[int] = ()) -> None:
@@ -334,7 +334,7 @@ class BlobDeadLetterSink:
             },
         )
         logger.error("dead-lettered a whole batch of %d events as %s (%d more in their rejected letters): %s",
-                     len(kept), name, len(bodies) - len(kept), reason)
+                     len(kept), name, len(bodies) - len(kept), _loggable(reason))
 
     def read(self, kind: str = "all") -> Iterator[DeadLetter | UnreadableLetter | TakenLetter]:
         """Every dead letter not yet replayed, in (partition, sequence number) order (``kind``: rejected, batch or
@@ -495,3 +495,9 @@ class BlobDeadLetteredBatches:
         except AzureError as exc:
             raise DependencyUnavailable("Blob storage", f"cannot list the batch dead letters: {exc}") from exc
         return out
+
+
+def _loggable(text: str) -> str:
+    """``text`` with what UTF-8 cannot encode (a lone surrogate) escaped, as in the letter itself: a log handler
+    that encodes UTF-8 (a stream, the Functions worker's gRPC channel) would drop the whole record."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
