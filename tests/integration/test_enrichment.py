@@ -336,6 +336,33 @@ def test_every_window_counts_an_event_that_moved_once_in_all(stack: Stack) -> No
     assert stored_device_stats(stack, T0).keys() == {"dev-2"}, "dev-1's figures of T0 went with its only event"
 
 
+def test_a_window_an_event_left_stops_counting_it_even_when_read_as_empty(stack: Stack) -> None:
+    """The window an event moved out of is marked and computed again, so the event is counted once. When its rows
+    have left Cassandra meanwhile (expired: the read is empty), keeping its figures, as an expired window does,
+    counted the moved event in both windows for good: it is computed again from the rows PostgreSQL holds for it."""
+    _resend_later(stack)
+    assert stack.query("SELECT window_start, recompute FROM enrichment_windows ORDER BY 1") == [
+        (T0, True), (T0 + W, False)]
+    for bucket in (T0 + timedelta(minutes=m) for m in range(5)):  # T0's rows leave Cassandra (TTL, compaction)
+        for shard in range(4):
+            stack.session.execute(
+                f"DELETE FROM {stack.keyspace}.events_by_time_bucket WHERE bucket = %s AND shard = %s",
+                (bucket, shard))
+    result = stack.service.run(now=T0 + 2 * W + timedelta(minutes=3))
+    assert [(w.window.start, w.reason) for w in result.windows] == [(T0, "late")]
+    enriched = stack.query("SELECT window_start, count(*) FROM enriched_events GROUP BY 1 ORDER BY 1")
+    assert enriched == [(T0, 1), (T0 + W, 2)]
+    for table in ("device_window_stats", "site_window_stats"):
+        figures = stack.query(f"SELECT window_start, sum(event_count)::int FROM {table} GROUP BY 1 ORDER BY 1")
+        assert figures == enriched, table
+    assert stored_device_stats(stack, T0).keys() == {"dev-2"}, "dev-2's event, still in PostgreSQL, still counts"
+    assert stack.query("SELECT window_start, event_count, device_count, recompute FROM enrichment_windows "
+                       "ORDER BY 1") == [(T0, 1, 1, False), (T0 + W, 2, 2, False)]
+    assert stack.query("SELECT events_total::int FROM device_totals WHERE device_id = 'dev-1'") == [(1,)]
+    assert_device_totals_exact(stack.dsn)
+    assert stack.query("SELECT sum(event_count)::int FROM report_site_daily") == [(3,)]
+
+
 def test_a_later_recompute_of_the_window_an_event_left_keeps_its_latest_row(stack: Stack) -> None:
     # a late event in T0 recomputes it from Cassandra, which still holds the id's older row (keyed by event time):
     # the older row must lose to the moved one, whichever window was computed last

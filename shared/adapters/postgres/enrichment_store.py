@@ -28,7 +28,10 @@ Per window, inside one transaction:
    ``device_window_stats`` and ``site_window_stats``);
 4. figures of the window that the recomputation no longer produces (a device
    moved to another site) are deleted; enriched events never are. A window
-   read as empty keeps its rows, its figures and its ledger counts;
+   read as empty keeps its rows, its figures and its ledger counts, unless it
+   is marked for an event that moved out: then its figures are computed again
+   from the rows ``enriched_events`` still holds for it (the moved ones are in
+   their new window), as they would have been from Cassandra;
 5. the ledger row (``enrichment_windows``) and, for scheduled windows, the
    watermark; then COMMIT.
 
@@ -215,6 +218,15 @@ ORDER BY window_start
 """
 
 _TO_RECOMPUTE = "SELECT window_start, window_end FROM enrichment_windows WHERE recompute ORDER BY window_start"
+_MARKED = "SELECT recompute FROM enrichment_windows WHERE window_start = %(start)s"
+
+# A window marked for an event that moved out, read as empty: its rows still in PostgreSQL are staged as the read
+# would have staged them (critical is the flag they were enriched with, so the rules are not applied again).
+_STAGE_HELD_EVENTS = """
+INSERT INTO stage_events (event_id, device_id, event_time, enqueued_time, event_type, severity, critical, measurements)
+SELECT event_id, device_id, event_time, enqueued_time, event_type, severity, critical, measurements
+FROM enriched_events WHERE window_start = %s
+"""
 
 # Staged rows whose id has a row with a later event time in another window: that row wins, these are not written
 # (the window's figures are computed again without them). Windows never overlap, so a later row of an id in
@@ -326,6 +338,13 @@ class PostgresEnrichmentStore:
             enriched = copied if copied is not None else self._upsert_window(conn, source)
             conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', '0', true)",
                          (str(self._timeout_ms),))
+            # Read as empty while marked (an event moved out, e.g. its rows expired from Cassandra since): keeping
+            # the figures would count the moved events here and in their new window, so the window is computed
+            # again from the rows PostgreSQL still holds for it, which no longer include them.
+            recompute_held = (copied is None and not (enriched.events or enriched.moved_ids)
+                              and conn.execute(_MARKED, params).fetchone() == (True,))
+            if recompute_held:
+                enriched = self._stage_held_rows(conn, source)
             if copied is None:
                 moved_from = [row[0] for row in conn.execute(_MOVED_FROM, params)]
                 conn.execute(_UPSERT_EVENTS, params)
@@ -333,7 +352,7 @@ class PostgresEnrichmentStore:
                     conn.execute(_MARK_RECOMPUTE, (moved_from,))
                     logger.info("window %s took over events of windows %s (ids re-sent with a later event time); "
                                 "they are computed again", window, ", ".join(str(w) for w in moved_from))
-            if enriched.events or enriched.moved_ids:  # (a window whose every event moved out has no figures left)
+            if enriched.events or enriched.moved_ids or recompute_held:  # (every event moved out: no figures left)
                 self._stage_figures(conn, enriched)
                 conn.execute(_UPSERT_DEVICE_STATS, params)
                 conn.execute(_UPSERT_SITE_STATS, params)
@@ -378,6 +397,29 @@ class PostgresEnrichmentStore:
                 for d in enriched.devices.values():
                     copy.write_row((d.device_id, d.known, d.site_id, d.model, d.firmware, d.owner, d.site_name,
                                     d.region, d.site_timezone))
+        return enriched
+
+    @staticmethod
+    def _stage_held_rows(conn: psycopg.Connection, source: WindowInput) -> EnrichedWindow:
+        """Stage the rows ``enriched_events`` holds for the window (the staging tables are empty: it was read as
+        empty), as :meth:`_upsert_window` stages what it reads, and enrich them in a fresh pass.
+
+        They are read from the staging table page by page, so only a page is held. Each id has one row there
+        (the key of ``enriched_events``), so the pass holds no row back and settles nothing.
+        """
+        conn.execute(_STAGE_HELD_EVENTS, (source.window.start,))
+        enrichment = source.enrichment()
+        with conn.cursor("stage_held_events") as held:
+            set_json_loads(_json_floats, held)
+            held.execute(f"SELECT {_ROW_COLUMNS} FROM stage_events")
+            while page := held.fetchmany(10_000):
+                enrichment.accept(map(_stored_event, page))
+        enriched, _ = enrichment.finish()
+        with _copy_cursor(conn) as cur, cur.copy("COPY stage_devices FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_DEVICE_TYPES)
+            for d in enriched.devices.values():
+                copy.write_row((d.device_id, d.known, d.site_id, d.model, d.firmware, d.owner, d.site_name,
+                                d.region, d.site_timezone))
         return enriched
 
     @staticmethod
@@ -450,11 +492,18 @@ def _rows_of(conn: psycopg.Connection, table: Literal["enriched_events", "stage_
         # jsonb prints an integral double without exponent (1e20 as 100000000000000000000): read every number back
         # as the float ingest stored, not as an int that orjson refuses past 64 bits when it writes the figures.
         set_json_loads(_json_floats, cursor)
-        cursor.execute("SELECT event_id, device_id, event_time, enqueued_time, event_type, severity, critical, "
-                       f"measurements FROM {table} WHERE {where}", params)
-        return [StoredEvent(event_id, device_id, utc(event_time), event_type, severity, critical, measurements,
-                            enqueued_time=utc(enqueued)) for event_id, device_id, event_time, enqueued, event_type,
-                severity, critical, measurements in cursor]
+        cursor.execute(f"SELECT {_ROW_COLUMNS} FROM {table} WHERE {where}", params)
+        return [_stored_event(row) for row in cursor]
+
+
+_ROW_COLUMNS = "event_id, device_id, event_time, enqueued_time, event_type, severity, critical, measurements"
+
+
+def _stored_event(row: tuple[Any, ...]) -> StoredEvent:
+    """A row of ``_ROW_COLUMNS`` (of ``enriched_events`` or ``stage_events``) as the event it was enriched from."""
+    event_id, device_id, event_time, enqueued, event_type, severity, critical, measurements = row
+    return StoredEvent(event_id, device_id, utc(event_time), event_type, severity, critical, measurements,
+                       enqueued_time=utc(enqueued))
 
 
 @contextmanager
