@@ -39,7 +39,7 @@ from shared.adapters.reference import (
     to_parquet,
     upsert_reference,
 )
-from shared.domain.enrichment import DeviceRef, ReferenceData, SiteRef, Window
+from shared.domain.enrichment import DeviceRef, ReferenceData, SiteRef, Window, window_of
 from shared.domain.events import DeviceEvent, Event, EventMetadata
 from shared.domain.rules import MeasurementRule
 from shared.domain.stored import StoredEvent
@@ -1242,4 +1242,31 @@ def test_device_totals_follow_every_change_of_the_window_figures(pg: PgStack) ->
     assert assert_device_totals_exact(pg.dsn) == []
     write(w2)
     assert set(totals()) == {"dev-1", "dev-2"}
+    assert_device_totals_exact(pg.dsn)
+
+
+def test_device_health_is_critical_for_a_critical_event_within_the_last_24_hours(pg: PgStack) -> None:
+    """``critical`` when the device sent a critical event in the last 24 hours (docs/reporting.md). The view counted
+    the windows that *started* in the last 24 hours, so a critical event 23h58m ago in the window that started just
+    over 24 hours ago was left out, and with daily windows a whole day was: the window holding the mark counts."""
+    while True:  # the 24-hour mark must fall inside a window, at least a minute before its last event
+        now = datetime.now(UTC)
+        day_ago = now - timedelta(hours=24)
+        start = window_of(day_ago, 300).start
+        if start < day_ago < start + timedelta(seconds=299) - timedelta(seconds=60):
+            break
+        time.sleep(1)
+    critical_at = start + timedelta(seconds=299)  # more than a minute inside the last 24 hours
+    pg.reader.events += [
+        StoredEvent(uuid.uuid4(), "dev-1", critical_at, "reading", "critical", True, {"t": 1.0},
+                    enqueued_time=critical_at),
+        stored("dev-1", now - timedelta(minutes=10), t=2.0),
+    ]
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute("UPDATE enrichment_state SET watermark = %s, late_scan_until = %s", (start, start))
+    pg.service(max_windows_per_run=1000).run(now=now)
+    assert pg.query("SELECT sum(critical_count)::int FROM device_window_stats") == [(1,)]
+    assert pg.query("SELECT %s > now() - interval '24 hours'", (critical_at,)) == [(True,)]  # still within 24 h
+    assert pg.query("SELECT events_24h, critical_24h, active_windows_24h, health FROM report_device_health "
+                    "WHERE device_id = 'dev-1'") == [(2, 1, 2, "critical")]
     assert_device_totals_exact(pg.dsn)

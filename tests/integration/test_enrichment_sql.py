@@ -327,7 +327,8 @@ def test_the_newest_site_rows_are_the_views_newest_however_far_back_they_are(pg_
             assert [(row["site_id"], date.fromisoformat(row["local_day"])) for row in answered] == newest, limit
 
 
-# report_device_health as 003_reporting_views.sql defined it, aggregating every window of each device: the oracle of
+# report_device_health as 003_reporting_views.sql defined it, aggregating every window of each device, with the 24-hour
+# columns over the windows holding an event of the last 24 hours (013_device_health_last_24_hours.sql): the oracle of
 # the view over device_totals (010_device_totals.sql), which must give the same rows and values.
 OLD_DEVICE_HEALTH = """
 SELECT
@@ -337,14 +338,14 @@ SELECT
     ref.model,
     ref.firmware,
     max(d.last_event_time) AS last_seen,
-    sum(d.event_count) FILTER (WHERE d.window_start >= now() - interval '24 hours')::bigint AS events_24h,
-    sum(d.critical_count) FILTER (WHERE d.window_start >= now() - interval '24 hours')::bigint AS critical_24h,
-    count(*) FILTER (WHERE d.window_start >= now() - interval '24 hours') AS active_windows_24h,
+    sum(d.event_count) FILTER (WHERE d.last_event_time >= now() - interval '24 hours')::bigint AS events_24h,
+    sum(d.critical_count) FILTER (WHERE d.last_event_time >= now() - interval '24 hours')::bigint AS critical_24h,
+    count(*) FILTER (WHERE d.last_event_time >= now() - interval '24 hours') AS active_windows_24h,
     sum(d.event_count)::bigint AS events_total,
     sum(d.critical_count)::bigint AS critical_total,
     CASE
         WHEN max(d.last_event_time) < now() - interval '1 hour' THEN 'silent'
-        WHEN coalesce(sum(d.critical_count) FILTER (WHERE d.window_start >= now() - interval '24 hours'), 0) > 0
+        WHEN coalesce(sum(d.critical_count) FILTER (WHERE d.last_event_time >= now() - interval '24 hours'), 0) > 0
             THEN 'critical'
         ELSE 'ok'
     END AS health
@@ -421,8 +422,9 @@ def test_the_device_totals_backfill_of_existing_windows_is_exact(pg_dsn: str, tm
 
 
 def test_the_device_report_reads_the_windows_only_through_the_device_index(pg_dsn: str) -> None:
-    """The view reads ``device_totals`` and, per device, its newest window and its last 24 hours through
-    ``device_window_stats_device`` (device_id, window_start): never the whole history."""
+    """The view reads ``device_totals`` and, per device, its newest window, its windows of the last 24 hours and
+    the newest one starting before them (it may hold the 24-hour mark) through ``device_window_stats_device``
+    (device_id, window_start): never the whole history."""
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         apply_migrations(conn)
@@ -433,11 +435,12 @@ def test_the_device_report_reads_the_windows_only_through_the_device_index(pg_ds
             "EXPLAIN SELECT * FROM report_device_health ORDER BY last_seen DESC NULLS LAST, device_id LIMIT 50")]
     text = "\n".join(plan)
     reads = [line for line in plan if " on device_window_stats " in line]
-    assert len(reads) == 2, text
+    assert len(reads) == 3, text
     assert all("Index Scan" in line and "using device_window_stats_device" in line for line in reads), text
     assert text.count("Index Cond: (device_id = t.device_id)") == 1, text
-    assert text.count("Index Cond: ((device_id = t.device_id) AND (window_start >= (now() - '24:00:00'::interval)))") \
-        == 1, text
+    for bound in (">", "<="):
+        assert text.count(f"Index Cond: ((device_id = t.device_id) AND (window_start {bound} (now() - "
+                          "'24:00:00'::interval)))") == 1, text
     assert "Seq Scan on device_window_stats" not in text and "Bitmap" not in text, text
 
 
