@@ -220,12 +220,12 @@ ORDER BY window_start
 _TO_RECOMPUTE = "SELECT window_start, window_end FROM enrichment_windows WHERE recompute ORDER BY window_start"
 _MARKED = "SELECT recompute FROM enrichment_windows WHERE window_start = %(start)s"
 
+# The columns of an enriched or staged row that make up the event it was enriched from.
+_ROW_COLUMNS = "event_id, device_id, event_time, enqueued_time, event_type, severity, critical, measurements"
 # A window marked for an event that moved out, read as empty: its rows still in PostgreSQL are staged as the read
 # would have staged them (critical is the flag they were enriched with, so the rules are not applied again).
-_STAGE_HELD_EVENTS = """
-INSERT INTO stage_events (event_id, device_id, event_time, enqueued_time, event_type, severity, critical, measurements)
-SELECT event_id, device_id, event_time, enqueued_time, event_type, severity, critical, measurements
-FROM enriched_events WHERE window_start = %s
+_STAGE_HELD_EVENTS = f"""
+INSERT INTO stage_events ({_ROW_COLUMNS}) SELECT {_ROW_COLUMNS} FROM enriched_events WHERE window_start = %s
 """
 
 # Staged rows whose id has a row with a later event time in another window: that row wins, these are not written
@@ -392,11 +392,7 @@ class PostgresEnrichmentStore:
         conn.execute(_STAGE_EVENTS.encode(), prepare=False)  # no parameters, never prepared: one round trip
         with _copy_cursor(conn) as cur:
             enriched = _stream_window(conn, cur, source, "stage_events")
-            with cur.copy("COPY stage_devices FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(_DEVICE_TYPES)
-                for d in enriched.devices.values():
-                    copy.write_row((d.device_id, d.known, d.site_id, d.model, d.firmware, d.owner, d.site_name,
-                                    d.region, d.site_timezone))
+            _copy_devices(cur, enriched)
         return enriched
 
     @staticmethod
@@ -415,11 +411,8 @@ class PostgresEnrichmentStore:
             while page := held.fetchmany(10_000):
                 enrichment.accept(map(_stored_event, page))
         enriched, _ = enrichment.finish()
-        with _copy_cursor(conn) as cur, cur.copy("COPY stage_devices FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(_DEVICE_TYPES)
-            for d in enriched.devices.values():
-                copy.write_row((d.device_id, d.known, d.site_id, d.model, d.firmware, d.owner, d.site_name,
-                                d.region, d.site_timezone))
+        with _copy_cursor(conn) as cur:
+            _copy_devices(cur, enriched)
         return enriched
 
     @staticmethod
@@ -496,14 +489,20 @@ def _rows_of(conn: psycopg.Connection, table: Literal["enriched_events", "stage_
         return [_stored_event(row) for row in cursor]
 
 
-_ROW_COLUMNS = "event_id, device_id, event_time, enqueued_time, event_type, severity, critical, measurements"
-
-
 def _stored_event(row: tuple[Any, ...]) -> StoredEvent:
     """A row of ``_ROW_COLUMNS`` (of ``enriched_events`` or ``stage_events``) as the event it was enriched from."""
     event_id, device_id, event_time, enqueued, event_type, severity, critical, measurements = row
     return StoredEvent(event_id, device_id, utc(event_time), event_type, severity, critical, measurements,
                        enqueued_time=utc(enqueued))
+
+
+def _copy_devices(cur: psycopg.Cursor, enriched: EnrichedWindow) -> None:
+    """Stage the reference columns of every device of the window, for the upsert's join."""
+    with cur.copy("COPY stage_devices FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(_DEVICE_TYPES)
+        for d in enriched.devices.values():
+            copy.write_row((d.device_id, d.known, d.site_id, d.model, d.firmware, d.owner, d.site_name, d.region,
+                            d.site_timezone))
 
 
 @contextmanager
