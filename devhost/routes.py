@@ -40,6 +40,17 @@ _INTEGER = re.compile(r"[\t\n\v\f\r ]*[+-]?[0-9]+[\t\n\v\f\r ]*")
 # Python's float() refuses "1,000" and takes "1_000", "inf" and other scripts' digits.
 _FLOATING = re.compile(r"[\t\n\v\f\r ]*(?:[+-]?(?:[0-9][0-9,]*(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
                        r"|(?i:[+-]?(?:infinity|nan)))[\t\n\v\f\r ]*")
+# decimal.TryParse with NumberStyles.Number and the invariant culture, as ASP.NET Core's DecimalRouteConstraint parses:
+# ASCII digits, "," as a thousands separator anywhere after the first digit and before the decimal point, a decimal
+# point, one sign before the number or after it ("5-", "5 -"), white space around but not between a leading sign and
+# the digits, NULs at the very end; no exponent, and no NaN or Infinity (System.Decimal has neither). Python's
+# Decimal() takes "1e5", "NaN", "Infinity" and "1_000", and refuses "1,000".
+_DECIMAL = re.compile(r"[\t\n\v\f\r ]*(?P<lead>[+-]?)(?P<number>[0-9][0-9,]*(?:\.[0-9]*)?|\.[0-9]+)"
+                      r"[\t\n\v\f\r ]*(?:(?P<trail>[+-])[\t\n\v\f\r ]*)?\x00*")
+# System.Decimal's largest value is 2**96 - 1 (79228162514264337593543950335), which is odd. decimal.TryParse rounds
+# the digits that do not fit half to even, so a number fails as too large only when it reaches that value plus one
+# half. (Written out: arithmetic on Decimal rounds to 28 digits.)
+_DECIMAL_TOO_LARGE = Decimal("79228162514264337593543950335.5")
 # Guid.TryParse: 32 hex digits (N), in 8-4-4-4-12 groups (D), the groups in braces (B) or parentheses (P); no
 # "urn:uuid:" prefix (Python's uuid.UUID takes one). The X form ({0x...,{0x...}}) is not accepted here.
 _GUID = re.compile(r"\s*(?:[0-9a-f]{32}|(?P<open>[{(]?)[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}(?P<close>[})]?))\s*",
@@ -62,6 +73,12 @@ def _guid(value: str) -> bool:
 
 
 _LONG = _integer(64)
+
+
+def _decimal(value: str) -> bool:
+    found = _DECIMAL.fullmatch(value)
+    return found is not None and not (found["lead"] and found["trail"]) \
+        and Decimal(found["number"].replace(",", "")) < _DECIMAL_TOO_LARGE
 
 
 def _number(kind: Callable[[str], object]) -> Callable[[str], bool]:
@@ -91,7 +108,7 @@ def _constraint(text: str, where: str) -> Callable[[str], bool]:
         "guid": _guid,
         "alpha": lambda v: re.fullmatch(r"[A-Za-z]+", v) is not None,
         "datetime": _number(_parse_datetime),
-        "decimal": _number(Decimal),
+        "decimal": _decimal,
         "double": lambda v: _FLOATING.fullmatch(v) is not None,
         "float": lambda v: _FLOATING.fullmatch(v) is not None,
     }

@@ -101,6 +101,23 @@ def test_the_double_and_float_constraints_parse_as_dotnet_does(value: str, match
         assert (RouteTemplate.compile(f"amounts/{{v:{kind}}}").match(f"amounts/{value}") is not None) is matches
 
 
+@pytest.mark.parametrize(("value", "matches"), [
+    ("1,000.50", True), ("-1,000.01", True), ("1,0,0", True), ("1,", True), (".5", True), ("5.", True),
+    (" 5 ", True), ("5-", True), ("5 - ", True), ("+5", True), ("5\x00", True),
+    ("79228162514264337593543950335", True), ("-79228162514264337593543950335.4999", True),
+    ("NaN", False), ("Infinity", False), ("-Infinity", False), ("1e5", False), ("1_000", False),
+    ("-5-", False), ("- 5", False), (",1", False), (".", False), ("1.000,5", False), ("\u0661", False),
+    ("79228162514264337593543950335.5", False), ("-79228162514264337593543950336", False),
+])
+def test_the_decimal_constraint_parses_as_dotnet_does(value: str, matches: bool) -> None:
+    """ASP.NET Core's DecimalRouteConstraint is ``decimal.TryParse(value, NumberStyles.Number,
+    CultureInfo.InvariantCulture)``: thousands separators, a sign before or after the number, no exponent, no NaN or
+    Infinity (System.Decimal has neither) and nothing from 79228162514264337593543950335.5 on (what does not fit is
+    rounded half to even first). Python's ``Decimal()`` takes ``NaN``, ``1e5`` and ``1_000`` and refuses ``1,000``:
+    the same URL would reach the function locally and 404 in Azure, or the reverse."""
+    assert (RouteTemplate.compile("amounts/{v:decimal}").match(f"amounts/{value}") is not None) is matches
+
+
 def test_optional_default_and_catch_all() -> None:
     optional = RouteTemplate.compile("hello/{name?}")
     assert optional.match("hello") == {}
