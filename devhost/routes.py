@@ -81,6 +81,12 @@ def _decimal(value: str) -> bool:
         and Decimal(found["number"].replace(",", "")) < _DECIMAL_TOO_LARGE
 
 
+def _utf16_length(value: str) -> int:
+    """.NET's ``string.Length``, which minlength, maxlength and length compare: UTF-16 code units, so a character
+    outside the Basic Multilingual Plane (an emoji) counts 2 where ``len()`` counts 1."""
+    return len(value) + sum(ord(char) > 0xFFFF for char in value)
+
+
 def _number(kind: Callable[[str], object]) -> Callable[[str], bool]:
     def check(value: str) -> bool:
         try:
@@ -126,13 +132,13 @@ def _constraint(text: str, where: str) -> Callable[[str], bool]:
             return lambda v: (number := _LONG(v)) is not None and low <= number <= high
         if name == "minlength":
             shortest = int(args[0])
-            return lambda v: len(v) >= shortest
+            return lambda v: _utf16_length(v) >= shortest
         if name == "maxlength":
             longest = int(args[0])
-            return lambda v: len(v) <= longest
+            return lambda v: _utf16_length(v) <= longest
         if name == "length":
             low, high = (int(args[0]), int(args[-1]))
-            return lambda v: low <= len(v) <= high
+            return lambda v: low <= _utf16_length(v) <= high
         if name == "regex":
             pattern = re.compile(raw or "", re.IGNORECASE)
             return lambda v: pattern.search(v) is not None

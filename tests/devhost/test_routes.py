@@ -118,6 +118,17 @@ def test_the_decimal_constraint_parses_as_dotnet_does(value: str, matches: bool)
     assert (RouteTemplate.compile("amounts/{v:decimal}").match(f"amounts/{value}") is not None) is matches
 
 
+def test_the_length_constraints_count_utf16_code_units_as_dotnet_does() -> None:
+    """ASP.NET Core's MinLength, MaxLength and LengthRouteConstraint compare .NET's ``string.Length``: UTF-16 code
+    units, so a character outside the BMP (an emoji) counts 2. ``len()`` counts it once, and ``{c:maxlength(3)}``
+    would take two emoji locally that Azure refuses (length 4)."""
+    emoji = "\U0001F600\U0001F600"
+    assert RouteTemplate.compile("codes/{c:maxlength(3)}").match(f"codes/{emoji}") is None
+    assert RouteTemplate.compile("codes/{c:length(4)}").match(f"codes/{emoji}") == {"c": emoji}
+    assert RouteTemplate.compile("codes/{c:minlength(4)}").match(f"codes/{emoji}") == {"c": emoji}
+    assert RouteTemplate.compile("codes/{c:length(1,3)}").match("codes/\u00e9t\u00e9") == {"c": "\u00e9t\u00e9"}
+
+
 def test_optional_default_and_catch_all() -> None:
     optional = RouteTemplate.compile("hello/{name?}")
     assert optional.match("hello") == {}
