@@ -51,6 +51,10 @@ _DECIMAL = re.compile(r"[\t\n\v\f\r ]*(?P<lead>[+-]?)(?P<number>[0-9][0-9,]*(?:\
 # the digits that do not fit half to even, so a number fails as too large only when it reaches that value plus one
 # half. (Written out: arithmetic on Decimal rounds to 28 digits.)
 _DECIMAL_TOO_LARGE = Decimal("79228162514264337593543950335.5")
+# What bool.TryParse, as ASP.NET Core's BoolRouteConstraint parses, trims around "true" or "false": NUL and
+# char.IsWhiteSpace, which is Unicode's White_Space (Python's str.strip() also strips U+001C to U+001F).
+_BOOL_PADDING = ("\x00\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+                 "\u2028\u2029\u202f\u205f\u3000")
 # Guid.TryParse: 32 hex digits (N), in 8-4-4-4-12 groups (D), the groups in braces (B) or parentheses (P); no
 # "urn:uuid:" prefix (Python's uuid.UUID takes one). The X form ({0x...,{0x...}}) is not accepted here.
 _GUID = re.compile(r"\s*(?:[0-9a-f]{32}|(?P<open>[{(]?)[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}(?P<close>[})]?))\s*",
@@ -110,7 +114,7 @@ def _constraint(text: str, where: str) -> Callable[[str], bool]:
     simple: dict[str, Callable[[str], bool]] = {
         "int": lambda v: _integer(32)(v) is not None,
         "long": lambda v: _LONG(v) is not None,
-        "bool": lambda v: v.lower() in ("true", "false"),
+        "bool": lambda v: v.strip(_BOOL_PADDING).lower() in ("true", "false"),
         "guid": _guid,
         "alpha": lambda v: re.fullmatch(r"[A-Za-z]+", v) is not None,
         "datetime": _number(_parse_datetime),

@@ -129,6 +129,17 @@ def test_the_length_constraints_count_utf16_code_units_as_dotnet_does() -> None:
     assert RouteTemplate.compile("codes/{c:length(1,3)}").match("codes/\u00e9t\u00e9") == {"c": "\u00e9t\u00e9"}
 
 
+@pytest.mark.parametrize(("value", "matches"), [
+    ("true", True), ("FALSE", True), (" true", True), ("\ttrue\n", True), ("false\x00", True),
+    ("\u00a0true\u3000", True), ("yes", False), ("1", False), ("t rue", False), ("\x1ctrue", False),
+])
+def test_the_bool_constraint_parses_as_dotnet_does(value: str, matches: bool) -> None:
+    """ASP.NET Core's BoolRouteConstraint is ``bool.TryParse``: ``true`` or ``false`` in any case, with white space
+    (``char.IsWhiteSpace``) and NULs around ignored. ``/api/flags/%20true`` matches ``flags/{on:bool}`` in Azure,
+    so it must match locally too."""
+    assert (RouteTemplate.compile("flags/{on:bool}").match(f"flags/{value}") is not None) is matches
+
+
 def test_optional_default_and_catch_all() -> None:
     optional = RouteTemplate.compile("hello/{name?}")
     assert optional.match("hello") == {}
