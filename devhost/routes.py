@@ -3,14 +3,15 @@
 Supported: literal segments (case-insensitive), ``{name}``, optional ``{name?}``, defaults
 ``{name=value}``, catch-all ``{*rest}``, several parameters and literals in one segment
 (``{name}.{ext}``, matched right to left as ASP.NET does, an optional last parameter after a
-period making the period optional), and the inline constraints ``int long bool guid alpha datetime
+period making the period optional), and the inline constraints ``int long bool guid alpha
 decimal double float min(n) max(n) range(a,b) minlength(n) maxlength(n) length(n)
 length(a,b) regex(expr)``, chained with ``:`` (the template's text is read by
-:mod:`devhost.route_parser`: ``{{``/``}}`` escapes and all). A request matches a route when its path
-matches and every constraint holds; otherwise the next route is tried, in the host's order
-(``devhost.http_trigger.in_host_order``: function names, not specificity). A path with an
-empty segment (``//``) matches nothing; one final ``/`` is ignored, except by a catch-all,
-which keeps it.
+:mod:`devhost.route_parser`: ``{{``/``}}`` escapes and all). ``datetime`` is refused: ASP.NET checks it with
+DateTime.TryParse, too loose a grammar to copy, and a route that matched other URLs than in Azure would be a silent
+wrong answer. A request matches a route when its path matches and every constraint holds; otherwise the next
+route is tried, in the host's order (``devhost.http_trigger.in_host_order``: function names, not specificity). A
+path with an empty segment (``//``) matches nothing; one final ``/`` is ignored, except by a catch-all, which keeps
+it.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from devhost.errors import DevHostError
 from devhost.route_parser import Piece, parse_template
@@ -91,25 +91,16 @@ def _utf16_length(value: str) -> int:
     return len(value) + sum(ord(char) > 0xFFFF for char in value)
 
 
-def _number(kind: Callable[[str], object]) -> Callable[[str], bool]:
-    def check(value: str) -> bool:
-        try:
-            kind(value)
-        except (ValueError, InvalidOperation):
-            return False
-        return True
-    return check
-
-
-def _parse_datetime(value: str) -> object:
-    return datetime.fromisoformat(value)
-
-
 def _constraint(text: str, where: str) -> Callable[[str], bool]:
     match = _CONSTRAINT.match(text)
     if not match:
         raise DevHostError(f"route {where}: bad constraint {text!r}")
     name, raw = match.group(1).lower(), match.group(2)
+    if name == "datetime":
+        raise DevHostError(f"route {where}: constraint {text!r} is not supported by the dev host: ASP.NET checks it "
+                           "with DateTime.TryParse, whose many accepted forms the dev host cannot copy, so the route "
+                           "would match other URLs than in Azure; drop the constraint (or use regex(...)) and parse "
+                           "the date in the function")
     args = [a.strip() for a in raw.split(",")] if raw is not None and name != "regex" else []
     simple: dict[str, Callable[[str], bool]] = {
         "int": lambda v: _integer(32)(v) is not None,
@@ -117,7 +108,6 @@ def _constraint(text: str, where: str) -> Callable[[str], bool]:
         "bool": lambda v: v.strip(_BOOL_PADDING).lower() in ("true", "false"),
         "guid": _guid,
         "alpha": lambda v: re.fullmatch(r"[A-Za-z]+", v) is not None,
-        "datetime": _number(_parse_datetime),
         "decimal": _decimal,
         "double": lambda v: _FLOATING.fullmatch(v) is not None,
         "float": lambda v: _FLOATING.fullmatch(v) is not None,

@@ -263,3 +263,15 @@ def test_routes_in_the_hosts_own_space_are_refused(route: str) -> None:
 def test_bad_templates_name_the_problem(template: str, message: str) -> None:
     with pytest.raises(DevHostError, match=message):
         RouteTemplate.compile(template)
+
+
+@pytest.mark.parametrize("route", ["days/{d:datetime}", "days/{d:DateTime?}", "days/{d:minlength(8):datetime}"])
+def test_the_datetime_constraint_is_refused_at_start_up(route: str) -> None:
+    """ASP.NET Core's DateTimeRouteConstraint is ``DateTime.TryParse(value, InvariantCulture)``, which takes
+    ``2024/01/15``, ``01/15/2024``, ``15 January 2024``, ``2016-12-31 7:32pm`` and many more forms, and refuses some
+    ISO 8601 ones Python takes (``2024-W03-1``). That grammar is too loose to copy faithfully, and a route matching
+    other URLs than in Azure would be a silent wrong answer: the dev host refuses to load the function instead,
+    naming the function and the route."""
+    with pytest.raises(DevHostError, match=r"^function 'days': route '.*': constraint '(?i:datetime)' is not "
+                                           r"supported by the dev host: ASP\.NET checks it with DateTime\.TryParse"):
+        _route("days", route)
