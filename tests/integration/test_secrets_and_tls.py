@@ -32,6 +32,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import redis
 import trustme
 import yaml
 from azure.keyvault.secrets import SecretClient
@@ -664,3 +665,50 @@ def test_the_lookups_cold_start_reads_the_vault_off_the_event_loop(clean_env: py
         finally:
             vault.close()
     assert stalled < 0.5, f"the worker's event loop stood still for {stalled:.1f} s while the vault was read"
+
+
+# --- 16. A black-holed vault stalls the change feed's new Redis Cluster connections although nothing was rotated ---
+
+def test_a_black_holed_vault_does_not_stall_new_redis_cluster_connections(
+        redis_cluster: LocalRedisCluster | None) -> None:
+    """A vault that cannot be reached keeps the cached value (``secrets.py``): Redis may still take it, and the vault
+    is re-read when Redis refuses the password, as test 12 holds for the lookups' clients. Here the password was
+    read at start-up, the vault has gone dark since (it accepts TCP and never answers), Redis is up and the password
+    unchanged. Expected: the first command of the change feed's blocking Redis Cluster client is bounded by the
+    Redis socket timeout.
+
+    Was: that client (``SecretCredentials(refresh_each=True)``) called ``RotatingSecret.refresh`` before every new
+    connection, and the first refresh always reads the vault, so its first command waited for the whole vault read
+    (timeouts and retries: about 40 s with the adapter's defaults) before it even logged in, and so did every new
+    connection (a failover, a node added) each time the refresh interval had passed.
+    """
+    if redis_cluster is None:
+        pytest.skip("SLUICE_TEST_REDIS_CLUSTER_URL names an external cluster: its ACL is not ours to change")
+    user, password = f"bh{uuid.uuid4().hex[:10]}", uuid.uuid4().hex
+
+    def on_every_node(*command: str) -> None:
+        for port in redis_cluster.ports:
+            with redis.Redis(host=redis_cluster.host, port=port) as node:
+                node.execute_command(*command)
+
+    on_every_node("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all")
+    with socket.socket() as hole:  # a vault that accepts connections and never answers (a black-holed endpoint)
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        vault = KeyVaultSecrets(f"https://127.0.0.1:{hole.getsockname()[1]}/", timeout=2.0, retries=1)
+        first = iter([password])  # the read at start-up (store_password) got the value; the vault went dark since
+        secret = RotatingSecret("redis-password", lambda: next(first, None) or vault.fetch("redis-password"),
+                                min_interval=5.0)
+        secret.value()
+        connection = RedisConnection(redis_cluster.url.replace("redis://", f"redis://{user}@"), password=secret,
+                                     cluster=True, socket_timeout=1.0)
+        try:
+            started = time.monotonic()
+            connection.client().set(f"blackhole:{{{user}}}", "1")
+            took = time.monotonic() - started
+        finally:
+            connection.close()
+            vault.close()
+            on_every_node("ACL", "DELUSER", user)
+    assert took < 2.0, (f"the first command on the Redis Cluster (Redis up, password unchanged) took {took:.1f} s: "
+                        "it waited for a read of the unreachable vault")

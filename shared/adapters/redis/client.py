@@ -8,14 +8,13 @@ map after a failover. Nothing connects before the first use, and a failed
 first use is retried on the next one, so a Redis that is down at start-up only
 makes lookups bypass the cache.
 
-A password given as a :class:`RotatingSecret` is read for each new connection
-(a redis-py ``CredentialProvider``; the ACL user name comes from the URL). When a
-single Redis refuses it (``WRONGPASS``, ``NOAUTH``: ``AuthenticationError``), the
-secret is re-read (rate-limited) and the log-in repeated once with the new value;
-the client that asks ``INFO cluster`` (``cluster=None``) logs in the same way.
-``RedisCluster`` runs its own log-in hook, so on a cluster the secret is re-read
-(rate-limited) before each new connection instead, and a refused connection is
-retried by the cluster client's own retries.
+A password given as a :class:`RotatingSecret` is given to each new connection as
+its cached value (a redis-py ``CredentialProvider``; the ACL user name comes from
+the URL), so a slow or unreachable vault never holds a log-in that Redis accepts.
+When Redis refuses it (``WRONGPASS``, ``NOAUTH``: ``AuthenticationError``), the
+secret is re-read (rate-limited) and the log-in repeated once with the new value
+(:meth:`SecretCredentials.log_in`): on a single Redis, in the client that asks
+``INFO cluster`` (``cluster=None``), and on each node of a Redis Cluster alike.
 Open connections stay logged in: Redis checks a password only at ``AUTH``.
 
 With ``entra`` (a ``TokenCredential``) there is no password: each client gets an
@@ -26,9 +25,10 @@ before the token ends (``entra.py``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -234,13 +234,12 @@ class RedisConnection:
                 probe.close()
             logger.info("Redis at %s is %s", self._where(), "a cluster" if cluster else "a single node")
         self._cluster = cluster
-        if isinstance(provider, SecretCredentials):
-            provider.refresh_each = bool(cluster)
         if cluster:
             # Few, short retries: a failover takes seconds, and the callers retry anyway (the change feed
             # on its next run, the lookups after their bypass window); long in-client retries only stall them.
             retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
-            return RedisCluster.from_url(self.url, retry=retry, **self._options)
+            cluster_class = SecretLogInCluster if isinstance(provider, SecretCredentials) else RedisCluster
+            return cluster_class.from_url(self.url, retry=retry, **self._options)
         return redis.Redis.from_url(self.url, health_check_interval=30, redis_connect_func=hook, **self._options)
 
     def _signed_in_again(self, token: Token) -> None:
@@ -288,29 +287,50 @@ def as_text(value: bytes | str) -> str:
 
 
 class SecretCredentials(CredentialProvider):
-    """The ACL user and the current value of its password secret, asked for at every new connection."""
+    """The ACL user and the cached value of its password secret, asked for at every new connection.
 
-    def __init__(self, username: str | None, secret: RotatingSecret, *, refresh_each: bool = False) -> None:
+    The vault is read again only after Redis refuses that value (:meth:`log_in`), never before a log-in: a vault
+    that does not answer must not hold connections to a Redis that still takes the cached password.
+    """
+
+    def __init__(self, username: str | None, secret: RotatingSecret) -> None:
         self.username = username
         self.secret = secret
-        self.refresh_each = refresh_each  # a cluster: no log-in hook of ours, so read the vault first (rate-limited)
 
     def get_credentials(self) -> tuple[str] | tuple[str, str]:
-        if self.refresh_each:
-            self.secret.refresh("opening a Redis Cluster connection")
         password = self.secret.value()
         return (self.username, password) if self.username else (password,)
 
-    def log_in(self, connection: AbstractConnection) -> None:
-        """redis-py's log-in, repeated once with the secret's new value if the server refused the password."""
+    def log_in(self, connection: AbstractConnection, handshake: Callable[[], object] | None = None) -> None:
+        """redis-py's log-in (``handshake``; the connection's ``on_connect`` unless given), repeated once with the
+        secret's new value if the server refused the password."""
+        if handshake is None:
+            handshake = connection.on_connect
         used = self.secret.value()  # what get_credentials gives on_connect
         try:
-            connection.on_connect()  # type: ignore[no-untyped-call]  # redis-py leaves on_connect unannotated
+            handshake()
         except AuthenticationError:
             if not self.secret.refresh(rejected=used):
                 raise
             logger.warning("Redis refused the password of secret %s; logging in with its new value", self.secret.name)
-            connection.on_connect()  # type: ignore[no-untyped-call]  # a refused AUTH leaves the socket open, not logged in
+            handshake()  # a refused AUTH leaves the socket open, not logged in
+
+
+class SecretLogInCluster(RedisCluster):
+    """A ``RedisCluster`` whose connections log in through :meth:`SecretCredentials.log_in`, as a single Redis's do.
+
+    redis-py's cluster client makes its own ``on_connect`` every node's log-in and runs a caller's
+    ``redis_connect_func`` only after that log-in succeeded, too late to answer a refused password; this is the
+    one place a cluster connection's refusal can be caught and the log-in repeated with the secret's new value.
+    """
+
+    def on_connect(self, connection: AbstractConnection) -> None:
+        handshake = functools.partial(super().on_connect, connection)
+        credentials = connection.credential_provider
+        if isinstance(credentials, SecretCredentials):
+            credentials.log_in(connection, handshake)
+        else:
+            handshake()
 
 
 def without_username(url: str) -> tuple[str, str | None]:
