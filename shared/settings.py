@@ -123,6 +123,22 @@ def _json(value: object) -> object:
     return value
 
 
+def _https_url(value: str, example: str) -> None:
+    """Refuse an endpoint URL an Azure SDK cannot take tokens to: not https (in any case: a scheme is
+    case-insensitive, RFC 3986 3.1), no host, or a port that is no port (``example`` shows a good one)."""
+    parts = urlsplit(value)
+    if parts.scheme.lower() != "https":
+        raise ValueError("must be an https:// URL (the SDK refuses tokens over plain http)")
+    if not parts.hostname:
+        raise ValueError(f"names no host (e.g. {example})")
+    try:
+        port = parts.port
+    except ValueError:  # the SDK's transport would raise the same, bare, at the first request
+        raise ValueError(f"port {parts.netloc.rpartition(':')[2]!r} is not a port (1-65535)") from None
+    if port == 0:  # the SDK's transport would drop it and connect to 443
+        raise ValueError("port 0 is not a port (1-65535)")
+
+
 class StorageSettings(_Group):
     """Blob storage of the Functions host (``AzureWebJobsStorage``): dead letters, leases, reference data.
 
@@ -160,10 +176,8 @@ class StorageSettings(_Group):
     @field_validator("blob_service_uri")
     @classmethod
     def _blob_https(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("https://"):
-            raise ValueError("must be an https:// URL (the SDK refuses tokens over plain http)")
-        if value is not None and not urlsplit(value).hostname:
-            raise ValueError("names no host (e.g. https://<account>.blob.core.windows.net)")
+        if value is not None:
+            _https_url(value, "https://<account>.blob.core.windows.net")
         return value.rstrip("/") if value else value
 
     @model_validator(mode="after")
@@ -769,10 +783,8 @@ class KeyVaultSettings(_Group):
     @field_validator("url")
     @classmethod
     def _https(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("https://"):
-            raise ValueError("must be an https:// URL (the SDK refuses tokens over plain http)")
-        if value is not None and not urlsplit(value).hostname:
-            raise ValueError("names no host (e.g. https://<vault>.vault.azure.net/)")
+        if value is not None:
+            _https_url(value, "https://<vault>.vault.azure.net/")
         return value
 
 

@@ -188,6 +188,23 @@ def test_a_wrong_ca_bundle_is_a_dependency_error(keyvault_emulator: KeyVaultEmul
         adapter.close()
 
 
+def test_a_vault_url_with_an_upper_case_scheme_is_read_and_accepted(keyvault_emulator: KeyVaultEmulator) -> None:
+    # a URL's scheme is case-insensitive (RFC 3986 3.1): the SDK reads through HTTPS://, so the settings take it
+    name = unique_secret_name()
+    client = keyvault_emulator.client()
+    try:
+        client.set_secret(name, "value")
+    finally:
+        client.close()
+    secrets = KeyVaultSecrets(keyvault_emulator.url.replace("https://", "HTTPS://"),
+                              ca_file=str(keyvault_emulator.ca_file))
+    try:
+        assert secrets.fetch(name) == "value"
+    finally:
+        secrets.close()
+    assert load_settings(_sample_environ(SLUICE_KEYVAULT_URL="HTTPS://kv.vault.azure.net/")).keyvault.url
+
+
 def test_an_unreachable_vault_is_a_dependency_error_quickly() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -381,6 +381,28 @@ def test_an_https_url_without_a_host_is_refused(variable: str, url: str):
         load_settings(values)
 
 
+@pytest.mark.parametrize("variable", ["SLUICE_KEYVAULT_URL", "AzureWebJobsStorage__blobServiceUri"])
+@pytest.mark.parametrize(("port", "named"), [("99999", "port '99999' is not a port"), ("0", "port 0 is not a port")])
+def test_an_https_url_with_a_port_that_is_no_port_is_refused(variable: str, port: str, named: str):
+    # 99999: the transport raises a bare ValueError at the first request; 0: it drops the port and connects to 443
+    values = dict(SAMPLE, **{variable: f"https://endpoint.example.net:{port}/"})
+    if variable.startswith("AzureWebJobsStorage"):
+        del values["AzureWebJobsStorage"]
+    with pytest.raises(ConfigurationError, match=f"{variable}: {named}"):
+        load_settings(values)
+
+
+@pytest.mark.parametrize("variable", ["SLUICE_KEYVAULT_URL", "AzureWebJobsStorage__blobServiceUri"])
+def test_an_https_url_is_taken_with_its_scheme_in_any_case(variable: str):
+    # a URL's scheme is case-insensitive (RFC 3986 3.1), and the SDKs take HTTPS:// as https://
+    values = dict(SAMPLE, **{variable: "HTTPS://endpoint.example.net/"})
+    if variable.startswith("AzureWebJobsStorage"):
+        del values["AzureWebJobsStorage"]
+    load_settings(values)
+    with pytest.raises(ConfigurationError, match=f"{variable}: must be an https:// URL"):
+        load_settings(dict(values, **{variable: "HTTP://endpoint.example.net/"}))
+
+
 def test_traced_clients_are_named_in_any_case():
     assert load_settings(dict(SAMPLE, SLUICE_TRACE_CLIENTS="Redis, CASSANDRA")).telemetry.trace_clients == [
         "redis", "cassandra"]
