@@ -123,6 +123,33 @@ def _json(value: object) -> object:
     return value
 
 
+def ca_bundle_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why the file at ``path`` cannot be a CA bundle, or ``None`` when it holds at least one certificate.
+
+    Python's ssl loads it as redis-py, the Cassandra driver and the Azure SDKs do (libpq's OpenSSL reads the same
+    PEM). A file with no certificate in it would fail every TLS connection, each one reported as the store being
+    down; an empty PEM loads without error, so the certificates loaded are counted.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=path)
+    except ssl.SSLError:
+        return "holds no PEM certificate (a CA bundle is one or more -----BEGIN CERTIFICATE----- blocks)"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if not context.cert_store_stats()["x509"]:
+        return "holds no PEM certificate (a CA bundle is one or more -----BEGIN CERTIFICATE----- blocks)"
+    return None
+
+
+def _holds_a_certificate(value: Path | None) -> Path | None:
+    """A CA bundle setting's validator: see :func:`ca_bundle_problem`."""
+    problem = ca_bundle_problem(value) if value is not None else None
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 def _https_url(value: str, example: str) -> None:
     """Refuse an endpoint URL an Azure SDK cannot take tokens to: not https (in any case: a scheme is
     case-insensitive, RFC 3986 3.1), no host, or a port that is no port (``example`` shows a good one)."""
@@ -172,6 +199,8 @@ class StorageSettings(_Group):
     ca_file: FilePath | None = Field(None, description="CA bundle for a local blob endpoint's HTTPS certificate")
     deadletter_container: BlobContainerName = "sluice-deadletter"
     """Blob container for dead letters (created on first use)"""
+
+    _ca_file_holds_a_certificate = field_validator("ca_file")(_holds_a_certificate)
 
     @field_validator("blob_service_uri")
     @classmethod
@@ -255,6 +284,7 @@ class CassandraSettings(_Group):
 
     _split_hosts = field_validator("hosts", mode="before")(_split_csv)
     _decode_replication = field_validator("replication", mode="before")(_json)
+    _ca_file_holds_a_certificate = field_validator("tls_ca_file")(_holds_a_certificate)
 
     @model_validator(mode="after")
     def _credentials_complete(self) -> Self:
@@ -422,6 +452,10 @@ class RedisSettings(_Group):
             for path in query.get(option, []):
                 if not Path(path).is_file():
                     raise ValueError(f"{option} {path!r} does not point to a file")
+        for path in query.get("ssl_ca_certs", []):
+            problem = ca_bundle_problem(path)
+            if problem:
+                raise ValueError(f"ssl_ca_certs {path!r} {problem}")
         for path in query.get("ssl_ca_path", []):
             if not Path(path).is_dir():
                 raise ValueError(f"ssl_ca_path {path!r} does not point to a directory")
@@ -551,9 +585,11 @@ class PostgresSettings(_Group):
     @field_validator("sslrootcert")
     @classmethod
     def _ca_or_system(cls, value: Path | None) -> Path | None:
-        if value is not None and str(value) != "system" and not value.is_file():
+        if value is None or str(value) == "system":
+            return value
+        if not value.is_file():
             raise ValueError("Path does not point to a file (nor is it `system`)")
-        return value
+        return _holds_a_certificate(value)
 
     @model_validator(mode="after")
     def _ca_is_used(self) -> Self:
@@ -779,6 +815,8 @@ class KeyVaultSettings(_Group):
     refresh_min_interval_seconds: float = Field(
         5.0, ge=0, description="a secret a store refused is re-read at most this often"
     )
+
+    _ca_file_holds_a_certificate = field_validator("ca_file")(_holds_a_certificate)
 
     @field_validator("url")
     @classmethod

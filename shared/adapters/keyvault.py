@@ -8,9 +8,10 @@ or ::1). Locally the challenge's resource is not checked either (it names
 (``SLUICE_KEYVAULT_CA_FILE``) verifies its HTTPS certificate.
 
 Errors: a secret that is missing, disabled, expired, not yet valid, badly named,
-or that the identity may not read, and a refused credential, are a
-:class:`ConfigurationError` naming the secret (retrying cannot help); a vault or
-sign-in endpoint that cannot be reached is :class:`DependencyUnavailable`.
+or that the identity may not read, a refused credential, and a CA bundle that
+holds no certificate, are a :class:`ConfigurationError` naming the secret or the
+bundle (retrying cannot help); a vault or sign-in endpoint that cannot be reached
+is :class:`DependencyUnavailable`.
 Values are never logged.
 
 Telling "refused" from "unreachable" when signing in: a bare credential raises
@@ -50,7 +51,7 @@ from azure.keyvault.secrets import KeyVaultSecret, SecretClient
 
 from shared.adapters.identity import credential_for, is_local
 from shared.exceptions import ConfigurationError, DependencyUnavailable
-from shared.settings import SECRET_NAME
+from shared.settings import SECRET_NAME, ca_bundle_problem
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class KeyVaultSecrets:
         _note_sign_in_errors(credential)
         self._client = SecretClient(vault_url=url, credential=credential, **options)
         self._url = url
+        self._ca_file = ca_file
         self.get = cache(self.fetch)
 
     def close(self) -> None:
@@ -122,6 +124,12 @@ class KeyVaultSecrets:
                 "key vault", f"reading secret {name!r} from {self._url}: {_reason(exc)}"
             ) from exc
         except AzureError as exc:
+            # a CA bundle without a certificate fails every read inside the TLS set-up: no retry mends that
+            problem = ca_bundle_problem(self._ca_file) if self._ca_file else None
+            if problem:
+                raise ConfigurationError(
+                    f"the CA bundle {self._ca_file!r} for Key Vault {self._url} {problem}"
+                ) from None
             raise DependencyUnavailable("key vault", f"reading secret {name!r} from {self._url}: {exc}") from exc
         value = _valid_value(name, secret)
         logger.info("read secret %s from Key Vault", name)

@@ -175,6 +175,19 @@ def test_a_bad_secret_name_is_refused_before_any_request(secrets: KeyVaultSecret
         secrets.get(bad)
 
 
+def test_a_ca_bundle_without_a_certificate_is_a_configuration_error(keyvault_emulator: KeyVaultEmulator,
+                                                                     tmp_path: Path) -> None:
+    # every read would fail inside the TLS set-up: not an outage a retry could mend
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("this is not a PEM certificate\n")
+    adapter = KeyVaultSecrets(keyvault_emulator.url, ca_file=str(bundle), retries=0, timeout=5)
+    try:
+        with pytest.raises(ConfigurationError, match=r"ca\.pem.*holds no PEM certificate"):
+            adapter.fetch(unique_secret_name())
+    finally:
+        adapter.close()
+
+
 def test_a_wrong_ca_bundle_is_a_dependency_error(keyvault_emulator: KeyVaultEmulator, tmp_path: Path) -> None:
     import trustme
 

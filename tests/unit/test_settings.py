@@ -7,6 +7,7 @@ import ssl
 from pathlib import Path
 
 import pytest
+import trustme
 
 from shared.exceptions import ConfigurationError
 from shared.settings import GROUPS, env_names, load_settings
@@ -330,9 +331,33 @@ def test_a_ca_bundle_must_be_a_file(variable: str, extra: dict[str, str], tmp_pa
         load_settings(dict(SAMPLE, **extra, **{variable: str(tmp_path / "no-such-ca.pem")}))
     with pytest.raises(ConfigurationError, match=f"{variable}: Path does not point to a file"):
         load_settings(dict(SAMPLE, **extra, **{variable: str(tmp_path)}))
+    load_settings(dict(SAMPLE, **extra, **{variable: _ca_bundle(tmp_path)}))
+
+
+def _ca_bundle(directory: Path) -> str:
+    """A CA bundle holding one certificate, as a path."""
+    bundle = directory / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))
+    return str(bundle)
+
+
+@pytest.mark.parametrize(("variable", "extra"), [
+    ("SLUICE_KEYVAULT_CA_FILE", {"SLUICE_KEYVAULT_URL": "https://127.0.0.1:8443/"}),
+    ("SLUICE_CASSANDRA_TLS_CA_FILE", {"SLUICE_CASSANDRA_TLS": "true"}),
+    ("SLUICE_STORAGE_CA_FILE", {}),
+    ("SLUICE_POSTGRES_SSLROOTCERT", {"SLUICE_POSTGRES_SSLMODE": "verify-full"}),
+    ("SLUICE_REDIS_URL", {}),
+])
+@pytest.mark.parametrize("content", ["this file holds no PEM certificate\n", "", "-----BEGIN CERTIFICATE-----\n"])
+def test_a_ca_bundle_that_holds_no_certificate_is_refused(variable: str, extra: dict[str, str], content: str,
+                                                          tmp_path: Path):
+    # else found at the first connection: a bare ssl.SSLError out of the Cassandra driver, every PostgreSQL and
+    # Redis connection refused (an outage for ever), every Key Vault read reported as the vault being down
     bundle = tmp_path / "ca.pem"
-    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
-    load_settings(dict(SAMPLE, **extra, **{variable: str(bundle)}))
+    bundle.write_text(content)
+    value = f"rediss://127.0.0.1:6380/0?ssl_ca_certs={bundle}" if variable == "SLUICE_REDIS_URL" else str(bundle)
+    with pytest.raises(ConfigurationError, match=f"{variable}: .*holds no PEM certificate"):
+        load_settings(dict(SAMPLE, **extra, **{variable: value}))
 
 
 def test_postgres_may_verify_with_the_system_certificate_authorities(tmp_path: Path,
@@ -358,16 +383,15 @@ def test_the_system_certificate_authorities_need_a_host_name_check(mode: str):
 
 
 def test_a_ca_bundle_that_would_go_unused_is_refused(tmp_path: Path):
-    bundle = tmp_path / "ca.pem"
-    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    bundle = _ca_bundle(tmp_path)
     with pytest.raises(ConfigurationError, match="SLUICE_CASSANDRA_TLS_CA_FILE is set but SLUICE_CASSANDRA_TLS is f"):
-        load_settings(dict(SAMPLE, SLUICE_CASSANDRA_TLS="false", SLUICE_CASSANDRA_TLS_CA_FILE=str(bundle)))
+        load_settings(dict(SAMPLE, SLUICE_CASSANDRA_TLS="false", SLUICE_CASSANDRA_TLS_CA_FILE=bundle))
     for mode in ("disable", "allow", "prefer"):
         with pytest.raises(ConfigurationError, match=f"SLUICE_POSTGRES_SSLMODE={mode} may connect without checking"):
-            load_settings(dict(SAMPLE, SLUICE_POSTGRES_SSLMODE=mode, SLUICE_POSTGRES_SSLROOTCERT=str(bundle)))
+            load_settings(dict(SAMPLE, SLUICE_POSTGRES_SSLMODE=mode, SLUICE_POSTGRES_SSLROOTCERT=bundle))
     for mode in ("require", "verify-ca", "verify-full"):  # libpq checks the server against it from require on
         assert load_settings(dict(SAMPLE, SLUICE_POSTGRES_SSLMODE=mode,
-                                  SLUICE_POSTGRES_SSLROOTCERT=str(bundle))).postgres.sslmode == mode
+                                  SLUICE_POSTGRES_SSLROOTCERT=bundle)).postgres.sslmode == mode
 
 
 @pytest.mark.parametrize(("variable", "url"), [("SLUICE_KEYVAULT_URL", "https://"),
