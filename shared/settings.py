@@ -462,6 +462,9 @@ class RedisSettings(_Group):
         for option, values in query.items():
             for given in values:
                 _redis_parses(option, given)
+                _redis_connects_with(option, given)
+        if _redis_db(value) < 0:  # Redis numbers its databases from 0: SELECT fails at every connection
+            raise ValueError(f"selects database {_redis_db(value)}: Redis numbers its databases from 0")
         return value
 
     @model_validator(mode="after")
@@ -523,6 +526,23 @@ def _redis_parses(option: str, value: str) -> None:
             # redis-py hands the number to SSLContext.minimum_version: TLS 1.2 is 771 (ssl.TLSVersion.TLSv1_2)
             raise ValueError(f"option ssl_min_version={value!r} is not a TLS version number "
                              f"(TLSv1_2 is {ssl.TLSVersion.TLSv1_2.value}, TLSv1_3 {ssl.TLSVersion.TLSv1_3.value})")
+
+
+def _redis_connects_with(option: str, value: str) -> None:
+    """Refuse a URL query value redis-py parses but every connection then refuses, naming the option."""
+    if option == "protocol" and int(value) not in (2, 3):
+        # redis-py's Connection (redis.connection and redis.asyncio.connection) raises ConnectionError
+        # "protocol must be either 2 or 3" at every connection
+        raise ValueError(f"option protocol={value!r} is not a protocol redis-py speaks (2 or 3)")
+    if option == "client_name" and not all("!" <= character <= "~" for character in value):
+        # Redis's CLIENT SETNAME, which redis-py sends at every connection, refuses spaces, newlines and anything
+        # outside printable ASCII ("Client names cannot contain spaces, newlines or special characters")
+        raise ValueError(f"option client_name={value!r} has a space or a character Redis refuses in a client name")
+    if option == "ssl_ciphers":
+        try:  # redis-py hands it to SSLContext.set_ciphers at every connection
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).set_ciphers(value)
+        except ssl.SSLError:
+            raise ValueError(f"option ssl_ciphers={value!r} selects no cipher OpenSSL knows") from None
 
 
 def _redis_db(url: str) -> int:

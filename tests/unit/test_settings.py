@@ -448,6 +448,12 @@ def test_the_redis_wait_guard_is_off_by_default_and_bounded():
     ("rediss://cache.example:70000/0", "'70000' is not a port"),
     ("redis://127.0.0.1:6379/0?ssl=true", "options redis-py does not take (ssl)"),
     ("rediss://cache.example:6380/0?socket_timeout=inf", "set SLUICE_REDIS_SOCKET_TIMEOUT_SECONDS instead"),
+    # each taken by redis-py's URL parser, then refused at every connection:
+    ("redis://127.0.0.1:6379/0?protocol=4", "protocol='4'"),  # ConnectionError 'protocol must be either 2 or 3'
+    ("redis://127.0.0.1:6379/0?client_name=sluice%20worker", "client_name='sluice worker'"),  # 'cannot contain spaces'
+    ("redis://127.0.0.1:6379/0?db=-1", "database -1"),  # ResponseError 'DB index is out of range'
+    ("redis://127.0.0.1:6379/-1", "database -1"),
+    ("rediss://127.0.0.1:6380/0?ssl_ciphers=NOT-A-CIPHER", "ssl_ciphers='NOT-A-CIPHER'"),  # 'No cipher can be selected'
 ])
 def test_a_redis_url_redis_py_would_read_otherwise_is_refused_naming_what(url: str, named: str) -> None:
     with pytest.raises(ConfigurationError, match="SLUICE_REDIS_URL") as caught:
@@ -456,7 +462,8 @@ def test_a_redis_url_redis_py_would_read_otherwise_is_refused_naming_what(url: s
 
 
 def test_redis_url_options_redis_py_takes_are_kept() -> None:
-    url = "rediss://cache.example:6380/0?ssl_check_hostname=true&health_check_interval=30&client_name=sluice"
+    url = ("rediss://cache.example:6380/0?ssl_check_hostname=true&health_check_interval=30&client_name=sluice"
+           "&protocol=2&ssl_ciphers=ECDHE%2BAESGCM")
     assert load_settings({**SAMPLE, "SLUICE_REDIS_URL": url}).redis.url == url
 
 
