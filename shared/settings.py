@@ -88,6 +88,10 @@ class _MappingEnvSource(EnvSettingsSource):
         return parse_env_vars(source, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
 
+# An app setting written as a Key Vault reference (App Service / Functions); resolved, the process sees the value.
+_KEY_VAULT_REFERENCE = re.compile(r"\s*@Microsoft\.KeyVault\(", re.IGNORECASE)
+
+
 class _Group(BaseSettings):
     # allow_inf_nan=False: "inf" is a float to Python, and an infinite timeout or interval is never what is meant
     # (redis-py raises OverflowError on every command, a lookup never times out into a 503)
@@ -104,6 +108,19 @@ class _Group(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, _MappingEnvSource(settings_cls))
+
+    @field_validator("*")
+    @classmethod
+    def _not_an_unresolved_reference(cls, value: object) -> object:
+        """A secret that reads ``@Microsoft.KeyVault(...)`` is an app setting the Function App platform could not
+        resolve (no access, a wrong name): it passes the reference on as text, which would then be taken as the
+        password (every log-in refused, read as an outage) or as an HMAC key anyone reading the app's settings
+        knows. The message names the variable only: the value is never echoed."""
+        if isinstance(value, SecretStr) and _KEY_VAULT_REFERENCE.match(value.get_secret_value()):
+            raise ValueError("is a Key Vault reference (@Microsoft.KeyVault(...)) the platform could not resolve, "
+                             "passed on as text: give the app's identity read access to that secret (Key Vault "
+                             "Secrets User) and check the reference names it")
+        return value
 
 
 def _split_csv(value: object) -> object:

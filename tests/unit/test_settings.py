@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import ssl
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import trustme
+from pydantic import SecretStr
 
 from shared.exceptions import ConfigurationError
 from shared.settings import GROUPS, env_names, load_settings
@@ -166,6 +168,24 @@ def test_secrets_are_redacted_everywhere_they_could_be_printed():
     for text in (str(settings.as_dict()), repr(settings), str(settings)):
         assert "hunter2" not in text
         assert "AccountKey" not in text and "UseDevelopmentStorage" not in text
+
+
+SECRET_VALUED = [variable for group in GROUPS.values()
+                 for variable, field in zip(env_names(group), group.model_fields.values(), strict=True)
+                 if SecretStr in (field.annotation, *get_args(field.annotation))]
+UNRESOLVED = "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/pg-password/)"
+
+
+@pytest.mark.parametrize("variable", SECRET_VALUED)
+def test_an_unresolved_key_vault_reference_is_not_taken_as_the_secret_itself(variable: str):
+    # the Function App platform passes a reference it could not resolve on as text: as a password every log-in
+    # would be refused (read as an outage); as SLUICE_DASHBOARD_TOKEN_KEY, anyone reading the app's settings
+    # could forge history page tokens
+    assert {"SLUICE_POSTGRES_PASSWORD", "SLUICE_DASHBOARD_TOKEN_KEY", "AzureWebJobsStorage"} <= set(SECRET_VALUED)
+    login = {"SLUICE_CASSANDRA_USERNAME": "sluice"} if variable == "SLUICE_CASSANDRA_PASSWORD" else {}
+    with pytest.raises(ConfigurationError, match=f"{variable}: is a Key Vault reference.* could not resolve") as caught:
+        load_settings(dict(SAMPLE, **login, **{variable: UNRESOLVED}))
+    assert "pg-password" not in str(caught.value)
 
 
 def test_critical_rules_are_parsed_and_checked():
