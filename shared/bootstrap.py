@@ -524,8 +524,9 @@ def export_lag() -> None:
     scales to zero (``minReplicaCount: 0``): the lag must come from a process that is
     up exactly when KEDA fails to wake ingest. Only these processes export it, so the
     pods do not add up to a multiple of it (each lookups pod reports the same reading:
-    the dashboards and alerts take the max per partition). The gauge shares the status
-    route's ``CachedPartitionLag``. Telemetry set up later (:func:`_retry_telemetry`)
+    the dashboards and alerts take the max per partition). The gauge reads the hub through the status
+    route's ``CachedPartitionLag`` every period (``fresh_lag``, never its cached answer), and the route takes those
+    readings while they are fresh enough for it. Telemetry set up later (:func:`_retry_telemetry`)
     registers it then. A gauge that cannot be set up is logged, never raised.
     """
     global _lag_export, _lag_figures
@@ -540,7 +541,7 @@ def export_lag() -> None:
     try:
         lag = lag_reader()
         if lag is not None:
-            figures = telemetry.active().metrics.register_lag_gauge(lag.lag, settings().ingest.consumer_group)
+            figures = telemetry.active().metrics.register_lag_gauge(lag.fresh_lag, settings().ingest.consumer_group)
             with _lock:
                 _lag_figures = figures
     except Exception:  # no lag gauge is no reason to fail the worker's start
@@ -736,7 +737,8 @@ def _dependency_health() -> BlockingHealth:
 def lag_reader() -> CachedPartitionLag | None:
     """The ingest hub's lag as KEDA reads it, from the host's own Event Hubs connection; ``None`` without one.
 
-    One per process: the status route and the ``sluice.eventhub.lag`` gauge share its readings."""
+    One per process: the ``sluice.eventhub.lag`` gauge reads the hub with it every period, and the status route
+    takes the gauge's readings (or reads itself) within its ``max_age``."""
     from shared.adapters.eventhub_lag import CachedPartitionLag, EventHubBlobLagReader
 
     parts = _host_eventhub()

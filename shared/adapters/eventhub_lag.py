@@ -290,9 +290,13 @@ class CachedPartitionLag:
 
     A reading opens one management connection per partition, so every pod's status
     page shares the cost of one reading every few seconds whatever the page traffic.
-    A partition whose checkpoint KEDA cannot read is left out of :meth:`lag` (KEDA
-    counts nothing there; the reader's count of every retained event would be a false,
-    growing lag) and named by :meth:`unreadable`.
+    The ``sluice.eventhub.lag`` gauge reads with :meth:`fresh_lag` every period
+    instead, which always reads the hub: a cached answer would be handed to the gauge
+    as a reading of now, the hub read every other period only, and the gauge's
+    staleness limit measured from the wrong time. The page takes those readings too
+    while they are under ``max_age`` old. A partition whose checkpoint KEDA cannot
+    read is left out of :meth:`lag` (KEDA counts nothing there; the reader's count
+    of every retained event would be a false, growing lag) and named by :meth:`unreadable`.
     """
 
     def __init__(self, reader: PartitionLagReader, *, max_age: float = 5.0,
@@ -306,10 +310,18 @@ class CachedPartitionLag:
 
     def lag(self) -> dict[str, int]:
         """Unprocessed events per partition; a failed reading is remembered as long as a good one would be."""
+        return self._counted(self._max_age)
+
+    def fresh_lag(self) -> dict[str, int]:
+        """Unprocessed events per partition, read from the hub now (the gauge's reading of each period)."""
+        return self._counted(0.0)
+
+    def _counted(self, max_age: float) -> dict[str, int]:
+        """The partitions' counts from a reading that ended less than ``max_age`` seconds ago, or from a new one."""
         with self._reading:
             with self._lock:
                 last = self._last
-            if last is None or self._monotonic() - last[0] >= self._max_age:
+            if last is None or self._monotonic() - last[0] >= max_age:
                 try:
                     reading: LagReading | DependencyUnavailable = self._reader.read()
                 except DependencyUnavailable as exc:
@@ -323,7 +335,8 @@ class CachedPartitionLag:
         return {p.partition_id: p.unprocessed for p in result.partitions if p.checkpoint_error is None}
 
     def unreadable(self) -> dict[str, str]:
-        """Partition -> why KEDA cannot read its checkpoint, from the last reading :meth:`lag` made (never reads)."""
+        """Partition -> why KEDA cannot read its checkpoint, from the last reading :meth:`lag` or :meth:`fresh_lag`
+        made (never reads)."""
         with self._lock:
             result = None if self._last is None else self._last[1]
         if not isinstance(result, LagReading):

@@ -239,12 +239,14 @@ class OtelMetrics:
 
     def register_lag_gauge(self, lag: Callable[[], Mapping[str, int]], consumer_group: str, *,
                            period: float = LAG_PERIOD) -> RefreshedFigures:
-        """``sluice.eventhub.lag`` per partition from ``lag`` (e.g. ``CachedPartitionLag.lag``), read every ``period``.
+        """``sluice.eventhub.lag`` per partition from ``lag`` (``CachedPartitionLag.fresh_lag``), read every ``period``.
 
         ``lag`` runs on a thread of its own (``RefreshedFigures``), never in the
         collection: an unreachable namespace (its SDK retries for about 12 s) must
-        not hold the scrape of every other instrument. Each collection reports the
-        last reading, if it ended less than three periods ago; a failed reading
+        not hold the scrape of every other instrument. ``lag`` must read the hub each
+        time it is called, never answer from a cache: its figures are dated when it
+        returns. Each collection reports the last reading, if it ended less than three
+        periods ago; a failed reading
         reports no point (no point is better than a false 0) and is logged at most
         once a minute. Returns the figures, whose ``stop`` ends the reading thread.
 

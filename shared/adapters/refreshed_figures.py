@@ -42,8 +42,10 @@ def daemon_thread(run: Callable[[], None], name: str) -> None:
 class RefreshedFigures:
     """Key -> figure (partition -> count) from ``read``, read every ``period`` seconds on a daemon thread.
 
-    ``read`` may block and raise; ``failed`` is told about each exception (it must
-    not raise). :meth:`latest` never waits for a reading. ``spawn`` starts the
+    ``read`` may block and raise, and must read each time it is called: its figures are
+    dated when it returns, so a cached answer would pass for a reading of now (and
+    outlive the ``keep_periods`` limit by the cache's age). ``failed`` is told about
+    each exception (it must not raise). :meth:`latest` never waits for a reading. ``spawn`` starts the
     reading loop (a daemon thread; a test that steps with :meth:`refresh` starts none).
     """
 
