@@ -47,7 +47,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
-from shared import telemetry_environment
+from shared import eventhub_connection, telemetry_environment
 from shared.domain.events import Limits
 from shared.domain.rules import MeasurementRule
 from shared.exceptions import ConfigurationError
@@ -1021,6 +1021,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         # The standard telemetry variables telemetry.build chooses its exporters by: refused here, at start-up (and by
         # the startup probe), rather than running a consuming worker without telemetry.
         problems.extend(telemetry_environment.problems(_environ.get() or {}))  # set above: the mapping validated
+        # The host's Event Hubs connection, which ingest's trigger and the lag readers of every pod connect with.
+        problems.extend(eventhub_connection.problems(_environ.get() or {}))
         if problems:
             raise ConfigurationError("invalid settings:\n  " + "\n  ".join(problems))
         try:

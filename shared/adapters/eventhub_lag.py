@@ -36,12 +36,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.eventhub import EventHubConsumerClient
 from azure.storage.blob import BlobServiceClient
 
+from shared import eventhub_connection
 from shared.adapters.identity import credential_for
 from shared.exceptions import ConfigurationError, DependencyUnavailable
 from shared.ports.lag import LagReading, PartitionLag, PartitionLagReader
@@ -240,18 +240,13 @@ class HostEventHubConnection:
     def from_environ(cls, environ: Mapping[str, str]) -> HostEventHubConnection:
         """The connection ``environ`` sets (``configured`` is false when it sets none); a ``ConfigurationError``
         when ``__credential`` or ``__clientId`` say something the host would not take."""
-        credential = environ.get("EventHubConnection__credential") or None
-        client_id = environ.get("EventHubConnection__clientId") or None
-        if credential is not None and credential.lower() != "managedidentity":
-            raise ConfigurationError(f"EventHubConnection__credential={credential!r}: the only value is "
-                                     f"'managedidentity' (unset: DefaultAzureCredential)")
-        if client_id and credential is None:
-            raise ConfigurationError("EventHubConnection__clientId needs EventHubConnection__credential="
-                                     "managedidentity (without it, DefaultAzureCredential picks the identity from "
-                                     "the environment)")
+        problems = eventhub_connection.identity_problems(environ)
+        if problems:
+            raise ConfigurationError("; ".join(problems))
         return cls(connection_string=environ.get("EventHubConnection") or None,
                    fully_qualified_namespace=environ.get("EventHubConnection__fullyQualifiedNamespace") or None,
-                   managed_identity=credential is not None, client_id=client_id)
+                   managed_identity=bool(environ.get("EventHubConnection__credential")),
+                   client_id=environ.get("EventHubConnection__clientId") or None)
 
     @property
     def configured(self) -> bool:
@@ -348,14 +343,12 @@ def host_checkpoint_source(eventhub: str, consumer_group: str, *, connection_str
                            fully_qualified_namespace: str | None) -> KedaCheckpointSource:
     """Where the Functions host (and the dev host) checkpoint ``eventhub``: the namespace as the SDK writes it."""
     if connection_string:
-        endpoint = dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part).get("Endpoint", "")
         # The SDK names checkpoints after the endpoint's host *and port* (``127.0.0.1:5672`` for the emulator);
         # Azure's endpoints have no port.
-        fully_qualified_namespace = urlsplit(endpoint).netloc
-        if not fully_qualified_namespace:  # set, but not a connection string with an Endpoint=sb://<host>/ part
-            raise ConfigurationError("EventHubConnection is set but names no endpoint: it must be an Event Hubs "
-                                     "connection string (Endpoint=sb://<namespace>.servicebus.windows.net/;"
-                                     "SharedAccessKeyName=...;SharedAccessKey=...)")
+        try:
+            fully_qualified_namespace = eventhub_connection.namespace(connection_string)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
     if not fully_qualified_namespace:
         raise ConfigurationError("set EventHubConnection (a connection string) or "
                                  "EventHubConnection__fullyQualifiedNamespace (identity) to read Event Hubs")

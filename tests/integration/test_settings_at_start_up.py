@@ -220,3 +220,28 @@ def test_whitespace_around_the_postgres_host_is_not_taken_for_part_of_its_name()
         finally:
             pool.close()
     assert not problems, "; ".join(problems)
+
+
+# --- 5. EventHubConnection is the host's, and was read first when a lag reader was built --------------------------
+
+def test_a_malformed_event_hubs_connection_stops_every_pods_start_not_the_status_page(
+        sample_env: pytest.MonkeyPatch) -> None:
+    """``EventHubConnection`` (with its ``__credential``) is what ingest's trigger connects with, and what every pod
+    serving ``/api/status`` reads the lag with; every Deployment takes it from the one ConfigMap.
+
+    Was: ``load_settings`` did not check it. A lookups pod with a connection string naming no endpoint and a bad
+    ``__credential`` started; building its status service built the lag reader, which raised
+    ``ConfigurationError``, so ``/api/status`` and ``/api/critical`` failed whole (500) and the page showed
+    "status unavailable" for Cassandra, Redis, PostgreSQL and storage too. Now the startup probe's check and the
+    worker's start refuse it, naming both variables, never the key."""
+    sample_env.setenv("EventHubConnection", "Endpoint=;SharedAccessKeyName=k;SharedAccessKey=hunter2")
+    sample_env.setenv("EventHubConnection__credential", "secret")
+    with pytest.raises(ConfigurationError) as probe:
+        load_settings()  # every Deployment's startup probe
+    with pytest.raises(ConfigurationError) as worker:
+        bootstrap.start_worker()  # the readiness probe's request and every first invocation
+    for refused in (probe, worker):
+        message = str(refused.value)
+        assert "EventHubConnection is set but names no endpoint" in message, message
+        assert "EventHubConnection__credential='secret'" in message, message
+        assert "hunter2" not in message

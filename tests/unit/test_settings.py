@@ -512,3 +512,48 @@ def test_the_default_critical_limit_is_one_a_request_could_give() -> None:
     assert load_settings({**SAMPLE, "SLUICE_LOOKUP_CRITICAL_DEFAULT_LIMIT": str(MAX_LIMIT)})
     with pytest.raises(ConfigurationError, match="SLUICE_LOOKUP_CRITICAL_DEFAULT_LIMIT"):
         load_settings({**SAMPLE, "SLUICE_LOOKUP_CRITICAL_DEFAULT_LIMIT": str(MAX_LIMIT + 1)})
+
+
+AZURE_HUB = "Endpoint=sb://fleet.servicebus.windows.net/;SharedAccessKeyName=listen;SharedAccessKey=hunter2"
+
+
+@pytest.mark.parametrize(("values", "messages"), [
+    ({"EventHubConnection": "Endpoint=;SharedAccessKeyName=k;SharedAccessKey=hunter2",
+      "EventHubConnection__credential": "secret"},
+     ["EventHubConnection is set but names no endpoint", "EventHubConnection__credential='secret'"]),
+    ({"EventHubConnection": "garbage"}, ["EventHubConnection is set but names no endpoint"]),
+    ({"EventHubConnection": "Endpoint=sb://fleet.servicebus.windows.net/;SharedAccessKey=hunter2"},
+     ["EventHubConnection names a SharedAccessKey or a SharedAccessKeyName without the other"]),
+    ({"EventHubConnection": "Endpoint=sb://fleet.servicebus.windows.net/;SharedAccessKeyName=listen"},
+     ["EventHubConnection names a SharedAccessKey or a SharedAccessKeyName without the other"]),
+    ({"EventHubConnection": AZURE_HUB + ";SharedAccessKey=hunter3"}, ["no key=value pair, or a key twice"]),
+    ({"EventHubConnection": "", "EventHubConnection__fullyQualifiedNamespace": "fleet.servicebus.windows.net",
+      "EventHubConnection__clientId": "0f1e"}, ["EventHubConnection__clientId needs"]),
+], ids=["no endpoint and a bad credential", "no pairs", "key without its name", "name without its key",
+        "a key twice", "client id alone"])
+def test_an_event_hubs_connection_the_host_would_refuse_stops_the_start_naming_it(
+        values: dict[str, str], messages: list[str]) -> None:
+    """The ingest trigger and every pod's lag readers (the status page, the ``sluice.eventhub.lag`` gauge) connect
+    with the host's ``EventHubConnection``. It was not validated: a malformed one let every pod start, then failed
+    ``/api/status`` whole (500) when its lag reader was built. It stops the start, each problem named, the key never
+    shown."""
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(dict(SAMPLE, **values))
+    message = str(caught.value)
+    for expected in messages:
+        assert expected in message
+    assert "hunter" not in message
+
+
+@pytest.mark.parametrize("values", [
+    {"EventHubConnection": AZURE_HUB},
+    {"EventHubConnection": "endpoint=sb://127.0.0.1:5672;sharedaccesskeyname=k;sharedaccesskey=v;"
+                           "UseDevelopmentEmulator=true"},
+    {"EventHubConnection": "Endpoint=sb://fleet.servicebus.windows.net/;SharedAccessSignature=SharedAccessSignature "
+                           "sr=fleet&sig=s&se=1&skn=listen"},
+    {"EventHubConnection": "", "EventHubConnection__fullyQualifiedNamespace": "fleet.servicebus.windows.net",
+     "EventHubConnection__credential": "managedidentity", "EventHubConnection__clientId": "0f1e"},
+    {"EventHubConnection": ""},
+], ids=["azure key", "emulator, keys in any case", "signature", "identity", "none"])
+def test_an_event_hubs_connection_the_sdk_takes_is_accepted(values: dict[str, str]) -> None:
+    load_settings(dict(SAMPLE, **values))

@@ -1,0 +1,66 @@
+"""The Functions host's Event Hubs connection variables, checked without the SDK.
+
+``EventHubConnection`` (a connection string), or ``EventHubConnection__fullyQualifiedNamespace``
+with the optional ``__credential`` and ``__clientId``: the ingest trigger connects with
+them, and Sluice's own readers (the status page's lag and the ``sluice.eventhub.lag``
+gauge, the audit, ``sluice lag``, ``sluice doctor keda``) sign in as the host does.
+``shared.settings.load_settings`` refuses a value the host or the Event Hubs SDK would
+refuse, so every pod with one fails its startup probe naming the variable, instead of
+ingest's trigger never listening and the status page failing on its first request.
+No message echoes a connection string: it holds a key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+CONNECTION = "EventHubConnection"
+_FORMAT = "Endpoint=sb://<namespace>.servicebus.windows.net/;SharedAccessKeyName=...;SharedAccessKey=..."
+
+
+def namespace(connection_string: str) -> str:
+    """The namespace a connection string names (its endpoint's host, with the port for the emulator), as the SDK
+    reads it; a ``ValueError`` naming ``EventHubConnection`` and what is wrong when the SDK would refuse it."""
+    # The SDK's reading (azure.core's parse_connection_string): key=value pairs, keys in any case, none twice.
+    pairs = [part.split("=", 1) for part in connection_string.strip().rstrip(";").split(";")]
+    fields = {pair[0].strip().lower(): pair[1].strip() for pair in pairs if len(pair) == 2 and all(pair)}
+    endpoint = fields.get("endpoint") or fields.get("hostname") or ""
+    host = urlsplit(endpoint.rstrip("/")).netloc
+    if not host:
+        raise ValueError(f"{CONNECTION} is set but names no endpoint: it must be an Event Hubs connection string "
+                         f"({_FORMAT})")
+    if len(fields) != len(pairs):
+        raise ValueError(f"{CONNECTION} has a part that is no key=value pair, or a key twice ({_FORMAT})")
+    if ("sharedaccesskey" in fields) != ("sharedaccesskeyname" in fields):
+        raise ValueError(f"{CONNECTION} names a SharedAccessKey or a SharedAccessKeyName without the other ({_FORMAT})")
+    if "sharedaccesskey" not in fields and "sharedaccesssignature" not in fields:
+        raise ValueError(f"{CONNECTION} has neither a SharedAccessKey nor a SharedAccessSignature ({_FORMAT})")
+    return host
+
+
+def identity_problems(env: Mapping[str, str]) -> list[str]:
+    """What the host would not take in ``__credential`` and ``__clientId``, one line each."""
+    credential = env.get(f"{CONNECTION}__credential") or None
+    client_id = env.get(f"{CONNECTION}__clientId") or None
+    problems = []
+    if credential is not None and credential.lower() != "managedidentity":
+        problems.append(f"{CONNECTION}__credential={credential!r}: the only value is 'managedidentity' (unset: "
+                        f"DefaultAzureCredential)")
+    if client_id and credential is None:
+        problems.append(f"{CONNECTION}__clientId needs {CONNECTION}__credential=managedidentity (without it, "
+                        f"DefaultAzureCredential picks the identity from the environment)")
+    return problems
+
+
+def problems(env: Mapping[str, str]) -> list[str]:
+    """Every value of these variables the host or the SDK would refuse, one line each (none unset: the status
+    page's lag then says ``not_configured``)."""
+    found = identity_problems(env)
+    connection_string = env.get(CONNECTION)
+    if connection_string:
+        try:
+            namespace(connection_string)
+        except ValueError as exc:
+            found.insert(0, str(exc))
+    return found
