@@ -1,4 +1,4 @@
-"""The Functions host's Event Hubs connection variables, checked without the SDK.
+"""The Functions host's Event Hubs connection variables, checked as the SDK reads them, without connecting.
 
 ``EventHubConnection`` (a connection string), or ``EventHubConnection__fullyQualifiedNamespace``
 with the optional ``__credential`` and ``__clientId``: the ingest trigger connects with
@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+from azure.core.utils import parse_connection_string
+
 CONNECTION = "EventHubConnection"
 _FORMAT = "Endpoint=sb://<namespace>.servicebus.windows.net/;SharedAccessKeyName=...;SharedAccessKey=..."
 
@@ -22,16 +24,16 @@ _FORMAT = "Endpoint=sb://<namespace>.servicebus.windows.net/;SharedAccessKeyName
 def namespace(connection_string: str) -> str:
     """The namespace a connection string names (its endpoint's host, with the port for the emulator), as the SDK
     reads it; a ``ValueError`` naming ``EventHubConnection`` and what is wrong when the SDK would refuse it."""
-    # The SDK's reading (azure.core's parse_connection_string): key=value pairs, keys in any case, none twice.
-    pairs = [part.split("=", 1) for part in connection_string.strip().rstrip(";").split(";")]
-    fields = {pair[0].strip().lower(): pair[1].strip() for pair in pairs if len(pair) == 2 and all(pair)}
+    try:  # the parser the SDK itself reads it with (azure.eventhub._client_base._parse_conn_str)
+        fields = parse_connection_string(connection_string, case_sensitive_keys=False)
+    except ValueError:
+        raise ValueError(f"{CONNECTION} is set but names no endpoint the SDK can read: it must be an Event Hubs "
+                         f"connection string, key=value pairs with no key twice ({_FORMAT})") from None
     endpoint = fields.get("endpoint") or fields.get("hostname") or ""
-    host = urlsplit(endpoint.rstrip("/")).netloc
+    host = urlsplit(endpoint.rstrip("/")).netloc.strip()
     if not host:
         raise ValueError(f"{CONNECTION} is set but names no endpoint: it must be an Event Hubs connection string "
                          f"({_FORMAT})")
-    if len(fields) != len(pairs):
-        raise ValueError(f"{CONNECTION} has a part that is no key=value pair, or a key twice ({_FORMAT})")
     if ("sharedaccesskey" in fields) != ("sharedaccesskeyname" in fields):
         raise ValueError(f"{CONNECTION} names a SharedAccessKey or a SharedAccessKeyName without the other ({_FORMAT})")
     if "sharedaccesskey" not in fields and "sharedaccesssignature" not in fields:

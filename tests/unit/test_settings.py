@@ -526,7 +526,7 @@ AZURE_HUB = "Endpoint=sb://fleet.servicebus.windows.net/;SharedAccessKeyName=lis
      ["EventHubConnection names a SharedAccessKey or a SharedAccessKeyName without the other"]),
     ({"EventHubConnection": "Endpoint=sb://fleet.servicebus.windows.net/;SharedAccessKeyName=listen"},
      ["EventHubConnection names a SharedAccessKey or a SharedAccessKeyName without the other"]),
-    ({"EventHubConnection": AZURE_HUB + ";SharedAccessKey=hunter3"}, ["no key=value pair, or a key twice"]),
+    ({"EventHubConnection": AZURE_HUB + ";SharedAccessKey=hunter3"}, ["key=value pairs with no key twice"]),
     ({"EventHubConnection": "", "EventHubConnection__fullyQualifiedNamespace": "fleet.servicebus.windows.net",
       "EventHubConnection__clientId": "0f1e"}, ["EventHubConnection__clientId needs"]),
 ], ids=["no endpoint and a bad credential", "no pairs", "key without its name", "name without its key",
