@@ -145,11 +145,12 @@ def raw_commands(cache: RedisChangeSink, page: list[StoredEvent], ttl: int, per_
                              f"{prefix}critical:seen:{{{shard}}}:{e.event_id}",
                              ttl, shard_max, str(e.event_id), e.device_id, document))
             fills.append((len(commands), e))
-            commands.append((event_sha, 1, f"{prefix}e:{e.event_id}", document, ttl, "feed"))
+            commands.append((event_sha, 1, f"{prefix}e:{e.event_id}", document, ttl, "feed", e.device_id,
+                             e.enqueued_text()))
         else:  # drops a copy a lookup cached of an older send of this id, and notes this one's enqueued time
             fills.append((len(commands), e))
             commands.append((event_sha, 1, f"{prefix}e:{e.event_id}", e.enqueued_text(), "", "stale",
-                             cache.stale_marker_seconds))
+                             cache.stale_marker_seconds, e.device_id))
     for device, e in newest.items():  # "present": only where the key exists (a missing one is put below)
         commands.append((latest_sha, 1, f"{prefix}d:{{{device}}}:latest", sort_key(e),
                          documents.get(id(e)) or e.to_json(), ttl, "present"))
@@ -177,8 +178,17 @@ def send_page(client: Client, cache: RedisChangeSink, page: RawPage) -> int:
     sent = len(page.commands)
     prefix = cache.keys.prefix
     leaving: dict[str, tuple[str, str]] = {}  # member key -> its set's key, the newest superseding enqueued time
+    moved: dict[tuple[str, str], str] = {}  # (latest key, event id) -> the moved copy's enqueued time
+    moved_from: set[str] = set()
     for at, e in page.fills:
         reply = replies[at]
+        if isinstance(reply, list) and reply and isinstance(reply[0], list):  # {{device, time}, reply}: moved
+            device, enqueued = as_text(reply[0][0]), as_text(reply[0][1])
+            target = (f"{prefix}d:{{{device}}}:latest", str(e.event_id))
+            if target not in moved or moved[target] < enqueued:
+                moved[target] = enqueued
+            moved_from.add(device)
+            reply = reply[1]
         if isinstance(reply, bytes | str):
             devices = [(e.device_id, as_text(reply))]
         else:
@@ -189,14 +199,17 @@ def send_page(client: Client, cache: RedisChangeSink, page: RawPage) -> int:
             member = f"{prefix}d:{{{device}}}:ce:{e.event_id}"
             if member not in leaving or leaving[member][1] < enqueued:
                 leaving[member] = (f"{prefix}d:{{{device}}}:crit", enqueued)
-    if leaving:
-        sha = cache.sha["uncritical"]
-        sent += len(leaving)
-        send(client, [(sha, 2, member, key, enqueued, cache.stale_marker_seconds)
-                      for member, (key, enqueued) in leaving.items()])
+    if leaving or moved:
+        uncritical, unlatest = cache.sha["uncritical"], cache.sha["unlatest"]
+        superseded: list[Command] = [(uncritical, 2, member, key, enqueued, cache.stale_marker_seconds)
+                                     for member, (key, enqueued) in leaving.items()]
+        superseded += [(unlatest, 1, key, event_id, enqueued) for (key, event_id), enqueued in moved.items()]
+        sent += len(superseded)
+        send(client, superseded)
     latest = page.commands[len(page.commands) - page.latest:]
     missing = [command[:-1] for command, reply in zip(latest, replies[len(replies) - page.latest:], strict=True)
-               if reply == 0]
+               if reply == 0 and as_text(command[2]).removeprefix(f"{prefix}d:{{").removesuffix("}:latest")
+               not in moved_from]
     if missing:
         sent += len(missing)
         send(client, missing)

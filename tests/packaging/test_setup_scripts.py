@@ -26,7 +26,7 @@ def _stand_ins(directory: Path, scripts: dict[str, str]) -> Path:
     return directory
 
 
-@pytest.mark.parametrize("renders", [False, True], ids=["debian-12-kubectl", "kubectl-1.21+"])
+@pytest.mark.parametrize("renders", [False, True], ids=["debian-12-kubectl", "kubectl-1.22+"])
 def test_install_warns_when_kubectl_cannot_render_the_kustomization_and_goes_on(tmp_path, renders):
     """scripts/install.sh installs Debian's kubernetes-client when kubectl is missing: on Debian 12 that is kubectl
     1.20.2, whose kustomize stops at k8s-keda/'s `labels` (`json: unknown field "labels"`), so tests/deploy/ fail on
@@ -42,7 +42,7 @@ def test_install_warns_when_kubectl_cannot_render_the_kustomization_and_goes_on(
     if renders:
         assert "WARNING" not in said, said
     else:
-        for needed in ("WARNING", "v1.20.2", 'unknown field "labels"', "kustomize 4.1+", "kubectl 1.21+",
+        for needed in ("WARNING", "v1.20.2", 'unknown field "labels"', "kustomize 4.1+", "kubectl 1.22+",
                        "https://pkgs.k8s.io"):
             assert needed in said, (needed, said)
 
