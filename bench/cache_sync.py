@@ -208,7 +208,7 @@ def send_page(client: Client, cache: RedisChangeSink, page: RawPage) -> int:
         send(client, superseded)
     latest = page.commands[len(page.commands) - page.latest:]
     missing = [command[:-1] for command, reply in zip(latest, replies[len(replies) - page.latest:], strict=True)
-               if reply == 0 and as_text(command[2]).removeprefix(f"{prefix}d:{{").removesuffix("}:latest")
+               if reply == 0 and str(command[2]).removeprefix(f"{prefix}d:{{").removesuffix("}:latest")
                not in moved_from]
     if missing:
         sent += len(missing)
