@@ -3,8 +3,9 @@
 * Six fields, ``{second} {minute} {hour} {day} {month} {day-of-week}`` (NCRONTAB with
   seconds, what Azure Functions documents); five fields (no seconds) are accepted too,
   as the host's parser accepts them.
-* A TimeSpan ``hh:mm:ss`` (``[d.]hh:mm:ss``) means "every interval, counted from the
-  last run" (App Service plans).
+* A TimeSpan ``hh:mm:ss`` means "every interval, counted from the last run" (App Service
+  plans), read as .NET reads it (:func:`devhost.settings.parse_timespan`): ``25:00:00`` is
+  25 days, ``00:75:00`` is refused.
 * ``%Setting%`` is resolved before parsing.
 * NCRONTAB requires *both* day-of-month and day-of-week to match when both are
   restricted (unlike Vixie cron's "either"): croniter runs with ``day_or=False``.
@@ -97,8 +98,12 @@ class Schedule:
         text = " ".join(expression.split())
         if not text:
             raise DevHostError("empty timer schedule")
-        if " " not in text and ":" in text:
-            interval = parse_timespan(text)
+        if " " not in text:  # not cron: the host tries TimeSpan.TryParse next (TimerSchedule.Create)
+            try:
+                interval = parse_timespan(text)
+            except DevHostError as exc:
+                raise DevHostError(f"timer schedule {expression!r} is neither an NCRONTAB expression nor a TimeSpan: "
+                                   f"{exc}") from exc
             if interval <= timedelta(0):
                 raise DevHostError(f"timer schedule {expression!r}: the interval must be positive")
             return cls(text, zone, interval)

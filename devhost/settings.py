@@ -120,18 +120,75 @@ class HostOptions:
     warnings: tuple[str, ...] = ()
 
 
+# TimeSpan.Parse's forms (System.Globalization.TimeSpanParse), by the separators between the numbers: first the
+# invariant "c" format's (d.hh:mm:ss.fffffff), then the culture's "G" format's (d:hh:mm:ss.FFFFFFF), each with ":."
+# between minutes and a fraction. Tried in .NET's order; the first whose fields are in range is the value.
+_TIMESPAN_FORMS: dict[tuple[str, ...], tuple[tuple[str, ...], ...]] = {
+    (): (("days",),),
+    (":",): (("hours", "minutes"),),
+    (":", ":"): (("hours", "minutes", "seconds"), ("days", "hours", "minutes")),
+    (".", ":"): (("days", "hours", "minutes"),),
+    (":", ":."): (("hours", "minutes", "fraction"),),
+    (":", ":", "."): (("hours", "minutes", "seconds", "fraction"),),
+    (".", ":", ":"): (("days", "hours", "minutes", "seconds"),),
+    (".", ":", ":."): (("days", "hours", "minutes", "fraction"),),
+    (":", ":", ":"): (("days", "hours", "minutes", "seconds"),),
+    (":", ":", ":."): (("days", "hours", "minutes", "fraction"),),
+    (".", ":", ":", "."): (("days", "hours", "minutes", "seconds", "fraction"),),
+    (":", ":", ":", "."): (("days", "hours", "minutes", "seconds", "fraction"),),
+}
+_TIMESPAN_LIMITS = {"days": 10_675_199, "hours": 23, "minutes": 59, "seconds": 59}
+_TIMESPAN_NUMBER_LIMIT = 0xFFFFFFF  # TimeSpanTokenizer: a longer number overflows
+_TICKS_PER_SECOND = 10_000_000
+_MAX_TICKS = 2**63 - 1  # TimeSpan.MaxValue
+
+
 def parse_timespan(text: str) -> timedelta:
-    """A .NET TimeSpan as host.json writes it: ``[-][d.]hh:mm:ss[.fff]``. A negative one parses, as in .NET, so that
-    the option it is given to can say why it is refused."""
-    match = re.fullmatch(r"(-)?(?:(\d+)\.)?(\d{1,2}):(\d{1,2}):(\d{1,2})(?:\.(\d+))?", text.strip())
-    if not match:
-        raise DevHostError(f"{text!r} is not a TimeSpan (expected hh:mm:ss)")
-    sign, days, hours, minutes, seconds, fraction = match.groups()
-    span = timedelta(
-        days=int(days or 0), hours=int(hours), minutes=int(minutes), seconds=int(seconds),
-        microseconds=int(((fraction or "0") + "000000")[:6]),
-    )
-    return -span if sign else span
+    """A .NET TimeSpan as the host reads one (``TimeSpan.Parse``, invariant culture): host.json's options, the @retry
+    intervals and a timer schedule that is not cron all go through it. ``[-]d``, ``[-][d.]hh:mm[:ss[.fffffff]]``
+    and ``[-]d:hh:mm[:ss[.fffffff]]``, space around; the fields of ``hh:mm:ss`` do not overflow into each other:
+    three numbers whose hours are over 23 are read as ``d:hh:mm`` (``25:00:00`` is 25 days), and anything else out
+    of range is refused (``24:00``, ``00:75:00``, ``00:00:90``, more than seven fraction digits), as .NET refuses
+    it. Ticks are kept to the microsecond. A negative one parses, as in .NET, so that the option it is given to can
+    say why it is refused."""
+    tokens = re.findall(r"[0-9]+|[^0-9]+", text.strip())
+    sign = tokens.pop(0) if tokens and tokens[0][0] not in "0123456789" else ""
+    if sign in ("", "-") and len(tokens) % 2 == 1:  # numbers between separators, a number last
+        numbers, separators = tokens[::2], tuple(tokens[1::2])
+        for fields in _TIMESPAN_FORMS.get(separators, ()):
+            ticks = _timespan_ticks(dict(zip(fields, numbers, strict=True)))
+            if ticks is not None:
+                seconds, rest = divmod(ticks, _TICKS_PER_SECOND)
+                span = timedelta(seconds=seconds, microseconds=rest / 10)
+                return -span if sign else span
+    raise DevHostError(f"{text!r} is not a TimeSpan .NET reads ([-][d.]hh:mm[:ss[.fffffff]], hours 0-23, minutes "
+                       "and seconds 0-59)")
+
+
+def _timespan_ticks(fields: dict[str, str]) -> int | None:
+    """The ticks of the numbers read as ``fields``; None when .NET finds one out of range (TryTimeToTicks)."""
+    if any(int(digits) > _TIMESPAN_NUMBER_LIMIT for digits in fields.values()):
+        return None
+    values = {name: int(digits) for name, digits in fields.items() if name != "fraction"}
+    if any(values.get(name, 0) > limit for name, limit in _TIMESPAN_LIMITS.items()):
+        return None
+    fraction = _fraction_ticks(fields.get("fraction", "0"))
+    if fraction is None:
+        return None
+    seconds = ((values.get("days", 0) * 24 + values.get("hours", 0)) * 60 + values.get("minutes", 0)) * 60 \
+        + values.get("seconds", 0)
+    ticks = seconds * _TICKS_PER_SECOND + fraction
+    return ticks if ticks <= _MAX_TICKS else None
+
+
+def _fraction_ticks(digits: str) -> int | None:
+    """A fraction of a second in ticks (TimeSpanToken.NormalizeAndValidateFraction): up to seven digits, or more
+    after leading zeros, rounded half away from zero to seven; None for more than seven without a leading zero."""
+    if len(digits) > 7 and not digits.startswith("0"):
+        return None
+    if len(digits) <= 7:
+        return int(digits.ljust(7, "0"))
+    return int(digits[:7]) + (1 if digits[7] >= "5" else 0)
 
 
 def load_local_settings(path: Path | None, environ: MutableMapping[str, str] | None = None) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,51 @@ def test_timespans() -> None:
     with pytest.raises(DevHostError, match="not a TimeSpan"):
         parse_timespan("5 minutes")
     assert parse_timespan("-00:00:01.5") == -timedelta(seconds=1.5)  # as .NET parses it; the option says why not
+
+
+@pytest.mark.parametrize("text, span", [
+    ("25:00:00", timedelta(days=25)),  # hours over 23: d:hh:mm
+    ("25:10:30", timedelta(days=25, hours=10, minutes=30)),
+    ("7", timedelta(days=7)),
+    ("1:2", timedelta(hours=1, minutes=2)),
+    (" 1:02:03:04 ", timedelta(days=1, hours=2, minutes=3, seconds=4)),
+    ("1:02:03:04.5", timedelta(days=1, hours=2, minutes=3, seconds=4.5)),
+    ("00:10:.25", timedelta(minutes=10, seconds=0.25)),
+    ("00:00:00.01234565", timedelta(seconds=0.012346)),  # past seven digits after a zero: rounded
+    ("-25:00:00", -timedelta(days=25)),
+])
+def test_timespans_read_as_dotnet_timespan_parse_reads_them(text: str, span: timedelta) -> None:
+    """host.json, @retry and TimeSpan schedules are read by ``TimeSpan.Parse`` (invariant culture): its "c" form
+    ``[-][d.]hh:mm[:ss[.f]]``, its "G" form ``d:hh:mm[:ss[.f]]``, a bare number of days, and ``:.`` before a fraction.
+    Three numbers whose hours do not fit ``hh:mm:ss`` are read as ``d:hh:mm``."""
+    assert parse_timespan(text) == span
+
+
+@pytest.mark.parametrize("text", ["24:00", "00:75:00", "00:00:90", "23:59:60", "1.24:00:00", "25:00:00.5",
+                                  "00:00:00.12345678", "0.5", "+01:00", "01:00:", "10675200", "1:00 am"])
+def test_timespans_dotnet_refuses_are_refused_naming_them(text: str) -> None:
+    """``TimeSpan.Parse`` refuses a field out of range (hours 0-23 but for the d:hh:mm reading of three numbers,
+    minutes and seconds 0-59, days up to TimeSpan.MaxValue's), more than seven fraction digits without a leading
+    zero, and any separator its forms do not have: the host does not start with such an option."""
+    with pytest.raises(DevHostError, match=re.escape(f"'{text}' is not a TimeSpan")):
+        parse_timespan(text)
+
+
+def test_a_timespan_schedule_with_more_than_23_hours_is_read_as_dotnet_reads_it() -> None:
+    """The timer extension reads a schedule that is not cron with ``TimeSpan.TryParse`` (TimerSchedule.Create), which
+    reads ``hh:mm:ss`` with hours over 23 as ``d:hh:mm``: in Azure ``schedule="25:00:00"`` fires every 25 days, and a
+    bare number is days."""
+    assert Schedule.parse("25:00:00").interval == timedelta(days=25)
+    assert Schedule.parse("2").interval == timedelta(days=2)
+
+
+@pytest.mark.parametrize("text", ["00:75:00", "00:00:90"])
+def test_a_timespan_schedule_with_minutes_or_seconds_over_59_is_refused_as_the_host_refuses_it(text: str) -> None:
+    """``TimeSpan.TryParse`` fails when minutes or seconds are outside 0-59, so the host refuses the function ("The
+    schedule expression ... was not recognized as a valid cron expression or timespan string"): the app does not
+    start in Azure, and must not run here."""
+    with pytest.raises(DevHostError, match="neither an NCRONTAB expression nor a TimeSpan"):
+        Schedule.parse(text)
 
 
 def test_setting_references_resolve_or_name_the_missing_setting() -> None:
