@@ -16,8 +16,8 @@ are kept in ``azure-webjobs-hosts/timers/<host id>/Host.Functions.<name>/status`
 ``timer.schedule_status``; while it is off, ``schedule_status`` is ``{}``. When the
 listener starts, the status is checked as the host checks it: a status whose ``Next``
 is not what the current schedule gives after ``Last`` (``LastUpdated`` when there is no
-``Last``) comes from another schedule and is rewritten, not past due; otherwise a ``Next``
-in the past runs the function at once with ``past_due`` true. ``run_on_startup`` runs it
+``Last``) comes from another schedule and is rewritten, without ``Last``, not past due; otherwise a
+``Next`` in the past runs the function at once with ``past_due`` true. ``run_on_startup`` runs it
 at once too (``past_due`` false).
 """
 
@@ -239,7 +239,12 @@ class TimerListener:
 
     async def _check_past_due(self, now: datetime, status: dict[str, Any] | None) -> bool:
         """ScheduleMonitor.CheckPastDueAsync (azure-webjobs-sdk-extensions): write a first status, or a new one when
-        the schedule changed since the status was written; past due when the recorded Next has gone by."""
+        the schedule changed since the status was written; past due when the recorded Next has gone by.
+
+        The new status has no ``Last`` and, as ``LastUpdated``, the moment its ``Next`` was computed from: the next
+        start then finds the same ``Next`` from ``LastUpdated``, so an occurrence missed before it is past due. With
+        the old ``Last`` kept, that start would take the status for another schedule change and lose the
+        occurrence."""
         last = _parse((status or {}).get("Last"))
         updated = _parse((status or {}).get("LastUpdated"))
         recorded_next = _parse((status or {}).get("Next"))
@@ -250,8 +255,10 @@ class TimerListener:
             since = last or updated or now
             expected_next = self._next(since)
             if recorded_next != expected_next:  # another schedule wrote it
-                recorded_next = expected_next if expected_next >= now else self._next(now)
-                await self._write_status(last, recorded_next, updated=now)
+                if now > expected_next:  # not past due for a schedule it never ran on: from now
+                    since, expected_next = now, self._next(now)
+                recorded_next = expected_next
+                await self._write_status(None, recorded_next, updated=since)
         return recorded_next is not None and now > recorded_next
 
     async def _fire_while_leader(self) -> None:

@@ -3,6 +3,7 @@ hosts."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -14,9 +15,13 @@ from typing import Any
 import pytest
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobClient, BlobServiceClient
+from azure.storage.blob.aio import BlobServiceClient as AsyncBlobServiceClient
 
+from devhost.app_loader import FunctionSpec
+from devhost.invocation import Invoker
 from devhost.schedule import Schedule
-from devhost.timer_trigger import uses_monitor
+from devhost.settings import SingletonOptions
+from devhost.timer_trigger import TimerListener, uses_monitor
 from tests.devhost.test_eventhubs import read_records, wait_for
 from tests.fixtures.devhost import write_app
 
@@ -205,6 +210,43 @@ def test_a_changed_schedule_is_not_past_due(tmp_path: Path, azurite_connection_s
     host = devhost_factory(tmp_path / "app", settings=settings)
     time.sleep(6)
     assert read_records(out) == [], host.output()
+
+
+@pytest.mark.timeout(60)
+def test_an_occurrence_missed_after_a_schedule_change_is_past_due_on_the_next_start(
+    tmp_path: Path, azurite_connection_string: str,
+) -> None:
+    """ext: when CheckPastDueAsync finds the schedule changed, it rewrites the status with ``Last`` cleared, Next
+    from the new schedule and LastUpdated the moment that Next was counted from; the next start finds the same Next
+    from LastUpdated, so a Next that passed meanwhile is past due. Interleaving: a daily timer last ran at 00:00 and
+    becomes hourly; start 1 at 10:30 rewrites the status with Next 11:00; the host stops before then and starts
+    again at 11:30: the 11:00 run was missed and runs now. With the old Last kept, start 2 took the status for
+    another schedule change and the occurrence was lost."""
+    hourly = Schedule.parse("0 0 * * * *")
+    start_1 = datetime(2026, 12, 7, 10, 30, tzinfo=UTC)
+    midnight = start_1.replace(hour=0, minute=0)
+    daily_status = {"Last": midnight.isoformat(), "Next": (midnight + timedelta(days=1)).isoformat(),
+                    "LastUpdated": midnight.isoformat()}
+    spec = FunctionSpec(name="tick", trigger_type="timerTrigger", trigger={"name": "timer", "schedule": "0 0 * * * *"},
+                        user_function=lambda timer: None, is_async=False, accepts_context=False, retry=None)
+
+    async def scenario() -> tuple[bool, dict[str, Any] | None, bool]:
+        async with AsyncBlobServiceClient.from_connection_string(azurite_connection_string) as service:
+            with contextlib.suppress(ResourceExistsError):
+                await service.create_container("azure-webjobs-hosts")
+            timer = TimerListener(spec, hourly, Invoker(tmp_path, threads=1), service,
+                                  f"devhost-test-{uuid.uuid4().hex[:12]}", SingletonOptions())
+            await service.get_blob_client("azure-webjobs-hosts", timer._status_blob).upload_blob(
+                json.dumps(daily_status), overwrite=True)
+            changed = await timer._check_past_due(start_1, await timer._read_status())
+            rewritten = await timer._read_status()
+            return changed, rewritten, await timer._check_past_due(start_1 + timedelta(hours=1), rewritten)
+
+    past_due_at_start_1, rewritten, past_due_at_start_2 = asyncio.run(scenario())
+    assert not past_due_at_start_1  # a changed schedule
+    assert rewritten == {"Last": None, "Next": start_1.replace(hour=11, minute=0).isoformat(),
+                         "LastUpdated": start_1.isoformat()}
+    assert past_due_at_start_2, "the occurrence missed between the two starts was not past due"
 
 
 @pytest.mark.timeout(90)
