@@ -574,6 +574,9 @@ class EventHubListener:
             task.add_done_callback(self._inflight.discard)
             # The processor may cancel this callback (ownership lost, close); the batch still finishes.
             await asyncio.shield(task)
+            # What is left waits from now, not from when the batch's first event came: the host's cache starts a new
+            # maxWaitTime cycle for it once the invocation is done (PartitionProcessor.MonitorCachedEvents).
+            state.pending_since = time.monotonic()
 
     def _partition_metadata(self, context: PartitionContext) -> dict[str, str]:
         return {

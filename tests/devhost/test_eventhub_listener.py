@@ -110,6 +110,32 @@ def test_a_remainder_below_the_min_batch_size_waits_too(tmp_path: Path) -> None:
     assert context.checkpoints == [4]
 
 
+def test_a_remainder_below_min_batch_size_waits_max_wait_time_from_its_own_arrival(tmp_path: Path) -> None:
+    """With minEventBatchSize > 1 events wait for the minimum or maxWaitTime since the first waiting one; the host's
+    cache starts a new wait for what a full batch leaves over. Interleaving (max 4, min 3, wait 0.3 s): events 1-2
+    arrive at t=0 and wait; events 3-5 arrive at t=0.2, so 1-4 are invoked and 5 is left over; at t=0.35 the SDK's
+    idle call comes. Event 5 has waited 0.15 s, under maxWaitTime and below the minimum: it still waits. It was sent
+    at once as an undersized batch while its wait was counted from event 1's arrival."""
+    seen: list[list[int]] = []
+    host = listener(tmp_path, lambda events: seen.append([e.sequence_number for e in events]),
+                    max_event_batch_size=4, min_event_batch_size=3, max_wait_time=timedelta(seconds=0.3))
+    context = FakePartitionContext()
+
+    async def scenario() -> None:
+        await host._on_event_batch(context, events(1, 2))
+        await asyncio.sleep(0.2)
+        await host._on_event_batch(context, events(3, 4, 5))
+        assert seen == [[1, 2, 3, 4]]
+        await asyncio.sleep(0.15)
+        await host._on_event_batch(context, [])  # the SDK's idle call
+        assert seen == [[1, 2, 3, 4]], "event 5 was invoked before waiting maxWaitTime or reaching the minimum"
+        await asyncio.sleep(0.2)
+        await host._on_event_batch(context, [])
+        assert seen == [[1, 2, 3, 4], [5]]
+
+    asyncio.run(scenario())
+
+
 def test_checkpoint_frequency_and_the_final_checkpoint_on_stop(tmp_path: Path) -> None:
     host = listener(tmp_path, lambda events: None, max_event_batch_size=1, batch_checkpoint_frequency=2)
     context = FakePartitionContext()
