@@ -743,9 +743,10 @@ def _rate(capacity: Capacity) -> str:
 def print_scale(r: ScaleFigures) -> None:
     one, two, lost = r["one"], r["two"], r["losses"]
     bound = " (a lower bound: the workers kept up with the load, raise --scale-rate)" if two["load_bound"] else ""
+    # capacity rates a worker that checkpointed nothing at 0 events/s: there is no factor, and the losses still count
+    factor = f"{two['rate'] / one['rate']:.2f}" if one["rate"] else "n/a: 1 worker checkpointed nothing"
     print(f"scale: 1 worker {_rate(one)}, 2 workers {_rate(two)} "
-          f"(sent at {one['achieved']}/s and {two['achieved']}/s); scaling factor {two['rate'] / one['rate']:.2f}"
-          f"{bound}", flush=True)
+          f"(sent at {one['achieved']}/s and {two['achieved']}/s); scaling factor {factor}{bound}", flush=True)
     print(f"scale: over the join and the kill, {r['events']} events: lost {lost['lost']} "
           f"(stored {lost['lost_stored']}, critical {lost['lost_critical']}), duplicated {lost['duplicated']} "
           f"(stored {lost['duplicate_stored']}, critical stream {lost['duplicate_critical']})", flush=True)

@@ -91,3 +91,22 @@ def test_events_never_checkpointed_when_the_drain_gives_up_are_not_rated(monkeyp
     result = bench.capacity()
     assert result["lag"] == sent and result["rate"] == 0 and not result["load_bound"], result
     assert "6000 of 6000 never checkpointed" in e2e._rate(result)
+
+
+def test_the_summary_of_a_worker_that_checkpointed_nothing_still_prints_the_losses(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``capacity`` rates a stuck worker at 0 events/s (above), and ``print_scale`` divided two workers' rate by
+    it for the scaling factor: ZeroDivisionError after the whole scale phase, and the join and kill losses it was
+    about to print were lost. The factor is n/a, and the rest is printed."""
+    import bench.e2e as e2e
+
+    one: e2e.Capacity = {"sent": 6000, "achieved": 3000, "elapsed": 120.5, "rate": 0.0, "load_bound": False,
+                         "lag": 6000}
+    two: e2e.Capacity = {"sent": 6000, "achieved": 3000, "elapsed": 10.0, "rate": 600.0, "load_bound": False,
+                         "lag": 0}
+    losses = {"lost": 0, "lost_stored": 0, "lost_critical": 0, "duplicated": 0, "duplicate_stored": 0,
+              "duplicate_critical": 0}
+    e2e.print_scale({"one": one, "two": two, "losses": losses, "problems": [], "events": 40_000})
+    out = capsys.readouterr().out
+    assert "6000 of 6000 never checkpointed" in out and "scaling factor n/a" in out
+    assert "40000 events: lost 0 (stored 0, critical 0), duplicated 0" in out, out
