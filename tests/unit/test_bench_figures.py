@@ -1,9 +1,13 @@
-"""How the benchmarks compute and label their figures (bench/_stats.py, bench/e2e.py's options)."""
+"""How the benchmarks compute and label their figures (bench/_stats.py and its users, bench/e2e.py's options)."""
 
 from __future__ import annotations
 
+import types
+from typing import Any
+
 import pytest
 
+import sluice.loadgen
 from bench import e2e, eventhubs_emulator, lookups, status
 from bench._stats import percentile
 
@@ -25,6 +29,64 @@ def test_the_e2e_latency_percentiles_are_nearest_rank_too() -> None:
     assert e2e._quantile(delays, 0.99) == percentile(delays, 0.99) == 99.0
     assert e2e._quantile(delays, 0.50) == percentile(delays, 0.50) == 50.0
     assert e2e._quantile([], 0.99) is None
+
+
+class _StackStandIn:
+    """``bench status``'s Bench: a dev host with an address and a PID, nothing started."""
+
+    def __init__(self, args: Any, workdir: Any) -> None:
+        host = types.SimpleNamespace(address="127.0.0.1:1", process=types.SimpleNamespace(pid=1))
+        self.stack = types.SimpleNamespace(options=types.SimpleNamespace(overrides={}), devhost=host)
+        self.sender = self.probe = None
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class _LoadStandIn:
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+
+    def run(self) -> None: ...
+
+
+class _BrowserStandIn:
+    """A page that has drawn its first status, 100 ms after navigation start."""
+
+    def get(self, url: str) -> None: ...
+
+    def execute_script(self, script: str) -> Any:
+        return False if "undefined" in script else 100.0
+
+    def quit(self) -> None: ...
+
+
+def test_bench_status_takes_nearest_rank_p50s_too(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench status``'s p50 (and the ratio built from it) was ``statistics.median``: of its 200 calls taking
+    1..200 ms the mean of the two middle ones, 100.5 ms, a latency no call had, and of raw calls half at 10 ms and
+    half at 30 ms, 20 ms. Its figures code runs here with the stack, browser and clock stood in."""
+    samples = {"ours": [float(v) for v in range(1, 201)], "raw": [10.0] * 100 + [30.0] * 100}
+    calls = {"n": 0}
+
+    def timed(call: Any, n: int) -> list[float]:
+        side, block = ("ours", "raw")[calls["n"] % 2], calls["n"] // 2  # the two alternate, block by block
+        calls["n"] += 1
+        return samples[side][block * n:(block + 1) * n]
+
+    monkeypatch.setattr(e2e, "Bench", _StackStandIn)
+    monkeypatch.setattr(sluice.loadgen, "LoadRunner", _LoadStandIn)
+    monkeypatch.setattr(status, "_get", lambda url: b'{"throughput": {"events_last_5_minutes": 0}, "dead_letters": 0}')
+    monkeypatch.setattr(status, "_timed", timed)
+    monkeypatch.setattr(status, "_browser", _BrowserStandIn)
+    monkeypatch.setattr(status, "_cpu_seconds", lambda pid: 0.0)
+    monkeypatch.setattr(status.time, "sleep", lambda seconds: None)
+    assert status.main(["--requests", "200", "--renders", "1", "--cpu-seconds", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    ours = next(line for line in lines if line.startswith("/api/status"))
+    raw = next(line for line in lines if line.startswith("raw clients"))
+    assert "p50 100.0 ms" in ours and "p50 10.0 ms" in raw, (ours, raw)
+    assert lines[-1] == "status reads: ratio 0.10"
 
 
 def test_two_workers_measure_only_the_scale_out() -> None:
