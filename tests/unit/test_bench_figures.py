@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import types
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import bench._e2e_cpu as e2e_cpu
 import sluice.loadgen
 from bench import e2e, eventhubs_emulator, lookups, status
 from bench._stats import percentile
+from sluice.delivery import DeliveryReport
 
 
 def test_every_benchmark_takes_nearest_rank_percentiles() -> None:
@@ -87,6 +92,58 @@ def test_bench_status_takes_nearest_rank_p50s_too(monkeypatch: pytest.MonkeyPatc
     raw = next(line for line in lines if line.startswith("raw clients"))
     assert "p50 100.0 ms" in ours and "p50 10.0 ms" in raw, (ours, raw)
     assert lines[-1] == "status reads: ratio 0.10"
+
+
+def _cpu_phase(monkeypatch: pytest.MonkeyPatch, workdir: Path, report: DeliveryReport) -> e2e.CpuFigures:
+    """``Bench.cpu_phase`` on 1,000 events sent whose delivery check ends with ``report``: the stack, the clock and
+    the CPU readings are stand-ins (the product used 2 CPU-seconds over the load)."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr(e2e, "time", types.SimpleNamespace(
+        sleep=lambda s: clock.__setitem__("now", clock["now"] + s), monotonic=lambda: clock["now"]))
+    monkeypatch.setattr(e2e_cpu, "calibrate", lambda host, port, requests: 10_000.0)
+    bench = e2e.Bench.__new__(e2e.Bench)
+    bench.args = argparse.Namespace(calibration_requests=100, cpu_rate=100.0, cpu_seconds=10.0)
+    bench.null = types.SimpleNamespace(host="127.0.0.1", port=1)
+    bench.counter = types.SimpleNamespace(totals=lambda: (Counter(), 0))
+    readings = iter([{"total": 0.0}, {"total": 1.0}, {"total": 1.0}, {"total": 3.0, "calls:ingest": 8.0}])
+    bench.cpu = types.SimpleNamespace(snapshot=lambda: next(readings))
+    bench.workdir = workdir
+    bench.sent_by_partition = {"0": 1000}
+    bench.run_load = lambda rate, seconds, **_: types.SimpleNamespace(sent=1000, rate=100.0)
+    bench.deliver = lambda manifests, since: (None, report)
+    bench.sdk_floor = lambda events, batch: None
+    bench.client_floor = lambda events, batch: None
+    return bench.cpu_phase()
+
+
+def test_the_cpu_phase_counts_only_events_fully_delivered(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """N divides the events *fully delivered* (stored once, critical ones in Redis, their windows enriched) by the
+    product's CPU. When the delivery wait timed out with every event stored but no window enriched and no critical
+    event in Redis, the phase counted the 1,000 stored as delivered and printed an N and R for work the product had
+    not finished. It now counts none, says how far delivery got, and prints no figure per event."""
+    report = DeliveryReport()
+    report.figures.update(valid=1000, stored=1000, critical_in_redis=0, windows=2, windows_enriched=0)
+    report.problem("10 of 10 critical events are not in Redis")
+    report.problem("2 of 2 windows are not enriched")
+    figures = _cpu_phase(monkeypatch, tmp_path, report)
+    assert figures["delivered"] == 0 and figures["problems"], figures
+    e2e.print_cpu(figures)
+    out = capsys.readouterr().out
+    assert "delivery NOT complete" in out and "1000 of 1000 valid events stored once" in out, out
+    assert "cpu: NOT delivered: 2 of 2 windows are not enriched" in out
+    assert "CPU-second" not in out and "us/event," not in out, out
+
+
+def test_the_cpu_phase_counts_every_event_once_delivery_is_complete(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = DeliveryReport()
+    report.figures.update(valid=1000, stored=1000, critical_in_redis=10, windows=2, windows_enriched=2)
+    figures = _cpu_phase(monkeypatch, tmp_path, report)
+    assert figures["delivered"] == 1000 and not figures["problems"], figures
+    e2e.print_cpu(figures)
+    out = capsys.readouterr().out
+    assert "delivered 1000 in" in out and "events per product CPU-second 500 (calibration 10000, ratio 0.050)" in out
 
 
 def test_two_workers_measure_only_the_scale_out() -> None:
