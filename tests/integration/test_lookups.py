@@ -271,6 +271,39 @@ def test_stampede_of_100_concurrent_misses_reads_cassandra_once(app_env, store) 
 
 
 @pytest.mark.timeout(60)
+def test_a_request_that_gives_up_does_not_fail_the_others_waiting_for_the_same_read(
+        app_env, store, cassandra_emulator) -> None:
+    """Concurrent requests for a key share one Cassandra read and its answer (docs/api.md, cache-aside 2); a 503
+    means Cassandra did not answer in time. Request A misses and leads the read (Cassandra answers after 400 ms,
+    within the 2 s timeout), B joins it 50 ms later, A gives up at 100 ms (its client went away): B still gets
+    the answer, not a 503 blaming Cassandra."""
+    from emulators.cassandra.faults import clear_faults, inject_faults
+
+    app_env()
+    stored = make_event("gives-up-1", NOW - timedelta(minutes=1))
+    store.write([stored])
+    service = bootstrap.lookup_service()
+    assert run(service.latest("warm-up")).document is None  # connected and prepared before the fault
+
+    async def leader_gives_up() -> object:
+        leader = asyncio.ensure_future(asyncio.wait_for(service.latest("gives-up-1"), 0.1))
+        await asyncio.sleep(0.05)
+        follower = asyncio.ensure_future(service.latest("gives-up-1"))
+        led, followed = await asyncio.gather(leader, follower, return_exceptions=True)
+        assert isinstance(led, TimeoutError), led
+        return followed
+
+    inject_faults(cassandra_emulator.host, cassandra_emulator.port, error="delay", delay_ms=400, ratio=1.0,
+                  applies_to="reads")
+    try:
+        followed = run(leader_gives_up())
+    finally:
+        clear_faults(cassandra_emulator.host, cassandra_emulator.port)
+    assert not isinstance(followed, BaseException), f"B failed although Cassandra answered: {followed!r}"
+    assert json.loads(followed.document)["event_id"] == str(stored.event_id)
+
+
+@pytest.mark.timeout(60)
 def test_redis_down_serves_from_cassandra_as_bypass_and_health_says_so(app_env, store, private_redis, caplog) -> None:
     server, port = private_redis
     app_env(SLUICE_REDIS_URL=f"redis://127.0.0.1:{port}/0", SLUICE_REDIS_SOCKET_TIMEOUT_SECONDS="0.5")
