@@ -103,6 +103,61 @@ def test_the_live_generation_is_followed(redis_server, client, redis_prefix):
     asyncio.run(scenario())
 
 
+def hmget_calls(admin) -> int:
+    return int(admin.info("commandstats").get("cmdstat_hmget", {"calls": 0})["calls"])
+
+
+@pytest.mark.timeout(60)
+def test_the_generation_pointer_is_read_at_most_once_per_cache_period_under_a_burst(private_redis):
+    """A warm cache whose cached pointer has just expired, then 50 concurrent lookups: one read of the pointer
+    (docs/redis-layout.md: one ``HMGET`` per ``generation_cache_seconds`` per process), not one per lookup."""
+    import redis
+
+    _server, port = private_redis
+    connection = AsyncRedisConnection(f"redis://127.0.0.1:{port}/0", cluster=False)
+    cache = AsyncRedisLookupCache(connection, key_prefix="gp:", generation_cache_seconds=0.3)
+    admin = redis.Redis(host="127.0.0.1", port=port)
+
+    async def burst() -> None:
+        await cache.get_latest("warm")  # the pointer read once, cached for 0.3 s
+        await asyncio.sleep(0.4)
+        admin.config_resetstat()
+        await asyncio.gather(*(cache.get_latest(f"d-{i}") for i in range(50)))
+
+    try:
+        asyncio.run(burst())
+        assert hmget_calls(admin) == 50 + 1, f"{hmget_calls(admin) - 50} reads of the pointer in one period"
+    finally:
+        admin.close()
+        connection.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_pointer_read_fails_the_lookups_sharing_it_and_the_next_lookup_reads_again(private_redis):
+    import redis
+
+    _server, port = private_redis
+    connection = AsyncRedisConnection(f"redis://127.0.0.1:{port}/0", cluster=False)
+    cache = AsyncRedisLookupCache(connection, key_prefix="gf:", generation_cache_seconds=60)
+    admin = redis.Redis(host="127.0.0.1", port=port)
+
+    async def scenario() -> None:
+        admin.set("gf:generation", "not a hash")  # HMGET of the pointer answers WRONGTYPE
+        answers = await asyncio.gather(*(cache.get_latest(f"d-{i}") for i in range(10)), return_exceptions=True)
+        assert all(isinstance(answer, DependencyUnavailable) for answer in answers), answers
+        assert hmget_calls(admin) == 1
+        admin.delete("gf:generation")
+        assert await cache.get_latest("d-0") is None  # a miss
+        assert hmget_calls(admin) == 1 + 2  # the pointer read again (nothing of the failure cached), then the key
+
+    try:
+        admin.config_resetstat()
+        asyncio.run(scenario())
+    finally:
+        admin.close()
+        connection.close()
+
+
 @pytest.mark.timeout(60)
 def test_redis_gone_is_dependency_unavailable_within_the_socket_timeout(private_redis):
     server, port = private_redis

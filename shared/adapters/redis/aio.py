@@ -360,6 +360,12 @@ class _AutoPipeline:
                 waiter.set_result(answer)
 
 
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """A shared read's error counts as retrieved: no "never retrieved" log when every caller gave up on it."""
+    if not task.cancelled():
+        task.exception()
+
+
 class AsyncRedisLookupCache:
     """Implements ``LookupCache`` (``shared.ports.cache``) with ``redis.asyncio``."""
 
@@ -382,6 +388,7 @@ class AsyncRedisLookupCache:
         self._cache_seconds = generation_cache_seconds
         self._generations: dict[int, Keys] = {}
         self._live: tuple[float, Keys] | None = None
+        self._pointer_read: asyncio.Task[Keys] | None = None
         self._commands = _AutoPipeline(self._connection)
         self._scripts = scripts()
         self.sha = {name: script.sha for name, script in self._scripts.items()}
@@ -399,10 +406,23 @@ class AsyncRedisLookupCache:
         return keys
 
     async def keys(self) -> Keys:
-        """The keys of the live generation (the pointer read at most once per ``generation_cache_seconds``)."""
+        """The keys of the live generation (the pointer read at most once per ``generation_cache_seconds``).
+
+        Once the cached pointer is stale, the lookups that ask meanwhile share one read of it (a task of its own,
+        so a lookup that gives up does not stop it for the others); a failed read fails them all, and the next
+        lookup reads again.
+        """
         live = self._live
         if live is not None and time.monotonic() - live[0] < self._cache_seconds:
             return live[1]
+        loop = asyncio.get_running_loop()
+        reading = self._pointer_read
+        if reading is None or reading.done() or reading.get_loop() is not loop:
+            reading = self._pointer_read = loop.create_task(self._read_pointer())
+            reading.add_done_callback(_retrieved)
+        return await asyncio.shield(reading)
+
+    async def _read_pointer(self) -> Keys:
         asked = time.monotonic()  # Redis read the pointer after this: it is no older than that
         try:
             with redirects():
