@@ -310,3 +310,52 @@ def test_a_failed_coalesced_read_reaches_its_callers_and_ends_its_task_quietly(c
     assert all(isinstance(answer, DependencyUnavailable) for answer in answers), answers
     errors = [r.getMessage() for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
     assert errors == [], errors
+
+
+@pytest.mark.timeout(120)
+def test_first_reads_on_a_hung_cassandra_end_within_the_read_timeout() -> None:
+    """docs/api.md (503 row): a lookup whose Cassandra does not answer gets its 503 after about the lookup timeout.
+
+    The session is connected (as when another function of the worker connected it), then Cassandra stops answering
+    (SIGSTOP) before the reads are prepared. The driver's PREPARE waits for the session's default timeout (10 s),
+    not the read's (1 s here), and the first reads used to queue for the statements' lock, each preparing again:
+    three concurrent first reads answered after about 10 s and 20 s. They share one preparation now, waiting for
+    it no longer than their timeout."""
+    import os
+    import signal
+
+    from shared.adapters.cassandra.migrations import apply_migrations
+    from shared.adapters.cassandra.session import connect
+    from tests.fixtures.cassandra import start_cassandra_emulator
+
+    private = start_cassandra_emulator()
+    try:
+        ks = f"ks_{uuid.uuid4().hex[:12]}"
+        settings = cf.cassandra_settings(private, ks)
+        hung_session = connect(settings)
+        apply_migrations(hung_session, settings)
+        reader = CassandraAsyncEventReader(CassandraEventReader(hung_session, ks, timeout=1.0))
+
+        async def timed(device: str) -> tuple[float, object]:
+            started = time.monotonic()
+            try:
+                outcome: object = await asyncio.wait_for(reader.latest(device), 60)
+            except BaseException as exc:
+                outcome = exc
+            return time.monotonic() - started, outcome
+
+        async def three_first_reads() -> list[tuple[float, object]]:
+            return await asyncio.gather(*(timed(f"hung-{i}") for i in range(3)))
+
+        os.kill(private.process.pid, signal.SIGSTOP)
+        try:
+            answers = asyncio.run(three_first_reads())
+        finally:
+            os.kill(private.process.pid, signal.SIGCONT)
+        hung_session.cluster.shutdown()
+    finally:
+        private.stop()
+    assert all(isinstance(outcome, DependencyUnavailable) for _, outcome in answers), answers
+    took = sorted(round(seconds, 1) for seconds, _ in answers)
+    assert took[-1] < 3.0, f"first reads on a hung Cassandra took {took} s (read timeout 1 s)"
+

@@ -9,8 +9,9 @@ timeout (its ``OperationTimedOut`` arrives through the error callback); a
 cancelled waiter leaves the request to finish or time out in the driver.
 
 :class:`CassandraAsyncEventReader` serves the lookups (``AsyncEventReader``)
-with the statements of a :class:`CassandraEventReader`; its first read connects
-and prepares on a worker thread, since that blocks. Point reads by partition key
+with the statements of a :class:`CassandraEventReader`; its first reads connect
+and prepare on a worker thread, since that blocks, sharing one attempt, and wait
+for the preparation no longer than a read's timeout. Point reads by partition key
 (a device's position in ``device_latest``, event by id; a latest state is the
 one, then the other, as ``reader.py`` says): an idle reader sends one at once;
 while reads are in flight, those asked for in one turn of the event loop go out together as one
@@ -86,6 +87,22 @@ async def rows(future: ResponseFuture) -> list[Any]:
         with finishing(future):
             collected.extend(await waiter[0])
     return collected
+
+
+def _shared(task: asyncio.Task[None] | None, blocking: Callable[[], None]) -> asyncio.Task[None]:
+    """``task`` while it runs on this loop, else a new task running ``blocking`` on a worker thread."""
+    loop = asyncio.get_running_loop()
+    if task is not None and not task.done() and task.get_loop() is loop:
+        return task
+    started = loop.create_task(asyncio.to_thread(blocking))
+    started.add_done_callback(_retrieved)
+    return started
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    """A shared attempt's error counts as retrieved: no "never retrieved" log when every read gave up on it."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _Coalesced:
@@ -192,7 +209,8 @@ class CassandraAsyncEventReader:
 
     def __init__(self, reader: CassandraEventReader, *, batch_keys: int = 32) -> None:
         self._reader = reader
-        self._started = False
+        self._connecting: asyncio.Task[None] | None = None
+        self._preparing: asyncio.Task[None] | None = None
         self._latest = _Coalesced(self, "latest", "latest_in", lambda row: row.device_id,
                                   lambda device_id: f"the latest state of device {device_id!r}", batch_keys)
         self._events = _Coalesced(
@@ -204,13 +222,28 @@ class CassandraAsyncEventReader:
         return self._reader.opened
 
     async def rows(self, name: str, params: tuple[Any, ...], *, timeout: float | None = None) -> list[Any]:
-        """The rows of one of the reader's statements; raises the driver's errors."""
-        if self._started:
-            future = self._reader.start(name, params, timeout=timeout)
-        else:  # connecting and preparing block: not on the event loop
-            future = await asyncio.to_thread(self._reader.start, name, params, timeout=timeout)
-            self._started = True
-        return list(await rows(future))
+        """The rows of one of the reader's statements; raises the driver's errors (and ``TimeoutError`` when the
+        statements were not prepared within ``timeout``: :meth:`_open`)."""
+        if not self._reader.opened:
+            await self._open(timeout or self._reader.timeout)
+        return list(await rows(self._reader.start(name, params, timeout=timeout)))
+
+    async def _open(self, timeout: float) -> None:
+        """Connect, then prepare the statements, waiting at most ``timeout`` for the preparation.
+
+        Both block, so each runs on a worker thread, one attempt at a time: the reads asking meanwhile share it
+        instead of each queueing for the statements' lock and preparing again (the driver's PREPARE waits for the
+        session's default timeout, not the read's). A read that stops waiting leaves the attempt running; a failed
+        one is made again by the next read. Connecting is waited for as long as it takes (the driver's connect
+        timeouts bound it): a worker's first connection reads the whole schema and may outlast a read's timeout.
+        """
+        self._connecting = _shared(self._connecting, self._reader.connect)
+        await asyncio.shield(self._connecting)
+        self._preparing = _shared(self._preparing, self._reader.prepare)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._preparing), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"preparing the statements took longer than {timeout:g}s") from None
 
     async def _rows(self, name: str, params: tuple[Any, ...], what: str, *, timeout: float | None = None) -> list[Any]:
         try:

@@ -220,6 +220,10 @@ class Queries:
         """Whether the session is connected and the statements prepared (a first read has succeeded that far)."""
         return self._statements.built
 
+    def open(self) -> None:
+        """Connect and prepare the statements, if not done yet (what a first read does first)."""
+        self._statements.get()
+
     def statement(self, name: str) -> PreparedStatement:
         """The prepared statement ``name`` (prepared with the others on first use)."""
         return self._statements.get()[name]

@@ -121,6 +121,19 @@ class CassandraEventReader:
         """Whether the session is connected and the reads prepared (the health check's "connecting" ends there)."""
         return self._queries.opened
 
+    @property
+    def timeout(self) -> float:
+        """Each read's timeout, unless the read names its own."""
+        return self._queries.timeout
+
+    def connect(self) -> None:
+        """Connect the session, if not done yet (blocks)."""
+        self._queries.session()
+
+    def prepare(self) -> None:
+        """Connect and prepare the reads, if not done yet (blocks)."""
+        self._queries.open()
+
     def _rows(self, name: str, params: tuple[Any, ...], what: str, *, timeout: float | None = None) -> list[Any]:
         return self._queries.rows(name, params, what, timeout=timeout)
 
