@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import trustme
 
 from devhost.invocation import FUNCTION_TIMEOUT_EXIT
 from shared.settings import load_settings
@@ -70,7 +71,7 @@ def test_generated_settings_are_valid_and_name_the_ports_in_use(tmp_path):
     ca = Path(values["SLUICE_KEYVAULT_CA_FILE"])  # the Key Vault emulator writes it when it starts (not here)
     assert tmp_path in ca.parents
     ca.parent.mkdir(parents=True, exist_ok=True)
-    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    trustme.CA().cert_pem.write_to_path(str(ca))  # settings load the bundle: it must hold a certificate
     settings = load_settings({k: v for k, v in values.items() if v != ""})
     assert settings.cassandra.port == 9123 and settings.enrichment.window_seconds == 30
     # settings.env gives a shell the same values, quoting included (schedules hold spaces and stars).
