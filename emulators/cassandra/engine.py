@@ -112,7 +112,8 @@ class Engine:
             return
         kind = record[0]
         if kind == "U":
-            _, tid, pk, ck, marker, cells, ts, expiry, at = record
+            _, tid, pk, ck, marker, cells, ts, expiry, at = record[:9]
+            by_element = record[9] if len(record) > 9 else None  # journals of before it was recorded: none
             data = self.tables[tid]
             part = data.partitions.get(pk)
             if part is None:
@@ -120,7 +121,10 @@ class Engine:
             row = part.get_or_create(ck, written=True)
             applied = row.touch(ts, expiry) if marker else False
             for slot, value in cells:
-                applied = row.write(slot, value, ts, expiry if value is not None else None) or applied
+                if row.write(slot, value, ts, expiry if value is not None else None):
+                    applied = True
+                    if by_element or row.by_element:
+                        row.mark_writer(slot, by_element.get(slot) if by_element else None)
             if applied:
                 self.feed.record(tid, pk, ck, at)
         elif kind == "DR":

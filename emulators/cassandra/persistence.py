@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 _LEN = struct.Struct(">I")
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: rows keep the slots element operations wrote last (Row.by_element)
 
 
 class _Snapshot(TypedDict):
@@ -90,7 +90,7 @@ class Journal:
                 data = engine.tables[t.id]
                 state["data"][t.id] = [
                     (p.key, p.token, p.deleted, [(spec, ts) for _c, ts, spec in p.ranges or []],
-                     [(r.ck, r.marker, r.deleted, r.cells) for r in p.iter_rows()])
+                     [(r.ck, r.marker, r.deleted, r.cells, r.by_element) for r in p.iter_rows()])
                     for p in data.partitions.values()]
         for tid, log in engine.feed.logs.items():
             state["feed"][tid] = (log.seqs, log.ats, log.keys)
@@ -155,7 +155,8 @@ class Journal:
             part.deleted = deleted
             if ranges:
                 part.ranges = [(range_predicate(table, spec[0], spec[1]), ts, spec) for spec, ts in ranges]
-            for ck, marker, row_deleted, cells in rows:
+            for ck, marker, row_deleted, cells, *by_element in rows:  # version 1 rows lack by_element: none
                 row: Row = part.get_or_create(ck)
                 row.marker, row.deleted, row.cells = marker, row_deleted, cells
+                row.by_element = by_element[0] if by_element else None
 

@@ -25,13 +25,18 @@ def now_seconds() -> int:
 
 
 class Row:
-    __slots__ = ("cells", "ck", "deleted", "marker")
+    __slots__ = ("by_element", "cells", "ck", "deleted", "marker")
 
     def __init__(self, ck: bytes) -> None:
         self.ck = ck
         self.marker: tuple[int, int | None] | None = None  # row liveness from INSERT: (timestamp, expiry)
         self.deleted: int | None = None  # row tombstone timestamp
         self.cells: list[Cell | None] = []
+        # Slots of non-frozen collections whose stored cell an element operation wrote last, so no collection
+        # tombstone sits at the cell's timestamp - 1 (see write._overwrite): slot -> whether the cell holds only
+        # elements written at its timestamp (none older, no element tombstone), which an overwrite at that timestamp
+        # meets element by element as in Cassandra.
+        self.by_element: dict[int, bool] | None = None
 
     def live(self, now: int) -> bool:
         m = self.marker
@@ -66,6 +71,16 @@ class Row:
                 return False
         cells[slot] = (value, ts, expiry)
         return True
+
+    def mark_writer(self, slot: int, own_elements: bool | None) -> None:
+        """Record what wrote the cell just written to ``slot``: a whole write (None), or an element operation, and
+        whether the cell holds only elements it wrote (see :attr:`by_element`)."""
+        if own_elements is not None:
+            if self.by_element is None:
+                self.by_element = {}
+            self.by_element[slot] = own_elements
+        elif self.by_element is not None:
+            self.by_element.pop(slot, None)
 
     def touch(self, ts: int, expiry: int | None) -> bool:
         if self.deleted is not None and ts <= self.deleted:

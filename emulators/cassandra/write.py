@@ -2,9 +2,12 @@
 
 A mutation is a plain tuple (it is also the record of the persistence journal):
 
-- ``("U", table_id, pk, ck, marker, cells, ts, expiry, at)``: upsert; ``marker``
-  is True for INSERT (the row exists even with all columns null); ``cells`` is a
-  tuple of ``(slot, bytes | None)``; ``at`` is the wall-clock time, for the change feed.
+- ``("U", table_id, pk, ck, marker, cells, ts, expiry, at, by_element)``: upsert;
+  ``marker`` is True for INSERT (the row exists even with all columns null); ``cells``
+  is a tuple of ``(slot, bytes | None)``; ``at`` is the wall-clock time, for the change
+  feed; ``by_element`` maps the slots of ``cells`` that element operations wrote
+  (collections not written whole) to whether they hold only that write's elements, see
+  :attr:`.store.Row.by_element` and :func:`_overwrite`; None for none, as in older journals.
 - ``("DR", table_id, pk, ck, ts)`` row, ``("DP", table_id, pk, ts)`` partition,
   ``("DS", table_id, pk, ck_eq, ck_slice, ts)`` clustering-range deletion.
 - ``("T", table_id)`` truncate.
@@ -194,8 +197,8 @@ def execute_insert(engine: Engine, table: Table, stmt: st.Insert, ctx: WriteCont
         _whole_value(table, data, pk, ck, col, v, ts, expiry, ctx, cells, cleared)
     at = time.time()
     if cleared:  # an empty collection: only its tombstone, a microsecond before the statement (see _overwrite)
-        engine.apply(("U", table.id, pk, ck, False, tuple(cleared), ts - 1, None, at))
-    engine.apply(("U", table.id, pk, ck, True, tuple(cells), ts, expiry, at))
+        engine.apply(("U", table.id, pk, ck, False, tuple(cleared), ts - 1, None, at, None))
+    engine.apply(("U", table.id, pk, ck, True, tuple(cells), ts, expiry, at, None))
     return _lwt_result(table, True) if stmt.if_not_exists else None
 
 
@@ -271,10 +274,12 @@ def _check_conditions(table: Table, data: TableData, pk: bytes, ck: bytes, if_ex
 
 
 def _stored_ts(row: Row | None, col: Column) -> int | None:
-    """The timestamp of the collection stored in ``col``, expired or not; None when there is none (or a tombstone,
-    which shadows what is older than it here as in Cassandra)."""
+    """The timestamp of the collection stored in ``col``, expired or not; None when there is none, or a tombstone of
+    the whole collection, which shadows what is older than it here as in Cassandra. A tombstone an element operation
+    left (it removed the last elements) counts: in Cassandra it shadows only those elements."""
     cell = row.raw_cell(col.slot) if row is not None else None
-    return cell[1] if cell is not None and cell[0] is not None else None
+    by_element = cell is not None and row is not None and row.by_element is not None and col.slot in row.by_element
+    return cell[1] if cell is not None and (cell[0] is not None or by_element) else None
 
 
 def _whole_value(table: Table, data: TableData, pk: bytes, ck: bytes, col: Column, value: bytes | None, ts: int,
@@ -302,6 +307,12 @@ def _overwrite(table: Table, data: TableData, pk: bytes, ck: bytes, col: Column,
     again at the same timestamp: a redelivered write, or twice in one BATCH) survive that tombstone and meet the new
     ones element by element (:func:`_merged_at_one_timestamp`); where the result is one collection with one expiry
     it is stored, else the cell's tie rule keeps one of the two writes whole (a documented difference).
+
+    A stored collection an element operation wrote last has no tombstone at its timestamp - 1, and may hold
+    elements with older timestamps, or element tombstones, which one cell does not keep apart. An overwrite before
+    it would remove the elements older than itself and add its own in Cassandra; one at its timestamp meets it
+    element by element only when it holds that operation's elements alone. Any other is refused rather than
+    answered with the stored collection.
     """
     new = colls.normalize(col.type, value)
     earlier = ctx.batch_cells.get((table.id, pk, ck, col.slot)) if ctx.batch_cells is not None else None
@@ -309,11 +320,17 @@ def _overwrite(table: Table, data: TableData, pk: bytes, ck: bytes, col: Column,
         part = data.partition(pk)
         row = part.get(ck) if part is not None else None
         cell = row.raw_cell(col.slot) if row is not None else None
+        own_elements = row.by_element.get(col.slot) if row is not None and row.by_element else None
+        if cell is not None and own_elements is not None and (cell[1] > ts or (cell[1] == ts and not own_elements)):
+            raise Invalid(f"This emulator keeps {col.name} (a non-frozen collection) as one cell, last written at "
+                          f"{cell[1]} by an element operation: an overwrite at {ts}, not after it, would replace "
+                          "only the elements older than it in Cassandra (each element is a cell of its own there), "
+                          "which one cell cannot tell apart; write the whole collection with a later timestamp")
         earlier = cell if cell is not None and cell[0] is not None else None
     if earlier is None or earlier[1] != ts:
         # Later: it replaces the collection. Older: the store keeps the newer collection, as Cassandra does when
-        # that one was written whole (its tombstone at its timestamp - 1 shadows every older element); one built
-        # by element operations alone would take the older write's other elements there (docs/emulators).
+        # that one was written whole (its tombstone at its timestamp - 1 shadows every older element); one an
+        # element operation wrote last is refused above.
         return new
     merged = _merged_at_one_timestamp(col, earlier, new, expiry)
     if merged is _NOT_ONE_CELL:
@@ -389,17 +406,21 @@ def _element_expiry_check(col: Column, adds: bool, stored: bytes | None, stored_
 
 def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assignments: list[st.Assignment],
                       ctx: WriteContext, ts: int, expiry: int | None
-                      ) -> tuple[list[tuple[int, bytes | None, int | None]], list[tuple[int, bytes | None]]]:
-    """The cells of an UPDATE's assignments, each with its expiry, and the collections it empties (their tombstones
-    go at ``ts - 1``, see :func:`_overwrite`). A non-frozen collection is one cell here, so an element operation
-    (append, put, remove) rewrites the whole collection at the statement's timestamp: correct when that is after the
-    stored collection's, refused otherwise. The rewritten collection keeps the stored elements' expiry (a removal
-    leaves the other elements' TTLs alone, as in Cassandra); adding elements with another expiry is refused."""
+                      ) -> tuple[list[tuple[int, bytes | None, int | None]], list[tuple[int, bytes | None]],
+                                 dict[int, bool] | None]:
+    """The cells of an UPDATE's assignments, each with its expiry, the collections it empties (their tombstones
+    go at ``ts - 1``, see :func:`_overwrite`) and the slots element operations write, each mapped to whether the
+    collection holds only this statement's elements (see :attr:`.store.Row.by_element`). A non-frozen collection
+    is one cell here, so an element operation (append, put, remove) rewrites the whole collection at the statement's
+    timestamp: correct when that is after the stored collection's, refused otherwise. The rewritten collection keeps
+    the stored elements' expiry (a removal leaves the other elements' TTLs alone, as in Cassandra); adding elements
+    with another expiry is refused."""
     cells: list[tuple[int, bytes | None, int | None]] = []
     cleared: list[tuple[int, bytes | None]] = []
     written: dict[int, bytes | None] = {}  # slot -> its value after this statement's earlier operations
     kept: dict[int, tuple[bytes | None, int | None]] = {}  # slot -> the stored (live) collection and its expiry
     done: dict[int, list[tuple[str, Value]]] = {}  # slot -> (kind, element key or None) of those operations
+    removing: set[int] = set()  # slots some operation removes elements from (leaving element tombstones)
     list_changes: dict[int, list[tuple[bytes, bytes | None]]] = {}  # slot -> the list's (index, value) settings
     row: Row | None = None
     part = data.partition(pk)
@@ -435,6 +456,8 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
                 raise Invalid(f"Invalid null or unset key for {col.name}")
             if value is UNSET:
                 continue
+            if value is None:
+                removing.add(col.slot)
             _element_expiry_check(col, value is not None, stored, stored_expiry, expiry)
             if col.type.kind == "list":  # every index is one of the list as it was before the statement
                 changes = list_changes.setdefault(col.slot, [])
@@ -448,6 +471,7 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
                 continue
             _element_expiry_check(col, a.kind != "remove", stored, stored_expiry, expiry)
             if a.kind == "remove":
+                removing.add(col.slot)
                 new = colls.remove(col.type, current, operand)
             else:
                 new = colls.add(col.type, current, operand, prepend=a.kind == "prepend")
@@ -456,7 +480,9 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
         cells.append((col.slot, new, stored_expiry if stored is not None else expiry))
         written[col.slot] = new
         done.setdefault(col.slot, []).append((a.kind, key))
-    return cells, cleared
+    by_element = {slot: kept[slot][0] is None and new is not None and slot not in removing
+                  for slot, new in written.items()}
+    return cells, cleared, by_element or None
 
 
 def _check_combination(col: Column, earlier: list[tuple[str, Value]], kind: str, key: Value) -> None:
@@ -474,12 +500,14 @@ def _check_combination(col: Column, earlier: list[tuple[str, Value]], kind: str,
 
 
 def _upserts(table: Table, pk: bytes, ck: bytes, cells: list[tuple[int, bytes | None, int | None]], ts: int,
-             at: float) -> list[tuple[Any, ...]]:
-    """The upsert records (no row marker) of ``cells``, each ``(slot, value, expiry)``: one per expiry."""
+             at: float, by_element: dict[int, bool] | None) -> list[tuple[Any, ...]]:
+    """The upsert records (no row marker) of ``cells``, each ``(slot, value, expiry)``: one per expiry;
+    ``by_element``: the slots element operations write (see :attr:`.store.Row.by_element`)."""
     by_expiry: dict[int | None, list[tuple[int, bytes | None]]] = {}
     for slot, value, expiry in cells:
         by_expiry.setdefault(expiry, []).append((slot, value))
-    return [("U", table.id, pk, ck, False, tuple(group), ts, expiry, at) for expiry, group in by_expiry.items()]
+    return [("U", table.id, pk, ck, False, tuple(group), ts, expiry, at, by_element)
+            for expiry, group in by_expiry.items()]
 
 
 def execute_update(engine: Engine, table: Table, stmt: st.Update, ctx: WriteContext) -> Rows | None:
@@ -503,11 +531,11 @@ def execute_update(engine: Engine, table: Table, stmt: st.Update, ctx: WriteCont
     # statement half applied behind the error.
     records: list[tuple[Any, ...]] = []
     for pk, ck in keys:
-        cells, cleared = _assignment_cells(table, data, pk, ck, stmt.assignments, ctx, ts, expiry)
+        cells, cleared, by_element = _assignment_cells(table, data, pk, ck, stmt.assignments, ctx, ts, expiry)
         at = time.time()
         if cleared:
-            records.append(("U", table.id, pk, ck, False, tuple(cleared), ts - 1, None, at))
-        records += _upserts(table, pk, ck, cells, ts, at)
+            records.append(("U", table.id, pk, ck, False, tuple(cleared), ts - 1, None, at, None))
+        records += _upserts(table, pk, ck, cells, ts, at, by_element)
     for record in records:
         engine.apply(record)
     return _lwt_result(table, True) if conditional else None
@@ -595,6 +623,8 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
                 assert cur_cell is not None
                 elements.setdefault(col.slot, (col, cur, cur_cell[2], []))[3].append(key)
             cells += [(slot, None, None) for slot in whole]
+            # each removes elements from a live collection: not its own elements alone
+            by_element = {slot: False for slot in elements if slot not in whole} or None
             for slot, (col, cur, kept_expiry, removed) in elements.items():
                 if slot in whole:
                     continue
@@ -605,7 +635,7 @@ def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteCont
                     for key in removed:
                         new = colls.set_element(col.type, new, key, None)
                 cells.append((slot, new, kept_expiry))
-            records += _upserts(table, pk, ck, cells, ts, time.time())
+            records += _upserts(table, pk, ck, cells, ts, time.time(), by_element)
     else:
         pks = sorted({pk for pk, _ in keys})
         for pk in pks:

@@ -92,3 +92,55 @@ def test_collections_match_the_model(session: Session, ops: list[tuple[str, obje
     assert (row.l or []) == lst, ops
     assert set(row.s or ()) == sset and list(row.s or ()) == sorted(sset), ops
     assert dict(row.m or {}) == mp and list((row.m or {}).keys()) == sorted(mp), ops
+
+
+# Cassandra writes a whole collection as a tombstone at ts - 1 plus a cell per element at ts, and an element
+# operation as a cell at its own ts. An overwrite arriving after a newer element operation, with an older timestamp,
+# removes the elements older than it and keeps the newer ones: {'a': 1} @1000, m['b'] = 2 @3000, {'c': 3} @2000 is
+# {'b': 2, 'c': 3} there. The emulator keeps a collection as one cell, without its elements' timestamps, so it
+# refuses that overwrite rather than answer with the stored collection.
+@pytest.mark.parametrize(("column", "first", "element_op", "overwrite"), [
+    ("m map<text, int>", "{'a': 1}", "m['b'] = 2", "m = {'c': 3}"),
+    ("m map<text, int>", "{'a': 1}", "m = m + {'b': 2}", "m = {'a': 9}"),
+    ("m map<text, int>", "{'a': 1}", "m = m - {'a'}", "m = {'x': 5}"),
+    ("s set<int>", "{1}", "s = s + {2}", "s = {3}"),
+    ("l list<int>", "[1]", "l = l + [2]", "l = [3]"),
+])
+def test_an_overwrite_not_after_an_element_operation_is_refused(session: Session, column: str, first: str,
+                                                                element_op: str, overwrite: str) -> None:
+    name = column.split()[0]
+    session.execute(f"CREATE TABLE t (k int PRIMARY KEY, {column})")
+    session.execute(f"INSERT INTO t (k, {name}) VALUES (1, {first}) USING TIMESTAMP 1000")
+    session.execute(f"UPDATE t USING TIMESTAMP 3000 SET {element_op} WHERE k = 1")
+    before = session.execute(f"SELECT {name} FROM t WHERE k = 1").one()
+    for ts in (2000, 3000):
+        with pytest.raises(InvalidRequest, match=f"{name} .*last written at 3000 by an element operation"):
+            session.execute(f"UPDATE t USING TIMESTAMP {ts} SET {overwrite} WHERE k = 1")
+        with pytest.raises(InvalidRequest, match="by an element operation"):
+            session.execute(f"INSERT INTO t (k, {overwrite.replace(' =', ',', 1).split(',')[0]}) "
+                            f"VALUES (1, {overwrite.split('= ', 1)[1]}) USING TIMESTAMP {ts}")
+    assert session.execute(f"SELECT {name} FROM t WHERE k = 1").one() == before
+    # a later overwrite replaces it, as in Cassandra; after it, an older one is shadowed whole again
+    session.execute(f"UPDATE t USING TIMESTAMP 4000 SET {overwrite} WHERE k = 1")
+    after = session.execute(f"SELECT {name} FROM t WHERE k = 1").one()
+    session.execute(f"UPDATE t USING TIMESTAMP 3500 SET {name} = {first} WHERE k = 1")
+    assert session.execute(f"SELECT {name} FROM t WHERE k = 1").one() == after
+
+
+def test_an_older_overwrite_of_a_collection_written_whole_changes_nothing(session: Session) -> None:
+    """{'a': 1} @3000 written whole has its tombstone at 2999, which shadows every element of an overwrite @2000."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, m map<text, int>)")
+    session.execute("INSERT INTO t (k, m) VALUES (1, {'a': 1}) USING TIMESTAMP 3000")
+    session.execute("INSERT INTO t (k, m) VALUES (1, {'c': 3}) USING TIMESTAMP 2000")
+    assert session.execute("SELECT m FROM t WHERE k = 1").one().m == {"a": 1}
+
+
+def test_an_element_operation_not_after_one_that_emptied_the_collection_is_refused(session: Session) -> None:
+    """s = s - {1} @3000 removes only the element 1 in Cassandra, so s = s + {2} @2000 still adds 2: {2}. The
+    emulator's emptied collection is one tombstone @3000, which would shadow 2; it refuses the addition instead."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, s set<int>)")
+    session.execute("INSERT INTO t (k, s) VALUES (1, {1}) USING TIMESTAMP 1000")
+    session.execute("UPDATE t USING TIMESTAMP 3000 SET s = s - {1} WHERE k = 1")
+    with pytest.raises(InvalidRequest, match=r"s .*one cell written at 3000"):
+        session.execute("UPDATE t USING TIMESTAMP 2000 SET s = s + {2} WHERE k = 1")
+    assert session.execute("SELECT s FROM t WHERE k = 1").one().s is None

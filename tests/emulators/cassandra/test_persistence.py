@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cassandra import InvalidRequest
 from cassandra.cluster import Cluster
 
 from tests.fixtures.cassandra import start_cassandra_emulator
@@ -71,6 +72,44 @@ def test_without_data_dir_nothing_is_kept() -> None:
     try:
         cluster, s = _session(emulator)
         assert "ks" not in cluster.metadata.keyspaces
+        cluster.shutdown()
+    finally:
+        emulator.stop()
+
+
+def test_what_wrote_a_collection_last_survives_a_clean_stop_and_a_crash(tmp_path: Path) -> None:
+    """An overwrite older than an element operation is refused (see test_collections_model) after a restart too:
+    the snapshot keeps which collections an element operation wrote last, the journal replays it."""
+    data_dir = str(tmp_path / "data")
+    refused = "by an element operation"
+    emulator = start_cassandra_emulator("--data-dir", data_dir)
+    try:
+        cluster, s = _session(emulator)
+        s.execute("CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}")
+        s.execute("CREATE TABLE ks.t (k int PRIMARY KEY, m map<text, int>)")
+        for k in (1, 2):
+            s.execute(f"INSERT INTO ks.t (k, m) VALUES ({k}, {{'a': 1}}) USING TIMESTAMP 1000")
+        s.execute("UPDATE ks.t USING TIMESTAMP 3000 SET m['b'] = 2 WHERE k = 1")
+        s.execute("INSERT INTO ks.t (k, m) VALUES (2, {'b': 2}) USING TIMESTAMP 3000")
+        cluster.shutdown()
+    finally:
+        assert emulator.stop() == 0
+    emulator = start_cassandra_emulator("--data-dir", data_dir)
+    try:
+        cluster, s = _session(emulator)
+        with pytest.raises(InvalidRequest, match=refused):  # from the snapshot
+            s.execute("INSERT INTO ks.t (k, m) VALUES (1, {'c': 3}) USING TIMESTAMP 2000")
+        s.execute("INSERT INTO ks.t (k, m) VALUES (2, {'c': 3}) USING TIMESTAMP 2000")  # written whole: shadowed
+        s.execute("UPDATE ks.t USING TIMESTAMP 4000 SET m['d'] = 4 WHERE k = 2")
+        cluster.shutdown()
+    finally:
+        emulator.kill()
+    emulator = start_cassandra_emulator("--data-dir", data_dir)
+    try:
+        cluster, s = _session(emulator)
+        with pytest.raises(InvalidRequest, match=refused):  # from the journal
+            s.execute("INSERT INTO ks.t (k, m) VALUES (2, {'c': 3}) USING TIMESTAMP 2000")
+        assert dict(s.execute("SELECT m FROM ks.t WHERE k = 2").one().m) == {"b": 2, "d": 4}
         cluster.shutdown()
     finally:
         emulator.stop()
