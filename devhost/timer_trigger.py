@@ -18,7 +18,8 @@ listener starts, the status is checked as the host checks it: a status whose ``N
 is not what the current schedule gives after ``Last`` (``LastUpdated`` when there is no
 ``Last``) comes from another schedule and is rewritten, without ``Last``, not past due; otherwise a
 ``Next`` in the past runs the function at once with ``past_due`` true. ``run_on_startup`` runs it
-at once too (``past_due`` false).
+at once too (``past_due`` false). Else the first occurrence waited for is the status' ``Next`` (as
+rewritten): a TimeSpan schedule counts from the recorded ``Last`` or ``LastUpdated``, not from the start.
 """
 
 from __future__ import annotations
@@ -111,7 +112,9 @@ class TimerListener:
         self.run_on_startup = _flag(trigger.get("runOnStartup", False))
         self.use_monitor = uses_monitor(trigger, schedule)
         self._last: datetime | None = None
-        self._next_due: datetime | None = None  # the occurrence after the last run, set when that run ends
+        # the occurrence to wait for: with the monitor, the checked status' Next at the start; then the one after the
+        # last run, set when that run ends
+        self._next_due: datetime | None = None
 
     @classmethod
     def create(cls, spec: FunctionSpec, invoker: Invoker, service: BlobServiceClient, host_id: str,
@@ -237,40 +240,43 @@ class TimerListener:
                   "LastUpdated": _iso(updated or datetime.now(UTC))}
         await self._container.get_blob_client(self._status_blob).upload_blob(json.dumps(status), overwrite=True)
 
-    async def _check_past_due(self, now: datetime, status: dict[str, Any] | None) -> bool:
+    async def _check_status(self, now: datetime, status: dict[str, Any] | None) -> datetime:
         """ScheduleMonitor.CheckPastDueAsync (azure-webjobs-sdk-extensions): write a first status, or a new one when
-        the schedule changed since the status was written; past due when the recorded Next has gone by.
+        the schedule changed since the status was written. Returns the status' Next after that: the start is past due
+        when it has gone by, and otherwise the timer first waits for it (TimerListener.StartAsync starts the timer for
+        ``ScheduleStatus.Next``, so a TimeSpan schedule counts from the recorded Last or LastUpdated, not from the
+        start).
 
         The new status has no ``Last`` and, as ``LastUpdated``, the moment its ``Next`` was computed from: the next
         start then finds the same ``Next`` from ``LastUpdated``, so an occurrence missed before it is past due. With
         the old ``Last`` kept, that start would take the status for another schedule change and lose the
         occurrence."""
-        last = _parse((status or {}).get("Last"))
-        updated = _parse((status or {}).get("LastUpdated"))
-        recorded_next = _parse((status or {}).get("Next"))
         if status is None:
-            recorded_next = self._next(now)
-            await self._write_status(None, recorded_next, updated=now)
-        else:
-            since = last or updated or now
-            expected_next = self._next(since)
-            if recorded_next != expected_next:  # another schedule wrote it
-                if now > expected_next:  # not past due for a schedule it never ran on: from now
-                    since, expected_next = now, self._next(now)
-                recorded_next = expected_next
-                await self._write_status(None, recorded_next, updated=since)
-        return recorded_next is not None and now > recorded_next
+            first_next = self._next(now)
+            await self._write_status(None, first_next, updated=now)
+            return first_next
+        since = _parse(status.get("Last")) or _parse(status.get("LastUpdated")) or now
+        expected_next = self._next(since)
+        if _parse(status.get("Next")) != expected_next:  # another schedule wrote it
+            if now > expected_next:  # not past due for a schedule it never ran on: from now
+                since, expected_next = now, self._next(now)
+            await self._write_status(None, expected_next, updated=since)
+        return expected_next
 
     async def _fire_while_leader(self) -> None:
         """Fire while this host holds the lease. As the extension's TimerListener does, the occurrence after a run is
         computed from the moment that run started (``InvokeJobFunction``: ``Next = GetNextOccurrence(invocation
         time)``) and the timer then started for it from now (``GetNextTimerInterval``): an occurrence that came due
-        while the run went on fires as soon as it ends (one, not every one missed)."""
+        while the run went on fires as soon as it ends (one, not every one missed). With the monitor, the first
+        occurrence waited for is the checked status' ``Next``."""
         now = datetime.now(UTC)
         self._next_due = None
         status = await self._read_status() if self.use_monitor else None
         self._last = _parse((status or {}).get("Last")) or self._last
-        past_due = await self._check_past_due(now, status) if self.use_monitor else False
+        past_due = False
+        if self.use_monitor:
+            self._next_due = await self._check_status(now, status)
+            past_due = now > self._next_due
         if past_due or self.run_on_startup:
             why = "past due" if past_due else "run on startup"
             fired = await self._fire(now, past_due=past_due, reason=f"Timer fired at startup ({why})",

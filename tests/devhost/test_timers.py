@@ -10,6 +10,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -238,15 +239,64 @@ def test_an_occurrence_missed_after_a_schedule_change_is_past_due_on_the_next_st
                                   f"devhost-test-{uuid.uuid4().hex[:12]}", SingletonOptions())
             await service.get_blob_client("azure-webjobs-hosts", timer._status_blob).upload_blob(
                 json.dumps(daily_status), overwrite=True)
-            changed = await timer._check_past_due(start_1, await timer._read_status())
+            changed = start_1 > await timer._check_status(start_1, await timer._read_status())
             rewritten = await timer._read_status()
-            return changed, rewritten, await timer._check_past_due(start_1 + timedelta(hours=1), rewritten)
+            start_2 = start_1 + timedelta(hours=1)
+            return changed, rewritten, start_2 > await timer._check_status(start_2, rewritten)
 
     past_due_at_start_1, rewritten, past_due_at_start_2 = asyncio.run(scenario())
     assert not past_due_at_start_1  # a changed schedule
     assert rewritten == {"Last": None, "Next": start_1.replace(hour=11, minute=0).isoformat(),
                          "LastUpdated": start_1.isoformat()}
     assert past_due_at_start_2, "the occurrence missed between the two starts was not past due"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("status_ago, first_wait", [
+    # Every hour until now, every half hour from now; the last run 45 minutes ago: its Next under the new schedule
+    # (15 minutes ago) has passed, so the rewritten status counts from now.
+    pytest.param({"Last": 45, "Next": -15, "LastUpdated": 45}, timedelta(minutes=30), id="interval-shortened"),
+    # Every half hour, started 10 minutes ago and stopped before the first run: that run is 20 minutes away.
+    pytest.param({"Last": None, "Next": -20, "LastUpdated": 10}, timedelta(minutes=20),
+                 id="restarted-before-the-first-run"),
+])
+def test_a_monitored_interval_timer_first_waits_for_the_status_next(
+    tmp_path: Path, azurite_connection_string: str, monkeypatch: pytest.MonkeyPatch,
+    status_ago: dict[str, int | None], first_wait: timedelta,
+) -> None:
+    """ext: TimerListener.StartAsync, when the start is neither past due nor run on startup, calls
+    ``StartTimer(DateTimeOffset.Now)``: the wait is ``ScheduleStatus.Next - now``, Next being the status as
+    CheckPastDueAsync left it, not one interval from the start. ``status_ago`` gives each moment in minutes before
+    the start (negative: after it). A shortened TimeSpan whose new Next has passed waits a whole new interval,
+    where the dev host fired at once (from the old Last); a timer restarted before its first run waits for the
+    Next counted from LastUpdated, where the dev host waited one interval from the restart."""
+    start = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
+    blob_status = {key: None if ago is None else (start - timedelta(minutes=ago)).isoformat()
+                   for key, ago in status_ago.items()}
+    spec = FunctionSpec(name="tick", trigger_type="timerTrigger", trigger={"name": "timer", "schedule": "00:30:00"},
+                        user_function=lambda timer: None, is_async=False, accepts_context=False, retry=None)
+    monkeypatch.setattr("devhost.timer_trigger.datetime", SimpleNamespace(
+        now=lambda tz=None: start, fromisoformat=datetime.fromisoformat))
+
+    async def scenario() -> list[float]:
+        async with AsyncBlobServiceClient.from_connection_string(azurite_connection_string) as service:
+            with contextlib.suppress(ResourceExistsError):
+                await service.create_container("azure-webjobs-hosts")
+            timer = TimerListener(spec, Schedule.parse("00:30:00"), Invoker(tmp_path, threads=1), service,
+                                  f"devhost-test-{uuid.uuid4().hex[:12]}", SingletonOptions())
+            await service.get_blob_client("azure-webjobs-hosts", timer._status_blob).upload_blob(
+                json.dumps(blob_status), overwrite=True)
+            waits: list[float] = []
+
+            async def first_wait_then_stop(seconds: float) -> None:
+                waits.append(seconds)
+                timer._stopping.set()
+
+            monkeypatch.setattr(timer, "_sleep", first_wait_then_stop)
+            await timer._fire_while_leader()
+            return waits
+
+    assert asyncio.run(scenario()) == [first_wait.total_seconds()]
 
 
 @pytest.mark.timeout(90)
