@@ -22,7 +22,10 @@ dead-letter sink; nothing is left to a later retry that will never come.
   ``write``), a Key Vault outage, a schema that is not ours; the host would move
   past the batch all the same;
 * if even the dead-letter sink fails, the error propagates: the host logs it, and
-  this is the one case where an operator must act (see docs/operations.md).
+  this is the one case where an operator must act (see docs/operations.md). When
+  the rejected letters fail on the final attempt, the ledger still records the
+  records stored whole (best effort), so the audit lists only the ones in neither
+  place.
 
 With an audit ledger, the runs of consecutive sequence numbers of the batch are
 recorded with their outcome counts (stored, dead_lettered, duplicate) after the
@@ -123,6 +126,7 @@ class IngestService:
                 self._dead_letters.put_rejected(parsed.errs)
             except Exception:
                 if final_attempt:  # the host checkpoints past the batch: what is stored is counted now, for good
+                    self._audit_stored(records, parsed)
                     self._record(records, Parsed(parsed.oks, [], parsed.duplicates), began)
                 raise
         try:  # each outcome is recorded once it is durable: stored, and dead-lettered
@@ -176,6 +180,21 @@ class IngestService:
             return
         first = stored[0].metadata
         self._delays.record(DelayedBatch(first.partition_id, first.sequence_number, oldest, len(stored)))
+
+    def _audit_stored(self, records: Sequence[RawRecord], parsed: Parsed) -> None:
+        """Record the runs of the records stored whole, when their rejected letters failed on the final attempt.
+
+        The host checkpoints past the batch anyway: what is stored is accounted for, and only the records with a
+        rejected item (in neither place) are left out, so the audit lists exactly those. Best effort: the letter's
+        failure is what the call raises."""
+        if self._audit is None:
+            return
+        rejected = {id(r.metadata) for r in parsed.errs}
+        runs = audit_runs([r for r in records if id(r.metadata) not in rejected], parsed.oks, ())
+        try:
+            self._audit.record(runs)
+        except Exception:
+            logger.warning("could not record %d stored runs in the audit ledger", len(runs), exc_info=True)
 
     def _audit_dead_lettered(self, records: Sequence[RawRecord]) -> None:
         if self._audit is None:

@@ -427,3 +427,37 @@ def test_a_batch_of_only_invalid_records_dead_lettered_while_the_ledger_was_down
                           letters=BlobDeadLetteredBatches(service_client, container)).audit(from_sequence=10)
     [partition] = report.partitions
     assert partition.gaps == (), f"the audit reports sequence numbers {partition.gaps} of partition 5 as lost"
+
+
+def test_when_only_the_rejected_letters_fail_the_audit_lists_only_what_is_in_neither_place(
+    stack: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/operations.md: when the function fails with ``could not write dead letter``, ``sluice audit`` lists
+    the exact ranges in neither place. Partition 0, one batch 0..3 on its final attempt: 0..2 valid and stored,
+    3 not JSON, and its rejected letter cannot be written (Blob down); the call fails and the host checkpoints 3.
+    Ingest records the runs of what is stored, so only 3 is a gap. (No run was recorded at all, and the audit
+    counted the stored 0..2 lost with 3.)"""
+    from shared.adapters.blob_deadletter import BlobDeadLetterSink
+    from shared.adapters.cassandra.event_store import CassandraEventStore
+    from shared.domain.events import EventMetadata, RawRecord
+    from shared.exceptions import TransientError
+    from shared.services.ingest import IngestService
+    from tests.fixtures.azurite import connection_string, free_port
+
+    bodies = [json.dumps(event()).encode() for _ in range(3)] + [b"{not json"]
+    stack["deliver"]("0", bodies, ingest=False)  # in the hub as 0..3
+    cfg = bootstrap.settings()
+    store = CassandraEventStore(bootstrap.cassandra_session(), cfg.cassandra, cfg.rules.critical_rules)
+    blob_down = BlobServiceClient.from_connection_string(connection_string(free_port()), retry_total=0)
+    service = IngestService(store, BlobDeadLetterSink(blob_down, "deadletters", attempts=1), cfg.ingest.limits(),
+                            bootstrap.audit_ledger())
+    records = [RawRecord(body, EventMetadata(partition_id="0", sequence_number=i, enqueued_time=datetime.now(UTC)))
+               for i, body in enumerate(bodies)]
+    with pytest.raises(TransientError, match="could not write dead letter"):
+        service.handle(records, final_attempt=True)
+    stack["checkpoint"]("0", 3)  # the host moves past the failed invocation
+
+    code, out = audit(capsys, "--from-sequence", "0")
+
+    assert code == 1 and [line for line in out.splitlines() if line.startswith("gap:")] == \
+        ["gap: partition 0 sequence 3"], out
