@@ -28,7 +28,7 @@ from datetime import datetime
 
 from shared.exceptions import ConfigurationError
 from shared.ports.audit import AuditLedger, DeadLetteredBatches, SequenceAtTime
-from shared.ports.lag import PartitionLagReader
+from shared.ports.lag import LagReading, PartitionLagReader
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ class AuditService:
         if problems:  # a partition whose checkpoint could not be read would look "not checkpointed yet": no gap
             raise ConfigurationError("the checkpoints cannot be read as the Functions host writes them, so no "
                                      "partition can be audited: " + "; ".join(problems))
+        placed = self._place(since, reading) if since is not None else {}
         out = []
         for p in reading.partitions:
             checkpoint = p.checkpoint_sequence_number
@@ -122,13 +123,7 @@ class AuditService:
                 continue
             expired_below = None
             if since is not None:
-                assert self._clock is not None
-                found = self._clock.first_at(p.partition_id, since)
-                first = p.last_enqueued_sequence_number + 1 if found is None else found
-                if 0 < p.oldest_retained >= first:
-                    # The first event at or after `since` is the oldest the hub retains (or none is retained):
-                    # the ones before it expired, and whether they were enqueued after `since` is unknowable here.
-                    expired_below = p.oldest_retained
+                first, expired_below = placed[p.partition_id]
             elif from_sequence is not None:
                 first = from_sequence
             else:
@@ -145,6 +140,33 @@ class AuditService:
                 + ", ".join(f"{pid}: {'none' if c is None else c}" for pid, c in checkpoints.items())
                 + "): there is nothing to audit from there; give a start at or below a checkpoint")
         return AuditReport(tuple(out))
+
+    def _place(self, since: datetime, reading: LagReading) -> dict[str, tuple[int, int | None]]:
+        """Per checkpointed partition, the first sequence number enqueued at or after ``since`` and, when that is
+        the oldest the hub retains (so the expired ones before it may be since ``since`` too), ``expired_below``.
+
+        The oldest retained is read again after every partition is placed: placing one costs a receiver's wait
+        (10 s when nothing came since), and records that expire meanwhile, read as retained before, would let the
+        first one found pass for a retained event before ``since``. Retention only moves up, so a first found above
+        the oldest retained read after it was above it when it was found too: a retained event before ``since``.
+        """
+        assert self._clock is not None
+        found = {p.partition_id: self._clock.first_at(p.partition_id, since)
+                 for p in reading.partitions if p.checkpoint_sequence_number is not None}
+        if not found:
+            return {}
+        retained = {p.partition_id: p.oldest_retained for p in self._positions.read().partitions}
+        placed: dict[str, tuple[int, int | None]] = {}
+        for p in reading.partitions:
+            if p.partition_id not in found:
+                continue
+            at = found[p.partition_id]
+            first = p.last_enqueued_sequence_number + 1 if at is None else at
+            oldest = max(p.oldest_retained, retained.get(p.partition_id, p.oldest_retained))
+            # The first event at or after `since` is the oldest the hub retains (or none is retained): the ones
+            # before it expired, and whether they were enqueued after `since` is unknowable here.
+            placed[p.partition_id] = (first, oldest if 0 < oldest >= first else None)
+        return placed
 
     def _audit_range(self, partition: str, first: int, last: int) -> PartitionAudit:
         if last < first:

@@ -461,3 +461,46 @@ def test_when_only_the_rejected_letters_fail_the_audit_lists_only_what_is_in_nei
 
     assert code == 1 and [line for line in out.splitlines() if line.startswith("gap:")] == \
         ["gap: partition 0 sequence 3"], out
+
+
+@pytest.fixture
+def retention_36s_hub(tmp_path: Path) -> Iterator[IsolatedHub]:
+    """A hub of its own emulator whose events pass retention after 36 s (MessageRetentionInHours 0.01)."""
+    name = f"ret36-{uuid.uuid4().hex[:6]}"
+    running = start_eventhubs_emulator(config=write_config(tmp_path / "hubs.json", [name],
+                                                           MessageRetentionInHours=0.01))
+    yield IsolatedHub(running, name)
+    running.stop()
+
+
+@pytest.mark.timeout(240)
+def test_since_is_not_placed_on_retention_read_before_the_events_at_it_expired(
+    private_cassandra: Running, azurite_connection_string: str, retention_36s_hub: IsolatedHub,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Placing T costs a receiver's whole 10 s wait in a partition quiet since T. Partitions 0 and 1 are quiet, so
+    partition 2 is placed about 20 s after the hub's properties were first read. Partition 2: 0..2 enqueued after
+    T and lost (checkpointed past, never stored), 3..5 stored, checkpoint 5; 0..2 pass retention between the two.
+    The first found since T is 3, now the oldest retained: T is not placed, 0..2 are NOT AUDITED and the exit
+    status is 1. (With the oldest retained read before the placing, "3 > 0" passed for a placed T, and the audit
+    said "the zero-loss SLO holds".)"""
+    with audit_stack(retention_36s_hub, private_cassandra, azurite_connection_string, monkeypatch) as stack:
+        for partition in ("0", "1"):  # before T: quiet partitions since then, each checkpointed
+            stack["deliver"](partition, [json.dumps(event()).encode()])
+            stack["checkpoint"](partition, 0)
+        time.sleep(1)
+        since = datetime.now(UTC)
+        time.sleep(0.5)
+        stack["deliver"]("2", [json.dumps(event()).encode() for _ in range(3)], ingest=False)  # 0..2: lost
+        lost_at = time.monotonic()  # 0..2 pass retention about lost_at + 37 s
+        time.sleep(17)
+        stack["deliver"]("2", [json.dumps(event()).encode() for _ in range(3)])  # 3..5: stored, retained to +53 s
+        stack["checkpoint"]("2", 5)
+        time.sleep(max(0.0, lost_at + 20 - time.monotonic()))
+
+        code, out = audit(capsys, "--since", since.isoformat())  # partition 2 placed about lost_at + 45 s
+
+        assert audit(capsys, "--from-sequence", "0")[0] == 1  # the loss is there
+
+    assert "the zero-loss SLO holds" not in out and code == 1, out
+
