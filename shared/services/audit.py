@@ -6,8 +6,11 @@ numbers below the checkpoint) to the checkpoint itself: the checkpoint is the
 last record the host handed to ingest, and the host only checkpoints after the
 invocation returned, by when ingest has recorded every record's outcome. Records
 past the checkpoint are still in flight and are not gaps. Records below the
-partition's ``beginning_sequence_number`` have expired from the hub; they are
-audited only when asked for explicitly (a start sequence). A ``since`` older
+partition's ``beginning_sequence_number`` have expired from the hub; the ledger,
+not the hub, says whether ingest accounted for them, so a window reaches below
+them all the same: records the host checkpointed past after they expired unread
+(ingest down longer than the retention) are the classic Event Hubs loss, and they
+are missing. A ``since`` older
 than the oldest retained event cannot be placed (the hub no longer knows when the
 expired records were enqueued): the partition is audited from its oldest retained
 event and marked (``expired_below``), so the report does not pass for complete.
@@ -128,7 +131,7 @@ class AuditService:
                 first = from_sequence
             else:
                 assert window is not None
-                first = max(p.oldest_retained, checkpoint - window + 1)
+                first = checkpoint - window + 1
             audited = self._audit_range(p.partition_id, max(first, 0), checkpoint)
             out.append(dataclasses.replace(audited, expired_below=expired_below) if expired_below else audited)
         checkpoints = {p.partition_id: p.checkpoint_sequence_number for p in reading.partitions}

@@ -429,38 +429,35 @@ def test_a_batch_of_only_invalid_records_dead_lettered_while_the_ledger_was_down
     assert partition.gaps == (), f"the audit reports sequence numbers {partition.gaps} of partition 5 as lost"
 
 
-def test_when_only_the_rejected_letters_fail_the_audit_lists_only_what_is_in_neither_place(
-    stack: dict[str, Any], capsys: pytest.CaptureFixture[str]
+def test_the_gauge_reports_records_checkpointed_past_that_expired_before_ingest_read_them(
+    private_cassandra: Running, azurite_connection_string: str, short_retention_hub: IsolatedHub,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """docs/operations.md: when the function fails with ``could not write dead letter``, ``sluice audit`` lists
-    the exact ranges in neither place. Partition 0, one batch 0..3 on its final attempt: 0..2 valid and stored,
-    3 not JSON, and its rejected letter cannot be written (Blob down); the call fails and the host checkpoints 3.
-    Ingest records the runs of what is stored, so only 3 is a gap. (No run was recorded at all, and the audit
-    counted the stored 0..2 lost with 3.)"""
-    from shared.adapters.blob_deadletter import BlobDeadLetterSink
-    from shared.adapters.cassandra.event_store import CassandraEventStore
-    from shared.domain.events import EventMetadata, RawRecord
-    from shared.exceptions import TransientError
-    from shared.services.ingest import IngestService
-    from tests.fixtures.azurite import connection_string, free_port
+    """The gauge counts what is missing in the window below the checkpoint, whatever the hub still retains. Ingest
+    is down longer than the hub's retention (the classic Event Hubs loss): records 0..2 of partition 0 expire
+    unread, the host resumes at the oldest retained record, ingests 3..5 and checkpoints 5, past 0..2. The CLI
+    and the gauge both report the 3. (The window used to stop at the hub's oldest retained event: the gauge said 0
+    and the alert that should page on this loss stayed silent.)"""
+    with audit_stack(short_retention_hub, private_cassandra, azurite_connection_string, monkeypatch) as stack:
+        stack["deliver"]("0", [json.dumps(event()).encode() for _ in range(3)], ingest=False)  # 0..2: never read
+        time.sleep(14)  # 0..2 pass the hub's retention unread
+        stack["deliver"]("0", [json.dumps(event()).encode() for _ in range(3)])  # 3..5: stored
+        stack["checkpoint"]("0", 5)
+        code, out = audit(capsys, "--from-sequence", "0")
+        assert code == 1 and "missing 3" in out, out
 
-    bodies = [json.dumps(event()).encode() for _ in range(3)] + [b"{not json"]
-    stack["deliver"]("0", bodies, ingest=False)  # in the hub as 0..3
-    cfg = bootstrap.settings()
-    store = CassandraEventStore(bootstrap.cassandra_session(), cfg.cassandra, cfg.rules.critical_rules)
-    blob_down = BlobServiceClient.from_connection_string(connection_string(free_port()), retry_total=0)
-    service = IngestService(store, BlobDeadLetterSink(blob_down, "deadletters", attempts=1), cfg.ingest.limits(),
-                            bootstrap.audit_ledger())
-    records = [RawRecord(body, EventMetadata(partition_id="0", sequence_number=i, enqueued_time=datetime.now(UTC)))
-               for i, body in enumerate(bodies)]
-    with pytest.raises(TransientError, match="could not write dead letter"):
-        service.handle(records, final_attempt=True)
-    stack["checkpoint"]("0", 3)  # the host moves past the failed invocation
+        reader = InMemoryMetricReader()
+        provider = MeterProvider(metric_readers=[reader])
+        gauge = register_audit_gauge(bootstrap.audit_service(), window=1000, max_age=0.5, meter_provider=provider)
+        try:
+            deadline = time.monotonic() + 30
+            while "0" not in (points := _points(reader)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            gauge.stop()
+            provider.shutdown()
 
-    code, out = audit(capsys, "--from-sequence", "0")
-
-    assert code == 1 and [line for line in out.splitlines() if line.startswith("gap:")] == \
-        ["gap: partition 0 sequence 3"], out
+    assert points.get("0") == 3, f"the gauge reports {points} while the CLI reports 3 missing in partition 0"
 
 
 @pytest.fixture
@@ -504,3 +501,36 @@ def test_since_is_not_placed_on_retention_read_before_the_events_at_it_expired(
 
     assert "the zero-loss SLO holds" not in out and code == 1, out
 
+
+def test_when_only_the_rejected_letters_fail_the_audit_lists_only_what_is_in_neither_place(
+    stack: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/operations.md: when the function fails with ``could not write dead letter``, ``sluice audit`` lists
+    the exact ranges in neither place. Partition 0, one batch 0..3 on its final attempt: 0..2 valid and stored,
+    3 not JSON, and its rejected letter cannot be written (Blob down); the call fails and the host checkpoints 3.
+    Ingest records the runs of what is stored, so only 3 is a gap. (No run was recorded at all, and the audit
+    counted the stored 0..2 lost with 3.)"""
+    from shared.adapters.blob_deadletter import BlobDeadLetterSink
+    from shared.adapters.cassandra.event_store import CassandraEventStore
+    from shared.domain.events import EventMetadata, RawRecord
+    from shared.exceptions import TransientError
+    from shared.services.ingest import IngestService
+    from tests.fixtures.azurite import connection_string, free_port
+
+    bodies = [json.dumps(event()).encode() for _ in range(3)] + [b"{not json"]
+    stack["deliver"]("0", bodies, ingest=False)  # in the hub as 0..3
+    cfg = bootstrap.settings()
+    store = CassandraEventStore(bootstrap.cassandra_session(), cfg.cassandra, cfg.rules.critical_rules)
+    blob_down = BlobServiceClient.from_connection_string(connection_string(free_port()), retry_total=0)
+    service = IngestService(store, BlobDeadLetterSink(blob_down, "deadletters", attempts=1), cfg.ingest.limits(),
+                            bootstrap.audit_ledger())
+    records = [RawRecord(body, EventMetadata(partition_id="0", sequence_number=i, enqueued_time=datetime.now(UTC)))
+               for i, body in enumerate(bodies)]
+    with pytest.raises(TransientError, match="could not write dead letter"):
+        service.handle(records, final_attempt=True)
+    stack["checkpoint"]("0", 3)  # the host moves past the failed invocation
+
+    code, out = audit(capsys, "--from-sequence", "0")
+
+    assert code == 1 and [line for line in out.splitlines() if line.startswith("gap:")] == \
+        ["gap: partition 0 sequence 3"], out

@@ -62,9 +62,11 @@ def test_a_window_audits_up_to_the_checkpoint_and_never_what_has_no_checkpoint()
     assert [(p.partition, p.first, p.last, p.gaps) for p in report.partitions] == [
         ("0", 131, 180, ((150, 150),)), ("1", 0, -1, ())]
     assert report.missing == 1
-    # The window never reaches below what the hub still retains.
-    AuditService(ledger, Positions()).audit(window=1000)
-    assert ledger.reads[-1] == ("0", 100, 180)
+    # The window reaches below what the hub still retains: records checkpointed past that expired before ingest
+    # read them (ingest down longer than the retention) are missing, and only the ledger can say so.
+    report = AuditService(ledger, Positions()).audit(window=1000)
+    assert ledger.reads[-1] == ("0", 0, 180)
+    assert report.partitions[0].gaps == ((0, 99), (150, 150))
 
 
 def test_a_range_too_long_is_refused_by_name_and_one_start_is_required() -> None:
@@ -121,10 +123,10 @@ def test_a_partition_emptied_by_retention_is_marked_not_whole_from_the_next_sequ
     since = datetime(2026, 12, 5, tzinfo=UTC)
     report = AuditService(Ledger([(100, 180)]), EmptiedPositions(), FirstAt({"0": None})).audit(since=since)
     assert (report.whole, report.partitions[0].expired_below) == (False, 181)
-    # a window starts at the oldest event that could be retained: none is, so it audits nothing
+    # a window audits the ledger whatever the hub retains
     ledger = Ledger([(100, 180)])
-    AuditService(ledger, EmptiedPositions()).audit(window=50)
-    assert ledger.reads == []
+    assert AuditService(ledger, EmptiedPositions()).audit(window=50).missing == 0
+    assert ledger.reads == [("0", 131, 180)]
 
 
 def test_a_start_sequence_past_every_checkpoint_is_refused_naming_them() -> None:
