@@ -26,7 +26,7 @@ param eventHubPartitions int = 8
 @maxValue(40)
 param eventHubCapacity int = 2
 
-@description('Autoscale maximum RU/s of each table of cassandra-tables.json in throughput class events (events_by_*, critical_events_by_device, device_latest, ingest_audit; the minimum is a tenth of it)')
+@description('Autoscale maximum RU/s of each table of cassandra-tables.json in throughput class events (events_by_*, critical_events_by_device, device_latest, ingest_audit_runs, ingest_audit; the minimum is a tenth of it)')
 @minValue(1000)
 param cassandraEventTableMaxThroughput int = 4000
 

@@ -357,7 +357,7 @@ class IngestSettings(_Group):
     max_attributes: int = Field(32, ge=0)
     """Most attributes in one event"""
     audit: bool = True
-    """Record each Event Hubs record's outcome by sequence number for the zero-loss audit (Cassandra migration 2)"""
+    """Record each Event Hubs record's outcome by sequence number for the zero-loss audit (Cassandra migration 5)"""
     audit_window: int = Field(10_000, ge=1)
     """Sequence numbers below each partition's checkpoint that the sluice.audit.missing gauge checks"""
     audit_interval_seconds: float = Field(60.0, ge=1)

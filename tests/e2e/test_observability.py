@@ -86,9 +86,10 @@ def test_the_audit_of_a_real_run_finds_nothing_missing_until_a_ledger_row_goes(r
     session = running["probe"].session
     ks = running["probe"].settings.cassandra.keyspace
     row = next(iter(session.execute(f"SELECT eh_partition, block, first_sequence, last_sequence FROM "
-                                    f"{ks}.ingest_audit LIMIT 1")))
-    session.execute(f"DELETE FROM {ks}.ingest_audit WHERE eh_partition = %s AND block = %s AND first_sequence = %s",
-                    (row.eh_partition, row.block, row.first_sequence))
+                                    f"{ks}.ingest_audit_runs LIMIT 1")))
+    session.execute(f"DELETE FROM {ks}.ingest_audit_runs WHERE eh_partition = %s AND block = %s "
+                    "AND first_sequence = %s AND last_sequence = %s",
+                    (row.eh_partition, row.block, row.first_sequence, row.last_sequence))
     result = _audit(values, "--since", running["since"].isoformat())
     assert result.returncode == 1
     span = f"{row.first_sequence}" + (f"..{row.last_sequence}" if row.last_sequence != row.first_sequence else "")

@@ -174,7 +174,7 @@ def test_nothing_is_missing_when_every_record_was_stored_dead_lettered_or_a_dupl
         tuple(r)
         for r in bootstrap.cassandra_session().execute(
             "SELECT first_sequence, last_sequence, stored, dead_lettered, duplicate "
-            f"FROM {stack['keyspace']}.ingest_audit "
+            f"FROM {stack['keyspace']}.ingest_audit_runs "
             "WHERE eh_partition = '0' AND block = 0"
         )
     ]
@@ -197,7 +197,8 @@ def test_nothing_is_missing_when_every_record_was_stored_dead_lettered_or_a_dupl
 def test_a_deleted_ledger_row_is_a_gap(stack: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     load(stack)
     bootstrap.cassandra_session().execute(
-        f"DELETE FROM {stack['keyspace']}.ingest_audit WHERE eh_partition = '0' AND block = 0 AND first_sequence = 3"
+        f"DELETE FROM {stack['keyspace']}.ingest_audit_runs WHERE eh_partition = '0' AND block = 0 "
+        "AND first_sequence = 3 AND last_sequence = 6"
     )
     code, out = audit(capsys, "--from-sequence", "0")
     assert code == 1, out
@@ -270,8 +271,9 @@ def test_the_worker_gauge_reports_the_missing_count_per_partition(stack: dict[st
     gauge = register_audit_gauge(bootstrap.audit_service(), window=1000, max_age=0.5, meter_provider=provider)
     try:
         _wait_for_points(reader, {"0": 0, "1": 0, "2": 0, "3": 0})  # 2 and 3: nothing checkpointed
-        bootstrap.cassandra_session().execute(f"DELETE FROM {stack['keyspace']}.ingest_audit "
-                                              "WHERE eh_partition = '1' AND block = 0 AND first_sequence = 0")
+        bootstrap.cassandra_session().execute(f"DELETE FROM {stack['keyspace']}.ingest_audit_runs WHERE "
+                                              "eh_partition = '1' AND block = 0 AND first_sequence = 0 AND "
+                                              "last_sequence = 3")
         _wait_for_points(reader, {"0": 0, "1": 4, "2": 0, "3": 0})
     finally:
         gauge.stop()
@@ -534,3 +536,54 @@ def test_when_only_the_rejected_letters_fail_the_audit_lists_only_what_is_in_nei
 
     assert code == 1 and [line for line in out.splitlines() if line.startswith("gap:")] == \
         ["gap: partition 0 sequence 3"], out
+
+
+def hand_to_ingest(partition: str, first: int, bodies: list[bytes]) -> None:
+    """Hand ``bodies`` to the registered ingest function as sequence numbers ``first``.. of ``partition``, as the
+    host does with a batch delivered again (nothing is sent to the hub)."""
+    events = [
+        func.EventHubEvent(
+            body=body, enqueued_time=datetime.now(UTC), sequence_number=first + i, offset=first + i,
+            trigger_metadata={"PartitionContext": func.meta.Datum(
+                json.dumps({"PartitionId": partition, "ConsumerGroup": "sluice"}), "json")},
+        )
+        for i, body in enumerate(bodies)
+    ]
+    user_function("ingest")(events, HostContext("ingest", 0, 5))
+
+
+def test_a_batch_delivered_again_cut_shorter_does_not_erase_the_run_of_the_longer_one(
+    stack: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ledger port: runs may overlap and recording is idempotent. Partition 0, records 0..9: pod A ingests them
+    as one batch (run 0..9) and checkpoints 9; pod B, which claimed the partition from an older checkpoint while A
+    was at work (a KEDA scale-out rebalancing), got 0..4 as its batch and ingests them again (run 0..4). Every
+    record is stored and the SLO holds. (Keyed by the first sequence number only, B's run overwrote A's and the
+    audit reported 5..9 missing.)"""
+    bodies = [json.dumps(event()).encode() for _ in range(10)]
+    stack["deliver"]("0", bodies)  # sent to the hub and ingested as one batch: run 0..9 (pod A)
+    stack["checkpoint"]("0", 9)
+    hand_to_ingest("0", 0, bodies[:5])  # pod B's batch of the same records, cut shorter: run 0..4
+
+    code, out = audit(capsys, "--from-sequence", "0")
+
+    assert code == 0 and "the zero-loss SLO holds" in out, out
+
+
+def test_runs_recorded_before_migration_5_still_account_for_their_records(
+    stack: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Upgraded in place, the ledger's history is in ``ingest_audit`` (migration 2), where ingest wrote before: the
+    audit reads it with ``ingest_audit_runs``, so right after the upgrade it reports no false gap, and a gap in
+    neither table is still one."""
+    load(stack)
+    session, ks = bootstrap.cassandra_session(), stack["keyspace"]
+    session.execute(f"DELETE FROM {ks}.ingest_audit_runs WHERE eh_partition = '1' AND block = 0 "
+                    "AND first_sequence = 0 AND last_sequence = 3")
+    session.execute(f"INSERT INTO {ks}.ingest_audit (eh_partition, block, first_sequence, last_sequence, stored, "
+                    "dead_lettered, duplicate, recorded_at) VALUES ('1', 0, 0, 2, 3, 0, 0, toTimestamp(now()))")
+
+    code, out = audit(capsys, "--from-sequence", "0")
+
+    assert code == 1 and [line for line in out.splitlines() if line.startswith("gap:")] == \
+        ["gap: partition 1 sequence 3"], out

@@ -1,11 +1,20 @@
-"""``CassandraAuditLedger``: the runs of sequence numbers ingest accounted for, in ``ingest_audit``.
+"""``CassandraAuditLedger``: the runs of sequence numbers ingest accounted for, in ``ingest_audit_runs``.
 
-Rows are keyed ``((eh_partition, block), first_sequence)`` with ``block =
-first_sequence // BLOCK``; a run that crosses a block boundary is cut there, so
-every row lies inside its block. One Event Hubs batch is one run, so one row (two
-at a boundary): the ledger costs a row per batch, not per event. Writing the same
-run again (a retried batch) overwrites the same row. An audit of a range reads
-the blocks it covers, one Cassandra partition each, never a scan.
+Rows are keyed ``((eh_partition, block), first_sequence, last_sequence)`` with
+``block = first_sequence // BLOCK``; a run that crosses a block boundary is cut
+there, so every row lies inside its block. One Event Hubs batch is one run, so one
+row (two at a boundary): the ledger costs a row per batch, not per event. Writing
+the same run again (a retried batch) overwrites the same row; a run that overlaps
+another (a batch delivered again cut differently, by a pod that took the partition
+over from an older checkpoint) is a row of its own, so neither erases the other.
+An audit of a range reads the blocks it covers, one Cassandra partition each, never
+a scan.
+
+``ingest_audit`` (migration 2) was keyed by ``first_sequence`` alone, where a shorter
+run overwrote a longer one starting at the same number; a primary key cannot be
+altered, so migration 5 made the new table. The old one is no longer written and is
+still read: every row in it is a run ingest did account for, so the history from
+before the upgrade stays covered (no false gap right after it) and no gap is hidden.
 """
 
 from __future__ import annotations
@@ -25,6 +34,9 @@ from shared.ports.audit import AuditRun
 logger = logging.getLogger(__name__)
 
 BLOCK = 10_000
+TABLE = "ingest_audit_runs"
+LEGACY_TABLE = "ingest_audit"
+"""Written by ingest before migration 5; read, never written (see the module docstring)."""
 
 
 def split_at_blocks(run: AuditRun) -> list[AuditRun]:
@@ -56,15 +68,16 @@ class CassandraAuditLedger:
     def _session(self) -> Session:
         return self._session_of()
 
-    def _prepare(self) -> tuple[PreparedStatement, PreparedStatement]:
+    def _prepare(self) -> tuple[PreparedStatement, tuple[PreparedStatement, ...]]:
         ks = self._keyspace
         insert = self._session.prepare(
-            f"INSERT INTO {ks}.ingest_audit (eh_partition, block, first_sequence, last_sequence, stored, "
+            f"INSERT INTO {ks}.{TABLE} (eh_partition, block, first_sequence, last_sequence, stored, "
             "dead_lettered, duplicate, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
         insert.is_idempotent = True
-        select = self._session.prepare(f"SELECT first_sequence, last_sequence FROM {ks}.ingest_audit "
-                                       "WHERE eh_partition = ? AND block = ? AND first_sequence <= ?")
-        return insert, select
+        selects = tuple(self._session.prepare(f"SELECT first_sequence, last_sequence FROM {ks}.{table} "
+                                              "WHERE eh_partition = ? AND block = ? AND first_sequence <= ?")
+                        for table in (TABLE, LEGACY_TABLE))
+        return insert, selects
 
     def record(self, runs: Sequence[AuditRun]) -> None:
         if not runs:
@@ -81,13 +94,14 @@ class CassandraAuditLedger:
                                  f"{[(r.partition, r.first, r.last) for r in runs[:10]]}")
 
     def accounted(self, partition: str, first: int, last: int) -> Iterator[tuple[int, int]]:
-        _, select = self._statements.get()
+        _, selects = self._statements.get()
         for block in range(first // BLOCK, last // BLOCK + 1):
-            try:
-                rows = self._session.execute(select, (partition, block, last), timeout=self._timeout)
-                for row in rows:
-                    if row.last_sequence >= first:
-                        yield row.first_sequence, row.last_sequence
-            except Exception as exc:  # the driver's errors have no common base beyond Exception
-                raise DependencyUnavailable("Cassandra", f"cannot read the ingest audit of partition {partition}, "
-                                            f"block {block}: {type(exc).__name__}: {exc}") from exc
+            for select in selects:
+                try:
+                    rows = self._session.execute(select, (partition, block, last), timeout=self._timeout)
+                    for row in rows:
+                        if row.last_sequence >= first:
+                            yield row.first_sequence, row.last_sequence
+                except Exception as exc:  # the driver's errors have no common base beyond Exception
+                    raise DependencyUnavailable("Cassandra", f"cannot read the ingest audit of partition "
+                                                f"{partition}, block {block}: {type(exc).__name__}: {exc}") from exc

@@ -125,6 +125,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         # (see shared/adapters/cassandra/feed.py).
         columns=(("feed_state", "noted_until", "timestamp"),),
     ),
+    Migration(
+        5,
+        "ingest audit runs: keyed by first and last sequence number, so overlapping runs keep a row each",
+        (
+            # ingest_audit was keyed by first_sequence alone: a batch delivered again cut shorter overwrote the
+            # run of the longer one. A primary key cannot be altered, so the runs go to a new table; the old one is
+            # still read (see shared/adapters/cassandra/audit.py).
+            """CREATE TABLE IF NOT EXISTS {ks}.ingest_audit_runs (
+    eh_partition text, block bigint, first_sequence bigint, last_sequence bigint,
+    stored int, dead_lettered int, duplicate int, recorded_at timestamp,
+    PRIMARY KEY ((eh_partition, block), first_sequence, last_sequence)
+)""",
+        ),
+    ),
 )
 
 
