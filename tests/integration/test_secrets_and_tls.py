@@ -527,6 +527,24 @@ def test_cassandra_tls_with_several_contact_points_checks_the_names_they_were_gi
         running.stop()
 
 
+@contextlib.contextmanager
+def black_holed_vault_secret(password: str) -> Iterator[RotatingSecret]:
+    """A Redis password secret whose read at start-up got ``password`` and whose vault then went dark: it accepts
+    connections and never answers (a black-holed endpoint), so every re-read waits for its timeouts."""
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        vault = KeyVaultSecrets(f"https://127.0.0.1:{hole.getsockname()[1]}/", timeout=2.0, retries=1)
+        first = iter([password])
+        secret = RotatingSecret("redis-password", lambda: next(first, None) or vault.fetch("redis-password"),
+                                min_interval=5.0)
+        secret.value()
+        try:
+            yield secret
+        finally:
+            vault.close()
+
+
 # --- 12. A slow or black-holed vault stalls the lookups' Redis connections although nothing was rotated -------
 
 def test_a_black_holed_vault_does_not_stall_the_lookups_redis_connections(secured_redis: LocalRedis) -> None:
@@ -539,15 +557,7 @@ def test_a_black_holed_vault_does_not_stall_the_lookups_redis_connections(secure
     the Redis socket timeout."""
     user, password = f"rv{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     secured_redis.set_password(password, username=user)
-    with socket.socket() as hole:  # a vault that accepts connections and never answers (a black-holed endpoint)
-        hole.bind(("127.0.0.1", 0))
-        hole.listen(64)
-        vault = KeyVaultSecrets(f"https://127.0.0.1:{hole.getsockname()[1]}/", timeout=2.0, retries=1)
-        first = iter([password])  # the read at start-up (store_password) got the value; the vault went dark since
-
-        secret = RotatingSecret("redis-password", lambda: next(first, None) or vault.fetch("redis-password"),
-                                min_interval=5.0)
-        secret.value()
+    with black_holed_vault_secret(password) as secret:
         connection = AsyncRedisConnection(secured_redis.url(tls=True, host="127.0.0.1").replace(
             f"{secured_redis.username}@", f"{user}@"), password=secret, cluster=False, socket_timeout=1.0)
 
@@ -560,7 +570,6 @@ def test_a_black_holed_vault_does_not_stall_the_lookups_redis_connections(secure
             took = asyncio.run(ping())
         finally:
             connection.close()
-            vault.close()
     assert took < 2.0, (f"a lookup's first Redis command (Redis up, password unchanged) took {took:.1f} s: it waited "
                         "for a read of the unreachable vault")
 
@@ -692,14 +701,7 @@ def test_a_black_holed_vault_does_not_stall_new_redis_cluster_connections(
                 node.execute_command(*command)
 
     on_every_node("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all")
-    with socket.socket() as hole:  # a vault that accepts connections and never answers (a black-holed endpoint)
-        hole.bind(("127.0.0.1", 0))
-        hole.listen(64)
-        vault = KeyVaultSecrets(f"https://127.0.0.1:{hole.getsockname()[1]}/", timeout=2.0, retries=1)
-        first = iter([password])  # the read at start-up (store_password) got the value; the vault went dark since
-        secret = RotatingSecret("redis-password", lambda: next(first, None) or vault.fetch("redis-password"),
-                                min_interval=5.0)
-        secret.value()
+    with black_holed_vault_secret(password) as secret:
         connection = RedisConnection(redis_cluster.url.replace("redis://", f"redis://{user}@"), password=secret,
                                      cluster=True, socket_timeout=1.0)
         try:
@@ -708,7 +710,6 @@ def test_a_black_holed_vault_does_not_stall_new_redis_cluster_connections(
             took = time.monotonic() - started
         finally:
             connection.close()
-            vault.close()
             on_every_node("ACL", "DELUSER", user)
     assert took < 2.0, (f"the first command on the Redis Cluster (Redis up, password unchanged) took {took:.1f} s: "
                         "it waited for a read of the unreachable vault")
