@@ -188,15 +188,19 @@ class RebuildService:
             return event
         return dataclasses.replace(event, critical=self._criticality(event.severity, event.measurements))
 
+    def _critical_events(self, device: str, since_ms: int) -> list[StoredEvent]:
+        """The device's critical events from ``since_ms``, each decided as the change feed decides it: a row
+        written without the flag gets the rules, and one the rules do not find critical is left out, as the feed
+        leaves it out of the critical list (``to_json`` would write a missing flag as ``false``)."""
+        events = [self._decided(event) for event in self._log.critical(device, since_ms)]
+        self._charge()
+        return [event for event in events if event.critical]
+
     def _critical(
         self, devices: Sequence[str], since_ms: int, pool: ThreadPoolExecutor
     ) -> dict[str, list[StoredEvent]]:
-        def one(device: str) -> list[StoredEvent]:
-            events = self._log.critical(device, since_ms)
-            self._charge()
-            return events
-
-        return dict(zip(devices, pool.map(one, devices), strict=True))
+        return dict(zip(devices, pool.map(lambda device: self._critical_events(device, since_ms), devices),
+                        strict=True))
 
     def rebuild(self, *, since_ms: int = SINCE_ALL, resume: bool = True,
                 progress: Progress | None = None) -> RebuildReport:
@@ -270,8 +274,7 @@ class RebuildService:
             # from a read of their own before the clear, for that reason.
             self._cache.clear(device, self._event_ids(device, since_ms))
             row = self._device(device)
-            events = self._log.critical(device, since_ms)
-            self._charge()
+            events = self._critical_events(device, since_ms)
             self._cache.refresh(device, self._decided(row.latest) if row else None, events, since_ms)
             if row is None:
                 not_found.append(device)

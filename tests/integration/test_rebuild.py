@@ -476,6 +476,38 @@ def test_a_correction_that_makes_an_event_not_critical_is_not_put_back_as_critic
     assert json.loads(lookups_for(cache).get_latest("dev-u").document)["severity"] == "info"
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["full", "devices"])
+def test_critical_rows_written_without_the_flag_are_rebuilt_as_critical(
+        kind, session, keyspace, store, rclient, redis_prefix):
+    """A critical event whose rows carry no ``critical`` flag (NULL, as a writer without the column leaves them)
+    gets the rules, as the change feed and replay decide it. The rebuild decided only each device's latest state:
+    the critical rows went to Redis as read, and ``to_json`` writes a NULL flag as ``"critical": false``, so the
+    device's list held the event as not critical and the dashboard's stream hid it."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    device = f"noflag-{uuid.uuid4().hex[:8]}"
+    event = cf.make_event(device, now - timedelta(minutes=3), severity="critical")
+    newer = cf.make_event(device, now - timedelta(minutes=1))  # the device's latest: not critical
+    store.write([event, newer])
+    session.execute(f"DELETE critical FROM {keyspace}.events_by_id WHERE event_id = %s", (event.body.event_id,))
+    session.execute(f"DELETE critical FROM {keyspace}.critical_events_by_device "
+                    "WHERE device_id = %s AND event_time = %s AND event_id = %s",
+                    (device, event.timestamp, event.body.event_id))
+    sink = cache_for(rclient, redis_prefix)
+    service = RebuildService(CassandraDeviceLog(session, keyspace), RedisCacheBuilder(sink, settle_seconds=0.0),
+                             rules=cf.RULES)
+    if kind == "full":
+        service.rebuild()
+    else:
+        service.rebuild_devices([device])
+
+    listed = [json.loads(d) for d in lookups_for(sink).get_critical(device, -(2**53), 100)]
+    assert [(d["event_id"], d["critical"]) for d in listed] == [(str(event.body.event_id), True)]
+    if kind == "full":
+        recent = RedisCriticalStream(rclient, key_prefix=redis_prefix, stream_shards=sink.stream_shards).recent(10)
+        assert str(event.body.event_id) in [d["event_id"] for d in recent]
+
+
 def test_since_bounds_the_critical_lists_and_the_cache_says_so(session, keyspace, store, rclient, redis_prefix):
     events = cf.spread(40, devices=2, critical_every=2)
     store.write(events)
