@@ -9,15 +9,19 @@ not refuse: ``RedisCacheBuilder._write`` says why); each command touches one slo
 so it runs on a Redis Cluster too. Every key gets what the change feed would have
 left of its TTL (from its event's enqueued time), and one with nothing left is not
 written.
-The fleet-wide stream holds the newest critical events, so while devices are
-scanned their critical events are offered to a capped sorted set of candidates
-in the building generation (``rebuild:stream``, score = event time), and each
-gets its stream marker (``critical:seen``) as the change feed would have left it;
-all of it is part of the page's first pipeline, so it survives a kill with the position.
-At the end each stream shard is rewritten by one script (``stream_rebuild``): its
-candidates and the entries the change feed added during the build, one per
-event, oldest first by event time, with entry ids from the event time; then the
-pointer switches. The switch records the replaced generation for deletion in the
+Each shard of the fleet-wide stream holds its own newest critical events, so
+while devices are scanned their critical events are offered to the capped sorted
+set of candidates of their shard in the building generation
+(``rebuild:stream:{<shard>}``, score = event time, the newest ``ceil(MAX /
+shards)``), the latest enqueued time offered to each shard is kept
+(``rebuild:renewed``), and each event gets its stream marker (``critical:seen``)
+as the change feed would have left it; all of it is part of the page's first
+pipeline, so it survives a kill with the position. At the end each stream shard
+is rewritten by one script (``stream_rebuild``): the candidates the feed's shard
+would still hold (:meth:`RedisCacheBuilder._unexpired`) and the entries the change
+feed added during the build, one per event, oldest first by event time, with
+entry ids from the event time, living what the feed would have left of the
+shard's TTL (none left: nothing written); then the pointer switches. The switch records the replaced generation for deletion in the
 pointer (``drop:<n>``); :meth:`RedisCacheBuilder.cleanup` deletes every recorded
 generation and is run at the start of each rebuild too, so one a crash left is
 deleted by the next.
@@ -29,6 +33,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import datetime
 from typing import cast
 
 from redis.exceptions import NoScriptError
@@ -46,6 +51,11 @@ logger = logging.getLogger(__name__)
 # Key patterns of one generation (under its prefix), for deleting a replaced one.
 GENERATION_PATTERNS = ["d:*", "e:*", "critical:*", "rebuild:*"]
 _CHUNK = 500
+
+
+def _enqueued_ms(event: StoredEvent) -> int:
+    """When the change feed applied the event, as near as the log tells: enqueued, else its event time."""
+    return to_ms(event.enqueued_time) if event.enqueued_time else event.event_time_ms
 
 
 def _event_id(member: bytes) -> str | None:
@@ -69,12 +79,15 @@ class RedisCacheBuilder:
         self._generations = sink.generations
         self._settle = 2 * self._generations.cache_seconds if settle_seconds is None else settle_seconds
 
-    def _candidates(self, generation: int) -> str:
-        return self._candidates_key(self._sink.keys_of(generation))
+    @staticmethod
+    def _candidates_key(keys: Keys, shard: int) -> str:
+        """The stream candidates of one shard, in the shard's slot."""
+        return f"{keys.prefix}rebuild:stream:{{{shard}}}"
 
     @staticmethod
-    def _candidates_key(keys: Keys) -> str:
-        return f"{keys.prefix}rebuild:stream"
+    def _renewed_key(keys: Keys) -> str:
+        """Per shard (member), the latest enqueued time (score, ms) of the critical events offered to it."""
+        return f"{keys.prefix}rebuild:renewed"
 
     def _run(self, commands: list[Command], what: str) -> list[object]:
         """One pipeline of single-slot commands (a cluster sends one per node); replayed after ``NOSCRIPT``.
@@ -98,11 +111,13 @@ class RedisCacheBuilder:
         """The seconds a key the change feed wrote for ``event`` has left: the TTL from when the event was enqueued
         (its event time when unknown). A rebuild gives its keys that, so it brings back for a full TTL nothing the
         feed let expire; ``<= 0``: the feed's key would be gone, and the rebuild does not write it."""
-        enqueued_ms = to_ms(event.enqueued_time) if event.enqueued_time else event.event_time_ms
+        return self._left_from(_enqueued_ms(event), now_ms)
+
+    def _left_from(self, enqueued_ms: int, now_ms: int) -> int:
         return min(self._sink._ttl, (enqueued_ms + self._sink._ttl * 1000 - now_ms) // 1000)  # a clock ahead
 
     def _write(self, keys: Keys, latest: Sequence[StoredEvent], critical: Mapping[str, Sequence[StoredEvent]],
-               since_ms: int, what: str, candidates: list[object] | None = None) -> None:
+               since_ms: int, what: str, *, stream: bool = False) -> None:
         """Latest states and complete critical lists into ``keys``' generation, in two pipelines, as a lookup's
         critical fill does (``lookup_cache.critical_event_fills``): first each latest state, and each event the
         device's set keeps (the newest ``cap``) by id (``fill_event``), with the stream markers and candidates;
@@ -128,13 +143,18 @@ class RedisCacheBuilder:
                               event.to_json(), left))
         sets: list[tuple[str, list[StoredEvent], int, int]] = []  # device, the events kept, covers, the set's TTL
         fills: list[tuple[int, str, StoredEvent]] = []  # the place of each fill_event, its device and event
+        candidates: dict[int, list[object]] = {}  # per stream shard: event time, document of each event offered
+        renewed: dict[int, int] = {}  # per stream shard: the latest enqueued time of the events offered
         for device, events in critical.items():
             newest_first = sorted(events, key=lambda e: e.event_time_ms, reverse=True)
             kept = newest_first[:cap]
             covers = since_ms if len(newest_first) <= cap else kept[-1].event_time_ms + 1
-            if candidates is not None:
+            if stream and events:
+                shard = keys.shard(device)
                 for event in newest_first:
-                    candidates += [event.event_time_ms, event.to_json()]
+                    candidates.setdefault(shard, []).extend([event.event_time_ms, event.to_json()])
+                newest = max(map(_enqueued_ms, events))
+                renewed[shard] = max(renewed.get(shard, newest), newest)
                 first += self._seen(keys, device, events, now_ms)
             lefts = [self._left(event, now_ms) for event in events]
             set_left = max(lefts) if lefts else latest_left.get(device, 0)
@@ -145,11 +165,15 @@ class RedisCacheBuilder:
                 fills.append((len(first), device, event))
                 first.append(("EVALSHA", sha["fill_event"], 1, keys.event(event.event_id), event.to_json(),
                               max(self._left(event, now_ms), marker)))
-        if candidates:
-            target = self._candidates_key(keys)
-            first.append(("ZADD", target, *candidates))
-            first.append(("ZREMRANGEBYRANK", target, 0, -(sink._stream_max + 1)))
+        for shard, members in candidates.items():  # each shard keeps its own newest, as the feed trims each
+            target = self._candidates_key(keys, shard)
+            first.append(("ZADD", target, *members))
+            first.append(("ZREMRANGEBYRANK", target, 0, -(sink._shard_max + 1)))
             first.append(("EXPIRE", target, sink._ttl))  # a rebuild killed and never resumed leaves nothing for good
+        if renewed:
+            target = self._renewed_key(keys)
+            first.append(("ZADD", target, "GT", *(part for shard, at in renewed.items() for part in (at, shard))))
+            first.append(("EXPIRE", target, sink._ttl))
         if not first:
             return
         replies = self._run(first, what)
@@ -216,30 +240,56 @@ class RedisCacheBuilder:
     def write(self, generation: int, latest: Sequence[StoredEvent],
               critical: Mapping[str, Sequence[StoredEvent]], since_ms: int) -> None:
         self._write(self._sink.keys_of(generation), latest, critical, since_ms,
-                    f"writing {len(latest)} devices to generation {generation}", candidates=[])
+                    f"writing {len(latest)} devices to generation {generation}", stream=True)
 
     def save_position(self, generation: int, position: int) -> None:
         self._generations.save_position(generation, str(position))
 
     def finish(self, generation: int) -> int:
         sink, keys = self._sink, self._sink.keys_of(generation)
-        target = self._candidates(generation)
         with calling("reading the stream candidates"):
-            members = sink.client.zrange(target, 0, -1, withscores=True)
-        shards: dict[str, list[object]] = {stream: [] for stream in keys.streams}
-        for member, score in cast(list[tuple[bytes, float]], members):
-            document = member.decode()
-            parsed = json.loads(document)
-            device = parsed["device_id"]
-            shards[keys.stream(device)] += [int(score), parsed["event_id"], device, document]
-        for stream, candidates in shards.items():  # one script per shard: the shard is rewritten atomically
-            self._run([("EVALSHA", sink.sha["stream_rebuild"], 1, stream, sink._ttl, sink._shard_max, *candidates)],
-                      f"writing the critical stream of generation {generation}")
-        self._run([("UNLINK", target)], "deleting the stream candidates")
+            renewed = {int(shard): int(at) for shard, at in cast(list[tuple[bytes, float]], sink.client.zrange(
+                self._renewed_key(keys), 0, -1, withscores=True))}
+        now_ms = int(self._clock() * 1000)
+        for shard, stream in enumerate(keys.streams):  # one script per shard: the shard is rewritten atomically
+            # The feed's shard lives the TTL from its latest append: one whose events were all enqueued longer ago
+            # than that has expired, and the rebuild brings none of them back.
+            left = self._left_from(renewed[shard], now_ms) if shard in renewed else 0
+            candidates: list[object] = []
+            if left > 0:
+                with calling("reading the stream candidates"):
+                    members = sink.client.zrange(self._candidates_key(keys, shard), 0, -1, withscores=True)
+                candidates = self._unexpired(cast(list[tuple[bytes, float]], members), renewed[shard])
+            self._run([("EVALSHA", sink.sha["stream_rebuild"], 1, stream, max(left, 0), sink._shard_max,
+                        *candidates)], f"writing the critical stream of generation {generation}")
+        self._run([("UNLINK", self._renewed_key(keys)),
+                   *(("UNLINK", self._candidates_key(keys, shard)) for shard in range(len(keys.streams)))],
+                  "deleting the stream candidates")
         old = self._generations.switch(generation)  # records the old generation for deletion
         logger.info("generation %d is live (replaced %d)", generation, old)
         time.sleep(self._settle)  # no reader still reads the old generation
         return old
+
+    def _unexpired(self, members: Sequence[tuple[bytes, float]], renewed_ms: int) -> list[object]:
+        """The ``stream_rebuild`` arguments of the candidates the feed's shard would still hold: it holds what it
+        was given since it last expired, so walking back from its latest append (``renewed_ms``), an event
+        enqueued more than the TTL before the next one was appended had gone with its shard by then, and every
+        older one too. (The gaps are judged by the candidates kept, the shard's newest by event time.)"""
+        entries = []
+        for member, score in members:
+            document = member.decode()
+            parsed = json.loads(document)
+            enqueued = parsed.get("enqueued_time")
+            enqueued_ms = to_ms(datetime.fromisoformat(enqueued)) if enqueued else int(score)
+            entries.append((enqueued_ms, [int(score), parsed["event_id"], parsed["device_id"], document]))
+        arguments: list[object] = []
+        next_append = renewed_ms
+        for enqueued_ms, candidate in sorted(entries, key=lambda entry: entry[0], reverse=True):
+            if next_append - enqueued_ms > self._sink._ttl * 1000:
+                break
+            arguments += candidate
+            next_append = enqueued_ms
+        return arguments
 
     def cleanup(self) -> list[int]:
         """Delete every generation recorded for deletion, then its record (a failure keeps the record)."""

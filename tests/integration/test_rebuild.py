@@ -672,6 +672,83 @@ def test_a_rebuild_does_not_bring_back_for_a_full_ttl_what_the_feed_let_expire(
         f"{len(written)} keys of them, with TTLs {sorted(set(written.values()))}")
 
 
+@pytest.mark.timeout(60)
+def test_a_rebuild_does_not_bring_back_a_critical_stream_the_feed_let_expire(
+        session, keyspace, store, rclient, redis_prefix):
+    """The feed's stream shard lives the TTL from its last append (``stream.lua``): critical events enqueued two
+    hours ago, TTL one hour, left no shard under the feed, and one enqueued 20 minutes ago started a new shard of
+    its own. The rebuild offered every critical event to the stream candidates whatever its age and gave the shard
+    a fresh full TTL, so the dashboard showed those long-expired events for another hour. Expected: the shard gets
+    what the feed would have left of its TTL (from its most recently enqueued event), holds no event that expired
+    with an earlier shard, and is not written when nothing is left."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    device = f"old-{uuid.uuid4().hex[:8]}"
+    events = [cf.make_event(device, now - timedelta(hours=3, seconds=i), severity="critical",
+                            enqueued=now - timedelta(hours=2, seconds=i)) for i in range(3)]
+    sharded = cache_for(rclient, redis_prefix)
+    recent = next(name for name in (f"recent-{uuid.uuid4().hex[:8]}" for _ in range(100))
+                  if sharded.keys.shard(name) != sharded.keys.shard(device))
+    events.append(cf.make_event(recent, now - timedelta(minutes=30), severity="critical",
+                                enqueued=now - timedelta(minutes=20)))
+    store.write(events)
+    sink = cache_for(rclient, redis_prefix, stream_shards=1)
+    assert sink._ttl == 3600
+    rebuild(session, keyspace, sink)
+    stream = sink.keys.stream(device)
+    assert [fields[b"device_id"].decode() for _, fields in rclient.xrange(stream)] == [recent]
+    assert 2300 < rclient.ttl(stream) <= 2400  # 40 minutes left: the feed appended 20 minutes ago
+
+    delete_prefix(rclient, redis_prefix)
+    rebuild(session, keyspace, sharded)  # the old device's shard alone
+    stream = sharded.keys.stream(device)
+    on_stream = [fields[b"event_id"].decode() for _, fields in rclient.xrange(stream)]
+    assert on_stream == [], (
+        f"events enqueued 2 h ago with a 1 h TTL are back on the rebuilt critical stream {stream} "
+        f"(TTL {rclient.ttl(stream)} s): {on_stream}")
+
+
+def _device_on_shard(keys, shard: int, stem: str) -> str:
+    return next(f"{stem}-{i}" for i in range(1000) if keys.shard(f"{stem}-{i}") == shard)
+
+
+@pytest.mark.timeout(60)
+def test_a_rebuilt_stream_shard_keeps_its_newest_events_as_the_feeds_shard_does(
+        session, keyspace, store, rclient, redis_prefix):
+    """Each stream shard holds its own newest ``ceil(MAX / shards)`` critical events: the feed trims each shard on
+    its own (``stream.lua``). With ``critical_stream_max=4`` and 2 shards, a busy device on shard 0 with 4 recent
+    critical events and a quiet one on shard 1 with 2 older ones: the feed leaves the quiet device's 2 on shard 1.
+    The rebuild capped its candidates fleet-wide to the newest 4 first (all shard 0's), then trimmed shard 0 to 2:
+    shard 1 came out empty and the dashboard's ``recent(4)`` showed 2 events where the feed's stream shows 4."""
+    sink = RedisChangeSink(rclient, key_prefix=redis_prefix, ttl_seconds=3600, critical_stream_max=4,
+                           stream_shards=2, generation_cache_seconds=0.0)
+    busy, quiet = _device_on_shard(sink.keys, 0, "busy"), _device_on_shard(sink.keys, 1, "quiet")
+    now = datetime.now(UTC).replace(microsecond=0)
+    events = [cf.make_event(quiet, now - timedelta(minutes=9, seconds=i), severity="critical",
+                            enqueued=now - timedelta(minutes=9, seconds=i)) for i in range(2)]
+    events += [cf.make_event(busy, now - timedelta(minutes=5, seconds=i), severity="critical",
+                             enqueued=now - timedelta(minutes=5, seconds=i)) for i in range(4)]
+    store.write(events)
+    cf.make_service("cosmos", session, keyspace, sink).run()
+
+    def shard_ids(shard: int) -> set[str]:
+        return {fields[b"event_id"].decode() for _, fields in rclient.xrange(sink.keys.streams[shard])}
+
+    def recent() -> list[str]:
+        return [e["event_id"] for e in RedisCriticalStream(rclient, key_prefix=redis_prefix,
+                                                           stream_shards=2).recent(4)]
+
+    quiet_ids = {str(e.body.event_id) for e in events[:2]}
+    assert shard_ids(1) == quiet_ids  # what the change feed leaves on the quiet device's shard
+    live_recent = recent()
+
+    delete_prefix(rclient, redis_prefix)
+    rebuild(session, keyspace, sink)
+    assert shard_ids(1) == quiet_ids, (
+        f"the rebuilt shard 1 holds {shard_ids(1)}, the feed's held the quiet device's {quiet_ids}; "
+        f"recent(4): feed {live_recent}, rebuild {recent()}")
+    assert len(recent()) == 4
+
+
 class _Timed:
     """Our ``DeviceLog`` port over the real Cassandra one, noting how many rows each call read and when (a fake
     clock: the token bucket's, so every wait the rate limit asks for passes at once)."""

@@ -138,8 +138,8 @@ def test_a_new_async_redis_connection_reads_the_vault_off_the_event_loop(redis_u
 
 def test_the_rebuilds_stream_candidates_key_expires(client):
     """Rule (docs/redis-layout.md, "Keys"): "Every key starts with SLUICE_REDIS_KEY_PREFIX and **every key has a
-    TTL**"; the rebuild's candidates (``<gen>rebuild:stream``, docs "Generations" step 2) are a key of the building
-    generation like the others.
+    TTL**"; the rebuild's candidates (``<gen>rebuild:stream:{<shard>}``, docs "Generations" step 2) are a key of the
+    building generation like the others.
 
     Was: ``RedisCacheBuilder.write`` (shared/adapters/redis_rebuild.py) adds to the candidates with a
     bare ``ZADD`` + ``ZREMRANGEBYRANK`` and never sets an expiry, unlike every other key of the generation
@@ -157,7 +157,7 @@ def test_the_rebuilds_stream_candidates_key_expires(client):
         builder.write(build.generation, [crit], {"pump-7": [crit]}, SINCE_ALL)  # then the rebuild is killed
         keys = sink.keys_of(build.generation)
         assert 0 < client.ttl(keys.latest("pump-7")) <= 600  # the generation's other keys expire
-        candidates = f"{keys.prefix}rebuild:stream"
+        candidates = f"{keys.prefix}rebuild:stream:{{{keys.shard('pump-7')}}}"
         assert client.exists(candidates)
         assert client.ttl(candidates) > 0, f"{candidates} has no TTL ({client.ttl(candidates)})"
     finally:

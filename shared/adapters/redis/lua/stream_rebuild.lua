@@ -1,7 +1,9 @@
 -- uses: _field
 -- The critical stream shard of a generation being built, rewritten in event time order at the end of a rebuild.
--- KEYS: critical:stream:{<shard>}. ARGV: ttl, stream cap (per shard), then per candidate of the shard: event
--- time (ms), event id, device id, document.
+-- KEYS: critical:stream:{<shard>}. ARGV: ttl (what the feed would have left of the shard's: from the latest
+-- enqueued time of its candidates; the TTL the feed's entries of the build gave the shard counts too, the longer
+-- one wins), stream cap (per shard), then per candidate of the shard: event time (ms), event id, device id,
+-- document.
 -- The shard already holds what the change feed added during the build (in arrival order, entry ids from the
 -- clock); those and the candidates (one entry per event id, the feed's copy kept) are written again oldest
 -- first, the newest `cap` only, each with the entry id `<event time ms>-<n>` (n counts events of one
@@ -39,6 +41,7 @@ table.sort(entries, function(a, b)
   if a[1] ~= b[1] then return a[1] < b[1] end
   return a[2] < b[2]
 end)
+local ttl = math.max(tonumber(ARGV[1]), redis.call('TTL', KEYS[1]))
 redis.call('DEL', KEYS[1])
 local cap = tonumber(ARGV[2])
 local last_ms, n = -1, 0
@@ -50,5 +53,5 @@ for i = math.max(1, #entries - cap + 1), #entries do
   redis.call('XADD', KEYS[1], string.format('%.0f-%d', last_ms, n), 'event_id', e[2], 'device_id', e[3],
              'event', e[4])
 end
-if #entries > 0 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1])) end
+if #entries > 0 and ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
 return #entries
