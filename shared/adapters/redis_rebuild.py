@@ -21,10 +21,10 @@ is rewritten by one script (``stream_rebuild``): the candidates the feed's shard
 would still hold (:meth:`RedisCacheBuilder._unexpired`) and the entries the change
 feed added during the build, one per event, oldest first by event time, with
 entry ids from the event time, living what the feed would have left of the
-shard's TTL (none left: nothing written); then the pointer switches. The switch records the replaced generation for deletion in the
-pointer (``drop:<n>``); :meth:`RedisCacheBuilder.cleanup` deletes every recorded
-generation and is run at the start of each rebuild too, so one a crash left is
-deleted by the next.
+shard's TTL (none left: nothing written); then the pointer switches. The switch
+records the replaced generation for deletion in the pointer (``drop:<n>``);
+:meth:`RedisCacheBuilder.cleanup` deletes every recorded generation and is run at
+the start of each rebuild too, so one a crash left is deleted by the next.
 """
 
 from __future__ import annotations
