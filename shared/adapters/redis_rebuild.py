@@ -120,7 +120,8 @@ class RedisCacheBuilder:
                since_ms: int, what: str, *, stream: bool = False) -> None:
         """Latest states and complete critical lists into ``keys``' generation, in two pipelines, as a lookup's
         critical fill does (``lookup_cache.critical_event_fills``): first each latest state, and each event the
-        device's set keeps (the newest ``cap``) by id (``fill_event``), with the stream markers and candidates;
+        device's set keeps (the newest ``cap``) by id (``fill_event``), with the stream markers and candidates
+        (``stream``: of every event given, those before ``since_ms`` too, which no set lists);
         then each device's set (``fill_critical``) with only the events ``fill_event`` did not refuse. So a
         correction the change feed applied after the log was read (its note ``n`` in ``e:<id>``) keeps the old
         critical copy out of the set, and one it applies between the two pipelines finds the copy in ``e:<id>``
@@ -145,17 +146,18 @@ class RedisCacheBuilder:
         fills: list[tuple[int, str, StoredEvent]] = []  # the place of each fill_event, its device and event
         candidates: dict[int, list[object]] = {}  # per stream shard: event time, document of each event offered
         renewed: dict[int, int] = {}  # per stream shard: the latest enqueued time of the events offered
-        for device, events in critical.items():
+        for device, offered in critical.items():
+            events = [event for event in offered if event.event_time_ms >= since_ms]  # the list's; the rest: stream
             newest_first = sorted(events, key=lambda e: e.event_time_ms, reverse=True)
             kept = newest_first[:cap]
             covers = since_ms if len(newest_first) <= cap else kept[-1].event_time_ms + 1
-            if stream and events:
+            if stream and offered:
                 shard = keys.shard(device)
-                for event in newest_first:
+                for event in offered:
                     candidates.setdefault(shard, []).extend([event.event_time_ms, event.to_json()])
-                newest = max(map(_enqueued_ms, events))
+                newest = max(map(_enqueued_ms, offered))
                 renewed[shard] = max(renewed.get(shard, newest), newest)
-                first += self._seen(keys, device, events, now_ms)
+                first += self._seen(keys, device, offered, now_ms)
             lefts = [self._left(event, now_ms) for event in events]
             set_left = max(lefts) if lefts else latest_left.get(device, 0)
             if set_left <= 0:
@@ -236,6 +238,12 @@ class RedisCacheBuilder:
         time.sleep(self._settle)  # every change-feed writer now writes to the building generation too
         self.cleanup()  # what an earlier rebuild abandoned or failed to delete (no writer writes it any longer)
         return build
+
+    def stream_since_ms(self) -> int:
+        """The TTL before now: the feed's stream shard and marker of a critical event live the TTL from its
+        arrival, which is at or after its event time. (An event that arrived later than that after its event time
+        is still missed: without ``--since`` every critical event is read.)"""
+        return int(self._clock() * 1000) - self._sink._ttl * 1000
 
     def write(self, generation: int, latest: Sequence[StoredEvent],
               critical: Mapping[str, Sequence[StoredEvent]], since_ms: int) -> None:

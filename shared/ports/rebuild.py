@@ -60,10 +60,17 @@ class CacheBuilder(Protocol):
 
         Returns once every change-feed writer writes to the building generation too."""
 
+    def stream_since_ms(self) -> int:
+        """The event time from which the critical stream and its markers may still hold a critical event (what
+        the change feed would have left of them): a rebuild with a later ``since_ms`` reads its critical events
+        from here, for the stream, so that a replay after it adds no event a replay on the live generation would
+        not add."""
+
     def write(self, generation: int, latest: Sequence[StoredEvent],
               critical: Mapping[str, Sequence[StoredEvent]], since_ms: int) -> None:
         """Write devices' latest states and complete critical lists (from ``since_ms``) to ``generation``,
-        and offer their critical events to the generation's stream candidates. Idempotent."""
+        and offer their critical events (those before ``since_ms`` too) to the generation's stream candidates,
+        with their stream markers. Idempotent."""
 
     def save_position(self, generation: int, position: int) -> None:
         """Record that every device up to ``position`` is written (called after :meth:`write` returns)."""

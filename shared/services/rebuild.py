@@ -1,8 +1,10 @@
 """Rebuild the Redis projection from the event log: ``sluice rebuild redis``.
 
 A full rebuild scans every device of the log (``device_latest`` in token order)
-and, for each, its latest event and its critical events at or after ``since``,
-into a *new* key generation; the lookups keep reading the live generation
+and, for each, its latest event and its critical events at or after ``since``
+(for the critical stream and its markers also the earlier ones the change feed's
+stream could still hold: ``CacheBuilder.stream_since_ms``), into a *new* key
+generation; the lookups keep reading the live generation
 until the rebuild switches the pointer at the end, atomically. While the build
 runs the change feed writes each change to both generations, so the result
 equals a quiet rebuild: a change either reached the log before the rebuild read
@@ -219,6 +221,9 @@ class RebuildService:
         build = self._cache.begin(since_ms, resume=resume)
         report = RebuildReport(build.generation, None, resumed_from=build.position)
         position = build.position
+        # --since bounds the critical lists only: the stream and its markers get every critical event the feed's
+        # could still hold, or a replay after the rebuild would append the older ones on top of the stream.
+        read_from = min(since_ms, self._cache.stream_since_ms()) if since_ms > SINCE_ALL else since_ms
         with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="rebuild") as pool:
             limit = self._page_limit()
             while True:
@@ -228,7 +233,7 @@ class RebuildService:
                 if not rows:
                     break
                 latest = [self._decided(row.latest) for row in rows]
-                critical = self._critical([e.device_id for e in latest], since_ms, pool)
+                critical = self._critical([e.device_id for e in latest], read_from, pool)
                 self._cache.write(build.generation, latest, critical, since_ms)
                 position = rows[-1].token
                 self._cache.save_position(build.generation, position)

@@ -295,6 +295,40 @@ def test_a_replay_after_a_rebuild_leaves_the_critical_stream_as_it_was(
     assert [d["event_id"] for d in stream.recent(5)] == before
 
 
+@pytest.mark.timeout(60)
+def test_a_replay_after_a_rebuild_with_since_puts_no_older_event_on_top_of_the_stream(
+        cassandra_emulator, session, keyspace, store, rclient, redis_prefix):
+    """``--since T`` bounds the per-device critical lists only ("older ones are read from Cassandra on demand"). The
+    rebuild offered only the events from T to the stream and set stream markers (``critical:seen``) only for them,
+    so a replay of the whole range appended every older critical event with an entry id from the clock: the
+    dashboard's newest entries became events minutes old, which neither the feed's stream nor a rebuild without
+    ``--since`` shows there. Expected: the stream and its markers get every critical event the feed's stream could
+    still hold, whatever ``--since``; the lists still start at T."""
+    events = cf.spread(40, devices=4, critical_every=2)
+    store.write(events)
+    cache = cf.make_cache(rclient, redis_prefix, stream_shards=1, generation_cache_seconds=0.0)
+    cf.make_service("cosmos", session, keyspace, cache).run()
+    cut = sorted(e.timestamp for e in events)[20]
+    RebuildService(CassandraDeviceLog(session, keyspace),
+                   RedisCacheBuilder(cache, settle_seconds=0.0)).rebuild(since_ms=cf_ms(cut))
+    stream = RedisCriticalStream(rclient, key_prefix=redis_prefix, stream_shards=1)
+    before = [d["event_id"] for d in stream.recent(5)]
+    lookups = lookups_for(cache)
+    for device in {e.device_id for e in events}:  # the lists still start at T: before it, the lookups read Cassandra
+        assert lookups.get_critical(device, cf_ms(cut), 100) is not None
+        assert lookups.get_critical(device, -(2**53), 100) is None
+
+    reader = CassandraWindowReader(session, cf.cassandra_settings(cassandra_emulator, keyspace))
+    start = min(e.timestamp for e in events) - timedelta(minutes=1)
+    ReplayService(reader, cache, cf.RULES, None).replay(start, datetime.now(UTC) + timedelta(seconds=1),
+                                                        postgres=False)
+
+    after = stream.recent(5)
+    assert [d["event_id"] for d in after] == before, (
+        f"after the replay the newest stream entries are events of {sorted({d['timestamp'] for d in after})}, "
+        f"all before the rebuild's --since {cut.isoformat()}")
+
+
 def test_max_rps_is_charged_every_row_read_the_latest_events_by_id_too(
         session, keyspace, store, rclient, redis_prefix):
     """``--max-rps N`` is "at most N Cassandra rows read per second" (docs/operations.md), but the token bucket was

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.domain.stored import StoredEvent
+from shared.ports.cache import SINCE_ALL
 from shared.ports.rebuild import Build, DeviceRow
 from shared.services.rebuild import RebuildService, TokenBucket, token_fraction
 
@@ -89,6 +90,9 @@ class Builder:
     def begin(self, since_ms, *, resume):
         return Build(7, self.position if resume else None, since_ms)
 
+    def stream_since_ms(self):
+        return 1_000
+
     def write(self, generation, latest, critical, since_ms):
         if self.fail_after is not None and len([c for c in self.calls if c[0] == "write"]) == self.fail_after:
             raise RuntimeError("killed")
@@ -148,6 +152,27 @@ def test_rows_without_the_critical_flag_are_decided_by_the_rules_as_the_change_f
 
     RebuildService(log, Capture(), rules=[MeasurementRule(measurement="temperature", op=">", value=90)]).rebuild()
     assert seen == [("hot", True), ("cool", False)]
+
+
+@pytest.mark.parametrize(("since_ms", "read_from"), [(5_000, 1_000), (500, 500), (SINCE_ALL, SINCE_ALL)])
+def test_since_bounds_the_lists_not_the_critical_events_the_stream_could_still_hold(since_ms, read_from):
+    """``--since`` bounds the per-device critical lists; the stream and its markers need every critical event the
+    feed's stream could still hold (``CacheBuilder.stream_since_ms``), or a replay after the rebuild appends the
+    older ones on top of it. The builder gets ``since_ms`` to split them."""
+    reads, writes = [], []
+
+    class Reading(Log):
+        def critical(self, device_id, since_ms):
+            reads.append(since_ms)
+            return super().critical(device_id, since_ms)
+
+    class Capture(Builder):
+        def write(self, generation, latest, critical, since_ms):
+            writes.append(since_ms)
+
+    RebuildService(Reading(3), Capture()).rebuild(since_ms=since_ms)
+    assert set(reads) == {read_from} and len(reads) == 3
+    assert writes == [since_ms]
 
 
 def test_a_build_in_progress_with_another_since_is_not_resumed_nor_dropped_unless_restarted():
