@@ -22,7 +22,9 @@ are rate-limited (rows per second, ``max_rps``, every row the log reads:
 pipeline needs: a page of devices (two rows each) is paid for before it is read
 and holds no more devices than the bucket's burst (one second's worth) pays for,
 so no second reads more than twice the rate; a device's critical events, whose
-number is known only once read, are charged after the read.
+number is known only once read, are read with a second's worth reserved
+(``TokenBucket.reserve``) and charged the difference after the read, so reads on
+several threads never run ahead of the rate.
 
 ``--devices`` rebuilds only those devices, in the live generation: their keys
 are deleted, with the cached documents (``e:<id>``) of their latest and critical
@@ -68,11 +70,12 @@ TOKEN_SPAN = 2**64
 class TokenBucket:
     """At most ``rate`` units per second on average, bursts up to ``burst`` (default: one second's worth).
 
-    ``rate=None`` never waits. ``clock`` and ``sleep`` are injectable for tests.
+    ``rate=None`` never waits. ``clock`` and ``sleep`` are injectable for tests (with ``sleep`` given, a
+    reservation waiting for its units is not woken early by units given back; without it, it is).
     """
 
     def __init__(self, rate: float | None, *, burst: float | None = None,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] | None = None) -> None:
         if rate is not None and rate <= 0:
             raise ValueError(f"rate must be positive, got {rate}")
         self.rate = rate
@@ -81,20 +84,50 @@ class TokenBucket:
         self._clock, self._sleep = clock, sleep
         self._last = clock()
         self._lock = threading.Lock()
+        self._given_back = threading.Condition(self._lock)
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + (now - self._last) * (self.rate or 0.0))
+        self._last = now
 
     def acquire(self, units: float = 1.0) -> float:
-        """Take ``units`` (more than the burst is allowed: it waits for the deficit). Returns the seconds waited."""
-        if self.rate is None or units <= 0:
+        """Take ``units`` (more than the burst is allowed: it waits for the deficit). Returns the seconds waited.
+
+        Negative ``units`` give back what a :meth:`reserve` took and the read did not use (up to the burst)."""
+        if self.rate is None or units == 0:
             return 0.0
         with self._lock:
-            now = self._clock()
-            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-            self._tokens -= units
+            self._refill()
+            self._tokens = min(self.capacity, self._tokens - units)
+            if units < 0:
+                self._given_back.notify_all()
+                return 0.0
             wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
         if wait > 0:
-            self._sleep(wait)
+            (self._sleep or time.sleep)(wait)
         return wait
+
+    def reserve(self, units: float) -> float:
+        """Wait until the bucket holds ``units`` (at most its burst), then take them. Returns the seconds waited.
+
+        For a read whose size is known only once it returns: it starts only with the most it may read paid for,
+        so reads running at once never read more than the bucket holds; what it did not use is given back
+        (``acquire(-unused)``), which lets the next one start."""
+        if self.rate is None:
+            return 0.0
+        started = self._clock()
+        while True:
+            with self._lock:
+                self._refill()
+                short = min(units, self.capacity) - self._tokens
+                if short <= 0:
+                    self._tokens -= units
+                    return self._clock() - started
+                if self._sleep is None:
+                    self._given_back.wait(short / self.rate)
+                    continue
+            self._sleep(short / self.rate)
 
 
 @dataclass(slots=True)
@@ -171,7 +204,7 @@ class RebuildService:
         """Take from the bucket every row the log read since the last charge, less ``prepaid``: what was taken
         before the read, for the most rows it could read. The log counts the rows, since only it knows every read
         a call makes (each device's latest event by id, a page of devices read again); what it read beyond
-        ``prepaid`` (a device's critical events, whose number is not known before) is charged after the read."""
+        ``prepaid`` is charged after the read, and what it read less is given back."""
         with self._charging:
             read = self._log.rows_read
             rows, self._charged = read - self._charged, read
@@ -193,9 +226,15 @@ class RebuildService:
     def _critical_events(self, device: str, since_ms: int) -> list[StoredEvent]:
         """The device's critical events from ``since_ms``, each decided as the change feed decides it: a row
         written without the flag gets the rules, and one the rules do not find critical is left out, as the feed
-        leaves it out of the critical list (``to_json`` would write a missing flag as ``false``)."""
+        leaves it out of the critical list (``to_json`` would write a missing flag as ``false``).
+
+        With ``max_rps`` the read is paid for before it starts, a second's worth (the most a device may read in
+        its second: one with more is the exception ``docs/operations.md`` names), and what it did not read is
+        given back after: reads on several threads never read more at once than the bucket holds."""
+        prepaid = int(self._limiter.capacity) if self._limiter.rate is not None else 0
+        self._limiter.reserve(prepaid)
         events = [self._decided(event) for event in self._log.critical(device, since_ms)]
-        self._charge()
+        self._charge(prepaid=prepaid)
         return [event for event in events if event.critical]
 
     def _critical(

@@ -350,6 +350,10 @@ def test_max_rps_is_charged_every_row_read_the_latest_events_by_id_too(
             charged.append(units)
             return 0.0
 
+        def reserve(self, units: float) -> float:
+            charged.append(units)  # a critical read's reservation: the difference is charged or given back after
+            return 0.0
+
     log = CassandraDeviceLog(session, keyspace)
     service = RebuildService(log, RedisCacheBuilder(cache, settle_seconds=0), page_size=100, max_rps=100)
     service._limiter = Recording(100)
@@ -892,6 +896,73 @@ def test_while_a_rebuild_runs_the_change_feed_does_not_read_every_devices_latest
     assert len(latest.asked) == 0, (
         f"one page of the change feed during a rebuild read the latest state of {len(latest.asked)} of its "
         f"{len(devices)} devices from Cassandra (none before the rebuild started)")
+
+
+class _StartTimed:
+    """Our ``DeviceLog`` port over the real Cassandra one, noting when each read *starts* (the token bucket's fake
+    clock) and how many rows it read (reads run on several threads: the log's counter would mix them)."""
+
+    def __init__(self, log: CassandraDeviceLog, clock) -> None:
+        self._log, self._clock, self.reads = log, clock, []
+        self._lock = threading.Lock()
+
+    @property
+    def rows_read(self) -> int:
+        return self._log.rows_read
+
+    def _timed(self, call, *args):
+        started = self._clock()
+        result = call(*args)
+        rows = len(result) * 2 if isinstance(result, list) else 2
+        with self._lock:
+            self.reads.append((started, rows))
+        return result
+
+    def devices(self, after, limit):
+        return self._timed(self._log.devices, after, limit)
+
+    def device(self, device_id):
+        return self._timed(self._log.device, device_id)
+
+    def critical(self, device_id, since_ms):
+        return self._timed(self._log.critical, device_id, since_ms)
+
+
+@pytest.mark.timeout(60)
+def test_max_rps_bounds_the_rows_of_every_second_with_concurrent_critical_reads(
+        session, keyspace, store, rclient, redis_prefix):
+    """No second reads more than 2 x N rows (docs/operations.md, ``--max-rps``; only a device with more than N
+    critical rows may go over). With ``--max-rps 50`` and 8 devices of 20 critical events each (40 rows a device:
+    its critical rows and their copies by id, fewer than N), the critical reads of a page ran on 8 threads and each
+    was charged only after it returned, so all 8 started at once with the bucket already emptied by the page: about
+    370 rows were requested within the first second, 7x the rate. Each read now reserves a second's worth before
+    it starts and gives back what it did not use."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    events = [cf.make_event(f"crit-{d}", now - timedelta(minutes=5, seconds=i), severity="critical")
+              for d in range(8) for i in range(20)]
+    store.write(events)
+    fake = {"now": 0.0}
+    lock = threading.Lock()
+
+    def clock() -> float:
+        return fake["now"]
+
+    def sleep(seconds: float) -> None:
+        with lock:
+            fake["now"] += seconds
+
+    rate = 50
+    log = _StartTimed(CassandraDeviceLog(session, keyspace), clock)
+    service = RebuildService(log, RedisCacheBuilder(cache_for(rclient, redis_prefix), settle_seconds=0.0),
+                             max_rps=rate)
+    service._limiter = TokenBucket(rate, clock=clock, sleep=sleep)
+    report = service.rebuild()
+
+    assert report.devices == 8
+    worst = max(sum(rows for at, rows in log.reads if start <= at < start + 1.0) for start, _ in log.reads)
+    assert worst <= 2 * rate, (
+        f"--max-rps {rate}: {worst} rows requested within one second (reads started at fake times: "
+        f"{sorted((round(at, 2), rows) for at, rows in log.reads)})")
 
 
 @pytest.mark.timeout(60)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -45,6 +47,30 @@ def test_token_bucket_refills_while_idle_but_not_beyond_its_burst():
     bucket.acquire(10)
     assert clock.slept == []
     assert bucket.acquire(20) == pytest.approx(2.0)
+
+
+def test_a_reservation_waits_for_its_units_and_what_a_read_did_not_use_lets_the_next_start():
+    """A read of unknown size reserves the most it may read before it starts (``reserve``) and gives back what it
+    did not use (``acquire(-unused)``): a second reservation waits until the bucket holds its units again, sooner
+    when the first read gave some back; the bucket never holds more than its burst."""
+    clock = Clock()
+    bucket = TokenBucket(10, clock=clock, sleep=clock.sleep)
+    assert bucket.reserve(10) == 0.0
+    assert bucket.reserve(10) == pytest.approx(1.0)  # the bucket was empty: a second's refill
+    bucket.acquire(-8)  # the read used 2 of its 10
+    assert bucket.reserve(10) == pytest.approx(0.2)
+    bucket.acquire(-100)
+    clock.slept.clear()
+    assert bucket.reserve(10) == pytest.approx(0.0) and bucket.reserve(1) == pytest.approx(0.1)
+
+
+def test_a_reservation_waiting_on_real_time_is_woken_by_units_given_back():
+    bucket = TokenBucket(1)  # a second's refill per unit: far longer than the test waits
+    bucket.reserve(1)
+    threading.Timer(0.05, bucket.acquire, args=(-1,)).start()
+    started = time.monotonic()
+    bucket.reserve(1)
+    assert time.monotonic() - started < 0.5
 
 
 def test_token_bucket_without_a_rate_never_waits_and_rejects_nonsense():
@@ -212,6 +238,10 @@ def test_the_rate_limit_is_charged_every_row_the_log_read():
     class Recording(TokenBucket):
         def acquire(self, units: float = 1.0) -> float:
             charged.append(units)
+            return 0.0
+
+        def reserve(self, units: float) -> float:
+            charged.append(units)  # a critical read's reservation: the difference is charged or given back after
             return 0.0
 
     log = Log(10)
