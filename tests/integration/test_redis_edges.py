@@ -18,6 +18,7 @@ from shared.adapters.redis.aio import AsyncRedisConnection, AsyncRedisLookupCach
 from shared.adapters.redis_rebuild import RedisCacheBuilder
 from shared.adapters.secrets import RotatingSecret
 from shared.ports.cache import SINCE_ALL
+from tests.fixtures.waiting import loop_stalls
 from tests.integration.test_changefeed_redis import NOW, ev
 
 
@@ -111,23 +112,8 @@ def test_a_new_async_redis_connection_reads_the_vault_off_the_event_loop(redis_u
                                   key_prefix=f"rv{uuid.uuid4().hex[:8]}:")
 
     async def scenario() -> float:
-        loop = asyncio.get_running_loop()
-        gaps: list[float] = []
-        done = asyncio.Event()
-
-        async def ticker() -> None:  # any other coroutine of the worker: another lookup, a health check
-            last = loop.time()
-            while not done.is_set():
-                await asyncio.sleep(0.01)
-                now = loop.time()
-                gaps.append(now - last)
-                last = now
-
-        task = asyncio.create_task(ticker())
-        await asyncio.sleep(0.05)
-        await cache.get_latest("pump-1")  # the loop's first Redis connection
-        done.set()
-        await task
+        async with loop_stalls(every=0.01, settle=0.05) as gaps:
+            await cache.get_latest("pump-1")  # the loop's first Redis connection
         await cache.connection.client()  # keep the client alive until here
         return max(gaps)
 

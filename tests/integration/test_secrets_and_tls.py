@@ -56,6 +56,7 @@ from sluice.secured import LocalCA, LocalPostgres, LocalRedis
 from tests.fixtures.cassandra import start_cassandra_emulator
 from tests.fixtures.devhost import start_devhost, write_app
 from tests.fixtures.keyvault import KeyVaultEmulator, unique_secret_name
+from tests.fixtures.waiting import loop_stalls
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[2]
@@ -649,24 +650,10 @@ def test_the_lookups_cold_start_reads_the_vault_off_the_event_loop(clean_env: py
         clean_env.setattr(bootstrap, "keyvault", bootstrap.built(lambda: vault))
 
         async def scenario() -> float:
-            gaps: list[float] = []
-            done = asyncio.Event()
-
-            async def ticker() -> None:  # what every other coroutine of the loop experiences
-                last = time.monotonic()
-                while not done.is_set():
-                    await asyncio.sleep(0.02)
-                    now = time.monotonic()
-                    gaps.append(now - last)
-                    last = now
-
-            ticking = asyncio.create_task(ticker())
-            await asyncio.sleep(0.1)
-            with contextlib.suppress(DependencyUnavailable):  # the vault does not answer: the request answers 503
-                bootstrap.lookup_service()  # as device_latest & co. call it, inside the async handler
-            await asyncio.sleep(0.1)
-            done.set()
-            await ticking
+            async with loop_stalls(every=0.02, settle=0.1) as gaps:
+                with contextlib.suppress(DependencyUnavailable):  # the vault does not answer: the request answers 503
+                    bootstrap.lookup_service()  # as device_latest & co. call it, inside the async handler
+                await asyncio.sleep(0.1)
             return max(gaps)
 
         try:
