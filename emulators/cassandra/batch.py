@@ -102,7 +102,7 @@ def execute_batch(engine: Engine, kind: str, using: st.Using, children: list[Chi
     # Every statement is checked and planned before any is applied, as Cassandra refuses a batch whole: a statement
     # refused after others were applied would leave part of the batch written behind the error.
     pending: list[tuple[Any, ...]] = []
-    written: dict[tuple[Any, ...], Cell] = {}
+    written: dict[tuple[Any, ...], tuple[Cell, bool | None]] = {}
     engine.pending = pending
     try:
         for i, (stmt, values) in enumerate(writes):
@@ -118,7 +118,8 @@ def execute_batch(engine: Engine, kind: str, using: st.Using, children: list[Chi
             else:
                 execute_delete(engine, table, dataclasses.replace(stmt, if_exists=False, conditions=[])
                                if stmt.if_exists or stmt.conditions else stmt, ctx)
-            written.update(((record[1], record[2], record[3], slot), (value, record[6], record[7]))
+            written.update(((record[1], record[2], record[3], slot),
+                            ((value, record[6], record[7]), record[9].get(slot) if record[9] else None))
                            for record in pending[seen:] if record[0] == "U" for slot, value in record[5])
     finally:
         engine.pending = None

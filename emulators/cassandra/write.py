@@ -60,11 +60,13 @@ class WriteContext:
     __slots__ = ("batch_cells", "default_ts", "now", "values")
 
     def __init__(self, values: list[Value], default_ts: int | None, now: int,
-                 batch_cells: dict[tuple[Any, ...], Cell] | None = None) -> None:
+                 batch_cells: dict[tuple[Any, ...], tuple[Cell, bool | None]] | None = None) -> None:
         self.values = values
         self.default_ts = default_ts
         self.now = now
-        # In a BATCH: (table id, partition key, clustering key, slot) -> the cell an earlier statement writes there
+        # In a BATCH: (table id, partition key, clustering key, slot) -> the cell an earlier statement writes there,
+        # and what wrote it: a whole write (None) or an element operation, and whether the cell holds only the
+        # elements it wrote (as :attr:`.store.Row.by_element`)
         self.batch_cells = batch_cells
 
 
@@ -315,8 +317,17 @@ def _overwrite(table: Table, data: TableData, pk: bytes, ck: bytes, col: Column,
     answered with the stored collection.
     """
     new = colls.normalize(col.type, value)
-    earlier = ctx.batch_cells.get((table.id, pk, ck, col.slot)) if ctx.batch_cells is not None else None
-    if earlier is None:
+    in_batch = ctx.batch_cells.get((table.id, pk, ck, col.slot)) if ctx.batch_cells is not None else None
+    cell: Cell | None
+    own_elements: bool | None
+    if in_batch is not None:
+        cell, own_elements = in_batch
+        if own_elements is not None and not own_elements:
+            raise Invalid(f"This emulator cannot combine, in one BATCH, an element operation on {col.name} (a "
+                          "non-frozen collection) that found it not empty or removed elements with a later write "
+                          "of it whole: the statements of a batch share one timestamp and Cassandra merges them "
+                          "element by element; write the collection whole in one statement")
+    else:
         part = data.partition(pk)
         row = part.get(ck) if part is not None else None
         cell = row.raw_cell(col.slot) if row is not None else None
@@ -326,17 +337,23 @@ def _overwrite(table: Table, data: TableData, pk: bytes, ck: bytes, col: Column,
                           f"{cell[1]} by an element operation: an overwrite at {ts}, not after it, would replace "
                           "only the elements older than it in Cassandra (each element is a cell of its own there), "
                           "which one cell cannot tell apart; write the whole collection with a later timestamp")
-        earlier = cell if cell is not None and cell[0] is not None else None
+    earlier = cell if cell is not None and cell[0] is not None else None
     if earlier is None or earlier[1] != ts:
         # Later: it replaces the collection. Older: the store keeps the newer collection, as Cassandra does when
         # that one was written whole (its tombstone at its timestamp - 1 shadows every older element); one an
         # element operation wrote last is refused above.
         return new
-    merged = _merged_at_one_timestamp(col, earlier, new, expiry)
+    merged = _merged_at_one_timestamp(col, earlier, new, expiry, bool(own_elements))
     if merged is _NOT_ONE_CELL:
-        # One key with two values, or two expiries: Cassandra would keep a mix of both writes' elements, which one
-        # cell cannot hold. The cell's own tie rule keeps one of the two whole (docs/emulators: not refused, since
-        # an event re-sent with its event time as timestamp writes exactly this).
+        if col.type.kind == "list" and own_elements:
+            raise Invalid(f"This emulator keeps {col.name} (a non-frozen collection) as one cell with one expiry: "
+                          f"the elements an element operation wrote at {ts} expire otherwise than this write of "
+                          "the whole list at the same timestamp would make them, and Cassandra keeps both "
+                          "(each element is a cell with its own TTL there); write the whole list with a later "
+                          "timestamp")
+        # Two whole writes of a list, one key with two values, or two expiries: Cassandra would keep a mix of both
+        # writes' elements, which one cell cannot hold. The cell's own tie rule keeps one of the two whole
+        # (docs/emulators: not refused, since an event re-sent with its event time as timestamp writes exactly this).
         return new
     return merged  # type: ignore[return-value]  # the sentinel is excluded above
 
@@ -345,19 +362,25 @@ _NOT_ONE_CELL = object()
 
 
 def _merged_at_one_timestamp(col: Column, stored: tuple[bytes | None, int, int | None], new: bytes | None,
-                             expiry: int | None) -> bytes | object | None:
+                             expiry: int | None, by_element: bool) -> bytes | object | None:
     """Two writes of a whole set or map at one timestamp, as Cassandra reconciles them element by element
     (Cells.resolveRegular: an expiring cell beats a live one, then the later expiry, then the greater value): the
     collection to store if that is one cell again (one expiry, and a value the store takes over the stored one at
     the same timestamp: a union at one expiry, or the new collection on its later expiry), else ``_NOT_ONE_CELL``.
-    A list's elements are keyed by fresh time-UUIDs, so both writes' elements stay (doubled): never one cell
-    here."""
+
+    A list's elements are keyed by time-UUIDs (Lists.Setter and Appender take fresh ones from the clock, Prepender
+    ones before 2010, counted down), so both writes' elements stay, in the order of those keys. When ``by_element``
+    (the stored list holds only what one append or prepend wrote at this timestamp, to an empty list) and both
+    expire alike, that is the stored elements then the new ones: one cell again. Two whole lists (doubled in
+    Cassandra) are never one cell here."""
     from .store import _expires_later  # the tie rule of single cells
 
     old_expiry = stored[2]
     kind = col.type.kind
     if kind == "list":
-        return _NOT_ONE_CELL
+        if not by_element or expiry != old_expiry:
+            return _NOT_ONE_CELL
+        return colls.join_elements(colls.split_elements(stored[0]) + colls.split_elements(new))
     if kind == "set":
         old_items, new_items = set(colls.split_elements(stored[0])), set(colls.split_elements(new))
         if old_expiry == expiry or (old_items <= new_items and _expires_later(expiry, old_expiry)):

@@ -262,3 +262,48 @@ def test_an_update_naming_one_row_twice_applies_once_and_a_refused_row_writes_no
     with pytest.raises(InvalidRequest, match="l \\(a non-frozen collection\\) as one cell"):
         session.execute("UPDATE c SET l = l + [3] WHERE k IN (1, 2)")  # 2's list is later than this statement
     assert [tuple(r) for r in session.execute("SELECT k, l FROM c")] == [(1, [1, 9]), (2, [2])]
+
+
+def test_a_list_append_or_prepend_then_a_whole_list_at_one_timestamp_keep_both(session: Session) -> None:
+    """Cassandra 4 keys a list's elements by time-UUIDs: ``Lists.Appender`` and ``Lists.Setter`` take fresh ones from
+    the clock, ``Lists.Prepender`` ones before 2010; a whole write adds a collection tombstone at ``timestamp - 1``
+    (``setComplexDeletionTimeForOverwrite``), which spares elements written at ``timestamp``. So an append of [1]
+    then ``SET l = [2]`` at one timestamp reads [1, 2], a prepend of [5] then ``INSERT l = [1]`` [5, 1]. Was:
+    write.py ``_overwrite`` skipped its same-timestamp refusal for the appended list, ``_merged_at_one_timestamp``
+    gave up on every list and the new list was stored alone: [2] and [1]."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, l list<int>)")
+    session.execute("UPDATE t USING TIMESTAMP 1000 SET l = l + [1] WHERE k = 1")
+    session.execute("UPDATE t USING TIMESTAMP 1000 SET l = [2] WHERE k = 1")
+    assert session.execute("SELECT l FROM t WHERE k = 1").one().l == [1, 2]
+    session.execute("UPDATE t USING TIMESTAMP 1000 SET l = [5] + l WHERE k = 2")
+    session.execute("INSERT INTO t (k, l) VALUES (2, [1]) USING TIMESTAMP 1000")
+    assert session.execute("SELECT l FROM t WHERE k = 2").one().l == [5, 1]
+    session.execute("UPDATE t USING TIMESTAMP 1000 SET l = l + [3] WHERE k = 3")
+    with pytest.raises(InvalidRequest, match="l \\(a non-frozen collection\\) as one cell with one expiry"):
+        session.execute("UPDATE t USING TIMESTAMP 1000 AND TTL 100 SET l = [4] WHERE k = 3")
+    assert session.execute("SELECT l FROM t WHERE k = 3").one().l == [3]
+
+
+def test_a_batch_appending_to_a_list_then_writing_it_whole_keeps_both(session: Session) -> None:
+    """The statements of a batch share one timestamp, so ``l = l + [1]`` then ``INSERT l = [2]`` is Cassandra's
+    element at ``ts`` (appended first, the earlier time-UUID), a tombstone at ``ts - 1`` and an element at ``ts``:
+    [1, 2]. Was: the batch stored [2]."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, l list<int>)")
+    session.execute("BEGIN UNLOGGED BATCH UPDATE t SET l = l + [1] WHERE k = 1; "
+                    "INSERT INTO t (k, l) VALUES (1, [2]); APPLY BATCH")
+    assert session.execute("SELECT l FROM t WHERE k = 1").one().l == [1, 2]
+
+
+def test_a_batch_element_operation_on_a_stored_collection_then_a_whole_write_is_refused(session: Session) -> None:
+    """Stored {'z': 0} at an earlier timestamp; a batch ``m = m + {'a': 1}`` then ``m = {'b': 2}``: Cassandra's
+    tombstone at ``ts - 1`` removes 'z' and keeps 'a' and 'b'. The emulator's batch holds the map as one cell, with 'z'
+    and 'a' together, so it refuses the batch, naming the column. Was: {'a': 1, 'b': 2, 'z': 0} (and a list kept its
+    stored elements alike)."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, m map<text, int>, l list<int>)")
+    session.execute("INSERT INTO t (k, m, l) VALUES (1, {'z': 0}, [0]) USING TIMESTAMP 10")
+    for write in ("UPDATE t SET m = m + {'a': 1} WHERE k = 1; UPDATE t SET m = {'b': 2} WHERE k = 1",
+                  "UPDATE t SET l = l + [1] WHERE k = 1; INSERT INTO t (k, l) VALUES (1, [2])"):
+        with pytest.raises(InvalidRequest, match=r"cannot combine, in one BATCH, an element operation on [ml] "):
+            session.execute(f"BEGIN UNLOGGED BATCH {write}; APPLY BATCH")
+    row = session.execute("SELECT m, l FROM t WHERE k = 1").one()
+    assert (dict(row.m), row.l) == ({"z": 0}, [0])
