@@ -14,6 +14,12 @@
   matches them), day-of-week 0-6. croniter's extensions (``L``, ``W``, ``#``, ``?``,
   ``H``, day-of-week 7) are refused, as the host refuses them. croniter then computes
   the occurrences of the expression written with numbers only.
+* As NCrontab reads them (``CrontabField.Accumulate``), a reversed range has its ends
+  swapped (``5-1`` is ``1-5``, ``Sat-Sun`` is every day) and a step of 0 is a step of 1;
+  :attr:`Schedule.warnings` says so.
+* An expression whose days never come (``0 0 0 31 4 *``, April 31) is accepted, as
+  NCrontab accepts it, and never fires: NCrontab's ``GetNextOccurrence`` then gives its
+  end time, ``DateTime.MaxValue`` (:data:`NEVER` here).
 * Times are in UTC unless ``WEBSITE_TIME_ZONE`` or ``TZ`` names an IANA zone. Across daylight saving time the
   occurrences are the host's (the timer extension's ``CronSchedule``): NCrontab counts in wall-clock time, and a
   wall time that is skipped or repeated is read at the zone's standard offset; then, when the clocks fall back, a
@@ -24,6 +30,7 @@
 
 from __future__ import annotations
 
+import calendar
 import os
 import re
 from collections.abc import Mapping
@@ -59,9 +66,15 @@ def _ncrontab_value(text: str, lowest: int, highest: int, names: tuple[str, ...]
 def ncrontab_fields(expression: str) -> list[frozenset[int]]:
     """The values each field of a five- or six-field expression stands for, as NCrontab parses it (ValueError for
     what it does not parse). Five fields are given seconds ``0``."""
+    return _expand(expression)[0]
+
+
+def _expand(expression: str) -> tuple[list[frozenset[int]], list[str]]:
+    """:func:`ncrontab_fields`, and what NCrontab reads otherwise than written (a reversed range, a step of 0)."""
     fields = expression.split(" ")
     fields = ["0", *fields] if len(fields) == 5 else fields
     expanded: list[frozenset[int]] = []
+    notes: list[str] = []
     for text, (lowest, highest, names) in zip(fields, _FIELDS, strict=True):
         values: set[int] = set()
         for item in text.split(","):
@@ -72,17 +85,27 @@ def ncrontab_fields(expression: str) -> list[frozenset[int]]:
             low = lowest if star else _ncrontab_value(first, lowest, highest, names)
             high = highest if star or (step and not last) else \
                 _ncrontab_value(last, lowest, highest, names) if last else low
-            if low > high or (step is not None and int(step) < 1):
-                raise ValueError(f"{item!r} is not a valid range or step")
-            values.update(range(low, high + 1, int(step or 1)))
+            if low > high:  # CrontabField.Accumulate: "if the start is bigger than the end value then swap them over"
+                low, high = high, low
+                notes.append(f"the range {item!r} is reversed; NCrontab reads it as {low}-{high}")
+            every = int(step or 1)
+            if every < 1:  # Accumulate: "if (interval < 1) interval = 1"
+                every = 1
+                notes.append(f"the step in {item!r} is 0; NCrontab reads it as 1")
+            values.update(range(low, high + 1, every))
         expanded.append(frozenset(values))
-    return expanded
+    return expanded, notes
 
 
 def _numeric(fields: list[frozenset[int]]) -> str:
     """An expression croniter reads as NCrontab reads the original: numbers only, ``*`` for a whole field."""
     return " ".join("*" if len(values) == highest - lowest + 1 else ",".join(map(str, sorted(values)))
                     for values, (lowest, highest, _) in zip(fields, _FIELDS, strict=True))
+
+
+NEVER = datetime.max.replace(tzinfo=UTC)
+"""The next occurrence of a schedule that never occurs: NCrontab's ``GetNextOccurrence`` gives its end time,
+``DateTime.MaxValue``, and the host's timer never fires."""
 
 
 @dataclass(frozen=True)
@@ -124,12 +147,36 @@ class Schedule:
         """The six fields' values (NCrontab); for a cron schedule only."""
         return ncrontab_fields(self.expression)
 
+    @cached_property
+    def warnings(self) -> tuple[str, ...]:
+        """What the expression does otherwise than it seems to: a range or step NCrontab reads otherwise than
+        written, or days that never come."""
+        if self.interval is not None:
+            return ()
+        notes = _expand(self.expression)[1]
+        if self.never_occurs:
+            notes.append("no month it names has the days it names, so it never fires (as in the host)")
+        return tuple(notes)
+
+    @cached_property
+    def never_occurs(self) -> bool:
+        """Whether no date has the months and days the expression names (``0 0 0 31 4 *``: April 31). Any date that
+        exists falls on every day of the week in some year (February 29 too), so the day of the week cannot make a
+        schedule never occur."""
+        if self.interval is not None:
+            return False
+        days, months = self.fields[3], self.fields[4]
+        return all(day > calendar.monthrange(2000, month)[1] for month in months for day in days)  # 2000: a leap year
+
     def next_after(self, moment: datetime) -> datetime:
-        """The next occurrence after ``moment`` (aware), in UTC, as the host's ``CronSchedule`` finds it."""
+        """The next occurrence after ``moment`` (aware), in UTC, as the host's ``CronSchedule`` finds it;
+        :data:`NEVER` for a schedule that never occurs."""
         if moment.tzinfo is None:
             raise ValueError("moment must be timezone-aware")
         if self.interval is not None:
             return (moment + self.interval).astimezone(UTC)
+        if self.never_occurs:
+            return NEVER
         now = moment.astimezone(self.zone)
         wall = self._wall_next(_wall(now))
         following = _at_standard_offset(wall, self.zone)

@@ -17,7 +17,7 @@ from devhost.app_loader import FunctionSpec
 from devhost.errors import DevHostError
 from devhost.eventhub_trigger import EventHubBinding
 from devhost.invocation import default_thread_count
-from devhost.schedule import Schedule, time_zone
+from devhost.schedule import NEVER, Schedule, time_zone
 from devhost.settings import (
     DEVELOPMENT_STORAGE,
     connection_section,
@@ -501,6 +501,46 @@ def test_ncrontab_names_are_any_prefix_of_the_english_name() -> None:
     assert Schedule.parse("0 0 9 * * Tu").next_after(moment) == datetime(2026, 11, 24, 9, tzinfo=UTC)
     assert Schedule.parse("0 0 0 1 January *").next_after(moment) == datetime(2027, 1, 1, tzinfo=UTC)
     assert Schedule.parse("5/20 * * * * *").next_after(moment) == moment.replace(second=5)
+
+
+@pytest.mark.parametrize("expression, days_of_week", [
+    ("0 0 12 * * 5-1", frozenset({1, 2, 3, 4, 5})),
+    ("0 0 12 * * Sat-Sun", frozenset(range(7))),
+])
+def test_a_reversed_range_is_read_as_ncrontab_reads_it(expression: str, days_of_week: frozenset[int]) -> None:
+    """NCrontab's CrontabField.Accumulate swaps a range whose start is above its end ("if the start is bigger than
+    the end value then swap them over"): the host runs ``5-1`` as 1-5 and ``Sat-Sun`` as 0-6, so the dev host must
+    not refuse them; it says what it reads."""
+    schedule = Schedule.parse(expression)
+    assert schedule.fields[5] == days_of_week
+    assert any("reversed" in warning for warning in schedule.warnings)
+
+
+@pytest.mark.parametrize("expression, seconds", [("*/0 * * * * *", frozenset(range(60))),
+                                                 ("5/0 * * * * *", frozenset(range(5, 60)))])
+def test_a_step_of_0_is_read_as_a_step_of_1_as_ncrontab_reads_it(expression: str, seconds: frozenset[int]) -> None:
+    """CrontabField.Accumulate: ``if (interval < 1) interval = 1``; the host does not refuse ``*/0``."""
+    schedule = Schedule.parse(expression)
+    assert schedule.fields[0] == seconds
+    assert any("step" in warning for warning in schedule.warnings)
+
+
+@pytest.mark.parametrize("expression", ["0 0 0 31 4 *", "0 0 0 30 2 *", "0 0 0 30,31 2 *"])
+def test_a_schedule_whose_days_never_come_never_fires_as_in_the_host(expression: str) -> None:
+    """April 31 and February 30 never come. NCrontab parses these (each field is in range) and GetNextOccurrence gives
+    its end time, DateTime.MaxValue: the host starts and the timer never fires. The dev host gave the expression to
+    croniter, whose CroniterBadDateError then failed the timer listener at every polling interval, forever."""
+    schedule = Schedule.parse(expression)
+    assert schedule.never_occurs
+    assert schedule.next_after(datetime(2026, 1, 1, tzinfo=UTC)) == NEVER
+    assert any("never fires" in warning for warning in schedule.warnings)
+
+
+def test_a_schedule_whose_days_come_rarely_still_occurs() -> None:
+    """February 29 on a given weekday comes once in decades, but comes: it is not "never"."""
+    schedule = Schedule.parse("0 0 0 29 2 Mon")
+    assert not schedule.never_occurs and schedule.warnings == ()
+    assert schedule.next_after(datetime(2026, 1, 1, tzinfo=UTC)) == datetime(2044, 2, 29, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("expression, message", [
