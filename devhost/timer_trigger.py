@@ -124,6 +124,8 @@ class TimerListener:
             schedule = Schedule.parse(expression, zone)
         except DevHostError as exc:
             raise DevHostError(f"function {spec.name!r}: {exc}") from exc
+        for warning in schedule.warnings:
+            logger.warning("Functions.%s: timer schedule %r: %s", spec.name, schedule.expression, warning)
         return cls(spec, schedule, invoker, service, host_id, singleton)
 
     @property
@@ -277,6 +279,8 @@ class TimerListener:
         if self.use_monitor:
             self._next_due = await self._check_status(now, status)
             past_due = now > self._next_due
+            if status is None:  # TimerListener.StartAsync, first start: the status the function sees
+                status = {"Last": None, "Next": _iso(self._next_due), "LastUpdated": None}
         if past_due or self.run_on_startup:
             why = "past due" if past_due else "run on startup"
             fired = await self._fire(now, past_due=past_due, reason=f"Timer fired at startup ({why})",

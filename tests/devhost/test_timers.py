@@ -299,6 +299,75 @@ def test_a_monitored_interval_timer_first_waits_for_the_status_next(
     assert asyncio.run(scenario()) == [first_wait.total_seconds()]
 
 
+@pytest.mark.timeout(60)
+def test_run_on_startup_with_the_monitor_on_a_first_start_sees_the_next_occurrence(
+    tmp_path: Path, azurite_connection_string: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ext: TimerListener.StartAsync, when there is no status yet (first start), sets ``ScheduleStatus`` to
+    ``{Last: default, Next: GetNextOccurrence(now), LastUpdated: default}``, and the run-on-startup invocation hands
+    it to TimerInfo because the monitor is on. The dev host wrote the status blob and gave the function ``{}``:
+    ``timer.schedule_status["Next"]`` worked in Azure and raised KeyError locally."""
+    seen: list[Any] = []
+    spec = FunctionSpec(name="tick", trigger_type="timerTrigger",
+                        trigger={"name": "timer", "schedule": "0 0 0 1 1 *", "runOnStartup": True},
+                        user_function=lambda timer: seen.append(timer), is_async=False, accepts_context=False,
+                        retry=None)
+    schedule = Schedule.parse("0 0 0 1 1 *")
+
+    async def scenario() -> None:
+        async with AsyncBlobServiceClient.from_connection_string(azurite_connection_string) as service:
+            with contextlib.suppress(ResourceExistsError):
+                await service.create_container("azure-webjobs-hosts")
+            timer = TimerListener(spec, schedule, Invoker(tmp_path, threads=1), service,
+                                  f"devhost-test-{uuid.uuid4().hex[:12]}", SingletonOptions())
+            assert timer.use_monitor and timer.run_on_startup
+
+            async def stop_instead_of_waiting(seconds: float) -> None:
+                timer._stopping.set()
+
+            monkeypatch.setattr(timer, "_sleep", stop_instead_of_waiting)
+            await timer._fire_while_leader()
+
+    before = datetime.now(UTC)
+    asyncio.run(scenario())
+    assert len(seen) == 1 and seen[0].past_due is False
+    status = seen[0].schedule_status
+    expected_next = schedule.next_after(before)
+    assert status == {"Last": None, "Next": expected_next.isoformat(), "LastUpdated": None}
+
+
+@pytest.mark.timeout(60)
+def test_a_schedule_that_never_occurs_waits_without_failing(
+    tmp_path: Path, azurite_connection_string: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NCrontab accepts April 31 and its GetNextOccurrence gives DateTime.MaxValue: the host's timer never fires. The
+    dev host's listener failed with croniter's CroniterBadDateError at every polling interval, forever; now it
+    records that Next and waits for it."""
+    spec = FunctionSpec(name="tick", trigger_type="timerTrigger", trigger={"name": "timer", "schedule": "0 0 0 31 4 *"},
+                        user_function=lambda timer: None, is_async=False, accepts_context=False, retry=None)
+
+    async def scenario() -> tuple[list[float], dict[str, Any]]:
+        async with AsyncBlobServiceClient.from_connection_string(azurite_connection_string) as service:
+            with contextlib.suppress(ResourceExistsError):
+                await service.create_container("azure-webjobs-hosts")
+            timer = TimerListener(spec, Schedule.parse("0 0 0 31 4 *"), Invoker(tmp_path, threads=1), service,
+                                  f"devhost-test-{uuid.uuid4().hex[:12]}", SingletonOptions())
+            waits: list[float] = []
+
+            async def first_wait_then_stop(seconds: float) -> None:
+                waits.append(seconds)
+                timer._stopping.set()
+
+            monkeypatch.setattr(timer, "_sleep", first_wait_then_stop)
+            await timer._fire_while_leader()
+            blob = await service.get_blob_client("azure-webjobs-hosts", timer._status_blob).download_blob()
+            return waits, json.loads(await blob.readall())
+
+    waits, status = asyncio.run(scenario())
+    assert len(waits) == 1 and waits[0] > timedelta(days=365 * 7000).total_seconds()
+    assert status["Next"].startswith("9999-12-31T23:59:59")
+
+
 @pytest.mark.timeout(90)
 def test_without_the_monitor_the_function_sees_no_schedule_status(tmp_path: Path, azurite_connection_string: str,
                                                                   devhost_factory: Any) -> None:
