@@ -114,7 +114,9 @@ class StackOptions:
         then uses, not those ``--database`` or ``--redis-prefix`` named. An empty value is refused: the settings
         would read their own default, which need not be the field's. So is an address (a server of the operator's)
         with our own services or a Redis Cluster, which have addresses of their own: the settings would name a
-        server other than the one ``up`` starts and creates the database on."""
+        server other than the one ``up`` starts and creates the database on. An empty ``--database``,
+        ``--keyspace`` or ``--redis-prefix`` is refused too: the settings would read their own default, and
+        ``--fresh`` would drop ``""`` or delete every key of the machine's Redis (``SCAN MATCH *``)."""
         addresses = self.given("SLUICE_REDIS_URL") if self.redis_cluster else []
         if not self.use_existing_services:
             addresses = self.given("SLUICE_POSTGRES_HOST", "SLUICE_POSTGRES_PORT", "SLUICE_REDIS_URL")
@@ -134,6 +136,10 @@ class StackOptions:
                 self.postgres_port = int(value)
             else:
                 setattr(self, name, value)
+        for option, value in (("--database", self.database), ("--keyspace", self.keyspace),
+                              ("--redis-prefix", self.redis_prefix)):
+            if not value.strip():  # an empty --set is refused above: this one is the option's
+                raise StackError(f"{option} {value!r} is empty: give a name, or leave {option} out")
 
     def given(self, *settings: str) -> list[str]:
         """Those of ``settings`` an override gives."""
@@ -261,6 +267,9 @@ class LocalStack:
         make.
         """
         data_dir = self.options.data_dir.resolve()
+        if not data_dir.name:  # the lock sits beside the directory: "/" has no beside (nor is it a stack's)
+            raise StackError(f"--data-dir {data_dir} is the root directory, not a data directory of `sluice up`: "
+                             "give --data-dir a new or empty directory")
         path = data_dir.with_name(data_dir.name + ".lock")
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = path.open("a+", encoding="utf-8")

@@ -263,6 +263,19 @@ def test_up_fresh_refuses_a_directory_it_did_not_make_naming_it_and_deletes_noth
         assert sorted(p.name for p in project.iterdir()) == before
 
 
+def test_up_refuses_the_root_directory_as_data_dir_naming_it_not_a_traceback():
+    """`up --data-dir /`: claim() builds the lock beside the directory (`<data-dir>.lock`), and `/` has no name to
+    build it from: pathlib's ValueError came out as a traceback instead of the refusal any other directory that is
+    not `up`'s gets."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SLUICE_")}
+    result = subprocess.run([sys.executable, "-m", "sluice", "up", "--data-dir", "/", "--no-load",
+                             "--use-existing-services"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                            check=False, env={**env, "COLUMNS": "300"})
+    output = " ".join((result.stdout + result.stderr).split())
+    assert "Traceback" not in output, output
+    assert result.returncode == 2 and "error: --data-dir / is the root directory" in output, output
+
+
 def test_a_data_dir_is_marked_when_claimed_and_fresh_wipes_what_an_early_failure_left(tmp_path):
     """`up` marks its data directory before it creates anything in it, so `--fresh` wipes the directory of an
     `up` that failed before writing local.settings.json (own/ and logs/ only); a directory of an older `up`

@@ -4,9 +4,14 @@ stack uses and nothing else. Each test makes its own databases and keys, and del
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import types
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import psycopg
@@ -15,7 +20,7 @@ import redis
 from rich.console import Console
 
 from sluice.commands.up import _forget
-from sluice.localstack import LocalStack, StackError, StackOptions, free_port
+from sluice.localstack import ROOT, LocalStack, StackError, StackOptions, free_port
 from tests.fixtures.services import PG_ADMIN_DSN, create_database, drop_database
 
 
@@ -35,6 +40,23 @@ def databases(*names: str) -> set[str]:
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
         return {row[0] for row in conn.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)",
                                                (list(names),))}
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A port another program listens on (``up --strict-ports`` stops there, after the services are checked)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def up(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``python -m sluice up ARGV`` with none of this shell's settings."""
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("SLUICE_") and name not in ("AzureWebJobsStorage", "EventHubConnection")}
+    return subprocess.run([sys.executable, "-m", "sluice", "up", *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=180)
 
 
 @pytest.fixture
@@ -114,3 +136,43 @@ def test_an_address_set_for_services_up_runs_itself_is_refused_before_anything_s
     overrides = {"SLUICE_POSTGRES_HOST": "db.example", "SLUICE_REDIS_URL": "redis://cache.example:6379/0"}
     with pytest.raises(StackError, match=named):
         StackOptions(overrides=overrides, **options)
+
+
+def test_fresh_with_an_empty_redis_prefix_deletes_no_key_of_the_machines_redis(
+        redis_url: str, tmp_path: Path, held_port: int) -> None:
+    """``--redis-prefix ''`` was accepted (only ``--set SLUICE_REDIS_KEY_PREFIX=`` was refused as empty), and
+    ``--fresh`` then scanned ``MATCH *`` and deleted every key of the machine's Redis, another application's
+    included; the stack itself then ran with the settings' default prefix. It is refused before anything starts."""
+    client = redis.Redis.from_url(redis_url)
+    theirs = f"another-app:{uuid.uuid4().hex}"
+    client.set(theirs, "not the stack's")
+    try:
+        result = up("--use-existing-services", "--fresh", "--redis-prefix", "", "--set",
+                    f"SLUICE_REDIS_URL={redis_url}", "--database", f"sluice_up_{uuid.uuid4().hex[:8]}",
+                    "--data-dir", str(tmp_path / "stack"), "--no-load", "--strict-ports",
+                    "--azurite-port", str(held_port))
+        assert result.returncode != 0, result.stdout + result.stderr  # it stops at the held Azurite port at the latest
+        assert client.get(theirs) == b"not the stack's", (
+            "up --fresh --redis-prefix '' deleted a key of another application:\n" + result.stdout + result.stderr)
+    finally:
+        client.delete(theirs)
+        client.close()
+
+
+@pytest.mark.parametrize("option", ["--database", "--keyspace", "--redis-prefix"])
+def test_an_empty_name_is_refused_naming_the_option_not_a_traceback(
+        option: str, redis_url: str, tmp_path: Path, held_port: int) -> None:
+    """``--database ''`` reached ``DROP DATABASE IF EXISTS ""`` (``--fresh``; without it ``CREATE DATABASE ""``):
+    psycopg's traceback instead of an ``error:`` line. An empty name is refused as an empty ``--set`` is: the
+    settings would read their own default instead."""
+    names = {"--database": f"sluice_up_{uuid.uuid4().hex[:8]}", "--keyspace": "sluice",
+             "--redis-prefix": f"sluice-up:{uuid.uuid4().hex[:8]}:"}
+    names[option] = ""
+    result = up("--use-existing-services", "--fresh", *(arg for item in names.items() for arg in item),
+                "--set", f"SLUICE_REDIS_URL={redis_url}", "--data-dir", str(tmp_path / "stack"), "--no-load",
+                "--strict-ports", "--azurite-port", str(held_port))
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    assert result.returncode == 2 and f"error: {option} '' is empty" in output, output
+    with pytest.raises(StackError, match=option):
+        StackOptions(**{option.removeprefix("--").replace("-", "_"): " "})
