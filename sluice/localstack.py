@@ -537,9 +537,13 @@ class LocalStack:
             path.unlink(missing_ok=True)
         return path
 
-    def _dir(self, name: str) -> Path:
+    def _dir(self, name: str, *, private: bool = False) -> Path:
+        """``<data dir>/<name>``, created if missing; ``private``: 0700 (also when an older run left it 0755), for
+        a directory that holds secrets."""
         path = self.options.data_dir / name
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700 if private else 0o777)
+        if private:
+            path.chmod(0o700)
         return path
 
     def start_azurite(self) -> None:
@@ -573,7 +577,8 @@ class LocalStack:
             return
         port = self._port("Key Vault emulator", self.options.keyvault_port)
         cert_dir = self._dir("keyvault-certs")
-        data = ["--data-dir", str(self._dir("keyvault"))] if self.options.persist else []
+        # vault.json holds every secret's value (our own stores' passwords): the directory is the owner's alone
+        data = ["--data-dir", str(self._dir("keyvault", private=True))] if self.options.persist else []
         running = self._child("keyvault-emulator", python_module(
             "emulators.keyvault", "--cert-dir", str(cert_dir), "--host", self.options.host, "--port", str(port), *data))
         self.ports["keyvault"] = running.port

@@ -45,7 +45,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def build_vault(args: argparse.Namespace) -> Vault:
     if args.data_dir:
-        ensure_directory("--data-dir", args.data_dir)
+        ensure_directory("--data-dir", args.data_dir, private=True)  # vault.json holds every secret's value
     vault = Vault(args.data_dir)
     if args.secrets_file:
         changed = apply_seed(vault, load_seed(args.secrets_file))

@@ -16,7 +16,8 @@ created since 2020):
   Conflict) until it is recovered or purged.
 
 With a data directory, the whole vault is saved to ``vault.json`` after every
-change (written to a temporary file, then renamed), so it survives a restart.
+change (written to a temporary file, then renamed), so it survives a restart. It holds
+every secret's value: both files are created 0600, readable by their owner only.
 """
 
 from __future__ import annotations
@@ -333,7 +334,10 @@ class Vault:
             "deleted": [asdict(s) for s in self._deleted.values()],
         }
         tmp = self._path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(document), encoding="utf-8")
+        tmp.unlink(missing_ok=True)  # a leftover of a killed save: O_EXCL makes a new file, with our mode
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "w", encoding="utf-8") as out:
+            out.write(json.dumps(document))
         os.replace(tmp, self._path)
 
     def _load(self, path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,9 @@ def test_a_data_dir_keeps_secrets_versions_and_deletions_across_a_restart(tmp_pa
         client.close()
         assert emulator.running.stop() == 0
 
+    # every secret's value is in there: the directory the emulator made, and the file, are the owner's alone
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / "vault.json").stat().st_mode) == 0o600
     again = start_keyvault_emulator(tmp_path / "certs-2", "--data-dir", str(data))
     client = again.client()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,16 @@ def test_state_is_written_atomically_and_reloaded(tmp_path: Path) -> None:
     again = Vault(tmp_path)
     secret, version = again.get("kept-name")
     assert secret.name == "Kept-Name" and version.value == "v" and version.content_type == "text/plain"
+
+
+def test_the_state_file_and_its_temporary_file_are_the_owners_alone(tmp_path: Path) -> None:
+    """vault.json holds every secret's value: it was written with the default mode (0644), readable by every local
+    user. A new file is made 0600 for every save, also over a 0644 one an older version or a killed save left."""
+    for name in ("vault.json", "vault.tmp"):
+        (tmp_path / name).write_text('{"active": [], "deleted": []}')
+        (tmp_path / name).chmod(0o644)
+    vault = Vault(tmp_path)
+    vault.set("db-password", "secret", Attributes())
+    assert stat.S_IMODE((tmp_path / "vault.json").stat().st_mode) == 0o600
+    assert not (tmp_path / "vault.tmp").exists()
+    assert Vault(tmp_path).get("db-password")[1].value == "secret"
