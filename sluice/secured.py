@@ -44,6 +44,19 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+
+def write_private(path: Path, data: str | bytes) -> None:
+    """Write ``path`` readable by its owner only from its first byte: a new 0600 file (``O_EXCL``) put in place of
+    any older one. Writing, then ``chmod``, would leave the secret readable by every local user in between, and
+    an older file would keep its mode."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)  # a leftover of a killed write: O_EXCL makes a new file, with our mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, "wb") as out:
+        out.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
 def version_order(name: str) -> tuple[tuple[int, ...], str]:
     """A sort key for PostgreSQL's directories named by version (``9.6``, ``10``, ``15``): by version, where as
     strings "9.6" sorts after "15" and "10" before "9.6". A name that is no version goes first."""
@@ -89,8 +102,7 @@ class LocalCA:
         cert.cert_chain_pems[0].write_to_path(str(self.cert_file))
         for pem in cert.cert_chain_pems[1:]:
             pem.write_to_path(str(self.cert_file), append=True)
-        cert.private_key_pem.write_to_path(str(self.key_file))
-        self.key_file.chmod(0o600)
+        write_private(self.key_file, cert.private_key_pem.bytes())
 
 
 def _as_postgres() -> tuple[list[str], int | None]:
@@ -138,10 +150,9 @@ class LocalPostgres:
         self.directory.chmod(0o700)
         data = self.directory / "data"
         pwfile = self.directory / "admin.pw"
-        pwfile.write_text(self.admin_password)
-        for name in ("server.pem", "server.key"):
-            shutil.copy(self.ca.directory / name, self.directory / name)
-        (self.directory / "server.key").chmod(0o600)
+        write_private(pwfile, self.admin_password)
+        shutil.copy(self.ca.cert_file, self.directory / "server.pem")
+        write_private(self.directory / "server.key", self.ca.key_file.read_bytes())
         if uid is not None:
             for path in (self.directory, pwfile, self.directory / "server.pem", self.directory / "server.key"):
                 os.chown(path, uid, -1)
@@ -308,8 +319,9 @@ class LocalRedis:
         # Chosen together: two choices each let go of could be the same port (free_ports).
         chosen = iter(free_ports(self.host, 2, besides={self.port, self.tls_port}))
         self.port, self.tls_port = self.port or next(chosen), self.tls_port or next(chosen)
-        config = self.directory / "redis.conf"
-        config.write_text(
+        config = self.directory / "redis.conf"  # the ACL users' passwords: 0600 from the start
+        write_private(
+            config,
             "\n".join(
                 [
                     f"bind {self.host}",
@@ -330,9 +342,8 @@ class LocalRedis:
                     f"user {self.username} on >{self.password} ~* &* +@all",
                 ]
             )
-            + "\n"
+            + "\n",
         )
-        config.chmod(0o600)
         self.running = start(
             "redis-server",
             ["redis-server", str(config)],
@@ -445,11 +456,12 @@ class LocalPgBouncer:
         binary = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
         if binary is None:
             raise ServiceError("pgbouncer is not installed: run `bash scripts/install.sh`")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.port = self.port or free_port(self.host)
         userlist, ini = self.directory / "userlist.txt", self.directory / "pgbouncer.ini"
-        userlist.write_text(f'"{self.user}" "{self.password}"\n')
-        ini.write_text(
+        write_private(userlist, f'"{self.user}" "{self.password}"\n')
+        write_private(
+            ini,
             "\n".join(
                 [
                     "[databases]",
@@ -468,7 +480,7 @@ class LocalPgBouncer:
                     "pidfile =",
                 ]
             )
-            + "\n"
+            + "\n",
         )
         prefix, uid = _as_postgres()
         for path in (self.directory, userlist, ini):
@@ -546,8 +558,7 @@ class OwnServices:
         """The emulator's PasswordAuthenticator and TLS arguments (the password through a 0600 file)."""
         self.ca = self.ca or LocalCA(self.directory / "certs")
         password_file = self.directory / "cassandra.pw"
-        password_file.touch(mode=0o600)
-        password_file.write_text(self.passwords["cassandra"])
+        write_private(password_file, self.passwords["cassandra"])
         return [
             "--username",
             self.user,

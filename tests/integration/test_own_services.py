@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 
 from sluice.delivery import Probe
 from sluice.localstack import LocalStack, StackOptions
+from sluice.secured import OwnServices
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -67,6 +69,61 @@ def test_own_services_take_their_passwords_from_the_vault_and_leak_none(tmp_path
         assert stack.stop() == []
         if own is not None and own.postgres is not None:
             shutil.rmtree(own.postgres.directory, ignore_errors=True)  # outside tmp_path when we are root
+
+
+def _readable_by_others(path: Path, top: Path) -> bool:
+    """Whether a user other than the owner (and not in its group) can read ``path``: it is o+r, and every directory
+    from ``top`` down to it is o+x."""
+    if not path.stat().st_mode & stat.S_IROTH:
+        return False
+    current = path.parent
+    while True:
+        if not current.stat().st_mode & stat.S_IXOTH:
+            return False
+        if current == top:
+            return True
+        current = current.parent
+
+
+def test_the_passwords_seeded_into_the_key_vault_emulator_are_not_readable_by_other_users(tmp_path: Path) -> None:
+    """The stores' passwords are kept only in the Key Vault emulator (docs/security.md), which saves every secret's
+    value in ``<data-dir>/keyvault/vault.json``: that directory was 0755 and the file 0644, so any local user read
+    the running stack's PostgreSQL, Redis and Cassandra passwords there."""
+    data_dir = tmp_path / "stack"
+    data_dir.mkdir()
+    data_dir.chmod(0o755)  # as .local/stack is made in a checkout (umask 022)
+    (data_dir / "keyvault").mkdir(mode=0o755)  # as an older `up` left it
+    stack = LocalStack(StackOptions(data_dir=data_dir, keyvault_port=0), say=lambda _: None)
+    own = OwnServices(data_dir / "own")
+    stack.own = own
+    try:
+        stack.start_keyvault()
+    finally:
+        stack.stop()
+    exposed = []
+    for path in data_dir.rglob("*"):
+        if not path.is_file() or not _readable_by_others(path, data_dir):
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        exposed += [f"{path.relative_to(data_dir)}: the {store} password" for store, password in own.passwords.items()
+                    if password in text]
+    assert exposed == [], "readable by every local user: " + "; ".join(exposed)
+    assert stat.S_IMODE((data_dir / "keyvault").stat().st_mode) == 0o700
+
+
+def test_a_password_file_an_older_run_left_readable_is_written_anew_0600(tmp_path: Path) -> None:
+    """The Cassandra emulator's password file was made with ``touch(mode=0o600)``, which keeps the mode of a file
+    that is already there: one left 0644 got the new password, readable by every local user."""
+    own = OwnServices(tmp_path / "own")
+    (tmp_path / "own").mkdir()
+    older = tmp_path / "own" / "cassandra.pw"
+    older.write_text("the last run's")
+    older.chmod(0o644)
+    own.cassandra_args()
+    assert older.read_text() == own.passwords["cassandra"]
+    assert stat.S_IMODE(older.stat().st_mode) == 0o600
+    assert stat.S_IMODE(own.ca.key_file.stat().st_mode) == 0o600  # type: ignore[union-attr]  # made by cassandra_args
+    assert sorted(p.name for p in (tmp_path / "own").iterdir()) == ["cassandra.pw", "certs"]  # no temporary file left
 
 
 class _Kernel:
