@@ -16,10 +16,15 @@ from shared.domain.stored import StoredEvent
 
 @dataclass(frozen=True, slots=True)
 class DeviceRow:
-    """One device as the log's device table lists it: its scan position (token) and latest event."""
+    """One device as the log's device table lists it: its scan position (token), its id and latest event.
+
+    ``latest`` is ``None`` for a device whose position names an event ``events_by_id`` no longer holds for it
+    (a correction moved its newest event to another device id): it has no latest state, but its other events,
+    critical ones included, are still its own."""
 
     token: int
-    latest: StoredEvent
+    device_id: str
+    latest: StoredEvent | None
 
 
 class DeviceLog(Protocol):
@@ -31,10 +36,11 @@ class DeviceLog(Protocol):
         caller cannot see (a device's latest event by id, a page read again): what a rate limit in rows charges."""
 
     def devices(self, after: int | None, limit: int) -> list[DeviceRow]:
-        """Up to ``limit`` devices in scan (token) order, strictly after ``after`` (``None``: from the start)."""
+        """Up to ``limit`` devices in scan (token) order, strictly after ``after`` (``None``: from the start):
+        every device with a position, those without a latest state too."""
 
     def device(self, device_id: str) -> DeviceRow | None:
-        """One device's row; ``None`` when the log has no event of it."""
+        """One device's row; ``None`` when the log has no position of it (no such device)."""
 
     def critical(self, device_id: str, since_ms: int) -> list[StoredEvent]:
         """Every critical event of the device with event time at or after ``since_ms``."""

@@ -1,7 +1,8 @@
 """Rebuild the Redis projection from the event log: ``sluice rebuild redis``.
 
 A full rebuild scans every device of the log (``device_latest`` in token order)
-and, for each, its latest event and its critical events at or after ``since``
+and, for each, its latest event (none for a device whose newest event a
+correction moved to another device) and its critical events at or after ``since``
 (for the critical stream and its markers also the earlier ones the change feed's
 stream could still hold: ``CacheBuilder.stream_since_ms``), into a *new* key
 generation; the lookups keep reading the live generation
@@ -271,13 +272,15 @@ class RebuildService:
                 self._charge(prepaid=limit * _ROWS_PER_DEVICE)
                 if not rows:
                     break
-                latest = [self._decided(row.latest) for row in rows]
-                critical = self._critical([e.device_id for e in latest], read_from, pool)
+                # A device without a latest state (a correction moved its newest event to another device) gets
+                # none, as the change feed leaves it none, but its critical list, stream candidates and markers.
+                latest = [self._decided(row.latest) for row in rows if row.latest is not None]
+                critical = self._critical([row.device_id for row in rows], read_from, pool)
                 self._cache.write(build.generation, latest, critical, since_ms)
                 position = rows[-1].token
                 self._cache.save_position(build.generation, position)
                 report.devices += len(rows)
-                report.events += len(rows) + sum(len(events) for events in critical.values())
+                report.events += len(latest) + sum(len(events) for events in critical.values())
                 report.seconds = time.monotonic() - started
                 if progress is not None:
                     progress(report, token_fraction(position))
@@ -296,13 +299,14 @@ class RebuildService:
         row = self._device(device)
         ids = {str(event.event_id) for event in self._log.critical(device, since_ms)}
         self._charge()
-        return ids | ({str(row.latest.event_id)} if row else set())
+        return ids | ({str(row.latest.event_id)} if row and row.latest else set())
 
     def rebuild_devices(self, devices: Sequence[str], *, since_ms: int = SINCE_ALL,
                         progress: Progress | None = None) -> RebuildReport:
         """Rebuild only ``devices``, in the live generation (see the module docstring).
 
-        An id the log has no device of (``device_latest``: a typo, a device never seen) is not counted among the
+        An id the log has no device of (no position in ``device_latest``: a typo, a device never seen; a device
+        whose newest event a correction moved away still has one, and is rebuilt) is not counted among the
         devices rebuilt but listed in ``report.not_found``; its keys are cleared all the same, so the cache holds
         for it what the log does: nothing. An id named twice (pasted twice, a shell list with repeats) is rebuilt,
         counted and listed once, in the order first named."""
@@ -319,12 +323,13 @@ class RebuildService:
             self._cache.clear(device, self._event_ids(device, since_ms))
             row = self._device(device)
             events = self._critical_events(device, since_ms)
-            self._cache.refresh(device, self._decided(row.latest) if row else None, events, since_ms)
-            if row is None:
+            latest = self._decided(row.latest) if row and row.latest else None
+            self._cache.refresh(device, latest, events, since_ms)
+            if row is None:  # no position: not a device without a latest state (its newest event moved away)
                 not_found.append(device)
             else:
                 report.devices += 1
-            report.events += (1 if row else 0) + len(events)
+            report.events += (1 if latest else 0) + len(events)
             report.seconds = time.monotonic() - started
             if progress is not None:
                 progress(report, index / len(devices))

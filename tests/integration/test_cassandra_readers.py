@@ -24,6 +24,7 @@ from shared.adapters.cassandra.reader import CassandraEventReader
 from shared.adapters.cassandra.session import build_cluster
 from shared.adapters.cassandra.window_reader import CassandraWindowReader
 from shared.exceptions import DependencyUnavailable
+from shared.ports.rebuild import DeviceRow
 from shared.settings import CassandraSettings
 from sluice.launcher import Running
 from tests.fixtures.memory import traced
@@ -159,8 +160,9 @@ def test_a_window_read_never_holds_every_row_beside_its_events(private_cassandra
 
 def test_a_position_naming_an_event_events_by_id_does_not_give_reads_as_no_state(stored, caplog) -> None:
     """device_latest is read for the position only, the event from events_by_id. A position naming an event that
-    table lacks (written before ingest wrote device_latest last) or holds for another device reads as no state,
-    logged; the rebuild's scan goes on past a page of only such devices."""
+    table lacks (written before ingest wrote device_latest last) or holds for another device (a correction moved
+    it) reads as no state, logged; the rebuild's log still lists such a device, without a latest state (its
+    critical events are its own), in the scan as in a read of one device."""
     session, cfg, _ = stored
     reader = CassandraEventReader(session, cfg.keyspace)
     taken = reader.latest("dev-1")
@@ -174,11 +176,13 @@ def test_a_position_naming_an_event_events_by_id_does_not_give_reads_as_no_state
     # A page of only dangling devices comes before the scan's last device: the scan must go on past it
     assert min(map(device_token, dangling)) < max(device_token(f"dev-{i}") for i in range(6))
 
-    assert reader.latest("lost-0") is None and reader.latest("other") is None and log.device("other") is None
+    assert reader.latest("lost-0") is None and reader.latest("other") is None
+    assert log.device("other") == DeviceRow(device_token("other"), "other", None)
+    assert log.device("nobody") is None
     assert [e.device_id for e in reader.latest_many(["lost-1", "dev-2", "other"])] == ["dev-2"]
     position, scanned = None, []
     while rows := log.devices(position, 1):  # as the rebuild pages: a page of one device
-        scanned += [row.latest.device_id for row in rows]
+        scanned += [(row.device_id, None if row.latest is None else row.latest.device_id) for row in rows]
         position = rows[-1].token
-    assert scanned == [device for device in ordered if device.startswith("dev-")]
+    assert scanned == [(device, device if device.startswith("dev-") else None) for device in ordered]
     assert "which events_by_id lacks" in caplog.text and "holds for device 'dev-1'" in caplog.text

@@ -191,7 +191,7 @@ def latest_states(keyspace: str, device: str) -> dict[str, StoredEvent | None]:
         "asyncio": asyncio.run(CassandraAsyncEventReader(reader).latest(device)),
         "latest_many": next(iter(reader.latest_many([device])), None),
         "rebuild device": None if row is None else row.latest,
-        "rebuild scan": next((r.latest for r in log.devices(None, 1000) if r.latest.device_id == device), None),
+        "rebuild scan": next((r.latest for r in log.devices(None, 1000) if r.device_id == device), None),
     }
 
 

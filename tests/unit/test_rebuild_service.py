@@ -86,7 +86,7 @@ def ev(device: str, critical: bool = False) -> StoredEvent:
 
 class Log:
     def __init__(self, devices: int) -> None:
-        self.rows = [DeviceRow(token, ev(f"d{token}")) for token in range(devices)]
+        self.rows = [DeviceRow(token, f"d{token}", ev(f"d{token}")) for token in range(devices)]
         self.rows_read = 0
 
     def devices(self, after, limit):
@@ -95,7 +95,7 @@ class Log:
         return page
 
     def device(self, device_id):
-        found = next((r for r in self.rows if r.latest.device_id == device_id), None)
+        found = next((r for r in self.rows if r.device_id == device_id), None)
         self.rows_read += 2 if found else 0
         return found
 
@@ -156,6 +156,33 @@ def test_position_is_saved_after_the_page_it_covers_and_a_resume_starts_after_it
     assert report.fields()["events_per_second"] >= 0
 
 
+def test_a_device_whose_newest_event_moved_away_gets_its_critical_events_but_no_latest_state():
+    """A correction that moved a device's newest event to another device leaves it a position and no latest
+    state: the rebuild writes none for it, as the change feed leaves none, but still its critical events; and
+    ``--devices`` rebuilds it rather than call it no device of the log."""
+    log = Log(3)
+    log.rows[1] = DeviceRow(1, "d1", None)
+    written: list[tuple[list[str], list[str]]] = []
+
+    class Capture(Builder):
+        def write(self, generation, latest, critical, since_ms):
+            written.append(([e.device_id for e in latest], list(critical)))
+
+    report = RebuildService(log, Capture()).rebuild()
+    assert written == [(["d0", "d2"], ["d0", "d1", "d2"])]
+    assert (report.devices, report.events) == (3, 5)
+
+    refreshed: list[tuple[str, object, int]] = []
+
+    class Refresh(Builder):
+        def refresh(self, device_id, latest, critical, since_ms):
+            refreshed.append((device_id, latest, len(critical)))
+
+    report = RebuildService(log, Refresh()).rebuild_devices(["d1"])
+    assert refreshed == [("d1", None, 1)]
+    assert (report.devices, report.events, report.not_found) == (1, 1, [])
+
+
 def test_token_fraction_spans_the_ring():
     assert token_fraction(None) == 0.0
     assert token_fraction(2**63 - 1) == pytest.approx(1.0)
@@ -168,8 +195,8 @@ def test_rows_without_the_critical_flag_are_decided_by_the_rules_as_the_change_f
     from shared.domain.rules import MeasurementRule
 
     log = Log(2)
-    log.rows = [DeviceRow(0, replace(ev("hot"), critical=None, measurements={"temperature": 95.0})),
-                DeviceRow(1, replace(ev("cool"), critical=None, measurements={"temperature": 20.0}))]
+    log.rows = [DeviceRow(0, "hot", replace(ev("hot"), critical=None, measurements={"temperature": 95.0})),
+                DeviceRow(1, "cool", replace(ev("cool"), critical=None, measurements={"temperature": 20.0}))]
     seen = []
 
     class Capture(Builder):

@@ -7,7 +7,10 @@ position a killed rebuild can resume from: the token of the last device written
 Cosmos DB use). ``device_latest`` gives each device's position only (which event
 is its newest); the events themselves come from ``events_by_id``, 100 ids a
 request, a page's requests sent together (``reader.py`` says why the content is
-not read from ``device_latest``). Critical events come from
+not read from ``device_latest``). A device whose position names an event that
+table holds for another device (a correction moved its newest event away) is
+listed all the same, without a latest state: its critical events are its own.
+Critical events come from
 ``critical_events_by_device``, one partition per device, paged by the driver,
 less the rows their event's copy in ``events_by_id`` supersedes (a correction
 to another event time, or to an event no longer critical, leaves the old row
@@ -87,8 +90,9 @@ class CassandraDeviceLog:
         return self._counted(self._queries.rows(name, params, what))
 
     def devices(self, after: int | None, limit: int) -> list[DeviceRow]:
-        # A device whose event events_by_id does not give (see reader.latest_event) is left out; a page of only
-        # such devices is not the end of the scan, so the next page is read.
+        # Every device with a position, one whose event events_by_id does not give (see reader.latest_event: a
+        # correction moved it to another device) with no latest state, as its critical events are still its own.
+        # A page of only rows naming no event is not the end of the scan, so the next page is read.
         while True:
             if after is None:
                 rows = self._rows("first", (limit,), "the first devices")
@@ -99,8 +103,8 @@ class CassandraDeviceLog:
             chunks = [(ids[start:start + _IDS_PER_READ],) for start in range(0, len(ids), _IDS_PER_READ)]
             pages = [self._counted(page) for page in self._queries.fan_out(
                 "events", chunks, f"the latest events of {len(ids)} devices", concurrency=_EVENT_READS)]
-            found = [DeviceRow(device_token(device_id), event)
-                     for device_id, event in latest_events(devices, (row for page in pages for row in page))]
+            latest = dict(latest_events(devices, (row for page in pages for row in page)))
+            found = [DeviceRow(device_token(device_id), device_id, latest.get(device_id)) for device_id in devices]
             if found or len(rows) < limit:
                 return found
             after = device_token(rows[-1].device_id)
@@ -111,8 +115,8 @@ class CassandraDeviceLog:
             return None
         event_id = rows[0].event_id
         found = self._rows("event", (event_id,), f"event {event_id}, the latest of device {device_id!r}")
-        event = latest_event(device_id, event_id, found[0] if found else None)
-        return None if event is None else DeviceRow(device_token(device_id), event)
+        return DeviceRow(device_token(device_id), device_id, latest_event(device_id, event_id,
+                                                                          found[0] if found else None))
 
     def critical(self, device_id: str, since_ms: int) -> list[StoredEvent]:
         what = f"the critical events of device {device_id!r}"
