@@ -40,7 +40,7 @@ from redis.exceptions import NoScriptError
 
 from shared.adapters.redis import RedisChangeSink, sort_key
 from shared.adapters.redis.base import Command
-from shared.adapters.redis.client import calling
+from shared.adapters.redis.client import as_text, calling
 from shared.adapters.redis.keys import Keys
 from shared.domain.stored import StoredEvent
 from shared.domain.times import to_ms
@@ -131,17 +131,28 @@ class RedisCacheBuilder:
         their event, the set from its most recently enqueued event (each renewed it), or, without one, from the
         device's latest state. A key with nothing left is not written; a set that is keeps all its events (the
         feed's set holds them however old while a newer one renews it), and each gets its ``e:<id>`` for at
-        least the stale marker seconds, long enough for the check."""
+        least the stale marker seconds, long enough for the check.
+
+        Each latest state goes with a ``fill_event`` in its ``stale`` mode naming the event's device, which notes
+        the device in ``e:<id>`` (field ``o``) as the feed does: a correction the feed applies later that moves
+        the event to another device then drops this state; one it applied after the log was read answers here,
+        and the second pipeline drops the state (``unlatest``). A quiet rebuild writes no such state."""
         sink = self._sink
         sha, cap, marker = sink.sha, sink.critical_cap, sink.stale_marker_seconds
         now_ms = int(self._clock() * 1000)
         first: list[Command] = []
         latest_left: dict[str, int] = {}
+        owners: list[tuple[int, StoredEvent]] = []  # the place of each latest event's owner note, and the event
         for event in latest:
             latest_left[event.device_id] = left = self._left(event, now_ms)
             if left > 0:
                 first.append(("EVALSHA", sha["latest"], 1, keys.latest(event.device_id), sort_key(event),
                               event.to_json(), left))
+                # The owner note (field o of e:<id>) the feed leaves for the event, so that a move the feed applies
+                # after this write drops this state; and its answer where the feed already applied one.
+                owners.append((len(first), event))
+                first.append(("EVALSHA", sha["fill_event"], 1, keys.event(event.event_id), event.enqueued_text(),
+                              "", "stale", marker, event.device_id))
         sets: list[tuple[str, list[StoredEvent], int, int]] = []  # device, the events kept, covers, the set's TTL
         fills: list[tuple[int, str, StoredEvent]] = []  # the place of each fill_event, its device and event
         candidates: dict[int, list[object]] = {}  # per stream shard: event time, document of each event offered
@@ -181,6 +192,11 @@ class RedisCacheBuilder:
         replies = self._run(first, what)
         refused = {(device, event.event_id) for at, device, event in fills if replies[at] == 0}
         second: list[Command] = []
+        for at, event in owners:  # {{device, time}, reply}: a move the feed applied to the event
+            reply = replies[at]
+            if isinstance(reply, list) and reply and isinstance(reply[0], list):
+                device, enqueued = as_text(reply[0][0]), as_text(reply[0][1])
+                second.append(("EVALSHA", sha["unlatest"], 1, keys.latest(device), str(event.event_id), enqueued))
         for device, kept, covers, set_left in sets:
             current = [event for event in kept if (device, event.event_id) not in refused]
             second += self._fill_critical(keys, device, current, covers, set_left, now_ms)

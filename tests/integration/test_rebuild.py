@@ -447,7 +447,8 @@ def test_devices_rebuild_replaces_a_wrong_event_document_as_a_full_rebuild_does(
     rclient.hset(key, "d", wrong)
     latest = json.loads(rclient.hget(cache.keys.latest("dev-0"), "d"))
     cached_latest = cache.keys.event(latest["event_id"])
-    assert latest["severity"] != "critical" and not rclient.exists(cached_latest)
+    # no document of it (the rebuild's notes only: it notes the device of each latest state it writes)
+    assert latest["severity"] != "critical" and not rclient.hexists(cached_latest, "d")
     rclient.hset(cached_latest, "d", b'{"bogus":true}')  # a lookup cached the device's latest event, wrongly
 
     service = RebuildService(CassandraDeviceLog(session, keyspace), RedisCacheBuilder(cache, settle_seconds=0))
@@ -995,3 +996,144 @@ def test_an_event_the_feed_applies_while_the_rebuild_holds_its_device_is_kept_as
     assert served == str(newer.body.event_id), (
         f"after the rebuild Redis serves {served} as the latest state of {device}; the log's newest is "
         f"{newer.body.event_id}, which the change feed applied during the rebuild")
+
+
+def _moved_away(store, now: datetime) -> tuple[str, str, StoredEvent, uuid.UUID]:
+    """Device ``old`` with a critical event and a newer one, which a correction then moved to device ``new``:
+    ``old`` keeps its ``device_latest`` position and its alarm, but has no latest state."""
+    old, new = f"dev-{uuid.uuid4().hex[:8]}", f"dev-{uuid.uuid4().hex[:8]}"
+    alarm = cf.make_event(old, now - timedelta(minutes=8), severity="critical", enqueued=now - timedelta(minutes=7))
+    moved_id = uuid.uuid4()
+    store.write([alarm, cf.make_event(old, now - timedelta(minutes=5), event_id=moved_id,
+                                      enqueued=now - timedelta(minutes=4))])
+    store.write([cf.make_event(new, now - timedelta(minutes=5), event_id=moved_id,
+                               enqueued=now - timedelta(seconds=2))])  # the correction: another device id
+    return old, new, alarm.body, moved_id
+
+
+def _stream_ids(rclient, cache: RedisChangeSink, limit: int = 50) -> list[str]:
+    stream = RedisCriticalStream(rclient, key_prefix=cache.key_prefix, stream_shards=cache.stream_shards)
+    return [doc["event_id"] for doc in stream.recent(limit)]
+
+
+@pytest.mark.timeout(60)
+def test_full_rebuild_keeps_the_critical_events_of_a_device_whose_newest_event_moved(
+        session, keyspace, store, rclient, redis_prefix):
+    """docs/redis-layout.md: a rebuild equals what the change feed writes; the rebuilt stream holds the candidates
+    the feed's shard would still hold, with a marker per critical event. A device whose newest event a correction
+    moved to another device has no latest state, and the full rebuild skipped the device altogether: its critical
+    events vanished from the stream and got no marker (a replay would append them again). Expected: the device
+    gets no latest state, but its critical list, stream entries and markers."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    old, _, alarm, _ = _moved_away(store, now)
+    cache = cache_for(rclient, redis_prefix)
+    cf.make_service("cosmos", session, keyspace, cache).run()
+    assert str(alarm.event_id) in _stream_ids(rclient, cache)  # the feed's stream lists the alarm
+
+    rebuild(session, keyspace, cache)
+
+    assert str(alarm.event_id) in _stream_ids(rclient, cache), "the rebuilt stream lost the old device's alarm"
+    assert rclient.exists(cache.keys.seen(old, alarm.event_id)), "no stream marker: a replay would append it again"
+    assert _critical_ids(cache, old) == [str(alarm.event_id)]
+    assert cf.latest_doc(rclient, cache, old) is None
+
+
+@pytest.mark.timeout(60)
+def test_devices_rebuild_does_not_call_a_device_whose_newest_event_moved_no_device_of_the_log(
+        session, keyspace, store, rclient, redis_prefix):
+    """docs/operations.md: ``rebuild redis --devices`` exits 1 when "a --devices id is no device of the log". A
+    device whose newest event a correction moved to another device still has its ``device_latest`` position and
+    its other events, and the rebuild rewrote its critical list, yet it was listed as not found ("check the ids",
+    exit 1) and not counted as rebuilt."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    old, _, alarm, _ = _moved_away(store, now)
+    cache = cache_for(rclient, redis_prefix)
+
+    report = RebuildService(CassandraDeviceLog(session, keyspace),
+                            RedisCacheBuilder(cache, settle_seconds=0.0)).rebuild_devices([old])
+
+    assert _critical_ids(cache, old) == [str(alarm.event_id)]  # the device was rebuilt from the log ...
+    assert report.not_found == [] and report.devices == 1  # ... so it is no unknown id
+    assert cf.latest_doc(rclient, cache, old) is None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("note", ["kept", "expired"])
+def test_a_move_the_feed_applies_during_a_rebuild_does_not_leave_the_old_devices_latest_in_the_new_generation(
+        session, keyspace, store, rclient, redis_prefix, note):
+    """docs/redis-layout.md ("Why the result equals a quiet rebuild"): a change the feed applies after the rebuild
+    wrote a device reaches the building generation through the same merges. A correction that moves a
+    non-critical event to another device makes the feed drop the old device's latest state where ``e:<id>``
+    notes the old device (field ``o``); the rebuild wrote the old device's state into the building generation
+    without that note, so the state stayed there, and after the switch ``/latest`` served the moved copy although
+    the store, and a quiet rebuild, have none. With the building generation's note gone (``expired``: it lives
+    the stale marker seconds from the rebuild's write) the live generation's answer drops it there too."""
+    from shared.adapters.cassandra.reader import CassandraEventReader
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    old, new = f"dev-{uuid.uuid4().hex[:8]}", f"dev-{uuid.uuid4().hex[:8]}"
+    moved_id = uuid.uuid4()
+    store.write([cf.make_event(old, now - timedelta(minutes=5), event_id=moved_id,
+                               enqueued=now - timedelta(seconds=3))]
+                + [cf.make_event(f"dev-other-{i}", now - timedelta(minutes=6), enqueued=now - timedelta(minutes=6))
+                   for i in range(4)])
+    cache = cache_for(rclient, redis_prefix)
+    feed = cf.make_service("cosmos", session, keyspace, cache)
+    feed.run()
+    assert cf.latest_doc(rclient, cache, old)["event_id"] == str(moved_id)
+    corrected: list[int] = []
+
+    def correction_arrives(report, fraction) -> None:
+        building = cache.generations.read().building
+        if corrected or not rclient.exists(cache.keys_of(building).latest(old)):
+            return
+        # the rebuild has written the old device: the correction now reaches the building generation via the feed
+        if note == "expired":
+            rclient.delete(cache.keys_of(building).event(moved_id))
+        store.write([cf.make_event(new, now - timedelta(minutes=5), event_id=moved_id,
+                                   enqueued=datetime.now(UTC) - timedelta(seconds=1))])
+        feed.run()
+        assert cf.latest_doc(rclient, cache, old) is None  # the live generation dropped it
+        corrected.append(building)
+
+    RebuildService(CassandraDeviceLog(session, keyspace), RedisCacheBuilder(cache, settle_seconds=0.0),
+                   page_size=1).rebuild(progress=correction_arrives)
+    assert corrected and cache.generations.read().live == corrected[0]
+
+    assert CassandraEventReader(session, keyspace, timeout=5).latest(old) is None
+    assert cf.latest_doc(rclient, cache, new)["event_id"] == str(moved_id)
+    assert cf.latest_doc(rclient, cache, old) is None, "the rebuilt generation serves the moved copy as /latest"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["full", "devices"])
+def test_a_move_the_feed_applies_while_the_rebuild_holds_the_old_device_does_not_leave_its_latest(
+        session, keyspace, store, rclient, redis_prefix, kind):
+    """The reverse order: the rebuild read the old device's latest state, the feed then applies the correction that
+    moves the event to another device (nothing to drop yet where the rebuild writes), then the rebuild writes the
+    state it read. Expected: the rebuild, which notes the event's device in ``e:<id>`` with the state, is told of
+    the move there and drops the state, so the result equals a quiet rebuild."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    old, new = f"dev-{uuid.uuid4().hex[:8]}", f"dev-{uuid.uuid4().hex[:8]}"
+    moved_id = uuid.uuid4()
+    store.write([cf.make_event(old, now - timedelta(minutes=5), event_id=moved_id,
+                               enqueued=now - timedelta(seconds=3))])
+    cache = cache_for(rclient, redis_prefix)
+    feed = cf.make_service("cosmos", session, keyspace, cache)
+    feed.run()
+
+    def correction_arrives() -> None:
+        store.write([cf.make_event(new, now - timedelta(minutes=5), event_id=moved_id,
+                                   enqueued=datetime.now(UTC) - timedelta(seconds=1))])
+        feed.run()
+
+    log = CassandraDeviceLog(session, keyspace)
+    service = RebuildService(AfterCriticalRead(log, old, correction_arrives, read=1 if kind == "full" else 2),
+                             RedisCacheBuilder(cache, settle_seconds=0.0))
+    if kind == "full":
+        service.rebuild()
+    else:
+        service.rebuild_devices([old])
+
+    assert log.device(old) is not None and log.device(old).latest is None  # type: ignore[union-attr]
+    assert cf.latest_doc(rclient, cache, old) is None, f"after the {kind} rebuild Redis serves the moved copy"

@@ -35,8 +35,10 @@ Where a copy comes under another device than the newest one the feed applied bef
 (``fill_event`` keeps "<enqueued time> <device>" in field ``o``), ``fill_event``
 answers the device whose latest state may still name the event as a superseded copy
 (the old device at a correction; the copy's own when the original is read again), and
-the second pipeline sends ``unlatest`` there: the store has no latest state for it,
-nor writes a rebuild one. That device is not reported as missing, so ``put_latest``
+the second pipeline sends ``unlatest`` there, in every generation written (one
+generation's answer is enough: the other's ``e:<id>`` may lack the note): the store
+has no latest state for it, nor writes a rebuild one (which leaves the note with each
+latest state it writes, ``RedisCacheBuilder._write``). That device is not reported as missing, so ``put_latest``
 does not write the superseded copy back. An event that never was corrected costs no
 command more (``o`` goes in the ``HSET`` each mode makes anyway).
 
@@ -84,20 +86,21 @@ class RedisChangeSink(ScriptedRedis):
         self.critical_cap = critical_per_device_max
         self._shard_max = -(-critical_stream_max // stream_shards)
 
-    def commands(self, events: Sequence[StoredEvent]
+    def commands(self, events: Sequence[StoredEvent], generations: Sequence[Keys] | None = None
                  ) -> tuple[list[Command], list[str], list[tuple[int, StoredEvent, Keys]]]:
         """The ``EVALSHA`` argument tuples that apply ``events`` (the newest event per device sets its latest,
         in the live generation where its key exists), the ``latest`` ones last, the live generation's at the very
         end; the device of each of those live ones, in their order; and the place of each ``fill_event`` command
         with its event and generation.
 
-        Every write goes to each generation of :meth:`write_keys` (two while a rebuild runs).
+        Every write goes to each of ``generations`` (default :meth:`write_keys`: two while a rebuild runs).
         """
         newest: dict[str, StoredEvent] = {}
         documents: dict[int, str] = {}  # by id(event): encoded once, for its critical commands and its latest
         by_id: list[tuple[int, StoredEvent, Keys]] = []
         commands: list[Command] = []
-        generations, ttl, cap, marker_ttl = self.write_keys(), self._ttl, self.critical_cap, self.stale_marker_seconds
+        generations = self.write_keys() if generations is None else list(generations)
+        ttl, cap, marker_ttl = self._ttl, self.critical_cap, self.stale_marker_seconds
         sha = self.sha
         latest_sha, critical_sha, stream_sha, event_sha = (
             sha["latest"],
@@ -140,7 +143,8 @@ class RedisChangeSink(ScriptedRedis):
     def apply(self, events: Sequence[StoredEvent]) -> list[str]:
         if not events:
             return []
-        commands, devices, by_id = self.commands(events)
+        generations = self.write_keys()
+        commands, devices, by_id = self.commands(events, generations)
         replies = self.pipeline(commands, f"writing {len(events)} changed events", **self._wait)
         leaving: dict[str, tuple[str, str]] = {}  # member key -> its set's key, the newest copy's enqueued time
         moved: dict[tuple[str, str], str] = {}  # (latest key, event id) -> the moved copy's enqueued time
@@ -149,9 +153,12 @@ class RedisChangeSink(ScriptedRedis):
             reply = replies[at]
             if isinstance(reply, list) and reply and isinstance(reply[0], list):  # {{device, time}, reply}
                 device, enqueued = as_text(reply[0][0]), as_text(reply[0][1])
-                target = (keys.latest(device), str(event.event_id))
-                if target not in moved or moved[target] < enqueued:
-                    moved[target] = enqueued
+                # to every generation written: one whose e:<id> lacks the note (o expired there, or the rebuild
+                # wrote it before this release) would keep a state the store no longer has
+                for written in generations:
+                    target = (written.latest(device), str(event.event_id))
+                    if target not in moved or moved[target] < enqueued:
+                        moved[target] = enqueued
                 moved_from.add(device)
                 reply = reply[1]
             for device, enqueued in _leaving(reply, event):
