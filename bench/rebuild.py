@@ -14,8 +14,9 @@ against the machine's Redis, each under a fresh key prefix:
   positions in ``device_latest``, their events from ``events_by_id`` 100 ids a
   request, each device's ``critical_events_by_device`` partition with the driver's
   ``execute_concurrent_with_args`` at the same concurrency) and plain pipelined
-  writes of the same keys (``HSET`` latest and events, ``ZADD`` the critical sets,
-  ``XADD`` the newest critical events to the stream), one pipeline per page.
+  writes of the same keys (``HSET`` latest, its event's owner note and the critical
+  events, ``ZADD`` the critical sets, ``XADD`` the newest critical events to the
+  stream), one pipeline per page.
 
 Ours and raw alternate over ``--rounds`` rounds (which goes first alternates), so
 load from other processes hits both alike. Events counted: rows read (one latest
@@ -107,6 +108,8 @@ def raw(client: redis.Redis, session: Session, ks: str, prefix: str) -> int:
         for event, (ok, result) in zip(page, results, strict=True):
             assert ok, result
             pipe.hset(f"{prefix}d:{{{event.device_id}}}:latest", mapping={"k": sort_key(event), "d": event.to_json()})
+            # the owner note ours leaves with each latest state (field o of e:<id>), so a later move drops it
+            pipe.hset(f"{prefix}e:{event.event_id}", "o", f"{event.enqueued_text()} {event.device_id}")
             docs = {}
             for row in result:
                 e = stored_event(row)
