@@ -207,17 +207,26 @@ class LookupService:
         devices leaves nothing in Redis for longer than their negative latest entries.
         """
         limit = limit or self.critical_default_limit
-        device = await self.latest(device_id)
+        # Event times are whole milliseconds: an event is at or after `since` when it is at or after `since` rounded
+        # up, the bound both Redis (its score) and Cassandra (which cuts a bound value to milliseconds, and would
+        # take the millisecond before) are asked with. After 9999-12-31T23:59:59.999Z no event can be (nor a datetime).
+        since_ms = SINCE_ALL if since is None else to_ms_ceil(since)
+        what = f"the critical events of {device_id!r}"
+        try:
+            device = await self.latest(device_id)
+        except DependencyUnavailable:
+            # Cassandra failed the latest state, whose entry expired or was evicted before the critical set (each
+            # has its own TTL jitter, and the feed renews them on different events). A cached list naming events is
+            # the answer whatever that state is (a device without one lists its events too); an empty one is not:
+            # it is a 404 for an unknown device, so without the latest state it stays a 503.
+            if since_ms <= _LAST_MS and (cached := await self._from_cache(
+                    lambda: self._cache.get_critical(device_id, since_ms, limit), what)):
+                return Lookup(_critical_body(device_id, cached), "hit")
+            raise
+        if since_ms > _LAST_MS:
+            return Lookup(_critical_body(device_id, []), device.outcome) if device.found else device
         if since is not None:
-            # Event times are whole milliseconds: an event is at or after `since` when it is at or after `since`
-            # rounded up, the bound both Redis (its score) and Cassandra (which cuts a bound value to milliseconds,
-            # and would take the millisecond before) are asked with.
-            since_ms = to_ms_ceil(since)
-            if since_ms > _LAST_MS:  # after 9999-12-31T23:59:59.999Z: no event can be there (nor a datetime)
-                return Lookup(_critical_body(device_id, []), device.outcome) if device.found else device
             since = from_ms(since_ms)
-        else:
-            since_ms = SINCE_ALL
         want = max(limit, self._critical_cap)
         # Rows of one event id re-sent with another event time (a correction) are collapsed to the copy Redis keeps
         # (one_copy_each), so a miss lists what the hit after its fill lists. A row whose event has a copy outside
@@ -242,7 +251,7 @@ class LookupService:
             await self._cache.fill_critical(device_id, events, covers, ttl)
 
         docs, outcome = await self.get_or_load(
-            ("critical", device_id, since_ms, limit, device.found), f"the critical events of {device_id!r}",
+            ("critical", device_id, since_ms, limit, device.found), what,
             lambda: self._cache.get_critical(device_id, since_ms, limit),
             read, fill, lambda found: [event.to_json() for event in found[1][:limit]])
         if not device.found and not docs:

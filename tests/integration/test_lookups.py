@@ -468,6 +468,45 @@ def test_a_hung_cassandra_is_503_within_the_lookup_timeout_and_health_says_down(
 
 
 @pytest.mark.timeout(60)
+def test_cached_critical_events_are_served_while_cassandra_is_down_even_if_the_latest_entry_expired_first(
+        app_env, store, cassandra_emulator, redis_url) -> None:
+    """docs/api.md, Cache-aside 5: Cassandra down, cached data is still served.
+
+    A device's latest state and its critical set are cached with TTLs drawn independently (cache TTL + 0..jitter
+    each), so the latest entry can expire (or be evicted) before the set. With Cassandra hung, the critical list
+    Redis holds complete is still the answer, not a 503 for the latest state Cassandra did not answer.
+    """
+    import redis
+
+    from emulators.cassandra.faults import clear_faults, inject_faults
+
+    app_env(SLUICE_LOOKUP_CASSANDRA_TIMEOUT_SECONDS="1")
+    stored = make_event("crit-cached-1", NOW - timedelta(minutes=1), severity="critical")
+    store.write([stored])
+    first = critical("crit-cached-1")
+    assert first.status_code == 200 and first.headers["X-Cache"] == "miss"
+    assert critical("crit-cached-1").headers["X-Cache"] == "hit"  # the set is cached and complete
+
+    keys = run(bootstrap.lookup_service()._cache.keys())
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.delete(keys.latest("crit-cached-1")) == 1  # its TTL ran out first (independent jitter)
+        assert client.exists(keys.critical("crit-cached-1"))
+    finally:
+        client.close()
+
+    inject_faults(cassandra_emulator.host, cassandra_emulator.port, error="delay", ratio=1.0, applies_to="reads",
+                  delay_ms=5_000)
+    try:
+        during = critical("crit-cached-1")
+    finally:
+        clear_faults(cassandra_emulator.host, cassandra_emulator.port)
+    assert during.status_code == 200, during.get_body()
+    assert during.headers["X-Cache"] == "hit"
+    assert [e["event_id"] for e in body(during)["events"]] == [str(stored.event_id)]
+
+
+@pytest.mark.timeout(60)
 def test_each_lookup_is_counted_under_its_route_with_its_cache_outcome_and_status(app_env, store, sdk) -> None:  # noqa: F811 (sdk: the fixture)
     """sluice.lookup.requests and .duration, through the registered functions (no SDK call per event)."""
     app_env()

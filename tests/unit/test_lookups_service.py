@@ -27,7 +27,7 @@ def ev(device="d1", minutes=0, critical=False) -> StoredEvent:
 class FakeCache:
     def __init__(self):
         self.latest, self.events, self.fills, self.down = {}, {}, [], False
-        self.critical_fills = []
+        self.critical_fills, self.critical = [], {}
 
     def _check(self):
         if self.down:
@@ -53,7 +53,7 @@ class FakeCache:
 
     async def get_critical(self, device_id, since_ms, limit):
         self._check()
-        return
+        return self.critical.get(device_id)  # what a lookup's fill left, known complete
 
     async def fill_critical(self, device_id, events, covers_since_ms, ttl):
         self._check()
@@ -341,6 +341,26 @@ async def test_critical_of_a_device_without_a_latest_state_lists_its_critical_ev
     answer = await service.critical("d9")
     assert [e["event_id"] for e in json.loads(answer.document)["events"]] == [str(crit.event_id)]
     assert not (await service.critical("d8")).found
+
+
+@sync
+async def test_cassandra_down_serves_a_cached_critical_list_without_the_latest_state_but_not_an_empty_one():
+    """The latest entry expired before the critical set and Cassandra is down: a cached list naming events is served
+    (as it would be for a device without a latest state); an empty one may be a device that does not exist (404)
+    as well as one without critical events (200), so without the latest state it stays a 503, as does nothing."""
+    crit = ev(device="d1", minutes=5, critical=True)
+    service, cache, reader, _ = make([crit])
+    cache.critical["d1"], cache.critical["nobody"] = [crit.to_json()], []
+    reader.down = True
+    answer = await service.critical("d1")
+    assert answer.outcome == "hit"
+    assert [e["event_id"] for e in json.loads(answer.document)["events"]] == [str(crit.event_id)]
+    for device in ("nobody", "d2"):
+        with pytest.raises(DependencyUnavailable) as raised:
+            await service.critical(device)
+        assert raised.value.dependency == "cassandra"
+    with pytest.raises(DependencyUnavailable):  # beyond the last event time nothing is cached: the latest decides
+        await service.critical("d1", since=datetime.max.replace(tzinfo=UTC))
 
 
 @sync
