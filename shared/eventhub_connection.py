@@ -7,6 +7,11 @@ gauge, the audit, ``sluice lag``, ``sluice doctor keda``) sign in as the host do
 ``shared.settings.load_settings`` refuses a value the host or the Event Hubs SDK would
 refuse, so every pod with one fails its startup probe naming the variable, instead of
 ingest's trigger never listening and the status page failing on its first request.
+It also refuses an ``EntityPath`` other than ``SLUICE_INGEST_EVENTHUB_NAME``: the host
+lets the connection string's ``EntityPath`` win over the trigger's ``eventHubName``
+(EventHubClientFactory.NormalizeEventHubName), while azure-eventhub lets the explicit
+``eventhub_name`` Sluice's readers pass win over it, so ingest would consume one hub and
+the lag, the status page and the audit read another.
 No message echoes a connection string: it holds a key.
 """
 
@@ -41,6 +46,16 @@ def namespace(connection_string: str) -> str:
     return host
 
 
+def entity_path(connection_string: str) -> str:
+    """The hub a connection string's ``EntityPath`` names as the host reads it (EventHubsConnectionStringProperties:
+    keys compared ignoring case, keys and values trimmed); "" when it names none or cannot be read."""
+    try:
+        fields = parse_connection_string(connection_string, case_sensitive_keys=False)
+    except ValueError:
+        return ""
+    return next((value.strip() for key, value in fields.items() if key.strip() == "entitypath"), "")
+
+
 def identity_problems(env: Mapping[str, str]) -> list[str]:
     """What the host would not take in ``__credential`` and ``__clientId``, one line each."""
     credential = env.get(f"{CONNECTION}__credential") or None
@@ -55,9 +70,10 @@ def identity_problems(env: Mapping[str, str]) -> list[str]:
     return problems
 
 
-def problems(env: Mapping[str, str]) -> list[str]:
+def problems(env: Mapping[str, str], hub: str | None = None) -> list[str]:
     """Every value of these variables the host or the SDK would refuse, one line each (none unset: the status
-    page's lag then says ``not_configured``)."""
+    page's lag then says ``not_configured``), and an ``EntityPath`` naming another hub than ``hub`` (the
+    ``SLUICE_INGEST_EVENTHUB_NAME`` the readers pass) when it is given."""
     found = identity_problems(env)
     connection_string = env.get(CONNECTION)
     if connection_string:
@@ -65,4 +81,11 @@ def problems(env: Mapping[str, str]) -> list[str]:
             namespace(connection_string)
         except ValueError as exc:
             found.insert(0, str(exc))
+            return found
+        path = entity_path(connection_string)
+        if hub is not None and path and path.lower() != hub.lower():  # hub names ignore case (as `produce`)
+            found.insert(0, f"{CONNECTION}'s EntityPath names hub {path!r} but SLUICE_INGEST_EVENTHUB_NAME is "
+                            f"{hub!r}: the Functions host consumes the EntityPath hub, while the lag, the status "
+                            f"page, the audit and `sluice lag` would read {hub!r}; set SLUICE_INGEST_EVENTHUB_NAME "
+                            f"to {path!r} or leave EntityPath out of {CONNECTION}")
     return found

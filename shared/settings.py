@@ -344,7 +344,8 @@ class IngestSettings(_Group):
 
     eventhub_name: str = Field("telemetry", json_schema_extra=_BINDING_EXPRESSION, description=(
         "Event Hub the ingest function reads (e.g. `telemetry`); its trigger reads `%SLUICE_INGEST_EVENTHUB_NAME%`, "
-        "which has no default"))
+        "which has no default. An `EntityPath` in `EventHubConnection` must name the same hub (the host would "
+        "consume that one while the lag and the audit read this one): another one stops the start"))
     consumer_group: str = Field("$Default", json_schema_extra=_BINDING_EXPRESSION, description=(
         "Consumer group of the ingest function (e.g. `sluice`); its trigger reads `%SLUICE_INGEST_CONSUMER_GROUP%`, "
         "which has no default"))
@@ -1022,7 +1023,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         # the startup probe), rather than running a consuming worker without telemetry.
         problems.extend(telemetry_environment.problems(_environ.get() or {}))  # set above: the mapping validated
         # The host's Event Hubs connection, which ingest's trigger and the lag readers of every pod connect with.
-        problems.extend(eventhub_connection.problems(_environ.get() or {}))
+        # With the hub every reader names (SLUICE_INGEST_EVENTHUB_NAME), against an EntityPath the host would prefer.
+        ingest = groups.get("ingest")
+        problems.extend(eventhub_connection.problems(_environ.get() or {},
+                                                     ingest.eventhub_name if ingest is not None else None))
         if problems:
             raise ConfigurationError("invalid settings:\n  " + "\n  ".join(problems))
         try:

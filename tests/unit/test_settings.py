@@ -554,6 +554,23 @@ def test_an_event_hubs_connection_the_host_would_refuse_stops_the_start_naming_i
     {"EventHubConnection": "", "EventHubConnection__fullyQualifiedNamespace": "fleet.servicebus.windows.net",
      "EventHubConnection__credential": "managedidentity", "EventHubConnection__clientId": "0f1e"},
     {"EventHubConnection": ""},
-], ids=["azure key", "emulator, keys in any case", "signature", "identity", "none"])
+    {"EventHubConnection": AZURE_HUB + "; entitypath = Telemetry "},
+], ids=["azure key", "emulator, keys in any case", "signature", "identity", "none", "entity path of the same hub"])
 def test_an_event_hubs_connection_the_sdk_takes_is_accepted(values: dict[str, str]) -> None:
     load_settings(dict(SAMPLE, **values))
+
+
+@pytest.mark.parametrize("entity_path", ["EntityPath=orders", " entitypath = orders "])
+def test_an_entity_path_naming_another_hub_than_the_ingest_setting_stops_the_start(entity_path: str) -> None:
+    """The Functions host's Event Hubs extension (EventHubClientFactory.NormalizeEventHubName), and the dev host
+    after it, let a connection string's ``EntityPath`` win over the trigger's ``eventHubName``
+    (``%SLUICE_INGEST_EVENTHUB_NAME%``); azure-eventhub lets the ``eventhub_name`` Sluice's readers pass (the lag,
+    the status page, the audit, ``sluice lag``) win over it. With ``EntityPath=orders`` and ``telemetry`` ingest
+    consumed ``orders`` while every lag reading came from ``telemetry`` and its checkpoints: a silent wrong answer.
+    The pair stops the start, naming both settings, never the key."""
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(dict(SAMPLE, EventHubConnection=f"{AZURE_HUB};{entity_path}",
+                           SLUICE_INGEST_EVENTHUB_NAME="telemetry"))
+    message = str(caught.value)
+    assert "EntityPath" in message and "SLUICE_INGEST_EVENTHUB_NAME" in message and "'orders'" in message
+    assert "hunter" not in message
