@@ -34,7 +34,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
@@ -231,7 +231,7 @@ class HostEventHubConnection:
     host does.
     """
 
-    connection_string: str | None = None
+    connection_string: str | None = field(default=None, repr=False)  # holds the namespace's key
     fully_qualified_namespace: str | None = None
     managed_identity: bool = False
     client_id: str | None = None

@@ -140,3 +140,13 @@ def test_an_event_hubs_client_id_without_managedidentity_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="EventHubConnection__credential='secret'"):
         HostEventHubConnection.from_environ({"EventHubConnection__credential": "secret"})
     assert not HostEventHubConnection.from_environ({}).configured
+
+
+def test_the_host_event_hub_connection_never_shows_its_key() -> None:
+    """``HostEventHubConnection``'s generated ``repr`` (and ``str``) held the whole connection string: a ``%r``, an
+    assertion message or a traceback with locals printed the namespace's SharedAccessKey."""
+    key = "c2VjcmV0LWtleS1vZi10aGUtbmFtZXNwYWNlPQ=="
+    connection = HostEventHubConnection.from_environ({
+        "EventHubConnection": f"Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=listen;SharedAccessKey={key}"})
+    assert connection.configured
+    assert key not in repr(connection) and key not in str(connection), repr(connection)
