@@ -16,7 +16,11 @@ Cassandra ``AuthenticationFailed``):
 * ``refresh`` says whether the value changed (or differs from the one the store
   refused), so the caller retries only then;
 * once a value is cached, :meth:`RotatingSecret.value` never waits for a re-read
-  under way: it returns the cached value until the new one is read whole.
+  under way: it returns the cached value until the new one is read whole;
+* before that, callers of :meth:`RotatingSecret.value` that waited while the first
+  read ran take its outcome too: a failed one raises its error in each of them (the
+  next caller reads again), so a vault that does not answer at a cold start costs
+  one read for N connections opened together.
 
 Values are never logged or shown in ``repr``.
 """
@@ -78,6 +82,8 @@ class RotatingSecret:
         self._read_at: float | None = None  # when the last refresh's read ended (the first read does not count)
         self._reads = 0  # refresh reads finished (or failed) so far: a caller that saw this change while it waited
         # for the lock takes that read's outcome
+        self._first_reads = 0  # first reads (by value()) failed so far, and the last one's error: a caller that saw
+        self._first_error: Exception | None = None  # the count change while it waited raises that error
 
     @classmethod
     def fixed(cls, value: str) -> RotatingSecret:
@@ -98,13 +104,25 @@ class RotatingSecret:
         Once a value has been read this never waits: a refresh holds the lock for its whole vault read,
         and a caller on an event loop (the lookups' Redis log-in) must not stall behind it. It gets the
         value cached until the re-read ends (``refresh`` replaces it in one assignment, once read).
+        Callers that waited while a first read ran take its outcome: when it failed, its error, without
+        reading again (a black-holed vault costs one read, not one per waiting connection back to back).
         """
         cached = self._value  # one attribute read: atomic, no lock needed
         if cached is not None:
             return cached
+        failed_before = self._first_reads  # an int read: no lock needed to see it, only to change it
         with self._lock:
-            if self._value is None:
+            if self._value is not None:
+                return self._value
+            if self._first_reads != failed_before and self._first_error is not None:
+                raise self._first_error  # the read this caller waited for failed: its outcome is this one's
+            try:
                 self._value = self._fetch()
+            except Exception as exc:
+                self._first_error = exc
+                self._first_reads += 1
+                raise
+            self._first_error = None
             return self._value
 
     def refresh(self, reason: str = "an authentication failure", *, rejected: str | None = None) -> bool:

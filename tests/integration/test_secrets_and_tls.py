@@ -22,6 +22,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -45,7 +46,7 @@ from shared.adapters.keyvault import KeyVaultSecrets
 from shared.adapters.postgres.pool import make_pool
 from shared.adapters.redis.aio import AsyncRedisConnection
 from shared.adapters.redis.client import REDIS_ERRORS, RedisConnection
-from shared.adapters.secrets import RotatingSecret
+from shared.adapters.secrets import RotatingSecret, store_password
 from shared.exceptions import ConfigurationError, DependencyUnavailable
 from shared.services.history import BadToken, HistoryCursor
 from shared.settings import CassandraSettings, PostgresSettings, load_settings
@@ -661,6 +662,54 @@ def test_the_lookups_cold_start_reads_the_vault_off_the_event_loop(clean_env: py
         finally:
             vault.close()
     assert stalled < 0.5, f"the worker's event loop stood still for {stalled:.1f} s while the vault was read"
+
+
+# --- 15b. Connections waiting for the first read of a black-holed vault each read it again, one after another ----
+
+def test_connections_waiting_for_a_first_read_of_a_black_holed_vault_share_its_outcome() -> None:
+    """``RotatingSecret.value()`` reads the secret under its lock when nothing is cached yet (the lookups' Redis
+    password, ``store_password(read_now=False)``: each new connection calls it on a thread). When that read failed (a
+    black-holed vault: the adapter's timeouts and retries, ~45 s with its defaults), every connection that waited
+    behind the lock made its own full read, one after another: N connections opened together at a cold start cost N
+    vault reads back to back. As ``refresh`` does, the callers that waited take the read's error: one read in all."""
+    with socket.socket() as hole:  # a vault that accepts connections and never answers
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        vault = KeyVaultSecrets(f"https://127.0.0.1:{hole.getsockname()[1]}/", timeout=0.5, retries=0)
+        reads = 0
+
+        class CountingVault:
+            def fetch(self, name: str) -> str:
+                nonlocal reads
+                reads += 1
+                return vault.fetch(name)
+
+        secret = store_password(None, "redis-password", CountingVault, min_interval=5.0, read_now=False)
+        assert secret is not None
+        outcomes: list[str] = []
+        start = threading.Barrier(5)
+
+        def connection() -> None:
+            start.wait()
+            try:
+                secret.value()
+                outcomes.append("read")
+            except DependencyUnavailable:
+                outcomes.append("unavailable")
+
+        threads = [threading.Thread(target=connection) for _ in range(5)]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            assert outcomes == ["unavailable"] * 5
+            assert reads == 1, f"5 connections waiting for the first read of an unreachable vault made {reads} reads"
+            with pytest.raises(DependencyUnavailable):  # a later connection reads again (the vault may be back)
+                secret.value()
+            assert reads == 2
+        finally:
+            vault.close()
 
 
 # --- 16. A black-holed vault stalls the change feed's new Redis Cluster connections although nothing was rotated ---
