@@ -407,8 +407,10 @@ _JSON_WHITESPACE = b" \t\r\n"
 MAX_JSON_DEPTH = 200
 _RECURSION = "recursion limit exceeded"
 # The tokens that delimit a body's top-level values: whole strings (so their commas and brackets are skipped),
-# brackets, braces and commas.
-_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},]', re.DOTALL)
+# brackets, braces and commas, or a quote that opens a string never closed. That last one must be a token (as in
+# _DEEP_TOKENS): without it the search would go on from the next byte, inside the unclosed string, and at each of
+# its quotes scan to the end of the body again, which is quadratic (``"\\"\\"\\"...``: an hour for 1 MiB).
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},]|"', re.DOTALL)
 _OPENING = {ord("]"): ord("["), ord("}"): ord("{")}
 
 
@@ -438,11 +440,14 @@ def _too_deep(body: bytes) -> Any:
 
 
 def _top_level(inner: bytes) -> list[bytes] | None:
-    """The values between an array's brackets, split at its top-level commas; ``None`` when brackets do not match."""
+    """The values between an array's brackets, split at its top-level commas; ``None`` when brackets do not match
+    or a string is never closed."""
     stack: list[int] = []
     spans: list[bytes] = []
     start = 0
     for match in _TOKENS.finditer(inner):
+        if match.group() == b'"':  # a lone quote (a whole string is 2 bytes at least): not JSON, stop here
+            return None
         token = match.group()[0]
         if token in (ord("["), ord("{")):
             stack.append(token)

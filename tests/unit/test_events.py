@@ -377,3 +377,29 @@ def test_a_deeply_nested_body_that_is_not_json_elsewhere_is_still_refused_whole(
     assert parsed.oks == []
     [rejected] = parsed.errs
     assert rejected.reason.startswith("body is not valid JSON (recursion limit exceeded") and rejected.index is None
+
+
+def _at_most(head: bytes, unit: bytes, tail: bytes) -> bytes:
+    """``head``, ``unit`` repeated, ``tail``: a body of the largest size allowed (or a few bytes less)."""
+    return head + unit * ((DEFAULT_LIMITS.max_body_bytes - len(head) - len(tail)) // len(unit)) + tail
+
+
+@pytest.mark.parametrize("body", [
+    _at_most(b"[" + _nested(250) + b', "', b'\\"', b"]"),  # a string never closed, full of escaped quotes
+    _at_most(b"[" + _nested(250) + b', "', b'\\\\', b"]"),  # ... of backslashes
+    _at_most(b"[" + _nested(250) + b', "', b'\\\\', b"\\]"),  # ... of backslashes, the last one escaping "]"
+    _at_most(b"[[" + _nested(250) + b', "', b'\\"', b"]]"),  # ... inside the deep element
+    _at_most(b'{"a": ' + _nested(250) + b', "b": "', b'\\"', b"}"),  # ... in a deep event object, as a value
+    _at_most(b'{"a": ' + _nested(250) + b', "', b'\\"', b"}"),  # ... as a key
+    _at_most(b"[" + _nested(250) + b", ", b'"', b"]"),  # quotes only
+], ids=["array", "backslashes", "odd-backslashes", "inside", "object-value", "object-key", "quotes"])
+def test_a_deep_body_of_the_largest_size_with_a_string_never_closed_is_refused_in_linear_time(body: bytes):
+    """The top-level values of a deep body are found by a regex whose string token once had no alternative for a
+    quote never closed: at every ``"`` of ``"\\"\\"\\"...`` it scanned to the end of the body and failed, then started
+    again two bytes later. A body of the allowed 1 MiB took over an hour, past the function's timeout, so the batch
+    was neither stored nor dead-lettered. Refused whole now, in a fraction of a second (this test just finishes)."""
+    assert len(body) > DEFAULT_LIMITS.max_body_bytes - 4
+    parsed = parse(body)
+    assert parsed.oks == []
+    [rejected] = parsed.errs
+    assert rejected.reason.startswith("body is not valid JSON (recursion limit exceeded") and rejected.index is None
