@@ -30,7 +30,8 @@ again under the same name meanwhile stays, to be replayed (``Move.KEPT``).
 The date is the Event Hubs enqueued time (the time of writing if unknown). Each
 blob holds the reason, the original bytes (base64, and as text when it is UTF-8),
 the index of the (first) bad element inside an array body, and the Event Hubs metadata.
-Writes are retried (tenacity, bounded); what still fails raises ``TransientError``.
+Writes are retried (tenacity, bounded); what still fails raises ``TransientError``
+(``RejectedLettersFailed`` from ``put_rejected``, naming the letters written before it).
 The container is created by a worker's first letter; one deleted later (by hand,
 or soft-deleted) is created again by the next write that finds it gone
 (``ContainerNotFound``), with a WARNING naming it.
@@ -61,6 +62,7 @@ from shared.adapters.blob_service import failure
 from shared.domain.events import BadElement, EventMetadata, Pending, RawRecord, Rejected
 from shared.domain.times import utc
 from shared.exceptions import DependencyUnavailable, TransientError
+from shared.ports.ingest import RejectedLettersFailed
 
 logger = logging.getLogger(__name__)
 
@@ -287,26 +289,33 @@ class BlobDeadLetterSink:
             raise TransientError(f"could not write dead letter {name}: {exc}") from exc
 
     def put_rejected(self, rejected: Sequence[Rejected]) -> None:
+        """One letter per item, in order; a failure raises :class:`RejectedLettersFailed` with the ones written."""
         now = datetime.now(UTC)
-        for item in rejected:
-            meta = item.metadata
-            where = f"{_day(meta, now)}/p{meta.partition_id or 'unknown'}"
-            name = f"rejected/{where}/{_position(meta, item.original)}-{'elements' if item.elements else 'body'}.json"
-            self._put(
-                name,
-                {
-                    "kind": "rejected",
-                    "reason": item.reason,
-                    "event_id": item.event_id,
-                    "index": item.index,
-                    **(_elements(item.elements) if item.elements else {}),
-                    "eventhub": meta.as_dict(),
-                    "dead_lettered_at": now.isoformat(),
-                    **_original(item.original),
-                },
-            )
+        for written, item in enumerate(rejected):
+            try:
+                self._put_rejected(item, now)
+            except TransientError as exc:
+                raise RejectedLettersFailed(str(exc), rejected[:written]) from exc
         if rejected:
             logger.warning("dead-lettered %d rejected items: %s", len(rejected), _loggable(rejected[0].reason))
+
+    def _put_rejected(self, item: Rejected, now: datetime) -> None:
+        meta = item.metadata
+        where = f"{_day(meta, now)}/p{meta.partition_id or 'unknown'}"
+        name = f"rejected/{where}/{_position(meta, item.original)}-{'elements' if item.elements else 'body'}.json"
+        self._put(
+            name,
+            {
+                "kind": "rejected",
+                "reason": item.reason,
+                "event_id": item.event_id,
+                "index": item.index,
+                **(_elements(item.elements) if item.elements else {}),
+                "eventhub": meta.as_dict(),
+                "dead_lettered_at": now.isoformat(),
+                **_original(item.original),
+            },
+        )
 
     def put_batch(self, bodies: Sequence[tuple[bytes, EventMetadata]], reason: str, *,
                   lettered: Collection[int] = ()) -> None:

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Protocol
 
 from shared.domain.events import Event, EventMetadata, Rejected
+from shared.exceptions import TransientError
 
 
 class EventStore(Protocol):
@@ -26,6 +27,15 @@ class EventStore(Protocol):
         """
 
 
+class RejectedLettersFailed(TransientError):
+    """``DeadLetterSink.put_rejected`` failed part way: ``written`` are the items whose letters it wrote (durably)
+    before the failure, so the audit ledger can count them as dead-lettered and list only the others as lost."""
+
+    def __init__(self, message: str, written: Sequence[Rejected] = ()) -> None:
+        super().__init__(message)
+        self.written = tuple(written)
+
+
 class DeadLetterSink(Protocol):
     """Where input that cannot be stored goes, with the reason and the original bytes."""
 
@@ -33,7 +43,10 @@ class DeadLetterSink(Protocol):
         """Durably record each rejected item (reason, original bytes, Event Hubs metadata), or raise.
 
         Idempotent: the same item written twice is one dead letter (names derive
-        from partition, sequence number and index).
+        from partition, sequence number and index). A failure after some letters
+        are written raises :class:`RejectedLettersFailed` naming those (the caller
+        counts them as dead-lettered); any other exception means none is known to
+        be written.
         """
 
     def put_batch(self, bodies: Sequence[tuple[bytes, EventMetadata]], reason: str, *,

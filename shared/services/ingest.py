@@ -24,8 +24,9 @@ dead-letter sink; nothing is left to a later retry that will never come.
 * if even the dead-letter sink fails, the error propagates: the host logs it, and
   this is the one case where an operator must act (see docs/operations.md). When
   the rejected letters fail on the final attempt, the ledger still records the
-  records stored whole (best effort), so the audit lists only the ones in neither
-  place.
+  records that are durable, stored or in a letter written before the failure
+  (``RejectedLettersFailed`` names those; best effort), so the audit lists only
+  the ones in neither place.
 
 With an audit ledger, the runs of consecutive sequence numbers of the batch are
 recorded with their outcome counts (stored, dead_lettered, duplicate) after the
@@ -52,12 +53,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared.domain.events import Event, EventMetadata, Limits, Parsed, RawRecord, parse_records
+from shared.domain.events import Event, EventMetadata, Limits, Parsed, RawRecord, Rejected, parse_records
 from shared.domain.times import to_ms, utc
 from shared.exceptions import TransientError
 from shared.lazy import Once
 from shared.ports.audit import AuditLedger, AuditRun
-from shared.ports.ingest import DeadLetterSink, DelayedBatch, DelayLog, EventStore, StoredCopies, StoredCopy
+from shared.ports.ingest import (
+    DeadLetterSink,
+    DelayedBatch,
+    DelayLog,
+    EventStore,
+    RejectedLettersFailed,
+    StoredCopies,
+    StoredCopy,
+)
 from shared.ports.metrics import NO_METRICS, Metrics
 
 # The service's input, for the entry point that decodes the Event Hubs binding into it.
@@ -124,10 +133,11 @@ class IngestService:
         if parsed.errs:
             try:
                 self._dead_letters.put_rejected(parsed.errs)
-            except Exception:
-                if final_attempt:  # the host checkpoints past the batch: what is stored is counted now, for good
-                    self._audit_stored(records, parsed)
-                    self._record(records, Parsed(parsed.oks, [], parsed.duplicates), began)
+            except Exception as exc:
+                if final_attempt:  # the host checkpoints past the batch: what is durable is counted now, for good
+                    lettered = _lettered(exc)
+                    self._audit_durable(records, parsed, lettered, stored=True)
+                    self._record(records, Parsed(parsed.oks, lettered, parsed.duplicates), began)
                 raise
         try:  # each outcome is recorded once it is durable: stored, and dead-lettered
             if self._audit is not None:
@@ -154,7 +164,11 @@ class IngestService:
         logger.error("storing %d events failed on the final attempt; dead-lettering the batch: %s",
                      len(parsed.oks), reason, exc_info=unexpected)
         if parsed.errs and not lettered:  # before the batch letter, which leaves out the records they hold whole
-            self._dead_letters.put_rejected(parsed.errs)
+            try:
+                self._dead_letters.put_rejected(parsed.errs)
+            except Exception as failed:  # the host checkpoints past the batch: count the letters written
+                self._audit_durable(records, parsed, _lettered(failed), stored=False)
+                raise
         self._dead_letters.put_batch([(r.body, r.metadata) for r in records], f"event store unavailable: {reason}",
                                      lettered=_rejected_whole(records, parsed))
         self._audit_dead_lettered(records)
@@ -181,20 +195,29 @@ class IngestService:
         first = stored[0].metadata
         self._delays.record(DelayedBatch(first.partition_id, first.sequence_number, oldest, len(stored)))
 
-    def _audit_stored(self, records: Sequence[RawRecord], parsed: Parsed) -> None:
-        """Record the runs of the records stored whole, when their rejected letters failed on the final attempt.
+    def _audit_durable(self, records: Sequence[RawRecord], parsed: Parsed, lettered: Sequence[Rejected], *,
+                       stored: bool) -> None:
+        """Record the runs of the records that are durable, when their rejected letters failed on the final attempt.
 
-        The host checkpoints past the batch anyway: what is stored is accounted for, and only the records with a
-        rejected item (in neither place) are left out, so the audit lists exactly those. Best effort: the letter's
-        failure is what the call raises."""
+        The host checkpoints past the batch anyway: what is stored (``stored``: the store took ``parsed.oks``) and
+        the rejected letters written before the failure (``lettered``, :class:`RejectedLettersFailed`) are accounted
+        for, and only the records with an item in neither place are left out, so the audit lists exactly those.
+        With the store failed, only records rejected whole count: the valid elements of the others are nowhere.
+        Best effort: the letter's failure is what the call raises."""
         if self._audit is None:
             return
-        rejected = {id(r.metadata) for r in parsed.errs}
-        runs = audit_runs([r for r in records if id(r.metadata) not in rejected], parsed.oks, ())
+        written = {id(r.metadata) for r in lettered}
+        if stored:
+            lost = {id(r.metadata) for r in parsed.errs} - written
+            durable = [r for r in records if id(r.metadata) not in lost]
+        else:
+            whole = _rejected_whole(records, parsed)
+            durable = [r for i, r in enumerate(records) if i in whole and id(r.metadata) in written]
+        runs = audit_runs(durable, parsed.oks if stored else (), lettered)
         try:
             self._audit.record(runs)
         except Exception:
-            logger.warning("could not record %d stored runs in the audit ledger", len(runs), exc_info=True)
+            logger.warning("could not record %d durable runs in the audit ledger", len(runs), exc_info=True)
 
     def _audit_dead_lettered(self, records: Sequence[RawRecord]) -> None:
         if self._audit is None:
@@ -228,6 +251,11 @@ def _later(stored: StoredCopy | None, event: Event) -> bool:
         return theirs > mine
     sequence = event.metadata.sequence_number
     return stored.sequence_number is not None and sequence is not None and stored.sequence_number > sequence
+
+
+def _lettered(failure: Exception) -> list[Rejected]:
+    """The rejected items whose letters a failed ``put_rejected`` wrote (none known unless it said which)."""
+    return list(failure.written) if isinstance(failure, RejectedLettersFailed) else []
 
 
 def _refused(parsed: Parsed) -> int:

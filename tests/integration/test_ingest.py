@@ -16,9 +16,11 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import azure.functions as func
 import pytest
+from azure.core.exceptions import ServiceRequestError
 from azure.storage.blob import BlobServiceClient
 from cassandra.cluster import NoHostAvailable
 
@@ -478,3 +480,29 @@ def test_a_letter_whose_texts_hold_a_lone_surrogate_is_written_and_reads_back(az
     assert isinstance(letter, DeadLetter)
     assert letter.reason == "element 0 (event_id \ud800) is bad" and letter.records[0].body == body
     assert letter.records[0].metadata.partition_key == "dev-\udc80"
+
+
+def _refusing(partition: str) -> Callable[[Any], None]:
+    """A request hook of the Blob SDK: storage fails every request for the letters of ``partition``, as if it went
+    down then."""
+    def hook(request: Any) -> None:
+        if f"/p{partition}/" in request.http_request.url:
+            raise ServiceRequestError(f"connection refused: {request.http_request.url}")
+    return hook
+
+
+def test_rejected_letters_that_fail_part_way_name_the_ones_written(azurite_connection_string: str) -> None:
+    """The sink writes the rejected letters one at a time; when one fails, the error names those written before it
+    (``RejectedLettersFailed.written``), so ingest can count them as dead-lettered and the audit lists only the
+    others as lost. Here Blob storage fails from the second letter on."""
+    from shared.ports.ingest import RejectedLettersFailed
+
+    service = BlobServiceClient.from_connection_string(azurite_connection_string, retry_total=0,
+                                                       raw_request_hook=_refusing("down"))
+    sink = BlobDeadLetterSink(service, f"dl-{uuid.uuid4().hex[:12]}", attempts=1)
+    items = [Rejected("body is not valid JSON", b"{oops", EventMetadata(partition, str(seq), seq, NOW))
+             for partition, seq in (("0", 1), ("down", 2), ("0", 3))]
+    with pytest.raises(RejectedLettersFailed, match="could not write dead letter") as failed:
+        sink.put_rejected(items)
+    assert failed.value.written == (items[0],)
+    assert [letter.records[0].metadata.sequence_number for letter in sink.read()] == [1]

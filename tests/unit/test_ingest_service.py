@@ -10,6 +10,8 @@ import pytest
 
 from shared.domain.events import EventMetadata, Limits, RawRecord
 from shared.exceptions import ConfigurationError, TransientError
+from shared.ports.ingest import RejectedLettersFailed
+from shared.services.audit import gaps_in
 from shared.services.ingest import IngestService, LazyEventStore
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -31,15 +33,20 @@ class FakeStore:
 
 
 class FakeDeadLetters:
-    def __init__(self, broken: bool = False):
+    """Writes the rejected letters one at a time, as the blob sink does; ``fail_at``: the letter (0-based, of all
+    written) from which they fail, raising the port's ``RejectedLettersFailed`` with the ones this call wrote."""
+
+    def __init__(self, broken: bool = False, fail_at: int | None = None):
         self.broken = broken
+        self.fail_at = 0 if broken else fail_at
         self.rejected = []
         self.batches = []
 
     def put_rejected(self, rejected):
-        if self.broken:
-            raise TransientError("blob down")
-        self.rejected.extend(rejected)
+        for written, item in enumerate(rejected):
+            if self.fail_at is not None and len(self.rejected) >= self.fail_at:
+                raise RejectedLettersFailed("could not write dead letter: blob down", rejected[:written])
+            self.rejected.append(item)
 
     def put_batch(self, bodies, reason, *, lettered=()):
         if self.broken:
@@ -209,13 +216,16 @@ class FakeLedger(FailsFirst):
     def __init__(self, failures: int = 0):
         super().__init__(failures)
         self.entries = []
+        self.runs = []
 
     def record(self, runs):
         self.fail_if_due()
         self.entries.extend((r.first, r.last, r.stored, r.dead_lettered, r.duplicate) for r in runs)
+        self.runs.extend(runs)
 
     def accounted(self, partition, first, last):
-        return []
+        return [(r.first, r.last) for r in self.runs
+                if r.partition == partition and r.last >= first and r.first <= last]
 
 
 def test_the_audit_ledger_gets_each_records_outcome_after_the_store_and_a_failed_ledger_write_is_retried():
@@ -235,6 +245,39 @@ def test_a_batch_dead_lettered_on_the_final_attempt_is_recorded_as_dead_lettered
     result = IngestService(FakeStore(failures=1), FakeDeadLetters(), Limits(), ledger).handle(records, now=NOW)
     assert result.batch_dead_lettered
     assert ledger.entries == [(7, 8, 0, 2, 0)]
+
+
+def test_a_rejected_letter_written_before_the_sink_failed_is_not_reported_as_lost():
+    """docs/operations.md: when the function fails with ``could not write dead letter`` (the host checkpoints past
+    the batch), ``sluice audit`` lists the exact ranges in neither place. The sink writes the rejected letters one by
+    one and Blob storage fails after the first: batch 0..2 on its final attempt, 0 valid and stored, 1 not JSON and
+    its letter written, 2 not JSON and its letter lost. Only 2 is in neither place. (Every record with a rejected
+    item was left out of the ledger, so the audit sent the operator to re-read 1, which is dead-lettered.)"""
+    records = [record(0), RawRecord(b"{not json", EventMetadata(partition_id="0", sequence_number=1)),
+               RawRecord(b"{still not json", EventMetadata(partition_id="0", sequence_number=2))]
+    store, dead, ledger = FakeStore(), FakeDeadLetters(fail_at=1), FakeLedger()
+    with pytest.raises(RejectedLettersFailed, match="could not write dead letter"):
+        IngestService(store, dead, Limits(), ledger).handle(records, final_attempt=True, now=NOW)
+    assert [r.original for r in dead.rejected] == [b"{not json"] and len(store.rows) == 1
+    assert ledger.entries == [(0, 1, 1, 1, 0)]
+    assert gaps_in(0, 2, ledger.accounted("0", 0, 2)) == ((2, 2),)
+
+
+def test_rejected_letters_written_before_the_sink_failed_after_the_store_did_are_recorded_as_dead_lettered():
+    """The store down through the final attempt, then the sink fails after two rejected letters: the call raises
+    before the batch letter. Record 1 (refused whole, its letter written) is dead-lettered; 0 (valid, not stored)
+    and 3 (its letter lost) are in neither place, and neither is 2, whose letter names its bad element while its
+    valid one was not stored."""
+    mixed = json.dumps([json.loads(record(2).body), {"device_id": "x"}]).encode()
+    records = [record(0), RawRecord(b"{not json", EventMetadata(partition_id="0", sequence_number=1)),
+               RawRecord(mixed, EventMetadata(partition_id="0", sequence_number=2)),
+               RawRecord(b"{still not json", EventMetadata(partition_id="0", sequence_number=3))]
+    dead, ledger = FakeDeadLetters(fail_at=2), FakeLedger()
+    with pytest.raises(RejectedLettersFailed):
+        IngestService(FakeStore(failures=1), dead, Limits(), ledger).handle(records, final_attempt=True, now=NOW)
+    assert [r.original for r in dead.rejected] == [b"{not json", mixed] and dead.batches == []
+    assert ledger.entries == [(1, 1, 0, 1, 0)]
+    assert gaps_in(0, 3, ledger.accounted("0", 0, 3)) == ((0, 0), (2, 3))
 
 
 class FakeDelayLog(FailsFirst):
