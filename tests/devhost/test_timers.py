@@ -8,6 +8,7 @@ import contextlib
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -251,6 +252,30 @@ def test_an_occurrence_missed_after_a_schedule_change_is_past_due_on_the_next_st
     assert past_due_at_start_2, "the occurrence missed between the two starts was not past due"
 
 
+@contextlib.asynccontextmanager
+async def _listener(connection_string: str, spec: FunctionSpec, schedule: Schedule,
+                    tmp_path: Path) -> AsyncIterator[tuple[AsyncBlobServiceClient, TimerListener]]:
+    """A timer listener of its own host id on Azurite's ``azure-webjobs-hosts``, and the blob service it uses."""
+    async with AsyncBlobServiceClient.from_connection_string(connection_string) as service:
+        with contextlib.suppress(ResourceExistsError):
+            await service.create_container("azure-webjobs-hosts")
+        yield service, TimerListener(spec, schedule, Invoker(tmp_path, threads=1), service,
+                                     f"devhost-test-{uuid.uuid4().hex[:12]}", SingletonOptions())
+
+
+async def _until_the_first_wait(timer: TimerListener, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Run the listener's start (status check, startup run) and stop it at its first wait: that wait, in seconds."""
+    waits: list[float] = []
+
+    async def first_wait_then_stop(seconds: float) -> None:
+        waits.append(seconds)
+        timer._stopping.set()
+
+    monkeypatch.setattr(timer, "_sleep", first_wait_then_stop)
+    await timer._fire_while_leader()
+    return waits
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("status_ago, first_wait", [
     # Every hour until now, every half hour from now; the last run 45 minutes ago: its Next under the new schedule
@@ -279,22 +304,10 @@ def test_a_monitored_interval_timer_first_waits_for_the_status_next(
         now=lambda tz=None: start, fromisoformat=datetime.fromisoformat))
 
     async def scenario() -> list[float]:
-        async with AsyncBlobServiceClient.from_connection_string(azurite_connection_string) as service:
-            with contextlib.suppress(ResourceExistsError):
-                await service.create_container("azure-webjobs-hosts")
-            timer = TimerListener(spec, Schedule.parse("00:30:00"), Invoker(tmp_path, threads=1), service,
-                                  f"devhost-test-{uuid.uuid4().hex[:12]}", SingletonOptions())
+        async with _listener(azurite_connection_string, spec, Schedule.parse("00:30:00"), tmp_path) as (service, timer):
             await service.get_blob_client("azure-webjobs-hosts", timer._status_blob).upload_blob(
                 json.dumps(blob_status), overwrite=True)
-            waits: list[float] = []
-
-            async def first_wait_then_stop(seconds: float) -> None:
-                waits.append(seconds)
-                timer._stopping.set()
-
-            monkeypatch.setattr(timer, "_sleep", first_wait_then_stop)
-            await timer._fire_while_leader()
-            return waits
+            return await _until_the_first_wait(timer, monkeypatch)
 
     assert asyncio.run(scenario()) == [first_wait.total_seconds()]
 
@@ -315,18 +328,9 @@ def test_run_on_startup_with_the_monitor_on_a_first_start_sees_the_next_occurren
     schedule = Schedule.parse("0 0 0 1 1 *")
 
     async def scenario() -> None:
-        async with AsyncBlobServiceClient.from_connection_string(azurite_connection_string) as service:
-            with contextlib.suppress(ResourceExistsError):
-                await service.create_container("azure-webjobs-hosts")
-            timer = TimerListener(spec, schedule, Invoker(tmp_path, threads=1), service,
-                                  f"devhost-test-{uuid.uuid4().hex[:12]}", SingletonOptions())
+        async with _listener(azurite_connection_string, spec, schedule, tmp_path) as (_, timer):
             assert timer.use_monitor and timer.run_on_startup
-
-            async def stop_instead_of_waiting(seconds: float) -> None:
-                timer._stopping.set()
-
-            monkeypatch.setattr(timer, "_sleep", stop_instead_of_waiting)
-            await timer._fire_while_leader()
+            await _until_the_first_wait(timer, monkeypatch)
 
     before = datetime.now(UTC)
     asyncio.run(scenario())
@@ -347,19 +351,9 @@ def test_a_schedule_that_never_occurs_waits_without_failing(
                         user_function=lambda timer: None, is_async=False, accepts_context=False, retry=None)
 
     async def scenario() -> tuple[list[float], dict[str, Any]]:
-        async with AsyncBlobServiceClient.from_connection_string(azurite_connection_string) as service:
-            with contextlib.suppress(ResourceExistsError):
-                await service.create_container("azure-webjobs-hosts")
-            timer = TimerListener(spec, Schedule.parse("0 0 0 31 4 *"), Invoker(tmp_path, threads=1), service,
-                                  f"devhost-test-{uuid.uuid4().hex[:12]}", SingletonOptions())
-            waits: list[float] = []
-
-            async def first_wait_then_stop(seconds: float) -> None:
-                waits.append(seconds)
-                timer._stopping.set()
-
-            monkeypatch.setattr(timer, "_sleep", first_wait_then_stop)
-            await timer._fire_while_leader()
+        async with _listener(azurite_connection_string, spec, Schedule.parse("0 0 0 31 4 *"), tmp_path) as (service,
+                                                                                                           timer):
+            waits = await _until_the_first_wait(timer, monkeypatch)
             blob = await service.get_blob_client("azure-webjobs-hosts", timer._status_blob).download_blob()
             return waits, json.loads(await blob.readall())
 

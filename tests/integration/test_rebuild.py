@@ -57,6 +57,14 @@ def rebuild(session, keyspace: str, cache: RedisChangeSink, **kw):
     return RebuildService(CassandraDeviceLog(session, keyspace), builder, **kw).rebuild()
 
 
+def run_rebuild(service: RebuildService, kind: str, device: str) -> None:
+    """A ``full`` rebuild, or one of ``device`` alone (``--devices``)."""
+    if kind == "full":
+        service.rebuild()
+    else:
+        service.rebuild_devices([device])
+
+
 def dump(client: redis.Redis, cache: RedisChangeSink) -> dict:
     """Every key of the live generation, its name without the generation, its value normalized:
     stream entries as sorted event ids (entry ids carry the wall clock), sorted sets without the
@@ -535,10 +543,7 @@ def test_critical_rows_written_without_the_flag_are_rebuilt_as_critical(
     sink = cache_for(rclient, redis_prefix)
     service = RebuildService(CassandraDeviceLog(session, keyspace), RedisCacheBuilder(sink, settle_seconds=0.0),
                              rules=cf.RULES)
-    if kind == "full":
-        service.rebuild()
-    else:
-        service.rebuild_devices([device])
+    run_rebuild(service, kind, device)
 
     listed = [json.loads(d) for d in lookups_for(sink).get_critical(device, -(2**53), 100)]
     assert [(d["event_id"], d["critical"]) for d in listed] == [(str(event.body.event_id), True)]
@@ -668,10 +673,7 @@ def test_a_correction_applied_by_the_feed_during_a_rebuild_does_not_leave_a_stal
     log = CassandraDeviceLog(session, keyspace)
     service = RebuildService(AfterCriticalRead(log, device, correction_arrives, read=1 if kind == "full" else 2),
                              RedisCacheBuilder(sink, settle_seconds=0.0))
-    if kind == "full":
-        service.rebuild()
-    else:
-        service.rebuild_devices([device])
+    run_rebuild(service, kind, device)
 
     assert log.critical(device, SINCE_ALL) == []  # the log: no critical event of the device
     listed = _critical_ids(sink, device)
@@ -1130,10 +1132,7 @@ def test_a_move_the_feed_applies_while_the_rebuild_holds_the_old_device_does_not
     log = CassandraDeviceLog(session, keyspace)
     service = RebuildService(AfterCriticalRead(log, old, correction_arrives, read=1 if kind == "full" else 2),
                              RedisCacheBuilder(cache, settle_seconds=0.0))
-    if kind == "full":
-        service.rebuild()
-    else:
-        service.rebuild_devices([old])
+    run_rebuild(service, kind, old)
 
     assert log.device(old) is not None and log.device(old).latest is None  # type: ignore[union-attr]
     assert cf.latest_doc(rclient, cache, old) is None, f"after the {kind} rebuild Redis serves the moved copy"
