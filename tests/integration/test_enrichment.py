@@ -363,6 +363,33 @@ def test_a_window_an_event_left_stops_counting_it_even_when_read_as_empty(stack:
     assert stack.query("SELECT sum(event_count)::int FROM report_site_daily") == [(3,)]
 
 
+def test_a_window_an_event_left_keeps_the_figures_of_its_other_events_when_only_the_moved_row_is_read(
+        stack: Stack) -> None:
+    """Rows expire from Cassandra by write time, so the marked window's read may hold only the moved id's older row
+    (written last) after its other rows expired: that row loses to the moved copy and nothing is left to count.
+    Figures of the read alone replaced T0's by nothing (every device and site row deleted, the ledger at 0) while
+    enriched_events still held dev-2's row: a marked window is computed from its read and the rows PostgreSQL still
+    holds for it, less the moved ones."""
+    _resend_later(stack)
+    assert stack.query("SELECT window_start, recompute FROM enrichment_windows ORDER BY 1") == [
+        (T0, True), (T0 + W, False)]
+    (gone, at), = stack.query("SELECT event_id, event_time FROM enriched_events WHERE window_start = %s", (T0,))
+    for shard in range(4):  # dev-2's row of T0 expired; dev-1's older row of the moved id is still there
+        stack.session.execute(f"DELETE FROM {stack.keyspace}.events_by_time_bucket WHERE bucket = %s AND shard = %s "
+                              "AND event_time = %s AND event_id = %s", (T0, shard, at, gone))
+    result = stack.service.run(now=T0 + 2 * W + timedelta(minutes=3))
+    assert [(w.window.start, w.reason) for w in result.windows] == [(T0, "late")]
+    enriched = stack.query("SELECT window_start, count(*) FROM enriched_events GROUP BY 1 ORDER BY 1")
+    assert enriched == [(T0, 1), (T0 + W, 2)]
+    for table in ("device_window_stats", "site_window_stats"):
+        figures = stack.query(f"SELECT window_start, sum(event_count)::int FROM {table} GROUP BY 1 ORDER BY 1")
+        assert figures == enriched, table
+    assert stored_device_stats(stack, T0).keys() == {"dev-2"}, "dev-2's event, still in PostgreSQL, still counts"
+    assert stack.query("SELECT window_start, event_count, device_count, recompute FROM enrichment_windows "
+                       "ORDER BY 1") == [(T0, 1, 1, False), (T0 + W, 2, 2, False)]
+    assert_device_totals_exact(stack.dsn)
+
+
 def test_a_later_recompute_of_the_window_an_event_left_keeps_its_latest_row(stack: Stack) -> None:
     # a late event in T0 recomputes it from Cassandra, which still holds the id's older row (keyed by event time):
     # the older row must lose to the moved one, whichever window was computed last

@@ -29,9 +29,11 @@ Per window, inside one transaction:
 4. figures of the window that the recomputation no longer produces (a device
    moved to another site) are deleted; enriched events never are. A window
    read as empty keeps its rows, its figures and its ledger counts, unless it
-   is marked for an event that moved out: then its figures are computed again
-   from the rows ``enriched_events`` still holds for it (the moved ones are in
-   their new window), as they would have been from Cassandra;
+   is marked for an event that moved out: a marked window's figures are
+   computed from what it read together with the rows ``enriched_events`` still
+   holds for it that the read did not return (expired from Cassandra; the
+   moved ones are in their new window), so they never shrink below what
+   PostgreSQL holds for it less what moved out;
 5. the ledger row (``enrichment_windows``) and, for scheduled windows, the
    watermark; then COMMIT.
 
@@ -50,6 +52,7 @@ import logging
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from functools import partial
 from typing import Any, Literal
@@ -222,10 +225,15 @@ _MARKED = "SELECT recompute FROM enrichment_windows WHERE window_start = %(start
 
 # The columns of an enriched or staged row that make up the event it was enriched from.
 _ROW_COLUMNS = "event_id, device_id, event_time, enqueued_time, event_type, severity, critical, measurements"
-# A window marked for an event that moved out, read as empty: its rows still in PostgreSQL are staged as the read
-# would have staged them (critical is the flag they were enriched with, so the rules are not applied again).
+# A window marked for an event that moved out: its rows still in PostgreSQL that the read did not stage (expired from
+# Cassandra: rows expire by write time, so any part of a window may be gone) are staged beside the read's, as the
+# read would have staged them (critical is the flag they were enriched with, so the rules are not applied again).
+# A moved row is not among them (its id's row is in its new window now), and an id the read staged keeps the read's
+# row (or none, when it lost to a later row in another window: then no row of it is in this window either).
+# On the index enriched_events_window_start (migration 014): the window's rows only.
 _STAGE_HELD_EVENTS = f"""
-INSERT INTO stage_events ({_ROW_COLUMNS}) SELECT {_ROW_COLUMNS} FROM enriched_events WHERE window_start = %s
+INSERT INTO stage_events ({_ROW_COLUMNS}) SELECT {_ROW_COLUMNS} FROM enriched_events e
+WHERE e.window_start = %s AND NOT EXISTS (SELECT 1 FROM stage_events s WHERE s.event_id = e.event_id)
 """
 
 # Staged rows whose id has a row with a later event time in another window: that row wins, these are not written
@@ -338,13 +346,14 @@ class PostgresEnrichmentStore:
             enriched = copied if copied is not None else self._upsert_window(conn, source)
             conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', '0', true)",
                          (str(self._timeout_ms),))
-            # Read as empty while marked (an event moved out, e.g. its rows expired from Cassandra since): keeping
-            # the figures would count the moved events here and in their new window, so the window is computed
-            # again from the rows PostgreSQL still holds for it, which no longer include them.
-            recompute_held = (copied is None and not (enriched.events or enriched.moved_ids)
-                              and conn.execute(_MARKED, params).fetchone() == (True,))
+            # Marked (an event moved out): keeping the figures would count the moved events here and in their new
+            # window, and figures of the read alone would drop the window's events whose rows expired from
+            # Cassandra (rows expire by write time, so the read may hold only the moved id's older row, which loses).
+            # So the window is computed from what it read and the rows PostgreSQL still holds for it beside them,
+            # which no longer include the moved ones.
+            recompute_held = copied is None and conn.execute(_MARKED, params).fetchone() == (True,)
             if recompute_held:
-                enriched = self._stage_held_rows(conn, source)
+                enriched = self._stage_held_rows(conn, source, enriched)
             if copied is None:
                 moved_from = [row[0] for row in conn.execute(_MOVED_FROM, params)]
                 conn.execute(_UPSERT_EVENTS, params)
@@ -396,14 +405,17 @@ class PostgresEnrichmentStore:
         return enriched
 
     @staticmethod
-    def _stage_held_rows(conn: psycopg.Connection, source: WindowInput) -> EnrichedWindow:
-        """Stage the rows ``enriched_events`` holds for the window (the staging tables are empty: it was read as
-        empty), as :meth:`_upsert_window` stages what it reads, and enrich them in a fresh pass.
+    def _stage_held_rows(conn: psycopg.Connection, source: WindowInput, read: EnrichedWindow) -> EnrichedWindow:
+        """Stage beside the read's rows those ``enriched_events`` holds for the window and the read did not
+        return, as :meth:`_upsert_window` stages what it reads, and enrich the staged rows in a fresh pass
+        (``read``: the read's own pass, whose duplicate and moved counts are kept).
 
         They are read from the staging table page by page, so only a page is held. Each id has one row there
-        (the key of ``enriched_events``), so the pass holds no row back and settles nothing.
+        (the read's were settled, the others come from the key of ``enriched_events``), so the pass holds no row
+        back and settles nothing. The devices are staged again, for the rows added.
         """
         conn.execute(_STAGE_HELD_EVENTS, (source.window.start,))
+        conn.execute("DELETE FROM stage_devices")
         enrichment = source.enrichment()
         with conn.cursor("stage_held_events") as held:
             set_json_loads(_json_floats, held)
@@ -413,7 +425,7 @@ class PostgresEnrichmentStore:
         enriched, _ = enrichment.finish()
         with _copy_cursor(conn) as cur:
             _copy_devices(cur, enriched)
-        return enriched
+        return replace(enriched, duplicate_ids=read.duplicate_ids, moved_ids=read.moved_ids)
 
     @staticmethod
     def _stage_figures(conn: psycopg.Connection, enriched: EnrichedWindow) -> None:
