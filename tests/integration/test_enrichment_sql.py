@@ -109,6 +109,62 @@ def test_a_migration_that_never_gets_its_lock_gives_up_naming_itself(pg_dsn: str
         assert apply_migrations(conn) == _after_004()  # and applied by the next run
 
 
+def test_the_held_rows_of_a_marked_window_are_read_through_the_window_start_index(pg_dsn: str) -> None:
+    """The recompute of a window an event moved out of stages the rows enriched_events holds for it, inside the
+    window's transaction and under SLUICE_ENRICH_STATEMENT_TIMEOUT_SECONDS. With no index leading with window_start
+    it read every enriched event ever written: at production size it timed out, the marked window stayed first of
+    every run and the enrichment stalled. Migration 014 adds enriched_events_window_start."""
+    from shared.adapters.postgres.enrichment_store import _STAGE_EVENTS, _STAGE_HELD_EVENTS
+
+    start = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # 200,000 enriched events over 2,000 windows
+        apply_migrations(conn)
+        conn.execute(
+            "INSERT INTO enriched_events (event_id, window_start, device_id, event_time, event_type, severity, "
+            "critical, measurements, known_device) "
+            "SELECT gen_random_uuid(), %s - (i %% 2000) * interval '5 minutes', 'dev-' || (i %% 500), "
+            "%s - (i %% 2000) * interval '5 minutes' + interval '1 second', 'reading', 'info', false, '{}', false "
+            "FROM generate_series(1, 200000) AS i", (start, start))
+        conn.execute("ANALYZE enriched_events")
+    with psycopg.connect(pg_dsn) as conn, conn.transaction():
+        conn.execute(_STAGE_EVENTS.encode(), prepare=False)
+        plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN {_STAGE_HELD_EVENTS}", (start,)))
+    assert "Scan on enriched_events_window_start" in plan or "using enriched_events_window_start" in plan, plan
+    assert "Seq Scan on enriched_events" not in plan, plan
+
+
+def test_the_window_start_index_is_built_concurrently_over_a_failed_builds_leftover(pg_dsn: str,
+                                                                                    tmp_path: Path) -> None:
+    """014 runs outside a transaction (CREATE INDEX CONCURRENTLY: the enrichment keeps writing while it builds). A
+    concurrent build that failed leaves an INVALID index of the same name, which IF NOT EXISTS would take for done:
+    the next run drops it and builds the index again, valid."""
+    directory = tmp_path / "sql"
+    directory.mkdir()
+    for path in sorted(SQL_DIR.glob("*.sql")):
+        if int(path.name[:3]) < 14:
+            shutil.copy(path, directory / path.name)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn, directory)
+        for i in range(2):  # a unique build over two rows of one window fails, leaving its index INVALID
+            conn.execute("INSERT INTO enriched_events (event_id, window_start, device_id, event_time, event_type, "
+                         "severity, critical, measurements, known_device) VALUES (%s, %s, 'dev-1', %s, 'reading', "
+                         "'info', false, '{}', false)",
+                         (uuid.uuid4(), datetime(2026, 11, 20, tzinfo=UTC),
+                          datetime(2026, 11, 20, 0, 0, i, tzinfo=UTC)))
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("CREATE UNIQUE INDEX CONCURRENTLY enriched_events_window_start ON enriched_events "
+                         "(window_start)")
+        valid = ("SELECT indisvalid, indisunique FROM pg_index "
+                 "WHERE indexrelid = 'enriched_events_window_start'::regclass")
+        assert conn.execute(valid).fetchall() == [(False, True)]
+        conn.execute("SET lock_timeout = '3s'")
+        assert apply_migrations(conn) == [m.version for m in discover() if m.version >= 14]
+        assert conn.execute(valid).fetchall() == [(True, False)]
+        assert conn.execute("SHOW lock_timeout").fetchone() == ("3s",), "the session's lock_timeout is restored"
+        assert conn.execute("SELECT name FROM schema_migrations WHERE version = 14").fetchall() == [
+            ("enriched_events_window_start",)]
+
+
 def test_every_view_and_column_is_commented(pg_dsn: str) -> None:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         apply_migrations(conn)

@@ -17,6 +17,19 @@ it: without a bound, the late scan and the next enrichment would block as long
 as that transaction lasts. So the migration gives up its wait, rolls back, and
 tries again after a growing pause; when every attempt times out it raises
 ``TransientError`` naming the migration (run ``migrate`` again later).
+
+A migration whose first line is ``-- sluice: no transaction`` runs outside any
+transaction instead (what ``CREATE INDEX CONCURRENTLY`` requires, which builds
+an index without blocking the table's writes for the whole build): its
+statements, separated by lines ``-- sluice: next statement``, run one by one in
+autocommit, then its ``schema_migrations`` row is inserted. A failure part-way
+leaves the statements before it applied and the migration unrecorded, so the
+next run starts it again from its first statement: each must be safe to run
+again (``IF EXISTS`` / ``IF NOT EXISTS``, and a concurrent build drops the
+INVALID index a failed one leaves before building it again). Such a migration
+waits for its locks without ``lock_timeout``: a concurrent build takes a SHARE
+UPDATE EXCLUSIVE lock, which blocks neither readers nor writers while it waits
+(and then waits for the transactions already writing the table to end).
 """
 
 from __future__ import annotations
@@ -37,6 +50,8 @@ logger = logging.getLogger(__name__)
 SQL_DIR = Path(__file__).with_name("sql")
 ADVISORY_LOCK_KEY = 0x5_1C_E0_01  # "sluice migrations"; any constant shared by every runner
 _NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+NO_TRANSACTION = "-- sluice: no transaction"
+NEXT_STATEMENT = re.compile(r"^-- sluice: next statement[ \t]*$", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +63,19 @@ class SqlMigration:
     @property
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    @property
+    def in_transaction(self) -> bool:
+        """False for a migration that must run outside a transaction (first line ``-- sluice: no transaction``)."""
+        return self.sql.partition("\n")[0].strip() != NO_TRANSACTION
+
+    @property
+    def statements(self) -> list[str]:
+        """The statements of a migration run outside a transaction, in order (separated by
+        ``-- sluice: next statement`` lines); a migration run in a transaction is sent whole."""
+        if self.in_transaction:
+            return [self.sql]
+        return [part.strip() for part in NEXT_STATEMENT.split(self.sql) if part.strip()]
 
 
 def discover(directory: Path = SQL_DIR) -> list[SqlMigration]:
@@ -132,6 +160,9 @@ def _apply(conn: psycopg.Connection, migrations: list[SqlMigration], retrying: R
 def _apply_one(conn: psycopg.Connection, migration: SqlMigration, lock_timeout_ms: int) -> None:
     """One migration and its ``schema_migrations`` row in one transaction, waiting at most ``lock_timeout_ms`` for
     each lock: a DDL statement waiting for its lock queues every later reader of the table behind it."""
+    if not migration.in_transaction:
+        _apply_outside_transaction(conn, migration)
+        return
     with conn.transaction():
         conn.execute("SELECT set_config('lock_timeout', %s, true)", (str(lock_timeout_ms),))
         conn.execute(migration.sql.encode(), prepare=False)  # no parameters, unprepared: every statement runs
@@ -139,6 +170,22 @@ def _apply_one(conn: psycopg.Connection, migration: SqlMigration, lock_timeout_m
             "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
             (migration.version, migration.name, migration.checksum),
         )
+
+
+def _apply_outside_transaction(conn: psycopg.Connection, migration: SqlMigration) -> None:
+    """A ``-- sluice: no transaction`` migration: each statement in autocommit, with no ``lock_timeout`` (see the
+    module docstring), then its ``schema_migrations`` row."""
+    row = conn.execute("SELECT current_setting('lock_timeout'), set_config('lock_timeout', '0', false)").fetchone()
+    assert row is not None  # a SELECT without FROM returns one row
+    try:
+        for statement in migration.statements:
+            conn.execute(statement.encode(), prepare=False)
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+            (migration.version, migration.name, migration.checksum),
+        )
+    finally:
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (row[0],))
 
 
 def _log_lock_wait(state: RetryCallState) -> None:
