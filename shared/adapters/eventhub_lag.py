@@ -44,6 +44,7 @@ from azure.storage.blob import BlobServiceClient
 from shared import eventhub_connection
 from shared.adapters.identity import credential_for
 from shared.exceptions import ConfigurationError, DependencyUnavailable
+from shared.ports.dashboard import LagCounts
 from shared.ports.lag import LagReading, PartitionLag, PartitionLagReader
 
 logger = logging.getLogger(__name__)
@@ -290,8 +291,9 @@ class CachedPartitionLag:
     as a reading of now, the hub read every other period only, and the gauge's
     staleness limit measured from the wrong time. The page takes those readings too
     while they are under ``max_age`` old. A partition whose checkpoint KEDA cannot
-    read is left out of :meth:`lag` (KEDA counts nothing there; the reader's count
-    of every retained event would be a false, growing lag) and named by :meth:`unreadable`.
+    read is left out of the counts (KEDA counts nothing there; the reader's count
+    of every retained event would be a false, growing lag) and named, with the
+    reason, in :meth:`lag`'s ``unreadable``: both from the same reading.
     """
 
     def __init__(self, reader: PartitionLagReader, *, max_age: float = 5.0,
@@ -303,16 +305,17 @@ class CachedPartitionLag:
         self._lock = threading.Lock()  # the last result only, never held through a read
         self._last: tuple[float, LagReading | DependencyUnavailable] | None = None
 
-    def lag(self) -> dict[str, int]:
-        """Unprocessed events per partition; a failed reading is remembered as long as a good one would be."""
-        return self._counted(self._max_age)
+    def lag(self) -> LagCounts:
+        """The counts and the unreadable partitions of one reading; a failed reading is remembered as long as a good
+        one would be."""
+        return _counts(self._reading_within(self._max_age))
 
     def fresh_lag(self) -> dict[str, int]:
         """Unprocessed events per partition, read from the hub now (the gauge's reading of each period)."""
-        return self._counted(0.0)
+        return _counts(self._reading_within(0.0)).partitions
 
-    def _counted(self, max_age: float) -> dict[str, int]:
-        """The partitions' counts from a reading that ended less than ``max_age`` seconds ago, or from a new one."""
+    def _reading_within(self, max_age: float) -> LagReading:
+        """A reading that ended less than ``max_age`` seconds ago, or a new one."""
         with self._reading:
             with self._lock:
                 last = self._last
@@ -327,16 +330,14 @@ class CachedPartitionLag:
         result = last[1]
         if isinstance(result, DependencyUnavailable):
             raise result
-        return {p.partition_id: p.unprocessed for p in result.partitions if p.checkpoint_error is None}
+        return result
 
-    def unreadable(self) -> dict[str, str]:
-        """Partition -> why KEDA cannot read its checkpoint, from the last reading :meth:`lag` or :meth:`fresh_lag`
-        made (never reads)."""
-        with self._lock:
-            result = None if self._last is None else self._last[1]
-        if not isinstance(result, LagReading):
-            return {}
-        return {p.partition_id: p.checkpoint_error for p in result.partitions if p.checkpoint_error is not None}
+
+def _counts(reading: LagReading) -> LagCounts:
+    """``reading``'s counts, leaving out the partitions whose checkpoint KEDA cannot read, and those partitions."""
+    return LagCounts(
+        {p.partition_id: p.unprocessed for p in reading.partitions if p.checkpoint_error is None},
+        {p.partition_id: p.checkpoint_error for p in reading.partitions if p.checkpoint_error is not None})
 
 
 def host_checkpoint_source(eventhub: str, consumer_group: str, *, connection_string: str | None,

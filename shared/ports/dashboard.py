@@ -82,14 +82,24 @@ class CriticalStream(Protocol):
         event once, as its current copy, leaving out events a correction made not critical."""
 
 
+@dataclass(frozen=True, slots=True)
+class LagCounts:
+    """One reading of the Event Hubs lag: ``partitions``, events not yet processed per partition, and
+    ``unreadable``, partition -> why the autoscaler cannot read its checkpoint. A partition is in one or the
+    other, never both: where the autoscaler cannot read the checkpoint it counts nothing."""
+
+    partitions: dict[str, int]
+    unreadable: dict[str, str]
+
+    @property
+    def total(self) -> int:
+        return sum(self.partitions.values())
+
+
 class LagReader(Protocol):
-    def lag(self) -> dict[str, int] | None:
-        """Events not yet processed per Event Hubs partition; ``None`` when no reader is configured.
-
-        A partition whose checkpoint the autoscaler cannot read is left out (it counts nothing there)."""
-
-    def unreadable(self) -> dict[str, str]:
-        """Partition -> why the autoscaler cannot read its checkpoint, from the last :meth:`lag` reading."""
+    def lag(self) -> LagCounts | None:
+        """The counts and the unreadable partitions, both from one reading; ``None`` when no reader is
+        configured."""
 
 
 @dataclass(frozen=True, slots=True)

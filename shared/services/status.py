@@ -46,6 +46,7 @@ from shared.ports.dashboard import (
     CriticalStream,
     DeadLetterCounter,
     FeedPositionReader,
+    LagCounts,
     LagReader,
     Position,
     Reports,
@@ -170,14 +171,13 @@ class StatusService:
         return {key: body[key] for key in ("generated_at", *sections)}
 
     def _lag_section(self) -> dict[str, Any]:
-        lag = self._lag.lag()
+        lag = self._lag.lag()  # the counts and the unreadable partitions of one reading, never of two
         if lag is None:
             return {"status": "not_configured", "partitions": None, "total": None}
-        unreadable = self._lag.unreadable()
-        if unreadable:  # KEDA's scaler fails on these checkpoints: no count of theirs is a lag
-            return {"status": "checkpoint_unreadable", "partitions": lag, "total": sum(lag.values()),
-                    "unreadable": unreadable}
-        return {"status": "ok", "partitions": lag, "total": sum(lag.values())}
+        if lag.unreadable:  # KEDA's scaler fails on these checkpoints: no count of theirs is a lag
+            return {"status": "checkpoint_unreadable", "partitions": lag.partitions, "total": lag.total,
+                    "unreadable": lag.unreadable}
+        return {"status": "ok", "partitions": lag.partitions, "total": lag.total}
 
     def _dependencies(self) -> dict[str, Any]:
         healthy, health = self._health()
@@ -252,8 +252,5 @@ class StatusService:
 class NoLagReader:
     """``LagReader`` for a deployment without one: the status says lag is not configured."""
 
-    def lag(self) -> dict[str, int] | None:
+    def lag(self) -> LagCounts | None:
         return None
-
-    def unreadable(self) -> dict[str, str]:
-        return {}

@@ -433,7 +433,8 @@ def test_an_unreachable_event_hubs_namespace_never_holds_a_prometheus_scrape(azu
                                     fully_qualified_namespace=None)
     hub = eventhub_client("telemetry", "sluice", connection_string=connection)
     blobs = BlobServiceClient.from_connection_string(azurite_connection_string)
-    figures = metrics.register_lag_gauge(CachedPartitionLag(EventHubBlobLagReader(hub, blobs, source)).lag, "sluice")
+    lag = CachedPartitionLag(EventHubBlobLagReader(hub, blobs, source))
+    figures = metrics.register_lag_gauge(lag.fresh_lag, "sluice")
     server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
     url = f"http://127.0.0.1:{server.server_port}/metrics"
     bodies, elapsed = [], []

@@ -9,6 +9,7 @@ from shared.adapters.eventhub_lag import CachedPartitionLag
 from shared.adapters.otel_metrics import LAG_PERIOD
 from shared.adapters.refreshed_figures import RefreshedFigures
 from shared.exceptions import DependencyUnavailable
+from shared.ports.dashboard import LagCounts
 from shared.ports.lag import LagReading, PartitionLag
 
 
@@ -42,22 +43,21 @@ def test_a_failed_reading_is_remembered_for_max_age_then_read_again() -> None:
             lag.lag()
     assert reader.reads == 1
     now[0] = 5.0
-    assert lag.lag() == {"0": 3, "1": 0}
+    assert lag.lag().partitions == {"0": 3, "1": 0}
     assert reader.reads == 2
 
 
 def test_a_partition_whose_checkpoint_keda_cannot_read_is_named_and_not_counted() -> None:
     """KEDA's scaler fails on a checkpoint blob without a numeric ``sequencenumber`` and counts nothing there; the
     reader's count for it (every retained event, as if never checkpointed) would be a false lag that grows with
-    every event, on the gauge, the status page and the lag alert. So the partition is left out of ``lag`` and
+    every event, on the gauge, the status page and the lag alert. So the partition is left out of the counts and
     ``unreadable`` names it with the reason, from the same reading."""
     error = "azure-webjobs-eventhub/ns/hub/sluice/checkpoint/0 has no 'sequencenumber' metadata (keys: ['offset'])"
     reader = ScriptedReader(LagReading((PartitionLag("0", 0, 4, None, 5, error), PartitionLag("1", 0, 3, 3, 0)),
                                        scaler_error=error))
     lag = CachedPartitionLag(reader, max_age=5.0, monotonic=lambda: 0.0)
-    assert lag.unreadable() == {}  # nothing read yet, and it never reads
-    assert lag.lag() == {"1": 0}
-    assert lag.unreadable() == {"0": error}
+    assert lag.fresh_lag() == {"1": 0}  # the gauge: the counts only
+    assert lag.lag() == LagCounts({"1": 0}, {"0": error})  # the page: the gauge's reading, both from it
     assert reader.reads == 1
 
 
@@ -108,8 +108,8 @@ def test_the_status_page_takes_the_gauges_reading_while_it_is_under_max_age_old(
     lag = CachedPartitionLag(hub, max_age=5.0, monotonic=lambda: clock[0])
     assert lag.fresh_lag() == {"0": 3}
     clock[0] = 4.0
-    assert lag.lag() == {"0": 3}
+    assert lag.lag().partitions == {"0": 3}
     assert hub.reads == [0.0]
     clock[0] = 5.2
-    assert lag.lag() == {"0": 3}
+    assert lag.lag().partitions == {"0": 3}
     assert hub.reads == [0.0, 5.2]

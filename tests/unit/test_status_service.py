@@ -7,9 +7,11 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from shared.adapters.eventhub_lag import CachedPartitionLag
 from shared.domain.stored import StoredEvent
 from shared.exceptions import DependencyUnavailable
-from shared.ports.dashboard import BucketFigures, BucketRead, Position
+from shared.ports.dashboard import BucketFigures, BucketRead, LagCounts, Position
+from shared.ports.lag import LagReading, PartitionLag
 from shared.services.history import BadToken, HistoryService, TokenSigner
 from shared.services.status import NoLagReader, StatusService, p99
 
@@ -85,9 +87,48 @@ def test_the_lag_section_names_the_partitions_whose_checkpoint_keda_cannot_read(
     """A partition whose checkpoint KEDA's scaler cannot read is counted nowhere (no false lag) and the section says
     so, naming it: the autoscaler is on its fallback replicas, which the lag figures alone would not show."""
     why = "checkpoint/0 has no 'sequencenumber' metadata"
-    status = service(Arrivals([]), lag=Fixed(lag=lambda: {"1": 2}, unreadable=lambda: {"0": why}))
+    status = service(Arrivals([]), lag=Fixed(lag=lambda: LagCounts({"1": 2}, {"0": why})))
     assert status.status()["lag"] == {"status": "checkpoint_unreadable", "partitions": {"1": 2}, "total": 2,
                                       "unreadable": {"0": why}}
+
+
+class AlternatingHub:
+    """A ``PartitionLagReader`` whose readings take turns: partition 0's checkpoint unreadable, then read again."""
+
+    WHY = "checkpoint/0 has no 'sequencenumber' metadata"
+
+    def __init__(self, *, unreadable_first: bool) -> None:
+        self.unreadable = unreadable_first
+
+    def read(self) -> LagReading:
+        partition_0 = (PartitionLag("0", 0, 4, None, 5, self.WHY) if self.unreadable
+                       else PartitionLag("0", 0, 4, 1, 3))
+        self.unreadable = not self.unreadable
+        return LagReading((partition_0, PartitionLag("1", 0, 3, 1, 2)))
+
+
+@pytest.mark.parametrize("unreadable_first", [True, False])
+def test_the_lag_section_takes_its_counts_and_unreadable_partitions_from_one_reading(
+        unreadable_first: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``sluice.eventhub.lag`` gauge's thread reads the hub every period through the page's reader
+    (``fresh_lag``). The section took the counts, then asked for the unreadable partitions: a gauge reading ending
+    in between made it say ``ok`` with partition 0 left out of the counts, or ``checkpoint_unreadable`` naming
+    partition 0 while counting it in ``partitions`` and ``total`` (docs/api.md: such a partition is in neither)."""
+    lag = CachedPartitionLag(AlternatingHub(unreadable_first=unreadable_first), max_age=5.0, monotonic=lambda: 0.0)
+    page_read = lag.lag
+
+    def then_the_gauge_reads() -> LagCounts:
+        answer = page_read()
+        lag.fresh_lag()  # the gauge's reading of this period ends right after the page's read
+        return answer
+
+    monkeypatch.setattr(lag, "lag", then_the_gauge_reads)
+    section = service(Arrivals([]), lag=lag).status()["lag"]
+    if unreadable_first:
+        assert section == {"status": "checkpoint_unreadable", "partitions": {"1": 2}, "total": 2,
+                           "unreadable": {"0": AlternatingHub.WHY}}
+    else:
+        assert section == {"status": "ok", "partitions": {"0": 3, "1": 2}, "total": 5}
 
 
 def test_closed_buckets_are_read_once_and_each_read_is_bounded() -> None:
