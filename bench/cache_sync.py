@@ -43,6 +43,7 @@ import redis
 
 from shared.adapters.redis import RedisChangeSink, sort_key
 from shared.adapters.redis.base import Command
+from shared.adapters.redis.change_sink import moves, superseded_here
 from shared.adapters.redis.client import Client, as_text
 from shared.domain.stored import StoredEvent
 from shared.ports.feed import FeedPage, FeedPosition, SavedPosition
@@ -181,14 +182,13 @@ def send_page(client: Client, cache: RedisChangeSink, page: RawPage) -> int:
     moved: dict[tuple[str, str], str] = {}  # (latest key, event id) -> the moved copy's enqueued time
     moved_from: set[str] = set()
     for at, e in page.fills:
-        reply = replies[at]
-        if isinstance(reply, list) and reply and isinstance(reply[0], list):  # {{device, time}, reply}: moved
-            device, enqueued = as_text(reply[0][0]), as_text(reply[0][1])
+        away, reply = moves(replies[at])  # {{device, time, ...}, reply}: moved
+        for device, enqueued in away:
             target = (f"{prefix}d:{{{device}}}:latest", str(e.event_id))
             if target not in moved or moved[target] < enqueued:
                 moved[target] = enqueued
-            moved_from.add(device)
-            reply = reply[1]
+            if superseded_here(device, enqueued, e):
+                moved_from.add(device)
         if isinstance(reply, bytes | str):
             devices = [(e.device_id, as_text(reply))]
         else:

@@ -40,7 +40,8 @@ from redis.exceptions import NoScriptError
 
 from shared.adapters.redis import RedisChangeSink, sort_key
 from shared.adapters.redis.base import Command
-from shared.adapters.redis.client import as_text, calling
+from shared.adapters.redis.change_sink import moves
+from shared.adapters.redis.client import calling
 from shared.adapters.redis.keys import Keys
 from shared.domain.stored import StoredEvent
 from shared.domain.times import to_ms
@@ -192,10 +193,8 @@ class RedisCacheBuilder:
         replies = self._run(first, what)
         refused = {(device, event.event_id) for at, device, event in fills if replies[at] == 0}
         second: list[Command] = []
-        for at, event in owners:  # {{device, time}, reply}: a move the feed applied to the event
-            reply = replies[at]
-            if isinstance(reply, list) and reply and isinstance(reply[0], list):
-                device, enqueued = as_text(reply[0][0]), as_text(reply[0][1])
+        for at, event in owners:  # {{device, time, ...}, reply}: a move the feed applied to the event
+            for device, enqueued in moves(replies[at])[0]:
                 second.append(("EVALSHA", sha["unlatest"], 1, keys.latest(device), str(event.event_id), enqueued))
         for device, kept, covers, set_left in sets:
             current = [event for event in kept if (device, event.event_id) not in refused]

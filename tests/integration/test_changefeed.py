@@ -796,3 +796,49 @@ def test_a_correction_to_another_device_does_not_leave_the_event_as_the_old_devi
     assert latest_doc(rclient, cache, new)["event_id"] == str(event_id)
     assert CassandraEventReader(session, keyspace, timeout=5).latest(old) is None
     assert latest_doc(rclient, cache, old) is None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("resent", [False, True], ids=["same-copy", "resent-later"])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_correction_to_another_device_whose_unlatest_failed_drops_the_old_state_when_written_again(
+        mode, resent, session, keyspace, store, rclient, redis_prefix, monkeypatch) -> None:
+    """The old device's ``latest`` goes in the sink's second pipeline (``unlatest.lua``). When that pipeline fails,
+    the run keeps its position and the next one writes the page again, but ``fill_event`` had already rewritten its
+    field ``o`` to the new device's copy, so it answered no move the second time and the old device's state kept
+    the moved copy for the feed's TTL while the store had none. The move is now kept beside ``o`` (``m``) and
+    answered to the page written again, also as the correction re-sent meanwhile (Cosmos mode reads only a row's
+    latest version), as ``v``/``u`` are."""
+    from shared.adapters.cassandra.reader import CassandraEventReader
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    event_id, at = uuid.uuid4(), now - timedelta(minutes=5)
+    old, new = f"dev-{uuid.uuid4().hex[:8]}", f"dev-{uuid.uuid4().hex[:8]}"
+    store.write([make_event(old, at, measurements={"temperature": 20.0}, event_id=event_id,
+                            enqueued=now - timedelta(minutes=4))])
+    cache = make_cache(rclient, redis_prefix)
+    make_service(mode, session, keyspace, cache).run()
+    assert latest_doc(rclient, cache, old)["event_id"] == str(event_id)
+
+    store.write([make_event(new, at, measurements={"temperature": 21.0}, event_id=event_id,
+                            enqueued=datetime.now(UTC) - timedelta(seconds=1))])  # within the next runs' overlap
+    send, failures = cache._send, []
+
+    def second_pipeline_times_out(commands):  # the pipeline carrying unlatest fails once, as a timeout would
+        if not failures and any(command[0] == cache.sha["unlatest"] for command in commands):
+            failures.append(commands)
+            raise redis.TimeoutError("Timeout reading from socket")
+        return send(commands)
+
+    monkeypatch.setattr(cache, "_send", second_pipeline_times_out)
+    with pytest.raises(DependencyUnavailable):
+        make_service(mode, session, keyspace, cache).run()
+    assert failures, "the correction's run sent no unlatest"
+    if resent:  # the correction re-sent before the next run
+        store.write([make_event(new, at, measurements={"temperature": 21.0}, event_id=event_id,
+                                enqueued=datetime.now(UTC) - timedelta(milliseconds=500))])
+    make_service(mode, session, keyspace, cache).run()  # the page written again
+
+    assert CassandraEventReader(session, keyspace, timeout=5).latest(old) is None
+    assert latest_doc(rclient, cache, old) is None
+    assert latest_doc(rclient, cache, new)["event_id"] == str(event_id)

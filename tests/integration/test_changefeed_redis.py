@@ -501,6 +501,38 @@ def test_an_event_moved_to_another_device_is_no_longer_the_old_devices_latest_st
     assert client.hget(cache.keys.latest("pump-8"), "d") == moved.to_json().encode()
 
 
+@pytest.mark.parametrize("critical", [False, True], ids=["not critical", "critical"])
+@pytest.mark.parametrize("again", ["the same page", "its latest copy only"])
+def test_an_event_moved_twice_in_a_page_whose_unlatest_failed_leaves_both_old_devices_when_written_again(
+        client, redis_prefix, monkeypatch, critical, again):
+    """A page moving an event on twice (pump-7 -> pump-8 -> pump-9) fails in the second pipeline, which carries
+    ``unlatest``; ``fill_event`` has rewritten ``o`` by then. Written again (the portable feed: the same page; the
+    Cosmos feed: the row's latest copy only), the move each copy made is answered from field ``m``, and neither
+    old device keeps the event as its latest state."""
+    cache = Cache(client, key_prefix=redis_prefix)
+    original = stored("pump-7", critical=critical, enqueued=0)
+    apply_changes(cache.sink, [original], _NoLatestState(), list)
+    second = replace(original, device_id="pump-8", enqueued_time=NOW + timedelta(seconds=5))
+    third = replace(original, device_id="pump-9", enqueued_time=NOW + timedelta(seconds=9))
+    send, failed = cache.sink._send, []
+
+    def unlatest_fails_once(commands):
+        if not failed and any(command[0] == cache.sink.sha["unlatest"] for command in commands):
+            failed.append(commands)
+            raise redis.ConnectionError("Connection reset by peer")
+        return send(commands)
+
+    monkeypatch.setattr(cache.sink, "_send", unlatest_fails_once)
+    with pytest.raises(DependencyUnavailable):
+        apply_changes(cache.sink, [second, third], _NoLatestState(), list)
+    assert failed
+    page = [second, third] if again == "the same page" else [third]
+    apply_changes(cache.sink, page, _NoLatestState(), list)
+    assert client.hget(cache.keys.latest("pump-7"), "d") is None
+    assert client.hget(cache.keys.latest("pump-8"), "d") is None
+    assert client.hget(cache.keys.latest("pump-9"), "d") == third.to_json().encode()
+
+
 def test_a_correction_back_to_the_old_device_stays_its_latest_state(client, redis_prefix):
     """An event moved to another device and then back (a later copy under the first device again) is that device's
     latest state again: only a copy enqueued before the one under the other device is dropped."""

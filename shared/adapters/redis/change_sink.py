@@ -38,9 +38,13 @@ answers the device whose latest state may still name the event as a superseded c
 the second pipeline sends ``unlatest`` there, in every generation written (one
 generation's answer is enough: the other's ``e:<id>`` may lack the note): the store
 has no latest state for it, nor writes a rebuild one (which leaves the note with each
-latest state it writes, ``RedisCacheBuilder._write``). That device is not reported as missing, so ``put_latest``
-does not write the superseded copy back. An event that never was corrected costs no
-command more (``o`` goes in the ``HSET`` each mode makes anyway).
+latest state it writes, ``RedisCacheBuilder._write``). That device is not reported as
+missing, so ``put_latest`` does not write the superseded copy back (unless this copy is
+under it again, enqueued at or after the move: :func:`superseded_here`).
+``e:<event id>`` keeps each move (field ``m``), so a page written again after the second
+pipeline failed, also as a later copy, gets it again, although ``o`` names the new copy
+by then. An event that never was corrected costs no command more (``o`` goes in the
+``HSET`` each mode makes anyway).
 
 Each script is atomic and idempotent on its own, so the order in which a
 cluster's nodes run them does not matter, and a page that failed half-way
@@ -148,19 +152,18 @@ class RedisChangeSink(ScriptedRedis):
         replies = self.pipeline(commands, f"writing {len(events)} changed events", **self._wait)
         leaving: dict[str, tuple[str, str]] = {}  # member key -> its set's key, the newest copy's enqueued time
         moved: dict[tuple[str, str], str] = {}  # (latest key, event id) -> the moved copy's enqueued time
-        moved_from: set[str] = set()  # the devices of those latest keys
+        moved_from: set[str] = set()  # the devices of those latest keys whose copy in this page is superseded
         for at, event, keys in by_id:
-            reply = replies[at]
-            if isinstance(reply, list) and reply and isinstance(reply[0], list):  # {{device, time}, reply}
-                device, enqueued = as_text(reply[0][0]), as_text(reply[0][1])
+            away, reply = moves(replies[at])
+            for device, enqueued in away:
                 # to every generation written: one whose e:<id> lacks the note (o expired there, or the rebuild
                 # wrote it before this release) would keep a state the store no longer has
                 for written in generations:
                     target = (written.latest(device), str(event.event_id))
                     if target not in moved or moved[target] < enqueued:
                         moved[target] = enqueued
-                moved_from.add(device)
-                reply = reply[1]
+                if superseded_here(device, enqueued, event):
+                    moved_from.add(device)
             for device, enqueued in _leaving(reply, event):
                 member = keys.member(device, event.event_id)
                 if member not in leaving or leaving[member][1] < enqueued:
@@ -197,6 +200,24 @@ class RedisChangeSink(ScriptedRedis):
         self.pipeline([(sha, 1, keys.latest(e.device_id), sort_key(e), e.to_json(), ttl)
                        for e in events for keys in generations], f"putting {len(events)} latest states",
                       **self._wait)
+
+
+def moves(reply: object) -> tuple[list[tuple[str, str]], object]:
+    """A ``fill_event`` reply split into the devices to drop a superseded latest state from, each with the enqueued
+    time of the copy that superseded it (``unlatest``), and the rest of the reply: ``{{device, time, ...}, reply}``
+    where a copy moved (``o``, or a move ``m`` keeps for a page written again), else the reply alone."""
+    if isinstance(reply, list) and len(reply) == 2 and isinstance(reply[0], list):
+        pairs = [as_text(part) for part in reply[0]]
+        return list(zip(pairs[::2], pairs[1::2], strict=True)), reply[1]
+    return [], reply
+
+
+def superseded_here(device: str, enqueued: str, event: StoredEvent) -> bool:
+    """Whether ``device``, answered by ``event``'s ``fill_event`` with ``enqueued`` (:func:`moves`), has a superseded
+    copy of the event in the page, which ``put_latest`` must not write back: not where the answer is a move ``m``
+    keeps from that device and ``event`` is a copy under it again, enqueued at or after that move (the correction
+    back, the device's current copy)."""
+    return device != event.device_id or enqueued > event.enqueued_text()
 
 
 def _leaving(reply: object, event: StoredEvent) -> list[tuple[str, str]]:

@@ -24,9 +24,13 @@
 -- The change feed also sends the copy's device and enqueued time (ARGV[4], ARGV[5] with "feed"; ARGV[5] with
 -- "stale": its enqueued time is ARGV[1]). Field `o` keeps "<enqueued time> <device>" of the newest copy it sent,
 -- written with the fields each mode writes anyway. A copy under another device than `o` names (a correction that
--- moved the event, or the copy it moved from, read again) answers {{device, time}, reply}: the device whose
--- latest state may still name the event as a copy enqueued before `time`, which the feed then drops there
+-- moved the event, or the copy it moved from, read again) answers {{device, time, ...}, reply}: each device whose
+-- latest state may still name the event as a copy enqueued before its `time`, which the feed then drops there
 -- (unlatest.lua). Without `o` (it expired with the note `n`) a cached copy `d` tells the device instead.
+-- Field `m` keeps the devices a copy moved the event away from, each with the enqueued time of the copy that
+-- moved it (JSON object; the latest such time per device), written with `o`: `o` then names the new copy, so a
+-- page written again after a failure (the feed's second pipeline, which carries unlatest.lua, did not run) would
+-- find no move; every copy enqueued at or after a device's time answers it again, as `v`/`u` are answered.
 local function decoded(doc)
   local ok, value = pcall(cjson.decode, doc)
   if ok and type(value) == 'table' then return value end
@@ -58,8 +62,8 @@ end
 local sent_device, sent_at
 if ARGV[3] == 'stale' then sent_device, sent_at = ARGV[5], ARGV[1]
 elseif ARGV[3] == 'feed' then sent_device, sent_at = ARGV[4], ARGV[5] end
-local owner = {}  -- `o` to write (owner.note), and the device to answer with its time (owner.moved)
-local function own(noted, cached)
+local owner = {}  -- fields to write (owner.note: `o`, owner.moves: `m`), and the devices to answer (owner.moved)
+local function own(noted, cached, moves)
   if not sent_device then return end
   local at, other
   if noted then
@@ -69,22 +73,52 @@ local function own(noted, cached)
     at, other = enqueued(cached), field(cached, 'device_id')
   end
   if (not at) or at < sent_at then owner.note = sent_at .. ' ' .. sent_device end
+  local answered = {}  -- device -> the time to answer with
+  local function add(device, time)
+    if (not answered[device]) or answered[device] < time then answered[device] = time end
+  end
+  local known = moves and decoded(moves) or {}  -- decoded only for an event once moved
+  for device, time in pairs(known) do
+    if type(device) == 'string' and type(time) == 'string' and time <= sent_at then add(device, time) end
+  end
   if other and other ~= sent_device and at ~= sent_at then
-    if at < sent_at then owner.moved = {other, sent_at} else owner.moved = {sent_device, at} end
+    if at < sent_at then
+      add(other, sent_at)
+      if type(known[other]) ~= 'string' or known[other] < sent_at then  -- `o` is rewritten: `m` keeps the move
+        known[other] = sent_at
+        owner.moves = cjson.encode(known)
+      end
+    else add(sent_device, at) end
+  end
+  local devices = {}
+  for device in pairs(answered) do table.insert(devices, device) end
+  if #devices == 0 then return end
+  table.sort(devices)
+  owner.moved = {}
+  for _, device in ipairs(devices) do
+    table.insert(owner.moved, device); table.insert(owner.moved, answered[device])
   end
 end
-local function fields(...)  -- HSET arguments with `o` added where it is to be written
-  local list = {...}
+local function pending()  -- `o` and `m` still to write, as HSET arguments
+  local list = {}
   if owner.note then
     table.insert(list, 'o'); table.insert(list, owner.note); owner.note = nil
   end
+  if owner.moves then
+    table.insert(list, 'm'); table.insert(list, owner.moves); owner.moves = nil
+  end
+  return list
+end
+local function fields(...)  -- HSET arguments with `o` and `m` added where they are to be written
+  local list = {...}
+  for _, value in ipairs(pending()) do table.insert(list, value) end
   return list
 end
 local function main()
   if ARGV[3] == 'stale' then
-    local found = redis.call('HMGET', KEYS[1], 'd', 'n', 'u', 'v', 'o')
+    local found = redis.call('HMGET', KEYS[1], 'd', 'n', 'u', 'v', 'o', 'm')
     local cached, noted, since, devices = found[1], found[2], found[3], found[4]
-    own(found[5], cached)
+    own(found[5], cached, found[6])
     local reply = 0
     -- the notes go in before the copy goes out: the key never empties, so it keeps the copy's TTL (and `u` with it)
     if (not noted) or noted < ARGV[1] then redis.call('HSET', KEYS[1], unpack(fields('n', ARGV[1]))) end
@@ -96,9 +130,9 @@ local function main()
     extend(KEYS[1], tonumber(ARGV[4]))
     return answer(reply, devices, since, ARGV[1])
   end
-  local found = redis.call('HMGET', KEYS[1], 'n', 'd', 'u', 'v', 'o')
+  local found = redis.call('HMGET', KEYS[1], 'n', 'd', 'u', 'v', 'o', 'm')
   local noted, previous, since, devices = found[1], found[2], found[3], found[4]
-  own(found[5], previous ~= ARGV[1] and previous)
+  own(found[5], previous ~= ARGV[1] and previous, found[6])
   -- refused: superseded by a copy enqueued at `later` (nil: at the same time); the feed is told that time
   local function refused(later)
     if later and ARGV[3] == 'feed' and enqueued(ARGV[1]) < later then return later end
@@ -117,6 +151,7 @@ local function main()
   return answer(1, devices, since, time)
 end
 local reply = main()
-if owner.note then redis.call('HSET', KEYS[1], 'o', owner.note) end  -- the feed's copy noted nowhere else
+local left = pending()  -- the feed's copy noted nowhere else
+if #left > 0 then redis.call('HSET', KEYS[1], unpack(left)) end
 if owner.moved then return {owner.moved, reply} end
 return reply
