@@ -16,13 +16,14 @@ Both sources implement ``shared.ports.enrichment.ReferenceSource``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
+import zoneinfo
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 import pyarrow as pa
@@ -80,6 +81,16 @@ class DeviceRow(BaseModel):
         return DeviceRef(self.device_id, self.site_id, self.model, self.firmware, self.owner, self.installed_at)
 
 
+@functools.cache
+def _zones() -> frozenset[str]:
+    """The zones of the tz database, as the reporting views' ``AT TIME ZONE`` takes them in PostgreSQL.
+
+    Not whatever ``ZoneInfo`` opens: it also opens a folder of the database (``Europe``, ``America/Argentina``:
+    IsADirectoryError), the ``posix/`` and ``right/`` copies (PostgreSQL refuses the leap-second ones) and
+    ``localtime``, the zone of the machine that runs the command, which names no zone anywhere else."""
+    return frozenset(zoneinfo.available_timezones() - {"localtime"})
+
+
 class SiteRow(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -93,11 +104,8 @@ class SiteRow(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _iana(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"{value!r} is not an IANA time zone") from None
+        if value is not None and value not in _zones():
+            raise ValueError(f"{value!r} is not an IANA time zone (Area/Location, e.g. Europe/Paris)")
         return value
 
     def ref(self) -> SiteRef:
@@ -147,7 +155,7 @@ def _rows(table: pa.Table, model: type[Row], what: str, key: str) -> list[Row]:
         raise PermanentError(f"{what}: unknown columns {unknown}; expected some of {sorted(known)}")
     rows: list[Row] = []
     seen: dict[str, int] = {}
-    for number, record in enumerate(table.to_pylist(), start=1):
+    for number, record in enumerate(_records(table, what, key), start=1):
         values: dict[str, Any] = {k: v for k, v in record.items() if v is not None}
         try:
             row = model.model_validate(values)
@@ -161,6 +169,35 @@ def _rows(table: pa.Table, model: type[Row], what: str, key: str) -> list[Row]:
         seen[identifier] = number
         rows.append(row)
     return rows
+
+
+def _records(table: pa.Table, what: str, key: str) -> list[dict[str, Any]]:
+    """The table's rows as Python values. A value Python cannot hold (a timestamp past the year 9999, a date32 of
+    millions of years, as another tool may write them) raises ``PermanentError`` naming its row and column; pyarrow
+    alone raises a bare OverflowError for the whole table, before any row is validated."""
+    columns: dict[str, list[Any]] = {}
+    for name in table.column_names:
+        try:
+            columns[name] = table.column(name).to_pylist()
+        except (OverflowError, ValueError):
+            columns[name] = _column_values(table, name, what, key)
+    return [{name: values[i] for name, values in columns.items()} for i in range(table.num_rows)]
+
+
+def _column_values(table: pa.Table, name: str, what: str, key: str) -> list[Any]:
+    """One column converted value by value, to find the row that cannot be converted."""
+    values: list[Any] = []
+    for number, scalar in enumerate(table.column(name), start=1):
+        try:
+            values.append(scalar.as_py())
+        except (OverflowError, ValueError) as exc:
+            try:
+                identifier = table.column(key)[number - 1].as_py()
+            except (OverflowError, ValueError):
+                identifier = None
+            raise PermanentError(f"{what}: row {number} ({key} {identifier!r}) is invalid: {name}: a {scalar.type} "
+                                 f"value outside the years 1-9999 ({exc})") from None
+    raise PermanentError(f"{what}: column {name!r} cannot be read as Python values")
 
 
 def _named(source: Path | bytes, what: str | None, kind: str) -> str:

@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 
 from shared import bootstrap
@@ -17,6 +20,7 @@ from shared.adapters.postgres.migrations import apply_migrations
 from shared.adapters.postgres.pool import ConnectionPool, make_pool
 from shared.adapters.reference import (
     DEVICE_SCHEMA,
+    SITE_SCHEMA,
     ParquetBlobReferenceSource,
     PostgresReferenceSource,
     read_devices,
@@ -197,6 +201,10 @@ def test_a_missing_blob_is_a_clear_error(env: dict[str, str]) -> None:
 
 @pytest.mark.parametrize(("text", "message"), [
     ("site_id,name,timezone\ns1,One,Mars/Olympus\n", r"row 1 \(site_id 's1'\) is invalid: timezone: .*IANA"),
+    # A folder of the tz database (ZoneInfo: IsADirectoryError, a traceback naming no row) or a file in it that is
+    # no zone PostgreSQL takes alike (leap-second copies, the machine's own ``localtime``).
+    *((f"site_id,name,timezone\ns1,One,{zone}\n", r"row 1 \(site_id 's1'\) is invalid: timezone: .*IANA")
+      for zone in ("Europe", "Etc", "America/Argentina", "right/UTC", "posix", "localtime", "zone.tab")),
     ("site_id,name,latitude\ns1,One,91\n", r"row 1 .*latitude"),
     ("site_id,name\ns1,One\ns1,Again\n", r"site_id 's1' appears twice \(rows 1 and 2\)"),
     ("site_id,name,colour\ns1,One,red\n", r"unknown columns \['colour'\]"),
@@ -341,3 +349,55 @@ def test_a_device_installed_at_before_year_1_in_utc_is_refused_naming_the_row(tm
     path.write_text("device_id,installed_at\nd1,2024-01-15T00:00:00Z\nd2,0001-01-01T00:00:00+01:00\n")
     with pytest.raises(PermanentError, match=r"devices\.csv.*row 2.*installed_at"):
         read_devices(path)
+
+
+def test_a_site_time_zone_that_is_a_tzdata_folder_is_refused_by_the_cli_and_in_a_blob(
+        env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``Europe`` (a folder of the tz database, a plausible typo for ``Europe/Paris``) escaped the validator as
+    IsADirectoryError: ``reference upload`` died with a traceback (exit 1), and a sites blob holding it, written by
+    another tool, failed every enrichment run without naming the blob or the row."""
+    sites = tmp_path / "sites.csv"
+    sites.write_text("site_id,name,timezone\nsite-1,Plant one,Europe\n", encoding="utf-8")
+    assert main(["reference", "upload", "--sites", str(sites)]) == 2
+    assert "row 1 (site_id 'site-1') is invalid: timezone" in capsys.readouterr().err
+
+    blobs = BlobServiceClient.from_connection_string(env["AzureWebJobsStorage"])
+    container = blobs.get_container_client(env["SLUICE_ENRICH_REFERENCE_CONTAINER"])
+    with contextlib.suppress(ResourceExistsError):
+        container.create_container()
+    container.upload_blob("devices.parquet", to_parquet([], DEVICE_SCHEMA), overwrite=True)
+    container.upload_blob("sites.parquet", to_parquet([SiteRef("site-1", "Plant one", None, "Etc")], SITE_SCHEMA),
+                          overwrite=True)
+    source = ParquetBlobReferenceSource(blobs, container.container_name, "devices.parquet", "sites.parquet")
+    with pytest.raises(PermanentError, match=r"sites\.parquet: row 1 \(site_id 'site-1'\) is invalid: timezone"):
+        source.load()
+
+
+def test_every_time_zone_a_site_may_have_is_one_postgresql_takes(pg_dsn: str) -> None:
+    """The reporting views cut a site's days ``AT TIME ZONE sites.timezone``: a zone the files may name and
+    PostgreSQL does not know would fail every report query, far from the row that holds it."""
+    from shared.adapters.reference import _zones  # the set SiteRow validates against
+
+    refused = []
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for zone in sorted(_zones()):
+            try:
+                conn.execute("SELECT now() AT TIME ZONE %s", (zone,))
+            except psycopg.errors.InvalidParameterValue:
+                refused.append(zone)
+    assert refused == []
+
+
+def test_a_parquet_timestamp_past_year_9999_is_refused_naming_the_file_the_row_and_the_column(
+        tmp_path: Path) -> None:
+    """A Parquet ``installed_at`` past 9999 (another tool's file) made pyarrow's ``to_pylist`` raise a bare
+    OverflowError for the whole table before any row was validated, naming no file, row or column."""
+    table = pa.table({"device_id": ["dev-1", "dev-2"],
+                      "installed_at": pa.array([0, 300_000_000_000_000], pa.timestamp("ms", tz="UTC"))})
+    path = tmp_path / "devices.parquet"
+    pq.write_table(table, path)
+    message = r"row 2 \(device_id 'dev-2'\) is invalid: installed_at: .*outside the years 1-9999"
+    with pytest.raises(PermanentError, match=r"devices\.parquet: " + message):
+        read_devices(path)
+    with pytest.raises(PermanentError, match=r"blob ref/devices\.parquet: " + message):
+        read_devices(path.read_bytes(), "blob ref/devices.parquet")
