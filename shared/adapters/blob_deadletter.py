@@ -27,7 +27,9 @@ skipped by the other (``TakenLetter``, or ``mark_replayed`` returning ``Move.GON
 The move is conditional on the version the replay read (its etag): a letter written
 again under the same name meanwhile stays, to be replayed (``Move.KEPT``).
 
-The date is the Event Hubs enqueued time (the time of writing if unknown). Each
+The date is the Event Hubs enqueued time (the time of writing if unknown; a record
+replayed from a letter keeps that letter's date, so it is lettered again under the
+same name, not once more per day it is replayed on). Each
 blob holds the reason, the original bytes (base64, and as text when it is UTF-8),
 the index of the (first) bad element inside an array body, and the Event Hubs metadata.
 Writes are retried (tenacity, bounded); what still fails raises ``TransientError``
@@ -78,6 +80,20 @@ def _original(data: bytes) -> dict[str, Any]:
 
 def _day(metadata: EventMetadata, now: datetime) -> str:
     return utc(metadata.enqueued_time or now).strftime("%Y/%m/%d")  # a naive time is UTC, not local time
+
+
+_NAME_DAY = re.compile(r"^(?:rejected|batches)/(\d{4}/\d{2}/\d{2})/")
+
+
+def _lettered(name: str) -> datetime | None:
+    """The day a letter's name carries (midnight UTC), ``None`` for a name without one (hand-made)."""
+    match = _NAME_DAY.match(name)
+    if match is None:
+        return None
+    try:
+        return datetime.strptime(match[1], "%Y/%m/%d").replace(tzinfo=UTC)
+    except ValueError:  # 2024/13/45: no day
+        return None
 
 
 def _position(metadata: EventMetadata, data: bytes) -> str:
@@ -208,9 +224,10 @@ def _letter(name: str, data: bytes, etag: str) -> DeadLetter:
         raise ValueError(f"unknown kind {document['kind']!r}")
     items = document["events"] if document["kind"] == "batch" else [document]
     records = []
+    day = _lettered(name)
     for item in items:
         body = base64.b64decode(item["original_base64"], validate=True)
-        records.append(RawRecord(body, _metadata(item["eventhub"]), _pending(document, body)))
+        records.append(RawRecord(body, _metadata(item["eventhub"]), _pending(document, body), day))
     per_element = document["kind"] == "rejected" and document.get("index") is not None and "elements" not in document
     whole_body = document["kind"] == "rejected" and document.get("index") is None
     return DeadLetter(name, document["kind"], str(document["reason"]), records, per_element, whole_body, etag)
@@ -301,7 +318,8 @@ class BlobDeadLetterSink:
 
     def _put_rejected(self, item: Rejected, now: datetime) -> None:
         meta = item.metadata
-        where = f"{_day(meta, now)}/p{meta.partition_id or 'unknown'}"
+        # Without an enqueued time, the day of the letter replayed (if it is one), not today: the same name again.
+        where = f"{_day(meta, item.lettered or now)}/p{meta.partition_id or 'unknown'}"
         name = f"rejected/{where}/{_position(meta, item.original)}-{'elements' if item.elements else 'body'}.json"
         self._put(
             name,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -230,6 +230,8 @@ class Rejected:
     index: int | None = None
     event_id: str | None = None
     elements: tuple[BadElement, ...] = ()
+    lettered: datetime | None = None
+    """The record's ``RawRecord.lettered``: the day of the dead letter it was replayed from."""
 
     @property
     def count(self) -> int:
@@ -240,7 +242,7 @@ class Rejected:
 def _rejected_elements(record: RawRecord, bad: Sequence[BadElement], total: int) -> Rejected:
     first = bad[0]
     reason = first.reason if len(bad) == 1 else f"{len(bad)} of {total} elements are invalid; the first: {first.reason}"
-    return Rejected(reason, record.body, record.metadata, first.index, first.event_id, tuple(bad))
+    return Rejected(reason, record.body, record.metadata, first.index, first.event_id, tuple(bad), record.lettered)
 
 
 @dataclass(slots=True)
@@ -274,11 +276,15 @@ class RawRecord:
     """One Event Hubs event as received: its body bytes and metadata.
 
     ``pending``: replayed from a rejected letter of an array body, the elements still to ingest (``None``: all).
+    ``lettered``: replayed from a dead letter, the day its name carries (midnight UTC). A record without an
+    enqueued time is dead-lettered again under that day, not the day of the replay: the same name, so a letter
+    still invalid stays one letter however many days it is replayed on.
     """
 
     body: bytes
     metadata: EventMetadata
     pending: Pending | None = None
+    lettered: datetime | None = None
 
 
 def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime | None = None) -> Parsed:
@@ -309,7 +315,7 @@ def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime
             if item is None:  # an element stored before (a replayed letter's body): counted, not run again
                 continue
             if isinstance(item, Rejected):
-                parsed.errs.append(item)
+                parsed.errs.append(item if record.lettered is None else replace(item, lettered=record.lettered))
                 continue
             if isinstance(item, BadElement):
                 bad.append(item)

@@ -3,6 +3,8 @@ registered ingest function itself, and a blob beside them that is no readable de
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import uuid
 from collections.abc import Callable
@@ -466,3 +468,31 @@ def test_a_body_letter_whose_elements_are_read_on_replay_gives_way_to_its_elemen
     assert "replayed 0, still invalid 1" in out and "0 superseded" in out, out
     assert _stored_measurements(ingest.keyspace, good["event_id"]) == {"temperature": 22.0}  # type: ignore[attr-defined]
     assert sorted(b.name for b in container.list_blobs()) == sorted([elements_letter, "replayed/" + body_letter])
+
+
+def test_replaying_a_still_invalid_letter_without_enqueued_time_keeps_it_one_letter(
+        ingest: Callable[..., None], azurite_connection_string: str,  # noqa: F811
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A record without Event Hubs metadata is lettered under the day of writing, as
+    ``rejected/<day>/punknown/sha256-<hash>-body.json``. Replayed on a later day while still invalid, it is lettered
+    again under its letter's day, the same name: it used to go under the day of the replay, a second name, the old
+    letter kept as well, one more copy of the record per day replayed on."""
+    body = b"{still not json"
+    name = f"rejected/2000/01/01/punknown/sha256-{hashlib.sha256(body).hexdigest()[:32]}-body.json"
+    letter = {
+        "kind": "rejected", "reason": "not JSON", "event_id": None, "index": None,
+        "eventhub": EventMetadata().as_dict(), "dead_lettered_at": "2000-01-01T00:00:00+00:00",
+        "original_base64": base64.b64encode(body).decode(), "original_bytes": len(body),
+        "original_text": body.decode(),
+    }
+    container = BlobServiceClient.from_connection_string(azurite_connection_string).get_container_client(
+        ingest.container)  # type: ignore[attr-defined]
+    container.create_container()
+    container.upload_blob(name, json.dumps(letter).encode())
+
+    for _ in range(2):
+        code = main(["deadletter", "replay", "--kind", "rejected"])
+        out = capsys.readouterr().out
+        assert code == 0 and "replayed 0, still invalid 1" in out, out
+    assert [b.name for b in container.list_blobs()] == [name]
+    assert json.loads(container.download_blob(name).readall())["original_base64"] == letter["original_base64"]
