@@ -133,18 +133,23 @@ def test_the_held_rows_of_a_marked_window_are_read_through_the_window_start_inde
     assert "Seq Scan on enriched_events" not in plan, plan
 
 
+def _before(version: int, tmp_path: Path) -> Path:
+    """A copy of the migrations before ``version``: a database one deployment behind."""
+    directory = tmp_path / "sql"
+    directory.mkdir()
+    for path in sorted(SQL_DIR.glob("*.sql")):
+        if int(path.name[:3]) < version:
+            shutil.copy(path, directory / path.name)
+    return directory
+
+
 def test_the_window_start_index_is_built_concurrently_over_a_failed_builds_leftover(pg_dsn: str,
                                                                                     tmp_path: Path) -> None:
     """014 runs outside a transaction (CREATE INDEX CONCURRENTLY: the enrichment keeps writing while it builds). A
     concurrent build that failed leaves an INVALID index of the same name, which IF NOT EXISTS would take for done:
     the next run drops it and builds the index again, valid."""
-    directory = tmp_path / "sql"
-    directory.mkdir()
-    for path in sorted(SQL_DIR.glob("*.sql")):
-        if int(path.name[:3]) < 14:
-            shutil.copy(path, directory / path.name)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        apply_migrations(conn, directory)
+        apply_migrations(conn, _before(14, tmp_path))
         for i in range(2):  # a unique build over two rows of one window fails, leaving its index INVALID
             conn.execute("INSERT INTO enriched_events (event_id, window_start, device_id, event_time, event_type, "
                          "severity, critical, measurements, known_device) VALUES (%s, %s, 'dev-1', %s, 'reading', "
@@ -163,6 +168,47 @@ def test_the_window_start_index_is_built_concurrently_over_a_failed_builds_lefto
         assert conn.execute("SHOW lock_timeout").fetchone() == ("3s",), "the session's lock_timeout is restored"
         assert conn.execute("SELECT name FROM schema_migrations WHERE version = 14").fetchall() == [
             ("enriched_events_window_start",)]
+
+
+def test_two_migrators_at_once_both_finish_while_014_builds_concurrently(pg_dsn: str, tmp_path: Path) -> None:
+    """The advisory lock serialises migrators (the migrate Job retried, or run from a shell as operations.md says
+    to for a long build). A second one waiting in ``SELECT pg_advisory_lock(...)`` held a snapshot for the whole
+    wait, and 014's CREATE INDEX CONCURRENTLY, run by the first, waits for every older snapshot to end: each waited
+    for the other until PostgreSQL's deadlock detector failed one. The lock is now asked for again in short
+    statements, which hold no snapshot between them."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn, _before(14, tmp_path))
+        conn.execute(
+            "INSERT INTO enriched_events (event_id, window_start, device_id, event_time, event_type, severity, "
+            "critical, measurements, known_device) VALUES (%s, %s, 'dev-1', %s, 'reading', 'info', false, '{}', "
+            "false)", (uuid.uuid4(), datetime(2026, 11, 20, tzinfo=UTC), datetime(2026, 11, 20, 0, 0, 1, tzinfo=UTC)))
+    writer = psycopg.connect(pg_dsn)  # an enrichment window in progress: the build waits for it (documented)
+    writer.execute("UPDATE enriched_events SET severity = 'info'")
+    errors: list[BaseException] = []
+    applied: list[list[int]] = []
+
+    def migrate() -> None:
+        try:
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                applied.append(apply_migrations(conn))
+        except BaseException as exc:  # asserted below
+            errors.append(exc)
+
+    first = threading.Thread(target=migrate)
+    first.start()
+    time.sleep(1.0)  # the first holds the advisory lock; its build waits for the writer
+    second = threading.Thread(target=migrate)
+    second.start()
+    time.sleep(1.0)  # the second waits for the advisory lock
+    writer.commit()  # the window ends: the build goes on
+    writer.close()
+    first.join(60)
+    second.join(60)
+    assert not errors, errors
+    assert sorted(applied, key=len) == [[], [m.version for m in discover() if m.version >= 14]]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT indisvalid FROM pg_index "
+                            "WHERE indexrelid = 'enriched_events_window_start'::regclass").fetchall() == [(True,)]
 
 
 def test_every_view_and_column_is_commented(pg_dsn: str) -> None:

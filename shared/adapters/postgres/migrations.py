@@ -41,7 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    wait_exponential,
+    wait_fixed,
+)
 
 from shared.exceptions import ConfigurationError, TransientError
 
@@ -110,7 +118,7 @@ def apply_migrations(conn: psycopg.Connection, directory: Path = SQL_DIR, *, loc
         raise ConfigurationError("apply_migrations needs a connection outside any transaction")
     conn.autocommit = True
     try:
-        conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+        _take_lock(conn)
         try:
             retrying = Retrying(stop=stop_after_attempt(attempts),
                                 wait=wait_exponential(multiplier=0.5, max=max_pause_seconds),
@@ -121,6 +129,31 @@ def apply_migrations(conn: psycopg.Connection, directory: Path = SQL_DIR, *, loc
             conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
     finally:
         conn.autocommit = previous_autocommit
+
+
+# How often a migrator waiting for another one asks for the lock again.
+LOCK_POLL_SECONDS = 0.5
+
+
+def _take_lock(conn: psycopg.Connection) -> None:
+    """Take the migrators' advisory lock, waiting as long as another migrator holds it.
+
+    Asked for again every :data:`LOCK_POLL_SECONDS` with ``pg_try_advisory_lock``, each a short statement, rather
+    than waited for in one ``pg_advisory_lock``: a statement that waits holds a snapshot, and a ``CREATE INDEX
+    CONCURRENTLY`` the other migrator runs waits for every older snapshot to end, so each would wait for the other
+    until PostgreSQL's deadlock detector failed one of them (and a failed build leaves an INVALID index)."""
+    Retrying(retry=retry_if_result(lambda taken: not taken), wait=wait_fixed(LOCK_POLL_SECONDS),
+             before_sleep=_log_lock_held)(_try_lock, conn)
+
+
+def _try_lock(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (ADVISORY_LOCK_KEY,)).fetchone()
+    return bool(row and row[0])
+
+
+def _log_lock_held(state: RetryCallState) -> None:
+    if state.attempt_number == 1:  # once: the wait lasts as long as the other migrator's run
+        logger.info("another migrator holds the PostgreSQL migrations' lock; waiting for it to finish")
 
 
 def _apply(conn: psycopg.Connection, migrations: list[SqlMigration], retrying: Retrying,
