@@ -156,6 +156,69 @@ def test_a_failed_renewal_is_retried_not_the_end_of_renewals(redis_url: str, loc
         connection.close()
 
 
+class OneRenewal(IssuingCredential):
+    """The first token lasts ``LIFETIME``, every later one an hour: exactly one renewal happens within a test."""
+
+    def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+        token = super().get_token(*scopes, **kwargs)
+        self.lifetime = 3600
+        return token
+
+
+def _kill(host: str, port: int, client_id: int | str) -> None:
+    """The server closes one connection (as a restarted shard, a proxy or an idle timeout does)."""
+    node = redis.Redis(host=host, port=port)
+    try:
+        node.client_kill_filter(_id=str(client_id))
+    finally:
+        node.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_connection_the_server_closed_does_not_stop_the_others_signing_in_again(redis_server: RedisServer, users,
+                                                                                  short_renewal) -> None:
+    """One idle connection the server closed meanwhile (a restarted shard, an idle timeout) made its re-``AUTH``
+    raise, and that ended the sign-in: redis-py's ``re_auth_callback`` stops at it, and so did the loop over a
+    cluster's nodes. The pool's later connections, and every later node's, kept the token that was about to end.
+    Now the others sign in again in place, and the closed one reconnects with the renewed token on its next use."""
+    admin, names = users
+    credential = OneRenewal(admin, names)
+    client_name = f"entra-{uuid.uuid4().hex[:8]}"
+    connection = RedisConnection(redis_server.url, entra=credential, cluster=redis_server.cluster,
+                                 client_name=client_name)
+    try:
+        client = connection.client()
+        for n in range(30):  # keys in many slots: a connection to every master of a cluster
+            client.set(f"entra:{client_name}:{n}", n, ex=60)
+        if isinstance(client, RedisCluster):  # in the order the sign-in visits them
+            nodes = [node for node in client.get_nodes() if node.redis_connection is not None]
+            pools = [node.redis_connection.connection_pool for node in nodes
+                     if node.redis_connection.connection_pool._available_connections]
+            assert len(pools) >= 2
+        else:
+            pools = [client.connection_pool]
+        for pool in pools:  # several idle connections in each pool
+            taken = [pool.get_connection() for _ in range(3)]
+            for conn in taken:
+                pool.release(conn)
+        assert set(signed_in_as(admin, client_name)) == {names[0]}
+        broken = pools[0]._available_connections[0]  # the first connection the sign-in visits
+        broken.send_command("CLIENT", "ID")
+        _kill(broken.host, broken.port, broken.read_response())
+
+        poll(lambda: len(credential.issued) >= 2, 15, "the renewal")
+        poll(lambda: set(signed_in_as(admin, client_name)) == {names[1]}, 10,
+             "every other connection signing in with the renewed token")
+        taken = [pools[0].get_connection() for _ in range(len(pools[0]._available_connections))]
+        for conn in taken:  # the closed one among them, reconnected
+            conn.send_command("PING")
+            assert conn.read_response() in (b"PONG", "PONG")
+            pools[0].release(conn)
+        assert set(signed_in_as(admin, client_name)) == {names[1]}
+    finally:
+        connection.close()
+
+
 def _after_the_old_token_ends(admin: redis.Redis | RedisCluster, old_user: str) -> None:
     """What Azure does when a token ends: the connections still signed in with it are closed (and the token is
     refused from then on). Deleting the ACL user does both here."""

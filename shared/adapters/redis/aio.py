@@ -30,7 +30,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import AuthenticationError, ClusterDownError, NoScriptError
+from redis.exceptions import AuthenticationError, ClusterDownError, NoScriptError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -197,7 +197,11 @@ class AsyncRedisConnection:
                 for connection in pool._in_use_connections:  # closed by release(), once their command is done
                     connection.mark_for_reconnect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
                 for connection in tuple(pool._available_connections):
-                    await connection.disconnect()
+                    try:  # one that fails to close (it times out) still ends up closed: never the end of the rest
+                        await connection.disconnect()
+                    except (RedisError, OSError) as exc:
+                        logger.info("Redis connection not closed cleanly for the renewed token: %s: %s",
+                                    type(exc).__name__, exc)
 
     async def failed(self, exc: BaseException) -> None:
         """After a connection failure, or a redirect to a node missing from the slot map, on a cluster: re-read the

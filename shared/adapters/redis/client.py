@@ -36,7 +36,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
-from redis.connection import AbstractConnection
+from redis.connection import AbstractConnection, ConnectionPool
 from redis.credentials import CredentialProvider
 from redis.exceptions import (
     AskError,
@@ -243,17 +243,27 @@ class RedisConnection:
         return redis.Redis.from_url(self.url, health_check_interval=30, redis_connect_func=hook, **self._options)
 
     def _signed_in_again(self, token: Token) -> None:
-        """``AUTH`` with a renewed Entra ID token on every pooled connection (each node's, on a cluster)."""
+        """``AUTH`` with a renewed Entra ID token on every pooled connection (each node's, on a cluster).
+
+        Pool by pool and connection by connection (:func:`signed_in_again`): one connection the server closed meanwhile
+        (a restarted shard, an idle timeout) must not keep the others on the token that is about to end.
+        """
         client = self._client
         if client is None:
             return
         if isinstance(client, RedisCluster):
-            nodes = client.get_nodes()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-            pools = [node.redis_connection.connection_pool for node in nodes if node.redis_connection is not None]
+            # The startup nodes too: without dynamic startup nodes they are objects of their own, with their own pools.
+            nodes = [*client.get_nodes(),  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                     *client.nodes_manager.startup_nodes.values()]
+            pools = list({id(pool): pool for pool in (node.redis_connection.connection_pool for node in nodes
+                                                      if node.redis_connection is not None)}.values())
         else:
             pools = [client.connection_pool]
         for pool in pools:
-            pool.re_auth_callback(token)
+            try:
+                signed_in_again(pool, token)
+            except Exception:  # never the end of the other pools' sign-in; logged with its cause
+                logger.warning("Redis re-authentication of one connection pool failed", exc_info=True)
 
     def refresh(self) -> None:
         """After a connection failure on a cluster: read the slot map again, so a promoted replica is found.
@@ -279,6 +289,30 @@ class RedisConnection:
             if self._provider is not None:
                 self._provider.close()
                 self._provider = None
+
+
+def signed_in_again(pool: ConnectionPool, token: Token) -> None:
+    """redis-py's ``ConnectionPool.re_auth_callback``, without stopping at the first connection that fails.
+
+    Under the pool's lock (``get_connection`` takes idle connections under it): each busy connection is marked
+    (``set_re_auth_token``: redis-py sends its ``AUTH`` as it is handed back), each open idle one sends ``AUTH`` now.
+    An idle connection whose ``AUTH`` fails (the server closed it) is closed: its next use reconnects, signing in
+    with the credential provider's token, which is the renewed one. redis-py's own callback lets that failure out
+    of its loop, leaving every later connection of the pool on the old token.
+    """
+    with pool._lock:
+        for busy in pool._in_use_connections:
+            busy.set_re_auth_token(token)
+        for idle in tuple(pool._available_connections):
+            if not idle.is_connected:  # it signs in with the renewed token as it connects
+                continue
+            try:
+                idle.send_command("AUTH", token.user, token.value)
+                idle.read_response()
+            except (RedisError, OSError) as exc:
+                logger.info("Redis connection not re-authenticated (%s: %s); it reconnects on its next use",
+                            type(exc).__name__, exc)
+                idle.disconnect()
 
 
 def as_text(value: bytes | str) -> str:
