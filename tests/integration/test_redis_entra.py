@@ -219,6 +219,60 @@ def test_a_connection_the_server_closed_does_not_stop_the_others_signing_in_agai
         connection.close()
 
 
+class CachingIssuer(IssuingCredential):
+    """As azure-identity does: the token held is handed out again until shortly before its end (here 2.5 s), then a
+    new one (an hour long); ``down`` makes every request fail (Entra ID unreachable)."""
+
+    refresh_before = 2.5
+
+    def __init__(self, admin: redis.Redis | RedisCluster, users: list[str]) -> None:
+        super().__init__(admin, users)
+        self.down = False
+        self.held: AccessToken | None = None
+
+    def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+        if self.down:
+            raise ClientAuthenticationError("Entra ID did not answer")
+        if self.held is not None and self.held.expires_on - time.time() > self.refresh_before:
+            return self.held
+        self.held = super().get_token(*scopes, **kwargs)
+        self.lifetime = 3600
+        return self.held
+
+
+@pytest.mark.timeout(60)
+def test_a_token_a_new_connection_took_after_an_entra_outage_reaches_the_open_connections(
+        redis_url: str, local_users, short_renewal, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an Entra ID outage lasting into the held token's last ``min_left`` seconds, the first *new* connection
+    takes a new token. The renewal thread compared the token it then got (the same one: the credential caches it)
+    with the one held, which was already that token, saw no change and never signed the open connections in again:
+    they kept the ended token (Azure closes them). It compares with the token the connections last got now."""
+    monkeypatch.setattr(EntraCredentials, "min_left", 3.0)
+    admin, names = local_users
+    credential = CachingIssuer(admin, names)  # the first token lasts LIFETIME
+    client_name = f"entra-{uuid.uuid4().hex[:8]}"
+    connection = RedisConnection(redis_url, entra=credential, cluster=False, client_name=client_name)
+    try:
+        pool = connection.client().connection_pool
+        opened = [pool.get_connection() for _ in range(2)]
+        for conn in opened:
+            pool.release(conn)
+        assert signed_in_as(admin, client_name) == [names[0]] * 2
+        credential.down = True  # the renewals fail
+        assert credential.held is not None
+        time.sleep(max(0.0, credential.held.expires_on - time.time() - 2.5))  # into the token's last min_left
+        credential.down = False  # back; a new connection (a reconnect, more load) asks first
+        more = [pool.get_connection() for _ in range(3)]
+        for conn in more:
+            pool.release(conn)
+        assert names[1] in signed_in_as(admin, client_name)
+
+        poll(lambda: set(signed_in_as(admin, client_name)) == {names[1]}, 8,
+             "the open connections signing in with the token taken after the outage")
+    finally:
+        connection.close()
+
+
 def _after_the_old_token_ends(admin: redis.Redis | RedisCluster, old_user: str) -> None:
     """What Azure does when a token ends: the connections still signed in with it are closed (and the token is
     refused from then on). Deleting the ACL user does both here."""

@@ -10,10 +10,13 @@ three minutes ahead.
 :class:`EntraCredentials` is a redis-py ``StreamingCredentialProvider``: redis-py
 asks it for ``(user, token)`` at every new connection. Renewal runs on a daemon
 thread of its own: it asks the credential for a token at 70% of the current one's
-remaining life, and hands a token that changed to the callback its connection
-registered with :meth:`~EntraCredentials.deliver_to`, which signs every pooled
-connection of the client in again (each node's, on a cluster: ``AUTH`` in place for
-the blocking clients, a reconnection for redis.asyncio's, see ``aio.py``). redis-py's own
+remaining life, and hands every token the open connections do not have yet (a
+renewed one, or one a new connection took after renewals failed, the held token then
+near its end) to the callback its connection registered with
+:meth:`~EntraCredentials.deliver_to`, which signs every pooled connection of the
+client in again (each node's, on a cluster: ``AUTH`` in place for the blocking
+clients, connection by connection, one that fails closed to reconnect with the new
+token; a reconnection for redis.asyncio's, see ``aio.py``). redis-py's own
 registration (``on_next``) is not used: a client made with ``from_url`` registers
 nothing, and a cluster client registers only the pools it created last, so the
 nodes of an earlier slot map would never sign in again. A coroutine callback
@@ -104,6 +107,10 @@ class EntraCredentials(StreamingCredentialProvider):
         self._credential = credential
         self._clock = clock
         self._token: Token | None = None
+        # the token the open connections signed in with, or were last handed (the held one may be newer: a new
+        # connection takes a new token when the held one is near its end, after an Entra ID outage)
+        self._delivered: Token | None = None
+        self._wake = threading.Event()  # the renewal thread hands the held token over now
         self._lock = threading.Lock()
         self._renewed: Callable[[Token], Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -142,6 +149,7 @@ class EntraCredentials(StreamingCredentialProvider):
     def close(self) -> None:
         """Stop renewing (the client is closed)."""
         self._closed.set()
+        self._wake.set()
 
     # --- tokens
 
@@ -150,11 +158,20 @@ class EntraCredentials(StreamingCredentialProvider):
         return token if token is not None and token.left(self._clock()) > self.min_left else None
 
     def _current(self) -> Token:
-        """A token with more than a minute left: the one held, or a new one from the credential."""
+        """A token with more than a minute left: the one held, or a new one from the credential.
+
+        A new token replacing one held (near its end, the renewals having failed) is handed to the open connections
+        by the renewal thread, woken for it: never on this caller's path (a new connection, maybe an event loop's).
+        """
         with self._lock:
             token = self._usable()
             if token is None:
+                replacing = self._token is not None
                 token = self._token = self._request()
+                if replacing:
+                    self._wake.set()
+                else:  # the first token: every connection signs in with it
+                    self._delivered = token
             return token
 
     def _request(self) -> Token:
@@ -178,20 +195,30 @@ class EntraCredentials(StreamingCredentialProvider):
                 self._thread.start()
 
     def _renew(self) -> None:
-        while not self._closed.wait(self._delay()):
-            held = self._token
-            try:
-                token = self._request()  # outside the lock: new connections meanwhile use the token held
-            except RedisConnectionError as exc:
-                self._failing = True
-                logger.warning("Renewing the Redis Entra ID token failed (asked again in %.0f s): %s",
-                               self._delay(), exc)
-                continue
-            self._failing = False
-            with self._lock:
-                self._token = token
-            if held is None or token.value != held.value:
-                self._deliver(token)
+        while True:
+            woken = self._wake.wait(self._delay())
+            if self._closed.is_set():
+                return
+            self._wake.clear()
+            if not woken:  # time to ask (woken: a new connection took a new token, hand it over)
+                try:
+                    token = self._request()  # outside the lock: new connections meanwhile use the token held
+                except RedisConnectionError as exc:
+                    self._failing = True
+                    logger.warning("Renewing the Redis Entra ID token failed (asked again in %.0f s): %s",
+                                   self._delay(), exc)
+                    continue
+                self._failing = False
+                with self._lock:
+                    self._token = token
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Sign the open connections in with the token held unless they have it: compared with the token last handed
+        to them, not with the one held before this request (``_current`` may have replaced that meanwhile)."""
+        token, delivered = self._token, self._delivered
+        if token is not None and (delivered is None or token.value != delivered.value):
+            self._deliver(token)
 
     def _delay(self) -> float:
         token = self._token
@@ -212,8 +239,10 @@ class EntraCredentials(StreamingCredentialProvider):
             if loop is not None:
                 if loop.is_closed():
                     return
+                self._delivered = token
                 asyncio.run_coroutine_threadsafe(callback(token), loop).result(timeout=30)
             else:
+                self._delivered = token
                 callback(token)
         except Exception as exc:  # a connection broken meanwhile reconnects with get_credentials, and a new token
             logger.warning("Redis re-authentication with the renewed Entra ID token failed: %s: %s",
