@@ -491,3 +491,18 @@ def test_the_instruments_table_lists_every_instrument_sluice_exports() -> None:
     }
     assert {n: v for n, v in documented.items() if v != expected.get(n)} == {}, "rows that differ from the code"
     assert sorted(expected.keys() - documented.keys()) == [], "instruments the table leaves out"
+
+
+def test_the_keda_threshold_cites_a_page_holding_its_ingest_rate_and_baseline() -> None:
+    """deploy.md, "How the threshold is derived": the threshold is a measured ingest rate times the drain time,
+    and operators are told to measure again and compare; the page it cites for the run must hold that rate and
+    its baseline (it cited data-model.md, which had neither)."""
+    section = _section((DOCS / "deploy.md").read_text(), "How the threshold is derived")
+    match = re.search(r"\*\*([\d,]+)\*\*, the end-to-end ingest service rate.*?\[[^]]+\]\(([^)#]+)(?:#[^)]*)?\) has "
+                      r"the run and its baseline", section, flags=re.S)
+    assert match, "the rate and the page that has its run"
+    rate, page = match.groups()
+    cited = (DOCS / page).read_text()
+    row = next((line for line in cited.splitlines() if rate in line), None)
+    assert row is not None, f"{page} does not hold the rate {rate}"
+    assert re.search(r"raw .*: [\d,]+; ratio", row), f"{page}'s row of {rate} gives no baseline: {row}"
