@@ -13,8 +13,10 @@ import logging
 import signal
 import ssl
 import sys
+from pathlib import Path
 
 from emulators.arguments import port
+from emulators.directories import ensure_directory
 
 from .engine import Engine
 from .server import Credentials, serve
@@ -43,7 +45,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-async def run(args: argparse.Namespace) -> int:
+class _CannotListen(Exception):
+    """The server could not bind its address (a port taken, an address not of this machine)."""
+
+
+def _tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """The server's TLS context; ValueError naming the files when they cannot be read as a certificate chain and its
+    key."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"--tls-cert {cert} / --tls-key {key}: cannot load them as a PEM certificate chain and its "
+                         f"key: {getattr(exc, 'strerror', None) or exc}") from None
+    return context
+
+
+async def run(args: argparse.Namespace, ssl_context: ssl.SSLContext | None = None) -> int:
     engine = Engine(address=args.host)
     journal = None
     if args.data_dir:
@@ -52,12 +70,11 @@ async def run(args: argparse.Namespace) -> int:
         journal.load(engine)
         engine.journal = journal
         gc.freeze()  # what was loaded lives until exit: keep it out of every future collection
-    ssl_context = None
-    if args.tls_cert:
-        ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
     credentials = Credentials(args.username, args.password, args.password_file) if args.username else None
-    server = await serve(engine, args.host, args.port, credentials=credentials, ssl_context=ssl_context)
+    try:
+        server = await serve(engine, args.host, args.port, credentials=credentials, ssl_context=ssl_context)
+    except OSError as exc:
+        raise _CannotListen(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     sock = server.sockets[0].getsockname()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -83,7 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     # while a write-heavy load creates short-lived ones, which made inserts ~2x slower.
     gc.set_threshold(50_000, 20, 100)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(run(args))
+    try:  # what can be checked before anything starts: an error naming the option, exit 2, as the other emulators
+        if args.data_dir:
+            ensure_directory("--data-dir", Path(args.data_dir))
+        ssl_context = _tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(run(args, ssl_context))
+    except _CannotListen as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
