@@ -13,7 +13,9 @@ against the machine's Redis, each under a fresh key prefix:
 * **raw**: the same reads with the driver alone (a paged scan of the devices'
   positions in ``device_latest``, their events from ``events_by_id`` 100 ids a
   request, each device's ``critical_events_by_device`` partition with the driver's
-  ``execute_concurrent_with_args`` at the same concurrency) and plain pipelined
+  ``execute_concurrent_with_args`` at the same concurrency, and the copies of the
+  page's critical rows in ``events_by_id``, 100 ids a request, leaving out rows a
+  correction superseded, as ours does) and plain pipelined
   writes of the same keys (``HSET`` latest, its event's owner note and the critical
   events, ``ZADD`` the critical sets, ``XADD`` the newest critical events to the
   stream), one pipeline per page.
@@ -103,16 +105,29 @@ def raw(client: redis.Redis, session: Session, ks: str, prefix: str) -> int:
             page += [stored_event(row) for row in result]
         results = execute_concurrent_with_args(session, critical, [(e.device_id,) for e in page],
                                                concurrency=CONCURRENCY)
+        listed: list[list[StoredEvent]] = []
+        for ok, result in results:
+            assert ok, result
+            listed.append([stored_event(row) for row in result])
+        # the rows' copies in events_by_id, read once for the page: a row a correction superseded is left out
+        ids = list({e.event_id for events in listed for e in events})
+        copies: dict[uuid.UUID, StoredEvent] = {}
+        for ok, result in execute_concurrent_with_args(session, by_id, [(ids[i:i + 100],)
+                                                                        for i in range(0, len(ids), 100)],
+                                                       concurrency=4):
+            assert ok, result
+            copies.update((row.event_id, stored_event(row)) for row in result)
         pipe = client.pipeline(transaction=False)
         count = len(page)
-        for event, (ok, result) in zip(page, results, strict=True):
-            assert ok, result
+        for event, events in zip(page, listed, strict=True):
             pipe.hset(f"{prefix}d:{{{event.device_id}}}:latest", mapping={"k": sort_key(event), "d": event.to_json()})
             # the owner note ours leaves with each latest state (field o of e:<id>), so a later move drops it
             pipe.hset(f"{prefix}e:{event.event_id}", "o", f"{event.enqueued_text()} {event.device_id}")
             docs = {}
-            for row in result:
-                e = stored_event(row)
+            for e in events:
+                copy = copies.get(e.event_id)
+                if copy is None or copy.device_id != e.device_id or copy.event_time_ms != e.event_time_ms:
+                    continue
                 doc = e.to_json()
                 docs[doc] = e.event_time_ms
                 pipe.hset(f"{prefix}e:{e.event_id}", "d", doc)
