@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from shared.domain.stored import StoredEvent
 
@@ -43,7 +43,23 @@ class DeviceLog(Protocol):
         """One device's row; ``None`` when the log has no position of it (no such device)."""
 
     def critical(self, device_id: str, since_ms: int) -> list[StoredEvent]:
-        """Every critical event of the device with event time at or after ``since_ms``."""
+        """Every critical event of the device with event time at or after ``since_ms``: :meth:`PagedDeviceLog.current`
+        of its :meth:`PagedDeviceLog.critical_rows`, for one device."""
+
+
+@runtime_checkable
+class PagedDeviceLog(DeviceLog, Protocol):
+    """A ``DeviceLog`` that reads the critical events of a page of devices in two steps, so that the copies that
+    decide which rows are current are read once for the whole page, not once per device (a round trip, on Cosmos DB a
+    request, per device with any critical row). The full rebuild uses it when the log offers it."""
+
+    def critical_rows(self, device_id: str, since_ms: int) -> list[StoredEvent]:
+        """The device's critical rows with event time at or after ``since_ms``, as stored: some may be copies a
+        correction superseded (:meth:`current` leaves those out)."""
+
+    def current(self, events_by_device: Mapping[str, Sequence[StoredEvent]]) -> dict[str, list[StoredEvent]]:
+        """Each device's rows (from :meth:`critical_rows`) less those their event's current copy supersedes, the
+        copies of every device's rows read together; ``rows_read`` counts them (at most one a row)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,11 @@ and holds no more devices than the bucket's burst (one second's worth) pays for,
 so no second reads more than twice the rate; a device's critical events, whose
 number is known only once read, are read with a second's worth reserved
 (``TokenBucket.reserve``) and charged the difference after the read, so reads on
-several threads never run ahead of the rate.
+several threads never run ahead of the rate. A full rebuild reads a page's
+critical rows device by device, then the copies that tell which rows are
+current (``PagedDeviceLog.current``) for the whole page at once, reserved by
+their number (at most one a row; with ``max_rps`` in groups of devices of no
+more rows than the bucket holds), rather than a round trip per device.
 
 ``--devices`` rebuilds only those devices, in the live generation: their keys
 are deleted, with the cached documents (``e:<id>``) of their latest and critical
@@ -48,7 +52,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -57,7 +61,7 @@ from shared.domain.stored import StoredEvent
 from shared.domain.times import from_ms
 from shared.exceptions import ConfigurationError, DependencyUnavailable
 from shared.ports.cache import SINCE_ALL
-from shared.ports.rebuild import CacheBuilder, DeviceLog, DeviceRow
+from shared.ports.rebuild import CacheBuilder, DeviceLog, DeviceRow, PagedDeviceLog
 
 logger = logging.getLogger(__name__)
 
@@ -224,25 +228,67 @@ class RebuildService:
             return event
         return dataclasses.replace(event, critical=self._criticality(event.severity, event.measurements))
 
+    def _critical_only(self, events: Sequence[StoredEvent]) -> list[StoredEvent]:
+        """``events`` decided as the change feed decides them: a row written without the flag gets the rules, and
+        one the rules do not find critical is left out, as the feed leaves it out of the critical list (``to_json``
+        would write a missing flag as ``false``)."""
+        return [event for event in map(self._decided, events) if event.critical]
+
+    def _prepaid(self, read: Callable[[str, int], list[StoredEvent]], device: str,
+                 since_ms: int) -> list[StoredEvent]:
+        """``read(device, since_ms)`` of a device's critical events or rows, paid for as ``_critical_events`` says."""
+        prepaid = int(self._limiter.capacity) if self._limiter.rate is not None else 0
+        self._limiter.reserve(prepaid)
+        events = read(device, since_ms)
+        self._charge(prepaid=prepaid)
+        return events
+
     def _critical_events(self, device: str, since_ms: int) -> list[StoredEvent]:
-        """The device's critical events from ``since_ms``, each decided as the change feed decides it: a row
-        written without the flag gets the rules, and one the rules do not find critical is left out, as the feed
-        leaves it out of the critical list (``to_json`` would write a missing flag as ``false``).
+        """The device's critical events from ``since_ms``, each decided as the change feed decides it
+        (:meth:`_critical_only`).
 
         With ``max_rps`` the read is paid for before it starts, a second's worth (the most a device may read in
         its second: one with more is the exception ``docs/operations.md`` names), and what it did not read is
         given back after: reads on several threads never read more at once than the bucket holds."""
-        prepaid = int(self._limiter.capacity) if self._limiter.rate is not None else 0
-        self._limiter.reserve(prepaid)
-        events = [self._decided(event) for event in self._log.critical(device, since_ms)]
-        self._charge(prepaid=prepaid)
-        return [event for event in events if event.critical]
+        return self._critical_only(self._prepaid(self._log.critical, device, since_ms))
+
+    def _batches(self, rows: Mapping[str, list[StoredEvent]]) -> Iterator[dict[str, list[StoredEvent]]]:
+        """The page's devices with critical rows, in groups whose copies read, paid for by its row count before it
+        starts, is with ``max_rps`` no more rows than the bucket holds (a device with more: a group of its own)."""
+        limit = int(self._limiter.capacity) if self._limiter.rate is not None else None
+        batch: dict[str, list[StoredEvent]] = {}
+        size = 0
+        for device, events in rows.items():
+            if not events:
+                continue
+            if batch and limit is not None and size + len(events) > limit:
+                yield batch
+                batch, size = {}, 0
+            batch[device] = events
+            size += len(events)
+        if batch:
+            yield batch
 
     def _critical(
         self, devices: Sequence[str], since_ms: int, pool: ThreadPoolExecutor
     ) -> dict[str, list[StoredEvent]]:
-        return dict(zip(devices, pool.map(lambda device: self._critical_events(device, since_ms), devices),
-                        strict=True))
+        """The page's devices' critical events, as :meth:`_critical_events` reads them. A log that reads a page's
+        copies at once (``PagedDeviceLog``) reads each device's rows on the pool, then the copies of the whole page
+        (with ``max_rps``: of as many devices as the bucket pays for) in one round of requests, instead of one round
+        per device after its rows."""
+        log = self._log
+        if not isinstance(log, PagedDeviceLog):
+            return dict(zip(devices, pool.map(lambda device: self._critical_events(device, since_ms), devices),
+                            strict=True))
+        rows = dict(zip(devices, pool.map(lambda device: self._prepaid(log.critical_rows, device, since_ms),
+                                          devices), strict=True))
+        current: dict[str, list[StoredEvent]] = {device: [] for device in devices}
+        for batch in self._batches(rows):
+            prepaid = sum(len(events) for events in batch.values())  # at most one copy a row
+            self._limiter.reserve(prepaid)
+            current.update(log.current(batch))
+            self._charge(prepaid=prepaid)
+        return {device: self._critical_only(events) for device, events in current.items()}
 
     def rebuild(self, *, since_ms: int = SINCE_ALL, resume: bool = True,
                 progress: Progress | None = None) -> RebuildReport:

@@ -22,7 +22,9 @@ import pytest
 import redis
 
 from shared import bootstrap
+from shared.adapters.cassandra.device_log import _STATEMENTS as _DEVICE_LOG_STATEMENTS
 from shared.adapters.cassandra.device_log import CassandraDeviceLog
+from shared.adapters.cassandra.query import Queries
 from shared.adapters.cassandra.window_reader import CassandraWindowReader
 from shared.adapters.redis import RedisChangeSink, RedisLookupCache
 from shared.adapters.redis_dashboard import RedisCriticalStream
@@ -371,6 +373,64 @@ def test_max_rps_is_charged_every_row_read_the_latest_events_by_id_too(
     rows_read = devices + devices  # device_latest rows + events_by_id rows (no critical events)
     assert sum(charged) == rows_read, f"the bucket was charged {sum(charged):.0f} units for {rows_read} rows read"
     assert log.rows_read == rows_read
+
+
+class _CountingQueries(Queries):
+    """The adapter's own ``Queries``, counting the ``events_by_id`` requests (``IN`` reads) it sends."""
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.event_reads = 0
+
+    def fan_out(self, name, params, what, *, concurrency, budget=None):
+        if name == "events":
+            self.event_reads += len(params)
+        return super().fan_out(name, params, what, concurrency=concurrency, budget=budget)
+
+
+class _CountingLog(CassandraDeviceLog):
+    def __init__(self, session, keyspace: str) -> None:
+        super().__init__(session, keyspace)
+        self._queries = self.queries = _CountingQueries(session, keyspace, _DEVICE_LOG_STATEMENTS, timeout=10.0,
+                                                        fetch_size=1000)
+
+
+@pytest.mark.parametrize("max_rps", [None, 1000])
+def test_a_full_rebuild_reads_the_copies_of_a_pages_critical_rows_at_once(
+        session, keyspace, store, rclient, redis_prefix, max_rps):
+    """The rebuild read each device's critical rows, then their copies in ``events_by_id`` (which rows a
+    correction superseded): two round trips a device on its threads, on Cosmos DB one request more a device with
+    any critical row; ``bench rebuild`` spent nearly all its time there. Expected: the copies of a page are read
+    together, fewer ``events_by_id`` requests than devices with critical rows, the same rebuilt state, and with
+    ``--max-rps`` every row read, those copies too, charged."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    devices = 40
+    store.write([cf.make_event(f"dev-{i:03d}", now - timedelta(seconds=i), severity="critical")
+                 for i in range(devices)])
+    cache = cache_for(rclient, redis_prefix)
+    rebuild(session, keyspace, cache)
+    quiet = dump(rclient, cache)
+    charged: list[float] = []
+
+    class Recording(TokenBucket):
+        def acquire(self, units: float = 1.0) -> float:
+            charged.append(units)
+            return 0.0
+
+        def reserve(self, units: float) -> float:
+            charged.append(units)
+            return 0.0
+
+    log = _CountingLog(session, keyspace)
+    service = RebuildService(log, RedisCacheBuilder(cache, settle_seconds=0), page_size=20, max_rps=max_rps)
+    service._limiter = Recording(max_rps) if max_rps else service._limiter
+    report = service.rebuild()
+
+    assert report.devices == devices and dump(rclient, cache) == quiet
+    # the latest events: one request a page; the critical rows' copies: one a page (each under 100 ids)
+    assert log.queries.event_reads == 2 * 2 < devices
+    if max_rps:
+        assert sum(charged) == log.rows_read == devices * 4  # device_latest, latest, critical row, its copy
 
 
 def test_devices_are_rebuilt_in_place_even_over_a_wrong_newer_value(session, keyspace, store, rclient, redis_prefix):

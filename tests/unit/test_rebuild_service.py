@@ -103,6 +103,12 @@ class Log:
         self.rows_read += 1
         return [ev(device_id, True)]
 
+    def critical_rows(self, device_id, since_ms):
+        return self.critical(device_id, since_ms)  # no copy superseded any of them
+
+    def current(self, events_by_device):
+        return {device: list(events) for device, events in events_by_device.items()}
+
 
 class Builder:
     def __init__(self, position=None, fail_after: int | None = None) -> None:
@@ -281,3 +287,55 @@ def test_the_rate_limit_is_charged_every_row_the_log_read():
     service.rebuild_devices(["d1", "nobody"])
     # each device read twice: the ids whose cached documents the clear deletes, then the state written back
     assert sum(charged) == 2 * (2 + 1) + 2 * (0 + 1)
+
+
+def test_a_full_rebuild_reads_the_copies_of_a_page_at_once_each_read_paid_before_it_starts():
+    """The critical rows' copies (which of them a correction superseded) were read device by device, right after
+    its rows: two round trips a device on the rebuild's threads, on Cosmos DB a request more a device with any
+    critical row. A full rebuild reads them once a page (``current``), with ``max_rps`` paid for before it starts,
+    no more rows at once than the bucket holds, and charged the copies it read."""
+    charged: list[float] = []
+    held: list[float] = []
+
+    class Recording(TokenBucket):
+        def acquire(self, units: float = 1.0) -> float:
+            charged.append(units)
+            return 0.0
+
+        def reserve(self, units: float) -> float:
+            charged.append(units)
+            held.append(units)
+            return 0.0
+
+    class Copies(Log):
+        def __init__(self, devices: int) -> None:
+            super().__init__(devices)
+            self.batches: list[int] = []
+            self.holds: int | None = None  # the bucket's burst, with max_rps
+
+        def critical(self, device_id, since_ms):
+            raise AssertionError("a full rebuild reads a page's copies at once")
+
+        def critical_rows(self, device_id, since_ms):
+            self.rows_read += 3
+            return [ev(device_id, True) for _ in range(3)]
+
+        def current(self, events_by_device):
+            rows = sum(len(events) for events in events_by_device.values())
+            assert self.holds is None or rows <= self.holds, "more rows at once than the bucket holds"
+            self.batches.append(rows)
+            self.rows_read += rows
+            return super().current(events_by_device)
+
+    log = Copies(10)
+    report = RebuildService(log, Builder(), page_size=5).rebuild()
+    assert log.batches == [15, 15] and (report.devices, report.events) == (10, 10 + 30)
+
+    log = Copies(10)
+    log.holds = 10
+    service = RebuildService(log, Builder(), page_size=5, max_rps=10)
+    service._limiter = Recording(10)
+    service.rebuild()
+    assert log.batches == [9, 6] * 2  # pages of 5 devices (2 rows each fit in 10), copies of 3 devices at once
+    assert sum(charged) == log.rows_read == 10 * 2 + 10 * 3 * 2
+    assert 9 in held and 6 in held  # each copies read reserved its rows before it started

@@ -15,7 +15,10 @@ Critical events come from
 less the rows their event's copy in ``events_by_id`` supersedes (a correction
 to another event time, or to an event no longer critical, leaves the old row
 there): the ids are read back 100 a request, as the lookups' misses do
-(``current_copies``).
+(``current_copies``). ``critical`` does both for one device; the full rebuild
+reads a page's rows device by device (``critical_rows``) and then the copies of
+the whole page's ids at once (``current``): one round of ``IN`` reads a page,
+not one a device.
 Every row read, of every table and page (a page of devices read again because
 none of its devices had an event included), is counted in ``rows_read``: what
 the rebuild's rate limit charges.
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from cassandra.cluster import Session
@@ -119,13 +122,21 @@ class CassandraDeviceLog:
                                                                           found[0] if found else None))
 
     def critical(self, device_id: str, since_ms: int) -> list[StoredEvent]:
+        return self.current({device_id: self.critical_rows(device_id, since_ms)})[device_id]
+
+    def critical_rows(self, device_id: str, since_ms: int) -> list[StoredEvent]:
         what = f"the critical events of device {device_id!r}"
         if since_ms <= SINCE_ALL:
             rows = self._rows("critical_all", (device_id,), what)
         else:
             rows = self._rows("critical", (device_id, from_ms(since_ms)), what)
-        events = [stored_event(row) for row in rows]
-        return current_copies(events, self._events({event.event_id for event in events}, what))
+        return [stored_event(row) for row in rows]
+
+    def current(self, events_by_device: Mapping[str, Sequence[StoredEvent]]) -> dict[str, list[StoredEvent]]:
+        what = (f"the critical events of device {next(iter(events_by_device))!r}" if len(events_by_device) == 1
+                else f"the critical events of {len(events_by_device)} devices")
+        copies = self._events({event.event_id for events in events_by_device.values() for event in events}, what)
+        return {device_id: current_copies(events, copies) for device_id, events in events_by_device.items()}
 
     def _events(self, event_ids: Collection[uuid.UUID], what: str) -> dict[uuid.UUID, StoredEvent]:
         """The ``events_by_id`` copies of ``event_ids``: ``IN`` reads of 100 ids, a few in flight, rows counted."""
