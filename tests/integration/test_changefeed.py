@@ -768,6 +768,23 @@ def test_a_correction_to_another_device_leaves_the_old_devices_critical_set(sess
     assert lookups.get_critical(old, SINCE_ALL, 10) == []
 
 
+def _moved_to_another_device(mode, session, keyspace, store, rclient, redis_prefix):
+    """An event of one device, fed to Redis as its latest state, then re-sent under another device id (stored, not
+    fed yet, within the next runs' overlap): the cache, the event id, its event time, the old and the new device."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    event_id, at = uuid.uuid4(), now - timedelta(minutes=5)
+    old, new = f"dev-{uuid.uuid4().hex[:8]}", f"dev-{uuid.uuid4().hex[:8]}"
+    store.write([make_event(old, at, measurements={"temperature": 20.0}, event_id=event_id,
+                            enqueued=now - timedelta(minutes=4))])
+    cache = make_cache(rclient, redis_prefix)
+    make_service(mode, session, keyspace, cache).run()
+    assert latest_doc(rclient, cache, old)["event_id"] == str(event_id)
+
+    store.write([make_event(new, at, measurements={"temperature": 21.0}, event_id=event_id,
+                            enqueued=datetime.now(UTC) - timedelta(seconds=1))])  # within the next runs' overlap
+    return cache, event_id, at, old, new
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("mode", MODES)
 def test_a_correction_to_another_device_does_not_leave_the_event_as_the_old_devices_latest_state(
@@ -780,17 +797,7 @@ def test_a_correction_to_another_device_does_not_leave_the_event_as_the_old_devi
     back."""
     from shared.adapters.cassandra.reader import CassandraEventReader
 
-    now = datetime.now(UTC).replace(microsecond=0)
-    event_id, at = uuid.uuid4(), now - timedelta(minutes=5)
-    old, new = f"dev-{uuid.uuid4().hex[:8]}", f"dev-{uuid.uuid4().hex[:8]}"
-    store.write([make_event(old, at, measurements={"temperature": 20.0}, event_id=event_id,
-                            enqueued=now - timedelta(minutes=4))])
-    cache = make_cache(rclient, redis_prefix)
-    make_service(mode, session, keyspace, cache).run()
-    assert latest_doc(rclient, cache, old)["event_id"] == str(event_id)
-
-    store.write([make_event(new, at, measurements={"temperature": 21.0}, event_id=event_id,
-                            enqueued=datetime.now(UTC) - timedelta(seconds=1))])  # within the next runs' overlap
+    cache, event_id, _, old, new = _moved_to_another_device(mode, session, keyspace, store, rclient, redis_prefix)
     assert make_service(mode, session, keyspace, cache).run().events >= 1
     make_service(mode, session, keyspace, cache).run()  # portable: the overlap read again
     assert latest_doc(rclient, cache, new)["event_id"] == str(event_id)
@@ -811,17 +818,7 @@ def test_a_correction_to_another_device_whose_unlatest_failed_drops_the_old_stat
     latest version), as ``v``/``u`` are."""
     from shared.adapters.cassandra.reader import CassandraEventReader
 
-    now = datetime.now(UTC).replace(microsecond=0)
-    event_id, at = uuid.uuid4(), now - timedelta(minutes=5)
-    old, new = f"dev-{uuid.uuid4().hex[:8]}", f"dev-{uuid.uuid4().hex[:8]}"
-    store.write([make_event(old, at, measurements={"temperature": 20.0}, event_id=event_id,
-                            enqueued=now - timedelta(minutes=4))])
-    cache = make_cache(rclient, redis_prefix)
-    make_service(mode, session, keyspace, cache).run()
-    assert latest_doc(rclient, cache, old)["event_id"] == str(event_id)
-
-    store.write([make_event(new, at, measurements={"temperature": 21.0}, event_id=event_id,
-                            enqueued=datetime.now(UTC) - timedelta(seconds=1))])  # within the next runs' overlap
+    cache, event_id, at, old, new = _moved_to_another_device(mode, session, keyspace, store, rclient, redis_prefix)
     send, failures = cache._send, []
 
     def second_pipeline_times_out(commands):  # the pipeline carrying unlatest fails once, as a timeout would

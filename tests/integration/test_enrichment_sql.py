@@ -33,13 +33,31 @@ def test_migrations_apply_once_and_refuse_an_edited_file(pg_dsn: str, tmp_path: 
             apply_migrations(conn, copy)
 
 
-def _before_005(tmp_path: Path) -> Path:
-    """A copy of the migrations up to 004: a database one deployment behind."""
+def _before(version: int, tmp_path: Path) -> Path:
+    """A copy of the migrations before ``version``: a database one deployment behind."""
     directory = tmp_path / "sql"
     directory.mkdir()
-    for path in sorted(SQL_DIR.glob("00[1-4]_*.sql")):
-        shutil.copy(path, directory / path.name)
+    for path in sorted(SQL_DIR.glob("*.sql")):
+        if int(path.name[:3]) < version:
+            shutil.copy(path, directory / path.name)
     return directory
+
+
+class _Migrator(threading.Thread):
+    """``apply_migrations`` on a connection of its own, on a thread: the versions it applied, or what it raised."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__()
+        self.dsn = dsn
+        self.applied: list[int] | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                self.applied = apply_migrations(conn)
+        except BaseException as exc:  # asserted by the test
+            self.error = exc
 
 
 def _after_004() -> list[int]:
@@ -63,20 +81,10 @@ def test_a_migration_waiting_for_its_lock_does_not_stall_the_readers_queued_behi
     the first transaction lasted. A migration now gives up its wait after a short ``lock_timeout`` and tries again,
     so readers are queued behind it for that long at most, and it is applied once the table is free."""
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        assert apply_migrations(conn, _before_005(tmp_path)) == [1, 2, 3, 4]
-    applied: list[list[int]] = []
-    errors: list[BaseException] = []
-
-    def migrate() -> None:
-        try:
-            with psycopg.connect(pg_dsn, autocommit=True) as conn:
-                applied.append(apply_migrations(conn))
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
+        assert apply_migrations(conn, _before(5, tmp_path)) == [1, 2, 3, 4]
     with psycopg.connect(pg_dsn) as enrichment:  # an enrichment transaction in progress: it read the ledger
         enrichment.execute("SELECT count(*) FROM enrichment_windows").fetchone()
-        migration = threading.Thread(target=migrate)
+        migration = _Migrator(pg_dsn)
         migration.start()
         try:
             deadline = time.monotonic() + 20
@@ -94,12 +102,12 @@ def test_a_migration_waiting_for_its_lock_does_not_stall_the_readers_queued_behi
             enrichment.rollback()
             migration.join(60)
     assert blocked is None, f"a plain read of the ledger queued behind the waiting migration: {blocked}"
-    assert (errors, applied) == ([], [_after_004()])  # applied once the enrichment's transaction ended
+    assert (migration.error, migration.applied) == (None, _after_004())  # once the enrichment's transaction ended
 
 
 def test_a_migration_that_never_gets_its_lock_gives_up_naming_itself(pg_dsn: str, tmp_path: Path) -> None:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        apply_migrations(conn, _before_005(tmp_path))
+        apply_migrations(conn, _before(5, tmp_path))
         with psycopg.connect(pg_dsn) as enrichment:  # holds the ledger for longer than the migration tries
             enrichment.execute("SELECT count(*) FROM enrichment_windows").fetchone()
             with pytest.raises(TransientError, match=r"005_windows_to_recompute\.sql could not take its locks "
@@ -131,16 +139,6 @@ def test_the_held_rows_of_a_marked_window_are_read_through_the_window_start_inde
         plan = "\n".join(row[0] for row in conn.execute(f"EXPLAIN {_STAGE_HELD_EVENTS}", (start,)))
     assert "Scan on enriched_events_window_start" in plan or "using enriched_events_window_start" in plan, plan
     assert "Seq Scan on enriched_events" not in plan, plan
-
-
-def _before(version: int, tmp_path: Path) -> Path:
-    """A copy of the migrations before ``version``: a database one deployment behind."""
-    directory = tmp_path / "sql"
-    directory.mkdir()
-    for path in sorted(SQL_DIR.glob("*.sql")):
-        if int(path.name[:3]) < version:
-            shutil.copy(path, directory / path.name)
-    return directory
 
 
 def test_the_window_start_index_is_built_concurrently_over_a_failed_builds_leftover(pg_dsn: str,
@@ -184,28 +182,18 @@ def test_two_migrators_at_once_both_finish_while_014_builds_concurrently(pg_dsn:
             "false)", (uuid.uuid4(), datetime(2026, 11, 20, tzinfo=UTC), datetime(2026, 11, 20, 0, 0, 1, tzinfo=UTC)))
     writer = psycopg.connect(pg_dsn)  # an enrichment window in progress: the build waits for it (documented)
     writer.execute("UPDATE enriched_events SET severity = 'info'")
-    errors: list[BaseException] = []
-    applied: list[list[int]] = []
-
-    def migrate() -> None:
-        try:
-            with psycopg.connect(pg_dsn, autocommit=True) as conn:
-                applied.append(apply_migrations(conn))
-        except BaseException as exc:  # asserted below
-            errors.append(exc)
-
-    first = threading.Thread(target=migrate)
+    first = _Migrator(pg_dsn)
     first.start()
     time.sleep(1.0)  # the first holds the advisory lock; its build waits for the writer
-    second = threading.Thread(target=migrate)
+    second = _Migrator(pg_dsn)
     second.start()
     time.sleep(1.0)  # the second waits for the advisory lock
     writer.commit()  # the window ends: the build goes on
     writer.close()
     first.join(60)
     second.join(60)
-    assert not errors, errors
-    assert sorted(applied, key=len) == [[], [m.version for m in discover() if m.version >= 14]]
+    assert (first.error, second.error) == (None, None)
+    assert sorted([first.applied, second.applied], key=len) == [[], [m.version for m in discover() if m.version >= 14]]
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         assert conn.execute("SELECT indisvalid FROM pg_index "
                             "WHERE indexrelid = 'enriched_events_window_start'::regclass").fetchall() == [(True,)]

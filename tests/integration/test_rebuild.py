@@ -37,6 +37,7 @@ from shared.ports.rebuild import DeviceRow
 from shared.services.rebuild import GenerationsLeft, RebuildService, TokenBucket
 from shared.services.replay import ReplayService
 from sluice.__main__ import main
+from tests.fixtures.buckets import RecordingBucket
 from tests.integration import test_changefeed as cf
 
 ROOT = cf.ROOT
@@ -347,31 +348,20 @@ def test_max_rps_is_charged_every_row_read_the_latest_events_by_id_too(
     rebuild read about twice the rate it was given, and ingest was throttled by the rebuild the option exists to
     make harmless. Measured with a bucket that records every charge instead of sleeping: 300 devices of one
     event each are 600 rows read (300 device_latest + 300 events_by_id)."""
-    from shared.services.rebuild import TokenBucket
 
     now = datetime.now(UTC).replace(microsecond=0)
     devices = 300
     store.write([cf.make_event(f"dev-{i:03d}", now - timedelta(seconds=i)) for i in range(devices)])
     cache = cache_for(rclient, redis_prefix)
-    charged: list[float] = []
-
-    class Recording(TokenBucket):
-        def acquire(self, units: float = 1.0) -> float:
-            charged.append(units)
-            return 0.0
-
-        def reserve(self, units: float) -> float:
-            charged.append(units)  # a critical read's reservation: the difference is charged or given back after
-            return 0.0
-
     log = CassandraDeviceLog(session, keyspace)
     service = RebuildService(log, RedisCacheBuilder(cache, settle_seconds=0), page_size=100, max_rps=100)
-    service._limiter = Recording(100)
+    service._limiter = bucket = RecordingBucket(100)
     report = service.rebuild()
 
     assert report.devices == devices
     rows_read = devices + devices  # device_latest rows + events_by_id rows (no critical events)
-    assert sum(charged) == rows_read, f"the bucket was charged {sum(charged):.0f} units for {rows_read} rows read"
+    charged = sum(bucket.charged)
+    assert charged == rows_read, f"the bucket was charged {charged:.0f} units for {rows_read} rows read"
     assert log.rows_read == rows_read
 
 
@@ -410,27 +400,18 @@ def test_a_full_rebuild_reads_the_copies_of_a_pages_critical_rows_at_once(
     cache = cache_for(rclient, redis_prefix)
     rebuild(session, keyspace, cache)
     quiet = dump(rclient, cache)
-    charged: list[float] = []
-
-    class Recording(TokenBucket):
-        def acquire(self, units: float = 1.0) -> float:
-            charged.append(units)
-            return 0.0
-
-        def reserve(self, units: float) -> float:
-            charged.append(units)
-            return 0.0
-
     log = _CountingLog(session, keyspace)
     service = RebuildService(log, RedisCacheBuilder(cache, settle_seconds=0), page_size=20, max_rps=max_rps)
-    service._limiter = Recording(max_rps) if max_rps else service._limiter
+    bucket = RecordingBucket(max_rps)
+    if max_rps:
+        service._limiter = bucket
     report = service.rebuild()
 
     assert report.devices == devices and dump(rclient, cache) == quiet
     # the latest events: one request a page; the critical rows' copies: one a page (each under 100 ids)
     assert log.queries.event_reads == 2 * 2 < devices
     if max_rps:
-        assert sum(charged) == log.rows_read == devices * 4  # device_latest, latest, critical row, its copy
+        assert sum(bucket.charged) == log.rows_read == devices * 4  # device_latest, latest, critical row, its copy
 
 
 def test_devices_are_rebuilt_in_place_even_over_a_wrong_newer_value(session, keyspace, store, rclient, redis_prefix):

@@ -13,6 +13,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -114,18 +115,29 @@ def signed_in_as(admin: redis.Redis | RedisCluster, client_name: str) -> list[st
     return sorted(c["user"] for c in clients_of(admin, client_name))
 
 
-@pytest.mark.timeout(60)
-def test_open_connections_sign_in_again_with_each_renewed_token(redis_server: RedisServer, users,
-                                                                short_renewal) -> None:
-    admin, names = users
-    credential = IssuingCredential(admin, names)
+def _signed_in_everywhere(redis_server: RedisServer, credential: Any) -> tuple[RedisConnection, Any, str]:
+    """A connection signing in with ``credential``, its client, and its client name; keys written in many slots, so
+    on a cluster it holds a connection to every master. The caller closes the connection."""
     client_name = f"entra-{uuid.uuid4().hex[:8]}"
     connection = RedisConnection(redis_server.url, entra=credential, cluster=redis_server.cluster,
                                  client_name=client_name)
     try:
         client = connection.client()
-        for n in range(30):  # keys in many slots: a connection to every master of a cluster
+        for n in range(30):
             client.set(f"entra:{client_name}:{n}", n, ex=60)
+    except BaseException:
+        connection.close()
+        raise
+    return connection, client, client_name
+
+
+@pytest.mark.timeout(60)
+def test_open_connections_sign_in_again_with_each_renewed_token(redis_server: RedisServer, users,
+                                                                short_renewal) -> None:
+    admin, names = users
+    credential = IssuingCredential(admin, names)
+    connection, client, client_name = _signed_in_everywhere(redis_server, credential)
+    try:
         first = signed_in_as(admin, client_name)
         assert first and set(first) == {names[0]}
 
@@ -183,13 +195,8 @@ def test_a_connection_the_server_closed_does_not_stop_the_others_signing_in_agai
     Now the others sign in again in place, and the closed one reconnects with the renewed token on its next use."""
     admin, names = users
     credential = OneRenewal(admin, names)
-    client_name = f"entra-{uuid.uuid4().hex[:8]}"
-    connection = RedisConnection(redis_server.url, entra=credential, cluster=redis_server.cluster,
-                                 client_name=client_name)
+    connection, client, client_name = _signed_in_everywhere(redis_server, credential)
     try:
-        client = connection.client()
-        for n in range(30):  # keys in many slots: a connection to every master of a cluster
-            client.set(f"entra:{client_name}:{n}", n, ex=60)
         if isinstance(client, RedisCluster):  # in the order the sign-in visits them
             nodes = [node for node in client.get_nodes() if node.redis_connection is not None]
             pools = [node.redis_connection.connection_pool for node in nodes

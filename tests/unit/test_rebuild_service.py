@@ -13,6 +13,7 @@ from shared.domain.stored import StoredEvent
 from shared.ports.cache import SINCE_ALL
 from shared.ports.rebuild import Build, DeviceRow
 from shared.services.rebuild import RebuildService, TokenBucket, token_fraction
+from tests.fixtures.buckets import RecordingBucket
 
 
 class Clock:
@@ -266,27 +267,16 @@ def test_the_rate_limit_is_charged_every_row_the_log_read():
     devices plus the critical rows: each device's latest event read by id (and a page of devices the log read
     again) went uncharged, so the rebuild read about twice the rate it was given. It is charged what the log
     counts it read."""
-    charged: list[float] = []
-
-    class Recording(TokenBucket):
-        def acquire(self, units: float = 1.0) -> float:
-            charged.append(units)
-            return 0.0
-
-        def reserve(self, units: float) -> float:
-            charged.append(units)  # a critical read's reservation: the difference is charged or given back after
-            return 0.0
-
     log = Log(10)
     service = RebuildService(log, Builder(), page_size=4, max_rps=100)
-    service._limiter = Recording(100)
+    service._limiter = bucket = RecordingBucket(100)
     service.rebuild()
-    assert sum(charged) == log.rows_read == 10 * 2 + 10 * 1
+    assert sum(bucket.charged) == log.rows_read == 10 * 2 + 10 * 1
 
-    charged.clear()
+    bucket.charged.clear()
     service.rebuild_devices(["d1", "nobody"])
     # each device read twice: the ids whose cached documents the clear deletes, then the state written back
-    assert sum(charged) == 2 * (2 + 1) + 2 * (0 + 1)
+    assert sum(bucket.charged) == 2 * (2 + 1) + 2 * (0 + 1)
 
 
 def test_a_full_rebuild_reads_the_copies_of_a_page_at_once_each_read_paid_before_it_starts():
@@ -294,19 +284,6 @@ def test_a_full_rebuild_reads_the_copies_of_a_page_at_once_each_read_paid_before
     its rows: two round trips a device on the rebuild's threads, on Cosmos DB a request more a device with any
     critical row. A full rebuild reads them once a page (``current``), with ``max_rps`` paid for before it starts,
     no more rows at once than the bucket holds, and charged the copies it read."""
-    charged: list[float] = []
-    held: list[float] = []
-
-    class Recording(TokenBucket):
-        def acquire(self, units: float = 1.0) -> float:
-            charged.append(units)
-            return 0.0
-
-        def reserve(self, units: float) -> float:
-            charged.append(units)
-            held.append(units)
-            return 0.0
-
     class Copies(Log):
         def __init__(self, devices: int) -> None:
             super().__init__(devices)
@@ -334,8 +311,8 @@ def test_a_full_rebuild_reads_the_copies_of_a_page_at_once_each_read_paid_before
     log = Copies(10)
     log.holds = 10
     service = RebuildService(log, Builder(), page_size=5, max_rps=10)
-    service._limiter = Recording(10)
+    service._limiter = bucket = RecordingBucket(10)
     service.rebuild()
     assert log.batches == [9, 6] * 2  # pages of 5 devices (2 rows each fit in 10), copies of 3 devices at once
-    assert sum(charged) == log.rows_read == 10 * 2 + 10 * 3 * 2
-    assert 9 in held and 6 in held  # each copies read reserved its rows before it started
+    assert sum(bucket.charged) == log.rows_read == 10 * 2 + 10 * 3 * 2
+    assert 9 in bucket.held and 6 in bucket.held  # each copies read reserved its rows before it started
