@@ -518,11 +518,11 @@ def test_the_documented_overlay_replaces_every_placeholder() -> None:
 
 
 def test_the_migrations_reach_postgresql_itself_while_the_workers_go_through_pgbouncer() -> None:
-    """The migrations hold a session advisory lock (``pg_advisory_lock`` ... ``pg_advisory_unlock``); through the
+    """The migrations hold a session advisory lock (``pg_try_advisory_lock`` ... ``pg_advisory_unlock``); through the
     Flexible Server's PgBouncer (6432, transaction pooling) the two can run on different server connections, so the
     lock would neither keep two runs apart nor be released (pgbouncer.org/features.html: session-level advisory
     locks are not supported in transaction pooling)."""
-    assert "pg_advisory_lock(" in (ROOT / "shared/adapters/postgres/migrations.py").read_text(encoding="utf-8")
+    assert "pg_try_advisory_lock(" in (ROOT / "shared/adapters/postgres/migrations.py").read_text(encoding="utf-8")
     assert settings_data()["SLUICE_POSTGRES_PORT"] == "6432"
     (migrate,) = of_kind("CronJob").values()
     assert environment(migrate)["SLUICE_POSTGRES_PORT"] == "5432"
