@@ -48,6 +48,12 @@ def listener(tmp_path: Path, function: Any, *, many: bool = True, retry: RetryPo
     return EventHubListener(binding, EventHubOptions(**options), Invoker(tmp_path, threads=2), "unused", environ={})
 
 
+def recording_listener(tmp_path: Path, **options: Any) -> tuple[EventHubListener, list[list[int]]]:
+    """A listener whose function records the sequence numbers of each batch it is given, and that record."""
+    seen: list[list[int]] = []
+    return listener(tmp_path, lambda events: seen.append([e.sequence_number for e in events]), **options), seen
+
+
 def events(*seqs: int) -> list[EventData]:
     return [_event(str(n).encode(), n) for n in seqs]
 
@@ -60,9 +66,7 @@ async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def test_batches_are_split_at_max_size_and_checkpointed_after_each(tmp_path: Path) -> None:
-    seen: list[list[int]] = []
-    host = listener(tmp_path, lambda events: seen.append([e.sequence_number for e in events]),
-                    max_event_batch_size=3)
+    host, seen = recording_listener(tmp_path, max_event_batch_size=3)
     context = FakePartitionContext()
     asyncio.run(host._on_event_batch(context, events(1, 2, 3, 4, 5, 6, 7)))
     assert seen == [[1, 2, 3], [4, 5, 6], [7]]
@@ -79,9 +83,8 @@ def test_the_conversion_of_each_batch_is_charged_to_the_function_as_its_input(tm
 
 
 def test_min_batch_size_waits_for_more_events_or_the_wait_time(tmp_path: Path) -> None:
-    seen: list[list[int]] = []
-    host = listener(tmp_path, lambda events: seen.append([e.sequence_number for e in events]),
-                    max_event_batch_size=10, min_event_batch_size=3, max_wait_time=timedelta(seconds=0.3))
+    host, seen = recording_listener(tmp_path, max_event_batch_size=10, min_event_batch_size=3,
+                                    max_wait_time=timedelta(seconds=0.3))
     context = FakePartitionContext()
 
     async def scenario() -> None:
@@ -101,9 +104,8 @@ def test_min_batch_size_waits_for_more_events_or_the_wait_time(tmp_path: Path) -
 
 
 def test_a_remainder_below_the_min_batch_size_waits_too(tmp_path: Path) -> None:
-    seen: list[list[int]] = []
-    host = listener(tmp_path, lambda events: seen.append([e.sequence_number for e in events]),
-                    max_event_batch_size=4, min_event_batch_size=3, max_wait_time=timedelta(seconds=30))
+    host, seen = recording_listener(tmp_path, max_event_batch_size=4, min_event_batch_size=3,
+                                    max_wait_time=timedelta(seconds=30))
     context = FakePartitionContext()
     asyncio.run(host._on_event_batch(context, events(1, 2, 3, 4, 5)))
     assert seen == [[1, 2, 3, 4]]
@@ -116,9 +118,8 @@ def test_a_remainder_below_min_batch_size_waits_max_wait_time_from_its_own_arriv
     arrive at t=0 and wait; events 3-5 arrive at t=0.2, so 1-4 are invoked and 5 is left over; at t=0.35 the SDK's
     idle call comes. Event 5 has waited 0.15 s, under maxWaitTime and below the minimum: it still waits. It was sent
     at once as an undersized batch while its wait was counted from event 1's arrival."""
-    seen: list[list[int]] = []
-    host = listener(tmp_path, lambda events: seen.append([e.sequence_number for e in events]),
-                    max_event_batch_size=4, min_event_batch_size=3, max_wait_time=timedelta(seconds=0.3))
+    host, seen = recording_listener(tmp_path, max_event_batch_size=4, min_event_batch_size=3,
+                                    max_wait_time=timedelta(seconds=0.3))
     context = FakePartitionContext()
 
     async def scenario() -> None:

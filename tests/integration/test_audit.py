@@ -330,14 +330,19 @@ def test_a_start_sequence_past_every_checkpoint_is_refused_not_reported_as_no_lo
     assert "1000000 is past every partition's checkpoint (0: 2, 1: none" in captured.err
 
 
-@pytest.fixture
-def short_retention_hub(tmp_path: Path) -> Iterator[IsolatedHub]:
-    """A hub of its own emulator whose events pass retention after about 11 s (MessageRetentionInHours 0.003)."""
-    name = f"short-{uuid.uuid4().hex[:6]}"
+def _hub_with_retention(tmp_path: Path, prefix: str, hours: float) -> Iterator[IsolatedHub]:
+    """A hub of its own emulator whose events pass retention after ``hours`` (MessageRetentionInHours)."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     running = start_eventhubs_emulator(config=write_config(tmp_path / "hubs.json", [name],
-                                                           MessageRetentionInHours=0.003))
+                                                           MessageRetentionInHours=hours))
     yield IsolatedHub(running, name)
     running.stop()
+
+
+@pytest.fixture
+def short_retention_hub(tmp_path: Path) -> Iterator[IsolatedHub]:
+    """Events pass retention after about 11 s (MessageRetentionInHours 0.003)."""
+    yield from _hub_with_retention(tmp_path, "short", 0.003)
 
 
 def test_since_older_than_the_hubs_retention_is_reported_as_not_audited(
@@ -464,12 +469,8 @@ def test_the_gauge_reports_records_checkpointed_past_that_expired_before_ingest_
 
 @pytest.fixture
 def retention_36s_hub(tmp_path: Path) -> Iterator[IsolatedHub]:
-    """A hub of its own emulator whose events pass retention after 36 s (MessageRetentionInHours 0.01)."""
-    name = f"ret36-{uuid.uuid4().hex[:6]}"
-    running = start_eventhubs_emulator(config=write_config(tmp_path / "hubs.json", [name],
-                                                           MessageRetentionInHours=0.01))
-    yield IsolatedHub(running, name)
-    running.stop()
+    """Events pass retention after 36 s (MessageRetentionInHours 0.01)."""
+    yield from _hub_with_retention(tmp_path, "ret36", 0.01)
 
 
 @pytest.mark.timeout(240)

@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 import uuid
+from contextlib import contextmanager
 
 import pytest
 from redis import exceptions as rx
@@ -107,55 +108,55 @@ def hmget_calls(admin) -> int:
     return int(admin.info("commandstats").get("cmdstat_hmget", {"calls": 0})["calls"])
 
 
+@contextmanager
+def _pointer_cache(port: int, prefix: str, seconds: float):
+    """A lookup cache on the private Redis at ``port`` keeping the generation pointer ``seconds``, and a blocking
+    client to set up and count with; both closed after."""
+    import redis
+
+    connection = AsyncRedisConnection(f"redis://127.0.0.1:{port}/0", cluster=False)
+    admin = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        yield AsyncRedisLookupCache(connection, key_prefix=prefix, generation_cache_seconds=seconds), admin
+    finally:
+        admin.close()
+        connection.close()
+
+
 @pytest.mark.timeout(60)
 def test_the_generation_pointer_is_read_at_most_once_per_cache_period_under_a_burst(private_redis):
     """A warm cache whose cached pointer has just expired, then 50 concurrent lookups: one read of the pointer
     (docs/redis-layout.md: one ``HMGET`` per ``generation_cache_seconds`` per process), not one per lookup."""
-    import redis
-
     _server, port = private_redis
-    connection = AsyncRedisConnection(f"redis://127.0.0.1:{port}/0", cluster=False)
-    cache = AsyncRedisLookupCache(connection, key_prefix="gp:", generation_cache_seconds=0.3)
-    admin = redis.Redis(host="127.0.0.1", port=port)
+    with _pointer_cache(port, "gp:", 0.3) as (cache, admin):
 
-    async def burst() -> None:
-        await cache.get_latest("warm")  # the pointer read once, cached for 0.3 s
-        await asyncio.sleep(0.4)
-        admin.config_resetstat()
-        await asyncio.gather(*(cache.get_latest(f"d-{i}") for i in range(50)))
+        async def burst() -> None:
+            await cache.get_latest("warm")  # the pointer read once, cached for 0.3 s
+            await asyncio.sleep(0.4)
+            admin.config_resetstat()
+            await asyncio.gather(*(cache.get_latest(f"d-{i}") for i in range(50)))
 
-    try:
         asyncio.run(burst())
         assert hmget_calls(admin) == 50 + 1, f"{hmget_calls(admin) - 50} reads of the pointer in one period"
-    finally:
-        admin.close()
-        connection.close()
 
 
 @pytest.mark.timeout(60)
 def test_a_failed_pointer_read_fails_the_lookups_sharing_it_and_the_next_lookup_reads_again(private_redis):
-    import redis
-
     _server, port = private_redis
-    connection = AsyncRedisConnection(f"redis://127.0.0.1:{port}/0", cluster=False)
-    cache = AsyncRedisLookupCache(connection, key_prefix="gf:", generation_cache_seconds=60)
-    admin = redis.Redis(host="127.0.0.1", port=port)
+    with _pointer_cache(port, "gf:", 60) as (cache, admin):
 
-    async def scenario() -> None:
-        admin.set("gf:generation", "not a hash")  # HMGET of the pointer answers WRONGTYPE
-        answers = await asyncio.gather(*(cache.get_latest(f"d-{i}") for i in range(10)), return_exceptions=True)
-        assert all(isinstance(answer, DependencyUnavailable) for answer in answers), answers
-        assert hmget_calls(admin) == 1
-        admin.delete("gf:generation")
-        assert await cache.get_latest("d-0") is None  # a miss
-        assert hmget_calls(admin) == 1 + 2  # the pointer read again (nothing of the failure cached), then the key
+        async def scenario() -> None:
+            admin.set("gf:generation", "not a hash")  # HMGET of the pointer answers WRONGTYPE
+            answers = await asyncio.gather(*(cache.get_latest(f"d-{i}") for i in range(10)),
+                                           return_exceptions=True)
+            assert all(isinstance(answer, DependencyUnavailable) for answer in answers), answers
+            assert hmget_calls(admin) == 1
+            admin.delete("gf:generation")
+            assert await cache.get_latest("d-0") is None  # a miss
+            assert hmget_calls(admin) == 1 + 2  # the pointer read again (nothing of the failure cached), then the key
 
-    try:
         admin.config_resetstat()
         asyncio.run(scenario())
-    finally:
-        admin.close()
-        connection.close()
 
 
 @pytest.mark.timeout(60)
