@@ -27,6 +27,7 @@ from typing import Annotated, Any, TypeVar
 
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from psycopg_pool import ConnectionPool
@@ -177,17 +178,56 @@ def _records(table: pa.Table, what: str, key: str) -> list[dict[str, Any]]:
     alone raises a bare OverflowError for the whole table, before any row is validated."""
     columns: dict[str, list[Any]] = {}
     for name in table.column_names:
+        column = _microseconds(table.column(name))
         try:
-            columns[name] = table.column(name).to_pylist()
+            columns[name] = column.to_pylist()
         except (OverflowError, ValueError):
-            columns[name] = _column_values(table, name, what, key)
+            columns[name] = _column_values(table, column, name, what, key)
     return [{name: values[i] for name, values in columns.items()} for i in range(table.num_rows)]
 
 
-def _column_values(table: pa.Table, name: str, what: str, key: str) -> list[Any]:
+def _microseconds(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A column of nanosecond times (timestamps, as pandas and Spark write them; times of day; durations) in
+    microseconds, the finest unit Python holds, the digits past the sixth cut as a CSV time's are (towards the
+    past: 1969-12-31T23:59:59.999999999Z is 23:59:59.999999, not 1970); the time zone is kept. pyarrow would
+    refuse to convert any value with a sub-microsecond part. Other columns are returned as they are."""
+    kind = column.type
+    target: pa.DataType
+    if pa.types.is_timestamp(kind):
+        target = pa.timestamp("us", kind.tz)
+    elif pa.types.is_time64(kind):
+        target = pa.time64("us")
+    elif pa.types.is_duration(kind):
+        target = pa.duration("us")
+    else:
+        return column
+    if kind.unit != "ns":
+        return column
+    nanoseconds = pc.cast(column, pa.int64())
+    truncated = pc.divide(nanoseconds, 1000)  # integer division: towards zero
+    floored = pc.if_else(pc.greater(pc.multiply(truncated, 1000), nanoseconds), pc.subtract(truncated, 1), truncated)
+    result: pa.ChunkedArray = pc.cast(floored, target)
+    return result
+
+
+def _outside_years(scalar: pa.Scalar) -> bool:
+    """Whether a timestamp or date is outside the years 1-9999 (in UTC or in its own time zone)."""
+    kind = scalar.type
+    if not (pa.types.is_timestamp(kind) or pa.types.is_date(kind)):
+        return False
+    values = [scalar]
+    if pa.types.is_timestamp(kind) and kind.tz is not None:
+        values.append(pc.cast(scalar, pa.timestamp(kind.unit)))  # the UTC wall time
+    try:
+        return any(not 1 <= pc.year(value).as_py() <= 9999 for value in values)
+    except pa.ArrowException:  # e.g. a time zone pyarrow does not know
+        return False
+
+
+def _column_values(table: pa.Table, column: pa.ChunkedArray, name: str, what: str, key: str) -> list[Any]:
     """One column converted value by value, to find the row that cannot be converted."""
     values: list[Any] = []
-    for number, scalar in enumerate(table.column(name), start=1):
+    for number, scalar in enumerate(column, start=1):
         try:
             values.append(scalar.as_py())
         except (OverflowError, ValueError) as exc:
@@ -195,8 +235,10 @@ def _column_values(table: pa.Table, name: str, what: str, key: str) -> list[Any]
                 identifier = table.column(key)[number - 1].as_py()
             except (OverflowError, ValueError):
                 identifier = None
-            raise PermanentError(f"{what}: row {number} ({key} {identifier!r}) is invalid: {name}: a {scalar.type} "
-                                 f"value outside the years 1-9999 ({exc})") from None
+            problem = (f"a {scalar.type} value outside the years 1-9999" if _outside_years(scalar)
+                       else f"a {scalar.type} value Python cannot hold")
+            raise PermanentError(f"{what}: row {number} ({key} {identifier!r}) is invalid: {name}: {problem} "
+                                 f"({exc})") from None
     raise PermanentError(f"{what}: column {name!r} cannot be read as Python values")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -401,3 +402,35 @@ def test_a_parquet_timestamp_past_year_9999_is_refused_naming_the_file_the_row_a
         read_devices(path)
     with pytest.raises(PermanentError, match=r"blob ref/devices\.parquet: " + message):
         read_devices(path.read_bytes(), "blob ref/devices.parquet")
+
+
+def test_a_parquet_installed_at_in_nanoseconds_loads_as_the_csv_form_of_it_does(tmp_path: Path) -> None:
+    """pandas and Spark write Parquet timestamps in nanoseconds. A 2023 ``installed_at`` with a sub-microsecond part
+    was refused as "outside the years 1-9999", while the same time in a CSV file loads (cut to microseconds; before
+    1970 too, towards the past)."""
+    table = pa.table({
+        "device_id": ["dev-1", "dev-2"],
+        "installed_at": pa.array([1_700_000_000_123_456_789, -1], pa.timestamp("ns", tz="UTC")),
+    })
+    path = tmp_path / "devices.parquet"
+    pq.write_table(table, path)
+    csv = tmp_path / "devices.csv"
+    csv.write_text("device_id,installed_at\ndev-1,2023-11-14T22:13:20.123456789Z\n"
+                   "dev-2,1969-12-31T23:59:59.999999999Z\n")
+    devices = read_devices(path.read_bytes(), "blob reference/devices.parquet")
+    assert [d.installed_at for d in devices] == [datetime(2023, 11, 14, 22, 13, 20, 123456, tzinfo=UTC),
+                                                 datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)]
+    assert read_devices(path) == devices == read_devices(csv)
+
+
+def test_a_parquet_value_python_cannot_hold_for_another_reason_says_pyarrows_reason_not_the_years(
+        tmp_path: Path) -> None:
+    """Only a time outside the years 1-9999 is called one; anything else pyarrow cannot convert is named with its
+    own reason, row and column."""
+    table = pa.table({"device_id": ["dev-1"], "model": pa.array([[1]], pa.list_(pa.timestamp("ns")))})
+    path = tmp_path / "devices.parquet"
+    pq.write_table(table, path)
+    with pytest.raises(PermanentError, match=r"row 1 \(device_id 'dev-1'\) is invalid: model: .* Python cannot hold "
+                                             r"\(Nanosecond resolution") as caught:
+        read_devices(path)
+    assert "1-9999" not in str(caught.value)
