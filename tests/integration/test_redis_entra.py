@@ -10,6 +10,7 @@ connection last signed in with shows as its ACL user in ``CLIENT LIST``.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from redis.cluster import RedisCluster
 
 from shared.adapters.identity import LocalDevelopmentCredential
 from shared.adapters.redis import RedisConnection, RedisLookupCache
-from shared.adapters.redis.aio import AsyncRedisConnection
+from shared.adapters.redis.aio import AsyncRedisConnection, AsyncRedisLookupCache
 from shared.adapters.redis.entra import EntraCredentials, Token
 from shared.exceptions import DependencyUnavailable
 from tests.fixtures.redis_cluster import RedisServer
@@ -458,6 +459,8 @@ def test_a_command_started_as_a_renewal_closes_idle_connections_gets_its_reply(r
             await asyncio.sleep(0.1)
 
     assert asyncio.run(run()) == []
+
+
 def test_no_token_is_redis_unavailable_naming_the_cause(redis_url: str, local_users, redis_prefix: str) -> None:
     """A credential that cannot get a token makes Redis unavailable to the adapters (the lookups then serve from
     Cassandra, the change feed retries), never an unexpected error."""
@@ -523,3 +526,93 @@ def test_an_entra_id_outage_after_the_token_ended_is_asked_every_few_seconds_not
     finally:
         provider.close()
     assert 1 <= renewals <= 2, f"the credential was asked {renewals} times in 1.5 s after failures"
+
+
+class SlowOutage(LocalDevelopmentCredential):
+    """Entra ID (or the workload identity's token endpoint) unreachable: each request takes ``seconds``, then fails,
+    as azure-core's transport does when a connection attempt to login.microsoftonline.com times out."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+        with self._lock:
+            self.calls += 1
+        time.sleep(self.seconds)
+        raise ClientAuthenticationError("Entra ID did not answer in time")
+
+
+@pytest.mark.timeout(60)
+def test_a_lookup_fails_within_the_socket_timeout_when_the_token_endpoint_hangs(redis_url: str,
+                                                                                 redis_prefix: str) -> None:
+    """A lookup asks Redis first and, Redis being unavailable, is served from Cassandra (``bypass``). With no usable
+    token, a new connection awaited the token request with no bound at all: the lookup waited as long as the
+    credential took (azure-core's default timeouts are minutes), far past ``SLUICE_REDIS_SOCKET_TIMEOUT_SECONDS``.
+    It waits its connect timeout now, and fails as Redis unavailable."""
+    credential = SlowOutage(seconds=8.0)
+
+    async def run() -> tuple[float, BaseException | None]:
+        connection = AsyncRedisConnection(redis_url, entra=credential, cluster=False, socket_timeout=1.0)
+        cache = AsyncRedisLookupCache(connection, key_prefix=redis_prefix)
+        started = time.monotonic()
+        error: BaseException | None = None
+        try:
+            await cache.get_event("some-event")
+        except DependencyUnavailable as exc:
+            error = exc
+        finally:
+            elapsed = time.monotonic() - started
+            connection.close()
+        return elapsed, error
+
+    elapsed, error = asyncio.run(run())
+    assert error is not None
+    assert elapsed < 3.0, f"the lookup waited {elapsed:.1f} s for the token (socket timeout 1 s)"
+
+
+@pytest.mark.timeout(60)
+def test_the_blocking_client_fails_within_the_socket_timeout_when_the_token_endpoint_hangs(
+        redis_url: str, redis_prefix: str) -> None:
+    """The same for the blocking client (the change feed's writes, the dashboard's reads): ``get_credentials`` asked
+    the credential under the provider's lock with no bound, so a command waited as long as the token request did."""
+    credential = SlowOutage(seconds=8.0)
+    connection = RedisConnection(redis_url, entra=credential, cluster=False, socket_timeout=1.0)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DependencyUnavailable, match="Entra ID"):
+            RedisLookupCache(connection, key_prefix=redis_prefix).get_event("some-event")
+    finally:
+        elapsed = time.monotonic() - started
+        connection.close()
+    assert elapsed < 3.0, f"the command waited {elapsed:.1f} s for the token (socket timeout 1 s)"
+    assert credential.calls == 1  # the connection's retries waited for the request in flight, asked no more
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_new_connections_during_an_entra_outage_do_not_queue_one_token_request_each(
+        redis_url: str) -> None:
+    """During an Entra ID outage with no usable token, each new connection took the provider's lock and made a token
+    request of its own: connections opened together waited in line, the k-th for k slow requests. Here 5 connections
+    opened at once, the token endpoint taking 1 s to fail: they share one request and its failure (the last one
+    failed only after about 5 s)."""
+    credential = SlowOutage(seconds=1.0)
+
+    async def run() -> tuple[float, list[object]]:
+        connection = AsyncRedisConnection(redis_url, entra=credential, cluster=False, socket_timeout=10.0)
+        try:
+            client = await connection.client()
+            started = time.monotonic()
+            outcomes = await asyncio.gather(*(client.ping() for _ in range(5)), return_exceptions=True)
+            return time.monotonic() - started, outcomes
+        finally:
+            connection.close()
+            await asyncio.sleep(0.05)
+
+    elapsed, outcomes = asyncio.run(run())
+    assert all(isinstance(o, redis.ConnectionError) for o in outcomes), outcomes
+    assert elapsed < 2.5, (f"5 connections opened together failed only after {elapsed:.1f} s "
+                           f"({credential.calls} token requests, one after another)")
+

@@ -131,7 +131,8 @@ class AsyncRedisConnection:
         options = self._options
         provider = None
         if self._entra is not None:  # one per client: it signs that client's connections in again (entra.py)
-            provider = EntraCredentials(self._entra)
+            # a new connection waits for a token as long as for Redis itself: its connect timeout
+            provider = EntraCredentials(self._entra, wait_seconds=options.get("socket_connect_timeout"))
             options = {**options, "credential_provider": provider}
         try:
             cluster = self._cluster

@@ -220,7 +220,8 @@ class RedisConnection:
         if self._entra is not None:  # one per client: it re-AUTHs the connections of the client that registers last
             if self._provider is not None:  # of a failed build
                 self._provider.close()
-            self._provider = EntraCredentials(self._entra)
+            # a new connection waits for a token as long as for Redis itself: its connect timeout
+            self._provider = EntraCredentials(self._entra, wait_seconds=self._options.get("socket_connect_timeout"))
             self._options["credential_provider"] = self._provider
         provider = self._options.get("credential_provider")
         hook = provider.log_in if isinstance(provider, SecretCredentials) else None

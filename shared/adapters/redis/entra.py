@@ -29,7 +29,14 @@ renewal (redis-py's ``TokenManager`` stops renewing after one error).
 
 A connection opened while no token can be had fails with ``ConnectionError`` naming
 the cause, so callers treat it as Redis being unavailable (retry, or serve from
-Cassandra), never as a bug.
+Cassandra), never as a bug. While no usable token is held (the first connection, or
+the held one near its end after failed renewals) one token request at a time runs, on
+a thread of its own, and every new connection waits for that one (single flight: a
+failure is every waiter's, the next connection after it asks again). A connection
+waits at most its ``socket_connect_timeout``: azure-identity's own HTTP timeouts are
+minutes, and a token endpoint that does not answer must look like Redis not
+answering, not hold every caller that long. The request goes on after the waiters gave
+up, and its token, when it comes, is the one held.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, wait
 from typing import Any
 
 import jwt
@@ -103,10 +111,14 @@ class EntraCredentials(StreamingCredentialProvider):
     failed_floor_seconds, poll_floor_seconds = 5.0, 1.0
     min_left = 60.0  # seconds: a token with less left is not used for a new connection
 
-    def __init__(self, credential: TokenCredential, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, credential: TokenCredential, *, wait_seconds: float | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``wait_seconds``: how long a new connection waits for a token being asked for (its connect timeout)."""
         self._credential = credential
+        self._wait = wait_seconds
         self._clock = clock
         self._token: Token | None = None
+        self._flight: Future[Token] | None = None  # the token request in flight for new connections
         # the token the open connections signed in with, or were last handed (the held one may be newer: a new
         # connection takes a new token when the held one is near its end, after an Entra ID outage)
         self._delivered: Token | None = None
@@ -121,15 +133,24 @@ class EntraCredentials(StreamingCredentialProvider):
     # --- what redis-py calls
 
     def get_credentials(self) -> tuple[str, str]:
-        token = self._current()
+        token = self._usable()
+        if token is None:
+            flight = self._asked()
+            if not wait([flight], self._wait).done:
+                raise self._no_answer()
+            token = flight.result()
         self._start()
         return token.user, token.value
 
     async def get_credentials_async(self) -> tuple[str, str]:
-        """On the client's event loop: the token held, or a new one asked for on a thread (never on the loop)."""
+        """On the client's event loop: the token held, or the one being asked for on a thread (never on the loop)."""
         token = self._usable()
         if token is None:
-            token = await asyncio.to_thread(self._current)
+            asked = asyncio.wrap_future(self._asked())
+            asked.add_done_callback(_retrieved)  # its failure is raised here, or nobody waits for it any more
+            if not (await asyncio.wait({asked}, timeout=self._wait))[0]:  # gives up without cancelling it
+                raise self._no_answer()
+            token = asked.result()
         self._start()
         return token.user, token.value
 
@@ -157,22 +178,45 @@ class EntraCredentials(StreamingCredentialProvider):
         token = self._token
         return token if token is not None and token.left(self._clock()) > self.min_left else None
 
-    def _current(self) -> Token:
-        """A token with more than a minute left: the one held, or a new one from the credential.
+    def _asked(self) -> Future[Token]:
+        """The token request in flight, or one started now on a thread of its own.
 
-        A new token replacing one held (near its end, the renewals having failed) is handed to the open connections
-        by the renewal thread, woken for it: never on this caller's path (a new connection, maybe an event loop's).
+        It runs to its end whoever still waits for it (a token then becomes the one held), and only one at a time:
+        connections opened together during an outage share its failure instead of each asking after the other.
         """
         with self._lock:
-            token = self._usable()
-            if token is None:
-                replacing = self._token is not None
-                token = self._token = self._request()
-                if replacing:
-                    self._wake.set()
-                else:  # the first token: every connection signs in with it
-                    self._delivered = token
-            return token
+            flight = self._flight
+            if flight is None:
+                flight = self._flight = Future()
+                flight.set_running_or_notify_cancel()  # a waiter cannot cancel it for the others
+                threading.Thread(target=self._fly, args=(flight,), name="redis-entra-token", daemon=True).start()
+            return flight
+
+    def _fly(self, flight: Future[Token]) -> None:
+        """Ask for a token and hold it. One replacing a held token (near its end, the renewals having failed) is
+        handed to the open connections by the renewal thread, woken for it: never on a new connection's path."""
+        try:
+            token = self._request()
+        except BaseException as exc:
+            with self._lock:
+                self._flight = None
+            flight.set_exception(exc)
+            return
+        with self._lock:
+            self._flight = None
+            held = self._token
+            if held is None:  # the first token: every connection signs in with it
+                self._token = self._delivered = token
+            elif token.value != held.value and token.expires_on >= held.expires_on:  # not older than a renewal's
+                self._token = token
+                self._wake.set()
+            else:  # the renewal thread's token meanwhile (or the same one)
+                token = held
+        flight.set_result(token)
+
+    def _no_answer(self) -> RedisConnectionError:
+        return RedisConnectionError(
+            f"no Entra ID token for Redis: the token request gave no answer within {self._wait:g} s")
 
     def _request(self) -> Token:
         try:
@@ -215,7 +259,7 @@ class EntraCredentials(StreamingCredentialProvider):
 
     def _hand_over(self) -> None:
         """Sign the open connections in with the token held unless they have it: compared with the token last handed
-        to them, not with the one held before this request (``_current`` may have replaced that meanwhile)."""
+        to them, not with the one held before this request (``_fly`` may have replaced that meanwhile)."""
         token, delivered = self._token, self._delivered
         if token is not None and (delivered is None or token.value != delivered.value):
             self._deliver(token)
@@ -250,3 +294,9 @@ class EntraCredentials(StreamingCredentialProvider):
         else:
             logger.info("Redis connections re-authenticated with a renewed Entra ID token (valid %.0f s)",
                         token.left(self._clock()))
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark ``future``'s outcome read: no "exception was never retrieved" when every waiter gave up before it."""
+    if not future.cancelled():
+        future.exception()
