@@ -416,7 +416,7 @@ class RedisSettings(_Group):
     ttl_seconds: int = Field(7 * 24 * 3600, ge=1)
     """TTL of every key the change feed writes"""
     socket_timeout_seconds: float = Field(2.0, gt=0)
-    """Socket timeout of Redis commands"""
+    """Socket timeout of Redis commands, and of connecting (waiting for an Entra ID token included)"""
     critical_per_device_max: int = Field(100, ge=1)
     """Critical events kept per device"""
     critical_stream_max: int = Field(10_000, ge=1)
