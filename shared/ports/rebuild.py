@@ -58,8 +58,9 @@ class PagedDeviceLog(DeviceLog, Protocol):
         correction superseded (:meth:`current` leaves those out)."""
 
     def current(self, events_by_device: Mapping[str, Sequence[StoredEvent]]) -> dict[str, list[StoredEvent]]:
-        """Each device's rows (from :meth:`critical_rows`) less those their event's current copy supersedes, the
-        copies of every device's rows read together; ``rows_read`` counts them (at most one a row)."""
+        """Each device's rows (from :meth:`critical_rows`), one copy of each event id (the one kept, as Redis keeps
+        one member per id: ``one_copy_each``), less those their event's current copy supersedes, the copies of every
+        device's rows read together; ``rows_read`` counts them (at most one a row)."""
 
 
 @dataclass(frozen=True, slots=True)

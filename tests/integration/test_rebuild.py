@@ -29,8 +29,9 @@ from shared.adapters.cassandra.window_reader import CassandraWindowReader
 from shared.adapters.redis import RedisChangeSink, RedisLookupCache
 from shared.adapters.redis_dashboard import RedisCriticalStream
 from shared.adapters.redis_rebuild import RedisCacheBuilder
+from shared.domain.events import Event
 from shared.domain.stored import StoredEvent
-from shared.domain.times import to_ms
+from shared.domain.times import rfc3339, to_ms
 from shared.exceptions import DependencyUnavailable
 from shared.ports.cache import SINCE_ALL
 from shared.ports.rebuild import DeviceRow
@@ -562,6 +563,50 @@ def test_a_correction_that_makes_an_event_not_critical_is_not_put_back_as_critic
     RebuildService(log, RedisCacheBuilder(cache, settle_seconds=0)).rebuild_devices(["dev-u"])
     assert lookups_for(cache).get_critical("dev-u", -(2**53), 100) == []
     assert json.loads(lookups_for(cache).get_latest("dev-u").document)["severity"] == "info"
+
+
+def _corrected_then_redelivered(store, device: str) -> tuple[Event, Event]:
+    """A critical event of ``device`` corrected to another event time (same id, enqueued later), then the original
+    delivered again (at-least-once; docs/enrichment.md: the older copy overwrites ``events_by_id``):
+    ``critical_events_by_device`` holds both rows, ``events_by_id`` the older copy. Returns (original, correction)."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    event_id = uuid.uuid4()
+    original = cf.make_event(device, now - timedelta(minutes=30), severity="critical",
+                             enqueued=now - timedelta(minutes=20), event_id=event_id)
+    correction = cf.make_event(device, now - timedelta(minutes=10), severity="critical",
+                               enqueued=now - timedelta(minutes=5), event_id=event_id)
+    store.write([original])
+    store.write([correction])
+    store.write([original])  # delivered again after the correction
+    return original, correction
+
+
+def _listed(sink: RedisChangeSink, device: str) -> list[tuple[str, str]]:
+    """The device's critical list as the lookups answer it from Redis: (event id, event time) of each member."""
+    answered = lookups_for(sink).get_critical(device, -(2**53), 100)
+    assert answered is not None, "a miss: the rebuild wrote no complete list"
+    return [(d["event_id"], d["timestamp"]) for d in map(json.loads, answered)]
+
+
+@pytest.mark.parametrize("kind", ["full", "devices"])
+def test_a_correction_then_a_redelivered_original_keeps_the_event_in_the_rebuilt_critical_list(
+        kind, session, keyspace, store, rclient, redis_prefix):
+    """After a correction to another event time and then the original delivered again, ``events_by_id`` holds the
+    older copy, which supersedes neither row (``current_copies``). The lookups' miss collapses rows of one id
+    first (``one_copy_each``) and lists the correction, as the change feed's set holds it; the device log did not:
+    both copies went to ``fill_event``, the older was refused, and the refusal (keyed by device and event id) took
+    the correction too. The rebuilt list was written empty *with its #since sentinel*, so Redis answered "no
+    critical events" for good, full or ``--devices``."""
+    _, correction = _corrected_then_redelivered(store, "dev-r")
+    assert [e.event_time for e in CassandraDeviceLog(session, keyspace).critical("dev-r", SINCE_ALL)] == \
+        [correction.timestamp]
+
+    sink = cache_for(rclient, redis_prefix)
+    run_rebuild(RebuildService(CassandraDeviceLog(session, keyspace), RedisCacheBuilder(sink, settle_seconds=0)),
+                kind, "dev-r")
+
+    # one copy of the event, the one enqueued later (the copy the feed and a lookup's miss keep)
+    assert _listed(sink, "dev-r") == [(str(correction.body.event_id), rfc3339(correction.timestamp))]
 
 
 @pytest.mark.timeout(60)

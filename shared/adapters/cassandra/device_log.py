@@ -14,7 +14,9 @@ Critical events come from
 ``critical_events_by_device``, one partition per device, paged by the driver,
 less the rows their event's copy in ``events_by_id`` supersedes (a correction
 to another event time, or to an event no longer critical, leaves the old row
-there): the ids are read back 100 a request, as the lookups' misses do
+there): rows of one event id are first collapsed to the copy Redis keeps
+(``one_copy_each``: a correction re-sent under the id beside the row it
+corrects), then the ids are read back 100 a request, as the lookups' misses do
 (``current_copies``). ``critical`` does both for one device; the full rebuild
 reads a page's rows device by device (``critical_rows``) and then the copies of
 the whole page's ids at once (``current``): one round of ``IN`` reads a page,
@@ -43,7 +45,7 @@ from shared.adapters.cassandra.reader import (
     positions,
     stored_event,
 )
-from shared.domain.stored import StoredEvent, current_copies
+from shared.domain.stored import StoredEvent, current_copies, one_copy_each
 from shared.domain.times import from_ms
 from shared.ports.cache import SINCE_ALL
 from shared.ports.rebuild import DeviceRow
@@ -136,7 +138,11 @@ class CassandraDeviceLog:
         what = (f"the critical events of device {next(iter(events_by_device))!r}" if len(events_by_device) == 1
                 else f"the critical events of {len(events_by_device)} devices")
         copies = self._events({event.event_id for events in events_by_device.values() for event in events}, what)
-        return {device_id: current_copies(events, copies) for device_id, events in events_by_device.items()}
+        # Rows of one id (a correction re-sent under it with another event time, maybe followed by the original
+        # delivered again, whose older copy events_by_id then holds) are collapsed to the copy Redis keeps first, as
+        # the lookups' misses do: neither row is superseded by that older copy, and both would reach the builder.
+        return {device_id: current_copies(one_copy_each(events), copies)
+                for device_id, events in events_by_device.items()}
 
     def _events(self, event_ids: Collection[uuid.UUID], what: str) -> dict[uuid.UUID, StoredEvent]:
         """The ``events_by_id`` copies of ``event_ids``: ``IN`` reads of 100 ids, a few in flight, rows counted."""
