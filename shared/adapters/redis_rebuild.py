@@ -154,8 +154,8 @@ class RedisCacheBuilder:
                 owners.append((len(first), event))
                 first.append(("EVALSHA", sha["fill_event"], 1, keys.event(event.event_id), event.enqueued_text(),
                               "", "stale", marker, event.device_id))
-        sets: list[tuple[str, list[StoredEvent], int, int]] = []  # device, the events kept, covers, the set's TTL
-        fills: list[tuple[int, str, StoredEvent]] = []  # the place of each fill_event, its device and event
+        # device, the events kept (each with the place of its fill_event), covers, the set's TTL
+        sets: list[tuple[str, list[tuple[int, StoredEvent]], int, int]] = []
         candidates: dict[int, list[object]] = {}  # per stream shard: event time, document of each event offered
         renewed: dict[int, int] = {}  # per stream shard: the latest enqueued time of the events offered
         for device, offered in critical.items():
@@ -174,11 +174,12 @@ class RedisCacheBuilder:
             set_left = max(lefts) if lefts else latest_left.get(device, 0)
             if set_left <= 0:
                 continue
-            sets.append((device, kept, covers, set_left))
+            placed = []
             for event in kept:
-                fills.append((len(first), device, event))
+                placed.append((len(first), event))
                 first.append(("EVALSHA", sha["fill_event"], 1, keys.event(event.event_id), event.to_json(),
                               max(self._left(event, now_ms), marker)))
+            sets.append((device, placed, covers, set_left))
         for shard, members in candidates.items():  # each shard keeps its own newest, as the feed trims each
             target = self._candidates_key(keys, shard)
             first.append(("ZADD", target, *members))
@@ -191,13 +192,14 @@ class RedisCacheBuilder:
         if not first:
             return
         replies = self._run(first, what)
-        refused = {(device, event.event_id) for at, device, event in fills if replies[at] == 0}
         second: list[Command] = []
         for at, event in owners:  # {{device, time, ...}, reply}: a move the feed applied to the event
             for device, enqueued in moves(replies[at])[0]:
                 second.append(("EVALSHA", sha["unlatest"], 1, keys.latest(device), str(event.event_id), enqueued))
-        for device, kept, covers, set_left in sets:
-            current = [event for event in kept if (device, event.event_id) not in refused]
+        for device, placed, covers, set_left in sets:
+            # A refusal is the copy's own (its fill_event's reply), not its event id's: of two copies of one id, the
+            # one refused never takes the one accepted with it.
+            current = [event for at, event in placed if replies[at] != 0]
             second += self._fill_critical(keys, device, current, covers, set_left, now_ms)
         if second:
             self._run(second, what)

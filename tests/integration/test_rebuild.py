@@ -609,6 +609,22 @@ def test_a_correction_then_a_redelivered_original_keeps_the_event_in_the_rebuilt
     assert _listed(sink, "dev-r") == [(str(correction.body.event_id), rfc3339(correction.timestamp))]
 
 
+def test_a_refused_copy_does_not_take_another_copy_of_its_event_out_of_the_rebuilt_set(
+        session, keyspace, store, rclient, redis_prefix):
+    """``RedisCacheBuilder`` noted ``fill_event``'s refusals by device and event id, so given two copies of one id
+    (as the device log gave them before it kept one copy each), refusing the older copy also left the accepted
+    correction out of the set. A refusal is the copy's own."""
+    _, correction = _corrected_then_redelivered(store, "dev-c")
+    log = CassandraDeviceLog(session, keyspace)
+    both = log.critical_rows("dev-c", SINCE_ALL)
+    assert len(both) == 2  # the correction's row and the original's, as stored
+
+    sink = cache_for(rclient, redis_prefix)
+    RedisCacheBuilder(sink, settle_seconds=0).refresh("dev-c", None, both, SINCE_ALL)
+
+    assert _listed(sink, "dev-c") == [(str(correction.body.event_id), rfc3339(correction.timestamp))]
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["full", "devices"])
 def test_critical_rows_written_without_the_flag_are_rebuilt_as_critical(
