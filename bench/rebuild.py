@@ -14,9 +14,9 @@ against the machine's Redis, each under a fresh key prefix:
   positions in ``device_latest``, their events from ``events_by_id`` 100 ids a
   request, each device's ``critical_events_by_device`` partition with the driver's
   ``execute_concurrent_with_args`` at the same concurrency, and the copies of the
-  page's critical rows in ``events_by_id``, 100 ids a request, leaving out rows a
-  correction superseded, as ours does) and plain pipelined
-  writes of the same keys (``HSET`` latest, its event's owner note and the critical
+  page's critical rows in ``events_by_id``, 100 ids a request, keeping one row of
+  each event id and leaving out rows a correction superseded, as ours does) and
+  plain pipelined writes of the same keys (``HSET`` latest, its event's owner note and the critical
   events, ``ZADD`` the critical sets, ``XADD`` the newest critical events to the
   stream), one pipeline per page.
 
@@ -46,7 +46,7 @@ from shared.adapters.cassandra.session import connect
 from shared.adapters.redis import Keys, RedisChangeSink, sort_key
 from shared.adapters.redis_rebuild import RedisCacheBuilder
 from shared.domain.events import DeviceEvent, Event, EventMetadata
-from shared.domain.stored import StoredEvent
+from shared.domain.stored import StoredEvent, one_copy_each
 from shared.services.rebuild import RebuildService
 from shared.settings import CassandraSettings
 from sluice.launcher import python_module, start
@@ -108,7 +108,8 @@ def raw(client: redis.Redis, session: Session, ks: str, prefix: str) -> int:
         listed: list[list[StoredEvent]] = []
         for ok, result in results:
             assert ok, result
-            listed.append([stored_event(row) for row in result])
+            # one copy of each event id (a correction re-sent beside the row it corrects), as ours keeps
+            listed.append(one_copy_each([stored_event(row) for row in result]))
         # the rows' copies in events_by_id, read once for the page: a row a correction superseded is left out
         ids = list({e.event_id for events in listed for e in events})
         copies: dict[uuid.UUID, StoredEvent] = {}
