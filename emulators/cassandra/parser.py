@@ -397,10 +397,10 @@ class Parser:
         repeated = next((c for i, c in enumerate(columns) if c in columns[:i]), None)
         if repeated is not None:
             raise Invalid(f"Multiple definitions found for column {repeated}")
+        # Cassandra's order (Cql.g normalInsertStatement): VALUES (...) [IF NOT EXISTS] [USING ...]; an IF NOT EXISTS
+        # after USING is left unparsed, a syntax error as there
         if_not_exists = self.accept_kw("if", "not", "exists")
         using = self.using()
-        if not if_not_exists:
-            if_not_exists = self.accept_kw("if", "not", "exists")
         return st.Insert(table, columns, values, if_not_exists, using)
 
     def update(self) -> st.Update:

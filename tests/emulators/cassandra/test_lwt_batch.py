@@ -156,6 +156,19 @@ def test_refused_combinations(session: Session) -> None:
     assert list(session.execute("SELECT * FROM t")) == []
 
 
+def test_if_not_exists_after_using_is_a_syntax_error_as_in_cassandra(session: Session) -> None:
+    """Cassandra's grammar is ``INSERT ... VALUES (...) [IF NOT EXISTS] [USING ...]`` (Cql.g normalInsertStatement):
+    the other order, which ran as a lightweight transaction here, fails there."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, v int, w int)")
+    for query in ("INSERT INTO t (k, v) VALUES (1, 1) USING TTL 100 IF NOT EXISTS",
+                  "BEGIN UNLOGGED BATCH INSERT INTO t (k, v) VALUES (1, 1) USING TTL 50 IF NOT EXISTS; "
+                  "UPDATE t SET w = 1 WHERE k = 1; APPLY BATCH"):
+        with pytest.raises(SyntaxException):
+            session.execute(query)
+    assert session.execute("SELECT * FROM t WHERE k = 1").one() is None
+    assert session.execute("INSERT INTO t (k, v) VALUES (1, 1) IF NOT EXISTS USING TTL 100").was_applied
+
+
 def test_a_conditional_insert_in_a_batch_checks_its_key_columns_as_an_insert_does(session: Session) -> None:
     """A null, unset or missing clustering column is Invalid, as outside a batch; it was an internal error."""
     session.execute("CREATE TABLE t (p int, c int, d int, v int, PRIMARY KEY (p, c, d))")
