@@ -29,6 +29,7 @@ from .write import (
     _insert_plan,
     _key_value,
     _lwt_result,
+    check_conditional,
     condition_columns,
     conditions_hold,
     execute_delete,
@@ -73,6 +74,8 @@ def execute_batch(engine: Engine, kind: str, using: st.Using, children: list[Chi
         table = prepared_table or engine.resolve_table(stmt.table, session)
         if table.virtual:
             raise Invalid(f"{table.keyspace}.{table.name} is a system table and cannot be modified")
+        if not isinstance(stmt, st.Insert):  # checked here: the children run without their conditions (below)
+            check_conditional(table, stmt)
         writes.append((stmt, values))
         tables.append(table)
     conditional = [i for i, (s, _) in enumerate(writes) if is_conditional(s)]

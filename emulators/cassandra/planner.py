@@ -67,6 +67,15 @@ def table_column(table: Table, name: str) -> Column:
     return col
 
 
+def condition_column(table: Table, name: str) -> Column:
+    """The column an IF condition names: a regular column, as Cassandra 4 (ModificationStatement.Parsed
+    .prepareConditions) refuses a condition on a partition key or clustering column."""
+    col = table_column(table, name)
+    if col.kind in ("partition_key", "clustering"):
+        raise Invalid(f"PRIMARY KEY column '{col.name}' cannot have IF conditions")
+    return col
+
+
 def _term_specs(term: st.Term | tuple[st.Term, ...] | None, spec: Spec, out: dict[int, Spec]) -> None:
     if term is None:
         return
@@ -108,7 +117,7 @@ def _using_specs(using: st.Using, out: dict[int, Spec]) -> None:
 
 def _condition_specs(table: Table, conditions: list[st.Condition], out: dict[int, Spec]) -> None:
     for cond in conditions:
-        col = table_column(table, cond.column)
+        col = condition_column(table, cond.column)
         if cond.element is not None:
             ktype, vtype = collection_element_types(col, col.name)
             _term_specs(cond.element, Spec(f"key({col.name})", ktype), out)

@@ -32,6 +32,7 @@ from .planner import (
     INT,
     assignment_value_type,
     collection_element_types,
+    condition_column,
     deleted_element_spec,
     resolve,
     resolve_int,
@@ -211,12 +212,23 @@ def is_conditional(stmt: st.Modification) -> bool:
     return stmt.if_exists or bool(stmt.conditions)
 
 
+def check_conditional(table: Table, stmt: st.Update | st.Delete) -> None:
+    """Refuse, before anything is read or written, IF conditions Cassandra or Cosmos DB refuse: on a PRIMARY KEY
+    column (Cassandra), or on the deletion of an entire row of a table without the cell-level flags (Cosmos DB, see
+    :data:`ENTIRE_ROW_CONDITIONAL_DELETE`). A BATCH checks its children here too, as it runs them without their
+    conditions once it has checked those."""
+    for cond in stmt.conditions:
+        condition_column(table, cond.column)
+    if isinstance(stmt, st.Delete) and stmt.conditions and not stmt.columns and not _cell_level(table):
+        raise Invalid(ENTIRE_ROW_CONDITIONAL_DELETE)
+
+
 def condition_columns(table: Table, conditions: list[st.Condition]) -> list[Column]:
     """The columns ``conditions`` name, each once, in the order of the IF (Cassandra's buildCasFailureResultSet
     collects them in a LinkedHashSet: "We can have multiple conditions on the same columns")."""
     columns: dict[str, Column] = {}
     for cond in conditions:
-        col = table_column(table, cond.column)
+        col = condition_column(table, cond.column)
         columns.setdefault(col.name, col)
     return list(columns.values())
 
@@ -224,7 +236,7 @@ def condition_columns(table: Table, conditions: list[st.Condition]) -> list[Colu
 def conditions_hold(table: Table, data: TableData, pk: bytes, ck: bytes, if_exists: bool,
                     conditions: list[st.Condition], ctx: WriteContext) -> bool:
     """Whether ``IF EXISTS`` or the ``IF`` conditions hold on the row (``pk``, ``ck``) as it is now."""
-    cols = [table_column(table, c.column) for c in conditions]
+    cols = [condition_column(table, c.column) for c in conditions]
     row, current = _current_values(table, data, pk, ck, cols, ctx.now)
     if if_exists:
         return row is not None
@@ -534,6 +546,7 @@ def _upserts(table: Table, pk: bytes, ck: bytes, cells: list[tuple[int, bytes | 
 
 
 def execute_update(engine: Engine, table: Table, stmt: st.Update, ctx: WriteContext) -> Rows | None:
+    check_conditional(table, stmt)
     r = resolve_restrictions(table, stmt.where, ctx.values)
     keys = primary_keys(table, r)
     expiry = write_expiry(stmt.using, table, ctx)
@@ -591,12 +604,11 @@ def _cell_level(table: Table) -> bool:
 
 
 def execute_delete(engine: Engine, table: Table, stmt: st.Delete, ctx: WriteContext) -> Rows | None:
+    check_conditional(table, stmt)
     r = resolve_restrictions(table, stmt.where, ctx.values)
     ts = write_timestamp(stmt.using, ctx)
     data = engine.table_data(table)
     conditional = stmt.if_exists or bool(stmt.conditions)
-    if stmt.conditions and not stmt.columns and not _cell_level(table):
-        raise Invalid(ENTIRE_ROW_CONDITIONAL_DELETE)
     full_row = all(c.name in r.ck_eq for c in table.clustering) and not r.ck_slice
     keys = primary_keys(table, r) if stmt.columns or conditional else primary_keys(table, r, need_clustering=False)
     if conditional:
@@ -703,4 +715,5 @@ def range_predicate(table: Table, ck_eq: dict[str, list[bytes]],
     return covers
 
 
-__all__ = ["WriteContext", "execute_delete", "execute_insert", "execute_update", "iter_scan", "range_predicate"]
+__all__ = ["WriteContext", "check_conditional", "execute_delete", "execute_insert", "execute_update", "iter_scan",
+           "range_predicate"]

@@ -80,6 +80,36 @@ def test_a_conditional_row_delete_needs_the_cell_level_flags_as_on_cosmos_db(ses
     assert session.execute("SELECT * FROM t WHERE k = 1").one() is None
 
 
+def test_a_conditional_row_delete_in_a_batch_is_refused_as_alone(session: Session) -> None:
+    """The batch ran its conditional children with their conditions stripped, so the refusal above passed there and
+    the row was deleted."""
+    session.execute("CREATE TABLE t (k int, c int, v text, PRIMARY KEY (k, c))")
+    session.execute("INSERT INTO t (k, c, v) VALUES (1, 1, 'a')")
+    with pytest.raises(InvalidRequest, match="Conditional delete of an entire row is not supported"):
+        session.execute("DELETE FROM t WHERE k = 1 AND c = 1 IF v = 'a'")
+    with pytest.raises(InvalidRequest, match="Conditional delete of an entire row is not supported"):
+        session.execute("BEGIN UNLOGGED BATCH DELETE FROM t WHERE k = 1 AND c = 1 IF v = 'a'; "
+                        "INSERT INTO t (k, c, v) VALUES (1, 2, 'b'); APPLY BATCH")
+    assert [tuple(r) for r in session.execute("SELECT c, v FROM t WHERE k = 1")] == [(1, "a")]  # nothing applied
+
+
+def test_if_conditions_on_primary_key_columns_are_refused_as_cassandra(session: Session) -> None:
+    """As Cassandra (ModificationStatement.Parsed.prepareConditions), alone, prepared and in a batch; they ran as
+    lightweight transactions."""
+    session.execute("CREATE TABLE t (k int, c int, v int, PRIMARY KEY (k, c))")
+    session.execute("INSERT INTO t (k, c, v) VALUES (1, 1, 1)")
+    for query, column in (("UPDATE t SET v = 2 WHERE k = 1 AND c = 1 IF k = 1", "k"),
+                          ("DELETE v FROM t WHERE k = 1 AND c = 1 IF c = 1", "c"),
+                          ("UPDATE t SET v = 2 WHERE k = 1 AND c = 1 IF v = 1 AND c = 1", "c"),
+                          ("BEGIN UNLOGGED BATCH UPDATE t SET v = 2 WHERE k = 1 AND c = 1 IF k = 1; APPLY BATCH", "k")):
+        with pytest.raises(InvalidRequest, match=f"PRIMARY KEY column '{column}' cannot have IF conditions"):
+            session.execute(query)
+    with pytest.raises(InvalidRequest, match="PRIMARY KEY column 'c' cannot have IF conditions"):
+        session.prepare("UPDATE t SET v = 2 WHERE k = 1 AND c = 1 IF c = ?")
+    assert session.execute("SELECT v FROM t WHERE k = 1 AND c = 1").one().v == 1
+    assert session.execute("UPDATE t SET v = 2 WHERE k = 1 AND c = 1 IF v = 1").was_applied
+
+
 def test_batch_with_prepared_and_plain_children(session: Session) -> None:
     session.execute("CREATE TABLE t (p text, c int, v text, PRIMARY KEY (p, c))")
     ps = session.prepare("INSERT INTO t (p, c, v) VALUES (?, ?, ?)")
