@@ -21,6 +21,7 @@ from ._typeliterals import describe
 from .errors import AlreadyExists, ConfigError, CqlSyntaxError, Invalid
 from .schema import COSMOS_TABLE_OPTIONS, DEFAULT_TABLE_OPTIONS, SYSTEM_KEYSPACES, Catalog, Column, Table
 from .types import CqlType, InvalidValue, UnsupportedType, parse_type
+from .write import MAX_TTL
 
 _NAME = re.compile(r"^\w{1,48}$")
 _STRATEGIES = {
@@ -66,7 +67,83 @@ def _column_type(name: str, text: str) -> CqlType:
         raise Invalid(f"Invalid type for column {name}: {exc}") from None
 
 
-def _options(table_name: str, options: dict[str, object]) -> dict[str, object]:
+INT32 = (-(2 ** 31), 2 ** 31 - 1)
+# Cassandra's smallest supported bloom_filter_fp_chance (BloomCalculations.minSupportedBloomFilterFpChance()), as
+# its message shows it
+MIN_BLOOM_FILTER_FP_CHANCE = "6.71E-5"
+
+
+def _raw_text(key: str, value: object) -> str:
+    """A string option's value as Cassandra keeps it: the literal's text (Cql.g propertyValue takes any constant's
+    raw text, so ``comment = 5`` is the comment '5'); a collection, or null, is refused as Cassandra refuses it."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | decimal.Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, float):
+        return "NaN" if value != value else ("-" if value < 0 else "") + "Infinity"
+    if isinstance(value, bytes):
+        return f"0x{value.hex()}"
+    raise CqlSyntaxError(f"Invalid value for property '{key}'. It should be a string")
+
+
+def _speculative_retry(value: str) -> None:
+    """Refuse what Cassandra's SpeculativeRetryParam.fromString refuses (NONE, ALWAYS, <n>ms, <n>PERCENTILE)."""
+    invalid = ConfigError(f"Invalid value {value} for option 'speculative_retry'")
+    for suffix in ("ms", "percentile"):
+        if value.lower().endswith(suffix):
+            try:
+                number = float(value[:-len(suffix)])
+            except ValueError:
+                raise invalid from None
+            if suffix == "percentile" and not 0.0 <= number <= 100.0:
+                raise ConfigError(f"Invalid value {value} for PERCENTILE option 'speculative_retry': must be between "
+                                  "0.0 and 100.0")
+            return
+    if value not in ("NONE", "ALWAYS"):
+        raise invalid
+
+
+def _validate(options: dict[str, object]) -> None:
+    """Cassandra's TableParams.validate(), on the options as they will be (given ones over the defaults); its
+    messages (ConfigurationException)."""
+    opts = {**DEFAULT_TABLE_OPTIONS, **options}
+
+    def number(key: str) -> float:
+        value = opts[key]
+        assert isinstance(value, int | float)
+        return value
+
+    if not (6.71e-05 < number("bloom_filter_fp_chance") <= 1):
+        raise ConfigError(f"bloom_filter_fp_chance must be larger than {MIN_BLOOM_FILTER_FP_CHANCE} and less than or "
+                          f"equal to 1.0 (got {opts['bloom_filter_fp_chance']})")
+    for key in ("crc_check_chance", "read_repair_chance", "dclocal_read_repair_chance"):
+        if not (0 <= number(key) <= 1):
+            raise ConfigError(f"{key} must be larger than or equal to 0 and smaller than or equal to 1.0 "
+                              f"(got {opts[key]})")
+    ttl = number("default_time_to_live")
+    if ttl < 0:
+        raise ConfigError(f"default_time_to_live must be greater than or equal to 0 (got {ttl})")
+    if ttl > MAX_TTL:
+        raise ConfigError(f"default_time_to_live must be less than or equal to {MAX_TTL} (got {ttl})")
+    if number("gc_grace_seconds") < 0:
+        raise ConfigError(f"gc_grace_seconds must be greater than or equal to 0 (got {opts['gc_grace_seconds']})")
+    if number("min_index_interval") < 1:
+        raise ConfigError(f"min_index_interval must be greater than or equal to 1 (got {opts['min_index_interval']})")
+    if number("max_index_interval") < number("min_index_interval"):
+        raise ConfigError(f"max_index_interval must be greater than or equal to min_index_interval "
+                          f"({opts['min_index_interval']}) (got {opts['max_index_interval']})")
+    if number("memtable_flush_period_in_ms") < 0:
+        raise ConfigError("memtable_flush_period_in_ms must be greater than or equal to 0 "
+                          f"(got {opts['memtable_flush_period_in_ms']})")
+
+
+def _options(options: dict[str, object]) -> dict[str, object]:
+    """The table options of a CREATE TABLE, checked as Cassandra checks them: each is of its type (an int one within
+    a Java int, a string one the literal's text), then the whole as TableParams.validate() checks it. Every value
+    kept fits its ``system_schema.tables`` column, which the driver reads on each connection."""
     out: dict[str, object] = {}
     for key, value in options.items():
         if key in COSMOS_TABLE_OPTIONS:
@@ -79,18 +156,25 @@ def _options(table_name: str, options: dict[str, object]) -> dict[str, object]:
         if isinstance(value, decimal.Decimal):
             value = float(value)
         # A bool is an int to Python, not to Cassandra.
-        if isinstance(default, int) and (not isinstance(value, int) or isinstance(value, bool)):
-            raise ConfigError(f"Invalid value for {key}: {shown} (an integer is expected)")
-        if isinstance(default, float) and (not isinstance(value, int | float) or isinstance(value, bool)):
-            raise ConfigError(f"Invalid value for {key}: {shown} (a number is expected)")
+        if isinstance(default, int):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"Invalid value for {key}: {shown} (an integer is expected)")
+            if not INT32[0] <= value <= INT32[1]:  # as Cassandra's PropertyDefinitions.toInt (a Java int)
+                raise CqlSyntaxError(f"Invalid integer value {value} for '{key}'")
+        if isinstance(default, float):
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ConfigError(f"Invalid value for {key}: {shown} (a number is expected)")
+            value = float(value)  # a double column
+        if isinstance(default, str):
+            value = _raw_text(key, options[key])
+            if key == "speculative_retry":
+                _speculative_retry(value)
         if isinstance(default, dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"Invalid value for {key}: a map is expected")
             value = {str(k): str(v) for k, v in value.items()}
         out[key] = value
-    ttl = out.get("default_time_to_live", 0)
-    if isinstance(ttl, int) and ttl < 0:
-        raise ConfigError(f"default_time_to_live cannot be smaller than 0 (got {ttl}) in table {table_name}")
+    _validate(out)
     return out
 
 
@@ -132,7 +216,7 @@ def create_table(catalog: Catalog, stmt: st.CreateTable, keyspace: str) -> tuple
         columns.append((n, types[n].cql(), "clustering", i, stmt.clustering_order.get(n, "ASC") == "DESC"))
     for n in regular:
         columns.append((n, types[n].cql(), "regular", -1, False))
-    return ("CT", keyspace, name, str(uuid.uuid4()), columns, _options(name, stmt.options))
+    return ("CT", keyspace, name, str(uuid.uuid4()), columns, _options(stmt.options))
 
 
 def build_table(record: tuple[Any, ...]) -> Table:

@@ -8,9 +8,11 @@ import uuid
 
 import pytest
 from cassandra import InvalidRequest
-from cassandra.cluster import Session
+from cassandra.cluster import Cluster, Session
 from cassandra.protocol import ConfigurationException, SyntaxException
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, SimpleStatement
+
+from sluice.launcher import Running
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -217,6 +219,60 @@ def test_table_options_of_the_wrong_type_are_refused(session: Session) -> None:
     session.execute("CREATE TABLE t (k int PRIMARY KEY) WITH default_time_to_live = 60 AND crc_check_chance = 1")
     assert rows(session, "SELECT default_time_to_live, crc_check_chance FROM system_schema.tables "
                          "WHERE keyspace_name = %s AND table_name = 't'", (session.keyspace,)) == [(60, 1.0)]
+
+
+def test_table_options_are_checked_as_cassandras_table_params(session: Session) -> None:
+    """TableParams.validate's bounds, with its messages: ``default_time_to_live`` above the maximum TTL made a table
+    every write to which was refused ("ttl is too large")."""
+    for option, message in (
+        ("default_time_to_live = 630720001", "default_time_to_live must be less than or equal to 630720000 "
+                                             "\\(got 630720001\\)"),
+        ("default_time_to_live = -1", "default_time_to_live must be greater than or equal to 0 \\(got -1\\)"),
+        ("gc_grace_seconds = -1", "gc_grace_seconds must be greater than or equal to 0"),
+        ("memtable_flush_period_in_ms = -1", "memtable_flush_period_in_ms must be greater than or equal to 0"),
+        ("min_index_interval = 0", "min_index_interval must be greater than or equal to 1"),
+        ("max_index_interval = 100", "max_index_interval must be greater than or equal to min_index_interval "
+                                     "\\(128\\) \\(got 100\\)"),
+        ("crc_check_chance = 1.5", "crc_check_chance must be larger than or equal to 0 and smaller than or equal"),
+        ("bloom_filter_fp_chance = 0", "bloom_filter_fp_chance must be larger than 6.71E-5"),
+        ("speculative_retry = 'often'", "Invalid value often for option 'speculative_retry'"),
+        ("speculative_retry = '101PERCENTILE'", "must be between 0.0 and 100.0"),
+    ):
+        with pytest.raises(ConfigurationException, match=message):
+            session.execute(f"CREATE TABLE t (k int PRIMARY KEY) WITH {option}")
+    session.execute("CREATE TABLE t (k int PRIMARY KEY) WITH default_time_to_live = 630720000 "
+                    "AND speculative_retry = '10ms'")
+
+
+@pytest.mark.parametrize("option", ["default_time_to_live = 99999999999", "gc_grace_seconds = 99999999999",
+                                    "memtable_flush_period_in_ms = -99999999999", "min_index_interval = 2147483648"])
+def test_an_integer_table_option_out_of_a_java_int_is_a_syntax_error(session: Session, option: str) -> None:
+    """As Cassandra's PropertyDefinitions.toInt. It was kept, and then system_schema.tables could not encode it in its
+    int column: every read of it failed, so every new connection of the driver (which reads it) did."""
+    with pytest.raises(SyntaxException, match="Invalid integer value -?99999999999|Invalid integer value 2147483648"):
+        session.execute(f"CREATE TABLE t (k int PRIMARY KEY, v int) WITH {option}")
+
+
+def test_a_string_table_option_keeps_the_literals_text_and_new_connections_still_work(
+        session: Session, cassandra_emulator: Running, cassandra_keyspace: str) -> None:
+    """Cassandra keeps ``comment = 5`` as the text '5'; it was kept as the int 5, which system_schema.tables' text
+    column could not encode: every new ``Cluster.connect()`` to the emulator then failed (NoHostAvailable)."""
+    try:
+        session.execute("CREATE TABLE t (k int PRIMARY KEY, v int) WITH comment = 5")
+        session.execute("CREATE TABLE u (k int PRIMARY KEY, v int) WITH comment = true AND speculative_retry = 'NONE'")
+        with pytest.raises(SyntaxException, match="Invalid value for property 'comment'. It should be a string"):
+            session.execute("CREATE TABLE w (k int PRIMARY KEY) WITH comment = {'a': 'b'}")
+        assert rows(session, "SELECT table_name, comment, speculative_retry FROM system_schema.tables "
+                             "WHERE keyspace_name = %s", (cassandra_keyspace,)) == [("t", "5", "99PERCENTILE"),
+                                                                                     ("u", "true", "NONE")]
+        fresh = Cluster(contact_points=[cassandra_emulator.host], port=cassandra_emulator.port, protocol_version=4)
+        try:
+            assert fresh.connect(cassandra_keyspace).execute("SELECT * FROM t").one() is None
+        finally:
+            fresh.shutdown()
+    finally:
+        session.execute("DROP TABLE IF EXISTS t")  # the shared emulator's schema tables must stay readable
+        session.execute("DROP TABLE IF EXISTS u")
 
 
 def test_deletes_partition_row_range_and_columns(session: Session) -> None:
