@@ -249,7 +249,7 @@ def test_table_options_are_checked_as_cassandras_table_params(session: Session) 
 def test_an_integer_table_option_out_of_a_java_int_is_a_syntax_error(session: Session, option: str) -> None:
     """As Cassandra's PropertyDefinitions.toInt. It was kept, and then system_schema.tables could not encode it in its
     int column: every read of it failed, so every new connection of the driver (which reads it) did."""
-    with pytest.raises(SyntaxException, match="Invalid integer value -?99999999999|Invalid integer value 2147483648"):
+    with pytest.raises(SyntaxException, match=r"Invalid integer value -?(99999999999|2147483648) for '"):
         session.execute(f"CREATE TABLE t (k int PRIMARY KEY, v int) WITH {option}")
 
 
@@ -260,7 +260,7 @@ def test_a_string_table_option_keeps_the_literals_text_and_new_connections_still
     try:
         session.execute("CREATE TABLE t (k int PRIMARY KEY, v int) WITH comment = 5")
         session.execute("CREATE TABLE u (k int PRIMARY KEY, v int) WITH comment = true AND speculative_retry = 'NONE'")
-        with pytest.raises(SyntaxException, match="Invalid value for property 'comment'. It should be a string"):
+        with pytest.raises(SyntaxException, match=r"Invalid value for property 'comment'\. It should be a string"):
             session.execute("CREATE TABLE w (k int PRIMARY KEY) WITH comment = {'a': 'b'}")
         assert rows(session, "SELECT table_name, comment, speculative_retry FROM system_schema.tables "
                              "WHERE keyspace_name = %s", (cassandra_keyspace,)) == [("t", "5", "99PERCENTILE"),
