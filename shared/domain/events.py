@@ -199,7 +199,7 @@ class Event:
 class BadElement:
     """One bad element of a JSON array body: its position, what is wrong with it, its id when readable.
 
-    ``problem`` is the reason without the element's position (``is a JSON int, not an object``), so the many
+    ``problem`` is the reason without the element's position (``is a JSON number, not an object``), so the many
     elements of one body that fail alike share one text.
     """
 
@@ -381,7 +381,7 @@ def _items(record: RawRecord, limits: Limits,
         elements = [(None, document)]
     else:
         yield Rejected(
-            f"body is a JSON {type(document).__name__}, not an event object or an array of them", body, record.metadata
+            f"body is a JSON {_json_type(document)}, not an event object or an array of them", body, record.metadata
         )
         return
     held_indexes = record.pending.indexes if record.pending is not None else None
@@ -557,7 +557,19 @@ def _not_an_object(element: Any) -> tuple[str, str | None]:
     if isinstance(element, _TooDeep):
         return (f"nests arrays and objects more than {MAX_JSON_DEPTH} levels deep; the JSON parser reads at most "
                 f"{MAX_JSON_DEPTH}"), element.event_id
-    return f"is a JSON {type(element).__name__}, not an object", None
+    return f"is a JSON {_json_type(element)}, not an object", None
+
+
+_JSON_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "boolean"), (int, "number"), (float, "number"), (str, "string"), (list, "array"), (dict, "object"))
+"""JSON's name for each Python type the parser yields (``bool`` first: it is an ``int``)."""
+
+
+def _json_type(value: Any) -> str:
+    """The JSON type of a parsed value (a letter's reason is for the producer, who knows JSON's names, not Python's)."""
+    if value is None:
+        return "null"
+    return next((name for kind, name in _JSON_TYPES if isinstance(value, kind)), type(value).__name__)
 
 
 def _naming(raw_id: str | None) -> str:

@@ -81,12 +81,12 @@ def test_an_array_bodys_bad_elements_are_one_letter_and_older_per_element_letter
     letter = json.loads(container.download_blob(name).readall())
     assert json.loads(base64.b64decode(letter["original_base64"])) == body and letter["elements_invalid"] == 4
     assert (letter["elements"][0]["problem"], letter["elements"][0]["indexes"]) == (
-        "is a JSON int, not an object", [[0, 0], [2, 3]])
+        "is a JSON number, not an object", [[0, 0], [2, 3]])
     assert letter["elements"][1]["indexes"] == [[4, 4]] and "event_id" in letter["elements"][1]["problem"]
 
     older = name.replace("1-elements.json", "1-2.json")  # as an earlier release wrote element 2 of that body
     container.upload_blob(older, json.dumps({
-        "kind": "rejected", "reason": "element 2 is a JSON int, not an object", "event_id": None, "index": 2,
+        "kind": "rejected", "reason": "element 2 is a JSON number, not an object", "event_id": None, "index": 2,
         "eventhub": letter["eventhub"], "dead_lettered_at": letter["dead_lettered_at"],
         "original_base64": letter["original_base64"]}).encode())
     container.delete_blob(name)

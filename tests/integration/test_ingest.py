@@ -274,6 +274,16 @@ def test_poison_events_are_dead_lettered_with_reason_and_bytes_and_the_rest_is_s
     assert {d["eventhub"]["partition_id"] for d in letters} == {"2"}
 
 
+def test_a_dead_letters_reason_names_json_types_not_python_ones(ingest) -> None:
+    """A dead letter's reason is for the producer (docs/operations.md: "look at them ... fix the producer"): a body
+    ``null`` is refused as "body is a JSON null", an element ``true`` as "is a JSON boolean". (It said NoneType and
+    bool, Python's type names, which JSON has not.)"""
+    ingest(Hub("3").batch(b"null", b"[true, 1.5]"))
+    reasons = sorted(d["reason"] for d in dead_letters(ingest_storage(ingest), ingest.container))
+    assert reasons == ["2 of 2 elements are invalid; the first: element 0 is a JSON boolean, not an object",
+                       "body is a JSON null, not an event object or an array of them"], reasons
+
+
 def test_an_invalid_event_is_still_dead_lettered_after_its_container_was_deleted(ingest, caplog) -> None:
     """The sink created its container once per process and never again: once it was gone (deleted by hand, or
     soft-deleted and not restored yet), every later letter of that worker failed with ContainerNotFound, and on the

@@ -75,9 +75,10 @@ BAD = [
     (b"not json", "not valid JSON"),
     (b"\xff\xfe{}", "not valid UTF-8 (byte 0"),
     (b"\xef\xbb\xbf" + json.dumps(event()).encode(), "byte order mark"),
-    (b"42", "JSON int"),
+    (b"42", "body is a JSON number, not an event object"),
     (b"[]", "empty JSON array"),
-    (b"[1]", "element 0 is a JSON int"),
+    (b"[1]", "element 0 is a JSON number, not an object"),
+    (b"null", "body is a JSON null, not an event object"),
     (json.dumps(event(event_id="not-a-uuid")).encode(), "event_id"),
     (json.dumps(event(event_id=12345)).encode(), "event_id"),
     (json.dumps(event(device_id="")).encode(), "device_id"),
@@ -145,6 +146,17 @@ def test_oversize_body_is_rejected_before_parsing():
     parsed = parse(body, limits=Limits(max_body_bytes=512))
     [rejected] = parsed.errs
     assert f"body is {len(body)} bytes; at most 512" in rejected.reason
+
+
+def test_a_reason_names_the_json_type_not_the_python_one():
+    """A dead letter's reason is for the producer, who knows JSON's types (null, boolean), not Python's (NoneType)."""
+    assert "body is a JSON null, not an event object" in parse(b"null").errs[0].reason
+    assert "body is a JSON boolean, not an event object" in parse(b"false").errs[0].reason
+    assert "body is a JSON string, not an event object" in parse(b'"x"').errs[0].reason
+    [rejected] = parse(b'[true, 1.5, 2, "x", [1], null]').errs
+    assert [e.reason for e in rejected.elements] == [
+        f"element {i} is a JSON {kind}, not an object"
+        for i, kind in enumerate(("boolean", "number", "number", "string", "array", "null"))]
 
 
 def test_an_array_keeps_its_valid_events_and_rejects_each_bad_one_by_index():

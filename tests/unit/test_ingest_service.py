@@ -363,9 +363,9 @@ def test_the_bad_elements_of_one_array_body_are_one_dead_letter_holding_the_body
     [rejected] = dead.rejected
     assert rejected.original == body and rejected.index == 0
     assert [e.index for e in rejected.elements] == list(range(20_000))
-    assert {e.reason for e in rejected.elements[:2]} == {"element 0 is a JSON int, not an object",
-                                                         "element 1 is a JSON int, not an object"}
-    assert rejected.reason.startswith("20000 of 20000 elements are invalid; the first: element 0 is a JSON int")
+    assert {e.reason for e in rejected.elements[:2]} == {"element 0 is a JSON number, not an object",
+                                                         "element 1 is a JSON number, not an object"}
+    assert rejected.reason.startswith("20000 of 20000 elements are invalid; the first: element 0 is a JSON number")
 
 
 class FakeCopies:
