@@ -23,10 +23,10 @@ dead-letter sink; nothing is left to a later retry that will never come.
   past the batch all the same;
 * if even the dead-letter sink fails, the error propagates: the host logs it, and
   this is the one case where an operator must act (see docs/operations.md). When
-  the rejected letters fail on the final attempt, the ledger still records the
-  records that are durable, stored or in a letter written before the failure
-  (``RejectedLettersFailed`` names those; best effort), so the audit lists only
-  the ones in neither place.
+  the rejected letters fail on the final attempt, or the batch letter after them,
+  the ledger still records the records that are durable, stored or in a letter
+  written before the failure (``RejectedLettersFailed`` names those; best effort),
+  so the audit lists only the ones in neither place.
 
 With an audit ledger, the runs of consecutive sequence numbers of the batch are
 recorded with their outcome counts (stored, dead_lettered, duplicate) after the
@@ -169,8 +169,12 @@ class IngestService:
             except Exception as failed:  # the host checkpoints past the batch: count the letters written
                 self._audit_durable(records, parsed, _lettered(failed), stored=False)
                 raise
-        self._dead_letters.put_batch([(r.body, r.metadata) for r in records], f"event store unavailable: {reason}",
-                                     lettered=_rejected_whole(records, parsed))
+        try:
+            self._dead_letters.put_batch([(r.body, r.metadata) for r in records], f"event store unavailable: {reason}",
+                                         lettered=_rejected_whole(records, parsed))
+        except Exception:  # the host checkpoints past the batch: the rejected letters are written, count them
+            self._audit_durable(records, parsed, parsed.errs, stored=lettered)
+            raise
         self._audit_dead_lettered(records)
         self._record(records, parsed, began, store_failed=len(parsed.oks))
         return IngestResult(len(records), 0, _refused(parsed), parsed.duplicates, batch_dead_lettered=True)

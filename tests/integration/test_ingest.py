@@ -501,6 +501,45 @@ def _refusing(partition: str) -> Callable[[Any], None]:
     return hook
 
 
+def test_when_the_batch_letter_fails_the_rejected_letters_written_before_it_are_accounted_in_the_ledger(
+    ingest, azurite_connection_string: str
+) -> None:
+    """docs/operations.md ("the function fails with `could not write dead letter`"): ``sluice audit`` then lists
+    the exact ranges in neither place, "not the records stored, nor those whose rejected letter was written before
+    storage failed". Final attempt, the event store failing (a keyspace that is not ours) while the ledger works:
+    record 2 (not JSON) gets its rejected letter, then the batch letter cannot be written (Blob refuses it: a lease
+    on its name) and the call raises. Record 2 is in a letter, so the ledger accounts for it; only record 1 (valid,
+    in neither place) is a gap. (Nothing was recorded when ``put_batch`` raised: record 2 was reported lost too.)"""
+    from shared.adapters.cassandra.event_store import CassandraEventStore
+    from shared.domain.events import RawRecord
+    from shared.services.ingest import IngestService
+
+    cfg = bootstrap.settings()
+    elsewhere = cfg.cassandra.model_copy(update={"keyspace": f"ks_not_ours_{uuid.uuid4().hex[:8]}"})
+    store = CassandraEventStore(bootstrap.cassandra_session(), elsewhere, cfg.rules.critical_rules)
+    service_client = BlobServiceClient.from_connection_string(azurite_connection_string)
+    container = service_client.get_container_client(ingest.container)
+    container.create_container()
+    blocker = container.get_blob_client(f"batches/{NOW:%Y/%m/%d}/p0/1-2.json")
+    blocker.upload_blob(b"{}")
+    lease = blocker.acquire_lease(lease_duration=-1)  # the batch letter cannot be written: Blob refuses it
+    try:
+        ledger = bootstrap.audit_ledger()
+        service = IngestService(store, BlobDeadLetterSink(service_client, ingest.container, attempts=1),
+                                cfg.ingest.limits(), ledger)
+        records = [RawRecord(json.dumps(event("dev-1")).encode(), EventMetadata("0", "1", 1, NOW)),
+                   RawRecord(b"{not json", EventMetadata("0", "2", 2, NOW))]
+        with pytest.raises(TransientError, match="could not write dead letter"):
+            service.handle(records, final_attempt=True)
+
+        rejected = [b.name for b in container.list_blobs(name_starts_with="rejected/")]
+        assert rejected == [f"rejected/{NOW:%Y/%m/%d}/p0/2-body.json"]  # record 2 is durably dead-lettered
+        covered = {n for first, last in ledger.accounted("0", 1, 2) for n in range(first, last + 1)}
+        assert covered == {2}, covered
+    finally:
+        lease.release()
+
+
 def test_rejected_letters_that_fail_part_way_name_the_ones_written(azurite_connection_string: str) -> None:
     """The sink writes the rejected letters one at a time; when one fails, the error names those written before it
     (``RejectedLettersFailed.written``), so ingest can count them as dead-lettered and the audit lists only the

@@ -280,6 +280,30 @@ def test_rejected_letters_written_before_the_sink_failed_after_the_store_did_are
     assert gaps_in(0, 3, ledger.accounted("0", 0, 3)) == ((0, 0), (2, 3))
 
 
+class BatchLetterRefused(FakeDeadLetters):
+    """Writes the rejected letters; the batch letter fails (Blob storage went down between them)."""
+
+    def put_batch(self, bodies, reason, *, lettered=()):
+        raise TransientError("could not write dead letter: blob down")
+
+
+def test_rejected_letters_written_before_the_batch_letter_failed_are_recorded_as_dead_lettered():
+    """docs/operations.md: the audit lists neither the records stored nor those whose rejected letter was written
+    before storage failed. The store down through the final attempt: 1 and 2 (refused whole) get their rejected
+    letters, then the batch letter fails and the call raises. 1 and 2 are dead-lettered; 0 (valid, not stored) and
+    3 (valid beside a bad element: its letter names only that) are in neither place. (Nothing was recorded.)"""
+    mixed = json.dumps([json.loads(record(3).body), {"device_id": "x"}]).encode()
+    records = [record(0), RawRecord(b"{not json", EventMetadata(partition_id="0", sequence_number=1)),
+               RawRecord(b"[1, 2]", EventMetadata(partition_id="0", sequence_number=2)),
+               RawRecord(mixed, EventMetadata(partition_id="0", sequence_number=3))]
+    dead, ledger = BatchLetterRefused(), FakeLedger()
+    with pytest.raises(TransientError, match="could not write dead letter"):
+        IngestService(FakeStore(failures=1), dead, Limits(), ledger).handle(records, final_attempt=True, now=NOW)
+    assert [r.original for r in dead.rejected] == [b"{not json", b"[1, 2]", mixed]
+    assert ledger.entries == [(1, 2, 0, 3, 0)]
+    assert gaps_in(0, 3, ledger.accounted("0", 0, 3)) == ((0, 0), (3, 3))
+
+
 class FakeDelayLog(FailsFirst):
     what = "delay log"
 
