@@ -204,9 +204,10 @@ class ActiveMetrics:
 
     def ingest_batch(self, partition: str | None, *, stored: Sequence[Event], duplicates: int,
                      rejected: Sequence[Rejected], store_failed: int, seconds: float,
-                     oldest_enqueued: datetime | None) -> None:
+                     oldest_enqueued: datetime | None, validation_failed: int = 0, superseded: int = 0) -> None:
         _active.metrics.ingest_batch(partition, stored=stored, duplicates=duplicates, rejected=rejected,
-                                     store_failed=store_failed, seconds=seconds, oldest_enqueued=oldest_enqueued)
+                                     store_failed=store_failed, seconds=seconds, oldest_enqueued=oldest_enqueued,
+                                     validation_failed=validation_failed, superseded=superseded)
 
     def changefeed_applied(self, events: Sequence[StoredEvent], critical: int) -> None:
         _active.metrics.changefeed_applied(events, critical)

@@ -73,7 +73,7 @@ CONSUMER_GROUP = "messaging.consumer.group.name"
 
 INSTRUMENTS: tuple[Instrument, ...] = (
     Instrument("sluice.ingest.events", "counter", attributes=("outcome", PARTITION),
-               description="events by outcome: stored, dead_lettered, duplicate"),
+               description="events by outcome: stored, dead_lettered, duplicate, superseded"),
     Instrument("sluice.ingest.batch.duration", "histogram", "s", (PARTITION,), "one ingest batch, end to end"),
     Instrument("sluice.ingest.delay", "histogram", "s", (), "enqueued in Event Hubs -> stored"),
     Instrument("sluice.eventhub.lag", "gauge", "", (PARTITION, CONSUMER_GROUP),

@@ -68,6 +68,8 @@ def reason_kind(reason: str) -> str:
     """A dead letter's reason as a bounded label (the text itself names ids and values)."""
     if reason.startswith("event store unavailable"):
         return "store_unavailable"
+    if reason.startswith("validation failed unexpectedly"):
+        return "validation_failed"
     if reason.startswith("body is ") and " bytes; at most " in reason:
         return "too_large"
     if reason.startswith(("body starts with", "body is not valid", "body is a JSON", "body is an empty")):
@@ -126,18 +128,22 @@ class OtelMetrics:
 
     # ingest
     def ingest_batch(self, partition: str | None, *, stored: Sequence[Event], duplicates: int,
-                     rejected: Sequence[Rejected],
-                     store_failed: int, seconds: float, oldest_enqueued: datetime | None) -> None:
+                     rejected: Sequence[Rejected], store_failed: int, seconds: float,
+                     oldest_enqueued: datetime | None, validation_failed: int = 0, superseded: int = 0) -> None:
         try:
             where = {PARTITION: partition or "unknown"}
             add = self._ingest_events.add
             if stored:
                 add(len(stored), {"outcome": "stored", **where})
-            refused = sum(r.count for r in rejected)  # each bad element of an array body is an event
-            if refused or store_failed:
-                add(refused + store_failed, {"outcome": "dead_lettered", **where})
+            # each bad element of an array body is an event; a batch dead-lettered whole counts its valid events
+            # (a crash in validation: its records)
+            dead = sum(r.count for r in rejected) + store_failed + validation_failed
+            if dead:
+                add(dead, {"outcome": "dead_lettered", **where})
             if duplicates:
                 add(duplicates, {"outcome": "duplicate", **where})
+            if superseded:
+                add(superseded, {"outcome": "superseded", **where})
             self._ingest_duration.record(seconds, where)
             if stored and oldest_enqueued is not None:
                 self._ingest_delay.record(max(0.0, (self._clock() - oldest_enqueued).total_seconds()))
@@ -146,10 +152,12 @@ class OtelMetrics:
                     self._letters.add(count, {"reason": kind})
             if store_failed:
                 self._letters.add(1, {"reason": "store_unavailable"})
+            if validation_failed:
+                self._letters.add(1, {"reason": "validation_failed"})
             span = trace.get_current_span()
             if span.is_recording():
                 span.set_attributes({"sluice.events.stored": len(stored), "sluice.events.duplicates": duplicates,
-                                     "sluice.events.dead_lettered": refused + store_failed})
+                                     "sluice.events.dead_lettered": dead, "sluice.events.superseded": superseded})
                 critical = [str(e.body.event_id) for e in stored if e.body.severity == "critical"]
                 if critical:
                     span.set_attribute("sluice.critical.event_ids", critical[:MAX_TRACED_IDS])

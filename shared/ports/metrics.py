@@ -23,9 +23,11 @@ from shared.domain.stored import StoredEvent
 class Metrics(Protocol):
     def ingest_batch(self, partition: str | None, *, stored: Sequence[Event], duplicates: int,
                      rejected: Sequence[Rejected], store_failed: int, seconds: float,
-                     oldest_enqueued: datetime | None) -> None:
-        """One ingest batch: events stored, dead-lettered (``rejected`` plus ``store_failed`` events of a batch
-        dead-lettered whole) and dropped as duplicates; its duration; the oldest event's Event Hubs enqueued time."""
+                     oldest_enqueued: datetime | None, validation_failed: int = 0, superseded: int = 0) -> None:
+        """One ingest batch: events stored, dead-lettered (``rejected`` plus the events of a batch dead-lettered
+        whole: ``store_failed`` when the store failed, ``validation_failed`` the records when validation crashed),
+        dropped as duplicates, and ``superseded`` (a replay's, not written: the store holds a later copy of their
+        id); its duration; the oldest event's Event Hubs enqueued time."""
 
     def changefeed_applied(self, events: Sequence[StoredEvent], critical: int) -> None:
         """One chunk of changes written to the cache (after the sink acknowledged it)."""
@@ -40,7 +42,7 @@ class NoMetrics:
 
     def ingest_batch(self, partition: str | None, *, stored: Sequence[Event], duplicates: int,
                      rejected: Sequence[Rejected], store_failed: int, seconds: float,
-                     oldest_enqueued: datetime | None) -> None:
+                     oldest_enqueued: datetime | None, validation_failed: int = 0, superseded: int = 0) -> None:
         return None
 
     def changefeed_applied(self, events: Sequence[StoredEvent], critical: int) -> None:

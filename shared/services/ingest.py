@@ -119,7 +119,7 @@ class IngestService:
             logger.exception("%s; dead-lettering the batch", reason)
             self._dead_letters.put_batch([(r.body, r.metadata) for r in records], reason)
             self._audit_dead_lettered(records)
-            self._record(records, Parsed(), began, store_failed=len(records))
+            self._record(records, Parsed(), began, validation_failed=len(records))
             return IngestResult(len(records), 0, 0, 0, batch_dead_lettered=True)
         # The store first, the rejected letters after: a rejected letter replayed is rewritten naming only what is
         # still invalid, so it may change only once what it held as not stored is stored (or it would name less than
@@ -137,14 +137,16 @@ class IngestService:
                 if final_attempt:  # the host checkpoints past the batch: what is durable is counted now, for good
                     lettered = _lettered(exc)
                     self._audit_durable(records, parsed, lettered, stored=True)
-                    self._record(records, Parsed(parsed.oks, lettered, parsed.duplicates), began)
+                    self._record(records, Parsed(parsed.oks, lettered, parsed.duplicates), began,
+                                 stored=written, superseded=len(parsed.oks) - len(written))
                 raise
         try:  # each outcome is recorded once it is durable: stored, and dead-lettered
             if self._audit is not None:
                 self._audit.record(audit_runs(records, parsed.oks, parsed.errs))
         except Exception as exc:
             return self._store_failed(records, parsed, began, exc, final_attempt=final_attempt, lettered=True)
-        self._record(records, parsed, began)
+        self._record(records, parsed, began, stored=written,
+                     superseded=len(parsed.oks) - len(written))
         return IngestResult(len(records), len(written), _refused(parsed), parsed.duplicates,
                             superseded=len(parsed.oks) - len(written),
                             rejected_bodies=sum(1 for r in parsed.errs if not r.elements))
@@ -179,11 +181,17 @@ class IngestService:
         self._record(records, parsed, began, store_failed=len(parsed.oks))
         return IngestResult(len(records), 0, _refused(parsed), parsed.duplicates, batch_dead_lettered=True)
 
-    def _record(self, records: Sequence[RawRecord], parsed: Parsed, began: float, *, store_failed: int = 0) -> None:
-        """The batch's figures, once, after every record is stored or dead-lettered (the oldest is the first)."""
+    def _record(self, records: Sequence[RawRecord], parsed: Parsed, began: float, *, stored: Sequence[Event] = (),
+                superseded: int = 0, store_failed: int = 0, validation_failed: int = 0) -> None:
+        """The batch's figures, once, after every record is stored or dead-lettered (the oldest is the first).
+
+        ``stored``: the events written; ``superseded``: those of ``parsed.oks`` a replay did not write, their stored
+        copy being a later one; ``store_failed``, ``validation_failed``: the events (the records) of a batch
+        dead-lettered whole, by why it was."""
         first = records[0].metadata if records else None
-        self._metrics.ingest_batch(first.partition_id if first else None, stored=() if store_failed else parsed.oks,
+        self._metrics.ingest_batch(first.partition_id if first else None, stored=stored,
                                    duplicates=parsed.duplicates, rejected=parsed.errs, store_failed=store_failed,
+                                   validation_failed=validation_failed, superseded=superseded,
                                    seconds=time.perf_counter() - began,
                                    oldest_enqueued=first.enqueued_time if first else None)
 

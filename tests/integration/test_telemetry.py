@@ -156,6 +156,47 @@ def test_a_second_batch_adds_to_the_counters(ingest, in_memory) -> None:
     assert durations[frozenset({("messaging.destination.partition.id", "0")})] == 1
 
 
+def test_a_crash_inside_validation_is_not_counted_as_store_unavailable(ingest, in_memory, monkeypatch) -> None:
+    """A bug in validation (an exception that is no validation error) dead-letters the batch with the reason
+    "validation failed unexpectedly: ..."; the store was never touched. ``sluice.deadletter.letters`` labels that
+    letter ``validation_failed``, not ``store_unavailable``: an operator alerting on that would look at a healthy
+    Cassandra. Its records count as dead-lettered."""
+    import shared.services.ingest as ingest_module
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("a bug in validation")
+
+    monkeypatch.setattr(ingest_module, "parse_records", broken)
+    ingest(batch([event("dev-1"), event("dev-2")]))  # HostContext: no retry context, so the final attempt
+
+    metrics = collected(in_memory.reader)
+    assert metrics["sluice.deadletter.letters"] == {frozenset({("reason", "validation_failed")}): 1}
+    assert metrics["sluice.ingest.events"] == {
+        frozenset({("outcome", "dead_lettered"), ("messaging.destination.partition.id", "0")}): 2}
+
+
+def test_a_replayed_event_superseded_by_a_later_copy_is_counted_superseded_not_stored(ingest, in_memory) -> None:
+    """``deadletter replay`` (``bootstrap.replay_ingest_service``) skips an event whose stored copy is a later one:
+    nothing is written, and ``sluice.ingest.events`` says so (``outcome=superseded``), as ``sluice.ingest.delay``
+    gets no point for it. (``parsed.oks`` was recorded, not the events written: the skipped one counted stored.)"""
+    service = bootstrap.replay_ingest_service()
+    correction = event("dev-1")
+    older = {**correction, "measurements": {"temperature": 1.0}}
+    first = service.handle([RawRecord(json.dumps(correction).encode(), EventMetadata("0", "20", 20, NOW))],
+                           final_attempt=False)
+    assert first.stored == 1
+    replayed = service.handle(
+        [RawRecord(json.dumps(older).encode(), EventMetadata("0", "10", 10, NOW - timedelta(minutes=1)))],
+        final_attempt=False)
+    assert (replayed.stored, replayed.superseded) == (0, 1)  # nothing written the second time
+
+    metrics = collected(in_memory.reader)
+    partition = ("messaging.destination.partition.id", "0")
+    assert metrics["sluice.ingest.events"] == {frozenset({("outcome", "stored"), partition}): 1,
+                                               frozenset({("outcome", "superseded"), partition}): 1}
+    assert metrics["sluice.ingest.delay"] == {frozenset(): 1}
+
+
 def test_ingest_run_by_the_dev_host_records_its_span(ingest, in_memory) -> None:
     """The dev host's ``TraceContext`` (devhost/invocation.py) handed every invocation a ``traceparent`` flagged not
     sampled (``-00``); ``functions/ingest.py`` makes it the parent of ``sluice.ingest``, and the SDK's default sampler

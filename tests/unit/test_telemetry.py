@@ -298,6 +298,7 @@ def test_dead_letter_reasons_are_bounded_labels_for_what_parse_records_says() ->
         (rejected,) = parse_records([RawRecord(body, meta)], limits=Limits(max_body_bytes=256), now=NOW).errs
         assert reason_kind(rejected.reason) == kind, rejected.reason
     assert reason_kind("event store unavailable: NoHostAvailable") == "store_unavailable"
+    assert reason_kind("validation failed unexpectedly: RuntimeError: a bug") == "validation_failed"
 
 
 # --- spans ---
