@@ -8,11 +8,14 @@ writers racing leave the same state as one clean pass.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from shared.domain.stored import StoredEvent
+from shared.domain.times import to_ms
 
 # A since-bound meaning "from the beginning" (milliseconds since the epoch).
 SINCE_ALL = -(2**53)
@@ -47,11 +50,34 @@ class ChangeSink(Protocol):
         created); raises ``DependencyUnavailable`` when the cache fails."""
 
 
+@dataclass(frozen=True, slots=True)
+class LatestFound:
+    """What the store says of devices whose latest state the cache lost (:meth:`LatestStates.latest_found`).
+
+    ``states``: the newest event of each device that has one. ``floors``: device -> (event time, event id) of a
+    position that names no latest state of the device (its event was moved to another device id by a correction,
+    docs/data-model.md): the device has none, and an event of it at or before that position (event time, then
+    event id) is none either, as it loses to the position in the store."""
+
+    states: list[StoredEvent]
+    floors: dict[str, tuple[datetime, uuid.UUID]] = field(default_factory=dict)
+
+    def below_floor(self, event: StoredEvent) -> bool:
+        """Whether ``event`` is at or before its device's floor: the store would not make it the latest state."""
+        floor = self.floors.get(event.device_id)
+        if floor is None:
+            return False
+        at, event_id = to_ms(floor[0]), str(floor[1])
+        mine = event.event_time_ms
+        return mine < at or (mine == at and str(event.event_id) <= event_id)
+
+
 class LatestStates(Protocol):
     """The store's latest state of devices (``device_latest``), for a cache that lost them."""
 
-    def latest_many(self, device_ids: Sequence[str]) -> list[StoredEvent]:
-        """The newest event of each device that has one; raises ``DependencyUnavailable`` on failure."""
+    def latest_found(self, device_ids: Sequence[str]) -> LatestFound:
+        """The newest event of each device that has one, and the position of each whose position names no state
+        of it; raises ``DependencyUnavailable`` on failure."""
 
 
 class LookupCache(Protocol):

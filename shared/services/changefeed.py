@@ -52,7 +52,7 @@ from datetime import UTC, datetime
 
 from shared.domain.rules import Criticality, MeasurementRule
 from shared.domain.stored import StoredEvent
-from shared.ports.cache import ChangeSink, LatestStates
+from shared.ports.cache import ChangeSink, LatestFound, LatestStates
 from shared.ports.feed import ChangeFeed, ContinuationRejected, FeedStateStore
 from shared.ports.metrics import NO_METRICS, Metrics
 
@@ -63,7 +63,10 @@ def apply_changes(sink: ChangeSink, events: Sequence[StoredEvent], latest: Lates
                   decided: Callable[[Sequence[StoredEvent]], list[StoredEvent]]) -> None:
     """``events`` into the sink; a device whose latest state the cache had lost gets the newer of the store's
     latest state and its newest event here (the event may be older than one the store holds: a late event after
-    the key expired must not take its place). Without ``latest`` the event alone is put."""
+    the key expired must not take its place). A device the store has no state for although it has a position (its
+    newest event moved to another device by a correction) gets its newest event here only if that is newer than
+    the position: an older one loses to the position in the store too, which serves no state (``LatestFound``).
+    Without ``latest`` the event alone is put."""
     missing = sink.apply(events)
     if not missing:
         return
@@ -73,8 +76,9 @@ def apply_changes(sink: ChangeSink, events: Sequence[StoredEvent], latest: Lates
         current = newest.get(event.device_id)
         if event.device_id in wanted and (current is None or event.supersedes(current)):
             newest[event.device_id] = event
-    stored = decided(latest.latest_many(missing)) if latest is not None else []
-    sink.put_latest([*stored, *newest.values()])
+    found = latest.latest_found(missing) if latest is not None else LatestFound([])
+    page = [event for event in newest.values() if not found.below_floor(event)]
+    sink.put_latest([*decided(found.states), *page])
 
 
 class _CountedEvents:

@@ -168,9 +168,10 @@ def test_a_position_naming_an_event_events_by_id_does_not_give_reads_as_no_state
     taken = reader.latest("dev-1")
     assert taken is not None
     dangling = {f"lost-{i}": uuid.uuid4() for i in range(4)} | {"other": taken.event_id}
+    at = datetime.now(UTC).replace(microsecond=123000)
     for device, event_id in dangling.items():
         session.execute(f"INSERT INTO {cfg.keyspace}.device_latest (device_id, event_id, event_time) "
-                        "VALUES (%s, %s, %s)", (device, event_id, datetime.now(UTC)))
+                        "VALUES (%s, %s, %s)", (device, event_id, at))
     log = CassandraDeviceLog(session, cfg.keyspace)
     ordered = sorted([*dangling, *(f"dev-{i}" for i in range(6))], key=device_token)
     # A page of only dangling devices comes before the scan's last device: the scan must go on past it
@@ -180,6 +181,10 @@ def test_a_position_naming_an_event_events_by_id_does_not_give_reads_as_no_state
     assert log.device("other") == DeviceRow(device_token("other"), "other", None)
     assert log.device("nobody") is None
     assert [e.device_id for e in reader.latest_many(["lost-1", "dev-2", "other"])] == ["dev-2"]
+    # the change feed's read: such a device's position is its floor (a late event at or before it is no state)
+    found = reader.latest_found(["lost-1", "dev-2", "other"])
+    assert [e.device_id for e in found.states] == ["dev-2"]
+    assert found.floors == {"lost-1": (at, dangling["lost-1"]), "other": (at, taken.event_id)}
     position, scanned = None, []
     while rows := log.devices(position, 1):  # as the rebuild pages: a page of one device
         scanned += [(row.device_id, None if row.latest is None else row.latest.device_id) for row in rows]

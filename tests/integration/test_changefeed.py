@@ -839,3 +839,29 @@ def test_a_correction_to_another_device_whose_unlatest_failed_drops_the_old_stat
     assert CassandraEventReader(session, keyspace, timeout=5).latest(old) is None
     assert latest_doc(rclient, cache, old) is None
     assert latest_doc(rclient, cache, new)["event_id"] == str(event_id)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_late_older_event_of_the_device_an_event_moved_away_from_is_not_put_as_its_latest_state(
+        mode, session, keyspace, store, rclient, redis_prefix) -> None:
+    """After a correction moved a device's newest event to another device id, the store has no latest state for the
+    old device (its position still names the event) and the feed dropped its ``latest``. A late event of the old
+    device, older than the moved one, loses to that position in the store: still no state there (docs/api.md: 404
+    until the device sends a newer event). The feed finds the key missing and asks the store, which used to leave
+    the device out of its answer, so ``put_latest`` wrote the late event alone and Redis served it. Now the store
+    answers the position as the device's floor (``LatestFound``), and a page event at or before it is not put
+    (``tests/unit/test_changefeed_service.py``: one newer than it is)."""
+    from shared.adapters.cassandra.reader import CassandraEventReader
+
+    reader = CassandraEventReader(session, keyspace, timeout=5)
+    cache, event_id, at, old, new = _moved_to_another_device(mode, session, keyspace, store, rclient, redis_prefix)
+    make_service(mode, session, keyspace, cache, latest=reader).run()
+    assert latest_doc(rclient, cache, old) is None  # unlatest.lua, as the store: no state
+
+    late = make_event(old, at - timedelta(minutes=1), enqueued=datetime.now(UTC) - timedelta(milliseconds=500))
+    store.write([late])
+    assert reader.latest(old) is None, "the store still has no latest state for the old device"
+    make_service(mode, session, keyspace, cache, latest=reader).run()
+    assert latest_doc(rclient, cache, old) is None, "Redis serves the late event as the old device's latest state"
+    assert latest_doc(rclient, cache, new)["event_id"] == str(event_id)

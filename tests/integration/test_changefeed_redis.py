@@ -25,7 +25,7 @@ from shared.adapters.redis import RedisChangeSink, RedisLookupCache
 from shared.adapters.redis.lookup_cache import critical_event_fills, critical_fill, still_current
 from shared.domain.stored import StoredEvent, one_copy_each
 from shared.exceptions import DependencyUnavailable
-from shared.ports.cache import SINCE_ALL, Cached
+from shared.ports.cache import SINCE_ALL, Cached, LatestFound
 from shared.services.changefeed import apply_changes
 from sluice import launcher
 from tests.integration import test_changefeed as changefeed_tests
@@ -477,8 +477,8 @@ def test_a_correction_to_another_device_leaves_the_old_devices_critical_set(clie
 class _NoLatestState:
     """``LatestStates`` of a store whose positions name events now stored for other devices: no state at all."""
 
-    def latest_many(self, device_ids):
-        return []
+    def latest_found(self, device_ids):
+        return LatestFound([])
 
 
 @pytest.mark.parametrize("critical", [False, True], ids=["not critical", "critical"])

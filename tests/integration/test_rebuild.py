@@ -959,9 +959,9 @@ class _CountingLatest:
     def __init__(self, reader) -> None:
         self._reader, self.asked = reader, []
 
-    def latest_many(self, device_ids):
+    def latest_found(self, device_ids):
         self.asked += list(device_ids)
-        return self._reader.latest_many(device_ids)
+        return self._reader.latest_found(device_ids)
 
 
 @pytest.mark.timeout(60)
@@ -970,7 +970,7 @@ def test_while_a_rebuild_runs_the_change_feed_does_not_read_every_devices_latest
     """docs/redis-layout.md: double writes "cost only the change feed's writes twice while a rebuild runs". But the
     feed writes the building generation's latest state with ``present`` (only where the key exists), and there it
     is missing for every device the rebuild has not reached yet: each is reported as a lost key, and the feed reads
-    its ``device_latest`` row and event from Cassandra (``apply_changes`` -> ``latest_many``) and sends a second
+    its ``device_latest`` row and event from Cassandra (``apply_changes`` -> ``latest_found``) and sends a second
     pipeline, for every device of every page, for the whole rebuild (hours on a large fleet), on top of the
     rebuild's own rate-limited reads. Expected: a device whose key the live generation holds costs no read."""
     from shared.adapters.cassandra.reader import CassandraEventReader

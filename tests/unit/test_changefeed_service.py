@@ -12,6 +12,7 @@ import pytest
 from shared.domain.rules import MeasurementRule
 from shared.domain.stored import StoredEvent
 from shared.exceptions import DependencyUnavailable
+from shared.ports.cache import LatestFound
 from shared.ports.feed import ContinuationRejected, FeedPage, FeedPosition, SavedPosition
 from shared.services.changefeed import ChangeFeedService, apply_changes
 
@@ -178,9 +179,9 @@ class StoreLatest:
     def __init__(self, rows):
         self.rows, self.asked = rows, []
 
-    def latest_many(self, device_ids):
+    def latest_found(self, device_ids):
         self.asked.append(list(device_ids))
-        return [r for r in self.rows if r.device_id in device_ids]
+        return LatestFound([r for r in self.rows if r.device_id in device_ids])
 
 
 def test_a_device_whose_latest_state_the_cache_lost_gets_the_newer_of_the_stores_and_the_pages():
@@ -195,6 +196,32 @@ def test_a_device_whose_latest_state_the_cache_lost_gets_the_newer_of_the_stores
     sink = ForgetfulSink(set())
     apply_changes(sink, page, latest, list)
     assert sink.put == [] and latest.asked == [["d1"]], "nothing lost: the store is not asked"
+
+
+class FloorLatest:
+    """``LatestStates`` of a store whose position of each device names an event moved to another device."""
+
+    def __init__(self, floors):
+        self.floors = floors
+
+    def latest_found(self, device_ids):
+        return LatestFound([], {d: floor for d, floor in self.floors.items() if d in device_ids})
+
+
+def test_a_device_whose_position_names_a_moved_event_gets_no_page_event_at_or_before_that_position():
+    # The store has no latest state for a device whose newest event a correction moved to another device id, and
+    # an event of it at or before that position loses to it there too: a late one is not put (Redis would serve it
+    # where the store serves none), the moved event's own copy under it is not, one newer than the position is.
+    moved = ev("d1", seconds=10)
+    floor = (moved.event_time, moved.event_id)
+    for page, put in (([ev("d1", seconds=1)], []), ([moved], [])):
+        sink = ForgetfulSink({"d1"})
+        apply_changes(sink, page, FloorLatest({"d1": floor}), list)
+        assert sink.put == put
+    newer = ev("d1", seconds=11)
+    sink = ForgetfulSink({"d1"})
+    apply_changes(sink, [ev("d1", seconds=1), newer], FloorLatest({"d1": floor}), list)
+    assert sink.put == [newer]
 
 
 def ev(device: str, *, seconds: int) -> StoredEvent:

@@ -32,6 +32,7 @@ from shared.adapters.cassandra.query import CASSANDRA_ERRORS, Queries, describe
 from shared.adapters.cassandra.rows import as_dict, stored_time
 from shared.domain.stored import StoredEvent
 from shared.domain.times import utc
+from shared.ports.cache import LatestFound
 from shared.ports.ingest import StoredCopy
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ _STATEMENTS = {
     "event": f"SELECT {EVENT_SELECT} FROM {{ks}}.events_by_id WHERE event_id = ?",
     # Many partitions in one request: the asyncio reader coalesces concurrent point reads (aio.py).
     "latest_in": f"SELECT {POSITION_SELECT} FROM {{ks}}.device_latest WHERE device_id IN ?",
+    # The change feed's (latest_found): with the position's event time, the floor of a device it names no state of.
+    "positions_in": f"SELECT {POSITION_SELECT}, event_time FROM {{ks}}.device_latest WHERE device_id IN ?",
     "event_in": f"SELECT {EVENT_SELECT} FROM {{ks}}.events_by_id WHERE event_id IN ?",
     "critical": f"SELECT {EVENT_SELECT} FROM {{ks}}.critical_events_by_device WHERE device_id = ? LIMIT ?",
     "critical_since": (
@@ -156,18 +159,29 @@ class CassandraEventReader:
         return bool(rows) and rows[0].event_id is not None
 
     def latest_many(self, device_ids: Sequence[str]) -> list[StoredEvent]:
+        """The latest states of :meth:`latest_found`."""
+        return self.latest_found(device_ids).states
+
+    def latest_found(self, device_ids: Sequence[str]) -> LatestFound:
         """``LatestStates``: the positions of ``device_ids`` in ``device_latest``, then their events from
-        ``events_by_id``, 100 partitions a request."""
-        found: list[StoredEvent] = []
+        ``events_by_id``, 100 partitions a request. A device whose position names an event ``events_by_id`` holds
+        for another device (moved there by a correction) has no state; its position's event time and event id
+        are its floor: a late event of it at or before them loses to the position in the store too."""
+        found = LatestFound([])
         for start in range(0, len(device_ids), 100):
             chunk = list(device_ids[start:start + 100])
-            rows = self._rows("latest_in", (chunk,), f"the latest state of {len(chunk)} devices")
+            rows = self._rows("positions_in", (chunk,), f"the latest state of {len(chunk)} devices")
             devices = positions(rows)
             if not devices:
                 continue
             events = self._rows("event_in", (list(set(devices.values())),),
                                 f"the latest events of {len(devices)} devices")
-            found += [event for _, event in latest_events(devices, events)]
+            states = latest_events(devices, events)
+            found.states.extend(event for _, event in states)
+            stated = {device_id for device_id, _ in states}
+            found.floors.update((row.device_id, (stored_time(row.event_time), row.event_id)) for row in rows
+                                if row.device_id in devices and row.device_id not in stated
+                                and row.event_time is not None)
         return found
 
     def event(self, event_id: uuid.UUID) -> StoredEvent | None:
