@@ -172,7 +172,8 @@ def send_page(client: Client, cache: RedisChangeSink, page: RawPage) -> int:
     Its commands in one; then, where ``fill_event`` answered devices (a list of them, or 2: the event's own; a
     correction took a critical copy away from that device) or a time (a string: it refused this critical copy, a
     copy enqueued at that time superseded it), one of ``uncritical`` taking the copy out of each device's set, with
-    the newest superseding copy's enqueued time; then, where ``latest`` answered 0 (the key was
+    the newest superseding copy's enqueued time (and, for a refused copy, ``fill_event`` in its ``stale`` mode with
+    that time, which drops it by id where a generation stored it); then, where ``latest`` answered 0 (the key was
     missing), one putting that device's newest event of the page (the bench's change feed has no store to read a
     newer one from): the same ``latest`` without ``present``."""
     replies = send(client, page.commands)
@@ -181,6 +182,7 @@ def send_page(client: Client, cache: RedisChangeSink, page: RawPage) -> int:
     leaving: dict[str, tuple[str, str]] = {}  # member key -> its set's key, the newest superseding enqueued time
     moved: dict[tuple[str, str], str] = {}  # (latest key, event id) -> the moved copy's enqueued time
     moved_from: set[str] = set()
+    refused: dict[str, str] = {}  # e:<id> key -> the enqueued time of the copy that superseded a refused copy
     for at, e in page.fills:
         away, reply = moves(replies[at])  # {{device, time, ...}, reply}: moved
         for device, enqueued in away:
@@ -191,6 +193,9 @@ def send_page(client: Client, cache: RedisChangeSink, page: RawPage) -> int:
                 moved_from.add(device)
         if isinstance(reply, bytes | str):
             devices = [(e.device_id, as_text(reply))]
+            key = f"{prefix}e:{e.event_id}"
+            if key not in refused or refused[key] < as_text(reply):
+                refused[key] = as_text(reply)
         else:
             own = e.enqueued_text()
             devices = ([(as_text(d), own) for d in reply] if isinstance(reply, list)
@@ -204,6 +209,8 @@ def send_page(client: Client, cache: RedisChangeSink, page: RawPage) -> int:
         superseded: list[Command] = [(uncritical, 2, member, key, enqueued, cache.stale_marker_seconds)
                                      for member, (key, enqueued) in leaving.items()]
         superseded += [(unlatest, 1, key, event_id, enqueued) for (key, event_id), enqueued in moved.items()]
+        superseded += [(cache.sha["fill_event"], 1, key, later, "", "stale", cache.stale_marker_seconds)
+                       for key, later in refused.items()]
         sent += len(superseded)
         send(client, superseded)
     latest = page.commands[len(page.commands) - page.latest:]

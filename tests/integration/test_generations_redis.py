@@ -14,6 +14,8 @@ import socket
 import threading
 import time
 import uuid
+from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 import redis
@@ -212,3 +214,58 @@ def test_the_change_feed_writes_the_building_generation_once_the_rebuild_has_wai
         slow_client.close()
         direct.close()
         proxy.close()
+
+
+def _moved_before_a_build(client, *, critical: bool):
+    """Critical event X of pump-7 re-sent under pump-8 (still critical, or not and with a newer pump-8 event: then X
+    is nobody's latest state nor in any list), applied before a rebuild starts; then the rebuild begins and the
+    change feed writes X's original copy again (a replay of its range, a page read again, a retry after an outage).
+    The live generation's e:<id> refuses it (the later copy there: ``d`` or the note ``n``); the building
+    generation's e:<id> knows nothing of the move."""
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    sink = RedisChangeSink(client, key_prefix=prefix, generation_cache_seconds=0)
+    lookups = RedisLookupCache(client, key_prefix=prefix, generation_cache_seconds=0)
+    builder = RedisCacheBuilder(sink, settle_seconds=0, clock=lambda: (NOW + timedelta(minutes=5)).timestamp())
+    older = ev("pump-7", seconds=-60, critical=True, enqueued=-60)  # another critical event of pump-7, its own
+    original = ev("pump-7", critical=True, enqueued=0)
+    moved = replace(original, device_id="pump-8", enqueued_time=NOW + timedelta(seconds=5))
+    if not critical:
+        moved = replace(moved, severity="info", critical=False)
+    newer = ev("pump-8", seconds=30, enqueued=30)
+    apply_changes(sink, [older, original], None, list)
+    apply_changes(sink, [moved] if critical else [moved, newer], None, list)
+    lookups.fill_critical("pump-7", [older], SINCE_ALL, ttl=3600)  # a lookup's miss: complete
+    build = builder.begin(SINCE_ALL, resume=False)
+    apply_changes(sink, [original], None, list)  # the original's page written again while the rebuild runs
+    return lookups, builder, build.generation, older, original, moved, newer
+
+
+def test_a_superseded_critical_copy_the_feed_writes_into_a_building_generation_does_not_survive_the_switch(client):
+    """The live generation refused the copy and the feed took it out of pump-7's set there (``uncritical``); the
+    building generation accepted it, ``critical.lua`` put it in pump-7's set, and ``uncritical`` went only to the
+    generation whose reply asked for it (unlike ``unlatest``, sent to every generation written). The rebuild then
+    wrote pump-7's set from the store (without X) over it and marked it complete: after the switch /critical of
+    pump-7 listed X. Now each ``uncritical`` goes to every generation written."""
+    lookups, builder, generation, older, _, moved, _ = _moved_before_a_build(client, critical=True)
+    assert lookups.get_critical("pump-7", SINCE_ALL, 10) == [older.to_json()], "the live generation"
+    # what the rebuild reads from the store: pump-7 has no latest state (its position names X, now pump-8's); its
+    # critical rows without X (current_copies); pump-8's newest event and critical list are X
+    builder.write(generation, [moved], {"pump-7": [older], "pump-8": [moved]}, SINCE_ALL)
+    builder.finish(generation)
+    assert lookups.get_critical("pump-8", SINCE_ALL, 10) == [moved.to_json()]
+    assert lookups.get_critical("pump-7", SINCE_ALL, 10) == [older.to_json()], (
+        "after the switch pump-7's critical list still holds the copy the correction moved to pump-8")
+
+
+def test_a_superseded_copy_the_feed_writes_into_a_building_generation_is_not_served_by_id_after_the_switch(client):
+    """X moved to pump-8 and made not critical: the live generation's e:<id> refuses the original (note ``n``); the
+    building generation's was empty, so ``fill_event`` stored the superseded copy as ``d`` with the feed's TTL
+    (days), and nothing the rebuild writes touches e:<id> of an event in no list: after the switch GET
+    /events/<id> served the pump-7 copy. Now a copy one generation refuses is dropped from every generation
+    written (``fill_event`` in its ``stale`` mode with the later copy's time, in the same second pipeline)."""
+    lookups, builder, generation, _, original, moved, newer = _moved_before_a_build(client, critical=False)
+    assert lookups.get_event(str(original.event_id)) is None, "the live generation"
+    builder.write(generation, [newer], {}, SINCE_ALL)  # the store: pump-8's newest is `newer`; no critical list
+    builder.finish(generation)
+    cached = lookups.get_event(str(original.event_id))
+    assert cached is None or cached.document == moved.to_json(), f"after the switch Redis serves {cached}"

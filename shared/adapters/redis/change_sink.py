@@ -29,7 +29,11 @@ does not put the old copy back. ``e:<event id>`` keeps the answer
 gets it again. A critical copy ``fill_event`` refuses (a later copy superseded it: a
 replay, or a retry after a long outage, of a corrected event once ``#gone:`` expired,
 which ``critical`` has just put back in its set) answers the later copy's enqueued time,
-and the second pipeline takes it out of its device's set the same way.
+and the second pipeline takes it out of its device's set the same way, and drops it by id
+(``fill_event`` in its ``stale`` mode with that time, no device). Both go to every
+generation written, whichever generation's reply asked: while a rebuild runs, the building
+generation's ``e:<id>`` may lack the note that made the live one refuse the copy, and then
+it stored the copy and its set took it.
 
 Where a copy comes under another device than the newest one the feed applied before
 (``fill_event`` keeps "<enqueued time> <device>" in field ``o``), ``fill_event``
@@ -153,7 +157,8 @@ class RedisChangeSink(ScriptedRedis):
         leaving: dict[str, tuple[str, str]] = {}  # member key -> its set's key, the newest copy's enqueued time
         moved: dict[tuple[str, str], str] = {}  # (latest key, event id) -> the moved copy's enqueued time
         moved_from: set[str] = set()  # the devices of those latest keys whose copy in this page is superseded
-        for at, event, keys in by_id:
+        refused: dict[str, str] = {}  # e:<id> key -> the enqueued time of the copy that superseded a feed copy
+        for at, event, _ in by_id:
             away, reply = moves(replies[at])
             for device, enqueued in away:
                 # to every generation written: one whose e:<id> lacks the note (o expired there, or the rebuild
@@ -164,18 +169,28 @@ class RedisChangeSink(ScriptedRedis):
                         moved[target] = enqueued
                 if superseded_here(device, enqueued, event):
                     moved_from.add(device)
+            # to every generation written, as unlatest: the building generation's e:<id> may lack the note that made
+            # the live one refuse this copy, and then critical.lua has put it in the set there
             for device, enqueued in _leaving(reply, event):
-                member = keys.member(device, event.event_id)
-                if member not in leaving or leaving[member][1] < enqueued:
-                    leaving[member] = (keys.critical(device), enqueued)
-        if leaving or moved:
-            self._superseded(leaving, moved)
+                for written in generations:
+                    member = written.member(device, event.event_id)
+                    if member not in leaving or leaving[member][1] < enqueued:
+                        leaving[member] = (written.critical(device), enqueued)
+            if isinstance(reply, bytes | str):  # this copy refused: a copy enqueued at that time superseded it
+                later = as_text(reply)
+                for written in generations:  # a generation that accepted it keeps it as `d` no longer
+                    copy = written.event(event.event_id)
+                    if copy not in refused or refused[copy] < later:
+                        refused[copy] = later
+        if leaving or moved or refused:
+            self._superseded(leaving, moved, refused)
         # the latest commands come last: a reply of 0 is a key that was missing, left for put_latest; not for a
         # device an event moved away from, whose copy in this page put_latest would write back
         return sorted({device for device, reply in zip(devices, replies[len(replies) - len(devices):], strict=True)
                        if reply == 0 and device not in moved_from})
 
-    def _superseded(self, leaving: dict[str, tuple[str, str]], moved: dict[tuple[str, str], str]) -> None:
+    def _superseded(self, leaving: dict[str, tuple[str, str]], moved: dict[tuple[str, str], str],
+                    refused: dict[str, str] | None = None) -> None:
         """Take superseded copies out of the devices' keys, in one pipeline.
 
         Critical sets (``uncritical.lua``): events a correction made not critical or moved to another device id.
@@ -185,13 +200,19 @@ class RedisChangeSink(ScriptedRedis):
 
         Latest states (``unlatest.lua``): a device's state naming an event a correction moved to another device
         id, as a copy enqueued before the moved one, is dropped. ``moved``: (latest key, event id) -> that
-        enqueued time."""
+        enqueued time.
+
+        Copies by id (``fill_event`` in its ``stale`` mode, without a device: ``o`` stays): a feed copy one
+        generation refused as superseded, which another (a building one whose ``e:<id>`` lacks the note) may have
+        stored as ``d``, is dropped there. ``refused``: ``e:<id>`` key -> the later copy's enqueued time."""
         uncritical, unlatest, marker_ttl = self.sha["uncritical"], self.sha["unlatest"], self.stale_marker_seconds
         commands: list[Command] = [(uncritical, 2, member, zkey, enqueued, marker_ttl)
                                    for member, (zkey, enqueued) in leaving.items()]
         commands += [(unlatest, 1, key, event_id, enqueued) for (key, event_id), enqueued in moved.items()]
-        self.pipeline(commands, f"taking {len(commands)} superseded copies out of their devices' critical sets "
-                      "and latest states", **self._wait)
+        commands += [(self.sha["fill_event"], 1, key, later, "", "stale", marker_ttl)
+                     for key, later in (refused or {}).items()]
+        self.pipeline(commands, f"taking {len(commands)} superseded copies out of their devices' critical sets, "
+                      "latest states and events by id", **self._wait)
 
     def put_latest(self, events: Sequence[StoredEvent]) -> None:
         if not events:
