@@ -17,7 +17,10 @@ Starts a private Cassandra emulator, then in one run:
   batch's instruments, through the real SDK), alternating; issue #17: at most 5%.
 
 The two write paths use separate keyspaces and alternate per round so neither
-profits from a warmer emulator. Targets (issue #3): ratio >= 0.8 and own work
+profits from a warmer emulator. After the run, untimed, every table ingest writes is
+counted in both keyspaces: the run fails unless both hold a row per event in each
+event table, one per critical event in ``critical_events_by_device`` and one per
+device in ``device_latest``. Targets (issue #3): ratio >= 0.8 and own work
 >= 20,000 events/s per core. The last line ends with ``ratio <r>``.
 """
 
@@ -32,6 +35,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 
+from cassandra.cluster import Session
 from cassandra.concurrent import execute_concurrent
 
 from shared import runtime
@@ -39,7 +43,7 @@ from shared.adapters.cassandra.event_store import CassandraEventStore
 from shared.adapters.cassandra.migrations import apply_migrations
 from shared.adapters.cassandra.session import connect
 from shared.domain.events import EventMetadata, Limits, RawRecord, Rejected, parse_records
-from shared.domain.rules import MeasurementRule
+from shared.domain.rules import Criticality, MeasurementRule
 from shared.services.ingest import IngestService
 from shared.settings import CassandraSettings, WorkerSettings
 from sluice.launcher import python_module, start
@@ -135,6 +139,27 @@ def telemetry_cost(chunks: list[list[RawRecord]], store: CassandraEventStore, no
         telemetry.activate(previous)
         tracer_provider.shutdown()
     return best["off"], best["on"]
+
+
+# Every table ingest writes (the event store's INSERTs), counted on both sides after the run.
+TABLES = ("events_by_id", "events_by_device", "events_by_time_bucket", "events_by_arrival_bucket",
+          "critical_events_by_device", "device_latest")
+
+
+def stored_rows(session: Session, keyspace: str) -> dict[str, int]:
+    """Rows in each of ``TABLES`` of ``keyspace``."""
+    return {table: session.execute(f"SELECT COUNT(*) FROM {keyspace}.{table}").one().count for table in TABLES}
+
+
+def expected_rows(records: list[RawRecord], now: datetime) -> dict[str, int]:
+    """What ``TABLES`` hold once every record is stored: a row per event in each event table, per critical
+    event in ``critical_events_by_device``, and per distinct device in ``device_latest``."""
+    events = parse_records(records, limits=Limits(), now=now).oks
+    is_critical = Criticality(RULES)
+    critical = sum(1 for e in events if is_critical(e.body.severity, e.body.measurements))
+    return {"events_by_id": len(records), "events_by_device": len(records), "events_by_time_bucket": len(records),
+            "events_by_arrival_bucket": len(records), "critical_events_by_device": critical,
+            "device_latest": len({r.metadata.partition_key for r in records})}
 
 
 def batches(records: list[RawRecord], size: int) -> list[list[RawRecord]]:
@@ -250,10 +275,17 @@ def main(argv: list[str]) -> int:
                 baseline_seconds += run_baseline(part)
                 sluice_seconds += run_sluice(part)
 
-        stored = session.execute("SELECT COUNT(*) FROM bench_sluice.events_by_id").one().count
-        if stored != len(records) or dead_letters.count:
-            print(f"FAILED: stored {stored} of {len(records)} events, {dead_letters.count} dead letters")
+        # Untimed: both sides wrote every row of every table ingest writes, the same rows.
+        counts = {cfg.keyspace: stored_rows(session, cfg.keyspace) for cfg in (ours_cfg, raw_cfg)}
+        expected = expected_rows(records, now)
+        problems = [f"{keyspace}.{table}: {count} rows, {expected[table]} expected"
+                    for keyspace, tables in counts.items() for table, count in tables.items()
+                    if count != expected[table]]
+        if counts[ours_cfg.keyspace] != counts[raw_cfg.keyspace] or problems or dead_letters.count:
+            print(f"FAILED: rows per table {counts}; {'; '.join(problems) or 'counts differ'}; "
+                  f"{dead_letters.count} dead letters")
             return 1
+        print("rows per table, both sides: " + ", ".join(f"{t} {n}" for t, n in counts[ours_cfg.keyspace].items()))
 
     finally:
         emulator.stop()
