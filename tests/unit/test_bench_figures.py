@@ -165,3 +165,21 @@ def test_python_m_bench_lists_only_benchmarks() -> None:
 
     for name in available():
         assert callable(getattr(importlib.import_module(f"bench.{name}"), "main", None)), name
+
+
+def test_bench_lookups_stops_on_a_block_that_did_other_work() -> None:
+    """``bench lookups``' ours only asserted HTTP 200 and the raw hits never looked at their replies: a path that
+    missed the cache in hit blocks, served a hit in miss blocks, answered for another device, or raw hits finding
+    nothing would still print a ratio. Each block is now checked after it, untimed."""
+    body = b'{"device_id":"device-1"}'
+    lookups.check_block("hit", "ours", ["device-1"], [("device-1", "hit", body)], [])
+    lookups.check_block("miss", "ours", ["device-1"], [("device-1", "miss", body)], [])
+    lookups.check_block("hit", "threads", ["device-1"], [], [])
+    wrong = [("miss", "ours", ["device-1"], [("device-1", "hit", body)], []),
+             ("hit", "ours", ["device-1"], [("device-1", "miss", body)], []),
+             ("hit", "ours", ["device-2"], [("device-2", "hit", body)], []),
+             ("hit", "ours", ["device-1", "device-2"], [("device-1", "hit", body)], []),
+             ("hit", "asyncio", ["device-1"], [], ["device-1"])]
+    for kind, side, called, answers, empty in wrong:
+        with pytest.raises(RuntimeError):
+            lookups.check_block(kind, side, called, answers, empty)
