@@ -1,8 +1,8 @@
 """``bench window_read``: both sides read the same events from the emulator, or the ratio means nothing.
 
-The benchmark itself asserts that the counts agree; here a short run (a window of a few pages per
-partition) must print one line per round and the ratio, and the baseline must hand over the
-same events as the reader, page by page.
+The benchmark itself compares the event ids each side read (untimed) and the counts of every
+round; here a short run (a window of a few pages per partition) must print one line per round
+and the ratio, and the baseline must hand over the same events as the reader, page by page.
 """
 
 from __future__ import annotations
