@@ -20,7 +20,11 @@ What is measured:
   COMMIT, with psycopg's default adapters (stdlib ``json`` for ``jsonb``).
 
 Each side runs ``--rounds`` times into emptied tables; the best round of each is
-reported (the machine is shared). Targets: sluice >= 100,000 rows/s and
+reported (the machine is shared). After the last round, untimed, the run fails unless
+ours wrote the baseline's rows (the same columns, set against set) and its
+``device_window_stats`` and ``site_window_stats`` hold what those rows grouped per
+device (per site) and window say: event and critical counts, first and last event times,
+the devices of a site. Targets: sluice >= 100,000 rows/s and
 ratio (sluice / baseline) >= 0.5.
 """
 
@@ -130,6 +134,40 @@ def copy_enriched(conn: psycopg.Connection, table: str, rows: list[EnrichedRow])
     conn.commit()
 
 
+# Untimed, after the last round: each of ours' tables (its columns) and what the baseline's rows say it must hold.
+_SAME_WORK = [
+    ("enriched_events", f"SELECT {', '.join(COLUMNS)} FROM enriched_events",
+     f"SELECT {', '.join(COLUMNS)} FROM baseline_enriched_events"),
+    ("device_window_stats",
+     """SELECT window_start, device_id, known_device, site_id, event_count, critical_count, first_event_time,
+               last_event_time FROM device_window_stats""",
+     """SELECT window_start, device_id, bool_and(known_device), min(site_id), count(*)::int,
+               (count(*) FILTER (WHERE critical))::int, min(event_time), max(event_time)
+        FROM baseline_enriched_events GROUP BY window_start, device_id"""),
+    ("site_window_stats",
+     "SELECT window_start, site_id, device_count, event_count, critical_count FROM site_window_stats",
+     """SELECT window_start, site_id, count(DISTINCT device_id)::int, count(*)::int,
+               (count(*) FILTER (WHERE critical))::int
+        FROM baseline_enriched_events WHERE site_id IS NOT NULL GROUP BY window_start, site_id"""),
+]
+
+
+def check_same_work(conn: psycopg.Connection, events: int) -> None:
+    """Raise unless ours wrote what the baseline's rows hold: the same enriched rows, one per event, and in
+    ``device_window_stats`` and ``site_window_stats`` the counts, critical counts and times of those rows grouped
+    per device (per site) and window. Set against set, in both directions (``EXCEPT ALL``)."""
+    for table, ours, baseline in _SAME_WORK:
+        for first, second, what in ((ours, baseline, "rows of ours the baseline's rows do not give"),
+                                    (baseline, ours, "rows the baseline's rows give missing from ours")):
+            row = conn.execute(f"SELECT count(*) FROM ({first} EXCEPT ALL {second}) AS d").fetchone()
+            if row is None or row[0]:
+                raise RuntimeError(f"{table}: {row[0] if row else '?'} {what}")
+    row = conn.execute("SELECT count(*) FROM enriched_events").fetchone()
+    if row is None or row[0] != events:
+        raise RuntimeError(f"{row[0] if row else 'no'} enriched rows for {events} events")
+    print("ours' enriched_events, device_window_stats and site_window_stats match the baseline's rows")
+
+
 def sluice_enrich(dsn: str, pool: ConnectionPool, events: list[StoredEvent], windows: int) -> tuple[float, float]:
     with psycopg.connect(dsn) as conn:
         conn.execute("TRUNCATE enriched_events, device_window_stats, site_window_stats, enrichment_windows")
@@ -185,11 +223,7 @@ def main(argv: list[str]) -> int:
                       f"{base_cpu:.2f} s), sluice enrich {len(events) / ours:,.0f} rows/s ({ours:.2f} s, client CPU "
                       f"{ours_cpu:.2f} s)")
             with psycopg.connect(dsn) as conn:
-                counted = conn.execute("SELECT count(*) FROM enriched_events").fetchone()
-            if counted is None:
-                raise RuntimeError("SELECT count(*) returned no row")
-            stored = counted[0]
-            assert stored == len(events), f"{stored} enriched rows for {len(events)} events"
+                check_same_work(conn, len(events))
     finally:
         with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
