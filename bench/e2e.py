@@ -48,7 +48,10 @@ function_app.py with the change feed every second), then:
    over the join and the kill are counted from the stores (see :func:`losses`).
 
 The target is p99 <= change feed interval + 1 s. The last line is
-``ratio <target / p99 at the latency rate>`` (>= 1 meets the target). Everything
+``target margin <target> s / p99 <m>`` at the latency rate (>= 1 meets the target):
+a margin to a target, not a comparison with a baseline. The same-work comparison is
+the cpu phase's ``the product costs <x> times that`` (the product's CPU per event
+against the raw clients alone doing the same I/O on the same events). Everything
 shares the machine's cores: the producer, the emulators, the dev host and this
 process, so the figures are what this machine does with all of it running.
 """
@@ -812,7 +815,7 @@ def main(argv: list[str]) -> int:
               f"{r['critical']} critical events, {r['timed_out']} not seen within {args.latency_timeout:.0f}s): "
               f"p50 {p50}, p99 {p99}", flush=True)
     final = results[-1][1]
-    ratio = target / final["p99"] if final["p99"] else 0.0
+    margin = target / final["p99"] if final["p99"] else 0.0
     print(f"target p99 <= change feed interval + 1 s = {target:.1f}s at {args.latency_rate:.0f}/s: "
-          f"{'met' if ratio >= 1 else 'NOT met'}; ratio {ratio:.3f}")
+          f"{'met' if margin >= 1 else 'NOT met'}; target margin {target:g} s / p99 {margin:.3f}")
     return 0
