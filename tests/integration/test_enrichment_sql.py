@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import threading
 import time
@@ -13,8 +15,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from shared import bootstrap
 from shared.adapters.postgres.migrations import SQL_DIR, apply_migrations, discover
 from shared.exceptions import ConfigurationError, TransientError
+from sluice.__main__ import main
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -111,8 +115,9 @@ def test_a_migration_that_never_gets_its_lock_gives_up_naming_itself(pg_dsn: str
         with psycopg.connect(pg_dsn) as enrichment:  # holds the ledger for longer than the migration tries
             enrichment.execute("SELECT count(*) FROM enrichment_windows").fetchone()
             with pytest.raises(TransientError, match=r"005_windows_to_recompute\.sql could not take its locks "
-                                                     r"\(waited 100 ms, 3 times\)"):
+                                                     r"\(waited 100 ms, 3 times\)") as raised:
                 apply_migrations(conn, lock_timeout_seconds=0.1, attempts=3, max_pause_seconds=0.1)
+            assert len(str(raised.value).splitlines()) == 1, "one line, not PostgreSQL's CONTEXT quoting the file"
         assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (4,)  # 005 rolled back
         assert apply_migrations(conn) == _after_004()  # and applied by the next run
 
@@ -168,6 +173,17 @@ def test_the_window_start_index_is_built_concurrently_over_a_failed_builds_lefto
             ("enriched_events_window_start",)]
 
 
+def _one_enriched_event(conn: psycopg.Connection) -> None:
+    conn.execute(
+        "INSERT INTO enriched_events (event_id, window_start, device_id, event_time, event_type, severity, "
+        "critical, measurements, known_device) VALUES (%s, %s, 'dev-1', %s, 'reading', 'info', false, '{}', false)",
+        (uuid.uuid4(), datetime(2026, 11, 20, tzinfo=UTC), datetime(2026, 11, 20, 0, 0, 1, tzinfo=UTC)))
+
+
+def _exists(conn: psycopg.Connection, relation: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (relation,)).fetchone() == (True,)
+
+
 def test_two_migrators_at_once_both_finish_while_014_builds_concurrently(pg_dsn: str, tmp_path: Path) -> None:
     """The advisory lock serialises migrators (the migrate Job retried, or run from a shell as operations.md says
     to for a long build). A second one waiting in ``SELECT pg_advisory_lock(...)`` held a snapshot for the whole
@@ -176,10 +192,7 @@ def test_two_migrators_at_once_both_finish_while_014_builds_concurrently(pg_dsn:
     statements, which hold no snapshot between them."""
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         apply_migrations(conn, _before(14, tmp_path))
-        conn.execute(
-            "INSERT INTO enriched_events (event_id, window_start, device_id, event_time, event_type, severity, "
-            "critical, measurements, known_device) VALUES (%s, %s, 'dev-1', %s, 'reading', 'info', false, '{}', "
-            "false)", (uuid.uuid4(), datetime(2026, 11, 20, tzinfo=UTC), datetime(2026, 11, 20, 0, 0, 1, tzinfo=UTC)))
+        _one_enriched_event(conn)
     writer = psycopg.connect(pg_dsn)  # an enrichment window in progress: the build waits for it (documented)
     writer.execute("UPDATE enriched_events SET severity = 'info'")
     first = _Migrator(pg_dsn)
@@ -197,6 +210,136 @@ def test_two_migrators_at_once_both_finish_while_014_builds_concurrently(pg_dsn:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         assert conn.execute("SELECT indisvalid FROM pg_index "
                             "WHERE indexrelid = 'enriched_events_window_start'::regclass").fetchall() == [(True,)]
+
+
+def test_a_migration_with_its_own_begin_and_commit_is_refused_not_left_half_applied(pg_dsn: str,
+                                                                                    tmp_path: Path) -> None:
+    """Rule: a migration is either fully applied and recorded, or not at all. Was: the file was sent whole inside
+    the runner's transaction, so a ``BEGIN; ... COMMIT;`` in it (a habit from other migration tools) committed that
+    transaction half-way; when a later statement failed, the first part stayed applied and the migration
+    unrecorded, and every later run failed on it ("relation already exists"). Now PostgreSQL refuses the
+    transaction-control statement and nothing is applied."""
+    (tmp_path / "001_first.sql").write_text(
+        "BEGIN;\nCREATE TABLE review_a (x int);\nCOMMIT;\nCREATE TABLE review_b (x int REFERENCES no_such_table);\n")
+    (tmp_path / "002_second.sql").write_text("CREATE TABLE review_c (x int);\nCOMMIT;\n")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        with pytest.raises(ConfigurationError, match=r"001_first\.sql contains a transaction-control statement"):
+            apply_migrations(conn, tmp_path)
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (0,)
+        assert not _exists(conn, "review_a")
+        (tmp_path / "001_first.sql").write_text("CREATE TABLE review_a (x int);\n")
+        with pytest.raises(ConfigurationError, match=r"002_second\.sql contains a transaction-control statement"):
+            apply_migrations(conn, tmp_path)  # a COMMIT after every other statement: refused as well
+        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        assert not _exists(conn, "review_c")
+        assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                            "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchone() == (0,)
+
+
+def test_a_migration_file_not_in_utf8_is_a_configuration_error_naming_it(tmp_path: Path) -> None:
+    """Was: a file saved in Latin-1 (a comment with an accent) raised a bare UnicodeDecodeError naming neither the
+    file nor the rule, which the CLI showed as a traceback (not a SluiceError, exit 1)."""
+    (tmp_path / "001_first.sql").write_bytes("-- créé\nCREATE TABLE t (x int);\n".encode("latin-1"))
+    with pytest.raises(ConfigurationError, match=r"001_first\.sql is not UTF-8"):
+        discover(tmp_path)
+
+
+def test_a_no_transaction_migration_saved_with_a_byte_order_mark_runs_outside_a_transaction(pg_dsn: str,
+                                                                                            tmp_path: Path) -> None:
+    """Was: the file was read as ``utf-8``, which keeps a byte order mark (what Windows editors write) as U+FEFF:
+    the first line was then not ``-- sluice: no transaction`` and the whole file was sent in a transaction, which
+    PostgreSQL refused with 'syntax error at or near "\ufeff"' on an invisible character. The mark is now dropped
+    (``utf-8-sig``); the checksums of files without one are unchanged."""
+    (tmp_path / "001_first.sql").write_bytes(
+        "-- sluice: no transaction\nCREATE TABLE review_t (x int);\n-- sluice: next statement\n"
+        "CREATE INDEX CONCURRENTLY review_t_x ON review_t (x);\n".encode("utf-8-sig"))
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert apply_migrations(conn, tmp_path) == [1]
+        assert _exists(conn, "review_t_x")
+    assert [m.checksum for m in discover()] == [hashlib.sha256(path.read_text(encoding="utf-8").encode()).hexdigest()
+                                                for path in sorted(SQL_DIR.glob("*.sql"))]
+
+
+def _cancel_the_build_once_it_waits(dsn: str, done: threading.Event) -> None:
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not done.is_set():
+            row = admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                                "AND wait_event_type IN ('Lock', 'IPC') "
+                                "AND position('CREATE INDEX CONCURRENTLY' in query) > 0").fetchone()
+            if row:
+                admin.execute("SELECT pg_cancel_backend(%s)", (row[0],))
+                return
+            time.sleep(0.05)
+
+
+def test_migrate_names_a_failed_migration_instead_of_calling_postgresql_unavailable(
+        pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Was: a migration that failed on a reachable server (here 014's concurrent build cancelled, QueryCanceled: an
+    OperationalError, as are DeadlockDetected and ObjectInUse) left apply_migrations as a bare psycopg error, which
+    ``python -m sluice`` reported as "error: PostgreSQL unavailable: ...": the operator was told the server was down
+    and not which migration failed. Now the error names it and says the next run starts it again (exit 2)."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn, _before(14, tmp_path))
+        _one_enriched_event(conn)
+    pg = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    for name in [n for n in os.environ if n.startswith("SLUICE_")]:
+        monkeypatch.delenv(name)
+    for name, value in {"AzureWebJobsStorage": "UseDevelopmentStorage=true",
+                        "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0",
+                        "SLUICE_CASSANDRA_HOSTS": "127.0.0.1", "SLUICE_CASSANDRA_PORT": "1",
+                        "SLUICE_POSTGRES_HOST": str(pg["host"]), "SLUICE_POSTGRES_PORT": str(pg.get("port", 5432)),
+                        "SLUICE_POSTGRES_DBNAME": str(pg["dbname"]),
+                        "SLUICE_POSTGRES_USER": str(pg.get("user", "postgres"))}.items():
+        monkeypatch.setenv(name, value)
+    bootstrap.reset()
+    writer = psycopg.connect(pg_dsn)  # an enrichment window in progress: the build waits for it
+    writer.execute("UPDATE enriched_events SET severity = 'info'")
+    done = threading.Event()
+    canceller = threading.Thread(target=_cancel_the_build_once_it_waits, args=(pg_dsn, done))
+    canceller.start()
+    try:
+        code = main(["migrate", "postgres"])
+    finally:
+        done.set()
+        canceller.join(30)
+        writer.rollback()
+        writer.close()
+        bootstrap.reset()
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "error: PostgreSQL migration 014_enriched_events_window_start.sql" in err, err
+    assert "QueryCanceled" in err and "next migrate starts it again" in err, err
+    assert "unavailable" not in err, err
+
+
+def test_an_inherited_statement_timeout_does_not_cancel_the_concurrent_build(pg_dsn: str, tmp_path: Path) -> None:
+    """A ``-- sluice: no transaction`` migration turns the session's lock_timeout off (the build waits for the
+    windows already writing the table: operations.md). Was: it kept any statement_timeout the session inherited (a
+    database or role default, PGOPTIONS), so 014's build waiting for a writer was cancelled, left an INVALID index
+    and the migration unrecorded, and on a large table every run's build was cancelled again. Both are now off for
+    such a migration, and restored afterwards."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn, _before(14, tmp_path))
+        _one_enriched_event(conn)
+        conn.execute(f'ALTER DATABASE "{conn.info.dbname}" SET statement_timeout = \'500ms\'')
+    writer = psycopg.connect(pg_dsn)
+    writer.execute("SET statement_timeout = 0")
+    writer.execute("UPDATE enriched_events SET severity = 'info'")
+    ender = threading.Timer(2.0, writer.commit)  # the window ends after 2 s: the build goes on
+    ender.start()
+    try:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("500ms",)
+            applied = apply_migrations(conn)
+            valid = conn.execute("SELECT indisvalid FROM pg_index "
+                                 "WHERE indexrelid = 'enriched_events_window_start'::regclass").fetchall()
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("500ms",), "restored"
+    finally:
+        ender.join()
+        writer.close()
+    assert applied == [m.version for m in discover() if m.version >= 14]
+    assert valid == [(True,)]
 
 
 def test_every_view_and_column_is_commented(pg_dsn: str) -> None:

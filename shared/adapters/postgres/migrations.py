@@ -7,7 +7,18 @@ fully applied and recorded, or not at all. A session advisory lock serialises
 concurrent runners (two deploy slots, a CLI and a test), so a second runner
 waits, then finds nothing left to do. The checksum of every applied file is
 compared with the file on disk: editing a migration that already ran is refused
-(write a new one instead), because databases would silently differ.
+(write a new one instead), because databases would silently differ. Files are
+read as UTF-8 (a byte order mark is ignored and a file in another encoding is a
+``ConfigurationError`` naming it).
+
+A migration run in a transaction is sent to PostgreSQL as one ``EXECUTE`` in a
+``DO`` block, so its own transaction-control statements (``BEGIN; ... COMMIT;``,
+a habit from other tools) are refused by PostgreSQL itself (a
+``ConfigurationError`` naming the file) instead of committing the runner's
+transaction part-way: a later failure would leave the first part applied and the
+migration unrecorded. A migration that fails otherwise is a ``PermanentError``
+naming it (a lost connection stays the driver's own error: PostgreSQL
+unavailable).
 
 Each migration's transaction waits at most ``lock_timeout_seconds`` for a table
 lock. A DDL statement needs an ACCESS EXCLUSIVE lock, and while it waits for one
@@ -29,7 +40,8 @@ again (``IF EXISTS`` / ``IF NOT EXISTS``, and a concurrent build drops the
 INVALID index a failed one leaves before building it again). Such a migration
 waits for its locks without ``lock_timeout``: a concurrent build takes a SHARE
 UPDATE EXCLUSIVE lock, which blocks neither readers nor writers while it waits
-(and then waits for the transactions already writing the table to end).
+(and then waits for the transactions already writing the table to end), nor
+``statement_timeout`` (a database or role default would cancel the build each time).
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -51,7 +64,7 @@ from tenacity import (
     wait_fixed,
 )
 
-from shared.exceptions import ConfigurationError, TransientError
+from shared.exceptions import ConfigurationError, PermanentError, TransientError
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +84,10 @@ class SqlMigration:
     @property
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    @property
+    def file(self) -> str:
+        return f"{self.version:03d}_{self.name}.sql"
 
     @property
     def in_transaction(self) -> bool:
@@ -96,7 +113,11 @@ def discover(directory: Path = SQL_DIR) -> list[SqlMigration]:
         version = int(match.group(1))
         if version in found:
             raise ConfigurationError(f"migration version {version} appears twice ({found[version].name}, {path.name})")
-        found[version] = SqlMigration(version, match.group(2), path.read_text(encoding="utf-8"))
+        try:  # utf-8-sig: a byte order mark (Windows editors) would hide "-- sluice: no transaction"
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ConfigurationError(f"migration file {path.name} is not UTF-8 ({exc}); save it as UTF-8") from exc
+        found[version] = SqlMigration(version, match.group(2), text)
     return [found[v] for v in sorted(found)]
 
 
@@ -108,9 +129,11 @@ def apply_migrations(conn: psycopg.Connection, directory: Path = SQL_DIR, *, loc
     autocommit mode. Raises :class:`ConfigurationError` when an applied
     migration's file changed, :class:`TransientError` naming the migration when
     it could not take its locks within ``lock_timeout_seconds`` in ``attempts``
-    tries (paused 0.5 s, 1 s, 2 s... up to ``max_pause_seconds`` in between), and
-    lets ``psycopg.Error`` through when a migration fails otherwise (that
-    migration is rolled back, earlier ones stay).
+    tries (paused 0.5 s, 1 s, 2 s... up to ``max_pause_seconds`` in between),
+    :class:`ConfigurationError` for a migration with its own ``BEGIN``/``COMMIT``,
+    and :class:`PermanentError` naming the
+    migration when it fails otherwise (that migration is rolled back, earlier ones
+    stay). A lost connection is let through as the driver's ``psycopg.Error``.
     """
     migrations = discover(directory)
     previous_autocommit = conn.autocommit
@@ -126,7 +149,8 @@ def apply_migrations(conn: psycopg.Connection, directory: Path = SQL_DIR, *, loc
                                 before_sleep=_log_lock_wait, reraise=True)
             return _apply(conn, migrations, retrying, int(lock_timeout_seconds * 1000))
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+            if not conn.broken:  # PostgreSQL releases a lost session's lock itself
+                conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
     finally:
         conn.autocommit = previous_autocommit
 
@@ -181,13 +205,41 @@ def _apply(conn: psycopg.Connection, migrations: list[SqlMigration], retrying: R
             retrying(_apply_one, conn, migration, lock_timeout_ms)
         except psycopg.errors.LockNotAvailable as exc:
             raise TransientError(
-                f"PostgreSQL migration {migration.version:03d}_{migration.name}.sql could not take its locks "
+                f"PostgreSQL migration {migration.file} could not take its locks "
                 f"(waited {lock_timeout_ms} ms, {retrying.statistics['attempt_number']} times): "
-                f"a long transaction holds its tables; run migrate again later ({exc})".strip()
+                f"a long transaction holds its tables; run migrate again later ({_reason(exc)})"
             ) from exc
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                raise  # the connection was lost: PostgreSQL unavailable, not this migration's fault
+            raise _failed(migration, exc) from exc
         logger.info("applied PostgreSQL migration %03d_%s", migration.version, migration.name)
         applied.append(migration.version)
     return applied
+
+
+# What PL/pgSQL's EXECUTE answers for a BEGIN, COMMIT, ROLLBACK, SAVEPOINT... among the statements it runs.
+_TRANSACTION_CONTROL_REFUSED = "EXECUTE of transaction commands is not implemented"
+
+
+def _failed(migration: SqlMigration, exc: psycopg.Error) -> ConfigurationError | PermanentError:
+    """A migration's failure on a server that answered (a syntax error, a statement cancelled, a deadlock), naming
+    the migration: a ``ConfigurationError`` for a transaction-control statement in it, else a ``PermanentError``."""
+    if migration.in_transaction and exc.diag.message_primary == _TRANSACTION_CONTROL_REFUSED:
+        return ConfigurationError(
+            f"PostgreSQL migration {migration.file} contains a transaction-control statement (BEGIN, COMMIT, "
+            "ROLLBACK...): each migration runs in a transaction of its own; remove them")
+    if migration.in_transaction:
+        return PermanentError(f"PostgreSQL migration {migration.file} failed and was rolled back ({_reason(exc)})")
+    return PermanentError(
+        f"PostgreSQL migration {migration.file} (run outside a transaction) failed ({_reason(exc)}): its statements "
+        "before the failing one stay applied and it is not recorded, so the next migrate starts it again from "
+        "its first statement")
+
+
+def _reason(exc: psycopg.Error) -> str:
+    """The error's class and PostgreSQL's one-line message (not its CONTEXT, which quotes the whole file)."""
+    return f"{type(exc).__name__}: {exc.diag.message_primary or (str(exc).splitlines() or [''])[0]}"
 
 
 def _apply_one(conn: psycopg.Connection, migration: SqlMigration, lock_timeout_ms: int) -> None:
@@ -198,7 +250,12 @@ def _apply_one(conn: psycopg.Connection, migration: SqlMigration, lock_timeout_m
         return
     with conn.transaction():
         conn.execute("SELECT set_config('lock_timeout', %s, true)", (str(lock_timeout_ms),))
-        conn.execute(migration.sql.encode(), prepare=False)  # no parameters, unprepared: every statement runs
+        # PL/pgSQL's EXECUTE runs every statement of the file, and refuses a transaction-control one (a COMMIT sent
+        # as a plain statement would commit this transaction part-way).
+        body = sql.SQL("BEGIN EXECUTE {}; END").format(sql.Literal(migration.sql)).as_string(conn)
+        conn.execute(sql.SQL("DO {}").format(sql.Literal(body)), prepare=False)
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:  # a backstop: never expected
+            raise ConfigurationError(f"PostgreSQL migration {migration.file} ended the runner's transaction")
         conn.execute(
             "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
             (migration.version, migration.name, migration.checksum),
@@ -206,9 +263,11 @@ def _apply_one(conn: psycopg.Connection, migration: SqlMigration, lock_timeout_m
 
 
 def _apply_outside_transaction(conn: psycopg.Connection, migration: SqlMigration) -> None:
-    """A ``-- sluice: no transaction`` migration: each statement in autocommit, with no ``lock_timeout`` (see the
-    module docstring), then its ``schema_migrations`` row."""
-    row = conn.execute("SELECT current_setting('lock_timeout'), set_config('lock_timeout', '0', false)").fetchone()
+    """A ``-- sluice: no transaction`` migration: each statement in autocommit, with neither ``lock_timeout`` nor
+    ``statement_timeout`` (see the module docstring), then its ``schema_migrations`` row."""
+    row = conn.execute("SELECT current_setting('lock_timeout'), current_setting('statement_timeout'), "
+                       "set_config('lock_timeout', '0', false), set_config('statement_timeout', '0', false)"
+                       ).fetchone()
     assert row is not None  # a SELECT without FROM returns one row
     try:
         for statement in migration.statements:
@@ -218,7 +277,9 @@ def _apply_outside_transaction(conn: psycopg.Connection, migration: SqlMigration
             (migration.version, migration.name, migration.checksum),
         )
     finally:
-        conn.execute("SELECT set_config('lock_timeout', %s, false)", (row[0],))
+        if not conn.broken:
+            conn.execute("SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
+                         (row[0], row[1]))
 
 
 def _log_lock_wait(state: RetryCallState) -> None:
