@@ -171,6 +171,25 @@ def test_prepared_statements_through_transaction_pooling_are_refused_when_the_po
     assert _bootstrap_pool(monkeypatch, pg_dsn, SLUICE_POSTGRES_PREPARE_THRESHOLD="5")
 
 
+def test_migrations_through_pgbouncer_are_refused_naming_the_direct_port(pg_dsn: str,
+                                                                         pgbouncer: LocalPgBouncer) -> None:
+    """Rule (docs/enrichment.md): migrate runs against PostgreSQL itself, not through PgBouncer. Was: through
+    transaction pooling the session advisory lock and its release could run on different server connections, so
+    the lock kept no two runs apart and stayed held by a pooled server session. Now the runner sees that the server
+    process answering is not the one it logged in to, and refuses before taking the lock."""
+    from shared.exceptions import ConfigurationError
+
+    through = through_pgbouncer(pgbouncer, pg_dsn)
+    with psycopg.connect(through, autocommit=True, prepare_threshold=None) as conn, \
+            pytest.raises(ConfigurationError, match=r"connection pooler \(PgBouncer\).*port 5432"):
+        apply_postgres(conn)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,)
+        assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                            "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchone() == (0,)
+        assert apply_postgres(conn)  # directly, it runs
+
+
 def test_a_pool_behind_pgbouncer_picks_up_a_rotated_password(pgbouncer: LocalPgBouncer,
                                                               keyvault_emulator: KeyVaultEmulator,
                                                               keyvault_client: SecretClient) -> None:

@@ -20,6 +20,11 @@ migration unrecorded. A migration that fails otherwise is a ``PermanentError``
 naming it (a lost connection stays the driver's own error: PostgreSQL
 unavailable).
 
+The runner connects to PostgreSQL itself (port 5432): through a pooler such as
+PgBouncer its session advisory lock could be taken and released on different
+server connections, so it refuses to run when the server process answering is
+not the one it logged in to.
+
 Each migration's transaction waits at most ``lock_timeout_seconds`` for a table
 lock. A DDL statement needs an ACCESS EXCLUSIVE lock, and while it waits for one
 (an enrichment window being written holds a read lock for as long as its read
@@ -130,8 +135,8 @@ def apply_migrations(conn: psycopg.Connection, directory: Path = SQL_DIR, *, loc
     migration's file changed, :class:`TransientError` naming the migration when
     it could not take its locks within ``lock_timeout_seconds`` in ``attempts``
     tries (paused 0.5 s, 1 s, 2 s... up to ``max_pause_seconds`` in between),
-    :class:`ConfigurationError` for a migration with its own ``BEGIN``/``COMMIT``,
-    and :class:`PermanentError` naming the
+    :class:`ConfigurationError` for a migration with its own ``BEGIN``/``COMMIT``
+    or for a connection through a pooler, and :class:`PermanentError` naming the
     migration when it fails otherwise (that migration is rolled back, earlier ones
     stay). A lost connection is let through as the driver's ``psycopg.Error``.
     """
@@ -141,18 +146,40 @@ def apply_migrations(conn: psycopg.Connection, directory: Path = SQL_DIR, *, loc
         raise ConfigurationError("apply_migrations needs a connection outside any transaction")
     conn.autocommit = True
     try:
+        _refuse_a_pooler(conn)
         _take_lock(conn)
         try:
             retrying = Retrying(stop=stop_after_attempt(attempts),
                                 wait=wait_exponential(multiplier=0.5, max=max_pause_seconds),
                                 retry=retry_if_exception_type(psycopg.errors.LockNotAvailable),
                                 before_sleep=_log_lock_wait, reraise=True)
-            return _apply(conn, migrations, retrying, int(lock_timeout_seconds * 1000))
-        finally:
+            applied = _apply(conn, migrations, retrying, int(lock_timeout_seconds * 1000))
+        except BaseException:
             if not conn.broken:  # PostgreSQL releases a lost session's lock itself
-                conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+                _unlock(conn)
+            raise
+        if not _unlock(conn):
+            raise ConfigurationError("the PostgreSQL migrations' advisory lock was not held by this session when "
+                                     "released: another session may have run migrations at the same time "
+                                     "(a connection pooler?); run migrate against PostgreSQL directly (port 5432)")
+        return applied
     finally:
         conn.autocommit = previous_autocommit
+
+
+def _refuse_a_pooler(conn: psycopg.Connection) -> None:
+    """Refuse a connection whose server process is not the one it logged in to (``BackendKeyData``): a pooler
+    (PgBouncer) sits in between and may run the advisory lock and its release on different server connections."""
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    if row is None or row[0] != conn.info.backend_pid:
+        raise ConfigurationError(
+            "migrate reaches PostgreSQL through a connection pooler (PgBouncer): the migrations' session advisory "
+            "lock needs a session of their own; run migrate against PostgreSQL directly (port 5432, not 6432)")
+
+
+def _unlock(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,)).fetchone()
+    return bool(row and row[0])
 
 
 # How often a migrator waiting for another one asks for the lock again.
