@@ -1,7 +1,9 @@
 """``python -m emulators.cassandra``: run the Cosmos DB for Apache Cassandra emulator in the foreground.
 
 Prints ``listening on HOST:PORT`` once it accepts connections; SIGINT/SIGTERM
-stop it cleanly (with ``--data-dir``, after writing a snapshot).
+stop it cleanly (with ``--data-dir``, after writing a snapshot). A ``--data-dir``
+another emulator is using, or whose journal is damaged, stops it before it
+starts (``error: ...``, exit 2).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from emulators.arguments import port
 from emulators.directories import ensure_directory
 
 from .engine import Engine
+from .persistence import Journal, JournalDamaged, lock_data_dir
 from .server import Credentials, serve
 
 logger = logging.getLogger("emulators.cassandra")
@@ -65,9 +68,8 @@ async def run(args: argparse.Namespace, ssl_context: ssl.SSLContext | None = Non
     engine = Engine(address=args.host)
     journal = None
     if args.data_dir:
-        from .persistence import Journal
         journal = Journal(args.data_dir)
-        journal.load(engine)
+        journal.load(engine)  # JournalDamaged: nothing was changed on disk
         engine.journal = journal
         gc.freeze()  # what was loaded lives until exit: keep it out of every future collection
     credentials = Credentials(args.username, args.password, args.password_file) if args.username else None
@@ -103,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     try:  # what can be checked before anything starts: an error naming the option, exit 2, as the other emulators
         if args.data_dir:
             ensure_directory("--data-dir", Path(args.data_dir))
+            # held until the process ends: a second emulator on the directory would append to the same journal
+            # and each clean stop would snapshot only its own writes, losing the other's
+            lock_data_dir(Path(args.data_dir))
         ssl_context = _tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -111,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run(args, ssl_context))
     except _CannotListen as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except JournalDamaged as exc:
+        print(f"error: --data-dir {args.data_dir}: {exc}", file=sys.stderr)
         return 2
 
 

@@ -1,24 +1,46 @@
 """Persistence for ``--data-dir``: an append-only journal of records, and a snapshot.
 
 Every applied record (see :mod:`.write` and :mod:`.ddl`) is appended to
-``journal.bin`` as ``[4-byte length][pickle]`` before the response is sent
-(written to the OS at once, so a killed process loses nothing; fsync'd every
-``fsync_interval`` seconds, like Cassandra's periodic commitlog sync). On a
-clean shutdown the whole state goes to ``snapshot.bin`` (written aside and
-renamed) and the journal is emptied. Start-up loads the snapshot, then replays
-the journal; a torn last record (crash mid-write) is dropped with a warning.
+``journal.bin`` before the response is sent (written to the OS at once, so a
+killed process loses nothing; fsync'd every ``fsync_interval`` seconds, like
+Cassandra's periodic commitlog sync). A record is ``[4-byte length][body]``,
+the body ``"SJ" | u32 CRC-32 | u64 sequence number | pickle``; the CRC covers
+the length, the sequence number and the pickle. Journals written before the
+CRC hold bare pickles as bodies (they begin with the pickle opcode 0x80) and
+are still read.
+
+On a clean shutdown the whole state goes to ``snapshot.bin`` (written aside,
+fsync'd, renamed, the directory fsync'd), with the sequence number of the last
+record it holds; then the journal is emptied. A crash between the rename and
+the emptying leaves records the snapshot already holds: start-up skips every
+record whose sequence number the snapshot covers, so none is applied twice.
+
+Start-up loads the snapshot, then replays the journal. Only a record cut short
+at the very end (a crash mid-write: its length runs past the end of the file
+and no whole record follows) is dropped, with a warning and a copy of the cut
+bytes kept aside. Anything else that does not read back (a wrong CRC, an
+unknown body, a length running past whole records) is damage:
+:class:`JournalDamaged` names the file and the byte, and the file is left as it
+is, since cutting it there would lose the acknowledged writes after it.
+
+``DIR/lock`` is held (``flock``) while an emulator uses the directory, so a
+second one on the same directory is refused instead of both appending to one
+journal and each snapshot dropping the other's writes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import pickle
 import struct
+import time
 import uuid
+import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, NoReturn, TypedDict
 
 from .store import Partition, Row, TableData
 
@@ -27,13 +49,54 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 _LEN = struct.Struct(">I")
-SNAPSHOT_VERSION = 2  # 2: rows keep the slots element operations wrote last (Row.by_element)
+_HEAD = struct.Struct(">2sIQ")  # magic, CRC-32 (of the length, the sequence number and the pickle), sequence number
+_MAGIC = b"SJ"
+_LEGACY = 0x80  # the first byte of a body that is a bare pickle (protocol 2 and later): a journal of before the CRC
+# 2: rows keep the slots element operations wrote last (Row.by_element); 3: journal_seq, the last journal record held
+SNAPSHOT_VERSION = 3
+
+
+class JournalDamaged(Exception):
+    """``journal.bin`` holds a record that cannot be read back, before its end (not a torn last record)."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold ``DIR/lock`` (``flock``, released when the process ends, however it ends) and write our pid into it;
+    ValueError naming ``--data-dir`` when another emulator holds it."""
+    path = data_dir / "lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ValueError(f"--data-dir {data_dir}: cannot open {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise ValueError(f"--data-dir {data_dir} is in use by another emulator (pid {holder}): stop that one, "
+                         "or give this one its own --data-dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _crc(length: bytes, seq: int, data: bytes) -> int:
+    return zlib.crc32(data, zlib.crc32(seq.to_bytes(8, "big"), zlib.crc32(length)))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class _Snapshot(TypedDict):
     """What ``snapshot.bin`` holds (pickled)."""
 
     version: int
+    journal_seq: int  # every journal record up to this sequence number is in the snapshot (version 3)
     schema: list[tuple[Any, ...]]  # CK and CT records, as in the journal
     data: dict[uuid.UUID, list[tuple[Any, ...]]]  # per table: (key, token, deleted, ranges, rows) per partition
     feed: dict[uuid.UUID, tuple[list[int], list[float], list[tuple[bytes, bytes]]]]  # FeedLog seqs, ats, keys
@@ -49,6 +112,7 @@ class Journal:
         self.fsync_interval = fsync_interval
         self.fd: int | None = None
         self.dirty = False
+        self.seq = 0  # the sequence number of the last record applied (loaded, or appended)
 
     # -- writing ---------------------------------------------------------------------
     def _open(self) -> int:
@@ -58,7 +122,9 @@ class Journal:
 
     def append(self, record: tuple[Any, ...]) -> None:
         data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
-        os.write(self._open(), _LEN.pack(len(data)) + data)
+        self.seq += 1
+        length = _LEN.pack(_HEAD.size + len(data))
+        os.write(self._open(), length + _HEAD.pack(_MAGIC, _crc(length, self.seq, data), self.seq) + data)
         self.dirty = True
 
     def sync(self) -> None:
@@ -79,8 +145,10 @@ class Journal:
 
     # -- snapshot ------------------------------------------------------------------------
     def snapshot(self, engine: Engine) -> None:
-        """Write the whole state aside, rename it over the snapshot, then empty the journal."""
-        state: _Snapshot = {"version": SNAPSHOT_VERSION, "schema": [], "data": {}, "feed": {}, "seq": engine.feed.seq}
+        """Write the whole state aside, rename it over the snapshot, then empty the journal (a crash in between
+        leaves records the snapshot holds, which :meth:`load` skips by their sequence numbers)."""
+        state: _Snapshot = {"version": SNAPSHOT_VERSION, "journal_seq": self.seq, "schema": [], "data": {},
+                            "feed": {}, "seq": engine.feed.seq}
         for ks in engine.catalog.keyspaces.values():
             state["schema"].append(("CK", ks.name, ks.replication, ks.durable_writes))
             for t in ks.tables.values():
@@ -100,6 +168,7 @@ class Journal:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.snapshot_path)
+        _fsync_dir(self.dir)  # the rename itself must be on disk before the journal it replaces is emptied
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -109,6 +178,9 @@ class Journal:
 
     # -- loading -------------------------------------------------------------------------
     def load(self, engine: Engine) -> None:
+        """Load the snapshot, then replay the journal records it does not hold; :class:`JournalDamaged` when a
+        record before the end cannot be read back (the file is left as it is)."""
+        covered = -1  # journal records up to this sequence number are in the snapshot; legacy ones: -1 none, else all
         if self.snapshot_path.exists():
             with open(self.snapshot_path, "rb") as f:
                 state = pickle.load(f)
@@ -123,27 +195,78 @@ class Journal:
                     log.latest[key] = seq
                 engine.feed.logs[tid] = log
             engine.feed.seq = state["seq"]
-        replayed = 0
+            if "journal_seq" in state:
+                covered = self.seq = state["journal_seq"]
+        replayed = skipped = 0
         if self.journal_path.exists():
             raw = self.journal_path.read_bytes()
             pos = 0
-            while pos + 4 <= len(raw):
-                (n,) = _LEN.unpack_from(raw, pos)
-                if pos + 4 + n > len(raw):
-                    break
+            legacy_allowed = True  # records of before the CRC come first (a newer emulator appended after them)
+            while pos < len(raw):
+                if pos + _LEN.size > len(raw):
+                    break  # a torn length at the end
+                length = raw[pos:pos + _LEN.size]
+                (n,) = _LEN.unpack(length)
+                body_at, end = pos + _LEN.size, pos + _LEN.size + n
+                if end > len(raw):
+                    if self._whole_record_after(raw, body_at):
+                        self._damaged(raw, pos, f"its length {n} runs past the end, and whole records follow")
+                    break  # the last record, cut short
+                body = raw[body_at:end]
+                if n >= _HEAD.size and body[:2] == _MAGIC:
+                    _, crc, seq = _HEAD.unpack_from(body)
+                    data = body[_HEAD.size:]
+                    if _crc(length, seq, data) != crc:
+                        self._damaged(raw, pos, "its CRC does not match")
+                    legacy_allowed = False
+                    apply = seq > covered
+                    self.seq = max(self.seq, seq)
+                elif n and body[0] == _LEGACY and legacy_allowed:
+                    data, apply = body, covered < 0  # a snapshot with journal_seq was written after it: it holds it
+                else:
+                    self._damaged(raw, pos, "not a journal record")
                 try:
-                    record = pickle.loads(raw[pos + 4:pos + 4 + n])
-                except Exception:
-                    break
-                engine.apply(record, replay=True)
-                replayed += 1
-                pos += 4 + n
+                    record = pickle.loads(data)
+                except Exception as exc:
+                    self._damaged(raw, pos, f"it does not unpickle: {exc}")
+                if apply:
+                    engine.apply(record, replay=True)
+                    replayed += 1
+                else:
+                    skipped += 1
+                pos = end
             if pos != len(raw):
-                logger.warning("dropping a torn record at the end of %s (%d bytes)", self.journal_path, len(raw) - pos)
+                aside = self.dir / f"journal.torn-{int(time.time())}.bin"
+                aside.write_bytes(raw[pos:])
+                logger.warning("dropping a torn record at the end of %s (%d bytes, kept in %s)",
+                               self.journal_path, len(raw) - pos, aside)
                 with open(self.journal_path, "r+b") as f:
                     f.truncate(pos)
-        logger.info("loaded %s: %d keyspaces, %d journal records replayed", self.dir,
-                    len(engine.catalog.keyspaces), replayed)
+        logger.info("loaded %s: %d keyspaces, %d journal records replayed, %d already in the snapshot", self.dir,
+                    len(engine.catalog.keyspaces), replayed, skipped)
+
+    def _damaged(self, raw: bytes, pos: int, what: str) -> NoReturn:
+        raise JournalDamaged(
+            f"{self.journal_path} is damaged at byte {pos} of {len(raw)} ({what}); it was left as it is, since "
+            f"cutting it there would lose the writes after byte {pos}: move it aside, or truncate it to {pos} bytes "
+            "to keep the writes before (see docs/emulators/cassandra.md, Persistence)")
+
+    @staticmethod
+    def _whole_record_after(raw: bytes, pos: int) -> bool:
+        """Whether a whole record (with a CRC that matches) starts after ``pos``: then the length before it is
+        damaged, not the last record's, cut short by a crash."""
+        at = raw.find(_MAGIC, pos + 1)
+        while at != -1:
+            start = at - _LEN.size
+            if start >= pos and at + _HEAD.size <= len(raw):
+                length = raw[start:at]
+                (n,) = _LEN.unpack(length)
+                if n >= _HEAD.size and at + n <= len(raw):
+                    _, crc, seq = _HEAD.unpack_from(raw, at)
+                    if _crc(length, seq, raw[at + _HEAD.size:at + n]) == crc:
+                        return True
+            at = raw.find(_MAGIC, at + 1)
+        return False
 
     @staticmethod
     def _restore(engine: Engine, tid: Any, parts: list[Any]) -> None:
