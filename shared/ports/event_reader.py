@@ -4,10 +4,26 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from shared.domain.stored import StoredEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Newest:
+    """A device's position in ``device_latest`` and the copy of its event in ``events_by_id``.
+
+    ``event_time``: the event time the position was written with (``None`` if the row lacks it); ``event``: the
+    event's copy as the latest state reads it (:meth:`EventReader.latest`), ``None`` when a correction moved it to
+    another device. A correction to an earlier time loses to the position (written with the event time as write
+    timestamp), so the copy's event time can be earlier than the position's: the copy is then not the device's
+    newest event, and a newer one of it may be at or before a time the copy is."""
+
+    event_time: datetime | None
+    event_id: uuid.UUID
+    event: StoredEvent | None
 
 
 class EventReader(Protocol):
@@ -20,9 +36,9 @@ class EventReader(Protocol):
     def latest(self, device_id: str) -> StoredEvent | None:
         """The device's newest event by event time (``device_latest``)."""
 
-    def known(self, device_id: str) -> bool:
-        """Whether an event was ever stored for the device (its position in ``device_latest``), also when
-        :meth:`latest` is ``None`` because a correction moved that event to another device."""
+    def newest(self, device_id: str) -> Newest | None:
+        """The device's position with its event time, and that event's copy (two reads, as :meth:`latest`);
+        ``None`` when no event was ever stored for the device (no position in ``device_latest``)."""
 
     def event(self, event_id: uuid.UUID) -> StoredEvent | None:
         """One event by id (``events_by_id``)."""

@@ -10,7 +10,10 @@ the first day holding an event at or before T. Two shortcuts bound the cost:
   walk gives once the device reported after T), and a device with no event at all
   (no position in ``device_latest``) is "not found" without a walk; a device whose
   newest event a correction moved to another device has no latest state but still
-  its other events, so it is walked like any device whose newest is after T;
+  its other events, so it is walked like any device whose newest is after T, and
+  so is a device whose newest event a correction moved to an earlier time (its
+  copy in ``events_by_id`` is no longer at the position's event time: another
+  event may lie between the two, and the copy's old row stays in the history);
 * the walk covers at most ``lookback_days`` days; an event older than that is
   not found (``docs/api.md``);
 * the walk reads one day, then 2, 4 and up to ``parallel`` days at once (an event
@@ -59,12 +62,16 @@ class StateService:
 
     def _find(self, device_id: str, at: datetime) -> StoredEvent | None:
         give_up = self._monotonic() + self._deadline
-        newest = self._reader.latest(device_id)
-        if newest is None and not self._reader.known(device_id):
+        position = self._reader.newest(device_id)
+        if position is None:
             return None
         # Near the start of the calendar (year 1) the look-back stops there: nothing is older.
         start = max(at, _FIRST + timedelta(days=self._lookback)) - timedelta(days=self._lookback)
-        if newest is not None and newest.event_time_ms <= to_ms(at):
+        newest = position.event
+        # A correction to an earlier time leaves the position at the time it was corrected from: that copy is not
+        # the device's newest event, and another one may lie between the two times, so only the walk can tell.
+        if (newest is not None and position.event_time is not None
+                and newest.event_time_ms == to_ms(position.event_time) and newest.event_time_ms <= to_ms(at)):
             # The device's newest event is its latest at or before T, but only inside the look-back, as the walk
             # would find it: older, the answer is "none" whether or not the device reported after T since.
             return newest if newest.event_time_ms >= to_ms_ceil(start) else None

@@ -118,3 +118,26 @@ def test_a_device_whose_newest_event_moved_to_another_device_is_walked_for_its_o
     device, _ = device_whose_newest_event_moved(store)
     status, body = state(device, datetime.now(UTC))
     assert status == 200 and body["device_id"] == device, body
+
+
+@pytest.mark.timeout(90)
+def test_a_newest_event_corrected_to_an_earlier_time_does_not_hide_an_event_between(app_env, store) -> None:
+    """docs/api.md: the state at T is the latest event at or before T in events_by_device, and does not change when
+    the device reports after T. Event A at t+10 min is corrected (its id re-sent, enqueued later) to t; B is at
+    t+5 min. The correction loses to A's position in device_latest (written with the event time as write
+    timestamp), so the position is still at t+10 while events_by_id holds A at t: the shortcut through the
+    device's newest event answered A's copy at t for T = t+7 min. The answer is B: the copy is not at the
+    position's time, so the state service walks."""
+    app_env()
+    device = f"stc-{uuid.uuid4().hex[:8]}"
+    t = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    a_id = uuid.uuid4()
+    b = cf.make_event(device, t + timedelta(minutes=5), enqueued=t)
+    store.write([cf.make_event(device, t + timedelta(minutes=10), event_id=a_id, enqueued=t), b])
+    store.write([cf.make_event(device, t, event_id=a_id, enqueued=t + timedelta(minutes=20))])  # the correction
+    status, body = state(device, t + timedelta(minutes=7))
+    assert status == 200 and body["event_id"] == str(b.event_id), (status, body)
+    # A's corrected copy is still the answer at a T between its new and old times but before B
+    status, body = state(device, t + timedelta(minutes=1))
+    assert status == 200 and body["event_id"] == str(a_id) and body["timestamp"].startswith(
+        t.strftime("%Y-%m-%dT%H:%M:%S")), (status, body)

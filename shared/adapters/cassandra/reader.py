@@ -33,6 +33,7 @@ from shared.adapters.cassandra.rows import as_dict, stored_time
 from shared.domain.stored import StoredEvent
 from shared.domain.times import utc
 from shared.ports.cache import LatestFound
+from shared.ports.event_reader import Newest
 from shared.ports.ingest import StoredCopy
 
 logger = logging.getLogger(__name__)
@@ -154,9 +155,16 @@ class CassandraEventReader:
         found = self._rows("event", (event_id,), f"event {event_id}, the latest of device {device_id!r}")
         return latest_event(device_id, event_id, found[0] if found else None)
 
-    def known(self, device_id: str) -> bool:
-        rows = self._rows("latest", (device_id,), f"the position of device {device_id!r}")
-        return bool(rows) and rows[0].event_id is not None
+    def newest(self, device_id: str) -> Newest | None:
+        """The position with its event time (the change feed's ``positions_in``, one partition: the lookups'
+        ``latest`` reads no more than it did), then that event from ``events_by_id`` (two reads)."""
+        rows = self._rows("positions_in", ([device_id],), f"the position of device {device_id!r}")
+        if not rows or rows[0].event_id is None:
+            return None
+        row = rows[0]
+        found = self._rows("event", (row.event_id,), f"event {row.event_id}, the latest of device {device_id!r}")
+        return Newest(stored_time(row.event_time), row.event_id,
+                      latest_event(device_id, row.event_id, found[0] if found else None))
 
     def latest_many(self, device_ids: Sequence[str]) -> list[StoredEvent]:
         """The latest states of :meth:`latest_found`."""
