@@ -78,15 +78,47 @@ class TokenSigner:
         if _b64(payload) != head or _b64(signature) != tail or not hmac.compare_digest(
                 signature, self._sign(device_id, payload)):
             raise BadToken("the page token was modified or belongs to another device")
-        try:
-            ordinal, after = json.loads(payload)
-            day = date.fromordinal(ordinal)
-            cursor = HistoryCursor(day, (int(after[0]), uuid.UUID(after[1])) if after else None)
-            if cursor.after is not None and day_of(from_ms(cursor.after[0])) != day:
-                raise ValueError("the position is not on the token's day")
-            return cursor
-        except (ValueError, TypeError, IndexError, OverflowError):
-            raise BadToken("the page token is malformed") from None
+        return _cursor(payload)
+
+
+def _cursor(payload: bytes) -> HistoryCursor:
+    """The cursor of a signed payload, ``[day ordinal, null or [event time ms, "event id"]]``, checked shape by
+    shape: a signature proves only who signed it (a deployment without a configured key derives its key from
+    settings others may know), so a payload of any other shape is ``BadToken``, never another exception."""
+    try:
+        decoded = json.loads(payload)
+    except ValueError:  # also a UnicodeDecodeError
+        raise BadToken("the page token is malformed: its payload is not JSON") from None
+    if not isinstance(decoded, list) or len(decoded) != 2:
+        raise BadToken("the page token is malformed: its payload is not a list of a day and a position")
+    ordinal, after = decoded
+    if not _is_int(ordinal):
+        raise BadToken("the page token is malformed: its day is not an integer")
+    try:
+        day = date.fromordinal(ordinal)
+    except (ValueError, OverflowError):
+        raise BadToken("the page token is malformed: its day is out of range") from None
+    if after is None:
+        return HistoryCursor(day, None)
+    if not isinstance(after, list) or len(after) != 2:
+        raise BadToken("the page token is malformed: its position is not null or a list of a time and an event id")
+    millis, event_id = after
+    if not _is_int(millis):
+        raise BadToken("the page token is malformed: its position's time is not an integer")
+    if not isinstance(event_id, str):
+        raise BadToken("the page token is malformed: its position's event id is not a string")
+    try:
+        parsed = uuid.UUID(event_id)
+        on_day = day_of(from_ms(millis)) == day
+    except (ValueError, OverflowError):
+        raise BadToken("the page token is malformed: its position's event id or time is out of range") from None
+    if not on_day:
+        raise BadToken("the page token is malformed: its position is not on its day")
+    return HistoryCursor(day, (millis, parsed))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class HistoryService:

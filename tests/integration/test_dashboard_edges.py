@@ -151,3 +151,35 @@ def test_a_token_forged_with_the_derivable_default_key_is_a_400_not_a_500(dash_e
     forged = TokenSigner(key).encode("forge-1", HistoryCursor(today, (10**18, _uuid.uuid4())))
     status, body = history("forge-1", page=forged)
     assert status == 400 and body["parameter"] == "page", (status, body)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("after", [
+    pytest.param("int_event_id", id="event-id-a-number"),
+    pytest.param("dict_position", id="position-an-object"),
+])
+def test_a_token_forged_with_a_malformed_position_is_a_400_not_a_500(dash_env, store, after) -> None:
+    """docs/api.md: a malformed page token is a 400 naming ``page``. A token signed with the derivable default key
+    (as above) whose position is ``[ms, 123]`` made ``uuid.UUID(123)`` raise AttributeError, and one whose
+    position is ``{"0": ms, "1": id}`` raised KeyError: both escaped the decoder as a 500."""
+    import json
+
+    from shared import bootstrap
+    from shared.services.history import TokenSigner, _b64, derived_key
+
+    dash_env()
+    device = f"frg-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    store.write([cf.make_event(device, now)])
+    ms = int(now.timestamp() * 1000)
+    payload = [now.date().toordinal(), [ms, 123] if after == "int_event_id" else {"0": ms, "1": str(uuid.uuid4())}]
+    cfg = bootstrap.settings()
+    assert cfg.dashboard.token_key is None
+    key = derived_key(cfg.cassandra.keyspace, ",".join(cfg.cassandra.hosts), cfg.redis.url, cfg.redis.key_prefix)
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    token = f"{_b64(body)}.{_b64(TokenSigner(key)._sign(device, body))}"
+    try:
+        status, answer = history(device, page=token)
+    except Exception as exc:  # the function raised: the Functions host answers 500
+        status, answer = 500, {"raised": repr(exc)}
+    assert status == 400 and answer.get("parameter") == "page", (status, answer)

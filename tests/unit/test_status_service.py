@@ -228,3 +228,22 @@ def test_tokens_are_bound_to_the_device_and_the_key() -> None:
     with pytest.raises(BadToken):
         HistoryService(History([]), TokenSigner(b"other key 123456")).page(
             "d", start=NOW - timedelta(days=1), end=NOW, limit=1, token=token)
+
+
+@pytest.mark.parametrize("payload", [
+    b"not json", b"\xff", b"{}", b"[]", b"[1]", b"[1,null,2]", b"[true,null]", b"[1.5,null]", b'["1",null]',
+    b"[0,null]", b"[99999999999,null]", b"[739000,{}]", b'[739000,{"0":1,"1":"x"}]', b"[739000,[1]]",
+    b"[739000,[1,2,3]]", b'[739000,[true,"00000000-0000-0000-0000-000000000001"]]',
+    b'[739000,[1.5,"00000000-0000-0000-0000-000000000001"]]', b"[739000,[1,123]]", b"[739000,[1,null]]",
+    b'[739000,[1,"not a uuid"]]', b'[739000,[1000000000000000000,"00000000-0000-0000-0000-000000000001"]]',
+    b'[739000,[0,"00000000-0000-0000-0000-000000000001"]]',  # 1970-01-01 is not the token's day
+])
+def test_a_signed_token_of_any_other_shape_is_bad_token_and_nothing_else(payload: bytes) -> None:
+    """docs/api.md: a malformed page token is a 400 naming ``page``. A signature proves only who signed the
+    payload (a deployment's derived key is computable from its settings), so the decoder checks each part's type
+    and range and raises BadToken, never AttributeError, KeyError or another exception (a 500)."""
+    from shared.services.history import _b64
+
+    signer = TokenSigner(b"k" * 32)
+    with pytest.raises(BadToken, match="malformed"):
+        signer.decode("d", f"{_b64(payload)}.{_b64(signer._sign('d', payload))}")
