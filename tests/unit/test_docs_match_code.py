@@ -506,3 +506,14 @@ def test_the_keda_threshold_cites_a_page_holding_its_ingest_rate_and_baseline() 
     row = next((line for line in cited.splitlines() if rate in line), None)
     assert row is not None, f"{page} does not hold the rate {rate}"
     assert re.search(r"raw .*: [\d,]+; ratio", row), f"{page}'s row of {rate} gives no baseline: {row}"
+
+
+def test_the_openapi_page_token_length_is_the_one_the_route_accepts() -> None:
+    """docs/openapi.json: the ``page`` parameter's length bounds are those of the route's token pattern
+    (``functions/dashboard.py`` ``_TOKEN``: a payload, a dot, a signature)."""
+    from functions.dashboard import _TOKEN
+
+    head, tail = (tuple(int(n) for n in bounds) for bounds in re.findall(r"\{(\d+),(\d+)\}", _TOKEN.pattern))
+    spec = json.loads((DOCS / "openapi.json").read_text())
+    [page] = [p for p in spec["paths"]["/api/devices/{device_id}/events"]["get"]["parameters"] if p["name"] == "page"]
+    assert (page["schema"]["minLength"], page["schema"]["maxLength"]) == (head[0] + 1 + tail[0], head[1] + 1 + tail[1])
