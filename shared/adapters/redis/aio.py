@@ -91,6 +91,8 @@ class AsyncRedisConnection:
             self._options["password"] = password
         self._cluster = cluster
         self._provider: EntraCredentials | None = None
+        # the provider of a failed build, and its loop: the next build on that loop takes it (see _build)
+        self._spare: tuple[asyncio.AbstractEventLoop, EntraCredentials] | None = None
         self._build_lock: asyncio.Lock | None = None
         self._build_loop: asyncio.AbstractEventLoop | None = None
         self._client: AsyncClient | None = None
@@ -131,8 +133,10 @@ class AsyncRedisConnection:
         options = self._options
         provider = None
         if self._entra is not None:  # one per client: it signs that client's connections in again (entra.py)
-            # a new connection waits for a token as long as for Redis itself: its connect timeout
-            provider = EntraCredentials(self._entra, wait_seconds=options.get("socket_connect_timeout"))
+            provider = self._spare_for(loop)
+            if provider is None:
+                # a new connection waits for a token as long as for Redis itself: its connect timeout
+                provider = EntraCredentials(self._entra, wait_seconds=options.get("socket_connect_timeout"))
             options = {**options, "credential_provider": provider}
         try:
             cluster = self._cluster
@@ -164,7 +168,7 @@ class AsyncRedisConnection:
                                                  **options)
         except BaseException:
             if provider is not None:
-                provider.close()
+                self._keep_spare(loop, provider)
             raise
         self._discard()
         self._client, self._loop, self._provider = client, loop, provider
@@ -221,6 +225,28 @@ class AsyncRedisConnection:
         if isinstance(credentials, AsyncSecretCredentials) and _refused(exc):
             credentials.refused()
 
+    def _spare_for(self, loop: asyncio.AbstractEventLoop) -> EntraCredentials | None:
+        """The provider a failed build on ``loop`` left, taken (a spare of another loop is closed).
+
+        Kept across failed builds: its token request, in flight or failed, is the one the next build's connections
+        wait for; a new provider per build would start another while the first still hangs (an endpoint that does
+        not answer fails each build after the connect timeout, and each lookup builds again). One per loop, as the
+        client is: the provider of a loop's client signs that client in again on that loop, and is closed with it.
+        """
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        spare_loop, provider = spare
+        if spare_loop is loop:
+            return provider
+        provider.close()
+        return None
+
+    def _keep_spare(self, loop: asyncio.AbstractEventLoop, provider: EntraCredentials) -> None:
+        spare, self._spare = self._spare, (loop, provider)
+        if spare is not None and spare[1] is not provider:
+            spare[1].close()
+
     def _discard(self) -> None:
         """Drop the client of another loop, closing it on that loop if it still runs."""
         client, loop, provider = self._client, self._loop, self._provider
@@ -233,6 +259,9 @@ class AsyncRedisConnection:
     def close(self) -> None:
         """Forget the client (closed on its own loop when that still runs); callable from any thread."""
         self._discard()
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare[1].close()
 
     def _where(self) -> str:
         return self.url.rsplit("@", 1)[-1]

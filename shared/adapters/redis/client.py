@@ -217,10 +217,11 @@ class RedisConnection:
             return self._client
 
     def _build(self) -> Client:
-        if self._entra is not None:  # one per client: it re-AUTHs the connections of the client that registers last
-            if self._provider is not None:  # of a failed build
-                self._provider.close()
-            # a new connection waits for a token as long as for Redis itself: its connect timeout
+        if self._entra is not None and self._provider is None:
+            # One per connection, kept across failed builds: its token request is the one every build's connections
+            # wait for (a new provider per build would start another while the first still hangs). It re-AUTHs the
+            # connections of the client that registers last, and a new connection waits for a token as long as for
+            # Redis itself: its connect timeout.
             self._provider = EntraCredentials(self._entra, wait_seconds=self._options.get("socket_connect_timeout"))
             self._options["credential_provider"] = self._provider
         provider = self._options.get("credential_provider")
