@@ -36,7 +36,10 @@ failure is every waiter's, the next connection after it asks again). A connectio
 waits at most its ``socket_connect_timeout``: azure-identity's own HTTP timeouts are
 minutes, and a token endpoint that does not answer must look like Redis not
 answering, not hold every caller that long. The request goes on after the waiters gave
-up, and its token, when it comes, is the one held.
+up, and its token, when it comes, is the one held. A connection object keeps its
+provider across failed client builds, so their connections wait for that same request
+instead of each build starting another. A token replaces the held one only if it ends
+no earlier (a renewal and a new connection's request may cross).
 """
 
 from __future__ import annotations
@@ -253,8 +256,10 @@ class EntraCredentials(StreamingCredentialProvider):
                                    self._delay(), exc)
                     continue
                 self._failing = False
-                with self._lock:
-                    self._token = token
+                with self._lock:  # unless a new connection took a later-ending token meanwhile (_fly)
+                    held = self._token
+                    if held is None or token.expires_on >= held.expires_on:
+                        self._token = token
             self._hand_over()
 
     def _hand_over(self) -> None:
