@@ -529,20 +529,32 @@ def test_an_entra_id_outage_after_the_token_ended_is_asked_every_few_seconds_not
 
 
 class SlowOutage(LocalDevelopmentCredential):
-    """Entra ID (or the workload identity's token endpoint) unreachable: each request takes ``seconds``, then fails,
-    as azure-core's transport does when a connection attempt to login.microsoftonline.com times out."""
+    """Entra ID (or the workload identity's token endpoint) unreachable: each request takes ``seconds`` (or until the
+    test sets ``release``), then fails, as azure-core's transport does when a connection attempt to
+    login.microsoftonline.com times out. Counts the requests, and the most in flight at once."""
 
     def __init__(self, seconds: float) -> None:
         super().__init__()
         self.seconds = seconds
-        self.calls = 0
+        self.calls = self.in_flight = self.most = 0
+        self.release = threading.Event()
         self._lock = threading.Lock()
 
     def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
         with self._lock:
             self.calls += 1
-        time.sleep(self.seconds)
-        raise ClientAuthenticationError("Entra ID did not answer in time")
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+        try:
+            self.release.wait(self.seconds)
+            raise ClientAuthenticationError("Entra ID did not answer in time")
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+
+def _token_threads() -> int:
+    return sum(1 for thread in threading.enumerate() if thread.name == "redis-entra-token" and thread.is_alive())
 
 
 @pytest.mark.timeout(60)
@@ -616,3 +628,105 @@ def test_concurrent_new_connections_during_an_entra_outage_do_not_queue_one_toke
     assert elapsed < 2.5, (f"5 connections opened together failed only after {elapsed:.1f} s "
                            f"({credential.calls} token requests, one after another)")
 
+
+
+@pytest.mark.timeout(60)
+def test_async_lookups_during_a_hanging_token_endpoint_share_one_token_request(redis_url: str,
+                                                                               redis_prefix: str) -> None:
+    """"One token request runs at a time and every new connection waits for it" (docs/security.md). With the
+    cluster setting left empty (the default: ask the server), each lookup's failed client build made a new
+    ``EntraCredentials`` and so a new token request on a new thread, while the first still hung: one thread and
+    one request more per lookup for as long as the endpoint hung. The connection keeps its provider now."""
+    credential = SlowOutage(seconds=30.0)
+    before = _token_threads()
+
+    async def run() -> list[BaseException | None]:
+        connection = AsyncRedisConnection(redis_url, entra=credential, cluster=None, socket_timeout=0.5)
+        cache = AsyncRedisLookupCache(connection, key_prefix=redis_prefix)
+        errors: list[BaseException | None] = []
+        try:
+            for _ in range(4):
+                try:
+                    await cache.get_event("some-event")
+                    errors.append(None)
+                except DependencyUnavailable as exc:
+                    errors.append(exc)
+        finally:
+            connection.close()
+        return errors
+
+    try:
+        errors = asyncio.run(run())
+        requests, most, threads = credential.calls, credential.most, _token_threads() - before
+    finally:
+        credential.release.set()
+    assert all(isinstance(error, DependencyUnavailable) for error in errors), errors
+    assert (requests, most, threads) == (1, 1, 1), (
+        f"4 lookups during a hang made {requests} token requests ({most} in flight at once, {threads} threads)")
+
+
+@pytest.mark.timeout(60)
+def test_blocking_client_during_a_hanging_token_endpoint_shares_one_token_request(redis_url: str,
+                                                                                  redis_prefix: str) -> None:
+    """The same for the blocking client (the change feed, the dashboard): ``RedisConnection._build`` closed the
+    provider of a failed build and made a new one, whose first connection started another token request."""
+    credential = SlowOutage(seconds=30.0)
+    before = _token_threads()
+    connection = RedisConnection(redis_url, entra=credential, cluster=None, socket_timeout=0.5)
+    try:
+        cache = RedisLookupCache(connection, key_prefix=redis_prefix)
+        for _ in range(4):
+            with pytest.raises(DependencyUnavailable, match="Entra ID"):
+                cache.get_event("some-event")
+        requests, most, threads = credential.calls, credential.most, _token_threads() - before
+    finally:
+        credential.release.set()
+        connection.close()
+    assert (requests, most, threads) == (1, 1, 1), (
+        f"4 commands during a hang made {requests} token requests ({most} in flight at once, {threads} threads)")
+
+
+class CrossingRequests(LocalDevelopmentCredential):
+    """A token, then a renewal request that answers only when the test says, with a token ending before the one a new
+    connection's request (answered at once, meanwhile) got. Later renewals wait for the test's end and fail."""
+
+    def __init__(self) -> None:
+        super().__init__(lifetime=100, object_id="first")
+        self.renewing, self.answer, self.done = threading.Event(), threading.Event(), threading.Event()
+
+    def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+        if threading.current_thread().name != "redis-entra-renewal":
+            token = super().get_token(*scopes, **kwargs)
+            self.lifetime, self.object_id = 300, "fresh"  # the next new connection's token ends last
+            return token
+        if self.renewing.is_set():
+            self.done.wait(30)
+            raise ClientAuthenticationError("Entra ID is unavailable")
+        self.renewing.set()
+        self.answer.wait(30)
+        renewed = LocalDevelopmentCredential(lifetime=200, object_id="renewed")
+        return renewed.get_token(*scopes, **kwargs)
+
+
+@pytest.mark.timeout(60)
+def test_a_renewal_does_not_replace_a_later_ending_token_a_new_connection_took() -> None:
+    """A new connection whose held token was near its end asks for one, and holds it only if it ends no earlier
+    than the held one; the renewal thread held its token whatever it was: a renewal that answered after such a
+    request moved the provider back to the earlier-ending token, and signed the open connections in with it."""
+    shift = [0.0]
+    credential = CrossingRequests()
+    provider = EntraCredentials(credential, clock=lambda: time.time() + shift[0])
+    provider.renew_at, provider.cache_window = 0.001, 0.0  # the renewal asks within a second
+    delivered: list[str] = []
+    provider.deliver_to(lambda token: delivered.append(token.user))
+    try:
+        assert provider.get_credentials()[0] == "first"
+        assert credential.renewing.wait(10), "the renewal never asked for a token"
+        shift[0] = 50.0  # the first token has less than min_left (60 s) left: a new connection asks for its own
+        assert provider.get_credentials()[0] == "fresh"
+        credential.answer.set()  # the renewal's token now, ending before the new connection's
+        poll(lambda: delivered, 10, "the renewal handing over a token")
+        assert (delivered, provider.get_credentials()[0]) == (["fresh"], "fresh")
+    finally:
+        credential.done.set()
+        provider.close()
