@@ -346,7 +346,7 @@ def service(builder: Callable[[], T]) -> functools._lru_cache_wrapper[T]:
 def dead_letter_sink() -> BlobDeadLetterSink:
     from shared.adapters.blob_deadletter import BlobDeadLetterSink
 
-    return BlobDeadLetterSink(blob_service(), settings().storage.deadletter_container)
+    return BlobDeadLetterSink(blob_service(), settings().storage.deadletter_container, hub=ingest_hub())
 
 
 def _ingest_service(*, audit: bool, replay: bool = False) -> IngestService:
@@ -417,7 +417,25 @@ def audit_ledger() -> CassandraAuditLedger:
 
     cfg = settings().cassandra
     return CassandraAuditLedger(cassandra_session, cfg.keyspace, concurrency=cfg.write_concurrency,
-                                timeout=cfg.request_timeout_seconds)
+                                timeout=cfg.request_timeout_seconds, hub=ingest_hub())
+
+
+def ingest_hub() -> str | None:
+    """The identity of the hub ingest reads, ``<namespace>/<hub>`` (lowercase): the audit ledger's runs and the
+    batch letters name it, since every hub numbers its records from 0. The namespace is the one the host's
+    checkpoints name (``EventHubConnection``'s endpoint, or ``EventHubConnection__fullyQualifiedNamespace``), the
+    hub ``SLUICE_INGEST_EVENTHUB_NAME``: read from settings, no round trip. ``None`` without an Event Hubs
+    connection (nothing names the hub: records are keyed by partition only, as before)."""
+    import os
+
+    from shared.adapters.eventhub_lag import HostEventHubConnection
+
+    connection = HostEventHubConnection.from_environ(os.environ)
+    if not connection.configured:
+        return None
+    ingest = settings().ingest
+    source = connection.checkpoint_source(ingest.eventhub_name, ingest.consumer_group)
+    return f"{source.namespace}/{source.eventhub}"
 
 
 @service
@@ -431,7 +449,7 @@ def audit_service() -> AuditService | None:
     if parts is None:
         return None
     source, hub, clock = parts
-    letters = BlobDeadLetteredBatches(blob_service(), settings().storage.deadletter_container)
+    letters = BlobDeadLetteredBatches(blob_service(), settings().storage.deadletter_container, hub=ingest_hub())
     return AuditService(audit_ledger(), EventHubBlobLagReader(hub, blob_service(), source), clock, letters=letters)
 
 

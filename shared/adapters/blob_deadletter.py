@@ -34,6 +34,10 @@ blob holds the reason, the original bytes (base64, and as text when it is UTF-8)
 the index of the (first) bad element inside an array body, and the Event Hubs metadata.
 Writes are retried (tenacity, bounded); what still fails raises ``TransientError``
 (``RejectedLettersFailed`` from ``put_rejected``, naming the letters written before it).
+Each letter written names the hub its records came from in its blob metadata,
+``eventhub=<namespace>/<hub>`` (kept when it moves under ``replayed/``): the audit of
+a hub counts only its own batch letters and those that name no hub (written before
+letters named it), never another hub's numbered alike (``BlobDeadLetteredBatches``).
 The container is created by a worker's first letter; one deleted later (by hand,
 or soft-deleted) is created again by the next write that finds it gone
 (``ContainerNotFound``), with a WARNING naming it.
@@ -139,6 +143,8 @@ def _elements(bad: Sequence[BadElement]) -> dict[str, Any]:
 
 KINDS = {"rejected": "rejected/", "batch": "batches/"}
 REPLAYED = "replayed/"
+HUB_METADATA = "eventhub"
+"""The blob metadata naming the hub (``<namespace>/<hub>``) a letter's records came from; absent on older letters."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,9 +259,12 @@ class BlobDeadLetterSink:
     """Implements ``shared.ports.ingest.DeadLetterSink`` on Blob storage."""
 
     def __init__(
-        self, service: BlobServiceClient, container: str, *, attempts: int = 5, max_wait: float = 10.0
+        self, service: BlobServiceClient, container: str, *, attempts: int = 5, max_wait: float = 10.0,
+        hub: str | None = None,
     ) -> None:
+        """``hub``: the identity of the hub ingest reads (``<namespace>/<hub>``), written in each letter's metadata."""
         self._container = service.get_container_client(container)
+        self._metadata = {HUB_METADATA: hub.lower()} if hub else None
         self._ready = False
         self._lock = threading.Lock()
         self._upload = retry(
@@ -277,19 +286,19 @@ class BlobDeadLetterSink:
         with contextlib.suppress(ResourceExistsError):
             self._container.create_container()
 
-    def _write(self, name: str, data: bytes) -> None:
+    def _write(self, name: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
         """Upload one blob, creating the container again if it is gone (deleted since this worker created it).
 
         Once: a second ContainerNotFound (a container still being deleted) propagates to the caller's retries."""
         try:
-            self._container.upload_blob(name, data, overwrite=True, content_settings=_JSON)
+            self._container.upload_blob(name, data, overwrite=True, content_settings=_JSON, metadata=metadata)
         except ResourceNotFoundError as exc:
             if getattr(exc, "error_code", None) != StorageErrorCode.CONTAINER_NOT_FOUND:
                 raise
             logger.warning("dead-letter container %s is gone: creating it again to write %s",
                            self._container.container_name, name)
             self._create()
-            self._container.upload_blob(name, data, overwrite=True, content_settings=_JSON)
+            self._container.upload_blob(name, data, overwrite=True, content_settings=_JSON, metadata=metadata)
 
     def _upload_once(self, name: str, document: dict[str, Any]) -> None:
         """Write a letter whatever text it holds. UTF-8 cannot encode a lone surrogate, so one in a reason, an id or
@@ -297,7 +306,8 @@ class BlobDeadLetterSink:
         escape, ``\\ud800``, which reads back the same; the original bytes are in ``original_base64`` either way.
         An encoding error would escape the retries and lose this letter and every later one of the batch."""
         self._setup()
-        self._write(name, json.dumps(document, ensure_ascii=False).encode("utf-8", "backslashreplace"))
+        self._write(name, json.dumps(document, ensure_ascii=False).encode("utf-8", "backslashreplace"),
+                    self._metadata)
 
     def _put(self, name: str, document: dict[str, Any]) -> None:
         try:
@@ -423,7 +433,7 @@ class BlobDeadLetterSink:
             logger.warning("%s: rewritten since the replay read it (its record dead-lettered again): kept, to be "
                            "replayed", name)
             return Move.KEPT
-        self._write(REPLAYED + name, data)
+        self._write(REPLAYED + name, data, download.properties.metadata or None)  # its hub with it
         try:
             source.delete_blob(etag=etag, match_condition=MatchConditions.IfNotModified)
         except (ResourceNotFoundError, ResourceModifiedError) as exc:
@@ -501,27 +511,35 @@ _BATCH_NAME = re.compile(
 class BlobDeadLetteredBatches:
     """Implements ``shared.ports.audit.DeadLetteredBatches``: whole-batch letters, from their blob names.
 
-    Lists ``batches/`` and ``replayed/batches/`` (names only, no download): whole
-    batches are dead-lettered only when the store stayed down for every retry, so
-    there are few of them.
+    Lists ``batches/`` and ``replayed/batches/`` (names and metadata, no download):
+    whole batches are dead-lettered only when the store stayed down for every retry,
+    so there are few of them. With ``hub``, a letter whose metadata names another hub
+    is left out (its sequence numbers are that hub's); one that names none (written
+    before letters named their hub) is counted.
     """
 
-    def __init__(self, service: BlobServiceClient, container: str) -> None:
+    def __init__(self, service: BlobServiceClient, container: str, *, hub: str | None = None) -> None:
         self._container = service.get_container_client(container)
+        self._hub = hub.lower() if hub else None
 
     def batches(self, partition: str) -> list[tuple[int, int, str]]:
         out = []
         try:
             for prefix in (KINDS["batch"], REPLAYED + KINDS["batch"]):
-                for blob in self._container.list_blobs(name_starts_with=prefix):
+                for blob in self._container.list_blobs(name_starts_with=prefix, include=["metadata"]):
                     match = _BATCH_NAME.match(blob.name)
-                    if match and match["partition"] == partition:
+                    if match and match["partition"] == partition and self._ours(blob.metadata):
                         out.append((int(match["first"]), int(match["last"]), blob.name))
         except ResourceNotFoundError:
             return []
         except AzureError as exc:
             raise DependencyUnavailable("Blob storage", f"cannot list the batch dead letters: {exc}") from exc
         return out
+
+    def _ours(self, metadata: dict[str, str] | None) -> bool:
+        """A letter of this hub's, or one that names no hub (metadata keys compare ignoring case)."""
+        hub = next((value for key, value in (metadata or {}).items() if key.lower() == HUB_METADATA), None)
+        return self._hub is None or not hub or hub.lower() == self._hub
 
 
 def _loggable(text: str) -> str:

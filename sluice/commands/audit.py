@@ -4,7 +4,8 @@ Per partition of the ingest hub, from the first event enqueued at or after
 ``--since`` (or from ``--from-sequence``) up to the host's checkpoint, reads
 the ingest ledger (``ingest_audit_runs``, and ``ingest_audit`` where ingest wrote
 before migration 5: one Cassandra partition per Event Hubs partition and block of
-10,000 sequence numbers) and lists the sequence numbers
+10,000 sequence numbers; this hub's runs, named ``<namespace>/<hub>/<partition>``,
+and those written before runs named their hub) and lists the sequence numbers
 that are in neither outcome. Exit status 0 when nothing is missing, 1 when
 something is, or when part of the range asked for could not be audited (a
 ``--since`` older than the hub's retention: the expired records' times are
