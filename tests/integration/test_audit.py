@@ -33,6 +33,7 @@ from shared import bootstrap
 from shared.adapters.audit_metrics import register_audit_gauge
 from shared.adapters.cassandra.migrations import apply_migrations
 from shared.adapters.eventhub_lag import HOST_CHECKPOINT_CONTAINER, host_checkpoint_source
+from shared.domain.events import EventMetadata
 from sluice.__main__ import main
 from sluice.launcher import Running
 from tests.fixtures.cassandra import start_cassandra_emulator
@@ -146,6 +147,11 @@ def audit_stack(isolated_eventhub: Any, cassandra_emulator: Running, azurite_con
         bootstrap.reset()
 
 
+def key(partition: str) -> str:
+    """``partition``'s ``eh_partition`` in the ledger: ingest names the hub it reads."""
+    return f"{bootstrap.ingest_hub()}/{partition}"
+
+
 def audit(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     code = main(["audit", *args])
     return code, capsys.readouterr().out
@@ -175,7 +181,7 @@ def test_nothing_is_missing_when_every_record_was_stored_dead_lettered_or_a_dupl
         for r in bootstrap.cassandra_session().execute(
             "SELECT first_sequence, last_sequence, stored, dead_lettered, duplicate "
             f"FROM {stack['keyspace']}.ingest_audit_runs "
-            "WHERE eh_partition = '0' AND block = 0"
+            "WHERE eh_partition = %s AND block = 0", (key("0"),)
         )
     ]
     # One row per batch: 3 stored; then a bad body, an event twice (an exact duplicate in its batch) and an array
@@ -197,8 +203,8 @@ def test_nothing_is_missing_when_every_record_was_stored_dead_lettered_or_a_dupl
 def test_a_deleted_ledger_row_is_a_gap(stack: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     load(stack)
     bootstrap.cassandra_session().execute(
-        f"DELETE FROM {stack['keyspace']}.ingest_audit_runs WHERE eh_partition = '0' AND block = 0 "
-        "AND first_sequence = 3 AND last_sequence = 6"
+        f"DELETE FROM {stack['keyspace']}.ingest_audit_runs WHERE eh_partition = %s AND block = 0 "
+        "AND first_sequence = 3 AND last_sequence = 6", (key("0"),)
     )
     code, out = audit(capsys, "--from-sequence", "0")
     assert code == 1, out
@@ -272,8 +278,8 @@ def test_the_worker_gauge_reports_the_missing_count_per_partition(stack: dict[st
     try:
         _wait_for_points(reader, {"0": 0, "1": 0, "2": 0, "3": 0})  # 2 and 3: nothing checkpointed
         bootstrap.cassandra_session().execute(f"DELETE FROM {stack['keyspace']}.ingest_audit_runs WHERE "
-                                              "eh_partition = '1' AND block = 0 AND first_sequence = 0 AND "
-                                              "last_sequence = 3")
+                                              "eh_partition = %s AND block = 0 AND first_sequence = 0 AND "
+                                              "last_sequence = 3", (key("1"),))
         _wait_for_points(reader, {"0": 0, "1": 4, "2": 0, "3": 0})
     finally:
         gauge.stop()
@@ -579,8 +585,8 @@ def test_runs_recorded_before_migration_5_still_account_for_their_records(
     neither table is still one."""
     load(stack)
     session, ks = bootstrap.cassandra_session(), stack["keyspace"]
-    session.execute(f"DELETE FROM {ks}.ingest_audit_runs WHERE eh_partition = '1' AND block = 0 "
-                    "AND first_sequence = 0 AND last_sequence = 3")
+    session.execute(f"DELETE FROM {ks}.ingest_audit_runs WHERE eh_partition = %s AND block = 0 "
+                    "AND first_sequence = 0 AND last_sequence = 3", (key("1"),))
     session.execute(f"INSERT INTO {ks}.ingest_audit (eh_partition, block, first_sequence, last_sequence, stored, "
                     "dead_lettered, duplicate, recorded_at) VALUES ('1', 0, 0, 2, 3, 0, 0, toTimestamp(now()))")
 
@@ -588,3 +594,81 @@ def test_runs_recorded_before_migration_5_still_account_for_their_records(
 
     assert code == 1 and [line for line in out.splitlines() if line.startswith("gap:")] == \
         ["gap: partition 1 sequence 3"], out
+
+
+def use_hub(hub: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ingest (and the audit) read ``hub`` from now on, with the same keyspace and dead-letter container."""
+    monkeypatch.setenv("EventHubConnection", hub.connection_string)
+    monkeypatch.setenv("SLUICE_INGEST_EVENTHUB_NAME", hub.name)
+    bootstrap.reset()
+
+
+def checkpoint_of(hub: Any, azurite_connection_string: str, partition: str, sequence: int) -> None:
+    source = host_checkpoint_source(hub.name, "sluice", connection_string=hub.connection_string,
+                                    fully_qualified_namespace=None)
+    BlobCheckpointStore.from_connection_string(azurite_connection_string, HOST_CHECKPOINT_CONTAINER) \
+        .update_checkpoint({"fully_qualified_namespace": source.namespace, "eventhub_name": source.eventhub,
+                            "consumer_group": "sluice", "partition_id": partition, "sequence_number": sequence,
+                            "offset": str(sequence)})
+
+
+def send(hub: Any, partition: str, count: int) -> None:
+    with EventHubProducerClient.from_connection_string(hub.connection_string, eventhub_name=hub.name) as producer:
+        batch = producer.create_batch(partition_id=partition)
+        for _ in range(count):
+            batch.add(EventData(json.dumps(event()).encode()))
+        producer.send_batch(batch)
+
+
+@pytest.mark.timeout(240)
+def test_the_audit_does_not_count_another_hubs_records_as_this_hubs(
+    stack: dict[str, Any], _eventhubs_hub_pool: Any, azurite_connection_string: str,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every hub numbers its records from 0. Hub A's records 0..4 of partition 0 were ingested (and a batch of them
+    dead-lettered too); then ingest moves to hub B (a hub recreated to change its partition count, a new namespace),
+    whose records 0..4 of partition 0 the host checkpointed past without ingest ever storing them: lost. Hub A's
+    ledger runs and batch letters must not answer for them."""
+    hub_b = _eventhubs_hub_pool.take()
+    hand_to_ingest("0", 0, [json.dumps(event()).encode() for _ in range(5)])  # hub A's 0..4: stored
+    bootstrap.dead_letter_sink().put_batch(
+        [(b"{}", EventMetadata(partition_id="0", sequence_number=n)) for n in range(5)], "test: hub A's letter")
+
+    use_hub(hub_b, monkeypatch)
+    send(hub_b, "0", 5)  # hub B's 0..4, never handed to ingest
+    checkpoint_of(hub_b, azurite_connection_string, "0", 4)
+    capsys.readouterr()
+
+    code, out = audit(capsys, "--from-sequence", "0")
+
+    assert "the zero-loss SLO holds" not in out, out
+    assert code == 1 and "gap: partition 0 sequence 0..4" in out, out
+    assert "dead-lettered batch:" not in out, out
+
+
+def test_rows_and_batch_letters_that_name_no_hub_still_account_for_their_records(
+    stack: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Runs and batch letters written before they named their hub (a bare partition id, no ``eventhub`` metadata)
+    are still read by the audit of the hub ingest reads: no false gap right after the upgrade."""
+    load(stack)
+    session, ks = bootstrap.cassandra_session(), stack["keyspace"]
+    hub = bootstrap.ingest_hub()
+    assert hub is not None
+    assert [tuple(r) for r in session.execute(
+        f"SELECT first_sequence, last_sequence FROM {ks}.ingest_audit_runs WHERE eh_partition = %s AND block = 0",
+        (f"{hub}/1",))] == [(0, 3)]
+    session.execute(f"DELETE FROM {ks}.ingest_audit_runs WHERE eh_partition = %s AND block = 0 "
+                    "AND first_sequence = 0 AND last_sequence = 3", (f"{hub}/1",))
+    session.execute(f"INSERT INTO {ks}.ingest_audit_runs (eh_partition, block, first_sequence, last_sequence, "
+                    "stored, dead_lettered, duplicate, recorded_at) VALUES ('1', 0, 0, 1, 2, 0, 0, "
+                    "toTimestamp(now()))")  # as ingest wrote it before
+    container = bootstrap.blob_service().get_container_client(bootstrap.settings().storage.deadletter_container)
+    with contextlib.suppress(ResourceExistsError):
+        container.create_container()
+    container.upload_blob("batches/2026/01/01/p1/2-3.json", b"{}")  # a letter of before: no metadata
+
+    code, out = audit(capsys, "--from-sequence", "0")
+
+    assert code == 0 and "the zero-loss SLO holds" in out, out
+    assert "/p1/2-3.json" in out, out
