@@ -15,19 +15,38 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from azure.storage.blob import BlobServiceClient, ExponentialRetry
 
 from shared.adapters.identity import credential_for
+from shared.exceptions import ConfigurationError
 from shared.settings import StorageSettings
 
 
 def blob_service_client(cfg: StorageSettings, **options: Any) -> BlobServiceClient:
-    """A client of the storage account ``cfg`` names; ``options`` go to the client (timeouts, retries)."""
+    """A client of the storage account ``cfg`` names; ``options`` go to the client (timeouts, retries).
+
+    Raises ``ConfigurationError`` when ``AzureWebJobsStorage`` is no connection string the SDK can parse (a typo:
+    no endpoint, no account name), saying why but not the value (it holds the account key)."""
     if cfg.ca_file:
         options.setdefault("connection_verify", str(cfg.ca_file))
     if cfg.connection is not None:
-        return BlobServiceClient.from_connection_string(cfg.connection.get_secret_value(), **options)
+        connection = cfg.connection.get_secret_value()
+        try:
+            return BlobServiceClient.from_connection_string(connection, **options)
+        except ValueError as exc:
+            raise ConfigurationError(f"AzureWebJobsStorage is not a valid storage connection string: "
+                                     f"{_reason(exc, connection)}") from None
     endpoint = cfg.blob_endpoint
     assert endpoint is not None  # StorageSettings requires a connection string or an identity-based endpoint
     credential = credential_for(endpoint, managed_identity=cfg.credential == "managedidentity", client_id=cfg.client_id)
     return BlobServiceClient(endpoint, credential=credential, **options)
+
+
+def _reason(exc: ValueError, connection: str) -> str:
+    """The SDK's reason for refusing ``connection``, on one line, unless it quotes a part of the connection string
+    (which may be the account key or a SAS token)."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    parts = {value.strip() for pair in connection.split(";") for value in pair.split("=", 1)}
+    if any(len(part) >= 4 and part in reason for part in parts):
+        return "the storage SDK could not parse it"
+    return reason
 
 
 def interactive_options() -> dict[str, Any]:
