@@ -30,10 +30,11 @@ class TransientError(SluiceError):
 
 
 class DependencyUnavailable(TransientError):
-    """A dependency stayed unavailable after the bounded retries; ``dependency`` names it."""
+    """A dependency stayed unavailable after the bounded retries; ``dependency`` names it (the label of metrics and
+    of the status page's JSON), ``name`` in the message when people name it otherwise ("Event Hubs")."""
 
-    def __init__(self, dependency: str, message: str) -> None:
-        super().__init__(f"{dependency} unavailable: {message}")
+    def __init__(self, dependency: str, message: str, *, name: str | None = None) -> None:
+        super().__init__(f"{name or dependency} unavailable: {message}")
         self.dependency = dependency
 
 

@@ -7,6 +7,7 @@ import importlib
 import logging
 import os
 import pkgutil
+import re
 import sys
 
 from shared.exceptions import SluiceError
@@ -40,17 +41,55 @@ def main(argv: list[str] | None = None) -> int:
     was_interactive = bootstrap.interactive(True)
     try:
         return int(args.func(args) or 0)
-    except SluiceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except Exception as exc:
+        missing = schema_missing(exc)
+        if missing is not None:
+            return error(missing, exc)
+        if isinstance(exc, SluiceError):
+            return error(str(exc), exc)
         store = unreachable(exc)
         if store is None:
             raise
-        print(f"error: {store} unavailable: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
-        return 2
+        return error(f"{store} unavailable: {type(exc).__name__}: {exc}", exc)
     finally:
         bootstrap.interactive(was_interactive)
+
+
+def error(message: str, exc: BaseException) -> int:
+    """Say ``message`` on one ``error:`` line (a driver's or SDK's text spans lines: an AMQP error's condition and
+    description), the whole of it and the traceback at DEBUG (``-v``); the exit status for it, 2."""
+    logging.getLogger("sluice").debug("the command failed: %s", message, exc_info=exc)
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+def schema_missing(exc: BaseException) -> str | None:
+    """What to say when ``exc`` (or the error it was raised from: an adapter wraps the driver's) is a store's answer
+    that a table, column or keyspace is not there: the migrations have not run on that database or keyspace (a new
+    server, a wrong ``SLUICE_POSTGRES_DBNAME`` or ``SLUICE_CASSANDRA_KEYSPACE``), else None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        psycopg_errors = sys.modules.get("psycopg.errors")
+        if psycopg_errors is not None and isinstance(seen, (psycopg_errors.UndefinedTable,
+                                                            psycopg_errors.UndefinedColumn,
+                                                            psycopg_errors.InvalidSchemaName)):
+            first = str(seen).strip().splitlines()
+            return (f"PostgreSQL schema missing ({first[0] if first else type(seen).__name__}): "
+                    f"run python -m sluice migrate postgres")
+        cassandra_protocol = sys.modules.get("cassandra.protocol")
+        if cassandra_protocol is not None and isinstance(seen, cassandra_protocol.InvalidRequest):
+            text = " ".join(str(seen).split())
+            if _CASSANDRA_MISSING.search(text):
+                said = re.search(r'message="(.*)"', text)  # the driver's 'Error from server: code=2200 ... message=".."'
+                return (f"Cassandra schema missing ({said[1] if said else text}): "
+                        f"run python -m sluice migrate cassandra")
+        seen = seen.__cause__
+    return None
+
+
+# The server's words for a keyspace or table that is not there (Cassandra: "Keyspace 'x' does not exist",
+# "unconfigured table x"; Cosmos DB's Cassandra API: "Resource Not Found", "... not found")
+_CASSANDRA_MISSING = re.compile(r"keyspace \S+ does not exist|unconfigured table|not found", re.IGNORECASE)
 
 
 def unreachable(exc: BaseException) -> str | None:

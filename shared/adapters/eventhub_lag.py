@@ -57,6 +57,7 @@ HOST_CHECKPOINT_CONTAINER = "azure-webjobs-eventhub"
 # The dependencies as the status page names them (docs/api.md): its header lists each one once, by this name.
 EVENTHUBS = "eventhubs"
 STORAGE = "storage"
+EVENTHUBS_NAME = "Event Hubs"  # in messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +159,8 @@ class EventHubBlobLagReader:
             return [self._hub.get_partition_properties(pid) for pid in ids]
         except Exception as exc:  # the SDK raises its own EventHubError tree and plain connection errors
             raise DependencyUnavailable(EVENTHUBS, f"cannot read the partitions of "
-                                        f"{self._source.eventhub!r}: {type(exc).__name__}: {exc}") from exc
+                                        f"{self._source.eventhub!r}: {type(exc).__name__}: {exc}",
+                                        name=EVENTHUBS_NAME) from exc
 
     def _checkpoint(self, partition_id: str) -> int | str | None:
         """The checkpoint's sequence number; ``None`` when KEDA finds no blob; a message when KEDA fails on it."""
@@ -417,5 +419,5 @@ class EventHubSequenceAtTime:
         if errors or not done.is_set():
             cause = f"{type(errors[0]).__name__}: {errors[0]}" if errors else f"nothing within {self._wait * 3} s"
             raise DependencyUnavailable(EVENTHUBS, f"cannot find the sequence number of partition {partition} "
-                                        f"at {at}: {cause}")
+                                        f"at {at}: {cause}", name=EVENTHUBS_NAME)
         return found[0] if found else None
