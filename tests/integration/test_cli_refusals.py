@@ -23,6 +23,7 @@ from shared.services.audit import AuditService
 from shared.settings import CassandraSettings
 from sluice.__main__ import build_parser, main
 from sluice.launcher import Running
+from tests.fixtures.azurite import free_port
 from tests.fixtures.eventhubs import IsolatedHub, eventhubs_connection_string
 
 FUTURE = (datetime.now(UTC) + timedelta(days=365)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -252,6 +253,102 @@ def test_blob_storage_down_or_refusing_is_a_clear_error_within_seconds(
         assert waited < 30, f"an operator waited {waited:.0f} s for: {err}"
     finally:
         bootstrap.reset()
+
+
+SECRET_KEY = "c2VjcmV0LWtleS1mb3ItdGhlLXJldmlldw=="
+
+
+@pytest.fixture
+def cli_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """Sets the app's settings (Cassandra on a closed port, the local Redis, PostgreSQL and Azurite) with
+    ``overrides``, for ``main`` in this process."""
+    def apply(**overrides: str) -> None:
+        values = {
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true", "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0",
+            "SLUICE_CASSANDRA_HOSTS": "127.0.0.1", "SLUICE_CASSANDRA_PORT": str(free_port()),
+            "SLUICE_POSTGRES_HOST": "127.0.0.1", "SLUICE_INGEST_EVENTHUB_NAME": "hub", **overrides,
+        }
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+        bootstrap.reset()
+
+    yield apply
+    bootstrap.reset()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("argv", [["deadletter", "list"], ["reference", "load-sample", "--to", "blob"]],
+                         ids=["deadletter-list", "reference-load-sample"])
+def test_a_malformed_storage_connection_string_is_an_error_line_not_a_traceback(
+        cli_settings: Callable[..., None], argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A storage connection string with a typo (no endpoint, no account name): the storage SDK's ValueError
+    ("Connection string is either blank or malformed.") from ``BlobServiceClient.from_connection_string`` was no
+    SluiceError, so the command died with a traceback and exit 1, which ``deadletter list`` documents as "some
+    letters are unreadable". Now a configuration error naming the setting, exit 2, without the account key."""
+    cli_settings(AzureWebJobsStorage=f"AccountKey={SECRET_KEY};BlobEndpoint")
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert captured.err.startswith("error: AzureWebJobsStorage is not a valid storage connection string: "
+                                   "Connection string is either blank or malformed."), captured.err
+    assert len(captured.err.strip().splitlines()) == 1, captured.err
+    assert SECRET_KEY not in captured.err + captured.out
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("argv", [["audit", "--from-sequence", "0"], ["lag"]], ids=["audit", "lag"])
+def test_event_hubs_unreachable_is_said_on_one_error_line(
+        cli_settings: Callable[..., None], argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """With the Event Hubs namespace unreachable, ``audit`` and ``lag`` printed the AMQP error's whole text:
+    ``error: eventhubs unavailable: ... ConnectError: ...`` followed by ``Error condition: ...`` and ``Error
+    Description: ...`` lines (a SluiceError's message was printed whole, where a driver's error kept only its first
+    line). Now one line, naming Event Hubs as people do; exit 2."""
+    cli_settings(EventHubConnection=(
+        f"Endpoint=sb://127.0.0.1:{free_port()};SharedAccessKeyName=RootManageSharedAccessKey;"
+        f"SharedAccessKey={SECRET_KEY};UseDevelopmentEmulator=true"))
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert len(captured.err.strip().splitlines()) == 1, captured.err
+    assert captured.err.startswith("error: Event Hubs unavailable: "), captured.err
+    assert SECRET_KEY not in captured.err + captured.out
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("argv", [["reference", "load-sample", "--to", "postgres"], ["enrich", "status"],
+                                  ["enrich", "unknown-devices"]],
+                         ids=["reference-load-sample", "enrich-status", "enrich-unknown-devices"])
+def test_a_postgres_database_without_the_schema_is_an_error_line_not_a_traceback(
+        cli_settings: Callable[..., None], pg_dsn: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A database the migrations have not run on (a new server, a wrong ``SLUICE_POSTGRES_DBNAME``): psycopg's
+    ``UndefinedTable`` (a ProgrammingError) was neither a SluiceError nor the OperationalError ``main`` maps, so
+    the command died with a traceback and exit 1. Now one ``error:`` line pointing at ``migrate postgres``, exit 2."""
+    pg = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    cli_settings(SLUICE_POSTGRES_HOST=str(pg["host"]), SLUICE_POSTGRES_PORT=str(pg.get("port", 5432)),
+                 SLUICE_POSTGRES_DBNAME=str(pg["dbname"]), SLUICE_POSTGRES_USER=str(pg.get("user", "postgres")))
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: PostgreSQL schema missing (relation "), err
+    assert err.strip().endswith("does not exist): run python -m sluice migrate postgres"), err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.timeout(60)
+def test_a_cassandra_keyspace_without_the_schema_is_an_error_line_not_a_traceback(
+        cli_settings: Callable[..., None], cassandra_emulator: Running, capsys: pytest.CaptureFixture[str]) -> None:
+    """A keyspace the migrations have not run on (a wrong ``SLUICE_CASSANDRA_KEYSPACE``): the adapter wraps the
+    driver's ``InvalidRequest`` ("Keyspace ... does not exist") as ``cassandra unavailable: reading device 'd1'
+    failed: ...``, which sends the operator after a Cassandra that is up. Now the line says what is missing and
+    points at ``migrate cassandra``, exit 2."""
+    keyspace = f"ks_{uuid.uuid4().hex[:12]}"
+    cli_settings(SLUICE_CASSANDRA_HOSTS=cassandra_emulator.host, SLUICE_CASSANDRA_PORT=str(cassandra_emulator.port),
+                 SLUICE_CASSANDRA_KEYSPACE=keyspace)
+    code = main(["rebuild", "redis", "--devices", "d1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.strip() == (f"error: Cassandra schema missing (Keyspace {keyspace} does not exist): "
+                           f"run python -m sluice migrate cassandra"), err
 
 
 def test_doctor_keda_with_a_missing_scaled_object_file_names_it(capsys: pytest.CaptureFixture[str]) -> None:
