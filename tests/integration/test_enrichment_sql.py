@@ -17,7 +17,7 @@ import pytest
 
 from shared import bootstrap
 from shared.adapters.postgres.migrations import SQL_DIR, apply_migrations, discover
-from shared.exceptions import ConfigurationError, TransientError
+from shared.exceptions import ConfigurationError, PermanentError, TransientError
 from sluice.__main__ import main
 
 pytestmark = pytest.mark.timeout(60)
@@ -212,28 +212,86 @@ def test_two_migrators_at_once_both_finish_while_014_builds_concurrently(pg_dsn:
                             "WHERE indexrelid = 'enriched_events_window_start'::regclass").fetchall() == [(True,)]
 
 
-def test_a_migration_with_its_own_begin_and_commit_is_refused_not_left_half_applied(pg_dsn: str,
-                                                                                    tmp_path: Path) -> None:
+def test_a_migration_with_its_own_begin_and_commit_is_refused_before_anything_runs(pg_dsn: str,
+                                                                                     tmp_path: Path) -> None:
     """Rule: a migration is either fully applied and recorded, or not at all. Was: the file was sent whole inside
     the runner's transaction, so a ``BEGIN; ... COMMIT;`` in it (a habit from other migration tools) committed that
     transaction half-way; when a later statement failed, the first part stayed applied and the migration
-    unrecorded, and every later run failed on it ("relation already exists"). Now PostgreSQL refuses the
-    transaction-control statement and nothing is applied."""
+    unrecorded, and every later run failed on it ("relation already exists"). Now the files are checked when they
+    are read: such a statement is refused naming the file and its line, and nothing runs at all."""
     (tmp_path / "001_first.sql").write_text(
-        "BEGIN;\nCREATE TABLE review_a (x int);\nCOMMIT;\nCREATE TABLE review_b (x int REFERENCES no_such_table);\n")
-    (tmp_path / "002_second.sql").write_text("CREATE TABLE review_c (x int);\nCOMMIT;\n")
+        "-- a habit from other tools\nBEGIN;\nCREATE TABLE review_a (x int);\nCOMMIT;\n"
+        "CREATE TABLE review_b (x int REFERENCES no_such_table);\n")
+    (tmp_path / "002_second.sql").write_text("CREATE TABLE review_c (x int);\n\n  /* done */ COMMIT;\n")
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        with pytest.raises(ConfigurationError, match=r"001_first\.sql contains a transaction-control statement"):
+        with pytest.raises(ConfigurationError, match=r"001_first\.sql contains a transaction-control statement "
+                                                     r"\(BEGIN at line 2\)"):
             apply_migrations(conn, tmp_path)
-        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (0,)
-        assert not _exists(conn, "review_a")
+        assert not _exists(conn, "schema_migrations")  # refused before anything ran
         (tmp_path / "001_first.sql").write_text("CREATE TABLE review_a (x int);\n")
-        with pytest.raises(ConfigurationError, match=r"002_second\.sql contains a transaction-control statement"):
+        with pytest.raises(ConfigurationError, match=r"002_second\.sql contains a transaction-control statement "
+                                                     r"\(COMMIT at line 3\)"):
             apply_migrations(conn, tmp_path)  # a COMMIT after every other statement: refused as well
-        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
-        assert not _exists(conn, "review_c")
+        assert not _exists(conn, "schema_migrations")
+        assert not _exists(conn, "review_a")
         assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
                             "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("statement", [
+    "START TRANSACTION;", "begin work;", "END;", "ROLLBACK;", "ABORT;", "SAVEPOINT s;", "RELEASE SAVEPOINT s;",
+    "release s;", "PREPARE TRANSACTION 'x';", "COMMIT PREPARED 'x';", "ROLLBACK PREPARED 'x';"])
+def test_every_transaction_control_statement_is_refused(tmp_path: Path, statement: str) -> None:
+    (tmp_path / "001_first.sql").write_text(f"CREATE TABLE review_a (x int);\n{statement}\n")
+    with pytest.raises(ConfigurationError, match=r"001_first\.sql contains a transaction-control statement "
+                                                 r"\([A-Z ]+ at line 2\)"):
+        discover(tmp_path)
+
+
+def test_transaction_keywords_in_bodies_strings_and_comments_are_not_refused(pg_dsn: str, tmp_path: Path) -> None:
+    """Only a statement that starts with a transaction-control keyword is refused: not a PL/pgSQL body's BEGIN ...
+    END in dollar quotes, a ``BEGIN ATOMIC`` body, a string, a comment, a quoted name, or ``PREPARE name AS``."""
+    (tmp_path / "001_first.sql").write_text(
+        "-- BEGIN; this is not a statement\nCREATE TABLE review_t (x int, note text);\n"
+        "CREATE FUNCTION review_f() RETURNS int AS $$ BEGIN RETURN 1; END $$ LANGUAGE plpgsql;\n"
+        "CREATE FUNCTION review_g() RETURNS trigger AS $body$\nBEGIN\n  BEGIN\n    NULL;\n"
+        "  EXCEPTION WHEN others THEN NULL;\n  END;\n  RETURN NEW;\nEND;\n$body$ LANGUAGE plpgsql;\n"
+        "CREATE PROCEDURE review_p(a int) LANGUAGE sql\nBEGIN ATOMIC\n"
+        "  INSERT INTO review_t VALUES (CASE WHEN a > 0 THEN 1 ELSE 2 END, 'x');\nEND;\n"
+        "INSERT INTO review_t VALUES (3, 'BEGIN; COMMIT;'), (4, E'it\\'s; COMMIT;');\n"
+        "/* COMMIT; */ CREATE TABLE \"commit\" (x int);\nDO $$ BEGIN PERFORM 1; END $$;\n"
+        "PREPARE review_q AS SELECT 1;\nDEALLOCATE review_q;\n")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert apply_migrations(conn, tmp_path) == [1]
+        conn.execute("CALL review_p(1)")
+        assert conn.execute("SELECT review_f(), count(*) FROM review_t").fetchone() == (1, 3)
+
+
+def test_a_migration_with_plain_sql_select_into_applies(pg_dsn: str, tmp_path: Path) -> None:
+    """``SELECT ... INTO new_table FROM ...`` is plain PostgreSQL SQL (CREATE TABLE AS). Was: every in-transaction
+    migration ran inside ``DO $$ BEGIN EXECUTE <file>; END $$``, where PL/pgSQL refused it ("EXECUTE of SELECT ...
+    INTO is not implemented"). The file is sent as it is again."""
+    (tmp_path / "001_first.sql").write_text(
+        "CREATE TABLE review_src (x int);\nINSERT INTO review_src VALUES (1), (2);\n"
+        "SELECT x INTO review_copy FROM review_src;\n")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert apply_migrations(conn, tmp_path) == [1]
+        assert conn.execute("SELECT count(*) FROM review_copy").fetchone() == (2,)
+
+
+def test_a_failed_migration_names_the_line_that_failed(pg_dsn: str, tmp_path: Path) -> None:
+    """Was (the DO/EXECUTE wrapper): PostgreSQL's position of the error was relative to the EXECUTEd string and
+    dropped, so 'syntax error at or near ","' said nothing of where in the file. Now the file is sent plain and
+    the error's position is given as the file's line, on one line."""
+    (tmp_path / "001_first.sql").write_text(
+        "CREATE TABLE review_a (x int);\n-- a comment\nCREATE TABLE review_c (y int);\n\n"
+        "CREATE TABLE review_b (x int,,);\nCREATE TABLE review_d (z int);\n")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        with pytest.raises(PermanentError, match=r"001_first\.sql failed at line 5 and was rolled back "
+                                                 r"\(SyntaxError: syntax error at or near \",\"\)") as raised:
+            apply_migrations(conn, tmp_path)
+        assert len(str(raised.value).splitlines()) == 1
+        assert not _exists(conn, "review_a")
 
 
 def test_a_migration_file_not_in_utf8_is_a_configuration_error_naming_it(tmp_path: Path) -> None:
@@ -340,6 +398,35 @@ def test_an_inherited_statement_timeout_does_not_cancel_the_concurrent_build(pg_
         writer.close()
     assert applied == [m.version for m in discover() if m.version >= 14]
     assert valid == [(True,)]
+
+
+def test_an_inherited_statement_timeout_does_not_cancel_an_in_transaction_migration(pg_dsn: str,
+                                                                                   tmp_path: Path) -> None:
+    """The in-transaction migrations turn an inherited statement_timeout (a database or role default, PGOPTIONS) off
+    for their transaction as well. Was: only the ``-- sluice: no transaction`` ones did, so here 010 waiting for an
+    enrichment window writing device_window_stats (0.6 s, within its 1 s ``lock_timeout``) was cancelled by the
+    inherited 300 ms first (QueryCanceled, no retry); likewise 010's backfill over a large table on every run."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        apply_migrations(conn, _before(10, tmp_path))
+        conn.execute(f'ALTER DATABASE "{conn.info.dbname}" SET statement_timeout = \'300ms\'')
+    writer = psycopg.connect(pg_dsn)
+    writer.execute("SET statement_timeout = 0")
+    writer.execute(
+        "INSERT INTO device_window_stats (window_start, device_id, window_end, known_device, event_count, "
+        "critical_count, first_event_time, last_event_time, measurements) "
+        "VALUES ('2026-01-01', 'dev-1', '2026-01-01 00:05', true, 1, 0, '2026-01-01', '2026-01-01', '{}')")
+    ender = threading.Timer(0.6, writer.commit)  # the window ends within the migration's lock wait
+    ender.start()
+    try:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("300ms",)
+            applied = apply_migrations(conn)
+            assert conn.execute("SELECT windows FROM device_totals").fetchall() == [(1,)]
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("300ms",), "transaction-local"
+    finally:
+        ender.join()
+        writer.close()
+    assert applied == [m.version for m in discover() if m.version >= 10]
 
 
 def test_every_view_and_column_is_commented(pg_dsn: str) -> None:

@@ -11,14 +11,19 @@ compared with the file on disk: editing a migration that already ran is refused
 read as UTF-8 (a byte order mark is ignored and a file in another encoding is a
 ``ConfigurationError`` naming it).
 
-A migration run in a transaction is sent to PostgreSQL as one ``EXECUTE`` in a
-``DO`` block, so its own transaction-control statements (``BEGIN; ... COMMIT;``,
-a habit from other tools) are refused by PostgreSQL itself (a
-``ConfigurationError`` naming the file) instead of committing the runner's
-transaction part-way: a later failure would leave the first part applied and the
-migration unrecorded. A migration that fails otherwise is a ``PermanentError``
-naming it (a lost connection stays the driver's own error: PostgreSQL
-unavailable).
+A migration run in a transaction holds no transaction-control statement of its
+own (``BEGIN; ... COMMIT;``, a habit from other tools: ``BEGIN``, ``START
+TRANSACTION``, ``COMMIT``, ``END``, ``ROLLBACK``, ``ABORT``, ``SAVEPOINT``,
+``RELEASE``, ``PREPARE TRANSACTION``, ``COMMIT``/``ROLLBACK PREPARED``): it
+would commit the runner's transaction part-way, and a later failure would leave
+the first part applied and the migration unrecorded. :func:`discover` splits
+each such file into statements (``sqlparse``: function bodies in dollar quotes,
+``BEGIN ATOMIC`` bodies, strings and comments are not statements) and refuses one
+that starts with such a keyword, a ``ConfigurationError`` naming the file and the
+line, before anything runs. The file is then sent to PostgreSQL as it is (one
+simple query), and a migration that fails is a ``PermanentError`` naming it and,
+when PostgreSQL gives the error's position, its line (a lost connection stays
+the driver's own error: PostgreSQL unavailable).
 
 The runner connects to PostgreSQL itself (port 5432): through a pooler such as
 PgBouncer its session advisory lock could be taken and released on different
@@ -54,11 +59,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
+import sqlparse
+from sqlparse import tokens
+from sqlparse.sql import Comment, Statement, Token, TokenList
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -122,8 +130,52 @@ def discover(directory: Path = SQL_DIR) -> list[SqlMigration]:
             text = path.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError as exc:
             raise ConfigurationError(f"migration file {path.name} is not UTF-8 ({exc}); save it as UTF-8") from exc
-        found[version] = SqlMigration(version, match.group(2), text)
+        migration = SqlMigration(version, match.group(2), text)
+        if migration.in_transaction:
+            _refuse_transaction_control(migration)
+        found[version] = migration
     return [found[v] for v in sorted(found)]
+
+
+# The first keywords of PostgreSQL's transaction-control statements (START: START TRANSACTION; END: COMMIT;
+# COMMIT/ROLLBACK PREPARED start with COMMIT/ROLLBACK; PREPARE name AS is not one, PREPARE TRANSACTION is).
+_TRANSACTION_CONTROL = frozenset({"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE",
+                                  "PREPARE TRANSACTION"})
+
+
+def _refuse_transaction_control(migration: SqlMigration) -> None:
+    """Refuse a migration run in a transaction that holds a statement of its own ending or nesting it (``COMMIT``
+    would commit the runner's transaction part-way): a ``ConfigurationError`` naming the file and the line."""
+    line = 1
+    for statement in sqlparse.parse(migration.sql):
+        text = str(statement)
+        words = [(_first_leaf(token).value.upper(), offset) for token, offset in _words(statement)][:2]
+        if words:
+            keyword, offset = words[0]
+            if keyword == "PREPARE" and len(words) > 1 and words[1][0] == "TRANSACTION":
+                keyword = "PREPARE TRANSACTION"
+            if keyword in _TRANSACTION_CONTROL:
+                at = line + text[:offset].count("\n")
+                raise ConfigurationError(
+                    f"PostgreSQL migration {migration.file} contains a transaction-control statement ({keyword} "
+                    f"at line {at}): each migration runs in a transaction of its own; remove it")
+        line += text.count("\n")
+
+
+def _words(statement: Statement) -> Iterator[tuple[Token, int]]:
+    """The statement's top-level tokens but white space and comments, each with its offset in the statement
+    (a group, such as ``release s`` read as an identifier, starts with its first word)."""
+    offset = 0
+    for token in statement.tokens:
+        if not token.is_whitespace and not isinstance(token, Comment) and token.ttype not in tokens.Comment:
+            yield token, offset
+        offset += len(str(token))
+
+
+def _first_leaf(token: Token) -> Token:
+    while isinstance(token, TokenList) and token.tokens:
+        token = token.tokens[0]
+    return token
 
 
 def apply_migrations(conn: psycopg.Connection, directory: Path = SQL_DIR, *, lock_timeout_seconds: float = 1.0,
@@ -136,7 +188,7 @@ def apply_migrations(conn: psycopg.Connection, directory: Path = SQL_DIR, *, loc
     it could not take its locks within ``lock_timeout_seconds`` in ``attempts``
     tries (paused 0.5 s, 1 s, 2 s... up to ``max_pause_seconds`` in between),
     :class:`ConfigurationError` for a migration with its own ``BEGIN``/``COMMIT``
-    or for a connection through a pooler, and :class:`PermanentError` naming the
+    (before anything runs) or for a connection through a pooler, and :class:`PermanentError` naming the
     migration when it fails otherwise (that migration is rolled back, earlier ones
     stay). A lost connection is let through as the driver's ``psycopg.Error``.
     """
@@ -245,23 +297,24 @@ def _apply(conn: psycopg.Connection, migrations: list[SqlMigration], retrying: R
     return applied
 
 
-# What PL/pgSQL's EXECUTE answers for a BEGIN, COMMIT, ROLLBACK, SAVEPOINT... among the statements it runs.
-_TRANSACTION_CONTROL_REFUSED = "EXECUTE of transaction commands is not implemented"
-
-
-def _failed(migration: SqlMigration, exc: psycopg.Error) -> ConfigurationError | PermanentError:
+def _failed(migration: SqlMigration, exc: psycopg.Error) -> PermanentError:
     """A migration's failure on a server that answered (a syntax error, a statement cancelled, a deadlock), naming
-    the migration: a ``ConfigurationError`` for a transaction-control statement in it, else a ``PermanentError``."""
-    if migration.in_transaction and exc.diag.message_primary == _TRANSACTION_CONTROL_REFUSED:
-        return ConfigurationError(
-            f"PostgreSQL migration {migration.file} contains a transaction-control statement (BEGIN, COMMIT, "
-            "ROLLBACK...): each migration runs in a transaction of its own; remove them")
+    the migration and, when PostgreSQL gives the error's position, its line in the file."""
     if migration.in_transaction:
-        return PermanentError(f"PostgreSQL migration {migration.file} failed and was rolled back ({_reason(exc)})")
+        return PermanentError(f"PostgreSQL migration {migration.file} failed{_line(migration.sql, exc)} and was "
+                              f"rolled back ({_reason(exc)})")
     return PermanentError(
         f"PostgreSQL migration {migration.file} (run outside a transaction) failed ({_reason(exc)}): its statements "
         "before the failing one stay applied and it is not recorded, so the next migrate starts it again from "
         "its first statement")
+
+
+def _line(sent: str, exc: psycopg.Error) -> str:
+    """`` at line N``: where in ``sent`` (the query sent, one migration file) the error is, when PostgreSQL says."""
+    position = exc.diag.statement_position  # 1-based, in characters of the query
+    if not position or not position.isdigit() or not 0 < int(position) <= len(sent) + 1:
+        return ""
+    return f" at line {sent[:int(position) - 1].count(chr(10)) + 1}"
 
 
 def _reason(exc: psycopg.Error) -> str:
@@ -276,11 +329,12 @@ def _apply_one(conn: psycopg.Connection, migration: SqlMigration, lock_timeout_m
         _apply_outside_transaction(conn, migration)
         return
     with conn.transaction():
-        conn.execute("SELECT set_config('lock_timeout', %s, true)", (str(lock_timeout_ms),))
-        # PL/pgSQL's EXECUTE runs every statement of the file, and refuses a transaction-control one (a COMMIT sent
-        # as a plain statement would commit this transaction part-way).
-        body = sql.SQL("BEGIN EXECUTE {}; END").format(sql.Literal(migration.sql)).as_string(conn)
-        conn.execute(sql.SQL("DO {}").format(sql.Literal(body)), prepare=False)
+        # Transaction-local: at most lock_timeout_ms for a lock, and no statement_timeout a database or role default
+        # would set (it would cancel a backfill over a large table on every run).
+        conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', '0', true)",
+                     (str(lock_timeout_ms),))
+        # No parameters, unprepared: every statement runs (discover refused transaction control in the file).
+        conn.execute(migration.sql.encode(), prepare=False)
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:  # a backstop: never expected
             raise ConfigurationError(f"PostgreSQL migration {migration.file} ended the runner's transaction")
         conn.execute(
