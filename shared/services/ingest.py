@@ -144,7 +144,8 @@ class IngestService:
             if self._audit is not None:
                 self._audit.record(audit_runs(records, parsed.oks, parsed.errs))
         except Exception as exc:
-            return self._store_failed(records, parsed, began, exc, final_attempt=final_attempt, lettered=True)
+            return self._store_failed(records, parsed, began, exc, final_attempt=final_attempt, lettered=True,
+                                      written=written)
         self._record(records, parsed, began, stored=written,
                      superseded=len(parsed.oks) - len(written))
         return IngestResult(len(records), len(written), _refused(parsed), parsed.duplicates,
@@ -152,10 +153,12 @@ class IngestService:
                             rejected_bodies=sum(1 for r in parsed.errs if not r.elements))
 
     def _store_failed(self, records: Sequence[RawRecord], parsed: Parsed, began: float, exc: Exception, *,
-                      final_attempt: bool, lettered: bool = False) -> IngestResult:
+                      final_attempt: bool, lettered: bool = False, written: Sequence[Event] = ()) -> IngestResult:
         """Re-raise for the retry; on the final attempt dead-letter the invalid items, then the batch, and return.
 
-        ``lettered``: the rejected letters are written already (the ledger failed after them)."""
+        ``lettered``: the rejected letters are written already (the ledger failed after them, the store having
+        taken ``written``). When a letter fails on the final attempt, what is durable is counted in the ledger and
+        the metrics (the host checkpoints past the batch) before the failure is raised."""
         # A TransientError names the events and the cause; anything else gets its traceback in the log.
         unexpected = not isinstance(exc, TransientError)
         reason = f"{type(exc).__name__}: {exc}" if unexpected else str(exc)
@@ -169,13 +172,17 @@ class IngestService:
             try:
                 self._dead_letters.put_rejected(parsed.errs)
             except Exception as failed:  # the host checkpoints past the batch: count the letters written
-                self._audit_durable(records, parsed, _lettered(failed), stored=False)
+                durable = _lettered(failed)
+                self._audit_durable(records, parsed, durable, stored=False)
+                self._record(records, Parsed(parsed.oks, durable, parsed.duplicates), began)
                 raise
         try:
             self._dead_letters.put_batch([(r.body, r.metadata) for r in records], f"event store unavailable: {reason}",
                                          lettered=_rejected_whole(records, parsed))
         except Exception:  # the host checkpoints past the batch: the rejected letters are written, count them
             self._audit_durable(records, parsed, parsed.errs, stored=lettered)
+            self._record(records, parsed, began, stored=written if lettered else (),
+                         superseded=len(parsed.oks) - len(written) if lettered else 0)
             raise
         self._audit_dead_lettered(records)
         self._record(records, parsed, began, store_failed=len(parsed.oks))

@@ -23,6 +23,8 @@ import pytest
 from azure.core.exceptions import ServiceRequestError
 from azure.storage.blob import BlobServiceClient
 from cassandra.cluster import NoHostAvailable
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from emulators.cassandra.faults import clear_faults, inject_faults
 from shared import bootstrap
@@ -31,6 +33,7 @@ from shared.adapters.cassandra.aio import CassandraAsyncEventReader
 from shared.adapters.cassandra.device_log import CassandraDeviceLog
 from shared.adapters.cassandra.migrations import apply_migrations
 from shared.adapters.cassandra.reader import EVENT_SELECT, CassandraEventReader, stored_event
+from shared.adapters.otel_metrics import OtelMetrics
 from shared.domain.events import BadElement, EventMetadata, Rejected
 from shared.domain.stored import StoredEvent
 from shared.exceptions import TransientError
@@ -38,6 +41,7 @@ from sluice.__main__ import main as sluice_cli
 from sluice.launcher import Running
 from tests.fixtures.functions import HostContext, user_function
 from tests.integration.test_event_store_binding import _same_write_timestamp_digits
+from tests.unit.test_telemetry import collected
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -509,7 +513,9 @@ def test_when_the_batch_letter_fails_the_rejected_letters_written_before_it_are_
     storage failed". Final attempt, the event store failing (a keyspace that is not ours) while the ledger works:
     record 2 (not JSON) gets its rejected letter, then the batch letter cannot be written (Blob refuses it: a lease
     on its name) and the call raises. Record 2 is in a letter, so the ledger accounts for it; only record 1 (valid,
-    in neither place) is a gap. (Nothing was recorded when ``put_batch`` raised: record 2 was reported lost too.)"""
+    in neither place) is a gap. (Nothing was recorded when ``put_batch`` raised: record 2 was reported lost too.)
+    The metrics count record 2's letter as well (they recorded nothing for the batch: ``_store_failed`` re-raised
+    before ``_record``, while the path where the store succeeded and ``put_rejected`` failed counted its letters)."""
     from shared.adapters.cassandra.event_store import CassandraEventStore
     from shared.domain.events import RawRecord
     from shared.services.ingest import IngestService
@@ -525,8 +531,10 @@ def test_when_the_batch_letter_fails_the_rejected_letters_written_before_it_are_
     lease = blocker.acquire_lease(lease_duration=-1)  # the batch letter cannot be written: Blob refuses it
     try:
         ledger = bootstrap.audit_ledger()
+        reader = InMemoryMetricReader()
         service = IngestService(store, BlobDeadLetterSink(service_client, ingest.container, attempts=1),
-                                cfg.ingest.limits(), ledger)
+                                cfg.ingest.limits(), ledger,
+                                metrics=OtelMetrics(MeterProvider(metric_readers=[reader])))
         records = [RawRecord(json.dumps(event("dev-1")).encode(), EventMetadata("0", "1", 1, NOW)),
                    RawRecord(b"{not json", EventMetadata("0", "2", 2, NOW))]
         with pytest.raises(TransientError, match="could not write dead letter"):
@@ -536,6 +544,10 @@ def test_when_the_batch_letter_fails_the_rejected_letters_written_before_it_are_
         assert rejected == [f"rejected/{NOW:%Y/%m/%d}/p0/2-body.json"]  # record 2 is durably dead-lettered
         covered = {n for first, last in ledger.accounted("0", 1, 2) for n in range(first, last + 1)}
         assert covered == {2}, covered
+        metrics = collected(reader)
+        assert metrics.get("sluice.deadletter.letters") == {frozenset({("reason", "malformed")}): 1}, metrics
+        assert metrics.get("sluice.ingest.events") == {
+            frozenset({("outcome", "dead_lettered"), ("messaging.destination.partition.id", "0")}): 1}, metrics
     finally:
         lease.release()
 
