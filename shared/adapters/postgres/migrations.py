@@ -37,7 +37,10 @@ from Cassandra lasts) PostgreSQL queues every later reader of the table behind
 it: without a bound, the late scan and the next enrichment would block as long
 as that transaction lasts. So the migration gives up its wait, rolls back, and
 tries again after a growing pause; when every attempt times out it raises
-``TransientError`` naming the migration (run ``migrate`` again later).
+``TransientError`` naming the migration (run ``migrate`` again later). An
+inherited ``statement_timeout`` (a database or role default) is off for the
+transaction: it would cancel that wait, or a backfill over a large table on
+every run.
 
 A migration whose first line is ``-- sluice: no transaction`` runs outside any
 transaction instead (what ``CREATE INDEX CONCURRENTLY`` requires, which builds
