@@ -80,7 +80,8 @@ def schema_missing(exc: BaseException) -> str | None:
         if cassandra_protocol is not None and isinstance(seen, cassandra_protocol.InvalidRequest):
             text = " ".join(str(seen).split())
             if _CASSANDRA_MISSING.search(text):
-                said = re.search(r'message="(.*)"', text)  # the driver's 'Error from server: code=2200 ... message=".."'
+                # the driver's 'Error from server: code=2200 ... message=".."'
+                said = re.search(r'message="(.*)"', text)
                 return (f"Cassandra schema missing ({said[1] if said else text}): "
                         f"run python -m sluice migrate cassandra")
         seen = seen.__cause__
