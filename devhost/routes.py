@@ -51,14 +51,22 @@ _DECIMAL = re.compile(r"[\t\n\v\f\r ]*(?P<lead>[+-]?)(?P<number>[0-9][0-9,]*(?:\
 # the digits that do not fit half to even, so a number fails as too large only when it reaches that value plus one
 # half. (Written out: arithmetic on Decimal rounds to 28 digits.)
 _DECIMAL_TOO_LARGE = Decimal("79228162514264337593543950335.5")
+# .NET's char.IsWhiteSpace, which is Unicode's White_Space: what string.Trim() and span Trim() remove. Python's
+# str.strip() and a regex's \s also take U+001C to U+001F, which .NET does not count as white space.
+_WHITE_SPACE = ("\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+                "\u2028\u2029\u202f\u205f\u3000")
 # What bool.TryParse, as ASP.NET Core's BoolRouteConstraint parses, trims around "true" or "false": NUL and
-# char.IsWhiteSpace, which is Unicode's White_Space (Python's str.strip() also strips U+001C to U+001F).
-_BOOL_PADDING = ("\x00\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
-                 "\u2028\u2029\u202f\u205f\u3000")
-# Guid.TryParse: 32 hex digits (N), in 8-4-4-4-12 groups (D), the groups in braces (B) or parentheses (P); no
-# "urn:uuid:" prefix (Python's uuid.UUID takes one). The X form ({0x...,{0x...}}) is not accepted here.
-_GUID = re.compile(r"\s*(?:[0-9a-f]{32}|(?P<open>[{(]?)[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}(?P<close>[})]?))\s*",
+# char.IsWhiteSpace.
+_BOOL_PADDING = "\x00" + _WHITE_SPACE
+# Guid.TryParse: char.IsWhiteSpace trimmed around (not NUL, not U+001C to U+001F), then 32 hex digits (N), in
+# 8-4-4-4-12 groups (D), the groups in braces (B) or parentheses (P); no "urn:uuid:" prefix (Python's uuid.UUID takes
+# one). The X form ({0x...,{0x...}}) is not accepted here.
+_GUID = re.compile(r"[0-9a-f]{32}|(?P<open>[{(]?)[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}(?P<close>[})]?)",
                    re.IGNORECASE)
+# ASP.NET Core's AlphaRouteConstraint: the RegexRouteConstraint ^[A-Za-z]*$, checked with IsMatch. In a .NET regex
+# (as in Python's) $ also matches before a final "\n", so "abc\n" (from a path segment abc%0A) matches; and * takes
+# an empty value, which only an empty default ({name:alpha=}) gives.
+_ALPHA = re.compile(r"^[A-Za-z]*$")
 
 
 def _integer(bits: int) -> Callable[[str], int | None]:
@@ -72,7 +80,7 @@ def _integer(bits: int) -> Callable[[str], int | None]:
 
 
 def _guid(value: str) -> bool:
-    found = _GUID.fullmatch(value)
+    found = _GUID.fullmatch(value.strip(_WHITE_SPACE))
     return found is not None and (found["open"] or "") + (found["close"] or "") in ("", "{}", "()")
 
 
@@ -107,7 +115,7 @@ def _constraint(text: str, where: str) -> Callable[[str], bool]:
         "long": lambda v: _LONG(v) is not None,
         "bool": lambda v: v.strip(_BOOL_PADDING).lower() in ("true", "false"),
         "guid": _guid,
-        "alpha": lambda v: re.fullmatch(r"[A-Za-z]+", v) is not None,
+        "alpha": lambda v: _ALPHA.search(v) is not None,
         "decimal": _decimal,
         "double": lambda v: _FLOATING.fullmatch(v) is not None,
         "float": lambda v: _FLOATING.fullmatch(v) is not None,
