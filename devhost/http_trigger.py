@@ -122,10 +122,13 @@ def check_routes(routes: list[HttpRoute]) -> None:
 
 
 def _joined(values: MultiMapping[str]) -> dict[str, str]:
+    """The headers as the host gives them to the worker (ToRpcHttp): each name's values joined by
+    StringValues.ToString(), which skips empty ones (``X-A:`` then ``X-A: b`` is ``b``); a name whose values are all
+    empty stays, as ``""``."""
     joined: dict[str, str] = {}
     for key in values:
         if key not in joined:
-            joined[key] = ",".join(values.getall(key))
+            joined[key] = ",".join(value for value in values.getall(key) if value)
     return joined
 
 
