@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from devhost.errors import DevHostError
 
@@ -207,21 +208,38 @@ def load_local_settings(path: Path | None, environ: MutableMapping[str, str] | N
         document = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DevHostError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise DevHostError(f"{path} must hold a JSON object (with Values, ConnectionStrings, Host)")
     if document.get("IsEncrypted"):
         raise DevHostError(f"{path} is encrypted; the dev host reads plain settings only")
-    strings = document.get("ConnectionStrings") or {}
-    if not isinstance(strings, dict):
-        raise DevHostError(f"{path}: ConnectionStrings must be an object of connection names and strings")
-    for name, value in [*(document.get("Values") or {}).items(),
-                        *((f"ConnectionStrings:{key}", value) for key, value in strings.items())]:
+    values = _object(document, "Values", f"{path}: Values must be an object of setting names and values")
+    for name, value in values.items():
+        if isinstance(value, dict | list):  # Core Tools reads Values as strings: an object or array is refused
+            raise DevHostError(f"{path}: Values.{name} must be a string, not a JSON "
+                               f"{'object' if isinstance(value, dict) else 'array'}")
+    strings = _object(document, "ConnectionStrings",
+                      f"{path}: ConnectionStrings must be an object of connection names and strings")
+    host = _object(document, "Host", f"{path}: Host must be an object (LocalHttpPort, CORS, ...)")
+    for name, value in [*values.items(), *((f"ConnectionStrings:{key}", value) for key, value in strings.items())]:
         if environ.get(name):
             logger.info(
                 "Skipping %r from local settings as it's already defined in current environment variables", name
             )
             continue
         environ[name] = "" if value is None else str(value)
-    port = (document.get("Host") or {}).get("LocalHttpPort")
+    port = host.get("LocalHttpPort")
     return tcp_port(port, f"{path}: Host.LocalHttpPort") if port else None
+
+
+def _object(document: dict[str, Any], key: str, message: str) -> dict[str, Any]:
+    """``document[key]``, a JSON object, or {} when it is absent or null; a DevHostError with ``message`` when it is
+    anything else (an array, a string, a number), which the settings cannot be read from."""
+    section = document.get(key)
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise DevHostError(message)
+    return section
 
 
 def tcp_port(value: object, where: str) -> int:
