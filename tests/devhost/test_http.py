@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import sys
@@ -167,6 +168,31 @@ def test_the_code_query_parameter_is_found_whatever_its_case(http_host: Running,
 
 
 @pytest.mark.timeout(60)
+def test_a_repeated_header_is_joined_without_its_empty_values(http_host: Running) -> None:
+    """host: ToRpcHttp gives the worker each header as StringValues.ToString(), which joins the values with ``,``
+    skipping empty ones, as for the query. The dev host kept them: ``X-Test:`` then ``X-Test: b`` reached the
+    function as ``,b``."""
+    def header(*values: str) -> object:
+        address, port = http_host.address.rsplit(":", 1)
+        connection = http.client.HTTPConnection(address, int(port), timeout=10)
+        try:
+            connection.putrequest("GET", f"/v1/items/{uuid.uuid4()}")
+            connection.putheader("x-functions-key", KEY)
+            for value in values:
+                connection.putheader("X-Test", value)
+            connection.endheaders()
+            response = connection.getresponse()
+            body = response.read()
+        finally:
+            connection.close()
+        assert response.status == 200, body
+        return json.loads(body)["header"]
+
+    assert header("", "b", "", "c") == "b,c"
+    assert header("", "") == ""
+
+
+@pytest.mark.timeout(60)
 def test_an_empty_key_header_is_the_key_given_and_code_is_not_read(http_host: Running) -> None:
     """host: GetAuthorizationKeyInfoAsync takes the ``x-functions-key`` header whenever it is present (header takes
     precedence) and reads ``code`` only without it; an empty header is an empty key, which grants nothing. So a
@@ -239,6 +265,22 @@ def test_unsupported_triggers_and_bindings_stop_start_up_with_their_names(tmp_pa
     assert "function 'from_queue': trigger 'queueTrigger' is not supported" in result.stderr
     assert "function 'save': out binding 'blob' ('out') is not supported" in result.stderr
     assert "listening on" not in result.stdout
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("document", ['{"IsEncrypted": false, "Values": ["A=1"]}', "[1]"], ids=["Values", "document"])
+def test_malformed_local_settings_stop_start_up_with_a_clear_error(tmp_path: Path, document: str) -> None:
+    """Settings refused are exit status 2 with one line naming the setting (docs/devhost.md); a ``Values`` array or a
+    document that is no object ended in an AttributeError traceback, exit status 1."""
+    settings = write_app(tmp_path / "app", "import azure.functions as func\napp = func.FunctionApp()\n")
+    settings.write_text(document, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "devhost", "--script-root", str(tmp_path / "app"), "--settings", str(settings),
+         "--port", "0"], capture_output=True, text=True, timeout=50, cwd=str(ROOT),
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "local.settings.json" in result.stderr and "DevHostError" in result.stderr
 
 
 EVENTHUB_APP = '''

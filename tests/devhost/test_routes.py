@@ -64,6 +64,30 @@ def test_constraints() -> None:
     assert RouteTemplate.compile("a/{b:bool}").match("a/True") == {"b": "True"}
 
 
+def test_the_alpha_constraint_is_aspnets_regex_a_final_newline_included() -> None:
+    """AlphaRouteConstraint is the RegexRouteConstraint ``^[A-Za-z]*$`` (IsMatch): .NET's ``$`` also matches before a
+    final ``\\n``, so ``/api/names/abc%0A`` reaches the function in Azure with ``abc\\n``; the dev host's
+    ``fullmatch("[A-Za-z]+")`` refused it. ``*`` lets an empty default through."""
+    template = RouteTemplate.compile("names/{name:alpha}")
+    assert template.match("names/abc") == {"name": "abc"}
+    assert template.match("names/abc\n") == {"name": "abc\n"}
+    assert template.match("names/abc\n\n") is None
+    assert template.match("names/\nabc") is None
+    assert template.match("names/abc1") is None
+    assert RouteTemplate.compile("names/{name:alpha=}").match("names") == {"name": ""}
+
+
+def test_the_guid_constraint_trims_only_what_dotnet_counts_as_white_space() -> None:
+    """Guid.TryParse trims with char.IsWhiteSpace, which does not include U+001C..U+001F (nor NUL); the dev host's
+    regex used Python's ``\\s``, which does, so ``%1C<guid>`` matched ``{id:guid}`` locally and was 404 in Azure."""
+    template = RouteTemplate.compile("items/{id:guid}")
+    value = str(uuid.uuid4())
+    assert template.match(f"items/ {value}\u3000") == {"id": f" {value}\u3000"}  # .NET trims these too
+    for separator in "\x00\x1c\x1d\x1e\x1f":
+        assert template.match(f"items/{separator}{value}") is None, repr(separator)
+        assert template.match(f"items/{value}{separator}") is None, repr(separator)
+
+
 @pytest.mark.parametrize(("template", "path", "matches"), [
     ("items/{n:int}", "items/+5", True),
     ("items/{n:int}", "items/-2147483648", True),

@@ -67,6 +67,38 @@ def test_local_settings_errors_name_the_file(tmp_path: Path) -> None:
     assert load_local_settings(None, {}) is None
 
 
+@pytest.mark.parametrize(("document", "message"), [
+    ([1], r"local\.settings\.json must hold a JSON object"),
+    ("Values", r"local\.settings\.json must hold a JSON object"),
+    ({"Values": ["A=1"]}, r"local\.settings\.json: Values must be an object"),
+    ({"Values": []}, r"local\.settings\.json: Values must be an object"),
+    ({"Values": {"A": {"nested": 1}}}, r"local\.settings\.json: Values\.A must be a string, not a JSON object"),
+    ({"Values": {"A": [1]}}, r"local\.settings\.json: Values\.A must be a string, not a JSON array"),
+    ({"ConnectionStrings": []}, r"local\.settings\.json: ConnectionStrings must be an object"),
+    ({"Host": [7072]}, r"local\.settings\.json: Host must be an object"),
+], ids=["array", "string", "Values-array", "Values-empty-array", "Values-object-entry", "Values-array-entry",
+        "ConnectionStrings-array", "Host-array"])
+def test_local_settings_that_are_not_objects_are_refused_naming_them(tmp_path: Path, document: object,
+                                                                      message: str) -> None:
+    """Core Tools reads local.settings.json into an object whose Values are strings: anything else is no settings.
+    The dev host called ``.get``/``.items()`` on whatever the JSON held (an AttributeError traceback, exit 1)."""
+    path = tmp_path / "local.settings.json"
+    path.write_text(json.dumps(document))
+    environ: dict[str, str] = {}
+    with pytest.raises(DevHostError, match=message):
+        load_local_settings(path, environ)
+    assert environ == {}
+
+
+def test_local_settings_numbers_booleans_and_null_become_strings(tmp_path: Path) -> None:
+    path = tmp_path / "local.settings.json"
+    path.write_text(json.dumps({"Values": {"N": 5, "F": 1.5, "B": True, "Z": None}, "ConnectionStrings": None,
+                                "Host": None}))
+    environ: dict[str, str] = {}
+    assert load_local_settings(path, environ) is None
+    assert environ == {"N": "5", "F": "1.5", "B": "True", "Z": ""}
+
+
 def test_host_json_options(tmp_path: Path) -> None:
     path = tmp_path / "host.json"
     path.write_text(json.dumps({
