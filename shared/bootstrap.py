@@ -670,7 +670,7 @@ def lookup_service() -> LookupService:
                          critical_default_limit=lookup.critical_default_limit,
                          critical_cap=cfg.redis.critical_per_device_max,
                          redis_retry_after=lookup.redis_retry_after_seconds, flight_wait=lookup.flight_wait_seconds,
-                         health_timeout=lookup.health_timeout_seconds,
+                         health_timeout=lookup.health_timeout_seconds, rules=cfg.rules.critical_rules,
                          health_opened={"redis": lambda: connection.opened, "cassandra": lambda: reader.opened})
 
 
@@ -777,7 +777,7 @@ def history_service() -> HistoryService:
            derived_key(cfg.cassandra.keyspace, ",".join(cfg.cassandra.hosts), cfg.redis.url, cfg.redis.key_prefix))
     history = CassandraDeviceHistory(cassandra_session, cfg.cassandra.keyspace,
                                      timeout=cfg.dashboard.read_timeout_seconds)
-    return HistoryService(history, TokenSigner(key))
+    return HistoryService(history, TokenSigner(key), rules=cfg.rules.critical_rules)
 
 
 @service
@@ -790,7 +790,7 @@ def state_service() -> StateService:
     timeout = cfg.dashboard.read_timeout_seconds
     return StateService(CassandraDeviceHistory(cassandra_session, cfg.cassandra.keyspace, timeout=timeout),
                         CassandraEventReader(cassandra_session, cfg.cassandra.keyspace, timeout=timeout),
-                        deadline_seconds=cfg.dashboard.state_deadline_seconds)
+                        deadline_seconds=cfg.dashboard.state_deadline_seconds, rules=cfg.rules.critical_rules)
 
 
 @service

@@ -9,11 +9,15 @@ event does not carry never matches.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from shared.domain.stored import StoredEvent
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
@@ -61,3 +65,10 @@ class Criticality:
             if observed is not None and holds(observed, threshold):
                 return True
         return False
+
+    def decided(self, event: StoredEvent) -> StoredEvent:
+        """``event`` with ``critical`` decided: a row written without the flag (``None``, before the flag existed)
+        gets these rules, instead of its document saying ``false``; a row with the flag costs one test."""
+        if event.critical is not None:
+            return event
+        return dataclasses.replace(event, critical=self(event.severity, event.measurements))

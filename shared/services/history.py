@@ -21,10 +21,12 @@ import hashlib
 import hmac
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from shared.domain.rules import Criticality, MeasurementRule
 from shared.domain.times import day_of, from_ms
 from shared.exceptions import PermanentError
 from shared.ports.dashboard import DeviceHistory, HistoryCursor
@@ -124,9 +126,10 @@ def _is_int(value: object) -> bool:
 class HistoryService:
     """Pages of one device's events in ``[start, end]``, newest first."""
 
-    def __init__(self, history: DeviceHistory, signer: TokenSigner) -> None:
+    def __init__(self, history: DeviceHistory, signer: TokenSigner, *, rules: Sequence[MeasurementRule] = ()) -> None:
         self._history = history
         self._signer = signer
+        self._critical = Criticality(rules)  # decides the flag of a row written without it, as the change feed does
 
     def page(self, device_id: str, *, start: datetime, end: datetime, limit: int,
              token: str | None = None) -> HistoryPage:
@@ -138,7 +141,8 @@ class HistoryService:
             if day < first_day:
                 return HistoryPage(events, None)
             rows = self._history.page(device_id, day, start=start, end=end, after=after, limit=limit - len(events))
-            events += [row.to_document() for row in rows]
+            decided = self._critical.decided
+            events += [decided(row).to_document() for row in rows]
             if len(events) >= limit:
                 last = rows[-1]
                 return HistoryPage(events, self._signer.encode(device_id, HistoryCursor(

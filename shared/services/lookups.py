@@ -30,13 +30,14 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
 import orjson
 
+from shared.domain.rules import Criticality, MeasurementRule
 from shared.domain.stored import StoredEvent, current_copies, one_copy_each
 from shared.domain.times import from_ms, to_ms, to_ms_ceil
 from shared.domain.times import leap_second as leap_second  # re-exported: functions/parameters.py reads HTTP times
@@ -86,9 +87,10 @@ class LookupService:
                  ttl_jitter: int = 300, negative_ttl: int = 5, critical_default_limit: int = 20,
                  critical_cap: int = 100, redis_retry_after: float = 5.0, flight_wait: float = 5.0,
                  health_timeout: float = 1.0, health_opened: health.Opened | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 rules: Sequence[MeasurementRule] = (), monotonic: Callable[[], float] = time.monotonic) -> None:
         self._cache = cache
         self._reader = reader
+        self._critical = Criticality(rules)
         self._ttl = cache_ttl
         self._jitter = ttl_jitter
         self._negative_ttl = negative_ttl
@@ -173,6 +175,20 @@ class LookupService:
         value, outcome = await self._flights.do(key, what, load)
         return value, outcome if asked_redis else "bypass"
 
+    # -- the critical flag (rows written before it existed get the rules, as the change feed decides them) -------
+    async def _read_latest(self, device_id: str) -> StoredEvent | None:
+        event = await self._reader.latest(device_id)
+        return self._critical.decided(event) if event is not None else None
+
+    async def _read_event(self, event_id: uuid.UUID) -> StoredEvent | None:
+        event = await self._reader.event(event_id)
+        return self._critical.decided(event) if event is not None else None
+
+    def _all_decided(self, events: Sequence[StoredEvent]) -> list[StoredEvent]:
+        """Each of ``events`` decided (the test inlined: a critical list read on a miss is up to 125 rows)."""
+        decided = self._critical.decided
+        return [event if event.critical is not None else decided(event) for event in events]
+
     # -- lookups ------------------------------------------------------------------------
     async def _document(self, key: tuple[str, str], what: str, get: Callable[[], Awaitable[Cached | None]],
                         read: Callable[[], Awaitable[StoredEvent | None]],
@@ -187,7 +203,7 @@ class LookupService:
         return await self._document(
             ("latest", device_id), f"the latest state of {device_id!r}",
             lambda: cache.get_latest(device_id),
-            lambda: self._reader.latest(device_id),
+            lambda: self._read_latest(device_id),
             lambda event: cache.fill_latest(device_id, event, self._ttl_now(), self._negative_ttl))
 
     async def event(self, event_id: uuid.UUID) -> Lookup:
@@ -195,7 +211,7 @@ class LookupService:
         return await self._document(
             ("event", key), f"event {key}",
             lambda: cache.get_event(key),
-            lambda: self._reader.event(event_id),
+            lambda: self._read_event(event_id),
             lambda event: cache.fill_event(key, event, self._ttl_now(), self._negative_ttl))
 
     async def critical(self, device_id: str, *, since: datetime | None = None, limit: int | None = None) -> Lookup:
@@ -242,8 +258,13 @@ class LookupService:
             rows = await self._reader.critical(device_id, since=since, limit=fetch)
             # every critical event at or after `covers` was read (all of them when fewer than asked for came back)
             covers = since_ms if len(rows) < fetch else rows[-1].event_time_ms + 1
-            events = one_copy_each(rows)
-            return covers, current_copies(events, await self._reader.events([event.event_id for event in events]))
+            # Rows without the flag decided before copies are compared (Redis compares the documents the change feed
+            # wrote, decided), and those the rules do not find critical left out after, as the feed and the rebuild
+            # leave them out of the list (the table holds no row flagged false: ingest writes it for critical ones).
+            events = one_copy_each(self._all_decided(rows))
+            copies = await self._reader.events([event.event_id for event in events])
+            current = current_copies(events, {key: self._critical.decided(copy) for key, copy in copies.items()})
+            return covers, [event for event in current if event.critical]
 
         async def fill(found: tuple[int, list[StoredEvent]]) -> None:
             covers, events = found

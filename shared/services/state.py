@@ -28,11 +28,12 @@ to the larger event id, as ``StoredEvent.newer_than`` (and the latest state) do.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared.domain.rules import Criticality, MeasurementRule
 from shared.domain.stored import StoredEvent
 from shared.domain.times import day_of, to_ms, to_ms_ceil
 from shared.exceptions import DependencyUnavailable
@@ -46,8 +47,9 @@ _TIES = 16  # rows read at the newest time of a day, to pick the winner of a tie
 class StateService:
     def __init__(self, history: DeviceHistory, reader: EventReader, *,
                  lookback_days: int = DEFAULT_LOOKBACK_DAYS, deadline_seconds: float = 10.0, parallel: int = 8,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 rules: Sequence[MeasurementRule] = (), monotonic: Callable[[], float] = time.monotonic) -> None:
         self._history = history
+        self._critical = Criticality(rules)  # decides the flag of a row written without it, as the change feed does
         self._reader = reader
         self._lookback = lookback_days
         self._deadline = deadline_seconds
@@ -58,7 +60,7 @@ class StateService:
     def at(self, device_id: str, at: datetime) -> dict[str, Any] | None:
         """The document of the device's latest event with event time at or before ``at``; ``None`` when none."""
         event = self._find(device_id, at)
-        return event.to_document() if event is not None else None
+        return self._critical.decided(event).to_document() if event is not None else None
 
     def _find(self, device_id: str, at: datetime) -> StoredEvent | None:
         give_up = self._monotonic() + self._deadline

@@ -184,6 +184,48 @@ def test_critical_events_newest_first_with_limit_and_since(app_env, store) -> No
     assert body(critical("c-1", since=(NOW + timedelta(hours=1)).isoformat()))["events"] == []
 
 
+def write_row_without_critical_flag(session, keyspace: str, device: str, *, severity: str,
+                                    measurements: dict[str, float]) -> uuid.UUID:
+    """An event row whose ``critical`` column is null: one written before the flag existed (StoredEvent: "the
+    reader of the event then applies the rules itself"), with its position and, when critical, its critical row."""
+    event_id = uuid.uuid4()
+    at = NOW - timedelta(minutes=1)
+    payload = "event_type, severity, measurements, attributes, schema_version, enqueued_time"
+    values = ("telemetry", severity, measurements, {}, 1, at)
+    session.execute(f"INSERT INTO {keyspace}.events_by_id (event_id, device_id, event_time, {payload})"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", (event_id, device, at, *values))
+    session.execute(f"INSERT INTO {keyspace}.device_latest (device_id, event_id, event_time) VALUES (%s, %s, %s)",
+                    (device, event_id, at))
+    if severity == "critical":
+        session.execute(f"INSERT INTO {keyspace}.critical_events_by_device (device_id, event_time, event_id,"
+                        f" {payload}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", (device, at, event_id, *values))
+    return event_id
+
+
+@pytest.mark.timeout(60)
+def test_a_row_without_the_critical_flag_is_answered_with_the_rules_not_as_false(app_env, session, keyspace) -> None:
+    """docs/api.md: ``critical`` is ``severity == "critical"`` or a rule of SLUICE_CRITICAL_RULES. The change feed
+    writes ``critical: true`` for such a row (ChangeFeedService._decided) into the very keys a lookup miss fills:
+    the miss decides it the same way, so the same stored event reads alike on a miss and on a hit."""
+    app_env()
+    device = f"nf-{uuid.uuid4().hex[:8]}"
+    event_id = write_row_without_critical_flag(session, keyspace, device, severity="critical", measurements={})
+    for _ in range(2):  # the miss, then the hit its fill left
+        by_id = event(str(event_id))
+        assert by_id.status_code == 200 and body(by_id)["critical"] is True, body(by_id)
+        state = latest(device)
+        assert state.status_code == 200 and body(state)["critical"] is True, body(state)
+        listed = critical(device)
+        assert [e["critical"] for e in body(listed)["events"]] == [True], body(listed)
+    assert by_id.headers["X-Cache"] == "hit"
+
+    rule_device = f"nf-{uuid.uuid4().hex[:8]}"  # critical by a rule (temperature > 90), not by severity
+    rule_id = write_row_without_critical_flag(session, keyspace, rule_device, severity="info",
+                                              measurements={"temperature": 99.0})
+    assert body(event(str(rule_id)))["critical"] is True
+    assert body(latest(rule_device))["critical"] is True
+
+
 @pytest.mark.timeout(60)
 def test_a_leap_second_since_is_the_instant_ingest_stores_a_leap_second_at(app_env, store) -> None:
     """RFC 3339 allows second 60 for a leap second (2016-12-31T23:59:60Z was one); Python's datetime does not, and

@@ -315,6 +315,41 @@ async def test_a_critical_miss_never_lists_a_copy_its_event_was_corrected_from()
 
 
 @sync
+async def test_a_row_without_the_critical_flag_is_decided_with_the_rules_on_every_lookup():
+    """A row written before the flag existed (``critical`` null) is critical by ``severity == "critical"`` or a
+    rule of SLUICE_CRITICAL_RULES, as the change feed decides it, not ``false``: in the answer and in the fill.
+    A ``critical_events_by_device`` row of it the rules no longer find critical is left out, as the feed leaves it
+    out of the critical list."""
+    from dataclasses import replace
+
+    from shared.domain.rules import MeasurementRule
+
+    by_severity = replace(ev(minutes=1, critical=True), critical=None)
+    by_rule = replace(ev(minutes=2), critical=None, measurements={"temperature": 99.0})
+    calm = replace(ev(minutes=3), critical=None, measurements={"temperature": 10.0})
+    flagged = ev(minutes=4)  # a flag set false stays false whatever the rules say
+    flagged = replace(flagged, measurements={"temperature": 99.0})
+    service, cache, reader, _ = make([by_severity, by_rule, calm, flagged],
+                                     rules=[MeasurementRule(measurement="temperature", op=">", value=90)])
+    reader.critical = lambda device_id, *, since, limit: _rows([by_severity, by_rule, calm])  # the table's rows
+    for event, critical in [(by_severity, True), (by_rule, True), (calm, False), (flagged, False)]:
+        answer = await service.event(event.event_id)
+        assert answer.outcome == "miss" and json.loads(answer.document)["critical"] is critical, event
+        assert json.loads(cache.events[str(event.event_id)].document)["critical"] is critical  # the fill
+    latest = await service.latest("d1")
+    assert json.loads(latest.document)["critical"] is True and json.loads(latest.document)["severity"] == "critical"
+    listed = json.loads((await service.critical("d1")).document)["events"]
+    assert [(e["event_id"], e["critical"]) for e in listed] == [(str(by_severity.event_id), True),
+                                                                (str(by_rule.event_id), True)]
+    plain, _, _, _ = make([by_rule])  # no rules: severity alone decides
+    assert json.loads((await plain.event(by_rule.event_id)).document)["critical"] is False
+
+
+async def _rows(rows):
+    return list(rows)
+
+
+@sync
 async def test_critical_document_is_json_even_for_an_awkward_device_id():
     service, _cache, _, _ = make([ev(device='q"\\x', critical=True)])
     answer = await service.critical('q"\\x')

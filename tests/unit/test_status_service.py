@@ -1,4 +1,4 @@
-"""``StatusService`` and ``HistoryService`` over small in-memory fakes of their ports."""
+"""``StatusService``, ``HistoryService`` and ``StateService`` over small in-memory fakes of their ports."""
 
 from __future__ import annotations
 
@@ -217,6 +217,37 @@ def test_a_long_range_is_read_at_most_31_partitions_per_page() -> None:
     history = HistoryService(store, TokenSigner(b"k" * 32))
     page = history.page("d", start=NOW - timedelta(days=365), end=NOW, limit=10)
     assert page.events == [] and page.next_token is not None and len(store.partitions_read) == 31
+
+
+def test_history_and_state_decide_a_row_without_the_critical_flag_with_the_rules() -> None:
+    """A row written before the flag existed (``critical`` null) is answered critical by ``severity == "critical"``
+    or a rule of SLUICE_CRITICAL_RULES (docs/api.md), as the change feed and the lookups decide it, not ``false``."""
+    from dataclasses import replace
+
+    from shared.domain.rules import MeasurementRule
+    from shared.ports.event_reader import Newest
+    from shared.services.state import StateService
+
+    rules = [MeasurementRule(measurement="temperature", op=">", value=90)]
+    hot = replace(_event("d", NOW), measurements={"temperature": 99.0})
+    events = [hot, replace(_event("d", NOW - timedelta(seconds=1)), severity="critical"),
+              replace(_event("d", NOW - timedelta(seconds=2)), measurements={"temperature": 10.0}),
+              replace(_event("d", NOW - timedelta(seconds=3)), critical=False, severity="critical")]
+    page = HistoryService(History(events), TokenSigner(b"k" * 32), rules=rules).page(
+        "d", start=NOW - timedelta(days=1), end=NOW, limit=10)
+    assert [e["critical"] for e in page.events] == [True, True, False, False]  # a flag set stays as it is
+    unruled = HistoryService(History(events), TokenSigner(b"k" * 32)).page(
+        "d", start=NOW - timedelta(days=1), end=NOW, limit=10)
+    assert [e["critical"] for e in unruled.events] == [False, True, False, False]
+
+    class Reader:
+        def newest(self, device_id):
+            return Newest(hot.event_time, hot.event_id, hot)
+
+    state = StateService(History(events), Reader(), rules=rules)
+    assert state.at("d", NOW)["critical"] is True  # the newest event: the shortcut
+    assert state.at("d", NOW - timedelta(seconds=1))["critical"] is True  # the walk
+    assert state.at("d", NOW - timedelta(seconds=2))["critical"] is False
 
 
 def test_tokens_are_bound_to_the_device_and_the_key() -> None:
