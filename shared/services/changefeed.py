@@ -42,7 +42,6 @@ not counted again (a failed write is counted when a later run writes it).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import uuid
@@ -175,11 +174,7 @@ class ChangeFeedService:
 
     def _decided(self, events: Sequence[StoredEvent]) -> list[StoredEvent]:
         """Each event with ``critical`` decided (rows without the flag get the configured rules)."""
-        return [
-            event if event.critical is not None
-            else dataclasses.replace(event, critical=self._critical(event.severity, event.measurements))
-            for event in events
-        ]
+        return self._critical.all_decided(events)
 
     def run(self) -> FeedRunResult:
         """One invocation. Raises ``DependencyUnavailable`` when Cassandra or Redis fails (position kept)."""

@@ -184,11 +184,6 @@ class LookupService:
         event = await self._reader.event(event_id)
         return self._critical.decided(event) if event is not None else None
 
-    def _all_decided(self, events: Sequence[StoredEvent]) -> list[StoredEvent]:
-        """Each of ``events`` decided (the test inlined: a critical list read on a miss is up to 125 rows)."""
-        decided = self._critical.decided
-        return [event if event.critical is not None else decided(event) for event in events]
-
     # -- lookups ------------------------------------------------------------------------
     async def _document(self, key: tuple[str, str], what: str, get: Callable[[], Awaitable[Cached | None]],
                         read: Callable[[], Awaitable[StoredEvent | None]],
@@ -261,7 +256,7 @@ class LookupService:
             # Rows without the flag decided before copies are compared (Redis compares the documents the change feed
             # wrote, decided), and those the rules do not find critical left out after, as the feed and the rebuild
             # leave them out of the list (the table holds no row flagged false: ingest writes it for critical ones).
-            events = one_copy_each(self._all_decided(rows))
+            events = one_copy_each(self._critical.all_decided(rows))
             copies = await self._reader.events([event.event_id for event in events])
             current = current_copies(events, {key: self._critical.decided(copy) for key, copy in copies.items()})
             return covers, [event for event in current if event.critical]

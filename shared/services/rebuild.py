@@ -47,7 +47,6 @@ the generation stays recorded, and the next rebuild deletes it before it builds.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import threading
@@ -224,9 +223,7 @@ class RebuildService:
 
     def _decided(self, event: StoredEvent) -> StoredEvent:
         """``critical`` decided as the change feed decides it (rows written without the flag get the rules)."""
-        if event.critical is not None:
-            return event
-        return dataclasses.replace(event, critical=self._criticality(event.severity, event.measurements))
+        return self._criticality.decided(event)
 
     def _critical_only(self, events: Sequence[StoredEvent]) -> list[StoredEvent]:
         """``events`` decided as the change feed decides them: a row written without the flag gets the rules, and

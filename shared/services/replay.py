@@ -12,7 +12,6 @@ feed's position nor the enrichment watermark moves.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -70,8 +69,7 @@ class ReplayService:
 
     def _decided(self, events: Sequence[StoredEvent]) -> list[StoredEvent]:
         """Each event with ``critical`` decided (rows without the flag get the configured rules)."""
-        return [e if e.critical is not None
-                else dataclasses.replace(e, critical=self._critical(e.severity, e.measurements)) for e in events]
+        return self._critical.all_decided(events)
 
     def _apply(self, events: list[StoredEvent], report: ReplayReport) -> None:
         apply_changes(self._sink, events, self._latest, self._decided)
