@@ -7,11 +7,14 @@ or ::1). Locally the challenge's resource is not checked either (it names
 ``vault.azure.net``, not the local host), and the emulator's CA bundle
 (``SLUICE_KEYVAULT_CA_FILE``) verifies its HTTPS certificate.
 
-Errors: a secret that is missing, disabled, expired, not yet valid, badly named,
-or that the identity may not read, a refused credential, and a CA bundle that
-holds no certificate, are a :class:`ConfigurationError` naming the secret or the
-bundle (retrying cannot help); a vault or sign-in endpoint that cannot be reached
-is :class:`DependencyUnavailable`.
+Errors: a secret that is missing, disabled, expired, not yet valid, empty, badly
+named, or that the identity may not read, a refused credential, a CA bundle that
+holds no certificate or is gone since start-up, and a vault URL whose challenge
+names another domain (the SDK's bare ``ValueError``: a custom DNS name, or an
+emulator on a host other than the three local names), are a
+:class:`ConfigurationError` naming the secret or the bundle (retrying cannot
+help); a vault or sign-in endpoint that cannot be reached is
+:class:`DependencyUnavailable`.
 Values are never logged.
 
 Telling "refused" from "unreachable" when signing in: a bare credential raises
@@ -56,6 +59,10 @@ from shared.settings import SECRET_NAME, ca_bundle_problem
 logger = logging.getLogger(__name__)
 
 REASON_LIMIT = 2000  # characters of a service or sign-in error kept in our messages
+_CHALLENGE_HINT = (
+    "use the vault's own URL, under the domain its challenge names (https://<vault>.vault.azure.net/); "
+    "a local Key Vault emulator must be reached on 127.0.0.1, localhost or ::1, where the challenge is not checked"
+)
 
 
 class KeyVaultSecrets:
@@ -123,14 +130,20 @@ class KeyVaultSecrets:
             raise DependencyUnavailable(
                 "key vault", f"reading secret {name!r} from {self._url}: {_reason(exc)}"
             ) from exc
-        except AzureError as exc:
-            # a CA bundle without a certificate fails every read inside the TLS set-up: no retry mends that
+        except (AzureError, OSError) as exc:
+            # a CA bundle without a certificate fails every read inside the TLS set-up, and one gone since start-up
+            # (requests opens it again for each new connection) fails with a bare OSError: no retry mends either
             problem = ca_bundle_problem(self._ca_file) if self._ca_file else None
             if problem:
                 raise ConfigurationError(
                     f"the CA bundle {self._ca_file!r} for Key Vault {self._url} {problem}"
                 ) from None
             raise DependencyUnavailable("key vault", f"reading secret {name!r} from {self._url}: {exc}") from exc
+        except ValueError as exc:
+            # the SDK's challenge checks (a vault URL not under the challenge's resource domain, a malformed
+            # challenge) raise a bare ValueError: the URL or the vault is wrong, no retry mends that
+            hint = f" ({_CHALLENGE_HINT})" if "challenge" in str(exc).lower() else ""
+            raise ConfigurationError(f"Key Vault {self._url} cannot be read for secret {name!r}: {exc}{hint}") from None
         value = _valid_value(name, secret)
         logger.info("read secret %s from Key Vault", name)
         return value
@@ -151,6 +164,9 @@ def _valid_value(name: str, secret: KeyVaultSecret) -> str:
         raise ConfigurationError(f"Key Vault secret {name!r} is not valid before {not_before.isoformat()}")
     if secret.value is None:
         raise ConfigurationError(f"Key Vault secret {name!r} has no value")
+    if not secret.value:  # every secret Sluice reads is a password or a connection string: none may be empty
+        raise ConfigurationError(f"Key Vault secret {name!r} is empty: give it a value (a password or connection "
+                                 "string)")
     return secret.value
 
 

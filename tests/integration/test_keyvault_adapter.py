@@ -23,11 +23,12 @@ from azure.identity import ChainedTokenCredential, ClientSecretCredential, Crede
 from azure.keyvault.secrets import SecretClient
 
 from shared import bootstrap
+from shared.adapters.identity import LocalDevelopmentCredential
 from shared.adapters.keyvault import KeyVaultSecrets
 from shared.exceptions import ConfigurationError, DependencyUnavailable, SluiceError
 from shared.settings import load_settings
 from sluice.localstack import free_port
-from tests.fixtures.keyvault import KeyVaultEmulator, unique_secret_name
+from tests.fixtures.keyvault import KeyVaultEmulator, start_keyvault_emulator, unique_secret_name
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,6 +170,16 @@ def test_expired_and_not_yet_valid_secrets_are_refused(secrets: KeyVaultSecrets,
     assert secrets.get(current) == "value"
 
 
+def test_an_empty_secret_value_is_a_configuration_error_not_a_password(secrets: KeyVaultSecrets,
+                                                                      keyvault_client: SecretClient) -> None:
+    # Key Vault stores an empty value. Handed on as a store password, every log-in fails (libpq: "no password
+    # supplied", no refusal to re-read the secret for) and the store reads as down: batches retried, dead-lettered
+    name = unique_secret_name("empty")
+    keyvault_client.set_secret(name, "")
+    with pytest.raises(ConfigurationError, match=rf"{name}.*is empty"):
+        secrets.fetch(name)
+
+
 @pytest.mark.parametrize("bad", ["under_score", "", "x" * 128])
 def test_a_bad_secret_name_is_refused_before_any_request(secrets: KeyVaultSecrets, bad: str) -> None:
     with pytest.raises(ConfigurationError, match="not a valid Key Vault secret name"):
@@ -199,6 +210,42 @@ def test_a_wrong_ca_bundle_is_a_dependency_error(keyvault_emulator: KeyVaultEmul
             adapter.get("anything")
     finally:
         adapter.close()
+
+
+def test_a_ca_bundle_gone_after_start_is_a_configuration_error_not_a_bare_oserror(
+        keyvault_emulator: KeyVaultEmulator, keyvault_client: SecretClient, tmp_path: Path) -> None:
+    # the bundle is checked at construction, but requests opens it again for every new connection: once it is gone
+    # (a re-made certificate directory, an unmounted volume), a read raised requests' bare OSError, which escaped
+    # RotatingSecret.refresh (it keeps the cached value for a SluiceError) into the stores' log-in code
+    name = unique_secret_name("ca-gone")
+    keyvault_client.set_secret(name, "value")
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(keyvault_emulator.ca_file.read_bytes())
+    adapter = KeyVaultSecrets(keyvault_emulator.url, ca_file=str(bundle), retries=0)
+    try:
+        bundle.unlink()  # after start-up: the next new connection (here the first) opens the bundle again
+        with pytest.raises(ConfigurationError, match=r"ca\.pem.*cannot be read"):
+            adapter.fetch(name)
+    finally:
+        adapter.close()
+
+
+def test_a_vault_whose_challenge_names_another_domain_is_a_configuration_error(tmp_path: Path) -> None:
+    # A vault URL neither under the challenge's resource domain (vault.azure.net) nor on one of the three names
+    # treated as local (a custom DNS name or proxy, the emulator on another loopback address or a container's host
+    # name): the SDK refuses the challenge with a bare ValueError, which escaped fetch (its contract: a SluiceError)
+    emulator = start_keyvault_emulator(tmp_path / "certs", "--host", "127.0.0.2")
+    try:
+        url = f"https://127.0.0.2:{emulator.running.port}/"
+        adapter = KeyVaultSecrets(url, ca_file=str(emulator.ca_file), credential=LocalDevelopmentCredential(),
+                                  retries=0)
+        try:
+            with pytest.raises(ConfigurationError, match=r"'any-secret'.*challenge resource.*vault\.azure\.net"):
+                adapter.fetch("any-secret")
+        finally:
+            adapter.close()
+    finally:
+        emulator.running.stop()
 
 
 def test_a_vault_url_with_an_upper_case_scheme_is_read_and_accepted(keyvault_emulator: KeyVaultEmulator) -> None:
