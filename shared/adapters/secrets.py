@@ -12,7 +12,9 @@ Cassandra ``AuthenticationFailed``):
   take its outcome instead of reading again: a slow or black-holed vault costs one
   read for N connections refused together, not N reads back to back;
 * a vault that cannot be reached (or refuses) keeps the cached value: the store
-  may still accept it, and the next refresh tries again;
+  may still accept it, and the next refresh tries again. So does any other error
+  the source raises (its contract is a ``SluiceError``; anything else is logged
+  with its type), as long as a value is cached: with none, the error propagates;
 * ``refresh`` says whether the value changed (or differs from the one the store
   refused), so the caller retries only then;
 * once a value is cached, :meth:`RotatingSecret.value` never waits for a re-read
@@ -133,7 +135,8 @@ class RotatingSecret:
         together, the first one's read fetches the new value and the others, rate-limited, use it.
         Reads nothing when the last refresh ended less than ``min_interval`` seconds ago, when
         another caller's read ran while this one waited for it (its outcome is this one's), for a
-        fixed value, or when the source fails (the cached value is kept and the failure logged).
+        fixed value, or when the source fails with any error (the cached value is kept and the failure
+        logged; with no value cached yet the error propagates, as from :meth:`value`).
         """
         if self.name is None:
             return False
@@ -149,8 +152,13 @@ class RotatingSecret:
                 return other_than_rejected(self._value)
             try:
                 value = self._fetch()
-            except SluiceError as exc:
-                logger.warning("secret %s not refreshed, keeping the cached value: %s", self.name, exc)
+            except Exception as exc:
+                if self._value is None:
+                    raise  # nothing cached to keep: a first read's error is not swallowed (as in value())
+                # any error, not only a SluiceError: the source's contract says it raises one, but one that
+                # escapes (a bug, an error it does not know) must not reach the stores' log-in code either
+                kind = "" if isinstance(exc, SluiceError) else f"{type(exc).__name__}: "
+                logger.warning("secret %s not refreshed, keeping the cached value: %s%s", self.name, kind, exc)
                 return other_than_rejected(self._value)
             finally:
                 self._read_at = self._clock()

@@ -399,6 +399,31 @@ def test_a_vault_outage_keeps_the_cached_value(tmp_path: Path) -> None:
         emulator.running.stop()
 
 
+def test_any_error_from_the_source_keeps_the_cached_value_but_a_first_read_raises_it(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # the source's contract is a SluiceError; one that escapes it anyway must not reach the stores' log-in code
+    failure: list[Exception] = []
+
+    def fetch() -> str:
+        if failure:
+            raise failure[0]
+        return "cached"
+
+    failure.append(OSError("Could not find a suitable TLS CA certificate bundle"))
+    first = RotatingSecret("s", fetch, min_interval=0)
+    with pytest.raises(OSError):
+        first.refresh()  # nothing cached yet: not swallowed
+    with pytest.raises(OSError):
+        first.value()
+    failure.clear()
+    assert first.value() == "cached"
+    failure.append(ValueError("unexpected"))
+    with caplog.at_level(logging.WARNING, logger="shared.adapters.secrets"):
+        assert first.refresh() is False
+    assert first.value() == "cached"
+    assert "keeping the cached value: ValueError: unexpected" in caplog.text
+
+
 def test_refresh_is_rate_limited_per_secret() -> None:
     reads: list[int] = []
     now = [0.0]
