@@ -11,11 +11,12 @@
   const SITE_ROWS = 30;  // the site table shows the newest 30 rows of report_site_daily
   let refreshMs = 5000;
   const criticalCopies = new WeakMap();  // an item of the feed -> the event it shows (JSON), to see it corrected
-  let device = null;  // the device shown: {id, events, partial}; null when none is
+  let device = null;  // the device shown: {id, events, partial, from, to (the range read)}; null when none is
   let search = null;  // the AbortController of the search in flight: a newer search aborts it
   let statusReadAt = null, sitesReadAt = null, criticalReadAt = null;
 
-  // An error of a route carries the message of its 400/404/503 JSON body (naming the dependency), or the HTTP status.
+  // An error of a route carries the message of its 400/404/503 JSON body (naming the dependency), or the HTTP status,
+  // and the status itself (err.status).
   // A 2xx whose body is not JSON (cut off by a pod stopped mid-answer or a gateway, or not the app's) is an error too.
   function api(path, params, signal) {
     const url = new URL(base + path, location.origin);
@@ -33,7 +34,9 @@
       .then(async (r) => {
         const body = await r.json().catch(() => undefined);
         if (!r.ok) {
-          throw new Error(naming(body && body.dependency, (body && body.message) || ("HTTP " + r.status)));
+          const err = new Error(naming(body && body.dependency, (body && body.message) || ("HTTP " + r.status)));
+          err.status = r.status;  // a search tells "no latest state" (404) from a store that failed
+          throw err;
         }
         if (body === undefined) throw new Error("the answer (HTTP " + r.status + ") was cut off or is not JSON");
         return body;
@@ -312,6 +315,13 @@
     for (const [k, v] of rows) list.append(el("dt", k), el("dd", v));
   }
 
+  // The lookups answered 404 for a device with history: a correction moved its newest event to another device.
+  function renderNoLatest(id) {
+    document.getElementById("device-latest").replaceChildren(el("dt", "device"), el("dd", id), el("dt", "last event"),
+      el("dd", "no latest state: none is known for this device (its newest event may have been corrected to " +
+        "another device id); its history is shown below"));
+  }
+
   function measurements(events) {
     const names = new Set();
     for (const e of events) for (const k of Object.keys(e.measurements || {})) names.add(k);
@@ -333,14 +343,15 @@
     if (!device) return;
     const name = document.getElementById("measurement").value;
     const desc = document.getElementById("history-desc");
+    const range = device.from && device.to ? "from " + when(device.from) + " to " + when(device.to) : "in the last 24 hours";
     const read = device.partial
-      ? " Partial: only the newest " + fmt(device.events.length) + " events of the last 24 hours were read; older ones are not drawn."
+      ? " Partial: only the newest " + fmt(device.events.length) + " events " + range + " were read; older ones are not drawn."
       : "";
     const points = device.events.filter((e) => e.measurements && typeof e.measurements[name] === "number")
       .map((e) => ({ t: Date.parse(e.timestamp), v: e.measurements[name], id: e.event_id }))
       .sort((a, b) => a.t - b.t);
     if (!points.length) {
-      desc.textContent = (name ? "No values of " + name : "No numeric measurements") + " in the last 24 hours." + read;
+      desc.textContent = (name ? "No values of " + name : "No numeric measurements") + " " + range + "." + read;
       return;
     }
     const w = 600, h = 200, pad = 14;
@@ -360,7 +371,7 @@
       chart.append(dot);
     }
     desc.textContent = points.length + " values of " + name + " from " + when(t0) + " to " + when(t1) +
-      ", lowest " + lo + ", highest " + hi + "." + read;
+      ", lowest " + lo + ", highest " + hi + ". Read " + range + "." + read;
   }
 
   async function searchDevice(ev) {
@@ -374,18 +385,31 @@
     clearDevice("Reading the history of " + id + "…");
     const path = "/devices/" + encodeURIComponent(id);
     try {
-      const latest = await api(path + "/latest", null, mine.signal);
-      renderLatest(latest);
+      // A 404 of the latest state is not the end of the search: a device whose newest event a correction moved to
+      // another device has none, yet has its history (docs/api.md). It fails the search only with no history either.
+      let latest = null, missing = null;
+      try {
+        latest = await api(path + "/latest", null, mine.signal);
+      } catch (err) {
+        if (err.status !== 404) throw err;
+        missing = err;
+      }
+      if (latest) renderLatest(latest);
+      // Every page reads the range the first answer names: without from and to each request would read its own
+      // "last 24 hours", a window that moves on while a slow store answers the pages (the token is a position only).
       const events = [];
-      let page = null, pages = 0;
+      let page = null, pages = 0, from = null, to = null;
       do {
-        const body = await api(path + "/events", { limit: HISTORY_PAGE_SIZE, page }, mine.signal);
+        const body = await api(path + "/events", { limit: HISTORY_PAGE_SIZE, page, from, to }, mine.signal);
+        if (pages === 0) { from = body.from; to = body.to; }
         events.push(...body.events);
         page = body.next_page;
         pages += 1;
       } while (page && pages < HISTORY_PAGES);
       if (search !== mine) return;
-      device = { id, events, partial: Boolean(page) };
+      if (missing && !events.length) throw missing;
+      device = { id, events, partial: Boolean(page), from, to };
+      if (!latest) renderNoLatest(id);
       const select = document.getElementById("measurement");
       const chosen = select.dataset.chosen;
       select.replaceChildren(...measurements(events).map((m) => { const o = el("option", m); o.value = m; return o; }));
