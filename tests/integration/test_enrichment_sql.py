@@ -212,13 +212,14 @@ def test_two_migrators_at_once_both_finish_while_014_builds_concurrently(pg_dsn:
                             "WHERE indexrelid = 'enriched_events_window_start'::regclass").fetchall() == [(True,)]
 
 
-def test_a_migration_with_its_own_begin_and_commit_is_refused_before_anything_runs(pg_dsn: str,
-                                                                                     tmp_path: Path) -> None:
+def test_a_migration_with_its_own_begin_and_commit_is_refused_with_nothing_applied(pg_dsn: str,
+                                                                                    tmp_path: Path) -> None:
     """Rule: a migration is either fully applied and recorded, or not at all. Was: the file was sent whole inside
     the runner's transaction, so a ``BEGIN; ... COMMIT;`` in it (a habit from other migration tools) committed that
     transaction half-way; when a later statement failed, the first part stayed applied and the migration
-    unrecorded, and every later run failed on it ("relation already exists"). Now the files are checked when they
-    are read: such a statement is refused naming the file and its line, and nothing runs at all."""
+    unrecorded, and every later run failed on it ("relation already exists"). Now the file runs through PL/pgSQL's
+    EXECUTE, where PostgreSQL refuses such a statement: the transaction is rolled back, nothing is applied or
+    recorded, and the refusal names the file and its line."""
     (tmp_path / "001_first.sql").write_text(
         "-- a habit from other tools\nBEGIN;\nCREATE TABLE review_a (x int);\nCOMMIT;\n"
         "CREATE TABLE review_b (x int REFERENCES no_such_table);\n")
@@ -227,13 +228,14 @@ def test_a_migration_with_its_own_begin_and_commit_is_refused_before_anything_ru
         with pytest.raises(ConfigurationError, match=r"001_first\.sql contains a transaction-control statement "
                                                      r"\(BEGIN at line 2\)"):
             apply_migrations(conn, tmp_path)
-        assert not _exists(conn, "schema_migrations")  # refused before anything ran
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (0,)
+        assert not _exists(conn, "review_a")
         (tmp_path / "001_first.sql").write_text("CREATE TABLE review_a (x int);\n")
         with pytest.raises(ConfigurationError, match=r"002_second\.sql contains a transaction-control statement "
                                                      r"\(COMMIT at line 3\)"):
             apply_migrations(conn, tmp_path)  # a COMMIT after every other statement: refused as well
-        assert not _exists(conn, "schema_migrations")
-        assert not _exists(conn, "review_a")
+        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        assert not _exists(conn, "review_c")
         assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
                             "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchone() == (0,)
 
@@ -241,15 +243,66 @@ def test_a_migration_with_its_own_begin_and_commit_is_refused_before_anything_ru
 @pytest.mark.parametrize("statement", [
     "START TRANSACTION;", "begin work;", "END;", "ROLLBACK;", "ABORT;", "SAVEPOINT s;", "RELEASE SAVEPOINT s;",
     "release s;", "PREPARE TRANSACTION 'x';", "COMMIT PREPARED 'x';", "ROLLBACK PREPARED 'x';"])
-def test_every_transaction_control_statement_is_refused(tmp_path: Path, statement: str) -> None:
+def test_every_transaction_control_statement_is_refused(pg_dsn: str, tmp_path: Path, statement: str) -> None:
     (tmp_path / "001_first.sql").write_text(f"CREATE TABLE review_a (x int);\n{statement}\n")
-    with pytest.raises(ConfigurationError, match=r"001_first\.sql contains a transaction-control statement "
-                                                 r"\([A-Z ]+ at line 2\)"):
-        discover(tmp_path)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        with pytest.raises(ConfigurationError, match=r"001_first\.sql contains a transaction-control statement "
+                                                     r"\([A-Z ]+ at line 2\)"):
+            apply_migrations(conn, tmp_path)
+        assert not _exists(conn, "review_a")
+
+
+def test_a_column_named_begin_does_not_hide_a_later_commit(pg_dsn: str, tmp_path: Path) -> None:
+    """``begin`` is a non-reserved word in PostgreSQL: a column may be named so (a period's begin/stop). Was
+    (sqlparse's splitter): that BEGIN opened a block never closed, the COMMIT after it was not found, and the
+    migration committed the runner's transaction part-way; the failure after it left review_a applied and the
+    migration unrecorded. PostgreSQL itself now reads the file and refuses the COMMIT."""
+    (tmp_path / "001_first.sql").write_text(
+        "CREATE TABLE review_a (begin timestamptz, stop timestamptz);\nCOMMIT;\n"
+        "CREATE TABLE review_b (x int REFERENCES no_such_table);\n")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        with pytest.raises(ConfigurationError, match=r"001_first\.sql contains a transaction-control statement "
+                                                     r"\(COMMIT at line 2\)"):
+            apply_migrations(conn, tmp_path)
+        assert not _exists(conn, "review_a")
+
+
+def test_a_string_ending_in_a_backslash_does_not_hide_a_later_commit(pg_dsn: str, tmp_path: Path) -> None:
+    """With standard_conforming_strings (PostgreSQL's default since 9.1) ``'C:\\'`` is a whole string. Was
+    (sqlparse): ``\\'`` read as an escaped quote, the string ran on and swallowed the COMMIT: not refused, and the
+    runner's transaction was committed part-way."""
+    (tmp_path / "001_first.sql").write_text(
+        "CREATE TABLE review_a (path text);\nINSERT INTO review_a VALUES ('C:\\');\nCOMMIT;\n"
+        "INSERT INTO review_a VALUES ('x');\nCREATE TABLE review_b (x int REFERENCES no_such_table);\n")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        with pytest.raises(ConfigurationError, match=r"001_first\.sql contains a transaction-control statement "
+                                                     r"\(COMMIT at line 3\)"):
+            apply_migrations(conn, tmp_path)
+        assert not _exists(conn, "review_a")
+
+
+def test_a_nested_block_comment_does_not_hide_a_commit(pg_dsn: str, tmp_path: Path) -> None:
+    """PostgreSQL's block comments nest: ``/* a /* b */ c */`` is one comment and the COMMIT after it a statement.
+    Was (sqlparse): the comment ended at the first ``*/``, the statement seen started with ``c``: not refused."""
+    (tmp_path / "001_first.sql").write_text("CREATE TABLE review_a (x int);\n/* a /* b */ c */ COMMIT;\n")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        with pytest.raises(ConfigurationError, match=r"001_first\.sql contains a transaction-control statement "
+                                                     r"\(COMMIT at line 2\)"):
+            apply_migrations(conn, tmp_path)
+        assert not _exists(conn, "review_a")
+
+
+def test_a_commit_inside_a_nested_block_comment_is_not_refused(pg_dsn: str, tmp_path: Path) -> None:
+    """The reverse: ``/* a /* b */ COMMIT; */`` is all comment to PostgreSQL, which applies the file. Was
+    (sqlparse): a COMMIT statement seen, and a valid migration refused."""
+    (tmp_path / "001_first.sql").write_text("/* old: /* nested */ COMMIT; */\nCREATE TABLE review_a (x int);\n")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert apply_migrations(conn, tmp_path) == [1]
+        assert _exists(conn, "review_a")
 
 
 def test_transaction_keywords_in_bodies_strings_and_comments_are_not_refused(pg_dsn: str, tmp_path: Path) -> None:
-    """Only a statement that starts with a transaction-control keyword is refused: not a PL/pgSQL body's BEGIN ...
+    """Only a transaction-control statement is refused (by PostgreSQL): not a PL/pgSQL body's BEGIN ...
     END in dollar quotes, a ``BEGIN ATOMIC`` body, a string, a comment, a quoted name, or ``PREPARE name AS``."""
     (tmp_path / "001_first.sql").write_text(
         "-- BEGIN; this is not a statement\nCREATE TABLE review_t (x int, note text);\n"
@@ -267,22 +320,30 @@ def test_transaction_keywords_in_bodies_strings_and_comments_are_not_refused(pg_
         assert conn.execute("SELECT review_f(), count(*) FROM review_t").fetchone() == (1, 3)
 
 
-def test_a_migration_with_plain_sql_select_into_applies(pg_dsn: str, tmp_path: Path) -> None:
-    """``SELECT ... INTO new_table FROM ...`` is plain PostgreSQL SQL (CREATE TABLE AS). Was: every in-transaction
-    migration ran inside ``DO $$ BEGIN EXECUTE <file>; END $$``, where PL/pgSQL refused it ("EXECUTE of SELECT ...
-    INTO is not implemented"). The file is sent as it is again."""
+def test_a_migration_ending_in_select_into_is_refused_naming_create_table_as(pg_dsn: str, tmp_path: Path) -> None:
+    """PL/pgSQL's EXECUTE, which runs every in-transaction migration, refuses ``SELECT ... INTO new_table`` as its
+    last statement ("EXECUTE of SELECT ... INTO is not implemented", with no position): a ConfigurationError naming
+    the file, the line and the statement to write instead, with nothing applied or recorded."""
     (tmp_path / "001_first.sql").write_text(
-        "CREATE TABLE review_src (x int);\nINSERT INTO review_src VALUES (1), (2);\n"
-        "SELECT x INTO review_copy FROM review_src;\n")
+        "CREATE TABLE review_src (x int);\nINSERT INTO review_src VALUES (1), (2);\n\n"
+        "SELECT x\n  INTO review_copy FROM review_src;\n-- done\n")
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        with pytest.raises(ConfigurationError, match=r"001_first\.sql ends in SELECT \.\.\. INTO at line 4, .*"
+                                                     r"write CREATE TABLE \.\.\. AS SELECT \.\.\. instead"):
+            apply_migrations(conn, tmp_path)
+        assert not _exists(conn, "review_src")
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (0,)
+        (tmp_path / "001_first.sql").write_text(
+            "CREATE TABLE review_src (x int);\nINSERT INTO review_src VALUES (1), (2);\n"
+            "CREATE TABLE review_copy AS SELECT x FROM review_src;\n")
         assert apply_migrations(conn, tmp_path) == [1]
         assert conn.execute("SELECT count(*) FROM review_copy").fetchone() == (2,)
 
 
 def test_a_failed_migration_names_the_line_that_failed(pg_dsn: str, tmp_path: Path) -> None:
     """Was (the DO/EXECUTE wrapper): PostgreSQL's position of the error was relative to the EXECUTEd string and
-    dropped, so 'syntax error at or near ","' said nothing of where in the file. Now the file is sent plain and
-    the error's position is given as the file's line, on one line."""
+    dropped, so 'syntax error at or near ","' said nothing of where in the file. Now that position
+    (internal_position, the file being the EXECUTEd string) is given as the file's line, on one line."""
     (tmp_path / "001_first.sql").write_text(
         "CREATE TABLE review_a (x int);\n-- a comment\nCREATE TABLE review_c (y int);\n\n"
         "CREATE TABLE review_b (x int,,);\nCREATE TABLE review_d (z int);\n")

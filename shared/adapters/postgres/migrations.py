@@ -11,19 +11,25 @@ compared with the file on disk: editing a migration that already ran is refused
 read as UTF-8 (a byte order mark is ignored and a file in another encoding is a
 ``ConfigurationError`` naming it).
 
-A migration run in a transaction holds no transaction-control statement of its
-own (``BEGIN; ... COMMIT;``, a habit from other tools: ``BEGIN``, ``START
-TRANSACTION``, ``COMMIT``, ``END``, ``ROLLBACK``, ``ABORT``, ``SAVEPOINT``,
-``RELEASE``, ``PREPARE TRANSACTION``, ``COMMIT``/``ROLLBACK PREPARED``): it
-would commit the runner's transaction part-way, and a later failure would leave
-the first part applied and the migration unrecorded. :func:`discover` splits
-each such file into statements (``sqlparse``: function bodies in dollar quotes,
-``BEGIN ATOMIC`` bodies, strings and comments are not statements) and refuses one
-that starts with such a keyword, a ``ConfigurationError`` naming the file and the
-line, before anything runs. The file is then sent to PostgreSQL as it is (one
-simple query), and a migration that fails is a ``PermanentError`` naming it and,
-when PostgreSQL gives the error's position, its line (a lost connection stays
-the driver's own error: PostgreSQL unavailable).
+A migration run in a transaction is sent to PostgreSQL as one ``EXECUTE`` in a
+``DO`` block, so its own transaction-control statements (``BEGIN; ... COMMIT;``,
+a habit from other tools: ``BEGIN``, ``START TRANSACTION``, ``COMMIT``, ``END``,
+``ROLLBACK``, ``ABORT``, ``SAVEPOINT``, ``RELEASE``, ``PREPARE TRANSACTION``,
+``COMMIT``/``ROLLBACK PREPARED``) are refused by PostgreSQL's own parser
+("EXECUTE of transaction commands is not implemented") instead of committing
+the runner's transaction part-way, which a later failure would leave half
+applied and unrecorded: the transaction is rolled back, nothing is applied or
+recorded, and the refusal is a ``ConfigurationError`` naming the file and the
+line. No home-made SQL splitter decides what is a statement (a column named
+``begin``, ``'C:\\'``, nested ``/* */`` comments and dollar quotes are
+PostgreSQL's to read); :func:`_statement_lines` only finds the line to name
+once PostgreSQL has refused. PL/pgSQL's ``EXECUTE`` also refuses a
+``SELECT ... INTO new_table`` as the file's last statement ("EXECUTE of SELECT
+... INTO is not implemented"): a ``ConfigurationError`` naming the file and the
+line, saying to write ``CREATE TABLE ... AS SELECT ...`` instead. A migration
+that fails otherwise is a ``PermanentError`` naming it and, from PostgreSQL's
+position of the error in the file (``internal_position``), its line (a lost
+connection stays the driver's own error: PostgreSQL unavailable).
 
 The runner connects to PostgreSQL itself (port 5432): through a pooler such as
 PgBouncer its session advisory lock could be taken and released on different
@@ -62,14 +68,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-import sqlparse
-from sqlparse import tokens
-from sqlparse.sql import Comment, Statement, Token, TokenList
+from psycopg import sql
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -133,52 +136,8 @@ def discover(directory: Path = SQL_DIR) -> list[SqlMigration]:
             text = path.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError as exc:
             raise ConfigurationError(f"migration file {path.name} is not UTF-8 ({exc}); save it as UTF-8") from exc
-        migration = SqlMigration(version, match.group(2), text)
-        if migration.in_transaction:
-            _refuse_transaction_control(migration)
-        found[version] = migration
+        found[version] = SqlMigration(version, match.group(2), text)
     return [found[v] for v in sorted(found)]
-
-
-# The first keywords of PostgreSQL's transaction-control statements (START: START TRANSACTION; END: COMMIT;
-# COMMIT/ROLLBACK PREPARED start with COMMIT/ROLLBACK; PREPARE name AS is not one, PREPARE TRANSACTION is).
-_TRANSACTION_CONTROL = frozenset({"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE",
-                                  "PREPARE TRANSACTION"})
-
-
-def _refuse_transaction_control(migration: SqlMigration) -> None:
-    """Refuse a migration run in a transaction that holds a statement of its own ending or nesting it (``COMMIT``
-    would commit the runner's transaction part-way): a ``ConfigurationError`` naming the file and the line."""
-    line = 1
-    for statement in sqlparse.parse(migration.sql):
-        text = str(statement)
-        words = [(_first_leaf(token).value.upper(), offset) for token, offset in _words(statement)][:2]
-        if words:
-            keyword, offset = words[0]
-            if keyword == "PREPARE" and len(words) > 1 and words[1][0] == "TRANSACTION":
-                keyword = "PREPARE TRANSACTION"
-            if keyword in _TRANSACTION_CONTROL:
-                at = line + text[:offset].count("\n")
-                raise ConfigurationError(
-                    f"PostgreSQL migration {migration.file} contains a transaction-control statement ({keyword} "
-                    f"at line {at}): each migration runs in a transaction of its own; remove it")
-        line += text.count("\n")
-
-
-def _words(statement: Statement) -> Iterator[tuple[Token, int]]:
-    """The statement's top-level tokens but white space and comments, each with its offset in the statement
-    (a group, such as ``release s`` read as an identifier, starts with its first word)."""
-    offset = 0
-    for token in statement.tokens:
-        if not token.is_whitespace and not isinstance(token, Comment) and token.ttype not in tokens.Comment:
-            yield token, offset
-        offset += len(str(token))
-
-
-def _first_leaf(token: Token) -> Token:
-    while isinstance(token, TokenList) and token.tokens:
-        token = token.tokens[0]
-    return token
 
 
 def apply_migrations(conn: psycopg.Connection, directory: Path = SQL_DIR, *, lock_timeout_seconds: float = 1.0,
@@ -191,7 +150,8 @@ def apply_migrations(conn: psycopg.Connection, directory: Path = SQL_DIR, *, loc
     it could not take its locks within ``lock_timeout_seconds`` in ``attempts``
     tries (paused 0.5 s, 1 s, 2 s... up to ``max_pause_seconds`` in between),
     :class:`ConfigurationError` for a migration with its own ``BEGIN``/``COMMIT``
-    (before anything runs) or for a connection through a pooler, and :class:`PermanentError` naming the
+    or ending in ``SELECT ... INTO`` (PostgreSQL refuses it; rolled back, nothing
+    applied or recorded) or for a connection through a pooler, and :class:`PermanentError` naming the
     migration when it fails otherwise (that migration is rolled back, earlier ones
     stay). A lost connection is let through as the driver's ``psycopg.Error``.
     """
@@ -300,9 +260,29 @@ def _apply(conn: psycopg.Connection, migrations: list[SqlMigration], retrying: R
     return applied
 
 
-def _failed(migration: SqlMigration, exc: psycopg.Error) -> PermanentError:
+# What PL/pgSQL's EXECUTE answers for a BEGIN, COMMIT, ROLLBACK, SAVEPOINT... among the statements it runs, and for
+# a SELECT ... INTO new_table as the last of them; neither error has a position.
+_TRANSACTION_CONTROL_REFUSED = "EXECUTE of transaction commands is not implemented"
+_SELECT_INTO_REFUSED = "EXECUTE of SELECT ... INTO is not implemented"
+
+
+def _failed(migration: SqlMigration, exc: psycopg.Error) -> ConfigurationError | PermanentError:
     """A migration's failure on a server that answered (a syntax error, a statement cancelled, a deadlock), naming
-    the migration and, when PostgreSQL gives the error's position, its line in the file."""
+    the migration and its line in the file: a ``ConfigurationError`` for what PostgreSQL refuses to run inside the
+    runner's transaction (a transaction-control statement, a final ``SELECT ... INTO``), else a ``PermanentError``."""
+    if migration.in_transaction and exc.diag.message_primary == _TRANSACTION_CONTROL_REFUSED:
+        found = next(((keyword, line) for keyword, line in _statement_lines(migration.sql)
+                      if keyword in _TRANSACTION_CONTROL), None)
+        where = f"{found[0]} at line {found[1]}" if found else "BEGIN, COMMIT, ROLLBACK..."
+        return ConfigurationError(
+            f"PostgreSQL migration {migration.file} contains a transaction-control statement ({where}): each "
+            "migration runs in a transaction of its own; remove it (the migration was rolled back, nothing applied)")
+    if migration.in_transaction and exc.diag.message_primary == _SELECT_INTO_REFUSED:
+        statements = _statement_lines(migration.sql)
+        at = f" at line {statements[-1][1]}" if statements else ""
+        return ConfigurationError(
+            f"PostgreSQL migration {migration.file} ends in SELECT ... INTO{at}, which PostgreSQL does not run in a "
+            "migration: write CREATE TABLE ... AS SELECT ... instead (the migration was rolled back, nothing applied)")
     if migration.in_transaction:
         return PermanentError(f"PostgreSQL migration {migration.file} failed{_line(migration.sql, exc)} and was "
                               f"rolled back ({_reason(exc)})")
@@ -313,11 +293,80 @@ def _failed(migration: SqlMigration, exc: psycopg.Error) -> PermanentError:
 
 
 def _line(sent: str, exc: psycopg.Error) -> str:
-    """`` at line N``: where in ``sent`` (the query sent, one migration file) the error is, when PostgreSQL says."""
-    position = exc.diag.statement_position  # 1-based, in characters of the query
-    if not position or not position.isdigit() or not 0 < int(position) <= len(sent) + 1:
-        return ""
-    return f" at line {sent[:int(position) - 1].count(chr(10)) + 1}"
+    """`` at line N``: where in ``sent`` (one migration file, the string EXECUTEd) the error is, when PostgreSQL
+    says: ``internal_position`` (1-based characters of the EXECUTEd string), else ``statement_position``."""
+    for position in (exc.diag.internal_position, exc.diag.statement_position):
+        if position and position.isdigit() and 0 < int(position) <= len(sent) + 1:
+            return f" at line {sent[:int(position) - 1].count(chr(10)) + 1}"
+    return ""
+
+
+# The first keywords of PostgreSQL's transaction-control statements (START: START TRANSACTION; END: COMMIT;
+# COMMIT/ROLLBACK PREPARED start with COMMIT/ROLLBACK; PREPARE name AS is not one, PREPARE TRANSACTION is).
+_TRANSACTION_CONTROL = frozenset({"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE",
+                                  "PREPARE TRANSACTION"})
+# PostgreSQL's lexical elements, as its scanner reads them with standard_conforming_strings on (the default): block
+# comments nest (matched by hand), a plain string's backslash is a character, E'' strings have escapes.
+_TOKEN = re.compile(r"""
+      (?P<space>\s+)
+    | (?P<line_comment>--[^\n]*)
+    | (?P<block_comment>/\*)
+    | (?P<escape_string>[eE]'(?:[^'\\]|\\.|'')*'?)
+    | (?P<string>(?:[uU]&|[bBxXnN])?'(?:[^']|'')*'?)
+    | (?P<quoted>(?:[uU]&)?"(?:[^"]|"")*"?)
+    | (?P<dollar>\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z_0-9\x80-\U0010ffff]*)?\$)
+    | (?P<word>[A-Za-z_\x80-\U0010ffff][A-Za-z_0-9$\x80-\U0010ffff]*)
+    | (?P<other>.)
+""", re.VERBOSE | re.DOTALL)
+
+
+def _statement_lines(text: str) -> list[tuple[str, int]]:
+    """Each statement of ``text`` as (its first keyword in capitals, ``PREPARE TRANSACTION`` for that one; its
+    line), read as PostgreSQL reads them. Only used to name the line once PostgreSQL itself has refused a
+    statement (it decides what is one, never this)."""
+    found: list[tuple[str, int]] = []
+    words: list[str] = []  # of the current statement, up to the first three
+    start = 0  # line of the current statement's first word
+    depth = 0  # parentheses and BEGIN ATOMIC / CASE ... END of a CREATE FUNCTION / PROCEDURE body
+    line, at = 1, 0
+    while at < len(text):
+        match = _TOKEN.match(text, at)
+        assert match is not None  # "other" matches any one character
+        kind, token = match.lastgroup, match.group()
+        end = match.end()
+        if kind == "block_comment":
+            nested, end = 1, at + 2
+            while nested and end < len(text):
+                if text.startswith("/*", end):
+                    nested, end = nested + 1, end + 2
+                elif text.startswith("*/", end):
+                    nested, end = nested - 1, end + 2
+                else:
+                    end += 1
+        elif kind == "dollar":
+            close = text.find(token, end)
+            end = len(text) if close < 0 else close + len(token)
+        elif kind == "word" or (kind == "other" and token in "();"):
+            upper = token.upper()
+            if token == ";" and depth == 0:
+                words = []
+            elif kind == "word" or token != ";":
+                if not words:
+                    start = line
+                    found.append((upper, line))
+                elif len(words) == 1 and words[0] == "PREPARE" and upper == "TRANSACTION":
+                    found[-1] = ("PREPARE TRANSACTION", start)
+                body = words[:1] == ["CREATE"] and ("FUNCTION" in words or "PROCEDURE" in words or
+                                                    upper in ("FUNCTION", "PROCEDURE"))
+                if upper == "(" or (body and upper in ("BEGIN", "CASE")):
+                    depth += 1
+                elif depth and (upper == ")" or (body and upper == "END")):
+                    depth -= 1
+                if len(words) < 4:
+                    words.append(upper)
+        line += text.count("\n", at, end)
+        at = end
+    return found
 
 
 def _reason(exc: psycopg.Error) -> str:
@@ -336,8 +385,10 @@ def _apply_one(conn: psycopg.Connection, migration: SqlMigration, lock_timeout_m
         # would set (it would cancel a backfill over a large table on every run).
         conn.execute("SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', '0', true)",
                      (str(lock_timeout_ms),))
-        # No parameters, unprepared: every statement runs (discover refused transaction control in the file).
-        conn.execute(migration.sql.encode(), prepare=False)
+        # PL/pgSQL's EXECUTE runs every statement of the file, and PostgreSQL refuses a transaction-control one (a
+        # COMMIT sent as a plain statement would commit this transaction part-way).
+        body = sql.SQL("BEGIN EXECUTE {}; END").format(sql.Literal(migration.sql)).as_string(conn)
+        conn.execute(sql.SQL("DO {}").format(sql.Literal(body)), prepare=False)
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:  # a backstop: never expected
             raise ConfigurationError(f"PostgreSQL migration {migration.file} ended the runner's transaction")
         conn.execute(
