@@ -88,9 +88,12 @@ def schema_missing(exc: BaseException) -> str | None:
     return None
 
 
-# The server's words for a keyspace or table that is not there (Cassandra: "Keyspace 'x' does not exist",
-# "unconfigured table x"; Cosmos DB's Cassandra API: "Resource Not Found", "... not found")
-_CASSANDRA_MISSING = re.compile(r"keyspace \S+ does not exist|unconfigured table|not found", re.IGNORECASE)
+# The server's words for a keyspace, table or column that is not there (Cassandra: "Keyspace x does not exist",
+# "Keyspace 'x' does not exist" (USE), "Keyspace x doesn't exist" (DDL), "unconfigured table x", "table x does not
+# exist", "Undefined column name x" (4.x adds "in table ks.t": a keyspace one migration behind); Cosmos DB's
+# Cassandra API: "Resource Not Found"). Only these: another InvalidRequest is not a missing schema.
+_CASSANDRA_MISSING = re.compile(r"\b(?:keyspace|table) \S+ (?:does not|doesn't) exist|\bunconfigured table\b|"
+                                r"\bundefined column name\b|\bresource not found\b", re.IGNORECASE)
 
 
 def unreachable(exc: BaseException) -> str | None:

@@ -21,7 +21,7 @@ from shared.exceptions import ConfigurationError
 from shared.ports.lag import LagReading, PartitionLag
 from shared.services.audit import AuditService
 from shared.settings import CassandraSettings
-from sluice.__main__ import build_parser, main
+from sluice.__main__ import build_parser, main, schema_missing
 from sluice.launcher import Running
 from tests.fixtures.azurite import free_port
 from tests.fixtures.eventhubs import IsolatedHub, eventhubs_connection_string
@@ -349,6 +349,45 @@ def test_a_cassandra_keyspace_without_the_schema_is_an_error_line_not_a_tracebac
     assert code == 2, err
     assert err.strip() == (f"error: Cassandra schema missing (Keyspace {keyspace} does not exist): "
                            f"run python -m sluice migrate cassandra"), err
+
+
+@pytest.mark.timeout(60)
+def test_a_cassandra_column_the_migrations_add_is_reported_as_schema_missing(cassandra_emulator: Running,
+                                                                             cassandra_keyspace: str) -> None:
+    """Cassandra migration 4 adds a column (``feed_state.noted_until``); a keyspace one migration behind answers
+    "Undefined column name ...", which matched none of ``_CASSANDRA_MISSING``'s words: it was reported as
+    "cassandra unavailable" or a traceback, not as "run migrate cassandra"."""
+    from cassandra.protocol import InvalidRequest
+
+    from shared.adapters.cassandra.session import build_cluster
+
+    cluster = build_cluster(CassandraSettings(hosts=[cassandra_emulator.host], port=cassandra_emulator.port,
+                                              keyspace=cassandra_keyspace))
+    try:
+        session = cluster.connect()
+        session.execute(f"CREATE TABLE {cassandra_keyspace}.feed_state (name text PRIMARY KEY, watermark timestamp)")
+        with pytest.raises(InvalidRequest) as raised:
+            session.execute(f"SELECT noted_until FROM {cassandra_keyspace}.feed_state")
+    finally:
+        cluster.shutdown()
+    said = schema_missing(raised.value)
+    assert said is not None, str(raised.value)
+    assert said.endswith("run python -m sluice migrate cassandra"), said
+
+
+@pytest.mark.parametrize(("message", "missing"), [
+    ("Keyspace ks does not exist", True), ("Keyspace 'ks' does not exist", True), ("Keyspace ks doesn't exist", True),
+    ("unconfigured table feed_state", True), ("table feed_state does not exist", True),
+    ("Undefined column name noted_until in table ks.feed_state", True), ("Resource Not Found", True),
+    ("Partition key value not found in the statement", False), ("Batch too large", False)])
+def test_only_a_missing_keyspace_table_or_column_is_reported_as_cassandra_schema_missing(message: str,
+                                                                                        missing: bool) -> None:
+    """Was: any InvalidRequest with "not found" in it was reported as a missing schema ("run migrate cassandra")."""
+    from cassandra.protocol import InvalidRequest
+
+    said = schema_missing(InvalidRequest(f'Error from server: code=2200 [Invalid query] message="{message}"'))
+    assert (said == f"Cassandra schema missing ({message}): run python -m sluice migrate cassandra"
+            if missing else said is None), said
 
 
 def test_doctor_keda_with_a_missing_scaled_object_file_names_it(capsys: pytest.CaptureFixture[str]) -> None:
