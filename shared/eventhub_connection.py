@@ -12,6 +12,9 @@ lets the connection string's ``EntityPath`` win over the trigger's ``eventHubNam
 (EventHubClientFactory.NormalizeEventHubName), while azure-eventhub lets the explicit
 ``eventhub_name`` Sluice's readers pass win over it, so ingest would consume one hub and
 the lag, the status page and the audit read another.
+The connection is found as the host binds the name ``EventHubConnection``
+(:func:`host_environ`): ``AzureWebJobsEventHubConnection`` (and its ``__`` children)
+wins over ``EventHubConnection``, as the dev host's trigger reads it.
 No message echoes a connection string: it holds a key.
 """
 
@@ -24,6 +27,33 @@ from azure.core.utils import parse_connection_string
 
 CONNECTION = "EventHubConnection"
 _FORMAT = "Endpoint=sb://<namespace>.servicebus.windows.net/;SharedAccessKeyName=...;SharedAccessKey=..."
+
+
+# The children the readers use, as spelled below (.NET configuration compares names ignoring case).
+_CHILDREN = {"fullyqualifiednamespace": "fullyQualifiedNamespace", "credential": "credential", "clientid": "clientId"}
+
+
+def host_environ(env: Mapping[str, str]) -> dict[str, str]:
+    """The connection ``EventHubConnection`` as the Functions host (and the dev host's
+    ``devhost.settings.connection_section``) binds it, ``GetWebJobsConnectionStringSection``: the first section that
+    exists of ``ConnectionStrings:AzureWebJobsEventHubConnection``, ``AzureWebJobsEventHubConnection``,
+    ``ConnectionStrings:EventHubConnection`` and ``EventHubConnection`` (``__`` is ``:``, names compared ignoring
+    case; a section exists when it has a value, even an empty one, or a child), as the plain variables the readers
+    take: ``EventHubConnection`` and ``EventHubConnection__<child>``. Empty when none exists."""
+    keys: dict[str, str] = {}
+    for key in env:
+        keys.setdefault(key.replace("__", ":").lower(), key)
+    for candidate in (f"ConnectionStrings:AzureWebJobs{CONNECTION}", f"AzureWebJobs{CONNECTION}",
+                      f"ConnectionStrings:{CONNECTION}", CONNECTION):
+        folded = candidate.lower()
+        children = {key[len(folded) + 1:]: spelled for key, spelled in keys.items() if key.startswith(folded + ":")}
+        if folded not in keys and not children:
+            continue
+        found = {CONNECTION: env[keys[folded]]} if folded in keys else {}
+        for child, spelled in children.items():
+            found[f"{CONNECTION}__{_CHILDREN.get(child, child)}"] = env[spelled]
+        return found
+    return {}
 
 
 def namespace(connection_string: str) -> str:
@@ -74,6 +104,7 @@ def problems(env: Mapping[str, str], hub: str | None = None) -> list[str]:
     """Every value of these variables the host or the SDK would refuse, one line each (none unset: the status
     page's lag then says ``not_configured``), and an ``EntityPath`` naming another hub than ``hub`` (the
     ``SLUICE_INGEST_EVENTHUB_NAME`` the readers pass) when it is given."""
+    env = host_environ(env)
     found = identity_problems(env)
     connection_string = env.get(CONNECTION)
     if connection_string:

@@ -225,7 +225,8 @@ class EventHubBlobLagReader:
 
 @dataclass(frozen=True, slots=True)
 class HostEventHubConnection:
-    """The Functions host's Event Hubs connection ``EventHubConnection``, read from the variables the host reads.
+    """The Functions host's Event Hubs connection ``EventHubConnection``, read from the variables the host reads
+    (``AzureWebJobsEventHubConnection`` first, as the host binds the name).
 
     A connection string (``EventHubConnection``, the local emulator), or an identity-based connection:
     ``EventHubConnection__fullyQualifiedNamespace``, with the optional ``__credential=managedidentity`` (the app's
@@ -242,7 +243,10 @@ class HostEventHubConnection:
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> HostEventHubConnection:
         """The connection ``environ`` sets (``configured`` is false when it sets none); a ``ConfigurationError``
-        when ``__credential`` or ``__clientId`` say something the host would not take."""
+        when ``__credential`` or ``__clientId`` say something the host would not take. Found as the host binds the
+        connection name (:func:`eventhub_connection.host_environ`: ``AzureWebJobsEventHubConnection`` first), so the
+        lag, the audit and ``ingest_hub`` read the hub the trigger consumes."""
+        environ = eventhub_connection.host_environ(environ)
         problems = eventhub_connection.identity_problems(environ)
         if problems:
             raise ConfigurationError("; ".join(problems))

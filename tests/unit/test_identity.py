@@ -150,3 +150,26 @@ def test_the_host_event_hub_connection_never_shows_its_key() -> None:
         "EventHubConnection": f"Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=listen;SharedAccessKey={key}"})
     assert connection.configured
     assert key not in repr(connection) and key not in str(connection), repr(connection)
+
+
+def test_the_host_event_hub_connection_is_found_as_the_host_binds_the_name() -> None:
+    """The Functions host (and the dev host's ``connection_section``) binds the connection ``EventHubConnection`` to
+    ``AzureWebJobsEventHubConnection`` first (the AzureWebJobs prefix), ``__`` read as ``:``, names ignoring case. Was:
+    only ``EventHubConnection`` was read, so with the prefixed setting ``ingest_hub``, the lag and the audit found
+    no connection (or another namespace than the trigger consumes)."""
+    trigger = "Endpoint=sb://trigger.servicebus.windows.net/;SharedAccessKeyName=l;SharedAccessKey=k"
+    other = "Endpoint=sb://other.servicebus.windows.net/;SharedAccessKeyName=l;SharedAccessKey=k"
+    assert HostEventHubConnection.from_environ({"AzureWebJobsEventHubConnection": trigger}).connection_string == trigger
+    assert HostEventHubConnection.from_environ({"AzureWebJobsEventHubConnection": trigger,
+                                                "EventHubConnection": other}).connection_string == trigger
+    assert HostEventHubConnection.from_environ({
+        "ConnectionStrings__EventHubConnection": trigger}).connection_string == trigger
+    connection = HostEventHubConnection.from_environ({
+        "AZUREWEBJOBSEVENTHUBCONNECTION__FULLYQUALIFIEDNAMESPACE": "ns.servicebus.windows.net",
+        "AzureWebJobsEventHubConnection__credential": "managedidentity",
+        "AzureWebJobsEventHubConnection__clientId": "0f1e", "EventHubConnection": other})
+    assert (connection.connection_string, connection.fully_qualified_namespace, connection.managed_identity,
+            connection.client_id) == (None, "ns.servicebus.windows.net", True, "0f1e")
+    with pytest.raises(ConfigurationError, match="EventHubConnection__clientId needs"):
+        HostEventHubConnection.from_environ({"AzureWebJobsEventHubConnection__fullyQualifiedNamespace": "ns.x",
+                                             "AzureWebJobsEventHubConnection__clientId": "0f1e"})
