@@ -219,20 +219,20 @@ def test_a_migration_with_its_own_begin_and_commit_is_refused_with_nothing_appli
     transaction half-way; when a later statement failed, the first part stayed applied and the migration
     unrecorded, and every later run failed on it ("relation already exists"). Now the file runs through PL/pgSQL's
     EXECUTE, where PostgreSQL refuses such a statement: the transaction is rolled back, nothing is applied or
-    recorded, and the refusal names the file and its line."""
+    recorded, and the refusal names the file."""
     (tmp_path / "001_first.sql").write_text(
         "-- a habit from other tools\nBEGIN;\nCREATE TABLE review_a (x int);\nCOMMIT;\n"
         "CREATE TABLE review_b (x int REFERENCES no_such_table);\n")
     (tmp_path / "002_second.sql").write_text("CREATE TABLE review_c (x int);\n\n  /* done */ COMMIT;\n")
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         with pytest.raises(ConfigurationError, match=r"001_first\.sql contains a transaction-control statement "
-                                                     r"\(BEGIN at line 2\)"):
+                                                     r"\(BEGIN, COMMIT, ROLLBACK, SAVEPOINT\.\.\.\)"):
             apply_migrations(conn, tmp_path)
         assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (0,)
         assert not _exists(conn, "review_a")
         (tmp_path / "001_first.sql").write_text("CREATE TABLE review_a (x int);\n")
         with pytest.raises(ConfigurationError, match=r"002_second\.sql contains a transaction-control statement "
-                                                     r"\(COMMIT at line 3\)"):
+                                                     r"\(BEGIN, COMMIT, ROLLBACK, SAVEPOINT\.\.\.\)"):
             apply_migrations(conn, tmp_path)  # a COMMIT after every other statement: refused as well
         assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
         assert not _exists(conn, "review_c")
@@ -247,7 +247,7 @@ def test_every_transaction_control_statement_is_refused(pg_dsn: str, tmp_path: P
     (tmp_path / "001_first.sql").write_text(f"CREATE TABLE review_a (x int);\n{statement}\n")
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         with pytest.raises(ConfigurationError, match=r"001_first\.sql contains a transaction-control statement "
-                                                     r"\([A-Z ]+ at line 2\)"):
+                                                     r"\(BEGIN, COMMIT, ROLLBACK, SAVEPOINT\.\.\.\)"):
             apply_migrations(conn, tmp_path)
         assert not _exists(conn, "review_a")
 
@@ -262,7 +262,7 @@ def test_a_column_named_begin_does_not_hide_a_later_commit(pg_dsn: str, tmp_path
         "CREATE TABLE review_b (x int REFERENCES no_such_table);\n")
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         with pytest.raises(ConfigurationError, match=r"001_first\.sql contains a transaction-control statement "
-                                                     r"\(COMMIT at line 2\)"):
+                                                     r"\(BEGIN, COMMIT, ROLLBACK, SAVEPOINT\.\.\.\)"):
             apply_migrations(conn, tmp_path)
         assert not _exists(conn, "review_a")
 
@@ -276,7 +276,7 @@ def test_a_string_ending_in_a_backslash_does_not_hide_a_later_commit(pg_dsn: str
         "INSERT INTO review_a VALUES ('x');\nCREATE TABLE review_b (x int REFERENCES no_such_table);\n")
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         with pytest.raises(ConfigurationError, match=r"001_first\.sql contains a transaction-control statement "
-                                                     r"\(COMMIT at line 3\)"):
+                                                     r"\(BEGIN, COMMIT, ROLLBACK, SAVEPOINT\.\.\.\)"):
             apply_migrations(conn, tmp_path)
         assert not _exists(conn, "review_a")
 
@@ -287,7 +287,7 @@ def test_a_nested_block_comment_does_not_hide_a_commit(pg_dsn: str, tmp_path: Pa
     (tmp_path / "001_first.sql").write_text("CREATE TABLE review_a (x int);\n/* a /* b */ c */ COMMIT;\n")
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         with pytest.raises(ConfigurationError, match=r"001_first\.sql contains a transaction-control statement "
-                                                     r"\(COMMIT at line 2\)"):
+                                                     r"\(BEGIN, COMMIT, ROLLBACK, SAVEPOINT\.\.\.\)"):
             apply_migrations(conn, tmp_path)
         assert not _exists(conn, "review_a")
 
@@ -328,7 +328,7 @@ def test_a_migration_ending_in_select_into_is_refused_naming_create_table_as(pg_
         "CREATE TABLE review_src (x int);\nINSERT INTO review_src VALUES (1), (2);\n\n"
         "SELECT x\n  INTO review_copy FROM review_src;\n-- done\n")
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        with pytest.raises(ConfigurationError, match=r"001_first\.sql ends in SELECT \.\.\. INTO at line 4, .*"
+        with pytest.raises(ConfigurationError, match=r"001_first\.sql ends in SELECT \.\.\. INTO, .*"
                                                      r"write CREATE TABLE \.\.\. AS SELECT \.\.\. instead"):
             apply_migrations(conn, tmp_path)
         assert not _exists(conn, "review_src")

@@ -19,15 +19,14 @@ a habit from other tools: ``BEGIN``, ``START TRANSACTION``, ``COMMIT``, ``END``,
 ("EXECUTE of transaction commands is not implemented") instead of committing
 the runner's transaction part-way, which a later failure would leave half
 applied and unrecorded: the transaction is rolled back, nothing is applied or
-recorded, and the refusal is a ``ConfigurationError`` naming the file and the
-line. No home-made SQL splitter decides what is a statement (a column named
-``begin``, ``'C:\\'``, nested ``/* */`` comments and dollar quotes are
-PostgreSQL's to read); :func:`_statement_lines` only finds the line to name
-once PostgreSQL has refused. PL/pgSQL's ``EXECUTE`` also refuses a
+recorded, and the refusal is a ``ConfigurationError`` naming the file (PostgreSQL
+gives no position for it). No home-made SQL splitter decides what is a statement
+(a column named ``begin``, ``'C:\\'``, nested ``/* */`` comments and dollar quotes
+are PostgreSQL's to read). PL/pgSQL's ``EXECUTE`` also refuses a
 ``SELECT ... INTO new_table`` as the file's last statement ("EXECUTE of SELECT
-... INTO is not implemented"): a ``ConfigurationError`` naming the file and the
-line, saying to write ``CREATE TABLE ... AS SELECT ...`` instead. A migration
-that fails otherwise is a ``PermanentError`` naming it and, from PostgreSQL's
+... INTO is not implemented"): a ``ConfigurationError`` naming the file,
+saying to write ``CREATE TABLE ... AS SELECT ...`` instead. A migration that
+fails otherwise is a ``PermanentError`` naming it and, from PostgreSQL's
 position of the error in the file (``internal_position``), its line (a lost
 connection stays the driver's own error: PostgreSQL unavailable).
 
@@ -268,20 +267,17 @@ _SELECT_INTO_REFUSED = "EXECUTE of SELECT ... INTO is not implemented"
 
 def _failed(migration: SqlMigration, exc: psycopg.Error) -> ConfigurationError | PermanentError:
     """A migration's failure on a server that answered (a syntax error, a statement cancelled, a deadlock), naming
-    the migration and its line in the file: a ``ConfigurationError`` for what PostgreSQL refuses to run inside the
-    runner's transaction (a transaction-control statement, a final ``SELECT ... INTO``), else a ``PermanentError``."""
+    the migration (and its line, where PostgreSQL gives the error's position): a ``ConfigurationError`` for what
+    PostgreSQL refuses to run inside the runner's transaction (a transaction-control statement, a final
+    ``SELECT ... INTO``), else a ``PermanentError``."""
     if migration.in_transaction and exc.diag.message_primary == _TRANSACTION_CONTROL_REFUSED:
-        found = next(((keyword, line) for keyword, line in _statement_lines(migration.sql)
-                      if keyword in _TRANSACTION_CONTROL), None)
-        where = f"{found[0]} at line {found[1]}" if found else "BEGIN, COMMIT, ROLLBACK..."
         return ConfigurationError(
-            f"PostgreSQL migration {migration.file} contains a transaction-control statement ({where}): each "
-            "migration runs in a transaction of its own; remove it (the migration was rolled back, nothing applied)")
+            f"PostgreSQL migration {migration.file} contains a transaction-control statement (BEGIN, COMMIT, "
+            "ROLLBACK, SAVEPOINT...): each migration runs in a transaction of its own; remove it (the migration was "
+            "rolled back, nothing applied)")
     if migration.in_transaction and exc.diag.message_primary == _SELECT_INTO_REFUSED:
-        statements = _statement_lines(migration.sql)
-        at = f" at line {statements[-1][1]}" if statements else ""
         return ConfigurationError(
-            f"PostgreSQL migration {migration.file} ends in SELECT ... INTO{at}, which PostgreSQL does not run in a "
+            f"PostgreSQL migration {migration.file} ends in SELECT ... INTO, which PostgreSQL does not run in a "
             "migration: write CREATE TABLE ... AS SELECT ... instead (the migration was rolled back, nothing applied)")
     if migration.in_transaction:
         return PermanentError(f"PostgreSQL migration {migration.file} failed{_line(migration.sql, exc)} and was "
@@ -299,74 +295,6 @@ def _line(sent: str, exc: psycopg.Error) -> str:
         if position and position.isdigit() and 0 < int(position) <= len(sent) + 1:
             return f" at line {sent[:int(position) - 1].count(chr(10)) + 1}"
     return ""
-
-
-# The first keywords of PostgreSQL's transaction-control statements (START: START TRANSACTION; END: COMMIT;
-# COMMIT/ROLLBACK PREPARED start with COMMIT/ROLLBACK; PREPARE name AS is not one, PREPARE TRANSACTION is).
-_TRANSACTION_CONTROL = frozenset({"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE",
-                                  "PREPARE TRANSACTION"})
-# PostgreSQL's lexical elements, as its scanner reads them with standard_conforming_strings on (the default): block
-# comments nest (matched by hand), a plain string's backslash is a character, E'' strings have escapes.
-_TOKEN = re.compile(r"""
-      (?P<space>\s+)
-    | (?P<line_comment>--[^\n]*)
-    | (?P<block_comment>/\*)
-    | (?P<escape_string>[eE]'(?:[^'\\]|\\.|'')*'?)
-    | (?P<string>(?:[uU]&|[bBxXnN])?'(?:[^']|'')*'?)
-    | (?P<quoted>(?:[uU]&)?"(?:[^"]|"")*"?)
-    | (?P<dollar>\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z_0-9\x80-\U0010ffff]*)?\$)
-    | (?P<word>[A-Za-z_\x80-\U0010ffff][A-Za-z_0-9$\x80-\U0010ffff]*)
-    | (?P<other>.)
-""", re.VERBOSE | re.DOTALL)
-
-
-def _statement_lines(text: str) -> list[tuple[str, int]]:
-    """Each statement of ``text`` as (its first keyword in capitals, ``PREPARE TRANSACTION`` for that one; its
-    line), read as PostgreSQL reads them. Only used to name the line once PostgreSQL itself has refused a
-    statement (it decides what is one, never this)."""
-    found: list[tuple[str, int]] = []
-    words: list[str] = []  # of the current statement, up to the first three
-    start = 0  # line of the current statement's first word
-    depth = 0  # parentheses and BEGIN ATOMIC / CASE ... END of a CREATE FUNCTION / PROCEDURE body
-    line, at = 1, 0
-    while at < len(text):
-        match = _TOKEN.match(text, at)
-        assert match is not None  # "other" matches any one character
-        kind, token = match.lastgroup, match.group()
-        end = match.end()
-        if kind == "block_comment":
-            nested, end = 1, at + 2
-            while nested and end < len(text):
-                if text.startswith("/*", end):
-                    nested, end = nested + 1, end + 2
-                elif text.startswith("*/", end):
-                    nested, end = nested - 1, end + 2
-                else:
-                    end += 1
-        elif kind == "dollar":
-            close = text.find(token, end)
-            end = len(text) if close < 0 else close + len(token)
-        elif kind == "word" or (kind == "other" and token in "();"):
-            upper = token.upper()
-            if token == ";" and depth == 0:
-                words = []
-            elif kind == "word" or token != ";":
-                if not words:
-                    start = line
-                    found.append((upper, line))
-                elif len(words) == 1 and words[0] == "PREPARE" and upper == "TRANSACTION":
-                    found[-1] = ("PREPARE TRANSACTION", start)
-                body = words[:1] == ["CREATE"] and ("FUNCTION" in words or "PROCEDURE" in words or
-                                                    upper in ("FUNCTION", "PROCEDURE"))
-                if upper == "(" or (body and upper in ("BEGIN", "CASE")):
-                    depth += 1
-                elif depth and (upper == ")" or (body and upper == "END")):
-                    depth -= 1
-                if len(words) < 4:
-                    words.append(upper)
-        line += text.count("\n", at, end)
-        at = end
-    return found
 
 
 def _reason(exc: psycopg.Error) -> str:
