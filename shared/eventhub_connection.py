@@ -14,7 +14,8 @@ lets the connection string's ``EntityPath`` win over the trigger's ``eventHubNam
 the lag, the status page and the audit read another.
 The connection is found as the host binds the name ``EventHubConnection``
 (:func:`host_environ`): ``AzureWebJobsEventHubConnection`` (and its ``__`` children)
-wins over ``EventHubConnection``, as the dev host's trigger reads it.
+wins over ``EventHubConnection``, as the dev host's trigger reads it; a message names the
+variable that holds it as the environment spells it (``AzureWebJobsEventHubConnection__credential``).
 No message echoes a connection string: it holds a key.
 """
 
@@ -33,13 +34,15 @@ _FORMAT = "Endpoint=sb://<namespace>.servicebus.windows.net/;SharedAccessKeyName
 _CHILDREN = {"fullyqualifiednamespace": "fullyQualifiedNamespace", "credential": "credential", "clientid": "clientId"}
 
 
-def host_environ(env: Mapping[str, str]) -> dict[str, str]:
+def host_environ(env: Mapping[str, str]) -> tuple[str, dict[str, str]]:
     """The connection ``EventHubConnection`` as the Functions host (and the dev host's
     ``devhost.settings.connection_section``) binds it, ``GetWebJobsConnectionStringSection``: the first section that
     exists of ``ConnectionStrings:AzureWebJobsEventHubConnection``, ``AzureWebJobsEventHubConnection``,
     ``ConnectionStrings:EventHubConnection`` and ``EventHubConnection`` (``__`` is ``:``, names compared ignoring
-    case; a section exists when it has a value, even an empty one, or a child), as the plain variables the readers
-    take: ``EventHubConnection`` and ``EventHubConnection__<child>``. Empty when none exists."""
+    case; a section exists when it has a value, even an empty one, or a child). The section's name as the
+    environment spells it (for messages: the variable the operator set; ``EventHubConnection`` when none exists),
+    and its values as the plain variables the readers take: ``EventHubConnection`` and
+    ``EventHubConnection__<child>`` (empty when none exists)."""
     keys: dict[str, str] = {}
     for key in env:
         keys.setdefault(key.replace("__", ":").lower(), key)
@@ -52,27 +55,33 @@ def host_environ(env: Mapping[str, str]) -> dict[str, str]:
         found = {CONNECTION: env[keys[folded]]} if folded in keys else {}
         for child, spelled in children.items():
             found[f"{CONNECTION}__{_CHILDREN.get(child, child)}"] = env[spelled]
-        return found
-    return {}
+        if folded in keys:
+            section = keys[folded]
+        else:  # spelled as the environment spells a child, without the child's name (as connection_section)
+            child = min(children)
+            section = children[child][:-len(child)].removesuffix("__").removesuffix(":")
+        return section, found
+    return CONNECTION, {}
 
 
-def namespace(connection_string: str) -> str:
+def namespace(connection_string: str, name: str = CONNECTION) -> str:
     """The namespace a connection string names (its endpoint's host, with the port for the emulator), as the SDK
-    reads it; a ``ValueError`` naming ``EventHubConnection`` and what is wrong when the SDK would refuse it."""
+    reads it; a ``ValueError`` naming ``name`` (the variable that holds it, :func:`host_environ`) and what is wrong
+    when the SDK would refuse it."""
     try:  # the parser the SDK itself reads it with (azure.eventhub._client_base._parse_conn_str)
         fields = parse_connection_string(connection_string, case_sensitive_keys=False)
     except ValueError:
-        raise ValueError(f"{CONNECTION} is set but names no endpoint the SDK can read: it must be an Event Hubs "
+        raise ValueError(f"{name} is set but names no endpoint the SDK can read: it must be an Event Hubs "
                          f"connection string, key=value pairs with no key twice ({_FORMAT})") from None
     endpoint = fields.get("endpoint") or fields.get("hostname") or ""
     host = urlsplit(endpoint.rstrip("/")).netloc.strip()
     if not host:
-        raise ValueError(f"{CONNECTION} is set but names no endpoint: it must be an Event Hubs connection string "
+        raise ValueError(f"{name} is set but names no endpoint: it must be an Event Hubs connection string "
                          f"({_FORMAT})")
     if ("sharedaccesskey" in fields) != ("sharedaccesskeyname" in fields):
-        raise ValueError(f"{CONNECTION} names a SharedAccessKey or a SharedAccessKeyName without the other ({_FORMAT})")
+        raise ValueError(f"{name} names a SharedAccessKey or a SharedAccessKeyName without the other ({_FORMAT})")
     if "sharedaccesskey" not in fields and "sharedaccesssignature" not in fields:
-        raise ValueError(f"{CONNECTION} has neither a SharedAccessKey nor a SharedAccessSignature ({_FORMAT})")
+        raise ValueError(f"{name} has neither a SharedAccessKey nor a SharedAccessSignature ({_FORMAT})")
     return host
 
 
@@ -86,16 +95,17 @@ def entity_path(connection_string: str) -> str:
     return next((value.strip() for key, value in fields.items() if key.strip() == "entitypath"), "")
 
 
-def identity_problems(env: Mapping[str, str]) -> list[str]:
-    """What the host would not take in ``__credential`` and ``__clientId``, one line each."""
+def identity_problems(env: Mapping[str, str], section: str = CONNECTION) -> list[str]:
+    """What the host would not take in ``__credential`` and ``__clientId`` of ``env`` (plain variables, as
+    :func:`host_environ` gives them), one line each, naming them as children of ``section`` (the variable set)."""
     credential = env.get(f"{CONNECTION}__credential") or None
     client_id = env.get(f"{CONNECTION}__clientId") or None
     problems = []
     if credential is not None and credential.lower() != "managedidentity":
-        problems.append(f"{CONNECTION}__credential={credential!r}: the only value is 'managedidentity' (unset: "
+        problems.append(f"{section}__credential={credential!r}: the only value is 'managedidentity' (unset: "
                         f"DefaultAzureCredential)")
     if client_id and credential is None:
-        problems.append(f"{CONNECTION}__clientId needs {CONNECTION}__credential=managedidentity (without it, "
+        problems.append(f"{section}__clientId needs {section}__credential=managedidentity (without it, "
                         f"DefaultAzureCredential picks the identity from the environment)")
     return problems
 
@@ -104,19 +114,19 @@ def problems(env: Mapping[str, str], hub: str | None = None) -> list[str]:
     """Every value of these variables the host or the SDK would refuse, one line each (none unset: the status
     page's lag then says ``not_configured``), and an ``EntityPath`` naming another hub than ``hub`` (the
     ``SLUICE_INGEST_EVENTHUB_NAME`` the readers pass) when it is given."""
-    env = host_environ(env)
-    found = identity_problems(env)
+    section, env = host_environ(env)
+    found = identity_problems(env, section)
     connection_string = env.get(CONNECTION)
     if connection_string:
         try:
-            namespace(connection_string)
+            namespace(connection_string, section)
         except ValueError as exc:
             found.insert(0, str(exc))
             return found
         path = entity_path(connection_string)
         if hub is not None and path and path.lower() != hub.lower():  # hub names ignore case (as `produce`)
-            found.insert(0, f"{CONNECTION}'s EntityPath names hub {path!r} but SLUICE_INGEST_EVENTHUB_NAME is "
+            found.insert(0, f"{section}'s EntityPath names hub {path!r} but SLUICE_INGEST_EVENTHUB_NAME is "
                             f"{hub!r}: the Functions host consumes the EntityPath hub, while the lag, the status "
                             f"page, the audit and `sluice lag` would read {hub!r}; set SLUICE_INGEST_EVENTHUB_NAME "
-                            f"to {path!r} or leave EntityPath out of {CONNECTION}")
+                            f"to {path!r} or leave EntityPath out of {section}")
     return found

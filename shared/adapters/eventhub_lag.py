@@ -239,6 +239,7 @@ class HostEventHubConnection:
     fully_qualified_namespace: str | None = None
     managed_identity: bool = False
     client_id: str | None = None
+    name: str = eventhub_connection.CONNECTION  # the variable that holds it, as the environment spells it
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> HostEventHubConnection:
@@ -246,14 +247,14 @@ class HostEventHubConnection:
         when ``__credential`` or ``__clientId`` say something the host would not take. Found as the host binds the
         connection name (:func:`eventhub_connection.host_environ`: ``AzureWebJobsEventHubConnection`` first), so the
         lag, the audit and ``ingest_hub`` read the hub the trigger consumes."""
-        environ = eventhub_connection.host_environ(environ)
-        problems = eventhub_connection.identity_problems(environ)
+        name, environ = eventhub_connection.host_environ(environ)
+        problems = eventhub_connection.identity_problems(environ, name)
         if problems:
             raise ConfigurationError("; ".join(problems))
         return cls(connection_string=environ.get("EventHubConnection") or None,
                    fully_qualified_namespace=environ.get("EventHubConnection__fullyQualifiedNamespace") or None,
                    managed_identity=bool(environ.get("EventHubConnection__credential")),
-                   client_id=environ.get("EventHubConnection__clientId") or None)
+                   client_id=environ.get("EventHubConnection__clientId") or None, name=name)
 
     @property
     def configured(self) -> bool:
@@ -268,7 +269,7 @@ class HostEventHubConnection:
     def checkpoint_source(self, eventhub: str, consumer_group: str) -> KedaCheckpointSource:
         """Where the host checkpoints ``eventhub`` over this connection (:func:`host_checkpoint_source`)."""
         return host_checkpoint_source(eventhub, consumer_group, connection_string=self.connection_string,
-                                      fully_qualified_namespace=self.fully_qualified_namespace)
+                                      fully_qualified_namespace=self.fully_qualified_namespace, name=self.name)
 
 
 def eventhub_client(eventhub: str, consumer_group: str, *, connection_string: str | None = None,
@@ -347,13 +348,16 @@ def _counts(reading: LagReading) -> LagCounts:
 
 
 def host_checkpoint_source(eventhub: str, consumer_group: str, *, connection_string: str | None,
-                           fully_qualified_namespace: str | None) -> KedaCheckpointSource:
-    """Where the Functions host (and the dev host) checkpoint ``eventhub``: the namespace as the SDK writes it."""
+                           fully_qualified_namespace: str | None,
+                           name: str = eventhub_connection.CONNECTION) -> KedaCheckpointSource:
+    """Where the Functions host (and the dev host) checkpoint ``eventhub``: the namespace as the SDK writes it. A
+    ``ConfigurationError`` naming ``name`` (the variable that holds ``connection_string``) when the SDK would refuse
+    it."""
     if connection_string:
         # The SDK names checkpoints after the endpoint's host *and port* (``127.0.0.1:5672`` for the emulator);
         # Azure's endpoints have no port.
         try:
-            fully_qualified_namespace = eventhub_connection.namespace(connection_string)
+            fully_qualified_namespace = eventhub_connection.namespace(connection_string, name)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
     if not fully_qualified_namespace:

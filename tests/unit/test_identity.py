@@ -170,6 +170,10 @@ def test_the_host_event_hub_connection_is_found_as_the_host_binds_the_name() -> 
         "AzureWebJobsEventHubConnection__clientId": "0f1e", "EventHubConnection": other})
     assert (connection.connection_string, connection.fully_qualified_namespace, connection.managed_identity,
             connection.client_id) == (None, "ns.servicebus.windows.net", True, "0f1e")
-    with pytest.raises(ConfigurationError, match="EventHubConnection__clientId needs"):
+    # named as the variable set, not as the plain EventHubConnection__clientId the readers take
+    with pytest.raises(ConfigurationError, match=r"^AzureWebJobsEventHubConnection__clientId needs"):
         HostEventHubConnection.from_environ({"AzureWebJobsEventHubConnection__fullyQualifiedNamespace": "ns.x",
                                              "AzureWebJobsEventHubConnection__clientId": "0f1e"})
+    with pytest.raises(ConfigurationError, match=r"^AzureWebJobsEventHubConnection is set but names no endpoint"):
+        HostEventHubConnection.from_environ({"AzureWebJobsEventHubConnection": "garbage",
+                                             "EventHubConnection": other}).checkpoint_source("hub", "sluice")

@@ -529,8 +529,17 @@ AZURE_HUB = "Endpoint=sb://fleet.servicebus.windows.net/;SharedAccessKeyName=lis
     ({"EventHubConnection": AZURE_HUB + ";SharedAccessKey=hunter3"}, ["key=value pairs with no key twice"]),
     ({"EventHubConnection": "", "EventHubConnection__fullyQualifiedNamespace": "fleet.servicebus.windows.net",
       "EventHubConnection__clientId": "0f1e"}, ["EventHubConnection__clientId needs"]),
+    # the host binds AzureWebJobsEventHubConnection first: the variable set is named, not EventHubConnection
+    ({"AzureWebJobsEventHubConnection": "garbage hunter2", "EventHubConnection": AZURE_HUB},
+     ["AzureWebJobsEventHubConnection is set but names no endpoint"]),
+    ({"AzureWebJobsEventHubConnection__fullyQualifiedNamespace": "fleet.servicebus.windows.net",
+      "AzureWebJobsEventHubConnection__credential": "workload"},
+     ["AzureWebJobsEventHubConnection__credential='workload'"]),
+    ({"ConnectionStrings__AzureWebJobsEventHubConnection": AZURE_HUB + ";EntityPath=other"},
+     ["ConnectionStrings__AzureWebJobsEventHubConnection's EntityPath names hub 'other'"]),
 ], ids=["no endpoint and a bad credential", "no pairs", "key without its name", "name without its key",
-        "a key twice", "client id alone"])
+        "a key twice", "client id alone", "prefixed, named as set", "prefixed credential, named as set",
+        "entity path of a connection string, named as set"])
 def test_an_event_hubs_connection_the_host_would_refuse_stops_the_start_naming_it(
         values: dict[str, str], messages: list[str]) -> None:
     """The ingest trigger and every pod's lag readers (the status page, the ``sluice.eventhub.lag`` gauge) connect
