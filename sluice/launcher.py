@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,11 +87,14 @@ def start(
     *,
     timeout: float = 30.0,
     env: dict[str, str] | None = None,
+    unset: Collection[str] = (),
     cwd: str | None = None,
     ready: re.Pattern[str] = READY,
     log: Path | None = None,
 ) -> Running:
     """Start ``argv`` and return once it printed a line matching ``ready``.
+
+    The child's environment is this process's, without the names in ``unset``, with ``env`` over it.
 
     Every line the child prints is also appended to ``log`` as it comes, when given
     (:meth:`Running.output` keeps only the last 200).
@@ -107,7 +111,7 @@ def start(
             stdin=subprocess.DEVNULL,
             text=True,
             bufsize=1,
-            env={**os.environ, **(env or {})},
+            env={**{name: value for name, value in os.environ.items() if name not in unset}, **(env or {})},
             cwd=cwd,
             start_new_session=True,
         )

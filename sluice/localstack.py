@@ -64,6 +64,15 @@ LOCAL_OVERRIDES = {
 }
 
 
+# The connections the app's triggers bind (functions/ingest.py), which the host also finds as AzureWebJobs<name>.
+HOST_CONNECTIONS = ("EventHubConnection",)
+
+
+def _configuration_key(name: str) -> str:
+    """``name`` as .NET configuration reads it: ``__`` is ``:``, names compared ignoring case."""
+    return name.replace("__", ":").lower()
+
+
 class StackError(SluiceError):
     """A part of the local stack could not be started; the message says which and why."""
 
@@ -231,6 +240,7 @@ class LocalStack:
         self.settings_path = options.data_dir / "local.settings.json"
         self.devhost: Running | None = None
         self._devhost_env: dict[str, str] | None = None
+        self._devhost_unset: set[str] = set()
         self.devhost_restarts = 0  # after a function timeout (restart_after_function_timeout)
         self._logs_begun: set[str] = set()
         self._claim: Any = None  # the open lock file while claim() holds it
@@ -513,8 +523,9 @@ class LocalStack:
         os.environ[MARKER] = marker
 
     def _child(self, name: str, argv: list[str], *, timeout: float = 60.0, ready: re.Pattern[str] | None = None,
-               env: dict[str, str] | None = None) -> Running:
-        kwargs: dict[str, Any] = {"timeout": timeout, "cwd": str(ROOT), "env": env, "log": self.log_path(name)}
+               env: dict[str, str] | None = None, unset: Collection[str] = ()) -> Running:
+        kwargs: dict[str, Any] = {"timeout": timeout, "cwd": str(ROOT), "env": env, "unset": unset,
+                                  "log": self.log_path(name)}
         if ready is not None:
             kwargs["ready"] = ready
         try:
@@ -704,16 +715,28 @@ class LocalStack:
         """The environment a command run against this stack needs (the settings' values)."""
         return {k: v for k, v in self.values.items() if v != ""}
 
-    def inherited_settings_cleared(self) -> dict[str, str]:
-        """Emptied, every setting this process inherited that would wire a child to another stack: ``SLUICE_*``
-        (but the reaper's marker), ``AzureWebJobsStorage``, ``EventHubConnection`` and any other name the settings
-        hold (a shell that sourced an earlier run's settings.env has them all, with that run's ports). The dev
+    def inherited_settings(self) -> set[str]:
+        """The names of every setting this process inherited that would wire a child to another stack, for the
+        child's environment to leave out: ``SLUICE_*`` (but the reaper's marker) and every name the host would read
+        as one of the settings this stack writes (a shell that sourced an earlier run's settings.env has them all,
+        with that run's ports). Removed, not emptied: the host binds the connection ``EventHubConnection`` to the
+        first section that *exists* of ``ConnectionStrings:AzureWebJobsEventHubConnection``,
+        ``AzureWebJobsEventHubConnection``, ``ConnectionStrings:EventHubConnection`` and ``EventHubConnection``
+        (``devhost.settings.connection_section``; an empty value exists), and ``AzureWebJobsStorage`` to
+        ``ConnectionStrings:AzureWebJobsStorage`` first, so any of them inherited, even empty, would win over this
+        stack's own; and so would a setting's ``__`` children or its name in another case or with ``:``. The dev
         host, as ``func start``, applies local.settings.json only where the environment holds no value."""
         from sluice.reaper import MARKER
 
-        return {name: "" for name in os.environ if name != MARKER and (
-            name.startswith("SLUICE_") or name in ("AzureWebJobsStorage", "EventHubConnection")
-            or name in self.values)}
+        sections = {_configuration_key(prefix + name) for name in [*self.values, *(
+            f"AzureWebJobs{connection}" for connection in HOST_CONNECTIONS)] for prefix in ("", "ConnectionStrings:")}
+
+        def read_as_a_setting(name: str) -> bool:
+            key = _configuration_key(name)
+            return key in sections or any(key.startswith(section + ":") for section in sections)
+
+        return {name for name in os.environ
+                if name != MARKER and (name.startswith("SLUICE_") or read_as_a_setting(name))}
 
     def create_database(self) -> bool:
         """Create the PostgreSQL database if it is missing; True when it was created."""
@@ -735,7 +758,8 @@ class LocalStack:
         """Run ``python -m sluice *args`` against this stack; its output, or a StackError with it."""
         result = subprocess.run(
             [sys.executable, "-m", "sluice", *args], cwd=ROOT,
-            env={**os.environ, **self.inherited_settings_cleared(), **self.env()},
+            env={**{name: value for name, value in os.environ.items() if name not in self.inherited_settings()},
+                 **self.env()},
             capture_output=True, text=True, timeout=timeout,
         )
         if result.returncode != 0:
@@ -753,16 +777,18 @@ class LocalStack:
 
     def start_devhost(self, *, env: dict[str, str] | None = None) -> Running:
         """Start the dev host on the HTTP port the settings name (chosen by :meth:`write_settings`), with this
-        stack's settings over any inherited from the shell (:meth:`inherited_settings_cleared`); ``env`` over both."""
+        stack's settings over any inherited from the shell (:meth:`inherited_settings`, left out of its environment);
+        ``env`` over both."""
         if "http" not in self.ports:
             self.ports["http"] = self._port("dev host (HTTP)", self.options.http_port)
-        self._devhost_env = {**self.inherited_settings_cleared(), **(env or {})}
+        self._devhost_env = dict(env or {})
+        self._devhost_unset = self.inherited_settings() - self._devhost_env.keys()
         return self._launch_devhost(self.ports["http"])
 
     def _launch_devhost(self, port: int) -> Running:
         running = self._child("devhost", python_module(
             "devhost", "--settings", str(self.settings_path), "--host", self.options.host, "--port", str(port),
-            "--script-root", str(ROOT)), timeout=90, env=self._devhost_env)
+            "--script-root", str(ROOT)), timeout=90, env=self._devhost_env, unset=self._devhost_unset)
         self.devhost = running
         return running
 

@@ -342,10 +342,10 @@ def test_our_own_postgresql_keeps_its_data_across_restarts_under_a_directory_pos
 APPLIES_SETTINGS = """
 import os, sys
 from pathlib import Path
-from devhost.settings import load_local_settings
+from devhost.settings import connection_section, load_local_settings, storage_connection_string
 load_local_settings(Path(sys.argv[1]))
-print("listening on 127.0.0.1:1", os.environ["SLUICE_CASSANDRA_PORT"], os.environ["EventHubConnection"],
-      repr(os.environ.get("SLUICE_LEFT_FROM_EARLIER", "")), flush=True)
+print("listening on 127.0.0.1:1", os.environ["SLUICE_CASSANDRA_PORT"], connection_section("EventHubConnection").value,
+      storage_connection_string(), repr(os.environ.get("SLUICE_LEFT_FROM_EARLIER", "")), flush=True)
 """
 
 
@@ -354,7 +354,7 @@ class _SettingsReadingDevhost(LocalStack):
 
     def _launch_devhost(self, port: int) -> Running:
         running = self._child("devhost", [sys.executable, "-c", APPLIES_SETTINGS, str(self.settings_path)],
-                              timeout=30, env=self._devhost_env)
+                              timeout=30, env=self._devhost_env, unset=self._devhost_unset)
         self.devhost = running
         return running
 
@@ -362,7 +362,10 @@ class _SettingsReadingDevhost(LocalStack):
 def test_the_dev_host_gets_its_stacks_settings_over_those_of_an_earlier_run_in_the_environment(tmp_path, monkeypatch):
     """`up` from a shell that sourced an earlier run's settings.env: its dev host (which, as `func start`, lets the
     environment win over local.settings.json) still gets this stack's ports; what the earlier run set and this one
-    does not is emptied, and the reaper's marker is kept."""
+    does not is left out, and the reaper's marker is kept. The host binds AzureWebJobsEventHubConnection (and the
+    ConnectionStrings spellings, even empty) before EventHubConnection, and ConnectionStrings:AzureWebJobsStorage
+    before AzureWebJobsStorage: inherited, they are left out too. Was: only EventHubConnection was emptied, so an
+    inherited AzureWebJobsEventHubConnection wired the dev host's trigger to the earlier run's hub."""
     from sluice.reaper import MARKER
 
     earlier = LocalStack(StackOptions(data_dir=tmp_path / "earlier"), say=lambda _: None)
@@ -371,6 +374,9 @@ def test_the_dev_host_gets_its_stacks_settings_over_those_of_an_earlier_run_in_t
     for name, value in earlier.values.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("SLUICE_LEFT_FROM_EARLIER", "x")
+    monkeypatch.setenv("AzureWebJobsEventHubConnection", earlier.eventhub_connection)
+    monkeypatch.setenv("ConnectionStrings__EventHubConnection", "")
+    monkeypatch.setenv("ConnectionStrings__AzureWebJobsStorage", earlier.storage_connection)
     monkeypatch.setenv(MARKER, "run-1")
     stack = _SettingsReadingDevhost(StackOptions(data_dir=tmp_path / "stack"), say=lambda _: None)
     stack.ports = {"azurite": 10002, "cassandra": 9002, "eventhubs": 5002}
@@ -379,7 +385,8 @@ def test_the_dev_host_gets_its_stacks_settings_over_those_of_an_earlier_run_in_t
         devhost = stack.start_devhost()
         devhost.process.wait(timeout=30)
         said = devhost.output()
-        assert " 9002 " in said and "127.0.0.1:5002;" in said and "''" in said, said
+        assert " 9002 " in said and "127.0.0.1:5002;" in said and "127.0.0.1:10002/" in said and "''" in said, said
+        assert "5001" not in said and "10001" not in said, said
         assert stack._devhost_env is not None and MARKER not in stack._devhost_env
     finally:
         stack.stop()
