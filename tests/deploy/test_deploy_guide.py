@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
 RESOURCES = (ROOT / "infra" / "resources.bicep").read_text(encoding="utf-8")
@@ -73,3 +75,22 @@ def test_the_documented_manual_overlay_keeps_the_fallback_at_half_the_partitions
     partitions = scaled["spec"]["maxReplicaCount"]
     assert partitions == 32, "premise: the example is for a 32-partition hub"
     assert scaled["spec"]["fallback"]["replicas"] == max(1, partitions // 2)
+
+
+MIGRATE = ROOT / "k8s-keda" / "migrate.yaml"
+_MIGRATE_WAIT = re.compile(r"kubectl -n sluice wait --for=condition=complete "
+                           r"--timeout=(\d+)(s|m|h)\s+job/sluice-migrate")
+
+
+def test_the_documented_wait_for_the_migration_job_outlasts_its_deadline() -> None:
+    """The release waits for the migration Job (deploy.md "Rolling out safely", step 2, and migrate.yaml's header)
+    before it applies the new code; the Job may run until its activeDeadlineSeconds (operations.md: a concurrent
+    index build first waits for enrichment's transactions). Was: 10 minutes against a 15-minute deadline, so a
+    migration still running read as a timeout, and a rollout went on (or stopped) before its schema was there."""
+    manifest = MIGRATE.read_text(encoding="utf-8")
+    deadline = int(yaml.safe_load(manifest)["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"])
+    unit = {"s": 1, "m": 60, "h": 3600}
+    waits = {name: [int(n) * unit[u] for n, u in _MIGRATE_WAIT.findall(text)]
+             for name, text in (("docs/deploy.md", DEPLOY), ("k8s-keda/migrate.yaml", manifest))}
+    assert all(waits.values()), waits
+    assert all(seconds > deadline for found in waits.values() for seconds in found), (deadline, waits)
