@@ -640,6 +640,9 @@ class LocalStack:
             values["SLUICE_KEYVAULT_CA_FILE"] = str(opts.data_dir / "keyvault-certs" / "ca.pem")
         if self.own is not None:
             values.update(self.own.settings(opts.database, self.ports["cassandra"]))
+        # The metrics endpoint on the stack's host, as every other server of the stack, where its port was checked
+        # free and reserved (the sample's 0.0.0.0 is for a pod: a clash on another address went unnoticed).
+        values["SLUICE_METRICS_ADDRESS"] = opts.host
         values.update(opts.overrides)
         values["SLUICE_METRICS_PORT"] = str(self.ports["metrics"]) if "metrics" in self.ports else ""
         self.values = values

@@ -134,6 +134,28 @@ def test_the_stack_gives_the_dev_host_a_metrics_port_and_says_where(tmp_path, bu
     assert (tmp_path / "settings.env").read_text().startswith(f"# the dev host's metrics: {stack.metrics_url}\n")
 
 
+def test_the_metrics_port_is_free_where_the_dev_host_binds_it(tmp_path):
+    """The port is checked and reserved on the stack's host, so the dev host listens there. Was: the sample's
+    SLUICE_METRICS_ADDRESS=0.0.0.0, every interface: a program holding the port on another address went unnoticed,
+    the dev host's bind failed (telemetry only logs it), and nothing served the metrics `up` pointed at."""
+    with socket.socket() as other:  # another program's server on another loopback address
+        other.bind(("127.0.0.2", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        stack = LocalStack(StackOptions(data_dir=tmp_path, use_existing_services=True, metrics_port=port),
+                           say=lambda _: None)
+        stack.ports = {"eventhubs": 45672, "azurite": 40000, "cassandra": 49042, "http": 47071}
+        try:
+            stack.write_settings()
+            address, chosen = stack.values["SLUICE_METRICS_ADDRESS"], int(stack.values["SLUICE_METRICS_PORT"])
+            with socket.socket() as devhost:  # what the dev host's exporter does (start_http_server)
+                devhost.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                devhost.bind((address, chosen))
+        finally:
+            stack.stop()
+    assert address == "127.0.0.1"
+
+
 CHATTY = """
 import sys, time
 print("listening on 127.0.0.1:1", flush=True)
