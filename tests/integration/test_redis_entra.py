@@ -303,6 +303,16 @@ def test_the_lookups_async_connections_sign_in_with_the_renewed_token(request, c
         cluster = request.getfixturevalue("redis_cluster")
         cluster_healthy(cluster)
         url = CLUSTER_URL or cluster.url
+        # The URL names a current master: the command blocked below goes to the URL's node, which only a master's
+        # slots reach, and a failover test of this session may have left that node a replica.
+        probe = RedisCluster.from_url(url)
+        try:
+            primary = probe.get_primaries()[0]
+        finally:
+            probe.close()
+        at = urlsplit(url)
+        url = at._replace(netloc=at.netloc.replace(f"{at.hostname}:{at.port}", f"{primary.host}:{primary.port}")
+                          ).geturl()
         users_of = _users(RedisCluster.from_url(url))
     else:
         url = request.getfixturevalue("redis_url")
