@@ -95,16 +95,22 @@ def settings() -> Settings:
 def start_worker() -> None:
     """The worker process's start: its own settings (the garbage collector, ``shared.runtime``) applied once.
 
-    Telemetry is set up here too (:func:`start_telemetry`). Called before
+    Telemetry is set up here too (:func:`start_telemetry`), or on a timer thread when its Application Insights
+    connection string is to be read from Key Vault. Called before
     the first service of the process is built (:func:`service`),
     so the tuning is in place before the first batch, and never as a side
     effect of merely reading the settings.
     """
     loaded = settings()
     runtime.configure(loaded.worker)
-    start_telemetry(loaded.telemetry)
+    if _reads_vault(loaded.telemetry):
+        # On the timer thread at once, not here: a vault that accepts and never answers would hold the first
+        # invocation (an ingest batch) for the client's whole timeout and retries, about 45 s.
+        _retry_telemetry_in(0.0, loaded.telemetry, every=TELEMETRY_RETRY_SECONDS)
+    else:
+        start_telemetry(loaded.telemetry)
     if _hosts_status_route():
-        export_lag()
+        export_lag()  # exported once telemetry is set up, when that is later (_retry_telemetry)
 
 
 # How often a worker that could not read the Application Insights connection string tries again.
@@ -115,7 +121,8 @@ _telemetry_retry: threading.Timer | None = None
 def start_telemetry(cfg: TelemetrySettings, *, retry_seconds: float | None = None) -> bool:
     """Set telemetry up (``shared.telemetry.configure``) once the Application Insights connection string is known.
 
-    Telemetry must never cost data: this runs when the ingest service is built,
+    Telemetry must never cost data: this runs when the ingest service is built
+    (or, to read Key Vault, on a timer thread :func:`start_worker` starts then),
     outside ``IngestService.handle``, so whatever it raised would fail the
     invocation on every attempt, the last one included, and the host would
     checkpoint past a batch neither stored nor dead-lettered. So when the
@@ -141,18 +148,40 @@ def start_telemetry(cfg: TelemetrySettings, *, retry_seconds: float | None = Non
     return True
 
 
-def _retry_telemetry_in(seconds: float, cfg: TelemetrySettings) -> None:
+def _reads_vault(cfg: TelemetrySettings) -> bool:
+    """Whether setting telemetry up waits for Key Vault: a secret is named and the host did not set the string."""
+    import os
+
+    return bool(cfg.appinsights_connection_string_secret) and not os.environ.get(
+        "APPLICATIONINSIGHTS_CONNECTION_STRING")
+
+
+def _retry_telemetry_in(seconds: float, cfg: TelemetrySettings, *, every: float | None = None) -> None:
+    """Try :func:`start_telemetry` on a timer thread in ``seconds``, then every ``every`` (default ``seconds``)
+    until it succeeds."""
     global _telemetry_retry
-    timer = threading.Timer(seconds, _retry_telemetry, args=(cfg, seconds))
+    timer = threading.Timer(seconds, _retry_telemetry, args=(cfg, seconds if every is None else every))
+    timer.name = "sluice-telemetry-start"
     timer.daemon = True
     with _lock:
+        if _stale_retry():
+            return  # its read outlived a reset(): the settings it was started with are gone
         _telemetry_retry = timer
     timer.start()
+
+
+def _stale_retry() -> bool:
+    """Whether this thread is a telemetry retry that :func:`reset` has since forgotten (under ``_lock``)."""
+    current = threading.current_thread()
+    return current.name == "sluice-telemetry-start" and current is not _telemetry_retry
 
 
 def _retry_telemetry(cfg: TelemetrySettings, seconds: float) -> None:
     """The timer's try: set telemetry up, and the gauges this process exports (:func:`export_lag`,
     :func:`export_audit`)."""
+    with _lock:
+        if _stale_retry():
+            return
     try:
         if not start_telemetry(cfg, retry_seconds=seconds):
             return

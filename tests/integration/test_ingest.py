@@ -13,6 +13,8 @@ import base64
 import json
 import os
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -418,6 +420,53 @@ def test_cassandra_unreachable_at_a_cold_start_is_retried_then_dead_letters_the_
     assert [n.split("/")[0] for n in blob_names(ingest_storage(ingest), ingest.container)] == ["replayed"]
 
 
+def vault_at(port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's settings as on AKS: the Application Insights connection string is a secret of the vault at
+    127.0.0.1:``port``."""
+    monkeypatch.setenv("SLUICE_KEYVAULT_URL", f"https://127.0.0.1:{port}/")
+    monkeypatch.setenv("SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET", "appinsights-connection-string")
+    monkeypatch.delenv("APPLICATIONINSIGHTS_CONNECTION_STRING", raising=False)
+    bootstrap.reset()
+
+
+def warnings_naming(caplog: pytest.LogCaptureFixture, text: str, *, within: float) -> list[str]:
+    """The WARNING lines naming ``text``, waiting up to ``within`` seconds for the first (a timer thread logs it)."""
+    deadline = time.monotonic() + within
+    while True:
+        found = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and text in r.getMessage()]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def silent_vault() -> Iterator[tuple[int, list[socket.socket]]]:
+    """A port that accepts connections and never answers (a hung vault, or a firewall that drops the replies), and
+    the connections it accepted."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], accepted
+    stop.set()
+    thread.join(5)
+    for connection in accepted:
+        connection.close()
+    server.close()
+
+
 def test_a_key_vault_outage_at_a_cold_start_costs_telemetry_never_the_batch(ingest, caplog, monkeypatch) -> None:
     """The Application Insights connection string comes from Key Vault when the worker starts (AKS:
     SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET). With the vault unreachable the ingest service is still built: a
@@ -427,21 +476,39 @@ def test_a_key_vault_outage_at_a_cold_start_costs_telemetry_never_the_batch(inge
     with socket.socket() as probe:  # a port nothing listens on: the vault is unreachable
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
-    monkeypatch.setenv("SLUICE_KEYVAULT_URL", f"https://127.0.0.1:{closed_port}/")
-    monkeypatch.setenv("SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET", "appinsights-connection-string")
-    monkeypatch.delenv("APPLICATIONINSIGHTS_CONNECTION_STRING", raising=False)
-    bootstrap.reset()
+    vault_at(closed_port, monkeypatch)
     bodies = [event(f"dev-{i}") for i in range(3)]
 
     ingest(Hub("4").batch(*bodies), retry_count=5, max_retry_count=5)  # the final attempt: nothing may raise
 
-    warned = [r.getMessage() for r in caplog.records
-              if r.levelname == "WARNING" and "appinsights-connection-string" in r.getMessage()]
-    assert warned, "no warning names the secret telemetry could not read"
+    assert warnings_naming(caplog, "appinsights-connection-string", within=30), (
+        "no warning names the secret telemetry could not read")
     assert "APPLICATIONINSIGHTS_CONNECTION_STRING" not in os.environ
     stored = {str(r.event_id) for r in bootstrap.cassandra_session().execute(
         f"SELECT event_id FROM {ingest.keyspace}.events_by_id")}
     assert stored == {b["event_id"] for b in bodies}
+
+
+def test_a_key_vault_that_never_answers_does_not_hold_the_first_batch(ingest, monkeypatch, silent_vault) -> None:
+    """A vault that accepts the connection and never answers: its client waits for its read timeout, retries,
+    and gives up after about 45 s. That read belongs on the telemetry's own thread; the first invocation of the
+    worker (an ingest batch, whose lease and the partition's lag wait with it) stores its events meanwhile."""
+    port, accepted = silent_vault
+    vault_at(port, monkeypatch)
+    bodies = [event(f"dev-{i}") for i in range(3)]
+
+    began = time.monotonic()
+    ingest(Hub("4").batch(*bodies))
+    took = time.monotonic() - began
+
+    stored = {str(r.event_id) for r in bootstrap.cassandra_session().execute(
+        f"SELECT event_id FROM {ingest.keyspace}.events_by_id")}
+    assert stored == {b["event_id"] for b in bodies}
+    deadline = time.monotonic() + 10
+    while not accepted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert accepted, "the worker never asked the vault for the Application Insights connection string"
+    assert took < 8, f"the first batch waited {took:.1f} s for a vault that never answers"
 
 
 def test_a_deeply_nested_sibling_does_not_keep_the_valid_elements_of_an_array_from_being_stored(ingest) -> None:

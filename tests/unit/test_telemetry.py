@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -400,3 +401,36 @@ def test_an_unreadable_appinsights_secret_is_a_warning_and_is_read_again_until_t
     warnings = [r.getMessage() for r in caplog.records
                 if r.levelno == logging.WARNING and "'ai-conn'" in r.getMessage()]
     assert len(warnings) == 2, warnings
+
+
+def test_a_telemetry_retry_whose_read_outlives_a_reset_is_not_started_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Key Vault read on the retry thread can take the client's whole timeout (about 45 s). A ``reset`` meanwhile
+    (a changed environment, the next test) forgets the settings it was started with: when that read fails, no
+    retry is armed with them, to read a vault the process no longer names every minute for ever."""
+    import threading
+
+    from shared import bootstrap
+    from shared.exceptions import DependencyUnavailable
+
+    reading, release = threading.Event(), threading.Event()
+    reads: list[str | None] = []
+
+    def read(name: str | None) -> None:
+        reads.append(name)
+        reading.set()
+        release.wait(5)
+        raise DependencyUnavailable("key vault", "read timed out")
+
+    monkeypatch.setattr(bootstrap, "appinsights_from_vault", read)
+    cfg = TelemetrySettings(appinsights_connection_string_secret="ai-conn")
+    try:
+        bootstrap._retry_telemetry_in(0.0, cfg, every=0.05)
+        assert reading.wait(5), "the retry thread never read the vault"
+        bootstrap.reset()
+        release.set()
+        time.sleep(0.5)  # ten retry periods
+        assert reads == ["ai-conn"], "a retry of the forgotten settings read the vault again"
+        assert bootstrap._telemetry_retry is None
+    finally:
+        release.set()
+        bootstrap.reset()
