@@ -270,13 +270,21 @@ class Bench:
                         "DEVHOST_EVENTHUBS_OWNERSHIP_EXPIRATION_SECONDS": "6"})
         return env
 
+    def worker_environment(self, number: int) -> tuple[dict[str, str], set[str]]:
+        """Dev host ``number``'s own settings, and the inherited ones its environment leaves out: as for the stack's
+        own dev host, a connection setting inherited from the shell (an earlier run's settings.env) would wire the
+        worker to another stack's hub or storage, and its events would not count here."""
+        env = self._devhost_env(number)
+        return env, self.stack.inherited_settings() - env.keys()
+
     def start_worker(self, number: int) -> Running:
         from sluice.launcher import python_module, start
 
         stack = self.stack
+        env, unset = self.worker_environment(number)
         running = start(f"devhost-{number}", python_module(
             "devhost", "--settings", str(stack.settings_path), "--host", stack.options.host, "--port", "0",
-            "--script-root", str(Path(__file__).resolve().parent.parent)), timeout=90, env=self._devhost_env(number),
+            "--script-root", str(Path(__file__).resolve().parent.parent)), timeout=90, env=env, unset=unset,
             cwd=str(Path(__file__).resolve().parent.parent))
         self.cpu.add(running.process.pid, self.workdir / f"cpu-{number}.json")
         self.workers.append(running)

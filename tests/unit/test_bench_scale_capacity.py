@@ -110,3 +110,28 @@ def test_the_summary_of_a_worker_that_checkpointed_nothing_still_prints_the_loss
     out = capsys.readouterr().out
     assert "6000 of 6000 never checkpointed" in out and "scaling factor n/a" in out
     assert "40000 events: lost 0 (stored 0, critical 0), duplicated 0" in out, out
+
+
+# --- bench/e2e.py: Bench.worker_environment (the second dev host of --workers 2) ---
+
+
+def test_the_second_worker_leaves_out_connection_settings_inherited_from_the_shell(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """A shell that sourced an earlier run's settings.env holds that run's hub and storage: the host binds the
+    inherited ``AzureWebJobsEventHubConnection`` before the settings file's ``EventHubConnection``, so a second
+    worker that kept it would read another stack's hub, and the drills would count its events lost."""
+    import bench.e2e as e2e
+
+    monkeypatch.setenv("AzureWebJobsEventHubConnection", "Endpoint=sb://127.0.0.1:1/;SharedAccessKeyName=a;"
+                                                         "SharedAccessKey=b")
+    monkeypatch.setenv("ConnectionStrings__AzureWebJobsStorage", "UseDevelopmentStorage=true")
+    monkeypatch.setenv("SLUICE_REDIS_URL", "redis://127.0.0.1:1")
+    bench = e2e.Bench(e2e.parse_args(["--workers", "2", "--phases", "none"]), tmp_path)
+    bench.stack.values = {"AzureWebJobsStorage": "UseDevelopmentStorage=true",  # what write_settings wrote
+                          "EventHubConnection": "Endpoint=sb://127.0.0.1:2/", "SLUICE_REDIS_URL": "redis://127.0.0.1"}
+
+    env, unset = bench.worker_environment(2)
+
+    assert {"AzureWebJobsEventHubConnection", "ConnectionStrings__AzureWebJobsStorage", "SLUICE_REDIS_URL"} <= unset
+    assert env["DEVHOST_EVENTHUBS_OWNERSHIP_EXPIRATION_SECONDS"] == "6"  # its own settings are kept
+    assert not unset & env.keys()
