@@ -98,6 +98,11 @@ def _range(start: datetime | None, end: datetime | None, default: timedelta) -> 
     start = start or (end - default if end - EARLIEST > default else EARLIEST)
     if start > end:
         raise BadParameter("from", f"must not be after to ({start.isoformat()} > {end.isoformat()})")
+    millisecond = start.replace(microsecond=start.microsecond // 1000 * 1000)
+    if start != millisecond and millisecond == end.replace(microsecond=end.microsecond // 1000 * 1000):
+        # both inside one millisecond, `from` past its start: rounded inwards (the reader, the answer) they cross
+        raise BadParameter("from", f"and to hold no whole millisecond, the precision of event times "
+                                   f"({start.isoformat()}, {end.isoformat()})")
     return start, end
 
 

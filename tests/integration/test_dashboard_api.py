@@ -101,10 +101,14 @@ def test_history_echoes_the_range_it_read_in_whole_milliseconds(dash_env, store)
     assert status == 200, body
     assert [e["timestamp"] for e in body["events"]] == [f"{stamp}.002Z"]
     assert (body["from"], body["to"]) == (f"{stamp}.001Z", f"{stamp}.002Z")
-    # no millisecond follows the last one of 9999: that from is echoed as given, after to, an empty range
-    status, body = history(device, **{"from": "9999-12-31T23:59:59.9995Z", "to": "9999-12-31T23:59:59.9999999Z"})
-    assert status == 200 and body["events"] == [], body
-    assert (body["from"], body["to"]) == ("9999-12-31T23:59:59.999500Z", "9999-12-31T23:59:59.999Z")
+    # two bounds inside one millisecond, `from` past its start, hold none: rounded inwards they would cross, and
+    # the answer would name a range whose `from` is after its `to` (the last millisecond of 9999 has no next one)
+    for inside in ((f"{stamp}.0015Z", f"{stamp}.0019Z"), (f"{stamp}.0005Z", f"{stamp}.0005Z"),
+                   ("9999-12-31T23:59:59.9995Z", "9999-12-31T23:59:59.9999999Z")):
+        status, body = history(device, **dict(zip(("from", "to"), inside, strict=True)))
+        assert status == 400 and body["parameter"] == "from" and "no whole millisecond" in body["message"], body
+    status, body = history(device, **{"from": f"{stamp}.002Z", "to": f"{stamp}.0029Z"})  # one on `from`: it holds
+    assert status == 200 and [e["timestamp"] for e in body["events"]] == [f"{stamp}.002Z"], body
 
 
 @pytest.mark.timeout(60)
