@@ -244,6 +244,8 @@ class ConsumeLink(Link):
             name = name.decode("utf-8", "replace")
         self.identifier: str | None = str(name) if name else None
         self._scheduled = False
+        # a delivery sent in part when the client's window closed: (payload, delivery id, bytes sent)
+        self._partial: tuple[memoryview, int, int] | None = None
 
     def start(self) -> None:
         """Validate the source filter, take ownership, reply to the attach, start delivering."""
@@ -267,10 +269,12 @@ class ConsumeLink(Link):
                      self.group, self.partition.id, self.cursor, self.owner_level)
 
     def on_flow(self, fields: list[Any]) -> None:
+        """New credit, or none but the session's fields (a re-opened window): either may let the link send."""
+        if fields[6] is not None:
+            self.credit = int(fields[5] or 0) + int(fields[6]) - self.delivery_count
+        self.pump()
         if fields[6] is None:
             return
-        self.credit = int(fields[5] or 0) + int(fields[6]) - self.delivery_count
-        self.pump()
         if fields[8]:  # drain: use up the credit, then tell the receiver
             self.delivery_count += max(self.credit, 0)
             self.credit = 0
@@ -291,37 +295,48 @@ class ConsumeLink(Link):
     def pump(self) -> None:
         """Send what is available, within link credit, session window and transport backpressure.
 
+        A delivery counts against credit (and moves the cursor) when its first frame goes, as AMQP counts
+        deliveries. Its further frames go only while the client's window allows; the rest waits in
+        ``_partial`` and is finished, before any other delivery of this link, when the window opens again.
+
         Output is flushed after every chunk and every ``FLUSH_BYTES`` within one, so a consumer that stops
         reading pauses the transport (``pause_writing``) after a few megabytes instead of the whole granted
         credit (up to 512 events of 1 MB) piling up here.
         """
         session = self.session
         connection = session.connection
-        while (not self.detached and self.credit > 0 and self.cursor < self.partition.next_sequence
-               and session.can_send()):
+        if self._partial is not None and not self.detached:
+            rest, delivery_id, offset = self._partial
+            offset = session.send_frames(self, delivery_id, rest, offset)
+            self._partial = (rest, delivery_id, offset) if offset < len(rest) else None
+            connection.flush()
+        while (not self.detached and self._partial is None and self.credit > 0
+               and self.cursor < self.partition.next_sequence and session.can_send()):
             limit = min(self.credit, DELIVERIES_PER_PUMP, session.remote_incoming_window)
             batch = self.partition.read(self.cursor, limit)
             if not batch:
                 self.cursor = self.partition.next_sequence
                 break
-            if batch[0].sequence > self.cursor:  # events passed retention while we were behind
-                self.cursor = batch[0].sequence
-            sent = unflushed = 0
+            unflushed = 0
             for event in batch:
-                if not session.can_send():  # large events take several frames; a paused transport waits
+                if not session.can_send():  # the window is used up, or a paused transport waits
                     break
                 payload = event.payload
                 if self.runtime_metric:
                     payload = self._with_metrics(event.payload, event.header_len)
-                session.send_delivery(self, payload)
-                sent += 1
-                unflushed += len(payload)
+                view = memoryview(payload)
+                delivery_id = session.next_delivery()
+                self.cursor = event.sequence + 1  # events that passed retention while we were behind are skipped
+                self.credit -= 1
+                self.delivery_count += 1
+                offset = session.send_frames(self, delivery_id, view, 0)
+                unflushed += offset
+                if offset < len(view):
+                    self._partial = (view, delivery_id, offset)
+                    break
                 if unflushed >= FLUSH_BYTES:
                     connection.flush()
                     unflushed = 0
-            self.cursor = batch[sent - 1].sequence + 1 if sent else self.cursor
-            self.credit -= sent
-            self.delivery_count += sent
             connection.flush()
 
     def _with_metrics(self, payload: bytes, header_len: int) -> bytes:
@@ -340,6 +355,7 @@ class ConsumeLink(Link):
         self.session.detach(self, condition, description)
 
     def close(self) -> None:
+        self._partial = None
         self.hub.unregister(self.group, self.partition.id, self)
         self.partition.listeners.discard(self.wake)
         super().close()

@@ -4,7 +4,10 @@ Transfer ids count frames and delivery ids count messages, each from 0. The
 emulator's incoming window is large and re-advertised with every flow it sends,
 so publishers are paced by link credit only. Outgoing deliveries respect the
 client's incoming window (the SDK re-opens it with a session flow) and the
-connection's write backpressure.
+connection's write backpressure, frame by frame: an event larger than the
+client's max frame size may stop part way and is finished when the window opens
+again, by any flow (with or without a link's handle). The small $cbs and
+$management replies are sent whole.
 
 A link the emulator refuses (unknown entity, no token, owner level too low...)
 is answered as Azure does: an attach echoing both termini, immediately followed
@@ -113,22 +116,32 @@ class Session:
             raise AmqpError(errors.NOT_ALLOWED, f"{frames.NAMES.get(code, code)} is not allowed on a session")
 
     def on_flow(self, fields: list[Any]) -> None:
+        """Every flow carries the session's fields, with or without a link's handle (part 2, 2.7.4).
+
+        So a flow for one link can be what re-opens the window that stalled another: after the link's own
+        flow is handled, the other consumers are resumed when the window was closed and is open now (a
+        consumer only stops with credit and events left when the window ran out, so an open window that
+        stays open needs no resume).
+        """
+        stalled = self.remote_incoming_window <= 0
         next_incoming_id = int(fields[0]) if fields[0] is not None else 0
         self.remote_incoming_window = next_incoming_id + int(fields[1] or 0) - self.next_outgoing_id
-        if fields[4] is not None:
-            link = self.links.get(int(fields[4]))
-            if link is None and int(fields[4]) in self.detaching:
-                return  # sent before the client saw our detach
-            if link is None:
-                raise AmqpError(errors.UNATTACHED_HANDLE, f"flow on handle {fields[4]}, which is not attached")
-            link.on_flow(fields)
-        else:
+        if fields[4] is None:
             self.resume()
+            return
+        link = self.links.get(int(fields[4]))
+        if link is None and int(fields[4]) in self.detaching:
+            return  # sent before the client saw our detach
+        if link is None:
+            raise AmqpError(errors.UNATTACHED_HANDLE, f"flow on handle {fields[4]}, which is not attached")
+        link.on_flow(fields)  # a consumer pumps itself here
+        if stalled and self.remote_incoming_window > 0:
+            self.resume(skip=link)
 
-    def resume(self) -> None:
-        """The window opened again (or the transport drained): let consumers send."""
+    def resume(self, skip: Link | None = None) -> None:
+        """The window opened again (or the transport drained): let consumers (other than ``skip``) send."""
         for link in list(self.links.values()):
-            if isinstance(link, ConsumeLink):
+            if isinstance(link, ConsumeLink) and link is not skip:
                 link.pump()
 
     def on_attach(self, fields: list[Any]) -> None:
@@ -255,23 +268,47 @@ class Session:
         return self.remote_incoming_window > 0 and self.connection.writable and not self.ended
 
     def send_delivery(self, link: Link, payload: bytes) -> None:
-        """Send one settled delivery, split into frames no larger than the client's max frame size."""
+        """Send one settled delivery whole, whatever the client's window: for the small $cbs/$management replies.
+
+        Consumers, whose events may take many frames, use :meth:`next_delivery` and :meth:`send_frames`.
+        """
+        delivery_id = self.next_delivery()
+        view = memoryview(payload)
+        chunk = self._chunk()
+        offset = 0
+        while True:
+            offset = self._send_frame(link, delivery_id, view, offset, chunk)
+            if offset >= len(view):
+                return
+
+    def next_delivery(self) -> int:
+        """The delivery id for a new delivery (delivery ids count messages across the session's links)."""
         delivery_id = self.next_delivery_id & 0xFFFFFFFF
         self.next_delivery_id += 1
-        chunk = self.connection.peer_max_frame_size - frames.transfer_overhead()
-        if len(payload) <= chunk:
-            self.connection.send(frames.transfer_frame(self.channel, link.handle, delivery_id, delivery_id, False,
-                                                       payload))
-            self.next_outgoing_id += 1
-            self.remote_incoming_window -= 1
-            return
-        view = memoryview(payload)
-        for start in range(0, len(payload), chunk):
-            more = start + chunk < len(payload)
-            self.connection.send(frames.transfer_frame(self.channel, link.handle, delivery_id, delivery_id, more,
-                                                       view[start : start + chunk]))
-            self.next_outgoing_id += 1
-            self.remote_incoming_window -= 1
+        return delivery_id
+
+    def send_frames(self, link: Link, delivery_id: int, payload: memoryview, offset: int) -> int:
+        """Send ``payload`` from ``offset`` in frames while :meth:`can_send`; returns the offset reached.
+
+        A sender must not send more transfer frames than the client's incoming window (part 2, 2.5.6), so a
+        delivery larger than the client's max frame size may stop part way: the caller keeps the offset and
+        sends the rest when the window opens again. ``payload`` is never empty (a message has a body).
+        """
+        chunk = self._chunk()
+        while offset < len(payload) and self.can_send():
+            offset = self._send_frame(link, delivery_id, payload, offset, chunk)
+        return offset
+
+    def _chunk(self) -> int:
+        return self.connection.peer_max_frame_size - frames.transfer_overhead()
+
+    def _send_frame(self, link: Link, delivery_id: int, payload: memoryview, offset: int, chunk: int) -> int:
+        end = min(offset + chunk, len(payload))
+        self.connection.send(frames.transfer_frame(self.channel, link.handle, delivery_id, delivery_id,
+                                                   end < len(payload), payload[offset:end]))
+        self.next_outgoing_id += 1
+        self.remote_incoming_window -= 1
+        return end
 
     def reply(self, node: str, payload: bytes) -> None:
         """Queue a $cbs/$management reply on the client's receiving link for ``node``."""

@@ -38,6 +38,8 @@ class RawClient:
         self.timeout = timeout
         self.buffer = b""
         self.pending: list[tuple[int, int, list[Any], bytes]] = []
+        self.next_incoming_id = 0  # transfer frames read so far (the session's next-incoming-id)
+        self.incoming_window = 100000
 
     def close(self) -> None:
         self.sock.close()
@@ -69,6 +71,8 @@ class RawClient:
             body = self.read_exact(size - 8)[doff * 4 - 8:]
             if body:
                 code, fields, payload = frames.parse_body(body)
+                if code == frames.TRANSFER:
+                    self.next_incoming_id += 1
                 return channel, code, fields, payload
 
     def expect(self, *codes: int) -> tuple[int, list[Any], bytes]:
@@ -88,14 +92,16 @@ class RawClient:
         _, fields, _ = self.expect(frames.SASL_OUTCOME)
         return int(fields[0])
 
-    def open(self, *, mechanism: str = "ANONYMOUS", response: bytes | None = None) -> None:
+    def open(self, *, mechanism: str = "ANONYMOUS", response: bytes | None = None, max_frame_size: int = 65536,
+             incoming_window: int = 100000) -> None:
         """SASL, AMQP header, open and one session on channel 0."""
         assert self.sasl(mechanism, response) == 0
         self.send_raw(frames.AMQP_HEADER)
         assert self.read_exact(8) == frames.AMQP_HEADER
-        self.send_raw(frames.frame(0, frames.OPEN, ["raw-client", "localhost", UInt(65536), 10]))
+        self.send_raw(frames.frame(0, frames.OPEN, ["raw-client", "localhost", UInt(max_frame_size), 10]))
         self.expect(frames.OPEN)
-        self.send_raw(frames.frame(0, frames.BEGIN, [None, UInt(0), UInt(100000), UInt(100000), UInt(100)]))
+        self.incoming_window = incoming_window
+        self.send_raw(frames.frame(0, frames.BEGIN, [None, UInt(0), UInt(incoming_window), UInt(100000), UInt(100)]))
         self.expect(frames.BEGIN)
 
     def attach_receiver(self, handle: int, address: str, selector: str | None = None,
@@ -127,10 +133,15 @@ class RawClient:
         self.pending.append(frame)
         return attach, None
 
-    def flow(self, handle: int, *, delivery_count: int, credit: int, drain: bool = False) -> None:
+    def flow(self, handle: int, *, delivery_count: int, credit: int, drain: bool = False,
+             incoming_window: int | None = None) -> None:
+        """A link flow, which also carries the session's fields: the window is ``incoming_window`` transfers
+        from those read so far (unchanged if not given)."""
+        if incoming_window is not None:
+            self.incoming_window = incoming_window
         self.send_raw(frames.frame(0, frames.FLOW, [
-            UInt(0), UInt(100000), UInt(0), UInt(100000), UInt(handle), UInt(delivery_count), UInt(credit),
-            None, drain, False]))
+            UInt(self.next_incoming_id), UInt(self.incoming_window), UInt(0), UInt(100000), UInt(handle),
+            UInt(delivery_count), UInt(credit), None, drain, False]))
 
     def transfer(self, handle: int, delivery_id: int, payload: bytes, *, message_format: int = 0,
                  more: bool = False) -> None:

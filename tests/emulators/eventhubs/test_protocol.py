@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Any
 
 import pytest
 from azure.eventhub import EventData
@@ -198,3 +199,62 @@ def test_a_stalled_consumer_of_large_events_is_not_buffered_its_whole_credit(iso
         time.sleep(3)
         grown = emulator.memory_info().rss - before
     assert grown < 30 * 2**20, f"the emulator grew by {grown / 2**20:.0f} MB for a consumer that reads nothing"
+
+
+def test_a_window_reopened_by_another_links_flow_resumes_a_stalled_consumer(isolated_eventhub: IsolatedHub) -> None:
+    """Every flow carries the session's window, with or without a link's handle (AMQP 1.0 part 2, 2.7.4): a
+    consumer stalled by a closed window must resume when a flow for another link of its session re-opens it."""
+    hub = isolated_eventhub
+    with connect(hub) as raw:
+        raw.open(mechanism="PLAIN", response=PLAIN)
+        raw.attach_receiver(1, f"{hub.name}/ConsumerGroups/$Default/Partitions/0")
+        raw.attach_receiver(2, f"{hub.name}/ConsumerGroups/$Default/Partitions/1")
+        raw.flow(1, delivery_count=0, credit=10, incoming_window=0)  # link A: credit, but the window is shut
+        with producer(hub) as client:
+            client.send_batch([EventData(f"a{i}") for i in range(3)], partition_id="0")
+        raw.sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            raw.expect(frames.TRANSFER)
+        raw.sock.settimeout(5)
+        raw.flow(2, delivery_count=0, credit=0, incoming_window=100)  # link B's flow re-opens the window
+        got = [raw.expect(frames.TRANSFER) for _ in range(3)]
+        assert [int(fields[0]) for _, fields, _ in got] == [1, 1, 1]
+        assert [payload.endswith(f"a{i}".encode()) for i, (_, _, payload) in enumerate(got)] == [True] * 3
+
+
+def test_a_large_event_is_sent_in_frames_no_faster_than_the_session_window(isolated_eventhub: IsolatedHub) -> None:
+    """A delivery larger than the client's max frame size takes several transfers; the emulator must not send
+    more of them than the client's incoming window allows (AMQP 1.0 part 2, 2.5.6), must finish it when the
+    window re-opens, and must not interleave the link's next delivery with it."""
+    hub = isolated_eventhub
+    body = bytes(range(256)) * 16  # 4 kB: about nine frames of 512 bytes
+    with producer(hub) as client:
+        batch = client.create_batch(partition_id="2")
+        batch.add(EventData(body))
+        batch.add(EventData(b"after"))
+        client.send_batch(batch)
+    window = 2
+    with connect(hub) as raw:
+        raw.open(mechanism="PLAIN", response=PLAIN, max_frame_size=512, incoming_window=window)
+        raw.attach_receiver(1, f"{hub.name}/ConsumerGroups/$Default/Partitions/2")
+        raw.flow(1, delivery_count=0, credit=10)
+        transfers: list[tuple[list[Any], bytes]] = []
+        done = False  # the second delivery's last frame arrived
+        while not done:
+            for _ in range(window):
+                _, fields, payload = raw.expect(frames.TRANSFER)
+                transfers.append((fields, payload))
+                done = int(fields[1]) == 1 and not fields[5]
+                if done:
+                    break
+            else:
+                raw.sock.settimeout(0.3)
+                with pytest.raises(TimeoutError):  # the window is used up: nothing more until the next flow
+                    raw.expect(frames.TRANSFER)
+                raw.sock.settimeout(5)
+                raw.flow(1, delivery_count=0, credit=10, incoming_window=window)
+        ids = [int(fields[1]) for fields, _ in transfers]
+        assert ids == [0] * (len(ids) - 1) + [1] and len(ids) > 2 * window
+        first = b"".join(payload for fields, payload in transfers if int(fields[1]) == 0)
+        assert first.endswith(b"\x00\x53\x75\xb0" + len(body).to_bytes(4, "big") + body)
+        assert transfers[-1][1].endswith(b"after") and not transfers[-1][0][5]
