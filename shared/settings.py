@@ -417,8 +417,9 @@ class RedisSettings(_Group):
     """TTL of every key the change feed writes"""
     socket_timeout_seconds: float = Field(2.0, gt=0)
     """Socket timeout of Redis commands, and of connecting (waiting for an Entra ID token included)"""
-    critical_per_device_max: int = Field(100, ge=1)
-    """Critical events kept per device"""
+    critical_per_device_max: int = Field(100, ge=1, le=1000)
+    """Critical events kept per device (at most 1000: no lookup lists more, and each critical event the change feed
+    adds scans the device's set)"""
     critical_stream_max: int = Field(10_000, ge=1)
     """Length of the global stream of recent critical events (over all its shards)"""
     critical_stream_shards: int = Field(8, ge=1, le=1024)

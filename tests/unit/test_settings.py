@@ -108,6 +108,15 @@ def test_a_pool_min_size_above_its_max_size_is_refused_naming_both():
     assert load_settings(dict(SAMPLE, SLUICE_POSTGRES_POOL_MIN_SIZE="4", SLUICE_POSTGRES_POOL_MAX_SIZE="4"))
 
 
+def test_a_critical_cap_above_what_any_lookup_lists_is_refused():
+    # each critical event the change feed adds scans the device's capped set, in Redis's one thread: a cap of a
+    # million would hold Redis on every page, for events no lookup (limit 1-1000) can list
+    with pytest.raises(ConfigurationError, match="SLUICE_REDIS_CRITICAL_PER_DEVICE_MAX"):
+        load_settings(dict(SAMPLE, SLUICE_REDIS_CRITICAL_PER_DEVICE_MAX="1001"))
+    capped = load_settings(dict(SAMPLE, SLUICE_REDIS_CRITICAL_PER_DEVICE_MAX="1000"))
+    assert capped.redis.critical_per_device_max == 1000
+
+
 def test_a_change_feed_budget_that_could_outlive_the_function_timeout_is_refused():
     # the last page a run starts gets its whole read timeout (then its save): budget + 3 reads must fit 8 minutes
     with pytest.raises(ConfigurationError, match=r"SLUICE_CHANGEFEED_TIME_BUDGET_SECONDS \+ 3 x "
