@@ -249,7 +249,7 @@ def conditions_hold(table: Table, data: TableData, pk: bytes, ck: bytes, if_exis
             if key is None or key is UNSET:  # as Cassandra: "Invalid null value for map element access"
                 raise Invalid(f"Invalid {'null' if key is None else 'unset'} value for {col.type.kind} element access")
             if col.type.kind == "map":
-                cur = dict(colls.split_map(cur)).get(key) if cur is not None else None
+                cur = colls.map_get(ktype, cur, key)
             else:
                 items = colls.split_elements(cur)
                 idx = int.from_bytes(key, "big", signed=True)
@@ -393,24 +393,34 @@ def _merged_at_one_timestamp(col: Column, stored: tuple[bytes | None, int, int |
         if not by_element or expiry != old_expiry:
             return _NOT_ONE_CELL
         return colls.join_elements(colls.split_elements(stored[0]) + colls.split_elements(new))
+    # Elements and keys meet by the element type's comparator (decimal 1.0 and 1.00 are one cell path); of two
+    # that meet, the winning cell is kept whole, its key bytes with it: the stored one on a full tie (same expiry,
+    # same value), which also keeps the union from sorting below the stored cell, and the new one on its later
+    # expiry.
+    key = col.type.params[0].compare_key
     if kind == "set":
-        old_items, new_items = set(colls.split_elements(stored[0])), set(colls.split_elements(new))
-        if old_expiry == expiry or (old_items <= new_items and _expires_later(expiry, old_expiry)):
-            return colls.normalize(col.type, colls.join_elements(sorted(old_items | new_items)))
+        old_items = {key(e): e for e in colls.split_elements(stored[0])}
+        new_items = {key(e): e for e in colls.split_elements(new)}
+        if old_expiry == expiry:
+            union = {**new_items, **old_items}
+            return colls.join_elements([union[k] for k in sorted(union)])
+        if old_items.keys() <= new_items.keys() and _expires_later(expiry, old_expiry):
+            return new
         return _NOT_ONE_CELL
-    old_map, new_map = dict(colls.split_map(stored[0])), dict(colls.split_map(new))
+    old_map = {key(k): (k, v) for k, v in colls.split_map(stored[0])}
+    new_map = {key(k): (k, v) for k, v in colls.split_map(new)}
     if old_expiry == expiry:
         # every element ties on expiry, and a key's greater value would win; written as one cell at the same
         # timestamp and expiry, the union replaces the stored one only when it is larger, so keys whose values
         # differ are refused
-        if any(old_map[k] != v for k, v in new_map.items() if k in old_map):
+        if any(old_map[k][1] != kv[1] for k, kv in new_map.items() if k in old_map):
             return _NOT_ONE_CELL
-        merged = {**old_map, **new_map}
+        merged = {**new_map, **old_map}
     elif old_map.keys() <= new_map.keys() and _expires_later(expiry, old_expiry):
         merged = new_map  # every stored element meets a new one, which wins on its expiry
     else:
         return _NOT_ONE_CELL
-    return colls.normalize(col.type, colls.join_map(sorted(merged.items())))
+    return colls.join_map([merged[k] for k in sorted(merged)])
 
 
 def _element_op_check(table: Table, pk: bytes, ck: bytes, col: Column, stored_ts: int | None, ts: int,
@@ -473,6 +483,8 @@ def _assignment_cells(table: Table, data: TableData, pk: bytes, ck: bytes, assig
             _whole_value(table, data, pk, ck, col, v, ts, expiry, ctx, whole, cleared)
             cells += [(slot, value, expiry) for slot, value in whole]
             continue
+        if a.kind != "set_element" and (not col.type.is_collection or col.type.frozen):
+            raise colls.not_a_collection(a.kind, col.type, col.name)  # before any read, as Cassandra's prepare
         if col.slot in written:  # `SET m['a'] = 1, m['b'] = 2` or `l = l + [1], l = l + [2]`: both apply
             current = written[col.slot]
         else:

@@ -157,6 +157,18 @@ def test_two_writes_of_a_collection_at_one_timestamp_merge_as_in_cassandra(sessi
     assert dict(session.execute("SELECT m FROM t WHERE k = 3").one().m) == {"x": 1, "y": 2}
 
 
+def test_two_writes_at_one_timestamp_meet_by_the_element_comparator(session: Session) -> None:
+    """Cassandra merges the two writes' cells path by path, and paths compare by the element type's comparator:
+    decimal 1.0 and 1.00 are one element, whose two cells tie (same timestamp, expiry and value), so one stays (the
+    stored one here). Was: merged by bytes, {1.00: 1, 1.0: 1, 2: 2} and {1.00, 1.0, 2}, a key twice."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, s set<decimal>, m map<decimal, int>)")
+    session.execute("INSERT INTO t (k, s, m) VALUES (1, {1.00}, {1.00: 1}) USING TIMESTAMP 100")
+    session.execute("INSERT INTO t (k, s, m) VALUES (1, {2, 1.0}, {2: 2, 1.0: 1}) USING TIMESTAMP 100")
+    row = session.execute("SELECT s, m FROM t WHERE k = 1").one()
+    assert [str(e) for e in row.s] == ["1.00", "2"]
+    assert [(str(key), value) for key, value in row.m.items()] == [("1.00", 1), ("2", 2)]
+
+
 def test_a_collection_overwrite_older_than_a_whole_collection_changes_nothing(session: Session) -> None:
     """A collection written whole at 10 carries its tombstone at 9, which shadows every element written at 9 or
     before, even ones that arrive later: an overwrite at 5 changes nothing in Cassandra 4 (the latest state of a

@@ -144,3 +144,68 @@ def test_an_element_operation_not_after_one_that_emptied_the_collection_is_refus
     with pytest.raises(InvalidRequest, match=r"s .*one cell written at 3000"):
         session.execute("UPDATE t USING TIMESTAMP 2000 SET s = s + {2} WHERE k = 1")
     assert session.execute("SELECT s FROM t WHERE k = 1").one().s is None
+
+
+# Cassandra keys a map's entries and a set's elements (its cell paths) by the element type's comparator, not by
+# their bytes: decimal 1.0 and 1.00 are one key. Was: element operations compared bytes, so m[1.0] = 9 added a
+# second key next to 1.00, and m - {1.0}, DELETE m[1.0] and s - {1.0} left 1.00 in place.
+def _decimal_table(session: Session) -> None:
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, s set<decimal>, m map<decimal, int>)")
+
+
+def _map_items(session: Session, k: int) -> list[tuple[str, int]]:
+    row = session.execute("SELECT m FROM t WHERE k = %s", (k,)).one()
+    return [] if row.m is None else [(str(key), value) for key, value in row.m.items()]
+
+
+def test_map_element_set_with_equal_decimal_key_replaces_the_entry(session: Session) -> None:
+    """One cell path: the newer cell wins whole, its key bytes (1.0) with it, and the map stays in key order."""
+    _decimal_table(session)
+    session.execute("INSERT INTO t (k, m) VALUES (1, {2: 2, 1.00: 1})")
+    session.execute("UPDATE t SET m[1.0] = 9 WHERE k = 1")
+    assert _map_items(session, 1) == [("1.0", 9), ("2", 2)]
+
+
+def test_map_append_with_equal_decimal_key_replaces_the_entry(session: Session) -> None:
+    _decimal_table(session)
+    session.execute("INSERT INTO t (k, m) VALUES (2, {1.00: 1})")
+    session.execute("UPDATE t SET m = m + {1.0: 7, 0.5: 5} WHERE k = 2")
+    assert _map_items(session, 2) == [("0.5", 5), ("1.0", 7)]
+
+
+def test_map_key_removal_with_equal_decimal_key_removes_it(session: Session) -> None:
+    _decimal_table(session)
+    session.execute("INSERT INTO t (k, m) VALUES (3, {1.00: 1, 2: 2})")
+    session.execute("UPDATE t SET m = m - {1.0} WHERE k = 3")
+    assert _map_items(session, 3) == [("2", 2)]
+
+
+def test_delete_map_element_with_equal_decimal_key_removes_it(session: Session) -> None:
+    _decimal_table(session)
+    session.execute("INSERT INTO t (k, m) VALUES (4, {1.00: 1, 2: 2})")
+    session.execute("DELETE m[1.0] FROM t WHERE k = 4")
+    assert _map_items(session, 4) == [("2", 2)]
+
+
+def test_set_add_and_removal_with_equal_decimal_element(session: Session) -> None:
+    """s + {1.0} keeps one element, the newer one's bytes; s - {1.0} removes 1.00."""
+    _decimal_table(session)
+    session.execute("INSERT INTO t (k, s) VALUES (5, {1.00, 2})")
+    session.execute("UPDATE t SET s = s + {1.0, 0.5} WHERE k = 5")
+    assert [str(e) for e in session.execute("SELECT s FROM t WHERE k = 5").one().s] == ["0.5", "1.0", "2"]
+    session.execute("UPDATE t SET s = s - {1.000} WHERE k = 5")
+    assert [str(e) for e in session.execute("SELECT s FROM t WHERE k = 5").one().s] == ["0.5", "2"]
+
+
+def test_append_prepend_or_remove_on_a_frozen_collection_is_refused_as_frozen(session: Session) -> None:
+    """Cassandra: "Invalid operation (fl = fl + [2]) for frozen collection column fl". Was: the frozen list was
+    called a "non-collection column" and counters were named, as if Cassandra would run it; a scalar keeps that
+    hint, since its only ``+`` in Cassandra is a counter's."""
+    session.execute("CREATE TABLE fz (k int PRIMARY KEY, fl frozen<list<int>>, fs frozen<set<int>>, v int)")
+    for update, op in (("fl = fl + [2]", r"fl = fl \+ \.\.\."), ("fl = [2] + fl", r"fl = \.\.\. \+ fl"),
+                       ("fs = fs - {2}", r"fs = fs - \.\.\.")):
+        with pytest.raises(InvalidRequest, match=rf"Invalid operation \({op}\) for frozen collection column") as info:
+            session.execute(f"UPDATE fz SET {update} WHERE k = 1")
+        assert "non-collection" not in str(info.value) and "counter" not in str(info.value)
+    with pytest.raises(InvalidRequest, match=r"non-collection column v .*counters are not supported"):
+        session.execute("UPDATE fz SET v = v + 1 WHERE k = 1")

@@ -69,6 +69,16 @@ def test_a_null_or_unset_element_in_a_condition_is_invalid(session: Session) -> 
     assert session.execute("SELECT v FROM t WHERE k = 1").one().v == 1
 
 
+def test_a_condition_on_a_map_element_finds_the_key_by_its_comparator(session: Session) -> None:
+    """As Cassandra, which looks the element up by the key type's comparator: m[1.0] is the entry 1.00 -> 1. Was:
+    looked up by bytes, not found, so not applied."""
+    session.execute("CREATE TABLE t (k int PRIMARY KEY, v int, m map<decimal, int>)")
+    session.execute("INSERT INTO t (k, m) VALUES (6, {1.00: 1})")
+    assert session.execute("UPDATE t SET v = 3 WHERE k = 6 IF m[1.0] = 1").one().applied is True
+    assert session.execute("UPDATE t SET v = 4 WHERE k = 6 IF m[1.000] != 1").one().applied is False
+    assert session.execute("SELECT v FROM t WHERE k = 6").one().v == 3
+
+
 def test_a_conditional_row_delete_needs_the_cell_level_flags_as_on_cosmos_db(session: Session) -> None:
     session.execute("CREATE TABLE t (k int PRIMARY KEY, v text, n int)")
     session.execute("INSERT INTO t (k, v, n) VALUES (1, 'a', 1)")
