@@ -170,6 +170,8 @@ def set_element(ctype: CqlType, current: bytes | None, key: bytes, value: bytes 
     if ctype.kind == "list":
         return set_indexes(current, [(key, value)])
     if ctype.kind == "set" and value is None:
+        if not key:  # an unset element's empty bytes (see write._UNSET_SET_ELEMENT), which not every type can key
+            return join_elements([e for e in split_elements(current) if e])  # and only an empty element equals
         wanted = ctype.params[0].compare_key(key)
         return join_elements([e for e in split_elements(current) if ctype.params[0].compare_key(e) != wanted])
     raise Invalid(f"Invalid element operation for column of type {ctype.cql()}")
