@@ -12,13 +12,15 @@ connects everywhere.
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from cassandra import OperationTimedOut, WriteTimeout
+from cassandra import DriverException, OperationTimedOut, WriteTimeout
 from cassandra.cluster import Session
 from cassandra.query import SimpleStatement
 
@@ -73,6 +75,38 @@ def test_a_throttled_request_waits_without_holding_back_the_others(private_cassa
     assert throttled_took >= WAIT_MS / 1000 * 0.95, f"the retry came {throttled_took:.3f}s in, before RetryAfterMs"
     assert other_took < WAIT_MS / 1000 / 2, (
         f"a request sent while another waited out its 429 took {other_took:.3f}s: the wait held the I/O thread")
+
+
+def test_a_request_waiting_out_its_429_when_the_session_shuts_down_fails_at_the_end_of_its_wait(
+        private_cassandra: Running, session: Session, caplog: pytest.LogCaptureFixture) -> None:
+    """A command whose one request ran out of retries fails and shuts its session down while its other requests
+    wait out their RetryAfterMs on driver timers. When such a timer fires, the session's executor refuses the
+    retry: the request must fail then, not leave a driver traceback on the timer thread under the command's one
+    ``error:`` line and its caller waiting for a timeout that no longer comes."""
+    settings = CassandraSettings(hosts=[private_cassandra.host], port=private_cassandra.port, tls=False,
+                                 request_timeout_seconds=30, overload_max_wait_seconds=5)
+    cluster = build_cluster(settings)
+    done = threading.Event()
+    outcome: list[BaseException | object] = []
+    try:
+        own = cluster.connect()
+        own.execute(READ)
+        inject_faults(private_cassandra.host, private_cassandra.port, error="overloaded", count=1,
+                      retry_after_ms=WAIT_MS, applies_to="reads")
+        parked = own.execute_async(READ)
+        parked.add_callbacks(lambda rows: (outcome.append(rows), done.set()),
+                             lambda exc: (outcome.append(exc), done.set()))
+        time.sleep(0.3)  # the 429 came back, the retry waits on its timer
+        with caplog.at_level(logging.ERROR, logger="cassandra"):
+            cluster.shutdown()
+            assert done.wait(WAIT_MS / 1000 + 5), "the request never ended after its session shut down"
+            time.sleep(0.2)
+    finally:
+        clear_faults(private_cassandra.host, private_cassandra.port)
+        cluster.shutdown()
+    [failure] = outcome
+    assert isinstance(failure, DriverException) and "shut down" in str(failure), failure
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
 
 
 def test_a_wait_longer_than_the_request_timeout_ends_at_the_timeout(private_cassandra: Running,

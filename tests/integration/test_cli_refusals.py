@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from emulators.cassandra.faults import clear_faults, inject_faults
 from shared import bootstrap
 from shared.exceptions import ConfigurationError
 from shared.ports.lag import LagReading, PartitionLag
@@ -661,19 +662,23 @@ def cassandra_session(cassandra_emulator: Running) -> Iterator[object]:
 def cli_environment(cassandra_emulator: Running, cassandra_keyspace: str, pg_dsn: str, redis_prefix: str,
                     cassandra_session: object) -> dict[str, str]:
     """The environment of ``python -m sluice`` on a migrated keyspace and database (nothing enriched yet)."""
+    return _migrated_environment(cassandra_session, cassandra_emulator, cassandra_keyspace, pg_dsn, redis_prefix)
+
+
+def _migrated_environment(session: object, cassandra: Running, keyspace: str, pg_dsn: str,
+                          redis_prefix: str) -> dict[str, str]:
     from shared.adapters.cassandra.migrations import apply_migrations as apply_cassandra
     from shared.adapters.postgres.migrations import apply_migrations as apply_postgres
 
-    apply_cassandra(cassandra_session, CassandraSettings(hosts=[cassandra_emulator.host], port=cassandra_emulator.port,
-                                                         keyspace=cassandra_keyspace))
+    apply_cassandra(session, CassandraSettings(hosts=[cassandra.host], port=cassandra.port, keyspace=keyspace))
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         apply_postgres(conn)
     pg = psycopg.conninfo.conninfo_to_dict(pg_dsn)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLUICE_", "AzureWebJobs"))}
     env.update({
         "AzureWebJobsStorage": "UseDevelopmentStorage=true",
-        "SLUICE_CASSANDRA_HOSTS": cassandra_emulator.host, "SLUICE_CASSANDRA_PORT": str(cassandra_emulator.port),
-        "SLUICE_CASSANDRA_KEYSPACE": cassandra_keyspace, "SLUICE_CASSANDRA_SHARDS": "1",
+        "SLUICE_CASSANDRA_HOSTS": cassandra.host, "SLUICE_CASSANDRA_PORT": str(cassandra.port),
+        "SLUICE_CASSANDRA_KEYSPACE": keyspace, "SLUICE_CASSANDRA_SHARDS": "1",
         "SLUICE_REDIS_URL": "redis://127.0.0.1:6379/0", "SLUICE_REDIS_KEY_PREFIX": redis_prefix,
         "SLUICE_POSTGRES_HOST": str(pg["host"]), "SLUICE_POSTGRES_PORT": str(pg.get("port", 5432)),
         "SLUICE_POSTGRES_DBNAME": str(pg["dbname"]), "SLUICE_POSTGRES_USER": str(pg.get("user", "postgres")),
@@ -736,3 +741,46 @@ def test_a_range_of_more_windows_than_max_windows_is_refused_and_one_at_the_boun
     code, err = _sluice(cli_environment, [command, start, "0026-12-01T00:00:00Z", end, "2026-12-01T00:00:00Z",
                                           "--no-progress"])
     assert code == 2 and "0026-12-01" in err and "more than --max-windows 105,408" in err, err
+
+
+@pytest.fixture
+def throttled_env(private_cassandra: Running, pg_dsn: str, redis_prefix: str) -> Iterator[dict[str, str]]:
+    """The environment of a CLI run on a migrated private Cassandra emulator (its faults are its own), PostgreSQL,
+    Redis and Azurite."""
+    from shared.adapters.cassandra.session import connect
+
+    session = connect(CassandraSettings(hosts=[private_cassandra.host], port=private_cassandra.port))
+    try:
+        yield _migrated_environment(session, private_cassandra, "sluice", pg_dsn, redis_prefix)
+    finally:
+        session.cluster.shutdown()
+
+
+THROTTLED_RANGE = ["2026-12-01T00:00:00Z", "2026-12-01T01:00:00Z"]
+
+
+THROTTLED_COMMANDS = [
+    ["replay", "--from", THROTTLED_RANGE[0], "--to", THROTTLED_RANGE[1], "--no-progress"],
+    ["enrich", "run"],
+]
+
+
+@pytest.mark.timeout(300)
+def test_cassandra_throttling_past_the_retries_is_one_error_line_not_a_driver_traceback(private_cassandra,
+                                                                                        throttled_env) -> None:
+    """docs/operations.md: with a dependency down or throttling past the retries, every command says one ``error:``
+    line and exits 2, never a traceback. With Cosmos DB 429s (``RetryAfterMs``) on every read, ``replay`` and
+    ``enrich run`` printed their error line and exited 2, and then the driver logged ``ERROR cassandra.connection:
+    Exception while servicing timeout callback`` with a traceback ending in ``RuntimeError: cannot schedule new
+    futures after (interpreter) shutdown``: a concurrent read's retry, parked on a driver timer
+    (shared/adapters/cassandra/retry.py, delay_retries), fired after the session was shut down. (A race: each
+    command is run five times; about half the runs showed it.)"""
+    inject_faults(private_cassandra.host, private_cassandra.port, error="overloaded", ratio=1.0, retry_after_ms=300,
+                  applies_to="reads")
+    try:
+        runs = [(argv[0], *_sluice(throttled_env, argv)) for _ in range(5) for argv in THROTTLED_COMMANDS]
+    finally:
+        clear_faults(private_cassandra.host, private_cassandra.port)
+    assert all(code == 2 for _, code, _ in runs), [(name, code) for name, code, _ in runs]
+    traced = [(name, err[err.find("error: "):][-1200:]) for name, _, err in runs if "Traceback" in err]
+    assert not traced, f"{len(traced)} of {len(runs)} runs ended in a traceback; first: {traced[0]}"

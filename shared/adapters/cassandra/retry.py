@@ -38,7 +38,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from cassandra import OperationTimedOut
+from cassandra import DriverException, OperationTimedOut
 from cassandra.cluster import ResponseFuture, Session
 from cassandra.policies import RetryPolicy
 from cassandra.protocol import OverloadedErrorMessage
@@ -145,9 +145,23 @@ def delay_retries(session: Session) -> Session:
                 # would then be lost) and returns the connection to its pool a second time. Detached, it only
                 # fails the future; the retry sets both again when it is sent.
                 future._connection = None
-                create_timer(wait, partial(submit, fn, *args, **kwargs))
+                create_timer(wait, partial(retry_now, future, wait, fn, *args, **kwargs))
                 return None
         return submit(fn, *args, **kwargs)
+
+    def retry_now(future: ResponseFuture, wait: float, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        # The session may have shut down during the wait: a command whose other request ran out of retries
+        # failed and closed it. Its executor then refuses the retry (RuntimeError on the timer thread, logged as
+        # a driver traceback under the command's one error line); the request fails instead, as a request in
+        # flight does when its session shuts down.
+        if not session.is_shutdown:
+            try:
+                submit(fn, *args, **kwargs)
+                return
+            except RuntimeError:  # shut down between the check and the submit
+                pass
+        future._set_final_exception(DriverException(
+            f"the session shut down while this request waited {wait:.2f} s to be retried"))
 
     session.submit = submit_after_wait
     return session
