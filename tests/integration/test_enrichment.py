@@ -29,7 +29,7 @@ from shared.adapters.cassandra.window_reader import CassandraWindowReader
 from shared.adapters.postgres.enrichment_store import PostgresEnrichmentStore
 from shared.adapters.postgres.migrations import apply_migrations as apply_postgres
 from shared.adapters.postgres.pool import make_pool
-from shared.adapters.postgres.reports import enrichment_status
+from shared.adapters.postgres.reports import PostgresReports, enrichment_status
 from shared.adapters.reference import (
     DEVICE_SCHEMA,
     SITE_SCHEMA,
@@ -386,6 +386,25 @@ def test_a_window_an_event_left_keeps_the_figures_of_its_other_events_when_only_
     result = stack.service.run(now=T0 + 2 * W + timedelta(minutes=3))
     _assert_t0_counts_dev_2_alone(stack, result)
     assert_device_totals_exact(stack.dsn)
+
+
+def test_enrichment_staleness_counts_from_when_the_watermark_last_moved(pg: PgStack) -> None:
+    """docs/api.md: `enrichment.staleness_seconds` is the time "since it [the watermark] last moved", read from
+    `enrichment_state.updated_at`. Was: every run's save of the late-scan position set `updated_at` too, so a
+    watermark that had not moved read as just moved after any run (staleness near 0 while it stood still)."""
+    service = pg.service()
+    pg.reader.events.append(stored("dev-1", T0 + timedelta(seconds=10), t=1.0))
+    service.run(now=T0 + W + timedelta(minutes=2))  # window T0 closes: the watermark moves to T0 + W
+    reports = PostgresReports(pg.pool, timeout=5)
+    moved = reports.enrichment()
+    assert moved is not None and moved.watermark == T0 + W
+
+    time.sleep(0.05)
+    result = service.run(now=T0 + W + timedelta(minutes=3))  # no window closes: only the late-scan position moves
+    assert result.late_scan_until == T0 + W + timedelta(minutes=3)
+    later = reports.enrichment()
+    assert later is not None and later.watermark == T0 + W
+    assert later.updated_at == moved.updated_at, "the watermark did not move, yet its updated_at did"
 
 
 def test_a_later_recompute_of_the_window_an_event_left_keeps_its_latest_row(stack: Stack) -> None:

@@ -297,10 +297,12 @@ class PostgresEnrichmentStore:
         return EnrichmentState(utc(watermark), utc(late or watermark))
 
     def save_late_scan(self, until: datetime) -> None:
+        """Move ``late_scan_until`` only: ``updated_at`` is when the watermark last moved (``/api/status`` reports
+        its age as ``enrichment.staleness_seconds``), and this runs on every run, whether the watermark moved or not."""
         with self._transaction("saving the late-event scan position") as conn:
             conn.execute(
-                "UPDATE enrichment_state SET late_scan_until = greatest(coalesce(late_scan_until, %s), %s), "
-                "updated_at = now() WHERE name = %s",
+                "UPDATE enrichment_state SET late_scan_until = greatest(coalesce(late_scan_until, %s), %s) "
+                "WHERE name = %s",
                 (until, until, self._name),
             )
 
