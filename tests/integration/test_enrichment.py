@@ -388,6 +388,55 @@ def test_a_window_an_event_left_keeps_the_figures_of_its_other_events_when_only_
     assert_device_totals_exact(stack.dsn)
 
 
+def test_a_late_recompute_that_reads_part_of_a_window_keeps_its_figures_whole(pg: PgStack) -> None:
+    """docs/enrichment.md: "each write replaces the window's figures with the same or more complete ones", from one
+    reference snapshot. Was: only a window marked `recompute` staged the rows PostgreSQL still holds beside its read,
+    so a late recompute whose read missed rows expired from Cassandra replaced the device figures, the ledger count
+    and device_totals with the partial read's (2 where enriched_events held 4), and the rows it missed kept the
+    reference columns of their first enrichment. Every window with a ledger row now takes the held rows."""
+    service = pg.service()
+    pg.reader.events += [stored("dev-1", T0 + timedelta(seconds=s), t=float(s)) for s in (10, 20, 30)]
+    service.run(now=T0 + W + timedelta(minutes=2))
+    assert pg.query("SELECT event_count FROM device_window_stats") == [(3,)]
+
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:  # dev-1 got a new firmware since
+        upsert_reference(conn, [replace(DEVICES[0], firmware="1.1.0"), *DEVICES[1:]], SITES)
+    del pg.reader.events[0]  # that row has left Cassandra (expired by write time)
+    pg.reader.events.append(stored("dev-1", T0 + timedelta(seconds=40), enqueued=T0 + W + timedelta(minutes=3),
+                                   t=40.0))  # a late event: the window is recomputed
+    result = service.run(now=T0 + W + timedelta(minutes=4))
+    assert [w.reason for w in result.windows] == ["late"]
+
+    held = pg.query("SELECT count(*) FROM enriched_events WHERE window_start = %s", (T0,))
+    assert held == [(4,)], "enriched events are never deleted"
+    assert pg.query("SELECT event_count FROM device_window_stats WHERE window_start = %s", (T0,)) == held
+    assert pg.query("SELECT event_count FROM enrichment_windows WHERE window_start = %s", (T0,)) == held
+    assert pg.query("SELECT events_total FROM device_totals WHERE device_id = 'dev-1'") == held
+    assert pg.query("SELECT DISTINCT firmware FROM enriched_events") == [("1.1.0",)], "one snapshot, not a mix"
+    assert_device_totals_exact(pg.dsn)
+
+
+def test_a_partial_recompute_counts_an_id_re_sent_with_another_device_once(pg: PgStack) -> None:
+    """The held rows are matched to the read's by event id alone: an id re-sent with another device and the same
+    timestamp (Cassandra keeps the later copy, read here) replaces dev-1's held row instead of counting beside it,
+    and dev-1's figures lose that event, while the row the read missed (expired) still counts for dev-1."""
+    service = pg.service()
+    first = [stored("dev-1", T0 + timedelta(seconds=s), t=float(s)) for s in (10, 20, 30)]
+    pg.reader.events += first
+    service.run(now=T0 + W + timedelta(minutes=2))
+
+    late = T0 + W + timedelta(minutes=3)
+    pg.reader.events[:] = [replace(first[1], device_id="dev-2", enqueued_time=late), first[2]]  # first[0] expired
+    result = service.run(now=late + timedelta(minutes=1))
+    assert [w.reason for w in result.windows] == ["late"]
+
+    assert pg.query("SELECT device_id FROM enriched_events WHERE event_id = %s", (first[1].event_id,)) == [
+        ("dev-2",)]
+    assert pg.enriched_counts() == pg.device_counts() == {(T0, "dev-1"): 2, (T0, "dev-2"): 1}
+    assert pg.query("SELECT event_count, device_count FROM enrichment_windows") == [(3, 2)]
+    assert_device_totals_exact(pg.dsn)
+
+
 def test_enrichment_staleness_counts_from_when_the_watermark_last_moved(pg: PgStack) -> None:
     """docs/api.md: `enrichment.staleness_seconds` is the time "since it [the watermark] last moved", read from
     `enrichment_state.updated_at`. Was: every run's save of the late-scan position set `updated_at` too, so a

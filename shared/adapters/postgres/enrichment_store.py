@@ -28,12 +28,12 @@ Per window, inside one transaction:
    ``device_window_stats`` and ``site_window_stats``);
 4. figures of the window that the recomputation no longer produces (a device
    moved to another site) are deleted; enriched events never are. A window
-   read as empty keeps its rows, its figures and its ledger counts, unless it
-   is marked for an event that moved out: a marked window's figures are
-   computed from what it read together with the rows ``enriched_events`` still
-   holds for it that the read did not return (expired from Cassandra; the
-   moved ones are in their new window), so they never shrink below what
-   PostgreSQL holds for it less what moved out;
+   enriched before (it has a ledger row) has its figures computed from what it
+   read together with the rows ``enriched_events`` still holds for it that the
+   read did not return (expired from Cassandra; the ones moved out are in their
+   new window), with the current reference data, so they never shrink below
+   what PostgreSQL holds for it less what moved out. A window enriched for the
+   first time and read as empty is recorded with no figures;
 5. the ledger row (``enrichment_windows``) and, for scheduled windows, the
    watermark; then COMMIT.
 
@@ -174,8 +174,9 @@ ON CONFLICT (window_start) DO UPDATE SET
     unknown_device_count = EXCLUDED.unknown_device_count, unknown_device_events = EXCLUDED.unknown_device_events,
     reason = EXCLUDED.reason, runs = w.runs + 1, last_enriched_at = now(), recompute = false
 """
-# A window read as empty keeps its figures, so its ledger row keeps the counts that sit beside them: only the run
-# is recorded (a window with no ledger row yet is recorded with counts of 0, as it has no figures either).
+# A window enriched for the first time and read as empty: recorded with counts of 0, as it has no figures either (a
+# window with a ledger row is computed from the rows PostgreSQL holds for it, however little its read returns). The
+# update is only a guard: under the advisory lock, the ledger row found missing stays missing.
 _LEDGER_EMPTY_READ = """
 INSERT INTO enrichment_windows AS w (window_start, window_end, event_count, device_count, unknown_device_count,
                                      unknown_device_events, reason)
@@ -221,13 +222,14 @@ ORDER BY window_start
 """
 
 _TO_RECOMPUTE = "SELECT window_start, window_end FROM enrichment_windows WHERE recompute ORDER BY window_start"
-_MARKED = "SELECT recompute FROM enrichment_windows WHERE window_start = %(start)s"
 
 # The columns of an enriched or staged row that make up the event it was enriched from.
 _ROW_COLUMNS = "event_id, device_id, event_time, enqueued_time, event_type, severity, critical, measurements"
-# A window marked for an event that moved out: its rows still in PostgreSQL that the read did not stage (expired from
-# Cassandra: rows expire by write time, so any part of a window may be gone) are staged beside the read's, as the
-# read would have staged them (critical is the flag they were enriched with, so the rules are not applied again).
+# A window enriched before (it has a ledger row, marked or not): its rows still in PostgreSQL that the read did not
+# stage (expired from Cassandra: rows expire by write time, so any part of a window may be gone) are staged beside the
+# read's, as the read would have staged them (critical is the flag they were enriched with, so the rules are not
+# applied again). An id the read staged is matched by id alone: a copy re-sent with another device (same timestamp)
+# replaces the held row of another device rather than counting beside it.
 # A moved row is not among them (its id's row is in its new window now), and an id the read staged keeps the read's
 # row (or none, when it lost to a later row in another window: then no row of it is in this window either).
 # On the index enriched_events_window_start (migration 014): the window's rows only.
@@ -348,12 +350,13 @@ class PostgresEnrichmentStore:
             enriched = copied if copied is not None else self._upsert_window(conn, source)
             conn.execute("SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', '0', true)",
                          (str(self._timeout_ms),))
-            # Marked (an event moved out): keeping the figures would count the moved events here and in their new
-            # window, and figures of the read alone would drop the window's events whose rows expired from
-            # Cassandra (rows expire by write time, so the read may hold only the moved id's older row, which loses).
-            # So the window is computed from what it read and the rows PostgreSQL still holds for it beside them,
-            # which no longer include the moved ones.
-            recompute_held = copied is None and conn.execute(_MARKED, params).fetchone() == (True,)
+            # Enriched before (a ledger row): figures of the read alone would drop the window's events whose rows
+            # expired from Cassandra (rows expire by write time, so any part of it may be gone, and a marked window's
+            # read may hold only the moved id's older row, which loses), and keeping the old figures would count an
+            # event that moved out here and in its new window. So the window is computed from what it read and the
+            # rows PostgreSQL still holds for it beside them (which no longer include the moved ones), all with the
+            # current reference data: one snapshot, never fewer events than PostgreSQL holds for it.
+            recompute_held = not first_time
             if recompute_held:
                 enriched = self._stage_held_rows(conn, source, enriched)
             if copied is None:
@@ -372,7 +375,7 @@ class PostgresEnrichmentStore:
                 params.update(events=enriched.events, devices=len(enriched.devices),
                               unknown=len(enriched.unknown_devices), unknown_events=enriched.unknown_device_events)
                 conn.execute(_LEDGER, params)
-            else:  # read as empty: it keeps whatever PostgreSQL holds for it (e.g. events expired from Cassandra)
+            else:  # enriched for the first time and read as empty: no figures, a ledger row with counts of 0
                 conn.execute(_LEDGER_EMPTY_READ, params)
             if advance_watermark:
                 conn.execute(_ADVANCE, params)
@@ -412,9 +415,10 @@ class PostgresEnrichmentStore:
         return, as :meth:`_upsert_window` stages what it reads, and enrich the staged rows in a fresh pass
         (``read``: the read's own pass, whose duplicate and moved counts are kept).
 
-        They are read from the staging table page by page, so only a page is held. Each id has one row there
-        (the read's were settled, the others come from the key of ``enriched_events``), so the pass holds no row
-        back and settles nothing. The devices are staged again, for the rows added.
+        They are read from the staging table page by page, of the reader's default size (every recompute takes
+        this pass, so a page must stay a small, fixed part of the peak), so only a page is held. Each id has one row
+        there (the read's were settled, the others come from the key of ``enriched_events``), so the pass holds no
+        row back and settles nothing. The devices are staged again, for the rows added.
         """
         conn.execute(_STAGE_HELD_EVENTS, (source.window.start,))
         conn.execute("DELETE FROM stage_devices")
@@ -422,7 +426,7 @@ class PostgresEnrichmentStore:
         with conn.cursor("stage_held_events") as held:
             set_json_loads(_json_floats, held)
             held.execute(f"SELECT {_ROW_COLUMNS} FROM stage_events")
-            while page := held.fetchmany(10_000):
+            while page := held.fetchmany(1000):
                 enrichment.accept(map(_stored_event, page))
         enriched, _ = enrichment.finish()
         with _copy_cursor(conn) as cur:
