@@ -283,6 +283,10 @@ class ConsumeLink(Link):
             self.session.send_link_flow(self, delivery_count=self.delivery_count, link_credit=self.credit,
                                         available=self.partition.next_sequence - self.cursor)
 
+    def idle_part(self) -> bool:
+        """False while a delivery of this link is sent in part (sorts first: :meth:`Session.resume`)."""
+        return self._partial is None
+
     def wake(self) -> None:
         if not self._scheduled and self.credit > 0:
             self._scheduled = True

@@ -130,19 +130,19 @@ class Session:
             self.resume()
             return
         link = self.links.get(int(fields[4]))
-        if link is None and int(fields[4]) in self.detaching:
-            return  # sent before the client saw our detach
-        if link is None:
+        if link is None and int(fields[4]) not in self.detaching:
             raise AmqpError(errors.UNATTACHED_HANDLE, f"flow on handle {fields[4]}, which is not attached")
-        link.on_flow(fields)  # a consumer pumps itself here
+        if link is not None:  # else sent before the client saw our detach: its session fields still count
+            link.on_flow(fields)  # a consumer pumps itself here
         if stalled and self.remote_incoming_window > 0:
             self.resume(skip=link)
 
     def resume(self, skip: Link | None = None) -> None:
-        """The window opened again (or the transport drained): let consumers (other than ``skip``) send."""
-        for link in list(self.links.values()):
-            if isinstance(link, ConsumeLink) and link is not skip:
-                link.pump()
+        """The window opened again (or the transport drained): let consumers (other than ``skip``) send, those
+        with a delivery sent in part first (a busy link would otherwise take the window before it is finished)."""
+        consumers = [link for link in self.links.values() if isinstance(link, ConsumeLink) and link is not skip]
+        for link in sorted(consumers, key=ConsumeLink.idle_part):
+            link.pump()
 
     def on_attach(self, fields: list[Any]) -> None:
         name, remote_handle, role = fields[0], int(fields[1]), fields[2]

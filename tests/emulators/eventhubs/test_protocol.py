@@ -258,3 +258,28 @@ def test_a_large_event_is_sent_in_frames_no_faster_than_the_session_window(isola
         first = b"".join(payload for fields, payload in transfers if int(fields[1]) == 0)
         assert first.endswith(b"\x00\x53\x75\xb0" + len(body).to_bytes(4, "big") + body)
         assert transfers[-1][1].endswith(b"after") and not transfers[-1][0][5]
+
+
+def test_a_flow_on_a_detaching_handle_that_reopens_the_window_resumes_stalled_consumers(
+        isolated_eventhub: IsolatedHub) -> None:
+    """Every flow carries the session's window (part 2, 2.7.4) and the docs say any flow re-opening it resumes a
+    stalled consumer. A flow on a handle the emulator just detached (refused, or taken over by an owner level)
+    updated the window but returned before the resume: the stalled consumer of the same session hung."""
+    hub = isolated_eventhub
+    with connect(hub) as raw:
+        raw.open(mechanism="PLAIN", response=PLAIN)
+        raw.attach_receiver(1, f"{hub.name}/ConsumerGroups/$Default/Partitions/0")
+        _, refused = raw.attach_receiver(5, f"{hub.name}/ConsumerGroups/$Default/Partitions/99")
+        assert refused is not None  # handle 5 is now reserved in the session's ``detaching``
+        raw.flow(1, delivery_count=0, credit=10, incoming_window=0)  # credit, but the window is shut
+        with producer(hub) as client:
+            client.send_batch([EventData(f"a{i}") for i in range(3)], partition_id="0")
+        raw.sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            raw.expect(frames.TRANSFER)
+        raw.sock.settimeout(3)
+        # the client's flow for handle 5, sent before it saw the refusal, re-opens the session window
+        raw.flow(5, delivery_count=0, credit=0, incoming_window=100)
+        got = [raw.expect(frames.TRANSFER) for _ in range(3)]
+        assert [int(fields[0]) for _, fields, _ in got] == [1, 1, 1]
+
