@@ -228,3 +228,29 @@ def test_kube_prometheus_stack_selects_the_pod_monitor_and_the_rules() -> None:
     assert {"release": "kube-prometheus-stack"} in [entry["pairs"] for entry in kustomization["labels"]]
     for doc in ("deploy.md", "observability.md"):
         assert "release: kube-prometheus-stack" in (ROOT / "docs" / doc).read_text(encoding="utf-8"), doc
+
+
+def _one(manifests: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [d for d in manifests if d["kind"] == kind and d["metadata"]["name"] == name]
+    return found
+
+
+def test_a_lookups_pod_serves_on_while_it_leaves_the_service(base: list[dict[str, Any]]) -> None:
+    """Kubernetes sends SIGTERM as it starts taking a pod out of the Service's EndpointSlice; the nodes' proxies
+    and any ingress drop the endpoint a moment later, and the Functions host (PID 1 in the image) stops listening
+    at once. Without a preStop delay, every rollout (maxSurge 1, maxUnavailable 0), scale-in or drain refused the
+    requests routed to the pod meanwhile, though another replica was ready."""
+    spec = _one(base, "Deployment", "sluice-lookups")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    delay = container["lifecycle"]["preStop"]["sleep"]["seconds"]  # Kubernetes' own sleep action (1.30 on)
+    assert 3 <= delay < spec.get("terminationGracePeriodSeconds", 30) - 10, (
+        "the delay must cover the endpoint's removal and leave the host time for its own shutdown")
+
+
+def test_the_migration_jobs_are_kept_for_as_long_as_their_ttl_says(base: list[dict[str, Any]]) -> None:
+    """Each release's migration Job is created from the suspended CronJob (`kubectl create job --from`), which
+    owns it: past the CronJob's history limits (by default 3 successful, 1 failed) it deletes the oldest Jobs and
+    their logs, whatever ttlSecondsAfterFinished (7 days) promises."""
+    cron = _one(base, "CronJob", "sluice-migrate")["spec"]
+    assert cron["jobTemplate"]["spec"]["ttlSecondsAfterFinished"] == 7 * 24 * 3600
+    assert cron["successfulJobsHistoryLimit"] >= 10 and cron["failedJobsHistoryLimit"] >= 10
