@@ -437,6 +437,33 @@ def test_a_partial_recompute_counts_an_id_re_sent_with_another_device_once(pg: P
     assert_device_totals_exact(pg.dsn)
 
 
+def test_a_recompute_keeps_the_held_row_with_the_later_event_time_over_an_earlier_copy_read(pg: PgStack) -> None:
+    """docs/enrichment.md: the row with the latest event time wins "whatever the read order", and an arrival whose
+    id's enriched row has a later event time "loses to it: its window's recompute could change nothing".
+    X is enriched at T0+30; a correction of X with an earlier timestamp (T0+10, same window) arrives later; the
+    T0+30 copy, written first, expires from Cassandra first. Another late event recomputes the window: the read
+    returns only X@T0+10. Was: the held row X@T0+30 was matched by id alone and left out, and the losing copy
+    overwrote it (with both copies in the read, or with the correction in another window, X@T0+30 stayed)."""
+    service = pg.service()
+    x = uuid.uuid4()
+    later = stored("dev-1", T0 + timedelta(seconds=30), event_id=x, t=30.0)
+    pg.reader.events += [later, stored("dev-2", T0 + timedelta(seconds=20), t=1.0)]
+    service.run(now=T0 + W + timedelta(minutes=2))
+
+    late = T0 + W + timedelta(minutes=3)
+    pg.reader.events.append(stored("dev-1", T0 + timedelta(seconds=10), event_id=x, enqueued=late, t=10.0))
+    pg.reader.events.remove(later)  # expired by write time (written before the correction)
+    pg.reader.events.append(stored("dev-2", T0 + timedelta(seconds=40), enqueued=late, t=2.0))  # a late event
+    result = service.run(now=late + timedelta(minutes=1))
+    assert [w.reason for w in result.windows] == ["late"]
+
+    assert pg.query("SELECT event_time, measurements FROM enriched_events WHERE event_id = %s", (x,)) == [
+        (T0 + timedelta(seconds=30), {"t": 30.0})], "the earlier copy replaced the held row with the later event time"
+    assert pg.query("SELECT device_id, event_count, first_event_time FROM device_window_stats ORDER BY device_id") == [
+        ("dev-1", 1, T0 + timedelta(seconds=30)), ("dev-2", 2, T0 + timedelta(seconds=20))]
+    assert_device_totals_exact(pg.dsn)
+
+
 def test_enrichment_staleness_counts_from_when_the_watermark_last_moved(pg: PgStack) -> None:
     """docs/api.md: `enrichment.staleness_seconds` is the time "since it [the watermark] last moved", read from
     `enrichment_state.updated_at`. Was: every run's save of the late-scan position set `updated_at` too, so a

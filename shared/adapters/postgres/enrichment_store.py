@@ -194,9 +194,10 @@ ON CONFLICT (window_start) DO UPDATE SET
 # enqueued time is its event time when Event Hubs gave none, as ingest stores it.
 # An arrival whose id's enriched row has a later event time is never stale, whichever window holds that row: it
 # loses to that row (in another window _DROP_LOSERS drops it from its window's read; in its own the read keeps an
-# id's latest row), so its recompute could change nothing. Flagged on every scan covering it, it would keep the same
-# windows first in the queue for good (a device re-sending readings with corrected, earlier timestamps), starving
-# every later late window, and late_scan_until would never move.
+# id's latest row, and _DROP_HELD_WINNERS keeps the held one over an older copy read), so its recompute could change
+# nothing. Flagged on every scan covering it, it would keep the same windows first in the queue for good (a device
+# re-sending readings with corrected, earlier timestamps), starving every later late window, and late_scan_until would
+# never move.
 # One index probe (the primary key: at most one enriched row per id) per arrival.
 _STALE = """
 SELECT c.i, w.window_start, w.window_end
@@ -231,7 +232,8 @@ _ROW_COLUMNS = "event_id, device_id, event_time, enqueued_time, event_type, seve
 # applied again). An id the read staged is matched by id alone: a copy re-sent with another device (same timestamp)
 # replaces the held row of another device rather than counting beside it.
 # A moved row is not among them (its id's row is in its new window now), and an id the read staged keeps the read's
-# row (or none, when it lost to a later row in another window: then no row of it is in this window either).
+# row (or none, when it lost to a later row in another window, _DROP_LOSERS: then no row of it is in this window
+# either), unless _DROP_HELD_WINNERS dropped the read's row for the held one, which this then stages.
 # On the index enriched_events_window_start (migration 014): the window's rows only.
 _STAGE_HELD_EVENTS = f"""
 INSERT INTO stage_events ({_ROW_COLUMNS}) SELECT {_ROW_COLUMNS} FROM enriched_events e
@@ -245,6 +247,18 @@ _DROP_LOSERS = """
 DELETE FROM stage_events s USING enriched_events e
 WHERE e.event_id = s.event_id AND e.window_start <> %s AND e.event_time > s.event_time
 RETURNING s.event_id, s.device_id
+"""
+
+# A recompute's staged rows whose id's row this window holds has a later event time: the read returned only an
+# older copy (the later one expired first, written first: a correction with an earlier timestamp arrived after it),
+# which loses to the held row as it loses to a later row in another window (_DROP_LOSERS), and as the late scan
+# judges its arrival (_STALE: never stale). Dropped here, the held row is staged by _STAGE_HELD_EVENTS and the figures
+# follow it. At the same event time the read's row stays, as a read's own duplicates settle by event time alone: it
+# is the copy Cassandra holds now (an older copy redelivered after a correction overwrites it there, docs "Late
+# events"). A window enriched for the first time holds no row of its own: its COPY path has nothing to compare with.
+_DROP_HELD_WINNERS = """
+DELETE FROM stage_events s USING enriched_events e
+WHERE e.event_id = s.event_id AND e.window_start = %s AND e.event_time > s.event_time
 """
 
 # The windows whose rows the upsert is about to take over (the staged row is the later one): marked to be recomputed
@@ -413,13 +427,16 @@ class PostgresEnrichmentStore:
     def _stage_held_rows(conn: psycopg.Connection, source: WindowInput, read: EnrichedWindow) -> EnrichedWindow:
         """Stage beside the read's rows those ``enriched_events`` holds for the window and the read did not
         return, as :meth:`_upsert_window` stages what it reads, and enrich the staged rows in a fresh pass
-        (``read``: the read's own pass, whose duplicate and moved counts are kept).
+        (``read``: the read's own pass, whose duplicate and moved counts are kept). A read's row that loses to
+        the window's held row of its id (``_DROP_HELD_WINNERS``: the read returned only a copy with an earlier event
+        time) is dropped first, so the held row is staged instead: the latest event time wins whatever was read.
 
         They are read from the staging table page by page, of the reader's default size (every recompute takes
         this pass, so a page must stay a small, fixed part of the peak), so only a page is held. Each id has one row
         there (the read's were settled, the others come from the key of ``enriched_events``), so the pass holds no
         row back and settles nothing. The devices are staged again, for the rows added.
         """
+        conn.execute(_DROP_HELD_WINNERS, (source.window.start,))
         conn.execute(_STAGE_HELD_EVENTS, (source.window.start,))
         conn.execute("DELETE FROM stage_devices")
         enrichment = source.enrichment()
