@@ -483,6 +483,24 @@ def test_enrichment_staleness_counts_from_when_the_watermark_last_moved(pg: PgSt
     assert later.updated_at == moved.updated_at, "the watermark did not move, yet its updated_at did"
 
 
+def test_enrichment_updated_at_is_when_the_watermark_moved_not_when_its_window_began(pg: PgStack) -> None:
+    """docs/api.md: `enrichment.staleness_seconds` is the time since the watermark "last moved"
+    (enrichment_state.updated_at, migration 015: "When the watermark last moved"). Was: _ADVANCE stamped it with
+    now(), the start of the window's transaction, which holds the advisory-lock wait and the whole Cassandra read:
+    a window whose read took 3 s moved the watermark with an updated_at 3 s in the past, so /api/status reported a
+    watermark that just moved as 3 s stale (up to SLUICE_ENRICH_STATEMENT_TIMEOUT_SECONDS behind another runner)."""
+    pg.reader.events.append(stored("dev-1", T0 + timedelta(seconds=10), t=1.0))
+    slow = SlowReader(pg.reader.events, 3.0)
+    service = EnrichmentService(slow, pg.reference, pg.store, enrich_settings())
+    service.run(now=T0 + W + timedelta(minutes=2))
+    [(watermark, updated_at)] = pg.query("SELECT watermark, updated_at FROM enrichment_state")
+    assert watermark == T0 + W
+    assert slow.read_done is not None
+    assert updated_at >= slow.read_done - timedelta(seconds=0.5), (
+        f"updated_at {updated_at} is {(slow.read_done - updated_at).total_seconds():.1f} s before the window's read "
+        "even ended: the watermark moved after that")
+
+
 def test_a_later_recompute_of_the_window_an_event_left_keeps_its_latest_row(stack: Stack) -> None:
     # a late event in T0 recomputes it from Cassandra, which still holds the id's older row (keyed by event time):
     # the older row must lose to the moved one, whichever window was computed last
@@ -1020,6 +1038,21 @@ class MemoryReader:
         for e in sorted(self.events, key=lambda e: (e.enqueued_time, e.event_id.int)):
             if start <= e.enqueued_time < end and (event_time_before is None or e.event_time < event_time_before):
                 yield Arrival(e.event_id, e.event_time, e.enqueued_time)
+
+
+class SlowReader(MemoryReader):
+    """A :class:`MemoryReader` over ``events`` whose window reads take ``delay`` seconds, as a big window's read
+    from Cassandra does (or a wait for another runner's window under the advisory lock)."""
+
+    def __init__(self, events: list[StoredEvent], delay: float) -> None:
+        super().__init__()
+        self.events, self.delay = events, delay
+        self.read_done: datetime | None = None
+
+    def read_each(self, start: datetime, end: datetime) -> Iterator[list[StoredEvent]]:
+        time.sleep(self.delay)
+        yield from super().read_each(start, end)
+        self.read_done = datetime.now(UTC)
 
 
 def stored(device: str, at: datetime, *, enqueued: datetime | None = None, event_id: uuid.UUID | None = None,

@@ -268,8 +268,12 @@ WHERE e.window_start <> %(start)s
 """
 _MARK_RECOMPUTE = "UPDATE enrichment_windows SET recompute = true WHERE window_start = ANY(%s)"
 
+# clock_timestamp(), not now(): now() is the transaction's start, before the advisory lock wait and the window's whole
+# read, and /api/status reports the age of updated_at as enrichment.staleness_seconds (a watermark that just moved
+# would show as stale by that much). The ledger's last_enriched_at and the rows' enriched_at keep now(): one instant
+# for all a window's transaction writes, and no staleness is computed from them.
 _ADVANCE = """
-UPDATE enrichment_state SET watermark = %(end)s, updated_at = now()
+UPDATE enrichment_state SET watermark = %(end)s, updated_at = clock_timestamp()
 WHERE name = %(name)s AND watermark >= %(start)s AND watermark < %(end)s
 """
 
