@@ -33,6 +33,9 @@ def logged_path(url: str) -> str:
 
 # docs/events.md: a device id is 1-128 characters of A-Z a-z 0-9 . _ : -
 _DEVICE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# The device ids "." and ".." as a browser must send them in a path (docs/api.md): encoded twice, "%252E", which the
+# host decodes once. A browser removes the segments ".", "..", "%2E" and "%2E%2E" as dot-segments (WHATWG URL).
+_DOT_SEGMENTS = {"%2e": ".", "%2e%2e": ".."}
 # docs/api.md, openapi.json (format: uuid): a UUID in its 8-4-4-4-12 form, either case, as the event contract writes
 # it. uuid.UUID() alone would also take braces, "urn:uuid:" and hyphens anywhere or nowhere.
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -49,6 +52,10 @@ _MICROSECOND = timedelta(microseconds=1)
 
 
 def parse_device_id(value: str | None, parameter: str = "device_id") -> str:
+    """A device id from a route. "%2E" and "%2E%2E" stand for "." and "..", the only ids a browser cannot put in a
+    path segment as they are: "%" is in no device id, so these can mean nothing else."""
+    if value is not None:
+        value = _DOT_SEGMENTS.get(value.lower(), value)
     if value is None or not _DEVICE_ID.fullmatch(value):
         raise BadParameter(parameter, f"must be 1-128 characters of A-Z a-z 0-9 . _ : -, got {value!r}")
     return value

@@ -479,6 +479,8 @@ def test_bad_parameters_are_named(parse, value, parameter):
 
 def test_good_parameters_parse():
     assert parse_device_id("pump-1.a:b_c") == "pump-1.a:b_c"
+    # "." and ".." as a browser sends them, encoded twice (it removes "%2E" segments): the host decodes once
+    assert [parse_device_id(v) for v in ("%2E", "%2e%2E", ".", "..")] == [".", "..", ".", ".."]
     assert parse_event_id("6BA7B810-9DAD-11D1-80B4-00C04FD430C8") == uuid.UUID("6ba7b810-9dad-11d1-80b4-00c04fd430c8")
     assert parse_limit(None, 20) == 20 and parse_limit("7", 20) == 7
     assert parse_since("2026-11-23T10:00:00.5+02:00") == datetime(2026, 11, 23, 8, 0, 0, 500000, tzinfo=UTC)
