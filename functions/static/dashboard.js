@@ -56,6 +56,13 @@
     return dependency && !String(text).includes(dependency) ? dependency + ": " + text : String(text);
   }
 
+  // A device id as one path segment. new URL() and fetch remove the segments "." and ".." (valid device ids) as
+  // dot-segments, and "%2E" and "%2E%2E" too: those two ids are encoded twice ("%252E"), which the route reads as
+  // the dots (functions/parameters.py, docs/api.md).
+  function devicePath(id) {
+    return "/devices/" + (id === "." || id === ".." ? id.replace(/\./g, "%252E") : encodeURIComponent(id));
+  }
+
   function message(err) {
     return String((err && err.message) || err);
   }
@@ -88,6 +95,15 @@
     else if (Math.abs(value) < 0.1) text = String(Number(value.toPrecision(2)));
     else text = value.toFixed(1);
     return text + (unit || "");
+  }
+
+  // A rate as a percentage to one decimal, but never rounded to 100.0 % or 0.0 % when it is not that: 99.96 % is
+  // ">99.9 %" (some reads still miss), 0.04 % is "<0.1 %".
+  function percent(rate) {
+    const p = rate * 100;
+    if (p > 99.9 && p < 100) return ">99.9 %";
+    if (p > 0 && p < 0.1) return "<0.1 %";
+    return p.toFixed(1) + " %";
   }
 
   function seconds(value) {
@@ -159,7 +175,7 @@
       dead_letters: s.dead_letters && s.dead_letters.last_hour !== undefined
         ? fmt(s.dead_letters.last_hour) + (s.dead_letters.capped ? "+" : "") : "–",
       hit_rate: s.cache && s.cache.hit_rate !== null && s.cache.hit_rate !== undefined
-        ? (s.cache.hit_rate * 100).toFixed(1) + " %" : "–",
+        ? percent(s.cache.hit_rate) : "–",
     };
     for (const [tile, name] of Object.entries(TILE_SECTION)) if (failed(s[name])) values[tile] = "error";
     return values;
@@ -289,6 +305,7 @@
       if (item === next) next = next.nextSibling;
       else feed.insertBefore(item, next);  // new, corrected, or (rarely) moved
     }
+    document.getElementById("critical-loading").hidden = true;
     document.getElementById("critical-empty").hidden = feed.children.length > 0;
   }
 
@@ -329,9 +346,10 @@
   }
 
   // Nothing of a device stays on the page once another is searched for: not its values, list or chart.
-  function clearDevice(text) {
+  // keepLatest: the latest state of this search's device, read before its history failed, stays.
+  function clearDevice(text, keepLatest) {
     device = null;
-    document.getElementById("device-latest").replaceChildren();
+    if (!keepLatest) document.getElementById("device-latest").replaceChildren();
     document.getElementById("measurement").replaceChildren();
     document.getElementById("history-chart").replaceChildren();
     document.getElementById("history-desc").textContent = text;
@@ -374,20 +392,34 @@
       ", lowest " + lo + ", highest " + hi + ". Read " + range + "." + read;
   }
 
+  // The id is checked after trimming, here and not by the input's pattern: the browser checks a pattern on the
+  // untrimmed value, so an id pasted with a space did nothing, with no error on the page.
+  const DEVICE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
   async function searchDevice(ev) {
     ev.preventDefault();
-    const id = document.getElementById("device-id").value.trim();
+    const input = document.getElementById("device-id");
+    const id = input.value.trim();
     const error = document.getElementById("device-error");
     error.textContent = "";
     if (search) search.abort();  // its answers would be another device's
+    search = null;
+    const valid = DEVICE_ID.test(id);
+    input.setAttribute("aria-invalid", String(!valid));
+    if (!valid) {
+      clearDevice("Choose a device to see its history.");
+      error.textContent = id ? "device id " + JSON.stringify(id) + " is not valid: it is 1-128 characters of " +
+        "A-Z a-z 0-9 . _ : -" : "enter a device id";
+      return;
+    }
     const mine = new AbortController();
     search = mine;
     clearDevice("Reading the history of " + id + "…");
-    const path = "/devices/" + encodeURIComponent(id);
+    const path = devicePath(id);
+    let latest = null, missing = null;
     try {
       // A 404 of the latest state is not the end of the search: a device whose newest event a correction moved to
       // another device has none, yet has its history (docs/api.md). It fails the search only with no history either.
-      let latest = null, missing = null;
       try {
         latest = await api(path + "/latest", null, mine.signal);
       } catch (err) {
@@ -417,8 +449,14 @@
       drawHistory();
     } catch (err) {
       if (search !== mine) return;  // replaced by a newer search, which shows its own outcome
-      clearDevice("No history shown: the search for " + id + " failed.");
-      error.textContent = message(err);
+      if (latest) {
+        // The latest state was read and drawn: it stays; only the history, which failed, is not shown.
+        clearDevice("No history shown: reading the history of " + id + " failed.", true);
+        error.textContent = "history of " + id + " unavailable: " + message(err);
+      } else {
+        clearDevice("No history shown: the search for " + id + " failed.");
+        error.textContent = message(err);
+      }
     } finally {
       if (search === mine) search = null;
     }
@@ -431,6 +469,7 @@
   function renderSites(body) {
     if (!body || !Array.isArray(body.rows)) throw new Error("the answer is not a list of rows");
     const rows = body.rows.slice(0, SITE_ROWS);
+    document.getElementById("sites-loading").hidden = true;
     document.getElementById("sites-empty").hidden = rows.length > 0;
     const more = document.getElementById("sites-more");
     more.hidden = body.rows.length <= SITE_ROWS;
@@ -458,6 +497,7 @@
       table.classList.remove("stale");
     } catch (err) {
       const kept = document.querySelector("#sites tbody").children.length > 0 && sitesReadAt !== null;
+      document.getElementById("sites-loading").hidden = true;
       document.getElementById("sites-empty").hidden = true;  // not "none yet": unknown
       say(problemNode, "site report unavailable: " + message(err) +
         (kept ? "; the rows below were read at " + when(sitesReadAt) + " and may be out of date." : ""));
@@ -496,6 +536,7 @@
       feed.classList.remove("stale");
     } catch (err) {
       const kept = feed.children.length > 0 && criticalReadAt !== null;
+      document.getElementById("critical-loading").hidden = true;
       document.getElementById("critical-empty").hidden = true;  // not "none yet": unknown
       say(problemNode, "critical events unavailable: " + message(err) +
         (kept ? "; the events above were read at " + when(criticalReadAt) + " and may be out of date." : ""));

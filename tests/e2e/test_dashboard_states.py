@@ -221,6 +221,24 @@ return (hi + 0.05) / (lo + 0.05);
 """
 
 
+def test_critical_feed_says_no_events_while_its_first_read_is_still_in_flight(dashboard: DashboardHost,
+                                                                               browser) -> None:
+    """Redis answers /api/critical slowly (8 s here; up to the 20 s request timeout): until the first answer the
+    section must not state "No critical events yet.", a fact nobody has read (an operator opening the page during
+    an incident would be told there are none); it says the feed is being read."""
+    dashboard.set(critical_events=[_critical("00000000-0000-4000-8000-000000000001",
+                                             datetime.now(UTC).replace(microsecond=0))], critical_sleep=8)
+    _open(browser, dashboard)  # the status answers at once; the feed's first read is in flight
+    time.sleep(1)
+    section = browser.find_element(By.CSS_SELECTOR, "section[aria-labelledby=critical-title]").text
+    assert "No critical events yet." not in section, (
+        f"while /api/critical has not answered yet the section reads {section!r}")
+    assert "Reading the critical events" in section, section
+    poll(lambda: "valve-7" in _text(browser, "critical-feed"), 20, "the feed's first answer")
+    assert "Reading the critical events" not in browser.find_element(
+        By.CSS_SELECTOR, "section[aria-labelledby=critical-title]").text
+
+
 def test_greyed_critical_events_stay_readable(dashboard: DashboardHost, browser) -> None:
     """When ``/api/critical`` fails the events read before stay on the page, greyed (``stale``) and marked: still
     information to be read, so their text keeps the WCAG AA contrast of 4.5:1 (small text) against the panel, the
@@ -492,6 +510,60 @@ def test_a_newer_search_replaces_one_still_in_flight(dashboard: DashboardHost, b
     assert "slow-a" not in _text(browser, "device-latest")
 
 
+@pytest.mark.parametrize("device", [".", ".."])
+def test_a_device_id_of_dots_is_searched_under_its_own_route(dashboard: DashboardHost, browser, device) -> None:
+    """"." and ".." are valid device ids (event.schema.json, parse_device_id). A browser removes the path segments
+    ".", "..", "%2E" and "%2E%2E" as dot-segments, so "/devices/" + encodeURIComponent(id) asked /api/devices/latest
+    or /api/latest and the operator got an error for a device with events; the page sends them encoded twice."""
+    dashboard.set(devices={device: {"count": 3, "step_seconds": 60, "anchor": _anchor(), "measurement": "temperature"}})
+    encoded = device.replace(".", "%2E")
+    with urllib.request.urlopen(f"{dashboard.api}/devices/{encoded}/events", timeout=10) as answer:
+        body = json.load(answer)
+    assert body["device_id"] == device and len(body["events"]) == 3, body  # the route itself serves the device
+    _open(browser, dashboard)
+    _search(browser, device)
+    poll(lambda: _text(browser, "device-error") or "values of" in _text(browser, "history-desc"), 15,
+         "the search's outcome")
+    assert _text(browser, "device-error") == "", _text(browser, "device-error")
+    assert "3 values of temperature" in _text(browser, "history-desc"), _text(browser, "history-desc")
+
+
+def test_a_device_id_pasted_with_a_trailing_space_is_searched(dashboard: DashboardHost, browser) -> None:
+    """searchDevice trims the id, so a space pasted with an id copied from a log or a table is meant to be
+    harmless; the input's ``pattern`` was checked on the untrimmed value first, so Enter did nothing at all (no
+    request, no error on the page). A bad id is said under the input, which is marked invalid."""
+    dashboard.set(devices={"pump-t": {"count": 3, "step_seconds": 60, "anchor": _anchor(), "measurement": "temperature"}})
+    _open(browser, dashboard)
+    _search(browser, "pump-t ")
+    poll(lambda: "values of" in _text(browser, "history-desc") or _text(browser, "device-error"), 10,
+         "the search's outcome")
+    assert "3 values of temperature" in _text(browser, "history-desc"), (
+        f"Enter on 'pump-t ' did nothing: description {_text(browser, 'history-desc')!r}, "
+        f"error {_text(browser, 'device-error')!r}")
+    _search(browser, "pump t")
+    poll(lambda: _text(browser, "device-error"), 5, "the bad id's error")
+    box = browser.find_element(By.ID, "device-id")
+    assert '"pump t"' in _text(browser, "device-error"), _text(browser, "device-error")
+    assert box.get_attribute("aria-invalid") == "true" and box.get_attribute("aria-describedby") == "device-error"
+
+
+def test_a_slow_history_store_does_not_hide_the_latest_state_already_read(dashboard: DashboardHost,
+                                                                         browser) -> None:
+    """The latest state (the lookups, Redis) answers; the history (Cassandra) gives no answer within the page's
+    20 s. The page had drawn the latest state, then its catch cleared the whole device: the operator was left
+    with only "no answer within 20 s" and lost the one figure that was read, the device's current state."""
+    dashboard.set(devices={"pump-h": {"count": 3, "step_seconds": 60, "anchor": _anchor(), "measurement": "temperature"}},
+                  history_sleep={"pump-h": 12.0})  # per day partition: the 24 h range spans two, > 20 s
+    _open(browser, dashboard)
+    _search(browser, "pump-h")
+    poll(lambda: "pump-h" in _text(browser, "device-latest"), 10, "pump-h's latest state")
+    poll(lambda: _text(browser, "device-error"), 40, "the history's timeout")
+    assert "temperature" in _text(browser, "device-latest"), (
+        f"after the history timed out ({_text(browser, 'device-error')!r}) the latest state read before is gone: "
+        f"{_text(browser, 'device-latest')!r}")
+    assert "history" in _text(browser, "device-error") and "history" in _text(browser, "history-desc")
+
+
 # -- the site table -----------------------------------------------------------------------------------------------
 
 def _site(i: int, day: str, zone: str = "UTC") -> dict:
@@ -594,6 +666,14 @@ def test_a_small_non_zero_rate_is_never_shown_as_zero(dashboard: DashboardHost, 
     shown = browser.find_element(By.CSS_SELECTOR, '[data-tile="events_per_second"]').text
     assert status["throughput"]["events_per_second"] > 0
     assert float(shown) == pytest.approx(status["throughput"]["events_per_second"]), shown
+
+
+def test_a_cache_hit_rate_near_its_ends_is_not_rounded_to_them(dashboard: DashboardHost, browser) -> None:
+    """toFixed(1) showed 99.96 % as "100.0 %" (no miss at all) and 0.04 % as "0.0 %"."""
+    _open(browser, dashboard)
+    shown = browser.execute_script("return [0.9996, 0.0004, 1, 0, 0.5].map("
+                                   "(r) => window.sluiceTileValues({cache: {hit_rate: r}}).hit_rate)")
+    assert shown == [">99.9 %", "<0.1 %", "100.0 %", "0.0 %", "50.0 %"], shown
 
 
 # -- address ---------------------------------------------------------------------------------------------------------
