@@ -47,13 +47,14 @@ DEVELOPMENT_STORAGE = (
 # The option names of the Event Hubs extension (5.x / 6.x) in host.json.
 _EVENTHUB_KEYS = {
     "maxEventBatchSize", "minEventBatchSize", "maxWaitTime", "batchCheckpointFrequency", "prefetchCount",
-    "initialOffsetOptions", "targetUnprocessedEventThreshold", "clientRetryOptions", "transportType",
-    "webProxy", "customEndpointAddress",
+    "initialOffsetOptions", "clientRetryOptions", "transportType", "webProxy", "customEndpointAddress",
 }
 # Keys the Functions host reads but that change nothing here: a warning says why, rather than a silent pass.
 _EVENTHUB_UNREAD = {
     "eventProcessorOptions": "the 3.x/4.x extension's section; extension bundle 4.x loads the 5.x+ extension, which "
                              "does not read it either (use maxEventBatchSize and prefetchCount)",
+    "targetUnprocessedEventThreshold": "the events per instance that target-based scaling aims for in Azure; the "
+                                       "dev host runs one instance and does not scale",
 }
 _SINGLETON_KEYS = {"listenerLockPeriod", "listenerLockRecoveryPollingInterval"}
 _SINGLETON_UNREAD = {"lockPeriod", "lockAcquisitionTimeout", "lockAcquisitionPollingInterval"}
@@ -270,6 +271,7 @@ def load_host_json(path: Path, environ: Mapping[str, str] | None = None) -> Host
             raise DevHostError(f"{path} is not valid JSON: {exc}") from exc
         if not isinstance(document, dict):
             raise DevHostError(f"{path} must hold a JSON object")
+        _check_schema_version(document, path)
     else:
         logger.warning("%s not found: using the Functions host defaults", path)
     tree, origins = _with_overrides(_tree(document), environ)
@@ -307,7 +309,7 @@ def load_host_json(path: Path, environ: Mapping[str, str] | None = None) -> Host
             "the lock of [Singleton] functions, which the Python programming model has none of; ignored"
             if key in _SINGLETON_UNREAD else "is not a singleton setting; ignored"))
     return HostOptions(
-        route_prefix=str(http.get("routePrefix", "api")).strip("/"),
+        route_prefix=_route_prefix(http, where("extensions", "http", "routePrefix")),
         custom_headers={str(name): str(value) for name, value in custom_headers.items()},
         function_timeout=_function_timeout(document.get("functionTimeout"), where("functionTimeout")),
         functions=_functions(document.get("functions"), where("functions")),
@@ -315,6 +317,31 @@ def load_host_json(path: Path, environ: Mapping[str, str] | None = None) -> Host
         singleton=_singleton_options(singleton, lambda key: where("singleton", key)),
         warnings=tuple(warnings),
     )
+
+
+def _check_schema_version(document: dict[str, object], path: Path) -> None:
+    """The host refuses to start on a host.json whose schema ``version`` is not "2.0" (HostJsonFileConfigurationSource;
+    the version is read from the file, so no app setting stands in for it): without this check an app with
+    ``"version": "3.0"`` (mistaken for the runtime version) runs here and does not start in Azure."""
+    version = next((value for key, value in document.items() if key.lower() == "version"), None)
+    if version is None:
+        raise DevHostError(f"{path} is missing the required 'version' property; the Functions host refuses to start "
+                           'without it: add "version": "2.0"')
+    if version != "2.0":
+        raise DevHostError(f"{path}: {json.dumps(version)} is an invalid value for host.json 'version' property; the "
+                           'Functions host refuses to start with it: "2.0" is the schema version of host.json (not '
+                           "the runtime's version)")
+
+
+def _route_prefix(http: dict[str, object], where: str) -> str:
+    """``extensions.http.routePrefix``, "api" when absent. A JSON null is refused rather than guessed at: it would
+    otherwise become the prefix "None", and the host's reading of it (no prefix, or the default) is not one to rely
+    on."""
+    prefix = http.get("routePrefix", "api")
+    if prefix is None:
+        raise DevHostError(f'{where} is null: write "" for no prefix, or a prefix such as "api" (the default when '
+                           "the key is absent)")
+    return str(prefix).strip("/")
 
 
 def function_disabled(name: str, environ: Mapping[str, str] | None = None) -> bool:

@@ -102,6 +102,7 @@ def test_local_settings_numbers_booleans_and_null_become_strings(tmp_path: Path)
 def test_host_json_options(tmp_path: Path) -> None:
     path = tmp_path / "host.json"
     path.write_text(json.dumps({
+        "version": "2.0",
         "functionTimeout": "00:10:00",
         "extensions": {"eventHubs": {"maxEventBatchSize": 256, "minEventBatchSize": 8, "maxWaitTime": "00:00:01.5",
                                      "prefetchCount": 1024, "batchCheckpointFrequency": 2, "typo": 1,
@@ -127,17 +128,55 @@ def test_host_json_options(tmp_path: Path) -> None:
 def test_keys_the_host_reads_but_the_dev_host_cannot_apply_are_named_in_warnings(tmp_path: Path) -> None:
     """``eventProcessorOptions`` (the 3.x/4.x extension's batch size and prefetch) and the ``[Singleton]`` lock
     settings do nothing here, nor in Azure with this app: a silent pass would let a user believe a batch size
-    took effect. Each gets a warning naming the key and saying what to use instead."""
+    took effect. Each gets a warning naming the key and saying what to use instead; so does
+    ``targetUnprocessedEventThreshold``, which only scales instances in Azure."""
     path = tmp_path / "host.json"
     path.write_text(json.dumps({
-        "extensions": {"eventHubs": {"EventProcessorOptions": {"maxBatchSize": 512}}},
+        "version": "2.0",
+        "extensions": {"eventHubs": {"EventProcessorOptions": {"maxBatchSize": 512},
+                                     "targetUnprocessedEventThreshold": 1000}},
         "singleton": {"lockPeriod": "00:00:15", "listenerLockPeriod": "00:00:20", "typo": 1},
     }))
     warnings = load_host_json(path, {}).warnings
     assert any("eventHubs.eventProcessorOptions" in w and "maxEventBatchSize" in w for w in warnings), warnings
     assert any("singleton.lockPeriod" in w and "[Singleton]" in w for w in warnings), warnings
     assert any("singleton.typo" in w for w in warnings), warnings
+    assert any("eventHubs.targetUnprocessedEventThreshold" in w and "scal" in w for w in warnings), warnings
     assert not any("listenerLockPeriod" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("document, message", [
+    ({"version": "3.0", "functionTimeout": "00:05:00"}, "\"3.0\" is an invalid value for host.json 'version'"),
+    ({"version": "1.0"}, "\"1.0\" is an invalid value for host.json 'version'"),
+    ({"version": 2.0}, "2.0 is an invalid value for host.json 'version'"),
+    ({"functionTimeout": "00:05:00"}, "missing the required 'version' property"),
+])
+def test_host_json_without_schema_version_2_is_refused_as_the_host_refuses_it(tmp_path: Path,
+                                                                                document: dict[str, object],
+                                                                                message: str) -> None:
+    """The Functions host does not start when host.json's ``version`` is missing or is not "2.0"
+    (HostJsonFileConfigurationSource: "The host.json file is missing the required 'version' property" / "'3.0' is an
+    invalid value for host.json 'version' property"): taken silently here, an app would pass locally and not start
+    in Azure. "3.0" is the classic mistake (azure-functions-host#5310). An app setting does not stand in for it."""
+    path = tmp_path / "host.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    with pytest.raises(DevHostError, match=re.escape(message)):
+        options = load_host_json(path, {"AzureFunctionsJobHost__version": "2.0"})
+        pytest.fail(f"accepted, warnings: {options.warnings}")
+    path.write_text(json.dumps({**document, "Version": "2.0"} if "version" not in document else
+                               {**document, "version": "2.0"}), encoding="utf-8")
+    assert load_host_json(path, {}).function_timeout is not None
+
+
+def test_a_null_route_prefix_is_refused_by_name(tmp_path: Path) -> None:
+    """``"routePrefix": null`` became the prefix "None" (routes at /None/...); it is refused, naming the key, rather
+    than guessed at."""
+    path = tmp_path / "host.json"
+    path.write_text(json.dumps({"version": "2.0", "extensions": {"http": {"routePrefix": None}}}), encoding="utf-8")
+    with pytest.raises(DevHostError, match=r"host.json extensions.http.routePrefix is null"):
+        load_host_json(path, {})
+    path.write_text(json.dumps({"version": "2.0", "extensions": {"http": {"routePrefix": ""}}}), encoding="utf-8")
+    assert load_host_json(path, {}).route_prefix == ""
 
 
 def test_missing_host_json_gives_the_host_defaults(tmp_path: Path) -> None:
@@ -156,7 +195,7 @@ def test_missing_host_json_gives_the_host_defaults(tmp_path: Path) -> None:
 ])
 def test_bad_host_json_values_are_refused(tmp_path: Path, section: dict[str, object], message: str) -> None:
     path = tmp_path / "host.json"
-    path.write_text(json.dumps(section))
+    path.write_text(json.dumps({"version": "2.0", **section}))
     with pytest.raises(DevHostError, match=message):
         load_host_json(path)
 
@@ -166,7 +205,7 @@ def test_app_settings_override_host_json_as_on_the_host(tmp_path: Path) -> None:
     "Override host.json values"): ``__`` separates levels, a number is an array index, the prefix and keys ignore
     case, and a setting replaces only the value it names (``functions__0`` keeps host.json's second entry)."""
     path = tmp_path / "host.json"
-    path.write_text(json.dumps({"functions": ["ingest", "status"], "functionTimeout": "00:10:00",
+    path.write_text(json.dumps({"version": "2.0", "functions": ["ingest", "status"], "functionTimeout": "00:10:00",
                                 "extensions": {"eventHubs": {"maxEventBatchSize": 256, "prefetchCount": 1024}}}))
     options = load_host_json(path, {
         "AzureFunctionsJobHost__extensions__http__routePrefix": "custom",
