@@ -7,6 +7,12 @@ same app (same host id) poll for the lease every
 ``singleton.listenerLockRecoveryPollingInterval`` and take over when it is released (on
 shutdown) or expires (after a crash).
 
+A host fires only while it knows it holds the lease: from the moment it sent the acquire or the last renewal that
+succeeded, for less than the lease period (the lease runs from when storage took that request, no earlier). A renewal
+that fails (storage unreachable included, however long the SDK's retries take) is retried until that period is up;
+then the host stops firing and polls for the lease again, as another host may have taken it. Storage errors while
+polling are warnings, and the listener keeps polling: an outage never ends a timer for good.
+
 The schedule monitor (``useMonitor``, true unless the binding says false) is turned off,
 as the host turns it off, for a schedule more frequent than a minute: a TimeSpan under a
 minute, or a cron expression whose fields from minutes on are all "every" and which names
@@ -32,7 +38,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.functions.timer import TimerRequest
 from azure.storage.blob.aio import BlobLeaseClient, BlobServiceClient, ContainerClient
 
@@ -105,6 +111,8 @@ class TimerListener:
         self._polling = singleton.listener_lock_recovery_polling_interval.total_seconds()
         self._lease_id = str(uuid.uuid4())
         self._lease: BlobLeaseClient | None = None
+        # loop.time() until which the lease is known to be held; 0 when none is
+        self._held_until = 0.0
         self._lost = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -155,9 +163,20 @@ class TimerListener:
             lost.cancel()
 
     async def _run(self) -> None:
+        """Poll for the lease and fire while holding it, until shutdown. Nothing but shutdown ends this loop: an
+        error it did not expect is logged and the listener starts over after the polling interval (``stop`` gathers
+        the task with ``return_exceptions``, so an error that ended it would never be seen)."""
+        while not self._stopping.is_set():
+            try:
+                await self._hold_and_fire()
+            except Exception:
+                logger.exception("Functions.%s: timer listener failed; polling for its lease again", self.name)
+                await self._sleep(self._polling)
+
+    async def _hold_and_fire(self) -> None:
         waiting_logged = False
         while not self._stopping.is_set():
-            if not await self._acquire():
+            if not await self._acquire_unless_stopping():
                 if not waiting_logged:
                     logger.info("Functions.%s: another host holds the timer lease; polling every %.0fs",
                                 self.name, self._polling)
@@ -178,7 +197,23 @@ class TimerListener:
                 await asyncio.gather(renewing, return_exceptions=True)
                 await self._release()
 
+    async def _acquire_unless_stopping(self) -> bool:
+        """:meth:`_acquire`, given up at shutdown: against unreachable storage one attempt lasts as long as the SDK's
+        retries (over a minute), which shutdown should not wait out."""
+        acquiring = asyncio.ensure_future(self._acquire())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait([acquiring, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not acquiring.done():
+            acquiring.cancel()
+            await asyncio.gather(acquiring, return_exceptions=True)
+            return False
+        return acquiring.result()
+
     async def _acquire(self) -> bool:
+        """True when this host now holds the lease; False when another host does or storage failed (a warning)."""
         blob = self._container.get_blob_client(self._lock_blob)
         try:
             with contextlib.suppress(ResourceExistsError):
@@ -187,38 +222,66 @@ class TimerListener:
             with contextlib.suppress(ResourceExistsError, HttpResponseError):
                 await blob.upload_blob(b"", overwrite=False)
             lease = BlobLeaseClient(blob, lease_id=self._lease_id)
+            sent = asyncio.get_running_loop().time()
             await lease.acquire(lease_duration=self._lease_seconds)
         except HttpResponseError as exc:
             if exc.status_code not in (409, 412):
-                logger.warning("Functions.%s: cannot reach the lock blob: %s", self.name, exc)
+                logger.warning("Functions.%s: cannot take the timer lease on the lock blob: %s", self.name, exc)
+            return False
+        except AzureError as exc:  # storage unreachable (ServiceRequestError), after the SDK's retries
+            logger.warning("Functions.%s: cannot reach storage for the timer lease (%s); polling again in %.0fs",
+                           self.name, exc, self._polling)
             return False
         self._lease = lease
+        self._held_until = sent + self._lease_seconds
         return True
 
     async def _renew(self) -> None:
+        """Renew at a third of the lease period. A failed renewal is retried every second while the lease is still
+        known to be held; when it no longer is (or storage says it is gone), the lease is lost and firing stops."""
+        loop = asyncio.get_running_loop()
+        delay = self._lease_seconds / 3
         while True:
-            await asyncio.sleep(self._lease_seconds / 3)
+            await asyncio.sleep(delay)
             if self._lease is None:
                 return
+            sent = loop.time()
+            remaining = self._held_until - sent
             try:
-                await self._lease.renew()
-            except HttpResponseError as exc:
-                logger.warning("Functions.%s: lost the timer lease (%s); stopping the timer here", self.name, exc)
-                self._lease = None
-                self._lost.set()
-                return
+                if remaining <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(self._lease.renew(), timeout=remaining)
+            except (TimeoutError, AzureError) as exc:
+                gone = isinstance(exc, HttpResponseError) and exc.status_code in (404, 409, 412)
+                if gone or loop.time() + 1 >= self._held_until:
+                    reason = str(exc) or f"no renewal succeeded within the lease period ({self._lease_seconds}s)"
+                    logger.warning("Functions.%s: lost the timer lease (%s); stopping the timer here", self.name,
+                                   reason)
+                    self._lease = None
+                    self._held_until = 0.0
+                    self._lost.set()
+                    return
+                logger.warning("Functions.%s: could not renew the timer lease (%s); retrying", self.name, exc)
+                delay = 1.0
+                continue
+            self._held_until = sent + self._lease_seconds
+            delay = self._lease_seconds / 3
 
     async def _release(self) -> None:
+        self._held_until = 0.0
         if self._lease is None:
             return
         try:
             await self._lease.release()
-        except HttpResponseError as exc:
+        except AzureError as exc:  # it expires on its own
             logger.warning("Functions.%s: could not release the timer lease: %s", self.name, exc)
         self._lease = None
 
     def _leading(self) -> bool:
-        return not self._stopping.is_set() and not self._lost.is_set()
+        """Whether to fire: not shutting down, and the lease known to be held (the renewal task may still be waiting
+        on storage when the lease period ends)."""
+        return (not self._stopping.is_set() and not self._lost.is_set()
+                and asyncio.get_running_loop().time() < self._held_until)
 
     async def _read_status(self) -> dict[str, Any] | None:
         try:
@@ -320,6 +383,6 @@ class TimerListener:
         self._next_due = self._next(self._last)
         try:
             await self._write_status(self._last, self._next_due, updated=self._last)
-        except HttpResponseError as exc:
+        except AzureError as exc:
             logger.warning("Functions.%s: could not save the timer status: %s", self.name, exc)
         return True

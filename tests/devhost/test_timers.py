@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,8 +25,10 @@ from devhost.invocation import Invoker
 from devhost.schedule import Schedule
 from devhost.settings import SingletonOptions
 from devhost.timer_trigger import TimerListener, uses_monitor
+from sluice.launcher import Running, start
 from tests.devhost.test_eventhubs import read_records, wait_for
-from tests.fixtures.devhost import write_app
+from tests.fixtures.azurite import AZURITE, connection_string, free_port
+from tests.fixtures.devhost import start_devhost, write_app
 
 APP = '''
 import json, os, threading, time
@@ -456,3 +459,89 @@ def test_a_disabled_timer_never_fires(tmp_path: Path, azurite_connection_string:
     wait_for(lambda: [r for r in read_records(out) if r["function"] == "enabled_tick"], 30, "enabled_tick", host)
     time.sleep(2)  # both listeners start together: give the disabled one the same chance
     assert sorted({r["function"] for r in read_records(out)}) == ["enabled_tick"], host.output()
+
+
+OUTAGE_APP = '''
+import json, os, time
+import azure.functions as func
+
+app = func.FunctionApp()
+
+
+@app.function_name("tick")
+@app.timer_trigger(schedule="*/2 * * * * *", arg_name="timer")
+def tick(timer: func.TimerRequest) -> None:
+    with open(os.environ["TEST_OUT"], "a", encoding="utf-8") as f:
+        f.write(json.dumps({"at": time.time(), "pid": os.getpid()}) + "\\n")
+'''
+
+
+def _azurite_on(port: int) -> Running:
+    return start("azurite", [str(AZURITE), "--inMemoryPersistence", "--skipApiVersionCheck", "--loose",
+                             "--disableTelemetry", "--blobHost", "127.0.0.1", "--blobPort", str(port)],
+                 timeout=60, ready=re.compile(r"listens on https?://(?P<host>[\d.]+):(?P<port>\d+)"))
+
+
+def _outage_app(tmp_path: Path, port: int) -> tuple[Path, Path]:
+    out = tmp_path / "ticks.jsonl"
+    settings = write_app(tmp_path / "app", OUTAGE_APP, host_json=HOST_JSON, values={
+        "AzureWebJobsStorage": connection_string(port), "TEST_OUT": str(out),
+        "AzureFunctionsWebHost__hostid": f"outage-{port}"})
+    return settings, out
+
+
+@pytest.mark.timeout(240)
+def test_the_timer_keeps_polling_for_its_lease_while_storage_is_unreachable(tmp_path: Path) -> None:
+    """Storage is not up when the dev host starts (or it restarts, or the network blips): once it is reachable the
+    timer fires, as the host's listener keeps polling. Before, the first connection error (a ServiceRequestError after
+    the SDK's retries, about 86 s against a closed port) ended the timer's task, silently, for good."""
+    port = free_port()
+    settings, out = _outage_app(tmp_path, port)
+    host = start_devhost(tmp_path / "app", settings=settings)
+    azurite = None
+    try:
+        time.sleep(100)  # the SDK's retries of the first lease attempt end before this
+        assert host.alive()
+        assert "Functions.tick: cannot reach storage for the timer lease" in host.output()
+        azurite = _azurite_on(port)
+        wait_for(lambda: read_records(out), 45, "a tick once storage is reachable", host)
+    finally:
+        host.stop(stop_timeout=20)
+        if azurite is not None:
+            azurite.stop()
+
+
+@pytest.mark.timeout(300)
+def test_a_host_whose_lease_renewal_failed_on_a_connection_error_stops_firing(tmp_path: Path) -> None:
+    """Host A holds the timer lease; storage becomes unreachable for longer than the lease (15 s) and the SDK's
+    retries of one renewal (about 86 s), so the lease is gone. When storage is back (empty: in-memory) with hosts A
+    and B running, either may take the lease, and only that one fires: A must have stopped firing when it could no
+    longer know it held the lease. Before, a connection error ended A's renewal task without marking the lease lost,
+    and A fired on next to B, twice per occurrence."""
+    port = free_port()
+    settings, out = _outage_app(tmp_path, port)
+    azurite: Running | None = _azurite_on(port)
+    hosts = []
+    try:
+        hosts.append(start_devhost(tmp_path / "app", settings=settings))
+        a = hosts[0].process.pid
+        wait_for(lambda: [r for r in read_records(out) if r["pid"] == a], 20, "host A ticking", hosts[0])
+        assert azurite is not None
+        azurite.stop()
+        azurite = None
+        time.sleep(100)
+        assert "Functions.tick: lost the timer lease" in hosts[0].output()
+        azurite = _azurite_on(port)
+        hosts.append(start_devhost(tmp_path / "app", settings=settings))
+        back = time.time()
+        wait_for(lambda: [r for r in read_records(out) if r["at"] >= back], 45, "a tick once storage is back",
+                 hosts[1])
+        both_from = time.time()
+        time.sleep(8)
+        pids = {r["pid"] for r in read_records(out) if r["at"] >= both_from}
+        assert len(pids) == 1, f"hosts {sorted(pids)} (A is {a}) fired while one of them held the lease"
+    finally:
+        for host in hosts:
+            host.stop(stop_timeout=20)
+        if azurite is not None:
+            azurite.stop()
