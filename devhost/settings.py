@@ -16,7 +16,8 @@ case, ``__`` read as ``:``.
 ``extensions.http.routePrefix`` and ``customHeaders``, ``singleton`` (the timer listener lease), ``functions``
 (the functions to load) and ``functionTimeout`` (enforced as the host enforces it on a language worker:
 ``devhost.invocation.Watchdog``). Keys the Event Hubs extension would not recognise are reported, so a typo does not
-silently fall back to a default; its options that the dev host cannot apply are refused by name.
+silently fall back to a default; its options that the dev host cannot apply are refused by name. A host.json whose
+``version`` is not "2.0" is refused, as the host refuses to start with it.
 ``AzureWebJobs.<name>.Disabled`` disables a function (:func:`function_disabled`).
 """
 
