@@ -267,8 +267,10 @@ async def _listener(connection_string: str, spec: FunctionSpec, schedule: Schedu
 
 
 async def _until_the_first_wait(timer: TimerListener, monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Run the listener's start (status check, startup run) and stop it at its first wait: that wait, in seconds."""
+    """Run the listener's start (status check, startup run) and stop it at its first wait: that wait, in seconds.
+    The listener fires only while it knows it holds the lease: it is given one for the hour, as after an acquire."""
     waits: list[float] = []
+    timer._held_until = asyncio.get_running_loop().time() + 3600
 
     async def first_wait_then_stop(seconds: float) -> None:
         waits.append(seconds)
