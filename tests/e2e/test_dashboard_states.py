@@ -532,7 +532,8 @@ def test_a_device_id_pasted_with_a_trailing_space_is_searched(dashboard: Dashboa
     """searchDevice trims the id, so a space pasted with an id copied from a log or a table is meant to be
     harmless; the input's ``pattern`` was checked on the untrimmed value first, so Enter did nothing at all (no
     request, no error on the page). A bad id is said under the input, which is marked invalid."""
-    dashboard.set(devices={"pump-t": {"count": 3, "step_seconds": 60, "anchor": _anchor(), "measurement": "temperature"}})
+    dashboard.set(devices={"pump-t": {"count": 3, "step_seconds": 60, "anchor": _anchor(),
+                                      "measurement": "temperature"}})
     _open(browser, dashboard)
     _search(browser, "pump-t ")
     poll(lambda: "values of" in _text(browser, "history-desc") or _text(browser, "device-error"), 10,
@@ -552,7 +553,8 @@ def test_a_slow_history_store_does_not_hide_the_latest_state_already_read(dashbo
     """The latest state (the lookups, Redis) answers; the history (Cassandra) gives no answer within the page's
     20 s. The page had drawn the latest state, then its catch cleared the whole device: the operator was left
     with only "no answer within 20 s" and lost the one figure that was read, the device's current state."""
-    dashboard.set(devices={"pump-h": {"count": 3, "step_seconds": 60, "anchor": _anchor(), "measurement": "temperature"}},
+    dashboard.set(devices={"pump-h": {"count": 3, "step_seconds": 60, "anchor": _anchor(),
+                                      "measurement": "temperature"}},
                   history_sleep={"pump-h": 12.0})  # per day partition: the 24 h range spans two, > 20 s
     _open(browser, dashboard)
     _search(browser, "pump-h")
