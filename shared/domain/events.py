@@ -293,11 +293,12 @@ def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime
     A record whose body is an array yields one event per valid element; its bad
     elements are rejected together, in one :class:`Rejected` naming each (index,
     reason), which keeps the body once. An event id seen twice in the
-    batch with the same content is an at-least-once duplicate and is dropped
-    (``duplicates``); with different content (a correction re-sent under its
-    id) the later copy replaces the earlier, which counts as a duplicate: as if
-    each had come in a batch of its own, where the last write of an id wins. So
-    how a redelivery after a crash cuts the batches never changes what is stored.
+    batch is a duplicate (``duplicates``): the later copy, with its Event Hubs
+    metadata, replaces the earlier (which is the one counted), whether it is an
+    at-least-once re-send with the same content or a correction re-sent under its
+    id: as if each had come in a batch of its own, where the last write of an id
+    wins. So how a redelivery after a crash cuts the batches never changes what is
+    stored, not even the stored copy's sequence number.
     A timestamp's future skew is judged against the record's Event Hubs enqueued
     time, so a record gets the same verdict on every retry, redelivery and replay;
     ``now`` (the clock by default) stands in only for a record without one.
@@ -327,10 +328,11 @@ def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime
                 seen[key] = (event, len(parsed.oks))
                 parsed.oks.append(Event(event, record.metadata))
                 continue
+            # The later copy wins, in the earlier's place, and the earlier counts as the duplicate: a correction, and
+            # an identical re-send too, whose Event Hubs metadata is the later record's, as in a batch of its own.
             parsed.duplicates += 1
-            if earlier[0] != event:  # a correction: the later copy wins, in its place
-                seen[key] = (event, earlier[1])
-                parsed.oks[earlier[1]] = Event(event, record.metadata)
+            seen[key] = (event, earlier[1])
+            parsed.oks[earlier[1]] = Event(event, record.metadata)
         if bad:
             parsed.errs.append(_rejected_elements(record, bad, total))
     return parsed

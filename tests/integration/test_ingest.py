@@ -511,6 +511,22 @@ def test_a_key_vault_that_never_answers_does_not_hold_the_first_batch(ingest, mo
     assert took < 8, f"the first batch waited {took:.1f} s for a vault that never answers"
 
 
+def test_an_identical_duplicate_in_one_batch_stores_the_same_copy_as_in_two_batches(ingest) -> None:
+    """docs/events.md: the last write of an event id wins in the per-id tables, so what is stored does not depend on
+    how the events were cut into batches. An identical re-send in one batch kept the EARLIER copy's Event Hubs
+    metadata, while the same two copies in two batches keep the later one."""
+    hub = Hub()
+    one_batch = event("dev-a")
+    ingest(hub.batch(one_batch, one_batch))           # seq 1, 2 in one batch
+    two_batches = event("dev-b")
+    ingest(hub.batch(two_batches))                   # seq 3
+    ingest(hub.batch(two_batches))                   # seq 4
+    session = bootstrap.cassandra_session()
+    seq = {str(r.event_id): r.eh_sequence_number for r in session.execute(
+        f"SELECT event_id, eh_sequence_number FROM {ingest.keyspace}.events_by_id")}
+    assert (seq[one_batch["event_id"]], seq[two_batches["event_id"]]) == (2, 4)
+
+
 def test_a_deeply_nested_sibling_does_not_keep_the_valid_elements_of_an_array_from_being_stored(ingest) -> None:
     """An array body [valid event, event whose attribute value is a JSON array nested 250 deep] is well-formed
     JSON far under the body limit, though deeper than the JSON parser's 200 levels: the valid element is stored

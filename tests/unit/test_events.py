@@ -204,6 +204,20 @@ def test_duplicates_in_a_batch_are_dropped_and_a_correction_replaces_its_earlier
     assert parsed.oks[0].metadata.sequence_number == 3, "the later copy's Event Hubs metadata"
 
 
+def test_an_identical_duplicate_in_a_batch_is_stored_as_its_later_copy_and_the_earlier_counts_as_the_duplicate():
+    """In two batches the later copy's write wins (its Event Hubs metadata is stored); in one batch it must be the
+    same, or the stored sequence number depends on how a redelivery cut the batches. The audit then counts the
+    later record as stored and the earlier one as the duplicate: still one of each."""
+    from shared.services.ingest import audit_runs
+
+    body = json.dumps(event()).encode()
+    records = [RawRecord(body, dataclasses.replace(META, sequence_number=sequence)) for sequence in (7, 8)]
+    parsed = parse_records(records, limits=DEFAULT_LIMITS, now=NOW)
+    assert [e.metadata.sequence_number for e in parsed.oks] == [8] and parsed.duplicates == 1
+    [run] = audit_runs(records, parsed.oks, parsed.errs)
+    assert (run.first, run.last, run.stored, run.dead_lettered, run.duplicate) == (7, 8, 1, 0, 1)
+
+
 _finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 
 
