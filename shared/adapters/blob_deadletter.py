@@ -4,9 +4,14 @@ Dead letters live in the Functions host's storage account, not in Cassandra, so
 they do not share the event store's fate. One blob per rejected record, named
 from where it came from, so writing the same record twice is one dead letter:
 
-    rejected/<yyyy>/<mm>/<dd>/p<partition>/<sequence>-body.json       (the whole body refused)
-    rejected/<yyyy>/<mm>/<dd>/p<partition>/<sequence>-elements.json   (bad elements of an array body)
-    batches/<yyyy>/<mm>/<dd>/p<partition>/<first sequence>-<last sequence>.json
+    rejected/<yyyy>/<mm>/<dd>/p<partition>/<sequence>-<hub tag>-body.json       (the whole body refused)
+    rejected/<yyyy>/<mm>/<dd>/p<partition>/<sequence>-<hub tag>-elements.json   (bad elements of an array body)
+    batches/<yyyy>/<mm>/<dd>/p<partition>/<first sequence>-<last sequence>-<hub tag>.json
+
+Every hub numbers its records from 0, so the name holds the hub (:func:`hub_tag`): after ingest moves to another
+hub, its letters never overwrite the old hub's of the same day, partition and sequence numbers. Letters written
+before names held it (no ``-<hub tag>``, and those of a sink given no hub) are still read, replayed and audited;
+a record replayed from a letter is lettered again under that letter's own name, tag or none.
 
 An array body's letter holds the body once and names every bad element in
 ``elements``: one entry per distinct (problem, event id) with the elements' indexes
@@ -98,6 +103,28 @@ def _lettered(name: str) -> datetime | None:
         return datetime.strptime(match[1], "%Y/%m/%d").replace(tzinfo=UTC)
     except ValueError:  # 2024/13/45: no day
         return None
+
+
+def hub_tag(hub: str) -> str:
+    """The short, stable tag of a hub (``<namespace>/<hub>``) in its letters' names: the hub's name as a slug (for
+    people) and 10 hex digits of the SHA-256 of the whole identity in lower case (two namespaces can each have a
+    ``telemetry``), e.g. ``telemetry-v2.3f9a0c1b2d``."""
+    identity = hub.lower()
+    slug = re.sub(r"[^a-z0-9-]+", "-", identity.rsplit("/", 1)[-1]).strip("-")[:40] or "hub"
+    return f"{slug}.{hashlib.sha256(identity.encode('utf-8')).hexdigest()[:10]}"
+
+
+def _tagged(tag: str) -> str:
+    return f"-{tag}" if tag else ""
+
+
+_NAME_TAG = re.compile(r"/p[^/]+/\d+(?:-\d+)?-(?P<tag>[a-z0-9-]*\.[0-9a-f]{10})(?:-(?:body|elements))?\.json$")
+
+
+def _name_tag(name: str) -> str:
+    """The hub tag a letter's name holds, ``""`` for a name without one (written before names held it)."""
+    match = _NAME_TAG.search(name)
+    return match["tag"] if match else ""
 
 
 def _position(metadata: EventMetadata, data: bytes) -> str:
@@ -230,10 +257,10 @@ def _letter(name: str, data: bytes, etag: str) -> DeadLetter:
         raise ValueError(f"unknown kind {document['kind']!r}")
     items = document["events"] if document["kind"] == "batch" else [document]
     records = []
-    day = _lettered(name)
+    day, tag = _lettered(name), _name_tag(name)
     for item in items:
         body = base64.b64decode(item["original_base64"], validate=True)
-        records.append(RawRecord(body, _metadata(item["eventhub"]), _pending(document, body), day))
+        records.append(RawRecord(body, _metadata(item["eventhub"]), _pending(document, body), day, tag))
     per_element = document["kind"] == "rejected" and document.get("index") is not None and "elements" not in document
     whole_body = document["kind"] == "rejected" and document.get("index") is None
     return DeadLetter(name, document["kind"], str(document["reason"]), records, per_element, whole_body, etag)
@@ -260,11 +287,18 @@ class BlobDeadLetterSink:
 
     def __init__(
         self, service: BlobServiceClient, container: str, *, attempts: int = 5, max_wait: float = 10.0,
-        hub: str | None = None,
+        hub: str | None = None, deadline: float | None = None, longest_request: float = 0.0,
     ) -> None:
-        """``hub``: the identity of the hub ingest reads (``<namespace>/<hub>``), written in each letter's metadata."""
+        """``hub``: the identity of the hub ingest reads (``<namespace>/<hub>``), written in each letter's metadata
+        and (as :func:`hub_tag`) in its name.
+
+        ``deadline``: the longest a letter may take, its retries included; no attempt starts that could end past it,
+        given ``longest_request`` (the longest one request of ``service`` can take, its own retries included; an
+        attempt makes one request that fails). A first attempt always runs. The retries around a client that times
+        out would otherwise add up past the host's functionTimeout, which ends the invocation with no clear error."""
         self._container = service.get_container_client(container)
         self._metadata = {HUB_METADATA: hub.lower()} if hub else None
+        self._tag = hub_tag(hub) if hub else ""
         self._ready = False
         self._lock = threading.Lock()
         self._upload = retry(
@@ -330,7 +364,11 @@ class BlobDeadLetterSink:
         meta = item.metadata
         # Without an enqueued time, the day of the letter replayed (if it is one), not today: the same name again.
         where = f"{_day(meta, item.lettered or now)}/p{meta.partition_id or 'unknown'}"
-        name = f"rejected/{where}/{_position(meta, item.original)}-{'elements' if item.elements else 'body'}.json"
+        # Replayed from a letter: that letter's own hub tag (none for one written before names held it), so the
+        # letter still invalid is rewritten in place, not doubled, whichever hub this replay runs for.
+        tag = _tagged(self._tag if item.lettered_hub is None else item.lettered_hub)
+        name = (f"rejected/{where}/{_position(meta, item.original)}{tag}-"
+                f"{'elements' if item.elements else 'body'}.json")
         self._put(
             name,
             {
@@ -356,7 +394,7 @@ class BlobDeadLetterSink:
         first, last = bodies[0][1], bodies[-1][1]
         name = (
             f"batches/{_day(first, now)}/p{first.partition_id or 'unknown'}/"
-            f"{_position(first, bodies[0][0])}-{_position(last, bodies[-1][0])}.json"
+            f"{_position(first, bodies[0][0])}-{_position(last, bodies[-1][0])}{_tagged(self._tag)}.json"
         )
         self._put(
             name,
@@ -504,7 +542,8 @@ class BlobDeadLetterCounter:
 
 
 _BATCH_NAME = re.compile(
-    r"^(?:replayed/)?batches/\d{4}/\d{2}/\d{2}/p(?P<partition>[^/]+)/(?P<first>\d+)-(?P<last>\d+)\.json$"
+    r"^(?:replayed/)?batches/\d{4}/\d{2}/\d{2}/p(?P<partition>[^/]+)/(?P<first>\d+)-(?P<last>\d+)"
+    r"(?:-(?P<tag>[a-z0-9-]*\.[0-9a-f]{10}))?\.json$"
 )
 
 
@@ -513,14 +552,15 @@ class BlobDeadLetteredBatches:
 
     Lists ``batches/`` and ``replayed/batches/`` (names and metadata, no download):
     whole batches are dead-lettered only when the store stayed down for every retry,
-    so there are few of them. With ``hub``, a letter whose metadata names another hub
-    is left out (its sequence numbers are that hub's); one that names none (written
+    so there are few of them. With ``hub``, a letter whose name or metadata names another
+    hub is left out (its sequence numbers are that hub's); one that names none (written
     before letters named their hub) is counted.
     """
 
     def __init__(self, service: BlobServiceClient, container: str, *, hub: str | None = None) -> None:
         self._container = service.get_container_client(container)
         self._hub = hub.lower() if hub else None
+        self._tag = hub_tag(hub) if hub else None
 
     def batches(self, partition: str) -> list[tuple[int, int, str]]:
         out = []

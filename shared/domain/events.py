@@ -232,6 +232,8 @@ class Rejected:
     elements: tuple[BadElement, ...] = ()
     lettered: datetime | None = None
     """The record's ``RawRecord.lettered``: the day of the dead letter it was replayed from."""
+    lettered_hub: str | None = None
+    """The record's ``RawRecord.lettered_hub``: the hub tag of the dead letter it was replayed from."""
 
     @property
     def count(self) -> int:
@@ -242,7 +244,8 @@ class Rejected:
 def _rejected_elements(record: RawRecord, bad: Sequence[BadElement], total: int) -> Rejected:
     first = bad[0]
     reason = first.reason if len(bad) == 1 else f"{len(bad)} of {total} elements are invalid; the first: {first.reason}"
-    return Rejected(reason, record.body, record.metadata, first.index, first.event_id, tuple(bad), record.lettered)
+    return Rejected(reason, record.body, record.metadata, first.index, first.event_id, tuple(bad), record.lettered,
+                    record.lettered_hub)
 
 
 @dataclass(slots=True)
@@ -279,12 +282,15 @@ class RawRecord:
     ``lettered``: replayed from a dead letter, the day its name carries (midnight UTC). A record without an
     enqueued time is dead-lettered again under that day, not the day of the replay: the same name, so a letter
     still invalid stays one letter however many days it is replayed on.
+    ``lettered_hub``: replayed from a dead letter, the hub tag its name carries (``""``: a name of the layout before
+    names carried one), so it is dead-lettered again under that same name too, whichever hub the replay is run for.
     """
 
     body: bytes
     metadata: EventMetadata
     pending: Pending | None = None
     lettered: datetime | None = None
+    lettered_hub: str | None = None
 
 
 def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime | None = None) -> Parsed:
@@ -316,7 +322,8 @@ def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime
             if item is None:  # an element stored before (a replayed letter's body): counted, not run again
                 continue
             if isinstance(item, Rejected):
-                parsed.errs.append(item if record.lettered is None else replace(item, lettered=record.lettered))
+                parsed.errs.append(item if record.lettered is None and record.lettered_hub is None
+                                   else replace(item, lettered=record.lettered, lettered_hub=record.lettered_hub))
                 continue
             if isinstance(item, BadElement):
                 bad.append(item)

@@ -8,7 +8,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,7 +16,8 @@ from azure.storage.blob import BlobServiceClient
 
 from emulators.cassandra.faults import clear_faults, inject_faults
 from shared import bootstrap
-from shared.domain.events import EventMetadata
+from shared.adapters.blob_deadletter import BlobDeadLetteredBatches, BlobDeadLetterSink, DeadLetter, hub_tag
+from shared.domain.events import EventMetadata, Rejected
 from sluice.__main__ import main
 from sluice.launcher import Running
 from tests.integration.test_ingest import (  # noqa: F401 (fixture)
@@ -258,8 +259,6 @@ def test_a_letter_kept_because_it_was_rewritten_during_the_move_is_not_counted_a
     """A letter rewritten between the move's copy and its conditional delete is kept (a newer letter, to be
     replayed), but the move used to report it moved: ``deadletter replay`` printed "replayed 1" while the letter was
     still under ``rejected/``. It is counted as rewritten meanwhile, and the counts add up to what is left."""
-    from shared.adapters.blob_deadletter import BlobDeadLetterSink
-
     container, [name] = _rejected_letters(ingest, azurite_connection_string, monkeypatch, ("0",))
     real_sink = bootstrap.dead_letter_sink
 
@@ -496,3 +495,49 @@ def test_replaying_a_still_invalid_letter_without_enqueued_time_keeps_it_one_let
         assert code == 0 and "replayed 0, still invalid 1" in out, out
     assert [b.name for b in container.list_blobs()] == [name]
     assert json.loads(container.download_blob(name).readall())["original_base64"] == letter["original_base64"]
+
+
+OLD_HUB, NEW_HUB = "ns.servicebus.windows.net/telemetry", "ns.servicebus.windows.net/telemetry-v2"
+
+
+def _two_hubs(service: BlobServiceClient, container: str) -> tuple[BlobDeadLetterSink, BlobDeadLetterSink]:
+    return BlobDeadLetterSink(service, container, hub=OLD_HUB), BlobDeadLetterSink(service, container, hub=NEW_HUB)
+
+
+def _rejected(seq: int, body: bytes) -> Rejected:
+    meta = EventMetadata("0", str(seq * 10), seq, datetime(2026, 12, 7, 10, tzinfo=UTC), "dev-1")
+    return Rejected("body is not valid JSON", body, meta)
+
+
+def test_rejected_letters_of_two_hubs_with_the_same_sequence_number_do_not_overwrite_each_other(
+        azurite_connection_string: str) -> None:
+    """Every hub numbers its records from 0, and the names held no hub: ingest moved to a new hub (docs/operations.md)
+    lettered its seq 5 over the old hub's seq 5 letter of the same day, and the old hub's original bytes were gone.
+    The same letter written twice (a redelivery) is still one letter."""
+    old, new = _two_hubs(BlobServiceClient.from_connection_string(azurite_connection_string),
+                         f"dl-{uuid.uuid4().hex[:12]}")
+    old.put_rejected([_rejected(5, b"old hub bytes")])
+    new.put_rejected([_rejected(5, b"new hub bytes")])
+    new.put_rejected([_rejected(5, b"new hub bytes")])
+    letters = [letter for letter in old.read("rejected") if isinstance(letter, DeadLetter)]
+    assert sorted(r.body for letter in letters for r in letter.records) == [b"new hub bytes", b"old hub bytes"]
+    assert {letter.name.rsplit("/", 1)[1] for letter in letters} == {
+        f"5-{hub_tag(OLD_HUB)}-body.json", f"5-{hub_tag(NEW_HUB)}-body.json"}
+
+
+def test_batch_letters_of_two_hubs_with_the_same_range_do_not_overwrite_each_other(
+        azurite_connection_string: str) -> None:
+    """As rejected letters: a batch letter's name holds its hub, and the audit of each hub counts only its own."""
+    service = BlobServiceClient.from_connection_string(azurite_connection_string)
+    container = f"dl-{uuid.uuid4().hex[:12]}"
+    old, new = _two_hubs(service, container)
+    meta = [EventMetadata("0", None, s, datetime(2026, 12, 7, 10, tzinfo=UTC), "d") for s in (1, 2)]
+    old.put_batch([(b"a1", meta[0]), (b"a2", meta[1])], "event store unavailable: x")
+    new.put_batch([(b"b1", meta[0]), (b"b2", meta[1])], "event store unavailable: x")
+    new.put_batch([(b"b1", meta[0]), (b"b2", meta[1])], "event store unavailable: x")  # redelivered: one letter
+    letters = [letter for letter in old.read("batch") if isinstance(letter, DeadLetter)]
+    assert sorted(r.body for letter in letters for r in letter.records) == [b"a1", b"a2", b"b1", b"b2"]
+    assert len(letters) == 2
+    for hub in (OLD_HUB, NEW_HUB):
+        assert [first_last[:2] for first_last in BlobDeadLetteredBatches(service, container, hub=hub).batches("0")] \
+            == [(1, 2)], hub
