@@ -274,9 +274,10 @@ def interactive(waiting: bool) -> bool:
 
 @built
 def blob_service() -> BlobServiceClient:
-    from shared.adapters.blob_service import blob_service_client, interactive_options
+    from shared.adapters.blob_service import blob_service_client, interactive_options, worker_options
 
-    return blob_service_client(settings().storage, **(interactive_options() if _interactive else {}))
+    cfg = settings().storage
+    return blob_service_client(cfg, **(interactive_options() if _interactive else worker_options(cfg)))
 
 
 @built
@@ -375,7 +376,10 @@ def service(builder: Callable[[], T]) -> functools._lru_cache_wrapper[T]:
 def dead_letter_sink() -> BlobDeadLetterSink:
     from shared.adapters.blob_deadletter import BlobDeadLetterSink
 
-    return BlobDeadLetterSink(blob_service(), settings().storage.deadletter_container, hub=ingest_hub())
+    cfg = settings().storage
+    return BlobDeadLetterSink(blob_service(), cfg.deadletter_container, hub=ingest_hub(),
+                              deadline=cfg.deadletter_deadline_seconds,
+                              longest_request=cfg.longest_request_seconds)
 
 
 def _ingest_service(*, audit: bool, replay: bool = False) -> IngestService:

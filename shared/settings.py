@@ -216,6 +216,17 @@ class StorageSettings(_Group):
     ca_file: FilePath | None = Field(None, description="CA bundle for a local blob endpoint's HTTPS certificate")
     deadletter_container: BlobContainerName = "sluice-deadletter"
     """Blob container for dead letters (created on first use)"""
+    connect_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    """The worker's Blob storage client: seconds to wait for a connection"""
+    read_timeout_seconds: float = Field(20.0, gt=0, le=120)
+    """The worker's Blob storage client: seconds to wait for each read of an answer (an account that accepts and
+    never answers fails a request after this)"""
+    retries: int = Field(2, ge=0, le=5)
+    """The worker's Blob storage client: retries of a failed request (about 3, 5, 9 ... s apart)"""
+    deadletter_deadline_seconds: float = Field(180.0, gt=0, le=300)
+    """Longest time writing one dead letter may take, its retries included; then the invocation fails with \"could
+    not write dead letter\" (well under host.json's functionTimeout of 10 minutes). At least the longest one storage
+    request may take: (retries + 1) x (connect + read timeout) + the waits between them (85 s by default)"""
 
     _ca_file_holds_a_certificate = field_validator("ca_file")(_holds_a_certificate)
 
@@ -239,10 +250,23 @@ class StorageSettings(_Group):
         if len(identity) > 1:
             raise ValueError("AzureWebJobsStorage__accountName and AzureWebJobsStorage__blobServiceUri are both set; "
                              "set one of them")
+        if self.longest_request_seconds > self.deadletter_deadline_seconds:
+            raise ValueError(
+                f"SLUICE_STORAGE_DEADLETTER_DEADLINE_SECONDS={self.deadletter_deadline_seconds:g} is shorter than one "
+                f"storage request may take ({self.longest_request_seconds:g} s: SLUICE_STORAGE_RETRIES+1 times "
+                "SLUICE_STORAGE_CONNECT_TIMEOUT_SECONDS plus SLUICE_STORAGE_READ_TIMEOUT_SECONDS, and the waits "
+                "between them); raise it or lower those")
         if self.client_id and self.credential != "managedidentity":
             raise ValueError("AzureWebJobsStorage__clientId needs AzureWebJobsStorage__credential=managedidentity "
                              "(without it, DefaultAzureCredential picks the identity from the environment)")
         return self
+
+    @property
+    def longest_request_seconds(self) -> float:
+        """The longest one request of the worker's client can take: every try waits out both timeouts, and the SDK
+        waits ``1 + 2 ** retry`` seconds (+-1) before each retry."""
+        waits: int = sum(2 + 2**retry for retry in range(1, self.retries + 1))
+        return (self.retries + 1) * (self.connect_timeout_seconds + self.read_timeout_seconds) + float(waits)
 
     @property
     def blob_endpoint(self) -> str | None:

@@ -67,7 +67,7 @@ from typing import Any
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContentSettings, StorageErrorCode
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
 
 from shared.adapters.blob_service import failure
 from shared.domain.events import BadElement, EventMetadata, Pending, RawRecord, Rejected
@@ -303,7 +303,8 @@ class BlobDeadLetterSink:
         self._lock = threading.Lock()
         self._upload = retry(
             retry=retry_if_exception_type(AzureError),
-            stop=stop_after_attempt(attempts),
+            stop=stop_after_attempt(attempts) | stop_after_delay(
+                float("inf") if deadline is None else max(deadline - longest_request - max_wait, 0.0)),
             wait=wait_exponential(multiplier=0.2, max=max_wait),
             reraise=True,
         )(self._upload_once)
@@ -568,7 +569,7 @@ class BlobDeadLetteredBatches:
             for prefix in (KINDS["batch"], REPLAYED + KINDS["batch"]):
                 for blob in self._container.list_blobs(name_starts_with=prefix, include=["metadata"]):
                     match = _BATCH_NAME.match(blob.name)
-                    if match and match["partition"] == partition and self._ours(blob.metadata):
+                    if match and match["partition"] == partition and self._ours(match["tag"], blob.metadata):
                         out.append((int(match["first"]), int(match["last"]), blob.name))
         except ResourceNotFoundError:
             return []
@@ -576,10 +577,13 @@ class BlobDeadLetteredBatches:
             raise DependencyUnavailable("Blob storage", f"cannot list the batch dead letters: {exc}") from exc
         return out
 
-    def _ours(self, metadata: dict[str, str] | None) -> bool:
-        """A letter of this hub's, or one that names no hub (metadata keys compare ignoring case)."""
+    def _ours(self, tag: str | None, metadata: dict[str, str] | None) -> bool:
+        """A letter of this hub's, or one that names no hub, in its name (``tag``) or its metadata (keys compare
+        ignoring case)."""
+        if self._hub is None or (tag is not None and tag != self._tag):
+            return self._hub is None
         hub = next((value for key, value in (metadata or {}).items() if key.lower() == HUB_METADATA), None)
-        return self._hub is None or not hub or hub.lower() == self._hub
+        return not hub or hub.lower() == self._hub
 
 
 def _loggable(text: str) -> str:

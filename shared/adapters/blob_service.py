@@ -59,6 +59,16 @@ def interactive_options() -> dict[str, Any]:
             "connection_timeout": 5, "read_timeout": 30}
 
 
+def worker_options(cfg: StorageSettings) -> dict[str, Any]:
+    """Client options for a worker: ``cfg``'s timeouts and retries (the SDK's backoff, ``1 + 2 ** retry`` s +-1),
+    so one request takes at most ``cfg.longest_request_seconds``. The SDK's defaults (20 s connects, 60 s reads,
+    three retries 18, 24 and 42 s apart) hold a request to an account that accepts and never answers about five
+    minutes, and a dead letter retried around it past the host's functionTimeout."""
+    return {"retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=cfg.retries,
+                                             random_jitter_range=1),
+            "connection_timeout": cfg.connect_timeout_seconds, "read_timeout": cfg.read_timeout_seconds}
+
+
 def failure(exc: AzureError) -> str:
     """One line on a failed storage request: refused, with the HTTP status and the service's error code (a rotated
     key, a missing role, a container that is not there), or the error that kept it from an answer."""

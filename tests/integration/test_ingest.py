@@ -511,6 +511,41 @@ def test_a_key_vault_that_never_answers_does_not_hold_the_first_batch(ingest, mo
     assert took < 8, f"the first batch waited {took:.1f} s for a vault that never answers"
 
 
+def test_a_storage_account_that_accepts_but_never_answers_fails_the_invocation_within_the_letters_deadline(
+        ingest, silent_vault, monkeypatch) -> None:
+    """A bad event while Blob storage hangs (accepts, never answers): docs/operations.md promises the function fails
+    with 'could not write dead letter'. With the SDK's defaults (60 s reads, three retries) wrapped in the sink's 5
+    attempts, one letter took about 25 minutes, past host.json's functionTimeout (10 minutes): the host timed the
+    invocation out instead, with no clear error. The worker's client takes its timeouts and retries from the
+    settings, and a letter gives up by SLUICE_STORAGE_DEADLETTER_DEADLINE_SECONDS (short ones here)."""
+    port, accepted = silent_vault
+    monkeypatch.setenv("AzureWebJobsStorage", (
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT5"
+        f"0uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1"))
+    for name, value in (("CONNECT_TIMEOUT_SECONDS", "1"), ("READ_TIMEOUT_SECONDS", "1"), ("RETRIES", "1"),
+                        ("DEADLETTER_DEADLINE_SECONDS", "10")):  # one request: at most 2 x (1 + 1) + 4 = 8 s
+        monkeypatch.setenv(f"SLUICE_STORAGE_{name}", value)
+    bootstrap.reset()
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            ingest(Hub().batch(b"{not json"), retry_count=5, max_retry_count=5)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    began = time.monotonic()
+    worker.start()
+    worker.join(30)  # the deadline, and the margin the slow CI machine needs; the old client took minutes
+    took = time.monotonic() - began
+    assert outcome, f"the invocation had not ended after {took:.0f} s"
+    assert accepted, "the worker never reached the storage account"
+    assert isinstance(outcome[0], TransientError) and "could not write dead letter" in str(outcome[0]), outcome
+    assert took < 20, f"one dead letter took {took:.1f} s, past its 10 s deadline"
+
+
 def test_an_identical_duplicate_in_one_batch_stores_the_same_copy_as_in_two_batches(ingest) -> None:
     """docs/events.md: the last write of an event id wins in the per-id tables, so what is stored does not depend on
     how the events were cut into batches. An identical re-send in one batch kept the EARLIER copy's Event Hubs

@@ -126,6 +126,18 @@ def test_a_change_feed_budget_that_could_outlive_the_function_timeout_is_refused
                               SLUICE_CHANGEFEED_READ_TIMEOUT_SECONDS="10")).changefeed.time_budget_seconds == 450
 
 
+def test_a_dead_letter_deadline_shorter_than_one_storage_request_is_refused():
+    """No attempt of a letter starts that could end past its deadline, so one request must fit in it; by default one
+    takes at most 3 x (5 + 20) + 4 + 6 = 85 s, and a letter at most 180 s, well under the 10-minute functionTimeout."""
+    storage = load_settings(dict(SAMPLE)).storage
+    assert (storage.longest_request_seconds, storage.deadletter_deadline_seconds) == (85, 180)
+    with pytest.raises(ConfigurationError, match=r"SLUICE_STORAGE_DEADLETTER_DEADLINE_SECONDS=60 is shorter than one "
+                                                 r"storage request may take \(85 s"):
+        load_settings(dict(SAMPLE, SLUICE_STORAGE_DEADLETTER_DEADLINE_SECONDS="60"))
+    with pytest.raises(ConfigurationError, match="SLUICE_STORAGE_DEADLETTER_DEADLINE_SECONDS"):
+        load_settings(dict(SAMPLE, SLUICE_STORAGE_DEADLETTER_DEADLINE_SECONDS="900"))  # past functionTimeout
+
+
 @pytest.mark.parametrize(("url", "expected"), [
     ("rediss://cache.example:6380/0?ssl_cert_reqs=none", "ssl_cert_reqs must be 'required'"),
     ("rediss://cache.example:6380/0?ssl_check_hostname=false", "ssl_check_hostname must not be off"),
