@@ -33,8 +33,16 @@ def test_each_record_gets_its_outcomes() -> None:
     parsed = parse_records(records, limits=Limits(), now=datetime(2026, 12, 5, 11, tzinfo=UTC))
     runs = [(r.partition, r.first, r.last, r.stored, r.dead_lettered, r.duplicate)
             for r in audit_runs(records, parsed.oks, parsed.errs)]
-    # 10..12 consecutive (12 a duplicate of 10); 13 never came, so 14 starts a run; partition 3 its own.
-    assert runs == [("2", 10, 12, 1, 1, 1), ("2", 14, 14, 0, 1, 0), ("3", 1, 1, 0, 1, 0)]
+    # 10..12 consecutive; 13 never came, so 14 starts a run; partition 3 its own. The later copy of an id is the one
+    # stored, as it would be in a batch of its own: here the copy from no partition (not audited), so 10 and 12 are
+    # both its duplicates, accounted for all the same.
+    assert runs == [("2", 10, 12, 0, 1, 2), ("2", 14, 14, 0, 1, 0), ("3", 1, 1, 0, 1, 0)]
+    # Without it, 12 (the later copy) is the one stored and 10 its duplicate: still one of each.
+    numbered = records[:3] + records[4:]
+    parsed = parse_records(numbered, limits=Limits(), now=datetime(2026, 12, 5, 11, tzinfo=UTC))
+    assert [e.metadata.sequence_number for e in parsed.oks] == [12]
+    first = audit_runs(numbered, parsed.oks, parsed.errs)[0]
+    assert (first.first, first.last, first.stored, first.dead_lettered, first.duplicate) == (10, 12, 1, 1, 1)
 
 
 class Ledger:
