@@ -224,8 +224,9 @@ class StorageSettings(_Group):
     retries: int = Field(2, ge=0, le=5)
     """The worker's Blob storage client: retries of a failed request (about 3, 5, 9 ... s apart)"""
     deadletter_deadline_seconds: float = Field(180.0, gt=0, le=300)
-    """Longest time writing one dead letter may take, its retries included; then the invocation fails with \"could
-    not write dead letter\" (well under host.json's functionTimeout of 10 minutes). At least the longest one storage
+    """Longest time an invocation's rejected letters together (and then its batch letter) may take to write,
+    retries included; a letter that could end past it is not started, and the invocation fails with \"could not
+    write dead letter\" (well under host.json's functionTimeout of 10 minutes). At least the longest one storage
     request may take: (retries + 1) x (connect + read timeout) + the waits between them (85 s by default)"""
 
     _ca_file_holds_a_certificate = field_validator("ca_file")(_holds_a_certificate)

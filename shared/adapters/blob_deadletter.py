@@ -67,7 +67,7 @@ from typing import Any
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContentSettings, StorageErrorCode
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_exponential
+from tenacity import RetryCallState, retry, retry_if_exception_type, wait_exponential
 
 from shared.adapters.blob_service import failure
 from shared.domain.events import BadElement, EventMetadata, Pending, RawRecord, Rejected
@@ -118,12 +118,18 @@ def _tagged(tag: str) -> str:
     return f"-{tag}" if tag else ""
 
 
-_NAME_TAG = re.compile(r"/p[^/]+/\d+(?:-\d+)?-(?P<tag>[a-z0-9-]*\.[0-9a-f]{10})(?:-(?:body|elements))?\.json$")
+# A letter's position (_position) and hub tag. A rejected letter names one position, a batch letter two, so each kind
+# has its own pattern: a slug may start with digits (hub "2024-orders"), which one pattern with an optional second
+# position would read as a position.
+_POSITION_RE = r"(?:\d+|sha256-[0-9a-f]{32})"
+_TAG_RE = r"(?P<tag>[a-z0-9-]*\.[0-9a-f]{10})"
+_REJECTED_TAG = re.compile(rf"/p[^/]+/{_POSITION_RE}-{_TAG_RE}-(?:body|elements)\.json$")
+_BATCH_TAG = re.compile(rf"/p[^/]+/{_POSITION_RE}-{_POSITION_RE}-{_TAG_RE}\.json$")
 
 
 def _name_tag(name: str) -> str:
     """The hub tag a letter's name holds, ``""`` for a name without one (written before names held it)."""
-    match = _NAME_TAG.search(name)
+    match = (_BATCH_TAG if name.removeprefix("replayed/").startswith("batches/") else _REJECTED_TAG).search(name)
     return match["tag"] if match else ""
 
 
@@ -292,22 +298,34 @@ class BlobDeadLetterSink:
         """``hub``: the identity of the hub ingest reads (``<namespace>/<hub>``), written in each letter's metadata
         and (as :func:`hub_tag`) in its name.
 
-        ``deadline``: the longest a letter may take, its retries included; no attempt starts that could end past it,
-        given ``longest_request`` (the longest one request of ``service`` can take, its own retries included; an
-        attempt makes one request that fails). A first attempt always runs. The retries around a client that times
-        out would otherwise add up past the host's functionTimeout, which ends the invocation with no clear error."""
+        ``deadline``: the longest one call of :meth:`put_rejected` or :meth:`put_batch` may take, every letter and
+        retry included; no letter and no attempt starts that could end past it, given ``longest_request`` (the
+        longest one request of ``service`` can take, its own retries included; an attempt makes one request that
+        fails). The retries around a client that times out, or many letters to a storage account that answers
+        slowly, would otherwise add up past the host's functionTimeout, which ends the invocation with no clear
+        error."""
         self._container = service.get_container_client(container)
         self._metadata = {HUB_METADATA: hub.lower()} if hub else None
         self._tag = hub_tag(hub) if hub else ""
         self._ready = False
         self._lock = threading.Lock()
+        self._deadline = deadline
+        self._longest_request = longest_request
+        self._max_wait = max_wait
         self._upload = retry(
             retry=retry_if_exception_type(AzureError),
-            stop=stop_after_attempt(attempts) | stop_after_delay(
-                float("inf") if deadline is None else max(deadline - longest_request - max_wait, 0.0)),
+            stop=lambda state: state.attempt_number >= attempts or self._no_time_for_another(state),
             wait=wait_exponential(multiplier=0.2, max=max_wait),
             reraise=True,
         )(self._upload_once)
+
+    def _until(self) -> float | None:
+        """When a call's letters must be written by (``time.monotonic()``), or None without a deadline."""
+        return None if self._deadline is None else time.monotonic() + self._deadline
+
+    def _no_time_for_another(self, state: RetryCallState) -> bool:
+        until = state.kwargs.get("until")
+        return until is not None and time.monotonic() + self._max_wait + self._longest_request > until
 
     def _setup(self) -> None:
         if self._ready:
@@ -335,33 +353,38 @@ class BlobDeadLetterSink:
             self._create()
             self._container.upload_blob(name, data, overwrite=True, content_settings=_JSON, metadata=metadata)
 
-    def _upload_once(self, name: str, document: dict[str, Any]) -> None:
+    def _upload_once(self, name: str, document: dict[str, Any], until: float | None = None) -> None:
         """Write a letter whatever text it holds. UTF-8 cannot encode a lone surrogate, so one in a reason, an id or
         the metadata (the parser refuses them in bodies; a letter must not rely on that) is written as its JSON
         escape, ``\\ud800``, which reads back the same; the original bytes are in ``original_base64`` either way.
-        An encoding error would escape the retries and lose this letter and every later one of the batch."""
+        An encoding error would escape the retries and lose this letter and every later one of the batch.
+
+        ``until`` is not used here: the retry's stop (:meth:`_no_time_for_another`) reads it from the call."""
         self._setup()
         self._write(name, json.dumps(document, ensure_ascii=False).encode("utf-8", "backslashreplace"),
                     self._metadata)
 
-    def _put(self, name: str, document: dict[str, Any]) -> None:
+    def _put(self, name: str, document: dict[str, Any], until: float | None) -> None:
+        if until is not None and time.monotonic() + self._longest_request > until:
+            raise TransientError(f"could not write dead letter {name}: the call's deadline of {self._deadline:.0f} s "
+                                 "(SLUICE_STORAGE_DEADLETTER_DEADLINE_SECONDS) would pass before it is written")
         try:
-            self._upload(name, document)
+            self._upload(name, document, until=until)
         except AzureError as exc:
             raise TransientError(f"could not write dead letter {name}: {exc}") from exc
 
     def put_rejected(self, rejected: Sequence[Rejected]) -> None:
         """One letter per item, in order; a failure raises :class:`RejectedLettersFailed` with the ones written."""
-        now = datetime.now(UTC)
+        now, until = datetime.now(UTC), self._until()
         for written, item in enumerate(rejected):
             try:
-                self._put_rejected(item, now)
+                self._put_rejected(item, now, until)
             except TransientError as exc:
                 raise RejectedLettersFailed(str(exc), rejected[:written]) from exc
         if rejected:
             logger.warning("dead-lettered %d rejected items: %s", len(rejected), _loggable(rejected[0].reason))
 
-    def _put_rejected(self, item: Rejected, now: datetime) -> None:
+    def _put_rejected(self, item: Rejected, now: datetime, until: float | None) -> None:
         meta = item.metadata
         # Without an enqueued time, the day of the letter replayed (if it is one), not today: the same name again.
         where = f"{_day(meta, item.lettered or now)}/p{meta.partition_id or 'unknown'}"
@@ -382,6 +405,7 @@ class BlobDeadLetterSink:
                 "dead_lettered_at": now.isoformat(),
                 **_original(item.original),
             },
+            until,
         )
 
     def put_batch(self, bodies: Sequence[tuple[bytes, EventMetadata]], reason: str, *,
@@ -408,6 +432,7 @@ class BlobDeadLetterSink:
                 # Records of the batch whose every item has its own rejected letter: not repeated here.
                 "rejected_separately": [bodies[position][1].as_dict() for position in sorted(lettered)],
             },
+            self._until(),
         )
         logger.error("dead-lettered a whole batch of %d events as %s (%d more in their rejected letters): %s",
                      len(kept), name, len(bodies) - len(kept), _loggable(reason))

@@ -17,7 +17,8 @@ from azure.storage.blob import BlobServiceClient
 from emulators.cassandra.faults import clear_faults, inject_faults
 from shared import bootstrap
 from shared.adapters.blob_deadletter import BlobDeadLetteredBatches, BlobDeadLetterSink, DeadLetter, hub_tag
-from shared.domain.events import EventMetadata, Rejected
+from shared.domain.events import EventMetadata, Limits, Rejected, parse_records
+from shared.ports.ingest import RejectedLettersFailed
 from sluice.__main__ import main
 from sluice.launcher import Running
 from tests.integration.test_ingest import (  # noqa: F401 (fixture)
@@ -541,3 +542,74 @@ def test_batch_letters_of_two_hubs_with_the_same_range_do_not_overwrite_each_oth
     for hub in (OLD_HUB, NEW_HUB):
         assert [first_last[:2] for first_last in BlobDeadLetteredBatches(service, container, hub=hub).batches("0")] \
             == [(1, 2)], hub
+
+
+WHEN = datetime(2026, 12, 7, 10, tzinfo=UTC)
+
+
+def _names(service: BlobServiceClient, container: str) -> list[str]:
+    return sorted(b.name for b in service.get_container_client(container).list_blobs())
+
+
+def _replay_still_invalid(sink: BlobDeadLetterSink) -> None:
+    """What ``deadletter replay`` does with a rejected letter whose body is still invalid: ingest parses the
+    letter's records (lettered day and hub from its name) and letters what is refused again; the letter is kept."""
+    for letter in sink.read("rejected"):
+        assert isinstance(letter, DeadLetter), letter
+        parsed = parse_records(letter.records, limits=Limits(), now=WHEN)
+        assert parsed.errs and not parsed.oks
+        sink.put_rejected(parsed.errs)
+
+
+@pytest.mark.parametrize("hub", ["ns.servicebus.windows.net/2024-orders", "ns.servicebus.windows.net/7-telemetry"])
+def test_a_still_invalid_letter_of_a_hub_whose_name_starts_with_digits_stays_one_letter(
+        azurite_connection_string: str, hub: str) -> None:
+    """Event Hub names may start with digits ("2024-orders"). Its tag "2024-orders.<hex>" makes the name
+    "5-2024-orders.<hex>-body.json", which was read back as sequence "5-2024" and tag "orders.<hex>": a replay
+    of the still-invalid letter wrote "5-orders.<hex>-body.json" beside the kept original, two letters of one
+    record (listed, replayed and counted twice), against "a still-invalid letter stays one letter"."""
+    service = BlobServiceClient.from_connection_string(azurite_connection_string)
+    container = f"dl-{uuid.uuid4().hex[:12]}"
+    sink = BlobDeadLetterSink(service, container, hub=hub)
+    sink.put_rejected([Rejected("body is not valid JSON", b"{not json", EventMetadata("0", "50", 5, WHEN, "d"))])
+    before = _names(service, container)
+    assert before == [f"rejected/2026/12/07/p0/5-{hub_tag(hub)}-body.json"]
+
+    _replay_still_invalid(sink)
+
+    assert _names(service, container) == before
+
+
+def test_a_still_invalid_tagged_letter_without_a_sequence_number_stays_one_letter(
+        azurite_connection_string: str) -> None:
+    """A record without a sequence number is lettered as "sha256-<hex>-<tag>-body.json"; the name's tag was read
+    for digit positions only, so the letter read back with no tag ("") and the replay re-lettered it untagged,
+    "sha256-<hex>-body.json", beside the kept tagged one: one record, two letters after every replay."""
+    service = BlobServiceClient.from_connection_string(azurite_connection_string)
+    container = f"dl-{uuid.uuid4().hex[:12]}"
+    sink = BlobDeadLetterSink(service, container, hub="ns.servicebus.windows.net/telemetry")
+    sink.put_rejected([Rejected("body is not valid JSON", b"{not json", EventMetadata("0", None, None, WHEN, "d"))])
+    before = _names(service, container)
+    assert len(before) == 1 and before[0].startswith("rejected/2026/12/07/p0/sha256-")
+
+    _replay_still_invalid(sink)
+
+    assert _names(service, container) == before
+
+
+def test_the_dead_letter_deadline_bounds_a_whole_call_not_each_letter(azurite_connection_string: str) -> None:
+    """SLUICE_STORAGE_DEADLETTER_DEADLINE_SECONDS bounded each letter: a storage account that answers, slowly,
+    took a deadline's worth per letter, so a batch of 256 bad events ran far past host.json's functionTimeout
+    and the invocation ended without the clear "could not write dead letter". The deadline is the call's: a letter
+    that could end past it is not started, and the error names the letters written before it."""
+    service = BlobServiceClient.from_connection_string(azurite_connection_string)
+    container = f"dl-{uuid.uuid4().hex[:12]}"
+    # each request may take 0.45 s (as the settings compute it), so after 0.05 s of a 0.5 s deadline no letter fits
+    sink = BlobDeadLetterSink(service, container, hub=OLD_HUB, deadline=0.5, longest_request=0.45)
+    items = [_rejected(seq, b"{not json") for seq in range(1, 200)]
+    with pytest.raises(RejectedLettersFailed, match="SLUICE_STORAGE_DEADLETTER_DEADLINE_SECONDS") as failed:
+        sink.put_rejected(items)
+    written = failed.value.written
+    assert 1 <= len(written) < len(items), len(written)
+    assert len(_names(service, container)) == len(written), "the letters named as written are the ones stored"
+
