@@ -170,6 +170,7 @@ class LocalPostgres:
                         "postgres",
                         "--auth-host=scram-sha-256",
                         "--auth-local=trust",
+                        "--lc-messages=C",
                         f"--pwfile={pwfile}",
                         "--no-sync",
                         "--no-instructions",
