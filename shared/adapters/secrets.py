@@ -3,7 +3,7 @@
 A :class:`RotatingSecret` holds the value last read from its source (Key Vault,
 or a fixed value from settings). The adapters ask it for the password each time
 they open a connection, and call :meth:`RotatingSecret.refresh` when the store
-rejects the credentials (PostgreSQL 28P01, Redis ``WRONGPASS``/``NOAUTH``,
+rejects the credentials (PostgreSQL refusing a log-in, Redis ``WRONGPASS``/``NOAUTH``,
 Cassandra ``AuthenticationFailed``):
 
 * the source is read again at most once per ``min_interval`` seconds, however

@@ -13,7 +13,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -126,6 +130,63 @@ def test_a_refused_password_that_the_vault_still_holds_fails_clearly(secured_pos
         conn_class = pool.connection_class
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         conn_class.connect(cfg.conninfo())
+
+
+@pytest.fixture(scope="module")
+def german_postgres(local_ca: LocalCA) -> Iterator[LocalPostgres]:
+    """Our own PostgreSQL whose messages are German, as any self-hosted server with a localised ``lc_messages`` (or
+    one made by ``initdb`` under ``LANG=de_DE.UTF-8``) answers. The locale is compiled into a directory of our own
+    (``LOCPATH``), so nothing of the system changes."""
+    if shutil.which("localedef") is None:
+        pytest.skip("localedef is not installed")
+    locales = Path(tempfile.mkdtemp(prefix="sluice-locale-"))
+    locales.chmod(0o755)
+    made = subprocess.run(["localedef", "-i", "de_DE", "-f", "UTF-8", str(locales / "de_DE.UTF-8")],
+                          capture_output=True, check=False, timeout=120)
+    if not (locales / "de_DE.UTF-8" / "LC_MESSAGES").exists():
+        pytest.skip(f"cannot compile the de_DE.UTF-8 locale: {made.stderr[-300:]!r}")
+    previous = os.environ.get("LOCPATH")
+    os.environ["LOCPATH"] = str(locales)
+    try:
+        server = LocalPostgres(local_ca).start()
+    finally:
+        if previous is None:
+            os.environ.pop("LOCPATH", None)
+        else:
+            os.environ["LOCPATH"] = previous
+    try:
+        server.execute("ALTER SYSTEM SET lc_messages = 'de_DE.UTF-8'", "SELECT pg_reload_conf()")
+        time.sleep(0.5)
+        yield server
+    finally:
+        server.stop()
+        if server.directory is not None:
+            shutil.rmtree(server.directory, ignore_errors=True)
+        shutil.rmtree(locales, ignore_errors=True)
+
+
+def test_postgres_with_localised_messages_picks_up_a_rotated_password(german_postgres: LocalPostgres,
+                                                                      local_ca: LocalCA, vault: KeyVaultSecrets,
+                                                                      keyvault_client: SecretClient) -> None:
+    """A refusal in another language ("Passwort-Authentifizierung ... fehlgeschlagen") is a refusal too: psycopg
+    gives no SQLSTATE for a failed log-in, so a refusal told by its English text was never seen here, the secret
+    never re-read, and every new connection failed until the worker restarted."""
+    role = f"app_{uuid.uuid4().hex[:10]}"
+    old, new = _password(), _password()
+    german_postgres.create_role(role, old)
+    secret = _secret(vault, keyvault_client, old)
+    cfg = _pg_settings(german_postgres, local_ca, role)
+    with make_pool(cfg.conninfo(), cfg, password=secret, open=False) as pool:
+        conn_class = pool.connection_class
+    with conn_class.connect(cfg.conninfo()) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (role,)
+    with pytest.raises(psycopg.OperationalError, match="Passwort"):  # the set-up holds: it refuses in German
+        psycopg.connect(cfg.conninfo(password="wrong"))
+    keyvault_client.set_secret(secret.name, new)  # vault first, then the store (docs/security.md's order)
+    german_postgres.set_password(role, new)
+    with conn_class.connect(cfg.conninfo()) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (role,)
+    assert secret.value() == new
 
 
 def test_verify_full_refuses_a_certificate_for_another_host(secured_postgres: LocalPostgres, local_ca: LocalCA,

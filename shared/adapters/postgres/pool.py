@@ -28,8 +28,9 @@
   applies to whichever server connection serves each transaction. The adapters
   still convert what they read with ``utc()``;
 * the password, when given as a :class:`RotatingSecret`, is read for each new
-  connection; a connection refused for its password (SQLSTATE 28P01, or PgBouncer's
-  ``SASL authentication failed`` with scram-sha-256) re-reads the secret
+  connection; a connection the server (or PgBouncer) refused after it took the
+  password (:func:`rejected_password`: told by what libpq knows of the log-in, not
+  by the refusal's text, which is in the server's language) re-reads the secret
   (rate-limited) and, if it changed, connects again at once. Connections
   already open keep working: PostgreSQL checks a password only at log-in.
 """
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -53,20 +55,30 @@ from shared.settings import PostgresSettings
 
 logger = logging.getLogger(__name__)
 
-# libpq does not expose the SQLSTATE of a failed log-in (psycopg's error has none), only the server's message:
-# PostgreSQL says the first for 28P01 (invalid_password), as PgBouncer does with md5 or plain; PgBouncer with
-# scram-sha-256 (Azure Flexible Server's built-in PgBouncer) says the second.
-_REJECTED = ("password authentication failed", "SASL authentication failed")
+# libpq formats an error the server sent as "SEVERITY:  message" (two spaces: pqBuildErrorMessage3's "%s:  "), in
+# whatever language the server speaks; its own failures ("Connection refused", "server closed the connection
+# unexpectedly", "fe_sendauth: no password supplied") have no such separator.
+_SERVER_ERROR = re.compile(r"\S:  \S")
 
 
 def rejected_password(exc: psycopg.OperationalError) -> bool:
-    """Whether a connection attempt failed because the server, or PgBouncer, refused the log-in.
+    """Whether a connection attempt failed in a way a refused password may explain (then the secret is re-read).
 
-    By its SQLSTATE (class 28, invalid authorization) when psycopg has one, otherwise by the refusal's message.
+    By its SQLSTATE (class 28, invalid authorization) when psycopg has one. A failed log-in has none (libpq keeps
+    the server's error to itself and gives only its message, in the server's ``lc_messages`` language, so no text
+    is matched): then it is one where the server asked for the password, was given it (``used_password``, not
+    ``needs_password``), and answered with an error of its own. That includes refusals after the password was
+    taken (a missing database, ``too many connections for role``): their cost is one vault read per
+    ``min_interval`` and no second log-in unless the vault holds another value (:meth:`RotatingSecret.refresh`).
+    A server that cannot be reached, that drops the connection without an answer, or that refuses before asking
+    for a password (``too many clients already``) is never one.
     """
     if exc.sqlstate is not None:
         return exc.sqlstate.startswith("28")
-    return any(text in str(exc) for text in _REJECTED)
+    conn = exc.pgconn
+    if conn is None or not conn.used_password or conn.needs_password:
+        return False
+    return _SERVER_ERROR.search(conn.error_message.decode("utf-8", "replace")) is not None
 
 
 class VettedPool(ConnectionPool):
