@@ -8,8 +8,12 @@
 -- clock); those and the candidates (one entry per event id, the feed's copy kept) are written again oldest
 -- first, the newest `cap` only, each with the entry id `<event time ms>-<n>` (n counts events of one
 -- millisecond, in event id order; a time before 1970 counts as 0), so the shards merge by event time on read
--- and the trim drops the oldest. Atomic, so no entry the feed adds meanwhile is lost: it comes after, with
--- an id from the clock. Running it again (a rebuild resumed after a kill) writes the same shard.
+-- and the trim drops the oldest. An event time after the script's own clock (TIME: a device clock ahead,
+-- which ingest accepts within its future skew) is taken as that clock: the shard's last id is never ahead of
+-- the master's clock, so an entry the feed adds after it (`XADD *`, an id from that clock) sorts after it
+-- and among the other shards' entries by its arrival, not minutes ahead of them. Atomic, so no entry the
+-- feed adds meanwhile is lost: it comes after, with an id from the clock. Running it again (a rebuild
+-- resumed after a kill) writes the same shard.
 local function epoch_ms(doc)
   local y, mo, d, h, mi, s, ms = string.match(field(doc, 'timestamp'), '^(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)%.(%d+)Z$')
   if not y then return 0 end
@@ -44,10 +48,12 @@ end)
 local ttl = math.max(tonumber(ARGV[1]), redis.call('TTL', KEYS[1]))
 redis.call('DEL', KEYS[1])
 local cap = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local last_ms, n = -1, 0
 for i = math.max(1, #entries - cap + 1), #entries do
   local e = entries[i]
-  local ms = math.max(e[1], 0)
+  local ms = math.min(math.max(e[1], 0), now_ms)  -- sorted by event time: capped, the ids still only grow
   if ms > last_ms then last_ms, n = ms, 0 else n = n + 1 end
   if last_ms == 0 and n == 0 then n = 1 end  -- 0-0 is no valid entry id
   redis.call('XADD', KEYS[1], string.format('%.0f-%d', last_ms, n), 'event_id', e[2], 'device_id', e[3],
