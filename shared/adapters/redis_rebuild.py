@@ -25,12 +25,20 @@ shard's TTL (none left: nothing written); then the pointer switches. The switch
 records the replaced generation for deletion in the pointer (``drop:<n>``);
 :meth:`RedisCacheBuilder.cleanup` deletes every recorded generation and is run at
 the start of each rebuild too, so one a crash left is deleted by the next.
+
+Each build has an owner: the builder that claimed or resumed it holds a lease on
+it in the pointer (``shared.adapters.redis.generations``), renewed with each
+saved position, and only a build whose lease has lapsed (its process killed) is
+taken over: a second rebuild started while one runs is refused
+(``ConfigurationError``), with or without ``--restart``, rather than reading the
+rest of the log again into the same generation.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
@@ -42,9 +50,11 @@ from shared.adapters.redis import RedisChangeSink, sort_key
 from shared.adapters.redis.base import Command
 from shared.adapters.redis.change_sink import moves
 from shared.adapters.redis.client import calling
+from shared.adapters.redis.generations import Lease
 from shared.adapters.redis.keys import Keys
 from shared.domain.stored import StoredEvent
-from shared.domain.times import to_ms
+from shared.domain.times import from_ms, to_ms
+from shared.exceptions import ConfigurationError
 from shared.ports.rebuild import Build
 
 logger = logging.getLogger(__name__)
@@ -52,6 +62,10 @@ logger = logging.getLogger(__name__)
 # Key patterns of one generation (under its prefix), for deleting a replaced one.
 GENERATION_PATTERNS = ["d:*", "e:*", "critical:*", "rebuild:*"]
 _CHUNK = 500
+# How long a build stays its builder's without a renewal. A healthy build renews it with every page (a page is read
+# in well under the 30 s ``docs/redis-layout.md`` relies on; ``--max-rps`` sizes a page to about a second of device
+# rows), and while it deletes an old generation; a killed one can be resumed, or restarted, this long after it died.
+LEASE_SECONDS = 120.0
 
 
 def _enqueued_ms(event: StoredEvent) -> int:
@@ -72,10 +86,23 @@ def _event_id(member: bytes) -> str | None:
     return event_id if isinstance(event_id, str) and event_id else None
 
 
+def _refused(lease: Lease, restart: bool) -> ConfigurationError:
+    """Why a rebuild may not take over a build whose lease another process holds, and what the operator can do."""
+    until = from_ms(lease.until_ms).isoformat(timespec="seconds")
+    doing = "discard" if restart else "resume"
+    return ConfigurationError(
+        f"another rebuild is building generation {lease.generation} (its lease, renewed with every page, expires at "
+        f"{until}); two rebuilds at once are refused, so this one does not {doing} it: wait for that one to finish, "
+        f"or stop its process and run again after {until} (it resumes the build; --restart starts over)")
+
+
 class RedisCacheBuilder:
     def __init__(self, sink: RedisChangeSink, *, settle_seconds: float | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, lease_seconds: float = LEASE_SECONDS) -> None:
         self._sink = sink
+        self._token = secrets.token_hex(16)  # this builder's claim on the build it begins (the pointer's owner)
+        self._lease_ms = int(lease_seconds * 1000)
+        self._owned: int | None = None  # the generation this builder holds the lease of
         self._clock = clock  # the wall clock a key's TTL is left from (:meth:`_left`); injectable for tests
         self._generations = sink.generations
         self._settle = 2 * self._generations.cache_seconds if settle_seconds is None else settle_seconds
@@ -243,18 +270,31 @@ class RedisCacheBuilder:
         return Build(pointer.building, int(pointer.position) if pointer.position else None, pointer.since_ms)
 
     def begin(self, since_ms: int, *, resume: bool) -> Build:
+        """Raises ``ConfigurationError`` while another process's lease on the build in progress is live, whether
+        this would resume that build or (``resume=False``) discard it."""
         pointer = self._generations.read()
         if resume and pointer.building is not None and pointer.since_ms == since_ms:
+            held = self._generations.resume(pointer.building, self._token, self._lease_ms)
+            if held is not None:
+                raise _refused(held, restart=False)
             build = Build(pointer.building, int(pointer.position) if pointer.position else None, since_ms)
             logger.info("resuming the build of generation %d at %s", build.generation, build.position)
         else:
-            pointer = self._generations.start_building(since_ms)  # records an abandoned build for deletion
-            assert pointer.building is not None  # start_building returns the pointer with the new generation
-            build = Build(pointer.building, None, since_ms)
-            logger.info("building generation %d (live: %d)", build.generation, pointer.live)
+            claimed = self._generations.start_building(since_ms, self._token, self._lease_ms)  # abandons a build
+            if isinstance(claimed, Lease):
+                raise _refused(claimed, restart=not resume)
+            assert claimed.building is not None  # start_building returns the pointer with the new generation
+            build = Build(claimed.building, None, since_ms)
+            logger.info("building generation %d (live: %d)", build.generation, claimed.live)
+        self._owned = build.generation
         time.sleep(self._settle)  # every change-feed writer now writes to the building generation too
         self.cleanup()  # what an earlier rebuild abandoned or failed to delete (no writer writes it any longer)
         return build
+
+    def _renew(self) -> None:
+        """Renew the lease on the build this builder owns (none: nothing to do)."""
+        if self._owned is not None:
+            self._generations.save_position(self._owned, None, self._token, self._lease_ms)
 
     def stream_since_ms(self) -> int:
         """The TTL before now: the feed's stream shard and marker of a critical event live the TTL from its
@@ -268,10 +308,11 @@ class RedisCacheBuilder:
                     f"writing {len(latest)} devices to generation {generation}", stream=True)
 
     def save_position(self, generation: int, position: int) -> None:
-        self._generations.save_position(generation, str(position))
+        self._generations.save_position(generation, str(position), self._token, self._lease_ms)  # renews the lease
 
     def finish(self, generation: int) -> int:
         sink, keys = self._sink, self._sink.keys_of(generation)
+        self._generations.save_position(generation, None, self._token, self._lease_ms)  # still ours: renewed
         with calling("reading the stream candidates"):
             renewed = {int(shard): int(at) for shard, at in cast(list[tuple[bytes, float]], sink.client.zrange(
                 self._renewed_key(keys), 0, -1, withscores=True))}
@@ -290,7 +331,8 @@ class RedisCacheBuilder:
         self._run([("UNLINK", self._renewed_key(keys)),
                    *(("UNLINK", self._candidates_key(keys, shard)) for shard in range(len(keys.streams)))],
                   "deleting the stream candidates")
-        old = self._generations.switch(generation)  # records the old generation for deletion
+        old = self._generations.switch(generation, self._token)  # records the old generation for deletion
+        self._owned = None
         logger.info("generation %d is live (replaced %d)", generation, old)
         time.sleep(self._settle)  # no reader still reads the old generation
         return old
@@ -324,6 +366,7 @@ class RedisCacheBuilder:
             self._generations.forget(generation)
             logger.info("deleted %d keys of generation %d", removed, generation)
             deleted.append(generation)
+            self._renew()  # deleting a large generation takes a while: the build it runs for stays ours
         return deleted
 
     def clear(self, device_id: str, event_ids: Collection[str] = ()) -> None:

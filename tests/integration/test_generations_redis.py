@@ -23,6 +23,7 @@ import redis
 from shared.adapters.redis import RedisChangeSink, RedisGenerations, RedisLookupCache
 from shared.adapters.redis_dashboard import RedisCriticalStream
 from shared.adapters.redis_rebuild import RedisCacheBuilder
+from shared.exceptions import ConfigurationError, DependencyUnavailable
 from shared.ports.cache import SINCE_ALL
 from shared.services.changefeed import apply_changes
 from tests.integration.test_changefeed_redis import NOW, ev
@@ -89,6 +90,32 @@ def test_a_killed_build_leaves_the_live_generation_whole_and_a_restart_drops_the
     assert restarted.generation == 2
     assert not any(name.startswith("g1:") for name in names(client, prefix))
     assert client.exists(sink.keys_of(0).latest("dev-11"))  # the live generation is untouched
+
+
+def test_a_running_build_is_refused_to_a_second_rebuild_until_its_lease_lapses_then_taken_over(client):
+    """The owner lease (one script on the pointer key, so on the cluster too): while a build's lease is live a
+    second builder neither resumes nor restarts it; once it lapses (its process killed) the second takes it over,
+    and the first, if it was only slow, can then neither save its position nor switch."""
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    sink = RedisChangeSink(client, key_prefix=prefix, ttl_seconds=600, generation_cache_seconds=0)
+    first = RedisCacheBuilder(sink, settle_seconds=0, lease_seconds=1.0)
+    second = RedisCacheBuilder(sink, settle_seconds=0, lease_seconds=60.0)
+    build = first.begin(SINCE_ALL, resume=False)
+    first.save_position(build.generation, -5)
+    for resume in (True, False):
+        with pytest.raises(ConfigurationError, match=f"building generation {build.generation} .*lease"):
+            second.begin(SINCE_ALL, resume=resume)
+    first.save_position(build.generation, -4)  # the refusals took nothing from the owner
+    time.sleep(1.2)  # the first's lease lapses without a renewal: as if it was killed
+    taken = second.begin(SINCE_ALL, resume=True)
+    assert (taken.generation, taken.position) == (build.generation, -4)
+    with pytest.raises(DependencyUnavailable, match=f"generation {build.generation}"):
+        first.save_position(build.generation, -3)
+    with pytest.raises(DependencyUnavailable, match=f"generation {build.generation}"):
+        first.finish(build.generation)
+    second.save_position(taken.generation, -3)
+    assert second.finish(taken.generation) == 0
+    assert sink.generations.read().live == build.generation
 
 
 def test_deleting_a_replaced_generation_touches_only_its_own_keys_whatever_characters_its_prefix_holds(client):
@@ -203,7 +230,7 @@ def test_the_change_feed_writes_the_building_generation_once_the_rebuild_has_wai
         reader = threading.Thread(target=feed.write_keys)  # the feed reads the pointer: Redis answers at once
         reader.start()
         time.sleep(0.2)  # Redis has run the HMGET; its reply is on its way back
-        rebuild.generations.start_building(since_ms=0)
+        rebuild.generations.start_building(0, "test", 60_000)
         claimed = time.monotonic()
         reader.join()
         proxy.slow = False

@@ -21,6 +21,7 @@ from redis import exceptions as rx
 from shared.adapters.redis import RedisChangeSink, RedisGenerations, RedisLookupCache
 from shared.adapters.redis.aio import AsyncRedisConnection, AsyncRedisLookupCache
 from shared.adapters.redis.client import RedirectToUnknownNode, failed
+from shared.adapters.redis.generations import Pointer
 from shared.exceptions import DependencyRefused, DependencyUnavailable
 from shared.ports.cache import SINCE_ALL
 from shared.services.changefeed import apply_changes
@@ -92,13 +93,14 @@ def test_the_live_generation_is_followed(redis_server, client, redis_prefix):
     generations = RedisGenerations(client, redis_prefix, cache_seconds=0)
     old, new = ev("g1", 1), ev("g1", 2)
     apply_changes(sink, [old], None, list)
-    pointer = generations.start_building(0)
+    pointer = generations.start_building(0, "test", 60_000)
+    assert isinstance(pointer, Pointer)
     sink.pipeline(
         [(sink.sha["latest"], 1, sink.keys_of(pointer.building).latest("g1"), "9" * 17, new.to_json(), 60)], "test")
 
     async def scenario() -> None:
         assert (await cache.get_latest("g1")).document == old.to_json()
-        generations.switch(pointer.building)
+        generations.switch(pointer.building, "test")
         assert (await cache.get_latest("g1")).document == new.to_json()
 
     asyncio.run(scenario())

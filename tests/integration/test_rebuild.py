@@ -32,9 +32,10 @@ from shared.adapters.redis_rebuild import RedisCacheBuilder
 from shared.domain.events import Event
 from shared.domain.stored import StoredEvent
 from shared.domain.times import rfc3339, to_ms
-from shared.exceptions import DependencyUnavailable
+from shared.exceptions import ConfigurationError, DependencyUnavailable
 from shared.ports.cache import SINCE_ALL
 from shared.ports.rebuild import DeviceRow
+from shared.services.changefeed import apply_changes
 from shared.services.rebuild import GenerationsLeft, RebuildService, TokenBucket
 from shared.services.replay import ReplayService
 from sluice.__main__ import main
@@ -205,6 +206,11 @@ def test_a_killed_rebuild_resumes_and_ends_as_a_quiet_one(app_env, session, keys
     assert halfway["live"] == live and "building" in halfway  # readers still on the complete generation
     assert dump(rclient, cache) == quiet
 
+    # The killed build's lease is still live: nothing tells it from a running one yet, so it is not taken over.
+    early = subprocess.run([*command[:5], "--no-progress"], cwd=ROOT, env=os.environ.copy(), capture_output=True,
+                           text=True, timeout=120)
+    assert early.returncode == 2 and f"building generation {halfway['building']}" in early.stderr, early.stderr
+    rclient.hset(f"{redis_prefix}generation", "lease", 0)  # as if the lease had lapsed (LEASE_SECONDS later)
     done = subprocess.run([*command[:5], "--no-progress"], cwd=ROOT, env=os.environ.copy(), capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -1238,3 +1244,109 @@ def test_a_move_the_feed_applies_while_the_rebuild_holds_the_old_device_does_not
 
     assert log.device(old) is not None and log.device(old).latest is None  # type: ignore[union-attr]
     assert cf.latest_doc(rclient, cache, old) is None, f"after the {kind} rebuild Redis serves the moved copy"
+
+
+class PausedAfterFirstPage:
+    """The real device log; the second page read waits until ``release`` is set (a rebuild still running)."""
+
+    def __init__(self, log: CassandraDeviceLog) -> None:
+        self._log, self._pages = log, 0
+        self.waiting, self.release = threading.Event(), threading.Event()
+
+    @property
+    def rows_read(self) -> int:
+        return self._log.rows_read
+
+    def devices(self, after: int | None, limit: int) -> list[DeviceRow]:
+        self._pages += 1
+        if self._pages == 2:
+            self.waiting.set()
+            self.release.wait(30)
+        return self._log.devices(after, limit)
+
+    def device(self, device_id: str) -> DeviceRow | None:
+        return self._log.device(device_id)
+
+    def critical(self, device_id: str, since_ms: int):
+        return self._log.critical(device_id, since_ms)
+
+
+@pytest.mark.timeout(90)
+def test_a_second_rebuild_while_one_runs_is_refused_not_silently_joined(session, keyspace, store, rclient,
+                                                                        redis_prefix):
+    """Two ``rebuild redis`` at once (a retried Job while the first pod still runs, two operators): the second
+    must not "resume" the running build's generation (both would read the rest of the log, twice the --max-rps
+    budget, and whichever ended second would fail after writing into the live generation). It is refused up
+    front, naming the running build, and the first one finishes."""
+    store.write(cf.spread(40, devices=10, critical_every=3))
+    sink = cache_for(rclient, redis_prefix)
+    first_log = PausedAfterFirstPage(CassandraDeviceLog(session, keyspace))
+    first = RebuildService(first_log, RedisCacheBuilder(sink, settle_seconds=0.0), page_size=3)
+    outcome: dict[str, object] = {}
+
+    def run_first() -> None:
+        try:
+            outcome["report"] = first.rebuild()
+        except Exception as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run_first)
+    thread.start()
+    try:
+        assert first_log.waiting.wait(30), "the first rebuild never reached its second page"
+        second = RebuildService(CassandraDeviceLog(session, keyspace),
+                                RedisCacheBuilder(cache_for(rclient, redis_prefix), settle_seconds=0.0), page_size=3)
+        refused: list[str] = []
+        report = None
+        for resume in (True, False):  # neither resuming it nor --restart takes a build another process runs
+            try:
+                report = second.rebuild(resume=resume)
+            except ConfigurationError as exc:
+                refused.append(str(exc))  # refused: what we expect
+    finally:
+        first_log.release.set()
+        thread.join(60)
+    assert report is None, (
+        f"a second rebuild started while generation {report.generation} was being built was not refused: it "
+        f"joined that build (resumed_from={report.resumed_from}) and switched to it; the first then failed with "
+        f"{outcome.get('error')!r}")
+    assert all("building generation" in message and "lease" in message for message in refused), refused
+    assert "error" not in outcome, f"the first rebuild failed after the second was refused: {outcome['error']!r}"
+
+
+def _critical(device: str, at: datetime) -> StoredEvent:
+    return StoredEvent(event_id=uuid.uuid4(), device_id=device, event_time=at, event_type="t", severity="critical",
+                       critical=True, measurements={"v": 1.0}, enqueued_time=datetime.now(UTC))
+
+
+def test_after_a_rebuild_a_newer_critical_event_is_not_shown_below_an_older_one_of_another_shard(
+        rclient, redis_prefix):
+    """The rebuilt stream's entry ids are event times. A critical event dated a few minutes ahead (a device clock
+    ahead, within SLUICE_INGEST_MAX_FUTURE_SKEW_SECONDS) makes its shard's last id lie in the future, so every
+    entry the feed appends there after the switch (``XADD *``) gets an id at that future time, and the dashboard,
+    which merges the shards newest first by entry id, shows them above newer events of every other shard until the
+    clock catches up. Expected: an event that is newer in event time and in arrival is shown first."""
+    sink = RedisChangeSink(rclient, key_prefix=redis_prefix, ttl_seconds=600, stream_shards=4,
+                           generation_cache_seconds=0)
+    keys = sink.keys_of(0)
+    devices = [f"dev-{uuid.uuid4().hex[:6]}" for _ in range(40)]
+    dev_a = devices[0]
+    dev_b = next(d for d in devices if keys.shard(d) != keys.shard(dev_a))
+    now = datetime.now(UTC)
+    ahead = _critical(dev_a, now + timedelta(minutes=4))  # accepted by ingest: within the 5 min future skew
+    apply_changes(sink, [ahead], None, list)
+    builder = RedisCacheBuilder(sink, settle_seconds=0)
+    build = builder.begin(SINCE_ALL, resume=False)
+    builder.write(build.generation, [ahead], {dev_a: [ahead]}, SINCE_ALL)
+    builder.finish(build.generation)
+
+    first = _critical(dev_a, datetime.now(UTC))  # the feed after the switch: an event of dev_a...
+    apply_changes(sink, [first], None, list)
+    time.sleep(0.01)
+    later = _critical(dev_b, datetime.now(UTC))  # ...then a newer one of dev_b, on another shard
+    apply_changes(sink, [later], None, list)
+
+    shown = [e["event_id"] for e in RedisCriticalStream(rclient, key_prefix=redis_prefix, stream_shards=4).recent(10)]
+    assert shown.index(str(later.event_id)) < shown.index(str(first.event_id)), (
+        f"the dashboard shows {first.event_id} (older, arrived first) above {later.event_id}: entries appended to "
+        f"the shard after the rebuild got ids at the future event time {ahead.event_time.isoformat()}")

@@ -11,6 +11,9 @@ the hash ``<prefix>generation`` (``docs/redis-layout.md``):
   rebuild's own read saw it;
 * ``position``  the rebuild's saved position (see ``shared.services.rebuild``);
 * ``since``     the start of the building generation's critical range (ms);
+* ``owner``     a random token of the process building it, and ``lease`` (ms, Redis's clock) until when that
+  process holds it: set when a build is claimed or resumed, renewed with each saved position; a build whose
+  lease is live is no other process's to resume, restart or switch (:class:`Lease`);
 * ``drop:<n>``  generation ``n`` is to be deleted: set in the same script that
   replaces it (the switch, or a new build abandoning one), removed once its keys
   are deleted, so a crash in between leaves a record the next rebuild acts on.
@@ -44,6 +47,29 @@ def glob_escape(text: str) -> str:
     """``text`` as a ``SCAN MATCH`` pattern matching only itself: a key prefix may hold ``*``, ``?``, ``[``,
     ``]`` or ``\\``, which a pattern would read as wildcards and so match (and delete) other prefixes' keys."""
     return _GLOB.sub(r"\\\1", text)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Another process holds the build of ``generation`` until ``until_ms`` (Redis's clock): the move was refused."""
+
+    generation: int
+    until_ms: int
+
+
+# The lease check every move below starts with: a build another owner's live lease holds is refused, as
+# {-1, generation, lease}. ARGV[1]: the caller's token. Redis's own clock, so the processes' clocks do not matter.
+_NOW = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+"""
+_HELD = _NOW + """
+local building = tonumber(redis.call('HGET', KEYS[1], 'building') or '0')
+local lease = tonumber(redis.call('HGET', KEYS[1], 'lease') or '0')
+if building > 0 and lease > now and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
+  return {-1, building, lease}
+end
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,50 +121,79 @@ class RedisGenerations:
         return pointer
 
     # -- moves (used by the rebuild only) ------------------------------------------------------
-    def start_building(self, since_ms: int) -> Pointer:
-        """Claim a new generation ``max(live, building) + 1`` (atomically) and return the new pointer.
+    # Each is one script on the pointer key alone (one slot: it runs on a Redis Cluster too). The owner token and
+    # its lease make "a killed build" and "a running build" two different things: only the first may be taken over.
+    def start_building(self, since_ms: int, token: str, lease_ms: int) -> Pointer | Lease:
+        """Claim a new generation ``max(live, building) + 1`` for ``token`` (atomically) and return the new pointer;
+        or, while another owner's lease on the build in progress is live, claim nothing and return that lease.
 
         A generation that was being built is abandoned: recorded for deletion (:meth:`retired`)."""
-        script = """
+        script = _HELD + """
 local live = tonumber(redis.call('HGET', KEYS[1], 'live') or '0')
-local building = tonumber(redis.call('HGET', KEYS[1], 'building') or '0')
 local next = math.max(live, building) + 1
 if building > 0 then redis.call('HSET', KEYS[1], 'drop:' .. building, '1') end  -- abandoned: to be deleted
-redis.call('HSET', KEYS[1], 'building', next, 'since', ARGV[1])
+redis.call('HSET', KEYS[1], 'building', next, 'since', ARGV[3], 'owner', ARGV[1], 'lease', now + tonumber(ARGV[2]))
 redis.call('HDEL', KEYS[1], 'position')
-return next
+return {next}
 """
         with calling("claiming a new generation"):
-            self._client.eval(script, 1, self.key, since_ms)
+            reply = self._client.eval(script, 1, self.key, token, lease_ms, since_ms)
+        if int(reply[0]) < 0:
+            return Lease(int(reply[1]), int(reply[2]))
         self._cached = None
         return self.read()
 
-    def save_position(self, generation: int, position: str) -> None:
-        """Record the rebuild's position, only while ``generation`` is still the one being built."""
-        script = """
-if redis.call('HGET', KEYS[1], 'building') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'position', ARGV[2])
+    def resume(self, generation: int, token: str, lease_ms: int) -> Lease | None:
+        """Take over the build of ``generation`` for ``token``, unless another owner's lease on it is live (that
+        lease is returned). Raises ``DependencyUnavailable`` if ``generation`` is no longer being built."""
+        script = _HELD + """
+if building ~= tonumber(ARGV[3]) then return {-2} end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'lease', now + tonumber(ARGV[2]))
+return {0}
+"""
+        with calling("resuming a build"):
+            reply = self._client.eval(script, 1, self.key, token, lease_ms, generation)
+        if int(reply[0]) == -1:
+            return Lease(int(reply[1]), int(reply[2]))
+        if int(reply[0]) == -2:
+            raise DependencyUnavailable("redis", f"generation {generation} is no longer being built (another rebuild?)")
+        return None
+
+    def save_position(self, generation: int, position: str | None, token: str, lease_ms: int) -> None:
+        """Record the rebuild's position (``None``: keep it) and renew ``token``'s lease, only while ``generation``
+        is still the one being built and ``token`` still owns it (no other process took it over after the lease
+        lapsed)."""
+        script = _NOW + """
+if redis.call('HGET', KEYS[1], 'building') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'lease', now + tonumber(ARGV[3]))
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'position', ARGV[4]) end
 return 1
 """
         with calling("saving the rebuild position"):
-            saved = self._client.eval(script, 1, self.key, str(generation), position)
+            saved = self._client.eval(script, 1, self.key, str(generation), token, lease_ms, position or "")
         if not saved:
-            raise DependencyUnavailable("redis", f"generation {generation} is no longer being built (another rebuild?)")
+            raise DependencyUnavailable("redis", f"generation {generation} is no longer being built by this rebuild "
+                                                 "(another rebuild took it over after its lease lapsed?)")
 
-    def switch(self, generation: int) -> int:
-        """Make ``generation`` live and stop building, atomically; returns the generation it replaced, which the
-        same script records for deletion (:meth:`retired`)."""
+    def switch(self, generation: int, token: str) -> int:
+        """Make ``generation`` live and stop building, atomically, if ``token`` still owns its build; returns the
+        generation it replaced, which the same script records for deletion (:meth:`retired`)."""
         script = """
-if redis.call('HGET', KEYS[1], 'building') ~= ARGV[1] then return -1 end
+if redis.call('HGET', KEYS[1], 'building') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then
+  return -1
+end
 local old = tonumber(redis.call('HGET', KEYS[1], 'live') or '0')
 redis.call('HSET', KEYS[1], 'live', ARGV[1], 'drop:' .. old, '1')
-redis.call('HDEL', KEYS[1], 'building', 'position', 'since')
+redis.call('HDEL', KEYS[1], 'building', 'position', 'since', 'owner', 'lease')
 return old
 """
         with calling("switching generations"):
-            old = self._client.eval(script, 1, self.key, str(generation))
+            old = self._client.eval(script, 1, self.key, str(generation), token)
         if old < 0:
-            raise DependencyUnavailable("redis", f"generation {generation} is no longer being built (another rebuild?)")
+            raise DependencyUnavailable("redis", f"generation {generation} is no longer being built by this rebuild "
+                                                 "(another rebuild took it over after its lease lapsed?)")
         self._cached = None
         return int(old)
 
