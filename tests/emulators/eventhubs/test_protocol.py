@@ -201,6 +201,18 @@ def test_a_stalled_consumer_of_large_events_is_not_buffered_its_whole_credit(iso
     assert grown < 30 * 2**20, f"the emulator grew by {grown / 2**20:.0f} MB for a consumer that reads nothing"
 
 
+def stall_on_a_shut_window(raw: RawClient, hub: IsolatedHub) -> None:
+    """Give the receiver of handle 1 (partition 0) credit with the session window shut, publish three events to it,
+    and check that none arrives."""
+    raw.flow(1, delivery_count=0, credit=10, incoming_window=0)
+    with producer(hub) as client:
+        client.send_batch([EventData(f"a{i}") for i in range(3)], partition_id="0")
+    raw.sock.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        raw.expect(frames.TRANSFER)
+    raw.sock.settimeout(5)
+
+
 def test_a_window_reopened_by_another_links_flow_resumes_a_stalled_consumer(isolated_eventhub: IsolatedHub) -> None:
     """Every flow carries the session's window, with or without a link's handle (AMQP 1.0 part 2, 2.7.4): a
     consumer stalled by a closed window must resume when a flow for another link of its session re-opens it."""
@@ -209,13 +221,7 @@ def test_a_window_reopened_by_another_links_flow_resumes_a_stalled_consumer(isol
         raw.open(mechanism="PLAIN", response=PLAIN)
         raw.attach_receiver(1, f"{hub.name}/ConsumerGroups/$Default/Partitions/0")
         raw.attach_receiver(2, f"{hub.name}/ConsumerGroups/$Default/Partitions/1")
-        raw.flow(1, delivery_count=0, credit=10, incoming_window=0)  # link A: credit, but the window is shut
-        with producer(hub) as client:
-            client.send_batch([EventData(f"a{i}") for i in range(3)], partition_id="0")
-        raw.sock.settimeout(0.5)
-        with pytest.raises(TimeoutError):
-            raw.expect(frames.TRANSFER)
-        raw.sock.settimeout(5)
+        stall_on_a_shut_window(raw, hub)  # link A (handle 1)
         raw.flow(2, delivery_count=0, credit=0, incoming_window=100)  # link B's flow re-opens the window
         got = [raw.expect(frames.TRANSFER) for _ in range(3)]
         assert [int(fields[0]) for _, fields, _ in got] == [1, 1, 1]
@@ -271,13 +277,7 @@ def test_a_flow_on_a_detaching_handle_that_reopens_the_window_resumes_stalled_co
         raw.attach_receiver(1, f"{hub.name}/ConsumerGroups/$Default/Partitions/0")
         _, refused = raw.attach_receiver(5, f"{hub.name}/ConsumerGroups/$Default/Partitions/99")
         assert refused is not None  # handle 5 is now reserved in the session's ``detaching``
-        raw.flow(1, delivery_count=0, credit=10, incoming_window=0)  # credit, but the window is shut
-        with producer(hub) as client:
-            client.send_batch([EventData(f"a{i}") for i in range(3)], partition_id="0")
-        raw.sock.settimeout(0.5)
-        with pytest.raises(TimeoutError):
-            raw.expect(frames.TRANSFER)
-        raw.sock.settimeout(3)
+        stall_on_a_shut_window(raw, hub)
         # the client's flow for handle 5, sent before it saw the refusal, re-opens the session window
         raw.flow(5, delivery_count=0, credit=0, incoming_window=100)
         got = [raw.expect(frames.TRANSFER) for _ in range(3)]
