@@ -258,7 +258,8 @@ def tcp_port(value: object, where: str) -> int:
 def load_host_json(path: Path, environ: Mapping[str, str] | None = None) -> HostOptions:
     """Read host.json with the ``AzureFunctionsJobHost__<path>`` app settings of ``environ`` (``os.environ``) over it.
 
-    As the Functions host reads it into .NET configuration: keys are case-insensitive at every level, a setting's
+    As the Functions host reads it into .NET configuration: keys are case-insensitive at every level (the schema
+    ``version`` excepted, which the host reads from the file itself), a setting's
     ``__`` separates levels and a number is an array index (``AzureFunctionsJobHost__functions__0=ingest`` is
     ``{"functions": ["ingest"]}``), and a setting replaces only the value it names. A missing file gives the defaults
     (as an empty host.json would), the settings still apply. Every error names the key, or the setting that set it.
@@ -323,11 +324,19 @@ def load_host_json(path: Path, environ: Mapping[str, str] | None = None) -> Host
 def _check_schema_version(document: dict[str, object], path: Path) -> None:
     """The host refuses to start on a host.json whose schema ``version`` is not "2.0" (HostJsonFileConfigurationSource;
     the version is read from the file, so no app setting stands in for it): without this check an app with
-    ``"version": "3.0"`` (mistaken for the runtime version) runs here and does not start in Azure."""
-    version = next((value for key, value in document.items() if key.lower() == "version"), None)
+    ``"version": "3.0"`` (mistaken for the runtime version) runs here and does not start in Azure.
+
+    As the host reads it: an empty object is taken for ``{"version": "2.0"}`` (InitializeHostConfig writes that in
+    its place and starts), and the key is ``version`` exactly (``hostConfigObject["version"]``, a case-sensitive
+    lookup, unlike every other host.json key): ``"Version"`` is a missing version."""
+    if not document:
+        return
+    version = document.get("version")
     if version is None:
-        raise DevHostError(f"{path} is missing the required 'version' property; the Functions host refuses to start "
-                           'without it: add "version": "2.0"')
+        spelled = next((key for key in document if key.lower() == "version"), None)
+        hint = f" ({json.dumps(spelled)} is not it: the host reads this key case-sensitively)" if spelled else ""
+        raise DevHostError(f"{path} is missing the required 'version' property{hint}; the Functions host refuses to "
+                           'start without it: add "version": "2.0"')
     if version != "2.0":
         raise DevHostError(f"{path}: {json.dumps(version)} is an invalid value for host.json 'version' property; the "
                            'Functions host refuses to start with it: "2.0" is the schema version of host.json (not '

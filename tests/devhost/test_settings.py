@@ -163,9 +163,27 @@ def test_host_json_without_schema_version_2_is_refused_as_the_host_refuses_it(tm
     with pytest.raises(DevHostError, match=re.escape(message)):
         options = load_host_json(path, {"AzureFunctionsJobHost__version": "2.0"})
         pytest.fail(f"accepted, warnings: {options.warnings}")
-    path.write_text(json.dumps({**document, "Version": "2.0"} if "version" not in document else
-                               {**document, "version": "2.0"}), encoding="utf-8")
+    path.write_text(json.dumps({**document, "version": "2.0"}), encoding="utf-8")
     assert load_host_json(path, {}).function_timeout is not None
+
+
+def test_an_empty_host_json_object_starts_with_the_defaults_as_in_the_host(tmp_path: Path) -> None:
+    """host: HostJsonFileConfigurationSource.InitializeHostConfig replaces a host.json with no values (``{}``) by
+    ``{"version": "2.0"}`` (and writes it) before checking the version, so the app starts. It was refused here as
+    "missing the required 'version' property": an app that starts in Azure did not start locally."""
+    (tmp_path / "host.json").write_text("{}", encoding="utf-8")
+    options = load_host_json(tmp_path / "host.json", {})
+    assert options.route_prefix == "api"
+    assert options.function_timeout is not None
+
+
+def test_a_host_json_version_key_in_another_case_is_refused_as_in_the_host(tmp_path: Path) -> None:
+    """host: the version is ``hostConfigObject["version"]``, a case-sensitive JObject lookup: ``"Version": "2.0"``
+    is "missing the required 'version' property" and the host does not start (every other key ignores case). It was
+    found ignoring case here, and the app ran locally but not in Azure. The message names the key as written."""
+    (tmp_path / "host.json").write_text('{"Version": "2.0"}', encoding="utf-8")
+    with pytest.raises(DevHostError, match=re.escape("""missing the required 'version' property ("Version" is not""")):
+        load_host_json(tmp_path / "host.json", {})
 
 
 def test_a_null_route_prefix_is_refused_by_name(tmp_path: Path) -> None:
