@@ -5,7 +5,7 @@ blob lease on ``azure-webjobs-hosts/locks/<host id>/Host.Functions.<name>.Listen
 (``singleton.listenerLockPeriod`` long, renewed at a third of it). Other dev hosts of the
 same app (same host id) poll for the lease every
 ``singleton.listenerLockRecoveryPollingInterval`` and take over when it is released (on
-shutdown) or expires (after a crash).
+shutdown, given up after :data:`RELEASE_TIMEOUT` when storage does not answer) or expires (after a crash).
 
 A host fires only while it knows it holds the lease: from the moment it sent the acquire or the last renewal that
 succeeded, for less than the lease period (the lease runs from when storage took that request, no earlier). A renewal
@@ -51,6 +51,8 @@ from devhost.settings import SingletonOptions, resolve
 logger = logging.getLogger(__name__)
 
 HOSTS_CONTAINER = "azure-webjobs-hosts"
+# Seconds the lease release waits for storage; past it the lease is left to expire.
+RELEASE_TIMEOUT = 5.0
 
 
 def _iso(moment: datetime) -> str:
@@ -152,15 +154,17 @@ class TimerListener:
             await asyncio.gather(self._task, return_exceptions=True)
         logger.info("Functions.%s: stopped", self.name)
 
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep, waking early on shutdown or when the lease is lost."""
-        stop = asyncio.ensure_future(self._stopping.wait())
-        lost = asyncio.ensure_future(self._lost.wait())
+    async def _sleep(self, seconds: float, *, until_lost: bool = False) -> None:
+        """Sleep, waking early on shutdown, and with ``until_lost`` when the lease is lost. Only the wait for the next
+        occurrence wakes on the loss: ``_lost`` stays set until the lease is taken again, so a polling sleep that woke
+        on it would poll storage in a tight loop while another host holds the lease."""
+        events = [self._stopping] + ([self._lost] if until_lost else [])
+        waits = [asyncio.ensure_future(event.wait()) for event in events]
         try:
-            await asyncio.wait([stop, lost], timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stop.cancel()
-            lost.cancel()
+            for wait in waits:
+                wait.cancel()
 
     async def _run(self) -> None:
         """Poll for the lease and fire while holding it, until shutdown. Nothing but shutdown ends this loop: an
@@ -268,14 +272,24 @@ class TimerListener:
             delay = self._lease_seconds / 3
 
     async def _release(self) -> None:
-        self._held_until = 0.0
-        if self._lease is None:
+        """Release the lease so that another host takes over at once, within :data:`RELEASE_TIMEOUT`: against
+        unreachable storage the SDK's retries last over a minute, past the host's shutdown timeout, and the lease
+        expires on its own anyway (so it is not released at all once it is no longer known to be held)."""
+        lease, held_until = self._lease, self._held_until
+        self._lease, self._held_until = None, 0.0
+        if lease is None:
+            return
+        remaining = held_until - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            logger.warning("Functions.%s: not releasing the timer lease, no longer known to be held; it expires on "
+                           "its own", self.name)
             return
         try:
-            await self._lease.release()
-        except AzureError as exc:  # it expires on its own
-            logger.warning("Functions.%s: could not release the timer lease: %s", self.name, exc)
-        self._lease = None
+            await asyncio.wait_for(lease.release(), timeout=min(RELEASE_TIMEOUT, remaining))
+        except (TimeoutError, AzureError) as exc:
+            reason = str(exc) or f"no answer from storage within {min(RELEASE_TIMEOUT, remaining):.0f}s"
+            logger.warning("Functions.%s: could not release the timer lease (%s); it expires on its own within "
+                           "%.0fs", self.name, reason, remaining)
 
     def _leading(self) -> bool:
         """Whether to fire: not shutting down, and the lease known to be held (the renewal task may still be waiting
@@ -344,6 +358,8 @@ class TimerListener:
             past_due = now > self._next_due
             if status is None:  # TimerListener.StartAsync, first start: the status the function sees
                 status = {"Last": None, "Next": _iso(self._next_due), "LastUpdated": None}
+        if not self._leading():  # the status read may outlast the lease, or shutdown come during it
+            return
         if past_due or self.run_on_startup:
             why = "past due" if past_due else "run on startup"
             fired = await self._fire(now, past_due=past_due, reason=f"Timer fired at startup ({why})",
@@ -353,7 +369,7 @@ class TimerListener:
         while self._leading():
             occurrence = self._next_due or (self._next(self._last or datetime.now(UTC)) if self.schedule.interval
                                             else self._next(datetime.now(UTC)))
-            await self._sleep((occurrence - datetime.now(UTC)).total_seconds())
+            await self._sleep((occurrence - datetime.now(UTC)).total_seconds(), until_lost=True)
             if not self._leading():
                 return
             if datetime.now(UTC) < occurrence:

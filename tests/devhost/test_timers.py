@@ -9,7 +9,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobClient, BlobServiceClient
+from azure.storage.blob.aio import BlobLeaseClient
 from azure.storage.blob.aio import BlobServiceClient as AsyncBlobServiceClient
 
 from devhost.app_loader import FunctionSpec
@@ -27,7 +28,7 @@ from devhost.settings import SingletonOptions
 from devhost.timer_trigger import TimerListener, uses_monitor
 from sluice.launcher import Running, start
 from tests.devhost.test_eventhubs import read_records, wait_for
-from tests.fixtures.azurite import AZURITE, connection_string, free_port
+from tests.fixtures.azurite import AZURITE, connection_string, free_port, start_azurite
 from tests.fixtures.devhost import start_devhost, write_app
 
 APP = '''
@@ -256,14 +257,15 @@ def test_an_occurrence_missed_after_a_schedule_change_is_past_due_on_the_next_st
 
 
 @contextlib.asynccontextmanager
-async def _listener(connection_string: str, spec: FunctionSpec, schedule: Schedule,
-                    tmp_path: Path) -> AsyncIterator[tuple[AsyncBlobServiceClient, TimerListener]]:
+async def _listener(connection_string: str, spec: FunctionSpec, schedule: Schedule, tmp_path: Path,
+                    singleton: SingletonOptions | None = None,
+                    ) -> AsyncIterator[tuple[AsyncBlobServiceClient, TimerListener]]:
     """A timer listener of its own host id on Azurite's ``azure-webjobs-hosts``, and the blob service it uses."""
     async with AsyncBlobServiceClient.from_connection_string(connection_string) as service:
         with contextlib.suppress(ResourceExistsError):
             await service.create_container("azure-webjobs-hosts")
         yield service, TimerListener(spec, schedule, Invoker(tmp_path, threads=1), service,
-                                     f"devhost-test-{uuid.uuid4().hex[:12]}", SingletonOptions())
+                                     f"devhost-test-{uuid.uuid4().hex[:12]}", singleton or SingletonOptions())
 
 
 async def _until_the_first_wait(timer: TimerListener, monkeypatch: pytest.MonkeyPatch) -> list[float]:
@@ -272,7 +274,7 @@ async def _until_the_first_wait(timer: TimerListener, monkeypatch: pytest.Monkey
     waits: list[float] = []
     timer._held_until = asyncio.get_running_loop().time() + 3600
 
-    async def first_wait_then_stop(seconds: float) -> None:
+    async def first_wait_then_stop(seconds: float, *, until_lost: bool = False) -> None:
         waits.append(seconds)
         timer._stopping.set()
 
@@ -547,3 +549,121 @@ def test_a_host_whose_lease_renewal_failed_on_a_connection_error_stops_firing(tm
             host.stop(stop_timeout=20)
         if azurite is not None:
             azurite.stop()
+
+
+YEARLY = "0 0 0 1 1 *"
+
+
+def _yearly(fired: list[object], **trigger: object) -> FunctionSpec:
+    """A timer function, due once a year (never during a test), that records each call."""
+    return FunctionSpec(name="tick", trigger_type="timerTrigger",
+                        trigger={"name": "timer", "schedule": YEARLY, "useMonitor": False, **trigger},
+                        user_function=lambda timer: fired.append(timer), is_async=False, accepts_context=False,
+                        retry=None)
+
+
+async def _until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.timeout(90)
+def test_after_losing_the_lease_to_another_host_the_listener_polls_at_its_interval_not_in_a_busy_loop(
+    tmp_path: Path, azurite_connection_string: str,
+) -> None:
+    """Host A holds the timer lease; host B takes it (A's lease broken, as after a partition). A's renewal gets 409,
+    sets ``_lost`` and A goes back to polling every ``listenerLockRecoveryPollingInterval`` (30 s here), as the host
+    does. Before, ``_lost`` stayed set until the next successful acquire and the polling sleep woke at once on it:
+    A polled storage in a tight loop (create container, upload, acquire: each a 409) as long as B held the lease."""
+    fired: list[object] = []
+    singleton = SingletonOptions(listener_lock_period=timedelta(seconds=15),
+                                 listener_lock_recovery_polling_interval=timedelta(seconds=30))
+
+    async def scenario() -> int:
+        async with _listener(azurite_connection_string, _yearly(fired), Schedule.parse(YEARLY), tmp_path,
+                             singleton) as (service, timer):
+            attempts = 0
+            acquire = timer._acquire
+
+            async def counted() -> bool:
+                nonlocal attempts
+                attempts += 1
+                return await acquire()
+
+            timer._acquire = counted  # type: ignore[method-assign]
+            timer.start()
+            try:
+                await _until(lambda: timer._lease is not None, 10, "host A to take the lease")
+                blob = service.get_blob_client("azure-webjobs-hosts", timer._lock_blob)
+                await BlobLeaseClient(blob).break_lease(lease_break_period=0)
+                await BlobLeaseClient(blob, lease_id=str(uuid.uuid4())).acquire(lease_duration=60)  # host B
+                await _until(timer._lost.is_set, 15, "host A to see its lease lost")  # at the 5 s renewal
+                attempts = 0
+                await asyncio.sleep(3)
+                return attempts
+            finally:
+                await timer.stop()
+
+    attempts = asyncio.run(scenario())
+    assert attempts <= 1, f"{attempts} lease attempts in 3 s with a 30 s polling interval"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("state", ["lease-lost", "stopping"])
+def test_the_startup_run_is_not_fired_without_the_lease_or_during_shutdown(
+    tmp_path: Path, azurite_connection_string: str, state: str,
+) -> None:
+    """The run at start (run_on_startup or past due) follows the status read. When that read outlasts the lease
+    (storage slow: the SDK's retries take over a minute, the lease 15-60 s, the renewals fail with it and mark the
+    lease lost), firing anyway would run without the lease, while another host may have taken it and fired the same
+    past-due occurrence; and a shutdown that comes during the read would still start an invocation. The state the
+    read returns into is set here directly: lease known lost (``_held_until`` 0, ``_lost`` set), or shutdown."""
+    fired: list[object] = []
+
+    async def scenario() -> None:
+        async with _listener(azurite_connection_string, _yearly(fired, runOnStartup=True), Schedule.parse(YEARLY),
+                             tmp_path) as (_, timer):
+            if state == "lease-lost":
+                timer._held_until = 0.0
+                timer._lost.set()
+            else:
+                timer._held_until = asyncio.get_running_loop().time() + 3600
+                timer._stopping.set()
+            assert not timer._leading()
+            await asyncio.wait_for(timer._fire_while_leader(), timeout=20)
+
+    asyncio.run(scenario())
+    assert fired == [], f"the timer fired at start while not leading ({state})"
+
+
+@pytest.mark.timeout(150)
+def test_shutdown_with_storage_unreachable_does_not_wait_out_the_sdk_retries_of_the_lease_release(
+    tmp_path: Path,
+) -> None:
+    """Against unreachable storage one release lasts as long as the SDK's retries (over a minute): storage goes away
+    (Azurite stopped, network gone), the user stops the dev host, and ``stop`` waited them out, past the host's 60 s
+    shutdown timeout ("shutdown took longer than 60s; exiting without waiting", exit 1, the HTTP server and the
+    invoker never shut down). The lease expires on its own: the release is given up after a few seconds."""
+    fired: list[object] = []
+    azurite = start_azurite()
+    try:
+        async def scenario() -> float:
+            async with _listener(connection_string(azurite.port), _yearly(fired), Schedule.parse(YEARLY), tmp_path,
+                                 SingletonOptions(listener_lock_period=timedelta(seconds=15))) as (_, timer):
+                timer.start()
+                await _until(lambda: timer._lease is not None, 15, "the lease")
+                azurite.stop()
+                loop = asyncio.get_running_loop()
+                began = loop.time()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(timer.stop(), timeout=30)
+                return loop.time() - began
+
+        took = asyncio.run(scenario())
+    finally:
+        azurite.stop()
+    assert took < 10, f"stop took {took:.0f}s (cut at 30 s) with storage unreachable"
