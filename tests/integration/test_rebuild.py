@@ -1062,11 +1062,30 @@ def test_max_rps_bounds_the_rows_of_every_second_with_concurrent_critical_reads(
         with lock:
             fake["now"] += seconds
 
+    # A fake sleep returns at once, having moved the one clock on: between a thread's reservation and its read, other
+    # threads' sleeps move it too (more often on a loaded machine), though no time passed for that thread. So a read
+    # starts, in the simulation, when its thread's last payment to the bucket returned.
+    paid = threading.local()
+
+    class Bucket(TokenBucket):
+        def acquire(self, units: float = 1.0) -> float:  # paid when called, due once the wait is over
+            called = clock()
+            waited = super().acquire(units)
+            if units > 0:
+                paid.at = called + waited
+            return waited
+
+        def reserve(self, units: float) -> float:  # returns the clock at the take minus when it was called
+            called = clock()
+            waited = super().reserve(units)
+            paid.at = called + waited
+            return waited
+
     rate = 50
-    log = _StartTimed(CassandraDeviceLog(session, keyspace), clock)
+    log = _StartTimed(CassandraDeviceLog(session, keyspace), lambda: getattr(paid, "at", clock()))
     service = RebuildService(log, RedisCacheBuilder(cache_for(rclient, redis_prefix), settle_seconds=0.0),
                              max_rps=rate)
-    service._limiter = TokenBucket(rate, clock=clock, sleep=sleep)
+    service._limiter = Bucket(rate, clock=clock, sleep=sleep)
     report = service.rebuild()
 
     assert report.devices == 8
