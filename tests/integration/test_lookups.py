@@ -522,7 +522,9 @@ def test_cached_critical_events_are_served_while_cassandra_is_down_even_if_the_l
 
     from emulators.cassandra.faults import clear_faults, inject_faults
 
-    app_env(SLUICE_LOOKUP_CASSANDRA_TIMEOUT_SECONDS="1")
+    # 3 s, not less: the first lookup prepares its statements within this timeout, which a loaded machine (the CI's
+    # four workers on two cores) took over 1 s to do; the hung reads below are held 10 s, past it either way.
+    app_env(SLUICE_LOOKUP_CASSANDRA_TIMEOUT_SECONDS="3")
     stored = make_event("crit-cached-1", NOW - timedelta(minutes=1), severity="critical")
     store.write([stored])
     first = critical("crit-cached-1")
@@ -538,7 +540,7 @@ def test_cached_critical_events_are_served_while_cassandra_is_down_even_if_the_l
         client.close()
 
     inject_faults(cassandra_emulator.host, cassandra_emulator.port, error="delay", ratio=1.0, applies_to="reads",
-                  delay_ms=5_000)
+                  delay_ms=10_000)
     try:
         during = critical("crit-cached-1")
     finally:
