@@ -8,6 +8,7 @@ Hubs checkpoints (lag). :func:`check_delivery` compares a manifest
 
 * every valid event stored exactly once (``events_by_time_bucket``, one row per
   event id; a duplicate send must not add one);
+* no whole batch dead-lettered (the store was unavailable), whatever the manifest holds;
 * every invalid event dead-lettered, with a reason naming what is wrong;
 * each device's latest state = its newest event (out-of-order events must not win);
 * when the app has the change feed: every critical event written to Redis;
@@ -237,7 +238,10 @@ class Probe:
     # --- dead letters ---
 
     def dead_letters(self, since: datetime, *, download: bool = True) -> list[dict[str, Any]]:
-        """Dead-letter documents (``rejected/`` and ``batches/``) of the days since ``since``, created after it."""
+        """Dead-letter documents (``rejected/`` and ``batches/``) of the days since ``since``, created after it.
+
+        Each with its blob's name as ``blob``; without ``download``, only that (``{"blob": name}``).
+        """
         from azure.core.exceptions import ResourceNotFoundError
 
         container = self.blob.get_container_client(self.settings.storage.deadletter_container)
@@ -252,7 +256,7 @@ class Probe:
                         if blob.creation_time and blob.creation_time < floor:
                             continue
                         if not download:
-                            out.append({"name": blob.name})
+                            out.append({"blob": blob.name})
                             continue
                         document = json.loads(container.download_blob(blob.name).readall())
                         document["blob"] = blob.name
@@ -457,17 +461,17 @@ def check_delivery(expected: Expected, probe: Probe, *, features: set[str], sinc
             report.problem(f"{len(altered)} events are stored with another time, measurements or critical flag",
                            altered)
 
-    # 2. every invalid event dead-lettered with a reason naming the problem
+    # 2. no whole batch dead-lettered, whatever the manifest holds; every invalid event dead-lettered with a reason
+    # naming the problem (the letters' bodies are read only then)
+    letters = probe.dead_letters(since, download=bool(expected.invalid))
+    batches = [letter["blob"] for letter in letters if letter["blob"].startswith("batches/")]
+    if batches:
+        report.problem(f"{len(batches)} whole batches were dead-lettered (the store was unavailable)", batches)
     if expected.invalid:
-        letters = probe.dead_letters(since)
         by_text: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for letter in letters:
             if letter.get("kind") == "rejected":
                 by_text[letter.get("original_text", "")].append(letter)
-        batches = [letter for letter in letters if letter.get("kind") == "batch"]
-        if batches:
-            report.problem(f"{len(batches)} whole batches were dead-lettered (the store was unavailable)",
-                           [b["blob"] for b in batches])
         not_dead = [r for r in expected.invalid if not by_text.get(r["body"])]
         bad_reason = [r for r in expected.invalid if by_text.get(r["body"])
                       and not all(r["reason"] in letter["reason"] for letter in by_text[r["body"]])]

@@ -51,12 +51,14 @@ class FakeProbe:
             name: {"count": len(v), "min": min(v), "max": max(v), "avg": sum(v) / len(v), "last": v[-1]}
             for name, v in g["measurements"].items()}} for key, g in groups.items()}
         self.windows = {w for w, _ in self.stats}
+        self.downloads: list[bool] = []
 
     def stored_rows(self, start, end):
         return list(self.rows)
 
-    def dead_letters(self, since):
-        return list(self.letters)
+    def dead_letters(self, since, *, download=True):
+        self.downloads.append(download)
+        return list(self.letters) if download else [{"blob": letter["blob"]} for letter in self.letters]
 
     def latest(self, devices):
         return {d: self.latest_ids[d] for d in devices if d in self.latest_ids}
@@ -110,6 +112,27 @@ def test_window_figures_are_computed_from_the_stored_rows():
         "pressure": {"count": 1, "min": 1.0, "max": 1.0, "avg": 1.0, "last": 1.0}}}
     assert figures[(at + timedelta(minutes=1), "d")]["count"] == 1
     assert (at - timedelta(minutes=1), "x") not in figures  # not a window asked for
+
+
+def test_a_whole_dead_lettered_batch_is_reported_when_no_invalid_event_was_sent(tmp_path):
+    """docs/local-stack.md (bounded mode): no whole batch dead-lettered, also for a run with ``--invalid-ratio 0``
+    (its events may be stored anyway, e.g. an exact redelivery of a batch stored before). The letters are then
+    listed by name only: there is no invalid event to match with their bodies."""
+    clock = iter(datetime(2026, 11, 23, 12, 0, tzinfo=UTC) + timedelta(milliseconds=250 * i) for i in range(1_000))
+    generator = EventGenerator(LoadSpec(seed=9, devices=4, invalid_ratio=0), clock=lambda: next(clock))
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(p.manifest_record(1.0, "0")) + "\n" for p in generator.take(50)))
+    expected = read_manifest(path)
+    assert expected.valid and not expected.invalid
+    probe = FakeProbe(expected)
+    assert _check(expected, probe).ok
+
+    probe.letters.append({"kind": "batch", "blob": "batches/2026/11/23/p0/10-19-hub.0123456789.json"})
+    report = _check(expected, probe)
+
+    assert not report.ok
+    assert any("1 whole batches were dead-lettered" in problem for problem in report.problems), report.problems
+    assert probe.downloads == [False, False]
 
 
 @pytest.mark.parametrize(
