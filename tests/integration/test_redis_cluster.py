@@ -202,6 +202,59 @@ def test_a_slot_migrating_to_a_newly_added_master_is_redis_unavailable(tmp_path)
         own.stop()
 
 
+@pytest.mark.timeout(180)
+def test_the_health_checks_find_a_dead_master_and_keep_the_lookups_breaker_open(tmp_path):
+    """With a master dead (no replica to take its place), the health checks say Redis is down, naming that master:
+    ``/api/health`` (asyncio) and the status page's check (blocking) ``PING`` every master, not one node. So
+    ``LookupService.health`` keeps the circuit breaker its failed lookup opened.
+    Was: the ``PING`` reached the client's default node only, Redis was "up", and each health probe closed the
+    breaker, sending the lookups back to a cluster that could not serve them."""
+    from shared.services.health import BlockingHealth
+    from shared.services.lookups import LookupService
+    from sluice.redis_cluster import LocalRedisCluster
+
+    own = LocalRedisCluster(tmp_path / "cluster", masters=3, replicas=0).start()  # a master of it is killed
+    p = "health:"
+    blocking = None
+    try:
+        blocking = RedisCluster.from_url(own.url)
+        sink = RedisChangeSink(blocking, key_prefix=p)
+        events = {f"dev-{n}": ev(f"dev-{n}", 1) for n in range(40)}
+        sink.put_latest(list(events.values()))
+        status_page = BlockingHealth({"redis": RedisLookupCache(blocking, key_prefix=p).ping}, timeout=5.0)
+        assert status_page()[0]
+
+        async def scenario() -> tuple[bool, dict, bool, int]:
+            connection = AsyncRedisConnection(own.url, cluster=True)
+            try:
+                client = await connection.client()
+                defaults = {client.get_default_node().port, blocking.get_default_node().port}
+                victim = next(port for port in own.master_ports() if port not in defaults)  # a plain PING misses it
+                device = next(d for d in events if client.get_node_from_key(sink.keys.latest(d)).port == victim)
+                service = LookupService(AsyncRedisLookupCache(connection, key_prefix=p), _Cassandra(events[device]),
+                                        redis_retry_after=60.0, health_timeout=5.0)
+                assert (await service.latest(device)).cache == "hit"
+                assert (await service.health())[0]
+                own.kill(victim)
+                assert (await service.latest(device)).cache == "bypass"  # the breaker opened
+                healthy, body = await service.health()
+                return healthy, body, service._redis_usable(), victim
+            finally:
+                connection.close()
+                await asyncio.sleep(0.05)
+
+        api_healthy, api_body, breaker_closed, victim = asyncio.run(scenario())
+        assert not breaker_closed, "the health check closed the breaker while a master of the cluster is dead"
+        for healthy, body in [(api_healthy, api_body), status_page()]:  # /api/health, then the status page's check
+            redis_state = body["dependencies"]["redis"]
+            assert not healthy and redis_state["status"] == "down", body
+            assert f"PING of master {own.host}:{victim} failed" in redis_state["error"], body
+    finally:
+        if blocking is not None:
+            blocking.close()
+        own.stop()
+
+
 def test_an_attribute_error_of_ours_is_not_taken_for_a_redis_outage():
     """Only an ``AttributeError`` raised inside redis-py's cluster client is mapped (``client.redirects``): one
     raised in our own code is a bug, and stays one."""

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -40,6 +40,7 @@ from shared.adapters.redis.client import (
     RedirectToUnknownNode,
     SecretCredentials,
     failed,
+    primaries_answer,
     redirects,
     without_username,
 )
@@ -558,10 +559,29 @@ class AsyncRedisLookupCache:
         await self._pipeline([command], what)
 
     async def ping(self) -> None:
+        """``PING``; on a cluster, every master at once (``client.primaries_answer`` says why), naming one that
+        failed."""
         try:
             client = await self._connection.client()
             with redirects():
-                await client.ping()
+                if not isinstance(client, RedisCluster):
+                    await client.ping()
+                    return
+                masters = client.get_primaries()
         except REDIS_ERRORS as exc:
             await self._connection.failed(exc)
             raise failed("PING", exc) from exc
+        replies = await asyncio.gather(*(_ping(client, node) for node in masters), return_exceptions=True)
+        for node, reply in zip(masters, replies, strict=True):
+            if isinstance(reply, REDIS_ERRORS):
+                await self._connection.failed(reply)
+                raise failed(f"PING of master {node.name}", reply) from reply
+            if isinstance(reply, BaseException):
+                raise reply
+        primaries_answer({node.name: reply for node, reply in zip(masters, replies, strict=True)})
+
+
+async def _ping(client: RedisCluster, node: ClusterNode) -> object:
+    """``PING`` one node of a cluster (only there: no retry on another node)."""
+    with redirects():
+        return await client.ping(target_nodes=node)

@@ -17,7 +17,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
-from shared.adapters.redis.client import REDIS_ERRORS, Client, RedirectToUnknownNode, RedisConnection, failed, redirects
+from shared.adapters.redis.client import (
+    REDIS_ERRORS,
+    Client,
+    RedirectToUnknownNode,
+    RedisConnection,
+    failed,
+    primaries_answer,
+    redirects,
+)
 from shared.adapters.redis.generations import RedisGenerations, generation_prefix
 from shared.adapters.redis.keys import Keys, check_prefix
 from shared.adapters.redis.scripts import scripts
@@ -169,8 +177,22 @@ class ScriptedRedis:
         return replies
 
     def ping(self) -> None:
+        """``PING``; on a cluster, every master in turn (:func:`primaries_answer` says why), naming the one that
+        failed."""
         try:
             with redirects():
-                self.client.ping()
+                client = self.client
+                if not isinstance(client, RedisCluster):
+                    client.ping()
+                    return
+                masters = client.get_primaries()  # type: ignore[no-untyped-call]  # unannotated in redis-py
         except REDIS_ERRORS as exc:
             raise failed("PING", exc) from exc
+        replies: dict[str, object] = {}
+        for node in masters:
+            try:
+                with redirects():
+                    replies[node.name] = client.ping(target_nodes=node)
+            except REDIS_ERRORS as exc:
+                raise failed(f"PING of master {node.name}", exc) from exc
+        primaries_answer(replies)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -155,6 +155,20 @@ def calling(what: str) -> Iterator[None]:
             yield
     except REDIS_ERRORS as exc:
         raise failed(what, exc) from exc
+
+
+def primaries_answer(replies: Mapping[str, object]) -> None:
+    """Raise ``DependencyUnavailable`` unless every master of a cluster answered ``PING`` (``replies``: the
+    answer per master, by name).
+
+    A plain ``PING`` on a cluster reaches one node: with a master dead, the slots it serves fail while that
+    ``PING`` still answers, and a health check built on it would say Redis is up (and close the lookups'
+    circuit breaker). A master missing an answer, or a slot map with no master at all, is down too."""
+    if not replies:
+        raise DependencyUnavailable("redis", "PING: the Redis Cluster's slot map lists no master")
+    silent = [name for name, answer in replies.items() if answer is not True]
+    if silent:
+        raise DependencyUnavailable("redis", f"PING: no PONG from master(s) {', '.join(silent)}")
 
 
 def is_cluster(client: redis.Redis) -> bool:
