@@ -1004,9 +1004,10 @@ class Settings(BaseModel):
         if named and not self.keyvault.url:
             what = "names a Key Vault secret" if len(named) == 1 else "name Key Vault secrets"
             raise ValueError(f"SLUICE_KEYVAULT_URL is required because {', '.join(named)} {what}")
-        bad = [f"{name}={value!r}" for name, value in secrets if value and not SECRET_NAME.fullmatch(value)]
+        bad = [name for name, value in secrets if value and not SECRET_NAME.fullmatch(value)]
         if bad:  # else found at the first use of the store: batches retried, then dead-lettered
-            raise ValueError(f"{', '.join(bad)}: a Key Vault secret name is 1 to 127 letters, digits and hyphens")
+            raise ValueError(f"{', '.join(bad)}: a Key Vault secret name is 1 to 127 letters, digits and hyphens "
+                             "(the value is not shown: is it the secret itself rather than its name?)")
         return self
 
 

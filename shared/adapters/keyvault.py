@@ -102,7 +102,8 @@ class KeyVaultSecrets:
         """The secret's current value, read from the vault now."""
         if not SECRET_NAME.fullmatch(name):
             raise ConfigurationError(
-                f"{name!r} is not a valid Key Vault secret name (1-127 characters of 0-9, a-z, A-Z and '-')"
+                f"a secret name of {len(name)} characters is not a valid Key Vault secret name (1-127 characters of "
+                "0-9, a-z, A-Z and '-'; the value is not shown: is it the secret itself rather than its name?)"
             )
         try:
             with _sign_in_errors() as sign_in_errors:

@@ -299,12 +299,29 @@ def test_the_application_insights_secret_needs_a_vault_too():
 def test_a_secret_name_the_vault_would_refuse_is_refused_at_start_up(name: str):
     """Key Vault names are 1 to 127 letters, digits and hyphens. Accepted here, a bad name surfaced only when a
     store first connected (ingest batches retried, then dead-lettered; telemetry retried every minute)."""
-    with pytest.raises(ConfigurationError, match=r"SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET=.*a Key Vault secret "
+    with pytest.raises(ConfigurationError, match=r"SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET: a Key Vault secret "
                                                  r"name is 1 to 127 letters, digits and hyphens"):
         load_settings(dict(SAMPLE, SLUICE_KEYVAULT_URL="https://vault.example.net",
                            SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET=name))
     load_settings(dict(SAMPLE, SLUICE_KEYVAULT_URL="https://vault.example.net",
                        SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET="appinsights-connection-2"))
+
+
+@pytest.mark.parametrize(("variable", "mistake"), [
+    # the store's password pasted into the variable that should name its secret
+    ("SLUICE_POSTGRES_PASSWORD_SECRET", "Pg-P@ssw0rd!2024"),
+    # the connection string itself instead of the name of the secret holding it
+    ("SLUICE_APPINSIGHTS_CONNECTION_STRING_SECRET",
+     "InstrumentationKey=7c1e0c2a-1111-2222-3333-444455556666;IngestionEndpoint=https://westeurope-5.in."
+     "applicationinsights.azure.com/"),
+], ids=["postgres-password", "appinsights-connection-string"])
+def test_a_secret_pasted_where_its_name_belongs_is_refused_without_being_echoed(variable: str, mistake: str):
+    # a *_SECRET value that is no secret name is most often the secret itself in the wrong variable; the start-up
+    # error is logged by the host and the startup probe, so it names the variable and the rule only
+    tls = {"SLUICE_POSTGRES_SSLMODE": "verify-full", "SLUICE_POSTGRES_SSLROOTCERT": "system"}
+    with pytest.raises(ConfigurationError, match=f"{variable}: a Key Vault secret name is") as caught:
+        load_settings(dict(SAMPLE, SLUICE_KEYVAULT_URL="https://kv.vault.azure.net/", **tls, **{variable: mistake}))
+    assert mistake not in str(caught.value)
 
 
 @pytest.mark.parametrize("url", ["rediss://sluice:pw-4c1e@cache.example.net:6380/0", "redis://:pw-4c1e@127.0.0.1:6379",
