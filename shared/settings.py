@@ -167,12 +167,20 @@ def _holds_a_certificate(value: Path | None) -> Path | None:
     return value
 
 
-def _https_url(value: str, example: str) -> None:
+def _https_url(value: str, example: str, *, endpoint_only: bool = False) -> None:
     """Refuse an endpoint URL an Azure SDK cannot take tokens to: not https (in any case: a scheme is
-    case-insensitive, RFC 3986 3.1), no host, or a port that is no port (``example`` shows a good one)."""
+    case-insensitive, RFC 3986 3.1), no host, or a port that is no port (``example`` shows a good one); with
+    ``endpoint_only``, anything after the host (and port) but ``/``. A user name, password or query is refused
+    without being echoed: the URL is logged with the settings, and a password or SAS token in it would be too."""
     parts = urlsplit(value)
     if parts.scheme.lower() != "https":
         raise ValueError("must be an https:// URL (the SDK refuses tokens over plain http)")
+    if "@" in parts.netloc:
+        raise ValueError("must not carry a user name or password (it would be logged with the settings; the SDK "
+                         "signs in with the app's identity)")
+    if parts.query and not endpoint_only:
+        raise ValueError("must not carry a query such as a SAS token (it would be logged with the settings; the SDK "
+                         f"signs in with the app's identity): give the endpoint alone (e.g. {example})")
     if not parts.hostname:
         raise ValueError(f"names no host (e.g. {example})")
     try:
@@ -181,6 +189,9 @@ def _https_url(value: str, example: str) -> None:
         raise ValueError(f"port {parts.netloc.rpartition(':')[2]!r} is not a port (1-65535)") from None
     if port == 0:  # the SDK's transport would drop it and connect to 443
         raise ValueError("port 0 is not a port (1-65535)")
+    if endpoint_only and (parts.path not in ("", "/") or parts.query or parts.fragment):
+        # the SDK appends /secrets/<name> to the whole URL: a secret's own URI or a query there reads nothing
+        raise ValueError(f"must be the endpoint alone, nothing after the host (and port) but '/' (e.g. {example})")
 
 
 class StorageSettings(_Group):
@@ -205,7 +216,7 @@ class StorageSettings(_Group):
     blob_service_uri: str | None = Field(
         None, validation_alias=AliasChoices("AzureWebJobsStorage__blobServiceUri"),
         description="Identity-based connection: the blob endpoint itself (another cloud, a private endpoint, Azurite "
-                    "with `--oauth basic`)")
+                    "with `--oauth basic`); no SAS token or user info (the value is logged)")
     credential: Literal["managedidentity"] | None = Field(
         None, validation_alias=AliasChoices("AzureWebJobsStorage__credential"),
         description="`managedidentity`: the app's managed identity only; empty: `DefaultAzureCredential` (on AKS: "
@@ -874,7 +885,7 @@ class KeyVaultSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="SLUICE_KEYVAULT_")
 
     url: str | None = None
-    """Key Vault holding the secrets named by `*_SECRET` settings (https only)"""
+    """Key Vault holding the secrets named by `*_SECRET` settings: the vault's https endpoint alone (`https://<vault>.vault.azure.net/`)"""
     ca_file: FilePath | None = Field(None, description="CA bundle for a local emulator's HTTPS certificate")
     refresh_min_interval_seconds: float = Field(
         5.0, ge=0, description="a secret a store refused is re-read at most this often"
@@ -886,7 +897,7 @@ class KeyVaultSettings(_Group):
     @classmethod
     def _https(cls, value: str | None) -> str | None:
         if value is not None:
-            _https_url(value, "https://<vault>.vault.azure.net/")
+            _https_url(value, "https://<vault>.vault.azure.net/", endpoint_only=True)
         return value
 
 

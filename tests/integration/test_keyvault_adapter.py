@@ -267,6 +267,32 @@ def test_a_vault_url_with_an_upper_case_scheme_is_read_and_accepted(keyvault_emu
     assert load_settings(_sample_environ(SLUICE_KEYVAULT_URL="HTTPS://kv.vault.azure.net/")).keyvault.url
 
 
+@pytest.mark.parametrize("suffix", ["secrets/{name}/", "secrets/{name}", "?tenant=contoso"])
+def test_a_vault_url_the_sdk_cannot_read_through_is_refused_at_start_up(
+        suffix: str, keyvault_emulator: KeyVaultEmulator) -> None:
+    """The SDK appends ``/secrets/<name>`` to the whole vault URL: one holding a secret's own URI (what a
+    ``@Microsoft.KeyVault(SecretUri=...)`` reference carries, easy to paste) or a query reads nothing, even a
+    secret that exists. Accepted at start-up, every secret failed at the first store connection."""
+    name = unique_secret_name("pg")
+    client = keyvault_emulator.client()
+    try:
+        client.set_secret(name, "the-password")
+    finally:
+        client.close()
+    url = keyvault_emulator.url + suffix.format(name=name)
+    reader = KeyVaultSecrets(url, ca_file=str(keyvault_emulator.ca_file), retries=0)
+    try:
+        with pytest.raises(ConfigurationError):
+            reader.fetch(name)
+    finally:
+        reader.close()
+    with pytest.raises(ConfigurationError, match="SLUICE_KEYVAULT_URL: must be the endpoint alone"):
+        load_settings(_sample_environ(SLUICE_KEYVAULT_URL=url,
+                                      SLUICE_KEYVAULT_CA_FILE=str(keyvault_emulator.ca_file)))
+    assert load_settings(_sample_environ(SLUICE_KEYVAULT_URL=keyvault_emulator.url,
+                                         SLUICE_KEYVAULT_CA_FILE=str(keyvault_emulator.ca_file))).keyvault.url
+
+
 def test_an_unreachable_vault_is_a_dependency_error_quickly() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
