@@ -169,7 +169,7 @@ def test_the_schedule_monitor_is_on_unless_the_schedule_is_more_frequent_than_a_
     assert uses_monitor(trigger, Schedule.parse(expression)) is monitored
 
 
-CHANGED_APP = '''
+ONE_TIMER_APP = '''
 import json, os, time
 import azure.functions as func
 
@@ -180,16 +180,17 @@ app = func.FunctionApp()
 @app.timer_trigger(schedule="%TICK_SCHEDULE%", arg_name="timer")
 def tick(timer: func.TimerRequest) -> None:
     with open(os.environ["TEST_OUT"], "a", encoding="utf-8") as f:
-        f.write(json.dumps({"at": time.time(), "past_due": timer.past_due, "status": timer.schedule_status}) + "\\n")
+        f.write(json.dumps({"at": time.time(), "past_due": timer.past_due, "status": timer.schedule_status,
+                            "pid": os.getpid()}) + "\\n")
 '''
 
 
 def _one_timer_app(tmp_path: Path, storage: str, schedule: str, status: dict[str, Any] | None) -> tuple[Path, Path]:
-    """CHANGED_APP with ``schedule`` under a host id of its own, with ``status`` in its status blob (None: no blob);
+    """ONE_TIMER_APP with ``schedule`` under a host id of its own, with ``status`` in its status blob (None: no blob);
     returns the records file and the settings."""
     out = tmp_path / "records.jsonl"
     host_id = f"devhost-test-{uuid.uuid4().hex[:12]}"
-    settings = write_app(tmp_path / "app", CHANGED_APP, values={
+    settings = write_app(tmp_path / "app", ONE_TIMER_APP, values={
         "AzureWebJobsStorage": storage, "TEST_OUT": str(out), "TICK_SCHEDULE": schedule,
         "AzureFunctionsWebHost__hostid": host_id,
     })
@@ -465,21 +466,6 @@ def test_a_disabled_timer_never_fires(tmp_path: Path, azurite_connection_string:
     assert sorted({r["function"] for r in read_records(out)}) == ["enabled_tick"], host.output()
 
 
-OUTAGE_APP = '''
-import json, os, time
-import azure.functions as func
-
-app = func.FunctionApp()
-
-
-@app.function_name("tick")
-@app.timer_trigger(schedule="*/2 * * * * *", arg_name="timer")
-def tick(timer: func.TimerRequest) -> None:
-    with open(os.environ["TEST_OUT"], "a", encoding="utf-8") as f:
-        f.write(json.dumps({"at": time.time(), "pid": os.getpid()}) + "\\n")
-'''
-
-
 def _azurite_on(port: int) -> Running:
     return start("azurite", [str(AZURITE), "--inMemoryPersistence", "--skipApiVersionCheck", "--loose",
                              "--disableTelemetry", "--blobHost", "127.0.0.1", "--blobPort", str(port)],
@@ -488,8 +474,8 @@ def _azurite_on(port: int) -> Running:
 
 def _outage_app(tmp_path: Path, port: int) -> tuple[Path, Path]:
     out = tmp_path / "ticks.jsonl"
-    settings = write_app(tmp_path / "app", OUTAGE_APP, host_json=HOST_JSON, values={
-        "AzureWebJobsStorage": connection_string(port), "TEST_OUT": str(out),
+    settings = write_app(tmp_path / "app", ONE_TIMER_APP, host_json=HOST_JSON, values={
+        "AzureWebJobsStorage": connection_string(port), "TEST_OUT": str(out), "TICK_SCHEDULE": "*/2 * * * * *",
         "AzureFunctionsWebHost__hostid": f"outage-{port}"})
     return settings, out
 
