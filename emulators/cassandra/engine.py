@@ -25,7 +25,7 @@ from .faults import FaultState, control_statement
 from .keys import make_row_id, make_sort_key
 from .murmur3 import murmur3_token
 from .parser import parse
-from .planner import bind_specs, pk_indexes
+from .planner import batch_bind_specs, bind_specs, pk_indexes
 from .results import ColumnSpec, Rows
 from .schema import Catalog, Keyspace, Table
 from .select import execute_select, projection
@@ -283,7 +283,15 @@ class Engine:
             return self.faults.execute(stmt, control, opts.values, now_seconds())
         if isinstance(stmt, st.Batch):
             from .batch import execute_batch
-            return execute_batch(self, stmt.kind, stmt.using, [(c, opts.values, None) for c in stmt.statements],
+            values = opts.values
+            if opts.names is not None:  # by the names of the markers across the whole text, as Cassandra binds them
+                tables = [self.resolve_table(c.table, session) for c in stmt.statements]
+                values = self.named_values(opts.names, values,
+                                           [s.name for s in batch_bind_specs(stmt, tables, markers)])
+                opts = dataclasses.replace(opts, values=values, names=None)
+            if len(values) != markers:
+                raise Invalid(f"There were {markers} markers(?) in CQL but {len(values)} bound variables")
+            return execute_batch(self, stmt.kind, stmt.using, [(c, values, None) for c in stmt.statements],
                                  opts, session)
         if isinstance(stmt, st.Select | st.Insert | st.Update | st.Delete):
             table = (prepared.table if prepared is not None and prepared.table is not None

@@ -136,6 +136,28 @@ def assignment_value_type(col: Column, kind: str) -> CqlType:
 def bind_specs(stmt: st.Statement, table: Table | None, count: int) -> list[Spec]:
     """Name and type of every bind marker, by position."""
     out: dict[int, Spec] = {}
+    _statement_specs(stmt, table, out)
+    return _all_specs(out, count)
+
+
+def batch_bind_specs(batch: st.Batch, tables: list[Table], count: int) -> list[Spec]:
+    """Name and type of every bind marker of a CQL BATCH text, by position across the whole text (its ``USING`` and
+    every child, each child against its table in ``tables``), as Cassandra numbers the markers of a batch."""
+    out: dict[int, Spec] = {}
+    _using_specs(batch.using, out)
+    for child, table in zip(batch.statements, tables, strict=True):
+        _statement_specs(child, table, out)
+    return _all_specs(out, count)
+
+
+def _all_specs(out: dict[int, Spec], count: int) -> list[Spec]:
+    missing = [i for i in range(count) if i not in out]
+    if missing:
+        raise Invalid("bind markers are not supported in this position of the statement")
+    return [out[i] for i in range(count)]
+
+
+def _statement_specs(stmt: st.Statement, table: Table | None, out: dict[int, Spec]) -> None:
     if isinstance(stmt, st.Select) and table is not None:
         _relation_specs(table, stmt.where, out)
         _term_specs(stmt.limit, Spec("[limit]", INT), out)
@@ -166,10 +188,6 @@ def bind_specs(stmt: st.Statement, table: Table | None, count: int) -> list[Spec
         _using_specs(stmt.using, out)
         _relation_specs(table, stmt.where, out)
         _condition_specs(table, stmt.conditions, out)
-    missing = [i for i in range(count) if i not in out]
-    if missing:
-        raise Invalid("bind markers are not supported in this position of the statement")
-    return [out[i] for i in range(count)]
 
 
 def pk_indexes(stmt: st.Statement, table: Table | None) -> list[int]:

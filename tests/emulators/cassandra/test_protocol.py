@@ -201,6 +201,75 @@ def test_alter_table_add_makes_a_skip_metadata_execute_unprepared(ready: socket.
     assert _prepare(ready, 3, query) == (pid, 4)  # the same id (MD5 of keyspace + query), the new metadata
 
 
+def _int(n: int) -> bytes:
+    """An int [value] (spec 3: its length, then its 4 bytes)."""
+    return struct.pack(">ii", 4, n)
+
+
+def _query_values(sock: socket.socket, stream: int, cql: str, values: list[bytes],
+                  names: list[str] | None = None) -> tuple[int, bytes]:
+    """A QUERY at ONE with ``values`` ([value]s), positional, or named (flag 0x40, spec 4.1.4) when ``names`` is
+    given: what the Java driver sends for ``SimpleStatement.newInstance(cql, Map)``. (opcode, body)."""
+    params = struct.pack(">H", len(values)) + b"".join(
+        (_string(names[i]) if names is not None else b"") + v for i, v in enumerate(values))
+    flags = 0x01 | (0x40 if names is not None else 0)
+    sock.sendall(_frame(4, stream, 0x07, _long_string(cql) + struct.pack(">HB", 0x0001, flags) + params))
+    _, _, opcode, body = _read(sock)
+    return opcode, body
+
+
+def _int_rows(sock: socket.socket, table: str) -> list[tuple[int, ...]]:
+    """Every row of ``table`` (k, c, v, all int), decoded from a ROWS result."""
+    _, _, opcode, body = _query(sock, 9, f"SELECT k, c, v FROM {table}")
+    assert opcode == 0x08, _error_message(body)
+    kind, flags, ncols = struct.unpack_from(">iii", body)
+    assert kind == 2
+    pos = 12
+    for _ in range(2 if flags & 0x0001 else 0):  # the global table spec: keyspace, table
+        pos += 2 + struct.unpack_from(">H", body, pos)[0]
+    for _ in range(ncols):
+        pos += 2 + struct.unpack_from(">H", body, pos)[0] + 2  # name, type id (int has no parameters)
+    (nrows,) = struct.unpack_from(">i", body, pos)
+    pos += 4
+    rows = []
+    for _ in range(nrows):
+        cells = struct.unpack_from(">" + "ii" * ncols, body, pos)
+        rows.append(cells[1::2])
+        pos += 8 * ncols
+    return sorted(rows)
+
+
+@pytest.fixture
+def int_table(ready: socket.socket, cassandra_keyspace: str) -> str:
+    name = f"{cassandra_keyspace}.t"
+    _, _, opcode, body = _query(ready, 1, f"CREATE TABLE {name} (k int, c int, v int, PRIMARY KEY (k, c))")
+    assert opcode == 0x08, _error_message(body)
+    return name
+
+
+def test_named_values_of_a_cql_batch_text_are_bound_by_the_names_of_its_markers(ready: socket.socket,
+                                                                                int_table: str) -> None:
+    """A QUERY of a BATCH text with named values binds each value to the markers of its name across the whole
+    text, as Cassandra does (the options are prepared against the batch's bind variables). Was: bound by their
+    position in the message, so ``VALUES (:k, :c, :v)`` sent as v=30, c=20, k=10 wrote the row k=30, v=10."""
+    opcode, body = _query_values(
+        ready, 2, f"BEGIN UNLOGGED BATCH INSERT INTO {int_table} (k, c, v) VALUES (:k, :c, :v); "
+                  f"INSERT INTO {int_table} (k, c, v) VALUES (:k, 21, :w); APPLY BATCH",
+        [_int(30), _int(20), _int(10), _int(31)], names=["v", "c", "k", "w"])
+    assert opcode == 0x08, _error_message(body)
+    assert _int_rows(ready, int_table) == [(10, 20, 30), (10, 21, 31)]
+
+
+def test_a_cql_batch_text_with_more_values_than_markers_is_refused(ready: socket.socket, int_table: str) -> None:
+    """As a single statement is. Was: applied, the extra value dropped."""
+    opcode, body = _query_values(
+        ready, 2, f"BEGIN UNLOGGED BATCH INSERT INTO {int_table} (k, c, v) VALUES (?, ?, 1); APPLY BATCH",
+        [_int(40), _int(41), _int(42)])
+    assert opcode == 0x00
+    assert _error_message(body) == (0x2200, "There were 2 markers(?) in CQL but 3 bound variables")
+    assert _int_rows(ready, int_table) == []
+
+
 def test_options_supported_and_unknown_compression_refused(raw: socket.socket) -> None:
     raw.sendall(_frame(4, 1, 0x05, b""))
     version, stream, opcode, body = _read(raw)
