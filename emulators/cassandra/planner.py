@@ -296,8 +296,9 @@ def resolve(term: st.Term, ctype: CqlType, values: list[Value], receiver: str = 
     """The wire bytes of ``term`` as ``ctype``; None for null, :data:`UNSET` for an unset bound value.
     ``receiver`` names what receives it (a column, ``[timestamp]``, ...) in a type error."""
     if isinstance(term, st.BindMarker):
-        if term.index >= len(values):
-            raise Invalid(f"There were {term.index} markers(?) in CQL but {len(values)} bound variables")
+        if term.index >= len(values):  # the callers check the count first; this names the marker left unbound
+            raise Invalid(f"No value for {term.name or 'bind marker ' + str(term.index)}: there were at least "
+                          f"{term.index + 1} markers(?) in CQL but {len(values)} bound variables")
         value = values[term.index]
         if isinstance(value, bytes):
             try:

@@ -282,13 +282,15 @@ class CqlConnection(asyncio.Protocol):
             child_kind = r.byte()
             table: Table | None = None
             if child_kind == 0:
-                stmt, _markers = self.engine.parse(r.long_string())
+                stmt, markers = self.engine.parse(r.long_string())
             elif child_kind == 1:  # bound to the table it was prepared against, whatever this session's keyspace
                 prepared = self.engine.lookup_prepared(r.short_bytes())
-                stmt, table = prepared.statement, prepared.table
+                stmt, table, markers = prepared.statement, prepared.table, prepared.markers
             else:
                 raise ProtocolError(f"invalid BATCH child kind {child_kind}")
             values = [r.value() for _ in range(r.short())]
+            if len(values) != markers:  # Cassandra's BatchMessage checks each child so
+                raise Invalid(f"There were {markers} markers(?) in CQL but {len(values)} bound variables")
             children.append((stmt, values, table))
         opts = Options(consistency=read_consistency(r))
         flags = r.byte()

@@ -134,6 +134,19 @@ def test_batch_with_prepared_and_plain_children(session: Session) -> None:
     assert got == [("a", 1, "updated"), ("a", 2, "plain"), ("b", 1, "plain with values")]
 
 
+def test_a_batch_child_sent_without_its_values_is_refused_with_its_marker_count(session: Session) -> None:
+    """The driver sends a child added without parameters as its text alone. Refused as Cassandra refuses it,
+    with the child's marker count. Was: "There were 0 markers(?) in CQL but 0 bound variables" (the index of the
+    first unbound marker printed as the count)."""
+    session.execute("CREATE TABLE t (k int, c int, v int, PRIMARY KEY (k, c))")
+    batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+    batch.add(SimpleStatement("INSERT INTO t (k, c, v) VALUES (1, 1, 1)"))
+    batch.add(SimpleStatement("INSERT INTO t (k, c, v) VALUES (?, ?, ?)"))
+    with pytest.raises(InvalidRequest, match=r"There were 3 markers\(\?\) in CQL but 0 bound variables"):
+        session.execute(batch)
+    assert rows_of(session, "SELECT * FROM t") == []
+
+
 def test_a_logged_batch_is_refused_as_cosmos_db_refuses_it_and_nothing_of_it_is_applied(session: Session) -> None:
     session.execute("CREATE TABLE t (k int PRIMARY KEY, v text)")
     logged = BatchStatement()  # the driver's default type: LOGGED

@@ -270,6 +270,19 @@ def test_a_cql_batch_text_with_more_values_than_markers_is_refused(ready: socket
     assert _int_rows(ready, int_table) == []
 
 
+def test_a_protocol_batch_child_with_more_values_than_markers_is_refused(ready: socket.socket,
+                                                                        int_table: str) -> None:
+    """Cassandra checks each child of a BATCH message (BatchMessage.execute) and refuses the batch, so a client
+    that sends values for the wrong statement finds out. Was: applied, the extra value dropped."""
+    child = (b"\x00" + _long_string(f"INSERT INTO {int_table} (k, c, v) VALUES (60, 61, ?)")
+             + struct.pack(">H", 2) + _int(62) + _int(63))
+    ready.sendall(_frame(4, 2, 0x0D, struct.pack(">BH", 1, 1) + child + struct.pack(">HB", 0x0001, 0)))  # UNLOGGED
+    _, _, opcode, body = _read(ready)
+    assert opcode == 0x00
+    assert _error_message(body) == (0x2200, "There were 1 markers(?) in CQL but 2 bound variables")
+    assert _int_rows(ready, int_table) == []
+
+
 def test_options_supported_and_unknown_compression_refused(raw: socket.socket) -> None:
     raw.sendall(_frame(4, 1, 0x05, b""))
     version, stream, opcode, body = _read(raw)
