@@ -9,7 +9,8 @@ methods match takes the request. A request no route takes is 404, a wrong method
 (the host restricts methods with a route constraint: no 405, no ``Allow``), with an empty
 body. Route parameters are matched on the path as Kestrel decodes it: control characters
 included (``/api/devices/%C3%89%0A/latest`` reaches the function, which rejects the id),
-``%2F`` left encoded (``/api/devices/a%2Fb/latest`` gives ``device_id`` ``a%2Fb``), and a
+``%2F`` left encoded (``/api/devices/a%2Fb/latest`` gives ``device_id`` ``a%2Fb``), ``.`` and
+``..`` segments removed once decoded (``/api/files/a/%2E%2E/b`` is ``/api/files/b``), and a
 path holding ``%00`` refused with 400 before any route.
 
 A request becomes a ``func.HttpRequest`` (method, full URL, headers, query parameters,
@@ -157,9 +158,31 @@ def _given_key(request: web.Request) -> str:
 
 
 def kestrel_path(raw_path: str) -> str:
-    """A request path decoded as Kestrel decodes it (UrlDecoder): every escape but ``%2F``, which stays as sent."""
-    return "".join(part if _ENCODED_SLASH.fullmatch(part) else URL.build(path="/" + part, encoded=True).path[1:]
-                   for part in _ENCODED_SLASH.split(raw_path))
+    """A request path decoded as Kestrel decodes it (PathNormalizer.DecodePath): every escape but ``%2F``, which stays
+    as sent, decoded once, then the dot segments removed."""
+    decoded = "".join(part if _ENCODED_SLASH.fullmatch(part) else URL.build(path="/" + part, encoded=True).path[1:]
+                      for part in _ENCODED_SLASH.split(raw_path))
+    return without_dot_segments(decoded)
+
+
+def without_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4 remove_dot_segments, as Kestrel's PathNormalizer.RemoveDotSegments applies it to the decoded
+    path: ``.`` segments go, ``..`` ones take the segment before them (none above the root), and a dot segment at the
+    end leaves a final ``/``. Segments are split on ``/`` only: ``%2F`` is no separator and ``%2E`` (what ``%252E``
+    decodes to) no dot."""
+    if not path.startswith("/"):
+        return path
+    segments = path[1:].split("/")
+    kept: list[str] = []
+    for index, segment in enumerate(segments):
+        if segment in (".", ".."):
+            if segment == ".." and kept:
+                kept.pop()
+            if index == len(segments) - 1:
+                kept.append("")
+        else:
+            kept.append(segment)
+    return "/" + "/".join(kept)
 
 
 def encode_result(result: Any) -> web.Response:

@@ -5,7 +5,8 @@ Each test says what the real host does, with the source it is read from, at thes
 * host:   Azure/azure-functions-host 89dc438d (src/WebJobs.Script*, src/WebJobs.Script.Grpc)
 * sdk:    Azure/azure-webjobs-sdk f79ea0bf (src/Microsoft.Azure.WebJobs.Host)
 * worker: Azure/azure-functions-python-worker 7e6acf36 (azure_functions_worker)
-* aspnet: dotnet/aspnetcore (src/Shared/UrlDecoder, src/Http/Http/src/Features/QueryFeature.cs)
+* aspnet: dotnet/aspnetcore (src/Shared/UrlDecoder, src/Http/Http/src/Features/QueryFeature.cs,
+  src/Servers/Kestrel/Core/src/Internal/Http/PathNormalizer.cs)
 """
 
 from __future__ import annotations
@@ -89,6 +90,17 @@ def latest(req: func.HttpRequest) -> func.HttpResponse:
 def echo(req: func.HttpRequest) -> func.HttpResponse:
     body = {"body": req.get_body().decode("latin-1"), "params": dict(req.params)}
     return func.HttpResponse(json.dumps(body), mimetype="application/json")
+
+
+@app.route(route="files/{*rest}")
+def files(req: func.HttpRequest) -> str:
+    return "files:" + req.route_params.get("rest", "")
+
+
+@app.route(route="open/{id}")
+def open_item(req: func.HttpRequest) -> str:
+    return "open:" + req.route_params["id"]
+
 '''
 
 
@@ -106,6 +118,23 @@ def _get(host: Running, path: str) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.read()
+
+
+def _raw(host: Running, method: str, path: str, headers: list[tuple[str, str]] | None = None,
+         body: bytes | None = None) -> tuple[int, bytes]:
+    """One request sent as written: http.client does not normalise the path, nor compress or limit anything."""
+    connection = http.client.HTTPConnection(host.host, host.port, timeout=10)
+    try:
+        connection.putrequest(method, path, skip_accept_encoding=True)
+        for name, value in headers or []:
+            connection.putheader(name, value)
+        if body is not None:
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
 
 
 def test_an_encoded_slash_in_a_route_parameter_reaches_the_function_still_encoded(http_host: Running) -> None:
@@ -162,6 +191,27 @@ def test_query_names_that_differ_only_in_case_are_one_parameter(http_host: Runni
     status, body = _get(http_host, "/api/echo?limit=5&LIMIT=7")
     assert status == 200
     assert json.loads(body)["params"] == {"limit": "5,7"}
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/api/files/a/../b", b"files:b"),
+    ("/api/files/a/%2E%2E/b", b"files:b"),
+    ("/api/files/./a", b"files:a"),
+    ("/api/files/a/.", b"files:a/"),
+    ("/api/files/../open/z", b"open:z"),
+    ("/api/files/a%2F../b", b"files:a%2F../b"),
+    ("/api/files/%252E%252E/b", b"files:%2E%2E/b"),
+])
+def test_dot_segments_are_removed_before_routing(http_host: Running, path: str, expected: bytes) -> None:
+    """aspnet: Kestrel's PathNormalizer.DecodePath decodes the path (UrlDecoder.DecodeInPlace, ``%2F`` left as is)
+    and then removes ``.`` and ``..`` segments (RemoveDotSegments, RFC 3986 5.2.4) before routing, so in Azure
+    ``/api/files/a/../b`` is ``/api/files/b`` and a catch-all never sees ``..``. ``a%2F..`` is one segment, not a
+    dot one, and ``%252E`` decodes once to ``%2E``, no dot either (the operations page sends the ids ``.`` and
+    ``..`` so).
+
+    Before: HttpServer._path decoded the path but routed it with its dot segments: the function got ``a/../b`` (a
+    path-traversal check that passes locally never runs in Azure) and ``/api/files/../open/z`` reached ``files``."""
+    assert _raw(http_host, "GET", path) == (200, expected)
 
 
 # --- 3. host.json settings ----------------------------------------------------------------------------------------

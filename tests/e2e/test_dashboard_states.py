@@ -514,9 +514,10 @@ def test_a_newer_search_replaces_one_still_in_flight(dashboard: DashboardHost, b
 def test_a_device_id_of_dots_is_searched_under_its_own_route(dashboard: DashboardHost, browser, device) -> None:
     """"." and ".." are valid device ids (event.schema.json, parse_device_id). A browser removes the path segments
     ".", "..", "%2E" and "%2E%2E" as dot-segments, so "/devices/" + encodeURIComponent(id) asked /api/devices/latest
-    or /api/latest and the operator got an error for a device with events; the page sends them encoded twice."""
+    or /api/latest and the operator got an error for a device with events; the page sends them encoded twice. The
+    host (Kestrel) removes "%2E" and "%2E%2E" too, once it has decoded the path: "%252E" is what reaches the route."""
     dashboard.set(devices={device: {"count": 3, "step_seconds": 60, "anchor": _anchor(), "measurement": "temperature"}})
-    encoded = device.replace(".", "%2E")
+    encoded = device.replace(".", "%252E")
     with urllib.request.urlopen(f"{dashboard.api}/devices/{encoded}/events", timeout=10) as answer:
         body = json.load(answer)
     assert body["device_id"] == device and len(body["events"]) == 3, body  # the route itself serves the device
