@@ -11,7 +11,10 @@ body. Route parameters are matched on the path as Kestrel decodes it: control ch
 included (``/api/devices/%C3%89%0A/latest`` reaches the function, which rejects the id),
 ``%2F`` left encoded (``/api/devices/a%2Fb/latest`` gives ``device_id`` ``a%2Fb``), ``.`` and
 ``..`` segments removed once decoded (``/api/files/a/%2E%2E/b`` is ``/api/files/b``), and a
-path holding ``%00`` refused with 400 before any route.
+path holding ``%00`` refused with 400 before any route. The request line, the headers and the
+body are read with Kestrel's limits and as Kestrel passes them on: headers up to 32 KB each
+(Kestrel: 32 KB in all), at most 100 of them, and a body sent with ``Content-Encoding: gzip``
+given to the function compressed.
 
 A request becomes a ``func.HttpRequest`` (method, full URL, headers, query parameters,
 route parameters, body). Repeated headers are joined with commas. Query parameters are
@@ -68,6 +71,10 @@ logger = logging.getLogger(__name__)
 
 KEY_SETTING = "DEVHOST_FUNCTION_KEY"
 MAX_BODY_BYTES = 100 * 1024 * 1024  # the Functions host's request size limit
+# Kestrel's KestrelServerLimits defaults, which the host keeps: MaxRequestLineSize 8 KB, MaxRequestHeaderCount 100 and
+# MaxRequestHeadersTotalSize 32 KB (all headers together; aiohttp can only cap each one, so each one is capped at that).
+# auto_decompress off: the host has no request decompression, a gzip body reaches the function as sent.
+PARSER_ARGS = {"max_line_size": 8 * 1024, "max_headers": 100, "max_field_size": 32 * 1024, "auto_decompress": False}
 ALL_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE"})
 _ENCODED_SLASH = re.compile(r"(%2[fF])")
 
@@ -226,7 +233,7 @@ class HttpServer:
         return f"http://{host}:{self.port}/{path}"
 
     def application(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args=PARSER_ARGS)
         if self._custom_headers:
             app.on_response_prepare.append(self._add_custom_headers)
         app.router.add_get("/admin/host/status", self._status)

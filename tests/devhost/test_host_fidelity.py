@@ -6,12 +6,13 @@ Each test says what the real host does, with the source it is read from, at thes
 * sdk:    Azure/azure-webjobs-sdk f79ea0bf (src/Microsoft.Azure.WebJobs.Host)
 * worker: Azure/azure-functions-python-worker 7e6acf36 (azure_functions_worker)
 * aspnet: dotnet/aspnetcore (src/Shared/UrlDecoder, src/Http/Http/src/Features/QueryFeature.cs,
-  src/Servers/Kestrel/Core/src/Internal/Http/PathNormalizer.cs)
+  src/Servers/Kestrel/Core/src/Internal/Http/PathNormalizer.cs, KestrelServerLimits.cs)
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http.client
 import json
 import urllib.error
@@ -101,6 +102,16 @@ def files(req: func.HttpRequest) -> str:
 def open_item(req: func.HttpRequest) -> str:
     return "open:" + req.route_params["id"]
 
+
+@app.route(route="upload", methods=["POST"])
+def upload(req: func.HttpRequest) -> func.HttpResponse:
+    body = {"length": len(req.get_body()), "encoding": req.headers.get("content-encoding")}
+    return func.HttpResponse(json.dumps(body), mimetype="application/json")
+
+
+@app.route(route="whoami")
+def whoami(req: func.HttpRequest) -> str:
+    return "len:" + str(len(req.headers.get("authorization") or ""))
 '''
 
 
@@ -212,6 +223,31 @@ def test_dot_segments_are_removed_before_routing(http_host: Running, path: str, 
     Before: HttpServer._path decoded the path but routed it with its dot segments: the function got ``a/../b`` (a
     path-traversal check that passes locally never runs in Azure) and ``/api/files/../open/z`` reached ``files``."""
     assert _raw(http_host, "GET", path) == (200, expected)
+
+
+def test_a_gzip_request_body_reaches_the_function_as_sent(http_host: Running) -> None:
+    """host: no request decompression (no RequestDecompression middleware; Kestrel passes the bytes on), so a body
+    sent with ``Content-Encoding: gzip`` reaches the worker compressed and the function must gunzip it.
+
+    Before: aiohttp's request.read() inflated it (auto_decompress), so a function that forgets to gunzip worked
+    locally and failed in Azure."""
+    sent = gzip.compress(json.dumps({"rows": list(range(2000))}).encode())
+    status, body = _raw(http_host, "POST", "/api/upload", headers=[("Content-Encoding", "gzip")], body=sent)
+    assert status == 200, body
+    assert json.loads(body) == {"length": len(sent), "encoding": "gzip"}
+
+
+def test_a_header_kestrel_accepts_is_not_refused(http_host: Running) -> None:
+    """aspnet: KestrelServerLimits caps the request headers at 32 KB together (MaxRequestHeadersTotalSize), with no
+    limit on one header, so a 12 KB ``Authorization: Bearer`` token (Entra ID tokens with many group claims) is
+    served in Azure.
+
+    Before: aiohttp's default max_field_size (8190 bytes) answered 400 before any function ran."""
+    token = "Bearer " + "x" * 12000
+    assert _raw(http_host, "GET", "/api/whoami", headers=[("Authorization", token)]) == (
+        200, f"len:{len(token)}".encode())
+    # past 32 KB Kestrel answers 431; aiohttp 400: refused either way
+    assert _raw(http_host, "GET", "/api/whoami", headers=[("Authorization", "x" * 40000)])[0] in (400, 431)
 
 
 # --- 3. host.json settings ----------------------------------------------------------------------------------------
