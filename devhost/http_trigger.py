@@ -277,7 +277,11 @@ class HttpServer:
     def _authorised(self, route: HttpRoute, request: web.Request) -> bool:
         if self._key is None or route.auth_level == "anonymous":
             return True
-        return hmac.compare_digest(_given_key(request).encode(), self._key.encode())
+        try:
+            given = _given_key(request).encode()
+        except UnicodeEncodeError:  # bytes that are not UTF-8 (aiohttp keeps them as surrogates): a wrong key, unlogged
+            return False
+        return hmac.compare_digest(given, self._key.encode())
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         if "%00" in request.rel_url.raw_path:  # Kestrel: "The path contains null characters.", before routing

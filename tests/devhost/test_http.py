@@ -202,6 +202,24 @@ def test_an_empty_key_header_is_the_key_given_and_code_is_not_read(http_host: Ru
 
 
 @pytest.mark.timeout(60)
+def test_a_key_header_that_is_not_utf8_is_a_wrong_key(http_host: Running) -> None:
+    """host: such a request is 400 (Kestrel refuses header bytes that are not UTF-8) or 401, never 500. aiohttp keeps
+    the bytes as surrogates (surrogateescape); HttpServer._authorised encoded them to compare, and the
+    UnicodeEncodeError was a 500 whose logged traceback quoted a character of the key."""
+    address, port = http_host.address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(address, int(port), timeout=10)
+    try:
+        connection.putrequest("GET", "/v1/items/7")
+        connection.putheader("x-functions-key", b"\xe9" + KEY.encode())
+        connection.endheaders()
+        status = connection.getresponse().status
+    finally:
+        connection.close()
+    assert status == 401
+    assert "UnicodeEncodeError" not in http_host.output()
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("path", ["/v1//items/7", "//v1/items/7", "/v1/items/7//", "/v1/items//7"])
 def test_an_empty_path_segment_matches_no_route(http_host: Running, path: str) -> None:
     """host: ASP.NET Core's RoutePatternMatcher.TryMatch walks the path with PathTokenizer, which yields an empty
