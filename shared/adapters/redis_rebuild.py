@@ -27,11 +27,16 @@ records the replaced generation for deletion in the pointer (``drop:<n>``);
 the start of each rebuild too, so one a crash left is deleted by the next.
 
 Each build has an owner: the builder that claimed or resumed it holds a lease on
-it in the pointer (``shared.adapters.redis.generations``), renewed with each
-saved position, and only a build whose lease has lapsed (its process killed) is
-taken over: a second rebuild started while one runs is refused
-(``ConfigurationError``), with or without ``--restart``, rather than reading the
-rest of the log again into the same generation.
+it in the pointer (``shared.adapters.redis.generations``), renewed every third of
+the lease by a heartbeat thread while the build runs (however long one page takes:
+``--max-rps`` waits, a slow read) and with each saved position, and only a build
+whose lease has lapsed (its process killed) is taken over: a second rebuild started
+while one runs is refused (``ConfigurationError``), with or without ``--restart``,
+rather than reading the rest of the log again into the same generation. A renewal
+that finds the build another owner's makes the next step fail (``write``,
+``save_position``, ``finish``). A rebuild that fails gives its lease up
+(:meth:`RedisCacheBuilder.release`, the position kept), so running it again resumes
+at once; a killed one cannot, and is resumed once its lease lapses.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
@@ -50,11 +56,11 @@ from shared.adapters.redis import RedisChangeSink, sort_key
 from shared.adapters.redis.base import Command
 from shared.adapters.redis.change_sink import moves
 from shared.adapters.redis.client import calling
-from shared.adapters.redis.generations import Lease
+from shared.adapters.redis.generations import Lease, lost
 from shared.adapters.redis.keys import Keys
 from shared.domain.stored import StoredEvent
 from shared.domain.times import from_ms, to_ms
-from shared.exceptions import ConfigurationError
+from shared.exceptions import ConfigurationError, DependencyUnavailable
 from shared.ports.rebuild import Build
 
 logger = logging.getLogger(__name__)
@@ -62,9 +68,9 @@ logger = logging.getLogger(__name__)
 # Key patterns of one generation (under its prefix), for deleting a replaced one.
 GENERATION_PATTERNS = ["d:*", "e:*", "critical:*", "rebuild:*"]
 _CHUNK = 500
-# How long a build stays its builder's without a renewal. A healthy build renews it with every page (a page is read
-# in well under the 30 s ``docs/redis-layout.md`` relies on; ``--max-rps`` sizes a page to about a second of device
-# rows), and while it deletes an old generation; a killed one can be resumed, or restarted, this long after it died.
+# How long a build stays its builder's without a renewal. A running build renews it every third of that (a heartbeat,
+# whatever a page takes), with every page, and while it deletes an old generation; a killed one can be resumed, or
+# restarted, this long after it died.
 LEASE_SECONDS = 120.0
 
 
@@ -91,7 +97,7 @@ def _refused(lease: Lease, restart: bool) -> ConfigurationError:
     until = from_ms(lease.until_ms).isoformat(timespec="seconds")
     doing = "discard" if restart else "resume"
     return ConfigurationError(
-        f"another rebuild is building generation {lease.generation} (its lease, renewed with every page, expires at "
+        f"another rebuild is building generation {lease.generation} (its lease, renewed while it runs, expires at "
         f"{until}); two rebuilds at once are refused, so this one does not {doing} it: wait for that one to finish, "
         f"or stop its process and run again after {until} (it resumes the build; --restart starts over)")
 
@@ -103,6 +109,8 @@ class RedisCacheBuilder:
         self._token = secrets.token_hex(16)  # this builder's claim on the build it begins (the pointer's owner)
         self._lease_ms = int(lease_seconds * 1000)
         self._owned: int | None = None  # the generation this builder holds the lease of
+        self._heartbeat: tuple[threading.Thread, threading.Event] | None = None  # renews the lease while it runs
+        self._lost: int | None = None  # the generation a renewal found another rebuild's
         self._clock = clock  # the wall clock a key's TTL is left from (:meth:`_left`); injectable for tests
         self._generations = sink.generations
         self._settle = 2 * self._generations.cache_seconds if settle_seconds is None else settle_seconds
@@ -286,14 +294,72 @@ class RedisCacheBuilder:
             assert claimed.building is not None  # start_building returns the pointer with the new generation
             build = Build(claimed.building, None, since_ms)
             logger.info("building generation %d (live: %d)", build.generation, claimed.live)
-        self._owned = build.generation
-        time.sleep(self._settle)  # every change-feed writer now writes to the building generation too
-        self.cleanup()  # what an earlier rebuild abandoned or failed to delete (no writer writes it any longer)
+        self._owned, self._lost = build.generation, None
+        self._start_heartbeat(build.generation)
+        try:
+            time.sleep(self._settle)  # every change-feed writer now writes to the building generation too
+            self.cleanup()  # what an earlier rebuild abandoned or failed to delete (no writer writes it any longer)
+        except BaseException:
+            self.release(build.generation)
+            raise
         return build
+
+    def _start_heartbeat(self, generation: int) -> None:
+        """Renew the lease on ``generation`` every third of it on a thread of its own until :meth:`_stop_heartbeat`,
+        so the build stays this builder's however long a page takes. A renewal that fails (Redis unreachable) is
+        tried again at the next beat; one that finds the build another owner's ends the beat, and the build's next
+        step fails (:meth:`_check`)."""
+        self._stop_heartbeat()
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self._lease_ms / 3000):
+                try:
+                    if not self._generations.renew(generation, None, self._token, self._lease_ms):
+                        self._lost = generation
+                        logger.error("generation %d is no longer being built by this rebuild", generation)
+                        return
+                except DependencyUnavailable as exc:
+                    logger.warning("could not renew the lease on generation %d (tried again shortly): %s",
+                                   generation, exc)
+
+        thread = threading.Thread(target=beat, name=f"rebuild-lease-{generation}", daemon=True)
+        self._heartbeat = (thread, stop)
+        thread.start()
+
+    def _stop_heartbeat(self) -> None:
+        """Stop the heartbeat, if one runs, and wait for its thread to end."""
+        if self._heartbeat is not None:
+            thread, stop = self._heartbeat
+            self._heartbeat = None
+            stop.set()
+            thread.join()
+
+    def _check(self, generation: int) -> None:
+        """Raise ``DependencyUnavailable`` if a renewal found the build of ``generation`` another rebuild's."""
+        if self._lost == generation:
+            raise lost(generation)
+
+    def release(self, generation: int) -> None:
+        """Stop renewing the lease on ``generation`` and give it up, keeping the saved position (a rebuild that
+        failed): the next rebuild resumes the build at once. Nothing to give up if this builder does not own it.
+        Never raises: a release that fails (Redis unreachable) leaves the lease to lapse, as a killed rebuild's."""
+        self._stop_heartbeat()
+        if self._owned != generation:
+            return
+        self._owned = None
+        try:
+            self._generations.release(generation, self._token)
+        except DependencyUnavailable as exc:
+            logger.warning("could not give up the lease on generation %d (the next rebuild resumes it once it "
+                           "lapses): %s", generation, exc)
+            return
+        logger.info("gave up the lease on generation %d: the next rebuild resumes it at once", generation)
 
     def _renew(self) -> None:
         """Renew the lease on the build this builder owns (none: nothing to do)."""
         if self._owned is not None:
+            self._check(self._owned)
             self._generations.save_position(self._owned, None, self._token, self._lease_ms)
 
     def stream_since_ms(self) -> int:
@@ -304,14 +370,17 @@ class RedisCacheBuilder:
 
     def write(self, generation: int, latest: Sequence[StoredEvent],
               critical: Mapping[str, Sequence[StoredEvent]], since_ms: int) -> None:
+        self._check(generation)
         self._write(self._sink.keys_of(generation), latest, critical, since_ms,
                     f"writing {len(latest)} devices to generation {generation}", stream=True)
 
     def save_position(self, generation: int, position: int) -> None:
+        self._check(generation)
         self._generations.save_position(generation, str(position), self._token, self._lease_ms)  # renews the lease
 
     def finish(self, generation: int) -> int:
         sink, keys = self._sink, self._sink.keys_of(generation)
+        self._check(generation)
         self._generations.save_position(generation, None, self._token, self._lease_ms)  # still ours: renewed
         with calling("reading the stream candidates"):
             renewed = {int(shard): int(at) for shard, at in cast(list[tuple[bytes, float]], sink.client.zrange(
@@ -331,6 +400,8 @@ class RedisCacheBuilder:
         self._run([("UNLINK", self._renewed_key(keys)),
                    *(("UNLINK", self._candidates_key(keys, shard)) for shard in range(len(keys.streams)))],
                   "deleting the stream candidates")
+        self._stop_heartbeat()  # renewed a third of the lease ago at most: the switch (owner-checked) comes next
+        self._check(generation)
         old = self._generations.switch(generation, self._token)  # records the old generation for deletion
         self._owned = None
         logger.info("generation %d is live (replaced %d)", generation, old)

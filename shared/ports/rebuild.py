@@ -98,6 +98,10 @@ class CacheBuilder(Protocol):
     def save_position(self, generation: int, position: int) -> None:
         """Record that every device up to ``position`` is written (called after :meth:`write` returns)."""
 
+    def release(self, generation: int) -> None:
+        """Give up this builder's claim on the build of ``generation`` after a failure, keeping its saved position,
+        so the next rebuild resumes it at once (nothing if the claim is no longer this builder's). Never raises."""
+
     def finish(self, generation: int) -> int:
         """Write the critical stream from the candidates, switch readers to ``generation`` atomically, recording
         the generation it replaced for deletion, and wait until no reader reads that one. Returns it."""

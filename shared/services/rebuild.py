@@ -15,7 +15,8 @@ cache's idempotent merges, so a page written twice is harmless.
 
 After each page of devices is written, the position (the page's last token) is
 saved; a killed rebuild resumes from it (``resume=True``, the default) in the
-same generation. A build in progress with another ``since`` cannot be resumed:
+same generation, and so does one that failed, at once: it gives up its claim on
+the build (``CacheBuilder.release``) on the way out. A build in progress with another ``since`` cannot be resumed:
 the rebuild is refused (``ConfigurationError``) rather than silently throwing
 that build away; ``resume=False`` (``--restart``) starts over on purpose. Reads
 are rate-limited (rows per second, ``max_rps``, every row the log reads:
@@ -303,31 +304,35 @@ class RebuildService:
                     f"{_since(current.since_ms)} to resume it, or with --restart to discard it and start over")
         build = self._cache.begin(since_ms, resume=resume)
         report = RebuildReport(build.generation, None, resumed_from=build.position)
-        position = build.position
-        # --since bounds the critical lists only: the stream and its markers get every critical event the feed's
-        # could still hold, or a replay after the rebuild would append the older ones on top of the stream.
-        read_from = min(since_ms, self._cache.stream_since_ms()) if since_ms > SINCE_ALL else since_ms
-        with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="rebuild") as pool:
-            limit = self._page_limit()
-            while True:
-                self._limiter.acquire(limit * _ROWS_PER_DEVICE)  # before the read: no read bursts past the rate
-                rows = self._log.devices(position, limit)
-                self._charge(prepaid=limit * _ROWS_PER_DEVICE)
-                if not rows:
-                    break
-                # A device without a latest state (a correction moved its newest event to another device) gets
-                # none, as the change feed leaves it none, but its critical list, stream candidates and markers.
-                latest = [self._decided(row.latest) for row in rows if row.latest is not None]
-                critical = self._critical([row.device_id for row in rows], read_from, pool)
-                self._cache.write(build.generation, latest, critical, since_ms)
-                position = rows[-1].token
-                self._cache.save_position(build.generation, position)
-                report.devices += len(rows)
-                report.events += len(latest) + sum(len(events) for events in critical.values())
-                report.seconds = time.monotonic() - started
-                if progress is not None:
-                    progress(report, token_fraction(position))
-        report.replaced = self._cache.finish(build.generation)
+        try:
+            position = build.position
+            # --since bounds the critical lists only: the stream and its markers get every critical event the feed's
+            # could still hold, or a replay after the rebuild would append the older ones on top of the stream.
+            read_from = min(since_ms, self._cache.stream_since_ms()) if since_ms > SINCE_ALL else since_ms
+            with ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="rebuild") as pool:
+                limit = self._page_limit()
+                while True:
+                    self._limiter.acquire(limit * _ROWS_PER_DEVICE)  # before the read: no read bursts past the rate
+                    rows = self._log.devices(position, limit)
+                    self._charge(prepaid=limit * _ROWS_PER_DEVICE)
+                    if not rows:
+                        break
+                    # A device without a latest state (a correction moved its newest event to another device) gets
+                    # none, as the change feed leaves it none, but its critical list, stream candidates and markers.
+                    latest = [self._decided(row.latest) for row in rows if row.latest is not None]
+                    critical = self._critical([row.device_id for row in rows], read_from, pool)
+                    self._cache.write(build.generation, latest, critical, since_ms)
+                    position = rows[-1].token
+                    self._cache.save_position(build.generation, position)
+                    report.devices += len(rows)
+                    report.events += len(latest) + sum(len(events) for events in critical.values())
+                    report.seconds = time.monotonic() - started
+                    if progress is not None:
+                        progress(report, token_fraction(position))
+            report.replaced = self._cache.finish(build.generation)
+        except BaseException:  # the build stays to resume: the next run may, at once (a killed one: once it lapses)
+            self._cache.release(build.generation)
+            raise
         report.seconds = time.monotonic() - started
         logger.info("rebuild finished %s", json.dumps({"event": "rebuild_finished", **report.fields()}))
         try:

@@ -90,6 +90,7 @@ def test_a_killed_build_leaves_the_live_generation_whole_and_a_restart_drops_the
     assert restarted.generation == 2
     assert not any(name.startswith("g1:") for name in names(client, prefix))
     assert client.exists(sink.keys_of(0).latest("dev-11"))  # the live generation is untouched
+    builder.release(restarted.generation)  # its heartbeat stopped: no thread left renewing after the test
 
 
 def test_a_running_build_is_refused_to_a_second_rebuild_until_its_lease_lapses_then_taken_over(client):
@@ -106,7 +107,11 @@ def test_a_running_build_is_refused_to_a_second_rebuild_until_its_lease_lapses_t
         with pytest.raises(ConfigurationError, match=f"building generation {build.generation} .*lease"):
             second.begin(SINCE_ALL, resume=resume)
     first.save_position(build.generation, -4)  # the refusals took nothing from the owner
-    time.sleep(1.2)  # the first's lease lapses without a renewal: as if it was killed
+    time.sleep(1.2)  # the heartbeat renews the lease while its build runs, however long a page takes
+    with pytest.raises(ConfigurationError, match=f"building generation {build.generation} .*lease"):
+        second.begin(SINCE_ALL, resume=True)
+    first._stop_heartbeat()  # as if its process was killed: nothing renews the lease any longer
+    time.sleep(1.2)  # the first's lease lapses without a renewal
     taken = second.begin(SINCE_ALL, resume=True)
     assert (taken.generation, taken.position) == (build.generation, -4)
     with pytest.raises(DependencyUnavailable, match=f"generation {build.generation}"):
@@ -116,6 +121,22 @@ def test_a_running_build_is_refused_to_a_second_rebuild_until_its_lease_lapses_t
     second.save_position(taken.generation, -3)
     assert second.finish(taken.generation) == 0
     assert sink.generations.read().live == build.generation
+
+
+def test_a_heartbeat_that_finds_the_build_another_rebuilds_stops_the_build_at_its_next_step(client):
+    """The heartbeat renews the lease through the owner-checked renewal; one that finds another owner (a rebuild
+    that took the build over while this one's renewals failed) stops, and this build's next write fails with the
+    error of a build taken over, rather than go on writing beside the new owner."""
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    sink = RedisChangeSink(client, key_prefix=prefix, ttl_seconds=600, generation_cache_seconds=0)
+    builder = RedisCacheBuilder(sink, settle_seconds=0, lease_seconds=0.3)
+    build = builder.begin(SINCE_ALL, resume=False)
+    client.hset(sink.generations.key, "owner", "another rebuild")
+    time.sleep(0.5)  # beats every 0.1 s: the next one finds the other owner
+    with pytest.raises(DependencyUnavailable, match=f"generation {build.generation} is no longer being built"):
+        builder.write(build.generation, [ev("dev-1")], {}, SINCE_ALL)
+    builder.release(build.generation)  # not its own any longer: nothing given up
+    assert client.hget(sink.generations.key, "owner") == b"another rebuild"
 
 
 def test_deleting_a_replaced_generation_touches_only_its_own_keys_whatever_characters_its_prefix_holds(client):

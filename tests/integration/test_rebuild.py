@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -1000,13 +1001,15 @@ def test_while_a_rebuild_runs_the_change_feed_does_not_read_every_devices_latest
     apply_changes(sink, stored(second), latest, list)
     assert latest.asked == []  # the keys are there: no read
 
-    RedisCacheBuilder(sink, settle_seconds=0.0).begin(SINCE_ALL, resume=False)  # a rebuild starts
+    builder = RedisCacheBuilder(sink, settle_seconds=0.0)
+    build = builder.begin(SINCE_ALL, resume=False)  # a rebuild starts
     third = [cf.make_event(d, now - timedelta(minutes=3)) for d in devices]
     store.write(third)
     apply_changes(sink, stored(third), latest, list)
     assert len(latest.asked) == 0, (
         f"one page of the change feed during a rebuild read the latest state of {len(latest.asked)} of its "
         f"{len(devices)} devices from Cassandra (none before the rebuild started)")
+    builder.release(build.generation)  # no heartbeat left renewing after the test
 
 
 class _StartTimed:
@@ -1331,6 +1334,96 @@ def test_a_second_rebuild_while_one_runs_is_refused_not_silently_joined(session,
         f"{outcome.get('error')!r}")
     assert all("building generation" in message and "lease" in message for message in refused), refused
     assert "error" not in outcome, f"the first rebuild failed after the second was refused: {outcome['error']!r}"
+
+
+class _MemoryLog:
+    """An in-memory ``DeviceLog``: each device's latest event, and its critical events; from page ``fail_on_page``
+    on, reading the devices times out (Cassandra gone mid-build)."""
+
+    def __init__(self, critical: dict[str, list[StoredEvent]], *, fail_on_page: int | None = None) -> None:
+        self._devices = sorted(critical.items())
+        self._pages, self._fail_on_page = 0, fail_on_page
+        self.rows_read = 0
+
+    def devices(self, after: int | None, limit: int) -> list[DeviceRow]:
+        self._pages += 1
+        if self._fail_on_page is not None and self._pages >= self._fail_on_page:
+            raise DependencyUnavailable("Cassandra", "reading the devices: timed out")
+        start = 0 if after is None else after + 1
+        rows = [DeviceRow(index, device, replace(events[0], critical=False, severity="info", event_id=uuid.uuid4()))
+                for index, (device, events) in enumerate(self._devices) if index >= start][:limit]
+        self.rows_read += 2 * len(rows)
+        return rows
+
+    def device(self, device_id: str) -> DeviceRow | None:
+        return None
+
+    def critical(self, device_id: str, since_ms: int) -> list[StoredEvent]:
+        events = dict(self._devices)[device_id]
+        self.rows_read += len(events)
+        return list(events)
+
+
+@pytest.mark.timeout(60)
+def test_a_rebuild_whose_page_outlasts_its_lease_keeps_the_build_from_a_second_rebuild(rclient, redis_prefix):
+    """A page's length is not bounded by the lease: with ``--max-rps N`` a device's critical rows are charged after
+    they are read (the token bucket sleeps for the deficit), so one device of more than lease x N critical rows
+    makes its page outlast the lease. A heartbeat renews the lease while the build runs, so a second rebuild
+    started meanwhile is refused and the first finishes. (Renewed only with each saved position, the lease lapsed
+    mid-page: the second took the build over, switched to it, and the first failed at its next step.)
+    At scale: lease 1 s, --max-rps 10, one device of 30 critical rows, a page of about 3 s."""
+    now = datetime.now(UTC)
+    log = _MemoryLog({"dev-many": [_critical("dev-many", now - timedelta(minutes=i + 1)) for i in range(30)]})
+    first = RebuildService(log, RedisCacheBuilder(cache_for(rclient, redis_prefix), settle_seconds=0.0,
+                                                  lease_seconds=1.0), max_rps=10)
+    outcome: dict[str, object] = {}
+
+    def run_first() -> None:
+        try:
+            outcome["report"] = first.rebuild()
+        except Exception as exc:
+            outcome["error"] = exc
+
+    heartbeats = {t for t in threading.enumerate() if t.name.startswith("rebuild-lease")}
+    thread = threading.Thread(target=run_first)
+    thread.start()
+    taken = None
+    try:
+        deadline = time.monotonic() + 10
+        while rclient.hget(f"{redis_prefix}generation", "owner") is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(1.5)  # past the lease; the first rebuild is still in its first page (rate-limited)
+        assert thread.is_alive()
+        second = RebuildService(_MemoryLog({}), RedisCacheBuilder(cache_for(rclient, redis_prefix),
+                                                                  settle_seconds=0.0, lease_seconds=1.0))
+        with pytest.raises(ConfigurationError, match=r"building generation 1 .*lease"):
+            taken = second.rebuild()
+    finally:
+        thread.join(30)
+    assert taken is None and "error" not in outcome, outcome.get("error")
+    assert not thread.is_alive() and outcome["report"].generation == 1  # type: ignore[attr-defined]
+    assert {t for t in threading.enumerate() if t.name.startswith("rebuild-lease")} <= heartbeats, "one left running"
+
+
+def test_a_rebuild_that_failed_gives_up_its_lease_so_running_it_again_resumes_at_once(rclient, redis_prefix):
+    """A rebuild that fails (Cassandra times out mid-build; exit 2, "run it again") gives up its lease on the way
+    out and keeps its position: the next run resumes the build at once rather than being refused for the lease's
+    120 s as if another rebuild ran. (A killed rebuild cannot give it up: that one waits for the lease to lapse.)"""
+    now = datetime.now(UTC)
+    devices = {f"dev-{i}": [_critical(f"dev-{i}", now - timedelta(minutes=1))] for i in range(6)}
+    heartbeats = {t for t in threading.enumerate() if t.name.startswith("rebuild-lease")}
+    failing = RebuildService(_MemoryLog(devices, fail_on_page=2),
+                             RedisCacheBuilder(cache_for(rclient, redis_prefix), settle_seconds=0.0), page_size=2)
+    with pytest.raises(DependencyUnavailable, match="timed out"):
+        failing.rebuild()
+    pointer = _pointer(rclient, redis_prefix)
+    assert (pointer.get("building"), pointer.get("position")) == ("1", "1") and "lease" not in pointer, pointer
+    assert {t for t in threading.enumerate() if t.name.startswith("rebuild-lease")} <= heartbeats, "one left running"
+
+    report = RebuildService(_MemoryLog(devices), RedisCacheBuilder(cache_for(rclient, redis_prefix),
+                                                                   settle_seconds=0.0), page_size=2).rebuild()
+    assert (report.generation, report.resumed_from, report.devices) == (1, 1, 4)
 
 
 def _critical(device: str, at: datetime) -> StoredEvent:

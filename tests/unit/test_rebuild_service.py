@@ -134,6 +134,9 @@ class Builder:
     def save_position(self, generation, position):
         self.calls.append(("save", position))
 
+    def release(self, generation):
+        self.calls.append(("release", generation))
+
     def finish(self, generation):
         self.calls.append(("finish", generation))
         return 6
@@ -153,7 +156,9 @@ def test_position_is_saved_after_the_page_it_covers_and_a_resume_starts_after_it
     builder = Builder(fail_after=2)
     with pytest.raises(RuntimeError):
         RebuildService(Log(10), builder, page_size=3).rebuild()
-    assert builder.calls == [("write", ["d0", "d1", "d2"]), ("save", 2), ("write", ["d3", "d4", "d5"]), ("save", 5)]
+    # The failure gives the build up (its position kept), so running it again resumes it at once.
+    assert builder.calls == [("write", ["d0", "d1", "d2"]), ("save", 2), ("write", ["d3", "d4", "d5"]), ("save", 5),
+                             ("release", 7)]
 
     resumed = Builder(position=5)
     report = RebuildService(Log(10), resumed, page_size=3).rebuild()

@@ -12,8 +12,9 @@ the hash ``<prefix>generation`` (``docs/redis-layout.md``):
 * ``position``  the rebuild's saved position (see ``shared.services.rebuild``);
 * ``since``     the start of the building generation's critical range (ms);
 * ``owner``     a random token of the process building it, and ``lease`` (ms, Redis's clock) until when that
-  process holds it: set when a build is claimed or resumed, renewed with each saved position; a build whose
-  lease is live is no other process's to resume, restart or switch (:class:`Lease`);
+  process holds it: set when a build is claimed or resumed, renewed while the build runs (a heartbeat, and with
+  each saved position), removed when it fails (:meth:`RedisGenerations.release`, keeping the position); a build
+  whose lease is live is no other process's to resume, restart or switch (:class:`Lease`);
 * ``drop:<n>``  generation ``n`` is to be deleted: set in the same script that
   replaces it (the switch, or a new build abandoning one), removed once its keys
   are deleted, so a crash in between leaves a record the next rebuild acts on.
@@ -70,6 +71,12 @@ if building > 0 and lease > now and redis.call('HGET', KEYS[1], 'owner') ~= ARGV
   return {-1, building, lease}
 end
 """
+
+
+def lost(generation: int) -> DependencyUnavailable:
+    """The error of a rebuild that no longer owns the build of ``generation``."""
+    return DependencyUnavailable("redis", f"generation {generation} is no longer being built by this rebuild "
+                                          "(another rebuild took it over after its lease lapsed?)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,10 +166,10 @@ return {0}
             raise DependencyUnavailable("redis", f"generation {generation} is no longer being built (another rebuild?)")
         return None
 
-    def save_position(self, generation: int, position: str | None, token: str, lease_ms: int) -> None:
+    def renew(self, generation: int, position: str | None, token: str, lease_ms: int) -> bool:
         """Record the rebuild's position (``None``: keep it) and renew ``token``'s lease, only while ``generation``
-        is still the one being built and ``token`` still owns it (no other process took it over after the lease
-        lapsed)."""
+        is still the one being built and ``token`` still owns it; ``False`` (nothing written) when it is not (another
+        process took it over after the lease lapsed)."""
         script = _NOW + """
 if redis.call('HGET', KEYS[1], 'building') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then
   return 0
@@ -171,11 +178,25 @@ redis.call('HSET', KEYS[1], 'lease', now + tonumber(ARGV[3]))
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'position', ARGV[4]) end
 return 1
 """
-        with calling("saving the rebuild position"):
-            saved = self._client.eval(script, 1, self.key, str(generation), token, lease_ms, position or "")
-        if not saved:
-            raise DependencyUnavailable("redis", f"generation {generation} is no longer being built by this rebuild "
-                                                 "(another rebuild took it over after its lease lapsed?)")
+        with calling("saving the rebuild position" if position else "renewing the rebuild's lease"):
+            return bool(self._client.eval(script, 1, self.key, str(generation), token, lease_ms, position or ""))
+
+    def save_position(self, generation: int, position: str | None, token: str, lease_ms: int) -> None:
+        """:meth:`renew`, raising ``DependencyUnavailable`` when ``token`` no longer owns the build."""
+        if not self.renew(generation, position, token, lease_ms):
+            raise lost(generation)
+
+    def release(self, generation: int, token: str) -> None:
+        """Give up ``token``'s lease on the build of ``generation`` (a rebuild that failed), keeping its position,
+        so the next rebuild resumes it at once; nothing when ``token`` does not own it (any more)."""
+        script = """
+if redis.call('HGET', KEYS[1], 'building') == ARGV[1] and redis.call('HGET', KEYS[1], 'owner') == ARGV[2] then
+  redis.call('HDEL', KEYS[1], 'owner', 'lease')
+end
+return 1
+"""
+        with calling("releasing the rebuild's lease"):
+            self._client.eval(script, 1, self.key, str(generation), token)
 
     def switch(self, generation: int, token: str) -> int:
         """Make ``generation`` live and stop building, atomically, if ``token`` still owns its build; returns the
@@ -192,8 +213,7 @@ return old
         with calling("switching generations"):
             old = self._client.eval(script, 1, self.key, str(generation), token)
         if old < 0:
-            raise DependencyUnavailable("redis", f"generation {generation} is no longer being built by this rebuild "
-                                                 "(another rebuild took it over after its lease lapsed?)")
+            raise lost(generation)
         self._cached = None
         return int(old)
 
