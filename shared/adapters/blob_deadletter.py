@@ -11,7 +11,8 @@ from where it came from, so writing the same record twice is one dead letter:
 Every hub numbers its records from 0, so the name holds the hub (:func:`hub_tag`): after ingest moves to another
 hub, its letters never overwrite the old hub's of the same day, partition and sequence numbers. Letters written
 before names held it (no ``-<hub tag>``, and those of a sink given no hub) are still read, replayed and audited;
-a record replayed from a letter is lettered again under that letter's own name, tag or none.
+a record replayed from a letter is lettered again under that letter's own name, tag or none, and with the hub that
+letter names in its metadata (none if it names none, or names a hub its tag is not of), never the replaying one's.
 
 An array body's letter holds the body once and names every bad element in
 ``elements``: one entry per distinct (problem, event id) with the elements' indexes
@@ -257,16 +258,20 @@ class Move(Enum):
     where it is to be replayed; not replayed by this run."""
 
 
-def _letter(name: str, data: bytes, etag: str) -> DeadLetter:
+def _letter(name: str, data: bytes, etag: str, metadata: dict[str, str] | None = None) -> DeadLetter:
+    """The letter ``name`` holding ``data``; ``metadata``: its blob metadata, for the hub it names."""
     document = json.loads(data)
     if document["kind"] not in ("batch", "rejected"):
         raise ValueError(f"unknown kind {document['kind']!r}")
     items = document["events"] if document["kind"] == "batch" else [document]
     records = []
     day, tag = _lettered(name), _name_tag(name)
+    hub = (metadata or {}).get(HUB_METADATA) or None
+    if hub is not None and tag and hub_tag(hub) != tag:  # names a hub its name is not of: claim none
+        hub = None
     for item in items:
         body = base64.b64decode(item["original_base64"], validate=True)
-        records.append(RawRecord(body, _metadata(item["eventhub"]), _pending(document, body), day, tag))
+        records.append(RawRecord(body, _metadata(item["eventhub"]), _pending(document, body), day, tag, hub))
     per_element = document["kind"] == "rejected" and document.get("index") is not None and "elements" not in document
     whole_body = document["kind"] == "rejected" and document.get("index") is None
     return DeadLetter(name, document["kind"], str(document["reason"]), records, per_element, whole_body, etag)
@@ -353,23 +358,25 @@ class BlobDeadLetterSink:
             self._create()
             self._container.upload_blob(name, data, overwrite=True, content_settings=_JSON, metadata=metadata)
 
-    def _upload_once(self, name: str, document: dict[str, Any], until: float | None = None) -> None:
+    def _upload_once(self, name: str, document: dict[str, Any], metadata: dict[str, str] | None,
+                     until: float | None = None) -> None:
         """Write a letter whatever text it holds. UTF-8 cannot encode a lone surrogate, so one in a reason, an id or
         the metadata (the parser refuses them in bodies; a letter must not rely on that) is written as its JSON
         escape, ``\\ud800``, which reads back the same; the original bytes are in ``original_base64`` either way.
         An encoding error would escape the retries and lose this letter and every later one of the batch.
 
-        ``until`` is not used here: the retry's stop (:meth:`_no_time_for_another`) reads it from the call."""
+        ``metadata``: the blob's (the hub it names). ``until`` is not used here: the retry's stop
+        (:meth:`_no_time_for_another`) reads it from the call."""
         self._setup()
-        self._write(name, json.dumps(document, ensure_ascii=False).encode("utf-8", "backslashreplace"),
-                    self._metadata)
+        self._write(name, json.dumps(document, ensure_ascii=False).encode("utf-8", "backslashreplace"), metadata)
 
-    def _put(self, name: str, document: dict[str, Any], until: float | None) -> None:
+    def _put(self, name: str, document: dict[str, Any], until: float | None,
+             metadata: dict[str, str] | None) -> None:
         if until is not None and time.monotonic() + self._longest_request > until:
             raise TransientError(f"could not write dead letter {name}: the call's deadline of {self._deadline:.0f} s "
                                  "(SLUICE_STORAGE_DEADLETTER_DEADLINE_SECONDS) would pass before it is written")
         try:
-            self._upload(name, document, until=until)
+            self._upload(name, document, metadata, until=until)
         except AzureError as exc:
             raise TransientError(f"could not write dead letter {name}: {exc}") from exc
 
@@ -393,6 +400,9 @@ class BlobDeadLetterSink:
         tag = _tagged(self._tag if item.lettered_hub is None else item.lettered_hub)
         name = (f"rejected/{where}/{_position(meta, item.original)}{tag}-"
                 f"{'elements' if item.elements else 'body'}.json")
+        # And the hub that letter names, not this replay's: its name and its metadata name one hub.
+        hub = self._metadata if item.lettered_hub is None else (
+            {HUB_METADATA: item.lettered_from} if item.lettered_from else None)
         self._put(
             name,
             {
@@ -406,6 +416,7 @@ class BlobDeadLetterSink:
                 **_original(item.original),
             },
             until,
+            hub,
         )
 
     def put_batch(self, bodies: Sequence[tuple[bytes, EventMetadata]], reason: str, *,
@@ -433,6 +444,7 @@ class BlobDeadLetterSink:
                 "rejected_separately": [bodies[position][1].as_dict() for position in sorted(lettered)],
             },
             self._until(),
+            self._metadata,
         )
         logger.error("dead-lettered a whole batch of %d events as %s (%d more in their rejected letters): %s",
                      len(kept), name, len(bodies) - len(kept), _loggable(reason))
@@ -465,7 +477,7 @@ class BlobDeadLetterSink:
                 yield TakenLetter(name)
                 continue
             try:
-                yield _letter(name, data, download.properties.etag)
+                yield _letter(name, data, download.properties.etag, download.properties.metadata)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError, bad base64 too
                 problem = f"{type(exc).__name__}: {exc}"
                 logger.warning("%s: not a readable dead letter: %s", name, problem)

@@ -234,6 +234,8 @@ class Rejected:
     """The record's ``RawRecord.lettered``: the day of the dead letter it was replayed from."""
     lettered_hub: str | None = None
     """The record's ``RawRecord.lettered_hub``: the hub tag of the dead letter it was replayed from."""
+    lettered_from: str | None = None
+    """The record's ``RawRecord.lettered_from``: the hub that dead letter names in its metadata."""
 
     @property
     def count(self) -> int:
@@ -245,7 +247,7 @@ def _rejected_elements(record: RawRecord, bad: Sequence[BadElement], total: int)
     first = bad[0]
     reason = first.reason if len(bad) == 1 else f"{len(bad)} of {total} elements are invalid; the first: {first.reason}"
     return Rejected(reason, record.body, record.metadata, first.index, first.event_id, tuple(bad), record.lettered,
-                    record.lettered_hub)
+                    record.lettered_hub, record.lettered_from)
 
 
 @dataclass(slots=True)
@@ -284,6 +286,8 @@ class RawRecord:
     still invalid stays one letter however many days it is replayed on.
     ``lettered_hub``: replayed from a dead letter, the hub tag its name carries (``""``: a name of the layout before
     names carried one), so it is dead-lettered again under that same name too, whichever hub the replay is run for.
+    ``lettered_from``: replayed from a dead letter, the hub (``<namespace>/<hub>``) it names in its metadata (``None``:
+    none), which the letter written again names too, not the hub the replay is run for.
     """
 
     body: bytes
@@ -291,6 +295,7 @@ class RawRecord:
     pending: Pending | None = None
     lettered: datetime | None = None
     lettered_hub: str | None = None
+    lettered_from: str | None = None
 
 
 def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime | None = None) -> Parsed:
@@ -323,7 +328,8 @@ def parse_records(records: Iterable[RawRecord], *, limits: Limits, now: datetime
                 continue
             if isinstance(item, Rejected):
                 parsed.errs.append(item if record.lettered is None and record.lettered_hub is None
-                                   else replace(item, lettered=record.lettered, lettered_hub=record.lettered_hub))
+                                   else replace(item, lettered=record.lettered, lettered_hub=record.lettered_hub,
+                                                lettered_from=record.lettered_from))
                 continue
             if isinstance(item, BadElement):
                 bad.append(item)

@@ -597,6 +597,32 @@ def test_a_still_invalid_tagged_letter_without_a_sequence_number_stays_one_lette
     assert _names(service, container) == before
 
 
+def test_a_still_invalid_letter_rewritten_by_another_hubs_replay_keeps_naming_its_own_hub(
+        azurite_connection_string: str) -> None:
+    """A replay run where ingest reads another hub (ingest moved, the case the hub tag exists for) rewrites a
+    still-invalid letter under its own name, and with the hub its metadata named: its name and its metadata name one
+    hub. An untagged older letter keeps what it named, a hub or none. (The rewrite used to name the replaying hub in
+    the metadata, ``eventhub=<new hub>`` under the old hub's tag.)"""
+    service = BlobServiceClient.from_connection_string(azurite_connection_string)
+    container = f"dl-{uuid.uuid4().hex[:12]}"
+    old, new = _two_hubs(service, container)
+    old.put_rejected([_rejected(5, b"{not json")])
+    untagged = BlobDeadLetterSink(service, container)  # letters from before names (and metadata) held the hub
+    untagged.put_rejected([_rejected(6, b"{not json"), _rejected(7, b"{not json")])
+    day = "rejected/2026/12/07/p0"
+    service.get_container_client(container).get_blob_client(f"{day}/7-body.json").set_blob_metadata(
+        {"eventhub": OLD_HUB})  # an untagged letter of a sink given its hub
+    before = _names(service, container)
+
+    _replay_still_invalid(new)
+
+    blobs = service.get_container_client(container).list_blobs(include=["metadata"])
+    assert {blob.name: dict(blob.metadata or {}) for blob in blobs} == {
+        f"{day}/5-{hub_tag(OLD_HUB)}-body.json": {"eventhub": OLD_HUB}, f"{day}/6-body.json": {},
+        f"{day}/7-body.json": {"eventhub": OLD_HUB}}
+    assert _names(service, container) == before
+
+
 def test_the_dead_letter_deadline_bounds_a_whole_call_not_each_letter(azurite_connection_string: str) -> None:
     """SLUICE_STORAGE_DEADLETTER_DEADLINE_SECONDS bounded each letter: a storage account that answers, slowly,
     took a deadline's worth per letter, so a batch of 256 bad events ran far past host.json's functionTimeout
