@@ -65,10 +65,14 @@ param cosmosBackupStorageRedundancy string = 'Geo'
 @description('A CanNotDelete lock on the storage account (dead letters, checkpoints), whose blob soft delete is off: remove the lock before azd down; creating it needs Owner or User Access Administrator')
 param storageDeleteLock bool = true
 
-@description('AKS node VM size and count of the system node pool')
+@description('AKS node VM size, and the nodes the system node pool starts with (the cluster autoscaler keeps it between aksNodeCount and aksNodeMaxCount)')
 param aksNodeSize string = 'Standard_D4ds_v5'
 @minValue(1)
 param aksNodeCount int = 3
+
+@description('The most nodes the cluster autoscaler gives the pool: KEDA scales ingest up to eventHubPartitions pods of 0.5 CPU each, so 32 partitions need about 17 CPUs of requests with the lookups and the timers (5 nodes of Standard_D4ds_v5), before kube-system')
+@minValue(1)
+param aksNodeMaxCount int = 8
 
 @description('Kubernetes version (tests/deploy validates the manifests against this minor)')
 param kubernetesVersion string = '1.34'
@@ -117,6 +121,7 @@ module resources 'resources.bicep' = {
     storageDeleteLock: storageDeleteLock
     aksNodeSize: aksNodeSize
     aksNodeCount: aksNodeCount
+    aksNodeMaxCount: aksNodeMaxCount
     kubernetesVersion: kubernetesVersion
     postgresPassword: postgresPassword
     functionsMasterKey: functionsMasterKey

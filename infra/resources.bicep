@@ -19,6 +19,7 @@ param cosmosBackupStorageRedundancy string
 param storageDeleteLock bool
 param aksNodeSize string
 param aksNodeCount int
+param aksNodeMaxCount int
 param kubernetesVersion string
 @secure()
 param postgresPassword string
@@ -170,7 +171,11 @@ resource aks 'Microsoft.ContainerService/managedClusters@2024-09-01' = {
         osSKU: 'AzureLinux'
         type: 'VirtualMachineScaleSets'
         availabilityZones: ['1', '2', '3']
-        enableAutoScaling: false
+        // KEDA adds ingest pods up to the partition count: the cluster autoscaler adds the nodes they need, or the
+        // pods past what aksNodeCount nodes hold would stay Pending and the backlog drain at a fraction of the rate
+        enableAutoScaling: true
+        minCount: aksNodeCount
+        maxCount: max(aksNodeCount, aksNodeMaxCount)
         maxPods: 110
         osDiskType: 'Ephemeral'
         osDiskSizeGB: 128

@@ -223,6 +223,45 @@ def test_partitions_and_the_keda_maximum_agree() -> None:
     assert "partitionCount: eventHubPartitions" in text("resources.bicep")
 
 
+# AKS's kube-reserved CPU by a node's core count (its "resource reservations"): allocatable = cores - reserved.
+AKS_RESERVED_CPU_MILLI = {2: 100, 4: 140, 8: 180, 16: 260, 32: 420}
+KUBE_SYSTEM_HEADROOM = 0.25  # of the CPU allocatable: KEDA, the CSI driver, Cilium, Container Insights
+
+
+def _cpu_milli(value: object) -> int:
+    text_value = str(value)
+    return int(text_value[:-1]) if text_value.endswith("m") else int(float(text_value) * 1000)
+
+
+def _requested(name: str) -> int:
+    (deployment,) = [d for d in base_manifests() if d.get("kind") == "Deployment" and d["metadata"]["name"] == name]
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    return sum(_cpu_milli(c["resources"]["requests"]["cpu"]) for c in containers)
+
+
+def test_the_node_pool_grows_to_hold_the_most_ingest_pods_keda_may_ask_for() -> None:
+    """KEDA scales ingest up to the partition count (the overlay sets maxReplicaCount from it), up to the 32 that
+    main.bicep accepts. A fixed pool of 3 x Standard_D4ds_v5 allocates 11.6 CPUs, where 32 ingest pods of 0.5 CPU,
+    the lookups' two and the timers request about 17: the pods past that stayed Pending and the backlog drained at a
+    fraction of the planned rate. The cluster autoscaler must be on, and its ceiling must hold them with room for
+    kube-system."""
+    main, pool = text("main.bicep"), resources()["aks"][1]
+    assert field(pool, "enableAutoScaling") == "true"
+    assert field(pool, "minCount") == "aksNodeCount"
+    assert field(pool, "maxCount") == "max(aksNodeCount, aksNodeMaxCount)"
+    most_partitions = int(re.search(r"@maxValue\((\d+)\)\nparam eventHubPartitions int", main).group(1))
+    node_size = re.search(r"^param aksNodeSize string = '(\w+)'$", main, re.MULTILINE).group(1)
+    max_nodes = int(re.search(r"^param aksNodeMaxCount int = (\d+)$", main, re.MULTILINE).group(1))
+    cores = int(re.fullmatch(r"Standard_[A-Z]+(\d+)[a-z]*_v\d+", node_size).group(1))
+    allocatable = max_nodes * (cores * 1000 - AKS_RESERVED_CPU_MILLI[cores]) * (1 - KUBE_SYSTEM_HEADROOM)
+    lookups_min = manifest("HorizontalPodAutoscaler")["spec"]["minReplicas"]
+    needed = (most_partitions * _requested("sluice-ingest") + lookups_min * _requested("sluice-lookups")
+              + _requested("sluice-timers"))
+    assert needed <= allocatable, f"{needed}m requested at {most_partitions} partitions, {allocatable:.0f}m at most"
+    parameters = json.loads(text("main.parameters.json"))["parameters"]
+    assert parameters["aksNodeMaxCount"]["value"] == f"${{SLUICE_AKS_NODE_MAX_COUNT={max_nodes}}}"
+
+
 def test_managed_redis_takes_the_workload_identity_and_no_key() -> None:
     """Access keys off, the workload identity as a Redis user (access policy assignment ``default``, its object id
     the user name its tokens sign in with), and the pods set to sign in with Entra ID: no Redis key is in the vault
