@@ -18,7 +18,11 @@ FROM mcr.microsoft.com/azure-functions/python:4-python3.11
 # SSL_CERT_FILE/SSL_CERT_DIR: the Debian CA store of the base image. psycopg[binary]'s libpq
 # carries its own OpenSSL, whose default CA locations (what sslrootcert=system loads) do
 # not exist here; without these it would trust no CA at all (docs/security.md#tls).
+# HOME: the base image sets /home, owned by root and read-only at run time (the manifests'
+# readOnlyRootFilesystem); whatever the host or a library keeps under the home directory
+# goes to /tmp, the pod's writable emptyDir, as the user's home directory says.
 ENV AzureWebJobsScriptRoot=/home/site/wwwroot \
+    HOME=/tmp \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
     SSL_CERT_DIR=/etc/ssl/certs \
     AzureFunctionsJobHost__Logging__Console__IsEnabled=true \

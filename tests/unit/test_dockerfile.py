@@ -193,6 +193,22 @@ def test_the_image_limits_malloc_arenas_as_the_dev_host_does() -> None:
         assert "MALLOC_ARENA_MAX" not in path.read_text(encoding="utf-8"), path.name
 
 
+def test_the_home_directory_is_the_writable_tmp_volume() -> None:
+    """The base image sets HOME=/home, owned by root and read-only under the manifests' readOnlyRootFilesystem:
+    whatever keeps files under the home directory (ASP.NET's data protection keys, a library's cache) failed or fell
+    back. The user's home directory is /tmp, every manifest mounts a writable emptyDir there, and HOME says so."""
+    envs = DockerfileParser(str(ROOT / "Dockerfile")).envs
+    assert envs.get("HOME") == "/tmp"
+    assert "--home-dir /tmp" in " ".join(value for instruction, value in instructions() if instruction == "RUN")
+    for path in sorted((ROOT / "k8s-keda").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            pod = (doc or {}).get("spec", {}).get("template", {}).get("spec") or (doc or {}).get("spec", {}).get(
+                "jobTemplate", {}).get("spec", {}).get("template", {}).get("spec")
+            for container in (pod or {}).get("containers", []):
+                mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+                assert "/tmp" in mounts, f"{path.name}: {container['name']} has no writable /tmp"
+
+
 def test_the_image_points_openssl_at_the_debian_ca_store() -> None:
     """psycopg[binary]'s libpq brings its own OpenSSL, whose default CA locations (what ``sslrootcert=system``
     loads, and the production ConfigMap uses it) do not exist in the image: only ``SSL_CERT_FILE`` and
