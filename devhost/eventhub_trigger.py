@@ -28,9 +28,13 @@ the position is the new owner's.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import decimal
 import functools
+import json
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -196,18 +200,88 @@ def _entity_path(connection: str) -> str:
 
 
 def _json_value(value: Any) -> Any:
-    if isinstance(value, bytes):
+    """A value pyamqp decoded from an AMQP message as ``json.loads`` of the host's JSON of it gives it: the host's .NET
+    client decodes the AMQP value to a .NET one and the host writes that with Newtonsoft. So a uuid becomes its string
+    (Guid "D"), a decimal a float, a non-finite float Newtonsoft's "NaN"/"Infinity"/"-Infinity", a map's keys
+    strings, and anything else unforeseen its ``str()``: the result is always plain JSON.
+
+    pyamqp decodes AMQP strings, symbols and binaries all to ``bytes``: valid UTF-8 is taken for text (what strings
+    are; a binary that happens to be valid UTF-8 is text here, base64 on the host), anything else can only have been
+    a binary, which Newtonsoft writes as base64. An AMQP timestamp is decoded to a plain ``int`` of milliseconds and
+    stays one (:func:`system_properties` converts the ones whose type is known); docs/devhost.md lists both gaps.
+    """
+    if isinstance(value, bytes):  # first: most values (keys too) are strings, decoded as bytes
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError:
-            return value.hex()
-    if isinstance(value, datetime):
-        return _iso(value)
+            return base64.b64encode(value).decode("ascii")
+    if value is None or isinstance(value, str | int):  # bool is an int
+        return value
     if isinstance(value, dict):
-        return {str(_json_value(k)): _json_value(v) for k, v in value.items()}
+        try:  # keys inline: this runs for every message's properties the function reads
+            return {k.decode() if isinstance(k, bytes) else _json_key(k): _json_value(v) for k, v in value.items()}
+        except UnicodeDecodeError:  # a binary key
+            return {_json_key(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, list | tuple):
         return [_json_value(v) for v in value]
-    return value
+    if isinstance(value, datetime):
+        return _iso(value)
+    if isinstance(value, bytearray | memoryview):
+        return _json_value(bytes(value))
+    if isinstance(value, decimal.Decimal) and not value.is_snan():  # float() refuses a signalling NaN
+        return _json_value(float(value))
+    return str(value)  # uuid.UUID (str() is the "D" format) and whatever else a decoder may give
+
+
+def _json_key(key: Any) -> str:
+    """A map key as Newtonsoft writes it: a string (a key that is no string, e.g. an int, as its JSON)."""
+    value = _json_value(key)
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _amqp_time(value: Any) -> Any:
+    """An AMQP timestamp (pyamqp's int of milliseconds) as the ISO-8601 string of :func:`_iso`, converted as the SDK
+    converts ``x-opt-enqueued-time`` for ``EventData.enqueued_time``; a value that is no such time as a JSON value."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError, OSError, ValueError):
+            return _iso(datetime.fromtimestamp(value / 1000, UTC))
+    return _json_value(value)
+
+
+def _amqp_binary(value: Any) -> Any:
+    """An AMQP binary as Newtonsoft writes a byte[]: base64."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(value).decode("ascii")
+    return _json_value(value)
+
+
+def _amqp_id(value: Any) -> Any:
+    """message-id and correlation-id: the .NET client gives ``AmqpMessageId.ToString()``, a string whatever the
+    AMQP type (ulong, uuid, binary or string)."""
+    converted = _json_value(value)
+    return converted if converted is None or isinstance(converted, str) else str(converted)
+
+
+# System properties whose AMQP type is fixed, with how the host's JSON has them (AmqpSystemProperties in
+# Azure.Messaging.EventHubs: the properties section's times are DateTimeOffset, user-id bytes, the ids strings).
+_SYSTEM_VALUES: dict[str, Callable[[Any], Any]] = {
+    "x-opt-enqueued-time": _amqp_time,
+    "iothub-enqueuedtime": _amqp_time,
+    "absolute-expiry-time": _amqp_time,
+    "creation-time": _amqp_time,
+    "user-id": _amqp_binary,
+    "message-id": _amqp_id,
+    "correlation-id": _amqp_id,
+}
+
+
+def _system_value(name: str, value: Any) -> Any:
+    """An AMQP system property (properties section or annotation) as the host's JSON has it."""
+    return _SYSTEM_VALUES.get(name, _json_value)(value)
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -231,7 +305,8 @@ def _offset(event: EventData) -> int | str | None:
 
 def system_properties(event: EventData) -> dict[str, Any]:
     """The host's SystemProperties of one event: the AMQP annotations plus the friendly names."""
-    properties = {str(_json_value(k)): _json_value(v) for k, v in (event.system_properties or {}).items()}
+    properties = {name: _system_value(name, v) for name, v in
+                  ((_json_key(k), v) for k, v in (event.system_properties or {}).items())}
     properties["SequenceNumber"] = event.sequence_number
     properties["Offset"] = _offset(event)
     properties["PartitionKey"] = _json_value(event.partition_key)
@@ -322,7 +397,9 @@ class DevHostEventHubEvent(EventHubEvent):
 
 
 def _iothub(event: EventData) -> dict[str, Any]:
-    return {key.decode()[len("iothub-"):]: _json_value(value)
+    # azure-functions takes these from the SystemProperties(Array) JSON, so they are converted as those are
+    # (every event's, not computed lazily: the bytes prefix test keeps it cheap for events without them)
+    return {key.decode()[len("iothub-"):]: _system_value(key.decode(), value)
             for key, value in (event.system_properties or {}).items()
             if isinstance(key, bytes) and key.startswith(b"iothub-")}
 

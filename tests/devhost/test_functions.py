@@ -8,7 +8,9 @@ import json
 import logging
 import time
 import typing
+import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -295,6 +297,47 @@ def test_a_single_event_has_the_single_event_metadata() -> None:
     assert event.enqueued_time == datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
     assert event.metadata["Properties"] == {"kind": "t", "n": 3}
     assert event.metadata["PartitionContext"]["PartitionId"] == "2"
+
+
+def test_every_value_pyamqp_decodes_reaches_the_metadata_as_the_hosts_json_has_it() -> None:
+    """The worker gives ``json.loads`` of the JSON the host writes (Newtonsoft) from the .NET client's values, so every
+    metadata value is plain JSON: a uuid its string, a decimal a number, a non-finite float Newtonsoft's string, a
+    binary (bytes that are no UTF-8) base64, a map's keys strings; of the system properties, AMQP timestamps are
+    ISO-8601 strings as EnqueuedTimeUtc is, user-id base64 and the ids strings whatever their AMQP type. A uuid
+    passed through as ``uuid.UUID``, so ``json.dumps(event.metadata)`` raised; binaries came as hex, times as ints.
+    Values are those of every type azure-eventhub's pyamqp decoder can produce (_pyamqp/_decode.py)."""
+    from azure.eventhub._pyamqp.message import Message, Properties
+
+    guid = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    at = int(datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=UTC).timestamp() * 1000)
+    application = {b"trace": guid, b"sig": b"\x01\x02\xff", b"text": b"caf\xc3\xa9", b"price": Decimal("1.50"),
+                   b"nan": float("nan"), b"inf": Decimal("-Infinity"), b"at": at, b"ok": True, b"none": None,
+                   b"list": [guid, b"a"], b"map": {1: guid, b"k": {"accepted": []}}, 7: "int key"}
+    annotations = {b"x-opt-sequence-number": 4, b"x-opt-offset": b"1004", b"x-opt-enqueued-time": at,
+                   b"iothub-enqueuedtime": at, b"iothub-connection-device-id": b"dev", b"x-opt-custom": guid}
+    properties = Properties(message_id=guid, user_id=b"user", correlation_id=42, absolute_expiry_time=at,
+                            creation_time=at, group_sequence=3)
+    event = EventData._from_message(Message(data=[b"{}"], properties=properties, message_annotations=annotations,
+                                            application_properties=application))
+    many = to_function_input([event], PARTITION, _binding(True, "binary"))[0]
+    one = to_function_input([event], PARTITION, _binding(False, "binary"))
+    assert isinstance(many, func.EventHubEvent) and isinstance(one, func.EventHubEvent)
+    iso = "2024-05-06T07:08:09.123000+00:00"  # as the dev host writes EnqueuedTimeUtc
+    assert many.metadata["PropertiesArray"] == [one.metadata["Properties"]] == [{
+        "trace": str(guid), "sig": "AQL/", "text": "café", "price": 1.5, "nan": "NaN", "inf": "-Infinity",
+        "at": at,  # an AMQP timestamp decodes to a plain int: its type is lost (docs/devhost.md)
+        "ok": True, "none": None, "list": [str(guid), "a"], "map": {"1": str(guid), "k": {"accepted": []}},
+        "7": "int key"}]
+    system = many.metadata["SystemPropertiesArray"][0]
+    assert system == one.metadata["SystemProperties"]
+    assert {k: v for k, v in system.items() if k not in ("SequenceNumber", "Offset", "PartitionKey")} == {
+        "message-id": str(guid), "user-id": "dXNlcg==", "correlation-id": "42", "absolute-expiry-time": iso,
+        "creation-time": iso, "group-sequence": 3, "x-opt-sequence-number": 4, "x-opt-offset": "1004",
+        "x-opt-enqueued-time": iso, "iothub-enqueuedtime": iso, "iothub-connection-device-id": "dev",
+        "x-opt-custom": str(guid), "EnqueuedTimeUtc": iso}
+    assert many.iothub_metadata == one.iothub_metadata == {"enqueuedtime": iso, "connection-device-id": "dev"}
+    for metadata in (many.metadata, one.metadata):
+        assert json.loads(json.dumps(metadata, allow_nan=False)) == metadata
 
 
 def test_event_hub_binding_resolves_settings_and_names_what_is_missing() -> None:
