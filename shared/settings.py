@@ -834,7 +834,8 @@ class ChangeFeedSettings(_Group):
         3600, ge=0, description="start of the first run, and of a run whose continuation was rejected"
     )
     overlap_seconds: int = Field(
-        60, ge=0, le=86400, description="portable mode: how far before the watermark each run re-reads"
+        60, ge=0, le=86400, description="portable mode: how far before the watermark each run re-reads (at least "
+        "twice `SLUICE_CASSANDRA_REQUEST_TIMEOUT_SECONDS`)"
     )
     max_span_seconds: int = Field(3600, ge=1, description="portable mode: the widest enqueued-time range one run reads")
     read_timeout_seconds: float = Field(10.0, gt=0)
@@ -1002,6 +1003,22 @@ class Settings(BaseModel):
     def as_dict(self) -> dict[str, Any]:
         """Every value, with secrets shown as ``**********`` (safe to log)."""
         return self.model_dump(mode="json")
+
+    @model_validator(mode="after")
+    def _portable_overlap_covers_a_delay_note(self) -> Self:
+        # The portable feed reads ingest's delay notes again while they are within the overlap: a note is stamped
+        # with ingest's clock before its insert, which may take up to the Cassandra request timeout, and ingest's
+        # clock may be behind ours. Half the overlap covers the insert, the other half the clocks (ingest notes a
+        # batch stored half the overlap late): with less, a note landing after a run looked is never read, and its
+        # late batch never reaches Redis.
+        feed, timeout = self.changefeed, self.cassandra.request_timeout_seconds
+        if feed.mode == "portable" and feed.overlap_seconds < 2 * timeout:
+            raise ValueError(
+                f"SLUICE_CHANGEFEED_OVERLAP_SECONDS ({feed.overlap_seconds}) must be at least twice "
+                f"SLUICE_CASSANDRA_REQUEST_TIMEOUT_SECONDS ({timeout:g}) with SLUICE_CHANGEFEED_MODE=portable: "
+                "the portable feed re-reads ingest's delay notes within the overlap, and a note's insert may take "
+                "up to the request timeout, plus the clocks' difference")
+        return self
 
     @model_validator(mode="after")
     def _secrets_need_a_vault(self) -> Self:

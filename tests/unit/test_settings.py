@@ -658,3 +658,22 @@ def test_an_entity_path_naming_another_hub_than_the_ingest_setting_stops_the_sta
     message = str(caught.value)
     assert "EntityPath" in message and "SLUICE_INGEST_EVENTHUB_NAME" in message and "'orders'" in message
     assert "hunter" not in message
+
+
+@pytest.mark.parametrize(("mode", "overlap", "timeout", "refused"), [
+    ("portable", "5", "10", True),  # a delay note landing 8 s after its stamp was never read: its batch never in Redis
+    ("portable", "19", "10", True),
+    ("portable", "20", "10", False),
+    ("portable", "60", "30", False),
+    ("cosmos", "5", "10", False),  # Cosmos' feed reads by write: the overlap is not used
+])
+def test_a_portable_overlap_must_cover_a_delay_notes_insert_and_the_clocks(mode: str, overlap: str, timeout: str,
+                                                                           refused: bool):
+    values = dict(SAMPLE, SLUICE_CHANGEFEED_MODE=mode, SLUICE_CHANGEFEED_OVERLAP_SECONDS=overlap,
+                  SLUICE_CASSANDRA_REQUEST_TIMEOUT_SECONDS=timeout)
+    if not refused:
+        assert load_settings(values).changefeed.overlap_seconds == int(overlap)
+        return
+    with pytest.raises(ConfigurationError, match=rf"SLUICE_CHANGEFEED_OVERLAP_SECONDS \({overlap}\) must be at least "
+                                                 rf"twice SLUICE_CASSANDRA_REQUEST_TIMEOUT_SECONDS \({timeout}\)"):
+        load_settings(values)
