@@ -3,7 +3,8 @@
 // Every value from the API is put into the page as text (textContent, SVG attributes), never as HTML.
 (function () {
   const SVG = "http://www.w3.org/2000/svg";
-  const code = new URLSearchParams(location.search).get("code");
+  // the host takes the key as code in any case (?Code=, ?CODE=): the first such parameter, as it does
+  const code = [...new URLSearchParams(location.search)].find(([name]) => name.toLowerCase() === "code")?.[1] ?? null;
   const base = location.pathname.replace(/\/dashboard\/?$/i, "");  // routes are case-insensitive: /api/Dashboard
   const REQUEST_TIMEOUT_MS = 20000;  // a request that never answers must not stop the polling
   const HISTORY_PAGES = 20, HISTORY_PAGE_SIZE = 1000;  // a chart holds at most the newest 20,000 events

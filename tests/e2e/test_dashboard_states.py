@@ -25,7 +25,7 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from tests.fixtures.dashboard_page import CuttingProxy, DashboardHost, chromium, chromium_phone
+from tests.fixtures.dashboard_page import FUNCTION_KEY, CuttingProxy, DashboardHost, chromium, chromium_phone
 from tests.fixtures.waiting import poll
 
 pytestmark = pytest.mark.timeout(180)
@@ -677,6 +677,19 @@ def test_a_cache_hit_rate_near_its_ends_is_not_rounded_to_them(dashboard: Dashbo
     shown = browser.execute_script("return [0.9996, 0.0004, 1, 0, 0.5].map("
                                    "(r) => window.sluiceTileValues({cache: {hit_rate: r}}).hit_rate)")
     assert shown == [">99.9 %", "<0.1 %", "100.0 %", "0.0 %", "50.0 %"], shown
+
+
+def test_a_function_key_given_as_Code_reaches_the_routes_the_page_polls(keyed_dashboard_host: DashboardHost,
+                                                                        browser) -> None:
+    """The host takes the key from ``code`` whatever the case of its name, so ``/api/dashboard?Code=<key>`` serves
+    the page; the page read it with ``URLSearchParams.get("code")``, found none, and polled every route without it:
+    "status unavailable: HTTP 401" though the key was right."""
+    browser.get(f"{keyed_dashboard_host.api}/dashboard?Code={FUNCTION_KEY}")
+    assert "Sluice operations" in browser.title  # the host took the key: the page itself was served
+    try:
+        poll(lambda: browser.execute_script("return window.sluiceLastStatus !== undefined"), 15, "the first status")
+    except AssertionError:
+        pytest.fail(f"the page polls its routes without the key: {_text(browser, 'status-problems')!r}")
 
 
 # -- address ---------------------------------------------------------------------------------------------------------

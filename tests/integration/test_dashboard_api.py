@@ -19,6 +19,7 @@ import pytest
 
 from shared.adapters.postgres.migrations import apply_migrations as apply_pg_migrations
 from tests.fixtures.functions import HostContext, run, user_function
+from tests.fixtures.waiting import poll
 from tests.integration import test_changefeed as changefeed_tests
 from tests.integration.test_changefeed import make_event
 
@@ -349,3 +350,51 @@ def _timer():
     from azure.functions.timer import TimerRequest
 
     return TimerRequest(past_due=False)
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A redis-server of this test's own: INFO stats are server-wide, the shared one's move with others' tests."""
+    import socket
+    import subprocess
+
+    import redis
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(host="127.0.0.1", port=port)
+
+    def pings() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        poll(pings, 10, "the private redis-server")
+        yield client
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize(("hits", "misses"), [(30_000, 1), (1, 30_000)])
+def test_the_cache_hit_rate_is_not_rounded_to_its_ends(private_redis, hits: int, misses: int) -> None:
+    """Rounded to 4 places, 30,000 hits and 1 miss read as 1.0, which the page shows as "100.0 %" (no miss at all),
+    and 1 hit in 30,001 reads as 0.0: the page's ">99.9 %" and "<0.1 %" never applied."""
+    from shared.adapters.redis_dashboard import RedisCacheStats
+
+    private_redis.config_resetstat()
+    private_redis.set("present", "1")
+    pipe = private_redis.pipeline(transaction=False)
+    for _ in range(hits):
+        pipe.get("present")
+    for i in range(misses):
+        pipe.get(f"absent-{i}")
+    pipe.execute()
+    assert RedisCacheStats(private_redis).hit_rate() == hits / (hits + misses)
