@@ -456,7 +456,7 @@ class LocalStack:
             return
         if not self.options.use_existing_services:
             self.say("starting our own Redis (ACL user, TLS)")
-            server = self._start_own("Redis", lambda: self._own().start_redis())
+            server = self._start_own("Redis", lambda: self._own().start_redis(log=self.log_path("redis-server")))
             self.children.append(server.running)  # watched as every child: its exit stops `up`
             self.options.redis_url = server.url(tls=True)
             self.ports["redis"] = server.tls_port

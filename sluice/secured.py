@@ -311,6 +311,7 @@ class LocalRedis:
     port: int = 0
     tls_port: int = 0
     running: Running | None = None
+    log: Path | None = None  # where everything redis-server prints is appended as it comes (``up``: logs/)
 
     def start(self) -> LocalRedis:
         if not shutil.which("redis-server"):
@@ -351,6 +352,7 @@ class LocalRedis:
             timeout=30,
             env={MARKER: ""},  # left to the next `up` (its pid file), not to the reaper
             ready=re.compile(r"(?P<ready>Ready to accept connections)"),
+            log=self.log,
         )
         return self
 
@@ -548,10 +550,12 @@ class OwnServices:
             )
         return self.postgres
 
-    def start_redis(self) -> LocalRedis:
+    def start_redis(self, *, log: Path | None = None) -> LocalRedis:
+        """Our own Redis; ``log``: where what it prints is appended (:meth:`LocalStack.log_path`)."""
         self.ca = self.ca or LocalCA(self.directory / "certs")
         self.redis = LocalRedis(
-            self.ca, self.directory / "redis", username=self.user, password=self.passwords["redis"], host=self.host
+            self.ca, self.directory / "redis", username=self.user, password=self.passwords["redis"], host=self.host,
+            log=log,
         ).start()
         return self.redis
 

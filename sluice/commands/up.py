@@ -558,6 +558,9 @@ def _where_to_look(stack: LocalStack, console: Console, probe: Probe, features: 
         + (f"; `kill -USR2 {stack.devhost.process.pid}` adds the dev host's memory report to devhost.log"
            if stack.devhost is not None else ""),
     ]
+    if stack.own is not None and stack.own.postgres is not None and stack.own.postgres.directory is not None:
+        # a daemon of pg_ctl, no child of `up`, run as the postgres user (who may not enter --data-dir)
+        lines.append(f"            our own PostgreSQL's: {stack.own.postgres.directory / 'postgres.log'}")
     if stack.notes:
         lines += [f"  [yellow]note[/]      {note}" for note in stack.notes]
     console.print("\n".join(lines))

@@ -185,3 +185,19 @@ def test_our_own_redis_never_gets_one_port_for_both_its_listeners(tmp_path: Path
     config = (tmp_path / "redis" / "redis.conf").read_text().splitlines()
     assert f"port {server.port}" in config and f"tls-port {server.tls_port}" in config
     assert server.port != server.tls_port
+
+
+def test_our_own_redis_output_goes_to_its_log_file_as_every_childs_does(tmp_path: Path) -> None:
+    """docs/local-stack.md, "Logs": everything each child prints goes to ``<data-dir>/logs/<name>.log``. Our own
+    Redis is a child of ``up`` (watched in ``stack.children``), but was started without a log: what redis-server
+    printed (its warnings, an OOM, a TLS error) was kept only in the 200-line memory buffer and lost when ``up``
+    ended."""
+    stack = LocalStack(StackOptions(data_dir=tmp_path / "stack"), say=lambda _: None)
+    try:
+        stack.ensure_redis()
+        assert "redis-server" in [running.name for running in stack.children]
+    finally:
+        stack.stop()
+    log = tmp_path / "stack" / "logs" / "redis-server.log"
+    assert log.is_file(), f"our own Redis wrote no log: {sorted(p.name for p in log.parent.glob('*'))}"
+    assert "Ready to accept connections" in log.read_text(encoding="utf-8")
