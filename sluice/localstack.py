@@ -19,6 +19,7 @@ The ports actually used are in the generated settings and in the summary.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import json
 import logging
@@ -125,7 +126,10 @@ class StackOptions:
         with our own services or a Redis Cluster, which have addresses of their own: the settings would name a
         server other than the one ``up`` starts and creates the database on. An empty ``--database``,
         ``--keyspace`` or ``--redis-prefix`` is refused too: the settings would read their own default, and
-        ``--fresh`` would drop ``""`` or delete every key of the machine's Redis (``SCAN MATCH *``)."""
+        ``--fresh`` would drop ``""`` or delete every key of the machine's Redis (``SCAN MATCH *``). So is a
+        ``SLUICE_*`` name that is no setting (:func:`unknown_settings`)."""
+        if unknown := unknown_settings(self.overrides):
+            raise StackError("; ".join(unknown) + ": leave the --set out, or see the settings table in README.md")
         addresses = self.given("SLUICE_REDIS_URL") if self.redis_cluster else []
         if not self.use_existing_services:
             addresses = self.given("SLUICE_POSTGRES_HOST", "SLUICE_POSTGRES_PORT", "SLUICE_REDIS_URL")
@@ -160,6 +164,26 @@ SET_FIELDS = {
     "SLUICE_POSTGRES_PORT": "postgres_port", "SLUICE_REDIS_URL": "redis_url", "SLUICE_REDIS_KEY_PREFIX": "redis_prefix",
 }
 """The settings :class:`StackOptions` has a field for, and the field an override of one replaces."""
+
+
+def unknown_settings(overrides: Collection[str]) -> list[str]:
+    """What is wrong with each ``SLUICE_*`` name of ``overrides`` that is no setting (``shared.settings``), naming
+    the closest setting. Every reader ignores such a name (the settings groups' ``extra="ignore"``), so a typo would
+    leave the setting at its default and nothing would say why. A name is matched exactly: the settings ignore
+    case, but ``up`` reads some overrides itself (:data:`SET_FIELDS`, ``SLUICE_METRICS_PORT``) by their names.
+    Other names (``AzureWebJobs*``, ``FUNCTIONS_*``, ``OTEL_*``, ...) are the host's and the SDKs': not checked."""
+    from shared.settings import GROUPS, env_names
+
+    known = {name for group in GROUPS.values() for name in env_names(group)}
+    prefix = len("SLUICE_")  # compared without it: the prefix every name shares would make any name look close
+    tails = {name[prefix:]: name for name in known if name.startswith("SLUICE_")}
+    problems = []
+    for name in overrides:
+        if name.upper().startswith("SLUICE_") and name not in known:
+            closest = difflib.get_close_matches(name[prefix:].upper(), tails, n=1)
+            problems.append(f"--set {name}: no such setting"
+                            + (f" (did you mean {tails[closest[0]]}?)" if closest else ""))
+    return problems
 
 
 def port_free(host: str, port: int) -> bool:

@@ -159,6 +159,26 @@ def test_fresh_with_an_empty_redis_prefix_deletes_no_key_of_the_machines_redis(
         client.close()
 
 
+def test_a_set_naming_no_setting_is_refused_before_anything_starts_naming_the_closest(
+        redis_url: str, tmp_path: Path, held_port: int) -> None:
+    """A ``--set`` name that is no setting (a typo of the very setting the Troubleshooting section tells a newcomer
+    to raise) was written into local.settings.json and ignored by every reader (``extra="ignore"``): the stack ran
+    with the default and nothing said why. Names of the host and the SDKs are not the settings' to check."""
+    typo = "SLUICE_ENRICH_ALLOWED_LATENESS_SECOND"
+    result = up("--use-existing-services", "--set", f"SLUICE_REDIS_URL={redis_url}", "--set", f"{typo}=120",
+                "--set", "FUNCTIONS_WORKER_RUNTIME=python", "--database", f"sluice_up_{uuid.uuid4().hex[:8]}",
+                "--redis-prefix", f"sluice-up:{uuid.uuid4().hex[:8]}:", "--data-dir", str(tmp_path / "stack"),
+                "--no-load", "--strict-ports", "--azurite-port", str(held_port))
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output  # stops at the held Azurite port at the latest
+    assert f"--set {typo}: no such setting (did you mean {typo}S?)" in output, output
+    assert not (tmp_path / "stack").exists(), "the stack started before the --set was refused"
+    with pytest.raises(StackError, match=r"sluice_redis_url: no such setting \(did you mean SLUICE_REDIS_URL\?\)"):
+        StackOptions(overrides={"sluice_redis_url": redis_url})  # read by the settings, but not by `up` itself
+    StackOptions(overrides={"SLUICE_ENRICH_ALLOWED_LATENESS_SECONDS": "120", "AzureWebJobsFeatureFlags": "x",
+                            "OTEL_SERVICE_NAME": "sluice"})
+
+
 @pytest.mark.parametrize("option", ["--database", "--keyspace", "--redis-prefix"])
 def test_an_empty_name_is_refused_naming_the_option_not_a_traceback(
         option: str, redis_url: str, tmp_path: Path, held_port: int) -> None:
