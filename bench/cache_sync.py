@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 
 import redis
 
+from bench._stats import percentile
 from shared.adapters.redis import RedisChangeSink, sort_key
 from shared.adapters.redis.base import Command
 from shared.adapters.redis.change_sink import moves, superseded_here
@@ -330,7 +331,7 @@ def main(argv: list[str]) -> int:
         print(f"raw, commands prebuilt (Redis alone):    {len(events) / prebuilt:>10,.0f} rows/s  ({prebuilt:.2f}s; "
               f"ours/prebuilt {prebuilt / ours:.2f})")
     ordered = sorted(per_slice)
-    print(f"per-slice raw/ours: min {ordered[0]:.2f}, median {ordered[len(ordered) // 2]:.2f}, max {ordered[-1]:.2f}")
+    print(f"per-slice raw/ours: min {ordered[0]:.2f}, median {percentile(ordered, 0.5):.2f}, max {ordered[-1]:.2f}")
     ratio = raw / ours
     print(f"cache_sync ours/raw throughput ratio {ratio:.2f} (target >= 0.8): ratio {ratio:.2f}")
     return 0

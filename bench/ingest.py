@@ -38,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from cassandra.cluster import Session
 from cassandra.concurrent import execute_concurrent
 
+from bench._stats import percentile
 from shared import runtime
 from shared.adapters.cassandra.event_store import CassandraEventStore
 from shared.adapters.cassandra.migrations import apply_migrations
@@ -239,7 +240,7 @@ def main(argv: list[str]) -> int:
         cpu = min((c for c, _ in passes), key=lambda c: sum(c.values()))
         driver_bind = min(d for _, d in passes)
         own_cpu = sum(cpu.values())
-        median_cpu = sorted(sum(c.values()) for c, _ in passes)[len(passes) // 2]
+        median_cpu = percentile([sum(c.values()) for c, _ in passes], 0.5)
         telemetry_off, telemetry_on = telemetry_cost(own_chunks, raw_store, now, args.passes)
 
         # The baseline's rows are built before the clock starts and handed to the driver unbound, as a caller of

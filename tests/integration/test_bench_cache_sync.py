@@ -7,6 +7,7 @@ the change feed for the same rows would print a ratio of different work.
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -16,6 +17,7 @@ import redis
 from redis.client import Pipeline
 
 from bench import cache_sync
+from bench._stats import percentile
 from shared.adapters.redis import RedisChangeSink
 from shared.domain.stored import StoredEvent
 
@@ -108,3 +110,24 @@ def test_the_raw_side_sends_the_change_feeds_fill_event_arguments_on_plain_rows(
         assert sent["raw"] == sent["ours"]
     finally:
         client.close()
+
+
+def test_the_per_slice_median_is_the_nearest_rank_p50(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The per-slice median was ``ordered[len(ordered) // 2]``: for an even number of slices (20 by default) the
+    upper middle one, where every other bench prints the nearest-rank p50 (``bench._stats.percentile``). The two
+    runners return set durations (two slices of raw/ours 1.0 and 3.0: the median is 1.0, not the max)."""
+    calls = {"raw": 0}
+    raw_times = iter([1.0, 3.0])
+
+    def fake_raw(*_: Any, **__: Any) -> float:
+        calls["raw"] += 1
+        return 1.0 if calls["raw"] == 1 else next(raw_times)  # the first call is the untimed warm-up
+
+    monkeypatch.setattr(cache_sync, "run_ours", lambda *_, **__: 1.0)
+    monkeypatch.setattr(cache_sync, "run_raw", fake_raw)
+    assert cache_sync.main(["--events", "20", "--devices", "5", "--slices", "2", "--page-size", "10"]) == 0
+    out = capsys.readouterr().out
+    match = re.search(r"per-slice raw/ours: min ([\d.]+), median ([\d.]+), max ([\d.]+)", out)
+    assert match, out
+    assert float(match.group(2)) == percentile([1.0, 3.0], 0.5) == 1.0, out
