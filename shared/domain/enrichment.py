@@ -199,7 +199,7 @@ class MeasurementSummary:
     ordered by event time, ties broken by event id, so every run picks the same
     ``last``. Summaries of one measurement merge (devices -> site).
 
-    A device's sum is exact, correctly rounded (``math.fsum`` of its values). A site adds
+    A device's sum is exact, correctly rounded, whatever the order of its values (:func:`_exact_sum`). A site adds
     its devices' sums exactly (``parts``: the sums merged, ``math.fsum``-ed once), so values
     of opposite sign across devices cancel without losing the small ones; the site's sum
     then differs from the exact sum of its events' values only by each device's rounding
@@ -224,7 +224,7 @@ class MeasurementSummary:
     def of(cls, values: array[float], last: float, last_key: tuple[datetime, int]) -> MeasurementSummary:
         count = len(values)
         try:
-            total = math.fsum(values)
+            total = _exact_sum(values)
         except OverflowError:  # the sum passes the largest float
             low, high = min(values), max(values)
             return cls(count, low, high, [], last, last_key, _mean_past_the_largest(values, count, low, high))
@@ -233,7 +233,7 @@ class MeasurementSummary:
     def average(self) -> float:
         if self.mean is None:
             try:
-                return math.fsum(self.parts) / self.count
+                return _exact_sum(self.parts) / self.count
             except OverflowError:  # merged sums that pass the largest float
                 self.mean, self.parts = _mean_past_the_largest(self.parts, self.count, self.min, self.max), []
         return self.mean
@@ -259,6 +259,27 @@ class MeasurementSummary:
             "avg": self.average(),
             "last": self.last,
         }
+
+
+_SUBNORMAL_SCALE = 2 ** 1074  # every finite float is a whole multiple of 2**-1074, the smallest subnormal
+
+
+def _exact_sum(values: Sequence[float]) -> float:
+    """The exact sum of finite ``values``, correctly rounded, whatever their order; raises ``OverflowError`` when
+    it passes the largest float.
+
+    ``math.fsum`` is exact, but raises on an intermediate sum past the largest float, for some orders of values
+    whose sum is not (``[1e308, 8e307, -8e307, -1e308]``): then the values are added as whole multiples of
+    2**-1074 (Python integers, exact) and the total divided back, correctly rounded. Only that rare case pays the
+    integers' cost."""
+    try:
+        return math.fsum(values)
+    except OverflowError:
+        total = 0
+        for value in values:
+            numerator, denominator = value.as_integer_ratio()  # denominator: a power of two up to 2**1074
+            total += numerator << (1075 - denominator.bit_length())
+        return total / _SUBNORMAL_SCALE  # OverflowError when the sum itself passes the largest float
 
 
 def _mean_past_the_largest(values: Iterable[float], count: int, low: float, high: float) -> float:

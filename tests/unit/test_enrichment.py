@@ -8,6 +8,7 @@ import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 
 import pytest
 
@@ -543,6 +544,27 @@ def test_the_average_of_values_summing_past_the_largest_float_lies_within_them()
         for figures in [d.measurements["t"] for d in out.device_stats] + [s.measurements["t"] for s in out.site_stats]:
             assert figures["min"] <= figures["avg"] <= figures["max"], (values, figures)
 
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2, 3, 4), (1, 4, 2, 3, 0)])
+def test_an_average_does_not_depend_on_the_order_when_only_an_intermediate_sum_passes_the_largest_float(
+        order: tuple[int, ...]) -> None:
+    """``math.fsum`` raises ``OverflowError`` on an intermediate sum past the largest float for some orders of values
+    whose sum is finite: a device's or site's average then took the fallback mean (one ulp off) for some read orders
+    and the correctly rounded one for others, so a re-run could rewrite a window's figures. Every order gives the
+    exact sum's mean, correctly rounded, for a device and for a site adding its devices' sums."""
+    largest = sys.float_info.max
+    values = [1e16, 1e308, 8e307, -8e307, -largest]  # exact sum -7.98e307
+    exact = float(sum(map(Fraction, values)) / len(values))
+    devices = [f"d{n}" for n in range(len(values))]
+    one_site = ReferenceData.of([DeviceRef(d, "s1") for d in devices], [SiteRef("s1", "Site one")])
+    window = Window(T0, T0 + W)
+    one_device = compute_window(window, [ev("d0", T0 + timedelta(seconds=n), t=values[i])
+                                         for n, i in enumerate(order)], one_site)
+    assert one_device.device_stats[0].measurements["t"]["avg"] == exact
+    one_each = compute_window(window, [ev(devices[i], T0 + timedelta(seconds=n), t=values[i])
+                                       for n, i in enumerate(order)], one_site)
+    assert one_each.site_stats[0].measurements["t"]["avg"] == exact
 
 
 def test_late_windows_over_the_budget_keep_the_scan_position(parts) -> None:
