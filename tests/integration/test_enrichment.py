@@ -1328,6 +1328,55 @@ def test_report_site_daily_cuts_local_days_with_the_parquet_reference_source(pg:
         ("2026-11-19",)]
 
 
+def _parquet_reference(pg: PgStack, devices: list[DeviceRef] = DEVICES) -> ReferenceData:
+    """``SLUICE_ENRICH_REFERENCE_SOURCE=parquet``: ``devices`` and ``sites`` empty, the reference data read from
+    blobs (``devices`` as the devices blob)."""
+    with psycopg.connect(pg.dsn) as conn:
+        conn.execute("DELETE FROM devices")
+        conn.execute("DELETE FROM sites")
+    return ReferenceData.of(read_devices(to_parquet(devices, DEVICE_SCHEMA)),
+                            read_sites(to_parquet(SITES, SITE_SCHEMA)))
+
+
+def _backfill(pg: PgStack, window: Window, reference: ReferenceData) -> None:
+    pg.store.write_window(WindowInput(window, lambda: pg.reader.read_each(window.start, window.end), reference),
+                          "backfill", advance_watermark=False)
+
+
+def test_report_device_health_shows_model_and_firmware_with_the_parquet_reference_source(pg: PgStack) -> None:
+    """With ``SLUICE_ENRICH_REFERENCE_SOURCE=parquet`` ``report_device_health.model`` / ``firmware`` came from the
+    ``devices`` table only, which that mode never fills: every device showed NULL although its enriched rows held
+    them. A device ``devices`` does not list shows those of its latest window enriched with a reference row (016)."""
+    reference = _parquet_reference(pg)
+    pg.reader.events.append(stored("dev-1", T0 + timedelta(seconds=10), t=1.0))
+    _backfill(pg, Window(T0, T0 + W), reference)
+    assert pg.query("SELECT model, firmware FROM enriched_events") == [("TX-1", "1.0.0")]
+    assert pg.query("SELECT model, firmware FROM report_device_health WHERE device_id = 'dev-1'") == [
+        ("TX-1", "1.0.0")]
+    assert_device_totals_exact(pg.dsn)
+
+
+def test_report_unknown_devices_now_known_with_the_parquet_reference_source(pg: PgStack) -> None:
+    """``report_unknown_devices.now_known`` was whether the ``devices`` table lists the device, so with
+    ``SLUICE_ENRICH_REFERENCE_SOURCE=parquet`` a device added to the devices blob stayed ``now_known = false`` for
+    good and ``sluice enrich unknown-devices`` never said to backfill it. A later window enriched with a reference
+    row for it makes it known (016)."""
+    pg.reader.events.append(stored("dev-new", T0 + timedelta(seconds=10), t=1.0))
+    _backfill(pg, Window(T0, T0 + W), _parquet_reference(pg))
+    assert pg.query("SELECT device_id, now_known FROM report_unknown_devices") == [("dev-new", False)]
+    added = [*DEVICES, DeviceRef("dev-new", "site-a", "TX-9", "9.0", "ops")]  # added to the blob
+    pg.reader.events.append(stored("dev-new", T0 + W + timedelta(seconds=10), t=1.0))
+    _backfill(pg, Window(T0 + W, T0 + 2 * W), _parquet_reference(pg, added))
+    assert pg.query("SELECT known_device FROM device_window_stats ORDER BY window_start") == [(False,), (True,)]
+    assert pg.query("SELECT device_id, now_known FROM report_unknown_devices") == [("dev-new", True)]
+    removed = [d for d in added if d.device_id != "dev-new"]  # removed again: unknown in a later window
+    pg.reader.events.append(stored("dev-new", T0 + 2 * W + timedelta(seconds=10), t=1.0))
+    _backfill(pg, Window(T0 + 2 * W, T0 + 3 * W), _parquet_reference(pg, removed))
+    assert pg.query("SELECT device_id, now_known FROM report_unknown_devices") == [("dev-new", False)]
+    assert pg.query("SELECT model, firmware FROM report_device_health WHERE device_id = 'dev-new'") == [
+        ("TX-9", "9.0")]  # as in its latest window enriched with a reference row
+
+
 def test_device_totals_follow_every_change_of_the_window_figures(pg: PgStack) -> None:
     """``device_totals`` (010) is kept by statement triggers on ``device_window_stats``: after each kind of write the
     real store makes (new windows, a late recompute whose events moved to another device and window, a window left

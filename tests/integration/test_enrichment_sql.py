@@ -695,15 +695,23 @@ def test_the_newest_site_rows_are_the_views_newest_however_far_back_they_are(pg_
 
 
 # report_device_health as 003_reporting_views.sql defined it, aggregating every window of each device, with the 24-hour
-# columns over the windows holding an event of the last 24 hours (013_device_health_last_24_hours.sql): the oracle of
-# the view over device_totals (010_device_totals.sql), which must give the same rows and values.
+# columns over the windows holding an event of the last 24 hours (013_device_health_last_24_hours.sql), and model and
+# firmware of a device devices does not list as the newest event of its windows enriched with a reference row
+# carries them (016_device_reference_when_unlisted.sql): the oracle of the view over device_totals
+# (010_device_totals.sql), which must give the same rows and values.
 OLD_DEVICE_HEALTH = """
 SELECT
     d.device_id,
     bool_or(d.known_device) AS known_device,
     (array_agg(d.site_id ORDER BY d.window_start DESC))[1] AS site_id,
-    ref.model,
-    ref.firmware,
+    CASE WHEN ref.device_id IS NOT NULL THEN ref.model
+         ELSE (SELECT e.model FROM enriched_events e JOIN device_window_stats k ON k.device_id = e.device_id
+                   AND k.known_device AND e.event_time >= k.window_start AND e.event_time < k.window_end
+               WHERE e.device_id = d.device_id ORDER BY e.event_time DESC LIMIT 1) END AS model,
+    CASE WHEN ref.device_id IS NOT NULL THEN ref.firmware
+         ELSE (SELECT e.firmware FROM enriched_events e JOIN device_window_stats k ON k.device_id = e.device_id
+                   AND k.known_device AND e.event_time >= k.window_start AND e.event_time < k.window_end
+               WHERE e.device_id = d.device_id ORDER BY e.event_time DESC LIMIT 1) END AS firmware,
     max(d.last_event_time) AS last_seen,
     sum(d.event_count) FILTER (WHERE d.last_event_time >= now() - interval '24 hours')::bigint AS events_24h,
     sum(d.critical_count) FILTER (WHERE d.last_event_time >= now() - interval '24 hours')::bigint AS critical_24h,
@@ -718,7 +726,7 @@ SELECT
     END AS health
 FROM device_window_stats d
 LEFT JOIN devices ref ON ref.device_id = d.device_id
-GROUP BY d.device_id, ref.model, ref.firmware
+GROUP BY d.device_id, ref.device_id, ref.model, ref.firmware
 """
 
 
@@ -791,7 +799,8 @@ def test_the_device_totals_backfill_of_existing_windows_is_exact(pg_dsn: str, tm
 def test_the_device_report_reads_the_windows_only_through_the_device_index(pg_dsn: str) -> None:
     """The view reads ``device_totals`` and, per device, its newest window, its windows of the last 24 hours and
     the newest one starting before them (it may hold the 24-hour mark) through ``device_window_stats_device``
-    (device_id, window_start): never the whole history."""
+    (device_id, window_start): never the whole history. For a device ``devices`` does not list (016), its newest
+    known window too, and its last event in it through ``enriched_events_device_time`` (device_id, event_time)."""
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         apply_migrations(conn)
@@ -802,9 +811,12 @@ def test_the_device_report_reads_the_windows_only_through_the_device_index(pg_ds
             "EXPLAIN SELECT * FROM report_device_health ORDER BY last_seen DESC NULLS LAST, device_id LIMIT 50")]
     text = "\n".join(plan)
     reads = [line for line in plan if " on device_window_stats " in line]
-    assert len(reads) == 3, text
+    assert len(reads) == 4, text
     assert all("Index Scan" in line and "using device_window_stats_device" in line for line in reads), text
-    assert text.count("Index Cond: (device_id = t.device_id)") == 1, text
+    assert text.count("Index Cond: (device_id = t.device_id)") == 2, text  # newest window, newest known window
+    assert "One-Time Filter: ((ref.device_id IS NULL) AND (t.known_windows > 0))" in text, text
+    (events,) = [line for line in plan if " on enriched_events " in line]
+    assert "Index Scan" in events and "using enriched_events_device_time" in events, text
     for bound in (">", "<="):
         assert text.count(f"Index Cond: ((device_id = t.device_id) AND (window_start {bound} (now() - "
                           "'24:00:00'::interval)))") == 1, text
