@@ -9,6 +9,7 @@ dead-letter it and nothing is lost.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -166,7 +167,7 @@ class DeviceEvent(BaseModel):
         if type(value) is float and value.is_integer():
             value = int(value)
         if type(value) is not int or value not in SUPPORTED_SCHEMA_VERSIONS:
-            raise ValueError(f"{value!r} is not a supported schema version {SUPPORTED_SCHEMA_VERSIONS}")
+            raise ValueError(f"{_shown(value)} is not a supported schema version {SUPPORTED_SCHEMA_VERSIONS}")
         return value
 
 
@@ -591,9 +592,31 @@ def _naming(raw_id: str | None) -> str:
     return f" (event_id {raw_id})" if isinstance(raw_id, str) and len(raw_id) <= 64 else ""
 
 
+# The most characters of the input a reason holds for one value or key, so that it stays short whatever was sent.
+_SHOWN = 64
+
+
+def _shown(value: object) -> str:
+    """A value as a reason names it: as JSON when a short scalar, else by its JSON type (a string with its length)."""
+    kind = _json_type(value)
+    if isinstance(value, str) and len(value) > _SHOWN:
+        return f"a JSON string of {len(value)} characters"
+    if isinstance(value, str | float | bool) or value is None or (isinstance(value, int) and value.bit_length() < 256):
+        text = json.dumps(value)
+        if len(text) <= _SHOWN:
+            return f"{text} (a JSON {kind})"
+    return f"a JSON {kind}"
+
+
+def _location(parts: Iterable[Any]) -> str:
+    """Where in an event a problem is (``measurements.t``), each key cut to its first :data:`_SHOWN` characters."""
+    texts = (str(part) for part in parts)
+    return ".".join(text if len(text) <= _SHOWN else f"{text[:_SHOWN]}\u2026" for text in texts)
+
+
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors(include_url=False, include_input=False):
-        location = ".".join(str(part) for part in error["loc"]) or "event"
+        location = _location(error["loc"]) or "event"
         problems.append(f"{location}: {error['msg']}")
     return "; ".join(problems)

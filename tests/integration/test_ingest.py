@@ -598,6 +598,21 @@ def test_a_too_deep_event_whose_id_holds_a_lone_surrogate_is_dead_lettered_and_t
         f"SELECT event_id FROM {ingest.keyspace}.events_by_id")] == [good["event_id"]]
 
 
+def test_a_reason_never_copies_a_long_schema_version_or_key(ingest) -> None:
+    """A ``schema_version`` sent as a 200,000-character string was copied whole into the reason (so the letter held
+    the body twice and ingest logged a 200 KB WARNING line); so was an unknown key of that length, named in the
+    error's location. The value is now named by its JSON type and length, a key by its first 64 characters."""
+    long_version = event("dev-sv", schema_version="9" * 200_000)
+    long_key = event("dev-key", **{"k" * 200_000: 1})
+    ingest(Hub("0").batch(long_version, long_key))
+
+    reasons = sorted((d["reason"] for d in dead_letters(ingest_storage(ingest), ingest.container)), key=len)
+    assert len(reasons) == 2 and all(len(reason) < 300 for reason in reasons), [r[:300] for r in reasons]
+    assert any("schema_version: Value error, a JSON string of 200000 characters is not a supported schema version"
+               in reason for reason in reasons), reasons
+    assert any(f"{'k' * 64}\u2026: Extra inputs are not permitted" in reason for reason in reasons), reasons
+
+
 def test_a_letter_whose_texts_hold_a_lone_surrogate_is_written_and_reads_back(azurite_connection_string: str) -> None:
     """UTF-8 cannot encode a lone surrogate. The parser refuses them in bodies, but the sink must write any letter:
     one that failed to encode escaped its retries and took the batch's later letters with it."""

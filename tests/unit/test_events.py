@@ -405,6 +405,28 @@ def test_a_deeply_nested_body_that_is_not_json_elsewhere_is_still_refused_whole(
     assert rejected.reason.startswith("body is not valid JSON (recursion limit exceeded") and rejected.index is None
 
 
+@pytest.mark.parametrize(("version", "named"), [
+    (2, "2 (a JSON number) is not a supported schema version"),
+    ("1", '"1" (a JSON string) is not'),
+    (True, "true (a JSON boolean) is not"),
+    ([1], "a JSON array is not"),
+    ("9" * 65, "a JSON string of 65 characters is not"),
+    (10**100, "a JSON number is not"),
+])
+def test_a_schema_version_is_named_by_its_json_type_and_only_a_short_one_by_its_value(version, named):
+    """A reason never copies a long input: a 200,000-character schema_version was echoed whole into it."""
+    [rejected] = parse(json.dumps(event(schema_version=version)).encode()).errs
+    assert named in rejected.reason and len(rejected.reason) < 200
+
+
+def test_a_long_key_is_named_by_its_first_64_characters():
+    [extra] = parse(json.dumps(event(**{"k" * 10_000: 1})).encode()).errs
+    assert extra.reason.endswith(f"is invalid: {'k' * 64}\u2026: Extra inputs are not permitted")
+    [name] = parse(json.dumps(event(measurements={"m" * 10_000: 1.0})).encode()).errs
+    assert f"measurements.{'m' * 64}\u2026.[key]: String should have at most 64 characters" in name.reason
+    assert len(name.reason) < 300
+
+
 def _at_most(head: bytes, unit: bytes, tail: bytes) -> bytes:
     """``head``, ``unit`` repeated, ``tail``: a body of the largest size allowed (or a few bytes less)."""
     return head + unit * ((DEFAULT_LIMITS.max_body_bytes - len(head) - len(tail)) // len(unit)) + tail
