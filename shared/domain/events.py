@@ -379,9 +379,10 @@ def _items(record: RawRecord, limits: Limits,
     try:
         document = pydantic_core.from_json(body, allow_inf_nan=False)
     except ValueError as exc:
-        # Nesting beyond the parser's limit is no JSON error: read each element on its own, so one element nested
-        # too deep is refused by its index and id and its siblings are stored. Only such bodies pay for it.
-        document = _too_deep(body) if str(exc).startswith(_RECURSION) else None
+        # Nesting beyond the parser's limit, or a number past it, is no JSON error: read each element on its own, so
+        # one element nested too deep or holding such a number is refused by its index and id and its siblings are
+        # stored. Only such bodies pay for it.
+        document = _unread(body) if str(exc).startswith(_PARSER_LIMITS) else None
         if document is None:
             hint = "; NaN and Infinity are not JSON" if b"NaN" in body or b"Infinity" in body else ""
             yield Rejected(f"body is not valid JSON ({exc}){hint}", body, record.metadata)
@@ -393,7 +394,7 @@ def _items(record: RawRecord, limits: Limits,
     elif isinstance(document, list):
         yield Rejected("body is an empty JSON array", body, record.metadata)
         return
-    elif isinstance(document, _TooDeep):
+    elif isinstance(document, _Unread):
         elements = [(None, document)]
     else:
         yield Rejected(
@@ -428,6 +429,11 @@ _JSON_WHITESPACE = b" \t\r\n"
 # How deep the JSON parser (pydantic_core's jiter) reads nested arrays and objects; deeper, it stops with _RECURSION.
 MAX_JSON_DEPTH = 200
 _RECURSION = "recursion limit exceeded"
+# A number whose integer part has more than 4,300 digits (Python's int limit) the parser refuses with _OUT_OF_RANGE:
+# valid JSON, far beyond double range, so no valid event holds one. Its other errors are JSON errors.
+_OUT_OF_RANGE = "number out of range"
+_PARSER_LIMITS = (_RECURSION, _OUT_OF_RANGE)
+_JSON_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z")
 # The tokens that delimit a body's top-level values: whole strings (so their commas and brackets are skipped),
 # brackets, braces and commas, or a quote that opens a string never closed. That last one must be a token (as in
 # _DEEP_TOKENS): without it the search would go on from the next byte, inside the unclosed string, and at each of
@@ -437,17 +443,19 @@ _OPENING = {ord("]"): ord("["), ord("}"): ord("{")}
 
 
 @dataclass(frozen=True, slots=True)
-class _TooDeep:
-    """A value (an event, or an element of an array body) nested deeper than :data:`MAX_JSON_DEPTH`, and its
-    event id when readable."""
+class _Unread:
+    """A value (an event, or an element of an array body) the parser does not read though it is JSON: nested deeper
+    than :data:`MAX_JSON_DEPTH`, or holding a number out of its range. ``problem``: why, as a reason says it;
+    ``event_id``: its event id when readable."""
 
+    problem: str
     event_id: str | None
 
 
-def _too_deep(body: bytes) -> Any:
-    """The document of a body the parser refused for its nesting: an array of its elements, each parsed on its own
-    (:class:`_TooDeep` for one nested too deep), or a :class:`_TooDeep` object; ``None`` when the body is not valid
-    JSON apart from that (the caller then says so, as before)."""
+def _unread(body: bytes) -> Any:
+    """The document of a body the parser refused for one of its limits (:data:`_PARSER_LIMITS`): an array of its
+    elements, each parsed on its own (:class:`_Unread` for one past a limit), or an :class:`_Unread` object;
+    ``None`` when the body is not valid JSON apart from that (the caller then says so, as before)."""
     stripped = body.strip(_JSON_WHITESPACE)
     if stripped[:1] == b"{":
         value = _value(stripped)
@@ -489,36 +497,39 @@ _NOT_JSON = object()
 
 
 def _value(span: bytes) -> Any:
-    """One top-level value: parsed, :class:`_TooDeep`, or :data:`_NOT_JSON`."""
+    """One top-level value: parsed, :class:`_Unread`, or :data:`_NOT_JSON`."""
     try:
         return pydantic_core.from_json(span, allow_inf_nan=False)
     except ValueError as exc:
-        if not str(exc).startswith(_RECURSION):
+        if not str(exc).startswith(_PARSER_LIMITS):
             return _NOT_JSON
-    return _deep_value(span)
+        too_deep = str(exc).startswith(_RECURSION)
+    return _walked(span, too_deep=too_deep)
 
 
-# The tokens of a value read by :func:`_deep_value`: a whole string, a run of "[" (and the "{" after it), a run of
+# The tokens of a value read by :func:`_walked`: a whole string, a run of "[" (and the "{" after it), a run of
 # "]" and "}", a brace, colon or comma, whitespace, a run of anything else (a number or literal, or not JSON), or a
 # quote that opens a string never closed. Runs, so a body of thousands of brackets costs a few tokens.
 _DEEP_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|\[+{?|[\]}]+|[{:,]|[ \t\r\n]+|[^ \t\r\n\[\]{}:,"]+|"', re.DOTALL)
 _CLOSING_TO_OPENING = bytes.maketrans(b"]}", b"[{")
-# What may come next in :func:`_deep_value`: a value; a value or "]" (after "["); a key; a key or "}" (after "{");
+# What may come next in :func:`_walked`: a value; a value or "]" (after "["); a key; a key or "}" (after "{");
 # the colon after a key; a comma or a closing bracket (after a value inside an array or object); nothing.
 _VALUE, _VALUE_OR_CLOSE, _KEY, _KEY_OR_CLOSE, _COLON, _COMMA_OR_CLOSE, _END = range(7)
 
 
-def _deep_value(span: bytes) -> Any:
-    """A value the parser stopped reading at its depth limit: :class:`_TooDeep` with its event id, or
-    :data:`_NOT_JSON` when it is not JSON elsewhere too.
+def _walked(span: bytes, *, too_deep: bool) -> Any:
+    """A value the parser stopped reading at one of its limits (``too_deep``: its depth limit, else a number out of
+    range): :class:`_Unread` with its event id, or :data:`_NOT_JSON` when it is not JSON elsewhere too.
 
     The judgement must be the parser's, at any depth: the nesting is followed here with a stack of open brackets
     (no recursion, so no depth limit of Python's either), and each string, number and literal is read by the parser
-    itself, which refuses what it refuses in place (a lone surrogate escape, ``NaN``, ``tru``). The id is the
-    ``event_id`` string of a top-level object (the last one, as a parsed object keeps)."""
+    itself, which refuses what it refuses in place (a lone surrogate escape, ``NaN``, ``tru``) but for a JSON number
+    out of its range, whose place is kept for the reason. The id is the ``event_id`` string of a top-level object
+    (the last one, as a parsed object keeps)."""
     stack = bytearray()
+    path: list[Any] = []  # for each open bracket, the key or index of the member being read in it
+    out_of_range: list[Any] | None = None  # the path of the first number out of range
     expect = _VALUE
-    key: Any = None
     event_id: str | None = None
     read: dict[bytes, Any] = {}  # strings and scalars read so far (keys repeat at every level)
     for match in _DEEP_TOKENS.finditer(span):
@@ -532,14 +543,17 @@ def _deep_value(span: bytes) -> Any:
                     or not stack.endswith(closes):
                 return _NOT_JSON
             del stack[len(stack) - len(closes):]
+            del path[len(path) - len(closes):]
             expect = _COMMA_OR_CLOSE if stack else _END
         elif first == b":" or first == b",":
             if expect != (_COLON if first == b":" else _COMMA_OR_CLOSE):
                 return _NOT_JSON
+            if first == b"," and stack[-1] == ord("["):
+                path[-1] += 1
             expect = _VALUE if first == b":" or stack[-1] == ord("[") else _KEY
         elif first == b'"' and expect in (_KEY, _KEY_OR_CLOSE):
-            key, expect = _read(token, read), _COLON
-            if key is _NOT_JSON:
+            path[-1], expect = _read(token, read), _COLON
+            if path[-1] is _NOT_JSON:
                 return _NOT_JSON
         elif expect not in (_VALUE, _VALUE_OR_CLOSE):
             return _NOT_JSON
@@ -548,31 +562,50 @@ def _deep_value(span: bytes) -> Any:
             value = None if opens else _read(token, read)
             if value is _NOT_JSON:
                 return _NOT_JSON
-            if stack == b"{" and key == "event_id":
+            if value is _OUT_OF_RANGE_NUMBER and out_of_range is None:
+                out_of_range = path.copy()
+            if stack == b"{" and path[-1] == "event_id":
                 event_id = value if isinstance(value, str) else None
             if opens:
                 stack += token
+                path.extend(None if bracket == ord("{") else 0 for bracket in token)
                 expect = _KEY_OR_CLOSE if token.endswith(b"{") else _VALUE_OR_CLOSE
             else:
                 expect = _COMMA_OR_CLOSE if stack else _END
-    return _TooDeep(event_id) if expect == _END else _NOT_JSON
+    if expect != _END:
+        return _NOT_JSON
+    if too_deep:
+        return _Unread(f"nests arrays and objects more than {MAX_JSON_DEPTH} levels deep; the JSON parser reads at "
+                       f"most {MAX_JSON_DEPTH}", event_id)
+    if out_of_range is None:  # the parser's number was not found: judged as before, not JSON
+        return _NOT_JSON
+    if not out_of_range:  # the value itself is the number
+        return _Unread("is a JSON number, not an object", None)
+    return _Unread(f"is invalid: {_location(out_of_range)}: number out of range: its integer part has more than "
+                   "4,300 digits, which the JSON parser does not read (far beyond double range)", event_id)
+
+
+_OUT_OF_RANGE_NUMBER = object()
 
 
 def _read(token: bytes, read: dict[bytes, Any]) -> Any:
-    """A string, number or literal as the parser reads it, or :data:`_NOT_JSON`."""
+    """A string, number or literal as the parser reads it, :data:`_OUT_OF_RANGE_NUMBER` for a JSON number it
+    refuses as out of its range, or :data:`_NOT_JSON`."""
     if token not in read:
         try:
             read[token] = pydantic_core.from_json(token, allow_inf_nan=False)
-        except ValueError:
-            return _NOT_JSON
+        except ValueError as exc:
+            if not (str(exc).startswith(_OUT_OF_RANGE) and _JSON_NUMBER.match(token)):
+                return _NOT_JSON
+            read[token] = _OUT_OF_RANGE_NUMBER
     return read[token]
 
 
 def _not_an_object(element: Any) -> tuple[str, str | None]:
-    """The problem of an element that is no JSON object (or was not read as one: nested too deep), and its id."""
-    if isinstance(element, _TooDeep):
-        return (f"nests arrays and objects more than {MAX_JSON_DEPTH} levels deep; the JSON parser reads at most "
-                f"{MAX_JSON_DEPTH}"), element.event_id
+    """The problem of an element that is no JSON object (or was not read as one: past a limit of the parser), and
+    its id."""
+    if isinstance(element, _Unread):
+        return element.problem, element.event_id
     return f"is a JSON {_json_type(element)}, not an object", None
 
 

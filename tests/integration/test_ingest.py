@@ -598,6 +598,24 @@ def test_a_too_deep_event_whose_id_holds_a_lone_surrogate_is_dead_lettered_and_t
         f"SELECT event_id FROM {ingest.keyspace}.events_by_id")] == [good["event_id"]]
 
 
+def test_an_element_with_a_number_past_the_parser_is_dead_lettered_by_index_and_its_siblings_stored(ingest) -> None:
+    """An array body whose one element carries a measurement written as an integer of more than 4,300 digits (valid
+    JSON; beyond double range, so an invalid event, and past what the JSON parser reads) was refused whole as "body
+    is not valid JSON (number out of range ...)": its valid sibling was not stored and the letter named no element.
+    Now, as for nesting past the parser's depth, only that element is refused, by its index, id and field."""
+    good = event("dev-good")
+    bad = event("dev-bad", measurements={"t": 0})
+    body = json.dumps([good, bad]).replace('{"t": 0}', '{"t": 1' + "0" * 4300 + "}").encode()
+    ingest(Hub("0").batch(body))
+
+    [letter] = dead_letters(ingest_storage(ingest), ingest.container)
+    stored = {str(r.event_id) for r in bootstrap.cassandra_session().execute(
+        f"SELECT event_id FROM {ingest.keyspace}.events_by_id")}
+    assert stored == {good["event_id"]}, letter["reason"]
+    assert (letter["index"], letter["event_id"]) == (1, bad["event_id"]), letter["reason"]
+    assert "measurements.t: number out of range" in letter["reason"]
+
+
 def test_a_reason_never_copies_a_long_schema_version_or_key(ingest) -> None:
     """A ``schema_version`` sent as a 200,000-character string was copied whole into the reason (so the letter held
     the body twice and ingest logged a 200 KB WARNING line); so was an unknown key of that length, named in the

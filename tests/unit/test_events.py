@@ -405,6 +405,42 @@ def test_a_deeply_nested_body_that_is_not_json_elsewhere_is_still_refused_whole(
     assert rejected.reason.startswith("body is not valid JSON (recursion limit exceeded") and rejected.index is None
 
 
+_HUGE = b"1" + b"0" * 4300  # valid JSON; the parser refuses an integer part of more than 4,300 digits
+
+
+def test_an_element_with_a_number_past_the_parser_is_refused_by_index_id_and_field_and_its_siblings_kept():
+    """The parser's other limit, numbers out of its range (an integer part past 4,300 digits, far beyond double
+    range), refused the whole body as "not valid JSON" with its valid siblings: now it is read element by element,
+    as the depth limit is, and only the element holding such a number is refused, naming where it is."""
+    good, bad = event(), event(measurements={"t": 0})
+    bad_bytes = json.dumps(bad).encode().replace(b'{"t": 0}', b'{"t": ' + _HUGE + b"}")
+    parsed = parse(b"[" + json.dumps(good).encode() + b", " + _HUGE + b", " + bad_bytes + b"]")
+    assert [str(e.event_id) for e in parsed.oks] == [good["event_id"]]
+    [rejected] = parsed.errs
+    assert [(b.index, b.event_id) for b in rejected.elements] == [(1, None), (2, bad["event_id"])]
+    assert rejected.elements[0].problem == "is a JSON number, not an object"
+    assert rejected.elements[1].problem.startswith("is invalid: measurements.t: number out of range")
+
+    [alone] = parse(bad_bytes).errs  # a lone event object: refused whole, named by its id and the field
+    assert (alone.index, alone.event_id) == (None, bad["event_id"])
+    assert alone.reason.startswith(f"event (event_id {bad['event_id']}) is invalid: measurements.t: number out of")
+    [inside] = parse(b'[{"a": [1, {"b": 2}, -' + _HUGE + b".5]}]").errs  # named inside arrays too
+    assert inside.reason.startswith("element 0 is invalid: a.2: number out of range")
+
+
+@pytest.mark.parametrize("body", [
+    b"[" + _HUGE + b"x, " + _VALID_SIBLING + b"]",  # no JSON number
+    b'[{"x": ' + _HUGE + b', "y": tru}, ' + _VALID_SIBLING + b"]",  # not JSON elsewhere in the element
+    b"[" + _HUGE + b", " + _VALID_SIBLING + b", 1 2]",  # ... or in another
+    _HUGE,  # a body that is only such a number is no event: refused whole, as before
+])
+def test_a_body_with_a_number_past_the_parser_that_is_not_json_elsewhere_is_still_refused_whole(body: bytes):
+    parsed = parse(body)
+    assert parsed.oks == []
+    [rejected] = parsed.errs
+    assert rejected.reason.startswith("body is not valid JSON (number out of range") and rejected.index is None
+
+
 @pytest.mark.parametrize(("version", "named"), [
     (2, "2 (a JSON number) is not a supported schema version"),
     ("1", '"1" (a JSON string) is not'),
