@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from shared.domain.events import MeasurementName
+
 if TYPE_CHECKING:
     from shared.domain.stored import StoredEvent
 
@@ -30,11 +32,16 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 
 
 class MeasurementRule(BaseModel):
-    """``measurement op value``: one threshold on one measurement."""
+    """``measurement op value``: one threshold on one measurement.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    ``measurement`` is a name an event can carry (as the contract's measurement names: 1-64 characters, no NUL),
+    ``value`` a finite number: ``> NaN`` never holds and ``!= NaN`` always does, so a rule that could never, or
+    would always, match is refused with the settings instead.
+    """
 
-    measurement: str
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    measurement: MeasurementName
     op: Literal[">", ">=", "<", "<=", "==", "!="]
     value: float
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from shared.domain.rules import Criticality, MeasurementRule, is_critical
 
@@ -27,3 +29,21 @@ def test_a_rule_compares_the_named_measurement_and_never_matches_one_the_event_l
     assert check("info", {"temperature": 90.5}) and not check("info", {"temperature": 90.0})
     assert not check("info", {"humidity": 99.0}) and not check("info", {})
     assert check("critical", {}) and not Criticality([])("warning", {"temperature": 1e9})
+
+
+@pytest.mark.parametrize(("fields", "refused"), [
+    ({"value": float("nan")}, "value"),  # "> NaN" never holds, "!= NaN" always does
+    ({"value": float("inf")}, "value"),
+    ({"value": "-inf"}, "value"),
+    ({"measurement": ""}, "measurement"),  # names no event can carry: the rule would never match
+    ({"measurement": "t" * 65}, "measurement"),
+    ({"measurement": "t\x00"}, "measurement"),
+])
+def test_a_rule_that_could_never_or_would_always_match_is_refused(fields, refused):
+    with pytest.raises(ValidationError) as caught:
+        MeasurementRule.model_validate({"measurement": "t", "op": ">", "value": 1.0, **fields})
+    assert [error["loc"] for error in caught.value.errors()] == [(refused,)]
+
+
+def test_a_rule_at_the_bounds_of_a_name_and_a_number_is_taken():
+    assert MeasurementRule(measurement="t" * 64, op="!=", value=-1e308).matches({"t" * 64: 0.0})

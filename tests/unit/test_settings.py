@@ -214,6 +214,21 @@ def test_critical_rules_are_parsed_and_checked():
         load_settings(dict(SAMPLE, SLUICE_CRITICAL_RULES='[{"measurement": "t", "op": "~", "value": 1}]'))
 
 
+@pytest.mark.parametrize(("rule", "problem"), [
+    ('{"measurement": "t", "op": ">", "value": NaN}', "[1][value]: Input should be a finite number"),
+    ('{"measurement": "t", "op": "<", "value": Infinity}', "[1][value]: Input should be a finite number"),
+    ('{"measurement": "t", "op": "!=", "value": "nan"}', "[1][value]: Input should be a finite number"),
+    ('{"measurement": "", "op": ">", "value": 1}', "[1][measurement]: String should have at least 1 character"),
+])
+def test_a_critical_rule_with_a_threshold_not_finite_or_a_name_no_event_carries_is_refused(rule, problem):
+    """``json.loads`` reads ``NaN`` and ``Infinity`` and pydantic the text ``"nan"``: ``temperature > NaN`` never
+    held (no event critical, no alert) and ``!= NaN`` always did. Refused at start-up, as the settings' own
+    numbers are (``allow_inf_nan=False``), which the rule model did not inherit."""
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(dict(SAMPLE, SLUICE_CRITICAL_RULES=f'[{{"measurement": "t", "op": ">", "value": 1}}, {rule}]'))
+    assert f"SLUICE_CRITICAL_RULES{problem}" in str(caught.value)  # the rule named by its place
+
+
 def _storage(**values: str):
     return load_settings({**SAMPLE, "AzureWebJobsStorage": "", **values}).storage
 
