@@ -10,9 +10,14 @@ read piled onto a slow store), so a burst of misses causes one Cassandra read.
 
 Redis down (unreachable, timing out, a cluster down): the lookup is served from
 Cassandra (``bypass``) with a warning, and Redis is left alone for
-``redis_retry_after`` seconds (a circuit breaker). A command Redis answers with a
-refusal (``DependencyRefused``: a full Redis refusing a fill, a read-only replica)
-opens no breaker: Redis is up and its entries are still served; the request goes on
+``redis_retry_after`` seconds (a circuit breaker). Then one request (the probe)
+asks Redis while the others keep bypassing it, so a Redis still hung costs one
+request a socket timeout, not every request arriving meanwhile: the probe's
+answer closes the breaker, its failure starts another pause (logged at debug:
+one warning per outage). A probe cancelled with its request frees the slot for
+the next one; a healthy ``health()`` closes the breaker. A command Redis answers
+with a refusal (``DependencyRefused``: a full Redis refusing a fill, a read-only
+replica) opens no breaker: Redis is up and its entries are still served; the request goes on
 as a miss answered from Cassandra, and the refusal is logged at most once per
 ``REFUSAL_LOG_INTERVAL``.
 Cassandra down and nothing cached: ``DependencyUnavailable`` (HTTP 503). Every
@@ -101,7 +106,9 @@ class LookupService:
                                      timeout=health_timeout, opened=health_opened)
         self._monotonic = monotonic
         self._flights = SingleFlight(flight_wait)
-        self._redis_down_until = 0.0
+        # The circuit breaker: None while closed, else when its pause ends (then one request at a time probes).
+        self._redis_down_until: float | None = None
+        self._redis_probing = False
         self._refusal_logged_at: float | None = None
         self._refusals_held = 0
 
@@ -110,17 +117,42 @@ class LookupService:
         return self._ttl + (random.randint(0, self._jitter) if self._jitter else 0)
 
     def _redis_usable(self) -> bool:
-        return self._monotonic() >= self._redis_down_until
+        """The breaker is closed: Redis is asked (and filled)."""
+        return self._redis_down_until is None
+
+    def _redis_turn(self) -> Literal["closed", "probe", "bypass"]:
+        """How this request may use Redis: ``closed`` asks it; ``probe`` asks it as the one request probing after the
+        pause (it then calls ``_redis_probed``); ``bypass`` leaves it alone (paused, or another request probing)."""
+        if self._redis_down_until is None:
+            return "closed"
+        if self._redis_probing or self._monotonic() < self._redis_down_until:
+            return "bypass"
+        self._redis_probing = True
+        return "probe"
+
+    def _redis_probed(self, answered: bool) -> None:
+        """The probe is over: Redis answered (closes the breaker), or not (failed, or cancelled: the next request
+        after the pause probes)."""
+        self._redis_probing = False
+        if answered and self._redis_down_until is not None:
+            self._redis_down_until = None
+            logger.info("Redis answers again; the lookups use the cache again")
 
     def _redis_failed(self, exc: DependencyUnavailable, doing: str) -> None:
-        """Redis failed a command: an outage opens the breaker; a refusal (the server up, saying no to this
-        command: ``DependencyRefused``) is only logged, so the entries Redis still serves stay hits."""
+        """Redis failed a command: an outage opens the breaker (or, open, starts another pause) with a warning
+        once per opening; a refusal (the server up, saying no to this command: ``DependencyRefused``) is only
+        logged, so the entries Redis still serves stay hits."""
         if isinstance(exc, DependencyRefused):
             self._redis_refused(exc, doing)
             return
+        was_open = self._redis_down_until is not None
         self._redis_down_until = self._monotonic() + self._retry_after
-        logger.warning("Redis failed while %s (%s); serving from Cassandra, cache bypassed for %.1fs",
-                       doing, exc, self._retry_after)
+        if was_open:
+            logger.debug("Redis still failing while %s (%s); cache bypassed for %.1fs more",
+                         doing, exc, self._retry_after)
+        else:
+            logger.warning("Redis failed while %s (%s); serving from Cassandra, cache bypassed for %.1fs "
+                           "(then one request at a time probes it)", doing, exc, self._retry_after)
 
     def _redis_refused(self, exc: DependencyRefused, doing: str) -> None:
         """A warning at most once per ``REFUSAL_LOG_INTERVAL`` (a full Redis refuses every fill), the next one
@@ -136,14 +168,24 @@ class LookupService:
                        if held else "")
 
     async def _from_cache(self, get: Callable[[], Awaitable[V | None]], what: str) -> V | None:
-        """The cache's answer; ``None`` on a miss, when Redis is (or just went) down, or refused the read."""
-        if not self._redis_usable():
+        """The cache's answer; ``None`` on a miss, when Redis is (or just went) down, or refused the read.
+
+        With the breaker open only the probe asks Redis; a refusal answers it too (Redis is up)."""
+        turn = self._redis_turn()
+        if turn == "bypass":
             return None
+        answered = False
         try:
-            return await get()
+            value = await get()
+            answered = True
+            return value
         except DependencyUnavailable as exc:
+            answered = isinstance(exc, DependencyRefused)
             self._redis_failed(exc, f"reading {what}")
             return None
+        finally:
+            if turn == "probe":  # the probe: released however it ended (a cancelled request included)
+                self._redis_probed(answered)
 
     async def get_or_load(self, key: Hashable, what: str, get: Callable[[], Awaitable[V | None]],
                           read: Callable[[], Awaitable[S]], fill: Callable[[S], Awaitable[None]],
@@ -279,7 +321,8 @@ class LookupService:
         """``(healthy, body)``: Redis and Cassandra checked at once, each within the health timeout."""
         healthy, body = await self._health()
         if healthy and not self._redis_usable():
-            self._redis_down_until = 0.0  # Redis answers again: stop bypassing it
+            self._redis_down_until = None  # Redis answers again: stop bypassing it (a running probe just ends)
+            logger.info("Redis answers the health check again; the lookups use the cache again")
         return healthy, body
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -369,6 +371,52 @@ def test_redis_down_serves_from_cassandra_as_bypass_and_health_says_so(app_env, 
     status = body(health)
     assert status["status"] == "unavailable"
     assert status["dependencies"]["redis"]["status"] == "down" and status["dependencies"]["cassandra"]["status"] == "up"
+
+
+@pytest.mark.timeout(90)
+def test_after_the_pause_one_request_probes_a_hung_redis_and_the_others_bypass_it(
+        app_env, store, private_redis, caplog) -> None:
+    """Half-open breaker (docs/api.md, Cache-aside 4: an outage does not add a socket timeout to every request).
+
+    When the pause ends while Redis is still hung (SIGSTOP: it accepts connections, never answers), one request
+    probes it and waits the socket timeout; the 19 concurrent others are answered from Cassandra at once, and the
+    outage is one warning, not one per request. Was: every request after the pause asked Redis and waited."""
+    server, port = private_redis
+    app_env(SLUICE_REDIS_URL=f"redis://127.0.0.1:{port}/0", SLUICE_REDIS_SOCKET_TIMEOUT_SECONDS="0.5",
+            SLUICE_LOOKUP_REDIS_RETRY_AFTER_SECONDS="1")
+    store.write([make_event("half-1", NOW - timedelta(minutes=1))])
+    assert latest("half-1").headers["X-Cache"] == "miss"
+    assert latest("half-1").headers["X-Cache"] == "hit"
+    handler = registered("device_latest").get_user_function()
+
+    async def one() -> tuple[float, func.HttpResponse]:
+        request = func.HttpRequest("GET", "http://localhost/api/devices/half-1/latest",
+                                   route_params={"device_id": "half-1"}, body=b"")
+        started = time.perf_counter()
+        response = await handler(request)
+        return time.perf_counter() - started, response
+
+    async def burst() -> list[tuple[float, func.HttpResponse]]:
+        return await asyncio.gather(*(one() for _ in range(20)))
+
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        with caplog.at_level(logging.WARNING, logger="shared.services.lookups"):
+            first = latest("half-1")  # opens the breaker after one socket timeout
+            assert first.status_code == 200 and first.headers["X-Cache"] == "bypass"
+            assert latest("half-1").headers["X-Cache"] == "bypass"  # breaker open: no wait
+            time.sleep(1.2)  # the pause is over; Redis is still hung
+            answers = run(burst())
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+    assert {r.status_code for _, r in answers} == {200}
+    assert {r.headers["X-Cache"] for _, r in answers} == {"bypass"}
+    slow = [round(seconds, 2) for seconds, _ in answers if seconds >= 0.4]
+    assert len(slow) <= 1, f"{len(slow)} of 20 requests each waited the socket timeout for a hung Redis: {slow}"
+    assert caplog.text.count("Redis failed") == 1, caplog.text
+    time.sleep(1.2)  # Redis answers again: the next request's probe closes the breaker
+    assert latest("half-1").headers["X-Cache"] == "hit"
+    assert latest("half-1").headers["X-Cache"] == "hit"
 
 
 @pytest.mark.timeout(90)

@@ -160,6 +160,91 @@ async def test_redis_down_bypasses_to_cassandra_and_retries_redis_after_the_paus
     assert (await service.latest("d1")).outcome == "hit"
 
 
+class HungCache(FakeCache):
+    """Redis reads that, while ``hung`` is set, wait until ``release`` is set, then fail (a socket timeout) or
+    answer; ``reads`` counts the reads that reached Redis."""
+
+    def __init__(self):
+        super().__init__()
+        self.hung, self.release, self.reads = False, asyncio.Event(), 0
+
+    async def get_latest(self, device_id):
+        self.reads += 1
+        if self.hung:
+            await self.release.wait()
+        return await super().get_latest(device_id)
+
+
+def test_after_the_pause_one_request_probes_redis_and_the_others_bypass_until_it_answers(caplog):
+    """Half-open: after ``redis_retry_after`` one request probes Redis; concurrent ones bypass it at once (no
+    socket timeout each), a failed probe starts another pause without another warning, an answered one closes
+    the breaker."""
+
+    async def scenario() -> None:
+        e = ev()
+        service, _, reader, clock = make([e])
+        cache = service._cache = HungCache()
+        cache.down = True
+        with caplog.at_level("DEBUG", logger="shared.services.lookups"):
+            assert (await service.latest("d1")).outcome == "bypass"  # opens the breaker
+            clock.now += 6
+            cache.hung = True
+            probe = asyncio.create_task(service.latest("d1"))
+            await asyncio.sleep(0)  # the probe is waiting on Redis
+            # a deadline: a request that asked the hung Redis too would wait for `release`
+            others = await asyncio.wait_for(asyncio.gather(*(service.latest("d1") for _ in range(10))), 1)
+            assert {o.outcome for o in others} == {"bypass"} and cache.reads == 2
+            cache.release.set()  # the probe times out
+            assert (await probe).outcome == "bypass"
+            assert (await service.latest("d1")).outcome == "bypass" and cache.reads == 2  # another pause
+            warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+            assert len(warnings) == 1 and "Redis failed" in warnings[0].getMessage()
+            clock.now += 6
+            cache.down = False
+            assert (await service.latest("d1")).outcome == "miss"  # the probe answered: the breaker closed, filled
+            assert (await service.latest("d1")).outcome == "hit" and cache.reads == 4
+        assert reader.reads == 5 and "Redis answers again" in caplog.text  # the ten bypassing shared one read
+
+    asyncio.run(scenario())
+
+
+@sync
+async def test_a_probe_cancelled_with_its_request_leaves_probing_to_the_next_request():
+    service, _, _reader, clock = make([ev()])
+    cache = service._cache = HungCache()
+    cache.down = True
+    await service.latest("d1")
+    clock.now += 6
+    cache.hung = True
+    probe = asyncio.create_task(service.latest("d1"))
+    await asyncio.sleep(0)
+    assert (await asyncio.wait_for(service.latest("d1"), 1)).outcome == "bypass" and cache.reads == 2
+    probe.cancel()  # the client went away while the probe waited on Redis
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    cache.hung, cache.down = False, False
+    assert (await service.latest("d1")).outcome == "miss" and cache.reads == 3  # this one probed
+    assert (await service.latest("d1")).outcome == "hit"
+
+
+@sync
+async def test_a_healthy_health_check_closes_the_breaker_while_a_probe_waits():
+    service, _, _reader, clock = make([ev()])
+    cache = service._cache = HungCache()
+    cache.down = True
+    await service.latest("d1")
+    clock.now += 6
+    cache.hung, cache.down = True, False
+    probe = asyncio.create_task(service.latest("d1"))
+    await asyncio.sleep(0)
+    assert (await service.health())[0] is True  # PING answers while the probe's read is still on its way
+    cache.hung = False
+    assert (await service.latest("d1")).outcome == "miss"  # closed: asked and filled, no probe needed
+    cache.release.set()
+    assert (await probe).outcome in {"hit", "miss"}
+    assert (await service.latest("d1")).outcome == "hit"
+
+
 @sync
 async def test_a_failed_fill_opens_the_breaker_and_the_answer_is_still_served():
     e = ev()
