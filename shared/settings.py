@@ -871,7 +871,8 @@ class LookupSettings(_Group):
     health_timeout_seconds: float = Field(1.0, gt=0)
     """Timeout of each dependency check of /api/health"""
     redis_retry_after_seconds: float = Field(
-        5.0, ge=0, description="after a Redis error, serve from Cassandra for this long before trying Redis again"
+        5.0, ge=0,
+        description="after a Redis outage, serve from Cassandra for this long before one request tries Redis again",
     )
     critical_default_limit: int = Field(20, ge=1, le=1000)  # le: the largest `limit` (functions.parameters.MAX_LIMIT)
     """Critical events returned when `limit` is not given"""
