@@ -17,6 +17,12 @@ Cassandra ``AuthenticationFailed``):
   with its type), as long as a value is cached: with none, the error propagates;
 * ``refresh`` says whether the value changed (or differs from the one the store
   refused), so the caller retries only then;
+* a client whose store cannot tell a refused password from another refusal after
+  the log-in (PostgreSQL) reports each value a log-in succeeded with
+  (:meth:`RotatingSecret.accepted`) and, when the re-read value is refused too,
+  goes back to that one (:meth:`RotatingSecret.fall_back`): in a vault-first
+  rotation's window the store still takes the old value, and a refusal for another
+  reason must not leave the process on the new one, which the store refuses;
 * once a value is cached, :meth:`RotatingSecret.value` never waits for a re-read
   under way: it returns the cached value until the new one is read whole;
 * before that, callers of :meth:`RotatingSecret.value` that waited while the first
@@ -81,6 +87,7 @@ class RotatingSecret:
         self._clock = clock
         self._lock = threading.Lock()
         self._value: str | None = None
+        self._accepted: str | None = None  # the value a log-in last succeeded with (accepted())
         self._read_at: float | None = None  # when the last refresh's read ended (the first read does not count)
         self._reads = 0  # refresh reads finished (or failed) so far: a caller that saw this change while it waited
         # for the lock takes that read's outcome
@@ -126,6 +133,28 @@ class RotatingSecret:
                 raise
             self._first_error = None
             return self._value
+
+    def accepted(self, value: str) -> None:
+        """A log-in with ``value`` succeeded: :meth:`fall_back` goes back to it."""
+        self._accepted = value  # one assignment: atomic, no lock needed
+
+    def fall_back(self, refused: str) -> bool:
+        """The store refused ``refused`` too, the value a :meth:`refresh` read: go back to the value a log-in last
+        succeeded with, if there is one and the cached value is still ``refused``; ``True`` if it did.
+
+        For a store whose refusal does not say whether the password was wrong (PostgreSQL: libpq gives no
+        SQLSTATE for a failed log-in). In a vault-first rotation's window the store takes the old value only:
+        a refusal for another reason (too many connections) re-reads the vault's new value, the store refuses
+        that one, and without this every later connection would log in with it until the store is rotated.
+        The next refusal of the old value re-reads the vault again (rate-limited) and tries the new one.
+        """
+        with self._lock:
+            accepted = self._accepted
+            if accepted is None or self._value != refused or accepted == refused:
+                return False
+            self._value = accepted
+        logger.warning("secret %s: its re-read value was refused too; back to the value last accepted", self.name)
+        return True
 
     def refresh(self, reason: str = "an authentication failure", *, rejected: str | None = None) -> bool:
         """Read the secret again (after the store rejected it); ``True`` if trying again may help.

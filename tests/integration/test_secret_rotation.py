@@ -34,6 +34,7 @@ from cassandra.cluster import NoHostAvailable
 from shared import bootstrap
 from shared.adapters.cassandra.session import connect
 from shared.adapters.keyvault import KeyVaultSecrets
+from shared.adapters.postgres.pool import connect as pg_connect
 from shared.adapters.postgres.pool import make_pool
 from shared.adapters.redis.aio import AsyncRedisConnection, AsyncSecretCredentials
 from shared.adapters.redis.client import RedisConnection
@@ -89,6 +90,12 @@ def _pg_settings(server: LocalPostgres, ca: LocalCA, role: str, *, host: str = "
                             sslrootcert=ca.ca_file, pool_min_size=1, pool_max_size=2, pool_timeout_seconds=20)
 
 
+def _sessions(server: LocalPostgres, role: str) -> int:
+    with psycopg.connect(server.admin_dsn()) as admin:
+        row = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = %s", (role,)).fetchone()
+    return row[0] if row else 0
+
+
 def _kick(server: LocalPostgres, role: str) -> None:
     """End the role's sessions, as a failover or ``max_lifetime`` would: the pool must log in again."""
     server.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
@@ -130,6 +137,62 @@ def test_a_refused_password_that_the_vault_still_holds_fails_clearly(secured_pos
         conn_class = pool.connection_class
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         conn_class.connect(cfg.conninfo())
+
+
+def test_a_non_password_refusal_in_the_vault_first_window_keeps_the_password_the_store_takes(
+        secured_postgres: LocalPostgres, local_ca: LocalCA, pg_role: str, vault: KeyVaultSecrets,
+        keyvault_client: SecretClient) -> None:
+    """Between a vault-first rotation's two steps the store still takes the old password. A log-in refused after
+    the password was taken for another reason (``too many connections for role`` here; likewise reserved slots, a
+    PgBouncer that cannot reach its server) reads as a refused password (libpq gives no SQLSTATE), so the vault's
+    new value is read and tried; the store refuses it. The secret then went on with the new value, and every new
+    connection was refused until the store was rotated, although the old password still worked."""
+    old, new = _password(), _password()
+    secured_postgres.create_role(pg_role, old)
+    secured_postgres.execute(f'ALTER ROLE "{pg_role}" CONNECTION LIMIT 1')
+    secret = _secret(vault, keyvault_client, old)
+    cfg = _pg_settings(secured_postgres, local_ca, pg_role)
+    first = pg_connect(cfg.conninfo(), password=secret, autocommit=True)
+    try:
+        keyvault_client.set_secret(secret.name, new)  # the documented order: the vault first ...
+        with pytest.raises(psycopg.OperationalError):
+            pg_connect(cfg.conninfo(), password=secret, autocommit=True)  # the role's one slot is taken: refused
+    finally:
+        first.close()
+    _eventually(lambda: _assert(_sessions(secured_postgres, pg_role) == 0))  # its server process has ended
+    # ... the store not rotated yet: it still takes the old value
+    with pg_connect(cfg.conninfo(), password=secret, autocommit=True) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (pg_role,)
+    assert secret.value() == old
+    secured_postgres.set_password(pg_role, new)  # ... then the store: the next refusal tries the new value again
+    time.sleep(INTERVAL)
+    with pg_connect(cfg.conninfo(), password=secret, autocommit=True) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (pg_role,)
+    assert secret.value() == new
+
+
+def test_a_password_refused_on_one_of_several_addresses_re_reads_the_secret(
+        secured_postgres: LocalPostgres, local_ca: LocalCA, pg_role: str, vault: KeyVaultSecrets,
+        keyvault_client: SecretClient) -> None:
+    """psycopg tries each address of each host (a libpq host list, a name with A and AAAA records) and, when all
+    fail, raises an error carrying only the last attempt's ``pgconn``. A password refused by the first address,
+    then a second one that cannot be reached (no IPv6 route, a standby down), read as an outage: the secret was
+    never re-read, and after a rotation the worker stayed locked out until it restarted."""
+    old, new = _password(), _password()
+    secured_postgres.create_role(pg_role, old)
+    secret = _secret(vault, keyvault_client, old)
+    assert secret.value() == old
+    keyvault_client.set_secret(secret.name, new)  # rotated: the vault, then the store
+    secured_postgres.set_password(pg_role, new)
+    # the server on 127.0.0.1, then an address nothing listens on (our PostgreSQL listens on 127.0.0.1 only)
+    cfg = _pg_settings(secured_postgres, local_ca, pg_role, host="127.0.0.1,127.0.0.2")
+    with pg_connect(cfg.conninfo(), password=secret, autocommit=True, connect_timeout=3) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (pg_role,)
+    assert secret.value() == new
+    secured_postgres.set_password(pg_role, _password())  # refused everywhere: psycopg's error, listing each address
+    time.sleep(INTERVAL)
+    with pytest.raises(psycopg.OperationalError, match=r"(?s)password authentication failed.*127\.0\.0\.2"):
+        pg_connect(cfg.conninfo(), password=secret, autocommit=True, connect_timeout=3)
 
 
 @pytest.fixture(scope="module")

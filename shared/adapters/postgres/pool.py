@@ -30,9 +30,11 @@
 * the password, when given as a :class:`RotatingSecret`, is read for each new
   connection; a connection the server (or PgBouncer) refused after it took the
   password (:func:`rejected_password`: told by what libpq knows of the log-in, not
-  by the refusal's text, which is in the server's language) re-reads the secret
-  (rate-limited) and, if it changed, connects again at once. Connections
-  already open keep working: PostgreSQL checks a password only at log-in.
+  by the refusal's text, which is in the server's language) on any of the
+  addresses tried re-reads the secret (rate-limited) and, if it changed, connects
+  again at once; when that value is refused too, the secret goes back to the one
+  last accepted. Connections already open keep working: PostgreSQL checks a
+  password only at log-in.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_attempts, conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shared.adapters.secrets import RotatingSecret
@@ -61,7 +64,7 @@ logger = logging.getLogger(__name__)
 _SERVER_ERROR = re.compile(r"\S:  \S")
 
 
-def rejected_password(exc: psycopg.OperationalError) -> bool:
+def rejected_password(exc: psycopg.Error) -> bool:
     """Whether a connection attempt failed in a way a refused password may explain (then the secret is re-read).
 
     By its SQLSTATE (class 28, invalid authorization) when psycopg has one. A failed log-in has none (libpq keeps
@@ -69,7 +72,9 @@ def rejected_password(exc: psycopg.OperationalError) -> bool:
     is matched): then it is one where the server asked for the password, was given it (``used_password``, not
     ``needs_password``), and answered with an error of its own. That includes refusals after the password was
     taken (a missing database, ``too many connections for role``): their cost is one vault read per
-    ``min_interval`` and no second log-in unless the vault holds another value (:meth:`RotatingSecret.refresh`).
+    ``min_interval`` and no second log-in unless the vault holds another value (:meth:`RotatingSecret.refresh`);
+    when the store refuses that value too, the secret goes back to the one it last accepted (a vault-first
+    rotation's window, :meth:`RotatingSecret.fall_back`).
     A server that cannot be reached, that drops the connection without an answer, or that refuses before asking
     for a password (``too many clients already``) is never one.
     """
@@ -215,18 +220,61 @@ def _utc_session(conn: psycopg.Connection) -> None:
 
 
 def _rotating(secret: RotatingSecret) -> type[psycopg.Connection]:
-    """A connection class that logs in with ``secret``'s current value, and re-reads it once if refused."""
+    """A connection class that logs in with ``secret``'s current value, and re-reads it once if refused.
+
+    The addresses are tried one by one here (psycopg's own order: :func:`psycopg.conninfo.conninfo_attempts`, each
+    address of each host), not by psycopg's loop, whose error carries only the last attempt's ``pgconn``: a
+    password refused on one address, then another that cannot be reached (a host list, a name with A and AAAA
+    records), must still re-read the secret. When the re-read value is refused too, the secret goes back to the
+    value a log-in last succeeded with (:meth:`RotatingSecret.fall_back`): :func:`rejected_password` counts
+    refusals after the password was taken, such as ``too many connections for role``, and in a vault-first
+    rotation's window the store takes only the old value.
+    """
 
     class RotatingPasswordConnection(psycopg.Connection):
         @classmethod
         def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
+            attempts = conninfo_attempts(conninfo_to_dict(conninfo))
             used = secret.value()
-            try:
-                return super().connect(conninfo, **kwargs, password=used)
-            except psycopg.OperationalError as exc:
-                if not (rejected_password(exc) and secret.refresh(rejected=used)):
-                    raise
+            conn, errors = cls._log_in(attempts, used, kwargs)
+            if conn is not None:
+                return conn
+            if not (any(rejected_password(exc) for _, exc in errors) and secret.refresh(rejected=used)):
+                raise _failure(errors)
             logger.warning("PostgreSQL refused the password of secret %s; connecting with its new value", secret.name)
-            return super().connect(conninfo, **kwargs, password=secret.value())
+            used = secret.value()
+            conn, errors = cls._log_in(attempts, used, kwargs)
+            if conn is not None:
+                return conn
+            if any(rejected_password(exc) for _, exc in errors):
+                secret.fall_back(used)
+            raise _failure(errors)
+
+        @classmethod
+        def _log_in(cls, attempts: list[dict[str, Any]], password: str,
+                    kwargs: dict[str, Any]) -> tuple[Any, list[tuple[dict[str, Any], psycopg.Error]]]:
+            """The first address that takes ``password``, and the errors of those tried before (all of them when
+            none did)."""
+            errors: list[tuple[dict[str, Any], psycopg.Error]] = []
+            for attempt in attempts:
+                try:
+                    conn = super().connect(make_conninfo("", **attempt), **kwargs, password=password)
+                except psycopg.Error as exc:
+                    errors.append((attempt, exc))
+                else:
+                    secret.accepted(password)
+                    return conn, errors
+            return None, errors
 
     return RotatingPasswordConnection
+
+
+def _failure(errors: list[tuple[dict[str, Any], psycopg.Error]]) -> psycopg.Error:
+    """The error psycopg raises when every attempt failed: the last one's, listing all of them when several."""
+    last = errors[-1][1]
+    if len(errors) == 1:
+        return last
+    lines = [str(last), "Multiple connection attempts failed. All failures were:"]
+    lines.extend(f"- host: {attempt.get('host')!r}, port: {attempt.get('port')!r}, "
+                 f"hostaddr: {attempt.get('hostaddr')!r}: {exc}" for attempt, exc in errors)
+    return type(last)("\n".join(lines), pgconn=last.pgconn)
