@@ -226,17 +226,35 @@ def secret(value: SecretStr | None, secret_name: str | None) -> str | None:
     return None
 
 
+# The rotating secrets by secret name: one per secret per process (rotating_secret), forgotten by reset().
+_rotating_secrets: dict[str, RotatingSecret] = {}
+_rotating_secrets_lock = threading.Lock()  # held only to look one up: never while a vault is read
+
+
 def rotating_secret(value: SecretStr | None, secret_name: str | None, *,
                     read_now: bool = True) -> RotatingSecret | None:
     """A store's password as a :class:`RotatingSecret`: re-read from Key Vault when the store refuses it.
 
     Read once here, before the client is built (``shared.adapters.secrets.store_password``), unless ``read_now``
-    is false: then at the client's first connection.
+    is false: then at the client's first connection. One per secret name per process, kept across failed client
+    builds (a refused Cassandra session is built again at each ingest batch) and shared by the clients that use
+    the same secret (the sync and async Redis clients): its rate limit holds for all of them, so a refused
+    password costs one vault read per ``SLUICE_KEYVAULT_REFRESH_MIN_INTERVAL_SECONDS``, not two per build.
     """
     from shared.adapters.secrets import store_password
 
-    return store_password(value, secret_name, keyvault, min_interval=settings().keyvault.refresh_min_interval_seconds,
-                          read_now=read_now)
+    min_interval = settings().keyvault.refresh_min_interval_seconds
+    if value is not None or not secret_name:
+        return store_password(value, secret_name, keyvault, min_interval=min_interval, read_now=read_now)
+    with _rotating_secrets_lock:
+        rotating = _rotating_secrets.get(secret_name)
+        if rotating is None:
+            rotating = store_password(None, secret_name, keyvault, min_interval=min_interval, read_now=False)
+            assert rotating is not None  # a secret is named
+            _rotating_secrets[secret_name] = rotating
+    if read_now:
+        rotating.value()  # the first read only: a value read before is returned without reading
+    return rotating
 
 
 @built
@@ -351,6 +369,8 @@ def reset() -> None:
                 close(cached())
             except Exception:  # closing is best effort; the client is forgotten either way
                 logger.warning("closing %s failed", cached.__name__, exc_info=True)
+    with _rotating_secrets_lock:
+        _rotating_secrets.clear()
     for cached in (settings, start_worker, keyvault, cassandra_session, blob_service, redis_client,
                    redis_async_connection, postgres_pool, lag_reader, *_services):
         cached.cache_clear()

@@ -822,6 +822,56 @@ def test_bootstrap_clients_use_the_vault_and_follow_a_rotation(
         cassandra.running.stop()
 
 
+def test_a_refused_cassandra_password_is_re_read_once_per_interval_across_session_builds(
+        local_ca: LocalCA, tmp_path: Path, keyvault_emulator: KeyVaultEmulator, keyvault_client: SecretClient,
+        use_settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused session build is not cached: each ingest batch and lookup builds it again. Each build made a new
+    ``RotatingSecret``, which read the vault at once and again at its first refusal (no earlier refresh to
+    rate-limit it): two vault reads per build while Cassandra refuses the vault's value (a store-first rotation),
+    whatever ``SLUICE_KEYVAULT_REFRESH_MIN_INTERVAL_SECONDS`` says."""
+    name = unique_secret_name("cass")
+    keyvault_client.set_secret(name, "what-the-vault-holds")
+    cassandra = start_secured_cassandra(local_ca, tmp_path, "what-the-store-takes")  # the store rotated first
+    reads: list[str] = []
+    original = KeyVaultSecrets.fetch
+
+    def counted(self: KeyVaultSecrets, secret_name: str) -> str:
+        reads.append(secret_name)
+        return original(self, secret_name)
+
+    monkeypatch.setattr(KeyVaultSecrets, "fetch", counted)
+    try:
+        use_settings(_environ(
+            SLUICE_KEYVAULT_URL=keyvault_emulator.url, SLUICE_KEYVAULT_CA_FILE=str(keyvault_emulator.ca_file),
+            SLUICE_KEYVAULT_REFRESH_MIN_INTERVAL_SECONDS="60",
+            SLUICE_CASSANDRA_HOSTS="127.0.0.1", SLUICE_CASSANDRA_PORT=str(cassandra.running.port),
+            SLUICE_CASSANDRA_USERNAME=cassandra.username, SLUICE_CASSANDRA_TLS="true",
+            SLUICE_CASSANDRA_TLS_CA_FILE=str(local_ca.ca_file), SLUICE_CASSANDRA_PASSWORD_SECRET=name,
+        ))
+        for _ in range(10):
+            with pytest.raises(NoHostAvailable):  # AuthenticationFailed
+                bootstrap.cassandra_session()
+        assert reads == [name, name], "the first read and one re-read in the 60 s interval, for ten builds"
+    finally:
+        cassandra.running.stop()
+
+
+def test_the_redis_clients_share_one_rotating_secret(keyvault_emulator: KeyVaultEmulator,
+                                                     keyvault_client: SecretClient, use_settings) -> None:
+    """The sync and async Redis clients log in with the same secret: one ``RotatingSecret``, so one read (and one
+    re-read per interval after a refusal) for both, until ``bootstrap.reset``."""
+    name = unique_secret_name("redis")
+    keyvault_client.set_secret(name, "redis-password")
+    loaded = use_settings(_environ(
+        SLUICE_KEYVAULT_URL=keyvault_emulator.url, SLUICE_KEYVAULT_CA_FILE=str(keyvault_emulator.ca_file),
+        SLUICE_REDIS_URL="rediss://127.0.0.1:6379/0", SLUICE_REDIS_PASSWORD_SECRET=name))
+    sync = bootstrap.redis_sign_in(loaded.redis)["password"]
+    assert sync is bootstrap.redis_sign_in(loaded.redis, read_now=False)["password"]
+    assert sync.value() == "redis-password"
+    bootstrap.reset()
+    assert bootstrap.redis_sign_in(loaded.redis)["password"] is not sync, "reset forgets it"
+
+
 def test_a_redis_cluster_logs_in_with_the_rotated_password(redis_cluster, vault: KeyVaultSecrets,
                                                            keyvault_client: SecretClient) -> None:
     if redis_cluster is None:
