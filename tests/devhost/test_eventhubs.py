@@ -119,17 +119,19 @@ def checkpoints(storage: str, namespace: str, hub: str, group: str) -> dict[str,
             for blob in container.list_blobs(name_starts_with=prefix, include=["metadata"])}
 
 
+def _eh_values(hub: Any, storage: str, out: Path) -> dict[str, str]:
+    """The settings of an app reading ``hub`` (checkpoints in ``storage``) and recording into ``out``, with quick
+    load balancing and ownership expiry."""
+    return {"AzureWebJobsStorage": storage, "TestEventHub": hub.connection_string, "TEST_HUB": hub.name,
+            "TEST_OUT": str(out), "DEVHOST_EVENTHUBS_LOAD_BALANCING_SECONDS": "1",
+            "DEVHOST_EVENTHUBS_OWNERSHIP_EXPIRATION_SECONDS": "6"}
+
+
 @pytest.fixture
 def eh_app(tmp_path: Path, isolated_eventhub: Any, azurite_connection_string: str) -> dict[str, Any]:
     out = tmp_path / "records.jsonl"
-    settings = write_app(tmp_path / "app", APP, host_json=HOST_JSON, values={
-        "AzureWebJobsStorage": azurite_connection_string,
-        "TestEventHub": isolated_eventhub.connection_string,
-        "TEST_HUB": isolated_eventhub.name,
-        "TEST_OUT": str(out),
-        "DEVHOST_EVENTHUBS_LOAD_BALANCING_SECONDS": "1",
-        "DEVHOST_EVENTHUBS_OWNERSHIP_EXPIRATION_SECONDS": "6",
-    })
+    settings = write_app(tmp_path / "app", APP, host_json=HOST_JSON,
+                         values=_eh_values(isolated_eventhub, azurite_connection_string, out))
     namespace = f"{isolated_eventhub.running.host}:{isolated_eventhub.running.port}"
     return {"root": tmp_path / "app", "settings": settings, "out": out, "hub": isolated_eventhub.name,
             "conn": isolated_eventhub.connection_string, "namespace": namespace,
@@ -365,14 +367,8 @@ def typed_metadata(tmp_path: Path, isolated_eventhub: Any, azurite_connection_st
                    devhost_factory: Any) -> dict[str, Any]:
     """One event with typed application properties and a uuid message-id, as the function saw its metadata."""
     out = tmp_path / "records.jsonl"
-    settings = write_app(tmp_path / "app", METADATA_APP, host_json={"version": "2.0"}, values={
-        "AzureWebJobsStorage": azurite_connection_string,
-        "TestEventHub": isolated_eventhub.connection_string,
-        "TEST_HUB": isolated_eventhub.name,
-        "TEST_OUT": str(out),
-        "DEVHOST_EVENTHUBS_LOAD_BALANCING_SECONDS": "1",
-        "DEVHOST_EVENTHUBS_OWNERSHIP_EXPIRATION_SECONDS": "6",
-    })
+    settings = write_app(tmp_path / "app", METADATA_APP, host_json={"version": "2.0"},
+                         values=_eh_values(isolated_eventhub, azurite_connection_string, out))
     host = devhost_factory(tmp_path / "app", settings=settings)
     with EventHubProducerClient.from_connection_string(isolated_eventhub.connection_string,
                                                        eventhub_name=isolated_eventhub.name) as producer:

@@ -1293,6 +1293,21 @@ class PausedAfterFirstPage:
         return self._log.critical(device_id, since_ms)
 
 
+def _rebuilding(service: RebuildService) -> tuple[threading.Thread, dict[str, object]]:
+    """``service.rebuild()`` started on a thread of its own; its ``report``, or its ``error``, lands in the dict."""
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["report"] = service.rebuild()
+        except Exception as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
 @pytest.mark.timeout(90)
 def test_a_second_rebuild_while_one_runs_is_refused_not_silently_joined(session, keyspace, store, rclient,
                                                                         redis_prefix):
@@ -1304,16 +1319,7 @@ def test_a_second_rebuild_while_one_runs_is_refused_not_silently_joined(session,
     sink = cache_for(rclient, redis_prefix)
     first_log = PausedAfterFirstPage(CassandraDeviceLog(session, keyspace))
     first = RebuildService(first_log, RedisCacheBuilder(sink, settle_seconds=0.0), page_size=3)
-    outcome: dict[str, object] = {}
-
-    def run_first() -> None:
-        try:
-            outcome["report"] = first.rebuild()
-        except Exception as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run_first)
-    thread.start()
+    thread, outcome = _rebuilding(first)
     try:
         assert first_log.waiting.wait(30), "the first rebuild never reached its second page"
         second = RebuildService(CassandraDeviceLog(session, keyspace),
@@ -1376,17 +1382,8 @@ def test_a_rebuild_whose_page_outlasts_its_lease_keeps_the_build_from_a_second_r
     log = _MemoryLog({"dev-many": [_critical("dev-many", now - timedelta(minutes=i + 1)) for i in range(30)]})
     first = RebuildService(log, RedisCacheBuilder(cache_for(rclient, redis_prefix), settle_seconds=0.0,
                                                   lease_seconds=1.0), max_rps=10)
-    outcome: dict[str, object] = {}
-
-    def run_first() -> None:
-        try:
-            outcome["report"] = first.rebuild()
-        except Exception as exc:
-            outcome["error"] = exc
-
     heartbeats = {t for t in threading.enumerate() if t.name.startswith("rebuild-lease")}
-    thread = threading.Thread(target=run_first)
-    thread.start()
+    thread, outcome = _rebuilding(first)
     taken = None
     try:
         deadline = time.monotonic() + 10
