@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     ConfigDict,
@@ -47,7 +48,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
-from shared import eventhub_connection, telemetry_environment
+from shared import eventhub_connection, ncrontab, telemetry_environment
 from shared.domain.events import Limits
 from shared.domain.rules import MeasurementRule
 from shared.exceptions import ConfigurationError
@@ -57,7 +58,18 @@ Identifier = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,47}$")]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 # PostgreSQL's statement_timeout and lock_timeout: whole milliseconds from 1 (0 turns them off) to 2^31 - 1.
 PostgresTimeout = Annotated[float, Field(ge=0.001, le=2_147_483)]
-Ncrontab = Annotated[str, Field(min_length=11)]
+
+
+def _fires(value: str) -> str:
+    """A timer schedule's validator: refuse what the Functions host would not run (its timer function then does not
+    load, or never fires), see :mod:`shared.ncrontab`."""
+    problem = ncrontab.problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+Ncrontab = Annotated[str, AfterValidator(_fires)]
 # Blob storage's name for a container: 3-63 of a-z 0-9 -, a letter or digit at either end; storage refuses others
 # (400 InvalidResourceName), which would read as an outage. `reference upload --container` checks its flag with it.
 BlobContainerName = Annotated[str, Field(pattern=r"^[a-z0-9](?:[a-z0-9-]{1,61}[a-z0-9])$")]
@@ -108,6 +120,30 @@ class _Group(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, _MappingEnvSource(settings_cls))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_quoted(cls, data: object) -> object:
+        """A value wrapped in matching quotes (``"127.0.0.1"``, as a .env file or ``docker run --env-file`` hands
+        it on) is no value of any setting: a host would be looked up with its quotes (every connection failing as
+        if the store were down), a key prefix silently changed. The message names the variables only: a value may
+        be a secret. A JSON setting starts with ``[`` or ``{``."""
+        if isinstance(data, dict):
+            quoted = [cls._variable(str(key)) for key, value in data.items()
+                      if isinstance(value, str) and len(stripped := value.strip()) >= 2
+                      and stripped[0] == stripped[-1] and stripped[0] in "'\""]
+            if quoted:
+                raise ValueError(f"{', '.join(quoted)}: the value is wrapped in quotes, which would be taken as part "
+                                 "of it; remove them")
+        return data
+
+    @classmethod
+    def _variable(cls, key: str) -> str:
+        """The environment variable of a field (or alias) name."""
+        field = cls.model_fields.get(key)
+        if field is not None and isinstance(field.validation_alias, AliasChoices):
+            return str(field.validation_alias.choices[0])
+        return key if field is None else f"{cls.model_config.get('env_prefix', '')}{key}".upper()
 
     @field_validator("*")
     @classmethod
@@ -764,6 +800,10 @@ def _system_ca_file() -> str:
     return ssl.get_default_verify_paths().cafile or "system"
 
 
+# How long one invocation's work may last at most: host.json's functionTimeout (10 min) less two minutes of margin.
+_RUN_LIMIT_SECONDS = 480.0
+
+
 class EnrichmentSettings(_Group):
     """Timer-driven enrichment of closed event-time windows into PostgreSQL.
 
@@ -800,11 +840,21 @@ class EnrichmentSettings(_Group):
     read_concurrency: int = Field(16, ge=1, le=256)
     """Bucket-shard partitions read at once"""
     statement_timeout_seconds: PostgresTimeout = 120.0
-    """PostgreSQL statement_timeout of the enrichment transaction (lock_timeout while its rows stream in)"""
+    """PostgreSQL statement_timeout of the enrichment transaction (lock_timeout while its rows stream in); at most
+    480 s, to end within host.json's functionTimeout"""
+
+    @model_validator(mode="after")
+    def _statement_within_function_timeout(self) -> Self:
+        # One window's transaction may wait out the statement timeout: longer than functionTimeout, the host fails the
+        # invocation first and restarts the worker, with every other invocation of that worker.
+        if self.statement_timeout_seconds > _RUN_LIMIT_SECONDS:
+            raise ValueError(
+                f"SLUICE_ENRICH_STATEMENT_TIMEOUT_SECONDS ({self.statement_timeout_seconds:g}) must be at most "
+                f"{_RUN_LIMIT_SECONDS:g} s: one window's transaction must end well within host.json's "
+                "functionTimeout of 10 minutes")
+        return self
 
 
-# How long one change feed run may last at most: host.json's functionTimeout (10 min) less two minutes of margin.
-_CHANGEFEED_RUN_LIMIT_SECONDS = 480.0
 
 
 class ChangeFeedSettings(_Group):
@@ -846,10 +896,10 @@ class ChangeFeedSettings(_Group):
         # A run reads its position, starts pages until the budget is spent, and the last one started gets its whole
         # read timeout, then its save (the same timeout) after its Redis writes: the budget and three read timeouts
         # must leave host.json's functionTimeout (10 minutes) a margin for those writes.
-        if self.time_budget_seconds + 3 * self.read_timeout_seconds > _CHANGEFEED_RUN_LIMIT_SECONDS:
+        if self.time_budget_seconds + 3 * self.read_timeout_seconds > _RUN_LIMIT_SECONDS:
             raise ValueError(
                 f"SLUICE_CHANGEFEED_TIME_BUDGET_SECONDS + 3 x SLUICE_CHANGEFEED_READ_TIMEOUT_SECONDS must be at most "
-                f"{_CHANGEFEED_RUN_LIMIT_SECONDS:g} s (a run may read one page past its budget, and must end well "
+                f"{_RUN_LIMIT_SECONDS:g} s (a run may read one page past its budget, and must end well "
                 f"within host.json's functionTimeout of 10 minutes)")
         return self
 
@@ -1022,6 +1072,19 @@ class Settings(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _ingest_dead_letters_within_function_timeout(self) -> Self:
+        # Ingest's final attempt writes its batch (one request may take the whole request timeout, throttling waits
+        # included), then dead-letters it within the dead-letter deadline: both must end before host.json's
+        # functionTimeout, else the host kills the invocation and checkpoints a batch neither stored nor dead-lettered.
+        timeout, deadline = self.cassandra.request_timeout_seconds, self.storage.deadletter_deadline_seconds
+        if timeout + deadline > _RUN_LIMIT_SECONDS:
+            raise ValueError(
+                f"SLUICE_CASSANDRA_REQUEST_TIMEOUT_SECONDS ({timeout:g}) + SLUICE_STORAGE_DEADLETTER_DEADLINE_SECONDS "
+                f"({deadline:g}) must be at most {_RUN_LIMIT_SECONDS:g} s: ingest's final attempt writes its batch, "
+                "then dead-letters it, well within host.json's functionTimeout of 10 minutes")
+        return self
+
+    @model_validator(mode="after")
     def _secrets_need_a_vault(self) -> Self:
         secrets = (
             ("SLUICE_CASSANDRA_PASSWORD_SECRET", self.cassandra.password_secret),
@@ -1062,12 +1125,32 @@ def env_names(group: type[_Group]) -> list[str]:
 _G = TypeVar("_G", bound=_Group)
 
 
+def _spelled_twice(environ: Mapping[str, str], groups: list[type[_Group]]) -> list[str]:
+    """A setting given under two spellings differing in case (Linux keeps both): pydantic-settings reads names
+    ignoring case and keeps the last one, while the host's ``%SETTING%`` binding reads the exact spelling first, so
+    the two would read different values. Refused, naming the variables (not their values)."""
+    names: set[str] = set()
+    for group in groups:
+        prefix = group.model_config.get("env_prefix", "")
+        for name, info in group.model_fields.items():
+            alias = info.validation_alias
+            choices = alias.choices if isinstance(alias, AliasChoices) else [f"{prefix}{name}"]
+            names.update(str(choice).lower() for choice in choices)
+    spellings: dict[str, list[str]] = {}
+    for variable in environ:
+        if variable.lower() in names:
+            spellings.setdefault(variable.lower(), []).append(variable)
+    return [f"{' and '.join(sorted(given))}: one setting spelled {len(given)} ways (the host reads the exact "
+            "spelling, Sluice would read another); keep one"
+            for given in spellings.values() if len(given) > 1]
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Validate every group; one :class:`ConfigurationError` lists every problem by variable name."""
     token = _environ.set(dict(environ) if environ is not None else dict(os.environ))
     try:
         groups: dict[str, Any] = {}
-        problems: list[str] = []
+        problems = _spelled_twice(_environ.get() or {}, list(GROUPS.values()))
         for name, group in GROUPS.items():
             try:
                 groups[name] = group()
@@ -1098,6 +1181,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 def load_group(group: type[_G]) -> _G:
     """One group of settings from the environment (a tool needs no more), or one :class:`ConfigurationError`
     naming each bad variable, as :func:`load_settings` does."""
+    problems = _spelled_twice(os.environ, [group])
+    if problems:
+        raise ConfigurationError("invalid settings:\n  " + "\n  ".join(problems))
     try:
         return group()
     except ValidationError as exc:

@@ -245,3 +245,18 @@ def test_a_malformed_event_hubs_connection_stops_every_pods_start_not_the_status
         assert "EventHubConnection is set but names no endpoint" in message, message
         assert "EventHubConnection__credential='secret'" in message, message
         assert "hunter2" not in message
+
+
+# --- 6. A value wrapped in quotes (a .env file, docker --env-file) was taken with its quotes ----------------------
+
+def test_a_quoted_postgres_host_is_refused_at_start_up_not_failed_at_every_connection(pg_dsn: str) -> None:
+    """``SLUICE_POSTGRES_HOST="127.0.0.1"`` (quotes included) was accepted: libpq then looks up the host
+    ``"127.0.0.1"`` and every enrichment run fails as if PostgreSQL were down, never named as a configuration error.
+    Refused at start-up naming the variable (the unquoted value reaches the server)."""
+    dbname = str(psycopg.conninfo.conninfo_to_dict(pg_dsn)["dbname"])
+    good = load_settings(dict(SAMPLE, SLUICE_POSTGRES_DBNAME=dbname))
+    with psycopg.connect(good.postgres.conninfo(), connect_timeout=5) as conn:
+        conn.execute("SELECT 1")
+    with pytest.raises(ConfigurationError, match="SLUICE_POSTGRES_HOST: the value is wrapped in quotes"):
+        load_settings(dict(SAMPLE, SLUICE_POSTGRES_DBNAME=dbname, SLUICE_POSTGRES_HOST='"127.0.0.1"'))
+

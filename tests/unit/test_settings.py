@@ -587,11 +587,13 @@ def test_names_are_trimmed_and_a_blank_one_is_refused() -> None:
 
 @pytest.mark.parametrize("name", ["SLUICE_ENRICH_STATEMENT_TIMEOUT_SECONDS", "SLUICE_DASHBOARD_READ_TIMEOUT_SECONDS"])
 def test_a_postgres_timeout_is_one_postgresql_can_apply(name: str) -> None:
-    """statement_timeout takes whole milliseconds from 1 (0 is no timeout) to 2^31 - 1."""
+    """statement_timeout takes whole milliseconds from 1 (0 is no timeout) to 2^31 - 1 (enrichment's, which must end
+    within functionTimeout, at most 480 s)."""
     for bad in ("0.0004", "3600000"):
         with pytest.raises(ConfigurationError, match=name):
             load_settings({**SAMPLE, name: bad})
-    assert load_settings({**SAMPLE, name: "0.001"}) and load_settings({**SAMPLE, name: "2147483"})
+    top = "480" if name == "SLUICE_ENRICH_STATEMENT_TIMEOUT_SECONDS" else "2147483"
+    assert load_settings({**SAMPLE, name: "0.001"}) and load_settings({**SAMPLE, name: top})
 
 
 def test_the_default_critical_limit_is_one_a_request_could_give() -> None:
@@ -692,3 +694,114 @@ def test_a_portable_overlap_must_cover_a_delay_notes_insert_and_the_clocks(mode:
     with pytest.raises(ConfigurationError, match=rf"SLUICE_CHANGEFEED_OVERLAP_SECONDS \({overlap}\) must be at least "
                                                  rf"twice SLUICE_CASSANDRA_REQUEST_TIMEOUT_SECONDS \({timeout}\)"):
         load_settings(values)
+
+
+# --- Timer schedules: refused at start-up when the host would not run them ----------------------------------------
+
+@pytest.mark.parametrize("variable", ["SLUICE_ENRICH_SCHEDULE", "SLUICE_CHANGEFEED_SCHEDULE"])
+@pytest.mark.parametrize(("value", "why"), [
+    ("every minute", "fields"),  # the host refuses it: the timer function does not load, that stage never runs
+    ("0 0 0 30 2 *", "never fires"),  # February 30: NCrontab accepts it, and the timer never fires
+    ("0 0 0 31 4,6,9,11 *", "never fires"),
+    ("0 0 0 L * *", "NCRONTAB"),  # croniter's extensions: the host refuses them
+    ("0 0 12 ? * MON", "NCRONTAB"),
+    ("0 0 12 * * 7", "NCRONTAB"),
+])
+def test_a_schedule_the_host_would_not_run_is_refused_naming_the_variable(variable: str, value: str, why: str) -> None:
+    with pytest.raises(ConfigurationError, match=variable) as caught:
+        load_settings(dict(SAMPLE, **{variable: value}))
+    assert why in str(caught.value)
+
+
+# What the dev host (which parses as the host does) and the settings must agree on: a valid, a refused, or a
+# never-firing expression.
+SCHEDULES = ["0 */1 * * * *", "*/5 * * * * *", "*/10 * * * * *", "*/1 * * * * *", "*/2 * * * * *", "*/5 * * * *",
+             "0 30 9 * * Mon-Fri", "0 0 0 29 2 *", "0 0 0 31 1-12 *", "0 0 0 1-31/2 jan,feb *", "0 0 0 5-1 * *",
+             "0 */0 * * * *", "0 0 0 30 2 *", "0 0 0 31 2 *", "0 0 0 31 4 *", "0 0 0 31 jun *", "0 0 0 31 9,11 *",
+             "0 0 0 30,31 2 *", "every minute", "* * * *", "* * * * * * *", "0 0 0 L * *", "0 0 0 15W * *",
+             "0 0 0 * * 5#3", "0 0 0 ? * *", "H * * * * *", "0 0 0 * * 7", "60 * * * * *", "0 0 24 * * *",
+             "0 0 0 0 * *", "0 0 0 * 13 *", "0 0 0 1,,2 * *", "0 0 0 * xyz *", "0 0 0 * * 1-"]
+
+
+@pytest.mark.parametrize("expression", SCHEDULES)
+def test_the_settings_read_a_schedule_as_the_dev_host_does(expression: str) -> None:
+    from devhost.errors import DevHostError
+    from devhost.schedule import Schedule
+
+    try:
+        host = "never" if Schedule.parse(expression).never_occurs else "runs"
+    except DevHostError:
+        host = "refused"
+    try:
+        load_settings(dict(SAMPLE, SLUICE_ENRICH_SCHEDULE=expression))
+        ours = "runs"
+    except ConfigurationError as exc:
+        ours = "never" if "never fires" in str(exc) else "refused"
+    assert ours == host
+
+
+# --- One setting, two spellings ------------------------------------------------------------------------------------
+
+def test_a_setting_given_in_two_spellings_is_refused_naming_both() -> None:
+    """pydantic-settings reads names ignoring case and keeps the last spelling, while the host's ``%SETTING%``
+    binding reads the exact one first: with ``SLUICE_INGEST_EVENTHUB_NAME=telemetry`` and a stray
+    ``sluice_ingest_eventhub_name=other`` ingest would consume ``telemetry`` while the lag and audit read ``other``.
+    Refused, naming both variables, not the values."""
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(dict(SAMPLE, SLUICE_INGEST_EVENTHUB_NAME="telemetry", sluice_ingest_eventhub_name="other"))
+    message = str(caught.value)
+    assert "SLUICE_INGEST_EVENTHUB_NAME" in message and "sluice_ingest_eventhub_name" in message
+    assert "=telemetry" not in message and "'other'" not in message and "=other" not in message
+    with pytest.raises(ConfigurationError, match="AzureWebJobsStorage and azurewebjobsstorage"):
+        load_settings(dict(SAMPLE, azurewebjobsstorage=SAMPLE["AzureWebJobsStorage"]))
+
+
+# --- Values wrapped in quotes --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("SLUICE_POSTGRES_HOST", '"127.0.0.1"'), ("SLUICE_CASSANDRA_HOSTS", "'127.0.0.1'"),
+    ("SLUICE_REDIS_KEY_PREFIX", '"sluice:"'), ("SLUICE_POSTGRES_PASSWORD", '"hunter2"'),
+    ("SLUICE_CASSANDRA_REPLICATION", '"{}"'),
+])
+def test_a_value_wrapped_in_quotes_is_refused_naming_the_variable_not_the_value(variable: str, value: str) -> None:
+    """A .env file or ``docker run --env-file`` hands quotes on as part of the value: a host looked up with its
+    quotes fails every connection as if the store were down; a key prefix silently changes."""
+    with pytest.raises(ConfigurationError, match=variable) as caught:
+        load_settings(dict(SAMPLE, **{variable: value}))
+    assert value.strip("'\"") not in str(caught.value).replace(variable, "")
+
+
+def test_json_and_inner_quotes_are_no_quoted_value() -> None:
+    settings = load_settings(dict(SAMPLE, SLUICE_CASSANDRA_REPLICATION='{"class": "SimpleStrategy", '
+                                                                       '"replication_factor": 1}',
+                                  SLUICE_POSTGRES_PASSWORD='pa"ss"', SLUICE_REDIS_KEY_PREFIX='"'))
+    assert settings.cassandra.replication["class"] == "SimpleStrategy"
+
+
+# --- Timeouts that must end within host.json's functionTimeout -----------------------------------------------------
+
+@pytest.mark.parametrize(("timeout", "deadline", "refused"), [
+    ("900", "180", True), ("300", "181", True), ("300", "180", False), ("10", "180", False)])
+def test_ingest_final_attempt_must_store_then_dead_letter_within_the_function_timeout(
+        timeout: str, deadline: str, refused: bool) -> None:
+    """The final attempt writes its batch (one request may take the whole request timeout, throttling waits
+    included), then dead-letters it: past functionTimeout the host checkpoints a batch neither stored nor
+    dead-lettered."""
+    values = dict(SAMPLE, SLUICE_CASSANDRA_REQUEST_TIMEOUT_SECONDS=timeout,
+                  SLUICE_STORAGE_DEADLETTER_DEADLINE_SECONDS=deadline)
+    if not refused:
+        assert load_settings(values)
+        return
+    with pytest.raises(ConfigurationError, match=r"SLUICE_CASSANDRA_REQUEST_TIMEOUT_SECONDS \(\d+\) \+ "
+                                                 r"SLUICE_STORAGE_DEADLETTER_DEADLINE_SECONDS \(\d+\) must be at most "
+                                                 r"480 s"):
+        load_settings(values)
+
+
+def test_an_enrichment_statement_timeout_must_end_within_the_function_timeout() -> None:
+    """One window's transaction may wait out the statement timeout: past functionTimeout the host fails the
+    invocation and restarts the worker, with every other invocation of that worker."""
+    assert load_settings(dict(SAMPLE, SLUICE_ENRICH_STATEMENT_TIMEOUT_SECONDS="480"))
+    with pytest.raises(ConfigurationError, match=r"SLUICE_ENRICH_STATEMENT_TIMEOUT_SECONDS \(900\) must be at most "
+                                                 r"480 s"):
+        load_settings(dict(SAMPLE, SLUICE_ENRICH_STATEMENT_TIMEOUT_SECONDS="900"))
