@@ -269,11 +269,18 @@ def keyvault() -> KeyVaultSecrets:
 
 @built
 def cassandra_session() -> Session:
+    from shared.adapters.cassandra.migrations import check_recorded_layout
     from shared.adapters.cassandra.session import connect
 
     with _lock:
         cfg = settings().cassandra
-        return connect(cfg, rotating_secret(cfg.password, cfg.password_secret))
+        session = connect(cfg, rotating_secret(cfg.password, cfg.password_secret))
+        try:  # once per process: a worker with another bucket layout than the data's would hide the rows stored
+            check_recorded_layout(session, cfg)
+        except BaseException:
+            session.cluster.shutdown()
+            raise
+        return session
 
 
 # Whether a person waits on this process's storage requests (the operator CLI sets it: :func:`interactive`).

@@ -670,7 +670,9 @@ def _migrated_environment(session: object, cassandra: Running, keyspace: str, pg
     from shared.adapters.cassandra.migrations import apply_migrations as apply_cassandra
     from shared.adapters.postgres.migrations import apply_migrations as apply_postgres
 
-    apply_cassandra(session, CassandraSettings(hosts=[cassandra.host], port=cassandra.port, keyspace=keyspace))
+    # migrated with the layout the commands run with (SLUICE_CASSANDRA_SHARDS=1): bootstrap refuses another one
+    apply_cassandra(session, CassandraSettings(hosts=[cassandra.host], port=cassandra.port, keyspace=keyspace,
+                                               shards=1))
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         apply_postgres(conn)
     pg = psycopg.conninfo.conninfo_to_dict(pg_dsn)

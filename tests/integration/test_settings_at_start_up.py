@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ import psycopg
 import pytest
 
 from shared import bootstrap
+from shared.adapters.cassandra.migrations import apply_migrations as apply_cassandra
 from shared.adapters.cassandra.session import connect
 from shared.adapters.postgres.enrichment_store import PostgresEnrichmentStore
 from shared.adapters.postgres.migrations import apply_migrations as apply_postgres
@@ -260,3 +262,32 @@ def test_a_quoted_postgres_host_is_refused_at_start_up_not_failed_at_every_conne
     with pytest.raises(ConfigurationError, match="SLUICE_POSTGRES_HOST: the value is wrapped in quotes"):
         load_settings(dict(SAMPLE, SLUICE_POSTGRES_DBNAME=dbname, SLUICE_POSTGRES_HOST='"127.0.0.1"'))
 
+
+# --- 7. The bucket layout was checked by the migration only ---------------------------------------------------------
+
+def test_a_worker_whose_bucket_layout_differs_from_the_recorded_one_does_not_start(
+        cassandra_emulator: Running, sample_env: pytest.MonkeyPatch) -> None:
+    """A worker started with ``SLUICE_CASSANDRA_SHARDS=4`` against a keyspace migrated with 8 (the ConfigMap edited,
+    pods restarted, no migration run) built its services and read and wrote with the other layout: the portable
+    feed and enrichment never scanned shards 4-7, hiding stored rows without an error. Bootstrap's Cassandra session
+    now compares the settings with ``sluice_meta.bucket_layout`` once and stops with the migration's error; a
+    keyspace not yet migrated passes."""
+    keyspace = f"ks_{uuid.uuid4().hex[:12]}"
+    base = dict(SLUICE_CASSANDRA_HOSTS=cassandra_emulator.host, SLUICE_CASSANDRA_PORT=str(cassandra_emulator.port),
+                SLUICE_CASSANDRA_KEYSPACE=keyspace, SLUICE_CHANGEFEED_MODE="portable")
+    for name, value in base.items():
+        sample_env.setenv(name, value)
+    bootstrap.cassandra_session()  # not migrated yet: nothing recorded, nothing to compare
+    bootstrap.reset()
+    migrated = load_settings(dict(SAMPLE, **base, SLUICE_CASSANDRA_SHARDS="8")).cassandra
+    session = connect(migrated, keyspace="system")
+    try:
+        apply_cassandra(session, migrated)
+    finally:
+        session.cluster.shutdown()
+    sample_env.setenv("SLUICE_CASSANDRA_SHARDS", "8")
+    bootstrap.changefeed_service()  # the recorded layout: fine
+    bootstrap.reset()
+    sample_env.setenv("SLUICE_CASSANDRA_SHARDS", "4")
+    with pytest.raises(ConfigurationError, match="bucket layout"):
+        bootstrap.changefeed_service()  # the portable feed scans the bucket shards by this layout

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from cassandra import ConfigurationException, InvalidRequest
 from cassandra.cluster import Session
 
-from shared.adapters.cassandra.query import applied
+from shared.adapters.cassandra.query import applied, translated
 from shared.exceptions import ConfigurationError
 from shared.settings import CassandraSettings
 
@@ -244,14 +244,42 @@ def _check_layout(session: Session, settings: CassandraSettings) -> None:
     conditional (``IF NOT EXISTS``): of two first runs started at once with different layouts, the one whose write
     lost reads the other's back and is refused, where a read then a plain write let both pass."""
     ks = settings.keyspace
-    wanted = json.dumps({"bucket_seconds": settings.bucket_seconds, "shards": settings.shards}, sort_keys=True)
+    wanted = _layout(settings)
     if applied(session.execute(f"INSERT INTO {ks}.sluice_meta (key, value) VALUES ('bucket_layout', %s) "
                                "IF NOT EXISTS", (wanted,))):
         return
-    row = session.execute(f"SELECT value FROM {ks}.sluice_meta WHERE key = 'bucket_layout'").one()
-    recorded = None if row is None else row.value
+    recorded = _recorded_layout(session, settings)
     if recorded != wanted:
-        raise ConfigurationError(
-            f"keyspace {ks} was created with bucket layout {recorded}; settings ask for {wanted}. "
-            "Changing SLUICE_CASSANDRA_BUCKET_SECONDS or SLUICE_CASSANDRA_SHARDS would hide existing rows."
-        )
+        _refuse_layout(settings, recorded, wanted)
+
+
+def check_recorded_layout(session: Session, settings: CassandraSettings) -> None:
+    """Refuse settings whose bucket layout differs from the one the migration recorded (a worker built with another
+    one would write and read other partitions, hiding the rows already stored). Reads only: a keyspace not yet
+    migrated (no keyspace, table or layout) passes, and the migration records the layout."""
+    wanted = _layout(settings)
+    with translated("reading the recorded bucket layout"):  # a store that cannot answer is an outage
+        try:
+            recorded = _recorded_layout(session, settings)
+        except InvalidRequest:  # no such keyspace or table: not migrated yet
+            return
+    if recorded is not None and recorded != wanted:
+        _refuse_layout(settings, recorded, wanted)
+
+
+def _layout(settings: CassandraSettings) -> str:
+    return json.dumps({"bucket_seconds": settings.bucket_seconds, "shards": settings.shards}, sort_keys=True)
+
+
+def _recorded_layout(session: Session, settings: CassandraSettings) -> str | None:
+    row = session.execute(f"SELECT value FROM {settings.keyspace}.sluice_meta WHERE key = 'bucket_layout'",
+                          timeout=settings.request_timeout_seconds).one()
+    return None if row is None else str(row.value)
+
+
+def _refuse_layout(settings: CassandraSettings, recorded: str | None, wanted: str) -> None:
+    raise ConfigurationError(
+        f"keyspace {settings.keyspace} was created with bucket layout {recorded}; "
+        f"settings ask for {wanted}. Changing SLUICE_CASSANDRA_BUCKET_SECONDS or SLUICE_CASSANDRA_SHARDS would "
+        "hide existing rows."
+    )
