@@ -855,8 +855,6 @@ class EnrichmentSettings(_Group):
         return self
 
 
-
-
 class ChangeFeedSettings(_Group):
     """The change feed timer: Cassandra ``events_by_id`` changes -> Redis (see docs/redis-layout.md).
 
