@@ -565,7 +565,8 @@ def execute_select(table: Table, data: TableData, stmt: st.Select, values: list[
         if page is not None:
             raise Invalid(IN_ORDER_BY_PAGED)
         return Rows(specs, [[f(part, row, now) for f in extractors]
-                            for part, row in _merged(scan, data, now, reverse, ppl, limit)])
+                            for part, row in _merged(scan, data, now, reverse, ppl, limit,
+                                                     table_column(table, stmt.order_by[-1][0]).position + 1)])
     resume = None
     emitted = in_part = 0
     if paging_state:
@@ -599,9 +600,12 @@ IN_ORDER_BY_PAGED = ("Cannot page queries with both ORDER BY and a IN restrictio
 
 
 def _merged(scan: Scan, data: TableData, now: int, reverse: bool, ppl: int | None,
-            limit: int | None) -> list[tuple[Partition, Row]]:
-    """The rows of several partitions in one clustering order (``reverse``: the ORDER BY asks for the opposite of
-    the table's), each partition cut to ``ppl`` rows first, then the whole to ``limit``."""
+            limit: int | None, ordered: int) -> list[tuple[Partition, Row]]:
+    """The rows of several partitions in the order of the ``ordered`` first clustering columns (up to the ORDER BY's
+    last; those it leaves out are restricted by =; ``reverse``: the opposite of the table's), each partition cut to
+    ``ppl`` rows first, then the whole to ``limit``. As Cassandra sorts them (a stable sort on the ORDER BY columns
+    only): rows equal in those columns stay in the order they were read, partition after partition, not ordered by
+    the later clustering columns."""
     sort_key = data.sort_key
     assert sort_key is not None  # check_order allows ORDER BY only on clustering columns
     rows: list[tuple[Partition, Row]] = []
@@ -610,5 +614,5 @@ def _merged(scan: Scan, data: TableData, now: int, reverse: bool, ppl: int | Non
         if ppl is None or taken.get(part.key, 0) < ppl:
             taken[part.key] = taken.get(part.key, 0) + 1
             rows.append((part, row))
-    rows.sort(key=lambda pr: sort_key(pr[1].ck), reverse=reverse)
+    rows.sort(key=lambda pr: sort_key(pr[1].ck)[:ordered], reverse=reverse)  # stable, reverse=True too
     return rows if limit is None else rows[:limit]

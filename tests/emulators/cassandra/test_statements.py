@@ -725,3 +725,25 @@ def test_the_element_operations_of_one_statement_read_the_collection_as_it_was(s
     assert rows(session, "SELECT l FROM t WHERE k = 2") == [(["x", "c"],)]
     session.execute("DELETE l, l[1] FROM t WHERE k = 2")
     assert rows(session, "SELECT l FROM t WHERE k = 2") == [(None,)]
+
+
+def _in_order_table(session: Session) -> None:
+    session.execute("CREATE TABLE p (k int, c int, d int, PRIMARY KEY (k, c, d))")
+    insert = session.prepare("INSERT INTO p (k, c, d) VALUES (?, ?, ?)")
+    for k in (0, 2):
+        for c in range(3):
+            for d in range(2):
+                session.execute(insert, (k, c, d))
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("SELECT k, c, d FROM p WHERE k IN (0, 2) ORDER BY c DESC LIMIT 3", [(0, 2, 1), (0, 2, 0), (2, 2, 1)]),
+    ("SELECT k, c, d FROM p WHERE k IN (2, 0) ORDER BY c ASC LIMIT 4", [(0, 0, 0), (0, 0, 1), (2, 0, 0), (2, 0, 1)]),
+])
+def test_order_by_with_in_sorts_on_the_ordered_columns_only(session: Session, query: str,
+                                                            expected: list[tuple[int, int, int]]) -> None:
+    """Cassandra sorts the rows of an IN with a comparator on the ORDER BY columns only (a stable sort): rows equal
+    in them keep their read order, partition after partition. Sorted on the whole clustering key, the partitions'
+    rows interleaved, and with LIMIT another set of rows came back."""
+    _in_order_table(session)
+    assert [tuple(r) for r in session.execute(SimpleStatement(query, fetch_size=None))] == expected
