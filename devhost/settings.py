@@ -11,7 +11,8 @@ App settings are looked up as .NET configuration looks them up (:func:`app_setti
 case, ``__`` read as ``:``.
 
 ``host.json`` is read as the host reads it, keys case-insensitive and with the
-``AzureFunctionsJobHost__<path>`` app settings over it, for the parts the dev host honours:
+``AzureFunctionsJobHost__<path>`` app settings (``AzureFunctionsJobHost:<path>`` too) over it, for the parts the dev
+host honours:
 ``extensions.eventHubs`` (batch sizes, wait time, prefetch, checkpoint frequency, initial offset),
 ``extensions.http.routePrefix`` and ``customHeaders``, ``singleton`` (the timer listener lease), ``functions``
 (the functions to load) and ``functionTimeout`` (enforced as the host enforces it on a language worker:
@@ -392,14 +393,16 @@ def _put(tree: _Tree, key: str, value: object) -> str:
 
 
 def _with_overrides(tree: object, environ: Mapping[str, str]) -> tuple[_Tree, dict[tuple[str, ...], str]]:
-    """``tree`` with every ``AzureFunctionsJobHost__a__b`` setting of ``environ`` at ``a.b``; and which setting set
-    which path."""
+    """``tree`` with every ``AzureFunctionsJobHost__a__b`` setting of ``environ`` at ``a.b`` (names as .NET
+    configuration reads them: ignoring case, ``__`` read as ``:``); and which setting set which path."""
     root = tree if isinstance(tree, dict) else {}
     origins: dict[tuple[str, ...], str] = {}
+    prefix = JOB_HOST_PREFIX.replace("__", ":").lower()
     for name in sorted(environ):
-        if not name.lower().startswith(JOB_HOST_PREFIX.lower()):
+        configured = name.replace("__", ":")  # as .NET configuration reads it: AzureFunctionsJobHost:a:b too
+        if not configured.lower().startswith(prefix):
             continue
-        keys = name[len(JOB_HOST_PREFIX):].split("__")
+        keys = configured[len(prefix):].split(":")
         if not all(keys):
             raise DevHostError(f"{name}: a setting's path has no empty level (AzureFunctionsJobHost__a__b)")
         node = root
@@ -645,13 +648,14 @@ def storage_connection_string(environ: Mapping[str, str] | None = None) -> str:
 def host_id(script_root: Path, environ: Mapping[str, str] | None = None) -> str:
     """The host id that scopes timer leases and status blobs.
 
-    ``AzureFunctionsWebHost__hostid`` wins; otherwise, like Core Tools, a stable id
+    The app setting ``AzureFunctionsWebHost:hostid`` wins (found as :func:`app_setting` finds it: any case, ``__`` or
+    ``:``); otherwise, like Core Tools, a stable id
     from the machine name and the app's directory, so two dev hosts started from the
     same checkout share timer leases and only one fires.
     """
     environ = os.environ if environ is None else environ
-    explicit = environ.get("AzureFunctionsWebHost__hostid")
-    if explicit:
-        return explicit.lower()[:32]
+    explicit = app_setting("AzureFunctionsWebHost:hostid", environ)
+    if explicit and explicit[1]:
+        return explicit[1].lower()[:32]
     digest = hashlib.sha256(f"{socket.gethostname()}|{script_root.resolve()}".encode()).hexdigest()
     return f"devhost-{digest[:24]}"

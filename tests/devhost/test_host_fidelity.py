@@ -414,6 +414,17 @@ def test_the_functions_list_from_app_settings_loads_only_the_functions_it_names(
     assert _statuses(host, "/api/alpha", "/api/beta", "/api/gamma") == [200, 404, 200], host.output()
 
 
+def test_the_functions_list_is_read_from_the_colon_separated_setting_too(tmp_path: Path, devhost_factory: Any) -> None:
+    """host: ``AzureFunctionsJobHost:functions:0`` is the configuration key itself (Core Tools puts it in the
+    environment from local.settings.json Values, and AddEnvironmentVariables reads ``__`` as ``:``, names ignoring
+    case), so the host loads only the function it names.
+
+    Before: only the ``AzureFunctionsJobHost__`` spelling was recognised and every function answered."""
+    settings = write_app(tmp_path / "app", THREE_FUNCTIONS_APP, values={"azurefunctionsjobhost:Functions:0": "alpha"})
+    host = devhost_factory(tmp_path / "app", settings=settings)
+    assert _statuses(host, "/api/alpha", "/api/beta", "/api/gamma") == [200, 404, 404], host.output()
+
+
 def test_a_function_the_app_does_not_define_in_the_functions_list_is_refused(tmp_path: Path) -> None:
     """host: a name in `functions` that matches no function is dropped and the host starts without it. Here start-up
     fails naming it: a Deployment listing a misspelt or renamed function would run nothing for it in production."""

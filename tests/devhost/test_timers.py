@@ -466,6 +466,28 @@ def test_a_disabled_timer_never_fires(tmp_path: Path, azurite_connection_string:
     assert sorted({r["function"] for r in read_records(out)}) == ["enabled_tick"], host.output()
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("setting", ["AzureFunctionsWebHost__hostId", "AzureFunctionsWebHost:hostid"])
+def test_the_timer_lease_is_taken_under_the_host_id_however_its_setting_is_spelled(
+        tmp_path: Path, azurite_connection_string: str, devhost_factory: Any, setting: str) -> None:
+    """host: the host id (scope of the timer leases and status blobs) is read through .NET configuration, any case
+    and ``__`` as ``:``. Only ``AzureFunctionsWebHost__hostid`` was read: with ``__hostId`` (as often written) or the
+    configuration key itself, dev hosts meant to share timer leases (k8s-keda sets one id for every pod) each took a
+    lease of their own, and all fired."""
+    wanted = f"hostid-{uuid.uuid4().hex[:12]}"
+    out = tmp_path / "records.jsonl"
+    settings = write_app(tmp_path / "app", DISABLED_APP, values={
+        "AzureWebJobsStorage": azurite_connection_string, "TEST_OUT": str(out), setting: wanted,
+        "AzureWebJobs.disabled_tick.Disabled": "true"})
+    host = devhost_factory(tmp_path / "app", settings=settings)
+    wait_for(lambda: [r for r in read_records(out) if r["function"] == "enabled_tick"], 30, "enabled_tick", host)
+    with BlobServiceClient.from_connection_string(azurite_connection_string) as service:
+        container = service.get_container_client("azure-webjobs-hosts")
+        leases = [blob.name for blob in container.list_blobs(name_starts_with="locks/")
+                  if blob.name.endswith("/Host.Functions.enabled_tick.Listener")]
+    assert f"locks/{wanted}/Host.Functions.enabled_tick.Listener" in leases, leases
+
+
 def _azurite_on(port: int) -> Running:
     return start("azurite", [str(AZURITE), "--inMemoryPersistence", "--skipApiVersionCheck", "--loose",
                              "--disableTelemetry", "--blobHost", "127.0.0.1", "--blobPort", str(port)],
