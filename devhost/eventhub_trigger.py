@@ -46,6 +46,7 @@ import azure.functions as func
 import requests.utils
 from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.eventhub import EventData, LoadBalancingStrategy
+from azure.eventhub._client_base import _parse_conn_str
 from azure.eventhub._pyamqp.aio._receiver_async import ReceiverLink
 from azure.eventhub.aio import CheckpointStore, EventHubConsumerClient, PartitionContext
 from azure.eventhub.amqp import AmqpMessageBodyType
@@ -174,6 +175,13 @@ class EventHubBinding:
                 raise DevHostError(f"{what}: identity-based connection {section.setting}__fullyQualifiedNamespace is "
                                    f"not supported by the dev host; set {section.setting} to a connection string")
             raise DevHostError(f"{what}: the connection setting {section.setting!r} is empty")
+        # The host's parser skips a key without a value (an empty EntityPath names no hub); azure-eventhub refuses it.
+        connection = ";".join(part for part in connection.split(";") if part.partition("=")[2].strip())
+        try:  # as EventHubConsumerClient.from_connection_string parses it, before anything connects
+            _parse_conn_str(connection)
+        except ValueError as exc:  # the SDK's messages name the keys, never a value: the key is not echoed
+            raise DevHostError(f"{what}: the connection setting {section.setting!r} is not an Event Hubs connection "
+                               f"string ({exc})") from None
         # EventHubClientFactory.NormalizeEventHubName: the connection string's EntityPath takes precedence.
         configured = resolve(str(trigger.get("eventHubName") or ""), environ, what=f"{what} eventHubName")
         hub = _entity_path(connection) or configured

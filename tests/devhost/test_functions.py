@@ -341,18 +341,19 @@ def test_every_value_pyamqp_decodes_reaches_the_metadata_as_the_hosts_json_has_i
 
 
 def test_event_hub_binding_resolves_settings_and_names_what_is_missing() -> None:
+    connection = "Endpoint=sb://x/;SharedAccessKeyName=listen;SharedAccessKey=a2V5"
     spec = _spec(lambda events: None, retry=None, trigger={
         "name": "events", "type": "eventHubTrigger", "connection": "Conn", "eventHubName": "%HUB%",
         "consumerGroup": "%GROUP%", "cardinality": "MANY", "dataType": "BINARY"})
-    binding = EventHubBinding.from_spec(spec, {"Conn": "Endpoint=sb://x/", "HUB": "telemetry", "GROUP": "sluice"})
+    binding = EventHubBinding.from_spec(spec, {"Conn": connection, "HUB": "telemetry", "GROUP": "sluice"})
     assert (binding.eventhub_name, binding.consumer_group, binding.many, binding.data_type) == \
         ("telemetry", "sluice", True, "binary")
     with pytest.raises(DevHostError, match="connection setting 'Conn' is not set"):
         EventHubBinding.from_spec(spec, {"HUB": "telemetry", "GROUP": "sluice"})
     with pytest.raises(DevHostError, match="%GROUP%"):
-        EventHubBinding.from_spec(spec, {"Conn": "Endpoint=sb://x/", "HUB": "telemetry"})
+        EventHubBinding.from_spec(spec, {"Conn": connection, "HUB": "telemetry"})
     from_path = _spec(lambda events: None, retry=None, trigger={"name": "e", "connection": "Conn"})
-    assert EventHubBinding.from_spec(from_path, {"Conn": "Endpoint=sb://x/;EntityPath=hub2"}).eventhub_name == "hub2"
+    assert EventHubBinding.from_spec(from_path, {"Conn": connection + ";EntityPath=hub2"}).eventhub_name == "hub2"
 
 
 def _as_host_sends(metadata: dict[str, Any]) -> dict[str, meta.Datum]:

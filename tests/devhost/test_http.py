@@ -552,3 +552,25 @@ def test_a_return_annotation_the_http_binding_cannot_encode_is_refused(tmp_path:
     started, output = _start(tmp_path, BYTES_ANNOTATION_APP)
     assert not started, output
     assert 'function \'blob\': Python return annotation "bytes" does not match binding type "http"' in output
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("connection", [
+    "garbage-not-a-connection-string",
+    "Endpoint=sb://example.servicebus.windows.net/;SharedAccessKeyName=listen;EntityPath=telemetry",
+], ids=["garbage", "no-key"])
+def test_a_malformed_event_hubs_connection_string_fails_start_up_naming_the_setting(
+        tmp_path: Path, azurite_connection_string: str, connection: str) -> None:
+    """A malformed Event Hubs connection string passed every start-up check; once storage had been contacted and
+    HTTP served, azure-eventhub raised a bare ValueError: a traceback and exit status 1. docs/devhost.md: a
+    configuration refused is exit status 2, before anything connects, naming the function and setting."""
+    settings = write_app(tmp_path / "app", EVENTHUB_APP, values={"AzureWebJobsStorage": azurite_connection_string,
+                                                                  "Conn": connection})
+    result = subprocess.run(
+        [sys.executable, "-m", "devhost", "--script-root", str(tmp_path / "app"), "--settings", str(settings),
+         "--port", "0"], capture_output=True, text=True, timeout=50, cwd=str(ROOT),
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "function 'consume': the connection setting 'Conn' is not an Event Hubs connection string" in result.stderr
+    assert "listening on" not in result.stdout

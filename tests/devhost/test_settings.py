@@ -241,6 +241,18 @@ def test_app_settings_override_host_json_as_on_the_host(tmp_path: Path) -> None:
         == ("ingest",)
 
 
+def test_app_settings_override_host_json_spelled_with_colons(tmp_path: Path) -> None:
+    """.NET configuration reads ``__`` in an environment variable's name as ``:``, so ``AzureFunctionsJobHost:a:b``
+    (the configuration key itself, any case) is the same setting as ``AzureFunctionsJobHost__a__b``."""
+    options = load_host_json(tmp_path / "missing.json", {
+        "AzureFunctionsJobHost:functions:0": "ingest",
+        "azurefunctionsjobhost:Extensions__http:routePrefix": "custom",
+    })
+    assert (options.functions, options.route_prefix) == (("ingest",), "custom")
+    with pytest.raises(DevHostError, match="AzureFunctionsJobHost:functions::0: a setting's path has no empty level"):
+        load_host_json(tmp_path / "missing.json", {"AzureFunctionsJobHost:functions::0": "ingest"})
+
+
 @pytest.mark.parametrize("setting, value", [
     ("AzureFunctionsJobHost__extensions__eventHubs__maxEventBatchSize", "many"),
     ("AzureFunctionsJobHost__functionTimeout", "ten minutes"),
@@ -458,7 +470,8 @@ def test_the_connection_strings_entity_path_wins_over_event_hub_name() -> None:
     spec = _eventhub_spec({"connection": "HubConnection", "eventHubName": "telemetry"})
     binding = EventHubBinding.from_spec(spec, {"HubConnection": HUB_CONNECTION.format(hub="orders")})
     assert binding.eventhub_name == "orders"
-    spaced = "Endpoint=sb://example.servicebus.windows.net/; entitypath = orders ;SharedAccessKey=a2V5"
+    spaced = "Endpoint=sb://example.servicebus.windows.net/; entitypath = orders ;SharedAccessKeyName=listen;" \
+             "SharedAccessKey=a2V5"
     assert EventHubBinding.from_spec(spec, {"HubConnection": spaced}).eventhub_name == "orders"
     empty = HUB_CONNECTION.format(hub="")
     assert EventHubBinding.from_spec(spec, {"HubConnection": empty}).eventhub_name == "telemetry"
@@ -498,10 +511,36 @@ def test_an_identity_based_connection_is_found_in_the_same_order() -> None:
         EventHubBinding.from_spec(spec, {"AzureWebJobsMyHub": " ", "MyHub": HUB_CONNECTION.format(hub="orders")})
 
 
+@pytest.mark.parametrize("connection", [
+    "garbage-not-a-connection-string",
+    "Endpoint=sb://example.servicebus.windows.net/;SharedAccessKeyName=listen;EntityPath=orders",
+    "Endpoint=example.servicebus.windows.net;SharedAccessKeyName=listen;SharedAccessKey=c2VjcmV0",
+    "Endpoint=sb://example.servicebus.windows.net/;SharedAccessKey=c2VjcmV0",
+])
+def test_a_malformed_connection_string_is_refused_naming_the_function_and_setting(connection: str) -> None:
+    """A connection string azure-eventhub cannot parse was taken; the SDK's bare ValueError came only once storage
+    had been contacted and HTTP served, as a traceback (exit status 1). It is refused here, before anything connects,
+    naming the function and setting and never echoing the key."""
+    with pytest.raises(DevHostError) as refused:
+        EventHubBinding.from_spec(_eventhub_spec({"connection": "MyHub"}), {"MyHub": connection})
+    message = str(refused.value)
+    assert "function 'ingest': the connection setting 'MyHub' is not an Event Hubs connection string" in message
+    assert "c2VjcmV0" not in message
+
+
 def test_host_id_is_stable_per_app_and_can_be_set(tmp_path: Path) -> None:
     assert host_id(tmp_path, {}) == host_id(tmp_path, {})
     assert host_id(tmp_path, {}) != host_id(tmp_path / "other", {})
     assert host_id(tmp_path, {"AzureFunctionsWebHost__hostid": "My-Host"}) == "my-host"
+
+
+@pytest.mark.parametrize("setting", ["AzureFunctionsWebHost__hostId", "AzureFunctionsWebHost:hostid",
+                                     "azurefunctionswebhost__HOSTID"])
+def test_the_host_id_setting_is_found_as_the_host_finds_it(tmp_path: Path, setting: str) -> None:
+    """The host reads the host id through .NET configuration (any case, ``__`` as ``:``). Only the exact spelling
+    ``AzureFunctionsWebHost__hostid`` was read, so dev hosts meant to share timer leases each took their own id."""
+    assert host_id(tmp_path, {setting: "Shared-Host"}) == "shared-host"
+    assert host_id(tmp_path, {setting: ""}) == host_id(tmp_path, {})
 
 
 def test_ncrontab_six_fields_start_with_seconds() -> None:
