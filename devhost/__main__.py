@@ -64,6 +64,25 @@ def _seconds(text: str) -> float:
     return value
 
 
+# The .NET level names (Microsoft.Extensions.Logging.LogLevel, as host.json's logging.logLevel spells them) beside
+# Python's own; "None" logs nothing.
+_DOTNET_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "information": logging.INFO,
+                  "warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL,
+                  "none": logging.CRITICAL + 1}
+_PYTHON_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(text: str) -> int:
+    """A log level: a Python level name or a .NET one, in any case."""
+    name = text.strip()
+    if name.upper() in _PYTHON_LEVELS:
+        return logging.getLevelNamesMapping()[name.upper()]
+    if name.lower() in _DOTNET_LEVELS:
+        return _DOTNET_LEVELS[name.lower()]
+    raise argparse.ArgumentTypeError(f"{text!r} is not a log level (one of {', '.join(_PYTHON_LEVELS)}, or the .NET "
+                                     "Trace, Debug, Information, Warning, Error, Critical, None; any case)")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m devhost", description=__doc__.split("\n\n")[1])
     parser.add_argument("--script-root", type=Path, default=Path("."),
@@ -75,12 +94,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="HTTP port; default Host.LocalHttpPort of the settings, else 7071; 0 picks a free one")
     parser.add_argument("--shutdown-timeout", type=_seconds, default=60.0,
                         help="seconds to let invocations in progress finish on SIGINT/SIGTERM; default 60")
-    parser.add_argument("--log-level", default=os.environ.get("DEVHOST_LOG_LEVEL", "INFO"),
-                        help="log level of the dev host and the functions; default INFO")
+    parser.add_argument("--log-level", type=_log_level, default=os.environ.get("DEVHOST_LOG_LEVEL", "INFO"),
+                        help="log level of the dev host and the functions: DEBUG, INFO, WARNING, ERROR, CRITICAL or "
+                             "the .NET Trace ... None, any case; default DEVHOST_LOG_LEVEL, else INFO")
     return parser.parse_args(argv)
 
 
-def configure_logging(level: str) -> QueueListener:
+def configure_logging(level: int) -> QueueListener:
     """Log to stdout from a background thread: a write to a slow pipe must not stall the event loop.
 
     Returns the listener; stop it before exiting so every record is written.
@@ -91,7 +111,7 @@ def configure_logging(level: str) -> QueueListener:
     listener = QueueListener(records, handler)
     root = logging.getLogger()
     root.handlers[:] = [QueueHandler(records)]
-    root.setLevel(level.upper())
+    root.setLevel(level)
     # The SDKs log every request and AMQP frame at INFO; the Functions host filters them too.
     for noisy in ("azure", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
